@@ -1,0 +1,141 @@
+//! The in-memory token cache of a credential: one [`TokenSlot`] per key.
+//!
+//! A key is the tenant, the scope set (order and duplicates ignored), whether the CAE
+//! capability was announced — CAE and non-CAE tokens are never mixed, since a CAE token is
+//! long-lived and only safe for callers that handle claims challenges — and, for user
+//! credentials, the account.
+//!
+//! A request with `claims` must reach the provider, so it skips the lookup; its token is
+//! stored in the slot afterwards so later requests use the token that satisfies the claims.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use crate::error::CredentialError;
+use crate::refresh::{RefreshPolicy, TokenSlot};
+use crate::token::AccessToken;
+
+/// What a cached token is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct CacheKey {
+    tenant: String,
+    scopes: Vec<String>,
+    cae: bool,
+    account: Option<String>,
+}
+
+impl CacheKey {
+    pub(crate) fn new(tenant: &str, scopes: &[String], cae: bool) -> Self {
+        let mut scopes = scopes.to_vec();
+        scopes.sort_unstable();
+        scopes.dedup();
+        Self {
+            tenant: tenant.to_owned(),
+            scopes,
+            cae,
+            account: None,
+        }
+    }
+
+    /// The same key for one account (user credentials).
+    #[allow(dead_code)] // used by the user credentials
+    pub(crate) fn for_account(mut self, account: impl Into<String>) -> Self {
+        self.account = Some(account.into());
+        self
+    }
+}
+
+/// The slots of one credential.
+#[derive(Default)]
+pub(crate) struct TokenCache {
+    slots: Mutex<HashMap<CacheKey, Arc<TokenSlot>>>,
+}
+
+impl TokenCache {
+    fn slot(&self, key: CacheKey) -> Arc<TokenSlot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(
+            slots
+                .entry(key)
+                .or_insert_with(|| TokenSlot::new(RefreshPolicy::default())),
+        )
+    }
+
+    /// The cached token for `key`, or the result of `acquire` under the refresh rules
+    /// (see [`crate::refresh`]). With `bypass` (a request carrying claims) the lookup is
+    /// skipped and the new token replaces the cached one.
+    pub(crate) async fn get_or_acquire<F, Fut>(
+        &self,
+        key: CacheKey,
+        bypass: bool,
+        acquire: F,
+    ) -> Result<AccessToken, CredentialError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<AccessToken, CredentialError>> + Send + 'static,
+    {
+        let slot = self.slot(key);
+        if bypass {
+            let token = acquire().await?;
+            slot.store(token.clone());
+            Ok(token)
+        } else {
+            slot.get(acquire).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn scopes(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn keys_ignore_scope_order_and_duplicates_but_not_cae() {
+        let a = CacheKey::new("t", &scopes(&["b", "a", "a"]), false);
+        let b = CacheKey::new("t", &scopes(&["a", "b"]), false);
+        assert_eq!(a, b);
+        assert_ne!(a, CacheKey::new("t", &scopes(&["a", "b"]), true));
+        assert_ne!(a, CacheKey::new("u", &scopes(&["a", "b"]), false));
+        assert_ne!(a, b.clone().for_account("uid.utid"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn claims_bypass_the_lookup_and_replace_the_cached_token() {
+        let cache = TokenCache::default();
+        let key = CacheKey::new("t", &scopes(&["s"]), false);
+        let make = |name: &'static str| {
+            move || async move {
+                Ok(AccessToken::new(
+                    name,
+                    Instant::now() + Duration::from_secs(3600),
+                ))
+            }
+        };
+        let first = cache
+            .get_or_acquire(key.clone(), false, make("one"))
+            .await
+            .unwrap();
+        let cached = cache
+            .get_or_acquire(key.clone(), false, make("two"))
+            .await
+            .unwrap();
+        assert_eq!(first.secret(), cached.secret());
+        let claims = cache
+            .get_or_acquire(key.clone(), true, make("three"))
+            .await
+            .unwrap();
+        assert_eq!(claims.secret().expose_secret(), "three");
+        let after = cache
+            .get_or_acquire(key, false, make("four"))
+            .await
+            .unwrap();
+        assert_eq!(after.secret().expose_secret(), "three");
+    }
+}

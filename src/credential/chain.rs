@@ -1,0 +1,234 @@
+//! Fallback between credentials.
+//!
+//! A credential that is *unavailable* (no configuration, no `az`, no cached account) passes
+//! the request to the next; any other error stops the chain, because a credential that was
+//! configured and failed is something the user must hear about, not something to paper over
+//! with another identity. The final error lists every attempt in order.
+//!
+//! ```no_run
+//! use tower_identity::{
+//!     AzureCliCredential, ChainedTokenCredential, CredentialExt, EnvironmentCredential,
+//! };
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // Dynamic: any number of boxed credentials.
+//! let chain = ChainedTokenCredential::new([
+//!     EnvironmentCredential::new().boxed(),
+//!     AzureCliCredential::new().boxed(),
+//! ])?;
+//! // Typed: no boxing, same rules.
+//! let typed = EnvironmentCredential::new().or(AzureCliCredential::new());
+//! let token = chain.get_token(["https://management.azure.com/.default"]).await?;
+//! # let _ = (typed, token); Ok(()) }
+//! ```
+//!
+//! The credential that answered is named in a `tracing` event at `INFO` (target
+//! `tower_identity::credential::chain`); each unavailable one at `DEBUG` with its reason.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower::ServiceExt;
+use tower::util::Oneshot;
+use tower_service::Service;
+
+use super::{BoxCredential, CredentialFuture, TokenCredential, short_type_name};
+use crate::error::{ConfigError, CredentialError};
+use crate::token::{AccessToken, TokenRequest};
+
+const CHAIN: &str = "ChainedTokenCredential";
+
+/// Names of the combinators: their success is reported by the leaf inside them.
+fn is_combinator(name: &str) -> bool {
+    name == CHAIN || name == "Fallback"
+}
+
+fn report_success(name: &str) {
+    if !is_combinator(name) {
+        tracing::info!(credential = name, "credential answered");
+    }
+}
+
+fn report_unavailable(name: &str, error: &CredentialError) {
+    tracing::debug!(credential = name, reason = %error.message(), "credential unavailable, trying the next");
+}
+
+/// Tries boxed credentials in order: the first token wins, the first error that is not
+/// *unavailable* stops the chain. Chains nest.
+#[derive(Clone)]
+pub struct ChainedTokenCredential {
+    credentials: Arc<[BoxCredential]>,
+}
+
+impl ChainedTokenCredential {
+    /// A chain of these credentials, tried in order. An empty list is an error.
+    pub fn new(credentials: impl IntoIterator<Item = BoxCredential>) -> Result<Self, ConfigError> {
+        let credentials: Arc<[BoxCredential]> = credentials.into_iter().collect();
+        if credentials.is_empty() {
+            return Err(ConfigError::new(
+                "ChainedTokenCredential needs at least one credential; pass e.g. \
+                 [EnvironmentCredential::new().boxed(), AzureCliCredential::new().boxed()]",
+            ));
+        }
+        Ok(Self { credentials })
+    }
+
+    /// The credentials, in the order they are tried.
+    pub fn credentials(&self) -> &[BoxCredential] {
+        &self.credentials
+    }
+}
+
+impl fmt::Debug for ChainedTokenCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple(CHAIN).field(&self.credentials).finish()
+    }
+}
+
+impl Service<TokenRequest> for ChainedTokenCredential {
+    type Response = AccessToken;
+    type Error = CredentialError;
+    type Future = CredentialFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each member is driven to readiness when its turn comes (oneshot).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: TokenRequest) -> Self::Future {
+        let credentials = Arc::clone(&self.credentials);
+        Box::pin(async move {
+            let mut attempts = Vec::new();
+            for credential in credentials.iter() {
+                match credential.clone().oneshot(request.clone()).await {
+                    Ok(token) => {
+                        report_success(credential.name());
+                        return Ok(token);
+                    }
+                    Err(error) if error.is_unavailable() => {
+                        report_unavailable(credential.name(), &error);
+                        attempts.push(error);
+                    }
+                    Err(error) => {
+                        attempts.push(error);
+                        break;
+                    }
+                }
+            }
+            Err(CredentialError::chain(CHAIN, attempts))
+        })
+    }
+}
+
+/// `a.or(b)`: tries `A`, and `B` only when `A` is *unavailable*. No boxing.
+#[derive(Clone, Debug)]
+pub struct Fallback<A, B> {
+    first: A,
+    second: B,
+}
+
+impl<A, B> Fallback<A, B> {
+    /// A fallback from `first` to `second`.
+    pub fn new(first: A, second: B) -> Self {
+        Self { first, second }
+    }
+}
+
+impl<A: TokenCredential, B: TokenCredential> Service<TokenRequest> for Fallback<A, B> {
+    type Response = AccessToken;
+    type Error = CredentialError;
+    type Future = FallbackFuture<A, B>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Clones are driven to readiness inside the future (oneshot).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: TokenRequest) -> Self::Future {
+        FallbackFuture {
+            state: State::First {
+                future: self.first.clone().oneshot(request.clone()),
+                second: Some(self.second.clone()),
+                request: Some(request),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Fallback`].
+    pub struct FallbackFuture<A: Service<TokenRequest>, B: Service<TokenRequest>> {
+        #[pin]
+        state: State<A, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<A: Service<TokenRequest>, B: Service<TokenRequest>> {
+        First {
+            #[pin]
+            future: Oneshot<A, TokenRequest>,
+            second: Option<B>,
+            request: Option<TokenRequest>,
+        },
+        Second {
+            #[pin]
+            future: Oneshot<B, TokenRequest>,
+            first_error: Option<CredentialError>,
+        },
+    }
+}
+
+impl<A: TokenCredential, B: TokenCredential> Future for FallbackFuture<A, B> {
+    type Output = Result<AccessToken, CredentialError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::First {
+                    future,
+                    second,
+                    request,
+                } => match ready!(future.poll(cx)) {
+                    Ok(token) => {
+                        report_success(short_type_name::<A>());
+                        return Poll::Ready(Ok(token));
+                    }
+                    Err(error) if error.is_unavailable() => {
+                        report_unavailable(short_type_name::<A>(), &error);
+                        // Both are `Some` until this transition, which happens once.
+                        let (Some(second), Some(request)) = (second.take(), request.take()) else {
+                            return Poll::Ready(Err(error));
+                        };
+                        this.state.set(State::Second {
+                            future: second.oneshot(request),
+                            first_error: Some(error),
+                        });
+                    }
+                    Err(error) => {
+                        return Poll::Ready(Err(CredentialError::chain(CHAIN, vec![error])));
+                    }
+                },
+                StateProj::Second {
+                    future,
+                    first_error,
+                } => {
+                    let result = ready!(future.poll(cx));
+                    if result.is_ok() {
+                        report_success(short_type_name::<B>());
+                    }
+                    return Poll::Ready(result.map_err(|error| {
+                        let attempts = first_error.take().into_iter().chain([error]).collect();
+                        CredentialError::chain(CHAIN, attempts)
+                    }));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! [`EnvironmentCredential`]: a service principal configured by environment variables.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `AZURE_TENANT_ID` | the tenant (directory) id |
+//! | `AZURE_CLIENT_ID` | the app's client id |
+//! | `AZURE_CLIENT_SECRET` | one of the app's client secrets |
+//! | `AZURE_AUTHORITY_HOST` | optional; default the public cloud |
+//!
+//! Variables are read once, when the credential is built. When any of the first three is
+//! missing or empty the credential is *unavailable* (a chain moves on) and says which; when
+//! they are set but invalid (a malformed tenant id, an `http` authority) it is an *invalid
+//! request*, which stops a chain — a configuration mistake should be heard, not skipped.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::ServiceExt;
+use tower_service::Service;
+
+use super::{ClientSecretCredential, CredentialFuture};
+use crate::entra::authority::AZURE_AUTHORITY_HOST;
+use crate::error::CredentialError;
+use crate::token::TokenRequest;
+use crate::transport::HttpClient;
+
+const NAME: &str = "EnvironmentCredential";
+const AZURE_TENANT_ID: &str = "AZURE_TENANT_ID";
+const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
+const AZURE_CLIENT_SECRET: &str = "AZURE_CLIENT_SECRET";
+
+/// Authenticates a service principal from `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and
+/// `AZURE_CLIENT_SECRET`.
+#[derive(Clone)]
+pub struct EnvironmentCredential {
+    state: Arc<State>,
+}
+
+enum State {
+    Configured(ClientSecretCredential),
+    Missing(Vec<&'static str>),
+    Invalid(String),
+}
+
+impl EnvironmentCredential {
+    /// Reads the process environment now.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder, to set the HTTP client or read variables from somewhere else.
+    pub fn builder() -> EnvironmentCredentialBuilder {
+        EnvironmentCredentialBuilder::default()
+    }
+
+    /// Whether all required variables were present.
+    pub fn is_configured(&self) -> bool {
+        matches!(*self.state, State::Configured(_))
+    }
+}
+
+impl Default for EnvironmentCredential {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Service<TokenRequest> for EnvironmentCredential {
+    type Response = crate::AccessToken;
+    type Error = CredentialError;
+    type Future = CredentialFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: TokenRequest) -> Self::Future {
+        let state = Arc::clone(&self.state);
+        Box::pin(async move {
+            match &*state {
+                State::Configured(credential) => credential
+                    .clone()
+                    .oneshot(request)
+                    .await
+                    .map_err(|e| e.renamed(NAME)),
+                State::Missing(missing) => Err(CredentialError::unavailable(
+                    NAME,
+                    format!(
+                        "environment variables are not fully \
+                         configured (missing {}). Set {AZURE_TENANT_ID}, {AZURE_CLIENT_ID} and \
+                         {AZURE_CLIENT_SECRET} to authenticate a service principal with a \
+                         client secret",
+                        missing.join(", ")
+                    ),
+                )),
+                State::Invalid(message) => {
+                    Err(CredentialError::invalid_request(NAME, message.clone()))
+                }
+            }
+        })
+    }
+}
+
+impl fmt::Debug for EnvironmentCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.state {
+            State::Configured(c) => f.debug_tuple(NAME).field(c).finish(),
+            State::Missing(m) => f.debug_struct(NAME).field("missing", m).finish(),
+            State::Invalid(e) => f.debug_struct(NAME).field("invalid", e).finish(),
+        }
+    }
+}
+
+/// Settings for an [`EnvironmentCredential`].
+#[derive(Default)]
+pub struct EnvironmentCredentialBuilder {
+    http_client: Option<HttpClient>,
+    vars: Option<HashMap<String, String>>,
+}
+
+impl EnvironmentCredentialBuilder {
+    /// The HTTP client for token requests.
+    pub fn http_client(mut self, client: HttpClient) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
+    /// Reads the variables from these pairs instead of the process environment (for tests,
+    /// or configuration that comes from elsewhere).
+    pub fn vars<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.vars = Some(
+            vars.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Reads the variables and builds. Never fails: a missing or invalid configuration is
+    /// reported by `get_token`, so the credential can sit in a chain.
+    pub fn build(self) -> EnvironmentCredential {
+        let get = |name: &str| -> Option<String> {
+            let value = match &self.vars {
+                Some(vars) => vars.get(name).cloned(),
+                None => std::env::var(name).ok(),
+            };
+            value.filter(|v| !v.trim().is_empty())
+        };
+        let (tenant, client, secret) = (
+            get(AZURE_TENANT_ID),
+            get(AZURE_CLIENT_ID),
+            get(AZURE_CLIENT_SECRET),
+        );
+        let state = match (tenant, client, secret) {
+            (Some(tenant), Some(client), Some(secret)) => {
+                let mut builder =
+                    ClientSecretCredential::builder(tenant.trim(), client.trim(), secret);
+                if let Some(http) = self.http_client {
+                    builder = builder.http_client(http);
+                }
+                match builder.build_with_env_authority(get(AZURE_AUTHORITY_HOST)) {
+                    Ok(credential) => State::Configured(credential),
+                    Err(e) => State::Invalid(format!(
+                        "the environment variables are set but invalid: {e}"
+                    )),
+                }
+            }
+            (tenant, client, secret) => State::Missing(
+                [
+                    (AZURE_TENANT_ID, tenant.is_none()),
+                    (AZURE_CLIENT_ID, client.is_none()),
+                    (AZURE_CLIENT_SECRET, secret.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(name, missing)| missing.then_some(name))
+                .collect(),
+            ),
+        };
+        EnvironmentCredential {
+            state: Arc::new(state),
+        }
+    }
+}
+
+impl fmt::Debug for EnvironmentCredentialBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Variable values may include the secret: list names only.
+        let names: Option<Vec<&String>> = self.vars.as_ref().map(|v| v.keys().collect());
+        f.debug_struct("EnvironmentCredentialBuilder")
+            .field("vars", &names)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CredentialExt;
+
+    #[tokio::test]
+    async fn missing_variables_make_it_unavailable_and_are_named() {
+        let c = EnvironmentCredential::builder()
+            .vars([(AZURE_CLIENT_ID, "id"), (AZURE_CLIENT_SECRET, " ")])
+            .build();
+        assert!(!c.is_configured());
+        let err = c.get_token(["s"]).await.unwrap_err();
+        assert!(err.is_unavailable());
+        assert_eq!(err.credential(), NAME);
+        assert!(
+            err.message()
+                .contains("missing AZURE_TENANT_ID, AZURE_CLIENT_SECRET)"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_variables_are_an_invalid_request_naming_the_problem() {
+        let c = EnvironmentCredential::builder()
+            .vars([
+                (AZURE_TENANT_ID, "not a tenant"),
+                (AZURE_CLIENT_ID, "id"),
+                (AZURE_CLIENT_SECRET, "env-secret-value"),
+            ])
+            .build();
+        let err = c.get_token(["s"]).await.unwrap_err();
+        assert!(err.is_invalid_request(), "{err}");
+        assert!(err.message().contains("\"not a tenant\""), "{err}");
+        let err = EnvironmentCredential::builder()
+            .vars([
+                (AZURE_TENANT_ID, "t"),
+                (AZURE_CLIENT_ID, "id"),
+                (AZURE_CLIENT_SECRET, "env-secret-value"),
+                (AZURE_AUTHORITY_HOST, "http://insecure"),
+            ])
+            .build()
+            .get_token(["s"])
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("AZURE_AUTHORITY_HOST"), "{err}");
+        assert!(!format!("{err} {err:?}").contains("env-secret-value"));
+    }
+}

@@ -1,0 +1,194 @@
+//! Credentials: tower services from [`TokenRequest`] to [`AccessToken`].
+//!
+//! Anything that is `Service<TokenRequest, Response = AccessToken, Error = CredentialError>`,
+//! `Clone + Send + Sync + 'static` with a `Send` future is a [`TokenCredential`]: the
+//! credentials of this crate, a [`ChainedTokenCredential`], a [`BoxCredential`], or your own
+//! type. [`CredentialExt`] adds `get_token`, `boxed` and `or` to all of them.
+//!
+//! ```no_run
+//! use tower_identity::{AzureCliCredential, CredentialExt, EnvironmentCredential};
+//!
+//! # async fn run() -> Result<(), tower_identity::CredentialError> {
+//! let credential = EnvironmentCredential::new().or(AzureCliCredential::new());
+//! let token = credential.get_token(["https://management.azure.com/.default"]).await?;
+//! println!("expires in {:?}", token.expires_in());
+//! # Ok(()) }
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::task::{Context, Poll};
+
+use tower::ServiceExt;
+use tower::util::{BoxCloneSyncService, Oneshot};
+use tower_service::Service;
+
+use crate::error::CredentialError;
+use crate::token::{AccessToken, TokenRequest};
+
+mod azure_cli;
+mod chain;
+mod client_secret;
+mod environment;
+
+pub use azure_cli::{AzureCliCredential, AzureCliCredentialBuilder};
+pub use chain::{ChainedTokenCredential, Fallback, FallbackFuture};
+pub use client_secret::{ClientSecretCredential, ClientSecretCredentialBuilder};
+pub use environment::{EnvironmentCredential, EnvironmentCredentialBuilder};
+
+/// A credential: a cloneable, thread-safe tower service that answers token requests.
+///
+/// Implemented for every type of the right shape; never implement it by hand.
+pub trait TokenCredential:
+    Service<TokenRequest, Response = AccessToken, Error = CredentialError, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> TokenCredential for T where
+    T: Service<
+            TokenRequest,
+            Response = AccessToken,
+            Error = CredentialError,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The future of [`CredentialExt::get_token`]: drives the credential to readiness, then calls it.
+pub type GetToken<C> = Oneshot<C, TokenRequest>;
+
+/// Methods every [`TokenCredential`] gets.
+pub trait CredentialExt: TokenCredential + Sized {
+    /// Gets a token for these scopes.
+    fn get_token<I, S>(&self, scopes: I) -> GetToken<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.get_token_with(TokenRequest::new(scopes))
+    }
+
+    /// Gets a token for a full request (claims, tenant, CAE).
+    fn get_token_with(&self, request: TokenRequest) -> GetToken<Self> {
+        self.clone().oneshot(request)
+    }
+
+    /// Erases the type, for a [`ChainedTokenCredential`] or a struct field. The box keeps the
+    /// credential's type name for errors and traces.
+    fn boxed(self) -> BoxCredential {
+        BoxCredential::new(self)
+    }
+
+    /// Tries `self`, and when it is *unavailable*, `other`: a typed two-element chain.
+    fn or<B: TokenCredential>(self, other: B) -> Fallback<Self, B> {
+        Fallback::new(self, other)
+    }
+}
+
+impl<T: TokenCredential> CredentialExt for T {}
+
+/// A type-erased credential with a name (for traces and chain messages).
+#[derive(Clone)]
+pub struct BoxCredential {
+    name: Cow<'static, str>,
+    inner: BoxCloneSyncService<TokenRequest, AccessToken, CredentialError>,
+}
+
+impl BoxCredential {
+    /// Boxes a credential, naming it after its type (`ClientSecretCredential`, …).
+    pub fn new<C: TokenCredential>(credential: C) -> Self {
+        Self::named(short_type_name::<C>(), credential)
+    }
+
+    /// Boxes a credential under a name of your choice.
+    pub fn named<C: TokenCredential>(name: impl Into<Cow<'static, str>>, credential: C) -> Self {
+        Self {
+            name: name.into(),
+            inner: BoxCloneSyncService::new(credential),
+        }
+    }
+
+    /// The credential's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Service<TokenRequest> for BoxCredential {
+    type Response = AccessToken;
+    type Error = CredentialError;
+    type Future = <BoxCloneSyncService<TokenRequest, AccessToken, CredentialError> as Service<
+        TokenRequest,
+    >>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: TokenRequest) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+impl fmt::Debug for BoxCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("BoxCredential").field(&self.name).finish()
+    }
+}
+
+/// The last path segment of a type's name, without generics: `a::b::Fallback<X, Y>` → `Fallback`.
+pub(crate) fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let head = full.split('<').next().unwrap_or(full);
+    head.rsplit("::").next().unwrap_or(head)
+}
+
+/// Boxed future for the credentials of this crate: their work is network-bound, so one
+/// allocation per call does not matter, and it keeps their `Service` impls short.
+pub(crate) type CredentialFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<AccessToken, CredentialError>> + Send>>;
+
+/// Implements `Service<TokenRequest>` for a credential that is an `Arc` around a type with
+/// `async fn get_token(&self, TokenRequest) -> Result<AccessToken, CredentialError>`.
+macro_rules! arc_credential_service {
+    ($credential:ty) => {
+        impl tower_service::Service<$crate::TokenRequest> for $credential {
+            type Response = $crate::AccessToken;
+            type Error = $crate::CredentialError;
+            type Future = $crate::credential::CredentialFuture;
+
+            fn poll_ready(
+                &mut self,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), Self::Error>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, request: $crate::TokenRequest) -> Self::Future {
+                let inner = std::sync::Arc::clone(&self.inner);
+                Box::pin(async move { inner.get_token(request).await })
+            }
+        }
+    };
+}
+pub(crate) use arc_credential_service;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Outer<T>(T);
+
+    #[test]
+    fn short_type_names_drop_paths_and_generics() {
+        assert_eq!(short_type_name::<BoxCredential>(), "BoxCredential");
+        assert_eq!(short_type_name::<Outer<BoxCredential>>(), "Outer");
+    }
+}

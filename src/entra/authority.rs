@@ -1,0 +1,366 @@
+//! Authority hosts, authority normalisation, tenant-id validation and per-request tenant
+//! resolution.
+
+use url::Url;
+
+use crate::error::ConfigError;
+
+/// Well-known Microsoft Entra authority hosts.
+pub mod authority_hosts {
+    /// Azure public cloud.
+    pub const AZURE_PUBLIC_CLOUD: &str = "https://login.microsoftonline.com";
+    /// Azure US Government.
+    pub const AZURE_GOVERNMENT: &str = "https://login.microsoftonline.us";
+    /// Azure operated by 21Vianet (China).
+    pub const AZURE_CHINA: &str = "https://login.chinacloudapi.cn";
+}
+
+/// Environment variable that overrides the default authority host.
+pub(crate) const AZURE_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
+/// Environment variable that pins every credential to its configured tenant.
+pub(crate) const AZURE_IDENTITY_DISABLE_MULTITENANTAUTH: &str =
+    "AZURE_IDENTITY_DISABLE_MULTITENANTAUTH";
+
+/// A normalised authority: `https://host[:port][/path]`, no trailing slash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Authority {
+    base: String,
+    host: String,
+}
+
+impl Authority {
+    /// Normalises an authority host: a bare host gets `https://`, surrounding spaces and
+    /// trailing slashes go, a path is kept; anything but `https` is rejected.
+    pub(crate) fn parse(input: &str) -> Result<Self, ConfigError> {
+        let trimmed = input.trim();
+        if trimmed.is_empty() {
+            return Err(ConfigError::new(
+                "authority host is empty; use e.g. \"https://login.microsoftonline.com\"",
+            ));
+        }
+        let with_scheme = if trimmed.contains("://") {
+            trimmed.to_owned()
+        } else {
+            format!("https://{trimmed}")
+        };
+        let url = Url::parse(&with_scheme).map_err(|e| {
+            ConfigError::new(format!(
+                "authority host {trimmed:?} is not a valid URL: {e}"
+            ))
+        })?;
+        if url.scheme() != "https" {
+            return Err(ConfigError::new(format!(
+                "authority host {trimmed:?} must be a TLS protected (https) URL"
+            )));
+        }
+        let Some(host) = url.host_str() else {
+            return Err(ConfigError::new(format!(
+                "authority host {trimmed:?} has no host name"
+            )));
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ConfigError::new(format!(
+                "authority host {trimmed:?} must not contain user information"
+            )));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(ConfigError::new(format!(
+                "authority host {trimmed:?} must not have a query or fragment"
+            )));
+        }
+        let host = host.to_owned();
+        let base = url.as_str().trim_end_matches('/').to_owned();
+        Ok(Self { base, host })
+    }
+
+    /// The authority from an explicit option, else `AZURE_AUTHORITY_HOST`, else the public
+    /// cloud.
+    pub(crate) fn resolve(
+        explicit: Option<&str>,
+        from_env: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        match (
+            explicit,
+            from_env.as_deref().filter(|v| !v.trim().is_empty()),
+        ) {
+            (Some(host), _) => Self::parse(host),
+            (None, Some(host)) => Self::parse(host)
+                .map_err(|e| ConfigError::new(format!("{AZURE_AUTHORITY_HOST}: {}", e.message()))),
+            (None, None) => Self::parse(authority_hosts::AZURE_PUBLIC_CLOUD),
+        }
+    }
+
+    /// `https://host[:port][/path]`.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.base
+    }
+
+    /// The host name without the port: the `environment` of MSAL cache entries.
+    #[allow(dead_code)] // used by the shared token cache
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub(crate) fn token_endpoint(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/token", self.base)
+    }
+}
+
+/// Checks a tenant id: ASCII letters, digits, `-` and `.` only (GUIDs, domain names,
+/// `organizations`, `common`). It goes into a URL path, so nothing else may pass.
+pub(crate) fn validate_tenant_id(tenant: &str) -> Result<(), String> {
+    if tenant.is_empty() {
+        return Err("tenant id is empty; use the directory's GUID or domain name".into());
+    }
+    if let Some(bad) = tenant
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
+    {
+        return Err(format!(
+            "tenant id {tenant:?} contains {bad:?}; only ASCII letters, digits, '-' and '.' \
+             are allowed (a GUID or a domain such as contoso.onmicrosoft.com)"
+        ));
+    }
+    Ok(())
+}
+
+/// The tenants a credential may request tokens from.
+#[derive(Clone, Debug)]
+pub(crate) struct TenantPolicy {
+    /// `None` for credentials without a tenant of their own (Azure CLI's current account).
+    tenant: Option<String>,
+    additionally_allowed: Vec<String>,
+    multitenant_disabled: bool,
+}
+
+impl TenantPolicy {
+    /// Validates the configured tenant and the allowed list (`*` allows any tenant).
+    pub(crate) fn new(
+        tenant: Option<&str>,
+        additionally_allowed: Vec<String>,
+        multitenant_disabled: bool,
+    ) -> Result<Self, ConfigError> {
+        if let Some(tenant) = tenant {
+            validate_tenant_id(tenant).map_err(ConfigError::new)?;
+        }
+        for allowed in additionally_allowed.iter().filter(|t| *t != "*") {
+            validate_tenant_id(allowed)
+                .map_err(|e| ConfigError::new(format!("additionally_allowed_tenants: {e}")))?;
+        }
+        Ok(Self {
+            tenant: tenant.map(str::to_owned),
+            additionally_allowed,
+            multitenant_disabled,
+        })
+    }
+
+    /// Whether `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set to anything non-empty.
+    pub(crate) fn multitenant_disabled_by_env() -> bool {
+        std::env::var_os(AZURE_IDENTITY_DISABLE_MULTITENANTAUTH).is_some_and(|v| !v.is_empty())
+    }
+
+    /// The configured tenant.
+    pub(crate) fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// The tenant to use for a request, in the reference's order: none or the configured
+    /// one → configured; `adfs` or multitenant auth disabled → configured; allowed (`*` or
+    /// listed) → requested; no list and configured `organizations` → requested; else an error.
+    pub(crate) fn resolve<'a>(
+        &'a self,
+        requested: Option<&'a str>,
+    ) -> Result<Option<&'a str>, String> {
+        let configured = self.tenant.as_deref();
+        let Some(requested) = requested else {
+            return Ok(configured);
+        };
+        // Validated here too: a per-request tenant reaches the URL path like the configured one.
+        validate_tenant_id(requested)?;
+        if configured == Some(requested)
+            || configured.is_some_and(|t| t.eq_ignore_ascii_case("adfs"))
+            || self.multitenant_disabled
+        {
+            return Ok(configured);
+        }
+        let allowed = self
+            .additionally_allowed
+            .iter()
+            .any(|t| t == "*" || t == requested);
+        if allowed || (self.additionally_allowed.is_empty() && configured == Some("organizations"))
+        {
+            return Ok(Some(requested));
+        }
+        Err(format!(
+            "The current credential is not configured to acquire tokens for tenant {requested}. \
+             To enable acquiring tokens for this tenant add it to the additionally_allowed_tenants \
+             when creating the credential, or add \"*\" to additionally_allowed_tenants to allow \
+             acquiring tokens for any tenant."
+        ))
+    }
+
+    /// [`resolve`](Self::resolve) for credentials that always have a tenant.
+    pub(crate) fn resolve_required<'a>(
+        &'a self,
+        requested: Option<&'a str>,
+    ) -> Result<&'a str, String> {
+        self.resolve(requested)?
+            .ok_or_else(|| "no tenant is configured; set a tenant id".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_normalisation_table() {
+        let cases = [
+            (
+                "login.microsoftonline.com",
+                "https://login.microsoftonline.com",
+            ),
+            (
+                "https://login.microsoftonline.com/",
+                "https://login.microsoftonline.com",
+            ),
+            (
+                "  https://login.microsoftonline.us//  ",
+                "https://login.microsoftonline.us",
+            ),
+            (
+                "https://my.host:8443/custom/",
+                "https://my.host:8443/custom",
+            ),
+            ("my.host:8443", "https://my.host:8443"),
+            ("https://127.0.0.1:4443", "https://127.0.0.1:4443"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(Authority::parse(input).unwrap().as_str(), want, "{input}");
+        }
+        assert_eq!(
+            Authority::parse("https://my.host:8443/x").unwrap().host(),
+            "my.host"
+        );
+    }
+
+    #[test]
+    fn non_https_authorities_are_rejected() {
+        for input in [
+            "http://login.microsoftonline.com",
+            "ftp://x",
+            "",
+            "  ",
+            "https://u:p@h",
+            "https://h/?q=1",
+        ] {
+            let err = Authority::parse(input).unwrap_err();
+            assert!(!err.message().is_empty(), "{input}");
+        }
+        let err = Authority::parse("http://localhost").unwrap_err();
+        assert!(
+            err.message()
+                .contains("must be a TLS protected (https) URL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn authority_precedence_is_explicit_then_env_then_public_cloud() {
+        let env = Some("https://login.microsoftonline.us".to_owned());
+        assert_eq!(
+            Authority::resolve(Some(authority_hosts::AZURE_CHINA), env.clone())
+                .unwrap()
+                .as_str(),
+            "https://login.chinacloudapi.cn"
+        );
+        assert_eq!(
+            Authority::resolve(None, env).unwrap().as_str(),
+            authority_hosts::AZURE_GOVERNMENT
+        );
+        assert_eq!(
+            Authority::resolve(None, None).unwrap().as_str(),
+            authority_hosts::AZURE_PUBLIC_CLOUD
+        );
+        let err = Authority::resolve(None, Some("http://x".into())).unwrap_err();
+        assert!(err.message().starts_with("AZURE_AUTHORITY_HOST:"), "{err}");
+    }
+
+    #[test]
+    fn token_endpoint_has_entra_shape() {
+        let a = Authority::parse("https://my.host:8443/custom").unwrap();
+        assert_eq!(
+            a.token_endpoint("contoso"),
+            "https://my.host:8443/custom/contoso/oauth2/v2.0/token"
+        );
+    }
+
+    #[test]
+    fn tenant_id_table() {
+        for ok in [
+            "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "contoso.onmicrosoft.com",
+            "organizations",
+            "common",
+            "adfs",
+        ] {
+            assert!(validate_tenant_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", " ", "a b", "a_b", "a/b", "a\\b", "a\"b", "a'b", "a|b", "a@b", "tenänt", "a?b",
+            "a#b", "%2F",
+        ] {
+            assert!(validate_tenant_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tenant_resolution_rules() {
+        let strict = TenantPolicy::new(Some("home"), vec![], false).unwrap();
+        assert_eq!(strict.resolve(None).unwrap(), Some("home"));
+        assert_eq!(strict.resolve(Some("home")).unwrap(), Some("home"));
+        let err = strict.resolve(Some("other")).unwrap_err();
+        assert!(
+            err.contains("not configured to acquire tokens for tenant other"),
+            "{err}"
+        );
+        assert!(err.contains("additionally_allowed_tenants"), "{err}");
+        // Comparison is exact.
+        assert!(strict.resolve(Some("HOME")).is_err());
+
+        let listed = TenantPolicy::new(Some("home"), vec!["other".into()], false).unwrap();
+        assert_eq!(listed.resolve(Some("other")).unwrap(), Some("other"));
+        assert!(listed.resolve(Some("third")).is_err());
+
+        let any = TenantPolicy::new(Some("home"), vec!["*".into()], false).unwrap();
+        assert_eq!(any.resolve(Some("third")).unwrap(), Some("third"));
+
+        let disabled = TenantPolicy::new(Some("home"), vec!["*".into()], true).unwrap();
+        assert_eq!(disabled.resolve(Some("third")).unwrap(), Some("home"));
+
+        let adfs = TenantPolicy::new(Some("adfs"), vec![], false).unwrap();
+        assert_eq!(adfs.resolve(Some("third")).unwrap(), Some("adfs"));
+
+        let orgs = TenantPolicy::new(Some("organizations"), vec![], false).unwrap();
+        assert_eq!(orgs.resolve(Some("third")).unwrap(), Some("third"));
+        let orgs_listed =
+            TenantPolicy::new(Some("organizations"), vec!["x".into()], false).unwrap();
+        assert!(orgs_listed.resolve(Some("third")).is_err());
+
+        let none = TenantPolicy::new(None, vec!["x".into()], false).unwrap();
+        assert_eq!(none.resolve(None).unwrap(), None);
+        assert_eq!(none.resolve(Some("x")).unwrap(), Some("x"));
+        assert!(none.resolve(Some("y")).is_err());
+        assert!(none.resolve_required(None).is_err());
+
+        // Per-request tenants are validated too.
+        assert!(
+            any.resolve(Some("evil/../x"))
+                .unwrap_err()
+                .contains("only ASCII letters")
+        );
+        assert!(TenantPolicy::new(Some("bad tenant"), vec![], false).is_err());
+        assert!(TenantPolicy::new(Some("ok"), vec!["bad/one".into()], false).is_err());
+    }
+}

@@ -1,0 +1,707 @@
+//! Token endpoint requests: the form per grant, the POST, and parsing of answers and errors.
+//!
+//! Wire facts (see `entra-protocol.md` of the design notes): `POST
+//! {authority}/{tenant}/oauth2/v2.0/token`, form-encoded, a fresh `x-ms-client-request-id` per
+//! request and a `User-Agent` naming this crate. Numbers in answers may be JSON numbers or
+//! numeric strings. Any `error` field means failure, whatever the status.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderValue, StatusCode};
+use http_body_util::Full;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+use tower::ServiceExt;
+use zeroize::Zeroizing;
+
+use super::authority::Authority;
+use crate::error::{CredentialError, ProviderDetails};
+use crate::token::{AccessToken, Secret, instant_from_unix, unix_now};
+use crate::transport::HttpClient;
+
+/// `User-Agent` of every token request.
+pub(crate) const USER_AGENT_VALUE: &str = concat!("tower-identity/", env!("CARGO_PKG_VERSION"));
+/// Header carrying a fresh id per request, for correlation with Entra's logs.
+const CLIENT_REQUEST_ID: &str = "x-ms-client-request-id";
+/// No `refresh_in`: tokens living at least this long are refreshed at half-life (MSAL's rule).
+const HALF_LIFE_THRESHOLD: Duration = Duration::from_secs(2 * 3600);
+/// The claims fragment that announces the CAE capability.
+const CAE_CAPABILITY: &str = "CP1";
+/// Longest excerpt of an unreadable body quoted in an error.
+const BODY_EXCERPT_CHARS: usize = 200;
+
+/// A form field value; secrets stay wrapped until encoded.
+pub(crate) enum FormValue {
+    Plain(String),
+    Secret(Secret),
+}
+
+/// An ordered `application/x-www-form-urlencoded` form.
+#[derive(Default)]
+pub(crate) struct Form {
+    fields: Vec<(&'static str, FormValue)>,
+}
+
+impl Form {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn field(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.fields.push((name, FormValue::Plain(value.into())));
+        self
+    }
+
+    pub(crate) fn secret(mut self, name: &'static str, value: &Secret) -> Self {
+        self.fields.push((name, FormValue::Secret(value.clone())));
+        self
+    }
+
+    pub(crate) fn optional(self, name: &'static str, value: Option<impl Into<String>>) -> Self {
+        match value {
+            Some(v) => self.field(name, v),
+            None => self,
+        }
+    }
+
+    /// The secret values, to scrub from any text the provider sends back.
+    fn secrets(&self) -> Vec<&str> {
+        self.fields
+            .iter()
+            .filter_map(|(_, v)| match v {
+                FormValue::Secret(s) => Some(s.expose_secret()),
+                FormValue::Plain(_) => None,
+            })
+            .collect()
+    }
+
+    /// The encoded body, in a buffer that is zeroed when the request is dropped.
+    fn encode(&self) -> Bytes {
+        let mut serializer = url::form_urlencoded::Serializer::new(String::new());
+        for (name, value) in &self.fields {
+            let value = match value {
+                FormValue::Plain(v) => v.as_str(),
+                FormValue::Secret(s) => s.expose_secret(),
+            };
+            serializer.append_pair(name, value);
+        }
+        let encoded = Zeroizing::new(serializer.finish().into_bytes());
+        Bytes::from_owner(encoded)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn names(&self) -> Vec<&'static str> {
+        self.fields.iter().map(|(n, _)| *n).collect()
+    }
+}
+
+/// The scopes as the `scope` field carries them: joined with single spaces.
+pub(crate) fn scope_field(scopes: &[String]) -> String {
+    scopes.join(" ")
+}
+
+/// The `claims` field for a request: the caller's claims (a JSON object), with the CAE
+/// capability merged in when CAE is enabled. `None` when neither applies.
+pub(crate) fn claims_field(
+    claims: Option<&str>,
+    enable_cae: bool,
+) -> Result<Option<String>, String> {
+    let parsed = match claims {
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => Some(map),
+            _ => {
+                return Err(
+                    "claims must be a JSON object, such as the decoded claims of a \
+                            CAE challenge: {\"access_token\":{…}}"
+                        .into(),
+                );
+            }
+        },
+        None => None,
+    };
+    if !enable_cae {
+        // Sent as given: the provider compares the JSON it asked for.
+        return Ok(claims.map(str::to_owned));
+    }
+    let mut root = parsed.unwrap_or_default();
+    let access_token = root
+        .entry("access_token")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(access_token) = access_token else {
+        return Err("claims: \"access_token\" must be a JSON object".into());
+    };
+    let xms_cc = access_token
+        .entry("xms_cc")
+        .or_insert_with(|| serde_json::json!({ "values": [] }));
+    let values = match xms_cc {
+        Value::Object(cc) => cc
+            .entry("values")
+            .or_insert_with(|| Value::Array(Vec::new())),
+        _ => return Err("claims: \"xms_cc\" must be a JSON object".into()),
+    };
+    let Value::Array(values) = values else {
+        return Err("claims: \"xms_cc.values\" must be a JSON array".into());
+    };
+    if !values.iter().any(|v| v == CAE_CAPABILITY) {
+        values.push(Value::String(CAE_CAPABILITY.into()));
+    }
+    Ok(Some(Value::Object(root).to_string()))
+}
+
+/// A successful answer of the token endpoint.
+#[derive(Debug)]
+#[allow(dead_code)] // fields beyond the access token are read by the user-grant credentials
+pub(crate) struct TokenResponse {
+    pub(crate) token: AccessToken,
+    pub(crate) refresh_token: Option<Secret>,
+    pub(crate) id_token: Option<Secret>,
+    pub(crate) client_info: Option<String>,
+    pub(crate) foci: Option<String>,
+    pub(crate) scope: Option<String>,
+    /// Wall-clock timestamps (Unix seconds), for caches written to disk.
+    pub(crate) cached_at: u64,
+    pub(crate) expires_on: u64,
+    pub(crate) extended_expires_on: u64,
+    pub(crate) refresh_on: Option<u64>,
+}
+
+/// Sends token requests to one authority.
+#[derive(Clone, Debug)]
+pub(crate) struct TokenClient {
+    http: HttpClient,
+    authority: Authority,
+}
+
+impl TokenClient {
+    pub(crate) fn new(http: HttpClient, authority: Authority) -> Self {
+        Self { http, authority }
+    }
+
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// POSTs `form` to the tenant's token endpoint and parses the answer. Errors are reported
+    /// under `credential`'s name.
+    pub(crate) async fn request(
+        &self,
+        credential: &'static str,
+        tenant: &str,
+        form: Form,
+    ) -> Result<TokenResponse, CredentialError> {
+        let url = self.authority.token_endpoint(tenant);
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let request = http::Request::post(&url)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
+            .header(CLIENT_REQUEST_ID, request_id.as_str())
+            .body(Full::new(form.encode()))
+            .map_err(|e| {
+                CredentialError::invalid_request(
+                    credential,
+                    format!("invalid token endpoint {url}: {e}"),
+                )
+            })?;
+        let sent_at = Instant::now();
+        let sent_at_unix = unix_now();
+        tracing::debug!(credential, url = %url, request_id = %request_id, "token request");
+        let response = self.http.clone().oneshot(request).await.map_err(|e| {
+            let reason = scrub(&e.to_string(), &form.secrets());
+            CredentialError::authentication_failed(
+                credential,
+                format!("could not get a response from Microsoft Entra ID at {url}: {reason}"),
+            )
+            .with_source(ScrubbedError(reason))
+        })?;
+        let (parts, body) = response.into_parts();
+        parse_response(
+            credential,
+            parts.status,
+            &body,
+            &form.secrets(),
+            sent_at,
+            sent_at_unix,
+        )
+    }
+}
+
+/// A transport failure's text, scrubbed, standing in for the original (which could quote
+/// what it was sent).
+#[derive(Debug)]
+struct ScrubbedError(String);
+
+impl std::fmt::Display for ScrubbedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ScrubbedError {}
+
+/// Parses an answer of the token endpoint.
+pub(crate) fn parse_response(
+    credential: &'static str,
+    status: StatusCode,
+    body: &[u8],
+    secrets: &[&str],
+    sent_at: Instant,
+    sent_at_unix: u64,
+) -> Result<TokenResponse, CredentialError> {
+    let json = serde_json::from_slice::<Value>(body).ok();
+    let object = json.as_ref().and_then(Value::as_object);
+    let Some(object) = object else {
+        let mut message = if status.is_success() {
+            "Unexpected response from Microsoft Entra ID: the body is not a JSON object".to_owned()
+        } else {
+            format!("Microsoft Entra ID answered HTTP {status} without an error description")
+        };
+        let excerpt = excerpt(body, secrets);
+        if !excerpt.is_empty() {
+            message.push_str(&format!(" (body starts: {excerpt:?})"));
+        }
+        return Err(
+            CredentialError::authentication_failed(credential, message).with_provider(
+                ProviderDetails {
+                    status: Some(status),
+                    ..ProviderDetails::default()
+                },
+            ),
+        );
+    };
+    if object.contains_key("error") || !status.is_success() {
+        return Err(provider_error(credential, status, object, secrets));
+    }
+    parse_success(object, sent_at, sent_at_unix).map_err(|reason| {
+        CredentialError::authentication_failed(
+            credential,
+            format!("Unexpected response from Microsoft Entra ID: {reason}"),
+        )
+        .with_provider(ProviderDetails {
+            status: Some(status),
+            ..ProviderDetails::default()
+        })
+    })
+}
+
+fn parse_success(
+    object: &Map<String, Value>,
+    sent_at: Instant,
+    sent_at_unix: u64,
+) -> Result<TokenResponse, String> {
+    let access_token = match object.get("access_token") {
+        Some(Value::String(t)) if !t.is_empty() => Secret::new(t.as_str()),
+        _ => return Err("the answer has no access_token".into()),
+    };
+    let expires_in = number_field(object, "expires_in")?;
+    let expires_on_abs = number_field(object, "expires_on")?;
+    // An absolute expires_on (managed-identity style) wins over expires_in.
+    let (expires_on, lifetime_secs) = match (expires_on_abs, expires_in) {
+        (Some(epoch), _) => {
+            let lifetime = epoch.saturating_sub(unix_now());
+            (instant_from_unix(epoch), lifetime)
+        }
+        (None, Some(secs)) => (sent_at + Duration::from_secs(secs), secs),
+        (None, None) => return Err("the answer has neither expires_in nor expires_on".into()),
+    };
+    if lifetime_secs == 0 {
+        return Err("the token it issued has already expired".into());
+    }
+    let refresh_in = match number_field(object, "refresh_in")? {
+        Some(secs) => Some(secs),
+        None if Duration::from_secs(lifetime_secs) >= HALF_LIFE_THRESHOLD => {
+            Some(lifetime_secs / 2)
+        }
+        None => None,
+    };
+    let ext_expires_in = number_field(object, "ext_expires_in")?.unwrap_or(lifetime_secs);
+    let token_type = match object.get("token_type") {
+        Some(Value::String(t)) if !t.is_empty() => t.as_str(),
+        _ => "Bearer",
+    };
+    let token = AccessToken::new(access_token, expires_on)
+        .with_refresh_on(refresh_in.map(|s| sent_at + Duration::from_secs(s)))
+        .with_token_type(token_type);
+    let string = |name: &str| object.get(name).and_then(Value::as_str).map(str::to_owned);
+    Ok(TokenResponse {
+        token,
+        refresh_token: string("refresh_token").map(Secret::new),
+        id_token: string("id_token").map(Secret::new),
+        client_info: string("client_info"),
+        foci: string("foci"),
+        scope: string("scope"),
+        cached_at: sent_at_unix,
+        expires_on: sent_at_unix + lifetime_secs,
+        extended_expires_on: sent_at_unix + ext_expires_in,
+        refresh_on: refresh_in.map(|s| sent_at_unix + s),
+    })
+}
+
+/// A non-negative integer given as a JSON number or a numeric string; absent is `None`,
+/// anything else is an error naming the field.
+fn number_field(object: &Map<String, Value>, name: &str) -> Result<Option<u64>, String> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => number(value)
+            .map(Some)
+            .ok_or_else(|| format!("{name} is not a non-negative number")),
+    }
+}
+
+pub(crate) fn number(value: &Value) -> Option<u64> {
+    let float = |f: f64| (f.is_finite() && f >= 0.0).then_some(f as u64);
+    match value {
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().and_then(float)),
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<u64>()
+                .ok()
+                .or_else(|| s.parse::<f64>().ok().and_then(float))
+        }
+        _ => None,
+    }
+}
+
+/// An error answer: `Microsoft Entra ID error '(code) description'`, with the details kept
+/// apart and a hint for the common mistakes.
+fn provider_error(
+    credential: &'static str,
+    status: StatusCode,
+    object: &Map<String, Value>,
+    secrets: &[&str],
+) -> CredentialError {
+    let text = |name: &str| {
+        object
+            .get(name)
+            .and_then(Value::as_str)
+            .map(|s| scrub(s, secrets))
+    };
+    let error = text("error");
+    let codes: Vec<u32> = object
+        .get("error_codes")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(number)
+                .filter_map(|n| u32::try_from(n).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let description = text("error_description").map(|d| one_line(&d));
+    let mut message = match (&error, &description) {
+        (Some(e), Some(d)) => format!("Microsoft Entra ID error '({e}) {d}'"),
+        (Some(e), None) => format!("Microsoft Entra ID error '({e})'"),
+        (None, _) => format!("Microsoft Entra ID answered HTTP {status} without an error code"),
+    };
+    if let Some(hint) = hint(error.as_deref(), &codes) {
+        message.push_str(". ");
+        message.push_str(hint);
+    }
+    CredentialError::authentication_failed(credential, message).with_provider(ProviderDetails {
+        status: Some(status),
+        error,
+        error_codes: codes,
+        correlation_id: text("correlation_id"),
+    })
+}
+
+/// What to do about the errors people hit most.
+fn hint(error: Option<&str>, codes: &[u32]) -> Option<&'static str> {
+    let code = |c: u32| codes.contains(&c);
+    Some(match error {
+        _ if code(7000215) => {
+            "Check that the client secret is the secret's value (not its id) and belongs to this app"
+        }
+        _ if code(7000222) => "The client secret has expired: create a new one for the app",
+        _ if code(700016) => "Check the client id, and that the app is registered in this tenant",
+        _ if code(90002) => "Check the tenant id: no such tenant was found",
+        Some("invalid_scope") => {
+            "Check the scope; app-only tokens need a \"<resource>/.default\" scope"
+        }
+        Some("invalid_grant") => "Sign in again to get a new authorization code or refresh token",
+        _ => return None,
+    })
+}
+
+fn one_line(text: &str) -> String {
+    text.split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The start of an unreadable body, scrubbed and with control characters removed.
+fn excerpt(body: &[u8], secrets: &[&str]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let scrubbed = scrub(&text, secrets);
+    scrubbed
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(BODY_EXCERPT_CHARS)
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+/// Replaces token values in text from a provider with `***`: the secrets we sent, anything
+/// shaped like a JWT, and the values of `*_token` fields (JSON or form style).
+pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        out = out.replace(secret, "***");
+    }
+    scrub_token_fields(&scrub_jwts(&out))
+}
+
+fn is_jwt_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=' | '+' | '/')
+}
+
+/// `eyJ…` runs that contain a dot: JWT/JWS/JWE compact serialisations.
+fn scrub_jwts(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("eyJ") {
+        out.push_str(&rest[..at]);
+        let candidate = &rest[at..];
+        let len = candidate
+            .find(|c| !is_jwt_char(c))
+            .unwrap_or(candidate.len());
+        if candidate[..len].contains('.') {
+            out.push_str("***");
+        } else {
+            out.push_str(&candidate[..len]);
+        }
+        rest = &candidate[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Values of `access_token`, `refresh_token`, `id_token` (any `…_token` name) after `":"` or `=`.
+fn scrub_token_fields(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("_token") {
+        let (head, tail) = rest.split_at(at + "_token".len());
+        out.push_str(head);
+        // Skip a closing quote, spaces and the separator, then an opening quote.
+        let after_name = tail.trim_start_matches('"').trim_start();
+        let Some(after_sep) = after_name
+            .strip_prefix(':')
+            .or_else(|| after_name.strip_prefix('='))
+        else {
+            rest = tail;
+            continue;
+        };
+        let after_sep = after_sep.trim_start();
+        let quoted = after_sep.starts_with('"');
+        let value_start = if quoted { &after_sep[1..] } else { after_sep };
+        let end = value_start
+            .find(|c: char| {
+                if quoted {
+                    c == '"'
+                } else {
+                    matches!(c, '&' | ',' | '}' | ' ' | '\r' | '\n')
+                }
+            })
+            .unwrap_or(value_start.len());
+        if end == 0 {
+            rest = tail;
+            continue;
+        }
+        out.push_str(&tail[..tail.len() - value_start.len()]);
+        out.push_str("***");
+        rest = &value_start[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(status: u16, body: &str) -> Result<TokenResponse, CredentialError> {
+        parse_response(
+            "TestCredential",
+            StatusCode::from_u16(status).unwrap(),
+            body.as_bytes(),
+            &["the-client-secret"],
+            Instant::now(),
+            1_700_000_000,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn numbers_may_be_json_numbers_or_numeric_strings() {
+        for body in [
+            r#"{"access_token":"a","expires_in":3599,"ext_expires_in":3599,"refresh_in":1800,"token_type":"Bearer"}"#,
+            r#"{"access_token":"a","expires_in":"3599","ext_expires_in":"3599","refresh_in":"1800"}"#,
+            r#"{"access_token":"a","expires_in":3599.0,"refresh_in":" 1800 "}"#,
+        ] {
+            let r = parse(200, body).unwrap();
+            assert_eq!(r.token.expires_in(), Duration::from_secs(3599), "{body}");
+            assert_eq!(
+                r.token.refresh_on(),
+                Some(Instant::now() + Duration::from_secs(1800)),
+                "{body}"
+            );
+            assert_eq!(r.expires_on, 1_700_003_599);
+            assert_eq!(r.refresh_on, Some(1_700_001_800));
+            assert_eq!(r.token.token_type(), "Bearer");
+        }
+        let err = parse(200, r#"{"access_token":"a","expires_in":"soon"}"#).unwrap_err();
+        assert!(
+            err.message()
+                .contains("expires_in is not a non-negative number"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_on_follows_refresh_in_then_half_life_for_long_tokens() {
+        let r = parse(200, r#"{"access_token":"a","expires_in":7200}"#).unwrap();
+        assert_eq!(
+            r.token.refresh_on(),
+            Some(Instant::now() + Duration::from_secs(3600))
+        );
+        let r = parse(200, r#"{"access_token":"a","expires_in":7199}"#).unwrap();
+        assert_eq!(r.token.refresh_on(), None);
+        assert_eq!(r.refresh_on, None);
+        let r = parse(
+            200,
+            r#"{"access_token":"a","expires_in":86400,"refresh_in":600}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.token.refresh_on(),
+            Some(Instant::now() + Duration::from_secs(600))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absolute_expires_on_wins_over_expires_in() {
+        let epoch = unix_now() + 1000;
+        let body = format!(r#"{{"access_token":"a","expires_in":3600,"expires_on":"{epoch}"}}"#);
+        let r = parse(200, &body).unwrap();
+        let left = r.token.expires_in().as_secs();
+        assert!((999..=1000).contains(&left), "{left}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn missing_expiry_or_token_is_an_unexpected_response_without_echo() {
+        let err = parse(
+            200,
+            r#"{"access_token":"eyJhbGciOi.payload.sig","token_type":"Bearer"}"#,
+        )
+        .unwrap_err();
+        assert!(err.is_authentication_failed());
+        assert!(
+            err.message()
+                .starts_with("Unexpected response from Microsoft Entra ID"),
+            "{err}"
+        );
+        assert!(
+            err.message().contains("neither expires_in nor expires_on"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("payload"), "{err}");
+        let err = parse(200, r#"{"expires_in":3600}"#).unwrap_err();
+        assert!(err.message().contains("no access_token"), "{err}");
+        let err = parse(200, r#"{"access_token":"a","expires_in":0}"#).unwrap_err();
+        assert!(err.message().contains("already expired"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entra_error_body_becomes_a_detailed_error() {
+        let body = r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.\r\nTrace ID: t-1\r\nCorrelation ID: c-1\r\nTimestamp: 2024-05-01 00:00:00Z","error_codes":[7000215],"timestamp":"2024-05-01 00:00:00Z","trace_id":"t-1","correlation_id":"c-1"}"#;
+        let err = parse(401, body).unwrap_err();
+        assert!(err.is_authentication_failed());
+        assert_eq!(err.status(), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(err.error_code(), Some("invalid_client"));
+        assert_eq!(err.error_codes(), [7000215]);
+        assert_eq!(err.correlation_id(), Some("c-1"));
+        let msg = err.message();
+        assert!(msg.starts_with("Microsoft Entra ID error '(invalid_client) AADSTS7000215: Invalid client secret provided."), "{msg}");
+        assert!(msg.contains("Trace ID: t-1 Correlation ID: c-1"), "{msg}");
+        assert!(msg.contains("Check that the client secret"), "{msg}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_field_means_failure_even_with_200() {
+        let err = parse(200, r#"{"error":"invalid_grant","error_description":"AADSTS54005: code redeemed","error_codes":["54005"]}"#).unwrap_err();
+        assert_eq!(err.error_codes(), [54005]);
+        assert!(err.message().contains("Sign in again"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreadable_bodies_are_quoted_scrubbed_and_short() {
+        let html = format!(
+            "<html>proxy says the-client-secret eyJa.b.c {}</html>",
+            "x".repeat(500)
+        );
+        let err = parse(502, &html).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("HTTP 502"), "{msg}");
+        assert!(msg.contains("<html>proxy says *** ***"), "{msg}");
+        assert!(
+            !msg.contains("the-client-secret") && !msg.contains("eyJa"),
+            "{msg}"
+        );
+        assert!(msg.len() < 400, "{}", msg.len());
+        let err = parse(200, "not json").unwrap_err();
+        assert!(err.message().contains("not a JSON object"), "{err}");
+    }
+
+    #[test]
+    fn scrub_removes_known_secrets_jwts_and_token_fields() {
+        let text = r#"secret=abcd1234 jwt=eyJhbGc.eyJzdWIi.sig {"refresh_token": "opaque-rt", "id_token":"x"} access_token=opaque&next=1 eyJnotajwt"#;
+        let out = scrub(text, &["abcd1234"]);
+        assert_eq!(
+            out,
+            r#"secret=*** jwt=*** {"refresh_token": "***", "id_token":"***"} access_token=***&next=1 eyJnotajwt"#
+        );
+    }
+
+    #[test]
+    fn cae_capability_is_merged_into_claims() {
+        assert_eq!(claims_field(None, false).unwrap(), None);
+        assert_eq!(
+            claims_field(None, true).unwrap().unwrap(),
+            r#"{"access_token":{"xms_cc":{"values":["CP1"]}}}"#
+        );
+        let challenge = r#"{"access_token":{"nbf":{"essential":true,"value":"1726077595"}}}"#;
+        assert_eq!(
+            claims_field(Some(challenge), false).unwrap().unwrap(),
+            challenge
+        );
+        assert_eq!(
+            claims_field(Some(challenge), true).unwrap().unwrap(),
+            r#"{"access_token":{"nbf":{"essential":true,"value":"1726077595"},"xms_cc":{"values":["CP1"]}}}"#
+        );
+        let has_cp1 = r#"{"access_token":{"xms_cc":{"values":["CP1","X"]}},"id_token":{}}"#;
+        assert_eq!(claims_field(Some(has_cp1), true).unwrap().unwrap(), has_cp1);
+        assert!(claims_field(Some("[1]"), false).is_err());
+        assert!(claims_field(Some(r#"{"access_token":1}"#), true).is_err());
+    }
+
+    #[test]
+    fn form_encodes_in_order_and_lists_secrets() {
+        let secret = Secret::new("s p&c=");
+        let form = Form::new()
+            .field("client_id", "id")
+            .secret("client_secret", &secret)
+            .field("scope", scope_field(&["a".into(), "b c".into()]))
+            .optional("claims", None::<String>);
+        assert_eq!(form.names(), ["client_id", "client_secret", "scope"]);
+        assert_eq!(
+            &form.encode()[..],
+            b"client_id=id&client_secret=s+p%26c%3D&scope=a+b+c"
+        );
+        assert_eq!(form.secrets(), ["s p&c="]);
+    }
+}

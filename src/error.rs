@@ -1,0 +1,404 @@
+//! Errors: [`CredentialError`] for everything a credential answers, [`ConfigError`] for
+//! everything a builder or constructor rejects.
+//!
+//! Neither ever carries a secret: messages are written from fields we choose, and text that
+//! came from a provider is scrubbed of token values before it gets here.
+
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+use http::StatusCode;
+
+/// A boxed error, as tower uses.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// What kind of failure a [`CredentialError`] is. It decides what a chain does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The credential lacks configuration, data or platform support (no environment
+    /// variables, no `az`, no cached account). A chain moves on to the next credential.
+    Unavailable,
+    /// The credential tried and failed: the identity provider said no, answered with something
+    /// unusable, or could not be reached. A chain stops here.
+    AuthenticationFailed,
+    /// The request or the credential's configuration is wrong: no scope, a malformed tenant
+    /// id, a tenant the credential may not use. A chain stops here.
+    InvalidRequest,
+}
+
+impl ErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::AuthenticationFailed => "authentication failed",
+            ErrorKind::InvalidRequest => "invalid request",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// The error of every credential.
+///
+/// Opaque, cheap to clone (callers that shared one token acquisition all receive it), and
+/// free of secrets. Ask it what [kind](Self::kind) it is, which credential raised it and, when
+/// the identity provider answered, the HTTP status, the OAuth `error` code, the AADSTS codes
+/// and the correlation id to quote to support. A chain's error also lists every
+/// [attempt](Self::attempts).
+#[derive(Clone)]
+pub struct CredentialError {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    kind: ErrorKind,
+    credential: Cow<'static, str>,
+    message: String,
+    provider: Option<ProviderDetails>,
+    attempts: Vec<CredentialError>,
+    source: Option<Arc<dyn StdError + Send + Sync>>,
+}
+
+/// What an identity provider said when it refused: already scrubbed of token values.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ProviderDetails {
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) error: Option<String>,
+    pub(crate) error_codes: Vec<u32>,
+    pub(crate) correlation_id: Option<String>,
+}
+
+impl CredentialError {
+    fn build(kind: ErrorKind, credential: impl Into<Cow<'static, str>>, message: String) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                credential: credential.into(),
+                message,
+                provider: None,
+                attempts: Vec::new(),
+                source: None,
+            }),
+        }
+    }
+
+    /// An *unavailable* error: `credential` lacks what it needs; `message` says what to do.
+    /// Custom credentials use this so chains move past them.
+    pub fn unavailable(
+        credential: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::build(ErrorKind::Unavailable, credential, message.into())
+    }
+
+    /// An *authentication failed* error: `credential` tried and the attempt failed.
+    pub fn authentication_failed(
+        credential: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::build(ErrorKind::AuthenticationFailed, credential, message.into())
+    }
+
+    /// An *invalid request* error: the request or configuration cannot work as given.
+    pub fn invalid_request(
+        credential: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::build(ErrorKind::InvalidRequest, credential, message.into())
+    }
+
+    /// Attaches the underlying cause (e.g. an I/O or TLS error). The cause must not hold a
+    /// secret.
+    pub fn with_source(mut self, source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        self.inner_mut().source = Some(Arc::from(source.into()));
+        self
+    }
+
+    pub(crate) fn with_provider(mut self, details: ProviderDetails) -> Self {
+        self.inner_mut().provider = Some(details);
+        self
+    }
+
+    /// The same error, reported under another credential's name (a credential that
+    /// delegates, like `EnvironmentCredential`, reports under its own).
+    pub(crate) fn renamed(mut self, credential: &'static str) -> Self {
+        self.inner_mut().credential = Cow::Borrowed(credential);
+        self
+    }
+
+    /// The error of a chain: every attempt in order; the last one decides the kind, unless
+    /// every attempt was unavailable.
+    pub(crate) fn chain(chain_name: &'static str, attempts: Vec<CredentialError>) -> Self {
+        // Nested chains list their own attempts: flatten so the user sees leaf credentials.
+        let attempts: Vec<CredentialError> = attempts
+            .into_iter()
+            .flat_map(|a| {
+                if a.inner.attempts.is_empty() {
+                    vec![a]
+                } else {
+                    a.inner.attempts.clone()
+                }
+            })
+            .collect();
+        let stopper = attempts.last().filter(|a| !a.is_unavailable()).cloned();
+        let mut message = match &stopper {
+            Some(s) => format!(
+                "{} failed ({}), so the chain stopped. Attempts, in order:",
+                s.credential(),
+                s.kind()
+            ),
+            None => "no credential in the chain could get a token. Attempts, in order:".into(),
+        };
+        for (i, a) in attempts.iter().enumerate() {
+            message.push_str(&format!(
+                "\n  {}. {} ({}): {}",
+                i + 1,
+                a.credential(),
+                a.kind(),
+                a.message()
+            ));
+        }
+        let kind = stopper
+            .as_ref()
+            .map_or(ErrorKind::Unavailable, |s| s.kind());
+        let mut err = Self::build(kind, chain_name, message);
+        {
+            let inner = err.inner_mut();
+            inner.provider = stopper.as_ref().and_then(|s| s.inner.provider.clone());
+            inner.source = stopper.map(|s| Arc::new(s) as Arc<dyn StdError + Send + Sync>);
+            inner.attempts = attempts;
+        }
+        err
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        // Errors are built before they are shared; this only clones if someone holds a copy.
+        Arc::make_mut(&mut self.inner)
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// Whether the credential was unavailable (a chain moves on).
+    pub fn is_unavailable(&self) -> bool {
+        self.inner.kind == ErrorKind::Unavailable
+    }
+
+    /// Whether the credential tried and failed (a chain stops).
+    pub fn is_authentication_failed(&self) -> bool {
+        self.inner.kind == ErrorKind::AuthenticationFailed
+    }
+
+    /// Whether the request or configuration was invalid.
+    pub fn is_invalid_request(&self) -> bool {
+        self.inner.kind == ErrorKind::InvalidRequest
+    }
+
+    /// The name of the credential that raised the error, e.g. `ClientSecretCredential`.
+    pub fn credential(&self) -> &str {
+        &self.inner.credential
+    }
+
+    /// The message without the credential name.
+    pub fn message(&self) -> &str {
+        &self.inner.message
+    }
+
+    /// The HTTP status of the provider's answer, when it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.provider.as_ref().and_then(|p| p.status)
+    }
+
+    /// The OAuth `error` code of the provider's answer (`invalid_client`, `invalid_grant`, …).
+    pub fn error_code(&self) -> Option<&str> {
+        self.inner
+            .provider
+            .as_ref()
+            .and_then(|p| p.error.as_deref())
+    }
+
+    /// The AADSTS codes of the provider's answer (e.g. `[7000215]`).
+    pub fn error_codes(&self) -> &[u32] {
+        self.inner
+            .provider
+            .as_ref()
+            .map_or(&[], |p| p.error_codes.as_slice())
+    }
+
+    /// The correlation id of the provider's answer, to quote to support.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.inner
+            .provider
+            .as_ref()
+            .and_then(|p| p.correlation_id.as_deref())
+    }
+
+    /// For a chain's error: every credential tried, in order (nested chains flattened).
+    /// Empty for a single credential's error.
+    pub fn attempts(&self) -> &[CredentialError] {
+        &self.inner.attempts
+    }
+}
+
+impl fmt::Display for CredentialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.inner.credential, self.inner.message)
+    }
+}
+
+impl fmt::Debug for CredentialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("CredentialError");
+        d.field("kind", &self.inner.kind)
+            .field("credential", &self.inner.credential)
+            .field("message", &self.inner.message);
+        if let Some(p) = &self.inner.provider {
+            d.field("status", &p.status)
+                .field("error", &p.error)
+                .field("error_codes", &p.error_codes)
+                .field("correlation_id", &p.correlation_id);
+        }
+        if !self.inner.attempts.is_empty() {
+            d.field("attempts", &self.inner.attempts.len());
+        }
+        if let Some(s) = &self.inner.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl StdError for CredentialError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
+    }
+}
+
+/// A builder or constructor rejected its input: the message names the setting and what
+/// would be accepted.
+#[derive(Debug)]
+pub struct ConfigError {
+    message: String,
+    source: Option<BoxError>,
+}
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl StdError for ConfigError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_error_lists_attempts_in_order_with_kind() {
+        let a = CredentialError::unavailable("A", "no config; set X");
+        let b = CredentialError::authentication_failed("B", "provider said no");
+        let err = CredentialError::chain("ChainedTokenCredential", vec![a, b]);
+        assert!(err.is_authentication_failed());
+        let text = err.to_string();
+        assert!(
+            text.starts_with("ChainedTokenCredential: B failed"),
+            "{text}"
+        );
+        let a_at = text.find("1. A (unavailable): no config; set X").unwrap();
+        let b_at = text
+            .find("2. B (authentication failed): provider said no")
+            .unwrap();
+        assert!(a_at < b_at);
+        assert_eq!(err.attempts().len(), 2);
+        assert_eq!(err.source().unwrap().to_string(), "B: provider said no");
+    }
+
+    #[test]
+    fn all_unavailable_chain_is_unavailable() {
+        let err = CredentialError::chain(
+            "ChainedTokenCredential",
+            vec![
+                CredentialError::unavailable("A", "a"),
+                CredentialError::unavailable("B", "b"),
+            ],
+        );
+        assert!(err.is_unavailable());
+        assert!(err.source().is_none());
+        assert!(err.to_string().contains("no credential in the chain"));
+    }
+
+    #[test]
+    fn nested_chain_attempts_are_flattened() {
+        let inner = CredentialError::chain(
+            "ChainedTokenCredential",
+            vec![
+                CredentialError::unavailable("A", "a"),
+                CredentialError::unavailable("B", "b"),
+            ],
+        );
+        let outer = CredentialError::chain(
+            "ChainedTokenCredential",
+            vec![inner, CredentialError::unavailable("C", "c")],
+        );
+        let names: Vec<_> = outer.attempts().iter().map(|a| a.credential()).collect();
+        assert_eq!(names, ["A", "B", "C"]);
+    }
+
+    #[test]
+    fn provider_details_survive_and_show_in_debug() {
+        let err =
+            CredentialError::authentication_failed("C", "no").with_provider(ProviderDetails {
+                status: Some(StatusCode::UNAUTHORIZED),
+                error: Some("invalid_client".into()),
+                error_codes: vec![7000215],
+                correlation_id: Some("corr".into()),
+            });
+        let chained = CredentialError::chain("Chain", vec![err.clone()]);
+        for e in [&err, &chained] {
+            assert_eq!(e.status(), Some(StatusCode::UNAUTHORIZED));
+            assert_eq!(e.error_code(), Some("invalid_client"));
+            assert_eq!(e.error_codes(), [7000215]);
+            assert_eq!(e.correlation_id(), Some("corr"));
+        }
+        assert!(format!("{err:?}").contains("7000215"));
+    }
+}

@@ -1,0 +1,50 @@
+//! Microsoft Entra ID (Azure AD) authentication for HTTP clients, the tower way.
+//!
+//! * **Credentials are tower services** from [`TokenRequest`] to [`AccessToken`]:
+//!   [`ClientSecretCredential`], [`EnvironmentCredential`], [`AzureCliCredential`], or any
+//!   type of the same shape ([`TokenCredential`]).
+//! * **Chains are fallbacks**: [`ChainedTokenCredential`] and `a.or(b)`. An *unavailable*
+//!   credential passes to the next; one that tried and failed stops the chain; the error lists
+//!   every attempt.
+//! * **Tokens are cached and renewed** per credential: concurrent callers share one request,
+//!   a token is renewed in the last 5 minutes of its life (or at the provider's `refresh_in`),
+//!   a failed renewal keeps the still-valid token, and an expired token is never returned.
+//!
+//! ```no_run
+//! use tower_identity::{AzureCliCredential, CredentialExt, EnvironmentCredential};
+//!
+//! # async fn run() -> Result<(), tower_identity::CredentialError> {
+//! let credential = EnvironmentCredential::new().or(AzureCliCredential::new());
+//! let token = credential
+//!     .get_token(["https://management.azure.com/.default"])
+//!     .await?;
+//! println!("token expires in {} s", token.expires_in().as_secs());
+//! # Ok(()) }
+//! ```
+//!
+//! Errors are [`CredentialError`]s: ask [`kind`](CredentialError::kind), the credential, and
+//! when the provider answered its status, `error`, AADSTS codes and correlation id. No error,
+//! `Debug` output or trace of this crate contains a secret.
+//!
+//! Everything runs on tokio; token acquisitions are spawned tasks so that a caller giving up
+//! does not cancel them for others.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod cache;
+pub mod credential;
+mod entra;
+mod error;
+mod refresh;
+mod token;
+pub mod transport;
+
+pub use credential::{
+    AzureCliCredential, BoxCredential, ChainedTokenCredential, ClientSecretCredential,
+    CredentialExt, EnvironmentCredential, Fallback, TokenCredential,
+};
+pub use entra::authority::authority_hosts;
+pub use error::{BoxError, ConfigError, CredentialError, ErrorKind};
+pub use token::{AccessToken, Secret, TokenRequest};
+pub use transport::{HttpClient, HttpClientBuilder, RetryOptions};

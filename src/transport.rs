@@ -1,0 +1,717 @@
+//! [`HttpClient`]: the tower service credentials send their token requests through.
+//!
+//! The default is hyper-util's client over rustls (ring, Mozilla's roots from
+//! `webpki-roots`, HTTPS only, HTTP/1.1 and HTTP/2) with:
+//!
+//! * a cap on response bodies (1 MiB by default), so a broken or hostile endpoint cannot
+//!   exhaust memory;
+//! * a per-attempt timeout (30 s by default);
+//! * bounded retries of 408, 429, 500, 502, 503, 504 and connection failures, with
+//!   exponential backoff and jitter, honouring `Retry-After` (seconds or an HTTP date),
+//!   `retry-after-ms` and `x-ms-retry-after-ms`. Other 4xx answers — the identity provider's
+//!   `invalid_client`, `invalid_grant`, … — are final and never retried, and neither are
+//!   TLS failures.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_identity::{HttpClient, RetryOptions};
+//!
+//! # fn run(private_ca_pem: &[u8]) -> Result<(), tower_identity::ConfigError> {
+//! let http = HttpClient::builder()
+//!     .add_root_certificates_pem(private_ca_pem)  // a private CA, added to the public roots
+//!     .timeout(Some(Duration::from_secs(10)))
+//!     .retry(RetryOptions::default().max_retries(2))
+//!     .build()?
+//!     // any tower layer around the whole client: concurrency limits, your own retry, …
+//!     .layer(tower::limit::ConcurrencyLimitLayer::new(4));
+//! # let _ = http; Ok(()) }
+//! # run(b"").unwrap_err();
+//! ```
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tower::ServiceExt;
+use tower::retry::{Policy, Retry};
+use tower::util::BoxCloneSyncService;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::error::{BoxError, ConfigError};
+
+/// A request as credentials send it: the body is a complete, cheaply cloned buffer.
+pub type HttpRequest = http::Request<Full<Bytes>>;
+/// A response as credentials read it: the body is collected (and size-capped).
+pub type HttpResponse = http::Response<Bytes>;
+
+/// Default cap on response bodies. Token responses are a few KiB; an id token with many
+/// group claims stays well below this.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Default per-attempt timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP client of the credentials: a cloneable, boxed tower service.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: BoxCloneSyncService<HttpRequest, HttpResponse, BoxError>,
+}
+
+impl HttpClient {
+    /// The default client (see the module docs).
+    pub fn new() -> Self {
+        Self::builder().build_with_roots(default_roots())
+    }
+
+    /// A builder for the default client with other settings.
+    pub fn builder() -> HttpClientBuilder {
+        HttpClientBuilder::default()
+    }
+
+    /// Uses any tower service of the right shape as the client (for example one with your
+    /// own proxy connector). Nothing is added: no retries, no cap, no timeout.
+    pub fn from_service<S>(service: S) -> Self
+    where
+        S: Service<HttpRequest, Response = HttpResponse> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        Self {
+            inner: BoxCloneSyncService::new(service.map_err(Into::into)),
+        }
+    }
+
+    /// Wraps the whole client in a tower layer (timeout, concurrency limit, rate limit, …).
+    pub fn layer<L>(self, layer: L) -> Self
+    where
+        L: Layer<HttpClient>,
+        L::Service: Service<HttpRequest, Response = HttpResponse> + Clone + Send + Sync + 'static,
+        <L::Service as Service<HttpRequest>>::Error: Into<BoxError>,
+        <L::Service as Service<HttpRequest>>::Future: Send + 'static,
+    {
+        Self::from_service(layer.layer(self))
+    }
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HttpClient")
+    }
+}
+
+impl Service<HttpRequest> for HttpClient {
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+/// Settings for the default [`HttpClient`].
+#[derive(Clone, Debug)]
+pub struct HttpClientBuilder {
+    extra_roots_pem: Vec<Vec<u8>>,
+    timeout: Option<Duration>,
+    max_response_bytes: usize,
+    retry: Option<RetryOptions>,
+}
+
+impl Default for HttpClientBuilder {
+    fn default() -> Self {
+        Self {
+            extra_roots_pem: Vec::new(),
+            timeout: Some(DEFAULT_TIMEOUT),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            retry: Some(RetryOptions::default()),
+        }
+    }
+}
+
+impl HttpClientBuilder {
+    /// Trusts the certificates in this PEM text (one or more `CERTIFICATE` blocks) as roots,
+    /// in addition to the public roots: for an authority behind a private CA.
+    pub fn add_root_certificates_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.extra_roots_pem.push(pem.as_ref().to_vec());
+        self
+    }
+
+    /// Per-attempt timeout covering connect, headers and body; `None` waits forever.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Largest response body accepted; larger ones fail the request.
+    pub fn max_response_bytes(mut self, limit: usize) -> Self {
+        self.max_response_bytes = limit;
+        self
+    }
+
+    /// Retry settings for throttling, server errors and connection failures.
+    pub fn retry(mut self, options: RetryOptions) -> Self {
+        self.retry = Some(options);
+        self
+    }
+
+    /// Never retry.
+    pub fn no_retry(mut self) -> Self {
+        self.retry = None;
+        self
+    }
+
+    /// Builds the client; fails if a PEM has no certificate or a certificate is invalid.
+    pub fn build(self) -> Result<HttpClient, ConfigError> {
+        let mut roots = default_roots();
+        for pem in &self.extra_roots_pem {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    ConfigError::new("root certificate PEM could not be parsed").with_source(e)
+                })?;
+            if certs.is_empty() {
+                return Err(ConfigError::new(
+                    "root certificate PEM holds no \"-----BEGIN CERTIFICATE-----\" block",
+                ));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    ConfigError::new("a root certificate was rejected").with_source(e)
+                })?;
+            }
+        }
+        Ok(self.build_with_roots(roots))
+    }
+
+    fn build_with_roots(self, roots: rustls::RootCertStore) -> HttpClient {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector({
+                let mut http = HttpConnector::new();
+                http.enforce_http(false);
+                http.set_nodelay(true);
+                http
+            });
+        let leaf = HyperLeaf {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            timeout: self.timeout,
+            max_response_bytes: self.max_response_bytes,
+        };
+        match self.retry {
+            Some(options) => HttpClient::from_service(Retry::new(RetryPolicy::new(options), leaf)),
+            None => HttpClient::from_service(leaf),
+        }
+    }
+}
+
+fn default_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
+type HyperClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// hyper-util's client, with the timeout and the body cap.
+#[derive(Clone)]
+struct HyperLeaf {
+    client: HyperClient,
+    timeout: Option<Duration>,
+    max_response_bytes: usize,
+}
+
+impl Service<HttpRequest> for HyperLeaf {
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The legacy client is always ready; it queues on its pool internally.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let client = self.client.clone();
+        let limit = self.max_response_bytes;
+        let exchange = async move {
+            let response = client
+                .request(request)
+                .await
+                .map_err(TransportError::from_client)?;
+            if let Some(length) = content_length(response.headers()) {
+                if length > limit as u64 {
+                    return Err(TransportError::too_large(limit));
+                }
+            }
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, limit)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        TransportError::too_large(limit)
+                    } else {
+                        TransportError::new(
+                            TransportErrorKind::Io,
+                            "reading the response body failed",
+                        )
+                        .with_source(e)
+                    }
+                })?
+                .to_bytes();
+            Ok(http::Response::from_parts(parts, body))
+        };
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let result = match timeout {
+                Some(limit) => tokio::time::timeout(limit, exchange)
+                    .await
+                    .unwrap_or_else(|_| Err(TransportError::timed_out(limit))),
+                None => exchange.await,
+            };
+            result.map_err(BoxError::from)
+        })
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A failure of the default client. Reached through `CredentialError::source()`.
+#[derive(Debug)]
+pub struct TransportError {
+    kind: TransportErrorKind,
+    message: String,
+    source: Option<BoxError>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TransportErrorKind {
+    Connect,
+    Tls,
+    Timeout,
+    TooLarge,
+    Io,
+}
+
+impl TransportError {
+    fn new(kind: TransportErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    fn from_client(error: hyper_util::client::legacy::Error) -> Self {
+        let tls = source_chain(&error).any(is_rustls_error);
+        let (kind, message) = if tls {
+            (
+                TransportErrorKind::Tls,
+                "TLS handshake failed (if the server uses a private CA, add it with \
+                 HttpClient::builder().add_root_certificates_pem)",
+            )
+        } else if error.is_connect() {
+            (TransportErrorKind::Connect, "connection failed")
+        } else {
+            (TransportErrorKind::Io, "the HTTP exchange failed")
+        };
+        Self::new(kind, message).with_source(error)
+    }
+
+    fn too_large(limit: usize) -> Self {
+        Self::new(
+            TransportErrorKind::TooLarge,
+            format!("the response body is larger than the {limit}-byte limit"),
+        )
+    }
+
+    fn timed_out(limit: Duration) -> Self {
+        Self::new(
+            TransportErrorKind::Timeout,
+            format!("no complete response within {limit:?}"),
+        )
+    }
+
+    /// Whether the request timed out.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == TransportErrorKind::Timeout
+    }
+
+    /// Whether the response body was over the size cap.
+    pub fn is_body_too_large(&self) -> bool {
+        self.kind == TransportErrorKind::TooLarge
+    }
+
+    /// Whether the TLS handshake failed (for example an unknown CA).
+    pub fn is_tls(&self) -> bool {
+        self.kind == TransportErrorKind::Tls
+    }
+
+    /// Whether connecting failed.
+    pub fn is_connect(&self) -> bool {
+        self.kind == TransportErrorKind::Connect
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        // The innermost cause says what actually happened (refused, unknown issuer, …).
+        if let Some(root) = self
+            .source
+            .as_deref()
+            .map(|s| source_chain(s).last().unwrap_or(s))
+        {
+            write!(f, ": {root}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for TransportError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
+    }
+}
+
+/// hyper-rustls reports a handshake failure as an io::Error wrapping an io::Error wrapping
+/// rustls::Error, and io::Error::source() skips the error it wraps: unwrap explicitly.
+fn is_rustls_error(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        current = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn StdError + 'static));
+    }
+    false
+}
+
+/// An error and its sources, outermost first.
+fn source_chain<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(error), |e: &&'a (dyn StdError + 'static)| {
+        (*e).source()
+    })
+}
+
+/// How token requests are retried.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryOptions {
+    max_retries: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    max_retry_after: Duration,
+}
+
+impl Default for RetryOptions {
+    fn default() -> Self {
+        // azure-core's defaults start at 0.8 s and double; three retries keep a failing
+        // token request under ~6 s of backoff.
+        Self {
+            max_retries: 3,
+            initial_backoff: Duration::from_millis(800),
+            max_backoff: Duration::from_secs(60),
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryOptions {
+    /// Retries after the first attempt (default 3).
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// First backoff; it doubles per retry, with ±20 % jitter (default 800 ms).
+    pub fn initial_backoff(mut self, backoff: Duration) -> Self {
+        self.initial_backoff = backoff;
+        self
+    }
+
+    /// Cap on a computed backoff (default 60 s).
+    pub fn max_backoff(mut self, backoff: Duration) -> Self {
+        self.max_backoff = backoff;
+        self
+    }
+
+    /// A server asking to wait longer than this (`Retry-After`) is not retried: its answer is
+    /// returned at once (default 60 s).
+    pub fn max_retry_after(mut self, wait: Duration) -> Self {
+        self.max_retry_after = wait;
+        self
+    }
+}
+
+/// tower's retry policy for token requests; one clone per request, counting its retries.
+#[derive(Clone, Debug)]
+struct RetryPolicy {
+    options: RetryOptions,
+    retries: u32,
+}
+
+impl RetryPolicy {
+    fn new(options: RetryOptions) -> Self {
+        Self {
+            options,
+            retries: 0,
+        }
+    }
+
+    fn backoff(&self) -> Duration {
+        let exponential = self
+            .options
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(self.retries));
+        let jittered = exponential.mul_f64(0.8 + fastrand::f64() * 0.4);
+        jittered.min(self.options.max_backoff)
+    }
+
+    /// The wait before the next attempt, or `None` when the outcome is final.
+    fn delay_for(&self, result: &Result<HttpResponse, BoxError>) -> Option<Duration> {
+        match result {
+            Ok(response) if is_retryable_status(response.status()) => {
+                match retry_after(response.headers(), SystemTime::now()) {
+                    Some(wait) if wait > self.options.max_retry_after => {
+                        tracing::debug!(
+                            ?wait,
+                            "server asked to wait longer than allowed; not retrying"
+                        );
+                        None
+                    }
+                    Some(wait) => Some(wait),
+                    None => Some(self.backoff()),
+                }
+            }
+            Ok(_) => None,
+            Err(error) => is_retryable_error(error.as_ref()).then(|| self.backoff()),
+        }
+    }
+}
+
+impl Policy<HttpRequest, HttpResponse, BoxError> for RetryPolicy {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        _request: &mut HttpRequest,
+        result: &mut Result<HttpResponse, BoxError>,
+    ) -> Option<Self::Future> {
+        if self.retries >= self.options.max_retries {
+            return None;
+        }
+        let delay = self.delay_for(result)?;
+        self.retries += 1;
+        tracing::debug!(
+            retry = self.retries,
+            ?delay,
+            status = result.as_ref().ok().map(|r| r.status().as_u16()),
+            "retrying token request"
+        );
+        Some(tokio::time::sleep(delay))
+    }
+
+    fn clone_request(&mut self, request: &HttpRequest) -> Option<HttpRequest> {
+        let mut clone = http::Request::new(request.body().clone());
+        *clone.method_mut() = request.method().clone();
+        *clone.uri_mut() = request.uri().clone();
+        *clone.version_mut() = request.version();
+        *clone.headers_mut() = request.headers().clone();
+        Some(clone)
+    }
+}
+
+/// 408, 429 and the transient 5xx: what azure-core retries.
+fn is_retryable_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// Connection failures and timeouts are worth another try; TLS failures and oversized
+/// bodies are not (they would fail the same way). Errors from user layers are retried.
+fn is_retryable_error(error: &(dyn StdError + 'static)) -> bool {
+    match source_chain(error).find_map(|e| e.downcast_ref::<TransportError>()) {
+        Some(t) => matches!(
+            t.kind,
+            TransportErrorKind::Connect | TransportErrorKind::Timeout | TransportErrorKind::Io
+        ),
+        None => true,
+    }
+}
+
+/// The server's requested wait: `retry-after-ms`, `x-ms-retry-after-ms` (milliseconds) or
+/// `Retry-After` (seconds, possibly fractional, or an HTTP date).
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
+        if let Some(ms) = text(name).and_then(|v| v.parse::<f64>().ok()) {
+            if ms.is_finite() && ms >= 0.0 {
+                return Some(Duration::from_secs_f64(ms / 1000.0));
+            }
+        }
+    }
+    let value = text("retry-after")?;
+    if let Ok(secs) = value.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "2")]), now),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "1.5")]), now),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            retry_after(
+                &headers(&[("retry-after-ms", "250"), ("retry-after", "9")]),
+                now
+            ),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            retry_after(&headers(&[("x-ms-retry-after-ms", "100")]), now),
+            Some(Duration::from_millis(100))
+        );
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", &date)]), now),
+            Some(Duration::from_secs(7))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(7));
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", &past)]), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
+        assert_eq!(retry_after(&headers(&[("retry-after", "-1")]), now), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn backoff_doubles_with_bounded_jitter_and_cap() {
+        let mut policy =
+            RetryPolicy::new(RetryOptions::default().max_backoff(Duration::from_secs(3)));
+        for (retries, base) in [(0u32, 0.8f64), (1, 1.6)] {
+            policy.retries = retries;
+            let b = policy.backoff().as_secs_f64();
+            assert!(
+                b >= base * 0.8 - 1e-9 && b <= base * 1.2 + 1e-9,
+                "{retries}: {b}"
+            );
+        }
+        policy.retries = 10;
+        assert_eq!(policy.backoff(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn only_transient_statuses_are_retried() {
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(is_retryable_status(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [200, 400, 401, 403, 404, 501, 505] {
+            assert!(
+                !is_retryable_status(StatusCode::from_u16(s).unwrap()),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_and_size_failures_are_not_retried() {
+        let tls = TransportError::new(TransportErrorKind::Tls, "x");
+        let big = TransportError::too_large(10);
+        let conn = TransportError::new(TransportErrorKind::Connect, "x");
+        assert!(!is_retryable_error(&tls));
+        assert!(!is_retryable_error(&big));
+        assert!(is_retryable_error(&conn));
+        assert!(is_retryable_error(&TransportError::timed_out(
+            Duration::from_secs(1)
+        )));
+    }
+
+    #[test]
+    fn bad_pem_is_a_config_error() {
+        let err = HttpClient::builder()
+            .add_root_certificates_pem("not a pem")
+            .build()
+            .unwrap_err();
+        assert!(
+            err.message().contains("no \"-----BEGIN CERTIFICATE-----\""),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! ClientSecretCredential against a real OAuth 2.0 server: node `oidc-provider` over HTTPS
+//! with a CA made at test time, behind an Entra-shaped front (tests/peers/oidc).
+
+use tower_identity::{ClientSecretCredential, CredentialExt, HttpClient, TokenRequest};
+
+use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, jwt_claims, peer};
+
+const SCOPE: &str = "https://resource.test/.default";
+
+fn credential(tenant: &str, secret: &str, http: HttpClient) -> ClientSecretCredential {
+    ClientSecretCredential::builder(tenant, CLIENT_ID, secret)
+        .authority_host(&peer().base)
+        .http_client(http)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn client_secret_gets_a_real_jwt_through_a_private_ca() {
+    let peer = peer();
+    let credential = credential("contoso", CLIENT_SECRET, peer.http());
+    let token = credential
+        .get_token([SCOPE])
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", peer.log()));
+    let claims = jwt_claims(token.secret().expose_secret());
+    assert_eq!(claims["aud"], "https://resource.test");
+    assert_eq!(claims["client_id"], CLIENT_ID);
+    assert_eq!(claims["iss"], format!("{}/contoso/v2.0", peer.base));
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    let left = token.expires_in().as_secs();
+    assert!(
+        left <= lifetime && left + 60 > lifetime,
+        "expires_in {left} vs JWT lifetime {lifetime}"
+    );
+
+    // The server saw exactly the Entra client-credentials form, secret in the body.
+    let log = peer.token_log().await;
+    let entry = log
+        .iter()
+        .rev()
+        .find(|e| {
+            e["form"]["client_id"] == CLIENT_ID
+                && e["form"]["scope"] == SCOPE
+                && e["tenant"] == "contoso"
+        })
+        .expect("the request is logged");
+    let mut fields: Vec<_> = entry["form"].as_object().unwrap().keys().cloned().collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        ["client_id", "client_secret", "grant_type", "scope"]
+    );
+    assert_eq!(entry["form"]["grant_type"], "client_credentials");
+    assert_eq!(entry["basic_auth_client_id"], serde_json::Value::Null);
+    assert!(
+        entry["headers"]["user-agent"]
+            .as_str()
+            .unwrap()
+            .starts_with("tower-identity/")
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_secret_gets_the_servers_real_invalid_client_error() {
+    let peer = peer();
+    let err = credential("contoso", "not-the-secret", peer.http())
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert_eq!(err.status(), Some(http::StatusCode::UNAUTHORIZED));
+    assert_eq!(err.error_code(), Some("invalid_client"));
+    assert_eq!(err.error_codes(), [7000215]);
+    assert!(err.correlation_id().is_some());
+    assert!(err.message().contains("AADSTS7000215"), "{err}");
+    assert!(!err.to_string().contains("not-the-secret"), "{err}");
+}
+
+#[tokio::test]
+async fn without_the_private_ca_the_server_is_refused_with_a_hint() {
+    let err = credential("contoso", CLIENT_SECRET, HttpClient::new())
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("add_root_certificates_pem"), "{err}");
+}
+
+#[tokio::test]
+async fn cae_and_claims_requests_are_accepted_by_a_real_server() {
+    let peer = peer();
+    let credential = credential("fabrikam", CLIENT_SECRET, peer.http());
+    let claims = r#"{"access_token":{"nbf":{"essential":true,"value":"1726077595"}}}"#;
+    let token = credential
+        .get_token_with(TokenRequest::new([SCOPE]).claims(claims).enable_cae(true))
+        .await
+        .unwrap();
+    assert_eq!(
+        jwt_claims(token.secret().expose_secret())["aud"],
+        "https://resource.test"
+    );
+    let log = peer.token_log().await;
+    let sent = log
+        .iter()
+        .rev()
+        .find(|e| e["tenant"] == "fabrikam" && e["form"]["claims"].is_string())
+        .expect("the claims request is logged");
+    let sent: serde_json::Value =
+        serde_json::from_str(sent["form"]["claims"].as_str().unwrap()).unwrap();
+    assert_eq!(sent["access_token"]["xms_cc"]["values"][0], "CP1");
+    assert_eq!(sent["access_token"]["nbf"]["value"], "1726077595");
+}

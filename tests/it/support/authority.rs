@@ -1,0 +1,569 @@
+//! A loopback, Entra-shaped token authority for tests.
+//!
+//! A real HTTPS server (HTTP/1.1 and HTTP/2) on `127.0.0.1:0`, running on the test's own tokio
+//! runtime, that answers `POST /{tenant}/oauth2/v2.0/token` the way Microsoft Entra ID does.
+//! Tests can count and inspect what it received and queue faults (error answers, delays, hangs,
+//! dropped connections, bad bodies) to drive a client's error and retry paths.
+//!
+//! This file depends only on crates in `Cargo.toml` and on `super::tls`, never on the library
+//! itself, so examples can include it with `#[path = …]` next to `tls.rs`.
+
+// Shared by several binaries (this test binary, examples), none of which use every item.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Map, Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+/// Fixed, recognisable ids and time used in every error body.
+pub const TRACE_ID: &str = "00000000-0000-0000-0000-000000007ace";
+pub const CORRELATION_ID: &str = "00000000-0000-0000-0000-00000000c0de";
+pub const TIMESTAMP: &str = "2024-05-01 00:00:00Z";
+
+/// Token request bodies are a few hundred bytes; anything past this is a client bug.
+const MAX_REQUEST_BODY: usize = 1024 * 1024;
+
+const TOKEN_PATH_SUFFIX: &str = "/oauth2/v2.0/token";
+const JSON_UTF8: &str = "application/json; charset=utf-8";
+
+/// A running authority. Dropping it stops the server: no new connections are accepted, open
+/// connections are shut down gracefully, and `Fault::Hang` requests are released (their
+/// connections close without an answer).
+pub struct Authority {
+    state: Arc<State>,
+    addr: SocketAddr,
+    accept_loop: JoinHandle<()>,
+    // Never sent on: dropping it is the shutdown signal every connection task listens for.
+    _shutdown: watch::Sender<()>,
+}
+
+/// One token request, as the authority received it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The `{tenant}` path segment, as sent (not percent-decoded).
+    pub tenant: String,
+    /// The request target's path, plus `?query` if the client sent one.
+    pub path: String,
+    pub method: Method,
+    pub headers: HeaderMap,
+    /// The decoded `application/x-www-form-urlencoded` body, in the order sent.
+    pub form: Vec<(String, String)>,
+}
+
+impl Received {
+    fn new(tenant: String, head: http::request::Parts, body: &[u8]) -> Received {
+        // Keep the query too: the token endpoint takes none, so a test should see a stray one.
+        let path = head
+            .uri
+            .path_and_query()
+            .map_or(head.uri.path(), |target| target.as_str())
+            .to_owned();
+        Received {
+            tenant,
+            path,
+            method: head.method,
+            headers: head.headers,
+            form: url::form_urlencoded::parse(body).into_owned().collect(),
+        }
+    }
+
+    /// The first value of form field `name`.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The form field names, sorted. Duplicates are kept so tests can spot them.
+    pub fn field_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.form.iter().map(|(key, _)| key.as_str()).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+/// How to answer one token request instead of a normal success.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer with exactly this status, body and headers.
+    Respond {
+        status: u16,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
+    /// 429 with `Retry-After: <value>` and an Entra-like JSON error body.
+    TooManyRequests { retry_after: String },
+    /// The given 5xx status with an Entra-like JSON error body.
+    ServerError(u16),
+    /// Sleep on tokio's clock (so paused-clock tests run instantly), then answer normally.
+    Delay(Duration),
+    /// 200 with this exact body (malformed JSON, missing fields, HTML …).
+    Body(String),
+    /// 200 with a valid token response padded (extra field) to at least this many bytes.
+    Oversized(usize),
+    /// Never answer; only this request waits (other requests and HTTP/2 streams proceed).
+    /// Released when the `Authority` is dropped, by closing the connection.
+    Hang,
+    /// Close without any response: the HTTP/1.1 connection is closed; on HTTP/2 the stream is
+    /// reset (other streams on the connection are unaffected).
+    Close,
+}
+
+/// The shape of successful token answers.
+#[derive(Clone, Debug)]
+pub struct TokenShape {
+    pub expires_in: u64,
+    pub refresh_in: Option<u64>,
+    /// Absolute expiry, epoch seconds (managed-identity style).
+    pub expires_on: Option<u64>,
+    /// Emit `"3599"` instead of `3599` for every number field.
+    pub numbers_as_strings: bool,
+    /// `None` omits `token_type`.
+    pub token_type: Option<String>,
+    /// Omit `expires_in` and `expires_on` (`ext_expires_in` is still sent, as it is not an
+    /// expiry the client may use).
+    pub omit_expiry: bool,
+}
+
+impl Default for TokenShape {
+    fn default() -> Self {
+        TokenShape {
+            expires_in: 3600,
+            refresh_in: None,
+            expires_on: None,
+            numbers_as_strings: false,
+            token_type: Some("Bearer".to_owned()),
+            omit_expiry: false,
+        }
+    }
+}
+
+/// An Entra-shaped error body, e.g. `error_body("invalid_client", 7000215, "Invalid client
+/// secret provided.")`.
+pub fn error_body(error: &str, code: u32, description: &str) -> String {
+    let description = format!(
+        "AADSTS{code}: {description}\r\nTrace ID: {TRACE_ID}\r\n\
+         Correlation ID: {CORRELATION_ID}\r\nTimestamp: {TIMESTAMP}"
+    );
+    json!({
+        "error": error,
+        "error_description": description,
+        "error_codes": [code],
+        "timestamp": TIMESTAMP,
+        "trace_id": TRACE_ID,
+        "correlation_id": CORRELATION_ID,
+    })
+    .to_string()
+}
+
+impl Authority {
+    /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
+    pub async fn start() -> Authority {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("authority: bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("authority: listener address");
+        let (shutdown_tx, shutdown_rx) = watch::channel(());
+        let state = Arc::new(State::new(shutdown_rx));
+        let acceptor = TlsAcceptor::from(super::tls::pki().server_config());
+        let accept_loop = tokio::spawn(accept_loop(listener, acceptor, Arc::clone(&state)));
+        Authority {
+            state,
+            addr,
+            accept_loop,
+            _shutdown: shutdown_tx,
+        }
+    }
+
+    /// `https://127.0.0.1:<port>`, without a trailing slash.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// The PEM of the CA that signed the server certificate.
+    pub fn ca_pem(&self) -> &'static str {
+        super::tls::pki().ca_pem()
+    }
+
+    /// Token POSTs received (counted when the request head arrives, faults included).
+    pub fn token_posts(&self) -> usize {
+        self.state.token_posts.load(Ordering::SeqCst)
+    }
+
+    /// Every token request, in arrival order.
+    pub fn requests(&self) -> Vec<Received> {
+        lock(&self.state.log).clone()
+    }
+
+    /// Queues a fault; each token request takes the oldest one, if any.
+    ///
+    /// Panics (in the test, where the mistake is) if the fault could not be sent on the wire.
+    pub fn push_fault(&self, fault: Fault) {
+        check_fault(&fault);
+        lock(&self.state.faults).push_back(fault);
+    }
+
+    /// The shape of successful answers from now on.
+    pub fn set_response(&self, shape: TokenShape) {
+        *lock(&self.state.shape) = shape;
+    }
+
+    /// Clears the log, the `token_posts` counter and the fault queue. The response shape is
+    /// kept, and token numbering continues so tokens stay distinct over the authority's life.
+    pub fn clear(&self) {
+        lock(&self.state.log).clear();
+        lock(&self.state.faults).clear();
+        self.state.token_posts.store(0, Ordering::SeqCst);
+    }
+
+    /// Token requests currently being handled (head received, answer not yet produced).
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Authority {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+        // `_shutdown` is dropped right after this, which tells connections to finish.
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state
+
+struct State {
+    token_posts: AtomicUsize,
+    in_flight: AtomicUsize,
+    /// Tokens issued so far; never reset, so every token is distinct.
+    issued: AtomicU64,
+    log: Mutex<Vec<Received>>,
+    faults: Mutex<VecDeque<Fault>>,
+    shape: Mutex<TokenShape>,
+    /// Completes (with an error) when the `Authority` is dropped.
+    shutdown: watch::Receiver<()>,
+}
+
+impl State {
+    fn new(shutdown: watch::Receiver<()>) -> State {
+        State {
+            token_posts: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            issued: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
+            faults: Mutex::new(VecDeque::new()),
+            shape: Mutex::new(TokenShape::default()),
+            shutdown,
+        }
+    }
+
+    fn next_fault(&self) -> Option<Fault> {
+        lock(&self.faults).pop_front()
+    }
+
+    /// A fresh token response body (as a JSON object) for this request.
+    fn token_response(&self, received: &Received) -> Map<String, Value> {
+        let n = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        let claims = if received.field("claims").is_some() {
+            "-claims"
+        } else {
+            ""
+        };
+        let access_token = format!("at-{n}-{}{claims}", received.tenant);
+        let shape = lock(&self.shape).clone();
+        token_json(&shape, access_token)
+    }
+}
+
+/// Locks a mutex even if a panicking test thread poisoned it: the data is plain and stays
+/// consistent, and a second panic here would only hide the first one.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts a token request as in flight for as long as this guard lives (including when hyper
+/// drops the handler because the client went away).
+struct InFlight(Arc<State>);
+
+impl InFlight {
+    fn enter(state: &Arc<State>) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(state))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server plumbing
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<State>) {
+    loop {
+        match listener.accept().await {
+            // Each connection gets its own task so a slow handshake or a hung request never
+            // holds up the next client.
+            Ok((tcp, _peer)) => {
+                tokio::spawn(serve_connection(tcp, acceptor.clone(), Arc::clone(&state)));
+            }
+            // Accept errors (e.g. out of file descriptors) concern one connection; keep going.
+            Err(_) => tokio::task::yield_now().await,
+        }
+    }
+}
+
+/// Serves one connection until the client leaves or the authority is dropped. Errors (failed
+/// handshakes, resets, `Fault::Close`) just end the task.
+async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, state: Arc<State>) {
+    let mut shutdown = state.shutdown.clone();
+    let tls = tokio::select! {
+        accepted = acceptor.accept(tcp) => match accepted {
+            Ok(tls) => tls,
+            Err(_) => return,
+        },
+        _ = shutdown.changed() => return,
+    };
+
+    let service = hyper::service::service_fn(move |req| handle(Arc::clone(&state), req));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+type Answer = Response<Full<Bytes>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The error a handler returns to make hyper drop the exchange without answering.
+#[derive(Debug)]
+struct NoAnswer(&'static str);
+
+impl fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for NoAnswer {}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, BoxError> {
+    let Some(tenant) = token_tenant(req.method(), req.uri().path()) else {
+        return Ok(json_answer(
+            StatusCode::NOT_FOUND,
+            r#"{"error":"not_found"}"#.to_owned(),
+        ));
+    };
+    state.token_posts.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight::enter(&state);
+
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            let body = r#"{"error":"request_too_large"}"#.to_owned();
+            return Ok(json_answer(StatusCode::PAYLOAD_TOO_LARGE, body));
+        }
+        // The client went away mid-body: nothing to answer.
+        Err(e) => return Err(e),
+    };
+    let received = Received::new(tenant, parts, &body);
+    // Logged before any fault applies, so hung and delayed requests show up in `requests()`.
+    lock(&state.log).push(received.clone());
+
+    match state.next_fault() {
+        None => Ok(token_answer(&state, &received)),
+        Some(fault) => answer_with_fault(&state, &received, fault).await,
+    }
+}
+
+/// The tenant, if this is `POST /{tenant}/oauth2/v2.0/token`.
+fn token_tenant(method: &Method, path: &str) -> Option<String> {
+    if method != Method::POST {
+        return None;
+    }
+    let tenant = path.strip_prefix('/')?.strip_suffix(TOKEN_PATH_SUFFIX)?;
+    let valid = !tenant.is_empty() && !tenant.contains('/');
+    valid.then(|| tenant.to_owned())
+}
+
+async fn answer_with_fault(
+    state: &State,
+    received: &Received,
+    fault: Fault,
+) -> Result<Answer, BoxError> {
+    match fault {
+        Fault::Respond {
+            status,
+            body,
+            headers,
+        } => Ok(exact_answer(status, body, &headers)),
+        Fault::TooManyRequests { retry_after } => Ok(too_many_requests(&retry_after)),
+        Fault::ServerError(status) => Ok(server_error(status)),
+        Fault::Delay(delay) => {
+            tokio::time::sleep(delay).await;
+            Ok(token_answer(state, received))
+        }
+        Fault::Body(body) => Ok(json_answer(StatusCode::OK, body)),
+        Fault::Oversized(min_len) => {
+            let body = padded(state.token_response(received), min_len);
+            Ok(json_answer(StatusCode::OK, body))
+        }
+        Fault::Hang => {
+            // Wait for the authority to be dropped (an error from `changed` means exactly that),
+            // so hung requests do not outlive it.
+            let _ = state.shutdown.clone().changed().await;
+            Err(Box::new(NoAnswer("hung request released at shutdown")))
+        }
+        Fault::Close => Err(Box::new(NoAnswer("fault: close without answering"))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers
+
+fn token_answer(state: &State, received: &Received) -> Answer {
+    let body = Value::Object(state.token_response(received)).to_string();
+    json_answer(StatusCode::OK, body)
+}
+
+fn token_json(shape: &TokenShape, access_token: String) -> Map<String, Value> {
+    let number = |n: u64| {
+        if shape.numbers_as_strings {
+            Value::String(n.to_string())
+        } else {
+            Value::from(n)
+        }
+    };
+    // `serde_json` keeps insertion order here (`preserve_order`), so answers read like Entra's.
+    let mut body = Map::new();
+    if let Some(token_type) = &shape.token_type {
+        body.insert("token_type".into(), token_type.as_str().into());
+    }
+    if !shape.omit_expiry {
+        body.insert("expires_in".into(), number(shape.expires_in));
+    }
+    body.insert("ext_expires_in".into(), number(shape.expires_in));
+    if let Some(refresh_in) = shape.refresh_in {
+        body.insert("refresh_in".into(), number(refresh_in));
+    }
+    if let (Some(expires_on), false) = (shape.expires_on, shape.omit_expiry) {
+        body.insert("expires_on".into(), number(expires_on));
+    }
+    body.insert("access_token".into(), access_token.into());
+    body
+}
+
+/// Serialises `body` with an extra `x_padding` field so the result is at least `min_len` bytes.
+fn padded(mut body: Map<String, Value>, min_len: usize) -> String {
+    body.insert("x_padding".into(), Value::String(String::new()));
+    let unpadded = Value::Object(body.clone()).to_string().len();
+    // 'x' needs no JSON escaping, so each one adds exactly one byte.
+    let padding = "x".repeat(min_len.saturating_sub(unpadded));
+    body.insert("x_padding".into(), Value::String(padding));
+    Value::Object(body).to_string()
+}
+
+fn too_many_requests(retry_after: &str) -> Answer {
+    let body = error_body(
+        "temporarily_unavailable",
+        90055,
+        "TenantThrottlingError - There are too many incoming requests. Retry later.",
+    );
+    let mut answer = json_answer(StatusCode::TOO_MANY_REQUESTS, body);
+    if let Ok(value) = HeaderValue::from_str(retry_after) {
+        answer.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    answer
+}
+
+fn server_error(status: u16) -> Answer {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = error_body(
+        "server_error",
+        50000,
+        "There was an error issuing a token or an issue with our sign-in service.",
+    );
+    json_answer(status, body)
+}
+
+/// The answer a test asked for, byte for byte (hyper adds only framing and `date`).
+fn exact_answer(status: u16, body: String, headers: &[(String, String)]) -> Answer {
+    let mut answer = Response::new(Full::new(Bytes::from(body)));
+    *answer.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in headers {
+        // Checked in `push_fault`; `append` keeps repeated headers such as WWW-Authenticate.
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            answer.headers_mut().append(name, value);
+        }
+    }
+    answer
+}
+
+/// A JSON answer with the headers Entra sends on token endpoint answers.
+fn json_answer(status: StatusCode, body: String) -> Answer {
+    let mut answer = Response::new(Full::new(Bytes::from(body)));
+    *answer.status_mut() = status;
+    let headers = answer.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, no-cache"),
+    );
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    answer
+}
+
+/// Rejects faults that cannot be put on the wire, at the test line that queued them.
+fn check_fault(fault: &Fault) {
+    match fault {
+        Fault::Respond {
+            status, headers, ..
+        } => {
+            assert!(
+                StatusCode::from_u16(*status).is_ok(),
+                "Fault::Respond: invalid HTTP status {status}"
+            );
+            for (name, value) in headers {
+                assert!(
+                    HeaderName::try_from(name).is_ok() && HeaderValue::try_from(value).is_ok(),
+                    "Fault::Respond: invalid header {name:?}: {value:?}"
+                );
+            }
+        }
+        Fault::TooManyRequests { retry_after } => assert!(
+            HeaderValue::try_from(retry_after).is_ok(),
+            "Fault::TooManyRequests: invalid Retry-After value {retry_after:?}"
+        ),
+        Fault::ServerError(status) => assert!(
+            (500..=599).contains(status),
+            "Fault::ServerError: {status} is not a 5xx status"
+        ),
+        Fault::Delay(_) | Fault::Body(_) | Fault::Oversized(_) | Fault::Hang | Fault::Close => {}
+    }
+}

@@ -1,0 +1,4 @@
+pub mod authority;
+pub mod creds;
+pub mod oidc;
+pub mod tls;
