@@ -32,14 +32,18 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod bearer;
 mod cache;
 pub mod credential;
 mod entra;
 mod error;
 mod refresh;
+#[cfg(feature = "reqwest-middleware")]
+pub mod reqwest;
 mod token;
 pub mod transport;
 
+pub use bearer::{BearerToken, BearerTokenLayer};
 pub use credential::{
     AzureCliCredential, BoxCredential, ChainedTokenCredential, ClientSecretCredential,
     CredentialExt, EnvironmentCredential, Fallback, TokenCredential,

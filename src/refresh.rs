@@ -1,23 +1,34 @@
 //! The refresh slot: one token, the rules for renewing it, and single-flight acquisition.
+//! Credentials use it through [`crate::cache`]; the bearer layer uses one per layer.
 //!
 //! # Concurrency semantics
 //!
-//! * **Fresh** (more than the refresh window left and `refresh_on` not reached): callers get
-//!   the cached token; the only shared state touched is one short uncontended mutex.
-//! * **Refresh window** (≤ `window` left, or `refresh_on` reached, token still valid): one
-//!   acquisition runs; callers that asked for it wait on it, and if it fails they get the
-//!   still-valid cached token. After an attempt, the next one waits `retry_after_failure`
-//!   (30 s) — a refresh that handed back the very token it was meant to replace counts as a
-//!   failed attempt, so the window never turns into one call per request.
+//! * **Fresh** (before the token's refresh time): callers get the cached token.
+//! * **Refresh window** (refresh time reached, token still valid): exactly one acquisition
+//!   runs. [`TokenSlot::get`] (credentials) waits for it and, if it fails, returns the
+//!   still-valid cached token; [`TokenSlot::lookup`] (the bearer layer) does not wait: it
+//!   starts the acquisition in the background and hands out the current token. After an
+//!   attempt, the next one waits `retry_after_failure` (30 s). An acquisition that hands back
+//!   the very token it was meant to replace (a credential that kept its still-valid token
+//!   because its own refresh failed) counts as a failed attempt, so the window never turns
+//!   into one call per request.
 //! * **No valid token**: every caller waits on one acquisition and receives its result, the
 //!   error included. An expired token is never returned.
 //! * **Cancellation**: the acquisition runs in its own task. A caller that drops its future
 //!   does not cancel it for the others, and its result is stored even if nobody waits.
 //! * **Locks**: the state mutex is never held across an `.await` or any I/O.
+//! * **Generation**: a counter bumped whenever the slot changes in a way readers must notice
+//!   (a new token, an invalidation, an acquisition ending). A reader that keeps its own copy of
+//!   the token checks the counter with one atomic load instead of taking the lock.
 //!
-//! Time is tokio's clock, so tests pause and advance it.
+//! Refresh times are computed once per token, when it is stored: `expires_on − window + jitter`
+//! or, earlier, `refresh_on + jitter` (jitter drawn uniformly in `0..jitter`, per token, so
+//! that many processes started together do not refresh together). Time is tokio's clock, so
+//! tests pause and advance it; the slot arms no timers (a pending timer would make a paused
+//! clock jump whenever the runtime waits on socket I/O).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,6 +48,7 @@ pub(crate) const DEFAULT_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30)
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RefreshPolicy {
     pub(crate) window: Duration,
+    pub(crate) jitter: Duration,
     pub(crate) retry_after_failure: Duration,
 }
 
@@ -44,112 +56,166 @@ impl Default for RefreshPolicy {
     fn default() -> Self {
         Self {
             window: DEFAULT_REFRESH_WINDOW,
+            jitter: Duration::ZERO,
             retry_after_failure: DEFAULT_RETRY_AFTER_FAILURE,
         }
     }
 }
 
 impl RefreshPolicy {
-    /// Whether a still-valid token should be renewed now.
-    pub(crate) fn wants_refresh(&self, token: &AccessToken, now: Instant) -> bool {
-        token.refresh_on().is_some_and(|at| now >= at)
-            || token.expires_on().saturating_duration_since(now) <= self.window
+    /// When a token should be renewed, with a fresh jitter draw.
+    pub(crate) fn refresh_at(&self, token: &AccessToken) -> Instant {
+        let jitter = if self.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            self.jitter.mul_f64(fastrand::f64())
+        };
+        let expires_on = token.expires_on();
+        let lead = self.window.saturating_sub(jitter);
+        // An instant before the clock's origin cannot be represented; the token is then
+        // already inside its window.
+        let by_window = expires_on.checked_sub(lead).unwrap_or_else(Instant::now);
+        match token.refresh_on() {
+            Some(at) => by_window.min((at + jitter).min(expires_on)),
+            None => by_window,
+        }
     }
 }
 
-type Acquisition = Shared<BoxFuture<'static, Result<AccessToken, CredentialError>>>;
+/// What a slot holds: a token, possibly with things derived from it once (a header value).
+pub(crate) trait SlotValue: Clone + Send + Sync + 'static {
+    fn token(&self) -> &AccessToken;
+}
 
-#[derive(Default)]
-struct State {
-    current: Option<AccessToken>,
+impl SlotValue for AccessToken {
+    fn token(&self) -> &AccessToken {
+        self
+    }
+}
+
+/// A stored value with its identity and timing.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry<V> {
+    pub(crate) value: V,
+    /// Distinct per stored token: lets a caller say "invalidate the token I used".
+    pub(crate) id: u64,
+    pub(crate) refresh_at: Instant,
+    pub(crate) expires_on: Instant,
+}
+
+type Acquisition<V> = Shared<BoxFuture<'static, Result<Entry<V>, CredentialError>>>;
+
+struct State<V> {
+    current: Option<Entry<V>>,
     last_attempt: Option<Instant>,
-    flight: Option<(u64, Acquisition)>,
-    next_flight_id: u64,
+    flight: Option<(u64, Acquisition<V>)>,
+    next_id: u64,
 }
 
 /// One cached token and its single-flight acquisition.
-pub(crate) struct TokenSlot {
+pub(crate) struct TokenSlot<V = AccessToken> {
     policy: RefreshPolicy,
-    state: Mutex<State>,
+    generation: AtomicU64,
+    state: Mutex<State<V>>,
 }
 
 /// What a caller of [`TokenSlot::get`] does after looking at the state.
-enum Plan {
-    Ready(AccessToken),
+enum Plan<V> {
+    Ready(V),
     Wait {
-        acquisition: Acquisition,
-        fallback: Option<AccessToken>,
+        acquisition: Acquisition<V>,
+        fallback: Option<V>,
     },
 }
 
-impl TokenSlot {
+/// The answer of [`TokenSlot::lookup`].
+pub(crate) enum Lookup<V> {
+    /// Use this value now; look again when the generation changes or at `recheck_at`.
+    Use {
+        entry: Entry<V>,
+        generation: u64,
+        recheck_at: Instant,
+    },
+    /// No valid token: wait for this acquisition.
+    Wait(Acquisition<V>),
+}
+
+impl<V: SlotValue> TokenSlot<V> {
     pub(crate) fn new(policy: RefreshPolicy) -> Arc<Self> {
         Arc::new(Self {
             policy,
-            state: Mutex::new(State::default()),
+            generation: AtomicU64::new(0),
+            state: Mutex::new(State {
+                current: None,
+                last_attempt: None,
+                flight: None,
+                next_id: 0,
+            }),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic elsewhere while holding this lock cannot leave the state half-written
-        // (every write is a single assignment), so a poisoned lock is still usable.
+    fn lock(&self) -> MutexGuard<'_, State<V>> {
+        // Every write to the state is a plain assignment, so a panic elsewhere while the lock
+        // was held cannot leave it half-written: a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The cached token if it is fresh; otherwise the result of the single acquisition that
-    /// `acquire` starts (or that another caller already started). See the module docs.
-    pub(crate) async fn get<F, Fut>(
-        self: &Arc<Self>,
-        acquire: F,
-    ) -> Result<AccessToken, CredentialError>
+    /// The generation counter (see the module docs). `Acquire` pairs with the `Release`
+    /// bump made under the lock after each change.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Credential semantics: the cached value if fresh; otherwise the result of the single
+    /// acquisition that `acquire` starts (or that another caller already started), falling
+    /// back to the still-valid cached value if it fails. See the module docs.
+    pub(crate) async fn get<F, Fut>(self: &Arc<Self>, acquire: F) -> Result<V, CredentialError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<AccessToken, CredentialError>> + Send + 'static,
+        Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
         let plan = {
             let now = Instant::now();
             let mut state = self.lock();
             match state.current.clone() {
-                Some(token) if !token.is_expired_at(now) => {
-                    if !self.policy.wants_refresh(&token, now) {
-                        Plan::Ready(token)
+                Some(entry) if now < entry.expires_on => {
+                    if now < entry.refresh_at {
+                        Plan::Ready(entry.value)
                     } else if let Some((_, acquisition)) = &state.flight {
                         Plan::Wait {
                             acquisition: acquisition.clone(),
-                            fallback: Some(token),
+                            fallback: Some(entry.value),
                         }
-                    } else if state
-                        .last_attempt
-                        .is_some_and(|at| now < at + self.policy.retry_after_failure)
-                    {
-                        Plan::Ready(token)
+                    } else if self.recently_attempted(&state, now) {
+                        Plan::Ready(entry.value)
                     } else {
                         Plan::Wait {
                             acquisition: self.start(&mut state, acquire(), now),
-                            fallback: Some(token),
+                            fallback: Some(entry.value),
                         }
                     }
                 }
                 _ => Plan::Wait {
-                    acquisition: match &state.flight {
-                        Some((_, acquisition)) => acquisition.clone(),
-                        None => self.start(&mut state, acquire(), now),
-                    },
+                    acquisition: self.join_or_start(&mut state, acquire, now),
                     fallback: None,
                 },
             }
         };
         match plan {
-            Plan::Ready(token) => Ok(token),
+            Plan::Ready(value) => Ok(value),
             Plan::Wait {
                 acquisition,
                 fallback,
             } => match acquisition.await {
-                Ok(token) => Ok(token),
+                Ok(entry) => Ok(entry.value),
                 Err(error) => match fallback {
-                    Some(token) if !token.is_expired() => {
+                    Some(value) if !value.token().is_expired() => {
                         tracing::debug!(error = %error, "refresh failed; the cached token is still valid");
-                        Ok(token)
+                        Ok(value)
                     }
                     _ => Err(error),
                 },
@@ -157,34 +223,120 @@ impl TokenSlot {
         }
     }
 
-    /// Stores a token obtained outside the slot (a claims request that bypassed it).
-    pub(crate) fn store(&self, token: AccessToken) {
-        self.lock().current = Some(token);
+    /// Layer semantics: never waits while a valid token exists. In the refresh window it
+    /// starts the acquisition in the background (at most one, spaced by the failure wait) and
+    /// hands out the current token.
+    pub(crate) fn lookup<F, Fut>(self: &Arc<Self>, now: Instant, acquire: F) -> Lookup<V>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
+    {
+        let mut state = self.lock();
+        let generation = self.generation();
+        match state.current.clone() {
+            Some(entry) if now < entry.expires_on => {
+                let recheck_at = if now < entry.refresh_at {
+                    entry.refresh_at
+                } else if state.flight.is_some() {
+                    // Its end bumps the generation: readers look again then.
+                    entry.expires_on
+                } else if let Some(at) = state
+                    .last_attempt
+                    .filter(|_| self.recently_attempted(&state, now))
+                {
+                    (at + self.policy.retry_after_failure).min(entry.expires_on)
+                } else {
+                    // The acquisition's future is dropped unawaited: it runs in its task.
+                    drop(self.start(&mut state, acquire(), now));
+                    entry.expires_on
+                };
+                Lookup::Use {
+                    entry,
+                    generation,
+                    recheck_at,
+                }
+            }
+            _ => Lookup::Wait(self.join_or_start(&mut state, acquire, now)),
+        }
     }
 
-    /// The cached token, whatever its age (tests and diagnostics).
-    #[cfg(test)]
-    pub(crate) fn current(&self) -> Option<AccessToken> {
+    /// Stores a value obtained outside the slot (a claims token); returns its entry.
+    pub(crate) fn store(&self, value: V) -> Entry<V> {
+        let mut state = self.lock();
+        let entry = self.entry(&mut state, value);
+        state.current = Some(entry.clone());
+        state.last_attempt = None;
+        self.bump();
+        entry
+    }
+
+    /// Forgets the current token if it is still the one with this id (a resource rejected it).
+    pub(crate) fn invalidate(&self, id: u64) {
+        let mut state = self.lock();
+        if state.current.as_ref().is_some_and(|e| e.id == id) {
+            state.current = None;
+            self.bump();
+        }
+    }
+
+    /// The cached entry, whatever its age.
+    pub(crate) fn current_entry(&self) -> Option<Entry<V>> {
         self.lock().current.clone()
+    }
+
+    fn recently_attempted(&self, state: &State<V>, now: Instant) -> bool {
+        state
+            .last_attempt
+            .is_some_and(|at| now < at + self.policy.retry_after_failure)
+    }
+
+    fn entry(&self, state: &mut State<V>, value: V) -> Entry<V> {
+        state.next_id += 1;
+        Entry {
+            id: state.next_id,
+            refresh_at: self.policy.refresh_at(value.token()),
+            expires_on: value.token().expires_on(),
+            value,
+        }
+    }
+
+    fn join_or_start<F, Fut>(
+        self: &Arc<Self>,
+        state: &mut State<V>,
+        acquire: F,
+        now: Instant,
+    ) -> Acquisition<V>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
+    {
+        match &state.flight {
+            Some((_, acquisition)) => acquisition.clone(),
+            None => self.start(state, acquire(), now),
+        }
     }
 
     /// Spawns the acquisition and records it; called with the state locked, so the task
     /// cannot finish (and clear the record) before it is written.
-    fn start<Fut>(self: &Arc<Self>, state: &mut State, acquire: Fut, now: Instant) -> Acquisition
+    fn start<Fut>(
+        self: &Arc<Self>,
+        state: &mut State<V>,
+        acquire: Fut,
+        now: Instant,
+    ) -> Acquisition<V>
     where
-        Fut: Future<Output = Result<AccessToken, CredentialError>> + Send + 'static,
+        Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
         state.last_attempt = Some(now);
-        let id = state.next_flight_id;
-        state.next_flight_id += 1;
+        state.next_id += 1;
+        let flight_id = state.next_id;
         let guard = FlightGuard {
             slot: Arc::clone(self),
-            id,
+            flight_id,
         };
         let task = tokio::spawn(async move {
             let result = acquire.await;
-            guard.finish(&result);
-            result
+            guard.finish(result)
         });
         let acquisition = async move {
             task.await.unwrap_or_else(|join_error| {
@@ -196,37 +348,51 @@ impl TokenSlot {
         }
         .boxed()
         .shared();
-        state.flight = Some((id, acquisition.clone()));
+        state.flight = Some((flight_id, acquisition.clone()));
         acquisition
     }
 }
 
-/// Clears the slot's in-flight record when the acquisition ends — normally, by panic, or by
-/// runtime shutdown — so a dead acquisition is never joined.
-struct FlightGuard {
-    slot: Arc<TokenSlot>,
-    id: u64,
+/// Records the acquisition's outcome and clears the slot's in-flight record when it ends —
+/// normally, by panic, or by runtime shutdown — so a dead acquisition is never joined.
+struct FlightGuard<V: SlotValue> {
+    slot: Arc<TokenSlot<V>>,
+    flight_id: u64,
 }
 
-impl FlightGuard {
-    fn finish(&self, result: &Result<AccessToken, CredentialError>) {
+impl<V: SlotValue> FlightGuard<V> {
+    fn finish(&self, result: Result<V, CredentialError>) -> Result<Entry<V>, CredentialError> {
         let mut state = self.slot.lock();
-        if let Ok(token) = result {
-            state.current = Some(token.clone());
-        }
-        Self::clear(&mut state, self.id);
+        let outcome = result.map(|value| match &state.current {
+            // The same token back is a failed attempt: keep the entry (and its timing), so
+            // the failure wait applies.
+            Some(current) if current.value.token().secret() == value.token().secret() => {
+                current.clone()
+            }
+            _ => {
+                let entry = self.slot.entry(&mut state, value);
+                state.current = Some(entry.clone());
+                // The failure wait follows failed attempts only: a new token may have an
+                // early refresh time of its own (a short `refresh_in`).
+                state.last_attempt = None;
+                entry
+            }
+        });
+        Self::clear(&mut state, self.flight_id);
+        self.slot.bump();
+        outcome
     }
 
-    fn clear(state: &mut State, id: u64) {
-        if state.flight.as_ref().is_some_and(|(f, _)| *f == id) {
+    fn clear(state: &mut State<V>, flight_id: u64) {
+        if state.flight.as_ref().is_some_and(|(f, _)| *f == flight_id) {
             state.flight = None;
         }
     }
 }
 
-impl Drop for FlightGuard {
+impl<V: SlotValue> Drop for FlightGuard<V> {
     fn drop(&mut self) {
-        Self::clear(&mut self.slot.lock(), self.id);
+        Self::clear(&mut self.slot.lock(), self.flight_id);
     }
 }
 
@@ -383,7 +549,10 @@ mod tests {
             .unwrap();
         assert_eq!(got.secret().expose_secret(), "slow");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert_eq!(slot.current().unwrap().secret().expose_secret(), "slow");
+        assert_eq!(
+            slot.current_entry().unwrap().value.secret().expose_secret(),
+            "slow"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -399,5 +568,156 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got.secret().expose_secret(), "ok");
+    }
+
+    fn use_of(lookup: Lookup<AccessToken>) -> (Entry<AccessToken>, u64, Instant) {
+        match lookup {
+            Lookup::Use {
+                entry,
+                generation,
+                recheck_at,
+            } => (entry, generation, recheck_at),
+            Lookup::Wait(_) => panic!("expected a usable token"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lookup_without_a_token_waits_on_one_shared_acquisition() {
+        let slot = TokenSlot::new(RefreshPolicy::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let waits: Vec<_> = (0..10)
+            .map(|_| {
+                match slot.lookup(Instant::now(), counting(&calls, |_| Ok(token("t", HOUR)))) {
+                    Lookup::Wait(acquisition) => acquisition,
+                    Lookup::Use { .. } => panic!("no token yet"),
+                }
+            })
+            .collect();
+        for w in waits {
+            assert_eq!(w.await.unwrap().value.secret().expose_secret(), "t");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let (entry, _, recheck_at) =
+            use_of(slot.lookup(Instant::now(), counting(&calls, |_| Err(failure()))));
+        assert_eq!(entry.value.secret().expose_secret(), "t");
+        assert_eq!(recheck_at, entry.refresh_at);
+        assert_eq!(recheck_at, entry.expires_on - DEFAULT_REFRESH_WINDOW);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lookup_in_the_window_hands_out_the_current_token_and_refreshes_in_the_background() {
+        let slot = TokenSlot::new(RefreshPolicy::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let old = slot.store(token("old", Duration::from_secs(200)));
+        let g0 = slot.generation();
+        let slow = {
+            let calls = Arc::clone(&calls);
+            move || {
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok(token("new", HOUR))
+                }
+                .boxed()
+            }
+        };
+        let (entry, _, recheck_at) = use_of(slot.lookup(Instant::now(), slow));
+        assert_eq!(entry.id, old.id);
+        assert_eq!(
+            recheck_at, entry.expires_on,
+            "the acquisition's end will bump the generation"
+        );
+        // Many lookups during the refresh: same token, no second acquisition.
+        for _ in 0..100 {
+            let (e, _, _) =
+                use_of(slot.lookup(Instant::now(), counting(&calls, |_| Err(failure()))));
+            assert_eq!(e.id, old.id);
+        }
+        // Sleeping on the paused clock lets the background acquisition run to its end.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(slot.generation() > g0);
+        let (e, _, _) = use_of(slot.lookup(Instant::now(), counting(&calls, |_| Err(failure()))));
+        assert_eq!(e.value.secret().expose_secret(), "new");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_returning_the_same_token_counts_as_a_failed_attempt() {
+        let slot = TokenSlot::new(RefreshPolicy::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let same = token("same", Duration::from_secs(200));
+        let stored = slot.store(same.clone());
+        let again = same.clone();
+        use_of(slot.lookup(Instant::now(), counting(&calls, move |_| Ok(again))));
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        let (e, _, recheck_at) =
+            use_of(slot.lookup(Instant::now(), counting(&calls, |_| Err(failure()))));
+        assert_eq!(e.id, stored.id, "the entry is kept");
+        assert_eq!(recheck_at, Instant::now() + DEFAULT_RETRY_AFTER_FAILURE);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "no second attempt within 30 s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalidate_forgets_only_the_token_it_names() {
+        let slot = TokenSlot::new(RefreshPolicy::default());
+        let first = slot.store(token("a", HOUR));
+        let second = slot.store(token("b", HOUR));
+        slot.invalidate(first.id);
+        assert_eq!(slot.current_entry().unwrap().id, second.id);
+        let g = slot.generation();
+        slot.invalidate(second.id);
+        assert!(slot.current_entry().is_none());
+        assert!(slot.generation() > g);
+    }
+
+    #[test]
+    fn jitter_moves_refresh_time_later_within_bounds_and_refresh_on_wins_when_earlier() {
+        let policy = RefreshPolicy {
+            jitter: Duration::from_secs(60),
+            ..RefreshPolicy::default()
+        };
+        let base = std::time::Instant::now();
+        let expires = Instant::from_std(base) + HOUR;
+        let t = AccessToken::new("t", expires);
+        for _ in 0..200 {
+            let at = policy.refresh_at(&t);
+            assert!(
+                at >= expires - Duration::from_secs(300)
+                    && at <= expires - Duration::from_secs(240)
+            );
+        }
+        let early = Instant::from_std(base) + Duration::from_secs(600);
+        let t = t.with_refresh_on(Some(early));
+        for _ in 0..200 {
+            let at = policy.refresh_at(&t);
+            assert!(at >= early && at <= early + Duration::from_secs(60));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_early_refresh_on_is_honoured_even_right_after_the_first_acquisition() {
+        let slot = TokenSlot::new(RefreshPolicy::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let early =
+            |name: &'static str| {
+                move |_| {
+                    Ok(token(name, HOUR)
+                        .with_refresh_on(Some(Instant::now() + Duration::from_secs(3))))
+                }
+            };
+        slot.get(counting(&calls, early("first"))).await.unwrap();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let got = slot.get(counting(&calls, early("second"))).await.unwrap();
+        assert_eq!(
+            got.secret().expose_secret(),
+            "second",
+            "not held back by the 30 s wait"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

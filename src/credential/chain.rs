@@ -13,8 +13,8 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! // Dynamic: any number of boxed credentials.
 //! let chain = ChainedTokenCredential::new([
-//!     EnvironmentCredential::new().boxed(),
-//!     AzureCliCredential::new().boxed(),
+//!     EnvironmentCredential::new().boxed_credential(),
+//!     AzureCliCredential::new().boxed_credential(),
 //! ])?;
 //! // Typed: no boxing, same rules.
 //! let typed = EnvironmentCredential::new().or(AzureCliCredential::new());
@@ -71,7 +71,7 @@ impl ChainedTokenCredential {
         if credentials.is_empty() {
             return Err(ConfigError::new(
                 "ChainedTokenCredential needs at least one credential; pass e.g. \
-                 [EnvironmentCredential::new().boxed(), AzureCliCredential::new().boxed()]",
+                 [EnvironmentCredential::new().boxed_credential(), AzureCliCredential::new().boxed_credential()]",
             ));
         }
         Ok(Self { credentials })

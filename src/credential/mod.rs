@@ -81,8 +81,9 @@ pub trait CredentialExt: TokenCredential + Sized {
     }
 
     /// Erases the type, for a [`ChainedTokenCredential`] or a struct field. The box keeps the
-    /// credential's type name for errors and traces.
-    fn boxed(self) -> BoxCredential {
+    /// credential's type name for errors and traces. (Not `boxed`, which would clash with
+    /// `tower::ServiceExt::boxed` wherever both traits are in scope.)
+    fn boxed_credential(self) -> BoxCredential {
         BoxCredential::new(self)
     }
 

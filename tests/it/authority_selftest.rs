@@ -211,20 +211,32 @@ async fn tokens_are_numbered_per_answer_and_mark_claims_requests() {
 
     let first = token(post_token(&client, &authority, "contoso").await.unwrap());
     let second = token(post_token(&client, &authority, "fabrikam").await.unwrap());
-    let mut fields = CLIENT_CREDENTIALS.to_vec();
-    fields.push((
-        "claims",
-        r#"{"access_token":{"xms_cc":{"values":["CP1"]}}}"#,
-    ));
+    let with = |claims: &'static str| {
+        let mut fields = CLIENT_CREDENTIALS.to_vec();
+        fields.push(("claims", claims));
+        fields
+    };
+    // Only the CAE capability: not a challenge, no mark.
+    let capability = with(r#"{"access_token":{"xms_cc":{"values":["CP1"]}}}"#);
+    let capability = token(
+        send(&client, token_request(&authority, "contoso", &capability))
+            .await
+            .unwrap(),
+    );
+    // Claims answering a challenge (with or without the capability): marked.
+    let challenge = with(
+        r#"{"access_token":{"nbf":{"essential":true,"value":"1"},"xms_cc":{"values":["CP1"]}}}"#,
+    );
     let with_claims = token(
-        send(&client, token_request(&authority, "contoso", &fields))
+        send(&client, token_request(&authority, "contoso", &challenge))
             .await
             .unwrap(),
     );
 
     assert_eq!(first, "at-1-contoso");
     assert_eq!(second, "at-2-fabrikam");
-    assert_eq!(with_claims, "at-3-contoso-claims");
+    assert_eq!(capability, "at-3-contoso");
+    assert_eq!(with_claims, "at-4-contoso-claims");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -36,9 +36,9 @@ fn invalid_client(authority: &Authority) {
 async fn unavailable_credentials_pass_the_request_on() {
     let authority = Authority::start().await;
     let chain = ChainedTokenCredential::new([
-        empty_env().boxed(),
-        no_cli().boxed(),
-        client_secret(&authority).boxed(),
+        empty_env().boxed_credential(),
+        no_cli().boxed_credential(),
+        client_secret(&authority).boxed_credential(),
     ])
     .unwrap();
     let token = chain.get_token([SCOPE]).await.unwrap();
@@ -51,9 +51,9 @@ async fn a_credential_that_tried_and_failed_stops_the_chain() {
     invalid_client(&failing);
     let never = Authority::start().await;
     let chain = ChainedTokenCredential::new([
-        empty_env().boxed(),
-        client_secret(&failing).boxed(),
-        client_secret(&never).boxed(),
+        empty_env().boxed_credential(),
+        client_secret(&failing).boxed_credential(),
+        client_secret(&never).boxed_credential(),
     ])
     .unwrap();
     let err = chain.get_token([SCOPE]).await.unwrap_err();
@@ -83,8 +83,8 @@ async fn an_invalid_request_stops_the_chain() {
     let authority = Authority::start().await;
     let other = Authority::start().await;
     let chain = ChainedTokenCredential::new([
-        client_secret(&authority).boxed(),
-        client_secret(&other).boxed(),
+        client_secret(&authority).boxed_credential(),
+        client_secret(&other).boxed_credential(),
     ])
     .unwrap();
     let err = chain
@@ -97,7 +97,9 @@ async fn an_invalid_request_stops_the_chain() {
 
 #[tokio::test]
 async fn when_all_are_unavailable_one_error_lists_every_attempt_in_order() {
-    let chain = ChainedTokenCredential::new([empty_env().boxed(), no_cli().boxed()]).unwrap();
+    let chain =
+        ChainedTokenCredential::new([empty_env().boxed_credential(), no_cli().boxed_credential()])
+            .unwrap();
     let err = chain.get_token([SCOPE]).await.unwrap_err();
     assert!(err.is_unavailable());
     let text = err.to_string();
@@ -117,14 +119,18 @@ async fn when_all_are_unavailable_one_error_lists_every_attempt_in_order() {
 
 #[tokio::test]
 async fn chains_nest_and_the_outer_error_lists_the_inner_attempts() {
-    let inner = ChainedTokenCredential::new([empty_env().boxed(), no_cli().boxed()]).unwrap();
+    let inner =
+        ChainedTokenCredential::new([empty_env().boxed_credential(), no_cli().boxed_credential()])
+            .unwrap();
     let custom = tower::service_fn(|_req: TokenRequest| async {
         Err::<tower_identity::AccessToken, _>(CredentialError::unavailable(
             "MyCredential",
             "not here",
         ))
     });
-    let outer = ChainedTokenCredential::new([inner.clone().boxed(), custom.boxed_named()]).unwrap();
+    let outer =
+        ChainedTokenCredential::new([inner.clone().boxed_credential(), custom.boxed_named()])
+            .unwrap();
     let err = outer.get_token([SCOPE]).await.unwrap_err();
     let names: Vec<_> = err.attempts().iter().map(|a| a.credential()).collect();
     assert_eq!(
@@ -137,8 +143,11 @@ async fn chains_nest_and_the_outer_error_lists_the_inner_attempts() {
     );
 
     let authority = Authority::start().await;
-    let working =
-        ChainedTokenCredential::new([inner.boxed(), client_secret(&authority).boxed()]).unwrap();
+    let working = ChainedTokenCredential::new([
+        inner.boxed_credential(),
+        client_secret(&authority).boxed_credential(),
+    ])
+    .unwrap();
     assert!(working.get_token([SCOPE]).await.is_ok());
 }
 
@@ -191,9 +200,11 @@ fn an_empty_chain_is_a_construction_error() {
 async fn traces_name_the_credential_that_answered_and_why_others_passed() {
     let authority = Authority::start().await;
     let (logs, _guard) = Logs::capture();
-    let chain =
-        ChainedTokenCredential::new([empty_env().boxed(), client_secret(&authority).boxed()])
-            .unwrap();
+    let chain = ChainedTokenCredential::new([
+        empty_env().boxed_credential(),
+        client_secret(&authority).boxed_credential(),
+    ])
+    .unwrap();
     chain.get_token([SCOPE]).await.unwrap();
     let text = logs.text();
     assert!(

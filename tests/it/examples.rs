@@ -41,3 +41,42 @@ fn get_token_without_environment_or_az_exits_non_zero_listing_both_attempts() {
     assert!(stderr.contains("az login"), "{stderr}");
     assert_eq!(stderr.matches("error:").count(), 1, "one message: {stderr}");
 }
+
+/// Runs an example to completion and returns its stdout; it must exit 0.
+fn run_example(name: &str) -> String {
+    let output = Command::new(example(name)).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{name} exited with {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn the_demo_shows_every_step_and_exits_0() {
+    let out = run_example("demo");
+    for line in [
+        "EnvironmentCredential: unavailable",
+        "ClientSecretCredential: answered",
+        "(token acquired)",
+        "(cached)",
+        "(the renewed token)",
+        "401 insufficient_claims → claims token → re-sent",
+        "11 requests answered 200",
+        "4 token requests",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn the_client_examples_run_against_loopback_and_exit_0() {
+    assert!(run_example("hyper_client").contains("token requests: 1"));
+    assert!(run_example("axum_outbound").contains("token requests: 1"));
+    assert!(run_example("timeout_retry").contains("after one retry"));
+    #[cfg(feature = "reqwest-middleware")]
+    assert!(run_example("reqwest_middleware").contains("after a claims challenge and one re-send"));
+}

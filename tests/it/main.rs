@@ -2,9 +2,13 @@
 
 mod authority_selftest;
 mod azure_cli;
+mod bearer;
 mod chain;
 mod client_secret;
 mod examples;
 mod oidc;
+#[cfg(feature = "reqwest-middleware")]
+mod reqwest_mw;
+mod resource_selftest;
 mod secrets;
 mod support;

@@ -96,8 +96,11 @@ async fn no_secret_in_errors_debug_output_or_traces() {
         ])
         .build();
     errors.push(env.get_token([SCOPE]).await.unwrap_err());
-    let chain =
-        ChainedTokenCredential::new([env.clone().boxed(), untrusted.clone().boxed()]).unwrap();
+    let chain = ChainedTokenCredential::new([
+        env.clone().boxed_credential(),
+        untrusted.clone().boxed_credential(),
+    ])
+    .unwrap();
     errors.push(chain.get_token([SCOPE]).await.unwrap_err());
     errors.push(
         credential

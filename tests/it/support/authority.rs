@@ -277,10 +277,12 @@ impl State {
         lock(&self.faults).pop_front()
     }
 
-    /// A fresh token response body (as a JSON object) for this request.
+    /// A fresh token response body (as a JSON object) for this request. A token requested
+    /// with claims beyond the CAE capability (`xms_cc`), i.e. answering a challenge, is
+    /// marked `-claims`.
     fn token_response(&self, received: &Received) -> Map<String, Value> {
         let n = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
-        let claims = if received.field("claims").is_some() {
+        let claims = if received.field("claims").is_some_and(is_challenge_claims) {
             "-claims"
         } else {
             ""
@@ -566,4 +568,15 @@ fn check_fault(fault: &Fault) {
         ),
         Fault::Delay(_) | Fault::Body(_) | Fault::Oversized(_) | Fault::Hang | Fault::Close => {}
     }
+}
+
+/// Whether a `claims` form value asks for more than the CAE capability announcement.
+fn is_challenge_claims(claims: &str) -> bool {
+    let Ok(Value::Object(root)) = serde_json::from_str::<Value>(claims) else {
+        return true;
+    };
+    root.iter().any(|(key, value)| match (key.as_str(), value) {
+        ("access_token", Value::Object(access)) => access.keys().any(|k| k != "xms_cc"),
+        _ => true,
+    })
 }

@@ -1,0 +1,988 @@
+//! `WWW-Authenticate` challenges (RFC 9110 §11) and the CAE claims-challenge decision.
+//!
+//! [`parse_challenges`] reads every `WWW-Authenticate` line of a response into [`Challenge`]s
+//! (RFC 9110 §11.6.1):
+//!
+//! ```text
+//! WWW-Authenticate = #challenge
+//! challenge        = auth-scheme [ 1*SP ( token68 / #auth-param ) ]
+//! auth-param       = token BWS "=" BWS ( token / quoted-string )
+//! token68          = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+//! ```
+//!
+//! Challenges and their parameters share the comma separator, so each list element is
+//! classified on its own: `token =` is a parameter of the current challenge, any other token
+//! starts a new challenge (its scheme). The parser is lenient where real servers are sloppy:
+//! challenges separated by whitespace only (`Bearer a="x" Bearer a="x"`), empty list elements
+//! and trailing commas, whitespace around `=`, and unquoted values containing `/` or `=`
+//! (such as unquoted base64). It never panics: a challenge that cannot be parsed ends that
+//! header line, keeping the challenges before it; a line that is not visible ASCII is skipped.
+//!
+//! [`claims_challenge`] makes the Continuous Access Evaluation (CAE) decision. A 401 is retried
+//! with new claims only when a `Bearer` challenge (scheme compared case-insensitively) carries
+//! `error="insufficient_claims"` (exact value) and a non-empty `claims` parameter. The claims
+//! are base64url (padding optional; the standard `+/` alphabet is accepted too) of UTF-8 JSON,
+//! and are returned as the decoded text, verbatim. Only the first such challenge counts: when
+//! its claims do not decode, the answer is an error even if a later challenge would decode.
+//!
+//! ```
+//! use http::{HeaderMap, HeaderValue, header::WWW_AUTHENTICATE};
+//! use tower_identity::bearer::{claims_challenge, parse_challenges};
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.append(WWW_AUTHENTICATE, HeaderValue::from_static(r#"Basic realm="files""#));
+//! headers.append(
+//!     WWW_AUTHENTICATE,
+//!     HeaderValue::from_static(
+//!         r#"Bearer error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnsiZm9vIjoiYmFyIn19""#,
+//!     ),
+//! );
+//!
+//! let challenges = parse_challenges(&headers);
+//! assert_eq!(challenges.len(), 2);
+//! assert_eq!(challenges[0].param("REALM"), Some("files"));
+//! assert!(challenges[1].is_scheme("bearer"));
+//!
+//! let claims = claims_challenge(&headers)?;
+//! assert_eq!(claims.as_deref(), Some(r#"{"access_token":{"foo":"bar"}}"#));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+
+/// One challenge of a `WWW-Authenticate` header.
+///
+/// A challenge has a scheme and either a `token68` or a list of parameters (or neither).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    scheme: String,
+    params: Vec<(String, String)>,
+    token68: Option<String>,
+}
+
+impl Challenge {
+    /// The authentication scheme as written, e.g. `"Bearer"`.
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// Whether this challenge's scheme is `scheme`, compared ASCII case-insensitively.
+    pub fn is_scheme(&self, scheme: &str) -> bool {
+        self.scheme.eq_ignore_ascii_case(scheme)
+    }
+
+    /// The value of the parameter `name` (compared ASCII case-insensitively), unquoted and
+    /// unescaped. When a name occurs more than once, the first occurrence wins.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All parameters in order, names as written and values unquoted and unescaped.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The `token68` that follows the scheme, e.g. `dXNlcjpwYXNz` in `Basic dXNlcjpwYXNz`.
+    pub fn token68(&self) -> Option<&str> {
+        self.token68.as_deref()
+    }
+}
+
+/// Parses every challenge of every `WWW-Authenticate` header line in `headers`, in order.
+///
+/// Malformed input never panics: a challenge that cannot be parsed ends parsing of that header
+/// line (challenges parsed before it are kept). A line that is not visible ASCII (for which
+/// [`http::HeaderValue::to_str`] fails) is skipped.
+pub fn parse_challenges(headers: &http::HeaderMap) -> Vec<Challenge> {
+    headers
+        .get_all(http::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(parse_challenge_value)
+        .collect()
+}
+
+/// Parses one header value.
+///
+/// A challenge that cannot be parsed ends parsing (challenges parsed before it are kept).
+pub fn parse_challenge_value(value: &str) -> Vec<Challenge> {
+    let mut scanner = Scanner::new(value);
+    let mut done = Vec::new();
+    let mut current: Option<Challenge> = None;
+
+    loop {
+        scanner.skip_list_separators();
+        if scanner.at_end() {
+            break;
+        }
+        let Some(name) = scanner.token() else {
+            // Something that cannot start a scheme or a parameter name: the challenge being
+            // parsed is dropped, and so is the rest of the line.
+            return done;
+        };
+
+        if scanner.eat_equals() {
+            // `token =`: a parameter of the current challenge, which must take parameters.
+            // A challenge has a token68 or parameters, not both.
+            let Some(challenge) = current.as_mut().filter(|c| c.token68.is_none()) else {
+                return done;
+            };
+            match scanner.param_value() {
+                Some(value) if scanner.at_boundary() => {
+                    challenge.params.push((name.to_owned(), value));
+                }
+                _ => return done,
+            }
+        } else {
+            // Any other token starts a new challenge: `scheme`, `scheme,` or `scheme 1*SP ...`.
+            done.extend(current.take());
+            if !scanner.at_boundary() {
+                return done;
+            }
+            let token68 = if scanner.skip_ows() {
+                scanner.token68().map(str::to_owned)
+            } else {
+                None
+            };
+            current = Some(Challenge {
+                scheme: name.to_owned(),
+                params: Vec::new(),
+                token68,
+            });
+        }
+    }
+
+    done.extend(current);
+    done
+}
+
+/// The CAE decision: the decoded claims JSON (as UTF-8 text, verbatim) of the first Bearer
+/// challenge with `error="insufficient_claims"` and a non-empty `claims` parameter, across all
+/// `WWW-Authenticate` lines.
+///
+/// The scheme is compared case-insensitively; the `error` value must be exactly
+/// `insufficient_claims`. A `claims` value that is empty or only whitespace counts as absent.
+/// Returns `Ok(None)` when there is no such challenge: no challenge, other schemes, other
+/// errors, a `claims` parameter without `insufficient_claims`, an empty `claims`.
+///
+/// Only the **first** qualifying challenge is decided on: if its claims are bad, the result is
+/// an error even when a later challenge carries good claims.
+///
+/// # Errors
+///
+/// [`ClaimsError`] when a qualifying challenge exists but its claims cannot be used: not
+/// base64url (with or without padding) nor standard base64, not UTF-8, or not JSON. The caller
+/// then returns the 401 and logs the reason.
+pub fn claims_challenge(headers: &http::HeaderMap) -> Result<Option<String>, ClaimsError> {
+    let first = parse_challenges(headers).into_iter().find_map(|challenge| {
+        let qualifies = challenge.is_scheme("Bearer")
+            && challenge.param("error") == Some("insufficient_claims");
+        let claims = challenge.param("claims").filter(|c| !c.trim().is_empty());
+        match claims {
+            Some(claims) if qualifies => Some(claims.to_owned()),
+            _ => None,
+        }
+    });
+    first.as_deref().map(decode_claims).transpose()
+}
+
+/// Why a claims challenge could not be used.
+///
+/// `Display` says what was wrong and shows at most the first 64 characters of the raw value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimsError {
+    reason: ClaimsErrorReason,
+    /// Why the decoder or the JSON parser refused, as they put it.
+    detail: String,
+    /// The start of the raw `claims` value.
+    excerpt: String,
+    /// Whether `excerpt` is shorter than the raw value.
+    truncated: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClaimsErrorReason {
+    Base64,
+    Utf8,
+    Json,
+}
+
+/// How many characters of the raw claims value an error shows.
+const EXCERPT_CHARS: usize = 64;
+
+impl ClaimsError {
+    fn new(reason: ClaimsErrorReason, detail: impl fmt::Display, raw: &str) -> Self {
+        let mut chars = raw.chars();
+        let excerpt: String = chars.by_ref().take(EXCERPT_CHARS).collect();
+        ClaimsError {
+            reason,
+            detail: detail.to_string(),
+            excerpt,
+            truncated: chars.next().is_some(),
+        }
+    }
+}
+
+impl fmt::Display for ClaimsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.reason {
+            ClaimsErrorReason::Base64 => "claims are not base64url or base64",
+            ClaimsErrorReason::Utf8 => "decoded claims are not UTF-8",
+            ClaimsErrorReason::Json => "claims are not JSON",
+        };
+        write!(
+            f,
+            "unusable insufficient_claims challenge: {what} ({}); claims={:?}",
+            self.detail, self.excerpt
+        )?;
+        if self.truncated {
+            f.write_str("…")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ClaimsError {}
+
+/// Decoding config shared by both alphabets: padding optional, non-zero trailing bits allowed
+/// (as lenient decoders such as Python's accept them).
+const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
+    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+    .with_decode_allow_trailing_bits(true);
+const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
+const STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
+
+/// Decodes a `claims` parameter: base64url or base64, UTF-8, JSON; returns the text verbatim.
+fn decode_claims(raw: &str) -> Result<String, ClaimsError> {
+    let encoded = raw.trim();
+    let bytes = URL_SAFE_LENIENT
+        .decode(encoded)
+        .or_else(|url_safe_error| STANDARD_LENIENT.decode(encoded).map_err(|_| url_safe_error))
+        .map_err(|e| ClaimsError::new(ClaimsErrorReason::Base64, e, raw))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| ClaimsError::new(ClaimsErrorReason::Utf8, e.utf8_error(), raw))?;
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|e| ClaimsError::new(ClaimsErrorReason::Json, e, raw))?;
+    Ok(text)
+}
+
+/// A cursor over one header value. Every delimiter of the grammar is ASCII, so byte positions
+/// found by looking at ASCII bytes are always `char` boundaries.
+struct Scanner<'a> {
+    input: &'a str,
+    pos: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(input: &'a str) -> Self {
+        Scanner { input, pos: 0 }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.input.as_bytes().get(self.pos).copied()
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.input.len()
+    }
+
+    /// Consumes bytes while `pred` holds; returns what was consumed.
+    fn take_while(&mut self, pred: impl Fn(u8) -> bool) -> &'a str {
+        let start = self.pos;
+        while self.peek().is_some_and(&pred) {
+            self.pos += 1;
+        }
+        // `pred` only accepts ASCII bytes, so both ends are char boundaries.
+        self.input.get(start..self.pos).unwrap_or_default()
+    }
+
+    /// OWS: skips spaces and tabs; returns whether there were any.
+    fn skip_ows(&mut self) -> bool {
+        !self.take_while(is_ows).is_empty()
+    }
+
+    /// Skips OWS and commas: the separators and empty elements of a `#` list.
+    fn skip_list_separators(&mut self) {
+        self.take_while(|b| is_ows(b) || b == b',');
+    }
+
+    /// Whether an element may end here: end of input, whitespace or a comma.
+    fn at_boundary(&self) -> bool {
+        self.peek().is_none_or(|b| is_ows(b) || b == b',')
+    }
+
+    /// `token = 1*tchar`.
+    fn token(&mut self) -> Option<&'a str> {
+        Some(self.take_while(is_tchar)).filter(|t| !t.is_empty())
+    }
+
+    /// Consumes `BWS "=" BWS` if it comes next.
+    fn eat_equals(&mut self) -> bool {
+        let start = self.pos;
+        self.skip_ows();
+        if self.peek() == Some(b'=') {
+            self.pos += 1;
+            self.skip_ows();
+            true
+        } else {
+            self.pos = start;
+            false
+        }
+    }
+
+    /// A parameter value: a quoted-string, or an unquoted value. The grammar says `token`;
+    /// this also accepts `/`, `=` and other visible characters except `"`, `\` and `,`, so
+    /// that unquoted base64 (`claims=eyJ...==`) is read whole. It may not start with `=`
+    /// (`abc==` after a scheme is a token68, not `abc` = `=`).
+    fn param_value(&mut self) -> Option<String> {
+        match self.peek() {
+            Some(b'"') => self.quoted_string(),
+            Some(b) if starts_value(b) => Some(self.take_while(is_unquoted_value_char).to_owned()),
+            _ => None,
+        }
+    }
+
+    /// `quoted-string = DQUOTE *( qdtext / quoted-pair ) DQUOTE`, unescaped. `None` when the
+    /// string is not terminated.
+    fn quoted_string(&mut self) -> Option<String> {
+        let rest = self.input.get(self.pos..)?.strip_prefix('"')?;
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '"' => {
+                    self.pos += 1 + i + 1;
+                    return Some(value);
+                }
+                '\\' => value.push(chars.next()?.1),
+                c => value.push(c),
+            }
+        }
+        None
+    }
+
+    /// A token68 that is a whole element (followed by end, whitespace or a comma), if one comes
+    /// next and it cannot be read as a parameter (`name = value`). Consumes nothing otherwise.
+    fn token68(&mut self) -> Option<&'a str> {
+        let start = self.pos;
+        if self.token().is_some() && self.eat_equals() && self.peek().is_some_and(starts_value) {
+            self.pos = start;
+            return None;
+        }
+        self.pos = start;
+        let body = self.take_while(is_token68_char);
+        self.take_while(|b| b == b'=');
+        if body.is_empty() || !self.at_boundary() {
+            self.pos = start;
+            return None;
+        }
+        self.input.get(start..self.pos)
+    }
+}
+
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// `tchar` of RFC 9110 §5.6.2.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_token68_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)
+}
+
+/// A character of an unquoted parameter value (lenient: more than `tchar`).
+fn is_unquoted_value_char(b: u8) -> bool {
+    b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b',')
+}
+
+/// Whether `b` can start a parameter value: `"`, or an unquoted value character other than `=`.
+fn starts_value(b: u8) -> bool {
+    b == b'"' || (is_unquoted_value_char(b) && b != b'=')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue, header::WWW_AUTHENTICATE};
+
+    const CAE_CLAIMS_B64: &str = "eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZSwidmFsdWUiOiIxNzI2MDc3NTk1In0sInhtc19jYWVlcnJvciI6eyJ2YWx1ZSI6IjEwMDEyIn19fQ==";
+    const CAE_CLAIMS_JSON: &str = r#"{"access_token":{"nbf":{"essential":true,"value":"1726077595"},"xms_caeerror":{"value":"10012"}}}"#;
+
+    /// The vectors of `challenges.txt`: header value, and the decoded claims for `RETRY` or
+    /// `None` for `NO_RETRY`.
+    /// The reference vectors, shared with the layer's integration tests.
+    const VECTORS: &[(&str, Option<&str>)] = include!("../../tests/data/challenge_vectors.rs");
+
+    fn headers(lines: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for line in lines {
+            map.append(WWW_AUTHENTICATE, HeaderValue::from_str(line).unwrap());
+        }
+        map
+    }
+
+    fn cae(lines: &[&str]) -> Result<Option<String>, ClaimsError> {
+        claims_challenge(&headers(lines))
+    }
+
+    fn b64url(text: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    fn params_of(challenge: &Challenge) -> Vec<(&str, &str)> {
+        challenge.params().collect()
+    }
+
+    #[test]
+    fn every_reference_vector_gets_the_expected_decision() {
+        assert_eq!(VECTORS.len(), 9);
+        for (i, (value, expected)) in VECTORS.iter().enumerate() {
+            let got = cae(&[value]);
+            assert_eq!(
+                got,
+                Ok(expected.map(str::to_owned)),
+                "vector {} : {value}",
+                i + 1
+            );
+        }
+    }
+
+    #[test]
+    fn challenges_separated_only_by_whitespace_are_two_challenges() {
+        let parsed = parse_challenge_value(VECTORS[3].0);
+        assert_eq!(parsed.len(), 2);
+        for challenge in &parsed {
+            assert_eq!(challenge.scheme(), "Bearer");
+            assert_eq!(
+                params_of(challenge),
+                [
+                    (
+                        "authorization_uri",
+                        "https://login.microsoftonline.com/tenant-id"
+                    ),
+                    ("resource", "https://vault.azure.net"),
+                ]
+            );
+        }
+        let parsed = parse_challenge_value(r#"Bearer a="x", b="y" Bearer a="x", b="y""#);
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0], parsed[1]);
+    }
+
+    #[test]
+    fn params_separated_only_by_whitespace_stay_in_the_challenge() {
+        let parsed = parse_challenge_value(r#"Bearer a="x" b=y  c = "z""#);
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(params_of(&parsed[0]), [("a", "x"), ("b", "y"), ("c", "z")]);
+    }
+
+    #[test]
+    fn digest_quoted_param_with_commas_stays_one_value() {
+        let parsed = parse_challenge_value(VECTORS[4].0);
+        assert_eq!(parsed.len(), 2);
+        assert!(parsed[0].is_scheme("digest"));
+        assert_eq!(parsed[0].param("qop"), Some("auth,auth-int"));
+        assert_eq!(parsed[0].param("opaque"), Some("123456"));
+        assert_eq!(parsed[0].params().count(), 4);
+        assert!(parsed[1].is_scheme("Bearer"));
+        assert_eq!(parsed[1].param("claims"), Some(CAE_CLAIMS_B64));
+    }
+
+    #[test]
+    fn rfc_9110_example_is_two_challenges() {
+        let parsed = parse_challenge_value(
+            r#"Basic realm="simple", Newauth realm="apps", type=1, title="Login to \"apps\"""#,
+        );
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].scheme(), "Basic");
+        assert_eq!(params_of(&parsed[0]), [("realm", "simple")]);
+        assert_eq!(parsed[1].scheme(), "Newauth");
+        assert_eq!(
+            params_of(&parsed[1]),
+            [
+                ("realm", "apps"),
+                ("type", "1"),
+                ("title", r#"Login to "apps""#)
+            ]
+        );
+    }
+
+    #[test]
+    fn scheme_without_params_is_a_challenge() {
+        let parsed = parse_challenge_value("Negotiate");
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].scheme(), "Negotiate");
+        assert_eq!(parsed[0].params().count(), 0);
+        assert_eq!(parsed[0].token68(), None);
+
+        let parsed = parse_challenge_value(r#"Negotiate, NTLM , Basic realm="x""#);
+        let schemes: Vec<_> = parsed.iter().map(Challenge::scheme).collect();
+        assert_eq!(schemes, ["Negotiate", "NTLM", "Basic"]);
+        assert_eq!(parsed[2].param("realm"), Some("x"));
+    }
+
+    #[test]
+    fn trailing_leading_and_empty_list_elements_are_ignored() {
+        let parsed = parse_challenge_value(r#" , ,Bearer ,, a="x" ,, b=y,, , "#);
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(params_of(&parsed[0]), [("a", "x"), ("b", "y")]);
+    }
+
+    #[test]
+    fn whitespace_around_equals_is_allowed() {
+        let parsed = parse_challenge_value("Bearer realm = \"x\" , error\t=\tinvalid_token");
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(
+            params_of(&parsed[0]),
+            [("realm", "x"), ("error", "invalid_token")]
+        );
+    }
+
+    #[test]
+    fn scheme_and_param_names_are_case_insensitive_and_kept_as_written() {
+        let parsed = parse_challenge_value(r#"bEaReR ReAlM="x""#);
+        assert!(parsed[0].is_scheme("Bearer"));
+        assert!(parsed[0].is_scheme("BEARER"));
+        assert!(!parsed[0].is_scheme("Basic"));
+        assert_eq!(parsed[0].scheme(), "bEaReR");
+        assert_eq!(parsed[0].param("realm"), Some("x"));
+        assert_eq!(params_of(&parsed[0]), [("ReAlM", "x")]);
+    }
+
+    #[test]
+    fn first_occurrence_of_a_param_wins() {
+        let parsed = parse_challenge_value(r#"Bearer error="first", ERROR="second""#);
+        assert_eq!(parsed[0].param("error"), Some("first"));
+        assert_eq!(parsed[0].params().count(), 2);
+    }
+
+    #[test]
+    fn quoted_pairs_are_unescaped() {
+        let parsed = parse_challenge_value(r#"Bearer a="say \"hi\"", b="back\\slash", c="\x\,""#);
+        assert_eq!(parsed[0].param("a"), Some(r#"say "hi""#));
+        assert_eq!(parsed[0].param("b"), Some(r"back\slash"));
+        assert_eq!(parsed[0].param("c"), Some("x,"));
+    }
+
+    #[test]
+    fn quoted_empty_value_is_empty() {
+        let parsed = parse_challenge_value(r#"Bearer realm="", x=y"#);
+        assert_eq!(params_of(&parsed[0]), [("realm", ""), ("x", "y")]);
+    }
+
+    #[test]
+    fn unquoted_token_values_are_read() {
+        let parsed = parse_challenge_value("Bearer error=insufficient_claims, scope=a.b");
+        assert_eq!(parsed[0].param("error"), Some("insufficient_claims"));
+        assert_eq!(parsed[0].param("scope"), Some("a.b"));
+    }
+
+    #[test]
+    fn unquoted_base64_with_padding_is_read_whole() {
+        let parsed = parse_challenge_value(&format!("Bearer claims={CAE_CLAIMS_B64}, x=1"));
+        assert_eq!(parsed[0].param("claims"), Some(CAE_CLAIMS_B64));
+        assert_eq!(parsed[0].param("x"), Some("1"));
+    }
+
+    #[test]
+    fn token68_after_scheme_is_read() {
+        let parsed = parse_challenge_value("Basic dXNlcjpwYXNz");
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].token68(), Some("dXNlcjpwYXNz"));
+        assert_eq!(parsed[0].params().count(), 0);
+
+        let parsed = parse_challenge_value(r#"Negotiate abc==, Basic realm="x""#);
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].token68(), Some("abc=="));
+        assert_eq!(parsed[1].param("realm"), Some("x"));
+
+        let parsed = parse_challenge_value("Negotiate a+b/c= NTLM");
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].token68(), Some("a+b/c="));
+        assert_eq!(parsed[1].scheme(), "NTLM");
+    }
+
+    #[test]
+    fn param_after_scheme_is_not_a_token68() {
+        let parsed = parse_challenge_value("Bearer abc=def");
+        assert_eq!(parsed[0].token68(), None);
+        assert_eq!(parsed[0].param("abc"), Some("def"));
+    }
+
+    #[test]
+    fn param_after_token68_is_malformed_and_ends_the_line() {
+        let parsed = parse_challenge_value(
+            r#"Basic realm="y", Negotiate abc==, realm="x", Digest realm="z""#,
+        );
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].scheme(), "Basic");
+    }
+
+    #[test]
+    fn unterminated_quoted_string_drops_that_challenge_and_keeps_earlier_ones() {
+        let parsed = parse_challenge_value(r#"Basic realm="x", Bearer a="y", b="unterminated"#);
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].scheme(), "Basic");
+        assert_eq!(
+            cae(&[&format!(
+                r#"Bearer error="insufficient_claims", claims="{CAE_CLAIMS_B64}"#
+            )]),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn malformed_challenge_ends_the_line_but_not_other_lines() {
+        let map = headers(&[r#"Basic realm="x", Digest a=b "oops", Bearer"#, "Negotiate"]);
+        let parsed = parse_challenges(&map);
+        let schemes: Vec<_> = parsed.iter().map(Challenge::scheme).collect();
+        assert_eq!(schemes, ["Basic", "Negotiate"]);
+    }
+
+    #[test]
+    fn several_header_lines_are_parsed_in_order() {
+        let map = headers(&[
+            r#"Basic realm="a""#,
+            r#"Digest realm="b", Bearer realm="c""#,
+        ]);
+        let parsed = parse_challenges(&map);
+        let realms: Vec<_> = parsed.iter().filter_map(|c| c.param("realm")).collect();
+        assert_eq!(realms, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn non_visible_ascii_header_line_is_skipped() {
+        let mut map = HeaderMap::new();
+        map.append(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_bytes(b"Bearer realm=\"\xff\xfe\"").unwrap(),
+        );
+        map.append(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"x\""),
+        );
+        let parsed = parse_challenges(&map);
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].scheme(), "Basic");
+
+        let mut map = HeaderMap::new();
+        let line = format!(r#"Bearer error="insufficient_claims", claims="{CAE_CLAIMS_B64}""#);
+        let mut opaque = line.clone().into_bytes();
+        opaque.push(0x80);
+        map.append(WWW_AUTHENTICATE, HeaderValue::from_bytes(&opaque).unwrap());
+        assert_eq!(claims_challenge(&map), Ok(None));
+        map.append(WWW_AUTHENTICATE, HeaderValue::from_str(&line).unwrap());
+        assert_eq!(claims_challenge(&map), Ok(Some(CAE_CLAIMS_JSON.to_owned())));
+    }
+
+    #[test]
+    fn no_header_means_no_challenge() {
+        assert!(parse_challenges(&HeaderMap::new()).is_empty());
+        assert_eq!(claims_challenge(&HeaderMap::new()), Ok(None));
+        assert_eq!(cae(&[""]), Ok(None));
+    }
+
+    #[test]
+    fn cae_scheme_and_param_names_are_case_insensitive() {
+        let line = format!(r#"bearer ERROR="insufficient_claims", CLAIMS="{CAE_CLAIMS_B64}""#);
+        assert_eq!(cae(&[&line]), Ok(Some(CAE_CLAIMS_JSON.to_owned())));
+    }
+
+    #[test]
+    fn cae_error_value_is_case_sensitive() {
+        let line = format!(r#"Bearer error="INSUFFICIENT_CLAIMS", claims="{CAE_CLAIMS_B64}""#);
+        assert_eq!(cae(&[&line]), Ok(None));
+    }
+
+    #[test]
+    fn cae_accepts_unquoted_error_value() {
+        let line = format!(r#"Bearer error=insufficient_claims, claims="{CAE_CLAIMS_B64}""#);
+        assert_eq!(cae(&[&line]), Ok(Some(CAE_CLAIMS_JSON.to_owned())));
+    }
+
+    #[test]
+    fn cae_challenge_on_second_header_line_is_found() {
+        let second = format!(r#"Bearer error="insufficient_claims", claims="{CAE_CLAIMS_B64}""#);
+        let got = cae(&[r#"Bearer realm="", error="invalid_token""#, &second]);
+        assert_eq!(got, Ok(Some(CAE_CLAIMS_JSON.to_owned())));
+    }
+
+    #[test]
+    fn only_the_second_bearer_challenge_being_cae_uses_its_claims() {
+        let line = format!(
+            r#"Bearer realm="a", claims="{}", Bearer error="insufficient_claims", claims="{}""#,
+            b64url(r#"{"first":1}"#),
+            b64url(r#"{"second":2}"#),
+        );
+        assert_eq!(cae(&[&line]), Ok(Some(r#"{"second":2}"#.to_owned())));
+    }
+
+    #[test]
+    fn first_cae_challenge_decides_even_if_it_is_bad() {
+        let line = format!(
+            r#"Bearer error="insufficient_claims", claims="!!!", Bearer error="insufficient_claims", claims="{CAE_CLAIMS_B64}""#
+        );
+        let err = cae(&[&line]).unwrap_err();
+        assert_eq!(err.reason, ClaimsErrorReason::Base64);
+    }
+
+    #[test]
+    fn invalid_token_error_is_no_retry() {
+        let line = format!(r#"Bearer error="invalid_token", claims="{CAE_CLAIMS_B64}""#);
+        assert_eq!(cae(&[&line]), Ok(None));
+    }
+
+    #[test]
+    fn claims_without_insufficient_claims_is_no_retry() {
+        let line = format!(r#"Bearer realm="", claims="{CAE_CLAIMS_B64}""#);
+        assert_eq!(cae(&[&line]), Ok(None));
+    }
+
+    #[test]
+    fn insufficient_claims_without_or_with_empty_claims_is_no_retry() {
+        assert_eq!(cae(&[r#"Bearer error="insufficient_claims""#]), Ok(None));
+        assert_eq!(
+            cae(&[r#"Bearer error="insufficient_claims", claims="""#]),
+            Ok(None)
+        );
+        assert_eq!(
+            cae(&[r#"Bearer error="insufficient_claims", claims="  ""#]),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn other_schemes_with_insufficient_claims_are_no_retry() {
+        assert_eq!(cae(&[r#"Basic realm="x""#]), Ok(None));
+        let line = format!(r#"PoP error="insufficient_claims", claims="{CAE_CLAIMS_B64}""#);
+        assert_eq!(cae(&[&line]), Ok(None));
+    }
+
+    #[test]
+    fn claims_padding_may_be_present_partial_or_absent() {
+        let json = r#"{"access_token":{"foo":"bar!"}}"#; // 31 bytes: needs "==" padding
+        let unpadded = b64url(json);
+        assert_eq!(unpadded.len() % 4, 2);
+        for claims in [
+            unpadded.clone(),
+            format!("{unpadded}="),
+            format!("{unpadded}=="),
+        ] {
+            let line = format!(r#"Bearer error="insufficient_claims", claims="{claims}""#);
+            assert_eq!(cae(&[&line]), Ok(Some(json.to_owned())), "{claims}");
+        }
+    }
+
+    #[test]
+    fn claims_in_standard_and_url_safe_alphabets_decode() {
+        // Chosen so that the encoding contains `+`/`/` (standard) and `-`/`_` (url-safe).
+        let json = r#"{"a":"~~~???>>>"}"#;
+        let standard = base64::engine::general_purpose::STANDARD.encode(json);
+        let url_safe = base64::engine::general_purpose::URL_SAFE.encode(json);
+        assert!(standard.contains(['+', '/']), "{standard}");
+        assert!(url_safe.contains(['-', '_']), "{url_safe}");
+        for claims in [standard, url_safe] {
+            let line = format!(r#"Bearer error="insufficient_claims", claims="{claims}""#);
+            assert_eq!(cae(&[&line]), Ok(Some(json.to_owned())), "{claims}");
+        }
+    }
+
+    #[test]
+    fn claims_surrounding_whitespace_is_trimmed() {
+        let line = format!(r#"Bearer error="insufficient_claims", claims="  {CAE_CLAIMS_B64} ""#);
+        assert_eq!(cae(&[&line]), Ok(Some(CAE_CLAIMS_JSON.to_owned())));
+    }
+
+    #[test]
+    fn invalid_base64_claims_are_an_error() {
+        for claims in ["not base64!", "abc-def+ghi", "a", "eyJ=e"] {
+            let line = format!(r#"Bearer error="insufficient_claims", claims="{claims}""#);
+            let err = cae(&[&line]).unwrap_err();
+            assert_eq!(err.reason, ClaimsErrorReason::Base64, "{claims}");
+            assert!(err.to_string().contains("not base64url"), "{err}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_decoded_claims_are_an_error() {
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xff, 0xfe, b'{']);
+        let line = format!(r#"Bearer error="insufficient_claims", claims="{claims}""#);
+        let err = cae(&[&line]).unwrap_err();
+        assert_eq!(err.reason, ClaimsErrorReason::Utf8);
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn non_json_claims_are_an_error() {
+        let line = format!(
+            r#"Bearer error="insufficient_claims", claims="{}""#,
+            b64url("{not json")
+        );
+        let err = cae(&[&line]).unwrap_err();
+        assert_eq!(err.reason, ClaimsErrorReason::Json);
+        assert!(err.to_string().contains("claims are not JSON"), "{err}");
+    }
+
+    #[test]
+    fn error_display_shows_at_most_64_chars_of_the_raw_value() {
+        let raw = "!".repeat(1000);
+        let line = format!(r#"Bearer error="insufficient_claims", claims="{raw}""#);
+        let message = cae(&[&line]).unwrap_err().to_string();
+        assert!(
+            message.contains(&format!("\"{}\"…", "!".repeat(64))),
+            "{message}"
+        );
+        assert!(!message.contains(&"!".repeat(65)), "{message}");
+        assert!(message.len() < 300, "{message}");
+    }
+
+    #[test]
+    fn garbage_inputs_do_not_panic() {
+        let inputs = [
+            "",
+            "\"",
+            ",,,",
+            "=",
+            "==",
+            "Bearer =",
+            "Bearer ==",
+            "Bearer a=",
+            "Bearer a=,",
+            "Bearer a=\"unterminated",
+            "Bearer a=\"ends with backslash\\",
+            "Bearer \"x\"",
+            "Bearer\"x\"",
+            "a=b",
+            "Bearer a=\"x\"b",
+            "Bearer a=b\"c\"",
+            "\\",
+            " \t ",
+            "Bearer é=ü, Ünïcode=\"日本\"",
+            "Basic dXNl=cjpw",
+        ];
+        for input in inputs {
+            let _ = parse_challenge_value(input);
+            if let Ok(value) = HeaderValue::from_str(input) {
+                let mut map = HeaderMap::new();
+                map.append(WWW_AUTHENTICATE, value);
+                let _ = parse_challenges(&map);
+                let _ = claims_challenge(&map);
+            }
+        }
+        assert!(parse_challenge_value("=").is_empty());
+        assert!(parse_challenge_value("Bearer =").is_empty());
+        assert!(parse_challenge_value("a=b").is_empty());
+        assert_eq!(parse_challenge_value("Bearer é=ü"), Vec::<Challenge>::new());
+    }
+
+    #[test]
+    fn random_bytes_do_not_panic() {
+        // xorshift64*: small, deterministic, no dependency.
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        const PIECES: &[&[u8]] = &[
+            b"Bearer ",
+            b"Basic ",
+            b"error=",
+            b"\"insufficient_claims\"",
+            b"claims=",
+            b"\"eyJhIjoxfQ\"",
+            b"eyJhIjoxfQ==",
+            b"\"",
+            b"\\",
+            b",",
+            b"=",
+            b" ",
+            b"\t",
+            b"a",
+            b"/",
+            b"\xc3\xa9",
+            b"\xff",
+        ];
+        for _ in 0..5000 {
+            let len = (next() % 24) as usize;
+            let mut bytes = Vec::new();
+            for _ in 0..len {
+                let r = next();
+                if r % 3 == 0 {
+                    bytes.push((r >> 8) as u8);
+                } else {
+                    bytes.extend_from_slice(PIECES[(r >> 8) as usize % PIECES.len()]);
+                }
+            }
+            let _ = parse_challenge_value(&String::from_utf8_lossy(&bytes));
+            if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+                let mut map = HeaderMap::new();
+                map.append(WWW_AUTHENTICATE, value);
+                let _ = parse_challenges(&map);
+                let _ = claims_challenge(&map);
+            }
+        }
+    }
+
+    fn quote(value: &str) -> String {
+        let mut quoted = String::from("\"");
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                quoted.push('\\');
+            }
+            quoted.push(c);
+        }
+        quoted.push('"');
+        quoted
+    }
+
+    #[test]
+    fn quoted_string_round_trips_values_with_special_characters() {
+        let values = [
+            "",
+            "plain",
+            "\"",
+            "\\",
+            ",",
+            "=",
+            " ",
+            "a \"quoted\" word",
+            "back\\slash\\",
+            "\\\"",
+            "\"\\\"\\",
+            "a, b, c",
+            "x=y, z=\"w\"",
+            "  leading and trailing  ",
+            "= , \" \\ =",
+            "Bearer a=\"x\"",
+            "tab\there",
+        ];
+        for value in values {
+            let line = format!(
+                "Digest first={}, second = {} , last=1, Bearer only={}",
+                quote(value),
+                quote(value),
+                quote(value)
+            );
+            let parsed = parse_challenge_value(&line);
+            assert_eq!(parsed.len(), 2, "{line}");
+            assert_eq!(
+                params_of(&parsed[0]),
+                [("first", value), ("second", value), ("last", "1")],
+                "{line}"
+            );
+            assert_eq!(parsed[1].param("only"), Some(value), "{line}");
+        }
+    }
+}

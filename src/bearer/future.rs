@@ -1,0 +1,265 @@
+//! The response future of [`BearerToken`](super::BearerToken), and the rare path that answers
+//! a 401: invalidating the rejected token, or getting a claims token and re-sending once.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use http::header::AUTHORIZATION;
+use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use super::challenge::claims_challenge;
+use super::replay::{Replay, RetryBody};
+use super::source::{Prepared, Source};
+use crate::credential::TokenCredential;
+use crate::error::BoxError;
+use crate::refresh::TokenSlot;
+
+pin_project! {
+    /// The response future of [`BearerToken`](super::BearerToken).
+    ///
+    /// With a fresh token and no challenge it is the inner future plus a check of the status:
+    /// no allocation. Waiting for a token, or answering a claims challenge, runs as a boxed
+    /// future.
+    pub struct ResponseFuture<F, ResB> {
+        #[pin]
+        state: State<F, ResB>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, ResB> {
+        Sent {
+            #[pin]
+            future: F,
+            after: Option<After<ResB>>,
+        },
+        Boxed {
+            future: BoxFuture<'static, Result<Response<ResB>, BoxError>>,
+        },
+        Failed {
+            error: Option<BoxError>,
+        },
+    }
+}
+
+impl<F, ResB> ResponseFuture<F, ResB> {
+    pub(crate) fn sent(future: F, after: After<ResB>) -> Self {
+        Self {
+            state: State::Sent {
+                future,
+                after: Some(after),
+            },
+        }
+    }
+
+    pub(crate) fn boxed(future: BoxFuture<'static, Result<Response<ResB>, BoxError>>) -> Self {
+        Self {
+            state: State::Boxed { future },
+        }
+    }
+
+    pub(crate) fn failed(error: BoxError) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<F, E, ResB> Future for ResponseFuture<F, ResB>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<ResB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Sent { future, after } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if response.status() != StatusCode::UNAUTHORIZED {
+                        return Poll::Ready(Ok(response));
+                    }
+                    let Some(after) = after.take() else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    match after.on_unauthorized(response) {
+                        Outcome::Done(response) => return Poll::Ready(Ok(response)),
+                        Outcome::Retry(future) => this.state.set(State::Boxed { future }),
+                    }
+                }
+                StateProj::Boxed { future } => return future.poll_unpin(cx),
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error
+                        .take()
+                        .unwrap_or_else(|| "ResponseFuture polled after completion".into())));
+                }
+            }
+        }
+    }
+}
+
+/// Re-sends a request after a claims challenge: given the 401 and the decoded claims.
+pub(crate) type RetryFn<ResB> = Box<
+    dyn FnOnce(Response<ResB>, String) -> BoxFuture<'static, Result<Response<ResB>, BoxError>>
+        + Send,
+>;
+
+/// What to do if the answer is a 401.
+pub(crate) struct After<ResB> {
+    pub(crate) slot: Arc<TokenSlot<Prepared>>,
+    /// The token the request carried.
+    pub(crate) token_id: u64,
+    /// Present when the layer may re-send (CAE enabled and the body prepared for replay).
+    pub(crate) retry: Option<RetryFn<ResB>>,
+}
+
+pub(crate) enum Outcome<ResB> {
+    Done(Response<ResB>),
+    Retry(BoxFuture<'static, Result<Response<ResB>, BoxError>>),
+}
+
+/// What to do with a 401: answer its claims challenge, or give it back.
+pub(crate) enum Decision {
+    Retry(String),
+    GiveBack,
+}
+
+/// A claims challenge is answered (once) when the caller can re-send; any other 401 goes back
+/// unchanged. The reasons are traced at `DEBUG` (or `WARN` for an unusable challenge).
+pub(crate) fn decide(headers: &http::HeaderMap, can_retry: bool) -> Decision {
+    match claims_challenge(headers) {
+        Ok(Some(claims)) if can_retry => return Decision::Retry(claims),
+        Ok(Some(_)) => {
+            tracing::debug!(
+                "401 with a claims challenge, but the request cannot be re-sent (CAE off or body not cloneable): returning it"
+            );
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, "401 with a claims challenge that cannot be used: returning it");
+        }
+        Ok(None) => tracing::debug!("401 without a claims challenge: returning it"),
+    }
+    Decision::GiveBack
+}
+
+impl<ResB> After<ResB> {
+    /// Answers the claims challenge when the layer may re-send; otherwise the 401 goes back
+    /// and the token it rejected is dropped if it is still the current one.
+    pub(crate) fn on_unauthorized(self, response: Response<ResB>) -> Outcome<ResB> {
+        match (decide(response.headers(), self.retry.is_some()), self.retry) {
+            (Decision::Retry(claims), Some(retry)) => Outcome::Retry(retry(response, claims)),
+            _ => {
+                self.slot.invalidate(self.token_id);
+                Outcome::Done(response)
+            }
+        }
+    }
+}
+
+/// The parts of a request kept for the one re-send.
+pub(crate) struct Snapshot {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+}
+
+impl Snapshot {
+    pub(crate) fn of(parts: &http::request::Parts) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
+        }
+    }
+
+    fn into_request<B>(self, body: B) -> Request<B> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        *request.extensions_mut() = self.extensions;
+        request
+    }
+}
+
+/// The challenge path: claims token, drain the 401, re-send once. Anything that makes a
+/// faithful re-send impossible returns the 401 as it came.
+pub(crate) async fn answer_challenge<S, B, C, ResB>(
+    response: Response<ResB>,
+    claims: String,
+    source: Arc<Source<C>>,
+    service: S,
+    snapshot: Snapshot,
+    replay: Replay<B>,
+    rejected: u64,
+) -> Result<Response<ResB>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    B: RetryBody,
+    C: TokenCredential,
+    ResB: Body,
+{
+    // The token first: hyper may still be sending the body of the first attempt, and the
+    // body can only be replayed once it was sent whole.
+    let entry = match source.claims_token(&claims, rejected).await {
+        Ok(entry) => entry,
+        Err(error) => {
+            tracing::warn!(%error, "claims challenge: no token for the claims; returning the 401");
+            return Ok(response);
+        }
+    };
+    let body = match replay.into_body() {
+        Ok(body) => body,
+        Err(reason) => {
+            tracing::debug!(%reason, "claims challenge: the request cannot be re-sent; returning the 401");
+            return Ok(response);
+        }
+    };
+    drain(response.into_body(), source.options.drain_limit);
+    let mut request = snapshot.into_request(body);
+    request
+        .headers_mut()
+        .insert(AUTHORIZATION, entry.value.header().clone());
+    tracing::debug!("claims challenge answered with a new token; re-sending once");
+    let response = service.oneshot(request).await.map_err(Into::into)?;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        source.slot.invalidate(entry.id);
+    }
+    Ok(response)
+}
+
+/// Reads and discards what of a 401 body is already available (up to `limit` bytes), so the
+/// connection can carry the re-send. It never waits: no timers, no hang on a slow body.
+pub(crate) fn drain<ResB: Body>(body: ResB, limit: usize) {
+    let mut body = pin!(body);
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut read = 0usize;
+    while read <= limit {
+        match body.as_mut().poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    read += bytes::Buf::remaining(data);
+                }
+            }
+            Poll::Ready(Some(Err(_)) | None) | Poll::Pending => break,
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! [`BearerTokenLayer`]: `Authorization: Bearer …` for any HTTP client service, with tokens
+//! renewed in the background and CAE claims challenges answered.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_identity::bearer::BearerTokenLayer;
+//! use tower_identity::{AzureCliCredential, CredentialExt, EnvironmentCredential};
+//!
+//! # async fn run() -> Result<(), tower_identity::BoxError> {
+//! let https = hyper_rustls::HttpsConnectorBuilder::new()
+//!     .with_webpki_roots()
+//!     .https_only()
+//!     .enable_http1()
+//!     .build();
+//! let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(https);
+//! let credential = EnvironmentCredential::new().or(AzureCliCredential::new());
+//! let service = ServiceBuilder::new()
+//!     .layer(BearerTokenLayer::new(credential, ["https://management.azure.com/.default"]).enable_cae(true))
+//!     .service(client);
+//! let request = http::Request::get("https://management.azure.com/subscriptions?api-version=2022-12-01")
+//!     .body(Full::default())?;
+//! let response = service.oneshot(request).await?;
+//! # let _ = response; Ok(()) }
+//! ```
+//!
+//! # Behaviour
+//!
+//! * **Tokens**: clones of the service (and every service made by one layer) share one token.
+//!   While it is fresh, a request reads it without a lock or an allocation: each clone keeps
+//!   the prepared header and checks a shared generation counter and the clock.
+//! * **Renewal**: from `expires_on − 300 s + jitter(0..60 s)` (or the provider's `refresh_on`
+//!   plus jitter), the request that notices starts one renewal in the background and every
+//!   request keeps using the current token. A failed renewal keeps the current token and is
+//!   retried after 30 s. With no valid token, all requests wait on one acquisition and all get
+//!   its result, the error included; a request that is dropped does not cancel it.
+//! * **401**: a plain 401 is returned unchanged, and the token it rejected is dropped if it is
+//!   still the current one. With [`enable_cae`](BearerTokenLayer::enable_cae), a Bearer
+//!   challenge with `error="insufficient_claims"` and decodable `claims` gets a token for those
+//!   claims (bypassing every cache) and the request is re-sent once, with the same body; a
+//!   second 401 is returned as is.
+//! * **Bodies**: the re-send needs the body again ([`RetryBody`]): `Full<Bytes>`, `Empty`,
+//!   `String` are cloned; `BoxBody`, `UnsyncBoxBody` and [`ReplayBody`] are recorded as they
+//!   stream, up to the replay limit (64 KiB by default). A body over the limit, or still
+//!   streaming when the 401 arrived, is not re-sent: the 401 is returned.
+//! * **HTTPS only**: a request that is not `https` fails with a [`BearerError`], unless
+//!   [`allow_insecure_http`](BearerTokenLayer::allow_insecure_http) is set.
+//! * **Errors** are [`BoxError`]s: a [`CredentialError`](crate::CredentialError) when no token
+//!   could be had, a [`BearerError`], or the inner service's error unchanged.
+//!
+//! Why CAE gates the re-send: Entra and CAE-aware resources send claims challenges only to
+//! clients that announce the `CP1` capability, and keeping a request's headers and body for a
+//! possible re-send costs allocations on every request. Without CAE the layer keeps nothing
+//! and a claims challenge is returned like any 401.
+
+mod challenge;
+mod error;
+mod future;
+mod replay;
+mod source;
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response, uri::Scheme};
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+pub use challenge::{
+    Challenge, ClaimsError, claims_challenge, parse_challenge_value, parse_challenges,
+};
+pub use error::BearerError;
+pub use future::ResponseFuture;
+pub use replay::{NotReplayable, Replay, ReplayBody, RetryBody};
+
+#[cfg(feature = "reqwest-middleware")]
+pub(crate) use future::{Decision, decide, drain};
+pub(crate) use source::Source;
+
+use crate::credential::TokenCredential;
+use crate::error::BoxError;
+use crate::refresh::{DEFAULT_REFRESH_WINDOW, DEFAULT_RETRY_AFTER_FAILURE, Lookup, RefreshPolicy};
+use future::{After, RetryFn, Snapshot, answer_challenge};
+use source::Options;
+
+/// Default bound on a streaming request body kept for a re-send.
+pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
+/// Default jitter added to the renewal time (drawn per token).
+pub const DEFAULT_REFRESH_JITTER: Duration = Duration::from_secs(60);
+/// How much of a 401 body is read and discarded before the re-send.
+const DRAIN_LIMIT: usize = 64 * 1024;
+
+/// Adds `Authorization: Bearer <token>` to requests; see the [module docs](self).
+pub struct BearerTokenLayer<C> {
+    source: Arc<Source<C>>,
+}
+
+impl<C: TokenCredential> BearerTokenLayer<C> {
+    /// Tokens for these scopes from this credential.
+    pub fn new<I, S>(credential: C, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let options = Options {
+            cae: false,
+            allow_http: false,
+            replay_limit: DEFAULT_REPLAY_LIMIT,
+            drain_limit: DRAIN_LIMIT,
+            refresh: RefreshPolicy {
+                window: DEFAULT_REFRESH_WINDOW,
+                jitter: DEFAULT_REFRESH_JITTER,
+                retry_after_failure: DEFAULT_RETRY_AFTER_FAILURE,
+            },
+        };
+        let scopes = scopes.into_iter().map(Into::into).collect();
+        Self {
+            source: Arc::new(Source::new(credential, scopes, options)),
+        }
+    }
+
+    /// Rebuilds the shared source with changed options (only before first use: builder style).
+    fn with_options(self, change: impl FnOnce(&mut Options)) -> Self {
+        let mut options = self.source.options;
+        change(&mut options);
+        let (credential, scopes) = self.source.parts();
+        Self {
+            source: Arc::new(Source::new(credential, scopes, options)),
+        }
+    }
+
+    /// Announce the CAE capability and answer claims challenges by re-sending once (default
+    /// off).
+    pub fn enable_cae(self, enable: bool) -> Self {
+        self.with_options(|o| o.cae = enable)
+    }
+
+    /// Renew when at most this much lifetime is left (default 300 s), minus the jitter.
+    pub fn refresh_window(self, window: Duration) -> Self {
+        self.with_options(|o| o.refresh.window = window)
+    }
+
+    /// Upper bound of the random delay added to each token's renewal time (default 60 s).
+    pub fn refresh_jitter(self, jitter: Duration) -> Self {
+        self.with_options(|o| o.refresh.jitter = jitter)
+    }
+
+    /// Most bytes of a streaming request body kept for a re-send (default 64 KiB).
+    pub fn replay_limit(self, bytes: usize) -> Self {
+        self.with_options(|o| o.replay_limit = bytes)
+    }
+
+    /// Send tokens over plain `http` too. Only for loopback development: anyone on the path
+    /// can read and replay the token.
+    pub fn allow_insecure_http(self, allow: bool) -> Self {
+        self.with_options(|o| o.allow_http = allow)
+    }
+}
+
+impl<C> BearerTokenLayer<C> {
+    #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
+    pub(crate) fn source(&self) -> &Arc<Source<C>> {
+        &self.source
+    }
+}
+
+impl<C> Clone for BearerTokenLayer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            source: Arc::clone(&self.source),
+        }
+    }
+}
+
+impl<C> fmt::Debug for BearerTokenLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerTokenLayer")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl<S, C> Layer<S> for BearerTokenLayer<C> {
+    type Service = BearerToken<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BearerToken {
+            inner,
+            source: Arc::clone(&self.source),
+            cached: None,
+        }
+    }
+}
+
+/// The service made by [`BearerTokenLayer`].
+pub struct BearerToken<S, C> {
+    inner: S,
+    source: Arc<Source<C>>,
+    cached: Option<Cached>,
+}
+
+/// A clone's copy of the current token: valid while the slot's generation is unchanged and
+/// the clock is before `recheck_at`.
+#[derive(Clone)]
+struct Cached {
+    generation: u64,
+    recheck_at: Instant,
+    header: HeaderValue,
+    token_id: u64,
+}
+
+impl<S, C> BearerToken<S, C> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, C> Clone for BearerToken<S, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            source: Arc::clone(&self.source),
+            // Clones start with the token the original holds: no lock on their first request.
+            cached: self.cached.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for BearerToken<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerToken")
+            .field("inner", &self.inner)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl<S, C, B, ResB> Service<Request<B>> for BearerToken<S, C>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    C: TokenCredential,
+    B: RetryBody,
+    ResB: http_body::Body + Send + 'static,
+{
+    type Response = Response<ResB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // tower's rule: the instance that was driven to readiness serves this call.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+
+        let options = &self.source.options;
+        if !options.allow_http && request.uri().scheme() != Some(&Scheme::HTTPS) {
+            return ResponseFuture::failed(BearerError::insecure(request.uri()).into());
+        }
+        let now = Instant::now();
+        if let Some(cached) = &self.cached {
+            if cached.generation == self.source.slot.generation() && now < cached.recheck_at {
+                let (header, token_id) = (cached.header.clone(), cached.token_id);
+                return send(inner, &self.source, request, header, token_id);
+            }
+        }
+        match self.source.lookup(now) {
+            Lookup::Use {
+                entry,
+                generation,
+                recheck_at,
+            } => {
+                let header = entry.value.header().clone();
+                self.cached = Some(Cached {
+                    generation,
+                    recheck_at,
+                    header: header.clone(),
+                    token_id: entry.id,
+                });
+                send(inner, &self.source, request, header, entry.id)
+            }
+            Lookup::Wait(acquisition) => {
+                self.cached = None;
+                let source = Arc::clone(&self.source);
+                ResponseFuture::boxed(Box::pin(async move {
+                    let entry = acquisition.await?;
+                    let header = entry.value.header().clone();
+                    send(inner, &source, request, header, entry.id).await
+                }))
+            }
+        }
+    }
+}
+
+/// Sends the request with this token; with CAE, keeps what a re-send needs.
+fn send<S, C, B, ResB>(
+    mut inner: S,
+    source: &Arc<Source<C>>,
+    request: Request<B>,
+    header: HeaderValue,
+    token_id: u64,
+) -> ResponseFuture<S::Future, ResB>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    C: TokenCredential,
+    B: RetryBody,
+    ResB: http_body::Body + Send + 'static,
+{
+    let (mut parts, body) = request.into_parts();
+    parts.headers.insert(AUTHORIZATION, header);
+    let (body, retry) = if source.options.cae {
+        let (body, replay) = body.prepare(source.options.replay_limit);
+        let snapshot = Snapshot::of(&parts);
+        let source = Arc::clone(source);
+        let service = inner.clone();
+        let retry: RetryFn<ResB> = Box::new(move |response, claims| {
+            Box::pin(answer_challenge(
+                response, claims, source, service, snapshot, replay, token_id,
+            ))
+        });
+        (body, Some(retry))
+    } else {
+        (body, None)
+    };
+    let after = After {
+        slot: Arc::clone(&source.slot),
+        token_id,
+        retry,
+    };
+    ResponseFuture::sent(inner.call(Request::from_parts(parts, body)), after)
+}

@@ -1,0 +1,187 @@
+//! Where the layer's tokens come from: one refresh slot per layer, the credential behind it,
+//! and claims tokens for CAE challenges. Shared by the tower layer and the reqwest middleware.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use http::HeaderValue;
+use tokio::time::Instant;
+use tower::ServiceExt;
+use zeroize::Zeroizing;
+
+use crate::credential::TokenCredential;
+use crate::error::CredentialError;
+use crate::refresh::{Entry, Lookup, RefreshPolicy, SlotValue, TokenSlot};
+use crate::token::{AccessToken, TokenRequest};
+
+/// The name errors of the layer are reported under.
+pub(crate) const LAYER: &str = "BearerTokenLayer";
+
+/// A token with its `Authorization` value, built once per token.
+#[derive(Clone)]
+pub(crate) struct Prepared {
+    token: AccessToken,
+    header: HeaderValue,
+    /// The claims this token was obtained for, if it answered a challenge.
+    claims: Option<Arc<str>>,
+}
+
+impl SlotValue for Prepared {
+    fn token(&self) -> &AccessToken {
+        &self.token
+    }
+}
+
+impl Prepared {
+    fn new(token: AccessToken, claims: Option<Arc<str>>) -> Result<Self, CredentialError> {
+        let secret = token.secret().expose_secret();
+        let mut value = Zeroizing::new(Vec::with_capacity(7 + secret.len()));
+        value.extend_from_slice(b"Bearer ");
+        value.extend_from_slice(secret.as_bytes());
+        // The bytes are zeroed when the last clone of the header is dropped.
+        let mut header =
+            HeaderValue::from_maybe_shared(Bytes::from_owner(value)).map_err(|_| {
+                CredentialError::authentication_failed(
+                    LAYER,
+                    "the credential returned a token with characters that cannot be sent in an \
+                 HTTP header",
+                )
+            })?;
+        header.set_sensitive(true);
+        Ok(Self {
+            token,
+            header,
+            claims,
+        })
+    }
+
+    pub(crate) fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+}
+
+/// What the layer asks for and how it renews it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    pub(crate) cae: bool,
+    pub(crate) allow_http: bool,
+    pub(crate) replay_limit: usize,
+    pub(crate) drain_limit: usize,
+    pub(crate) refresh: RefreshPolicy,
+}
+
+type ClaimsFlight = Shared<BoxFuture<'static, Result<Entry<Prepared>, CredentialError>>>;
+
+/// One per layer; every clone of the service shares it.
+pub(crate) struct Source<C> {
+    credential: C,
+    request: TokenRequest,
+    pub(crate) slot: Arc<TokenSlot<Prepared>>,
+    pub(crate) options: Options,
+    claims_flight: Mutex<Option<(Arc<str>, ClaimsFlight)>>,
+}
+
+impl<C: TokenCredential> Source<C> {
+    pub(crate) fn new(credential: C, scopes: Vec<String>, options: Options) -> Self {
+        Self {
+            credential,
+            request: TokenRequest::new(scopes).enable_cae(options.cae),
+            slot: TokenSlot::new(options.refresh),
+            options,
+            claims_flight: Mutex::new(None),
+        }
+    }
+
+    /// The credential and scopes, to build a source with other options.
+    pub(crate) fn parts(&self) -> (C, Vec<String>) {
+        (self.credential.clone(), self.request.scopes().to_vec())
+    }
+
+    /// The slot's answer for this moment (see [`TokenSlot::lookup`]).
+    pub(crate) fn lookup(&self, now: Instant) -> Lookup<Prepared> {
+        self.slot.lookup(now, || {
+            acquire(self.credential.clone(), self.request.clone(), None)
+        })
+    }
+
+    /// The current token, waiting for an acquisition only when there is no valid one.
+    #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
+    pub(crate) async fn token(&self) -> Result<Entry<Prepared>, CredentialError> {
+        match self.lookup(Instant::now()) {
+            Lookup::Use { entry, .. } => Ok(entry),
+            Lookup::Wait(acquisition) => acquisition.await,
+        }
+    }
+
+    /// A token for a claims challenge, bypassing every cache. Concurrent requests rejected
+    /// with the same claims share one acquisition, and a token already obtained for these
+    /// claims (other than the one that was rejected) is reused.
+    pub(crate) async fn claims_token(
+        &self,
+        claims: &str,
+        rejected: u64,
+    ) -> Result<Entry<Prepared>, CredentialError> {
+        let flight = {
+            let mut flight = self.claims_flight.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(current) = self.slot.current_entry() {
+                let answered = current.value.claims.as_deref() == Some(claims);
+                if answered && current.id != rejected && !current.value.token.is_expired() {
+                    return Ok(current);
+                }
+            }
+            match &*flight {
+                Some((c, f)) if &**c == claims => f.clone(),
+                _ => {
+                    let claims: Arc<str> = Arc::from(claims);
+                    let request = self.request.clone().claims(claims.to_string());
+                    let slot = Arc::clone(&self.slot);
+                    let task = tokio::spawn(
+                        acquire(self.credential.clone(), request, Some(Arc::clone(&claims)))
+                            .map(move |r| r.map(|prepared| slot.store(prepared))),
+                    );
+                    let f = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(CredentialError::authentication_failed(
+                                LAYER,
+                                format!("the claims token acquisition did not finish: {e}"),
+                            ))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    *flight = Some((claims, f.clone()));
+                    f
+                }
+            }
+        };
+        let result = flight.clone().await;
+        let mut slot = self.claims_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|(_, f)| f.ptr_eq(&flight)) {
+            *slot = None;
+        }
+        result
+    }
+}
+
+/// Asks the credential and prepares the header.
+fn acquire<C: TokenCredential>(
+    credential: C,
+    request: TokenRequest,
+    claims: Option<Arc<str>>,
+) -> impl Future<Output = Result<Prepared, CredentialError>> + Send + 'static {
+    credential
+        .oneshot(request)
+        .map(move |result| result.and_then(|token| Prepared::new(token, claims)))
+}
+
+impl<C> fmt::Debug for Source<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerTokenSource")
+            .field("scopes", &self.request.scopes())
+            .field("options", &self.options)
+            .finish()
+    }
+}

@@ -1,0 +1,562 @@
+//! BearerTokenLayer over real sockets: a hyper-util client → the layer → the loopback
+//! resource, with tokens from ClientSecretCredential and the loopback authority.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower_identity::bearer::{BearerError, BearerToken, BearerTokenLayer};
+use tower_identity::{BoxCredential, ClientSecretCredential, CredentialError, CredentialExt};
+
+use crate::support::authority::{Authority, Fault};
+use crate::support::client::{HyperClient, h2_client, hyper_client};
+use crate::support::creds::{SCOPE, client_secret, client_secret_with, http_builder, secs};
+use crate::support::resource::{Answer, Mode, Resource, revocation_claims};
+
+type Bearer<B> = BearerToken<HyperClient<B>, BoxCredential>;
+
+fn layer(authority: &Authority) -> BearerTokenLayer<BoxCredential> {
+    BearerTokenLayer::new(client_secret(authority).boxed_credential(), [SCOPE])
+        .refresh_jitter(Duration::ZERO)
+}
+
+/// The credential with a count of the layer's calls to it.
+fn counted(credential: ClientSecretCredential) -> (BoxCredential, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let service = tower::service_fn(move |request| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        credential.clone().oneshot(request)
+    });
+    (BoxCredential::named("Counted", service), calls)
+}
+
+fn bearer<B>(layer: &BearerTokenLayer<BoxCredential>) -> Bearer<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(hyper_client())
+}
+
+fn get(resource: &Resource, path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("{}{path}", resource.url()))
+        .body(Full::default())
+        .unwrap()
+}
+
+async fn call<B>(service: &mut Bearer<B>, request: Request<B>) -> http::Response<Bytes>
+where
+    B: tower_identity::bearer::RetryBody + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    http::Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
+}
+
+#[tokio::test]
+async fn injects_the_token_as_a_bearer_header() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let mut service = bearer(&layer(&authority));
+    let response = call(&mut service, get(&resource, "/a")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        resource.requests()[0].authorization.as_deref(),
+        Some("Bearer at-1-contoso")
+    );
+    assert_eq!(authority.requests()[0].field("scope"), Some(SCOPE));
+    // The token is reused.
+    call(&mut service, get(&resource, "/b")).await;
+    assert_eq!(authority.token_posts(), 1);
+}
+
+#[tokio::test]
+async fn the_authorization_header_is_marked_sensitive() {
+    let authority = Authority::start().await;
+    let inner = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+        let header = request.headers().get(http::header::AUTHORIZATION).cloned();
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+            if header.is_some_and(|h| h.is_sensitive()) {
+                "sensitive"
+            } else {
+                "plain"
+            },
+        ))))
+    });
+    let service = layer(&authority).layer(inner);
+    let response = service
+        .oneshot(
+            Request::get("https://resource.test/")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "sensitive"
+    );
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_unless_explicitly_allowed() {
+    let (authority, resource) = (Authority::start().await, Resource::start_http().await);
+    let mut strict = bearer::<Full<Bytes>>(&layer(&authority));
+    let err = strict
+        .ready()
+        .await
+        .unwrap()
+        .call(get(&resource, "/"))
+        .await
+        .unwrap_err();
+    let err = err.downcast_ref::<BearerError>().expect("a BearerError");
+    assert!(err.is_insecure());
+    assert!(err.to_string().contains("allow_insecure_http"), "{err}");
+    assert_eq!(
+        (resource.count(), authority.token_posts()),
+        (0, 0),
+        "nothing was sent"
+    );
+
+    let mut relaxed = bearer::<Full<Bytes>>(&layer(&authority).allow_insecure_http(true));
+    let response = call(&mut relaxed, get(&resource, "/")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_credential_error_reaches_the_caller_as_is() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    authority.push_fault(Fault::Respond {
+        status: 400,
+        body: crate::support::authority::error_body("invalid_scope", 70011, "bad scope"),
+        headers: vec![],
+    });
+    let mut service = bearer::<Full<Bytes>>(&layer(&authority));
+    let err = service
+        .ready()
+        .await
+        .unwrap()
+        .call(get(&resource, "/"))
+        .await
+        .unwrap_err();
+    let err = err
+        .downcast_ref::<CredentialError>()
+        .expect("a CredentialError");
+    assert_eq!(err.error_codes(), [70011]);
+    assert_eq!(resource.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_cold_requests_make_one_token_post() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    authority.push_fault(Fault::Delay(Duration::from_millis(300)));
+    let service = ServiceBuilder::new()
+        .layer(layer(&authority))
+        .service(h2_client::<Full<Bytes>>());
+    let url = resource.url();
+    let tasks: Vec<_> = (0..10_000)
+        .map(|i| {
+            let service = service.clone();
+            let request = Request::get(format!("{url}/r/{i}"))
+                .body(Full::default())
+                .unwrap();
+            tokio::spawn(async move { service.oneshot(request).await.map(|r| r.status()) })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), StatusCode::OK);
+    }
+    assert_eq!(authority.token_posts(), 1);
+    assert_eq!(resource.count(), 10_000);
+    assert!(
+        resource
+            .accepted_tokens()
+            .iter()
+            .all(|t| t == "at-1-contoso")
+    );
+}
+
+#[tokio::test]
+async fn clones_and_services_of_one_layer_share_the_token() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let layer = layer(&authority);
+    let mut a = bearer::<Full<Bytes>>(&layer);
+    let mut b = a.clone();
+    let mut c = bearer::<Full<Bytes>>(&layer);
+    for service in [&mut a, &mut b, &mut c] {
+        assert_eq!(
+            call(service, get(&resource, "/")).await.status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(authority.token_posts(), 1);
+}
+
+#[test]
+fn the_response_future_is_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let authority_url = "https://127.0.0.1:1";
+    let credential = ClientSecretCredential::builder("t", "c", "s")
+        .authority_host(authority_url)
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let mut service: Bearer<Full<Bytes>> =
+        BearerTokenLayer::new(credential.boxed_credential(), [SCOPE])
+            .enable_cae(true)
+            .layer(hyper_client());
+    let future = service.call(
+        Request::get("https://x.test/")
+            .body(Full::default())
+            .unwrap(),
+    );
+    assert_send(&future);
+}
+
+// --- the refresh window, on tokio's paused clock ---
+
+/// A token living 3600 s, renewed from 3300 s (no jitter), a credential without retries.
+async fn window_setup() -> (Authority, Resource, Bearer<Full<Bytes>>) {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let credential = client_secret_with(
+        &authority,
+        http_builder(&authority).no_retry().build().unwrap(),
+    );
+    let layer = BearerTokenLayer::new(credential.boxed_credential(), [SCOPE])
+        .refresh_jitter(Duration::ZERO);
+    let mut service = bearer(&layer);
+    call(&mut service, get(&resource, "/warm")).await;
+    (authority, resource, service)
+}
+
+async fn burst(service: &Bearer<Full<Bytes>>, resource: &Resource, n: usize) -> Vec<StatusCode> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let request = get(resource, &format!("/burst/{i}"));
+            tokio::spawn(service.clone().oneshot(request))
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap().unwrap().status());
+    }
+    statuses
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_the_refresh_window_one_renewal_runs_and_no_request_waits_for_it() {
+    let (authority, resource, service) = window_setup().await;
+    tokio::time::advance(secs(3300)).await;
+    // The renewal hangs: any request that waited for it would never finish.
+    authority.push_fault(Fault::Hang);
+    let statuses = burst(&service, &resource, 200).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+    assert_eq!(authority.token_posts(), 2, "exactly one renewal");
+    assert_eq!(authority.in_flight(), 1, "and it is still running");
+    assert!(
+        resource
+            .accepted_tokens()
+            .iter()
+            .all(|t| t == "at-1-contoso")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_renewal_delays_no_request_and_its_token_is_used_once_ready() {
+    let (authority, resource, service) = window_setup().await;
+    tokio::time::advance(secs(3300)).await;
+    authority.push_fault(Fault::Delay(Duration::from_millis(500)));
+    let started = Instant::now();
+    let statuses = burst(&service, &resource, 100).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+    // Every request of the burst used the old token: none waited for the renewal.
+    assert!(
+        resource
+            .accepted_tokens()
+            .iter()
+            .all(|t| t == "at-1-contoso")
+    );
+    assert_eq!(authority.token_posts(), 2);
+    tokio::time::sleep_until(started + Duration::from_millis(600)).await;
+    burst(&service, &resource, 10).await;
+    let tokens = resource.accepted_tokens();
+    assert!(
+        tokens[tokens.len() - 10..]
+            .iter()
+            .all(|t| t == "at-2-contoso"),
+        "{tokens:?}"
+    );
+    assert_eq!(authority.token_posts(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_authority_leaves_requests_on_the_old_token_until_it_expires() {
+    let (authority, resource, service) = window_setup().await;
+    for _ in 0..100 {
+        authority.push_fault(Fault::ServerError(503));
+    }
+    tokio::time::advance(secs(3300)).await;
+    // Through the 300 s window, a request every 10 s: all served with the old token.
+    for _ in 0..30 {
+        assert!(
+            burst(&service, &resource, 3)
+                .await
+                .iter()
+                .all(|s| *s == StatusCode::OK)
+        );
+        tokio::time::advance(secs(10)).await;
+    }
+    assert!(
+        resource
+            .accepted_tokens()
+            .iter()
+            .all(|t| t == "at-1-contoso")
+    );
+    // One attempt at 3300 s, then one per 30 s.
+    assert_eq!(authority.token_posts(), 1 + 10);
+    // Expired: now requests fail with the credential's error instead of an expired token.
+    let mut service = service;
+    let err = service
+        .ready()
+        .await
+        .unwrap()
+        .call(get(&resource, "/late"))
+        .await
+        .unwrap_err();
+    assert!(err.downcast_ref::<CredentialError>().is_some(), "{err}");
+}
+
+// --- 401s and CAE ---
+
+fn cae_layer(authority: &Authority) -> BearerTokenLayer<BoxCredential> {
+    layer(authority).enable_cae(true)
+}
+
+#[tokio::test]
+async fn a_claims_challenge_gets_a_claims_token_and_the_request_is_sent_again_once() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.set_mode(Mode::Cae);
+    let mut service = bearer::<Full<Bytes>>(&cae_layer(&authority));
+    call(&mut service, get(&resource, "/before")).await;
+    resource.revoke("at-1-contoso");
+    let response = call(&mut service, get(&resource, "/after")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = resource.requests();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[1].bearer(), Some("at-1-contoso"));
+    assert_eq!(seen[2].bearer(), Some("at-2-contoso-claims"));
+    assert_eq!(seen[2].path, "/after");
+    // The claims of the challenge reached the authority, with the CP1 capability.
+    let claims: serde_json::Value =
+        serde_json::from_str(authority.requests()[1].field("claims").unwrap()).unwrap();
+    assert_eq!(claims["access_token"]["xms_cc"]["values"][0], "CP1");
+    assert!(claims["access_token"]["nbf"]["value"].is_string());
+    // The claims token is now the layer's token.
+    call(&mut service, get(&resource, "/later")).await;
+    assert_eq!(resource.requests()[3].bearer(), Some("at-2-contoso-claims"));
+    assert_eq!(authority.token_posts(), 2);
+}
+
+#[tokio::test]
+async fn a_second_challenge_is_returned_to_the_caller() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let claims = revocation_claims(1);
+    resource.push(Answer::Cae {
+        claims: claims.clone(),
+    });
+    resource.push(Answer::Cae { claims });
+    let mut service = bearer::<Full<Bytes>>(&cae_layer(&authority));
+    let response = call(&mut service, get(&resource, "/")).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resource.count(), 2, "sent twice, never three times");
+    assert_eq!(authority.token_posts(), 2);
+}
+
+#[tokio::test]
+async fn without_cae_a_claims_challenge_is_returned_like_any_401() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    let mut service = bearer::<Full<Bytes>>(&layer(&authority));
+    let response = call(&mut service, get(&resource, "/")).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resource.count(), 1);
+}
+
+#[tokio::test]
+async fn a_plain_401_is_returned_untouched_and_drops_the_rejected_token() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.push(Answer::Unauthorized {
+        www_authenticate: Some(
+            r#"Bearer error="invalid_token", error_description="expired""#.into(),
+        ),
+        body: "{\"error\":\"nope\"}".into(),
+    });
+    let (credential, calls) = counted(client_secret(&authority));
+    let layer = BearerTokenLayer::new(credential, [SCOPE]).enable_cae(true);
+    let mut service = bearer::<Full<Bytes>>(&layer);
+    let response = call(&mut service, get(&resource, "/")).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        r#"Bearer error="invalid_token", error_description="expired""#
+    );
+    assert_eq!(response.body(), "{\"error\":\"nope\"}");
+    assert_eq!(resource.count(), 1);
+    // The layer dropped the token: the next request asks the credential again (which answers
+    // from its own cache: the 401 said nothing about the token's validity for the provider).
+    call(&mut service, get(&resource, "/")).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    call(&mut service, get(&resource, "/")).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_401_for_an_old_token_does_not_drop_the_new_one() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let (credential, calls) = counted(client_secret(&authority));
+    let service =
+        bearer::<Full<Bytes>>(&BearerTokenLayer::new(credential, [SCOPE]).enable_cae(true));
+    // Request A carries at-1 and is held by the resource for 10 s.
+    resource.push(Answer::Delay(secs(10)));
+    let a = tokio::spawn(service.clone().oneshot(get(&resource, "/a")));
+    while resource.in_flight() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // Meanwhile B is challenged and the layer moves to a claims token.
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    let b = service.clone().oneshot(get(&resource, "/b")).await.unwrap();
+    assert_eq!(b.status(), StatusCode::OK);
+    // Then A's answer: at-1 was revoked meanwhile, a plain 401.
+    resource.revoke("at-1-contoso");
+    let a = a.await.unwrap().unwrap();
+    assert_eq!(a.status(), StatusCode::UNAUTHORIZED);
+    // The claims token is still in use; no new token was fetched.
+    service.clone().oneshot(get(&resource, "/c")).await.unwrap();
+    assert_eq!(
+        resource.requests().last().unwrap().bearer(),
+        Some("at-2-contoso-claims")
+    );
+    assert_eq!(authority.token_posts(), 2);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the first token and the claims token"
+    );
+}
+
+#[tokio::test]
+async fn an_undecodable_claims_challenge_is_returned() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.push(Answer::Unauthorized {
+        www_authenticate: Some(
+            r#"Bearer error="insufficient_claims", claims="%%%not-base64%%%""#.into(),
+        ),
+        body: String::new(),
+    });
+    let mut service = bearer::<Full<Bytes>>(&cae_layer(&authority));
+    let response = call(&mut service, get(&resource, "/")).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!((resource.count(), authority.token_posts()), (1, 1));
+}
+
+#[tokio::test]
+async fn if_no_claims_token_can_be_had_the_401_is_returned() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let mut service = bearer::<Full<Bytes>>(&cae_layer(&authority));
+    call(&mut service, get(&resource, "/warm")).await;
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    authority.push_fault(Fault::Respond {
+        status: 400,
+        body: crate::support::authority::error_body("invalid_grant", 50076, "MFA required"),
+        headers: vec![],
+    });
+    let response = call(&mut service, get(&resource, "/")).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resource.count(), 2);
+}
+
+/// The challenges.txt vectors through the real layer: RETRY ones re-send with exactly the
+/// decoded claims (plus CP1), NO_RETRY ones are returned.
+#[tokio::test]
+async fn every_reference_challenge_vector_gets_the_documented_outcome() {
+    for (header, expected) in crate::support::vectors::CHALLENGES {
+        let (authority, resource) = (Authority::start().await, Resource::start().await);
+        resource.push(Answer::Unauthorized {
+            www_authenticate: Some((*header).to_owned()),
+            body: String::new(),
+        });
+        let mut service = bearer::<Full<Bytes>>(&cae_layer(&authority));
+        let response = call(&mut service, get(&resource, "/")).await;
+        match expected {
+            Some(claims) => {
+                assert_eq!(response.status(), StatusCode::OK, "{header}");
+                let sent: serde_json::Value =
+                    serde_json::from_str(authority.requests()[1].field("claims").unwrap()).unwrap();
+                let mut want: serde_json::Value = serde_json::from_str(claims).unwrap();
+                want["access_token"]["xms_cc"] = serde_json::json!({"values": ["CP1"]});
+                assert_eq!(sent, want, "{header}");
+            }
+            None => {
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{header}");
+                assert_eq!(resource.count(), 1, "{header}");
+            }
+        }
+    }
+}
+
+// --- bodies on the re-send ---
+
+#[tokio::test]
+async fn a_full_body_is_sent_again_byte_for_byte() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    let mut service = bearer::<Full<Bytes>>(&cae_layer(&authority));
+    let body = Bytes::from(vec![7u8; 100_000]);
+    let request = Request::post(format!("{}/upload", resource.url()))
+        .header("content-type", "application/octet-stream")
+        .body(Full::new(body.clone()))
+        .unwrap();
+    assert_eq!(call(&mut service, request).await.status(), StatusCode::OK);
+    let seen = resource.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        (seen[0].body.clone(), seen[1].body.clone()),
+        (body.clone(), body)
+    );
+    assert_eq!(seen[1].headers["content-type"], "application/octet-stream");
+    assert_eq!(seen[1].method, http::Method::POST);
+}
+
+#[tokio::test]
+async fn an_empty_body_is_sent_again() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    let mut service = bearer::<Empty<Bytes>>(&cae_layer(&authority));
+    let request = Request::delete(format!("{}/thing", resource.url()))
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(call(&mut service, request).await.status(), StatusCode::OK);
+    assert_eq!(resource.count(), 2);
+}

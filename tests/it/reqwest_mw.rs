@@ -1,0 +1,150 @@
+//! The reqwest-middleware flavour: the same token, renewal and challenge handling as the
+//! tower layer, over a real reqwest client.
+
+use bytes::Bytes;
+use http::StatusCode;
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use tower_identity::bearer::{BearerError, BearerTokenLayer};
+use tower_identity::{BoxCredential, CredentialError, CredentialExt};
+
+use crate::support::authority::Authority;
+use crate::support::client::reqwest_client;
+use crate::support::creds::{SCOPE, client_secret};
+use crate::support::resource::{Answer, Resource, revocation_claims};
+
+fn with_bearer(layer: &BearerTokenLayer<BoxCredential>) -> ClientWithMiddleware {
+    ClientBuilder::new(reqwest_client())
+        .with(layer.middleware())
+        .build()
+}
+
+fn layer(authority: &Authority) -> BearerTokenLayer<BoxCredential> {
+    BearerTokenLayer::new(client_secret(authority).boxed_credential(), [SCOPE])
+}
+
+#[tokio::test]
+async fn injects_the_token_and_shares_it_with_the_tower_layer() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let layer = layer(&authority);
+    let client = with_bearer(&layer);
+    let response = client
+        .get(format!("{}/a", resource.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(resource.requests()[0].bearer(), Some("at-1-contoso"));
+    // A second client from the same layer, and the layer itself, reuse the token.
+    with_bearer(&layer)
+        .get(format!("{}/b", resource.url()))
+        .send()
+        .await
+        .unwrap();
+    let mut tower = tower::ServiceBuilder::new().layer(layer.clone()).service(
+        crate::support::client::hyper_client::<http_body_util::Full<Bytes>>(),
+    );
+    let request = http::Request::get(format!("{}/c", resource.url()))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(&mut tower, request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(authority.token_posts(), 1);
+}
+
+#[tokio::test]
+async fn a_claims_challenge_is_answered_and_the_body_sent_again() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    let client = with_bearer(&layer(&authority).enable_cae(true));
+    let response = client
+        .post(format!("{}/upload", resource.url()))
+        .body(vec![9u8; 5000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = resource.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].bearer(), Some("at-2-contoso-claims"));
+    assert_eq!(seen[0].body, seen[1].body);
+    assert_eq!(seen[1].body.len(), 5000);
+}
+
+#[tokio::test]
+async fn a_body_that_cannot_be_cloned_gets_the_401_back_not_an_error() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    let client = with_bearer(&layer(&authority).enable_cae(true));
+    let stream = http_body_util::Full::new(Bytes::from_static(b"streamed"));
+    let response = client
+        .post(format!("{}/stream", resource.url()))
+        .body(reqwest::Body::wrap(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resource.count(), 1);
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_and_credential_errors_come_through() {
+    let (authority, resource) = (Authority::start().await, Resource::start_http().await);
+    let err = with_bearer(&layer(&authority))
+        .get(format!("{}/", resource.url()))
+        .send()
+        .await
+        .unwrap_err();
+    let reqwest_middleware::Error::Middleware(err) = err else {
+        panic!("expected a middleware error, got {err:?}")
+    };
+    assert!(
+        err.downcast_ref::<BearerError>()
+            .is_some_and(BearerError::is_insecure),
+        "{err}"
+    );
+    assert_eq!(resource.count(), 0);
+
+    let https = Resource::start().await;
+    authority.push_fault(crate::support::authority::Fault::Respond {
+        status: 401,
+        body: crate::support::authority::error_body("invalid_client", 7000215, "bad secret"),
+        headers: vec![],
+    });
+    let err = with_bearer(&layer(&authority))
+        .get(https.url())
+        .send()
+        .await
+        .unwrap_err();
+    let reqwest_middleware::Error::Middleware(err) = err else {
+        panic!("expected a middleware error")
+    };
+    assert_eq!(
+        err.downcast_ref::<CredentialError>().unwrap().error_codes(),
+        [7000215]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_cold_requests_make_one_token_post() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    authority.push_fault(crate::support::authority::Fault::Delay(
+        std::time::Duration::from_millis(200),
+    ));
+    let client = with_bearer(&layer(&authority));
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let request = client.get(format!("{}/r/{i}", resource.url()));
+            tokio::spawn(async move { request.send().await.map(|r| r.status()) })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), StatusCode::OK);
+    }
+    assert_eq!(authority.token_posts(), 1);
+}
