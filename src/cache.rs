@@ -1,9 +1,9 @@
 //! The in-memory token cache of a credential: one [`TokenSlot`] per key.
 //!
-//! A key is the tenant, the scope set (order and duplicates ignored), whether the CAE
+//! A key is the tenant, the scope set (order and duplicates ignored), and whether the CAE
 //! capability was announced — CAE and non-CAE tokens are never mixed, since a CAE token is
-//! long-lived and only safe for callers that handle claims challenges — and, for user
-//! credentials, the account.
+//! long-lived and only safe for callers that handle claims challenges. (A user credential is
+//! pinned to one account, so the account needs no place in the key.)
 //!
 //! A request with `claims` must reach the provider, so it skips the lookup; its token is
 //! stored in the slot afterwards so later requests use the token that satisfies the claims.
@@ -22,7 +22,6 @@ pub(crate) struct CacheKey {
     tenant: String,
     scopes: Vec<String>,
     cae: bool,
-    account: Option<String>,
 }
 
 impl CacheKey {
@@ -34,15 +33,7 @@ impl CacheKey {
             tenant: tenant.to_owned(),
             scopes,
             cae,
-            account: None,
         }
-    }
-
-    /// The same key for one account (user credentials).
-    #[allow(dead_code)] // used by the user credentials
-    pub(crate) fn for_account(mut self, account: impl Into<String>) -> Self {
-        self.account = Some(account.into());
-        self
     }
 }
 
@@ -103,7 +94,6 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, CacheKey::new("t", &scopes(&["a", "b"]), true));
         assert_ne!(a, CacheKey::new("u", &scopes(&["a", "b"]), false));
-        assert_ne!(a, b.clone().for_account("uid.utid"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -45,8 +45,9 @@ pub mod transport;
 
 pub use bearer::{BearerToken, BearerTokenLayer};
 pub use credential::{
-    AzureCliCredential, BoxCredential, ChainedTokenCredential, ClientSecretCredential,
-    CredentialExt, EnvironmentCredential, Fallback, TokenCredential,
+    AuthorizationCodeCredential, AzureCliCredential, BoxCredential, ChainedTokenCredential,
+    ClientSecretCredential, CredentialExt, EnvironmentCredential, Fallback,
+    SharedTokenCacheCredential, TokenCachePersistenceOptions, TokenCredential,
 };
 pub use entra::authority::authority_hosts;
 pub use error::{BoxError, ConfigError, CredentialError, ErrorKind};

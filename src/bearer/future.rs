@@ -52,6 +52,7 @@ pin_project! {
 }
 
 impl<F, ResB> ResponseFuture<F, ResB> {
+    #[inline]
     pub(crate) fn sent(future: F, after: After<ResB>) -> Self {
         Self {
             state: State::Sent {

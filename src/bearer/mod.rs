@@ -270,6 +270,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // tower's rule: the instance that was driven to readiness serves this call.
         let clone = self.inner.clone();
@@ -315,6 +316,7 @@ where
 }
 
 /// Sends the request with this token; with CAE, keeps what a re-send needs.
+#[inline(always)]
 fn send<S, C, B, ResB>(
     mut inner: S,
     source: &Arc<Source<C>>,
@@ -330,9 +332,9 @@ where
     B: RetryBody,
     ResB: http_body::Body + Send + 'static,
 {
-    let (mut parts, body) = request.into_parts();
-    parts.headers.insert(AUTHORIZATION, header);
-    let (body, retry) = if source.options.cae {
+    let (request, retry) = if source.options.cae {
+        let (mut parts, body) = request.into_parts();
+        parts.headers.insert(AUTHORIZATION, header);
         let (body, replay) = body.prepare(source.options.replay_limit);
         let snapshot = Snapshot::of(&parts);
         let source = Arc::clone(source);
@@ -342,14 +344,16 @@ where
                 response, claims, source, service, snapshot, replay, token_id,
             ))
         });
-        (body, Some(retry))
+        (Request::from_parts(parts, body), Some(retry))
     } else {
-        (body, None)
+        let mut request = request;
+        request.headers_mut().insert(AUTHORIZATION, header);
+        (request, None)
     };
     let after = After {
         slot: Arc::clone(&source.slot),
         token_id,
         retry,
     };
-    ResponseFuture::sent(inner.call(Request::from_parts(parts, body)), after)
+    ResponseFuture::sent(inner.call(request), after)
 }

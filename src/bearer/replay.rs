@@ -305,9 +305,12 @@ impl<B: Body<Data = Bytes>> Body for ReplayBody<B> {
                         Poll::Ready(None) => Event::End,
                         Poll::Ready(Some(Err(_))) => Event::Failed,
                         Poll::Ready(Some(Ok(frame))) => match RecordedFrame::of(frame) {
+                            // Trailers are the last frame of a body: hyper's HTTP/2 sender
+                            // does not poll again after them, so they end the recording.
                             Some(frame) => Event::Frame {
+                                end: body.is_end_stream()
+                                    || matches!(frame, RecordedFrame::Trailers(_)),
                                 frame,
-                                end: body.is_end_stream(),
                             },
                             None => Event::Failed,
                         },
@@ -1194,5 +1197,25 @@ mod tests {
         send::<Replay<ReplayBody<Script>>>();
         send::<Replay<BoxBody<Bytes, Infallible>>>();
         sync::<NotReplayable>();
+    }
+
+    #[tokio::test]
+    async fn trailers_end_the_recording_even_if_the_body_is_not_polled_again() {
+        let (first, replay) = ReplayBody::new(chunks_and_trailers()).prepare(64);
+        let mut first = std::pin::pin!(first);
+        loop {
+            let frame = std::future::poll_fn(|cx| first.as_mut().poll_frame(cx))
+                .await
+                .expect("a frame")
+                .expect("no error");
+            if frame.is_trailers() {
+                break;
+            }
+        }
+        // Not polled again, as hyper's HTTP/2 sender does after trailers.
+        let again = replay.into_body().expect("replayable");
+        let collected = again.collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers()));
+        assert_eq!(collected.to_bytes().len(), 12);
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::arc_credential_service;
+use super::settings::{Settings, settings_setters};
 use crate::cache::{CacheKey, TokenCache};
 use crate::entra::authority::TenantPolicy;
 use crate::entra::token_client::{number, scrub};
@@ -55,7 +56,7 @@ impl AzureCliCredential {
         AzureCliCredentialBuilder {
             program: PathBuf::from(DEFAULT_PROGRAM),
             tenant_id: None,
-            additionally_allowed: Vec::new(),
+            settings: Settings::default(),
             timeout: DEFAULT_PROCESS_TIMEOUT,
         }
     }
@@ -265,24 +266,19 @@ impl fmt::Debug for AzureCliCredential {
 pub struct AzureCliCredentialBuilder {
     program: PathBuf,
     tenant_id: Option<String>,
-    additionally_allowed: Vec<String>,
+    settings: Settings,
     timeout: Duration,
 }
+
+settings_setters!(AzureCliCredentialBuilder {
+    additionally_allowed_tenants,
+    disable_multitenant_auth,
+});
 
 impl AzureCliCredentialBuilder {
     /// Ask `az` for tokens from this tenant (`--tenant`). Default: `az`'s current account.
     pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
         self.tenant_id = Some(tenant.into());
-        self
-    }
-
-    /// Tenants that requests may name besides the configured one; `"*"` allows any.
-    pub fn additionally_allowed_tenants<I, S>(mut self, tenants: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.additionally_allowed = tenants.into_iter().map(Into::into).collect();
         self
     }
 
@@ -300,12 +296,7 @@ impl AzureCliCredentialBuilder {
 
     /// Validates the tenant ids and builds.
     pub fn build(self) -> Result<AzureCliCredential, crate::ConfigError> {
-        let tenants = TenantPolicy::new(
-            self.tenant_id.as_deref(),
-            self.additionally_allowed,
-            TenantPolicy::multitenant_disabled_by_env(),
-        )
-        .map_err(|e| crate::ConfigError::new(format!("{NAME}: {e}")))?;
+        let tenants = self.settings.tenants(NAME, self.tenant_id.as_deref())?;
         Ok(AzureCliCredential {
             inner: Arc::new(Inner {
                 program: self.program,

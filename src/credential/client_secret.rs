@@ -19,13 +19,16 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::arc_credential_service;
-use crate::cache::{CacheKey, TokenCache};
-use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority, TenantPolicy};
-use crate::entra::token_client::{Form, TokenClient, claims_field, scope_field};
+use super::refresh_tokens::{record, usable_access_token};
+use super::settings::{Settings, settings_setters};
+use super::{Plan, arc_credential_service};
+use crate::cache::TokenCache;
+use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
+use crate::entra::msal_cache::AccessTokenQuery;
+use crate::entra::store::TokenStore;
+use crate::entra::token_client::{TokenClient, client_credentials_form};
 use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, Secret, TokenRequest};
-use crate::transport::HttpClient;
 
 const NAME: &str = "ClientSecretCredential";
 
@@ -44,6 +47,8 @@ struct Inner {
     secret: Secret,
     client: TokenClient,
     cache: TokenCache,
+    /// The shared MSAL cache files (plain, CAE), when persistence was asked for.
+    files: Option<(TokenStore, TokenStore)>,
 }
 
 impl ClientSecretCredential {
@@ -57,10 +62,7 @@ impl ClientSecretCredential {
             tenant_id: tenant_id.into(),
             client_id: client_id.into(),
             client_secret: client_secret.into(),
-            authority_host: None,
-            additionally_allowed_tenants: Vec::new(),
-            http_client: None,
-            multitenant_disabled: None,
+            settings: Settings::default(),
         }
     }
 }
@@ -70,29 +72,69 @@ impl Inner {
         self: &Arc<Self>,
         request: TokenRequest,
     ) -> Result<AccessToken, CredentialError> {
-        request.validate(NAME)?;
-        let tenant = self
-            .tenants
-            .resolve_required(request.requested_tenant())
-            .map_err(|m| CredentialError::invalid_request(NAME, m))?
-            .to_owned();
-        let claims = claims_field(request.claims_json(), request.is_cae())
-            .map_err(|m| CredentialError::invalid_request(NAME, m))?;
-        let key = CacheKey::new(&tenant, request.scopes(), request.is_cae());
-        let bypass = request.claims_json().is_some();
+        let plan = Plan::new(NAME, &request, |requested| {
+            self.tenants.resolve_required(requested).map(str::to_owned)
+        })?;
         let this = Arc::clone(self);
-        let scopes = scope_field(request.scopes());
-        self.cache
-            .get_or_acquire(key, bypass, move || async move {
-                let form = Form::new()
-                    .field("client_id", this.client_id.as_str())
-                    .secret("client_secret", &this.secret)
-                    .field("grant_type", "client_credentials")
-                    .field("scope", scopes)
-                    .optional("claims", claims);
-                Ok(this.client.request(NAME, &tenant, form).await?.token)
-            })
-            .await
+        plan.run(
+            &self.cache,
+            move |plan| async move { this.acquire(plan).await },
+        )
+        .await
+    }
+
+    /// From the shared cache file when persistence is on and it has a usable token; else
+    /// from the token endpoint (recorded in the file when persistence is on).
+    async fn acquire(&self, plan: Plan) -> Result<AccessToken, CredentialError> {
+        let Plan {
+            tenant,
+            scopes,
+            cae,
+            claims,
+            ..
+        } = plan;
+        let (tenant, scopes) = (tenant.as_str(), scopes.as_slice());
+        let store = self
+            .files
+            .as_ref()
+            .map(|(plain, with_cae)| if cae { with_cae } else { plain });
+        if let (Some(store), None) = (store, &claims) {
+            match store.read().await {
+                Ok(doc) => {
+                    let environments = [self.client.authority().host()];
+                    let query = AccessTokenQuery {
+                        home_account_id: Some(None),
+                        environments: &environments,
+                        client_id: Some(&self.client_id),
+                        realm: Some(tenant),
+                        scopes,
+                    };
+                    if let Some(token) = usable_access_token(&doc, &query) {
+                        return Ok(token);
+                    }
+                }
+                // The file is an optimisation here: an unreadable one is reported, not fatal.
+                Err(error) => {
+                    tracing::warn!(credential = NAME, %error, "token cache file not readable; asking Microsoft Entra ID")
+                }
+            }
+        }
+        let form = client_credentials_form(&self.client_id, &self.secret, scopes, claims);
+        let response = self.client.request(NAME, tenant, form).await?;
+        if let Some(store) = store {
+            record(
+                NAME,
+                &self.client,
+                store,
+                &self.client_id,
+                tenant,
+                scopes,
+                &response,
+                None,
+            )
+            .await;
+        }
+        Ok(response.token)
     }
 }
 
@@ -117,43 +159,18 @@ pub struct ClientSecretCredentialBuilder {
     tenant_id: String,
     client_id: String,
     client_secret: Secret,
-    authority_host: Option<String>,
-    additionally_allowed_tenants: Vec<String>,
-    http_client: Option<HttpClient>,
-    multitenant_disabled: Option<bool>,
+    settings: Settings,
 }
 
+settings_setters!(ClientSecretCredentialBuilder {
+    authority_host,
+    additionally_allowed_tenants,
+    http_client,
+    cache_options,
+    disable_multitenant_auth,
+});
+
 impl ClientSecretCredentialBuilder {
-    /// The authority host, e.g. [`AZURE_GOVERNMENT`](crate::authority_hosts::AZURE_GOVERNMENT).
-    /// Default: `AZURE_AUTHORITY_HOST`, else the public cloud. Must be `https`.
-    pub fn authority_host(mut self, host: impl Into<String>) -> Self {
-        self.authority_host = Some(host.into());
-        self
-    }
-
-    /// Tenants besides the configured one that requests may name; `"*"` allows any.
-    pub fn additionally_allowed_tenants<I, S>(mut self, tenants: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.additionally_allowed_tenants = tenants.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// The HTTP client for token requests. Default: [`HttpClient::new`].
-    pub fn http_client(mut self, client: HttpClient) -> Self {
-        self.http_client = Some(client);
-        self
-    }
-
-    /// Ignore per-request tenants and always use the configured one. Default: whether
-    /// `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set.
-    pub fn disable_multitenant_auth(mut self, disable: bool) -> Self {
-        self.multitenant_disabled = Some(disable);
-        self
-    }
-
     /// Validates the settings (tenant id, client id, secret, authority) and builds.
     pub fn build(self) -> Result<ClientSecretCredential, ConfigError> {
         let env_authority = std::env::var(AZURE_AUTHORITY_HOST).ok();
@@ -173,25 +190,17 @@ impl ClientSecretCredentialBuilder {
                 "client secret is empty; use the secret's value".into(),
             ));
         }
-        let disabled = self
-            .multitenant_disabled
-            .unwrap_or_else(TenantPolicy::multitenant_disabled_by_env);
-        let tenants = TenantPolicy::new(
-            Some(&self.tenant_id),
-            self.additionally_allowed_tenants,
-            disabled,
-        )
-        .map_err(|e| fail(e.to_string()))?;
-        let authority = Authority::resolve(self.authority_host.as_deref(), env_authority)
-            .map_err(|e| fail(e.to_string()))?;
-        let http = self.http_client.unwrap_or_default();
+        let tenants = self.settings.tenants(NAME, Some(&self.tenant_id))?;
+        let client = self.settings.token_client(NAME, env_authority)?;
+        let files = self.settings.files(NAME)?;
         Ok(ClientSecretCredential {
             inner: Arc::new(Inner {
                 tenants,
                 client_id: self.client_id,
                 secret: self.client_secret,
-                client: TokenClient::new(http, authority),
+                client,
                 cache: TokenCache::default(),
+                files,
             }),
         })
     }
@@ -203,11 +212,7 @@ impl fmt::Debug for ClientSecretCredentialBuilder {
             .field("tenant_id", &self.tenant_id)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
-            .field("authority_host", &self.authority_host)
-            .field(
-                "additionally_allowed_tenants",
-                &self.additionally_allowed_tenants,
-            )
+            .field("settings", &self.settings)
             .finish()
     }
 }

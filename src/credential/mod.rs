@@ -26,15 +26,23 @@ use tower_service::Service;
 use crate::error::CredentialError;
 use crate::token::{AccessToken, TokenRequest};
 
+mod authorization_code;
 mod azure_cli;
+mod cache_options;
 mod chain;
 mod client_secret;
 mod environment;
+mod refresh_tokens;
+mod settings;
+mod shared_token_cache;
 
+pub use authorization_code::{AuthorizationCodeCredential, AuthorizationCodeCredentialBuilder};
 pub use azure_cli::{AzureCliCredential, AzureCliCredentialBuilder};
+pub use cache_options::TokenCachePersistenceOptions;
 pub use chain::{ChainedTokenCredential, Fallback, FallbackFuture};
 pub use client_secret::{ClientSecretCredential, ClientSecretCredentialBuilder};
 pub use environment::{EnvironmentCredential, EnvironmentCredentialBuilder};
+pub use shared_token_cache::{SharedTokenCacheCredential, SharedTokenCacheCredentialBuilder};
 
 /// A credential: a cloneable, thread-safe tower service that answers token requests.
 ///
@@ -149,6 +157,60 @@ pub(crate) fn short_type_name<T>() -> &'static str {
     let full = std::any::type_name::<T>();
     let head = full.split('<').next().unwrap_or(full);
     head.rsplit("::").next().unwrap_or(head)
+}
+
+/// A validated request, ready for a credential's in-memory cache and its acquisition.
+pub(crate) struct Plan {
+    pub(crate) tenant: String,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) cae: bool,
+    /// The `claims` form field: the request's claims with the CAE capability merged in.
+    pub(crate) claims: Option<String>,
+    /// The tenant the request named, if any.
+    pub(crate) requested_tenant: Option<String>,
+    bypass: bool,
+}
+
+impl Plan {
+    /// Validates `request` and resolves its tenant with `tenant` (given the requested one, or
+    /// `None`); every failure is an invalid request of `credential`.
+    pub(crate) fn new(
+        credential: &'static str,
+        request: &TokenRequest,
+        tenant: impl FnOnce(Option<&str>) -> Result<String, String>,
+    ) -> Result<Self, CredentialError> {
+        request.validate(credential)?;
+        let invalid = |m: String| CredentialError::invalid_request(credential, m);
+        let resolved = tenant(request.requested_tenant()).map_err(invalid)?;
+        let claims =
+            crate::entra::token_client::claims_field(request.claims_json(), request.is_cae())
+                .map_err(invalid)?;
+        Ok(Self {
+            tenant: resolved,
+            scopes: request.scopes().to_vec(),
+            cae: request.is_cae(),
+            claims,
+            requested_tenant: request.requested_tenant().map(str::to_owned),
+            bypass: request.claims_json().is_some(),
+        })
+    }
+
+    /// The cached token for this plan, or the result of `acquire` under the refresh rules.
+    pub(crate) async fn run<F, Fut>(
+        self,
+        cache: &crate::cache::TokenCache,
+        acquire: F,
+    ) -> Result<AccessToken, CredentialError>
+    where
+        F: FnOnce(Plan) -> Fut,
+        Fut: Future<Output = Result<AccessToken, CredentialError>> + Send + 'static,
+    {
+        let key = crate::cache::CacheKey::new(&self.tenant, &self.scopes, self.cae);
+        let bypass = self.bypass;
+        cache
+            .get_or_acquire(key, bypass, move || acquire(self))
+            .await
+    }
 }
 
 /// Boxed future for the credentials of this crate: their work is network-bound, so one

@@ -96,7 +96,6 @@ impl Authority {
     }
 
     /// The host name without the port: the `environment` of MSAL cache entries.
-    #[allow(dead_code)] // used by the shared token cache
     pub(crate) fn host(&self) -> &str {
         &self.host
     }

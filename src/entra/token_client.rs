@@ -97,6 +97,65 @@ impl Form {
     }
 }
 
+/// The client-credentials grant (a service principal with a secret).
+pub(crate) fn client_credentials_form(
+    client_id: &str,
+    secret: &Secret,
+    scopes: &[String],
+    claims: Option<String>,
+) -> Form {
+    Form::new()
+        .field("client_id", client_id)
+        .secret("client_secret", secret)
+        .field("grant_type", "client_credentials")
+        .field("scope", scope_field(scopes))
+        .optional("claims", claims)
+}
+
+/// The authorization-code grant (a code redeemed once).
+pub(crate) fn authorization_code_form(
+    client_id: &str,
+    code: &Secret,
+    redirect_uri: &str,
+    scopes: &[String],
+    claims: Option<String>,
+    client_secret: Option<&Secret>,
+) -> Form {
+    let form = Form::new()
+        .field("client_id", client_id)
+        .secret("code", code)
+        .field("grant_type", "authorization_code")
+        .field("redirect_uri", redirect_uri)
+        .field("scope", scope_field(scopes))
+        .field("client_info", "1")
+        .optional("claims", claims);
+    match client_secret {
+        Some(secret) => form.secret("client_secret", secret),
+        None => form,
+    }
+}
+
+/// The refresh-token grant.
+pub(crate) fn refresh_token_form(
+    client_id: &str,
+    refresh_token: &Secret,
+    scopes: &[String],
+    claims: Option<String>,
+    client_secret: Option<&Secret>,
+) -> Form {
+    let form = Form::new()
+        .field("grant_type", "refresh_token")
+        .secret("refresh_token", refresh_token)
+        .field("scope", scope_field(scopes))
+        .field("client_id", client_id)
+        .field("client_info", "1");
+    let form = match client_secret {
+        Some(secret) => form.secret("client_secret", secret),
+        None => form,
+    };
+    form.optional("claims", claims)
+}
+
 /// The scopes as the `scope` field carries them: joined with single spaces.
 pub(crate) fn scope_field(scopes: &[String]) -> String {
     scopes.join(" ")
@@ -152,7 +211,6 @@ pub(crate) fn claims_field(
 
 /// A successful answer of the token endpoint.
 #[derive(Debug)]
-#[allow(dead_code)] // fields beyond the access token are read by the user-grant credentials
 pub(crate) struct TokenResponse {
     pub(crate) token: AccessToken,
     pub(crate) refresh_token: Option<Secret>,

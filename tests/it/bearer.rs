@@ -560,3 +560,101 @@ async fn an_empty_body_is_sent_again() {
     assert_eq!(call(&mut service, request).await.status(), StatusCode::OK);
     assert_eq!(resource.count(), 2);
 }
+
+/// A streaming body: data chunks then trailers, each frame sent when the test says so (or
+/// all at once).
+fn streamed(
+    chunks: Vec<Bytes>,
+    trailers: Option<http::HeaderMap>,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<http_body::Frame<Bytes>>,
+    http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for chunk in chunks {
+        tx.send(http_body::Frame::data(chunk)).unwrap();
+    }
+    if let Some(trailers) = trailers {
+        tx.send(http_body::Frame::trailers(trailers)).unwrap();
+    }
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (Ok(frame), rx))
+    });
+    (tx, http_body_util::StreamBody::new(stream).boxed())
+}
+
+type Streamed = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+fn bearer_h2(
+    layer: &BearerTokenLayer<BoxCredential>,
+) -> BearerToken<HyperClient<Streamed>, BoxCredential> {
+    ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(h2_client())
+}
+
+#[tokio::test]
+async fn a_streamed_body_and_its_trailers_are_replayed_within_the_limit() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    let service = bearer_h2(&cae_layer(&authority));
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc123".parse().unwrap());
+    let chunks: Vec<Bytes> = (0..8).map(|i| Bytes::from(vec![i as u8; 4096])).collect();
+    let (tx, body) = streamed(chunks, Some(trailers.clone()));
+    drop(tx); // the stream ends after the queued frames
+    let request = Request::put(format!("{}/blob", resource.url()))
+        .body(body)
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = resource.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].body.len(), 8 * 4096);
+    assert_eq!(seen[0].body, seen[1].body);
+    assert_eq!(seen[1].trailers.as_ref().unwrap()["x-checksum"], "abc123");
+    assert_eq!(seen[1].bearer(), Some("at-2-contoso-claims"));
+}
+
+#[tokio::test]
+async fn a_streamed_body_over_the_replay_limit_gets_the_401_not_a_truncated_resend() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    let service = bearer_h2(&cae_layer(&authority).replay_limit(16 * 1024));
+    let chunks: Vec<Bytes> = (0..8).map(|_| Bytes::from(vec![1u8; 4096])).collect();
+    let (tx, body) = streamed(chunks, None);
+    drop(tx);
+    let request = Request::put(format!("{}/blob", resource.url()))
+        .body(body)
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resource.count(), 1);
+    assert_eq!(
+        resource.requests()[0].body.len(),
+        32 * 1024,
+        "the first attempt was sent whole"
+    );
+}
+
+#[tokio::test]
+async fn a_401_before_the_body_was_sent_is_returned_not_resent() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.push(Answer::EarlyUnauthorized {
+        claims: revocation_claims(1),
+    });
+    let service = bearer_h2(&cae_layer(&authority));
+    // One chunk now; the rest would come later, but the answer arrives first.
+    let (tx, body) = streamed(vec![Bytes::from_static(b"first chunk")], None);
+    let request = Request::put(format!("{}/blob", resource.url()))
+        .body(body)
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resource.count(), 1);
+    drop(tx);
+}

@@ -1,8 +1,10 @@
 //! Integration tests: one binary (one link) for every suite.
 
+mod auth_code;
 mod authority_selftest;
 mod azure_cli;
 mod bearer;
+mod cache_file;
 mod chain;
 mod client_secret;
 mod examples;
@@ -11,4 +13,5 @@ mod oidc;
 mod reqwest_mw;
 mod resource_selftest;
 mod secrets;
+mod shared_cache;
 mod support;

@@ -11,6 +11,18 @@ use crate::support::creds::{
     CLIENT_ID, CLIENT_SECRET, Logs, SCOPE, TENANT, client_secret, http_builder,
 };
 
+const AUTH_CODE: &str = "auth-code-value-that-must-not-leak";
+
+fn auth_code_builder() -> tower_identity::credential::AuthorizationCodeCredentialBuilder {
+    tower_identity::AuthorizationCodeCredential::builder(
+        TENANT,
+        CLIENT_ID,
+        AUTH_CODE,
+        "http://localhost/cb",
+    )
+    .client_secret(CLIENT_SECRET)
+}
+
 /// Every rendering of an error: Display, Debug, pretty Debug, and its whole source chain.
 fn renderings(err: &CredentialError) -> Vec<String> {
     let mut out = vec![err.to_string(), format!("{err:?}"), format!("{err:#?}")];
@@ -109,7 +121,14 @@ async fn no_secret_in_errors_debug_output_or_traces() {
             .unwrap_err(),
     );
 
-    let secrets = [CLIENT_SECRET, leaked_rt, leaked_jwt, issued.as_str(), "eyJ"];
+    let secrets = [
+        CLIENT_SECRET,
+        leaked_rt,
+        leaked_jwt,
+        issued.as_str(),
+        "eyJ",
+        AUTH_CODE,
+    ];
     for err in &errors {
         for text in renderings(err) {
             assert_clean("an error", &text, &secrets);
@@ -139,6 +158,12 @@ async fn no_secret_in_errors_debug_output_or_traces() {
         ),
         format!("{chain:?}"),
         format!("{:?}", AzureCliCredential::new()),
+        format!("{:?}", auth_code_builder()),
+        format!("{:?}", auth_code_builder().build().unwrap()),
+        format!(
+            "{:?}",
+            tower_identity::SharedTokenCacheCredential::builder()
+        ),
         format!("{token:?}"),
         format!("{:?}", token.secret()),
         format!("{}", token.secret()),

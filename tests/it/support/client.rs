@@ -55,6 +55,7 @@ where
 }
 
 /// A reqwest client trusting the test CA (ring, via a preconfigured rustls config).
+#[cfg(feature = "reqwest-middleware")]
 pub fn reqwest_client() -> reqwest::Client {
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls())

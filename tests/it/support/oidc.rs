@@ -17,10 +17,20 @@ use tower_identity::HttpClient;
 /// The confidential client every tenant of the peer knows.
 pub const CLIENT_ID: &str = "11111111-1111-1111-1111-111111111111";
 pub const CLIENT_SECRET: &str = "peer-secret-1";
+/// Azure CLI's public client id: the peer answers it with `foci: "1"` (family refresh tokens).
+pub const FOCI_CLIENT_ID: &str = "04b07795-8ddb-461a-bbee-02f9e1bf7b46";
+/// A public client outside the family.
+pub const PUBLIC_CLIENT_ID: &str = "22222222-2222-2222-2222-222222222222";
+/// The redirect URI every peer client accepts.
+pub const REDIRECT_URI: &str = "http://localhost:8400/callback";
+/// The home tenant ids (`utid`) the peer gives the tenants `contoso` and `fabrikam`.
+pub const CONTOSO_TID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+pub const FABRIKAM_TID: &str = "f8cdef31-a31e-4b4a-93e4-5f571e91255a";
 
 pub struct Peer {
     pub base: String,
     pub ca_pem: String,
+    pub ca_path: PathBuf,
     log_path: PathBuf,
     // Held so the peer's stdin stays open for the life of the test process.
     _child: Mutex<Child>,
@@ -31,9 +41,24 @@ const INSTALL_HINT: &str = "install the peers with `tests/run.sh` (or `npm ci --
 
 pub fn peer() -> &'static Peer {
     static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
-    match PEER.get_or_init(start) {
+    match PEER.get_or_init(|| start(&[])) {
         Ok(peer) => peer,
         Err(message) => panic!("oidc-provider peer unavailable: {message}"),
+    }
+}
+
+/// A second instance on 127.0.0.1:443: azure-identity's shared-cache credential compares the
+/// cached `environment` (msal writes the host without port) with the authority's host *and
+/// port*, so it finds cached accounts only on the default port. Binding 443 needs root (CI
+/// runs as root) or CAP_NET_BIND_SERVICE.
+pub fn peer_443() -> &'static Peer {
+    static PEER: OnceLock<Result<Peer, String>> = OnceLock::new();
+    match PEER.get_or_init(|| start(&["--port", "443"])) {
+        Ok(peer) => peer,
+        Err(message) => panic!(
+            "oidc-provider peer on 127.0.0.1:443 unavailable (binding port 443 needs root or \
+             CAP_NET_BIND_SERVICE): {message}"
+        ),
     }
 }
 
@@ -41,7 +66,7 @@ fn peer_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/oidc")
 }
 
-fn start() -> Result<Peer, String> {
+fn start(extra: &[&str]) -> Result<Peer, String> {
     let dir = peer_dir();
     if !dir.join("node_modules/oidc-provider").is_dir() {
         return Err(format!(
@@ -56,6 +81,7 @@ fn start() -> Result<Peer, String> {
         .arg(dir.join("server.mjs"))
         .arg("--dir")
         .arg(temp.path())
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -91,6 +117,7 @@ fn start() -> Result<Peer, String> {
     Ok(Peer {
         base,
         ca_pem,
+        ca_path: PathBuf::from(ca),
         log_path,
         _child: Mutex::new(child),
         _dir: temp,
@@ -141,6 +168,46 @@ impl Peer {
                 response.body()
             )
         })
+    }
+
+    /// An authorization code for `username`, obtained without a person (the peer's
+    /// test-only endpoint drives its own sign-in and consent).
+    pub async fn authorization_code(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        scope: &str,
+        username: &str,
+    ) -> String {
+        let answer = self
+            .call(
+                http::Method::POST,
+                "/_test/authorize",
+                Some(serde_json::json!({
+                    "tenant": tenant,
+                    "client_id": client_id,
+                    "redirect_uri": REDIRECT_URI,
+                    "scope": scope,
+                    "login_hint": username,
+                })),
+            )
+            .await;
+        answer["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no code from /_test/authorize: {answer}"))
+            .to_owned()
+    }
+
+    /// Makes the peer reject this refresh token from now on (invalid_grant).
+    pub async fn revoke_refresh_token(&self, refresh_token: &str) {
+        let answer = self
+            .call(
+                http::Method::POST,
+                "/_test/revoke_refresh_token",
+                Some(serde_json::json!({ "refresh_token": refresh_token })),
+            )
+            .await;
+        assert_eq!(answer["revoked"], true, "{answer}");
     }
 
     /// The token requests the peer received, oldest first.

@@ -815,7 +815,8 @@ async function testAuthorize(server, input) {
       throw new TestError(status, `authorize chain stopped with HTTP ${answer.status}`, { url, body: answer.body });
     }
     const next = new URL(answer.location, url);
-    if (next.origin !== server.base) {
+    // URL drops a default port (:443) from origin; compare origins, not strings.
+    if (next.origin !== new URL(server.base).origin) {
       // Report the redirect exactly as sent (URL.href would add a "/" to a bare loopback host).
       const redirect = /^[a-z][a-z0-9+.-]*:/i.test(answer.location) ? answer.location : next.href;
       const params = next.searchParams;

@@ -1,0 +1,397 @@
+//! [`SharedTokenCacheCredential`]: the accounts that Azure CLI, Visual Studio, MSAL and
+//! azure-identity keep in the shared MSAL token cache (`~/.IdentityService/msal.cache.nocae`).
+//!
+//! ```no_run
+//! use tower_identity::{CredentialExt, SharedTokenCacheCredential};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let credential = SharedTokenCacheCredential::builder()
+//!     .username("alice@contoso.com") // only needed when several accounts are cached
+//!     .build()?;
+//! let token = credential.get_token(["https://management.azure.com/.default"]).await?;
+//! # let _ = token; Ok(()) }
+//! ```
+//!
+//! Account selection, as the reference does it: `Account` entries whose `environment` is an
+//! alias of the authority host and that have a *family* refresh token (FOCI) with the same
+//! `home_account_id`, filtered by `username` (exact) and `tenant_id` (the part of the
+//! `home_account_id` after the dot), de-duplicated by `home_account_id`. Exactly one must
+//! remain; otherwise the credential is *unavailable* and says why (when several remain it
+//! lists their usernames).
+//!
+//! Then: a cached access token of that account (any application wrote it) whose scopes cover
+//! the request and that has more than 300 s left; else the account's family refresh tokens,
+//! redeemed in turn as Azure CLI's public client at `organizations` (or the requested tenant).
+//! New tokens, the rotated refresh token included, are written back to the file under its
+//! lock. Every "cannot" is *unavailable*, so a chain moves on; a provider's refusal is
+//! *authentication failed*.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::cache_options::TokenCachePersistenceOptions;
+use super::refresh_tokens::{Redeem, usable_access_token};
+use super::{Plan, arc_credential_service};
+use crate::cache::TokenCache;
+use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority, validate_tenant_id};
+use crate::entra::msal_cache::{AccessTokenQuery, Account, CacheDocument, RefreshTokenQuery};
+use crate::entra::store::TokenStore;
+use crate::entra::token_client::TokenClient;
+use crate::error::{ConfigError, CredentialError};
+use crate::token::{AccessToken, TokenRequest};
+use crate::transport::HttpClient;
+
+const NAME: &str = "SharedTokenCacheCredential";
+/// Azure CLI's public client: family refresh tokens are redeemed as it.
+pub(crate) const AZURE_CLI_CLIENT_ID: &str = "04b07795-8ddb-461a-bbee-02f9e1bf7b46";
+/// The tenant family refresh tokens are redeemed at when none is named.
+const ORGANIZATIONS: &str = "organizations";
+const UNAVAILABLE: &str = "authentication unavailable.";
+
+/// Hosts of one cloud (entra-protocol: known aliases).
+const HOST_ALIASES: &[&[&str]] = &[
+    &[
+        "login.microsoftonline.com",
+        "login.windows.net",
+        "login.microsoft.com",
+        "sts.windows.net",
+    ],
+    &["login.chinacloudapi.cn", "login.partner.microsoftonline.cn"],
+    &["login.microsoftonline.us", "login.usgovcloudapi.net"],
+];
+
+/// Gets tokens for an account in the shared MSAL token cache.
+#[derive(Clone)]
+pub struct SharedTokenCacheCredential {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    username: Option<String>,
+    tenant_id: Option<String>,
+    client: TokenClient,
+    environments: Vec<String>,
+    plain: TokenStore,
+    cae: TokenStore,
+    memory: TokenCache,
+}
+
+impl SharedTokenCacheCredential {
+    /// A builder: username, tenant, authority, cache options, HTTP client.
+    pub fn builder() -> SharedTokenCacheCredentialBuilder {
+        SharedTokenCacheCredentialBuilder::default()
+    }
+
+    /// Whether this platform has a shared token cache this crate can use: the plaintext file
+    /// works wherever a home directory is known.
+    pub fn supported() -> bool {
+        TokenCachePersistenceOptions::new()
+            .allow_unencrypted_storage(true)
+            .resolve(NAME)
+            .is_ok()
+    }
+}
+
+impl Inner {
+    async fn get_token(
+        self: &Arc<Self>,
+        request: TokenRequest,
+    ) -> Result<AccessToken, CredentialError> {
+        // A requested tenant goes into the URL (validated); else the configured one, else
+        // `organizations`, where family refresh tokens are redeemed.
+        let plan = Plan::new(NAME, &request, |requested| match requested {
+            Some(tenant) => validate_tenant_id(tenant).map(|()| tenant.to_owned()),
+            None => Ok(self
+                .tenant_id
+                .as_deref()
+                .unwrap_or(ORGANIZATIONS)
+                .to_owned()),
+        })?;
+        let this = Arc::clone(self);
+        plan.run(&self.memory, move |plan| async move {
+            let realm = plan.requested_tenant.as_deref();
+            this.acquire(&plan.tenant, realm, &plan.scopes, plan.cae, plan.claims)
+                .await
+        })
+        .await
+    }
+
+    async fn acquire(
+        &self,
+        tenant: &str,
+        realm: Option<&str>,
+        scopes: &[String],
+        cae: bool,
+        claims: Option<String>,
+    ) -> Result<AccessToken, CredentialError> {
+        let store = if cae { &self.cae } else { &self.plain };
+        if !store.exists() {
+            return Err(unavailable(format!(
+                "Shared token cache unavailable: there is no cache file at {}. Sign in with a tool \
+                 that shares it (Azure CLI: 'az login')",
+                store
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            )));
+        }
+        let doc = store
+            .read()
+            .await
+            .map_err(|e| unavailable(format!("Shared token cache unavailable: {e}")))?;
+        let environments: Vec<&str> = self.environments.iter().map(String::as_str).collect();
+        let account = self.select_account(&doc, &environments)?;
+        if claims.is_none() {
+            let query = AccessTokenQuery {
+                home_account_id: Some(Some(&account.home_account_id)),
+                environments: &environments,
+                client_id: None,
+                realm,
+                scopes,
+            };
+            if let Some(token) = usable_access_token(&doc, &query) {
+                return Ok(token);
+            }
+        }
+        let candidates = doc.find_refresh_tokens(&RefreshTokenQuery {
+            home_account_id: &account.home_account_id,
+            environments: &environments,
+            client_id: None,
+            family_only: true,
+        });
+        if candidates.is_empty() {
+            return Err(unavailable(format!(
+                "Token acquisition failed for user '{}'. To fix, re-authenticate through \
+                 developer tooling supporting Azure single sign on",
+                account.username
+            )));
+        }
+        let redeem = Redeem {
+            credential: NAME,
+            client: &self.client,
+            store,
+            client_id: AZURE_CLI_CLIENT_ID,
+            client_secret: None,
+            tenant,
+            scopes,
+            claims,
+        };
+        match redeem.first_success(candidates).await? {
+            Some(token) => Ok(token),
+            None => Err(unavailable(format!(
+                "Token acquisition failed for user '{}'",
+                account.username
+            ))),
+        }
+    }
+
+    /// The one account the settings select (see the module docs).
+    fn select_account(
+        &self,
+        doc: &CacheDocument,
+        environments: &[&str],
+    ) -> Result<Account, CredentialError> {
+        let mut accounts: Vec<Account> = Vec::new();
+        for account in doc.accounts() {
+            let known_host = environments
+                .iter()
+                .any(|e| e.eq_ignore_ascii_case(&account.environment));
+            let has_family_token = !doc
+                .find_refresh_tokens(&RefreshTokenQuery {
+                    home_account_id: &account.home_account_id,
+                    environments,
+                    client_id: None,
+                    family_only: true,
+                })
+                .is_empty();
+            let duplicate = accounts
+                .iter()
+                .any(|a| a.home_account_id == account.home_account_id);
+            if known_host && has_family_token && !duplicate {
+                accounts.push(account);
+            }
+        }
+        if accounts.is_empty() {
+            return Err(unavailable(
+                "No accounts were found in the cache.".to_owned(),
+            ));
+        }
+        let filtered = || -> bool { self.username.is_some() || self.tenant_id.is_some() };
+        let matching: Vec<Account> = accounts
+            .iter()
+            .filter(|a| self.username.as_deref().is_none_or(|u| a.username == u))
+            .filter(|a| {
+                self.tenant_id.as_deref().is_none_or(|t| {
+                    a.home_account_id
+                        .split_once('.')
+                        .is_some_and(|(_, utid)| utid == t)
+                })
+            })
+            .cloned()
+            .collect();
+        match (matching.len(), filtered()) {
+            (1, _) => Ok(matching.into_iter().next().expect("one account")),
+            (0, _) => Err(unavailable(format!(
+                "No account matching the specified{} was found in the cache.",
+                self.filter_text()
+            ))),
+            (_, false) => Err(unavailable(format!(
+                "Multiple accounts were found in the cache. Use username and tenant id to \
+                 disambiguate. Accounts found: {}",
+                usernames(&matching)
+            ))),
+            (_, true) => Err(unavailable(format!(
+                "Multiple accounts matching the specified{} were found in the cache: {}",
+                self.filter_text(),
+                usernames(&matching)
+            ))),
+        }
+    }
+
+    fn filter_text(&self) -> String {
+        let mut text = String::new();
+        if let Some(u) = &self.username {
+            text.push_str(&format!(" username: {u}"));
+        }
+        if let Some(t) = &self.tenant_id {
+            text.push_str(&format!(" tenant: {t}"));
+        }
+        text
+    }
+}
+
+fn usernames(accounts: &[Account]) -> String {
+    accounts
+        .iter()
+        .map(|a| {
+            if a.username.is_empty() {
+                format!("<no username> ({})", a.home_account_id)
+            } else {
+                a.username.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn unavailable(message: String) -> CredentialError {
+    CredentialError::unavailable(NAME, format!("{UNAVAILABLE} {message}"))
+}
+
+/// The hosts that count as the authority's cloud.
+fn aliases(host: &str) -> Vec<String> {
+    HOST_ALIASES
+        .iter()
+        .find(|set| set.iter().any(|h| h.eq_ignore_ascii_case(host)))
+        .map(|set| set.iter().map(|h| (*h).to_owned()).collect())
+        .unwrap_or_else(|| vec![host.to_owned()])
+}
+
+arc_credential_service!(SharedTokenCacheCredential);
+
+impl fmt::Debug for SharedTokenCacheCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(NAME)
+            .field("username", &self.inner.username)
+            .field("tenant_id", &self.inner.tenant_id)
+            .field("authority", &self.inner.client.authority().as_str())
+            .field("cache", &self.inner.plain)
+            .finish()
+    }
+}
+
+/// Settings for a [`SharedTokenCacheCredential`].
+#[derive(Default)]
+pub struct SharedTokenCacheCredentialBuilder {
+    username: Option<String>,
+    tenant_id: Option<String>,
+    authority_host: Option<String>,
+    http_client: Option<HttpClient>,
+    cache_options: Option<TokenCachePersistenceOptions>,
+}
+
+impl SharedTokenCacheCredentialBuilder {
+    /// Select the account with this username (exact), when several are cached.
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = Some(username.into());
+        self
+    }
+
+    /// Select the account whose home tenant is this one, and redeem its tokens there.
+    pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant_id = Some(tenant.into());
+        self
+    }
+
+    /// The authority host (default: `AZURE_AUTHORITY_HOST`, else the public cloud). Accounts
+    /// of its cloud (host aliases included) are considered.
+    pub fn authority_host(mut self, host: impl Into<String>) -> Self {
+        self.authority_host = Some(host.into());
+        self
+    }
+
+    /// The HTTP client for token requests.
+    pub fn http_client(mut self, client: HttpClient) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
+    /// Another cache name or directory. Default: the shared `msal.cache` in
+    /// `~/.IdentityService`, plaintext allowed (the reference's default for this credential).
+    pub fn cache_options(mut self, options: TokenCachePersistenceOptions) -> Self {
+        self.cache_options = Some(options);
+        self
+    }
+
+    /// Validates the settings and builds.
+    pub fn build(self) -> Result<SharedTokenCacheCredential, ConfigError> {
+        let fail = |m: String| ConfigError::new(format!("{NAME}: {m}"));
+        if let Some(t) = &self.tenant_id {
+            validate_tenant_id(t).map_err(fail)?;
+        }
+        let authority = Authority::resolve(
+            self.authority_host.as_deref(),
+            std::env::var(AZURE_AUTHORITY_HOST).ok(),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        let options = self
+            .cache_options
+            .unwrap_or_else(|| TokenCachePersistenceOptions::new().allow_unencrypted_storage(true));
+        let paths = options.resolve(NAME)?;
+        Ok(SharedTokenCacheCredential {
+            inner: Arc::new(Inner {
+                username: self.username,
+                tenant_id: self.tenant_id,
+                environments: aliases(authority.host()),
+                client: TokenClient::new(self.http_client.unwrap_or_default(), authority),
+                plain: TokenStore::file(paths.file(false)),
+                cae: TokenStore::file(paths.file(true)),
+                memory: TokenCache::default(),
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for SharedTokenCacheCredentialBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedTokenCacheCredentialBuilder")
+            .field("username", &self.username)
+            .field("tenant_id", &self.tenant_id)
+            .field("authority_host", &self.authority_host)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_aliases_cover_the_cloud_or_just_the_host() {
+        assert_eq!(aliases("login.windows.net").len(), 4);
+        assert!(
+            aliases("LOGIN.microsoftonline.us").contains(&"login.usgovcloudapi.net".to_owned())
+        );
+        assert_eq!(aliases("127.0.0.1"), ["127.0.0.1"]);
+    }
+}

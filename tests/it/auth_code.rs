@@ -1,0 +1,251 @@
+//! AuthorizationCodeCredential against the real oidc-provider: a real code (obtained without
+//! a person), its redemption, the cached token, a refresh for another resource, a reused
+//! code's real error, a revoked refresh token's invalid_grant.
+
+use tower_identity::{
+    AuthorizationCodeCredential, CredentialExt, TokenCachePersistenceOptions, TokenRequest,
+};
+
+use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, jwt_claims, peer};
+
+const SIGN_IN: &str = "openid profile offline_access https://resource.test/.default";
+const RESOURCE: &str = "https://resource.test/.default";
+const OTHER: &str = "https://other.test/.default";
+
+/// A credential with a fresh code. Each test uses its own tenant, so that its requests can be
+/// told apart in the peer's log while other tests run.
+async fn credential_for(tenant: &str, user: &str) -> (AuthorizationCodeCredential, String) {
+    let peer = peer();
+    let code = peer
+        .authorization_code(tenant, CLIENT_ID, SIGN_IN, user)
+        .await;
+    let credential =
+        AuthorizationCodeCredential::builder(tenant, CLIENT_ID, code.clone(), REDIRECT_URI)
+            .client_secret(CLIENT_SECRET)
+            .authority_host(&peer.base)
+            .http_client(peer.http())
+            .build()
+            .unwrap();
+    (credential, code)
+}
+
+fn requests_for(log: &[serde_json::Value], field: &str, value: &str) -> Vec<serde_json::Value> {
+    log.iter()
+        .filter(|e| e["form"][field] == value)
+        .cloned()
+        .collect()
+}
+
+/// This tenant's token requests, oldest first.
+async fn log_of(tenant: &str) -> Vec<serde_json::Value> {
+    peer()
+        .token_log()
+        .await
+        .into_iter()
+        .filter(|e| e["tenant"] == tenant)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_code_is_redeemed_once_then_tokens_are_cached_and_refreshed_for_any_resource() {
+    let tenant = "authcode-redeem";
+    let (credential, code) = credential_for(tenant, "ivan@contoso.com").await;
+
+    let first = credential.get_token([RESOURCE]).await.unwrap();
+    let claims = jwt_claims(first.secret().expose_secret());
+    assert_eq!(claims["aud"], "https://resource.test");
+    let log = log_of(tenant).await;
+    let [redeemed] = requests_for(&log, "code", &code)
+        .try_into()
+        .expect("one redemption");
+    let mut fields: Vec<_> = redeemed["form"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "client_id",
+            "client_info",
+            "client_secret",
+            "code",
+            "grant_type",
+            "redirect_uri",
+            "scope"
+        ]
+    );
+    assert_eq!(redeemed["form"]["grant_type"], "authorization_code");
+    assert_eq!(redeemed["form"]["client_info"], "1");
+    assert_eq!(redeemed["form"]["redirect_uri"], REDIRECT_URI);
+
+    // Cached: no request.
+    let before = log_of(tenant).await.len();
+    let again = credential.get_token([RESOURCE]).await.unwrap();
+    assert_eq!(again.secret(), first.secret());
+    assert_eq!(log_of(tenant).await.len(), before);
+
+    // Another resource: the refresh token serves it (not bound to the first scopes).
+    let other = credential.get_token([OTHER]).await.unwrap();
+    assert_eq!(
+        jwt_claims(other.secret().expose_secret())["aud"],
+        "https://other.test"
+    );
+    let log = log_of(tenant).await;
+    let refresh = log.last().unwrap();
+    assert_eq!(refresh["grant_type"], "refresh_token");
+    let mut fields: Vec<_> = refresh["form"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "client_id",
+            "client_info",
+            "client_secret",
+            "grant_type",
+            "refresh_token",
+            "scope"
+        ]
+    );
+    assert_eq!(refresh["form"]["scope"], OTHER);
+    assert_eq!(
+        requests_for(&log, "code", &code).len(),
+        1,
+        "the code was used once"
+    );
+
+    // A CAE request later finds the refresh token too.
+    let cae = credential
+        .get_token_with(TokenRequest::new([OTHER]).enable_cae(true))
+        .await
+        .unwrap();
+    assert_eq!(
+        jwt_claims(cae.secret().expose_secret())["aud"],
+        "https://other.test"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_first_calls_share_the_one_redemption() {
+    let (credential, code) = credential_for("authcode-concurrent", "judy@contoso.com").await;
+    let (a, b, c) = tokio::join!(
+        credential.get_token([RESOURCE]),
+        credential.get_token([OTHER]),
+        credential.get_token([RESOURCE, "openid"]),
+    );
+    for result in [a, b, c] {
+        result.unwrap();
+    }
+    assert_eq!(
+        requests_for(&log_of("authcode-concurrent").await, "code", &code).len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_reused_code_gets_the_servers_real_error() {
+    let peer = peer();
+    let (credential, code) = credential_for("authcode-reuse", "ken@contoso.com").await;
+    credential.get_token([RESOURCE]).await.unwrap();
+    let second =
+        AuthorizationCodeCredential::builder("authcode-reuse", CLIENT_ID, code, REDIRECT_URI)
+            .client_secret(CLIENT_SECRET)
+            .authority_host(&peer.base)
+            .http_client(peer.http())
+            .build()
+            .unwrap();
+    let err = second.get_token([RESOURCE]).await.unwrap_err();
+    assert!(err.is_authentication_failed());
+    assert_eq!(err.error_code(), Some("invalid_grant"));
+    assert_eq!(err.error_codes(), [54005]);
+    assert!(err.message().contains("AADSTS54005"), "{err}");
+}
+
+#[tokio::test]
+async fn a_revoked_refresh_token_gets_invalid_grant_and_a_sign_in_again_error_after() {
+    let peer = peer();
+    let tenant = "authcode-revoked";
+    let (credential, _) = credential_for(tenant, "leo@contoso.com").await;
+    credential.get_token([RESOURCE]).await.unwrap();
+    // The refresh token is in the credential's memory: learn it from the server's log of one
+    // refresh, then revoke it.
+    credential.get_token([OTHER]).await.unwrap();
+    let used = log_of(tenant).await.last().unwrap()["form"]["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    peer.revoke_refresh_token(&used).await;
+    let err = credential
+        .get_token(["https://third.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert_eq!(err.error_code(), Some("invalid_grant"));
+    assert_eq!(err.error_codes(), [70043]);
+    // The rejected refresh token was dropped: next time there is nothing left to try.
+    let err = credential
+        .get_token(["https://fourth.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("Sign the user in again"), "{err}");
+}
+
+#[tokio::test]
+async fn with_cache_options_the_tokens_go_to_the_cache_file() {
+    let peer = peer();
+    let dir = tempfile::tempdir().unwrap();
+    let code = peer
+        .authorization_code("contoso", CLIENT_ID, SIGN_IN, "mia@contoso.com")
+        .await;
+    let credential = AuthorizationCodeCredential::builder("contoso", CLIENT_ID, code, REDIRECT_URI)
+        .client_secret(CLIENT_SECRET)
+        .authority_host(&peer.base)
+        .http_client(peer.http())
+        .cache_options(
+            TokenCachePersistenceOptions::new()
+                .name("authcode-test")
+                .directory(dir.path())
+                .allow_unencrypted_storage(true),
+        )
+        .build()
+        .unwrap();
+    credential.get_token([RESOURCE]).await.unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("authcode-test.nocae")).unwrap())
+            .unwrap();
+    for section in [
+        "AccessToken",
+        "RefreshToken",
+        "IdToken",
+        "Account",
+        "AppMetadata",
+    ] {
+        assert_eq!(
+            doc[section].as_object().map(|s| s.len()),
+            Some(1),
+            "{section}: {doc:#}"
+        );
+    }
+    let account = doc["Account"].as_object().unwrap().values().next().unwrap();
+    assert_eq!(account["username"], "mia@contoso.com");
+}
+
+#[test]
+fn without_allowing_plaintext_the_cache_options_are_refused_clearly() {
+    let err = AuthorizationCodeCredential::builder("contoso", CLIENT_ID, "code", REDIRECT_URI)
+        .cache_options(TokenCachePersistenceOptions::new())
+        .build()
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("encrypted storage, which is not implemented yet"),
+        "{err}"
+    );
+}

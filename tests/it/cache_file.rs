@@ -1,0 +1,124 @@
+//! The shared cache file under concurrent writers: our process and a Python msal-extensions
+//! writer updating the same file at the same time lose no entry; the file stays valid JSON
+//! with mode 0600. And ClientSecretCredential's opt-in persistence.
+
+use std::collections::BTreeSet;
+
+use tower_identity::{ClientSecretCredential, CredentialExt, TokenCachePersistenceOptions};
+
+use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, peer};
+use crate::support::python::{ok, run_raw};
+
+/// A credential persisting to `dir`, in `tenant` (one per test: the peer's request log is
+/// shared by the tests running at the same time).
+fn persistent(dir: &std::path::Path, tenant: &str) -> ClientSecretCredential {
+    let peer = peer();
+    ClientSecretCredential::builder(tenant, CLIENT_ID, CLIENT_SECRET)
+        .authority_host(&peer.base)
+        .http_client(peer.http())
+        .cache_options(
+            TokenCachePersistenceOptions::new()
+                .directory(dir)
+                .allow_unencrypted_storage(true),
+        )
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_second_credential_finds_the_first_ones_token_in_the_file() {
+    let tenant = "persist-reuse";
+    let posts = || async {
+        peer()
+            .token_log()
+            .await
+            .iter()
+            .filter(|e| e["tenant"] == tenant)
+            .count()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let first = persistent(dir.path(), tenant)
+        .get_token(["https://resource.test/.default"])
+        .await
+        .unwrap();
+    assert_eq!(posts().await, 1);
+    // A new credential (another process of the same app) reads the file.
+    let second = persistent(dir.path(), tenant)
+        .get_token(["https://resource.test/.default"])
+        .await
+        .unwrap();
+    assert_eq!(second.secret(), first.secret());
+    assert_eq!(posts().await, 1, "no request: the file had it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_writes_and_msal_extensions_writes_to_one_file_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("msal.cache.nocae");
+    let python = {
+        let cache = file.display().to_string();
+        tokio::spawn(async move {
+            run_raw(&[
+                "msal-ext-writer".into(),
+                "--cache".into(),
+                cache,
+                "--seconds".into(),
+                "3".into(),
+                "--prefix".into(),
+                "py".into(),
+            ])
+            .await
+        })
+    };
+    // Meanwhile we write: each new resource is a token request and a read-modify-write.
+    let credential = persistent(dir.path(), "persist-concurrent");
+    let started = std::time::Instant::now();
+    let mut ours = BTreeSet::new();
+    let mut i = 0;
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        let scope = format!("https://res{i}.test/.default");
+        credential.get_token([scope.as_str()]).await.unwrap();
+        ours.insert(scope);
+        i += 1;
+    }
+    let python = ok(python.await.unwrap());
+    let theirs: BTreeSet<String> = python["written"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).expect("valid JSON");
+    let entries = doc["AccessToken"].as_object().unwrap();
+    for key in &theirs {
+        assert!(entries.contains_key(key), "msal-extensions' {key} was lost");
+    }
+    let targets: BTreeSet<String> = entries
+        .values()
+        .filter_map(|e| e["target"].as_str().map(str::to_owned))
+        .collect();
+    for scope in &ours {
+        assert!(targets.contains(scope), "our {scope} was lost");
+    }
+    // msal-extensions polls a busy lock every 250 ms, so it gets fewer turns than we do.
+    assert!(
+        theirs.len() >= 5 && ours.len() >= 20,
+        "both wrote repeatedly: {} / {}",
+        theirs.len(),
+        ours.len()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert!(
+        !dir.path().join("msal.cache.nocae.lockfile").exists(),
+        "no lock left behind"
+    );
+}

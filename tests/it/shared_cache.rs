@@ -1,0 +1,478 @@
+//! SharedTokenCacheCredential with real peers: Python msal signs users in against the node
+//! oidc-provider and writes the MSAL cache; we select accounts, return cached tokens, redeem
+//! family refresh tokens at the real server and write back; msal and azure-identity read what
+//! we wrote.
+
+use std::path::{Path, PathBuf};
+
+use tower_identity::{
+    ChainedTokenCredential, CredentialExt, SharedTokenCacheCredential,
+    TokenCachePersistenceOptions, TokenRequest,
+};
+
+use crate::support::creds::Logs;
+use crate::support::oidc::{
+    CONTOSO_TID, FABRIKAM_TID, FOCI_CLIENT_ID, PUBLIC_CLIENT_ID, Peer, jwt_claims, peer, peer_443,
+};
+use crate::support::python::{ok, run};
+
+const RESOURCE: &str = "https://resource.test/.default";
+const OTHER: &str = "https://other.test/.default";
+
+/// A home directory with `.IdentityService/` and the cache file path in it.
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".IdentityService")).unwrap();
+        Self { dir }
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.dir.path().join(".IdentityService/msal.cache.nocae")
+    }
+
+    fn cache_str(&self) -> String {
+        self.cache().display().to_string()
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(self.cache()).unwrap()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text()).expect("the cache file is valid JSON")
+    }
+}
+
+/// Python msal signs `username` in at `tenant` as `client_id` and writes the cache.
+async fn msal_signin(
+    peer: &Peer,
+    home: &Home,
+    tenant: &str,
+    client_id: &str,
+    username: &str,
+) -> serde_json::Value {
+    ok(run(
+        peer,
+        &[
+            "msal-signin",
+            "--tenant",
+            tenant,
+            "--client-id",
+            client_id,
+            "--username",
+            username,
+            "--scopes",
+            RESOURCE,
+            "--cache",
+            &home.cache_str(),
+        ],
+    )
+    .await)
+}
+
+fn credential(
+    peer: &Peer,
+    home: &Home,
+) -> tower_identity::credential::SharedTokenCacheCredentialBuilder {
+    SharedTokenCacheCredential::builder()
+        .authority_host(&peer.base)
+        .http_client(peer.http())
+        .cache_options(cache_in(home.dir.path()))
+}
+
+fn cache_in(home: &Path) -> TokenCachePersistenceOptions {
+    TokenCachePersistenceOptions::new()
+        .directory(home.join(".IdentityService"))
+        .allow_unencrypted_storage(true)
+}
+
+async fn token_posts(peer: &Peer) -> usize {
+    peer.token_log().await.len()
+}
+
+#[tokio::test]
+async fn msal_signed_in_user_gets_the_cached_token_then_a_refreshed_one_for_another_resource() {
+    let (peer, home) = (peer(), Home::new());
+    let signed_in = msal_signin(peer, &home, "contoso", FOCI_CLIENT_ID, "alice@contoso.com").await;
+    let credential = credential(peer, &home).build().unwrap();
+
+    // The access token msal cached is returned as is: no request to the server.
+    let before = token_posts(peer).await;
+    let cached = credential.get_token([RESOURCE]).await.unwrap();
+    assert_eq!(
+        jwt_claims(cached.secret().expose_secret())["aud"],
+        "https://resource.test"
+    );
+    assert_eq!(token_posts(peer).await, before, "served from the file");
+
+    // Another resource: the family refresh token is redeemed at /organizations as Azure CLI.
+    let refresh_token = first_refresh_token(&home);
+    let other = credential.get_token([OTHER]).await.unwrap();
+    assert_eq!(
+        jwt_claims(other.secret().expose_secret())["aud"],
+        "https://other.test"
+    );
+    let log = peer.token_log().await;
+    let redeem = log
+        .iter()
+        .rev()
+        .find(|e| e["form"]["refresh_token"] == refresh_token.as_str())
+        .expect("our redemption is logged");
+    assert_eq!(redeem["tenant"], "organizations");
+    assert_eq!(redeem["grant_type"], "refresh_token");
+    assert_eq!(redeem["form"]["client_id"], FOCI_CLIENT_ID);
+    assert_eq!(redeem["form"]["client_info"], "1");
+    assert_eq!(redeem["form"]["scope"], OTHER);
+
+    // Written back: the new access token is in the file, the account and its tokens intact.
+    let doc = home.json();
+    let home_id = signed_in["home_account_id"].as_str().unwrap();
+    let ours: Vec<_> = doc["AccessToken"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|e| {
+            e["target"] == OTHER && e["home_account_id"] == home_id && e["realm"] == "organizations"
+        })
+        .collect();
+    assert_eq!(ours.len(), 1, "{doc:#}");
+    assert_eq!(ours[0]["client_id"], FOCI_CLIENT_ID);
+    assert_eq!(
+        doc["Account"].as_object().unwrap().len(),
+        1,
+        "no username-less account added"
+    );
+    assert_eq!(file_mode(&home.cache()), 0o600);
+
+    // msal reads what we wrote: its silent call for the other resource finds our token.
+    let silent = ok(run(
+        peer,
+        &[
+            "msal-silent",
+            "--tenant",
+            "organizations",
+            "--client-id",
+            FOCI_CLIENT_ID,
+            "--cache",
+            &home.cache_str(),
+            "--scopes",
+            OTHER,
+        ],
+    )
+    .await);
+    assert_eq!(silent["source"], "cache", "{silent}");
+    assert_eq!(silent["access_token_aud"], "https://other.test");
+}
+
+/// The secret of the first refresh token in the cache file.
+fn first_refresh_token(home: &Home) -> String {
+    home.json()["RefreshToken"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[cfg(unix)]
+fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn account_selection_follows_the_reference_rules_and_messages() {
+    let (peer, home) = (peer(), Home::new());
+    msal_signin(peer, &home, "contoso", FOCI_CLIENT_ID, "alice@contoso.com").await;
+    msal_signin(peer, &home, "fabrikam", FOCI_CLIENT_ID, "bob@fabrikam.com").await;
+
+    let err = credential(peer, &home)
+        .build()
+        .unwrap()
+        .get_token([OTHER])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(
+        err.message()
+            .contains("Multiple accounts were found in the cache"),
+        "{err}"
+    );
+    assert!(
+        err.message().contains("alice@contoso.com") && err.message().contains("bob@fabrikam.com"),
+        "{err}"
+    );
+
+    let alice = credential(peer, &home)
+        .username("alice@contoso.com")
+        .build()
+        .unwrap();
+    let token = alice.get_token([OTHER]).await.unwrap();
+    assert_eq!(
+        jwt_claims(token.secret().expose_secret())["tid"],
+        CONTOSO_TID
+    );
+
+    let bob = credential(peer, &home)
+        .tenant_id(FABRIKAM_TID)
+        .build()
+        .unwrap();
+    let token = bob.get_token([OTHER]).await.unwrap();
+    assert_eq!(
+        jwt_claims(token.secret().expose_secret())["tid"],
+        FABRIKAM_TID
+    );
+
+    let nobody = credential(peer, &home)
+        .username("carol@contoso.com")
+        .build()
+        .unwrap();
+    let err = nobody.get_token([OTHER]).await.unwrap_err();
+    assert!(err.is_unavailable());
+    assert!(
+        err.message().contains(
+            "No account matching the specified username: carol@contoso.com was found in the cache."
+        ),
+        "{err}"
+    );
+
+    let both = credential(peer, &home)
+        .username("alice@contoso.com")
+        .tenant_id(FABRIKAM_TID)
+        .build()
+        .unwrap();
+    let err = both.get_token([OTHER]).await.unwrap_err();
+    assert!(
+        err.message().contains(&format!(
+            "username: alice@contoso.com tenant: {FABRIKAM_TID}"
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn only_family_refresh_tokens_make_an_account_a_candidate() {
+    let (peer, home) = (peer(), Home::new());
+    msal_signin(peer, &home, "contoso", PUBLIC_CLIENT_ID, "dave@contoso.com").await;
+    let err = credential(peer, &home)
+        .build()
+        .unwrap()
+        .get_token([OTHER])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable());
+    assert!(
+        err.message()
+            .contains("No accounts were found in the cache."),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_or_malformed_cache_is_unavailable_and_never_overwritten() {
+    let (peer, home) = (peer(), Home::new());
+    let err = credential(peer, &home)
+        .build()
+        .unwrap()
+        .get_token([OTHER])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable());
+    assert!(
+        err.message().contains("Shared token cache unavailable"),
+        "{err}"
+    );
+    assert!(!home.cache().exists(), "nothing was created");
+
+    std::fs::write(home.cache(), b"{\"AccessToken\": {\"x\": ").unwrap();
+    let err = credential(peer, &home)
+        .build()
+        .unwrap()
+        .get_token([OTHER])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(
+        err.message().contains(&home.cache_str()),
+        "names the file: {err}"
+    );
+    assert_eq!(
+        std::fs::read(home.cache()).unwrap(),
+        b"{\"AccessToken\": {\"x\": "
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_refresh_token_is_an_authentication_failure_and_is_removed_from_the_cache() {
+    let (peer, home) = (peer(), Home::new());
+    msal_signin(peer, &home, "contoso", FOCI_CLIENT_ID, "erin@contoso.com").await;
+    let refresh_token = first_refresh_token(&home);
+    peer.revoke_refresh_token(&refresh_token).await;
+    let err = credential(peer, &home)
+        .build()
+        .unwrap()
+        .get_token([OTHER])
+        .await
+        .unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert_eq!(err.error_code(), Some("invalid_grant"));
+    assert_eq!(err.error_codes(), [70043]);
+    assert!(
+        home.json()["RefreshToken"].as_object().unwrap().is_empty(),
+        "the rejected token is gone"
+    );
+    assert!(!err.to_string().contains(&refresh_token));
+}
+
+#[tokio::test]
+async fn unknown_sections_and_fields_survive_our_write_back_byte_for_byte() {
+    let (peer, home) = (peer(), Home::new());
+    msal_signin(peer, &home, "contoso", FOCI_CLIENT_ID, "frank@contoso.com").await;
+    msal_signin(
+        peer,
+        &home,
+        "fabrikam",
+        FOCI_CLIENT_ID,
+        "grace@fabrikam.com",
+    )
+    .await;
+    // Another tool's section and field, in msal's layout.
+    let text = home.text();
+    let unknown_section = "    \"ToolSection\": {\n        \"k\": {\n            \"n\": 1.0e3,\n            \"s\": \"caf\\u00e9\"\n        }\n    }";
+    let with_extra = format!(
+        "{},\n{unknown_section}\n}}",
+        text.trim_end().trim_end_matches('}').trim_end()
+    );
+    std::fs::write(home.cache(), &with_extra).unwrap();
+    let grace_entries: Vec<String> = entries_of(&with_extra, "grace");
+
+    let frank = credential(peer, &home)
+        .username("frank@contoso.com")
+        .build()
+        .unwrap();
+    frank.get_token([OTHER]).await.unwrap();
+
+    let after = home.text();
+    assert!(
+        after.contains(unknown_section),
+        "unknown section kept verbatim:\n{after}"
+    );
+    for entry in grace_entries {
+        assert!(
+            after.contains(&entry),
+            "the other account's entry is unchanged:\n{entry}"
+        );
+    }
+    // And msal still reads the whole file.
+    let accounts = run(peer, &["msal-accounts", "--cache", &home.cache_str()]).await;
+    assert_eq!(
+        accounts["accounts"].as_array().unwrap().len(),
+        2,
+        "{accounts}"
+    );
+}
+
+/// The text of each entry (key line to closing brace) whose key mentions `needle`.
+fn entries_of(text: &str, needle: &str) -> Vec<String> {
+    let doc: serde_json::Value = serde_json::from_str(text).unwrap();
+    let mut out = Vec::new();
+    for (_, section) in doc.as_object().unwrap() {
+        let Some(section) = section.as_object() else {
+            continue;
+        };
+        for (key, entry) in section {
+            if entry.to_string().contains(needle) || key.contains(needle) {
+                let start = text.find(&format!("\"{key}\"")).unwrap();
+                let end = start + text[start..].find("\n        }").unwrap() + 10;
+                out.push(text[start..end].to_owned());
+            }
+        }
+    }
+    assert!(!out.is_empty());
+    out
+}
+
+#[tokio::test]
+async fn azure_identity_reads_the_tokens_we_wrote() {
+    // azure-identity only finds accounts when the server listens on the default port.
+    let peer = peer_443();
+    let home = Home::new();
+    msal_signin(peer, &home, "contoso", FOCI_CLIENT_ID, "heidi@contoso.com").await;
+    let ours = credential(peer, &home).build().unwrap();
+    let token = ours.get_token([OTHER]).await.unwrap();
+    let before = token_posts(peer).await;
+    let answer = ok(run(
+        peer,
+        &[
+            "azid-shared-cache",
+            "--home",
+            &home.dir.path().display().to_string(),
+            "--scopes",
+            OTHER,
+        ],
+    )
+    .await);
+    assert_eq!(answer["access_token_aud"], "https://other.test");
+    assert_eq!(
+        token_posts(peer).await,
+        before,
+        "azure-identity used the token we wrote, without a request"
+    );
+    // The same token: its expiry, as azure-identity read it from our entry.
+    let theirs = answer["expires_on"].as_u64().unwrap() as i64;
+    assert!(
+        (theirs - token.expires_on_unix() as i64).abs() <= 5,
+        "{theirs} vs {}",
+        token.expires_on_unix()
+    );
+}
+
+#[tokio::test]
+async fn in_a_chain_a_missing_shared_cache_passes_to_the_next_credential_with_its_reason_traced() {
+    let peer = peer();
+    let empty = Home::new();
+    let (logs, _guard) = Logs::capture();
+    let service_principal = tower_identity::ClientSecretCredential::builder(
+        "contoso",
+        crate::support::oidc::CLIENT_ID,
+        crate::support::oidc::CLIENT_SECRET,
+    )
+    .authority_host(&peer.base)
+    .http_client(peer.http())
+    .build()
+    .unwrap();
+    let chain = ChainedTokenCredential::new([
+        credential(peer, &empty).build().unwrap().boxed_credential(),
+        service_principal.boxed_credential(),
+    ])
+    .unwrap();
+    let token = chain
+        .get_token_with(TokenRequest::new([RESOURCE]))
+        .await
+        .unwrap();
+    assert_eq!(
+        jwt_claims(token.secret().expose_secret())["aud"],
+        "https://resource.test"
+    );
+    let traces = logs.text();
+    assert!(
+        traces.contains("credential=\"SharedTokenCacheCredential\""),
+        "{traces}"
+    );
+    assert!(
+        traces.contains("Shared token cache unavailable"),
+        "{traces}"
+    );
+    assert!(
+        traces.contains("credential answered credential=\"ClientSecretCredential\""),
+        "{traces}"
+    );
+}
