@@ -133,7 +133,7 @@ impl Inner {
         if let Some(dir) = safe_working_dir() {
             command.current_dir(dir);
         }
-        let child = command.spawn().map_err(|e| {
+        let child = spawn(&mut command).await.map_err(|e| {
             let message = match e.kind() {
                 std::io::ErrorKind::NotFound => format!(
                     "Azure CLI not found ({} is not on PATH). Install it from \
@@ -171,6 +171,22 @@ impl Inner {
             return Err(classify_failure(&String::from_utf8_lossy(&output.stderr)));
         }
         parse_output(&output.stdout)
+    }
+}
+
+/// Starts the command. "Text file busy" (a process forked elsewhere in this program still
+/// holds a just-written executable open, between its fork and exec) passes in moments, so it
+/// is retried a few times.
+async fn spawn(command: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    let mut attempts = 0;
+    loop {
+        match command.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 5 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
     }
 }
 

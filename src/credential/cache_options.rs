@@ -23,7 +23,10 @@ use crate::error::ConfigError;
 pub(crate) const DEFAULT_CACHE_NAME: &str = "msal.cache";
 const DIRECTORY: &str = ".IdentityService";
 
-/// Where and how tokens are persisted. See the [module docs](self).
+/// Where and how tokens are persisted: the shared MSAL cache file `<directory>/<name>.nocae`
+/// (and `.cae`), plaintext JSON with mode `0600`, written under msal-extensions' lock-file
+/// protocol. Encrypted (keyring) storage is not implemented yet, so using the file must be
+/// allowed with [`allow_unencrypted_storage`](Self::allow_unencrypted_storage).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TokenCachePersistenceOptions {

@@ -35,7 +35,8 @@ const NAME: &str = "ClientSecretCredential";
 /// Authenticates a service principal with a client secret.
 ///
 /// Tokens are cached in memory per tenant and scope set (CAE and non-CAE apart) and renewed
-/// under the rules of [`crate::refresh`]: concurrent callers share one request.
+/// in the last 300 s of their life (or at the provider's `refresh_in`); concurrent callers
+/// share one request.
 #[derive(Clone)]
 pub struct ClientSecretCredential {
     inner: Arc<Inner>,

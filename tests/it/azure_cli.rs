@@ -142,7 +142,7 @@ async fn other_az_failures_stop_a_chain_and_quote_az() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_slow_az_is_killed_after_the_timeout_and_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let az = fake_az(dir.path(), "sleep 30");
