@@ -377,7 +377,13 @@ where
     let service = hyper::service::service_fn(move |req| handle(Arc::clone(&state), req));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Stampede tests multiplex thousands of requests on one HTTP/2 connection.
-    builder.http2().max_concurrent_streams(MAX_STREAMS);
+    builder
+        .http2()
+        .max_concurrent_streams(MAX_STREAMS)
+        // Clients that give up on thousands of requests at once reset their streams; that
+        // is a test's business, not an attack to defend against here.
+        .max_local_error_reset_streams(None)
+        .max_pending_accept_reset_streams(None);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
