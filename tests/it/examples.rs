@@ -65,11 +65,16 @@ fn the_demo_shows_every_step_and_exits_0() {
         "(cached)",
         "(the renewed token)",
         "401 insufficient_claims → claims token → re-sent",
-        "11 requests answered 200",
         "4 token requests",
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
+    let summary = out
+        .lines()
+        .find(|l| l.contains("requests answered 200"))
+        .expect(&out);
+    let words: Vec<&str> = summary.split_whitespace().collect();
+    assert_eq!(words[0], words[2], "every request answered 200: {summary}");
 }
 
 #[test]
