@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use tower_identity::{ClientSecretCredential, CredentialExt, TokenCachePersistenceOptions};
 
 use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, peer};
-use crate::support::python::{ok, run_raw};
+use crate::support::python::{ok, run, run_raw};
 
 /// A credential persisting to `dir`, in `tenant` (one per test: the peer's request log is
 /// shared by the tests running at the same time).
@@ -121,4 +121,58 @@ async fn our_writes_and_msal_extensions_writes_to_one_file_lose_nothing() {
         !dir.path().join("msal.cache.nocae.lockfile").exists(),
         "no lock left behind"
     );
+}
+
+#[tokio::test]
+async fn app_only_tokens_flow_between_python_msal_and_us_both_ways() {
+    let peer = peer();
+    let tenant = "persist-app-only";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("msal.cache.nocae").display().to_string();
+    let msal = |scope: &'static str| {
+        let file = file.clone();
+        async move {
+            ok(run(
+                peer,
+                &[
+                    "msal-app-only",
+                    "--tenant",
+                    tenant,
+                    "--client-id",
+                    CLIENT_ID,
+                    "--client-secret",
+                    CLIENT_SECRET,
+                    "--scopes",
+                    scope,
+                    "--cache",
+                    &file,
+                ],
+            )
+            .await)
+        }
+    };
+    // msal writes an app-only cache; our credential finds its token (no request).
+    let written = msal("https://resource.test/.default").await;
+    assert_eq!(written["source"], "identity_provider");
+    let posts = || async {
+        peer.token_log()
+            .await
+            .iter()
+            .filter(|e| e["tenant"] == tenant)
+            .count()
+    };
+    assert_eq!(posts().await, 1);
+    let ours = persistent(dir.path(), tenant);
+    ours.get_token(["https://resource.test/.default"])
+        .await
+        .unwrap();
+    assert_eq!(posts().await, 1, "we used msal's token");
+    // We write a token for another resource; msal finds ours (no request).
+    ours.get_token(["https://other.test/.default"])
+        .await
+        .unwrap();
+    assert_eq!(posts().await, 2);
+    let read = msal("https://other.test/.default").await;
+    assert_eq!(read["source"], "cache", "{read}");
+    assert_eq!(posts().await, 2, "msal used our token");
 }

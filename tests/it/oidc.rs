@@ -110,3 +110,123 @@ async fn cae_and_claims_requests_are_accepted_by_a_real_server() {
     assert_eq!(sent["access_token"]["xms_cc"]["values"][0], "CP1");
     assert_eq!(sent["access_token"]["nbf"]["value"], "1726077595");
 }
+
+/// BearerTokenLayer in front of the peer's protected resource, which validates the RS256 JWT
+/// (signature, expiry, audience) that oidc-provider issued through our credential.
+mod bearer {
+    use bytes::Bytes;
+    use http::StatusCode;
+    use http_body_util::{BodyExt, Full};
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_identity::BearerTokenLayer;
+
+    use super::{SCOPE, credential};
+    use crate::support::oidc::{CLIENT_SECRET, peer};
+
+    async fn get(
+        service: &(
+             impl tower::Service<
+            http::Request<Full<Bytes>>,
+            Response = http::Response<hyper::body::Incoming>,
+            Error = tower_identity::BoxError,
+        > + Clone
+         ),
+        path: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let request = http::Request::get(format!("{}{path}", peer().base))
+            .body(Full::default())
+            .unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn client() -> crate::support::client::HyperClient<Full<Bytes>> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(
+                rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates({
+                    let mut roots = rustls::RootCertStore::empty();
+                    roots.add_parsable_certificates(
+                        rustls::pki_types::pem::PemObject::pem_slice_iter(peer().ca_pem.as_bytes())
+                            .flatten(),
+                    );
+                    roots
+                })
+                .with_no_client_auth(),
+            )
+            .https_only()
+            .enable_http1()
+            .build();
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https)
+    }
+
+    #[tokio::test]
+    async fn the_resource_accepts_the_token_the_layer_injects() {
+        let service = ServiceBuilder::new()
+            .layer(BearerTokenLayer::new(
+                credential("contoso", CLIENT_SECRET, peer().http()),
+                [SCOPE],
+            ))
+            .service(client());
+        let (status, body) = get(&service, "/resource/items").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["aud"], "https://resource.test");
+
+        // Without the layer the same resource refuses.
+        let (status, _) = get(
+            &client().map_err(tower_identity::BoxError::from),
+            "/resource/items",
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn the_resources_cae_challenge_is_answered_with_a_new_real_token() {
+        let peer = peer();
+        let service = ServiceBuilder::new()
+            .layer(
+                BearerTokenLayer::new(credential("layer-cae", CLIENT_SECRET, peer.http()), [SCOPE])
+                    .enable_cae(true),
+            )
+            .service(client());
+        let (status, _) = get(&service, "/resource/warm").await;
+        assert_eq!(status, StatusCode::OK);
+        peer.call(
+            http::Method::POST,
+            "/_test/resource/next",
+            Some(serde_json::json!({"kind": "cae"})),
+        )
+        .await;
+        let (status, body) = get(&service, "/resource/after-challenge").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // The claims reached the real server in a token request for this tenant.
+        let log = peer.token_log().await;
+        let claims_request = log
+            .iter()
+            .rev()
+            .find(|e| {
+                e["tenant"] == "layer-cae"
+                    && e["form"]["claims"]
+                        .as_str()
+                        .is_some_and(|c| c.contains("nbf"))
+            })
+            .expect("a token request with the challenge's claims");
+        assert!(
+            claims_request["form"]["claims"]
+                .as_str()
+                .unwrap()
+                .contains("CP1")
+        );
+    }
+}

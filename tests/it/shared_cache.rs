@@ -259,6 +259,39 @@ async fn account_selection_follows_the_reference_rules_and_messages() {
 }
 
 #[tokio::test]
+async fn several_accounts_matching_the_filter_are_named_in_the_error() {
+    let (peer, home) = (peer(), Home::new());
+    // Two people of one home tenant: a tenant filter matches both.
+    msal_signin(peer, &home, "contoso", FOCI_CLIENT_ID, "pat@contoso.com").await;
+    msal_signin(peer, &home, "contoso", FOCI_CLIENT_ID, "quinn@contoso.com").await;
+    let err = credential(peer, &home)
+        .tenant_id(CONTOSO_TID)
+        .build()
+        .unwrap()
+        .get_token([OTHER])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable());
+    let message = err.message();
+    assert!(
+        message.contains(&format!(
+            "Multiple accounts matching the specified tenant: {CONTOSO_TID} were found in the cache"
+        )),
+        "{err}"
+    );
+    assert!(
+        message.contains("pat@contoso.com") && message.contains("quinn@contoso.com"),
+        "{err}"
+    );
+    let one = credential(peer, &home)
+        .username("quinn@contoso.com")
+        .tenant_id(CONTOSO_TID)
+        .build()
+        .unwrap();
+    assert!(one.get_token([OTHER]).await.is_ok());
+}
+
+#[tokio::test]
 async fn only_family_refresh_tokens_make_an_account_a_candidate() {
     let (peer, home) = (peer(), Home::new());
     msal_signin(peer, &home, "contoso", PUBLIC_CLIENT_ID, "dave@contoso.com").await;
