@@ -334,23 +334,38 @@ impl<V: SlotValue> TokenSlot<V> {
             slot: Arc::clone(self),
             flight_id,
         };
-        let task = tokio::spawn(async move {
+        let acquisition = spawn_shared("TokenSlot", "the token acquisition", async move {
             let result = acquire.await;
             guard.finish(result)
         });
-        let acquisition = async move {
-            task.await.unwrap_or_else(|join_error| {
-                Err(CredentialError::authentication_failed(
-                    "TokenSlot",
-                    format!("the token acquisition task did not finish: {join_error}"),
-                ))
-            })
-        }
-        .boxed()
-        .shared();
         state.flight = Some((flight_id, acquisition.clone()));
         acquisition
     }
+}
+
+/// Runs `work` in its own task — so that callers who give up do not cancel it for the others —
+/// and returns a future every caller can await for its result. A task that panics or is
+/// cancelled (runtime shutdown) yields an error naming `what`.
+pub(crate) fn spawn_shared<T, F>(
+    credential: &'static str,
+    what: &'static str,
+    work: F,
+) -> Shared<BoxFuture<'static, Result<T, CredentialError>>>
+where
+    T: Clone + Send + Sync + 'static,
+    F: Future<Output = Result<T, CredentialError>> + Send + 'static,
+{
+    let task = tokio::spawn(work);
+    async move {
+        task.await.unwrap_or_else(|join_error| {
+            Err(CredentialError::authentication_failed(
+                credential,
+                format!("{what} did not finish: {join_error}"),
+            ))
+        })
+    }
+    .boxed()
+    .shared()
 }
 
 /// Records the acquisition's outcome and clears the slot's in-flight record when it ends —

@@ -6,6 +6,8 @@
 pub mod authority;
 #[path = "../../tests/it/support/resource.rs"]
 pub mod resource;
+#[path = "../../tests/it/support/serve.rs"]
+pub mod serve;
 #[path = "../../tests/it/support/tls.rs"]
 pub mod tls;
 

@@ -260,6 +260,21 @@ impl<B> ReplayBody<B> {
         }
     }
 
+    /// The first attempt's body, recording into `recorder`, and a handle on the recording.
+    fn recording(body: B, recorder: Arc<Mutex<Recorder>>, limit: usize) -> (Self, Replay<Self>) {
+        let replay = Replay {
+            kind: ReplayKind::Recorded {
+                recorder: Arc::clone(&recorder),
+                limit,
+                build: ReplayBody::replaying,
+            },
+        };
+        let first = ReplayBody {
+            state: State::Recording { body, recorder },
+        };
+        (first, replay)
+    }
+
     fn replaying(recording: Recording) -> Self {
         ReplayBody {
             state: State::Replaying { recording },
@@ -362,34 +377,13 @@ impl<B: Body<Data = Bytes> + Send + 'static> RetryBody for ReplayBody<B> {
                     // A body that is already at its end may never be polled (hyper does not).
                     recorder.phase = Phase::Complete;
                 }
-                let recorder = Arc::new(Mutex::new(recorder));
-                let replay = Replay {
-                    kind: ReplayKind::Recorded {
-                        recorder: Arc::clone(&recorder),
-                        limit,
-                        build: ReplayBody::replaying,
-                    },
-                };
-                let first = ReplayBody {
-                    state: State::Recording { body, recorder },
-                };
-                (first, replay)
+                ReplayBody::recording(body, Arc::new(Mutex::new(recorder)), limit)
             }
             State::Recording { body, recorder } => {
                 if let Some(mut shared) = lock(&recorder) {
                     shared.limit = shared.limit.max(limit);
                 }
-                let replay = Replay {
-                    kind: ReplayKind::Recorded {
-                        recorder: Arc::clone(&recorder),
-                        limit,
-                        build: ReplayBody::replaying,
-                    },
-                };
-                let first = ReplayBody {
-                    state: State::Recording { body, recorder },
-                };
-                (first, replay)
+                ReplayBody::recording(body, recorder, limit)
             }
             State::Replaying { recording } => {
                 let again = ReplayBody::replaying(recording.clone());

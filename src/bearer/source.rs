@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::credential::TokenCredential;
 use crate::error::CredentialError;
-use crate::refresh::{Entry, Lookup, RefreshPolicy, SlotValue, TokenSlot};
+use crate::refresh::{Entry, Lookup, RefreshPolicy, SlotValue, TokenSlot, spawn_shared};
 use crate::token::{AccessToken, TokenRequest};
 
 /// The name errors of the layer are reported under.
@@ -138,20 +138,12 @@ impl<C: TokenCredential> Source<C> {
                     let claims: Arc<str> = Arc::from(claims);
                     let request = self.request.clone().claims(claims.to_string());
                     let slot = Arc::clone(&self.slot);
-                    let task = tokio::spawn(
+                    let f = spawn_shared(
+                        LAYER,
+                        "the claims token acquisition",
                         acquire(self.credential.clone(), request, Some(Arc::clone(&claims)))
                             .map(move |r| r.map(|prepared| slot.store(prepared))),
                     );
-                    let f = async move {
-                        task.await.unwrap_or_else(|e| {
-                            Err(CredentialError::authentication_failed(
-                                LAYER,
-                                format!("the claims token acquisition did not finish: {e}"),
-                            ))
-                        })
-                    }
-                    .boxed()
-                    .shared();
                     *flight = Some((claims, f.clone()));
                     f
                 }

@@ -33,7 +33,6 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
 use super::refresh_tokens::{Redeem, record, usable_access_token};
@@ -45,6 +44,7 @@ use crate::entra::msal_cache::{AccessTokenQuery, RefreshTokenQuery};
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::{TokenClient, authorization_code_form};
 use crate::error::{ConfigError, CredentialError};
+use crate::refresh::spawn_shared;
 use crate::token::{AccessToken, Secret, TokenRequest};
 
 const NAME: &str = "AuthorizationCodeCredential";
@@ -213,7 +213,9 @@ impl Inner {
     ) -> Redemption {
         let this = Arc::clone(self);
         let (tenant, scopes) = (tenant.to_owned(), scopes.to_vec());
-        let task = tokio::spawn(async move {
+        spawn_shared(NAME, "the code redemption", async move {
+            // However the redemption ends (a panic included), later calls must not join it.
+            let _done = RedemptionDone(Arc::clone(&this));
             let form = authorization_code_form(
                 &this.client_id,
                 &code,
@@ -222,51 +224,36 @@ impl Inner {
                 claims,
                 this.client_secret.as_ref(),
             );
-            let result = this.client.request(NAME, &tenant, form).await;
+            let response = this.client.request(NAME, &tenant, form).await?;
             let (store, _) = this.stores.for_request(cae);
-            let outcome = match result {
-                Ok(response) => {
-                    let account = record(
-                        NAME,
-                        &this.client,
-                        store,
-                        &this.client_id,
-                        &tenant,
-                        &scopes,
-                        &response,
-                        None,
-                    )
-                    .await;
-                    if account.is_none() {
-                        tracing::warn!(
-                            "the authorization code's answer named no account: later requests cannot use its refresh token"
-                        );
-                    }
-                    let mut state = this.lock();
-                    state.code = None;
-                    state.account = account;
-                    Ok(Redeemed {
-                        token: response.token,
-                        tenant,
-                        scopes,
-                        cae,
-                    })
-                }
-                Err(error) => Err(error),
-            };
-            this.lock().redemption = None;
-            outcome
-        });
-        async move {
-            task.await.unwrap_or_else(|e| {
-                Err(CredentialError::authentication_failed(
-                    NAME,
-                    format!("the code redemption did not finish: {e}"),
-                ))
+            let account = record(
+                NAME,
+                &this.client,
+                store,
+                &this.client_id,
+                &tenant,
+                &scopes,
+                &response,
+                None,
+            )
+            .await;
+            if account.is_none() {
+                tracing::warn!(
+                    "the authorization code's answer named no account: later requests cannot use its refresh token"
+                );
+            }
+            {
+                let mut state = this.lock();
+                state.code = None;
+                state.account = account;
+            }
+            Ok(Redeemed {
+                token: response.token,
+                tenant,
+                scopes,
+                cae,
             })
-        }
-        .boxed()
-        .shared()
+        })
     }
 
     /// The pinned account's cached token, else its refresh tokens.
@@ -321,6 +308,15 @@ impl Inner {
                 "no cached token and no refresh token for the account",
             )),
         }
+    }
+}
+
+/// Clears the in-flight redemption when dropped.
+struct RedemptionDone(Arc<Inner>);
+
+impl Drop for RedemptionDone {
+    fn drop(&mut self) {
+        self.0.lock().redemption = None;
     }
 }
 

@@ -145,6 +145,10 @@ mod bearer {
         )
     }
 
+    /// The peer's resource has one answer queue for the whole process: tests that use it take
+    /// turns, so a challenge queued by one is not answered to another.
+    static RESOURCE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     fn client() -> crate::support::client::HyperClient<Full<Bytes>> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(
@@ -172,6 +176,7 @@ mod bearer {
 
     #[tokio::test]
     async fn the_resource_accepts_the_token_the_layer_injects() {
+        let _turn = RESOURCE.lock().await;
         let service = ServiceBuilder::new()
             .layer(BearerTokenLayer::new(
                 credential("contoso", CLIENT_SECRET, peer().http()),
@@ -193,6 +198,7 @@ mod bearer {
 
     #[tokio::test]
     async fn the_resources_cae_challenge_is_answered_with_a_new_real_token() {
+        let _turn = RESOURCE.lock().await;
         let peer = peer();
         let service = ServiceBuilder::new()
             .layer(
@@ -208,8 +214,19 @@ mod bearer {
             Some(serde_json::json!({"kind": "cae"})),
         )
         .await;
+        let before = peer
+            .call(http::Method::GET, "/_test/resource/count", None)
+            .await["requests"]
+            .as_u64()
+            .unwrap();
         let (status, body) = get(&service, "/resource/after-challenge").await;
         assert_eq!(status, StatusCode::OK, "{body}");
+        let after = peer
+            .call(http::Method::GET, "/_test/resource/count", None)
+            .await["requests"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(after - before, 2, "challenged, then sent again");
         // The claims reached the real server in a token request for this tenant.
         let log = peer.token_log().await;
         let claims_request = log

@@ -12,23 +12,22 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::{Map, Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+
+use super::serve::{BoxError, InFlight, NoAnswer, accept_loop, check_exact, exact_reply, lock};
 
 /// Fixed, recognisable ids and time used in every error body.
 pub const TRACE_ID: &str = "00000000-0000-0000-0000-000000007ace";
@@ -182,7 +181,16 @@ impl Authority {
         let (shutdown_tx, shutdown_rx) = watch::channel(());
         let state = Arc::new(State::new(shutdown_rx));
         let acceptor = TlsAcceptor::from(super::tls::pki().server_config());
-        let accept_loop = tokio::spawn(accept_loop(listener, acceptor, Arc::clone(&state)));
+        let handler = {
+            let state = Arc::clone(&state);
+            move |req| handle(Arc::clone(&state), req)
+        };
+        let accept_loop = tokio::spawn(accept_loop(
+            listener,
+            Some(acceptor),
+            state.shutdown.clone(),
+            handler,
+        ));
         Authority {
             state,
             addr,
@@ -250,7 +258,7 @@ impl Drop for Authority {
 
 struct State {
     token_posts: AtomicUsize,
-    in_flight: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
     /// Tokens issued so far; never reset, so every token is distinct.
     issued: AtomicU64,
     log: Mutex<Vec<Received>>,
@@ -264,7 +272,7 @@ impl State {
     fn new(shutdown: watch::Receiver<()>) -> State {
         State {
             token_posts: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             issued: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             faults: Mutex::new(VecDeque::new()),
@@ -293,85 +301,10 @@ impl State {
     }
 }
 
-/// Locks a mutex even if a panicking test thread poisoned it: the data is plain and stays
-/// consistent, and a second panic here would only hide the first one.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Counts a token request as in flight for as long as this guard lives (including when hyper
-/// drops the handler because the client went away).
-struct InFlight(Arc<State>);
-
-impl InFlight {
-    fn enter(state: &Arc<State>) -> InFlight {
-        state.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(Arc::clone(state))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
-// Server plumbing
-
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<State>) {
-    loop {
-        match listener.accept().await {
-            // Each connection gets its own task so a slow handshake or a hung request never
-            // holds up the next client.
-            Ok((tcp, _peer)) => {
-                tokio::spawn(serve_connection(tcp, acceptor.clone(), Arc::clone(&state)));
-            }
-            // Accept errors (e.g. out of file descriptors) concern one connection; keep going.
-            Err(_) => tokio::task::yield_now().await,
-        }
-    }
-}
-
-/// Serves one connection until the client leaves or the authority is dropped. Errors (failed
-/// handshakes, resets, `Fault::Close`) just end the task.
-async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, state: Arc<State>) {
-    let mut shutdown = state.shutdown.clone();
-    let tls = tokio::select! {
-        accepted = acceptor.accept(tcp) => match accepted {
-            Ok(tls) => tls,
-            Err(_) => return,
-        },
-        _ = shutdown.changed() => return,
-    };
-
-    let service = hyper::service::service_fn(move |req| handle(Arc::clone(&state), req));
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
-}
+// Answers
 
 type Answer = Response<Full<Bytes>>;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The error a handler returns to make hyper drop the exchange without answering.
-#[derive(Debug)]
-struct NoAnswer(&'static str);
-
-impl fmt::Display for NoAnswer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl std::error::Error for NoAnswer {}
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, BoxError> {
     let Some(tenant) = token_tenant(req.method(), req.uri().path()) else {
@@ -381,7 +314,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Box
         ));
     };
     state.token_posts.fetch_add(1, Ordering::SeqCst);
-    let _in_flight = InFlight::enter(&state);
+    let _in_flight = InFlight::enter(&state.in_flight);
 
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
@@ -423,7 +356,7 @@ async fn answer_with_fault(
             status,
             body,
             headers,
-        } => Ok(exact_answer(status, body, &headers)),
+        } => Ok(exact_reply(status, body, &headers)),
         Fault::TooManyRequests { retry_after } => Ok(too_many_requests(&retry_after)),
         Fault::ServerError(status) => Ok(server_error(status)),
         Fault::Delay(delay) => {
@@ -513,20 +446,6 @@ fn server_error(status: u16) -> Answer {
     json_answer(status, body)
 }
 
-/// The answer a test asked for, byte for byte (hyper adds only framing and `date`).
-fn exact_answer(status: u16, body: String, headers: &[(String, String)]) -> Answer {
-    let mut answer = Response::new(Full::new(Bytes::from(body)));
-    *answer.status_mut() =
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (name, value) in headers {
-        // Checked in `push_fault`; `append` keeps repeated headers such as WWW-Authenticate.
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-            answer.headers_mut().append(name, value);
-        }
-    }
-    answer
-}
-
 /// A JSON answer with the headers Entra sends on token endpoint answers.
 fn json_answer(status: StatusCode, body: String) -> Answer {
     let mut answer = Response::new(Full::new(Bytes::from(body)));
@@ -546,18 +465,7 @@ fn check_fault(fault: &Fault) {
     match fault {
         Fault::Respond {
             status, headers, ..
-        } => {
-            assert!(
-                StatusCode::from_u16(*status).is_ok(),
-                "Fault::Respond: invalid HTTP status {status}"
-            );
-            for (name, value) in headers {
-                assert!(
-                    HeaderName::try_from(name).is_ok() && HeaderValue::try_from(value).is_ok(),
-                    "Fault::Respond: invalid header {name:?}: {value:?}"
-                );
-            }
-        }
+        } => check_exact("Fault::Respond", *status, headers),
         Fault::TooManyRequests { retry_after } => assert!(
             HeaderValue::try_from(retry_after).is_ok(),
             "Fault::TooManyRequests: invalid Retry-After value {retry_after:?}"

@@ -4,5 +4,6 @@ pub mod creds;
 pub mod oidc;
 pub mod python;
 pub mod resource;
+pub mod serve;
 pub mod tls;
 pub mod vectors;

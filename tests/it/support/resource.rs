@@ -15,27 +15,27 @@
 #![allow(dead_code)]
 
 use std::collections::{HashSet, VecDeque};
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE;
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http::{header, request};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+
+use super::serve::{
+    BoxError, InFlight, NoAnswer, Reply, accept_loop, check_exact, exact_reply, lock,
+};
 
 /// The `authorization_uri` Entra-protected resources put in their challenges.
 pub const AUTHORIZATION_URI: &str = "https://login.microsoftonline.com/common/oauth2/authorize";
@@ -46,10 +46,6 @@ pub const BEARER_CHALLENGE: &str = r#"Bearer realm="""#;
 /// Bodies past this are answered 413 and not logged: a safety net against a runaway streaming
 /// body filling the test process's memory, far above anything a test sends on purpose.
 pub const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;
-
-/// After the resource is dropped, connections get this long to finish what they are sending
-/// before they are closed regardless (a client that stopped reading must not keep them alive).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 const JSON: &str = "application/json";
 
@@ -191,7 +187,11 @@ impl Resource {
         let (shutdown_tx, shutdown_rx) = watch::channel(());
         let state = Arc::new(State::new(shutdown_rx));
         let https = tls.is_some();
-        let accept_loop = tokio::spawn(accept_loop(listener, tls, Arc::clone(&state)));
+        let handler = {
+            let state = Arc::clone(&state);
+            move |req| handle(Arc::clone(&state), req)
+        };
+        let accept_loop = tokio::spawn(accept_loop(listener, tls, state.shutdown.clone(), handler));
         Resource {
             state,
             addr,
@@ -277,7 +277,7 @@ impl Drop for Resource {
 
 struct State {
     count: AtomicUsize,
-    in_flight: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
     /// Head arrival order; never reset, so the log stays in arrival order across `clear`.
     arrivals: AtomicU64,
     /// Kept sorted by arrival number: bodies may finish in another order than heads arrived.
@@ -294,7 +294,7 @@ impl State {
     fn new(shutdown: watch::Receiver<()>) -> State {
         State {
             count: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             arrivals: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             accepted: Mutex::new(Vec::new()),
@@ -312,112 +312,13 @@ impl State {
     }
 }
 
-/// Locks a mutex even if a panicking test thread poisoned it: the data is plain and stays
-/// consistent, and a second panic here would only hide the first one.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Counts a request as in flight for as long as this guard lives (including when hyper drops
-/// the handler because the client went away).
-struct InFlight(Arc<State>);
-
-impl InFlight {
-    fn enter(state: &Arc<State>) -> InFlight {
-        state.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(Arc::clone(state))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
-// Server plumbing
-
-async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<State>) {
-    loop {
-        match listener.accept().await {
-            // Each connection gets its own task so a slow handshake or a delayed request never
-            // holds up the next client.
-            Ok((tcp, _peer)) => {
-                tokio::spawn(accept_connection(tcp, tls.clone(), Arc::clone(&state)));
-            }
-            // Accept errors (e.g. out of file descriptors) concern one connection; keep going.
-            Err(_) => tokio::task::yield_now().await,
-        }
-    }
-}
-
-async fn accept_connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>) {
-    let Some(acceptor) = tls else {
-        return serve_connection(tcp, state).await;
-    };
-    let mut shutdown = state.shutdown.clone();
-    let tls = tokio::select! {
-        accepted = acceptor.accept(tcp) => match accepted {
-            Ok(tls) => tls,
-            Err(_) => return,
-        },
-        _ = shutdown.changed() => return,
-    };
-    serve_connection(tls, state).await;
-}
-
-/// Serves one connection until the client leaves or the resource is dropped. Errors (failed
-/// handshakes, resets, requests released at shutdown) just end the task.
-async fn serve_connection<I>(io: I, state: Arc<State>)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut shutdown = state.shutdown.clone();
-    let service = hyper::service::service_fn(move |req| handle(Arc::clone(&state), req));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Stampede tests multiplex thousands of requests on one HTTP/2 connection.
-    builder
-        .http2()
-        .max_concurrent_streams(MAX_STREAMS)
-        // Clients that give up on thousands of requests at once reset their streams; that
-        // is a test's business, not an attack to defend against here.
-        .max_local_error_reset_streams(None)
-        .max_pending_accept_reset_streams(None);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            // Dropping the connection after the grace period closes it.
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
-        }
-    }
-}
-
-/// HTTP/2 streams one connection may have open at once.
-const MAX_STREAMS: u32 = 20_000;
-
-type Reply = Response<Full<Bytes>>;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The error a handler returns to make hyper drop the exchange without answering.
-#[derive(Debug)]
-struct NoAnswer(&'static str);
-
-impl fmt::Display for NoAnswer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl std::error::Error for NoAnswer {}
+// Answers
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, BoxError> {
     state.count.fetch_add(1, Ordering::SeqCst);
     let arrival = state.arrivals.fetch_add(1, Ordering::SeqCst);
-    let _in_flight = InFlight::enter(&state);
+    let _in_flight = InFlight::enter(&state.in_flight);
     // Taken when the head arrives, so answers go to requests in arrival order.
     let answer = lock(&state.queue).pop_front();
 
@@ -456,13 +357,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, BoxE
                 .into_iter()
                 .map(|value| (header::WWW_AUTHENTICATE.as_str().to_owned(), value))
                 .collect();
-            Ok(exact_answer(401, body, &headers))
+            Ok(exact_reply(401, body, &headers))
         }
         Some(Answer::Status {
             status,
             headers,
             body,
-        }) => Ok(exact_answer(status, body, &headers)),
+        }) => Ok(exact_reply(status, body, &headers)),
         Some(Answer::Delay(delay)) => {
             let mut shutdown = state.shutdown.clone();
             tokio::select! {
@@ -575,20 +476,6 @@ fn unauthorized(challenge: String, body: String) -> Reply {
     answer
 }
 
-/// The answer a test asked for, byte for byte (hyper adds only framing and `date`).
-fn exact_answer(status: u16, body: String, headers: &[(String, String)]) -> Reply {
-    let mut answer = Response::new(Full::new(Bytes::from(body)));
-    *answer.status_mut() =
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (name, value) in headers {
-        // Checked in `push`; `append` keeps repeated headers such as WWW-Authenticate.
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-            answer.headers_mut().append(name, value);
-        }
-    }
-    answer
-}
-
 fn json_answer(status: StatusCode, body: String) -> Reply {
     let mut answer = Response::new(Full::new(Bytes::from(body)));
     *answer.status_mut() = status;
@@ -603,18 +490,7 @@ fn check_answer(answer: &Answer) {
     match answer {
         Answer::Status {
             status, headers, ..
-        } => {
-            assert!(
-                StatusCode::from_u16(*status).is_ok(),
-                "Answer::Status: invalid HTTP status {status}"
-            );
-            for (name, value) in headers {
-                assert!(
-                    HeaderName::try_from(name).is_ok() && HeaderValue::try_from(value).is_ok(),
-                    "Answer::Status: invalid header {name:?}: {value:?}"
-                );
-            }
-        }
+        } => check_exact("Answer::Status", *status, headers),
         Answer::Unauthorized {
             www_authenticate: Some(value),
             ..
