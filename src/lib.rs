@@ -37,6 +37,7 @@ mod cache;
 pub mod credential;
 mod entra;
 mod error;
+mod redact;
 mod refresh;
 #[cfg(feature = "reqwest-middleware")]
 pub mod reqwest;

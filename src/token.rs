@@ -277,12 +277,32 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The longest token lifetime this crate believes. Entra's access tokens live at most
+/// 28 hours (CAE), managed identity tokens 24 hours; a provider, a cache file or a program
+/// claiming more (`"expires_in": 1e20`) is broken, and its token is treated as living this
+/// long. Clamped rather than refused: a too-long lifetime only makes us renew sooner than we
+/// were told, while refusing would turn a provider's quirk into an outage. It also keeps every
+/// instant computed from a provider's number far from the clock's overflow.
+pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A lifetime in seconds from a provider, clamped to [`MAX_TOKEN_LIFETIME`].
+pub(crate) fn clamped_lifetime(secs: u64) -> Duration {
+    Duration::from_secs(secs).min(MAX_TOKEN_LIFETIME)
+}
+
+/// `base + lifetime`, the lifetime clamped to [`MAX_TOKEN_LIFETIME`]: never overflows.
+pub(crate) fn instant_after(base: Instant, secs: u64) -> Instant {
+    let lifetime = clamped_lifetime(secs);
+    base.checked_add(lifetime).unwrap_or(base)
+}
+
 /// Converts a Unix timestamp (seconds) to an instant of tokio's clock, relative to now.
-/// A time in the past maps to now (the caller treats it as expired).
+/// A time in the past maps to now (the caller treats it as expired); one further ahead than
+/// [`MAX_TOKEN_LIFETIME`] is clamped to it.
 pub(crate) fn instant_from_unix(epoch_secs: u64) -> Instant {
     let now = Instant::now();
     match epoch_secs.checked_sub(unix_now()) {
-        Some(ahead) => now + Duration::from_secs(ahead),
+        Some(ahead) => instant_after(now, ahead),
         None => now,
     }
 }
@@ -330,5 +350,12 @@ mod tests {
         let left = later - Instant::now();
         assert!(left >= Duration::from_secs(99) && left <= Duration::from_secs(100));
         assert_eq!(instant_from_unix(1), Instant::now());
+        // Absurd timestamps are clamped, never an overflow.
+        for absurd in [u64::MAX, u64::MAX / 2, unix_now() + (1 << 40)] {
+            assert_eq!(
+                instant_from_unix(absurd) - Instant::now(),
+                MAX_TOKEN_LIFETIME
+            );
+        }
     }
 }

@@ -20,8 +20,9 @@ use super::arc_credential_service;
 use super::settings::{Settings, settings_setters};
 use crate::cache::{CacheKey, TokenCache};
 use crate::entra::authority::TenantPolicy;
-use crate::entra::token_client::{number, scrub};
+use crate::entra::token_client::number;
 use crate::error::CredentialError;
+use crate::redact::scrub;
 use crate::token::{AccessToken, TokenRequest, instant_from_unix, unix_now};
 
 const NAME: &str = "AzureCliCredential";

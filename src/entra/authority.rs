@@ -32,16 +32,19 @@ impl Authority {
     /// Normalises an authority host: a bare host gets `https://`, surrounding spaces and
     /// trailing slashes go, a path is kept; anything but `https` is rejected.
     pub(crate) fn parse(input: &str) -> Result<Self, ConfigError> {
-        let trimmed = input.trim();
-        if trimmed.is_empty() {
+        let raw = input.trim();
+        if raw.is_empty() {
             return Err(ConfigError::new(
                 "authority host is empty; use e.g. \"https://login.microsoftonline.com\"",
             ));
         }
-        let with_scheme = if trimmed.contains("://") {
-            trimmed.to_owned()
+        // Messages quote the input, without any user information (`https://user:secret@…`).
+        let shown = without_userinfo(raw);
+        let trimmed = shown.as_str();
+        let with_scheme = if raw.contains("://") {
+            raw.to_owned()
         } else {
-            format!("https://{trimmed}")
+            format!("https://{raw}")
         };
         let url = Url::parse(&with_scheme).map_err(|e| {
             ConfigError::new(format!(
@@ -60,7 +63,8 @@ impl Authority {
         };
         if !url.username().is_empty() || url.password().is_some() {
             return Err(ConfigError::new(format!(
-                "authority host {trimmed:?} must not contain user information"
+                "authority host {trimmed:?} must not contain user information (a user name or \
+                 password before '@'); remove it"
             )));
         }
         if url.query().is_some() || url.fragment().is_some() {
@@ -106,6 +110,19 @@ impl Authority {
     }
 }
 
+/// `input` with the user information of its authority part (`user:secret@`) replaced by
+/// `***@`, for messages.
+fn without_userinfo(input: &str) -> String {
+    let start = input.find("://").map_or(0, |i| i + 3);
+    let end = input[start..]
+        .find(['/', '?', '#'])
+        .map_or(input.len(), |i| start + i);
+    match input[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &input[..start], &input[start + at..]),
+        None => input.to_owned(),
+    }
+}
+
 /// Checks a tenant id: ASCII letters, digits, `-` and `.` only (GUIDs, domain names,
 /// `organizations`, `common`). It goes into a URL path, so nothing else may pass.
 pub(crate) fn validate_tenant_id(tenant: &str) -> Result<(), String> {
@@ -119,6 +136,14 @@ pub(crate) fn validate_tenant_id(tenant: &str) -> Result<(), String> {
         return Err(format!(
             "tenant id {tenant:?} contains {bad:?}; only ASCII letters, digits, '-' and '.' \
              are allowed (a GUID or a domain such as contoso.onmicrosoft.com)"
+        ));
+    }
+    // GUIDs and domain names start with a letter or digit; a leading '-' would read as an
+    // option where a tenant reaches a command line (`az --tenant -h`).
+    if !tenant.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "tenant id {tenant:?} must start with a letter or digit (a GUID or a domain such \
+             as contoso.onmicrosoft.com)"
         ));
     }
     Ok(())
@@ -256,6 +281,17 @@ mod tests {
         ] {
             let err = Authority::parse(input).unwrap_err();
             assert!(!err.message().is_empty(), "{input}");
+        }
+        for input in [
+            "https://user:hunter2@login.microsoftonline.com/",
+            "login.microsoftonline.com:hunter2@evil",
+            "http://hunter2@h",
+            "https://hunter2:@h/path?q",
+            "https://a@b:hunter2@h",
+        ] {
+            let err = Authority::parse(input).unwrap_err();
+            assert!(!err.message().contains("hunter2"), "{err}");
+            assert!(err.message().contains("***@"), "{err}");
         }
         let err = Authority::parse("http://localhost").unwrap_err();
         assert!(

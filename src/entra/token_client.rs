@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 
 use super::authority::Authority;
 use crate::error::{CredentialError, ProviderDetails};
+use crate::redact::{excerpt, scrub};
 use crate::token::{AccessToken, Secret, instant_from_unix, unix_now};
 use crate::transport::HttpClient;
 
@@ -316,7 +317,7 @@ pub(crate) fn parse_response(
         } else {
             format!("Microsoft Entra ID answered HTTP {status} without an error description")
         };
-        let excerpt = excerpt(body, secrets);
+        let excerpt = excerpt(body, secrets, BODY_EXCERPT_CHARS);
         if !excerpt.is_empty() {
             message.push_str(&format!(" (body starts: {excerpt:?})"));
         }
@@ -491,94 +492,6 @@ fn one_line(text: &str) -> String {
         .join(" ")
 }
 
-/// The start of an unreadable body, scrubbed and with control characters removed.
-fn excerpt(body: &[u8], secrets: &[&str]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let scrubbed = scrub(&text, secrets);
-    scrubbed
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(BODY_EXCERPT_CHARS)
-        .collect::<String>()
-        .trim()
-        .to_owned()
-}
-
-/// Replaces token values in text from a provider with `***`: the secrets we sent, anything
-/// shaped like a JWT, and the values of `*_token` fields (JSON or form style).
-pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut out = text.to_owned();
-    for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        out = out.replace(secret, "***");
-    }
-    scrub_token_fields(&scrub_jwts(&out))
-}
-
-fn is_jwt_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=' | '+' | '/')
-}
-
-/// `eyJ…` runs that contain a dot: JWT/JWS/JWE compact serialisations.
-fn scrub_jwts(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("eyJ") {
-        out.push_str(&rest[..at]);
-        let candidate = &rest[at..];
-        let len = candidate
-            .find(|c| !is_jwt_char(c))
-            .unwrap_or(candidate.len());
-        if candidate[..len].contains('.') {
-            out.push_str("***");
-        } else {
-            out.push_str(&candidate[..len]);
-        }
-        rest = &candidate[len..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Values of `access_token`, `refresh_token`, `id_token` (any `…_token` name) after `":"` or `=`.
-fn scrub_token_fields(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("_token") {
-        let (head, tail) = rest.split_at(at + "_token".len());
-        out.push_str(head);
-        // Skip a closing quote, spaces and the separator, then an opening quote.
-        let after_name = tail.trim_start_matches('"').trim_start();
-        let Some(after_sep) = after_name
-            .strip_prefix(':')
-            .or_else(|| after_name.strip_prefix('='))
-        else {
-            rest = tail;
-            continue;
-        };
-        let after_sep = after_sep.trim_start();
-        let quoted = after_sep.starts_with('"');
-        let value_start = if quoted { &after_sep[1..] } else { after_sep };
-        let end = value_start
-            .find(|c: char| {
-                if quoted {
-                    c == '"'
-                } else {
-                    matches!(c, '&' | ',' | '}' | ' ' | '\r' | '\n')
-                }
-            })
-            .unwrap_or(value_start.len());
-        if end == 0 {
-            rest = tail;
-            continue;
-        }
-        out.push_str(&tail[..tail.len() - value_start.len()]);
-        out.push_str("***");
-        rest = &value_start[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -713,16 +626,6 @@ mod tests {
         assert!(msg.len() < 400, "{}", msg.len());
         let err = parse(200, "not json").unwrap_err();
         assert!(err.message().contains("not a JSON object"), "{err}");
-    }
-
-    #[test]
-    fn scrub_removes_known_secrets_jwts_and_token_fields() {
-        let text = r#"secret=abcd1234 jwt=eyJhbGc.eyJzdWIi.sig {"refresh_token": "opaque-rt", "id_token":"x"} access_token=opaque&next=1 eyJnotajwt"#;
-        let out = scrub(text, &["abcd1234"]);
-        assert_eq!(
-            out,
-            r#"secret=*** jwt=*** {"refresh_token": "***", "id_token":"***"} access_token=***&next=1 eyJnotajwt"#
-        );
     }
 
     #[test]

@@ -1,0 +1,352 @@
+//! Scrubbing secrets out of text that came from outside: a provider's error answer, a proxy's
+//! error page, a program's output. Every error message built from such text goes through here.
+//!
+//! Three rules, applied in turn:
+//!
+//! 1. **Known secrets** (what the credential sent: client secret, authorization code, client
+//!    assertion, refresh tokens) are found in every encoding they come back in: raw,
+//!    percent-encoded (upper- or lower-case hex, `+` or `%20` for a space, fully or partly
+//!    encoded), JSON-escaped (`\"`, `\\`, `\/`, `\uXXXX`, surrogate pairs included) and
+//!    HTML-escaped (`&amp;`, `&lt;`, …), as well as any mix of these — an IdP that echoes the
+//!    form body in a JSON `error_description` produces exactly such a mix.
+//! 2. **JWT-shaped runs** (`eyJ…` with a dot): access tokens, id tokens, assertions we did not
+//!    send.
+//! 3. **Values of `…_token` fields**, JSON (`"refresh_token": "…"`) or form style
+//!    (`access_token=…`).
+//!
+//! Matches become `***`. Secrets shorter than [`MIN_SECRET_LEN`] bytes are not searched for:
+//! they would match ordinary text.
+
+/// Secrets shorter than this are not searched for.
+pub(crate) const MIN_SECRET_LEN: usize = 4;
+/// What a match becomes.
+const MASK: &str = "***";
+
+/// `text` with secrets and token values replaced by `***` (see the module docs).
+pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= MIN_SECRET_LEN) {
+        out = mask_encoded(&out, secret);
+    }
+    scrub_token_fields(&scrub_jwts(&out))
+}
+
+/// The start of a body that could not be read as expected: lossily decoded, scrubbed, control
+/// characters replaced by spaces, at most `max_chars` characters, trimmed.
+pub(crate) fn excerpt(body: &[u8], secrets: &[&str], max_chars: usize) -> String {
+    // Scrub before cutting, so a secret straddling the cut is still found; but never look at
+    // more than a bounded prefix (the longest encoding of a secret is 12 bytes per byte).
+    let longest = secrets.iter().map(|s| s.len()).max().unwrap_or(0);
+    let window = max_chars
+        .saturating_mul(4)
+        .saturating_add(longest.saturating_mul(12));
+    let head = &body[..body.len().min(window)];
+    let text = String::from_utf8_lossy(head);
+    scrub(&text, secrets)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max_chars)
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+/// At most `max_chars` characters of `text`, with `…` when it was cut.
+pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// Replaces every occurrence of `secret`, in any mix of the encodings of the module docs.
+fn mask_encoded(text: &str, secret: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        match match_at(bytes, at, secret) {
+            // A match ends on a character boundary of `text`: it consumed whole encodings of
+            // whole characters, and every encoding is ASCII or the character itself.
+            Some(end) if end > at && text.is_char_boundary(at) && text.is_char_boundary(end) => {
+                out.push_str(&text[copied..at]);
+                out.push_str(MASK);
+                copied = end;
+                at = end;
+            }
+            _ => at += 1,
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// If `secret` (encoded in any way) starts at `text[at]`, where its longest match ends.
+///
+/// Some characters have encodings that start alike (`\\` raw or as `\\\\`, `%` raw or as
+/// `%25`, `&` raw or as `&amp;`), so every position a prefix can end at is kept, not only the
+/// first found.
+fn match_at(text: &[u8], at: usize, secret: &str) -> Option<usize> {
+    let mut positions = vec![at];
+    let mut next = Vec::new();
+    for c in secret.chars() {
+        next.clear();
+        for &pos in &positions {
+            char_ends(text, pos, c, &mut next);
+        }
+        next.sort_unstable();
+        next.dedup();
+        if next.is_empty() {
+            return None;
+        }
+        std::mem::swap(&mut positions, &mut next);
+    }
+    positions.last().copied()
+}
+
+/// Every position where an encoding of `c` that starts at `text[pos]` ends.
+fn char_ends(text: &[u8], pos: usize, c: char, ends: &mut Vec<usize>) {
+    let Some(rest) = text.get(pos..) else {
+        return;
+    };
+    let mut utf8 = [0u8; 4];
+    let raw = c.encode_utf8(&mut utf8).as_bytes();
+    if rest.starts_with(raw) {
+        ends.push(pos + raw.len());
+    }
+    if c == ' ' && rest.first() == Some(&b'+') {
+        ends.push(pos + 1);
+    }
+    if let Some(len) = match_percent(rest, raw) {
+        ends.push(pos + len);
+    }
+    if let Some(len) = match_json_escape(rest, c) {
+        ends.push(pos + len);
+    }
+    if let Some(len) = match_html_escape(rest, c) {
+        ends.push(pos + len);
+    }
+}
+
+/// Every byte of the character as `%HH` (either case).
+fn match_percent(rest: &[u8], raw: &[u8]) -> Option<usize> {
+    for (i, &b) in raw.iter().enumerate() {
+        let esc = rest.get(i * 3..i * 3 + 3)?;
+        if esc[0] != b'%' || hex_pair(esc[1], esc[2]) != Some(b) {
+            return None;
+        }
+    }
+    Some(raw.len() * 3)
+}
+
+fn match_json_escape(rest: &[u8], c: char) -> Option<usize> {
+    if rest.first() != Some(&b'\\') {
+        return None;
+    }
+    let short = match c {
+        '"' => Some(b'"'),
+        '\\' => Some(b'\\'),
+        '/' => Some(b'/'),
+        '\n' => Some(b'n'),
+        '\r' => Some(b'r'),
+        '\t' => Some(b't'),
+        '\u{8}' => Some(b'b'),
+        '\u{c}' => Some(b'f'),
+        _ => None,
+    };
+    if short.is_some() && rest.get(1).copied() == short {
+        return Some(2);
+    }
+    let mut units = [0u16; 2];
+    let units = c.encode_utf16(&mut units);
+    let mut end = 0;
+    for unit in units.iter() {
+        let esc = rest.get(end..end + 6)?;
+        if esc[0] != b'\\' || esc[1] != b'u' || hex_u16(&esc[2..6]) != Some(*unit) {
+            return None;
+        }
+        end += 6;
+    }
+    Some(end)
+}
+
+fn match_html_escape(rest: &[u8], c: char) -> Option<usize> {
+    if rest.first() != Some(&b'&') {
+        return None;
+    }
+    let named: &[&[u8]] = match c {
+        '&' => &[b"&amp;"],
+        '<' => &[b"&lt;"],
+        '>' => &[b"&gt;"],
+        '"' => &[b"&quot;"],
+        '\'' => &[b"&apos;"],
+        _ => &[],
+    };
+    if let Some(entity) = named.iter().find(|e| rest.starts_with(e)) {
+        return Some(entity.len());
+    }
+    // Numeric: &#DDD; or &#xHH;
+    let body = rest.strip_prefix(b"&#")?;
+    let semi = body.iter().take(10).position(|&b| b == b';')?;
+    let digits = std::str::from_utf8(&body[..semi]).ok()?;
+    let value = match digits.strip_prefix(['x', 'X']) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+        None => digits.parse::<u32>().ok()?,
+    };
+    (value == c as u32).then_some(2 + semi + 1)
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn hex_pair(hi: u8, lo: u8) -> Option<u8> {
+    Some(hex_digit(hi)? << 4 | hex_digit(lo)?)
+}
+
+fn hex_u16(digits: &[u8]) -> Option<u16> {
+    digits
+        .iter()
+        .try_fold(0u16, |acc, &d| Some(acc << 4 | u16::from(hex_digit(d)?)))
+}
+
+fn is_jwt_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=' | '+' | '/')
+}
+
+/// `eyJ…` runs that contain a dot: JWT/JWS/JWE compact serialisations.
+fn scrub_jwts(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("eyJ") {
+        out.push_str(&rest[..at]);
+        let candidate = &rest[at..];
+        let len = candidate
+            .find(|c| !is_jwt_char(c))
+            .unwrap_or(candidate.len());
+        if candidate[..len].contains('.') {
+            out.push_str(MASK);
+        } else {
+            out.push_str(&candidate[..len]);
+        }
+        rest = &candidate[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Values of `access_token`, `refresh_token`, `id_token` (any `…_token` name) after `":"` or `=`.
+fn scrub_token_fields(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("_token") {
+        let (head, tail) = rest.split_at(at + "_token".len());
+        out.push_str(head);
+        // Skip a closing quote, spaces and the separator, then an opening quote.
+        let after_name = tail.trim_start_matches(['"', '\\']).trim_start();
+        let Some(after_sep) = after_name
+            .strip_prefix(':')
+            .or_else(|| after_name.strip_prefix('='))
+        else {
+            rest = tail;
+            continue;
+        };
+        let after_sep = after_sep.trim_start();
+        let quote = after_sep
+            .strip_prefix("\\\"")
+            .map(|_| "\\\"")
+            .or_else(|| after_sep.starts_with('"').then_some("\""));
+        let value_start = match quote {
+            Some(q) => &after_sep[q.len()..],
+            None => after_sep,
+        };
+        let end = match quote {
+            Some(q) => value_start.find(q),
+            None => value_start.find(|c: char| matches!(c, '&' | ',' | '}' | ' ' | '\r' | '\n')),
+        }
+        .unwrap_or(value_start.len());
+        if end == 0 {
+            rest = tail;
+            continue;
+        }
+        out.push_str(&tail[..tail.len() - value_start.len()]);
+        out.push_str(MASK);
+        rest = &value_start[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_known_secrets_jwts_and_token_fields() {
+        let text = r#"secret=abcd1234 jwt=eyJhbGc.eyJzdWIi.sig {"refresh_token": "opaque-rt", "id_token":"x"} access_token=opaque&next=1 eyJnotajwt"#;
+        let out = scrub(text, &["abcd1234"]);
+        assert_eq!(
+            out,
+            r#"secret=*** jwt=*** {"refresh_token": "***", "id_token":"***"} access_token=***&next=1 eyJnotajwt"#
+        );
+    }
+
+    #[test]
+    fn every_encoding_of_a_secret_is_found() {
+        let secret = "Lk8Q~a b/c\"d&e+f\\gé😀";
+        let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let json = serde_json::to_string(secret).unwrap();
+        let json = &json[1..json.len() - 1];
+        let ascii_json: String = secret
+            .encode_utf16()
+            .map(|u| format!("\\u{u:04x}"))
+            .collect();
+        let encodings = [
+            secret.to_owned(),
+            form.clone(),
+            form.replace('+', "%20"),
+            form.to_lowercase().replace("lk8q", "Lk8Q"),
+            json.to_owned(),
+            json.replace('/', "\\/"),
+            ascii_json,
+            "Lk8Q%7Ea+b/c&quot;d&amp;e%2Bf\\\\g%C3%A9%F0%9F%98%80".to_owned(),
+            "Lk8Q&#126;a b&#x2F;c\"d&e+f\\gé😀".to_owned(),
+        ];
+        for encoded in encodings {
+            let text = format!("client_secret={encoded}&scope=x");
+            let out = scrub(&text, &[secret]);
+            assert_eq!(out, "client_secret=***&scope=x", "{encoded}");
+        }
+    }
+
+    #[test]
+    fn near_misses_are_kept_and_text_around_matches_survives() {
+        let out = scrub("abcd123 xabcd1234y abcd%31234", &["abcd1234"]);
+        assert_eq!(out, "abcd123 x***y ***");
+        // Short secrets are not searched for.
+        assert_eq!(scrub("a b c", &["b"]), "a b c");
+        // Multi-byte text around a secret.
+        assert_eq!(scrub("é-s3cret-é", &["s3cret"]), "é-***-é");
+    }
+
+    #[test]
+    fn json_escaped_token_fields_are_scrubbed() {
+        let out = scrub(r#"{\"refresh_token\":\"opaque\",\"x\":1}"#, &[]);
+        assert_eq!(out, r#"{\"refresh_token\":\"***\",\"x\":1}"#);
+    }
+
+    #[test]
+    fn excerpt_is_bounded_and_clean() {
+        let body = format!("<p>\r\nsecret-value {}</p>", "x".repeat(10_000));
+        let e = excerpt(body.as_bytes(), &["secret-value"], 20);
+        assert_eq!(e, "<p>  *** xxxxxxxxxxx");
+        assert_eq!(truncate("héllo", 2), "hé…");
+        assert_eq!(truncate("hé", 2), "hé");
+    }
+}
