@@ -38,18 +38,27 @@ impl CacheKey {
 }
 
 /// The slots of one credential.
-#[derive(Default)]
 pub(crate) struct TokenCache {
+    /// The credential, for errors.
+    name: &'static str,
     slots: Mutex<HashMap<CacheKey, Arc<TokenSlot>>>,
 }
 
 impl TokenCache {
+    /// The cache of the credential called `name`.
+    pub(crate) fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            slots: Mutex::default(),
+        }
+    }
+
     fn slot(&self, key: CacheKey) -> Arc<TokenSlot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(
             slots
                 .entry(key)
-                .or_insert_with(|| TokenSlot::new(RefreshPolicy::default())),
+                .or_insert_with(|| TokenSlot::new(self.name, RefreshPolicy::default())),
         )
     }
 
@@ -98,7 +107,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn claims_bypass_the_lookup_and_replace_the_cached_token() {
-        let cache = TokenCache::default();
+        let cache = TokenCache::new("Test");
         let key = CacheKey::new("t", &scopes(&["s"]), false);
         let make = |name: &'static str| {
             move || async move {

@@ -8,8 +8,10 @@ use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
+use tokio::time::Instant;
 
 /// A boxed error, as tower uses.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -65,6 +67,22 @@ struct Inner {
     provider: Option<ProviderDetails>,
     attempts: Vec<CredentialError>,
     source: Option<Arc<dyn StdError + Send + Sync>>,
+    cause: Cause,
+}
+
+/// What a caller's own retry policy needs to know about a failure, kept apart from the
+/// message (which is scrubbed text) so that it survives redaction and chains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Cause {
+    /// No answer in time (an attempt's timeout or the total deadline).
+    pub(crate) timeout: bool,
+    /// The connection could not be made.
+    pub(crate) connect: bool,
+    /// Worth trying again later: a timeout, a connection or I/O failure, throttling, a 408 or
+    /// 5xx answer that outlasted the retries.
+    pub(crate) transient: bool,
+    /// The provider asked for no request before this instant (`Retry-After`).
+    pub(crate) throttled_until: Option<Instant>,
 }
 
 /// What an identity provider said when it refused: already scrubbed of token values.
@@ -86,6 +104,7 @@ impl CredentialError {
                 provider: None,
                 attempts: Vec::new(),
                 source: None,
+                cause: Cause::default(),
             }),
         }
     }
@@ -124,6 +143,24 @@ impl CredentialError {
 
     pub(crate) fn with_provider(mut self, details: ProviderDetails) -> Self {
         self.inner_mut().provider = Some(details);
+        self
+    }
+
+    pub(crate) fn with_cause(mut self, cause: Cause) -> Self {
+        self.inner_mut().cause = cause;
+        self
+    }
+
+    /// The message with `prefix` put before it (what led to the error).
+    pub(crate) fn with_message_prefix(mut self, prefix: &str) -> Self {
+        let inner = self.inner_mut();
+        inner.message.insert_str(0, prefix);
+        self
+    }
+
+    /// The message with `suffix` appended (details learnt after the error was built).
+    pub(crate) fn with_message_suffix(mut self, suffix: &str) -> Self {
+        self.inner_mut().message.push_str(suffix);
         self
     }
 
@@ -173,6 +210,7 @@ impl CredentialError {
         {
             let inner = err.inner_mut();
             inner.provider = stopper.as_ref().and_then(|s| s.inner.provider.clone());
+            inner.cause = stopper.as_ref().map(|s| s.inner.cause).unwrap_or_default();
             inner.source = stopper.map(|s| Arc::new(s) as Arc<dyn StdError + Send + Sync>);
             inner.attempts = attempts;
         }
@@ -243,6 +281,41 @@ impl CredentialError {
             .and_then(|p| p.correlation_id.as_deref())
     }
 
+    /// Whether no answer came in time: an attempt's timeout, or the total deadline of
+    /// [`RetryOptions::total_timeout`](crate::RetryOptions::total_timeout).
+    pub fn is_timeout(&self) -> bool {
+        self.inner.cause.timeout
+    }
+
+    /// Whether the connection to the provider could not be made.
+    pub fn is_connect(&self) -> bool {
+        self.inner.cause.connect
+    }
+
+    /// Whether the failure may pass by itself, so that trying again later is reasonable: a
+    /// timeout, a connection or I/O failure, throttling, or a 408 or 5xx answer that outlasted
+    /// the built-in retries. A refusal (`invalid_client`, `invalid_grant`), a TLS failure or a
+    /// configuration mistake is not.
+    pub fn is_transient(&self) -> bool {
+        self.inner.cause.transient
+    }
+
+    /// Whether the provider is throttling this credential: it answered with a `Retry-After`
+    /// (429, 503, …), and until that passes the credential sends it no request (see
+    /// [`retry_after`](Self::retry_after)).
+    pub fn is_throttled(&self) -> bool {
+        self.inner.cause.throttled_until.is_some()
+    }
+
+    /// How long the provider asked to wait, counted from now (zero once it has passed);
+    /// `None` when the provider did not ask.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner
+            .cause
+            .throttled_until
+            .map(|until| until.saturating_duration_since(Instant::now()))
+    }
+
     /// For a chain's error: every credential tried, in order (nested chains flattened).
     /// Empty for a single credential's error.
     pub fn attempts(&self) -> &[CredentialError] {
@@ -270,6 +343,12 @@ impl fmt::Debug for CredentialError {
         }
         if !self.inner.attempts.is_empty() {
             d.field("attempts", &self.inner.attempts.len());
+        }
+        if self.inner.cause != Cause::default() {
+            d.field("timeout", &self.inner.cause.timeout)
+                .field("connect", &self.inner.cause.connect)
+                .field("transient", &self.inner.cause.transient)
+                .field("retry_after", &self.retry_after());
         }
         if let Some(s) = &self.inner.source {
             d.field("source", s);

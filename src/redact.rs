@@ -52,6 +52,7 @@ pub(crate) fn excerpt(body: &[u8], secrets: &[&str], max_chars: usize) -> String
 }
 
 /// At most `max_chars` characters of `text`, with `…` when it was cut.
+#[allow(dead_code)] // for program output (Azure CLI); used once that lands
 pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {
         Some((at, _)) => format!("{}…", &text[..at]),
@@ -268,7 +269,7 @@ fn scrub_token_fields(text: &str) -> String {
         };
         let end = match quote {
             Some(q) => value_start.find(q),
-            None => value_start.find(|c: char| matches!(c, '&' | ',' | '}' | ' ' | '\r' | '\n')),
+            None => value_start.find(['&', ',', '}', ' ', '\r', '\n']),
         }
         .unwrap_or(value_start.len());
         if end == 0 {

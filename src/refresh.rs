@@ -7,11 +7,16 @@
 //! * **Refresh window** (refresh time reached, token still valid): exactly one acquisition
 //!   runs. [`TokenSlot::get`] (credentials) waits for it and, if it fails, returns the
 //!   still-valid cached token; [`TokenSlot::lookup`] (the bearer layer) does not wait: it
-//!   starts the acquisition in the background and hands out the current token. After an
-//!   attempt, the next one waits `retry_after_failure` (30 s). An acquisition that hands back
-//!   the very token it was meant to replace (a credential that kept its still-valid token
-//!   because its own refresh failed) counts as a failed attempt, so the window never turns
-//!   into one call per request.
+//!   starts the acquisition in the background and hands out the current token.
+//! * **Spacing**: while the current token is valid, an acquisition starts at least
+//!   `retry_after_failure` (30 s) after the previous one *ended* — whether it failed,
+//!   succeeded, or handed back the very token it was meant to replace (a credential that kept
+//!   its still-valid token because its own refresh failed). So a renewal is never followed by
+//!   another within 30 s, whatever the new token's lifetime, and the window never turns into
+//!   one call per request. Counting from the end makes two stacked slots agree (the layer's
+//!   slot over a credential's): the outer attempt ends after the inner one, so when the outer
+//!   slot tries again the inner one's spacing has passed too, and 30 s holds end to end.
+//! * **Expired** or absent token: the spacing does not apply (see below).
 //! * **No valid token**: every caller waits on one acquisition and receives its result, the
 //!   error included. An expired token is never returned.
 //! * **Cancellation**: the acquisition runs in its own task. A caller that drops its future
@@ -21,11 +26,23 @@
 //!   (a new token, an invalidation, an acquisition ending). A reader that keeps its own copy of
 //!   the token checks the counter with one atomic load instead of taking the lock.
 //!
-//! Refresh times are computed once per token, when it is stored: `expires_on − window + jitter`
-//! or, earlier, `refresh_on + jitter` (jitter drawn uniformly in `0..jitter`, per token, so
-//! that many processes started together do not refresh together). Time is tokio's clock, so
-//! tests pause and advance it; the slot arms no timers (a pending timer would make a paused
-//! clock jump whenever the runtime waits on socket I/O).
+//! # Refresh time
+//!
+//! Computed once per token, when it is stored, from the lifetime `L` it has left then:
+//!
+//! * the window is `min(window, L / 2)` (300 s for tokens living 10 minutes or more; a 60 s
+//!   token is renewed 30 s before expiry, so it is reused for about 30 s rather than fetched
+//!   per call);
+//! * the renewal starts at `expires_on − window + jitter`, or at `refresh_on + jitter` if
+//!   that is earlier, never after `expires_on`. The jitter is drawn uniformly in
+//!   `0..jitter`, per token, so that many processes started together do not renew together;
+//!   it shrinks in proportion when the window does.
+//!
+//! The spacing above still applies: a token whose refresh time comes sooner than 30 s after
+//! the last acquisition ended (lifetimes under a minute) is renewed at the end of the spacing
+//! or, if it expires first, when it expires. Time is tokio's clock, so tests pause and advance
+//! it; the slot arms no timers (a pending timer would make a paused clock jump whenever the
+//! runtime waits on socket I/O).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,20 +80,29 @@ impl Default for RefreshPolicy {
 }
 
 impl RefreshPolicy {
-    /// When a token should be renewed, with a fresh jitter draw.
-    pub(crate) fn refresh_at(&self, token: &AccessToken) -> Instant {
-        let jitter = if self.jitter.is_zero() {
+    /// When a token stored at `now` should be renewed, with a fresh jitter draw (see the
+    /// module docs).
+    pub(crate) fn refresh_at(&self, token: &AccessToken, now: Instant) -> Instant {
+        let expires_on = token.expires_on();
+        let lifetime = expires_on.saturating_duration_since(now);
+        let window = self.window.min(lifetime / 2);
+        // The jitter keeps its share of the window: 60 s of 300 s stays a fifth.
+        let jitter_bound = if self.window.is_zero() {
             Duration::ZERO
         } else {
-            self.jitter.mul_f64(fastrand::f64())
+            self.jitter
+                .mul_f64(window.as_secs_f64() / self.window.as_secs_f64())
         };
-        let expires_on = token.expires_on();
-        let lead = self.window.saturating_sub(jitter);
+        let jitter = jitter_bound.mul_f64(fastrand::f64());
+        let lead = window.saturating_sub(jitter);
         // An instant before the clock's origin cannot be represented; the token is then
         // already inside its window.
-        let by_window = expires_on.checked_sub(lead).unwrap_or_else(Instant::now);
+        let by_window = expires_on.checked_sub(lead).unwrap_or(now);
         match token.refresh_on() {
-            Some(at) => by_window.min((at + jitter).min(expires_on)),
+            Some(at) => {
+                let jittered = at.checked_add(jitter).unwrap_or(expires_on);
+                by_window.min(jittered.min(expires_on))
+            }
             None => by_window,
         }
     }
@@ -107,6 +133,7 @@ type Acquisition<V> = Shared<BoxFuture<'static, Result<Entry<V>, CredentialError
 
 struct State<V> {
     current: Option<Entry<V>>,
+    /// When the last acquisition ended (or a token was stored from outside).
     last_attempt: Option<Instant>,
     flight: Option<(u64, Acquisition<V>)>,
     next_id: u64,
@@ -114,6 +141,8 @@ struct State<V> {
 
 /// One cached token and its single-flight acquisition.
 pub(crate) struct TokenSlot<V = AccessToken> {
+    /// The credential (or layer) errors are reported under.
+    name: &'static str,
     policy: RefreshPolicy,
     generation: AtomicU64,
     state: Mutex<State<V>>,
@@ -141,8 +170,9 @@ pub(crate) enum Lookup<V> {
 }
 
 impl<V: SlotValue> TokenSlot<V> {
-    pub(crate) fn new(policy: RefreshPolicy) -> Arc<Self> {
+    pub(crate) fn new(name: &'static str, policy: RefreshPolicy) -> Arc<Self> {
         Arc::new(Self {
+            name,
             policy,
             generation: AtomicU64::new(0),
             state: Mutex::new(State {
@@ -194,13 +224,13 @@ impl<V: SlotValue> TokenSlot<V> {
                         Plan::Ready(entry.value)
                     } else {
                         Plan::Wait {
-                            acquisition: self.start(&mut state, acquire(), now),
+                            acquisition: self.start(&mut state, acquire()),
                             fallback: Some(entry.value),
                         }
                     }
                 }
                 _ => Plan::Wait {
-                    acquisition: self.join_or_start(&mut state, acquire, now),
+                    acquisition: self.join_or_start(&mut state, acquire),
                     fallback: None,
                 },
             }
@@ -247,7 +277,7 @@ impl<V: SlotValue> TokenSlot<V> {
                     (at + self.policy.retry_after_failure).min(entry.expires_on)
                 } else {
                     // The acquisition's future is dropped unawaited: it runs in its task.
-                    drop(self.start(&mut state, acquire(), now));
+                    drop(self.start(&mut state, acquire()));
                     entry.expires_on
                 };
                 Lookup::Use {
@@ -256,16 +286,18 @@ impl<V: SlotValue> TokenSlot<V> {
                     recheck_at,
                 }
             }
-            _ => Lookup::Wait(self.join_or_start(&mut state, acquire, now)),
+            _ => Lookup::Wait(self.join_or_start(&mut state, acquire)),
         }
     }
 
-    /// Stores a value obtained outside the slot (a claims token); returns its entry.
+    /// Stores a value obtained outside the slot (a claims token); returns its entry. It counts
+    /// as an acquisition that just ended, for the spacing.
     pub(crate) fn store(&self, value: V) -> Entry<V> {
         let mut state = self.lock();
-        let entry = self.entry(&mut state, value);
+        let now = Instant::now();
+        let entry = self.entry(&mut state, value, now);
         state.current = Some(entry.clone());
-        state.last_attempt = None;
+        state.last_attempt = Some(now);
         self.bump();
         entry
     }
@@ -290,51 +322,40 @@ impl<V: SlotValue> TokenSlot<V> {
             .is_some_and(|at| now < at + self.policy.retry_after_failure)
     }
 
-    fn entry(&self, state: &mut State<V>, value: V) -> Entry<V> {
+    fn entry(&self, state: &mut State<V>, value: V, now: Instant) -> Entry<V> {
         state.next_id += 1;
         Entry {
             id: state.next_id,
-            refresh_at: self.policy.refresh_at(value.token()),
+            refresh_at: self.policy.refresh_at(value.token(), now),
             expires_on: value.token().expires_on(),
             value,
         }
     }
 
-    fn join_or_start<F, Fut>(
-        self: &Arc<Self>,
-        state: &mut State<V>,
-        acquire: F,
-        now: Instant,
-    ) -> Acquisition<V>
+    fn join_or_start<F, Fut>(self: &Arc<Self>, state: &mut State<V>, acquire: F) -> Acquisition<V>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
         match &state.flight {
             Some((_, acquisition)) => acquisition.clone(),
-            None => self.start(state, acquire(), now),
+            None => self.start(state, acquire()),
         }
     }
 
     /// Spawns the acquisition and records it; called with the state locked, so the task
     /// cannot finish (and clear the record) before it is written.
-    fn start<Fut>(
-        self: &Arc<Self>,
-        state: &mut State<V>,
-        acquire: Fut,
-        now: Instant,
-    ) -> Acquisition<V>
+    fn start<Fut>(self: &Arc<Self>, state: &mut State<V>, acquire: Fut) -> Acquisition<V>
     where
         Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
-        state.last_attempt = Some(now);
         state.next_id += 1;
         let flight_id = state.next_id;
         let guard = FlightGuard {
             slot: Arc::clone(self),
             flight_id,
         };
-        let acquisition = spawn_shared("TokenSlot", "the token acquisition", async move {
+        let acquisition = spawn_shared(self.name, "the token acquisition", async move {
             let result = acquire.await;
             guard.finish(result)
         });
@@ -378,36 +399,35 @@ struct FlightGuard<V: SlotValue> {
 impl<V: SlotValue> FlightGuard<V> {
     fn finish(&self, result: Result<V, CredentialError>) -> Result<Entry<V>, CredentialError> {
         let mut state = self.slot.lock();
+        let now = Instant::now();
         let outcome = result.map(|value| match &state.current {
-            // The same token back is a failed attempt: keep the entry (and its timing), so
-            // the failure wait applies.
+            // The same token back is a failed attempt: keep the entry (and its timing).
             Some(current) if current.value.token().secret() == value.token().secret() => {
                 current.clone()
             }
             _ => {
-                let entry = self.slot.entry(&mut state, value);
+                let entry = self.slot.entry(&mut state, value, now);
                 state.current = Some(entry.clone());
-                // The failure wait follows failed attempts only: a new token may have an
-                // early refresh time of its own (a short `refresh_in`).
-                state.last_attempt = None;
                 entry
             }
         });
-        Self::clear(&mut state, self.flight_id);
+        Self::clear(&mut state, self.flight_id, now);
         self.slot.bump();
         outcome
     }
 
-    fn clear(state: &mut State<V>, flight_id: u64) {
+    /// Ends the flight if it is still the recorded one: the spacing counts from here.
+    fn clear(state: &mut State<V>, flight_id: u64, now: Instant) {
         if state.flight.as_ref().is_some_and(|(f, _)| *f == flight_id) {
             state.flight = None;
+            state.last_attempt = Some(now);
         }
     }
 }
 
 impl<V: SlotValue> Drop for FlightGuard<V> {
     fn drop(&mut self) {
-        Self::clear(&mut self.slot.lock(), self.flight_id);
+        Self::clear(&mut self.slot.lock(), self.flight_id, Instant::now());
     }
 }
 
@@ -447,7 +467,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn fresh_token_is_served_without_acquiring() {
-        let slot = TokenSlot::new(RefreshPolicy::default());
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
         slot.store(token("t1", HOUR));
         let got = slot
@@ -460,7 +480,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_cold_callers_share_one_acquisition_and_its_error() {
-        let slot = TokenSlot::new(RefreshPolicy::default());
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..100 {
@@ -476,9 +496,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn refresh_window_refreshes_once_and_failure_returns_cached_token() {
-        let slot = TokenSlot::new(RefreshPolicy::default());
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
         slot.store(token("old", Duration::from_secs(299)));
+        // A 299 s token is renewed in its last 149.5 s.
+        tokio::time::advance(Duration::from_millis(149_400)).await;
+        slot.get(counting(&calls, |_| Err(failure())))
+            .await
+            .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "not yet in the window");
+        tokio::time::advance(Duration::from_millis(100)).await;
         let got = slot
             .get(counting(&calls, |_| Err(failure())))
             .await
@@ -505,7 +532,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn refresh_on_starts_the_window_early() {
-        let slot = TokenSlot::new(RefreshPolicy::default());
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
         slot.store(
             token("old", HOUR).with_refresh_on(Some(Instant::now() + Duration::from_secs(60))),
@@ -524,11 +551,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn expired_token_is_never_returned_even_within_the_failure_wait() {
-        let slot = TokenSlot::new(RefreshPolicy::default());
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
-        slot.store(token("old", Duration::from_secs(10)));
-        // The attempt in the window fails: cached token returned.
+        slot.store(token("old", Duration::from_secs(40)));
+        // The window opens at 20 s; the spacing after the store holds it until 30 s, when the
+        // attempt fails: cached token returned.
+        tokio::time::advance(Duration::from_secs(30)).await;
         assert!(slot.get(counting(&calls, |_| Err(failure()))).await.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_secs(10)).await;
         // Expired, 10 s after the last attempt: the 30 s wait does not apply, the error does.
         let err = slot
@@ -541,7 +571,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dropped_caller_does_not_cancel_the_acquisition() {
-        let slot = TokenSlot::new(RefreshPolicy::default());
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
         let slow = {
             let calls = Arc::clone(&calls);
@@ -572,7 +602,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn panicking_acquisition_is_an_error_and_not_joined_again() {
-        let slot = TokenSlot::new(RefreshPolicy::default());
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let err = slot
             .get(|| async { panic!("boom") }.boxed())
             .await
@@ -598,7 +628,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lookup_without_a_token_waits_on_one_shared_acquisition() {
-        let slot = TokenSlot::new(RefreshPolicy::default());
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
         let waits: Vec<_> = (0..10)
             .map(|_| {
@@ -621,9 +651,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lookup_in_the_window_hands_out_the_current_token_and_refreshes_in_the_background() {
-        let slot = TokenSlot::new(RefreshPolicy::default());
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
         let old = slot.store(token("old", Duration::from_secs(200)));
+        tokio::time::advance(Duration::from_secs(100)).await;
         let g0 = slot.generation();
         let slow = {
             let calls = Arc::clone(&calls);
@@ -658,10 +689,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_refresh_returning_the_same_token_counts_as_a_failed_attempt() {
-        let slot = TokenSlot::new(RefreshPolicy::default());
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
         let same = token("same", Duration::from_secs(200));
         let stored = slot.store(same.clone());
+        tokio::time::advance(Duration::from_secs(100)).await;
         let again = same.clone();
         use_of(slot.lookup(Instant::now(), counting(&calls, move |_| Ok(again))));
         tokio::task::yield_now().await;
@@ -679,7 +711,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn invalidate_forgets_only_the_token_it_names() {
-        let slot = TokenSlot::new(RefreshPolicy::default());
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let first = slot.store(token("a", HOUR));
         let second = slot.store(token("b", HOUR));
         slot.invalidate(first.id);
@@ -697,10 +729,11 @@ mod tests {
             ..RefreshPolicy::default()
         };
         let base = std::time::Instant::now();
-        let expires = Instant::from_std(base) + HOUR;
+        let now = Instant::from_std(base);
+        let expires = now + HOUR;
         let t = AccessToken::new("t", expires);
         for _ in 0..200 {
-            let at = policy.refresh_at(&t);
+            let at = policy.refresh_at(&t, now);
             assert!(
                 at >= expires - Duration::from_secs(300)
                     && at <= expires - Duration::from_secs(240)
@@ -709,14 +742,53 @@ mod tests {
         let early = Instant::from_std(base) + Duration::from_secs(600);
         let t = t.with_refresh_on(Some(early));
         for _ in 0..200 {
-            let at = policy.refresh_at(&t);
+            let at = policy.refresh_at(&t, now);
             assert!(at >= early && at <= early + Duration::from_secs(60));
         }
     }
 
+    #[test]
+    fn short_lifetimes_get_a_proportional_window_and_jitter() {
+        let now = Instant::from_std(std::time::Instant::now());
+        let plain = RefreshPolicy::default();
+        for (lifetime_ms, renew_after_ms) in [
+            (5_000, 2_500),
+            (60_000, 30_000),
+            (240_000, 120_000),
+            (299_000, 149_500),
+            (301_000, 150_500),
+            (600_000, 300_000),
+            (3_600_000, 3_300_000),
+        ] {
+            let t = AccessToken::new("t", now + Duration::from_millis(lifetime_ms));
+            assert_eq!(
+                plain.refresh_at(&t, now),
+                now + Duration::from_millis(renew_after_ms),
+                "{lifetime_ms}"
+            );
+        }
+        // 60 s of jitter on a 300 s window is a fifth of it; on a 30 s window, 6 s.
+        let jittered = RefreshPolicy {
+            jitter: Duration::from_secs(60),
+            ..RefreshPolicy::default()
+        };
+        let t = AccessToken::new("t", now + Duration::from_secs(60));
+        for _ in 0..200 {
+            let at = jittered.refresh_at(&t, now);
+            assert!(
+                at >= now + Duration::from_secs(30) && at <= now + Duration::from_secs(36),
+                "{:?}",
+                at - now
+            );
+        }
+        // Already expired: renew now, never before the clock's origin.
+        let expired = AccessToken::new("t", now);
+        assert_eq!(plain.refresh_at(&expired, now), now);
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn an_early_refresh_on_is_honoured_even_right_after_the_first_acquisition() {
-        let slot = TokenSlot::new(RefreshPolicy::default());
+    async fn an_early_refresh_on_waits_for_the_spacing_after_the_acquisition() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
         let early =
             |name: &'static str| {
@@ -730,9 +802,89 @@ mod tests {
         let got = slot.get(counting(&calls, early("second"))).await.unwrap();
         assert_eq!(
             got.secret().expose_secret(),
-            "second",
-            "not held back by the 30 s wait"
+            "first",
+            "held by the 30 s spacing"
         );
+        tokio::time::advance(Duration::from_secs(27)).await;
+        let got = slot.get(counting(&calls, early("second"))).await.unwrap();
+        assert_eq!(got.secret().expose_secret(), "second");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// The layer's 240 s benchmark made hundreds of token requests per second: a renewal
+    /// that brought a token already inside its window cleared the spacing, so the next
+    /// request started another at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_is_never_followed_by_another_within_the_spacing() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        // Every acquisition hands back a token that wants renewing right away.
+        let stale =
+            |n: usize| Ok(token(&format!("t{n}"), HOUR).with_refresh_on(Some(Instant::now())));
+        slot.get(counting(&calls, stale)).await.unwrap();
+        for _ in 0..1000 {
+            use_of(slot.lookup(Instant::now(), counting(&calls, stale)));
+            tokio::task::yield_now().await;
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        // 10 s of lookups every 10 ms: the first acquisition only.
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        for _ in 0..1000 {
+            use_of(slot.lookup(Instant::now(), counting(&calls, stale)));
+            tokio::task::yield_now().await;
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        // From 30 s on, one renewal per 30 s: at 30 s, and none again before 60 s.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_spacing_counts_from_the_end_of_an_attempt() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        slot.store(token("old", Duration::from_secs(600)));
+        tokio::time::advance(Duration::from_secs(300)).await;
+        // A refresh that takes 5 s and fails.
+        let slow_failure = {
+            let calls = Arc::clone(&calls);
+            move || {
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Err(failure())
+                }
+                .boxed()
+            }
+        };
+        assert_eq!(
+            slot.get(slow_failure)
+                .await
+                .unwrap()
+                .secret()
+                .expose_secret(),
+            "old"
+        );
+        // 30 s after it started but 25 s after it ended: no attempt yet.
+        tokio::time::advance(Duration::from_secs(25)).await;
+        slot.get(counting(&calls, |_| Err(failure())))
+            .await
+            .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        slot.get(counting(&calls, |_| Err(failure())))
+            .await
+            .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_acquisition_names_the_credential() {
+        let slot: Arc<TokenSlot> = TokenSlot::new("SomeCredential", RefreshPolicy::default());
+        let err = slot
+            .get(|| async { panic!("boom") }.boxed())
+            .await
+            .unwrap_err();
+        assert_eq!(err.credential(), "SomeCredential");
     }
 }

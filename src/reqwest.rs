@@ -30,7 +30,7 @@ use http::header::AUTHORIZATION;
 use reqwest_middleware::{Error, Middleware, Next, Result};
 
 use crate::bearer::{BearerError, BearerTokenLayer, Source};
-use crate::bearer::{Decision, decide, drain};
+use crate::bearer::{Decision, claims_failure, decide, drain};
 use crate::credential::TokenCredential;
 
 /// [`BearerTokenLayer`] as a reqwest middleware; made by [`BearerTokenLayer::middleware`].
@@ -99,13 +99,11 @@ impl<C: TokenCredential> Middleware for BearerTokenMiddleware<C> {
         let Some(mut retry) = retry.take() else {
             return Ok(response);
         };
-        let fresh = match self.source.claims_token(&claims, entry.id).await {
-            Ok(fresh) => fresh,
-            Err(error) => {
-                tracing::warn!(%error, "claims challenge: no token for the claims; returning the 401");
-                return Ok(response);
-            }
-        };
+        let fresh = self
+            .source
+            .claims_token(&claims, entry.id)
+            .await
+            .map_err(|e| Error::middleware(claims_failure(e)))?;
         drain(
             http::Response::<reqwest::Body>::from(response).into_body(),
             options.drain_limit,

@@ -5,12 +5,15 @@
 //!
 //! * a cap on response bodies (1 MiB by default), so a broken or hostile endpoint cannot
 //!   exhaust memory;
-//! * a per-attempt timeout (30 s by default);
-//! * bounded retries of 408, 429, 500, 502, 503, 504 and connection failures, with
-//!   exponential backoff and jitter, honouring `Retry-After` (seconds or an HTTP date),
+//! * a per-attempt timeout (10 s by default);
+//! * bounded retries of 408, 429, 500, 502, 503, 504 and connection failures (3 by default),
+//!   with exponential backoff and jitter, honouring `Retry-After` (seconds or an HTTP date),
 //!   `retry-after-ms` and `x-ms-retry-after-ms`. Other 4xx answers — the identity provider's
 //!   `invalid_client`, `invalid_grant`, … — are final and never retried, and neither are
-//!   TLS failures.
+//!   TLS failures;
+//! * a total deadline over all attempts and waits (30 s by default): an endpoint that accepts
+//!   connections and never answers costs one call at most this long. The final error says how
+//!   many attempts were made over how long.
 //!
 //! ```
 //! use std::time::Duration;
@@ -44,7 +47,6 @@ use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tower::ServiceExt;
-use tower::retry::{Policy, Retry};
 use tower::util::BoxCloneSyncService;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -59,8 +61,14 @@ pub type HttpResponse = http::Response<Bytes>;
 /// Default cap on response bodies. Token responses are a few KiB; an id token with many
 /// group claims stays well below this.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-/// Default per-attempt timeout.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default per-attempt timeout. Entra answers token requests within a second or two; an
+/// attempt that takes longer is better abandoned for another, inside the total deadline.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default total deadline of one request, over its attempts and the waits between them.
+pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest wait a server's `Retry-After` is read as (MSAL.NET caps it at one hour too):
+/// larger values, up to `1e300` or `u64::MAX` seconds, mean "much later", not an overflow.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The HTTP client of the credentials: a cloneable, boxed tower service.
 #[derive(Clone)]
@@ -158,7 +166,8 @@ impl HttpClientBuilder {
         self
     }
 
-    /// Per-attempt timeout covering connect, headers and body; `None` waits forever.
+    /// Per-attempt timeout covering connect, headers and body (default 10 s); `None` waits
+    /// forever. The total deadline of [`RetryOptions::total_timeout`] applies as well.
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self
@@ -229,7 +238,7 @@ impl HttpClientBuilder {
             max_response_bytes: self.max_response_bytes,
         };
         match self.retry {
-            Some(options) => HttpClient::from_service(Retry::new(RetryPolicy::new(options), leaf)),
+            Some(options) => HttpClient::from_service(Retrying { leaf, options }),
             None => HttpClient::from_service(leaf),
         }
     }
@@ -314,21 +323,49 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// A failure of the default client. Reached through `CredentialError::source()`.
+/// A failure of the default client. Reached through `CredentialError::source()`; the
+/// [`CredentialError`](crate::CredentialError) answers the same questions
+/// ([`is_timeout`](crate::CredentialError::is_timeout),
+/// [`is_connect`](crate::CredentialError::is_connect), …).
 #[derive(Debug)]
 pub struct TransportError {
     kind: TransportErrorKind,
     message: String,
     source: Option<BoxError>,
+    attempts: u32,
+    elapsed: Duration,
 }
 
+/// What kind of transport failure: kept when the error is redacted for a credential's error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TransportErrorKind {
+pub(crate) enum TransportErrorKind {
     Connect,
     Tls,
     Timeout,
     TooLarge,
     Io,
+}
+
+/// How many attempts one request took and over how long; set by the default client's
+/// retries on the final response's extensions (and on its final error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Attempts {
+    pub(crate) count: u32,
+    pub(crate) elapsed: Duration,
+}
+
+impl fmt::Display for Attempts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Tenths of a second: enough to tell backoff from a hang, stable to read.
+        let tenths = self.elapsed.as_millis() / 100;
+        write!(
+            f,
+            "{} attempts over {}.{} s",
+            self.count,
+            tenths / 10,
+            tenths % 10
+        )
+    }
 }
 
 impl TransportError {
@@ -337,7 +374,41 @@ impl TransportError {
             kind,
             message: message.into(),
             source: None,
+            attempts: 1,
+            elapsed: Duration::ZERO,
         }
+    }
+
+    /// The same failure, its whole text passed through `redact` and its source dropped (the
+    /// source could quote what was sent): what a credential's error keeps.
+    pub(crate) fn redacted(&self, redact: impl FnOnce(&str) -> String) -> Self {
+        let mut text = self.message.clone();
+        if let Some(root) = self.root_cause() {
+            text.push_str(&format!(": {root}"));
+        }
+        Self {
+            kind: self.kind,
+            message: redact(&text),
+            source: None,
+            attempts: self.attempts,
+            elapsed: self.elapsed,
+        }
+    }
+
+    /// The innermost cause: it says what actually happened (refused, unknown issuer, …).
+    fn root_cause(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| source_chain(s).last().unwrap_or(s))
+    }
+
+    pub(crate) fn kind(&self) -> TransportErrorKind {
+        self.kind
+    }
+
+    /// How many attempts were made before this error (1 without retries).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
     }
 
     fn with_source(mut self, source: impl Into<BoxError>) -> Self {
@@ -375,6 +446,13 @@ impl TransportError {
         )
     }
 
+    fn deadline(limit: Duration) -> Self {
+        Self::new(
+            TransportErrorKind::Timeout,
+            format!("no complete response within the total deadline of {limit:?}"),
+        )
+    }
+
     /// Whether the request timed out.
     pub fn is_timeout(&self) -> bool {
         self.kind == TransportErrorKind::Timeout
@@ -399,13 +477,15 @@ impl TransportError {
 impl fmt::Display for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
-        // The innermost cause says what actually happened (refused, unknown issuer, …).
-        if let Some(root) = self
-            .source
-            .as_deref()
-            .map(|s| source_chain(s).last().unwrap_or(s))
-        {
+        if let Some(root) = self.root_cause() {
             write!(f, ": {root}")?;
+        }
+        if self.attempts > 1 {
+            let attempts = Attempts {
+                count: self.attempts,
+                elapsed: self.elapsed,
+            };
+            write!(f, " ({attempts})")?;
         }
         Ok(())
     }
@@ -444,13 +524,14 @@ fn source_chain<'a>(
     })
 }
 
-/// How token requests are retried.
+/// How token requests are retried, and how long one request may take in all.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryOptions {
     max_retries: u32,
     initial_backoff: Duration,
     max_backoff: Duration,
     max_retry_after: Duration,
+    total_timeout: Option<Duration>,
 }
 
 impl Default for RetryOptions {
@@ -462,6 +543,7 @@ impl Default for RetryOptions {
             initial_backoff: Duration::from_millis(800),
             max_backoff: Duration::from_secs(60),
             max_retry_after: Duration::from_secs(60),
+            total_timeout: Some(DEFAULT_TOTAL_TIMEOUT),
         }
     }
 }
@@ -491,9 +573,115 @@ impl RetryOptions {
         self.max_retry_after = wait;
         self
     }
+
+    /// The deadline of one request over all its attempts and the waits between them (default
+    /// 30 s); `None` for none. An attempt still running at the deadline is abandoned, and a
+    /// wait (backoff or `Retry-After`) that would end after it is not started: the last answer
+    /// is returned instead.
+    pub fn total_timeout(mut self, deadline: Option<Duration>) -> Self {
+        self.total_timeout = deadline;
+        self
+    }
 }
 
-/// tower's retry policy for token requests; one clone per request, counting its retries.
+/// The default client's retries and total deadline, around hyper-util.
+#[derive(Clone)]
+struct Retrying {
+    leaf: HyperLeaf,
+    options: RetryOptions,
+}
+
+impl Service<HttpRequest> for Retrying {
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let leaf = self.leaf.clone();
+        let options = self.options;
+        Box::pin(async move {
+            let started = tokio::time::Instant::now();
+            let deadline = options.total_timeout.map(|t| {
+                started
+                    .checked_add(t)
+                    .unwrap_or_else(|| started + MAX_RETRY_AFTER)
+            });
+            let mut policy = RetryPolicy::new(options);
+            let mut attempts = 0u32;
+            loop {
+                attempts = attempts.saturating_add(1);
+                let attempt = leaf.clone().oneshot(clone_request(&request));
+                let result = match (deadline, options.total_timeout) {
+                    (Some(at), Some(limit)) => tokio::time::timeout_at(at, attempt)
+                        .await
+                        .unwrap_or_else(|_| Err(TransportError::deadline(limit).into())),
+                    _ => attempt.await,
+                };
+                let wait = (policy.retries < options.max_retries)
+                    .then(|| policy.delay_for(&result))
+                    .flatten()
+                    .filter(|wait| {
+                        deadline.is_none_or(|at| {
+                            tokio::time::Instant::now()
+                                .checked_add(*wait)
+                                .is_some_and(|end| end < at)
+                        })
+                    });
+                let Some(wait) = wait else {
+                    let attempts = Attempts {
+                        count: attempts,
+                        elapsed: started.elapsed(),
+                    };
+                    return finish(result, attempts);
+                };
+                policy.retries += 1;
+                tracing::debug!(
+                    retry = policy.retries,
+                    ?wait,
+                    status = result.as_ref().ok().map(|r| r.status().as_u16()),
+                    "retrying token request"
+                );
+                tokio::time::sleep(wait).await;
+            }
+        })
+    }
+}
+
+/// Records the attempts on the final answer: the response's extensions, or the error.
+fn finish(
+    result: Result<HttpResponse, BoxError>,
+    attempts: Attempts,
+) -> Result<HttpResponse, BoxError> {
+    match result {
+        Ok(mut response) => {
+            response.extensions_mut().insert(attempts);
+            Ok(response)
+        }
+        Err(error) => Err(match error.downcast::<TransportError>() {
+            Ok(mut transport) => {
+                transport.attempts = attempts.count;
+                transport.elapsed = attempts.elapsed;
+                transport
+            }
+            Err(other) => other,
+        }),
+    }
+}
+
+fn clone_request(request: &HttpRequest) -> HttpRequest {
+    let mut clone = http::Request::new(request.body().clone());
+    *clone.method_mut() = request.method().clone();
+    *clone.uri_mut() = request.uri().clone();
+    *clone.version_mut() = request.version();
+    *clone.headers_mut() = request.headers().clone();
+    clone
+}
+
+/// When to retry one request; counts its retries.
 #[derive(Clone, Debug)]
 struct RetryPolicy {
     options: RetryOptions,
@@ -539,38 +727,6 @@ impl RetryPolicy {
     }
 }
 
-impl Policy<HttpRequest, HttpResponse, BoxError> for RetryPolicy {
-    type Future = tokio::time::Sleep;
-
-    fn retry(
-        &mut self,
-        _request: &mut HttpRequest,
-        result: &mut Result<HttpResponse, BoxError>,
-    ) -> Option<Self::Future> {
-        if self.retries >= self.options.max_retries {
-            return None;
-        }
-        let delay = self.delay_for(result)?;
-        self.retries += 1;
-        tracing::debug!(
-            retry = self.retries,
-            ?delay,
-            status = result.as_ref().ok().map(|r| r.status().as_u16()),
-            "retrying token request"
-        );
-        Some(tokio::time::sleep(delay))
-    }
-
-    fn clone_request(&mut self, request: &HttpRequest) -> Option<HttpRequest> {
-        let mut clone = http::Request::new(request.body().clone());
-        *clone.method_mut() = request.method().clone();
-        *clone.uri_mut() = request.uri().clone();
-        *clone.version_mut() = request.version();
-        *clone.headers_mut() = request.headers().clone();
-        Some(clone)
-    }
-}
-
 /// 408, 429 and the transient 5xx: what azure-core retries.
 fn is_retryable_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
@@ -590,7 +746,7 @@ fn is_retryable_error(error: &(dyn StdError + 'static)) -> bool {
 
 /// The server's requested wait: `retry-after-ms`, `x-ms-retry-after-ms` (milliseconds) or
 /// `Retry-After` (seconds, possibly fractional, or an HTTP date).
-fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let text = |name: &str| {
         headers
             .get(name)
@@ -598,18 +754,32 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
             .map(str::trim)
     };
     for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
-        if let Some(ms) = text(name).and_then(|v| v.parse::<f64>().ok()) {
-            if ms.is_finite() && ms >= 0.0 {
-                return Some(Duration::from_secs_f64(ms / 1000.0));
-            }
+        if let Some(wait) = text(name).and_then(|v| seconds(v, 1000.0)) {
+            return Some(wait);
         }
     }
     let value = text("retry-after")?;
-    if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    if let Some(wait) = seconds(value, 1.0) {
+        return Some(wait);
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
+}
+
+/// A non-negative number of `1/per_second` units as a wait, capped at [`MAX_RETRY_AFTER`];
+/// `None` for anything that is not such a number (negative, NaN, text).
+fn seconds(value: &str, per_second: f64) -> Option<Duration> {
+    let number = value.parse::<f64>().ok().filter(|n| *n >= 0.0)?;
+    // Infinite or too large for a Duration: as long as we ever wait.
+    Some(
+        Duration::try_from_secs_f64(number / per_second)
+            .unwrap_or(MAX_RETRY_AFTER)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 #[cfg(test)]

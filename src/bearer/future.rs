@@ -219,13 +219,12 @@ where
 {
     // The token first: hyper may still be sending the body of the first attempt, and the
     // body can only be replayed once it was sent whole.
-    let entry = match source.claims_token(&claims, rejected).await {
-        Ok(entry) => entry,
-        Err(error) => {
-            tracing::warn!(%error, "claims challenge: no token for the claims; returning the 401");
-            return Ok(response);
-        }
-    };
+    // A credential that cannot satisfy the claims (the user must sign in again, say) is the
+    // answer: returning the 401 would leave the caller to resend the same rejected request.
+    let entry = source
+        .claims_token(&claims, rejected)
+        .await
+        .map_err(claims_failure)?;
     let body = match replay.into_body() {
         Ok(body) => body,
         Err(reason) => {
@@ -244,6 +243,16 @@ where
         source.slot.invalidate(entry.id);
     }
     Ok(response)
+}
+
+/// The error of a claims challenge the credential could not answer: the credential's own
+/// error (kind, provider details), saying what asked for the claims.
+pub(crate) fn claims_failure(error: crate::CredentialError) -> crate::CredentialError {
+    tracing::warn!(%error, "claims challenge: the credential could not get a token with the claims");
+    error.with_message_prefix(
+        "the resource answered 401 with a claims challenge (CAE), and no token with those \
+             claims could be had: ",
+    )
 }
 
 /// Reads and discards what of a 401 body is already available (up to `limit` bytes), so the

@@ -81,7 +81,7 @@ pub use future::ResponseFuture;
 pub use replay::{NotReplayable, Replay, ReplayBody, RetryBody};
 
 #[cfg(feature = "reqwest-middleware")]
-pub(crate) use future::{Decision, decide, drain};
+pub(crate) use future::{Decision, claims_failure, decide, drain};
 pub(crate) use source::Source;
 
 use crate::credential::TokenCredential;

@@ -75,13 +75,28 @@ pub(crate) struct Options {
 
 type ClaimsFlight = Shared<BoxFuture<'static, Result<Entry<Prepared>, CredentialError>>>;
 
+/// The claims acquisitions of a layer: the one in flight, and the last that failed.
+#[derive(Default)]
+struct ClaimsState {
+    next_id: u64,
+    flight: Option<(u64, Arc<str>, ClaimsFlight)>,
+    /// The claims the credential last failed to satisfy, its error and when it failed: the same
+    /// claims are not asked for again within the spacing (like a failed renewal).
+    failed: Option<(Arc<str>, CredentialError, Instant)>,
+}
+
 /// One per layer; every clone of the service shares it.
 pub(crate) struct Source<C> {
     credential: C,
     request: TokenRequest,
     pub(crate) slot: Arc<TokenSlot<Prepared>>,
     pub(crate) options: Options,
-    claims_flight: Mutex<Option<(Arc<str>, ClaimsFlight)>>,
+    claims: Arc<Mutex<ClaimsState>>,
+}
+
+fn lock(state: &Mutex<ClaimsState>) -> std::sync::MutexGuard<'_, ClaimsState> {
+    // Every write is a plain assignment: a panic elsewhere cannot leave it torn.
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<C: TokenCredential> Source<C> {
@@ -89,9 +104,9 @@ impl<C: TokenCredential> Source<C> {
         Self {
             credential,
             request: TokenRequest::new(scopes).enable_cae(options.cae),
-            slot: TokenSlot::new(options.refresh),
+            slot: TokenSlot::new(LAYER, options.refresh),
             options,
-            claims_flight: Mutex::new(None),
+            claims: Arc::default(),
         }
     }
 
@@ -118,43 +133,88 @@ impl<C: TokenCredential> Source<C> {
 
     /// A token for a claims challenge, bypassing every cache. Concurrent requests rejected
     /// with the same claims share one acquisition, and a token already obtained for these
-    /// claims (other than the one that was rejected) is reused.
+    /// claims (other than the one that was rejected) is reused. When the credential could not
+    /// satisfy these claims, its error is the answer — again, without asking, for the next
+    /// `retry_after_failure` (30 s).
+    ///
+    /// The acquisition runs in its own task, which clears its record when it ends (normally,
+    /// by panic, or at runtime shutdown): a finished flight is never handed to a later caller,
+    /// even when every caller of this one gave up.
     pub(crate) async fn claims_token(
         &self,
         claims: &str,
         rejected: u64,
     ) -> Result<Entry<Prepared>, CredentialError> {
         let flight = {
-            let mut flight = self.claims_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = lock(&self.claims);
             if let Some(current) = self.slot.current_entry() {
                 let answered = current.value.claims.as_deref() == Some(claims);
                 if answered && current.id != rejected && !current.value.token.is_expired() {
                     return Ok(current);
                 }
             }
-            match &*flight {
-                Some((c, f)) if &**c == claims => f.clone(),
+            if let Some((failed, error, at)) = &state.failed {
+                let spacing = self.options.refresh.retry_after_failure;
+                if &**failed == claims && Instant::now() < *at + spacing {
+                    return Err(error.clone());
+                }
+            }
+            match &state.flight {
+                Some((_, c, f)) if &**c == claims => f.clone(),
                 _ => {
+                    state.next_id += 1;
+                    let id = state.next_id;
                     let claims: Arc<str> = Arc::from(claims);
                     let request = self.request.clone().claims(claims.to_string());
                     let slot = Arc::clone(&self.slot);
-                    let f = spawn_shared(
-                        LAYER,
-                        "the claims token acquisition",
-                        acquire(self.credential.clone(), request, Some(Arc::clone(&claims)))
-                            .map(move |r| r.map(|prepared| slot.store(prepared))),
-                    );
-                    *flight = Some((claims, f.clone()));
+                    let done = ClaimsDone {
+                        state: Arc::clone(&self.claims),
+                        id,
+                    };
+                    let asked = Arc::clone(&claims);
+                    let acquisition =
+                        acquire(self.credential.clone(), request, Some(Arc::clone(&claims)));
+                    let f = spawn_shared(LAYER, "the claims token acquisition", async move {
+                        let result = acquisition.await.map(|prepared| slot.store(prepared));
+                        done.finish(asked, &result);
+                        result
+                    });
+                    state.flight = Some((id, claims, f.clone()));
                     f
                 }
             }
         };
-        let result = flight.clone().await;
-        let mut slot = self.claims_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.as_ref().is_some_and(|(_, f)| f.ptr_eq(&flight)) {
-            *slot = None;
+        flight.await
+    }
+}
+
+/// Clears a claims flight's record from inside its task, however the task ends.
+struct ClaimsDone {
+    state: Arc<Mutex<ClaimsState>>,
+    id: u64,
+}
+
+impl ClaimsDone {
+    /// Records the outcome: a failure is remembered for the spacing; a success forgets it.
+    fn finish(&self, claims: Arc<str>, result: &Result<Entry<Prepared>, CredentialError>) {
+        let mut state = lock(&self.state);
+        state.failed = match result {
+            Err(error) => Some((claims, error.clone(), Instant::now())),
+            Ok(_) => None,
+        };
+    }
+}
+
+impl Drop for ClaimsDone {
+    fn drop(&mut self) {
+        let mut state = lock(&self.state);
+        if state
+            .flight
+            .as_ref()
+            .is_some_and(|(id, _, _)| *id == self.id)
+        {
+            state.flight = None;
         }
-        result
     }
 }
 

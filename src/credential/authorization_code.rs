@@ -410,7 +410,7 @@ impl AuthorizationCodeCredentialBuilder {
                 client_secret: self.client_secret,
                 redirect_uri: self.redirect_uri,
                 client,
-                memory: TokenCache::default(),
+                memory: TokenCache::new(NAME),
                 stores,
                 state: Mutex::new(CodeState {
                     code: Some(self.code),

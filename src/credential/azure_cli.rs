@@ -319,7 +319,7 @@ impl AzureCliCredentialBuilder {
                 program: self.program,
                 tenants,
                 timeout: self.timeout,
-                cache: TokenCache::default(),
+                cache: TokenCache::new(NAME),
             }),
         })
     }

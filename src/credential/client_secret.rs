@@ -200,7 +200,7 @@ impl ClientSecretCredentialBuilder {
                 client_id: self.client_id,
                 secret: self.client_secret,
                 client,
-                cache: TokenCache::default(),
+                cache: TokenCache::new(NAME),
                 files,
             }),
         })

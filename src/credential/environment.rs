@@ -246,4 +246,30 @@ mod tests {
         assert!(err.message().contains("AZURE_AUTHORITY_HOST"), "{err}");
         assert!(!format!("{err} {err:?}").contains("env-secret-value"));
     }
+
+    #[tokio::test]
+    async fn an_authority_with_user_info_is_refused_without_quoting_it() {
+        let c = EnvironmentCredential::builder()
+            .vars([
+                (AZURE_TENANT_ID, "t"),
+                (AZURE_CLIENT_ID, "id"),
+                (AZURE_CLIENT_SECRET, "env-secret-value"),
+                (AZURE_AUTHORITY_HOST, "https://admin:pr0xy-pass@login.test/"),
+            ])
+            .build();
+        let err = c.get_token(["s"]).await.unwrap_err();
+        assert!(err.is_invalid_request(), "{err}");
+        assert!(err.message().contains("user information"), "{err}");
+        for text in [
+            format!("{err}"),
+            format!("{err:?}"),
+            format!("{c:?}"),
+            format!("{c:#?}"),
+        ] {
+            assert!(
+                !text.contains("pr0xy-pass") && !text.contains("admin"),
+                "{text}"
+            );
+        }
+    }
 }

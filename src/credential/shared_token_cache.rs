@@ -366,7 +366,7 @@ impl SharedTokenCacheCredentialBuilder {
                 client: TokenClient::new(self.http_client.unwrap_or_default(), authority),
                 plain: TokenStore::file(paths.file(false)),
                 cae: TokenStore::file(paths.file(true)),
-                memory: TokenCache::default(),
+                memory: TokenCache::new(NAME),
             }),
         })
     }

@@ -5,6 +5,8 @@
 //! request and a `User-Agent` naming this crate. Numbers in answers may be JSON numbers or
 //! numeric strings. Any `error` field means failure, whatever the status.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,10 +19,12 @@ use tower::ServiceExt;
 use zeroize::Zeroizing;
 
 use super::authority::Authority;
-use crate::error::{CredentialError, ProviderDetails};
+use crate::error::{Cause, CredentialError, ProviderDetails};
 use crate::redact::{excerpt, scrub};
-use crate::token::{AccessToken, Secret, instant_from_unix, unix_now};
-use crate::transport::HttpClient;
+use crate::token::{AccessToken, Secret, clamped_lifetime, instant_after, unix_now};
+use crate::transport::{
+    Attempts, HttpClient, MAX_RETRY_AFTER, TransportError, TransportErrorKind, retry_after,
+};
 
 /// `User-Agent` of every token request.
 pub(crate) const USER_AGENT_VALUE: &str = concat!("tower-identity/", env!("CARGO_PKG_VERSION"));
@@ -30,6 +34,9 @@ const CLIENT_REQUEST_ID: &str = "x-ms-client-request-id";
 const HALF_LIFE_THRESHOLD: Duration = Duration::from_secs(2 * 3600);
 /// The claims fragment that announces the CAE capability.
 const CAE_CAPABILITY: &str = "CP1";
+/// How many of the secrets a credential sent are remembered for scrubbing: its client secret
+/// or assertion, its authorization code, and the refresh tokens of the last rotations.
+const REMEMBERED_SECRETS: usize = 32;
 /// Longest excerpt of an unreadable body quoted in an error.
 const BODY_EXCERPT_CHARS: usize = 200;
 
@@ -68,14 +75,11 @@ impl Form {
     }
 
     /// The secret values, to scrub from any text the provider sends back.
-    fn secrets(&self) -> Vec<&str> {
-        self.fields
-            .iter()
-            .filter_map(|(_, v)| match v {
-                FormValue::Secret(s) => Some(s.expose_secret()),
-                FormValue::Plain(_) => None,
-            })
-            .collect()
+    fn secret_values(&self) -> impl Iterator<Item = &Secret> {
+        self.fields.iter().filter_map(|(_, v)| match v {
+            FormValue::Secret(s) => Some(s),
+            FormValue::Plain(_) => None,
+        })
     }
 
     /// The encoded body, in a buffer that is zeroed when the request is dropped.
@@ -226,16 +230,52 @@ pub(crate) struct TokenResponse {
     pub(crate) refresh_on: Option<u64>,
 }
 
-/// Sends token requests to one authority.
+/// Sends token requests to one authority, for one credential: clones share the
+/// credential's throttling state and the record of what it sent.
 #[derive(Clone, Debug)]
 pub(crate) struct TokenClient {
     http: HttpClient,
     authority: Authority,
+    memory: Arc<Memory>,
+}
+
+/// What a credential's token client remembers between requests.
+#[derive(Default)]
+struct Memory {
+    /// The provider's last `Retry-After`: until then nothing is sent.
+    throttle: Mutex<Option<Throttle>>,
+    /// The secrets sent lately (newest last), scrubbed from everything the provider answers
+    /// — also after a refresh token was rotated out. Bounded: see [`REMEMBERED_SECRETS`].
+    sent: Mutex<VecDeque<Secret>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Throttle {
+    until: Instant,
+    status: StatusCode,
+}
+
+impl std::fmt::Debug for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memory")
+            .field("throttle", &*lock(&self.throttle))
+            .field("sent", &lock(&self.sent).len())
+            .finish()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every write is a plain assignment or push: a panic elsewhere cannot leave it torn.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl TokenClient {
     pub(crate) fn new(http: HttpClient, authority: Authority) -> Self {
-        Self { http, authority }
+        Self {
+            http,
+            authority,
+            memory: Arc::default(),
+        }
     }
 
     pub(crate) fn authority(&self) -> &Authority {
@@ -243,13 +283,17 @@ impl TokenClient {
     }
 
     /// POSTs `form` to the tenant's token endpoint and parses the answer. Errors are reported
-    /// under `credential`'s name.
+    /// under `credential`'s name. While the provider's last `Retry-After` has not passed, no
+    /// request is sent: the answer is a throttled error at once.
     pub(crate) async fn request(
         &self,
         credential: &'static str,
         tenant: &str,
         form: Form,
     ) -> Result<TokenResponse, CredentialError> {
+        if let Some(error) = self.throttled(credential) {
+            return Err(error);
+        }
         let url = self.authority.token_endpoint(tenant);
         let request_id = uuid::Uuid::new_v4().to_string();
         let request = http::Request::post(&url)
@@ -264,27 +308,146 @@ impl TokenClient {
                     format!("invalid token endpoint {url}: {e}"),
                 )
             })?;
+        let secrets = self.remember_sent(&form);
+        let secrets: Vec<&str> = secrets.iter().map(Secret::expose_secret).collect();
         let sent_at = Instant::now();
         let sent_at_unix = unix_now();
         tracing::debug!(credential, url = %url, request_id = %request_id, "token request");
-        let response = self.http.clone().oneshot(request).await.map_err(|e| {
-            let reason = scrub(&e.to_string(), &form.secrets());
-            CredentialError::authentication_failed(
-                credential,
-                format!("could not get a response from Microsoft Entra ID at {url}: {reason}"),
-            )
-            .with_source(ScrubbedError(reason))
-        })?;
+        let response = self
+            .http
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|e| transport_failure(credential, &url, e.as_ref(), &secrets))?;
         let (parts, body) = response.into_parts();
+        let throttle = if parts.status.is_success() {
+            None
+        } else {
+            retry_after(&parts.headers, std::time::SystemTime::now()).map(|wait| Throttle {
+                until: Instant::now() + wait.min(MAX_RETRY_AFTER),
+                status: parts.status,
+            })
+        };
+        if let Some(throttle) = throttle {
+            *lock(&self.memory.throttle) = Some(throttle);
+        }
+        let attempts = parts.extensions.get::<Attempts>().filter(|a| a.count > 1);
         parse_response(
             credential,
             parts.status,
             &body,
-            &form.secrets(),
+            &secrets,
             sent_at,
             sent_at_unix,
         )
+        .map_err(|error| {
+            let transient = is_transient_status(parts.status);
+            let mut error = error.with_cause(Cause {
+                transient: transient || throttle.is_some(),
+                throttled_until: throttle.map(|t| t.until),
+                ..Cause::default()
+            });
+            if let Some(throttle) = throttle {
+                let wait = throttle.until.saturating_duration_since(Instant::now());
+                error = error.with_message_suffix(&format!(
+                    ". Throttled: the provider asked to wait {} s; until then this credential \
+                     sends it no token request",
+                    wait.as_secs()
+                ));
+            }
+            if let Some(attempts) = attempts {
+                error = error.with_message_suffix(&format!(" ({attempts})"));
+            }
+            error
+        })
     }
+
+    /// The throttled error, while the provider's `Retry-After` has not passed.
+    fn throttled(&self, credential: &'static str) -> Option<CredentialError> {
+        let throttle = (*lock(&self.memory.throttle))?;
+        let wait = throttle.until.checked_duration_since(Instant::now())?;
+        if wait.is_zero() {
+            return None;
+        }
+        Some(
+            CredentialError::authentication_failed(
+                credential,
+                format!(
+                    "throttled: Microsoft Entra ID at {} answered HTTP {} with a Retry-After; \
+                     no token request is sent for another {} s",
+                    self.authority.as_str(),
+                    throttle.status,
+                    wait.as_secs_f64().ceil()
+                ),
+            )
+            .with_provider(ProviderDetails {
+                status: Some(throttle.status),
+                ..ProviderDetails::default()
+            })
+            .with_cause(Cause {
+                transient: true,
+                throttled_until: Some(throttle.until),
+                ..Cause::default()
+            }),
+        )
+    }
+
+    /// Adds the form's secrets to those sent lately; returns all of them, to scrub answers.
+    fn remember_sent(&self, form: &Form) -> Vec<Secret> {
+        let mut sent = lock(&self.memory.sent);
+        for secret in form.secret_values() {
+            if !sent.contains(secret) {
+                if sent.len() == REMEMBERED_SECRETS {
+                    sent.pop_front();
+                }
+                sent.push_back(secret.clone());
+            }
+        }
+        sent.iter().cloned().collect()
+    }
+}
+
+/// The error for a request that got no answer: the transport's kind (timeout, connect, …) is
+/// kept, its text scrubbed.
+fn transport_failure(
+    credential: &'static str,
+    url: &str,
+    error: &(dyn std::error::Error + 'static),
+    secrets: &[&str],
+) -> CredentialError {
+    let transport = std::iter::successors(Some(error), |e| e.source())
+        .find_map(|e| e.downcast_ref::<TransportError>());
+    let elapsed = std::iter::successors(Some(error), |e| e.source())
+        .any(|e| e.is::<tower::timeout::error::Elapsed>());
+    let kind = transport.map(TransportError::kind);
+    let cause = Cause {
+        timeout: elapsed || kind == Some(TransportErrorKind::Timeout),
+        connect: kind == Some(TransportErrorKind::Connect),
+        // A failure of a user's own layers is taken as transient: it is not a refusal.
+        transient: !matches!(
+            kind,
+            Some(TransportErrorKind::Tls | TransportErrorKind::TooLarge)
+        ),
+        throttled_until: None,
+    };
+    let scrub_text = |text: &str| scrub(text, secrets);
+    let reason = scrub_text(&error.to_string());
+    let failure = CredentialError::authentication_failed(
+        credential,
+        format!("could not get a response from Microsoft Entra ID at {url}: {reason}"),
+    )
+    .with_cause(cause);
+    match transport {
+        Some(t) => failure.with_source(t.redacted(scrub_text)),
+        None => failure.with_source(ScrubbedError(reason)),
+    }
+}
+
+/// 408, 429 and the 5xx: answers worth trying again later.
+fn is_transient_status(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
 }
 
 /// A transport failure's text, scrubbed, standing in for the original (which could quote
@@ -356,32 +519,34 @@ fn parse_success(
     };
     let expires_in = number_field(object, "expires_in")?;
     let expires_on_abs = number_field(object, "expires_on")?;
-    // An absolute expires_on (managed-identity style) wins over expires_in.
-    let (expires_on, lifetime_secs) = match (expires_on_abs, expires_in) {
-        (Some(epoch), _) => {
-            let lifetime = epoch.saturating_sub(unix_now());
-            (instant_from_unix(epoch), lifetime)
-        }
-        (None, Some(secs)) => (sent_at + Duration::from_secs(secs), secs),
+    // An absolute expires_on (managed-identity style) wins over expires_in. Every number is
+    // clamped to MAX_TOKEN_LIFETIME before it meets a clock: `"expires_in": 1e20` is a broken
+    // provider, not a reason to overflow.
+    let lifetime_secs = match (expires_on_abs, expires_in) {
+        (Some(epoch), _) => epoch.saturating_sub(sent_at_unix),
+        (None, Some(secs)) => secs,
         (None, None) => return Err("the answer has neither expires_in nor expires_on".into()),
     };
+    let lifetime_secs = clamped_lifetime(lifetime_secs).as_secs();
     if lifetime_secs == 0 {
         return Err("the token it issued has already expired".into());
     }
     let refresh_in = match number_field(object, "refresh_in")? {
-        Some(secs) => Some(secs),
+        // A refresh time past expiry means nothing more than expiry.
+        Some(secs) => Some(secs.min(lifetime_secs)),
         None if Duration::from_secs(lifetime_secs) >= HALF_LIFE_THRESHOLD => {
             Some(lifetime_secs / 2)
         }
         None => None,
     };
-    let ext_expires_in = number_field(object, "ext_expires_in")?.unwrap_or(lifetime_secs);
+    let ext_expires_in = number_field(object, "ext_expires_in")?
+        .map_or(lifetime_secs, |secs| clamped_lifetime(secs).as_secs());
     let token_type = match object.get("token_type") {
         Some(Value::String(t)) if !t.is_empty() => t.as_str(),
         _ => "Bearer",
     };
-    let token = AccessToken::new(access_token, expires_on)
-        .with_refresh_on(refresh_in.map(|s| sent_at + Duration::from_secs(s)))
+    let token = AccessToken::new(access_token, instant_after(sent_at, lifetime_secs))
+        .with_refresh_on(refresh_in.map(|s| instant_after(sent_at, s)))
         .with_token_type(token_type);
     let string = |name: &str| object.get(name).and_then(Value::as_str).map(str::to_owned);
     Ok(TokenResponse {
@@ -392,9 +557,9 @@ fn parse_success(
         foci: string("foci"),
         scope: string("scope"),
         cached_at: sent_at_unix,
-        expires_on: sent_at_unix + lifetime_secs,
-        extended_expires_on: sent_at_unix + ext_expires_in,
-        refresh_on: refresh_in.map(|s| sent_at_unix + s),
+        expires_on: sent_at_unix.saturating_add(lifetime_secs),
+        extended_expires_on: sent_at_unix.saturating_add(ext_expires_in),
+        refresh_on: refresh_in.map(|s| sent_at_unix.saturating_add(s)),
     })
 }
 
@@ -555,12 +720,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn absurd_numbers_are_clamped_not_a_panic() {
+        let week = crate::token::MAX_TOKEN_LIFETIME;
+        for body in [
+            r#"{"access_token":"a","expires_in":1e20}"#,
+            r#"{"access_token":"a","expires_in":18446744073709551615}"#,
+            r#"{"access_token":"a","expires_in":"1e300"}"#,
+            r#"{"access_token":"a","expires_on":99999999999999999999}"#,
+            r#"{"access_token":"a","expires_on":"18446744073709551615"}"#,
+            r#"{"access_token":"a","expires_in":3600,"expires_on":1e20}"#,
+        ] {
+            let r = parse(200, body).unwrap();
+            assert_eq!(r.token.expires_in(), week, "{body}");
+            assert_eq!(r.expires_on, 1_700_000_000 + week.as_secs(), "{body}");
+        }
+        let r = parse(
+            200,
+            r#"{"access_token":"a","expires_in":3600,"refresh_in":1e20,"ext_expires_in":18446744073709551615}"#,
+        )
+        .unwrap();
+        // refresh_in past expiry means expiry; ext_expires_in is clamped like a lifetime.
+        assert_eq!(r.token.refresh_on(), Some(r.token.expires_on()));
+        assert_eq!(r.refresh_on, Some(1_700_003_600));
+        assert_eq!(r.extended_expires_on, 1_700_000_000 + week.as_secs());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn absolute_expires_on_wins_over_expires_in() {
-        let epoch = unix_now() + 1000;
-        let body = format!(r#"{{"access_token":"a","expires_in":3600,"expires_on":"{epoch}"}}"#);
-        let r = parse(200, &body).unwrap();
-        let left = r.token.expires_in().as_secs();
-        assert!((999..=1000).contains(&left), "{left}");
+        // parse() sends at Unix time 1_700_000_000.
+        let body = r#"{"access_token":"a","expires_in":3600,"expires_on":"1700001000"}"#;
+        let r = parse(200, body).unwrap();
+        assert_eq!(r.token.expires_in(), Duration::from_secs(1000));
+        assert_eq!(r.expires_on, 1_700_001_000);
     }
 
     #[tokio::test(start_paused = true)]
@@ -663,6 +854,7 @@ mod tests {
             &form.encode()[..],
             b"client_id=id&client_secret=s+p%26c%3D&scope=a+b+c"
         );
-        assert_eq!(form.secrets(), ["s p&c="]);
+        let secrets: Vec<&str> = form.secret_values().map(Secret::expose_secret).collect();
+        assert_eq!(secrets, ["s p&c="]);
     }
 }

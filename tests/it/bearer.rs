@@ -487,22 +487,49 @@ async fn an_undecodable_claims_challenge_is_returned() {
     assert_eq!((resource.count(), authority.token_posts()), (1, 1));
 }
 
-#[tokio::test]
-async fn if_no_claims_token_can_be_had_the_401_is_returned() {
+/// A claims challenge the credential cannot satisfy (the user must pass MFA again, say):
+/// the caller gets the credential's error, not the 401 — resending would only be rejected
+/// again — and the same claims are not asked for again within 30 s.
+#[tokio::test(start_paused = true)]
+async fn a_claims_challenge_the_credential_cannot_satisfy_is_its_error_and_is_spaced() {
     let (authority, resource) = (Authority::start().await, Resource::start().await);
     let mut service = bearer::<Full<Bytes>>(&cae_layer(&authority));
     call(&mut service, get(&resource, "/warm")).await;
-    resource.push(Answer::Cae {
-        claims: revocation_claims(1),
-    });
-    authority.push_fault(Fault::Respond {
+    let refuse = || Fault::Respond {
         status: 400,
         body: crate::support::authority::error_body("invalid_grant", 50076, "MFA required"),
         headers: vec![],
-    });
-    let response = call(&mut service, get(&resource, "/")).await;
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(resource.count(), 2);
+    };
+    let challenged = |service: &mut Bearer<Full<Bytes>>| {
+        resource.push(Answer::Cae {
+            claims: revocation_claims(1),
+        });
+        let request = get(&resource, "/");
+        let service = service.clone();
+        async move { service.oneshot(request).await }
+    };
+    authority.push_fault(refuse());
+    let err = challenged(&mut service).await.unwrap_err();
+    let err = err
+        .downcast_ref::<CredentialError>()
+        .expect("the credential's error");
+    assert_eq!(err.error_code(), Some("invalid_grant"));
+    assert_eq!(err.error_codes(), [50076]);
+    assert!(err.message().contains("claims challenge"), "{err}");
+    assert_eq!(authority.token_posts(), 2);
+    assert_eq!(resource.count(), 2, "nothing re-sent");
+
+    // The same challenge within 30 s: the same error, no token request.
+    tokio::time::advance(secs(20)).await;
+    let err = challenged(&mut service).await.unwrap_err();
+    assert!(err.downcast_ref::<CredentialError>().is_some(), "{err}");
+    assert_eq!(authority.token_posts(), 2);
+
+    // After 30 s the credential is asked again (and this time it can).
+    tokio::time::advance(secs(10)).await;
+    let response = challenged(&mut service).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(authority.token_posts(), 3);
 }
 
 /// The challenges.txt vectors through the real layer: RETRY ones re-send with exactly the

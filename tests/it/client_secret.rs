@@ -461,7 +461,11 @@ async fn an_untrusted_certificate_fails_at_once_with_a_hint() {
     let start = Instant::now();
     let err = client_secret_with(
         &authority,
-        HttpClient::builder().timeout(None).build().unwrap(),
+        HttpClient::builder()
+            .timeout(None)
+            .retry(RetryOptions::default().total_timeout(None))
+            .build()
+            .unwrap(),
     )
     .get_token([SCOPE])
     .await

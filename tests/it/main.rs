@@ -8,7 +8,9 @@ mod cache_file;
 mod chain;
 mod client_secret;
 mod examples;
+mod limits;
 mod oidc;
+mod refresh_rules;
 #[cfg(feature = "reqwest-middleware")]
 mod reqwest_mw;
 mod resource_selftest;

@@ -181,3 +181,155 @@ async fn no_secret_in_errors_debug_output_or_traces() {
         "traces were captured"
     );
 }
+
+/// Every way a secret can come back from a provider or a proxy that echoes what it was sent.
+fn encodings(secret: &str) -> Vec<String> {
+    let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let json = serde_json::to_string(secret).unwrap();
+    let json = json[1..json.len() - 1].to_owned();
+    let lower_hex = {
+        // %7E → %7e, leaving the rest as it is.
+        let mut out = String::new();
+        let mut chars = form.chars().peekable();
+        while let Some(c) = chars.next() {
+            out.push(c);
+            if c == '%' {
+                for _ in 0..2 {
+                    if let Some(h) = chars.next() {
+                        out.push(h.to_ascii_lowercase());
+                    }
+                }
+            }
+        }
+        out
+    };
+    vec![
+        secret.to_owned(),
+        form.clone(),
+        form.replace('+', "%20"),
+        lower_hex,
+        json.clone(),
+        json.replace('/', "\\/"),
+        serde_json::to_string(&form).unwrap(),
+    ]
+}
+
+/// A provider (or a proxy in front of it) that echoes the form it received — percent-encoded,
+/// `+` for spaces, inside JSON — gets none of the client secret, the authorization code or any
+/// refresh token the credential ever sent (rotated-out ones included) into an error, a
+/// `Debug` output or a trace at TRACE level from any crate.
+#[tokio::test]
+async fn echoed_secrets_in_any_encoding_are_scrubbed_everywhere() {
+    use base64::Engine;
+    let (logs, _guard) = Logs::capture();
+    let authority = Authority::start().await;
+    let secret = "Lk8Q~sec ret+/&=\"é-value";
+    let code = "code~with spaces&=+/-0123456789";
+    let rt_one = "0.AXo~refresh one+/é-111";
+    let rt_two = "0.AXo~refresh two+/é-222";
+    let mut errors = Vec::new();
+    let echo = |status: u16, body: String| Fault::Respond {
+        status,
+        body,
+        headers: vec![],
+    };
+    // What the echoing proxy sends back: the form as sent, in a JSON description and raw.
+    let echo_form = |form: &str| {
+        serde_json::json!({
+            "error": "invalid_request",
+            "error_description": format!("AADSTS900144: bad request body: {form}"),
+            "error_codes": [900144],
+        })
+        .to_string()
+    };
+
+    // The client secret, echoed as the form carried it, in JSON and in plain text.
+    let credential = ClientSecretCredential::builder(TENANT, CLIENT_ID, secret)
+        .authority_host(authority.url())
+        .http_client(http_builder(&authority).build().unwrap())
+        .build()
+        .unwrap();
+    for encoded in encodings(secret) {
+        let form = format!("client_id={CLIENT_ID}&client_secret={encoded}&scope=x");
+        authority.push_fault(echo(400, echo_form(&form)));
+        errors.push(credential.get_token([SCOPE]).await.unwrap_err());
+        authority.push_fault(echo(400, format!("Bad Request: {form}")));
+        errors.push(credential.get_token([SCOPE]).await.unwrap_err());
+    }
+
+    // The authorization code, then two refresh tokens: the first rotated out by the second.
+    let client_info =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"uid":"u1","utid":"t1"}"#);
+    let tokens = |at: &str, rt: &str| {
+        serde_json::json!({
+            "token_type": "Bearer", "expires_in": 3600, "access_token": at,
+            "refresh_token": rt, "client_info": client_info,
+        })
+        .to_string()
+    };
+    let user = tower_identity::AuthorizationCodeCredential::builder(
+        TENANT,
+        CLIENT_ID,
+        code,
+        "http://localhost/cb",
+    )
+    .client_secret(secret)
+    .authority_host(authority.url())
+    .http_client(http_builder(&authority).build().unwrap())
+    .build()
+    .unwrap();
+    // A failed redemption that echoes the code: the code is kept for the next try.
+    for encoded in encodings(code) {
+        authority.push_fault(echo(400, echo_form(&format!("code={encoded}"))));
+        errors.push(user.get_token([SCOPE]).await.unwrap_err());
+    }
+    authority.push_fault(Fault::Body(tokens("user-at-1", rt_one)));
+    user.get_token([SCOPE]).await.unwrap();
+    authority.push_fault(Fault::Body(tokens("user-at-2", rt_two)));
+    user.get_token(["https://b.test/.default"]).await.unwrap();
+    assert_eq!(
+        authority.requests().last().unwrap().field("refresh_token"),
+        Some(rt_one)
+    );
+    // Now rt_two is in use; a proxy echoes the rotated-out rt_one and the current one.
+    for (old, new) in encodings(rt_one).into_iter().zip(encodings(rt_two)) {
+        let form = format!("refresh_token={new}&previous={old}&code={old}");
+        authority.push_fault(echo(400, echo_form(&form)));
+        errors.push(
+            user.get_token(["https://c.test/.default"])
+                .await
+                .unwrap_err(),
+        );
+        authority.push_fault(echo(400, form));
+        errors.push(
+            user.get_token(["https://c.test/.default"])
+                .await
+                .unwrap_err(),
+        );
+    }
+
+    let mut forbidden: Vec<String> = Vec::new();
+    for s in [secret, code, rt_one, rt_two] {
+        forbidden.extend(encodings(s));
+    }
+    // Fragments long enough to be telling, short enough to survive a partial scrub.
+    forbidden.extend(["sec ret", "refresh one", "refresh two", "with spaces"].map(String::from));
+    let forbidden: Vec<&str> = forbidden.iter().map(String::as_str).collect();
+    assert!(errors.len() > 30, "{}", errors.len());
+    for err in &errors {
+        for text in renderings(err) {
+            assert_clean("an error", &text, &forbidden);
+        }
+    }
+    for text in [
+        format!("{credential:?}"),
+        format!("{credential:#?}"),
+        format!("{user:?}"),
+        format!("{user:#?}"),
+    ] {
+        assert_clean("a Debug output", &text, &forbidden);
+    }
+    let traces = logs.text();
+    assert!(traces.contains("token request"), "traces were captured");
+    assert_clean("the traces", &traces, &forbidden);
+}

@@ -14,9 +14,9 @@ pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 pub const CLIENT_SECRET: &str = "loopback-client-secret-Zq9";
 pub const SCOPE: &str = "https://resource.test/.default";
 
-/// An HTTP client trusting the test CA. No timeout: under tokio's paused clock, any armed
-/// timer makes the clock jump while the runtime waits on socket I/O, so tests that want a
-/// timeout set one explicitly.
+/// An HTTP client trusting the test CA. No timeout and no total deadline: under tokio's
+/// paused clock, any armed timer makes the clock jump while the runtime waits on socket I/O,
+/// so tests that want either set it explicitly.
 pub fn http(authority: &Authority) -> HttpClient {
     http_builder(authority)
         .build()
@@ -27,7 +27,7 @@ pub fn http_builder(authority: &Authority) -> tower_identity::HttpClientBuilder 
     HttpClient::builder()
         .add_root_certificates_pem(authority.ca_pem())
         .timeout(None)
-        .retry(RetryOptions::default())
+        .retry(RetryOptions::default().total_timeout(None))
 }
 
 pub fn client_secret(authority: &Authority) -> ClientSecretCredential {
