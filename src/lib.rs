@@ -7,8 +7,12 @@
 //!   credential passes to the next; one that tried and failed stops the chain; the error lists
 //!   every attempt.
 //! * **Tokens are cached and renewed** per credential: concurrent callers share one request,
-//!   a token is renewed in the last 5 minutes of its life (or at the provider's `refresh_in`),
-//!   a failed renewal keeps the still-valid token, and an expired token is never returned.
+//!   a token is renewed in the last 5 minutes of its life (the last half for tokens living
+//!   less than 10 minutes) or at the provider's `refresh_in`, renewals are at least 30 s
+//!   apart, a failed renewal keeps the still-valid token, and an expired token is never
+//!   returned.
+//! * **Bounded**: one token request has a total deadline (30 s), a provider's `Retry-After`
+//!   is remembered per credential, lifetimes are clamped, and no input makes the crate panic.
 //!
 //! ```no_run
 //! use tower_identity::{AzureCliCredential, CredentialExt, EnvironmentCredential};

@@ -605,27 +605,26 @@ impl Service<HttpRequest> for Retrying {
         let options = self.options;
         Box::pin(async move {
             let started = tokio::time::Instant::now();
-            let deadline = options.total_timeout.map(|t| {
-                started
-                    .checked_add(t)
-                    .unwrap_or_else(|| started + MAX_RETRY_AFTER)
-            });
+            // A deadline too far to represent is no deadline.
+            let deadline = options
+                .total_timeout
+                .and_then(|limit| Some((started.checked_add(limit)?, limit)));
             let mut policy = RetryPolicy::new(options);
             let mut attempts = 0u32;
             loop {
                 attempts = attempts.saturating_add(1);
                 let attempt = leaf.clone().oneshot(clone_request(&request));
-                let result = match (deadline, options.total_timeout) {
-                    (Some(at), Some(limit)) => tokio::time::timeout_at(at, attempt)
+                let result = match deadline {
+                    Some((at, limit)) => tokio::time::timeout_at(at, attempt)
                         .await
                         .unwrap_or_else(|_| Err(TransportError::deadline(limit).into())),
-                    _ => attempt.await,
+                    None => attempt.await,
                 };
                 let wait = (policy.retries < options.max_retries)
                     .then(|| policy.delay_for(&result))
                     .flatten()
                     .filter(|wait| {
-                        deadline.is_none_or(|at| {
+                        deadline.is_none_or(|(at, _)| {
                             tokio::time::Instant::now()
                                 .checked_add(*wait)
                                 .is_some_and(|end| end < at)
@@ -701,7 +700,10 @@ impl RetryPolicy {
             .options
             .initial_backoff
             .saturating_mul(2u32.saturating_pow(self.retries));
-        let jittered = exponential.mul_f64(0.8 + fastrand::f64() * 0.4);
+        let factor = 0.8 + fastrand::f64() * 0.4;
+        // Too long for a Duration is as long as the cap allows.
+        let jittered = Duration::try_from_secs_f64(exponential.as_secs_f64() * factor)
+            .unwrap_or(Duration::MAX);
         jittered.min(self.options.max_backoff)
     }
 
@@ -828,6 +830,22 @@ mod tests {
         );
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
         assert_eq!(retry_after(&headers(&[("retry-after", "-1")]), now), None);
+        assert_eq!(retry_after(&headers(&[("retry-after", "NaN")]), now), None);
+        // Absurdly long waits are one hour: no overflow, no panic.
+        for (name, value) in [
+            ("retry-after", "1e20"),
+            ("retry-after", "18446744073709551616"),
+            ("retry-after", "inf"),
+            ("retry-after-ms", "1e300"),
+            ("x-ms-retry-after-ms", "1e25"),
+            ("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT"),
+        ] {
+            assert_eq!(
+                retry_after(&headers(&[(name, value)]), now),
+                Some(MAX_RETRY_AFTER),
+                "{name}: {value}"
+            );
+        }
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
     }
 
@@ -845,6 +863,14 @@ mod tests {
         }
         policy.retries = 10;
         assert_eq!(policy.backoff(), Duration::from_secs(3));
+        // Absurd settings are capped, not an overflow.
+        let mut huge = RetryPolicy::new(
+            RetryOptions::default()
+                .initial_backoff(Duration::MAX)
+                .max_backoff(Duration::MAX),
+        );
+        huge.retries = u32::MAX;
+        assert_eq!(huge.backoff(), Duration::MAX);
     }
 
     #[test]

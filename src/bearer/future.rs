@@ -266,7 +266,7 @@ pub(crate) fn drain<ResB: Body>(body: ResB, limit: usize) {
         match body.as_mut().poll_frame(&mut cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    read += bytes::Buf::remaining(data);
+                    read = read.saturating_add(bytes::Buf::remaining(data));
                 }
             }
             Poll::Ready(Some(Err(_)) | None) | Poll::Pending => break,

@@ -33,15 +33,18 @@
 //!   While it is fresh, a request reads it without a lock or an allocation: each clone keeps
 //!   the prepared header and checks a shared generation counter and the clock.
 //! * **Renewal**: from `expires_on − 300 s + jitter(0..60 s)` (or the provider's `refresh_on`
-//!   plus jitter), the request that notices starts one renewal in the background and every
-//!   request keeps using the current token. A failed renewal keeps the current token and is
-//!   retried after 30 s. With no valid token, all requests wait on one acquisition and all get
-//!   its result, the error included; a request that is dropped does not cancel it.
+//!   plus jitter; for tokens living less than 10 minutes the window is half the lifetime and
+//!   the jitter shrinks with it), the request that notices starts one renewal in the
+//!   background and every request keeps using the current token. Renewals are at least 30 s
+//!   apart, counted from the end of the last one, so a failed renewal keeps the current token
+//!   and is retried after 30 s. With no valid token, all requests wait on one acquisition and
+//!   all get its result, the error included; a request that is dropped does not cancel it.
 //! * **401**: a plain 401 is returned unchanged, and the token it rejected is dropped if it is
 //!   still the current one. With [`enable_cae`](BearerTokenLayer::enable_cae), a Bearer
 //!   challenge with `error="insufficient_claims"` and decodable `claims` gets a token for those
 //!   claims (bypassing every cache) and the request is re-sent once, with the same body; a
-//!   second 401 is returned as is.
+//!   second 401 is returned as is. If the credential cannot get a token with those claims,
+//!   the request fails with its error (the same claims are not asked for again within 30 s).
 //! * **Bodies**: the re-send needs the body again ([`RetryBody`]): `Full<Bytes>`, `Empty`,
 //!   `String` are cloned; `BoxBody`, `UnsyncBoxBody` and [`ReplayBody`] are recorded as they
 //!   stream, up to the replay limit (64 KiB by default). A body over the limit, or still

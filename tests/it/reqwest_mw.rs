@@ -75,6 +75,36 @@ async fn a_claims_challenge_is_answered_and_the_body_sent_again() {
 }
 
 #[tokio::test]
+async fn a_claims_challenge_the_credential_cannot_satisfy_is_its_error() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let client = with_bearer(&layer(&authority).enable_cae(true));
+    let warm = client.get(format!("{}/warm", resource.url())).send().await;
+    assert_eq!(warm.unwrap().status(), StatusCode::OK);
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    authority.push_fault(crate::support::authority::Fault::Respond {
+        status: 400,
+        body: crate::support::authority::error_body("invalid_grant", 50076, "MFA required"),
+        headers: vec![],
+    });
+    let err = client
+        .get(format!("{}/a", resource.url()))
+        .send()
+        .await
+        .unwrap_err();
+    let reqwest_middleware::Error::Middleware(err) = err else {
+        panic!("a middleware error: {err}");
+    };
+    let err = err
+        .downcast_ref::<CredentialError>()
+        .expect("the credential's error");
+    assert_eq!(err.error_code(), Some("invalid_grant"));
+    assert!(err.message().contains("claims challenge"), "{err}");
+    assert_eq!(authority.token_posts(), 2);
+}
+
+#[tokio::test]
 async fn a_body_that_cannot_be_cloned_gets_the_401_back_not_an_error() {
     let (authority, resource) = (Authority::start().await, Resource::start().await);
     resource.push(Answer::Cae {
