@@ -227,6 +227,7 @@ async fn echoed_secrets_in_any_encoding_are_scrubbed_everywhere() {
     let code = "code~with spaces&=+/-0123456789";
     let rt_one = "0.AXo~refresh one+/é-111";
     let rt_two = "0.AXo~refresh two+/é-222";
+    let rt_family = "1.family~fam rt+/é-333";
     let mut errors = Vec::new();
     let echo = |status: u16, body: String| Fault::Respond {
         status,
@@ -308,12 +309,64 @@ async fn echoed_secrets_in_any_encoding_are_scrubbed_everywhere() {
         );
     }
 
+    // The shared token cache: a family refresh token another tool left in the file.
+    let dir = tempfile::tempdir().unwrap();
+    let files = || {
+        tower_identity::TokenCachePersistenceOptions::new()
+            .directory(dir.path())
+            .allow_unencrypted_storage(true)
+    };
+    let writer = tower_identity::AuthorizationCodeCredential::builder(
+        TENANT,
+        CLIENT_ID,
+        "another-code-0000",
+        "http://localhost/cb",
+    )
+    .authority_host(authority.url())
+    .http_client(http_builder(&authority).build().unwrap())
+    .cache_options(files())
+    .build()
+    .unwrap();
+    let mut family =
+        serde_json::from_str::<serde_json::Value>(&tokens("fam-at", rt_family)).unwrap();
+    family["foci"] = "1".into();
+    authority.push_fault(Fault::Body(family.to_string()));
+    writer.get_token([SCOPE]).await.unwrap();
+    let shared = tower_identity::SharedTokenCacheCredential::builder()
+        .authority_host(authority.url())
+        .http_client(http_builder(&authority).build().unwrap())
+        .cache_options(files())
+        .build()
+        .unwrap();
+    for encoded in encodings(rt_family) {
+        authority.push_fault(echo(400, echo_form(&format!("refresh_token={encoded}"))));
+        errors.push(
+            shared
+                .get_token(["https://d.test/.default"])
+                .await
+                .unwrap_err(),
+        );
+    }
+    assert_eq!(
+        authority.requests().last().unwrap().field("refresh_token"),
+        Some(rt_family)
+    );
+
     let mut forbidden: Vec<String> = Vec::new();
-    for s in [secret, code, rt_one, rt_two] {
+    for s in [secret, code, rt_one, rt_two, rt_family] {
         forbidden.extend(encodings(s));
     }
     // Fragments long enough to be telling, short enough to survive a partial scrub.
-    forbidden.extend(["sec ret", "refresh one", "refresh two", "with spaces"].map(String::from));
+    forbidden.extend(
+        [
+            "sec ret",
+            "refresh one",
+            "refresh two",
+            "fam rt",
+            "with spaces",
+        ]
+        .map(String::from),
+    );
     let forbidden: Vec<&str> = forbidden.iter().map(String::as_str).collect();
     assert!(errors.len() > 30, "{}", errors.len());
     for err in &errors {
@@ -326,6 +379,7 @@ async fn echoed_secrets_in_any_encoding_are_scrubbed_everywhere() {
         format!("{credential:#?}"),
         format!("{user:?}"),
         format!("{user:#?}"),
+        format!("{shared:?}"),
     ] {
         assert_clean("a Debug output", &text, &forbidden);
     }
