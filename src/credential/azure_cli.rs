@@ -35,8 +35,6 @@ use crate::cache::{CacheKey, TokenCache};
 use crate::entra::authority::TenantPolicy;
 use crate::entra::token_client::number;
 use crate::error::CredentialError;
-#[cfg(test)]
-use crate::token::MAX_TOKEN_LIFETIME;
 use crate::token::{AccessToken, TokenRequest, instant_from_unix, unix_now};
 
 const NAME: &str = "AzureCliCredential";
@@ -283,7 +281,8 @@ impl AzureCliCredentialBuilder {
         self
     }
 
-    /// How long `az` may take (default 10 s); it is killed after that.
+    /// How long `az` may take (default 10 s); it is killed after that, with every process
+    /// it started (on Unix).
     pub fn process_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -312,6 +311,7 @@ impl AzureCliCredentialBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::MAX_TOKEN_LIFETIME;
 
     #[test]
     fn scopes_with_shell_or_flag_characters_are_rejected() {

@@ -43,12 +43,22 @@ const EXIT_GRACE: Duration = Duration::from_millis(100);
 const READ_CHUNK: usize = 8 * 1024;
 
 /// What a helper printed, at most [`MAX_OUTPUT`] bytes of it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Captured {
     /// The first bytes printed.
     pub(crate) bytes: Vec<u8>,
     /// Whether more than [`MAX_OUTPUT`] bytes came (the rest was read and discarded).
     pub(crate) truncated: bool,
+}
+
+/// Sizes only: a helper's stdout carries the token.
+impl std::fmt::Debug for Captured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Captured")
+            .field("len", &self.bytes.len())
+            .field("truncated", &self.truncated)
+            .finish()
+    }
 }
 
 /// A helper that ran to its exit.
@@ -167,6 +177,8 @@ impl Running {
                 match tokio::time::timeout(EXIT_GRACE, &mut reading).await {
                     Ok(read) => read?,
                     Err(_) => {
+                        // The group id stays taken while any member lives, so this reaches
+                        // the leftovers even though the helper itself has been reaped.
                         tracing::debug!(
                             "the program exited but processes it started kept its output \
                              open; killing its process group"
@@ -181,7 +193,7 @@ impl Running {
         Ok(status)
     }
 
-    /// `SIGKILL` to the helper's whole process group (errors mean it is already gone).
+    /// `SIGKILL` to the helper's whole process group (`ESRCH`: nothing of it is left).
     #[cfg(unix)]
     fn kill_group(&mut self) {
         if let Some(group) = self.group {

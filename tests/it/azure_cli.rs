@@ -124,10 +124,11 @@ impl Procs {
         pids(&self.dir)
     }
 
-    /// Waits, in a blocking task, until `condition` holds for the stand-ins' directory. On a
-    /// paused clock this holds time still: tokio does not auto-advance while a blocking task
-    /// runs, so no timeout can fire before the condition holds.
-    async fn hold_clock_until(
+    /// Waits, in a blocking task (bounded, see [`eventually`]), until `condition` holds for the
+    /// stand-ins' directory. On a paused clock this holds time still: tokio does not
+    /// auto-advance while a blocking task runs, so no timeout can fire before the condition
+    /// holds.
+    async fn wait_until(
         &self,
         what: &'static str,
         mut condition: impl FnMut(&Path) -> bool + Send + 'static,
@@ -138,9 +139,9 @@ impl Procs {
             .unwrap();
     }
 
-    /// [`hold_clock_until`](Self::hold_clock_until) `count` processes have recorded their ids.
+    /// [`wait_until`](Self::wait_until) `count` processes have recorded their ids.
     async fn until_started(&self, count: usize) {
-        self.hold_clock_until("the processes started", move |dir| pids(dir).len() >= count)
+        self.wait_until("the processes started", move |dir| pids(dir).len() >= count)
             .await;
     }
 
@@ -233,30 +234,36 @@ async fn a_tenant_is_passed_with_tenant_flag() {
 #[tokio::test]
 async fn concurrent_callers_start_one_az_process_and_reuse_its_token() {
     let dir = tempfile::tempdir().unwrap();
-    let _procs = Procs::new(dir.path());
-    let gate = fifo(dir.path(), "gate");
-    // az waits at the gate: opening a FIFO for reading blocks until a writer opens it.
+    let procs = Procs::new(dir.path());
+    // az says it is waiting, then waits (bounded) until the test lets it answer.
     let az = fake_az(
         dir.path(),
-        &format!("read _ < '{}'\n{SIGNED_IN}", gate.display()),
+        &format!(
+            ": > '{dir}/waiting'\n\
+             i=0; while [ ! -e '{dir}/go' ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1)); done\n\
+             {SIGNED_IN}",
+            dir = dir.path().display()
+        ),
     );
     let cli = credential(&az);
     // All 50 calls are polled before any spawned task runs (this is a current-thread
-    // runtime), so each has started or joined an acquisition before an az can start; and
-    // no az can answer before the gate opens, which is once an az is waiting at it.
+    // runtime), so each has started or joined an acquisition before an az can start; and no
+    // az answers before `go`, which comes once an az is waiting. Without the shared
+    // acquisition, 50 az would start.
     let calls = futures_util::future::join_all((0..50).map(|_| cli.get_token([MGMT])));
     let open_gate = async {
-        tokio::task::spawn_blocking(move || std::fs::write(gate, "go\n"))
-            .await
-            .unwrap()
-            .unwrap();
+        procs
+            .wait_until("az is waiting", |dir| dir.join("waiting").exists())
+            .await;
+        std::fs::write(dir.path().join("go"), "").unwrap();
     };
     let (results, ()) = tokio::join!(calls, open_gate);
+    assert_eq!(lines(dir.path().join("calls")).len(), 1, "az runs");
     for result in results {
         assert_eq!(result.unwrap().secret().expose_secret(), "cli-token");
     }
     cli.get_token([MGMT]).await.unwrap();
-    assert_eq!(lines(dir.path().join("calls")).len(), 1);
+    assert_eq!(lines(dir.path().join("calls")).len(), 1, "az runs");
 }
 
 #[tokio::test]
@@ -460,13 +467,20 @@ async fn more_than_a_mebibyte_on_stdout_is_refused() {
 async fn a_launcher_script_running_python_without_exec_answers() {
     let dir = tempfile::tempdir().unwrap();
     let procs = Procs::new(dir.path());
-    let az = fake_launcher(dir.path(), SIGNED_IN);
+    let python = format!(
+        "printf '%s\\n' \"$@\" > '{}/python-args'\n{SIGNED_IN}",
+        dir.path().display()
+    );
+    let az = fake_launcher(dir.path(), &python);
     let token = credential(&az).get_token([MGMT]).await.unwrap();
     assert_eq!(token.secret().expose_secret(), "cli-token");
     let pids = procs.pids();
     assert_eq!(pids.len(), 2, "az and its python: {pids:?}");
     assert_ne!(pids[0], pids[1]);
-    // The arguments reach python too.
+    assert_eq!(
+        lines(dir.path().join("python-args"))[..4],
+        ["-Im", "azure.cli", "account", "get-access-token"]
+    );
     procs.assert_all_gone();
 }
 
@@ -530,7 +544,7 @@ async fn az_is_answered_on_exit_though_a_background_child_holds_its_stdout() {
     // Time stands still until az has exited and been reaped (its /proc entry is gone) while
     // its background child lives on: then only a credential that waits for the end of
     // stdout rather than for az's exit would run into the 60 s timeout.
-    let az_reaped = procs.hold_clock_until("az was reaped and its child runs", |dir| {
+    let az_reaped = procs.wait_until("az was reaped and its child runs", |dir| {
         let pids = pids(dir);
         pids.len() == 2 && std::fs::metadata(format!("/proc/{}", pids[0])).is_err()
     });
