@@ -1,8 +1,21 @@
 //! [`AzureCliCredential`]: the account signed in to the Azure CLI (`az login`).
 //!
 //! Runs `az account get-access-token --output json --scope <scope> [--tenant <tenant>]`
-//! directly (no shell), with a timeout, and reads the token and its `expires_on`. Scope and
-//! tenant are checked character by character before they reach the command line.
+//! directly (no shell) and reads the token and its `expires_on`. Scope and tenant are checked
+//! character by character before they reach the command line; neither may start with `-`.
+//!
+//! `az` is not trusted to behave. Each run is bounded:
+//!
+//! * it must exit within the timeout (10 s unless set with `process_timeout`);
+//! * at most 1 MiB of its stdout and 1 MiB of its stderr are kept (it is read to the end, the
+//!   rest discarded); an error quotes at most 300 characters of one stderr line, scrubbed of
+//!   tokens;
+//! * on Unix it runs in a process group of its own, and the whole group is killed (`SIGKILL`)
+//!   on timeout or when the run is abandoned (runtime shutdown) — the Linux `az` is a shell
+//!   script whose Python child would otherwise live on;
+//! * the answer is decided when `az` exits, not when its output pipes close: processes it left
+//!   behind still holding them are killed, not waited for;
+//! * an `expires_on` further ahead than a week is treated as a week.
 //!
 //! *Unavailable* (a chain moves on) when `az` is not installed, not signed in, or too slow;
 //! *authentication failed* for any other failure of `az`. Tokens are kept in memory and
@@ -10,19 +23,18 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::arc_credential_service;
+use super::process::{self, MAX_OUTPUT, RunError};
 use super::settings::{Settings, settings_setters};
 use crate::cache::{CacheKey, TokenCache};
 use crate::entra::authority::TenantPolicy;
 use crate::entra::token_client::number;
 use crate::error::CredentialError;
-use crate::redact::scrub;
 use crate::token::{AccessToken, TokenRequest, instant_from_unix, unix_now};
 
 const NAME: &str = "AzureCliCredential";
@@ -124,40 +136,30 @@ impl Inner {
         if let Some(tenant) = tenant {
             command.args(["--tenant", tenant]);
         }
-        command
-            .env("AZURE_CORE_NO_COLOR", "true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        // Run from a system directory, not wherever the caller happens to be.
-        if let Some(dir) = safe_working_dir() {
-            command.current_dir(dir);
-        }
-        let child = spawn(&mut command).await.map_err(|e| {
-            let message = match e.kind() {
-                std::io::ErrorKind::NotFound => format!(
-                    "Azure CLI not found ({} is not on PATH). Install it from \
-                     https://aka.ms/azure-cli and run 'az login'",
-                    self.program.display()
-                ),
-                _ => format!(
-                    "could not start Azure CLI ({}): {e}",
-                    self.program.display()
-                ),
-            };
-            CredentialError::unavailable(NAME, message)
-        })?;
-        let output = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(Ok(output)) => output,
-            Ok(Err(e)) => {
+        command.env("AZURE_CORE_NO_COLOR", "true");
+        let output = match process::run(command, self.timeout).await {
+            Ok(output) => output,
+            Err(RunError::Spawn(e)) => {
+                let message = match e.kind() {
+                    std::io::ErrorKind::NotFound => format!(
+                        "Azure CLI not found ({} is not on PATH). Install it from \
+                         https://aka.ms/azure-cli and run 'az login'",
+                        self.program.display()
+                    ),
+                    _ => format!(
+                        "could not start Azure CLI ({}): {e}",
+                        self.program.display()
+                    ),
+                };
+                return Err(CredentialError::unavailable(NAME, message));
+            }
+            Err(RunError::Read(e)) => {
                 return Err(CredentialError::unavailable(
                     NAME,
                     format!("reading Azure CLI's output failed: {e}"),
                 ));
             }
-            // The child is killed when its handle drops with the timed-out future.
-            Err(_) => {
+            Err(RunError::TimedOut) => {
                 return Err(CredentialError::unavailable(
                     NAME,
                     format!(
@@ -169,45 +171,34 @@ impl Inner {
             }
         };
         if !output.status.success() {
-            return Err(classify_failure(&String::from_utf8_lossy(&output.stderr)));
+            return Err(classify_failure(&output.stderr.bytes));
         }
-        parse_output(&output.stdout)
-    }
-}
-
-/// Starts the command. "Text file busy" (a process forked elsewhere in this program still
-/// holds a just-written executable open, between its fork and exec) passes in moments, so it
-/// is retried a few times.
-async fn spawn(command: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
-    let mut attempts = 0;
-    loop {
-        match command.spawn() {
-            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 5 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            other => return other,
+        if output.stdout.truncated {
+            return Err(CredentialError::authentication_failed(
+                NAME,
+                format!(
+                    "unexpected output from Azure CLI: more than {} MiB; check that \
+                     'az account get-access-token --output json' prints one JSON object",
+                    MAX_OUTPUT / (1024 * 1024)
+                ),
+            ));
         }
+        parse_output(&output.stdout.bytes)
     }
 }
 
 /// `az` failed: not signed in is *unavailable*; anything else is a failure quoting `az`.
-fn classify_failure(stderr: &str) -> CredentialError {
-    if stderr.contains("az login") || stderr.contains("az account set") {
+fn classify_failure(stderr: &[u8]) -> CredentialError {
+    if process::contains(stderr, b"az login") || process::contains(stderr, b"az account set") {
         return CredentialError::unavailable(NAME, NOT_SIGNED_IN);
     }
-    let detail = scrub(stderr.trim(), &[]);
-    let first = detail
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("no error output");
-    let first = first.strip_prefix("ERROR: ").unwrap_or(first);
+    let quoted = process::quote_stderr(stderr);
+    let first = quoted.as_deref().unwrap_or("no error output");
     CredentialError::authentication_failed(NAME, format!("Azure CLI failed: {first}"))
 }
 
-/// Parses `az account get-access-token --output json`.
-fn parse_output(stdout: &[u8]) -> Result<AccessToken, CredentialError> {
+/// Parses `az account get-access-token --output json`. Never panics, whatever the bytes.
+pub(crate) fn parse_output(stdout: &[u8]) -> Result<AccessToken, CredentialError> {
     let unexpected = |why: &str| {
         CredentialError::authentication_failed(
             NAME,
@@ -257,15 +248,6 @@ fn validate_scope(scope: &str) -> Result<(), String> {
     }
 }
 
-fn safe_working_dir() -> Option<PathBuf> {
-    let dir = if cfg!(windows) {
-        PathBuf::from(std::env::var_os("SYSTEMROOT")?)
-    } else {
-        PathBuf::from("/bin")
-    };
-    dir.is_dir().then_some(dir)
-}
-
 arc_credential_service!(AzureCliCredential);
 
 impl fmt::Debug for AzureCliCredential {
@@ -299,7 +281,8 @@ impl AzureCliCredentialBuilder {
         self
     }
 
-    /// How long `az` may take (default 10 s); it is killed after that.
+    /// How long `az` may take (default 10 s); it is killed after that, with every process
+    /// it started (on Unix).
     pub fn process_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -328,6 +311,7 @@ impl AzureCliCredentialBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::MAX_TOKEN_LIFETIME;
 
     #[test]
     fn scopes_with_shell_or_flag_characters_are_rejected() {
@@ -342,16 +326,49 @@ mod tests {
 
     #[test]
     fn not_signed_in_is_unavailable_other_failures_are_not() {
-        let e = classify_failure("ERROR: Please run 'az login' to setup account.\n");
+        let e = classify_failure(b"ERROR: Please run 'az login' to setup account.\n");
         assert!(e.is_unavailable());
         assert!(e.message().contains("Run 'az login'"), "{e}");
         let e =
-            classify_failure("ERROR: AADSTS70043: The refresh token has expired eyJa.b.c\nmore");
+            classify_failure(b"ERROR: AADSTS70043: The refresh token has expired eyJa.b.c\nmore");
         assert!(e.is_authentication_failed());
         assert_eq!(
             e.message(),
             "Azure CLI failed: AADSTS70043: The refresh token has expired ***"
         );
+        assert_eq!(
+            classify_failure(b"").message(),
+            "Azure CLI failed: no error output"
+        );
+        // One line, cut: never the whole of a flood.
+        let flood = format!("ERROR: {}\n{}", "x".repeat(100_000), "y".repeat(100_000));
+        let e = classify_failure(flood.as_bytes());
+        assert_eq!(
+            e.message(),
+            format!(
+                "Azure CLI failed: {}…",
+                "x".repeat(process::MAX_QUOTE_CHARS)
+            )
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absurd_expiry_is_clamped_to_a_week_not_a_panic() {
+        for expires_on in [
+            "1e20",
+            "\"1e20\"",
+            "18446744073709551615",
+            "1.8446744073709552e19",
+            "1e308",
+        ] {
+            let json = format!(r#"{{"accessToken":"tok","expires_on":{expires_on}}}"#);
+            let token = parse_output(json.as_bytes()).unwrap();
+            assert_eq!(token.expires_in(), MAX_TOKEN_LIFETIME, "{expires_on}");
+        }
+        for broken in ["1e400", "-1", "\"NaN\"", "\"inf\"", "null", "[]"] {
+            let json = format!(r#"{{"accessToken":"tok","expires_on":{broken}}}"#);
+            assert!(parse_output(json.as_bytes()).is_err(), "{broken}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -408,6 +425,17 @@ mod tests {
                 .build()
                 .is_err()
         );
+        for option in ["--debug", "-h", "--subscription"] {
+            let err = AzureCliCredential::builder()
+                .tenant_id(option)
+                .build()
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("must start with a letter or digit"),
+                "{err}"
+            );
+        }
         assert!(
             AzureCliCredential::builder()
                 .additionally_allowed_tenants(["a b"])

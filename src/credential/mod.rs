@@ -32,6 +32,7 @@ mod cache_options;
 mod chain;
 mod client_secret;
 mod environment;
+mod process;
 mod refresh_tokens;
 mod settings;
 mod shared_token_cache;

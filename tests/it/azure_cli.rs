@@ -1,6 +1,11 @@
 //! AzureCliCredential running a stand-in `az` (a shell script that answers like Azure CLI
-//! 2.54+): the command line, parsing, caching, and each failure mode. The real `az` is not
-//! installed on CI machines; its absence is covered too.
+//! 2.54+): the command line, parsing, caching, each failure mode, and the bounds on a
+//! misbehaving `az` (output floods, children left running, pipes held open). The real `az` is
+//! not installed on CI machines; its absence is covered too.
+//!
+//! Every stand-in process records its id in `pids`; tests that start processes which could
+//! outlive them hold a [`Procs`], which checks that they are gone and kills any left over,
+//! also when the test fails.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,18 +14,157 @@ use tower_identity::{AzureCliCredential, CredentialExt, TokenRequest};
 
 const MGMT: &str = "https://management.azure.com/.default";
 
-/// Writes an executable `az` into `dir` running `body` (POSIX sh). The script records its
-/// arguments, one per line, in `dir/args` and appends a line to `dir/calls` per run.
-fn fake_az(dir: &Path, body: &str) -> PathBuf {
+/// Writes an executable `name` into `dir` running `body` (POSIX sh), after recording its
+/// process id in `dir/pids`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("az");
+    let path = dir.join(name);
     let script = format!(
-        "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{dir}/args'\necho run >> '{dir}/calls'\n{body}\n",
+        "#!/bin/sh\necho $$ >> '{dir}/pids'\n{body}\n",
         dir = dir.display()
     );
     std::fs::write(&path, script).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
+}
+
+/// Writes an executable `az` into `dir` running `body` (POSIX sh). The script records its
+/// arguments, one per line, in `dir/args` and appends a line to `dir/calls` per run.
+fn fake_az(dir: &Path, body: &str) -> PathBuf {
+    script(
+        dir,
+        "az",
+        &format!(
+            "printf '%s\\n' \"$@\" > '{dir}/args'\necho run >> '{dir}/calls'\n{body}",
+            dir = dir.display()
+        ),
+    )
+}
+
+/// Writes an `az` shaped like Azure CLI's Linux launcher (a script ending in
+/// `python3 -Im azure.cli "$@"`, without `exec`): it runs `dir/python`, a script running
+/// `python_body`, and waits for it, so `az` and its child are two processes.
+fn fake_launcher(dir: &Path, python_body: &str) -> PathBuf {
+    script(dir, "python", python_body);
+    // `exit $?` after the call: no shell can turn it into an `exec`.
+    fake_az(
+        dir,
+        &format!(
+            "'{dir}/python' -Im azure.cli \"$@\"\nexit $?",
+            dir = dir.display()
+        ),
+    )
+}
+
+/// Shell that blocks for good without starting a process: opening a FIFO nobody writes to.
+fn hang(dir: &Path) -> String {
+    format!("read _ < '{}/never'", dir.display())
+}
+
+/// Makes the FIFO `dir/name`.
+fn fifo(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let status = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+    path
+}
+
+/// Polls `condition` up to 1000 times, 10 ms apart: a bound on waiting for another process,
+/// not a timing assumption (it returns as soon as the condition holds).
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("gave up waiting until {what}");
+}
+
+/// The ids recorded in `dir/pids`.
+fn pids(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("pids"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Whether `pid` is running — not gone and not a zombie — and one of the stand-ins in `dir`:
+/// its command line names `dir`, so a reused process id is never taken for ours.
+fn alive(dir: &Path, pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let dir = dir.as_os_str().as_encoded_bytes();
+    !matches!(state, None | Some('Z' | 'X')) && cmdline.windows(dir.len()).any(|w| w == dir)
+}
+
+/// The stand-in processes of one test. Dropped, it kills any still running, so a failing
+/// test leaves none behind.
+struct Procs {
+    dir: PathBuf,
+}
+
+impl Procs {
+    /// Also makes the `never` FIFO of [`hang`].
+    fn new(dir: &Path) -> Self {
+        fifo(dir, "never");
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        pids(&self.dir)
+    }
+
+    /// Waits, in a blocking task (bounded, see [`eventually`]), until `condition` holds for the
+    /// stand-ins' directory. On a paused clock this holds time still: tokio does not
+    /// auto-advance while a blocking task runs, so no timeout can fire before the condition
+    /// holds.
+    async fn wait_until(
+        &self,
+        what: &'static str,
+        mut condition: impl FnMut(&Path) -> bool + Send + 'static,
+    ) {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || eventually(what, || condition(&dir)))
+            .await
+            .unwrap();
+    }
+
+    /// [`wait_until`](Self::wait_until) `count` processes have recorded their ids.
+    async fn until_started(&self, count: usize) {
+        self.wait_until("the processes started", move |dir| pids(dir).len() >= count)
+            .await;
+    }
+
+    /// Every recorded process has ended (a zombie counts as ended).
+    fn assert_all_gone(&self) {
+        let pids = self.pids();
+        assert!(!pids.is_empty(), "no process recorded its id");
+        for pid in pids {
+            eventually("the recorded processes are gone", || !alive(&self.dir, pid));
+        }
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            if alive(&self.dir, pid) {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        }
+    }
 }
 
 const SIGNED_IN: &str = r#"now=$(date +%s); exp=$((now + 3600))
@@ -90,29 +234,36 @@ async fn a_tenant_is_passed_with_tenant_flag() {
 #[tokio::test]
 async fn concurrent_callers_start_one_az_process_and_reuse_its_token() {
     let dir = tempfile::tempdir().unwrap();
-    let az = fake_az(dir.path(), &format!("sleep 0.2\n{SIGNED_IN}"));
+    let procs = Procs::new(dir.path());
+    // az says it is waiting, then waits (bounded) until the test lets it answer.
+    let az = fake_az(
+        dir.path(),
+        &format!(
+            ": > '{dir}/waiting'\n\
+             i=0; while [ ! -e '{dir}/go' ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i + 1)); done\n\
+             {SIGNED_IN}",
+            dir = dir.path().display()
+        ),
+    );
     let cli = credential(&az);
-    let calls: Vec<_> = (0..50).map(|_| cli.get_token([MGMT])).collect();
-    for result in futures_join(calls).await {
+    // All 50 calls are polled before any spawned task runs (this is a current-thread
+    // runtime), so each has started or joined an acquisition before an az can start; and no
+    // az answers before `go`, which comes once an az is waiting. Without the shared
+    // acquisition, 50 az would start.
+    let calls = futures_util::future::join_all((0..50).map(|_| cli.get_token([MGMT])));
+    let open_gate = async {
+        procs
+            .wait_until("az is waiting", |dir| dir.join("waiting").exists())
+            .await;
+        std::fs::write(dir.path().join("go"), "").unwrap();
+    };
+    let (results, ()) = tokio::join!(calls, open_gate);
+    assert_eq!(lines(dir.path().join("calls")).len(), 1, "az runs");
+    for result in results {
         assert_eq!(result.unwrap().secret().expose_secret(), "cli-token");
     }
     cli.get_token([MGMT]).await.unwrap();
-    assert_eq!(lines(dir.path().join("calls")).len(), 1);
-}
-
-async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
-where
-    F::Output: Send,
-{
-    let mut out = Vec::new();
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(Box::pin(f));
-    }
-    for f in set {
-        out.push(f.await);
-    }
-    out
+    assert_eq!(lines(dir.path().join("calls")).len(), 1, "az runs");
 }
 
 #[tokio::test]
@@ -210,4 +361,199 @@ async fn missing_az_is_unavailable_with_an_install_hint() {
         .unwrap_err();
     assert!(err.is_unavailable());
     assert!(err.message().contains("https://aka.ms/azure-cli"), "{err}");
+}
+
+#[tokio::test]
+async fn a_tenant_that_reads_as_an_option_is_refused_by_the_builder() {
+    for option in ["--debug", "-h", "--subscription"] {
+        let err = AzureCliCredential::builder()
+            .program("/nonexistent/bin/az")
+            .tenant_id(option)
+            .build()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("must start with a letter or digit"),
+            "{option}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_requested_tenant_that_reads_as_an_option_never_reaches_az() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = fake_az(dir.path(), SIGNED_IN);
+    let cli = AzureCliCredential::builder()
+        .program(&az)
+        .additionally_allowed_tenants(["*"])
+        .build()
+        .unwrap();
+    for option in ["-h", "--debug", "--subscription"] {
+        let err = cli
+            .get_token_with(TokenRequest::new([MGMT]).tenant_id(option))
+            .await
+            .unwrap_err();
+        assert!(err.is_invalid_request(), "{option}: {err}");
+        assert!(
+            err.message().contains("must start with a letter or digit"),
+            "{err}"
+        );
+    }
+    assert!(lines(dir.path().join("calls")).is_empty());
+    // The same credential does run az for a tenant that is a tenant.
+    cli.get_token_with(TokenRequest::new([MGMT]).tenant_id("fabrikam"))
+        .await
+        .unwrap();
+    assert_eq!(lines(dir.path().join("calls")).len(), 1);
+}
+
+#[tokio::test]
+async fn an_absurd_expires_on_is_clamped_to_a_week() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = fake_az(
+        dir.path(),
+        r#"printf '{"accessToken":"cli-token","expires_on":1e20,"tokenType":"Bearer"}\n'"#,
+    );
+    let token = credential(&az).get_token([MGMT]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "cli-token");
+    let week = Duration::from_secs(7 * 24 * 3600);
+    assert!(token.expires_in() <= week, "{:?}", token.expires_in());
+    assert!(
+        token.expires_in() > week - Duration::from_secs(60),
+        "{:?}",
+        token.expires_in()
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_stderr_is_drained_and_quoted_in_one_short_scrubbed_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20 MB on one stderr line. Had we stopped reading, az would block on the full pipe
+    // and never exit 1.
+    let az = fake_az(
+        dir.path(),
+        "printf 'ERROR: failed for eyJhbGciOi.eyJzdWIi.c2ln ' >&2\n\
+         head -c 20000000 /dev/zero | tr '\\0' x >&2\nexit 1",
+    );
+    let err = credential(&az).get_token([MGMT]).await.unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    let quoted = "failed for *** ";
+    assert_eq!(
+        err.message(),
+        format!(
+            "Azure CLI failed: {quoted}{}…",
+            "x".repeat(300 - quoted.len())
+        )
+    );
+}
+
+#[tokio::test]
+async fn more_than_a_mebibyte_on_stdout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = fake_az(
+        dir.path(),
+        &format!("{SIGNED_IN}\nhead -c 5000000 /dev/zero | tr '\\0' ' '"),
+    );
+    let err = credential(&az).get_token([MGMT]).await.unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert!(
+        err.message()
+            .starts_with("unexpected output from Azure CLI: more than 1 MiB"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_launcher_script_running_python_without_exec_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let procs = Procs::new(dir.path());
+    let python = format!(
+        "printf '%s\\n' \"$@\" > '{}/python-args'\n{SIGNED_IN}",
+        dir.path().display()
+    );
+    let az = fake_launcher(dir.path(), &python);
+    let token = credential(&az).get_token([MGMT]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "cli-token");
+    let pids = procs.pids();
+    assert_eq!(pids.len(), 2, "az and its python: {pids:?}");
+    assert_ne!(pids[0], pids[1]);
+    assert_eq!(
+        lines(dir.path().join("python-args"))[..4],
+        ["-Im", "azure.cli", "account", "get-access-token"]
+    );
+    procs.assert_all_gone();
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_timeout_a_launcher_script_and_its_child_are_both_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let procs = Procs::new(dir.path());
+    let az = fake_launcher(dir.path(), &hang(dir.path()));
+    let cli = AzureCliCredential::builder()
+        .program(&az)
+        .process_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (result, ()) = tokio::join!(cli.get_token([MGMT]), procs.until_started(2));
+    let err = result.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(err.message().contains("did not answer within 5s"), "{err}");
+    let pids = procs.pids();
+    assert_eq!(pids.len(), 2, "az and its python: {pids:?}");
+    procs.assert_all_gone();
+}
+
+#[test]
+fn runtime_shutdown_kills_a_running_az_and_its_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let procs = Procs::new(dir.path());
+    let az = fake_launcher(dir.path(), &hang(dir.path()));
+    let cli = AzureCliCredential::builder()
+        .program(&az)
+        .process_timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let call = runtime.spawn(async move { cli.get_token([MGMT]).await });
+    runtime.block_on(procs.until_started(2));
+    assert!(!call.is_finished());
+    // Dropping the runtime drops the acquisition task, and with it the running az.
+    drop(runtime);
+    assert_eq!(procs.pids().len(), 2);
+    procs.assert_all_gone();
+}
+
+#[tokio::test(start_paused = true)]
+async fn az_is_answered_on_exit_though_a_background_child_holds_its_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let procs = Procs::new(dir.path());
+    script(dir.path(), "linger", &hang(dir.path()));
+    let az = fake_az(
+        dir.path(),
+        &format!("{SIGNED_IN}\n'{}/linger' &\nexit 0", dir.path().display()),
+    );
+    let cli = AzureCliCredential::builder()
+        .program(&az)
+        .process_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    // Time stands still until az has exited and been reaped (its /proc entry is gone) while
+    // its background child lives on: then only a credential that waits for the end of
+    // stdout rather than for az's exit would run into the 60 s timeout.
+    let az_reaped = procs.wait_until("az was reaped and its child runs", |dir| {
+        let pids = pids(dir);
+        pids.len() == 2 && std::fs::metadata(format!("/proc/{}", pids[0])).is_err()
+    });
+    let (result, ()) = tokio::join!(cli.get_token([MGMT]), az_reaped);
+    assert_eq!(result.unwrap().secret().expose_secret(), "cli-token");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    procs.assert_all_gone();
 }

@@ -1,0 +1,429 @@
+//! Running a helper program that hands us tokens (Azure CLI; later Azure Developer CLI)
+//! without trusting it to behave.
+//!
+//! [`run`] starts the program with no stdin, from a system directory, and bounds it:
+//!
+//! * **Time**: everything after the start must finish within the caller's timeout.
+//! * **Memory**: at most [`MAX_OUTPUT`] bytes of stdout and of stderr are kept. The rest is read
+//!   and thrown away rather than left in the pipe: a program blocked on a full pipe never exits,
+//!   and its exit status is what the caller decides on.
+//! * **Processes**: on Unix the program leads a process group of its own, and the whole group is
+//!   killed (`SIGKILL`) on timeout and whenever the run is abandoned (the future dropped:
+//!   cancellation, runtime shutdown). Killing only the direct child would leave its children
+//!   running — Azure CLI's Linux launcher is a shell script that starts Python without `exec`.
+//! * **Exit, not EOF**: the run ends when the program exits. Whatever it wrote is already in the
+//!   pipes and is read; processes it left behind that still hold the pipes open are killed
+//!   instead of being waited for.
+//!
+//! [`quote_stderr`] turns a failed program's stderr into one short, scrubbed line for an error.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+
+use crate::redact::{excerpt, truncate};
+
+/// The most bytes kept of a helper's stdout, and of its stderr (1 MiB). A token answer is a
+/// few kilobytes; anything near this is not an answer.
+pub(crate) const MAX_OUTPUT: usize = 1024 * 1024;
+
+/// How many characters of a helper's stderr an error quotes.
+pub(crate) const MAX_QUOTE_CHARS: usize = 300;
+
+/// After the program exits, how long its output pipes may stay open. What it wrote before
+/// exiting is already in the pipes and is read at once; only processes it left behind holding
+/// the pipes (which are then killed) make us wait this long.
+const EXIT_GRACE: Duration = Duration::from_millis(100);
+
+/// Bytes read per call.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// What a helper printed, at most [`MAX_OUTPUT`] bytes of it.
+#[derive(Default)]
+pub(crate) struct Captured {
+    /// The first bytes printed.
+    pub(crate) bytes: Vec<u8>,
+    /// Whether more than [`MAX_OUTPUT`] bytes came (the rest was read and discarded).
+    pub(crate) truncated: bool,
+}
+
+/// Sizes only: a helper's stdout carries the token.
+impl std::fmt::Debug for Captured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Captured")
+            .field("len", &self.bytes.len())
+            .field("truncated", &self.truncated)
+            .finish()
+    }
+}
+
+/// A helper that ran to its exit.
+#[derive(Debug)]
+pub(crate) struct Output {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: Captured,
+    pub(crate) stderr: Captured,
+}
+
+/// Why a helper gave no [`Output`].
+#[derive(Debug)]
+pub(crate) enum RunError {
+    /// It could not be started (`NotFound`: not installed or not on `PATH`).
+    Spawn(io::Error),
+    /// It did not exit within the timeout; its process group was killed.
+    TimedOut,
+    /// Reading its output failed; its process group was killed.
+    Read(io::Error),
+}
+
+/// Runs `command` (program, arguments and environment set by the caller) under the bounds of
+/// the module docs. Stdin, stdout, stderr, the working directory and the process group are
+/// set here.
+pub(crate) async fn run(mut command: Command, timeout: Duration) -> Result<Output, RunError> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // The group kill below covers Unix; elsewhere this at least stops the direct child.
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    command.process_group(0);
+    // Run from a system directory, not wherever the caller happens to be.
+    if let Some(dir) = safe_working_dir() {
+        command.current_dir(dir);
+    }
+    let child = spawn(&mut command).await.map_err(RunError::Spawn)?;
+    let mut running = Running::new(child);
+    let mut stdout = Captured::default();
+    let mut stderr = Captured::default();
+    // On timeout `running` drops with the error, killing the group.
+    let status = tokio::time::timeout(timeout, running.wait(&mut stdout, &mut stderr))
+        .await
+        .map_err(|_| RunError::TimedOut)?
+        .map_err(RunError::Read)?;
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// A started helper. Dropped before it is done, it kills the helper's process group.
+struct Running {
+    child: Child,
+    /// The group the helper leads: its process id, taken while it cannot have been reaped
+    /// (so the id cannot belong to anyone else yet).
+    #[cfg(unix)]
+    group: Option<rustix::process::Pid>,
+    /// Set once the helper has exited and nothing of its group holds our pipes: processes
+    /// it started that have let go of our pipes are its business, not ours.
+    done: bool,
+}
+
+impl Running {
+    fn new(child: Child) -> Self {
+        Self {
+            #[cfg(unix)]
+            group: child
+                .id()
+                .and_then(|id| i32::try_from(id).ok())
+                .and_then(rustix::process::Pid::from_raw),
+            child,
+            done: false,
+        }
+    }
+
+    /// Reads both pipes until the helper exits, then what is left in them; returns its status.
+    async fn wait(
+        &mut self,
+        stdout: &mut Captured,
+        stderr: &mut Captured,
+    ) -> io::Result<ExitStatus> {
+        let (Some(mut out_pipe), Some(mut err_pipe)) =
+            (self.child.stdout.take(), self.child.stderr.take())
+        else {
+            return Err(io::Error::other("the program's output was not captured"));
+        };
+        let mut reading = std::pin::pin!(async {
+            let (out, err) =
+                tokio::join!(drain(&mut out_pipe, stdout), drain(&mut err_pipe, stderr));
+            out.and(err)
+        });
+        enum First {
+            Closed(io::Result<()>),
+            Exited(io::Result<ExitStatus>),
+        }
+        let first = tokio::select! {
+            read = &mut reading => First::Closed(read),
+            status = self.child.wait() => First::Exited(status),
+        };
+        let status = match first {
+            First::Closed(read) => {
+                read?;
+                // Pipes closed; the helper may still be running. The caller's timeout bounds it.
+                self.child.wait().await?
+            }
+            First::Exited(status) => {
+                let status = status?;
+                // What the helper wrote before exiting is in the pipes and its readiness is
+                // already known (it came no later than the exit's), so the readers are polled
+                // and read it before this timer is ever looked at — also on a paused clock,
+                // which jumps only when nothing is left to do. Only pipes held open by
+                // processes it left behind run into the timer.
+                match tokio::time::timeout(EXIT_GRACE, &mut reading).await {
+                    Ok(read) => read?,
+                    Err(_) => {
+                        // The group id stays taken while any member lives, so this reaches
+                        // the leftovers even though the helper itself has been reaped.
+                        tracing::debug!(
+                            "the program exited but processes it started kept its output \
+                             open; killing its process group"
+                        );
+                        self.kill_group();
+                    }
+                }
+                status
+            }
+        };
+        self.done = true;
+        Ok(status)
+    }
+
+    /// `SIGKILL` to the helper's whole process group (`ESRCH`: nothing of it is left).
+    #[cfg(unix)]
+    fn kill_group(&mut self) {
+        if let Some(group) = self.group {
+            if let Err(e) =
+                rustix::process::kill_process_group(group, rustix::process::Signal::KILL)
+            {
+                if e != rustix::io::Errno::SRCH {
+                    tracing::debug!(error = %e, "could not kill the program's process group");
+                }
+            }
+        }
+    }
+
+    /// Without process groups, the direct child is all we can stop.
+    #[cfg(not(unix))]
+    fn kill_group(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.done {
+            self.kill_group();
+        }
+    }
+}
+
+/// Reads `pipe` to its end, keeping the first [`MAX_OUTPUT`] bytes in `into`. Cancel-safe:
+/// what was read stays in `into`.
+async fn drain<R: AsyncRead + Unpin>(pipe: &mut R, into: &mut Captured) -> io::Result<()> {
+    let mut chunk = [0u8; READ_CHUNK];
+    loop {
+        let read = pipe.read(&mut chunk).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        let room = MAX_OUTPUT.saturating_sub(into.bytes.len());
+        let keep = read.min(room);
+        if let Some(kept) = chunk.get(..keep) {
+            into.bytes.extend_from_slice(kept);
+        }
+        if keep < read {
+            into.truncated = true;
+        }
+    }
+}
+
+/// Starts the command. "Text file busy" (a process forked elsewhere in this program still
+/// holds a just-written executable open, between its fork and exec) passes in moments, so it
+/// is retried a few times.
+async fn spawn(command: &mut Command) -> io::Result<Child> {
+    let mut attempts = 0;
+    loop {
+        match command.spawn() {
+            Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && attempts < 5 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn safe_working_dir() -> Option<PathBuf> {
+    let dir = if cfg!(windows) {
+        PathBuf::from(std::env::var_os("SYSTEMROOT")?)
+    } else {
+        PathBuf::from("/bin")
+    };
+    dir.is_dir().then_some(dir)
+}
+
+/// The line of a failed helper's stderr worth quoting: the first `ERROR:` line (without the
+/// prefix), else the first non-blank one; scrubbed of secrets, control characters replaced,
+/// at most [`MAX_QUOTE_CHARS`] characters (`…` when cut). `None` when stderr is blank.
+pub(crate) fn quote_stderr(stderr: &[u8]) -> Option<String> {
+    let lines = || {
+        stderr
+            .split(|&b| b == b'\n')
+            .map(<[u8]>::trim_ascii)
+            .filter(|l| !l.is_empty())
+    };
+    let error_line = lines().find_map(|l| {
+        l.strip_prefix(b"ERROR:")
+            .map(<[u8]>::trim_ascii)
+            .filter(|e| !e.is_empty())
+    });
+    let line = match error_line {
+        Some(line) => line,
+        None => lines().next()?,
+    };
+    // One character more than shown, so `truncate` can tell a cut line from a short one.
+    let quoted = excerpt(line, &[], MAX_QUOTE_CHARS.saturating_add(1));
+    (!quoted.is_empty()).then(|| truncate(&quoted, MAX_QUOTE_CHARS))
+}
+
+/// Whether `haystack` contains `needle`.
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn sh(script: &str, dir: &Path) -> Command {
+        let mut command = Command::new("/bin/sh");
+        command.args(["-c", script, "sh"]).arg(dir);
+        command
+    }
+
+    /// Recorded process ids, one per line.
+    fn pids(dir: &Path) -> Vec<i32> {
+        std::fs::read_to_string(dir.join("pids"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Running (not a zombie) and one of this test's (its command line names `dir`).
+    fn alive(pid: i32, dir: &Path) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        !matches!(state, None | Some(Some('Z' | 'X')))
+            && contains(&cmdline, dir.as_os_str().as_encoded_bytes())
+    }
+
+    /// Polls `condition` up to 1000 times, 10 ms apart (a bound, not a timing assumption).
+    fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+        for _ in 0..1000 {
+            if condition() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    /// Kills whatever this test's processes left, even when the test fails.
+    struct Cleanup<'a>(&'a Path);
+
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            for pid in pids(self.0) {
+                if alive(pid, self.0) {
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn output_beyond_the_cap_is_read_and_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        // 3 MiB on each stream: a helper left blocked on a full pipe would never exit 3.
+        let script = "head -c 3145728 /dev/zero; head -c 3145728 /dev/zero >&2; exit 3";
+        let output = run(sh(script, dir.path()), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(3));
+        for captured in [&output.stdout, &output.stderr] {
+            assert_eq!(captured.bytes.len(), MAX_OUTPUT);
+            assert!(captured.truncated);
+        }
+        let output = run(
+            sh("printf ok; printf no >&2", dir.path()),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        assert_eq!(output.stdout.bytes, b"ok");
+        assert_eq!(output.stderr.bytes, b"no");
+        assert!(!output.stdout.truncated && !output.stderr.truncated);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_run_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let _cleanup = Cleanup(dir.path());
+        // The helper and a child it waits for, both recording their ids and then blocking.
+        let script = r#"echo $$ >> "$1/pids"
+mkfifo "$1/never"
+/bin/sh -c 'echo $$ >> "$1/pids"; read _ < "$1/never"' sh "$1"
+exit $?"#;
+        let running = run(sh(script, dir.path()), Duration::from_secs(600));
+        let started = tokio::task::spawn_blocking({
+            let dir = dir.path().to_owned();
+            move || eventually("both processes started", || pids(&dir).len() == 2)
+        });
+        tokio::select! {
+            done = running => panic!("the run ended: {done:?}"),
+            started = started => started.unwrap(),
+        }
+        // `running` was dropped by the select.
+        let recorded = pids(dir.path());
+        assert_ne!(recorded[0], recorded[1]);
+        for pid in recorded {
+            eventually(&format!("process {pid} is gone"), || {
+                !alive(pid, dir.path())
+            });
+        }
+    }
+
+    #[test]
+    fn the_error_line_is_quoted_short_and_scrubbed() {
+        assert_eq!(
+            quote_stderr(b"WARNING: old version\n\r\nERROR: AADSTS1: bad eyJa.b.c\nERROR: more"),
+            Some("AADSTS1: bad ***".to_owned())
+        );
+        assert_eq!(
+            quote_stderr(b"\n  Traceback (most recent call last):\n  x"),
+            Some("Traceback (most recent call last):".to_owned())
+        );
+        assert_eq!(quote_stderr(b" \n\t\n"), None);
+        assert_eq!(quote_stderr(b"ERROR:\nboom"), Some("ERROR:".to_owned()));
+        let long = format!("ERROR: {}\x1b[31m", "x".repeat(5000));
+        let quoted = quote_stderr(long.as_bytes()).unwrap();
+        assert_eq!(quoted, format!("{}…", "x".repeat(MAX_QUOTE_CHARS)));
+        assert_eq!(
+            quote_stderr(b"a\x1b[31mb\xffc"),
+            Some("a [31mb\u{fffd}c".to_owned())
+        );
+        assert!(contains(b"please run 'az login'", b"az login"));
+        assert!(!contains(b"az logi", b"az login"));
+        assert!(!contains(b"", b""));
+    }
+}
