@@ -52,7 +52,6 @@ pub(crate) fn excerpt(body: &[u8], secrets: &[&str], max_chars: usize) -> String
 }
 
 /// At most `max_chars` characters of `text`, with `…` when it was cut.
-#[allow(dead_code)] // for program output (Azure CLI); used once that lands
 pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {
         Some((at, _)) => format!("{}…", &text[..at]),
