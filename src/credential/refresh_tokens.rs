@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use super::shared_token_cache;
 use crate::entra::msal_cache::{AccessTokenQuery, CacheDocument, NewTokens, RefreshToken};
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::{TokenClient, TokenResponse, refresh_token_form};
-use crate::error::CredentialError;
+use crate::error::{CredentialError, ErrorKind, ProviderDetails};
 use crate::token::{AccessToken, Secret, instant_from_unix, unix_now};
 
 /// A cached access token is returned only with more than this left (the reference's rule,
@@ -22,11 +23,17 @@ pub(crate) fn usable_access_token(
     let now = unix_now();
     doc.find_access_tokens(query)
         .into_iter()
-        .filter(|at| at.expires_on > now + MIN_REMAINING.as_secs())
+        .filter(|at| at.expires_on > now.saturating_add(MIN_REMAINING.as_secs()))
         .max_by_key(|at| at.expires_on)
         .map(|at| {
-            AccessToken::new(at.secret, instant_from_unix(at.expires_on))
-                .with_refresh_on(at.refresh_on.filter(|r| *r > now).map(instant_from_unix))
+            let expires_on = instant_from_unix(at.expires_on);
+            // Never after the expiry: a file may say so, and two clamped times can too.
+            let refresh_on = at
+                .refresh_on
+                .filter(|r| *r > now)
+                .map(|r| instant_from_unix(r).min(expires_on));
+            AccessToken::new(at.secret, expires_on)
+                .with_refresh_on(refresh_on)
                 .with_token_type(at.token_type)
         })
 }
@@ -45,9 +52,10 @@ pub(crate) struct Redeem<'a> {
 
 impl Redeem<'_> {
     /// Redeems `candidates` in turn: the first success wins and is recorded (its refresh
-    /// token rotated in place); one the provider rejects with `invalid_grant` is removed from
-    /// the cache and the next is tried. `Ok(None)` when there is no candidate; the last error
-    /// when none worked.
+    /// token rotated in place); after one the provider rejects with `invalid_grant` the next
+    /// is tried. The rejected token is dropped from a private in-memory store and kept in a
+    /// shared cache file. `Ok(None)` when there is no candidate; the last error when none
+    /// worked, an `invalid_grant` one saying what to do.
     pub(crate) async fn first_success(
         &self,
         candidates: Vec<RefreshToken>,
@@ -70,13 +78,24 @@ impl Redeem<'_> {
                     self.record(&response, Some(candidate.key)).await;
                     return Ok(Some(response.token));
                 }
-                Err(error) => {
-                    if error.error_code() == Some("invalid_grant") {
-                        let key = candidate.key;
+                Err(error) if error.error_code() == Some("invalid_grant") => {
+                    // `invalid_grant` does not always mean the token is dead: a claims or MFA
+                    // requirement (AADSTS50076, 50079, ...) refuses it for this request only,
+                    // and the token in a shared file is also Azure CLI's and Visual Studio's
+                    // sign-in. Like msal (unlike azure-identity), it stays in the file. A
+                    // private in-memory store is ours alone: dropping the token there spares
+                    // a doomed request on every later call.
+                    if self.store.is_shared() {
                         tracing::debug!(
                             credential = self.credential,
-                            "refresh token rejected (invalid_grant); removing it from the cache"
+                            "refresh token rejected (invalid_grant); left in the shared token cache"
                         );
+                    } else {
+                        tracing::debug!(
+                            credential = self.credential,
+                            "refresh token rejected (invalid_grant); dropped from memory"
+                        );
+                        let key = candidate.key;
                         if let Err(e) = self
                             .store
                             .modify(move |doc| doc.remove_refresh_token(&key))
@@ -85,8 +104,9 @@ impl Redeem<'_> {
                             tracing::warn!(credential = self.credential, error = %e, "could not remove a rejected refresh token from the token cache");
                         }
                     }
-                    last_error = Some(error);
+                    last_error = Some(with_sign_in_advice(self.credential, error));
                 }
+                Err(error) => last_error = Some(error),
             }
         }
         last_error.map_or(Ok(None), Err)
@@ -111,6 +131,32 @@ impl Redeem<'_> {
         )
         .await
     }
+}
+
+/// A refresh token's `invalid_grant` error, with what the user must do to get past it.
+fn with_sign_in_advice(credential: &'static str, error: CredentialError) -> CredentialError {
+    let advice = if credential == shared_token_cache::NAME {
+        "To fix, sign in again with the developer tool that shares the token cache (Azure CLI: \
+         'az login'; Visual Studio: re-enter the account under Azure Service Authentication). \
+         The refresh token was left in the cache"
+    } else {
+        "To fix, sign the user in again to get a new authorization code"
+    };
+    let message = format!("{}. {advice}", error.message().trim_end_matches('.'));
+    let details = ProviderDetails {
+        status: error.status(),
+        error: error.error_code().map(str::to_owned),
+        error_codes: error.error_codes().to_vec(),
+        correlation_id: error.correlation_id().map(str::to_owned),
+    };
+    let rebuilt = match error.kind() {
+        ErrorKind::Unavailable => CredentialError::unavailable(credential, message),
+        ErrorKind::InvalidRequest => CredentialError::invalid_request(credential, message),
+        ErrorKind::AuthenticationFailed => {
+            CredentialError::authentication_failed(credential, message)
+        }
+    };
+    rebuilt.with_provider(details)
 }
 
 /// Records a token answer in `store` (see [`Redeem::record`]); returns the account id.
@@ -173,5 +219,31 @@ pub(crate) async fn record(
             tracing::warn!(credential, %error, "the token was obtained but could not be written to the token cache");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::MAX_TOKEN_LIFETIME;
+
+    #[test]
+    fn an_absurd_expiry_in_the_file_is_clamped_and_the_refresh_time_never_passes_it() {
+        let doc = CacheDocument::parse(
+            br#"{"AccessToken": {"at": {"secret": "s", "home_account_id": null, "environment": "e",
+                "client_id": "c", "target": "t", "realm": "r", "cached_at": "18446744073709551615",
+                "expires_on": "18446744073709551615", "refresh_on": 18446744073709551615}}}"#,
+        )
+        .unwrap();
+        let query = AccessTokenQuery {
+            home_account_id: Some(None),
+            environments: &["e"],
+            client_id: Some("c"),
+            realm: Some("r"),
+            scopes: &[],
+        };
+        let token = usable_access_token(&doc, &query).expect("valid far into the future");
+        assert!(token.expires_in() <= MAX_TOKEN_LIFETIME, "{token:?}");
+        assert!(token.refresh_on().is_some_and(|r| r <= token.expires_on()));
     }
 }

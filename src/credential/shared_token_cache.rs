@@ -41,7 +41,7 @@ use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, TokenRequest};
 use crate::transport::HttpClient;
 
-const NAME: &str = "SharedTokenCacheCredential";
+pub(crate) const NAME: &str = "SharedTokenCacheCredential";
 /// Azure CLI's public client: family refresh tokens are redeemed as it.
 pub(crate) const AZURE_CLI_CLIENT_ID: &str = "04b07795-8ddb-461a-bbee-02f9e1bf7b46";
 /// The tenant family refresh tokens are redeemed at when none is named.
@@ -191,26 +191,8 @@ impl Inner {
         doc: &CacheDocument,
         environments: &[&str],
     ) -> Result<Account, CredentialError> {
-        let mut accounts: Vec<Account> = Vec::new();
-        for account in doc.accounts() {
-            let known_host = environments
-                .iter()
-                .any(|e| e.eq_ignore_ascii_case(&account.environment));
-            let has_family_token = !doc
-                .find_refresh_tokens(&RefreshTokenQuery {
-                    home_account_id: &account.home_account_id,
-                    environments,
-                    client_id: None,
-                    family_only: true,
-                })
-                .is_empty();
-            let duplicate = accounts
-                .iter()
-                .any(|a| a.home_account_id == account.home_account_id);
-            if known_host && has_family_token && !duplicate {
-                accounts.push(account);
-            }
-        }
+        // One pass over the document, however many accounts it holds.
+        let accounts = doc.accounts_with_family_refresh_tokens(environments);
         if accounts.is_empty() {
             return Err(unavailable(
                 "No accounts were found in the cache.".to_owned(),

@@ -54,12 +54,17 @@
 // the credentials read only part of it.
 #![allow(dead_code)]
 
+use std::borrow::Cow;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fmt::Write as _;
+use std::hash::BuildHasher;
 
 use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use zeroize::Zeroize as _;
@@ -122,30 +127,80 @@ impl Drop for RawJson {
     }
 }
 
-/// An object key: its decoded text (for lookups) and the exact JSON text it is written as.
+/// An object key: the exact JSON text it is written as, and its decoded text (for lookups).
 #[derive(Clone)]
 struct Name {
-    /// The decoded key.
-    text: String,
     /// The key as a JSON string literal, quotes included.
-    raw: String,
+    raw: Cow<'static, str>,
+    /// The decoded key, when it is not simply the text between the quotes (escapes).
+    decoded: Option<String>,
 }
+
+/// Keys msal writes in every entry (and the section names), shared rather than allocated for
+/// each of the thousands of entries of a large file.
+const COMMON_KEYS: [&str; 23] = [
+    "\"credential_type\"",
+    "\"secret\"",
+    "\"home_account_id\"",
+    "\"environment\"",
+    "\"client_id\"",
+    "\"target\"",
+    "\"realm\"",
+    "\"token_type\"",
+    "\"cached_at\"",
+    "\"expires_on\"",
+    "\"extended_expires_on\"",
+    "\"refresh_on\"",
+    "\"last_modification_time\"",
+    "\"family_id\"",
+    "\"local_account_id\"",
+    "\"username\"",
+    "\"authority_type\"",
+    "\"account_source\"",
+    "\"AccessToken\"",
+    "\"RefreshToken\"",
+    "\"IdToken\"",
+    "\"Account\"",
+    "\"AppMetadata\"",
+];
 
 impl Name {
     /// A key we create, written as Python would.
     fn new(text: impl Into<String>) -> Self {
         let text = text.into();
         let raw = py_json_string(&text);
-        Self { text, raw }
+        let plain = raw
+            .get(1..raw.len().saturating_sub(1))
+            .is_some_and(|inner| inner == text);
+        Self {
+            raw: Cow::Owned(raw),
+            decoded: (!plain).then_some(text),
+        }
     }
 
     /// A key read from a document. A key that does not decode (a lone surrogate escape, which
     /// Python accepts) is looked up by its raw text; it never equals a key we build.
     fn from_raw(raw: &str) -> Self {
-        let text = serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_owned());
-        Self {
-            text,
-            raw: raw.to_owned(),
+        // Without a backslash the decoded text is what lies between the quotes (serde_json
+        // validated the string): no JSON parser per key.
+        let decoded = raw
+            .contains('\\')
+            .then(|| serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_owned()));
+        let raw = match COMMON_KEYS.iter().find(|common| **common == raw) {
+            Some(common) => Cow::Borrowed(*common),
+            None => Cow::Owned(raw.to_owned()),
+        };
+        Self { raw, decoded }
+    }
+
+    /// The decoded key.
+    fn text(&self) -> &str {
+        match &self.decoded {
+            Some(decoded) => decoded,
+            None => self
+                .raw
+                .get(1..self.raw.len().saturating_sub(1))
+                .unwrap_or_default(),
         }
     }
 }
@@ -172,13 +227,16 @@ impl Entry {
     fn raw(&self, name: &str) -> Option<&RawJson> {
         self.fields
             .iter()
-            .find(|(n, _)| n.text == name)
+            .find(|(n, _)| {
+                work::add(1);
+                n.text() == name
+            })
             .map(|(_, v)| v)
     }
 
     /// Replaces a field's value at its position, or appends the field.
     fn set(&mut self, name: &str, value: RawJson) {
-        match self.fields.iter_mut().find(|(n, _)| n.text == name) {
+        match self.fields.iter_mut().find(|(n, _)| n.text() == name) {
             Some((_, v)) => *v = value,
             None => self.fields.push((Name::new(name), value)),
         }
@@ -250,6 +308,11 @@ fn parse_time(text: &str) -> Result<u64, Problem> {
                 _ => Err(Problem::OutOfRange),
             }
         }
+        // A number too large for f64 (`1e400`; Python reads it as infinity), which serde_json
+        // validates as JSON but will not read.
+        Err(_) if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+            Err(Problem::OutOfRange)
+        }
         _ => Err(Problem::NotDecimal),
     }
 }
@@ -264,12 +327,108 @@ enum Body {
 }
 
 /// Appends `(name, value)`, or, when the name is already there, replaces that value in place
-/// (Python's `json.loads`: last value wins, first position).
+/// (Python's `json.loads`: last value wins, first position). A linear scan: for one insertion
+/// into an existing list; parsing uses [`Members`].
 fn push_dedup<T>(list: &mut Vec<(Name, T)>, name: Name, value: T) {
-    match list.iter_mut().find(|(n, _)| n.text == name.text) {
+    match list.iter_mut().find(|(n, _)| {
+        work::add(1);
+        n.text() == name.text()
+    }) {
         Some((_, v)) => *v = value,
         None => list.push((name, value)),
     }
+}
+
+/// Up to this many members, [`Members`] finds duplicates by scanning: cheaper than hashing for
+/// the ten or so fields of an entry.
+const SCAN_LIMIT: usize = 16;
+
+/// The members of one JSON object as they are read, with [`push_dedup`]'s rule (last value
+/// wins, first position) in linear time: a file with many members (thousands of entries, or a
+/// hostile one with thousands of fields or sections) must not cost a scan per member.
+struct Members<T, S = RandomState> {
+    /// The members so far, in document order.
+    list: Vec<(Name, T)>,
+    /// Once `list` outgrows [`SCAN_LIMIT`]: the position of the first member with each hash of
+    /// a name (randomly keyed by default, so a file cannot choose collisions).
+    index: Option<(S, HashMap<u64, usize>)>,
+}
+
+impl<T, S: BuildHasher + Default> Members<T, S> {
+    /// An empty list with room for `capacity` members.
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            list: Vec::with_capacity(capacity),
+            index: None,
+        }
+    }
+
+    /// Adds a member, or replaces the value of the one with the same name.
+    fn push(&mut self, name: Name, value: T) {
+        if self.index.is_none() && self.list.len() >= SCAN_LIMIT {
+            work::add(self.list.len());
+            let hasher = S::default();
+            let mut positions = HashMap::with_capacity(self.list.capacity());
+            for (i, (n, _)) in self.list.iter().enumerate() {
+                positions.entry(hasher.hash_one(n.text())).or_insert(i);
+            }
+            self.index = Some((hasher, positions));
+        }
+        let Some((hasher, positions)) = &mut self.index else {
+            push_dedup(&mut self.list, name, value);
+            return;
+        };
+        work::add(1);
+        let hash = hasher.hash_one(name.text());
+        match positions.get(&hash).copied() {
+            None => {
+                positions.insert(hash, self.list.len());
+                self.list.push((name, value));
+            }
+            Some(i) => match self.list.get_mut(i) {
+                Some((n, v)) if n.text() == name.text() => *v = value,
+                // Two names with one 64-bit hash: a scan settles it.
+                _ => push_dedup(&mut self.list, name, value),
+            },
+        }
+    }
+
+    /// The members, in document order.
+    fn into_list(self) -> Vec<(Name, T)> {
+        self.list
+    }
+}
+
+/// Counts the steps of name lookups and position reports, so that tests can prove the work of
+/// a read grows linearly with the document (a time limit would be flaky). Nothing outside
+/// tests.
+#[cfg(test)]
+mod work {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Steps counted on this thread since the last [`take`].
+        static STEPS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Counts `n` steps.
+    pub(super) fn add(n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        STEPS.with(|steps| steps.set(steps.get().saturating_add(n)));
+    }
+
+    /// The steps counted on this thread since the last call.
+    pub(super) fn take() -> u64 {
+        STEPS.with(|steps| steps.replace(0))
+    }
+}
+
+/// Outside tests, counting steps is free.
+#[cfg(not(test))]
+mod work {
+    /// Nothing to count.
+    #[inline(always)]
+    pub(super) fn add(_: usize) {}
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -432,156 +591,74 @@ impl std::error::Error for DocumentError {}
 // Scanning a validated document
 // ---------------------------------------------------------------------------------------------
 
-/// One member of a JSON object: the key's raw text and the value's byte range in the source.
-struct Member<'a> {
-    /// The key as written, quotes included.
-    key: &'a str,
-    /// Start of the value.
-    start: usize,
-    /// End (exclusive) of the value.
-    end: usize,
+/// The members of a JSON object, key and value each borrowed from the text exactly as written
+/// (the key with its quotes and escapes). serde_json validates the object and skips over the
+/// values at the speed of its own scanner, without copying them.
+struct RawMembers<'a>(Vec<(&'a RawValue, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for RawMembers<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Collects the members of a map.
+        struct ObjectVisitor;
+
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = RawMembers<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(key) = map.next_key::<&'de RawValue>()? {
+                    members.push((key, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(RawMembers(members))
+            }
+        }
+
+        deserializer.deserialize_map(ObjectVisitor)
+    }
 }
 
-/// Walks the structure of a document that serde_json has already validated, to find the exact
-/// text of keys and values. Every step is bounds-checked; `None` means "not what we expected"
-/// and never happens for valid JSON.
-struct Scanner<'a> {
-    /// The document.
-    src: &'a str,
-    /// Current byte offset.
-    pos: usize,
+/// The members of a value of the validated document; `None` when it is not an object.
+fn object_members(value: &RawValue) -> Option<Vec<(&RawValue, &RawValue)>> {
+    let text = value.get();
+    if !text.starts_with('{') {
+        return None;
+    }
+    serde_json::from_str::<RawMembers<'_>>(text)
+        .ok()
+        .map(|members| members.0)
 }
 
-impl<'a> Scanner<'a> {
-    /// A scanner at `pos`.
-    fn at(src: &'a str, pos: usize) -> Self {
-        Self { src, pos }
-    }
-
-    /// The byte at the current position.
-    fn peek(&self) -> Option<u8> {
-        self.src.as_bytes().get(self.pos).copied()
-    }
-
-    /// Skips JSON whitespace.
-    fn skip_ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.pos += 1;
-        }
-    }
-
-    /// Consumes `byte` if it is next.
-    fn eat(&mut self, byte: u8) -> bool {
-        if self.peek() == Some(byte) {
-            self.pos += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Skips a string starting at the current `"`.
-    fn skip_string(&mut self) -> Option<()> {
-        if !self.eat(b'"') {
-            return None;
-        }
-        loop {
-            match self.peek()? {
-                b'\\' => self.pos += 2,
-                b'"' => {
-                    self.pos += 1;
-                    return Some(());
-                }
-                _ => self.pos += 1,
-            }
-        }
-    }
-
-    /// Skips one value; returns its byte range.
-    fn skip_value(&mut self) -> Option<(usize, usize)> {
-        let start = self.pos;
-        match self.peek()? {
-            b'"' => self.skip_string()?,
-            b'{' | b'[' => {
-                let mut depth = 0usize;
-                loop {
-                    match self.peek()? {
-                        b'"' => self.skip_string()?,
-                        b'{' | b'[' => {
-                            depth += 1;
-                            self.pos += 1;
-                        }
-                        b'}' | b']' => {
-                            depth = depth.checked_sub(1)?;
-                            self.pos += 1;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        _ => self.pos += 1,
-                    }
-                }
-            }
-            _ => {
-                while !matches!(
-                    self.peek(),
-                    None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
-                ) {
-                    self.pos += 1;
-                }
-                if self.pos == start {
-                    return None;
-                }
-            }
-        }
-        Some((start, self.pos))
-    }
-
-    /// The members of the object at the current position, or `None` if the value there is
-    /// not an object.
-    fn object(&mut self) -> Option<Vec<Member<'a>>> {
-        self.skip_ws();
-        if !self.eat(b'{') {
-            return None;
-        }
-        let mut members = Vec::new();
-        self.skip_ws();
-        if self.eat(b'}') {
-            return Some(members);
-        }
-        loop {
-            self.skip_ws();
-            let key_start = self.pos;
-            self.skip_string()?;
-            let key = self.src.get(key_start..self.pos)?;
-            self.skip_ws();
-            if !self.eat(b':') {
-                return None;
-            }
-            self.skip_ws();
-            let (start, end) = self.skip_value()?;
-            members.push(Member { key, start, end });
-            self.skip_ws();
-            if self.eat(b',') {
-                continue;
-            }
-            if self.eat(b'}') {
-                return Some(members);
-            }
-            return None;
-        }
-    }
+/// 1-based line and column (in bytes) of `value` in `src`, for errors.
+fn position_of(src: &str, value: &RawValue) -> (usize, usize) {
+    let text = value.get();
+    let offset = (text.as_ptr() as usize)
+        .checked_sub(src.as_ptr() as usize)
+        .filter(|&start| start <= src.len())
+        .unwrap_or(0);
+    line_col(src, offset)
 }
 
 /// 1-based line and column (in bytes) of a byte offset.
 fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let before = src.as_bytes().get(..offset).unwrap_or(src.as_bytes());
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    work::add(before.len());
+    let line = before
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        .saturating_add(1);
     let line_start = before
         .iter()
         .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    (line, before.len() - line_start + 1)
+        .map_or(0, |i| i.saturating_add(1));
+    (
+        line,
+        before.len().saturating_sub(line_start).saturating_add(1),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1031,9 +1108,9 @@ impl fmt::Debug for CacheDocument {
         for (name, body) in &self.sections {
             match body {
                 Body::Entries(entries) => {
-                    m.entry(&name.text, &format_args!("{} entries", entries.len()))
+                    m.entry(&name.text(), &format_args!("{} entries", entries.len()))
                 }
-                Body::Raw(_) => m.entry(&name.text, &format_args!("(kept verbatim)")),
+                Body::Raw(_) => m.entry(&name.text(), &format_args!("(kept verbatim)")),
             };
         }
         m.finish()
@@ -1059,23 +1136,21 @@ impl CacheDocument {
         if src.trim_matches([' ', '\t', '\n', '\r']).is_empty() {
             return Ok(Self::empty());
         }
-        serde_json::from_str::<serde::de::IgnoredAny>(src).map_err(|e| DocumentError {
-            kind: ErrorKind::Syntax(e.to_string()),
-        })?;
-        let top = Scanner::at(src, 0).object().ok_or(DocumentError {
-            kind: ErrorKind::TopLevelNotObject,
-        })?;
-        let mut sections: Vec<(Name, Body)> = Vec::new();
-        for member in top {
-            let name = Name::from_raw(member.key);
-            let body = if KNOWN_SECTIONS.contains(&name.text.as_str()) {
-                Body::Entries(parse_entries(src, &name.text, &member)?)
+        let top =
+            serde_json::from_str::<RawMembers<'_>>(src).map_err(|e| top_level_error(src, &e))?;
+        let mut sections = Members::<_>::with_capacity(top.0.len());
+        for (key, value) in top.0 {
+            let name = Name::from_raw(key.get());
+            let body = if KNOWN_SECTIONS.contains(&name.text()) {
+                Body::Entries(parse_entries(src, name.text(), value)?)
             } else {
-                Body::Raw(RawJson::from_text(raw_slice(src, &member)))
+                Body::Raw(RawJson(value.to_owned()))
             };
-            push_dedup(&mut sections, name, body);
+            sections.push(name, body);
         }
-        Ok(Self { sections })
+        Ok(Self {
+            sections: sections.into_list(),
+        })
     }
 
     /// The document as msal writes it (`json.dumps(doc, indent=4)` layout). It contains the
@@ -1105,7 +1180,10 @@ impl CacheDocument {
     fn entries(&self, section: &str) -> &[(Name, Entry)] {
         self.sections
             .iter()
-            .find(|(name, _)| name.text == section)
+            .find(|(name, _)| {
+                work::add(1);
+                name.text() == section
+            })
             .and_then(|(_, body)| match body {
                 Body::Entries(entries) => Some(entries.as_slice()),
                 Body::Raw(_) => None,
@@ -1119,7 +1197,7 @@ impl CacheDocument {
         let index = match self
             .sections
             .iter()
-            .position(|(name, _)| name.text == section)
+            .position(|(name, _)| name.text() == section)
         {
             Some(i) => i,
             None => {
@@ -1147,12 +1225,12 @@ impl CacheDocument {
         let Some((_, Body::Entries(entries))) = self
             .sections
             .iter_mut()
-            .find(|(name, _)| name.text == section)
+            .find(|(name, _)| name.text() == section)
         else {
             return false;
         };
         let before = entries.len();
-        entries.retain(|(name, _)| name.text != key);
+        entries.retain(|(name, _)| name.text() != key);
         entries.len() != before
     }
 
@@ -1160,7 +1238,7 @@ impl CacheDocument {
     fn view<T>(&self, section: &str, read: fn(&str, &Entry) -> Result<T, FieldProblem>) -> Vec<T> {
         self.entries(section)
             .iter()
-            .filter_map(|(name, entry)| read(&name.text, entry).ok())
+            .filter_map(|(name, entry)| read(name.text(), entry).ok())
             .collect()
     }
 
@@ -1199,14 +1277,14 @@ impl CacheDocument {
             out: &mut Vec<DocumentError>,
         ) {
             for (name, entry) in doc.entries(section) {
-                if let Err(p) = read(&name.text, entry) {
-                    out.push(DocumentError::field(section, &name.text, p));
+                if let Err(p) = read(name.text(), entry) {
+                    out.push(DocumentError::field(section, name.text(), p));
                 }
             }
         }
         let mut out = Vec::new();
         for (name, _) in &self.sections {
-            match name.text.as_str() {
+            match name.text() {
                 ACCESS_TOKEN => collect(self, ACCESS_TOKEN, access_token_view, &mut out),
                 REFRESH_TOKEN => collect(self, REFRESH_TOKEN, refresh_token_view, &mut out),
                 ID_TOKEN => collect(self, ID_TOKEN, id_token_view, &mut out),
@@ -1226,8 +1304,20 @@ impl CacheDocument {
     ///
     /// [`remove_expired_access_tokens`]: CacheDocument::remove_expired_access_tokens
     pub(crate) fn find_access_tokens(&self, q: &AccessTokenQuery<'_>) -> Vec<CachedAccessToken> {
-        self.access_tokens()
-            .into_iter()
+        // Entries of other accounts are passed over before their view (and secret) is built.
+        let wanted_account = |e: &Entry| match q.home_account_id {
+            None => true,
+            Some(wanted) => {
+                e.lenient_str("home_account_id")
+                    .filter(|h| !h.is_empty())
+                    .as_deref()
+                    == wanted
+            }
+        };
+        self.entries(ACCESS_TOKEN)
+            .iter()
+            .filter(|(_, e)| wanted_account(e))
+            .filter_map(|(name, e)| access_token_view(name.text(), e).ok())
             .filter(|at| {
                 at.token_type.eq_ignore_ascii_case("Bearer")
                     && match q.home_account_id {
@@ -1249,13 +1339,48 @@ impl CacheDocument {
     /// Refresh tokens of an account at the given hosts, optionally of one client and
     /// optionally family tokens only. Document order.
     pub(crate) fn find_refresh_tokens(&self, q: &RefreshTokenQuery<'_>) -> Vec<RefreshToken> {
-        self.refresh_tokens()
-            .into_iter()
+        // Entries of other accounts are passed over before their view (and secret) is built.
+        self.entries(REFRESH_TOKEN)
+            .iter()
+            .filter(|(_, e)| {
+                e.lenient_str("home_account_id").unwrap_or_default() == q.home_account_id
+            })
+            .filter_map(|(name, e)| refresh_token_view(name.text(), e).ok())
             .filter(|rt| {
                 rt.home_account_id == q.home_account_id
                     && env_matches(q.environments, &rt.environment)
                     && q.client_id.is_none_or(|c| rt.client_id == c)
                     && (!q.family_only || rt.family_id.as_deref().is_some_and(|f| !f.is_empty()))
+            })
+            .collect()
+    }
+
+    /// The accounts that have a family (FOCI) refresh token: `Account` entries at one of
+    /// `environments` with a family refresh token of the same `home_account_id` at one of
+    /// `environments`, one per `home_account_id` (the first in document order). What
+    /// SharedTokenCacheCredential chooses from. Linear in the document: one pass over the
+    /// refresh tokens, one over the accounts.
+    pub(crate) fn accounts_with_family_refresh_tokens(
+        &self,
+        environments: &[&str],
+    ) -> Vec<Account> {
+        let holders: HashSet<String> = self
+            .entries(REFRESH_TOKEN)
+            .iter()
+            .filter_map(|(name, e)| refresh_token_view(name.text(), e).ok())
+            .filter(|rt| {
+                env_matches(environments, &rt.environment)
+                    && rt.family_id.as_deref().is_some_and(|f| !f.is_empty())
+            })
+            .map(|rt| rt.home_account_id)
+            .collect();
+        let mut seen = HashSet::new();
+        self.accounts()
+            .into_iter()
+            .filter(|a| {
+                env_matches(environments, &a.environment)
+                    && holders.contains(&a.home_account_id)
+                    && seen.insert(a.home_account_id.clone())
             })
             .collect()
     }
@@ -1414,7 +1539,7 @@ impl CacheDocument {
         let Some(entries) = self.entries_mut(ACCOUNT) else {
             return;
         };
-        match entries.iter_mut().find(|(name, _)| name.text == key) {
+        match entries.iter_mut().find(|(name, _)| name.text() == key) {
             Some((_, existing)) => {
                 for (name, value) in fields {
                     existing.set(name, RawJson::string(value));
@@ -1445,7 +1570,7 @@ impl CacheDocument {
             let Some(entries) = self.entries_mut(REFRESH_TOKEN) else {
                 return;
             };
-            if let Some(i) = entries.iter().position(|(name, _)| name.text == old_key) {
+            if let Some(i) = entries.iter().position(|(name, _)| name.text() == old_key) {
                 let same_account = entries
                     .get(i)
                     .and_then(|(_, e)| e.lenient_str("home_account_id"))
@@ -1495,13 +1620,13 @@ impl CacheDocument {
         let Some((_, Body::Entries(entries))) = self
             .sections
             .iter_mut()
-            .find(|(name, _)| name.text == ACCESS_TOKEN)
+            .find(|(name, _)| name.text() == ACCESS_TOKEN)
         else {
             return 0;
         };
         let before = entries.len();
         entries.retain(|(_, e)| e.req_time("expires_on").map_or(true, |t| t > now_unix));
-        before - entries.len()
+        before.saturating_sub(entries.len())
     }
 }
 
@@ -1510,51 +1635,65 @@ fn env_matches(accepted: &[&str], environment: &str) -> bool {
     accepted.iter().any(|e| e.eq_ignore_ascii_case(environment))
 }
 
-/// The exact text of a member's value.
-fn raw_slice(src: &str, member: &Member<'_>) -> String {
-    src.get(member.start..member.end)
-        .unwrap_or("null")
-        .to_owned()
+/// The error for a document serde_json refused: a syntax error, or a top level that is not an
+/// object. A document that is both reports its syntax error, as a full validation would.
+fn top_level_error(src: &str, error: &serde_json::Error) -> DocumentError {
+    let syntax = |e: &serde_json::Error| DocumentError {
+        kind: ErrorKind::Syntax(e.to_string()),
+    };
+    if !error.is_data() {
+        return syntax(error);
+    }
+    match serde_json::from_str::<IgnoredAny>(src) {
+        Err(e) => syntax(&e),
+        Ok(_) => DocumentError {
+            kind: ErrorKind::TopLevelNotObject,
+        },
+    }
 }
 
 /// Parses a known section's value into entries.
 fn parse_entries(
     src: &str,
     section: &str,
-    member: &Member<'_>,
+    value: &RawValue,
 ) -> Result<Vec<(Name, Entry)>, DocumentError> {
-    let (line, column) = line_col(src, member.start);
-    let members = Scanner::at(src, member.start)
-        .object()
-        .ok_or_else(|| DocumentError {
+    // Positions are worked out only for errors: each costs a pass over the text before it, and
+    // a file may repeat a section thousands of times.
+    let members = object_members(value).ok_or_else(|| {
+        let (line, column) = position_of(src, value);
+        DocumentError {
             kind: ErrorKind::SectionNotObject {
                 section: section.to_owned(),
                 line,
                 column,
             },
-        })?;
-    let mut entries = Vec::new();
-    for m in members {
-        let name = Name::from_raw(m.key);
-        let Some(fields) = Scanner::at(src, m.start).object() else {
-            let (line, column) = line_col(src, m.start);
+        }
+    })?;
+    let mut entries = Members::<_>::with_capacity(members.len());
+    for (key, value) in members {
+        let name = Name::from_raw(key.get());
+        let Some(fields) = object_members(value) else {
+            let (line, column) = position_of(src, value);
             return Err(DocumentError {
                 kind: ErrorKind::EntryNotObject {
                     section: section.to_owned(),
-                    entry: name.text,
+                    entry: name.text().to_owned(),
                     line,
                     column,
                 },
             });
         };
-        let mut entry = Entry::default();
-        for f in fields {
-            let value = RawJson::from_text(raw_slice(src, &f));
-            push_dedup(&mut entry.fields, Name::from_raw(f.key), value);
+        let mut entry_fields = Members::<_>::with_capacity(fields.len());
+        for (key, value) in fields {
+            entry_fields.push(Name::from_raw(key.get()), RawJson(value.to_owned()));
         }
-        push_dedup(&mut entries, name, entry);
+        let entry = Entry {
+            fields: entry_fields.into_list(),
+        };
+        entries.push(name, entry);
     }
-    Ok(entries)
+    Ok(entries.into_list())
 }
 
 #[cfg(test)]
@@ -2765,5 +2904,347 @@ mod tests {
         );
         assert!(text(&doc).contains("\"later\""));
         assert_eq!(CacheDocument::empty().remove_expired_access_tokens(1), 0);
+    }
+
+    // ---- cost of a read ----------------------------------------------------------------------
+
+    /// A document of `people` accounts, each with a family refresh token and an access token,
+    /// in msal's entry shapes (compact).
+    fn many_accounts(people: usize) -> String {
+        let (mut ats, mut rts, mut accounts) = (Vec::new(), Vec::new(), Vec::new());
+        for p in 0..people {
+            let hid = format!("uid-{p}.utid");
+            ats.push(format!(
+                r#""{hid}-login.microsoftonline.com-accesstoken-{CLI}-contoso-s": {{"credential_type": "AccessToken", "secret": "at-{p}", "home_account_id": "{hid}", "environment": "login.microsoftonline.com", "client_id": "{CLI}", "target": "s", "realm": "contoso", "token_type": "Bearer", "cached_at": "1", "expires_on": "2", "extended_expires_on": "2"}}"#
+            ));
+            rts.push(format!(
+                r#""{hid}-login.microsoftonline.com-refreshtoken-{CLI}--s": {{"credential_type": "RefreshToken", "secret": "rt-{p}", "home_account_id": "{hid}", "environment": "login.microsoftonline.com", "client_id": "{CLI}", "target": "s", "last_modification_time": "1", "family_id": "1"}}"#
+            ));
+            accounts.push(format!(
+                r#""{hid}-login.microsoftonline.com-contoso": {{"home_account_id": "{hid}", "environment": "login.microsoftonline.com", "realm": "contoso", "local_account_id": "uid-{p}", "username": "user{p}@contoso.com", "authority_type": "MSSTS"}}"#
+            ));
+        }
+        format!(
+            r#"{{"AccessToken": {{{}}}, "RefreshToken": {{{}}}, "Account": {{{}}}}}"#,
+            ats.join(", "),
+            rts.join(", "),
+            accounts.join(", ")
+        )
+    }
+
+    /// The steps (name comparisons, bytes scanned for positions) of parsing `text` and making
+    /// every query the credentials make.
+    fn read_steps(text: &str) -> u64 {
+        work::take();
+        let doc = parse(text);
+        let _ = (doc.accounts(), doc.refresh_tokens(), doc.access_tokens());
+        let _ = (doc.id_tokens(), doc.app_metadata(), doc.skipped());
+        let _ = doc.find_access_tokens(&AccessTokenQuery {
+            home_account_id: Some(Some("uid-7.utid")),
+            environments: PUBLIC,
+            client_id: None,
+            realm: None,
+            scopes: &scopes(&["s"]),
+        });
+        let _ = doc.find_refresh_tokens(&RefreshTokenQuery {
+            home_account_id: "uid-7.utid",
+            environments: PUBLIC,
+            client_id: None,
+            family_only: true,
+        });
+        let _ = doc.accounts_with_family_refresh_tokens(PUBLIC);
+        work::take()
+    }
+
+    #[test]
+    fn reading_takes_steps_linear_in_the_size_of_the_document() {
+        /// A name, and a document of that shape with `n` members.
+        type Shape = (&'static str, fn(usize) -> String);
+        let shapes: [Shape; 5] = [
+            ("accounts with tokens", many_accounts),
+            ("fields of one entry", |n| {
+                let fields: Vec<String> = (0..n).map(|i| format!(r#""f{i}": {i}"#)).collect();
+                format!(r#"{{"AccessToken": {{"k": {{{}}}}}}}"#, fields.join(", "))
+            }),
+            ("unknown sections", |n| {
+                let sections: Vec<String> = (0..n).map(|i| format!(r#""S{i}": [{i}]"#)).collect();
+                format!("{{{}}}", sections.join(", "))
+            }),
+            ("entries with 100 distinct keys", |n| {
+                let entries: Vec<String> = (0..n)
+                    .map(|i| {
+                        format!(
+                            r#""k{}": {{"client_id": "c{i}", "environment": "e"}}"#,
+                            i % 100
+                        )
+                    })
+                    .collect();
+                format!(r#"{{"AppMetadata": {{{}}}}}"#, entries.join(", "))
+            }),
+            ("a known section repeated", |n| {
+                let sections = vec![r#""AccessToken": {}"#; n];
+                format!("{{{}}}", sections.join(",\n"))
+            }),
+        ];
+        for (shape, make) in shapes {
+            let small = read_steps(&make(1_000));
+            let large = read_steps(&make(4_000));
+            // Four times the input: about four times the steps if linear, sixteen if not.
+            assert!(
+                large <= small * 5,
+                "{shape}: {small} steps for 1 000, {large} for 4 000"
+            );
+        }
+    }
+
+    #[test]
+    fn accounts_with_family_refresh_tokens_are_those_the_reference_selects() {
+        let doc = parse(&many_accounts(3));
+        let hids: Vec<String> = doc
+            .accounts_with_family_refresh_tokens(PUBLIC)
+            .into_iter()
+            .map(|a| a.home_account_id)
+            .collect();
+        assert_eq!(hids, ["uid-0.utid", "uid-1.utid", "uid-2.utid"]);
+        assert!(
+            doc.accounts_with_family_refresh_tokens(&["other.host"])
+                .is_empty()
+        );
+
+        // a: no family id; b: its family token at another cloud; c: two accounts, the family
+        // token at an alias (one row, the first); d: its account at another cloud.
+        let doc = parse(
+            r#"{
+    "RefreshToken": {
+        "rt-a": {"secret": "s", "home_account_id": "a", "environment": "login.microsoftonline.com", "client_id": "x", "family_id": ""},
+        "rt-b": {"secret": "s", "home_account_id": "b", "environment": "login.chinacloudapi.cn", "client_id": "x", "family_id": "1"},
+        "rt-c": {"secret": "s", "home_account_id": "c", "environment": "login.windows.net", "client_id": "x", "family_id": "1"},
+        "rt-d": {"secret": "s", "home_account_id": "d", "environment": "login.microsoftonline.com", "client_id": "x", "family_id": "1"}
+    },
+    "Account": {
+        "a": {"home_account_id": "a", "environment": "login.microsoftonline.com", "realm": "r"},
+        "b": {"home_account_id": "b", "environment": "login.microsoftonline.com", "realm": "r"},
+        "c-1": {"home_account_id": "c", "environment": "login.microsoftonline.com", "realm": "first"},
+        "c-2": {"home_account_id": "c", "environment": "login.windows.net", "realm": "second"},
+        "d": {"home_account_id": "d", "environment": "login.chinacloudapi.cn", "realm": "r"}
+    }
+}"#,
+        );
+        let selected: Vec<String> = doc
+            .accounts_with_family_refresh_tokens(PUBLIC)
+            .into_iter()
+            .map(|a| a.key)
+            .collect();
+        assert_eq!(selected, ["c-1"]);
+        assert!(
+            doc.accounts_with_family_refresh_tokens(&["login.chinacloudapi.cn"])
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_in_large_objects_resolve_like_python() {
+        // Past the scan limit duplicates are found through an index: the same rule applies,
+        // and the first spelling of a key is the one written back.
+        let n = SCAN_LIMIT * 3;
+        let mut entries: Vec<String> = (0..n)
+            .map(|i| format!(r#""k{i}": {{"client_id": "c{i}", "environment": "e"}}"#))
+            .collect();
+        entries.push(
+            r#""k3": {"client_id": "late", "environment": "e", "client_id": "latest"}"#.to_owned(),
+        );
+        entries.push(r#""\u006b0": {"client_id": "escaped", "environment": "e"}"#.to_owned());
+        let mut fields: Vec<String> = (0..n).map(|i| format!(r#""f{i}": {i}"#)).collect();
+        fields.push(r#""f5": "last""#.to_owned());
+        let mut sections: Vec<String> = (0..n).map(|i| format!(r#""S{i}": {i}"#)).collect();
+        sections.push(r#""S7": "last""#.to_owned());
+        let src = format!(
+            r#"{{"AppMetadata": {{{}}}, "Wide": {{"k": {{{}}}}}, {}, "AppMetadata": {{{}}}}}"#,
+            entries.join(", "),
+            fields.join(", "),
+            sections.join(", "),
+            entries.join(", "),
+        );
+        let doc = parse(&src);
+        let md = doc.app_metadata();
+        assert_eq!(md.len(), n);
+        assert_eq!(
+            (md[0].key.as_str(), md[0].client_id.as_str()),
+            ("k0", "escaped")
+        );
+        assert_eq!(
+            (md[3].key.as_str(), md[3].client_id.as_str()),
+            ("k3", "latest")
+        );
+        assert_eq!(md[n - 1].key, format!("k{}", n - 1));
+
+        let out = text(&doc);
+        assert!(
+            out.starts_with("{\n    \"AppMetadata\": {\n        \"k0\": {"),
+            "first position, first spelling"
+        );
+        assert!(
+            out.contains("\n    \"S7\": \"last\",\n    \"S8\": 8,"),
+            "last value, first position"
+        );
+        assert_eq!(out.matches("\"S7\"").count(), 1);
+        assert_eq!(text(&parse(&out)), out);
+    }
+
+    #[test]
+    fn names_sharing_a_hash_are_still_told_apart() {
+        /// Every name hashes alike: each lookup past the scan limit meets a collision.
+        #[derive(Default)]
+        struct Collide;
+        impl std::hash::Hasher for Collide {
+            fn finish(&self) -> u64 {
+                0
+            }
+            fn write(&mut self, _: &[u8]) {}
+        }
+        let mut members =
+            Members::<usize, std::hash::BuildHasherDefault<Collide>>::with_capacity(0);
+        let keys: Vec<usize> = (0..SCAN_LIMIT * 3).chain([0, 5, SCAN_LIMIT * 2]).collect();
+        for (i, k) in keys.iter().enumerate() {
+            members.push(Name::new(format!("k{k}")), i);
+        }
+        let list: Vec<(String, usize)> = members
+            .into_list()
+            .into_iter()
+            .map(|(n, v)| (n.text().to_owned(), v))
+            .collect();
+        let mut expected: Vec<(String, usize)> =
+            (0..SCAN_LIMIT * 3).map(|k| (format!("k{k}"), k)).collect();
+        expected[0].1 = SCAN_LIMIT * 3;
+        expected[5].1 = SCAN_LIMIT * 3 + 1;
+        expected[SCAN_LIMIT * 2].1 = SCAN_LIMIT * 3 + 2;
+        assert_eq!(list, expected);
+    }
+
+    // ---- timestamps from the file -------------------------------------------------------------
+
+    #[test]
+    fn absurd_timestamps_never_panic_and_read_as_out_of_range_or_as_written() {
+        let values = [
+            r#""99999999999999999999""#,
+            "99999999999999999999",
+            r#""18446744073709551615""#,
+            "18446744073709551615",
+            r#""18446744073709551616""#,
+            "18446744073709551616",
+            "-1",
+            r#""-1""#,
+            "-9223372036854775809",
+            "1.5",
+            "-0.0",
+            "1e19",
+            "1.8446744073709552e19",
+            "1e308",
+            "-1e308",
+            "1e400",
+            r#""""#,
+            r#"" 12 ""#,
+            r#""1e9""#,
+            "null",
+            "true",
+            "{}",
+            "[]",
+        ];
+        for value in values {
+            let src = format!(
+                r#"{{
+    "AccessToken": {{
+        "at": {{
+            "secret": "SECRET-at",
+            "home_account_id": "h",
+            "environment": "login.microsoftonline.com",
+            "client_id": "c",
+            "target": "s",
+            "realm": "r",
+            "cached_at": {value},
+            "expires_on": {value},
+            "extended_expires_on": {value},
+            "refresh_on": {value}
+        }}
+    }},
+    "RefreshToken": {{
+        "rt": {{
+            "secret": "SECRET-rt",
+            "home_account_id": "h",
+            "environment": "login.microsoftonline.com",
+            "client_id": "c",
+            "last_modification_time": {value}
+        }}
+    }}
+}}"#
+            );
+            let mut doc = parse(&src);
+            assert_eq!(text(&doc), src, "{value}: written back as it was");
+            let ats = doc.access_tokens();
+            let _ = (doc.skipped(), doc.refresh_tokens());
+            let _ = doc.find_access_tokens(&AccessTokenQuery {
+                home_account_id: None,
+                environments: PUBLIC,
+                client_id: None,
+                realm: None,
+                scopes: &[],
+            });
+            let at_zero = ats.iter().filter(|at| at.expires_on == 0).count();
+            assert_eq!(doc.remove_expired_access_tokens(0), at_zero, "{value}");
+            assert_eq!(
+                doc.remove_expired_access_tokens(u64::MAX),
+                ats.len() - at_zero,
+                "{value}"
+            );
+        }
+
+        let read = |value: &str| {
+            let src = format!(
+                r#"{{"AccessToken": {{"at": {{"secret": "s", "environment": "e", "client_id": "c", "target": "t", "realm": "r", "cached_at": "1", "expires_on": {value}}}}}}}"#
+            );
+            let doc = parse(&src);
+            match doc.access_tokens().first() {
+                Some(at) => Ok(at.expires_on),
+                None => Err(doc.skipped()[0].to_string()),
+            }
+        };
+        let out_of_range = Err(
+            "section \"AccessToken\" entry \"at\": field \"expires_on\" is out of range".to_owned(),
+        );
+        let not_decimal = Err(
+            "section \"AccessToken\" entry \"at\": field \"expires_on\" is not a decimal string"
+                .to_owned(),
+        );
+        assert_eq!(read(r#""99999999999999999999""#), out_of_range);
+        assert_eq!(read("99999999999999999999"), out_of_range);
+        assert_eq!(read(r#""18446744073709551616""#), out_of_range);
+        assert_eq!(read("-1"), out_of_range);
+        assert_eq!(read("1e308"), out_of_range);
+        assert_eq!(read(r#""-1""#), not_decimal);
+        assert_eq!(read(r#""1e9""#), not_decimal);
+        assert_eq!(read(r#""18446744073709551615""#), Ok(u64::MAX));
+        assert_eq!(read("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(read("1e19"), Ok(10_000_000_000_000_000_000));
+        assert_eq!(read("1.5"), Ok(1));
+        assert_eq!(read(r#"" 12 ""#), Ok(12));
+        assert_eq!(read("1e400"), out_of_range, "beyond f64");
+        assert_eq!(read("-1e400"), out_of_range);
+    }
+
+    #[test]
+    fn an_answer_with_extreme_times_is_written_and_read_back() {
+        let mut doc = CacheDocument::empty();
+        let mut answer = Answer::app("c", "login.microsoftonline.com", "contoso", &["s"]);
+        answer.cached_at = u64::MAX;
+        answer.lifetime = 0;
+        answer.refresh_on = Some(u64::MAX);
+        doc.add_token_response(&answer.tokens());
+        let at = &doc.access_tokens()[0];
+        assert_eq!(
+            (at.cached_at, at.expires_on, at.refresh_on),
+            (u64::MAX, u64::MAX, Some(u64::MAX))
+        );
+        assert_eq!(doc.remove_expired_access_tokens(u64::MAX - 1), 0);
+        assert_eq!(doc.remove_expired_access_tokens(u64::MAX), 1);
     }
 }

@@ -49,6 +49,12 @@ impl TokenStore {
         }
     }
 
+    /// Whether other processes and tools share the document (the cache file), as opposed to
+    /// a credential's private memory.
+    pub(crate) fn is_shared(&self) -> bool {
+        matches!(self, TokenStore::File(_))
+    }
+
     /// Whether the file exists (always true in memory).
     pub(crate) fn exists(&self) -> bool {
         self.path().is_none_or(|p| p.exists())

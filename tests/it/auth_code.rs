@@ -198,6 +198,67 @@ async fn a_revoked_refresh_token_gets_invalid_grant_and_a_sign_in_again_error_af
 }
 
 #[tokio::test]
+async fn with_a_cache_file_a_rejected_refresh_token_stays_in_the_file() {
+    let peer = peer();
+    let tenant = "authcode-revoked-file";
+    let dir = tempfile::tempdir().unwrap();
+    let code = peer
+        .authorization_code(tenant, CLIENT_ID, SIGN_IN, "nina@contoso.com")
+        .await;
+    let credential = AuthorizationCodeCredential::builder(tenant, CLIENT_ID, code, REDIRECT_URI)
+        .client_secret(CLIENT_SECRET)
+        .authority_host(&peer.base)
+        .http_client(peer.http())
+        .cache_options(
+            TokenCachePersistenceOptions::new()
+                .name("authcode-revoked")
+                .directory(dir.path())
+                .allow_unencrypted_storage(true),
+        )
+        .build()
+        .unwrap();
+    credential.get_token([RESOURCE]).await.unwrap();
+    let file = dir.path().join("authcode-revoked.nocae");
+    let refresh_tokens = || {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        doc["RefreshToken"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|rt| rt["secret"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let [refresh_token] = refresh_tokens().try_into().expect("one refresh token");
+    peer.revoke_refresh_token(&refresh_token).await;
+
+    let err = credential.get_token([OTHER]).await.unwrap_err();
+    // The file may be shared with other applications: the token stays, and is tried again.
+    assert_eq!(refresh_tokens(), std::slice::from_ref(&refresh_token));
+    assert!(err.is_authentication_failed(), "{err}");
+    assert_eq!(err.error_code(), Some("invalid_grant"));
+    assert_eq!(err.error_codes(), [70043]);
+    assert!(
+        err.message()
+            .contains("To fix, sign the user in again to get a new authorization code"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains(&refresh_token));
+    let before = log_of(tenant).await.len();
+    let again = credential
+        .get_token(["https://third.test/.default"])
+        .await
+        .unwrap_err();
+    assert_eq!(again.error_code(), Some("invalid_grant"), "{again}");
+    let log = log_of(tenant).await;
+    assert_eq!(log.len(), before + 1);
+    assert_eq!(
+        log.last().unwrap()["form"]["refresh_token"],
+        refresh_token.as_str()
+    );
+}
+
+#[tokio::test]
 async fn with_cache_options_the_tokens_go_to_the_cache_file() {
     let peer = peer();
     let dir = tempfile::tempdir().unwrap();

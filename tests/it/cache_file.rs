@@ -1,11 +1,13 @@
-//! The shared cache file under concurrent writers: our process and a Python msal-extensions
-//! writer updating the same file at the same time lose no entry; the file stays valid JSON
+//! The shared cache file under concurrent writers: our process and Python msal-extensions
+//! writers updating the same file at the same time lose no entry; the file stays valid JSON
 //! with mode 0600. And ClientSecretCredential's opt-in persistence.
 
 use std::collections::BTreeSet;
 
 use tower_identity::{ClientSecretCredential, CredentialExt, TokenCachePersistenceOptions};
 
+use crate::support::authority::Authority;
+use crate::support::creds;
 use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, peer};
 use crate::support::python::{ok, run, run_raw};
 
@@ -175,4 +177,139 @@ async fn app_only_tokens_flow_between_python_msal_and_us_both_ways() {
     let read = msal("https://other.test/.default").await;
     assert_eq!(read["source"], "cache", "{read}");
     assert_eq!(posts().await, 2, "msal used our token");
+}
+
+/// What another tool wrote before the writers start: it must come through all their writes.
+const WRITTEN_BEFORE: &str = r#"{
+    "Account": {
+        "kept": {
+            "home_account_id": "uid.utid",
+            "environment": "login.microsoftonline.com",
+            "realm": "contoso",
+            "username": "alice@contoso.com"
+        }
+    },
+    "ToolSection": {
+        "setting": [1, 2, 3]
+    }
+}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_with_msal_extensions_lose_nothing() {
+    let authority = Authority::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("msal.cache.nocae");
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut created = options.open(&file).unwrap();
+        created.write_all(WRITTEN_BEFORE.as_bytes()).unwrap();
+    }
+    // Two msal-extensions writers, each adding an entry per turn of the lock file...
+    let writers: Vec<_> = ["py1", "py2"]
+        .into_iter()
+        .map(|prefix| {
+            let cache = file.display().to_string();
+            tokio::spawn(async move {
+                run_raw(&[
+                    "msal-ext-writer".into(),
+                    "--cache".into(),
+                    cache,
+                    "--seconds".into(),
+                    "2".into(),
+                    "--prefix".into(),
+                    prefix.into(),
+                ])
+                .await
+            })
+        })
+        .collect();
+    // ...and we, for as long as they run: each new scope is a lock-free read of the file, a
+    // token request and a read-modify-write under the lock.
+    let credential = tower_identity::ClientSecretCredential::builder(
+        creds::TENANT,
+        creds::CLIENT_ID,
+        creds::CLIENT_SECRET,
+    )
+    .authority_host(authority.url())
+    .http_client(creds::http(&authority))
+    .cache_options(
+        TokenCachePersistenceOptions::new()
+            .directory(dir.path())
+            .allow_unencrypted_storage(true),
+    )
+    .build()
+    .unwrap();
+    let mut ours = BTreeSet::new();
+    while !writers.iter().all(|w| w.is_finished()) {
+        let scope = format!("https://res{}.test/.default", ours.len());
+        credential.get_token([scope.as_str()]).await.unwrap();
+        ours.insert(scope);
+    }
+    let mut theirs = BTreeSet::new();
+    for writer in writers {
+        let answer = ok(writer.await.unwrap());
+        for key in answer["written"].as_array().unwrap() {
+            theirs.insert(key.as_str().unwrap().to_owned());
+        }
+    }
+
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).expect("valid JSON");
+    let entries = doc["AccessToken"].as_object().unwrap();
+    let lost_theirs: Vec<_> = theirs
+        .iter()
+        .filter(|k| !entries.contains_key(*k))
+        .collect();
+    let targets: BTreeSet<&str> = entries
+        .iter()
+        .filter(|(key, _)| !theirs.contains(*key))
+        .filter_map(|(_, e)| e["target"].as_str())
+        .collect();
+    let lost_ours: Vec<_> = ours
+        .iter()
+        .filter(|s| !targets.contains(s.as_str()))
+        .collect();
+    assert!(
+        lost_theirs.is_empty() && lost_ours.is_empty(),
+        "lost: msal-extensions' {lost_theirs:?}, ours {lost_ours:?}"
+    );
+    assert_eq!(
+        entries.len(),
+        ours.len() + theirs.len(),
+        "one entry per write, none doubled"
+    );
+    let before: serde_json::Value = serde_json::from_str(WRITTEN_BEFORE).unwrap();
+    assert_eq!(
+        doc["Account"], before["Account"],
+        "another tool's account kept"
+    );
+    assert_eq!(doc["ToolSection"], before["ToolSection"]);
+    // msal-extensions polls a busy lock every 250 ms: it gets fewer turns than we do.
+    assert!(
+        theirs.len() >= 5 && ours.len() >= 5,
+        "both wrote repeatedly: {} msal-extensions / {} ours",
+        theirs.len(),
+        ours.len()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert!(
+        !dir.path().join("msal.cache.nocae.lockfile").exists(),
+        "no lock left behind"
+    );
+    eprintln!(
+        "cross-process: {} writes of ours and {} of msal-extensions to one file, none lost",
+        ours.len(),
+        theirs.len()
+    );
 }

@@ -10,7 +10,8 @@ use tower_identity::{
     TokenCachePersistenceOptions, TokenRequest,
 };
 
-use crate::support::creds::Logs;
+use crate::support::authority::{Authority, Fault, error_body};
+use crate::support::creds::{self, Logs};
 use crate::support::oidc::{
     CONTOSO_TID, FABRIKAM_TID, FOCI_CLIENT_ID, PUBLIC_CLIENT_ID, Peer, jwt_claims, peer, peer_443,
 };
@@ -344,7 +345,7 @@ async fn a_missing_or_malformed_cache_is_unavailable_and_never_overwritten() {
 }
 
 #[tokio::test]
-async fn a_revoked_refresh_token_is_an_authentication_failure_and_is_removed_from_the_cache() {
+async fn a_revoked_refresh_token_is_an_authentication_failure_and_stays_in_the_cache() {
     let (peer, home) = (peer(), Home::new());
     msal_signin(peer, &home, "contoso", FOCI_CLIENT_ID, "erin@contoso.com").await;
     let refresh_token = first_refresh_token(&home);
@@ -355,14 +356,101 @@ async fn a_revoked_refresh_token_is_an_authentication_failure_and_is_removed_fro
         .get_token([OTHER])
         .await
         .unwrap_err();
+    // Azure CLI's and Visual Studio's sign-in is theirs to replace, as msal leaves it.
+    let kept: Vec<&str> = home.json()["RefreshToken"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|rt| rt["secret"].as_str())
+        .map(|secret| {
+            if secret == refresh_token {
+                "kept"
+            } else {
+                "other"
+            }
+        })
+        .collect();
+    assert_eq!(kept, ["kept"], "the rejected token is still in the file");
     assert!(err.is_authentication_failed(), "{err}");
     assert_eq!(err.error_code(), Some("invalid_grant"));
     assert_eq!(err.error_codes(), [70043]);
-    assert!(
-        home.json()["RefreshToken"].as_object().unwrap().is_empty(),
-        "the rejected token is gone"
-    );
+    assert!(err.message().contains("'az login'"), "{err}");
     assert!(!err.to_string().contains(&refresh_token));
+}
+
+/// A cache as msal wrote it: alice and bob signed in with Azure CLI at `127.0.0.1`, each with a
+/// family refresh token and an access token for `RESOURCE`.
+const TWO_ACCOUNTS: &[u8] = include_bytes!("../data/msal-two-accounts.json");
+
+#[tokio::test]
+async fn an_mfa_refusal_leaves_the_family_refresh_token_in_the_file_and_says_to_sign_in_again() {
+    let authority = Authority::start().await;
+    let home = Home::new();
+    std::fs::write(home.cache(), TWO_ACCOUNTS).unwrap();
+    let credential = SharedTokenCacheCredential::builder()
+        .authority_host(authority.url())
+        .http_client(creds::http(&authority))
+        .cache_options(cache_in(home.dir.path()))
+        .username("alice@contoso.com")
+        .build()
+        .unwrap();
+    let mfa = error_body(
+        "invalid_grant",
+        50076,
+        "Due to a configuration change made by your administrator, or because you moved to a \
+         new location, you must use multi-factor authentication to access 'other.test'.",
+    );
+    for attempt in 1..=2 {
+        authority.push_fault(Fault::Respond {
+            status: 400,
+            body: mfa.clone(),
+            headers: vec![],
+        });
+        let err = credential.get_token([OTHER]).await.unwrap_err();
+        // Nothing written: the file is byte for byte what msal wrote, family token included.
+        assert!(
+            std::fs::read(home.cache()).unwrap() == TWO_ACCOUNTS,
+            "attempt {attempt}: the file was rewritten"
+        );
+        assert!(err.is_authentication_failed(), "{err}");
+        assert_eq!(err.error_code(), Some("invalid_grant"));
+        assert_eq!(err.error_codes(), [50076]);
+        assert!(err.message().contains("AADSTS50076"), "{err}");
+        assert!(
+            err.message().contains(
+                "To fix, sign in again with the developer tool that shares the token cache \
+                 (Azure CLI: 'az login'"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.message()
+                .contains("The refresh token was left in the cache"),
+            "{err}"
+        );
+        // The token is still there to try, as msal would: each call asks again.
+        assert_eq!(authority.token_posts(), attempt);
+    }
+    let [first, second] = authority.requests().try_into().unwrap();
+    assert_eq!(first.field("grant_type"), Some("refresh_token"));
+    assert_eq!(
+        first.field("refresh_token"),
+        second.field("refresh_token"),
+        "the same family token both times"
+    );
+    let alice = "a8ff77e5-b945-5754-a190-f18b6df68148.72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let file = home.json();
+    let kept = file["RefreshToken"]
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|rt| rt["home_account_id"] == alice)
+        .expect("alice's refresh token");
+    assert_eq!(kept["family_id"], "1");
+    assert_eq!(
+        Some(kept["secret"].as_str().unwrap()),
+        first.field("refresh_token")
+    );
 }
 
 #[tokio::test]
