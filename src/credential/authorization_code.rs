@@ -24,7 +24,8 @@
 //! * Later calls: a cached access token (more than 300 s left), else a refresh token of the
 //!   account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
 //!   first request (the Python reference wrongly restricts them). A rotated refresh token
-//!   replaces the old one; one rejected with `invalid_grant` is dropped.
+//!   replaces the old one; one rejected with `invalid_grant` is dropped from the credential's
+//!   own memory, but kept in a cache file (as msal keeps it: other tools may share it).
 //! * Tokens live in memory, or in the shared MSAL cache file with
 //!   [`cache_options`](AuthorizationCodeCredentialBuilder::cache_options).
 //! * No code, no token and no refresh token → an *authentication failed* error saying to
