@@ -1171,6 +1171,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cache.json");
         fs::write(&path, r#"{"AccessToken": {"a": {}}}"#).unwrap();
+        // Stamped in the future, the file counts as recent however slowly this test runs.
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(SystemTime::now() + Duration::from_secs(3600))
+            .unwrap();
         let file = CacheFile::<Counted<1>>::new(path.clone());
         file.read().await.unwrap();
         // An in-place write in the same mtime tick with the same length looks unchanged...
