@@ -590,7 +590,7 @@ fn is_retryable_error(error: &(dyn StdError + 'static)) -> bool {
 
 /// The server's requested wait: `retry-after-ms`, `x-ms-retry-after-ms` (milliseconds) or
 /// `Retry-After` (seconds, possibly fractional, or an HTTP date).
-fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let text = |name: &str| {
         headers
             .get(name)

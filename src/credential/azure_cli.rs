@@ -207,7 +207,7 @@ fn classify_failure(stderr: &str) -> CredentialError {
 }
 
 /// Parses `az account get-access-token --output json`.
-fn parse_output(stdout: &[u8]) -> Result<AccessToken, CredentialError> {
+pub(crate) fn parse_output(stdout: &[u8]) -> Result<AccessToken, CredentialError> {
     let unexpected = |why: &str| {
         CredentialError::authentication_failed(
             NAME,
