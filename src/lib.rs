@@ -41,6 +41,11 @@ mod cache;
 pub mod credential;
 mod entra;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(test)]
+mod proptests;
 mod redact;
 mod refresh;
 #[cfg(feature = "reqwest-middleware")]

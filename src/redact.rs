@@ -33,15 +33,13 @@ pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
 
 /// The start of a body that could not be read as expected: lossily decoded, scrubbed, control
 /// characters replaced by spaces, at most `max_chars` characters, trimmed.
+///
+/// The whole body is scrubbed before it is cut: cutting first could split a secret (masked
+/// copies before it shrink, so a byte window says nothing about where the shown text ends).
+/// Bodies reaching here are bounded already (the transport's response cap, a helper program's
+/// output cap).
 pub(crate) fn excerpt(body: &[u8], secrets: &[&str], max_chars: usize) -> String {
-    // Scrub before cutting, so a secret straddling the cut is still found; but never look at
-    // more than a bounded prefix (the longest encoding of a secret is 12 bytes per byte).
-    let longest = secrets.iter().map(|s| s.len()).max().unwrap_or(0);
-    let window = max_chars
-        .saturating_mul(4)
-        .saturating_add(longest.saturating_mul(12));
-    let head = &body[..body.len().min(window)];
-    let text = String::from_utf8_lossy(head);
+    let text = String::from_utf8_lossy(body);
     scrub(&text, secrets)
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -60,25 +58,43 @@ pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
 }
 
 /// Replaces every occurrence of `secret`, in any mix of the encodings of the module docs.
+///
+/// Every position is tried, also inside a match, and the union of all matches is masked: a
+/// match taken longest (a trailing `\` read as the escape `\\`) may swallow the first bytes
+/// of a copy right behind it, which must still be found.
 fn mask_encoded(text: &str, secret: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
-    let mut at = 0;
-    while at < bytes.len() {
-        match match_at(bytes, at, secret) {
-            // A match ends on a character boundary of `text`: it consumed whole encodings of
-            // whole characters, and every encoding is ASCII or the character itself.
-            Some(end) if end > at && text.is_char_boundary(at) && text.is_char_boundary(end) => {
-                out.push_str(&text[copied..at]);
+    // The masked run being built, if one is open: where it starts and ends.
+    let mut run: Option<(usize, usize)> = None;
+    for at in 0..bytes.len() {
+        if let Some((start, end)) = run {
+            if at > end {
+                out.push_str(text.get(copied..start).unwrap_or_default());
                 out.push_str(MASK);
                 copied = end;
-                at = end;
+                run = None;
             }
-            _ => at += 1,
+        }
+        // A match starts and ends on character boundaries: it consumes whole encodings of
+        // whole characters, each ASCII or the character itself.
+        if !text.is_char_boundary(at) {
+            continue;
+        }
+        if let Some(end) = match_at(bytes, at, secret).filter(|&e| text.is_char_boundary(e)) {
+            run = Some(match run {
+                Some((start, open)) => (start, open.max(end)),
+                None => (at, end),
+            });
         }
     }
-    out.push_str(&text[copied..]);
+    if let Some((start, end)) = run {
+        out.push_str(text.get(copied..start).unwrap_or_default());
+        out.push_str(MASK);
+        copied = end;
+    }
+    out.push_str(text.get(copied..).unwrap_or_default());
     out
 }
 
@@ -339,6 +355,30 @@ mod tests {
     fn json_escaped_token_fields_are_scrubbed() {
         let out = scrub(r#"{\"refresh_token\":\"opaque\",\"x\":1}"#, &[]);
         assert_eq!(out, r#"{\"refresh_token\":\"***\",\"x\":1}"#);
+    }
+
+    #[test]
+    fn adjacent_copies_are_all_masked() {
+        // Found by the token_response fuzz target: the first copy's longest match (a trailing
+        // `\` read as an escaped backslash, `%` as `%25`) swallowed the start of the next.
+        for secret in ["\\abcdefgh\\", "25abcdefghij%"] {
+            let text = format!("{secret}{secret} end");
+            assert_eq!(scrub(&text, &[secret]), "*** end", "{secret}");
+            let text = format!("a {secret}{secret}{secret}");
+            assert_eq!(scrub(&text, &[secret]), "a ***", "{secret}");
+        }
+    }
+
+    #[test]
+    fn an_excerpt_never_cuts_through_a_secret() {
+        // Found by the token_response fuzz target: 17 percent-encoded copies shrank to `***`,
+        // so a byte window cut before scrubbing split the raw copy after them.
+        let secret = "Abcdefghijklmnopqrs9";
+        let encoded: String = secret.bytes().map(|b| format!("%{b:02X}")).collect();
+        let body = format!("{}xxxx{secret}", encoded.repeat(17));
+        let shown = excerpt(body.as_bytes(), &[secret], 200);
+        assert!(!shown.contains("Abcdefghijklmno"), "{shown}");
+        assert!(shown.ends_with("xxxx***"), "{shown}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::error::CredentialError;
 use crate::token::{AccessToken, TokenRequest};
 
 mod authorization_code;
-mod azure_cli;
+pub(crate) mod azure_cli;
 mod cache_options;
 mod chain;
 mod client_secret;

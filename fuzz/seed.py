@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""(Re)generates the seed corpora fuzz/corpus/<target>/ from the crate's own test vectors.
+
+    python3 fuzz/seed.py            # all targets
+    python3 fuzz/seed.py retry_after
+
+Sources (read, never changed):
+  www_authenticate  tests/data/challenge_vectors.rs, raw strings of src/bearer/challenge.rs tests
+  token_response    JSON bodies of src/entra/token_client.rs tests, as templates (see below)
+  msal_cache        tests/data/*.json
+  az_output         outputs in src/credential/azure_cli.rs tests
+  retry_after       values in src/transport.rs tests
+
+Each seed is written in the input layout its target reads (see src/fuzzing.rs), named by
+the SHA-1 of its content as libFuzzer names corpus files. A target's directory is emptied
+first, so the corpus is exactly what the sources give.
+"""
+
+import hashlib
+import json
+import re
+import struct
+import sys
+from email.utils import formatdate
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "fuzz" / "corpus"
+
+# r#"..."# raw strings (the test vectors are written this way).
+RAW = re.compile(r'r#"(.*?)"#', re.S)
+# Plain "..." literals without escapes other than \" and \\.
+PLAIN = re.compile(r'"((?:[^"\\\n]|\\["\\])*)"')
+
+
+def tests_module(path):
+    text = (ROOT / path).read_text()
+    at = text.find("#[cfg(test)]")
+    return text[at:] if at >= 0 else text
+
+
+def unescape(s):
+    return s.replace('\\"', '"').replace("\\\\", "\\")
+
+
+def www_authenticate():
+    seeds = []
+    vectors = (ROOT / "tests/data/challenge_vectors.rs").read_text()
+    seeds += [v for v in RAW.findall(vectors) if not v.startswith("{")]
+    for v in RAW.findall(tests_module("src/bearer/challenge.rs")):
+        if "{" not in v and not v.startswith("{"):
+            seeds.append(v)
+    # Several header lines in one input (the target splits at \n).
+    if len(seeds) >= 2:
+        seeds.append(seeds[0] + "\n" + seeds[1])
+    return [s.encode() for s in seeds]
+
+
+# token_response: [len][secret][status le16][body template]; in the template the bytes
+# 0x01..0x06 become the secret raw, form-urlencoded, %20-encoded, JSON-escaped, %XX per byte,
+# \uXXXX per char (src/fuzzing.rs, PLACEHOLDERS).
+def token_input(secret, status, template):
+    assert 8 <= len(secret) <= 40 and all(32 <= ord(c) < 127 for c in secret)
+    return (
+        bytes([len(secret) - 8])
+        + bytes(ord(c) - 32 for c in secret)
+        + struct.pack("<H", status - 100)
+        + template
+    )
+
+
+def token_response():
+    seeds = []
+    bodies = [
+        b for b in RAW.findall(tests_module("src/entra/token_client.rs"))
+        if b.startswith("{") and "{{" not in b
+    ]
+    secret = "the-client-secret"
+    for body in bodies:
+        status = 400 if '"error"' in body else 200
+        seeds.append(token_input(secret, status, body.encode()))
+    # The error bodies again, with the secret echoed in error_description in every encoding.
+    for body in bodies:
+        if '"error_description"' not in body:
+            continue
+        for placeholder in range(1, 7):
+            template = body.encode().replace(
+                b'"error_description":"',
+                b'"error_description":"client_secret=' + bytes([placeholder]) + b" ",
+                1,
+            )
+            seeds.append(token_input("s p&c=\"x\\y/~", 401, template))
+    # Non-JSON bodies: a proxy page quoting the secret, and plain text.
+    seeds.append(
+        token_input(secret, 502, b"<html>proxy says \x01 eyJa.b.c " + b"x" * 50 + b"</html>")
+    )
+    seeds.append(token_input(secret, 200, b"not json"))
+    return seeds
+
+
+def msal_cache():
+    seeds = [p.read_bytes() for p in sorted((ROOT / "tests/data").glob("*.json"))]
+    seeds.append(b"{}")
+    return seeds
+
+
+def az_output():
+    seeds = []
+    future = "4102444800"  # 2100-01-01
+    for v in RAW.findall(tests_module("src/credential/azure_cli.rs")):
+        v = v.replace("{{", "{").replace("}}", "}").replace("{future}", future)
+        if v.startswith("{"):
+            seeds.append(v.encode())
+    seeds.append(b"garbage")
+    return seeds
+
+
+# retry_after: [now u32 le][selector][value]\n[selector][value]...; selector % 4 picks
+# retry-after, retry-after-ms, x-ms-retry-after-ms, x-unrelated.
+def retry_after():
+    now = 1_700_000_000
+    head = struct.pack("<I", now)
+    names = {"retry-after": 0, "retry-after-ms": 1, "x-ms-retry-after-ms": 2}
+    text = tests_module("src/transport.rs")
+    seeds = []
+    # headers(&[("name", "value"), ...]) in retry_after_forms.
+    for group in re.findall(r"headers\(&\[(.*?)\]\)", text, re.S):
+        pairs = re.findall(r'\("([a-z-]+)",\s*(&?\w+|"[^"]*")\)', group)
+        lines = []
+        for name, value in pairs:
+            if value.startswith('"'):
+                value = value[1:-1]
+            elif value.lstrip("&") == "date":
+                value = formatdate(now + 7, usegmt=True)
+            elif value.lstrip("&") == "past":
+                value = formatdate(now - 7, usegmt=True)
+            else:
+                continue
+            lines.append(bytes([names[name]]) + value.encode())
+        if lines:
+            seeds.append(head + b"\n".join(lines))
+    return seeds
+
+
+TARGETS = {
+    "www_authenticate": www_authenticate,
+    "token_response": token_response,
+    "msal_cache": msal_cache,
+    "az_output": az_output,
+    "retry_after": retry_after,
+}
+
+
+def main(names):
+    for name in names or TARGETS:
+        seeds = TARGETS[name]()
+        out = CORPUS / name
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.iterdir():
+            old.unlink()
+        for seed in dict.fromkeys(seeds):
+            (out / hashlib.sha1(seed).hexdigest()).write_bytes(seed)
+        print(f"{name}: {len(list(out.iterdir()))} seeds in {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

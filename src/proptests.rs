@@ -1,0 +1,750 @@
+//! Property tests over the parsers that read provider, file and process input: the
+//! `WWW-Authenticate` parser, the token endpoint's answers, the MSAL cache document, the Azure
+//! CLI's output and `Retry-After`. A bounded number of cases each (see [`config`]), so the set
+//! stays fast in debug builds; the fuzz targets in `fuzz/` search the same parsers for longer.
+//!
+//! Properties that found bugs keep a note of what they found.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+use http::header::WWW_AUTHENTICATE;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use proptest::prelude::*;
+use serde_json::{Map, Value, json};
+
+use crate::bearer::{claims_challenge, parse_challenge_value, parse_challenges};
+use crate::credential::azure_cli::parse_output;
+use crate::entra::msal_cache::{AccessTokenQuery, CacheDocument, NewTokens};
+use crate::entra::token_client::parse_response;
+use crate::token::{MAX_TOKEN_LIFETIME, Secret, unix_now};
+use crate::transport::retry_after;
+
+/// 256 cases per property, no regression files written into the source tree.
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generators shared by several parsers
+// ---------------------------------------------------------------------------------------------
+
+/// RFC 9110 `token`.
+fn token() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}"
+}
+
+/// Visible ASCII, space and tab: what a header value can hold as text.
+fn header_text(max: usize) -> impl Strategy<Value = String> {
+    proptest::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f], 0..max)
+        .prop_map(|bytes| bytes.into_iter().map(char::from).collect())
+}
+
+/// A number as providers send it: a JSON number (integer, float, huge) or a numeric string
+/// (decimal, exponent, padded, beyond `u64`), or something that is no number at all.
+fn provider_number() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<u64>().prop_map(Value::from),
+        (0u64..100_000).prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        prop_oneof![
+            Just("1e20"),
+            Just("1e300"),
+            Just("18446744073709551616"),
+            Just("18446744073709551615"),
+            Just("NaN"),
+            Just("inf"),
+            Just("-0"),
+            Just("-1"),
+            Just(" 3600 "),
+            Just(""),
+            Just("soon"),
+        ]
+        .prop_map(Value::from),
+        any::<u64>().prop_map(|n| Value::from(n.to_string())),
+        (any::<f64>()).prop_map(|f| Value::from(f.to_string())),
+        Just(json!(1e20)),
+        Just(json!(1.7976931348623157e308)),
+        Just(Value::Null),
+        Just(json!([1])),
+    ]
+}
+
+/// Small, sane lifetimes in seconds as a JSON number or a numeric string.
+fn sane_seconds() -> impl Strategy<Value = (u64, Value)> {
+    (1u64..200_000, any::<bool>()).prop_map(|(n, as_string)| {
+        let value = if as_string {
+            Value::from(n.to_string())
+        } else {
+            Value::from(n)
+        };
+        (n, value)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// WWW-Authenticate
+// ---------------------------------------------------------------------------------------------
+
+fn www_authenticate(lines: &[String]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        if let Ok(value) = HeaderValue::from_str(line) {
+            headers.append(WWW_AUTHENTICATE, value);
+        }
+    }
+    headers
+}
+
+/// A structured challenge: scheme and either a token68 or parameters.
+#[derive(Clone, Debug)]
+struct GenChallenge {
+    scheme: String,
+    token68: Option<String>,
+    params: Vec<(String, String)>,
+}
+
+fn challenge() -> impl Strategy<Value = GenChallenge> {
+    let token68 = "[A-Za-z0-9._~+/-]{1,16}={0,2}";
+    let params = proptest::collection::vec((token(), header_text(24)), 0..5);
+    (token(), proptest::option::of(token68), params).prop_map(|(scheme, token68, params)| {
+        GenChallenge {
+            params: if token68.is_some() {
+                Vec::new()
+            } else {
+                params
+            },
+            scheme,
+            token68,
+        }
+    })
+}
+
+fn quote(value: &str) -> String {
+    let mut out = String::from("\"");
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+fn print(challenges: &[GenChallenge], separator: &str) -> String {
+    challenges
+        .iter()
+        .map(|c| {
+            let mut out = c.scheme.clone();
+            if let Some(t) = &c.token68 {
+                out.push(' ');
+                out.push_str(t);
+            }
+            for (i, (name, value)) in c.params.iter().enumerate() {
+                out.push_str(if i == 0 { " " } else { ", " });
+                out.push_str(name);
+                out.push('=');
+                out.push_str(&quote(value));
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn www_authenticate_arbitrary_lines_never_panic(
+        lines in proptest::collection::vec(header_text(120), 0..4),
+    ) {
+        let headers = www_authenticate(&lines);
+        let _ = parse_challenges(&headers);
+        if let Ok(Some(claims)) = claims_challenge(&headers) {
+            prop_assert!(serde_json::from_str::<Value>(&claims).is_ok(), "{claims:?}");
+        }
+    }
+
+    #[test]
+    fn www_authenticate_arbitrary_text_never_panics(text in any::<String>()) {
+        let _ = parse_challenge_value(&text);
+    }
+
+    #[test]
+    fn www_authenticate_printed_challenges_parse_back(
+        challenges in proptest::collection::vec(challenge(), 1..5),
+        separator in prop_oneof![Just(", "), Just(","), Just(" , ")],
+    ) {
+        let line = print(&challenges, separator);
+        let parsed = parse_challenge_value(&line);
+        prop_assert_eq!(parsed.len(), challenges.len(), "{}", line);
+        for (got, want) in parsed.iter().zip(&challenges) {
+            prop_assert_eq!(got.scheme(), want.scheme.as_str());
+            prop_assert_eq!(got.token68(), want.token68.as_deref());
+            let params: Vec<(&str, &str)> = got.params().collect();
+            let wanted: Vec<(&str, &str)> =
+                want.params.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            prop_assert_eq!(params, wanted, "{}", line);
+        }
+    }
+
+    #[test]
+    fn www_authenticate_cae_claims_decode_to_the_json_sent(
+        claims in proptest::collection::btree_map("[a-z_]{1,8}", "[ -~]{0,16}", 0..4),
+        engine in 0..3usize,
+        before in proptest::collection::vec(challenge(), 0..3),
+    ) {
+        let json = json!({ "access_token": claims }).to_string();
+        let encoded = match engine {
+            0 => URL_SAFE_NO_PAD.encode(&json),
+            1 => URL_SAFE.encode(&json),
+            _ => STANDARD.encode(&json),
+        };
+        // Earlier challenges that are not CAE ones (the generator makes no `error` params
+        // with that value, barring a 1-in-huge coincidence that is excluded here).
+        let before: Vec<GenChallenge> = before
+            .into_iter()
+            .filter(|c| !c.params.iter().any(|(_, v)| v == "insufficient_claims"))
+            .collect();
+        let mut line = print(&before, ", ");
+        if !line.is_empty() {
+            line.push_str(", ");
+        }
+        line.push_str(&format!(r#"Bearer error="insufficient_claims", claims="{encoded}""#));
+        let got = claims_challenge(&www_authenticate(&[line.clone()]));
+        prop_assert_eq!(got, Ok(Some(json)), "{}", line);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token endpoint answers
+// ---------------------------------------------------------------------------------------------
+
+const SECRET_FIELDS: [&str; 4] = ["expires_in", "expires_on", "refresh_in", "ext_expires_in"];
+
+fn parse_token_response(
+    status: u16,
+    body: &[u8],
+    secret: &str,
+) -> Result<crate::entra::token_client::TokenResponse, crate::CredentialError> {
+    parse_response(
+        "PropCredential",
+        StatusCode::from_u16(status).expect("status in range"),
+        body,
+        &[secret],
+        tokio::time::Instant::now(),
+        unix_now(),
+    )
+}
+
+/// An answer with an access token and any of the four time fields, each any number.
+fn token_answer() -> impl Strategy<Value = Map<String, Value>> {
+    let field = || proptest::option::of(provider_number());
+    (field(), field(), field(), field()).prop_map(|(a, b, c, d)| {
+        let mut map = Map::new();
+        map.insert("access_token".into(), json!("at"));
+        for (name, value) in SECRET_FIELDS.iter().zip([a, b, c, d]) {
+            if let Some(value) = value {
+                map.insert((*name).to_owned(), value);
+            }
+        }
+        map
+    })
+}
+
+/// A secret as a client sends it: printable ASCII, at least 8 characters, not all alike,
+/// spaces only single and inside (the crate turns control characters into spaces).
+fn client_secret() -> impl Strategy<Value = String> {
+    "[!-~](?:[!-~]| [!-~]){7,24}".prop_filter("not one repeated character", |s| {
+        let first = s.chars().next();
+        s.chars().any(|c| Some(c) != first)
+    })
+}
+
+fn encodings(secret: &str) -> Vec<String> {
+    let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let json = serde_json::to_string(secret).expect("string");
+    vec![
+        secret.to_owned(),
+        form.clone(),
+        form.replace('+', "%20"),
+        json[1..json.len() - 1].to_owned(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any status, any bytes.
+    #[test]
+    fn token_response_arbitrary_bodies_never_panic(
+        status in 100u16..1000,
+        body in proptest::collection::vec(any::<u8>(), 0..256),
+    ) {
+        let _ = parse_token_response(status, &body, "the-client-secret");
+    }
+
+    /// Sane numbers, as JSON numbers or numeric strings, are read as given.
+    #[test]
+    fn token_response_sane_lifetimes_are_read(
+        (expires_in, expires_in_json) in sane_seconds(),
+        refresh_in in proptest::option::of(sane_seconds()),
+    ) {
+        let mut body = json!({ "access_token": "at", "expires_in": expires_in_json });
+        if let Some((_, value)) = &refresh_in {
+            body["refresh_in"] = value.clone();
+        }
+        let sent_at = unix_now();
+        let response = parse_response(
+            "PropCredential",
+            StatusCode::OK,
+            body.to_string().as_bytes(),
+            &[],
+            tokio::time::Instant::now(),
+            sent_at,
+        )
+        .expect("a sane answer parses");
+        prop_assert_eq!(response.expires_on, sent_at + expires_in);
+        prop_assert!(response.token.expires_in() <= Duration::from_secs(expires_in));
+        if let Some((refresh_in, _)) = refresh_in {
+            // A refresh time past expiry means expiry.
+            prop_assert_eq!(response.refresh_on, Some(sent_at + refresh_in.min(expires_in)));
+        }
+    }
+
+    /// An error answer quoting the secret, in any of its encodings, anywhere in its text
+    /// fields, never shows it.
+    #[test]
+    fn token_response_errors_never_show_the_secret(
+        secret in client_secret(),
+        status in prop_oneof![Just(200u16), Just(400), Just(401), Just(500), 100u16..1000],
+        which in 0..4usize,
+        field in prop_oneof![
+            Just("error"), Just("error_description"), Just("correlation_id"), Just("body"),
+        ],
+        prefix in "[ -~]{0,12}",
+        suffix in "[ -~]{0,12}",
+    ) {
+        let encoded = &encodings(&secret)[which];
+        let text = format!("{prefix}{encoded}{suffix}");
+        let body = if field == "body" {
+            text.clone()
+        } else {
+            let mut body = json!({ "error": "invalid_client", "error_description": "d" });
+            body[field] = Value::from(text.clone());
+            body.to_string()
+        };
+        // The same answer without the secret: whatever shows there is not a leak.
+        let control_text = format!("{prefix}{suffix}");
+        let control_body = if field == "body" {
+            control_text
+        } else {
+            let mut control = json!({ "error": "invalid_client", "error_description": "d" });
+            control[field] = Value::from(control_text);
+            control.to_string()
+        };
+        let control = parse_token_response(status, control_body.as_bytes(), &secret)
+            .err()
+            .map(|e| format!("{e} {e:?} {e:#?}"))
+            .unwrap_or_default();
+        if let Err(error) = parse_token_response(status, body.as_bytes(), &secret) {
+            for shown in [error.to_string(), format!("{error:?}"), format!("{error:#?}")] {
+                for form in encodings(&secret) {
+                    prop_assert!(
+                        control.contains(&form) || !shown.contains(&form),
+                        "secret {:?} shown as {:?} for body {:?}:\n{}", secret, form, body, shown
+                    );
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any number in any of the four time fields: no panic, and a token never lives longer
+    /// than the crate believes any token can. (Huge numbers overflowed `Instant + Duration`
+    /// and `sent_at_unix + lifetime`.)
+    #[test]
+    fn token_response_any_numbers_never_panic_and_are_clamped(answer in token_answer()) {
+        let body = Value::Object(answer).to_string();
+        if let Ok(response) = parse_token_response(200, body.as_bytes(), "the-client-secret") {
+            prop_assert!(
+                response.token.expires_in() <= MAX_TOKEN_LIFETIME,
+                "{body}: {:?}", response.token.expires_in()
+            );
+            prop_assert!(response.expires_on >= response.cached_at, "{body}");
+            prop_assert!(
+                response.token.refresh_on().is_none_or(|r| r <= response.token.expires_on()),
+                "{body}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MSAL cache document
+// ---------------------------------------------------------------------------------------------
+
+const KNOWN_SECTIONS: [&str; 5] = [
+    "AccessToken",
+    "RefreshToken",
+    "IdToken",
+    "Account",
+    "AppMetadata",
+];
+const FIELD_NAMES: [&str; 16] = [
+    "credential_type",
+    "secret",
+    "home_account_id",
+    "environment",
+    "client_id",
+    "target",
+    "realm",
+    "token_type",
+    "cached_at",
+    "expires_on",
+    "extended_expires_on",
+    "refresh_on",
+    "username",
+    "local_account_id",
+    "family_id",
+    "last_modification_time",
+];
+
+/// A field value as the file may hold it: mostly strings, sometimes other JSON.
+fn field_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        6 => "[ -~]{0,20}".prop_map(Value::from),
+        2 => any::<u64>().prop_map(|n| Value::from(n.to_string())),
+        1 => any::<u64>().prop_map(Value::from),
+        1 => Just(Value::Null),
+        1 => Just(json!({ "nested": ["a", 1, null, { "deep": true }] })),
+        1 => Just(json!([])),
+    ]
+}
+
+/// An entry: a subset of the schema's fields (usually complete enough to be read).
+fn entry() -> impl Strategy<Value = Value> {
+    proptest::collection::btree_map(
+        prop_oneof![
+            8 => proptest::sample::select(&FIELD_NAMES[..]).prop_map(str::to_owned),
+            1 => "[a-z_]{1,10}",
+        ],
+        field_value(),
+        0..14,
+    )
+    .prop_map(|fields| Value::Object(fields.into_iter().collect()))
+}
+
+/// A document: some known sections of entries, and other sections of any JSON.
+fn document() -> impl Strategy<Value = Value> {
+    let known = proptest::collection::btree_map(
+        proptest::sample::select(&KNOWN_SECTIONS[..]).prop_map(str::to_owned),
+        proptest::collection::btree_map("[ -~]{1,24}", entry(), 0..4),
+        0..5,
+    );
+    let other = proptest::collection::btree_map("[A-Z][a-z]{1,8}", field_value(), 0..2);
+    (known, other).prop_map(|(known, other)| {
+        let mut doc = Map::new();
+        for (section, entries) in known {
+            doc.insert(section, Value::Object(entries.into_iter().collect()));
+        }
+        for (name, value) in other {
+            if !KNOWN_SECTIONS.contains(&name.as_str()) {
+                doc.entry(name).or_insert(value);
+            }
+        }
+        Value::Object(doc)
+    })
+}
+
+/// The layout msal writes: Python's `json.dumps(doc, indent=4)`. For ASCII text this is
+/// serde_json's pretty printer with a 4-space indent.
+fn msal_layout(doc: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+    serde::Serialize::serialize(doc, &mut serializer).expect("serialises");
+    out
+}
+
+fn all_views(doc: &CacheDocument) -> String {
+    let secrets: Vec<String> = doc
+        .access_tokens()
+        .iter()
+        .map(|t| t.secret.expose_secret().to_owned())
+        .chain(
+            doc.refresh_tokens()
+                .iter()
+                .map(|t| t.secret.expose_secret().to_owned()),
+        )
+        .chain(
+            doc.id_tokens()
+                .iter()
+                .map(|t| t.secret.expose_secret().to_owned()),
+        )
+        .collect();
+    format!(
+        "{:?} {:?} {:?} {:?} {:?} {:?} {secrets:?}",
+        doc.accounts(),
+        doc.refresh_tokens(),
+        doc.access_tokens(),
+        doc.id_tokens(),
+        doc.app_metadata(),
+        doc.skipped(),
+    )
+}
+
+/// `to_vec` re-parses to a document that reads the same and serialises the same.
+fn assert_round_trip(doc: &CacheDocument) -> Result<(), TestCaseError> {
+    let bytes = doc.to_vec();
+    let again = CacheDocument::parse(&bytes)
+        .map_err(|e| TestCaseError::fail(format!("to_vec output does not parse: {e}")))?;
+    prop_assert_eq!(again.to_vec(), bytes);
+    prop_assert_eq!(all_views(&again), all_views(doc));
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// A document in msal's layout comes back byte for byte, and reads the same again.
+    #[test]
+    fn msal_cache_documents_in_msal_layout_come_back_byte_for_byte(doc in document()) {
+        let bytes = msal_layout(&doc);
+        let parsed = CacheDocument::parse(&bytes).expect("a generated document parses");
+        let written = parsed.to_vec();
+        prop_assert_eq!(String::from_utf8_lossy(&written), String::from_utf8_lossy(&bytes));
+        assert_round_trip(&parsed)?;
+    }
+
+    /// Compact or differently indented documents reach a fixed point after one round.
+    #[test]
+    fn msal_cache_any_layout_reaches_a_fixed_point(doc in document(), compact in any::<bool>()) {
+        let bytes = if compact {
+            serde_json::to_vec(&doc).expect("serialises")
+        } else {
+            serde_json::to_vec_pretty(&doc).expect("serialises")
+        };
+        let parsed = CacheDocument::parse(&bytes).expect("a generated document parses");
+        assert_round_trip(&parsed)?;
+    }
+
+    /// Arbitrary bytes, and arbitrary JSON-ish text, never panic; what parses round-trips.
+    #[test]
+    fn msal_cache_arbitrary_input_never_panics(
+        bytes in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..200),
+            "[{}\\[\\]\",: a-zA-Z0-9\\\\\n]{0,120}".prop_map(String::into_bytes),
+        ],
+    ) {
+        if let Ok(doc) = CacheDocument::parse(&bytes) {
+            let _ = all_views(&doc);
+            assert_round_trip(&doc)?;
+        }
+    }
+
+    /// Recording an app-only answer keeps the round trip and the token is found.
+    #[test]
+    fn msal_cache_added_app_token_is_found(
+        doc in document(),
+        client_id in "[ -~]{1,16}",
+        environment in "[a-zA-Z0-9.-]{1,16}",
+        realm in "[ -~]{1,16}",
+        scopes in proptest::collection::vec("[!-~]{1,12}", 1..4),
+    ) {
+        let mut parsed = CacheDocument::parse(&msal_layout(&doc)).expect("parses");
+        let access_token = Secret::new("prop-access-token");
+        let tokens = NewTokens {
+            client_id: &client_id,
+            environment: &environment,
+            realm: &realm,
+            scopes: &scopes,
+            access_token: &access_token,
+            token_type: "Bearer",
+            cached_at: 1_700_000_000,
+            expires_on: 1_700_003_600,
+            extended_expires_on: 1_700_003_600,
+            refresh_on: None,
+            refresh_token: None,
+            id_token: None,
+            client_info: None,
+            foci: None,
+            replaces: None,
+        };
+        prop_assert_eq!(parsed.add_token_response(&tokens), None);
+        assert_round_trip(&parsed)?;
+        let environments = [environment.as_str()];
+        let found = parsed.find_access_tokens(&AccessTokenQuery {
+            home_account_id: Some(None),
+            environments: &environments,
+            client_id: Some(&client_id),
+            realm: Some(&realm),
+            scopes: &scopes,
+        });
+        prop_assert!(
+            found.iter().any(|t| t.secret.expose_secret() == "prop-access-token"),
+            "{:?}", found
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Azure CLI output
+// ---------------------------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any `expires_on` (huge, negative, fractional, a string): no panic, and a token never
+    /// lives longer than the crate believes any token can.
+    #[test]
+    fn az_output_any_expiry_never_panics_and_is_bounded(
+        expires_on in provider_number(),
+        token in "[ -~]{0,40}",
+        token_type in proptest::option::of("[ -~]{0,10}"),
+    ) {
+        let mut out = json!({ "accessToken": token.clone(), "expires_on": expires_on });
+        if let Some(t) = token_type {
+            out["tokenType"] = Value::from(t);
+        }
+        let bytes = out.to_string().into_bytes();
+        match parse_output(&bytes) {
+            Ok(token) => prop_assert!(token.expires_in() <= MAX_TOKEN_LIFETIME, "{out}"),
+            Err(e) if token.len() >= 8 => {
+                // The same output with another token: whatever shows there is not a leak.
+                let mut control = out.clone();
+                control["accessToken"] = Value::from("\u{1}".repeat(token.len()));
+                let control = parse_output(control.to_string().as_bytes())
+                    .err()
+                    .map(|e| format!("{e} {e:?} {e:#?}"))
+                    .unwrap_or_default();
+                let shown = format!("{e} {e:?} {e:#?}");
+                prop_assert!(control.contains(&token) || !shown.contains(&token), "{shown}");
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A future `expires_on` within the maximum lifetime is read to the second.
+    #[test]
+    fn az_output_sane_expiry_is_read(ahead in 60u64..86_400, as_string in any::<bool>()) {
+        let epoch = unix_now() + ahead;
+        let expires_on = if as_string { json!(epoch.to_string()) } else { json!(epoch) };
+        let out = json!({ "accessToken": "tok", "expires_on": expires_on, "tokenType": "Bearer" });
+        let token = parse_output(out.to_string().as_bytes()).expect("parses");
+        let left = token.expires_in().as_secs();
+        prop_assert!(left + 2 >= ahead && left <= ahead, "{left} vs {ahead}");
+    }
+
+    /// Arbitrary bytes never panic.
+    #[test]
+    fn az_output_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = parse_output(&bytes);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retry-After
+// ---------------------------------------------------------------------------------------------
+
+/// The longest wait `retry_after` returns: longer ones are read as this. The fuzz target
+/// uses the same bound.
+const RETRY_AFTER_BOUND: Duration = crate::transport::MAX_RETRY_AFTER;
+
+fn retry_headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.append(*name, value);
+        }
+    }
+    headers
+}
+
+/// A header value as servers send them, huge and odd numbers included.
+fn retry_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<f64>().prop_map(|f| f.to_string()),
+        any::<f64>().prop_map(|f| format!("{f:e}")),
+        prop_oneof![
+            Just("1e20"),
+            Just("1e300"),
+            Just("18446744073709551616"),
+            Just("NaN"),
+            Just("-0"),
+            Just("inf"),
+            Just(" 5 "),
+            Just("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Just("Fri, 31 Dec 9999 23:59:59 GMT"),
+        ]
+        .prop_map(str::to_owned),
+        header_text(40),
+    ]
+}
+
+fn retry_name() -> impl Strategy<Value = &'static str> {
+    prop_oneof![
+        Just("retry-after"),
+        Just("retry-after-ms"),
+        Just("x-ms-retry-after-ms"),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Plain numbers of seconds or milliseconds, and HTTP dates, are honoured up to the bound.
+    #[test]
+    fn retry_after_sane_values_are_honoured(
+        millis in 0u64..10_000_000,
+        name in retry_name(),
+        now_secs in 0u64..4_000_000_000,
+    ) {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now_secs);
+        let value = if name == "retry-after" {
+            format!("{}.{:03}", millis / 1000, millis % 1000)
+        } else {
+            millis.to_string()
+        };
+        let wait = retry_after(&retry_headers(&[(name, value)]), now).expect("honoured");
+        let expected = Duration::from_millis(millis).min(RETRY_AFTER_BOUND);
+        prop_assert!(
+            wait.as_millis().abs_diff(expected.as_millis()) <= 1,
+            "{:?} vs {:?}", wait, expected
+        );
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(millis / 1000));
+        let wait = retry_after(&retry_headers(&[("retry-after", date)]), now).expect("date");
+        prop_assert_eq!(wait, Duration::from_secs(millis / 1000).min(RETRY_AFTER_BOUND));
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any values under the three names: no panic, and the wait is bounded. (It panicked on
+    /// values beyond `u64::MAX` seconds, in `Duration::from_secs_f64`.)
+    #[test]
+    fn retry_after_any_values_never_panic_and_are_bounded(
+        pairs in proptest::collection::vec((retry_name(), retry_value()), 0..4),
+        now_secs in 0u64..4_000_000_000,
+    ) {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now_secs);
+        let headers = retry_headers(&pairs);
+        if let Some(wait) = retry_after(&headers, now) {
+            prop_assert!(wait <= RETRY_AFTER_BOUND, "{headers:?}: {wait:?}");
+        }
+    }
+}
