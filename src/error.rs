@@ -194,10 +194,10 @@ impl CredentialError {
             ),
             None => "no credential in the chain could get a token. Attempts, in order:".into(),
         };
-        for (i, a) in attempts.iter().enumerate() {
+        for (i, a) in (1usize..).zip(&attempts) {
             message.push_str(&format!(
                 "\n  {}. {} ({}): {}",
-                i + 1,
+                i,
                 a.credential(),
                 a.kind(),
                 a.message()

@@ -14,6 +14,15 @@
 //! | [`retry_after`] | `transport::retry_after` | the wait is at most [`RETRY_AFTER_BOUND`] (one hour); a plain number of seconds is honoured up to it |
 
 #![deny(missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "the fuzz targets' invariant checks: a violated one must panic"
+)]
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;

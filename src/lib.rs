@@ -35,6 +35,20 @@
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+// No input from a provider, a file, a program or a caller may make the library panic: its
+// own code (not its tests) neither unwraps nor indexes nor does unchecked arithmetic. The
+// rare justified exception says why with `#[allow(…, reason = …)]`; clippy in CI holds it.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 pub mod bearer;
 mod cache;

@@ -128,32 +128,32 @@ fn char_ends(text: &[u8], pos: usize, c: char, ends: &mut Vec<usize>) {
     };
     let mut utf8 = [0u8; 4];
     let raw = c.encode_utf8(&mut utf8).as_bytes();
-    if rest.starts_with(raw) {
-        ends.push(pos + raw.len());
-    }
-    if c == ' ' && rest.first() == Some(&b'+') {
-        ends.push(pos + 1);
-    }
-    if let Some(len) = match_percent(rest, raw) {
-        ends.push(pos + len);
-    }
-    if let Some(len) = match_json_escape(rest, c) {
-        ends.push(pos + len);
-    }
-    if let Some(len) = match_html_escape(rest, c) {
-        ends.push(pos + len);
+    let raw_len = rest.starts_with(raw).then_some(raw.len());
+    let plus = (c == ' ' && rest.first() == Some(&b'+')).then_some(1);
+    for len in [
+        raw_len,
+        plus,
+        match_percent(rest, raw),
+        match_json_escape(rest, c),
+        match_html_escape(rest, c),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        ends.push(pos.saturating_add(len));
     }
 }
 
 /// Every byte of the character as `%HH` (either case).
 fn match_percent(rest: &[u8], raw: &[u8]) -> Option<usize> {
-    for (i, &b) in raw.iter().enumerate() {
-        let esc = rest.get(i * 3..i * 3 + 3)?;
-        if esc[0] != b'%' || hex_pair(esc[1], esc[2]) != Some(b) {
-            return None;
+    let mut escapes = rest.chunks(3);
+    for &b in raw {
+        match escapes.next()? {
+            [b'%', hi, lo] if hex_pair(*hi, *lo) == Some(b) => {}
+            _ => return None,
         }
     }
-    Some(raw.len() * 3)
+    raw.len().checked_mul(3)
 }
 
 fn match_json_escape(rest: &[u8], c: char) -> Option<usize> {
@@ -176,15 +176,14 @@ fn match_json_escape(rest: &[u8], c: char) -> Option<usize> {
     }
     let mut units = [0u16; 2];
     let units = c.encode_utf16(&mut units);
-    let mut end = 0;
+    let mut escapes = rest.chunks(6);
     for unit in units.iter() {
-        let esc = rest.get(end..end + 6)?;
-        if esc[0] != b'\\' || esc[1] != b'u' || hex_u16(&esc[2..6]) != Some(*unit) {
-            return None;
+        match escapes.next()? {
+            [b'\\', b'u', hex @ ..] if hex.len() == 4 && hex_u16(hex) == Some(*unit) => {}
+            _ => return None,
         }
-        end += 6;
     }
-    Some(end)
+    units.len().checked_mul(6)
 }
 
 fn match_html_escape(rest: &[u8], c: char) -> Option<usize> {
@@ -205,21 +204,19 @@ fn match_html_escape(rest: &[u8], c: char) -> Option<usize> {
     // Numeric: &#DDD; or &#xHH;
     let body = rest.strip_prefix(b"&#")?;
     let semi = body.iter().take(10).position(|&b| b == b';')?;
-    let digits = std::str::from_utf8(&body[..semi]).ok()?;
+    let digits = std::str::from_utf8(body.get(..semi)?).ok()?;
     let value = match digits.strip_prefix(['x', 'X']) {
         Some(hex) => u32::from_str_radix(hex, 16).ok()?,
         None => digits.parse::<u32>().ok()?,
     };
-    (value == c as u32).then_some(2 + semi + 1)
+    // `&#`, the digits, `;`.
+    (value == c as u32).then(|| semi.checked_add(3)).flatten()
 }
 
 fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 fn hex_pair(hi: u8, lo: u8) -> Option<u8> {
@@ -262,7 +259,9 @@ fn scrub_token_fields(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("_token") {
-        let (head, tail) = rest.split_at(at + "_token".len());
+        let Some((head, tail)) = rest.split_at_checked(at.saturating_add("_token".len())) else {
+            break;
+        };
         out.push_str(head);
         // Skip a closing quote, spaces and the separator, then an opening quote.
         let after_name = tail.trim_start_matches(['"', '\\']).trim_start();
@@ -279,7 +278,7 @@ fn scrub_token_fields(text: &str) -> String {
             .map(|_| "\\\"")
             .or_else(|| after_sep.starts_with('"').then_some("\""));
         let value_start = match quote {
-            Some(q) => &after_sep[q.len()..],
+            Some(q) => after_sep.get(q.len()..).unwrap_or_default(),
             None => after_sep,
         };
         let end = match quote {
@@ -291,9 +290,10 @@ fn scrub_token_fields(text: &str) -> String {
             rest = tail;
             continue;
         }
-        out.push_str(&tail[..tail.len() - value_start.len()]);
+        let separator = tail.len().saturating_sub(value_start.len());
+        out.push_str(tail.get(..separator).unwrap_or_default());
         out.push_str(MASK);
-        rest = &value_start[end..];
+        rest = value_start.get(end..).unwrap_or_default();
     }
     out.push_str(rest);
     out

@@ -85,7 +85,7 @@ impl RefreshPolicy {
     pub(crate) fn refresh_at(&self, token: &AccessToken, now: Instant) -> Instant {
         let expires_on = token.expires_on();
         let lifetime = expires_on.saturating_duration_since(now);
-        let window = self.window.min(lifetime / 2);
+        let window = self.window.min(lifetime.checked_div(2).unwrap_or_default());
         // The jitter keeps its share of the window: 60 s of 300 s stays a fifth.
         let jitter_bound = if self.window.is_zero() {
             Duration::ZERO
@@ -274,7 +274,9 @@ impl<V: SlotValue> TokenSlot<V> {
                     .last_attempt
                     .filter(|_| self.recently_attempted(&state, now))
                 {
-                    (at + self.policy.retry_after_failure).min(entry.expires_on)
+                    at.checked_add(self.policy.retry_after_failure)
+                        .unwrap_or(entry.expires_on)
+                        .min(entry.expires_on)
                 } else {
                     // The acquisition's future is dropped unawaited: it runs in its task.
                     drop(self.start(&mut state, acquire()));
@@ -319,11 +321,12 @@ impl<V: SlotValue> TokenSlot<V> {
     fn recently_attempted(&self, state: &State<V>, now: Instant) -> bool {
         state
             .last_attempt
-            .is_some_and(|at| now < at + self.policy.retry_after_failure)
+            .and_then(|at| at.checked_add(self.policy.retry_after_failure))
+            .is_some_and(|until| now < until)
     }
 
     fn entry(&self, state: &mut State<V>, value: V, now: Instant) -> Entry<V> {
-        state.next_id += 1;
+        state.next_id = state.next_id.wrapping_add(1);
         Entry {
             id: state.next_id,
             refresh_at: self.policy.refresh_at(value.token(), now),
@@ -349,7 +352,7 @@ impl<V: SlotValue> TokenSlot<V> {
     where
         Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
-        state.next_id += 1;
+        state.next_id = state.next_id.wrapping_add(1);
         let flight_id = state.next_id;
         let guard = FlightGuard {
             slot: Arc::clone(self),

@@ -214,6 +214,10 @@ impl HttpClientBuilder {
         Ok(self.build_with_roots(roots))
     }
 
+    #[allow(
+        clippy::expect_used,
+        reason = "ring supports TLS 1.2 and 1.3, the safe defaults: this cannot fail"
+    )]
     fn build_with_roots(self, roots: rustls::RootCertStore) -> HttpClient {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -637,7 +641,7 @@ impl Service<HttpRequest> for Retrying {
                     };
                     return finish(result, attempts);
                 };
-                policy.retries += 1;
+                policy.retries = policy.retries.saturating_add(1);
                 tracing::debug!(
                     retry = policy.retries,
                     ?wait,

@@ -297,7 +297,7 @@ impl<'a> Scanner<'a> {
     fn take_while(&mut self, pred: impl Fn(u8) -> bool) -> &'a str {
         let start = self.pos;
         while self.peek().is_some_and(&pred) {
-            self.pos += 1;
+            self.pos = self.pos.saturating_add(1);
         }
         // `pred` only accepts ASCII bytes, so both ends are char boundaries.
         self.input.get(start..self.pos).unwrap_or_default()
@@ -328,7 +328,7 @@ impl<'a> Scanner<'a> {
         let start = self.pos;
         self.skip_ows();
         if self.peek() == Some(b'=') {
-            self.pos += 1;
+            self.pos = self.pos.saturating_add(1);
             self.skip_ows();
             true
         } else {
@@ -358,7 +358,8 @@ impl<'a> Scanner<'a> {
         while let Some((i, c)) = chars.next() {
             match c {
                 '"' => {
-                    self.pos += 1 + i + 1;
+                    // The opening quote, the value, the closing quote.
+                    self.pos = self.pos.saturating_add(i).saturating_add(2);
                     return Some(value);
                 }
                 '\\' => value.push(chars.next()?.1),

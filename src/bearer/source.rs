@@ -38,7 +38,7 @@ impl SlotValue for Prepared {
 impl Prepared {
     fn new(token: AccessToken, claims: Option<Arc<str>>) -> Result<Self, CredentialError> {
         let secret = token.secret().expose_secret();
-        let mut value = Zeroizing::new(Vec::with_capacity(7 + secret.len()));
+        let mut value = Zeroizing::new(Vec::with_capacity(secret.len().saturating_add(7)));
         value.extend_from_slice(b"Bearer ");
         value.extend_from_slice(secret.as_bytes());
         // The bytes are zeroed when the last clone of the header is dropped.
@@ -155,14 +155,17 @@ impl<C: TokenCredential> Source<C> {
             }
             if let Some((failed, error, at)) = &state.failed {
                 let spacing = self.options.refresh.retry_after_failure;
-                if &**failed == claims && Instant::now() < *at + spacing {
+                let within = at
+                    .checked_add(spacing)
+                    .is_some_and(|end| Instant::now() < end);
+                if &**failed == claims && within {
                     return Err(error.clone());
                 }
             }
             match &state.flight {
                 Some((_, c, f)) if &**c == claims => f.clone(),
                 _ => {
-                    state.next_id += 1;
+                    state.next_id = state.next_id.wrapping_add(1);
                     let id = state.next_id;
                     let claims: Arc<str> = Arc::from(claims);
                     let request = self.request.clone().claims(claims.to_string());

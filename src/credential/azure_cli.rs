@@ -58,6 +58,10 @@ struct Inner {
 
 impl AzureCliCredential {
     /// `az` from `PATH`, its default tenant, a 10 s timeout.
+    #[allow(
+        clippy::expect_used,
+        reason = "the default settings have no tenant, the only thing build() validates"
+    )]
     pub fn new() -> Self {
         Self::builder()
             .build()

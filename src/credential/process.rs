@@ -246,11 +246,11 @@ async fn drain<R: AsyncRead + Unpin>(pipe: &mut R, into: &mut Captured) -> io::R
 /// holds a just-written executable open, between its fork and exec) passes in moments, so it
 /// is retried a few times.
 async fn spawn(command: &mut Command) -> io::Result<Child> {
-    let mut attempts = 0;
+    let mut attempts = 0u32;
     loop {
         match command.spawn() {
             Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && attempts < 5 => {
-                attempts += 1;
+                attempts = attempts.saturating_add(1);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             other => return other,

@@ -211,8 +211,10 @@ impl Inner {
             })
             .cloned()
             .collect();
+        if let [one] = matching.as_slice() {
+            return Ok(one.clone());
+        }
         match (matching.len(), filtered()) {
-            (1, _) => Ok(matching.into_iter().next().expect("one account")),
             (0, _) => Err(unavailable(format!(
                 "No account matching the specified{} was found in the cache.",
                 self.filter_text()

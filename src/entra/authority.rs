@@ -113,12 +113,19 @@ impl Authority {
 /// `input` with the user information of its authority part (`user:secret@`) replaced by
 /// `***@`, for messages.
 fn without_userinfo(input: &str) -> String {
-    let start = input.find("://").map_or(0, |i| i + 3);
-    let end = input[start..]
-        .find(['/', '?', '#'])
-        .map_or(input.len(), |i| start + i);
-    match input[start..end].rfind('@') {
-        Some(at) => format!("{}***{}", &input[..start], &input[start + at..]),
+    let (scheme, rest) = match input.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, input),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    match authority.rfind('@') {
+        Some(at) => {
+            let after = rest.get(at..).unwrap_or_default();
+            match scheme {
+                Some(scheme) => format!("{scheme}://***{after}"),
+                None => format!("***{after}"),
+            }
+        }
         None => input.to_owned(),
     }
 }

@@ -669,7 +669,7 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
 /// `\"`, `\\`, `\n`, `\r`, `\t`, `\b`, `\f`, every other character outside `' '..='~'` as
 /// `\uXXXX` (lower-case hex, UTF-16 surrogate pairs above U+FFFF); `/` is not escaped.
 fn py_json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+    let mut out = String::with_capacity(s.len().saturating_add(2));
     out.push('"');
     for c in s.chars() {
         match c {
@@ -717,7 +717,7 @@ fn write_object<T>(
         if i > 0 {
             out.push(',');
         }
-        newline(out, depth + 1);
+        newline(out, depth.saturating_add(1));
         out.push_str(&name.raw);
         out.push_str(": ");
         write_value(out, value);
@@ -1203,7 +1203,7 @@ impl CacheDocument {
             None => {
                 self.sections
                     .push((Name::new(section), Body::Entries(Vec::new())));
-                self.sections.len() - 1
+                self.sections.len().saturating_sub(1)
             }
         };
         match &mut self.sections.get_mut(index)?.1 {

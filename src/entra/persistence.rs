@@ -328,7 +328,8 @@ impl<D: Document> CacheFile<D> {
                 });
             }
             if !retry_now {
-                tokio::time::sleep(LOCK_RETRY_INTERVAL.min(self.lock_timeout - waited)).await;
+                let left = self.lock_timeout.saturating_sub(waited);
+                tokio::time::sleep(LOCK_RETRY_INTERVAL.min(left)).await;
             }
         }
     }
@@ -464,7 +465,7 @@ fn load<D: Document>(path: &Path, settle_empty: bool) -> Result<Loaded<D>, Persi
             }
             Err(_) => {}
         }
-        attempt += 1;
+        attempt = attempt.saturating_add(1);
         std::thread::sleep(PARSE_RETRY_INTERVAL);
     }
 }
@@ -648,7 +649,8 @@ impl LockObservation {
         };
         let meta = file.metadata()?;
         let mut content = Vec::new();
-        file.take(HOLDER_MAX_CHARS as u64 * 4)
+        // At most four bytes per character.
+        file.take((HOLDER_MAX_CHARS as u64).saturating_mul(4))
             .read_to_end(&mut content)?;
         Ok(Some(Self {
             content: String::from_utf8_lossy(&content).into_owned(),

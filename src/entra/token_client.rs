@@ -323,10 +323,12 @@ impl TokenClient {
         let throttle = if parts.status.is_success() {
             None
         } else {
-            retry_after(&parts.headers, std::time::SystemTime::now()).map(|wait| Throttle {
-                until: Instant::now() + wait.min(MAX_RETRY_AFTER),
-                status: parts.status,
-            })
+            retry_after(&parts.headers, std::time::SystemTime::now())
+                .and_then(|wait| Instant::now().checked_add(wait.min(MAX_RETRY_AFTER)))
+                .map(|until| Throttle {
+                    until,
+                    status: parts.status,
+                })
         };
         if let Some(throttle) = throttle {
             *lock(&self.memory.throttle) = Some(throttle);
