@@ -8,7 +8,7 @@
 //! | function | parser | invariants (beyond "does not panic") |
 //! | --- | --- | --- |
 //! | [`www_authenticate`] | `bearer::parse_challenges`, `claims_challenge` | returned claims are JSON; challenges are well-formed and survive a print and re-parse; errors are short |
-//! | [`token_response`] | `entra::token_client::parse_response` | a secret embedded in the body (raw, form-urlencoded, `%20`, JSON-escaped, …) is absent from the error's `Display`, `Debug` and `{:#?}`, and so is any two-thirds fragment of it |
+//! | [`token_response`] | `entra::token_client::parse_response` | a secret embedded in the body (raw, form-urlencoded, `%20`, JSON-escaped, …) is absent from the error's `Display`, `Debug` and `{:#?}`, and so is any prefix of it `redact` masks (a request echoed cut short) |
 //! | [`msal_cache`] | `entra::msal_cache::CacheDocument` | views and queries agree; `to_vec` re-parses and is a fixed point; `remove_expired_access_tokens` and `add_token_response` keep that, and what was added is found |
 //! | [`az_output`] | `credential::azure_cli::parse_output` | a token's lifetime is bounded; an error never quotes the access token, whole or two thirds of it |
 //! | [`retry_after`] | `transport::retry_after` | the wait is at most [`RETRY_AFTER_BOUND`] (one hour); a plain number of seconds is honoured up to it |
@@ -40,6 +40,7 @@ use crate::entra::msal_cache::{
     AccessTokenQuery, CacheDocument, CachedAccessToken, NewTokens, RefreshToken, RefreshTokenQuery,
 };
 use crate::entra::token_client::parse_response;
+use crate::redact::MIN_PREFIX_CHARS;
 use crate::token::{MAX_TOKEN_LIFETIME, Secret, unix_now};
 
 /// Longest `Display` of a claims-challenge error: it quotes at most 64 characters of the
@@ -214,32 +215,25 @@ fn renderings(value: &(impl std::fmt::Display + Debug)) -> [String; 3] {
     ]
 }
 
-/// Panics if a form of the secret, or a fragment of at least two thirds of a form (and at
-/// least 8 characters), shows in `found` but not in `control` (the same input without the
-/// secret: what shows there anyway is the crate's own text or the input's other text, not a
-/// leak).
+/// Panics if a form of the secret, or of a prefix of it as long as `redact` masks (at least
+/// [`MIN_PREFIX_CHARS`] characters and half the secret: a request echoed cut short), shows in
+/// `found` but not in `control` (the same input without the secret: what shows there anyway
+/// is the crate's own text or the input's other text, not a leak).
 fn assert_no_leak(what: &str, secret: &str, found: &[String], control: &[String]) {
-    let forms = leak_forms(secret);
-    for form in &forms {
-        if control.iter().any(|c| c.contains(form.as_str())) {
-            continue;
-        }
-        if let Some(text) = found.iter().find(|t| t.contains(form.as_str())) {
-            panic!("{what} leaks the secret {secret:?} (as {form:?}):\n{text}");
-        }
-    }
-    for form in &forms {
-        let chars: Vec<char> = form.chars().collect();
-        let len = (chars.len() * 2).div_ceil(3).max(8).min(chars.len());
-        for fragment in chars.windows(len) {
-            let fragment: String = fragment.iter().collect();
-            if control.iter().any(|c| c.contains(&fragment)) {
+    let chars: Vec<char> = secret.chars().collect();
+    let min_prefix = MIN_PREFIX_CHARS
+        .max(chars.len().div_ceil(2))
+        .min(chars.len());
+    for len in (min_prefix..=chars.len()).rev() {
+        let prefix: String = chars[..len].iter().collect();
+        for form in leak_forms(&prefix) {
+            if control.iter().any(|c| c.contains(form.as_str())) {
                 continue;
             }
-            if let Some(text) = found.iter().find(|t| t.contains(&fragment)) {
+            if let Some(text) = found.iter().find(|t| t.contains(form.as_str())) {
                 panic!(
-                    "{what} leaks part of the secret {secret:?}: {fragment:?} ({len} of the {} \
-                     characters of {form:?}):\n{text}",
+                    "{what} leaks the secret {secret:?} ({len} of its {} characters, as \
+                     {form:?}):\n{text}",
                     chars.len()
                 );
             }
@@ -258,8 +252,9 @@ fn assert_no_leak(what: &str, secret: &str, found: &[String], control: &[String]
 /// secret.
 ///
 /// Checks: no panic for any status and body; an error's `Display`, `Debug` and `{:#?}` show
-/// none of those encodings of the secret (nor its `{:?}` form), nor a fragment of two thirds
-/// of one, unless they also show it for the same template with the placeholders removed.
+/// none of those encodings of the secret (nor its `{:?}` form), nor of a prefix of it that
+/// `redact` promises to mask, unless they also show it for the same template with the
+/// placeholders removed.
 pub fn token_response(data: &[u8]) {
     let Some((&len, rest)) = data.split_first() else {
         return;

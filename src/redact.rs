@@ -8,7 +8,9 @@
 //!    percent-encoded (upper- or lower-case hex, `+` or `%20` for a space, fully or partly
 //!    encoded), JSON-escaped (`\"`, `\\`, `\/`, `\uXXXX`, surrogate pairs included) and
 //!    HTML-escaped (`&amp;`, `&lt;`, …), as well as any mix of these — an IdP that echoes the
-//!    form body in a JSON `error_description` produces exactly such a mix.
+//!    form body in a JSON `error_description` produces exactly such a mix. A server that
+//!    echoes a request cut short leaves a *prefix* of a secret: one of at least
+//!    [`MIN_PREFIX_CHARS`] characters and half the secret is masked too.
 //! 2. **JWT-shaped runs** (`eyJ…` with a dot): access tokens, id tokens, assertions we did not
 //!    send.
 //! 3. **Values of `…_token` fields**, JSON (`"refresh_token": "…"`) or form style
@@ -19,6 +21,9 @@
 
 /// Secrets shorter than this are not searched for.
 pub(crate) const MIN_SECRET_LEN: usize = 4;
+/// The shortest prefix of a secret that is masked on its own (and at least half the secret):
+/// shorter ones would match ordinary text.
+pub(crate) const MIN_PREFIX_CHARS: usize = 8;
 /// What a match becomes.
 const MASK: &str = "***";
 
@@ -98,27 +103,34 @@ fn mask_encoded(text: &str, secret: &str) -> String {
     out
 }
 
-/// If `secret` (encoded in any way) starts at `text[at]`, where its longest match ends.
+/// If `secret` (encoded in any way), or a long enough prefix of it (see the module docs),
+/// starts at `text[at]`, where its longest match ends.
 ///
 /// Some characters have encodings that start alike (`\\` raw or as `\\\\`, `%` raw or as
 /// `%25`, `&` raw or as `&amp;`), so every position a prefix can end at is kept, not only the
 /// first found.
 fn match_at(text: &[u8], at: usize, secret: &str) -> Option<usize> {
+    let chars = secret.chars().count();
+    let min_prefix = MIN_PREFIX_CHARS.max(chars.div_ceil(2)).min(chars);
     let mut positions = vec![at];
     let mut next = Vec::new();
-    for c in secret.chars() {
+    let mut matched = None;
+    for (count, c) in (1usize..).zip(secret.chars()) {
         next.clear();
         for &pos in &positions {
             char_ends(text, pos, c, &mut next);
         }
         next.sort_unstable();
         next.dedup();
-        if next.is_empty() {
-            return None;
+        let Some(&furthest) = next.last() else {
+            break;
+        };
+        if count >= min_prefix {
+            matched = Some(furthest);
         }
         std::mem::swap(&mut positions, &mut next);
     }
-    positions.last().copied()
+    matched
 }
 
 /// Every position where an encoding of `c` that starts at `text[pos]` ends.
@@ -367,6 +379,25 @@ mod tests {
             let text = format!("a {secret}{secret}{secret}");
             assert_eq!(scrub(&text, &[secret]), "a ***", "{secret}");
         }
+    }
+
+    #[test]
+    fn a_long_enough_prefix_of_a_secret_is_masked() {
+        // A server echoing the first bytes of the request body cuts the secret short.
+        let secret = "Lk8Q~abcdefghij0123456789";
+        let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let cut = &form[..form.len() - 8];
+        assert_eq!(
+            scrub(&format!("body: client_secret={cut}"), &[secret]),
+            "body: client_secret=***"
+        );
+        // Half the secret (13 of 25 characters) and more is masked; less is ordinary text.
+        assert_eq!(scrub("x Lk8Q~abcdefgh y", &[secret]), "x *** y");
+        assert_eq!(scrub("x Lk8Q~abcdefg y", &[secret]), "x Lk8Q~abcdefg y");
+        assert_eq!(scrub("x Lk8Q~abc y", &[secret]), "x Lk8Q~abc y");
+        let short = "abcdefghij";
+        assert_eq!(scrub("abcdefgh.", &[short]), "***.");
+        assert_eq!(scrub("abcdefg.", &[short]), "abcdefg.");
     }
 
     #[test]
