@@ -291,7 +291,8 @@ pub fn token_response(data: &[u8]) {
 }
 
 /// A secret from fuzzer bytes: printable ASCII; a space only between two other characters
-/// (elsewhere it becomes `_`), and at least three distinct other characters (else `None`).
+/// (elsewhere it becomes `_`), at least three distinct other characters, none of them more than
+/// a third of the secret (else `None`).
 ///
 /// Real secrets look like that, and it keeps the check honest: the crate turns control
 /// characters into spaces and joins lines with a space, which can turn text that is not the
@@ -304,7 +305,14 @@ fn secret_from(bytes: &[u8]) -> Option<String> {
         secret.push(if c == ' ' && !inner { '_' } else { c });
     }
     let distinct: BTreeSet<char> = secret.chars().filter(|&c| c != ' ').collect();
-    (distinct.len() >= 3).then_some(secret)
+    // Nor is any character more than a third of it: a secret of mostly `\\` would be
+    // "found" wherever an error's `Debug` doubles the backslashes of ordinary text.
+    let most = distinct
+        .iter()
+        .map(|d| secret.chars().filter(|c| c == d).count())
+        .max()
+        .unwrap_or(0);
+    (distinct.len() >= 3 && most * 3 <= secret.chars().count()).then_some(secret)
 }
 
 /// The body: each placeholder replaced by its encoding of `secret` (or removed).

@@ -484,7 +484,9 @@ pub(crate) fn parse_response(
         };
         let excerpt = excerpt(body, secrets, BODY_EXCERPT_CHARS);
         if !excerpt.is_empty() {
-            message.push_str(&format!(" (body starts: {excerpt:?})"));
+            // Quoted as it is: the excerpt has no control characters left, and escaping it
+            // again would make a JSON body unreadable (`{\"error\":…`).
+            message.push_str(&format!(" (body starts: \"{excerpt}\")"));
         }
         return Err(
             CredentialError::authentication_failed(credential, message).with_provider(
