@@ -220,6 +220,9 @@ fn renderings(value: &(impl std::fmt::Display + Debug)) -> [String; 3] {
 /// `found` but not in `control` (the same input without the secret: what shows there anyway
 /// is the crate's own text or the input's other text, not a leak).
 fn assert_no_leak(what: &str, secret: &str, found: &[String], control: &[String]) {
+    // The mask is not the secret: `s p&c$s` of the body before a masked copy reads as the
+    // secret `s p&c$s*p&c=`'s prefix if the mask's `*` counts (no secret has a NUL).
+    let found: Vec<String> = found.iter().map(|t| t.replace("***", "\0")).collect();
     let chars: Vec<char> = secret.chars().collect();
     let min_prefix = MIN_PREFIX_CHARS
         .max(chars.len().div_ceil(2))
