@@ -10,7 +10,9 @@
 //!    HTML-escaped (`&amp;`, `&lt;`, …), as well as any mix of these — an IdP that echoes the
 //!    form body in a JSON `error_description` produces exactly such a mix. A server that
 //!    echoes a request cut short leaves a *prefix* of a secret: one of at least
-//!    [`MIN_PREFIX_CHARS`] characters and half the secret is masked too.
+//!    [`MIN_PREFIX_CHARS`] characters and half the secret is masked too. A secret with a `\`
+//!    is also looked for as a JSON decoder reads it: a server that pastes it unescaped into a
+//!    JSON string (`"…xc\"y…"`) has its backslashes read as escapes by the time we see the text.
 //! 2. **JWT-shaped runs** (`eyJ…` with a dot): access tokens, id tokens, assertions we did not
 //!    send.
 //! 3. **Values of `…_token` fields**, JSON (`"refresh_token": "…"`) or form style
@@ -32,6 +34,9 @@ pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_owned();
     for secret in secrets.iter().filter(|s| s.len() >= MIN_SECRET_LEN) {
         out = mask_encoded(&out, secret);
+        if let Some(read) = json_read(secret).filter(|r| r.len() >= MIN_SECRET_LEN) {
+            out = mask_encoded(&out, &read);
+        }
     }
     scrub_token_fields(&scrub_jwts(&out))
 }
@@ -60,6 +65,49 @@ pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_owned(),
     }
+}
+
+/// `secret` as a JSON decoder reads it inside a string (`\"` → `"`, `\\` → `\`, `\uXXXX` →
+/// the character, …), when that differs from the secret; escapes JSON does not know stay.
+fn json_read(secret: &str) -> Option<String> {
+    if !secret.contains('\\') {
+        return None;
+    }
+    let mut out = String::with_capacity(secret.len());
+    let mut chars = secret.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let mut ahead = chars.clone();
+        let read = match ahead.next() {
+            Some('"') => Some('"'),
+            Some('\\') => Some('\\'),
+            Some('/') => Some('/'),
+            Some('b') => Some('\u{8}'),
+            Some('f') => Some('\u{c}'),
+            Some('n') => Some('\n'),
+            Some('r') => Some('\r'),
+            Some('t') => Some('\t'),
+            Some('u') => {
+                let hex: String = ahead.by_ref().take(4).collect();
+                u32::from_str_radix(&hex, 16)
+                    .ok()
+                    .filter(|_| hex.len() == 4)
+                    .and_then(char::from_u32)
+            }
+            _ => None,
+        };
+        match read {
+            Some(decoded) => {
+                out.push(decoded);
+                chars = ahead;
+            }
+            None => out.push(c),
+        }
+    }
+    (out != secret).then_some(out)
 }
 
 /// Replaces every occurrence of `secret`, in any mix of the encodings of the module docs.
@@ -398,6 +446,23 @@ mod tests {
         let short = "abcdefghij";
         assert_eq!(scrub("abcdefgh.", &[short]), "***.");
         assert_eq!(scrub("abcdefg.", &[short]), "abcdefg.");
+    }
+
+    #[test]
+    fn a_secret_pasted_unescaped_into_json_is_found_as_a_decoder_reads_it() {
+        // Found by the token_response fuzz target: `\"` in the secret became `"` once the
+        // answer's JSON was decoded, so the description showed all but one character of it.
+        let secret = r#"s p&=xc\"y/~"#;
+        let body = format!(r#"{{"error_description":"client_secret={secret} AADSTS7000215"}}"#);
+        let decoded: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let description = decoded["error_description"].as_str().unwrap();
+        assert_eq!(description, r#"client_secret=s p&=xc"y/~ AADSTS7000215"#);
+        assert_eq!(
+            scrub(description, &[secret]),
+            "client_secret=*** AADSTS7000215"
+        );
+        assert_eq!(json_read(r"a\u00e9\q\\"), Some(r"aé\q\".to_owned()));
+        assert_eq!(json_read("plain"), None);
     }
 
     #[test]
