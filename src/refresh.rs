@@ -8,15 +8,16 @@
 //!   runs. [`TokenSlot::get`] (credentials) waits for it and, if it fails, returns the
 //!   still-valid cached token; [`TokenSlot::lookup`] (the bearer layer) does not wait: it
 //!   starts the acquisition in the background and hands out the current token.
-//! * **Spacing**: while the current token is valid, an acquisition starts at least
-//!   `retry_after_failure` (30 s) after the previous one *ended* — whether it failed,
-//!   succeeded, or handed back the very token it was meant to replace (a credential that kept
-//!   its still-valid token because its own refresh failed). So a renewal is never followed by
-//!   another within 30 s, whatever the new token's lifetime, and the window never turns into
-//!   one call per request. Counting from the end makes two stacked slots agree (the layer's
-//!   slot over a credential's): the outer attempt ends after the inner one, so when the outer
-//!   slot tries again the inner one's spacing has passed too, and 30 s holds end to end.
-//! * **Expired** or absent token: the spacing does not apply (see below).
+//! * **Spacing**: a renewal (an acquisition started while a valid token is held) starts at
+//!   least `retry_after_failure` (30 s) after the previous renewal *ended* — whether that one
+//!   failed, succeeded, or handed back the very token it was meant to replace (a credential
+//!   that kept its still-valid token because its own refresh failed). So a renewal is never
+//!   followed by another within 30 s, whatever the new token's lifetime, and the window never
+//!   turns into one call per request. Counting from the end makes two stacked slots agree (the
+//!   layer's slot over a credential's): the outer attempt ends after the inner one, so when the
+//!   outer slot tries again the inner one's spacing has passed too, and 30 s holds end to end.
+//!   A first acquisition is not a renewal: a token whose provider asks for an early renewal
+//!   (`refresh_in`) gets it.
 //! * **No valid token**: every caller waits on one acquisition and receives its result, the
 //!   error included. An expired token is never returned.
 //! * **Cancellation**: the acquisition runs in its own task. A caller that drops its future
@@ -39,8 +40,8 @@
 //!   it shrinks in proportion when the window does.
 //!
 //! The spacing above still applies: a token whose refresh time comes sooner than 30 s after
-//! the last acquisition ended (lifetimes under a minute) is renewed at the end of the spacing
-//! or, if it expires first, when it expires. Time is tokio's clock, so tests pause and advance
+//! the last renewal ended (lifetimes under a minute) is renewed at the end of the spacing or,
+//! if it expires first, acquired anew when it expires. Time is tokio's clock, so tests pause and advance
 //! it; the slot arms no timers (a pending timer would make a paused clock jump whenever the
 //! runtime waits on socket I/O).
 
@@ -133,7 +134,7 @@ type Acquisition<V> = Shared<BoxFuture<'static, Result<Entry<V>, CredentialError
 
 struct State<V> {
     current: Option<Entry<V>>,
-    /// When the last acquisition ended (or a token was stored from outside).
+    /// When the last renewal ended.
     last_attempt: Option<Instant>,
     flight: Option<(u64, Acquisition<V>)>,
     next_id: u64,
@@ -224,7 +225,7 @@ impl<V: SlotValue> TokenSlot<V> {
                         Plan::Ready(entry.value)
                     } else {
                         Plan::Wait {
-                            acquisition: self.start(&mut state, acquire()),
+                            acquisition: self.start(&mut state, acquire(), true),
                             fallback: Some(entry.value),
                         }
                     }
@@ -279,7 +280,7 @@ impl<V: SlotValue> TokenSlot<V> {
                         .min(entry.expires_on)
                 } else {
                     // The acquisition's future is dropped unawaited: it runs in its task.
-                    drop(self.start(&mut state, acquire()));
+                    drop(self.start(&mut state, acquire(), true));
                     entry.expires_on
                 };
                 Lookup::Use {
@@ -292,14 +293,12 @@ impl<V: SlotValue> TokenSlot<V> {
         }
     }
 
-    /// Stores a value obtained outside the slot (a claims token); returns its entry. It counts
-    /// as an acquisition that just ended, for the spacing.
+    /// Stores a value obtained outside the slot (a claims token); returns its entry. Not a
+    /// renewal: the spacing is left as it is.
     pub(crate) fn store(&self, value: V) -> Entry<V> {
         let mut state = self.lock();
-        let now = Instant::now();
-        let entry = self.entry(&mut state, value, now);
+        let entry = self.entry(&mut state, value, Instant::now());
         state.current = Some(entry.clone());
-        state.last_attempt = Some(now);
         self.bump();
         entry
     }
@@ -342,13 +341,19 @@ impl<V: SlotValue> TokenSlot<V> {
     {
         match &state.flight {
             Some((_, acquisition)) => acquisition.clone(),
-            None => self.start(state, acquire()),
+            None => self.start(state, acquire(), false),
         }
     }
 
     /// Spawns the acquisition and records it; called with the state locked, so the task
     /// cannot finish (and clear the record) before it is written.
-    fn start<Fut>(self: &Arc<Self>, state: &mut State<V>, acquire: Fut) -> Acquisition<V>
+    /// `renewal`: a valid token is held (the spacing follows this acquisition's end).
+    fn start<Fut>(
+        self: &Arc<Self>,
+        state: &mut State<V>,
+        acquire: Fut,
+        renewal: bool,
+    ) -> Acquisition<V>
     where
         Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
@@ -357,6 +362,7 @@ impl<V: SlotValue> TokenSlot<V> {
         let guard = FlightGuard {
             slot: Arc::clone(self),
             flight_id,
+            renewal,
         };
         let acquisition = spawn_shared(self.name, "the token acquisition", async move {
             let result = acquire.await;
@@ -397,6 +403,7 @@ where
 struct FlightGuard<V: SlotValue> {
     slot: Arc<TokenSlot<V>>,
     flight_id: u64,
+    renewal: bool,
 }
 
 impl<V: SlotValue> FlightGuard<V> {
@@ -414,23 +421,30 @@ impl<V: SlotValue> FlightGuard<V> {
                 entry
             }
         });
-        Self::clear(&mut state, self.flight_id, now);
+        self.clear(&mut state, now);
         self.slot.bump();
         outcome
     }
 
-    /// Ends the flight if it is still the recorded one: the spacing counts from here.
-    fn clear(state: &mut State<V>, flight_id: u64, now: Instant) {
-        if state.flight.as_ref().is_some_and(|(f, _)| *f == flight_id) {
+    /// Ends the flight if it is still the recorded one; the spacing after a renewal counts
+    /// from here.
+    fn clear(&self, state: &mut State<V>, now: Instant) {
+        if state
+            .flight
+            .as_ref()
+            .is_some_and(|(f, _)| *f == self.flight_id)
+        {
             state.flight = None;
-            state.last_attempt = Some(now);
+            if self.renewal {
+                state.last_attempt = Some(now);
+            }
         }
     }
 }
 
 impl<V: SlotValue> Drop for FlightGuard<V> {
     fn drop(&mut self) {
-        Self::clear(&mut self.slot.lock(), self.flight_id, Instant::now());
+        self.clear(&mut self.slot.lock(), Instant::now());
     }
 }
 
@@ -790,7 +804,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_early_refresh_on_waits_for_the_spacing_after_the_acquisition() {
+    async fn an_early_refresh_on_is_honoured_after_a_first_acquisition_then_spaced() {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
         let early =
@@ -802,16 +816,21 @@ mod tests {
             };
         slot.get(counting(&calls, early("first"))).await.unwrap();
         tokio::time::advance(Duration::from_secs(3)).await;
-        let got = slot.get(counting(&calls, early("second"))).await.unwrap();
-        assert_eq!(
-            got.secret().expose_secret(),
-            "first",
-            "held by the 30 s spacing"
-        );
-        tokio::time::advance(Duration::from_secs(27)).await;
+        // The first acquisition was no renewal: the provider's early refresh time holds.
         let got = slot.get(counting(&calls, early("second"))).await.unwrap();
         assert_eq!(got.secret().expose_secret(), "second");
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // That renewal is followed by no other for 30 s.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let got = slot.get(counting(&calls, early("third"))).await.unwrap();
+        assert_eq!(
+            got.secret().expose_secret(),
+            "second",
+            "held by the spacing"
+        );
+        tokio::time::advance(Duration::from_secs(27)).await;
+        let got = slot.get(counting(&calls, early("third"))).await.unwrap();
+        assert_eq!(got.secret().expose_secret(), "third");
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
     /// The layer's 240 s benchmark made hundreds of token requests per second: a renewal
@@ -830,8 +849,9 @@ mod tests {
             tokio::task::yield_now().await;
             tokio::time::advance(Duration::from_millis(10)).await;
         }
-        // 10 s of lookups every 10 ms: the first acquisition only.
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // 10 s of lookups every 10 ms: the first acquisition, and one renewal at once (the
+        // first acquisition was no renewal), then none.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
         tokio::time::advance(Duration::from_secs(20)).await;
         for _ in 0..1000 {
             use_of(slot.lookup(Instant::now(), counting(&calls, stale)));
@@ -839,7 +859,7 @@ mod tests {
             tokio::time::advance(Duration::from_millis(10)).await;
         }
         // From 30 s on, one renewal per 30 s: at 30 s, and none again before 60 s.
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test(start_paused = true)]
