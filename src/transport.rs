@@ -572,7 +572,8 @@ impl RetryOptions {
     }
 
     /// A server asking to wait longer than this (`Retry-After`) is not retried: its answer is
-    /// returned at once (default 60 s).
+    /// returned at once (default 60 s), and the credential sends that server nothing until
+    /// the wait has passed (at most an hour).
     pub fn max_retry_after(mut self, wait: Duration) -> Self {
         self.max_retry_after = wait;
         self
