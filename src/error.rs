@@ -78,8 +78,8 @@ pub(crate) struct Cause {
     pub(crate) timeout: bool,
     /// The connection could not be made.
     pub(crate) connect: bool,
-    /// Worth trying again later: a timeout, a connection or I/O failure, throttling, a 408 or
-    /// 5xx answer that outlasted the retries.
+    /// Worth trying again later: a timeout, a connection or I/O failure, throttling, an answer
+    /// the built-in retries retry that outlasted them.
     pub(crate) transient: bool,
     /// The provider asked for no request before this instant (`Retry-After`).
     pub(crate) throttled_until: Option<Instant>,
@@ -293,8 +293,8 @@ impl CredentialError {
     }
 
     /// Whether the failure may pass by itself, so that trying again later is reasonable: a
-    /// timeout, a connection or I/O failure, throttling, or a 408 or 5xx answer that outlasted
-    /// the built-in retries. A refusal (`invalid_client`, `invalid_grant`), a TLS failure or a
+    /// timeout, a connection or I/O failure, throttling, or an answer the built-in retries
+    /// retry (408, 429, 500, 502, 503, 504) that outlasted them. A refusal (`invalid_client`, `invalid_grant`), a TLS failure or a
     /// configuration mistake is not.
     pub fn is_transient(&self) -> bool {
         self.inner.cause.transient

@@ -735,7 +735,7 @@ impl RetryPolicy {
 }
 
 /// 408, 429 and the transient 5xx: what azure-core retries.
-fn is_retryable_status(status: StatusCode) -> bool {
+pub(crate) fn is_retryable_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
 }
 

@@ -23,7 +23,8 @@ use crate::error::{Cause, CredentialError, ProviderDetails};
 use crate::redact::{excerpt, scrub};
 use crate::token::{AccessToken, Secret, clamped_lifetime, instant_after, unix_now};
 use crate::transport::{
-    Attempts, HttpClient, MAX_RETRY_AFTER, TransportError, TransportErrorKind, retry_after,
+    Attempts, HttpClient, MAX_RETRY_AFTER, TransportError, TransportErrorKind, is_retryable_status,
+    retry_after,
 };
 
 /// `User-Agent` of every token request.
@@ -343,7 +344,8 @@ impl TokenClient {
             sent_at_unix,
         )
         .map_err(|error| {
-            let transient = is_transient_status(parts.status);
+            // What the built-in retries retry is what is worth trying again later.
+            let transient = is_retryable_status(parts.status);
             let mut error = error.with_cause(Cause {
                 transient: transient || throttle.is_some(),
                 throttled_until: throttle.map(|t| t.until),
@@ -443,13 +445,6 @@ fn transport_failure(
         Some(t) => failure.with_source(t.redacted(scrub_text)),
         None => failure.with_source(ScrubbedError(reason)),
     }
-}
-
-/// 408, 429 and the 5xx: answers worth trying again later.
-fn is_transient_status(status: StatusCode) -> bool {
-    status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
 }
 
 /// A transport failure's text, scrubbed, standing in for the original (which could quote
