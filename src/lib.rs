@@ -69,8 +69,8 @@ pub mod transport;
 
 pub use bearer::{BearerToken, BearerTokenLayer};
 pub use credential::{
-    AuthorizationCodeCredential, AzureCliCredential, BoxCredential, ChainedTokenCredential,
-    ClientSecretCredential, CredentialExt, EnvironmentCredential, Fallback,
+    AuthorizationCodeCredential, AzureCliCredential, AzureDeveloperCliCredential, BoxCredential,
+    ChainedTokenCredential, ClientSecretCredential, CredentialExt, EnvironmentCredential, Fallback,
     SharedTokenCacheCredential, TokenCachePersistenceOptions, TokenCredential,
 };
 pub use entra::authority::authority_hosts;

@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::arc_credential_service;
-use super::process::{self, MAX_OUTPUT, RunError};
+use super::process::{self, Tool};
 use super::settings::{Settings, settings_setters};
 use crate::cache::{CacheKey, TokenCache};
 use crate::entra::authority::TenantPolicy;
@@ -41,6 +41,12 @@ const NAME: &str = "AzureCliCredential";
 /// How long `az` may take by default (it may refresh its own tokens over the network).
 const DEFAULT_PROCESS_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_PROGRAM: &str = if cfg!(windows) { "az.cmd" } else { "az" };
+const AZ: Tool = Tool {
+    credential: NAME,
+    display: "Azure CLI",
+    install_hint: "Install it from https://aka.ms/azure-cli and run 'az login'",
+    try_command: "az account get-access-token --output json",
+};
 const NOT_SIGNED_IN: &str = "Azure CLI is not signed in. Run 'az login' to sign in, then try again";
 
 /// Gets tokens from the Azure CLI's signed-in account.
@@ -107,7 +113,8 @@ impl Inner {
                 ),
             ));
         };
-        validate_scope(scope).map_err(|m| CredentialError::invalid_request(NAME, m))?;
+        process::validate_scope(AZ.display, scope)
+            .map_err(|m| CredentialError::invalid_request(NAME, m))?;
         let tenant = self
             .tenants
             .resolve(request.requested_tenant())
@@ -141,51 +148,9 @@ impl Inner {
             command.args(["--tenant", tenant]);
         }
         command.env("AZURE_CORE_NO_COLOR", "true");
-        let output = match process::run(command, self.timeout).await {
-            Ok(output) => output,
-            Err(RunError::Spawn(e)) => {
-                let message = match e.kind() {
-                    std::io::ErrorKind::NotFound => format!(
-                        "Azure CLI not found ({} is not on PATH). Install it from \
-                         https://aka.ms/azure-cli and run 'az login'",
-                        self.program.display()
-                    ),
-                    _ => format!(
-                        "could not start Azure CLI ({}): {e}",
-                        self.program.display()
-                    ),
-                };
-                return Err(CredentialError::unavailable(NAME, message));
-            }
-            Err(RunError::Read(e)) => {
-                return Err(CredentialError::unavailable(
-                    NAME,
-                    format!("reading Azure CLI's output failed: {e}"),
-                ));
-            }
-            Err(RunError::TimedOut) => {
-                return Err(CredentialError::unavailable(
-                    NAME,
-                    format!(
-                        "Azure CLI did not answer within {:?}. Check that 'az account get-access-token' \
-                         works in a terminal",
-                        self.timeout
-                    ),
-                ));
-            }
-        };
+        let output = process::run_tool(&AZ, &self.program, command, self.timeout).await?;
         if !output.status.success() {
             return Err(classify_failure(&output.stderr.bytes));
-        }
-        if output.stdout.truncated {
-            return Err(CredentialError::authentication_failed(
-                NAME,
-                format!(
-                    "unexpected output from Azure CLI: more than {} MiB; check that \
-                     'az account get-access-token --output json' prints one JSON object",
-                    MAX_OUTPUT / (1024 * 1024)
-                ),
-            ));
         }
         parse_output(&output.stdout.bytes)
     }
@@ -234,22 +199,6 @@ pub(crate) fn parse_output(stdout: &[u8]) -> Result<AccessToken, CredentialError
         .and_then(Value::as_str)
         .unwrap_or("Bearer");
     Ok(AccessToken::new(secret, instant_from_unix(expires_on)).with_token_type(token_type))
-}
-
-/// Scopes reach a command line: ASCII letters, digits and `_-.:/` only.
-fn validate_scope(scope: &str) -> Result<(), String> {
-    if scope.is_empty() || scope.starts_with('-') {
-        return Err(format!("scope {scope:?} is not valid for Azure CLI"));
-    }
-    match scope
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "_-.:/".contains(*c)))
-    {
-        Some(bad) => Err(format!(
-            "scope {scope:?} contains {bad:?}; only ASCII letters, digits, '_', '-', '.', ':' and '/' are allowed"
-        )),
-        None => Ok(()),
-    }
 }
 
 arc_credential_service!(AzureCliCredential);
@@ -319,12 +268,17 @@ mod tests {
 
     #[test]
     fn scopes_with_shell_or_flag_characters_are_rejected() {
-        assert!(validate_scope("https://management.azure.com/.default").is_ok());
-        assert!(validate_scope("api://my-app_1/.default").is_ok());
+        assert!(
+            process::validate_scope("Azure CLI", "https://management.azure.com/.default").is_ok()
+        );
+        assert!(process::validate_scope("Azure CLI", "api://my-app_1/.default").is_ok());
         for bad in [
             "", "--debug", "a b", "a;b", "a&b", "a|b", "a$b", "a\"b", "ü", "a\nb",
         ] {
-            assert!(validate_scope(bad).is_err(), "{bad:?}");
+            assert!(
+                process::validate_scope("Azure CLI", bad).is_err(),
+                "{bad:?}"
+            );
         }
     }
 

@@ -28,6 +28,7 @@ use crate::token::{AccessToken, TokenRequest};
 
 mod authorization_code;
 pub(crate) mod azure_cli;
+mod azure_developer_cli;
 mod cache_options;
 mod chain;
 mod client_secret;
@@ -39,6 +40,7 @@ mod shared_token_cache;
 
 pub use authorization_code::{AuthorizationCodeCredential, AuthorizationCodeCredentialBuilder};
 pub use azure_cli::{AzureCliCredential, AzureCliCredentialBuilder};
+pub use azure_developer_cli::{AzureDeveloperCliCredential, AzureDeveloperCliCredentialBuilder};
 pub use cache_options::TokenCachePersistenceOptions;
 pub use chain::{ChainedTokenCredential, Fallback, FallbackFuture};
 pub use client_secret::{ClientSecretCredential, ClientSecretCredentialBuilder};

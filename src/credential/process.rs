@@ -1,4 +1,4 @@
-//! Running a helper program that hands us tokens (Azure CLI; later Azure Developer CLI)
+//! Running a helper program that hands us tokens (Azure CLI, Azure Developer CLI)
 //! without trusting it to behave.
 //!
 //! [`run`] starts the program with no stdin, from a system directory, and bounds it:
@@ -110,6 +110,74 @@ pub(crate) async fn run(mut command: Command, timeout: Duration) -> Result<Outpu
         stdout,
         stderr,
     })
+}
+
+/// A token-handing command-line tool, for the errors of [`run_tool`].
+pub(crate) struct Tool {
+    /// The credential reporting errors.
+    pub(crate) credential: &'static str,
+    /// The tool's name in messages ("Azure CLI").
+    pub(crate) display: &'static str,
+    /// What to do when it is not installed ("Install it from … and run 'az login'").
+    pub(crate) install_hint: &'static str,
+    /// The command to try in a terminal when it is too slow.
+    pub(crate) try_command: &'static str,
+}
+
+/// Runs a tool's `command` with [`run`] and maps every way it can give no usable output to a
+/// credential error: not installed, unreadable or too slow is *unavailable* (a chain moves on);
+/// more than [`MAX_OUTPUT`] on stdout is a failure. The caller decides on the exit status.
+pub(crate) async fn run_tool(
+    tool: &Tool,
+    program: &std::path::Path,
+    command: Command,
+    timeout: Duration,
+) -> Result<Output, crate::error::CredentialError> {
+    use crate::error::CredentialError;
+    let unavailable = |message: String| CredentialError::unavailable(tool.credential, message);
+    let output = match run(command, timeout).await {
+        Ok(output) => output,
+        Err(RunError::Spawn(e)) => {
+            return Err(unavailable(match e.kind() {
+                io::ErrorKind::NotFound => format!(
+                    "{} not found ({} is not on PATH). {}",
+                    tool.display,
+                    program.display(),
+                    tool.install_hint
+                ),
+                _ => format!(
+                    "could not start {} ({}): {e}",
+                    tool.display,
+                    program.display()
+                ),
+            }));
+        }
+        Err(RunError::Read(e)) => {
+            return Err(unavailable(format!(
+                "reading {}'s output failed: {e}",
+                tool.display
+            )));
+        }
+        Err(RunError::TimedOut) => {
+            return Err(unavailable(format!(
+                "{} did not answer within {timeout:?}. Check that '{}' works in a terminal",
+                tool.display, tool.try_command
+            )));
+        }
+    };
+    if output.status.success() && output.stdout.truncated {
+        return Err(CredentialError::authentication_failed(
+            tool.credential,
+            format!(
+                "unexpected output from {}: more than {} MiB; check that '{}' prints one \
+                 JSON object",
+                tool.display,
+                MAX_OUTPUT / (1024 * 1024),
+                tool.try_command
+            ),
+        ));
+    }
+    Ok(output)
 }
 
 /// A started helper. Dropped before it is done, it kills the helper's process group.
@@ -289,6 +357,22 @@ pub(crate) fn quote_stderr(stderr: &[u8]) -> Option<String> {
     // One character more than shown, so `truncate` can tell a cut line from a short one.
     let quoted = excerpt(line, &[], MAX_QUOTE_CHARS.saturating_add(1));
     (!quoted.is_empty()).then(|| truncate(&quoted, MAX_QUOTE_CHARS))
+}
+
+/// Scopes reach a command line: ASCII letters, digits and `_-.:/` only.
+pub(crate) fn validate_scope(tool: &str, scope: &str) -> Result<(), String> {
+    if scope.is_empty() || scope.starts_with('-') {
+        return Err(format!("scope {scope:?} is not valid for {tool}"));
+    }
+    match scope
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_-.:/".contains(*c)))
+    {
+        Some(bad) => Err(format!(
+            "scope {scope:?} contains {bad:?}; only ASCII letters, digits, '_', '-', '.', ':' and '/' are allowed"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Whether `haystack` contains `needle`.

@@ -12,33 +12,13 @@ use std::time::Duration;
 
 use tower_identity::{AzureCliCredential, CredentialExt, TokenRequest};
 
+use crate::support::programs::{fake_tool, lines, script};
+
 const MGMT: &str = "https://management.azure.com/.default";
 
-/// Writes an executable `name` into `dir` running `body` (POSIX sh), after recording its
-/// process id in `dir/pids`.
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    let script = format!(
-        "#!/bin/sh\necho $$ >> '{dir}/pids'\n{body}\n",
-        dir = dir.display()
-    );
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-/// Writes an executable `az` into `dir` running `body` (POSIX sh). The script records its
-/// arguments, one per line, in `dir/args` and appends a line to `dir/calls` per run.
+/// A stand-in `az` (see [`fake_tool`]).
 fn fake_az(dir: &Path, body: &str) -> PathBuf {
-    script(
-        dir,
-        "az",
-        &format!(
-            "printf '%s\\n' \"$@\" > '{dir}/args'\necho run >> '{dir}/calls'\n{body}",
-            dir = dir.display()
-        ),
-    )
+    fake_tool(dir, "az", body)
 }
 
 /// Writes an `az` shaped like Azure CLI's Linux launcher (a script ending in
@@ -172,14 +152,6 @@ printf '{"accessToken":"cli-token","expiresOn":"2099-01-01 00:00:00.000000","exp
 
 fn credential(az: &Path) -> AzureCliCredential {
     AzureCliCredential::builder().program(az).build().unwrap()
-}
-
-fn lines(path: PathBuf) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 #[tokio::test]

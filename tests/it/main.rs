@@ -3,6 +3,7 @@
 mod auth_code;
 mod authority_selftest;
 mod azure_cli;
+mod azure_developer_cli;
 mod bearer;
 mod cache_file;
 mod chain;

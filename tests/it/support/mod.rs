@@ -2,6 +2,7 @@ pub mod authority;
 pub mod client;
 pub mod creds;
 pub mod oidc;
+pub mod programs;
 pub mod python;
 pub mod resource;
 pub mod serve;

@@ -1,0 +1,358 @@
+//! [`AzureDeveloperCliCredential`]: the account signed in to the Azure Developer CLI
+//! (`azd auth login`).
+//!
+//! ```no_run
+//! use tower_identity::{AzureDeveloperCliCredential, CredentialExt};
+//!
+//! # async fn run() -> Result<(), tower_identity::CredentialError> {
+//! let credential = AzureDeveloperCliCredential::new();
+//! let token = credential.get_token(["https://management.azure.com/.default"]).await?;
+//! # let _ = token; Ok(()) }
+//! ```
+//!
+//! Runs `azd auth token --output json --no-prompt --scope <scope>… [--tenant-id <tenant>]
+//! [--claims <base64>]` directly (no shell), with `NO_COLOR=true`, and reads `token` and
+//! `expiresOn` (RFC 3339, UTC) from its answer. Scopes and tenant are checked character by
+//! character before they reach the command line; claims are passed base64-encoded.
+//!
+//! `azd` is run under the same bounds as `az` (see [`AzureCliCredential`]): a timeout (10 s
+//! unless set with `process_timeout`), at most 1 MiB of each output kept, its whole process
+//! group killed on timeout or cancellation, and the answer decided on exit.
+//!
+//! *Unavailable* (a chain moves on) when `azd` is not installed, not signed in or too slow;
+//! *authentication failed* for any other failure of `azd`, quoting one scrubbed line of it.
+//!
+//! [`AzureCliCredential`]: crate::AzureCliCredential
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::Value;
+
+use super::arc_credential_service;
+use super::process::{self, Tool};
+use super::settings::{Settings, settings_setters};
+use crate::cache::{CacheKey, TokenCache};
+use crate::entra::authority::TenantPolicy;
+use crate::error::CredentialError;
+use crate::token::{AccessToken, TokenRequest, instant_from_unix, unix_now};
+
+const NAME: &str = "AzureDeveloperCliCredential";
+/// How long `azd` may take by default (it may refresh its own tokens over the network).
+const DEFAULT_PROCESS_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_PROGRAM: &str = if cfg!(windows) { "azd.exe" } else { "azd" };
+const AZD: Tool = Tool {
+    credential: NAME,
+    display: "Azure Developer CLI",
+    install_hint: "Install it from https://aka.ms/azd-install and run 'azd auth login'",
+    try_command: "azd auth token --output json --scope <scope>",
+};
+const NOT_SIGNED_IN: &str =
+    "Azure Developer CLI is not signed in. Run 'azd auth login' to sign in, then try again";
+
+/// Gets tokens from the Azure Developer CLI's signed-in account.
+#[derive(Clone)]
+pub struct AzureDeveloperCliCredential {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    program: PathBuf,
+    tenants: TenantPolicy,
+    timeout: Duration,
+    cache: TokenCache,
+}
+
+impl AzureDeveloperCliCredential {
+    /// `azd` from `PATH`, its default tenant, a 10 s timeout.
+    #[allow(
+        clippy::expect_used,
+        reason = "the default settings have no tenant, the only thing build() validates"
+    )]
+    pub fn new() -> Self {
+        Self::builder()
+            .build()
+            .expect("the default settings have no tenant to validate")
+    }
+
+    /// A builder for the tenant, the timeout and the `azd` program.
+    pub fn builder() -> AzureDeveloperCliCredentialBuilder {
+        AzureDeveloperCliCredentialBuilder {
+            program: PathBuf::from(DEFAULT_PROGRAM),
+            tenant_id: None,
+            settings: Settings::default(),
+            timeout: DEFAULT_PROCESS_TIMEOUT,
+        }
+    }
+}
+
+impl Default for AzureDeveloperCliCredential {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Inner {
+    async fn get_token(
+        self: &Arc<Self>,
+        request: TokenRequest,
+    ) -> Result<AccessToken, CredentialError> {
+        request.validate(NAME)?;
+        for scope in request.scopes() {
+            process::validate_scope(AZD.display, scope)
+                .map_err(|m| CredentialError::invalid_request(NAME, m))?;
+        }
+        let tenant = self
+            .tenants
+            .resolve(request.requested_tenant())
+            .map_err(|m| CredentialError::invalid_request(NAME, m))?
+            .map(str::to_owned);
+        let claims = request
+            .claims_json()
+            .map(|c| base64::engine::general_purpose::STANDARD.encode(c));
+        let key = CacheKey::new(tenant.as_deref().unwrap_or(""), request.scopes(), false);
+        let this = Arc::clone(self);
+        let scopes = request.scopes().to_vec();
+        self.cache
+            .get_or_acquire(key, claims.is_some(), move || async move {
+                this.run_azd(&scopes, tenant.as_deref(), claims.as_deref())
+                    .await
+            })
+            .await
+    }
+
+    async fn run_azd(
+        &self,
+        scopes: &[String],
+        tenant: Option<&str>,
+        claims: Option<&str>,
+    ) -> Result<AccessToken, CredentialError> {
+        let mut command = tokio::process::Command::new(&self.program);
+        command.args(["auth", "token", "--output", "json", "--no-prompt"]);
+        for scope in scopes {
+            command.args(["--scope", scope]);
+        }
+        if let Some(tenant) = tenant {
+            command.args(["--tenant-id", tenant]);
+        }
+        if let Some(claims) = claims {
+            command.args(["--claims", claims]);
+        }
+        command.env("NO_COLOR", "true");
+        let output = process::run_tool(&AZD, &self.program, command, self.timeout).await?;
+        if !output.status.success() {
+            return Err(classify_failure(&output.stderr.bytes, &output.stdout.bytes));
+        }
+        parse_output(&output.stdout.bytes)
+    }
+}
+
+/// `azd` failed. Not signed in is *unavailable* — unless Entra refused (an `AADSTS` code),
+/// which is worth hearing; anything else is a failure quoting `azd`. `azd` writes some errors
+/// to stdout, so both are read.
+fn classify_failure(stderr: &[u8], stdout: &[u8]) -> CredentialError {
+    let either =
+        |needle: &[u8]| process::contains(stderr, needle) || process::contains(stdout, needle);
+    if either(b"azd auth login") && !either(b"AADSTS") {
+        return CredentialError::unavailable(NAME, NOT_SIGNED_IN);
+    }
+    let quoted = process::quote_stderr(stderr).or_else(|| process::quote_stderr(stdout));
+    let first = quoted.as_deref().unwrap_or("no error output");
+    CredentialError::authentication_failed(NAME, format!("Azure Developer CLI failed: {first}"))
+}
+
+/// Parses `azd auth token --output json`: `{"token": "…", "expiresOn": "<RFC 3339>"}`.
+/// Never panics, whatever the bytes.
+pub(crate) fn parse_output(stdout: &[u8]) -> Result<AccessToken, CredentialError> {
+    let unexpected = |why: &str| {
+        CredentialError::authentication_failed(
+            NAME,
+            format!("unexpected output from Azure Developer CLI: {why}"),
+        )
+    };
+    let json: Value = serde_json::from_slice(stdout).map_err(|_| unexpected("not JSON"))?;
+    let secret = match json.get("token") {
+        Some(Value::String(t)) if !t.is_empty() => t.as_str(),
+        _ => return Err(unexpected("no token")),
+    };
+    let expires_on = json
+        .get("expiresOn")
+        .and_then(Value::as_str)
+        .ok_or_else(|| unexpected("no expiresOn"))?;
+    // azd prints UTC with an offset (`Z`); an offset is honoured rather than read as local
+    // time (azure-identity's Python reads it as local time, off by the zone).
+    let expires_on = time::OffsetDateTime::parse(
+        expires_on.trim(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_err(|_| unexpected("expiresOn is not an RFC 3339 time"))?
+    .unix_timestamp();
+    let expires_on = u64::try_from(expires_on).unwrap_or(0);
+    if expires_on <= unix_now() {
+        return Err(CredentialError::authentication_failed(
+            NAME,
+            "Azure Developer CLI returned an expired token; check the system clock, or run \
+             'azd auth login' again",
+        ));
+    }
+    Ok(AccessToken::new(secret, instant_from_unix(expires_on)))
+}
+
+arc_credential_service!(AzureDeveloperCliCredential);
+
+impl fmt::Debug for AzureDeveloperCliCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(NAME)
+            .field("program", &self.inner.program)
+            .field("tenant_id", &self.inner.tenants.tenant())
+            .field("timeout", &self.inner.timeout)
+            .finish()
+    }
+}
+
+/// Settings for an [`AzureDeveloperCliCredential`].
+#[derive(Debug)]
+pub struct AzureDeveloperCliCredentialBuilder {
+    program: PathBuf,
+    tenant_id: Option<String>,
+    settings: Settings,
+    timeout: Duration,
+}
+
+settings_setters!(AzureDeveloperCliCredentialBuilder {
+    additionally_allowed_tenants,
+    disable_multitenant_auth,
+});
+
+impl AzureDeveloperCliCredentialBuilder {
+    /// Ask `azd` for tokens from this tenant (`--tenant-id`). Default: `azd`'s own.
+    pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant_id = Some(tenant.into());
+        self
+    }
+
+    /// How long `azd` may take (default 10 s); it is killed after that, with every process
+    /// it started (on Unix).
+    pub fn process_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The `azd` executable to run (default `azd` from `PATH`).
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = program.into();
+        self
+    }
+
+    /// Validates the tenant ids and builds.
+    pub fn build(self) -> Result<AzureDeveloperCliCredential, crate::ConfigError> {
+        let tenants = self.settings.tenants(NAME, self.tenant_id.as_deref())?;
+        Ok(AzureDeveloperCliCredential {
+            inner: Arc::new(Inner {
+                program: self.program,
+                tenants,
+                timeout: self.timeout,
+                cache: TokenCache::new(NAME),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::MAX_TOKEN_LIFETIME;
+
+    #[tokio::test(start_paused = true)]
+    async fn output_parsing() {
+        let token = parse_output(br#"{"token":"tok","expiresOn":"2099-01-01T00:00:00Z"}"#).unwrap();
+        assert_eq!(token.secret().expose_secret(), "tok");
+        // 2099 is further than a week: clamped, not an overflow.
+        assert_eq!(token.expires_in(), MAX_TOKEN_LIFETIME);
+        let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(3600);
+        let text = soon
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let json = format!(r#"{{"token":"tok","expiresOn":"{text}"}}"#);
+        let t = parse_output(json.as_bytes()).unwrap();
+        assert!((3590..=3600).contains(&t.expires_in().as_secs()), "{t:?}");
+        // An offset is honoured: 10:00+02:00 is 08:00Z.
+        let a = parse_output(br#"{"token":"t","expiresOn":"2099-01-01T10:00:00+02:00"}"#);
+        assert!(a.is_ok());
+        for (bad, want) in [
+            (&b"garbage"[..], "not JSON"),
+            (br#"{"expiresOn":"2099-01-01T00:00:00Z"}"#, "no token"),
+            (
+                br#"{"token":"","expiresOn":"2099-01-01T00:00:00Z"}"#,
+                "no token",
+            ),
+            (br#"{"token":"tok"}"#, "no expiresOn"),
+            (
+                br#"{"token":"tok","expiresOn":"2099-01-01 00:00:00"}"#,
+                "RFC 3339",
+            ),
+            (
+                br#"{"token":"tok","expiresOn":"1999-01-01T00:00:00Z"}"#,
+                "expired",
+            ),
+            (
+                br#"{"token":"tok","expiresOn":"1800-01-01T00:00:00Z"}"#,
+                "expired",
+            ),
+        ] {
+            let err = parse_output(bad).unwrap_err();
+            assert!(err.message().contains(want), "{err} / {want}");
+            assert!(!err.to_string().contains("tok\""), "{err}");
+        }
+    }
+
+    #[test]
+    fn not_signed_in_is_unavailable_unless_entra_refused() {
+        let e = classify_failure(
+            b"ERROR: fetching token: not logged in, run `azd auth login` to login\n",
+            b"",
+        );
+        assert!(e.is_unavailable(), "{e}");
+        assert!(e.message().contains("azd auth login"), "{e}");
+        let e = classify_failure(
+            b"",
+            b"ERROR: AADSTS50076: MFA required. run `azd auth login` to login eyJa.b.c",
+        );
+        assert!(e.is_authentication_failed(), "{e}");
+        assert!(e.message().contains("AADSTS50076"), "{e}");
+        assert!(!e.message().contains("eyJa.b.c"), "{e}");
+        assert_eq!(
+            classify_failure(b"", b"").message(),
+            "Azure Developer CLI failed: no error output"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_azd_is_unavailable_with_install_hint() {
+        let c = AzureDeveloperCliCredential::builder()
+            .program("/nonexistent/azd-not-here")
+            .build()
+            .unwrap();
+        let err = crate::CredentialExt::get_token(&c, ["https://management.azure.com/.default"])
+            .await
+            .unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(err.message().contains("aka.ms/azd-install"), "{err}");
+    }
+
+    #[test]
+    fn build_validates_tenant_ids() {
+        for option in ["--debug", "a;b"] {
+            assert!(
+                AzureDeveloperCliCredential::builder()
+                    .tenant_id(option)
+                    .build()
+                    .is_err(),
+                "{option}"
+            );
+        }
+    }
+}
