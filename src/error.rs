@@ -171,6 +171,13 @@ impl CredentialError {
         self
     }
 
+    /// The same error as *unavailable*: for a chain member whose failures should let the
+    /// chain move on (the developer tools inside `DefaultAzureCredential`).
+    pub(crate) fn into_unavailable(mut self) -> Self {
+        self.inner_mut().kind = ErrorKind::Unavailable;
+        self
+    }
+
     /// The error of a chain: every attempt in order; the last one decides the kind, unless
     /// every attempt was unavailable.
     pub(crate) fn chain(chain_name: &'static str, attempts: Vec<CredentialError>) -> Self {

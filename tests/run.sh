@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs the real peers the tests talk to
 # (node oidc-provider from tests/peers/oidc/package-lock.json; Python msal and azure-identity
-# from tests/peers/python/requirements.txt into tests/peers/python/.venv), then runs every
-# test — unit, integration (loopback servers and the peers), doc tests — with every feature,
-# and builds the examples.
+# from tests/peers/python/requirements.txt into tests/peers/python/.venv), fetches the crates,
+# then runs every test — unit, integration (loopback servers and the peers), doc tests — with
+# every feature, and builds the examples.
+#
+# The tests run in a network namespace that has only loopback (`unshare -n`, lo brought up):
+# a test that reached for IMDS (169.254.169.254), Entra or anything else off the machine fails
+# at once instead of sending traffic. Where unshare is not allowed (not root, or a container
+# without CAP_SYS_ADMIN), run `TOWER_IDENTITY_NO_NETNS=1 tests/run.sh`: the same tests, without
+# that guard.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,5 +31,27 @@ npm ci --prefix tests/peers/oidc --no-audit --no-fund --loglevel=error
 echo "==> installing the Python peers (msal, azure-identity)"
 tests/peers/python/install.sh
 
-echo "==> cargo test"
-cargo test --all-features "$@"
+echo "==> fetching crates (the tests then run offline)"
+cargo fetch --locked
+
+if [ -n "${TOWER_IDENTITY_NO_NETNS:-}" ]; then
+    echo "==> cargo test (TOWER_IDENTITY_NO_NETNS set: not isolated from the network)"
+    exec cargo test --offline --all-features "$@"
+fi
+
+if ! command -v ip >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing iproute2 (brings up loopback in the test network namespace)"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+    fi
+    need ip "install iproute2 (apt-get install iproute2), or run with TOWER_IDENTITY_NO_NETNS=1"
+fi
+if ! unshare -n true 2>/dev/null; then
+    echo "tests/run.sh: 'unshare -n' is not allowed here (it needs root or CAP_SYS_ADMIN)." >&2
+    echo "Run TOWER_IDENTITY_NO_NETNS=1 tests/run.sh to run the tests without network isolation." >&2
+    exit 1
+fi
+
+echo "==> cargo test, in a network namespace with only loopback"
+# Arguments are passed through as "$@" of the inner shell.
+exec unshare -n -- sh -c 'ip link set lo up && CARGO_NET_OFFLINE=true exec cargo test --offline --all-features "$@"' sh "$@"

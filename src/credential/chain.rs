@@ -102,26 +102,38 @@ impl Service<TokenRequest> for ChainedTokenCredential {
     fn call(&mut self, request: TokenRequest) -> Self::Future {
         let credentials = Arc::clone(&self.credentials);
         Box::pin(async move {
-            let mut attempts = Vec::new();
-            for credential in credentials.iter() {
-                match credential.clone().oneshot(request.clone()).await {
-                    Ok(token) => {
-                        report_success(credential.name());
-                        return Ok(token);
-                    }
-                    Err(error) if error.is_unavailable() => {
-                        report_unavailable(credential.name(), &error);
-                        attempts.push(error);
-                    }
-                    Err(error) => {
-                        attempts.push(error);
-                        break;
-                    }
-                }
-            }
-            Err(CredentialError::chain(CHAIN, attempts))
+            first_token(&credentials, request, CHAIN)
+                .await
+                .map(|(_, token)| token)
         })
     }
+}
+
+/// Tries `credentials` in order under the chain rules; the token and the index of the
+/// credential that answered, or the chain's error under `chain_name`.
+pub(crate) async fn first_token(
+    credentials: &[BoxCredential],
+    request: TokenRequest,
+    chain_name: &'static str,
+) -> Result<(usize, AccessToken), CredentialError> {
+    let mut attempts = Vec::new();
+    for (index, credential) in credentials.iter().enumerate() {
+        match credential.clone().oneshot(request.clone()).await {
+            Ok(token) => {
+                report_success(credential.name());
+                return Ok((index, token));
+            }
+            Err(error) if error.is_unavailable() => {
+                report_unavailable(credential.name(), &error);
+                attempts.push(error);
+            }
+            Err(error) => {
+                attempts.push(error);
+                break;
+            }
+        }
+    }
+    Err(CredentialError::chain(chain_name, attempts))
 }
 
 /// `a.or(b)`: tries `A`, and `B` only when `A` is *unavailable*. No boxing.

@@ -11,6 +11,14 @@
 //! missing or empty the credential is *unavailable* (a chain moves on) and says which; when
 //! they are set but invalid (a malformed tenant id, an `http` authority) it is an *invalid
 //! request*, which stops a chain — a configuration mistake should be heard, not skipped.
+//!
+//! azure-identity picks, in this order, a client secret, a certificate
+//! (`AZURE_CLIENT_CERTIFICATE_PATH`) or a username and password (`AZURE_USERNAME`,
+//! `AZURE_PASSWORD`). The secret is the one this crate supports; with only a certificate path
+//! or a username and password set, the credential is *unavailable* and says so, rather than
+//! reporting the secret as merely missing. (Username and password — the resource owner
+//! password grant — cannot satisfy multi-factor authentication, which Entra now requires; it
+//! is not offered.)
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,6 +38,8 @@ const NAME: &str = "EnvironmentCredential";
 const AZURE_TENANT_ID: &str = "AZURE_TENANT_ID";
 const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
 const AZURE_CLIENT_SECRET: &str = "AZURE_CLIENT_SECRET";
+const AZURE_CLIENT_CERTIFICATE_PATH: &str = "AZURE_CLIENT_CERTIFICATE_PATH";
+const AZURE_USERNAME: &str = "AZURE_USERNAME";
 
 /// Authenticates a service principal from `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and
 /// `AZURE_CLIENT_SECRET`.
@@ -41,6 +51,8 @@ pub struct EnvironmentCredential {
 enum State {
     Configured(ClientSecretCredential),
     Missing(Vec<&'static str>),
+    /// Configured for a kind of authentication this crate does not offer: why.
+    Unsupported(String),
     Invalid(String),
 }
 
@@ -95,6 +107,9 @@ impl Service<TokenRequest> for EnvironmentCredential {
                         missing.join(", ")
                     ),
                 )),
+                State::Unsupported(message) => {
+                    Err(CredentialError::unavailable(NAME, message.clone()))
+                }
                 State::Invalid(message) => {
                     Err(CredentialError::invalid_request(NAME, message.clone()))
                 }
@@ -108,6 +123,7 @@ impl fmt::Debug for EnvironmentCredential {
         match &*self.state {
             State::Configured(c) => f.debug_tuple(NAME).field(c).finish(),
             State::Missing(m) => f.debug_struct(NAME).field("missing", m).finish(),
+            State::Unsupported(m) => f.debug_struct(NAME).field("unsupported", m).finish(),
             State::Invalid(e) => f.debug_struct(NAME).field("invalid", e).finish(),
         }
     }
@@ -172,6 +188,18 @@ impl EnvironmentCredentialBuilder {
                     )),
                 }
             }
+            (_, _, None) if get(AZURE_CLIENT_CERTIFICATE_PATH).is_some() => {
+                State::Unsupported(format!(
+                    "{AZURE_CLIENT_CERTIFICATE_PATH} is set, but EnvironmentCredential \
+                     authenticates with a client secret only. Set {AZURE_CLIENT_SECRET} (with \
+                     {AZURE_TENANT_ID} and {AZURE_CLIENT_ID})"
+                ))
+            }
+            (_, _, None) if get(AZURE_USERNAME).is_some() => State::Unsupported(format!(
+                "{AZURE_USERNAME} is set, but username and password authentication is not \
+                 supported (it cannot satisfy multi-factor authentication). Use a service \
+                 principal: set {AZURE_TENANT_ID}, {AZURE_CLIENT_ID} and {AZURE_CLIENT_SECRET}"
+            )),
             (tenant, client, secret) => State::Missing(
                 [
                     (AZURE_TENANT_ID, tenant.is_none()),
@@ -218,6 +246,41 @@ mod tests {
                 .contains("missing AZURE_TENANT_ID, AZURE_CLIENT_SECRET)"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_secret_comes_first_and_other_kinds_are_named_as_unsupported() {
+        let with_secret = EnvironmentCredential::builder()
+            .vars([
+                (AZURE_TENANT_ID, "t"),
+                (AZURE_CLIENT_ID, "id"),
+                (AZURE_CLIENT_SECRET, "env-secret-value"),
+                (AZURE_CLIENT_CERTIFICATE_PATH, "/cert.pem"),
+                (AZURE_USERNAME, "user@contoso.com"),
+            ])
+            .build();
+        assert!(with_secret.is_configured());
+        for (name, value, want) in [
+            (
+                AZURE_CLIENT_CERTIFICATE_PATH,
+                "/cert.pem",
+                "client secret only",
+            ),
+            (AZURE_USERNAME, "user@contoso.com", "multi-factor"),
+        ] {
+            let c = EnvironmentCredential::builder()
+                .vars([
+                    (AZURE_TENANT_ID, "t"),
+                    (AZURE_CLIENT_ID, "id"),
+                    (name, value),
+                ])
+                .build();
+            assert!(!c.is_configured());
+            let err = c.get_token(["s"]).await.unwrap_err();
+            assert!(err.is_unavailable(), "{err}");
+            assert!(err.message().contains(name), "{err}");
+            assert!(err.message().contains(want), "{err}");
+        }
     }
 
     #[tokio::test]
