@@ -72,6 +72,7 @@ pub use credential::{
     AuthorizationCodeCredential, AzureCliCredential, BoxCredential, ChainedTokenCredential,
     ClientSecretCredential, CredentialExt, EnvironmentCredential, Fallback,
     SharedTokenCacheCredential, TokenCachePersistenceOptions, TokenCredential,
+    WorkloadIdentityCredential,
 };
 pub use entra::authority::authority_hosts;
 pub use error::{BoxError, ConfigError, CredentialError, ErrorKind};
