@@ -11,22 +11,6 @@
 //! let token = credential.get_token(["https://storage.azure.com/.default"]).await?;
 //! # let _ = token; Ok(()) }
 //! ```
-//!
-//! | variable | meaning | builder |
-//! |---|---|---|
-//! | `AZURE_TENANT_ID` | the tenant (directory) id | [`tenant_id`](WorkloadIdentityCredentialBuilder::tenant_id) |
-//! | `AZURE_CLIENT_ID` | the client id of the app with the federated credential | [`client_id`](WorkloadIdentityCredentialBuilder::client_id) |
-//! | `AZURE_FEDERATED_TOKEN_FILE` | the file holding the service-account token | [`token_file_path`](WorkloadIdentityCredentialBuilder::token_file_path) |
-//! | `AZURE_AUTHORITY_HOST` | optional; default the public cloud | [`authority_host`](WorkloadIdentityCredentialBuilder::authority_host) |
-//!
-//! The token request is the client-credentials grant with the file's contents as a
-//! `jwt-bearer` client assertion. The kubelet rewrites the file before the token in it expires
-//! (at 80 % of its lifetime, an hour at least), so the file is read again whenever the
-//! assertion in hand was read more than 5 minutes ago, and after any refused request.
-//!
-//! A missing value, or a missing or empty token file, makes the credential *unavailable* (a
-//! chain moves on) with what to set; a value from the environment that is set but invalid is an
-//! *invalid request*, as is a token file that cannot be read.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -62,6 +46,22 @@ const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 
 /// Authenticates a Kubernetes workload with its projected service-account token, through an
 /// app's federated identity credential (AKS workload identity).
+///
+/// | variable | meaning | builder |
+/// |---|---|---|
+/// | `AZURE_TENANT_ID` | the tenant (directory) id | [`tenant_id`](WorkloadIdentityCredentialBuilder::tenant_id) |
+/// | `AZURE_CLIENT_ID` | the client id of the app with the federated credential | [`client_id`](WorkloadIdentityCredentialBuilder::client_id) |
+/// | `AZURE_FEDERATED_TOKEN_FILE` | the file holding the service-account token | [`token_file_path`](WorkloadIdentityCredentialBuilder::token_file_path) |
+/// | `AZURE_AUTHORITY_HOST` | optional; default the public cloud | [`authority_host`](WorkloadIdentityCredentialBuilder::authority_host) |
+///
+/// The token request is the client-credentials grant with the file's contents as a
+/// `jwt-bearer` client assertion. The kubelet rewrites the file before the token in it expires
+/// (at 80 % of its lifetime, an hour at least), so the file is read again whenever the
+/// assertion in hand was read more than 5 minutes ago, and after any refused request.
+///
+/// A missing value, or a missing or empty token file, makes the credential *unavailable* (a
+/// chain moves on) with what to set; a value from the environment that is set but invalid is an
+/// *invalid request*, as is a token file that cannot be read.
 ///
 /// Tokens are cached in memory per tenant and scope set (CAE and non-CAE apart) and renewed
 /// as [`ClientSecretCredential`](crate::ClientSecretCredential)'s are.
@@ -228,7 +228,13 @@ fn read_token_file(path: &Path) -> Result<Secret, CredentialError> {
             ),
         )
     };
-    let file = match std::fs::File::open(path) {
+    // Checked before opening: opening a FIFO would wait for a writer.
+    let file = match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => return Err(invalid("is not a regular file".into())),
+        Ok(_) => std::fs::File::open(path),
+        Err(e) => Err(e),
+    };
+    let file = match file {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(CredentialError::unavailable(
@@ -287,7 +293,7 @@ impl fmt::Debug for WorkloadIdentityCredential {
 }
 
 /// Settings for a [`WorkloadIdentityCredential`]; a value not set here is read from the
-/// environment (see the [module docs](self)).
+/// environment (see [`WorkloadIdentityCredential`]).
 #[derive(Default)]
 pub struct WorkloadIdentityCredentialBuilder {
     tenant_id: Option<String>,
@@ -380,7 +386,10 @@ impl WorkloadIdentityCredentialBuilder {
                 match self.configured(&tenant, client_id, path, env_authority) {
                     Ok(inner) => State::Configured(Arc::new(inner)),
                     Err(e) => State::Invalid(format!(
-                        "the environment variables are set but invalid: {e}"
+                        "the environment variables are set but invalid: {}",
+                        e.message()
+                            .trim_start_matches(NAME)
+                            .trim_start_matches(": ")
                     )),
                 }
             }
@@ -612,6 +621,7 @@ mod tests {
         // A directory is not a token file: a mistake to hear about, not to skip.
         let err = read_token_file(dir.path()).unwrap_err();
         assert!(err.is_invalid_request(), "{err}");
+        assert!(err.message().contains("not a regular file"), "{err}");
         assert!(err.message().contains(AZURE_FEDERATED_TOKEN_FILE), "{err}");
     }
 

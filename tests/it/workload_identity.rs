@@ -278,3 +278,48 @@ async fn a_missing_or_empty_token_file_is_unavailable_and_a_chain_moves_on() {
         "{err}"
     );
 }
+
+/// azure-identity's WorkloadIdentityCredential, given the same token file, sends the same
+/// token request (compared field by field in the peer's log).
+#[tokio::test]
+async fn azure_identity_sends_the_same_token_request() {
+    let peer = peer();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let (assertion, _) = peer.service_account_token(json!({})).await;
+    std::fs::write(&file, &assertion).unwrap();
+
+    credential(peer, "wi-wire-rs", &file)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    let python = crate::support::python::run(
+        peer,
+        &[
+            "azid-workload-identity",
+            "--tenant",
+            "wi-wire-py",
+            "--client-id",
+            WORKLOAD_CLIENT_ID,
+            "--token-file",
+            &file.display().to_string(),
+            "--scope",
+            SCOPE,
+        ],
+    )
+    .await;
+    let python = crate::support::python::ok(python);
+    assert_eq!(python["access_token_aud"], "https://resource.test");
+
+    let ours = requests(peer, "wi-wire-rs").await;
+    let theirs = requests(peer, "wi-wire-py").await;
+    assert_eq!((ours.len(), theirs.len()), (1, 1), "{ours:?} {theirs:?}");
+    let (ours, theirs) = (&ours[0], &theirs[0]);
+    assert_eq!(ours["form"], theirs["form"]);
+    assert_eq!(ours["form"]["client_assertion"], assertion.as_str());
+    assert_eq!(ours["basic_auth_client_id"], theirs["basic_auth_client_id"]);
+    assert_eq!(
+        ours["headers"]["content-type"],
+        theirs["headers"]["content-type"]
+    );
+}
