@@ -34,15 +34,15 @@ const AZURE_TENANT_ID: &str = "AZURE_TENANT_ID";
 const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
 const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
 
-/// An assertion read longer ago than this is read again. The kubelet renews a projected token
-/// at 80 % of its lifetime (an hour at least), so the file is never much older than that, but
-/// a token read once and kept is refused about an hour later with AADSTS700024 "Client
-/// assertion is not within its valid time range" (Azure/azure-workload-identity#693). Five
-/// minutes keeps a renewed file in use well before the old token expires, for one small read.
+/// An assertion read longer ago than this is read again. A token read once and kept is refused
+/// about an hour later with AADSTS700024 "Client assertion is not within its valid time range"
+/// (Azure/azure-workload-identity#693). The kubelet renews the file at 80 % of the token's
+/// lifetime (an hour at least), i.e. 12 minutes or more before it expires; reading again after
+/// 5 minutes (azure-identity and the Go SDK wait 10) always picks up the renewed token in time.
 const MAX_ASSERTION_AGE: Duration = Duration::from_secs(5 * 60);
 /// The largest token file read. A service-account JWT is one to two KiB; anything far bigger
 /// is not one (a wrong path), and is not sent.
-const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+const MAX_TOKEN_FILE_BYTES: usize = 64 * 1024;
 
 /// Authenticates a Kubernetes workload with its projected service-account token, through an
 /// app's federated identity credential (AKS workload identity).
@@ -248,13 +248,14 @@ fn read_token_file(path: &Path) -> Result<Secret, CredentialError> {
         }
         Err(e) => return Err(invalid(format!("cannot be opened: {e}"))),
     };
-    let mut bytes = Vec::new();
+    // Room for the whole read, so no copy of the token is left behind by a reallocation.
     // One byte more than allowed tells a file at the limit from a bigger one.
-    file.take(MAX_TOKEN_FILE_BYTES.saturating_add(1))
+    let read_limit = MAX_TOKEN_FILE_BYTES.saturating_add(1);
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(read_limit));
+    file.take(u64::try_from(read_limit).unwrap_or(u64::MAX))
         .read_to_end(&mut bytes)
         .map_err(|e| invalid(format!("cannot be read: {e}")))?;
-    let bytes = zeroize::Zeroizing::new(bytes);
-    if u64::try_from(bytes.len()).map_or(true, |n| n > MAX_TOKEN_FILE_BYTES) {
+    if bytes.len() > MAX_TOKEN_FILE_BYTES {
         return Err(invalid(format!(
             "is larger than {} KiB",
             MAX_TOKEN_FILE_BYTES / 1024
@@ -606,7 +607,7 @@ mod tests {
         std::fs::write(&path, format!("\n {JWT}\r\n")).unwrap();
         assert_eq!(read_token_file(&path).unwrap().expose_secret(), JWT);
 
-        let limit = usize::try_from(MAX_TOKEN_FILE_BYTES).unwrap();
+        let limit = MAX_TOKEN_FILE_BYTES;
         std::fs::write(&path, "a".repeat(limit)).unwrap();
         assert_eq!(read_token_file(&path).unwrap().expose_secret().len(), limit);
         std::fs::write(&path, "a".repeat(limit + 1)).unwrap();
