@@ -1,8 +1,8 @@
 //! Microsoft Entra ID (Azure AD) authentication for HTTP clients, the tower way.
 //!
 //! * **Credentials are tower services** from [`TokenRequest`] to [`AccessToken`]:
-//!   [`ClientSecretCredential`], [`EnvironmentCredential`], [`AzureCliCredential`], or any
-//!   type of the same shape ([`TokenCredential`]).
+//!   [`ClientSecretCredential`], [`EnvironmentCredential`], [`WorkloadIdentityCredential`],
+//!   [`AzureCliCredential`], or any type of the same shape ([`TokenCredential`]).
 //! * **Chains are fallbacks**: [`ChainedTokenCredential`] and `a.or(b)`. An *unavailable*
 //!   credential passes to the next; one that tried and failed stops the chain; the error lists
 //!   every attempt.
@@ -72,6 +72,7 @@ pub use credential::{
     AuthorizationCodeCredential, AzureCliCredential, AzureDeveloperCliCredential, BoxCredential,
     ChainedTokenCredential, ClientSecretCredential, CredentialExt, EnvironmentCredential, Fallback,
     SharedTokenCacheCredential, TokenCachePersistenceOptions, TokenCredential,
+    WorkloadIdentityCredential,
 };
 pub use entra::authority::authority_hosts;
 pub use error::{BoxError, ConfigError, CredentialError, ErrorKind};

@@ -37,6 +37,7 @@ mod process;
 mod refresh_tokens;
 mod settings;
 mod shared_token_cache;
+mod workload_identity;
 
 pub use authorization_code::{AuthorizationCodeCredential, AuthorizationCodeCredentialBuilder};
 pub use azure_cli::{AzureCliCredential, AzureCliCredentialBuilder};
@@ -46,6 +47,7 @@ pub use chain::{ChainedTokenCredential, Fallback, FallbackFuture};
 pub use client_secret::{ClientSecretCredential, ClientSecretCredentialBuilder};
 pub use environment::{EnvironmentCredential, EnvironmentCredentialBuilder};
 pub use shared_token_cache::{SharedTokenCacheCredential, SharedTokenCacheCredentialBuilder};
+pub use workload_identity::{WorkloadIdentityCredential, WorkloadIdentityCredentialBuilder};
 
 /// A credential: a cloneable, thread-safe tower service that answers token requests.
 ///

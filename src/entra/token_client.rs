@@ -110,9 +110,36 @@ pub(crate) fn client_credentials_form(
     scopes: &[String],
     claims: Option<String>,
 ) -> Form {
-    Form::new()
-        .field("client_id", client_id)
-        .secret("client_secret", secret)
+    client_credentials(client_id, scopes, claims, |form| {
+        form.secret("client_secret", secret)
+    })
+}
+
+/// The client-credentials grant with a signed JWT standing for the secret (RFC 7523 §2.2):
+/// a federated token, such as a workload identity's service-account token.
+pub(crate) fn client_assertion_form(
+    client_id: &str,
+    assertion: &Secret,
+    scopes: &[String],
+    claims: Option<String>,
+) -> Form {
+    client_credentials(client_id, scopes, claims, |form| {
+        form.field("client_assertion_type", JWT_BEARER_ASSERTION_TYPE)
+            .secret("client_assertion", assertion)
+    })
+}
+
+/// `client_assertion_type` of a JWT client assertion (RFC 7523 §8.1).
+const JWT_BEARER_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The client-credentials form around the fields that authenticate the client.
+fn client_credentials(
+    client_id: &str,
+    scopes: &[String],
+    claims: Option<String>,
+    authenticate: impl FnOnce(Form) -> Form,
+) -> Form {
+    authenticate(Form::new().field("client_id", client_id))
         .field("grant_type", "client_credentials")
         .field("scope", scope_field(scopes))
         .optional("claims", claims)
@@ -640,6 +667,16 @@ fn hint(error: Option<&str>, codes: &[u32]) -> Option<&'static str> {
         _ if code(7000222) => "The client secret has expired: create a new one for the app",
         _ if code(700016) => "Check the client id, and that the app is registered in this tenant",
         _ if code(90002) => "Check the tenant id: no such tenant was found",
+        // Entra's codes for a federated assertion (workload identity): out of its time range,
+        // or no federated credential of the app with the assertion's issuer, audience, subject.
+        _ if code(700024) => {
+            "The client assertion has expired or is not yet valid; a workload identity's token \
+             file must be the projected service-account token the kubelet keeps renewing"
+        }
+        _ if [70021, 700211, 700212, 700213].iter().any(|c| code(*c)) => {
+            "Check the app's federated identity credential: its issuer, subject and audience \
+             must equal the assertion's iss, sub and aud exactly (case-sensitive)"
+        }
         Some("invalid_scope") => {
             "Check the scope; app-only tokens need a \"<resource>/.default\" scope"
         }
@@ -838,6 +875,39 @@ mod tests {
         assert_eq!(claims_field(Some(has_cp1), true).unwrap().unwrap(), has_cp1);
         assert!(claims_field(Some("[1]"), false).is_err());
         assert!(claims_field(Some(r#"{"access_token":1}"#), true).is_err());
+    }
+
+    #[test]
+    fn client_credentials_forms_differ_only_in_how_the_client_proves_itself() {
+        let scopes = ["https://x.test/.default".to_owned()];
+        let secret = client_credentials_form("id", &Secret::new("s3cret"), &scopes, None);
+        assert_eq!(
+            secret.names(),
+            ["client_id", "client_secret", "grant_type", "scope"]
+        );
+        let assertion =
+            client_assertion_form("id", &Secret::new("eyJ.a.b"), &scopes, Some("{}".into()));
+        assert_eq!(
+            assertion.names(),
+            [
+                "client_id",
+                "client_assertion_type",
+                "client_assertion",
+                "grant_type",
+                "scope",
+                "claims"
+            ]
+        );
+        assert_eq!(
+            &assertion.encode()[..],
+            b"client_id=id&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer\
+              &client_assertion=eyJ.a.b&grant_type=client_credentials&scope=https%3A%2F%2Fx.test%2F.default&claims=%7B%7D"
+        );
+        let secrets: Vec<&str> = assertion
+            .secret_values()
+            .map(Secret::expose_secret)
+            .collect();
+        assert_eq!(secrets, ["eyJ.a.b"]);
     }
 
     #[test]

@@ -18,3 +18,4 @@ mod resource_selftest;
 mod secrets;
 mod shared_cache;
 mod support;
+mod workload_identity;

@@ -1,5 +1,6 @@
 pub mod authority;
 pub mod client;
+pub mod clock;
 pub mod creds;
 pub mod oidc;
 pub mod programs;

@@ -26,9 +26,15 @@ pub const REDIRECT_URI: &str = "http://localhost:8400/callback";
 /// The home tenant ids (`utid`) the peer gives the tenants `contoso` and `fabrikam`.
 pub const CONTOSO_TID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 pub const FABRIKAM_TID: &str = "f8cdef31-a31e-4b4a-93e4-5f571e91255a";
+/// The app with a federated identity credential trusting the peer's cluster issuer for
+/// [`WORKLOAD_SUBJECT`] and the audience `api://AzureADTokenExchange`.
+pub const WORKLOAD_CLIENT_ID: &str = "33333333-3333-3333-3333-333333333333";
+pub const WORKLOAD_SUBJECT: &str = "system:serviceaccount:workloads:token-reader";
 
 pub struct Peer {
     pub base: String,
+    /// The second issuer, standing for a Kubernetes cluster (service-account tokens).
+    pub cluster_issuer: String,
     pub ca_pem: String,
     pub ca_path: PathBuf,
     log_path: PathBuf,
@@ -112,10 +118,15 @@ fn start(extra: &[&str]) -> Result<Peer, String> {
         .as_str()
         .ok_or("ready line without base")?
         .to_owned();
+    let cluster_issuer = ready["cluster_issuer"]
+        .as_str()
+        .ok_or("ready line without cluster_issuer")?
+        .to_owned();
     let ca = ready["ca"].as_str().ok_or("ready line without ca")?;
     let ca_pem = std::fs::read_to_string(ca).map_err(|e| format!("reading {ca}: {e}"))?;
     Ok(Peer {
         base,
+        cluster_issuer,
         ca_pem,
         ca_path: PathBuf::from(ca),
         log_path,
@@ -208,6 +219,23 @@ impl Peer {
             )
             .await;
         assert_eq!(answer["revoked"], true, "{answer}");
+    }
+
+    /// A service-account token signed by the cluster issuer, as the kubelet projects it; `input`
+    /// overrides its defaults (`sub`, `aud`, `iss`, `issued_ago`, `lifetime`, `rogue_key`: see
+    /// the peer's README). Returns the token and its claims.
+    pub async fn service_account_token(
+        &self,
+        input: serde_json::Value,
+    ) -> (String, serde_json::Value) {
+        let answer = self
+            .call(http::Method::POST, "/_test/workload/token", Some(input))
+            .await;
+        let token = answer["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token from /_test/workload/token: {answer}"))
+            .to_owned();
+        (token, answer["claims"].clone())
     }
 
     /// The token requests the peer received, oldest first.

@@ -14,6 +14,11 @@ import * as path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 
+import {
+  JWT_BEARER, WORKLOAD_CLIENT_ID, assertionSummary, checkFederatedAssertion,
+  mintServiceAccountToken, startClusterIssuer,
+} from './federated.mjs';
+
 // oidc-provider prints notices with console.info (stdout). Route every console method that
 // would write to stdout to stderr *before* loading it, so stdout stays a one-line channel.
 for (const method of ['log', 'info', 'debug']) {
@@ -31,6 +36,9 @@ const CONFIDENTIAL_CLIENT_SECRET = 'peer-secret-1';
 const FOCI_CLIENT_ID = '04b07795-8ddb-461a-bbee-02f9e1bf7b46'; // Azure CLI
 const PUBLIC_CLIENT_ID = '22222222-2222-2222-2222-222222222222';
 const FOCI_CLIENTS = new Set([FOCI_CLIENT_ID]);
+// The workload identity app authenticates with a federated assertion only. Once the front has
+// checked the assertion it hands oidc-provider this secret instead, which nobody else knows.
+const WORKLOAD_INTERNAL_SECRET = crypto.randomBytes(32).toString('base64url');
 
 const CLIENTS = [
   {
@@ -54,6 +62,14 @@ const CLIENTS = [
     redirect_uris: ['http://localhost', 'http://localhost:8400/callback'],
     scope: 'openid profile email offline_access',
   })),
+  {
+    client_id: WORKLOAD_CLIENT_ID,
+    client_secret: WORKLOAD_INTERNAL_SECRET,
+    token_endpoint_auth_method: 'client_secret_post',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+  },
 ];
 
 // Resources every user sign-in is consented for, so a refresh token can later be redeemed for
@@ -505,7 +521,8 @@ function correlationIdFor(headers) {
 }
 
 function entraErrorBody(problem, headers, original) {
-  const mapped = classifyError(problem);
+  // The federated assertion check names Entra's answer itself.
+  const mapped = problem.mapped ?? classifyError(problem);
   const traceId = crypto.randomUUID();
   const correlationId = correlationIdFor(headers);
   const timestamp = entraTimestamp();
@@ -955,6 +972,9 @@ async function handleTestEndpoint(server, req, res, pathname, body) {
       case 'GET /_test/resource/count':
         sendJson(res, 200, { requests: resourceRequestCount });
         return;
+      case 'POST /_test/workload/token':
+        sendJson(res, 200, await mintServiceAccountToken(server.cluster, parseJsonBody(body)));
+        return;
       default:
         sendJson(res, 404, { error: `no test endpoint ${route}` });
     }
@@ -975,6 +995,8 @@ function logTokenRequest(tenant, req, form) {
     grant_type: typeof form.grant_type === 'string' ? form.grant_type : null,
     form,
     basic_auth_client_id: basicAuthClientId(req.headers.authorization),
+    // jti, iat, sub and SHA-256 of a client assertion (null without one).
+    assertion: assertionSummary(form.client_assertion),
     headers: {
       'x-ms-client-request-id': req.headers['x-ms-client-request-id'] ?? null,
       'user-agent': req.headers['user-agent'] ?? null,
@@ -1016,10 +1038,18 @@ function frontRejection(form) {
   }
 }
 
-function handleTokenRequest(tenantProvider, req, res, body) {
+async function handleTokenRequest(server, tenantProvider, req, res, body) {
   const form = parseForm(body);
   logTokenRequest(tenantProvider.tenant, req, form);
-  const problem = frontRejection(form);
+  let problem = frontRejection(form);
+  if (!problem && form.client_assertion_type === JWT_BEARER) {
+    problem = await checkFederatedAssertion(server.cluster, form, log);
+    if (!problem) {
+      // Valid: oidc-provider issues the token as for any confidential client.
+      const { client_assertion: _a, client_assertion_type: _t, ...rest } = form;
+      req.body = Buffer.from(new URLSearchParams({ ...rest, client_secret: WORKLOAD_INTERNAL_SECRET }).toString());
+    }
+  }
   if (problem) {
     log(`${tenantProvider.tenant}: front rejected ${form.grant_type}: ${problem.detail ?? problem.description}`);
     const { status, body: errorBody, headers } = entraErrorBody({
@@ -1079,7 +1109,7 @@ async function route(server, req, res) {
     search = `?${rewriteAuthorizeQuery(search)}`;
   } else if (rest === '/oauth2/v2.0/token' && req.method === 'POST') {
     req.url = `${innerPath}${search}`;
-    handleTokenRequest(tenantProvider, req, res, body);
+    await handleTokenRequest(server, tenantProvider, req, res, body);
     return;
   }
   req.url = `${innerPath}${search}`;
@@ -1149,10 +1179,11 @@ async function main() {
   });
   server.port = httpsServer.address().port;
   server.base = `https://${selfHost}:${server.port}`;
+  server.cluster = await startClusterIssuer({ host: opts.host, selfHost, pki, log });
   log(`listening on ${opts.host}:${server.port}, refresh token rotation ${opts.rotateRefreshTokens ? 'on' : 'off'}`);
 
   process.stdout.write(`${JSON.stringify({
-    ready: true, port: server.port, base: server.base, ca: pki.caPath,
+    ready: true, port: server.port, base: server.base, ca: pki.caPath, cluster_issuer: server.cluster.issuer,
   })}\n`);
 }
 

@@ -413,6 +413,20 @@ def cmd_azid_client_secret(args):
     return get_token_or_raise(credential, split_scopes(args.scope))
 
 
+def cmd_azid_workload_identity(args):
+    from azure.identity import WorkloadIdentityCredential
+
+    # ClientAssertionCredential's AadClient, not msal: no instance discovery to turn off.
+    credential = WorkloadIdentityCredential(
+        tenant_id=args.tenant,
+        client_id=args.client_id,
+        token_file_path=args.token_file,
+        authority=args.authority_base,
+        connection_verify=args.ca,
+    )
+    return get_token_or_raise(credential, split_scopes(args.scope))
+
+
 # ----------------------------------------------------------------------------------------------
 # msal-extensions concurrency peer
 # ----------------------------------------------------------------------------------------------
@@ -531,6 +545,13 @@ def build_parser():
     sub.add_argument("--tenant", required=True)
     sub.add_argument("--client-id", required=True)
     sub.add_argument("--client-secret", required=True)
+    sub.add_argument("--scope", required=True, help="space-separated scopes")
+
+    sub = command("azid-workload-identity", cmd_azid_workload_identity,
+                  "azure-identity WorkloadIdentityCredential with a token file")
+    sub.add_argument("--tenant", required=True)
+    sub.add_argument("--client-id", required=True)
+    sub.add_argument("--token-file", required=True, metavar="FILE")
     sub.add_argument("--scope", required=True, help="space-separated scopes")
 
     sub = command("msal-ext-writer", cmd_msal_ext_writer,

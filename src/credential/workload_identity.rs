@@ -1,0 +1,678 @@
+//! [`WorkloadIdentityCredential`]: a Kubernetes workload (AKS workload identity) exchanging
+//! its projected service-account token for an Entra token.
+//!
+//! ```no_run
+//! use tower_identity::{CredentialExt, WorkloadIdentityCredential};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // In a pod the AKS webhook sets AZURE_TENANT_ID, AZURE_CLIENT_ID,
+//! // AZURE_FEDERATED_TOKEN_FILE and AZURE_AUTHORITY_HOST.
+//! let credential = WorkloadIdentityCredential::new();
+//! let token = credential.get_token(["https://storage.azure.com/.default"]).await?;
+//! # let _ = token; Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::settings::{Settings, settings_setters};
+use super::{Plan, arc_credential_service};
+use crate::cache::TokenCache;
+use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority, TenantPolicy};
+use crate::entra::token_client::{TokenClient, client_assertion_form};
+use crate::error::{ConfigError, CredentialError};
+use crate::token::{AccessToken, Secret, TokenRequest};
+
+const NAME: &str = "WorkloadIdentityCredential";
+const AZURE_TENANT_ID: &str = "AZURE_TENANT_ID";
+const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
+const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
+
+/// An assertion read longer ago than this is read again. A token read once and kept is refused
+/// about an hour later with AADSTS700024 "Client assertion is not within its valid time range"
+/// (Azure/azure-workload-identity#693). The kubelet renews the file at 80 % of the token's
+/// lifetime (an hour at least), i.e. 12 minutes or more before it expires; reading again after
+/// 5 minutes (azure-identity and the Go SDK wait 10) always picks up the renewed token in time.
+const MAX_ASSERTION_AGE: Duration = Duration::from_secs(5 * 60);
+/// The largest token file read. A service-account JWT is one to two KiB; anything far bigger
+/// is not one (a wrong path), and is not sent.
+const MAX_TOKEN_FILE_BYTES: usize = 64 * 1024;
+
+/// Authenticates a Kubernetes workload with its projected service-account token, through an
+/// app's federated identity credential (AKS workload identity).
+///
+/// | variable | meaning | builder |
+/// |---|---|---|
+/// | `AZURE_TENANT_ID` | the tenant (directory) id | [`tenant_id`](WorkloadIdentityCredentialBuilder::tenant_id) |
+/// | `AZURE_CLIENT_ID` | the client id of the app with the federated credential | [`client_id`](WorkloadIdentityCredentialBuilder::client_id) |
+/// | `AZURE_FEDERATED_TOKEN_FILE` | the file holding the service-account token | [`token_file_path`](WorkloadIdentityCredentialBuilder::token_file_path) |
+/// | `AZURE_AUTHORITY_HOST` | optional; default the public cloud | [`authority_host`](WorkloadIdentityCredentialBuilder::authority_host) |
+///
+/// The token request is the client-credentials grant with the file's contents as a
+/// `jwt-bearer` client assertion. The kubelet rewrites the file before the token in it expires
+/// (at 80 % of its lifetime, an hour at least), so the file is read again whenever the
+/// assertion in hand was read more than 5 minutes ago, and after any refused request.
+///
+/// A missing value, or a missing or empty token file, makes the credential *unavailable* (a
+/// chain moves on) with what to set; a value from the environment that is set but invalid is an
+/// *invalid request*, as is a token file that cannot be read.
+///
+/// Tokens are cached in memory per tenant and scope set (CAE and non-CAE apart) and renewed
+/// as [`ClientSecretCredential`](crate::ClientSecretCredential)'s are.
+#[derive(Clone)]
+pub struct WorkloadIdentityCredential {
+    inner: Arc<State>,
+}
+
+enum State {
+    Configured(Arc<Inner>),
+    Missing(Vec<&'static str>),
+    Invalid(String),
+}
+
+struct Inner {
+    tenants: TenantPolicy,
+    client_id: String,
+    token_file: TokenFile,
+    client: TokenClient,
+    cache: TokenCache,
+}
+
+impl WorkloadIdentityCredential {
+    /// Reads the process environment now. Never fails: what is missing or invalid is reported
+    /// by `get_token`, so the credential can sit in a chain.
+    pub fn new() -> Self {
+        // A builder without values of its own has nothing to refuse; should that change, the
+        // refusal is still reported by get_token.
+        Self::builder().build().unwrap_or_else(|e| Self {
+            inner: Arc::new(State::Invalid(e.to_string())),
+        })
+    }
+
+    /// A builder, to set values in code or read the environment from somewhere else.
+    pub fn builder() -> WorkloadIdentityCredentialBuilder {
+        WorkloadIdentityCredentialBuilder::default()
+    }
+
+    /// Whether the tenant id, client id and token file path are all known and valid (the file
+    /// itself is read when a token is needed).
+    pub fn is_configured(&self) -> bool {
+        matches!(*self.inner, State::Configured(_))
+    }
+}
+
+impl Default for WorkloadIdentityCredential {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl State {
+    async fn get_token(&self, request: TokenRequest) -> Result<AccessToken, CredentialError> {
+        match self {
+            State::Configured(inner) => inner.get_token(request).await,
+            State::Missing(missing) => Err(CredentialError::unavailable(
+                NAME,
+                format!(
+                    "not configured (missing {}). Set {AZURE_TENANT_ID}, {AZURE_CLIENT_ID} and \
+                     {AZURE_FEDERATED_TOKEN_FILE} (the AKS workload identity webhook sets them \
+                     in a pod labelled azure.workload.identity/use=true), or give the values \
+                     to WorkloadIdentityCredential::builder()",
+                    missing.join(", ")
+                ),
+            )),
+            State::Invalid(message) => Err(CredentialError::invalid_request(NAME, message.clone())),
+        }
+    }
+}
+
+impl Inner {
+    async fn get_token(
+        self: &Arc<Self>,
+        request: TokenRequest,
+    ) -> Result<AccessToken, CredentialError> {
+        let plan = Plan::new(NAME, &request, |requested| {
+            self.tenants.resolve_required(requested).map(str::to_owned)
+        })?;
+        let this = Arc::clone(self);
+        plan.run(
+            &self.cache,
+            move |plan| async move { this.acquire(plan).await },
+        )
+        .await
+    }
+
+    async fn acquire(&self, plan: Plan) -> Result<AccessToken, CredentialError> {
+        let assertion = self.token_file.assertion().await?;
+        let form = client_assertion_form(&self.client_id, &assertion, &plan.scopes, plan.claims);
+        match self.client.request(NAME, &plan.tenant, form).await {
+            Ok(response) => Ok(response.token),
+            Err(error) => {
+                // The file may have been renewed since it was read (a refusal is most often
+                // AADSTS700024, an expired token): the next attempt reads it again.
+                if error.is_authentication_failed() {
+                    self.token_file.forget(&assertion);
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The token file and the assertion last read from it.
+struct TokenFile {
+    path: PathBuf,
+    last: Mutex<Option<(Secret, Instant)>>,
+}
+
+impl TokenFile {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            last: Mutex::new(None),
+        }
+    }
+
+    fn last(&self) -> MutexGuard<'_, Option<(Secret, Instant)>> {
+        // Every write is a plain assignment: a panic elsewhere cannot leave it torn.
+        self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The assertion to send: the one in hand if it was read less than
+    /// [`MAX_ASSERTION_AGE`] ago, else the file's contents now. No lock is held while reading.
+    async fn assertion(&self) -> Result<Secret, CredentialError> {
+        if let Some((assertion, read_at)) = &*self.last() {
+            if read_at.elapsed() < MAX_ASSERTION_AGE {
+                return Ok(assertion.clone());
+            }
+        }
+        let path = self.path.clone();
+        let read_at = Instant::now();
+        let assertion = tokio::task::spawn_blocking(move || read_token_file(&path))
+            .await
+            .map_err(|_| {
+                CredentialError::authentication_failed(
+                    NAME,
+                    "the token file could not be read: the tokio runtime is shutting down",
+                )
+            })??;
+        *self.last() = Some((assertion.clone(), read_at));
+        Ok(assertion)
+    }
+
+    /// Drops `assertion` if it is still the one in hand, so the next request reads the file.
+    fn forget(&self, assertion: &Secret) {
+        let mut last = self.last();
+        if last.as_ref().is_some_and(|(held, _)| held == assertion) {
+            *last = None;
+        }
+    }
+}
+
+/// The file's contents, trimmed. Missing or empty: unavailable; unreadable, too large or not
+/// text: an invalid request (the variable points at the wrong thing).
+fn read_token_file(path: &Path) -> Result<Secret, CredentialError> {
+    let shown = path.display();
+    let invalid = |what: String| {
+        CredentialError::invalid_request(
+            NAME,
+            format!(
+                "the token file {shown} ({AZURE_FEDERATED_TOKEN_FILE}) {what}; it must hold the \
+                 projected service-account token"
+            ),
+        )
+    };
+    // Checked before opening: opening a FIFO would wait for a writer.
+    let file = match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => return Err(invalid("is not a regular file".into())),
+        Ok(_) => std::fs::File::open(path),
+        Err(e) => Err(e),
+    };
+    let file = match file {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CredentialError::unavailable(
+                NAME,
+                format!(
+                    "the token file {shown} does not exist. Set {AZURE_FEDERATED_TOKEN_FILE} to \
+                     the path of the projected service-account token (the AKS workload \
+                     identity webhook mounts it)"
+                ),
+            ));
+        }
+        Err(e) => return Err(invalid(format!("cannot be opened: {e}"))),
+    };
+    // Room for the whole read, so no copy of the token is left behind by a reallocation.
+    // One byte more than allowed tells a file at the limit from a bigger one.
+    let read_limit = MAX_TOKEN_FILE_BYTES.saturating_add(1);
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(read_limit));
+    file.take(u64::try_from(read_limit).unwrap_or(u64::MAX))
+        .read_to_end(&mut bytes)
+        .map_err(|e| invalid(format!("cannot be read: {e}")))?;
+    if bytes.len() > MAX_TOKEN_FILE_BYTES {
+        return Err(invalid(format!(
+            "is larger than {} KiB",
+            MAX_TOKEN_FILE_BYTES / 1024
+        )));
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|_| invalid("is not UTF-8 text".into()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(CredentialError::unavailable(
+            NAME,
+            format!(
+                "the token file {shown} is empty. Check that {AZURE_FEDERATED_TOKEN_FILE} \
+                 names the projected service-account token file"
+            ),
+        ));
+    }
+    Ok(Secret::new(token))
+}
+
+arc_credential_service!(WorkloadIdentityCredential);
+
+impl fmt::Debug for WorkloadIdentityCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.inner {
+            State::Configured(inner) => f
+                .debug_struct(NAME)
+                .field("tenant_id", &inner.tenants.tenant().unwrap_or_default())
+                .field("client_id", &inner.client_id)
+                .field("token_file_path", &inner.token_file.path)
+                .field("authority", &inner.client.authority().as_str())
+                .finish(),
+            State::Missing(m) => f.debug_struct(NAME).field("missing", m).finish(),
+            State::Invalid(e) => f.debug_struct(NAME).field("invalid", e).finish(),
+        }
+    }
+}
+
+/// Settings for a [`WorkloadIdentityCredential`]; a value not set here is read from the
+/// environment (see [`WorkloadIdentityCredential`]).
+#[derive(Default)]
+pub struct WorkloadIdentityCredentialBuilder {
+    tenant_id: Option<String>,
+    client_id: Option<String>,
+    token_file_path: Option<PathBuf>,
+    vars: Option<HashMap<String, String>>,
+    settings: Settings,
+}
+
+settings_setters!(WorkloadIdentityCredentialBuilder {
+    authority_host,
+    additionally_allowed_tenants,
+    http_client,
+    disable_multitenant_auth,
+});
+
+impl WorkloadIdentityCredentialBuilder {
+    /// The tenant id. Default: `AZURE_TENANT_ID`.
+    pub fn tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
+        self.tenant_id = Some(tenant_id.into());
+        self
+    }
+
+    /// The client id of the app whose federated credential trusts the token. Default:
+    /// `AZURE_CLIENT_ID`.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// The file holding the service-account token. Default: `AZURE_FEDERATED_TOKEN_FILE`.
+    pub fn token_file_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.token_file_path = Some(path.into());
+        self
+    }
+
+    /// Reads the variables from these pairs instead of the process environment (for tests,
+    /// or configuration that comes from elsewhere).
+    pub fn vars<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.vars = Some(
+            vars.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Builds. Fails only for an invalid value given to this builder; missing values, or
+    /// invalid ones from the environment, are reported by `get_token`.
+    pub fn build(self) -> Result<WorkloadIdentityCredential, ConfigError> {
+        let fail = |m: &str| ConfigError::new(format!("{NAME}: {m}"));
+        // Values given in code first: a mistake there is a construction error.
+        self.settings.tenants(NAME, self.tenant_id.as_deref())?;
+        if let Some(host) = &self.settings.authority_host {
+            Authority::parse(host).map_err(|e| fail(e.message()))?;
+        }
+        if self.client_id.as_ref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(fail("client id is empty; use the app's (client) id"));
+        }
+        if self
+            .token_file_path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(fail("token file path is empty"));
+        }
+
+        let env = |name: &str| -> Option<String> {
+            let value = match &self.vars {
+                Some(vars) => vars.get(name).cloned(),
+                None => std::env::var(name).ok(),
+            };
+            value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+        };
+        let tenant = self.tenant_id.clone().or_else(|| env(AZURE_TENANT_ID));
+        let client_id = self.client_id.clone().or_else(|| env(AZURE_CLIENT_ID));
+        let path = self
+            .token_file_path
+            .clone()
+            .or_else(|| env(AZURE_FEDERATED_TOKEN_FILE).map(PathBuf::from));
+        let env_authority = env(AZURE_AUTHORITY_HOST);
+        let state = match (tenant, client_id, path) {
+            (Some(tenant), Some(client_id), Some(path)) => {
+                // Anything wrong now came from the environment.
+                match self.configured(&tenant, client_id, path, env_authority) {
+                    Ok(inner) => State::Configured(Arc::new(inner)),
+                    Err(e) => State::Invalid(format!(
+                        "the environment variables are set but invalid: {}",
+                        e.message()
+                            .trim_start_matches(NAME)
+                            .trim_start_matches(": ")
+                    )),
+                }
+            }
+            (tenant, client_id, path) => State::Missing(
+                [
+                    (AZURE_TENANT_ID, tenant.is_none()),
+                    (AZURE_CLIENT_ID, client_id.is_none()),
+                    (AZURE_FEDERATED_TOKEN_FILE, path.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(name, missing)| missing.then_some(name))
+                .collect(),
+            ),
+        };
+        Ok(WorkloadIdentityCredential {
+            inner: Arc::new(state),
+        })
+    }
+
+    fn configured(
+        &self,
+        tenant: &str,
+        client_id: String,
+        path: PathBuf,
+        env_authority: Option<String>,
+    ) -> Result<Inner, ConfigError> {
+        Ok(Inner {
+            tenants: self.settings.tenants(NAME, Some(tenant))?,
+            client_id,
+            token_file: TokenFile::new(path),
+            client: self.settings.token_client(NAME, env_authority)?,
+            cache: TokenCache::new(NAME),
+        })
+    }
+}
+
+impl fmt::Debug for WorkloadIdentityCredentialBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Option<Vec<&String>> = self.vars.as_ref().map(|v| v.keys().collect());
+        f.debug_struct("WorkloadIdentityCredentialBuilder")
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("token_file_path", &self.token_file_path)
+            .field("vars", &names)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CredentialExt;
+
+    const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.c2lnbmF0dXJlLXNlY3JldA";
+
+    fn vars(path: &Path) -> Vec<(&'static str, String)> {
+        vec![
+            (AZURE_TENANT_ID, "contoso".into()),
+            (
+                AZURE_CLIENT_ID,
+                "33333333-3333-3333-3333-333333333333".into(),
+            ),
+            (AZURE_FEDERATED_TOKEN_FILE, path.display().to_string()),
+        ]
+    }
+
+    fn inner(credential: &WorkloadIdentityCredential) -> &Inner {
+        match &*credential.inner {
+            State::Configured(inner) => inner,
+            _ => panic!("not configured: {credential:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_values_make_it_unavailable_and_are_each_named() {
+        let c = WorkloadIdentityCredential::builder()
+            .vars([(AZURE_CLIENT_ID, "id"), (AZURE_TENANT_ID, " ")])
+            .build()
+            .unwrap();
+        assert!(!c.is_configured());
+        let err = c.get_token(["s"]).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert_eq!(err.credential(), NAME);
+        assert!(
+            err.message()
+                .contains("missing AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE)"),
+            "{err}"
+        );
+        // Builder values count as set.
+        let c = WorkloadIdentityCredential::builder()
+            .vars([(AZURE_CLIENT_ID, "id")])
+            .tenant_id("contoso")
+            .token_file_path("/var/run/secrets/azure/tokens/azure-identity-token")
+            .build()
+            .unwrap();
+        assert!(c.is_configured(), "{c:?}");
+    }
+
+    #[test]
+    fn invalid_builder_values_are_construction_errors() {
+        let b = || WorkloadIdentityCredential::builder().vars([("X", "y")]);
+        let cases = [
+            (b().tenant_id("bad tenant"), "only ASCII letters"),
+            (b().client_id(" "), "client id is empty"),
+            (b().token_file_path(""), "token file path is empty"),
+            (b().authority_host("http://login.test"), "https"),
+            (
+                b().additionally_allowed_tenants(["no/pe"]),
+                "additionally_allowed_tenants",
+            ),
+        ];
+        for (builder, want) in cases {
+            let err = builder.build().unwrap_err();
+            assert!(err.message().starts_with(NAME), "{err}");
+            assert!(err.message().contains(want), "{err} / {want}");
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_environment_values_are_an_invalid_request_at_get_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        for (name, value, want) in [
+            (AZURE_TENANT_ID, "not a tenant", "\"not a tenant\""),
+            (
+                AZURE_AUTHORITY_HOST,
+                "http://insecure",
+                "AZURE_AUTHORITY_HOST",
+            ),
+        ] {
+            let mut vars = vars(&path);
+            vars.retain(|(n, _)| *n != name);
+            vars.push((name, value.into()));
+            let c = WorkloadIdentityCredential::builder()
+                .vars(vars)
+                .build()
+                .unwrap();
+            assert!(!c.is_configured());
+            let err = c.get_token(["s"]).await.unwrap_err();
+            assert!(err.is_invalid_request(), "{err}");
+            assert!(err.message().contains(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn builder_values_win_over_the_environment() {
+        let c = WorkloadIdentityCredential::builder()
+            .vars([
+                (AZURE_TENANT_ID, "env-tenant"),
+                (AZURE_CLIENT_ID, "env-client"),
+                (AZURE_FEDERATED_TOKEN_FILE, "/env/token"),
+                (AZURE_AUTHORITY_HOST, "https://login.microsoftonline.us"),
+            ])
+            .tenant_id("code-tenant")
+            .client_id("code-client")
+            .token_file_path("/code/token")
+            .authority_host("https://login.chinacloudapi.cn")
+            .build()
+            .unwrap();
+        let inner = inner(&c);
+        assert_eq!(inner.tenants.tenant(), Some("code-tenant"));
+        assert_eq!(inner.client_id, "code-client");
+        assert_eq!(inner.token_file.path, Path::new("/code/token"));
+        assert_eq!(
+            inner.client.authority().as_str(),
+            "https://login.chinacloudapi.cn"
+        );
+        let c = WorkloadIdentityCredential::builder()
+            .vars([
+                (AZURE_TENANT_ID, " env-tenant "),
+                (AZURE_CLIENT_ID, "env-client"),
+                (AZURE_FEDERATED_TOKEN_FILE, "/env/token"),
+                (AZURE_AUTHORITY_HOST, "https://login.microsoftonline.us"),
+            ])
+            .build()
+            .unwrap();
+        let text = format!("{c:?}");
+        for want in [
+            "env-tenant\"",
+            "env-client",
+            "/env/token",
+            "https://login.microsoftonline.us",
+        ] {
+            assert!(text.contains(want), "{text} / {want}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_empty_token_file_is_unavailable_naming_path_and_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("azure-identity-token");
+        let c = WorkloadIdentityCredential::builder()
+            .vars(vars(&path))
+            .build()
+            .unwrap();
+        assert!(c.is_configured());
+        for contents in [None, Some(""), Some(" \n\t\n")] {
+            if let Some(contents) = contents {
+                std::fs::write(&path, contents).unwrap();
+            }
+            let err = c.get_token(["https://x.test/.default"]).await.unwrap_err();
+            assert!(err.is_unavailable(), "{contents:?}: {err}");
+            let message = err.message();
+            assert!(message.contains(&path.display().to_string()), "{err}");
+            assert!(message.contains(AZURE_FEDERATED_TOKEN_FILE), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_file_is_trimmed_bounded_and_must_be_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, format!("\n {JWT}\r\n")).unwrap();
+        assert_eq!(read_token_file(&path).unwrap().expose_secret(), JWT);
+
+        let limit = MAX_TOKEN_FILE_BYTES;
+        std::fs::write(&path, "a".repeat(limit)).unwrap();
+        assert_eq!(read_token_file(&path).unwrap().expose_secret().len(), limit);
+        std::fs::write(&path, "a".repeat(limit + 1)).unwrap();
+        let err = read_token_file(&path).unwrap_err();
+        assert!(err.is_invalid_request(), "{err}");
+        assert!(err.message().contains("larger than 64 KiB"), "{err}");
+
+        std::fs::write(&path, [0xff, 0xfe, b'a']).unwrap();
+        let err = read_token_file(&path).unwrap_err();
+        assert!(err.message().contains("not UTF-8"), "{err}");
+
+        // A directory is not a token file: a mistake to hear about, not to skip.
+        let err = read_token_file(dir.path()).unwrap_err();
+        assert!(err.is_invalid_request(), "{err}");
+        assert!(err.message().contains("not a regular file"), "{err}");
+        assert!(err.message().contains(AZURE_FEDERATED_TOKEN_FILE), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_assertion_is_read_again_once_older_than_five_minutes_or_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let file = TokenFile::new(path.clone());
+        std::fs::write(&path, "first").unwrap();
+        assert_eq!(file.assertion().await.unwrap().expose_secret(), "first");
+
+        std::fs::write(&path, "second").unwrap();
+        tokio::time::advance(MAX_ASSERTION_AGE - Duration::from_secs(1)).await;
+        assert_eq!(file.assertion().await.unwrap().expose_secret(), "first");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let second = file.assertion().await.unwrap();
+        assert_eq!(second.expose_secret(), "second");
+
+        // Forgetting another assertion than the one in hand changes nothing.
+        std::fs::write(&path, "third").unwrap();
+        file.forget(&Secret::new("first"));
+        assert_eq!(file.assertion().await.unwrap().expose_secret(), "second");
+        file.forget(&second);
+        assert_eq!(file.assertion().await.unwrap().expose_secret(), "third");
+    }
+
+    #[tokio::test]
+    async fn debug_never_shows_the_assertion() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, JWT).unwrap();
+        let c = WorkloadIdentityCredential::builder()
+            .vars(vars(&path))
+            .build()
+            .unwrap();
+        // Read it, so the credential holds it.
+        let assertion = inner(&c).token_file.assertion().await.unwrap();
+        assert_eq!(assertion.expose_secret(), JWT);
+        let text = format!("{c:?} {c:#?}");
+        assert!(
+            !text.contains("eyJ") && !text.contains("c2lnbmF0dXJl"),
+            "{text}"
+        );
+        for want in [
+            "contoso",
+            "33333333-3333-3333-3333-333333333333",
+            "token",
+            "https://login.microsoftonline.com",
+        ] {
+            assert!(text.contains(want), "{text} / {want}");
+        }
+    }
+}
