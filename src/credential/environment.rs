@@ -20,7 +20,6 @@
 //! password grant — cannot satisfy multi-factor authentication, which Entra now requires; it
 //! is not offered.)
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -28,6 +27,7 @@ use std::task::{Context, Poll};
 use tower::ServiceExt;
 use tower_service::Service;
 
+use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
 use super::{ClientSecretCredential, CredentialFuture};
 use crate::entra::authority::AZURE_AUTHORITY_HOST;
 use crate::error::CredentialError;
@@ -35,8 +35,6 @@ use crate::token::TokenRequest;
 use crate::transport::HttpClient;
 
 const NAME: &str = "EnvironmentCredential";
-const AZURE_TENANT_ID: &str = "AZURE_TENANT_ID";
-const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
 const AZURE_CLIENT_SECRET: &str = "AZURE_CLIENT_SECRET";
 const AZURE_CLIENT_CERTIFICATE_PATH: &str = "AZURE_CLIENT_CERTIFICATE_PATH";
 const AZURE_USERNAME: &str = "AZURE_USERNAME";
@@ -133,7 +131,7 @@ impl fmt::Debug for EnvironmentCredential {
 #[derive(Default)]
 pub struct EnvironmentCredentialBuilder {
     http_client: Option<HttpClient>,
-    vars: Option<HashMap<String, String>>,
+    vars: Vars,
 }
 
 impl EnvironmentCredentialBuilder {
@@ -151,24 +149,14 @@ impl EnvironmentCredentialBuilder {
         K: Into<String>,
         V: Into<String>,
     {
-        self.vars = Some(
-            vars.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        );
+        self.vars = Vars::from_pairs(vars);
         self
     }
 
     /// Reads the variables and builds. Never fails: a missing or invalid configuration is
     /// reported by `get_token`, so the credential can sit in a chain.
     pub fn build(self) -> EnvironmentCredential {
-        let get = |name: &str| -> Option<String> {
-            let value = match &self.vars {
-                Some(vars) => vars.get(name).cloned(),
-                None => std::env::var(name).ok(),
-            };
-            value.filter(|v| !v.trim().is_empty())
-        };
+        let get = |name: &str| self.vars.get(name);
         let (tenant, client, secret) = (
             get(AZURE_TENANT_ID),
             get(AZURE_CLIENT_ID),
@@ -177,7 +165,7 @@ impl EnvironmentCredentialBuilder {
         let state = match (tenant, client, secret) {
             (Some(tenant), Some(client), Some(secret)) => {
                 let mut builder =
-                    ClientSecretCredential::builder(tenant.trim(), client.trim(), secret);
+                    ClientSecretCredential::builder(tenant, client, secret);
                 if let Some(http) = self.http_client {
                     builder = builder.http_client(http);
                 }
@@ -219,11 +207,9 @@ impl EnvironmentCredentialBuilder {
 
 impl fmt::Debug for EnvironmentCredentialBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Variable values may include the secret: list names only.
-        let names: Option<Vec<&String>> = self.vars.as_ref().map(|v| v.keys().collect());
         f.debug_struct("EnvironmentCredentialBuilder")
-            .field("vars", &names)
-            .finish()
+            .field("vars", &self.vars)
+            .finish_non_exhaustive()
     }
 }
 

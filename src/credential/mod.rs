@@ -32,6 +32,7 @@ mod azure_developer_cli;
 mod cache_options;
 mod chain;
 mod client_secret;
+mod env;
 mod environment;
 mod process;
 mod refresh_tokens;

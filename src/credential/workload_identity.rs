@@ -12,7 +12,6 @@
 //! # let _ = token; Ok(()) }
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -21,6 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
 use super::settings::{Settings, settings_setters};
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
@@ -30,8 +30,6 @@ use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, Secret, TokenRequest};
 
 const NAME: &str = "WorkloadIdentityCredential";
-const AZURE_TENANT_ID: &str = "AZURE_TENANT_ID";
-const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
 const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
 
 /// An assertion read longer ago than this is read again. A token read once and kept is refused
@@ -300,7 +298,7 @@ pub struct WorkloadIdentityCredentialBuilder {
     tenant_id: Option<String>,
     client_id: Option<String>,
     token_file_path: Option<PathBuf>,
-    vars: Option<HashMap<String, String>>,
+    vars: Vars,
     settings: Settings,
 }
 
@@ -339,11 +337,7 @@ impl WorkloadIdentityCredentialBuilder {
         K: Into<String>,
         V: Into<String>,
     {
-        self.vars = Some(
-            vars.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        );
+        self.vars = Vars::from_pairs(vars);
         self
     }
 
@@ -367,13 +361,7 @@ impl WorkloadIdentityCredentialBuilder {
             return Err(fail("token file path is empty"));
         }
 
-        let env = |name: &str| -> Option<String> {
-            let value = match &self.vars {
-                Some(vars) => vars.get(name).cloned(),
-                None => std::env::var(name).ok(),
-            };
-            value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
-        };
+        let env = |name: &str| self.vars.get(name);
         let tenant = self.tenant_id.clone().or_else(|| env(AZURE_TENANT_ID));
         let client_id = self.client_id.clone().or_else(|| env(AZURE_CLIENT_ID));
         let path = self
@@ -429,12 +417,11 @@ impl WorkloadIdentityCredentialBuilder {
 
 impl fmt::Debug for WorkloadIdentityCredentialBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Option<Vec<&String>> = self.vars.as_ref().map(|v| v.keys().collect());
         f.debug_struct("WorkloadIdentityCredentialBuilder")
             .field("tenant_id", &self.tenant_id)
             .field("client_id", &self.client_id)
             .field("token_file_path", &self.token_file_path)
-            .field("vars", &names)
+            .field("vars", &self.vars)
             .field("settings", &self.settings)
             .finish()
     }

@@ -1,0 +1,82 @@
+//! The environment variables credentials read, and where they are read from: the process
+//! environment, or the pairs a builder was given with `vars(…)` instead (tests,
+//! configuration that comes from elsewhere).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// The tenant (directory) id of a service principal or workload identity.
+pub(crate) const AZURE_TENANT_ID: &str = "AZURE_TENANT_ID";
+/// The client (application) id; also a user-assigned managed identity's, as in azure-identity.
+pub(crate) const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
+
+/// Where variables come from.
+#[derive(Clone, Default)]
+pub(crate) struct Vars(Option<Arc<HashMap<String, String>>>);
+
+impl Vars {
+    /// These pairs instead of the process environment.
+    pub(crate) fn from_pairs<I, K, V>(vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self(Some(Arc::new(
+            vars.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )))
+    }
+
+    /// The pairs given instead of the process environment, to hand to another builder's
+    /// `vars`; `None` for the process environment.
+    pub(crate) fn pairs(&self) -> Option<Vec<(String, String)>> {
+        self.0.as_ref().map(|vars| {
+            vars.iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
+
+    /// The variable's value, trimmed; `None` when it is unset, blank or not Unicode.
+    pub(crate) fn get(&self, name: &str) -> Option<String> {
+        let value = match &self.0 {
+            Some(vars) => vars.get(name).cloned(),
+            None => std::env::var(name).ok(),
+        };
+        value
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// Names only: values may be secrets.
+impl fmt::Debug for Vars {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("process environment"),
+            Some(vars) => {
+                let mut names: Vec<&String> = vars.keys().collect();
+                names.sort_unstable();
+                f.debug_list().entries(names).finish()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_trimmed_blank_is_unset_and_debug_shows_names_only() {
+        let vars = Vars::from_pairs([("A", " a "), ("B", "  "), ("SECRET", "hunter2-value")]);
+        assert_eq!(vars.get("A").as_deref(), Some("a"));
+        assert_eq!(vars.get("B"), None);
+        assert_eq!(vars.get("C"), None);
+        let text = format!("{vars:?}");
+        assert!(text.contains("SECRET") && !text.contains("hunter2"), "{text}");
+    }
+}
