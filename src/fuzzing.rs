@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | [`www_authenticate`] | `bearer::parse_challenges`, `claims_challenge` | returned claims are JSON; challenges are well-formed and survive a print and re-parse; errors are short |
 //! | [`token_response`] | `entra::token_client::parse_response` | a secret embedded in the body (raw, form-urlencoded, `%20`, JSON-escaped, …) is absent from the error's `Display`, `Debug` and `{:#?}`, and so is any prefix of it `redact` masks (a request echoed cut short) |
-//! | [`mi_response`] | `credential::managed_identity::response::parse_answer` | as [`token_response`], for the source's secret (`IDENTITY_HEADER`, `MSI_SECRET`, the Arc key) and for the `access_token` of an error answer; a token lives at most [`MAX_TOKEN_LIFETIME`] and is refreshed before it expires |
+//! | [`mi_response`] | `credential::managed_identity::response::parse_answer` | as [`token_response`], for the source's secret (`IDENTITY_HEADER`, `MSI_SECRET`, the Arc key) and for the `access_token` of an error answer; a token lives at most `MAX_TOKEN_LIFETIME` and is refreshed before it expires |
 //! | [`msal_cache`] | `entra::msal_cache::CacheDocument` | views and queries agree; `to_vec` re-parses and is a fixed point; `remove_expired_access_tokens` and `add_token_response` keep that, and what was added is found |
 //! | [`az_output`] | `credential::azure_cli::parse_output` | a token's lifetime is bounded; an error never quotes the access token, whole or two thirds of it |
 //! | [`retry_after`] | `transport::retry_after` | the wait is at most [`RETRY_AFTER_BOUND`] (one hour); a plain number of seconds is honoured up to it |
@@ -362,7 +362,7 @@ fn run_token_response(status: StatusCode, body: &[u8], secret: &str) -> Result<(
 /// Input layout: as [`token_response`]; the secret stands for the source's own secret
 /// (`IDENTITY_HEADER`, `MSI_SECRET`, the Arc agent's key).
 ///
-/// Checks: no panic for any status and body; a token lives at most [`MAX_TOKEN_LIFETIME`] and
+/// Checks: no panic for any status and body; a token lives at most `MAX_TOKEN_LIFETIME` and
 /// its refresh time is not after its expiry; an error's `Display`, `Debug` and `{:#?}` show
 /// neither the secret (as [`token_response`] checks) nor the body's `access_token` when that
 /// is secret-like (8 to 64 printable characters, at least three distinct, none more than a

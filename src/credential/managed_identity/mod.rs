@@ -16,50 +16,7 @@
 //! # let _ = (system, token); Ok(()) }
 //! ```
 //!
-//! # Where the token comes from
-//!
-//! The source is chosen once, when the credential is built, from the environment (the
-//! process's, or the pairs given to [`vars`](ManagedIdentityCredentialBuilder::vars)); the
-//! first that matches wins, as in azure-identity:
-//!
-//! | source | environment | request | user-assigned id as |
-//! |---|---|---|---|
-//! | Service Fabric | `IDENTITY_ENDPOINT` (https), `IDENTITY_HEADER`, `IDENTITY_SERVER_THUMBPRINT` | `GET ?api-version=2019-07-01-preview`, header `Secret` | not supported |
-//! | App Service, Functions | `IDENTITY_ENDPOINT`, `IDENTITY_HEADER` | `GET ?api-version=2019-08-01`, header `X-IDENTITY-HEADER` | `client_id`, `object_id`, `mi_res_id` |
-//! | Azure Arc | `IDENTITY_ENDPOINT`, `IMDS_ENDPOINT` | `GET ?api-version=2020-06-01`, header `Metadata: true`, then again with the agent's key | `client_id`, `object_id`, `msi_res_id` |
-//! | Azure Machine Learning | `MSI_ENDPOINT`, `MSI_SECRET` | `GET ?api-version=2017-09-01`, header `secret` | `clientid`, `object_id`, `msi_res_id` |
-//! | Cloud Shell | `MSI_ENDPOINT` | `POST` form `resource=…`, header `Metadata: true` | not supported |
-//! | IMDS (VMs, scale sets, AKS nodes, …) | optional `AZURE_POD_IDENTITY_AUTHORITY_HOST` (base URL, default `http://169.254.169.254`) | `GET /metadata/identity/oauth2/token?api-version=2018-02-01`, header `Metadata: true` | `client_id`, `object_id`, `msi_res_id` |
-//!
-//! `IDENTITY_ENDPOINT` alone is a configuration error (it names what else to set). Like
-//! azure-identity, and unlike MSAL, the presence of the Arc agent's `himds` program is not
-//! looked for: an Arc server is recognised by its `IDENTITY_ENDPOINT` and `IMDS_ENDPOINT`.
-//! Endpoints must be `http` or `https` URLs (Service Fabric: `https`).
-//!
-//! A configuration error never fails [`ManagedIdentityCredential::new`]: it is reported by
-//! every token request as an *invalid request* (a chain stops on it: a mistake should be
-//! heard). [`build`](ManagedIdentityCredentialBuilder::build) reports it at once.
-//!
-//! # Requests
-//!
-//! * Exactly one scope, turned into the `resource` by stripping a trailing `/.default`. A
-//!   managed identity belongs to one tenant, so the request's tenant is ignored; CAE is not
-//!   offered; a request with claims skips the cache (a fresh token) but the claims are not
-//!   sent (no source takes them).
-//! * Tokens are cached per resource and renewed in their last 300 s, or at half-life for tokens
-//!   living 2 hours or more (MSAL's rule; managed identity tokens usually live 24 hours), or at
-//!   the endpoint's `refresh_in`.
-//! * **IMDS** is retried on 404, 408, 410, 429, every 5xx and connection failures: 5 retries,
-//!   waiting 0, 1.6, 3.2, 6.4 and 12.8 s, or 0, 5, 10, 20 and 40 s once IMDS answered 410 (it
-//!   is being updated, which Microsoft documents can take 70 s), or the `Retry-After` it asks
-//!   for; connecting gives up after 2 s; one request takes at most 90 s in all (the 75 s of
-//!   410 backoff plus its attempts). The other sources use the default
-//!   [`RetryOptions`](crate::RetryOptions) (30 s in all).
-//! * On a host without IMDS, the request fails after its retries and the credential is
-//!   *unavailable* ("no managed identity endpoint answered"); so is an IMDS that answers 400
-//!   (the identity is not assigned to this host) or 403 with `unreachable` (Docker Desktop).
-//!   Any other failure is *authentication failed*, with the status and the endpoint's text,
-//!   scrubbed of every secret the credential holds and of token values.
+//! What the credential does, source by source, is documented on [`ManagedIdentityCredential`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -100,7 +57,7 @@ const MSI_SECRET: &str = "MSI_SECRET";
 /// IMDS: the base URL, instead of the link-local address (AAD Pod Identity, tests).
 const AZURE_POD_IDENTITY_AUTHORITY_HOST: &str = "AZURE_POD_IDENTITY_AUTHORITY_HOST";
 
-/// Where a [`ManagedIdentityCredential`] gets its tokens (see the [module docs](self)).
+/// Where a [`ManagedIdentityCredential`] gets its tokens (see its documentation).
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ManagedIdentitySource {
@@ -192,7 +149,63 @@ impl IdParams {
     }
 }
 
-/// Authenticates as the host's managed identity (see the [module docs](self)).
+/// Authenticates as the identity Azure gives the host: see [`new`](Self::new) and
+/// [`builder`](Self::builder).
+///
+/// # Where the token comes from
+///
+/// The source is chosen once, when the credential is built, from the environment (the
+/// process's, or the pairs given to [`vars`](ManagedIdentityCredentialBuilder::vars)); the
+/// first that matches wins, as in azure-identity:
+///
+/// | source | environment | request | user-assigned id as |
+/// |---|---|---|---|
+/// | Service Fabric | `IDENTITY_ENDPOINT` (https), `IDENTITY_HEADER`, `IDENTITY_SERVER_THUMBPRINT` | `GET ?api-version=2019-07-01-preview`, header `Secret` | not supported |
+/// | App Service, Functions | `IDENTITY_ENDPOINT`, `IDENTITY_HEADER` | `GET ?api-version=2019-08-01`, header `X-IDENTITY-HEADER` | `client_id`, `object_id`, `mi_res_id` |
+/// | Azure Arc | `IDENTITY_ENDPOINT`, `IMDS_ENDPOINT` | `GET ?api-version=2020-06-01`, header `Metadata: true`, then again with the agent's key | `client_id`, `object_id`, `msi_res_id` |
+/// | Azure Machine Learning | `MSI_ENDPOINT`, `MSI_SECRET` | `GET ?api-version=2017-09-01`, header `secret` | `clientid`, `object_id`, `msi_res_id` |
+/// | Cloud Shell | `MSI_ENDPOINT` | `POST` form `resource=…`, header `Metadata: true` | not supported |
+/// | IMDS (VMs, scale sets, AKS nodes, …) | optional `AZURE_POD_IDENTITY_AUTHORITY_HOST` (base URL, default `http://169.254.169.254`) | `GET /metadata/identity/oauth2/token?api-version=2018-02-01`, header `Metadata: true` | `client_id`, `object_id`, `msi_res_id` |
+///
+/// `IDENTITY_ENDPOINT` alone is a configuration error (it names what else to set). Like
+/// azure-identity, and unlike MSAL, the presence of the Arc agent's `himds` program is not
+/// looked for: an Arc server is recognised by its `IDENTITY_ENDPOINT` and `IMDS_ENDPOINT`.
+/// Endpoints must be `http` or `https` URLs (Service Fabric: `https`).
+///
+/// A configuration error never fails [`ManagedIdentityCredential::new`]: it is reported by
+/// every token request as an *invalid request* (a chain stops on it: a mistake should be
+/// heard). [`build`](ManagedIdentityCredentialBuilder::build) reports it at once.
+///
+/// # Requests
+///
+/// * Exactly one scope, turned into the `resource` by stripping a trailing `/.default`. A
+///   managed identity belongs to one tenant, so the request's tenant is ignored; CAE is not
+///   offered; a request with claims skips the cache (a fresh token) but the claims are not
+///   sent (no source takes them).
+/// * Tokens are cached per resource and renewed in their last 300 s, or at half-life for tokens
+///   living 2 hours or more (MSAL's rule; managed identity tokens usually live 24 hours), or at
+///   the endpoint's `refresh_in`.
+/// * **IMDS** is retried on 404, 408, 410, 429, every 5xx and connection failures: 5 retries,
+///   waiting 0, 1.6, 3.2, 6.4 and 12.8 s, or 0, 5, 10, 20 and 40 s once IMDS answered 410 (it
+///   is being updated, which Microsoft documents can take 70 s), or the `Retry-After` it asks
+///   for; connecting gives up after 2 s; one request takes at most 90 s in all (the 75 s of
+///   410 backoff plus its attempts). The other sources use the default
+///   [`RetryOptions`](crate::RetryOptions) (30 s in all).
+/// * On a host without IMDS, the request fails after its retries and the credential is
+///   *unavailable* ("no managed identity endpoint answered"); so is an IMDS that answers 400
+///   (the identity is not assigned to this host) or 403 with `unreachable` (Docker Desktop).
+///   Any other failure is *authentication failed*, with the status and the endpoint's text,
+///   scrubbed of every secret the credential holds and of token values.
+/// * In `DefaultAzureCredential`, until IMDS has issued a token, each request is preceded by a
+///   probe (the same `GET` without `Metadata`, 1 s, no retries): no answer makes the
+///   credential *unavailable* at once instead of after the retries.
+/// * **Azure Arc**: the key file the agent names is read only if it is a regular `*.key` file
+///   of at most 4096 bytes directly inside the agent's key directory (see
+///   [`azure_arc_key_directory`](ManagedIdentityCredentialBuilder::azure_arc_key_directory)).
+///   For a user-assigned identity the answer must name the same identity: older agents ignore
+///   the request and return the system-assigned identity's token, which is refused.
+/// * **Service Fabric**: the endpoint is trusted when the SHA-1 of its certificate matches
+///   `IDENTITY_SERVER_THUMBPRINT` (its certificate is self-signed), over the built-in client.
 #[derive(Clone)]
 pub struct ManagedIdentityCredential {
     inner: Arc<Inner>,
@@ -387,7 +400,7 @@ impl ManagedIdentityCredentialBuilder {
     }
 
     /// The HTTP client for token requests, used as it is: its retries replace the IMDS
-    /// schedule of the [module docs](self), and it must send plain `http` (every source but
+    /// schedule of [`ManagedIdentityCredential`], and it must send plain `http` (every source but
     /// Service Fabric is `http` on a link-local or loopback address). Not used for Service
     /// Fabric, whose endpoint is trusted by its certificate's thumbprint alone, which needs
     /// the built-in client.

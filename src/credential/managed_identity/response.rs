@@ -112,9 +112,8 @@ pub(crate) fn provider_text(body: &[u8], secrets: &[&str]) -> ProviderText {
     let clean = |s: &str| truncate(&one_line(&scrub(s, secrets)), PROVIDER_TEXT_CHARS);
     let json = serde_json::from_slice::<Value>(body).ok();
     if let Some(object) = json.as_ref().and_then(Value::as_object) {
-        let string = |o: &Map<String, Value>, name: &str| {
-            o.get(name).and_then(Value::as_str).map(|s| clean(s))
-        };
+        let string =
+            |o: &Map<String, Value>, name: &str| o.get(name).and_then(Value::as_str).map(&clean);
         let (code, description) = match object.get("error") {
             Some(Value::String(_)) => (
                 string(object, "error"),
