@@ -205,19 +205,20 @@ impl Imds {
         if answer.status == StatusCode::BAD_REQUEST {
             // "Identity not found": the identity is not assigned to this host.
             let said = provider_text(&answer.body, &[]);
-            let which = match &self.id {
-                Some(id) => format!("the user-assigned identity with {id} is"),
-                None => "no system-assigned identity is".to_owned(),
+            let advice = match &self.id {
+                Some(id) => format!(
+                    "the user-assigned identity with {id} is not assigned to this host; assign \
+                     it to the VM, scale set or node pool, or use another credential"
+                ),
+                None => "this host has no system-assigned identity; enable it on the VM or \
+                         scale set, give a user-assigned id, or use another credential"
+                    .to_owned(),
             };
             let error = failure(SOURCE, answer.status, &answer.body, &[]);
             return Some(
                 CredentialError::unavailable(
                     NAME,
-                    format!(
-                        "IMDS answered HTTP 400 ({}): {which} assigned to this host; assign it \
-                         to the VM, scale set or node pool, or use another credential",
-                        said.text
-                    ),
+                    format!("IMDS answered HTTP 400 ({}): {advice}", said.text),
                 )
                 .with_source(error),
             );
@@ -246,6 +247,50 @@ fn docker_desktop(answer: &Answer) -> Option<CredentialError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(status: u16, body: &str) -> Answer {
+        Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: http::HeaderMap::new(),
+            body: Bytes::from(body.to_owned()),
+            sent_at: tokio::time::Instant::now(),
+            sent_at_unix: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn which_answers_mean_unavailable() {
+        let imds = |id| Imds::new(default_url().unwrap(), id, None, false).unwrap();
+        let not_found = r#"{"error":"invalid_request","error_description":"Identity not found"}"#;
+        let err = imds(Some(UserAssignedId::ClientId("cid".into())))
+            .unavailable(&answer(400, not_found))
+            .unwrap();
+        assert!(err.is_unavailable());
+        assert!(
+            err.message().contains(
+                "(invalid_request) Identity not found): the user-assigned identity with \
+                 client id cid is not assigned to this host"
+            ),
+            "{err}"
+        );
+        let err = imds(None).unavailable(&answer(400, not_found)).unwrap();
+        assert!(
+            err.message().contains("no system-assigned identity"),
+            "{err}"
+        );
+        let docker = "A socket operation was attempted to an unreachable network";
+        let err = imds(None).unavailable(&answer(403, docker)).unwrap();
+        assert!(
+            err.is_unavailable() && err.message().contains("Docker"),
+            "{err}"
+        );
+        for (status, body) in [(403, "forbidden"), (500, "oops"), (200, "{}"), (404, "")] {
+            assert!(
+                imds(None).unavailable(&answer(status, body)).is_none(),
+                "{status}"
+            );
+        }
+    }
 
     #[test]
     fn urls_and_queries() {
