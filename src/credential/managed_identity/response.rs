@@ -46,21 +46,15 @@ pub(crate) fn parse_answer(
 ) -> Result<MiToken, CredentialError> {
     let json = serde_json::from_slice::<Value>(body).ok();
     let object = json.as_ref().and_then(Value::as_object);
-    // A token in an error answer is scrubbed wherever the text repeats it, not only where it
-    // looks like one.
-    let issued = object
-        .and_then(|o| o.get("access_token"))
-        .and_then(Value::as_str);
-    let secrets: Vec<&str> = secrets.iter().copied().chain(issued).collect();
     let has_error = object.is_some_and(|o| o.get("error").is_some_and(|e| !e.is_null()));
     if !status.is_success() || has_error {
-        return Err(failure(source, status, body, &secrets));
+        return Err(failure(source, status, body, secrets));
     }
     let parsed = match object {
         Some(object) => parse_token(object, sent_at, sent_at_unix),
         None => Err(format!(
             "the body is not a JSON object (it starts: \"{}\")",
-            excerpt(body, &secrets, 80)
+            excerpt(body, secrets, 80)
         )),
     };
     parsed.map_err(|reason| {
@@ -109,8 +103,16 @@ pub(crate) struct ProviderText {
 /// Reads `error`/`error_description`, `{"error":{"code","message"}}` (Service Fabric),
 /// `message`/`Message`, or else the start of the body.
 pub(crate) fn provider_text(body: &[u8], secrets: &[&str]) -> ProviderText {
-    let clean = |s: &str| truncate(&one_line(&scrub(s, secrets)), PROVIDER_TEXT_CHARS);
     let json = serde_json::from_slice::<Value>(body).ok();
+    // A token in an error answer is scrubbed wherever the text repeats it, not only where it
+    // looks like one.
+    let issued = json
+        .as_ref()
+        .and_then(|v| v.get("access_token"))
+        .and_then(Value::as_str);
+    let secrets: Vec<&str> = secrets.iter().copied().chain(issued).collect();
+    let secrets = secrets.as_slice();
+    let clean = |s: &str| truncate(&one_line(&scrub(s, secrets)), PROVIDER_TEXT_CHARS);
     if let Some(object) = json.as_ref().and_then(Value::as_object) {
         let string =
             |o: &Map<String, Value>, name: &str| o.get(name).and_then(Value::as_str).map(&clean);
