@@ -214,7 +214,7 @@ pub struct ManagedIdentityCredential {
 struct Inner {
     source: ManagedIdentitySource,
     /// The configured endpoint, or why the configuration cannot work.
-    state: Result<Configured, String>,
+    state: Result<Arc<Configured>, String>,
 }
 
 struct Configured {
@@ -292,10 +292,7 @@ impl Default for ManagedIdentityCredential {
 }
 
 impl Inner {
-    async fn get_token(
-        self: &Arc<Self>,
-        request: TokenRequest,
-    ) -> Result<AccessToken, CredentialError> {
+    async fn get_token(&self, request: TokenRequest) -> Result<AccessToken, CredentialError> {
         let configured = match &self.state {
             Ok(configured) => configured,
             Err(message) => return Err(CredentialError::invalid_request(NAME, message.clone())),
@@ -303,14 +300,11 @@ impl Inner {
         let resource = resource_of(&request)?;
         // The identity is fixed per credential: the resource is the whole key.
         let key = CacheKey::new("", std::slice::from_ref(&resource), false);
-        let this = Arc::clone(self);
+        let this = Arc::clone(configured);
         configured
             .cache
             .get_or_acquire(key, request.claims_json().is_some(), move || async move {
-                match &this.state {
-                    Ok(configured) => configured.endpoint.acquire(&resource).await,
-                    Err(message) => Err(CredentialError::invalid_request(NAME, message.clone())),
-                }
+                this.endpoint.acquire(&resource).await
             })
             .await
     }
@@ -400,10 +394,10 @@ impl ManagedIdentityCredentialBuilder {
     }
 
     /// The HTTP client for token requests, used as it is: its retries replace the IMDS
-    /// schedule of [`ManagedIdentityCredential`], and it must send plain `http` (every source but
-    /// Service Fabric is `http` on a link-local or loopback address). Not used for Service
-    /// Fabric, whose endpoint is trusted by its certificate's thumbprint alone, which needs
-    /// the built-in client.
+    /// schedule of [`ManagedIdentityCredential`], and it must send plain `http` (every source
+    /// but Service Fabric is `http` on a link-local or loopback address). Not used for
+    /// Service Fabric, whose endpoint is trusted by its certificate's thumbprint alone, which
+    /// needs the built-in client.
     pub fn http_client(mut self, client: HttpClient) -> Self {
         self.http_client = Some(client);
         self
@@ -451,9 +445,11 @@ impl ManagedIdentityCredentialBuilder {
         ManagedIdentityCredential {
             inner: Arc::new(Inner {
                 source,
-                state: state.map(|endpoint| Configured {
-                    endpoint,
-                    cache: TokenCache::new(NAME),
+                state: state.map(|endpoint| {
+                    Arc::new(Configured {
+                        endpoint,
+                        cache: TokenCache::new(NAME),
+                    })
                 }),
             }),
         }
@@ -552,7 +548,8 @@ struct Selection {
 
 /// Picks the source from the variables, in azure-identity's order.
 fn select(get: &dyn Fn(&str) -> Option<String>) -> Selection {
-    let secret = |name: &'static str| get(name).map(|v| (name, Secret::new(v)));
+    // Trimmed once: the value sent is the value scrubbed from answers.
+    let secret = |name: &'static str| get(name).map(|v| (name, Secret::new(v.trim())));
     let selection = |source, endpoint, secret| Selection {
         source,
         endpoint,

@@ -36,7 +36,7 @@ pub(super) fn with_query(base: &Url, pairs: &[(&str, &str)]) -> Url {
 
 /// A secret as a header value, marked sensitive; checked when the credential is built.
 pub(super) fn secret_header(variable: &str, secret: &Secret) -> Result<HeaderValue, String> {
-    let mut value = HeaderValue::from_str(secret.expose_secret().trim()).map_err(|_| {
+    let mut value = HeaderValue::from_str(secret.expose_secret()).map_err(|_| {
         format!("{variable} holds characters an HTTP header cannot carry; check its value")
     })?;
     value.set_sensitive(true);

@@ -326,3 +326,21 @@ fn arc_without_a_known_key_directory_is_a_build_error_elsewhere() {
         assert!(err.message().contains("azure_arc_key_directory"), "{err}");
     }
 }
+
+#[test]
+fn secrets_are_trimmed_once_so_the_value_sent_is_the_value_scrubbed() {
+    let (_, secret) = select(&|name: &str| match name {
+        IDENTITY_ENDPOINT => Some(EP.to_owned()),
+        IDENTITY_HEADER => Some(" padded-s3cret \n".to_owned()),
+        _ => None,
+    })
+    .secret
+    .unwrap();
+    assert_eq!(secret.expose_secret(), "padded-s3cret");
+    // A trailing newline (a file read into the variable) is not a header error.
+    assert!(
+        builder(&[(MSI_ENDPOINT, EP), (MSI_SECRET, "ml-s3cret\n")])
+            .build()
+            .is_ok()
+    );
+}
