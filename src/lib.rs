@@ -71,7 +71,8 @@ pub use bearer::{BearerToken, BearerTokenLayer};
 pub use credential::{
     AuthorizationCodeCredential, AzureCliCredential, AzureDeveloperCliCredential, BoxCredential,
     ChainedTokenCredential, ClientSecretCredential, CredentialExt, EnvironmentCredential, Fallback,
-    SharedTokenCacheCredential, TokenCachePersistenceOptions, TokenCredential,
+    ManagedIdentityCredential, ManagedIdentityCredentialBuilder, ManagedIdentitySource,
+    SharedTokenCacheCredential, TokenCachePersistenceOptions, TokenCredential, UserAssignedId,
     WorkloadIdentityCredential,
 };
 pub use entra::authority::authority_hosts;

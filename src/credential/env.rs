@@ -33,11 +33,9 @@ impl Vars {
     /// The pairs given instead of the process environment, to hand to another builder's
     /// `vars`; `None` for the process environment.
     pub(crate) fn pairs(&self) -> Option<Vec<(String, String)>> {
-        self.0.as_ref().map(|vars| {
-            vars.iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        })
+        self.0
+            .as_ref()
+            .map(|vars| vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     /// The variable's value, trimmed; `None` when it is unset, blank or not Unicode.
@@ -46,9 +44,7 @@ impl Vars {
             Some(vars) => vars.get(name).cloned(),
             None => std::env::var(name).ok(),
         };
-        value
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
+        value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     }
 }
 
@@ -77,6 +73,9 @@ mod tests {
         assert_eq!(vars.get("B"), None);
         assert_eq!(vars.get("C"), None);
         let text = format!("{vars:?}");
-        assert!(text.contains("SECRET") && !text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("SECRET") && !text.contains("hunter2"),
+            "{text}"
+        );
     }
 }

@@ -164,8 +164,7 @@ impl EnvironmentCredentialBuilder {
         );
         let state = match (tenant, client, secret) {
             (Some(tenant), Some(client), Some(secret)) => {
-                let mut builder =
-                    ClientSecretCredential::builder(tenant, client, secret);
+                let mut builder = ClientSecretCredential::builder(tenant, client, secret);
                 if let Some(http) = self.http_client {
                     builder = builder.http_client(http);
                 }

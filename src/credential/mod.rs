@@ -34,6 +34,7 @@ mod chain;
 mod client_secret;
 mod env;
 mod environment;
+pub(crate) mod managed_identity;
 mod process;
 mod refresh_tokens;
 mod settings;
@@ -47,6 +48,10 @@ pub use cache_options::TokenCachePersistenceOptions;
 pub use chain::{ChainedTokenCredential, Fallback, FallbackFuture};
 pub use client_secret::{ClientSecretCredential, ClientSecretCredentialBuilder};
 pub use environment::{EnvironmentCredential, EnvironmentCredentialBuilder};
+pub use managed_identity::{
+    ManagedIdentityCredential, ManagedIdentityCredentialBuilder, ManagedIdentitySource,
+    UserAssignedId,
+};
 pub use shared_token_cache::{SharedTokenCacheCredential, SharedTokenCacheCredentialBuilder};
 pub use workload_identity::{WorkloadIdentityCredential, WorkloadIdentityCredentialBuilder};
 
