@@ -1,6 +1,7 @@
 pub mod authority;
 pub mod client;
 pub mod creds;
+pub mod mi_emulator;
 pub mod oidc;
 pub mod python;
 pub mod resource;
