@@ -3,11 +3,16 @@
 //! sends the same requests (`wire`). Nothing here can reach 169.254.169.254: every credential
 //! is built from the emulator's environment (`Emulator::env`), which always redirects it.
 
+mod faults;
+mod sources;
 mod wire;
 
 use serde_json::Value;
+use tower_identity::{
+    ManagedIdentityCredential, ManagedIdentityCredentialBuilder, ManagedIdentitySource,
+};
 
-use crate::support::mi_emulator::Emulator;
+use crate::support::mi_emulator::{ARC_KEY, Emulator, Flavour, IDENTITY_HEADER, MSI_SECRET};
 use crate::support::python;
 
 /// The scope every test asks for, and the resource it maps to.
@@ -30,6 +35,49 @@ pub enum Id {
 impl Id {
     pub const ALL: [Id; 4] = [Id::System, Id::ClientId, Id::ObjectId, Id::ResourceId];
 
+    /// The id's value (`None`: system-assigned).
+    pub fn value(self) -> Option<&'static str> {
+        match self {
+            Id::System => None,
+            Id::ClientId => Some(CLIENT_ID),
+            Id::ObjectId => Some(OBJECT_ID),
+            Id::ResourceId => Some(RESOURCE_ID),
+        }
+    }
+
+    /// The query parameter `flavour` takes this id as (production-credentials.md §1, MSAL's
+    /// `_adjust_param`); `None` for system-assigned and where the source takes no
+    /// user-assigned id.
+    pub fn param(self, flavour: Flavour) -> Option<&'static str> {
+        let names = match flavour {
+            Flavour::Imds | Flavour::AzureArc => ["client_id", "object_id", "msi_res_id"],
+            Flavour::AppService => ["client_id", "object_id", "mi_res_id"],
+            Flavour::AzureMl => ["clientid", "object_id", "msi_res_id"],
+            Flavour::CloudShell | Flavour::ServiceFabric => return None,
+        };
+        match self {
+            Id::System => None,
+            Id::ClientId => Some(names[0]),
+            Id::ObjectId => Some(names[1]),
+            Id::ResourceId => Some(names[2]),
+        }
+    }
+
+    /// Whether `flavour` can be asked for this identity at all.
+    pub fn supported_by(self, flavour: Flavour) -> bool {
+        self == Id::System || self.param(flavour).is_some()
+    }
+
+    /// Selects this identity on a builder.
+    pub fn select(self, builder: ManagedIdentityCredentialBuilder) -> ManagedIdentityCredentialBuilder {
+        match self {
+            Id::System => builder,
+            Id::ClientId => builder.client_id(CLIENT_ID),
+            Id::ObjectId => builder.object_id(OBJECT_ID),
+            Id::ResourceId => builder.resource_id(RESOURCE_ID),
+        }
+    }
+
     /// `peer.py mi-token` arguments selecting this identity.
     fn peer_args(self) -> Vec<String> {
         let (flag, value) = match self {
@@ -48,4 +96,80 @@ pub async fn python_token(em: &Emulator, id: Id) -> Value {
     let mut args = vec!["mi-token".to_owned(), "--scope".to_owned(), SCOPE.to_owned()];
     args.extend(id.peer_args());
     python::run_with_env(&args, &em.env()).await
+}
+
+/// A builder reading only the emulator's environment (never the process's), with Arc's key
+/// directory set to the emulator's.
+pub fn builder(em: &Emulator) -> ManagedIdentityCredentialBuilder {
+    let builder = ManagedIdentityCredential::builder().vars(em.env());
+    if em.flavour() == Flavour::AzureArc {
+        builder.azure_arc_key_directory(em.arc_key_dir())
+    } else {
+        builder
+    }
+}
+
+/// A credential for `id` pointed at `em`.
+pub fn credential(em: &Emulator, id: Id) -> ManagedIdentityCredential {
+    id.select(builder(em))
+        .build()
+        .unwrap_or_else(|e| panic!("{:?} {id:?}: {e}", em.flavour()))
+}
+
+/// The source a flavour's environment selects.
+pub fn source_of(flavour: Flavour) -> ManagedIdentitySource {
+    match flavour {
+        Flavour::Imds => ManagedIdentitySource::Imds,
+        Flavour::AppService => ManagedIdentitySource::AppService,
+        Flavour::AzureArc => ManagedIdentitySource::AzureArc,
+        Flavour::CloudShell => ManagedIdentitySource::CloudShell,
+        Flavour::AzureMl => ManagedIdentitySource::AzureMl,
+        Flavour::ServiceFabric => ManagedIdentitySource::ServiceFabric,
+    }
+}
+
+/// The identity headers our credential sends on a token request (the last one, for Arc).
+pub fn expected_identity_headers(flavour: Flavour) -> Vec<(String, String)> {
+    let pairs: Vec<(&str, String)> = match flavour {
+        Flavour::Imds | Flavour::CloudShell => vec![("metadata", "true".into())],
+        Flavour::AppService => vec![("x-identity-header", IDENTITY_HEADER.into())],
+        Flavour::AzureArc => vec![
+            ("metadata", "true".into()),
+            ("authorization", format!("Basic {ARC_KEY}")),
+        ],
+        Flavour::AzureMl => vec![("secret", MSI_SECRET.into())],
+        Flavour::ServiceFabric => vec![("secret", IDENTITY_HEADER.into())],
+    };
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+}
+
+/// The secret values a flavour's configuration holds (none must ever be printed).
+pub fn secrets_of(flavour: Flavour) -> Vec<&'static str> {
+    match flavour {
+        Flavour::AppService | Flavour::ServiceFabric => vec![IDENTITY_HEADER],
+        Flavour::AzureMl => vec![MSI_SECRET],
+        Flavour::AzureArc => vec![ARC_KEY],
+        Flavour::Imds | Flavour::CloudShell => vec![],
+    }
+}
+
+/// Query (or, for Cloud Shell, form) pairs sorted by name then value.
+pub fn sorted(mut pairs: Vec<(String, String)>) -> Vec<(String, String)> {
+    pairs.sort();
+    pairs
+}
+
+/// The parameters our credential and azure-identity send for `id` to `flavour`, sorted.
+pub fn expected_params(flavour: Flavour, id: Id) -> Vec<(String, String)> {
+    let mut pairs = vec![("resource".to_owned(), RESOURCE.to_owned())];
+    if let Some(version) = flavour.api_version() {
+        pairs.push(("api-version".to_owned(), version.to_owned()));
+    }
+    if let (Some(name), Some(value)) = (id.param(flavour), id.value()) {
+        pairs.push((name.to_owned(), value.to_owned()));
+    }
+    sorted(pairs)
 }

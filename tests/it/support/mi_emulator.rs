@@ -257,6 +257,7 @@ impl Emulator {
             lifetime: AtomicU64::new(DEFAULT_LIFETIME),
             expires_on: Mutex::new(default_expires_on(flavour)),
             arc_realm: Mutex::new(realm),
+            echo_identity: std::sync::atomic::AtomicBool::new(true),
             shutdown: shutdown_rx.clone(),
         });
         let handler = {
@@ -399,6 +400,13 @@ impl Emulator {
         *lock(&self.state.expires_on) = format;
     }
 
+    /// Whether answers name the user-assigned identity they were asked for (default yes). An
+    /// old Arc agent ignores the selector and answers for the system-assigned identity without
+    /// saying so: `false` emulates it.
+    pub fn set_echo_identity(&self, echo: bool) {
+        self.state.echo_identity.store(echo, Ordering::SeqCst);
+    }
+
     /// Tokio time since the emulator started (the clock `Logged::at` uses).
     pub fn elapsed(&self) -> Duration {
         self.state.started.elapsed()
@@ -448,6 +456,7 @@ struct State {
     lifetime: AtomicU64,
     expires_on: Mutex<ExpiresOn>,
     arc_realm: Mutex<Option<PathBuf>>,
+    echo_identity: std::sync::atomic::AtomicBool,
     shutdown: watch::Receiver<()>,
 }
 
@@ -721,7 +730,8 @@ fn token_body(state: &State, resource: &str, params: &[(String, String)], n: u64
     body.insert("resource".into(), resource.into());
     body.insert("token_type".into(), "Bearer".into());
     // Echo the user-assigned selector the way agents that honour one do (MSAL checks Arc's).
-    for (name, value) in params {
+    let echo = state.echo_identity.load(Ordering::SeqCst);
+    for (name, value) in params.iter().filter(|_| echo) {
         if matches!(
             name.as_str(),
             "client_id" | "clientid" | "object_id" | "msi_res_id" | "mi_res_id"
