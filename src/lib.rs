@@ -71,7 +71,8 @@ pub use bearer::{BearerToken, BearerTokenLayer};
 pub use credential::{
     AuthorizationCodeCredential, AzureCliCredential, BoxCredential, ChainedTokenCredential,
     ClientSecretCredential, CredentialExt, EnvironmentCredential, Fallback,
-    SharedTokenCacheCredential, TokenCachePersistenceOptions, TokenCredential,
+    ManagedIdentityCredential, ManagedIdentityCredentialBuilder, ManagedIdentitySource,
+    SharedTokenCacheCredential, TokenCachePersistenceOptions, TokenCredential, UserAssignedId,
 };
 pub use entra::authority::authority_hosts;
 pub use error::{BoxError, ConfigError, CredentialError, ErrorKind};

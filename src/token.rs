@@ -285,6 +285,10 @@ pub(crate) fn unix_now() -> u64 {
 /// instant computed from a provider's number far from the clock's overflow.
 pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// A token without the provider's `refresh_in` that lives at least this long is refreshed at
+/// half-life (MSAL's rule, for Entra and managed identity answers alike).
+pub(crate) const HALF_LIFE_THRESHOLD: Duration = Duration::from_secs(2 * 3600);
+
 /// A lifetime in seconds from a provider, clamped to [`MAX_TOKEN_LIFETIME`].
 pub(crate) fn clamped_lifetime(secs: u64) -> Duration {
     Duration::from_secs(secs).min(MAX_TOKEN_LIFETIME)

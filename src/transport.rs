@@ -145,6 +145,14 @@ pub struct HttpClientBuilder {
     timeout: Option<Duration>,
     max_response_bytes: usize,
     retry: Option<RetryOptions>,
+    /// Crate-private: managed identity endpoints are plain `http` on link-local or loopback
+    /// addresses.
+    allow_http: bool,
+    /// Crate-private: a connect timeout apart from the per-attempt one (IMDS: 2 s, so a host
+    /// without IMDS is told quickly).
+    connect_timeout: Option<Duration>,
+    /// Crate-private: replaces the root store (Service Fabric pins its server's certificate).
+    verifier: Option<Arc<dyn rustls::client::danger::ServerCertVerifier>>,
 }
 
 impl Default for HttpClientBuilder {
@@ -154,6 +162,9 @@ impl Default for HttpClientBuilder {
             timeout: Some(DEFAULT_TIMEOUT),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             retry: Some(RetryOptions::default()),
+            allow_http: false,
+            connect_timeout: None,
+            verifier: None,
         }
     }
 }
@@ -191,6 +202,27 @@ impl HttpClientBuilder {
         self
     }
 
+    /// Also sends plain `http` requests (managed identity endpoints).
+    pub(crate) fn allow_http(mut self) -> Self {
+        self.allow_http = true;
+        self
+    }
+
+    /// Gives up connecting after this long (the per-attempt timeout still applies).
+    pub(crate) fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Trusts servers by this verifier instead of the root store.
+    pub(crate) fn server_cert_verifier(
+        mut self,
+        verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    ) -> Self {
+        self.verifier = Some(verifier);
+        self
+    }
+
     /// Builds the client; fails if a PEM has no certificate or a certificate is invalid.
     pub fn build(self) -> Result<HttpClient, ConfigError> {
         let mut roots = default_roots();
@@ -220,22 +252,29 @@ impl HttpClientBuilder {
     )]
     fn build_with_roots(self, roots: rustls::RootCertStore) -> HttpClient {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
+        let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .expect("the ring provider supports the default TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector({
-                let mut http = HttpConnector::new();
-                http.enforce_http(false);
-                http.set_nodelay(true);
-                http
-            });
+            .expect("the ring provider supports the default TLS versions");
+        let tls = match self.verifier {
+            Some(verifier) => config
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth(),
+            None => config.with_root_certificates(roots).with_no_client_auth(),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let connector = if self.allow_http {
+            connector.https_or_http()
+        } else {
+            connector.https_only()
+        };
+        let connector = connector.enable_http1().enable_http2().wrap_connector({
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            http.set_connect_timeout(self.connect_timeout);
+            http
+        });
         let leaf = HyperLeaf {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout: self.timeout,
@@ -536,7 +575,26 @@ pub struct RetryOptions {
     max_backoff: Duration,
     max_retry_after: Duration,
     total_timeout: Option<Duration>,
+    /// Crate-private: which answers are retried, and how long to wait.
+    schedule: RetrySchedule,
 }
+
+/// What a [`RetryOptions`] retries and how it backs off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RetrySchedule {
+    /// 408, 429, 500, 502, 503, 504 and connection failures; the backoff doubles from
+    /// `initial_backoff`, with jitter.
+    Standard,
+    /// IMDS (azure-identity's `imds.py` over azure-core's `RetryPolicy`): also 404 (the
+    /// identity is not ready yet), 410 (IMDS is being updated) and every 5xx; no wait before
+    /// the first retry, then `initial_backoff · 2^(n−1)` for the n-th, without jitter. After a
+    /// 410 the factor is [`IMDS_GONE_BACKOFF`] for the rest of the request: Microsoft documents
+    /// that an update can take up to 70 s, and 0 + 5 + 10 + 20 + 40 s outlasts it.
+    Imds,
+}
+
+/// The IMDS backoff factor once it answered 410.
+pub(crate) const IMDS_GONE_BACKOFF: Duration = Duration::from_millis(2500);
 
 impl Default for RetryOptions {
     fn default() -> Self {
@@ -548,6 +606,7 @@ impl Default for RetryOptions {
             max_backoff: Duration::from_secs(60),
             max_retry_after: Duration::from_secs(60),
             total_timeout: Some(DEFAULT_TOTAL_TIMEOUT),
+            schedule: RetrySchedule::Standard,
         }
     }
 }
@@ -586,6 +645,17 @@ impl RetryOptions {
     pub fn total_timeout(mut self, deadline: Option<Duration>) -> Self {
         self.total_timeout = deadline;
         self
+    }
+
+    /// The IMDS schedule (see [`RetrySchedule::Imds`]): 5 retries from 0.8 s, within `total`.
+    pub(crate) fn imds(total: Duration) -> Self {
+        Self {
+            max_retries: 5,
+            initial_backoff: Duration::from_millis(800),
+            total_timeout: Some(total),
+            schedule: RetrySchedule::Imds,
+            ..Self::default()
+        }
     }
 }
 
@@ -690,6 +760,8 @@ fn clone_request(request: &HttpRequest) -> HttpRequest {
 struct RetryPolicy {
     options: RetryOptions,
     retries: u32,
+    /// IMDS answered 410 during this request: it is being updated, back off longer.
+    gone: bool,
 }
 
 impl RetryPolicy {
@@ -697,25 +769,52 @@ impl RetryPolicy {
         Self {
             options,
             retries: 0,
+            gone: false,
         }
     }
 
     fn backoff(&self) -> Duration {
-        let exponential = self
-            .options
-            .initial_backoff
-            .saturating_mul(2u32.saturating_pow(self.retries));
-        let factor = 0.8 + fastrand::f64() * 0.4;
-        // Too long for a Duration is as long as the cap allows.
-        let jittered = Duration::try_from_secs_f64(exponential.as_secs_f64() * factor)
-            .unwrap_or(Duration::MAX);
-        jittered.min(self.options.max_backoff)
+        match self.options.schedule {
+            RetrySchedule::Standard => {
+                let exponential = self
+                    .options
+                    .initial_backoff
+                    .saturating_mul(2u32.saturating_pow(self.retries));
+                let factor = 0.8 + fastrand::f64() * 0.4;
+                // Too long for a Duration is as long as the cap allows.
+                let jittered = Duration::try_from_secs_f64(exponential.as_secs_f64() * factor)
+                    .unwrap_or(Duration::MAX);
+                jittered.min(self.options.max_backoff)
+            }
+            RetrySchedule::Imds => {
+                let factor = if self.gone {
+                    IMDS_GONE_BACKOFF
+                } else {
+                    self.options.initial_backoff
+                };
+                imds_backoff(
+                    factor,
+                    self.retries.saturating_add(1),
+                    self.options.max_backoff,
+                )
+            }
+        }
+    }
+
+    fn is_retryable(&self, status: StatusCode) -> bool {
+        match self.options.schedule {
+            RetrySchedule::Standard => is_retryable_status(status),
+            RetrySchedule::Imds => is_imds_retryable_status(status),
+        }
     }
 
     /// The wait before the next attempt, or `None` when the outcome is final.
-    fn delay_for(&self, result: &Result<HttpResponse, BoxError>) -> Option<Duration> {
+    fn delay_for(&mut self, result: &Result<HttpResponse, BoxError>) -> Option<Duration> {
         match result {
-            Ok(response) if is_retryable_status(response.status()) => {
+            Ok(response) if self.is_retryable(response.status()) => {
+                if response.status() == StatusCode::GONE {
+                    self.gone = true;
+                }
                 match retry_after(response.headers(), SystemTime::now()) {
                     Some(wait) if wait > self.options.max_retry_after => {
                         tracing::debug!(
@@ -734,9 +833,25 @@ impl RetryPolicy {
     }
 }
 
+/// azure-core's backoff for the `retry`-th retry (1-based): none before the first, then
+/// `factor · 2^(retry−1)`, capped.
+pub(crate) fn imds_backoff(factor: Duration, retry: u32, cap: Duration) -> Duration {
+    if retry <= 1 {
+        return Duration::ZERO;
+    }
+    factor
+        .saturating_mul(2u32.saturating_pow(retry.saturating_sub(1)))
+        .min(cap)
+}
+
 /// 408, 429 and the transient 5xx: what azure-core retries.
 pub(crate) fn is_retryable_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// What the IMDS schedule retries: 404, 408, 410, 429 and every 5xx.
+fn is_imds_retryable_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 404 | 408 | 410 | 429) || status.is_server_error()
 }
 
 /// Connection failures and timeouts are worth another try; TLS failures and oversized

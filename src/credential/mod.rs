@@ -32,6 +32,7 @@ mod cache_options;
 mod chain;
 mod client_secret;
 mod environment;
+pub(crate) mod managed_identity;
 mod process;
 mod refresh_tokens;
 mod settings;
@@ -43,6 +44,10 @@ pub use cache_options::TokenCachePersistenceOptions;
 pub use chain::{ChainedTokenCredential, Fallback, FallbackFuture};
 pub use client_secret::{ClientSecretCredential, ClientSecretCredentialBuilder};
 pub use environment::{EnvironmentCredential, EnvironmentCredentialBuilder};
+pub use managed_identity::{
+    ManagedIdentityCredential, ManagedIdentityCredentialBuilder, ManagedIdentitySource,
+    UserAssignedId,
+};
 pub use shared_token_cache::{SharedTokenCacheCredential, SharedTokenCacheCredentialBuilder};
 
 /// A credential: a cloneable, thread-safe tower service that answers token requests.

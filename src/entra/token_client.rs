@@ -21,7 +21,9 @@ use zeroize::Zeroizing;
 use super::authority::Authority;
 use crate::error::{Cause, CredentialError, ProviderDetails};
 use crate::redact::{excerpt, scrub};
-use crate::token::{AccessToken, Secret, clamped_lifetime, instant_after, unix_now};
+use crate::token::{
+    AccessToken, HALF_LIFE_THRESHOLD, Secret, clamped_lifetime, instant_after, unix_now,
+};
 use crate::transport::{
     Attempts, HttpClient, MAX_RETRY_AFTER, TransportError, TransportErrorKind, is_retryable_status,
     retry_after,
@@ -31,8 +33,6 @@ use crate::transport::{
 pub(crate) const USER_AGENT_VALUE: &str = concat!("tower-identity/", env!("CARGO_PKG_VERSION"));
 /// Header carrying a fresh id per request, for correlation with Entra's logs.
 const CLIENT_REQUEST_ID: &str = "x-ms-client-request-id";
-/// No `refresh_in`: tokens living at least this long are refreshed at half-life (MSAL's rule).
-const HALF_LIFE_THRESHOLD: Duration = Duration::from_secs(2 * 3600);
 /// The claims fragment that announces the CAE capability.
 const CAE_CAPABILITY: &str = "CP1";
 /// How many of the secrets a credential sent are remembered for scrubbing: its client secret
@@ -314,12 +314,9 @@ impl TokenClient {
         let sent_at = Instant::now();
         let sent_at_unix = unix_now();
         tracing::debug!(credential, url = %url, request_id = %request_id, "token request");
-        let response = self
-            .http
-            .clone()
-            .oneshot(request)
-            .await
-            .map_err(|e| transport_failure(credential, &url, e.as_ref(), &secrets))?;
+        let response = self.http.clone().oneshot(request).await.map_err(|e| {
+            transport_failure(credential, "Microsoft Entra ID", &url, e.as_ref(), &secrets)
+        })?;
         let (parts, body) = response.into_parts();
         let throttle = if parts.status.is_success() {
             None
@@ -411,10 +408,11 @@ impl TokenClient {
     }
 }
 
-/// The error for a request that got no answer: the transport's kind (timeout, connect, …) is
-/// kept, its text scrubbed.
-fn transport_failure(
+/// The error for a request to `provider` that got no answer: the transport's kind (timeout,
+/// connect, …) is kept, its text scrubbed.
+pub(crate) fn transport_failure(
     credential: &'static str,
+    provider: &str,
     url: &str,
     error: &(dyn std::error::Error + 'static),
     secrets: &[&str],
@@ -438,7 +436,7 @@ fn transport_failure(
     let reason = scrub_text(&error.to_string());
     let failure = CredentialError::authentication_failed(
         credential,
-        format!("could not get a response from Microsoft Entra ID at {url}: {reason}"),
+        format!("could not get a response from {provider} at {url}: {reason}"),
     )
     .with_cause(cause);
     match transport {
@@ -648,7 +646,7 @@ fn hint(error: Option<&str>, codes: &[u32]) -> Option<&'static str> {
     })
 }
 
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     text.split(['\r', '\n'])
         .map(str::trim)
         .filter(|l| !l.is_empty())

@@ -1,0 +1,427 @@
+//! Azure Arc-enabled servers: a challenge, then the request with the agent's key.
+//!
+//! 1. `GET $IDENTITY_ENDPOINT?api-version=2020-06-01&resource=…` with `Metadata: true`; the
+//!    agent answers 401 with `WWW-Authenticate: Basic realm=<path of a key file>`.
+//! 2. The key file is checked before it is read: directly inside the key directory (symlinks
+//!    resolved), named `*.key`, a regular file of at most 4096 bytes. Only a process allowed
+//!    to read that root-owned directory can answer the challenge; the checks keep a fake agent
+//!    from making the credential read and send any other file.
+//! 3. The same `GET` with `Authorization: Basic <file contents>` returns the token.
+//!
+//! A user-assigned id is sent as `client_id`, `object_id` or `msi_res_id`, and the answer must
+//! name the same identity: older agents ignore the parameter and return the system-assigned
+//! identity's token, which must not pass for the one asked for.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use url::Url;
+
+use super::request;
+use super::response::{Echo, failure, parse_answer};
+use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
+use crate::error::{CredentialError, ProviderDetails};
+use crate::token::{AccessToken, Secret};
+use crate::transport::{HttpClient, HttpRequest};
+
+const SOURCE: ManagedIdentitySource = ManagedIdentitySource::AzureArc;
+const API_VERSION: &str = "2020-06-01";
+/// User-assigned ids in the query (MSAL's `_adjust_param`).
+const PARAMS: IdParams = IdParams {
+    client_id: "client_id",
+    object_id: "object_id",
+    resource_id: "msi_res_id",
+};
+/// The agent's key files are short; anything larger is not one (azure-identity, MSAL).
+const MAX_KEY_BYTES: u64 = 4096;
+
+/// The agent's key directory on this system, or why Arc is unsupported here.
+pub(super) fn default_key_directory(
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<PathBuf, String> {
+    if cfg!(target_os = "linux") {
+        Ok(PathBuf::from("/var/opt/azcmagent/tokens"))
+    } else if cfg!(windows) {
+        let data = get("ProgramData")
+            .or_else(|| std::env::var("ProgramData").ok())
+            .ok_or("ProgramData is not set, so the Azure Arc agent's key directory is unknown")?;
+        Ok(Path::new(&data)
+            .join("AzureConnectedMachineAgent")
+            .join("Tokens"))
+    } else {
+        Err(
+            "Azure Arc is supported on Linux and Windows only; elsewhere give the agent's key \
+             directory with azure_arc_key_directory"
+                .to_owned(),
+        )
+    }
+}
+
+pub(super) struct AzureArc {
+    pub(super) url: Url,
+    pub(super) id: Option<UserAssignedId>,
+    key_directory: PathBuf,
+    http: HttpClient,
+}
+
+impl AzureArc {
+    pub(super) fn new(
+        url: Url,
+        key_directory: PathBuf,
+        id: Option<UserAssignedId>,
+        custom: Option<HttpClient>,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            url,
+            id,
+            key_directory,
+            http: custom.map_or_else(request::default_http, Ok)?,
+        })
+    }
+
+    fn request(
+        &self,
+        resource: &str,
+        key: Option<&Secret>,
+    ) -> Result<HttpRequest, CredentialError> {
+        let mut pairs = vec![("api-version", API_VERSION), ("resource", resource)];
+        if let Some(id) = &self.id {
+            pairs.push(PARAMS.pair(id));
+        }
+        let url = request::with_query(&self.url, &pairs);
+        let mut headers = vec![(
+            HeaderName::from_static("metadata"),
+            HeaderValue::from_static("true"),
+        )];
+        if let Some(key) = key {
+            let mut value = HeaderValue::from_str(&format!("Basic {}", key.expose_secret()))
+                .map_err(|_| {
+                    CredentialError::authentication_failed(
+                        NAME,
+                        "the Azure Arc agent's key file holds characters an HTTP header cannot \
+                         carry",
+                    )
+                })?;
+            value.set_sensitive(true);
+            headers.push((AUTHORIZATION, value));
+        }
+        request::build(Method::GET, &url, &headers, Bytes::new())
+    }
+
+    pub(super) async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
+        let challenge =
+            request::send(&self.http, SOURCE, self.request(resource, None)?, &[]).await?;
+        if challenge.status != StatusCode::UNAUTHORIZED {
+            let error = failure(SOURCE, challenge.status, &challenge.body, &[]);
+            return Err(error.with_message_prefix(
+                "expected a 401 challenge naming the agent's key file, but ",
+            ));
+        }
+        let realm = challenge
+            .headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .find_map(|v| v.to_str().ok().and_then(basic_realm))
+            .ok_or_else(|| {
+                CredentialError::authentication_failed(
+                    NAME,
+                    "the Azure Arc agent answered 401 without a \"WWW-Authenticate: Basic \
+                     realm=<key file>\" header",
+                )
+                .with_provider(ProviderDetails {
+                    status: Some(challenge.status),
+                    ..ProviderDetails::default()
+                })
+            })?;
+        let directory = self.key_directory.clone();
+        let read = tokio::task::spawn_blocking(move || read_key(&directory, &realm)).await;
+        let key = match read {
+            Ok(Ok(key)) => key,
+            Ok(Err(reason)) => {
+                return Err(CredentialError::authentication_failed(
+                    NAME,
+                    format!("the Azure Arc agent's key file was refused: {reason}"),
+                ));
+            }
+            Err(join) => {
+                return Err(CredentialError::authentication_failed(
+                    NAME,
+                    format!("reading the Azure Arc agent's key file failed: {join}"),
+                ));
+            }
+        };
+        let secrets = [key.expose_secret()];
+        let answer = request::send(
+            &self.http,
+            SOURCE,
+            self.request(resource, Some(&key))?,
+            &secrets,
+        )
+        .await?;
+        let token = parse_answer(
+            SOURCE,
+            answer.status,
+            &answer.body,
+            &secrets,
+            answer.sent_at,
+            answer.sent_at_unix,
+        )?;
+        if let Some(id) = &self.id {
+            confirm_identity(id, &token.echo)?;
+        }
+        Ok(token.token)
+    }
+}
+
+/// The realm of a `Basic realm=<path>` challenge (quoted or not).
+fn basic_realm(header: &str) -> Option<String> {
+    let (scheme, rest) = header.trim().split_once(char::is_whitespace)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let (name, value) = rest.trim().split_once('=')?;
+    if !name.trim().eq_ignore_ascii_case("realm") {
+        return None;
+    }
+    let value = value.trim();
+    let value = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
+/// The key at `realm`, if it is a `*.key` regular file of at most [`MAX_KEY_BYTES`] directly
+/// inside `directory` (both with symlinks resolved). Checked before a byte is read.
+pub(super) fn read_key(directory: &Path, realm: &str) -> Result<Secret, String> {
+    let path = Path::new(realm);
+    let is_key = |p: &Path| p.extension().is_some_and(|e| e == "key");
+    if !is_key(path) {
+        return Err(format!("{} does not end in .key", path.display()));
+    }
+    let directory = directory.canonicalize().map_err(|e| {
+        format!(
+            "the key directory {} cannot be resolved: {e}",
+            directory.display()
+        )
+    })?;
+    let resolved = path
+        .canonicalize()
+        .map_err(|e| format!("{} cannot be resolved: {e}", path.display()))?;
+    if resolved.parent() != Some(directory.as_path()) || !is_key(&resolved) {
+        return Err(format!(
+            "{} is not a .key file directly inside the agent's key directory {}",
+            path.display(),
+            directory.display()
+        ));
+    }
+    let file = File::open(&resolved)
+        .map_err(|e| format!("{} cannot be opened: {e}", resolved.display()))?;
+    let metadata = file
+        .metadata()
+        .map_err(|e| format!("{} cannot be examined: {e}", resolved.display()))?;
+    if !metadata.is_file() {
+        return Err(format!("{} is not a regular file", resolved.display()));
+    }
+    if metadata.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "{} has {} bytes, more than a key file's {MAX_KEY_BYTES}",
+            resolved.display(),
+            metadata.len()
+        ));
+    }
+    let mut contents = Vec::new();
+    // The file may grow after the check: read no more than the limit allows.
+    file.take(MAX_KEY_BYTES.saturating_add(1))
+        .read_to_end(&mut contents)
+        .map_err(|e| format!("{} cannot be read: {e}", resolved.display()))?;
+    if contents.len() as u64 > MAX_KEY_BYTES {
+        return Err(format!(
+            "{} grew beyond {MAX_KEY_BYTES} bytes while being read",
+            resolved.display()
+        ));
+    }
+    let key = zeroize::Zeroizing::new(
+        String::from_utf8(contents).map_err(|_| format!("{} is not text", resolved.display()))?,
+    );
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("{} is empty", resolved.display()));
+    }
+    Ok(Secret::new(key))
+}
+
+/// The answer must name the user-assigned identity that was asked for.
+fn confirm_identity(id: &UserAssignedId, echo: &Echo) -> Result<(), CredentialError> {
+    let named = match id {
+        UserAssignedId::ClientId(_) => &echo.client_id,
+        UserAssignedId::ObjectId(_) => &echo.object_id,
+        UserAssignedId::ResourceId(_) => &echo.resource_id,
+    };
+    // Azure compares these ids case-insensitively (GUIDs, resource ids).
+    if named
+        .as_deref()
+        .is_some_and(|n| n.trim().eq_ignore_ascii_case(id.value().trim()))
+    {
+        return Ok(());
+    }
+    let said = match named {
+        Some(other) => format!("names {} {other}", id.kind()),
+        None => format!("names no {}", id.kind()),
+    };
+    Err(CredentialError::authentication_failed(
+        NAME,
+        format!(
+            "the Azure Arc agent's token answer {said}, not the user-assigned {id} asked for: \
+             agents that do not support user-assigned identities return the system-assigned \
+             identity's token instead. Update the Azure Connected Machine agent, or use the \
+             system-assigned identity"
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arc(id: Option<UserAssignedId>) -> AzureArc {
+        AzureArc::new(
+            Url::parse("http://localhost:40342/metadata/identity/oauth2/token").unwrap(),
+            PathBuf::from("/nonexistent"),
+            id,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn requests_before_and_after_the_challenge() {
+        let first = arc(None).request("https://vault.azure.net", None).unwrap();
+        assert_eq!(
+            first.uri().to_string(),
+            "http://localhost:40342/metadata/identity/oauth2/token?api-version=2020-06-01&resource=https%3A%2F%2Fvault.azure.net"
+        );
+        assert_eq!(first.headers()["metadata"], "true");
+        assert!(first.headers().get(AUTHORIZATION).is_none());
+        let key = Secret::new("arc-key-contents");
+        let second = arc(Some(UserAssignedId::ResourceId("/r".into())))
+            .request("r", Some(&key))
+            .unwrap();
+        assert!(second.uri().to_string().ends_with("&msi_res_id=%2Fr"));
+        assert_eq!(second.headers()[AUTHORIZATION], "Basic arc-key-contents");
+        assert!(second.headers()[AUTHORIZATION].is_sensitive());
+        assert!(!format!("{second:?}").contains("arc-key-contents"));
+    }
+
+    #[test]
+    fn realms() {
+        for (header, want) in [
+            (
+                "Basic realm=/var/opt/azcmagent/tokens/a.key",
+                Some("/var/opt/azcmagent/tokens/a.key"),
+            ),
+            (
+                "basic  realm=\"C:\\ProgramData\\x\\Tokens\\b.key\"",
+                Some("C:\\ProgramData\\x\\Tokens\\b.key"),
+            ),
+            ("Bearer realm=/a.key", None),
+            ("Basic realm=", None),
+            ("Basic", None),
+            ("Basic charset=x", None),
+        ] {
+            assert_eq!(basic_realm(header).as_deref(), want, "{header}");
+        }
+    }
+
+    #[test]
+    fn key_files_are_checked_before_reading() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tokens");
+        std::fs::create_dir(&dir).unwrap();
+        let good = dir.join("good.key");
+        std::fs::write(&good, "the-key\n").unwrap();
+        assert_eq!(
+            read_key(&dir, good.to_str().unwrap())
+                .unwrap()
+                .expose_secret(),
+            "the-key"
+        );
+        let outside = tmp.path().join("outside.key");
+        std::fs::write(&outside, "secret elsewhere").unwrap();
+        let wrong_ext = dir.join("key.txt");
+        std::fs::write(&wrong_ext, "x").unwrap();
+        let big = dir.join("big.key");
+        std::fs::write(&big, vec![b'a'; 4097]).unwrap();
+        let exactly = dir.join("max.key");
+        std::fs::write(&exactly, vec![b'a'; 4096]).unwrap();
+        assert!(read_key(&dir, exactly.to_str().unwrap()).is_ok());
+        let sub = dir.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let nested = sub.join("n.key");
+        std::fs::write(&nested, "x").unwrap();
+        let dir_named_key = dir.join("d.key");
+        std::fs::create_dir(&dir_named_key).unwrap();
+        let dotdot = format!("{}/../outside.key", dir.display());
+        let mut cases = vec![
+            (
+                outside.display().to_string(),
+                "not a .key file directly inside",
+            ),
+            (dotdot, "not a .key file directly inside"),
+            (wrong_ext.display().to_string(), "does not end in .key"),
+            (big.display().to_string(), "more than a key file's 4096"),
+            (
+                nested.display().to_string(),
+                "not a .key file directly inside",
+            ),
+            (
+                dir.join("missing.key").display().to_string(),
+                "cannot be resolved",
+            ),
+        ];
+        #[cfg(unix)]
+        {
+            let escape = dir.join("escape.key");
+            std::os::unix::fs::symlink(&outside, &escape).unwrap();
+            cases.push((
+                escape.display().to_string(),
+                "not a .key file directly inside",
+            ));
+            let to_txt = dir.join("to-txt.key");
+            std::os::unix::fs::symlink(&wrong_ext, &to_txt).unwrap();
+            cases.push((
+                to_txt.display().to_string(),
+                "not a .key file directly inside",
+            ));
+            // A directory cannot be opened as a file on every system; on Linux it opens.
+            cases.push((dir_named_key.display().to_string(), "not a regular file"));
+        }
+        for (realm, want) in cases {
+            let err = read_key(&dir, &realm).unwrap_err();
+            assert!(err.contains(want), "{realm}: {err}");
+            assert!(!err.contains("secret elsewhere"), "{err}");
+        }
+        let err = read_key(&tmp.path().join("nope"), good.to_str().unwrap()).unwrap_err();
+        assert!(err.contains("key directory"), "{err}");
+    }
+
+    #[test]
+    fn user_assigned_answers_must_name_the_identity() {
+        let echo = Echo {
+            client_id: Some("ABC".into()),
+            object_id: None,
+            resource_id: Some("/subs/x".into()),
+        };
+        assert!(confirm_identity(&UserAssignedId::ClientId("abc".into()), &echo).is_ok());
+        assert!(confirm_identity(&UserAssignedId::ResourceId("/SUBS/X".into()), &echo).is_ok());
+        let err = confirm_identity(&UserAssignedId::ClientId("other".into()), &echo).unwrap_err();
+        assert!(err.message().contains("names client id ABC"), "{err}");
+        let err = confirm_identity(&UserAssignedId::ObjectId("o".into()), &echo).unwrap_err();
+        assert!(err.message().contains("names no object id"), "{err}");
+        assert!(err.is_authentication_failed());
+    }
+}

@@ -1,0 +1,283 @@
+//! IMDS, the Instance Metadata Service of VMs, scale sets and AKS nodes:
+//! `GET {base}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=…` with
+//! `Metadata: true`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use url::Url;
+
+use super::request::{self, Answer};
+use super::response::{failure, parse_answer, provider_text};
+use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
+use crate::error::{Cause, CredentialError};
+use crate::token::AccessToken;
+use crate::transport::{HttpClient, RetryOptions};
+
+const SOURCE: ManagedIdentitySource = ManagedIdentitySource::Imds;
+const DEFAULT_BASE: &str = "http://169.254.169.254";
+const TOKEN_PATH: &str = "/metadata/identity/oauth2/token";
+const API_VERSION: &str = "2018-02-01";
+/// User-assigned ids in the query (the IMDS REST spec).
+const PARAMS: IdParams = IdParams {
+    client_id: "client_id",
+    object_id: "object_id",
+    resource_id: "msi_res_id",
+};
+/// Connecting to IMDS gives up after this long (azure-identity's `imds.py`): it is link-local,
+/// so a host that has it answers at once.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The deadline of one request over its retries: the 75 s of backoff after 410s (IMDS being
+/// updated, up to 70 s) plus the attempts themselves.
+const TOTAL_TIMEOUT: Duration = Duration::from_secs(90);
+/// The probe's whole budget (azure-identity: 1 s, no retries).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The full token URL for a base URL (`AZURE_POD_IDENTITY_AUTHORITY_HOST`).
+pub(super) fn token_url(base: &Url) -> Result<Url, String> {
+    let base = base.as_str().trim_end_matches('/');
+    Url::parse(&format!("{base}{TOKEN_PATH}"))
+        .map_err(|e| format!("the IMDS URL could not be formed: {e}"))
+}
+
+/// The token URL at the link-local address.
+pub(super) fn default_url() -> Result<Url, String> {
+    Url::parse(DEFAULT_BASE)
+        .map_err(|e| e.to_string())
+        .and_then(|base| token_url(&base))
+}
+
+pub(super) struct Imds {
+    pub(super) url: Url,
+    pub(super) id: Option<UserAssignedId>,
+    http: HttpClient,
+    /// `Some` while a probe precedes each request: the probe's client.
+    probe: Option<HttpClient>,
+    /// A token was received once: no more probes.
+    succeeded: AtomicBool,
+}
+
+impl Imds {
+    pub(super) fn new(
+        url: Url,
+        id: Option<UserAssignedId>,
+        custom: Option<HttpClient>,
+        probe: bool,
+    ) -> Result<Self, String> {
+        let built = |builder: crate::transport::HttpClientBuilder| {
+            builder
+                .allow_http()
+                .build()
+                .map_err(|e| format!("the HTTP client could not be built: {e}"))
+        };
+        let (http, probe_http) = match custom {
+            // The caller's client as it is; the probe's budget is enforced around it.
+            Some(client) => (client.clone(), client),
+            None => (
+                built(
+                    HttpClient::builder()
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .retry(RetryOptions::imds(TOTAL_TIMEOUT)),
+                )?,
+                built(
+                    HttpClient::builder()
+                        .connect_timeout(PROBE_TIMEOUT)
+                        .timeout(Some(PROBE_TIMEOUT))
+                        .no_retry(),
+                )?,
+            ),
+        };
+        Ok(Self {
+            url,
+            id,
+            http,
+            probe: probe.then_some(probe_http),
+            succeeded: AtomicBool::new(false),
+        })
+    }
+
+    fn query_url(&self, resource: &str) -> Url {
+        let mut pairs = vec![("api-version", API_VERSION), ("resource", resource)];
+        if let Some(id) = &self.id {
+            pairs.push(PARAMS.pair(id));
+        }
+        request::with_query(&self.url, &pairs)
+    }
+
+    /// The request, with or without the `Metadata` header (the probe has none, so IMDS answers
+    /// it with a quick 400 instead of issuing a token).
+    fn request(
+        &self,
+        resource: &str,
+        metadata: bool,
+    ) -> Result<crate::transport::HttpRequest, CredentialError> {
+        let headers: &[(HeaderName, HeaderValue)] = if metadata {
+            &[(
+                HeaderName::from_static("metadata"),
+                HeaderValue::from_static("true"),
+            )]
+        } else {
+            &[]
+        };
+        request::build(
+            Method::GET,
+            &self.query_url(resource),
+            headers,
+            Bytes::new(),
+        )
+    }
+
+    pub(super) async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
+        if let Some(probe) = &self.probe {
+            if !self.succeeded.load(Ordering::Acquire) {
+                self.probe(probe, resource).await?;
+            }
+        }
+        let answer =
+            match request::send(&self.http, SOURCE, self.request(resource, true)?, &[]).await {
+                Ok(answer) => answer,
+                Err(error) if request::no_answer(&error) => return Err(self.absent(error)),
+                Err(error) => return Err(error),
+            };
+        if let Some(error) = self.unavailable(&answer) {
+            return Err(error);
+        }
+        let token = parse_answer(
+            SOURCE,
+            answer.status,
+            &answer.body,
+            &[],
+            answer.sent_at,
+            answer.sent_at_unix,
+        )?;
+        self.succeeded.store(true, Ordering::Release);
+        Ok(token.token)
+    }
+
+    /// A quick request without `Metadata`: no answer within [`PROBE_TIMEOUT`] means no IMDS.
+    async fn probe(&self, http: &HttpClient, resource: &str) -> Result<(), CredentialError> {
+        let request = self.request(resource, false)?;
+        let sent = tokio::time::timeout(PROBE_TIMEOUT, request::send(http, SOURCE, request, &[]));
+        match sent.await {
+            Err(_elapsed) => Err(self.absent(
+                CredentialError::authentication_failed(
+                    NAME,
+                    format!("no answer within {PROBE_TIMEOUT:?}"),
+                )
+                .with_cause(Cause {
+                    timeout: true,
+                    transient: true,
+                    ..Cause::default()
+                }),
+            )),
+            Ok(Err(error)) if request::no_answer(&error) => Err(self.absent(error)),
+            Ok(Err(error)) => Err(error),
+            Ok(Ok(answer)) => match docker_desktop(&answer) {
+                Some(error) => Err(error),
+                // Any other answer (400 for the missing header, as a rule) means IMDS is there.
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Nobody answered: not an Azure host with a managed identity.
+    fn absent(&self, error: CredentialError) -> CredentialError {
+        let mut url = self.url.clone();
+        url.set_query(None);
+        let message = format!(
+            "no managed identity endpoint answered at {url}; this is not an Azure host with a \
+             managed identity ({})",
+            error.message()
+        );
+        let unavailable = CredentialError::unavailable(NAME, message).with_cause(Cause {
+            timeout: error.is_timeout(),
+            connect: error.is_connect(),
+            transient: true,
+            throttled_until: None,
+        });
+        unavailable.with_source(error)
+    }
+
+    /// The answers that mean "no usable identity here" rather than a failure.
+    fn unavailable(&self, answer: &Answer) -> Option<CredentialError> {
+        if answer.status == StatusCode::BAD_REQUEST {
+            // "Identity not found": the identity is not assigned to this host.
+            let said = provider_text(&answer.body, &[]);
+            let which = match &self.id {
+                Some(id) => format!("the user-assigned identity with {id} is"),
+                None => "no system-assigned identity is".to_owned(),
+            };
+            let error = failure(SOURCE, answer.status, &answer.body, &[]);
+            return Some(
+                CredentialError::unavailable(
+                    NAME,
+                    format!(
+                        "IMDS answered HTTP 400 ({}): {which} assigned to this host; assign it \
+                         to the VM, scale set or node pool, or use another credential",
+                        said.text
+                    ),
+                )
+                .with_source(error),
+            );
+        }
+        docker_desktop(answer)
+    }
+}
+
+/// Docker Desktop answers 403 with "A socket operation was attempted to an unreachable
+/// network/host": there is no IMDS behind it (azure-identity and azidentity treat it so).
+fn docker_desktop(answer: &Answer) -> Option<CredentialError> {
+    let unreachable = answer.status == StatusCode::FORBIDDEN
+        && String::from_utf8_lossy(&answer.body).contains("unreachable");
+    unreachable.then(|| {
+        CredentialError::unavailable(
+            NAME,
+            format!(
+                "the IMDS address is unreachable from here (HTTP 403: {}); a container \
+                 (Docker Desktop) has no managed identity",
+                provider_text(&answer.body, &[]).text
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_queries() {
+        assert_eq!(
+            default_url().unwrap().as_str(),
+            "http://169.254.169.254/metadata/identity/oauth2/token"
+        );
+        let base = Url::parse("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(
+            token_url(&base).unwrap().as_str(),
+            "http://127.0.0.1:8080/metadata/identity/oauth2/token"
+        );
+        let imds = |id| Imds::new(default_url().unwrap(), id, None, false).unwrap();
+        assert_eq!(
+            imds(None).query_url("https://vault.azure.net").query(),
+            Some("api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net")
+        );
+        for (id, want) in [
+            (UserAssignedId::ClientId("c".into()), "client_id=c"),
+            (UserAssignedId::ObjectId("o".into()), "object_id=o"),
+            (
+                UserAssignedId::ResourceId("/s/r".into()),
+                "msi_res_id=%2Fs%2Fr",
+            ),
+        ] {
+            let q = imds(Some(id)).query_url("r").query().unwrap().to_owned();
+            assert_eq!(q, format!("api-version=2018-02-01&resource=r&{want}"));
+        }
+        let with = imds(None).request("r", true).unwrap();
+        assert_eq!(with.headers()["metadata"], "true");
+        assert_eq!(with.method(), Method::GET);
+        let without = imds(None).request("r", false).unwrap();
+        assert!(without.headers().get("metadata").is_none());
+    }
+}

@@ -1,0 +1,649 @@
+//! [`ManagedIdentityCredential`]: the identity Azure gives the host the code runs on — a VM,
+//! App Service or Functions app, Service Fabric cluster, Arc-enabled server, Azure Machine
+//! Learning compute, or Cloud Shell.
+//!
+//! ```no_run
+//! use tower_identity::{CredentialExt, ManagedIdentityCredential};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // The system-assigned identity of whatever host this is.
+//! let system = ManagedIdentityCredential::new();
+//! // A user-assigned identity, by client id.
+//! let user = ManagedIdentityCredential::builder()
+//!     .client_id("00000000-1111-2222-3333-444444444444")
+//!     .build()?;
+//! let token = user.get_token(["https://management.azure.com/.default"]).await?;
+//! # let _ = (system, token); Ok(()) }
+//! ```
+//!
+//! # Where the token comes from
+//!
+//! The source is chosen once, when the credential is built, from the environment (the
+//! process's, or the pairs given to [`vars`](ManagedIdentityCredentialBuilder::vars)); the
+//! first that matches wins, as in azure-identity:
+//!
+//! | source | environment | request | user-assigned id as |
+//! |---|---|---|---|
+//! | Service Fabric | `IDENTITY_ENDPOINT` (https), `IDENTITY_HEADER`, `IDENTITY_SERVER_THUMBPRINT` | `GET ?api-version=2019-07-01-preview`, header `Secret` | not supported |
+//! | App Service, Functions | `IDENTITY_ENDPOINT`, `IDENTITY_HEADER` | `GET ?api-version=2019-08-01`, header `X-IDENTITY-HEADER` | `client_id`, `object_id`, `mi_res_id` |
+//! | Azure Arc | `IDENTITY_ENDPOINT`, `IMDS_ENDPOINT` | `GET ?api-version=2020-06-01`, header `Metadata: true`, then again with the agent's key | `client_id`, `object_id`, `msi_res_id` |
+//! | Azure Machine Learning | `MSI_ENDPOINT`, `MSI_SECRET` | `GET ?api-version=2017-09-01`, header `secret` | `clientid`, `object_id`, `msi_res_id` |
+//! | Cloud Shell | `MSI_ENDPOINT` | `POST` form `resource=…`, header `Metadata: true` | not supported |
+//! | IMDS (VMs, scale sets, AKS nodes, …) | optional `AZURE_POD_IDENTITY_AUTHORITY_HOST` (base URL, default `http://169.254.169.254`) | `GET /metadata/identity/oauth2/token?api-version=2018-02-01`, header `Metadata: true` | `client_id`, `object_id`, `msi_res_id` |
+//!
+//! `IDENTITY_ENDPOINT` alone is a configuration error (it names what else to set). Like
+//! azure-identity, and unlike MSAL, the presence of the Arc agent's `himds` program is not
+//! looked for: an Arc server is recognised by its `IDENTITY_ENDPOINT` and `IMDS_ENDPOINT`.
+//! Endpoints must be `http` or `https` URLs (Service Fabric: `https`).
+//!
+//! A configuration error never fails [`ManagedIdentityCredential::new`]: it is reported by
+//! every token request as an *invalid request* (a chain stops on it: a mistake should be
+//! heard). [`build`](ManagedIdentityCredentialBuilder::build) reports it at once.
+//!
+//! # Requests
+//!
+//! * Exactly one scope, turned into the `resource` by stripping a trailing `/.default`. A
+//!   managed identity belongs to one tenant, so the request's tenant is ignored; CAE is not
+//!   offered; a request with claims skips the cache (a fresh token) but the claims are not
+//!   sent (no source takes them).
+//! * Tokens are cached per resource and renewed in their last 300 s, or at half-life for tokens
+//!   living 2 hours or more (MSAL's rule; managed identity tokens usually live 24 hours), or at
+//!   the endpoint's `refresh_in`.
+//! * **IMDS** is retried on 404, 408, 410, 429, every 5xx and connection failures: 5 retries,
+//!   waiting 0, 1.6, 3.2, 6.4 and 12.8 s, or 0, 5, 10, 20 and 40 s once IMDS answered 410 (it
+//!   is being updated, which Microsoft documents can take 70 s), or the `Retry-After` it asks
+//!   for; connecting gives up after 2 s; one request takes at most 90 s in all (the 75 s of
+//!   410 backoff plus its attempts). The other sources use the default
+//!   [`RetryOptions`](crate::RetryOptions) (30 s in all).
+//! * On a host without IMDS, the request fails after its retries and the credential is
+//!   *unavailable* ("no managed identity endpoint answered"); so is an IMDS that answers 400
+//!   (the identity is not assigned to this host) or 403 with `unreachable` (Docker Desktop).
+//!   Any other failure is *authentication failed*, with the status and the endpoint's text,
+//!   scrubbed of every secret the credential holds and of token values.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use url::Url;
+
+use super::arc_credential_service;
+use crate::cache::{CacheKey, TokenCache};
+use crate::error::{ConfigError, CredentialError};
+use crate::token::{AccessToken, Secret, TokenRequest};
+use crate::transport::HttpClient;
+
+mod app_service;
+mod azure_arc;
+mod azure_ml;
+mod cloud_shell;
+mod imds;
+mod request;
+pub(crate) mod response;
+mod service_fabric;
+
+const NAME: &str = "ManagedIdentityCredential";
+
+/// App Service, Functions, Service Fabric and Arc: the local token endpoint.
+const IDENTITY_ENDPOINT: &str = "IDENTITY_ENDPOINT";
+/// App Service, Functions and Service Fabric: the secret the endpoint expects.
+const IDENTITY_HEADER: &str = "IDENTITY_HEADER";
+/// Service Fabric: SHA-1 thumbprint of the endpoint's certificate.
+const IDENTITY_SERVER_THUMBPRINT: &str = "IDENTITY_SERVER_THUMBPRINT";
+/// Azure Arc: set by the agent alongside `IDENTITY_ENDPOINT`.
+const IMDS_ENDPOINT: &str = "IMDS_ENDPOINT";
+/// Azure Machine Learning and Cloud Shell: the token endpoint.
+const MSI_ENDPOINT: &str = "MSI_ENDPOINT";
+/// Azure Machine Learning: the secret the endpoint expects.
+const MSI_SECRET: &str = "MSI_SECRET";
+/// IMDS: the base URL, instead of the link-local address (AAD Pod Identity, tests).
+const AZURE_POD_IDENTITY_AUTHORITY_HOST: &str = "AZURE_POD_IDENTITY_AUTHORITY_HOST";
+
+/// Where a [`ManagedIdentityCredential`] gets its tokens (see the [module docs](self)).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManagedIdentitySource {
+    /// The Instance Metadata Service of VMs, scale sets and AKS nodes.
+    Imds,
+    /// App Service and Azure Functions.
+    AppService,
+    /// Service Fabric.
+    ServiceFabric,
+    /// Azure Arc-enabled servers.
+    AzureArc,
+    /// Azure Machine Learning compute.
+    AzureMl,
+    /// Azure Cloud Shell.
+    CloudShell,
+}
+
+impl ManagedIdentitySource {
+    /// How messages name the source.
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Imds => "IMDS",
+            Self::AppService => "App Service",
+            Self::ServiceFabric => "Service Fabric",
+            Self::AzureArc => "Azure Arc",
+            Self::AzureMl => "Azure Machine Learning",
+            Self::CloudShell => "Cloud Shell",
+        }
+    }
+}
+
+impl fmt::Display for ManagedIdentitySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// A user-assigned managed identity, by one of its three ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserAssignedId {
+    /// The identity's client (application) id.
+    ClientId(String),
+    /// The identity's object (principal) id.
+    ObjectId(String),
+    /// The identity's Azure resource id
+    /// (`/subscriptions/…/resourceGroups/…/providers/Microsoft.ManagedIdentity/userAssignedIdentities/…`).
+    ResourceId(String),
+}
+
+impl UserAssignedId {
+    fn value(&self) -> &str {
+        match self {
+            Self::ClientId(v) | Self::ObjectId(v) | Self::ResourceId(v) => v,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::ClientId(_) => "client id",
+            Self::ObjectId(_) => "object id",
+            Self::ResourceId(_) => "resource id",
+        }
+    }
+}
+
+impl fmt::Display for UserAssignedId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind(), self.value())
+    }
+}
+
+/// The names one source gives the three kinds of user-assigned id in its query.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct IdParams {
+    client_id: &'static str,
+    object_id: &'static str,
+    resource_id: &'static str,
+}
+
+impl IdParams {
+    /// The query pair selecting `id`.
+    fn pair(self, id: &UserAssignedId) -> (&'static str, &str) {
+        let name = match id {
+            UserAssignedId::ClientId(_) => self.client_id,
+            UserAssignedId::ObjectId(_) => self.object_id,
+            UserAssignedId::ResourceId(_) => self.resource_id,
+        };
+        (name, id.value())
+    }
+}
+
+/// Authenticates as the host's managed identity (see the [module docs](self)).
+#[derive(Clone)]
+pub struct ManagedIdentityCredential {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    source: ManagedIdentitySource,
+    /// The configured endpoint, or why the configuration cannot work.
+    state: Result<Configured, String>,
+}
+
+struct Configured {
+    endpoint: Endpoint,
+    cache: TokenCache,
+}
+
+/// One source's request logic.
+enum Endpoint {
+    Imds(imds::Imds),
+    AppService(app_service::AppService),
+    ServiceFabric(service_fabric::ServiceFabric),
+    AzureArc(azure_arc::AzureArc),
+    AzureMl(azure_ml::AzureMl),
+    CloudShell(cloud_shell::CloudShell),
+}
+
+impl Endpoint {
+    async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
+        match self {
+            Self::Imds(s) => s.acquire(resource).await,
+            Self::AppService(s) => s.acquire(resource).await,
+            Self::ServiceFabric(s) => s.acquire(resource).await,
+            Self::AzureArc(s) => s.acquire(resource).await,
+            Self::AzureMl(s) => s.acquire(resource).await,
+            Self::CloudShell(s) => s.acquire(resource).await,
+        }
+    }
+
+    fn url(&self) -> &Url {
+        match self {
+            Self::Imds(s) => &s.url,
+            Self::AppService(s) => &s.url,
+            Self::ServiceFabric(s) => &s.url,
+            Self::AzureArc(s) => &s.url,
+            Self::AzureMl(s) => &s.url,
+            Self::CloudShell(s) => &s.url,
+        }
+    }
+
+    fn identity(&self) -> Option<&UserAssignedId> {
+        match self {
+            Self::Imds(s) => s.id.as_ref(),
+            Self::AppService(s) => s.id.as_ref(),
+            Self::AzureArc(s) => s.id.as_ref(),
+            Self::AzureMl(s) => s.id.as_ref(),
+            Self::ServiceFabric(_) | Self::CloudShell(_) => None,
+        }
+    }
+}
+
+impl ManagedIdentityCredential {
+    /// The system-assigned identity, configured from the process environment. Never fails: a
+    /// configuration error is reported by every token request (an invalid request).
+    pub fn new() -> Self {
+        Self::builder().build_lenient()
+    }
+
+    /// A builder: a user-assigned identity, another HTTP client, variables from elsewhere.
+    pub fn builder() -> ManagedIdentityCredentialBuilder {
+        ManagedIdentityCredentialBuilder::default()
+    }
+
+    /// Where tokens come from. For a configuration that cannot work, the source it was read
+    /// as (`IDENTITY_ENDPOINT` alone reads as App Service).
+    pub fn source(&self) -> ManagedIdentitySource {
+        self.inner.source
+    }
+}
+
+impl Default for ManagedIdentityCredential {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Inner {
+    async fn get_token(
+        self: &Arc<Self>,
+        request: TokenRequest,
+    ) -> Result<AccessToken, CredentialError> {
+        let configured = match &self.state {
+            Ok(configured) => configured,
+            Err(message) => return Err(CredentialError::invalid_request(NAME, message.clone())),
+        };
+        let resource = resource_of(&request)?;
+        // The identity is fixed per credential: the resource is the whole key.
+        let key = CacheKey::new("", std::slice::from_ref(&resource), false);
+        let this = Arc::clone(self);
+        configured
+            .cache
+            .get_or_acquire(key, request.claims_json().is_some(), move || async move {
+                match &this.state {
+                    Ok(configured) => configured.endpoint.acquire(&resource).await,
+                    Err(message) => Err(CredentialError::invalid_request(NAME, message.clone())),
+                }
+            })
+            .await
+    }
+}
+
+arc_credential_service!(ManagedIdentityCredential);
+
+/// The resource of a request: its one scope without a trailing `/.default`.
+fn resource_of(request: &TokenRequest) -> Result<String, CredentialError> {
+    request.validate(NAME)?;
+    match request.scopes() {
+        [scope] => {
+            let scope = scope.trim();
+            Ok(scope.strip_suffix("/.default").unwrap_or(scope).to_owned())
+        }
+        scopes => Err(CredentialError::invalid_request(
+            NAME,
+            format!(
+                "a managed identity token is for exactly one resource, but {} scopes were \
+                 requested; ask for one scope such as \"https://management.azure.com/.default\"",
+                scopes.len()
+            ),
+        )),
+    }
+}
+
+impl fmt::Debug for ManagedIdentityCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct(NAME);
+        s.field("source", &self.inner.source);
+        match &self.inner.state {
+            Ok(configured) => s
+                .field("endpoint", &configured.endpoint.url().as_str())
+                .field("identity", &configured.endpoint.identity()),
+            Err(message) => s.field("error", message),
+        };
+        s.finish()
+    }
+}
+
+/// Settings for a [`ManagedIdentityCredential`].
+#[derive(Default)]
+pub struct ManagedIdentityCredentialBuilder {
+    ids: Vec<UserAssignedId>,
+    vars: Option<HashMap<String, String>>,
+    http_client: Option<HttpClient>,
+    arc_key_directory: Option<PathBuf>,
+    probe_imds: bool,
+}
+
+impl ManagedIdentityCredentialBuilder {
+    /// A user-assigned identity, by client id.
+    pub fn client_id(self, id: impl Into<String>) -> Self {
+        self.user_assigned_id(UserAssignedId::ClientId(id.into()))
+    }
+
+    /// A user-assigned identity, by object (principal) id.
+    pub fn object_id(self, id: impl Into<String>) -> Self {
+        self.user_assigned_id(UserAssignedId::ObjectId(id.into()))
+    }
+
+    /// A user-assigned identity, by Azure resource id.
+    pub fn resource_id(self, id: impl Into<String>) -> Self {
+        self.user_assigned_id(UserAssignedId::ResourceId(id.into()))
+    }
+
+    /// A user-assigned identity. Give exactly one id: more than one is a build error.
+    pub fn user_assigned_id(mut self, id: UserAssignedId) -> Self {
+        self.ids.push(id);
+        self
+    }
+
+    /// Reads the variables from these pairs instead of the process environment (for tests,
+    /// or configuration that comes from elsewhere).
+    pub fn vars<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.vars = Some(
+            vars.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
+        self
+    }
+
+    /// The HTTP client for token requests, used as it is: its retries replace the IMDS
+    /// schedule of the [module docs](self), and it must send plain `http` (every source but
+    /// Service Fabric is `http` on a link-local or loopback address). Not used for Service
+    /// Fabric, whose endpoint is trusted by its certificate's thumbprint alone, which needs
+    /// the built-in client.
+    pub fn http_client(mut self, client: HttpClient) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
+    /// Where the Azure Arc agent's key files must be: the agent names a file in its answer,
+    /// and the credential reads it only when it is directly in this directory. Default
+    /// `/var/opt/azcmagent/tokens` on Linux, `%ProgramData%\AzureConnectedMachineAgent\Tokens`
+    /// on Windows; on other systems Azure Arc is unsupported unless this is set.
+    pub fn azure_arc_key_directory(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.arc_key_directory = Some(dir.into());
+        self
+    }
+
+    /// Until IMDS first answers with a token, try it quickly first (1 s, no retries, no
+    /// `Metadata` header): a host without IMDS makes the credential *unavailable* at once,
+    /// instead of after the retries. For `DefaultAzureCredential`.
+    #[allow(dead_code, reason = "DefaultAzureCredential sets it")]
+    pub(crate) fn probe_imds(mut self, probe: bool) -> Self {
+        self.probe_imds = probe;
+        self
+    }
+
+    /// Reads the environment and builds; fails when the configuration cannot work.
+    pub fn build(self) -> Result<ManagedIdentityCredential, ConfigError> {
+        let credential = self.build_lenient();
+        match &credential.inner.state {
+            Ok(_) => Ok(credential),
+            Err(message) => Err(ConfigError::new(format!("{NAME}: {message}"))),
+        }
+    }
+
+    /// Builds; a configuration error is kept for `get_token` to report.
+    fn build_lenient(self) -> ManagedIdentityCredential {
+        let get = |name: &str| -> Option<String> {
+            let value = match &self.vars {
+                Some(vars) => vars.get(name).cloned(),
+                None => std::env::var(name).ok(),
+            };
+            value.filter(|v| !v.trim().is_empty())
+        };
+        let selection = select(&get);
+        let source = selection.source;
+        let state = self.configure(selection, &get);
+        ManagedIdentityCredential {
+            inner: Arc::new(Inner {
+                source,
+                state: state.map(|endpoint| Configured {
+                    endpoint,
+                    cache: TokenCache::new(NAME),
+                }),
+            }),
+        }
+    }
+
+    fn configure(
+        &self,
+        selection: Selection,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Endpoint, String> {
+        let id = match self.ids.as_slice() {
+            [] => None,
+            [id] if id.value().trim().is_empty() => {
+                return Err(format!(
+                    "the user-assigned {} is empty; give the identity's id",
+                    id.kind()
+                ));
+            }
+            [id] => Some(id.clone()),
+            _ => {
+                return Err(format!(
+                    "give exactly one user-assigned id (client id, object id or resource id), \
+                     not {}",
+                    self.ids.len()
+                ));
+            }
+        };
+        let Selection {
+            source,
+            endpoint,
+            secret,
+            thumbprint,
+        } = selection;
+        let endpoint = endpoint?;
+        let unsupported = |id: &UserAssignedId| {
+            format!(
+                "{source} supports only the system-assigned identity, but a user-assigned {id} \
+                 was given; remove it, or configure the identity on the host"
+            )
+        };
+        let http = self.http_client.clone();
+        Ok(match source {
+            ManagedIdentitySource::Imds => {
+                Endpoint::Imds(imds::Imds::new(endpoint, id, http, self.probe_imds)?)
+            }
+            ManagedIdentitySource::AppService => Endpoint::AppService(
+                app_service::AppService::new(endpoint, required(secret)?, id, http)?,
+            ),
+            ManagedIdentitySource::AzureMl => Endpoint::AzureMl(azure_ml::AzureMl::new(
+                endpoint,
+                required(secret)?,
+                id,
+                http,
+            )?),
+            ManagedIdentitySource::AzureArc => {
+                let dir = match &self.arc_key_directory {
+                    Some(dir) => dir.clone(),
+                    None => azure_arc::default_key_directory(get)?,
+                };
+                Endpoint::AzureArc(azure_arc::AzureArc::new(endpoint, dir, id, http)?)
+            }
+            ManagedIdentitySource::ServiceFabric => {
+                if let Some(id) = &id {
+                    return Err(unsupported(id));
+                }
+                Endpoint::ServiceFabric(service_fabric::ServiceFabric::new(
+                    endpoint,
+                    required(secret)?,
+                    thumbprint.as_deref().unwrap_or_default(),
+                )?)
+            }
+            ManagedIdentitySource::CloudShell => {
+                if let Some(id) = &id {
+                    return Err(unsupported(id));
+                }
+                Endpoint::CloudShell(cloud_shell::CloudShell::new(endpoint, http)?)
+            }
+        })
+    }
+}
+
+/// The secret of a source that needs one; `select` only picks such a source with one.
+fn required(secret: Option<(&'static str, Secret)>) -> Result<(&'static str, Secret), String> {
+    secret.ok_or_else(|| "the source's secret variable is not set".to_owned())
+}
+
+/// What the environment selects.
+struct Selection {
+    source: ManagedIdentitySource,
+    /// The endpoint URL, or why there is none.
+    endpoint: Result<Url, String>,
+    /// The secret variable's name and value, for the sources that have one.
+    secret: Option<(&'static str, Secret)>,
+    thumbprint: Option<String>,
+}
+
+/// Picks the source from the variables, in azure-identity's order.
+fn select(get: &dyn Fn(&str) -> Option<String>) -> Selection {
+    let secret = |name: &'static str| get(name).map(|v| (name, Secret::new(v)));
+    let selection = |source, endpoint, secret| Selection {
+        source,
+        endpoint,
+        secret,
+        thumbprint: None,
+    };
+    if let Some(endpoint) = get(IDENTITY_ENDPOINT) {
+        let header = secret(IDENTITY_HEADER);
+        let thumbprint = get(IDENTITY_SERVER_THUMBPRINT);
+        if header.is_some() {
+            return match thumbprint {
+                Some(thumbprint) => Selection {
+                    source: ManagedIdentitySource::ServiceFabric,
+                    endpoint: endpoint_url(IDENTITY_ENDPOINT, &endpoint, true),
+                    secret: header,
+                    thumbprint: Some(thumbprint),
+                },
+                None => selection(
+                    ManagedIdentitySource::AppService,
+                    endpoint_url(IDENTITY_ENDPOINT, &endpoint, false),
+                    header,
+                ),
+            };
+        }
+        if get(IMDS_ENDPOINT).is_some() {
+            return selection(
+                ManagedIdentitySource::AzureArc,
+                endpoint_url(IDENTITY_ENDPOINT, &endpoint, false),
+                None,
+            );
+        }
+        return selection(
+            ManagedIdentitySource::AppService,
+            Err(format!(
+                "{IDENTITY_ENDPOINT} is set but not what goes with it: set {IDENTITY_HEADER} \
+                 too (App Service, Functions; with {IDENTITY_SERVER_THUMBPRINT} for Service \
+                 Fabric) or {IMDS_ENDPOINT} (Azure Arc), or unset {IDENTITY_ENDPOINT} to use \
+                 another source"
+            )),
+            None,
+        );
+    }
+    if let Some(endpoint) = get(MSI_ENDPOINT) {
+        let url = endpoint_url(MSI_ENDPOINT, &endpoint, false);
+        return match secret(MSI_SECRET) {
+            Some(secret) => selection(ManagedIdentitySource::AzureMl, url, Some(secret)),
+            None => selection(ManagedIdentitySource::CloudShell, url, None),
+        };
+    }
+    let url = match get(AZURE_POD_IDENTITY_AUTHORITY_HOST) {
+        Some(base) => endpoint_url(AZURE_POD_IDENTITY_AUTHORITY_HOST, &base, false)
+            .and_then(|base| imds::token_url(&base)),
+        None => imds::default_url(),
+    };
+    selection(ManagedIdentitySource::Imds, url, None)
+}
+
+/// `value` of variable `name` as an endpoint: an `http` (unless `https_only`) or `https` URL
+/// with a host and no user information. Errors name the variable; they quote the value only
+/// when it cannot hold a password.
+fn endpoint_url(name: &str, value: &str, https_only: bool) -> Result<Url, String> {
+    let url = Url::parse(value.trim())
+        .map_err(|e| format!("{name} is not a URL ({e}); set it to the endpoint's URL"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{name} holds user information (a name or password before '@'), which a managed \
+             identity endpoint never has; remove it"
+        ));
+    }
+    let allowed = if https_only {
+        url.scheme() == "https"
+    } else {
+        matches!(url.scheme(), "http" | "https")
+    };
+    if !allowed {
+        let wanted = if https_only { "https" } else { "http or https" };
+        return Err(format!(
+            "{name} must be an {wanted} URL, not {}: \"{}\"",
+            url.scheme(),
+            url.as_str()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{name} has no host: \"{}\"", url.as_str()));
+    }
+    Ok(url)
+}
+
+impl fmt::Debug for ManagedIdentityCredentialBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Variable values include IDENTITY_HEADER or MSI_SECRET: list names only.
+        let mut names: Option<Vec<&String>> = self.vars.as_ref().map(|v| v.keys().collect());
+        if let Some(names) = &mut names {
+            names.sort();
+        }
+        f.debug_struct("ManagedIdentityCredentialBuilder")
+            .field("ids", &self.ids)
+            .field("vars", &names)
+            .field("http_client", &self.http_client)
+            .field("azure_arc_key_directory", &self.arc_key_directory)
+            .field("probe_imds", &self.probe_imds)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;
