@@ -121,7 +121,10 @@ async fn malformed_json_is_a_clear_error() {
             em.push_fault(Fault::Delay(Duration::ZERO)); // the challenge, as usual
         }
         em.push_fault(Fault::Body(r#"{"access_token": "mi-half"#.to_owned()));
-        let err = credential(&em, Id::System).get_token([SCOPE]).await.unwrap_err();
+        let result = credential(&em, Id::System).get_token([SCOPE]).await;
+        let Err(err) = result else {
+            panic!("{flavour:?}: a token from {:#?}", em.requests());
+        };
         assert!(err.is_authentication_failed(), "{flavour:?}: {err}");
         let text = err.to_string();
         assert!(text.contains("JSON") || text.contains("json"), "{flavour:?}: {text}");
