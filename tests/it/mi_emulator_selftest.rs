@@ -95,7 +95,11 @@ async fn every_http_flavour_refuses_a_request_without_its_secret_and_answers_one
                 format!("Basic realm={}", em.arc_key_file().display())
             );
             assert_eq!(std::fs::read_to_string(em.arc_key_file()).unwrap(), ARC_KEY);
-            let (status, _, _) = send(request(&em, &[("metadata", "true"), ("authorization", "Basic wrong")])).await;
+            let (status, _, _) = send(request(
+                &em,
+                &[("metadata", "true"), ("authorization", "Basic wrong")],
+            ))
+            .await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "a wrong key is refused");
             headers.push(("authorization", key_header.as_str()));
         }
@@ -117,10 +121,20 @@ async fn every_http_flavour_refuses_a_request_without_its_secret_and_answers_one
 
         let log = em.requests();
         let last = log.last().unwrap();
-        assert_eq!(last.method, if flavour == Flavour::CloudShell { Method::POST } else { Method::GET });
+        assert_eq!(
+            last.method,
+            if flavour == Flavour::CloudShell {
+                Method::POST
+            } else {
+                Method::GET
+            }
+        );
         assert_eq!(last.status, Some(200));
         if flavour == Flavour::CloudShell {
-            assert_eq!(last.form(), vec![("resource".to_owned(), RESOURCE.to_owned())]);
+            assert_eq!(
+                last.form(),
+                vec![("resource".to_owned(), RESOURCE.to_owned())]
+            );
             assert!(last.query.is_empty());
         } else {
             assert_eq!(last.param("resource"), Some(RESOURCE));
@@ -140,7 +154,10 @@ async fn env_points_at_the_emulator_and_selects_the_source() {
     let imds = Emulator::start(Flavour::Imds).await;
     assert_eq!(
         imds.env(),
-        [("AZURE_POD_IDENTITY_AUTHORITY_HOST".to_owned(), imds.base_url())]
+        [(
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST".to_owned(),
+            imds.base_url()
+        )]
     );
     assert!(imds.base_url().starts_with("http://127.0.0.1:"));
     let arc = Emulator::start(Flavour::AzureArc).await;
@@ -148,7 +165,11 @@ async fn env_points_at_the_emulator_and_selects_the_source() {
     let sf = Emulator::start(Flavour::ServiceFabric).await;
     assert_eq!(
         names(&sf),
-        ["IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IDENTITY_SERVER_THUMBPRINT"]
+        [
+            "IDENTITY_ENDPOINT",
+            "IDENTITY_HEADER",
+            "IDENTITY_SERVER_THUMBPRINT"
+        ]
     );
     assert!(sf.endpoint().starts_with("https://127.0.0.1:"));
     let ml = Emulator::start(Flavour::AzureMl).await;
@@ -176,7 +197,10 @@ async fn fault_switches_apply_in_order_and_gone_follows_the_tokio_clock() {
     em.push_fault(Fault::Body("{not json".to_owned()));
     em.push_fault(Fault::IdentityNotFound);
     let (status, headers, _) = send(ok()).await;
-    assert_eq!((status, headers["retry-after"].to_str().unwrap()), (StatusCode::TOO_MANY_REQUESTS, "7"));
+    assert_eq!(
+        (status, headers["retry-after"].to_str().unwrap()),
+        (StatusCode::TOO_MANY_REQUESTS, "7")
+    );
     assert_eq!(send(ok()).await.0, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(send(ok()).await.0, StatusCode::INTERNAL_SERVER_ERROR);
     let (status, _, body) = send(ok()).await;
@@ -206,7 +230,10 @@ async fn fault_switches_apply_in_order_and_gone_follows_the_tokio_clock() {
 #[tokio::test]
 async fn identity_not_found_for_the_unknown_resource_and_closed_port_refuses() {
     let em = Emulator::start(Flavour::AppService).await;
-    let query = format!("api-version=2019-08-01&resource={}", urlencode(UNKNOWN_RESOURCE));
+    let query = format!(
+        "api-version=2019-08-01&resource={}",
+        urlencode(UNKNOWN_RESOURCE)
+    );
     let req = Request::get(format!("{}?{query}", em.endpoint()))
         .header("x-identity-header", IDENTITY_HEADER)
         .body(Full::default())
@@ -231,7 +258,10 @@ async fn azure_ml_dates_are_in_both_of_its_formats() {
     em.set_expires_on(ExpiresOn::DateAmPm);
     let (_, _, body) = send(request(&em, &[("secret", MSI_SECRET)])).await;
     let body: Value = serde_json::from_str(&body).unwrap();
-    assert!(body["expires_on"].as_str().unwrap().ends_with(" +00:00"), "{body}");
+    assert!(
+        body["expires_on"].as_str().unwrap().ends_with(" +00:00"),
+        "{body}"
+    );
 }
 
 /// Accepts any server certificate and keeps the leaf it saw (handshake signatures are still
@@ -257,7 +287,12 @@ impl ServerCertVerifier for Capture {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.1.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.1.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -265,7 +300,12 @@ impl ServerCertVerifier for Capture {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.1.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.1.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.1.signature_verification_algorithms.supported_schemes()
@@ -307,8 +347,16 @@ async fn service_fabric_presents_the_certificate_it_advertises_and_checks_its_se
     assert_eq!(with.status(), StatusCode::OK);
     let body = with.into_body().collect().await.unwrap().to_bytes();
     let body: Value = serde_json::from_slice(&body).unwrap();
-    assert!(body["expires_on"].is_u64(), "Service Fabric sends a number: {body}");
+    assert!(
+        body["expires_on"].is_u64(),
+        "Service Fabric sends a number: {body}"
+    );
 
-    let leaf = capture.0.lock().unwrap().clone().expect("a certificate was presented");
+    let leaf = capture
+        .0
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("a certificate was presented");
     assert_eq!(sha1_hex(&leaf), em.thumbprint());
 }

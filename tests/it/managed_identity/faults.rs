@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower_identity::{CredentialExt, ManagedIdentityCredential};
 
-use super::{Id, SCOPE, credential};
+use super::{Identity, SCOPE, credential};
 use crate::support::mi_emulator::{ARC_KEY, Emulator, Fault, Flavour, closed_base_url};
 
 /// The arrival times of the emulator's requests, in milliseconds (tokio clock).
@@ -29,7 +29,10 @@ async fn imds_answering_410_for_70_seconds_is_waited_out() {
     let em = Emulator::start(Flavour::Imds).await;
     em.gone_for(Duration::from_secs(70));
     let started = Instant::now();
-    let token = credential(&em, Id::System).get_token([SCOPE]).await.unwrap();
+    let token = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
     assert!(token.secret().expose_secret().starts_with("mi-imds-"));
     assert_eq!(
         statuses(&em),
@@ -45,10 +48,16 @@ async fn imds_answering_410_for_70_seconds_is_waited_out() {
 async fn imds_still_gone_after_the_retries_fails_with_the_status() {
     let em = Emulator::start(Flavour::Imds).await;
     em.gone_for(Duration::from_secs(600));
-    let err = credential(&em, Id::System).get_token([SCOPE]).await.unwrap_err();
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
     assert_eq!(em.request_count(), 6, "one attempt and five retries");
     assert_eq!(err.status().map(|s| s.as_u16()), Some(410), "{err}");
-    assert!(!err.is_unavailable(), "IMDS answered: a failure, not an absence: {err}");
+    assert!(
+        !err.is_unavailable(),
+        "IMDS answered: a failure, not an absence: {err}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -58,7 +67,10 @@ async fn retry_after_is_honoured() {
         em.push_fault(Fault::TooManyRequests {
             retry_after: "7".to_owned(),
         });
-        credential(&em, Id::System).get_token([SCOPE]).await.unwrap();
+        credential(&em, Identity::System)
+            .get_token([SCOPE])
+            .await
+            .unwrap();
         assert_eq!(statuses(&em), [Some(429), Some(200)], "{flavour:?}");
         assert_eq!(arrivals_ms(&em), [0, 7_000], "{flavour:?}");
     }
@@ -69,19 +81,28 @@ async fn server_errors_are_retried() {
     // IMDS: no wait, then 1.6 and 3.2 s (factor 0.8, no jitter).
     let em = Emulator::start(Flavour::Imds).await;
     em.push_faults(Fault::ServerError(500), 3);
-    credential(&em, Id::System).get_token([SCOPE]).await.unwrap();
+    credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
     assert_eq!(statuses(&em), [500, 500, 500, 200].map(Some));
     assert_eq!(arrivals_ms(&em), [0, 0, 1_600, 4_800]);
 
     // The other sources: the crate's default retries (three, jittered backoff).
     let em = Emulator::start(Flavour::AppService).await;
     em.push_faults(Fault::ServerError(500), 3);
-    credential(&em, Id::System).get_token([SCOPE]).await.unwrap();
+    credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
     assert_eq!(statuses(&em), [500, 500, 500, 200].map(Some));
 
     let em = Emulator::start(Flavour::AzureMl).await;
     em.push_faults(Fault::ServerError(500), 10);
-    let err = credential(&em, Id::System).get_token([SCOPE]).await.unwrap_err();
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
     assert_eq!(em.request_count(), 4, "one attempt and three retries");
     assert_eq!(err.status().map(|s| s.as_u16()), Some(500), "{err}");
     assert!(err.is_authentication_failed(), "{err}");
@@ -93,23 +114,40 @@ async fn an_endpoint_slower_than_the_deadline_times_out() {
     let em = Emulator::start(Flavour::AppService).await;
     em.push_faults(Fault::Delay(Duration::from_secs(3600)), 20);
     let started = Instant::now();
-    let err = credential(&em, Id::System).get_token([SCOPE]).await.unwrap_err();
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
     assert!(err.is_timeout(), "{err}");
-    assert!(started.elapsed() <= Duration::from_secs(31), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() <= Duration::from_secs(31),
+        "{:?}",
+        started.elapsed()
+    );
 
     // IMDS: 90 s in all (room for the 410 schedule); no answer means no IMDS: unavailable.
     let em = Emulator::start(Flavour::Imds).await;
     em.push_faults(Fault::Delay(Duration::from_secs(3600)), 20);
     let started = Instant::now();
-    let err = credential(&em, Id::System).get_token([SCOPE]).await.unwrap_err();
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
     assert!(err.is_timeout(), "{err}");
     assert!(err.is_unavailable(), "{err}");
-    assert!(started.elapsed() <= Duration::from_secs(91), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() <= Duration::from_secs(91),
+        "{:?}",
+        started.elapsed()
+    );
 
     // Slow but within the deadline is fine.
     let em = Emulator::start(Flavour::AppService).await;
     em.push_fault(Fault::Delay(Duration::from_secs(5)));
-    credential(&em, Id::System).get_token([SCOPE]).await.unwrap();
+    credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
     assert_eq!(em.request_count(), 1);
 }
 
@@ -121,20 +159,26 @@ async fn malformed_json_is_a_clear_error() {
             em.push_fault(Fault::Delay(Duration::ZERO)); // the challenge, as usual
         }
         em.push_fault(Fault::Body(r#"{"access_token": "mi-half"#.to_owned()));
-        let result = credential(&em, Id::System).get_token([SCOPE]).await;
+        let result = credential(&em, Identity::System).get_token([SCOPE]).await;
         let Err(err) = result else {
             panic!("{flavour:?}: a token from {:#?}", em.requests());
         };
         assert!(err.is_authentication_failed(), "{flavour:?}: {err}");
         let text = err.to_string();
-        assert!(text.contains("JSON") || text.contains("json"), "{flavour:?}: {text}");
-        assert!(!text.contains("mi-half"), "{flavour:?}: token text quoted: {text}");
+        assert!(
+            text.contains("JSON") || text.contains("json"),
+            "{flavour:?}: {text}"
+        );
+        assert!(
+            !text.contains("mi-half"),
+            "{flavour:?}: token text quoted: {text}"
+        );
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn identity_not_found_makes_imds_unavailable() {
-    for id in Id::ALL {
+    for id in Identity::ALL {
         let em = Emulator::start(Flavour::Imds).await;
         em.push_fault(Fault::IdentityNotFound);
         let err = credential(&em, id).get_token([SCOPE]).await.unwrap_err();
@@ -144,7 +188,10 @@ async fn identity_not_found_makes_imds_unavailable() {
     // Elsewhere a 400 is a failure to report, not an absence.
     let em = Emulator::start(Flavour::AppService).await;
     em.push_fault(Fault::IdentityNotFound);
-    let err = credential(&em, Id::System).get_token([SCOPE]).await.unwrap_err();
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
     assert!(err.is_authentication_failed(), "{err}");
 }
 
@@ -158,7 +205,10 @@ async fn a_closed_imds_port_is_unavailable() {
     let err = credential.get_token([SCOPE]).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
     assert!(err.is_connect(), "{err}");
-    assert!(err.to_string().contains(&base), "names where it looked: {err}");
+    assert!(
+        err.to_string().contains(&base),
+        "names where it looked: {err}"
+    );
 }
 
 /// Arc: the agent names a key file the credential must refuse, before sending anything.
@@ -166,9 +216,16 @@ async fn arc_refuses(em: &Emulator, realm: &std::path::Path, what: &str) -> Stri
     em.clear();
     em.set_arc_realm(realm);
     // A fresh credential each time: nothing cached.
-    let err = credential(em, Id::System).get_token([SCOPE]).await.unwrap_err();
+    let err = credential(em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
     assert!(!err.is_unavailable(), "{what}: {err}");
-    assert_eq!(em.request_count(), 1, "{what}: only the challenge, the key never sent");
+    assert_eq!(
+        em.request_count(),
+        1,
+        "{what}: only the challenge, the key never sent"
+    );
     let text = format!("{err} {err:?}");
     assert!(!text.contains(ARC_KEY), "{what}: {text}");
     text
@@ -185,7 +242,10 @@ async fn arc_key_files_are_checked_before_they_are_read() {
     std::fs::write(&outside, ARC_KEY).unwrap();
     arc_refuses(&em, &outside, "outside the directory").await;
     // `..` out of the directory.
-    let dotdot = dir.join("..").join(elsewhere.path().file_name().unwrap()).join("agent.key");
+    let dotdot = dir
+        .join("..")
+        .join(elsewhere.path().file_name().unwrap())
+        .join("agent.key");
     arc_refuses(&em, &dotdot, "dot-dot").await;
     // A symlink in the directory pointing outside it.
     let link = dir.join("link.key");
@@ -209,7 +269,10 @@ async fn arc_key_files_are_checked_before_they_are_read() {
     std::fs::write(&max, "m".repeat(4096)).unwrap();
     em.clear();
     em.set_arc_realm(&max);
-    credential(&em, Id::System).get_token([SCOPE]).await.unwrap();
+    credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
     let sent = em.requests().pop().unwrap();
     assert_eq!(
         sent.identity_header("authorization"),

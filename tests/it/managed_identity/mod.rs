@@ -25,23 +25,28 @@ pub const RESOURCE_ID: &str = "/subscriptions/00000000-0000-0000-0000-0000000000
 
 /// Which identity a credential asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Id {
+pub enum Identity {
     System,
     ClientId,
     ObjectId,
     ResourceId,
 }
 
-impl Id {
-    pub const ALL: [Id; 4] = [Id::System, Id::ClientId, Id::ObjectId, Id::ResourceId];
+impl Identity {
+    pub const ALL: [Identity; 4] = [
+        Identity::System,
+        Identity::ClientId,
+        Identity::ObjectId,
+        Identity::ResourceId,
+    ];
 
     /// The id's value (`None`: system-assigned).
     pub fn value(self) -> Option<&'static str> {
         match self {
-            Id::System => None,
-            Id::ClientId => Some(CLIENT_ID),
-            Id::ObjectId => Some(OBJECT_ID),
-            Id::ResourceId => Some(RESOURCE_ID),
+            Identity::System => None,
+            Identity::ClientId => Some(CLIENT_ID),
+            Identity::ObjectId => Some(OBJECT_ID),
+            Identity::ResourceId => Some(RESOURCE_ID),
         }
     }
 
@@ -56,35 +61,38 @@ impl Id {
             Flavour::CloudShell | Flavour::ServiceFabric => return None,
         };
         match self {
-            Id::System => None,
-            Id::ClientId => Some(names[0]),
-            Id::ObjectId => Some(names[1]),
-            Id::ResourceId => Some(names[2]),
+            Identity::System => None,
+            Identity::ClientId => Some(names[0]),
+            Identity::ObjectId => Some(names[1]),
+            Identity::ResourceId => Some(names[2]),
         }
     }
 
     /// Whether `flavour` can be asked for this identity at all.
     pub fn supported_by(self, flavour: Flavour) -> bool {
-        self == Id::System || self.param(flavour).is_some()
+        self == Identity::System || self.param(flavour).is_some()
     }
 
     /// Selects this identity on a builder.
-    pub fn select(self, builder: ManagedIdentityCredentialBuilder) -> ManagedIdentityCredentialBuilder {
+    pub fn select(
+        self,
+        builder: ManagedIdentityCredentialBuilder,
+    ) -> ManagedIdentityCredentialBuilder {
         match self {
-            Id::System => builder,
-            Id::ClientId => builder.client_id(CLIENT_ID),
-            Id::ObjectId => builder.object_id(OBJECT_ID),
-            Id::ResourceId => builder.resource_id(RESOURCE_ID),
+            Identity::System => builder,
+            Identity::ClientId => builder.client_id(CLIENT_ID),
+            Identity::ObjectId => builder.object_id(OBJECT_ID),
+            Identity::ResourceId => builder.resource_id(RESOURCE_ID),
         }
     }
 
     /// `peer.py mi-token` arguments selecting this identity.
     fn peer_args(self) -> Vec<String> {
         let (flag, value) = match self {
-            Id::System => return Vec::new(),
-            Id::ClientId => ("--client-id", CLIENT_ID),
-            Id::ObjectId => ("--object-id", OBJECT_ID),
-            Id::ResourceId => ("--resource-id", RESOURCE_ID),
+            Identity::System => return Vec::new(),
+            Identity::ClientId => ("--client-id", CLIENT_ID),
+            Identity::ObjectId => ("--object-id", OBJECT_ID),
+            Identity::ResourceId => ("--resource-id", RESOURCE_ID),
         };
         vec![flag.to_owned(), value.to_owned()]
     }
@@ -92,8 +100,12 @@ impl Id {
 
 /// azure-identity's `ManagedIdentityCredential(...).get_token(SCOPE)` with the emulator's
 /// environment; its JSON answer, success or not.
-pub async fn python_token(em: &Emulator, id: Id) -> Value {
-    let mut args = vec!["mi-token".to_owned(), "--scope".to_owned(), SCOPE.to_owned()];
+pub async fn python_token(em: &Emulator, id: Identity) -> Value {
+    let mut args = vec![
+        "mi-token".to_owned(),
+        "--scope".to_owned(),
+        SCOPE.to_owned(),
+    ];
     args.extend(id.peer_args());
     python::run_with_env(&args, &em.env()).await
 }
@@ -110,7 +122,7 @@ pub fn builder(em: &Emulator) -> ManagedIdentityCredentialBuilder {
 }
 
 /// A credential for `id` pointed at `em`.
-pub fn credential(em: &Emulator, id: Id) -> ManagedIdentityCredential {
+pub fn credential(em: &Emulator, id: Identity) -> ManagedIdentityCredential {
     id.select(builder(em))
         .build()
         .unwrap_or_else(|e| panic!("{:?} {id:?}: {e}", em.flavour()))
@@ -140,10 +152,7 @@ pub fn expected_identity_headers(flavour: Flavour) -> Vec<(String, String)> {
         Flavour::AzureMl => vec![("secret", MSI_SECRET.into())],
         Flavour::ServiceFabric => vec![("secret", IDENTITY_HEADER.into())],
     };
-    pairs
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 /// The secret values a flavour's configuration holds (none must ever be printed).
@@ -163,7 +172,7 @@ pub fn sorted(mut pairs: Vec<(String, String)>) -> Vec<(String, String)> {
 }
 
 /// The parameters our credential and azure-identity send for `id` to `flavour`, sorted.
-pub fn expected_params(flavour: Flavour, id: Id) -> Vec<(String, String)> {
+pub fn expected_params(flavour: Flavour, id: Identity) -> Vec<(String, String)> {
     let mut pairs = vec![("resource".to_owned(), RESOURCE.to_owned())];
     if let Some(version) = flavour.api_version() {
         pairs.push(("api-version".to_owned(), version.to_owned()));

@@ -8,12 +8,10 @@ use http::Method;
 use tower_identity::{CredentialExt, ManagedIdentityCredential, ManagedIdentitySource};
 
 use super::{
-    Id, RESOURCE, SCOPE, builder, credential, expected_identity_headers, expected_params,
-    secrets_of, source_of, sorted,
+    Identity, RESOURCE, SCOPE, builder, credential, expected_identity_headers, expected_params,
+    secrets_of, sorted, source_of,
 };
-use crate::support::mi_emulator::{
-    ARC_KEY, Emulator, ExpiresOn, Fault, Flavour, IDENTITY_HEADER, MSI_SECRET,
-};
+use crate::support::mi_emulator::{Emulator, ExpiresOn, Fault, Flavour};
 
 /// Seconds from now until a token's expiry, as its holder sees it.
 fn remaining(token: &tower_identity::AccessToken) -> u64 {
@@ -23,7 +21,7 @@ fn remaining(token: &tower_identity::AccessToken) -> u64 {
 #[tokio::test]
 async fn every_source_gets_a_token_for_each_identity_form_it_takes() {
     for flavour in Flavour::ALL {
-        for id in Id::ALL {
+        for id in Identity::ALL {
             let em = Emulator::start(flavour).await;
             let what = format!("{flavour:?} {id:?}");
             if !id.supported_by(flavour) {
@@ -31,7 +29,8 @@ async fn every_source_gets_a_token_for_each_identity_form_it_takes() {
                 // with what to do, and nothing is sent.
                 let err = id.select(builder(&em)).build().unwrap_err();
                 assert!(
-                    err.to_string().contains("supports only the system-assigned identity"),
+                    err.to_string()
+                        .contains("supports only the system-assigned identity"),
                     "{what}: {err}"
                 );
                 assert_eq!(em.request_count(), 0, "{what}");
@@ -55,7 +54,11 @@ async fn every_source_gets_a_token_for_each_identity_form_it_takes() {
             assert_eq!(log.len(), expected_count, "{what}: {log:#?}");
             let last = log.last().unwrap();
             assert_eq!(last.status, Some(200), "{what}");
-            assert_eq!(last.identity_headers, expected_identity_headers(flavour), "{what}");
+            assert_eq!(
+                last.identity_headers,
+                expected_identity_headers(flavour),
+                "{what}"
+            );
             if flavour == Flavour::CloudShell {
                 assert_eq!(last.method, Method::POST);
                 assert!(last.query.is_empty(), "{what}: {:?}", last.query);
@@ -63,7 +66,11 @@ async fn every_source_gets_a_token_for_each_identity_form_it_takes() {
             } else {
                 assert_eq!(last.method, Method::GET);
                 assert!(last.body.is_empty(), "{what}");
-                assert_eq!(sorted(last.query.clone()), expected_params(flavour, id), "{what}");
+                assert_eq!(
+                    sorted(last.query.clone()),
+                    expected_params(flavour, id),
+                    "{what}"
+                );
             }
             if flavour == Flavour::AzureArc {
                 // The challenge first: the same request without the key, answered 401.
@@ -84,7 +91,7 @@ async fn an_arc_agent_that_ignores_the_user_assigned_id_is_not_believed() {
     // Older agents answer for the system-assigned identity whatever was asked; a token that
     // does not name the identity asked for must not pass for it (MSAL 1.39 and azure-identity
     // check the same).
-    for id in [Id::ClientId, Id::ObjectId, Id::ResourceId] {
+    for id in [Identity::ClientId, Identity::ObjectId, Identity::ResourceId] {
         let em = Emulator::start(Flavour::AzureArc).await;
         em.set_echo_identity(false);
         let err = credential(&em, id).get_token([SCOPE]).await.unwrap_err();
@@ -93,43 +100,62 @@ async fn an_arc_agent_that_ignores_the_user_assigned_id_is_not_believed() {
     }
     let em = Emulator::start(Flavour::AzureArc).await;
     em.set_echo_identity(false);
-    credential(&em, Id::System).get_token([SCOPE]).await.unwrap();
+    credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn the_token_is_cached_per_resource_and_default_is_stripped() {
     for flavour in Flavour::ALL {
         let em = Emulator::start(flavour).await;
-        let credential = credential(&em, Id::System);
+        let credential = credential(&em, Identity::System);
         let first = credential.get_token([SCOPE]).await.unwrap();
         let sent = em.request_count();
         // The same resource, with and without `/.default`, comes from memory.
         let again = credential.get_token([SCOPE]).await.unwrap();
         let bare = credential.get_token([RESOURCE]).await.unwrap();
         assert_eq!(em.request_count(), sent, "{flavour:?}: served from memory");
-        assert_eq!(first.secret().expose_secret(), again.secret().expose_secret());
-        assert_eq!(first.secret().expose_secret(), bare.secret().expose_secret());
+        assert_eq!(
+            first.secret().expose_secret(),
+            again.secret().expose_secret()
+        );
+        assert_eq!(
+            first.secret().expose_secret(),
+            bare.secret().expose_secret()
+        );
         // Another resource is another request (and another token).
         let other = credential
             .get_token(["https://other.test/.default"])
             .await
             .unwrap();
         assert!(em.request_count() > sent, "{flavour:?}");
-        assert_ne!(first.secret().expose_secret(), other.secret().expose_secret());
+        assert_ne!(
+            first.secret().expose_secret(),
+            other.secret().expose_secret()
+        );
         let last = em.requests().pop().unwrap();
         let resource = if flavour == Flavour::CloudShell {
-            last.form().into_iter().find(|(k, _)| k == "resource").map(|(_, v)| v)
+            last.form()
+                .into_iter()
+                .find(|(k, _)| k == "resource")
+                .map(|(_, v)| v)
         } else {
             last.param("resource").map(str::to_owned)
         };
-        assert_eq!(resource.as_deref(), Some("https://other.test"), "{flavour:?}");
+        assert_eq!(
+            resource.as_deref(),
+            Some("https://other.test"),
+            "{flavour:?}"
+        );
     }
 }
 
 #[tokio::test]
 async fn two_scopes_are_an_invalid_request_and_nothing_is_sent() {
     let em = Emulator::start(Flavour::Imds).await;
-    let credential = credential(&em, Id::System);
+    let credential = credential(&em, Identity::System);
     let err = credential
         .get_token([SCOPE, "https://other.test/.default"])
         .await
@@ -154,9 +180,15 @@ async fn expiry_is_read_in_every_format_the_sources_send() {
     for (flavour, format) in cases {
         let em = Emulator::start(flavour).await;
         em.set_expires_on(format);
-        let token = credential(&em, Id::System).get_token([SCOPE]).await.unwrap();
+        let token = credential(&em, Identity::System)
+            .get_token([SCOPE])
+            .await
+            .unwrap();
         let left = remaining(&token);
-        assert!((3500..=3600).contains(&left), "{flavour:?} {format:?}: {left} s left");
+        assert!(
+            (3500..=3600).contains(&left),
+            "{flavour:?} {format:?}: {left} s left"
+        );
     }
 }
 
@@ -165,7 +197,10 @@ async fn long_lived_tokens_are_renewed_at_half_life() {
     // Managed identity tokens usually live 24 h; MSAL renews them after 12.
     let em = Emulator::start(Flavour::AppService).await;
     em.set_lifetime(24 * 3600);
-    let token = credential(&em, Id::System).get_token([SCOPE]).await.unwrap();
+    let token = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
     let refresh_on = token.refresh_on().expect("a refresh time");
     let until_refresh = refresh_on.saturating_duration_since(tokio::time::Instant::now());
     let half = Duration::from_secs(12 * 3600);
@@ -191,8 +226,14 @@ async fn service_fabric_accepts_only_the_pinned_certificate() {
         let mut env = em.env();
         env.retain(|(k, _)| k != "IDENTITY_SERVER_THUMBPRINT");
         env.push(("IDENTITY_SERVER_THUMBPRINT".to_owned(), thumbprint.clone()));
-        let credential = ManagedIdentityCredential::builder().vars(env).build().unwrap();
-        credential.get_token([SCOPE]).await.unwrap_or_else(|e| panic!("{thumbprint}: {e}"));
+        let credential = ManagedIdentityCredential::builder()
+            .vars(env)
+            .build()
+            .unwrap();
+        credential
+            .get_token([SCOPE])
+            .await
+            .unwrap_or_else(|e| panic!("{thumbprint}: {e}"));
     }
     assert_eq!(em.request_count(), 2);
 
@@ -204,7 +245,10 @@ async fn service_fabric_accepts_only_the_pinned_certificate() {
     let mut env = em.env();
     env.retain(|(k, _)| k != "IDENTITY_SERVER_THUMBPRINT");
     env.push(("IDENTITY_SERVER_THUMBPRINT".to_owned(), wrong));
-    let credential = ManagedIdentityCredential::builder().vars(env).build().unwrap();
+    let credential = ManagedIdentityCredential::builder()
+        .vars(env)
+        .build()
+        .unwrap();
     let err = credential.get_token([SCOPE]).await.unwrap_err();
     assert!(!err.is_unavailable(), "{err}");
     let text = format!("{err} {err:?}").to_lowercase();
@@ -287,5 +331,4 @@ async fn secrets_never_show_in_errors_or_debug_output() {
         });
         assert!(carried, "{flavour:?}");
     }
-    let _ = (ARC_KEY, IDENTITY_HEADER, MSI_SECRET);
 }

@@ -23,7 +23,7 @@ use http::Method;
 use serde_json::Value;
 use tower_identity::{AccessToken, CredentialError, CredentialExt};
 
-use super::{Id, SCOPE, builder, credential, python_token, sorted};
+use super::{Identity, SCOPE, builder, credential, python_token, sorted};
 use crate::support::mi_emulator::{Emulator, Flavour, Logged};
 
 /// What the comparison looks at in one request.
@@ -47,7 +47,10 @@ impl Wire {
         } else {
             (request.query.clone(), request.form())
         };
-        assert!(other.is_empty(), "parameters in both query and body: {request:#?}");
+        assert!(
+            other.is_empty(),
+            "parameters in both query and body: {request:#?}"
+        );
         Wire {
             method: request.method.clone(),
             path: request.path.clone(),
@@ -63,14 +66,14 @@ impl Wire {
 }
 
 /// Our credential's token (or error) and the requests it made, on a fresh emulator.
-async fn ours(flavour: Flavour, id: Id) -> (Result<AccessToken, CredentialError>, Vec<Wire>) {
+async fn ours(flavour: Flavour, id: Identity) -> (Result<AccessToken, CredentialError>, Vec<Wire>) {
     let em = Emulator::start(flavour).await;
     let result = credential(&em, id).get_token([SCOPE]).await;
     (result, em.requests().iter().map(Wire::of).collect())
 }
 
 /// azure-identity's answer and the requests it made, on a fresh emulator.
-async fn theirs(flavour: Flavour, id: Id) -> (Value, Vec<Wire>) {
+async fn theirs(flavour: Flavour, id: Identity) -> (Value, Vec<Wire>) {
     let em = Emulator::start(flavour).await;
     let answer = python_token(&em, id).await;
     (answer, em.requests().iter().map(Wire::of).collect())
@@ -78,7 +81,7 @@ async fn theirs(flavour: Flavour, id: Id) -> (Value, Vec<Wire>) {
 
 /// Both get a token with one request each, and the requests agree. Returns them (ours,
 /// theirs) for a source-specific look.
-async fn agree(flavour: Flavour, id: Id) -> (Wire, Wire) {
+async fn agree(flavour: Flavour, id: Identity) -> (Wire, Wire) {
     let what = format!("{flavour:?} {id:?}");
     let (token, mut ours) = ours(flavour, id).await;
     let token = token.unwrap_or_else(|e| panic!("{what}: ours: {e}"));
@@ -103,7 +106,7 @@ async fn agree(flavour: Flavour, id: Id) -> (Wire, Wire) {
 
 #[tokio::test]
 async fn imds_requests_match_azure_identity() {
-    for id in Id::ALL {
+    for id in Identity::ALL {
         let (ours, theirs) = agree(Flavour::Imds, id).await;
         assert_eq!(ours, theirs, "{id:?}");
     }
@@ -111,7 +114,7 @@ async fn imds_requests_match_azure_identity() {
 
 #[tokio::test]
 async fn azure_ml_requests_match_azure_identity() {
-    for id in Id::ALL {
+    for id in Identity::ALL {
         let (ours, theirs) = agree(Flavour::AzureMl, id).await;
         assert_eq!(ours, theirs, "{id:?}");
     }
@@ -119,7 +122,7 @@ async fn azure_ml_requests_match_azure_identity() {
 
 #[tokio::test]
 async fn app_service_requests_match_azure_identity_but_for_the_metadata_header() {
-    for id in Id::ALL {
+    for id in Identity::ALL {
         let (ours, theirs) = agree(Flavour::AppService, id).await;
         let mut expected = ours.identity_headers.clone();
         expected.push(("metadata".to_owned(), "true".to_owned()));
@@ -129,10 +132,10 @@ async fn app_service_requests_match_azure_identity_but_for_the_metadata_header()
 
 #[tokio::test]
 async fn cloud_shell_requests_match_azure_identity() {
-    let (ours, theirs) = agree(Flavour::CloudShell, Id::System).await;
+    let (ours, theirs) = agree(Flavour::CloudShell, Identity::System).await;
     assert_eq!(ours, theirs);
     assert_eq!(ours.method, Method::POST);
-    for id in [Id::ClientId, Id::ObjectId, Id::ResourceId] {
+    for id in [Identity::ClientId, Identity::ObjectId, Identity::ResourceId] {
         refused_by_both(Flavour::CloudShell, id, "ValueError").await;
     }
 }
@@ -140,16 +143,16 @@ async fn cloud_shell_requests_match_azure_identity() {
 #[tokio::test]
 async fn service_fabric_requests_match_azure_identity() {
     // azure-identity (msal) pins the same self-signed certificate by the same thumbprint.
-    let (ours, theirs) = agree(Flavour::ServiceFabric, Id::System).await;
+    let (ours, theirs) = agree(Flavour::ServiceFabric, Identity::System).await;
     assert_eq!(ours, theirs);
-    for id in [Id::ClientId, Id::ObjectId, Id::ResourceId] {
+    for id in [Identity::ClientId, Identity::ObjectId, Identity::ResourceId] {
         refused_by_both(Flavour::ServiceFabric, id, "ClientAuthenticationError").await;
     }
 }
 
 /// A source that takes no user-assigned id: azure-identity raises `error_type` at
 /// `get_token`, we refuse to build; nothing reaches the emulator either way.
-async fn refused_by_both(flavour: Flavour, id: Id, error_type: &str) {
+async fn refused_by_both(flavour: Flavour, id: Identity, error_type: &str) {
     let what = format!("{flavour:?} {id:?}");
     let em = Emulator::start(flavour).await;
     assert!(id.select(builder(&em)).build().is_err(), "{what}");
@@ -161,7 +164,7 @@ async fn refused_by_both(flavour: Flavour, id: Id, error_type: &str) {
 
 #[tokio::test]
 async fn azure_arc_challenge_requests_match_azure_identity() {
-    for id in Id::ALL {
+    for id in Identity::ALL {
         let what = format!("{id:?}");
         let (token, ours) = ours(Flavour::AzureArc, id).await;
         token.unwrap_or_else(|e| panic!("{what}: ours: {e}"));
@@ -175,7 +178,11 @@ async fn azure_arc_challenge_requests_match_azure_identity() {
                 .contains("/var/opt/azcmagent/tokens/"),
             "{what}: {answer}"
         );
-        assert_eq!(theirs.len(), 1, "{what}: azure-identity stopped at the challenge");
+        assert_eq!(
+            theirs.len(),
+            1,
+            "{what}: azure-identity stopped at the challenge"
+        );
         assert_eq!(ours.len(), 2, "{what}: we answered it");
         assert_eq!(ours[0], theirs[0], "{what}");
         // Our second request is the first one plus the key.

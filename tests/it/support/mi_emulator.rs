@@ -65,7 +65,8 @@ const SERVICE_FABRIC_PATH: &str = "/metadata/identity/oauth2/token";
 
 /// The headers that carry an identity secret or marker; logged separately so comparisons can
 /// look at exactly these.
-pub const IDENTITY_HEADERS: [&str; 4] = ["metadata", "x-identity-header", "secret", "authorization"];
+pub const IDENTITY_HEADERS: [&str; 4] =
+    ["metadata", "x-identity-header", "secret", "authorization"];
 
 /// Which managed-identity endpoint to emulate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,7 +232,9 @@ impl Emulator {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("mi emulator: bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("mi emulator: listener address");
+        let addr = listener
+            .local_addr()
+            .expect("mi emulator: listener address");
         let (shutdown_tx, shutdown_rx) = watch::channel(());
 
         let key_dir = (flavour == Flavour::AzureArc).then(|| {
@@ -493,7 +496,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Box
             .iter()
             .filter_map(|name| {
                 let value = parts.headers.get(*name)?;
-                Some(((*name).to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+                Some((
+                    (*name).to_owned(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                ))
             })
             .collect(),
         headers: parts.headers.clone(),

@@ -70,10 +70,7 @@ pub async fn run_with_env(args: &[String], env: &[(String, String)]) -> serde_js
         command.env("NO_PROXY", "*").env("no_proxy", "*");
         command.envs(env.iter().map(|(k, v)| (k, v)));
     }
-    let output = command
-        .output()
-        .await
-        .expect("run peer.py");
+    let output = command.output().await.expect("run peer.py");
     let stdout = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!(
