@@ -1,7 +1,8 @@
 //! Property tests over the parsers that read provider, file and process input: the
-//! `WWW-Authenticate` parser, the token endpoint's answers, the MSAL cache document, the Azure
-//! CLI's output and `Retry-After`. A bounded number of cases each (see [`config`]), so the set
-//! stays fast in debug builds; the fuzz targets in `fuzz/` search the same parsers for longer.
+//! `WWW-Authenticate` parser, the token endpoint's answers, the managed identity endpoints'
+//! answers, the MSAL cache document, the Azure CLI's output and `Retry-After`. A bounded number
+//! of cases each (see [`config`]), so the set stays fast in debug builds; the fuzz targets in
+//! `fuzz/` search the same parsers for longer.
 //!
 //! Properties that found bugs keep a note of what they found.
 
@@ -15,7 +16,9 @@ use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
 use crate::bearer::{claims_challenge, parse_challenge_value, parse_challenges};
+use crate::credential::ManagedIdentitySource;
 use crate::credential::azure_cli::parse_output;
+use crate::credential::managed_identity::response::parse_answer;
 use crate::entra::msal_cache::{AccessTokenQuery, CacheDocument, NewTokens};
 use crate::entra::token_client::parse_response;
 use crate::token::{MAX_TOKEN_LIFETIME, Secret, unix_now};
@@ -388,6 +391,188 @@ proptest! {
                 response.token.refresh_on().is_none_or(|r| r <= response.token.expires_on()),
                 "{body}"
             );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Managed identity answers
+// ---------------------------------------------------------------------------------------------
+
+/// The Unix time the managed identity properties send at.
+const MI_SENT_AT: u64 = 1_700_000_000;
+
+fn parse_mi_answer(
+    status: u16,
+    body: &[u8],
+    secret: &str,
+) -> Result<crate::credential::managed_identity::response::MiToken, crate::CredentialError> {
+    parse_answer(
+        ManagedIdentitySource::AzureMl,
+        StatusCode::from_u16(status).expect("status in range"),
+        body,
+        &[secret],
+        tokio::time::Instant::now(),
+        MI_SENT_AT,
+    )
+}
+
+/// Unix seconds as Azure ML writes a date, in its 24-hour or 12-hour form, in the given
+/// offset east of UTC (minutes).
+fn azure_ml_date(epoch: u64, twelve_hour: bool, offset_minutes: i64) -> String {
+    let local = epoch as i64 + offset_minutes * 60;
+    let (days, secs) = (local.div_euclid(86_400), local.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let sign = if offset_minutes < 0 { '-' } else { '+' };
+    let offset = format!(
+        "{sign}{:02}:{:02}",
+        offset_minutes.abs() / 60,
+        offset_minutes.abs() % 60
+    );
+    if twelve_hour {
+        let (h12, meridiem) = match h {
+            0 => (12, "AM"),
+            1..=11 => (h, "AM"),
+            12 => (12, "PM"),
+            _ => (h - 12, "PM"),
+        };
+        format!("{month}/{day}/{year} {h12}:{m:02}:{s:02} {meridiem} {offset}")
+    } else {
+        format!("{month:02}/{day:02}/{year} {h:02}:{m:02}:{s:02} {offset}")
+    }
+}
+
+/// A managed identity answer with any of its time fields, each any number or date-like text.
+fn mi_answer() -> impl Strategy<Value = Map<String, Value>> {
+    let number = || proptest::option::of(provider_number());
+    let date = prop_oneof![
+        provider_number(),
+        "[0-9]{1,2}/[0-9]{1,2}/[0-9]{1,5} [0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}( AM| PM)? [+-][0-9]{2}:[0-9]{2}"
+            .prop_map(Value::from),
+    ];
+    (number(), proptest::option::of(date), number()).prop_map(|(a, b, c)| {
+        let mut map = Map::new();
+        map.insert("access_token".into(), json!("at"));
+        for (name, value) in ["expires_in", "expires_on", "refresh_in"]
+            .iter()
+            .zip([a, b, c])
+        {
+            if let Some(value) = value {
+                map.insert((*name).to_owned(), value);
+            }
+        }
+        map
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any status, any bytes.
+    #[test]
+    fn mi_response_arbitrary_bodies_never_panic(
+        status in 100u16..1000,
+        body in proptest::collection::vec(any::<u8>(), 0..256),
+    ) {
+        let _ = parse_mi_answer(status, &body, "the-identity-header");
+    }
+
+    /// A sane expiry is read in each form a source sends: `expires_in`, epoch `expires_on`
+    /// (number or string), or an Azure ML date in either form and any offset.
+    #[test]
+    fn mi_response_sane_expiry_in_any_form_is_read(
+        (secs, secs_json) in sane_seconds(),
+        form in 0..3u8,
+        twelve_hour in any::<bool>(),
+        offset_minutes in -14 * 60i64..=14 * 60,
+    ) {
+        let epoch = MI_SENT_AT + secs;
+        let body = match form {
+            0 => json!({ "access_token": "at", "expires_in": secs_json }),
+            1 if secs_json.is_string() => json!({ "access_token": "at", "expires_on": epoch.to_string() }),
+            1 => json!({ "access_token": "at", "expires_on": epoch }),
+            _ => json!({
+                "access_token": "at",
+                "expires_on": azure_ml_date(epoch, twelve_hour, offset_minutes),
+            }),
+        };
+        let token = parse_mi_answer(200, body.to_string().as_bytes(), "s3cr3t-value")
+            .map_err(|e| TestCaseError::fail(format!("{body}: {e}")))?
+            .token;
+        // The clock runs while the test does: within a second of the lifetime sent.
+        let left = token.expires_in();
+        prop_assert!(left <= Duration::from_secs(secs) && left + Duration::from_secs(1) >= Duration::from_secs(secs), "{body}: {left:?}");
+        let half_life = secs >= crate::token::HALF_LIFE_THRESHOLD.as_secs();
+        prop_assert_eq!(token.refresh_on().is_some(), half_life, "{}", body);
+    }
+
+    /// An error answer quoting the source's secret, in any of its encodings, or the token it
+    /// carries, never shows either.
+    #[test]
+    fn mi_response_errors_never_show_the_secret_or_the_token(
+        secret in client_secret(),
+        token in "[A-Za-z0-9._-]{12,40}",
+        status in prop_oneof![Just(200u16), Just(400), Just(403), Just(500), 100u16..1000],
+        which in 0..4usize,
+        field in prop_oneof![
+            Just("error"), Just("error_description"), Just("message"), Just("code"), Just("body"),
+        ],
+        prefix in "[ -~]{0,12}",
+        suffix in "[ -~]{0,12}",
+    ) {
+        let encoded = &encodings(&secret)[which];
+        let make = |text: String| -> String {
+            match field {
+                "body" => text,
+                // Service Fabric's shape.
+                "code" => json!({ "error": { "code": text, "message": "m" }, "access_token": token }).to_string(),
+                _ => {
+                    let mut body = json!({ "error": "invalid_request", "error_description": "d", "access_token": token });
+                    body[field] = Value::from(text);
+                    body.to_string()
+                }
+            }
+        };
+        let body = make(format!("{prefix}{encoded} {token}{suffix}"));
+        let control = parse_mi_answer(status, make(format!("{prefix}{suffix}")).as_bytes(), &secret)
+            .err()
+            .map(|e| format!("{e} {e:?} {e:#?}"))
+            .unwrap_or_default();
+        if let Err(error) = parse_mi_answer(status, body.as_bytes(), &secret) {
+            let mut forms = encodings(&secret);
+            if field != "body" {
+                forms.push(token.clone());
+            }
+            for shown in [error.to_string(), format!("{error:?}"), format!("{error:#?}")] {
+                for form in &forms {
+                    prop_assert!(
+                        control.contains(form.as_str()) || !shown.contains(form.as_str()),
+                        "{:?} shown for body {:?}:\n{}", form, body, shown
+                    );
+                }
+            }
+        }
+    }
+
+    /// Any number or date in the time fields: no panic, a bounded lifetime, refresh before
+    /// expiry.
+    #[test]
+    fn mi_response_any_numbers_never_panic_and_are_clamped(answer in mi_answer()) {
+        let body = Value::Object(answer).to_string();
+        if let Ok(answer) = parse_mi_answer(200, body.as_bytes(), "the-identity-header") {
+            let token = answer.token;
+            prop_assert!(token.expires_in() <= MAX_TOKEN_LIFETIME, "{body}");
+            prop_assert!(token.refresh_on().is_none_or(|r| r <= token.expires_on()), "{body}");
         }
     }
 }

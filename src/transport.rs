@@ -15,6 +15,10 @@
 //!   connections and never answers costs one call at most this long. The final error says how
 //!   many attempts were made over how long.
 //!
+//! [`ManagedIdentityCredential`](crate::ManagedIdentityCredential) builds variants of its own:
+//! plain `http` allowed (its endpoints are link-local or loopback), a connect timeout and
+//! IMDS's retry schedule, or (Service Fabric) a server trusted by its certificate's thumbprint.
+//!
 //! ```
 //! use std::time::Duration;
 //! use tower_identity::{HttpClient, RetryOptions};
@@ -907,6 +911,7 @@ fn seconds(value: &str, per_second: f64) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -1007,6 +1012,71 @@ mod tests {
                 "{s}"
             );
         }
+    }
+
+    fn answer(status: u16) -> Result<HttpResponse, BoxError> {
+        Ok(http::Response::builder()
+            .status(status)
+            .body(Bytes::new())
+            .unwrap())
+    }
+
+    #[test]
+    fn imds_schedule_is_azure_cores_without_jitter() {
+        let cap = Duration::from_secs(60);
+        let delays = |factor: Duration| -> Vec<f64> {
+            (1..=5)
+                .map(|n| imds_backoff(factor, n, cap).as_secs_f64())
+                .collect()
+        };
+        assert_eq!(
+            delays(Duration::from_millis(800)),
+            [0.0, 1.6, 3.2, 6.4, 12.8]
+        );
+        assert_eq!(delays(IMDS_GONE_BACKOFF), [0.0, 5.0, 10.0, 20.0, 40.0]);
+        // 75 s of waiting outlasts a 70 s IMDS update.
+        assert_eq!(delays(IMDS_GONE_BACKOFF).iter().sum::<f64>(), 75.0);
+        assert_eq!(imds_backoff(IMDS_GONE_BACKOFF, 30, cap), cap);
+        assert_eq!(imds_backoff(Duration::MAX, u32::MAX, cap), cap);
+
+        let options = RetryOptions::imds(Duration::from_secs(90));
+        assert_eq!(options.max_retries, 5);
+        let mut policy = RetryPolicy::new(options);
+        let mut waits = Vec::new();
+        for status in [500, 404, 410, 503, 429] {
+            waits.push(policy.delay_for(&answer(status)).unwrap().as_secs_f64());
+            policy.retries += 1;
+        }
+        // 0 and 1.6 s before the 410; from it on, factor 2.5 (10, 20, 40 s).
+        assert_eq!(waits, [0.0, 1.6, 10.0, 20.0, 40.0]);
+        // Connection failures are retried on the same schedule.
+        let mut policy = RetryPolicy::new(options);
+        policy.retries = 1;
+        let refused: BoxError = TransportError::new(TransportErrorKind::Connect, "x").into();
+        assert_eq!(
+            policy.delay_for(&Err(refused)),
+            Some(Duration::from_millis(1600))
+        );
+    }
+
+    #[test]
+    fn imds_retries_404_410_and_every_5xx_and_honours_retry_after() {
+        let mut policy = RetryPolicy::new(RetryOptions::imds(Duration::from_secs(90)));
+        for s in [404, 408, 410, 429, 500, 501, 505, 599] {
+            assert!(policy.delay_for(&answer(s)).is_some(), "{s}");
+        }
+        for s in [200, 400, 401, 403, 409] {
+            assert!(policy.delay_for(&answer(s)).is_none(), "{s}");
+        }
+        let mut asked = answer(503).unwrap();
+        asked
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(policy.delay_for(&Ok(asked)), Some(Duration::from_secs(7)));
+        // The standard schedule is unchanged: 404 and 410 are final there.
+        let mut standard = RetryPolicy::new(RetryOptions::default());
+        assert!(standard.delay_for(&answer(404)).is_none());
+        assert!(standard.delay_for(&answer(410)).is_none());
     }
 
     #[test]

@@ -46,15 +46,21 @@ pub(crate) fn parse_answer(
 ) -> Result<MiToken, CredentialError> {
     let json = serde_json::from_slice::<Value>(body).ok();
     let object = json.as_ref().and_then(Value::as_object);
+    // A token in an error answer is scrubbed wherever the text repeats it, not only where it
+    // looks like one.
+    let issued = object
+        .and_then(|o| o.get("access_token"))
+        .and_then(Value::as_str);
+    let secrets: Vec<&str> = secrets.iter().copied().chain(issued).collect();
     let has_error = object.is_some_and(|o| o.get("error").is_some_and(|e| !e.is_null()));
     if !status.is_success() || has_error {
-        return Err(failure(source, status, body, secrets));
+        return Err(failure(source, status, body, &secrets));
     }
     let parsed = match object {
         Some(object) => parse_token(object, sent_at, sent_at_unix),
         None => Err(format!(
             "the body is not a JSON object (it starts: \"{}\")",
-            excerpt(body, secrets, 80)
+            excerpt(body, &secrets, 80)
         )),
     };
     parsed.map_err(|reason| {
@@ -554,6 +560,16 @@ mod tests {
         assert!(
             shown.contains("App Service managed identity endpoint answered HTTP 500"),
             "{shown}"
+        );
+        // The token of an error answer is not quoted wherever the text repeats it.
+        let err = parse(
+            500,
+            r#"{"error":"x","error_description":"issued plainTokenValue42","access_token":"plainTokenValue42"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            !format!("{err} {err:?}").contains("plainTokenValue42"),
+            "{err}"
         );
         // An error field means failure even with 200.
         let err = parse(200, r#"{"error":"invalid_resource","access_token":"a"}"#).unwrap_err();

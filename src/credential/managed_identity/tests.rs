@@ -1,2 +1,328 @@
+use super::*;
+use crate::CredentialExt;
+
+const EP: &str = "http://127.0.0.1:41000/token";
+const SF_EP: &str = "https://127.0.0.1:2377/metadata/identity/oauth2/token";
+const THUMB: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn builder(vars: &[(&str, &str)]) -> ManagedIdentityCredentialBuilder {
+    ManagedIdentityCredential::builder()
+        .vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        // Arc needs a key directory on every system the tests run on.
+        .azure_arc_key_directory(std::env::temp_dir())
+}
+
+fn source_of(vars: &[(&str, &str)]) -> ManagedIdentitySource {
+    builder(vars).build().unwrap().source()
+}
+
 #[test]
-fn placeholder() {}
+fn sources_in_azure_identity_order() {
+    use ManagedIdentitySource::*;
+    let cases: &[(&[(&str, &str)], ManagedIdentitySource)] = &[
+        (&[], Imds),
+        (
+            &[(AZURE_POD_IDENTITY_AUTHORITY_HOST, "http://127.0.0.1:1")],
+            Imds,
+        ),
+        (
+            &[
+                (IDENTITY_ENDPOINT, SF_EP),
+                (IDENTITY_HEADER, "h"),
+                (IDENTITY_SERVER_THUMBPRINT, THUMB),
+            ],
+            ServiceFabric,
+        ),
+        // Service Fabric wins over everything else that is set.
+        (
+            &[
+                (IDENTITY_ENDPOINT, SF_EP),
+                (IDENTITY_HEADER, "h"),
+                (IDENTITY_SERVER_THUMBPRINT, THUMB),
+                (IMDS_ENDPOINT, EP),
+                (MSI_ENDPOINT, EP),
+                (MSI_SECRET, "s"),
+            ],
+            ServiceFabric,
+        ),
+        (
+            &[(IDENTITY_ENDPOINT, EP), (IDENTITY_HEADER, "h")],
+            AppService,
+        ),
+        (
+            &[
+                (IDENTITY_ENDPOINT, EP),
+                (IDENTITY_HEADER, "h"),
+                (IMDS_ENDPOINT, EP),
+                (MSI_ENDPOINT, EP),
+                (MSI_SECRET, "s"),
+            ],
+            AppService,
+        ),
+        // An empty thumbprint is unset: App Service.
+        (
+            &[
+                (IDENTITY_ENDPOINT, EP),
+                (IDENTITY_HEADER, "h"),
+                (IDENTITY_SERVER_THUMBPRINT, " "),
+            ],
+            AppService,
+        ),
+        (&[(IDENTITY_ENDPOINT, EP), (IMDS_ENDPOINT, EP)], AzureArc),
+        (
+            &[
+                (IDENTITY_ENDPOINT, EP),
+                (IMDS_ENDPOINT, EP),
+                (IDENTITY_SERVER_THUMBPRINT, THUMB),
+                (MSI_ENDPOINT, EP),
+            ],
+            AzureArc,
+        ),
+        (&[(MSI_ENDPOINT, EP), (MSI_SECRET, "s")], AzureMl),
+        (
+            &[
+                (MSI_ENDPOINT, EP),
+                (MSI_SECRET, "s"),
+                (AZURE_POD_IDENTITY_AUTHORITY_HOST, EP),
+            ],
+            AzureMl,
+        ),
+        (&[(MSI_ENDPOINT, EP)], CloudShell),
+        (&[(MSI_ENDPOINT, EP), (MSI_SECRET, "")], CloudShell),
+        // Variables of no source: IMDS.
+        (
+            &[
+                (IDENTITY_HEADER, "h"),
+                (MSI_SECRET, "s"),
+                (IMDS_ENDPOINT, EP),
+            ],
+            Imds,
+        ),
+    ];
+    for (vars, want) in cases {
+        assert_eq!(source_of(vars), *want, "{vars:?}");
+    }
+}
+
+#[test]
+fn identity_endpoint_alone_is_an_error_naming_what_to_set() {
+    for vars in [
+        &[(IDENTITY_ENDPOINT, EP)][..],
+        &[(IDENTITY_ENDPOINT, EP), (IDENTITY_SERVER_THUMBPRINT, THUMB)],
+        // MSI_ENDPOINT does not rescue it: IDENTITY_ENDPOINT decides first (as in azure-identity).
+        &[(IDENTITY_ENDPOINT, EP), (MSI_ENDPOINT, EP)],
+    ] {
+        let err = builder(vars).build().unwrap_err();
+        let msg = err.message();
+        assert!(msg.starts_with(NAME), "{msg}");
+        for name in [IDENTITY_HEADER, IMDS_ENDPOINT, IDENTITY_SERVER_THUMBPRINT] {
+            assert!(msg.contains(name), "{msg}");
+        }
+    }
+}
+
+#[test]
+fn endpoints_must_be_http_urls_and_are_named() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[(IDENTITY_ENDPOINT, "ftp://x/"), (IDENTITY_HEADER, "h")],
+            "IDENTITY_ENDPOINT must be an http or https URL",
+        ),
+        (
+            &[(IDENTITY_ENDPOINT, "not a url"), (IDENTITY_HEADER, "h")],
+            "IDENTITY_ENDPOINT is not a URL",
+        ),
+        (
+            &[(MSI_ENDPOINT, "file:///etc/passwd")],
+            "MSI_ENDPOINT must be",
+        ),
+        (
+            &[(AZURE_POD_IDENTITY_AUTHORITY_HOST, "169.254.169.254")],
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST is not a URL",
+        ),
+        (
+            &[
+                (IDENTITY_ENDPOINT, EP),
+                (IDENTITY_HEADER, "h"),
+                (IDENTITY_SERVER_THUMBPRINT, THUMB),
+            ],
+            "IDENTITY_ENDPOINT must be an https URL, not http",
+        ),
+        (
+            &[
+                (IDENTITY_ENDPOINT, SF_EP),
+                (IDENTITY_HEADER, "h"),
+                (IDENTITY_SERVER_THUMBPRINT, "abc"),
+            ],
+            "IDENTITY_SERVER_THUMBPRINT must be the 40 hexadecimal digits",
+        ),
+        (
+            &[
+                (MSI_ENDPOINT, "http://user:pa55word@127.0.0.1/"),
+                (MSI_SECRET, "s"),
+            ],
+            "MSI_ENDPOINT holds user information",
+        ),
+        (
+            &[
+                (IDENTITY_ENDPOINT, EP),
+                (IDENTITY_HEADER, "bad\u{7f}header-secret"),
+            ],
+            "IDENTITY_HEADER holds characters",
+        ),
+    ];
+    for (vars, want) in cases {
+        let err = builder(vars).build().unwrap_err();
+        assert!(err.message().contains(want), "{vars:?}: {err}");
+        assert!(!err.message().contains("pa55word"), "{err}");
+        assert!(!err.message().contains("header-secret"), "{err}");
+    }
+}
+
+#[test]
+fn exactly_one_user_assigned_id() {
+    let err = builder(&[])
+        .client_id("c")
+        .object_id("o")
+        .build()
+        .unwrap_err();
+    assert!(err.message().contains("exactly one"), "{err}");
+    let err = builder(&[])
+        .user_assigned_id(UserAssignedId::ResourceId("r".into()))
+        .resource_id("r")
+        .build()
+        .unwrap_err();
+    assert!(err.message().contains("exactly one"), "{err}");
+    let err = builder(&[]).object_id(" ").build().unwrap_err();
+    assert!(
+        err.message().contains("user-assigned object id is empty"),
+        "{err}"
+    );
+    for b in [
+        builder(&[]).client_id("c"),
+        builder(&[]).object_id("o"),
+        builder(&[]).resource_id("r"),
+    ] {
+        assert!(b.build().is_ok());
+    }
+}
+
+#[test]
+fn cloud_shell_and_service_fabric_take_no_user_assigned_id() {
+    let sf: &[(&str, &str)] = &[
+        (IDENTITY_ENDPOINT, SF_EP),
+        (IDENTITY_HEADER, "h"),
+        (IDENTITY_SERVER_THUMBPRINT, THUMB),
+    ];
+    for (vars, source) in [
+        (sf, "Service Fabric"),
+        (&[(MSI_ENDPOINT, EP)][..], "Cloud Shell"),
+    ] {
+        let err = builder(vars).client_id("c").build().unwrap_err();
+        assert!(
+            err.message()
+                .contains(&format!("{source} supports only the system-assigned")),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_build_error_is_reported_by_get_token_as_invalid_request() {
+    let c = builder(&[(IDENTITY_ENDPOINT, EP)]).build_lenient();
+    assert_eq!(c.source(), ManagedIdentitySource::AppService);
+    let err = c
+        .get_token(["https://vault.azure.net/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_request(), "{err}");
+    assert!(err.message().contains(IDENTITY_HEADER), "{err}");
+}
+
+#[tokio::test]
+async fn exactly_one_scope_is_required() {
+    let c = builder(&[(MSI_ENDPOINT, EP)]).build().unwrap();
+    for scopes in [vec![], vec!["a/.default", "b/.default"], vec![" "]] {
+        let err = c.get_token(scopes.clone()).await.unwrap_err();
+        assert!(err.is_invalid_request(), "{scopes:?}: {err}");
+    }
+    let err = c.get_token(["a", "b"]).await.unwrap_err();
+    assert!(err.message().contains("exactly one resource"), "{err}");
+}
+
+#[test]
+fn scopes_map_to_resources() {
+    for (scope, resource) in [
+        (
+            "https://vault.azure.net/.default",
+            "https://vault.azure.net",
+        ),
+        (
+            "https://management.core.windows.net//.default",
+            "https://management.core.windows.net/",
+        ),
+        ("https://storage.azure.com", "https://storage.azure.com"),
+        ("api://x/.default/.default", "api://x/.default"),
+    ] {
+        assert_eq!(
+            resource_of(&TokenRequest::new([scope])).unwrap(),
+            resource,
+            "{scope}"
+        );
+    }
+}
+
+#[test]
+fn debug_shows_source_endpoint_and_identity_but_no_secret() {
+    let vars: &[&[(&str, &str)]] = &[
+        &[(IDENTITY_ENDPOINT, EP), (IDENTITY_HEADER, "hdr-s3cret")],
+        &[(MSI_ENDPOINT, EP), (MSI_SECRET, "msi-s3cret")],
+        &[
+            (IDENTITY_ENDPOINT, SF_EP),
+            (IDENTITY_HEADER, "hdr-s3cret"),
+            (IDENTITY_SERVER_THUMBPRINT, THUMB),
+        ],
+    ];
+    for vars in vars {
+        let b = builder(vars);
+        let text = format!("{b:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("IDENTITY_ENDPOINT") || text.contains("MSI_ENDPOINT"));
+        let c = b.build().unwrap();
+        for text in [format!("{c:?}"), format!("{c:#?}")] {
+            assert!(!text.contains("s3cret"), "{text}");
+            assert!(text.contains("127.0.0.1"), "{text}");
+        }
+    }
+    let c = builder(&[]).client_id("cid-1").build().unwrap();
+    let text = format!("{c:?}");
+    assert!(
+        text.contains("Imds") && text.contains("169.254.169.254"),
+        "{text}"
+    );
+    assert!(text.contains("ClientId(\"cid-1\")"), "{text}");
+}
+
+#[test]
+fn imds_base_url_override() {
+    let c = builder(&[(AZURE_POD_IDENTITY_AUTHORITY_HOST, "http://127.0.0.1:9/")])
+        .build()
+        .unwrap();
+    let text = format!("{c:?}");
+    assert!(
+        text.contains("http://127.0.0.1:9/metadata/identity/oauth2/token"),
+        "{text}"
+    );
+}
+
+#[test]
+fn arc_without_a_known_key_directory_is_a_build_error_elsewhere() {
+    let vars = [(IDENTITY_ENDPOINT, EP), (IMDS_ENDPOINT, EP)];
+    let result = ManagedIdentityCredential::builder().vars(vars).build();
+    if cfg!(any(target_os = "linux", windows)) {
+        assert!(result.is_ok());
+    } else {
+        let err = result.unwrap_err();
+        assert!(err.message().contains("azure_arc_key_directory"), "{err}");
+    }
+}
