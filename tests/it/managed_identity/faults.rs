@@ -279,3 +279,57 @@ async fn arc_key_files_are_checked_before_they_are_read() {
         Some(format!("Basic {}", "m".repeat(4096)).as_str())
     );
 }
+
+/// Linux's `O_NONBLOCK`: opening a FIFO for writing without blocking fails (`ENXIO`) unless a
+/// reader has it open.
+const O_NONBLOCK: i32 = 0o4000;
+
+#[tokio::test]
+#[ignore = "fails on branch mi as of 3cfc5fa: azure_arc::read_key opens the file before it checks \
+            it is a regular file (open it with O_NONBLOCK, or check the resolved path's metadata \
+            first), then remove this line"]
+async fn an_arc_key_that_is_a_fifo_is_refused_without_being_opened() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // Opening a FIFO for reading blocks until a writer comes, so a credential that opens the
+    // named file before looking at what it is hangs there (on the runtime's thread). A
+    // watchdog thread plays the writer as soon as a reader appears, so such a credential is
+    // released (and this test fails) instead of hanging.
+    let em = Emulator::start(Flavour::AzureArc).await;
+    let fifo = em.arc_key_dir().join("pipe.key");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo (coreutils)");
+    assert!(made.success());
+    let done = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (fifo, done, opened) = (fifo.clone(), Arc::clone(&done), Arc::clone(&opened));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                let writer = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(O_NONBLOCK)
+                    .open(&fifo);
+                if writer.is_ok() {
+                    opened.store(true, Ordering::SeqCst);
+                    return; // dropping the writer gives the reader EOF
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    em.set_arc_realm(&fifo);
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    done.store(true, Ordering::SeqCst);
+    watchdog.join().unwrap();
+    assert!(!opened.load(Ordering::SeqCst), "the FIFO was opened: {err}");
+    assert!(!err.is_unavailable(), "{err}");
+    assert_eq!(em.request_count(), 1, "only the challenge");
+}
