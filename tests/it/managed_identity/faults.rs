@@ -88,6 +88,21 @@ async fn server_errors_are_retried() {
     assert_eq!(statuses(&em), [500, 500, 500, 200].map(Some));
     assert_eq!(arrivals_ms(&em), [0, 0, 1_600, 4_800]);
 
+    // IMDS also retries 404 (a newly assigned identity is not ready yet) and any 5xx.
+    let em = Emulator::start(Flavour::Imds).await;
+    let not_found = Fault::Respond {
+        status: 404,
+        body: r#"{"error":"not_found"}"#.to_owned(),
+        headers: vec![],
+    };
+    em.push_fault(not_found);
+    em.push_fault(Fault::ServerError(507));
+    credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert_eq!(statuses(&em), [404, 507, 200].map(Some));
+
     // The other sources: the crate's default retries (three, jittered backoff).
     let em = Emulator::start(Flavour::AppService).await;
     em.push_faults(Fault::ServerError(500), 3);
