@@ -162,6 +162,8 @@ pub enum Fault {
 /// One request as the emulator received it.
 #[derive(Clone, Debug)]
 pub struct Logged {
+    /// Arrival number since the emulator started (not reset by `clear`).
+    pub seq: u64,
     pub method: Method,
     /// The path, without the query.
     pub path: String,
@@ -254,6 +256,7 @@ impl Emulator {
             flavour,
             started: Instant::now(),
             issued: AtomicU64::new(0),
+            arrived: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             faults: Mutex::new(VecDeque::new()),
             gone_until: Mutex::new(None),
@@ -453,6 +456,7 @@ struct State {
     flavour: Flavour,
     started: Instant,
     issued: AtomicU64,
+    arrived: AtomicU64,
     log: Mutex<Vec<Logged>>,
     faults: Mutex<VecDeque<Fault>>,
     gone_until: Mutex<Option<Instant>>,
@@ -476,11 +480,12 @@ type Answer = Response<Full<Bytes>>;
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, BoxError> {
     let at = state.started.elapsed();
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => return Err(e),
-    };
+    let body = Limited::new(body, MAX_REQUEST_BODY)
+        .collect()
+        .await?
+        .to_bytes();
     let logged = Logged {
+        seq: state.arrived.fetch_add(1, Ordering::SeqCst),
         method: parts.method.clone(),
         path: parts.uri.path().to_owned(),
         query: parts
@@ -508,14 +513,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Box
         status: None,
     };
     // Logged before any fault applies, so delayed and closed requests show up too.
-    let index = {
-        let mut log = lock(&state.log);
-        log.push(logged.clone());
-        log.len() - 1
-    };
+    lock(&state.log).push(logged.clone());
     let answer = answer(&state, &logged).await;
     if let Ok(answer) = &answer {
-        if let Some(entry) = lock(&state.log).get_mut(index) {
+        let mut log = lock(&state.log);
+        // Found by number: the log may have been cleared while this request was answered.
+        if let Some(entry) = log.iter_mut().find(|entry| entry.seq == logged.seq) {
             entry.status = Some(answer.status().as_u16());
         }
     }
