@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-TARGETS=(www_authenticate token_response msal_cache az_output retry_after)
+TARGETS=(www_authenticate token_response mi_response msal_cache az_output retry_after)
 SANITIZER=${SANITIZER:-none}
 RSS_LIMIT_MB=${RSS_LIMIT_MB:-2048}
 TIMEOUT=${TIMEOUT:-10}
@@ -30,6 +30,7 @@ max_len() {
     case "$1" in
         www_authenticate) echo 2048 ;;  # a few header lines
         token_response) echo 4096 ;;    # secret + status + a token endpoint answer
+        mi_response) echo 4096 ;;       # secret + status + a managed identity answer
         msal_cache) echo 16384 ;;       # the test caches are up to ~11 KB
         az_output) echo 1024 ;;         # one JSON object
         retry_after) echo 256 ;;        # a few header values

@@ -7,6 +7,7 @@
 Sources (read, never changed):
   www_authenticate  tests/data/challenge_vectors.rs, raw strings of src/bearer/challenge.rs tests
   token_response    JSON bodies of src/entra/token_client.rs tests, as templates (see below)
+  mi_response       JSON bodies of src/credential/managed_identity/response.rs tests, same layout
   msal_cache        tests/data/*.json
   az_output         outputs in src/credential/azure_cli.rs tests
   retry_after       values in src/transport.rs tests
@@ -98,6 +99,32 @@ def token_response():
     return seeds
 
 
+def mi_response():
+    seeds = []
+    bodies = [
+        b for b in RAW.findall(tests_module("src/credential/managed_identity/response.rs"))
+        if b.startswith("{") and "{{" not in b
+    ]
+    secret = "the-identity-header"
+    for body in bodies:
+        status = 500 if '"error"' in body else 200
+        seeds.append(token_input(secret, status, body.encode()))
+    # An error quoting the secret in every encoding, and its own token (Service Fabric shape
+    # and the OAuth shape).
+    for placeholder in range(1, 7):
+        echo = bytes([placeholder])
+        seeds.append(token_input(
+            secret, 400,
+            b'{"error":"invalid_request","error_description":"header ' + echo
+            + b' token tok3n-Value_xyz","access_token":"tok3n-Value_xyz"}'))
+        seeds.append(token_input(
+            secret, 401,
+            b'{"error":{"code":"SecretHeaderNotFound","message":"got ' + echo + b'"}}'))
+    seeds.append(token_input(secret, 200, b'{"access_token":"a","expires_on":"1/16/2030 5:24:12 AM +00:00"}'))
+    seeds.append(token_input(secret, 502, b"Bad gateway \x01 eyJa.b.c"))
+    return seeds
+
+
 def msal_cache():
     seeds = [p.read_bytes() for p in sorted((ROOT / "tests/data").glob("*.json"))]
     seeds.append(b"{}")
@@ -145,6 +172,7 @@ def retry_after():
 TARGETS = {
     "www_authenticate": www_authenticate,
     "token_response": token_response,
+    "mi_response": mi_response,
     "msal_cache": msal_cache,
     "az_output": az_output,
     "retry_after": retry_after,

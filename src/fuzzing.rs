@@ -9,6 +9,7 @@
 //! | --- | --- | --- |
 //! | [`www_authenticate`] | `bearer::parse_challenges`, `claims_challenge` | returned claims are JSON; challenges are well-formed and survive a print and re-parse; errors are short |
 //! | [`token_response`] | `entra::token_client::parse_response` | a secret embedded in the body (raw, form-urlencoded, `%20`, JSON-escaped, …) is absent from the error's `Display`, `Debug` and `{:#?}`, and so is any prefix of it `redact` masks (a request echoed cut short) |
+//! | [`mi_response`] | `credential::managed_identity::response::parse_answer` | as [`token_response`], for the source's secret (`IDENTITY_HEADER`, `MSI_SECRET`, the Arc key) and for the `access_token` of an error answer; a token lives at most [`MAX_TOKEN_LIFETIME`] and is refreshed before it expires |
 //! | [`msal_cache`] | `entra::msal_cache::CacheDocument` | views and queries agree; `to_vec` re-parses and is a fixed point; `remove_expired_access_tokens` and `add_token_response` keep that, and what was added is found |
 //! | [`az_output`] | `credential::azure_cli::parse_output` | a token's lifetime is bounded; an error never quotes the access token, whole or two thirds of it |
 //! | [`retry_after`] | `transport::retry_after` | the wait is at most [`RETRY_AFTER_BOUND`] (one hour); a plain number of seconds is honoured up to it |
@@ -35,7 +36,9 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
 
 use crate::bearer::{Challenge, claims_challenge, parse_challenges};
+use crate::credential::ManagedIdentitySource;
 use crate::credential::azure_cli::parse_output;
+use crate::credential::managed_identity::response::parse_answer;
 use crate::entra::msal_cache::{
     AccessTokenQuery, CacheDocument, CachedAccessToken, NewTokens, RefreshToken, RefreshTokenQuery,
 };
@@ -344,6 +347,131 @@ fn run_token_response(status: StatusCode, body: &[u8], secret: &str) -> Result<(
     ) {
         Ok(response) => {
             let _ = format!("{response:?}");
+            Ok(())
+        }
+        Err(error) => Err(renderings(&error)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// mi_response
+// ---------------------------------------------------------------------------------------------
+
+/// The managed identity endpoints' answer parser.
+///
+/// Input layout: as [`token_response`]; the secret stands for the source's own secret
+/// (`IDENTITY_HEADER`, `MSI_SECRET`, the Arc agent's key).
+///
+/// Checks: no panic for any status and body; a token lives at most [`MAX_TOKEN_LIFETIME`] and
+/// its refresh time is not after its expiry; an error's `Display`, `Debug` and `{:#?}` show
+/// neither the secret (as [`token_response`] checks) nor the body's `access_token` when that
+/// is secret-like (8 to 64 printable characters, at least three distinct, none more than a
+/// third; not sharing 4 characters in a row with the secret, whose masking could cut it),
+/// compared with the same body whose `access_token` is replaced.
+pub fn mi_response(data: &[u8]) {
+    let Some((&len, rest)) = data.split_first() else {
+        return;
+    };
+    let len = 8 + usize::from(len) % 33;
+    if rest.len() < len + 2 {
+        return;
+    }
+    let (secret, rest) = rest.split_at(len);
+    let Some(secret) = secret_from(secret) else {
+        return;
+    };
+    let status = 100 + u16::from_le_bytes([rest[0], rest[1]]) % 900;
+    let template = &rest[2..];
+    let Ok(status) = StatusCode::from_u16(status) else {
+        return;
+    };
+
+    let body = fill_template(template, &secret, true);
+    let Err(found) = run_mi_response(status, &body, &secret) else {
+        return;
+    };
+    let control_body = fill_template(template, &secret, false);
+    let control = run_mi_response(status, &control_body, &secret)
+        .err()
+        .unwrap_or_default();
+    assert_no_leak(
+        "a managed identity error",
+        &secret,
+        &found,
+        &control.into_iter().collect::<Vec<_>>(),
+    );
+
+    // The access token of an error answer.
+    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(&body) else {
+        return;
+    };
+    let Some(token) = object
+        .get("access_token")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .filter(|t| secret_like(t) && !shares_text(t, &secret))
+    else {
+        return;
+    };
+    object.insert("access_token".into(), Value::from("~".repeat(token.len())));
+    let replaced = serde_json::to_vec(&object).unwrap();
+    let control = run_mi_response(status, &replaced, &secret)
+        .err()
+        .unwrap_or_default();
+    assert_no_leak(
+        "a managed identity error (its access_token)",
+        &token,
+        &found,
+        &control.into_iter().collect::<Vec<_>>(),
+    );
+}
+
+/// What [`secret_from`] makes: printable ASCII, single inner spaces, at least three distinct
+/// characters, none more than a third.
+fn secret_like(s: &str) -> bool {
+    let printable = s.bytes().all(|b| (0x20..0x7f).contains(&b));
+    let spaces_ok = !s.starts_with(' ') && !s.ends_with(' ') && !s.contains("  ");
+    let distinct: BTreeSet<char> = s.chars().filter(|&c| c != ' ').collect();
+    let most = distinct
+        .iter()
+        .map(|d| s.chars().filter(|c| c == d).count())
+        .max()
+        .unwrap_or(0);
+    (8..=64).contains(&s.len())
+        && printable
+        && spaces_ok
+        && distinct.len() >= 3
+        && most * 3 <= s.chars().count()
+}
+
+/// Whether `a` and `b` have 4 characters in a row in common.
+fn shares_text(a: &str, b: &str) -> bool {
+    let b: Vec<char> = b.chars().collect();
+    b.windows(4)
+        .any(|w| a.contains(w.iter().collect::<String>().as_str()))
+}
+
+/// Parses a managed identity answer; for an error, its three renderings.
+fn run_mi_response(status: StatusCode, body: &[u8], secret: &str) -> Result<(), [String; 3]> {
+    let now = tokio::time::Instant::now();
+    match parse_answer(
+        ManagedIdentitySource::AppService,
+        status,
+        body,
+        &[secret],
+        now,
+        unix_now(),
+    ) {
+        Ok(answer) => {
+            let token = &answer.token;
+            assert!(
+                token.expires_on() <= now + MAX_TOKEN_LIFETIME,
+                "a token outlives MAX_TOKEN_LIFETIME: {answer:?}"
+            );
+            assert!(
+                token.refresh_on().is_none_or(|r| r <= token.expires_on()),
+                "refresh after expiry: {answer:?}"
+            );
             Ok(())
         }
         Err(error) => Err(renderings(&error)),
