@@ -10,6 +10,8 @@ mod chain;
 mod client_secret;
 mod examples;
 mod limits;
+mod managed_identity;
+mod mi_emulator_selftest;
 mod oidc;
 mod refresh_rules;
 #[cfg(feature = "reqwest-middleware")]

@@ -2,6 +2,7 @@ pub mod authority;
 pub mod client;
 pub mod clock;
 pub mod creds;
+pub mod mi_emulator;
 pub mod oidc;
 pub mod programs;
 pub mod python;

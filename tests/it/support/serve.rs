@@ -114,6 +114,10 @@ pub async fn accept_loop<H, F>(
             // Each connection gets its own task so a slow handshake or a held request never
             // holds up the next client.
             Ok((tcp, _peer)) => {
+                // Without it, Nagle holds the TLS handshake's later small writes until the
+                // client's delayed ACK (~40 ms of real time), and a paused tokio clock jumps
+                // to the client's next timer meanwhile.
+                let _ = tcp.set_nodelay(true);
                 tokio::spawn(accept_connection(
                     tcp,
                     tls.clone(),

@@ -426,6 +426,43 @@ def cmd_azid_workload_identity(args):
     )
     return get_token_or_raise(credential, split_scopes(args.scope))
 
+# Variables that select or redirect a managed-identity source (production-credentials.md §1).
+# mi-token reports which of them it saw, so a test can tell a wrong environment from a wrong
+# request.
+MI_ENV_VARS = (
+    "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT",
+    "MSI_ENDPOINT", "MSI_SECRET", "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+)
+
+
+def cmd_mi_token(args):
+    """azure-identity's ManagedIdentityCredential, configured only by the environment the
+    caller passes (the Rust test points it at a loopback emulator)."""
+    from azure.identity import ManagedIdentityCredential
+
+    kwargs = {}
+    if args.client_id:
+        kwargs["client_id"] = args.client_id
+    elif args.object_id:
+        kwargs["identity_config"] = {"object_id": args.object_id}
+    elif args.resource_id:
+        kwargs["identity_config"] = {"resource_id": args.resource_id}
+    credential = ManagedIdentityCredential(**kwargs)
+    # The source azure-identity picked, e.g. "ImdsCredential" (None: no source found).
+    inner = getattr(credential, "_credential", None)
+    try:
+        token = credential.get_token(args.scope)
+    except Exception as err:
+        raise PeerError(str(err) or repr(err), type(err).__name__,
+                        source=type(inner).__name__ if inner else None) from err
+    return {
+        "ok": True,
+        "expires_on": token.expires_on,
+        "access_token": token.token,
+        "source": type(inner).__name__ if inner else None,
+        "env": sorted(name for name in MI_ENV_VARS if os.environ.get(name)),
+    }
+
 
 # ----------------------------------------------------------------------------------------------
 # msal-extensions concurrency peer
@@ -553,6 +590,15 @@ def build_parser():
     sub.add_argument("--client-id", required=True)
     sub.add_argument("--token-file", required=True, metavar="FILE")
     sub.add_argument("--scope", required=True, help="space-separated scopes")
+
+    sub = command("mi-token", cmd_mi_token,
+                  "azure-identity ManagedIdentityCredential.get_token, source chosen by the environment",
+                  network=False)
+    sub.add_argument("--scope", required=True, help="exactly one scope, e.g. https://resource.test/.default")
+    identity = sub.add_mutually_exclusive_group()
+    identity.add_argument("--client-id", help="user-assigned: client_id=")
+    identity.add_argument("--object-id", help='user-assigned: identity_config={"object_id": …}')
+    identity.add_argument("--resource-id", help='user-assigned: identity_config={"resource_id": …}')
 
     sub = command("msal-ext-writer", cmd_msal_ext_writer,
                   "concurrency peer: add AccessToken entries under msal-extensions' lock for N seconds",

@@ -1,0 +1,350 @@
+//! Each fault switch with its documented outcome, on tokio's paused clock (the emulators
+//! sleep and count time on it, so minutes of backoff take no time). Plus Arc's key-file checks.
+//!
+//! The credentials use their built-in HTTP clients: the IMDS retry schedule under test is
+//! theirs. Their timers (connect, per attempt, total) are armed while loopback I/O is in
+//! flight; loopback answers are ready at the next poll, before the paused clock would jump.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower_identity::{CredentialExt, ManagedIdentityCredential};
+
+use super::{Identity, SCOPE, credential};
+use crate::support::mi_emulator::{ARC_KEY, Emulator, Fault, Flavour, closed_base_url};
+
+/// The arrival times of the emulator's requests, in milliseconds (tokio clock).
+fn arrivals_ms(em: &Emulator) -> Vec<u128> {
+    em.requests().iter().map(|r| r.at.as_millis()).collect()
+}
+
+fn statuses(em: &Emulator) -> Vec<Option<u16>> {
+    em.requests().iter().map(|r| r.status).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn imds_answering_410_for_70_seconds_is_waited_out() {
+    // IMDS answers 410 while it is being updated, for up to 70 s; after a 410 the waits are
+    // 0, 5, 10, 20 and 40 s (azure-identity's factor 2.5), so the sixth attempt at 75 s wins.
+    let em = Emulator::start(Flavour::Imds).await;
+    em.gone_for(Duration::from_secs(70));
+    let started = Instant::now();
+    let token = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert!(token.secret().expose_secret().starts_with("mi-imds-"));
+    assert_eq!(
+        statuses(&em),
+        [410, 410, 410, 410, 410, 200].map(Some),
+        "{:?}",
+        arrivals_ms(&em)
+    );
+    assert_eq!(arrivals_ms(&em), [0, 0, 5_000, 15_000, 35_000, 75_000]);
+    assert_eq!(started.elapsed().as_secs(), 75);
+}
+
+#[tokio::test(start_paused = true)]
+async fn imds_still_gone_after_the_retries_fails_with_the_status() {
+    let em = Emulator::start(Flavour::Imds).await;
+    em.gone_for(Duration::from_secs(600));
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert_eq!(em.request_count(), 6, "one attempt and five retries");
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(410), "{err}");
+    assert!(
+        !err.is_unavailable(),
+        "IMDS answered: a failure, not an absence: {err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured() {
+    for flavour in [Flavour::Imds, Flavour::AppService] {
+        let em = Emulator::start(flavour).await;
+        em.push_fault(Fault::TooManyRequests {
+            retry_after: "7".to_owned(),
+        });
+        credential(&em, Identity::System)
+            .get_token([SCOPE])
+            .await
+            .unwrap();
+        assert_eq!(statuses(&em), [Some(429), Some(200)], "{flavour:?}");
+        assert_eq!(arrivals_ms(&em), [0, 7_000], "{flavour:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_errors_are_retried() {
+    // IMDS: no wait, then 1.6 and 3.2 s (factor 0.8, no jitter).
+    let em = Emulator::start(Flavour::Imds).await;
+    em.push_faults(Fault::ServerError(500), 3);
+    credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert_eq!(statuses(&em), [500, 500, 500, 200].map(Some));
+    assert_eq!(arrivals_ms(&em), [0, 0, 1_600, 4_800]);
+
+    // IMDS also retries 404 (a newly assigned identity is not ready yet) and any 5xx.
+    let em = Emulator::start(Flavour::Imds).await;
+    let not_found = Fault::Respond {
+        status: 404,
+        body: r#"{"error":"not_found"}"#.to_owned(),
+        headers: vec![],
+    };
+    em.push_fault(not_found);
+    em.push_fault(Fault::ServerError(507));
+    credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert_eq!(statuses(&em), [404, 507, 200].map(Some));
+
+    // The other sources: the crate's default retries (three, jittered backoff).
+    let em = Emulator::start(Flavour::AppService).await;
+    em.push_faults(Fault::ServerError(500), 3);
+    credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert_eq!(statuses(&em), [500, 500, 500, 200].map(Some));
+
+    let em = Emulator::start(Flavour::AzureMl).await;
+    em.push_faults(Fault::ServerError(500), 10);
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert_eq!(em.request_count(), 4, "one attempt and three retries");
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(500), "{err}");
+    assert!(err.is_authentication_failed(), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_slower_than_the_deadline_times_out() {
+    // App Service: the default 30 s deadline over every attempt.
+    let em = Emulator::start(Flavour::AppService).await;
+    em.push_faults(Fault::Delay(Duration::from_secs(3600)), 20);
+    let started = Instant::now();
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(
+        started.elapsed() <= Duration::from_secs(31),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // IMDS: 90 s in all (room for the 410 schedule); no answer means no IMDS: unavailable.
+    let em = Emulator::start(Flavour::Imds).await;
+    em.push_faults(Fault::Delay(Duration::from_secs(3600)), 20);
+    let started = Instant::now();
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(err.is_unavailable(), "{err}");
+    assert!(
+        started.elapsed() <= Duration::from_secs(91),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Slow but within the deadline is fine.
+    let em = Emulator::start(Flavour::AppService).await;
+    em.push_fault(Fault::Delay(Duration::from_secs(5)));
+    credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert_eq!(em.request_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_json_is_a_clear_error() {
+    for flavour in Flavour::ALL {
+        let em = Emulator::start(flavour).await;
+        if flavour == Flavour::AzureArc {
+            em.push_fault(Fault::Delay(Duration::ZERO)); // the challenge, as usual
+        }
+        em.push_fault(Fault::Body(r#"{"access_token": "mi-half"#.to_owned()));
+        let result = credential(&em, Identity::System).get_token([SCOPE]).await;
+        let Err(err) = result else {
+            panic!("{flavour:?}: a token from {:#?}", em.requests());
+        };
+        assert!(err.is_authentication_failed(), "{flavour:?}: {err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("JSON") || text.contains("json"),
+            "{flavour:?}: {text}"
+        );
+        assert!(
+            !text.contains("mi-half"),
+            "{flavour:?}: token text quoted: {text}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn identity_not_found_makes_imds_unavailable() {
+    for id in Identity::ALL {
+        let em = Emulator::start(Flavour::Imds).await;
+        em.push_fault(Fault::IdentityNotFound);
+        let err = credential(&em, id).get_token([SCOPE]).await.unwrap_err();
+        assert!(err.is_unavailable(), "{id:?}: {err}");
+        assert_eq!(em.request_count(), 1, "{id:?}: 400 is not retried");
+    }
+    // Elsewhere a 400 is a failure to report, not an absence.
+    let em = Emulator::start(Flavour::AppService).await;
+    em.push_fault(Fault::IdentityNotFound);
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_imds_port_is_unavailable() {
+    let base = closed_base_url();
+    let credential = ManagedIdentityCredential::builder()
+        .vars([("AZURE_POD_IDENTITY_AUTHORITY_HOST", base.as_str())])
+        .build()
+        .unwrap();
+    let err = credential.get_token([SCOPE]).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(err.is_connect(), "{err}");
+    assert!(
+        err.to_string().contains(&base),
+        "names where it looked: {err}"
+    );
+}
+
+/// Arc: the agent names a key file the credential must refuse, before sending anything.
+async fn arc_refuses(em: &Emulator, realm: &std::path::Path, what: &str) -> String {
+    em.clear();
+    em.set_arc_realm(realm);
+    // A fresh credential each time: nothing cached.
+    let err = credential(em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert!(!err.is_unavailable(), "{what}: {err}");
+    assert_eq!(
+        em.request_count(),
+        1,
+        "{what}: only the challenge, the key never sent"
+    );
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains(ARC_KEY), "{what}: {text}");
+    text
+}
+
+#[tokio::test]
+async fn arc_key_files_are_checked_before_they_are_read() {
+    let em = Emulator::start(Flavour::AzureArc).await;
+    let dir = em.arc_key_dir().to_owned();
+    let elsewhere = tempfile::tempdir().unwrap();
+
+    // Outside the key directory, even with the right name and contents.
+    let outside = elsewhere.path().join("agent.key");
+    std::fs::write(&outside, ARC_KEY).unwrap();
+    arc_refuses(&em, &outside, "outside the directory").await;
+    // `..` out of the directory.
+    let dotdot = dir
+        .join("..")
+        .join(elsewhere.path().file_name().unwrap())
+        .join("agent.key");
+    arc_refuses(&em, &dotdot, "dot-dot").await;
+    // A symlink in the directory pointing outside it.
+    let link = dir.join("link.key");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    arc_refuses(&em, &link, "symlink out").await;
+    // Not `.key`.
+    let txt = dir.join("agent.txt");
+    std::fs::write(&txt, ARC_KEY).unwrap();
+    arc_refuses(&em, &txt, "extension").await;
+    // Larger than 4096 bytes.
+    let big = dir.join("big.key");
+    std::fs::write(&big, "k".repeat(4097)).unwrap();
+    arc_refuses(&em, &big, "4097 bytes").await;
+    // A directory named like a key.
+    let sub = dir.join("sub.key");
+    std::fs::create_dir(&sub).unwrap();
+    arc_refuses(&em, &sub, "directory").await;
+
+    // Exactly 4096 bytes in the directory is a key.
+    let max = dir.join("max.key");
+    std::fs::write(&max, "m".repeat(4096)).unwrap();
+    em.clear();
+    em.set_arc_realm(&max);
+    credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    let sent = em.requests().pop().unwrap();
+    assert_eq!(
+        sent.identity_header("authorization"),
+        Some(format!("Basic {}", "m".repeat(4096)).as_str())
+    );
+}
+
+/// Linux's `O_NONBLOCK`: opening a FIFO for writing without blocking fails (`ENXIO`) unless a
+/// reader has it open.
+const O_NONBLOCK: i32 = 0o4000;
+
+#[tokio::test]
+#[ignore = "fails on branch mi as of 3cfc5fa: azure_arc::read_key opens the file before it checks \
+            it is a regular file (open it with O_NONBLOCK, or check the resolved path's metadata \
+            first), then remove this line"]
+async fn an_arc_key_that_is_a_fifo_is_refused_without_being_opened() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // Opening a FIFO for reading blocks until a writer comes, so a credential that opens the
+    // named file before looking at what it is hangs there (on the runtime's thread). A
+    // watchdog thread plays the writer as soon as a reader appears, so such a credential is
+    // released (and this test fails) instead of hanging.
+    let em = Emulator::start(Flavour::AzureArc).await;
+    let fifo = em.arc_key_dir().join("pipe.key");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo (coreutils)");
+    assert!(made.success());
+    let done = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (fifo, done, opened) = (fifo.clone(), Arc::clone(&done), Arc::clone(&opened));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                let writer = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(O_NONBLOCK)
+                    .open(&fifo);
+                if writer.is_ok() {
+                    opened.store(true, Ordering::SeqCst);
+                    return; // dropping the writer gives the reader EOF
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    em.set_arc_realm(&fifo);
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    done.store(true, Ordering::SeqCst);
+    watchdog.join().unwrap();
+    assert!(!opened.load(Ordering::SeqCst), "the FIFO was opened: {err}");
+    assert!(!err.is_unavailable(), "{err}");
+    assert_eq!(em.request_count(), 1, "only the challenge");
+}

@@ -1,0 +1,337 @@
+//! Every source gets a token from its emulator, for every identity form it takes, with the
+//! parameter names and headers it requires; expiry in each format; the cache; the scope
+//! rules; Service Fabric's certificate pinning; and secrets kept out of everything printed.
+
+use std::time::Duration;
+
+use http::Method;
+use tower_identity::{CredentialExt, ManagedIdentityCredential, ManagedIdentitySource};
+
+use super::{
+    Identity, RESOURCE, SCOPE, builder, credential, expected_identity_headers, expected_params,
+    secrets_of, sorted, source_of,
+};
+use crate::support::mi_emulator::{Emulator, ExpiresOn, Fault, Flavour};
+
+/// Seconds from now until a token's expiry, as its holder sees it.
+fn remaining(token: &tower_identity::AccessToken) -> u64 {
+    token.expires_in().as_secs()
+}
+
+#[tokio::test]
+async fn every_source_gets_a_token_for_each_identity_form_it_takes() {
+    for flavour in Flavour::ALL {
+        for id in Identity::ALL {
+            let em = Emulator::start(flavour).await;
+            let what = format!("{flavour:?} {id:?}");
+            if !id.supported_by(flavour) {
+                // Cloud Shell and Service Fabric take no user-assigned id: refused when built,
+                // with what to do, and nothing is sent.
+                let err = id.select(builder(&em)).build().unwrap_err();
+                assert!(
+                    err.to_string()
+                        .contains("supports only the system-assigned identity"),
+                    "{what}: {err}"
+                );
+                assert_eq!(em.request_count(), 0, "{what}");
+                continue;
+            }
+            let credential = credential(&em, id);
+            assert_eq!(credential.source(), source_of(flavour), "{what}");
+            let token = credential
+                .get_token([SCOPE])
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                token.secret().expose_secret().starts_with("mi-"),
+                "{what}: a token from the emulator"
+            );
+            let left = remaining(&token);
+            assert!((3500..=3600).contains(&left), "{what}: {left} s left");
+
+            let log = em.requests();
+            let expected_count = if flavour == Flavour::AzureArc { 2 } else { 1 };
+            assert_eq!(log.len(), expected_count, "{what}: {log:#?}");
+            let last = log.last().unwrap();
+            assert_eq!(last.status, Some(200), "{what}");
+            assert_eq!(
+                last.identity_headers,
+                expected_identity_headers(flavour),
+                "{what}"
+            );
+            if flavour == Flavour::CloudShell {
+                assert_eq!(last.method, Method::POST);
+                assert!(last.query.is_empty(), "{what}: {:?}", last.query);
+                assert_eq!(sorted(last.form()), expected_params(flavour, id), "{what}");
+            } else {
+                assert_eq!(last.method, Method::GET);
+                assert!(last.body.is_empty(), "{what}");
+                assert_eq!(
+                    sorted(last.query.clone()),
+                    expected_params(flavour, id),
+                    "{what}"
+                );
+            }
+            if flavour == Flavour::AzureArc {
+                // The challenge first: the same request without the key, answered 401.
+                let first = &log[0];
+                assert_eq!(first.status, Some(401));
+                assert_eq!(first.query, last.query);
+                assert_eq!(
+                    first.identity_headers,
+                    [("metadata".to_owned(), "true".to_owned())]
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_arc_agent_that_ignores_the_user_assigned_id_is_not_believed() {
+    // Older agents answer for the system-assigned identity whatever was asked; a token that
+    // does not name the identity asked for must not pass for it (MSAL 1.39 and azure-identity
+    // check the same).
+    for id in [Identity::ClientId, Identity::ObjectId, Identity::ResourceId] {
+        let em = Emulator::start(Flavour::AzureArc).await;
+        em.set_echo_identity(false);
+        let err = credential(&em, id).get_token([SCOPE]).await.unwrap_err();
+        assert!(!err.is_unavailable(), "{id:?}: {err}");
+        assert_eq!(em.request_count(), 2, "{id:?}");
+    }
+    let em = Emulator::start(Flavour::AzureArc).await;
+    em.set_echo_identity(false);
+    credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_token_is_cached_per_resource_and_default_is_stripped() {
+    for flavour in Flavour::ALL {
+        let em = Emulator::start(flavour).await;
+        let credential = credential(&em, Identity::System);
+        let first = credential.get_token([SCOPE]).await.unwrap();
+        let sent = em.request_count();
+        // The same resource, with and without `/.default`, comes from memory.
+        let again = credential.get_token([SCOPE]).await.unwrap();
+        let bare = credential.get_token([RESOURCE]).await.unwrap();
+        assert_eq!(em.request_count(), sent, "{flavour:?}: served from memory");
+        assert_eq!(
+            first.secret().expose_secret(),
+            again.secret().expose_secret()
+        );
+        assert_eq!(
+            first.secret().expose_secret(),
+            bare.secret().expose_secret()
+        );
+        // Another resource is another request (and another token).
+        let other = credential
+            .get_token(["https://other.test/.default"])
+            .await
+            .unwrap();
+        assert!(em.request_count() > sent, "{flavour:?}");
+        assert_ne!(
+            first.secret().expose_secret(),
+            other.secret().expose_secret()
+        );
+        let last = em.requests().pop().unwrap();
+        let resource = if flavour == Flavour::CloudShell {
+            last.form()
+                .into_iter()
+                .find(|(k, _)| k == "resource")
+                .map(|(_, v)| v)
+        } else {
+            last.param("resource").map(str::to_owned)
+        };
+        assert_eq!(
+            resource.as_deref(),
+            Some("https://other.test"),
+            "{flavour:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_scopes_are_an_invalid_request_and_nothing_is_sent() {
+    let em = Emulator::start(Flavour::Imds).await;
+    let credential = credential(&em, Identity::System);
+    let err = credential
+        .get_token([SCOPE, "https://other.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_request(), "{err}");
+    assert!(err.to_string().contains("exactly one"), "{err}");
+    assert_eq!(em.request_count(), 0);
+}
+
+#[tokio::test]
+async fn expiry_is_read_in_every_format_the_sources_send() {
+    let cases = [
+        (Flavour::AppService, ExpiresOn::EpochString),
+        (Flavour::AppService, ExpiresOn::EpochNumber),
+        (Flavour::ServiceFabric, ExpiresOn::EpochNumber),
+        (Flavour::ServiceFabric, ExpiresOn::EpochString),
+        (Flavour::AzureMl, ExpiresOn::EpochString),
+        (Flavour::AzureMl, ExpiresOn::Date),
+        (Flavour::AzureMl, ExpiresOn::DateAmPm),
+        (Flavour::Imds, ExpiresOn::EpochNumber),
+    ];
+    for (flavour, format) in cases {
+        let em = Emulator::start(flavour).await;
+        em.set_expires_on(format);
+        let token = credential(&em, Identity::System)
+            .get_token([SCOPE])
+            .await
+            .unwrap();
+        let left = remaining(&token);
+        assert!(
+            (3500..=3600).contains(&left),
+            "{flavour:?} {format:?}: {left} s left"
+        );
+    }
+}
+
+#[tokio::test]
+async fn long_lived_tokens_are_renewed_at_half_life() {
+    // Managed identity tokens usually live 24 h; MSAL renews them after 12.
+    let em = Emulator::start(Flavour::AppService).await;
+    em.set_lifetime(24 * 3600);
+    let token = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    let refresh_on = token.refresh_on().expect("a refresh time");
+    let until_refresh = refresh_on.saturating_duration_since(tokio::time::Instant::now());
+    let half = Duration::from_secs(12 * 3600);
+    assert!(
+        until_refresh <= half && until_refresh >= half - Duration::from_secs(60),
+        "{until_refresh:?}"
+    );
+}
+
+#[tokio::test]
+async fn service_fabric_accepts_only_the_pinned_certificate() {
+    let em = Emulator::start(Flavour::ServiceFabric).await;
+    // Windows shows thumbprints in upper case; lower case with colons is the same one.
+    let colons: String = em
+        .thumbprint()
+        .to_lowercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| std::str::from_utf8(pair).unwrap())
+        .collect::<Vec<_>>()
+        .join(":");
+    for thumbprint in [em.thumbprint().to_owned(), colons] {
+        let mut env = em.env();
+        env.retain(|(k, _)| k != "IDENTITY_SERVER_THUMBPRINT");
+        env.push(("IDENTITY_SERVER_THUMBPRINT".to_owned(), thumbprint.clone()));
+        let credential = ManagedIdentityCredential::builder()
+            .vars(env)
+            .build()
+            .unwrap();
+        credential
+            .get_token([SCOPE])
+            .await
+            .unwrap_or_else(|e| panic!("{thumbprint}: {e}"));
+    }
+    assert_eq!(em.request_count(), 2);
+
+    // Another certificate's thumbprint: the TLS handshake fails, so the secret header is
+    // never sent.
+    let mut wrong = em.thumbprint().to_owned();
+    let flipped = if wrong.ends_with('0') { "1" } else { "0" };
+    wrong.replace_range(39.., flipped);
+    let mut env = em.env();
+    env.retain(|(k, _)| k != "IDENTITY_SERVER_THUMBPRINT");
+    env.push(("IDENTITY_SERVER_THUMBPRINT".to_owned(), wrong));
+    let credential = ManagedIdentityCredential::builder()
+        .vars(env)
+        .build()
+        .unwrap();
+    let err = credential.get_token([SCOPE]).await.unwrap_err();
+    assert!(!err.is_unavailable(), "{err}");
+    let transport = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<tower_identity::transport::TransportError>())
+        .expect("a TransportError source");
+    assert!(transport.is_tls(), "{err}");
+    assert!(
+        !err.is_transient(),
+        "a wrong certificate is not retried: {err}"
+    );
+    assert_eq!(em.request_count(), 2, "no request reached the server");
+}
+
+#[tokio::test]
+async fn the_default_imds_address_is_the_link_local_one() {
+    // Compared as a string only: nothing is sent (no variables at all selects IMDS at its
+    // real address, which this test never asks for a token).
+    let credential = ManagedIdentityCredential::builder()
+        .vars(Vec::<(String, String)>::new())
+        .build()
+        .unwrap();
+    assert_eq!(credential.source(), ManagedIdentitySource::Imds);
+    let debug = format!("{credential:?}");
+    assert!(
+        debug.contains("\"http://169.254.169.254/metadata/identity/oauth2/token\""),
+        "{debug}"
+    );
+}
+
+#[tokio::test]
+async fn secrets_never_show_in_errors_or_debug_output() {
+    for flavour in [
+        Flavour::AppService,
+        Flavour::AzureMl,
+        Flavour::ServiceFabric,
+        Flavour::AzureArc,
+    ] {
+        let em = Emulator::start(flavour).await;
+        let secrets = secrets_of(flavour);
+        // An endpoint that quotes the secret back in its error body.
+        let echo = format!(
+            r#"{{"error":"invalid_request","error_description":"bad secret {}","message":"bad secret {}"}}"#,
+            secrets.join(" "),
+            secrets.join(" ")
+        );
+        let faults = if flavour == Flavour::AzureArc {
+            // Let the challenge through, then refuse the request carrying the key.
+            vec![None, Some(403)]
+        } else {
+            vec![Some(403)]
+        };
+        for fault in faults {
+            match fault {
+                None => em.push_fault(Fault::Delay(Duration::ZERO)),
+                Some(status) => em.push_fault(Fault::Respond {
+                    status,
+                    body: echo.clone(),
+                    headers: vec![],
+                }),
+            }
+        }
+        let builder = builder(&em);
+        let builder_debug = format!("{builder:?}");
+        let credential = builder.build().unwrap();
+        let err = credential.get_token([SCOPE]).await.unwrap_err();
+        let printed = [
+            format!("{err}"),
+            format!("{err:?}"),
+            format!("{err:#?}"),
+            format!("{credential:?}"),
+            builder_debug,
+        ];
+        for text in &printed {
+            for secret in &secrets {
+                assert!(!text.contains(secret), "{flavour:?}: {secret} in {text}");
+            }
+        }
+        // The request did carry it, so the check above is not vacuous.
+        let carried = em.requests().iter().any(|r| {
+            r.identity_headers
+                .iter()
+                .any(|(_, v)| secrets.iter().any(|s| v.contains(s)))
+        });
+        assert!(carried, "{flavour:?}");
+    }
+}
