@@ -1,7 +1,9 @@
-//! Gets a token the way a developer machine or a CI job would: from the environment
-//! (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`), else from the Azure CLI.
-//! Prints which credential answered and when the token expires — never the token itself,
-//! unless `--show-token` is given.
+//! Gets a token with `DefaultAzureCredential`, as an application would: from the environment,
+//! a workload identity, the host's managed identity, the shared token cache, Azure CLI or
+//! Azure Developer CLI — whichever answers first (`AZURE_TOKEN_CREDENTIALS=dev` or `prod`
+//! narrows the list). Prints which credential answered and when the token expires — never the
+//! token itself, unless `--show-token` is given. `RUST_LOG=tower_identity=debug` shows why each
+//! credential before it was unavailable.
 //!
 //! ```text
 //! cargo run --example get_token -- --scope https://management.azure.com/.default
@@ -9,14 +11,9 @@
 //! ```
 
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tower_identity::{AzureCliCredential, CredentialExt, EnvironmentCredential, TokenRequest};
-use tracing::field::{Field, Visit};
-use tracing_subscriber::Layer as _;
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::util::SubscriberInitExt;
+use tower_identity::{CredentialExt, DefaultAzureCredential, TokenRequest};
 
 const USAGE: &str =
     "usage: get_token --scope <scope> [--scope <scope>…] [--tenant <tenant>] [--show-token]";
@@ -50,29 +47,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Remembers the credential named by the chain's "credential answered" event.
-#[derive(Clone, Default)]
-struct Answered(Arc<Mutex<Option<String>>>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Answered {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        struct Find(Option<String>);
-        impl Visit for Find {
-            fn record_str(&mut self, field: &Field, value: &str) {
-                if field.name() == "credential" {
-                    self.0 = Some(value.to_owned());
-                }
-            }
-            fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
-        }
-        let mut find = Find(None);
-        event.record(&mut find);
-        if let Some(name) = find.0 {
-            *self.0.lock().unwrap() = Some(name);
-        }
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = match parse_args() {
@@ -82,28 +56,31 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let answered = Answered::default();
-    tracing_subscriber::registry()
-        .with(answered.clone())
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(tracing_subscriber::EnvFilter::from_env("RUST_LOG")),
-        )
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("RUST_LOG"))
         .init();
 
-    let credential = EnvironmentCredential::new().or(AzureCliCredential::new());
+    let credential = match DefaultAzureCredential::new() {
+        Ok(credential) => credential,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let mut request = TokenRequest::new(args.scopes.clone());
     if let Some(tenant) = &args.tenant {
         request = request.tenant_id(tenant.clone());
     }
     match credential.get_token_with(request).await {
         Ok(token) => {
-            let who = answered.0.lock().unwrap().clone();
             let expires_in = token.expires_in();
             let at = SystemTime::now() + expires_in;
             println!("scopes:      {}", args.scopes.join(" "));
-            println!("answered by: {}", who.as_deref().unwrap_or("unknown"));
+            println!(
+                "answered by: {}",
+                credential.answered().unwrap_or("unknown")
+            );
             println!(
                 "expires:     {} (in {})",
                 httpdate::fmt_http_date(at),

@@ -70,10 +70,10 @@ pub mod transport;
 pub use bearer::{BearerToken, BearerTokenLayer};
 pub use credential::{
     AuthorizationCodeCredential, AzureCliCredential, AzureDeveloperCliCredential, BoxCredential,
-    ChainedTokenCredential, ClientSecretCredential, CredentialExt, EnvironmentCredential, Fallback,
-    ManagedIdentityCredential, ManagedIdentityCredentialBuilder, ManagedIdentitySource,
-    SharedTokenCacheCredential, TokenCachePersistenceOptions, TokenCredential, UserAssignedId,
-    WorkloadIdentityCredential,
+    ChainedTokenCredential, ClientSecretCredential, CredentialExt, DefaultAzureCredential,
+    DefaultAzureCredentialBuilder, EnvironmentCredential, Fallback, ManagedIdentityCredential,
+    ManagedIdentityCredentialBuilder, ManagedIdentitySource, SharedTokenCacheCredential,
+    TokenCachePersistenceOptions, TokenCredential, UserAssignedId, WorkloadIdentityCredential,
 };
 pub use entra::authority::authority_hosts;
 pub use error::{BoxError, ConfigError, CredentialError, ErrorKind};

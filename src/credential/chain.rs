@@ -44,7 +44,7 @@ const CHAIN: &str = "ChainedTokenCredential";
 
 /// Names of the combinators: their success is reported by the leaf inside them.
 fn is_combinator(name: &str) -> bool {
-    name == CHAIN || name == "Fallback"
+    name == CHAIN || name == "Fallback" || name == super::default::NAME
 }
 
 fn report_success(name: &str) {

@@ -32,6 +32,7 @@ mod azure_developer_cli;
 mod cache_options;
 mod chain;
 mod client_secret;
+mod default;
 mod env;
 mod environment;
 pub(crate) mod managed_identity;
@@ -47,6 +48,7 @@ pub use azure_developer_cli::{AzureDeveloperCliCredential, AzureDeveloperCliCred
 pub use cache_options::TokenCachePersistenceOptions;
 pub use chain::{ChainedTokenCredential, Fallback, FallbackFuture};
 pub use client_secret::{ClientSecretCredential, ClientSecretCredentialBuilder};
+pub use default::{DefaultAzureCredential, DefaultAzureCredentialBuilder};
 pub use environment::{EnvironmentCredential, EnvironmentCredentialBuilder};
 pub use managed_identity::{
     ManagedIdentityCredential, ManagedIdentityCredentialBuilder, ManagedIdentitySource,

@@ -17,28 +17,46 @@ pub fn example(name: &str) -> PathBuf {
 }
 
 #[test]
-fn get_token_without_environment_or_az_exits_non_zero_listing_both_attempts() {
+fn get_token_with_nothing_configured_exits_non_zero_listing_every_attempt() {
+    // IMDS at a closed loopback port, no home with a token cache, no az or azd on PATH.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let imds = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let home = tempfile::tempdir().unwrap();
     let output = Command::new(example("get_token"))
         .args(["--scope", "https://management.azure.com/.default"])
         .env_clear()
         .env("PATH", "/nonexistent")
+        .env("HOME", home.path())
+        .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", &imds)
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(output.stdout.is_empty());
-    let env_at = stderr
-        .find("1. EnvironmentCredential (unavailable)")
-        .expect(&stderr);
-    let cli_at = stderr
-        .find("2. AzureCliCredential (unavailable)")
-        .expect(&stderr);
-    assert!(env_at < cli_at);
-    assert!(
-        stderr.contains("Set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("az login"), "{stderr}");
+    let mut last = 0;
+    for (i, name) in (1..).zip([
+        "EnvironmentCredential",
+        "WorkloadIdentityCredential",
+        "ManagedIdentityCredential",
+        "SharedTokenCacheCredential",
+        "AzureCliCredential",
+        "AzureDeveloperCliCredential",
+    ]) {
+        let at = stderr
+            .find(&format!("{i}. {name} (unavailable)"))
+            .unwrap_or_else(|| panic!("{name} missing or out of order:\n{stderr}"));
+        assert!(at >= last);
+        last = at;
+    }
+    for hint in [
+        "Set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "az login",
+        "azd auth login",
+    ] {
+        assert!(stderr.contains(hint), "{hint}: {stderr}");
+    }
     assert_eq!(stderr.matches("error:").count(), 1, "one message: {stderr}");
 }
 

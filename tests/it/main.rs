@@ -8,6 +8,7 @@ mod bearer;
 mod cache_file;
 mod chain;
 mod client_secret;
+mod default_credential;
 mod examples;
 mod limits;
 mod managed_identity;

@@ -1,0 +1,541 @@
+//! [`DefaultAzureCredential`]: the chain most applications start from — the credentials a
+//! service is deployed with first, then the developer's own sign-ins.
+//!
+//! ```no_run
+//! use tower_identity::{CredentialExt, DefaultAzureCredential};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let credential = DefaultAzureCredential::new()?;
+//! let token = credential.get_token(["https://management.azure.com/.default"]).await?;
+//! # let _ = token; Ok(()) }
+//! ```
+//!
+//! Tried in this order (azure-identity's, without the Windows- and IDE-only credentials):
+//!
+//! | # | credential | reads |
+//! |---|---|---|
+//! | 1 | [`EnvironmentCredential`] | `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET` |
+//! | 2 | [`WorkloadIdentityCredential`] | `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE` |
+//! | 3 | [`ManagedIdentityCredential`] | the host's managed identity; `AZURE_CLIENT_ID` picks a user-assigned one |
+//! | 4 | [`SharedTokenCacheCredential`] | the MSAL cache shared with Azure CLI and Visual Studio |
+//! | 5 | [`AzureCliCredential`] | `az login` |
+//! | 6 | [`AzureDeveloperCliCredential`] | `azd auth login` |
+//!
+//! Azure PowerShell, Visual Studio Code, the WAM broker and the interactive browser are not
+//! part of it (this crate has none of them).
+//!
+//! **Selection.** `AZURE_TOKEN_CREDENTIALS` narrows the chain: `prod` keeps 1–3, `dev` keeps
+//! 4–6, and one credential's type name (`ManagedIdentityCredential`, `AzureCliCredential`, …;
+//! any of the table but `SharedTokenCacheCredential`) keeps only that one. The value is
+//! trimmed and compared ignoring case; anything else is a construction error. The builder's
+//! `exclude_*` settings apply on top.
+//!
+//! **Failing fast.** Inside this chain the managed identity, when it would ask IMDS, first
+//! probes it without retries and with a 1 s timeout: on a machine that is not an Azure VM
+//! the chain moves on within about a second instead of waiting out IMDS's retry schedule. After
+//! one success it behaves as a plain [`ManagedIdentityCredential`]. (azure-identity skips this
+//! probe when `AZURE_POD_IDENTITY_AUTHORITY_HOST` is set; this crate probes there too, so a
+//! wrong override fails fast as well.) When `AZURE_TOKEN_CREDENTIALS=ManagedIdentityCredential`
+//! names it alone there is nothing to fall back to, and it is not probed. Failures of Azure CLI
+//! and Azure Developer CLI are reported as *unavailable* here, so the next developer tool gets
+//! its turn, as azure-identity does.
+//!
+//! **Sticky.** The first credential that answers is used for every later request of this
+//! `DefaultAzureCredential` (and its clones), without trying the others first — as
+//! azure-identity and the Go SDK do. A developer signed in to Azure CLI does not pay for the
+//! IMDS probe again on every new scope, and a deployed service does not silently switch
+//! identity when its managed identity has a bad moment: it gets that credential's error. Build a
+//! new `DefaultAzureCredential` to choose again.
+//!
+//! When nothing answers, the error lists every credential tried with what to set up.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use tower::ServiceExt;
+use tower_service::Service;
+
+use super::chain::first_token;
+use super::env::{AZURE_CLIENT_ID, Vars};
+use super::managed_identity::{ManagedIdentityCredential, UserAssignedId};
+use super::{
+    AzureCliCredential, AzureDeveloperCliCredential, BoxCredential, CredentialFuture,
+    EnvironmentCredential, SharedTokenCacheCredential, TokenCredential, WorkloadIdentityCredential,
+};
+use crate::error::{ConfigError, CredentialError};
+use crate::token::{AccessToken, TokenRequest};
+use crate::transport::HttpClient;
+
+pub(crate) const NAME: &str = "DefaultAzureCredential";
+/// Narrows the chain: `dev`, `prod` or one credential's name.
+const AZURE_TOKEN_CREDENTIALS: &str = "AZURE_TOKEN_CREDENTIALS";
+const DOCS: &str =
+    "https://docs.rs/tower-identity/latest/tower_identity/struct.DefaultAzureCredential.html";
+
+/// The members, in the order they are tried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Member {
+    Environment,
+    WorkloadIdentity,
+    ManagedIdentity,
+    SharedTokenCache,
+    AzureCli,
+    AzureDeveloperCli,
+}
+
+impl Member {
+    const ALL: [Member; 6] = [
+        Member::Environment,
+        Member::WorkloadIdentity,
+        Member::ManagedIdentity,
+        Member::SharedTokenCache,
+        Member::AzureCli,
+        Member::AzureDeveloperCli,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Member::Environment => "EnvironmentCredential",
+            Member::WorkloadIdentity => "WorkloadIdentityCredential",
+            Member::ManagedIdentity => "ManagedIdentityCredential",
+            Member::SharedTokenCache => "SharedTokenCacheCredential",
+            Member::AzureCli => "AzureCliCredential",
+            Member::AzureDeveloperCli => "AzureDeveloperCliCredential",
+        }
+    }
+
+    /// The credentials a deployed service authenticates with (`prod`).
+    fn is_production(self) -> bool {
+        matches!(
+            self,
+            Member::Environment | Member::WorkloadIdentity | Member::ManagedIdentity
+        )
+    }
+}
+
+/// The members `AZURE_TOKEN_CREDENTIALS` selects, and whether it named exactly one.
+fn selection(value: Option<&str>) -> Result<(Vec<Member>, bool), ConfigError> {
+    let value = value.map(str::trim).unwrap_or_default();
+    if value.is_empty() {
+        return Ok((Member::ALL.to_vec(), false));
+    }
+    let lower = value.to_ascii_lowercase();
+    match lower.as_str() {
+        "prod" => return Ok((filter(Member::is_production), false)),
+        "dev" => return Ok((filter(|m| !m.is_production()), false)),
+        _ => {}
+    }
+    // azure-identity does not accept the shared token cache by name either.
+    let named = Member::ALL
+        .into_iter()
+        .filter(|m| *m != Member::SharedTokenCache)
+        .find(|m| m.name().eq_ignore_ascii_case(&lower));
+    match named {
+        Some(member) => Ok((vec![member], true)),
+        None => {
+            let names: Vec<&str> = Member::ALL
+                .iter()
+                .filter(|m| **m != Member::SharedTokenCache)
+                .map(|m| m.name())
+                .collect();
+            // Only a short, printable value is quoted: it is configuration, not a secret, but
+            // it may be anything.
+            let shown = crate::redact::excerpt(value.as_bytes(), &[], 60);
+            Err(ConfigError::new(format!(
+                "{NAME}: {AZURE_TOKEN_CREDENTIALS}=\"{shown}\" is not valid; use \"dev\", \
+                 \"prod\" or one of {} (this crate has no Azure PowerShell, Visual Studio Code \
+                 or broker credential)",
+                names.join(", ")
+            )))
+        }
+    }
+}
+
+fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
+    Member::ALL.into_iter().filter(|m| keep(*m)).collect()
+}
+
+/// The chain of the module docs: environment, workload identity, managed identity, shared
+/// token cache, Azure CLI, Azure Developer CLI.
+#[derive(Clone)]
+pub struct DefaultAzureCredential {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    members: Arc<[BoxCredential]>,
+    /// The index of the member that answered first; it answers every later request.
+    answered: OnceLock<usize>,
+}
+
+impl DefaultAzureCredential {
+    /// The whole chain, configured from the process environment. Fails only on an invalid
+    /// `AZURE_TOKEN_CREDENTIALS`.
+    pub fn new() -> Result<Self, ConfigError> {
+        Self::builder().build()
+    }
+
+    /// A builder: exclude members, choose the managed identity, set the HTTP client.
+    pub fn builder() -> DefaultAzureCredentialBuilder {
+        DefaultAzureCredentialBuilder::default()
+    }
+
+    /// The names of the credentials in the chain, in the order they are tried.
+    pub fn credentials(&self) -> impl Iterator<Item = &str> {
+        self.inner.members.iter().map(BoxCredential::name)
+    }
+
+    /// The name of the credential that answered first and now answers every request
+    /// (shared by clones); `None` until one has.
+    pub fn answered(&self) -> Option<&str> {
+        let index = *self.inner.answered.get()?;
+        self.inner.members.get(index).map(BoxCredential::name)
+    }
+}
+
+impl Service<TokenRequest> for DefaultAzureCredential {
+    type Response = AccessToken;
+    type Error = CredentialError;
+    type Future = CredentialFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: TokenRequest) -> Self::Future {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let chosen = inner
+                .answered
+                .get()
+                .and_then(|&index| Some((index, inner.members.get(index)?.clone())));
+            if let Some((_, credential)) = chosen {
+                return credential.oneshot(request).await;
+            }
+            let result = first_token(&inner.members, request, NAME).await;
+            match result {
+                Ok((index, token)) => {
+                    if inner.answered.set(index).is_ok() {
+                        if let Some(member) = inner.members.get(index) {
+                            tracing::info!(
+                                credential = member.name(),
+                                "DefaultAzureCredential will use this credential from now on"
+                            );
+                        }
+                    }
+                    Ok(token)
+                }
+                Err(error) => Err(if error.is_unavailable() {
+                    error.with_message_suffix(&format!(
+                        "\nSet up one of them as its line says; {DOCS} lists what each reads"
+                    ))
+                } else {
+                    error
+                }),
+            }
+        })
+    }
+}
+
+impl fmt::Debug for DefaultAzureCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(NAME)
+            .field("credentials", &self.inner.members)
+            .field("answered", &self.answered())
+            .finish()
+    }
+}
+
+/// Settings for a [`DefaultAzureCredential`].
+#[derive(Default)]
+pub struct DefaultAzureCredentialBuilder {
+    excluded: Vec<Member>,
+    /// `None`: `AZURE_CLIENT_ID` when set, else system-assigned; `Some(None)`: system-assigned.
+    managed_identity: Option<Option<UserAssignedId>>,
+    http_client: Option<HttpClient>,
+    vars: Vars,
+    shared_token_cache: Option<SharedTokenCacheCredential>,
+    azure_cli: Option<AzureCliCredential>,
+    azure_developer_cli: Option<AzureDeveloperCliCredential>,
+}
+
+macro_rules! exclude_setters {
+    ($($(#[$doc:meta])* $setter:ident => $member:ident;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $setter(mut self, exclude: bool) -> Self {
+                self.excluded.retain(|m| *m != Member::$member);
+                if exclude {
+                    self.excluded.push(Member::$member);
+                }
+                self
+            }
+        )*
+    };
+}
+
+impl DefaultAzureCredentialBuilder {
+    exclude_setters! {
+        /// Leave out [`EnvironmentCredential`].
+        exclude_environment_credential => Environment;
+        /// Leave out [`WorkloadIdentityCredential`].
+        exclude_workload_identity_credential => WorkloadIdentity;
+        /// Leave out [`ManagedIdentityCredential`].
+        exclude_managed_identity_credential => ManagedIdentity;
+        /// Leave out [`SharedTokenCacheCredential`].
+        exclude_shared_token_cache_credential => SharedTokenCache;
+        /// Leave out [`AzureCliCredential`].
+        exclude_azure_cli_credential => AzureCli;
+        /// Leave out [`AzureDeveloperCliCredential`].
+        exclude_azure_developer_cli_credential => AzureDeveloperCli;
+    }
+
+    /// The user-assigned managed identity to use. Default: the one whose client id is
+    /// `AZURE_CLIENT_ID` when that is set, else the system-assigned identity.
+    pub fn managed_identity_id(mut self, id: UserAssignedId) -> Self {
+        self.managed_identity = Some(Some(id));
+        self
+    }
+
+    /// The user-assigned managed identity with this client id (see
+    /// [`managed_identity_id`](Self::managed_identity_id)).
+    pub fn managed_identity_client_id(self, client_id: impl Into<String>) -> Self {
+        self.managed_identity_id(UserAssignedId::ClientId(client_id.into()))
+    }
+
+    /// The system-assigned managed identity, even when `AZURE_CLIENT_ID` is set.
+    pub fn managed_identity_system_assigned(mut self) -> Self {
+        self.managed_identity = Some(None);
+        self
+    }
+
+    /// The HTTP client for the Microsoft Entra ID credentials (environment, workload
+    /// identity, shared token cache). The managed identity keeps its own client: its endpoints
+    /// are plain `http` on the host, which the default client refuses.
+    pub fn http_client(mut self, client: HttpClient) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
+    /// Reads the environment from these pairs instead of the process environment, for every
+    /// member that reads it (for tests, or configuration that comes from elsewhere).
+    pub fn vars<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.vars = Vars::from_pairs(vars);
+        self
+    }
+
+    /// Use this [`SharedTokenCacheCredential`] (another cache file, username or tenant).
+    pub fn shared_token_cache_credential(mut self, credential: SharedTokenCacheCredential) -> Self {
+        self.shared_token_cache = Some(credential);
+        self
+    }
+
+    /// Use this [`AzureCliCredential`] (a tenant, a timeout, another `az`).
+    pub fn azure_cli_credential(mut self, credential: AzureCliCredential) -> Self {
+        self.azure_cli = Some(credential);
+        self
+    }
+
+    /// Use this [`AzureDeveloperCliCredential`] (a tenant, a timeout, another `azd`).
+    pub fn azure_developer_cli_credential(
+        mut self,
+        credential: AzureDeveloperCliCredential,
+    ) -> Self {
+        self.azure_developer_cli = Some(credential);
+        self
+    }
+
+    /// Reads `AZURE_TOKEN_CREDENTIALS` and builds every selected member. Fails when that
+    /// variable is invalid or nothing is left to try.
+    pub fn build(mut self) -> Result<DefaultAzureCredential, ConfigError> {
+        let (selected, alone) = selection(self.vars.get(AZURE_TOKEN_CREDENTIALS).as_deref())?;
+        let members: Vec<Member> = selected
+            .into_iter()
+            .filter(|m| !self.excluded.contains(m))
+            .collect();
+        if members.is_empty() {
+            return Err(ConfigError::new(format!(
+                "{NAME}: every credential is excluded (by the builder's exclude_* settings \
+                 and {AZURE_TOKEN_CREDENTIALS}); leave at least one"
+            )));
+        }
+        let mut chain = Vec::with_capacity(members.len());
+        for member in members {
+            chain.push(self.member(member, alone));
+        }
+        Ok(DefaultAzureCredential {
+            inner: Arc::new(Inner {
+                members: chain.into(),
+                answered: OnceLock::new(),
+            }),
+        })
+    }
+
+    fn member(&mut self, member: Member, alone: bool) -> BoxCredential {
+        let vars = self.vars.pairs();
+        let http = self.http_client.clone();
+        match member {
+            Member::Environment => {
+                let mut b = EnvironmentCredential::builder();
+                if let Some(vars) = vars {
+                    b = b.vars(vars);
+                }
+                if let Some(http) = http {
+                    b = b.http_client(http);
+                }
+                named(member, b.build())
+            }
+            Member::WorkloadIdentity => {
+                let mut b = WorkloadIdentityCredential::builder();
+                if let Some(vars) = vars {
+                    b = b.vars(vars);
+                }
+                if let Some(http) = http {
+                    b = b.http_client(http);
+                }
+                built(member, b.build())
+            }
+            Member::ManagedIdentity => {
+                let id = match self.managed_identity.clone() {
+                    Some(id) => id,
+                    None => self.vars.get(AZURE_CLIENT_ID).map(UserAssignedId::ClientId),
+                };
+                let mut b = ManagedIdentityCredential::builder().probe_imds(!alone);
+                if let Some(vars) = vars {
+                    b = b.vars(vars);
+                }
+                if let Some(id) = id {
+                    b = b.user_assigned_id(id);
+                }
+                built(member, b.build())
+            }
+            Member::SharedTokenCache => match self.shared_token_cache.take() {
+                Some(c) => named(member, c),
+                None => {
+                    let mut b = SharedTokenCacheCredential::builder();
+                    if let Some(http) = http {
+                        b = b.http_client(http);
+                    }
+                    built(member, b.build())
+                }
+            },
+            Member::AzureCli => {
+                let c = self.azure_cli.take().unwrap_or_default();
+                developer_tool(member, c)
+            }
+            Member::AzureDeveloperCli => {
+                let c = self.azure_developer_cli.take().unwrap_or_default();
+                developer_tool(member, c)
+            }
+        }
+    }
+}
+
+fn named<C: TokenCredential>(member: Member, credential: C) -> BoxCredential {
+    BoxCredential::named(member.name(), credential)
+}
+
+/// A member that could not be built is *unavailable* with the reason: one misconfigured
+/// source (say, `AZURE_CLIENT_ID` set for a service principal on a host whose managed identity
+/// cannot take a user-assigned id) must not keep the developer tools after it from answering.
+fn built<C: TokenCredential>(member: Member, credential: Result<C, ConfigError>) -> BoxCredential {
+    match credential {
+        Ok(c) => named(member, c),
+        Err(error) => {
+            let message: Arc<str> = Arc::from(error.message());
+            let name = member.name();
+            named(
+                member,
+                tower::service_fn(move |_: TokenRequest| {
+                    let message = Arc::clone(&message);
+                    async move { Err(CredentialError::unavailable(name, message.to_string())) }
+                }),
+            )
+        }
+    }
+}
+
+/// Azure CLI and Azure Developer CLI: inside this chain each of their failures lets the next
+/// tool try (azure-identity does the same); invalid requests still stop the chain.
+fn developer_tool<C: TokenCredential>(member: Member, credential: C) -> BoxCredential {
+    named(
+        member,
+        tower::ServiceBuilder::new()
+            .map_err(|e: CredentialError| {
+                if e.is_authentication_failed() {
+                    e.into_unavailable()
+                } else {
+                    e
+                }
+            })
+            .service(credential),
+    )
+}
+
+impl fmt::Debug for DefaultAzureCredentialBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DefaultAzureCredentialBuilder")
+            .field("excluded", &self.excluded)
+            .field("managed_identity", &self.managed_identity)
+            .field("vars", &self.vars)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(members: &[Member]) -> Vec<&'static str> {
+        members.iter().map(|m| m.name()).collect()
+    }
+
+    #[test]
+    fn azure_token_credentials_selects_as_azure_identity_does() {
+        let all = names(&Member::ALL);
+        assert_eq!(names(&selection(None).unwrap().0), all);
+        assert_eq!(names(&selection(Some("  ")).unwrap().0), all);
+        for prod in ["prod", "PROD", " Prod "] {
+            assert_eq!(
+                names(&selection(Some(prod)).unwrap().0),
+                [
+                    "EnvironmentCredential",
+                    "WorkloadIdentityCredential",
+                    "ManagedIdentityCredential"
+                ]
+            );
+        }
+        assert_eq!(
+            names(&selection(Some("dev")).unwrap().0),
+            [
+                "SharedTokenCacheCredential",
+                "AzureCliCredential",
+                "AzureDeveloperCliCredential"
+            ]
+        );
+        for member in Member::ALL {
+            let result = selection(Some(&member.name().to_ascii_lowercase()));
+            if member == Member::SharedTokenCache {
+                assert!(result.is_err());
+            } else {
+                assert_eq!(result.unwrap(), (vec![member], true));
+            }
+        }
+        for bad in [
+            "production",
+            "AzurePowerShellCredential",
+            "VisualStudioCodeCredential",
+            "dev,prod",
+        ] {
+            let err = selection(Some(bad)).unwrap_err();
+            assert!(err.message().contains(AZURE_TOKEN_CREDENTIALS), "{err}");
+            assert!(err.message().contains("\"dev\", \"prod\""), "{err}");
+        }
+    }
+}

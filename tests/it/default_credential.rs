@@ -1,0 +1,368 @@
+//! DefaultAzureCredential: which credential answers in each configuration, what
+//! `AZURE_TOKEN_CREDENTIALS` selects, stickiness, and failing fast when nothing is configured.
+//!
+//! Every member is kept on the machine: the environment is passed with `vars` (the process
+//! environment is never read), IMDS points at a loopback port, the shared token cache at a
+//! temp dir, and `az`/`azd` at stand-in scripts or at nothing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tower_identity::{
+    AzureCliCredential, AzureDeveloperCliCredential, CredentialExt, DefaultAzureCredential,
+    DefaultAzureCredentialBuilder, SharedTokenCacheCredential, TokenCachePersistenceOptions,
+};
+
+use crate::support::authority::Authority;
+use crate::support::creds::{self, CLIENT_ID, CLIENT_SECRET, SCOPE, TENANT};
+use crate::support::programs::{fake_tool, lines};
+
+const ALL: [&str; 6] = [
+    "EnvironmentCredential",
+    "WorkloadIdentityCredential",
+    "ManagedIdentityCredential",
+    "SharedTokenCacheCredential",
+    "AzureCliCredential",
+    "AzureDeveloperCliCredential",
+];
+
+/// A port on 127.0.0.1 that refuses connections: bound, noted, closed.
+async fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A machine with nothing configured: IMDS at `imds`, an empty shared cache directory,
+/// `az` and `azd` where nothing is installed, plus `vars`.
+fn nothing_configured(
+    dir: &Path,
+    imds: &str,
+    vars: &[(&str, &str)],
+) -> DefaultAzureCredentialBuilder {
+    let mut all = vec![(
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST".to_owned(),
+        imds.to_owned(),
+    )];
+    all.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    DefaultAzureCredential::builder()
+        .vars(all)
+        .shared_token_cache_credential(
+            SharedTokenCacheCredential::builder()
+                .cache_options(
+                    TokenCachePersistenceOptions::new()
+                        .directory(dir)
+                        .allow_unencrypted_storage(true),
+                )
+                .build()
+                .unwrap(),
+        )
+        .azure_cli_credential(
+            AzureCliCredential::builder()
+                .program(dir.join("no-az"))
+                .build()
+                .unwrap(),
+        )
+        .azure_developer_cli_credential(
+            AzureDeveloperCliCredential::builder()
+                .program(dir.join("no-azd"))
+                .build()
+                .unwrap(),
+        )
+}
+
+/// A stand-in `az` or `azd` answering with a token named after it.
+fn signed_in(dir: &Path, name: &str) -> std::path::PathBuf {
+    let body = match name {
+        "az" => {
+            r#"now=$(date +%s); printf '{"accessToken":"az-token","expires_on":%s,"tokenType":"Bearer"}\n' $((now + 3600))"#
+        }
+        _ => {
+            r#"exp=$(date -u -d "@$(( $(date +%s) + 3600 ))" +%Y-%m-%dT%H:%M:%SZ); printf '{"token":"azd-token","expiresOn":"%s"}\n' "$exp""#
+        }
+    };
+    let sub = dir.join(name);
+    std::fs::create_dir_all(&sub).unwrap();
+    fake_tool(&sub, name, body)
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_nothing_configured_the_chain_fails_fast_naming_every_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    let dac = nothing_configured(dir.path(), &imds, &[]).build().unwrap();
+    assert_eq!(dac.credentials().collect::<Vec<_>>(), ALL);
+    let started = Instant::now();
+    let err = dac.get_token([SCOPE]).await.unwrap_err();
+    // Paused clock: any retry backoff or timeout waited out would show here.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.is_unavailable(), "{err}");
+    assert_eq!(err.credential(), "DefaultAzureCredential");
+    let text = err.to_string();
+    let mut last = 0;
+    for (i, name) in (1..).zip(ALL) {
+        let at = text
+            .find(&format!("{i}. {name} (unavailable)"))
+            .unwrap_or_else(|| panic!("{name} not listed in order:\n{text}"));
+        assert!(at >= last, "{text}");
+        last = at;
+    }
+    for what_to_do in [
+        "AZURE_CLIENT_SECRET",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "az login",
+        "azd auth login",
+    ] {
+        assert!(text.contains(what_to_do), "{what_to_do} missing:\n{text}");
+    }
+    assert_eq!(err.attempts().len(), 6);
+    assert!(dac.answered().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_imds_that_accepts_and_never_answers_costs_about_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    // Accepts connections (the kernel's backlog) and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let imds = format!("http://{}", silent.local_addr().unwrap());
+    let dac = nothing_configured(dir.path(), &imds, &[]).build().unwrap();
+    let started = Instant::now();
+    let err = dac.get_token([SCOPE]).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    let mi = &err.attempts()[2];
+    assert_eq!(mi.credential(), "ManagedIdentityCredential");
+    assert!(mi.is_unavailable(), "{mi}");
+    drop(silent);
+}
+
+#[tokio::test]
+async fn the_environment_answers_first_when_it_is_configured() {
+    let authority = Authority::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    let dac = nothing_configured(
+        dir.path(),
+        &imds,
+        &[
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", CLIENT_ID),
+            ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+            ("AZURE_AUTHORITY_HOST", &authority.url()),
+        ],
+    )
+    .azure_cli_credential(
+        AzureCliCredential::builder()
+            .program(signed_in(dir.path(), "az"))
+            .build()
+            .unwrap(),
+    )
+    .http_client(creds::http(&authority))
+    .build()
+    .unwrap();
+    dac.get_token([SCOPE]).await.unwrap();
+    assert_eq!(dac.answered(), Some("EnvironmentCredential"));
+    assert_eq!(authority.token_posts(), 1);
+    assert!(
+        lines(dir.path().join("az/calls")).is_empty(),
+        "az was not run"
+    );
+}
+
+#[tokio::test]
+async fn azure_cli_answers_on_a_developer_machine_and_the_chain_sticks_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    let az = signed_in(dir.path(), "az");
+    let azd = signed_in(dir.path(), "azd");
+    let dac = nothing_configured(dir.path(), &imds, &[])
+        .azure_cli_credential(AzureCliCredential::builder().program(&az).build().unwrap())
+        .azure_developer_cli_credential(
+            AzureDeveloperCliCredential::builder()
+                .program(&azd)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let token = dac.get_token([SCOPE]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "az-token");
+    assert_eq!(dac.answered(), Some("AzureCliCredential"));
+    // Azure CLI now fails: the chain sticks to it (its error, not azd's token), also for a
+    // scope it has not seen, and for clones.
+    fake_tool(
+        &dir.path().join("az"),
+        "az",
+        "echo 'ERROR: AADSTS50076: MFA required' >&2; exit 1",
+    );
+    let err = dac
+        .clone()
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.credential(), "AzureCliCredential", "{err}");
+    assert!(err.message().contains("AADSTS50076"), "{err}");
+    assert!(
+        lines(dir.path().join("azd/calls")).is_empty(),
+        "azd was never run"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_azure_cli_lets_azure_developer_cli_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    std::fs::create_dir_all(dir.path().join("az")).unwrap();
+    let az = fake_tool(
+        &dir.path().join("az"),
+        "az",
+        "echo 'ERROR: something broke' >&2; exit 1",
+    );
+    let azd = signed_in(dir.path(), "azd");
+    let dac = nothing_configured(dir.path(), &imds, &[])
+        .azure_cli_credential(AzureCliCredential::builder().program(&az).build().unwrap())
+        .azure_developer_cli_credential(
+            AzureDeveloperCliCredential::builder()
+                .program(&azd)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let token = dac.get_token([SCOPE]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "azd-token");
+    assert_eq!(dac.answered(), Some("AzureDeveloperCliCredential"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn azure_token_credentials_selects_the_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    let cases: [(&str, &[&str]); 9] = [
+        ("prod", &ALL[..3]),
+        (" DEV ", &ALL[3..]),
+        ("EnvironmentCredential", &ALL[..1]),
+        ("workloadidentitycredential", &ALL[1..2]),
+        ("ManagedIdentityCredential", &ALL[2..3]),
+        ("AzureCliCredential", &ALL[4..5]),
+        ("AzureDeveloperCliCredential", &ALL[5..]),
+        ("", &ALL),
+        ("  ", &ALL),
+    ];
+    for (value, want) in cases {
+        let dac = nothing_configured(dir.path(), &imds, &[("AZURE_TOKEN_CREDENTIALS", value)])
+            .build()
+            .unwrap();
+        assert_eq!(dac.credentials().collect::<Vec<_>>(), want, "{value:?}");
+        let err = dac.get_token([SCOPE]).await.unwrap_err();
+        let tried: Vec<&str> = err.attempts().iter().map(|a| a.credential()).collect();
+        assert_eq!(tried, want, "{value:?}: {err}");
+    }
+    for bad in [
+        "production",
+        "SharedTokenCacheCredential",
+        "AzurePowerShellCredential",
+    ] {
+        let err = nothing_configured(dir.path(), &imds, &[("AZURE_TOKEN_CREDENTIALS", bad)])
+            .build()
+            .unwrap_err();
+        assert!(err.message().contains("AZURE_TOKEN_CREDENTIALS"), "{err}");
+        assert!(err.message().contains(bad), "{err}");
+    }
+    // The builder's exclusions apply on top, and excluding everything is an error.
+    let dac = nothing_configured(dir.path(), &imds, &[("AZURE_TOKEN_CREDENTIALS", "prod")])
+        .exclude_managed_identity_credential(true)
+        .build()
+        .unwrap();
+    assert_eq!(dac.credentials().collect::<Vec<_>>(), &ALL[..2]);
+    let err = nothing_configured(
+        dir.path(),
+        &imds,
+        &[("AZURE_TOKEN_CREDENTIALS", "AzureCliCredential")],
+    )
+    .exclude_azure_cli_credential(true)
+    .build()
+    .unwrap_err();
+    assert!(
+        err.message().contains("every credential is excluded"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn on_an_azure_vm_the_managed_identity_answers_after_one_probe_and_stays() {
+    use crate::support::mi_emulator::{Emulator, Flavour};
+    let dir = tempfile::tempdir().unwrap();
+    let imds = Emulator::start(Flavour::Imds).await;
+    // AZURE_CLIENT_ID alone: not a service principal or workload identity, but the
+    // user-assigned managed identity to use (as in azure-identity).
+    let dac = nothing_configured(
+        dir.path(),
+        &imds.base_url(),
+        &[("AZURE_CLIENT_ID", "mi-client-id")],
+    )
+    .build()
+    .unwrap();
+    dac.get_token([SCOPE]).await.unwrap();
+    assert_eq!(dac.answered(), Some("ManagedIdentityCredential"));
+    let requests = imds.requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "a probe, then the token request: {requests:?}"
+    );
+    let (probe, real) = (&requests[0], &requests[1]);
+    assert_eq!(
+        probe.identity_header("metadata"),
+        None,
+        "the probe has no Metadata header"
+    );
+    assert_eq!(real.identity_header("metadata"), Some("true"));
+    for request in [probe, real] {
+        assert_eq!(request.param("resource"), Some("https://resource.test"));
+        assert_eq!(request.param("client_id"), Some("mi-client-id"));
+    }
+    // Sticky, and no probe once IMDS has answered.
+    dac.get_token(["https://other.test/.default"])
+        .await
+        .unwrap();
+    assert_eq!(imds.request_count(), 3);
+    assert_eq!(imds.requests()[2].identity_header("metadata"), Some("true"));
+}
+
+#[tokio::test]
+async fn in_an_aks_pod_the_workload_identity_answers() {
+    use crate::support::oidc::{WORKLOAD_CLIENT_ID, peer};
+    let peer = peer();
+    let dir = tempfile::tempdir().unwrap();
+    let (assertion, _) = peer.service_account_token(serde_json::json!({})).await;
+    let file = dir.path().join("token");
+    std::fs::write(&file, assertion).unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    let file = file.display().to_string();
+    let dac = nothing_configured(
+        dir.path(),
+        &imds,
+        &[
+            ("AZURE_TENANT_ID", "contoso"),
+            ("AZURE_CLIENT_ID", WORKLOAD_CLIENT_ID),
+            ("AZURE_FEDERATED_TOKEN_FILE", &file),
+            ("AZURE_AUTHORITY_HOST", &peer.base),
+        ],
+    )
+    .http_client(peer.http())
+    .build()
+    .unwrap();
+    dac.get_token([SCOPE])
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", peer.log()));
+    assert_eq!(dac.answered(), Some("WorkloadIdentityCredential"));
+}
