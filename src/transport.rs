@@ -464,12 +464,22 @@ impl TransportError {
     }
 
     fn from_client(error: hyper_util::client::legacy::Error) -> Self {
-        let tls = source_chain(&error).any(is_rustls_error);
-        let (kind, message) = if tls {
+        let tls = source_chain(&error).find_map(rustls_error);
+        let (kind, message) = if let Some(tls) = tls {
+            let unknown_issuer = matches!(
+                tls,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+            );
             (
                 TransportErrorKind::Tls,
-                "TLS handshake failed (if the server uses a private CA, add it with \
-                 HttpClient::builder().add_root_certificates_pem)",
+                // The hint only where it helps: not for an expired certificate, a wrong name or
+                // a pinned thumbprint that does not match.
+                if unknown_issuer {
+                    "TLS handshake failed (if the server uses a private CA, add it with \
+                     HttpClient::builder().add_root_certificates_pem)"
+                } else {
+                    "TLS handshake failed"
+                },
             )
         } else if error.is_connect() {
             (TransportErrorKind::Connect, "connection failed")
@@ -548,18 +558,18 @@ impl StdError for TransportError {
 
 /// hyper-rustls reports a handshake failure as an io::Error wrapping an io::Error wrapping
 /// rustls::Error, and io::Error::source() skips the error it wraps: unwrap explicitly.
-fn is_rustls_error(error: &(dyn StdError + 'static)) -> bool {
+fn rustls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
     let mut current = Some(error);
     while let Some(e) = current {
-        if e.is::<rustls::Error>() {
-            return true;
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
         }
         current = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
             .map(|inner| inner as &(dyn StdError + 'static));
     }
-    false
+    None
 }
 
 /// An error and its sources, outermost first.

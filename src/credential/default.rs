@@ -33,7 +33,9 @@
 //! **Failing fast.** Inside this chain the managed identity, when it would ask IMDS, first
 //! probes it without retries and with a 1 s timeout: on a machine that is not an Azure VM
 //! the chain moves on within about a second instead of waiting out IMDS's retry schedule. After
-//! one success it behaves as a plain [`ManagedIdentityCredential`]. (azure-identity skips this
+//! one success it behaves as a plain [`ManagedIdentityCredential`]. Until then, an answer at
+//! the IMDS address that is not a token (a proxy or firewall answering for the link-local
+//! address, an error) also makes it *unavailable*, as in azure-identity. (azure-identity skips this
 //! probe when `AZURE_POD_IDENTITY_AUTHORITY_HOST` is set; this crate probes there too, so a
 //! wrong override fails fast as well.) When `AZURE_TOKEN_CREDENTIALS=ManagedIdentityCredential`
 //! names it alone there is nothing to fall back to, and it is not probed. Failures of Azure CLI

@@ -366,3 +366,39 @@ async fn in_an_aks_pod_the_workload_identity_answers() {
         .unwrap_or_else(|e| panic!("{e}\n{}", peer.log()));
     assert_eq!(dac.answered(), Some("WorkloadIdentityCredential"));
 }
+
+#[tokio::test]
+async fn a_proxy_answering_for_imds_does_not_stop_the_chain_before_azure_cli() {
+    use crate::support::mi_emulator::{Emulator, Fault, Flavour};
+    let dir = tempfile::tempdir().unwrap();
+    // A firewall or egress proxy that answers for the link-local address.
+    let imds = Emulator::start(Flavour::Imds).await;
+    let denied = || Fault::Respond {
+        status: 403,
+        body: "resolve_deny: denied destination".into(),
+        headers: vec![],
+    };
+    imds.push_fault(denied());
+    imds.push_fault(denied());
+    let dac = nothing_configured(dir.path(), &imds.base_url(), &[])
+        .azure_cli_credential(
+            AzureCliCredential::builder()
+                .program(signed_in(dir.path(), "az"))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let token = dac.get_token([SCOPE]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "az-token");
+    assert_eq!(imds.request_count(), 2, "the probe, then one token request");
+    // Outside the chain the same answer is a failure to hear about.
+    imds.push_fault(denied());
+    let mi = tower_identity::ManagedIdentityCredential::builder()
+        .vars(imds.env())
+        .build()
+        .unwrap();
+    let err = mi.get_token([SCOPE]).await.unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert!(err.message().contains("403"), "{err}");
+}

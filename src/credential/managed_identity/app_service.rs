@@ -52,10 +52,18 @@ impl AppService {
             pairs.push(PARAMS.pair(id));
         }
         let url = request::with_query(&self.url, &pairs);
+        // `Metadata: true` as msal sends it: App Service ignores it, and Azure Automation, which
+        // sets the same variables, requires it.
         request::build(
             Method::GET,
             &url,
-            &[(HEADER, self.header.clone())],
+            &[
+                (
+                    HeaderName::from_static("metadata"),
+                    HeaderValue::from_static("true"),
+                ),
+                (HEADER, self.header.clone()),
+            ],
             Bytes::new(),
         )
     }
@@ -97,6 +105,7 @@ mod tests {
             "http://127.0.0.1:1/msi/token?api-version=2019-08-01&resource=https%3A%2F%2Fvault.azure.net"
         );
         assert_eq!(r.headers()["x-identity-header"], "hdr-secret");
+        assert_eq!(r.headers()["metadata"], "true");
         assert!(r.headers()["x-identity-header"].is_sensitive());
         for (id, want) in [
             (UserAssignedId::ClientId("c".into()), "&client_id=c"),

@@ -219,6 +219,12 @@ pub(super) fn read_key(directory: &Path, realm: &str) -> Result<Secret, String> 
             directory.display()
         ));
     }
+    // Checked before opening too: opening a FIFO for reading blocks until someone writes.
+    let before = std::fs::metadata(&resolved)
+        .map_err(|e| format!("{} cannot be examined: {e}", resolved.display()))?;
+    if !before.is_file() {
+        return Err(format!("{} is not a regular file", resolved.display()));
+    }
     let file = File::open(&resolved)
         .map_err(|e| format!("{} cannot be opened: {e}", resolved.display()))?;
     let metadata = file

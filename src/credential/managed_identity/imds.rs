@@ -130,11 +130,33 @@ impl Imds {
     }
 
     pub(super) async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        if let Some(probe) = &self.probe {
-            if !self.succeeded.load(Ordering::Acquire) {
-                self.probe(probe, resource).await?;
-            }
+        let probing = self.probe.is_some() && !self.succeeded.load(Ordering::Acquire);
+        if let (true, Some(probe)) = (probing, &self.probe) {
+            self.probe(probe, resource).await?;
         }
+        let result = self.token(resource).await;
+        match result {
+            Ok(token) => {
+                self.succeeded.store(true, Ordering::Release);
+                Ok(token)
+            }
+            // In a chain, until IMDS has issued a token, whatever answered the probe may not be
+            // IMDS at all (a proxy or firewall answering for the link-local address): a failed
+            // answer lets the chain move on, as azure-identity's DefaultAzureCredential does.
+            Err(error) if probing && !error.is_unavailable() => Err(CredentialError::unavailable(
+                NAME,
+                format!(
+                    "something answered at the IMDS address, but not with a token, so this \
+                         is taken as a host without a managed identity: {}",
+                    error.message()
+                ),
+            )
+            .with_source(error)),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
         let answer =
             match request::send(&self.http, SOURCE, self.request(resource, true)?, &[]).await {
                 Ok(answer) => answer,
@@ -152,7 +174,6 @@ impl Imds {
             answer.sent_at,
             answer.sent_at_unix,
         )?;
-        self.succeeded.store(true, Ordering::Release);
         Ok(token.token)
     }
 

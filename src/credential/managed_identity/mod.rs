@@ -161,7 +161,7 @@ impl IdParams {
 /// | source | environment | request | user-assigned id as |
 /// |---|---|---|---|
 /// | Service Fabric | `IDENTITY_ENDPOINT` (https), `IDENTITY_HEADER`, `IDENTITY_SERVER_THUMBPRINT` | `GET ?api-version=2019-07-01-preview`, header `Secret` | not supported |
-/// | App Service, Functions | `IDENTITY_ENDPOINT`, `IDENTITY_HEADER` | `GET ?api-version=2019-08-01`, header `X-IDENTITY-HEADER` | `client_id`, `object_id`, `mi_res_id` |
+/// | App Service, Functions | `IDENTITY_ENDPOINT`, `IDENTITY_HEADER` | `GET ?api-version=2019-08-01`, headers `X-IDENTITY-HEADER`, `Metadata: true` | `client_id`, `object_id`, `mi_res_id` |
 /// | Azure Arc | `IDENTITY_ENDPOINT`, `IMDS_ENDPOINT` | `GET ?api-version=2020-06-01`, header `Metadata: true`, then again with the agent's key | `client_id`, `object_id`, `msi_res_id` |
 /// | Azure Machine Learning | `MSI_ENDPOINT`, `MSI_SECRET` | `GET ?api-version=2017-09-01`, header `secret` | `clientid`, `object_id`, `msi_res_id` |
 /// | Cloud Shell | `MSI_ENDPOINT` | `POST` form `resource=…`, header `Metadata: true` | not supported |

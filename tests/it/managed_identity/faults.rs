@@ -300,9 +300,6 @@ async fn arc_key_files_are_checked_before_they_are_read() {
 const O_NONBLOCK: i32 = 0o4000;
 
 #[tokio::test]
-#[ignore = "fails on branch mi as of 3cfc5fa: azure_arc::read_key opens the file before it checks \
-            it is a regular file (open it with O_NONBLOCK, or check the resolved path's metadata \
-            first), then remove this line"]
 async fn an_arc_key_that_is_a_fifo_is_refused_without_being_opened() {
     use std::os::unix::fs::OpenOptionsExt;
     use std::sync::Arc;

@@ -144,7 +144,10 @@ pub fn source_of(flavour: Flavour) -> ManagedIdentitySource {
 pub fn expected_identity_headers(flavour: Flavour) -> Vec<(String, String)> {
     let pairs: Vec<(&str, String)> = match flavour {
         Flavour::Imds | Flavour::CloudShell => vec![("metadata", "true".into())],
-        Flavour::AppService => vec![("x-identity-header", IDENTITY_HEADER.into())],
+        Flavour::AppService => vec![
+            ("metadata", "true".into()),
+            ("x-identity-header", IDENTITY_HEADER.into()),
+        ],
         Flavour::AzureArc => vec![
             ("metadata", "true".into()),
             ("authorization", format!("Basic {ARC_KEY}")),

@@ -10,8 +10,6 @@
 //! happen to send `api-version`, `resource`, then the selector today.
 //!
 //! Where the two differ on purpose the difference itself is asserted:
-//! * App Service: msal also sends `Metadata: true` (harmless there; Azure Automation wants
-//!   it); we send only `X-IDENTITY-HEADER`, which is what App Service documents.
 //! * Cloud Shell and Service Fabric take no user-assigned id: azure-identity raises when asked
 //!   for a token, we refuse when the credential is built; neither sends anything.
 //! * Azure Arc: msal reads the key only from `/var/opt/azcmagent/tokens`, so azure-identity
@@ -121,12 +119,10 @@ async fn azure_ml_requests_match_azure_identity() {
 }
 
 #[tokio::test]
-async fn app_service_requests_match_azure_identity_but_for_the_metadata_header() {
+async fn app_service_requests_match_azure_identity() {
     for id in Identity::ALL {
         let (ours, theirs) = agree(Flavour::AppService, id).await;
-        let mut expected = ours.identity_headers.clone();
-        expected.push(("metadata".to_owned(), "true".to_owned()));
-        assert_eq!(theirs.identity_headers, sorted(expected), "{id:?}");
+        assert_eq!(ours, theirs, "{id:?}");
     }
 }
 
