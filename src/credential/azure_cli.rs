@@ -21,25 +21,17 @@
 //! *authentication failed* for any other failure of `az`. Tokens are kept in memory and
 //! renewed like every other credential's, so concurrent callers start one `az` process.
 
-use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
 
-use super::arc_credential_service;
 use super::process::{self, Tool};
-use super::settings::{Settings, settings_setters};
-use crate::cache::{CacheKey, TokenCache};
-use crate::entra::authority::TenantPolicy;
+use crate::cache::CacheKey;
 use crate::entra::token_client::number;
 use crate::error::CredentialError;
 use crate::token::{AccessToken, TokenRequest, instant_from_unix, unix_now};
 
 const NAME: &str = "AzureCliCredential";
-/// How long `az` may take by default (it may refresh its own tokens over the network).
-const DEFAULT_PROCESS_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_PROGRAM: &str = if cfg!(windows) { "az.cmd" } else { "az" };
 const AZ: Tool = Tool {
     credential: NAME,
@@ -49,46 +41,9 @@ const AZ: Tool = Tool {
 };
 const NOT_SIGNED_IN: &str = "Azure CLI is not signed in. Run 'az login' to sign in, then try again";
 
-/// Gets tokens from the Azure CLI's signed-in account.
-#[derive(Clone)]
-pub struct AzureCliCredential {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    program: PathBuf,
-    tenants: TenantPolicy,
-    timeout: Duration,
-    cache: TokenCache,
-}
-
-impl AzureCliCredential {
-    /// `az` from `PATH`, its default tenant, a 10 s timeout.
-    #[allow(
-        clippy::expect_used,
-        reason = "the default settings have no tenant, the only thing build() validates"
-    )]
-    pub fn new() -> Self {
-        Self::builder()
-            .build()
-            .expect("the default settings have no tenant to validate")
-    }
-
-    /// A builder for the tenant, the timeout and the `az` program.
-    pub fn builder() -> AzureCliCredentialBuilder {
-        AzureCliCredentialBuilder {
-            program: PathBuf::from(DEFAULT_PROGRAM),
-            tenant_id: None,
-            settings: Settings::default(),
-            timeout: DEFAULT_PROCESS_TIMEOUT,
-        }
-    }
-}
-
-impl Default for AzureCliCredential {
-    fn default() -> Self {
-        Self::new()
-    }
+super::tool::tool_credential! {
+    /// Gets tokens from the Azure CLI's signed-in account.
+    AzureCliCredential, AzureCliCredentialBuilder, tool = "az", tenant_flag = "--tenant"
 }
 
 impl Inner {
@@ -201,66 +156,6 @@ pub(crate) fn parse_output(stdout: &[u8]) -> Result<AccessToken, CredentialError
     Ok(AccessToken::new(secret, instant_from_unix(expires_on)).with_token_type(token_type))
 }
 
-arc_credential_service!(AzureCliCredential);
-
-impl fmt::Debug for AzureCliCredential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct(NAME)
-            .field("program", &self.inner.program)
-            .field("tenant_id", &self.inner.tenants.tenant())
-            .field("timeout", &self.inner.timeout)
-            .finish()
-    }
-}
-
-/// Settings for an [`AzureCliCredential`].
-#[derive(Debug)]
-pub struct AzureCliCredentialBuilder {
-    program: PathBuf,
-    tenant_id: Option<String>,
-    settings: Settings,
-    timeout: Duration,
-}
-
-settings_setters!(AzureCliCredentialBuilder {
-    additionally_allowed_tenants,
-    disable_multitenant_auth,
-});
-
-impl AzureCliCredentialBuilder {
-    /// Ask `az` for tokens from this tenant (`--tenant`). Default: `az`'s current account.
-    pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
-        self.tenant_id = Some(tenant.into());
-        self
-    }
-
-    /// How long `az` may take (default 10 s); it is killed after that, with every process
-    /// it started (on Unix).
-    pub fn process_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// The `az` executable to run (default `az` from `PATH`).
-    pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
-        self.program = program.into();
-        self
-    }
-
-    /// Validates the tenant ids and builds.
-    pub fn build(self) -> Result<AzureCliCredential, crate::ConfigError> {
-        let tenants = self.settings.tenants(NAME, self.tenant_id.as_deref())?;
-        Ok(AzureCliCredential {
-            inner: Arc::new(Inner {
-                program: self.program,
-                tenants,
-                timeout: self.timeout,
-                cache: TokenCache::new(NAME),
-            }),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,7 +232,7 @@ mod tests {
         );
         let t = parse_output(ok.as_bytes()).unwrap();
         assert_eq!(t.secret().expose_secret(), "tok");
-        assert!(t.expires_in() > Duration::from_secs(3590));
+        assert!(t.expires_in() > std::time::Duration::from_secs(3590));
         let as_string = format!(r#"{{"accessToken":"tok","expires_on":"{future}"}}"#);
         assert!(parse_output(as_string.as_bytes()).is_ok());
         let old = r#"{"accessToken":"tok","expiresOn":"2030-01-01 00:00:00.000000"}"#;

@@ -24,25 +24,17 @@
 //!
 //! [`AzureCliCredential`]: crate::AzureCliCredential
 
-use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use serde_json::Value;
 
-use super::arc_credential_service;
 use super::process::{self, Tool};
-use super::settings::{Settings, settings_setters};
-use crate::cache::{CacheKey, TokenCache};
-use crate::entra::authority::TenantPolicy;
+use crate::cache::CacheKey;
 use crate::error::CredentialError;
 use crate::token::{AccessToken, TokenRequest, instant_from_unix, unix_now};
 
 const NAME: &str = "AzureDeveloperCliCredential";
-/// How long `azd` may take by default (it may refresh its own tokens over the network).
-const DEFAULT_PROCESS_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_PROGRAM: &str = if cfg!(windows) { "azd.exe" } else { "azd" };
 const AZD: Tool = Tool {
     credential: NAME,
@@ -53,46 +45,9 @@ const AZD: Tool = Tool {
 const NOT_SIGNED_IN: &str =
     "Azure Developer CLI is not signed in. Run 'azd auth login' to sign in, then try again";
 
-/// Gets tokens from the Azure Developer CLI's signed-in account.
-#[derive(Clone)]
-pub struct AzureDeveloperCliCredential {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    program: PathBuf,
-    tenants: TenantPolicy,
-    timeout: Duration,
-    cache: TokenCache,
-}
-
-impl AzureDeveloperCliCredential {
-    /// `azd` from `PATH`, its default tenant, a 10 s timeout.
-    #[allow(
-        clippy::expect_used,
-        reason = "the default settings have no tenant, the only thing build() validates"
-    )]
-    pub fn new() -> Self {
-        Self::builder()
-            .build()
-            .expect("the default settings have no tenant to validate")
-    }
-
-    /// A builder for the tenant, the timeout and the `azd` program.
-    pub fn builder() -> AzureDeveloperCliCredentialBuilder {
-        AzureDeveloperCliCredentialBuilder {
-            program: PathBuf::from(DEFAULT_PROGRAM),
-            tenant_id: None,
-            settings: Settings::default(),
-            timeout: DEFAULT_PROCESS_TIMEOUT,
-        }
-    }
-}
-
-impl Default for AzureDeveloperCliCredential {
-    fn default() -> Self {
-        Self::new()
-    }
+super::tool::tool_credential! {
+    /// Gets tokens from the Azure Developer CLI's signed-in account.
+    AzureDeveloperCliCredential, AzureDeveloperCliCredentialBuilder, tool = "azd", tenant_flag = "--tenant-id"
 }
 
 impl Inner {
@@ -199,66 +154,6 @@ pub(crate) fn parse_output(stdout: &[u8]) -> Result<AccessToken, CredentialError
         ));
     }
     Ok(AccessToken::new(secret, instant_from_unix(expires_on)))
-}
-
-arc_credential_service!(AzureDeveloperCliCredential);
-
-impl fmt::Debug for AzureDeveloperCliCredential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct(NAME)
-            .field("program", &self.inner.program)
-            .field("tenant_id", &self.inner.tenants.tenant())
-            .field("timeout", &self.inner.timeout)
-            .finish()
-    }
-}
-
-/// Settings for an [`AzureDeveloperCliCredential`].
-#[derive(Debug)]
-pub struct AzureDeveloperCliCredentialBuilder {
-    program: PathBuf,
-    tenant_id: Option<String>,
-    settings: Settings,
-    timeout: Duration,
-}
-
-settings_setters!(AzureDeveloperCliCredentialBuilder {
-    additionally_allowed_tenants,
-    disable_multitenant_auth,
-});
-
-impl AzureDeveloperCliCredentialBuilder {
-    /// Ask `azd` for tokens from this tenant (`--tenant-id`). Default: `azd`'s own.
-    pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
-        self.tenant_id = Some(tenant.into());
-        self
-    }
-
-    /// How long `azd` may take (default 10 s); it is killed after that, with every process
-    /// it started (on Unix).
-    pub fn process_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// The `azd` executable to run (default `azd` from `PATH`).
-    pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
-        self.program = program.into();
-        self
-    }
-
-    /// Validates the tenant ids and builds.
-    pub fn build(self) -> Result<AzureDeveloperCliCredential, crate::ConfigError> {
-        let tenants = self.settings.tenants(NAME, self.tenant_id.as_deref())?;
-        Ok(AzureDeveloperCliCredential {
-            inner: Arc::new(Inner {
-                program: self.program,
-                tenants,
-                timeout: self.timeout,
-                cache: TokenCache::new(NAME),
-            }),
-        })
-    }
 }
 
 #[cfg(test)]

@@ -320,17 +320,7 @@ impl DefaultAzureCredentialBuilder {
         self
     }
 
-    /// Reads the environment from these pairs instead of the process environment, for every
-    /// member that reads it (for tests, or configuration that comes from elsewhere).
-    pub fn vars<I, K, V>(mut self, vars: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        self.vars = Vars::from_pairs(vars);
-        self
-    }
+    super::env::vars_setter!();
 
     /// Use this [`SharedTokenCacheCredential`] (another cache file, username or tenant).
     pub fn shared_token_cache_credential(mut self, credential: SharedTokenCacheCredential) -> Self {

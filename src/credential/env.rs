@@ -48,6 +48,24 @@ impl Vars {
     }
 }
 
+/// The `vars` setter of a builder with a `vars: Vars` field.
+macro_rules! vars_setter {
+    () => {
+        /// Reads the environment variables from these pairs instead of the process
+        /// environment (for tests, or configuration that comes from elsewhere).
+        pub fn vars<I, K, V>(mut self, vars: I) -> Self
+        where
+            I: IntoIterator<Item = (K, V)>,
+            K: Into<String>,
+            V: Into<String>,
+        {
+            self.vars = $crate::credential::env::Vars::from_pairs(vars);
+            self
+        }
+    };
+}
+pub(crate) use vars_setter;
+
 /// Names only: values may be secrets.
 impl fmt::Debug for Vars {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -141,17 +141,7 @@ impl EnvironmentCredentialBuilder {
         self
     }
 
-    /// Reads the variables from these pairs instead of the process environment (for tests,
-    /// or configuration that comes from elsewhere).
-    pub fn vars<I, K, V>(mut self, vars: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        self.vars = Vars::from_pairs(vars);
-        self
-    }
+    super::env::vars_setter!();
 
     /// Reads the variables and builds. Never fails: a missing or invalid configuration is
     /// reported by `get_token`, so the credential can sit in a chain.

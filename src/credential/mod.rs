@@ -40,6 +40,7 @@ mod process;
 mod refresh_tokens;
 mod settings;
 mod shared_token_cache;
+mod tool;
 mod workload_identity;
 
 pub use authorization_code::{AuthorizationCodeCredential, AuthorizationCodeCredentialBuilder};

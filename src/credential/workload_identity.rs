@@ -329,17 +329,7 @@ impl WorkloadIdentityCredentialBuilder {
         self
     }
 
-    /// Reads the variables from these pairs instead of the process environment (for tests,
-    /// or configuration that comes from elsewhere).
-    pub fn vars<I, K, V>(mut self, vars: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        self.vars = Vars::from_pairs(vars);
-        self
-    }
+    super::env::vars_setter!();
 
     /// Builds. Fails only for an invalid value given to this builder; missing values, or
     /// invalid ones from the environment, are reported by `get_token`.

@@ -6,7 +6,6 @@ use http::{HeaderName, HeaderValue, Method};
 use url::Url;
 
 use super::request;
-use super::response::parse_answer;
 use super::{IdParams, ManagedIdentitySource, UserAssignedId};
 use crate::error::CredentialError;
 use crate::token::{AccessToken, Secret};
@@ -70,16 +69,7 @@ impl AppService {
 
     pub(super) async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
         let secrets = [self.secret.expose_secret()];
-        let answer = request::send(&self.http, SOURCE, self.request(resource)?, &secrets).await?;
-        let token = parse_answer(
-            SOURCE,
-            answer.status,
-            &answer.body,
-            &secrets,
-            answer.sent_at,
-            answer.sent_at_unix,
-        )?;
-        Ok(token.token)
+        request::fetch(&self.http, SOURCE, self.request(resource)?, &secrets).await
     }
 }
 

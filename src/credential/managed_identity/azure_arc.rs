@@ -22,7 +22,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use url::Url;
 
 use super::request;
-use super::response::{Echo, failure, parse_answer};
+use super::response::{Echo, failure};
 use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
 use crate::error::{CredentialError, ProviderDetails};
 use crate::token::{AccessToken, Secret};
@@ -162,14 +162,7 @@ impl AzureArc {
             &secrets,
         )
         .await?;
-        let token = parse_answer(
-            SOURCE,
-            answer.status,
-            &answer.body,
-            &secrets,
-            answer.sent_at,
-            answer.sent_at_unix,
-        )?;
+        let token = answer.parse(SOURCE, &secrets)?;
         if let Some(id) = &self.id {
             confirm_identity(id, &token.echo)?;
         }

@@ -8,7 +8,6 @@ use url::Url;
 
 use super::ManagedIdentitySource;
 use super::request;
-use super::response::parse_answer;
 use crate::error::CredentialError;
 use crate::token::AccessToken;
 use crate::transport::{HttpClient, HttpRequest};
@@ -50,16 +49,7 @@ impl CloudShell {
     }
 
     pub(super) async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        let answer = request::send(&self.http, SOURCE, self.request(resource)?, &[]).await?;
-        let token = parse_answer(
-            SOURCE,
-            answer.status,
-            &answer.body,
-            &[],
-            answer.sent_at,
-            answer.sent_at_unix,
-        )?;
-        Ok(token.token)
+        request::fetch(&self.http, SOURCE, self.request(resource)?, &[]).await
     }
 }
 

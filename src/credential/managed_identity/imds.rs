@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use url::Url;
 
 use super::request::{self, Answer};
-use super::response::{failure, parse_answer, provider_text};
+use super::response::{failure, provider_text};
 use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
 use crate::error::{Cause, CredentialError};
 use crate::token::AccessToken;
@@ -166,14 +166,7 @@ impl Imds {
         if let Some(error) = self.unavailable(&answer) {
             return Err(error);
         }
-        let token = parse_answer(
-            SOURCE,
-            answer.status,
-            &answer.body,
-            &[],
-            answer.sent_at,
-            answer.sent_at_unix,
-        )?;
+        let token = answer.parse(SOURCE, &[])?;
         Ok(token.token)
     }
 

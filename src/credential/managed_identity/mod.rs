@@ -18,7 +18,6 @@
 //!
 //! What the credential does, source by source, is documented on [`ManagedIdentityCredential`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +25,7 @@ use std::sync::Arc;
 use url::Url;
 
 use super::arc_credential_service;
+use super::env::Vars;
 use crate::cache::{CacheKey, TokenCache};
 use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, Secret, TokenRequest};
@@ -349,7 +349,7 @@ impl fmt::Debug for ManagedIdentityCredential {
 #[derive(Default)]
 pub struct ManagedIdentityCredentialBuilder {
     ids: Vec<UserAssignedId>,
-    vars: Option<HashMap<String, String>>,
+    vars: Vars,
     http_client: Option<HttpClient>,
     arc_key_directory: Option<PathBuf>,
     probe_imds: bool,
@@ -377,21 +377,7 @@ impl ManagedIdentityCredentialBuilder {
         self
     }
 
-    /// Reads the variables from these pairs instead of the process environment (for tests,
-    /// or configuration that comes from elsewhere).
-    pub fn vars<I, K, V>(mut self, vars: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        self.vars = Some(
-            vars.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        );
-        self
-    }
+    crate::credential::env::vars_setter!();
 
     /// The HTTP client for token requests, used as it is: its retries replace the IMDS
     /// schedule of [`ManagedIdentityCredential`], and it must send plain `http` (every source
@@ -432,13 +418,7 @@ impl ManagedIdentityCredentialBuilder {
 
     /// Builds; a configuration error is kept for `get_token` to report.
     fn build_lenient(self) -> ManagedIdentityCredential {
-        let get = |name: &str| -> Option<String> {
-            let value = match &self.vars {
-                Some(vars) => vars.get(name).cloned(),
-                None => std::env::var(name).ok(),
-            };
-            value.filter(|v| !v.trim().is_empty())
-        };
+        let get = |name: &str| self.vars.get(name);
         let selection = select(&get);
         let source = selection.source;
         let state = self.configure(selection, &get);
@@ -640,14 +620,9 @@ fn endpoint_url(name: &str, value: &str, https_only: bool) -> Result<Url, String
 
 impl fmt::Debug for ManagedIdentityCredentialBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Variable values include IDENTITY_HEADER or MSI_SECRET: list names only.
-        let mut names: Option<Vec<&String>> = self.vars.as_ref().map(|v| v.keys().collect());
-        if let Some(names) = &mut names {
-            names.sort();
-        }
         f.debug_struct("ManagedIdentityCredentialBuilder")
             .field("ids", &self.ids)
-            .field("vars", &names)
+            .field("vars", &self.vars)
             .field("http_client", &self.http_client)
             .field("azure_arc_key_directory", &self.arc_key_directory)
             .field("probe_imds", &self.probe_imds)

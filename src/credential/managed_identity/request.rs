@@ -8,10 +8,11 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use url::Url;
 
+use super::response::{MiToken, parse_answer};
 use super::{ManagedIdentitySource, NAME};
 use crate::entra::token_client::{USER_AGENT_VALUE, transport_failure};
 use crate::error::CredentialError;
-use crate::token::{Secret, unix_now};
+use crate::token::{AccessToken, Secret, unix_now};
 use crate::transport::{HttpClient, HttpRequest};
 
 /// The built-in client for the `http` sources: the default retries, plain `http` allowed.
@@ -69,6 +70,35 @@ pub(super) struct Answer {
     pub(super) body: Bytes,
     pub(super) sent_at: Instant,
     pub(super) sent_at_unix: u64,
+}
+
+impl Answer {
+    /// The token in this answer, or the endpoint's error (scrubbed of `secrets`).
+    pub(super) fn parse(
+        &self,
+        source: ManagedIdentitySource,
+        secrets: &[&str],
+    ) -> Result<MiToken, CredentialError> {
+        parse_answer(
+            source,
+            self.status,
+            &self.body,
+            secrets,
+            self.sent_at,
+            self.sent_at_unix,
+        )
+    }
+}
+
+/// Sends `request` and reads the token from the answer: the one-request sources.
+pub(super) async fn fetch(
+    http: &HttpClient,
+    source: ManagedIdentitySource,
+    request: HttpRequest,
+    secrets: &[&str],
+) -> Result<AccessToken, CredentialError> {
+    let answer = send(http, source, request, secrets).await?;
+    Ok(answer.parse(source, secrets)?.token)
 }
 
 /// Sends `request`; a request that got no answer is an *authentication failed* error (the
