@@ -442,8 +442,9 @@ async fn a_late_401_for_an_old_token_does_not_drop_the_new_one() {
     let (credential, calls) = counted(client_secret(&authority));
     let service =
         bearer::<Full<Bytes>>(&BearerTokenLayer::new(credential, [SCOPE]).enable_cae(true));
-    // Request A carries at-1 and is held by the resource for 10 s.
-    resource.push(Answer::Delay(secs(10)));
+    // Request A carries at-1 and is held by the resource until B is done.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    resource.push(Answer::Hold(Arc::clone(&gate)));
     let a = tokio::spawn(service.clone().oneshot(get(&resource, "/a")));
     while resource.in_flight() == 0 {
         tokio::task::yield_now().await;
@@ -456,6 +457,7 @@ async fn a_late_401_for_an_old_token_does_not_drop_the_new_one() {
     assert_eq!(b.status(), StatusCode::OK);
     // Then A's answer: at-1 was revoked meanwhile, a plain 401.
     resource.revoke("at-1-contoso");
+    gate.notify_one();
     let a = a.await.unwrap().unwrap();
     assert_eq!(a.status(), StatusCode::UNAUTHORIZED);
     // The claims token is still in use; no new token was fetched.

@@ -135,6 +135,10 @@ pub enum Answer {
     /// Read the request, sleep on tokio's clock (so paused-clock tests run instantly), then
     /// answer by the standing [`Mode`].
     Delay(Duration),
+    /// Read the request, wait until the test opens the gate (`gate.notify_one()`), then answer
+    /// by the standing [`Mode`]: holds a request for as long as a test needs, whatever a paused
+    /// clock does meanwhile.
+    Hold(Arc<tokio::sync::Notify>),
 }
 
 /// How requests are answered when no [`Answer`] is queued.
@@ -371,6 +375,13 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, BoxE
                 _ = shutdown.changed() => Err(Box::new(NoAnswer("delayed request released at shutdown"))),
             }
         }
+        Some(Answer::Hold(gate)) => {
+            let mut shutdown = state.shutdown.clone();
+            tokio::select! {
+                () = gate.notified() => Ok(answer_by_mode(&state, &seen)),
+                _ = shutdown.changed() => Err(Box::new(NoAnswer("held request released at shutdown"))),
+            }
+        }
         Some(Answer::EarlyUnauthorized { .. }) => unreachable!("answered before the body"),
     }
 }
@@ -501,6 +512,7 @@ fn check_answer(answer: &Answer) {
         Answer::Unauthorized { .. }
         | Answer::Cae { .. }
         | Answer::EarlyUnauthorized { .. }
-        | Answer::Delay(_) => {}
+        | Answer::Delay(_)
+        | Answer::Hold(_) => {}
     }
 }
