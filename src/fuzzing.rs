@@ -11,7 +11,7 @@
 //! | [`token_response`] | `entra::token_client::parse_response` | a secret embedded in the body (raw, form-urlencoded, `%20`, JSON-escaped, …) is absent from the error's `Display`, `Debug` and `{:#?}`, and so is any prefix of it `redact` masks (a request echoed cut short) |
 //! | [`mi_response`] | `credential::managed_identity::response::parse_answer` | as [`token_response`], for the source's secret (`IDENTITY_HEADER`, `MSI_SECRET`, the Arc key) and for the `access_token` of an error answer; a token lives at most `MAX_TOKEN_LIFETIME` and is refreshed before it expires |
 //! | [`msal_cache`] | `entra::msal_cache::CacheDocument` | views and queries agree; `to_vec` re-parses and is a fixed point; `remove_expired_access_tokens` and `add_token_response` keep that, and what was added is found |
-//! | [`az_output`] | `credential::azure_cli::parse_output` | a token's lifetime is bounded; an error never quotes the access token, whole or two thirds of it |
+//! | [`az_output`] | `credential::azure_cli::parse_output`, `credential::azure_developer_cli::parse_output` | a token's lifetime is bounded; an error never quotes the access token, whole or two thirds of it |
 //! | [`retry_after`] | `transport::retry_after` | the wait is at most [`RETRY_AFTER_BOUND`] (one hour); a plain number of seconds is honoured up to it |
 
 #![deny(missing_docs)]
@@ -906,12 +906,28 @@ fn check_added(doc: &CacheDocument, answer: &Answer, returned: Option<&str>) {
 // az_output
 // ---------------------------------------------------------------------------------------------
 
-/// The output of `az account get-access-token --output json`: `data` is stdout.
+/// The output of `az account get-access-token --output json` and of
+/// `azd auth token --output json`: `data` is stdout, read by both parsers.
 ///
-/// Checks: a token's lifetime is at most the crate's maximum; an error shows no `accessToken`
-/// value of 8 characters or more (unless it shows it with the token replaced, i.e. the
-/// value is the crate's own text).
+/// Checks: a token's lifetime is at most the crate's maximum; an error shows no token value
+/// (`accessToken` for az, `token` for azd) of 8 characters or more (unless it shows it with
+/// the token replaced, i.e. the value is the crate's own text).
 pub fn az_output(data: &[u8]) {
+    tool_output(data, "Azure CLI", "accessToken", parse_output);
+    tool_output(
+        data,
+        "Azure Developer CLI",
+        "token",
+        crate::credential::azure_developer_cli::parse_output,
+    );
+}
+
+fn tool_output(
+    data: &[u8],
+    tool: &str,
+    field: &str,
+    parse_output: fn(&[u8]) -> Result<crate::AccessToken, crate::CredentialError>,
+) {
     match parse_output(data) {
         Ok(token) => {
             assert!(
@@ -925,7 +941,7 @@ pub fn az_output(data: &[u8]) {
             let Ok(mut json) = serde_json::from_slice::<Value>(data) else {
                 return;
             };
-            let Some(Value::String(secret)) = json.get("accessToken").cloned() else {
+            let Some(Value::String(secret)) = json.get(field).cloned() else {
                 return;
             };
             if secret.chars().count() < 8 {
@@ -933,7 +949,7 @@ pub fn az_output(data: &[u8]) {
             }
             if let Some(object) = json.as_object_mut() {
                 object.insert(
-                    "accessToken".to_owned(),
+                    field.to_owned(),
                     Value::String("\u{1}".repeat(secret.chars().count())),
                 );
             }
@@ -943,7 +959,7 @@ pub fn az_output(data: &[u8]) {
                 .map(|e| renderings(&e).to_vec())
                 .unwrap_or_default();
             assert_no_leak(
-                "an Azure CLI output error",
+                &format!("a {tool} output error"),
                 &secret,
                 &renderings(&error),
                 &control,

@@ -838,6 +838,29 @@ proptest! {
     fn az_output_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = parse_output(&bytes);
     }
+
+    /// azd's `expiresOn`, any string (RFC 3339 or not, any year, any offset): no panic, and
+    /// a token never lives longer than the crate's maximum.
+    #[test]
+    fn azd_output_any_expiry_never_panics_and_is_bounded(
+        year in 0u32..10_000,
+        rest in "(-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,12})?(Z|[+-][0-9]{2}:[0-9]{2}))?",
+        junk in "[ -~]{0,30}",
+        use_junk in any::<bool>(),
+    ) {
+        let expires_on = if use_junk { junk } else { format!("{year:04}{rest}") };
+        let out = json!({ "token": "azd-token-value", "expiresOn": expires_on });
+        match crate::credential::azure_developer_cli::parse_output(out.to_string().as_bytes()) {
+            Ok(token) => prop_assert!(token.expires_in() <= MAX_TOKEN_LIFETIME, "{out}"),
+            Err(e) => prop_assert!(!format!("{e} {e:?}").contains("azd-token-value"), "{e}"),
+        }
+    }
+
+    /// Arbitrary bytes never panic in azd's parser either.
+    #[test]
+    fn azd_output_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = crate::credential::azure_developer_cli::parse_output(&bytes);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ use crate::token::{AccessToken, TokenRequest};
 
 mod authorization_code;
 pub(crate) mod azure_cli;
-mod azure_developer_cli;
+pub(crate) mod azure_developer_cli;
 mod cache_options;
 mod chain;
 mod client_secret;
