@@ -387,3 +387,105 @@ async fn echoed_secrets_in_any_encoding_are_scrubbed_everywhere() {
     assert!(traces.contains("token request"), "traces were captured");
     assert_clean("the traces", &traces, &forbidden);
 }
+
+#[tokio::test]
+async fn workload_and_managed_identity_secrets_echoed_in_any_encoding_are_scrubbed() {
+    use crate::support::mi_emulator::{Emulator, Fault as MiFault, Flavour};
+    let (logs, _guard) = Logs::capture();
+    let authority = Authority::start().await;
+    let assertion = "eyJhbGciOiJSUzI1NiJ9.assert~ion+/é pay&load=.sig-444";
+    let header = "Id~header+/é &=\"value-555";
+    let mut errors = Vec::new();
+    let echo_form = |form: &str| {
+        serde_json::json!({
+            "error": "invalid_client",
+            "error_description": format!("AADSTS50027: JWT token is invalid: {form}"),
+            "error_codes": [50027],
+        })
+        .to_string()
+    };
+
+    // Workload identity: the projected token file's contents are the client assertion.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, assertion).unwrap();
+    let workload = tower_identity::WorkloadIdentityCredential::builder()
+        .tenant_id(TENANT)
+        .client_id(CLIENT_ID)
+        .token_file_path(&file)
+        .authority_host(authority.url())
+        .http_client(http_builder(&authority).build().unwrap())
+        .build()
+        .unwrap();
+    for encoded in encodings(assertion) {
+        let form = format!("client_assertion={encoded}&client_id={CLIENT_ID}");
+        authority.push_fault(Fault::Respond {
+            status: 401,
+            body: echo_form(&form),
+            headers: vec![],
+        });
+        errors.push(workload.get_token([SCOPE]).await.unwrap_err());
+        authority.push_fault(Fault::Respond {
+            status: 400,
+            body: format!("Bad Request: {form}"),
+            headers: vec![],
+        });
+        errors.push(workload.get_token([SCOPE]).await.unwrap_err());
+    }
+    assert_eq!(
+        authority.requests().last().unwrap().field("client_assertion"),
+        Some(assertion)
+    );
+
+    // Managed identity (App Service): IDENTITY_HEADER, echoed by the endpoint.
+    let endpoint = Emulator::start(Flavour::AppService).await;
+    let mut vars = endpoint.env();
+    vars.retain(|(name, _)| name != "IDENTITY_HEADER");
+    vars.push(("IDENTITY_HEADER".into(), header.into()));
+    let managed = tower_identity::ManagedIdentityCredential::builder()
+        .vars(vars)
+        .build()
+        .unwrap();
+    for encoded in encodings(header) {
+        endpoint.push_fault(MiFault::Respond {
+            status: 400,
+            body: serde_json::json!({
+                "error": "invalid_request",
+                "error_description": format!("bad X-IDENTITY-HEADER {encoded}"),
+            })
+            .to_string(),
+            headers: vec![],
+        });
+        errors.push(managed.get_token([SCOPE]).await.unwrap_err());
+    }
+    assert!(
+        endpoint
+            .requests()
+            .iter()
+            .any(|r| r.identity_header("x-identity-header") == Some(header)),
+        "the header was sent"
+    );
+
+    let mut forbidden: Vec<String> = Vec::new();
+    for s in [assertion, header] {
+        forbidden.extend(encodings(s));
+    }
+    forbidden.extend(["assert~ion", "pay&load", "Id~header"].map(String::from));
+    let forbidden: Vec<&str> = forbidden.iter().map(String::as_str).collect();
+    for err in &errors {
+        for text in renderings(err) {
+            assert_clean("an error", &text, &forbidden);
+        }
+    }
+    for text in [
+        format!("{workload:?}"),
+        format!("{workload:#?}"),
+        format!("{managed:?}"),
+        format!("{managed:#?}"),
+    ] {
+        assert_clean("a Debug output", &text, &forbidden);
+    }
+    let traces = logs.text();
+    assert!(traces.contains("token request"), "traces were captured");
+    assert_clean("the traces", &traces, &forbidden);
+}
