@@ -1,8 +1,12 @@
 //! Microsoft Entra ID (Azure AD) authentication for HTTP clients, the tower way.
 //!
 //! * **Credentials are tower services** from [`TokenRequest`] to [`AccessToken`]:
-//!   [`ClientSecretCredential`], [`EnvironmentCredential`], [`WorkloadIdentityCredential`],
-//!   [`AzureCliCredential`], or any type of the same shape ([`TokenCredential`]).
+//!   [`DefaultAzureCredential`] (the chain most applications start from),
+//!   [`ManagedIdentityCredential`] and [`WorkloadIdentityCredential`] for deployed services,
+//!   [`ClientSecretCredential`] and [`EnvironmentCredential`] for service principals,
+//!   [`AzureCliCredential`], [`AzureDeveloperCliCredential`], [`SharedTokenCacheCredential`]
+//!   and [`AuthorizationCodeCredential`] for developers and users, or any type of the same
+//!   shape ([`TokenCredential`]).
 //! * **Chains are fallbacks**: [`ChainedTokenCredential`] and `a.or(b)`. An *unavailable*
 //!   credential passes to the next; one that tried and failed stops the chain; the error lists
 //!   every attempt.
@@ -15,15 +19,21 @@
 //!   is remembered per credential, lifetimes are clamped, and no input makes the crate panic.
 //!
 //! ```no_run
-//! use tower_identity::{AzureCliCredential, CredentialExt, EnvironmentCredential};
+//! use tower_identity::{
+//!     AzureCliCredential, CredentialExt, DefaultAzureCredential, EnvironmentCredential,
+//! };
 //!
-//! # async fn run() -> Result<(), tower_identity::CredentialError> {
-//! let credential = EnvironmentCredential::new().or(AzureCliCredential::new());
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // Deployed: the service's identity; on a laptop: the developer's sign-in.
+//! let credential = DefaultAzureCredential::new()?;
 //! let token = credential
 //!     .get_token(["https://management.azure.com/.default"])
 //!     .await?;
 //! println!("token expires in {} s", token.expires_in().as_secs());
-//! # Ok(()) }
+//!
+//! // Or a chain of your own.
+//! let chain = EnvironmentCredential::new().or(AzureCliCredential::new());
+//! # let _ = chain; Ok(()) }
 //! ```
 //!
 //! Errors are [`CredentialError`]s: ask [`kind`](CredentialError::kind), the credential, and
