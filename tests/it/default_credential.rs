@@ -402,3 +402,66 @@ async fn a_proxy_answering_for_imds_does_not_stop_the_chain_before_azure_cli() {
     assert!(err.is_authentication_failed(), "{err}");
     assert!(err.message().contains("403"), "{err}");
 }
+
+#[tokio::test]
+async fn a_managed_identity_named_alone_is_not_probed() {
+    use crate::support::mi_emulator::{Emulator, Flavour};
+    let dir = tempfile::tempdir().unwrap();
+    let imds = Emulator::start(Flavour::Imds).await;
+    let dac = nothing_configured(
+        dir.path(),
+        &imds.base_url(),
+        &[("AZURE_TOKEN_CREDENTIALS", "ManagedIdentityCredential")],
+    )
+    .build()
+    .unwrap();
+    dac.get_token([SCOPE]).await.unwrap();
+    let requests = imds.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].identity_header("metadata"), Some("true"));
+}
+
+#[tokio::test]
+async fn a_managed_identity_that_cannot_be_configured_lets_the_developer_tools_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    // Cloud Shell takes no user-assigned id, and AZURE_CLIENT_ID would ask for one.
+    let dac = nothing_configured(
+        dir.path(),
+        "http://127.0.0.1:1",
+        &[
+            ("MSI_ENDPOINT", "http://127.0.0.1:1/token"),
+            ("AZURE_CLIENT_ID", "some-app"),
+        ],
+    )
+    .azure_cli_credential(
+        AzureCliCredential::builder()
+            .program(signed_in(dir.path(), "az"))
+            .build()
+            .unwrap(),
+    )
+    .build()
+    .unwrap();
+    assert_eq!(
+        dac.get_token([SCOPE])
+            .await
+            .unwrap()
+            .secret()
+            .expose_secret(),
+        "az-token"
+    );
+    // Without az the reason is in the chain's error.
+    let dac = nothing_configured(
+        dir.path(),
+        "http://127.0.0.1:1",
+        &[
+            ("MSI_ENDPOINT", "http://127.0.0.1:1/token"),
+            ("AZURE_CLIENT_ID", "some-app"),
+        ],
+    )
+    .build()
+    .unwrap();
+    let err = dac.get_token([SCOPE]).await.unwrap_err();
+    let mi = &err.attempts()[2];
+    assert!(mi.is_unavailable(), "{mi}");
+    assert!(mi.message().contains("Cloud Shell"), "{mi}");
+}

@@ -433,7 +433,11 @@ async fn workload_and_managed_identity_secrets_echoed_in_any_encoding_are_scrubb
         errors.push(workload.get_token([SCOPE]).await.unwrap_err());
     }
     assert_eq!(
-        authority.requests().last().unwrap().field("client_assertion"),
+        authority
+            .requests()
+            .last()
+            .unwrap()
+            .field("client_assertion"),
         Some(assertion)
     );
 
