@@ -9,7 +9,7 @@ Sources (read, never changed):
   token_response    JSON bodies of src/entra/token_client.rs tests, as templates (see below)
   mi_response       JSON bodies of src/credential/managed_identity/response.rs tests, same layout
   msal_cache        tests/data/*.json
-  az_output         outputs in src/credential/azure_cli.rs tests
+  az_output         outputs in src/credential/azure_cli.rs and azure_developer_cli.rs tests
   retry_after       values in src/transport.rs tests
 
 Each seed is written in the input layout its target reads (see src/fuzzing.rs), named by
@@ -134,10 +134,11 @@ def msal_cache():
 def az_output():
     seeds = []
     future = "4102444800"  # 2100-01-01
-    for v in RAW.findall(tests_module("src/credential/azure_cli.rs")):
-        v = v.replace("{{", "{").replace("}}", "}").replace("{future}", future)
-        if v.startswith("{"):
-            seeds.append(v.encode())
+    for source in ("src/credential/azure_cli.rs", "src/credential/azure_developer_cli.rs"):
+        for v in RAW.findall(tests_module(source)):
+            v = v.replace("{{", "{").replace("}}", "}").replace("{future}", future)
+            if v.startswith("{") and v.encode() not in seeds:
+                seeds.append(v.encode())
     seeds.append(b"garbage")
     return seeds
 
