@@ -255,6 +255,8 @@ pub struct DefaultAzureCredentialBuilder {
     excluded: Vec<Member>,
     /// `None`: `AZURE_CLIENT_ID` when set, else system-assigned; `Some(None)`: system-assigned.
     managed_identity: Option<Option<UserAssignedId>>,
+    workload_identity_client_id: Option<String>,
+    workload_identity_tenant_id: Option<String>,
     http_client: Option<HttpClient>,
     vars: Vars,
     shared_token_cache: Option<SharedTokenCacheCredential>,
@@ -309,6 +311,18 @@ impl DefaultAzureCredentialBuilder {
     /// The system-assigned managed identity, even when `AZURE_CLIENT_ID` is set.
     pub fn managed_identity_system_assigned(mut self) -> Self {
         self.managed_identity = Some(None);
+        self
+    }
+
+    /// The workload identity's client id. Default: `AZURE_CLIENT_ID`.
+    pub fn workload_identity_client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.workload_identity_client_id = Some(client_id.into());
+        self
+    }
+
+    /// The workload identity's tenant. Default: `AZURE_TENANT_ID`.
+    pub fn workload_identity_tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
+        self.workload_identity_tenant_id = Some(tenant_id.into());
         self
     }
 
@@ -385,6 +399,12 @@ impl DefaultAzureCredentialBuilder {
             }
             Member::WorkloadIdentity => {
                 let mut b = WorkloadIdentityCredential::builder();
+                if let Some(id) = self.workload_identity_client_id.clone() {
+                    b = b.client_id(id);
+                }
+                if let Some(tenant) = self.workload_identity_tenant_id.clone() {
+                    b = b.tenant_id(tenant);
+                }
                 if let Some(vars) = vars {
                     b = b.vars(vars);
                 }

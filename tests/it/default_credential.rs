@@ -352,12 +352,14 @@ async fn in_an_aks_pod_the_workload_identity_answers() {
         dir.path(),
         &imds,
         &[
-            ("AZURE_TENANT_ID", "contoso"),
-            ("AZURE_CLIENT_ID", WORKLOAD_CLIENT_ID),
+            // The pod's AZURE_CLIENT_ID names another app; the builder's value wins.
+            ("AZURE_CLIENT_ID", "another-app"),
             ("AZURE_FEDERATED_TOKEN_FILE", &file),
             ("AZURE_AUTHORITY_HOST", &peer.base),
         ],
     )
+    .workload_identity_client_id(WORKLOAD_CLIENT_ID)
+    .workload_identity_tenant_id("contoso")
     .http_client(peer.http())
     .build()
     .unwrap();
@@ -464,4 +466,19 @@ async fn a_managed_identity_that_cannot_be_configured_lets_the_developer_tools_a
     let mi = &err.attempts()[2];
     assert!(mi.is_unavailable(), "{mi}");
     assert!(mi.message().contains("Cloud Shell"), "{mi}");
+}
+
+#[tokio::test]
+async fn many_first_callers_share_one_probe_and_one_token_request() {
+    use crate::support::mi_emulator::{Emulator, Flavour};
+    let dir = tempfile::tempdir().unwrap();
+    let imds = Emulator::start(Flavour::Imds).await;
+    let dac = nothing_configured(dir.path(), &imds.base_url(), &[])
+        .build()
+        .unwrap();
+    let calls = (0..200).map(|_| dac.clone().get_token([SCOPE]));
+    let results = futures_util::future::join_all(calls).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(dac.answered(), Some("ManagedIdentityCredential"));
+    assert_eq!(imds.request_count(), 2, "one probe and one token request");
 }
