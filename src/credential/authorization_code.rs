@@ -36,13 +36,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::{BoxFuture, Shared};
 
-use super::refresh_tokens::{Redeem, record, usable_access_token};
+use super::refresh_tokens::{Silent, Stores, record};
 use super::settings::{Settings, settings_setters};
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
-use crate::entra::msal_cache::{AccessTokenQuery, RefreshTokenQuery};
-use crate::entra::store::TokenStore;
 use crate::entra::token_client::{TokenClient, authorization_code_form};
 use crate::error::{ConfigError, CredentialError};
 use crate::refresh::spawn_shared;
@@ -65,22 +63,6 @@ struct Inner {
     memory: TokenCache,
     stores: Stores,
     state: Mutex<CodeState>,
-}
-
-/// The ordinary and the CAE cache documents.
-struct Stores {
-    plain: TokenStore,
-    cae: TokenStore,
-}
-
-impl Stores {
-    fn for_request(&self, cae: bool) -> (&TokenStore, &TokenStore) {
-        if cae {
-            (&self.cae, &self.plain)
-        } else {
-            (&self.plain, &self.cae)
-        }
-    }
 }
 
 type Redemption = Shared<BoxFuture<'static, Result<Redeemed, CredentialError>>>;
@@ -266,44 +248,14 @@ impl Inner {
         cae: bool,
         claims: Option<String>,
     ) -> Result<AccessToken, CredentialError> {
-        let (store, other) = self.stores.for_request(cae);
-        let environments = [self.client.authority().host()];
-        let doc = store.read().await.map_err(|e| unreadable(&e))?;
-        if claims.is_none() {
-            let query = AccessTokenQuery {
-                home_account_id: Some(Some(account)),
-                environments: &environments,
-                client_id: Some(&self.client_id),
-                realm: Some(tenant),
-                scopes,
-            };
-            if let Some(token) = usable_access_token(&doc, &query) {
-                return Ok(token);
-            }
-        }
-        // Refresh tokens are not CAE-specific: look in both documents, this request's first.
-        let query = RefreshTokenQuery {
-            home_account_id: account,
-            environments: &environments,
-            client_id: Some(&self.client_id),
-            family_only: false,
-        };
-        let mut candidates = doc.find_refresh_tokens(&query);
-        if candidates.is_empty() {
-            let other = other.read().await.map_err(|e| unreadable(&e))?;
-            candidates = other.find_refresh_tokens(&query);
-        }
-        let redeem = Redeem {
+        let silent = Silent {
             credential: NAME,
             client: &self.client,
-            store,
+            stores: &self.stores,
             client_id: &self.client_id,
             client_secret: self.client_secret.as_ref(),
-            tenant,
-            scopes,
-            claims,
         };
-        match redeem.first_success(candidates).await? {
+        match silent.token(account, tenant, scopes, cae, claims).await? {
             Some(token) => Ok(token),
             None => Err(sign_in_again(
                 "no cached token and no refresh token for the account",
@@ -325,13 +277,6 @@ fn sign_in_again(why: &str) -> CredentialError {
     CredentialError::authentication_failed(
         NAME,
         format!("{why}. Sign the user in again to get a new authorization code"),
-    )
-}
-
-fn unreadable(error: &crate::entra::persistence::PersistenceError) -> CredentialError {
-    CredentialError::authentication_failed(
-        NAME,
-        format!("the token cache could not be read: {error}"),
     )
 }
 
@@ -397,13 +342,7 @@ impl AuthorizationCodeCredentialBuilder {
         let client = self
             .settings
             .token_client(NAME, std::env::var(AZURE_AUTHORITY_HOST).ok())?;
-        let stores = match self.settings.files(NAME)? {
-            Some((plain, cae)) => Stores { plain, cae },
-            None => Stores {
-                plain: TokenStore::memory(),
-                cae: TokenStore::memory(),
-            },
-        };
+        let stores = Stores::from_settings(&self.settings, NAME)?;
         Ok(AuthorizationCodeCredential {
             inner: Arc::new(Inner {
                 tenants,

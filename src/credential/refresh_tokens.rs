@@ -1,14 +1,18 @@
-//! What the user credentials (authorization code, shared token cache) do with an MSAL cache
-//! document: find a cached access token worth returning, redeem refresh tokens in turn, and
-//! record the answers — rotated refresh tokens included — the way MSAL does.
+//! What the user credentials (authorization code, device code, shared token cache) do with an
+//! MSAL cache document: find a cached access token worth returning, redeem refresh tokens in
+//! turn, and record the answers — rotated refresh tokens included — the way MSAL does.
 
 use std::time::Duration;
 
+use super::settings::Settings;
 use super::shared_token_cache;
-use crate::entra::msal_cache::{AccessTokenQuery, CacheDocument, NewTokens, RefreshToken};
+use crate::entra::msal_cache::{
+    AccessTokenQuery, CacheDocument, NewTokens, RefreshToken, RefreshTokenQuery,
+};
+use crate::entra::persistence::PersistenceError;
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::{TokenClient, TokenResponse, refresh_token_form};
-use crate::error::{CredentialError, ErrorKind, ProviderDetails};
+use crate::error::{ConfigError, CredentialError, ErrorKind, ProviderDetails};
 use crate::token::{AccessToken, Secret, instant_from_unix, unix_now};
 
 /// A cached access token is returned only with more than this left (the reference's rule,
@@ -36,6 +40,102 @@ pub(crate) fn usable_access_token(
                 .with_refresh_on(refresh_on)
                 .with_token_type(at.token_type)
         })
+}
+
+/// The ordinary and the CAE cache documents of a user credential.
+pub(crate) struct Stores {
+    pub(crate) plain: TokenStore,
+    pub(crate) cae: TokenStore,
+}
+
+impl Stores {
+    /// The shared cache files when the builder has cache options, else private memory.
+    pub(crate) fn from_settings(settings: &Settings, name: &str) -> Result<Self, ConfigError> {
+        Ok(match settings.files(name)? {
+            Some((plain, cae)) => Self { plain, cae },
+            None => Self {
+                plain: TokenStore::memory(),
+                cae: TokenStore::memory(),
+            },
+        })
+    }
+
+    /// This request's document, then the other one.
+    pub(crate) fn for_request(&self, cae: bool) -> (&TokenStore, &TokenStore) {
+        if cae {
+            (&self.cae, &self.plain)
+        } else {
+            (&self.plain, &self.cae)
+        }
+    }
+}
+
+/// A user credential's account, and how it gets tokens for it without the user.
+pub(crate) struct Silent<'a> {
+    pub(crate) credential: &'static str,
+    pub(crate) client: &'a TokenClient,
+    pub(crate) stores: &'a Stores,
+    pub(crate) client_id: &'a str,
+    pub(crate) client_secret: Option<&'a Secret>,
+}
+
+impl Silent<'_> {
+    /// The account's cached token for the request, else one of its refresh tokens redeemed.
+    /// `Ok(None)`: neither a usable token nor a refresh token.
+    pub(crate) async fn token(
+        &self,
+        account: &str,
+        tenant: &str,
+        scopes: &[String],
+        cae: bool,
+        claims: Option<String>,
+    ) -> Result<Option<AccessToken>, CredentialError> {
+        let (store, other) = self.stores.for_request(cae);
+        let environments = [self.client.authority().host()];
+        let doc = store.read().await.map_err(|e| self.unreadable(&e))?;
+        if claims.is_none() {
+            let query = AccessTokenQuery {
+                home_account_id: Some(Some(account)),
+                environments: &environments,
+                client_id: Some(self.client_id),
+                realm: Some(tenant),
+                scopes,
+            };
+            if let Some(token) = usable_access_token(&doc, &query) {
+                return Ok(Some(token));
+            }
+        }
+        // Refresh tokens are not CAE-specific: look in both documents, this request's first.
+        let query = RefreshTokenQuery {
+            home_account_id: account,
+            environments: &environments,
+            client_id: Some(self.client_id),
+            family_only: false,
+        };
+        let mut candidates = doc.find_refresh_tokens(&query);
+        if candidates.is_empty() {
+            let other = other.read().await.map_err(|e| self.unreadable(&e))?;
+            candidates = other.find_refresh_tokens(&query);
+        }
+        let redeem = Redeem {
+            credential: self.credential,
+            client: self.client,
+            store,
+            client_id: self.client_id,
+            client_secret: self.client_secret,
+            tenant,
+            scopes,
+            claims,
+        };
+        redeem.first_success(candidates).await
+    }
+
+    fn unreadable(&self, error: &PersistenceError) -> CredentialError {
+        CredentialError::authentication_failed(
+            self.credential,
+            format!("the token cache could not be read: {error}"),
+        )
+    }
 }
 
 /// Who is asking and how, for a refresh-token redemption.

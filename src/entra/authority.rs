@@ -108,6 +108,11 @@ impl Authority {
     pub(crate) fn token_endpoint(&self, tenant: &str) -> String {
         format!("{}/{tenant}/oauth2/v2.0/token", self.base)
     }
+
+    /// `{authority}/{tenant}/oauth2/v2.0/devicecode`: the device authorization endpoint.
+    pub(crate) fn device_code_endpoint(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/devicecode", self.base)
+    }
 }
 
 /// `input` with the user information of its authority part (`user:secret@`) replaced by

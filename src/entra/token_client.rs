@@ -168,6 +168,40 @@ pub(crate) fn authorization_code_form(
     }
 }
 
+/// The OpenID scopes msal adds to a user sign-in: an id token, the account's profile (for
+/// `client_info`) and a refresh token.
+const SIGN_IN_SCOPES: [&str; 3] = ["openid", "profile", "offline_access"];
+
+/// The device authorization request (RFC 8628 §3.1), with the scopes msal adds.
+pub(crate) fn device_authorization_form(
+    client_id: &str,
+    scopes: &[String],
+    claims: Option<String>,
+) -> Form {
+    let mut all = scopes.to_vec();
+    for scope in SIGN_IN_SCOPES {
+        if !all.iter().any(|s| s == scope) {
+            all.push(scope.to_owned());
+        }
+    }
+    Form::new()
+        .field("client_id", client_id)
+        .field("scope", scope_field(&all))
+        .optional("claims", claims)
+}
+
+/// `grant_type` of a device code poll (RFC 8628 §3.4).
+const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// A device code poll (RFC 8628 §3.4), asking for the account's `client_info`.
+pub(crate) fn device_code_form(client_id: &str, device_code: &Secret) -> Form {
+    Form::new()
+        .field("grant_type", DEVICE_CODE_GRANT)
+        .field("client_id", client_id)
+        .secret("device_code", device_code)
+        .field("client_info", "1")
+}
+
 /// The refresh-token grant.
 pub(crate) fn refresh_token_form(
     client_id: &str,
@@ -283,6 +317,49 @@ struct Throttle {
     status: StatusCode,
 }
 
+/// An answer as received, with what parsing it and explaining its errors needs.
+struct Answer {
+    status: StatusCode,
+    body: Bytes,
+    /// Every secret sent lately, to scrub from the answer.
+    secrets: Vec<Secret>,
+    sent_at: Instant,
+    sent_at_unix: u64,
+    throttle: Option<Throttle>,
+    /// The transport's retries, when there were any.
+    attempts: Option<String>,
+}
+
+impl Answer {
+    fn secret_strs(&self) -> Vec<&str> {
+        self.secrets.iter().map(Secret::expose_secret).collect()
+    }
+
+    /// An error parsed from this answer, with whether it is worth trying again, the
+    /// provider's `Retry-After` and the transport's retries.
+    fn decorate(&self, error: CredentialError) -> CredentialError {
+        // What the built-in retries retry is what is worth trying again later.
+        let transient = is_retryable_status(self.status);
+        let mut error = error.with_cause(Cause {
+            transient: transient || self.throttle.is_some(),
+            throttled_until: self.throttle.map(|t| t.until),
+            ..Cause::default()
+        });
+        if let Some(throttle) = self.throttle {
+            let wait = throttle.until.saturating_duration_since(Instant::now());
+            error = error.with_message_suffix(&format!(
+                ". Throttled: the provider asked to wait {} s; until then this credential \
+                 sends it no token request",
+                wait.as_secs()
+            ));
+        }
+        if let Some(attempts) = &self.attempts {
+            error = error.with_message_suffix(&format!(" ({attempts})"));
+        }
+        error
+    }
+}
+
 impl std::fmt::Debug for Memory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Memory")
@@ -319,10 +396,49 @@ impl TokenClient {
         tenant: &str,
         form: Form,
     ) -> Result<TokenResponse, CredentialError> {
+        let answer = self
+            .post(credential, self.authority.token_endpoint(tenant), form)
+            .await?;
+        let secrets = answer.secret_strs();
+        parse_response(
+            credential,
+            answer.status,
+            &answer.body,
+            &secrets,
+            answer.sent_at,
+            answer.sent_at_unix,
+        )
+        .map_err(|error| answer.decorate(error))
+    }
+
+    /// POSTs `form` to the tenant's device authorization endpoint (RFC 8628 §3.1) and returns
+    /// the answer's JSON object, sent at the returned instant; an error answer is parsed as the
+    /// token endpoint's are.
+    pub(crate) async fn device_authorization(
+        &self,
+        credential: &'static str,
+        tenant: &str,
+        form: Form,
+    ) -> Result<(Map<String, Value>, Instant), CredentialError> {
+        let answer = self
+            .post(credential, self.authority.device_code_endpoint(tenant), form)
+            .await?;
+        let secrets = answer.secret_strs();
+        parse_object(credential, answer.status, &answer.body, &secrets)
+            .map(|object| (object, answer.sent_at))
+            .map_err(|error| answer.decorate(error))
+    }
+
+    /// Sends `form` to `url` (unless throttled) and returns the answer as received.
+    async fn post(
+        &self,
+        credential: &'static str,
+        url: String,
+        form: Form,
+    ) -> Result<Answer, CredentialError> {
         if let Some(error) = self.throttled(credential) {
             return Err(error);
         }
-        let url = self.authority.token_endpoint(tenant);
         let request_id = uuid::Uuid::new_v4().to_string();
         let request = http::Request::post(&url)
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -337,12 +453,12 @@ impl TokenClient {
                 )
             })?;
         let secrets = self.remember_sent(&form);
-        let secrets: Vec<&str> = secrets.iter().map(Secret::expose_secret).collect();
         let sent_at = Instant::now();
         let sent_at_unix = unix_now();
         tracing::debug!(credential, url = %url, request_id = %request_id, "token request");
         let response = self.http.clone().oneshot(request).await.map_err(|e| {
-            transport_failure(credential, "Microsoft Entra ID", &url, e.as_ref(), &secrets)
+            let shown: Vec<&str> = secrets.iter().map(Secret::expose_secret).collect();
+            transport_failure(credential, "Microsoft Entra ID", &url, e.as_ref(), &shown)
         })?;
         let (parts, body) = response.into_parts();
         let throttle = if parts.status.is_success() {
@@ -358,35 +474,19 @@ impl TokenClient {
         if let Some(throttle) = throttle {
             *lock(&self.memory.throttle) = Some(throttle);
         }
-        let attempts = parts.extensions.get::<Attempts>().filter(|a| a.count > 1);
-        parse_response(
-            credential,
-            parts.status,
-            &body,
-            &secrets,
+        let attempts = parts
+            .extensions
+            .get::<Attempts>()
+            .filter(|a| a.count > 1)
+            .map(ToString::to_string);
+        Ok(Answer {
+            status: parts.status,
+            body,
+            secrets,
             sent_at,
             sent_at_unix,
-        )
-        .map_err(|error| {
-            // What the built-in retries retry is what is worth trying again later.
-            let transient = is_retryable_status(parts.status);
-            let mut error = error.with_cause(Cause {
-                transient: transient || throttle.is_some(),
-                throttled_until: throttle.map(|t| t.until),
-                ..Cause::default()
-            });
-            if let Some(throttle) = throttle {
-                let wait = throttle.until.saturating_duration_since(Instant::now());
-                error = error.with_message_suffix(&format!(
-                    ". Throttled: the provider asked to wait {} s; until then this credential \
-                     sends it no token request",
-                    wait.as_secs()
-                ));
-            }
-            if let Some(attempts) = attempts {
-                error = error.with_message_suffix(&format!(" ({attempts})"));
-            }
-            error
+            throttle,
+            attempts,
         })
     }
 
@@ -494,9 +594,28 @@ pub(crate) fn parse_response(
     sent_at: Instant,
     sent_at_unix: u64,
 ) -> Result<TokenResponse, CredentialError> {
-    let json = serde_json::from_slice::<Value>(body).ok();
-    let object = json.as_ref().and_then(Value::as_object);
-    let Some(object) = object else {
+    let object = parse_object(credential, status, body, secrets)?;
+    parse_success(&object, sent_at, sent_at_unix).map_err(|reason| {
+        CredentialError::authentication_failed(
+            credential,
+            format!("Unexpected response from Microsoft Entra ID: {reason}"),
+        )
+        .with_provider(ProviderDetails {
+            status: Some(status),
+            ..ProviderDetails::default()
+        })
+    })
+}
+
+/// The JSON object of a successful answer; an error answer (any `error` field, or a failure
+/// status) or a body that is not a JSON object is the error it describes.
+fn parse_object(
+    credential: &'static str,
+    status: StatusCode,
+    body: &[u8],
+    secrets: &[&str],
+) -> Result<Map<String, Value>, CredentialError> {
+    let Some(Value::Object(object)) = serde_json::from_slice::<Value>(body).ok() else {
         let mut message = if status.is_success() {
             "Unexpected response from Microsoft Entra ID: the body is not a JSON object".to_owned()
         } else {
@@ -518,18 +637,9 @@ pub(crate) fn parse_response(
         );
     };
     if object.contains_key("error") || !status.is_success() {
-        return Err(provider_error(credential, status, object, secrets));
+        return Err(provider_error(credential, status, &object, secrets));
     }
-    parse_success(object, sent_at, sent_at_unix).map_err(|reason| {
-        CredentialError::authentication_failed(
-            credential,
-            format!("Unexpected response from Microsoft Entra ID: {reason}"),
-        )
-        .with_provider(ProviderDetails {
-            status: Some(status),
-            ..ProviderDetails::default()
-        })
-    })
+    Ok(object)
 }
 
 fn parse_success(
