@@ -5,8 +5,9 @@
 //!   [`ManagedIdentityCredential`] and [`WorkloadIdentityCredential`] for deployed services,
 //!   [`ClientSecretCredential`] and [`EnvironmentCredential`] for service principals,
 //!   [`AzureCliCredential`], [`AzureDeveloperCliCredential`], [`SharedTokenCacheCredential`]
-//!   and [`AuthorizationCodeCredential`] for developers and users, or any type of the same
-//!   shape ([`TokenCredential`]).
+//!   [`AuthorizationCodeCredential`] and [`DeviceCodeCredential`] (a user signing in on
+//!   another device) for developers and users, or any type of the same shape
+//!   ([`TokenCredential`]).
 //! * **Chains are fallbacks**: [`ChainedTokenCredential`] and `a.or(b)`. An *unavailable*
 //!   credential passes to the next; one that tried and failed stops the chain; the error lists
 //!   every attempt.
@@ -81,9 +82,10 @@ pub use bearer::{BearerToken, BearerTokenLayer};
 pub use credential::{
     AuthorizationCodeCredential, AzureCliCredential, AzureDeveloperCliCredential, BoxCredential,
     ChainedTokenCredential, ClientSecretCredential, CredentialExt, DefaultAzureCredential,
-    DefaultAzureCredentialBuilder, EnvironmentCredential, Fallback, ManagedIdentityCredential,
-    ManagedIdentityCredentialBuilder, ManagedIdentitySource, SharedTokenCacheCredential,
-    TokenCachePersistenceOptions, TokenCredential, UserAssignedId, WorkloadIdentityCredential,
+    DefaultAzureCredentialBuilder, DeviceCodeCredential, DeviceCodeInfo, EnvironmentCredential,
+    Fallback, ManagedIdentityCredential, ManagedIdentityCredentialBuilder, ManagedIdentitySource,
+    SharedTokenCacheCredential, TokenCachePersistenceOptions, TokenCredential, UserAssignedId,
+    WorkloadIdentityCredential,
 };
 pub use entra::authority::authority_hosts;
 pub use error::{BoxError, ConfigError, CredentialError, ErrorKind};

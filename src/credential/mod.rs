@@ -33,6 +33,7 @@ mod cache_options;
 mod chain;
 mod client_secret;
 mod default;
+mod device_code;
 mod env;
 mod environment;
 pub(crate) mod managed_identity;
@@ -50,6 +51,7 @@ pub use cache_options::TokenCachePersistenceOptions;
 pub use chain::{ChainedTokenCredential, Fallback, FallbackFuture};
 pub use client_secret::{ClientSecretCredential, ClientSecretCredentialBuilder};
 pub use default::{DefaultAzureCredential, DefaultAzureCredentialBuilder};
+pub use device_code::{DeviceCodeCredential, DeviceCodeCredentialBuilder, DeviceCodeInfo};
 pub use environment::{EnvironmentCredential, EnvironmentCredentialBuilder};
 pub use managed_identity::{
     ManagedIdentityCredential, ManagedIdentityCredentialBuilder, ManagedIdentitySource,

@@ -421,7 +421,11 @@ impl TokenClient {
         form: Form,
     ) -> Result<(Map<String, Value>, Instant), CredentialError> {
         let answer = self
-            .post(credential, self.authority.device_code_endpoint(tenant), form)
+            .post(
+                credential,
+                self.authority.device_code_endpoint(tenant),
+                form,
+            )
             .await?;
         let secrets = answer.secret_strs();
         parse_object(credential, answer.status, &answer.body, &secrets)

@@ -1,0 +1,655 @@
+//! [`DeviceCodeCredential`]: a user signs in on another device with a code this program
+//! shows (RFC 8628); then the refresh token the sign-in brought serves every later request.
+//!
+//! ```no_run
+//! use tower_identity::{CredentialExt, DeviceCodeCredential};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let credential = DeviceCodeCredential::builder()
+//!     .tenant_id("contoso.onmicrosoft.com")
+//!     .prompt(|info| eprintln!("{}", info.message))
+//!     .build()?;
+//! // Prompts, then waits until the user has signed in on another device.
+//! let graph = credential.get_token(["https://graph.microsoft.com/User.Read"]).await?;
+//! // No prompt: the refresh token serves any other resource the user consented to.
+//! let arm = credential.get_token(["https://management.azure.com/user_impersonation"]).await?;
+//! # let _ = (graph, arm); Ok(()) }
+//! ```
+//!
+//! * The first call asks `{authority}/{tenant}/oauth2/v2.0/devicecode` for a code (with
+//!   `openid profile offline_access` added to its scopes, as msal does), hands the user code,
+//!   verification URI and message to the prompt (default: the message on stderr), then polls
+//!   the token endpoint at the interval Entra gave (clamped to 1–60 s). `slow_down` adds 5 s
+//!   to the interval (RFC 8628 §3.5); `authorization_pending` keeps polling. A declined
+//!   sign-in, an expired or unknown code, any other error, the code's expiry or the builder's
+//!   [`timeout`](DeviceCodeCredentialBuilder::timeout) end the sign-in with an *authentication
+//!   failed* error saying which.
+//! * **One sign-in for concurrent callers**: calls made while a sign-in is pending wait for
+//!   it (one prompt). The sign-in runs in the callers' futures, not in a task of its own:
+//!   when **every** waiting caller has dropped its future, polling stops at once, and the next
+//!   call starts a new sign-in with a new code. One caller giving up does not stop it for
+//!   the others.
+//! * After sign-in the account is pinned (its `uid.utid`), its tokens are recorded as
+//!   [`AuthorizationCodeCredential`](crate::AuthorizationCodeCredential) records them (in
+//!   memory, or in the shared MSAL cache file with
+//!   [`cache_options`](DeviceCodeCredentialBuilder::cache_options)), and later calls use a
+//!   cached access token or redeem the refresh token, for any scope, without a prompt. When
+//!   no refresh token can sign the account in any more (none left, or `invalid_grant`), the
+//!   next call prompts again.
+//! * The device code is a secret: it never appears in `Debug` output or errors.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared, WeakShared};
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use super::refresh_tokens::{Silent, Stores, record};
+use super::settings::{Settings, settings_setters};
+use super::shared_token_cache::AZURE_CLI_CLIENT_ID;
+use super::{Plan, arc_credential_service};
+use crate::cache::TokenCache;
+use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
+use crate::entra::token_client::{
+    TokenClient, TokenResponse, device_authorization_form, device_code_form, number,
+};
+use crate::error::{ConfigError, CredentialError};
+use crate::token::{AccessToken, Secret, TokenRequest, instant_after};
+
+const NAME: &str = "DeviceCodeCredential";
+/// azure-identity's defaults: the Azure CLI's public client, any work or school account.
+const DEFAULT_TENANT: &str = "organizations";
+/// RFC 8628 §3.2: the interval when the answer names none.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// Bounds of the polling interval, whatever the provider says: at least a second apart, and
+/// never so far apart that a user waits minutes after signing in.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_INTERVAL: Duration = Duration::from_secs(60);
+/// RFC 8628 §3.5: `slow_down` adds 5 s to this and every later poll's interval.
+const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
+/// The longest a code is waited for (Entra gives 900 s).
+const MAX_CODE_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// What the user needs to sign in: shown by the prompt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceCodeInfo {
+    /// The code the user enters on the verification page.
+    pub user_code: String,
+    /// The page where the user enters the code (`https://microsoft.com/devicelogin`).
+    pub verification_uri: String,
+    /// When the code stops working (wall clock, for display).
+    pub expires_on: SystemTime,
+    /// How long the code works, from when Entra answered.
+    pub expires_in: Duration,
+    /// Entra's instructions for the user, naming the page and the code.
+    pub message: String,
+}
+
+type Prompt = Arc<dyn Fn(DeviceCodeInfo) + Send + Sync>;
+
+/// Authenticates a user with the device code flow: the user signs in on another device.
+#[derive(Clone)]
+pub struct DeviceCodeCredential {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tenants: TenantPolicy,
+    client_id: String,
+    client: TokenClient,
+    memory: TokenCache,
+    stores: Stores,
+    prompt: Prompt,
+    timeout: Option<Duration>,
+    state: Mutex<State>,
+}
+
+type SignIn = Shared<BoxFuture<'static, Result<SignedIn, CredentialError>>>;
+
+/// The pinned account, and the pending sign-in. The sign-in is held weakly: its callers own
+/// it, so it ends when they all give up.
+#[derive(Default)]
+struct State {
+    account: Option<String>,
+    sign_in: Option<WeakShared<BoxFuture<'static, Result<SignedIn, CredentialError>>>>,
+}
+
+/// What a sign-in obtained, and for which request.
+#[derive(Clone)]
+struct SignedIn {
+    token: AccessToken,
+    tenant: String,
+    scopes: Vec<String>,
+    cae: bool,
+    account: Option<String>,
+}
+
+/// A code as Entra issued it.
+struct DeviceCode {
+    device_code: Secret,
+    info: DeviceCodeInfo,
+    interval: Duration,
+    expires_at: Instant,
+}
+
+impl DeviceCodeCredential {
+    /// azure-identity's defaults: the Azure CLI's client id
+    /// (`04b07795-8ddb-461a-bbee-02f9e1bf7b46`), tenant `organizations`, the message on
+    /// stderr. Fails only when `AZURE_AUTHORITY_HOST` is not a valid authority.
+    pub fn new() -> Result<Self, ConfigError> {
+        Self::builder().build()
+    }
+
+    /// Starts a builder; nothing is validated until `build`.
+    pub fn builder() -> DeviceCodeCredentialBuilder {
+        DeviceCodeCredentialBuilder {
+            client_id: None,
+            tenant_id: None,
+            prompt: None,
+            timeout: None,
+            settings: Settings::default(),
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn get_token(
+        self: &Arc<Self>,
+        request: TokenRequest,
+    ) -> Result<AccessToken, CredentialError> {
+        // Set once this call has seen a sign-in through: it never prompts twice.
+        let mut signed_in = false;
+        loop {
+            let plan = Plan::new(NAME, &request, |requested| {
+                self.tenants.resolve_required(requested).map(str::to_owned)
+            })?;
+            let pinned = self.lock().account.clone();
+            let Some(account) = pinned else {
+                let (sign_in, mine) = self.join_or_start(&plan);
+                let done = sign_in.await?;
+                signed_in = true;
+                let same = done.tenant == plan.tenant
+                    && done.scopes == plan.scopes
+                    && done.cae == plan.cae;
+                if mine || (same && plan.claims.is_none()) {
+                    return Ok(done.token);
+                }
+                if done.account.is_none() {
+                    return Err(CredentialError::authentication_failed(
+                        NAME,
+                        "the user signed in for another request, but Entra's answer named no \
+                         account, so its refresh token cannot serve this one; try again",
+                    ));
+                }
+                continue;
+            };
+            let this = Arc::clone(self);
+            let result = plan
+                .run(&self.memory, move |plan| async move {
+                    this.for_account(&account, &plan).await
+                })
+                .await;
+            match result {
+                // The account can no longer be signed in silently: sign in again, here.
+                Err(_) if !signed_in && self.lock().account.is_none() => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// The pending sign-in, else a new one for `plan` (`true`: this caller started it).
+    fn join_or_start(self: &Arc<Self>, plan: &Plan) -> (SignIn, bool) {
+        let mut state = self.lock();
+        if let Some(pending) = state.sign_in.as_ref().and_then(WeakShared::upgrade) {
+            return (pending, false);
+        }
+        let this = Arc::clone(self);
+        let (tenant, scopes, cae, claims) = (
+            plan.tenant.clone(),
+            plan.scopes.clone(),
+            plan.cae,
+            plan.claims.clone(),
+        );
+        let sign_in = async move {
+            let result = this.sign_in(tenant, scopes, cae, claims).await;
+            let mut state = this.lock();
+            state.sign_in = None;
+            if let Ok(done) = &result {
+                if done.account.is_some() {
+                    state.account.clone_from(&done.account);
+                }
+            }
+            result
+        }
+        .boxed()
+        .shared();
+        state.sign_in = sign_in.downgrade();
+        (sign_in, true)
+    }
+
+    /// Asks for a code, prompts, polls until the user has signed in, and records the tokens.
+    async fn sign_in(
+        &self,
+        tenant: String,
+        scopes: Vec<String>,
+        cae: bool,
+        claims: Option<String>,
+    ) -> Result<SignedIn, CredentialError> {
+        let form = device_authorization_form(&self.client_id, &scopes, claims);
+        let (object, sent_at) = self
+            .client
+            .device_authorization(NAME, &tenant, form)
+            .await?;
+        let code = DeviceCode::parse(&object, sent_at).map_err(|reason| {
+            CredentialError::authentication_failed(
+                NAME,
+                format!(
+                    "Unexpected response from Microsoft Entra ID's device authorization \
+                     endpoint: {reason}"
+                ),
+            )
+        })?;
+        // A prompt that panics must not take the caller's task down with it.
+        let prompt = Arc::clone(&self.prompt);
+        let info = code.info.clone();
+        if std::panic::catch_unwind(AssertUnwindSafe(move || prompt(info))).is_err() {
+            return Err(CredentialError::authentication_failed(
+                NAME,
+                "the prompt callback panicked; the user was not shown the code",
+            ));
+        }
+        let response = self.poll(&tenant, &code).await?;
+        let (store, _) = self.stores.for_request(cae);
+        let account = record(
+            NAME,
+            &self.client,
+            store,
+            &self.client_id,
+            &tenant,
+            &scopes,
+            &response,
+            None,
+        )
+        .await;
+        if account.is_none() {
+            tracing::warn!(
+                "the device code sign-in's answer named no account: later requests cannot use its refresh token"
+            );
+        }
+        Ok(SignedIn {
+            token: response.token,
+            tenant,
+            scopes,
+            cae,
+            account,
+        })
+    }
+
+    /// Polls the token endpoint until the user has signed in, or the sign-in cannot succeed.
+    async fn poll(
+        &self,
+        tenant: &str,
+        code: &DeviceCode,
+    ) -> Result<TokenResponse, CredentialError> {
+        let started = Instant::now();
+        let timeout_at = self.timeout.and_then(|t| started.checked_add(t));
+        let deadline = timeout_at.map_or(code.expires_at, |t| t.min(code.expires_at));
+        let mut interval = code.interval;
+        loop {
+            let next = Instant::now().checked_add(interval).unwrap_or(deadline);
+            if next > deadline {
+                let message = match (timeout_at, self.timeout) {
+                    (Some(at), Some(timeout)) if at <= code.expires_at => format!(
+                        "the user did not sign in within the timeout ({} s); try again",
+                        timeout.as_secs()
+                    ),
+                    _ => "the code expired before the user signed in; try again".to_owned(),
+                };
+                return Err(CredentialError::authentication_failed(NAME, message));
+            }
+            tokio::time::sleep_until(next).await;
+            let form = device_code_form(&self.client_id, &code.device_code);
+            let error = match self.client.request(NAME, tenant, form).await {
+                Ok(response) => return Ok(response),
+                Err(error) => error,
+            };
+            let prefix = match error.error_code() {
+                Some("authorization_pending") => continue,
+                Some("slow_down") => {
+                    interval = interval.saturating_add(SLOW_DOWN_STEP).min(MAX_INTERVAL);
+                    continue;
+                }
+                // Entra's name, and RFC 8628's.
+                Some("authorization_declined" | "access_denied") => "the user declined the sign-in",
+                Some("expired_token") => "the code expired before the user signed in; try again",
+                Some("bad_verification_code") => {
+                    "Microsoft Entra ID did not recognise the device code; try again"
+                }
+                _ => "the device code sign-in failed",
+            };
+            return Err(error.with_message_prefix(&format!("{prefix}: ")));
+        }
+    }
+
+    /// The pinned account's cached token, else its refresh tokens. When neither can sign it
+    /// in any more, the account is forgotten: the next sign-in is interactive.
+    async fn for_account(
+        &self,
+        account: &str,
+        plan: &Plan,
+    ) -> Result<AccessToken, CredentialError> {
+        let silent = Silent {
+            credential: NAME,
+            client: &self.client,
+            stores: &self.stores,
+            client_id: &self.client_id,
+            client_secret: None,
+        };
+        let result = silent
+            .token(
+                account,
+                &plan.tenant,
+                &plan.scopes,
+                plan.cae,
+                plan.claims.clone(),
+            )
+            .await;
+        let outcome = match result {
+            Ok(Some(token)) => return Ok(token),
+            Ok(None) => CredentialError::authentication_failed(
+                NAME,
+                "no cached token and no refresh token for the signed-in account; the next \
+                 request signs the user in again",
+            ),
+            Err(error) if error.error_code() == Some("invalid_grant") => error,
+            Err(error) => return Err(error),
+        };
+        let mut state = self.lock();
+        if state.account.as_deref() == Some(account) {
+            state.account = None;
+        }
+        Err(outcome)
+    }
+}
+
+impl DeviceCode {
+    /// Reads the device authorization answer (RFC 8628 §3.2; Entra adds `message`), sent at
+    /// `sent_at`. Numbers are clamped: the interval to 1–60 s, the lifetime to an hour.
+    fn parse(object: &Map<String, Value>, sent_at: Instant) -> Result<Self, String> {
+        let text = |name: &str| match object.get(name) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            _ => None,
+        };
+        let seconds = |name: &str| match object.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => number(value)
+                .map(Some)
+                .ok_or_else(|| format!("{name} is not a non-negative number")),
+        };
+        let device_code = text("device_code").ok_or("the answer has no device_code")?;
+        let user_code = text("user_code").ok_or("the answer has no user_code")?;
+        // `verification_url`: the v1 endpoint's name for it.
+        let verification_uri = text("verification_uri")
+            .or_else(|| text("verification_url"))
+            .ok_or("the answer has no verification_uri")?;
+        let lifetime = seconds("expires_in")?.ok_or("the answer has no expires_in")?;
+        let lifetime = lifetime.min(MAX_CODE_LIFETIME.as_secs());
+        if lifetime == 0 {
+            return Err("the code it issued has already expired".into());
+        }
+        let interval = seconds("interval")?
+            .map_or(DEFAULT_INTERVAL, Duration::from_secs)
+            .clamp(MIN_INTERVAL, MAX_INTERVAL);
+        let expires_in = Duration::from_secs(lifetime);
+        let message = text("message").unwrap_or_else(|| {
+            format!(
+                "To sign in, use a web browser to open the page {verification_uri} and enter \
+                 the code {user_code} to authenticate."
+            )
+        });
+        Ok(Self {
+            device_code: Secret::new(device_code),
+            info: DeviceCodeInfo {
+                user_code,
+                verification_uri,
+                expires_on: SystemTime::now()
+                    .checked_add(expires_in)
+                    .unwrap_or_else(SystemTime::now),
+                expires_in,
+                message,
+            },
+            interval,
+            expires_at: instant_after(sent_at, lifetime),
+        })
+    }
+}
+
+arc_credential_service!(DeviceCodeCredential);
+
+impl fmt::Debug for DeviceCodeCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.inner.lock();
+        f.debug_struct(NAME)
+            .field(
+                "tenant_id",
+                &self.inner.tenants.tenant().unwrap_or_default(),
+            )
+            .field("client_id", &self.inner.client_id)
+            .field("account", &state.account)
+            .field(
+                "signing_in",
+                &state
+                    .sign_in
+                    .as_ref()
+                    .is_some_and(|s| s.upgrade().is_some()),
+            )
+            .field("timeout", &self.inner.timeout)
+            .field("store", &self.inner.stores.plain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings for a [`DeviceCodeCredential`].
+pub struct DeviceCodeCredentialBuilder {
+    client_id: Option<String>,
+    tenant_id: Option<String>,
+    prompt: Option<Prompt>,
+    timeout: Option<Duration>,
+    settings: Settings,
+}
+
+settings_setters!(DeviceCodeCredentialBuilder {
+    authority_host,
+    additionally_allowed_tenants,
+    http_client,
+    cache_options,
+    disable_multitenant_auth,
+});
+
+impl DeviceCodeCredentialBuilder {
+    /// The public client (app) the user signs in to. Default: the Azure CLI's,
+    /// `04b07795-8ddb-461a-bbee-02f9e1bf7b46`.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// The tenant the user signs in to. Default: `organizations` (any work or school
+    /// account); a request may then name any tenant unless tenants are restricted.
+    pub fn tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
+        self.tenant_id = Some(tenant_id.into());
+        self
+    }
+
+    /// Shows the user what to do: called once per sign-in, before polling starts. It must
+    /// not block (spawn a task for slow work). Default: the message printed to stderr.
+    pub fn prompt(mut self, prompt: impl Fn(DeviceCodeInfo) + Send + Sync + 'static) -> Self {
+        self.prompt = Some(Arc::new(prompt));
+        self
+    }
+
+    /// How long a sign-in may wait for the user; `None` (the default) waits until the code
+    /// expires (Entra: 15 minutes).
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Validates (client id, tenant, timeout, authority, cache options) and builds.
+    pub fn build(self) -> Result<DeviceCodeCredential, ConfigError> {
+        let fail = |m: &str| ConfigError::new(format!("{NAME}: {m}"));
+        let client_id = self
+            .client_id
+            .unwrap_or_else(|| AZURE_CLI_CLIENT_ID.to_owned());
+        if client_id.trim().is_empty() {
+            return Err(fail("client id is empty"));
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(fail(
+                "timeout is zero; give the user time to sign in, or None to wait until the code expires",
+            ));
+        }
+        let tenant = self.tenant_id.as_deref().unwrap_or(DEFAULT_TENANT);
+        let tenants = self.settings.tenants(NAME, Some(tenant))?;
+        let client = self
+            .settings
+            .token_client(NAME, std::env::var(AZURE_AUTHORITY_HOST).ok())?;
+        let stores = Stores::from_settings(&self.settings, NAME)?;
+        let prompt = self
+            .prompt
+            .unwrap_or_else(|| Arc::new(|info: DeviceCodeInfo| eprintln!("{}", info.message)));
+        Ok(DeviceCodeCredential {
+            inner: Arc::new(Inner {
+                tenants,
+                client_id,
+                client,
+                memory: TokenCache::new(NAME),
+                stores,
+                prompt,
+                timeout: self.timeout,
+                state: Mutex::default(),
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for DeviceCodeCredentialBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceCodeCredentialBuilder")
+            .field("client_id", &self.client_id)
+            .field("tenant_id", &self.tenant_id)
+            .field("prompt", &self.prompt.as_ref().map(|_| "custom"))
+            .field("timeout", &self.timeout)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(value: Value) -> Result<DeviceCode, String> {
+        match value {
+            Value::Object(map) => DeviceCode::parse(&map, Instant::now()),
+            _ => unreachable!(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn device_code_answers_are_read_with_clamped_numbers() {
+        let code = parse(json!({"device_code": "dc-secret", "user_code": "ABCD-EFGH",
+            "verification_uri": "https://microsoft.com/devicelogin", "expires_in": "900",
+            "interval": 5, "message": "Go to the page"}))
+        .unwrap();
+        assert_eq!(code.interval, Duration::from_secs(5));
+        assert_eq!(code.expires_at, Instant::now() + Duration::from_secs(900));
+        assert_eq!(code.info.user_code, "ABCD-EFGH");
+        assert_eq!(code.info.message, "Go to the page");
+        let debug = format!("{:?}", code.info);
+        assert!(!debug.contains("dc-secret"), "{debug}");
+
+        let absurd = parse(json!({"device_code": "d", "user_code": "u",
+            "verification_url": "https://v", "expires_in": 1e30, "interval": 18446744073709551615u64}))
+        .unwrap();
+        assert_eq!(absurd.interval, MAX_INTERVAL);
+        assert_eq!(absurd.info.expires_in, MAX_CODE_LIFETIME);
+        assert!(absurd.info.message.contains("https://v") && absurd.info.message.contains(" u "));
+        let eager = parse(json!({"device_code": "d", "user_code": "u",
+            "verification_uri": "https://v", "expires_in": 900, "interval": 0}))
+        .unwrap();
+        assert_eq!(eager.interval, MIN_INTERVAL);
+        let default = parse(json!({"device_code": "d", "user_code": "u",
+            "verification_uri": "https://v", "expires_in": 900}))
+        .unwrap();
+        assert_eq!(default.interval, DEFAULT_INTERVAL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn incomplete_device_code_answers_name_what_is_missing() {
+        for (body, missing) in [
+            (
+                json!({"user_code": "u", "verification_uri": "v", "expires_in": 9}),
+                "device_code",
+            ),
+            (
+                json!({"device_code": "d", "verification_uri": "v", "expires_in": 9}),
+                "user_code",
+            ),
+            (
+                json!({"device_code": "d", "user_code": "u", "expires_in": 9}),
+                "verification_uri",
+            ),
+            (
+                json!({"device_code": "d", "user_code": "u", "verification_uri": "v"}),
+                "expires_in",
+            ),
+            (
+                json!({"device_code": "d", "user_code": "u", "verification_uri": "v", "expires_in": -1}),
+                "expires_in",
+            ),
+            (
+                json!({"device_code": "d", "user_code": "u", "verification_uri": "v", "expires_in": 0}),
+                "expired",
+            ),
+        ] {
+            let error = parse(body).err().expect("an error");
+            assert!(error.contains(missing), "{error}");
+        }
+    }
+
+    #[test]
+    fn builder_defaults_and_bad_settings() {
+        let credential = DeviceCodeCredential::builder().build().unwrap();
+        let debug = format!("{credential:?}");
+        assert!(
+            debug.contains(AZURE_CLI_CLIENT_ID) && debug.contains("organizations"),
+            "{debug}"
+        );
+        let error = DeviceCodeCredential::builder()
+            .timeout(Some(Duration::ZERO))
+            .build()
+            .unwrap_err();
+        assert!(error.message().contains("timeout is zero"), "{error}");
+        let error = DeviceCodeCredential::builder()
+            .client_id(" ")
+            .build()
+            .unwrap_err();
+        assert!(error.message().contains("client id is empty"), "{error}");
+        let error = DeviceCodeCredential::builder()
+            .tenant_id("bad/tenant")
+            .build()
+            .unwrap_err();
+        assert!(error.message().contains("tenant"), "{error}");
+    }
+}
