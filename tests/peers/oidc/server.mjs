@@ -36,6 +36,10 @@ const CONFIDENTIAL_CLIENT_SECRET = 'peer-secret-1';
 const FOCI_CLIENT_ID = '04b07795-8ddb-461a-bbee-02f9e1bf7b46'; // Azure CLI
 const PUBLIC_CLIENT_ID = '22222222-2222-2222-2222-222222222222';
 const FOCI_CLIENTS = new Set([FOCI_CLIENT_ID]);
+const DEVICE_CODE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+// Entra's device authorization answer: poll every 5 s, the code lives 900 s.
+const DEVICE_CODE_INTERVAL = 5;
+const DEVICE_CODE_TTL = 900;
 // The workload identity app authenticates with a federated assertion only. Once the front has
 // checked the assertion it hands oidc-provider this secret instead, which nobody else knows.
 const WORKLOAD_INTERNAL_SECRET = crypto.randomBytes(32).toString('base64url');
@@ -57,7 +61,7 @@ const CLIENTS = [
     token_endpoint_auth_method: 'none',
     // "native" lets http://localhost match any loopback port, as Entra does for public clients.
     application_type: 'native',
-    grant_types: ['authorization_code', 'refresh_token'],
+    grant_types: ['authorization_code', 'refresh_token', DEVICE_CODE_GRANT],
     response_types: ['code'],
     redirect_uris: ['http://localhost', 'http://localhost:8400/callback'],
     scope: 'openid profile email offline_access',
@@ -384,6 +388,12 @@ function tokenTenantId(tenant, accountId) {
 // Everything the token endpoint received, for the tests to inspect over GET /_test/log.
 const tokenLog = [];
 
+// Device flow controls: the login hint each user code signs in as (set by
+// /_test/device/approve), and how many of the next device code polls get `slow_down`.
+const deviceLoginHints = new Map(); // normalized user code -> login hint
+let slowDownPolls = 0;
+const normalizeUserCode = (code) => String(code).toUpperCase().replace(/\W/g, '');
+
 // Programmed answers for the protected resource, one consumed per request.
 const resourceQueue = [];
 let resourceRequestCount = 0;
@@ -460,11 +470,28 @@ const AADSTS = {
   28000: 'Provided value for the input parameter scope is not valid because it contains more than one resource.',
   500011: 'The resource principal was not found in the tenant.',
   90000: 'The request could not be processed.',
+  70016: 'OAuth 2.0 device flow error. Authorization is pending. Continue polling.',
+  70000: 'The user declined the authorization request.',
+  70018: 'Invalid verification code due to the user typing in a wrong user code for the device code flow. Authorization is not approved.',
+  70019: 'Verification code expired. Have the user retry the sign-in.',
 };
 
 // Maps an oidc-provider error to Entra's error, AADSTS code and HTTP status.
 function classifyError({ error, detail, description, grantType, clientId, tenant }) {
   const text = `${detail ?? ''} ${description ?? ''}`;
+  // The device code grant's answers while the user has not finished (RFC 8628 §3.5), in
+  // Entra's names (access_denied is authorization_declined there).
+  if (grantType === DEVICE_CODE_GRANT) {
+    switch (error) {
+      case 'authorization_pending': return { error, code: 70016, status: 400 };
+      // Not in Entra's table (msal handles it as RFC 8628 says): the generic code.
+      case 'slow_down': return { error, code: 90000, status: 400 };
+      case 'access_denied': return { error: 'authorization_declined', code: 70000, status: 400 };
+      case 'expired_token': return { error, code: 70019, status: 400 };
+      case 'invalid_grant': return { error: 'bad_verification_code', code: 70018, status: 400 };
+      default: break;
+    }
+  }
   switch (error) {
     case 'invalid_client':
       if (/client not found/.test(text)) {
@@ -550,7 +577,7 @@ function entraErrorBody(problem, headers, original) {
 function entraSuccessBody(body, { form, clientId, accountId, tenant }) {
   const out = { ...body };
   if (typeof out.expires_in === 'number') out.ext_expires_in = out.expires_in;
-  const userGrant = ['authorization_code', 'refresh_token'].includes(form.grant_type);
+  const userGrant = ['authorization_code', 'refresh_token', DEVICE_CODE_GRANT].includes(form.grant_type);
   if (userGrant && accountId) {
     if (form.client_info === '1') {
       const account = accounts.get(accountId);
@@ -566,6 +593,10 @@ function entraSuccessBody(body, { form, clientId, accountId, tenant }) {
 function entraTokenEndpointMiddleware(tenant) {
   return async function entraShape(ctx, next) {
     await next();
+    if (ctx.oidc?.route === 'device_authorization' && ctx.body && typeof ctx.body === 'object') {
+      entraDeviceAuthorizationBody(ctx, tenant);
+      return;
+    }
     if (ctx.oidc?.route !== 'token' || !ctx.body || typeof ctx.body !== 'object') return;
     const form = ctx.oidc.body ?? {};
     const clientId = ctx.oidc.client?.clientId ?? form.client_id
@@ -592,6 +623,30 @@ function entraTokenEndpointMiddleware(tenant) {
   };
 }
 
+// The device authorization answer as Entra gives it: an interval and a message, no
+// verification_uri_complete; errors in Entra's JSON.
+function entraDeviceAuthorizationBody(ctx, tenant) {
+  if (ctx.status >= 400) {
+    const { status, body, headers } = entraErrorBody({
+      error: ctx.body.error,
+      description: ctx.body.error_description,
+      clientId: ctx.oidc.client?.clientId ?? ctx.oidc.body?.client_id,
+      tenant,
+    }, ctx.headers, ctx.body);
+    ctx.status = status;
+    ctx.body = body;
+    ctx.set(headers);
+    return;
+  }
+  const { verification_uri_complete: _complete, ...body } = ctx.body;
+  ctx.body = {
+    ...body,
+    interval: DEVICE_CODE_INTERVAL,
+    message: `To sign in, use a web browser to open the page ${body.verification_uri} and enter the code ${body.user_code} to authenticate.`,
+  };
+  ctx.set('client-request-id', correlationIdFor(ctx.headers));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Providers, one per tenant, created on first use
 // ---------------------------------------------------------------------------------------------
@@ -605,6 +660,8 @@ function providerConfiguration(tenant, { signingJwk, cookieKey, rotateRefreshTok
     routes: {
       authorization: '/oauth2/v2.0/authorize',
       token: '/oauth2/v2.0/token',
+      device_authorization: '/oauth2/v2.0/devicecode',
+      code_verification: '/device',
       jwks: '/discovery/v2.0/keys',
       end_session: '/oauth2/v2.0/logout',
       userinfo: '/openid/userinfo',
@@ -649,6 +706,13 @@ function providerConfiguration(tenant, { signingJwk, cookieKey, rotateRefreshTok
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
+      deviceFlow: {
+        enabled: true,
+        // Plain pages (the defaults print "you should change this" notices on every use).
+        async userCodeInputSource(ctx, form) { ctx.body = `<html><body>${form}</body></html>`; },
+        async userCodeConfirmSource(ctx, form) { ctx.body = `<html><body>${form}</body></html>`; },
+        async successSource(ctx) { ctx.body = '<html><body>signed in</body></html>'; },
+      },
       rpInitiatedLogout: { enabled: false },
       resourceIndicators: {
         enabled: true,
@@ -667,6 +731,7 @@ function providerConfiguration(tenant, { signingJwk, cookieKey, rotateRefreshTok
       AccessToken: ACCESS_TOKEN_TTL,
       ClientCredentials: ACCESS_TOKEN_TTL,
       AuthorizationCode: 600,
+      DeviceCode: DEVICE_CODE_TTL,
       IdToken: 3600,
       RefreshToken: 90 * 24 * 3600,
       Interaction: 600,
@@ -709,7 +774,10 @@ async function completeInteraction(tenantProvider, req, res) {
   const { prompt, params } = details;
 
   if (prompt.name === 'login') {
-    const loginHint = params.login_hint || DEFAULT_LOGIN_HINT;
+    // A device code sign-in signs in whom /_test/device/approve named for its user code.
+    const deviceCode = details.deviceCode ? SharedMemoryAdapter.peek('DeviceCode', details.deviceCode) : undefined;
+    const deviceHint = deviceCode ? deviceLoginHints.get(deviceCode.userCode) : undefined;
+    const loginHint = deviceHint || params.login_hint || DEFAULT_LOGIN_HINT;
     const account = recordAccount(loginHint, tenant);
     await provider.interactionFinished(req, res, { login: { accountId: account.accountId } }, {
       mergeWithLastSubmission: false,
@@ -777,16 +845,21 @@ class CookieJar {
   }
 }
 
-function selfGet(server, url, jar) {
+function selfGet(server, url, jar, form) {
   return new Promise((resolve, reject) => {
     const target = new URL(url);
+    const payload = form ? new URLSearchParams(form).toString() : undefined;
     const req = https.request({
       host: server.selfHost,
       port: server.port,
       path: `${target.pathname}${target.search}`,
-      method: 'GET',
+      method: form ? 'POST' : 'GET',
       ca: server.pki.ca,
-      headers: { cookie: jar.header(), accept: 'application/json' },
+      headers: {
+        cookie: jar.header(),
+        accept: form ? 'text/html' : 'application/json',
+        ...(form ? { 'content-type': 'application/x-www-form-urlencoded', 'content-length': Buffer.byteLength(payload) } : {}),
+      },
     }, (res) => {
       readBody(res).then((body) => {
         jar.store(res.headers['set-cookie']);
@@ -794,7 +867,7 @@ function selfGet(server, url, jar) {
       }, reject);
     });
     req.on('error', reject);
-    req.end();
+    req.end(payload);
   });
 }
 
@@ -851,6 +924,62 @@ async function testAuthorize(server, input) {
     url = next.href;
   }
   throw new TestError(502, 'too many redirects in the authorize chain');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test-only: the user's side of the device code flow, through oidc-provider's own pages
+// ---------------------------------------------------------------------------------------------
+
+const xsrfOf = (html) => /name="xsrf" value="([^"]+)"/.exec(html)?.[1];
+
+// Opens the verification page with the user code and submits it; `abort` declines at the
+// confirmation page, otherwise it confirms and the login and consent interactions follow.
+async function deviceUserFlow(server, input, { abort }) {
+  const tenant = input.tenant ?? 'contoso';
+  if (!TENANT_RE.test(tenant)) throw new TestError(400, 'tenant must match [A-Za-z0-9.-]+');
+  if (typeof input.user_code !== 'string' || !input.user_code) throw new TestError(400, 'user_code is required');
+  const userCode = input.user_code;
+  deviceLoginHints.set(normalizeUserCode(userCode), input.login_hint ?? DEFAULT_LOGIN_HINT);
+  const jar = new CookieJar();
+  const page = `${server.base}/${tenant}/device`;
+  // GET with the code answers an auto-submitting form carrying the session's xsrf token.
+  const opened = await selfGet(server, `${page}?${new URLSearchParams({ user_code: userCode })}`, jar);
+  let xsrf = xsrfOf(opened.body);
+  if (!xsrf) throw new TestError(502, 'no xsrf on the verification page', { body: opened.body });
+  const confirmPage = await selfGet(server, page, jar, { xsrf, user_code: userCode });
+  xsrf = xsrfOf(confirmPage.body);
+  if (!xsrf) throw new TestError(400, `the verification page refused the code (HTTP ${confirmPage.status})`, { body: confirmPage.body });
+  const decision = abort ? { abort: 'yes' } : { confirm: 'yes' };
+  let answer = await selfGet(server, page, jar, { xsrf, user_code: userCode, ...decision });
+  let url = page;
+  for (let hop = 0; hop < 10 && answer.status >= 300 && answer.status < 400 && answer.location; hop += 1) {
+    url = new URL(answer.location, url).href;
+    answer = await selfGet(server, url, jar);
+  }
+  return { status: answer.status, body: answer.body };
+}
+
+async function approveDeviceCode(server, input) {
+  const outcome = await deviceUserFlow(server, input, { abort: false });
+  if (outcome.status !== 200 || !outcome.body.includes('signed in')) {
+    throw new TestError(502, `the device sign-in did not finish (HTTP ${outcome.status})`, outcome);
+  }
+  return { approved: true };
+}
+
+async function declineDeviceCode(server, input) {
+  await deviceUserFlow(server, input, { abort: true });
+  return { declined: true };
+}
+
+// Makes the code expired now (the credential's paused clock cannot move ours).
+function expireDeviceCode(input) {
+  const key = userCodeIndex.get(normalizeUserCode(input.user_code ?? ''));
+  const entry = key ? store.get(key) : undefined;
+  if (!entry) throw new TestError(404, 'user code not found', { expired: false });
+  entry.payload.exp = Math.floor(Date.now() / 1000) - 1;
+  entry.expiresAt = undefined; // still found, so the grant answers expired_token
+  return { expired: true };
 }
 
 async function revokeRefreshToken(server, input) {
@@ -963,6 +1092,22 @@ async function handleTestEndpoint(server, req, res, pathname, body) {
         tokenLog.length = 0;
         sendJson(res, 200, { cleared: true });
         return;
+      case 'POST /_test/device/approve':
+        sendJson(res, 200, await approveDeviceCode(server, parseJsonBody(body)));
+        return;
+      case 'POST /_test/device/decline':
+        sendJson(res, 200, await declineDeviceCode(server, parseJsonBody(body)));
+        return;
+      case 'POST /_test/device/expire':
+        sendJson(res, 200, expireDeviceCode(parseJsonBody(body)));
+        return;
+      case 'POST /_test/device/slow_down': {
+        const count = Number(parseJsonBody(body).count ?? 1);
+        if (!Number.isInteger(count) || count < 0) throw new TestError(400, 'count must be an integer >= 0');
+        slowDownPolls = count;
+        sendJson(res, 200, { slow_down: slowDownPolls });
+        return;
+      }
       case 'POST /_test/revoke_refresh_token':
         sendJson(res, 200, await revokeRefreshToken(server, parseJsonBody(body)));
         return;
@@ -989,9 +1134,10 @@ async function handleTestEndpoint(server, req, res, pathname, body) {
 // Token endpoint front: log, answer replays Entra's way, then hand over to the Provider
 // ---------------------------------------------------------------------------------------------
 
-function logTokenRequest(tenant, req, form) {
+function logTokenRequest(tenant, req, form, endpoint = 'token') {
   const entry = {
     tenant,
+    endpoint,
     grant_type: typeof form.grant_type === 'string' ? form.grant_type : null,
     form,
     basic_auth_client_id: basicAuthClientId(req.headers.authorization),
@@ -1021,6 +1167,14 @@ function frontRejection(form) {
     case 'refresh_token': {
       const rt = SharedMemoryAdapter.peek('RefreshToken', form.refresh_token);
       if (rt?.consumed) return error('invalid_grant', 'grant request is invalid', 'refresh token already used (rotated)');
+      return undefined;
+    }
+    // Programmed by /_test/device/slow_down: the next polls are told to back off.
+    case DEVICE_CODE_GRANT: {
+      if (slowDownPolls > 0) {
+        slowDownPolls -= 1;
+        return error('slow_down', 'you are polling too quickly and should back off at a reasonable rate');
+      }
       return undefined;
     }
     // Entra requires "<resource>/.default" here; oidc-provider would hand out an opaque token.
@@ -1107,6 +1261,11 @@ async function route(server, req, res) {
     return;
   } else if (rest === '/oauth2/v2.0/authorize' && req.method === 'GET') {
     search = `?${rewriteAuthorizeQuery(search)}`;
+  } else if (rest === '/oauth2/v2.0/devicecode' && req.method === 'POST') {
+    // Logged with the token requests; the scope gets what authorize requests get (below).
+    const form = parseForm(body);
+    logTokenRequest(tenant, req, form, 'devicecode');
+    req.body = Buffer.from(rewriteAuthorizeQuery(new URLSearchParams(form).toString()));
   } else if (rest === '/oauth2/v2.0/token' && req.method === 'POST') {
     req.url = `${innerPath}${search}`;
     await handleTokenRequest(server, tenantProvider, req, res, body);
