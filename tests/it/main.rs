@@ -9,6 +9,7 @@ mod cache_file;
 mod chain;
 mod client_secret;
 mod default_credential;
+mod device_code;
 mod examples;
 mod limits;
 mod managed_identity;

@@ -256,3 +256,56 @@ pub fn jwt_claims(token: &str) -> serde_json::Value {
         .expect("base64url payload");
     serde_json::from_slice(&bytes).expect("JSON claims")
 }
+
+/// The user's side of the device code flow, through the peer's verification page.
+impl Peer {
+    /// Signs `username` in with `user_code` at `tenant` and consents.
+    pub async fn approve_device_code(&self, tenant: &str, user_code: &str, username: &str) {
+        let answer = self
+            .call(
+                http::Method::POST,
+                "/_test/device/approve",
+                Some(serde_json::json!({
+                    "tenant": tenant, "user_code": user_code, "login_hint": username,
+                })),
+            )
+            .await;
+        assert_eq!(answer["approved"], true, "{answer}");
+    }
+
+    /// Declines the sign-in of `user_code` on the confirmation page.
+    pub async fn decline_device_code(&self, tenant: &str, user_code: &str) {
+        let answer = self
+            .call(
+                http::Method::POST,
+                "/_test/device/decline",
+                Some(serde_json::json!({ "tenant": tenant, "user_code": user_code })),
+            )
+            .await;
+        assert_eq!(answer["declined"], true, "{answer}");
+    }
+
+    /// Makes the code of `user_code` expired from now on.
+    pub async fn expire_device_code(&self, user_code: &str) {
+        let answer = self
+            .call(
+                http::Method::POST,
+                "/_test/device/expire",
+                Some(serde_json::json!({ "user_code": user_code })),
+            )
+            .await;
+        assert_eq!(answer["expired"], true, "{answer}");
+    }
+
+    /// The next `count` device code polls at `tenant` are answered `slow_down`.
+    pub async fn slow_down_device_polls(&self, tenant: &str, count: u32) {
+        let answer = self
+            .call(
+                http::Method::POST,
+                "/_test/device/slow_down",
+                Some(serde_json::json!({ "tenant": tenant, "count": count })),
+            )
+            .await;
+        assert_eq!(answer["slow_down"], count, "{answer}");
+    }
+}

@@ -389,9 +389,9 @@ function tokenTenantId(tenant, accountId) {
 const tokenLog = [];
 
 // Device flow controls: the login hint each user code signs in as (set by
-// /_test/device/approve), and how many of the next device code polls get `slow_down`.
+// /_test/device/approve), and how many of a tenant's next device code polls get `slow_down`.
 const deviceLoginHints = new Map(); // normalized user code -> login hint
-let slowDownPolls = 0;
+const slowDownPolls = new Map(); // tenant -> count
 const normalizeUserCode = (code) => String(code).toUpperCase().replace(/\W/g, '');
 
 // Programmed answers for the protected resource, one consumed per request.
@@ -1102,10 +1102,12 @@ async function handleTestEndpoint(server, req, res, pathname, body) {
         sendJson(res, 200, expireDeviceCode(parseJsonBody(body)));
         return;
       case 'POST /_test/device/slow_down': {
-        const count = Number(parseJsonBody(body).count ?? 1);
+        const input = parseJsonBody(body);
+        const count = Number(input.count ?? 1);
         if (!Number.isInteger(count) || count < 0) throw new TestError(400, 'count must be an integer >= 0');
-        slowDownPolls = count;
-        sendJson(res, 200, { slow_down: slowDownPolls });
+        if (typeof input.tenant !== 'string' || !TENANT_RE.test(input.tenant)) throw new TestError(400, 'tenant is required');
+        slowDownPolls.set(input.tenant, count);
+        sendJson(res, 200, { slow_down: count });
         return;
       }
       case 'POST /_test/revoke_refresh_token':
@@ -1154,7 +1156,7 @@ function logTokenRequest(tenant, req, form, endpoint = 'token') {
 
 // Requests the front answers itself, before the Provider sees them. Returns the problem (as
 // oidc-provider would describe it) or undefined.
-function frontRejection(form) {
+function frontRejection(form, tenant) {
   const error = (name, description, detail) => ({ error: name, description, detail });
   switch (form.grant_type) {
     // oidc-provider revokes the whole grant when a used code or a rotated-away refresh token
@@ -1171,8 +1173,9 @@ function frontRejection(form) {
     }
     // Programmed by /_test/device/slow_down: the next polls are told to back off.
     case DEVICE_CODE_GRANT: {
-      if (slowDownPolls > 0) {
-        slowDownPolls -= 1;
+      const left = slowDownPolls.get(tenant) ?? 0;
+      if (left > 0) {
+        slowDownPolls.set(tenant, left - 1);
         return error('slow_down', 'you are polling too quickly and should back off at a reasonable rate');
       }
       return undefined;
@@ -1195,7 +1198,7 @@ function frontRejection(form) {
 async function handleTokenRequest(server, tenantProvider, req, res, body) {
   const form = parseForm(body);
   logTokenRequest(tenantProvider.tenant, req, form);
-  let problem = frontRejection(form);
+  let problem = frontRejection(form, tenantProvider.tenant);
   if (!problem && form.client_assertion_type === JWT_BEARER) {
     problem = await checkFederatedAssertion(server.cluster, form, log);
     if (!problem) {

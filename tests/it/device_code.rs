@@ -1,0 +1,346 @@
+//! DeviceCodeCredential against the real oidc-provider device flow: the prompt gets the user
+//! code, the test signs the user in through the peer's verification page while the
+//! credential polls (on the paused clock), and the outcomes of every answer RFC 8628 and
+//! Entra define. Each test uses its own tenant, so its requests can be told apart in the
+//! peer's log while other tests run.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_identity::transport::HttpRequest;
+use tower_identity::{
+    CredentialExt, DeviceCodeCredential, DeviceCodeInfo, HttpClient, SharedTokenCacheCredential,
+    TokenCachePersistenceOptions,
+};
+
+use crate::support::clock::held;
+use crate::support::oidc::{FOCI_CLIENT_ID, Peer, jwt_claims, peer};
+
+const RESOURCE: &str = "https://resource.test/.default";
+const OTHER: &str = "https://other.test/.default";
+const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// The instants (paused clock) at which the credential sent each token-endpoint request.
+type Sent = Arc<Mutex<Vec<Instant>>>;
+
+/// The peer's client, recording when token requests leave and holding the paused clock while
+/// the peer (another process) answers: the clock moves only while the credential waits.
+fn recording_http(peer: &Peer) -> (HttpClient, Sent) {
+    let inner = peer.http();
+    let sent = Sent::default();
+    let record = Arc::clone(&sent);
+    let client = HttpClient::from_service(tower::service_fn(move |request: HttpRequest| {
+        let (inner, record) = (inner.clone(), Arc::clone(&record));
+        async move {
+            if request.uri().path().ends_with("/oauth2/v2.0/token") {
+                record.lock().unwrap().push(Instant::now());
+            }
+            held(inner.oneshot(request)).await
+        }
+    }));
+    (client, sent)
+}
+
+/// A credential for `tenant` whose prompt sends what it is shown to the returned receiver.
+fn prompted(
+    peer: &Peer,
+    tenant: &str,
+) -> (
+    DeviceCodeCredential,
+    UnboundedReceiver<DeviceCodeInfo>,
+    Sent,
+) {
+    let (http, sent) = recording_http(peer);
+    let (shown, prompts) = unbounded_channel();
+    let credential = DeviceCodeCredential::builder()
+        .tenant_id(tenant)
+        .authority_host(&peer.base)
+        .http_client(http)
+        .prompt(move |info| {
+            let _ = shown.send(info);
+        })
+        .build()
+        .unwrap();
+    (credential, prompts, sent)
+}
+
+/// This tenant's requests to the device authorization and token endpoints, oldest first.
+async fn log_of(tenant: &str) -> Vec<serde_json::Value> {
+    held(peer().token_log())
+        .await
+        .into_iter()
+        .filter(|e| e["tenant"] == tenant)
+        .collect()
+}
+
+fn polls(log: &[serde_json::Value]) -> usize {
+    log.iter()
+        .filter(|e| e["grant_type"] == DEVICE_GRANT)
+        .count()
+}
+
+fn code_requests(log: &[serde_json::Value]) -> usize {
+    log.iter().filter(|e| e["endpoint"] == "devicecode").count()
+}
+
+fn gaps(sent: &Sent) -> Vec<u64> {
+    let sent = sent.lock().unwrap();
+    sent.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_user_signs_in_while_the_credential_polls_then_refresh_tokens_serve_other_scopes() {
+    let peer = peer();
+    let tenant = "device-approve";
+    let (credential, mut prompts, sent) = prompted(peer, tenant);
+    let first = tokio::spawn({
+        let credential = credential.clone();
+        async move { credential.get_token([RESOURCE]).await }
+    });
+
+    let info = prompts.recv().await.expect("the prompt is called");
+    assert!(
+        info.verification_uri
+            .ends_with(&format!("/{tenant}/device")),
+        "{info:?}"
+    );
+    assert!(info.message.contains(&info.user_code), "{info:?}");
+    assert_eq!(info.expires_in, secs(900));
+    // Three polls 5 s apart while the user has not signed in yet.
+    tokio::time::sleep(secs(16)).await;
+    assert_eq!(polls(&log_of(tenant).await), 3);
+    held(peer.approve_device_code(tenant, &info.user_code, "dora@contoso.com")).await;
+    let token = first.await.unwrap().unwrap();
+
+    assert_eq!(
+        jwt_claims(token.secret().expose_secret())["aud"],
+        "https://resource.test"
+    );
+    assert_eq!(gaps(&sent), [5, 5, 5], "the polls follow the interval");
+    let log = log_of(tenant).await;
+    assert_eq!((code_requests(&log), polls(&log)), (1, 4), "{log:#?}");
+    let scope = log[0]["form"]["scope"].as_str().unwrap();
+    assert_eq!(scope, format!("{RESOURCE} openid profile offline_access"));
+    assert_eq!(log[0]["form"]["client_id"], FOCI_CLIENT_ID);
+    let poll = &log[1]["form"];
+    assert_eq!(poll["client_id"], FOCI_CLIENT_ID);
+    assert!(poll["device_code"].as_str().is_some_and(|c| !c.is_empty()));
+
+    // The same scope: the token in hand. Another one: the refresh token, without a prompt.
+    let again = credential.get_token([RESOURCE]).await.unwrap();
+    assert_eq!(again.secret(), token.secret());
+    let other = credential.get_token([OTHER]).await.unwrap();
+    assert_eq!(
+        jwt_claims(other.secret().expose_secret())["aud"],
+        "https://other.test"
+    );
+    assert!(prompts.try_recv().is_err(), "no second prompt");
+    let log = log_of(tenant).await;
+    assert_eq!(code_requests(&log), 1);
+    let last = log.last().unwrap();
+    assert_eq!(last["grant_type"], "refresh_token", "{last}");
+    assert_eq!(last["form"]["scope"], OTHER);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_down_adds_five_seconds_to_this_and_every_later_interval() {
+    let peer = peer();
+    let tenant = "device-slow-down";
+    held(peer.slow_down_device_polls(tenant, 2)).await;
+    let (credential, mut prompts, sent) = prompted(peer, tenant);
+    let task = tokio::spawn(async move { credential.get_token([RESOURCE]).await });
+    let info = prompts.recv().await.unwrap();
+    // Polls at 5 (slow_down), 15 (slow_down), 30 (pending), then 45.
+    tokio::time::sleep(secs(31)).await;
+    held(peer.approve_device_code(tenant, &info.user_code, "erin@contoso.com")).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(gaps(&sent), [10, 15, 15]);
+    assert_eq!(polls(&log_of(tenant).await), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_declined_sign_in_fails_naming_it_and_the_next_call_prompts_again() {
+    let peer = peer();
+    let tenant = "device-decline";
+    let (credential, mut prompts, _) = prompted(peer, tenant);
+    let task = tokio::spawn({
+        let credential = credential.clone();
+        async move { credential.get_token([RESOURCE]).await }
+    });
+    let info = prompts.recv().await.unwrap();
+    tokio::time::sleep(secs(6)).await;
+    held(peer.decline_device_code(tenant, &info.user_code)).await;
+    let error = task.await.unwrap().unwrap_err();
+    assert!(error.is_authentication_failed(), "{error}");
+    assert_eq!(error.error_code(), Some("authorization_declined"));
+    assert_eq!(error.error_codes(), [70000]);
+    assert!(
+        error
+            .message()
+            .starts_with("the user declined the sign-in: "),
+        "{error}"
+    );
+    let debug = format!("{error:?} {error}");
+    let device_code = log_of(tenant).await[1]["form"]["device_code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!debug.contains(&device_code), "{debug}");
+
+    let retry = tokio::spawn(async move { credential.get_token([RESOURCE]).await });
+    let second = prompts.recv().await.expect("a new sign-in prompts again");
+    assert_ne!(second.user_code, info.user_code);
+    retry.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_code_fails_naming_it_whether_entra_or_the_clock_says_so() {
+    let peer = peer();
+    // Entra says so: expired_token.
+    let tenant = "device-expired";
+    let (credential, mut prompts, _) = prompted(peer, tenant);
+    let task = tokio::spawn(async move { credential.get_token([RESOURCE]).await });
+    let info = prompts.recv().await.unwrap();
+    held(peer.expire_device_code(&info.user_code)).await;
+    let error = task.await.unwrap().unwrap_err();
+    assert!(error.is_authentication_failed(), "{error}");
+    assert_eq!(error.error_code(), Some("expired_token"));
+    assert!(
+        error
+            .message()
+            .starts_with("the code expired before the user signed in; try again"),
+        "{error}"
+    );
+
+    // The clock says so: the code's 900 s are over, and polling stops there.
+    let tenant = "device-expiry-clock";
+    let (credential, mut prompts, sent) = prompted(peer, tenant);
+    let task = tokio::spawn(async move { credential.get_token([RESOURCE]).await });
+    let _ = prompts.recv().await.unwrap();
+    let shown = Instant::now();
+    let error = task.await.unwrap().unwrap_err();
+    assert!(error.is_authentication_failed(), "{error}");
+    assert_eq!(
+        error.message(),
+        "the code expired before the user signed in; try again"
+    );
+    assert_eq!(Instant::now() - shown, secs(900));
+    assert_eq!(sent.lock().unwrap().len(), 180);
+
+    // The builder's timeout, when it comes first.
+    let tenant = "device-timeout";
+    let (http, sent) = recording_http(peer);
+    let credential = DeviceCodeCredential::builder()
+        .tenant_id(tenant)
+        .authority_host(&peer.base)
+        .http_client(http)
+        .prompt(|_| {})
+        .timeout(Some(secs(12)))
+        .build()
+        .unwrap();
+    let error = credential.get_token([RESOURCE]).await.unwrap_err();
+    assert_eq!(
+        error.message(),
+        "the user did not sign in within the timeout (12 s); try again"
+    );
+    assert_eq!(sent.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_callers_share_one_sign_in_which_stops_when_every_caller_gives_up() {
+    let peer = peer();
+    let tenant = "device-cancel";
+    let (credential, mut prompts, _) = prompted(peer, tenant);
+    let call = || {
+        let credential = credential.clone();
+        tokio::spawn(async move { credential.get_token([RESOURCE]).await })
+    };
+    let (a, b) = (call(), call());
+    let _ = prompts.recv().await.unwrap();
+    tokio::time::sleep(secs(11)).await;
+    assert!(prompts.try_recv().is_err(), "one prompt for both callers");
+    let log = log_of(tenant).await;
+    assert_eq!((code_requests(&log), polls(&log)), (1, 2));
+
+    // One caller gives up: the sign-in goes on for the other.
+    a.abort();
+    let _ = a.await;
+    tokio::time::sleep(secs(10)).await;
+    assert_eq!(polls(&log_of(tenant).await), 4);
+
+    // Both have: polling stops.
+    b.abort();
+    let _ = b.await;
+    tokio::time::sleep(secs(60)).await;
+    assert_eq!(
+        polls(&log_of(tenant).await),
+        4,
+        "no poll after every caller left"
+    );
+
+    // The next call starts a new sign-in.
+    let c = call();
+    let info = prompts.recv().await.expect("a new prompt");
+    held(peer.approve_device_code(tenant, &info.user_code, "fred@contoso.com")).await;
+    c.await.unwrap().unwrap();
+    assert_eq!(code_requests(&log_of(tenant).await), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_cache_options_the_account_lands_in_the_shared_cache_for_other_credentials() {
+    let peer = peer();
+    let tenant = "device-cache";
+    let home = tempfile::tempdir().unwrap();
+    let options = || {
+        TokenCachePersistenceOptions::new()
+            .directory(home.path().join(".IdentityService"))
+            .allow_unencrypted_storage(true)
+    };
+    let (http, _) = recording_http(peer);
+    let (shown, mut prompts) = unbounded_channel();
+    let credential = DeviceCodeCredential::builder()
+        .tenant_id(tenant)
+        .authority_host(&peer.base)
+        .http_client(http.clone())
+        .cache_options(options())
+        .prompt(move |info| {
+            let _ = shown.send(info);
+        })
+        .build()
+        .unwrap();
+    let task = tokio::spawn(async move { credential.get_token([RESOURCE]).await });
+    let info = prompts.recv().await.unwrap();
+    held(peer.approve_device_code(tenant, &info.user_code, "gina@contoso.com")).await;
+    task.await.unwrap().unwrap();
+
+    let file = home.path().join(".IdentityService/msal.cache.nocae");
+    let cache: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let accounts = cache["Account"].as_object().unwrap();
+    assert_eq!(accounts.len(), 1, "{cache:#}");
+    let account = accounts.values().next().unwrap();
+    assert_eq!(account["username"], "gina@contoso.com");
+    let refresh_tokens = cache["RefreshToken"].as_object().unwrap();
+    assert_eq!(refresh_tokens.len(), 1, "{cache:#}");
+    assert_eq!(refresh_tokens.values().next().unwrap()["family_id"], "1");
+
+    // Another credential finds the account there and redeems its refresh token.
+    let shared = SharedTokenCacheCredential::builder()
+        .authority_host(&peer.base)
+        .http_client(http)
+        .cache_options(options())
+        .build()
+        .unwrap();
+    let token = shared.get_token([OTHER]).await.unwrap();
+    assert_eq!(
+        jwt_claims(token.secret().expose_secret())["aud"],
+        "https://other.test"
+    );
+}
