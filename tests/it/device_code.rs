@@ -13,7 +13,7 @@ use tower::ServiceExt;
 use tower_identity::transport::HttpRequest;
 use tower_identity::{
     CredentialExt, DeviceCodeCredential, DeviceCodeInfo, HttpClient, SharedTokenCacheCredential,
-    TokenCachePersistenceOptions,
+    TokenCachePersistenceOptions, TokenRequest,
 };
 
 use crate::support::clock::held;
@@ -147,6 +147,28 @@ async fn the_user_signs_in_while_the_credential_polls_then_refresh_tokens_serve_
     let last = log.last().unwrap();
     assert_eq!(last["grant_type"], "refresh_token", "{last}");
     assert_eq!(last["form"]["scope"], OTHER);
+
+    // A refresh token that no longer works: the account is signed in again, with a prompt.
+    let refresh_token = last["form"]["refresh_token"].as_str().unwrap();
+    held(peer.revoke_refresh_token(refresh_token)).await;
+    let cae = tokio::spawn(async move {
+        credential
+            .get_token_with(TokenRequest::new([OTHER]).enable_cae(true))
+            .await
+    });
+    let info = prompts.recv().await.expect("a new sign-in");
+    held(peer.approve_device_code(tenant, &info.user_code, "dora@contoso.com")).await;
+    cae.await.unwrap().unwrap();
+    let log = log_of(tenant).await;
+    assert_eq!(code_requests(&log), 2);
+    let signed_in_again = log.last().unwrap();
+    assert_eq!(signed_in_again["grant_type"], DEVICE_GRANT);
+    let code_request = log.iter().rfind(|e| e["endpoint"] == "devicecode").unwrap();
+    let claims = code_request["form"]["claims"].as_str().unwrap_or_default();
+    assert!(
+        claims.contains("CP1"),
+        "the CAE capability is announced: {code_request}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

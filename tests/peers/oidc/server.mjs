@@ -1268,7 +1268,10 @@ async function route(server, req, res) {
     // Logged with the token requests; the scope gets what authorize requests get (below).
     const form = parseForm(body);
     logTokenRequest(tenant, req, form, 'devicecode');
-    req.body = Buffer.from(rewriteAuthorizeQuery(new URLSearchParams(form).toString()));
+    // Entra takes a CAE or claims-challenge `claims` here; oidc-provider would read it as an
+    // OpenID claims request, so it is logged and dropped.
+    const { claims: _claims, ...forProvider } = form;
+    req.body = Buffer.from(rewriteAuthorizeQuery(new URLSearchParams(forProvider).toString()));
   } else if (rest === '/oauth2/v2.0/token' && req.method === 'POST') {
     req.url = `${innerPath}${search}`;
     await handleTokenRequest(server, tenantProvider, req, res, body);
