@@ -200,6 +200,41 @@ impl ClientAssertionCredential {
     }
 }
 
+impl ClientAssertionCredential {
+    /// A credential of the crate built on this one (workload identity): its own name in
+    /// errors, its own source, no cache file. `what` names the source in the error of a call
+    /// that never finished.
+    pub(crate) fn internal(
+        name: &'static str,
+        what: &'static str,
+        tenants: TenantPolicy,
+        client_id: String,
+        client: TokenClient,
+        fetch: Fetch,
+        max_age: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                name,
+                tenants,
+                client_id,
+                client,
+                cache: TokenCache::new(name),
+                files: None,
+                assertions: Assertions::new(name, what, fetch, max_age),
+            }),
+        }
+    }
+
+    /// The assertion a token request to `tenant` would send now (for tests of the credentials
+    /// built on this one).
+    #[cfg(test)]
+    pub(crate) async fn assertion_for(&self, tenant: &str) -> Result<Secret, CredentialError> {
+        let inner = &self.inner;
+        inner.assertions.get(inner.assertion_request(tenant)).await
+    }
+}
+
 /// Calls the user's source; its error or panic becomes *authentication failed* naming it, the
 /// text scrubbed (a careless source may put a token in its error).
 fn call_source<A: AssertionSource>(
@@ -265,6 +300,14 @@ impl Inner {
         .await
     }
 
+    fn assertion_request(&self, tenant: &str) -> AssertionRequest {
+        AssertionRequest {
+            token_endpoint: self.client.authority().token_endpoint(tenant),
+            client_id: self.client_id.clone(),
+            tenant_id: tenant.to_owned(),
+        }
+    }
+
     /// From the shared cache file when persistence is on and it has a usable token (the source
     /// is not asked then); else from the token endpoint with an assertion.
     async fn acquire(&self, plan: Plan) -> Result<AccessToken, CredentialError> {
@@ -278,11 +321,7 @@ impl Inner {
         if let Some(token) = files.cached().await {
             return Ok(token);
         }
-        let request = AssertionRequest {
-            token_endpoint: self.client.authority().token_endpoint(&plan.tenant),
-            client_id: self.client_id.clone(),
-            tenant_id: plan.tenant.clone(),
-        };
+        let request = self.assertion_request(&plan.tenant);
         let key = request.token_endpoint.clone();
         let assertion = self.assertions.get(request).await?;
         let form = client_assertion_form(
@@ -311,6 +350,8 @@ impl Inner {
 /// The assertions in hand, one per token endpoint, and the source's calls in flight.
 struct Assertions {
     name: &'static str,
+    /// The source, as errors name it.
+    what: &'static str,
     fetch: Fetch,
     max_age: Duration,
     slots: Arc<Mutex<HashMap<String, Slot>>>,
@@ -331,9 +372,10 @@ fn lock(slots: &Mutex<HashMap<String, Slot>>) -> MutexGuard<'_, HashMap<String, 
 }
 
 impl Assertions {
-    fn new(name: &'static str, fetch: Fetch, max_age: Duration) -> Self {
+    fn new(name: &'static str, what: &'static str, fetch: Fetch, max_age: Duration) -> Self {
         Self {
             name,
+            what,
             fetch,
             max_age,
             slots: Arc::default(),
@@ -374,7 +416,7 @@ impl Assertions {
             id,
         };
         let call = (self.fetch)(request);
-        spawn_shared(self.name, CALLBACK, async move {
+        spawn_shared(self.name, self.what, async move {
             // Aged from the moment it was asked for: it cannot be younger than that.
             let asked_at = Instant::now();
             let outcome = call.await;
@@ -499,7 +541,7 @@ impl ClientAssertionCredentialBuilder {
                 client,
                 cache: TokenCache::new(NAME),
                 files,
-                assertions: Assertions::new(NAME, self.fetch, self.max_assertion_age),
+                assertions: Assertions::new(NAME, CALLBACK, self.fetch, self.max_assertion_age),
             }),
         })
     }
