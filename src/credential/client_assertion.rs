@@ -557,3 +557,270 @@ impl fmt::Debug for ClientAssertionCredentialBuilder {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::CredentialExt;
+    use crate::transport::{HttpClient, HttpRequest};
+
+    const SCOPE: &str = "https://resource.test/.default";
+
+    /// A source returning `assertion-1`, `assertion-2`, … and counting its calls.
+    fn counting() -> (Arc<AtomicUsize>, impl AssertionSource) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let source = move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                // A signer takes a moment: concurrent callers find the call in flight.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok::<_, BoxError>(format!("assertion-{n}"))
+            }
+        };
+        (calls, source)
+    }
+
+    /// Entra's token endpoint in-process: refuses `stale` assertions as Entra does
+    /// (AADSTS700024), issues a token for any other, and logs the assertions it got.
+    fn entra() -> (Arc<Mutex<Vec<String>>>, HttpClient) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::clone(&log);
+        let service = tower::service_fn(move |request: HttpRequest| {
+            let sent = Arc::clone(&sent);
+            async move {
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let assertion = url::form_urlencoded::parse(&body)
+                    .find(|(k, _)| k == "client_assertion")
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap();
+                sent.lock().unwrap().push(assertion.clone());
+                let (status, body) = if assertion.contains("stale") {
+                    (
+                        401,
+                        serde_json::json!({
+                            "error": "invalid_client",
+                            "error_description": "AADSTS700024: Client assertion is not within its valid time range.",
+                            "error_codes": [700024],
+                        }),
+                    )
+                } else {
+                    (
+                        200,
+                        serde_json::json!({
+                            "token_type": "Bearer",
+                            "expires_in": 3600,
+                            "access_token": format!("token-for-{assertion}"),
+                        }),
+                    )
+                };
+                Ok::<_, BoxError>(
+                    http::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Bytes::from(body.to_string()))
+                        .unwrap(),
+                )
+            }
+        });
+        (log, HttpClient::from_service(service))
+    }
+
+    fn build(source: impl AssertionSource, http: HttpClient) -> ClientAssertionCredential {
+        ClientAssertionCredential::builder("contoso", "client", source)
+            .additionally_allowed_tenants(["fabrikam"])
+            .http_client(http)
+            .build_with_env_authority(None)
+            .unwrap()
+    }
+
+    fn sent(log: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+        log.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_source_is_called_again_once_the_assertion_is_older_than_the_age() {
+        let (calls, source) = counting();
+        let c = ClientAssertionCredential::builder("contoso", "client", source)
+            .max_assertion_age(Duration::from_secs(60))
+            .build_with_env_authority(None)
+            .unwrap();
+        let get = || c.assertion_for("contoso");
+        assert_eq!(get().await.unwrap().expose_secret(), "assertion-1");
+        // Aged from when it was asked for, not from when the signer answered.
+        tokio::time::advance(Duration::from_secs(59) - Duration::from_millis(10)).await;
+        assert_eq!(get().await.unwrap().expose_secret(), "assertion-1");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(get().await.unwrap().expose_secret(), "assertion-1");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(get().await.unwrap().expose_secret(), "assertion-2");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_token_endpoint_has_its_own_assertion_and_the_request_says_which() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let signer = AssertionService::new(tower::service_fn(move |r: AssertionRequest| {
+            log.lock().unwrap().push(r.clone());
+            async move { Ok::<_, BoxError>(format!("signed-for-{}", r.token_endpoint())) }
+        }));
+        let (_, http) = entra();
+        let c = build(signer, http);
+        for tenant in ["contoso", "fabrikam", "contoso"] {
+            let a = c.assertion_for(tenant).await.unwrap();
+            assert_eq!(
+                a.expose_secret(),
+                format!("signed-for-https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token")
+            );
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[1].tenant_id(), "fabrikam");
+        assert_eq!(seen[1].client_id(), "client");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_assertion_is_fetched_anew_and_a_good_one_is_kept() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let source = move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                Ok::<_, BoxError>(if n == 1 {
+                    "stale-1".to_owned()
+                } else {
+                    format!("fresh-{n}")
+                })
+            }
+        };
+        let (log, http) = entra();
+        let c = build(source, http);
+        let err = c.get_token([SCOPE]).await.unwrap_err();
+        assert!(err.is_authentication_failed(), "{err}");
+        assert_eq!(err.error_codes(), [700024]);
+        assert!(!format!("{err} {err:?}").contains("stale-1"), "{err:?}");
+        // No wait for the age: the refusal dropped it.
+        let token = c.get_token([SCOPE]).await.unwrap();
+        assert_eq!(token.secret().expose_secret(), "token-for-fresh-2");
+        // The good one is reused for the next request.
+        c.get_token(["https://other.test/.default"]).await.unwrap();
+        assert_eq!(sent(&log), ["stale-1", "fresh-2", "fresh-2"]);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_callers_share_one_call_of_the_source() {
+        let (calls, source) = counting();
+        let (log, http) = entra();
+        let c = build(source, http);
+        // Distinct scopes: each is its own token request, all needing an assertion at once.
+        let requests = (0..20).map(|n| c.get_token([format!("https://r{n}.test/.default")]));
+        for result in futures_util::future::join_all(requests).await {
+            assert_eq!(
+                result.unwrap().secret().expose_secret(),
+                "token-for-assertion-1"
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(sent(&log).len(), 20);
+    }
+
+    #[tokio::test]
+    async fn a_failing_or_panicking_source_is_authentication_failed_naming_it() {
+        let jwt = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+        let (log, http) = entra();
+        let c = build(
+            move || async move {
+                Err::<String, _>(std::io::Error::other(format!("vault said no; token {jwt}")))
+            },
+            http.clone(),
+        );
+        let err = c.get_token([SCOPE]).await.unwrap_err();
+        assert!(err.is_authentication_failed(), "{err}");
+        assert_eq!(err.credential(), NAME);
+        assert!(
+            err.message()
+                .starts_with("the client assertion callback failed: vault said no"),
+            "{err}"
+        );
+        assert!(!format!("{err} {err:?}").contains("eyJ"), "{err:?}");
+
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let c = build(
+            move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async {
+                    if true {
+                        panic!("the signer exploded");
+                    }
+                    Ok::<String, BoxError>(String::new())
+                }
+            },
+            http.clone(),
+        );
+        for _ in 0..2 {
+            let err = c.get_token([SCOPE]).await.unwrap_err();
+            assert!(err.is_authentication_failed(), "{err}");
+            assert_eq!(
+                err.message(),
+                "the client assertion callback failed: it panicked: the signer exploded"
+            );
+        }
+        // A panicked call is not joined again: the next request calls the source anew.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+        let c = build(|| async { Ok::<_, BoxError>(" ") }, http);
+        let err = c.get_token([SCOPE]).await.unwrap_err();
+        assert!(err.message().contains("empty assertion"), "{err}");
+        assert!(
+            sent(&log).is_empty(),
+            "nothing is sent without an assertion"
+        );
+    }
+
+    #[tokio::test]
+    async fn debug_never_shows_the_assertion() {
+        let (_, http) = entra();
+        let b = ClientAssertionCredential::builder("contoso", "client", || async {
+            Ok::<_, BoxError>("super-secret-assertion")
+        })
+        .http_client(http);
+        let text = format!("{b:?}");
+        assert!(text.contains("client") && text.contains("300s"), "{text}");
+        let c = b.build_with_env_authority(None).unwrap();
+        c.get_token([SCOPE]).await.unwrap();
+        let text = format!("{c:?} {c:#?}");
+        assert!(!text.contains("super-secret"), "{text}");
+        for want in ["contoso", "client", "https://login.microsoftonline.com"] {
+            assert!(text.contains(want), "{text} / {want}");
+        }
+    }
+
+    #[test]
+    fn build_validates_every_setting() {
+        let b = |tenant: &str, client: &str| {
+            ClientAssertionCredential::builder(tenant, client, || async { Ok::<_, BoxError>("a") })
+        };
+        let cases = [
+            (b("bad tenant", "c"), "only ASCII letters"),
+            (b("t", " "), "client id is empty"),
+            (
+                b("t", "c").max_assertion_age(Duration::ZERO),
+                "max_assertion_age",
+            ),
+            (b("t", "c").authority_host("http://login.test"), "https"),
+        ];
+        for (builder, want) in cases {
+            let err = builder.build_with_env_authority(None).unwrap_err();
+            assert!(err.message().starts_with(NAME), "{err}");
+            assert!(err.message().contains(want), "{err} / {want}");
+        }
+    }
+}
