@@ -3,10 +3,10 @@
 //! * **Credentials are tower services** from [`TokenRequest`] to [`AccessToken`]:
 //!   [`DefaultAzureCredential`] (the chain most applications start from),
 //!   [`ManagedIdentityCredential`] and [`WorkloadIdentityCredential`] for deployed services,
-//!   [`ClientSecretCredential`] and [`EnvironmentCredential`] for service principals,
-//!   [`AzureCliCredential`], [`AzureDeveloperCliCredential`], [`SharedTokenCacheCredential`]
-//!   and [`AuthorizationCodeCredential`] for developers and users, or any type of the same
-//!   shape ([`TokenCredential`]).
+//!   [`ClientSecretCredential`], [`ClientAssertionCredential`] and [`EnvironmentCredential`]
+//!   for service principals, [`AzureCliCredential`], [`AzureDeveloperCliCredential`],
+//!   [`SharedTokenCacheCredential`] and [`AuthorizationCodeCredential`] for developers and
+//!   users, or any type of the same shape ([`TokenCredential`]).
 //! * **Chains are fallbacks**: [`ChainedTokenCredential`] and `a.or(b)`. An *unavailable*
 //!   credential passes to the next; one that tried and failed stops the chain; the error lists
 //!   every attempt.

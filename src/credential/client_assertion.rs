@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
+use http::StatusCode;
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
@@ -190,42 +191,18 @@ impl ClientAssertionCredential {
     ) -> ClientAssertionCredentialBuilder {
         let source = Arc::new(source);
         let fetch: Fetch = Arc::new(move |request| call_source(&source, request));
-        ClientAssertionCredentialBuilder {
-            tenant_id: tenant_id.into(),
-            client_id: client_id.into(),
+        ClientAssertionCredentialBuilder::internal(
+            NAME,
+            CALLBACK,
+            tenant_id.into(),
+            client_id.into(),
             fetch,
-            max_assertion_age: DEFAULT_MAX_ASSERTION_AGE,
-            settings: Settings::default(),
-        }
+            Settings::default(),
+        )
     }
 }
 
 impl ClientAssertionCredential {
-    /// A credential of the crate built on this one (workload identity): its own name in
-    /// errors, its own source, no cache file. `what` names the source in the error of a call
-    /// that never finished.
-    pub(crate) fn internal(
-        name: &'static str,
-        what: &'static str,
-        tenants: TenantPolicy,
-        client_id: String,
-        client: TokenClient,
-        fetch: Fetch,
-        max_age: Duration,
-    ) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                name,
-                tenants,
-                client_id,
-                client,
-                cache: TokenCache::new(name),
-                files: None,
-                assertions: Assertions::new(name, what, fetch, max_age),
-            }),
-        }
-    }
-
     /// The assertion a token request to `tenant` would send now (for tests of the credentials
     /// built on this one).
     #[cfg(test)]
@@ -336,9 +313,13 @@ impl Inner {
                 Ok(response.token)
             }
             Err(error) => {
-                // Refused: most often an assertion expired or not yet valid (AADSTS700024),
-                // which a new one may fix; the next attempt asks the source again.
-                if error.is_authentication_failed() && error.status().is_some() {
+                // Refused (Entra answers 400 or 401 invalid_client): most often an assertion
+                // expired or not yet valid (AADSTS700024), which a new one may fix; the next
+                // attempt asks the source again. A 5xx or a timeout says nothing about it.
+                let refused = error
+                    .status()
+                    .is_some_and(|s| s == StatusCode::BAD_REQUEST || s == StatusCode::UNAUTHORIZED);
+                if refused && !error.is_throttled() {
                     self.assertions.forget(&key, &assertion);
                 }
                 Err(error)
@@ -487,6 +468,10 @@ impl fmt::Debug for ClientAssertionCredential {
 
 /// Settings for a [`ClientAssertionCredential`].
 pub struct ClientAssertionCredentialBuilder {
+    /// The credential errors and traces name (another one's when built on this one).
+    name: &'static str,
+    /// The source, as the error of a call that never finished names it.
+    what: &'static str,
     tenant_id: String,
     client_id: String,
     fetch: Fetch,
@@ -503,6 +488,27 @@ settings_setters!(ClientAssertionCredentialBuilder {
 });
 
 impl ClientAssertionCredentialBuilder {
+    /// For a credential of the crate built on this one (workload identity, certificate): its
+    /// name in errors, its source (whose errors are its own), its settings.
+    pub(crate) fn internal(
+        name: &'static str,
+        what: &'static str,
+        tenant_id: String,
+        client_id: String,
+        fetch: Fetch,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            name,
+            what,
+            tenant_id,
+            client_id,
+            fetch,
+            max_assertion_age: DEFAULT_MAX_ASSERTION_AGE,
+            settings,
+        }
+    }
+
     /// How long an assertion is reused before the source is asked for a new one. Default:
     /// 5 minutes. Keep it well below the lifetime of the assertions the source returns.
     pub fn max_assertion_age(mut self, age: Duration) -> Self {
@@ -520,7 +526,8 @@ impl ClientAssertionCredentialBuilder {
         self,
         env_authority: Option<String>,
     ) -> Result<ClientAssertionCredential, ConfigError> {
-        let fail = |m: &str| ConfigError::new(format!("{NAME}: {m}"));
+        let name = self.name;
+        let fail = |m: &str| ConfigError::new(format!("{name}: {m}"));
         if self.client_id.trim().is_empty() {
             return Err(fail("client id is empty; use the app's (client) id"));
         }
@@ -530,18 +537,18 @@ impl ClientAssertionCredentialBuilder {
                  even while others wait for one",
             ));
         }
-        let tenants = self.settings.tenants(NAME, Some(&self.tenant_id))?;
-        let client = self.settings.token_client(NAME, env_authority)?;
-        let files = self.settings.files(NAME)?;
+        let tenants = self.settings.tenants(name, Some(&self.tenant_id))?;
+        let client = self.settings.token_client(name, env_authority)?;
+        let files = self.settings.files(name)?;
         Ok(ClientAssertionCredential {
             inner: Arc::new(Inner {
-                name: NAME,
+                name,
                 tenants,
                 client_id: self.client_id,
                 client,
-                cache: TokenCache::new(NAME),
+                cache: TokenCache::new(name),
                 files,
-                assertions: Assertions::new(NAME, CALLBACK, self.fetch, self.max_assertion_age),
+                assertions: Assertions::new(name, self.what, self.fetch, self.max_assertion_age),
             }),
         })
     }

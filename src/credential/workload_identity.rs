@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
-use super::client_assertion::{ClientAssertionCredential, DEFAULT_MAX_ASSERTION_AGE, Fetch};
+use super::client_assertion::{
+    ClientAssertionCredential, ClientAssertionCredentialBuilder, DEFAULT_MAX_ASSERTION_AGE, Fetch,
+};
 use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
 use super::settings::{Settings, settings_setters};
 use super::{CredentialExt, arc_credential_service};
@@ -331,15 +333,17 @@ impl WorkloadIdentityCredentialBuilder {
         path: PathBuf,
         env_authority: Option<String>,
     ) -> Result<Inner, ConfigError> {
-        let credential = ClientAssertionCredential::internal(
+        // No cache_options setter here: the settings hold no cache file.
+        let credential = ClientAssertionCredentialBuilder::internal(
             NAME,
             "reading the token file",
-            self.settings.tenants(NAME, Some(tenant))?,
+            tenant.to_owned(),
             client_id,
-            self.settings.token_client(NAME, env_authority)?,
             file_source(path.clone()),
-            MAX_ASSERTION_AGE,
-        );
+            self.settings.clone(),
+        )
+        .max_assertion_age(MAX_ASSERTION_AGE)
+        .build_with_env_authority(env_authority)?;
         Ok(Inner {
             credential,
             token_file: path,

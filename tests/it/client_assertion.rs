@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tower_identity::{
     AssertionRequest, AssertionService, BoxError, ClientAssertionCredential, CredentialExt,
+    TokenCachePersistenceOptions,
 };
 
 use crate::support::clock::held;
@@ -219,4 +220,31 @@ async fn a_failing_callback_is_authentication_failed_and_nothing_is_sent() {
         jwt_claims(token.secret().expose_secret())["azp"],
         WORKLOAD_CLIENT_ID
     );
+}
+
+/// With `cache_options`, a second credential (another process of the app) finds the first
+/// one's token in the shared cache file, and its callback is not called at all.
+#[tokio::test]
+async fn a_second_credential_finds_the_token_in_the_cache_file_without_calling_back() {
+    let peer = peer();
+    let tenant = "ca-persist";
+    let dir = tempfile::tempdir().unwrap();
+    let persistent = |callback| {
+        credential(peer, tenant, callback)
+            .cache_options(
+                TokenCachePersistenceOptions::new()
+                    .directory(dir.path())
+                    .allow_unencrypted_storage(true),
+            )
+            .build()
+            .unwrap()
+    };
+    let (first_minted, callback) = minting(peer, json!({}));
+    let first = persistent(callback).get_token([SCOPE]).await.unwrap();
+    let (second_minted, callback) = minting(peer, json!({}));
+    let second = persistent(callback).get_token([SCOPE]).await.unwrap();
+    assert_eq!(second.secret(), first.secret());
+    assert_eq!(minted(&first_minted).len(), 1);
+    assert!(minted(&second_minted).is_empty(), "the file had the token");
+    assert_eq!(requests(peer, tenant).await.len(), 1);
 }
