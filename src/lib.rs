@@ -3,11 +3,11 @@
 //! * **Credentials are tower services** from [`TokenRequest`] to [`AccessToken`]:
 //!   [`DefaultAzureCredential`] (the chain most applications start from),
 //!   [`ManagedIdentityCredential`] and [`WorkloadIdentityCredential`] for deployed services,
-//!   [`ClientSecretCredential`] and [`EnvironmentCredential`] for service principals,
-//!   [`AzureCliCredential`], [`AzureDeveloperCliCredential`], [`SharedTokenCacheCredential`]
-//!   [`AuthorizationCodeCredential`] and [`DeviceCodeCredential`] (a user signing in on
-//!   another device) for developers and users, or any type of the same shape
-//!   ([`TokenCredential`]).
+//!   [`ClientSecretCredential`], [`ClientAssertionCredential`] and [`EnvironmentCredential`]
+//!   for service principals, [`AzureCliCredential`], [`AzureDeveloperCliCredential`],
+//!   [`SharedTokenCacheCredential`], [`AuthorizationCodeCredential`] and
+//!   [`DeviceCodeCredential`] (a user signing in on another device) for developers and users,
+//!   or any type of the same shape ([`TokenCredential`]).
 //! * **Chains are fallbacks**: [`ChainedTokenCredential`] and `a.or(b)`. An *unavailable*
 //!   credential passes to the next; one that tried and failed stops the chain; the error lists
 //!   every attempt.
@@ -80,8 +80,9 @@ pub mod transport;
 
 pub use bearer::{BearerToken, BearerTokenLayer};
 pub use credential::{
-    AuthorizationCodeCredential, AzureCliCredential, AzureDeveloperCliCredential, BoxCredential,
-    ChainedTokenCredential, ClientSecretCredential, CredentialExt, DefaultAzureCredential,
+    AssertionRequest, AssertionService, AssertionSource, AuthorizationCodeCredential,
+    AzureCliCredential, AzureDeveloperCliCredential, BoxCredential, ChainedTokenCredential,
+    ClientAssertionCredential, ClientSecretCredential, CredentialExt, DefaultAzureCredential,
     DefaultAzureCredentialBuilder, DeviceCodeCredential, DeviceCodeInfo, EnvironmentCredential,
     Fallback, ManagedIdentityCredential, ManagedIdentityCredentialBuilder, ManagedIdentitySource,
     SharedTokenCacheCredential, TokenCachePersistenceOptions, TokenCredential, UserAssignedId,

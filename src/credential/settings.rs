@@ -11,7 +11,7 @@ use crate::error::ConfigError;
 use crate::transport::HttpClient;
 
 /// The shared settings of a builder.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Settings {
     pub(crate) authority_host: Option<String>,
     pub(crate) additionally_allowed_tenants: Vec<String>,

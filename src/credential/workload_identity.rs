@@ -15,17 +15,18 @@
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use futures_util::FutureExt;
 
+use super::client_assertion::{
+    ClientAssertionCredential, ClientAssertionCredentialBuilder, DEFAULT_MAX_ASSERTION_AGE, Fetch,
+};
 use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
 use super::settings::{Settings, settings_setters};
-use super::{Plan, arc_credential_service};
-use crate::cache::TokenCache;
-use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority, TenantPolicy};
-use crate::entra::token_client::{TokenClient, client_assertion_form};
+use super::{CredentialExt, arc_credential_service};
+use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority};
 use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, Secret, TokenRequest};
 
@@ -37,7 +38,7 @@ const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
 /// (Azure/azure-workload-identity#693). The kubelet renews the file at 80 % of the token's
 /// lifetime (an hour at least), i.e. 12 minutes or more before it expires; reading again after
 /// 5 minutes (azure-identity and the Go SDK wait 10) always picks up the renewed token in time.
-const MAX_ASSERTION_AGE: Duration = Duration::from_secs(5 * 60);
+const MAX_ASSERTION_AGE: Duration = DEFAULT_MAX_ASSERTION_AGE;
 /// The largest token file read. A service-account JWT is one to two KiB; anything far bigger
 /// is not one (a wrong path), and is not sent.
 const MAX_TOKEN_FILE_BYTES: usize = 64 * 1024;
@@ -74,12 +75,10 @@ enum State {
     Invalid(String),
 }
 
+/// A [`ClientAssertionCredential`] whose assertions are the token file's contents.
 struct Inner {
-    tenants: TenantPolicy,
-    client_id: String,
-    token_file: TokenFile,
-    client: TokenClient,
-    cache: TokenCache,
+    credential: ClientAssertionCredential,
+    token_file: PathBuf,
 }
 
 impl WorkloadIdentityCredential {
@@ -114,7 +113,7 @@ impl Default for WorkloadIdentityCredential {
 impl State {
     async fn get_token(&self, request: TokenRequest) -> Result<AccessToken, CredentialError> {
         match self {
-            State::Configured(inner) => inner.get_token(request).await,
+            State::Configured(inner) => inner.credential.get_token_with(request).await,
             State::Missing(missing) => Err(CredentialError::unavailable(
                 NAME,
                 format!(
@@ -130,87 +129,24 @@ impl State {
     }
 }
 
-impl Inner {
-    async fn get_token(
-        self: &Arc<Self>,
-        request: TokenRequest,
-    ) -> Result<AccessToken, CredentialError> {
-        let plan = Plan::new(NAME, &request, |requested| {
-            self.tenants.resolve_required(requested).map(str::to_owned)
-        })?;
-        let this = Arc::clone(self);
-        plan.run(
-            &self.cache,
-            move |plan| async move { this.acquire(plan).await },
-        )
-        .await
-    }
-
-    async fn acquire(&self, plan: Plan) -> Result<AccessToken, CredentialError> {
-        let assertion = self.token_file.assertion().await?;
-        let form = client_assertion_form(&self.client_id, &assertion, &plan.scopes, plan.claims);
-        match self.client.request(NAME, &plan.tenant, form).await {
-            Ok(response) => Ok(response.token),
-            Err(error) => {
-                // The file may have been renewed since it was read (a refusal is most often
-                // AADSTS700024, an expired token): the next attempt reads it again.
-                if error.is_authentication_failed() {
-                    self.token_file.forget(&assertion);
-                }
-                Err(error)
-            }
+/// The token file as an assertion source: read on a blocking thread (a slow volume must not
+/// stall the runtime), its errors this credential's own.
+fn file_source(path: PathBuf) -> Fetch {
+    let path = Arc::new(path);
+    Arc::new(move |_request| {
+        let path = Arc::clone(&path);
+        async move {
+            tokio::task::spawn_blocking(move || read_token_file(&path))
+                .await
+                .map_err(|_| {
+                    CredentialError::authentication_failed(
+                        NAME,
+                        "the token file could not be read: the tokio runtime is shutting down",
+                    )
+                })?
         }
-    }
-}
-
-/// The token file and the assertion last read from it.
-struct TokenFile {
-    path: PathBuf,
-    last: Mutex<Option<(Secret, Instant)>>,
-}
-
-impl TokenFile {
-    fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            last: Mutex::new(None),
-        }
-    }
-
-    fn last(&self) -> MutexGuard<'_, Option<(Secret, Instant)>> {
-        // Every write is a plain assignment: a panic elsewhere cannot leave it torn.
-        self.last.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The assertion to send: the one in hand if it was read less than
-    /// [`MAX_ASSERTION_AGE`] ago, else the file's contents now. No lock is held while reading.
-    async fn assertion(&self) -> Result<Secret, CredentialError> {
-        if let Some((assertion, read_at)) = &*self.last() {
-            if read_at.elapsed() < MAX_ASSERTION_AGE {
-                return Ok(assertion.clone());
-            }
-        }
-        let path = self.path.clone();
-        let read_at = Instant::now();
-        let assertion = tokio::task::spawn_blocking(move || read_token_file(&path))
-            .await
-            .map_err(|_| {
-                CredentialError::authentication_failed(
-                    NAME,
-                    "the token file could not be read: the tokio runtime is shutting down",
-                )
-            })??;
-        *self.last() = Some((assertion.clone(), read_at));
-        Ok(assertion)
-    }
-
-    /// Drops `assertion` if it is still the one in hand, so the next request reads the file.
-    fn forget(&self, assertion: &Secret) {
-        let mut last = self.last();
-        if last.as_ref().is_some_and(|(held, _)| held == assertion) {
-            *last = None;
-        }
-    }
+        .boxed()
+    })
 }
 
 /// The file's contents, trimmed. Missing or empty: unavailable; unreadable, too large or not
@@ -278,13 +214,15 @@ arc_credential_service!(WorkloadIdentityCredential);
 impl fmt::Debug for WorkloadIdentityCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.inner {
-            State::Configured(inner) => f
-                .debug_struct(NAME)
-                .field("tenant_id", &inner.tenants.tenant().unwrap_or_default())
-                .field("client_id", &inner.client_id)
-                .field("token_file_path", &inner.token_file.path)
-                .field("authority", &inner.client.authority().as_str())
-                .finish(),
+            State::Configured(inner) => {
+                let core = &inner.credential.inner;
+                f.debug_struct(NAME)
+                    .field("tenant_id", &core.tenants.tenant().unwrap_or_default())
+                    .field("client_id", &core.client_id)
+                    .field("token_file_path", &inner.token_file)
+                    .field("authority", &core.client.authority().as_str())
+                    .finish()
+            }
             State::Missing(m) => f.debug_struct(NAME).field("missing", m).finish(),
             State::Invalid(e) => f.debug_struct(NAME).field("invalid", e).finish(),
         }
@@ -395,12 +333,20 @@ impl WorkloadIdentityCredentialBuilder {
         path: PathBuf,
         env_authority: Option<String>,
     ) -> Result<Inner, ConfigError> {
-        Ok(Inner {
-            tenants: self.settings.tenants(NAME, Some(tenant))?,
+        // No cache_options setter here: the settings hold no cache file.
+        let credential = ClientAssertionCredentialBuilder::internal(
+            NAME,
+            "reading the token file",
+            tenant.to_owned(),
             client_id,
-            token_file: TokenFile::new(path),
-            client: self.settings.token_client(NAME, env_authority)?,
-            cache: TokenCache::new(NAME),
+            file_source(path.clone()),
+            self.settings.clone(),
+        )
+        .max_assertion_age(MAX_ASSERTION_AGE)
+        .build_with_env_authority(env_authority)?;
+        Ok(Inner {
+            credential,
+            token_file: path,
         })
     }
 }
@@ -529,11 +475,12 @@ mod tests {
             .build()
             .unwrap();
         let inner = inner(&c);
-        assert_eq!(inner.tenants.tenant(), Some("code-tenant"));
-        assert_eq!(inner.client_id, "code-client");
-        assert_eq!(inner.token_file.path, Path::new("/code/token"));
+        let core = &inner.credential.inner;
+        assert_eq!(core.tenants.tenant(), Some("code-tenant"));
+        assert_eq!(core.client_id, "code-client");
+        assert_eq!(inner.token_file, Path::new("/code/token"));
         assert_eq!(
-            inner.client.authority().as_str(),
+            core.client.authority().as_str(),
             "https://login.chinacloudapi.cn"
         );
         let c = WorkloadIdentityCredential::builder()
@@ -604,26 +551,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_assertion_is_read_again_once_older_than_five_minutes_or_forgotten() {
+    async fn the_assertion_is_read_again_once_older_than_five_minutes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
-        let file = TokenFile::new(path.clone());
+        let c = WorkloadIdentityCredential::builder()
+            .vars(vars(&path))
+            .build()
+            .unwrap();
+        let credential = &inner(&c).credential;
+        let read = || credential.assertion_for("contoso");
         std::fs::write(&path, "first").unwrap();
-        assert_eq!(file.assertion().await.unwrap().expose_secret(), "first");
+        assert_eq!(read().await.unwrap().expose_secret(), "first");
 
         std::fs::write(&path, "second").unwrap();
         tokio::time::advance(MAX_ASSERTION_AGE - Duration::from_secs(1)).await;
-        assert_eq!(file.assertion().await.unwrap().expose_secret(), "first");
+        assert_eq!(read().await.unwrap().expose_secret(), "first");
         tokio::time::advance(Duration::from_secs(1)).await;
-        let second = file.assertion().await.unwrap();
-        assert_eq!(second.expose_secret(), "second");
-
-        // Forgetting another assertion than the one in hand changes nothing.
-        std::fs::write(&path, "third").unwrap();
-        file.forget(&Secret::new("first"));
-        assert_eq!(file.assertion().await.unwrap().expose_secret(), "second");
-        file.forget(&second);
-        assert_eq!(file.assertion().await.unwrap().expose_secret(), "third");
+        assert_eq!(read().await.unwrap().expose_secret(), "second");
     }
 
     #[tokio::test]
@@ -636,7 +580,7 @@ mod tests {
             .build()
             .unwrap();
         // Read it, so the credential holds it.
-        let assertion = inner(&c).token_file.assertion().await.unwrap();
+        let assertion = inner(&c).credential.assertion_for("contoso").await.unwrap();
         assert_eq!(assertion.expose_secret(), JWT);
         let text = format!("{c:?} {c:#?}");
         assert!(

@@ -782,8 +782,9 @@ fn hint(error: Option<&str>, codes: &[u32]) -> Option<&'static str> {
         // Entra's codes for a federated assertion (workload identity): out of its time range,
         // or no federated credential of the app with the assertion's issuer, audience, subject.
         _ if code(700024) => {
-            "The client assertion has expired or is not yet valid; a workload identity's token \
-             file must be the projected service-account token the kubelet keeps renewing"
+            "The client assertion has expired or is not yet valid: the assertion source must \
+             return a current one (a workload identity's token file must be the projected \
+             service-account token the kubelet keeps renewing)"
         }
         _ if [70021, 700211, 700212, 700213].iter().any(|c| code(*c)) => {
             "Check the app's federated identity credential: its issuer, subject and audience \

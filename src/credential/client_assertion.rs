@@ -1,0 +1,833 @@
+//! [`ClientAssertionCredential`]: a service principal proving itself with a client assertion
+//! (a signed JWT) that your code supplies, as in federation with another identity provider.
+//!
+//! ```no_run
+//! use tower_identity::{BoxError, ClientAssertionCredential, CredentialExt};
+//!
+//! # async fn fetch_federated_token() -> Result<String, BoxError> { Ok(String::new()) }
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let credential = ClientAssertionCredential::builder(
+//!     "72f988bf-86f1-41af-91ab-2d7cd011db47",
+//!     "00000000-1111-2222-3333-444444444444",
+//!     // Called for a first assertion, then whenever the one in hand is 5 minutes old.
+//!     || async { fetch_federated_token().await },
+//! )
+//! .build()?;
+//! let token = credential.get_token(["https://graph.microsoft.com/.default"]).await?;
+//! # let _ = token; Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use http::StatusCode;
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use super::client_secret::AppTokenFiles;
+use super::settings::{Settings, settings_setters};
+use super::{Plan, arc_credential_service};
+use crate::cache::TokenCache;
+use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
+use crate::entra::store::TokenStore;
+use crate::entra::token_client::{TokenClient, client_assertion_form};
+use crate::error::{BoxError, ConfigError, CredentialError};
+use crate::redact::{scrub, truncate};
+use crate::refresh::spawn_shared;
+use crate::token::{AccessToken, Secret, TokenRequest};
+
+const NAME: &str = "ClientAssertionCredential";
+/// What errors call the user's source.
+const CALLBACK: &str = "the client assertion callback";
+/// How long an assertion is reused by default. MSAL makes its own assertions live 10 minutes
+/// and makes a new one after 9; a federated token from elsewhere may live shorter (an hour
+/// for a Kubernetes service-account token, renewed at 80 %), so 5 minutes leaves room.
+pub(crate) const DEFAULT_MAX_ASSERTION_AGE: Duration = Duration::from_secs(5 * 60);
+/// The longest error text of a callback kept in a message.
+const MAX_CALLBACK_ERROR_CHARS: usize = 300;
+
+/// What a signer needs to make an assertion for one token request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssertionRequest {
+    token_endpoint: String,
+    client_id: String,
+    tenant_id: String,
+}
+
+impl AssertionRequest {
+    /// The token endpoint the assertion is sent to: a signed assertion's `aud`.
+    pub fn token_endpoint(&self) -> &str {
+        &self.token_endpoint
+    }
+
+    /// The client (application) id: a signed assertion's `iss` and `sub`.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The tenant the token is requested from.
+    pub fn tenant_id(&self) -> &str {
+        &self.tenant_id
+    }
+}
+
+/// Where a [`ClientAssertionCredential`] gets its assertions.
+///
+/// Implemented for closures `Fn() -> impl Future<Output = Result<S, E>>` with `S: Into<Secret>`
+/// (a `String` will do) and `E: Into<BoxError>`, and through [`AssertionService`] for a tower
+/// service from [`AssertionRequest`]. Implement it for a signer that needs the request (the
+/// assertion's audience is the token endpoint).
+pub trait AssertionSource: Send + Sync + 'static {
+    /// A new assertion for `request`.
+    fn assertion(&self, request: AssertionRequest) -> BoxFuture<'static, Result<Secret, BoxError>>;
+}
+
+impl<F, Fut, S, E> AssertionSource for F
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<S, E>> + Send + 'static,
+    S: Into<Secret>,
+    E: Into<BoxError>,
+{
+    fn assertion(
+        &self,
+        _request: AssertionRequest,
+    ) -> BoxFuture<'static, Result<Secret, BoxError>> {
+        let future = self();
+        async move { future.await.map(Into::into).map_err(Into::into) }.boxed()
+    }
+}
+
+/// A tower service from [`AssertionRequest`] to an assertion, as an [`AssertionSource`]
+/// (`tower::service_fn(|request: AssertionRequest| async move { … })` makes one of a closure
+/// that needs the request).
+#[derive(Clone)]
+pub struct AssertionService<S> {
+    service: S,
+}
+
+impl<S> AssertionService<S> {
+    /// Wraps `service`; each assertion is asked of a clone of it.
+    pub fn new(service: S) -> Self {
+        Self { service }
+    }
+}
+
+impl<S> fmt::Debug for AssertionService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AssertionService").finish_non_exhaustive()
+    }
+}
+
+impl<S> AssertionSource for AssertionService<S>
+where
+    S: Service<AssertionRequest> + Clone + Send + Sync + 'static,
+    S::Response: Into<Secret>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    fn assertion(&self, request: AssertionRequest) -> BoxFuture<'static, Result<Secret, BoxError>> {
+        let service = self.service.clone();
+        async move {
+            service
+                .oneshot(request)
+                .await
+                .map(Into::into)
+                .map_err(Into::into)
+        }
+        .boxed()
+    }
+}
+
+/// Authenticates a service principal with a client assertion from your code: a JWT signed by
+/// you, or a token from another identity provider trusted through a federated identity
+/// credential.
+///
+/// The request is the client-credentials grant with the assertion as a `jwt-bearer`
+/// `client_assertion`. Assertions are kept per token endpoint (a signed assertion's audience)
+/// and reused until older than [`max_assertion_age`](ClientAssertionCredentialBuilder::max_assertion_age)
+/// (default 5 minutes) or until Microsoft Entra ID refuses a request made with one; then the
+/// source is asked again. Concurrent callers share one call of the source, and no lock is held
+/// while it runs. A source that fails or panics makes `get_token` fail with *authentication
+/// failed* ("the client assertion callback failed: …").
+///
+/// Tokens are cached in memory per tenant and scope set (CAE and non-CAE apart) and renewed
+/// as [`ClientSecretCredential`](crate::ClientSecretCredential)'s are; with
+/// [`cache_options`](ClientAssertionCredentialBuilder::cache_options) they are shared through
+/// the MSAL token-cache file as well.
+#[derive(Clone)]
+pub struct ClientAssertionCredential {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    name: &'static str,
+    pub(crate) tenants: TenantPolicy,
+    pub(crate) client_id: String,
+    pub(crate) client: TokenClient,
+    cache: TokenCache,
+    files: Option<(TokenStore, TokenStore)>,
+    assertions: Assertions,
+}
+
+/// A source of assertions inside the crate: errors already say what went wrong, under the
+/// name of the credential using it.
+pub(crate) type Fetch = Arc<
+    dyn Fn(AssertionRequest) -> BoxFuture<'static, Result<Secret, CredentialError>> + Send + Sync,
+>;
+
+impl ClientAssertionCredential {
+    /// Starts a builder. Nothing is validated until [`build`](ClientAssertionCredentialBuilder::build).
+    pub fn builder(
+        tenant_id: impl Into<String>,
+        client_id: impl Into<String>,
+        source: impl AssertionSource,
+    ) -> ClientAssertionCredentialBuilder {
+        let source = Arc::new(source);
+        let fetch: Fetch = Arc::new(move |request| call_source(&source, request));
+        ClientAssertionCredentialBuilder::internal(
+            NAME,
+            CALLBACK,
+            tenant_id.into(),
+            client_id.into(),
+            fetch,
+            Settings::default(),
+        )
+    }
+}
+
+impl ClientAssertionCredential {
+    /// The assertion a token request to `tenant` would send now (for tests of the credentials
+    /// built on this one).
+    #[cfg(test)]
+    pub(crate) async fn assertion_for(&self, tenant: &str) -> Result<Secret, CredentialError> {
+        let inner = &self.inner;
+        inner.assertions.get(inner.assertion_request(tenant)).await
+    }
+}
+
+/// Calls the user's source; its error or panic becomes *authentication failed* naming it, the
+/// text scrubbed (a careless source may put a token in its error).
+fn call_source<A: AssertionSource>(
+    source: &Arc<A>,
+    request: AssertionRequest,
+) -> BoxFuture<'static, Result<Secret, CredentialError>> {
+    let source = Arc::clone(source);
+    async move {
+        let outcome = AssertUnwindSafe(async move { source.assertion(request).await })
+            .catch_unwind()
+            .await;
+        let failed = |what: String| {
+            let text = truncate(&scrub(&what, &[]), MAX_CALLBACK_ERROR_CHARS);
+            Err(CredentialError::authentication_failed(
+                NAME,
+                format!("{CALLBACK} failed: {text}"),
+            ))
+        };
+        match outcome {
+            Ok(Ok(assertion)) if assertion.expose_secret().trim().is_empty() => {
+                failed("it returned an empty assertion".into())
+            }
+            Ok(Ok(assertion)) => Ok(assertion),
+            Ok(Err(error)) => failed(error_chain(error.as_ref())),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into());
+                failed(format!("it panicked: {message}"))
+            }
+        }
+    }
+    .boxed()
+}
+
+/// An error and its sources, `: `-joined.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl Inner {
+    async fn get_token(
+        self: &Arc<Self>,
+        request: TokenRequest,
+    ) -> Result<AccessToken, CredentialError> {
+        let plan = Plan::new(self.name, &request, |requested| {
+            self.tenants.resolve_required(requested).map(str::to_owned)
+        })?;
+        let this = Arc::clone(self);
+        plan.run(
+            &self.cache,
+            move |plan| async move { this.acquire(plan).await },
+        )
+        .await
+    }
+
+    fn assertion_request(&self, tenant: &str) -> AssertionRequest {
+        AssertionRequest {
+            token_endpoint: self.client.authority().token_endpoint(tenant),
+            client_id: self.client_id.clone(),
+            tenant_id: tenant.to_owned(),
+        }
+    }
+
+    /// From the shared cache file when persistence is on and it has a usable token (the source
+    /// is not asked then); else from the token endpoint with an assertion.
+    async fn acquire(&self, plan: Plan) -> Result<AccessToken, CredentialError> {
+        let files = AppTokenFiles::new(
+            self.name,
+            &self.client,
+            self.files.as_ref(),
+            &self.client_id,
+            &plan,
+        );
+        if let Some(token) = files.cached().await {
+            return Ok(token);
+        }
+        let request = self.assertion_request(&plan.tenant);
+        let key = request.token_endpoint.clone();
+        let assertion = self.assertions.get(request).await?;
+        let form = client_assertion_form(
+            &self.client_id,
+            &assertion,
+            &plan.scopes,
+            plan.claims.clone(),
+        );
+        match self.client.request(self.name, &plan.tenant, form).await {
+            Ok(response) => {
+                files.record(&response).await;
+                Ok(response.token)
+            }
+            Err(error) => {
+                // Refused (Entra answers 400 or 401 invalid_client): most often an assertion
+                // expired or not yet valid (AADSTS700024), which a new one may fix; the next
+                // attempt asks the source again. A 5xx or a timeout says nothing about it.
+                let refused = error
+                    .status()
+                    .is_some_and(|s| s == StatusCode::BAD_REQUEST || s == StatusCode::UNAUTHORIZED);
+                if refused && !error.is_throttled() {
+                    self.assertions.forget(&key, &assertion);
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The assertions in hand, one per token endpoint, and the source's calls in flight.
+struct Assertions {
+    name: &'static str,
+    /// The source, as errors name it.
+    what: &'static str,
+    fetch: Fetch,
+    max_age: Duration,
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Secret, CredentialError>>>;
+
+#[derive(Default)]
+struct Slot {
+    held: Option<(Secret, Instant)>,
+    flight: Option<(u64, Flight)>,
+    flights: u64,
+}
+
+fn lock(slots: &Mutex<HashMap<String, Slot>>) -> MutexGuard<'_, HashMap<String, Slot>> {
+    // Every change is a plain assignment: a panic elsewhere cannot leave a slot torn.
+    slots.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Assertions {
+    fn new(name: &'static str, what: &'static str, fetch: Fetch, max_age: Duration) -> Self {
+        Self {
+            name,
+            what,
+            fetch,
+            max_age,
+            slots: Arc::default(),
+        }
+    }
+
+    /// The assertion in hand for the request's endpoint if it is younger than the maximum
+    /// age; else the result of one call of the source, shared by every caller meanwhile.
+    async fn get(&self, request: AssertionRequest) -> Result<Secret, CredentialError> {
+        let flight = {
+            let mut slots = lock(&self.slots);
+            let slot = slots.entry(request.token_endpoint.clone()).or_default();
+            if let Some((assertion, fetched_at)) = &slot.held {
+                if fetched_at.elapsed() < self.max_age {
+                    return Ok(assertion.clone());
+                }
+            }
+            match &slot.flight {
+                Some((_, flight)) => flight.clone(),
+                None => {
+                    slot.flights = slot.flights.wrapping_add(1);
+                    let id = slot.flights;
+                    let flight = self.start(request, id);
+                    slot.flight = Some((id, flight.clone()));
+                    flight
+                }
+            }
+        };
+        flight.await
+    }
+
+    /// Spawns one call of the source; its task records the outcome, so callers that give up
+    /// do not lose it for the others.
+    fn start(&self, request: AssertionRequest, id: u64) -> Flight {
+        let guard = FlightGuard {
+            slots: Arc::clone(&self.slots),
+            key: request.token_endpoint.clone(),
+            id,
+        };
+        let call = (self.fetch)(request);
+        spawn_shared(self.name, self.what, async move {
+            // Aged from the moment it was asked for: it cannot be younger than that.
+            let asked_at = Instant::now();
+            let outcome = call.await;
+            if let Ok(assertion) = &outcome {
+                guard.record(assertion.clone(), asked_at);
+            }
+            drop(guard);
+            outcome
+        })
+    }
+
+    /// Drops `assertion` if it is still the one in hand for `key`.
+    fn forget(&self, key: &str, assertion: &Secret) {
+        let mut slots = lock(&self.slots);
+        if let Some(slot) = slots.get_mut(key) {
+            if slot
+                .held
+                .as_ref()
+                .is_some_and(|(held, _)| held == assertion)
+            {
+                slot.held = None;
+            }
+        }
+    }
+}
+
+/// Ends a flight however its task ends (a panic, a runtime shutting down), so a dead one is
+/// never joined.
+struct FlightGuard {
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
+    key: String,
+    id: u64,
+}
+
+impl FlightGuard {
+    fn record(&self, assertion: Secret, fetched_at: Instant) {
+        if let Some(slot) = lock(&self.slots).get_mut(&self.key) {
+            slot.held = Some((assertion, fetched_at));
+        }
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        if let Some(slot) = lock(&self.slots).get_mut(&self.key) {
+            if slot.flight.as_ref().is_some_and(|(id, _)| *id == self.id) {
+                slot.flight = None;
+            }
+        }
+    }
+}
+
+arc_credential_service!(ClientAssertionCredential);
+
+impl fmt::Debug for ClientAssertionCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(NAME)
+            .field(
+                "tenant_id",
+                &self.inner.tenants.tenant().unwrap_or_default(),
+            )
+            .field("client_id", &self.inner.client_id)
+            .field("max_assertion_age", &self.inner.assertions.max_age)
+            .field("authority", &self.inner.client.authority().as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings for a [`ClientAssertionCredential`].
+pub struct ClientAssertionCredentialBuilder {
+    /// The credential errors and traces name (another one's when built on this one).
+    name: &'static str,
+    /// The source, as the error of a call that never finished names it.
+    what: &'static str,
+    tenant_id: String,
+    client_id: String,
+    fetch: Fetch,
+    max_assertion_age: Duration,
+    settings: Settings,
+}
+
+settings_setters!(ClientAssertionCredentialBuilder {
+    authority_host,
+    additionally_allowed_tenants,
+    http_client,
+    cache_options,
+    disable_multitenant_auth,
+});
+
+impl ClientAssertionCredentialBuilder {
+    /// For a credential of the crate built on this one (workload identity, certificate): its
+    /// name in errors, its source (whose errors are its own), its settings.
+    pub(crate) fn internal(
+        name: &'static str,
+        what: &'static str,
+        tenant_id: String,
+        client_id: String,
+        fetch: Fetch,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            name,
+            what,
+            tenant_id,
+            client_id,
+            fetch,
+            max_assertion_age: DEFAULT_MAX_ASSERTION_AGE,
+            settings,
+        }
+    }
+
+    /// How long an assertion is reused before the source is asked for a new one. Default:
+    /// 5 minutes. Keep it well below the lifetime of the assertions the source returns.
+    pub fn max_assertion_age(mut self, age: Duration) -> Self {
+        self.max_assertion_age = age;
+        self
+    }
+
+    /// Validates the settings (tenant id, client id, authority) and builds.
+    pub fn build(self) -> Result<ClientAssertionCredential, ConfigError> {
+        let env_authority = std::env::var(AZURE_AUTHORITY_HOST).ok();
+        self.build_with_env_authority(env_authority)
+    }
+
+    pub(crate) fn build_with_env_authority(
+        self,
+        env_authority: Option<String>,
+    ) -> Result<ClientAssertionCredential, ConfigError> {
+        let name = self.name;
+        let fail = |m: &str| ConfigError::new(format!("{name}: {m}"));
+        if self.client_id.trim().is_empty() {
+            return Err(fail("client id is empty; use the app's (client) id"));
+        }
+        if self.max_assertion_age.is_zero() {
+            return Err(fail(
+                "max_assertion_age is zero; every token request would ask for a new assertion \
+                 even while others wait for one",
+            ));
+        }
+        let tenants = self.settings.tenants(name, Some(&self.tenant_id))?;
+        let client = self.settings.token_client(name, env_authority)?;
+        let files = self.settings.files(name)?;
+        Ok(ClientAssertionCredential {
+            inner: Arc::new(Inner {
+                name,
+                tenants,
+                client_id: self.client_id,
+                client,
+                cache: TokenCache::new(name),
+                files,
+                assertions: Assertions::new(name, self.what, self.fetch, self.max_assertion_age),
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for ClientAssertionCredentialBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientAssertionCredentialBuilder")
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("max_assertion_age", &self.max_assertion_age)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::CredentialExt;
+    use crate::transport::{HttpClient, HttpRequest};
+
+    const SCOPE: &str = "https://resource.test/.default";
+
+    /// A source returning `assertion-1`, `assertion-2`, … and counting its calls.
+    fn counting() -> (Arc<AtomicUsize>, impl AssertionSource) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let source = move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                // A signer takes a moment: concurrent callers find the call in flight.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok::<_, BoxError>(format!("assertion-{n}"))
+            }
+        };
+        (calls, source)
+    }
+
+    /// Entra's token endpoint in-process: refuses `stale` assertions as Entra does
+    /// (AADSTS700024), issues a token for any other, and logs the assertions it got.
+    fn entra() -> (Arc<Mutex<Vec<String>>>, HttpClient) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::clone(&log);
+        let service = tower::service_fn(move |request: HttpRequest| {
+            let sent = Arc::clone(&sent);
+            async move {
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let assertion = url::form_urlencoded::parse(&body)
+                    .find(|(k, _)| k == "client_assertion")
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap();
+                sent.lock().unwrap().push(assertion.clone());
+                let (status, body) = if assertion.contains("stale") {
+                    (
+                        401,
+                        serde_json::json!({
+                            "error": "invalid_client",
+                            "error_description": "AADSTS700024: Client assertion is not within its valid time range.",
+                            "error_codes": [700024],
+                        }),
+                    )
+                } else {
+                    (
+                        200,
+                        serde_json::json!({
+                            "token_type": "Bearer",
+                            "expires_in": 3600,
+                            "access_token": format!("token-for-{assertion}"),
+                        }),
+                    )
+                };
+                Ok::<_, BoxError>(
+                    http::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Bytes::from(body.to_string()))
+                        .unwrap(),
+                )
+            }
+        });
+        (log, HttpClient::from_service(service))
+    }
+
+    fn build(source: impl AssertionSource, http: HttpClient) -> ClientAssertionCredential {
+        ClientAssertionCredential::builder("contoso", "client", source)
+            .additionally_allowed_tenants(["fabrikam"])
+            .http_client(http)
+            .build_with_env_authority(None)
+            .unwrap()
+    }
+
+    fn sent(log: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+        log.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_source_is_called_again_once_the_assertion_is_older_than_the_age() {
+        let (calls, source) = counting();
+        let c = ClientAssertionCredential::builder("contoso", "client", source)
+            .max_assertion_age(Duration::from_secs(60))
+            .build_with_env_authority(None)
+            .unwrap();
+        let get = || c.assertion_for("contoso");
+        assert_eq!(get().await.unwrap().expose_secret(), "assertion-1");
+        // Aged from when it was asked for, not from when the signer answered.
+        tokio::time::advance(Duration::from_secs(59) - Duration::from_millis(10)).await;
+        assert_eq!(get().await.unwrap().expose_secret(), "assertion-1");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(get().await.unwrap().expose_secret(), "assertion-1");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(get().await.unwrap().expose_secret(), "assertion-2");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_token_endpoint_has_its_own_assertion_and_the_request_says_which() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let signer = AssertionService::new(tower::service_fn(move |r: AssertionRequest| {
+            log.lock().unwrap().push(r.clone());
+            async move { Ok::<_, BoxError>(format!("signed-for-{}", r.token_endpoint())) }
+        }));
+        let (_, http) = entra();
+        let c = build(signer, http);
+        for tenant in ["contoso", "fabrikam", "contoso"] {
+            let a = c.assertion_for(tenant).await.unwrap();
+            assert_eq!(
+                a.expose_secret(),
+                format!("signed-for-https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token")
+            );
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[1].tenant_id(), "fabrikam");
+        assert_eq!(seen[1].client_id(), "client");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_assertion_is_fetched_anew_and_a_good_one_is_kept() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let source = move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                Ok::<_, BoxError>(if n == 1 {
+                    "stale-1".to_owned()
+                } else {
+                    format!("fresh-{n}")
+                })
+            }
+        };
+        let (log, http) = entra();
+        let c = build(source, http);
+        let err = c.get_token([SCOPE]).await.unwrap_err();
+        assert!(err.is_authentication_failed(), "{err}");
+        assert_eq!(err.error_codes(), [700024]);
+        assert!(!format!("{err} {err:?}").contains("stale-1"), "{err:?}");
+        // No wait for the age: the refusal dropped it.
+        let token = c.get_token([SCOPE]).await.unwrap();
+        assert_eq!(token.secret().expose_secret(), "token-for-fresh-2");
+        // The good one is reused for the next request.
+        c.get_token(["https://other.test/.default"]).await.unwrap();
+        assert_eq!(sent(&log), ["stale-1", "fresh-2", "fresh-2"]);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_callers_share_one_call_of_the_source() {
+        let (calls, source) = counting();
+        let (log, http) = entra();
+        let c = build(source, http);
+        // Distinct scopes: each is its own token request, all needing an assertion at once.
+        let requests = (0..20).map(|n| c.get_token([format!("https://r{n}.test/.default")]));
+        for result in futures_util::future::join_all(requests).await {
+            assert_eq!(
+                result.unwrap().secret().expose_secret(),
+                "token-for-assertion-1"
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(sent(&log).len(), 20);
+    }
+
+    #[tokio::test]
+    async fn a_failing_or_panicking_source_is_authentication_failed_naming_it() {
+        let jwt = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+        let (log, http) = entra();
+        let c = build(
+            move || async move {
+                Err::<String, _>(std::io::Error::other(format!("vault said no; token {jwt}")))
+            },
+            http.clone(),
+        );
+        let err = c.get_token([SCOPE]).await.unwrap_err();
+        assert!(err.is_authentication_failed(), "{err}");
+        assert_eq!(err.credential(), NAME);
+        assert!(
+            err.message()
+                .starts_with("the client assertion callback failed: vault said no"),
+            "{err}"
+        );
+        assert!(!format!("{err} {err:?}").contains("eyJ"), "{err:?}");
+
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let c = build(
+            move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async {
+                    if true {
+                        panic!("the signer exploded");
+                    }
+                    Ok::<String, BoxError>(String::new())
+                }
+            },
+            http.clone(),
+        );
+        for _ in 0..2 {
+            let err = c.get_token([SCOPE]).await.unwrap_err();
+            assert!(err.is_authentication_failed(), "{err}");
+            assert_eq!(
+                err.message(),
+                "the client assertion callback failed: it panicked: the signer exploded"
+            );
+        }
+        // A panicked call is not joined again: the next request calls the source anew.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+        let c = build(|| async { Ok::<_, BoxError>(" ") }, http);
+        let err = c.get_token([SCOPE]).await.unwrap_err();
+        assert!(err.message().contains("empty assertion"), "{err}");
+        assert!(
+            sent(&log).is_empty(),
+            "nothing is sent without an assertion"
+        );
+    }
+
+    #[tokio::test]
+    async fn debug_never_shows_the_assertion() {
+        let (_, http) = entra();
+        let b = ClientAssertionCredential::builder("contoso", "client", || async {
+            Ok::<_, BoxError>("super-secret-assertion")
+        })
+        .http_client(http);
+        let text = format!("{b:?}");
+        assert!(text.contains("client") && text.contains("300s"), "{text}");
+        let c = b.build_with_env_authority(None).unwrap();
+        c.get_token([SCOPE]).await.unwrap();
+        let text = format!("{c:?} {c:#?}");
+        assert!(!text.contains("super-secret"), "{text}");
+        for want in ["contoso", "client", "https://login.microsoftonline.com"] {
+            assert!(text.contains(want), "{text} / {want}");
+        }
+    }
+
+    #[test]
+    fn build_validates_every_setting() {
+        let b = |tenant: &str, client: &str| {
+            ClientAssertionCredential::builder(tenant, client, || async { Ok::<_, BoxError>("a") })
+        };
+        let cases = [
+            (b("bad tenant", "c"), "only ASCII letters"),
+            (b("t", " "), "client id is empty"),
+            (
+                b("t", "c").max_assertion_age(Duration::ZERO),
+                "max_assertion_age",
+            ),
+            (b("t", "c").authority_host("http://login.test"), "https"),
+        ];
+        for (builder, want) in cases {
+            let err = builder.build_with_env_authority(None).unwrap_err();
+            assert!(err.message().starts_with(NAME), "{err}");
+            assert!(err.message().contains(want), "{err} / {want}");
+        }
+    }
+}
