@@ -75,6 +75,7 @@ mod redact;
 mod refresh;
 #[cfg(feature = "reqwest-middleware")]
 pub mod reqwest;
+mod throttle;
 mod token;
 pub mod transport;
 

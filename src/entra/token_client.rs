@@ -21,12 +21,12 @@ use zeroize::Zeroizing;
 use super::authority::Authority;
 use crate::error::{Cause, CredentialError, ProviderDetails};
 use crate::redact::{excerpt, scrub};
+use crate::throttle::{Throttle, ThrottleMemory};
 use crate::token::{
     AccessToken, HALF_LIFE_THRESHOLD, Secret, clamped_lifetime, instant_after, unix_now,
 };
 use crate::transport::{
-    Attempts, HttpClient, MAX_RETRY_AFTER, TransportError, TransportErrorKind, is_retryable_status,
-    retry_after,
+    Attempts, HttpClient, TransportError, TransportErrorKind, is_retryable_status,
 };
 
 /// `User-Agent` of every token request.
@@ -305,16 +305,10 @@ pub(crate) struct TokenClient {
 #[derive(Default)]
 struct Memory {
     /// The provider's last `Retry-After`: until then nothing is sent.
-    throttle: Mutex<Option<Throttle>>,
+    throttle: ThrottleMemory,
     /// The secrets sent lately (newest last), scrubbed from everything the provider answers
     /// — also after a refresh token was rotated out. Bounded: see [`REMEMBERED_SECRETS`].
     sent: Mutex<VecDeque<Secret>>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Throttle {
-    until: Instant,
-    status: StatusCode,
 }
 
 /// An answer as received, with what parsing it and explaining its errors needs.
@@ -340,19 +334,13 @@ impl Answer {
     fn decorate(&self, error: CredentialError) -> CredentialError {
         // What the built-in retries retry is what is worth trying again later.
         let transient = is_retryable_status(self.status);
-        let mut error = error.with_cause(Cause {
-            transient: transient || self.throttle.is_some(),
-            throttled_until: self.throttle.map(|t| t.until),
-            ..Cause::default()
-        });
-        if let Some(throttle) = self.throttle {
-            let wait = throttle.until.saturating_duration_since(Instant::now());
-            error = error.with_message_suffix(&format!(
-                ". Throttled: the provider asked to wait {} s; until then this credential \
-                 sends it no token request",
-                wait.as_secs()
-            ));
-        }
+        let mut error = match self.throttle {
+            Some(throttle) => throttle.mark(error),
+            None => error.with_cause(Cause {
+                transient,
+                ..Cause::default()
+            }),
+        };
         if let Some(attempts) = &self.attempts {
             error = error.with_message_suffix(&format!(" ({attempts})"));
         }
@@ -363,7 +351,7 @@ impl Answer {
 impl std::fmt::Debug for Memory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Memory")
-            .field("throttle", &*lock(&self.throttle))
+            .field("throttle", &self.throttle)
             .field("sent", &lock(&self.sent).len())
             .finish()
     }
@@ -465,18 +453,9 @@ impl TokenClient {
             transport_failure(credential, "Microsoft Entra ID", &url, e.as_ref(), &shown)
         })?;
         let (parts, body) = response.into_parts();
-        let throttle = if parts.status.is_success() {
-            None
-        } else {
-            retry_after(&parts.headers, std::time::SystemTime::now())
-                .and_then(|wait| Instant::now().checked_add(wait.min(MAX_RETRY_AFTER)))
-                .map(|until| Throttle {
-                    until,
-                    status: parts.status,
-                })
-        };
+        let throttle = Throttle::of(parts.status, &parts.headers);
         if let Some(throttle) = throttle {
-            *lock(&self.memory.throttle) = Some(throttle);
+            self.memory.throttle.remember(throttle);
         }
         let attempts = parts
             .extensions
@@ -496,32 +475,8 @@ impl TokenClient {
 
     /// The throttled error, while the provider's `Retry-After` has not passed.
     fn throttled(&self, credential: &'static str) -> Option<CredentialError> {
-        let throttle = (*lock(&self.memory.throttle))?;
-        let wait = throttle.until.checked_duration_since(Instant::now())?;
-        if wait.is_zero() {
-            return None;
-        }
-        Some(
-            CredentialError::authentication_failed(
-                credential,
-                format!(
-                    "throttled: Microsoft Entra ID at {} answered HTTP {} with a Retry-After; \
-                     no token request is sent for another {} s",
-                    self.authority.as_str(),
-                    throttle.status,
-                    wait.as_secs_f64().ceil()
-                ),
-            )
-            .with_provider(ProviderDetails {
-                status: Some(throttle.status),
-                ..ProviderDetails::default()
-            })
-            .with_cause(Cause {
-                transient: true,
-                throttled_until: Some(throttle.until),
-                ..Cause::default()
-            }),
-        )
+        let provider = format!("Microsoft Entra ID at {}", self.authority.as_str());
+        self.memory.throttle.refusal(credential, &provider)
     }
 
     /// Adds the form's secrets to those sent lately; returns all of them, to scrub answers.

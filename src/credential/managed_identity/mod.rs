@@ -28,6 +28,7 @@ use super::arc_credential_service;
 use super::env::Vars;
 use crate::cache::{CacheKey, TokenCache};
 use crate::error::{ConfigError, CredentialError};
+use crate::throttle::{Throttle, ThrottleMemory};
 use crate::token::{AccessToken, Secret, TokenRequest};
 use crate::transport::HttpClient;
 
@@ -218,8 +219,11 @@ struct Inner {
 }
 
 struct Configured {
+    source: ManagedIdentitySource,
     endpoint: Endpoint,
     cache: TokenCache,
+    /// The endpoint's last `Retry-After`.
+    throttle: ThrottleMemory,
 }
 
 /// One source's request logic.
@@ -304,9 +308,32 @@ impl Inner {
         configured
             .cache
             .get_or_acquire(key, request.claims_json().is_some(), move || async move {
-                this.endpoint.acquire(&resource).await
+                this.acquire(&resource).await
             })
             .await
+    }
+}
+
+impl Configured {
+    /// A token from the endpoint, unless it asked to be left alone for a while: its
+    /// `Retry-After` is remembered, as for every credential of this crate, so a throttled
+    /// endpoint is not asked again for any resource until then (MSAL does the same for managed
+    /// identity).
+    async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
+        let provider = format!("the {} managed identity endpoint", self.source);
+        if let Some(refused) = self.throttle.refusal(NAME, &provider) {
+            return Err(refused);
+        }
+        let result = self.endpoint.acquire(resource).await;
+        if let Err(error) = &result {
+            let until = error
+                .retry_after()
+                .and_then(|wait| tokio::time::Instant::now().checked_add(wait));
+            if let (Some(until), Some(status)) = (until, error.status()) {
+                self.throttle.remember(Throttle { until, status });
+            }
+        }
+        result
     }
 }
 
@@ -427,8 +454,10 @@ impl ManagedIdentityCredentialBuilder {
                 source,
                 state: state.map(|endpoint| {
                     Arc::new(Configured {
+                        source,
                         endpoint,
                         cache: TokenCache::new(NAME),
+                        throttle: ThrottleMemory::default(),
                     })
                 }),
             }),

@@ -12,6 +12,7 @@ use super::response::{MiToken, parse_answer};
 use super::{ManagedIdentitySource, NAME};
 use crate::entra::token_client::{USER_AGENT_VALUE, transport_failure};
 use crate::error::CredentialError;
+use crate::throttle::Throttle;
 use crate::token::{AccessToken, Secret, unix_now};
 use crate::transport::{HttpClient, HttpRequest};
 
@@ -87,6 +88,11 @@ impl Answer {
             self.sent_at,
             self.sent_at_unix,
         )
+        .map_err(|error| match Throttle::of(self.status, &self.headers) {
+            // The credential remembers it (see `Configured::acquire`).
+            Some(throttle) => throttle.mark(error),
+            None => error,
+        })
     }
 }
 

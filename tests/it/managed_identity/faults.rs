@@ -77,6 +77,40 @@ async fn retry_after_is_honoured() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_long_retry_after_is_remembered_for_every_resource() {
+    for flavour in [Flavour::Imds, Flavour::AppService] {
+        let em = Emulator::start(flavour).await;
+        // Longer than the retries wait within one request: the answer comes back at once.
+        em.push_fault(Fault::TooManyRequests {
+            retry_after: "120".to_owned(),
+        });
+        let mi = credential(&em, Identity::System);
+        let err = mi.get_token([SCOPE]).await.unwrap_err();
+        assert!(err.is_throttled(), "{flavour:?}: {err}");
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
+        assert_eq!(em.request_count(), 1);
+        // Another resource, 100 s later: refused at once, nothing sent.
+        tokio::time::advance(Duration::from_secs(100)).await;
+        let err = mi
+            .get_token(["https://other.test/.default"])
+            .await
+            .unwrap_err();
+        assert!(err.is_throttled(), "{flavour:?}: {err}");
+        assert!(err.message().contains("no token request is sent"), "{err}");
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(20)));
+        assert_eq!(
+            em.request_count(),
+            1,
+            "{flavour:?}: nothing sent while throttled"
+        );
+        // Once the wait has passed, the endpoint is asked again.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        mi.get_token(["https://other.test/.default"]).await.unwrap();
+        assert_eq!(em.request_count(), 2, "{flavour:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn server_errors_are_retried() {
     // IMDS: no wait, then 1.6 and 3.2 s (factor 0.8, no jitter).
     let em = Emulator::start(Flavour::Imds).await;

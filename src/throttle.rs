@@ -1,0 +1,138 @@
+//! A provider's `Retry-After`, remembered per credential: until the time it asked for has
+//! passed, the credential sends that provider nothing and answers at once with a *throttled*
+//! error (`is_throttled()`, `retry_after()`). Entra throttles per application and tenant;
+//! asking again early only extends the wait.
+//!
+//! The wait is read from a failed answer's `Retry-After`, `retry-after-ms` or
+//! `x-ms-retry-after-ms` and capped at [`MAX_RETRY_AFTER`] (an hour): larger values mean "much
+//! later", not an overflow.
+
+use std::sync::{Mutex, MutexGuard};
+
+use http::{HeaderMap, StatusCode};
+use tokio::time::Instant;
+
+use crate::error::{Cause, CredentialError, ProviderDetails};
+use crate::transport::{MAX_RETRY_AFTER, retry_after};
+
+/// A wait a provider asked for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Throttle {
+    pub(crate) until: Instant,
+    pub(crate) status: StatusCode,
+}
+
+impl Throttle {
+    /// The wait a failed answer asks for; `None` for a success or no `Retry-After`.
+    pub(crate) fn of(status: StatusCode, headers: &HeaderMap) -> Option<Self> {
+        if status.is_success() {
+            return None;
+        }
+        let wait = retry_after(headers, std::time::SystemTime::now())?;
+        let until = Instant::now().checked_add(wait.min(MAX_RETRY_AFTER))?;
+        Some(Self { until, status })
+    }
+
+    /// `error` (from the answer that asked for this wait) marked throttled and transient, its
+    /// message saying that nothing is sent until then.
+    pub(crate) fn mark(self, error: CredentialError) -> CredentialError {
+        let wait = self.until.saturating_duration_since(Instant::now());
+        error
+            .with_cause(Cause {
+                transient: true,
+                throttled_until: Some(self.until),
+                ..Cause::default()
+            })
+            .with_message_suffix(&format!(
+                ". Throttled: the provider asked to wait {} s; until then this credential \
+                 sends it no token request",
+                wait.as_secs()
+            ))
+    }
+}
+
+/// The last wait a provider asked one credential for.
+#[derive(Debug, Default)]
+pub(crate) struct ThrottleMemory(Mutex<Option<Throttle>>);
+
+impl ThrottleMemory {
+    fn lock(&self) -> MutexGuard<'_, Option<Throttle>> {
+        // Every write is a plain assignment: a panic elsewhere cannot leave it torn.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers `throttle` (the latest answer decides).
+    pub(crate) fn remember(&self, throttle: Throttle) {
+        *self.lock() = Some(throttle);
+    }
+
+    /// While the remembered wait has not passed: the error to answer with at once, as
+    /// `credential`, naming `provider` ("Microsoft Entra ID at https://…").
+    pub(crate) fn refusal(
+        &self,
+        credential: &'static str,
+        provider: &str,
+    ) -> Option<CredentialError> {
+        let throttle = (*self.lock())?;
+        let wait = throttle.until.checked_duration_since(Instant::now())?;
+        if wait.is_zero() {
+            return None;
+        }
+        Some(
+            CredentialError::authentication_failed(
+                credential,
+                format!(
+                    "throttled: {provider} answered HTTP {} with a Retry-After; no token \
+                     request is sent for another {} s",
+                    throttle.status,
+                    wait.as_secs_f64().ceil()
+                ),
+            )
+            .with_provider(ProviderDetails {
+                status: Some(throttle.status),
+                ..ProviderDetails::default()
+            })
+            .with_cause(Cause {
+                transient: true,
+                throttled_until: Some(throttle.until),
+                ..Cause::default()
+            }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_remembered_wait_refuses_until_it_has_passed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "30".parse().unwrap());
+        assert!(Throttle::of(StatusCode::OK, &headers).is_none());
+        assert!(Throttle::of(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()).is_none());
+        let throttle = Throttle::of(StatusCode::TOO_MANY_REQUESTS, &headers).unwrap();
+        let memory = ThrottleMemory::default();
+        assert!(memory.refusal("Test", "the provider").is_none());
+        memory.remember(throttle);
+        let refused = memory.refusal("Test", "the provider").unwrap();
+        assert!(
+            refused.is_throttled() && refused.is_transient(),
+            "{refused}"
+        );
+        assert_eq!(refused.retry_after(), Some(Duration::from_secs(30)));
+        assert!(
+            refused.message().contains("the provider answered HTTP 429"),
+            "{refused}"
+        );
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(memory.refusal("Test", "the provider").is_none());
+        let marked = throttle.mark(CredentialError::authentication_failed("Test", "refused"));
+        assert!(marked.is_throttled());
+        assert!(
+            marked.message().contains("sends it no token request"),
+            "{marked}"
+        );
+    }
+}
