@@ -79,8 +79,9 @@ pub mod transport;
 
 pub use bearer::{BearerToken, BearerTokenLayer};
 pub use credential::{
-    AuthorizationCodeCredential, AzureCliCredential, AzureDeveloperCliCredential, BoxCredential,
-    ChainedTokenCredential, ClientSecretCredential, CredentialExt, DefaultAzureCredential,
+    AssertionRequest, AssertionService, AssertionSource, AuthorizationCodeCredential,
+    AzureCliCredential, AzureDeveloperCliCredential, BoxCredential, ChainedTokenCredential,
+    ClientAssertionCredential, ClientSecretCredential, CredentialExt, DefaultAzureCredential,
     DefaultAzureCredentialBuilder, EnvironmentCredential, Fallback, ManagedIdentityCredential,
     ManagedIdentityCredentialBuilder, ManagedIdentitySource, SharedTokenCacheCredential,
     TokenCachePersistenceOptions, TokenCredential, UserAssignedId, WorkloadIdentityCredential,

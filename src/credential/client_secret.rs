@@ -26,7 +26,7 @@ use crate::cache::TokenCache;
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
 use crate::entra::msal_cache::AccessTokenQuery;
 use crate::entra::store::TokenStore;
-use crate::entra::token_client::{TokenClient, client_credentials_form};
+use crate::entra::token_client::{TokenClient, TokenResponse, client_credentials_form};
 use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, Secret, TokenRequest};
 
@@ -87,55 +87,97 @@ impl Inner {
     /// From the shared cache file when persistence is on and it has a usable token; else
     /// from the token endpoint (recorded in the file when persistence is on).
     async fn acquire(&self, plan: Plan) -> Result<AccessToken, CredentialError> {
-        let Plan {
-            tenant,
-            scopes,
-            cae,
-            claims,
-            ..
-        } = plan;
-        let (tenant, scopes) = (tenant.as_str(), scopes.as_slice());
-        let store = self
-            .files
-            .as_ref()
-            .map(|(plain, with_cae)| if cae { with_cae } else { plain });
-        if let (Some(store), None) = (store, &claims) {
-            match store.read().await {
-                Ok(doc) => {
-                    let environments = [self.client.authority().host()];
-                    let query = AccessTokenQuery {
-                        home_account_id: Some(None),
-                        environments: &environments,
-                        client_id: Some(&self.client_id),
-                        realm: Some(tenant),
-                        scopes,
-                    };
-                    if let Some(token) = usable_access_token(&doc, &query) {
-                        return Ok(token);
-                    }
-                }
-                // The file is an optimisation here: an unreadable one is reported, not fatal.
-                Err(error) => {
-                    tracing::warn!(credential = NAME, %error, "token cache file not readable; asking Microsoft Entra ID")
-                }
+        let files = AppTokenFiles::new(
+            NAME,
+            &self.client,
+            self.files.as_ref(),
+            &self.client_id,
+            &plan,
+        );
+        if let Some(token) = files.cached().await {
+            return Ok(token);
+        }
+        let form = client_credentials_form(
+            &self.client_id,
+            &self.secret,
+            &plan.scopes,
+            plan.claims.clone(),
+        );
+        let response = self.client.request(NAME, &plan.tenant, form).await?;
+        files.record(&response).await;
+        Ok(response.token)
+    }
+}
+
+/// The shared MSAL cache file of a confidential client (app-only tokens), when persistence
+/// was asked for: where a token is looked for before asking the token endpoint, and where the
+/// answer is recorded.
+pub(crate) struct AppTokenFiles<'a> {
+    name: &'static str,
+    client: &'a TokenClient,
+    store: Option<&'a TokenStore>,
+    client_id: &'a str,
+    plan: &'a Plan,
+}
+
+impl<'a> AppTokenFiles<'a> {
+    /// `files` are the (plain, CAE) stores; the plan picks one.
+    pub(crate) fn new(
+        name: &'static str,
+        client: &'a TokenClient,
+        files: Option<&'a (TokenStore, TokenStore)>,
+        client_id: &'a str,
+        plan: &'a Plan,
+    ) -> Self {
+        let store = files.map(|(plain, with_cae)| if plan.cae { with_cae } else { plain });
+        Self {
+            name,
+            client,
+            store,
+            client_id,
+            plan,
+        }
+    }
+
+    /// A usable token from the file; never when the request carries claims (a claims
+    /// challenge asks for a new token).
+    pub(crate) async fn cached(&self) -> Option<AccessToken> {
+        let store = self.store.filter(|_| self.plan.claims.is_none())?;
+        match store.read().await {
+            Ok(doc) => {
+                let environments = [self.client.authority().host()];
+                let query = AccessTokenQuery {
+                    home_account_id: Some(None),
+                    environments: &environments,
+                    client_id: Some(self.client_id),
+                    realm: Some(&self.plan.tenant),
+                    scopes: &self.plan.scopes,
+                };
+                usable_access_token(&doc, &query)
+            }
+            // The file is an optimisation here: an unreadable one is reported, not fatal.
+            Err(error) => {
+                tracing::warn!(credential = self.name, %error, "token cache file not readable; asking Microsoft Entra ID");
+                None
             }
         }
-        let form = client_credentials_form(&self.client_id, &self.secret, scopes, claims);
-        let response = self.client.request(NAME, tenant, form).await?;
-        if let Some(store) = store {
+    }
+
+    /// Records the token endpoint's answer in the file, when persistence is on.
+    pub(crate) async fn record(&self, response: &TokenResponse) {
+        if let Some(store) = self.store {
             record(
-                NAME,
-                &self.client,
+                self.name,
+                self.client,
                 store,
-                &self.client_id,
-                tenant,
-                scopes,
-                &response,
+                self.client_id,
+                &self.plan.tenant,
+                &self.plan.scopes,
+                response,
                 None,
             )
             .await;
         }
-        Ok(response.token)
     }
 }
 

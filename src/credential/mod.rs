@@ -31,6 +31,7 @@ pub(crate) mod azure_cli;
 pub(crate) mod azure_developer_cli;
 mod cache_options;
 mod chain;
+mod client_assertion;
 mod client_secret;
 mod default;
 mod env;
@@ -48,6 +49,10 @@ pub use azure_cli::{AzureCliCredential, AzureCliCredentialBuilder};
 pub use azure_developer_cli::{AzureDeveloperCliCredential, AzureDeveloperCliCredentialBuilder};
 pub use cache_options::TokenCachePersistenceOptions;
 pub use chain::{ChainedTokenCredential, Fallback, FallbackFuture};
+pub use client_assertion::{
+    AssertionRequest, AssertionService, AssertionSource, ClientAssertionCredential,
+    ClientAssertionCredentialBuilder,
+};
 pub use client_secret::{ClientSecretCredential, ClientSecretCredentialBuilder};
 pub use default::{DefaultAzureCredential, DefaultAzureCredentialBuilder};
 pub use environment::{EnvironmentCredential, EnvironmentCredentialBuilder};
