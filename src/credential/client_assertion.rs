@@ -191,6 +191,7 @@ impl ClientAssertionCredential {
         let source = Arc::new(source);
         let fetch: Fetch = Arc::new(move |request| call_source(&source, request));
         ClientAssertionCredentialBuilder {
+            name: NAME,
             tenant_id: tenant_id.into(),
             client_id: client_id.into(),
             fetch,
@@ -445,6 +446,8 @@ impl fmt::Debug for ClientAssertionCredential {
 
 /// Settings for a [`ClientAssertionCredential`].
 pub struct ClientAssertionCredentialBuilder {
+    /// The name in errors and traces: a credential built on this one gives its own.
+    name: &'static str,
     tenant_id: String,
     client_id: String,
     fetch: Fetch,
@@ -468,6 +471,13 @@ impl ClientAssertionCredentialBuilder {
         self
     }
 
+    /// For a credential built on this one: its name (in errors and traces) and settings.
+    pub(crate) fn as_credential(mut self, name: &'static str, settings: Settings) -> Self {
+        self.name = name;
+        self.settings = settings;
+        self
+    }
+
     /// Validates the settings (tenant id, client id, authority) and builds.
     pub fn build(self) -> Result<ClientAssertionCredential, ConfigError> {
         let env_authority = std::env::var(AZURE_AUTHORITY_HOST).ok();
@@ -478,7 +488,8 @@ impl ClientAssertionCredentialBuilder {
         self,
         env_authority: Option<String>,
     ) -> Result<ClientAssertionCredential, ConfigError> {
-        let fail = |m: &str| ConfigError::new(format!("{NAME}: {m}"));
+        let name = self.name;
+        let fail = |m: &str| ConfigError::new(format!("{name}: {m}"));
         if self.client_id.trim().is_empty() {
             return Err(fail("client id is empty; use the app's (client) id"));
         }
@@ -488,18 +499,18 @@ impl ClientAssertionCredentialBuilder {
                  even while others wait for one",
             ));
         }
-        let tenants = self.settings.tenants(NAME, Some(&self.tenant_id))?;
-        let client = self.settings.token_client(NAME, env_authority)?;
-        let files = self.settings.files(NAME)?;
+        let tenants = self.settings.tenants(name, Some(&self.tenant_id))?;
+        let client = self.settings.token_client(name, env_authority)?;
+        let files = self.settings.files(name)?;
         Ok(ClientAssertionCredential {
             inner: Arc::new(Inner {
-                name: NAME,
+                name,
                 tenants,
                 client_id: self.client_id,
                 client,
-                cache: TokenCache::new(NAME),
+                cache: TokenCache::new(name),
                 files,
-                assertions: Assertions::new(NAME, self.fetch, self.max_assertion_age),
+                assertions: Assertions::new(name, self.fetch, self.max_assertion_age),
             }),
         })
     }

@@ -4,7 +4,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ring::digest::{SHA1_FOR_LEGACY_USE_ONLY, SHA256, digest};
 use ring::rand::SystemRandom;
-use ring::signature::{self, KeyPair as _, RsaEncoding};
+use ring::signature::{self, RsaEncoding};
 use serde_json::json;
 
 use super::load::LoadedCertificate;
@@ -69,7 +69,11 @@ impl Signer {
         });
         if send_chain {
             // RFC 7515 §4.1.6: standard (not URL-safe) base64 DER, the leaf first.
-            let chain: Vec<String> = certificate.chain.iter().map(|c| STANDARD.encode(c)).collect();
+            let chain: Vec<String> = certificate
+                .chain
+                .iter()
+                .map(|c| STANDARD.encode(c))
+                .collect();
             if let Some(object) = header.as_object_mut() {
                 object.insert("x5c".into(), chain.into());
             }

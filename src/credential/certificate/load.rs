@@ -6,7 +6,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use ring::rsa::KeyPair as RsaKeyPair;
-use ring::signature::KeyPair as _;
 use rustls_pki_types::pem::{self, SectionKind};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
@@ -39,7 +38,10 @@ pub struct CertificateSource(Source);
 #[derive(Clone)]
 enum Source {
     Pem(Zeroizing<Vec<u8>>),
-    PemFiles { cert: PathBuf, key: PathBuf },
+    PemFiles {
+        cert: PathBuf,
+        key: PathBuf,
+    },
     Pkcs12 {
         bytes: Zeroizing<Vec<u8>>,
         password: Option<Secret>,
@@ -110,8 +112,12 @@ impl CertificateSource {
                 if is_pem(&bytes) {
                     parse_pem(&bytes)?
                 } else {
-                    parse_pkcs12(&bytes, password.as_ref())
-                        .map_err(|e| format!("{} (read as PKCS#12: it has no \"-----BEGIN\" line, so it is not PEM)", e))?
+                    parse_pkcs12(&bytes, password.as_ref()).map_err(|e| {
+                        format!(
+                            "{} (read as PKCS#12: it has no \"-----BEGIN\" line, so it is not PEM)",
+                            e
+                        )
+                    })?
                 }
             }
         };
@@ -309,9 +315,12 @@ impl Parts {
             .iter()
             .enumerate()
             .map(|(i, der)| {
-                X509Certificate::from_der(der)
-                    .map(|(_, c)| c)
-                    .map_err(|e| format!("certificate {} is not valid X.509: {e}", i.saturating_add(1)))
+                X509Certificate::from_der(der).map(|(_, c)| c).map_err(|e| {
+                    format!(
+                        "certificate {} is not valid X.509: {e}",
+                        i.saturating_add(1)
+                    )
+                })
             })
             .collect::<Result<_, _>>()?;
         let Some(key) = self.keys.first() else {
@@ -338,9 +347,10 @@ impl Parts {
         // The leaf is the certificate of this key, wherever it sits; the rest keep their
         // order after it, as the chain sent in `x5c`.
         let public = key_pair.public().as_ref();
-        let Some(leaf_index) = parsed.iter().position(|c| {
-            c.public_key().subject_public_key.data.as_ref() == public
-        }) else {
+        let Some(leaf_index) = parsed
+            .iter()
+            .position(|c| c.public_key().subject_public_key.data.as_ref() == public)
+        else {
             return Err(if parsed.len() == 1 {
                 "the private key does not match the certificate (their public keys differ)"
                     .to_owned()
