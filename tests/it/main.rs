@@ -7,6 +7,7 @@ mod azure_developer_cli;
 mod bearer;
 mod cache_file;
 mod chain;
+mod client_certificate;
 mod client_secret;
 mod default_credential;
 mod examples;

@@ -479,7 +479,7 @@ function classifyError({ error, detail, description, grantType, clientId, tenant
         return { error, code: 7000218, status: 401 };
       }
       // private_key_jwt failures: Entra's codes for a bad time range and for the rest.
-      if (/"(exp|nbf|iat)" claim|timestamp check failed/.test(text)) {
+      if (/jwt expired|jwt not active|"(exp|nbf|iat)" claim|timestamp check failed/.test(text)) {
         return { error, code: 700024, status: 401, message: 'Client assertion is not within its valid time range.' };
       }
       if (/assertion|audience|signature|jti|JWT|alg mismatch/.test(text)) {
