@@ -30,7 +30,7 @@ mod authorization_code;
 pub(crate) mod azure_cli;
 pub(crate) mod azure_developer_cli;
 mod cache_options;
-mod certificate;
+pub(crate) mod certificate;
 mod chain;
 mod client_assertion;
 mod client_secret;

@@ -61,7 +61,7 @@ use crate::entra::authority::AZURE_AUTHORITY_HOST;
 use crate::error::{BoxError, ConfigError, CredentialError};
 use crate::token::{Secret, TokenRequest, unix_now};
 
-mod jwt;
+pub(crate) mod jwt;
 mod load;
 
 pub use jwt::CertificateSignature;
