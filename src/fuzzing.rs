@@ -1067,7 +1067,11 @@ pub fn certificate(data: &[u8]) {
             assert!(!loaded.leaf().is_empty());
             let signer = Signer::new(loaded, CertificateSignature::Ps256, true);
             let jwt = signer
-                .sign("https://login.test/t/oauth2/v2.0/token", "client", unix_now())
+                .sign(
+                    "https://login.test/t/oauth2/v2.0/token",
+                    "client",
+                    unix_now(),
+                )
                 .expect("a loaded key signs");
             let parts: Vec<&str> = jwt.split('.').collect();
             assert_eq!(parts.len(), 3, "{jwt}");
@@ -1076,7 +1080,10 @@ pub fn certificate(data: &[u8]) {
             }
         }
         Err(message) => {
-            assert!(message.chars().count() <= CERTIFICATE_ERROR_MAX_CHARS, "{message}");
+            assert!(
+                message.chars().count() <= CERTIFICATE_ERROR_MAX_CHARS,
+                "{message}"
+            );
             assert!(!message.contains('\n'), "{message}");
             assert!(!message.contains("-----"), "{message}");
             // No run of 24+ input characters (a quoted key or certificate line).

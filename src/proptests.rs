@@ -978,7 +978,11 @@ fn pem_text() -> impl Strategy<Value = String> {
         "[A-Za-z0-9+/=!\n ]{0,120}",
     ];
     let section = (label, body, any::<bool>()).prop_map(|(label, body, closed)| {
-        let end = if closed { format!("-----END {label}-----\n") } else { String::new() };
+        let end = if closed {
+            format!("-----END {label}-----\n")
+        } else {
+            String::new()
+        };
         format!("-----BEGIN {label}-----\n{body}\n{end}")
     });
     proptest::collection::vec((section, "[ -~\n]{0,20}"), 0..4)

@@ -344,6 +344,22 @@ impl Parts {
                 });
             }
         };
+        // ring checks each signature it makes against the public key (a fault countermeasure),
+        // so a key whose CRT values are damaged loads but cannot sign: found by fuzzing. Sign
+        // once now, so such a key fails here and not at every token request.
+        let mut probe = vec![0; key_pair.public().modulus_len()];
+        key_pair
+            .sign(
+                &ring::signature::RSA_PKCS1_SHA256,
+                &ring::rand::SystemRandom::new(),
+                b"tower-identity key check",
+                &mut probe,
+            )
+            .map_err(|_| {
+                "the private key is damaged: its values are inconsistent and a test signature \
+                 failed; export the key again"
+                    .to_owned()
+            })?;
         // The leaf is the certificate of this key, wherever it sits; the rest keep their
         // order after it, as the chain sent in `x5c`.
         let public = key_pair.public().as_ref();
