@@ -472,7 +472,7 @@ impl ClientAssertionCredentialBuilder {
     }
 
     /// For a credential built on this one: its name (in errors and traces) and settings.
-    pub(crate) fn as_credential(mut self, name: &'static str, settings: Settings) -> Self {
+    pub(crate) fn for_credential(mut self, name: &'static str, settings: Settings) -> Self {
         self.name = name;
         self.settings = settings;
         self

@@ -192,7 +192,7 @@ impl ClientCertificateCredentialBuilder {
             self.client_id,
             CertificateAssertion(Arc::clone(&signer)),
         )
-        .as_credential(NAME, self.settings)
+        .for_credential(NAME, self.settings)
         .build_with_env_authority(env_authority)?;
         Ok(ClientCertificateCredential { inner, signer })
     }
