@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-TARGETS=(www_authenticate token_response mi_response msal_cache az_output retry_after)
+TARGETS=(www_authenticate token_response mi_response msal_cache az_output retry_after certificate)
 SANITIZER=${SANITIZER:-none}
 RSS_LIMIT_MB=${RSS_LIMIT_MB:-2048}
 TIMEOUT=${TIMEOUT:-10}
@@ -34,6 +34,7 @@ max_len() {
         msal_cache) echo 16384 ;;       # the test caches are up to ~11 KB
         az_output) echo 1024 ;;         # one JSON object
         retry_after) echo 256 ;;        # a few header values
+        certificate) echo 16384 ;;      # a certificate chain with its key (PEM or PKCS#12)
         *) echo "unknown target $1" >&2; exit 2 ;;
     esac
 }

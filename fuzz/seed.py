@@ -11,6 +11,7 @@ Sources (read, never changed):
   msal_cache        tests/data/*.json
   az_output         outputs in src/credential/azure_cli.rs and azure_developer_cli.rs tests
   retry_after       values in src/transport.rs tests
+  certificate       made here with the openssl CLI (no test vectors: the tests make theirs)
 
 Each seed is written in the input layout its target reads (see src/fuzzing.rs), named by
 the SHA-1 of its content as libFuzzer names corpus files. A target's directory is emptied
@@ -170,6 +171,31 @@ def retry_after():
     return seeds
 
 
+# certificate: [even][PEM] or [odd][password length][password][PKCS#12]. Made with openssl
+# (an RSA 2048 self-signed certificate valid for 100 years, so the seeds keep loading).
+def certificate():
+    import subprocess
+    import tempfile
+
+    def run(*args, data=b""):
+        return subprocess.run(["openssl", *args], input=data, capture_output=True, check=True).stdout
+
+    with tempfile.TemporaryDirectory() as tmp:
+        key, cert = f"{tmp}/key.pem", f"{tmp}/cert.pem"
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+            "-days", "36500", "-subj", "/CN=fuzz.test")
+        key_pem, cert_pem = Path(key).read_bytes(), Path(cert).read_bytes()
+        pkcs1 = run("pkey", "-in", key, "-traditional")
+        seeds = [b"\0" + cert_pem + key_pem, b"\0" + key_pem + cert_pem, b"\0" + cert_pem + pkcs1,
+                 b"\0" + cert_pem, b"\0" + key_pem]
+        for password, extra in [(b"pw", []), (b"", ["-nomac", "-keypbe", "NONE", "-certpbe", "NONE"]),
+                                (b"pw", ["-keypbe", "PBE-SHA1-3DES", "-certpbe", "PBE-SHA1-3DES", "-macalg", "sha1"])]:
+            p12 = run("pkcs12", "-export", "-in", cert, "-inkey", key,
+                      "-passout", "pass:" + password.decode(), *extra)
+            seeds.append(b"\1" + bytes([len(password)]) + password + p12)
+    return seeds
+
+
 TARGETS = {
     "www_authenticate": www_authenticate,
     "token_response": token_response,
@@ -177,6 +203,7 @@ TARGETS = {
     "msal_cache": msal_cache,
     "az_output": az_output,
     "retry_after": retry_after,
+    "certificate": certificate,
 }
 
 

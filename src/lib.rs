@@ -82,12 +82,13 @@ pub mod transport;
 pub use bearer::{BearerToken, BearerTokenLayer};
 pub use credential::{
     AssertionRequest, AssertionService, AssertionSource, AuthorizationCodeCredential,
-    AzureCliCredential, AzureDeveloperCliCredential, BoxCredential, ChainedTokenCredential,
-    ClientAssertionCredential, ClientSecretCredential, CredentialExt, DefaultAzureCredential,
-    DefaultAzureCredentialBuilder, DeviceCodeCredential, DeviceCodeInfo, EnvironmentCredential,
-    Fallback, ManagedIdentityCredential, ManagedIdentityCredentialBuilder, ManagedIdentitySource,
-    SharedTokenCacheCredential, TokenCachePersistenceOptions, TokenCredential, UserAssignedId,
-    WorkloadIdentityCredential,
+    AzureCliCredential, AzureDeveloperCliCredential, BoxCredential, CertificateSignature,
+    CertificateSource, ChainedTokenCredential, ClientAssertionCredential,
+    ClientCertificateCredential, ClientCertificateCredentialBuilder, ClientSecretCredential,
+    CredentialExt, DefaultAzureCredential, DefaultAzureCredentialBuilder, DeviceCodeCredential,
+    DeviceCodeInfo, EnvironmentCredential, Fallback, ManagedIdentityCredential,
+    ManagedIdentityCredentialBuilder, ManagedIdentitySource, SharedTokenCacheCredential,
+    TokenCachePersistenceOptions, TokenCredential, UserAssignedId, WorkloadIdentityCredential,
 };
 pub use entra::authority::authority_hosts;
 pub use error::{BoxError, ConfigError, CredentialError, ErrorKind};

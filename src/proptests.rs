@@ -956,3 +956,70 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Certificate loading (PEM sections, PKCS#12)
+// ---------------------------------------------------------------------------------------------
+
+/// A PEM-looking text: sections with the labels the loader reads (and others), bodies of
+/// arbitrary base64 (valid or not), and noise between them.
+fn pem_text() -> impl Strategy<Value = String> {
+    let label = prop::sample::select(vec![
+        "CERTIFICATE",
+        "PRIVATE KEY",
+        "RSA PRIVATE KEY",
+        "EC PRIVATE KEY",
+        "ENCRYPTED PRIVATE KEY",
+        "PUBLIC KEY",
+        "X",
+    ]);
+    let body = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..200).prop_map(|b| STANDARD.encode(b)),
+        "[A-Za-z0-9+/=!\n ]{0,120}",
+    ];
+    let section = (label, body, any::<bool>()).prop_map(|(label, body, closed)| {
+        let end = if closed {
+            format!("-----END {label}-----\n")
+        } else {
+            String::new()
+        };
+        format!("-----BEGIN {label}-----\n{body}\n{end}")
+    });
+    proptest::collection::vec((section, "[ -~\n]{0,20}"), 0..4)
+        .prop_map(|parts| parts.into_iter().map(|(s, noise)| s + &noise).collect())
+}
+
+/// A load error names the problem without quoting the input.
+fn check_load_error(message: &str) -> Result<(), TestCaseError> {
+    prop_assert!(message.len() < 600, "{message}");
+    prop_assert!(!message.contains('\n'), "{message}");
+    prop_assert!(!message.contains("-----"), "{message}");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn certificate_pem_arbitrary_sections_never_panic(text in pem_text()) {
+        let source = crate::credential::certificate::CertificateSource::from_pem(text);
+        if let Err(message) = source.load(unix_now()) {
+            check_load_error(&message)?;
+        }
+    }
+
+    #[test]
+    fn certificate_pkcs12_arbitrary_bytes_never_panic(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        password in proptest::option::of("[ -~]{0,12}"),
+    ) {
+        let source = crate::credential::certificate::CertificateSource::from_pkcs12(
+            bytes,
+            password.map(Secret::new),
+        );
+        match source.load(unix_now()) {
+            Ok(_) => prop_assert!(false, "random bytes loaded as a certificate"),
+            Err(message) => check_load_error(&message)?,
+        }
+    }
+}

@@ -5,6 +5,9 @@
 //! | `AZURE_TENANT_ID` | the tenant (directory) id |
 //! | `AZURE_CLIENT_ID` | the app's client id |
 //! | `AZURE_CLIENT_SECRET` | one of the app's client secrets |
+//! | `AZURE_CLIENT_CERTIFICATE_PATH` | or: a PEM or PKCS#12 file with the certificate and its RSA key |
+//! | `AZURE_CLIENT_CERTIFICATE_PASSWORD` | optional; the PKCS#12 file's password |
+//! | `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` | optional; any non-empty value sends the chain (`x5c`) |
 //! | `AZURE_AUTHORITY_HOST` | optional; default the public cloud |
 //!
 //! Variables are read once, when the credential is built. When any of the first three is
@@ -12,13 +15,15 @@
 //! they are set but invalid (a malformed tenant id, an `http` authority) it is an *invalid
 //! request*, which stops a chain — a configuration mistake should be heard, not skipped.
 //!
-//! azure-identity picks, in this order, a client secret, a certificate
-//! (`AZURE_CLIENT_CERTIFICATE_PATH`) or a username and password (`AZURE_USERNAME`,
-//! `AZURE_PASSWORD`). The secret is the one this crate supports; with only a certificate path
-//! or a username and password set, the credential is *unavailable* and says so, rather than
-//! reporting the secret as merely missing. (Username and password — the resource owner
-//! password grant — cannot satisfy multi-factor authentication, which Entra now requires; it
-//! is not offered.)
+//! As azure-identity, a client secret wins over a certificate, which wins over a username and
+//! password. A certificate is a [`ClientCertificateCredential`](crate::ClientCertificateCredential)
+//! (the file is PEM when it contains `-----BEGIN`, else PKCS#12); a certificate that cannot be
+//! loaded (missing file, wrong password, expired) is an *invalid request* naming the problem.
+//! `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` follows azure-identity, which sends the chain for any
+//! non-empty value — even `false` or `0`: a deployment moving between the two SDKs behaves the
+//! same. With only a username and password set the credential is *unavailable* and says so:
+//! the resource owner password grant cannot satisfy multi-factor authentication, which Entra
+//! now requires, and is not offered.
 
 use std::fmt;
 use std::sync::Arc;
@@ -28,19 +33,23 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
-use super::{ClientSecretCredential, CredentialFuture};
+use super::{
+    CertificateSource, ClientCertificateCredential, ClientSecretCredential, CredentialFuture,
+};
 use crate::entra::authority::AZURE_AUTHORITY_HOST;
 use crate::error::CredentialError;
-use crate::token::TokenRequest;
+use crate::token::{Secret, TokenRequest};
 use crate::transport::HttpClient;
 
 const NAME: &str = "EnvironmentCredential";
 const AZURE_CLIENT_SECRET: &str = "AZURE_CLIENT_SECRET";
 const AZURE_CLIENT_CERTIFICATE_PATH: &str = "AZURE_CLIENT_CERTIFICATE_PATH";
+const AZURE_CLIENT_CERTIFICATE_PASSWORD: &str = "AZURE_CLIENT_CERTIFICATE_PASSWORD";
+const AZURE_CLIENT_SEND_CERTIFICATE_CHAIN: &str = "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN";
 const AZURE_USERNAME: &str = "AZURE_USERNAME";
 
 /// Authenticates a service principal from `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and
-/// `AZURE_CLIENT_SECRET`.
+/// `AZURE_CLIENT_SECRET` or `AZURE_CLIENT_CERTIFICATE_PATH` (see the module documentation).
 #[derive(Clone)]
 pub struct EnvironmentCredential {
     state: Arc<State>,
@@ -48,6 +57,7 @@ pub struct EnvironmentCredential {
 
 enum State {
     Configured(ClientSecretCredential),
+    Certificate(ClientCertificateCredential),
     Missing(Vec<&'static str>),
     /// Configured for a kind of authentication this crate does not offer: why.
     Unsupported(String),
@@ -67,7 +77,7 @@ impl EnvironmentCredential {
 
     /// Whether all required variables were present.
     pub fn is_configured(&self) -> bool {
-        matches!(*self.state, State::Configured(_))
+        matches!(*self.state, State::Configured(_) | State::Certificate(_))
     }
 }
 
@@ -91,6 +101,11 @@ impl Service<TokenRequest> for EnvironmentCredential {
         Box::pin(async move {
             match &*state {
                 State::Configured(credential) => credential
+                    .clone()
+                    .oneshot(request)
+                    .await
+                    .map_err(|e| e.renamed(NAME)),
+                State::Certificate(credential) => credential
                     .clone()
                     .oneshot(request)
                     .await
@@ -120,6 +135,7 @@ impl fmt::Debug for EnvironmentCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.state {
             State::Configured(c) => f.debug_tuple(NAME).field(c).finish(),
+            State::Certificate(c) => f.debug_tuple(NAME).field(c).finish(),
             State::Missing(m) => f.debug_struct(NAME).field("missing", m).finish(),
             State::Unsupported(m) => f.debug_struct(NAME).field("unsupported", m).finish(),
             State::Invalid(e) => f.debug_struct(NAME).field("invalid", e).finish(),
@@ -165,12 +181,22 @@ impl EnvironmentCredentialBuilder {
                     )),
                 }
             }
-            (_, _, None) if get(AZURE_CLIENT_CERTIFICATE_PATH).is_some() => {
-                State::Unsupported(format!(
-                    "{AZURE_CLIENT_CERTIFICATE_PATH} is set, but EnvironmentCredential \
-                     authenticates with a client secret only. Set {AZURE_CLIENT_SECRET} (with \
-                     {AZURE_TENANT_ID} and {AZURE_CLIENT_ID})"
-                ))
+            (Some(tenant), Some(client), None) if get(AZURE_CLIENT_CERTIFICATE_PATH).is_some() => {
+                let path = get(AZURE_CLIENT_CERTIFICATE_PATH).unwrap_or_default();
+                let password = get(AZURE_CLIENT_CERTIFICATE_PASSWORD).map(Secret::new);
+                let source = CertificateSource::from_path(path, password);
+                let mut builder = ClientCertificateCredential::builder(tenant, client, source)
+                    .send_certificate_chain(get(AZURE_CLIENT_SEND_CERTIFICATE_CHAIN).is_some());
+                if let Some(http) = self.http_client {
+                    builder = builder.http_client(http);
+                }
+                match builder.build_with_env_authority(get(AZURE_AUTHORITY_HOST)) {
+                    Ok(credential) => State::Certificate(credential),
+                    Err(e) => State::Invalid(format!(
+                        "{AZURE_CLIENT_CERTIFICATE_PATH} is set but the certificate cannot be \
+                         used: {e}"
+                    )),
+                }
             }
             (_, _, None) if get(AZURE_USERNAME).is_some() => State::Unsupported(format!(
                 "{AZURE_USERNAME} is set, but username and password authentication is not \
@@ -181,7 +207,10 @@ impl EnvironmentCredentialBuilder {
                 [
                     (AZURE_TENANT_ID, tenant.is_none()),
                     (AZURE_CLIENT_ID, client.is_none()),
-                    (AZURE_CLIENT_SECRET, secret.is_none()),
+                    (
+                        AZURE_CLIENT_SECRET,
+                        secret.is_none() && get(AZURE_CLIENT_CERTIFICATE_PATH).is_none(),
+                    ),
                 ]
                 .into_iter()
                 .filter_map(|(name, missing)| missing.then_some(name))
@@ -224,38 +253,55 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_secret_comes_first_and_other_kinds_are_named_as_unsupported() {
+    async fn a_secret_comes_first_then_a_certificate_and_a_username_is_unsupported() {
         let with_secret = EnvironmentCredential::builder()
             .vars([
                 (AZURE_TENANT_ID, "t"),
                 (AZURE_CLIENT_ID, "id"),
                 (AZURE_CLIENT_SECRET, "env-secret-value"),
-                (AZURE_CLIENT_CERTIFICATE_PATH, "/cert.pem"),
+                (AZURE_CLIENT_CERTIFICATE_PATH, "/nonexistent/cert.pem"),
                 (AZURE_USERNAME, "user@contoso.com"),
             ])
             .build();
-        assert!(with_secret.is_configured());
-        for (name, value, want) in [
-            (
-                AZURE_CLIENT_CERTIFICATE_PATH,
-                "/cert.pem",
-                "client secret only",
-            ),
-            (AZURE_USERNAME, "user@contoso.com", "multi-factor"),
-        ] {
-            let c = EnvironmentCredential::builder()
-                .vars([
-                    (AZURE_TENANT_ID, "t"),
-                    (AZURE_CLIENT_ID, "id"),
-                    (name, value),
-                ])
-                .build();
-            assert!(!c.is_configured());
-            let err = c.get_token(["s"]).await.unwrap_err();
-            assert!(err.is_unavailable(), "{err}");
-            assert!(err.message().contains(name), "{err}");
-            assert!(err.message().contains(want), "{err}");
-        }
+        assert!(matches!(*with_secret.state, State::Configured(_)));
+        // A certificate that cannot be loaded is a configuration mistake: it stops a chain.
+        let c = EnvironmentCredential::builder()
+            .vars([
+                (AZURE_TENANT_ID, "t"),
+                (AZURE_CLIENT_ID, "id"),
+                (AZURE_CLIENT_CERTIFICATE_PATH, "/nonexistent/cert.pem"),
+                (AZURE_USERNAME, "user@contoso.com"),
+            ])
+            .build();
+        let err = c.get_token(["s"]).await.unwrap_err();
+        assert!(err.is_invalid_request(), "{err}");
+        assert!(
+            err.message().contains(AZURE_CLIENT_CERTIFICATE_PATH),
+            "{err}"
+        );
+        assert!(err.message().contains("/nonexistent/cert.pem"), "{err}");
+        let c = EnvironmentCredential::builder()
+            .vars([
+                (AZURE_TENANT_ID, "t"),
+                (AZURE_CLIENT_ID, "id"),
+                (AZURE_USERNAME, "user@contoso.com"),
+            ])
+            .build();
+        assert!(!c.is_configured());
+        let err = c.get_token(["s"]).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(err.message().contains(AZURE_USERNAME), "{err}");
+        assert!(err.message().contains("multi-factor"), "{err}");
+        // With a certificate path, a missing tenant is named, the secret is not.
+        let c = EnvironmentCredential::builder()
+            .vars([
+                (AZURE_CLIENT_ID, "id"),
+                (AZURE_CLIENT_CERTIFICATE_PATH, "/nonexistent/cert.pem"),
+            ])
+            .build();
+        let err = c.get_token(["s"]).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(err.message().contains("(missing AZURE_TENANT_ID)"), "{err}");
     }
 
     #[tokio::test]

@@ -30,6 +30,7 @@ mod authorization_code;
 pub(crate) mod azure_cli;
 pub(crate) mod azure_developer_cli;
 mod cache_options;
+pub(crate) mod certificate;
 mod chain;
 mod client_assertion;
 mod client_secret;
@@ -49,6 +50,10 @@ pub use authorization_code::{AuthorizationCodeCredential, AuthorizationCodeCrede
 pub use azure_cli::{AzureCliCredential, AzureCliCredentialBuilder};
 pub use azure_developer_cli::{AzureDeveloperCliCredential, AzureDeveloperCliCredentialBuilder};
 pub use cache_options::TokenCachePersistenceOptions;
+pub use certificate::{
+    CertificateSignature, CertificateSource, ClientCertificateCredential,
+    ClientCertificateCredentialBuilder,
+};
 pub use chain::{ChainedTokenCredential, Fallback, FallbackFuture};
 pub use client_assertion::{
     AssertionRequest, AssertionService, AssertionSource, ClientAssertionCredential,

@@ -8,6 +8,7 @@ mod bearer;
 mod cache_file;
 mod chain;
 mod client_assertion;
+mod client_certificate;
 mod client_secret;
 mod default_credential;
 mod device_code;

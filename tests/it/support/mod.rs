@@ -1,4 +1,5 @@
 pub mod authority;
+pub mod certs;
 pub mod client;
 pub mod clock;
 pub mod creds;

@@ -52,8 +52,10 @@ const isoTime = (seconds) => new Date(seconds * 1000).toISOString().replace('Z',
 export function assertionSummary(assertion) {
   if (typeof assertion !== 'string') return null;
   let claims = {};
+  let header = null;
   try {
     claims = decodeJwt(assertion);
+    header = decodeProtectedHeader(assertion);
   } catch {
     // Logged as unreadable: the hash still identifies what was sent.
   }
@@ -61,6 +63,10 @@ export function assertionSummary(assertion) {
     jti: claims.jti ?? null,
     iat: claims.iat ?? null,
     sub: claims.sub ?? null,
+    aud: claims.aud ?? null,
+    // The decoded header and the claim names in order, to compare clients' assertions.
+    header,
+    claim_names: Object.keys(claims),
     sha256: crypto.createHash('sha256').update(assertion).digest('hex'),
   };
 }

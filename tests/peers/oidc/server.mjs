@@ -505,6 +505,13 @@ function classifyError({ error, detail, description, grantType, clientId, tenant
       if (/authentication mechanism does not match/.test(text)) {
         return { error, code: 7000218, status: 401 };
       }
+      // private_key_jwt failures: Entra's codes for a bad time range and for the rest.
+      if (/jwt expired|jwt not active|"(exp|nbf|iat)" claim|timestamp check failed/.test(text)) {
+        return { error, code: 700024, status: 401, message: 'Client assertion is not within its valid time range.' };
+      }
+      if (/assertion|audience|signature|jti|JWT|alg mismatch/.test(text)) {
+        return { error, code: 700027, status: 401, message: 'Client assertion failed signature validation.' };
+      }
       return { error, code: 7000215, status: 401 };
     case 'invalid_grant':
       if (grantType === 'authorization_code') return { error, code: 54005, status: 400 };
@@ -1078,6 +1085,30 @@ function enqueueResourceAnswer(input) {
   return { queued: resourceQueue.length };
 }
 
+// Clients registered by the tests with `private_key_jwt` (certificate credentials): kept in the
+// shared store, where oidc-provider looks up any client that is not in its static list.
+const certificateClients = new Set();
+
+async function registerCertificateClient(input) {
+  const { client_id: clientId, jwks } = input;
+  if (typeof clientId !== 'string' || !clientId || CLIENTS.some((c) => c.client_id === clientId)) {
+    throw new TestError(400, 'client_id must be a new, non-empty string');
+  }
+  if (!jwks || !Array.isArray(jwks.keys) || jwks.keys.length === 0) {
+    throw new TestError(400, 'jwks must be {"keys":[…]} with at least one key');
+  }
+  await new SharedMemoryAdapter('Client').upsert(clientId, {
+    client_id: clientId,
+    token_endpoint_auth_method: 'private_key_jwt',
+    jwks,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+  });
+  certificateClients.add(clientId);
+  return { registered: clientId };
+}
+
 async function handleTestEndpoint(server, req, res, pathname, body) {
   const route = `${req.method} ${pathname}`;
   try {
@@ -1118,6 +1149,9 @@ async function handleTestEndpoint(server, req, res, pathname, body) {
         return;
       case 'GET /_test/resource/count':
         sendJson(res, 200, { requests: resourceRequestCount });
+        return;
+      case 'POST /_test/clients':
+        sendJson(res, 200, await registerCertificateClient(parseJsonBody(body)));
         return;
       case 'POST /_test/workload/token':
         sendJson(res, 200, await mintServiceAccountToken(server.cluster, parseJsonBody(body)));
@@ -1199,7 +1233,10 @@ async function handleTokenRequest(server, tenantProvider, req, res, body) {
   const form = parseForm(body);
   logTokenRequest(tenantProvider.tenant, req, form);
   let problem = frontRejection(form, tenantProvider.tenant);
-  if (!problem && form.client_assertion_type === JWT_BEARER) {
+  // A certificate client's assertion is oidc-provider's to check (private_key_jwt: signature
+  // against the registered JWKS, aud = the token endpoint URL, exp, a single-use jti).
+  const federated = !certificateClients.has(form.client_id);
+  if (!problem && form.client_assertion_type === JWT_BEARER && federated) {
     problem = await checkFederatedAssertion(server.cluster, form, log);
     if (!problem) {
       // Valid: oidc-provider issues the token as for any confidential client.

@@ -413,6 +413,24 @@ def cmd_azid_client_secret(args):
     return get_token_or_raise(credential, split_scopes(args.scope))
 
 
+def cmd_azid_certificate(args):
+    from azure.identity import CertificateCredential
+
+    kwargs = {}
+    if args.password is not None:
+        kwargs["password"] = args.password
+    credential = CertificateCredential(
+        args.tenant, args.client_id, args.certificate,
+        authority=args.authority_base,
+        connection_verify=args.ca,
+        send_certificate_chain=args.send_chain,
+        # Otherwise msal asks login.microsoftonline.com whether this authority is known.
+        disable_instance_discovery=True,
+        **kwargs,
+    )
+    return get_token_or_raise(credential, split_scopes(args.scope))
+
+
 def cmd_azid_workload_identity(args):
     from azure.identity import WorkloadIdentityCredential
 
@@ -582,6 +600,15 @@ def build_parser():
     sub.add_argument("--tenant", required=True)
     sub.add_argument("--client-id", required=True)
     sub.add_argument("--client-secret", required=True)
+    sub.add_argument("--scope", required=True, help="space-separated scopes")
+
+    sub = command("azid-certificate", cmd_azid_certificate,
+                  "azure-identity CertificateCredential (sync, through msal)")
+    sub.add_argument("--tenant", required=True)
+    sub.add_argument("--client-id", required=True)
+    sub.add_argument("--certificate", required=True, metavar="FILE", help="PEM or PKCS#12")
+    sub.add_argument("--password")
+    sub.add_argument("--send-chain", action="store_true")
     sub.add_argument("--scope", required=True, help="space-separated scopes")
 
     sub = command("azid-workload-identity", cmd_azid_workload_identity,

@@ -1,0 +1,120 @@
+//! The signed client assertion (RFC 7523 §2.2, Entra's certificate credential format).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use ring::digest::{SHA1_FOR_LEGACY_USE_ONLY, SHA256, digest};
+use ring::rand::SystemRandom;
+use ring::signature::{self, RsaEncoding};
+use serde_json::json;
+
+use super::load::LoadedCertificate;
+
+/// How long an assertion is valid. MSAL's figure (10 minutes); Entra refuses an assertion
+/// whose lifetime it considers too long, and a short one limits a leaked assertion's use.
+pub(crate) const ASSERTION_LIFETIME_SECS: u64 = 600;
+
+/// The signature algorithm of the assertion.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CertificateSignature {
+    /// RSASSA-PSS with SHA-256 (`PS256`), the default: what Microsoft's current
+    /// certificate-credential documentation specifies (with `x5t#S256`), and what MSAL sends
+    /// when it derives the thumbprints from the certificate itself.
+    #[default]
+    Ps256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (`RS256`): the older format, which Entra still accepts,
+    /// which AD FS requires, and which azure-identity 1.27's synchronous `CertificateCredential`
+    /// sends (it hands MSAL a SHA-1 thumbprint). Use it for AD FS.
+    Rs256,
+}
+
+impl CertificateSignature {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ps256 => "PS256",
+            Self::Rs256 => "RS256",
+        }
+    }
+
+    fn encoding(self) -> &'static dyn RsaEncoding {
+        match self {
+            Self::Ps256 => &signature::RSA_PSS_SHA256,
+            Self::Rs256 => &signature::RSA_PKCS1_SHA256,
+        }
+    }
+}
+
+/// Signs assertions for one certificate.
+pub(crate) struct Signer {
+    certificate: LoadedCertificate,
+    /// The encoded header: fixed for the certificate and settings.
+    header: String,
+    algorithm: CertificateSignature,
+    rng: SystemRandom,
+}
+
+impl Signer {
+    pub(crate) fn new(
+        certificate: LoadedCertificate,
+        algorithm: CertificateSignature,
+        send_chain: bool,
+    ) -> Self {
+        let leaf = certificate.leaf();
+        let mut header = json!({
+            "alg": algorithm.name(),
+            "typ": "JWT",
+            // SHA-1 here is a certificate identifier Entra looks up, not a security check.
+            "x5t": URL_SAFE_NO_PAD.encode(digest(&SHA1_FOR_LEGACY_USE_ONLY, leaf)),
+            "x5t#S256": URL_SAFE_NO_PAD.encode(digest(&SHA256, leaf)),
+        });
+        if send_chain {
+            // RFC 7515 §4.1.6: standard (not URL-safe) base64 DER, the leaf first.
+            let chain: Vec<String> = certificate
+                .chain
+                .iter()
+                .map(|c| STANDARD.encode(c))
+                .collect();
+            if let Some(object) = header.as_object_mut() {
+                object.insert("x5c".into(), chain.into());
+            }
+        }
+        Self {
+            header: URL_SAFE_NO_PAD.encode(header.to_string()),
+            certificate,
+            algorithm,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    pub(crate) fn certificate(&self) -> &LoadedCertificate {
+        &self.certificate
+    }
+
+    /// A fresh assertion for `audience` (the token endpoint URL), issued at `now` (Unix s).
+    pub(crate) fn sign(&self, audience: &str, client_id: &str, now: u64) -> Result<String, String> {
+        let claims = json!({
+            "aud": audience,
+            "iss": client_id,
+            "sub": client_id,
+            "jti": uuid::Uuid::new_v4().to_string(),
+            "nbf": now,
+            "iat": now,
+            "exp": now.saturating_add(ASSERTION_LIFETIME_SECS),
+        });
+        let mut message = self.header.clone();
+        message.push('.');
+        message.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let key = &self.certificate.key;
+        let mut sig = vec![0; key.public().modulus_len()];
+        key.sign(
+            self.algorithm.encoding(),
+            &self.rng,
+            message.as_bytes(),
+            &mut sig,
+        )
+        .map_err(|_| "signing the client assertion failed (ring refused)".to_owned())?;
+        message.push('.');
+        message.push_str(&URL_SAFE_NO_PAD.encode(sig));
+        Ok(message)
+    }
+}

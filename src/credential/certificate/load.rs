@@ -1,0 +1,445 @@
+//! Loading a certificate and its RSA private key: PEM (one file or two) or PKCS#12, checked
+//! the way Entra will check them (RSA, key matches the leaf, inside the validity period).
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use ring::rsa::KeyPair as RsaKeyPair;
+use rustls_pki_types::pem::{self, SectionKind};
+use x509_parser::prelude::{FromDer, X509Certificate};
+use zeroize::Zeroizing;
+
+use crate::error::ConfigError;
+use crate::token::Secret;
+
+/// The largest certificate file or buffer accepted. A certificate with its chain and key is a
+/// few KiB; a larger input is a wrong path (a log, an archive), refused before it is parsed.
+pub(crate) const MAX_CERTIFICATE_BYTES: usize = 1024 * 1024;
+
+/// `rsaEncryption` (RFC 8017 A.1): the only key algorithm Entra accepts for certificate
+/// credentials, and the only one azure-identity loads.
+const RSA_ENCRYPTION_OID: &str = "1.2.840.113549.1.1.1";
+
+/// Where a [`ClientCertificateCredential`](super::ClientCertificateCredential) gets its
+/// certificate and private key. Nothing is read or parsed until the credential is built.
+///
+/// ```
+/// use tower_identity::{CertificateSource, Secret};
+/// let pem = CertificateSource::from_pem(std::fs::read("cert.pem").unwrap_or_default());
+/// let two = CertificateSource::from_pem_files("cert.pem", "key.pem");
+/// let pfx = CertificateSource::from_pkcs12(Vec::new(), Some(Secret::new("p4ss")));
+/// let any = CertificateSource::from_path("/etc/app/cert.pfx", None);
+/// # let _ = (pem, two, pfx, any);
+/// ```
+#[derive(Clone)]
+pub struct CertificateSource(Source);
+
+#[derive(Clone)]
+enum Source {
+    Pem(Zeroizing<Vec<u8>>),
+    PemFiles {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    Pkcs12 {
+        bytes: Zeroizing<Vec<u8>>,
+        password: Option<Secret>,
+    },
+    Path {
+        path: PathBuf,
+        password: Option<Secret>,
+    },
+}
+
+impl CertificateSource {
+    /// PEM text holding the certificate (leaf, optionally followed by its chain) and an
+    /// unencrypted RSA private key (`PRIVATE KEY`, PKCS#8, or `RSA PRIVATE KEY`, PKCS#1), in
+    /// any order.
+    pub fn from_pem(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(Source::Pem(Zeroizing::new(bytes.into())))
+    }
+
+    /// Two PEM files: certificates in `cert`, the private key in `key` (either file may hold
+    /// both; their sections are read together).
+    pub fn from_pem_files(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self(Source::PemFiles {
+            cert: cert.into(),
+            key: key.into(),
+        })
+    }
+
+    /// A PKCS#12 (`.pfx`/`.p12`) archive and its password (`None` = no password or an empty
+    /// one). Encryption: PBES2 with AES (OpenSSL 3's default) and the legacy PBES1 3DES/RC2.
+    pub fn from_pkcs12(bytes: impl Into<Vec<u8>>, password: Option<Secret>) -> Self {
+        Self(Source::Pkcs12 {
+            bytes: Zeroizing::new(bytes.into()),
+            password,
+        })
+    }
+
+    /// A file that is PEM when it contains `-----BEGIN`, else PKCS#12 (azure-identity's rule,
+    /// used for `AZURE_CLIENT_CERTIFICATE_PATH`). The password applies to PKCS#12 only.
+    pub fn from_path(path: impl Into<PathBuf>, password: Option<Secret>) -> Self {
+        Self(Source::Path {
+            path: path.into(),
+            password,
+        })
+    }
+
+    /// Reads and checks the certificate and key at wall-clock time `now` (Unix seconds).
+    pub(crate) fn load(&self, now: u64) -> Result<LoadedCertificate, String> {
+        let parts = match &self.0 {
+            Source::Pem(bytes) => {
+                check_size(bytes.len(), "the PEM data")?;
+                parse_pem(bytes)?
+            }
+            Source::PemFiles { cert, key } => {
+                let mut parts = parse_pem(&read_file(cert)?)?;
+                let more = parse_pem(&read_file(key)?)?;
+                parts.certs.extend(more.certs);
+                parts.keys.extend(more.keys);
+                parts.encrypted_key |= more.encrypted_key;
+                parts.ec_key |= more.ec_key;
+                parts
+            }
+            Source::Pkcs12 { bytes, password } => {
+                check_size(bytes.len(), "the PKCS#12 data")?;
+                parse_pkcs12(bytes, password.as_ref())?
+            }
+            Source::Path { path, password } => {
+                let bytes = read_file(path)?;
+                if is_pem(&bytes) {
+                    parse_pem(&bytes)?
+                } else {
+                    parse_pkcs12(&bytes, password.as_ref()).map_err(|e| {
+                        format!(
+                            "{} (read as PKCS#12: it has no \"-----BEGIN\" line, so it is not PEM)",
+                            e
+                        )
+                    })?
+                }
+            }
+        };
+        parts.check(now)
+    }
+}
+
+impl fmt::Debug for CertificateSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Source::Pem(bytes) => write!(f, "CertificateSource::Pem({} bytes)", bytes.len()),
+            Source::PemFiles { cert, key } => f
+                .debug_struct("CertificateSource::PemFiles")
+                .field("cert", cert)
+                .field("key", key)
+                .finish(),
+            Source::Pkcs12 { bytes, password } => f
+                .debug_struct("CertificateSource::Pkcs12")
+                .field("bytes", &bytes.len())
+                .field("password", password)
+                .finish(),
+            Source::Path { path, password } => f
+                .debug_struct("CertificateSource::Path")
+                .field("path", path)
+                .field("password", password)
+                .finish(),
+        }
+    }
+}
+
+/// Whether bytes are PEM: azure-identity's test is the presence of `-----BEGIN`.
+fn is_pem(bytes: &[u8]) -> bool {
+    bytes.windows(11).any(|w| w == b"-----BEGIN ")
+}
+
+fn check_size(len: usize, what: &str) -> Result<(), String> {
+    if len > MAX_CERTIFICATE_BYTES {
+        return Err(format!(
+            "{what} is {len} bytes, more than the 1 MiB a certificate with its key can be; \
+             check that it is the right input"
+        ));
+    }
+    Ok(())
+}
+
+/// Reads at most [`MAX_CERTIFICATE_BYTES`] (plus one, to tell a larger file apart).
+fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+    let shown = path.display();
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot open the certificate file {shown}: {e}"))?;
+    let mut bytes = Zeroizing::new(Vec::new());
+    let limit = u64::try_from(MAX_CERTIFICATE_BYTES)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the certificate file {shown}: {e}"))?;
+    if bytes.len() > MAX_CERTIFICATE_BYTES {
+        return Err(format!(
+            "the certificate file {shown} is over 1 MiB, more than a certificate with its key \
+             can be; check the path"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// What an input held, before the checks.
+#[derive(Default)]
+struct Parts {
+    /// DER certificates in input order.
+    certs: Vec<Vec<u8>>,
+    /// PKCS#8 or PKCS#1 DER keys.
+    keys: Vec<Key>,
+    /// A `-----BEGIN ENCRYPTED PRIVATE KEY-----` section was seen (and skipped).
+    encrypted_key: bool,
+    /// A `-----BEGIN EC PRIVATE KEY-----` section was seen.
+    ec_key: bool,
+}
+
+enum Key {
+    Pkcs8(Zeroizing<Vec<u8>>),
+    Pkcs1(Zeroizing<Vec<u8>>),
+}
+
+impl Key {
+    fn parse(&self) -> Result<RsaKeyPair, ring::error::KeyRejected> {
+        match self {
+            Key::Pkcs8(der) => RsaKeyPair::from_pkcs8(der),
+            Key::Pkcs1(der) => RsaKeyPair::from_der(der),
+        }
+    }
+}
+
+fn parse_pem(bytes: &[u8]) -> Result<Parts, String> {
+    let mut parts = Parts {
+        encrypted_key: bytes
+            .windows(37)
+            .any(|w| w == b"-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+        ..Parts::default()
+    };
+    let mut reader = bytes;
+    loop {
+        match pem::from_buf(&mut reader) {
+            Ok(None) => break,
+            Ok(Some((kind, der))) => match kind {
+                SectionKind::Certificate => parts.certs.push(der),
+                SectionKind::PrivateKey => parts.keys.push(Key::Pkcs8(Zeroizing::new(der))),
+                SectionKind::RsaPrivateKey => parts.keys.push(Key::Pkcs1(Zeroizing::new(der))),
+                SectionKind::EcPrivateKey => {
+                    drop(Zeroizing::new(der));
+                    parts.ec_key = true;
+                }
+                _ => {}
+            },
+            // Base64 errors quote no input; a section error names only its label.
+            Err(e) => return Err(format!("the PEM data is malformed: {}", pem_error(&e))),
+        }
+    }
+    Ok(parts)
+}
+
+fn pem_error(error: &pem::Error) -> String {
+    match error {
+        pem::Error::MissingSectionEnd { .. } => "a section has no END line".into(),
+        pem::Error::IllegalSectionStart { .. } => "a BEGIN line is malformed".into(),
+        pem::Error::Base64Decode(_) => "a section is not valid base64".into(),
+        pem::Error::SectionTooLarge => "a section is too large".into(),
+        other => format!("{other:?}").chars().take(80).collect(),
+    }
+}
+
+fn parse_pkcs12(bytes: &[u8], password: Option<&Secret>) -> Result<Parts, String> {
+    let password = password.map(Secret::expose_secret).unwrap_or_default();
+    let archive = p12_keystore::Pkcs12Archive::from_pkcs12(bytes, password).map_err(|e| {
+        use p12_keystore::error::Error as E;
+        match e {
+            // A wrong password fails the MAC check (or, without a MAC, the padding of the
+            // decrypted bags).
+            E::MacError(_) | E::UnpadError => {
+                "the PKCS#12 password is wrong (the archive's integrity check failed); \
+                 check the password"
+                    .to_owned()
+            }
+            E::UnsupportedEncryptionScheme | E::UnsupportedMacAlgorithm => format!(
+                "the PKCS#12 archive uses an unsupported algorithm ({e}); re-export it with \
+                 `openssl pkcs12 -export` (AES-256, SHA-256)"
+            ),
+            other => format!("the PKCS#12 data is not a valid archive: {other}"),
+        }
+    })?;
+    let mut parts = Parts::default();
+    for bag in &archive.keys {
+        parts
+            .keys
+            .push(Key::Pkcs8(Zeroizing::new(bag.key.as_der().to_vec())));
+    }
+    for bag in &archive.certs {
+        parts.certs.push(bag.cert.as_der().to_vec());
+    }
+    Ok(parts)
+}
+
+impl Parts {
+    fn check(self, now: u64) -> Result<LoadedCertificate, String> {
+        if self.keys.is_empty() {
+            return Err(if self.encrypted_key {
+                "the private key is encrypted (ENCRYPTED PRIVATE KEY); decrypt it \
+                 (`openssl pkcs8 -in key.pem -out plain.pem`) or use a PKCS#12 file with a \
+                 password"
+                    .to_owned()
+            } else if self.ec_key {
+                "the private key is an EC key: only RSA certificates are supported (Entra \
+                 accepts RSA only)"
+                    .to_owned()
+            } else {
+                "no private key found: expected a PRIVATE KEY (PKCS#8) or RSA PRIVATE KEY \
+                 (PKCS#1) section, or a PKCS#12 archive with a key"
+                    .to_owned()
+            });
+        }
+        if self.certs.is_empty() {
+            return Err(
+                "no certificate found: expected a CERTIFICATE section with the private key"
+                    .to_owned(),
+            );
+        }
+        if self.keys.len() > 1 {
+            return Err(format!(
+                "{} private keys found; give exactly one, the key of the certificate",
+                self.keys.len()
+            ));
+        }
+        let parsed: Vec<X509Certificate<'_>> = self
+            .certs
+            .iter()
+            .enumerate()
+            .map(|(i, der)| {
+                X509Certificate::from_der(der).map(|(_, c)| c).map_err(|e| {
+                    format!(
+                        "certificate {} is not valid X.509: {e}",
+                        i.saturating_add(1)
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let Some(key) = self.keys.first() else {
+            return Err("no private key found".to_owned());
+        };
+        let key_pair = match key.parse() {
+            Ok(pair) => pair,
+            Err(rejected) => {
+                let not_rsa = parsed.iter().all(|c| {
+                    c.public_key().algorithm.algorithm.to_id_string() != RSA_ENCRYPTION_OID
+                });
+                return Err(if not_rsa {
+                    "the key is not an RSA key: only RSA certificates are supported (Entra \
+                     accepts RSA only)"
+                        .to_owned()
+                } else {
+                    format!(
+                        "the private key is not a usable RSA key ({rejected}; RSA keys of \
+                         2048 to 8192 bits are supported)"
+                    )
+                });
+            }
+        };
+        // ring checks each signature it makes against the public key (a fault countermeasure),
+        // so a key whose CRT values are damaged loads but cannot sign: found by fuzzing. Sign
+        // once now, so such a key fails here and not at every token request.
+        let mut probe = vec![0; key_pair.public().modulus_len()];
+        key_pair
+            .sign(
+                &ring::signature::RSA_PKCS1_SHA256,
+                &ring::rand::SystemRandom::new(),
+                b"tower-identity key check",
+                &mut probe,
+            )
+            .map_err(|_| {
+                "the private key is damaged: its values are inconsistent and a test signature \
+                 failed; export the key again"
+                    .to_owned()
+            })?;
+        // The leaf is the certificate of this key, wherever it sits; the rest keep their
+        // order after it, as the chain sent in `x5c`.
+        let public = key_pair.public().as_ref();
+        let Some(leaf_index) = parsed
+            .iter()
+            .position(|c| c.public_key().subject_public_key.data.as_ref() == public)
+        else {
+            return Err(if parsed.len() == 1 {
+                "the private key does not match the certificate (their public keys differ)"
+                    .to_owned()
+            } else {
+                format!(
+                    "the private key matches none of the {} certificates (their public keys \
+                     differ)",
+                    parsed.len()
+                )
+            });
+        };
+        let Some(leaf) = parsed.get(leaf_index) else {
+            return Err("no certificate found".to_owned());
+        };
+        let validity = leaf.validity();
+        let (from, until) = (validity.not_before, validity.not_after);
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        if now < from.timestamp() {
+            return Err(format!(
+                "the certificate is not yet valid: valid from {from} until {until}"
+            ));
+        }
+        if now > until.timestamp() {
+            return Err(format!(
+                "the certificate expired on {until} (valid from {from}); renew it"
+            ));
+        }
+        let subject = leaf.subject().to_string();
+        let not_after = u64::try_from(until.timestamp()).unwrap_or(0);
+        drop(parsed);
+        let mut certs = self.certs;
+        let leaf_der = certs.remove(leaf_index);
+        certs.insert(0, leaf_der);
+        Ok(LoadedCertificate {
+            key: key_pair,
+            chain: certs,
+            subject,
+            not_after,
+        })
+    }
+}
+
+/// A checked certificate and key, ready to sign.
+pub(crate) struct LoadedCertificate {
+    /// ring holds the key's numbers in its own types, which it does not zeroize; the DER
+    /// copies this module made are zeroized when dropped.
+    pub(crate) key: RsaKeyPair,
+    /// DER certificates, the leaf (the key's certificate) first.
+    pub(crate) chain: Vec<Vec<u8>>,
+    /// The leaf's subject, for Debug and messages.
+    pub(crate) subject: String,
+    /// The leaf's notAfter (Unix seconds).
+    pub(crate) not_after: u64,
+}
+
+impl LoadedCertificate {
+    /// The leaf certificate's DER.
+    pub(crate) fn leaf(&self) -> &[u8] {
+        self.chain.first().map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for LoadedCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificate")
+            .field("subject", &self.subject)
+            .field("chain_len", &self.chain.len())
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// For builders: a load error as a [`ConfigError`] of `name`.
+pub(crate) fn config_error(name: &str, message: String) -> ConfigError {
+    ConfigError::new(format!("{name}: {message}"))
+}

@@ -1,0 +1,215 @@
+//! [`ClientCertificateCredential`]: a service principal proving itself with a certificate: a
+//! JWT client assertion signed with the certificate's RSA key (ring; no OpenSSL).
+//!
+//! ```no_run
+//! use tower_identity::{CertificateSource, ClientCertificateCredential, CredentialExt};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let credential = ClientCertificateCredential::builder(
+//!     "72f988bf-86f1-41af-91ab-2d7cd011db47",
+//!     "00000000-1111-2222-3333-444444444444",
+//!     CertificateSource::from_path("/etc/app/cert.pem", None),
+//! )
+//! .build()?;
+//! let token = credential.get_token(["https://graph.microsoft.com/.default"]).await?;
+//! # let _ = token; Ok(()) }
+//! ```
+//!
+//! # The assertion
+//!
+//! Header: `alg`, `typ: JWT`, `x5t` (base64url SHA-1 of the certificate's DER) and `x5t#S256`
+//! (base64url SHA-256), plus `x5c` (the chain, standard base64 DER, leaf first) with
+//! [`send_certificate_chain`](ClientCertificateCredentialBuilder::send_certificate_chain) for
+//! subject name / issuer authentication. Claims: `aud` = the tenant's token endpoint URL,
+//! `iss` = `sub` = the client id, `jti` (a random UUID), `nbf` = `iat` = now, `exp` = now +
+//! 10 minutes. A new assertion is signed when the one in hand is 5 minutes old (the
+//! [`ClientAssertionCredential`](crate::ClientAssertionCredential) default), or after Entra
+//! refused one.
+//!
+//! The signature is **PS256** by default: Microsoft's current certificate-credential
+//! documentation specifies PS256 with `x5t#S256`, and MSAL (Python 1.35+, .NET) sends that when
+//! it derives the thumbprints from the certificate. azure-identity 1.27's synchronous
+//! `CertificateCredential` still ends up with RS256 and `x5t` (it hands MSAL a SHA-1
+//! thumbprint), which Entra also accepts and AD FS requires:
+//! [`signature`](ClientCertificateCredentialBuilder::signature) with
+//! [`CertificateSignature::Rs256`] selects it. Both thumbprints are always sent, so either
+//! lookup finds the certificate.
+//!
+//! # Checks when building
+//!
+//! Inputs over 1 MiB, no key, no certificate, several keys, an encrypted PEM key, a key that
+//! is not RSA (Entra accepts only RSA), a key that matches no certificate, a certificate
+//! outside its validity period (both dates named) and a wrong PKCS#12 password are each a
+//! [`ConfigError`] saying which. The certificate whose public key is the key's is the leaf,
+//! wherever it sits in the input.
+//!
+//! The key's DER copies made here are zeroized on drop and never printed; ring keeps the
+//! parsed key in its own types, which it does not zeroize.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use super::settings::{Settings, settings_setters};
+use super::{ClientAssertionCredential, CredentialFuture};
+use crate::entra::authority::AZURE_AUTHORITY_HOST;
+use crate::error::{BoxError, ConfigError, CredentialError};
+use crate::token::{Secret, TokenRequest, unix_now};
+
+pub(crate) mod jwt;
+mod load;
+
+pub use jwt::CertificateSignature;
+pub use load::CertificateSource;
+
+use super::client_assertion::{AssertionRequest, AssertionSource};
+use jwt::Signer;
+
+const NAME: &str = "ClientCertificateCredential";
+
+/// Authenticates a service principal with a certificate (client credentials grant with a
+/// signed JWT assertion); see the [module documentation](self) for the assertion's format.
+///
+/// Tokens are cached in memory per tenant and scope set (CAE and non-CAE apart) and renewed
+/// as [`ClientSecretCredential`](crate::ClientSecretCredential)'s are.
+#[derive(Clone)]
+pub struct ClientCertificateCredential {
+    inner: ClientAssertionCredential,
+    signer: Arc<Signer>,
+}
+
+impl ClientCertificateCredential {
+    /// Starts a builder. Nothing is read or validated until
+    /// [`build`](ClientCertificateCredentialBuilder::build).
+    pub fn builder(
+        tenant_id: impl Into<String>,
+        client_id: impl Into<String>,
+        certificate: CertificateSource,
+    ) -> ClientCertificateCredentialBuilder {
+        ClientCertificateCredentialBuilder {
+            tenant_id: tenant_id.into(),
+            client_id: client_id.into(),
+            certificate,
+            send_chain: false,
+            signature: CertificateSignature::default(),
+            settings: Settings::default(),
+        }
+    }
+}
+
+/// The assertion source: a fresh signed JWT for each request's token endpoint.
+struct CertificateAssertion(Arc<Signer>);
+
+impl AssertionSource for CertificateAssertion {
+    fn assertion(&self, request: AssertionRequest) -> BoxFuture<'static, Result<Secret, BoxError>> {
+        let signed = self
+            .0
+            .sign(request.token_endpoint(), request.client_id(), unix_now())
+            .map(Secret::new)
+            .map_err(BoxError::from);
+        async move { signed }.boxed()
+    }
+}
+
+impl Service<TokenRequest> for ClientCertificateCredential {
+    type Response = crate::AccessToken;
+    type Error = CredentialError;
+    type Future = CredentialFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: TokenRequest) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.oneshot(request).await.map_err(|e| e.renamed(NAME)) })
+    }
+}
+
+impl fmt::Debug for ClientCertificateCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(NAME)
+            .field("certificate", self.signer.certificate())
+            .field("assertion", &self.inner)
+            .finish()
+    }
+}
+
+/// Settings for a [`ClientCertificateCredential`].
+pub struct ClientCertificateCredentialBuilder {
+    tenant_id: String,
+    client_id: String,
+    certificate: CertificateSource,
+    send_chain: bool,
+    signature: CertificateSignature,
+    settings: Settings,
+}
+
+settings_setters!(ClientCertificateCredentialBuilder {
+    authority_host,
+    additionally_allowed_tenants,
+    http_client,
+    cache_options,
+    disable_multitenant_auth,
+});
+
+impl ClientCertificateCredentialBuilder {
+    /// Send the certificate chain (`x5c`) with each assertion, for subject name / issuer
+    /// authentication (an app configured with `trustedCertificateSubjects`). Default: off.
+    pub fn send_certificate_chain(mut self, send: bool) -> Self {
+        self.send_chain = send;
+        self
+    }
+
+    /// The assertion's signature algorithm. Default: [`CertificateSignature::Ps256`].
+    pub fn signature(mut self, signature: CertificateSignature) -> Self {
+        self.signature = signature;
+        self
+    }
+
+    /// Reads and checks the certificate and key, validates the other settings, and builds.
+    pub fn build(self) -> Result<ClientCertificateCredential, ConfigError> {
+        let env_authority = std::env::var(AZURE_AUTHORITY_HOST).ok();
+        self.build_with_env_authority(env_authority)
+    }
+
+    pub(crate) fn build_with_env_authority(
+        self,
+        env_authority: Option<String>,
+    ) -> Result<ClientCertificateCredential, ConfigError> {
+        let certificate = self
+            .certificate
+            .load(unix_now())
+            .map_err(|m| load::config_error(NAME, m))?;
+        let signer = Arc::new(Signer::new(certificate, self.signature, self.send_chain));
+        let inner = ClientAssertionCredential::builder(
+            self.tenant_id,
+            self.client_id,
+            CertificateAssertion(Arc::clone(&signer)),
+        )
+        .for_credential(NAME, self.settings)
+        .build_with_env_authority(env_authority)?;
+        Ok(ClientCertificateCredential { inner, signer })
+    }
+}
+
+impl fmt::Debug for ClientCertificateCredentialBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCertificateCredentialBuilder")
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("certificate", &self.certificate)
+            .field("send_certificate_chain", &self.send_chain)
+            .field("signature", &self.signature)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;
