@@ -1042,7 +1042,7 @@ const CERTIFICATE_ERROR_MAX_CHARS: usize = 600;
 /// Certificate loading. Layout: byte 0 even = the rest is PEM text; odd = byte 1 is a password
 /// length `n`, the next `n` bytes the password (lossy UTF-8), the rest a PKCS#12 archive.
 ///
-/// Checks: an error is one line of at most [`CERTIFICATE_ERROR_MAX_CHARS`] characters with no
+/// Checks: an error is one line of at most `CERTIFICATE_ERROR_MAX_CHARS` characters with no
 /// PEM armour and no base64 run from the input; a loaded certificate has a leaf, and signs an
 /// assertion of three base64url parts.
 pub fn certificate(data: &[u8]) {

@@ -15,36 +15,8 @@
 //! # let _ = token; Ok(()) }
 //! ```
 //!
-//! # The assertion
-//!
-//! Header: `alg`, `typ: JWT`, `x5t` (base64url SHA-1 of the certificate's DER) and `x5t#S256`
-//! (base64url SHA-256), plus `x5c` (the chain, standard base64 DER, leaf first) with
-//! [`send_certificate_chain`](ClientCertificateCredentialBuilder::send_certificate_chain) for
-//! subject name / issuer authentication. Claims: `aud` = the tenant's token endpoint URL,
-//! `iss` = `sub` = the client id, `jti` (a random UUID), `nbf` = `iat` = now, `exp` = now +
-//! 10 minutes. A new assertion is signed when the one in hand is 5 minutes old (the
-//! [`ClientAssertionCredential`](crate::ClientAssertionCredential) default), or after Entra
-//! refused one.
-//!
-//! The signature is **PS256** by default: Microsoft's current certificate-credential
-//! documentation specifies PS256 with `x5t#S256`, and MSAL (Python 1.35+, .NET) sends that when
-//! it derives the thumbprints from the certificate. azure-identity 1.27's synchronous
-//! `CertificateCredential` still ends up with RS256 and `x5t` (it hands MSAL a SHA-1
-//! thumbprint), which Entra also accepts and AD FS requires:
-//! [`signature`](ClientCertificateCredentialBuilder::signature) with
-//! [`CertificateSignature::Rs256`] selects it. Both thumbprints are always sent, so either
-//! lookup finds the certificate.
-//!
-//! # Checks when building
-//!
-//! Inputs over 1 MiB, no key, no certificate, several keys, an encrypted PEM key, a key that
-//! is not RSA (Entra accepts only RSA), a key that matches no certificate, a certificate
-//! outside its validity period (both dates named) and a wrong PKCS#12 password are each a
-//! [`ConfigError`] saying which. The certificate whose public key is the key's is the leaf,
-//! wherever it sits in the input.
-//!
-//! The key's DER copies made here are zeroized on drop and never printed; ring keeps the
-//! parsed key in its own types, which it does not zeroize.
+//! The assertion's format and the checks made when building are on
+//! [`ClientCertificateCredential`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -73,10 +45,41 @@ use jwt::Signer;
 const NAME: &str = "ClientCertificateCredential";
 
 /// Authenticates a service principal with a certificate (client credentials grant with a
-/// signed JWT assertion); see the [module documentation](self) for the assertion's format.
+/// signed JWT assertion).
 ///
 /// Tokens are cached in memory per tenant and scope set (CAE and non-CAE apart) and renewed
 /// as [`ClientSecretCredential`](crate::ClientSecretCredential)'s are.
+///
+/// # The assertion
+///
+/// Header: `alg`, `typ: JWT`, `x5t` (base64url SHA-1 of the certificate's DER) and `x5t#S256`
+/// (base64url SHA-256), plus `x5c` (the chain, standard base64 DER, leaf first) with
+/// [`send_certificate_chain`](ClientCertificateCredentialBuilder::send_certificate_chain) for
+/// subject name / issuer authentication. Claims: `aud` = the tenant's token endpoint URL,
+/// `iss` = `sub` = the client id, `jti` (a random UUID), `nbf` = `iat` = now, `exp` = now +
+/// 10 minutes. A new assertion is signed when the one in hand is 5 minutes old (the
+/// [`ClientAssertionCredential`](crate::ClientAssertionCredential) default), or after Entra
+/// refused one.
+///
+/// The signature is **PS256** by default: Microsoft's current certificate-credential
+/// documentation specifies PS256 with `x5t#S256`, and MSAL (Python 1.35+, .NET) sends that when
+/// it derives the thumbprints from the certificate. azure-identity 1.27's synchronous
+/// `CertificateCredential` still ends up with RS256 and `x5t` (it hands MSAL a SHA-1
+/// thumbprint), which Entra also accepts and AD FS requires:
+/// [`signature`](ClientCertificateCredentialBuilder::signature) with
+/// [`CertificateSignature::Rs256`] selects it. Both thumbprints are always sent, so either
+/// lookup finds the certificate.
+///
+/// # Checks when building
+///
+/// Inputs over 1 MiB, no key, no certificate, several keys, an encrypted PEM key, a key that
+/// is not RSA (Entra accepts only RSA), a key that matches no certificate, a certificate
+/// outside its validity period (both dates named) and a wrong PKCS#12 password are each a
+/// [`ConfigError`] saying which. The certificate whose public key is the key's is the leaf,
+/// wherever it sits in the input.
+///
+/// The key's DER copies made here are zeroized on drop and never printed; ring keeps the
+/// parsed key in its own types, which it does not zeroize.
 #[derive(Clone)]
 pub struct ClientCertificateCredential {
     inner: ClientAssertionCredential,
