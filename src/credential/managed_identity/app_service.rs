@@ -1,90 +1,46 @@
 //! App Service and Azure Functions: `GET $IDENTITY_ENDPOINT?api-version=2019-08-01&resource=…`
 //! with `X-IDENTITY-HEADER: $IDENTITY_HEADER`.
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method};
-use url::Url;
+use http::HeaderName;
 
-use super::request;
-use super::{IdParams, ManagedIdentitySource, UserAssignedId};
-use crate::error::CredentialError;
-use crate::token::{AccessToken, Secret};
-use crate::transport::{HttpClient, HttpRequest};
+use super::IdParams;
+use super::secret_get::Profile;
 
-const SOURCE: ManagedIdentitySource = ManagedIdentitySource::AppService;
-const API_VERSION: &str = "2019-08-01";
-const HEADER: HeaderName = HeaderName::from_static("x-identity-header");
-/// User-assigned ids in the query (MSAL's `_adjust_param`).
-const PARAMS: IdParams = IdParams {
-    client_id: "client_id",
-    object_id: "object_id",
-    resource_id: "mi_res_id",
+pub(super) static PROFILE: Profile = Profile {
+    source: super::ManagedIdentitySource::AppService,
+    api_version: "2019-08-01",
+    header: HeaderName::from_static("x-identity-header"),
+    // User-assigned ids in the query (MSAL's `_adjust_param`).
+    params: Some(IdParams {
+        client_id: "client_id",
+        object_id: "object_id",
+        resource_id: "mi_res_id",
+    }),
+    // As msal sends it: App Service ignores it, and Azure Automation, which sets the same
+    // variables, requires it.
+    metadata: true,
 };
-
-pub(super) struct AppService {
-    pub(super) url: Url,
-    pub(super) id: Option<UserAssignedId>,
-    secret: Secret,
-    header: HeaderValue,
-    http: HttpClient,
-}
-
-impl AppService {
-    pub(super) fn new(
-        url: Url,
-        (variable, secret): (&'static str, Secret),
-        id: Option<UserAssignedId>,
-        custom: Option<HttpClient>,
-    ) -> Result<Self, String> {
-        Ok(Self {
-            url,
-            id,
-            header: request::secret_header(variable, &secret)?,
-            secret,
-            http: custom.map_or_else(request::default_http, Ok)?,
-        })
-    }
-
-    fn request(&self, resource: &str) -> Result<HttpRequest, CredentialError> {
-        let mut pairs = vec![("api-version", API_VERSION), ("resource", resource)];
-        if let Some(id) = &self.id {
-            pairs.push(PARAMS.pair(id));
-        }
-        let url = request::with_query(&self.url, &pairs);
-        // `Metadata: true` as msal sends it: App Service ignores it, and Azure Automation, which
-        // sets the same variables, requires it.
-        request::build(
-            Method::GET,
-            &url,
-            &[
-                (
-                    HeaderName::from_static("metadata"),
-                    HeaderValue::from_static("true"),
-                ),
-                (HEADER, self.header.clone()),
-            ],
-            Bytes::new(),
-        )
-    }
-
-    pub(super) async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        let secrets = [self.secret.expose_secret()];
-        request::fetch(&self.http, SOURCE, self.request(resource)?, &secrets).await
-    }
-}
 
 #[cfg(test)]
 mod tests {
+    use http::Method;
+    use url::Url;
+
+    use super::super::request::default_http;
+    use super::super::secret_get::SecretGet;
     use super::*;
+    use crate::credential::UserAssignedId;
+    use crate::token::Secret;
 
     #[test]
     fn query_and_header() {
         let make = |id| {
-            AppService::new(
+            SecretGet::new(
+                &PROFILE,
                 Url::parse("http://127.0.0.1:1/msi/token").unwrap(),
                 ("IDENTITY_HEADER", Secret::new("hdr-secret")),
                 id,
-                None,
+                default_http().unwrap(),
             )
             .unwrap()
         };

@@ -31,6 +31,7 @@ use crate::error::{ConfigError, CredentialError};
 use crate::throttle::{Throttle, ThrottleMemory};
 use crate::token::{AccessToken, Secret, TokenRequest};
 use crate::transport::HttpClient;
+use secret_get::SecretGet;
 
 mod app_service;
 mod azure_arc;
@@ -39,6 +40,7 @@ mod cloud_shell;
 mod imds;
 mod request;
 pub(crate) mod response;
+mod secret_get;
 mod service_fabric;
 
 const NAME: &str = "ManagedIdentityCredential";
@@ -229,10 +231,10 @@ struct Configured {
 /// One source's request logic.
 enum Endpoint {
     Imds(imds::Imds),
-    AppService(app_service::AppService),
-    ServiceFabric(service_fabric::ServiceFabric),
+    AppService(secret_get::SecretGet),
+    ServiceFabric(secret_get::SecretGet),
     AzureArc(azure_arc::AzureArc),
-    AzureMl(azure_ml::AzureMl),
+    AzureMl(secret_get::SecretGet),
     CloudShell(cloud_shell::CloudShell),
 }
 
@@ -240,10 +242,10 @@ impl Endpoint {
     async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
         match self {
             Self::Imds(s) => s.acquire(resource).await,
-            Self::AppService(s) => s.acquire(resource).await,
-            Self::ServiceFabric(s) => s.acquire(resource).await,
+            Self::AppService(s) | Self::AzureMl(s) | Self::ServiceFabric(s) => {
+                s.acquire(resource).await
+            }
             Self::AzureArc(s) => s.acquire(resource).await,
-            Self::AzureMl(s) => s.acquire(resource).await,
             Self::CloudShell(s) => s.acquire(resource).await,
         }
     }
@@ -251,10 +253,8 @@ impl Endpoint {
     fn url(&self) -> &Url {
         match self {
             Self::Imds(s) => &s.url,
-            Self::AppService(s) => &s.url,
-            Self::ServiceFabric(s) => &s.url,
+            Self::AppService(s) | Self::AzureMl(s) | Self::ServiceFabric(s) => &s.url,
             Self::AzureArc(s) => &s.url,
-            Self::AzureMl(s) => &s.url,
             Self::CloudShell(s) => &s.url,
         }
     }
@@ -262,10 +262,9 @@ impl Endpoint {
     fn identity(&self) -> Option<&UserAssignedId> {
         match self {
             Self::Imds(s) => s.id.as_ref(),
-            Self::AppService(s) => s.id.as_ref(),
+            Self::AppService(s) | Self::AzureMl(s) | Self::ServiceFabric(s) => s.id.as_ref(),
             Self::AzureArc(s) => s.id.as_ref(),
-            Self::AzureMl(s) => s.id.as_ref(),
-            Self::ServiceFabric(_) | Self::CloudShell(_) => None,
+            Self::CloudShell(_) => None,
         }
     }
 }
@@ -504,14 +503,19 @@ impl ManagedIdentityCredentialBuilder {
             ManagedIdentitySource::Imds => {
                 Endpoint::Imds(imds::Imds::new(endpoint, id, http, self.probe_imds)?)
             }
-            ManagedIdentitySource::AppService => Endpoint::AppService(
-                app_service::AppService::new(endpoint, required(secret)?, id, http)?,
-            ),
-            ManagedIdentitySource::AzureMl => Endpoint::AzureMl(azure_ml::AzureMl::new(
+            ManagedIdentitySource::AppService => Endpoint::AppService(SecretGet::new(
+                &app_service::PROFILE,
                 endpoint,
                 required(secret)?,
                 id,
-                http,
+                http.map_or_else(request::default_http, Ok)?,
+            )?),
+            ManagedIdentitySource::AzureMl => Endpoint::AzureMl(SecretGet::new(
+                &azure_ml::PROFILE,
+                endpoint,
+                required(secret)?,
+                id,
+                http.map_or_else(request::default_http, Ok)?,
             )?),
             ManagedIdentitySource::AzureArc => {
                 let dir = match &self.arc_key_directory {
@@ -524,10 +528,12 @@ impl ManagedIdentityCredentialBuilder {
                 if let Some(id) = &id {
                     return Err(unsupported(id));
                 }
-                Endpoint::ServiceFabric(service_fabric::ServiceFabric::new(
+                Endpoint::ServiceFabric(SecretGet::new(
+                    &service_fabric::PROFILE,
                     endpoint,
                     required(secret)?,
-                    thumbprint.as_deref().unwrap_or_default(),
+                    None,
+                    service_fabric::client(thumbprint.as_deref().unwrap_or_default())?,
                 )?)
             }
             ManagedIdentitySource::CloudShell => {

@@ -6,68 +6,32 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method};
+use http::HeaderName;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use url::Url;
 
-use super::request;
+use super::secret_get::Profile;
 use super::{IDENTITY_SERVER_THUMBPRINT, ManagedIdentitySource};
-use crate::error::CredentialError;
-use crate::token::{AccessToken, Secret};
-use crate::transport::{HttpClient, HttpRequest};
+use crate::transport::HttpClient;
 
-const SOURCE: ManagedIdentitySource = ManagedIdentitySource::ServiceFabric;
-const API_VERSION: &str = "2019-07-01-preview";
-const HEADER: HeaderName = HeaderName::from_static("secret");
+pub(super) static PROFILE: Profile = Profile {
+    source: ManagedIdentitySource::ServiceFabric,
+    api_version: "2019-07-01-preview",
+    header: HeaderName::from_static("secret"),
+    params: None,
+    metadata: false,
+};
 
-pub(super) struct ServiceFabric {
-    pub(super) url: Url,
-    secret: Secret,
-    header: HeaderValue,
-    http: HttpClient,
-}
-
-impl ServiceFabric {
-    /// Always the built-in client: only it can pin the certificate.
-    pub(super) fn new(
-        url: Url,
-        (variable, secret): (&'static str, Secret),
-        thumbprint: &str,
-    ) -> Result<Self, String> {
-        let verifier = PinnedSha1::new(parse_thumbprint(thumbprint)?);
-        let http = HttpClient::builder()
-            .server_cert_verifier(Arc::new(verifier))
-            .build()
-            .map_err(|e| format!("the HTTP client could not be built: {e}"))?;
-        Ok(Self {
-            url,
-            header: request::secret_header(variable, &secret)?,
-            secret,
-            http,
-        })
-    }
-
-    fn request(&self, resource: &str) -> Result<HttpRequest, CredentialError> {
-        let url = request::with_query(
-            &self.url,
-            &[("api-version", API_VERSION), ("resource", resource)],
-        );
-        request::build(
-            Method::GET,
-            &url,
-            &[(HEADER, self.header.clone())],
-            Bytes::new(),
-        )
-    }
-
-    pub(super) async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        let secrets = [self.secret.expose_secret()];
-        request::fetch(&self.http, SOURCE, self.request(resource)?, &secrets).await
-    }
+/// The client for the endpoint: always the built-in one, since only it can pin the
+/// certificate.
+pub(super) fn client(thumbprint: &str) -> Result<HttpClient, String> {
+    let verifier = PinnedSha1::new(parse_thumbprint(thumbprint)?);
+    HttpClient::builder()
+        .server_cert_verifier(Arc::new(verifier))
+        .build()
+        .map_err(|e| format!("the HTTP client could not be built: {e}"))
 }
 
 /// A SHA-1 thumbprint as Windows and `openssl x509 -fingerprint` print it: 40 hex digits in
@@ -209,10 +173,12 @@ mod tests {
 
     #[test]
     fn query_and_header() {
-        let sf = ServiceFabric::new(
-            Url::parse("https://127.0.0.1:2377/metadata/identity/oauth2/token").unwrap(),
-            ("IDENTITY_HEADER", Secret::new("sf-secret")),
-            HEX,
+        let sf = super::super::secret_get::SecretGet::new(
+            &PROFILE,
+            url::Url::parse("https://127.0.0.1:2377/metadata/identity/oauth2/token").unwrap(),
+            ("IDENTITY_HEADER", crate::token::Secret::new("sf-secret")),
+            None,
+            client(HEX).unwrap(),
         )
         .unwrap();
         let r = sf.request("https://vault.azure.net").unwrap();
