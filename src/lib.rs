@@ -64,6 +64,7 @@
 pub mod bearer;
 mod cache;
 pub mod credential;
+mod encoding;
 mod entra;
 mod error;
 #[cfg(feature = "fuzzing")]

@@ -50,9 +50,7 @@
 
 use std::fmt;
 
-use base64::Engine as _;
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use crate::encoding::decode_base64;
 
 /// One challenge of a `WWW-Authenticate` header.
 ///
@@ -251,21 +249,10 @@ impl fmt::Display for ClaimsError {
 
 impl std::error::Error for ClaimsError {}
 
-/// Decoding config shared by both alphabets: padding optional, non-zero trailing bits allowed
-/// (as lenient decoders such as Python's accept them).
-const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
-    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-    .with_decode_allow_trailing_bits(true);
-const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
-const STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
-
 /// Decodes a `claims` parameter: base64url or base64, UTF-8, JSON; returns the text verbatim.
 fn decode_claims(raw: &str) -> Result<String, ClaimsError> {
-    let encoded = raw.trim();
-    let bytes = URL_SAFE_LENIENT
-        .decode(encoded)
-        .or_else(|url_safe_error| STANDARD_LENIENT.decode(encoded).map_err(|_| url_safe_error))
-        .map_err(|e| ClaimsError::new(ClaimsErrorReason::Base64, e, raw))?;
+    let bytes =
+        decode_base64(raw).map_err(|e| ClaimsError::new(ClaimsErrorReason::Base64, e, raw))?;
     let text = String::from_utf8(bytes)
         .map_err(|e| ClaimsError::new(ClaimsErrorReason::Utf8, e.utf8_error(), raw))?;
     serde_json::from_str::<serde_json::Value>(&text)
@@ -414,6 +401,7 @@ fn starts_value(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use http::{HeaderMap, HeaderValue, header::WWW_AUTHENTICATE};
 
     const CAE_CLAIMS_B64: &str = "eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZSwidmFsdWUiOiIxNzI2MDc3NTk1In0sInhtc19jYWVlcnJvciI6eyJ2YWx1ZSI6IjEwMDEyIn19fQ==";

@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use super::process::{self, Tool};
 use crate::cache::CacheKey;
-use crate::entra::token_client::number;
+use crate::encoding::number;
 use crate::error::CredentialError;
 use crate::token::{AccessToken, TokenRequest, instant_from_unix, unix_now};
 

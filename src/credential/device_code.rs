@@ -53,9 +53,10 @@ use super::settings::{Settings, settings_setters};
 use super::shared_token_cache::AZURE_CLI_CLIENT_ID;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
+use crate::encoding::number_field;
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
 use crate::entra::token_client::{
-    TokenClient, TokenResponse, device_authorization_form, device_code_form, number,
+    TokenClient, TokenResponse, device_authorization_form, device_code_form,
 };
 use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, Secret, TokenRequest, instant_after};
@@ -389,12 +390,7 @@ impl DeviceCode {
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
             _ => None,
         };
-        let seconds = |name: &str| match object.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(value) => number(value)
-                .map(Some)
-                .ok_or_else(|| format!("{name} is not a non-negative number")),
-        };
+        let seconds = |name: &str| number_field(object, name);
         let device_code = text("device_code").ok_or("the answer has no device_code")?;
         let user_code = text("user_code").ok_or("the answer has no user_code")?;
         // `verification_url`: the v1 endpoint's name for it.

@@ -61,14 +61,12 @@ use std::fmt;
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
 
-use base64::Engine as _;
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use zeroize::Zeroize as _;
 
+use crate::encoding::decode_base64;
 use crate::token::Secret;
 
 /// Section of access tokens.
@@ -1044,22 +1042,9 @@ fn app_metadata_key(environment: &str, client_id: &str) -> String {
 // Decoding client_info and id tokens
 // ---------------------------------------------------------------------------------------------
 
-/// Lenient base64 decoding configuration: padding optional, trailing bits tolerated.
-const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
-    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-    .with_decode_allow_trailing_bits(true);
-/// base64url, lenient.
-const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
-/// Standard base64, lenient (some servers use `+/`).
-const STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
-
 /// A base64(url) JSON object; `None` for anything else.
 fn decode_json_object(part: &str) -> Option<Map<String, Value>> {
-    let part = part.trim();
-    let bytes = URL_SAFE_LENIENT
-        .decode(part)
-        .or_else(|_| STANDARD_LENIENT.decode(part))
-        .ok()?;
+    let bytes = decode_base64(part).ok()?;
     match serde_json::from_slice::<Value>(&bytes).ok()? {
         Value::Object(map) => Some(map),
         _ => None,
@@ -1699,6 +1684,7 @@ fn parse_entries(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     const SAMPLE: &[u8] = include_bytes!("../../tests/data/msal-cache-sample.json");

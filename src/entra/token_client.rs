@@ -19,6 +19,7 @@ use tower::ServiceExt;
 use zeroize::Zeroizing;
 
 use super::authority::Authority;
+use crate::encoding::{number, number_field};
 use crate::error::{Cause, CredentialError, ProviderDetails};
 use crate::redact::{excerpt, scrub};
 use crate::throttle::{Throttle, ThrottleMemory};
@@ -654,31 +655,6 @@ fn parse_success(
         extended_expires_on: sent_at_unix.saturating_add(ext_expires_in),
         refresh_on: refresh_in.map(|s| sent_at_unix.saturating_add(s)),
     })
-}
-
-/// A non-negative integer given as a JSON number or a numeric string; absent is `None`,
-/// anything else is an error naming the field.
-fn number_field(object: &Map<String, Value>, name: &str) -> Result<Option<u64>, String> {
-    match object.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => number(value)
-            .map(Some)
-            .ok_or_else(|| format!("{name} is not a non-negative number")),
-    }
-}
-
-pub(crate) fn number(value: &Value) -> Option<u64> {
-    let float = |f: f64| (f.is_finite() && f >= 0.0).then_some(f as u64);
-    match value {
-        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().and_then(float)),
-        Value::String(s) => {
-            let s = s.trim();
-            s.parse::<u64>()
-                .ok()
-                .or_else(|| s.parse::<f64>().ok().and_then(float))
-        }
-        _ => None,
-    }
 }
 
 /// An error answer: `Microsoft Entra ID error '(code) description'`, with the details kept

@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::{ManagedIdentitySource, NAME};
-use crate::entra::token_client::{number, one_line};
+use crate::encoding::{number, number_field};
+use crate::entra::token_client::one_line;
 use crate::error::{CredentialError, ProviderDetails};
 use crate::redact::{excerpt, scrub, truncate};
 use crate::token::{AccessToken, HALF_LIFE_THRESHOLD, Secret, clamped_lifetime, instant_after};
@@ -207,16 +208,6 @@ fn parse_token(
             resource_id: string("msi_res_id").or_else(|| string("mi_res_id")),
         },
     })
-}
-
-/// A non-negative number (JSON number or numeric string); absent is `None`.
-fn number_field(object: &Map<String, Value>, name: &str) -> Result<Option<u64>, String> {
-    match object.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => number(value)
-            .map(Some)
-            .ok_or_else(|| format!("{name} is not a non-negative number")),
-    }
 }
 
 /// Azure ML's dates: `M/D/YYYY H:MM:SS [AM|PM] ±HH:MM`, as Unix seconds.
