@@ -14,6 +14,10 @@
 #[path = "../src/entra/msal_cache.rs"]
 mod msal_cache;
 
+#[path = "../src/encoding.rs"]
+#[allow(dead_code)]
+mod encoding;
+
 /// What `msal_cache.rs` takes from the crate.
 mod token {
     pub(crate) use tower_identity::Secret;
