@@ -15,7 +15,7 @@
 mod msal_cache;
 
 #[path = "../src/encoding.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod encoding;
 
 /// What `msal_cache.rs` takes from the crate.
