@@ -3,8 +3,8 @@
 //! * **Credentials are tower services** from [`TokenRequest`] to [`AccessToken`]:
 //!   [`DefaultAzureCredential`] (the chain most applications start from),
 //!   [`ManagedIdentityCredential`] and [`WorkloadIdentityCredential`] for deployed services,
-//!   [`ClientSecretCredential`], [`ClientAssertionCredential`] and [`EnvironmentCredential`]
-//!   for service principals, [`AzureCliCredential`], [`AzureDeveloperCliCredential`],
+//!   [`ClientSecretCredential`], [`ClientCertificateCredential`],
+//!   [`ClientAssertionCredential`] and [`EnvironmentCredential`] for service principals, [`AzureCliCredential`], [`AzureDeveloperCliCredential`],
 //!   [`SharedTokenCacheCredential`], [`AuthorizationCodeCredential`] and
 //!   [`DeviceCodeCredential`] (a user signing in on another device) for developers and users,
 //!   or any type of the same shape ([`TokenCredential`]).
@@ -16,6 +16,10 @@
 //!   less than 10 minutes) or at the provider's `refresh_in`, renewals are at least 30 s
 //!   apart, a failed renewal keeps the still-valid token, and an expired token is never
 //!   returned.
+//! * **[`BearerTokenLayer`]** wraps any HTTP client service (hyper-util, reqwest-middleware,
+//!   axum outbound calls): it adds the token to each request, renews it in the background
+//!   before it expires without making requests wait, and answers a continuous access
+//!   evaluation (CAE) claims challenge with one re-send.
 //! * **Bounded**: one token request has a total deadline (30 s), a provider's `Retry-After`
 //!   is remembered per credential, lifetimes are clamped, and no input makes the crate panic.
 //!

@@ -3,7 +3,8 @@
 //! Anything that is `Service<TokenRequest, Response = AccessToken, Error = CredentialError>`,
 //! `Clone + Send + Sync + 'static` with a `Send` future is a [`TokenCredential`]: the
 //! credentials of this crate, a [`ChainedTokenCredential`], a [`BoxCredential`], or your own
-//! type. [`CredentialExt`] adds `get_token`, `boxed` and `or` to all of them.
+//! type. [`CredentialExt`] adds `get_token`, `get_token_with`, `boxed_credential` and `or` to
+//! all of them.
 //!
 //! ```no_run
 //! use tower_identity::{AzureCliCredential, CredentialExt, EnvironmentCredential};
