@@ -34,7 +34,7 @@ use super::refresh_tokens::{Redeem, usable_access_token};
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
-use crate::entra::authority::{AZURE_AUTHORITY_HOST, validate_tenant_id};
+use crate::entra::authority::{AZURE_AUTHORITY_HOST, host_aliases, validate_tenant_id};
 use crate::entra::msal_cache::{AccessTokenQuery, Account, CacheDocument, RefreshTokenQuery};
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::TokenClient;
@@ -48,18 +48,6 @@ pub(crate) const AZURE_CLI_CLIENT_ID: &str = "04b07795-8ddb-461a-bbee-02f9e1bf7b
 /// The tenant family refresh tokens are redeemed at when none is named.
 const ORGANIZATIONS: &str = "organizations";
 const UNAVAILABLE: &str = "authentication unavailable.";
-
-/// Hosts of one cloud (entra-protocol: known aliases).
-const HOST_ALIASES: &[&[&str]] = &[
-    &[
-        "login.microsoftonline.com",
-        "login.windows.net",
-        "login.microsoft.com",
-        "sts.windows.net",
-    ],
-    &["login.chinacloudapi.cn", "login.partner.microsoftonline.cn"],
-    &["login.microsoftonline.us", "login.usgovcloudapi.net"],
-];
 
 /// Gets tokens for an account in the shared MSAL token cache.
 #[derive(Clone)]
@@ -263,15 +251,6 @@ fn unavailable(message: String) -> CredentialError {
     CredentialError::unavailable(NAME, format!("{UNAVAILABLE} {message}"))
 }
 
-/// The hosts that count as the authority's cloud.
-fn aliases(host: &str) -> Vec<String> {
-    HOST_ALIASES
-        .iter()
-        .find(|set| set.iter().any(|h| h.eq_ignore_ascii_case(host)))
-        .map(|set| set.iter().map(|h| (*h).to_owned()).collect())
-        .unwrap_or_else(|| vec![host.to_owned()])
-}
-
 arc_credential_service!(SharedTokenCacheCredential);
 
 impl fmt::Debug for SharedTokenCacheCredential {
@@ -346,7 +325,7 @@ impl SharedTokenCacheCredentialBuilder {
             inner: Arc::new(Inner {
                 username: self.username,
                 tenant_id: self.tenant_id,
-                environments: aliases(client.authority().host()),
+                environments: host_aliases(client.authority().host()),
                 client,
                 plain,
                 cae,
@@ -363,19 +342,5 @@ impl fmt::Debug for SharedTokenCacheCredentialBuilder {
             .field("tenant_id", &self.tenant_id)
             .field("authority_host", &self.settings.authority_host())
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_aliases_cover_the_cloud_or_just_the_host() {
-        assert_eq!(aliases("login.windows.net").len(), 4);
-        assert!(
-            aliases("LOGIN.microsoftonline.us").contains(&"login.usgovcloudapi.net".to_owned())
-        );
-        assert_eq!(aliases("127.0.0.1"), ["127.0.0.1"]);
     }
 }
