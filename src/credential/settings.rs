@@ -130,3 +130,106 @@ impl fmt::Debug for Settings {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The doc text every builder's setter of this name opens with (a builder may add a
+    /// sentence saying how its credential differs), and how many builders have it.
+    const SETTERS: &[(&str, &str, usize)] = &[
+        (
+            "authority_host",
+            "The authority host, e.g. [`AZURE_GOVERNMENT`](crate::authority_hosts::AZURE_GOVERNMENT). \
+             Default: `AZURE_AUTHORITY_HOST`, else the public cloud. Must be `https`.",
+            7,
+        ),
+        (
+            "additionally_allowed_tenants",
+            "Tenants besides the configured one that requests may name; `\"*\"` allows any.",
+            8,
+        ),
+        (
+            "http_client",
+            "The HTTP client for token requests. Default:",
+            10,
+        ),
+        (
+            "cache_options",
+            "Keep tokens in the shared MSAL token-cache file (see \
+             [`TokenCachePersistenceOptions`](crate::TokenCachePersistenceOptions)): other \
+             processes of the same app, and MSAL-based tools, find them there.",
+            6,
+        ),
+        (
+            "disable_multitenant_auth",
+            "Ignore per-request tenants and always use the configured one. Default: whether \
+             `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set.",
+            8,
+        ),
+        (
+            "vars",
+            "Reads the environment variables from these pairs instead of the process \
+             environment (for tests, or configuration that comes from elsewhere).",
+            4,
+        ),
+    ];
+
+    fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                out.push((path.display().to_string(), text));
+            }
+        }
+    }
+
+    /// The doc comment right above each `pub fn {name}`, joined into one line.
+    fn docs_of(text: &str, name: &str) -> Vec<String> {
+        let lines: Vec<&str> = text.lines().collect();
+        let signature = format!("pub fn {name}(");
+        let generic = format!("pub fn {name}<");
+        let mut found = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let line = line.trim_start();
+            if !(line.starts_with(&signature) || line.starts_with(&generic)) {
+                continue;
+            }
+            let mut doc: Vec<&str> = lines[..i]
+                .iter()
+                .rev()
+                .map(|l| l.trim_start())
+                .take_while(|l| l.starts_with("///"))
+                .map(|l| l.trim_start_matches("///").trim())
+                .collect();
+            doc.reverse();
+            found.push(doc.join(" "));
+        }
+        found
+    }
+
+    #[test]
+    fn a_setter_has_the_same_doc_text_on_every_builder() {
+        let mut files = Vec::new();
+        sources(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/credential"),
+            &mut files,
+        );
+        for (name, opening, builders) in SETTERS {
+            let mut count = 0;
+            for (path, text) in &files {
+                for doc in docs_of(text, name) {
+                    count += 1;
+                    assert!(
+                        doc.starts_with(opening),
+                        "{path}: `{name}` reads {doc:?}, not {opening:?}…"
+                    );
+                }
+            }
+            assert_eq!(count, *builders, "builders with a `{name}` setter");
+        }
+    }
+}
