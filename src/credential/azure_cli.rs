@@ -21,14 +21,19 @@
 //! *authentication failed* for any other failure of `az`. Tokens are kept in memory and
 //! renewed like every other credential's, so concurrent callers start one `az` process.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
+use super::arc_credential_service;
 use super::process::{self, Tool};
+use super::tool::{Inner, ToolSettings};
 use crate::cache::CacheKey;
 use crate::encoding::number;
-use crate::error::CredentialError;
+use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, TokenRequest, instant_from_unix, unix_now};
 
 const NAME: &str = "AzureCliCredential";
@@ -41,12 +46,99 @@ const AZ: Tool = Tool {
 };
 const NOT_SIGNED_IN: &str = "Azure CLI is not signed in. Run 'az login' to sign in, then try again";
 
-super::tool::tool_credential! {
-    /// Gets tokens from the Azure CLI's signed-in account.
-    AzureCliCredential, AzureCliCredentialBuilder, tool = "az", tenant_flag = "--tenant"
+/// Gets tokens from the Azure CLI's signed-in account.
+#[derive(Clone)]
+pub struct AzureCliCredential {
+    inner: Arc<Inner<Self>>,
 }
 
-impl Inner {
+impl AzureCliCredential {
+    /// `az` from `PATH`, its default tenant, a 10 s timeout.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner::with_defaults(NAME, DEFAULT_PROGRAM)),
+        }
+    }
+
+    /// A builder for the tenant, the timeout and the `az` program.
+    pub fn builder() -> AzureCliCredentialBuilder {
+        AzureCliCredentialBuilder {
+            tool: ToolSettings::new(NAME, DEFAULT_PROGRAM),
+        }
+    }
+}
+
+impl Default for AzureCliCredential {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+arc_credential_service!(AzureCliCredential);
+
+impl fmt::Debug for AzureCliCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+/// Settings for an [`AzureCliCredential`].
+pub struct AzureCliCredentialBuilder {
+    tool: ToolSettings,
+}
+
+impl AzureCliCredentialBuilder {
+    /// Ask `az` for tokens from this tenant (`--tenant`). Default: `az`'s own.
+    pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
+        self.tool.set_tenant_id(tenant.into());
+        self
+    }
+
+    /// Tenants besides the configured one that requests may name; `"*"` allows any.
+    pub fn additionally_allowed_tenants<I, S>(mut self, tenants: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tool.settings.set_additionally_allowed_tenants(tenants);
+        self
+    }
+
+    /// Ignore per-request tenants and always use the configured one. Default: whether
+    /// `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set.
+    pub fn disable_multitenant_auth(mut self, disable: bool) -> Self {
+        self.tool.settings.set_multitenant_disabled(disable);
+        self
+    }
+
+    /// How long `az` may take (default 10 s); it is killed after that, with every process
+    /// it started (on Unix).
+    pub fn process_timeout(mut self, timeout: Duration) -> Self {
+        self.tool.set_process_timeout(timeout);
+        self
+    }
+
+    /// The `az` executable to run (default `az` from `PATH`).
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.tool.set_program(program.into());
+        self
+    }
+
+    /// Validates the tenant ids and builds.
+    pub fn build(self) -> Result<AzureCliCredential, ConfigError> {
+        Ok(AzureCliCredential {
+            inner: Arc::new(self.tool.build()?),
+        })
+    }
+}
+
+impl fmt::Debug for AzureCliCredentialBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.tool.debug("AzureCliCredentialBuilder", f)
+    }
+}
+
+impl Inner<AzureCliCredential> {
     async fn get_token(
         self: &Arc<Self>,
         request: TokenRequest,

@@ -24,14 +24,19 @@
 //!
 //! [`AzureCliCredential`]: crate::AzureCliCredential
 
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use serde_json::Value;
 
+use super::arc_credential_service;
 use super::process::{self, Tool};
+use super::tool::{Inner, ToolSettings};
 use crate::cache::CacheKey;
-use crate::error::CredentialError;
+use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, TokenRequest, instant_from_unix, unix_now};
 
 const NAME: &str = "AzureDeveloperCliCredential";
@@ -45,12 +50,99 @@ const AZD: Tool = Tool {
 const NOT_SIGNED_IN: &str =
     "Azure Developer CLI is not signed in. Run 'azd auth login' to sign in, then try again";
 
-super::tool::tool_credential! {
-    /// Gets tokens from the Azure Developer CLI's signed-in account.
-    AzureDeveloperCliCredential, AzureDeveloperCliCredentialBuilder, tool = "azd", tenant_flag = "--tenant-id"
+/// Gets tokens from the Azure Developer CLI's signed-in account.
+#[derive(Clone)]
+pub struct AzureDeveloperCliCredential {
+    inner: Arc<Inner<Self>>,
 }
 
-impl Inner {
+impl AzureDeveloperCliCredential {
+    /// `azd` from `PATH`, its default tenant, a 10 s timeout.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner::with_defaults(NAME, DEFAULT_PROGRAM)),
+        }
+    }
+
+    /// A builder for the tenant, the timeout and the `azd` program.
+    pub fn builder() -> AzureDeveloperCliCredentialBuilder {
+        AzureDeveloperCliCredentialBuilder {
+            tool: ToolSettings::new(NAME, DEFAULT_PROGRAM),
+        }
+    }
+}
+
+impl Default for AzureDeveloperCliCredential {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+arc_credential_service!(AzureDeveloperCliCredential);
+
+impl fmt::Debug for AzureDeveloperCliCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+/// Settings for an [`AzureDeveloperCliCredential`].
+pub struct AzureDeveloperCliCredentialBuilder {
+    tool: ToolSettings,
+}
+
+impl AzureDeveloperCliCredentialBuilder {
+    /// Ask `azd` for tokens from this tenant (`--tenant-id`). Default: `azd`'s own.
+    pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
+        self.tool.set_tenant_id(tenant.into());
+        self
+    }
+
+    /// Tenants besides the configured one that requests may name; `"*"` allows any.
+    pub fn additionally_allowed_tenants<I, S>(mut self, tenants: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tool.settings.set_additionally_allowed_tenants(tenants);
+        self
+    }
+
+    /// Ignore per-request tenants and always use the configured one. Default: whether
+    /// `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set.
+    pub fn disable_multitenant_auth(mut self, disable: bool) -> Self {
+        self.tool.settings.set_multitenant_disabled(disable);
+        self
+    }
+
+    /// How long `azd` may take (default 10 s); it is killed after that, with every process
+    /// it started (on Unix).
+    pub fn process_timeout(mut self, timeout: Duration) -> Self {
+        self.tool.set_process_timeout(timeout);
+        self
+    }
+
+    /// The `azd` executable to run (default `azd` from `PATH`).
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.tool.set_program(program.into());
+        self
+    }
+
+    /// Validates the tenant ids and builds.
+    pub fn build(self) -> Result<AzureDeveloperCliCredential, ConfigError> {
+        Ok(AzureDeveloperCliCredential {
+            inner: Arc::new(self.tool.build()?),
+        })
+    }
+}
+
+impl fmt::Debug for AzureDeveloperCliCredentialBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.tool.debug("AzureDeveloperCliCredentialBuilder", f)
+    }
+}
+
+impl Inner<AzureDeveloperCliCredential> {
     async fn get_token(
         self: &Arc<Self>,
         request: TokenRequest,

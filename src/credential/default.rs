@@ -264,35 +264,35 @@ pub struct DefaultAzureCredentialBuilder {
     azure_developer_cli: Option<AzureDeveloperCliCredential>,
 }
 
-macro_rules! exclude_setters {
-    ($($(#[$doc:meta])* $setter:ident => $member:ident;)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $setter(mut self, exclude: bool) -> Self {
-                self.excluded.retain(|m| *m != Member::$member);
-                if exclude {
-                    self.excluded.push(Member::$member);
-                }
-                self
-            }
-        )*
-    };
-}
-
 impl DefaultAzureCredentialBuilder {
-    exclude_setters! {
-        /// Leave out [`EnvironmentCredential`].
-        exclude_environment_credential => Environment;
-        /// Leave out [`WorkloadIdentityCredential`].
-        exclude_workload_identity_credential => WorkloadIdentity;
-        /// Leave out [`ManagedIdentityCredential`].
-        exclude_managed_identity_credential => ManagedIdentity;
-        /// Leave out [`SharedTokenCacheCredential`].
-        exclude_shared_token_cache_credential => SharedTokenCache;
-        /// Leave out [`AzureCliCredential`].
-        exclude_azure_cli_credential => AzureCli;
-        /// Leave out [`AzureDeveloperCliCredential`].
-        exclude_azure_developer_cli_credential => AzureDeveloperCli;
+    /// Leave out [`EnvironmentCredential`].
+    pub fn exclude_environment_credential(self, exclude: bool) -> Self {
+        self.exclude(Member::Environment, exclude)
+    }
+
+    /// Leave out [`WorkloadIdentityCredential`].
+    pub fn exclude_workload_identity_credential(self, exclude: bool) -> Self {
+        self.exclude(Member::WorkloadIdentity, exclude)
+    }
+
+    /// Leave out [`ManagedIdentityCredential`].
+    pub fn exclude_managed_identity_credential(self, exclude: bool) -> Self {
+        self.exclude(Member::ManagedIdentity, exclude)
+    }
+
+    /// Leave out [`SharedTokenCacheCredential`].
+    pub fn exclude_shared_token_cache_credential(self, exclude: bool) -> Self {
+        self.exclude(Member::SharedTokenCache, exclude)
+    }
+
+    /// Leave out [`AzureCliCredential`].
+    pub fn exclude_azure_cli_credential(self, exclude: bool) -> Self {
+        self.exclude(Member::AzureCli, exclude)
+    }
+
+    /// Leave out [`AzureDeveloperCliCredential`].
+    pub fn exclude_azure_developer_cli_credential(self, exclude: bool) -> Self {
+        self.exclude(Member::AzureDeveloperCli, exclude)
     }
 
     /// The user-assigned managed identity to use. Default: the one whose client id is
@@ -326,15 +326,26 @@ impl DefaultAzureCredentialBuilder {
         self
     }
 
-    /// The HTTP client for the Microsoft Entra ID credentials (environment, workload
-    /// identity, shared token cache). The managed identity keeps its own client: its endpoints
-    /// are plain `http` on the host, which the default client refuses.
+    /// The HTTP client for token requests. Default: [`HttpClient::new`](crate::HttpClient::new).
+    /// Given to the Microsoft Entra ID credentials (environment, workload identity, shared
+    /// token cache); the managed identity keeps its own client: its endpoints are plain `http`
+    /// on the host, which the default client refuses.
     pub fn http_client(mut self, client: HttpClient) -> Self {
         self.http_client = Some(client);
         self
     }
 
-    super::env::vars_setter!();
+    /// Reads the environment variables from these pairs instead of the process
+    /// environment (for tests, or configuration that comes from elsewhere).
+    pub fn vars<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.vars = Vars::from_pairs(vars);
+        self
+    }
 
     /// Use this [`SharedTokenCacheCredential`] (another cache file, username or tenant).
     pub fn shared_token_cache_credential(mut self, credential: SharedTokenCacheCredential) -> Self {
@@ -381,6 +392,15 @@ impl DefaultAzureCredentialBuilder {
                 answered: OnceLock::new(),
             }),
         })
+    }
+
+    /// Leaves `member` out, or puts it back.
+    fn exclude(mut self, member: Member, exclude: bool) -> Self {
+        self.excluded.retain(|m| *m != member);
+        if exclude {
+            self.excluded.push(member);
+        }
+        self
     }
 
     fn member(&mut self, member: Member, alone: bool) -> BoxCredential {

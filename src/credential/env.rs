@@ -1,6 +1,7 @@
 //! The environment variables credentials read, and where they are read from: the process
 //! environment, or the pairs a builder was given with `vars(…)` instead (tests,
-//! configuration that comes from elsewhere).
+//! configuration that comes from elsewhere). Each builder with a `vars` setter writes it out
+//! with the same doc text, storing `Vars::from_pairs`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -47,24 +48,6 @@ impl Vars {
         value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     }
 }
-
-/// The `vars` setter of a builder with a `vars: Vars` field.
-macro_rules! vars_setter {
-    () => {
-        /// Reads the environment variables from these pairs instead of the process
-        /// environment (for tests, or configuration that comes from elsewhere).
-        pub fn vars<I, K, V>(mut self, vars: I) -> Self
-        where
-            I: IntoIterator<Item = (K, V)>,
-            K: Into<String>,
-            V: Into<String>,
-        {
-            self.vars = $crate::credential::env::Vars::from_pairs(vars);
-            self
-        }
-    };
-}
-pub(crate) use vars_setter;
 
 /// Names only: values may be secrets.
 impl fmt::Debug for Vars {

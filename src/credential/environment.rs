@@ -151,13 +151,23 @@ pub struct EnvironmentCredentialBuilder {
 }
 
 impl EnvironmentCredentialBuilder {
-    /// The HTTP client for token requests.
+    /// The HTTP client for token requests. Default: [`HttpClient::new`](crate::HttpClient::new).
     pub fn http_client(mut self, client: HttpClient) -> Self {
         self.http_client = Some(client);
         self
     }
 
-    super::env::vars_setter!();
+    /// Reads the environment variables from these pairs instead of the process
+    /// environment (for tests, or configuration that comes from elsewhere).
+    pub fn vars<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.vars = Vars::from_pairs(vars);
+        self
+    }
 
     /// Reads the variables and builds. Never fails: a missing or invalid configuration is
     /// reported by `get_token`, so the credential can sit in a chain.

@@ -1,5 +1,9 @@
 //! Settings that most credential builders share (authority, allowed tenants, HTTP client,
-//! cache files), their setters, and how a builder turns them into the parts it needs.
+//! cache files), and how a builder turns them into the parts it needs.
+//!
+//! Each builder writes its own public setters, one line each, that call the `set_*` methods
+//! here; a setter has the same name, signature and doc text on every builder that has it (a
+//! sentence is added where a credential uses the value differently).
 
 use std::fmt;
 
@@ -13,14 +17,43 @@ use crate::transport::HttpClient;
 /// The shared settings of a builder.
 #[derive(Clone, Default)]
 pub(crate) struct Settings {
-    pub(crate) authority_host: Option<String>,
-    pub(crate) additionally_allowed_tenants: Vec<String>,
-    pub(crate) http_client: Option<HttpClient>,
-    pub(crate) cache_options: Option<TokenCachePersistenceOptions>,
-    pub(crate) multitenant_disabled: Option<bool>,
+    authority_host: Option<String>,
+    additionally_allowed_tenants: Vec<String>,
+    http_client: Option<HttpClient>,
+    cache_options: Option<TokenCachePersistenceOptions>,
+    multitenant_disabled: Option<bool>,
 }
 
 impl Settings {
+    pub(crate) fn set_authority_host(&mut self, host: String) {
+        self.authority_host = Some(host);
+    }
+
+    pub(crate) fn set_additionally_allowed_tenants<I, S>(&mut self, tenants: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.additionally_allowed_tenants = tenants.into_iter().map(Into::into).collect();
+    }
+
+    pub(crate) fn set_http_client(&mut self, client: HttpClient) {
+        self.http_client = Some(client);
+    }
+
+    pub(crate) fn set_cache_options(&mut self, options: TokenCachePersistenceOptions) {
+        self.cache_options = Some(options);
+    }
+
+    pub(crate) fn set_multitenant_disabled(&mut self, disabled: bool) {
+        self.multitenant_disabled = Some(disabled);
+    }
+
+    /// The authority host given to the builder, if any.
+    pub(crate) fn authority_host(&self) -> Option<&str> {
+        self.authority_host.as_deref()
+    }
+
     /// The tenant rules: the configured tenant (validated), the allowed list, and whether
     /// per-request tenants are ignored (default: `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH`).
     pub(crate) fn tenants(
@@ -57,15 +90,32 @@ impl Settings {
     ) -> Result<Option<(TokenStore, TokenStore)>, ConfigError> {
         self.cache_options
             .as_ref()
-            .map(|options| {
-                let paths = options.resolve(name)?;
-                Ok((
-                    TokenStore::file(paths.file(false)),
-                    TokenStore::file(paths.file(true)),
-                ))
-            })
+            .map(|options| stores(name, options))
             .transpose()
     }
+
+    /// The cache files (ordinary, CAE) of the cache options given, else of `default`.
+    pub(crate) fn files_or(
+        &self,
+        name: &str,
+        default: impl FnOnce() -> TokenCachePersistenceOptions,
+    ) -> Result<(TokenStore, TokenStore), ConfigError> {
+        match &self.cache_options {
+            Some(options) => stores(name, options),
+            None => stores(name, &default()),
+        }
+    }
+}
+
+fn stores(
+    name: &str,
+    options: &TokenCachePersistenceOptions,
+) -> Result<(TokenStore, TokenStore), ConfigError> {
+    let paths = options.resolve(name)?;
+    Ok((
+        TokenStore::file(paths.file(false)),
+        TokenStore::file(paths.file(true)),
+    ))
 }
 
 impl fmt::Debug for Settings {
@@ -81,56 +131,105 @@ impl fmt::Debug for Settings {
     }
 }
 
-/// Setters for a builder with a `settings: Settings` field; name the ones that apply.
-macro_rules! settings_setters {
-    ($builder:ty { $($setter:ident),* $(,)? }) => {
-        impl $builder {
-            $( $crate::credential::settings::settings_setters!(@ $setter); )*
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The doc text every builder's setter of this name opens with (a builder may add a
+    /// sentence saying how its credential differs), and how many builders have it.
+    const SETTERS: &[(&str, &str, usize)] = &[
+        (
+            "authority_host",
+            "The authority host, e.g. [`AZURE_GOVERNMENT`](crate::authority_hosts::AZURE_GOVERNMENT). \
+             Default: `AZURE_AUTHORITY_HOST`, else the public cloud. Must be `https`.",
+            7,
+        ),
+        (
+            "additionally_allowed_tenants",
+            "Tenants besides the configured one that requests may name; `\"*\"` allows any.",
+            8,
+        ),
+        (
+            "http_client",
+            "The HTTP client for token requests. Default:",
+            10,
+        ),
+        (
+            "cache_options",
+            "Keep tokens in the shared MSAL token-cache file (see \
+             [`TokenCachePersistenceOptions`](crate::TokenCachePersistenceOptions)): other \
+             processes of the same app, and MSAL-based tools, find them there.",
+            6,
+        ),
+        (
+            "disable_multitenant_auth",
+            "Ignore per-request tenants and always use the configured one. Default: whether \
+             `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set.",
+            8,
+        ),
+        (
+            "vars",
+            "Reads the environment variables from these pairs instead of the process \
+             environment (for tests, or configuration that comes from elsewhere).",
+            4,
+        ),
+    ];
+
+    fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                out.push((path.display().to_string(), text));
+            }
         }
-    };
-    (@authority_host) => {
-        /// The authority host, e.g.
-        /// [`AZURE_GOVERNMENT`](crate::authority_hosts::AZURE_GOVERNMENT). Default:
-        /// `AZURE_AUTHORITY_HOST`, else the public cloud. Must be `https`.
-        pub fn authority_host(mut self, host: impl Into<String>) -> Self {
-            self.settings.authority_host = Some(host.into());
-            self
+    }
+
+    /// The doc comment right above each `pub fn {name}`, joined into one line.
+    fn docs_of(text: &str, name: &str) -> Vec<String> {
+        let lines: Vec<&str> = text.lines().collect();
+        let signature = format!("pub fn {name}(");
+        let generic = format!("pub fn {name}<");
+        let mut found = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let line = line.trim_start();
+            if !(line.starts_with(&signature) || line.starts_with(&generic)) {
+                continue;
+            }
+            let mut doc: Vec<&str> = lines[..i]
+                .iter()
+                .rev()
+                .map(|l| l.trim_start())
+                .take_while(|l| l.starts_with("///"))
+                .map(|l| l.trim_start_matches("///").trim())
+                .collect();
+            doc.reverse();
+            found.push(doc.join(" "));
         }
-    };
-    (@additionally_allowed_tenants) => {
-        /// Tenants besides the configured one that requests may name; `"*"` allows any.
-        pub fn additionally_allowed_tenants<I, S>(mut self, tenants: I) -> Self
-        where
-            I: IntoIterator<Item = S>,
-            S: Into<String>,
-        {
-            self.settings.additionally_allowed_tenants = tenants.into_iter().map(Into::into).collect();
-            self
+        found
+    }
+
+    #[test]
+    fn a_setter_has_the_same_doc_text_on_every_builder() {
+        let mut files = Vec::new();
+        sources(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/credential"),
+            &mut files,
+        );
+        for (name, opening, builders) in SETTERS {
+            let mut count = 0;
+            for (path, text) in &files {
+                for doc in docs_of(text, name) {
+                    count += 1;
+                    assert!(
+                        doc.starts_with(opening),
+                        "{path}: `{name}` reads {doc:?}, not {opening:?}…"
+                    );
+                }
+            }
+            assert_eq!(count, *builders, "builders with a `{name}` setter");
         }
-    };
-    (@http_client) => {
-        /// The HTTP client for token requests. Default: [`HttpClient::new`](crate::HttpClient::new).
-        pub fn http_client(mut self, client: $crate::HttpClient) -> Self {
-            self.settings.http_client = Some(client);
-            self
-        }
-    };
-    (@cache_options) => {
-        /// Keep tokens in the shared MSAL token-cache file (see
-        /// [`TokenCachePersistenceOptions`](crate::TokenCachePersistenceOptions)): other
-        /// processes of the same app, and MSAL-based tools, find them there.
-        pub fn cache_options(mut self, options: $crate::TokenCachePersistenceOptions) -> Self {
-            self.settings.cache_options = Some(options);
-            self
-        }
-    };
-    (@disable_multitenant_auth) => {
-        /// Ignore per-request tenants and always use the configured one. Default: whether
-        /// `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set.
-        pub fn disable_multitenant_auth(mut self, disable: bool) -> Self {
-            self.settings.multitenant_disabled = Some(disable);
-            self
-        }
-    };
+    }
 }
-pub(crate) use settings_setters;

@@ -31,9 +31,10 @@ use std::sync::Arc;
 
 use super::cache_options::TokenCachePersistenceOptions;
 use super::refresh_tokens::{Redeem, usable_access_token};
+use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
-use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority, validate_tenant_id};
+use crate::entra::authority::{AZURE_AUTHORITY_HOST, host_aliases, validate_tenant_id};
 use crate::entra::msal_cache::{AccessTokenQuery, Account, CacheDocument, RefreshTokenQuery};
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::TokenClient;
@@ -47,18 +48,6 @@ pub(crate) const AZURE_CLI_CLIENT_ID: &str = "04b07795-8ddb-461a-bbee-02f9e1bf7b
 /// The tenant family refresh tokens are redeemed at when none is named.
 const ORGANIZATIONS: &str = "organizations";
 const UNAVAILABLE: &str = "authentication unavailable.";
-
-/// Hosts of one cloud (entra-protocol: known aliases).
-const HOST_ALIASES: &[&[&str]] = &[
-    &[
-        "login.microsoftonline.com",
-        "login.windows.net",
-        "login.microsoft.com",
-        "sts.windows.net",
-    ],
-    &["login.chinacloudapi.cn", "login.partner.microsoftonline.cn"],
-    &["login.microsoftonline.us", "login.usgovcloudapi.net"],
-];
 
 /// Gets tokens for an account in the shared MSAL token cache.
 #[derive(Clone)]
@@ -262,15 +251,6 @@ fn unavailable(message: String) -> CredentialError {
     CredentialError::unavailable(NAME, format!("{UNAVAILABLE} {message}"))
 }
 
-/// The hosts that count as the authority's cloud.
-fn aliases(host: &str) -> Vec<String> {
-    HOST_ALIASES
-        .iter()
-        .find(|set| set.iter().any(|h| h.eq_ignore_ascii_case(host)))
-        .map(|set| set.iter().map(|h| (*h).to_owned()).collect())
-        .unwrap_or_else(|| vec![host.to_owned()])
-}
-
 arc_credential_service!(SharedTokenCacheCredential);
 
 impl fmt::Debug for SharedTokenCacheCredential {
@@ -289,9 +269,7 @@ impl fmt::Debug for SharedTokenCacheCredential {
 pub struct SharedTokenCacheCredentialBuilder {
     username: Option<String>,
     tenant_id: Option<String>,
-    authority_host: Option<String>,
-    http_client: Option<HttpClient>,
-    cache_options: Option<TokenCachePersistenceOptions>,
+    settings: Settings,
 }
 
 impl SharedTokenCacheCredentialBuilder {
@@ -307,49 +285,50 @@ impl SharedTokenCacheCredentialBuilder {
         self
     }
 
-    /// The authority host (default: `AZURE_AUTHORITY_HOST`, else the public cloud). Accounts
-    /// of its cloud (host aliases included) are considered.
+    /// The authority host, e.g.
+    /// [`AZURE_GOVERNMENT`](crate::authority_hosts::AZURE_GOVERNMENT). Default:
+    /// `AZURE_AUTHORITY_HOST`, else the public cloud. Must be `https`. Accounts of its cloud
+    /// (host aliases included) are considered.
     pub fn authority_host(mut self, host: impl Into<String>) -> Self {
-        self.authority_host = Some(host.into());
+        self.settings.set_authority_host(host.into());
         self
     }
 
-    /// The HTTP client for token requests.
+    /// The HTTP client for token requests. Default: [`HttpClient::new`](crate::HttpClient::new).
     pub fn http_client(mut self, client: HttpClient) -> Self {
-        self.http_client = Some(client);
+        self.settings.set_http_client(client);
         self
     }
 
-    /// Another cache name or directory. Default: the shared `msal.cache` in
+    /// Keep tokens in the shared MSAL token-cache file (see
+    /// [`TokenCachePersistenceOptions`](crate::TokenCachePersistenceOptions)): other
+    /// processes of the same app, and MSAL-based tools, find them there. This credential
+    /// reads its accounts from that file too. Default: the shared `msal.cache` in
     /// `~/.IdentityService`, plaintext allowed (the reference's default for this credential).
     pub fn cache_options(mut self, options: TokenCachePersistenceOptions) -> Self {
-        self.cache_options = Some(options);
+        self.settings.set_cache_options(options);
         self
     }
 
     /// Validates the settings and builds.
     pub fn build(self) -> Result<SharedTokenCacheCredential, ConfigError> {
-        let fail = |m: String| ConfigError::new(format!("{NAME}: {m}"));
         if let Some(t) = &self.tenant_id {
-            validate_tenant_id(t).map_err(fail)?;
+            validate_tenant_id(t).map_err(|m| ConfigError::new(format!("{NAME}: {m}")))?;
         }
-        let authority = Authority::resolve(
-            self.authority_host.as_deref(),
-            std::env::var(AZURE_AUTHORITY_HOST).ok(),
-        )
-        .map_err(|e| fail(e.to_string()))?;
-        let options = self
-            .cache_options
-            .unwrap_or_else(|| TokenCachePersistenceOptions::new().allow_unencrypted_storage(true));
-        let paths = options.resolve(NAME)?;
+        let client = self
+            .settings
+            .token_client(NAME, std::env::var(AZURE_AUTHORITY_HOST).ok())?;
+        let (plain, cae) = self.settings.files_or(NAME, || {
+            TokenCachePersistenceOptions::new().allow_unencrypted_storage(true)
+        })?;
         Ok(SharedTokenCacheCredential {
             inner: Arc::new(Inner {
                 username: self.username,
                 tenant_id: self.tenant_id,
-                environments: aliases(authority.host()),
-                client: TokenClient::new(self.http_client.unwrap_or_default(), authority),
-                plain: TokenStore::file(paths.file(false)),
-                cae: TokenStore::file(paths.file(true)),
+                environments: host_aliases(client.authority().host()),
+                client,
+                plain,
+                cae,
                 memory: TokenCache::new(NAME),
             }),
         })
@@ -361,21 +340,7 @@ impl fmt::Debug for SharedTokenCacheCredentialBuilder {
         f.debug_struct("SharedTokenCacheCredentialBuilder")
             .field("username", &self.username)
             .field("tenant_id", &self.tenant_id)
-            .field("authority_host", &self.authority_host)
+            .field("authority_host", &self.settings.authority_host())
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_aliases_cover_the_cloud_or_just_the_host() {
-        assert_eq!(aliases("login.windows.net").len(), 4);
-        assert!(
-            aliases("LOGIN.microsoftonline.us").contains(&"login.usgovcloudapi.net".to_owned())
-        );
-        assert_eq!(aliases("127.0.0.1"), ["127.0.0.1"]);
     }
 }

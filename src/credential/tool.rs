@@ -1,120 +1,110 @@
-//! The shape both command-line tool credentials share (`AzureCliCredential`,
-//! `AzureDeveloperCliCredential`): the credential around an `Inner` holding the program, the
-//! tenant rules, the timeout and the token cache, and a builder for those.
+//! What both command-line tool credentials share (`AzureCliCredential`,
+//! `AzureDeveloperCliCredential`): the settings their builders collect ([`ToolSettings`]) and
+//! what the credential runs with ([`Inner`]). Each credential's module writes its public types
+//! and setters as thin wrappers over these, and the `get_token` that runs its tool.
 
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use super::settings::Settings;
+use crate::cache::TokenCache;
+use crate::entra::authority::TenantPolicy;
+use crate::error::ConfigError;
+
 /// How long a tool may take by default (it may refresh its own tokens over the network).
-pub(crate) const DEFAULT_PROCESS_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_PROCESS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Defines `$credential`, its `Inner`, `new`, `builder`, `Default`, `Debug`, and
-/// `$builder` with `tenant_id`, `process_timeout`, `program` and `build`. The calling module
-/// provides `NAME`, `DEFAULT_PROGRAM` and `impl Inner { async fn get_token(..) }`.
-macro_rules! tool_credential {
-    (
-        $(#[$doc:meta])*
-        $credential:ident, $builder:ident, tool = $tool:literal, tenant_flag = $flag:literal
-    ) => {
-        $(#[$doc])*
-        #[derive(Clone)]
-        pub struct $credential {
-            inner: std::sync::Arc<Inner>,
-        }
-
-        struct Inner {
-            program: std::path::PathBuf,
-            tenants: $crate::entra::authority::TenantPolicy,
-            timeout: std::time::Duration,
-            cache: $crate::cache::TokenCache,
-        }
-
-        impl $credential {
-            #[doc = concat!("`", $tool, "` from `PATH`, its default tenant, a 10 s timeout.")]
-            #[allow(
-                clippy::expect_used,
-                reason = "the default settings have no tenant, the only thing build() validates"
-            )]
-            pub fn new() -> Self {
-                Self::builder()
-                    .build()
-                    .expect("the default settings have no tenant to validate")
-            }
-
-            #[doc = concat!("A builder for the tenant, the timeout and the `", $tool, "` program.")]
-            pub fn builder() -> $builder {
-                $builder {
-                    program: std::path::PathBuf::from(DEFAULT_PROGRAM),
-                    tenant_id: None,
-                    settings: $crate::credential::settings::Settings::default(),
-                    timeout: $crate::credential::tool::DEFAULT_PROCESS_TIMEOUT,
-                }
-            }
-        }
-
-        impl Default for $credential {
-            fn default() -> Self {
-                Self::new()
-            }
-        }
-
-        $crate::credential::arc_credential_service!($credential);
-
-        impl std::fmt::Debug for $credential {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(NAME)
-                    .field("program", &self.inner.program)
-                    .field("tenant_id", &self.inner.tenants.tenant())
-                    .field("timeout", &self.inner.timeout)
-                    .finish()
-            }
-        }
-
-        #[doc = concat!("Settings for an [`", stringify!($credential), "`].")]
-        #[derive(Debug)]
-        pub struct $builder {
-            program: std::path::PathBuf,
-            tenant_id: Option<String>,
-            settings: $crate::credential::settings::Settings,
-            timeout: std::time::Duration,
-        }
-
-        $crate::credential::settings::settings_setters!($builder {
-            additionally_allowed_tenants,
-            disable_multitenant_auth,
-        });
-
-        impl $builder {
-            #[doc = concat!("Ask `", $tool, "` for tokens from this tenant (`", $flag, "`). Default: `", $tool, "`'s own.")]
-            pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
-                self.tenant_id = Some(tenant.into());
-                self
-            }
-
-            #[doc = concat!("How long `", $tool, "` may take (default 10 s); it is killed after that, with every process it started (on Unix).")]
-            pub fn process_timeout(mut self, timeout: std::time::Duration) -> Self {
-                self.timeout = timeout;
-                self
-            }
-
-            #[doc = concat!("The `", $tool, "` executable to run (default `", $tool, "` from `PATH`).")]
-            pub fn program(mut self, program: impl Into<std::path::PathBuf>) -> Self {
-                self.program = program.into();
-                self
-            }
-
-            /// Validates the tenant ids and builds.
-            pub fn build(self) -> Result<$credential, $crate::ConfigError> {
-                let tenants = self.settings.tenants(NAME, self.tenant_id.as_deref())?;
-                Ok($credential {
-                    inner: std::sync::Arc::new(Inner {
-                        program: self.program,
-                        tenants,
-                        timeout: self.timeout,
-                        cache: $crate::cache::TokenCache::new(NAME),
-                    }),
-                })
-            }
-        }
-    };
+/// What a tool credential runs with. `C` is the credential type: each credential implements
+/// its own `get_token` on its `Inner<C>`.
+pub(super) struct Inner<C> {
+    name: &'static str,
+    pub(super) program: PathBuf,
+    pub(super) tenants: TenantPolicy,
+    pub(super) timeout: Duration,
+    pub(super) cache: TokenCache,
+    credential: PhantomData<fn() -> C>,
 }
-pub(crate) use tool_credential;
+
+impl<C> Inner<C> {
+    /// The tool from `PATH`, its default tenant, the default timeout.
+    #[allow(
+        clippy::expect_used,
+        reason = "the default settings have no tenant, the only thing build() validates"
+    )]
+    pub(super) fn with_defaults(name: &'static str, default_program: &str) -> Self {
+        ToolSettings::new(name, default_program)
+            .build()
+            .expect("the default settings have no tenant to validate")
+    }
+}
+
+impl<C> fmt::Debug for Inner<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(self.name)
+            .field("program", &self.program)
+            .field("tenant_id", &self.tenants.tenant())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// What a tool credential's builder collects.
+pub(super) struct ToolSettings {
+    name: &'static str,
+    program: PathBuf,
+    tenant_id: Option<String>,
+    /// Only the tenant rules apply: a tool has its own authority, HTTP client and cache.
+    pub(super) settings: Settings,
+    timeout: Duration,
+}
+
+impl ToolSettings {
+    pub(super) fn new(name: &'static str, default_program: &str) -> Self {
+        Self {
+            name,
+            program: PathBuf::from(default_program),
+            tenant_id: None,
+            settings: Settings::default(),
+            timeout: DEFAULT_PROCESS_TIMEOUT,
+        }
+    }
+
+    pub(super) fn set_tenant_id(&mut self, tenant: String) {
+        self.tenant_id = Some(tenant);
+    }
+
+    pub(super) fn set_process_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    pub(super) fn set_program(&mut self, program: PathBuf) {
+        self.program = program;
+    }
+
+    /// Validates the tenant ids.
+    pub(super) fn build<C>(self) -> Result<Inner<C>, ConfigError> {
+        let tenants = self
+            .settings
+            .tenants(self.name, self.tenant_id.as_deref())?;
+        Ok(Inner {
+            name: self.name,
+            program: self.program,
+            tenants,
+            timeout: self.timeout,
+            cache: TokenCache::new(self.name),
+            credential: PhantomData,
+        })
+    }
+
+    /// The builder's `Debug`, under the builder's name.
+    pub(super) fn debug(&self, builder: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(builder)
+            .field("program", &self.program)
+            .field("tenant_id", &self.tenant_id)
+            .field("settings", &self.settings)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}

@@ -24,7 +24,7 @@ use super::client_assertion::{
     ClientAssertionCredential, ClientAssertionCredentialBuilder, DEFAULT_MAX_ASSERTION_AGE, Fetch,
 };
 use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
-use super::settings::{Settings, settings_setters};
+use super::settings::Settings;
 use super::{CredentialExt, arc_credential_service};
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority};
 use crate::error::{ConfigError, CredentialError};
@@ -240,12 +240,38 @@ pub struct WorkloadIdentityCredentialBuilder {
     settings: Settings,
 }
 
-settings_setters!(WorkloadIdentityCredentialBuilder {
-    authority_host,
-    additionally_allowed_tenants,
-    http_client,
-    disable_multitenant_auth,
-});
+impl WorkloadIdentityCredentialBuilder {
+    /// The authority host, e.g.
+    /// [`AZURE_GOVERNMENT`](crate::authority_hosts::AZURE_GOVERNMENT). Default:
+    /// `AZURE_AUTHORITY_HOST`, else the public cloud. Must be `https`.
+    pub fn authority_host(mut self, host: impl Into<String>) -> Self {
+        self.settings.set_authority_host(host.into());
+        self
+    }
+
+    /// Tenants besides the configured one that requests may name; `"*"` allows any.
+    pub fn additionally_allowed_tenants<I, S>(mut self, tenants: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.settings.set_additionally_allowed_tenants(tenants);
+        self
+    }
+
+    /// The HTTP client for token requests. Default: [`HttpClient::new`](crate::HttpClient::new).
+    pub fn http_client(mut self, client: crate::HttpClient) -> Self {
+        self.settings.set_http_client(client);
+        self
+    }
+
+    /// Ignore per-request tenants and always use the configured one. Default: whether
+    /// `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set.
+    pub fn disable_multitenant_auth(mut self, disable: bool) -> Self {
+        self.settings.set_multitenant_disabled(disable);
+        self
+    }
+}
 
 impl WorkloadIdentityCredentialBuilder {
     /// The tenant id. Default: `AZURE_TENANT_ID`.
@@ -267,7 +293,17 @@ impl WorkloadIdentityCredentialBuilder {
         self
     }
 
-    super::env::vars_setter!();
+    /// Reads the environment variables from these pairs instead of the process
+    /// environment (for tests, or configuration that comes from elsewhere).
+    pub fn vars<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.vars = Vars::from_pairs(vars);
+        self
+    }
 
     /// Builds. Fails only for an invalid value given to this builder; missing values, or
     /// invalid ones from the environment, are reported by `get_token`.
@@ -275,7 +311,7 @@ impl WorkloadIdentityCredentialBuilder {
         let fail = |m: &str| ConfigError::new(format!("{NAME}: {m}"));
         // Values given in code first: a mistake there is a construction error.
         self.settings.tenants(NAME, self.tenant_id.as_deref())?;
-        if let Some(host) = &self.settings.authority_host {
+        if let Some(host) = self.settings.authority_host() {
             Authority::parse(host).map_err(|e| fail(e.message()))?;
         }
         if self.client_id.as_ref().is_some_and(|c| c.trim().is_empty()) {

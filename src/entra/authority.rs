@@ -1,5 +1,5 @@
-//! Authority hosts, authority normalisation, tenant-id validation and per-request tenant
-//! resolution.
+//! Authority hosts and the aliases of each cloud, authority normalisation, tenant-id
+//! validation and per-request tenant resolution.
 
 use url::Url;
 
@@ -113,6 +113,28 @@ impl Authority {
     pub(crate) fn device_code_endpoint(&self, tenant: &str) -> String {
         format!("{}/{tenant}/oauth2/v2.0/devicecode", self.base)
     }
+}
+
+/// Hosts of one cloud (entra-protocol: known aliases).
+const HOST_ALIASES: &[&[&str]] = &[
+    &[
+        "login.microsoftonline.com",
+        "login.windows.net",
+        "login.microsoft.com",
+        "sts.windows.net",
+    ],
+    &["login.chinacloudapi.cn", "login.partner.microsoftonline.cn"],
+    &["login.microsoftonline.us", "login.usgovcloudapi.net"],
+];
+
+/// The hosts that count as the authority host's cloud: its known aliases, else the host
+/// alone. MSAL cache entries name their cloud by one of these (their `environment`).
+pub(crate) fn host_aliases(host: &str) -> Vec<String> {
+    HOST_ALIASES
+        .iter()
+        .find(|set| set.iter().any(|h| h.eq_ignore_ascii_case(host)))
+        .map(|set| set.iter().map(|h| (*h).to_owned()).collect())
+        .unwrap_or_else(|| vec![host.to_owned()])
 }
 
 /// `input` with the user information of its authority part (`user:secret@`) replaced by
@@ -341,6 +363,16 @@ mod tests {
             a.token_endpoint("contoso"),
             "https://my.host:8443/custom/contoso/oauth2/v2.0/token"
         );
+    }
+
+    #[test]
+    fn host_aliases_cover_the_cloud_or_just_the_host() {
+        assert_eq!(host_aliases("login.windows.net").len(), 4);
+        assert!(
+            host_aliases("LOGIN.microsoftonline.us")
+                .contains(&"login.usgovcloudapi.net".to_owned())
+        );
+        assert_eq!(host_aliases("127.0.0.1"), ["127.0.0.1"]);
     }
 
     #[test]

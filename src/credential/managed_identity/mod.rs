@@ -403,13 +403,24 @@ impl ManagedIdentityCredentialBuilder {
         self
     }
 
-    crate::credential::env::vars_setter!();
+    /// Reads the environment variables from these pairs instead of the process
+    /// environment (for tests, or configuration that comes from elsewhere).
+    pub fn vars<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.vars = Vars::from_pairs(vars);
+        self
+    }
 
-    /// The HTTP client for token requests, used as it is: its retries replace the IMDS
-    /// schedule of [`ManagedIdentityCredential`], and it must send plain `http` (every source
-    /// but Service Fabric is `http` on a link-local or loopback address). Not used for
-    /// Service Fabric, whose endpoint is trusted by its certificate's thumbprint alone, which
-    /// needs the built-in client.
+    /// The HTTP client for token requests. Default: a built-in client that allows plain
+    /// `http`, on the IMDS retry schedule for IMDS. A client given here is used as it is: its
+    /// retries replace the IMDS schedule of [`ManagedIdentityCredential`], and it must send
+    /// plain `http` (every source but Service Fabric is `http` on a link-local or loopback
+    /// address). Not used for Service Fabric, whose endpoint is trusted by its certificate's
+    /// thumbprint alone, which needs the built-in client.
     pub fn http_client(mut self, client: HttpClient) -> Self {
         self.http_client = Some(client);
         self
@@ -427,7 +438,6 @@ impl ManagedIdentityCredentialBuilder {
     /// Until IMDS first answers with a token, try it quickly first (1 s, no retries, no
     /// `Metadata` header): a host without IMDS makes the credential *unavailable* at once,
     /// instead of after the retries. For `DefaultAzureCredential`.
-    #[allow(dead_code, reason = "DefaultAzureCredential sets it")]
     pub(crate) fn probe_imds(mut self, probe: bool) -> Self {
         self.probe_imds = probe;
         self
