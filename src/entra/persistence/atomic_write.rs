@@ -1,28 +1,15 @@
-//! Atomic writes: a temporary file beside the cache file, renamed over it.
+//! Atomic writes: a temporary file beside the cache file (`tempfile`'s exclusive, randomly
+//! named creation; mode 0600 from creation on unix, then the mode the replaced file had),
+//! written, fsynced, and renamed over the cache file.
 
-use std::collections::hash_map::RandomState;
 use std::fs::{self, File, OpenOptions};
-use std::hash::BuildHasher;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+
+use tempfile::TempPath;
 
 use super::error::PersistenceError;
 use super::reader::{Stamp, is_missing};
-
-/// A fresh random number for temporary file names.
-pub(super) fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    RandomState::new().hash_one((COUNTER.fetch_add(1, Ordering::Relaxed), SystemTime::now()))
-}
-
-/// `path` with `suffix` appended to its file name.
-pub(super) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(suffix);
-    PathBuf::from(name)
-}
 
 /// The directory holding `path` (`.` for a bare file name).
 pub(super) fn parent_dir(path: &Path) -> &Path {
@@ -60,22 +47,6 @@ pub(super) fn create_dir(dir: &Path) -> Result<(), PersistenceError> {
         .map_err(|e| PersistenceError::io("create the token cache directory", dir, e))
 }
 
-/// Removes a temporary file unless it was renamed into place.
-struct TempFile {
-    /// The temporary file; `None` once renamed.
-    path: Option<PathBuf>,
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(path) = self.path.take() {
-            if let Err(error) = fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), %error, "could not remove a temporary token cache file");
-            }
-        }
-    }
-}
-
 /// Opens a new file exclusively, mode 0600 from creation on unix.
 pub(super) fn create_new_private(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
@@ -93,32 +64,60 @@ fn replacement_mode(target: &Path) -> u32 {
 }
 
 /// Writes `bytes` to a temporary file beside the cache file and renames it over the cache file
-/// (blocking). Returns the new file's stamp.
+/// (blocking). Returns the new file's stamp. The temporary file is removed if anything fails.
 pub(super) fn write_document(path: &Path, bytes: &[u8]) -> Result<Stamp, PersistenceError> {
+    const WRITE: &str = "write the temporary token cache file";
     let target = write_target(path)?;
-    let mut temp_name = target.file_name().unwrap_or_default().to_os_string();
-    temp_name.push(format!(".tmp.{}.{:016x}", std::process::id(), random_u64()));
-    let temp_path = parent_dir(&target).join(temp_name);
-    let write_err = |e| PersistenceError::io("write the temporary token cache file", &temp_path, e);
-    let mut file = create_new_private(&temp_path).map_err(write_err)?;
-    let mut temp = TempFile {
-        path: Some(temp_path.clone()),
+    // `<cache>.tmp.<pid>.<random>`: a leftover after a crash says whose it was.
+    let mut prefix = target.file_name().unwrap_or_default().to_os_string();
+    prefix.push(format!(".tmp.{}.", std::process::id()));
+    // The name tried last, for the error when no file could be created.
+    let mut tried = PathBuf::new();
+    let temp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .make_in(parent_dir(&target), |candidate| {
+            candidate.clone_into(&mut tried);
+            create_new_private(candidate)
+        })
+        .map_err(|e| PersistenceError::io(WRITE, &tried, e))?;
+    let stamp = match fill(temp.as_file(), &target, bytes) {
+        Ok(stamp) => stamp,
+        Err(e) => {
+            let error = PersistenceError::io(WRITE, temp.path(), e);
+            discard(temp.into_temp_path());
+            return Err(error);
+        }
     };
+    // Closed first (an open file cannot be renamed on every platform), then renamed over the
+    // cache file: lock-free readers see the old file or the new one, never a partial one.
+    temp.into_temp_path().persist(&target).map_err(|e| {
+        discard(e.path);
+        PersistenceError::io("replace the token cache", &target, e.error)
+    })?;
+    Ok(stamp)
+}
+
+/// Gives the new temporary file `target`'s mode, writes `bytes` to it and flushes it to disk.
+/// Returns its stamp.
+fn fill(mut file: &File, target: &Path, bytes: &[u8]) -> io::Result<Stamp> {
     // Set explicitly: the creation mode is subject to the umask, and an existing file's mode
     // is kept (it is never widened: it is the mode the file already had).
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = replacement_mode(&target);
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(write_err)?;
+        file.set_permissions(fs::Permissions::from_mode(replacement_mode(target)))?;
     }
-    file.write_all(bytes).map_err(write_err)?;
-    file.sync_all().map_err(write_err)?;
-    let stamp = Stamp::of(&file.metadata().map_err(write_err)?);
-    drop(file);
-    fs::rename(&temp_path, &target)
-        .map_err(|e| PersistenceError::io("replace the token cache", &target, e))?;
-    temp.path = None;
-    Ok(stamp)
+    #[cfg(not(unix))]
+    let _ = target;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(Stamp::of(&file.metadata()?))
+}
+
+/// Removes a temporary file that was not renamed into place.
+fn discard(temp: TempPath) {
+    let path = temp.to_path_buf();
+    if let Err(error) = temp.close() {
+        tracing::warn!(path = %path.display(), %error, "could not remove a temporary token cache file");
+    }
 }

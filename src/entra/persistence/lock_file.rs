@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::atomic_write::{create_dir, create_new_private, parent_dir, random_u64, with_suffix};
+use super::atomic_write::{create_dir, create_new_private, parent_dir};
 use super::error::{Kind, PersistenceError};
 use super::reader::{inode, is_missing};
 use super::{CacheFile, Document, run_blocking};
@@ -20,7 +20,7 @@ pub(super) const STALE_LOCK_AGE: Duration = Duration::from_secs(60);
 /// A lock file naming a process that does not exist is stale once it is this old.
 pub(super) const DEAD_HOLDER_GRACE: Duration = Duration::from_secs(2);
 /// Suffix of the lock file's name, after the cache file's full name.
-pub(super) const LOCK_SUFFIX: &str = ".lockfile";
+const LOCK_SUFFIX: &str = ".lockfile";
 /// Longest excerpt of a lock file's content quoted in errors and logs.
 const HOLDER_MAX_CHARS: usize = 120;
 
@@ -58,6 +58,13 @@ impl<D: Document> CacheFile<D> {
             }
         }
     }
+}
+
+/// The lock file of the cache file at `cache`: `<cache>.lockfile`.
+pub(super) fn lock_path_of(cache: &Path) -> PathBuf {
+    let mut name = cache.as_os_str().to_os_string();
+    name.push(LOCK_SUFFIX);
+    PathBuf::from(name)
 }
 
 /// The content of our lock files, as `msal-extensions` writes it: `"<pid> <argv0>"`.
@@ -249,25 +256,28 @@ pub(super) fn break_stale_lock(
     observed: &LockObservation,
 ) -> Result<bool, PersistenceError> {
     const REMOVE: &str = "remove the stale lock file";
-    let aside = with_suffix(
-        lock_path,
-        &format!(".stale.{}.{:016x}", std::process::id(), random_u64()),
-    );
-    match fs::rename(lock_path, &aside) {
-        Ok(()) => {}
+    // Moved aside under a fresh name `<lock>.stale.<pid>.<random>` beside it.
+    let mut prefix = lock_path.file_name().unwrap_or_default().to_os_string();
+    prefix.push(format!(".stale.{}.", std::process::id()));
+    let aside = match tempfile::Builder::new()
+        .prefix(&prefix)
+        .make_in(parent_dir(lock_path), |name| fs::rename(lock_path, name))
+    {
+        Ok(aside) => aside,
         Err(e) if is_missing(&e) => return Ok(false),
         Err(e) => return Err(PersistenceError::io(REMOVE, lock_path, e)),
-    }
-    let moved = LockObservation::of(&aside).ok().flatten();
+    };
+    let moved = LockObservation::of(aside.path()).ok().flatten();
     let was_stale_one = moved.as_ref() == Some(observed);
     if !was_stale_one {
         // A live writer's lock: give it back unless another writer has taken the name since.
-        if let Err(error) = fs::hard_link(&aside, lock_path) {
+        if let Err(error) = fs::hard_link(aside.path(), lock_path) {
             tracing::warn!(lock_file = %lock_path.display(), %error, "could not restore a token cache lock file taken for stale");
         }
     }
-    if let Err(error) = fs::remove_file(&aside) {
-        tracing::warn!(path = %aside.display(), %error, "could not remove a stale token cache lock file");
+    let aside_path = aside.path().to_path_buf();
+    if let Err(error) = aside.close() {
+        tracing::warn!(path = %aside_path.display(), %error, "could not remove a stale token cache lock file");
     }
     Ok(was_stale_one)
 }

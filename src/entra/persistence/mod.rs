@@ -66,7 +66,7 @@ use std::time::Duration;
 
 use self::atomic_write::write_document;
 pub(crate) use self::error::PersistenceError;
-use self::lock_file::LOCK_SUFFIX;
+use self::lock_file::lock_path_of;
 use self::reader::{Snapshot, Stamp, load};
 
 /// How long [`CacheFile::modify`] waits for another process's lock by default.
@@ -123,10 +123,8 @@ impl<D: Document> CacheFile<D> {
     /// Like [`CacheFile::new`], waiting up to `lock_timeout` for another process's lock.
     pub(crate) fn with_lock_timeout(path: PathBuf, lock_timeout: Duration) -> Arc<Self> {
         let path = std::path::absolute(&path).unwrap_or(path);
-        let mut lock_name = path.clone().into_os_string();
-        lock_name.push(LOCK_SUFFIX);
         Arc::new(Self {
-            lock_path: PathBuf::from(lock_name),
+            lock_path: lock_path_of(&path),
             path,
             lock_timeout,
             writers: tokio::sync::Mutex::new(()),

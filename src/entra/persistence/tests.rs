@@ -10,11 +10,10 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::atomic_write::with_suffix;
 use super::error::seconds;
 use super::lock_file::{
-    DEAD_HOLDER_GRACE, LOCK_RETRY_INTERVAL, LOCK_SUFFIX, LockObservation, STALE_LOCK_AGE,
-    break_stale_lock, lock_content,
+    DEAD_HOLDER_GRACE, LOCK_RETRY_INTERVAL, LockObservation, STALE_LOCK_AGE, break_stale_lock,
+    lock_content, lock_path_of,
 };
 use super::reader::{PARSE_RETRIES, Stamp};
 use super::{CacheFile, Document};
@@ -127,10 +126,6 @@ fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-fn lock_of(path: &Path) -> PathBuf {
-    with_suffix(path, LOCK_SUFFIX)
-}
-
 fn set_mtime(path: &Path, age: Duration) {
     let file = File::options().write(true).open(path).unwrap();
     file.set_modified(SystemTime::now() - age).unwrap();
@@ -142,7 +137,7 @@ fn file_keys(path: &Path) -> Vec<String> {
 
 /// Content of a lock file for `pid`, modified `age` ago.
 fn plant_lock(path: &Path, pid: u32, program: &str, age: Duration) -> PathBuf {
-    let lock = lock_of(path);
+    let lock = lock_path_of(path);
     fs::write(&lock, format!("{pid} {program}")).unwrap();
     set_mtime(&lock, age);
     lock
@@ -172,7 +167,7 @@ async fn created_file_is_0600_in_new_0700_directories() {
     assert_eq!(mode(&dir.path().join("a/b")), 0o700);
     assert_eq!(mode(&dir.path().join("a")), 0o700);
     assert_eq!(file_keys(&path), ["k"]);
-    assert!(!lock_of(&path).exists());
+    assert!(!lock_path_of(&path).exists());
     let leftovers: Vec<_> = fs::read_dir(dir.path().join("a/b")).unwrap().collect();
     assert_eq!(
         leftovers.len(),
@@ -312,7 +307,7 @@ async fn modify_without_change_leaves_the_file_untouched() {
     file.modify(|_| ()).await.unwrap();
     let after = fs::metadata(&path).unwrap();
     assert_eq!(Stamp::of(&before), Stamp::of(&after));
-    assert!(!lock_of(&path).exists());
+    assert!(!lock_path_of(&path).exists());
 }
 
 #[tokio::test]
@@ -340,7 +335,7 @@ async fn malformed_file_is_reported_never_overwritten_and_the_lock_is_released()
     assert!(err.is_malformed(), "{err}");
     assert_eq!(called.load(Ordering::SeqCst), 0, "change not applied");
     assert_eq!(fs::read(&path).unwrap(), bytes, "file unchanged");
-    assert!(!lock_of(&path).exists(), "lock released");
+    assert!(!lock_path_of(&path).exists(), "lock released");
 
     let message = err.to_string();
     assert!(
@@ -390,7 +385,7 @@ async fn read_waits_out_an_in_place_write_in_progress() {
 async fn lock_file_holds_pid_and_program_like_msal_extensions() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
-    let lock = lock_of(&path);
+    let lock = lock_path_of(&path);
     let file = CacheFile::<JsonDoc>::new(path.clone());
     let content = file
         .modify(move |_| fs::read_to_string(&lock).unwrap())
@@ -401,7 +396,7 @@ async fn lock_file_holds_pid_and_program_like_msal_extensions() {
         content.starts_with(&format!("{} ", std::process::id())),
         "{content}"
     );
-    assert!(!lock_of(&path).exists());
+    assert!(!lock_path_of(&path).exists());
 }
 
 // The lock is polled with tokio's timers, so the paused clock measures the wait exactly.
@@ -533,7 +528,7 @@ async fn lock_is_released_when_change_panics() {
         task.await.unwrap_err().is_panic(),
         "the panic reaches the caller"
     );
-    assert!(!lock_of(&path).exists());
+    assert!(!lock_path_of(&path).exists());
     assert!(!path.exists(), "nothing written");
     file.modify(|doc| doc.add("after")).await.unwrap();
     assert_eq!(file_keys(&path), ["after"]);
@@ -555,7 +550,7 @@ async fn lock_is_released_when_the_write_fails() {
     );
     assert!(err.to_string().contains("gone/cache.json.tmp."), "{err}");
     assert!(std::error::Error::source(&err).is_some());
-    assert!(!lock_of(&path).exists());
+    assert!(!lock_path_of(&path).exists());
 }
 
 #[tokio::test]
