@@ -55,18 +55,6 @@ impl PersistenceError {
             },
         }
     }
-
-    /// Whether the file exists but does not parse (it was left unchanged).
-    #[cfg_attr(not(test), allow(dead_code))] // tests ask; callers only display the error
-    pub(crate) fn is_malformed(&self) -> bool {
-        matches!(self.kind, Kind::Malformed { .. })
-    }
-
-    /// Whether another process held the lock file for the whole timeout.
-    #[cfg_attr(not(test), allow(dead_code))] // tests ask; callers only display the error
-    pub(crate) fn is_lock_timeout(&self) -> bool {
-        matches!(self.kind, Kind::LockTimeout { .. })
-    }
 }
 
 /// A duration for humans: `10 s`, `2.5 s`, `300 ms`.

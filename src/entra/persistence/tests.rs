@@ -10,13 +10,26 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::error::seconds;
+use super::error::{Kind, PersistenceError, seconds};
 use super::lock_file::{
     DEAD_HOLDER_GRACE, LOCK_RETRY_INTERVAL, LockObservation, STALE_LOCK_AGE, break_stale_lock,
     lock_content, lock_path_of,
 };
 use super::reader::{PARSE_RETRIES, Stamp};
 use super::{CacheFile, Document};
+
+// Callers only display the error; the tests also ask which kind it is.
+impl PersistenceError {
+    /// Whether the file exists but does not parse (it was left unchanged).
+    fn is_malformed(&self) -> bool {
+        matches!(self.kind, Kind::Malformed { .. })
+    }
+
+    /// Whether another process held the lock file for the whole timeout.
+    fn is_lock_timeout(&self) -> bool {
+        matches!(self.kind, Kind::LockTimeout { .. })
+    }
+}
 
 /// A JSON object, as the real cache document is.
 #[derive(Debug, Default)]
