@@ -139,9 +139,15 @@ fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// Sets `path`'s modification time to `age` ago.
 fn set_mtime(path: &Path, age: Duration) {
+    set_modified(path, SystemTime::now() - age);
+}
+
+/// Sets `path`'s modification time.
+fn set_modified(path: &Path, mtime: SystemTime) {
     let file = File::options().write(true).open(path).unwrap();
-    file.set_modified(SystemTime::now() - age).unwrap();
+    file.set_modified(mtime).unwrap();
 }
 
 fn file_keys(path: &Path) -> Vec<String> {
@@ -219,12 +225,7 @@ async fn read_reloads_only_when_mtime_length_or_inode_changed() {
     // Same mtime and inode, other length.
     let mtime = fs::metadata(&path).unwrap().modified().unwrap();
     fs::write(&path, r#"{"AccessToken": {"bb": {}}}"#).unwrap();
-    File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    set_modified(&path, mtime);
     assert_eq!(file.read().await.unwrap().0.keys(), ["bb"]);
     assert_eq!(parses::<0>(), 2);
 
@@ -238,12 +239,7 @@ async fn read_reloads_only_when_mtime_length_or_inode_changed() {
     let mtime = fs::metadata(&path).unwrap().modified().unwrap();
     let other = dir.path().join("other.json");
     fs::write(&other, r#"{"AccessToken": {"dd": {}}}"#).unwrap();
-    File::options()
-        .write(true)
-        .open(&other)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    set_modified(&other, mtime);
     fs::rename(&other, &path).unwrap();
     assert_eq!(file.read().await.unwrap().0.keys(), ["dd"]);
     assert_eq!(file.read().await.unwrap().0.keys(), ["dd"]);
@@ -256,23 +252,13 @@ async fn recently_modified_file_is_read_again_until_its_mtime_is_old_enough() {
     let path = dir.path().join("cache.json");
     fs::write(&path, r#"{"AccessToken": {"a": {}}}"#).unwrap();
     // Stamped in the future, the file counts as recent however slowly this test runs.
-    File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(SystemTime::now() + Duration::from_secs(3600))
-        .unwrap();
+    set_modified(&path, SystemTime::now() + Duration::from_secs(3600));
     let file = CacheFile::<Counted<1>>::new(path.clone());
     file.read().await.unwrap();
     // An in-place write in the same mtime tick with the same length looks unchanged...
     let mtime = fs::metadata(&path).unwrap().modified().unwrap();
     fs::write(&path, r#"{"AccessToken": {"b": {}}}"#).unwrap();
-    File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    set_modified(&path, mtime);
     // ...but a recent file is not trusted to be unchanged.
     assert_eq!(file.read().await.unwrap().0.keys(), ["b"]);
     assert_eq!(parses::<1>(), 2);
@@ -293,12 +279,7 @@ async fn modify_reads_the_file_again_so_other_writers_changes_survive() {
     // Another writer's change that even the stamp does not show.
     let mtime = fs::metadata(&path).unwrap().modified().unwrap();
     fs::write(&path, r#"{"AccessToken": {"b2": {}}}"#).unwrap();
-    File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    set_modified(&path, mtime);
 
     let seen = file.modify(|doc| {
         let seen = doc.keys();
@@ -379,12 +360,7 @@ async fn read_waits_out_an_in_place_write_in_progress() {
     // The same for an empty file just truncated by an in-place writer. Its mtime is set
     // ahead of the clock, which counts as recent whatever the time the test takes.
     fs::write(&path, "").unwrap();
-    File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(SystemTime::now() + Duration::from_secs(3600))
-        .unwrap();
+    set_modified(&path, SystemTime::now() + Duration::from_secs(3600));
     writer_finishing(&path, r#"{"AccessToken": {"again": {}}}"#);
     assert_eq!(file.read().await.unwrap().0.keys(), ["again"]);
 
