@@ -30,7 +30,7 @@ pub(super) enum Kind {
     Malformed {
         /// The cache file.
         path: PathBuf,
-        /// The document's error text (free of secrets by [`Document::Error`]'s contract).
+        /// The document's error text (free of secrets by [`Document::Error`](super::Document::Error)'s contract).
         detail: String,
     },
     /// Another process held the lock file for the whole timeout.
