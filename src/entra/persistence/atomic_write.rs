@@ -1,0 +1,123 @@
+//! Atomic writes: a temporary file beside the cache file (`tempfile`'s exclusive, randomly
+//! named creation; mode 0600 from creation on unix, then the mode the replaced file had),
+//! written, fsynced, and renamed over the cache file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use tempfile::TempPath;
+
+use super::error::PersistenceError;
+use super::reader::{Stamp, is_missing};
+
+/// The directory holding `path` (`.` for a bare file name).
+pub(super) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// The file a write replaces: `path`, or the target of `path` if it is a symlink (a dangling
+/// one included), so that the link survives.
+fn write_target(path: &Path) -> Result<PathBuf, PersistenceError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => match fs::canonicalize(path) {
+            Ok(target) => Ok(target),
+            Err(e) if is_missing(&e) => {
+                let link = fs::read_link(path)
+                    .map_err(|e| PersistenceError::io("follow the symlink", path, e))?;
+                Ok(parent_dir(path).join(link))
+            }
+            Err(e) => Err(PersistenceError::io("follow the symlink", path, e)),
+        },
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
+/// Creates `dir` and its missing ancestors, mode 0700.
+pub(super) fn create_dir(dir: &Path) -> Result<(), PersistenceError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| PersistenceError::io("create the token cache directory", dir, e))
+}
+
+/// Opens a new file exclusively, mode 0600 from creation on unix.
+pub(super) fn create_new_private(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// The permission bits a replacement of `target` gets: those of the existing file, else 0600.
+#[cfg(unix)]
+fn replacement_mode(target: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(target).map_or(0o600, |meta| meta.permissions().mode() & 0o777)
+}
+
+/// Writes `bytes` to a temporary file beside the cache file and renames it over the cache file
+/// (blocking). Returns the new file's stamp. The temporary file is removed if anything fails.
+pub(super) fn write_document(path: &Path, bytes: &[u8]) -> Result<Stamp, PersistenceError> {
+    const WRITE: &str = "write the temporary token cache file";
+    let target = write_target(path)?;
+    // `<cache>.tmp.<pid>.<random>`: a leftover after a crash says whose it was.
+    let mut prefix = target.file_name().unwrap_or_default().to_os_string();
+    prefix.push(format!(".tmp.{}.", std::process::id()));
+    // The name tried last, for the error when no file could be created.
+    let mut tried = PathBuf::new();
+    let temp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .make_in(parent_dir(&target), |candidate| {
+            candidate.clone_into(&mut tried);
+            create_new_private(candidate)
+        })
+        .map_err(|e| PersistenceError::io(WRITE, &tried, e))?;
+    let stamp = match fill(temp.as_file(), &target, bytes) {
+        Ok(stamp) => stamp,
+        Err(e) => {
+            let error = PersistenceError::io(WRITE, temp.path(), e);
+            discard(temp.into_temp_path());
+            return Err(error);
+        }
+    };
+    // Closed first (an open file cannot be renamed on every platform), then renamed over the
+    // cache file: lock-free readers see the old file or the new one, never a partial one.
+    temp.into_temp_path().persist(&target).map_err(|e| {
+        discard(e.path);
+        PersistenceError::io("replace the token cache", &target, e.error)
+    })?;
+    Ok(stamp)
+}
+
+/// Gives the new temporary file `target`'s mode, writes `bytes` to it and flushes it to disk.
+/// Returns its stamp.
+fn fill(mut file: &File, target: &Path, bytes: &[u8]) -> io::Result<Stamp> {
+    // Set explicitly: the creation mode is subject to the umask, and an existing file's mode
+    // is kept (it is never widened: it is the mode the file already had).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(replacement_mode(target)))?;
+    }
+    #[cfg(not(unix))]
+    let _ = target;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(Stamp::of(&file.metadata()?))
+}
+
+/// Removes a temporary file that was not renamed into place.
+fn discard(temp: TempPath) {
+    let path = temp.to_path_buf();
+    if let Err(error) = temp.close() {
+        tracing::warn!(path = %path.display(), %error, "could not remove a temporary token cache file");
+    }
+}

@@ -1,0 +1,112 @@
+//! The error type of the cache file.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the token cache file could not be read or written. Messages name paths, never the
+/// file's content.
+#[derive(Debug, Clone)]
+pub(crate) struct PersistenceError {
+    /// What went wrong.
+    pub(super) kind: Kind,
+}
+
+/// The kinds of [`PersistenceError`].
+#[derive(Debug, Clone)]
+pub(super) enum Kind {
+    /// A file operation failed.
+    Io {
+        /// What we were doing, as a verb phrase: "read the token cache".
+        operation: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The operating system's error.
+        error: Arc<io::Error>,
+    },
+    /// The file exists but its document does not parse.
+    Malformed {
+        /// The cache file.
+        path: PathBuf,
+        /// The document's error text (free of secrets by [`Document::Error`](super::Document::Error)'s contract).
+        detail: String,
+    },
+    /// Another process held the lock file for the whole timeout.
+    LockTimeout {
+        /// The lock file.
+        lock_path: PathBuf,
+        /// How long we waited.
+        timeout: Duration,
+        /// Who held it, from the lock file's content (`None` if never seen).
+        holder: Option<String>,
+    },
+}
+
+impl PersistenceError {
+    /// A failed file operation.
+    pub(super) fn io(operation: &'static str, path: &Path, error: io::Error) -> Self {
+        Self {
+            kind: Kind::Io {
+                operation,
+                path: path.to_path_buf(),
+                error: Arc::new(error),
+            },
+        }
+    }
+}
+
+/// A duration for humans: `10 s`, `2.5 s`, `300 ms`.
+pub(super) fn seconds(duration: Duration) -> String {
+    if duration < Duration::from_secs(1) {
+        format!("{} ms", duration.as_millis())
+    } else if duration.subsec_millis() == 0 {
+        format!("{} s", duration.as_secs())
+    } else {
+        format!("{:.1} s", duration.as_secs_f64())
+    }
+}
+
+impl fmt::Display for PersistenceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Io {
+                operation,
+                path,
+                error,
+            } => {
+                write!(f, "could not {operation} {}: {error}", path.display())?;
+                if error.kind() == io::ErrorKind::PermissionDenied {
+                    f.write_str(": check the owner and permissions of the file and its directory")?;
+                }
+                Ok(())
+            }
+            Kind::Malformed { path, detail } => write!(
+                f,
+                "token cache {} is not a valid token cache ({detail}): fix or delete the file; it was not changed",
+                path.display()
+            ),
+            Kind::LockTimeout {
+                lock_path,
+                timeout,
+                holder,
+            } => write!(
+                f,
+                "timed out after {} waiting for {} held by {}: if that process is gone, delete the lock file",
+                seconds(*timeout),
+                lock_path.display(),
+                holder.as_deref().unwrap_or("another process"),
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PersistenceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            Kind::Io { error, .. } => Some(&**error),
+            Kind::Malformed { .. } | Kind::LockTimeout { .. } => None,
+        }
+    }
+}

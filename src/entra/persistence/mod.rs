@@ -1,0 +1,212 @@
+//! The MSAL token-cache *file*, shared with Azure CLI, Python `msal-extensions` and
+//! `azure-identity`: reading it (reloading when it changed) and read-modify-write under
+//! `msal-extensions`' lock-file protocol, without ever losing what another process wrote.
+//!
+//! The module is generic over the [`Document`] stored in the file; it knows nothing of its
+//! schema.
+//!
+//! # Protocol (what the other processes do, and what this module does)
+//!
+//! * **Writers** take the lock file `<cache>.lockfile`: created exclusively (`O_CREAT|O_EXCL`),
+//!   holding `"<pid> <argv0>"`, deleted when done. `msal-extensions` retries every 0.25 s for
+//!   5 s and never breaks a lock; this module retries every 100 ms for
+//!   [`DEFAULT_LOCK_TIMEOUT`] (configurable) and removes *stale* locks: older than
+//!   [`STALE_LOCK_AGE`](lock_file::STALE_LOCK_AGE), or (Linux) naming a process that no longer exists once the lock is
+//!   older than [`DEAD_HOLDER_GRACE`](lock_file::DEAD_HOLDER_GRACE). The grace period protects live holders in another pid
+//!   namespace (a container sharing the home directory), whose pid we cannot see: they hold the
+//!   lock for milliseconds. A stale lock is first renamed aside and checked to still be the file
+//!   that was judged stale, so a lock re-created in between by a live writer is put back.
+//! * Under the lock, a writer re-reads the file (the in-memory copy is never trusted there),
+//!   applies its change and writes the result. A file that exists but does not parse is never
+//!   overwritten: the error is returned and the file is left as it is.
+//! * `msal-extensions` writes **in place** (`O_TRUNC` then `write`). This module writes a
+//!   temporary file in the same directory (mode 0600 from creation, fsynced) and **renames** it
+//!   over the cache. Both kinds of writer hold the lock, so they never interleave; the rename
+//!   additionally means that lock-free readers (ours and Python's) always see a whole file
+//!   rather than a truncated one. If the cache path is a symlink, the link's target is replaced
+//!   and the link kept. The replacement gets the old file's permission bits (a file the user
+//!   made 0640 stays 0640; nothing is ever widened); a new file is 0600 in a 0700 directory.
+//! * **Readers** take no lock. They reload when the file's (mtime, length, inode) changed since
+//!   the last read. A file that fails to parse may be an in-place write in progress, so it is
+//!   read again up to [`PARSE_RETRIES`](reader::PARSE_RETRIES) times, [`PARSE_RETRY_INTERVAL`](reader::PARSE_RETRY_INTERVAL) apart, before it is
+//!   reported as malformed (likewise an empty file written in the last moment).
+//! * Modification times are coarse (a few ms on ext4, 1 s on some file systems), so two writes
+//!   in one tick with equal lengths would look alike. As git does for its index, a file whose
+//!   mtime is within [`RECENT_WINDOW`](reader::RECENT_WINDOW) of the moment it was read is read again next time
+//!   regardless of its stamp.
+//!
+//! # Locks inside this process
+//!
+//! The in-memory copy sits under a `std::sync::Mutex` held only for short get/set, never across
+//! I/O or an `.await`. Writers of one [`CacheFile`] are ordered by a `tokio::sync::Mutex` held
+//! for the whole of [`CacheFile::modify`], including its file I/O. That is an async lock held
+//! across I/O on purpose: it only queues this process's writers (FIFO, without spinning on the
+//! lock file), readers never take it, and the lock file still orders us against everyone else.
+//! All file I/O runs in `tokio::task::spawn_blocking`.
+//!
+//! # Layout
+//!
+//! [`reader`] reads the file again when it changed, [`atomic_write`] replaces it, [`lock_file`]
+//! is `msal-extensions`' lock-file protocol, [`registry`] shares one [`CacheFile`] per path in
+//! this process, and [`error`] holds [`PersistenceError`].
+
+mod atomic_write;
+mod error;
+mod lock_file;
+mod reader;
+mod registry;
+#[cfg(all(test, unix))]
+mod tests;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use self::atomic_write::write_document;
+pub(crate) use self::error::PersistenceError;
+use self::lock_file::lock_path_of;
+use self::reader::{Snapshot, Stamp, load};
+
+/// How long [`CacheFile::modify`] waits for another process's lock by default.
+const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A document stored in the cache file.
+pub(crate) trait Document: Sized + Send + Sync + 'static {
+    /// Why bytes could not be parsed. Its text goes into error messages, so it must never
+    /// contain secrets from the file.
+    type Error: fmt::Display + Send + Sync + 'static;
+
+    /// Parses the file's bytes. Empty input is a valid, empty document if the implementation
+    /// says so (the file of `msal-extensions` starts empty).
+    fn parse(bytes: &[u8]) -> Result<Self, Self::Error>;
+
+    /// The bytes to store.
+    fn to_bytes(&self) -> Vec<u8>;
+
+    /// The document of a file that does not exist.
+    fn empty() -> Self;
+}
+
+/// The cache file at a path, shared by the clones of one credential and, through
+/// [`CacheFile::shared`], by every credential of this process that uses the same path.
+pub(crate) struct CacheFile<D: Document> {
+    /// The cache file, as given (made absolute).
+    path: PathBuf,
+    /// `<path>.lockfile`.
+    lock_path: PathBuf,
+    /// How long [`CacheFile::modify`] waits for the lock file.
+    lock_timeout: Duration,
+    /// Orders this process's writers to this file (see the module docs).
+    writers: tokio::sync::Mutex<()>,
+    /// The last document read or written; held only for short get/set.
+    current: Mutex<Option<Snapshot<D>>>,
+}
+
+impl<D: Document> fmt::Debug for CacheFile<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheFile")
+            .field("path", &self.path)
+            .field("lock_timeout", &self.lock_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Document> CacheFile<D> {
+    /// A cache file object of its own for `path`, waiting up to [`DEFAULT_LOCK_TIMEOUT`] for the
+    /// lock file. Prefer [`CacheFile::shared`] unless the object must not be shared.
+    pub(crate) fn new(path: PathBuf) -> Arc<Self> {
+        Self::with_lock_timeout(path, DEFAULT_LOCK_TIMEOUT)
+    }
+
+    /// Like [`CacheFile::new`], waiting up to `lock_timeout` for another process's lock.
+    pub(crate) fn with_lock_timeout(path: PathBuf, lock_timeout: Duration) -> Arc<Self> {
+        let path = std::path::absolute(&path).unwrap_or(path);
+        Arc::new(Self {
+            lock_path: lock_path_of(&path),
+            path,
+            lock_timeout,
+            writers: tokio::sync::Mutex::new(()),
+            current: Mutex::new(None),
+        })
+    }
+
+    /// The cache file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+    /// Read-modify-write: takes the lock file, reads the file again (never trusting the
+    /// in-memory copy), applies `change`, writes the result if its bytes differ from the file's,
+    /// and releases the lock, also when `change` panics (the panic then continues in the
+    /// caller) or the write fails. Returns what `change` returned.
+    ///
+    /// If the file exists but does not parse, `change` is not called, nothing is written and a
+    /// malformed error is returned. `change` runs on a blocking-pool thread while the lock is
+    /// held: keep it short.
+    pub(crate) async fn modify<R, F>(&self, change: F) -> Result<R, PersistenceError>
+    where
+        F: FnOnce(&mut D) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let _writers = self.writers.lock().await;
+        let lock = self.acquire_lock().await?;
+        let path = self.path.clone();
+        // The lock guard moves into the blocking task and is dropped there, on every path.
+        let (value, snapshot) = run_blocking(&self.path, move || {
+            let _lock = lock;
+            let loaded = load::<D>(&path, false)?;
+            let mut doc = loaded.doc;
+            let value = change(&mut doc);
+            let bytes = doc.to_bytes();
+            let (file, recent) = if loaded.bytes.as_deref() == Some(bytes.as_slice()) {
+                (loaded.file, loaded.recent)
+            } else {
+                let stamp = write_document(&path, &bytes)?;
+                (Some(stamp), stamp.is_recent())
+            };
+            let snapshot = Snapshot {
+                doc: Arc::new(doc),
+                file,
+                recheck: recent,
+            };
+            Ok((value, snapshot))
+        })
+        .await?;
+        self.store(snapshot);
+        Ok(value)
+    }
+
+    /// The snapshot's stamp, recheck flag and document.
+    fn snapshot_state(&self) -> Option<(Option<Stamp>, bool, Arc<D>)> {
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        current.as_ref().map(|s| (s.file, s.recheck, s.doc.clone()))
+    }
+
+    /// Replaces the snapshot. A concurrent reader may store an older version after a newer
+    /// one; its stamp then differs from the file's and the next read loads the file again.
+    fn store(&self, snapshot: Snapshot<D>) {
+        // Plain assignment: a poisoned lock cannot hold a half-written value.
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(snapshot);
+    }
+}
+
+/// Runs blocking file I/O on tokio's blocking pool. A panic (from a caller's closure) continues
+/// in the caller.
+async fn run_blocking<T, F>(path: &Path, work: F) -> Result<T, PersistenceError>
+where
+    F: FnOnce() -> Result<T, PersistenceError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(error) => match error.try_into_panic() {
+            Ok(payload) => std::panic::resume_unwind(payload),
+            Err(_) => Err(PersistenceError::io(
+                "use",
+                path,
+                io::Error::other("the tokio runtime is shutting down"),
+            )),
+        },
+    }
+}

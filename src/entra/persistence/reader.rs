@@ -1,0 +1,199 @@
+//! The reloading reader: the file's stamp, and reading and parsing it again when it changed.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::error::{Kind, PersistenceError};
+use super::{CacheFile, Document, run_blocking};
+
+/// How many times a file that fails to parse is read again before it is reported.
+pub(super) const PARSE_RETRIES: u32 = 3;
+/// Pause before reading a file that failed to parse again.
+pub(super) const PARSE_RETRY_INTERVAL: Duration = Duration::from_millis(50);
+/// A file modified less than this long before it was read is read again next time, since a
+/// later write within the same mtime tick could leave its stamp unchanged.
+pub(super) const RECENT_WINDOW: Duration = Duration::from_secs(1);
+
+/// The identity of one version of a file: when a reader finds the same stamp it keeps its copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Stamp {
+    /// Last modification (`None` where the platform does not report it).
+    pub(super) modified: Option<SystemTime>,
+    /// Length in bytes.
+    pub(super) len: u64,
+    /// Inode number (0 off unix): changes when a writer renames a new file over the old one.
+    pub(super) inode: u64,
+}
+
+impl Stamp {
+    /// The stamp of a file's metadata.
+    pub(super) fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            inode: inode(meta),
+        }
+    }
+
+    /// Whether the file was modified too recently for its stamp to prove it unchanged later.
+    pub(super) fn is_recent(&self) -> bool {
+        self.modified.is_none_or(|modified| {
+            SystemTime::now()
+                .duration_since(modified)
+                .map_or(true, |age| age < RECENT_WINDOW)
+        })
+    }
+}
+
+/// The in-memory copy of the document and the version of the file it came from.
+pub(super) struct Snapshot<D> {
+    /// The document.
+    pub(super) doc: Arc<D>,
+    /// The file's stamp when it was read; `None` when the file did not exist.
+    pub(super) file: Option<Stamp>,
+    /// Read the file again next time whatever its stamp (see [`RECENT_WINDOW`]).
+    pub(super) recheck: bool,
+}
+
+impl<D: Document> CacheFile<D> {
+    /// The current document: read from disk when the file's (mtime, length, inode) changed
+    /// since the last read or write (or was too recent to tell), else the in-memory copy. A
+    /// missing file, or missing directory, is an empty document. A file that does not parse is
+    /// read up to [`PARSE_RETRIES`] more times before a malformed error.
+    pub(crate) async fn read(&self) -> Result<Arc<D>, PersistenceError> {
+        let known = self.snapshot_state();
+        let path = self.path.clone();
+        let check = known
+            .as_ref()
+            .and_then(|(file, recheck, _)| (!recheck).then_some(*file));
+        let loaded = run_blocking(&self.path, move || {
+            if let Some(known) = check {
+                let current = stat(&path).map_err(|e| PersistenceError::io(READ, &path, e))?;
+                if current == known {
+                    return Ok(None);
+                }
+            }
+            load::<D>(&path, true).map(Some)
+        })
+        .await?;
+        match (loaded, known) {
+            // Only asked "unchanged?" when there was a snapshot.
+            (None, Some((_, _, doc))) => Ok(doc),
+            (None, None) => Ok(Arc::new(D::empty())),
+            (Some(loaded), _) => {
+                let doc = Arc::new(loaded.doc);
+                tracing::debug!(path = %self.path.display(), "token cache file (re)loaded");
+                self.store(Snapshot {
+                    doc: doc.clone(),
+                    file: loaded.file,
+                    recheck: loaded.recent,
+                });
+                Ok(doc)
+            }
+        }
+    }
+}
+
+/// Operation name of errors while reading the cache file.
+const READ: &str = "read the token cache";
+
+/// A document read from the file.
+pub(super) struct Loaded<D> {
+    /// The document (empty when the file does not exist).
+    pub(super) doc: D,
+    /// The file's stamp; `None` when it does not exist.
+    pub(super) file: Option<Stamp>,
+    /// Modified within [`RECENT_WINDOW`] of being read.
+    pub(super) recent: bool,
+    /// The file's bytes; `None` when it does not exist.
+    pub(super) bytes: Option<Vec<u8>>,
+}
+
+/// Whether an error means "not there" (the file or its directory).
+pub(super) fn is_missing(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::NotFound
+}
+
+/// The file's stamp, `None` if it does not exist.
+fn stat(path: &Path) -> io::Result<Option<Stamp>> {
+    match fs::metadata(path) {
+        Ok(meta) => Ok(Some(Stamp::of(&meta))),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The file's bytes and the stamp of the version they came from; `None` if it does not exist.
+/// The stamp is taken before reading, so a write in between makes the next read load again.
+fn read_file(path: &Path) -> io::Result<Option<(Vec<u8>, Stamp)>> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if is_missing(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let stamp = Stamp::of(&file.metadata()?);
+    let mut bytes = Vec::with_capacity(usize::try_from(stamp.len).unwrap_or(0).min(1 << 24));
+    file.read_to_end(&mut bytes)?;
+    Ok(Some((bytes, stamp)))
+}
+
+/// Reads and parses the file (blocking), retrying a parse failure — and, with `settle_empty`,
+/// an empty file modified just now — in case an in-place write was in progress.
+pub(super) fn load<D: Document>(
+    path: &Path,
+    settle_empty: bool,
+) -> Result<Loaded<D>, PersistenceError> {
+    let mut attempt = 0;
+    loop {
+        let Some((bytes, stamp)) =
+            read_file(path).map_err(|e| PersistenceError::io(READ, path, e))?
+        else {
+            return Ok(Loaded {
+                doc: D::empty(),
+                file: None,
+                recent: false,
+                bytes: None,
+            });
+        };
+        let retry_left = attempt < PARSE_RETRIES;
+        let recent = stamp.is_recent();
+        match D::parse(&bytes) {
+            Ok(_) if settle_empty && retry_left && bytes.is_empty() && recent => {}
+            Ok(doc) => {
+                return Ok(Loaded {
+                    doc,
+                    file: Some(stamp),
+                    recent,
+                    bytes: Some(bytes),
+                });
+            }
+            Err(error) if !retry_left => {
+                return Err(PersistenceError {
+                    kind: Kind::Malformed {
+                        path: path.to_path_buf(),
+                        detail: error.to_string(),
+                    },
+                });
+            }
+            Err(_) => {}
+        }
+        attempt = attempt.saturating_add(1);
+        std::thread::sleep(PARSE_RETRY_INTERVAL);
+    }
+}
+
+/// A file's inode number (0 off unix).
+pub(super) fn inode(meta: &fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::MetadataExt::ino(meta)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        0
+    }
+}

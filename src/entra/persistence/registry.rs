@@ -1,0 +1,61 @@
+//! The process-wide registry behind [`CacheFile::shared`]: one object per file and document
+//! type while one is alive.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+
+use super::{CacheFile, Document};
+
+/// Key of the process-wide registry of [`CacheFile::shared`]: the canonical path and the
+/// document type (two document types over one file are two objects, still ordered by the lock
+/// file).
+type RegistryKey = (PathBuf, TypeId);
+
+/// The process-wide registry behind [`CacheFile::shared`].
+fn registry() -> MutexGuard<'static, HashMap<RegistryKey, Weak<dyn Any + Send + Sync>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<RegistryKey, Weak<dyn Any + Send + Sync>>>> =
+        OnceLock::new();
+    // The map is only ever read or assigned whole entries, so a panic elsewhere while the lock
+    // was held cannot leave it half-updated: a poisoned lock is still usable.
+    REGISTRY
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<D: Document> CacheFile<D> {
+    /// The cache file object for `path`, the same `Arc` for every caller in this process while
+    /// one is alive (paths are compared after resolving the directory: `dir/./f`, `dir/f` and
+    /// a symlinked directory are one file). The registry holds it weakly.
+    pub(crate) fn shared(path: PathBuf) -> Arc<Self> {
+        // Resolved before taking the registry's lock: that lock is never held across I/O.
+        let key = (canonical_key(&path), TypeId::of::<D>());
+        let mut registry = registry();
+        if let Some(existing) = registry.get(&key).and_then(Weak::upgrade) {
+            if let Ok(file) = existing.downcast::<Self>() {
+                return file;
+            }
+        }
+        registry.retain(|_, entry| entry.strong_count() > 0);
+        let file = Self::new(path);
+        let entry: Arc<dyn Any + Send + Sync> = file.clone();
+        registry.insert(key, Arc::downgrade(&entry));
+        file
+    }
+}
+
+/// The registry key of a path: absolute, with its directory resolved (the file itself may not
+/// exist yet, and a symlinked file keeps its own lock file, as with `msal-extensions`).
+fn canonical_key(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => match fs::canonicalize(parent) {
+            Ok(parent) => parent.join(name),
+            Err(_) => absolute,
+        },
+        _ => absolute,
+    }
+}

@@ -1,0 +1,628 @@
+//! Unit tests of the cache file: reading, writing, locking, sharing and errors.
+
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+
+use super::error::{Kind, PersistenceError, seconds};
+use super::lock_file::{
+    DEAD_HOLDER_GRACE, LOCK_RETRY_INTERVAL, LockObservation, STALE_LOCK_AGE, break_stale_lock,
+    lock_content, lock_path_of,
+};
+use super::reader::{PARSE_RETRIES, Stamp};
+use super::{CacheFile, Document};
+
+// Callers only display the error; the tests also ask which kind it is.
+impl PersistenceError {
+    /// Whether the file exists but does not parse (it was left unchanged).
+    fn is_malformed(&self) -> bool {
+        matches!(self.kind, Kind::Malformed { .. })
+    }
+
+    /// Whether another process held the lock file for the whole timeout.
+    fn is_lock_timeout(&self) -> bool {
+        matches!(self.kind, Kind::LockTimeout { .. })
+    }
+}
+
+/// A JSON object, as the real cache document is.
+#[derive(Debug, Default)]
+struct JsonDoc(Map<String, Value>);
+
+impl Document for JsonDoc {
+    type Error = String;
+
+    fn parse(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        match serde_json::from_slice(bytes) {
+            Ok(Value::Object(map)) => Ok(Self(map)),
+            Ok(_) => Err("not a JSON object".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.0).expect("a JSON map serializes")
+    }
+
+    fn empty() -> Self {
+        Self::default()
+    }
+}
+
+impl JsonDoc {
+    /// Adds `AccessToken[key]`, where `msal-ext-writer` puts its entries.
+    fn add(&mut self, key: &str) {
+        let section = self.0.entry("AccessToken").or_insert_with(|| json!({}));
+        if let Value::Object(section) = section {
+            section.insert(key.to_owned(), json!({ "secret": "x" }));
+        }
+    }
+
+    fn keys(&self) -> Vec<String> {
+        match self.0.get("AccessToken") {
+            Some(Value::Object(section)) => section.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Parses counted per `N`, one `N` per test.
+static PARSES: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+
+/// A [`JsonDoc`] whose parses are counted in `PARSES[N]`.
+#[derive(Debug)]
+struct Counted<const N: usize>(JsonDoc);
+
+impl<const N: usize> Document for Counted<N> {
+    type Error = String;
+    fn parse(bytes: &[u8]) -> Result<Self, String> {
+        PARSES[N].fetch_add(1, Ordering::SeqCst);
+        JsonDoc::parse(bytes).map(Self)
+    }
+    fn to_bytes(&self) -> Vec<u8> {
+        self.0.to_bytes()
+    }
+    fn empty() -> Self {
+        Self(JsonDoc::empty())
+    }
+}
+
+fn parses<const N: usize>() -> usize {
+    PARSES[N].load(Ordering::SeqCst)
+}
+
+/// The other side of [`Finishing`]: the file an in-place writer is writing, and what it
+/// holds once the writer is done.
+static IN_PLACE_WRITE: Mutex<Option<(PathBuf, &'static str)>> = Mutex::new(None);
+
+/// A [`JsonDoc`] read while an in-place writer is busy: when a read finds the file unfinished
+/// (empty, or not JSON yet), the writer finishes it before the next read. Deterministic,
+/// where a writer task and a timer would race the retry interval.
+struct Finishing(JsonDoc);
+
+impl Document for Finishing {
+    type Error = String;
+    fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let parsed = JsonDoc::parse(bytes);
+        if parsed.is_err() || bytes.is_empty() {
+            let pending = IN_PLACE_WRITE.lock().unwrap().take();
+            if let Some((path, content)) = pending {
+                fs::write(path, content).unwrap();
+            }
+        }
+        parsed.map(Self)
+    }
+    fn to_bytes(&self) -> Vec<u8> {
+        self.0.to_bytes()
+    }
+    fn empty() -> Self {
+        Self(JsonDoc::empty())
+    }
+}
+
+/// The in-place writer will have written `content` to `path` by the read after the next
+/// one that finds the file unfinished.
+fn writer_finishing(path: &Path, content: &'static str) {
+    *IN_PLACE_WRITE.lock().unwrap() = Some((path.to_path_buf(), content));
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Sets `path`'s modification time to `age` ago.
+fn set_mtime(path: &Path, age: Duration) {
+    set_modified(path, SystemTime::now() - age);
+}
+
+/// Sets `path`'s modification time.
+fn set_modified(path: &Path, mtime: SystemTime) {
+    let file = File::options().write(true).open(path).unwrap();
+    file.set_modified(mtime).unwrap();
+}
+
+fn file_keys(path: &Path) -> Vec<String> {
+    JsonDoc::parse(&fs::read(path).unwrap()).unwrap().keys()
+}
+
+/// Content of a lock file for `pid`, modified `age` ago.
+fn plant_lock(path: &Path, pid: u32, program: &str, age: Duration) -> PathBuf {
+    let lock = lock_path_of(path);
+    fs::write(&lock, format!("{pid} {program}")).unwrap();
+    set_mtime(&lock, age);
+    lock
+}
+
+#[tokio::test]
+async fn missing_file_or_directory_reads_as_empty_document() {
+    let dir = tempfile::tempdir().unwrap();
+    for path in [
+        dir.path().join("cache.json"),
+        dir.path().join("no/such/dir/cache.json"),
+    ] {
+        let file = CacheFile::<JsonDoc>::new(path.clone());
+        assert!(file.read().await.unwrap().0.is_empty());
+        assert!(file.read().await.unwrap().0.is_empty());
+        assert!(!path.exists(), "reading creates nothing");
+    }
+}
+
+#[tokio::test]
+async fn created_file_is_0600_in_new_0700_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/msal.cache.nocae");
+    let file = CacheFile::<JsonDoc>::new(path.clone());
+    file.modify(|doc| doc.add("k")).await.unwrap();
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&dir.path().join("a/b")), 0o700);
+    assert_eq!(mode(&dir.path().join("a")), 0o700);
+    assert_eq!(file_keys(&path), ["k"]);
+    assert!(!lock_path_of(&path).exists());
+    let leftovers: Vec<_> = fs::read_dir(dir.path().join("a/b")).unwrap().collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "no temporary or lock file left: {leftovers:?}"
+    );
+}
+
+#[tokio::test]
+async fn existing_file_keeps_its_mode_after_modify() {
+    let dir = tempfile::tempdir().unwrap();
+    for existing in [0o640, 0o600] {
+        let path = dir.path().join(format!("cache-{existing:o}"));
+        fs::write(&path, r#"{"AccessToken": {"old": {}}}"#).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(existing)).unwrap();
+        let file = CacheFile::<JsonDoc>::new(path.clone());
+        file.modify(|doc| doc.add("new")).await.unwrap();
+        assert_eq!(mode(&path), existing);
+        assert_eq!(file_keys(&path), ["old", "new"]);
+    }
+}
+
+#[tokio::test]
+async fn read_reloads_only_when_mtime_length_or_inode_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let an_hour = Duration::from_secs(3600);
+    fs::write(&path, r#"{"AccessToken": {"a": {}}}"#).unwrap();
+    set_mtime(&path, an_hour);
+    let file = CacheFile::<Counted<0>>::new(path.clone());
+
+    assert_eq!(file.read().await.unwrap().0.keys(), ["a"]);
+    assert_eq!(file.read().await.unwrap().0.keys(), ["a"]);
+    assert_eq!(parses::<0>(), 1, "unchanged file is not parsed again");
+
+    // Same mtime and inode, other length.
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    fs::write(&path, r#"{"AccessToken": {"bb": {}}}"#).unwrap();
+    set_modified(&path, mtime);
+    assert_eq!(file.read().await.unwrap().0.keys(), ["bb"]);
+    assert_eq!(parses::<0>(), 2);
+
+    // Same length and inode, other mtime.
+    fs::write(&path, r#"{"AccessToken": {"cc": {}}}"#).unwrap();
+    set_mtime(&path, an_hour / 2);
+    assert_eq!(file.read().await.unwrap().0.keys(), ["cc"]);
+    assert_eq!(parses::<0>(), 3);
+
+    // Same length and mtime, other inode (renamed over).
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    let other = dir.path().join("other.json");
+    fs::write(&other, r#"{"AccessToken": {"dd": {}}}"#).unwrap();
+    set_modified(&other, mtime);
+    fs::rename(&other, &path).unwrap();
+    assert_eq!(file.read().await.unwrap().0.keys(), ["dd"]);
+    assert_eq!(file.read().await.unwrap().0.keys(), ["dd"]);
+    assert_eq!(parses::<0>(), 4);
+}
+
+#[tokio::test]
+async fn recently_modified_file_is_read_again_until_its_mtime_is_old_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    fs::write(&path, r#"{"AccessToken": {"a": {}}}"#).unwrap();
+    // Stamped in the future, the file counts as recent however slowly this test runs.
+    set_modified(&path, SystemTime::now() + Duration::from_secs(3600));
+    let file = CacheFile::<Counted<1>>::new(path.clone());
+    file.read().await.unwrap();
+    // An in-place write in the same mtime tick with the same length looks unchanged...
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    fs::write(&path, r#"{"AccessToken": {"b": {}}}"#).unwrap();
+    set_modified(&path, mtime);
+    // ...but a recent file is not trusted to be unchanged.
+    assert_eq!(file.read().await.unwrap().0.keys(), ["b"]);
+    assert_eq!(parses::<1>(), 2);
+    set_mtime(&path, Duration::from_secs(60));
+    file.read().await.unwrap();
+    file.read().await.unwrap();
+    assert_eq!(parses::<1>(), 3, "cached again once the file is old enough");
+}
+
+#[tokio::test]
+async fn modify_reads_the_file_again_so_other_writers_changes_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    fs::write(&path, r#"{"AccessToken": {"a1": {}}}"#).unwrap();
+    set_mtime(&path, Duration::from_secs(3600));
+    let file = CacheFile::<JsonDoc>::new(path.clone());
+    assert_eq!(file.read().await.unwrap().keys(), ["a1"]);
+    // Another writer's change that even the stamp does not show.
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    fs::write(&path, r#"{"AccessToken": {"b2": {}}}"#).unwrap();
+    set_modified(&path, mtime);
+
+    let seen = file.modify(|doc| {
+        let seen = doc.keys();
+        doc.add("c3");
+        seen
+    });
+    assert_eq!(seen.await.unwrap(), ["b2"]);
+    assert_eq!(file_keys(&path), ["b2", "c3"]);
+    assert_eq!(file.read().await.unwrap().keys(), ["b2", "c3"]);
+}
+
+#[tokio::test]
+async fn modify_without_change_leaves_the_file_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let file = CacheFile::<JsonDoc>::new(path.clone());
+    file.modify(|doc| doc.add("a")).await.unwrap();
+    let before = fs::metadata(&path).unwrap();
+    file.modify(|_| ()).await.unwrap();
+    let after = fs::metadata(&path).unwrap();
+    assert_eq!(Stamp::of(&before), Stamp::of(&after));
+    assert!(!lock_path_of(&path).exists());
+}
+
+#[tokio::test]
+async fn malformed_file_is_reported_never_overwritten_and_the_lock_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("msal.cache.nocae");
+    let bytes = br#"{"AccessToken": {"k": {"secret": "hunter2"} oops"#;
+    fs::write(&path, bytes).unwrap();
+    let file = CacheFile::<Counted<2>>::new(path.clone());
+
+    let err = file.read().await.unwrap_err();
+    assert!(err.is_malformed() && !err.is_lock_timeout(), "{err}");
+    let attempts = usize::try_from(PARSE_RETRIES).unwrap() + 1;
+    assert_eq!(parses::<2>(), attempts, "read again before it is reported");
+
+    let called = Arc::new(AtomicUsize::new(0));
+    let counter = called.clone();
+    let err = file
+        .modify(move |doc| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            doc.0.add("x")
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_malformed(), "{err}");
+    assert_eq!(called.load(Ordering::SeqCst), 0, "change not applied");
+    assert_eq!(fs::read(&path).unwrap(), bytes, "file unchanged");
+    assert!(!lock_path_of(&path).exists(), "lock released");
+
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "token cache {} is not a valid token cache (",
+            path.display()
+        )),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("): fix or delete the file; it was not changed"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[tokio::test]
+async fn read_waits_out_an_in_place_write_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let file = CacheFile::<Finishing>::new(path.clone());
+
+    // Half written: read again until the writer is done.
+    fs::write(&path, r#"{"AccessToken": {"#).unwrap();
+    writer_finishing(&path, r#"{"AccessToken": {"done": {}}}"#);
+    assert_eq!(file.read().await.unwrap().0.keys(), ["done"]);
+
+    // The same for an empty file just truncated by an in-place writer. Its mtime is set
+    // ahead of the clock, which counts as recent whatever the time the test takes.
+    fs::write(&path, "").unwrap();
+    set_modified(&path, SystemTime::now() + Duration::from_secs(3600));
+    writer_finishing(&path, r#"{"AccessToken": {"again": {}}}"#);
+    assert_eq!(file.read().await.unwrap().0.keys(), ["again"]);
+
+    // An empty file that stays empty is an empty document.
+    fs::write(&path, "").unwrap();
+    assert!(file.read().await.unwrap().0.0.is_empty());
+    assert!(IN_PLACE_WRITE.lock().unwrap().is_none());
+}
+
+#[tokio::test]
+async fn lock_file_holds_pid_and_program_like_msal_extensions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let lock = lock_path_of(&path);
+    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let content = file
+        .modify(move |_| fs::read_to_string(&lock).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(content, lock_content());
+    assert!(
+        content.starts_with(&format!("{} ", std::process::id())),
+        "{content}"
+    );
+    assert!(!lock_path_of(&path).exists());
+}
+
+// The lock is polled with tokio's timers, so the paused clock measures the wait exactly.
+#[tokio::test(start_paused = true)]
+async fn lock_held_by_a_live_process_times_out_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("msal.cache.nocae");
+    let pid = std::process::id();
+    let lock = plant_lock(&path, pid, "python3", Duration::ZERO);
+    let timeout = Duration::from_millis(300);
+    let file = CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), timeout);
+
+    let started = Instant::now();
+    let err = file.modify(|doc| doc.add("x")).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(err.is_lock_timeout() && !err.is_malformed(), "{err}");
+    assert!(
+        waited >= timeout && waited < timeout + LOCK_RETRY_INTERVAL,
+        "waited the timeout, polling: {waited:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "timed out after 300 ms waiting for {} held by pid {pid} (python3): \
+             if that process is gone, delete the lock file",
+            lock.display()
+        )
+    );
+    assert_eq!(
+        fs::read_to_string(&lock).unwrap(),
+        format!("{pid} python3"),
+        "live lock left alone"
+    );
+    assert!(!path.exists());
+    // Reads take no lock.
+    assert!(file.read().await.unwrap().0.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn lock_of_a_dead_process_is_removed_once_past_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+
+    // Fresh: it may be a live holder in another pid namespace; respected for now.
+    let lock = plant_lock(&path, dead, "gone", Duration::ZERO);
+    let file = CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), Duration::from_millis(300));
+    let err = file.modify(|doc| doc.add("x")).await.unwrap_err();
+    assert!(err.is_lock_timeout(), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("held by pid {dead} (gone)")),
+        "{err}"
+    );
+
+    // Past the grace period: removed at once, without a pause to poll it again.
+    set_mtime(&lock, DEAD_HOLDER_GRACE + Duration::from_secs(1));
+    let started = Instant::now();
+    file.modify(|doc| doc.add("x")).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO, "no retry pause");
+    assert_eq!(file_keys(&path), ["x"]);
+    assert!(!lock.exists());
+}
+
+#[tokio::test]
+async fn old_lock_is_removed_even_if_its_process_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let lock = plant_lock(
+        &path,
+        std::process::id(),
+        "old",
+        STALE_LOCK_AGE + Duration::from_secs(5),
+    );
+    let file = CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), Duration::from_millis(300));
+    file.modify(|doc| doc.add("x")).await.unwrap();
+    assert_eq!(file_keys(&path), ["x"]);
+    assert!(!lock.exists());
+}
+
+#[test]
+fn stale_lock_replaced_by_a_live_one_is_put_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let lock = plant_lock(&path, std::process::id(), "old", STALE_LOCK_AGE * 2);
+    let observed = LockObservation::of(&lock).unwrap().unwrap();
+    assert!(observed.stale_reason().is_some());
+    // Between our look and our removal, the holder finished and a live writer took the lock.
+    fs::remove_file(&lock).unwrap();
+    fs::write(&lock, "4242 live").unwrap();
+    assert!(!break_stale_lock(&lock, &observed).unwrap());
+    assert_eq!(fs::read_to_string(&lock).unwrap(), "4242 live");
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, [lock.file_name().unwrap()], "nothing left aside");
+}
+
+#[test]
+fn lock_holder_is_described_from_the_lock_file_without_control_characters() {
+    let look = |content: &str| LockObservation {
+        content: content.to_owned(),
+        modified: Some(SystemTime::now()),
+        inode: 1,
+    };
+    assert_eq!(look("16131 peer.py").holder(), "pid 16131 (peer.py)");
+    assert_eq!(look("77").holder(), "pid 77");
+    assert_eq!(look("").holder(), "an unknown process (empty lock file)");
+    assert_eq!(
+        look("x\ny").holder(),
+        r#"an unknown process (lock file says "x y")"#
+    );
+    assert_eq!(look("").stale_reason(), None);
+}
+
+#[tokio::test]
+async fn lock_is_released_when_change_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let task = {
+        let file = file.clone();
+        tokio::spawn(async move { file.modify(|_| -> () { panic!("change failed") }).await })
+    };
+    assert!(
+        task.await.unwrap_err().is_panic(),
+        "the panic reaches the caller"
+    );
+    assert!(!lock_path_of(&path).exists());
+    assert!(!path.exists(), "nothing written");
+    file.modify(|doc| doc.add("after")).await.unwrap();
+    assert_eq!(file_keys(&path), ["after"]);
+}
+
+#[tokio::test]
+async fn lock_is_released_when_the_write_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    // A symlink into a directory that does not exist: reads as missing, cannot be written.
+    std::os::unix::fs::symlink(dir.path().join("gone/cache.json"), &path).unwrap();
+    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let err = file.modify(|doc| doc.add("x")).await.unwrap_err();
+    assert!(!err.is_malformed() && !err.is_lock_timeout(), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("could not write the temporary token cache file "),
+        "{err}"
+    );
+    assert!(err.to_string().contains("gone/cache.json.tmp."), "{err}");
+    assert!(std::error::Error::source(&err).is_some());
+    assert!(!lock_path_of(&path).exists());
+}
+
+#[tokio::test]
+async fn symlinked_cache_file_is_written_through_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real/cache.json");
+    fs::create_dir(dir.path().join("real")).unwrap();
+    fs::write(&real, r#"{"AccessToken": {"a": {}}}"#).unwrap();
+    let link = dir.path().join("link.json");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let file = CacheFile::<JsonDoc>::new(link.clone());
+    file.modify(|doc| doc.add("b")).await.unwrap();
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(file_keys(&real), ["a", "b"]);
+    assert_eq!(mode(&real), 0o644, "the target's mode is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_modifies_in_this_process_keep_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let file = CacheFile::<JsonDoc>::shared(path.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let file = file.clone();
+        tasks.spawn(async move { file.modify(move |doc| doc.add(&format!("e{i}"))).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let mut keys = file_keys(&path);
+    keys.sort();
+    let mut wanted: Vec<_> = (0..20).map(|i| format!("e{i}")).collect();
+    wanted.sort();
+    assert_eq!(keys, wanted);
+    assert_eq!(file.read().await.unwrap().keys().len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn separate_objects_for_one_path_are_ordered_by_the_lock_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let mut tasks = tokio::task::JoinSet::new();
+    for object in 0..2 {
+        let file = CacheFile::<JsonDoc>::new(path.clone());
+        tasks.spawn(async move {
+            for i in 0..10 {
+                file.modify(move |doc| doc.add(&format!("o{object}-{i}")))
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(file_keys(&path).len(), 20);
+}
+
+#[test]
+fn shared_returns_one_object_per_path_and_holds_it_weakly() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = CacheFile::<JsonDoc>::shared(dir.path().join("cache.json"));
+    let b = CacheFile::<JsonDoc>::shared(dir.path().join(".").join("cache.json"));
+    let other = CacheFile::<JsonDoc>::shared(dir.path().join("other.json"));
+    assert!(Arc::ptr_eq(&a, &b));
+    assert!(!Arc::ptr_eq(&a, &other));
+    assert_eq!(
+        Arc::strong_count(&a),
+        2,
+        "the registry holds no strong reference"
+    );
+    assert_eq!(a.path(), dir.path().join("cache.json"));
+}
+
+#[test]
+fn durations_are_written_for_humans() {
+    assert_eq!(seconds(Duration::from_secs(10)), "10 s");
+    assert_eq!(seconds(Duration::from_millis(2500)), "2.5 s");
+    assert_eq!(seconds(Duration::from_millis(300)), "300 ms");
+}
