@@ -12,11 +12,11 @@ use crate::error::BoxError;
 /// [`is_connect`](crate::CredentialError::is_connect), …).
 #[derive(Debug)]
 pub struct TransportError {
-    pub(super) kind: TransportErrorKind,
+    kind: TransportErrorKind,
     message: String,
     source: Option<BoxError>,
-    pub(super) attempts: u32,
-    pub(super) elapsed: Duration,
+    attempts: u32,
+    elapsed: Duration,
 }
 
 /// What kind of transport failure: kept when the error is redacted for a credential's error.
@@ -92,6 +92,12 @@ impl TransportError {
     /// How many attempts were made before this error (1 without retries).
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// Records how many attempts the retries made before this error, and over how long.
+    pub(super) fn record(&mut self, attempts: Attempts) {
+        self.attempts = attempts.count;
+        self.elapsed = attempts.elapsed;
     }
 
     pub(super) fn with_source(mut self, source: impl Into<BoxError>) -> Self {

@@ -33,7 +33,7 @@ pub struct RetryOptions {
 
 /// What a [`RetryOptions`] retries and how it backs off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RetrySchedule {
+enum RetrySchedule {
     /// 408, 429, 500, 502, 503, 504 and connection failures; the backoff doubles from
     /// `initial_backoff`, with jitter.
     Standard,
@@ -46,7 +46,7 @@ pub(crate) enum RetrySchedule {
 }
 
 /// The IMDS backoff factor once it answered 410.
-pub(crate) const IMDS_GONE_BACKOFF: Duration = Duration::from_millis(2500);
+pub(super) const IMDS_GONE_BACKOFF: Duration = Duration::from_millis(2500);
 
 impl Default for RetryOptions {
     fn default() -> Self {
@@ -189,8 +189,7 @@ fn finish(
         }
         Err(error) => Err(match error.downcast::<TransportError>() {
             Ok(mut transport) => {
-                transport.attempts = attempts.count;
-                transport.elapsed = attempts.elapsed;
+                transport.record(attempts);
                 transport
             }
             Err(other) => other,
@@ -290,7 +289,7 @@ impl RetryPolicy {
 
 /// azure-core's backoff for the `retry`-th retry (1-based): none before the first, then
 /// `factor · 2^(retry−1)`, capped.
-pub(crate) fn imds_backoff(factor: Duration, retry: u32, cap: Duration) -> Duration {
+pub(super) fn imds_backoff(factor: Duration, retry: u32, cap: Duration) -> Duration {
     if retry <= 1 {
         return Duration::ZERO;
     }
@@ -314,7 +313,7 @@ fn is_imds_retryable_status(status: StatusCode) -> bool {
 pub(super) fn is_retryable_error(error: &(dyn StdError + 'static)) -> bool {
     match source_chain(error).find_map(|e| e.downcast_ref::<TransportError>()) {
         Some(t) => matches!(
-            t.kind,
+            t.kind(),
             TransportErrorKind::Connect | TransportErrorKind::Timeout | TransportErrorKind::Io
         ),
         None => true,

@@ -10,7 +10,7 @@ use crate::token::Secret;
 const CAE_CAPABILITY: &str = "CP1";
 
 /// A form field value; secrets stay wrapped until encoded.
-pub(crate) enum FormValue {
+enum FormValue {
     Plain(String),
     Secret(Secret),
 }
@@ -22,21 +22,21 @@ pub(crate) struct Form {
 }
 
 impl Form {
-    pub(crate) fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::default()
     }
 
-    pub(crate) fn field(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    pub(super) fn field(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.fields.push((name, FormValue::Plain(value.into())));
         self
     }
 
-    pub(crate) fn secret(mut self, name: &'static str, value: &Secret) -> Self {
+    pub(super) fn secret(mut self, name: &'static str, value: &Secret) -> Self {
         self.fields.push((name, FormValue::Secret(value.clone())));
         self
     }
 
-    pub(crate) fn optional(self, name: &'static str, value: Option<impl Into<String>>) -> Self {
+    pub(super) fn optional(self, name: &'static str, value: Option<impl Into<String>>) -> Self {
         match value {
             Some(v) => self.field(name, v),
             None => self,
@@ -66,7 +66,7 @@ impl Form {
     }
 
     #[cfg(test)]
-    pub(crate) fn names(&self) -> Vec<&'static str> {
+    pub(super) fn names(&self) -> Vec<&'static str> {
         self.fields.iter().map(|(n, _)| *n).collect()
     }
 }
@@ -192,7 +192,7 @@ pub(crate) fn refresh_token_form(
 }
 
 /// The scopes as the `scope` field carries them: joined with single spaces.
-pub(crate) fn scope_field(scopes: &[String]) -> String {
+pub(super) fn scope_field(scopes: &[String]) -> String {
     scopes.join(" ")
 }
 
