@@ -1,5 +1,21 @@
 //! [`HttpClient`]: the tower service credentials send their token requests through.
 //!
+//! ```
+//! use std::time::Duration;
+//! use tower_identity::{HttpClient, RetryOptions};
+//!
+//! # fn run(private_ca_pem: &[u8]) -> Result<(), tower_identity::ConfigError> {
+//! let http = HttpClient::builder()
+//!     .add_root_certificates_pem(private_ca_pem)  // a private CA, added to the public roots
+//!     .timeout(Some(Duration::from_secs(10)))
+//!     .retry(RetryOptions::default().max_retries(2))
+//!     .build()?
+//!     // any tower layer around the whole client: concurrency limits, your own retry, …
+//!     .layer(tower::limit::ConcurrencyLimitLayer::new(4));
+//! # let _ = http; Ok(()) }
+//! # run(b"").unwrap_err();
+//! ```
+//!
 //! The default is hyper-util's client over rustls (ring, Mozilla's roots from
 //! `webpki-roots`, HTTPS only, HTTP/1.1 and HTTP/2) with:
 //!
@@ -18,22 +34,6 @@
 //! [`ManagedIdentityCredential`](crate::ManagedIdentityCredential) builds variants of its own:
 //! plain `http` allowed (its endpoints are link-local or loopback), a connect timeout and
 //! IMDS's retry schedule, or (Service Fabric) a server trusted by its certificate's thumbprint.
-//!
-//! ```
-//! use std::time::Duration;
-//! use tower_identity::{HttpClient, RetryOptions};
-//!
-//! # fn run(private_ca_pem: &[u8]) -> Result<(), tower_identity::ConfigError> {
-//! let http = HttpClient::builder()
-//!     .add_root_certificates_pem(private_ca_pem)  // a private CA, added to the public roots
-//!     .timeout(Some(Duration::from_secs(10)))
-//!     .retry(RetryOptions::default().max_retries(2))
-//!     .build()?
-//!     // any tower layer around the whole client: concurrency limits, your own retry, …
-//!     .layer(tower::limit::ConcurrencyLimitLayer::new(4));
-//! # let _ = http; Ok(()) }
-//! # run(b"").unwrap_err();
-//! ```
 
 mod builder;
 mod error;

@@ -1,9 +1,17 @@
-//! Token endpoint requests: the form per grant, the POST, and parsing of answers and errors.
+//! The token endpoint: the form each grant sends (`form.rs`), the POST ([`TokenClient`]),
+//! reading the answer (`response.rs`) and the error when none came (`failure.rs`).
 //!
-//! Wire facts (see `entra-protocol.md` of the design notes): `POST
-//! {authority}/{tenant}/oauth2/v2.0/token`, form-encoded, a fresh `x-ms-client-request-id` per
-//! request and a `User-Agent` naming this crate. Numbers in answers may be JSON numbers or
-//! numeric strings. Any `error` field means failure, whatever the status.
+//! On the wire (OAuth 2.0 as the Microsoft identity platform implements it): a `POST
+//! {authority}/{tenant}/oauth2/v2.0/token` with an `application/x-www-form-urlencoded` body
+//! (RFC 6749 §4.1.3, §4.4.2 and §6; a client assertion per RFC 7523 §2.2, a device code poll
+//! per RFC 8628 §3.4), scopes joined by single spaces (RFC 6749 §3.3); the device
+//! authorization request (RFC 8628 §3.1) goes to `…/oauth2/v2.0/devicecode` the same way.
+//! Every request carries a fresh `x-ms-client-request-id` (a UUID Entra records beside its
+//! own correlation id) and a `User-Agent` naming this crate. A success is a JSON object (RFC
+//! 6749 §5.1) whose numbers (`expires_in`, `ext_expires_in`, `refresh_in`, `expires_on`)
+//! Entra sends as JSON numbers or as numeric strings (`"3599"`): both are read. An answer
+//! with an `error` field (RFC 6749 §5.2) is a failure whatever its HTTP status; Entra adds its
+//! AADSTS numbers (`error_codes`) and a `correlation_id`, kept in the error's provider details.
 
 mod failure;
 mod form;
