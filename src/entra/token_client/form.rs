@@ -1,0 +1,245 @@
+//! The request forms, one per grant, and the `claims` field.
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use crate::token::Secret;
+
+/// The claims fragment that announces the CAE capability.
+const CAE_CAPABILITY: &str = "CP1";
+
+/// A form field value; secrets stay wrapped until encoded.
+enum FormValue {
+    Plain(String),
+    Secret(Secret),
+}
+
+/// An ordered `application/x-www-form-urlencoded` form.
+#[derive(Default)]
+pub(crate) struct Form {
+    fields: Vec<(&'static str, FormValue)>,
+}
+
+impl Form {
+    pub(super) fn new() -> Self {
+        Self::default()
+    }
+
+    pub(super) fn field(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.fields.push((name, FormValue::Plain(value.into())));
+        self
+    }
+
+    pub(super) fn secret(mut self, name: &'static str, value: &Secret) -> Self {
+        self.fields.push((name, FormValue::Secret(value.clone())));
+        self
+    }
+
+    pub(super) fn optional(self, name: &'static str, value: Option<impl Into<String>>) -> Self {
+        match value {
+            Some(v) => self.field(name, v),
+            None => self,
+        }
+    }
+
+    /// The secret values, to scrub from any text the provider sends back.
+    pub(super) fn secret_values(&self) -> impl Iterator<Item = &Secret> {
+        self.fields.iter().filter_map(|(_, v)| match v {
+            FormValue::Secret(s) => Some(s),
+            FormValue::Plain(_) => None,
+        })
+    }
+
+    /// The encoded body, in a buffer that is zeroed when the request is dropped.
+    pub(super) fn encode(&self) -> Bytes {
+        let mut serializer = url::form_urlencoded::Serializer::new(String::new());
+        for (name, value) in &self.fields {
+            let value = match value {
+                FormValue::Plain(v) => v.as_str(),
+                FormValue::Secret(s) => s.expose_secret(),
+            };
+            serializer.append_pair(name, value);
+        }
+        let encoded = Zeroizing::new(serializer.finish().into_bytes());
+        Bytes::from_owner(encoded)
+    }
+
+    #[cfg(test)]
+    pub(super) fn names(&self) -> Vec<&'static str> {
+        self.fields.iter().map(|(n, _)| *n).collect()
+    }
+}
+
+/// The client-credentials grant (a service principal with a secret).
+pub(crate) fn client_credentials_form(
+    client_id: &str,
+    secret: &Secret,
+    scopes: &[String],
+    claims: Option<String>,
+) -> Form {
+    client_credentials(client_id, scopes, claims, |form| {
+        form.secret("client_secret", secret)
+    })
+}
+
+/// The client-credentials grant with a signed JWT standing for the secret (RFC 7523 §2.2):
+/// a federated token, such as a workload identity's service-account token.
+pub(crate) fn client_assertion_form(
+    client_id: &str,
+    assertion: &Secret,
+    scopes: &[String],
+    claims: Option<String>,
+) -> Form {
+    client_credentials(client_id, scopes, claims, |form| {
+        form.field("client_assertion_type", JWT_BEARER_ASSERTION_TYPE)
+            .secret("client_assertion", assertion)
+    })
+}
+
+/// `client_assertion_type` of a JWT client assertion (RFC 7523 §8.1).
+const JWT_BEARER_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The client-credentials form around the fields that authenticate the client.
+fn client_credentials(
+    client_id: &str,
+    scopes: &[String],
+    claims: Option<String>,
+    authenticate: impl FnOnce(Form) -> Form,
+) -> Form {
+    authenticate(Form::new().field("client_id", client_id))
+        .field("grant_type", "client_credentials")
+        .field("scope", scope_field(scopes))
+        .optional("claims", claims)
+}
+
+/// The authorization-code grant (a code redeemed once).
+pub(crate) fn authorization_code_form(
+    client_id: &str,
+    code: &Secret,
+    redirect_uri: &str,
+    scopes: &[String],
+    claims: Option<String>,
+    client_secret: Option<&Secret>,
+) -> Form {
+    let form = Form::new()
+        .field("client_id", client_id)
+        .secret("code", code)
+        .field("grant_type", "authorization_code")
+        .field("redirect_uri", redirect_uri)
+        .field("scope", scope_field(scopes))
+        .field("client_info", "1")
+        .optional("claims", claims);
+    match client_secret {
+        Some(secret) => form.secret("client_secret", secret),
+        None => form,
+    }
+}
+
+/// The OpenID scopes msal adds to a user sign-in: an id token, the account's profile (for
+/// `client_info`) and a refresh token.
+const SIGN_IN_SCOPES: [&str; 3] = ["openid", "profile", "offline_access"];
+
+/// The device authorization request (RFC 8628 §3.1), with the scopes msal adds.
+pub(crate) fn device_authorization_form(
+    client_id: &str,
+    scopes: &[String],
+    claims: Option<String>,
+) -> Form {
+    let mut all = scopes.to_vec();
+    for scope in SIGN_IN_SCOPES {
+        if !all.iter().any(|s| s == scope) {
+            all.push(scope.to_owned());
+        }
+    }
+    Form::new()
+        .field("client_id", client_id)
+        .field("scope", scope_field(&all))
+        .optional("claims", claims)
+}
+
+/// `grant_type` of a device code poll (RFC 8628 §3.4).
+const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// A device code poll (RFC 8628 §3.4), asking for the account's `client_info`.
+pub(crate) fn device_code_form(client_id: &str, device_code: &Secret) -> Form {
+    Form::new()
+        .field("grant_type", DEVICE_CODE_GRANT)
+        .field("client_id", client_id)
+        .secret("device_code", device_code)
+        .field("client_info", "1")
+}
+
+/// The refresh-token grant.
+pub(crate) fn refresh_token_form(
+    client_id: &str,
+    refresh_token: &Secret,
+    scopes: &[String],
+    claims: Option<String>,
+    client_secret: Option<&Secret>,
+) -> Form {
+    let form = Form::new()
+        .field("grant_type", "refresh_token")
+        .secret("refresh_token", refresh_token)
+        .field("scope", scope_field(scopes))
+        .field("client_id", client_id)
+        .field("client_info", "1");
+    let form = match client_secret {
+        Some(secret) => form.secret("client_secret", secret),
+        None => form,
+    };
+    form.optional("claims", claims)
+}
+
+/// The scopes as the `scope` field carries them: joined with single spaces.
+pub(super) fn scope_field(scopes: &[String]) -> String {
+    scopes.join(" ")
+}
+
+/// The `claims` field for a request: the caller's claims (a JSON object), with the CAE
+/// capability merged in when CAE is enabled. `None` when neither applies.
+pub(crate) fn claims_field(
+    claims: Option<&str>,
+    enable_cae: bool,
+) -> Result<Option<String>, String> {
+    let parsed = match claims {
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => Some(map),
+            _ => {
+                return Err(
+                    "claims must be a JSON object, such as the decoded claims of a \
+                            CAE challenge: {\"access_token\":{…}}"
+                        .into(),
+                );
+            }
+        },
+        None => None,
+    };
+    if !enable_cae {
+        // Sent as given: the provider compares the JSON it asked for.
+        return Ok(claims.map(str::to_owned));
+    }
+    let mut root = parsed.unwrap_or_default();
+    let access_token = root
+        .entry("access_token")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(access_token) = access_token else {
+        return Err("claims: \"access_token\" must be a JSON object".into());
+    };
+    let xms_cc = access_token
+        .entry("xms_cc")
+        .or_insert_with(|| serde_json::json!({ "values": [] }));
+    let values = match xms_cc {
+        Value::Object(cc) => cc
+            .entry("values")
+            .or_insert_with(|| Value::Array(Vec::new())),
+        _ => return Err("claims: \"xms_cc\" must be a JSON object".into()),
+    };
+    let Value::Array(values) = values else {
+        return Err("claims: \"xms_cc.values\" must be a JSON array".into());
+    };
+    if !values.iter().any(|v| v == CAE_CAPABILITY) {
+        values.push(Value::String(CAE_CAPABILITY.into()));
+    }
+    Ok(Some(Value::Object(root).to_string()))
+}

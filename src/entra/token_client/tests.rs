@@ -1,0 +1,241 @@
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::time::Instant;
+
+use super::form::{
+    Form, claims_field, client_assertion_form, client_credentials_form, scope_field,
+};
+use super::response::{TokenResponse, parse_response};
+use crate::error::CredentialError;
+use crate::token::Secret;
+
+fn parse(status: u16, body: &str) -> Result<TokenResponse, CredentialError> {
+    parse_response(
+        "TestCredential",
+        StatusCode::from_u16(status).unwrap(),
+        body.as_bytes(),
+        &["the-client-secret"],
+        Instant::now(),
+        1_700_000_000,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn numbers_may_be_json_numbers_or_numeric_strings() {
+    for body in [
+        r#"{"access_token":"a","expires_in":3599,"ext_expires_in":3599,"refresh_in":1800,"token_type":"Bearer"}"#,
+        r#"{"access_token":"a","expires_in":"3599","ext_expires_in":"3599","refresh_in":"1800"}"#,
+        r#"{"access_token":"a","expires_in":3599.0,"refresh_in":" 1800 "}"#,
+    ] {
+        let r = parse(200, body).unwrap();
+        assert_eq!(r.token.expires_in(), Duration::from_secs(3599), "{body}");
+        assert_eq!(
+            r.token.refresh_on(),
+            Some(Instant::now() + Duration::from_secs(1800)),
+            "{body}"
+        );
+        assert_eq!(r.expires_on, 1_700_003_599);
+        assert_eq!(r.refresh_on, Some(1_700_001_800));
+        assert_eq!(r.token.token_type(), "Bearer");
+    }
+    let err = parse(200, r#"{"access_token":"a","expires_in":"soon"}"#).unwrap_err();
+    assert!(
+        err.message()
+            .contains("expires_in is not a non-negative number"),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_on_follows_refresh_in_then_half_life_for_long_tokens() {
+    let r = parse(200, r#"{"access_token":"a","expires_in":7200}"#).unwrap();
+    assert_eq!(
+        r.token.refresh_on(),
+        Some(Instant::now() + Duration::from_secs(3600))
+    );
+    let r = parse(200, r#"{"access_token":"a","expires_in":7199}"#).unwrap();
+    assert_eq!(r.token.refresh_on(), None);
+    assert_eq!(r.refresh_on, None);
+    let r = parse(
+        200,
+        r#"{"access_token":"a","expires_in":86400,"refresh_in":600}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        r.token.refresh_on(),
+        Some(Instant::now() + Duration::from_secs(600))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn absurd_numbers_are_clamped_not_a_panic() {
+    let week = crate::token::MAX_TOKEN_LIFETIME;
+    for body in [
+        r#"{"access_token":"a","expires_in":1e20}"#,
+        r#"{"access_token":"a","expires_in":18446744073709551615}"#,
+        r#"{"access_token":"a","expires_in":"1e300"}"#,
+        r#"{"access_token":"a","expires_on":99999999999999999999}"#,
+        r#"{"access_token":"a","expires_on":"18446744073709551615"}"#,
+        r#"{"access_token":"a","expires_in":3600,"expires_on":1e20}"#,
+    ] {
+        let r = parse(200, body).unwrap();
+        assert_eq!(r.token.expires_in(), week, "{body}");
+        assert_eq!(r.expires_on, 1_700_000_000 + week.as_secs(), "{body}");
+    }
+    let r = parse(
+        200,
+        r#"{"access_token":"a","expires_in":3600,"refresh_in":1e20,"ext_expires_in":18446744073709551615}"#,
+    )
+    .unwrap();
+    // refresh_in past expiry means expiry; ext_expires_in is clamped like a lifetime.
+    assert_eq!(r.token.refresh_on(), Some(r.token.expires_on()));
+    assert_eq!(r.refresh_on, Some(1_700_003_600));
+    assert_eq!(r.extended_expires_on, 1_700_000_000 + week.as_secs());
+}
+
+#[tokio::test(start_paused = true)]
+async fn absolute_expires_on_wins_over_expires_in() {
+    // parse() sends at Unix time 1_700_000_000.
+    let body = r#"{"access_token":"a","expires_in":3600,"expires_on":"1700001000"}"#;
+    let r = parse(200, body).unwrap();
+    assert_eq!(r.token.expires_in(), Duration::from_secs(1000));
+    assert_eq!(r.expires_on, 1_700_001_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn missing_expiry_or_token_is_an_unexpected_response_without_echo() {
+    let err = parse(
+        200,
+        r#"{"access_token":"eyJhbGciOi.payload.sig","token_type":"Bearer"}"#,
+    )
+    .unwrap_err();
+    assert!(err.is_authentication_failed());
+    assert!(
+        err.message()
+            .starts_with("Unexpected response from Microsoft Entra ID"),
+        "{err}"
+    );
+    assert!(
+        err.message().contains("neither expires_in nor expires_on"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("payload"), "{err}");
+    let err = parse(200, r#"{"expires_in":3600}"#).unwrap_err();
+    assert!(err.message().contains("no access_token"), "{err}");
+    let err = parse(200, r#"{"access_token":"a","expires_in":0}"#).unwrap_err();
+    assert!(err.message().contains("already expired"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn entra_error_body_becomes_a_detailed_error() {
+    let body = r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.\r\nTrace ID: t-1\r\nCorrelation ID: c-1\r\nTimestamp: 2024-05-01 00:00:00Z","error_codes":[7000215],"timestamp":"2024-05-01 00:00:00Z","trace_id":"t-1","correlation_id":"c-1"}"#;
+    let err = parse(401, body).unwrap_err();
+    assert!(err.is_authentication_failed());
+    assert_eq!(err.status(), Some(StatusCode::UNAUTHORIZED));
+    assert_eq!(err.error_code(), Some("invalid_client"));
+    assert_eq!(err.error_codes(), [7000215]);
+    assert_eq!(err.correlation_id(), Some("c-1"));
+    let msg = err.message();
+    assert!(msg.starts_with("Microsoft Entra ID error '(invalid_client) AADSTS7000215: Invalid client secret provided."), "{msg}");
+    assert!(msg.contains("Trace ID: t-1 Correlation ID: c-1"), "{msg}");
+    assert!(msg.contains("Check that the client secret"), "{msg}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_field_means_failure_even_with_200() {
+    let err = parse(200, r#"{"error":"invalid_grant","error_description":"AADSTS54005: code redeemed","error_codes":["54005"]}"#).unwrap_err();
+    assert_eq!(err.error_codes(), [54005]);
+    assert!(err.message().contains("Sign in again"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unreadable_bodies_are_quoted_scrubbed_and_short() {
+    let html = format!(
+        "<html>proxy says the-client-secret eyJa.b.c {}</html>",
+        "x".repeat(500)
+    );
+    let err = parse(502, &html).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("HTTP 502"), "{msg}");
+    assert!(msg.contains("<html>proxy says *** ***"), "{msg}");
+    assert!(
+        !msg.contains("the-client-secret") && !msg.contains("eyJa"),
+        "{msg}"
+    );
+    assert!(msg.len() < 400, "{}", msg.len());
+    let err = parse(200, "not json").unwrap_err();
+    assert!(err.message().contains("not a JSON object"), "{err}");
+}
+
+#[test]
+fn cae_capability_is_merged_into_claims() {
+    assert_eq!(claims_field(None, false).unwrap(), None);
+    assert_eq!(
+        claims_field(None, true).unwrap().unwrap(),
+        r#"{"access_token":{"xms_cc":{"values":["CP1"]}}}"#
+    );
+    let challenge = r#"{"access_token":{"nbf":{"essential":true,"value":"1726077595"}}}"#;
+    assert_eq!(
+        claims_field(Some(challenge), false).unwrap().unwrap(),
+        challenge
+    );
+    assert_eq!(
+        claims_field(Some(challenge), true).unwrap().unwrap(),
+        r#"{"access_token":{"nbf":{"essential":true,"value":"1726077595"},"xms_cc":{"values":["CP1"]}}}"#
+    );
+    let has_cp1 = r#"{"access_token":{"xms_cc":{"values":["CP1","X"]}},"id_token":{}}"#;
+    assert_eq!(claims_field(Some(has_cp1), true).unwrap().unwrap(), has_cp1);
+    assert!(claims_field(Some("[1]"), false).is_err());
+    assert!(claims_field(Some(r#"{"access_token":1}"#), true).is_err());
+}
+
+#[test]
+fn client_credentials_forms_differ_only_in_how_the_client_proves_itself() {
+    let scopes = ["https://x.test/.default".to_owned()];
+    let secret = client_credentials_form("id", &Secret::new("s3cret"), &scopes, None);
+    assert_eq!(
+        secret.names(),
+        ["client_id", "client_secret", "grant_type", "scope"]
+    );
+    let assertion =
+        client_assertion_form("id", &Secret::new("eyJ.a.b"), &scopes, Some("{}".into()));
+    assert_eq!(
+        assertion.names(),
+        [
+            "client_id",
+            "client_assertion_type",
+            "client_assertion",
+            "grant_type",
+            "scope",
+            "claims"
+        ]
+    );
+    assert_eq!(
+        &assertion.encode()[..],
+        b"client_id=id&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer\
+          &client_assertion=eyJ.a.b&grant_type=client_credentials&scope=https%3A%2F%2Fx.test%2F.default&claims=%7B%7D"
+    );
+    let secrets: Vec<&str> = assertion
+        .secret_values()
+        .map(Secret::expose_secret)
+        .collect();
+    assert_eq!(secrets, ["eyJ.a.b"]);
+}
+
+#[test]
+fn form_encodes_in_order_and_lists_secrets() {
+    let secret = Secret::new("s p&c=");
+    let form = Form::new()
+        .field("client_id", "id")
+        .secret("client_secret", &secret)
+        .field("scope", scope_field(&["a".into(), "b c".into()]))
+        .optional("claims", None::<String>);
+    assert_eq!(form.names(), ["client_id", "client_secret", "scope"]);
+    assert_eq!(
+        &form.encode()[..],
+        b"client_id=id&client_secret=s+p%26c%3D&scope=a+b+c"
+    );
+    let secrets: Vec<&str> = form.secret_values().map(Secret::expose_secret).collect();
+    assert_eq!(secrets, ["s p&c="]);
+}

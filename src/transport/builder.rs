@@ -1,0 +1,170 @@
+//! [`HttpClientBuilder`]: the default client's settings, and the TLS it is built on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+use super::leaf::HyperLeaf;
+use super::retry::{RetryOptions, Retrying};
+use super::{DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT, HttpClient};
+use crate::error::ConfigError;
+
+/// Settings for the default [`HttpClient`].
+#[derive(Clone, Debug)]
+pub struct HttpClientBuilder {
+    extra_roots_pem: Vec<Vec<u8>>,
+    timeout: Option<Duration>,
+    max_response_bytes: usize,
+    retry: Option<RetryOptions>,
+    /// Crate-private: managed identity endpoints are plain `http` on link-local or loopback
+    /// addresses.
+    allow_http: bool,
+    /// Crate-private: a connect timeout apart from the per-attempt one (IMDS: 2 s, so a host
+    /// without IMDS is told quickly).
+    connect_timeout: Option<Duration>,
+    /// Crate-private: replaces the root store (Service Fabric pins its server's certificate).
+    verifier: Option<Arc<dyn rustls::client::danger::ServerCertVerifier>>,
+}
+
+impl Default for HttpClientBuilder {
+    fn default() -> Self {
+        Self {
+            extra_roots_pem: Vec::new(),
+            timeout: Some(DEFAULT_TIMEOUT),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            retry: Some(RetryOptions::default()),
+            allow_http: false,
+            connect_timeout: None,
+            verifier: None,
+        }
+    }
+}
+
+impl HttpClientBuilder {
+    /// Trusts the certificates in this PEM text (one or more `CERTIFICATE` blocks) as roots,
+    /// in addition to the public roots: for an authority behind a private CA.
+    pub fn add_root_certificates_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.extra_roots_pem.push(pem.as_ref().to_vec());
+        self
+    }
+
+    /// Per-attempt timeout covering connect, headers and body (default 10 s); `None` waits
+    /// forever. The total deadline of [`RetryOptions::total_timeout`] applies as well.
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Largest response body accepted; larger ones fail the request.
+    pub fn max_response_bytes(mut self, limit: usize) -> Self {
+        self.max_response_bytes = limit;
+        self
+    }
+
+    /// Retry settings for throttling, server errors and connection failures.
+    pub fn retry(mut self, options: RetryOptions) -> Self {
+        self.retry = Some(options);
+        self
+    }
+
+    /// Never retry.
+    pub fn no_retry(mut self) -> Self {
+        self.retry = None;
+        self
+    }
+
+    /// Also sends plain `http` requests (managed identity endpoints).
+    pub(crate) fn allow_http(mut self) -> Self {
+        self.allow_http = true;
+        self
+    }
+
+    /// Gives up connecting after this long (the per-attempt timeout still applies).
+    pub(crate) fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Trusts servers by this verifier instead of the root store.
+    pub(crate) fn server_cert_verifier(
+        mut self,
+        verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    ) -> Self {
+        self.verifier = Some(verifier);
+        self
+    }
+
+    /// Builds the client; fails if a PEM has no certificate or a certificate is invalid.
+    pub fn build(self) -> Result<HttpClient, ConfigError> {
+        let mut roots = default_roots();
+        for pem in &self.extra_roots_pem {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    ConfigError::new("root certificate PEM could not be parsed").with_source(e)
+                })?;
+            if certs.is_empty() {
+                return Err(ConfigError::new(
+                    "root certificate PEM holds no \"-----BEGIN CERTIFICATE-----\" block",
+                ));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    ConfigError::new("a root certificate was rejected").with_source(e)
+                })?;
+            }
+        }
+        Ok(self.build_with_roots(roots))
+    }
+
+    #[allow(
+        clippy::expect_used,
+        reason = "ring supports TLS 1.2 and 1.3, the safe defaults: this cannot fail"
+    )]
+    pub(super) fn build_with_roots(self, roots: rustls::RootCertStore) -> HttpClient {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default TLS versions");
+        let tls = match self.verifier {
+            Some(verifier) => config
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth(),
+            None => config.with_root_certificates(roots).with_no_client_auth(),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let connector = if self.allow_http {
+            connector.https_or_http()
+        } else {
+            connector.https_only()
+        };
+        let connector = connector.enable_http1().enable_http2().wrap_connector({
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            http.set_connect_timeout(self.connect_timeout);
+            http
+        });
+        let leaf = HyperLeaf {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            timeout: self.timeout,
+            max_response_bytes: self.max_response_bytes,
+        };
+        match self.retry {
+            Some(options) => HttpClient::from_service(Retrying { leaf, options }),
+            None => HttpClient::from_service(leaf),
+        }
+    }
+}
+
+pub(super) fn default_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}

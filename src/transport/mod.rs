@@ -1,0 +1,146 @@
+//! [`HttpClient`]: the tower service credentials send their token requests through.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_identity::{HttpClient, RetryOptions};
+//!
+//! # fn run(private_ca_pem: &[u8]) -> Result<(), tower_identity::ConfigError> {
+//! let http = HttpClient::builder()
+//!     .add_root_certificates_pem(private_ca_pem)  // a private CA, added to the public roots
+//!     .timeout(Some(Duration::from_secs(10)))
+//!     .retry(RetryOptions::default().max_retries(2))
+//!     .build()?
+//!     // any tower layer around the whole client: concurrency limits, your own retry, …
+//!     .layer(tower::limit::ConcurrencyLimitLayer::new(4));
+//! # let _ = http; Ok(()) }
+//! # run(b"").unwrap_err();
+//! ```
+//!
+//! The default is hyper-util's client over rustls (ring, Mozilla's roots from
+//! `webpki-roots`, HTTPS only, HTTP/1.1 and HTTP/2) with:
+//!
+//! * a cap on response bodies (1 MiB by default), so a broken or hostile endpoint cannot
+//!   exhaust memory;
+//! * a per-attempt timeout (10 s by default);
+//! * bounded retries of 408, 429, 500, 502, 503, 504 and connection failures (3 by default),
+//!   with exponential backoff and jitter, honouring `Retry-After` (seconds or an HTTP date),
+//!   `retry-after-ms` and `x-ms-retry-after-ms`. Other 4xx answers — the identity provider's
+//!   `invalid_client`, `invalid_grant`, … — are final and never retried, and neither are
+//!   TLS failures;
+//! * a total deadline over all attempts and waits (30 s by default): an endpoint that accepts
+//!   connections and never answers costs one call at most this long. The final error says how
+//!   many attempts were made over how long.
+//!
+//! [`ManagedIdentityCredential`](crate::ManagedIdentityCredential) builds variants of its own:
+//! plain `http` allowed (its endpoints are link-local or loopback), a connect timeout and
+//! IMDS's retry schedule, or (Service Fabric) a server trusted by its certificate's thumbprint.
+
+mod builder;
+mod error;
+mod leaf;
+mod retry;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http_body_util::Full;
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::error::BoxError;
+
+pub use builder::HttpClientBuilder;
+use builder::default_roots;
+pub use error::TransportError;
+pub(crate) use error::{Attempts, TransportErrorKind};
+pub use retry::RetryOptions;
+pub(crate) use retry::{MAX_RETRY_AFTER, is_retryable_status, retry_after};
+
+/// A request as credentials send it: the body is a complete, cheaply cloned buffer.
+pub type HttpRequest = http::Request<Full<Bytes>>;
+/// A response as credentials read it: the body is collected (and size-capped).
+pub type HttpResponse = http::Response<Bytes>;
+
+/// Default cap on response bodies. Token responses are a few KiB; an id token with many
+/// group claims stays well below this.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Default per-attempt timeout. Entra answers token requests within a second or two; an
+/// attempt that takes longer is better abandoned for another, inside the total deadline.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default total deadline of one request, over its attempts and the waits between them.
+pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP client of the credentials: a cloneable, boxed tower service.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: BoxCloneSyncService<HttpRequest, HttpResponse, BoxError>,
+}
+
+impl HttpClient {
+    /// The default client (see the module docs).
+    pub fn new() -> Self {
+        Self::builder().build_with_roots(default_roots())
+    }
+
+    /// A builder for the default client with other settings.
+    pub fn builder() -> HttpClientBuilder {
+        HttpClientBuilder::default()
+    }
+
+    /// Uses any tower service of the right shape as the client (for example one with your
+    /// own proxy connector). Nothing is added: no retries, no cap, no timeout.
+    pub fn from_service<S>(service: S) -> Self
+    where
+        S: Service<HttpRequest, Response = HttpResponse> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        Self {
+            inner: BoxCloneSyncService::new(service.map_err(Into::into)),
+        }
+    }
+
+    /// Wraps the whole client in a tower layer (timeout, concurrency limit, rate limit, …).
+    pub fn layer<L>(self, layer: L) -> Self
+    where
+        L: Layer<HttpClient>,
+        L::Service: Service<HttpRequest, Response = HttpResponse> + Clone + Send + Sync + 'static,
+        <L::Service as Service<HttpRequest>>::Error: Into<BoxError>,
+        <L::Service as Service<HttpRequest>>::Future: Send + 'static,
+    {
+        Self::from_service(layer.layer(self))
+    }
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HttpClient")
+    }
+}
+
+impl Service<HttpRequest> for HttpClient {
+    type Response = HttpResponse;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<HttpResponse, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        self.inner.call(request)
+    }
+}
