@@ -22,7 +22,8 @@
 //! * a cap on response bodies (1 MiB by default), so a broken or hostile endpoint cannot
 //!   exhaust memory;
 //! * a per-attempt timeout (10 s by default);
-//! * bounded retries of 408, 429, 500, 502, 503, 504 and connection failures (3 by default),
+//! * bounded retries of 408, 429, 500, 502, 503, 504, connection failures, attempts that
+//!   timed out and exchanges cut off by an I/O error (3 by default),
 //!   with exponential backoff and jitter, honouring `Retry-After` (seconds or an HTTP date),
 //!   `retry-after-ms` and `x-ms-retry-after-ms`. Other 4xx answers — the identity provider's
 //!   `invalid_client`, `invalid_grant`, … — are final and never retried, and neither are
