@@ -24,8 +24,8 @@
 //!   does). `start` records the flight under the lock already held, so the task cannot end
 //!   (and remove its record) before it is written.
 //! * **Cancellation**: a caller that drops its handle does not cancel the work for the
-//!   others; the outcome lands even if nobody waits ([`FlightLock::start`]). With
-//!   [`FlightLock::start_until_abandoned`] the task is aborted when the last handle is
+//!   others; the outcome lands even if nobody waits ([`WhenAbandoned::RunOn`]). With
+//!   [`WhenAbandoned::Abort`] the task is aborted when the last handle is
 //!   dropped (a sign-in prompt nobody waits for must stop): the record holds only a weak
 //!   reference, so a caller after that starts anew.
 //! * **Panics, aborts, runtime shutdown**: a guard inside the task lands an *authentication
@@ -38,7 +38,7 @@
 //!   work runs outside it. A `land` may take another lock only in a fixed order: the bearer
 //!   layer's claims flight stores its token into the layer's refresh slot, so its lock comes
 //!   before the slot's, never after (no `land` of a refresh slot takes another lock). A
-//!   handle from [`FlightLock::start_until_abandoned`] is never dropped with the lock held.
+//!   handle from [`WhenAbandoned::Abort`] is never dropped with the lock held.
 //!   Every write under the lock is a plain assignment, so a panic elsewhere cannot leave the
 //!   state torn: a poisoned lock is still used.
 
@@ -227,32 +227,15 @@ where
 
     /// Spawns `work` as the flight of `key` and records it. When `work` ends, `land` turns its
     /// result into the outcome every waiter gets, under the lock, as the record is removed.
-    /// The work runs to its end even if every handle is dropped.
-    pub(crate) fn start<W, F, L>(&mut self, key: K, work: F, land: L) -> Flight<T>
-    where
-        W: Send + 'static,
-        F: Future<Output = Result<W, CredentialError>> + Send + 'static,
-        L: FnOnce(&mut S, Result<W, CredentialError>) -> Result<T, CredentialError>
-            + Send
-            + 'static,
-    {
-        self.launch(key, work, land, false)
-    }
-
-    /// As [`start`](Self::start), but the task is aborted when the last handle is dropped;
-    /// `land` then receives a "did not finish" error.
-    pub(crate) fn start_until_abandoned<W, F, L>(&mut self, key: K, work: F, land: L) -> Flight<T>
-    where
-        W: Send + 'static,
-        F: Future<Output = Result<W, CredentialError>> + Send + 'static,
-        L: FnOnce(&mut S, Result<W, CredentialError>) -> Result<T, CredentialError>
-            + Send
-            + 'static,
-    {
-        self.launch(key, work, land, true)
-    }
-
-    fn launch<W, F, L>(&mut self, key: K, work: F, land: L, abort_when_abandoned: bool) -> Flight<T>
+    /// With [`WhenAbandoned::Abort`], dropping the last handle aborts the task (`land` then
+    /// receives a "did not finish" error).
+    pub(crate) fn start<W, F, L>(
+        &mut self,
+        key: K,
+        when_abandoned: WhenAbandoned,
+        work: F,
+        land: L,
+    ) -> Flight<T>
     where
         W: Send + 'static,
         F: Future<Output = Result<W, CredentialError>> + Send + 'static,
@@ -274,7 +257,10 @@ where
             let result = work.await;
             landing.finish(result)
         });
-        let holder = abort_when_abandoned.then(|| Arc::new(AbortOnDrop(task.abort_handle())));
+        let holder = match when_abandoned {
+            WhenAbandoned::RunOn => None,
+            WhenAbandoned::Abort => Some(Arc::new(AbortOnDrop(task.abort_handle()))),
+        };
         let (name, what) = (self.inner.name, self.inner.what);
         let joined = async move {
             task.await.unwrap_or_else(|join_error| {
@@ -298,6 +284,15 @@ where
             _holder: holder,
         }
     }
+}
+
+/// What becomes of a flight whose every handle was dropped.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum WhenAbandoned {
+    /// It runs to its end and its outcome lands.
+    RunOn,
+    /// Its task is aborted (a prompt nobody waits for must stop).
+    Abort,
 }
 
 /// Lands a flight's outcome and removes its record, inside its task, however the task ends.
@@ -401,7 +396,7 @@ mod tests {
         let mut lock = flights.lock();
         match lock.running(key) {
             Some(flight) => flight,
-            None => lock.start(key, make(), land),
+            None => lock.start(key, WhenAbandoned::RunOn, make(), land),
         }
     }
 
@@ -461,7 +456,7 @@ mod tests {
         };
         let a = flights
             .lock()
-            .start_until_abandoned("k", abortable(&finished), land);
+            .start("k", WhenAbandoned::Abort, abortable(&finished), land);
         let b = flights.lock().running("k").expect("joined");
         drop(a);
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -480,7 +475,7 @@ mod tests {
         }
         let again = flights
             .lock()
-            .start_until_abandoned("k", abortable(&finished), land);
+            .start("k", WhenAbandoned::Abort, abortable(&finished), land);
         assert_eq!(again.await.unwrap(), 7);
         assert!(finished.load(Ordering::SeqCst));
     }
@@ -540,28 +535,32 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 
+    /// Work that answers `answer` once released.
+    fn gated(
+        answer: u32,
+    ) -> (
+        oneshot::Sender<()>,
+        impl Future<Output = Result<u32, CredentialError>> + Send + 'static,
+    ) {
+        let (release, gate) = oneshot::channel();
+        (release, async move {
+            let _ = gate.await;
+            Ok(answer)
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_guard_never_clears_the_record_of_a_newer_flight() {
         // A flight replaced by a newer one of the same key ends: the newer one stays joinable.
         let flights = flights();
-        let (release_old, old_gate) = oneshot::channel::<()>();
-        let (release_new, new_gate) = oneshot::channel::<()>();
-        let old = flights.lock().start(
-            "k",
-            async move {
-                let _ = old_gate.await;
-                Ok(1)
-            },
-            land,
-        );
-        let new = flights.lock().start(
-            "k",
-            async move {
-                let _ = new_gate.await;
-                Ok(2)
-            },
-            land,
-        );
+        let (release_old, old_work) = gated(1);
+        let (release_new, new_work) = gated(2);
+        let old = flights
+            .lock()
+            .start("k", WhenAbandoned::RunOn, old_work, land);
+        let new = flights
+            .lock()
+            .start("k", WhenAbandoned::RunOn, new_work, land);
         release_old.send(()).unwrap();
         assert_eq!(old.await.unwrap(), 1);
         let joined = flights
@@ -574,9 +573,10 @@ mod tests {
         assert!(!flights.lock().is_running("k"));
 
         // An abandoned flight is aborted after a new one has started: same.
-        let abandoned = flights
-            .lock()
-            .start_until_abandoned("k", std::future::pending(), land);
+        let abandoned =
+            flights
+                .lock()
+                .start("k", WhenAbandoned::Abort, std::future::pending(), land);
         drop(abandoned);
         let runs = Arc::new(AtomicUsize::new(0));
         let current = join_or_start(&flights, "k", || work(&runs, 5, Ok(3)));

@@ -58,7 +58,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::CredentialError;
-use crate::flight::{Flight, FlightLock, SingleFlight};
+use crate::flight::{Flight, FlightLock, SingleFlight, WhenAbandoned};
 use crate::token::AccessToken;
 
 /// Refresh when at most this much lifetime is left (azure-identity and azure-core: 300 s).
@@ -364,7 +364,7 @@ impl<V: SlotValue> TokenSlot<V> {
         Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
         let slot = Arc::clone(self);
-        state.start((), acquire, move |state, result| {
+        state.start((), WhenAbandoned::RunOn, acquire, move |state, result| {
             slot.land(state, result, renewal)
         })
     }

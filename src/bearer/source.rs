@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use crate::credential::TokenCredential;
 use crate::error::CredentialError;
-use crate::flight::SingleFlight;
+use crate::flight::{SingleFlight, WhenAbandoned};
 use crate::refresh::{Entry, Lookup, RefreshPolicy, SlotValue, TokenSlot};
 use crate::token::{AccessToken, TokenRequest};
 
@@ -169,19 +169,24 @@ impl<C: TokenCredential> Source<C> {
                         acquire(self.credential.clone(), request, Some(Arc::clone(&claims)));
                     let slot = Arc::clone(&self.slot);
                     let asked = Arc::clone(&claims);
-                    state.start(claims, acquisition, move |state, result| {
-                        // A failure is remembered for the spacing; a success forgets it.
-                        match result {
-                            Ok(prepared) => {
-                                state.failed = None;
-                                Ok(slot.store(prepared))
+                    state.start(
+                        claims,
+                        WhenAbandoned::RunOn,
+                        acquisition,
+                        move |state, result| {
+                            // A failure is remembered for the spacing; a success forgets it.
+                            match result {
+                                Ok(prepared) => {
+                                    state.failed = None;
+                                    Ok(slot.store(prepared))
+                                }
+                                Err(error) => {
+                                    state.failed = Some((asked, error.clone(), Instant::now()));
+                                    Err(error)
+                                }
                             }
-                            Err(error) => {
-                                state.failed = Some((asked, error.clone(), Instant::now()));
-                                Err(error)
-                            }
-                        }
-                    })
+                        },
+                    )
                 }
             }
         };

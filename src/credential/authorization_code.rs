@@ -41,7 +41,7 @@ use crate::cache::TokenCache;
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
 use crate::entra::token_client::{TokenClient, authorization_code_form};
 use crate::error::{ConfigError, CredentialError};
-use crate::flight::{Flight, SingleFlight};
+use crate::flight::{Flight, SingleFlight, WhenAbandoned};
 use crate::token::{AccessToken, Secret, TokenRequest};
 
 const NAME: &str = "AuthorizationCodeCredential";
@@ -143,13 +143,14 @@ impl Inner {
                 } else if let Some(code) = state.code.clone() {
                     let redeem = self.redeem(code, tenant, scopes, cae, claims.clone());
                     // The code is forgotten and the account pinned as the redemption ends.
-                    let redemption = state.start((), redeem, |state, result| {
-                        if let Ok(redeemed) = &result {
-                            state.code = None;
-                            state.account.clone_from(&redeemed.account);
-                        }
-                        result
-                    });
+                    let redemption =
+                        state.start((), WhenAbandoned::RunOn, redeem, |state, result| {
+                            if let Ok(redeemed) = &result {
+                                state.code = None;
+                                state.account.clone_from(&redeemed.account);
+                            }
+                            result
+                        });
                     Step::Join {
                         redemption,
                         mine: true,

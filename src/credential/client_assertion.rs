@@ -38,7 +38,7 @@ use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::{TokenClient, client_assertion_form};
 use crate::error::{BoxError, ConfigError, CredentialError};
-use crate::flight::SingleFlight;
+use crate::flight::{SingleFlight, WhenAbandoned};
 use crate::redact::{scrub, truncate};
 use crate::token::{AccessToken, Secret, TokenRequest};
 
@@ -369,12 +369,17 @@ impl Assertions {
                         let asked_at = Instant::now();
                         call.await.map(|assertion| (assertion, asked_at))
                     };
-                    held.start(key.clone(), asking, move |held, outcome| {
-                        outcome.map(|(assertion, asked_at)| {
-                            held.insert(key, (assertion.clone(), asked_at));
-                            assertion
-                        })
-                    })
+                    held.start(
+                        key.clone(),
+                        WhenAbandoned::RunOn,
+                        asking,
+                        move |held, outcome| {
+                            outcome.map(|(assertion, asked_at)| {
+                                held.insert(key, (assertion.clone(), asked_at));
+                                assertion
+                            })
+                        },
+                    )
                 }
             }
         };

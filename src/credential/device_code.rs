@@ -56,7 +56,7 @@ use crate::entra::token_client::{
     TokenClient, TokenResponse, device_authorization_form, device_code_form,
 };
 use crate::error::{ConfigError, CredentialError};
-use crate::flight::{Flight, SingleFlight};
+use crate::flight::{Flight, SingleFlight, WhenAbandoned};
 use crate::token::{AccessToken, Secret, TokenRequest, instant_after};
 
 const NAME: &str = "DeviceCodeCredential";
@@ -214,7 +214,7 @@ impl Inner {
             plan.claims.clone(),
         );
         let sign_in = async move { this.sign_in(tenant, scopes, cae, claims).await };
-        let flight = state.start_until_abandoned((), sign_in, |state, result| {
+        let flight = state.start((), WhenAbandoned::Abort, sign_in, |state, result| {
             if let Ok(done) = &result {
                 if done.account.is_some() {
                     state.account.clone_from(&done.account);
