@@ -25,9 +25,9 @@
 //!   (and remove its record) before it is written.
 //! * **Cancellation**: a caller that drops its handle does not cancel the work for the
 //!   others; the outcome lands even if nobody waits ([`WhenAbandoned::RunOn`]). With
-//!   [`WhenAbandoned::Abort`] the task is aborted when the last handle is
-//!   dropped (a sign-in prompt nobody waits for must stop): the record holds only a weak
-//!   reference, so a caller after that starts anew.
+//!   [`WhenAbandoned::Abort`] the task is aborted when the last handle is dropped (a sign-in
+//!   prompt nobody waits for must stop): the record holds only a weak reference, so a caller
+//!   after that starts anew.
 //! * **Panics, aborts, runtime shutdown**: a guard inside the task lands an *authentication
 //!   failed* error ("… did not finish", naming the credential) and removes the record, in one
 //!   critical section, however the task ends; waiters get the same kind of error with the
@@ -37,10 +37,10 @@
 //! * **Locks**: the mutex is never held across an `.await`: `land` is synchronous, and the
 //!   work runs outside it. A `land` may take another lock only in a fixed order: the bearer
 //!   layer's claims flight stores its token into the layer's refresh slot, so its lock comes
-//!   before the slot's, never after (no `land` of a refresh slot takes another lock). A
-//!   handle from [`WhenAbandoned::Abort`] is never dropped with the lock held.
-//!   Every write under the lock is a plain assignment, so a panic elsewhere cannot leave the
-//!   state torn: a poisoned lock is still used.
+//!   before the slot's, never after (no `land` of a refresh slot takes another lock). The
+//!   last handle of a [`WhenAbandoned::Abort`] flight is not dropped with the lock held (a
+//!   task dropped at once, as on a runtime shutting down, lands under the same lock). Each
+//!   write under the lock leaves the state whole, so a poisoned lock is still used.
 
 use std::borrow::Borrow;
 use std::future::Future;
@@ -158,7 +158,7 @@ where
 
 impl<K, T, S> Inner<K, T, S> {
     fn lock(&self) -> MutexGuard<'_, Locked<K, T, S>> {
-        // Plain assignments only (see the module docs): a poisoned lock is still usable.
+        // Each write leaves the state whole (see the module docs): a poisoned lock is usable.
         self.locked.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
