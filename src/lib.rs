@@ -71,6 +71,7 @@ pub mod credential;
 mod encoding;
 mod entra;
 mod error;
+mod flight;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -22,7 +22,12 @@
 //!   error included. An expired token is never returned.
 //! * **Cancellation**: the acquisition runs in its own task. A caller that drops its future
 //!   does not cancel it for the others, and its result is stored even if nobody waits.
-//! * **Locks**: the state mutex is never held across an `.await` or any I/O.
+//! * **Mechanism**: the acquisition is a [`SingleFlight`] (see [`crate::flight`] for its
+//!   contract): the token, the spacing and the running acquisition sit under its one mutex,
+//!   so deciding fresh / join / start, and storing an outcome as the acquisition's record
+//!   ends, are each one critical section. A panicking acquisition is an error for its
+//!   waiters and, for a renewal, counts as a failed attempt. The mutex is never held across
+//!   an `.await` or any I/O.
 //! * **Generation**: a counter bumped whenever the slot changes in a way readers must notice
 //!   (a new token, an invalidation, an acquisition ending). A reader that keeps its own copy of
 //!   the token checks the counter with one atomic load instead of taking the lock.
@@ -46,15 +51,14 @@
 //! runtime waits on socket I/O).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
 use crate::error::CredentialError;
+use crate::flight::{Flight, FlightLock, SingleFlight, WhenAbandoned};
 use crate::token::AccessToken;
 
 /// Refresh when at most this much lifetime is left (azure-identity and azure-core: 300 s).
@@ -130,23 +134,24 @@ pub(crate) struct Entry<V> {
     pub(crate) expires_on: Instant,
 }
 
-type Acquisition<V> = Shared<BoxFuture<'static, Result<Entry<V>, CredentialError>>>;
+type Acquisition<V> = Flight<Entry<V>>;
 
+/// What the slot keeps under its flight's lock.
 struct State<V> {
     current: Option<Entry<V>>,
     /// When the last renewal ended.
     last_attempt: Option<Instant>,
-    flight: Option<(u64, Acquisition<V>)>,
     next_id: u64,
 }
 
+/// The slot's state and its one flight, locked.
+type Locked<'a, V> = FlightLock<'a, (), Entry<V>, State<V>>;
+
 /// One cached token and its single-flight acquisition.
 pub(crate) struct TokenSlot<V = AccessToken> {
-    /// The credential (or layer) errors are reported under.
-    name: &'static str,
     policy: RefreshPolicy,
     generation: AtomicU64,
-    state: Mutex<State<V>>,
+    flight: SingleFlight<(), Entry<V>, State<V>>,
 }
 
 /// What a caller of [`TokenSlot::get`] does after looking at the state.
@@ -171,24 +176,21 @@ pub(crate) enum Lookup<V> {
 }
 
 impl<V: SlotValue> TokenSlot<V> {
+    /// `name`: the credential (or layer) errors are reported under.
     pub(crate) fn new(name: &'static str, policy: RefreshPolicy) -> Arc<Self> {
         Arc::new(Self {
-            name,
             policy,
             generation: AtomicU64::new(0),
-            state: Mutex::new(State {
-                current: None,
-                last_attempt: None,
-                flight: None,
-                next_id: 0,
-            }),
+            flight: SingleFlight::new(
+                name,
+                "the token acquisition",
+                State {
+                    current: None,
+                    last_attempt: None,
+                    next_id: 0,
+                },
+            ),
         })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State<V>> {
-        // Every write to the state is a plain assignment, so a panic elsewhere while the lock
-        // was held cannot leave it half-written: a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The generation counter (see the module docs). `Acquire` pairs with the `Release`
@@ -211,14 +213,14 @@ impl<V: SlotValue> TokenSlot<V> {
     {
         let plan = {
             let now = Instant::now();
-            let mut state = self.lock();
+            let mut state = self.flight.lock();
             match state.current.clone() {
                 Some(entry) if now < entry.expires_on => {
                     if now < entry.refresh_at {
                         Plan::Ready(entry.value)
-                    } else if let Some((_, acquisition)) = &state.flight {
+                    } else if let Some(acquisition) = state.running(&()) {
                         Plan::Wait {
-                            acquisition: acquisition.clone(),
+                            acquisition,
                             fallback: Some(entry.value),
                         }
                     } else if self.recently_attempted(&state, now) {
@@ -262,13 +264,13 @@ impl<V: SlotValue> TokenSlot<V> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
-        let mut state = self.lock();
+        let mut state = self.flight.lock();
         let generation = self.generation();
         match state.current.clone() {
             Some(entry) if now < entry.expires_on => {
                 let recheck_at = if now < entry.refresh_at {
                     entry.refresh_at
-                } else if state.flight.is_some() {
+                } else if state.is_running(&()) {
                     // Its end bumps the generation: readers look again then.
                     entry.expires_on
                 } else if let Some(at) = state
@@ -296,7 +298,7 @@ impl<V: SlotValue> TokenSlot<V> {
     /// Stores a value obtained outside the slot (a claims token); returns its entry. Not a
     /// renewal: the spacing is left as it is.
     pub(crate) fn store(&self, value: V) -> Entry<V> {
-        let mut state = self.lock();
+        let mut state = self.flight.lock();
         let entry = self.entry(&mut state, value, Instant::now());
         state.current = Some(entry.clone());
         self.bump();
@@ -305,7 +307,7 @@ impl<V: SlotValue> TokenSlot<V> {
 
     /// Forgets the current token if it is still the one with this id (a resource rejected it).
     pub(crate) fn invalidate(&self, id: u64) {
-        let mut state = self.lock();
+        let mut state = self.flight.lock();
         if state.current.as_ref().is_some_and(|e| e.id == id) {
             state.current = None;
             self.bump();
@@ -314,7 +316,7 @@ impl<V: SlotValue> TokenSlot<V> {
 
     /// The cached entry, whatever its age.
     pub(crate) fn current_entry(&self) -> Option<Entry<V>> {
-        self.lock().current.clone()
+        self.flight.lock().current.clone()
     }
 
     fn recently_attempted(&self, state: &State<V>, now: Instant) -> bool {
@@ -334,81 +336,48 @@ impl<V: SlotValue> TokenSlot<V> {
         }
     }
 
-    fn join_or_start<F, Fut>(self: &Arc<Self>, state: &mut State<V>, acquire: F) -> Acquisition<V>
+    fn join_or_start<F, Fut>(
+        self: &Arc<Self>,
+        state: &mut Locked<'_, V>,
+        acquire: F,
+    ) -> Acquisition<V>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
-        match &state.flight {
-            Some((_, acquisition)) => acquisition.clone(),
+        match state.running(&()) {
+            Some(acquisition) => acquisition,
             None => self.start(state, acquire(), false),
         }
     }
 
-    /// Spawns the acquisition and records it; called with the state locked, so the task
-    /// cannot finish (and clear the record) before it is written.
-    /// `renewal`: a valid token is held (the spacing follows this acquisition's end).
+    /// Starts the acquisition (see [`crate::flight`]); its outcome is stored by
+    /// [`land`](Self::land). `renewal`: a valid token is held (the spacing follows this
+    /// acquisition's end).
     fn start<Fut>(
         self: &Arc<Self>,
-        state: &mut State<V>,
+        state: &mut Locked<'_, V>,
         acquire: Fut,
         renewal: bool,
     ) -> Acquisition<V>
     where
         Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
-        state.next_id = state.next_id.wrapping_add(1);
-        let flight_id = state.next_id;
-        let guard = FlightGuard {
-            slot: Arc::clone(self),
-            flight_id,
-            renewal,
-        };
-        let acquisition = spawn_shared(self.name, "the token acquisition", async move {
-            let result = acquire.await;
-            guard.finish(result)
-        });
-        state.flight = Some((flight_id, acquisition.clone()));
-        acquisition
-    }
-}
-
-/// Runs `work` in its own task — so that callers who give up do not cancel it for the others —
-/// and returns a future every caller can await for its result. A task that panics or is
-/// cancelled (runtime shutdown) yields an error naming `what`.
-pub(crate) fn spawn_shared<T, F>(
-    credential: &'static str,
-    what: &'static str,
-    work: F,
-) -> Shared<BoxFuture<'static, Result<T, CredentialError>>>
-where
-    T: Clone + Send + Sync + 'static,
-    F: Future<Output = Result<T, CredentialError>> + Send + 'static,
-{
-    let task = tokio::spawn(work);
-    async move {
-        task.await.unwrap_or_else(|join_error| {
-            Err(CredentialError::authentication_failed(
-                credential,
-                format!("{what} did not finish: {join_error}"),
-            ))
+        let slot = Arc::clone(self);
+        state.start((), WhenAbandoned::RunOn, acquire, move |state, result| {
+            slot.land(state, result, renewal)
         })
     }
-    .boxed()
-    .shared()
-}
 
-/// Records the acquisition's outcome and clears the slot's in-flight record when it ends —
-/// normally, by panic, or by runtime shutdown — so a dead acquisition is never joined.
-struct FlightGuard<V: SlotValue> {
-    slot: Arc<TokenSlot<V>>,
-    flight_id: u64,
-    renewal: bool,
-}
-
-impl<V: SlotValue> FlightGuard<V> {
-    fn finish(&self, result: Result<V, CredentialError>) -> Result<Entry<V>, CredentialError> {
-        let mut state = self.slot.lock();
+    /// Stores an acquisition's outcome as it ends — normally, by panic, or by runtime
+    /// shutdown (then with an error) — under the lock that ends its flight; the spacing after
+    /// a renewal counts from here.
+    fn land(
+        &self,
+        state: &mut State<V>,
+        result: Result<V, CredentialError>,
+        renewal: bool,
+    ) -> Result<Entry<V>, CredentialError> {
         let now = Instant::now();
         let outcome = result.map(|value| match &state.current {
             // The same token back is a failed attempt: keep the entry (and its timing).
@@ -416,41 +385,24 @@ impl<V: SlotValue> FlightGuard<V> {
                 current.clone()
             }
             _ => {
-                let entry = self.slot.entry(&mut state, value, now);
+                let entry = self.entry(state, value, now);
                 state.current = Some(entry.clone());
                 entry
             }
         });
-        self.clear(&mut state, now);
-        self.slot.bump();
-        outcome
-    }
-
-    /// Ends the flight if it is still the recorded one; the spacing after a renewal counts
-    /// from here.
-    fn clear(&self, state: &mut State<V>, now: Instant) {
-        if state
-            .flight
-            .as_ref()
-            .is_some_and(|(f, _)| *f == self.flight_id)
-        {
-            state.flight = None;
-            if self.renewal {
-                state.last_attempt = Some(now);
-            }
+        if renewal {
+            state.last_attempt = Some(now);
         }
-    }
-}
-
-impl<V: SlotValue> Drop for FlightGuard<V> {
-    fn drop(&mut self) {
-        self.clear(&mut self.slot.lock(), Instant::now());
+        self.bump();
+        outcome
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
+    use futures_util::future::BoxFuture;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const HOUR: Duration = Duration::from_secs(3600);

@@ -2,11 +2,10 @@
 //! and claims tokens for CAE challenges. Shared by the tower layer and the reqwest middleware.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
 use http::HeaderValue;
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -14,7 +13,8 @@ use zeroize::Zeroizing;
 
 use crate::credential::TokenCredential;
 use crate::error::CredentialError;
-use crate::refresh::{Entry, Lookup, RefreshPolicy, SlotValue, TokenSlot, spawn_shared};
+use crate::flight::{SingleFlight, WhenAbandoned};
+use crate::refresh::{Entry, Lookup, RefreshPolicy, SlotValue, TokenSlot};
 use crate::token::{AccessToken, TokenRequest};
 
 /// The name errors of the layer are reported under.
@@ -73,15 +73,11 @@ pub(crate) struct Options {
     pub(crate) refresh: RefreshPolicy,
 }
 
-type ClaimsFlight = Shared<BoxFuture<'static, Result<Entry<Prepared>, CredentialError>>>;
-
-/// The claims acquisitions of a layer: the one in flight, and the last that failed.
+/// What the claims flights of a layer remember beside the flights themselves (keyed by the
+/// claims): the claims the credential last failed to satisfy, its error and when it failed.
+/// The same claims are not asked for again within the spacing (like a failed renewal).
 #[derive(Default)]
 struct ClaimsState {
-    next_id: u64,
-    flight: Option<(u64, Arc<str>, ClaimsFlight)>,
-    /// The claims the credential last failed to satisfy, its error and when it failed: the same
-    /// claims are not asked for again within the spacing (like a failed renewal).
     failed: Option<(Arc<str>, CredentialError, Instant)>,
 }
 
@@ -91,12 +87,9 @@ pub(crate) struct Source<C> {
     request: TokenRequest,
     pub(crate) slot: Arc<TokenSlot<Prepared>>,
     pub(crate) options: Options,
-    claims: Arc<Mutex<ClaimsState>>,
-}
-
-fn lock(state: &Mutex<ClaimsState>) -> std::sync::MutexGuard<'_, ClaimsState> {
-    // Every write is a plain assignment: a panic elsewhere cannot leave it torn.
-    state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Lock order: this lock, then the slot's (a claims flight lands into the slot), never
+    /// the reverse.
+    claims: SingleFlight<Arc<str>, Entry<Prepared>, ClaimsState>,
 }
 
 impl<C: TokenCredential> Source<C> {
@@ -106,7 +99,11 @@ impl<C: TokenCredential> Source<C> {
             request: TokenRequest::new(scopes).enable_cae(options.cae),
             slot: TokenSlot::new(LAYER, options.refresh),
             options,
-            claims: Arc::default(),
+            claims: SingleFlight::new(
+                LAYER,
+                "the claims token acquisition",
+                ClaimsState::default(),
+            ),
         }
     }
 
@@ -137,16 +134,17 @@ impl<C: TokenCredential> Source<C> {
     /// satisfy these claims, its error is the answer — again, without asking, for the next
     /// `retry_after_failure` (30 s).
     ///
-    /// The acquisition runs in its own task, which clears its record when it ends (normally,
-    /// by panic, or at runtime shutdown): a finished flight is never handed to a later caller,
-    /// even when every caller of this one gave up.
+    /// The acquisition is a flight (see [`crate::flight`]) keyed by the claims: its outcome
+    /// lands — the token stored in the slot, or the failure remembered — as its record ends,
+    /// so a finished flight is never handed to a later caller, even when every caller of this
+    /// one gave up.
     pub(crate) async fn claims_token(
         &self,
         claims: &str,
         rejected: u64,
     ) -> Result<Entry<Prepared>, CredentialError> {
         let flight = {
-            let mut state = lock(&self.claims);
+            let mut state = self.claims.lock();
             if let Some(current) = self.slot.current_entry() {
                 let answered = current.value.claims.as_deref() == Some(claims);
                 if answered && current.id != rejected && !current.value.token.is_expired() {
@@ -162,62 +160,37 @@ impl<C: TokenCredential> Source<C> {
                     return Err(error.clone());
                 }
             }
-            match &state.flight {
-                Some((_, c, f)) if &**c == claims => f.clone(),
-                _ => {
-                    state.next_id = state.next_id.wrapping_add(1);
-                    let id = state.next_id;
+            match state.running(claims) {
+                Some(flight) => flight,
+                None => {
                     let claims: Arc<str> = Arc::from(claims);
                     let request = self.request.clone().claims(claims.to_string());
-                    let slot = Arc::clone(&self.slot);
-                    let done = ClaimsDone {
-                        state: Arc::clone(&self.claims),
-                        id,
-                    };
-                    let asked = Arc::clone(&claims);
                     let acquisition =
                         acquire(self.credential.clone(), request, Some(Arc::clone(&claims)));
-                    let f = spawn_shared(LAYER, "the claims token acquisition", async move {
-                        let result = acquisition.await.map(|prepared| slot.store(prepared));
-                        done.finish(asked, &result);
-                        result
-                    });
-                    state.flight = Some((id, claims, f.clone()));
-                    f
+                    let slot = Arc::clone(&self.slot);
+                    let asked = Arc::clone(&claims);
+                    state.start(
+                        claims,
+                        WhenAbandoned::RunOn,
+                        acquisition,
+                        move |state, result| {
+                            // A failure is remembered for the spacing; a success forgets it.
+                            match result {
+                                Ok(prepared) => {
+                                    state.failed = None;
+                                    Ok(slot.store(prepared))
+                                }
+                                Err(error) => {
+                                    state.failed = Some((asked, error.clone(), Instant::now()));
+                                    Err(error)
+                                }
+                            }
+                        },
+                    )
                 }
             }
         };
         flight.await
-    }
-}
-
-/// Clears a claims flight's record from inside its task, however the task ends.
-struct ClaimsDone {
-    state: Arc<Mutex<ClaimsState>>,
-    id: u64,
-}
-
-impl ClaimsDone {
-    /// Records the outcome: a failure is remembered for the spacing; a success forgets it.
-    fn finish(&self, claims: Arc<str>, result: &Result<Entry<Prepared>, CredentialError>) {
-        let mut state = lock(&self.state);
-        state.failed = match result {
-            Err(error) => Some((claims, error.clone(), Instant::now())),
-            Ok(_) => None,
-        };
-    }
-}
-
-impl Drop for ClaimsDone {
-    fn drop(&mut self) {
-        let mut state = lock(&self.state);
-        if state
-            .flight
-            .as_ref()
-            .is_some_and(|(id, _, _)| *id == self.id)
-        {
-            state.flight = None;
-        }
     }
 }
 

@@ -32,18 +32,16 @@
 //!   sign in again.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use futures_util::future::{BoxFuture, Shared};
-
-use super::refresh_tokens::{Silent, Stores, record};
+use super::refresh_tokens::{Redeem, Silent, Stores};
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
 use crate::entra::token_client::{TokenClient, authorization_code_form};
 use crate::error::{ConfigError, CredentialError};
-use crate::refresh::spawn_shared;
+use crate::flight::{Flight, SingleFlight, WhenAbandoned};
 use crate::token::{AccessToken, Secret, TokenRequest};
 
 const NAME: &str = "AuthorizationCodeCredential";
@@ -62,16 +60,14 @@ struct Inner {
     client: TokenClient,
     memory: TokenCache,
     stores: Stores,
-    state: Mutex<CodeState>,
+    /// The code and the account, with the redemption as their one flight.
+    state: SingleFlight<(), Redeemed, CodeState>,
 }
-
-type Redemption = Shared<BoxFuture<'static, Result<Redeemed, CredentialError>>>;
 
 /// The code, until redeemed; then the account it signed in.
 struct CodeState {
     code: Option<Secret>,
     account: Option<String>,
-    redemption: Option<Redemption>,
 }
 
 /// What the redemption obtained, and for which request.
@@ -81,11 +77,15 @@ struct Redeemed {
     tenant: String,
     scopes: Vec<String>,
     cae: bool,
+    account: Option<String>,
 }
 
 enum Step {
     Account(String),
-    Join { redemption: Redemption, mine: bool },
+    Join {
+        redemption: Flight<Redeemed>,
+        mine: bool,
+    },
 }
 
 impl AuthorizationCodeCredential {
@@ -108,10 +108,6 @@ impl AuthorizationCodeCredential {
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, CodeState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     async fn get_token(
         self: &Arc<Self>,
         request: TokenRequest,
@@ -136,32 +132,33 @@ impl Inner {
     ) -> Result<AccessToken, CredentialError> {
         loop {
             let step = {
-                let mut state = self.lock();
-                match (&state.account, &state.redemption, &state.code) {
-                    (Some(account), _, _) => Step::Account(account.clone()),
-                    (None, Some(redemption), _) => Step::Join {
-                        redemption: redemption.clone(),
+                let mut state = self.state.lock();
+                if let Some(account) = &state.account {
+                    Step::Account(account.clone())
+                } else if let Some(redemption) = state.running(&()) {
+                    Step::Join {
+                        redemption,
                         mine: false,
-                    },
-                    (None, None, Some(code)) => {
-                        let redemption = self.start_redemption(
-                            code.clone(),
-                            tenant,
-                            scopes,
-                            cae,
-                            claims.clone(),
-                        );
-                        state.redemption = Some(redemption.clone());
-                        Step::Join {
-                            redemption,
-                            mine: true,
-                        }
                     }
-                    (None, None, None) => {
-                        return Err(sign_in_again(
-                            "the authorization code was not redeemed and no account is known",
-                        ));
+                } else if let Some(code) = state.code.clone() {
+                    let redeem = self.redeem(code, tenant, scopes, cae, claims.clone());
+                    // The code is forgotten and the account pinned as the redemption ends.
+                    let redemption =
+                        state.start((), WhenAbandoned::RunOn, redeem, |state, result| {
+                            if let Ok(redeemed) = &result {
+                                state.code = None;
+                                state.account.clone_from(&redeemed.account);
+                            }
+                            result
+                        });
+                    Step::Join {
+                        redemption,
+                        mine: true,
                     }
+                } else {
+                    return Err(sign_in_again(
+                        "the authorization code was not redeemed and no account is known",
+                    ));
                 }
             };
             match step {
@@ -184,21 +181,19 @@ impl Inner {
         }
     }
 
-    /// Redeems the code once, in its own task: a caller giving up does not lose the code's
-    /// one use for the others.
-    fn start_redemption(
+    /// Redeems the code. Run once, as a flight in its own task (see [`crate::flight`]): a
+    /// caller giving up does not lose the code's one use for the others.
+    fn redeem(
         self: &Arc<Self>,
         code: Secret,
         tenant: &str,
         scopes: &[String],
         cae: bool,
         claims: Option<String>,
-    ) -> Redemption {
+    ) -> impl Future<Output = Result<Redeemed, CredentialError>> + Send + 'static {
         let this = Arc::clone(self);
         let (tenant, scopes) = (tenant.to_owned(), scopes.to_vec());
-        spawn_shared(NAME, "the code redemption", async move {
-            // However the redemption ends (a panic included), later calls must not join it.
-            let _done = RedemptionDone(Arc::clone(&this));
+        async move {
             let form = authorization_code_form(
                 &this.client_id,
                 &code,
@@ -209,34 +204,30 @@ impl Inner {
             );
             let response = this.client.request(NAME, &tenant, form).await?;
             let (store, _) = this.stores.for_request(cae);
-            let account = record(
-                NAME,
-                &this.client,
+            let redeem = Redeem {
+                credential: NAME,
+                client: &this.client,
                 store,
-                &this.client_id,
-                &tenant,
-                &scopes,
-                &response,
-                None,
-            )
-            .await;
+                client_id: &this.client_id,
+                client_secret: this.client_secret.as_ref(),
+                tenant: &tenant,
+                scopes: &scopes,
+                claims: None,
+            };
+            let account = redeem.record(&response, None).await;
             if account.is_none() {
                 tracing::warn!(
                     "the authorization code's answer named no account: later requests cannot use its refresh token"
                 );
-            }
-            {
-                let mut state = this.lock();
-                state.code = None;
-                state.account = account;
             }
             Ok(Redeemed {
                 token: response.token,
                 tenant,
                 scopes,
                 cae,
+                account,
             })
-        })
+        }
     }
 
     /// The pinned account's cached token, else its refresh tokens.
@@ -264,15 +255,6 @@ impl Inner {
     }
 }
 
-/// Clears the in-flight redemption when dropped.
-struct RedemptionDone(Arc<Inner>);
-
-impl Drop for RedemptionDone {
-    fn drop(&mut self) {
-        self.0.lock().redemption = None;
-    }
-}
-
 fn sign_in_again(why: &str) -> CredentialError {
     CredentialError::authentication_failed(
         NAME,
@@ -284,7 +266,7 @@ arc_credential_service!(AuthorizationCodeCredential);
 
 impl fmt::Debug for AuthorizationCodeCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.inner.lock();
+        let state = self.inner.state.lock();
         f.debug_struct(NAME)
             .field(
                 "tenant_id",
@@ -386,11 +368,14 @@ impl AuthorizationCodeCredentialBuilder {
                 client,
                 memory: TokenCache::new(NAME),
                 stores,
-                state: Mutex::new(CodeState {
-                    code: Some(self.code),
-                    account: None,
-                    redemption: None,
-                }),
+                state: SingleFlight::new(
+                    NAME,
+                    "the code redemption",
+                    CodeState {
+                        code: Some(self.code),
+                        account: None,
+                    },
+                ),
             }),
         })
     }

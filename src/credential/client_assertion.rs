@@ -20,11 +20,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
+use futures_util::future::BoxFuture;
 use http::StatusCode;
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -38,8 +38,8 @@ use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::{TokenClient, client_assertion_form};
 use crate::error::{BoxError, ConfigError, CredentialError};
+use crate::flight::{SingleFlight, WhenAbandoned};
 use crate::redact::{scrub, truncate};
-use crate::refresh::spawn_shared;
 use crate::token::{AccessToken, Secret, TokenRequest};
 
 const NAME: &str = "ClientAssertionCredential";
@@ -330,122 +330,70 @@ impl Inner {
 
 /// The assertions in hand, one per token endpoint, and the source's calls in flight.
 struct Assertions {
-    name: &'static str,
-    /// The source, as errors name it.
-    what: &'static str,
     fetch: Fetch,
     max_age: Duration,
-    slots: Arc<Mutex<HashMap<String, Slot>>>,
-}
-
-type Flight = Shared<BoxFuture<'static, Result<Secret, CredentialError>>>;
-
-#[derive(Default)]
-struct Slot {
-    held: Option<(Secret, Instant)>,
-    flight: Option<(u64, Flight)>,
-    flights: u64,
-}
-
-fn lock(slots: &Mutex<HashMap<String, Slot>>) -> MutexGuard<'_, HashMap<String, Slot>> {
-    // Every change is a plain assignment: a panic elsewhere cannot leave a slot torn.
-    slots.lock().unwrap_or_else(|e| e.into_inner())
+    /// Per token endpoint: the assertion in hand and when it was asked for; the calls of the
+    /// source are flights keyed by the endpoint.
+    held: SingleFlight<String, Secret, HashMap<String, (Secret, Instant)>>,
 }
 
 impl Assertions {
+    /// `name`: the credential errors are reported under; `what`: the source, as errors name it.
     fn new(name: &'static str, what: &'static str, fetch: Fetch, max_age: Duration) -> Self {
         Self {
-            name,
-            what,
             fetch,
             max_age,
-            slots: Arc::default(),
+            held: SingleFlight::new(name, what, HashMap::new()),
         }
     }
 
     /// The assertion in hand for the request's endpoint if it is younger than the maximum
-    /// age; else the result of one call of the source, shared by every caller meanwhile.
+    /// age; else the result of one call of the source, shared by every caller meanwhile. The
+    /// call runs in its own task (see [`crate::flight`]), which stores its assertion: callers
+    /// that give up do not lose it for the others.
     async fn get(&self, request: AssertionRequest) -> Result<Secret, CredentialError> {
         let flight = {
-            let mut slots = lock(&self.slots);
-            let slot = slots.entry(request.token_endpoint.clone()).or_default();
-            if let Some((assertion, fetched_at)) = &slot.held {
+            let mut held = self.held.lock();
+            if let Some((assertion, fetched_at)) = held.get(&request.token_endpoint) {
                 if fetched_at.elapsed() < self.max_age {
                     return Ok(assertion.clone());
                 }
             }
-            match &slot.flight {
-                Some((_, flight)) => flight.clone(),
+            match held.running(request.token_endpoint.as_str()) {
+                Some(flight) => flight,
                 None => {
-                    slot.flights = slot.flights.wrapping_add(1);
-                    let id = slot.flights;
-                    let flight = self.start(request, id);
-                    slot.flight = Some((id, flight.clone()));
-                    flight
+                    let key = request.token_endpoint.clone();
+                    let call = (self.fetch)(request);
+                    let asking = async move {
+                        // Aged from the moment it was asked for: it cannot be younger than that.
+                        let asked_at = Instant::now();
+                        call.await.map(|assertion| (assertion, asked_at))
+                    };
+                    held.start(
+                        key.clone(),
+                        WhenAbandoned::RunOn,
+                        asking,
+                        move |held, outcome| {
+                            outcome.map(|(assertion, asked_at)| {
+                                held.insert(key, (assertion.clone(), asked_at));
+                                assertion
+                            })
+                        },
+                    )
                 }
             }
         };
         flight.await
     }
 
-    /// Spawns one call of the source; its task records the outcome, so callers that give up
-    /// do not lose it for the others.
-    fn start(&self, request: AssertionRequest, id: u64) -> Flight {
-        let guard = FlightGuard {
-            slots: Arc::clone(&self.slots),
-            key: request.token_endpoint.clone(),
-            id,
-        };
-        let call = (self.fetch)(request);
-        spawn_shared(self.name, self.what, async move {
-            // Aged from the moment it was asked for: it cannot be younger than that.
-            let asked_at = Instant::now();
-            let outcome = call.await;
-            if let Ok(assertion) = &outcome {
-                guard.record(assertion.clone(), asked_at);
-            }
-            drop(guard);
-            outcome
-        })
-    }
-
     /// Drops `assertion` if it is still the one in hand for `key`.
     fn forget(&self, key: &str, assertion: &Secret) {
-        let mut slots = lock(&self.slots);
-        if let Some(slot) = slots.get_mut(key) {
-            if slot
-                .held
-                .as_ref()
-                .is_some_and(|(held, _)| held == assertion)
-            {
-                slot.held = None;
-            }
-        }
-    }
-}
-
-/// Ends a flight however its task ends (a panic, a runtime shutting down), so a dead one is
-/// never joined.
-struct FlightGuard {
-    slots: Arc<Mutex<HashMap<String, Slot>>>,
-    key: String,
-    id: u64,
-}
-
-impl FlightGuard {
-    fn record(&self, assertion: Secret, fetched_at: Instant) {
-        if let Some(slot) = lock(&self.slots).get_mut(&self.key) {
-            slot.held = Some((assertion, fetched_at));
-        }
-    }
-}
-
-impl Drop for FlightGuard {
-    fn drop(&mut self) {
-        if let Some(slot) = lock(&self.slots).get_mut(&self.key) {
-            if slot.flight.as_ref().is_some_and(|(id, _)| *id == self.id) {
-                slot.flight = None;
-            }
+        let mut held = self.held.lock();
+        if held
+            .get(key)
+            .is_some_and(|(current, _)| current == assertion)
+        {
+            held.remove(key);
         }
     }
 }
@@ -609,6 +557,7 @@ impl fmt::Debug for ClientAssertionCredentialBuilder {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use bytes::Bytes;

@@ -19,7 +19,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::refresh_tokens::{record, usable_access_token};
+use super::refresh_tokens::{Redeem, usable_access_token};
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
@@ -166,17 +166,17 @@ impl<'a> AppTokenFiles<'a> {
     /// Records the token endpoint's answer in the file, when persistence is on.
     pub(crate) async fn record(&self, response: &TokenResponse) {
         if let Some(store) = self.store {
-            record(
-                self.name,
-                self.client,
+            let answer = Redeem {
+                credential: self.name,
+                client: self.client,
                 store,
-                self.client_id,
-                &self.plan.tenant,
-                &self.plan.scopes,
-                response,
-                None,
-            )
-            .await;
+                client_id: self.client_id,
+                client_secret: None,
+                tenant: &self.plan.tenant,
+                scopes: &self.plan.scopes,
+                claims: None,
+            };
+            answer.record(response, None).await;
         }
     }
 }

@@ -25,10 +25,9 @@
 //!   [`timeout`](DeviceCodeCredentialBuilder::timeout) end the sign-in with an *authentication
 //!   failed* error saying which.
 //! * **One sign-in for concurrent callers**: calls made while a sign-in is pending wait for
-//!   it (one prompt). The sign-in runs in the callers' futures, not in a task of its own:
-//!   when **every** waiting caller has dropped its future, polling stops at once, and the next
-//!   call starts a new sign-in with a new code. One caller giving up does not stop it for
-//!   the others.
+//!   it (one prompt). The sign-in runs in a task of its own that is aborted when **every**
+//!   waiting caller has dropped its future: polling stops at once, and the next call starts
+//!   a new sign-in with a new code. One caller giving up does not stop it for the others.
 //! * After sign-in the account is pinned (its `uid.utid`), its tokens are recorded as
 //!   [`AuthorizationCodeCredential`](crate::AuthorizationCodeCredential) records them (in
 //!   memory, or in the shared MSAL cache file with
@@ -40,15 +39,13 @@
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared, WeakShared};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::refresh_tokens::{Silent, Stores, record};
+use super::refresh_tokens::{Redeem, Silent, Stores};
 use super::settings::Settings;
 use super::shared_token_cache::AZURE_CLI_CLIENT_ID;
 use super::{Plan, arc_credential_service};
@@ -59,6 +56,7 @@ use crate::entra::token_client::{
     TokenClient, TokenResponse, device_authorization_form, device_code_form,
 };
 use crate::error::{ConfigError, CredentialError};
+use crate::flight::{Flight, SingleFlight, WhenAbandoned};
 use crate::token::{AccessToken, Secret, TokenRequest, instant_after};
 
 const NAME: &str = "DeviceCodeCredential";
@@ -107,17 +105,14 @@ struct Inner {
     stores: Stores,
     prompt: Prompt,
     timeout: Option<Duration>,
-    state: Mutex<State>,
+    /// The pinned account, with the pending sign-in as its one flight. The flight is aborted
+    /// when every caller has given up.
+    state: SingleFlight<(), SignedIn, State>,
 }
 
-type SignIn = Shared<BoxFuture<'static, Result<SignedIn, CredentialError>>>;
-
-/// The pinned account, and the pending sign-in. The sign-in is held weakly: its callers own
-/// it, so it ends when they all give up.
 #[derive(Default)]
 struct State {
     account: Option<String>,
-    sign_in: Option<WeakShared<BoxFuture<'static, Result<SignedIn, CredentialError>>>>,
 }
 
 /// What a sign-in obtained, and for which request.
@@ -159,10 +154,6 @@ impl DeviceCodeCredential {
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     async fn get_token(
         self: &Arc<Self>,
         request: TokenRequest,
@@ -173,7 +164,7 @@ impl Inner {
             let plan = Plan::new(NAME, &request, |requested| {
                 self.tenants.resolve_required(requested).map(str::to_owned)
             })?;
-            let pinned = self.lock().account.clone();
+            let pinned = self.state.lock().account.clone();
             let Some(account) = pinned else {
                 let (sign_in, mine) = self.join_or_start(&plan);
                 let done = sign_in.await?;
@@ -201,16 +192,18 @@ impl Inner {
                 .await;
             match result {
                 // The account can no longer be signed in silently: sign in again, here.
-                Err(_) if !signed_in && self.lock().account.is_none() => {}
+                Err(_) if !signed_in && self.state.lock().account.is_none() => {}
                 other => return other,
             }
         }
     }
 
     /// The pending sign-in, else a new one for `plan` (`true`: this caller started it).
-    fn join_or_start(self: &Arc<Self>, plan: &Plan) -> (SignIn, bool) {
-        let mut state = self.lock();
-        if let Some(pending) = state.sign_in.as_ref().and_then(WeakShared::upgrade) {
+    /// The sign-in is a flight aborted when every caller has given up (see
+    /// [`crate::flight`]); the account it signed in is pinned as it ends.
+    fn join_or_start(self: &Arc<Self>, plan: &Plan) -> (Flight<SignedIn>, bool) {
+        let mut state = self.state.lock();
+        if let Some(pending) = state.running(&()) {
             return (pending, false);
         }
         let this = Arc::clone(self);
@@ -220,21 +213,16 @@ impl Inner {
             plan.cae,
             plan.claims.clone(),
         );
-        let sign_in = async move {
-            let result = this.sign_in(tenant, scopes, cae, claims).await;
-            let mut state = this.lock();
-            state.sign_in = None;
+        let sign_in = async move { this.sign_in(tenant, scopes, cae, claims).await };
+        let flight = state.start((), WhenAbandoned::Abort, sign_in, |state, result| {
             if let Ok(done) = &result {
                 if done.account.is_some() {
                     state.account.clone_from(&done.account);
                 }
             }
             result
-        }
-        .boxed()
-        .shared();
-        state.sign_in = sign_in.downgrade();
-        (sign_in, true)
+        });
+        (flight, true)
     }
 
     /// Asks for a code, prompts, polls until the user has signed in, and records the tokens.
@@ -259,7 +247,7 @@ impl Inner {
                 ),
             )
         })?;
-        // A prompt that panics must not take the caller's task down with it.
+        // A prompt that panics is named in the error (not a bare "did not finish").
         let prompt = Arc::clone(&self.prompt);
         let info = code.info.clone();
         if std::panic::catch_unwind(AssertUnwindSafe(move || prompt(info))).is_err() {
@@ -270,17 +258,17 @@ impl Inner {
         }
         let response = self.poll(&tenant, &code).await?;
         let (store, _) = self.stores.for_request(cae);
-        let account = record(
-            NAME,
-            &self.client,
+        let redeem = Redeem {
+            credential: NAME,
+            client: &self.client,
             store,
-            &self.client_id,
-            &tenant,
-            &scopes,
-            &response,
-            None,
-        )
-        .await;
+            client_id: &self.client_id,
+            client_secret: None,
+            tenant: &tenant,
+            scopes: &scopes,
+            claims: None,
+        };
+        let account = redeem.record(&response, None).await;
         if account.is_none() {
             tracing::warn!(
                 "the device code sign-in's answer named no account: later requests cannot use its refresh token"
@@ -374,7 +362,7 @@ impl Inner {
             Err(error) if error.error_code() == Some("invalid_grant") => error,
             Err(error) => return Err(error),
         };
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if state.account.as_deref() == Some(account) {
             state.account = None;
         }
@@ -433,7 +421,7 @@ arc_credential_service!(DeviceCodeCredential);
 
 impl fmt::Debug for DeviceCodeCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.inner.lock();
+        let state = self.inner.state.lock();
         f.debug_struct(NAME)
             .field(
                 "tenant_id",
@@ -441,13 +429,7 @@ impl fmt::Debug for DeviceCodeCredential {
             )
             .field("client_id", &self.inner.client_id)
             .field("account", &state.account)
-            .field(
-                "signing_in",
-                &state
-                    .sign_in
-                    .as_ref()
-                    .is_some_and(|s| s.upgrade().is_some()),
-            )
+            .field("signing_in", &state.is_running(&()))
             .field("timeout", &self.inner.timeout)
             .field("store", &self.inner.stores.plain)
             .finish_non_exhaustive()
@@ -566,7 +548,7 @@ impl DeviceCodeCredentialBuilder {
                 stores,
                 prompt,
                 timeout: self.timeout,
-                state: Mutex::default(),
+                state: SingleFlight::new(NAME, "the sign-in", State::default()),
             }),
         })
     }

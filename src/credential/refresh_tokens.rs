@@ -138,7 +138,8 @@ impl Silent<'_> {
     }
 }
 
-/// Who is asking and how, for a refresh-token redemption.
+/// Who is asking and how, for a refresh-token redemption; and where and for what a token
+/// answer is recorded ([`record`](Self::record), which uses neither the secret nor the claims).
 pub(crate) struct Redeem<'a> {
     pub(crate) credential: &'static str,
     pub(crate) client: &'a TokenClient,
@@ -212,24 +213,65 @@ impl Redeem<'_> {
         last_error.map_or(Ok(None), Err)
     }
 
-    /// Writes an answer to the store. A failure to write is logged, not returned: the token
-    /// itself is good.
+    /// Records a token answer in the store, as MSAL does: the answer's scopes (else the
+    /// requested ones) for the tenant, the refresh token replacing `replaces` (the key of the
+    /// one redeemed). Returns the account id. A failure to write is logged, not returned: the
+    /// token itself is good.
     pub(crate) async fn record(
         &self,
         response: &TokenResponse,
         replaces: Option<String>,
     ) -> Option<String> {
-        record(
-            self.credential,
-            self.client,
-            self.store,
-            self.client_id,
-            self.tenant,
-            self.scopes,
-            response,
-            replaces,
-        )
-        .await
+        let scopes: Vec<String> = match &response.scope {
+            Some(scope) if !scope.trim().is_empty() => {
+                scope.split_whitespace().map(str::to_owned).collect()
+            }
+            _ => self.scopes.to_vec(),
+        };
+        let client_id = self.client_id.to_owned();
+        let environment = self.client.authority().host().to_owned();
+        let realm = self.tenant.to_owned();
+        let access_token = response.token.secret().clone();
+        let token_type = response.token.token_type().to_owned();
+        let (cached_at, expires_on, extended_expires_on, refresh_on) = (
+            response.cached_at,
+            response.expires_on,
+            response.extended_expires_on,
+            response.refresh_on,
+        );
+        let refresh_token = response.refresh_token.clone();
+        let id_token = response.id_token.clone();
+        let client_info = response.client_info.clone();
+        let foci = response.foci.clone();
+        let written = self
+            .store
+            .modify(move |doc| {
+                doc.add_token_response(&NewTokens {
+                    client_id: &client_id,
+                    environment: &environment,
+                    realm: &realm,
+                    scopes: &scopes,
+                    access_token: &access_token,
+                    token_type: &token_type,
+                    cached_at,
+                    expires_on,
+                    extended_expires_on,
+                    refresh_on,
+                    refresh_token: refresh_token.as_ref(),
+                    id_token: id_token.as_ref(),
+                    client_info: client_info.as_deref(),
+                    foci: foci.as_deref(),
+                    replaces: replaces.as_deref(),
+                })
+            })
+            .await;
+        match written {
+            Ok(account) => account,
+            Err(error) => {
+                tracing::warn!(credential = self.credential, %error, "the token was obtained but could not be written to the token cache");
+                None
+            }
+        }
     }
 }
 
@@ -257,69 +299,6 @@ fn with_sign_in_advice(credential: &'static str, error: CredentialError) -> Cred
         }
     };
     rebuilt.with_provider(details)
-}
-
-/// Records a token answer in `store` (see [`Redeem::record`]); returns the account id.
-#[allow(clippy::too_many_arguments)] // the facts MSAL records; a struct would only rename them
-pub(crate) async fn record(
-    credential: &'static str,
-    client: &TokenClient,
-    store: &TokenStore,
-    client_id: &str,
-    tenant: &str,
-    requested: &[String],
-    response: &TokenResponse,
-    replaces: Option<String>,
-) -> Option<String> {
-    let scopes: Vec<String> = match &response.scope {
-        Some(scope) if !scope.trim().is_empty() => {
-            scope.split_whitespace().map(str::to_owned).collect()
-        }
-        _ => requested.to_vec(),
-    };
-    let client_id = client_id.to_owned();
-    let environment = client.authority().host().to_owned();
-    let realm = tenant.to_owned();
-    let access_token = response.token.secret().clone();
-    let token_type = response.token.token_type().to_owned();
-    let (cached_at, expires_on, extended_expires_on, refresh_on) = (
-        response.cached_at,
-        response.expires_on,
-        response.extended_expires_on,
-        response.refresh_on,
-    );
-    let refresh_token = response.refresh_token.clone();
-    let id_token = response.id_token.clone();
-    let client_info = response.client_info.clone();
-    let foci = response.foci.clone();
-    let written = store
-        .modify(move |doc| {
-            doc.add_token_response(&NewTokens {
-                client_id: &client_id,
-                environment: &environment,
-                realm: &realm,
-                scopes: &scopes,
-                access_token: &access_token,
-                token_type: &token_type,
-                cached_at,
-                expires_on,
-                extended_expires_on,
-                refresh_on,
-                refresh_token: refresh_token.as_ref(),
-                id_token: id_token.as_ref(),
-                client_info: client_info.as_deref(),
-                foci: foci.as_deref(),
-                replaces: replaces.as_deref(),
-            })
-        })
-        .await;
-    match written {
-        Ok(account) => account,
-        Err(error) => {
-            tracing::warn!(credential, %error, "the token was obtained but could not be written to the token cache");
-            None
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,592 @@
+//! Single-flight: one spawned acquisition per key, shared by every caller that asks while it
+//! runs, its outcome published in the same critical section that ends its record.
+//!
+//! A [`SingleFlight`] owns its owner's state `S` (a cached token, an assertion per endpoint,
+//! an authorization code) and the records of the flights that are running, under one mutex.
+//! The owner takes the lock ([`SingleFlight::lock`]), looks at its state and decides: use what
+//! it holds, join the running flight ([`FlightLock::running`]), or start one
+//! ([`FlightLock::start`]). Used by the refresh slot ([`crate::refresh`]), the bearer layer's
+//! claims tokens, the authorization-code redemption, the client-assertion calls and the
+//! device-code sign-in.
+//!
+//! # Contract
+//!
+//! * **One run per key**: while a flight is recorded under a key, [`FlightLock::running`]
+//!   hands out a handle to it, and every handle resolves to the same outcome. An owner checks
+//!   it before starting; [`FlightLock::start`] replaces the record of a flight of the same
+//!   key (whose own waiters keep waiting on it).
+//! * **Atomic decisions and outcomes**: the work runs in its own task. When it ends, `land`
+//!   turns its result into the outcome — storing what the owner keeps in `S` — and the record
+//!   is removed, both under the lock the owner decides under. So a caller sees either the
+//!   flight running or its outcome stored, never a finished flight still recorded: a failure
+//!   reaches every waiter of that flight and never a caller that comes after it (that caller
+//!   starts anew, unless the owner's own state says otherwise, as the refresh slot's spacing
+//!   does). `start` records the flight under the lock already held, so the task cannot end
+//!   (and remove its record) before it is written.
+//! * **Cancellation**: a caller that drops its handle does not cancel the work for the
+//!   others; the outcome lands even if nobody waits ([`WhenAbandoned::RunOn`]). With
+//!   [`WhenAbandoned::Abort`] the task is aborted when the last handle is dropped (a sign-in
+//!   prompt nobody waits for must stop): the record holds only a weak reference, so a caller
+//!   after that starts anew.
+//! * **Panics, aborts, runtime shutdown**: a guard inside the task lands an *authentication
+//!   failed* error ("… did not finish", naming the credential) and removes the record, in one
+//!   critical section, however the task ends; waiters get the same kind of error with the
+//!   task's join error ("… did not finish: task 7 panicked …"). The next caller starts anew.
+//! * **Records carry an id**: a guard removes its own record only, never the record of a newer
+//!   flight of the same key.
+//! * **Locks**: the mutex is never held across an `.await`: `land` is synchronous, and the
+//!   work runs outside it. A `land` may take another lock only in a fixed order: the bearer
+//!   layer's claims flight stores its token into the layer's refresh slot, so its lock comes
+//!   before the slot's, never after (no `land` of a refresh slot takes another lock). The
+//!   last handle of a [`WhenAbandoned::Abort`] flight is not dropped with the lock held (a
+//!   task dropped at once, as on a runtime shutting down, lands under the same lock). Each
+//!   write under the lock leaves the state whole, so a poisoned lock is still used.
+
+use std::borrow::Borrow;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use tokio::task::AbortHandle;
+
+use crate::error::CredentialError;
+
+type Joined<T> = Shared<BoxFuture<'static, Result<T, CredentialError>>>;
+
+/// Flights keyed by `K`, each ending in a `T`, over the owner's state `S`. See the module docs.
+pub(crate) struct SingleFlight<K, T, S = ()> {
+    inner: Arc<Inner<K, T, S>>,
+}
+
+struct Inner<K, T, S> {
+    /// The credential errors are reported under.
+    name: &'static str,
+    /// What a flight does, as an error about one that did not finish names it.
+    what: &'static str,
+    locked: Mutex<Locked<K, T, S>>,
+}
+
+struct Locked<K, T, S> {
+    state: S,
+    records: Vec<Record<K, T>>,
+    next_id: u64,
+}
+
+struct Record<K, T> {
+    key: K,
+    id: u64,
+    joined: Joined<T>,
+    /// Set when the flight is aborted once abandoned: its callers hold the only strong
+    /// references.
+    holders: Option<Weak<AbortOnDrop>>,
+}
+
+/// The state and the records, locked: where an owner decides.
+pub(crate) struct FlightLock<'a, K, T, S> {
+    inner: &'a Arc<Inner<K, T, S>>,
+    locked: MutexGuard<'a, Locked<K, T, S>>,
+}
+
+/// A handle to a running flight: awaits its outcome.
+pub(crate) struct Flight<T> {
+    joined: Joined<T>,
+    /// For a flight aborted once abandoned: keeps it running while this handle lives.
+    _holder: Option<Arc<AbortOnDrop>>,
+}
+
+impl<T> Clone for Flight<T> {
+    fn clone(&self) -> Self {
+        Self {
+            joined: self.joined.clone(),
+            _holder: self._holder.clone(),
+        }
+    }
+}
+
+impl<T: Clone> Future for Flight<T> {
+    type Output = Result<T, CredentialError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.joined.poll_unpin(cx)
+    }
+}
+
+/// Aborts the task when the last handle of its flight is dropped.
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<K, T, S> SingleFlight<K, T, S>
+where
+    K: PartialEq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: Send + 'static,
+{
+    /// `name`: the credential errors are reported under; `what`: what a flight does ("the
+    /// token acquisition"), for the error of one that did not finish.
+    pub(crate) fn new(name: &'static str, what: &'static str, state: S) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                name,
+                what,
+                locked: Mutex::new(Locked {
+                    state,
+                    records: Vec::new(),
+                    next_id: 0,
+                }),
+            }),
+        }
+    }
+
+    /// Locks the state and the records.
+    pub(crate) fn lock(&self) -> FlightLock<'_, K, T, S> {
+        FlightLock {
+            inner: &self.inner,
+            locked: self.inner.lock(),
+        }
+    }
+}
+
+impl<K, T, S> Inner<K, T, S> {
+    fn lock(&self) -> MutexGuard<'_, Locked<K, T, S>> {
+        // Each write leaves the state whole (see the module docs): a poisoned lock is usable.
+        self.locked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<K, T, S> Locked<K, T, S> {
+    fn remove(&mut self, id: u64) {
+        self.records.retain(|r| r.id != id);
+    }
+}
+
+impl<K, T, S> Deref for FlightLock<'_, K, T, S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.locked.state
+    }
+}
+
+impl<K, T, S> DerefMut for FlightLock<'_, K, T, S> {
+    fn deref_mut(&mut self) -> &mut S {
+        &mut self.locked.state
+    }
+}
+
+impl<K, T, S> FlightLock<'_, K, T, S>
+where
+    K: PartialEq + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: Send + 'static,
+{
+    /// The flight running under `key`, to join. `None` also for a flight every caller
+    /// abandoned (it is being aborted).
+    pub(crate) fn running<Q>(&self, key: &Q) -> Option<Flight<T>>
+    where
+        K: Borrow<Q>,
+        Q: PartialEq + ?Sized,
+    {
+        let record = self.record(key)?;
+        let holder = match &record.holders {
+            Some(weak) => Some(weak.upgrade()?),
+            None => None,
+        };
+        Some(Flight {
+            joined: record.joined.clone(),
+            _holder: holder,
+        })
+    }
+
+    /// Whether a flight runs under `key` (without a handle that would keep it running).
+    pub(crate) fn is_running<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: PartialEq + ?Sized,
+    {
+        self.record(key)
+            .is_some_and(|r| r.holders.as_ref().is_none_or(|w| w.strong_count() > 0))
+    }
+
+    fn record<Q>(&self, key: &Q) -> Option<&Record<K, T>>
+    where
+        K: Borrow<Q>,
+        Q: PartialEq + ?Sized,
+    {
+        self.locked.records.iter().find(|r| r.key.borrow() == key)
+    }
+
+    /// Spawns `work` as the flight of `key` and records it. When `work` ends, `land` turns its
+    /// result into the outcome every waiter gets, under the lock, as the record is removed.
+    /// With [`WhenAbandoned::Abort`], dropping the last handle aborts the task (`land` then
+    /// receives a "did not finish" error).
+    pub(crate) fn start<W, F, L>(
+        &mut self,
+        key: K,
+        when_abandoned: WhenAbandoned,
+        work: F,
+        land: L,
+    ) -> Flight<T>
+    where
+        W: Send + 'static,
+        F: Future<Output = Result<W, CredentialError>> + Send + 'static,
+        L: FnOnce(&mut S, Result<W, CredentialError>) -> Result<T, CredentialError>
+            + Send
+            + 'static,
+    {
+        let locked = &mut *self.locked;
+        locked.next_id = locked.next_id.wrapping_add(1);
+        let id = locked.next_id;
+        let landing = Landing {
+            inner: Arc::clone(self.inner),
+            id,
+            land: Some(land),
+            work: PhantomData,
+        };
+        // The lock is held: the task cannot land (and remove its record) before it is written.
+        let task = tokio::spawn(async move {
+            let result = work.await;
+            landing.finish(result)
+        });
+        let holder = match when_abandoned {
+            WhenAbandoned::RunOn => None,
+            WhenAbandoned::Abort => Some(Arc::new(AbortOnDrop(task.abort_handle()))),
+        };
+        let (name, what) = (self.inner.name, self.inner.what);
+        let joined = async move {
+            task.await.unwrap_or_else(|join_error| {
+                Err(CredentialError::authentication_failed(
+                    name,
+                    format!("{what} did not finish: {join_error}"),
+                ))
+            })
+        }
+        .boxed()
+        .shared();
+        locked.records.retain(|r| r.key != key);
+        locked.records.push(Record {
+            key,
+            id,
+            joined: joined.clone(),
+            holders: holder.as_ref().map(Arc::downgrade),
+        });
+        Flight {
+            joined,
+            _holder: holder,
+        }
+    }
+}
+
+/// What becomes of a flight whose every handle was dropped.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum WhenAbandoned {
+    /// It runs to its end and its outcome lands.
+    RunOn,
+    /// Its task is aborted (a prompt nobody waits for must stop).
+    Abort,
+}
+
+/// Lands a flight's outcome and removes its record, inside its task, however the task ends.
+struct Landing<K, T, S, W, L>
+where
+    L: FnOnce(&mut S, Result<W, CredentialError>) -> Result<T, CredentialError>,
+{
+    inner: Arc<Inner<K, T, S>>,
+    id: u64,
+    /// Taken when it runs: once.
+    land: Option<L>,
+    work: PhantomData<fn(W)>,
+}
+
+impl<K, T, S, W, L> Landing<K, T, S, W, L>
+where
+    L: FnOnce(&mut S, Result<W, CredentialError>) -> Result<T, CredentialError>,
+{
+    fn finish(mut self, result: Result<W, CredentialError>) -> Result<T, CredentialError> {
+        let mut locked = self.inner.lock();
+        locked.remove(self.id);
+        match self.land.take() {
+            Some(land) => land(&mut locked.state, result),
+            None => Err(self.unfinished()),
+        }
+    }
+
+    fn unfinished(&self) -> CredentialError {
+        CredentialError::authentication_failed(
+            self.inner.name,
+            format!("{} did not finish", self.inner.what),
+        )
+    }
+}
+
+impl<K, T, S, W, L> Drop for Landing<K, T, S, W, L>
+where
+    L: FnOnce(&mut S, Result<W, CredentialError>) -> Result<T, CredentialError>,
+{
+    /// The task panicked or was dropped (aborted, or its runtime shut down) before `finish`.
+    fn drop(&mut self) {
+        if let Some(land) = self.land.take() {
+            let error = self.unfinished();
+            let mut locked = self.inner.lock();
+            locked.remove(self.id);
+            // Nobody gets this outcome: waiters get the task's join error.
+            let _ = land(&mut locked.state, Err(error));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// The owner's state in these tests: every outcome landed, in order.
+    type Log = Vec<Result<u32, String>>;
+    type Flights = SingleFlight<&'static str, u32, Log>;
+
+    fn flights() -> Flights {
+        SingleFlight::new("TestCredential", "the test flight", Vec::new())
+    }
+
+    fn land(log: &mut Log, result: Result<u32, CredentialError>) -> Result<u32, CredentialError> {
+        log.push(result.clone().map_err(|e| e.message().to_owned()));
+        result
+    }
+
+    fn failure(text: &str) -> CredentialError {
+        CredentialError::authentication_failed("TestCredential", text)
+    }
+
+    /// Work that counts its runs, takes `secs` on the clock, then answers.
+    fn work(
+        runs: &Arc<AtomicUsize>,
+        secs: u64,
+        answer: Result<u32, CredentialError>,
+    ) -> impl Future<Output = Result<u32, CredentialError>> + Send + 'static {
+        let runs = Arc::clone(runs);
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            answer
+        }
+    }
+
+    /// What an owner does: join the running flight, else start one with `make`.
+    fn join_or_start<F>(
+        flights: &Flights,
+        key: &'static str,
+        make: impl FnOnce() -> F,
+    ) -> Flight<u32>
+    where
+        F: Future<Output = Result<u32, CredentialError>> + Send + 'static,
+    {
+        let mut lock = flights.lock();
+        match lock.running(key) {
+            Some(flight) => flight,
+            None => lock.start(key, WhenAbandoned::RunOn, make(), land),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_waiters_share_one_run() {
+        let flights = flights();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let waiters: Vec<_> = (0..20)
+            .map(|_| join_or_start(&flights, "k", || work(&runs, 5, Ok(7))))
+            .collect();
+        // Another key is another flight.
+        let other = join_or_start(&flights, "other", || work(&runs, 1, Ok(8)));
+        for result in futures_util::future::join_all(waiters).await {
+            assert_eq!(result.unwrap(), 7);
+        }
+        assert_eq!(other.await.unwrap(), 8);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        let lock = flights.lock();
+        assert!(!lock.is_running("k") && lock.running("k").is_none());
+        assert_eq!(*lock, [Ok(8), Ok(7)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_every_waiter_does_not_cancel_the_work_and_its_outcome_lands() {
+        let flights = flights();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let a = join_or_start(&flights, "k", || work(&runs, 5, Ok(7)));
+        let b = join_or_start(&flights, "k", || work(&runs, 5, Ok(0)));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), a)
+                .await
+                .is_err()
+        );
+        drop(b);
+        assert!(
+            flights.lock().is_running("k"),
+            "nobody waits; it still runs"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let lock = flights.lock();
+        assert_eq!(*lock, [Ok(7)], "the outcome landed with nobody waiting");
+        assert!(!lock.is_running("k"));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn abandoned_by_every_waiter_the_abortable_work_stops_and_the_next_caller_starts_anew() {
+        let flights = flights();
+        let finished = Arc::new(AtomicBool::new(false));
+        let abortable = |finished: &Arc<AtomicBool>| {
+            let finished = Arc::clone(finished);
+            async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                finished.store(true, Ordering::SeqCst);
+                Ok(7)
+            }
+        };
+        let a = flights
+            .lock()
+            .start("k", WhenAbandoned::Abort, abortable(&finished), land);
+        let b = flights.lock().running("k").expect("joined");
+        drop(a);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(flights.lock().is_running("k"), "one waiter is left");
+        drop(b);
+        assert!(
+            flights.lock().running("k").is_none(),
+            "abandoned: not joined"
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!finished.load(Ordering::SeqCst), "the work was aborted");
+        {
+            let lock = flights.lock();
+            assert_eq!(*lock, [Err("the test flight did not finish".to_owned())]);
+            assert!(!lock.is_running("k"));
+        }
+        let again = flights
+            .lock()
+            .start("k", WhenAbandoned::Abort, abortable(&finished), land);
+        assert_eq!(again.await.unwrap(), 7);
+        assert!(finished.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_reaches_every_waiter_and_the_next_caller_starts_anew() {
+        let flights = flights();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                join_or_start(&flights, "k", || async {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if true {
+                        panic!("boom");
+                    }
+                    Ok(0)
+                })
+            })
+            .collect();
+        for result in futures_util::future::join_all(waiters).await {
+            let error = result.unwrap_err();
+            assert!(error.is_authentication_failed());
+            assert_eq!(error.credential(), "TestCredential");
+            assert!(
+                error
+                    .message()
+                    .starts_with("the test flight did not finish: ")
+                    && error.message().contains("panicked"),
+                "{error}"
+            );
+        }
+        assert!(!flights.lock().is_running("k"), "the record is cleared");
+        assert_eq!(
+            *flights.lock(),
+            [Err("the test flight did not finish".to_owned())],
+            "the guard landed an error"
+        );
+        let runs = Arc::new(AtomicUsize::new(0));
+        let next = join_or_start(&flights, "k", || work(&runs, 0, Ok(7)));
+        assert_eq!(next.await.unwrap(), 7);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_reaches_every_waiter_of_its_flight_and_not_the_next_caller() {
+        let flights = flights();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let waiters: Vec<_> = (0..5)
+            .map(|_| join_or_start(&flights, "k", || work(&runs, 2, Err(failure("nope")))))
+            .collect();
+        for result in futures_util::future::join_all(waiters).await {
+            assert_eq!(result.unwrap_err().message(), "nope");
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        // Right after the failure, with no time for anything else to run.
+        let next = join_or_start(&flights, "k", || work(&runs, 2, Ok(7)));
+        assert_eq!(next.await.unwrap(), 7);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    /// Work that answers `answer` once released.
+    fn gated(
+        answer: u32,
+    ) -> (
+        oneshot::Sender<()>,
+        impl Future<Output = Result<u32, CredentialError>> + Send + 'static,
+    ) {
+        let (release, gate) = oneshot::channel();
+        (release, async move {
+            let _ = gate.await;
+            Ok(answer)
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_guard_never_clears_the_record_of_a_newer_flight() {
+        // A flight replaced by a newer one of the same key ends: the newer one stays joinable.
+        let flights = flights();
+        let (release_old, old_work) = gated(1);
+        let (release_new, new_work) = gated(2);
+        let old = flights
+            .lock()
+            .start("k", WhenAbandoned::RunOn, old_work, land);
+        let new = flights
+            .lock()
+            .start("k", WhenAbandoned::RunOn, new_work, land);
+        release_old.send(()).unwrap();
+        assert_eq!(old.await.unwrap(), 1);
+        let joined = flights
+            .lock()
+            .running("k")
+            .expect("the newer flight is recorded");
+        release_new.send(()).unwrap();
+        assert_eq!(joined.await.unwrap(), 2);
+        assert_eq!(new.await.unwrap(), 2);
+        assert!(!flights.lock().is_running("k"));
+
+        // An abandoned flight is aborted after a new one has started: same.
+        let abandoned =
+            flights
+                .lock()
+                .start("k", WhenAbandoned::Abort, std::future::pending(), land);
+        drop(abandoned);
+        let runs = Arc::new(AtomicUsize::new(0));
+        let current = join_or_start(&flights, "k", || work(&runs, 5, Ok(3)));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            flights.lock().last().is_some_and(Result::is_err),
+            "the abandoned flight landed"
+        );
+        assert!(flights.lock().is_running("k"), "the newer record stays");
+        assert_eq!(current.await.unwrap(), 3);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+}
