@@ -15,7 +15,7 @@ use pin_project_lite::pin_project;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::challenge::claims_challenge;
+use super::cae::claims_challenge;
 use super::replay::{Replay, RetryBody};
 use super::source::{Prepared, Source};
 use crate::credential::TokenCredential;

@@ -59,11 +59,12 @@
 //! possible re-send costs allocations on every request. Without CAE the layer keeps nothing
 //! and a claims challenge is returned like any 401.
 
-mod challenge;
+mod cae;
 mod error;
 mod future;
 mod replay;
 mod source;
+mod www_authenticate;
 
 use std::fmt;
 use std::sync::Arc;
@@ -76,12 +77,11 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-pub use challenge::{
-    Challenge, ClaimsError, claims_challenge, parse_challenge_value, parse_challenges,
-};
+pub use cae::{ClaimsError, claims_challenge};
 pub use error::BearerError;
 pub use future::ResponseFuture;
 pub use replay::{NotReplayable, Replay, ReplayBody, RetryBody};
+pub use www_authenticate::{Challenge, parse_challenge_value, parse_challenges};
 
 #[cfg(feature = "reqwest-middleware")]
 pub(crate) use future::{Decision, claims_failure, decide, drain};
