@@ -63,6 +63,8 @@ mod cae;
 mod error;
 mod future;
 mod replay;
+#[cfg(feature = "reqwest-middleware")]
+pub mod reqwest;
 mod source;
 mod www_authenticate;
 
