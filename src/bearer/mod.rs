@@ -85,15 +85,11 @@ pub use future::ResponseFuture;
 pub use replay::{NotReplayable, Replay, ReplayBody, RetryBody};
 pub use www_authenticate::{Challenge, parse_challenge_value, parse_challenges};
 
-#[cfg(feature = "reqwest-middleware")]
-pub(crate) use future::{Decision, claims_failure, decide, drain};
-pub(crate) use source::Source;
-
 use crate::credential::TokenCredential;
 use crate::error::BoxError;
 use crate::refresh::{DEFAULT_REFRESH_WINDOW, DEFAULT_RETRY_AFTER_FAILURE, Lookup, RefreshPolicy};
-use future::{After, RetryFn, Snapshot, answer_challenge};
-use source::Options;
+use future::{After, RetryFn, Snapshot, TowerResend, answer_challenge};
+use source::{Options, Source};
 
 /// Default bound on a streaming request body kept for a re-send.
 pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
@@ -166,13 +162,6 @@ impl<C: TokenCredential> BearerTokenLayer<C> {
     /// can read and replay the token.
     pub fn allow_insecure_http(self, allow: bool) -> Self {
         self.with_options(|o| o.allow_http = allow)
-    }
-}
-
-impl<C> BearerTokenLayer<C> {
-    #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
-    pub(crate) fn source(&self) -> &Arc<Source<C>> {
-        &self.source
     }
 }
 
@@ -345,9 +334,14 @@ where
         let source = Arc::clone(source);
         let service = inner.clone();
         let retry: RetryFn<ResB> = Box::new(move |response, claims| {
-            Box::pin(answer_challenge(
-                response, claims, source, service, snapshot, replay, token_id,
-            ))
+            let resend = TowerResend {
+                service,
+                snapshot,
+                replay,
+            };
+            Box::pin(
+                async move { answer_challenge(&source, &claims, token_id, response, resend).await },
+            )
         });
         (Request::from_parts(parts, body), Some(retry))
     } else {
