@@ -33,9 +33,9 @@
 //!   While it is fresh, a request reads it without a lock or an allocation: each clone keeps
 //!   the prepared header and checks a shared generation counter and the clock.
 //! * **Renewal**: from `expires_on − 300 s + jitter(0..60 s)` (or the provider's `refresh_on`
-//!   plus jitter; for tokens living less than 10 minutes the window is half the lifetime and
-//!   the jitter shrinks with it), the request that notices starts one renewal in the
-//!   background and every request keeps using the current token. Renewals are at least 30 s
+//!   plus jitter when that is earlier; for tokens living less than 10 minutes the window is
+//!   half the lifetime and the jitter shrinks with it), the request that notices starts one
+//!   renewal in the background and every request keeps using the current token. Renewals are at least 30 s
 //!   apart, counted from the end of the last one, so a failed renewal keeps the current token
 //!   and is retried after 30 s. With no valid token, all requests wait on one acquisition and
 //!   all get its result, the error included; a request that is dropped does not cancel it.
@@ -51,6 +51,9 @@
 //!   streaming when the 401 arrived, is not re-sent: the 401 is returned.
 //! * **HTTPS only**: a request that is not `https` fails with a [`BearerError`], unless
 //!   [`allow_insecure_http`](BearerTokenLayer::allow_insecure_http) is set.
+//! * **reqwest**: with the feature `reqwest-middleware`, `BearerTokenLayer::middleware()`
+//!   gives the same behaviour, sharing the layer's token, as a `reqwest_middleware::Middleware`
+//!   (the module `bearer::reqwest`).
 //! * **Errors** are [`BoxError`]s: a [`CredentialError`](crate::CredentialError) when no token
 //!   could be had, a [`BearerError`], or the inner service's error unchanged.
 //!

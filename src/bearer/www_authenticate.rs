@@ -287,9 +287,10 @@ pub(super) mod tests {
     /// A CAE claims value (base64url of `CAE_CLAIMS_JSON` in the CAE tests).
     pub(in crate::bearer) const CAE_CLAIMS_B64: &str = "eyJhY2Nlc3NfdG9rZW4iOnsibmJmIjp7ImVzc2VudGlhbCI6dHJ1ZSwidmFsdWUiOiIxNzI2MDc3NTk1In0sInhtc19jYWVlcnJvciI6eyJ2YWx1ZSI6IjEwMDEyIn19fQ==";
 
-    /// The vectors of `challenges.txt`: header value, and the decoded claims for `RETRY` or
-    /// `None` for `NO_RETRY`.
-    /// The reference vectors, shared with the layer's integration tests.
+    /// The nine reference vectors of `tests/data/challenge_vectors.rs` (each names its source:
+    /// azure-core and .NET Azure.Core parser tests, Entra's claims-challenge docs): a header
+    /// value and the decoded claims a re-send carries, or `None` when the 401 is returned.
+    /// Shared with the layer's integration tests.
     pub(in crate::bearer) const VECTORS: &[(&str, Option<&str>)] =
         include!("../../tests/data/challenge_vectors.rs");
 

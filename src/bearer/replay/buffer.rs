@@ -47,7 +47,7 @@ pub(super) enum Phase {
     ReadBeforePrepare,
 }
 
-/// State shared by the first attempt's body and its [`Replay`] handle(s).
+/// State shared by the first attempt's body and its [`Replay`](super::Replay) handle(s).
 pub(super) struct Recorder {
     /// Most data bytes kept: the largest limit of the handles sharing this recording.
     pub(super) limit: usize,
@@ -130,7 +130,7 @@ pub(super) fn lock(recorder: &Mutex<Recorder>) -> Option<MutexGuard<'_, Recorder
     recorder.lock().ok()
 }
 
-/// A finished recording, played by a replaying [`ReplayBody`].
+/// A finished recording, played by a replaying [`ReplayBody`](super::ReplayBody).
 #[derive(Clone, Debug)]
 pub(super) struct Recording {
     pub(super) frames: VecDeque<RecordedFrame>,
