@@ -79,8 +79,6 @@ pub mod fuzzing;
 mod proptests;
 mod redact;
 mod refresh;
-#[cfg(feature = "reqwest-middleware")]
-pub mod reqwest;
 mod throttle;
 mod token;
 pub mod transport;

@@ -9,14 +9,16 @@ use std::task::{Context, Poll, ready};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use http::header::AUTHORIZATION;
-use http::{Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{
+    Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::challenge::claims_challenge;
-use super::replay::{Replay, RetryBody};
+use super::cae::claims_challenge;
+use super::replay::{NotReplayable, Replay, RetryBody};
 use super::source::{Prepared, Source};
 use crate::credential::TokenCredential;
 use crate::error::BoxError;
@@ -131,14 +133,14 @@ pub(crate) enum Outcome<ResB> {
 }
 
 /// What to do with a 401: answer its claims challenge, or give it back.
-pub(crate) enum Decision {
+pub(super) enum Decision {
     Retry(String),
     GiveBack,
 }
 
 /// A claims challenge is answered (once) when the caller can re-send; any other 401 goes back
 /// unchanged. The reasons are traced at `DEBUG` (or `WARN` for an unusable challenge).
-pub(crate) fn decide(headers: &http::HeaderMap, can_retry: bool) -> Decision {
+pub(super) fn decide(headers: &http::HeaderMap, can_retry: bool) -> Decision {
     match claims_challenge(headers) {
         Ok(Some(claims)) if can_retry => return Decision::Retry(claims),
         Ok(Some(_)) => {
@@ -199,55 +201,108 @@ impl Snapshot {
     }
 }
 
-/// The challenge path: claims token, drain the 401, re-send once. Anything that makes a
-/// faithful re-send impossible returns the 401 as it came.
-pub(crate) async fn answer_challenge<S, B, C, ResB>(
-    response: Response<ResB>,
-    claims: String,
-    source: Arc<Source<C>>,
-    service: S,
-    snapshot: Snapshot,
-    replay: Replay<B>,
+/// One client's side of the re-send after a claims challenge: the inner tower service
+/// ([`TowerResend`]) or the rest of a reqwest middleware chain (`bearer/reqwest.rs`).
+pub(super) trait Resend {
+    /// The client's response.
+    type Response;
+    /// The client's error.
+    type Error;
+
+    /// The response's status.
+    fn status(response: &Self::Response) -> StatusCode;
+
+    /// How this client reports the credential's error.
+    fn credential_error(error: crate::CredentialError) -> Self::Error;
+
+    /// Reads and discards what of the 401's body is already there (see [`drain`]).
+    fn discard(response: Self::Response, limit: usize);
+
+    /// The request again with this `Authorization` value, ready to send, or why it cannot be
+    /// re-sent. Asked only once the claims token is had.
+    fn again(
+        self,
+        authorization: HeaderValue,
+    ) -> Result<impl Future<Output = Result<Self::Response, Self::Error>>, NotReplayable>;
+}
+
+/// The challenge path, for either client: claims token, drain the 401, re-send once. Anything
+/// that makes a faithful re-send impossible returns the 401 as it came.
+pub(super) async fn answer_challenge<C: TokenCredential, R: Resend>(
+    source: &Source<C>,
+    claims: &str,
     rejected: u64,
-) -> Result<Response<ResB>, BoxError>
-where
-    S: Service<Request<B>, Response = Response<ResB>>,
-    S::Error: Into<BoxError>,
-    B: RetryBody,
-    C: TokenCredential,
-    ResB: Body,
-{
+    response: R::Response,
+    resend: R,
+) -> Result<R::Response, R::Error> {
     // The token first: hyper may still be sending the body of the first attempt, and the
     // body can only be replayed once it was sent whole.
     // A credential that cannot satisfy the claims (the user must sign in again, say) is the
     // answer: returning the 401 would leave the caller to resend the same rejected request.
     let entry = source
-        .claims_token(&claims, rejected)
+        .claims_token(claims, rejected)
         .await
-        .map_err(claims_failure)?;
-    let body = match replay.into_body() {
-        Ok(body) => body,
+        .map_err(|e| R::credential_error(claims_failure(e)))?;
+    let sent = match resend.again(entry.value.header().clone()) {
+        Ok(sent) => sent,
         Err(reason) => {
             tracing::debug!(%reason, "claims challenge: the request cannot be re-sent; returning the 401");
             return Ok(response);
         }
     };
-    drain(response.into_body(), source.options.drain_limit);
-    let mut request = snapshot.into_request(body);
-    request
-        .headers_mut()
-        .insert(AUTHORIZATION, entry.value.header().clone());
+    R::discard(response, source.options.drain_limit);
     tracing::debug!("claims challenge answered with a new token; re-sending once");
-    let response = service.oneshot(request).await.map_err(Into::into)?;
-    if response.status() == StatusCode::UNAUTHORIZED {
+    let response = sent.await?;
+    if R::status(&response) == StatusCode::UNAUTHORIZED {
         source.slot.invalidate(entry.id);
     }
     Ok(response)
 }
 
+/// The tower flavour's re-send: the request rebuilt from its kept parts and replayed body,
+/// sent through a clone of the inner service.
+pub(super) struct TowerResend<S, B> {
+    pub(super) service: S,
+    pub(super) snapshot: Snapshot,
+    pub(super) replay: Replay<B>,
+}
+
+impl<S, B, ResB> Resend for TowerResend<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    B: RetryBody,
+    ResB: Body,
+{
+    type Response = Response<ResB>;
+    type Error = BoxError;
+
+    fn status(response: &Response<ResB>) -> StatusCode {
+        response.status()
+    }
+
+    fn credential_error(error: crate::CredentialError) -> BoxError {
+        error.into()
+    }
+
+    fn discard(response: Response<ResB>, limit: usize) {
+        drain(response.into_body(), limit);
+    }
+
+    fn again(
+        self,
+        authorization: HeaderValue,
+    ) -> Result<impl Future<Output = Result<Response<ResB>, BoxError>>, NotReplayable> {
+        let body = self.replay.into_body()?;
+        let mut request = self.snapshot.into_request(body);
+        request.headers_mut().insert(AUTHORIZATION, authorization);
+        Ok(async move { self.service.oneshot(request).await.map_err(Into::into) })
+    }
+}
+
 /// The error of a claims challenge the credential could not answer: the credential's own
 /// error (kind, provider details), saying what asked for the claims.
-pub(crate) fn claims_failure(error: crate::CredentialError) -> crate::CredentialError {
+fn claims_failure(error: crate::CredentialError) -> crate::CredentialError {
     tracing::warn!(%error, "claims challenge: the credential could not get a token with the claims");
     error.with_message_prefix(
         "the resource answered 401 with a claims challenge (CAE), and no token with those \
@@ -257,7 +312,7 @@ pub(crate) fn claims_failure(error: crate::CredentialError) -> crate::Credential
 
 /// Reads and discards what of a 401 body is already available (up to `limit` bytes), so the
 /// connection can carry the re-send. It never waits: no timers, no hang on a slow body.
-pub(crate) fn drain<ResB: Body>(body: ResB, limit: usize) {
+pub(super) fn drain<ResB: Body>(body: ResB, limit: usize) {
     let mut body = pin!(body);
     let waker = futures_util::task::noop_waker();
     let mut cx = Context::from_waker(&waker);

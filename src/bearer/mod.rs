@@ -33,9 +33,9 @@
 //!   While it is fresh, a request reads it without a lock or an allocation: each clone keeps
 //!   the prepared header and checks a shared generation counter and the clock.
 //! * **Renewal**: from `expires_on − 300 s + jitter(0..60 s)` (or the provider's `refresh_on`
-//!   plus jitter; for tokens living less than 10 minutes the window is half the lifetime and
-//!   the jitter shrinks with it), the request that notices starts one renewal in the
-//!   background and every request keeps using the current token. Renewals are at least 30 s
+//!   plus jitter when that is earlier; for tokens living less than 10 minutes the window is
+//!   half the lifetime and the jitter shrinks with it), the request that notices starts one
+//!   renewal in the background and every request keeps using the current token. Renewals are at least 30 s
 //!   apart, counted from the end of the last one, so a failed renewal keeps the current token
 //!   and is retried after 30 s. With no valid token, all requests wait on one acquisition and
 //!   all get its result, the error included; a request that is dropped does not cancel it.
@@ -51,6 +51,9 @@
 //!   streaming when the 401 arrived, is not re-sent: the 401 is returned.
 //! * **HTTPS only**: a request that is not `https` fails with a [`BearerError`], unless
 //!   [`allow_insecure_http`](BearerTokenLayer::allow_insecure_http) is set.
+//! * **reqwest**: with the feature `reqwest-middleware`, `BearerTokenLayer::middleware()`
+//!   gives the same behaviour, sharing the layer's token, as a `reqwest_middleware::Middleware`
+//!   (the module `bearer::reqwest`).
 //! * **Errors** are [`BoxError`]s: a [`CredentialError`](crate::CredentialError) when no token
 //!   could be had, a [`BearerError`], or the inner service's error unchanged.
 //!
@@ -59,11 +62,14 @@
 //! possible re-send costs allocations on every request. Without CAE the layer keeps nothing
 //! and a claims challenge is returned like any 401.
 
-mod challenge;
+mod cae;
 mod error;
 mod future;
 mod replay;
+#[cfg(feature = "reqwest-middleware")]
+pub mod reqwest;
 mod source;
+mod www_authenticate;
 
 use std::fmt;
 use std::sync::Arc;
@@ -76,22 +82,17 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-pub use challenge::{
-    Challenge, ClaimsError, claims_challenge, parse_challenge_value, parse_challenges,
-};
+pub use cae::{ClaimsError, claims_challenge};
 pub use error::BearerError;
 pub use future::ResponseFuture;
 pub use replay::{NotReplayable, Replay, ReplayBody, RetryBody};
-
-#[cfg(feature = "reqwest-middleware")]
-pub(crate) use future::{Decision, claims_failure, decide, drain};
-pub(crate) use source::Source;
+pub use www_authenticate::{Challenge, parse_challenge_value, parse_challenges};
 
 use crate::credential::TokenCredential;
 use crate::error::BoxError;
 use crate::refresh::{DEFAULT_REFRESH_WINDOW, DEFAULT_RETRY_AFTER_FAILURE, Lookup, RefreshPolicy};
-use future::{After, RetryFn, Snapshot, answer_challenge};
-use source::Options;
+use future::{After, RetryFn, Snapshot, TowerResend, answer_challenge};
+use source::{Options, Source};
 
 /// Default bound on a streaming request body kept for a re-send.
 pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
@@ -164,13 +165,6 @@ impl<C: TokenCredential> BearerTokenLayer<C> {
     /// can read and replay the token.
     pub fn allow_insecure_http(self, allow: bool) -> Self {
         self.with_options(|o| o.allow_http = allow)
-    }
-}
-
-impl<C> BearerTokenLayer<C> {
-    #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
-    pub(crate) fn source(&self) -> &Arc<Source<C>> {
-        &self.source
     }
 }
 
@@ -343,9 +337,14 @@ where
         let source = Arc::clone(source);
         let service = inner.clone();
         let retry: RetryFn<ResB> = Box::new(move |response, claims| {
-            Box::pin(answer_challenge(
-                response, claims, source, service, snapshot, replay, token_id,
-            ))
+            let resend = TowerResend {
+                service,
+                snapshot,
+                replay,
+            };
+            Box::pin(
+                async move { answer_challenge(&source, &claims, token_id, response, resend).await },
+            )
         });
         (Request::from_parts(parts, body), Some(retry))
     } else {

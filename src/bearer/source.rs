@@ -120,8 +120,8 @@ impl<C: TokenCredential> Source<C> {
     }
 
     /// The current token, waiting for an acquisition only when there is no valid one.
-    #[cfg_attr(not(feature = "reqwest-middleware"), allow(dead_code))]
-    pub(crate) async fn token(&self) -> Result<Entry<Prepared>, CredentialError> {
+    #[cfg(feature = "reqwest-middleware")]
+    pub(super) async fn token(&self) -> Result<Entry<Prepared>, CredentialError> {
         match self.lookup(Instant::now()) {
             Lookup::Use { entry, .. } => Ok(entry),
             Lookup::Wait(acquisition) => acquisition.await,

@@ -1,7 +1,8 @@
-// The WWW-Authenticate vectors of the design notes (challenges.txt), as a Rust expression
-// included by the parser's unit tests and by the layer's integration tests: a header value
-// and, for a CAE challenge, the decoded claims the layer must send (`None`: the 401 is
-// returned as is).
+// Reference WWW-Authenticate vectors, each under a comment naming its source (azure-core's
+// and .NET Azure.Core's challenge-parser tests, the Entra claims-challenge documentation), as
+// a Rust expression included by the parser's unit tests (src/bearer/www_authenticate.rs) and
+// by the layer's integration tests: a header value and, for a CAE challenge, the decoded
+// claims the layer must send (`None`: the 401 is returned as is).
 &[
     // azure-core tests/test_utils.py test_get_challenge_parameter #1
     (

@@ -534,7 +534,7 @@ async fn a_claims_challenge_the_credential_cannot_satisfy_is_its_error_and_is_sp
     assert_eq!(authority.token_posts(), 3);
 }
 
-/// The challenges.txt vectors through the real layer: RETRY ones re-send with exactly the
+/// The reference challenge vectors (tests/data/challenge_vectors.rs) through the real layer: RETRY ones re-send with exactly the
 /// decoded claims (plus CP1), NO_RETRY ones are returned.
 #[tokio::test]
 async fn every_reference_challenge_vector_gets_the_documented_outcome() {

@@ -23,14 +23,17 @@
 //! Errors of the middleware are `reqwest_middleware::Error::Middleware` holding a
 //! [`CredentialError`](crate::CredentialError) or a [`BearerError`].
 
+use std::future::Future;
 use std::sync::Arc;
 
-use http::StatusCode;
 use http::header::AUTHORIZATION;
+use http::{HeaderValue, StatusCode};
 use reqwest_middleware::{Error, Middleware, Next, Result};
 
-use crate::bearer::{BearerError, BearerTokenLayer, Source};
-use crate::bearer::{Decision, claims_failure, decide, drain};
+use super::future::{Decision, Resend, answer_challenge, decide, drain};
+use super::replay::NotReplayable;
+use super::source::Source;
+use super::{BearerError, BearerTokenLayer};
 use crate::credential::TokenCredential;
 
 /// [`BearerTokenLayer`] as a reqwest middleware; made by [`BearerTokenLayer::middleware`].
@@ -42,7 +45,7 @@ impl<C: TokenCredential> BearerTokenLayer<C> {
     /// The same behaviour as a reqwest middleware, sharing this layer's token and options.
     pub fn middleware(&self) -> BearerTokenMiddleware<C> {
         BearerTokenMiddleware {
-            source: Arc::clone(self.source()),
+            source: Arc::clone(&self.source),
         }
     }
 }
@@ -80,7 +83,7 @@ impl<C: TokenCredential> Middleware for BearerTokenMiddleware<C> {
         request
             .headers_mut()
             .insert(AUTHORIZATION, entry.value.header().clone());
-        let mut retry = if options.cae {
+        let retry = if options.cae {
             request.try_clone()
         } else {
             None
@@ -89,33 +92,56 @@ impl<C: TokenCredential> Middleware for BearerTokenMiddleware<C> {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        let claims = match decide(response.headers(), retry.is_some()) {
-            Decision::Retry(claims) => claims,
-            Decision::GiveBack => {
-                self.source.slot.invalidate(entry.id);
-                return Ok(response);
+        match (decide(response.headers(), retry.is_some()), retry) {
+            (Decision::Retry(claims), Some(request)) => {
+                let resend = ReqwestResend {
+                    request,
+                    next,
+                    extensions,
+                };
+                answer_challenge(&self.source, &claims, entry.id, response, resend).await
             }
-        };
-        let Some(mut retry) = retry.take() else {
-            return Ok(response);
-        };
-        let fresh = self
-            .source
-            .claims_token(&claims, entry.id)
-            .await
-            .map_err(|e| Error::middleware(claims_failure(e)))?;
+            _ => {
+                self.source.slot.invalidate(entry.id);
+                Ok(response)
+            }
+        }
+    }
+}
+
+/// The middleware's re-send: the clone of the request, down the rest of the chain.
+struct ReqwestResend<'a> {
+    request: reqwest::Request,
+    next: Next<'a>,
+    extensions: &'a mut http::Extensions,
+}
+
+impl Resend for ReqwestResend<'_> {
+    type Response = reqwest::Response;
+    type Error = Error;
+
+    fn status(response: &reqwest::Response) -> StatusCode {
+        response.status()
+    }
+
+    fn credential_error(error: crate::CredentialError) -> Error {
+        Error::middleware(error)
+    }
+
+    fn discard(response: reqwest::Response, limit: usize) {
         drain(
             http::Response::<reqwest::Body>::from(response).into_body(),
-            options.drain_limit,
+            limit,
         );
-        retry
+    }
+
+    fn again(
+        mut self,
+        authorization: HeaderValue,
+    ) -> std::result::Result<impl Future<Output = Result<reqwest::Response>>, NotReplayable> {
+        self.request
             .headers_mut()
-            .insert(AUTHORIZATION, fresh.value.header().clone());
-        tracing::debug!("claims challenge answered with a new token; re-sending once");
-        let response = next.run(retry, extensions).await?;
-        if response.status() == StatusCode::UNAUTHORIZED {
-            self.source.slot.invalidate(fresh.id);
-        }
-        Ok(response)
+            .insert(AUTHORIZATION, authorization);
+        Ok(self.next.run(self.request, self.extensions))
     }
 }

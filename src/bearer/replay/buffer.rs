@@ -1,0 +1,182 @@
+//! The recording buffer shared by the first attempt's body and its [`Replay`](super::Replay)
+//! handle(s): the frames kept, within the limit, and the finished recording a re-send plays.
+
+use std::collections::VecDeque;
+use std::mem;
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Frame, SizeHint};
+
+use super::{NotReplayable, Reason};
+
+/// One frame of a recording.
+#[derive(Clone, Debug)]
+pub(super) enum RecordedFrame {
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
+
+impl RecordedFrame {
+    /// `None` for a frame kind this module does not know (http-body may add some).
+    pub(super) fn of(frame: &Frame<Bytes>) -> Option<Self> {
+        if let Some(data) = frame.data_ref() {
+            Some(RecordedFrame::Data(data.clone()))
+        } else {
+            frame
+                .trailers_ref()
+                .map(|trailers| RecordedFrame::Trailers(trailers.clone()))
+        }
+    }
+}
+
+/// What happened on one poll of the first attempt's body.
+pub(super) enum Event {
+    Frame { frame: RecordedFrame, end: bool },
+    End,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    Recording,
+    Complete,
+    OverLimit,
+    Failed,
+    ReadBeforePrepare,
+}
+
+/// State shared by the first attempt's body and its [`Replay`](super::Replay) handle(s).
+pub(super) struct Recorder {
+    /// Most data bytes kept: the largest limit of the handles sharing this recording.
+    pub(super) limit: usize,
+    /// Data bytes the first attempt has yielded so far, kept or not.
+    seen: usize,
+    pub(super) frames: VecDeque<RecordedFrame>,
+    pub(super) phase: Phase,
+}
+
+impl Recorder {
+    pub(super) fn new(limit: usize) -> Self {
+        Recorder {
+            limit,
+            seen: 0,
+            frames: VecDeque::new(),
+            phase: Phase::Recording,
+        }
+    }
+
+    /// Applies one event; returns frames to drop once the lock is released.
+    pub(super) fn apply(&mut self, event: Event) -> VecDeque<RecordedFrame> {
+        if self.phase != Phase::Recording {
+            return VecDeque::new();
+        }
+        match event {
+            Event::Frame { frame, end } => {
+                if let RecordedFrame::Data(data) = &frame {
+                    self.seen = self.seen.saturating_add(data.len());
+                    if self.seen > self.limit {
+                        self.phase = Phase::OverLimit;
+                        return mem::take(&mut self.frames);
+                    }
+                }
+                self.frames.push_back(frame);
+                if end {
+                    self.phase = Phase::Complete;
+                }
+                VecDeque::new()
+            }
+            Event::End => {
+                self.phase = Phase::Complete;
+                VecDeque::new()
+            }
+            Event::Failed => {
+                self.phase = Phase::Failed;
+                mem::take(&mut self.frames)
+            }
+        }
+    }
+
+    /// The recording for a handle with `limit`, if it is complete and within that limit.
+    pub(super) fn recording(&self, limit: usize) -> Result<Recording, NotReplayable> {
+        if self.seen > limit {
+            return Err(NotReplayable::new(Reason::OverLimit { limit }));
+        }
+        match self.phase {
+            Phase::Complete => Ok(Recording::new(self.frames.clone(), self.seen)),
+            // Only reachable when this handle, with a larger limit, joined a recording that
+            // had already exceeded the shared one: the data is gone.
+            Phase::OverLimit => Err(NotReplayable::new(Reason::OverLimit { limit: self.limit })),
+            Phase::Recording => Err(NotReplayable::new(Reason::Unfinished)),
+            Phase::Failed => Err(NotReplayable::new(Reason::Failed)),
+            Phase::ReadBeforePrepare => Err(NotReplayable::new(Reason::ReadBeforePrepare)),
+        }
+    }
+}
+
+/// Records one event. The lock covers only the field updates; dropped frames are freed after.
+pub(super) fn record(recorder: &Mutex<Recorder>, event: Event) {
+    let discarded = match lock(recorder) {
+        Some(mut recorder) => recorder.apply(event),
+        // Poisoned: stop recording; `Replay::into_body` reports the body as not replayable.
+        None => return,
+    };
+    drop(discarded);
+}
+
+/// The lock, or `None` if a panic poisoned it.
+pub(super) fn lock(recorder: &Mutex<Recorder>) -> Option<MutexGuard<'_, Recorder>> {
+    recorder.lock().ok()
+}
+
+/// A finished recording, played by a replaying [`ReplayBody`](super::ReplayBody).
+#[derive(Clone, Debug)]
+pub(super) struct Recording {
+    pub(super) frames: VecDeque<RecordedFrame>,
+    /// Data bytes not yet played.
+    pub(super) remaining: usize,
+    /// Trailers frames not yet played.
+    trailers: usize,
+}
+
+impl Recording {
+    pub(super) fn new(frames: VecDeque<RecordedFrame>, len: usize) -> Self {
+        let trailers = frames
+            .iter()
+            .filter(|frame| matches!(frame, RecordedFrame::Trailers(_)))
+            .count();
+        Recording {
+            frames,
+            remaining: len,
+            trailers,
+        }
+    }
+
+    pub(super) fn next(&mut self) -> Option<Frame<Bytes>> {
+        let frame = self.frames.pop_front()?;
+        Some(match frame {
+            RecordedFrame::Data(data) => {
+                self.remaining = self.remaining.saturating_sub(data.len());
+                Frame::data(data)
+            }
+            RecordedFrame::Trailers(trailers) => {
+                self.trailers = self.trailers.saturating_sub(1);
+                Frame::trailers(trailers)
+            }
+        })
+    }
+
+    pub(super) fn size_hint(&self) -> SizeHint {
+        let remaining = u64::try_from(self.remaining).unwrap_or(u64::MAX);
+        if self.trailers > 0 {
+            // Not exact on purpose: with an exact length hyper's HTTP/1 client sends
+            // `Content-Length` and drops the trailers.
+            let mut hint = SizeHint::new();
+            hint.set_lower(remaining);
+            hint
+        } else {
+            SizeHint::with_exact(remaining)
+        }
+    }
+}

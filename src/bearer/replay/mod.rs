@@ -1,0 +1,224 @@
+//! Request bodies that the bearer-token layer can send a second time after a claims challenge.
+//!
+//! When Continuous Access Evaluation is on, a request may be answered with a 401 that asks for
+//! a token with more claims; the layer then sends the same request again, once. To do that it
+//! needs the body twice. [`RetryBody::prepare`] is called before the first send and hands back
+//! the body to send now plus a [`Replay`] handle for the second send.
+//!
+//! * Bodies that are cheap to clone (`Full<Bytes>`, `Empty<Bytes>`, `String`) are cloned: they
+//!   can always be replayed.
+//! * Any other body can be wrapped in a [`ReplayBody`]. While the first attempt streams it, the
+//!   wrapper keeps the data chunks (shared [`Bytes`], not copies) up to a byte limit. If the body
+//!   is larger than the limit, or the response arrives before the body was fully sent, it cannot
+//!   be replayed and the layer returns the 401 instead of sending a truncated body.
+//! * `BoxBody<Bytes, E>` and `UnsyncBoxBody<Bytes, E>` are wrapped in a [`ReplayBody`] and
+//!   boxed again, so the type a client uses stays the same.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use tower_identity::bearer::{ReplayBody, RetryBody};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let body = ReplayBody::new(Full::new(Bytes::from_static(b"{\"name\":\"blob\"}")));
+//! let (first, replay) = body.prepare(64 * 1024);
+//!
+//! // The first attempt sends `first`; here we read it the way a client would.
+//! let sent = first.collect().await?.to_bytes();
+//!
+//! // Once the response has arrived, the same body can be sent again.
+//! let again = replay.into_body()?.collect().await?.to_bytes();
+//! assert_eq!(sent, again);
+//! # Ok(()) }
+//! ```
+
+mod body;
+mod buffer;
+#[cfg(test)]
+mod tests;
+
+use std::error::Error;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body::Body;
+use http_body_util::{Empty, Full};
+
+pub use body::ReplayBody;
+use buffer::{Recorder, Recording, lock};
+
+/// Request bodies the bearer layer can re-send after a claims challenge.
+///
+/// Implemented for `Full<Bytes>`, `Empty<Bytes>` and `String` (cloned), for [`ReplayBody`]
+/// (recorded while the first attempt streams it), and for `BoxBody<Bytes, E>` and
+/// `UnsyncBoxBody<Bytes, E>` (wrapped in a recording [`ReplayBody`] and boxed again). To make
+/// any other body retryable, wrap it: `ReplayBody::new(body)`.
+pub trait RetryBody: Body<Data = Bytes> + Send + 'static + Sized {
+    /// Called once, before the first send. Returns the body to send now and a handle that can
+    /// produce the same body again once the first attempt's response has arrived.
+    ///
+    /// `limit` is the most bytes a streaming body may be buffered for replay.
+    ///
+    /// The body must not have been polled yet: a streaming body's frames read before this call
+    /// are not recorded. (A [`ReplayBody`] notices and reports itself not replayable.)
+    fn prepare(self, limit: usize) -> (Self, Replay<Self>);
+}
+
+/// A way to get the request body again for the one re-send.
+///
+/// Made by [`RetryBody::prepare`]. Dropping it stops the recording of the first attempt's body
+/// (what was kept is freed as soon as the first body is dropped too).
+pub struct Replay<B> {
+    kind: ReplayKind<B>,
+}
+
+enum ReplayKind<B> {
+    /// A clone made up front.
+    Ready(B),
+    /// A recording shared with the first attempt's body.
+    Recorded {
+        recorder: Arc<Mutex<Recorder>>,
+        /// This handle's limit (a body prepared twice shares one recording).
+        limit: usize,
+        /// Turns the finished recording into the body type.
+        build: fn(Recording) -> B,
+    },
+}
+
+impl<B> Replay<B> {
+    /// The body for the re-send, or why it cannot be re-sent.
+    ///
+    /// Call it after the first attempt's response head arrived. A streaming body can only be
+    /// replayed if the first attempt sent all of it, within the limit given to
+    /// [`prepare`](RetryBody::prepare); otherwise the answer is an error, never a shorter body.
+    pub fn into_body(self) -> Result<B, NotReplayable> {
+        match self.kind {
+            ReplayKind::Ready(body) => Ok(body),
+            ReplayKind::Recorded {
+                recorder,
+                limit,
+                build,
+            } => {
+                let recording = match lock(&recorder) {
+                    Some(recorder) => recorder.recording(limit)?,
+                    // Something panicked while recording: what was kept cannot be trusted.
+                    None => return Err(NotReplayable::new(Reason::Failed)),
+                };
+                Ok(build(recording))
+            }
+        }
+    }
+
+    fn ready(body: B) -> Self {
+        Replay {
+            kind: ReplayKind::Ready(body),
+        }
+    }
+
+    /// Wraps the body this handle makes: `wrap` for a ready clone, `build` for a recording.
+    fn map<C>(self, wrap: fn(B) -> C, build: fn(Recording) -> C) -> Replay<C> {
+        let kind = match self.kind {
+            ReplayKind::Ready(body) => ReplayKind::Ready(wrap(body)),
+            ReplayKind::Recorded {
+                recorder, limit, ..
+            } => ReplayKind::Recorded {
+                recorder,
+                limit,
+                build,
+            },
+        };
+        Replay { kind }
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for Replay<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ReplayKind::Ready(body) => f.debug_tuple("Replay::Ready").field(body).finish(),
+            ReplayKind::Recorded { limit, .. } => f
+                .debug_struct("Replay::Recorded")
+                .field("limit", limit)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Why a body cannot be re-sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotReplayable {
+    reason: Reason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    /// More data bytes than the limit: the recording was dropped.
+    OverLimit { limit: usize },
+    /// The body had not ended when the replay was asked for (the response came first, or the
+    /// first attempt dropped the body half-way).
+    Unfinished,
+    /// The body yielded an error, or the recording was poisoned by a panic.
+    Failed,
+    /// The body was polled before it was prepared, so the recording lacks its start.
+    ReadBeforePrepare,
+}
+
+impl NotReplayable {
+    fn new(reason: Reason) -> Self {
+        NotReplayable { reason }
+    }
+
+    /// The body was larger than the replay limit.
+    pub fn is_over_limit(&self) -> bool {
+        matches!(self.reason, Reason::OverLimit { .. })
+    }
+
+    /// The whole body could not be recorded: the response arrived before the body ended, the
+    /// body was dropped half-way, it failed with an error, or it was read before it was
+    /// prepared.
+    pub fn is_incomplete(&self) -> bool {
+        matches!(
+            self.reason,
+            Reason::Unfinished | Reason::Failed | Reason::ReadBeforePrepare
+        )
+    }
+}
+
+impl fmt::Display for NotReplayable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason {
+            Reason::OverLimit { limit } => write!(
+                f,
+                "the request body is larger than the {limit}-byte replay limit"
+            ),
+            Reason::Unfinished => {
+                f.write_str("the response arrived before the request body was fully sent")
+            }
+            Reason::Failed => f.write_str("the request body failed before it was fully sent"),
+            Reason::ReadBeforePrepare => {
+                f.write_str("the request body was read before it was prepared for replay")
+            }
+        }
+    }
+}
+
+impl Error for NotReplayable {}
+
+impl RetryBody for Full<Bytes> {
+    fn prepare(self, _limit: usize) -> (Self, Replay<Self>) {
+        (self.clone(), Replay::ready(self))
+    }
+}
+
+impl RetryBody for Empty<Bytes> {
+    fn prepare(self, _limit: usize) -> (Self, Replay<Self>) {
+        (self, Replay::ready(self))
+    }
+}
+
+impl RetryBody for String {
+    fn prepare(self, _limit: usize) -> (Self, Replay<Self>) {
+        (self.clone(), Replay::ready(self))
+    }
+}

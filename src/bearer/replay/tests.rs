@@ -1,0 +1,611 @@
+use std::convert::Infallible;
+use std::io;
+use std::marker::PhantomPinned;
+use std::pin::pin;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::HeaderMap;
+use http_body::{Frame, SizeHint};
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+use pin_project_lite::pin_project;
+
+use super::buffer::{Phase, lock};
+use super::*;
+
+/// One step of a [`Script`] body.
+#[derive(Clone, Debug)]
+enum Step {
+    Data(&'static [u8]),
+    /// Returns `Poll::Pending` once (and wakes itself), like a body waiting on I/O.
+    Pending,
+    Trailers(HeaderMap),
+    Error,
+}
+
+pin_project! {
+    /// A streaming body that plays a script. It is `!Unpin` on purpose.
+    #[derive(Debug)]
+    struct Script {
+        steps: VecDeque<Step>,
+        exact: Option<u64>,
+        #[pin]
+        _pinned: PhantomPinned,
+    }
+}
+
+impl Script {
+    fn new(steps: impl IntoIterator<Item = Step>) -> Self {
+        Script {
+            steps: steps.into_iter().collect(),
+            exact: None,
+            _pinned: PhantomPinned,
+        }
+    }
+
+    fn with_exact_hint(mut self, len: u64) -> Self {
+        self.exact = Some(len);
+        self
+    }
+}
+
+impl Body for Script {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.project();
+        let frame = match this.steps.pop_front() {
+            None => return Poll::Ready(None),
+            Some(Step::Pending) => {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Some(Step::Data(data)) => {
+                if let Some(exact) = this.exact {
+                    *exact -= data.len() as u64;
+                }
+                Ok(Frame::data(Bytes::from_static(data)))
+            }
+            Some(Step::Trailers(trailers)) => Ok(Frame::trailers(trailers)),
+            Some(Step::Error) => Err(io::Error::other("the body broke")),
+        };
+        Poll::Ready(Some(frame))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.exact.map(SizeHint::with_exact).unwrap_or_default()
+    }
+}
+
+/// A frame as seen by whoever polls a body.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
+
+/// Polls `body` to its end, keeping every frame, or stops at its first error.
+async fn frames<B: Body<Data = Bytes>>(body: B) -> Result<Vec<Seen>, B::Error> {
+    let mut body = pin!(body);
+    let mut seen = Vec::new();
+    while let Some(frame) = body.as_mut().frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(data) => seen.push(Seen::Data(data)),
+            Err(frame) => match frame.into_trailers() {
+                Ok(trailers) => seen.push(Seen::Trailers(trailers)),
+                Err(_) => panic!("unknown frame kind"),
+            },
+        }
+    }
+    Ok(seen)
+}
+
+fn trailers() -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", HeaderValue::from_static("abc123"));
+    trailers
+}
+
+/// 12 data bytes in three chunks with waits in between, then trailers.
+fn chunks_and_trailers() -> Script {
+    Script::new([
+        Step::Data(b"abcd"),
+        Step::Pending,
+        Step::Data(b"efgh"),
+        Step::Pending,
+        Step::Data(b"ijkl"),
+        Step::Pending,
+        Step::Trailers(trailers()),
+    ])
+}
+
+/// 12 data bytes in three chunks with waits in between.
+fn chunks() -> Script {
+    Script::new([
+        Step::Data(b"abcd"),
+        Step::Pending,
+        Step::Data(b"efgh"),
+        Step::Pending,
+        Step::Data(b"ijkl"),
+    ])
+}
+
+fn hint(body: &impl Body) -> (u64, Option<u64>) {
+    let hint = body.size_hint();
+    (hint.lower(), hint.upper())
+}
+
+async fn bytes_of<B: Body<Data = Bytes>>(body: B) -> Bytes
+where
+    B::Error: fmt::Debug,
+{
+    body.collect().await.expect("body").to_bytes()
+}
+
+#[tokio::test]
+async fn full_body_replays_equal_bytes() {
+    let (first, replay) = Full::new(Bytes::from_static(b"payload")).prepare(0);
+    let again = replay.into_body().expect("replayable");
+    assert_eq!(bytes_of(first).await, Bytes::from_static(b"payload"));
+    assert_eq!(bytes_of(again).await, Bytes::from_static(b"payload"));
+}
+
+#[tokio::test]
+async fn empty_body_replays_empty() {
+    let (first, replay) = Empty::<Bytes>::new().prepare(0);
+    let again = replay.into_body().expect("replayable");
+    assert!(bytes_of(first).await.is_empty());
+    assert!(bytes_of(again).await.is_empty());
+}
+
+#[tokio::test]
+async fn string_body_replays_equal_bytes() {
+    let (first, replay) = String::from("{\"a\":1}").prepare(0);
+    let again = replay.into_body().expect("replayable");
+    assert_eq!(bytes_of(first).await, bytes_of(again).await);
+}
+
+#[tokio::test]
+async fn replay_body_replays_data_frames_and_trailers_identically() {
+    let (first, replay) = ReplayBody::new(chunks_and_trailers()).prepare(64);
+    let sent = frames(first).await.expect("first attempt");
+    assert_eq!(
+        sent,
+        vec![
+            Seen::Data(Bytes::from_static(b"abcd")),
+            Seen::Data(Bytes::from_static(b"efgh")),
+            Seen::Data(Bytes::from_static(b"ijkl")),
+            Seen::Trailers(trailers()),
+        ]
+    );
+    let again = replay.into_body().expect("replayable");
+    assert_eq!(frames(again).await.expect("replay"), sent);
+}
+
+#[tokio::test]
+async fn replay_size_hint_is_exact_and_end_stream_follows_the_frames() {
+    let (first, replay) = ReplayBody::new(chunks()).prepare(64);
+    frames(first).await.expect("first attempt");
+    let mut again = pin!(replay.into_body().expect("replayable"));
+    assert_eq!(hint(&*again), (12, Some(12)));
+    assert!(!again.is_end_stream());
+    for left in [8, 4, 0] {
+        again.as_mut().frame().await.expect("frame").expect("data");
+        assert_eq!(hint(&*again), (left, Some(left)));
+    }
+    assert!(again.is_end_stream());
+    assert!(again.as_mut().frame().await.is_none());
+}
+
+#[tokio::test]
+async fn replay_with_trailers_has_an_inexact_size_hint_until_the_trailers_are_sent() {
+    let (first, replay) = ReplayBody::new(chunks_and_trailers()).prepare(64);
+    frames(first).await.expect("first attempt");
+    let mut again = pin!(replay.into_body().expect("replayable"));
+    assert_eq!(hint(&*again), (12, None));
+    for _ in 0..3 {
+        again.as_mut().frame().await.expect("frame").expect("data");
+    }
+    assert_eq!(hint(&*again), (0, None));
+    assert!(!again.is_end_stream());
+    let last = again
+        .as_mut()
+        .frame()
+        .await
+        .expect("frame")
+        .expect("trailers");
+    assert_eq!(last.into_trailers().ok(), Some(trailers()));
+    assert_eq!(hint(&*again), (0, Some(0)));
+    assert!(again.is_end_stream());
+}
+
+#[tokio::test]
+async fn recording_leaves_frames_size_hint_and_end_stream_of_the_first_attempt_untouched() {
+    let plain = chunks_and_trailers().with_exact_hint(12);
+    let (recording, _replay) =
+        ReplayBody::new(chunks_and_trailers().with_exact_hint(12)).prepare(64);
+    let (mut plain, mut recording) = (pin!(plain), pin!(recording));
+    loop {
+        assert_eq!(hint(&*plain), hint(&*recording));
+        assert_eq!(plain.is_end_stream(), recording.is_end_stream());
+        let expected = plain.as_mut().frame().await;
+        let got = recording.as_mut().frame().await;
+        match (expected, got) {
+            (None, None) => break,
+            (Some(Ok(expected)), Some(Ok(got))) => {
+                assert_eq!(expected.data_ref(), got.data_ref());
+                assert_eq!(expected.trailers_ref(), got.trailers_ref());
+            }
+            other => panic!("the recording diverged: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn over_limit_is_not_replayable_but_the_first_attempt_gets_every_byte() {
+    let (first, replay) = ReplayBody::new(chunks_and_trailers()).prepare(10);
+    let sent = frames(first).await.expect("first attempt");
+    assert_eq!(sent.len(), 4, "all data frames and the trailers");
+    let err = replay.into_body().expect_err("over the limit");
+    assert!(err.is_over_limit());
+    assert!(!err.is_incomplete());
+    assert_eq!(
+        err.to_string(),
+        "the request body is larger than the 10-byte replay limit"
+    );
+}
+
+#[tokio::test]
+async fn limit_equal_to_the_body_length_is_replayable() {
+    let (first, replay) = ReplayBody::new(chunks()).prepare(12);
+    frames(first).await.expect("first attempt");
+    let again = replay.into_body().expect("exactly at the limit");
+    assert_eq!(bytes_of(again).await, Bytes::from_static(b"abcdefghijkl"));
+}
+
+#[tokio::test]
+async fn one_byte_over_the_limit_is_not_replayable() {
+    let (first, replay) = ReplayBody::new(chunks()).prepare(11);
+    frames(first).await.expect("first attempt");
+    assert!(
+        replay
+            .into_body()
+            .expect_err("one byte over")
+            .is_over_limit()
+    );
+}
+
+#[tokio::test]
+async fn first_attempt_dropped_half_way_is_incomplete() {
+    let (first, replay) = ReplayBody::new(chunks()).prepare(64);
+    {
+        let mut first = pin!(first);
+        first.as_mut().frame().await.expect("frame").expect("data");
+    }
+    let err = replay.into_body().expect_err("half sent");
+    assert!(err.is_incomplete());
+    assert!(!err.is_over_limit());
+    assert_eq!(
+        err.to_string(),
+        "the response arrived before the request body was fully sent"
+    );
+}
+
+#[tokio::test]
+async fn replay_asked_for_before_the_body_was_polled_is_incomplete() {
+    let (_first, replay) = ReplayBody::new(chunks()).prepare(64);
+    assert!(replay.into_body().expect_err("not sent").is_incomplete());
+}
+
+#[tokio::test]
+async fn inner_error_frame_is_incomplete() {
+    let body = Script::new([Step::Data(b"abcd"), Step::Pending, Step::Error]);
+    let (first, replay) = ReplayBody::new(body).prepare(64);
+    let err = frames(first)
+        .await
+        .expect_err("the first attempt sees the error");
+    assert_eq!(err.to_string(), "the body broke");
+    let err = replay.into_body().expect_err("failed body");
+    assert!(err.is_incomplete());
+    assert_eq!(
+        err.to_string(),
+        "the request body failed before it was fully sent"
+    );
+}
+
+#[tokio::test]
+async fn empty_replay_body_replays_as_empty() {
+    // Already at its end when prepared: hyper never polls such a body.
+    let (_first, replay) = ReplayBody::new(Empty::<Bytes>::new()).prepare(0);
+    let again = replay.into_body().expect("empty is replayable");
+    assert!(again.is_end_stream());
+    assert_eq!(hint(&again), (0, Some(0)));
+    assert!(bytes_of(again).await.is_empty());
+
+    // Learns it is empty only when polled.
+    let (first, replay) = ReplayBody::new(Script::new([Step::Pending])).prepare(0);
+    assert!(frames(first).await.expect("first attempt").is_empty());
+    let again = replay.into_body().expect("empty is replayable");
+    assert!(frames(again).await.expect("replay").is_empty());
+}
+
+#[tokio::test]
+async fn recording_completes_when_the_inner_body_reports_its_end_after_a_frame() {
+    // A caller that stops polling once `is_end_stream` is true never sees `None`.
+    let (first, replay) = ReplayBody::new(Script::new([Step::Data(b"only")])).prepare(64);
+    let mut first = pin!(first);
+    first.as_mut().frame().await.expect("frame").expect("data");
+    assert!(first.is_end_stream());
+    let again = replay.into_body().expect("complete");
+    assert_eq!(bytes_of(again).await, Bytes::from_static(b"only"));
+}
+
+#[tokio::test]
+async fn body_read_before_it_was_prepared_is_not_replayable() {
+    let mut body = ReplayBody::new(Full::new(Bytes::from_static(b"gone")));
+    assert!(body.frame().await.is_some());
+    assert!(body.is_end_stream());
+    let (first, replay) = body.prepare(64);
+    assert!(frames(first).await.expect("nothing left").is_empty());
+    let err = replay.into_body().expect_err("the start is missing");
+    assert!(err.is_incomplete());
+    assert_eq!(
+        err.to_string(),
+        "the request body was read before it was prepared for replay"
+    );
+}
+
+#[tokio::test]
+async fn replayed_body_can_be_prepared_again_whatever_the_limit() {
+    let (first, replay) = ReplayBody::new(chunks_and_trailers()).prepare(64);
+    let sent = frames(first).await.expect("first attempt");
+    let (second, replay) = replay.into_body().expect("replayable").prepare(0);
+    let third = replay.into_body().expect("a replayed body is replayable");
+    assert_eq!(frames(second).await.expect("second"), sent);
+    assert_eq!(frames(third).await.expect("third"), sent);
+}
+
+#[tokio::test]
+async fn body_prepared_twice_shares_the_recording_with_each_handle_own_limit() {
+    let (first, generous) = ReplayBody::new(chunks()).prepare(64);
+    let (first, strict) = first.prepare(5);
+    frames(first).await.expect("first attempt");
+    assert!(
+        strict
+            .into_body()
+            .expect_err("over 5 bytes")
+            .is_over_limit()
+    );
+    let again = generous.into_body().expect("within 64 bytes");
+    assert_eq!(bytes_of(again).await, Bytes::from_static(b"abcdefghijkl"));
+}
+
+#[tokio::test]
+async fn poisoned_recording_is_not_replayable_and_the_first_attempt_is_unaffected() {
+    let (first, replay) = ReplayBody::new(chunks_and_trailers()).prepare(64);
+    let ReplayKind::Recorded { recorder, .. } = &replay.kind else {
+        panic!("a ReplayBody is recorded");
+    };
+    let recorder = Arc::clone(recorder);
+    let poisoner = std::thread::spawn(move || {
+        let _guard = recorder.lock();
+        panic!("poisoning the recorder on purpose");
+    });
+    assert!(poisoner.join().is_err());
+
+    let sent = frames(first).await.expect("first attempt");
+    assert_eq!(sent.len(), 4);
+    assert!(replay.into_body().expect_err("poisoned").is_incomplete());
+}
+
+#[tokio::test]
+async fn dropping_the_handle_stops_the_recording() {
+    let (first, replay) = ReplayBody::new(chunks()).prepare(64);
+    let ReplayKind::Recorded { recorder, .. } = &replay.kind else {
+        panic!("a ReplayBody is recorded");
+    };
+    let recorder = Arc::downgrade(recorder);
+    drop(replay);
+    let mut first = pin!(first);
+    let mut sent = 0;
+    while let Some(frame) = first.as_mut().frame().await {
+        frame.expect("data");
+        sent += 1;
+    }
+    assert_eq!(sent, 3);
+    let recorder = recorder.upgrade().expect("held by the first body");
+    let recorder = lock(&recorder).expect("not poisoned");
+    assert!(recorder.frames.is_empty(), "nothing kept for nobody");
+    assert_eq!(recorder.phase, Phase::Recording);
+}
+
+#[tokio::test]
+async fn box_body_round_trip() {
+    let body = BoxBody::new(chunks_and_trailers());
+    let (first, replay) = body.prepare(64);
+    let sent = frames(first).await.expect("first attempt");
+    let again: BoxBody<Bytes, io::Error> = replay.into_body().expect("replayable");
+    assert_eq!(frames(again).await.expect("replay"), sent);
+
+    let (first, replay) = BoxBody::new(chunks()).prepare(11);
+    frames(first).await.expect("first attempt");
+    assert!(replay.into_body().expect_err("over").is_over_limit());
+}
+
+#[tokio::test]
+async fn unsync_box_body_round_trip() {
+    let body = UnsyncBoxBody::new(chunks_and_trailers());
+    let (first, replay) = body.prepare(64);
+    let sent = frames(first).await.expect("first attempt");
+    let again: UnsyncBoxBody<Bytes, io::Error> = replay.into_body().expect("replayable");
+    assert_eq!(frames(again).await.expect("replay"), sent);
+}
+
+/// What a loopback server saw of one request.
+#[derive(Debug)]
+struct Received {
+    content_length: Option<HeaderValue>,
+    transfer_encoding: Option<HeaderValue>,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+/// An HTTP/1 server on 127.0.0.1 that reads each request body in full, reports it and
+/// answers 401.
+async fn recording_server() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let tx = tx.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let collected = body.collect().await?;
+                    let trailers = collected.trailers().cloned();
+                    let _ = tx.send(Received {
+                        content_length: parts.headers.get(http::header::CONTENT_LENGTH).cloned(),
+                        transfer_encoding: parts
+                            .headers
+                            .get(http::header::TRANSFER_ENCODING)
+                            .cloned(),
+                        body: collected.to_bytes(),
+                        trailers,
+                    });
+                    let mut response = Response::new(Empty::<Bytes>::new());
+                    *response.status_mut() = StatusCode::UNAUTHORIZED;
+                    Ok::<_, hyper::Error>(response)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, rx)
+}
+
+type StreamingBody = ReplayBody<BoxBody<Bytes, io::Error>>;
+
+#[tokio::test]
+async fn hyper_client_resends_a_streamed_body_identically_with_content_length() {
+    let (addr, mut received) = recording_server().await;
+    let client: Client<_, StreamingBody> = Client::builder(TokioExecutor::new()).build_http();
+    let uri = format!("http://{addr}/resource");
+
+    let (first, replay) = ReplayBody::new(BoxBody::new(chunks())).prepare(64 * 1024);
+    let response = client
+        .request(Request::post(&uri).body(first).expect("request"))
+        .await
+        .expect("first attempt");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    let again = replay.into_body().expect("the server read the whole body");
+    let response = client
+        .request(Request::post(&uri).body(again).expect("request"))
+        .await
+        .expect("second attempt");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    let first = received.recv().await.expect("first request");
+    let second = received.recv().await.expect("second request");
+    assert_eq!(first.body, Bytes::from_static(b"abcdefghijkl"));
+    assert_eq!(second.body, first.body);
+    // The first attempt's length is unknown, so hyper streams it chunked; the replay knows
+    // its length, so hyper sends Content-Length.
+    assert_eq!(
+        first.transfer_encoding.as_ref().map(|v| v.as_bytes()),
+        Some(&b"chunked"[..])
+    );
+    assert_eq!(first.content_length, None);
+    assert_eq!(second.transfer_encoding, None);
+    assert_eq!(
+        second.content_length.as_ref().map(|v| v.as_bytes()),
+        Some(&b"12"[..])
+    );
+}
+
+#[tokio::test]
+async fn hyper_client_resends_trailers_chunked() {
+    let (addr, mut received) = recording_server().await;
+    let client: Client<_, StreamingBody> = Client::builder(TokioExecutor::new()).build_http();
+    let uri = format!("http://{addr}/resource");
+    // HTTP/1 sends only the trailers the request announces.
+    let request = |body| {
+        Request::post(&uri)
+            .header(http::header::TRAILER, "x-checksum")
+            .body(body)
+            .expect("request")
+    };
+
+    let (first, replay) = ReplayBody::new(BoxBody::new(chunks_and_trailers())).prepare(64 * 1024);
+    client.request(request(first)).await.expect("first attempt");
+    let again = replay.into_body().expect("the server read the whole body");
+    client
+        .request(request(again))
+        .await
+        .expect("second attempt");
+
+    let first = received.recv().await.expect("first request");
+    let second = received.recv().await.expect("second request");
+    assert_eq!(first.body, Bytes::from_static(b"abcdefghijkl"));
+    assert_eq!(first.trailers, Some(trailers()));
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.trailers, first.trailers);
+    assert_eq!(second.transfer_encoding, first.transfer_encoding);
+    assert_eq!(second.content_length, None);
+}
+
+#[test]
+fn bodies_and_handles_are_send_and_replay_body_keeps_sync() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<ReplayBody<Script>>();
+    sync::<ReplayBody<Script>>();
+    send::<Replay<ReplayBody<Script>>>();
+    send::<Replay<BoxBody<Bytes, Infallible>>>();
+    sync::<NotReplayable>();
+}
+
+#[tokio::test]
+async fn trailers_end_the_recording_even_if_the_body_is_not_polled_again() {
+    let (first, replay) = ReplayBody::new(chunks_and_trailers()).prepare(64);
+    let mut first = std::pin::pin!(first);
+    loop {
+        let frame = std::future::poll_fn(|cx| first.as_mut().poll_frame(cx))
+            .await
+            .expect("a frame")
+            .expect("no error");
+        if frame.is_trailers() {
+            break;
+        }
+    }
+    // Not polled again, as hyper's HTTP/2 sender does after trailers.
+    let again = replay.into_body().expect("replayable");
+    let collected = again.collect().await.unwrap();
+    assert_eq!(collected.trailers(), Some(&trailers()));
+    assert_eq!(collected.to_bytes().len(), 12);
+}
