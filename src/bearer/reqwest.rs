@@ -29,12 +29,15 @@ use std::sync::Arc;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, StatusCode};
 use reqwest_middleware::{Error, Middleware, Next, Result};
+use tokio::time::Instant;
 
 use super::future::{Decision, Resend, answer_challenge, decide, drain};
 use super::replay::NotReplayable;
-use super::source::Source;
+use super::source::{Prepared, Source};
 use super::{BearerError, BearerTokenLayer};
 use crate::credential::TokenCredential;
+use crate::error::CredentialError;
+use crate::refresh::{Entry, Lookup};
 
 /// [`BearerTokenLayer`] as a reqwest middleware; made by [`BearerTokenLayer::middleware`].
 pub struct BearerTokenMiddleware<C> {
@@ -79,7 +82,7 @@ impl<C: TokenCredential> Middleware for BearerTokenMiddleware<C> {
             let uri: http::Uri = request.url().as_str().parse().unwrap_or_default();
             return Err(Error::middleware(BearerError::insecure(&uri)));
         }
-        let entry = self.source.token().await.map_err(Error::middleware)?;
+        let entry = current_token(&self.source).await.map_err(Error::middleware)?;
         request
             .headers_mut()
             .insert(AUTHORIZATION, entry.value.header().clone());
@@ -143,5 +146,16 @@ impl Resend for ReqwestResend<'_> {
             .headers_mut()
             .insert(AUTHORIZATION, authorization);
         Ok(self.next.run(self.request, self.extensions))
+    }
+}
+
+/// The current token, waiting for an acquisition only when there is no valid one (the
+/// middleware has no readiness step in which to wait, unlike the layer).
+async fn current_token<C: TokenCredential>(
+    source: &Source<C>,
+) -> std::result::Result<Entry<Prepared>, CredentialError> {
+    match source.lookup(Instant::now()) {
+        Lookup::Use { entry, .. } => Ok(entry),
+        Lookup::Wait(acquisition) => acquisition.await,
     }
 }

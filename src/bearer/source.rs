@@ -119,15 +119,6 @@ impl<C: TokenCredential> Source<C> {
         })
     }
 
-    /// The current token, waiting for an acquisition only when there is no valid one.
-    #[cfg(feature = "reqwest-middleware")]
-    pub(super) async fn token(&self) -> Result<Entry<Prepared>, CredentialError> {
-        match self.lookup(Instant::now()) {
-            Lookup::Use { entry, .. } => Ok(entry),
-            Lookup::Wait(acquisition) => acquisition.await,
-        }
-    }
-
     /// A token for a claims challenge, bypassing every cache. Concurrent requests rejected
     /// with the same claims share one acquisition, and a token already obtained for these
     /// claims (other than the one that was rejected) is reused. When the credential could not
