@@ -32,6 +32,9 @@
 //!   failed* error ("… did not finish", naming the credential) and removes the record, in one
 //!   critical section, however the task ends; waiters get the same kind of error with the
 //!   task's join error ("… did not finish: task 7 panicked …"). The next caller starts anew.
+//!   On a runtime already shutting down, `tokio::spawn` drops the task at once, inside
+//!   `start` and under its lock: the guard then does nothing (it would wait for that lock
+//!   forever), nothing is recorded, and the callers get the join error.
 //! * **Records carry an id**: a guard removes its own record only, never the record of a newer
 //!   flight of the same key.
 //! * **Locks**: the mutex is never held across an `.await`: `land` is synchronous, and the
@@ -47,8 +50,10 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
+use std::thread::ThreadId;
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
@@ -246,20 +251,25 @@ where
         let locked = &mut *self.locked;
         locked.next_id = locked.next_id.wrapping_add(1);
         let id = locked.next_id;
+        let armed = Arc::new(AtomicBool::new(false));
         let landing = Landing {
             inner: Arc::clone(self.inner),
             id,
             land: Some(land),
             work: PhantomData,
+            starter: std::thread::current().id(),
+            armed: Arc::clone(&armed),
         };
         // The lock is held: the task cannot land (and remove its record) before it is written.
         let task = tokio::spawn(async move {
             let result = work.await;
             landing.finish(result)
         });
+        armed.store(true, Ordering::Release);
+        let abort = task.abort_handle();
         let holder = match when_abandoned {
             WhenAbandoned::RunOn => None,
-            WhenAbandoned::Abort => Some(Arc::new(AbortOnDrop(task.abort_handle()))),
+            WhenAbandoned::Abort => Some(Arc::new(AbortOnDrop(abort.clone()))),
         };
         let (name, what) = (self.inner.name, self.inner.what);
         let joined = async move {
@@ -272,6 +282,14 @@ where
         }
         .boxed()
         .shared();
+        if abort.is_finished() {
+            // Dropped inside `tokio::spawn` (a runtime shutting down; see `Landing::drop`):
+            // nothing to record, its callers get the join error at once.
+            return Flight {
+                joined,
+                _holder: holder,
+            };
+        }
         locked.records.retain(|r| r.key != key);
         locked.records.push(Record {
             key,
@@ -305,6 +323,11 @@ where
     /// Taken when it runs: once.
     land: Option<L>,
     work: PhantomData<fn(W)>,
+    /// The thread that started the flight, and whether `tokio::spawn` has returned there:
+    /// on a runtime shutting down, `spawn` drops the task at once, on that thread, while it
+    /// holds the lock — the guard must not wait for that lock then.
+    starter: ThreadId,
+    armed: Arc<AtomicBool>,
 }
 
 impl<K, T, S, W, L> Landing<K, T, S, W, L>
@@ -334,6 +357,11 @@ where
 {
     /// The task panicked or was dropped (aborted, or its runtime shut down) before `finish`.
     fn drop(&mut self) {
+        let inside_spawn =
+            !self.armed.load(Ordering::Acquire) && std::thread::current().id() == self.starter;
+        if inside_spawn {
+            return;
+        }
         if let Some(land) = self.land.take() {
             let error = self.unfinished();
             let mut locked = self.inner.lock();
@@ -547,6 +575,34 @@ mod tests {
             let _ = gate.await;
             Ok(answer)
         })
+    }
+
+    /// `tokio::spawn` on a runtime that is shutting down drops the task at once, under the
+    /// owner's lock: that must neither deadlock nor leave a flight later callers join.
+    #[test]
+    fn a_flight_started_on_a_runtime_shutting_down_neither_hangs_nor_is_joined() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let handle = runtime.handle().clone();
+        drop(runtime);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _context = handle.enter();
+            let flights = flights();
+            let runs = Arc::new(AtomicUsize::new(0));
+            let flight = join_or_start(&flights, "k", || work(&runs, 1, Ok(1)));
+            let joinable = flights.lock().running("k").is_some();
+            let running = flights.lock().is_running("k");
+            let outcome = futures_util::FutureExt::now_or_never(flight);
+            let _ = done.send((joinable, running, outcome.map(|o| o.is_err())));
+        });
+        // A deadlock detector, not a timing assumption: the thread never blocks on time.
+        let (joinable, running, failed) = finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("starting a flight on a runtime shutting down hung");
+        assert!(!joinable && !running, "a dead flight must not be joined");
+        assert_eq!(failed, Some(true), "its callers get an error at once");
     }
 
     #[tokio::test(start_paused = true)]

@@ -82,7 +82,9 @@ impl<C: TokenCredential> Middleware for BearerTokenMiddleware<C> {
             let uri: http::Uri = request.url().as_str().parse().unwrap_or_default();
             return Err(Error::middleware(BearerError::insecure(&uri)));
         }
-        let entry = current_token(&self.source).await.map_err(Error::middleware)?;
+        let entry = current_token(&self.source)
+            .await
+            .map_err(Error::middleware)?;
         request
             .headers_mut()
             .insert(AUTHORIZATION, entry.value.header().clone());
