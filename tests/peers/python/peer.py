@@ -526,9 +526,11 @@ def append_entry_locked(path, key, entry):
 def cmd_msal_ext_writer(args):
     written = []
     max_wait = 0.0
-    deadline = time.monotonic() + args.seconds
+    deadline = time.monotonic() + args.seconds if args.seconds is not None else None
     try:
-        while time.monotonic() < deadline:
+        while (deadline is None or time.monotonic() < deadline) and (
+            args.count is None or len(written) < args.count
+        ):
             key = "{}-{}".format(args.prefix, len(written))
             waited = append_entry_locked(args.cache, key, marker_access_token(args.client_id, args.scope))
             written.append(key)
@@ -628,10 +630,12 @@ def build_parser():
     identity.add_argument("--resource-id", help='user-assigned: identity_config={"resource_id": …}')
 
     sub = command("msal-ext-writer", cmd_msal_ext_writer,
-                  "concurrency peer: add AccessToken entries under msal-extensions' lock for N seconds",
+                  "concurrency peer: add AccessToken entries under msal-extensions' lock, "
+                  "for N seconds or N entries (whichever limit is given comes first)",
                   network=False)
     sub.add_argument("--cache", required=True, metavar="FILE")
-    sub.add_argument("--seconds", required=True, type=float)
+    sub.add_argument("--seconds", type=float, help="stop after this long")
+    sub.add_argument("--count", type=int, help="stop after this many entries")
     sub.add_argument("--prefix", required=True, help="entry keys are PREFIX-<counter>")
     sub.add_argument("--client-id", default="11111111-1111-1111-1111-111111111111")
     sub.add_argument("--scope", default="https://resource.test/.default", help="entries' target")
