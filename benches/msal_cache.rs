@@ -11,7 +11,7 @@
 
 // The document model is crate-private: the bench compiles the module itself, so it measures
 // exactly the code the credentials run.
-#[path = "../src/entra/msal_cache.rs"]
+#[path = "../src/entra/msal_cache/mod.rs"]
 mod msal_cache;
 
 #[path = "../src/encoding.rs"]
