@@ -6,7 +6,7 @@ use std::fmt;
 /// Why a document could not be read, or (from [`CacheDocument::skipped`]) why an entry is
 /// ignored by the typed views. The text says what and where, never a value from the document.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DocumentError {
+pub struct DocumentError {
     /// What went wrong.
     pub(super) kind: ErrorKind,
 }
@@ -43,7 +43,9 @@ pub(super) enum ErrorKind {
         /// 1-based column (bytes) of the value.
         column: usize,
     },
-    /// An entry lacks a field the views need, or the field is malformed.
+    /// An entry lacks a field the views need, or the field is malformed (only
+    /// [`CacheDocument::skipped`](super::CacheDocument::skipped) reports these).
+    #[cfg(any(test, feature = "fuzzing"))]
     Field {
         /// The section.
         section: String,
@@ -71,6 +73,7 @@ pub(super) enum Problem {
 
 impl Problem {
     /// The message fragment.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(super) fn as_str(self) -> &'static str {
         match self {
             Problem::Missing => "is missing",
@@ -81,32 +84,29 @@ impl Problem {
     }
 }
 
-/// A field problem before it is placed in a section and entry.
+/// Why a view cannot read an entry. The credentials only skip such entries; what and why is
+/// kept for the diagnostics (`skipped`), which only the tests and the fuzz targets build.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct FieldProblem {
     /// The field.
-    field: &'static str,
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(super) field: &'static str,
     /// What is wrong.
-    problem: Problem,
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(super) problem: Problem,
 }
 
 impl FieldProblem {
     /// A problem with `field`.
     pub(super) fn new(field: &'static str, problem: Problem) -> Self {
-        Self { field, problem }
-    }
-}
-
-impl DocumentError {
-    /// The error for a field problem of an entry.
-    pub(super) fn field(section: &str, entry: &str, p: FieldProblem) -> Self {
+        // The credentials' build keeps neither.
+        #[cfg(not(any(test, feature = "fuzzing")))]
+        let _ = (field, problem);
         Self {
-            kind: ErrorKind::Field {
-                section: section.to_owned(),
-                entry: entry.to_owned(),
-                field: p.field,
-                problem: p.problem,
-            },
+            #[cfg(any(test, feature = "fuzzing"))]
+            field,
+            #[cfg(any(test, feature = "fuzzing"))]
+            problem,
         }
     }
 }
@@ -139,6 +139,7 @@ impl fmt::Display for DocumentError {
                 f,
                 "section {section:?} entry {entry:?}: not a JSON object (line {line} column {column})"
             ),
+            #[cfg(any(test, feature = "fuzzing"))]
             ErrorKind::Field {
                 section,
                 entry,

@@ -50,11 +50,9 @@
 //! is zeroed when it is dropped. [`CacheDocument::to_vec`] returns the document, secrets
 //! included, for the caller to write to the file. No error or `Debug` output contains a secret.
 
-// The whole schema is modelled (five entry kinds, every field msal writes) and tested here;
-// the credentials read only part of it.
-#![allow(dead_code)]
-
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+mod inspect;
 mod keys;
 mod queries;
 mod raw;
@@ -66,10 +64,16 @@ mod writer;
 
 use std::fmt;
 
-pub(crate) use error::DocumentError;
-pub(crate) use queries::{AccessTokenQuery, RefreshTokenQuery};
-pub(crate) use update::NewTokens;
-pub(crate) use views::{Account, CachedAccessToken, RefreshToken};
+pub use error::DocumentError;
+pub use queries::{AccessTokenQuery, RefreshTokenQuery};
+pub use update::NewTokens;
+pub use views::{Account, RefreshToken};
+// What only the fuzz targets and the benchmark name.
+#[cfg(feature = "fuzzing")]
+pub use {
+    inspect::{AppMetadata, IdToken},
+    views::CachedAccessToken,
+};
 
 use error::ErrorKind;
 use raw::{
@@ -124,7 +128,7 @@ mod work {
 /// A parsed MSAL token cache. See the [module documentation](self) for how it is kept and
 /// written.
 #[derive(Clone, Default)]
-pub(crate) struct CacheDocument {
+pub struct CacheDocument {
     /// The top-level sections (name and body) in document order.
     sections: Vec<(Name, Body)>,
 }
@@ -146,14 +150,14 @@ impl fmt::Debug for CacheDocument {
 
 impl CacheDocument {
     /// A document with no sections (written as `{}`).
-    pub(crate) fn empty() -> Self {
+    pub fn empty() -> Self {
         Self::default()
     }
 
     /// Reads a document. Empty or whitespace-only input is an empty document. Errors: not
     /// UTF-8, not JSON, a top level that is not an object, a known section that is not an
     /// object of objects. Entries lacking fields are not errors here: the views skip them.
-    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, DocumentError> {
+    pub fn parse(bytes: &[u8]) -> Result<Self, DocumentError> {
         let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         let src = std::str::from_utf8(bytes).map_err(|e| DocumentError {
             kind: ErrorKind::NotUtf8 {
@@ -177,14 +181,6 @@ impl CacheDocument {
         }
         Ok(Self {
             sections: sections.into_list(),
-        })
-    }
-
-    /// No entries in the known sections and no other sections.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.sections.iter().all(|(_, body)| match body {
-            Body::Entries(entries) => entries.is_empty(),
-            Body::Raw(_) => false,
         })
     }
 

@@ -11,33 +11,33 @@ use super::{ACCESS_TOKEN, CacheDocument, REFRESH_TOKEN};
 
 /// What [`CacheDocument::find_access_tokens`] looks for.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct AccessTokenQuery<'a> {
+pub struct AccessTokenQuery<'a> {
     /// `None`: any; `Some(None)`: app-only tokens only (`home_account_id` null, missing or
     /// empty); `Some(Some(id))`: that account's tokens only.
-    pub(crate) home_account_id: Option<Option<&'a str>>,
+    pub home_account_id: Option<Option<&'a str>>,
     /// Accepted authority hosts (aliases of one cloud), compared ASCII-case-insensitively. An
     /// empty list matches nothing.
-    pub(crate) environments: &'a [&'a str],
+    pub environments: &'a [&'a str],
     /// The application, if it matters (exact).
-    pub(crate) client_id: Option<&'a str>,
+    pub client_id: Option<&'a str>,
     /// The tenant path segment, if it matters (ASCII-case-insensitive).
-    pub(crate) realm: Option<&'a str>,
+    pub realm: Option<&'a str>,
     /// Scopes the token must cover; empty matches any target.
-    pub(crate) scopes: &'a [String],
+    pub scopes: &'a [String],
 }
 
 /// What [`CacheDocument::find_refresh_tokens`] looks for. Targets are not compared: Entra
 /// refresh tokens are scope independent.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct RefreshTokenQuery<'a> {
+pub struct RefreshTokenQuery<'a> {
     /// The account (exact).
-    pub(crate) home_account_id: &'a str,
+    pub home_account_id: &'a str,
     /// Accepted authority hosts, compared ASCII-case-insensitively. Empty matches nothing.
-    pub(crate) environments: &'a [&'a str],
+    pub environments: &'a [&'a str],
     /// The application, if it matters (exact).
-    pub(crate) client_id: Option<&'a str>,
+    pub client_id: Option<&'a str>,
     /// Only family (FOCI) refresh tokens: entries with a non-empty `family_id`.
-    pub(crate) family_only: bool,
+    pub family_only: bool,
 }
 impl CacheDocument {
     /// Bearer access tokens matching every given field, whose target covers the requested
@@ -47,7 +47,7 @@ impl CacheDocument {
     /// caller judges lifetimes; see [`remove_expired_access_tokens`]). Document order.
     ///
     /// [`remove_expired_access_tokens`]: CacheDocument::remove_expired_access_tokens
-    pub(crate) fn find_access_tokens(&self, q: &AccessTokenQuery<'_>) -> Vec<CachedAccessToken> {
+    pub fn find_access_tokens(&self, q: &AccessTokenQuery<'_>) -> Vec<CachedAccessToken> {
         // Entries of other accounts are passed over before their view (and secret) is built.
         let wanted_account = |e: &Entry| match q.home_account_id {
             None => true,
@@ -82,7 +82,7 @@ impl CacheDocument {
 
     /// Refresh tokens of an account at the given hosts, optionally of one client and
     /// optionally family tokens only. Document order.
-    pub(crate) fn find_refresh_tokens(&self, q: &RefreshTokenQuery<'_>) -> Vec<RefreshToken> {
+    pub fn find_refresh_tokens(&self, q: &RefreshTokenQuery<'_>) -> Vec<RefreshToken> {
         // Entries of other accounts are passed over before their view (and secret) is built.
         self.entries(REFRESH_TOKEN)
             .iter()
@@ -104,10 +104,7 @@ impl CacheDocument {
     /// `environments`, one per `home_account_id` (the first in document order). What
     /// SharedTokenCacheCredential chooses from. Linear in the document: one pass over the
     /// refresh tokens, one over the accounts.
-    pub(crate) fn accounts_with_family_refresh_tokens(
-        &self,
-        environments: &[&str],
-    ) -> Vec<Account> {
+    pub fn accounts_with_family_refresh_tokens(&self, environments: &[&str]) -> Vec<Account> {
         let holders: HashSet<String> = self
             .entries(REFRESH_TOKEN)
             .iter()

@@ -418,7 +418,13 @@ fn views_read_the_real_files() {
     assert_eq!(rts[0].last_modification_time, Some(1_795_324_146));
     assert_eq!(rts[0].target, "https://resource.test/.default");
     assert_eq!(doc.access_tokens().len(), 3);
-    assert_eq!(doc.id_tokens().len(), 2);
+    let ids = doc.id_tokens();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(
+        (ids[1].environment.as_str(), ids[1].realm.as_str()),
+        ("127.0.0.1", "fabrikam")
+    );
+    assert_eq!(ids[1].client_id, CLI);
     assert_eq!(doc.app_metadata()[0].family_id.as_deref(), Some("1"));
 
     let app = CacheDocument::parse(APP_ONLY).unwrap();

@@ -9,43 +9,43 @@ use crate::token::Secret;
 use super::keys::{
     access_token_key, account_key, app_metadata_key, id_token_key, refresh_token_key,
 };
-use super::raw::{Body, Entry, Name, RawJson};
+use super::raw::{Entry, Name, RawJson};
 use super::{ACCESS_TOKEN, ACCOUNT, APP_METADATA, CacheDocument, ID_TOKEN, REFRESH_TOKEN};
 
 /// A successful token endpoint answer, to record with [`CacheDocument::add_token_response`].
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct NewTokens<'a> {
+pub struct NewTokens<'a> {
     /// The application that asked.
-    pub(crate) client_id: &'a str,
+    pub client_id: &'a str,
     /// Authority host, without port.
-    pub(crate) environment: &'a str,
+    pub environment: &'a str,
     /// Tenant path segment used for the request.
-    pub(crate) realm: &'a str,
+    pub realm: &'a str,
     /// What the answer covers: its `scope` split on spaces if present, else the requested
     /// scopes. Recorded sorted, as msal does.
-    pub(crate) scopes: &'a [String],
+    pub scopes: &'a [String],
     /// The access token.
-    pub(crate) access_token: &'a Secret,
+    pub access_token: &'a Secret,
     /// The answer's `token_type` (`Bearer` if it had none).
-    pub(crate) token_type: &'a str,
+    pub token_type: &'a str,
     /// When the request was made (Unix seconds).
-    pub(crate) cached_at: u64,
+    pub cached_at: u64,
     /// Expiry (Unix seconds).
-    pub(crate) expires_on: u64,
+    pub expires_on: u64,
     /// Extended expiry (Unix seconds; the expiry when the answer has no `ext_expires_in`).
-    pub(crate) extended_expires_on: u64,
+    pub extended_expires_on: u64,
     /// Proactive refresh time (Unix seconds), if any.
-    pub(crate) refresh_on: Option<u64>,
+    pub refresh_on: Option<u64>,
     /// The answer's refresh token, if any.
-    pub(crate) refresh_token: Option<&'a Secret>,
+    pub refresh_token: Option<&'a Secret>,
     /// The answer's id token, if any.
-    pub(crate) id_token: Option<&'a Secret>,
+    pub id_token: Option<&'a Secret>,
     /// The answer's `client_info` (base64url JSON `{"uid", "utid"}`), if any.
-    pub(crate) client_info: Option<&'a str>,
+    pub client_info: Option<&'a str>,
     /// The answer's `foci` (family id), if any.
-    pub(crate) foci: Option<&'a str>,
+    pub foci: Option<&'a str>,
     /// Key of the refresh-token entry that was redeemed for this answer, if any.
-    pub(crate) replaces: Option<&'a str>,
+    pub replaces: Option<&'a str>,
 }
 
 /// A base64(url) JSON object; `None` for anything else.
@@ -107,7 +107,7 @@ impl CacheDocument {
     ///   Otherwise (no `replaces`, or its entry is gone) a new entry replaces the one with the
     ///   same key; a `replaces` entry of another account is removed.
     /// * **AppMetadata**: always, replacing the same key; `family_id` when `foci` is present.
-    pub(crate) fn add_token_response(&mut self, r: &NewTokens<'_>) -> Option<String> {
+    pub fn add_token_response(&mut self, r: &NewTokens<'_>) -> Option<String> {
         let claims = r.id_token.and_then(|t| jwt_claims(t.expose_secret()));
         let ids = r.client_info.and_then(client_info_ids);
         let (home_account_id, uid) = match (&ids, &claims) {
@@ -302,27 +302,7 @@ impl CacheDocument {
     }
 
     /// Removes a refresh token (after `invalid_grant`). Whether it was there.
-    pub(crate) fn remove_refresh_token(&mut self, key: &str) -> bool {
+    pub fn remove_refresh_token(&mut self, key: &str) -> bool {
         self.remove_entry(REFRESH_TOKEN, key)
-    }
-
-    /// Removes an access token. Whether it was there.
-    pub(crate) fn remove_access_token(&mut self, key: &str) -> bool {
-        self.remove_entry(ACCESS_TOKEN, key)
-    }
-
-    /// Removes the access tokens whose `expires_on` is at or before `now_unix`; entries whose
-    /// `expires_on` cannot be read are left alone. Returns how many were removed.
-    pub(crate) fn remove_expired_access_tokens(&mut self, now_unix: u64) -> usize {
-        let Some((_, Body::Entries(entries))) = self
-            .sections
-            .iter_mut()
-            .find(|(name, _)| name.text() == ACCESS_TOKEN)
-        else {
-            return 0;
-        };
-        let before = entries.len();
-        entries.retain(|(_, e)| e.req_time("expires_on").map_or(true, |t| t > now_unix));
-        before.saturating_sub(entries.len())
     }
 }

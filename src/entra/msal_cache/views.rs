@@ -5,177 +5,166 @@ use serde_json::Value;
 
 use crate::token::Secret;
 
-use super::error::{DocumentError, FieldProblem, Problem};
+use super::error::{FieldProblem, Problem};
 use super::raw::Entry;
-use super::{ACCESS_TOKEN, ACCOUNT, APP_METADATA, CacheDocument, ID_TOKEN, REFRESH_TOKEN};
+use super::{ACCOUNT, CacheDocument};
 
 /// An `Account` entry: a person signed in at an authority (environment) and tenant (realm).
 #[derive(Debug, Clone)]
-pub(crate) struct Account {
+pub struct Account {
     /// The entry's key in the document.
-    pub(crate) key: String,
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub key: String,
     /// `uid.utid` from the sign-in's client_info.
-    pub(crate) home_account_id: String,
+    pub home_account_id: String,
     /// Authority host.
-    pub(crate) environment: String,
+    pub environment: String,
     /// Tenant path segment used at sign-in.
-    pub(crate) realm: String,
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub realm: String,
     /// The object id in the tenant; `None` when the file has `null` (azure-identity writes
     /// that after a refresh without id token) or anything but a string.
-    pub(crate) local_account_id: Option<String>,
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub local_account_id: Option<String>,
     /// The user name (`""` when unknown: missing, `null`, or written empty).
-    pub(crate) username: String,
+    pub username: String,
     /// `MSSTS` or `ADFS` (`""` when missing).
-    pub(crate) authority_type: String,
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub authority_type: String,
 }
 
 /// A `RefreshToken` entry.
 #[derive(Debug, Clone)]
-pub(crate) struct RefreshToken {
+pub struct RefreshToken {
     /// The entry's key in the document.
-    pub(crate) key: String,
+    pub key: String,
     /// The account (`""` when missing or `null`).
-    pub(crate) home_account_id: String,
+    pub home_account_id: String,
     /// Authority host.
-    pub(crate) environment: String,
+    pub environment: String,
     /// The application the token was issued to.
-    pub(crate) client_id: String,
+    pub client_id: String,
     /// Scopes of the grant that produced it (informational: Entra refresh tokens are scope
     /// independent; `""` when missing).
-    pub(crate) target: String,
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub target: String,
     /// The refresh token.
-    pub(crate) secret: Secret,
+    pub secret: Secret,
     /// The family (FOCI) id, e.g. `"1"`, when the token is a family refresh token.
-    pub(crate) family_id: Option<String>,
+    pub family_id: Option<String>,
     /// When it was written (Unix seconds), if recorded and readable.
-    pub(crate) last_modification_time: Option<u64>,
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub last_modification_time: Option<u64>,
 }
 
 /// An `AccessToken` entry.
 #[derive(Debug, Clone)]
-pub(crate) struct CachedAccessToken {
+pub struct CachedAccessToken {
     /// The entry's key in the document.
-    pub(crate) key: String,
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub key: String,
     /// The account; `None` for app-only tokens (JSON `null`, missing, or `""`).
-    pub(crate) home_account_id: Option<String>,
+    pub home_account_id: Option<String>,
     /// Authority host.
-    pub(crate) environment: String,
+    pub environment: String,
     /// The application the token was issued to.
-    pub(crate) client_id: String,
+    pub client_id: String,
     /// Tenant path segment of the request.
-    pub(crate) realm: String,
+    pub realm: String,
     /// The scopes it covers, space-separated.
-    pub(crate) target: String,
+    pub target: String,
     /// The access token.
-    pub(crate) secret: Secret,
+    pub secret: Secret,
     /// `Bearer` (or `pop`, `ssh-cert` for other msal flows); `Bearer` when missing.
-    pub(crate) token_type: String,
+    pub token_type: String,
     /// When it was obtained (Unix seconds).
-    pub(crate) cached_at: u64,
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub cached_at: u64,
     /// When it expires (Unix seconds).
-    pub(crate) expires_on: u64,
+    pub expires_on: u64,
     /// Extended expiry (Unix seconds), if recorded and readable.
-    pub(crate) extended_expires_on: Option<u64>,
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub extended_expires_on: Option<u64>,
     /// When to refresh it proactively (Unix seconds), if recorded and readable.
-    pub(crate) refresh_on: Option<u64>,
-}
-
-/// An `IdToken` entry.
-#[derive(Debug, Clone)]
-pub(crate) struct IdToken {
-    /// The entry's key in the document.
-    pub(crate) key: String,
-    /// The account (`""` when missing or `null`).
-    pub(crate) home_account_id: String,
-    /// Authority host.
-    pub(crate) environment: String,
-    /// Tenant path segment of the request.
-    pub(crate) realm: String,
-    /// The application the token was issued to.
-    pub(crate) client_id: String,
-    /// The id token (a JWT).
-    pub(crate) secret: Secret,
-}
-
-/// An `AppMetadata` entry.
-#[derive(Debug, Clone)]
-pub(crate) struct AppMetadata {
-    /// The entry's key in the document.
-    pub(crate) key: String,
-    /// The application.
-    pub(crate) client_id: String,
-    /// Authority host.
-    pub(crate) environment: String,
-    /// The application's family (FOCI) id, if it is in one.
-    pub(crate) family_id: Option<String>,
+    pub refresh_on: Option<u64>,
 }
 
 /// Reads an `Account` entry.
-pub(super) fn account_view(key: &str, e: &Entry) -> Result<Account, FieldProblem> {
+pub(super) fn account_view(_key: &str, e: &Entry) -> Result<Account, FieldProblem> {
+    let home_account_id = e.req_str("home_account_id")?;
+    let environment = e.req_str("environment")?;
+    // Checked in every build (an entry without them is skipped), read only by the diagnostics.
+    let _realm = e.req_str("realm")?;
+    let username = e.opt_str("username")?.unwrap_or_default();
+    let _authority_type = e.opt_str("authority_type")?.unwrap_or_default();
     Ok(Account {
-        key: key.to_owned(),
-        home_account_id: e.req_str("home_account_id")?,
-        environment: e.req_str("environment")?,
-        realm: e.req_str("realm")?,
+        #[cfg(any(test, feature = "fuzzing"))]
+        key: _key.to_owned(),
+        home_account_id,
+        environment,
+        #[cfg(any(test, feature = "fuzzing"))]
+        realm: _realm,
+        #[cfg(any(test, feature = "fuzzing"))]
         local_account_id: e.lenient_str("local_account_id"),
-        username: e.opt_str("username")?.unwrap_or_default(),
-        authority_type: e.opt_str("authority_type")?.unwrap_or_default(),
+        username,
+        #[cfg(any(test, feature = "fuzzing"))]
+        authority_type: _authority_type,
     })
 }
 
 /// Reads a `RefreshToken` entry.
 pub(super) fn refresh_token_view(key: &str, e: &Entry) -> Result<RefreshToken, FieldProblem> {
+    let secret = e.secret()?;
+    let home_account_id = e.opt_str("home_account_id")?.unwrap_or_default();
+    let environment = e.req_str("environment")?;
+    let client_id = e.req_str("client_id")?;
+    // Checked in every build (an entry where it is not a string is skipped), read only by the
+    // diagnostics.
+    let _target = e.opt_str("target")?.unwrap_or_default();
     Ok(RefreshToken {
         key: key.to_owned(),
-        secret: e.secret()?,
-        home_account_id: e.opt_str("home_account_id")?.unwrap_or_default(),
-        environment: e.req_str("environment")?,
-        client_id: e.req_str("client_id")?,
-        target: e.opt_str("target")?.unwrap_or_default(),
+        secret,
+        home_account_id,
+        environment,
+        client_id,
+        #[cfg(any(test, feature = "fuzzing"))]
+        target: _target,
         family_id: e.lenient_str("family_id"),
+        #[cfg(any(test, feature = "fuzzing"))]
         last_modification_time: e.lenient_time("last_modification_time"),
     })
 }
 
 /// Reads an `AccessToken` entry.
-pub(super) fn access_token_view(key: &str, e: &Entry) -> Result<CachedAccessToken, FieldProblem> {
+pub(super) fn access_token_view(_key: &str, e: &Entry) -> Result<CachedAccessToken, FieldProblem> {
+    let secret = e.secret()?;
+    let home_account_id = e.opt_str("home_account_id")?.filter(|h| !h.is_empty());
+    let environment = e.req_str("environment")?;
+    let client_id = e.req_str("client_id")?;
+    let realm = e.req_str("realm")?;
+    let target = e.req_str("target")?;
+    let token_type = e
+        .opt_str("token_type")?
+        .unwrap_or_else(|| "Bearer".to_owned());
+    // Checked in every build (an entry without it is skipped), read only by the diagnostics.
+    let _cached_at = e.req_time("cached_at")?;
+    let expires_on = e.req_time("expires_on")?;
     Ok(CachedAccessToken {
-        key: key.to_owned(),
-        secret: e.secret()?,
-        home_account_id: e.opt_str("home_account_id")?.filter(|h| !h.is_empty()),
-        environment: e.req_str("environment")?,
-        client_id: e.req_str("client_id")?,
-        realm: e.req_str("realm")?,
-        target: e.req_str("target")?,
-        token_type: e
-            .opt_str("token_type")?
-            .unwrap_or_else(|| "Bearer".to_owned()),
-        cached_at: e.req_time("cached_at")?,
-        expires_on: e.req_time("expires_on")?,
+        #[cfg(any(test, feature = "fuzzing"))]
+        key: _key.to_owned(),
+        secret,
+        home_account_id,
+        environment,
+        client_id,
+        realm,
+        target,
+        token_type,
+        #[cfg(any(test, feature = "fuzzing"))]
+        cached_at: _cached_at,
+        expires_on,
+        #[cfg(any(test, feature = "fuzzing"))]
         extended_expires_on: e.lenient_time("extended_expires_on"),
         refresh_on: e.lenient_time("refresh_on"),
-    })
-}
-
-/// Reads an `IdToken` entry.
-pub(super) fn id_token_view(key: &str, e: &Entry) -> Result<IdToken, FieldProblem> {
-    Ok(IdToken {
-        key: key.to_owned(),
-        secret: e.secret()?,
-        home_account_id: e.opt_str("home_account_id")?.unwrap_or_default(),
-        environment: e.req_str("environment")?,
-        realm: e.req_str("realm")?,
-        client_id: e.req_str("client_id")?,
-    })
-}
-
-/// Reads an `AppMetadata` entry.
-pub(super) fn app_metadata_view(key: &str, e: &Entry) -> Result<AppMetadata, FieldProblem> {
-    Ok(AppMetadata {
-        key: key.to_owned(),
-        client_id: e.req_str("client_id")?,
-        environment: e.req_str("environment")?,
-        family_id: e.lenient_str("family_id"),
     })
 }
 
@@ -257,7 +246,11 @@ pub(super) fn parse_time(text: &str) -> Result<u64, Problem> {
 
 impl CacheDocument {
     /// Applies a view to every entry of a section, keeping the readable ones.
-    fn view<T>(&self, section: &str, read: fn(&str, &Entry) -> Result<T, FieldProblem>) -> Vec<T> {
+    pub(super) fn view<T>(
+        &self,
+        section: &str,
+        read: fn(&str, &Entry) -> Result<T, FieldProblem>,
+    ) -> Vec<T> {
         self.entries(section)
             .iter()
             .filter_map(|(name, entry)| read(name.text(), entry).ok())
@@ -265,56 +258,7 @@ impl CacheDocument {
     }
 
     /// Account entries the view can read.
-    pub(crate) fn accounts(&self) -> Vec<Account> {
+    pub fn accounts(&self) -> Vec<Account> {
         self.view(ACCOUNT, account_view)
-    }
-
-    /// RefreshToken entries the view can read.
-    pub(crate) fn refresh_tokens(&self) -> Vec<RefreshToken> {
-        self.view(REFRESH_TOKEN, refresh_token_view)
-    }
-
-    /// AccessToken entries the view can read (any token type, expired ones included).
-    pub(crate) fn access_tokens(&self) -> Vec<CachedAccessToken> {
-        self.view(ACCESS_TOKEN, access_token_view)
-    }
-
-    /// IdToken entries the view can read.
-    pub(crate) fn id_tokens(&self) -> Vec<IdToken> {
-        self.view(ID_TOKEN, id_token_view)
-    }
-
-    /// AppMetadata entries the view can read.
-    pub(crate) fn app_metadata(&self) -> Vec<AppMetadata> {
-        self.view(APP_METADATA, app_metadata_view)
-    }
-
-    /// Why each entry the views ignore is ignored (for diagnostics; no values included).
-    pub(crate) fn skipped(&self) -> Vec<DocumentError> {
-        /// Collects the problems of one section.
-        fn collect<T>(
-            doc: &CacheDocument,
-            section: &str,
-            read: fn(&str, &Entry) -> Result<T, FieldProblem>,
-            out: &mut Vec<DocumentError>,
-        ) {
-            for (name, entry) in doc.entries(section) {
-                if let Err(p) = read(name.text(), entry) {
-                    out.push(DocumentError::field(section, name.text(), p));
-                }
-            }
-        }
-        let mut out = Vec::new();
-        for (name, _) in &self.sections {
-            match name.text() {
-                ACCESS_TOKEN => collect(self, ACCESS_TOKEN, access_token_view, &mut out),
-                REFRESH_TOKEN => collect(self, REFRESH_TOKEN, refresh_token_view, &mut out),
-                ID_TOKEN => collect(self, ID_TOKEN, id_token_view, &mut out),
-                ACCOUNT => collect(self, ACCOUNT, account_view, &mut out),
-                APP_METADATA => collect(self, APP_METADATA, app_metadata_view, &mut out),
-                _ => {}
-            }
-        }
-        out
     }
 }

@@ -69,7 +69,7 @@ pub(super) fn write_object<T>(
 impl CacheDocument {
     /// The document as msal writes it (`json.dumps(doc, indent=4)` layout). It contains the
     /// secrets: write it to the cache file and drop it.
-    pub(crate) fn to_vec(&self) -> Vec<u8> {
+    pub fn to_vec(&self) -> Vec<u8> {
         let mut out = String::new();
         write_object(&mut out, 0, &self.sections, |out, body| match body {
             Body::Raw(raw) => out.push_str(raw.text()),
