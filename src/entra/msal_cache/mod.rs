@@ -46,9 +46,15 @@
 //!   not cached at all (apart from AppMetadata): its access token must not pass for an
 //!   app-only one.
 //!
-//! Secrets: token values are handed out as [`Secret`]s, and every raw value this module holds
-//! is zeroed when it is dropped. [`CacheDocument::to_vec`] returns the document, secrets
-//! included, for the caller to write to the file. No error or `Debug` output contains a secret.
+//! Secrets: token values are handed out as [`Secret`]s (zeroed on drop), and every raw value
+//! the document holds (each field value, each section kept verbatim) is zeroed when it is
+//! dropped or replaced. Not zeroed, and left to the caller: the bytes
+//! [`CacheDocument::to_vec`] returns (a plain `Vec<u8>` with every secret, for the caller to
+//! write to the file and drop; nor the smaller buffers it grew through) and the bytes `parse`
+//! borrows (the caller's read buffer). Not zeroed either, as they hold no token: object keys
+//! (account ids, hosts, scopes) and the claims decoded from `client_info` and id tokens. Short
+//! lived copies of a value made while it is read or escaped are not zeroed. No error or
+//! `Debug` output contains a secret.
 
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
