@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-/// Why a document could not be read, or (from [`CacheDocument::skipped`]) why an entry is
+/// Why a document could not be read, or (from `CacheDocument::skipped`) why an entry is
 /// ignored by the typed views. The text says what and where, never a value from the document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentError {
@@ -44,7 +44,7 @@ pub(super) enum ErrorKind {
         column: usize,
     },
     /// An entry lacks a field the views need, or the field is malformed (only
-    /// [`CacheDocument::skipped`](super::CacheDocument::skipped) reports these).
+    /// `CacheDocument::skipped` reports these).
     #[cfg(any(test, feature = "fuzzing"))]
     Field {
         /// The section.

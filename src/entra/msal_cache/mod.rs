@@ -131,7 +131,7 @@ mod work {
     pub(super) fn add(_: usize) {}
 }
 
-/// A parsed MSAL token cache. See the [module documentation](self) for how it is kept and
+/// A parsed MSAL token cache. See the documentation of `entra::msal_cache` for how it is kept and
 /// written.
 #[derive(Clone, Default)]
 pub struct CacheDocument {
