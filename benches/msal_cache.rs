@@ -6,22 +6,11 @@
 //! median of a few runs; the target is a parse of 10 000 entries under 100 ms.
 //!
 //! ```text
-//! cargo bench --bench msal_cache
+//! cargo bench --bench msal_cache --features fuzzing
 //! ```
 
-// The document model is crate-private: the bench compiles the module itself, so it measures
-// exactly the code the credentials run.
-#[path = "../src/entra/msal_cache.rs"]
-mod msal_cache;
-
-#[path = "../src/encoding.rs"]
-#[allow(dead_code, unused_imports)]
-mod encoding;
-
-/// What `msal_cache.rs` takes from the crate.
-mod token {
-    pub(crate) use tower_identity::Secret;
-}
+// The document model is crate-private: the bench reaches it through the hidden `fuzzing`
+// module, so it measures exactly the code the credentials run.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,7 +20,9 @@ use tower_identity::{
     CredentialExt, Secret, SharedTokenCacheCredential, TokenCachePersistenceOptions,
 };
 
-use msal_cache::{AccessTokenQuery, CacheDocument, NewTokens, RefreshTokenQuery};
+use tower_identity::fuzzing::msal::{
+    AccessTokenQuery, CacheDocument, NewTokens, RefreshTokenQuery,
+};
 
 /// Azure CLI's client id: its refresh tokens are family tokens.
 const CLI: &str = "04b07795-8ddb-461a-bbee-02f9e1bf7b46";

@@ -483,6 +483,15 @@ fn run_mi_response(status: StatusCode, body: &[u8], secret: &str) -> Result<(), 
 // msal_cache
 // ---------------------------------------------------------------------------------------------
 
+/// The MSAL token-cache document and its queries, for `benches/msal_cache.rs`: the bench
+/// measures the very code the credentials run.
+pub mod msal {
+    pub use crate::entra::msal_cache::{
+        AccessTokenQuery, Account, AppMetadata, CacheDocument, CachedAccessToken, DocumentError,
+        IdToken, NewTokens, RefreshToken, RefreshTokenQuery,
+    };
+}
+
 /// The MSAL token-cache document: `data` is the file.
 ///
 /// Checks, when it parses: every view, `skipped`, `Debug`; serialising, parsing that and

@@ -1,0 +1,133 @@
+//! The queries the credentials make: access tokens covering some scopes, refresh tokens of an
+//! account, accounts holding a family refresh token.
+
+use std::collections::HashSet;
+
+use super::raw::Entry;
+use super::views::{
+    Account, CachedAccessToken, RefreshToken, access_token_view, refresh_token_view,
+};
+use super::{ACCESS_TOKEN, CacheDocument, REFRESH_TOKEN};
+
+/// What [`CacheDocument::find_access_tokens`] looks for.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessTokenQuery<'a> {
+    /// `None`: any; `Some(None)`: app-only tokens only (`home_account_id` null, missing or
+    /// empty); `Some(Some(id))`: that account's tokens only.
+    pub home_account_id: Option<Option<&'a str>>,
+    /// Accepted authority hosts (aliases of one cloud), compared ASCII-case-insensitively. An
+    /// empty list matches nothing.
+    pub environments: &'a [&'a str],
+    /// The application, if it matters (exact).
+    pub client_id: Option<&'a str>,
+    /// The tenant path segment, if it matters (ASCII-case-insensitive).
+    pub realm: Option<&'a str>,
+    /// Scopes the token must cover; empty matches any target.
+    pub scopes: &'a [String],
+}
+
+/// What [`CacheDocument::find_refresh_tokens`] looks for. Targets are not compared: Entra
+/// refresh tokens are scope independent.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshTokenQuery<'a> {
+    /// The account (exact).
+    pub home_account_id: &'a str,
+    /// Accepted authority hosts, compared ASCII-case-insensitively. Empty matches nothing.
+    pub environments: &'a [&'a str],
+    /// The application, if it matters (exact).
+    pub client_id: Option<&'a str>,
+    /// Only family (FOCI) refresh tokens: entries with a non-empty `family_id`.
+    pub family_only: bool,
+}
+impl CacheDocument {
+    /// Bearer access tokens matching every given field, whose target covers the requested
+    /// scopes: each requested scope, compared ASCII-case-insensitively, is one of the entry's
+    /// space-separated target scopes. Entries whose `token_type` is not `Bearer` (msal's PoP
+    /// and SSH-certificate tokens) are never returned. Expired tokens are returned too (the
+    /// caller judges lifetimes; see [`remove_expired_access_tokens`]). Document order.
+    ///
+    /// [`remove_expired_access_tokens`]: CacheDocument::remove_expired_access_tokens
+    pub fn find_access_tokens(&self, q: &AccessTokenQuery<'_>) -> Vec<CachedAccessToken> {
+        // Entries of other accounts are passed over before their view (and secret) is built.
+        let wanted_account = |e: &Entry| match q.home_account_id {
+            None => true,
+            Some(wanted) => {
+                e.lenient_str("home_account_id")
+                    .filter(|h| !h.is_empty())
+                    .as_deref()
+                    == wanted
+            }
+        };
+        self.entries(ACCESS_TOKEN)
+            .iter()
+            .filter(|(_, e)| wanted_account(e))
+            .filter_map(|(name, e)| access_token_view(name.text(), e).ok())
+            .filter(|at| {
+                at.token_type.eq_ignore_ascii_case("Bearer")
+                    && match q.home_account_id {
+                        None => true,
+                        Some(wanted) => at.home_account_id.as_deref() == wanted,
+                    }
+                    && env_matches(q.environments, &at.environment)
+                    && q.client_id.is_none_or(|c| at.client_id == c)
+                    && q.realm.is_none_or(|r| at.realm.eq_ignore_ascii_case(r))
+                    && q.scopes.iter().all(|wanted| {
+                        at.target
+                            .split_whitespace()
+                            .any(|have| have.eq_ignore_ascii_case(wanted))
+                    })
+            })
+            .collect()
+    }
+
+    /// Refresh tokens of an account at the given hosts, optionally of one client and
+    /// optionally family tokens only. Document order.
+    pub fn find_refresh_tokens(&self, q: &RefreshTokenQuery<'_>) -> Vec<RefreshToken> {
+        // Entries of other accounts are passed over before their view (and secret) is built.
+        self.entries(REFRESH_TOKEN)
+            .iter()
+            .filter(|(_, e)| {
+                e.lenient_str("home_account_id").unwrap_or_default() == q.home_account_id
+            })
+            .filter_map(|(name, e)| refresh_token_view(name.text(), e).ok())
+            .filter(|rt| {
+                rt.home_account_id == q.home_account_id
+                    && env_matches(q.environments, &rt.environment)
+                    && q.client_id.is_none_or(|c| rt.client_id == c)
+                    && (!q.family_only || rt.family_id.as_deref().is_some_and(|f| !f.is_empty()))
+            })
+            .collect()
+    }
+
+    /// The accounts that have a family (FOCI) refresh token: `Account` entries at one of
+    /// `environments` with a family refresh token of the same `home_account_id` at one of
+    /// `environments`, one per `home_account_id` (the first in document order). What
+    /// SharedTokenCacheCredential chooses from. Linear in the document: one pass over the
+    /// refresh tokens, one over the accounts.
+    pub fn accounts_with_family_refresh_tokens(&self, environments: &[&str]) -> Vec<Account> {
+        let holders: HashSet<String> = self
+            .entries(REFRESH_TOKEN)
+            .iter()
+            .filter_map(|(name, e)| refresh_token_view(name.text(), e).ok())
+            .filter(|rt| {
+                env_matches(environments, &rt.environment)
+                    && rt.family_id.as_deref().is_some_and(|f| !f.is_empty())
+            })
+            .map(|rt| rt.home_account_id)
+            .collect();
+        let mut seen = HashSet::new();
+        self.accounts()
+            .into_iter()
+            .filter(|a| {
+                env_matches(environments, &a.environment)
+                    && holders.contains(&a.home_account_id)
+                    && seen.insert(a.home_account_id.clone())
+            })
+            .collect()
+    }
+}
+
+/// Whether `environment` is one of `accepted` (ASCII-case-insensitive).
+pub(super) fn env_matches(accepted: &[&str], environment: &str) -> bool {
+    accepted.iter().any(|e| e.eq_ignore_ascii_case(environment))
+}

@@ -1,0 +1,308 @@
+//! Changing the document: a token endpoint answer recorded as msal records it, and entries
+//! removed.
+
+use serde_json::{Map, Value};
+
+use crate::encoding::decode_base64;
+use crate::token::Secret;
+
+use super::keys::{
+    access_token_key, account_key, app_metadata_key, id_token_key, refresh_token_key,
+};
+use super::raw::{Entry, Name, RawJson};
+use super::{ACCESS_TOKEN, ACCOUNT, APP_METADATA, CacheDocument, ID_TOKEN, REFRESH_TOKEN};
+
+/// A successful token endpoint answer, to record with [`CacheDocument::add_token_response`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewTokens<'a> {
+    /// The application that asked.
+    pub client_id: &'a str,
+    /// Authority host, without port.
+    pub environment: &'a str,
+    /// Tenant path segment used for the request.
+    pub realm: &'a str,
+    /// What the answer covers: its `scope` split on spaces if present, else the requested
+    /// scopes. Recorded sorted, as msal does.
+    pub scopes: &'a [String],
+    /// The access token.
+    pub access_token: &'a Secret,
+    /// The answer's `token_type` (`Bearer` if it had none).
+    pub token_type: &'a str,
+    /// When the request was made (Unix seconds).
+    pub cached_at: u64,
+    /// Expiry (Unix seconds).
+    pub expires_on: u64,
+    /// Extended expiry (Unix seconds; the expiry when the answer has no `ext_expires_in`).
+    pub extended_expires_on: u64,
+    /// Proactive refresh time (Unix seconds), if any.
+    pub refresh_on: Option<u64>,
+    /// The answer's refresh token, if any.
+    pub refresh_token: Option<&'a Secret>,
+    /// The answer's id token, if any.
+    pub id_token: Option<&'a Secret>,
+    /// The answer's `client_info` (base64url JSON `{"uid", "utid"}`), if any.
+    pub client_info: Option<&'a str>,
+    /// The answer's `foci` (family id), if any.
+    pub foci: Option<&'a str>,
+    /// Key of the refresh-token entry that was redeemed for this answer, if any.
+    pub replaces: Option<&'a str>,
+}
+
+/// A base64(url) JSON object; `None` for anything else.
+pub(super) fn decode_json_object(part: &str) -> Option<Map<String, Value>> {
+    let bytes = decode_base64(part).ok()?;
+    match serde_json::from_slice::<Value>(&bytes).ok()? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// The claims of a JWT, unverified (they only name the account).
+pub(super) fn jwt_claims(jwt: &str) -> Option<Map<String, Value>> {
+    let mut parts = jwt.split('.');
+    let _header = parts.next()?;
+    decode_json_object(parts.next()?)
+}
+
+/// A non-empty string claim.
+pub(super) fn claim<'m>(claims: &'m Map<String, Value>, name: &str) -> Option<&'m str> {
+    claims
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// `(uid, utid)` from client_info.
+pub(super) fn client_info_ids(client_info: &str) -> Option<(String, String)> {
+    let map = decode_json_object(client_info)?;
+    Some((
+        claim(&map, "uid")?.to_owned(),
+        claim(&map, "utid")?.to_owned(),
+    ))
+}
+
+impl CacheDocument {
+    /// Records a token endpoint answer the way msal does, and returns the account's
+    /// `home_account_id` (`None` for app-only answers, and for answers that name an account
+    /// we cannot read — those are not cached).
+    ///
+    /// * The account: `uid.utid` from `client_info`; without client_info, the id token's `sub`
+    ///   (msal's ADFS rule). Neither client_info nor id token: app-only.
+    /// * **AccessToken**: a new entry replacing, whole and at its position, any entry with the
+    ///   same key (msal replaces the whole entry: unknown fields of the old one are dropped).
+    ///   `home_account_id` is `null` for app-only tokens. `target` is the scopes sorted and
+    ///   space-joined (msal sorts them).
+    /// * **Account** (not for app-only): `username` from the id token's `preferred_username`,
+    ///   else `upn`, else `email`, else `""`; `local_account_id` from `oid`, else `sub`, else
+    ///   the client_info `uid`; `authority_type` `ADFS` for realm `adfs`, else `MSSTS`. An
+    ///   existing entry with the same key gets these six fields and keeps its others
+    ///   (`account_source`). When the username would be `""` and an Account with the same
+    ///   `home_account_id` exists in any realm, nothing is written (see the module docs).
+    /// * **IdToken** (if the answer has one, not for app-only): replaces the same key.
+    /// * **RefreshToken** (if the answer has one, not for app-only — a refresh token without
+    ///   an account could never be found again, so it is not recorded): when `replaces` names
+    ///   an existing entry of the same account, that entry is updated in place as msal does on
+    ///   rotation — new `secret`, `last_modification_time`, and `family_id` if the answer has
+    ///   `foci`; its key, `target` and other fields stay — and no other entry is written.
+    ///   Otherwise (no `replaces`, or its entry is gone) a new entry replaces the one with the
+    ///   same key; a `replaces` entry of another account is removed.
+    /// * **AppMetadata**: always, replacing the same key; `family_id` when `foci` is present.
+    pub fn add_token_response(&mut self, r: &NewTokens<'_>) -> Option<String> {
+        let claims = r.id_token.and_then(|t| jwt_claims(t.expose_secret()));
+        let ids = r.client_info.and_then(client_info_ids);
+        let (home_account_id, uid) = match (&ids, &claims) {
+            (Some((uid, utid)), _) => (Some(format!("{uid}.{utid}")), Some(uid.clone())),
+            (None, Some(c)) => match claim(c, "sub") {
+                Some(sub) => (Some(sub.to_owned()), Some(sub.to_owned())),
+                None => (None, None),
+            },
+            (None, None) => (None, None),
+        };
+        let app_only = r.client_info.is_none() && r.id_token.is_none();
+        let cacheable = app_only || home_account_id.is_some();
+
+        let mut scopes: Vec<&str> = r.scopes.iter().map(String::as_str).collect();
+        scopes.sort_unstable();
+        let target = scopes.join(" ");
+        let now = r.cached_at.to_string();
+
+        if cacheable {
+            let mut fields = vec![
+                ("credential_type", RawJson::string("AccessToken")),
+                ("secret", RawJson::string(r.access_token.expose_secret())),
+                (
+                    "home_account_id",
+                    home_account_id
+                        .as_deref()
+                        .map_or_else(RawJson::null, RawJson::string),
+                ),
+                ("environment", RawJson::string(r.environment)),
+                ("client_id", RawJson::string(r.client_id)),
+                ("target", RawJson::string(&target)),
+                ("realm", RawJson::string(r.realm)),
+                ("token_type", RawJson::string(r.token_type)),
+                ("cached_at", RawJson::string(&now)),
+                ("expires_on", RawJson::string(&r.expires_on.to_string())),
+                (
+                    "extended_expires_on",
+                    RawJson::string(&r.extended_expires_on.to_string()),
+                ),
+            ];
+            if let Some(refresh_on) = r.refresh_on {
+                fields.push(("refresh_on", RawJson::string(&refresh_on.to_string())));
+            }
+            let key = access_token_key(
+                home_account_id.as_deref().unwrap_or(""),
+                r.environment,
+                r.client_id,
+                r.realm,
+                &target,
+            );
+            self.put_entry(ACCESS_TOKEN, key, Entry::with_fields(fields));
+        }
+
+        if let (Some(hid), Some(uid)) = (home_account_id.as_deref(), uid.as_deref()) {
+            self.add_account(r, hid, uid, claims.as_ref());
+            if let Some(id_token) = r.id_token {
+                let entry = Entry::with_fields(vec![
+                    ("credential_type", RawJson::string("IdToken")),
+                    ("secret", RawJson::string(id_token.expose_secret())),
+                    ("home_account_id", RawJson::string(hid)),
+                    ("environment", RawJson::string(r.environment)),
+                    ("realm", RawJson::string(r.realm)),
+                    ("client_id", RawJson::string(r.client_id)),
+                ]);
+                let key = id_token_key(hid, r.environment, r.client_id, r.realm);
+                self.put_entry(ID_TOKEN, key, entry);
+            }
+            if let Some(refresh_token) = r.refresh_token {
+                self.add_refresh_token(r, hid, refresh_token, &target, &now);
+            }
+        }
+
+        let mut fields = vec![
+            ("client_id", RawJson::string(r.client_id)),
+            ("environment", RawJson::string(r.environment)),
+        ];
+        if let Some(foci) = r.foci {
+            fields.push(("family_id", RawJson::string(foci)));
+        }
+        let key = app_metadata_key(r.environment, r.client_id);
+        self.put_entry(APP_METADATA, key, Entry::with_fields(fields));
+
+        if cacheable { home_account_id } else { None }
+    }
+
+    /// The Account part of [`add_token_response`](Self::add_token_response).
+    fn add_account(
+        &mut self,
+        r: &NewTokens<'_>,
+        hid: &str,
+        uid: &str,
+        claims: Option<&Map<String, Value>>,
+    ) {
+        let username = claims
+            .and_then(|c| {
+                claim(c, "preferred_username")
+                    .or_else(|| claim(c, "upn"))
+                    .or_else(|| claim(c, "email"))
+            })
+            .unwrap_or("");
+        if username.is_empty()
+            && self
+                .entries(ACCOUNT)
+                .iter()
+                .any(|(_, e)| e.lenient_str("home_account_id").as_deref() == Some(hid))
+        {
+            return;
+        }
+        let local_account_id = claims
+            .and_then(|c| claim(c, "oid").or_else(|| claim(c, "sub")))
+            .unwrap_or(uid);
+        let authority_type = if r.realm.eq_ignore_ascii_case("adfs") {
+            "ADFS"
+        } else {
+            "MSSTS"
+        };
+        let fields = [
+            ("home_account_id", hid),
+            ("environment", r.environment),
+            ("realm", r.realm),
+            ("local_account_id", local_account_id),
+            ("username", username),
+            ("authority_type", authority_type),
+        ];
+        let key = account_key(hid, r.environment, r.realm);
+        let Some(entries) = self.entries_mut(ACCOUNT) else {
+            return;
+        };
+        match entries.iter_mut().find(|(name, _)| name.text() == key) {
+            Some((_, existing)) => {
+                for (name, value) in fields {
+                    existing.set(name, RawJson::string(value));
+                }
+            }
+            None => entries.push((
+                Name::new(key),
+                Entry::with_fields(
+                    fields
+                        .into_iter()
+                        .map(|(n, v)| (n, RawJson::string(v)))
+                        .collect(),
+                ),
+            )),
+        }
+    }
+
+    /// The RefreshToken part of [`add_token_response`](Self::add_token_response).
+    fn add_refresh_token(
+        &mut self,
+        r: &NewTokens<'_>,
+        hid: &str,
+        refresh_token: &Secret,
+        target: &str,
+        now: &str,
+    ) {
+        if let Some(old_key) = r.replaces {
+            let Some(entries) = self.entries_mut(REFRESH_TOKEN) else {
+                return;
+            };
+            if let Some(i) = entries.iter().position(|(name, _)| name.text() == old_key) {
+                let same_account = entries
+                    .get(i)
+                    .and_then(|(_, e)| e.lenient_str("home_account_id"))
+                    .is_some_and(|h| h == hid);
+                if same_account {
+                    if let Some((_, entry)) = entries.get_mut(i) {
+                        entry.set("secret", RawJson::string(refresh_token.expose_secret()));
+                        entry.set("last_modification_time", RawJson::string(now));
+                        if let Some(foci) = r.foci {
+                            entry.set("family_id", RawJson::string(foci));
+                        }
+                    }
+                    return;
+                }
+                entries.remove(i);
+            }
+        }
+        let mut fields = vec![
+            ("credential_type", RawJson::string("RefreshToken")),
+            ("secret", RawJson::string(refresh_token.expose_secret())),
+            ("home_account_id", RawJson::string(hid)),
+            ("environment", RawJson::string(r.environment)),
+            ("client_id", RawJson::string(r.client_id)),
+            ("target", RawJson::string(target)),
+            ("last_modification_time", RawJson::string(now)),
+        ];
+        if let Some(foci) = r.foci {
+            fields.push(("family_id", RawJson::string(foci)));
+        }
+        let key = refresh_token_key(hid, r.environment, r.client_id, target);
+        self.put_entry(REFRESH_TOKEN, key, Entry::with_fields(fields));
+    }
+
+    /// Removes a refresh token (after `invalid_grant`). Whether it was there.
+    pub fn remove_refresh_token(&mut self, key: &str) -> bool {
+        self.remove_entry(REFRESH_TOKEN, key)
+    }
+}
