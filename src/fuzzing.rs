@@ -488,7 +488,7 @@ fn run_mi_response(status: StatusCode, body: &[u8], secret: &str) -> Result<(), 
 pub mod msal {
     pub use crate::entra::msal_cache::{
         AccessTokenQuery, Account, AppMetadata, CacheDocument, CachedAccessToken, DocumentError,
-        IdToken, NewTokens, RefreshToken, RefreshTokenQuery,
+        IdToken, NewTokens, RawEntry, RefreshToken, RefreshTokenQuery,
     };
 }
 
@@ -554,10 +554,15 @@ pub fn msal_cache(data: &[u8]) {
         check_queries(&updated);
     }
 
-    if let Some(at) = doc.access_tokens().first() {
+    if let Some(at) = doc.raw_entries("AccessToken").first() {
         let mut smaller = doc.clone();
-        assert!(smaller.remove_access_token(&at.key), "{:?}", at.key);
-        assert!(smaller.access_tokens().iter().all(|t| t.key != at.key));
+        assert!(smaller.remove_access_token(at.key), "{:?}", at.key);
+        assert!(
+            smaller
+                .raw_entries("AccessToken")
+                .iter()
+                .all(|t| t.key != at.key)
+        );
         round_trip(&smaller, "remove_access_token");
     }
     if let Some(rt) = doc.refresh_tokens().first() {
@@ -588,6 +593,10 @@ fn views(doc: &CacheDocument) -> Vec<String> {
             .map(|v| format!("{v:?} {}", v.secret.expose_secret())),
     );
     out.extend(doc.app_metadata().iter().map(|v| format!("{v:?}")));
+    // The keys and the fields the views leave out.
+    for section in ["Account", "RefreshToken", "AccessToken"] {
+        out.extend(doc.raw_entries(section).iter().map(|e| format!("{e:?}")));
+    }
     out.extend(doc.skipped().iter().map(|e| e.to_string()));
     out
 }
@@ -654,7 +663,7 @@ fn check_queries(doc: &CacheDocument) {
     }
 
     // Each token is found by its own fields (first few, to bound the work).
-    for at in ats.iter().take(8) {
+    for (at, raw) in ats.iter().zip(doc.raw_entries("AccessToken")).take(8) {
         let scopes = scopes_of(&at.target);
         let environments = [at.environment.as_str()];
         let q = AccessTokenQuery {
@@ -670,10 +679,10 @@ fn check_queries(doc: &CacheDocument) {
         }
         let is_bearer = at.token_type.eq_ignore_ascii_case("Bearer");
         assert_eq!(
-            found.iter().any(|f| f.key == at.key),
+            doc.find_access_token_keys(&q).iter().any(|k| k == raw.key),
             is_bearer,
             "access token {:?} by its own fields",
-            at.key
+            raw.key
         );
     }
     for rt in rts.iter().take(8) {
@@ -792,7 +801,12 @@ fn answers(doc: &CacheDocument) -> Vec<Answer> {
     let realm = at
         .as_ref()
         .map(|t| t.realm.clone())
-        .or_else(|| account.as_ref().map(|a| a.realm.clone()))
+        .or_else(|| {
+            // The first account's (the entry behind `account`).
+            doc.raw_entries("Account")
+                .first()
+                .and_then(|a| a.str("realm"))
+        })
         .unwrap_or_else(|| "organizations".to_owned());
     let mut scopes = at
         .as_ref()
