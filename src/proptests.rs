@@ -680,8 +680,13 @@ fn all_views(doc: &CacheDocument) -> String {
                 .map(|t| t.secret.expose_secret().to_owned()),
         )
         .collect();
+    // The keys and the fields the views leave out.
+    let raw: Vec<_> = ["Account", "RefreshToken", "AccessToken"]
+        .into_iter()
+        .flat_map(|section| doc.raw_entries(section))
+        .collect();
     format!(
-        "{:?} {:?} {:?} {:?} {:?} {:?} {secrets:?}",
+        "{:?} {:?} {:?} {:?} {:?} {:?} {raw:?} {secrets:?}",
         doc.accounts(),
         doc.refresh_tokens(),
         doc.access_tokens(),

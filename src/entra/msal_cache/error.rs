@@ -43,9 +43,8 @@ pub(super) enum ErrorKind {
         /// 1-based column (bytes) of the value.
         column: usize,
     },
-    /// An entry lacks a field the views need, or the field is malformed (only
-    /// `CacheDocument::skipped` reports these).
-    #[cfg(any(test, feature = "fuzzing"))]
+    /// An entry lacks a field the views need, or the field is malformed: the entry is
+    /// skipped, and this says why.
     Field {
         /// The section.
         section: String,
@@ -73,7 +72,6 @@ pub(super) enum Problem {
 
 impl Problem {
     /// The message fragment.
-    #[cfg(any(test, feature = "fuzzing"))]
     pub(super) fn as_str(self) -> &'static str {
         match self {
             Problem::Missing => "is missing",
@@ -84,29 +82,33 @@ impl Problem {
     }
 }
 
-/// Why a view cannot read an entry. The credentials only skip such entries; what and why is
-/// kept for the diagnostics (`skipped`), which only the tests and the fuzz targets build.
+/// Why a view cannot read an entry: which field, and what is wrong with it. The entry is
+/// skipped; [`DocumentError::field`] says where.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct FieldProblem {
     /// The field.
-    #[cfg(any(test, feature = "fuzzing"))]
     pub(super) field: &'static str,
     /// What is wrong.
-    #[cfg(any(test, feature = "fuzzing"))]
     pub(super) problem: Problem,
 }
 
 impl FieldProblem {
     /// A problem with `field`.
     pub(super) fn new(field: &'static str, problem: Problem) -> Self {
-        // The credentials' build keeps neither.
-        #[cfg(not(any(test, feature = "fuzzing")))]
-        let _ = (field, problem);
+        Self { field, problem }
+    }
+}
+
+impl DocumentError {
+    /// The error for a field problem of an entry.
+    pub(super) fn field(section: &str, entry: &str, p: FieldProblem) -> Self {
         Self {
-            #[cfg(any(test, feature = "fuzzing"))]
-            field,
-            #[cfg(any(test, feature = "fuzzing"))]
-            problem,
+            kind: ErrorKind::Field {
+                section: section.to_owned(),
+                entry: entry.to_owned(),
+                field: p.field,
+                problem: p.problem,
+            },
         }
     }
 }
@@ -139,7 +141,6 @@ impl fmt::Display for DocumentError {
                 f,
                 "section {section:?} entry {entry:?}: not a JSON object (line {line} column {column})"
             ),
-            #[cfg(any(test, feature = "fuzzing"))]
             ErrorKind::Field {
                 section,
                 entry,

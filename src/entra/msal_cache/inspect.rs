@@ -1,13 +1,17 @@
 //! What only the unit tests, the fuzz targets and the benchmark read (feature `fuzzing`): every
-//! view of the document, why entries are skipped, and pruning. Not compiled into the library
-//! otherwise, so the credentials' build carries none of it.
+//! view of the document, the entries behind them with the fields the views leave out, why
+//! entries are skipped, and pruning. Not compiled into the library otherwise, so the
+//! credentials' build carries none of it.
+
+use std::fmt;
 
 use crate::token::Secret;
 
-use super::error::{DocumentError, ErrorKind, FieldProblem};
+use super::error::{DocumentError, FieldProblem};
+use super::queries::AccessTokenQuery;
 use super::raw::{Body, Entry};
 use super::views::{
-    CachedAccessToken, RefreshToken, access_token_view, account_view, refresh_token_view,
+    CachedAccessToken, RefreshToken, View, access_token_view, account_view, refresh_token_view,
 };
 use super::{ACCESS_TOKEN, ACCOUNT, APP_METADATA, CacheDocument, ID_TOKEN, REFRESH_TOKEN};
 
@@ -63,17 +67,46 @@ pub(super) fn app_metadata_view(key: &str, e: &Entry) -> Result<AppMetadata, Fie
     })
 }
 
-impl DocumentError {
-    /// The error for a field problem of an entry.
-    pub(super) fn field(section: &str, entry: &str, p: FieldProblem) -> Self {
-        Self {
-            kind: ErrorKind::Field {
-                section: section.to_owned(),
-                entry: entry.to_owned(),
-                field: p.field,
-                problem: p.problem,
-            },
+/// An entry a view reads, as the file has it: its key and the fields the views leave out
+/// (the credentials do not read them).
+#[derive(Clone, Copy)]
+pub struct RawEntry<'a> {
+    /// The entry's key in the document.
+    pub key: &'a str,
+    /// The entry.
+    entry: &'a Entry,
+}
+
+impl RawEntry<'_> {
+    /// A string field: `None` when missing, `null` or not a string.
+    pub fn str(&self, field: &str) -> Option<String> {
+        self.entry.lenient_str(field)
+    }
+
+    /// A timestamp field (decimal string or JSON number): `None` when missing or unreadable.
+    pub fn time(&self, field: &str) -> Option<u64> {
+        self.entry.lenient_time(field)
+    }
+}
+
+/// String fields some view checks or leaves out.
+const UNVIEWED_STRINGS: [&str; 4] = ["realm", "local_account_id", "authority_type", "target"];
+/// Timestamp fields some view checks or leaves out.
+const UNVIEWED_TIMES: [&str; 3] = ["cached_at", "extended_expires_on", "last_modification_time"];
+
+/// The key and the readings of the fields the views leave out (never the secret), so that
+/// comparing two documents' entries compares those too.
+impl fmt::Debug for RawEntry<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("RawEntry");
+        d.field("key", &self.key);
+        for name in UNVIEWED_STRINGS {
+            d.field(name, &self.str(name));
         }
+        for name in UNVIEWED_TIMES {
+            d.field(name, &self.time(name));
+        }
+        d.finish()
     }
 }
 
@@ -98,13 +131,42 @@ impl CacheDocument {
         self.view(APP_METADATA, app_metadata_view)
     }
 
+    /// The entries of a known section its view reads, in the order of the view's results
+    /// (`raw_entries("AccessToken")[i]` is the entry of `access_tokens()[i]`).
+    pub fn raw_entries(&self, section: &str) -> Vec<RawEntry<'_>> {
+        let readable: fn(&str, &Entry) -> bool = match section {
+            ACCESS_TOKEN => |k, e| access_token_view(k, e).is_ok(),
+            REFRESH_TOKEN => |k, e| refresh_token_view(k, e).is_ok(),
+            ID_TOKEN => |k, e| id_token_view(k, e).is_ok(),
+            ACCOUNT => |k, e| account_view(k, e).is_ok(),
+            APP_METADATA => |k, e| app_metadata_view(k, e).is_ok(),
+            _ => |_, _| false,
+        };
+        self.entries(section)
+            .iter()
+            .filter(|(name, entry)| readable(name.text(), entry))
+            .map(|(name, entry)| RawEntry {
+                key: name.text(),
+                entry,
+            })
+            .collect()
+    }
+
+    /// The keys of what [`find_access_tokens`](CacheDocument::find_access_tokens) finds, in
+    /// the same order.
+    pub fn find_access_token_keys(&self, q: &AccessTokenQuery<'_>) -> Vec<String> {
+        self.matching_access_tokens(q)
+            .map(|(key, _)| key.to_owned())
+            .collect()
+    }
+
     /// Why each entry the views ignore is ignored (for diagnostics; no values included).
     pub fn skipped(&self) -> Vec<DocumentError> {
         /// Collects the problems of one section.
         fn collect<T>(
             doc: &CacheDocument,
             section: &str,
-            read: fn(&str, &Entry) -> Result<T, FieldProblem>,
+            read: View<T>,
             out: &mut Vec<DocumentError>,
         ) {
             for (name, entry) in doc.entries(section) {
@@ -126,6 +188,7 @@ impl CacheDocument {
         }
         out
     }
+
     /// No entries in the known sections and no other sections.
     pub fn is_empty(&self) -> bool {
         self.sections.iter().all(|(_, body)| match body {

@@ -77,7 +77,7 @@ pub use views::{Account, RefreshToken};
 // What only the fuzz targets and the benchmark name.
 #[cfg(feature = "fuzzing")]
 pub use {
-    inspect::{AppMetadata, IdToken},
+    inspect::{AppMetadata, IdToken, RawEntry},
     views::CachedAccessToken,
 };
 

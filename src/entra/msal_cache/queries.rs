@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use super::raw::Entry;
 use super::views::{
-    Account, CachedAccessToken, RefreshToken, access_token_view, refresh_token_view,
+    Account, CachedAccessToken, RefreshToken, access_token_view, read_entry, refresh_token_view,
 };
 use super::{ACCESS_TOKEN, CacheDocument, REFRESH_TOKEN};
 
@@ -48,6 +48,14 @@ impl CacheDocument {
     ///
     /// [`remove_expired_access_tokens`]: CacheDocument::remove_expired_access_tokens
     pub fn find_access_tokens(&self, q: &AccessTokenQuery<'_>) -> Vec<CachedAccessToken> {
+        self.matching_access_tokens(q).map(|(_, at)| at).collect()
+    }
+
+    /// [`find_access_tokens`](CacheDocument::find_access_tokens) with each entry's key.
+    pub(super) fn matching_access_tokens<'d>(
+        &'d self,
+        q: &'d AccessTokenQuery<'_>,
+    ) -> impl Iterator<Item = (&'d str, CachedAccessToken)> + 'd {
         // Entries of other accounts are passed over before their view (and secret) is built.
         let wanted_account = |e: &Entry| match q.home_account_id {
             None => true,
@@ -60,9 +68,12 @@ impl CacheDocument {
         };
         self.entries(ACCESS_TOKEN)
             .iter()
-            .filter(|(_, e)| wanted_account(e))
-            .filter_map(|(name, e)| access_token_view(name.text(), e).ok())
-            .filter(|at| {
+            .filter(move |(_, e)| wanted_account(e))
+            .filter_map(|(name, e)| {
+                read_entry(ACCESS_TOKEN, name.text(), e, access_token_view)
+                    .map(|at| (name.text(), at))
+            })
+            .filter(|(_, at)| {
                 at.token_type.eq_ignore_ascii_case("Bearer")
                     && match q.home_account_id {
                         None => true,
@@ -77,7 +88,6 @@ impl CacheDocument {
                             .any(|have| have.eq_ignore_ascii_case(wanted))
                     })
             })
-            .collect()
     }
 
     /// Refresh tokens of an account at the given hosts, optionally of one client and
@@ -89,7 +99,7 @@ impl CacheDocument {
             .filter(|(_, e)| {
                 e.lenient_str("home_account_id").unwrap_or_default() == q.home_account_id
             })
-            .filter_map(|(name, e)| refresh_token_view(name.text(), e).ok())
+            .filter_map(|(name, e)| read_entry(REFRESH_TOKEN, name.text(), e, refresh_token_view))
             .filter(|rt| {
                 rt.home_account_id == q.home_account_id
                     && env_matches(q.environments, &rt.environment)
@@ -108,7 +118,7 @@ impl CacheDocument {
         let holders: HashSet<String> = self
             .entries(REFRESH_TOKEN)
             .iter()
-            .filter_map(|(name, e)| refresh_token_view(name.text(), e).ok())
+            .filter_map(|(name, e)| read_entry(REFRESH_TOKEN, name.text(), e, refresh_token_view))
             .filter(|rt| {
                 env_matches(environments, &rt.environment)
                     && rt.family_id.as_deref().is_some_and(|f| !f.is_empty())

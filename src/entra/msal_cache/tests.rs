@@ -130,8 +130,10 @@ impl Answer {
 fn at_by_key(doc: &CacheDocument, key: &str) -> CachedAccessToken {
     doc.access_tokens()
         .into_iter()
-        .find(|t| t.key == key)
+        .zip(doc.raw_entries(ACCESS_TOKEN))
+        .find(|(_, raw)| raw.key == key)
         .expect("access token")
+        .0
 }
 
 fn rt_by_key(doc: &CacheDocument, key: &str) -> RefreshToken {
@@ -309,8 +311,8 @@ fn unknown_sections_fields_and_entries_survive_add_token_response_byte_for_byte(
 fn removing_an_entry_keeps_its_neighbours_byte_for_byte() {
     let src = std::str::from_utf8(TWO_ACCOUNTS).unwrap();
     let mut doc = parse(src);
-    let bob_at = doc.access_tokens()[1].key.clone();
-    let alice_at = doc.access_tokens()[0].key.clone();
+    let bob_at = doc.raw_entries(ACCESS_TOKEN)[1].key.to_owned();
+    let alice_at = doc.raw_entries(ACCESS_TOKEN)[0].key.to_owned();
     assert!(doc.remove_access_token(&bob_at));
     assert!(!doc.remove_access_token(&bob_at));
     let out = text(&doc);
@@ -408,15 +410,26 @@ fn views_read_the_real_files() {
     let accounts = doc.accounts();
     assert_eq!(accounts.len(), 3);
     assert_eq!(accounts[0].username, "alice@contoso.com");
-    assert_eq!(accounts[0].local_account_id.as_deref(), Some(ALICE_UID));
-    assert_eq!(accounts[2].realm, "organizations");
+    let raw_accounts = doc.raw_entries(ACCOUNT);
+    assert_eq!(
+        raw_accounts[0].str("local_account_id").as_deref(),
+        Some(ALICE_UID)
+    );
+    assert_eq!(
+        raw_accounts[2].str("realm").as_deref(),
+        Some("organizations")
+    );
     assert_eq!(accounts[2].username, "");
-    assert_eq!(accounts[2].local_account_id, None);
+    assert_eq!(raw_accounts[2].str("local_account_id"), None);
     let rts = doc.refresh_tokens();
     assert_eq!(rts.len(), 2);
     assert_eq!(rts[0].family_id.as_deref(), Some("1"));
-    assert_eq!(rts[0].last_modification_time, Some(1_795_324_146));
-    assert_eq!(rts[0].target, "https://resource.test/.default");
+    let raw_rt = doc.raw_entries(REFRESH_TOKEN)[0];
+    assert_eq!(raw_rt.time("last_modification_time"), Some(1_795_324_146));
+    assert_eq!(
+        raw_rt.str("target").as_deref(),
+        Some("https://resource.test/.default")
+    );
     assert_eq!(doc.access_tokens().len(), 3);
     let ids = doc.id_tokens();
     assert_eq!(ids.len(), 2);
@@ -431,7 +444,8 @@ fn views_read_the_real_files() {
     let at = &app.access_tokens()[0];
     assert_eq!(at.home_account_id, None);
     assert_eq!(at.expires_on, 1_795_327_728);
-    assert_eq!(at.extended_expires_on, Some(1_795_327_728));
+    let raw_at = app.raw_entries(ACCESS_TOKEN)[0];
+    assert_eq!(raw_at.time("extended_expires_on"), Some(1_795_327_728));
     assert_eq!(at.refresh_on, None);
     assert_eq!(app.app_metadata()[0].family_id, None);
 }
@@ -460,8 +474,12 @@ fn views_skip_odd_entries_and_report_why() {
     );
     let ats = doc.access_tokens();
     assert_eq!(ats.len(), 1);
-    assert_eq!(ats[0].key, "good-number-times");
-    assert_eq!((ats[0].cached_at, ats[0].expires_on), (10, 20));
+    let raw_at = doc.raw_entries(ACCESS_TOKEN)[0];
+    assert_eq!(raw_at.key, "good-number-times");
+    assert_eq!(
+        (raw_at.time("cached_at"), ats[0].expires_on),
+        (Some(10), 20)
+    );
     assert_eq!(ats[0].home_account_id, None, "empty id = app-only");
     assert_eq!(ats[0].token_type, "Bearer");
     assert_eq!(
@@ -472,18 +490,23 @@ fn views_skip_odd_entries_and_report_why() {
     let rts = doc.refresh_tokens();
     assert_eq!(rts.len(), 1);
     assert_eq!(rts[0].home_account_id, "");
+    let raw_rt = doc.raw_entries(REFRESH_TOKEN)[0];
     assert_eq!(
-        (rts[0].family_id.clone(), rts[0].last_modification_time),
+        (
+            rts[0].family_id.clone(),
+            raw_rt.time("last_modification_time")
+        ),
         (None, None)
     );
-    assert_eq!(rts[0].target, "");
+    // Read without a target (it is informational).
+    assert_eq!(raw_rt.str("target"), None);
 
     let accounts = doc.accounts();
     assert_eq!(accounts.len(), 1);
     assert_eq!(
         (
             accounts[0].username.as_str(),
-            accounts[0].local_account_id.clone()
+            doc.raw_entries(ACCOUNT)[0].str("local_account_id")
         ),
         ("", None)
     );
@@ -581,8 +604,19 @@ fn search_fixture() -> CacheDocument {
     doc
 }
 
+/// What `find_access_tokens` finds, as `environment|client_id|target`; checks on the way that
+/// `find_access_token_keys` names the same entries in the same order.
 fn find(doc: &CacheDocument, q: &AccessTokenQuery<'_>) -> Vec<String> {
-    doc.find_access_tokens(q)
+    let found = doc.find_access_tokens(q);
+    let keys = doc.find_access_token_keys(q);
+    assert_eq!(keys.len(), found.len());
+    for (key, t) in keys.iter().zip(&found) {
+        assert_eq!(
+            at_by_key(doc, key).secret.expose_secret(),
+            t.secret.expose_secret()
+        );
+    }
+    found
         .into_iter()
         .map(|t| format!("{}|{}|{}", t.environment, t.client_id, t.target))
         .collect()
@@ -830,7 +864,7 @@ fn a_refresh_without_id_token_updates_the_redeemed_token_in_place_and_adds_no_em
         Some(ALICE)
     );
 
-    let bob_at_key = doc.access_tokens()[1].key.clone();
+    let bob_at_key = doc.raw_entries(ACCESS_TOKEN)[1].key.to_owned();
     let bob_at = entry_text(before, &bob_at_key);
     let old_rt = rt_by_key(&parse(before), &rt_key);
     let expected = before
@@ -906,7 +940,12 @@ fn rotation_with_a_different_key_leaves_a_single_refresh_token_holding_the_new_s
     assert_eq!(alice_rts.len(), 1);
     assert_eq!(alice_rts[0].secret.expose_secret(), "SECRET-rotated");
     assert_eq!(alice_rts[0].key, rt_key, "updated in place, as msal does");
-    assert_eq!(alice_rts[0].target, "https://resource.test/.default");
+    let raw_rt = doc.raw_entries(REFRESH_TOKEN);
+    let raw_rt = raw_rt.iter().find(|e| e.key == rt_key).unwrap();
+    assert_eq!(
+        raw_rt.str("target").as_deref(),
+        Some("https://resource.test/.default")
+    );
     assert!(!text(&doc).contains(old_secret.expose_secret()));
 }
 
@@ -1022,7 +1061,12 @@ fn an_answer_without_id_token_creates_an_account_only_when_none_exists() {
     let accounts = doc.accounts();
     assert_eq!(accounts.len(), 1);
     assert_eq!(accounts[0].username, "");
-    assert_eq!(accounts[0].local_account_id.as_deref(), Some(ALICE_UID));
+    assert_eq!(
+        doc.raw_entries(ACCOUNT)[0]
+            .str("local_account_id")
+            .as_deref(),
+        Some(ALICE_UID)
+    );
     assert!(doc.id_tokens().is_empty());
     // a second one in another realm does not add another empty account
     answer.realm = "contoso".to_owned();
@@ -1079,9 +1123,9 @@ fn undecodable_client_info_and_id_tokens_never_panic_and_never_pass_for_app_only
         assert_eq!(
             (
                 accounts[0].username.as_str(),
-                accounts[0].local_account_id.as_deref()
+                doc.raw_entries(ACCOUNT)[0].str("local_account_id")
             ),
-            ("", Some(ALICE_UID))
+            ("", Some(ALICE_UID.to_owned()))
         );
         assert_eq!(doc.id_tokens().len(), 1);
     }
@@ -1099,8 +1143,9 @@ fn undecodable_client_info_and_id_tokens_never_panic_and_never_pass_for_app_only
         doc.add_token_response(&answer.tokens()).as_deref(),
         Some("sub-1")
     );
-    assert_eq!(doc.accounts()[0].authority_type, "ADFS");
-    assert_eq!(doc.accounts()[0].key, "sub-1-adfs.contoso.com-adfs");
+    let raw_account = doc.raw_entries(ACCOUNT)[0];
+    assert_eq!(raw_account.str("authority_type").as_deref(), Some("ADFS"));
+    assert_eq!(raw_account.key, "sub-1-adfs.contoso.com-adfs");
 }
 
 #[test]
@@ -1118,7 +1163,7 @@ fn keys_are_lower_cased_and_targets_sorted_except_app_metadata() {
     doc.add_token_response(&answer.tokens());
     let at = &doc.access_tokens()[0];
     assert_eq!(
-        at.key,
+        doc.raw_entries(ACCESS_TOKEN)[0].key,
         "uid.utid-login.microsoftonline.com-accesstoken-app-id-contoso-https://a/y https://b/z offline_access"
     );
     assert_eq!(at.target, "https://a/Y https://b/Z offline_access");
@@ -1132,7 +1177,7 @@ fn keys_are_lower_cased_and_targets_sorted_except_app_metadata() {
         "uid.utid-login.microsoftonline.com-idtoken-app-id-contoso-"
     );
     assert_eq!(
-        doc.accounts()[0].key,
+        doc.raw_entries(ACCOUNT)[0].key,
         "uid.utid-login.microsoftonline.com-contoso"
     );
     assert_eq!(
@@ -1339,12 +1384,16 @@ fn accounts_with_family_refresh_tokens_are_those_the_reference_selects() {
     }
 }"#,
     );
-    let selected: Vec<String> = doc
+    // "c-1", not "c-2" (the only one of "c" at login.microsoftonline.com).
+    let selected: Vec<(String, String)> = doc
         .accounts_with_family_refresh_tokens(PUBLIC)
         .into_iter()
-        .map(|a| a.key)
+        .map(|a| (a.home_account_id, a.environment))
         .collect();
-    assert_eq!(selected, ["c-1"]);
+    assert_eq!(
+        selected,
+        [("c".to_owned(), "login.microsoftonline.com".to_owned())]
+    );
     assert!(
         doc.accounts_with_family_refresh_tokens(&["login.chinacloudapi.cn"])
             .is_empty()
@@ -1549,9 +1598,86 @@ fn an_answer_with_extreme_times_is_written_and_read_back() {
     doc.add_token_response(&answer.tokens());
     let at = &doc.access_tokens()[0];
     assert_eq!(
-        (at.cached_at, at.expires_on, at.refresh_on),
-        (u64::MAX, u64::MAX, Some(u64::MAX))
+        (
+            doc.raw_entries(ACCESS_TOKEN)[0].time("cached_at"),
+            at.expires_on,
+            at.refresh_on
+        ),
+        (Some(u64::MAX), u64::MAX, Some(u64::MAX))
     );
     assert_eq!(doc.remove_expired_access_tokens(u64::MAX - 1), 0);
     assert_eq!(doc.remove_expired_access_tokens(u64::MAX), 1);
+}
+
+/// A buffer the test subscriber writes to.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_queries_log_which_field_of_which_entry_they_skip_and_never_its_value() {
+    let doc = parse(
+        r#"{
+    "AccessToken": {
+        "word-expiry": {"secret": "SECRET-1", "environment": "e", "client_id": "c", "realm": "r", "target": "t", "cached_at": "10", "expires_on": "SECRET-soon"}
+    },
+    "RefreshToken": {
+        "numeric-secret": {"secret": 12345, "home_account_id": "h", "environment": "e", "client_id": "c", "family_id": "1"}
+    },
+    "Account": {
+        "no-realm": {"home_account_id": "h", "environment": "e", "username": "SECRET-user"}
+    }
+}"#,
+    );
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let any = AccessTokenQuery {
+            home_account_id: None,
+            environments: &["e"],
+            client_id: None,
+            realm: None,
+            scopes: &[],
+        };
+        assert!(doc.find_access_tokens(&any).is_empty());
+        let rts = RefreshTokenQuery {
+            home_account_id: "h",
+            environments: &["e"],
+            client_id: None,
+            family_only: false,
+        };
+        assert!(doc.find_refresh_tokens(&rts).is_empty());
+        assert!(doc.accounts().is_empty());
+    });
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    for expected in [
+        r#"section "AccessToken" entry "word-expiry": field "expires_on" is not a decimal string"#,
+        r#"section "RefreshToken" entry "numeric-secret": field "secret" is not a string"#,
+        r#"section "Account" entry "no-realm": field "realm" is missing"#,
+    ] {
+        assert!(text.contains(expected), "{expected} not in:\n{text}");
+    }
+    assert_eq!(
+        text.matches("token cache entry skipped").count(),
+        3,
+        "{text}"
+    );
+    assert!(
+        !text.contains("SECRET") && !text.contains("12345"),
+        "{text}"
+    );
 }

@@ -5,32 +5,19 @@ use serde_json::Value;
 
 use crate::token::Secret;
 
-use super::error::{FieldProblem, Problem};
+use super::error::{DocumentError, FieldProblem, Problem};
 use super::raw::Entry;
 use super::{ACCOUNT, CacheDocument};
 
 /// An `Account` entry: a person signed in at an authority (environment) and tenant (realm).
 #[derive(Debug, Clone)]
 pub struct Account {
-    /// The entry's key in the document.
-    #[cfg(any(test, feature = "fuzzing"))]
-    pub key: String,
     /// `uid.utid` from the sign-in's client_info.
     pub home_account_id: String,
     /// Authority host.
     pub environment: String,
-    /// Tenant path segment used at sign-in.
-    #[cfg(any(test, feature = "fuzzing"))]
-    pub realm: String,
-    /// The object id in the tenant; `None` when the file has `null` (azure-identity writes
-    /// that after a refresh without id token) or anything but a string.
-    #[cfg(any(test, feature = "fuzzing"))]
-    pub local_account_id: Option<String>,
     /// The user name (`""` when unknown: missing, `null`, or written empty).
     pub username: String,
-    /// `MSSTS` or `ADFS` (`""` when missing).
-    #[cfg(any(test, feature = "fuzzing"))]
-    pub authority_type: String,
 }
 
 /// A `RefreshToken` entry.
@@ -44,25 +31,15 @@ pub struct RefreshToken {
     pub environment: String,
     /// The application the token was issued to.
     pub client_id: String,
-    /// Scopes of the grant that produced it (informational: Entra refresh tokens are scope
-    /// independent; `""` when missing).
-    #[cfg(any(test, feature = "fuzzing"))]
-    pub target: String,
     /// The refresh token.
     pub secret: Secret,
     /// The family (FOCI) id, e.g. `"1"`, when the token is a family refresh token.
     pub family_id: Option<String>,
-    /// When it was written (Unix seconds), if recorded and readable.
-    #[cfg(any(test, feature = "fuzzing"))]
-    pub last_modification_time: Option<u64>,
 }
 
 /// An `AccessToken` entry.
 #[derive(Debug, Clone)]
 pub struct CachedAccessToken {
-    /// The entry's key in the document.
-    #[cfg(any(test, feature = "fuzzing"))]
-    pub key: String,
     /// The account; `None` for app-only tokens (JSON `null`, missing, or `""`).
     pub home_account_id: Option<String>,
     /// Authority host.
@@ -77,14 +54,8 @@ pub struct CachedAccessToken {
     pub secret: Secret,
     /// `Bearer` (or `pop`, `ssh-cert` for other msal flows); `Bearer` when missing.
     pub token_type: String,
-    /// When it was obtained (Unix seconds).
-    #[cfg(any(test, feature = "fuzzing"))]
-    pub cached_at: u64,
     /// When it expires (Unix seconds).
     pub expires_on: u64,
-    /// Extended expiry (Unix seconds), if recorded and readable.
-    #[cfg(any(test, feature = "fuzzing"))]
-    pub extended_expires_on: Option<u64>,
     /// When to refresh it proactively (Unix seconds), if recorded and readable.
     pub refresh_on: Option<u64>,
 }
@@ -93,22 +64,14 @@ pub struct CachedAccessToken {
 pub(super) fn account_view(_key: &str, e: &Entry) -> Result<Account, FieldProblem> {
     let home_account_id = e.req_str("home_account_id")?;
     let environment = e.req_str("environment")?;
-    // Checked in every build (an entry without them is skipped), read only by the diagnostics.
-    let _realm = e.req_str("realm")?;
+    // Not read, but an entry without a realm or with a non-string authority type is skipped.
+    e.req_str("realm")?;
     let username = e.opt_str("username")?.unwrap_or_default();
-    let _authority_type = e.opt_str("authority_type")?.unwrap_or_default();
+    e.opt_str("authority_type")?;
     Ok(Account {
-        #[cfg(any(test, feature = "fuzzing"))]
-        key: _key.to_owned(),
         home_account_id,
         environment,
-        #[cfg(any(test, feature = "fuzzing"))]
-        realm: _realm,
-        #[cfg(any(test, feature = "fuzzing"))]
-        local_account_id: e.lenient_str("local_account_id"),
         username,
-        #[cfg(any(test, feature = "fuzzing"))]
-        authority_type: _authority_type,
     })
 }
 
@@ -118,20 +81,15 @@ pub(super) fn refresh_token_view(key: &str, e: &Entry) -> Result<RefreshToken, F
     let home_account_id = e.opt_str("home_account_id")?.unwrap_or_default();
     let environment = e.req_str("environment")?;
     let client_id = e.req_str("client_id")?;
-    // Checked in every build (an entry where it is not a string is skipped), read only by the
-    // diagnostics.
-    let _target = e.opt_str("target")?.unwrap_or_default();
+    // Not read, but an entry whose target is not a string is skipped.
+    e.opt_str("target")?;
     Ok(RefreshToken {
         key: key.to_owned(),
         secret,
         home_account_id,
         environment,
         client_id,
-        #[cfg(any(test, feature = "fuzzing"))]
-        target: _target,
         family_id: e.lenient_str("family_id"),
-        #[cfg(any(test, feature = "fuzzing"))]
-        last_modification_time: e.lenient_time("last_modification_time"),
     })
 }
 
@@ -146,12 +104,10 @@ pub(super) fn access_token_view(_key: &str, e: &Entry) -> Result<CachedAccessTok
     let token_type = e
         .opt_str("token_type")?
         .unwrap_or_else(|| "Bearer".to_owned());
-    // Checked in every build (an entry without it is skipped), read only by the diagnostics.
-    let _cached_at = e.req_time("cached_at")?;
+    // Not read, but an entry without a readable `cached_at` is skipped.
+    e.req_time("cached_at")?;
     let expires_on = e.req_time("expires_on")?;
     Ok(CachedAccessToken {
-        #[cfg(any(test, feature = "fuzzing"))]
-        key: _key.to_owned(),
         secret,
         home_account_id,
         environment,
@@ -159,11 +115,7 @@ pub(super) fn access_token_view(_key: &str, e: &Entry) -> Result<CachedAccessTok
         realm,
         target,
         token_type,
-        #[cfg(any(test, feature = "fuzzing"))]
-        cached_at: _cached_at,
         expires_on,
-        #[cfg(any(test, feature = "fuzzing"))]
-        extended_expires_on: e.lenient_time("extended_expires_on"),
         refresh_on: e.lenient_time("refresh_on"),
     })
 }
@@ -244,16 +196,28 @@ pub(super) fn parse_time(text: &str) -> Result<u64, Problem> {
     }
 }
 
+/// Reads an entry of a section into its typed view.
+pub(super) type View<T> = fn(&str, &Entry) -> Result<T, FieldProblem>;
+
+/// Reads an entry with `read`. An entry it cannot read is skipped, as msal skips it; which
+/// field of which entry and why (never a value) is logged at debug level, for a user
+/// wondering why a token in the file is not used.
+pub(super) fn read_entry<T>(section: &str, key: &str, entry: &Entry, read: View<T>) -> Option<T> {
+    match read(key, entry) {
+        Ok(view) => Some(view),
+        Err(problem) => {
+            tracing::debug!(error = %DocumentError::field(section, key, problem), "token cache entry skipped");
+            None
+        }
+    }
+}
+
 impl CacheDocument {
     /// Applies a view to every entry of a section, keeping the readable ones.
-    pub(super) fn view<T>(
-        &self,
-        section: &str,
-        read: fn(&str, &Entry) -> Result<T, FieldProblem>,
-    ) -> Vec<T> {
+    pub(super) fn view<T>(&self, section: &str, read: View<T>) -> Vec<T> {
         self.entries(section)
             .iter()
-            .filter_map(|(name, entry)| read(name.text(), entry).ok())
+            .filter_map(|(name, entry)| read_entry(section, name.text(), entry, read))
             .collect()
     }
 

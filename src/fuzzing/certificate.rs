@@ -1,0 +1,67 @@
+//! Certificate loading and assertion signing.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::token::{Secret, unix_now};
+
+/// The longest load error: messages name what was wrong and quote no input.
+const CERTIFICATE_ERROR_MAX_CHARS: usize = 600;
+
+/// Certificate loading. Layout: byte 0 even = the rest is PEM text; odd = byte 1 is a password
+/// length `n`, the next `n` bytes the password (lossy UTF-8), the rest a PKCS#12 archive.
+///
+/// Checks: an error is one line of at most `CERTIFICATE_ERROR_MAX_CHARS` characters with no
+/// PEM armour and no base64 run from the input; a loaded certificate has a leaf, and signs an
+/// assertion of three base64url parts.
+pub fn certificate(data: &[u8]) {
+    use crate::credential::certificate::CertificateSource;
+    use crate::credential::certificate::jwt::{CertificateSignature, Signer};
+
+    let Some((&kind, rest)) = data.split_first() else {
+        return;
+    };
+    let source = if kind % 2 == 0 {
+        CertificateSource::from_pem(rest.to_vec())
+    } else {
+        let Some((&n, rest)) = rest.split_first() else {
+            return;
+        };
+        let n = usize::from(n).min(rest.len());
+        let password = String::from_utf8_lossy(&rest[..n]).into_owned();
+        CertificateSource::from_pkcs12(rest[n..].to_vec(), Some(Secret::new(password)))
+    };
+    match source.load(unix_now()) {
+        Ok(loaded) => {
+            assert!(!loaded.leaf().is_empty());
+            let signer = Signer::new(loaded, CertificateSignature::Ps256, true);
+            let jwt = signer
+                .sign(
+                    "https://login.test/t/oauth2/v2.0/token",
+                    "client",
+                    unix_now(),
+                )
+                .expect("a loaded key signs");
+            let parts: Vec<&str> = jwt.split('.').collect();
+            assert_eq!(parts.len(), 3, "{jwt}");
+            for part in parts {
+                URL_SAFE_NO_PAD.decode(part).expect("base64url part");
+            }
+        }
+        Err(message) => {
+            assert!(
+                message.chars().count() <= CERTIFICATE_ERROR_MAX_CHARS,
+                "{message}"
+            );
+            assert!(!message.contains('\n'), "{message}");
+            assert!(!message.contains("-----"), "{message}");
+            // No run of 24+ input characters (a quoted key or certificate line).
+            let text = String::from_utf8_lossy(data);
+            for word in message.split(|c: char| c.is_whitespace() || c == '(' || c == ')') {
+                if word.len() >= 24 {
+                    assert!(!text.contains(word), "quotes input: {word} in {message}");
+                }
+            }
+        }
+    }
+}
