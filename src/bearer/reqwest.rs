@@ -21,7 +21,7 @@
 //! A request whose body cannot be cloned (`reqwest::Request::try_clone` says no, as for a
 //! stream) is sent once and a claims challenge for it is returned as the 401, not an error.
 //! Errors of the middleware are `reqwest_middleware::Error::Middleware` holding a
-//! [`CredentialError`](crate::CredentialError) or a [`BearerError`].
+//! [`CredentialError`] or a [`BearerError`].
 
 use std::future::Future;
 use std::sync::Arc;
