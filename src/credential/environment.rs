@@ -16,7 +16,7 @@
 //! request*, which stops a chain — a configuration mistake should be heard, not skipped.
 //!
 //! As azure-identity, a client secret wins over a certificate, which wins over a username and
-//! password. A certificate is a [`ClientCertificateCredential`](crate::ClientCertificateCredential)
+//! password. A certificate is a [`ClientCertificateCredential`]
 //! (the file is PEM when it contains `-----BEGIN`, else PKCS#12); a certificate that cannot be
 //! loaded (missing file, wrong password, expired) is an *invalid request* naming the problem.
 //! `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` follows azure-identity, which sends the chain for any

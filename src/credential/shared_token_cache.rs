@@ -29,7 +29,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::cache_options::TokenCachePersistenceOptions;
 use super::refresh_tokens::{Redeem, usable_access_token};
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
@@ -74,7 +73,7 @@ impl SharedTokenCacheCredential {
     /// Whether this platform has a shared token cache this crate can use: the plaintext file
     /// works wherever a home directory is known.
     pub fn supported() -> bool {
-        TokenCachePersistenceOptions::new()
+        crate::TokenCachePersistenceOptions::new()
             .allow_unencrypted_storage(true)
             .resolve(NAME)
             .is_ok()
@@ -305,7 +304,7 @@ impl SharedTokenCacheCredentialBuilder {
     /// processes of the same app, and MSAL-based tools, find them there. This credential
     /// reads its accounts from that file too. Default: the shared `msal.cache` in
     /// `~/.IdentityService`, plaintext allowed (the reference's default for this credential).
-    pub fn cache_options(mut self, options: TokenCachePersistenceOptions) -> Self {
+    pub fn cache_options(mut self, options: crate::TokenCachePersistenceOptions) -> Self {
         self.settings.set_cache_options(options);
         self
     }
@@ -319,7 +318,7 @@ impl SharedTokenCacheCredentialBuilder {
             .settings
             .token_client(NAME, std::env::var(AZURE_AUTHORITY_HOST).ok())?;
         let (plain, cae) = self.settings.files_or(NAME, || {
-            TokenCachePersistenceOptions::new().allow_unencrypted_storage(true)
+            crate::TokenCachePersistenceOptions::new().allow_unencrypted_storage(true)
         })?;
         Ok(SharedTokenCacheCredential {
             inner: Arc::new(Inner {

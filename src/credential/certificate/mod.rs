@@ -58,7 +58,7 @@ const NAME: &str = "ClientCertificateCredential";
 /// subject name / issuer authentication. Claims: `aud` = the tenant's token endpoint URL,
 /// `iss` = `sub` = the client id, `jti` (a random UUID), `nbf` = `iat` = now, `exp` = now +
 /// 10 minutes. A new assertion is signed when the one in hand is 5 minutes old (the
-/// [`ClientAssertionCredential`](crate::ClientAssertionCredential) default), or after Entra
+/// [`ClientAssertionCredential`] default), or after Entra
 /// refused one.
 ///
 /// The signature is **PS256** by default: Microsoft's current certificate-credential

@@ -9,8 +9,8 @@
 //!
 //! * the top level is an ordered list of sections; the five sections we know (`AccessToken`,
 //!   `RefreshToken`, `IdToken`, `Account`, `AppMetadata`) are split into ordered entries, any
-//!   other section is one [`RawValue`] kept verbatim;
-//! * an entry is an ordered list of fields, each a [`RawValue`]; the typed views parse the
+//!   other section is one [`RawValue`](serde_json::value::RawValue) kept verbatim;
+//! * an entry is an ordered list of fields, each a [`RawValue`](serde_json::value::RawValue); the typed views parse the
 //!   fields they need on demand, and a change replaces only the fields it sets;
 //! * every object key (section, entry, field) keeps the exact text it had in the file, escapes
 //!   included; keys we create are written the way Python's `json` writes them.
@@ -46,7 +46,7 @@
 //!   not cached at all (apart from AppMetadata): its access token must not pass for an
 //!   app-only one.
 //!
-//! Secrets: token values are handed out as [`Secret`]s (zeroed on drop), and every raw value
+//! Secrets: token values are handed out as [`Secret`](crate::Secret)s (zeroed on drop), and every raw value
 //! the document holds (each field value, each section kept verbatim) is zeroed when it is
 //! dropped or replaced. Not zeroed, and left to the caller: the bytes
 //! [`CacheDocument::to_vec`] returns (a plain `Vec<u8>` with every secret, for the caller to
