@@ -40,6 +40,7 @@ mod builder;
 mod error;
 mod leaf;
 mod retry;
+mod roots;
 #[cfg(test)]
 mod tests;
 
@@ -58,10 +59,10 @@ use tower_service::Service;
 use crate::error::BoxError;
 
 pub use builder::HttpClientBuilder;
-use builder::default_roots;
 pub use error::TransportError;
 pub(crate) use error::{Attempts, TransportErrorKind};
 pub use retry::RetryOptions;
+pub use roots::Roots;
 pub(crate) use retry::{MAX_RETRY_AFTER, is_retryable_status, retry_after};
 
 /// A request as credentials send it: the body is a complete, cheaply cloned buffer.
@@ -87,7 +88,7 @@ pub struct HttpClient {
 impl HttpClient {
     /// The default client (see the module docs).
     pub fn new() -> Self {
-        Self::builder().build_with_roots(default_roots())
+        Self::builder().build_with_roots(roots::bundled())
     }
 
     /// A builder for the default client with other settings.
