@@ -16,8 +16,9 @@
 //! # run(b"").unwrap_err();
 //! ```
 //!
-//! The default is hyper-util's client over rustls (ring, Mozilla's roots from
-//! `webpki-roots`, HTTPS only, HTTP/1.1 and HTTP/2) with:
+//! The default is hyper-util's client over rustls (ring; Mozilla's roots from `webpki-roots`,
+//! or the platform's store with [`HttpClientBuilder::roots`]; HTTPS only; HTTP/1.1 and
+//! HTTP/2) with:
 //!
 //! * a cap on response bodies (1 MiB by default), so a broken or hostile endpoint cannot
 //!   exhaust memory;
@@ -62,8 +63,8 @@ pub use builder::HttpClientBuilder;
 pub use error::TransportError;
 pub(crate) use error::{Attempts, TransportErrorKind};
 pub use retry::RetryOptions;
-pub use roots::Roots;
 pub(crate) use retry::{MAX_RETRY_AFTER, is_retryable_status, retry_after};
+pub use roots::Roots;
 
 /// A request as credentials send it: the body is a complete, cheaply cloned buffer.
 pub type HttpRequest = http::Request<Full<Bytes>>;

@@ -66,7 +66,10 @@ pub(super) fn bundled() -> RootCertStore {
 }
 
 /// The store `roots` and the extra PEM texts make, reading the platform's store if asked.
-pub(super) fn root_store(roots: Roots, extra_pem: &[Vec<u8>]) -> Result<RootCertStore, ConfigError> {
+pub(super) fn root_store(
+    roots: Roots,
+    extra_pem: &[Vec<u8>],
+) -> Result<RootCertStore, ConfigError> {
     root_store_with(roots, extra_pem, rustls_native_certs::load_native_certs)
 }
 
@@ -125,7 +128,9 @@ fn add_platform(store: &mut RootCertStore, loaded: CertificateResult) -> Vec<Str
     let (added, skipped) = store.add_parsable_certificates(loaded.certs);
     tracing::debug!(found, added, skipped, "platform root certificates loaded");
     if skipped > 0 {
-        problems.push(format!("{skipped} of {found} certificates could not be parsed"));
+        problems.push(format!(
+            "{skipped} of {found} certificates could not be parsed"
+        ));
     }
     if found == 0 {
         tracing::warn!("platform root certificates: the store holds none");
@@ -203,7 +208,10 @@ mod tests {
     #[test]
     fn an_empty_platform_store_fails_only_when_nothing_else_is_trusted() {
         let err = root_store_with(Roots::Platform, &[], CertificateResult::default).unwrap_err();
-        assert!(err.message().contains("no usable root certificate"), "{err}");
+        assert!(
+            err.message().contains("no usable root certificate"),
+            "{err}"
+        );
         assert!(err.message().contains("SSL_CERT_FILE"), "{err}");
         assert!(!err.message().contains("reading the store"), "{err}");
 
@@ -235,7 +243,8 @@ mod tests {
         .unwrap();
         let err = root_store_with(Roots::Platform, &[], from_file(&garbage)).unwrap_err();
         assert!(
-            err.message().contains("1 of 1 certificates could not be parsed"),
+            err.message()
+                .contains("1 of 1 certificates could not be parsed"),
             "{err}"
         );
     }

@@ -55,7 +55,8 @@ async fn in_child(authority: &Authority, roots: &str, vars: &[(&str, &Path)]) ->
     );
     let result = stdout
         .lines()
-        .find_map(|line| line.strip_prefix(RESULT))
+        // libtest writes the test's name on the same line, before it.
+        .find_map(|line| line.split_once(RESULT).map(|(_, result)| result))
         .unwrap_or_else(|| panic!("no result line:\n{stdout}"))
         .to_owned();
     Outcome {
@@ -157,9 +158,12 @@ async fn an_empty_platform_store_fails_the_build_saying_what_to_do() {
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "").unwrap();
     let outcome = in_child(&authority, "platform", &[("SSL_CERT_FILE", &empty)]).await;
-    let message = outcome.result.strip_prefix("build-error ").unwrap_or_else(|| {
-        panic!("{}", outcome.result);
-    });
+    let message = outcome
+        .result
+        .strip_prefix("build-error ")
+        .unwrap_or_else(|| {
+            panic!("{}", outcome.result);
+        });
     for hint in [
         "no usable root certificate",
         "SSL_CERT_FILE",
