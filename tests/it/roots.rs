@@ -6,7 +6,7 @@
 //! variables set to the loopback authority's CA. The parent serves the authority and reads
 //! the child's one result line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
 use tower_identity::{ClientSecretCredential, CredentialExt, HttpClient, Roots};
@@ -65,11 +65,47 @@ async fn in_child(authority: &Authority, roots: &str, vars: &[(&str, &Path)]) ->
     }
 }
 
-/// The authority's CA written as a PEM file in `dir`.
-fn ca_file(dir: &Path, authority: &Authority) -> std::path::PathBuf {
-    let path = dir.join("corporate-ca.pem");
-    std::fs::write(&path, authority.ca_pem()).unwrap();
-    path
+/// A loopback authority and its CA written to a PEM file in a temporary directory.
+struct Setup {
+    authority: Authority,
+    dir: tempfile::TempDir,
+    ca: PathBuf,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let authority = Authority::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("corporate-ca.pem");
+        std::fs::write(&ca, authority.ca_pem()).unwrap();
+        Setup { authority, dir, ca }
+    }
+}
+
+fn assert_token(outcome: &Outcome) {
+    assert_eq!(outcome.result, "token at-1-contoso", "{}", outcome.logs);
+}
+
+/// The child logged a warning naming `path`.
+fn assert_warned_about(outcome: &Outcome, path: &Path) {
+    let path = path.display().to_string();
+    assert!(
+        outcome
+            .logs
+            .lines()
+            .any(|line| line.contains("WARN") && line.contains(&path)),
+        "no warning names {path}:\n{}",
+        outcome.logs
+    );
+}
+
+/// The client was built, and the authority's certificate was refused.
+fn assert_unknown_issuer(outcome: &Outcome) {
+    assert!(
+        outcome.result.starts_with("token-error ") && outcome.result.contains("UnknownIssuer"),
+        "{}",
+        outcome.result
+    );
 }
 
 /// The child: one token request with the roots named in its environment, reported on stdout.
@@ -105,59 +141,52 @@ async fn child_requests_a_token() {
 
 #[tokio::test]
 async fn platform_roots_trust_a_ca_in_ssl_cert_file() {
-    let authority = Authority::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = ca_file(dir.path(), &authority);
-    let outcome = in_child(&authority, "platform", &[("SSL_CERT_FILE", &ca)]).await;
-    assert_eq!(outcome.result, "token at-1-contoso", "{}", outcome.logs);
-    assert_eq!(authority.token_posts(), 1);
+    let setup = Setup::start().await;
+    let outcome = in_child(
+        &setup.authority,
+        "platform",
+        &[("SSL_CERT_FILE", &setup.ca)],
+    )
+    .await;
+    assert_token(&outcome);
+    assert_eq!(setup.authority.token_posts(), 1);
 }
 
 #[tokio::test]
 async fn platform_roots_trust_a_ca_in_ssl_cert_dir() {
-    let authority = Authority::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    ca_file(dir.path(), &authority);
-    let outcome = in_child(&authority, "platform", &[("SSL_CERT_DIR", dir.path())]).await;
-    assert_eq!(outcome.result, "token at-1-contoso", "{}", outcome.logs);
+    let setup = Setup::start().await;
+    let dir = setup.dir.path();
+    let outcome = in_child(&setup.authority, "platform", &[("SSL_CERT_DIR", dir)]).await;
+    assert_token(&outcome);
 }
 
 #[tokio::test]
 async fn bundled_and_platform_roots_trust_it_too() {
-    let authority = Authority::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = ca_file(dir.path(), &authority);
-    let outcome = in_child(&authority, "both", &[("SSL_CERT_FILE", &ca)]).await;
-    assert_eq!(outcome.result, "token at-1-contoso", "{}", outcome.logs);
+    let setup = Setup::start().await;
+    let outcome = in_child(&setup.authority, "both", &[("SSL_CERT_FILE", &setup.ca)]).await;
+    assert_token(&outcome);
 }
 
 #[tokio::test]
 async fn bundled_roots_ignore_the_platform_store() {
-    let authority = Authority::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = ca_file(dir.path(), &authority);
-    let outcome = in_child(&authority, "bundled", &[("SSL_CERT_FILE", &ca)]).await;
-    assert!(
-        outcome.result.starts_with("token-error ") && outcome.result.contains("UnknownIssuer"),
-        "{}",
-        outcome.result
-    );
+    let setup = Setup::start().await;
+    let outcome = in_child(&setup.authority, "bundled", &[("SSL_CERT_FILE", &setup.ca)]).await;
+    assert_unknown_issuer(&outcome);
     // The hint names the option that would have helped.
     assert!(
         outcome.result.contains("Roots::BundledAndPlatform"),
         "{}",
         outcome.result
     );
-    assert_eq!(authority.token_posts(), 0);
+    assert_eq!(setup.authority.token_posts(), 0);
 }
 
 #[tokio::test]
 async fn an_empty_platform_store_fails_the_build_saying_what_to_do() {
-    let authority = Authority::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let empty = dir.path().join("empty.pem");
+    let setup = Setup::start().await;
+    let empty = setup.dir.path().join("empty.pem");
     std::fs::write(&empty, "").unwrap();
-    let outcome = in_child(&authority, "platform", &[("SSL_CERT_FILE", &empty)]).await;
+    let outcome = in_child(&setup.authority, "platform", &[("SSL_CERT_FILE", &empty)]).await;
     let message = outcome
         .result
         .strip_prefix("build-error ")
@@ -182,40 +211,20 @@ async fn an_empty_platform_store_fails_the_build_saying_what_to_do() {
 
 #[tokio::test]
 async fn an_unreadable_platform_store_is_logged_and_the_bundled_roots_still_serve() {
-    let authority = Authority::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("missing.pem");
-    let outcome = in_child(&authority, "both", &[("SSL_CERT_FILE", &missing)]).await;
-    // The client was built (bundled roots are left); the authority's CA is not among them.
-    assert!(
-        outcome.result.starts_with("token-error ") && outcome.result.contains("UnknownIssuer"),
-        "{}",
-        outcome.result
-    );
-    assert!(outcome.logs.contains("WARN"), "{}", outcome.logs);
-    assert!(
-        outcome.logs.contains(&missing.display().to_string()),
-        "the warning names the file: {}",
-        outcome.logs
-    );
+    let setup = Setup::start().await;
+    let missing = setup.dir.path().join("missing.pem");
+    let outcome = in_child(&setup.authority, "both", &[("SSL_CERT_FILE", &missing)]).await;
+    // Built on the bundled roots, which do not hold the authority's CA.
+    assert_unknown_issuer(&outcome);
+    assert_warned_about(&outcome, &missing);
 }
 
 #[tokio::test]
 async fn a_partly_unreadable_platform_store_keeps_what_it_read() {
-    let authority = Authority::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = ca_file(dir.path(), &authority);
-    let missing = dir.path().join("no-such-dir");
-    let outcome = in_child(
-        &authority,
-        "platform",
-        &[("SSL_CERT_FILE", &ca), ("SSL_CERT_DIR", &missing)],
-    )
-    .await;
-    assert_eq!(outcome.result, "token at-1-contoso", "{}", outcome.logs);
-    assert!(
-        outcome.logs.contains(&missing.display().to_string()),
-        "the warning names the directory: {}",
-        outcome.logs
-    );
+    let setup = Setup::start().await;
+    let missing = setup.dir.path().join("no-such-dir");
+    let vars: [(&str, &Path); 2] = [("SSL_CERT_FILE", &setup.ca), ("SSL_CERT_DIR", &missing)];
+    let outcome = in_child(&setup.authority, "platform", &vars).await;
+    assert_token(&outcome);
+    assert_warned_about(&outcome, &missing);
 }
