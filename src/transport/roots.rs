@@ -74,7 +74,7 @@ pub(super) fn root_store(
 }
 
 /// [`root_store`] with the platform's store read by `load_platform` (tests hand it files).
-pub(super) fn root_store_with(
+fn root_store_with(
     roots: Roots,
     extra_pem: &[Vec<u8>],
     load_platform: impl FnOnce() -> CertificateResult,
