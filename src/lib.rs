@@ -97,4 +97,4 @@ pub use credential::{
 pub use entra::authority::authority_hosts;
 pub use error::{BoxError, ConfigError, CredentialError, ErrorKind};
 pub use token::{AccessToken, Secret, TokenRequest};
-pub use transport::{HttpClient, HttpClientBuilder, RetryOptions};
+pub use transport::{HttpClient, HttpClientBuilder, RetryOptions, Roots};

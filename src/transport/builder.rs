@@ -6,17 +6,17 @@ use std::time::Duration;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 use super::leaf::HyperLeaf;
 use super::retry::{RetryOptions, Retrying};
+use super::roots::{Roots, root_store};
 use super::{DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT, HttpClient};
 use crate::error::ConfigError;
 
 /// Settings for the default [`HttpClient`].
 #[derive(Clone, Debug)]
 pub struct HttpClientBuilder {
+    roots: Roots,
     extra_roots_pem: Vec<Vec<u8>>,
     timeout: Option<Duration>,
     max_response_bytes: usize,
@@ -34,6 +34,7 @@ pub struct HttpClientBuilder {
 impl Default for HttpClientBuilder {
     fn default() -> Self {
         Self {
+            roots: Roots::default(),
             extra_roots_pem: Vec::new(),
             timeout: Some(DEFAULT_TIMEOUT),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -46,8 +47,17 @@ impl Default for HttpClientBuilder {
 }
 
 impl HttpClientBuilder {
+    /// Which roots to trust: the bundled ones (the default), the platform's store, or both.
+    /// The platform's store is read by [`build`](Self::build), which fails only if no root
+    /// is left at all (see [`Roots`]); parts that cannot be read are logged as warnings.
+    pub fn roots(mut self, roots: Roots) -> Self {
+        self.roots = roots;
+        self
+    }
+
     /// Trusts the certificates in this PEM text (one or more `CERTIFICATE` blocks) as roots,
-    /// in addition to the public roots: for an authority behind a private CA.
+    /// in addition to those chosen with [`roots`](Self::roots): for an authority behind a
+    /// private CA.
     pub fn add_root_certificates_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
         self.extra_roots_pem.push(pem.as_ref().to_vec());
         self
@@ -99,26 +109,10 @@ impl HttpClientBuilder {
         self
     }
 
-    /// Builds the client; fails if a PEM has no certificate or a certificate is invalid.
+    /// Builds the client; fails if a PEM has no certificate or a certificate is invalid, or if
+    /// [`Roots::Platform`] finds no root and no PEM adds one.
     pub fn build(self) -> Result<HttpClient, ConfigError> {
-        let mut roots = default_roots();
-        for pem in &self.extra_roots_pem {
-            let certs = CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| {
-                    ConfigError::new("root certificate PEM could not be parsed").with_source(e)
-                })?;
-            if certs.is_empty() {
-                return Err(ConfigError::new(
-                    "root certificate PEM holds no \"-----BEGIN CERTIFICATE-----\" block",
-                ));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| {
-                    ConfigError::new("a root certificate was rejected").with_source(e)
-                })?;
-            }
-        }
+        let roots = root_store(self.roots, &self.extra_roots_pem)?;
         Ok(self.build_with_roots(roots))
     }
 
@@ -160,11 +154,5 @@ impl HttpClientBuilder {
             Some(options) => HttpClient::from_service(Retrying { leaf, options }),
             None => HttpClient::from_service(leaf),
         }
-    }
-}
-
-pub(super) fn default_roots() -> rustls::RootCertStore {
-    rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     }
 }

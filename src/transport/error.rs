@@ -118,7 +118,9 @@ impl TransportError {
                 // a pinned thumbprint that does not match.
                 if unknown_issuer {
                     "TLS handshake failed (if the server uses a private CA, add it with \
-                     HttpClient::builder().add_root_certificates_pem)"
+                     HttpClient::builder().add_root_certificates_pem, or, if the CA is in the \
+                     system's store as a TLS-inspecting proxy's is, choose \
+                     .roots(Roots::BundledAndPlatform))"
                 } else {
                     "TLS handshake failed"
                 },

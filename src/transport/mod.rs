@@ -16,8 +16,9 @@
 //! # run(b"").unwrap_err();
 //! ```
 //!
-//! The default is hyper-util's client over rustls (ring, Mozilla's roots from
-//! `webpki-roots`, HTTPS only, HTTP/1.1 and HTTP/2) with:
+//! The default is hyper-util's client over rustls (ring; Mozilla's roots from `webpki-roots`,
+//! or the platform's store with [`HttpClientBuilder::roots`]; HTTPS only; HTTP/1.1 and
+//! HTTP/2) with:
 //!
 //! * a cap on response bodies (1 MiB by default), so a broken or hostile endpoint cannot
 //!   exhaust memory;
@@ -40,6 +41,7 @@ mod builder;
 mod error;
 mod leaf;
 mod retry;
+mod roots;
 #[cfg(test)]
 mod tests;
 
@@ -58,11 +60,11 @@ use tower_service::Service;
 use crate::error::BoxError;
 
 pub use builder::HttpClientBuilder;
-use builder::default_roots;
 pub use error::TransportError;
 pub(crate) use error::{Attempts, TransportErrorKind};
 pub use retry::RetryOptions;
 pub(crate) use retry::{MAX_RETRY_AFTER, is_retryable_status, retry_after};
+pub use roots::Roots;
 
 /// A request as credentials send it: the body is a complete, cheaply cloned buffer.
 pub type HttpRequest = http::Request<Full<Bytes>>;
@@ -87,7 +89,7 @@ pub struct HttpClient {
 impl HttpClient {
     /// The default client (see the module docs).
     pub fn new() -> Self {
-        Self::builder().build_with_roots(default_roots())
+        Self::builder().build_with_roots(roots::bundled())
     }
 
     /// A builder for the default client with other settings.

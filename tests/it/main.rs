@@ -21,6 +21,7 @@ mod refresh_rules;
 #[cfg(feature = "reqwest-middleware")]
 mod reqwest_mw;
 mod resource_selftest;
+mod roots;
 mod secrets;
 mod shared_cache;
 mod support;
