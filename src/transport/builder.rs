@@ -10,9 +10,11 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use super::leaf::HyperLeaf;
+use super::proxy::{ProxyConnector, ProxySetting};
 use super::retry::{RetryOptions, Retrying};
 use super::{DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT, HttpClient};
 use crate::error::ConfigError;
+use crate::token::Secret;
 
 /// Settings for the default [`HttpClient`].
 #[derive(Clone, Debug)]
@@ -29,6 +31,8 @@ pub struct HttpClientBuilder {
     connect_timeout: Option<Duration>,
     /// Crate-private: replaces the root store (Service Fabric pins its server's certificate).
     verifier: Option<Arc<dyn rustls::client::danger::ServerCertVerifier>>,
+    /// Where the proxy comes from; its `Debug` never shows credentials.
+    proxy: ProxySetting,
 }
 
 impl Default for HttpClientBuilder {
@@ -41,6 +45,7 @@ impl Default for HttpClientBuilder {
             allow_http: false,
             connect_timeout: None,
             verifier: None,
+            proxy: ProxySetting::default(),
         }
     }
 }
@@ -78,6 +83,42 @@ impl HttpClientBuilder {
         self
     }
 
+    /// Sends every `https` request through this forward proxy, with a CONNECT tunnel (the
+    /// TLS session stays end to end), whatever the environment says. The URL is
+    /// `http://[user:password@]host:port`: credentials, percent-encoded, are sent as Basic
+    /// `Proxy-Authorization` and never appear in errors, logs or `Debug`. `build()` fails if
+    /// the URL is not such a URL (`https://` and SOCKS proxies are not supported).
+    ///
+    /// The default is the environment (see the [module docs](crate::transport)).
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = ProxySetting::Url(Secret::new(url));
+        self
+    }
+
+    /// Connects directly, ignoring any proxy the environment names.
+    pub fn no_proxy(mut self) -> Self {
+        self.proxy = ProxySetting::Off;
+        self
+    }
+
+    /// Takes the proxy from these variables instead of the process environment, with the
+    /// same names and rules (`https_proxy`, `all_proxy`, `no_proxy`, upper or lower case):
+    /// for settings read from a configuration file, or a test (setting process variables
+    /// from one thread races with every other). Unset names count as unset.
+    pub fn proxy_from_vars<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars = vars
+            .into_iter()
+            .map(|(name, value)| (name.into(), Secret::new(value)))
+            .collect();
+        self.proxy = ProxySetting::Vars(vars);
+        self
+    }
+
     /// Also sends plain `http` requests (managed identity endpoints).
     pub(crate) fn allow_http(mut self) -> Self {
         self.allow_http = true;
@@ -101,6 +142,7 @@ impl HttpClientBuilder {
 
     /// Builds the client; fails if a PEM has no certificate or a certificate is invalid.
     pub fn build(self) -> Result<HttpClient, ConfigError> {
+        self.proxy.check()?;
         let mut roots = default_roots();
         for pem in &self.extra_roots_pem {
             let certs = CertificateDer::pem_slice_iter(pem)
@@ -144,13 +186,15 @@ impl HttpClientBuilder {
         } else {
             connector.https_only()
         };
-        let connector = connector.enable_http1().enable_http2().wrap_connector({
-            let mut http = HttpConnector::new();
-            http.enforce_http(false);
-            http.set_nodelay(true);
-            http.set_connect_timeout(self.connect_timeout);
-            http
-        });
+        let routing = self.proxy.routing();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(self.connect_timeout);
+        let connector = connector
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(ProxyConnector { http, routing });
         let leaf = HyperLeaf {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout: self.timeout,

@@ -39,6 +39,7 @@
 mod builder;
 mod error;
 mod leaf;
+mod proxy;
 mod retry;
 #[cfg(test)]
 mod tests;
