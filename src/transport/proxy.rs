@@ -19,8 +19,8 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{HeaderValue, Uri};
 use http_body_util::Empty;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -94,9 +94,9 @@ impl ProxySetting {
                 Ok(()) => Routing::Matched(Arc::new(
                     Matcher::builder().https(url.expose_secret()).build(),
                 )),
-                Err(reason) => Routing::Invalid(Arc::from(format!(
-                    "the proxy URL is not usable: {reason}"
-                ))),
+                Err(reason) => {
+                    Routing::Invalid(Arc::from(format!("the proxy URL is not usable: {reason}")))
+                }
             },
             Self::Environment => routing_from(|name| std::env::var(name).ok()),
             Self::Vars(vars) => routing_from(|name| {
@@ -109,10 +109,15 @@ impl ProxySetting {
 }
 
 /// The first of `names` set to something other than blanks, with its name.
-fn first(get: &impl Fn(&str) -> Option<String>, names: [&'static str; 2]) -> Option<(&'static str, String)> {
-    names
-        .into_iter()
-        .find_map(|name| get(name).filter(|v| !v.trim().is_empty()).map(|v| (name, v)))
+fn first(
+    get: &impl Fn(&str) -> Option<String>,
+    names: [&'static str; 2],
+) -> Option<(&'static str, String)> {
+    names.into_iter().find_map(|name| {
+        get(name)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (name, v))
+    })
 }
 
 /// Routing from proxy variables. `HTTP_PROXY` is not read: only `https` is ever proxied.
@@ -127,6 +132,10 @@ fn routing_from(get: impl Fn(&str) -> Option<String>) -> Routing {
         )));
     }
     let no = first(&get, NO_VARS).map(|(_, v)| v).unwrap_or_default();
+    // curl: `*` alone bypasses every host; hyper-util applies it to names, not to addresses.
+    if no.split(',').any(|entry| entry.trim() == "*") {
+        return Routing::Direct;
+    }
     Routing::Matched(Arc::new(Matcher::builder().https(url).no(no).build()))
 }
 
@@ -222,19 +231,21 @@ impl Service<Uri> for ProxyConnector {
         let proxy_uri = intercept.uri().clone();
         Box::pin(async move {
             let authenticated = auth.is_some();
-            tunnel(http, proxy_uri, &dst, auth).await.map_err(|failure| {
-                ProxyError {
-                    proxy,
-                    failure: match failure {
-                        Failure::Refused { status, .. } => Failure::Refused {
-                            status,
-                            authenticated,
+            tunnel(http, proxy_uri, &dst, auth)
+                .await
+                .map_err(|failure| {
+                    ProxyError {
+                        proxy,
+                        failure: match failure {
+                            Failure::Refused { status, .. } => Failure::Refused {
+                                status,
+                                authenticated,
+                            },
+                            other => other,
                         },
-                        other => other,
-                    },
-                }
-                .into()
-            })
+                    }
+                    .into()
+                })
         })
     }
 }
@@ -246,7 +257,9 @@ async fn tunnel(
     dst: &Uri,
     auth: Option<HeaderValue>,
 ) -> Result<TokioIo<TcpStream>, Failure> {
-    let host = dst.host().ok_or(Failure::Exchange("the destination has no host".into()))?;
+    let host = dst
+        .host()
+        .ok_or(Failure::Exchange("the destination has no host".into()))?;
     let target = format!("{host}:{}", dst.port_u16().unwrap_or(443));
     let stream = http
         .ready()
@@ -332,7 +345,9 @@ impl ProxyError {
         match &self.failure {
             Failure::Invalid(_) => "the proxy setting is not usable".to_owned(),
             Failure::Unreachable(_) => format!("connecting to the proxy {} failed", self.proxy),
-            Failure::Exchange(_) => format!("the CONNECT exchange with the proxy {} failed", self.proxy),
+            Failure::Exchange(_) => {
+                format!("the CONNECT exchange with the proxy {} failed", self.proxy)
+            }
             Failure::Refused { .. } => "the proxy refused the tunnel".to_owned(),
         }
     }
@@ -344,7 +359,9 @@ impl fmt::Display for ProxyError {
         match &self.failure {
             Failure::Invalid(reason) => f.write_str(reason),
             Failure::Unreachable(_) => write!(f, "the proxy {proxy} could not be reached"),
-            Failure::Exchange(_) => write!(f, "the CONNECT exchange with the proxy {proxy} broke off"),
+            Failure::Exchange(_) => {
+                write!(f, "the CONNECT exchange with the proxy {proxy} broke off")
+            }
             Failure::Refused {
                 status,
                 authenticated,
