@@ -223,13 +223,19 @@ mod proxy {
     #[test]
     fn variables_lower_case_first_https_then_all() {
         let dst = "https://login.microsoftonline.com/x";
-        let both = [("HTTPS_PROXY", "http://upper:1"), ("https_proxy", "http://lower:2")];
+        let both = [
+            ("HTTPS_PROXY", "http://upper:1"),
+            ("https_proxy", "http://lower:2"),
+        ];
         assert_eq!(routed(&both, dst).as_deref(), Some("lower:2"));
         let all = [("ALL_PROXY", "upper-all:3"), ("https_proxy", "")];
         assert_eq!(routed(&all, dst).as_deref(), Some("upper-all:3"));
         // HTTP_PROXY is for http destinations, which are never proxied.
         assert_eq!(routed(&[("HTTP_PROXY", "http://h:4")], dst), None);
-        assert_eq!(routed(&[("ALL_PROXY", "http://a:5")], "http://169.254.169.254/"), None);
+        assert_eq!(
+            routed(&[("ALL_PROXY", "http://a:5")], "http://169.254.169.254/"),
+            None
+        );
         assert_eq!(routed(&[], dst), None);
     }
 
@@ -245,7 +251,10 @@ mod proxy {
         assert!(routed(&with("10.1.0.0/16"), "https://10.2.0.1/").is_some());
         assert_eq!(routed(&with("::1"), "https://[::1]:8443/"), None);
         // Upper case is read when lower case is unset.
-        let upper = [("https_proxy", "http://p:1"), ("NO_PROXY", "microsoftonline.com")];
+        let upper = [
+            ("https_proxy", "http://p:1"),
+            ("NO_PROXY", "microsoftonline.com"),
+        ];
         assert_eq!(routed(&upper, dst), None);
     }
 
@@ -258,7 +267,10 @@ mod proxy {
             ("http://u:pw-Zx@", "not a URL"),
         ] {
             let text = routed(&[("all_proxy", value)], "https://a.test/").unwrap();
-            assert!(text.starts_with("invalid: all_proxy is not a usable"), "{text}");
+            assert!(
+                text.starts_with("invalid: all_proxy is not a usable"),
+                "{text}"
+            );
             assert!(text.contains(reason), "{value}: {text}");
             assert!(!text.contains("pw-Zx"), "{text}");
         }
@@ -276,10 +288,16 @@ mod proxy {
         let explicit = HttpClient::builder().proxy("http://user-Qa:pass-Qb@proxy.test:3128");
         let vars = HttpClient::builder()
             .proxy_from_vars([("HTTPS_PROXY", "http://user-Qa:pass-Qb@proxy.test:3128")]);
-        let text = format!("{explicit:?} {vars:?} {:?}", explicit.clone().build().unwrap());
+        let text = format!(
+            "{explicit:?} {vars:?} {:?}",
+            explicit.clone().build().unwrap()
+        );
         assert!(text.contains("Url(proxy.test:3128)"), "{text}");
         assert!(text.contains("Vars([\"HTTPS_PROXY\"])"), "{text}");
-        assert!(!text.contains("user-Qa") && !text.contains("pass-Qb"), "{text}");
+        assert!(
+            !text.contains("user-Qa") && !text.contains("pass-Qb"),
+            "{text}"
+        );
         assert!(HttpClient::builder().proxy("socks5://h:1").build().is_err());
     }
 }

@@ -266,7 +266,10 @@ async fn unusable_proxy_settings_fail_and_say_which() {
         .unwrap_err();
     let text = format!("{error} {error:?}");
     assert!(text.contains("proxy.test:3128"), "{text}");
-    assert!(text.contains("TLS to the proxy (https://) is not supported"), "{text}");
+    assert!(
+        text.contains("TLS to the proxy (https://) is not supported"),
+        "{text}"
+    );
     assert!(
         !text.contains(PROXY_USER) && !text.contains("w0rd"),
         "{text}"
