@@ -30,6 +30,14 @@ fn credential(authority_host: &str, http: HttpClientBuilder) -> ClientSecretCred
         .expect("valid settings")
 }
 
+/// A token from the authority at `authority_host`, through a client with these settings.
+async fn get(
+    authority_host: &str,
+    http: HttpClientBuilder,
+) -> Result<tower_identity::AccessToken, tower_identity::CredentialError> {
+    credential(authority_host, http).get_token([SCOPE]).await
+}
+
 /// `https://localhost:<port>` for the authority: a name for `NO_PROXY` domain rules.
 fn by_name(authority: &Authority) -> String {
     authority.url().replace("127.0.0.1", "localhost")
@@ -44,10 +52,7 @@ async fn token_request_goes_through_the_proxy_from_https_proxy() {
     let authority = Authority::start().await;
     let proxy = Proxy::start(Policy::Open).await;
     let http = http_builder(&authority).proxy_from_vars([("HTTPS_PROXY", proxy.url())]);
-    let token = credential(&authority.url(), http)
-        .get_token([SCOPE])
-        .await
-        .unwrap();
+    let token = get(&authority.url(), http).await.unwrap();
     assert_eq!(token.secret().expose_secret(), "at-1-contoso");
     let [logged] = proxy.requests().try_into().unwrap();
     assert_eq!(logged.method, Method::CONNECT);
@@ -66,25 +71,16 @@ async fn lower_case_wins_and_all_proxy_is_the_fallback() {
         ("HTTPS_PROXY", unused.to_owned()),
         ("https_proxy", proxy.url()),
     ]);
-    credential(&authority.url(), http)
-        .get_token([SCOPE])
-        .await
-        .unwrap();
+    get(&authority.url(), http).await.unwrap();
     let http = http_builder(&authority).proxy_from_vars([("ALL_PROXY", proxy.url())]);
-    credential(&authority.url(), http)
-        .get_token([SCOPE])
-        .await
-        .unwrap();
+    get(&authority.url(), http).await.unwrap();
     assert_eq!(proxy.requests().len(), 2);
     // HTTPS_PROXY, when set, is preferred over ALL_PROXY.
     let http = http_builder(&authority).proxy_from_vars([
         ("all_proxy", unused.to_owned()),
         ("https_proxy", proxy.url()),
     ]);
-    credential(&authority.url(), http)
-        .get_token([SCOPE])
-        .await
-        .unwrap();
+    get(&authority.url(), http).await.unwrap();
     assert_eq!(proxy.requests().len(), 3);
 }
 
@@ -97,10 +93,7 @@ async fn explicit_proxy_sends_basic_credentials_from_its_url() {
     let http = http_builder(&authority)
         .proxy_from_vars([("HTTPS_PROXY", "http://127.0.0.1:9")])
         .proxy(url);
-    credential(&authority.url(), http)
-        .get_token([SCOPE])
-        .await
-        .unwrap();
+    get(&authority.url(), http).await.unwrap();
     let [logged] = proxy.requests().try_into().unwrap();
     assert_eq!(logged.status, StatusCode::OK);
     assert_eq!(
@@ -125,8 +118,7 @@ async fn no_proxy_bypasses_by_domain_suffix_and_by_cidr() {
             ("https_proxy", proxy.url()),
             ("no_proxy", no_proxy.to_owned()),
         ]);
-        credential(&host, http)
-            .get_token([SCOPE])
+        get(&host, http)
             .await
             .unwrap_or_else(|e| panic!("NO_PROXY={no_proxy} for {host}: {e}"));
     }
@@ -141,10 +133,7 @@ async fn no_proxy_bypasses_by_domain_suffix_and_by_cidr() {
             ("HTTPS_PROXY", proxy.url()),
             ("NO_PROXY", no_proxy.to_owned()),
         ]);
-        credential(&host, http)
-            .get_token([SCOPE])
-            .await
-            .unwrap_err();
+        get(&host, http).await.unwrap_err();
     }
     assert_eq!(proxy.requests().len(), 3);
 }
@@ -156,10 +145,7 @@ async fn no_proxy_setting_ignores_the_variables() {
     let http = http_builder(&authority)
         .proxy_from_vars([("HTTPS_PROXY", proxy.url())])
         .no_proxy();
-    credential(&authority.url(), http)
-        .get_token([SCOPE])
-        .await
-        .unwrap();
+    get(&authority.url(), http).await.unwrap();
     assert_eq!(proxy.requests(), []);
 }
 
@@ -169,10 +155,7 @@ async fn proxy_demanding_credentials_is_a_final_407_naming_the_proxy() {
     let proxy = Proxy::start(Policy::Basic(basic(PROXY_USER, PROXY_PASSWORD))).await;
 
     let http = http_builder(&authority).proxy(proxy.url());
-    let error = credential(&authority.url(), http)
-        .get_token([SCOPE])
-        .await
-        .unwrap_err();
+    let error = get(&authority.url(), http).await.unwrap_err();
     let text = error.to_string();
     assert!(text.contains(&proxy.address()), "{text}");
     assert!(text.contains("407 Proxy Authentication Required"), "{text}");
@@ -184,10 +167,7 @@ async fn proxy_demanding_credentials_is_a_final_407_naming_the_proxy() {
 
     let url = proxy.url_with(&format!("{PROXY_USER}:wrong-{PROXY_PASSWORD_ENCODED}"));
     let http = http_builder(&authority).proxy(url);
-    let error = credential(&authority.url(), http)
-        .get_token([SCOPE])
-        .await
-        .unwrap_err();
+    let error = get(&authority.url(), http).await.unwrap_err();
     let text = error.to_string();
     assert!(text.contains("rejected the credentials"), "{text}");
     // Not retried: a refusal is final, one CONNECT each.
@@ -200,10 +180,7 @@ async fn proxy_refusing_the_tunnel_says_403() {
     let authority = Authority::start().await;
     let proxy = Proxy::start(Policy::Forbid).await;
     let http = http_builder(&authority).proxy_from_vars([("https_proxy", proxy.url())]);
-    let error = credential(&authority.url(), http)
-        .get_token([SCOPE])
-        .await
-        .unwrap_err();
+    let error = get(&authority.url(), http).await.unwrap_err();
     let text = error.to_string();
     assert!(
         text.contains(&format!(
@@ -227,10 +204,7 @@ async fn unreachable_proxy_is_a_connect_error_naming_it() {
     let http = http_builder(&authority).no_retry().proxy(format!(
         "http://{PROXY_USER}:{PROXY_PASSWORD_ENCODED}@{address}"
     ));
-    let error = credential(&authority.url(), http)
-        .get_token([SCOPE])
-        .await
-        .unwrap_err();
+    let error = get(&authority.url(), http).await.unwrap_err();
     let text = error.to_string();
     assert!(error.is_connect(), "{text}");
     assert!(
@@ -246,10 +220,7 @@ async fn unusable_proxy_settings_fail_and_say_which() {
     let authority = Authority::start().await;
     let http = http_builder(&authority)
         .proxy_from_vars([("HTTPS_PROXY", "socks5://user:secret-Wq3@127.0.0.1:1080")]);
-    let error = credential(&authority.url(), http)
-        .get_token([SCOPE])
-        .await
-        .unwrap_err();
+    let error = get(&authority.url(), http).await.unwrap_err();
     let text = format!("{error} {error:?}");
     assert!(
         text.contains("HTTPS_PROXY is not a usable proxy URL: SOCKS proxies are not supported"),
