@@ -8,10 +8,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::leaf::HyperLeaf;
+use super::proxy::{ProxyConnector, ProxySetting};
 use super::retry::{RetryOptions, Retrying};
 use super::roots::{Roots, root_store};
 use super::{DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT, HttpClient};
 use crate::error::ConfigError;
+use crate::token::Secret;
 
 /// Settings for the default [`HttpClient`].
 #[derive(Clone, Debug)]
@@ -29,6 +31,8 @@ pub struct HttpClientBuilder {
     connect_timeout: Option<Duration>,
     /// Crate-private: replaces the root store (Service Fabric pins its server's certificate).
     verifier: Option<Arc<dyn rustls::client::danger::ServerCertVerifier>>,
+    /// Where the proxy comes from; its `Debug` never shows credentials.
+    proxy: ProxySetting,
 }
 
 impl Default for HttpClientBuilder {
@@ -42,6 +46,7 @@ impl Default for HttpClientBuilder {
             allow_http: false,
             connect_timeout: None,
             verifier: None,
+            proxy: ProxySetting::default(),
         }
     }
 }
@@ -88,6 +93,42 @@ impl HttpClientBuilder {
         self
     }
 
+    /// Sends every `https` request through this forward proxy, with a CONNECT tunnel (the
+    /// TLS session stays end to end), whatever the environment says. The URL is
+    /// `http://[user:password@]host:port`: credentials, percent-encoded, are sent as Basic
+    /// `Proxy-Authorization` and never appear in errors, logs or `Debug`. `build()` fails if
+    /// the URL is not such a URL (`https://` and SOCKS proxies are not supported).
+    ///
+    /// The default is the environment (see the [module docs](crate::transport)).
+    pub fn proxy(mut self, url: impl Into<String>) -> Self {
+        self.proxy = ProxySetting::Url(Secret::new(url));
+        self
+    }
+
+    /// Connects directly, ignoring any proxy the environment names.
+    pub fn no_proxy(mut self) -> Self {
+        self.proxy = ProxySetting::Off;
+        self
+    }
+
+    /// Takes the proxy from these variables instead of the process environment, with the
+    /// same names and rules (`https_proxy`, `all_proxy`, `no_proxy`, upper or lower case):
+    /// for settings read from a configuration file, or a test (setting process variables
+    /// from one thread races with every other). Unset names count as unset.
+    pub fn proxy_from_vars<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars = vars
+            .into_iter()
+            .map(|(name, value)| (name.into(), Secret::new(value)))
+            .collect();
+        self.proxy = ProxySetting::Vars(vars);
+        self
+    }
+
     /// Also sends plain `http` requests (managed identity endpoints).
     pub(crate) fn allow_http(mut self) -> Self {
         self.allow_http = true;
@@ -112,6 +153,7 @@ impl HttpClientBuilder {
     /// Builds the client; fails if a PEM has no certificate or a certificate is invalid, or if
     /// [`Roots::Platform`] finds no root and no PEM adds one.
     pub fn build(self) -> Result<HttpClient, ConfigError> {
+        self.proxy.check()?;
         let roots = root_store(self.roots, &self.extra_roots_pem)?;
         Ok(self.build_with_roots(roots))
     }
@@ -138,13 +180,15 @@ impl HttpClientBuilder {
         } else {
             connector.https_only()
         };
-        let connector = connector.enable_http1().enable_http2().wrap_connector({
-            let mut http = HttpConnector::new();
-            http.enforce_http(false);
-            http.set_nodelay(true);
-            http.set_connect_timeout(self.connect_timeout);
-            http
-        });
+        let routing = self.proxy.routing();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(self.connect_timeout);
+        let connector = connector
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(ProxyConnector { http, routing });
         let leaf = HyperLeaf {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout: self.timeout,

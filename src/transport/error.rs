@@ -4,6 +4,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
+use super::proxy::ProxyError;
 use crate::error::BoxError;
 
 /// A failure of the default client. Reached through `CredentialError::source()`; the
@@ -27,6 +28,8 @@ pub(crate) enum TransportErrorKind {
     Timeout,
     TooLarge,
     Io,
+    /// The proxy refused the tunnel, or the proxy setting cannot work: final.
+    Proxy,
 }
 
 /// How many attempts one request took and over how long; set by the default client's
@@ -106,6 +109,21 @@ impl TransportError {
     }
 
     pub(super) fn from_client(error: hyper_util::client::legacy::Error) -> Self {
+        // Before TLS: a tunnel that failed never reached the handshake, and the message must
+        // say that a proxy was in the way.
+        let proxy = source_chain(&error)
+            .find_map(|e| e.downcast_ref::<ProxyError>())
+            .map(|proxy| {
+                let kind = if proxy.is_connect() {
+                    TransportErrorKind::Connect
+                } else {
+                    TransportErrorKind::Proxy
+                };
+                (kind, proxy.summary())
+            });
+        if let Some((kind, summary)) = proxy {
+            return Self::new(kind, summary).with_source(error);
+        }
         let tls = source_chain(&error).find_map(rustls_error);
         let (kind, message) = if let Some(tls) = tls {
             let unknown_issuer = matches!(

@@ -8,14 +8,14 @@ use futures_util::future::BoxFuture;
 use http::HeaderMap;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
 use super::error::{TransportError, TransportErrorKind};
+use super::proxy::ProxyConnector;
 use super::{HttpRequest, HttpResponse};
 use crate::error::BoxError;
 
-type HyperClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HyperClient = Client<hyper_rustls::HttpsConnector<ProxyConnector>, Full<Bytes>>;
 
 /// hyper-util's client, with the timeout and the body cap.
 #[derive(Clone)]

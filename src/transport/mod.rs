@@ -33,13 +33,27 @@
 //!   connections and never answers costs one call at most this long. The final error says how
 //!   many attempts were made over how long.
 //!
+//! * proxies from the environment, read when the client is built, with curl's rules:
+//!   `https_proxy`, else `all_proxy` (each lower case first, then upper case; hyper-util's
+//!   own reader prefers upper case, so we read them ourselves), and `no_proxy`/`NO_PROXY`
+//!   entries that are domain suffixes, IP addresses, CIDR blocks or `*`. `HTTPS` requests go
+//!   through a CONNECT tunnel; plain `http` is never proxied (so `HTTP_PROXY`, which is for
+//!   `http` destinations, is not read). Credentials in the proxy URL are sent as Basic
+//!   `Proxy-Authorization` and never shown. [`HttpClientBuilder::proxy`] sets one proxy,
+//!   [`no_proxy`](HttpClientBuilder::no_proxy) none, and
+//!   [`proxy_from_vars`](HttpClientBuilder::proxy_from_vars) reads given variables instead of
+//!   the environment. A variable that is no usable `http://` proxy URL fails each request,
+//!   naming the variable, rather than being silently ignored.
+//!
 //! [`ManagedIdentityCredential`](crate::ManagedIdentityCredential) builds variants of its own:
-//! plain `http` allowed (its endpoints are link-local or loopback), a connect timeout and
+//! plain `http` allowed (its endpoints are link-local or loopback), never a proxy (IMDS must be
+//! reached directly, and a proxy cannot reach the local endpoints as us), a connect timeout and
 //! IMDS's retry schedule, or (Service Fabric) a server trusted by its certificate's thumbprint.
 
 mod builder;
 mod error;
 mod leaf;
+mod proxy;
 mod retry;
 mod roots;
 #[cfg(test)]
@@ -97,8 +111,8 @@ impl HttpClient {
         HttpClientBuilder::default()
     }
 
-    /// Uses any tower service of the right shape as the client (for example one with your
-    /// own proxy connector). Nothing is added: no retries, no cap, no timeout.
+    /// Uses any tower service of the right shape as the client (for example one over a
+    /// SOCKS connector). Nothing is added: no retries, no cap, no timeout.
     pub fn from_service<S>(service: S) -> Self
     where
         S: Service<HttpRequest, Response = HttpResponse> + Clone + Send + Sync + 'static,

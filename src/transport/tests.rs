@@ -200,3 +200,104 @@ fn bad_pem_is_a_config_error() {
         "{err}"
     );
 }
+
+mod proxy {
+    use super::super::HttpClient;
+    use super::super::proxy::{ProxySetting, Routing, address};
+    use crate::token::Secret;
+
+    fn routed(vars: &[(&str, &str)], dst: &str) -> Option<String> {
+        let vars = vars
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), Secret::new(*v)))
+            .collect();
+        match ProxySetting::Vars(vars).routing() {
+            Routing::Matched(matcher) => matcher
+                .intercept(&dst.parse().unwrap())
+                .map(|i| address(&i.uri().to_string())),
+            Routing::Direct => None,
+            Routing::Invalid(reason) => Some(format!("invalid: {reason}")),
+        }
+    }
+
+    #[test]
+    fn variables_lower_case_first_https_then_all() {
+        let dst = "https://login.microsoftonline.com/x";
+        let both = [
+            ("HTTPS_PROXY", "http://upper:1"),
+            ("https_proxy", "http://lower:2"),
+        ];
+        assert_eq!(routed(&both, dst).as_deref(), Some("lower:2"));
+        let all = [("ALL_PROXY", "upper-all:3"), ("https_proxy", "")];
+        assert_eq!(routed(&all, dst).as_deref(), Some("upper-all:3"));
+        // HTTP_PROXY is for http destinations, which are never proxied.
+        assert_eq!(routed(&[("HTTP_PROXY", "http://h:4")], dst), None);
+        assert_eq!(
+            routed(&[("ALL_PROXY", "http://a:5")], "http://169.254.169.254/"),
+            None
+        );
+        assert_eq!(routed(&[], dst), None);
+    }
+
+    #[test]
+    fn no_proxy_rules() {
+        let with = |no: &'static str| [("https_proxy", "http://p:1"), ("no_proxy", no)];
+        let dst = "https://login.microsoftonline.com/";
+        assert_eq!(routed(&with("microsoftonline.com"), dst), None);
+        assert_eq!(routed(&with(".microsoftonline.com"), dst), None);
+        assert_eq!(routed(&with(" other.test , *"), dst), None);
+        assert!(routed(&with("online.com"), dst).is_some());
+        assert_eq!(routed(&with("10.1.0.0/16"), "https://10.1.2.3/"), None);
+        assert!(routed(&with("10.1.0.0/16"), "https://10.2.0.1/").is_some());
+        assert_eq!(routed(&with("::1"), "https://[::1]:8443/"), None);
+        // Upper case is read when lower case is unset.
+        let upper = [
+            ("https_proxy", "http://p:1"),
+            ("NO_PROXY", "microsoftonline.com"),
+        ];
+        assert_eq!(routed(&upper, dst), None);
+    }
+
+    #[test]
+    fn unusable_variables_fail_without_quoting_them() {
+        for (value, reason) in [
+            ("socks5://u:pw-Zx@h:1", "SOCKS proxies are not supported"),
+            ("https://u:pw-Zx@h:1", "TLS to the proxy"),
+            ("ftp://u:pw-Zx@h:1", "only http:// proxies"),
+            ("http://u:pw-Zx@", "not a URL"),
+        ] {
+            let text = routed(&[("all_proxy", value)], "https://a.test/").unwrap();
+            assert!(
+                text.starts_with("invalid: all_proxy is not a usable"),
+                "{text}"
+            );
+            assert!(text.contains(reason), "{value}: {text}");
+            assert!(!text.contains("pw-Zx"), "{text}");
+        }
+    }
+
+    #[test]
+    fn address_drops_credentials_and_path() {
+        assert_eq!(address("http://u:p@proxy.test:3128/x"), "proxy.test:3128");
+        assert_eq!(address("proxy.test"), "proxy.test:80");
+        assert_eq!(address("http://[::1]:8080"), "[::1]:8080");
+    }
+
+    #[test]
+    fn builder_debug_shows_no_proxy_credentials() {
+        let explicit = HttpClient::builder().proxy("http://user-Qa:pass-Qb@proxy.test:3128");
+        let vars = HttpClient::builder()
+            .proxy_from_vars([("HTTPS_PROXY", "http://user-Qa:pass-Qb@proxy.test:3128")]);
+        let text = format!(
+            "{explicit:?} {vars:?} {:?}",
+            explicit.clone().build().unwrap()
+        );
+        assert!(text.contains("Url(proxy.test:3128)"), "{text}");
+        assert!(text.contains("Vars([\"HTTPS_PROXY\"])"), "{text}");
+        assert!(
+            !text.contains("user-Qa") && !text.contains("pass-Qb"),
+            "{text}"
+        );
+        assert!(HttpClient::builder().proxy("socks5://h:1").build().is_err());
+    }
+}

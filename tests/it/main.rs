@@ -17,6 +17,7 @@ mod limits;
 mod managed_identity;
 mod mi_emulator_selftest;
 mod oidc;
+mod proxy;
 mod refresh_rules;
 #[cfg(feature = "reqwest-middleware")]
 mod reqwest_mw;

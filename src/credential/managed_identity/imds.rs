@@ -67,8 +67,10 @@ impl Imds {
         probe: bool,
     ) -> Result<Self, String> {
         let built = |builder: crate::transport::HttpClientBuilder| {
+            // Never proxied: see `request::default_http`.
             builder
                 .allow_http()
+                .no_proxy()
                 .build()
                 .map_err(|e| format!("the HTTP client could not be built: {e}"))
         };

@@ -16,10 +16,20 @@ use crate::throttle::Throttle;
 use crate::token::{AccessToken, Secret, unix_now};
 use crate::transport::{HttpClient, HttpRequest};
 
-/// The built-in client for the `http` sources: the default retries, plain `http` allowed.
+/// The built-in client for the `http` sources: the default retries, plain `http` allowed,
+/// no proxy.
+///
+/// Managed identity endpoints are never proxied, whatever `HTTPS_PROXY` or `NO_PROXY` say:
+/// IMDS is link-local (`169.254.169.254`) and Microsoft's IMDS documentation says it must be
+/// reached without a proxy; App Service, Arc, Cloud Shell and Service Fabric serve on
+/// loopback or the local host, which a proxy cannot reach as us. azure-identity for Python
+/// leaves this to `requests`, which proxies IMDS unless `NO_PROXY` lists it: its
+/// troubleshooting guide says managed identity does not work behind a proxy. A client given
+/// with `http_client` is used as it is.
 pub(super) fn default_http() -> Result<HttpClient, String> {
     HttpClient::builder()
         .allow_http()
+        .no_proxy()
         .build()
         .map_err(|e| format!("the HTTP client could not be built: {e}"))
 }

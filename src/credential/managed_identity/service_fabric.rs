@@ -30,6 +30,8 @@ pub(super) fn client(thumbprint: &str) -> Result<HttpClient, String> {
     let verifier = PinnedSha1::new(parse_thumbprint(thumbprint)?);
     HttpClient::builder()
         .server_cert_verifier(Arc::new(verifier))
+        // A local endpoint, never proxied: see `request::default_http`.
+        .no_proxy()
         .build()
         .map_err(|e| format!("the HTTP client could not be built: {e}"))
 }

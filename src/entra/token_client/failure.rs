@@ -24,7 +24,9 @@ pub(crate) fn transport_failure(
         // A failure of a user's own layers is taken as transient: it is not a refusal.
         transient: !matches!(
             kind,
-            Some(TransportErrorKind::Tls | TransportErrorKind::TooLarge)
+            Some(
+                TransportErrorKind::Tls | TransportErrorKind::TooLarge | TransportErrorKind::Proxy
+            )
         ),
         throttled_until: None,
     };

@@ -6,6 +6,7 @@ pub mod creds;
 pub mod mi_emulator;
 pub mod oidc;
 pub mod programs;
+pub mod proxy;
 pub mod python;
 pub mod resource;
 pub mod serve;

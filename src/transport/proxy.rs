@@ -1,0 +1,392 @@
+//! Proxies: which token requests go through one (the environment's `HTTPS_PROXY`, …, given
+//! variables, or one explicit URL), and the connector that opens a CONNECT tunnel through it.
+//!
+//! hyper-util's [`Matcher`] applies the rules (curl's: `NO_PROXY` entries are domain
+//! suffixes, IP addresses or CIDR blocks, `*` matches everything; userinfo in the proxy URL
+//! becomes a Basic `Proxy-Authorization`). The CONNECT exchange is hyper's HTTP/1.1 client
+//! with an upgrade rather than hyper-util's `Tunnel`, whose error type is private and keeps no
+//! status but 407: an error here says what the proxy answered (403, 502, …). We read the
+//! variables ourselves, because hyper-util's `Matcher::from_env` prefers the upper-case name
+//! and curl, Python's `urllib` and Go's `httpproxy` prefer the lower-case one: the same
+//! environment must pick the same proxy here as in the tools beside us.
+//!
+//! Only `https` destinations are proxied. The only client that sends plain `http` is managed
+//! identity's, and its endpoints (IMDS on link-local `169.254.169.254`, the App Service,
+//! Arc, Cloud Shell and Service Fabric endpoints on loopback or the host) are never proxied:
+//! see [`ManagedIdentityCredential`](crate::ManagedIdentityCredential)'s clients.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{HeaderValue, Uri};
+use http_body_util::Empty;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::error::{BoxError, ConfigError};
+use crate::token::Secret;
+
+/// The variables read, in order of preference for each setting: lower case first, as curl.
+const HTTPS_VARS: [&str; 2] = ["https_proxy", "HTTPS_PROXY"];
+const ALL_VARS: [&str; 2] = ["all_proxy", "ALL_PROXY"];
+const NO_VARS: [&str; 2] = ["no_proxy", "NO_PROXY"];
+
+/// Where an [`HttpClientBuilder`](super::HttpClientBuilder) takes its proxy from.
+#[derive(Clone, Default)]
+pub(super) enum ProxySetting {
+    /// The process environment, read when the client is built.
+    #[default]
+    Environment,
+    /// These variables instead of the process environment (values may hold credentials).
+    Vars(Vec<(String, Secret)>),
+    /// Every `https` request through this proxy (the URL may hold credentials).
+    Url(Secret),
+    /// Connect directly.
+    Off,
+}
+
+impl fmt::Debug for ProxySetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Environment => f.write_str("Environment"),
+            // Names only: any value may carry a password.
+            Self::Vars(vars) => f
+                .debug_tuple("Vars")
+                .field(&vars.iter().map(|(name, _)| name).collect::<Vec<_>>())
+                .finish(),
+            Self::Url(url) => f
+                .debug_tuple("Url")
+                .field(&format_args!("{}", address(url.expose_secret())))
+                .finish(),
+            Self::Off => f.write_str("Off"),
+        }
+    }
+}
+
+impl ProxySetting {
+    /// Rejects an explicit URL that is no usable proxy. A bad variable instead fails each
+    /// proxied request, naming the variable: `HttpClient::new()` reads the environment and
+    /// cannot fail.
+    pub(super) fn check(&self) -> Result<(), ConfigError> {
+        match self {
+            Self::Url(url) => check_url(url.expose_secret()).map_err(|reason| {
+                ConfigError::new(format!(
+                    "the proxy URL {} is not usable: {reason}",
+                    address(url.expose_secret())
+                ))
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The routing this setting gives, the environment read now.
+    pub(super) fn routing(&self) -> Routing {
+        match self {
+            Self::Off => Routing::Direct,
+            Self::Url(url) => match check_url(url.expose_secret()) {
+                Ok(()) => Routing::Matched(Arc::new(
+                    Matcher::builder().https(url.expose_secret()).build(),
+                )),
+                Err(reason) => {
+                    Routing::Invalid(Arc::from(format!("the proxy URL is not usable: {reason}")))
+                }
+            },
+            Self::Environment => routing_from(|name| std::env::var(name).ok()),
+            Self::Vars(vars) => routing_from(|name| {
+                vars.iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.expose_secret().to_owned())
+            }),
+        }
+    }
+}
+
+/// The first of `names` set to something other than blanks, with its name.
+fn first(
+    get: &impl Fn(&str) -> Option<String>,
+    names: [&'static str; 2],
+) -> Option<(&'static str, String)> {
+    names.into_iter().find_map(|name| {
+        get(name)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (name, v))
+    })
+}
+
+/// Routing from proxy variables. `HTTP_PROXY` is not read: only `https` is ever proxied.
+fn routing_from(get: impl Fn(&str) -> Option<String>) -> Routing {
+    let proxy = first(&get, HTTPS_VARS).or_else(|| first(&get, ALL_VARS));
+    let Some((name, url)) = proxy else {
+        return Routing::Direct;
+    };
+    if let Err(reason) = check_url(&url) {
+        return Routing::Invalid(Arc::from(format!(
+            "{name} is not a usable proxy URL: {reason}"
+        )));
+    }
+    let no = first(&get, NO_VARS).map(|(_, v)| v).unwrap_or_default();
+    // curl: `*` alone bypasses every host; hyper-util applies it to names, not to addresses.
+    if no.split(',').any(|entry| entry.trim() == "*") {
+        return Routing::Direct;
+    }
+    Routing::Matched(Arc::new(Matcher::builder().https(url).no(no).build()))
+}
+
+/// Why `url` cannot be used as a proxy, in words that never quote its credentials.
+fn check_url(url: &str) -> Result<(), &'static str> {
+    let uri: Uri = url
+        .trim()
+        .parse()
+        .map_err(|_| "it is not a URL (expected http://[user:password@]host:port)")?;
+    match uri.scheme_str() {
+        None | Some("http") => {}
+        Some("https") => return Err("TLS to the proxy (https://) is not supported; use http://"),
+        Some(s) if s.starts_with("socks") => return Err("SOCKS proxies are not supported"),
+        Some(_) => return Err("only http:// proxies are supported"),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("it names no host");
+    }
+    Ok(())
+}
+
+/// `host:port` of a proxy URL, without scheme, credentials or path: what errors and logs
+/// may show.
+pub(super) fn address(url: &str) -> String {
+    let Ok(uri) = url.trim().parse::<Uri>() else {
+        return "(unparsable URL)".to_owned();
+    };
+    let Some(authority) = uri.authority() else {
+        return "(no host)".to_owned();
+    };
+    let host_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, host_port)| host_port);
+    match authority.port_u16() {
+        Some(_) => host_port.to_owned(),
+        // hyper-util's tunnel connects to port 80 when the proxy URL names none.
+        None => format!("{host_port}:80"),
+    }
+}
+
+/// What the connector does with an `https` destination.
+#[derive(Clone)]
+pub(super) enum Routing {
+    Direct,
+    Matched(Arc<Matcher>),
+    /// A proxy variable is set to something we cannot use: fail rather than silently go
+    /// around a proxy the user asked for.
+    Invalid(Arc<str>),
+}
+
+/// The TCP connector under TLS: direct, or a CONNECT tunnel through the matched proxy.
+#[derive(Clone)]
+pub(super) struct ProxyConnector {
+    pub(super) http: HttpConnector,
+    pub(super) routing: Routing,
+}
+
+impl Service<Uri> for ProxyConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let proxied = dst.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let intercept = match &self.routing {
+            Routing::Matched(matcher) if proxied => matcher.intercept(&dst),
+            Routing::Invalid(reason) if proxied => {
+                let error = ProxyError {
+                    proxy: String::new(),
+                    failure: Failure::Invalid(reason.clone()),
+                };
+                return Box::pin(async move { Err(error.into()) });
+            }
+            _ => None,
+        };
+        let Some(intercept) = intercept else {
+            let connecting = self.http.call(dst);
+            return Box::pin(async move { connecting.await.map_err(Into::into) });
+        };
+        // The intercept's URI has no userinfo: hyper-util moved it into `basic_auth`.
+        let proxy = address(&intercept.uri().to_string());
+        tracing::debug!(%proxy, "opening a CONNECT tunnel through the proxy");
+        let http = self.http.clone();
+        let auth = intercept.basic_auth().cloned();
+        let proxy_uri = intercept.uri().clone();
+        Box::pin(async move {
+            let authenticated = auth.is_some();
+            tunnel(http, proxy_uri, &dst, auth)
+                .await
+                .map_err(|failure| {
+                    ProxyError {
+                        proxy,
+                        failure: match failure {
+                            Failure::Refused { status, .. } => Failure::Refused {
+                                status,
+                                authenticated,
+                            },
+                            other => other,
+                        },
+                    }
+                    .into()
+                })
+        })
+    }
+}
+
+/// Connects to the proxy and asks it, with `CONNECT host:port`, for a tunnel to `dst`.
+async fn tunnel(
+    mut http: HttpConnector,
+    proxy: Uri,
+    dst: &Uri,
+    auth: Option<HeaderValue>,
+) -> Result<TokioIo<TcpStream>, Failure> {
+    let host = dst
+        .host()
+        .ok_or(Failure::Exchange("the destination has no host".into()))?;
+    let target = format!("{host}:{}", dst.port_u16().unwrap_or(443));
+    let stream = http
+        .ready()
+        .await
+        .map_err(|e| Failure::Unreachable(e.into()))?
+        .call(proxy)
+        .await
+        .map_err(|e| Failure::Unreachable(e.into()))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(stream)
+        .await
+        .map_err(|e| Failure::Exchange(e.into()))?;
+    // The connection hands the socket back to the upgrade once the proxy answered 2xx.
+    let connection = tokio::spawn(connection.with_upgrades());
+    let mut request = http::Request::connect(target.as_str())
+        .header(http::header::HOST, target.as_str())
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| Failure::Exchange(e.into()))?;
+    if let Some(mut auth) = auth {
+        auth.set_sensitive(true);
+        request
+            .headers_mut()
+            .insert(http::header::PROXY_AUTHORIZATION, auth);
+    }
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| Failure::Exchange(e.into()))?;
+    if !response.status().is_success() {
+        connection.abort();
+        return Err(Failure::Refused {
+            status: response.status(),
+            authenticated: false,
+        });
+    }
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(|e| Failure::Exchange(e.into()))?;
+    let parts = upgraded
+        .downcast::<TokioIo<TcpStream>>()
+        .map_err(|_| Failure::Exchange("the tunnel is not the proxy's socket".into()))?;
+    // The server speaks only after our TLS hello: bytes before it are no tunnel.
+    if !parts.read_buf.is_empty() {
+        return Err(Failure::Exchange(
+            "the proxy sent data before the tunnel was used".into(),
+        ));
+    }
+    Ok(parts.io)
+}
+
+/// A request that could not get through its proxy: the proxy's `host:port` (never its
+/// credentials) and what went wrong.
+#[derive(Debug)]
+pub(super) struct ProxyError {
+    proxy: String,
+    failure: Failure,
+}
+
+#[derive(Debug)]
+enum Failure {
+    /// Connecting to the proxy failed.
+    Unreachable(BoxError),
+    /// The CONNECT exchange broke off.
+    Exchange(BoxError),
+    /// The proxy answered CONNECT with this status.
+    Refused {
+        status: http::StatusCode,
+        /// Whether credentials were sent: a 407 then means they were rejected.
+        authenticated: bool,
+    },
+    /// A proxy variable or URL that cannot work.
+    Invalid(Arc<str>),
+}
+
+impl ProxyError {
+    /// Whether the proxy was not reached or broke off (worth retrying), as opposed to an
+    /// answer refusing the tunnel or a setting that cannot work (final).
+    pub(super) fn is_connect(&self) -> bool {
+        matches!(self.failure, Failure::Unreachable(_) | Failure::Exchange(_))
+    }
+
+    /// The message of the transport error: where it failed.
+    pub(super) fn summary(&self) -> String {
+        match &self.failure {
+            Failure::Invalid(_) => "the proxy setting is not usable".to_owned(),
+            Failure::Unreachable(_) => format!("connecting to the proxy {} failed", self.proxy),
+            Failure::Exchange(_) => {
+                format!("the CONNECT exchange with the proxy {} failed", self.proxy)
+            }
+            Failure::Refused { .. } => "the proxy refused the tunnel".to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proxy = &self.proxy;
+        match &self.failure {
+            Failure::Invalid(reason) => f.write_str(reason),
+            Failure::Unreachable(_) => write!(f, "the proxy {proxy} could not be reached"),
+            Failure::Exchange(_) => {
+                write!(f, "the CONNECT exchange with the proxy {proxy} broke off")
+            }
+            Failure::Refused {
+                status,
+                authenticated,
+            } => {
+                write!(f, "the proxy {proxy} answered {status}")?;
+                if *status == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+                    f.write_str(if *authenticated {
+                        ": it rejected the credentials in the proxy URL"
+                    } else {
+                        " (give its credentials in the proxy URL: \
+                         http://user:password@host:port)"
+                    })?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl StdError for ProxyError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        // The socket's or hyper's error says why; a refusal has nothing to add.
+        match &self.failure {
+            Failure::Unreachable(e) | Failure::Exchange(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
