@@ -139,15 +139,15 @@ pub(crate) async fn first_token(
         match credential
             .clone()
             .oneshot(request.clone())
-            .instrument(span)
+            .instrument(span.clone())
             .await
         {
             Ok(token) => {
-                report_success(credential.name());
+                span.in_scope(|| report_success(credential.name()));
                 return Ok((index, token));
             }
             Err(error) if error.is_unavailable() => {
-                report_unavailable(credential.name(), &error);
+                span.in_scope(|| report_unavailable(credential.name(), &error));
                 attempts.push(error);
             }
             Err(error) => {

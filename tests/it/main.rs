@@ -16,6 +16,7 @@ mod examples;
 mod limits;
 mod managed_identity;
 mod mi_emulator_selftest;
+mod middleware;
 mod oidc;
 mod refresh_rules;
 #[cfg(feature = "reqwest-middleware")]
