@@ -27,14 +27,14 @@ const MAX_TEXT: usize = 300;
 /// * Anything else (a buffer whose worker closed, a load shedder's overload, an error of your
 ///   own layer) is *authentication failed* too, naming the middleware's error and keeping it
 ///   as the [`source`](std::error::Error::source).
-pub(super) fn credential_error(name: &Cow<'static, str>, error: BoxError) -> CredentialError {
+pub(super) fn credential_error(name: Cow<'static, str>, error: BoxError) -> CredentialError {
     let error = match error.downcast::<CredentialError>() {
         Ok(error) => return *error,
         Err(error) => error,
     };
     if error.is::<tower::timeout::error::Elapsed>() {
         return CredentialError::authentication_failed(
-            name.clone(),
+            name,
             "no token within the timeout of the tower::timeout layer around the credential; \
              the identity provider or tool did not answer in time. Check that it is reachable, \
              or allow more time",
@@ -48,7 +48,7 @@ pub(super) fn credential_error(name: &Cow<'static, str>, error: BoxError) -> Cre
     }
     let text = crate::redact::excerpt(error.to_string().as_bytes(), &[], MAX_TEXT);
     CredentialError::authentication_failed(
-        name.clone(),
+        name,
         format!("the middleware around the credential failed: {text}"),
     )
     .with_source(error)
@@ -65,7 +65,7 @@ mod tests {
     #[test]
     fn a_credential_error_comes_back_unchanged() {
         let original = CredentialError::unavailable("ClientSecretCredential", "not configured");
-        let back = credential_error(&NAME, Box::new(original.clone()));
+        let back = credential_error(NAME, Box::new(original.clone()));
         assert!(back.is_unavailable());
         assert_eq!(back.credential(), "ClientSecretCredential");
         assert_eq!(back.message(), original.message());
@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn elapsed_is_a_timeout_that_stops_a_chain() {
-        let back = credential_error(&NAME, Box::new(tower::timeout::error::Elapsed::new()));
+        let back = credential_error(NAME, Box::new(tower::timeout::error::Elapsed::new()));
         assert!(back.is_authentication_failed());
         assert!(back.is_timeout() && back.is_transient());
         assert_eq!(back.credential(), "Wrapped");
@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn other_errors_keep_their_source_and_name_the_credential() {
-        let back = credential_error(&NAME, "buffer's worker closed unexpectedly".into());
+        let back = credential_error(NAME, "buffer's worker closed unexpectedly".into());
         assert!(back.is_authentication_failed());
         assert!(!back.is_transient());
         assert_eq!(

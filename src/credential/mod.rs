@@ -251,7 +251,7 @@ impl BoxCredential {
         Self::named(
             name,
             service.map_err(move |error: S::Error| {
-                middleware::credential_error(&errors, error.into())
+                middleware::credential_error(errors.clone(), error.into())
             }),
         )
     }

@@ -20,7 +20,6 @@ use crate::support::creds::{
     CLIENT_ID, CLIENT_SECRET, Logs, SCOPE, TENANT, client_secret, client_secret_with, http_builder,
     secs,
 };
-use crate::support::programs::fake_tool;
 use crate::support::resource::Resource;
 
 /// An EnvironmentCredential that finds nothing: unavailable.
@@ -325,9 +324,9 @@ async fn a_chains_token_names_the_credential_that_answered() {
     let own = tower::service_fn(move |_: TokenRequest| async move {
         Ok::<_, CredentialError>(AccessToken::new("own", expires_on))
     });
-    let bare = own.clone().get_token([SCOPE]).await.unwrap();
+    let bare = own.get_token([SCOPE]).await.unwrap();
     assert_eq!(bare.credential(), None);
-    let boxed = BoxCredential::named("Mine", own.clone())
+    let boxed = BoxCredential::named("Mine", own)
         .get_token([SCOPE])
         .await
         .unwrap();
@@ -366,13 +365,7 @@ async fn default_azure_credential_tokens_name_the_member_that_answered() {
 
     // Nothing in the environment: environment and workload identity are unavailable, Azure
     // CLI answers.
-    let az = dir.path().join("az");
-    std::fs::create_dir_all(&az).unwrap();
-    let program = fake_tool(
-        &az,
-        "az",
-        r#"now=$(date +%s); printf '{"accessToken":"az-token","expires_on":%s,"tokenType":"Bearer"}\n' $((now + 3600))"#,
-    );
+    let program = crate::default_credential::signed_in(dir.path(), "az");
     let dac = base()
         .vars(Vec::<(String, String)>::new())
         .azure_cli_credential(
