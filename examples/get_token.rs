@@ -77,10 +77,7 @@ async fn main() -> ExitCode {
             let expires_in = token.expires_in();
             let at = SystemTime::now() + expires_in;
             println!("scopes:      {}", args.scopes.join(" "));
-            println!(
-                "answered by: {}",
-                credential.answered().unwrap_or("unknown")
-            );
+            println!("answered by: {}", token.credential().unwrap_or("unknown"));
             println!(
                 "expires:     {} (in {})",
                 httpdate::fmt_http_date(at),

@@ -12,6 +12,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use futures_util::FutureExt;
+use tracing::Instrument;
+
 use crate::error::CredentialError;
 use crate::refresh::{RefreshPolicy, TokenSlot};
 use crate::token::AccessToken;
@@ -53,13 +56,14 @@ impl TokenCache {
         }
     }
 
-    fn slot(&self, key: CacheKey) -> Arc<TokenSlot> {
+    fn slot(&self, key: &CacheKey) -> Arc<TokenSlot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(
-            slots
-                .entry(key)
-                .or_insert_with(|| TokenSlot::new(self.name, RefreshPolicy::default())),
-        )
+        if let Some(slot) = slots.get(key) {
+            return Arc::clone(slot);
+        }
+        let slot = TokenSlot::new(self.name, RefreshPolicy::default());
+        slots.insert(key.clone(), Arc::clone(&slot));
+        slot
     }
 
     /// The cached token for `key`, or the result of `acquire` under the refresh rules
@@ -75,7 +79,21 @@ impl TokenCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<AccessToken, CredentialError>> + Send + 'static,
     {
-        let slot = self.slot(key);
+        // The token names the credential that obtained it; stamped before it is cached.
+        let name = self.name;
+        let acquire = || {
+            // Made inside the slot's acquisition span, only when an acquisition starts.
+            let span = tracing::debug_span!(
+                "token_request",
+                tenant = %key.tenant,
+                scopes = ?key.scopes,
+                cae = key.cae
+            );
+            acquire()
+                .map(move |result| result.map(|token| token.with_credential(name)))
+                .instrument(span)
+        };
+        let slot = self.slot(&key);
         if bypass {
             let token = acquire().await?;
             slot.store(token.clone());

@@ -49,6 +49,13 @@
 //! if it expires first, acquired anew when it expires. Time is tokio's clock, so tests pause and advance
 //! it; the slot arms no timers (a pending timer would make a paused clock jump whenever the
 //! runtime waits on socket I/O).
+//!
+//! # Tracing
+//!
+//! Each acquisition runs in a `token_acquisition` span at DEBUG (`credential`, `attempt`: the
+//! slot's how-many-th acquisition, `renewal`), entered by its task, so what the credential
+//! logs while acquiring is attributed to it. The span is made when an acquisition starts,
+//! never when a fresh token is handed out: the bearer layer's hot path makes none.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -56,6 +63,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::error::CredentialError;
 use crate::flight::{Flight, FlightLock, SingleFlight, WhenAbandoned};
@@ -142,6 +150,8 @@ struct State<V> {
     /// When the last renewal ended.
     last_attempt: Option<Instant>,
     next_id: u64,
+    /// Acquisitions started, for the span's `attempt`.
+    acquisitions: u64,
 }
 
 /// The slot's state and its one flight, locked.
@@ -149,6 +159,8 @@ type Locked<'a, V> = FlightLock<'a, (), Entry<V>, State<V>>;
 
 /// One cached token and its single-flight acquisition.
 pub(crate) struct TokenSlot<V = AccessToken> {
+    /// The credential (or layer), for the acquisition span.
+    name: &'static str,
     policy: RefreshPolicy,
     generation: AtomicU64,
     flight: SingleFlight<(), Entry<V>, State<V>>,
@@ -179,6 +191,7 @@ impl<V: SlotValue> TokenSlot<V> {
     /// `name`: the credential (or layer) errors are reported under.
     pub(crate) fn new(name: &'static str, policy: RefreshPolicy) -> Arc<Self> {
         Arc::new(Self {
+            name,
             policy,
             generation: AtomicU64::new(0),
             flight: SingleFlight::new(
@@ -188,6 +201,7 @@ impl<V: SlotValue> TokenSlot<V> {
                     current: None,
                     last_attempt: None,
                     next_id: 0,
+                    acquisitions: 0,
                 },
             ),
         })
@@ -227,7 +241,7 @@ impl<V: SlotValue> TokenSlot<V> {
                         Plan::Ready(entry.value)
                     } else {
                         Plan::Wait {
-                            acquisition: self.start(&mut state, acquire(), true),
+                            acquisition: self.start(&mut state, acquire, true),
                             fallback: Some(entry.value),
                         }
                     }
@@ -282,7 +296,7 @@ impl<V: SlotValue> TokenSlot<V> {
                         .min(entry.expires_on)
                 } else {
                     // The acquisition's future is dropped unawaited: it runs in its task.
-                    drop(self.start(&mut state, acquire(), true));
+                    drop(self.start(&mut state, acquire, true));
                     entry.expires_on
                 };
                 Lookup::Use {
@@ -347,24 +361,34 @@ impl<V: SlotValue> TokenSlot<V> {
     {
         match state.running(&()) {
             Some(acquisition) => acquisition,
-            None => self.start(state, acquire(), false),
+            None => self.start(state, acquire, false),
         }
     }
 
     /// Starts the acquisition (see [`crate::flight`]); its outcome is stored by
     /// [`land`](Self::land). `renewal`: a valid token is held (the spacing follows this
-    /// acquisition's end).
-    fn start<Fut>(
+    /// acquisition's end). `acquire` is called inside the acquisition's span (see the module
+    /// docs), so spans it makes are children of it.
+    fn start<F, Fut>(
         self: &Arc<Self>,
         state: &mut Locked<'_, V>,
-        acquire: Fut,
+        acquire: F,
         renewal: bool,
     ) -> Acquisition<V>
     where
+        F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
+        state.acquisitions = state.acquisitions.saturating_add(1);
+        let span = tracing::debug_span!(
+            "token_acquisition",
+            credential = self.name,
+            attempt = state.acquisitions,
+            renewal
+        );
+        let work = span.in_scope(acquire).instrument(span);
         let slot = Arc::clone(self);
-        state.start((), WhenAbandoned::RunOn, acquire, move |state, result| {
+        state.start((), WhenAbandoned::RunOn, work, move |state, result| {
             slot.land(state, result, renewal)
         })
     }

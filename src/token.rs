@@ -1,6 +1,7 @@
 //! The token model: what a credential is asked for ([`TokenRequest`]) and what it answers
 //! ([`AccessToken`]), and the [`Secret`] wrapper that keeps token values out of logs.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -180,13 +181,28 @@ impl fmt::Debug for TokenRequest {
 /// Times are instants of tokio's clock ([`tokio::time::Instant`]): they are what the refresh
 /// logic compares, and tests can pause and advance that clock. Wall-clock timestamps from the
 /// provider or a cache file are converted once, when the token is made.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// [`credential`](Self::credential) names the credential that obtained the token. It is
+/// provenance, not part of the token: equality compares the value, type and times only.
+#[derive(Clone)]
 pub struct AccessToken {
     secret: Secret,
     token_type: Arc<str>,
     expires_on: Instant,
     refresh_on: Option<Instant>,
+    credential: Option<Cow<'static, str>>,
 }
+
+impl PartialEq for AccessToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.secret == other.secret
+            && self.token_type == other.token_type
+            && self.expires_on == other.expires_on
+            && self.refresh_on == other.refresh_on
+    }
+}
+
+impl Eq for AccessToken {}
 
 impl AccessToken {
     /// A bearer token valid until `expires_on`.
@@ -196,6 +212,7 @@ impl AccessToken {
             token_type: Arc::from("Bearer"),
             expires_on,
             refresh_on: None,
+            credential: None,
         }
     }
 
@@ -225,6 +242,22 @@ impl AccessToken {
     /// When the token should be refreshed, if the provider said.
     pub fn refresh_on(&self) -> Option<Instant> {
         self.refresh_on
+    }
+
+    /// The credential that obtained the token: the type name of the credential of this crate
+    /// that asked the provider, tool or cache for it (`ClientSecretCredential`,
+    /// `AzureCliCredential`, …; `EnvironmentCredential` under its own name), kept through
+    /// caches, chains and [`BoxCredential`](crate::BoxCredential)s. A token of your own
+    /// credential has none until it passes a `BoxCredential`, which gives it the box's name.
+    /// So a chain's token says which member answered.
+    pub fn credential(&self) -> Option<&str> {
+        self.credential.as_deref()
+    }
+
+    /// The same token, naming `credential` as the one that obtained it.
+    pub(crate) fn with_credential(mut self, credential: impl Into<Cow<'static, str>>) -> Self {
+        self.credential = Some(credential.into());
+        self
     }
 
     /// The token type, usually `Bearer`.
@@ -258,6 +291,7 @@ impl fmt::Debug for AccessToken {
         f.debug_struct("AccessToken")
             .field("secret", &self.secret)
             .field("token_type", &self.token_type)
+            .field("credential", &self.credential)
             .field("expires_in", &self.expires_in())
             .field(
                 "refresh_in",

@@ -22,8 +22,13 @@
 //! # let _ = (typed, token); Ok(()) }
 //! ```
 //!
-//! The credential that answered is named in a `tracing` event at `INFO` (target
-//! `tower_identity::credential::chain`); each unavailable one at `DEBUG` with its reason.
+//! The token names the credential that answered ([`AccessToken::credential`]); a token of a
+//! credential of yours, which has no name, gets the chain member's (the box's name, or for
+//! [`Fallback`] the type's). Each attempt runs in a `credential_attempt` span at `DEBUG`
+//! (`credential`, `attempt`, `scopes`, `tenant`; target
+//! `tower_identity::credential::chain`), in which the answer is a `DEBUG` event and each
+//! unavailable credential's reason too. Nothing is logged above `DEBUG`: a library's success
+//! is not news.
 
 use std::fmt;
 use std::future::Future;
@@ -35,8 +40,9 @@ use pin_project_lite::pin_project;
 use tower::ServiceExt;
 use tower::util::Oneshot;
 use tower_service::Service;
+use tracing::{Instrument, Span};
 
-use super::{BoxCredential, CredentialFuture, TokenCredential, short_type_name};
+use super::{BoxCredential, CredentialFuture, TokenCredential, answered_by, short_type_name};
 use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, TokenRequest};
 
@@ -49,8 +55,19 @@ fn is_combinator(name: &str) -> bool {
 
 fn report_success(name: &str) {
     if !is_combinator(name) {
-        tracing::info!(credential = name, "credential answered");
+        tracing::debug!(credential = name, "credential answered");
     }
+}
+
+/// The span of one attempt of a chain (see the module docs); no secret in its fields.
+fn attempt_span(name: &str, attempt: usize, request: &TokenRequest) -> Span {
+    tracing::debug_span!(
+        "credential_attempt",
+        credential = name,
+        attempt,
+        scopes = ?request.scopes(),
+        tenant = request.requested_tenant()
+    )
 }
 
 fn report_unavailable(name: &str, error: &CredentialError) {
@@ -117,14 +134,20 @@ pub(crate) async fn first_token(
     chain_name: &'static str,
 ) -> Result<(usize, AccessToken), CredentialError> {
     let mut attempts = Vec::new();
-    for (index, credential) in credentials.iter().enumerate() {
-        match credential.clone().oneshot(request.clone()).await {
+    for ((index, credential), attempt) in credentials.iter().enumerate().zip(1..) {
+        let span = attempt_span(credential.name(), attempt, &request);
+        match credential
+            .clone()
+            .oneshot(request.clone())
+            .instrument(span.clone())
+            .await
+        {
             Ok(token) => {
-                report_success(credential.name());
+                span.in_scope(|| report_success(credential.name()));
                 return Ok((index, token));
             }
             Err(error) if error.is_unavailable() => {
-                report_unavailable(credential.name(), &error);
+                span.in_scope(|| report_unavailable(credential.name(), &error));
                 attempts.push(error);
             }
             Err(error) => {
@@ -163,6 +186,7 @@ impl<A: TokenCredential, B: TokenCredential> Service<TokenRequest> for Fallback<
     fn call(&mut self, request: TokenRequest) -> Self::Future {
         FallbackFuture {
             state: State::First {
+                span: attempt_span(short_type_name::<A>(), 1, &request),
                 future: self.first.clone().oneshot(request.clone()),
                 second: Some(self.second.clone()),
                 request: Some(request),
@@ -185,12 +209,14 @@ pin_project! {
         First {
             #[pin]
             future: Oneshot<A, TokenRequest>,
+            span: Span,
             second: Option<B>,
             request: Option<TokenRequest>,
         },
         Second {
             #[pin]
             future: Oneshot<B, TokenRequest>,
+            span: Span,
             first_error: Option<CredentialError>,
         },
     }
@@ -205,20 +231,23 @@ impl<A: TokenCredential, B: TokenCredential> Future for FallbackFuture<A, B> {
             match this.state.as_mut().project() {
                 StateProj::First {
                     future,
+                    span,
                     second,
                     request,
-                } => match ready!(future.poll(cx)) {
+                } => match ready!(span.in_scope(|| future.poll(cx))) {
                     Ok(token) => {
-                        report_success(short_type_name::<A>());
-                        return Poll::Ready(Ok(token));
+                        let name = short_type_name::<A>();
+                        span.in_scope(|| report_success(name));
+                        return Poll::Ready(Ok(answered_by(token, || name)));
                     }
                     Err(error) if error.is_unavailable() => {
-                        report_unavailable(short_type_name::<A>(), &error);
+                        span.in_scope(|| report_unavailable(short_type_name::<A>(), &error));
                         // Both are `Some` until this transition, which happens once.
                         let (Some(second), Some(request)) = (second.take(), request.take()) else {
                             return Poll::Ready(Err(error));
                         };
                         this.state.set(State::Second {
+                            span: attempt_span(short_type_name::<B>(), 2, &request),
                             future: second.oneshot(request),
                             first_error: Some(error),
                         });
@@ -229,16 +258,20 @@ impl<A: TokenCredential, B: TokenCredential> Future for FallbackFuture<A, B> {
                 },
                 StateProj::Second {
                     future,
+                    span,
                     first_error,
                 } => {
-                    let result = ready!(future.poll(cx));
+                    let name = short_type_name::<B>();
+                    let result = ready!(span.in_scope(|| future.poll(cx)));
                     if result.is_ok() {
-                        report_success(short_type_name::<B>());
+                        span.in_scope(|| report_success(name));
                     }
-                    return Poll::Ready(result.map_err(|error| {
-                        let attempts = first_error.take().into_iter().chain([error]).collect();
-                        CredentialError::chain(CHAIN, attempts)
-                    }));
+                    return Poll::Ready(result.map(|token| answered_by(token, || name)).map_err(
+                        |error| {
+                            let attempts = first_error.take().into_iter().chain([error]).collect();
+                            CredentialError::chain(CHAIN, attempts)
+                        },
+                    ));
                 }
             }
         }

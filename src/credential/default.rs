@@ -220,7 +220,7 @@ impl Service<TokenRequest> for DefaultAzureCredential {
                 Ok((index, token)) => {
                     if inner.answered.set(index).is_ok() {
                         if let Some(member) = inner.members.get(index) {
-                            tracing::info!(
+                            tracing::debug!(
                                 credential = member.name(),
                                 "DefaultAzureCredential will use this credential from now on"
                             );

@@ -104,11 +104,13 @@ impl Service<TokenRequest> for EnvironmentCredential {
                     .clone()
                     .oneshot(request)
                     .await
+                    .map(|token| token.with_credential(NAME))
                     .map_err(|e| e.renamed(NAME)),
                 State::Certificate(credential) => credential
                     .clone()
                     .oneshot(request)
                     .await
+                    .map(|token| token.with_credential(NAME))
                     .map_err(|e| e.renamed(NAME)),
                 State::Missing(missing) => Err(CredentialError::unavailable(
                     NAME,

@@ -3,8 +3,11 @@
 //! Anything that is `Service<TokenRequest, Response = AccessToken, Error = CredentialError>`,
 //! `Clone + Send + Sync + 'static` with a `Send` future is a [`TokenCredential`]: the
 //! credentials of this crate, a [`ChainedTokenCredential`], a [`BoxCredential`], or your own
-//! type. [`CredentialExt`] adds `get_token`, `get_token_with`, `boxed_credential` and `or` to
-//! all of them.
+//! type. [`CredentialExt`] adds `get_token`, `get_token_with`, `boxed_credential`, `or` and
+//! `with_middleware` to all of them.
+//!
+//! Every token names the credential that obtained it ([`AccessToken::credential`]), so the
+//! token of a chain says which member answered.
 //!
 //! ```no_run
 //! use tower_identity::{AzureCliCredential, CredentialExt, EnvironmentCredential};
@@ -22,9 +25,10 @@ use std::task::{Context, Poll};
 
 use tower::ServiceExt;
 use tower::util::{BoxCloneSyncService, Oneshot};
+use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::error::CredentialError;
+use crate::error::{BoxError, CredentialError};
 use crate::token::{AccessToken, TokenRequest};
 
 mod authorization_code;
@@ -40,6 +44,7 @@ mod device_code;
 mod env;
 mod environment;
 pub(crate) mod managed_identity;
+mod middleware;
 mod process;
 mod refresh_tokens;
 mod settings;
@@ -126,11 +131,49 @@ pub trait CredentialExt: TokenCredential + Sized {
     fn or<B: TokenCredential>(self, other: B) -> Fallback<Self, B> {
         Fallback::new(self, other)
     }
+
+    /// Wraps the credential in tower middleware (`tower::timeout`, `buffer`, `retry`, a
+    /// [`ServiceBuilder`](tower::ServiceBuilder) of several) and boxes the result as a
+    /// credential again, named after this credential's type. The middleware's errors become
+    /// [`CredentialError`]s as [`BoxCredential::from_service`] describes.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tower::ServiceBuilder;
+    /// use tower_identity::{AzureCliCredential, CredentialExt, EnvironmentCredential};
+    ///
+    /// # async fn run() -> Result<(), tower_identity::CredentialError> {
+    /// // At most 10 s for the environment's credential, then Azure CLI if it is unavailable.
+    /// let credential = EnvironmentCredential::new()
+    ///     .with_middleware(ServiceBuilder::new().timeout(Duration::from_secs(10)))
+    ///     .or(AzureCliCredential::new());
+    /// let token = credential.get_token(["https://management.azure.com/.default"]).await?;
+    /// println!("{} answered", token.credential().unwrap_or("?"));
+    /// # Ok(()) }
+    /// ```
+    fn with_middleware<L>(self, layer: L) -> BoxCredential
+    where
+        L: Layer<Self>,
+        L::Service: Service<
+                TokenRequest,
+                Response = AccessToken,
+                Error: Into<BoxError>,
+                Future: Send + 'static,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        BoxCredential::from_service(short_type_name::<Self>(), layer.layer(self))
+    }
 }
 
 impl<T: TokenCredential> CredentialExt for T {}
 
 /// A type-erased credential with a name (for traces and chain messages).
+///
+/// A token that comes out of it without a [credential name](AccessToken::credential) (one of
+/// your own credential) gets the box's name; tokens of this crate's credentials keep theirs.
 #[derive(Clone)]
 pub struct BoxCredential {
     name: Cow<'static, str>,
@@ -145,10 +188,72 @@ impl BoxCredential {
 
     /// Boxes a credential under a name of your choice.
     pub fn named<C: TokenCredential>(name: impl Into<Cow<'static, str>>, credential: C) -> Self {
+        let name = name.into();
+        let answered_by_name = name.clone();
+        let credential = credential.map_response(move |token: AccessToken| {
+            answered_by(token, || answered_by_name.clone())
+        });
         Self {
-            name: name.into(),
+            name,
             inner: BoxCloneSyncService::new(credential),
         }
+    }
+
+    /// Boxes any token service whose error converts into a [`BoxError`] — a credential
+    /// wrapped in tower middleware such as `tower::timeout::Timeout`, `tower::buffer::Buffer`
+    /// (put `tower::limit::RateLimit`, which is not `Clone`, behind one) or
+    /// `tower::retry::Retry` — as a credential named `name`, usable in a
+    /// [`ChainedTokenCredential`], with [`or`](CredentialExt::or) and in the bearer layer.
+    ///
+    /// The middleware's errors become [`CredentialError`]s:
+    ///
+    /// * the credential's own error, passed through boxed, comes back unchanged (kind,
+    ///   provider details, cause), so *unavailable* still lets a chain move on;
+    /// * `tower::timeout`'s elapsed deadline is *authentication failed* with
+    ///   [`is_timeout`](CredentialError::is_timeout) and
+    ///   [`is_transient`](CredentialError::is_transient): the credential was asked and did not
+    ///   answer, so a chain stops rather than silently switch identity;
+    /// * any other middleware error (a buffer whose worker is gone, an overload) is
+    ///   *authentication failed* under `name`, keeping the middleware's error as its
+    ///   [`source`](std::error::Error::source).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tower::ServiceBuilder;
+    /// use tower_identity::{BoxCredential, ChainedTokenCredential, CredentialExt, EnvironmentCredential};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// // One shared credential for many tasks, at most 5 calls a second, 10 s each.
+    /// let service = ServiceBuilder::new()
+    ///     .buffer(64)
+    ///     .rate_limit(5, Duration::from_secs(1))
+    ///     .timeout(Duration::from_secs(10))
+    ///     .service(EnvironmentCredential::new());
+    /// let credential = BoxCredential::from_service("EnvironmentCredential", service);
+    /// let chain = ChainedTokenCredential::new([credential])?;
+    /// let token = chain.get_token(["https://management.azure.com/.default"]).await?;
+    /// # let _ = token; Ok(()) }
+    /// ```
+    pub fn from_service<S>(name: impl Into<Cow<'static, str>>, service: S) -> Self
+    where
+        S: Service<
+                TokenRequest,
+                Response = AccessToken,
+                Error: Into<BoxError>,
+                Future: Send + 'static,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        let name = name.into();
+        let errors = name.clone();
+        Self::named(
+            name,
+            service.map_err(move |error: S::Error| {
+                middleware::credential_error(errors.clone(), error.into())
+            }),
+        )
     }
 
     /// The credential's name.
@@ -176,6 +281,19 @@ impl Service<TokenRequest> for BoxCredential {
 impl fmt::Debug for BoxCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("BoxCredential").field(&self.name).finish()
+    }
+}
+
+/// `token`, named after `name()` unless it already names the credential that obtained it
+/// (a token of the user's own credential, reaching a box or a chain).
+fn answered_by<N: Into<Cow<'static, str>>>(
+    token: AccessToken,
+    name: impl FnOnce() -> N,
+) -> AccessToken {
+    if token.credential().is_some() {
+        token
+    } else {
+        token.with_credential(name())
     }
 }
 

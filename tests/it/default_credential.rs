@@ -73,7 +73,7 @@ fn nothing_configured(
 }
 
 /// A stand-in `az` or `azd` answering with a token named after it.
-fn signed_in(dir: &Path, name: &str) -> std::path::PathBuf {
+pub(crate) fn signed_in(dir: &Path, name: &str) -> std::path::PathBuf {
     let body = match name {
         "az" => {
             r#"now=$(date +%s); printf '{"accessToken":"az-token","expires_on":%s,"tokenType":"Bearer"}\n' $((now + 3600))"#

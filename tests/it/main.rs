@@ -16,6 +16,7 @@ mod examples;
 mod limits;
 mod managed_identity;
 mod mi_emulator_selftest;
+mod middleware;
 mod oidc;
 mod proxy;
 mod refresh_rules;
