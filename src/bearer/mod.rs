@@ -203,6 +203,30 @@ impl<S> Layer<S> for BearerTokenLayer {
 /// The service made by [`BearerTokenLayer`]: the inner service `S` and a handle on the
 /// layer's shared token source. Its type names no credential, so it fits in a struct field
 /// or an axum `State` as `BearerToken<YourClient>`.
+///
+/// ```no_run
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use hyper_rustls::HttpsConnector;
+/// use hyper_util::client::legacy::{Client, connect::HttpConnector};
+/// use tower::Layer;
+/// use tower_identity::bearer::{BearerToken, BearerTokenLayer};
+/// use tower_identity::{AzureCliCredential, CredentialExt, EnvironmentCredential};
+///
+/// type Https = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+///
+/// /// What the handlers share: the credential chain's type appears nowhere.
+/// #[derive(Clone)]
+/// struct AppState {
+///     management: BearerToken<Https>,
+/// }
+///
+/// fn state(client: Https) -> AppState {
+///     let credential = EnvironmentCredential::new().or(AzureCliCredential::new());
+///     let layer = BearerTokenLayer::new(credential, ["https://management.azure.com/.default"]);
+///     AppState { management: layer.layer(client) }
+/// }
+/// ```
 pub struct BearerToken<S> {
     inner: S,
     source: Arc<Source>,
