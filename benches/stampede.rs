@@ -24,7 +24,7 @@ use tower_identity::{ClientSecretCredential, HttpClient};
 use common::authority::{Authority, Fault, TokenShape};
 use common::resource::Resource;
 
-type Api = BearerToken<common::HyperClient<Full<Bytes>>, ClientSecretCredential>;
+type Api = BearerToken<common::HyperClient<Full<Bytes>>>;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -52,7 +52,7 @@ fn main() {
 }
 
 /// The API behind the layer, over one HTTP/2 connection.
-fn api_client(layer: BearerTokenLayer<ClientSecretCredential>) -> Api {
+fn api_client(layer: BearerTokenLayer) -> Api {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(common::tls_config())
         .https_only()

@@ -15,13 +15,13 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt};
+use tower_identity::BearerTokenLayer;
 use tower_identity::bearer::BearerToken;
-use tower_identity::{BearerTokenLayer, ClientSecretCredential};
 
 /// What handlers share: the authenticated client and where the downstream API lives.
 #[derive(Clone)]
 struct AppState {
-    downstream: BearerToken<common::HyperClient<Full<Bytes>>, ClientSecretCredential>,
+    downstream: BearerToken<common::HyperClient<Full<Bytes>>>,
     api_url: String,
 }
 

@@ -21,8 +21,8 @@ use http_body_util::{BodyExt, Full};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_identity::bearer::{BearerToken, BearerTokenLayer};
 use tower_identity::{
-    BoxCredential, ChainedTokenCredential, ClientSecretCredential, CredentialExt,
-    EnvironmentCredential, HttpClient,
+    ChainedTokenCredential, ClientSecretCredential, CredentialExt, EnvironmentCredential,
+    HttpClient,
 };
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::SubscriberExt;
@@ -35,7 +35,7 @@ const SCOPE: &str = "https://demo-api.test/.default";
 const LIFETIME: u64 = 3600;
 const REFRESH_IN: u64 = 3;
 
-type Api = BearerToken<common::HyperClient<Full<Bytes>>, BoxCredential>;
+type Api = BearerToken<common::HyperClient<Full<Bytes>>>;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -87,7 +87,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
     // 2. The layer, with CAE on and no jitter (so the demo is predictable).
     heading(2, "Requests through BearerTokenLayer");
-    let layer = BearerTokenLayer::new(chain.boxed_credential(), [SCOPE])
+    let layer = BearerTokenLayer::new(chain, [SCOPE])
         .refresh_jitter(Duration::ZERO)
         .enable_cae(true);
     let service: Api = ServiceBuilder::new()

@@ -15,7 +15,8 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
-use crate::bearer::{claims_challenge, parse_challenge_value, parse_challenges};
+use crate::bearer::claims_challenge;
+use crate::bearer::www_authenticate::{parse_challenge_value, parse_challenges};
 use crate::credential::ManagedIdentitySource;
 use crate::credential::azure_cli::parse_output;
 use crate::credential::managed_identity::response::parse_answer;

@@ -13,14 +13,23 @@ use crate::error::CredentialError;
 
 /// A secret string: a client secret, an access or refresh token, an authorization code.
 ///
-/// `Debug` and `Display` print `***`; the value is zeroed when the last clone is dropped.
-/// Clones share one allocation, so handing a token to many callers copies no secret bytes.
+/// `Debug` prints `Secret(***)`; the value is zeroed when the last clone is dropped. Clones
+/// share one allocation, so handing a token to many callers copies no secret bytes.
 ///
 /// ```
 /// use tower_identity::Secret;
 /// let s = Secret::new("hunter2");
-/// assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
-/// assert_eq!(s.expose_secret(), "hunter2");
+/// assert_eq!(format!("{s:?}"), "Secret(***)");
+/// assert_eq!(format!("Bearer {}", s.expose_secret()), "Bearer hunter2");
+/// ```
+///
+/// There is no `Display`: with one, `format!("Bearer {}", token.secret())` would compile and
+/// silently send `Bearer ***`. [`expose_secret`](Secret::expose_secret) is the only way to the
+/// value, so every place that reads it says so.
+///
+/// ```compile_fail,E0277
+/// let s = tower_identity::Secret::new("hunter2");
+/// let header = format!("Bearer {}", s); // error: `Secret` doesn't implement `Display`
 /// ```
 #[derive(Clone)]
 pub struct Secret(Arc<Zeroizing<String>>);
@@ -60,12 +69,6 @@ impl Eq for Secret {}
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
     }
 }
 
@@ -216,10 +219,41 @@ impl AccessToken {
         }
     }
 
+    /// A bearer token valid until `expires_on_unix`, in seconds since the Unix epoch (wall
+    /// clock): what a provider, a token file or another SDK usually gives, and what a credential
+    /// you write yourself has at hand.
+    ///
+    /// The time is converted once, relative to now, to tokio's clock. A time in the past (or
+    /// now) makes a token that is already expired; a time further ahead than seven days is
+    /// treated as seven days, the longest lifetime this crate believes (no Entra token lives
+    /// longer than 28 hours), so no input overflows the clock.
+    ///
+    /// ```
+    /// use std::time::{SystemTime, UNIX_EPOCH};
+    /// use tower_identity::AccessToken;
+    ///
+    /// let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    /// let token = AccessToken::from_unix("eyJ0eXAi…", now + 3600).with_refresh_on_unix(Some(now + 1800));
+    /// assert!(!token.is_expired());
+    /// assert!(token.expires_on_unix().abs_diff(now + 3600) <= 1);
+    /// assert!(token.refresh_on_unix().unwrap().abs_diff(now + 1800) <= 1);
+    ///
+    /// assert!(AccessToken::from_unix("old", now - 10).is_expired());
+    /// ```
+    pub fn from_unix(secret: impl Into<Secret>, expires_on_unix: u64) -> Self {
+        Self::new(secret, instant_from_unix(expires_on_unix))
+    }
+
     /// When the provider suggests refreshing (Entra's `refresh_in`); builder style.
     pub fn with_refresh_on(mut self, refresh_on: Option<Instant>) -> Self {
         self.refresh_on = refresh_on;
         self
+    }
+
+    /// When the provider suggests refreshing, in Unix seconds (converted and clamped as in
+    /// [`from_unix`](Self::from_unix)); builder style.
+    pub fn with_refresh_on_unix(self, refresh_on_unix: Option<u64>) -> Self {
+        self.with_refresh_on(refresh_on_unix.map(instant_from_unix))
     }
 
     /// The token type, `Bearer` unless the provider said otherwise; builder style.
@@ -228,8 +262,8 @@ impl AccessToken {
         self
     }
 
-    /// The token value (redacted in `Debug`/`Display`; call
-    /// [`expose_secret`](Secret::expose_secret) to read it).
+    /// The token value (redacted in `Debug`; call [`expose_secret`](Secret::expose_secret) to
+    /// read it).
     pub fn secret(&self) -> &Secret {
         &self.secret
     }
@@ -279,10 +313,16 @@ impl AccessToken {
         now >= self.expires_on
     }
 
-    /// Expiry as Unix seconds (wall clock), for display and for writing caches.
+    /// Expiry as Unix seconds (wall clock), for display and for writing caches; now for an
+    /// expired token.
     pub fn expires_on_unix(&self) -> u64 {
-        let now_unix = unix_now();
-        now_unix.saturating_add(self.expires_in().as_secs())
+        unix_after_now(self.expires_on)
+    }
+
+    /// When the token should be refreshed, as Unix seconds (wall clock), if the provider said;
+    /// now once that time has passed.
+    pub fn refresh_on_unix(&self) -> Option<u64> {
+        self.refresh_on.map(unix_after_now)
     }
 }
 
@@ -309,6 +349,12 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The wall-clock time (Unix seconds) of an instant of tokio's clock; now if it has passed.
+fn unix_after_now(instant: Instant) -> u64 {
+    let ahead = instant.saturating_duration_since(Instant::now());
+    unix_now().saturating_add(ahead.as_secs())
 }
 
 /// The longest token lifetime this crate believes. Entra's access tokens live at most
@@ -353,12 +399,7 @@ mod tests {
     fn secret_never_prints_its_value() {
         let s = Secret::new("s3cr3t-value");
         let t = AccessToken::new(s.clone(), Instant::now() + Duration::from_secs(60));
-        for text in [
-            format!("{s}"),
-            format!("{s:?}"),
-            format!("{t:?}"),
-            format!("{t:#?}"),
-        ] {
+        for text in [format!("{s:?}"), format!("{t:?}"), format!("{t:#?}")] {
             assert!(!text.contains("s3cr3t"), "{text}");
         }
     }
@@ -380,6 +421,42 @@ mod tests {
     fn request_debug_hides_claims_content() {
         let req = TokenRequest::new(["a"]).claims("{\"secretish\":1}");
         assert!(!format!("{req:?}").contains("secretish"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_from_unix_times_round_trips_and_never_overflows() {
+        // The wall clock runs while tokio's is paused: a second may tick between two reads.
+        let near = |a: u64, b: u64| a.abs_diff(b) <= 1;
+        let now = unix_now();
+        let token = AccessToken::from_unix("t", now + 3600).with_refresh_on_unix(Some(now + 60));
+        assert!(!token.is_expired());
+        assert!(near(token.expires_in().as_secs(), 3600));
+        assert!(near(token.expires_on_unix(), now + 3600));
+        assert!(near(token.refresh_on_unix().unwrap(), now + 60));
+        let refresh_in = token.refresh_on().unwrap() - Instant::now();
+        assert!(near(refresh_in.as_secs(), 60));
+
+        // Past times (the epoch included) make an expired token that reports now.
+        for past in [0, 1, now - 1, now] {
+            let token = AccessToken::from_unix("t", past).with_refresh_on_unix(Some(past));
+            assert!(token.is_expired(), "{past}");
+            assert!(near(token.expires_on_unix(), now));
+            assert!(near(token.refresh_on_unix().unwrap(), now));
+        }
+        // Absurd times are clamped to the longest believable lifetime.
+        let longest = now + MAX_TOKEN_LIFETIME.as_secs();
+        for absurd in [u64::MAX, u64::MAX - 1, now + (1 << 40)] {
+            let token = AccessToken::from_unix("t", absurd).with_refresh_on_unix(Some(absurd));
+            assert_eq!(token.expires_in(), MAX_TOKEN_LIFETIME);
+            assert!(near(token.expires_on_unix(), longest));
+            assert!(near(token.refresh_on_unix().unwrap(), longest));
+        }
+        assert_eq!(AccessToken::from_unix("t", now).refresh_on_unix(), None);
+
+        // The token expires when tokio's clock passes the time.
+        let token = AccessToken::from_unix("t", now + 10);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(token.is_expired());
     }
 
     #[tokio::test(start_paused = true)]

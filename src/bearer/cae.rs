@@ -7,24 +7,6 @@
 //! are base64url (padding optional; the standard `+/` alphabet is accepted too) of UTF-8 JSON,
 //! and are returned as the decoded text, verbatim. Only the first such challenge counts: when
 //! its claims do not decode, the answer is an error even if a later challenge would decode.
-//!
-//! ```
-//! use http::{HeaderMap, HeaderValue, header::WWW_AUTHENTICATE};
-//! use tower_identity::bearer::claims_challenge;
-//!
-//! let mut headers = HeaderMap::new();
-//! headers.append(WWW_AUTHENTICATE, HeaderValue::from_static(r#"Basic realm="files""#));
-//! headers.append(
-//!     WWW_AUTHENTICATE,
-//!     HeaderValue::from_static(
-//!         r#"Bearer error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnsiZm9vIjoiYmFyIn19""#,
-//!     ),
-//! );
-//!
-//! let claims = claims_challenge(&headers)?;
-//! assert_eq!(claims.as_deref(), Some(r#"{"access_token":{"foo":"bar"}}"#));
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
 
 use std::fmt;
 
@@ -48,6 +30,36 @@ use crate::encoding::decode_base64;
 /// [`ClaimsError`] when a qualifying challenge exists but its claims cannot be used: not
 /// base64url (with or without padding) nor standard base64, not UTF-8, or not JSON. The caller
 /// then returns the 401 and logs the reason.
+///
+/// [`BearerTokenLayer`](super::BearerTokenLayer) with CAE enabled makes this decision itself.
+/// A client that handles its 401s on its own passes the claims to the credential:
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue, header::WWW_AUTHENTICATE};
+/// use tower_identity::TokenRequest;
+/// use tower_identity::bearer::claims_challenge;
+///
+/// // The headers of a 401 from a CAE-aware resource.
+/// let mut headers = HeaderMap::new();
+/// headers.append(WWW_AUTHENTICATE, HeaderValue::from_static(r#"Basic realm="files""#));
+/// headers.append(
+///     WWW_AUTHENTICATE,
+///     HeaderValue::from_static(
+///         r#"Bearer error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnsiZm9vIjoiYmFyIn19""#,
+///     ),
+/// );
+///
+/// let claims = claims_challenge(&headers)?;
+/// assert_eq!(claims.as_deref(), Some(r#"{"access_token":{"foo":"bar"}}"#));
+/// if let Some(claims) = claims {
+///     // Ask again with the claims (no cache answers this), then re-send the request once.
+///     let request = TokenRequest::new(["https://graph.microsoft.com/.default"])
+///         .enable_cae(true)
+///         .claims(claims);
+///     # let _ = request;
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn claims_challenge(headers: &http::HeaderMap) -> Result<Option<String>, ClaimsError> {
     let first = parse_challenges(headers).into_iter().find_map(|challenge| {
         let qualifies = challenge.is_scheme("Bearer")

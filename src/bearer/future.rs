@@ -20,7 +20,6 @@ use tower_service::Service;
 use super::cae::claims_challenge;
 use super::replay::{NotReplayable, Replay, RetryBody};
 use super::source::{Prepared, Source};
-use crate::credential::TokenCredential;
 use crate::error::BoxError;
 use crate::refresh::TokenSlot;
 
@@ -228,8 +227,8 @@ pub(super) trait Resend {
 
 /// The challenge path, for either client: claims token, drain the 401, re-send once. Anything
 /// that makes a faithful re-send impossible returns the 401 as it came.
-pub(super) async fn answer_challenge<C: TokenCredential, R: Resend>(
-    source: &Source<C>,
+pub(super) async fn answer_challenge<R: Resend>(
+    source: &Source,
     claims: &str,
     rejected: u64,
     response: R::Response,

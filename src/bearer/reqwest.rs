@@ -35,25 +35,24 @@ use super::future::{Decision, Resend, answer_challenge, decide, drain};
 use super::replay::NotReplayable;
 use super::source::{Prepared, Source};
 use super::{BearerError, BearerTokenLayer};
-use crate::credential::TokenCredential;
 use crate::error::CredentialError;
 use crate::refresh::{Entry, Lookup};
 
 /// [`BearerTokenLayer`] as a reqwest middleware; made by [`BearerTokenLayer::middleware`].
-pub struct BearerTokenMiddleware<C> {
-    source: Arc<Source<C>>,
+pub struct BearerTokenMiddleware {
+    source: Arc<Source>,
 }
 
-impl<C: TokenCredential> BearerTokenLayer<C> {
+impl BearerTokenLayer {
     /// The same behaviour as a reqwest middleware, sharing this layer's token and options.
-    pub fn middleware(&self) -> BearerTokenMiddleware<C> {
+    pub fn middleware(&self) -> BearerTokenMiddleware {
         BearerTokenMiddleware {
             source: Arc::clone(&self.source),
         }
     }
 }
 
-impl<C> Clone for BearerTokenMiddleware<C> {
+impl Clone for BearerTokenMiddleware {
     fn clone(&self) -> Self {
         Self {
             source: Arc::clone(&self.source),
@@ -61,7 +60,7 @@ impl<C> Clone for BearerTokenMiddleware<C> {
     }
 }
 
-impl<C> std::fmt::Debug for BearerTokenMiddleware<C> {
+impl std::fmt::Debug for BearerTokenMiddleware {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BearerTokenMiddleware")
             .field("source", &self.source)
@@ -70,7 +69,7 @@ impl<C> std::fmt::Debug for BearerTokenMiddleware<C> {
 }
 
 #[async_trait::async_trait]
-impl<C: TokenCredential> Middleware for BearerTokenMiddleware<C> {
+impl Middleware for BearerTokenMiddleware {
     async fn handle(
         &self,
         mut request: reqwest::Request,
@@ -153,9 +152,7 @@ impl Resend for ReqwestResend<'_> {
 
 /// The current token, waiting for an acquisition only when there is no valid one (the
 /// middleware has no readiness step in which to wait, unlike the layer).
-async fn current_token<C: TokenCredential>(
-    source: &Source<C>,
-) -> std::result::Result<Entry<Prepared>, CredentialError> {
+async fn current_token(source: &Source) -> std::result::Result<Entry<Prepared>, CredentialError> {
     match source.lookup(Instant::now()) {
         Lookup::Use { entry, .. } => Ok(entry),
         Lookup::Wait(acquisition) => acquisition.await,

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use zeroize::Zeroizing;
 
-use crate::credential::TokenCredential;
+use crate::credential::BoxCredential;
 use crate::error::CredentialError;
 use crate::flight::{SingleFlight, WhenAbandoned};
 use crate::refresh::{Entry, Lookup, RefreshPolicy, SlotValue, TokenSlot};
@@ -82,8 +82,11 @@ struct ClaimsState {
 }
 
 /// One per layer; every clone of the service shares it.
-pub(crate) struct Source<C> {
-    credential: C,
+///
+/// The credential is boxed: the services and the layer carry no credential type, and the
+/// box is only called to acquire a token, never on a request that finds a fresh one.
+pub(crate) struct Source {
+    credential: BoxCredential,
     request: TokenRequest,
     pub(crate) slot: Arc<TokenSlot<Prepared>>,
     pub(crate) options: Options,
@@ -92,8 +95,8 @@ pub(crate) struct Source<C> {
     claims: SingleFlight<Arc<str>, Entry<Prepared>, ClaimsState>,
 }
 
-impl<C: TokenCredential> Source<C> {
-    pub(crate) fn new(credential: C, scopes: Vec<String>, options: Options) -> Self {
+impl Source {
+    pub(crate) fn new(credential: BoxCredential, scopes: Vec<String>, options: Options) -> Self {
         Self {
             credential,
             request: TokenRequest::new(scopes).enable_cae(options.cae),
@@ -108,7 +111,7 @@ impl<C: TokenCredential> Source<C> {
     }
 
     /// The credential and scopes, to build a source with other options.
-    pub(crate) fn parts(&self) -> (C, Vec<String>) {
+    pub(crate) fn parts(&self) -> (BoxCredential, Vec<String>) {
         (self.credential.clone(), self.request.scopes().to_vec())
     }
 
@@ -186,8 +189,8 @@ impl<C: TokenCredential> Source<C> {
 }
 
 /// Asks the credential and prepares the header.
-fn acquire<C: TokenCredential>(
-    credential: C,
+fn acquire(
+    credential: BoxCredential,
     request: TokenRequest,
     claims: Option<Arc<str>>,
 ) -> impl Future<Output = Result<Prepared, CredentialError>> + Send + 'static {
@@ -196,7 +199,7 @@ fn acquire<C: TokenCredential>(
         .map(move |result| result.and_then(|token| Prepared::new(token, claims)))
 }
 
-impl<C> fmt::Debug for Source<C> {
+impl fmt::Debug for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BearerTokenSource")
             .field("scopes", &self.request.scopes())

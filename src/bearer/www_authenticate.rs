@@ -19,24 +19,15 @@
 //! (such as unquoted base64). It never panics: a challenge that cannot be parsed ends that
 //! header line, keeping the challenges before it; a line that is not visible ASCII is skipped.
 //!
-//! ```
-//! use http::{HeaderMap, HeaderValue, header::WWW_AUTHENTICATE};
-//! use tower_identity::bearer::parse_challenges;
-//!
-//! let mut headers = HeaderMap::new();
-//! headers.append(WWW_AUTHENTICATE, HeaderValue::from_static(r#"Basic realm="files""#));
-//! headers.append(WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer error="invalid_token""#));
-//!
-//! let challenges = parse_challenges(&headers);
-//! assert_eq!(challenges.len(), 2);
-//! assert_eq!(challenges[0].param("REALM"), Some("files"));
-//! assert!(challenges[1].is_scheme("bearer"));
-//! ```
+//! Crate-private: the layer needs only the CAE decision, which is public as
+//! [`claims_challenge`](super::claims_challenge); a general header parser would be a promise
+//! this crate does not want to keep.
 
+/// One challenge of a `WWW-Authenticate` header.
 ///
 /// A challenge has a scheme and either a `token68` or a list of parameters (or neither).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Challenge {
+pub(crate) struct Challenge {
     scheme: String,
     params: Vec<(String, String)>,
     token68: Option<String>,
@@ -44,18 +35,19 @@ pub struct Challenge {
 
 impl Challenge {
     /// The authentication scheme as written, e.g. `"Bearer"`.
-    pub fn scheme(&self) -> &str {
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn scheme(&self) -> &str {
         &self.scheme
     }
 
     /// Whether this challenge's scheme is `scheme`, compared ASCII case-insensitively.
-    pub fn is_scheme(&self, scheme: &str) -> bool {
+    pub(crate) fn is_scheme(&self, scheme: &str) -> bool {
         self.scheme.eq_ignore_ascii_case(scheme)
     }
 
     /// The value of the parameter `name` (compared ASCII case-insensitively), unquoted and
     /// unescaped. When a name occurs more than once, the first occurrence wins.
-    pub fn param(&self, name: &str) -> Option<&str> {
+    pub(crate) fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -63,12 +55,14 @@ impl Challenge {
     }
 
     /// All parameters in order, names as written and values unquoted and unescaped.
-    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn params(&self) -> impl Iterator<Item = (&str, &str)> {
         self.params.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
     /// The `token68` that follows the scheme, e.g. `dXNlcjpwYXNz` in `Basic dXNlcjpwYXNz`.
-    pub fn token68(&self) -> Option<&str> {
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn token68(&self) -> Option<&str> {
         self.token68.as_deref()
     }
 }
@@ -78,7 +72,7 @@ impl Challenge {
 /// Malformed input never panics: a challenge that cannot be parsed ends parsing of that header
 /// line (challenges parsed before it are kept). A line that is not visible ASCII (for which
 /// [`http::HeaderValue::to_str`] fails) is skipped.
-pub fn parse_challenges(headers: &http::HeaderMap) -> Vec<Challenge> {
+pub(crate) fn parse_challenges(headers: &http::HeaderMap) -> Vec<Challenge> {
     headers
         .get_all(http::header::WWW_AUTHENTICATE)
         .iter()
@@ -90,7 +84,7 @@ pub fn parse_challenges(headers: &http::HeaderMap) -> Vec<Challenge> {
 /// Parses one header value.
 ///
 /// A challenge that cannot be parsed ends parsing (challenges parsed before it are kept).
-pub fn parse_challenge_value(value: &str) -> Vec<Challenge> {
+pub(crate) fn parse_challenge_value(value: &str) -> Vec<Challenge> {
     let mut scanner = Scanner::new(value);
     let mut done = Vec::new();
     let mut current: Option<Challenge> = None;
@@ -304,6 +298,18 @@ pub(super) mod tests {
 
     fn params_of(challenge: &Challenge) -> Vec<(&str, &str)> {
         challenge.params().collect()
+    }
+
+    /// The example the module docs showed while the parser was public.
+    #[test]
+    fn every_line_is_read_in_order_and_names_compare_case_insensitively() {
+        let challenges = parse_challenges(&headers(&[
+            r#"Basic realm="files""#,
+            r#"Bearer error="invalid_token""#,
+        ]));
+        assert_eq!(challenges.len(), 2);
+        assert_eq!(challenges[0].param("REALM"), Some("files"));
+        assert!(challenges[1].is_scheme("bearer"));
     }
 
     #[test]

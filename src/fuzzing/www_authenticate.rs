@@ -4,7 +4,8 @@ use http::header::WWW_AUTHENTICATE;
 use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
-use crate::bearer::{Challenge, claims_challenge, parse_challenges};
+use crate::bearer::claims_challenge;
+use crate::bearer::www_authenticate::{Challenge, parse_challenges};
 
 /// Longest `Display` of a claims-challenge error: it quotes at most 64 characters of the
 /// header, plus the decoder's short reason.

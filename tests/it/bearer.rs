@@ -11,18 +11,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_identity::bearer::{BearerError, BearerToken, BearerTokenLayer};
-use tower_identity::{BoxCredential, ClientSecretCredential, CredentialError, CredentialExt};
+use tower_identity::{BoxCredential, ClientSecretCredential, CredentialError};
 
 use crate::support::authority::{Authority, Fault};
 use crate::support::client::{HyperClient, h2_client, hyper_client};
 use crate::support::creds::{SCOPE, client_secret, client_secret_with, http_builder, secs};
 use crate::support::resource::{Answer, Mode, Resource, revocation_claims};
 
-type Bearer<B> = BearerToken<HyperClient<B>, BoxCredential>;
+type Bearer<B> = BearerToken<HyperClient<B>>;
 
-fn layer(authority: &Authority) -> BearerTokenLayer<BoxCredential> {
-    BearerTokenLayer::new(client_secret(authority).boxed_credential(), [SCOPE])
-        .refresh_jitter(Duration::ZERO)
+fn layer(authority: &Authority) -> BearerTokenLayer {
+    BearerTokenLayer::new(client_secret(authority), [SCOPE]).refresh_jitter(Duration::ZERO)
 }
 
 /// The credential with a count of the layer's calls to it.
@@ -36,7 +35,7 @@ fn counted(credential: ClientSecretCredential) -> (BoxCredential, Arc<AtomicUsiz
     (BoxCredential::named("Counted", service), calls)
 }
 
-fn bearer<B>(layer: &BearerTokenLayer<BoxCredential>) -> Bearer<B>
+fn bearer<B>(layer: &BearerTokenLayer) -> Bearer<B>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -219,10 +218,9 @@ fn the_response_future_is_send() {
         .build()
         .unwrap();
     let _guard = runtime.enter();
-    let mut service: Bearer<Full<Bytes>> =
-        BearerTokenLayer::new(credential.boxed_credential(), [SCOPE])
-            .enable_cae(true)
-            .layer(hyper_client());
+    let mut service: Bearer<Full<Bytes>> = BearerTokenLayer::new(credential, [SCOPE])
+        .enable_cae(true)
+        .layer(hyper_client());
     let future = service.call(
         Request::get("https://x.test/")
             .body(Full::default())
@@ -240,8 +238,7 @@ async fn window_setup() -> (Authority, Resource, Bearer<Full<Bytes>>) {
         &authority,
         http_builder(&authority).no_retry().build().unwrap(),
     );
-    let layer = BearerTokenLayer::new(credential.boxed_credential(), [SCOPE])
-        .refresh_jitter(Duration::ZERO);
+    let layer = BearerTokenLayer::new(credential, [SCOPE]).refresh_jitter(Duration::ZERO);
     let mut service = bearer(&layer);
     call(&mut service, get(&resource, "/warm")).await;
     (authority, resource, service)
@@ -352,7 +349,7 @@ async fn a_failing_authority_leaves_requests_on_the_old_token_until_it_expires()
 
 // --- 401s and CAE ---
 
-fn cae_layer(authority: &Authority) -> BearerTokenLayer<BoxCredential> {
+fn cae_layer(authority: &Authority) -> BearerTokenLayer {
     layer(authority).enable_cae(true)
 }
 
@@ -626,9 +623,7 @@ fn streamed(
 
 type Streamed = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
-fn bearer_h2(
-    layer: &BearerTokenLayer<BoxCredential>,
-) -> BearerToken<HyperClient<Streamed>, BoxCredential> {
+fn bearer_h2(layer: &BearerTokenLayer) -> BearerToken<HyperClient<Streamed>> {
     ServiceBuilder::new()
         .layer(layer.clone())
         .service(h2_client())

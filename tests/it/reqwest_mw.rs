@@ -4,22 +4,22 @@
 use bytes::Bytes;
 use http::StatusCode;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
+use tower_identity::CredentialError;
 use tower_identity::bearer::{BearerError, BearerTokenLayer};
-use tower_identity::{BoxCredential, CredentialError, CredentialExt};
 
 use crate::support::authority::Authority;
 use crate::support::client::reqwest_client;
 use crate::support::creds::{SCOPE, client_secret};
 use crate::support::resource::{Answer, Resource, revocation_claims};
 
-fn with_bearer(layer: &BearerTokenLayer<BoxCredential>) -> ClientWithMiddleware {
+fn with_bearer(layer: &BearerTokenLayer) -> ClientWithMiddleware {
     ClientBuilder::new(reqwest_client())
         .with(layer.middleware())
         .build()
 }
 
-fn layer(authority: &Authority) -> BearerTokenLayer<BoxCredential> {
-    BearerTokenLayer::new(client_secret(authority).boxed_credential(), [SCOPE])
+fn layer(authority: &Authority) -> BearerTokenLayer {
+    BearerTokenLayer::new(client_secret(authority), [SCOPE])
 }
 
 #[tokio::test]

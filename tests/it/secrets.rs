@@ -166,7 +166,6 @@ async fn no_secret_in_errors_debug_output_or_traces() {
         ),
         format!("{token:?}"),
         format!("{:?}", token.secret()),
-        format!("{}", token.secret()),
     ];
     for text in &debug_outputs {
         assert_clean("a Debug output", text, &secrets);
