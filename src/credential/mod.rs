@@ -51,6 +51,7 @@ pub use authorization_code::{AuthorizationCodeCredential, AuthorizationCodeCrede
 pub use azure_cli::{AzureCliCredential, AzureCliCredentialBuilder};
 pub use azure_developer_cli::{AzureDeveloperCliCredential, AzureDeveloperCliCredentialBuilder};
 pub use cache_options::TokenCachePersistenceOptions;
+pub(crate) use cache_options::CacheLocation;
 pub use certificate::{
     CertificateSignature, CertificateSource, ClientCertificateCredential,
     ClientCertificateCredentialBuilder,
