@@ -73,10 +73,14 @@ impl TokenStore {
         !matches!(self, TokenStore::Memory(_))
     }
 
-    /// Whether the file (the signal file of the Secret Service's) exists; always true in
-    /// memory.
+    /// Whether the file exists (for the Secret Service: its signal file, or the plaintext
+    /// fallback file); always true in memory.
     pub(crate) fn exists(&self) -> bool {
-        self.path().is_none_or(|p| p.exists())
+        match self {
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            TokenStore::Keyring(keyring) => keyring.exists(),
+            _ => self.path().is_none_or(Path::exists),
+        }
     }
 
     pub(crate) async fn read(&self) -> Result<Arc<CacheDocument>, PersistenceError> {

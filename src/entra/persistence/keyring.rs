@@ -84,6 +84,11 @@ impl<D: Document> KeyringCache<D> {
         self.signal.path()
     }
 
+    /// Whether the signal file or the allowed plaintext file exists.
+    pub(crate) fn exists(&self) -> bool {
+        self.path().exists() || self.target.fallback.as_deref().is_some_and(Path::exists)
+    }
+
     async fn backend(&self) -> Result<&Backend<D>, PersistenceError> {
         self.backend
             .get_or_try_init(|| async {

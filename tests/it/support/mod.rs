@@ -8,6 +8,8 @@ pub mod oidc;
 pub mod programs;
 pub mod python;
 pub mod resource;
+#[cfg(all(feature = "keyring", target_os = "linux"))]
+pub mod secret_service;
 pub mod serve;
 pub mod tls;
 pub mod vectors;

@@ -341,6 +341,37 @@ def cmd_msal_app_only(args):
     }
 
 
+def cmd_azid_persistent_app_only(args):
+    """Client credentials through msal with azure-identity's own persistent cache for this
+    platform (on Linux: msal-extensions' LibsecretPersistence in the Secret Service, signal file
+    ~/.IdentityService/<name>.nocae), unencrypted storage not allowed. Runs under the HOME and
+    DBUS_SESSION_BUS_ADDRESS the caller sets."""
+    import msal
+    from azure.identity import TokenCachePersistenceOptions
+    from azure.identity._persistent_cache import _load_persistent_cache
+
+    cache = _load_persistent_cache(TokenCachePersistenceOptions(name=args.name), is_cae=False)
+    app = msal.ConfidentialClientApplication(
+        args.client_id,
+        client_credential=args.client_secret,
+        authority=authority_url(args.authority_base, args.tenant),
+        token_cache=cache,
+        verify=args.ca,
+        instance_discovery=False,
+        validate_authority=False,
+    )
+    result = app.acquire_token_for_client(split_scopes(args.scopes))
+    if "error" in result:
+        raise msal_failure(result, "acquire_token_for_client")
+    return {
+        "ok": True,
+        "source": result.get("token_source"),
+        "access_token_aud": jwt_aud(result["access_token"]),
+        "encrypted": cache.is_encrypted,
+        "persistence": type(cache._persistence).__name__,  # pylint: disable=protected-access
+    }
+
+
 def cmd_msal_accounts(args):
     if read_text_or_none(args.cache) is None:
         raise PeerError("cache file not found: {}".format(args.cache), "FileNotFoundError")
@@ -583,6 +614,15 @@ def build_parser():
     sub.add_argument("--client-secret", required=True)
     sub.add_argument("--scopes", required=True)
     sub.add_argument("--cache", required=True, metavar="FILE")
+
+    sub = command("azid-persistent-app-only", cmd_azid_persistent_app_only,
+                  "client credentials with msal and azure-identity's persistent cache "
+                  "(Secret Service on Linux; run by .venv-libsecret)")
+    sub.add_argument("--tenant", required=True)
+    sub.add_argument("--client-id", required=True)
+    sub.add_argument("--client-secret", required=True)
+    sub.add_argument("--scopes", required=True)
+    sub.add_argument("--name", required=True, help="TokenCachePersistenceOptions(name=…)")
 
     sub = command("msal-accounts", cmd_msal_accounts, "accounts msal sees in a cache file")
     sub.add_argument("--cache", required=True, metavar="FILE")
