@@ -7,12 +7,10 @@
 //! # fn main() -> Result<(), tower_identity::ConfigError> {
 //! // Encrypted in the Secret Service (Linux, `keyring` feature); the plaintext file only if
 //! // there is no usable keyring.
-//! let credential = ClientSecretCredential::builder()
-//!     .tenant_id("my-tenant")
-//!     .client_id("my-app")
-//!     .client_secret("my-secret")
-//!     .token_cache(TokenCachePersistenceOptions::new().allow_unencrypted_storage(true))
+//! let credential = ClientSecretCredential::builder("my-tenant", "my-app-id", "my-secret")
+//!     .cache_options(TokenCachePersistenceOptions::new().allow_unencrypted_storage(true))
 //!     .build()?;
+//! # drop(credential);
 //! # Ok(()) }
 //! ```
 //!
@@ -49,9 +47,19 @@ pub(crate) const DEFAULT_CACHE_NAME: &str = "msal.cache";
 const DIRECTORY: &str = ".IdentityService";
 
 /// Where and how tokens are persisted: the shared MSAL cache, encrypted in the OS keyring where
-/// this build has one (see the [module docs](self)), else — only if
+/// this build has one, else — only if
 /// [`allow_unencrypted_storage`](Self::allow_unencrypted_storage) allows it — the plaintext
 /// file `<directory>/<name>.nocae` (and `.cae`).
+///
+/// The keyring is the Secret Service on Linux with the `keyring` feature: one item per
+/// document, stored as Python msal-extensions' `LibsecretPersistence` stores it for
+/// azure-identity, so that both share it; the file is then only a signal file, and
+/// `<file>.lockfile` orders writers across processes. Whether the Secret Service is usable
+/// (a session bus, a service on it, its default collection unlocked) is found out on first
+/// use; if it is not, the plaintext file is used when allowed, else each use of the cache fails
+/// with an error naming what is missing. Without the feature, and on macOS and Windows (the
+/// Keychain and DPAPI are not implemented yet), building a credential with these options fails
+/// unless the plaintext file is allowed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TokenCachePersistenceOptions {
@@ -118,8 +126,7 @@ impl TokenCachePersistenceOptions {
 
     /// Checks the settings and resolves the directory.
     pub(crate) fn resolve(&self, credential: &str) -> Result<CachePaths, ConfigError> {
-        if !cfg!(all(feature = "keyring", target_os = "linux")) && !self.allow_unencrypted_storage
-        {
+        if !cfg!(all(feature = "keyring", target_os = "linux")) && !self.allow_unencrypted_storage {
             let missing = if cfg!(target_os = "linux") {
                 "this build has none: enable tower-identity's `keyring` feature to keep the cache \
                  in the Secret Service"
@@ -190,9 +197,7 @@ impl CachePaths {
         return CacheLocation::Keyring(KeyringTarget {
             signal: self.current(cae),
             bus: self.secret_service_bus.clone(),
-            fallback: self
-                .allow_unencrypted_storage
-                .then(|| self.plaintext(cae)),
+            fallback: self.allow_unencrypted_storage.then(|| self.plaintext(cae)),
         });
         // `resolve` made sure that the file is allowed.
         #[cfg(not(all(feature = "keyring", target_os = "linux")))]
@@ -281,7 +286,10 @@ mod tests {
         let CacheLocation::Keyring(target) = with_fallback.file(true);
         assert_eq!(target.signal, Path::new("/tmp/x/app.cae"));
         assert_eq!(target.bus, None);
-        assert_eq!(target.fallback.as_deref(), Some(Path::new("/tmp/x/app.cae")));
+        assert_eq!(
+            target.fallback.as_deref(),
+            Some(Path::new("/tmp/x/app.cae"))
+        );
     }
 
     #[test]

@@ -8,10 +8,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::msal_cache::{CacheDocument, DocumentError};
-#[cfg(all(feature = "keyring", target_os = "linux"))]
-use super::persistence::KeyringCache;
 #[cfg(not(all(feature = "keyring", target_os = "linux")))]
 use super::persistence::CacheFile;
+#[cfg(all(feature = "keyring", target_os = "linux"))]
+use super::persistence::KeyringCache;
 use super::persistence::{Document, PersistenceError};
 use crate::credential::CacheLocation;
 

@@ -7,8 +7,7 @@
 use std::collections::HashMap;
 
 use tower_identity::{
-    ClientSecretCredential, CredentialExt, SharedTokenCacheCredential,
-    TokenCachePersistenceOptions,
+    ClientSecretCredential, CredentialExt, SharedTokenCacheCredential, TokenCachePersistenceOptions,
 };
 
 use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, peer};
@@ -57,10 +56,19 @@ async fn tokens_are_kept_in_the_secret_service_as_libsecret_stores_them_and_in_n
         .await
         .unwrap();
     assert_eq!(second.secret(), first.secret());
-    assert_eq!(posts(tenant).await, 1, "the second credential read the keyring");
+    assert_eq!(
+        posts(tenant).await,
+        1,
+        "the second credential read the keyring"
+    );
 
     let items = service.items().await;
-    assert_eq!(items.len(), 1, "{:?}", items.iter().map(|i| &i.1).collect::<Vec<_>>());
+    assert_eq!(
+        items.len(),
+        1,
+        "{:?}",
+        items.iter().map(|i| &i.1).collect::<Vec<_>>()
+    );
     let (label, attributes, document) = &items[0];
     assert_eq!(label, "MSALCache");
     let expected: HashMap<String, String> = [
@@ -135,12 +143,19 @@ async fn python_msal_extensions_and_we_read_each_others_entries() {
         .get_token([SCOPE])
         .await
         .unwrap();
-    assert_eq!(posts(tenant).await, 1, "we read Python's entry from the keyring");
+    assert_eq!(
+        posts(tenant).await,
+        1,
+        "we read Python's entry from the keyring"
+    );
 }
 
 /// A credential that reports the store's read error: the shared token cache, with its signal
 /// file present.
-async fn shared_cache_error(options: TokenCachePersistenceOptions, dir: &std::path::Path) -> String {
+async fn shared_cache_error(
+    options: TokenCachePersistenceOptions,
+    dir: &std::path::Path,
+) -> String {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("msal.cache.nocae"), b"").unwrap();
     let peer = peer();
@@ -165,7 +180,10 @@ async fn without_a_secret_service_the_error_says_so_and_what_to_do() {
     )
     .await;
     assert!(message.contains("no Secret Service on"), "{message}");
-    assert!(message.contains("allow_unencrypted_storage(true)"), "{message}");
+    assert!(
+        message.contains("allow_unencrypted_storage(true)"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -180,7 +198,10 @@ async fn without_a_bus_the_error_says_so() {
     )
     .await;
     assert!(message.contains("no D-Bus session bus"), "{message}");
-    assert!(message.contains("allow_unencrypted_storage(true)"), "{message}");
+    assert!(
+        message.contains("allow_unencrypted_storage(true)"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

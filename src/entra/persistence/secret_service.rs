@@ -58,11 +58,7 @@ impl Keyring {
         let bus_name = bus.unwrap_or("the session bus (DBUS_SESSION_BUS_ADDRESS)");
         let connection = with_timeout(async {
             match bus {
-                Some(address) => {
-                    zbus::connection::Builder::address(address)?
-                        .build()
-                        .await
-                }
+                Some(address) => zbus::connection::Builder::address(address)?.build().await,
                 None => zbus::Connection::session().await,
             }
         })
@@ -146,10 +142,14 @@ impl Keyring {
                 .path(item.item_path.clone())?
                 .build()
                 .await?;
-            let interface = zbus::names::InterfaceName::try_from(ITEM_INTERFACE)
-                .map_err(zbus::Error::from)?;
+            let interface =
+                zbus::names::InterfaceName::try_from(ITEM_INTERFACE).map_err(zbus::Error::from)?;
             properties
-                .set(interface, "Type", zbus::zvariant::Value::from(self.schema.as_str()))
+                .set(
+                    interface,
+                    "Type",
+                    zbus::zvariant::Value::from(self.schema.as_str()),
+                )
                 .await?;
             Ok::<(), SsError>(())
         })

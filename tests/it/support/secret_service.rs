@@ -119,7 +119,10 @@ impl SecretService {
         let name = zbus::names::BusName::try_from(SECRETS).unwrap();
         if !dbus.name_has_owner(name).await.unwrap() {
             use futures_util::StreamExt;
-            owners.next().await.expect("gnome-keyring-daemon took the name");
+            owners
+                .next()
+                .await
+                .expect("gnome-keyring-daemon took the name");
         }
         keyring
     }
@@ -185,10 +188,15 @@ impl SecretService {
         )
         .await
         .unwrap();
-        let (default,): (OwnedObjectPath,) = service.call("ReadAlias", &("default",)).await.unwrap();
+        let (default,): (OwnedObjectPath,) =
+            service.call("ReadAlias", &("default",)).await.unwrap();
         let (locked, _prompt): (Vec<OwnedObjectPath>, OwnedObjectPath) =
             service.call("Lock", &(vec![default],)).await.unwrap();
-        assert_eq!(locked.len(), 1, "gnome-keyring locked the collection without a prompt");
+        assert_eq!(
+            locked.len(),
+            1,
+            "gnome-keyring locked the collection without a prompt"
+        );
     }
 
     /// Runs a `peer.py` subcommand with the libsecret peer (`.venv-libsecret`), HOME set to
