@@ -48,7 +48,7 @@ if ! command -v gnome-keyring-daemon >/dev/null 2>&1 || ! command -v dbus-daemon
 fi
 
 echo "==> installing the Python libsecret peer (msal-extensions on Debian's python3)"
-if ! tests/peers/python/install-libsecret.sh; then
+if ! tests/peers/python/install.sh --libsecret; then
     echo "tests/run.sh: the keyring cross-check tests will fail without it (see the message above)" >&2
 fi
 

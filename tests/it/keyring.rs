@@ -150,12 +150,12 @@ async fn python_msal_extensions_and_we_read_each_others_entries() {
     );
 }
 
-/// A credential that reports the store's read error: the shared token cache, with its signal
-/// file present.
-async fn shared_cache_error(
-    options: TokenCachePersistenceOptions,
-    dir: &std::path::Path,
-) -> String {
+/// The error of a credential that reports the store's read error: the shared token cache in
+/// `dir`, on the bus at `bus`, with its signal file present and the plaintext file not allowed.
+async fn shared_cache_error(bus: String, dir: &std::path::Path) -> String {
+    let options = TokenCachePersistenceOptions::new()
+        .directory(dir)
+        .secret_service_bus(bus);
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("msal.cache.nocae"), b"").unwrap();
     let peer = peer();
@@ -172,13 +172,7 @@ async fn shared_cache_error(
 async fn without_a_secret_service_the_error_says_so_and_what_to_do() {
     let service = SecretService::bus_only().await;
     let dir = service.identity_service_dir();
-    let message = shared_cache_error(
-        TokenCachePersistenceOptions::new()
-            .directory(&dir)
-            .secret_service_bus(service.address.clone()),
-        &dir,
-    )
-    .await;
+    let message = shared_cache_error(service.address.clone(), &dir).await;
     assert!(message.contains("no Secret Service on"), "{message}");
     assert!(
         message.contains("allow_unencrypted_storage(true)"),
@@ -190,13 +184,7 @@ async fn without_a_secret_service_the_error_says_so_and_what_to_do() {
 async fn without_a_bus_the_error_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let missing = format!("unix:path={}", dir.path().join("no-bus").display());
-    let message = shared_cache_error(
-        TokenCachePersistenceOptions::new()
-            .directory(dir.path())
-            .secret_service_bus(missing),
-        dir.path(),
-    )
-    .await;
+    let message = shared_cache_error(missing, dir.path()).await;
     assert!(message.contains("no D-Bus session bus"), "{message}");
     assert!(
         message.contains("allow_unencrypted_storage(true)"),
@@ -209,13 +197,7 @@ async fn a_locked_keyring_is_reported_not_prompted_for() {
     let service = SecretService::start().await;
     service.lock().await;
     let dir = service.identity_service_dir();
-    let message = shared_cache_error(
-        TokenCachePersistenceOptions::new()
-            .directory(&dir)
-            .secret_service_bus(service.address.clone()),
-        &dir,
-    )
-    .await;
+    let message = shared_cache_error(service.address.clone(), &dir).await;
     assert!(message.contains("is locked"), "{message}");
 }
 

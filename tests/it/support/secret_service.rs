@@ -136,14 +136,8 @@ impl SecretService {
             .unwrap()
     }
 
-    /// `~/.IdentityService` of the temporary HOME.
-    pub fn identity_service_dir(&self) -> PathBuf {
-        self.dir.path().join(".IdentityService")
-    }
-
-    /// Every item of the keyring: (label, attributes, secret as text). Secrets are read in a
-    /// plain session (the bus is private to the test).
-    pub async fn items(&self) -> Vec<(String, HashMap<String, String>, String)> {
+    /// The Secret Service's main object, and the connection it lives on.
+    async fn service(&self) -> (zbus::Connection, zbus::Proxy<'static>) {
         let connection = self.connect().await;
         let service = zbus::Proxy::new(
             &connection,
@@ -153,6 +147,18 @@ impl SecretService {
         )
         .await
         .unwrap();
+        (connection, service)
+    }
+
+    /// `~/.IdentityService` of the temporary HOME.
+    pub fn identity_service_dir(&self) -> PathBuf {
+        self.dir.path().join(".IdentityService")
+    }
+
+    /// Every item of the keyring: (label, attributes, secret as text). Secrets are read in a
+    /// plain session (the bus is private to the test).
+    pub async fn items(&self) -> Vec<(String, HashMap<String, String>, String)> {
+        let (connection, service) = self.service().await;
         let (_, session): (zbus::zvariant::OwnedValue, OwnedObjectPath) = service
             .call("OpenSession", &("plain", zbus::zvariant::Value::from("")))
             .await
@@ -179,15 +185,7 @@ impl SecretService {
 
     /// Locks the default collection, as a screen lock or `secret-tool lock` would.
     pub async fn lock(&self) {
-        let connection = self.connect().await;
-        let service = zbus::Proxy::new(
-            &connection,
-            SECRETS,
-            "/org/freedesktop/secrets",
-            "org.freedesktop.Secret.Service",
-        )
-        .await
-        .unwrap();
+        let (_connection, service) = self.service().await;
         let (default,): (OwnedObjectPath,) =
             service.call("ReadAlias", &("default",)).await.unwrap();
         let (locked, _prompt): (Vec<OwnedObjectPath>, OwnedObjectPath) =
@@ -206,7 +204,7 @@ impl SecretService {
         let python = peers.join(".venv-libsecret/bin/python");
         assert!(
             python.exists(),
-            "the Python libsecret peer is not installed: run tests/peers/python/install-libsecret.sh \
+            "the Python libsecret peer is not installed: run tests/peers/python/install.sh --libsecret \
              (tests/run.sh does; it needs the Debian packages python3-gi gir1.2-secret-1 python3-venv)"
         );
         let output = Command::new(python)

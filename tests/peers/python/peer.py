@@ -315,10 +315,10 @@ def cmd_msal_silent(args):
     }
 
 
-def cmd_msal_app_only(args):
+def acquire_app_only(args, cache):
+    """acquire_token_for_client through msal with `cache`; the answer's common fields."""
     import msal
 
-    cache = load_serializable_cache(args.cache)
     app = msal.ConfidentialClientApplication(
         args.client_id,
         client_credential=args.client_secret,
@@ -331,14 +331,19 @@ def cmd_msal_app_only(args):
     result = app.acquire_token_for_client(split_scopes(args.scopes))
     if "error" in result:
         raise msal_failure(result, "acquire_token_for_client")
-    written = save_cache_if_changed(args.cache, cache)
     return {
         "ok": True,
         "source": result.get("token_source"),
         "access_token_aud": jwt_aud(result["access_token"]),
-        "cache": os.path.abspath(args.cache),
-        "cache_written": written,
     }
+
+
+def cmd_msal_app_only(args):
+    cache = load_serializable_cache(args.cache)
+    answer = acquire_app_only(args, cache)
+    answer["cache"] = os.path.abspath(args.cache)
+    answer["cache_written"] = save_cache_if_changed(args.cache, cache)
+    return answer
 
 
 def cmd_azid_persistent_app_only(args):
@@ -346,30 +351,14 @@ def cmd_azid_persistent_app_only(args):
     platform (on Linux: msal-extensions' LibsecretPersistence in the Secret Service, signal file
     ~/.IdentityService/<name>.nocae), unencrypted storage not allowed. Runs under the HOME and
     DBUS_SESSION_BUS_ADDRESS the caller sets."""
-    import msal
     from azure.identity import TokenCachePersistenceOptions
     from azure.identity._persistent_cache import _load_persistent_cache
 
     cache = _load_persistent_cache(TokenCachePersistenceOptions(name=args.name), is_cae=False)
-    app = msal.ConfidentialClientApplication(
-        args.client_id,
-        client_credential=args.client_secret,
-        authority=authority_url(args.authority_base, args.tenant),
-        token_cache=cache,
-        verify=args.ca,
-        instance_discovery=False,
-        validate_authority=False,
-    )
-    result = app.acquire_token_for_client(split_scopes(args.scopes))
-    if "error" in result:
-        raise msal_failure(result, "acquire_token_for_client")
-    return {
-        "ok": True,
-        "source": result.get("token_source"),
-        "access_token_aud": jwt_aud(result["access_token"]),
-        "encrypted": cache.is_encrypted,
-        "persistence": type(cache._persistence).__name__,  # pylint: disable=protected-access
-    }
+    answer = acquire_app_only(args, cache)
+    answer["encrypted"] = cache.is_encrypted
+    answer["persistence"] = type(cache._persistence).__name__  # pylint: disable=protected-access
+    return answer
 
 
 def cmd_msal_accounts(args):
