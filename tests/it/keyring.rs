@@ -63,14 +63,10 @@ async fn tokens_are_kept_in_the_secret_service_as_libsecret_stores_them_and_in_n
     );
 
     let items = service.items().await;
-    assert_eq!(
-        items.len(),
-        1,
-        "{:?}",
-        items.iter().map(|i| &i.1).collect::<Vec<_>>()
-    );
-    let (label, attributes, document) = &items[0];
-    assert_eq!(label, "MSALCache");
+    assert_eq!(items.len(), 1, "{:?}", items);
+    let item = &items[0];
+    assert_eq!(item.label, "MSALCache");
+    assert_eq!(item.kind, "keyring-reuse.nocae");
     let expected: HashMap<String, String> = [
         ("MsalClientID", "Microsoft.Developer.IdentityService"),
         ("xdg:schema", "keyring-reuse.nocae"),
@@ -78,8 +74,8 @@ async fn tokens_are_kept_in_the_secret_service_as_libsecret_stores_them_and_in_n
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    assert_eq!(attributes, &expected);
-    assert!(document.contains(first.secret().expose_secret()));
+    assert_eq!(item.attributes, expected);
+    assert!(item.secret.contains(first.secret().expose_secret()));
     // The file is only the signal file: touched, empty; no token in any file of the HOME.
     let signal = service.identity_service_dir().join("keyring-reuse.nocae");
     assert_eq!(std::fs::read(&signal).unwrap(), b"");
@@ -229,7 +225,7 @@ async fn the_plaintext_file_is_used_only_when_allowed_and_no_keyring_is_usable()
     assert_eq!(std::fs::read(&file).unwrap(), b"");
     assert!(
         service.items().await[0]
-            .2
+            .secret
             .contains(token.secret().expose_secret())
     );
 }

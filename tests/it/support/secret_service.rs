@@ -21,6 +21,17 @@ const SECRETS: &str = "org.freedesktop.secrets";
 const INSTALL_HINT: &str = "install gnome-keyring and dbus (apt-get install -y gnome-keyring \
                             dbus-daemon); tests/run.sh does when run as root";
 
+/// One item of the keyring, as the Secret Service reports it.
+#[derive(Debug)]
+pub struct Item {
+    pub label: String,
+    /// The `Type` property (libsecret sets it to the schema name).
+    pub kind: String,
+    pub attributes: HashMap<String, String>,
+    /// The secret, as text.
+    pub secret: String,
+}
+
 /// A session bus, with or without an unlocked gnome-keyring on it. Dropping it ends both.
 pub struct SecretService {
     /// The bus address, for `TokenCachePersistenceOptions::secret_service_bus`.
@@ -155,9 +166,9 @@ impl SecretService {
         self.dir.path().join(".IdentityService")
     }
 
-    /// Every item of the keyring: (label, attributes, secret as text). Secrets are read in a
-    /// plain session (the bus is private to the test).
-    pub async fn items(&self) -> Vec<(String, HashMap<String, String>, String)> {
+    /// Every item of the keyring. Secrets are read in a plain session (the bus is private to
+    /// the test).
+    pub async fn items(&self) -> Vec<Item> {
         let (connection, service) = self.service().await;
         let (_, session): (zbus::zvariant::OwnedValue, OwnedObjectPath) = service
             .call("OpenSession", &("plain", zbus::zvariant::Value::from("")))
@@ -174,11 +185,17 @@ impl SecretService {
                 .await
                 .unwrap();
             let label: String = item.get_property("Label").await.unwrap();
+            let kind: String = item.get_property("Type").await.unwrap();
             let attributes: HashMap<String, String> =
                 item.get_property("Attributes").await.unwrap();
             let (_, _, value, _): (OwnedObjectPath, Vec<u8>, Vec<u8>, String) =
                 item.call("GetSecret", &(&session,)).await.unwrap();
-            items.push((label, attributes, String::from_utf8(value).unwrap()));
+            items.push(Item {
+                label,
+                kind,
+                attributes,
+                secret: String::from_utf8(value).unwrap(),
+            });
         }
         items
     }
