@@ -31,6 +31,27 @@ npm ci --prefix tests/peers/oidc --no-audit --no-fund --loglevel=error
 echo "==> installing the Python peers (msal, azure-identity)"
 tests/peers/python/install.sh
 
+# The keyring tests run a real Secret Service (gnome-keyring on a private dbus-daemon) and
+# cross-check with msal-extensions' LibsecretPersistence, which needs Debian's python3 with
+# PyGObject and libsecret's introspection data.
+keyring_packages="gnome-keyring dbus-daemon python3-gi gir1.2-secret-1 python3-venv"
+if ! command -v gnome-keyring-daemon >/dev/null 2>&1 || ! command -v dbus-daemon >/dev/null 2>&1 \
+    || ! /usr/bin/python3 -c 'import gi; gi.require_version("Secret", "1")' 2>/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing the Secret Service peers ($keyring_packages)"
+        apt-get update -qq >/dev/null
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $keyring_packages >/dev/null
+    else
+        echo "tests/run.sh: the keyring tests need: apt-get install -y $keyring_packages (as root); they fail without them" >&2
+    fi
+fi
+
+echo "==> installing the Python libsecret peer (msal-extensions on Debian's python3)"
+if ! tests/peers/python/install.sh --libsecret; then
+    echo "tests/run.sh: the keyring cross-check tests will fail without it (see the message above)" >&2
+fi
+
 echo "==> fetching crates (the tests then run offline)"
 cargo fetch --locked
 

@@ -1,38 +1,73 @@
 //! [`TokenCachePersistenceOptions`]: where a credential keeps tokens across processes — the
-//! MSAL token-cache file that Azure CLI, MSAL and azure-identity share.
+//! MSAL token cache that Azure CLI, MSAL, msal-extensions and azure-identity share.
 //!
-//! The file is `~/.IdentityService/<name>.nocae` for ordinary tokens and `<name>.cae` for
-//! tokens requested with the CAE capability (`<name>` defaults to `msal.cache`; a file named
-//! just `msal.cache`, written by older tools, is read when `msal.cache.nocae` does not exist).
-//! It is plaintext JSON with mode `0600`, written under the lock-file protocol of
-//! msal-extensions (`<file>.lockfile`), so that concurrent writers in other processes lose
-//! nothing.
+//! ```no_run
+//! use tower_identity::{ClientSecretCredential, TokenCachePersistenceOptions};
 //!
-//! **Encrypted storage is not implemented yet.** The reference stores the cache in the
-//! desktop keyring (Secret Service) and falls back to plaintext only when allowed; this crate
-//! has only the plaintext file, so a credential given these options must be allowed to use it
-//! ([`allow_unencrypted_storage`](TokenCachePersistenceOptions::allow_unencrypted_storage)),
-//! and says so clearly when it is not. The options type is where a keyring backend will plug
-//! in.
+//! # fn main() -> Result<(), tower_identity::ConfigError> {
+//! // Encrypted in the Secret Service (Linux, `keyring` feature); the plaintext file only if
+//! // there is no usable keyring.
+//! let credential = ClientSecretCredential::builder("my-tenant", "my-app-id", "my-secret")
+//!     .cache_options(TokenCachePersistenceOptions::new().allow_unencrypted_storage(true))
+//!     .build()?;
+//! # drop(credential);
+//! # Ok(()) }
+//! ```
+//!
+//! # Where the cache lives
+//!
+//! * **Encrypted, in the Secret Service** (Linux with the `keyring` feature): one item per
+//!   document in the default collection, stored as Python msal-extensions'
+//!   `LibsecretPersistence` stores it for azure-identity (schema `<name>.nocae` /
+//!   `<name>.cae`, attribute `MsalClientID`, label `MSALCache`), so the two share it. The
+//!   file `~/.IdentityService/<name>.nocae` is then only a *signal file*, touched on every
+//!   write, and `<file>.lockfile` orders writers as for the plaintext file.
+//! * **Plaintext**, `~/.IdentityService/<name>.nocae` for ordinary tokens and `<name>.cae` for
+//!   tokens requested with the CAE capability (`<name>` defaults to `msal.cache`; a file named
+//!   just `msal.cache`, written by older tools, is read when `msal.cache.nocae` does not
+//!   exist): JSON with mode `0600`, written under msal-extensions' lock-file protocol
+//!   (`<file>.lockfile`), so that concurrent writers in other processes lose nothing.
+//!
+//! Encrypted storage is preferred. Whether a Secret Service is usable (a D-Bus session bus, a
+//! service on it, its default collection unlocked) is found out on first use; when it is not,
+//! the plaintext file is used if [`allow_unencrypted_storage`](TokenCachePersistenceOptions::allow_unencrypted_storage)
+//! allowed it, else each use fails with an error naming what is missing. Where this build has
+//! no encrypted storage at all — without the `keyring` feature, and on macOS (Keychain) and
+//! Windows (DPAPI), which are not implemented yet — building a credential with these options
+//! fails with a [`ConfigError`] unless the plaintext file is allowed.
 
 use std::path::PathBuf;
 
+#[cfg(all(feature = "keyring", target_os = "linux"))]
+use crate::entra::persistence::KeyringTarget;
 use crate::error::ConfigError;
 
 /// The default cache name: the file is `<name>.nocae` / `<name>.cae`.
 pub(crate) const DEFAULT_CACHE_NAME: &str = "msal.cache";
 const DIRECTORY: &str = ".IdentityService";
 
-/// Where and how tokens are persisted: the shared MSAL cache file `<directory>/<name>.nocae`
-/// (and `.cae`), plaintext JSON with mode `0600`, written under msal-extensions' lock-file
-/// protocol. Encrypted (keyring) storage is not implemented yet, so using the file must be
-/// allowed with [`allow_unencrypted_storage`](Self::allow_unencrypted_storage).
+/// Where and how tokens are persisted: the shared MSAL cache, encrypted in the OS keyring where
+/// this build has one, else — only if
+/// [`allow_unencrypted_storage`](Self::allow_unencrypted_storage) allows it — the plaintext
+/// file `<directory>/<name>.nocae` (and `.cae`).
+///
+/// The keyring is the Secret Service on Linux with the `keyring` feature: one item per
+/// document, stored as Python msal-extensions' `LibsecretPersistence` stores it for
+/// azure-identity, so that both share it; the file is then only a signal file, and
+/// `<file>.lockfile` orders writers across processes. Whether the Secret Service is usable
+/// (a session bus, a service on it, its default collection unlocked) is found out on first
+/// use; if it is not, the plaintext file is used when allowed, else each use of the cache fails
+/// with an error naming what is missing. Without the feature, and on macOS and Windows (the
+/// Keychain and DPAPI are not implemented yet), building a credential with these options fails
+/// unless the plaintext file is allowed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TokenCachePersistenceOptions {
     name: String,
     directory: Option<PathBuf>,
     allow_unencrypted_storage: bool,
+    #[cfg(all(feature = "keyring", target_os = "linux"))]
+    secret_service_bus: Option<String>,
 }
 
 impl Default for TokenCachePersistenceOptions {
@@ -49,6 +84,8 @@ impl TokenCachePersistenceOptions {
             name: DEFAULT_CACHE_NAME.to_owned(),
             directory: None,
             allow_unencrypted_storage: false,
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            secret_service_bus: None,
         }
     }
 
@@ -58,15 +95,27 @@ impl TokenCachePersistenceOptions {
         self
     }
 
-    /// Another directory than `~/.IdentityService` (for tests, containers, service accounts).
+    /// Another directory than `~/.IdentityService` (for tests, containers, service accounts):
+    /// the plaintext files, or the signal and lock files of the encrypted cache.
     pub fn directory(mut self, directory: impl Into<PathBuf>) -> Self {
         self.directory = Some(directory.into());
         self
     }
 
-    /// Allow the plaintext file (mode `0600`) — today the only storage there is.
+    /// Allow the plaintext file (mode `0600`) where there is no encrypted storage: no usable
+    /// Secret Service, or a build or platform without one. Encrypted storage is still used
+    /// wherever it works.
     pub fn allow_unencrypted_storage(mut self, allow: bool) -> Self {
         self.allow_unencrypted_storage = allow;
+        self
+    }
+
+    /// The D-Bus session bus on which to find the Secret Service, instead of
+    /// `DBUS_SESSION_BUS_ADDRESS`: an address such as `unix:path=/run/user/1000/bus`, for
+    /// services that run a bus of their own.
+    #[cfg(all(feature = "keyring", target_os = "linux"))]
+    pub fn secret_service_bus(mut self, address: impl Into<String>) -> Self {
+        self.secret_service_bus = Some(address.into());
         self
     }
 
@@ -77,11 +126,18 @@ impl TokenCachePersistenceOptions {
 
     /// Checks the settings and resolves the directory.
     pub(crate) fn resolve(&self, credential: &str) -> Result<CachePaths, ConfigError> {
-        if !self.allow_unencrypted_storage {
+        if !cfg!(all(feature = "keyring", target_os = "linux")) && !self.allow_unencrypted_storage {
+            let missing = if cfg!(target_os = "linux") {
+                "this build has none: enable tower-identity's `keyring` feature to keep the cache \
+                 in the Secret Service"
+            } else {
+                "which tower-identity does not implement on this platform yet (macOS Keychain \
+                 and Windows DPAPI are planned)"
+            };
             return Err(ConfigError::new(format!(
-                "{credential}: persistent token caching needs encrypted storage, which is not \
-                 implemented yet; call TokenCachePersistenceOptions::allow_unencrypted_storage(true) \
-                 to keep tokens in a plaintext file readable only by you (mode 0600)"
+                "{credential}: persistent token caching needs encrypted storage, {missing}; or \
+                 call TokenCachePersistenceOptions::allow_unencrypted_storage(true) to keep \
+                 tokens in a plaintext file readable only by you (mode 0600)"
             )));
         }
         let name = self.name.trim();
@@ -104,23 +160,60 @@ impl TokenCachePersistenceOptions {
         Ok(CachePaths {
             directory,
             name: name.to_owned(),
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            allow_unencrypted_storage: self.allow_unencrypted_storage,
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            secret_service_bus: self.secret_service_bus.clone(),
         })
     }
 }
 
-/// The files of one cache.
+/// The storage of one cache document (ordinary or CAE).
+#[derive(Clone, Debug)]
+pub(crate) enum CacheLocation {
+    /// The plaintext file (builds without encrypted storage).
+    #[cfg(not(all(feature = "keyring", target_os = "linux")))]
+    File(PathBuf),
+    /// The Secret Service, with the file as its signal file (and fallback, if allowed).
+    #[cfg(all(feature = "keyring", target_os = "linux"))]
+    Keyring(KeyringTarget),
+}
+
+/// Where one cache's documents live.
 #[derive(Clone, Debug)]
 pub(crate) struct CachePaths {
     directory: PathBuf,
     name: String,
+    #[cfg(all(feature = "keyring", target_os = "linux"))]
+    allow_unencrypted_storage: bool,
+    #[cfg(all(feature = "keyring", target_os = "linux"))]
+    secret_service_bus: Option<String>,
 }
 
 impl CachePaths {
-    /// `<name>.cae` or `<name>.nocae`; for the default name without CAE, the legacy
-    /// `msal.cache` when only that exists.
-    pub(crate) fn file(&self, cae: bool) -> PathBuf {
+    /// The storage of the ordinary (`cae == false`) or CAE document.
+    pub(crate) fn file(&self, cae: bool) -> CacheLocation {
+        #[cfg(all(feature = "keyring", target_os = "linux"))]
+        return CacheLocation::Keyring(KeyringTarget {
+            signal: self.current(cae),
+            bus: self.secret_service_bus.clone(),
+            fallback: self.allow_unencrypted_storage.then(|| self.plaintext(cae)),
+        });
+        // `resolve` made sure that the file is allowed.
+        #[cfg(not(all(feature = "keyring", target_os = "linux")))]
+        CacheLocation::File(self.plaintext(cae))
+    }
+
+    /// `<name>.cae` or `<name>.nocae`.
+    fn current(&self, cae: bool) -> PathBuf {
         let suffix = if cae { "cae" } else { "nocae" };
-        let current = self.directory.join(format!("{}.{suffix}", self.name));
+        self.directory.join(format!("{}.{suffix}", self.name))
+    }
+
+    /// The plaintext file: [`current`](Self::current); for the default name without CAE, the
+    /// legacy `msal.cache` when only that exists.
+    fn plaintext(&self, cae: bool) -> PathBuf {
+        let current = self.current(cae);
         if !cae && self.name == DEFAULT_CACHE_NAME && !current.exists() {
             let legacy = self.directory.join(DEFAULT_CACHE_NAME);
             if legacy.is_file() {
@@ -141,18 +234,61 @@ fn home_directory() -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
+    #[cfg(not(all(feature = "keyring", target_os = "linux")))]
     #[test]
-    fn unencrypted_storage_must_be_allowed_explicitly() {
+    fn without_encrypted_storage_the_file_must_be_allowed_explicitly() {
         let err = TokenCachePersistenceOptions::new()
             .directory("/tmp/x")
             .resolve("ClientSecretCredential")
             .unwrap_err();
-        assert!(err.message().contains("not implemented yet"), "{err}");
+        let expected = if cfg!(target_os = "linux") {
+            "enable tower-identity's `keyring` feature"
+        } else {
+            "not implement on this platform yet"
+        };
+        assert!(err.message().contains(expected), "{err}");
         assert!(
             err.message().contains("allow_unencrypted_storage(true)"),
             "{err}"
+        );
+        let allowed = TokenCachePersistenceOptions::new()
+            .directory("/tmp/x")
+            .allow_unencrypted_storage(true)
+            .resolve("Test")
+            .unwrap();
+        assert!(
+            matches!(allowed.file(true), CacheLocation::File(path) if path == Path::new("/tmp/x/msal.cache.cae"))
+        );
+    }
+
+    #[cfg(all(feature = "keyring", target_os = "linux"))]
+    #[test]
+    fn the_keyring_is_the_storage_and_the_file_its_signal_and_allowed_fallback() {
+        let encrypted_only = TokenCachePersistenceOptions::new()
+            .directory("/tmp/x")
+            .secret_service_bus("unix:path=/tmp/bus")
+            .resolve("Test")
+            .unwrap();
+        let CacheLocation::Keyring(target) = encrypted_only.file(false);
+        assert_eq!(target.signal, Path::new("/tmp/x/msal.cache.nocae"));
+        assert_eq!(target.bus.as_deref(), Some("unix:path=/tmp/bus"));
+        assert_eq!(target.fallback, None);
+        let with_fallback = TokenCachePersistenceOptions::new()
+            .name("app")
+            .directory("/tmp/x")
+            .allow_unencrypted_storage(true)
+            .resolve("Test")
+            .unwrap();
+        let CacheLocation::Keyring(target) = with_fallback.file(true);
+        assert_eq!(target.signal, Path::new("/tmp/x/app.cae"));
+        assert_eq!(target.bus, None);
+        assert_eq!(
+            target.fallback.as_deref(),
+            Some(Path::new("/tmp/x/app.cae"))
         );
     }
 
@@ -164,19 +300,19 @@ mod tests {
             .allow_unencrypted_storage(true)
             .resolve("Test")
             .unwrap();
-        assert_eq!(paths.file(true), dir.path().join("msal.cache.cae"));
-        assert_eq!(paths.file(false), dir.path().join("msal.cache.nocae"));
+        assert_eq!(paths.plaintext(true), dir.path().join("msal.cache.cae"));
+        assert_eq!(paths.plaintext(false), dir.path().join("msal.cache.nocae"));
         std::fs::write(dir.path().join("msal.cache"), "{}").unwrap();
-        assert_eq!(paths.file(false), dir.path().join("msal.cache"));
+        assert_eq!(paths.plaintext(false), dir.path().join("msal.cache"));
         std::fs::write(dir.path().join("msal.cache.nocae"), "{}").unwrap();
-        assert_eq!(paths.file(false), dir.path().join("msal.cache.nocae"));
+        assert_eq!(paths.plaintext(false), dir.path().join("msal.cache.nocae"));
         let custom = TokenCachePersistenceOptions::new()
             .name("my-app")
             .directory(dir.path())
             .allow_unencrypted_storage(true)
             .resolve("Test")
             .unwrap();
-        assert_eq!(custom.file(false), dir.path().join("my-app.nocae"));
+        assert_eq!(custom.plaintext(false), dir.path().join("my-app.nocae"));
     }
 
     #[test]

@@ -55,6 +55,7 @@ mod workload_identity;
 pub use authorization_code::{AuthorizationCodeCredential, AuthorizationCodeCredentialBuilder};
 pub use azure_cli::{AzureCliCredential, AzureCliCredentialBuilder};
 pub use azure_developer_cli::{AzureDeveloperCliCredential, AzureDeveloperCliCredentialBuilder};
+pub(crate) use cache_options::CacheLocation;
 pub use cache_options::TokenCachePersistenceOptions;
 pub use certificate::{
     CertificateSignature, CertificateSource, ClientCertificateCredential,

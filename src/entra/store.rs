@@ -1,13 +1,19 @@
-//! Where a credential's MSAL cache document lives: in memory (the default), or in the shared
-//! cache file (opt-in, see `TokenCachePersistenceOptions`). Both answer `read` and `modify`;
-//! the file re-reads under its lock before every change, so other processes' entries survive.
+//! Where a credential's MSAL cache document lives: in memory (the default), or persistent
+//! (opt-in, see `TokenCachePersistenceOptions`): the shared cache file, or with the `keyring`
+//! feature on Linux the Secret Service. All answer `read` and `modify`; the persistent ones
+//! read again under their lock file before every change, so other processes' entries survive.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::msal_cache::{CacheDocument, DocumentError};
-use super::persistence::{CacheFile, Document, PersistenceError};
+#[cfg(not(all(feature = "keyring", target_os = "linux")))]
+use super::persistence::CacheFile;
+#[cfg(all(feature = "keyring", target_os = "linux"))]
+use super::persistence::KeyringCache;
+use super::persistence::{Document, PersistenceError};
+use crate::credential::CacheLocation;
 
 impl Document for CacheDocument {
     type Error = DocumentError;
@@ -28,7 +34,10 @@ impl Document for CacheDocument {
 /// A credential's token cache document.
 pub(crate) enum TokenStore {
     Memory(Mutex<Arc<CacheDocument>>),
+    #[cfg(not(all(feature = "keyring", target_os = "linux")))]
     File(Arc<CacheFile<CacheDocument>>),
+    #[cfg(all(feature = "keyring", target_os = "linux"))]
+    Keyring(Arc<KeyringCache<CacheDocument>>),
 }
 
 impl TokenStore {
@@ -36,28 +45,42 @@ impl TokenStore {
         TokenStore::Memory(Mutex::new(Arc::new(CacheDocument::empty())))
     }
 
-    /// The cache file at `path`, shared with every credential of this process that uses it.
-    pub(crate) fn file(path: PathBuf) -> Self {
-        TokenStore::File(CacheFile::shared(path))
-    }
-
-    /// The file's path, for messages.
-    pub(crate) fn path(&self) -> Option<&std::path::Path> {
-        match self {
-            TokenStore::Memory(_) => None,
-            TokenStore::File(file) => Some(file.path()),
+    /// The persistent store at `location`: a cache file is shared with every credential of
+    /// this process that uses it.
+    pub(crate) fn file(location: CacheLocation) -> Self {
+        match location {
+            #[cfg(not(all(feature = "keyring", target_os = "linux")))]
+            CacheLocation::File(path) => TokenStore::File(CacheFile::shared(path)),
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            CacheLocation::Keyring(target) => TokenStore::Keyring(KeyringCache::new(target)),
         }
     }
 
-    /// Whether other processes and tools share the document (the cache file), as opposed to
-    /// a credential's private memory.
-    pub(crate) fn is_shared(&self) -> bool {
-        matches!(self, TokenStore::File(_))
+    /// The file's path (the signal file of the Secret Service's), for messages.
+    pub(crate) fn path(&self) -> Option<&Path> {
+        match self {
+            TokenStore::Memory(_) => None,
+            #[cfg(not(all(feature = "keyring", target_os = "linux")))]
+            TokenStore::File(file) => Some(file.path()),
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            TokenStore::Keyring(keyring) => Some(keyring.path()),
+        }
     }
 
-    /// Whether the file exists (always true in memory).
+    /// Whether other processes and tools share the document (persistent storage), as opposed
+    /// to a credential's private memory.
+    pub(crate) fn is_shared(&self) -> bool {
+        !matches!(self, TokenStore::Memory(_))
+    }
+
+    /// Whether the file exists (for the Secret Service: its signal file, or the plaintext
+    /// fallback file); always true in memory.
     pub(crate) fn exists(&self) -> bool {
-        self.path().is_none_or(|p| p.exists())
+        match self {
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            TokenStore::Keyring(keyring) => keyring.exists(),
+            _ => self.path().is_none_or(Path::exists),
+        }
     }
 
     pub(crate) async fn read(&self) -> Result<Arc<CacheDocument>, PersistenceError> {
@@ -65,7 +88,10 @@ impl TokenStore {
             TokenStore::Memory(doc) => {
                 Ok(Arc::clone(&doc.lock().unwrap_or_else(|e| e.into_inner())))
             }
+            #[cfg(not(all(feature = "keyring", target_os = "linux")))]
             TokenStore::File(file) => file.read().await,
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            TokenStore::Keyring(keyring) => keyring.read().await,
         }
     }
 
@@ -80,7 +106,10 @@ impl TokenStore {
                 let mut doc = doc.lock().unwrap_or_else(|e| e.into_inner());
                 Ok(change(Arc::make_mut(&mut doc)))
             }
+            #[cfg(not(all(feature = "keyring", target_os = "linux")))]
             TokenStore::File(file) => file.modify(change).await,
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            TokenStore::Keyring(keyring) => keyring.modify(change).await,
         }
     }
 }
@@ -89,9 +118,15 @@ impl fmt::Debug for TokenStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TokenStore::Memory(_) => f.write_str("TokenStore::Memory"),
+            #[cfg(not(all(feature = "keyring", target_os = "linux")))]
             TokenStore::File(file) => f
                 .debug_tuple("TokenStore::File")
                 .field(&file.path())
+                .finish(),
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            TokenStore::Keyring(keyring) => f
+                .debug_tuple("TokenStore::Keyring")
+                .field(&keyring.path())
                 .finish(),
         }
     }

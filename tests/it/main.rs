@@ -13,6 +13,8 @@ mod client_secret;
 mod default_credential;
 mod device_code;
 mod examples;
+#[cfg(all(feature = "keyring", target_os = "linux"))]
+mod keyring;
 mod limits;
 mod managed_identity;
 mod mi_emulator_selftest;

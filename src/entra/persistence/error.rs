@@ -1,4 +1,4 @@
-//! The error type of the cache file.
+//! The error type of the cache file and the Secret Service.
 
 use std::fmt;
 use std::io;
@@ -41,6 +41,12 @@ pub(super) enum Kind {
         timeout: Duration,
         /// Who held it, from the lock file's content (`None` if never seen).
         holder: Option<String>,
+    },
+    /// The Secret Service could not be used (the text names what is missing and what to do).
+    #[cfg(all(feature = "keyring", target_os = "linux"))]
+    SecretService {
+        /// What went wrong, free of secrets.
+        detail: String,
     },
 }
 
@@ -98,6 +104,8 @@ impl fmt::Display for PersistenceError {
                 lock_path.display(),
                 holder.as_deref().unwrap_or("another process"),
             ),
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            Kind::SecretService { detail } => write!(f, "Secret Service: {detail}"),
         }
     }
 }
@@ -106,7 +114,7 @@ impl std::error::Error for PersistenceError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             Kind::Io { error, .. } => Some(&**error),
-            Kind::Malformed { .. } | Kind::LockTimeout { .. } => None,
+            _ => None,
         }
     }
 }

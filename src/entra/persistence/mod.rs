@@ -48,13 +48,20 @@
 //!
 //! [`reader`] reads the file again when it changed, [`atomic_write`] replaces it, [`lock_file`]
 //! is `msal-extensions`' lock-file protocol, [`registry`] shares one [`CacheFile`] per path in
-//! this process, and [`error`] holds [`PersistenceError`].
+//! this process, and [`error`] holds [`PersistenceError`]. With the `keyring` feature on Linux,
+//! `keyring` keeps the document encrypted in the Secret Service instead (`secret_service`
+//! talks to it), under the same lock-file protocol, with the file as its signal file and, if
+//! allowed, its plaintext fallback.
 
 mod atomic_write;
 mod error;
+#[cfg(all(feature = "keyring", target_os = "linux"))]
+mod keyring;
 mod lock_file;
 mod reader;
 mod registry;
+#[cfg(all(feature = "keyring", target_os = "linux"))]
+mod secret_service;
 #[cfg(all(test, unix))]
 mod tests;
 
@@ -66,6 +73,8 @@ use std::time::Duration;
 
 use self::atomic_write::write_document;
 pub(crate) use self::error::PersistenceError;
+#[cfg(all(feature = "keyring", target_os = "linux"))]
+pub(crate) use self::keyring::{KeyringCache, KeyringTarget};
 use self::lock_file::lock_path_of;
 use self::reader::{Snapshot, Stamp, load};
 

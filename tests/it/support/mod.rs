@@ -9,6 +9,8 @@ pub mod programs;
 pub mod proxy;
 pub mod python;
 pub mod resource;
+#[cfg(all(feature = "keyring", target_os = "linux"))]
+pub mod secret_service;
 pub mod serve;
 pub mod tls;
 pub mod vectors;

@@ -315,10 +315,10 @@ def cmd_msal_silent(args):
     }
 
 
-def cmd_msal_app_only(args):
+def acquire_app_only(args, cache):
+    """acquire_token_for_client through msal with `cache`; the answer's common fields."""
     import msal
 
-    cache = load_serializable_cache(args.cache)
     app = msal.ConfidentialClientApplication(
         args.client_id,
         client_credential=args.client_secret,
@@ -331,14 +331,34 @@ def cmd_msal_app_only(args):
     result = app.acquire_token_for_client(split_scopes(args.scopes))
     if "error" in result:
         raise msal_failure(result, "acquire_token_for_client")
-    written = save_cache_if_changed(args.cache, cache)
     return {
         "ok": True,
         "source": result.get("token_source"),
         "access_token_aud": jwt_aud(result["access_token"]),
-        "cache": os.path.abspath(args.cache),
-        "cache_written": written,
     }
+
+
+def cmd_msal_app_only(args):
+    cache = load_serializable_cache(args.cache)
+    answer = acquire_app_only(args, cache)
+    answer["cache"] = os.path.abspath(args.cache)
+    answer["cache_written"] = save_cache_if_changed(args.cache, cache)
+    return answer
+
+
+def cmd_azid_persistent_app_only(args):
+    """Client credentials through msal with azure-identity's own persistent cache for this
+    platform (on Linux: msal-extensions' LibsecretPersistence in the Secret Service, signal file
+    ~/.IdentityService/<name>.nocae), unencrypted storage not allowed. Runs under the HOME and
+    DBUS_SESSION_BUS_ADDRESS the caller sets."""
+    from azure.identity import TokenCachePersistenceOptions
+    from azure.identity._persistent_cache import _load_persistent_cache
+
+    cache = _load_persistent_cache(TokenCachePersistenceOptions(name=args.name), is_cae=False)
+    answer = acquire_app_only(args, cache)
+    answer["encrypted"] = cache.is_encrypted
+    answer["persistence"] = type(cache._persistence).__name__  # pylint: disable=protected-access
+    return answer
 
 
 def cmd_msal_accounts(args):
@@ -583,6 +603,15 @@ def build_parser():
     sub.add_argument("--client-secret", required=True)
     sub.add_argument("--scopes", required=True)
     sub.add_argument("--cache", required=True, metavar="FILE")
+
+    sub = command("azid-persistent-app-only", cmd_azid_persistent_app_only,
+                  "client credentials with msal and azure-identity's persistent cache "
+                  "(Secret Service on Linux; run by .venv-libsecret)")
+    sub.add_argument("--tenant", required=True)
+    sub.add_argument("--client-id", required=True)
+    sub.add_argument("--client-secret", required=True)
+    sub.add_argument("--scopes", required=True)
+    sub.add_argument("--name", required=True, help="TokenCachePersistenceOptions(name=…)")
 
     sub = command("msal-accounts", cmd_msal_accounts, "accounts msal sees in a cache file")
     sub.add_argument("--cache", required=True, metavar="FILE")

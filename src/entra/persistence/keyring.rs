@@ -1,0 +1,188 @@
+//! The encrypted token cache: the document kept in the Secret Service
+//! ([`secret_service`](super::secret_service)), with msal-extensions' `LibsecretPersistence`
+//! protocol around it, so that Python's `PersistedTokenCache` and this crate can share it:
+//!
+//! * Writers take the lock file beside the *signal file* (`<dir>/<name>.nocae.lockfile`, the
+//!   [`lock_file`](super::lock_file) protocol), read the item again, apply their change, store
+//!   the item and *touch* the signal file (created empty if missing; its content is never
+//!   read or written), which tells msal-extensions' readers to reload.
+//! * Readers take no lock and read the item each time: a read happens only on a miss of the
+//!   credential's in-memory token cache, and one D-Bus round trip is cheaper than trusting a
+//!   file's mtime.
+//!
+//! Whether the Secret Service is there is decided on first use (the builders are synchronous);
+//! when it is not, the plaintext cache file is used if the options allowed it (as
+//! azure-identity does), else every use fails with an error naming what is missing.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::atomic_write::{create_dir, parent_dir};
+use super::error::{Kind, PersistenceError};
+use super::secret_service::Keyring;
+use super::{CacheFile, Document, run_blocking};
+
+/// Where a keyring-backed cache lives and what it may fall back to.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyringTarget {
+    /// The signal file: `<dir>/<name>.nocae` (or `.cae`); its name is the schema name.
+    pub(crate) signal: PathBuf,
+    /// The D-Bus session bus address, when not `DBUS_SESSION_BUS_ADDRESS`.
+    pub(crate) bus: Option<String>,
+    /// The plaintext cache file to use when there is no usable Secret Service, if allowed.
+    pub(crate) fallback: Option<PathBuf>,
+}
+
+/// The storage chosen on first use.
+enum Backend<D: Document> {
+    Keyring(Keyring),
+    File(Arc<CacheFile<D>>),
+}
+
+/// A cache document in the Secret Service (or, if allowed, its plaintext fallback file).
+pub(crate) struct KeyringCache<D: Document> {
+    target: KeyringTarget,
+    /// The schema name (the signal file's name).
+    schema: String,
+    /// The signal file, whose lock file orders writers across processes.
+    signal: Arc<CacheFile<D>>,
+    /// Orders this process's writers, as in [`CacheFile::modify`].
+    writers: tokio::sync::Mutex<()>,
+    /// Decided on first success; a failure is not kept, so a keyring started later is found.
+    backend: tokio::sync::OnceCell<Backend<D>>,
+}
+
+impl<D: Document> fmt::Debug for KeyringCache<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyringCache")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Document> KeyringCache<D> {
+    pub(crate) fn new(target: KeyringTarget) -> Arc<Self> {
+        let schema = target
+            .signal
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Arc::new(Self {
+            signal: CacheFile::shared(target.signal.clone()),
+            schema,
+            target,
+            writers: tokio::sync::Mutex::new(()),
+            backend: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The signal file (also the plaintext fallback's path).
+    pub(crate) fn path(&self) -> &Path {
+        self.signal.path()
+    }
+
+    /// Whether the signal file or the allowed plaintext file exists.
+    pub(crate) fn exists(&self) -> bool {
+        self.path().exists() || self.target.fallback.as_deref().is_some_and(Path::exists)
+    }
+
+    async fn backend(&self) -> Result<&Backend<D>, PersistenceError> {
+        self.backend
+            .get_or_try_init(|| async {
+                match Keyring::connect(self.target.bus.as_deref(), &self.schema).await {
+                    Ok(keyring) => Ok(Backend::Keyring(keyring)),
+                    Err(error) => match &self.target.fallback {
+                        Some(file) => {
+                            tracing::warn!(%error, file = %file.display(), "no usable Secret Service; the token cache falls back to the plaintext file, as allowed");
+                            Ok(Backend::File(CacheFile::shared(file.clone())))
+                        }
+                        None => Err(error),
+                    },
+                }
+            })
+            .await
+    }
+
+    /// The current document (empty when there is no item yet).
+    pub(crate) async fn read(&self) -> Result<Arc<D>, PersistenceError> {
+        match self.backend().await? {
+            Backend::File(file) => file.read().await,
+            Backend::Keyring(keyring) => {
+                let stored = keyring.load().await?;
+                self.parse(stored.as_deref()).map(Arc::new)
+            }
+        }
+    }
+
+    /// Read-modify-write under the signal file's lock file; stores the item and touches the
+    /// signal file only when the document's bytes changed. Returns what `change` returned.
+    pub(crate) async fn modify<R, F>(&self, change: F) -> Result<R, PersistenceError>
+    where
+        F: FnOnce(&mut D) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let keyring = match self.backend().await? {
+            Backend::File(file) => return file.modify(change).await,
+            Backend::Keyring(keyring) => keyring,
+        };
+        let _writers = self.writers.lock().await;
+        let lock = self.signal.acquire_lock().await?;
+        let stored = keyring.load().await?;
+        let mut doc = self.parse(stored.as_deref())?;
+        let value = change(&mut doc);
+        let bytes = doc.to_bytes();
+        let changed = stored.as_deref() != Some(bytes.as_slice());
+        if changed {
+            keyring.save(&bytes).await?;
+        }
+        let signal = self.target.signal.clone();
+        // The lock guard's removal is file I/O too: it is dropped on the blocking pool.
+        run_blocking(&self.target.signal, move || {
+            let _lock = lock;
+            if changed { touch(&signal) } else { Ok(()) }
+        })
+        .await?;
+        Ok(value)
+    }
+
+    fn parse(&self, stored: Option<&[u8]>) -> Result<D, PersistenceError> {
+        let Some(bytes) = stored else {
+            return Ok(D::empty());
+        };
+        D::parse(bytes).map_err(|e| PersistenceError {
+            kind: Kind::SecretService {
+                detail: format!(
+                    "the token cache item {} is not a valid token cache ({e}): delete it \
+                     (`secret-tool clear xdg:schema {}`); it was not changed",
+                    self.schema, self.schema
+                ),
+            },
+        })
+    }
+}
+
+/// Sets the signal file's mtime to now, creating it (empty, mode 0600) if missing, as
+/// msal-extensions' `Path.touch()` does.
+fn touch(path: &Path) -> Result<(), PersistenceError> {
+    const TOUCH: &str = "touch the token cache's signal file";
+    let open = || -> std::io::Result<File> {
+        let mut options = OpenOptions::new();
+        options.append(true).create(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(path)
+    };
+    let file = match open() {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_dir(parent_dir(path))?;
+            open().map_err(|e| PersistenceError::io(TOUCH, path, e))?
+        }
+        Err(e) => return Err(PersistenceError::io(TOUCH, path, e)),
+    };
+    file.set_modified(SystemTime::now())
+        .map_err(|e| PersistenceError::io(TOUCH, path, e))
+}

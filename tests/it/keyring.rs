@@ -1,0 +1,244 @@
+//! The encrypted token cache in a real Secret Service (gnome-keyring on a private D-Bus bus,
+//! see support/secret_service.rs): the item is stored as msal-extensions'
+//! `LibsecretPersistence` stores it for azure-identity, tokens flow both ways between Python
+//! and us through it, no token reaches a file, and without a usable keyring the error names
+//! what is missing unless the plaintext file was allowed.
+
+use std::collections::HashMap;
+
+use tower_identity::{
+    ClientSecretCredential, CredentialExt, SharedTokenCacheCredential, TokenCachePersistenceOptions,
+};
+
+use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, peer};
+use crate::support::python::ok;
+use crate::support::secret_service::SecretService;
+
+const SCOPE: &str = "https://resource.test/.default";
+
+/// The options azure-identity uses for `name`, in the service's temporary HOME and on its bus.
+fn options(service: &SecretService, name: &str) -> TokenCachePersistenceOptions {
+    TokenCachePersistenceOptions::new()
+        .name(name)
+        .directory(service.identity_service_dir())
+        .secret_service_bus(service.address.clone())
+}
+
+fn credential(tenant: &str, options: TokenCachePersistenceOptions) -> ClientSecretCredential {
+    let peer = peer();
+    ClientSecretCredential::builder(tenant, CLIENT_ID, CLIENT_SECRET)
+        .authority_host(&peer.base)
+        .http_client(peer.http())
+        .cache_options(options)
+        .build()
+        .unwrap()
+}
+
+async fn posts(tenant: &str) -> usize {
+    peer()
+        .token_log()
+        .await
+        .iter()
+        .filter(|e| e["tenant"] == tenant)
+        .count()
+}
+
+#[tokio::test]
+async fn tokens_are_kept_in_the_secret_service_as_libsecret_stores_them_and_in_no_file() {
+    let service = SecretService::start().await;
+    let tenant = "keyring-reuse";
+    let first = credential(tenant, options(&service, "keyring-reuse"))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    let second = credential(tenant, options(&service, "keyring-reuse"))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert_eq!(second.secret(), first.secret());
+    assert_eq!(
+        posts(tenant).await,
+        1,
+        "the second credential read the keyring"
+    );
+
+    let items = service.items().await;
+    assert_eq!(items.len(), 1, "{:?}", items);
+    let item = &items[0];
+    assert_eq!(item.label, "MSALCache");
+    assert_eq!(item.kind, "keyring-reuse.nocae");
+    let expected: HashMap<String, String> = [
+        ("MsalClientID", "Microsoft.Developer.IdentityService"),
+        ("xdg:schema", "keyring-reuse.nocae"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(item.attributes, expected);
+    assert!(item.secret.contains(first.secret().expose_secret()));
+    // The file is only the signal file: touched, empty; no token in any file of the HOME.
+    let signal = service.identity_service_dir().join("keyring-reuse.nocae");
+    assert_eq!(std::fs::read(&signal).unwrap(), b"");
+    for entry in walk(service.dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(first.secret().expose_secret()),
+            "{} holds the token",
+            entry.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn python_msal_extensions_and_we_read_each_others_entries() {
+    let service = SecretService::start().await;
+    let peer = peer();
+    let python = |tenant: &'static str, name: &'static str| {
+        let service = &service;
+        async move {
+            ok(service
+                .python(&[
+                    "azid-persistent-app-only",
+                    "--tenant",
+                    tenant,
+                    "--client-id",
+                    CLIENT_ID,
+                    "--client-secret",
+                    CLIENT_SECRET,
+                    "--scopes",
+                    SCOPE,
+                    "--name",
+                    name,
+                    "--authority-base",
+                    &peer.base,
+                    "--ca",
+                    &peer.ca_path.display().to_string(),
+                ])
+                .await)
+        }
+    };
+    // We write, Python reads.
+    let tenant = "keyring-rust-first";
+    credential(tenant, options(&service, "ours-first"))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    let answer = python(tenant, "ours-first").await;
+    assert_eq!(answer["persistence"], "LibsecretPersistence", "{answer}");
+    assert_eq!(answer["encrypted"], true, "{answer}");
+    assert_eq!(answer["source"], "cache", "{answer}");
+    assert_eq!(posts(tenant).await, 1);
+
+    // Python writes, we read.
+    let tenant = "keyring-python-first";
+    let answer = python(tenant, "python-first").await;
+    assert_eq!(answer["source"], "identity_provider", "{answer}");
+    assert_eq!(posts(tenant).await, 1);
+    credential(tenant, options(&service, "python-first"))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert_eq!(
+        posts(tenant).await,
+        1,
+        "we read Python's entry from the keyring"
+    );
+}
+
+/// The error of a credential that reports the store's read error: the shared token cache in
+/// `dir`, on the bus at `bus`, with its signal file present and the plaintext file not allowed.
+async fn shared_cache_error(bus: String, dir: &std::path::Path) -> String {
+    let options = TokenCachePersistenceOptions::new()
+        .directory(dir)
+        .secret_service_bus(bus);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("msal.cache.nocae"), b"").unwrap();
+    let peer = peer();
+    let credential = SharedTokenCacheCredential::builder()
+        .authority_host(&peer.base)
+        .http_client(peer.http())
+        .cache_options(options)
+        .build()
+        .unwrap();
+    credential.get_token([SCOPE]).await.unwrap_err().to_string()
+}
+
+#[tokio::test]
+async fn without_a_secret_service_the_error_says_so_and_what_to_do() {
+    let service = SecretService::bus_only().await;
+    let dir = service.identity_service_dir();
+    let message = shared_cache_error(service.address.clone(), &dir).await;
+    assert!(message.contains("no Secret Service on"), "{message}");
+    assert!(
+        message.contains("allow_unencrypted_storage(true)"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_bus_the_error_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("unix:path={}", dir.path().join("no-bus").display());
+    let message = shared_cache_error(missing, dir.path()).await;
+    assert!(message.contains("no D-Bus session bus"), "{message}");
+    assert!(
+        message.contains("allow_unencrypted_storage(true)"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_locked_keyring_is_reported_not_prompted_for() {
+    let service = SecretService::start().await;
+    service.lock().await;
+    let dir = service.identity_service_dir();
+    let message = shared_cache_error(service.address.clone(), &dir).await;
+    assert!(message.contains("is locked"), "{message}");
+}
+
+#[tokio::test]
+async fn the_plaintext_file_is_used_only_when_allowed_and_no_keyring_is_usable() {
+    let service = SecretService::bus_only().await;
+    let tenant = "keyring-fallback";
+    let token = credential(
+        tenant,
+        options(&service, "fallback").allow_unencrypted_storage(true),
+    )
+    .get_token([SCOPE])
+    .await
+    .unwrap();
+    let file = service.identity_service_dir().join("fallback.nocae");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains(token.secret().expose_secret()), "{text}");
+
+    // With a keyring, the same options store nothing in the file.
+    let service = SecretService::start().await;
+    let token = credential(
+        "keyring-preferred",
+        options(&service, "preferred").allow_unencrypted_storage(true),
+    )
+    .get_token([SCOPE])
+    .await
+    .unwrap();
+    let file = service.identity_service_dir().join("preferred.nocae");
+    assert_eq!(std::fs::read(&file).unwrap(), b"");
+    assert!(
+        service.items().await[0]
+            .secret
+            .contains(token.secret().expose_secret())
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else if path.is_file() {
+            files.push(path);
+        }
+    }
+    files
+}
