@@ -55,6 +55,12 @@ fi
 echo "==> fetching crates (the tests then run offline)"
 cargo fetch --locked
 
+# Tests that persist tokens with `allow_unencrypted_storage(true)` try the session's Secret
+# Service first (as azure-identity does); on a desktop that is the user's own keyring. Point
+# them at a bus that does not exist: they use the plaintext file, and the keyring tests pass
+# their own gnome-keyring's address explicitly.
+export DBUS_SESSION_BUS_ADDRESS="unix:path=/nonexistent/tower-identity-tests/bus"
+
 if [ -n "${TOWER_IDENTITY_NO_NETNS:-}" ]; then
     echo "==> cargo test (TOWER_IDENTITY_NO_NETNS set: not isolated from the network)"
     exec cargo test --offline --all-features "$@"
