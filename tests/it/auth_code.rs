@@ -298,15 +298,32 @@ async fn with_cache_options_the_tokens_go_to_the_cache_file() {
     assert_eq!(account["username"], "mia@contoso.com");
 }
 
+/// Builds without encrypted storage refuse plaintext that was not allowed, at once.
+#[cfg(not(all(feature = "keyring", target_os = "linux")))]
 #[test]
 fn without_allowing_plaintext_the_cache_options_are_refused_clearly() {
     let err = AuthorizationCodeCredential::builder("contoso", CLIENT_ID, "code", REDIRECT_URI)
         .cache_options(TokenCachePersistenceOptions::new())
         .build()
         .unwrap_err();
+    let message = err.message();
     assert!(
-        err.message()
-            .contains("encrypted storage, which is not implemented yet"),
+        message.contains("persistent token caching needs encrypted storage")
+            && message.contains("allow_unencrypted_storage(true)"),
         "{err}"
     );
+}
+
+/// With the Secret Service built in, the same options choose it; whether it can be reached is
+/// found at first use (`keyring::` tests the errors when it cannot).
+#[cfg(all(feature = "keyring", target_os = "linux"))]
+#[test]
+fn without_allowing_plaintext_the_cache_options_choose_the_secret_service() {
+    let credential =
+        AuthorizationCodeCredential::builder("contoso", CLIENT_ID, "code", REDIRECT_URI)
+            .cache_options(TokenCachePersistenceOptions::new())
+            .build()
+            .unwrap();
+    let shown = format!("{credential:?}");
+    assert!(shown.contains("TokenStore::Keyring"), "{shown}");
 }
