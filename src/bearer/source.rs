@@ -99,7 +99,7 @@ impl Source {
     pub(crate) fn new(credential: BoxCredential, scopes: Vec<String>, options: Options) -> Self {
         Self {
             credential,
-            request: TokenRequest::new(scopes).enable_cae(options.cae),
+            request: TokenRequest::new(scopes).with_cae(options.cae),
             slot: TokenSlot::new(LAYER, options.refresh),
             options,
             claims: SingleFlight::new(
@@ -158,7 +158,7 @@ impl Source {
                 Some(flight) => flight,
                 None => {
                     let claims: Arc<str> = Arc::from(claims);
-                    let request = self.request.clone().claims(claims.to_string());
+                    let request = self.request.clone().with_claims(claims.to_string());
                     let acquisition =
                         acquire(self.credential.clone(), request, Some(Arc::clone(&claims)));
                     let slot = Arc::clone(&self.slot);
