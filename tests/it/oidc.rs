@@ -206,8 +206,12 @@ mod bearer {
         let peer = peer();
         let service = ServiceBuilder::new()
             .layer(
-                BearerTokenLayer::new(credential("layer-cae", CLIENT_SECRET, peer.http()), [SCOPE])
-                    .enable_cae(true),
+                BearerTokenLayer::builder(
+                    credential("layer-cae", CLIENT_SECRET, peer.http()),
+                    [SCOPE],
+                )
+                .enable_cae(true)
+                .build(),
             )
             .service(client());
         let (status, _) = get(&service, "/resource/warm").await;
