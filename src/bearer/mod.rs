@@ -33,7 +33,8 @@
 //!
 //! # Behaviour
 //!
-//! * **Tokens**: clones of the service (and every service made by one layer) share one token.
+//! * **Tokens**: clones of the service (and every service made by one built layer) share one
+//!   token; see [what is shared](BearerTokenLayer#what-is-shared).
 //!   While it is fresh, a request reads it without a lock or an allocation: each clone keeps
 //!   the prepared header and checks a shared generation counter and the clock.
 //! * **Renewal**: from `expires_on − 300 s + jitter(0..60 s)` (or the provider's `refresh_on`
