@@ -93,11 +93,12 @@ fn warm(
             tokio::time::Instant::now() + Duration::from_secs(3600),
         ))
     });
-    let mut service = BearerTokenLayer::new(
+    let mut service = BearerTokenLayer::builder(
         credential.boxed_credential(),
         ["https://api.example.test/.default"],
     )
     .enable_cae(cae)
+    .build()
     .layer(Ok200);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

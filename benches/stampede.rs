@@ -152,8 +152,9 @@ async fn refresh_window(title: &str, fault: Fault) {
         refresh_in: Some(2),
         ..TokenShape::default()
     });
-    let layer = BearerTokenLayer::new(credential(&authority, false), [common::SCOPE])
-        .refresh_jitter(Duration::ZERO);
+    let layer = BearerTokenLayer::builder(credential(&authority, false), [common::SCOPE])
+        .refresh_jitter(Duration::ZERO)
+        .build();
     let service = api_client(layer);
     burst(&service, &api, 1).await;
     let (mut before, mut before_ok) = (Vec::new(), 0);

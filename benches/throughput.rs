@@ -116,11 +116,12 @@ fn with_layer(bencher: Bencher) {
     });
     let service = ServiceBuilder::new()
         .layer(
-            BearerTokenLayer::new(
+            BearerTokenLayer::builder(
                 credential.boxed_credential(),
                 ["https://api.example.test/.default"],
             )
-            .allow_insecure_http(true),
+            .allow_insecure_http(true)
+            .build(),
         )
         .service(client());
     runtime().block_on(batch(&service, &uri));

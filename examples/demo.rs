@@ -87,9 +87,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
     // 2. The layer, with CAE on and no jitter (so the demo is predictable).
     heading(2, "Requests through BearerTokenLayer");
-    let layer = BearerTokenLayer::new(chain, [SCOPE])
+    let layer = BearerTokenLayer::builder(chain, [SCOPE])
         .refresh_jitter(Duration::ZERO)
-        .enable_cae(true);
+        .enable_cae(true)
+        .build();
     let service: Api = ServiceBuilder::new()
         .layer(layer)
         .service(common::hyper_client());

@@ -70,7 +70,7 @@ async fn main() -> ExitCode {
     };
     let mut request = TokenRequest::new(args.scopes.clone());
     if let Some(tenant) = &args.tenant {
-        request = request.tenant_id(tenant.clone());
+        request = request.with_tenant_id(tenant.clone());
     }
     match credential.get_token_with(request).await {
         Ok(token) => {

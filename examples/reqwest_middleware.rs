@@ -16,8 +16,9 @@ use common::resource::{Answer, revocation_claims};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let loopback = common::Loopback::start().await;
-    let bearer = BearerTokenLayer::new(loopback.credential.clone(), [common::SCOPE])
+    let bearer = BearerTokenLayer::builder(loopback.credential.clone(), [common::SCOPE])
         .enable_cae(true)
+        .build()
         .middleware();
     let reqwest = reqwest::Client::builder()
         .tls_backend_preconfigured(common::tls_config())

@@ -83,7 +83,7 @@ mod throttle;
 mod token;
 pub mod transport;
 
-pub use bearer::{BearerToken, BearerTokenLayer};
+pub use bearer::{BearerToken, BearerTokenLayer, BearerTokenLayerBuilder};
 pub use credential::{
     AssertionRequest, AssertionService, AssertionSource, AuthorizationCodeCredential,
     AzureCliCredential, AzureDeveloperCliCredential, BoxCredential, CertificateSignature,

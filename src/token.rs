@@ -78,10 +78,34 @@ impl fmt::Debug for Secret {
 /// ```
 /// use tower_identity::TokenRequest;
 /// let req = TokenRequest::new(["https://management.azure.com/.default"])
-///     .tenant_id("contoso.onmicrosoft.com")
-///     .enable_cae(true);
+///     .with_tenant_id("contoso.onmicrosoft.com")
+///     .with_cae(true);
 /// assert_eq!(req.scopes(), ["https://management.azure.com/.default"]);
+/// assert_eq!(req.tenant_id(), Some("contoso.onmicrosoft.com"));
+/// assert!(req.is_cae());
+/// assert_eq!(req.claims(), None);
 /// ```
+///
+/// # Naming
+///
+/// `TokenRequest` and [`AccessToken`] are values that carry their settings, so they name
+/// things as `http::Request` and `http::HeaderValue` do for reading, and as tower-http's
+/// `ServeDir::with_buf_chunk_size` and axum's `Router::with_state` do for a setter on the
+/// value itself:
+///
+/// * a getter is the plain noun of what it returns: [`scopes`](Self::scopes),
+///   [`claims`](Self::claims), [`tenant_id`](Self::tenant_id),
+///   [`AccessToken::expires_on`];
+/// * a boolean getter is `is_*`: [`is_cae`](Self::is_cae), [`AccessToken::is_expired`];
+/// * a setter consumes the value and returns it changed, named `with_` and the getter's
+///   noun: [`with_claims`](Self::with_claims), [`with_tenant_id`](Self::with_tenant_id),
+///   [`with_cae`](Self::with_cae), [`AccessToken::with_refresh_on`];
+/// * a constructor is `new` or `from_*`: [`AccessToken::from_unix`].
+///
+/// Builders (the credential builders, [`BearerTokenLayerBuilder`](crate::bearer::BearerTokenLayerBuilder))
+/// are the other shape, as `http::request::Builder` is: they hold settings only, name each
+/// setter after its setting (no `with_` or `set_`; a switch says what it switches, as
+/// `enable_cae(true)` or `allow_insecure_http(true)`), and end in `build()`.
 ///
 /// A request without scopes can be built but every credential rejects it with an
 /// [invalid request](crate::CredentialError::is_invalid_request) error.
@@ -90,7 +114,7 @@ pub struct TokenRequest {
     scopes: Vec<String>,
     claims: Option<String>,
     tenant_id: Option<String>,
-    enable_cae: bool,
+    cae: bool,
 }
 
 impl TokenRequest {
@@ -104,29 +128,29 @@ impl TokenRequest {
             scopes: scopes.into_iter().map(Into::into).collect(),
             claims: None,
             tenant_id: None,
-            enable_cae: false,
+            cae: false,
         }
     }
 
     /// Additional claims the token must carry: the decoded JSON of a CAE claims challenge.
     /// A request with claims is never answered from a cache.
-    pub fn claims(mut self, claims: impl Into<String>) -> Self {
+    pub fn with_claims(mut self, claims: impl Into<String>) -> Self {
         self.claims = Some(claims.into());
         self
     }
 
     /// Ask for a token from this tenant instead of the credential's own. The credential
     /// must allow it (see `additionally_allowed_tenants` on the credential builders).
-    pub fn tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
+    pub fn with_tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
         self.tenant_id = Some(tenant_id.into());
         self
     }
 
-    /// Announce the Continuous Access Evaluation capability (`CP1`) so the provider may issue
-    /// a long-lived CAE token. Only enable this when the caller handles claims challenges,
-    /// as [`BearerTokenLayer`](crate) does.
-    pub fn enable_cae(mut self, enable: bool) -> Self {
-        self.enable_cae = enable;
+    /// Announce (or not) the Continuous Access Evaluation capability (`CP1`) so the provider
+    /// may issue a long-lived CAE token (default off). Only announce it when the caller
+    /// handles claims challenges, as [`BearerTokenLayer`](crate::BearerTokenLayer) does.
+    pub fn with_cae(mut self, cae: bool) -> Self {
+        self.cae = cae;
         self
     }
 
@@ -135,19 +159,19 @@ impl TokenRequest {
         &self.scopes
     }
 
-    /// The requested claims, if any.
-    pub fn claims_json(&self) -> Option<&str> {
+    /// The requested claims (JSON), if any.
+    pub fn claims(&self) -> Option<&str> {
         self.claims.as_deref()
     }
 
-    /// The requested tenant, if any.
-    pub fn requested_tenant(&self) -> Option<&str> {
+    /// The requested tenant, if any; `None` means the credential's own.
+    pub fn tenant_id(&self) -> Option<&str> {
         self.tenant_id.as_deref()
     }
 
     /// Whether the CAE capability is announced.
     pub fn is_cae(&self) -> bool {
-        self.enable_cae
+        self.cae
     }
 
     /// Checks what every credential needs: at least one scope, no empty scope.
@@ -174,7 +198,7 @@ impl fmt::Debug for TokenRequest {
             .field("scopes", &self.scopes)
             .field("claims", &self.claims.as_ref().map(|_| "<claims>"))
             .field("tenant_id", &self.tenant_id)
-            .field("enable_cae", &self.enable_cae)
+            .field("cae", &self.cae)
             .finish()
     }
 }
@@ -187,6 +211,12 @@ impl fmt::Debug for TokenRequest {
 ///
 /// [`credential`](Self::credential) names the credential that obtained the token. It is
 /// provenance, not part of the token: equality compares the value, type and times only.
+///
+/// Names follow the rule written on [`TokenRequest`](TokenRequest#naming): plain-noun getters
+/// ([`expires_on`](Self::expires_on), [`refresh_on`](Self::refresh_on),
+/// [`credential`](Self::credential)), `is_*` for booleans, `with_*` consuming setters
+/// ([`with_refresh_on`](Self::with_refresh_on), [`with_token_type`](Self::with_token_type)),
+/// `*_unix` for the same time in Unix seconds.
 #[derive(Clone)]
 pub struct AccessToken {
     secret: Secret,
@@ -419,7 +449,7 @@ mod tests {
 
     #[test]
     fn request_debug_hides_claims_content() {
-        let req = TokenRequest::new(["a"]).claims("{\"secretish\":1}");
+        let req = TokenRequest::new(["a"]).with_claims("{\"secretish\":1}");
         assert!(!format!("{req:?}").contains("secretish"));
     }
 

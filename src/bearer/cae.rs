@@ -54,8 +54,8 @@ use crate::encoding::decode_base64;
 /// if let Some(claims) = claims {
 ///     // Ask again with the claims (no cache answers this), then re-send the request once.
 ///     let request = TokenRequest::new(["https://graph.microsoft.com/.default"])
-///         .enable_cae(true)
-///         .claims(claims);
+///         .with_cae(true)
+///         .with_claims(claims);
 ///     # let _ = request;
 /// }
 /// # Ok::<(), Box<dyn std::error::Error>>(())

@@ -19,7 +19,11 @@
 //! let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(https);
 //! let credential = EnvironmentCredential::new().or(AzureCliCredential::new());
 //! let service = ServiceBuilder::new()
-//!     .layer(BearerTokenLayer::new(credential, ["https://management.azure.com/.default"]).enable_cae(true))
+//!     .layer(
+//!         BearerTokenLayer::builder(credential, ["https://management.azure.com/.default"])
+//!             .enable_cae(true)
+//!             .build(),
+//!     )
 //!     .service(client);
 //! let request = http::Request::get("https://management.azure.com/subscriptions?api-version=2022-12-01")
 //!     .body(Full::default())?;
@@ -29,7 +33,8 @@
 //!
 //! # Behaviour
 //!
-//! * **Tokens**: clones of the service (and every service made by one layer) share one token.
+//! * **Tokens**: clones of the service (and every service made by one built layer) share one
+//!   token; see [what is shared](BearerTokenLayer#what-is-shared).
 //!   While it is fresh, a request reads it without a lock or an allocation: each clone keeps
 //!   the prepared header and checks a shared generation counter and the clock.
 //! * **Renewal**: from `expires_on − 300 s + jitter(0..60 s)` (or the provider's `refresh_on`
@@ -40,7 +45,7 @@
 //!   and is retried after 30 s. With no valid token, all requests wait on one acquisition and
 //!   all get its result, the error included; a request that is dropped does not cancel it.
 //! * **401**: a plain 401 is returned unchanged, and the token it rejected is dropped if it is
-//!   still the current one. With [`enable_cae`](BearerTokenLayer::enable_cae), a Bearer
+//!   still the current one. With [`enable_cae`](BearerTokenLayerBuilder::enable_cae), a Bearer
 //!   challenge with `error="insufficient_claims"` and decodable `claims` gets a token for those
 //!   claims (bypassing every cache) and the request is re-sent once, with the same body; a
 //!   second 401 is returned as is. If the credential cannot get a token with those claims,
@@ -50,7 +55,7 @@
 //!   stream, up to the replay limit (64 KiB by default). A body over the limit, or still
 //!   streaming when the 401 arrived, is not re-sent: the 401 is returned.
 //! * **HTTPS only**: a request that is not `https` fails with a [`BearerError`], unless
-//!   [`allow_insecure_http`](BearerTokenLayer::allow_insecure_http) is set.
+//!   [`allow_insecure_http`](BearerTokenLayerBuilder::allow_insecure_http) is set.
 //! * **reqwest**: with the feature `reqwest-middleware`, `BearerTokenLayer::middleware()`
 //!   gives the same behaviour, sharing the layer's token, as a `reqwest_middleware::Middleware`
 //!   (the module `bearer::reqwest`).
@@ -62,6 +67,7 @@
 //! possible re-send costs allocations on every request. Without CAE the layer keeps nothing
 //! and a claims challenge is returned like any 401.
 
+mod builder;
 mod cae;
 mod error;
 mod future;
@@ -82,6 +88,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
+pub use builder::BearerTokenLayerBuilder;
 pub use cae::{ClaimsError, claims_challenge};
 pub use error::BearerError;
 pub use future::ResponseFuture;
@@ -89,18 +96,45 @@ pub use replay::{NotReplayable, Replay, ReplayBody, RetryBody};
 
 use crate::credential::{BoxCredential, TokenCredential};
 use crate::error::BoxError;
-use crate::refresh::{DEFAULT_REFRESH_WINDOW, DEFAULT_RETRY_AFTER_FAILURE, Lookup, RefreshPolicy};
+use crate::refresh::Lookup;
 use future::{After, RetryFn, Snapshot, TowerResend, answer_challenge};
-use source::{Options, Source};
+use source::Source;
 
 /// Default bound on a streaming request body kept for a re-send.
 pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
 /// Default jitter added to the renewal time (drawn per token).
 pub const DEFAULT_REFRESH_JITTER: Duration = Duration::from_secs(60);
 /// How much of a 401 body is read and discarded before the re-send.
-const DRAIN_LIMIT: usize = 64 * 1024;
+pub(super) const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// Adds `Authorization: Bearer <token>` to requests; see the [module docs](self).
+///
+/// [`new`](Self::new) makes a layer with the default settings;
+/// [`builder`](Self::builder) collects other settings and [`build`](BearerTokenLayerBuilder::build)s
+/// the layer.
+///
+/// # What is shared
+///
+/// Building a layer makes its token source: the credential, one refresh slot (the current
+/// token and at most one renewal), and one flight per claims challenge. Every clone of the
+/// layer, every [`BearerToken`] service it makes (and their clones) and every
+/// [middleware](Self::middleware) made from it use that one source: one token, one renewal
+/// and one claims acquisition for all of them. Two layers built separately share nothing,
+/// even from clones of one credential: each keeps its own token and renews it on its own
+/// (the credential's own cache, if it has one, may still answer both).
+///
+/// ```no_run
+/// use tower::Layer;
+/// use tower_identity::{AzureCliCredential, BearerTokenLayer};
+/// # fn client() -> tower::util::BoxCloneSyncService<http::Request<String>, http::Response<String>, std::convert::Infallible> { unimplemented!() }
+///
+/// let layer = BearerTokenLayer::builder(AzureCliCredential::new(), ["https://management.azure.com/.default"])
+///     .enable_cae(true)
+///     .build();
+/// // One token for both: same source.
+/// let (a, b) = (layer.layer(client()), layer.clone().layer(client()));
+/// # let _ = (a, b);
+/// ```
 ///
 /// The layer and its services carry no credential type: the credential is boxed once, here,
 /// and called only to acquire a token, so a request that finds a fresh token makes no
@@ -110,65 +144,27 @@ pub struct BearerTokenLayer {
 }
 
 impl BearerTokenLayer {
-    /// Tokens for these scopes from this credential.
+    /// Tokens for these scopes from this credential, with the default settings: the same as
+    /// `BearerTokenLayer::builder(credential, scopes).build()`.
     pub fn new<C, I, S>(credential: C, scopes: I) -> Self
     where
         C: TokenCredential,
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let options = Options {
-            cae: false,
-            allow_http: false,
-            replay_limit: DEFAULT_REPLAY_LIMIT,
-            drain_limit: DRAIN_LIMIT,
-            refresh: RefreshPolicy {
-                window: DEFAULT_REFRESH_WINDOW,
-                jitter: DEFAULT_REFRESH_JITTER,
-                retry_after_failure: DEFAULT_RETRY_AFTER_FAILURE,
-            },
-        };
+        Self::builder(credential, scopes).build()
+    }
+
+    /// Settings for a layer getting tokens for these scopes from this credential; the layer
+    /// and its token source are made by [`build`](BearerTokenLayerBuilder::build).
+    pub fn builder<C, I, S>(credential: C, scopes: I) -> BearerTokenLayerBuilder
+    where
+        C: TokenCredential,
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         let scopes = scopes.into_iter().map(Into::into).collect();
-        Self {
-            source: Arc::new(Source::new(BoxCredential::new(credential), scopes, options)),
-        }
-    }
-
-    /// Rebuilds the shared source with changed options (only before first use: builder style).
-    fn with_options(self, change: impl FnOnce(&mut Options)) -> Self {
-        let mut options = self.source.options;
-        change(&mut options);
-        let (credential, scopes) = self.source.parts();
-        Self {
-            source: Arc::new(Source::new(credential, scopes, options)),
-        }
-    }
-
-    /// Announce the CAE capability and answer claims challenges by re-sending once (default
-    /// off).
-    pub fn enable_cae(self, enable: bool) -> Self {
-        self.with_options(|o| o.cae = enable)
-    }
-
-    /// Renew when at most this much lifetime is left (default 300 s), minus the jitter.
-    pub fn refresh_window(self, window: Duration) -> Self {
-        self.with_options(|o| o.refresh.window = window)
-    }
-
-    /// Upper bound of the random delay added to each token's renewal time (default 60 s).
-    pub fn refresh_jitter(self, jitter: Duration) -> Self {
-        self.with_options(|o| o.refresh.jitter = jitter)
-    }
-
-    /// Most bytes of a streaming request body kept for a re-send (default 64 KiB).
-    pub fn replay_limit(self, bytes: usize) -> Self {
-        self.with_options(|o| o.replay_limit = bytes)
-    }
-
-    /// Send tokens over plain `http` too. Only for loopback development: anyone on the path
-    /// can read and replay the token.
-    pub fn allow_insecure_http(self, allow: bool) -> Self {
-        self.with_options(|o| o.allow_http = allow)
+        BearerTokenLayerBuilder::new(BoxCredential::new(credential), scopes)
     }
 }
 

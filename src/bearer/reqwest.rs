@@ -7,8 +7,9 @@
 //! use tower_identity::{AzureCliCredential, BearerTokenLayer};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let bearer = BearerTokenLayer::new(AzureCliCredential::new(), ["https://management.azure.com/.default"])
+//! let bearer = BearerTokenLayer::builder(AzureCliCredential::new(), ["https://management.azure.com/.default"])
 //!     .enable_cae(true)
+//!     .build()
 //!     .middleware();
 //! let client = ClientBuilder::new(reqwest::Client::new()).with(bearer).build();
 //! let response = client
@@ -44,7 +45,8 @@ pub struct BearerTokenMiddleware {
 }
 
 impl BearerTokenLayer {
-    /// The same behaviour as a reqwest middleware, sharing this layer's token and options.
+    /// The same behaviour as a reqwest middleware, sharing this layer's token source (its
+    /// token, renewal and claims flights) and settings.
     pub fn middleware(&self) -> BearerTokenMiddleware {
         BearerTokenMiddleware {
             source: Arc::clone(&self.source),

@@ -81,7 +81,7 @@ struct ClaimsState {
     failed: Option<(Arc<str>, CredentialError, Instant)>,
 }
 
-/// One per layer; every clone of the service shares it.
+/// One per built layer; every clone of the layer, its services and its middleware share it.
 ///
 /// The credential is boxed: the services and the layer carry no credential type, and the
 /// box is only called to acquire a token, never on a request that finds a fresh one.
@@ -99,7 +99,7 @@ impl Source {
     pub(crate) fn new(credential: BoxCredential, scopes: Vec<String>, options: Options) -> Self {
         Self {
             credential,
-            request: TokenRequest::new(scopes).enable_cae(options.cae),
+            request: TokenRequest::new(scopes).with_cae(options.cae),
             slot: TokenSlot::new(LAYER, options.refresh),
             options,
             claims: SingleFlight::new(
@@ -108,11 +108,6 @@ impl Source {
                 ClaimsState::default(),
             ),
         }
-    }
-
-    /// The credential and scopes, to build a source with other options.
-    pub(crate) fn parts(&self) -> (BoxCredential, Vec<String>) {
-        (self.credential.clone(), self.request.scopes().to_vec())
     }
 
     /// The slot's answer for this moment (see [`TokenSlot::lookup`]).
@@ -158,7 +153,7 @@ impl Source {
                 Some(flight) => flight,
                 None => {
                     let claims: Arc<str> = Arc::from(claims);
-                    let request = self.request.clone().claims(claims.to_string());
+                    let request = self.request.clone().with_claims(claims.to_string());
                     let acquisition =
                         acquire(self.credential.clone(), request, Some(Arc::clone(&claims)));
                     let slot = Arc::clone(&self.slot);

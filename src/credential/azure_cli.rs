@@ -144,7 +144,7 @@ impl Inner<AzureCliCredential> {
         request: TokenRequest,
     ) -> Result<AccessToken, CredentialError> {
         request.validate(NAME)?;
-        if request.claims_json().is_some() {
+        if request.claims().is_some() {
             return Err(CredentialError::unavailable(
                 NAME,
                 "Azure CLI cannot answer a claims challenge here. Run \
@@ -164,7 +164,7 @@ impl Inner<AzureCliCredential> {
             .map_err(|m| CredentialError::invalid_request(NAME, m))?;
         let tenant = self
             .tenants
-            .resolve(request.requested_tenant())
+            .resolve(request.tenant_id())
             .map_err(|m| CredentialError::invalid_request(NAME, m))?
             .map(str::to_owned);
         let key = CacheKey::new(tenant.as_deref().unwrap_or(""), request.scopes(), false);

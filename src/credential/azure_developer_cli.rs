@@ -154,11 +154,11 @@ impl Inner<AzureDeveloperCliCredential> {
         }
         let tenant = self
             .tenants
-            .resolve(request.requested_tenant())
+            .resolve(request.tenant_id())
             .map_err(|m| CredentialError::invalid_request(NAME, m))?
             .map(str::to_owned);
         let claims = request
-            .claims_json()
+            .claims()
             .map(|c| base64::engine::general_purpose::STANDARD.encode(c));
         let key = CacheKey::new(tenant.as_deref().unwrap_or(""), request.scopes(), false);
         let this = Arc::clone(self);

@@ -66,7 +66,7 @@ fn attempt_span(name: &str, attempt: usize, request: &TokenRequest) -> Span {
         credential = name,
         attempt,
         scopes = ?request.scopes(),
-        tenant = request.requested_tenant()
+        tenant = request.tenant_id()
     )
 }
 

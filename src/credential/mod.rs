@@ -327,17 +327,16 @@ impl Plan {
     ) -> Result<Self, CredentialError> {
         request.validate(credential)?;
         let invalid = |m: String| CredentialError::invalid_request(credential, m);
-        let resolved = tenant(request.requested_tenant()).map_err(invalid)?;
-        let claims =
-            crate::entra::token_client::claims_field(request.claims_json(), request.is_cae())
-                .map_err(invalid)?;
+        let resolved = tenant(request.tenant_id()).map_err(invalid)?;
+        let claims = crate::entra::token_client::claims_field(request.claims(), request.is_cae())
+            .map_err(invalid)?;
         Ok(Self {
             tenant: resolved,
             scopes: request.scopes().to_vec(),
             cae: request.is_cae(),
             claims,
-            requested_tenant: request.requested_tenant().map(str::to_owned),
-            bypass: request.claims_json().is_some(),
+            requested_tenant: request.tenant_id().map(str::to_owned),
+            bypass: request.claims().is_some(),
         })
     }
 

@@ -123,7 +123,7 @@ async fn the_code_is_redeemed_once_then_tokens_are_cached_and_refreshed_for_any_
 
     // A CAE request later finds the refresh token too.
     let cae = credential
-        .get_token_with(TokenRequest::new([OTHER]).enable_cae(true))
+        .get_token_with(TokenRequest::new([OTHER]).with_cae(true))
         .await
         .unwrap();
     assert_eq!(

@@ -189,7 +189,7 @@ async fn a_tenant_is_passed_with_tenant_flag() {
         lines(dir.path().join("args"))[6..],
         ["--tenant", "contoso.onmicrosoft.com"]
     );
-    cli.get_token_with(TokenRequest::new([MGMT]).tenant_id("fabrikam"))
+    cli.get_token_with(TokenRequest::new([MGMT]).with_tenant_id("fabrikam"))
         .await
         .unwrap();
     assert_eq!(
@@ -197,7 +197,7 @@ async fn a_tenant_is_passed_with_tenant_flag() {
         ["--tenant", "fabrikam"]
     );
     let err = cli
-        .get_token_with(TokenRequest::new([MGMT]).tenant_id("other"))
+        .get_token_with(TokenRequest::new([MGMT]).with_tenant_id("other"))
         .await
         .unwrap_err();
     assert!(err.is_invalid_request());
@@ -312,7 +312,7 @@ async fn bad_scopes_and_claims_never_reach_the_command_line() {
         .unwrap_err();
     assert!(err.message().contains("exactly one scope"), "{err}");
     let err = cli
-        .get_token_with(TokenRequest::new([MGMT]).claims("{}"))
+        .get_token_with(TokenRequest::new([MGMT]).with_claims("{}"))
         .await
         .unwrap_err();
     assert!(
@@ -362,7 +362,7 @@ async fn a_requested_tenant_that_reads_as_an_option_never_reaches_az() {
         .unwrap();
     for option in ["-h", "--debug", "--subscription"] {
         let err = cli
-            .get_token_with(TokenRequest::new([MGMT]).tenant_id(option))
+            .get_token_with(TokenRequest::new([MGMT]).with_tenant_id(option))
             .await
             .unwrap_err();
         assert!(err.is_invalid_request(), "{option}: {err}");
@@ -373,7 +373,7 @@ async fn a_requested_tenant_that_reads_as_an_option_never_reaches_az() {
     }
     assert!(lines(dir.path().join("calls")).is_empty());
     // The same credential does run az for a tenant that is a tenant.
-    cli.get_token_with(TokenRequest::new([MGMT]).tenant_id("fabrikam"))
+    cli.get_token_with(TokenRequest::new([MGMT]).with_tenant_id("fabrikam"))
         .await
         .unwrap();
     assert_eq!(lines(dir.path().join("calls")).len(), 1);

@@ -77,7 +77,7 @@ async fn tenant_and_claims_are_passed_and_claims_bypass_the_cache() {
     cli.get_token([MGMT]).await.unwrap();
     assert_eq!(lines(dir.path().join("calls")).len(), 1);
     let claims = r#"{"access_token":{"nbf":{"essential":true,"value":"1"}}}"#;
-    cli.get_token_with(TokenRequest::new([MGMT]).claims(claims))
+    cli.get_token_with(TokenRequest::new([MGMT]).with_claims(claims))
         .await
         .unwrap();
     assert_eq!(lines(dir.path().join("calls")).len(), 2);

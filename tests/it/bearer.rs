@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
-use tower_identity::bearer::{BearerError, BearerToken, BearerTokenLayer};
+use tower_identity::bearer::{BearerError, BearerToken, BearerTokenLayer, BearerTokenLayerBuilder};
 use tower_identity::{BoxCredential, ClientSecretCredential, CredentialError};
 
 use crate::support::authority::{Authority, Fault};
@@ -20,8 +20,13 @@ use crate::support::resource::{Answer, Mode, Resource, revocation_claims};
 
 type Bearer<B> = BearerToken<HyperClient<B>>;
 
+/// The layer's settings for the loopback authority, without jitter.
+fn settings(authority: &Authority) -> BearerTokenLayerBuilder {
+    BearerTokenLayer::builder(client_secret(authority), [SCOPE]).refresh_jitter(Duration::ZERO)
+}
+
 fn layer(authority: &Authority) -> BearerTokenLayer {
-    BearerTokenLayer::new(client_secret(authority), [SCOPE]).refresh_jitter(Duration::ZERO)
+    settings(authority).build()
 }
 
 /// The credential with a count of the layer's calls to it.
@@ -125,7 +130,8 @@ async fn plain_http_is_refused_unless_explicitly_allowed() {
         "nothing was sent"
     );
 
-    let mut relaxed = bearer::<Full<Bytes>>(&layer(&authority).allow_insecure_http(true));
+    let mut relaxed =
+        bearer::<Full<Bytes>>(&settings(&authority).allow_insecure_http(true).build());
     let response = call(&mut relaxed, get(&resource, "/")).await;
     assert_eq!(response.status(), StatusCode::OK);
 }
@@ -205,6 +211,25 @@ async fn clones_and_services_of_one_layer_share_the_token() {
     assert_eq!(authority.token_posts(), 1);
 }
 
+#[tokio::test]
+async fn separately_built_layers_share_nothing() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let (credential, calls) = counted(client_secret(&authority));
+    let settings = || BearerTokenLayer::builder(credential.clone(), [SCOPE]);
+    let (one, other) = (settings().build(), settings().build());
+    let (mut a, mut b) = (bearer::<Full<Bytes>>(&one), bearer::<Full<Bytes>>(&other));
+    let (mut a2, mut b2) = (a.clone(), bearer::<Full<Bytes>>(&other.clone()));
+    for service in [&mut a, &mut b, &mut a2, &mut b2] {
+        assert_eq!(
+            call(service, get(&resource, "/")).await.status(),
+            StatusCode::OK
+        );
+    }
+    // Each built layer asked the credential once (which answered the second from its cache).
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(authority.token_posts(), 1);
+}
+
 #[test]
 fn the_response_future_is_send() {
     fn assert_send<T: Send>(_: &T) {}
@@ -218,8 +243,9 @@ fn the_response_future_is_send() {
         .build()
         .unwrap();
     let _guard = runtime.enter();
-    let mut service: Bearer<Full<Bytes>> = BearerTokenLayer::new(credential, [SCOPE])
+    let mut service: Bearer<Full<Bytes>> = BearerTokenLayer::builder(credential, [SCOPE])
         .enable_cae(true)
+        .build()
         .layer(hyper_client());
     let future = service.call(
         Request::get("https://x.test/")
@@ -238,7 +264,9 @@ async fn window_setup() -> (Authority, Resource, Bearer<Full<Bytes>>) {
         &authority,
         http_builder(&authority).no_retry().build().unwrap(),
     );
-    let layer = BearerTokenLayer::new(credential, [SCOPE]).refresh_jitter(Duration::ZERO);
+    let layer = BearerTokenLayer::builder(credential, [SCOPE])
+        .refresh_jitter(Duration::ZERO)
+        .build();
     let mut service = bearer(&layer);
     call(&mut service, get(&resource, "/warm")).await;
     (authority, resource, service)
@@ -350,7 +378,7 @@ async fn a_failing_authority_leaves_requests_on_the_old_token_until_it_expires()
 // --- 401s and CAE ---
 
 fn cae_layer(authority: &Authority) -> BearerTokenLayer {
-    layer(authority).enable_cae(true)
+    settings(authority).enable_cae(true).build()
 }
 
 #[tokio::test]
@@ -415,7 +443,9 @@ async fn a_plain_401_is_returned_untouched_and_drops_the_rejected_token() {
         body: "{\"error\":\"nope\"}".into(),
     });
     let (credential, calls) = counted(client_secret(&authority));
-    let layer = BearerTokenLayer::new(credential, [SCOPE]).enable_cae(true);
+    let layer = BearerTokenLayer::builder(credential, [SCOPE])
+        .enable_cae(true)
+        .build();
     let mut service = bearer::<Full<Bytes>>(&layer);
     let response = call(&mut service, get(&resource, "/")).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -437,8 +467,11 @@ async fn a_plain_401_is_returned_untouched_and_drops_the_rejected_token() {
 async fn a_late_401_for_an_old_token_does_not_drop_the_new_one() {
     let (authority, resource) = (Authority::start().await, Resource::start().await);
     let (credential, calls) = counted(client_secret(&authority));
-    let service =
-        bearer::<Full<Bytes>>(&BearerTokenLayer::new(credential, [SCOPE]).enable_cae(true));
+    let service = bearer::<Full<Bytes>>(
+        &BearerTokenLayer::builder(credential, [SCOPE])
+            .enable_cae(true)
+            .build(),
+    );
     // Request A carries at-1 and is held by the resource until B is done.
     let gate = Arc::new(tokio::sync::Notify::new());
     resource.push(Answer::Hold(Arc::clone(&gate)));
@@ -660,7 +693,12 @@ async fn a_streamed_body_over_the_replay_limit_gets_the_401_not_a_truncated_rese
     resource.push(Answer::Cae {
         claims: revocation_claims(1),
     });
-    let service = bearer_h2(&cae_layer(&authority).replay_limit(16 * 1024));
+    let service = bearer_h2(
+        &settings(&authority)
+            .enable_cae(true)
+            .replay_limit(16 * 1024)
+            .build(),
+    );
     let chunks: Vec<Bytes> = (0..8).map(|_| Bytes::from(vec![1u8; 4096])).collect();
     let (tx, body) = streamed(chunks, None);
     drop(tx);

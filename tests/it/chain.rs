@@ -88,7 +88,7 @@ async fn an_invalid_request_stops_the_chain() {
     ])
     .unwrap();
     let err = chain
-        .get_token_with(TokenRequest::new([SCOPE]).tenant_id("not-allowed"))
+        .get_token_with(TokenRequest::new([SCOPE]).with_tenant_id("not-allowed"))
         .await
         .unwrap_err();
     assert!(err.is_invalid_request());

@@ -105,14 +105,14 @@ async fn claims_are_sent_verbatim_bypass_the_cache_and_replace_the_cached_token(
     credential.get_token([SCOPE]).await.unwrap();
     let claims = r#"{"access_token":{"nbf":{"essential":true,"value":"1726077595"}}}"#;
     let with_claims = credential
-        .get_token_with(TokenRequest::new([SCOPE]).claims(claims))
+        .get_token_with(TokenRequest::new([SCOPE]).with_claims(claims))
         .await
         .unwrap();
     assert_eq!(with_claims.secret().expose_secret(), "at-2-contoso-claims");
     assert_eq!(authority.requests()[1].field("claims"), Some(claims));
     // A second claims request reaches the provider again.
     credential
-        .get_token_with(TokenRequest::new([SCOPE]).claims(claims))
+        .get_token_with(TokenRequest::new([SCOPE]).with_claims(claims))
         .await
         .unwrap();
     assert_eq!(authority.token_posts(), 3);
@@ -128,7 +128,7 @@ async fn cae_requests_announce_cp1_and_are_cached_apart_from_plain_ones() {
     let credential = client_secret(&authority);
     let plain = credential.get_token([SCOPE]).await.unwrap();
     let cae = credential
-        .get_token_with(TokenRequest::new([SCOPE]).enable_cae(true))
+        .get_token_with(TokenRequest::new([SCOPE]).with_cae(true))
         .await
         .unwrap();
     assert_ne!(plain.secret(), cae.secret());
@@ -141,7 +141,7 @@ async fn cae_requests_announce_cp1_and_are_cached_apart_from_plain_ones() {
     // Each is served from its own cache entry.
     let plain_again = credential.get_token([SCOPE]).await.unwrap();
     let cae_again = credential
-        .get_token_with(TokenRequest::new([SCOPE]).enable_cae(true))
+        .get_token_with(TokenRequest::new([SCOPE]).with_cae(true))
         .await
         .unwrap();
     assert_eq!(plain_again.secret(), plain.secret());
@@ -157,8 +157,8 @@ async fn cae_claims_challenge_keeps_its_keys_and_gains_cp1() {
     credential
         .get_token_with(
             TokenRequest::new([SCOPE])
-                .claims(challenge)
-                .enable_cae(true),
+                .with_claims(challenge)
+                .with_cae(true),
         )
         .await
         .unwrap();
@@ -175,7 +175,7 @@ async fn per_request_tenant_is_used_only_when_allowed_and_always_validated() {
     let authority = Authority::start().await;
     let strict = client_secret(&authority);
     let err = strict
-        .get_token_with(TokenRequest::new([SCOPE]).tenant_id("fabrikam"))
+        .get_token_with(TokenRequest::new([SCOPE]).with_tenant_id("fabrikam"))
         .await
         .unwrap_err();
     assert!(err.is_invalid_request());
@@ -191,7 +191,7 @@ async fn per_request_tenant_is_used_only_when_allowed_and_always_validated() {
         .build()
         .unwrap();
     let err = open
-        .get_token_with(TokenRequest::new([SCOPE]).tenant_id("../evil"))
+        .get_token_with(TokenRequest::new([SCOPE]).with_tenant_id("../evil"))
         .await
         .unwrap_err();
     assert!(
@@ -201,7 +201,7 @@ async fn per_request_tenant_is_used_only_when_allowed_and_always_validated() {
     assert_eq!(authority.token_posts(), 0);
 
     let token = open
-        .get_token_with(TokenRequest::new([SCOPE]).tenant_id("fabrikam"))
+        .get_token_with(TokenRequest::new([SCOPE]).with_tenant_id("fabrikam"))
         .await
         .unwrap();
     assert_eq!(token.secret().expose_secret(), "at-1-fabrikam");

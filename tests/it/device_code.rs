@@ -153,7 +153,7 @@ async fn the_user_signs_in_while_the_credential_polls_then_refresh_tokens_serve_
     held(peer.revoke_refresh_token(refresh_token)).await;
     let cae = tokio::spawn(async move {
         credential
-            .get_token_with(TokenRequest::new([OTHER]).enable_cae(true))
+            .get_token_with(TokenRequest::new([OTHER]).with_cae(true))
             .await
     });
     let info = prompts.recv().await.expect("a new sign-in");

@@ -92,7 +92,11 @@ async fn cae_and_claims_requests_are_accepted_by_a_real_server() {
     let credential = credential("fabrikam", CLIENT_SECRET, peer.http());
     let claims = r#"{"access_token":{"nbf":{"essential":true,"value":"1726077595"}}}"#;
     let token = credential
-        .get_token_with(TokenRequest::new([SCOPE]).claims(claims).enable_cae(true))
+        .get_token_with(
+            TokenRequest::new([SCOPE])
+                .with_claims(claims)
+                .with_cae(true),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -202,8 +206,12 @@ mod bearer {
         let peer = peer();
         let service = ServiceBuilder::new()
             .layer(
-                BearerTokenLayer::new(credential("layer-cae", CLIENT_SECRET, peer.http()), [SCOPE])
-                    .enable_cae(true),
+                BearerTokenLayer::builder(
+                    credential("layer-cae", CLIENT_SECRET, peer.http()),
+                    [SCOPE],
+                )
+                .enable_cae(true)
+                .build(),
             )
             .service(client());
         let (status, _) = get(&service, "/resource/warm").await;

@@ -60,8 +60,10 @@ async fn short_lived_tokens_are_reused_through_the_layer() {
     for (lifetime, expected) in LIFETIMES {
         let (authority, resource) = (Authority::start().await, Resource::start().await);
         shaped(&authority, lifetime);
-        let layer = BearerTokenLayer::new(client_secret(&authority).boxed_credential(), [SCOPE])
-            .refresh_jitter(Duration::ZERO);
+        let layer =
+            BearerTokenLayer::builder(client_secret(&authority).boxed_credential(), [SCOPE])
+                .refresh_jitter(Duration::ZERO)
+                .build();
         let service = ServiceBuilder::new()
             .layer(layer)
             .service(hyper_client::<Full<Bytes>>());
@@ -130,8 +132,9 @@ async fn a_failed_renewal_is_retried_after_30_s_end_to_end() {
             credential.oneshot(request).await
         }
     });
-    let layer = BearerTokenLayer::new(BoxCredential::named("LateOnce", late_once), [SCOPE])
-        .refresh_jitter(Duration::ZERO);
+    let layer = BearerTokenLayer::builder(BoxCredential::named("LateOnce", late_once), [SCOPE])
+        .refresh_jitter(Duration::ZERO)
+        .build();
     let service = ServiceBuilder::new()
         .layer(layer)
         .service(hyper_client::<Full<Bytes>>());

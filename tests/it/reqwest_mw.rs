@@ -22,6 +22,12 @@ fn layer(authority: &Authority) -> BearerTokenLayer {
     BearerTokenLayer::new(client_secret(authority), [SCOPE])
 }
 
+fn cae_layer(authority: &Authority) -> BearerTokenLayer {
+    BearerTokenLayer::builder(client_secret(authority), [SCOPE])
+        .enable_cae(true)
+        .build()
+}
+
 #[tokio::test]
 async fn injects_the_token_and_shares_it_with_the_tower_layer() {
     let (authority, resource) = (Authority::start().await, Resource::start().await);
@@ -59,7 +65,7 @@ async fn a_claims_challenge_is_answered_and_the_body_sent_again() {
     resource.push(Answer::Cae {
         claims: revocation_claims(1),
     });
-    let client = with_bearer(&layer(&authority).enable_cae(true));
+    let client = with_bearer(&cae_layer(&authority));
     let response = client
         .post(format!("{}/upload", resource.url()))
         .body(vec![9u8; 5000])
@@ -77,7 +83,7 @@ async fn a_claims_challenge_is_answered_and_the_body_sent_again() {
 #[tokio::test]
 async fn a_claims_challenge_the_credential_cannot_satisfy_is_its_error() {
     let (authority, resource) = (Authority::start().await, Resource::start().await);
-    let client = with_bearer(&layer(&authority).enable_cae(true));
+    let client = with_bearer(&cae_layer(&authority));
     let warm = client.get(format!("{}/warm", resource.url())).send().await;
     assert_eq!(warm.unwrap().status(), StatusCode::OK);
     resource.push(Answer::Cae {
@@ -110,7 +116,7 @@ async fn a_body_that_cannot_be_cloned_gets_the_401_back_not_an_error() {
     resource.push(Answer::Cae {
         claims: revocation_claims(1),
     });
-    let client = with_bearer(&layer(&authority).enable_cae(true));
+    let client = with_bearer(&cae_layer(&authority));
     let stream = http_body_util::Full::new(Bytes::from_static(b"streamed"));
     let response = client
         .post(format!("{}/stream", resource.url()))

@@ -116,7 +116,7 @@ async fn no_secret_in_errors_debug_output_or_traces() {
     errors.push(chain.get_token([SCOPE]).await.unwrap_err());
     errors.push(
         credential
-            .get_token_with(TokenRequest::new([SCOPE]).claims("not json"))
+            .get_token_with(TokenRequest::new([SCOPE]).with_claims("not json"))
             .await
             .unwrap_err(),
     );

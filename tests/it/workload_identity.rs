@@ -204,13 +204,13 @@ async fn a_rotated_token_file_is_sent_once_the_assertion_in_hand_is_five_minutes
     held(credential.get_token([scope(2)])).await.unwrap();
     // Claims force a token request for a cached scope too.
     let claims = r#"{"access_token":{"nbf":{"essential":true,"value":"1726077595"}}}"#;
-    held(credential.get_token_with(TokenRequest::new([scope(1)]).claims(claims)))
+    held(credential.get_token_with(TokenRequest::new([scope(1)]).with_claims(claims)))
         .await
         .unwrap();
 
     tokio::time::advance(Duration::from_secs(2)).await;
     held(credential.get_token([scope(3)])).await.unwrap();
-    held(credential.get_token_with(TokenRequest::new([scope(2)]).claims(claims)))
+    held(credential.get_token_with(TokenRequest::new([scope(2)]).with_claims(claims)))
         .await
         .unwrap();
 

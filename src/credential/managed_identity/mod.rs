@@ -306,7 +306,7 @@ impl Inner {
         let this = Arc::clone(configured);
         configured
             .cache
-            .get_or_acquire(key, request.claims_json().is_some(), move || async move {
+            .get_or_acquire(key, request.claims().is_some(), move || async move {
                 this.acquire(&resource).await
             })
             .await

@@ -1,0 +1,102 @@
+//! The settings of a [`BearerTokenLayer`], collected before its one token source is made.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::source::{Options, Source};
+use super::{BearerTokenLayer, DEFAULT_REFRESH_JITTER, DEFAULT_REPLAY_LIMIT, DRAIN_LIMIT};
+use crate::credential::BoxCredential;
+use crate::refresh::{DEFAULT_REFRESH_WINDOW, DEFAULT_RETRY_AFTER_FAILURE, RefreshPolicy};
+
+/// Settings for a [`BearerTokenLayer`]; made by [`BearerTokenLayer::builder`].
+///
+/// The builder holds settings only. [`build`](Self::build) makes the layer's token source,
+/// once; every clone of that layer, every service it makes and every
+/// [middleware](BearerTokenLayer::middleware) made from it use that source.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_identity::{AzureCliCredential, BearerTokenLayer};
+///
+/// let layer = BearerTokenLayer::builder(AzureCliCredential::new(), ["https://management.azure.com/.default"])
+///     .enable_cae(true)
+///     .refresh_window(Duration::from_secs(600))
+///     .build();
+/// # let _ = layer;
+/// ```
+pub struct BearerTokenLayerBuilder {
+    credential: BoxCredential,
+    scopes: Vec<String>,
+    options: Options,
+}
+
+impl BearerTokenLayerBuilder {
+    pub(super) fn new(credential: BoxCredential, scopes: Vec<String>) -> Self {
+        Self {
+            credential,
+            scopes,
+            options: Options {
+                cae: false,
+                allow_http: false,
+                replay_limit: DEFAULT_REPLAY_LIMIT,
+                drain_limit: DRAIN_LIMIT,
+                refresh: RefreshPolicy {
+                    window: DEFAULT_REFRESH_WINDOW,
+                    jitter: DEFAULT_REFRESH_JITTER,
+                    retry_after_failure: DEFAULT_RETRY_AFTER_FAILURE,
+                },
+            },
+        }
+    }
+
+    /// Announce the CAE capability and answer claims challenges by re-sending once (default
+    /// off).
+    pub fn enable_cae(mut self, enable: bool) -> Self {
+        self.options.cae = enable;
+        self
+    }
+
+    /// Renew when at most this much lifetime is left (default 300 s), minus the jitter.
+    pub fn refresh_window(mut self, window: Duration) -> Self {
+        self.options.refresh.window = window;
+        self
+    }
+
+    /// Upper bound of the random delay added to each token's renewal time (default 60 s).
+    pub fn refresh_jitter(mut self, jitter: Duration) -> Self {
+        self.options.refresh.jitter = jitter;
+        self
+    }
+
+    /// Most bytes of a streaming request body kept for a re-send (default 64 KiB).
+    pub fn replay_limit(mut self, bytes: usize) -> Self {
+        self.options.replay_limit = bytes;
+        self
+    }
+
+    /// Send tokens over plain `http` too. Only for loopback development: anyone on the path
+    /// can read and replay the token.
+    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+        self.options.allow_http = allow;
+        self
+    }
+
+    /// The layer, with its one token source. Calling the credential waits for the first
+    /// request.
+    pub fn build(self) -> BearerTokenLayer {
+        BearerTokenLayer {
+            source: Arc::new(Source::new(self.credential, self.scopes, self.options)),
+        }
+    }
+}
+
+impl fmt::Debug for BearerTokenLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerTokenLayerBuilder")
+            .field("credential", &self.credential)
+            .field("scopes", &self.scopes)
+            .field("options", &self.options)
+            .finish()
+    }
+}
