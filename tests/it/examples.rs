@@ -13,7 +13,8 @@ use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tower::ServiceExt;
 
-use crate::support::authority::Authority;
+use crate::support::authority::{Authority, Fault};
+use crate::support::certs;
 use crate::support::client::hyper_client;
 use crate::support::creds::{CLIENT_ID, CLIENT_SECRET, SCOPE, TENANT};
 use crate::support::resource::{Answer, Mode, Resource, revocation_claims};
@@ -155,7 +156,11 @@ impl Loopback {
 
     /// Runs the example to completion; it must exit 0. Returns its stdout.
     async fn run(&self, name: &str) -> String {
-        let output = tokio::time::timeout(RUN_LIMIT, self.command(name).output())
+        self.run_with(name, self.command(name)).await
+    }
+
+    async fn run_with(&self, name: &str, mut command: tokio::process::Command) -> String {
+        let output = tokio::time::timeout(RUN_LIMIT, command.output())
             .await
             .unwrap_or_else(|_| panic!("{name} still running after {RUN_LIMIT:?}"))
             .unwrap();
@@ -169,23 +174,20 @@ impl Loopback {
         stdout
     }
 
-    /// Neither the tokens the API accepted nor the client secret appear in the output.
+    /// Neither a token the authority issued nor the client secret appears in the output.
     fn assert_no_secret(&self, name: &str, output: &Output) {
-        let tokens: Vec<String> = self
-            .api
-            .requests()
-            .iter()
-            .filter_map(|seen| seen.bearer().map(str::to_owned))
-            .collect();
+        let issued = self.authority.token_posts();
         assert!(
-            !tokens.is_empty(),
-            "{name} sent no token: {}",
+            issued > 0,
+            "{name} asked for no token: {}",
             describe(output)
         );
-        for secret in tokens.iter().map(String::as_str).chain([CLIENT_SECRET]) {
+        // The authority's tokens are `at-<n>-<tenant>`, claims tokens with a suffix.
+        let tokens = (1..=issued).map(|n| format!("at-{n}-{TENANT}"));
+        for secret in tokens.chain([CLIENT_SECRET.to_owned()]) {
             for stream in [&output.stdout, &output.stderr] {
                 assert!(
-                    !String::from_utf8_lossy(stream).contains(secret),
+                    !String::from_utf8_lossy(stream).contains(&secret),
                     "{name} printed {secret:?}: {}",
                     describe(output)
                 );
@@ -321,4 +323,61 @@ async fn axum_outbound_serves_downstream_answers_with_one_shared_token() {
             ..output
         },
     );
+}
+
+#[tokio::test]
+async fn get_token_prints_which_credential_answered_and_never_the_token() {
+    let loopback = Loopback::start().await;
+    let mut command = loopback.command("get_token");
+    command.args(["--scope", SCOPE]);
+    let out = loopback.run_with("get_token", command).await;
+    assert!(out.contains(&format!("scopes:      {SCOPE}\n")), "{out}");
+    assert!(
+        out.contains("answered by: EnvironmentCredential\n"),
+        "{out}"
+    );
+    assert!(out.contains("expires:     "), "{out}");
+    assert_eq!(loopback.authority.token_posts(), 1);
+}
+
+#[tokio::test]
+async fn credential_middleware_gets_a_token_through_timeout_and_retry() {
+    let loopback = Loopback::start().await;
+    // A transient failure first (retried by the transport before the example's policy would).
+    loopback.authority.push_fault(Fault::ServerError(503));
+    let mut command = loopback.command("credential_middleware");
+    command.arg(SCOPE);
+    let out = loopback.run_with("credential_middleware", command).await;
+    assert!(
+        out.starts_with("answered by: EnvironmentCredential\n"),
+        "{out}"
+    );
+    assert!(out.contains("expires in:  "), "{out}");
+    assert_eq!(loopback.authority.token_posts(), 2);
+}
+
+#[tokio::test]
+async fn certificate_signs_an_assertion_with_the_certificate_from_the_environment() {
+    let loopback = Loopback::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cert.pem");
+    std::fs::write(&path, certs::self_signed(2048).one_file()).unwrap();
+    let mut command = loopback.command("certificate");
+    command
+        .env_remove("AZURE_CLIENT_SECRET")
+        .env("AZURE_CLIENT_CERTIFICATE_PATH", &path)
+        .args(["--scope", SCOPE]);
+    let out = loopback.run_with("certificate", command).await;
+    assert!(
+        out.starts_with(&format!("scope:   {SCOPE}\nexpires: in ")),
+        "{out}"
+    );
+    let token_requests = loopback.authority.requests();
+    assert_eq!(token_requests.len(), 1);
+    assert_eq!(token_requests[0].field("client_secret"), None);
+    assert_eq!(
+        token_requests[0].field("client_assertion_type"),
+        Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    );
+    assert!(token_requests[0].field("client_assertion").is_some());
 }
