@@ -2,6 +2,9 @@
 //! HTTPS with a throwaway CA (the test suite's support code), and a client that trusts it.
 //! The other examples configure a real credential and TLS themselves.
 
+// Shared with benches/stampede.rs, and neither uses every item (as in tests/it/support).
+#![allow(dead_code)]
+
 #[path = "../../tests/it/support/authority.rs"]
 pub mod authority;
 #[path = "../../tests/it/support/resource.rs"]
@@ -21,10 +24,13 @@ use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
+/// The scope the loopback authority issues tokens for.
+pub const SCOPE: &str = "https://example-api.test/.default";
+
 pub type HyperClient<B> = Client<HttpsConnector<HttpConnector>, B>;
 
 /// rustls trusting the loopback CA only.
-fn tls_config() -> rustls::ClientConfig {
+pub fn tls_config() -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(tls::pki().ca_pem().as_bytes()).flatten() {
         roots.add(cert).expect("the example CA is valid");
