@@ -17,7 +17,7 @@ use crate::support::authority::{Authority, Fault};
 use crate::support::certs;
 use crate::support::client::hyper_client;
 use crate::support::creds::{CLIENT_ID, CLIENT_SECRET, SCOPE, TENANT};
-use crate::support::resource::{Answer, Mode, Resource, revocation_claims};
+use crate::support::resource::{Answer, Resource};
 
 /// `target/<profile>/examples/<name>`, built by `cargo test` alongside this binary.
 pub fn example(name: &str) -> PathBuf {
@@ -248,6 +248,8 @@ async fn timeout_retry_retries_a_503_with_the_same_token() {
 #[cfg(feature = "reqwest-middleware")]
 #[tokio::test]
 async fn reqwest_middleware_answers_a_claims_challenge_with_one_resend() {
+    use crate::support::resource::{Mode, revocation_claims};
+
     let loopback = Loopback::start().await;
     loopback.api.set_mode(Mode::Cae);
     loopback.api.push(Answer::Cae {
