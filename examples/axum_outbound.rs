@@ -1,90 +1,97 @@
-//! An axum handler calling a downstream API through BearerTokenLayer, with the client in the
-//! router's `State`. The example serves the router on loopback, calls it once, and exits.
+//! An axum service calling a downstream API through BearerTokenLayer, with the authenticated
+//! client in the router's `State`: every request to `GET /downstream` calls `RESOURCE_URL`
+//! and answers with what it answered. All handlers share one token, acquired on first use and
+//! renewed before it expires.
+//!
+//! `SCOPE` is the scope of the API's tokens, `LISTEN_ADDR` where to serve (default
+//! `127.0.0.1:3000`). The token comes from `DefaultAzureCredential`: a service principal from
+//! `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and `AZURE_CLIENT_SECRET` (`AZURE_AUTHORITY_HOST` for
+//! another cloud), a managed identity, or your `az login`.
 //!
 //! ```text
-//! cargo run --example axum_outbound
+//! RESOURCE_URL='https://graph.microsoft.com/v1.0/applications?$top=1' \
+//! SCOPE=https://graph.microsoft.com/.default \
+//!   cargo run --example axum_outbound
+//! curl http://127.0.0.1:3000/downstream
 //! ```
 
-#[path = "common/mod.rs"]
-mod common;
-
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_identity::BearerTokenLayer;
 use tower_identity::bearer::BearerToken;
+use tower_identity::{BearerTokenLayer, BoxError, DefaultAzureCredential, HttpClient, Roots};
 
-/// What handlers share: the authenticated client and where the downstream API lives.
+/// What handlers share: the authenticated client (cloning it shares the token) and the API.
 #[derive(Clone)]
 struct AppState {
-    downstream: BearerToken<common::HyperClient<Full<Bytes>>>,
-    api_url: String,
+    downstream: BearerToken<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>>,
+    url: String,
 }
 
-async fn report(
+async fn downstream(
     State(state): State<AppState>,
-) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
-    let request = http::Request::get(format!("{}/inventory", state.api_url))
-        .body(Full::default())
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    // A clone per call: the clone shares the token and starts with the original's copy of it.
+) -> Result<(StatusCode, Bytes), (StatusCode, String)> {
+    let bad_gateway = |e: BoxError| (StatusCode::BAD_GATEWAY, e.to_string());
+    let request = http::Request::get(&state.url)
+        .body(Empty::new())
+        .map_err(|e| bad_gateway(e.into()))?;
     let response = state
         .downstream
-        .clone()
         .oneshot(request)
         .await
-        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
+        .map_err(bad_gateway)?;
+    let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?
-        .to_bytes();
-    let downstream: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))?;
-    Ok(Json(
-        serde_json::json!({ "report": "ok", "downstream": downstream }),
-    ))
+        .map_err(|e| bad_gateway(e.into()))?;
+    Ok((status, body.to_bytes()))
 }
 
 #[tokio::main]
-async fn main() -> Result<(), tower_identity::BoxError> {
-    let loopback = common::Loopback::start().await;
+async fn main() -> Result<(), BoxError> {
+    let url = std::env::var("RESOURCE_URL").map_err(|_| "set RESOURCE_URL to the API to call")?;
+    let scope = std::env::var("SCOPE")
+        .map_err(|_| "set SCOPE, e.g. https://graph.microsoft.com/.default")?;
+    let listen = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
+
+    // Token requests trust Mozilla's roots and the platform's store, where IT installs the CA
+    // of a TLS-inspecting proxy (on Linux, SSL_CERT_FILE or SSL_CERT_DIR name the store).
+    let http = HttpClient::builder()
+        .roots(Roots::BundledAndPlatform)
+        .build()?;
+    let credential = DefaultAzureCredential::builder()
+        .http_client(http)
+        .build()?;
+
+    // The API is reached through the platform's certificate verifier, as reqwest does.
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_platform_verifier(rustls::crypto::ring::default_provider())?
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .build();
     let state = AppState {
         downstream: ServiceBuilder::new()
-            .layer(BearerTokenLayer::new(
-                loopback.credential.clone(),
-                [common::SCOPE],
-            ))
-            .service(common::hyper_client()),
-        api_url: loopback.api.url(),
+            .layer(BearerTokenLayer::new(credential, [scope]))
+            .service(Client::builder(TokioExecutor::new()).build(https)),
+        url,
     };
     let app = Router::new()
-        .route("/report", get(report))
+        .route("/downstream", get(downstream))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
 
-    // Call our own endpoint twice, as a user of this service would.
-    let plain = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    for _ in 0..2 {
-        let response = plain
-            .request(http::Request::get(format!("http://{address}/report")).body(Full::default())?)
-            .await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        println!("GET /report → {status}: {}", String::from_utf8_lossy(&body));
-    }
-    println!(
-        "the downstream API saw {} requests; token requests: {}",
-        loopback.api.count(),
-        loopback.authority.token_posts()
-    );
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
     Ok(())
 }

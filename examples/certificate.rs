@@ -18,7 +18,9 @@
 
 use std::process::ExitCode;
 
-use tower_identity::{CertificateSource, ClientCertificateCredential, CredentialExt, Secret};
+use tower_identity::{
+    CertificateSource, ClientCertificateCredential, CredentialExt, HttpClient, Roots, Secret,
+};
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -47,6 +49,18 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let password = var("AZURE_CLIENT_CERTIFICATE_PASSWORD").map(Secret::new);
+    // Token requests trust Mozilla's roots and the platform's store, where IT installs the CA
+    // of a TLS-inspecting proxy (on Linux, SSL_CERT_FILE or SSL_CERT_DIR name the store).
+    let http = match HttpClient::builder()
+        .roots(Roots::BundledAndPlatform)
+        .build()
+    {
+        Ok(http) => http,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     // Everything is read and checked here: a wrong password, an expired certificate or a key
     // that does not match fails now, with a message that says which.
     let credential = ClientCertificateCredential::builder(
@@ -55,6 +69,7 @@ async fn main() -> ExitCode {
         CertificateSource::from_path(path, password),
     )
     .send_certificate_chain(var("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN").is_some())
+    .http_client(http)
     .build();
     let credential = match credential {
         Ok(credential) => credential,

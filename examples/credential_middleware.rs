@@ -16,7 +16,7 @@ use tower::ServiceBuilder;
 use tower::retry::Policy;
 use tower_identity::{
     AccessToken, AzureCliCredential, CredentialError, CredentialExt, EnvironmentCredential,
-    TokenRequest,
+    HttpClient, Roots, TokenRequest,
 };
 
 /// Retries failures that may pass by themselves (timeouts, 5xx, throttling), waiting
@@ -56,9 +56,23 @@ async fn main() -> ExitCode {
         .nth(1)
         .unwrap_or_else(|| "https://management.azure.com/.default".into());
 
+    // Token requests trust Mozilla's roots and the platform's store, where IT installs the CA
+    // of a TLS-inspecting proxy (on Linux, SSL_CERT_FILE or SSL_CERT_DIR name the store).
+    let http = match HttpClient::builder()
+        .roots(Roots::BundledAndPlatform)
+        .build()
+    {
+        Ok(http) => http,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     // The timeout inside, so each attempt gets its own 10 s; `with_middleware` turns its
     // elapsed deadline into a transient `CredentialError`, which the retry policy retries.
-    let timed = EnvironmentCredential::new()
+    let timed = EnvironmentCredential::builder()
+        .http_client(http)
+        .build()
         .with_middleware(ServiceBuilder::new().timeout(Duration::from_secs(10)));
     // `Retry` keeps the credential's error type: it is a credential as it stands.
     let credential = ServiceBuilder::new()

@@ -28,10 +28,10 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use common::SCOPE;
 use common::authority::{Authority, Fault, TokenShape};
 use common::resource::{Mode, Resource};
 
-const SCOPE: &str = "https://demo-api.test/.default";
 const LIFETIME: u64 = 3600;
 const REFRESH_IN: u64 = 3;
 

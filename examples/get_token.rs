@@ -13,7 +13,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use tower_identity::{CredentialExt, DefaultAzureCredential, TokenRequest};
+use tower_identity::{CredentialExt, DefaultAzureCredential, HttpClient, Roots, TokenRequest};
 
 const USAGE: &str =
     "usage: get_token --scope <scope> [--scope <scope>…] [--tenant <tenant>] [--show-token]";
@@ -61,7 +61,13 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("RUST_LOG"))
         .init();
 
-    let credential = match DefaultAzureCredential::new() {
+    // Token requests trust Mozilla's roots and the platform's store, where IT installs the CA
+    // of a TLS-inspecting proxy (on Linux, SSL_CERT_FILE or SSL_CERT_DIR name the store).
+    let credential = HttpClient::builder()
+        .roots(Roots::BundledAndPlatform)
+        .build()
+        .and_then(|http| DefaultAzureCredential::builder().http_client(http).build());
+    let credential = match credential {
         Ok(credential) => credential,
         Err(error) => {
             eprintln!("error: {error}");

@@ -1,42 +1,55 @@
-//! BearerTokenLayer in front of hyper-util's client: a GET and a POST with a JSON body, with
-//! the token obtained once and reused.
+//! BearerTokenLayer in front of hyper-util's client: one authenticated GET, with the credential
+//! and TLS set up as an application sets them up.
+//!
+//! `RESOURCE_URL` is the API to call and `SCOPE` the scope of its tokens (the API's app ID URI
+//! and `/.default`). The token comes from `DefaultAzureCredential`: a service principal from
+//! `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and `AZURE_CLIENT_SECRET` (`AZURE_AUTHORITY_HOST` for
+//! another cloud), a managed identity, or your `az login`. Prints the status and the size of
+//! the answer, not the answer itself.
 //!
 //! ```text
-//! cargo run --example hyper_client
+//! RESOURCE_URL='https://management.azure.com/subscriptions?api-version=2022-12-01' \
+//! SCOPE=https://management.azure.com/.default \
+//!   cargo run --example hyper_client
 //! ```
 
-#[path = "common/mod.rs"]
-mod common;
-
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_identity::BearerTokenLayer;
+use tower_identity::{BearerTokenLayer, BoxError, DefaultAzureCredential, HttpClient, Roots};
 
 #[tokio::main]
-async fn main() -> Result<(), tower_identity::BoxError> {
-    let loopback = common::Loopback::start().await;
-    let client = ServiceBuilder::new()
-        .layer(BearerTokenLayer::new(
-            loopback.credential.clone(),
-            [common::SCOPE],
-        ))
-        .service(common::hyper_client::<Full<Bytes>>());
+async fn main() -> Result<(), BoxError> {
+    let url = std::env::var("RESOURCE_URL").map_err(|_| "set RESOURCE_URL to the API to call")?;
+    let scope = std::env::var("SCOPE")
+        .map_err(|_| "set SCOPE, e.g. https://management.azure.com/.default")?;
 
-    let get = http::Request::get(format!("{}/items", loopback.api.url())).body(Full::default())?;
-    let post = http::Request::post(format!("{}/items", loopback.api.url()))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(br#"{"name":"widget"}"#)))?;
-    for request in [get, post] {
-        let line = format!("{} {}", request.method(), request.uri().path());
-        let response = client.clone().oneshot(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        println!("{line} → {status}: {}", String::from_utf8_lossy(&body));
-    }
-    println!(
-        "token requests: {} (the second call reused the token)",
-        loopback.authority.token_posts()
-    );
+    // Token requests trust Mozilla's roots and the platform's store, where IT installs the CA
+    // of a TLS-inspecting proxy (on Linux, SSL_CERT_FILE or SSL_CERT_DIR name the store).
+    let http = HttpClient::builder()
+        .roots(Roots::BundledAndPlatform)
+        .build()?;
+    let credential = DefaultAzureCredential::builder()
+        .http_client(http)
+        .build()?;
+
+    // The API is reached through the platform's certificate verifier, as reqwest does.
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_platform_verifier(rustls::crypto::ring::default_provider())?
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let client = ServiceBuilder::new()
+        .layer(BearerTokenLayer::new(credential, [scope]))
+        .service(Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(https));
+
+    let request = http::Request::get(&url).body(Empty::new())?;
+    let response = client.oneshot(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    println!("GET {url} → {status} ({} bytes)", body.len());
     Ok(())
 }

@@ -1,53 +1,51 @@
-//! The same behaviour as a reqwest middleware (feature `reqwest-middleware`), including a CAE
-//! claims challenge answered with one re-send of the request and its body.
+//! The bearer-token behaviour as a reqwest middleware (feature `reqwest-middleware`), with
+//! Continuous Access Evaluation: a claims challenge from the API is answered with a token for
+//! those claims and one re-send of the request.
+//!
+//! `RESOURCE_URL` is the API to call and `SCOPE` the scope of its tokens. The token comes from
+//! `DefaultAzureCredential`: a service principal from `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and
+//! `AZURE_CLIENT_SECRET` (`AZURE_AUTHORITY_HOST` for another cloud), a managed identity, or
+//! your `az login`. Prints the status and the size of the answer, not the answer itself.
 //!
 //! ```text
-//! cargo run --example reqwest_middleware --features reqwest-middleware
+//! RESOURCE_URL='https://graph.microsoft.com/v1.0/applications?$top=1' \
+//! SCOPE=https://graph.microsoft.com/.default \
+//!   cargo run --example reqwest_middleware --features reqwest-middleware
 //! ```
 
-#[path = "common/mod.rs"]
-mod common;
-
 use reqwest_middleware::ClientBuilder;
-use tower_identity::BearerTokenLayer;
-
-use common::resource::{Answer, revocation_claims};
+use tower_identity::{BearerTokenLayer, BoxError, DefaultAzureCredential, HttpClient, Roots};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let loopback = common::Loopback::start().await;
-    let bearer = BearerTokenLayer::builder(loopback.credential.clone(), [common::SCOPE])
+async fn main() -> Result<(), BoxError> {
+    let url = std::env::var("RESOURCE_URL").map_err(|_| "set RESOURCE_URL to the API to call")?;
+    let scope = std::env::var("SCOPE")
+        .map_err(|_| "set SCOPE, e.g. https://graph.microsoft.com/.default")?;
+
+    // Token requests trust Mozilla's roots and the platform's store, where IT installs the CA
+    // of a TLS-inspecting proxy (on Linux, SSL_CERT_FILE or SSL_CERT_DIR name the store).
+    let http = HttpClient::builder()
+        .roots(Roots::BundledAndPlatform)
+        .build()?;
+    let credential = DefaultAzureCredential::builder()
+        .http_client(http)
+        .build()?;
+
+    // reqwest verifies with the platform's verifier. This crate builds reqwest with
+    // `rustls-no-provider` (it uses ring, not aws-lc-rs), so a crypto provider is installed;
+    // with reqwest's default features this line is not needed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bearer = BearerTokenLayer::builder(credential, [scope])
         .enable_cae(true)
         .build()
         .middleware();
-    let reqwest = reqwest::Client::builder()
-        .tls_backend_preconfigured(common::tls_config())
-        .build()?;
-    let client = ClientBuilder::new(reqwest).with(bearer).build();
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(bearer)
+        .build();
 
-    let response = client
-        .get(format!("{}/items", loopback.api.url()))
-        .send()
-        .await?;
-    println!("GET /items → {}", response.status());
-
-    // The API's next answer is a claims challenge; the middleware answers it.
-    loopback.api.push(Answer::Cae {
-        claims: revocation_claims(1),
-    });
-    let response = client
-        .post(format!("{}/items", loopback.api.url()))
-        .body(r#"{"name":"widget"}"#)
-        .send()
-        .await?;
-    println!(
-        "POST /items → {} (after a claims challenge and one re-send)",
-        response.status()
-    );
-    println!(
-        "requests seen by the API: {}, token requests: {}",
-        loopback.api.count(),
-        loopback.authority.token_posts()
-    );
+    let response = client.get(&url).send().await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    println!("GET {url} → {status} ({} bytes)", body.len());
     Ok(())
 }

@@ -1,5 +1,8 @@
-//! Loopback servers for the examples: an Entra-shaped token endpoint and a protected API,
-//! both HTTPS with a throwaway CA (the test suite's support code), and clients that trust it.
+//! Loopback servers for the demo: an Entra-shaped token endpoint and a protected API, both
+//! HTTPS with a throwaway CA (the test suite's support code), and a client that trusts it.
+//! The other examples configure a real credential and TLS themselves.
+
+// Shared with benches/stampede.rs, and neither uses every item (as in tests/it/support).
 #![allow(dead_code)]
 
 #[path = "../../tests/it/support/authority.rs"]
@@ -20,46 +23,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use tower_identity::{ClientSecretCredential, HttpClient};
 
-pub use authority::Authority;
-pub use resource::Resource;
-
+/// The scope the loopback authority issues tokens for.
 pub const SCOPE: &str = "https://example-api.test/.default";
 
 pub type HyperClient<B> = Client<HttpsConnector<HttpConnector>, B>;
-
-/// A token endpoint, a protected API, and a service principal of the token endpoint.
-pub struct Loopback {
-    pub authority: Authority,
-    pub api: Resource,
-    pub credential: ClientSecretCredential,
-}
-
-impl Loopback {
-    pub async fn start() -> Self {
-        let authority = Authority::start().await;
-        let api = Resource::start().await;
-        let http = HttpClient::builder()
-            .add_root_certificates_pem(authority.ca_pem())
-            .build()
-            .expect("the example CA is valid PEM");
-        let credential = ClientSecretCredential::builder(
-            "contoso",
-            "00000000-0000-0000-0000-0000000000e1",
-            "example-secret",
-        )
-        .authority_host(authority.url())
-        .http_client(http)
-        .build()
-        .expect("valid settings");
-        Self {
-            authority,
-            api,
-            credential,
-        }
-    }
-}
 
 /// rustls trusting the loopback CA only.
 pub fn tls_config() -> rustls::ClientConfig {

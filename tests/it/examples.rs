@@ -1,7 +1,23 @@
-//! The README's first command, run as a user would: the built example binary.
+//! The examples, run as a user runs them: the built binaries, configured by environment
+//! variables only. The copyable ones get the standard Azure variables pointing at the loopback
+//! authority, `SSL_CERT_FILE` naming the loopback CA (the platform's store on Linux, as for a
+//! TLS-inspecting proxy) and the loopback API as `RESOURCE_URL`: the code path a user runs
+//! against Entra, with nothing leaving the machine.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tower::ServiceExt;
+
+use crate::support::authority::{Authority, Fault};
+use crate::support::certs;
+use crate::support::client::hyper_client;
+use crate::support::creds::{CLIENT_ID, CLIENT_SECRET, SCOPE, TENANT};
+use crate::support::resource::{Answer, Resource};
 
 /// `target/<profile>/examples/<name>`, built by `cargo test` alongside this binary.
 pub fn example(name: &str) -> PathBuf {
@@ -60,22 +76,15 @@ fn get_token_with_nothing_configured_exits_non_zero_listing_every_attempt() {
     assert_eq!(stderr.matches("error:").count(), 1, "one message: {stderr}");
 }
 
-/// Runs an example to completion and returns its stdout; it must exit 0.
-fn run_example(name: &str) -> String {
-    let output = Command::new(example(name)).output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{name} exited with {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 #[test]
 fn the_demo_shows_every_step_and_exits_0() {
-    let out = run_example("demo");
+    let output = Command::new(example("demo")).output().unwrap();
+    assert!(
+        output.status.success(),
+        "demo failed: {}",
+        describe(&output)
+    );
+    let out = String::from_utf8_lossy(&output.stdout);
     for line in [
         "EnvironmentCredential: unavailable",
         "ClientSecretCredential: answered",
@@ -95,11 +104,282 @@ fn the_demo_shows_every_step_and_exits_0() {
     assert_eq!(words[0], words[2], "every request answered 200: {summary}");
 }
 
-#[test]
-fn the_client_examples_run_against_loopback_and_exit_0() {
-    assert!(run_example("hyper_client").contains("token requests: 1"));
-    assert!(run_example("axum_outbound").contains("token requests: 1"));
-    assert!(run_example("timeout_retry").contains("after one retry"));
-    #[cfg(feature = "reqwest-middleware")]
-    assert!(run_example("reqwest_middleware").contains("after a claims challenge and one re-send"));
+/// A bound on a child's run: a hung example fails its test instead of hanging the suite.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// The loopback authority and API, and the environment that points an example at them.
+struct Loopback {
+    authority: Authority,
+    api: Resource,
+    ca_file: tempfile::NamedTempFile,
+}
+
+impl Loopback {
+    async fn start() -> Loopback {
+        let authority = Authority::start().await;
+        let api = Resource::start().await;
+        let ca_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(ca_file.path(), authority.ca_pem()).unwrap();
+        Loopback {
+            authority,
+            api,
+            ca_file,
+        }
+    }
+
+    fn resource_url(&self) -> String {
+        format!("{}/items", self.api.url())
+    }
+
+    /// The example with only the variables a user sets, and nothing inherited (no proxy, no
+    /// other roots, no `az` on a PATH).
+    fn command(&self, name: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(example(name));
+        command
+            .env_clear()
+            .env("AZURE_TENANT_ID", TENANT)
+            .env("AZURE_CLIENT_ID", CLIENT_ID)
+            .env("AZURE_CLIENT_SECRET", CLIENT_SECRET)
+            .env("AZURE_AUTHORITY_HOST", self.authority.url())
+            // DefaultAzureCredential's own selector: the environment only, so a mistake here
+            // fails the test instead of falling through to IMDS or a developer's `az`.
+            .env("AZURE_TOKEN_CREDENTIALS", "EnvironmentCredential")
+            .env("SSL_CERT_FILE", self.ca_file.path())
+            .env("RESOURCE_URL", self.resource_url())
+            .env("SCOPE", SCOPE)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs the example to completion; it must exit 0. Returns its stdout.
+    async fn run(&self, name: &str) -> String {
+        self.run_with(name, self.command(name)).await
+    }
+
+    async fn run_with(&self, name: &str, mut command: tokio::process::Command) -> String {
+        let output = tokio::time::timeout(RUN_LIMIT, command.output())
+            .await
+            .unwrap_or_else(|_| panic!("{name} still running after {RUN_LIMIT:?}"))
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{name} failed: {}",
+            describe(&output)
+        );
+        self.assert_no_secret(name, &output);
+        stdout
+    }
+
+    /// Neither a token the authority issued nor the client secret appears in the output.
+    fn assert_no_secret(&self, name: &str, output: &Output) {
+        let issued = self.authority.token_posts();
+        assert!(
+            issued > 0,
+            "{name} asked for no token: {}",
+            describe(output)
+        );
+        // The authority's tokens are `at-<n>-<tenant>`, claims tokens with a suffix.
+        let tokens = (1..=issued).map(|n| format!("at-{n}-{TENANT}"));
+        for secret in tokens.chain([CLIENT_SECRET.to_owned()]) {
+            for stream in [&output.stdout, &output.stderr] {
+                assert!(
+                    !String::from_utf8_lossy(stream).contains(&secret),
+                    "{name} printed {secret:?}: {}",
+                    describe(output)
+                );
+            }
+        }
+    }
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "{:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test]
+async fn hyper_client_gets_a_token_from_the_environment_and_calls_the_api() {
+    let loopback = Loopback::start().await;
+    let out = loopback.run("hyper_client").await;
+    let url = loopback.resource_url();
+    assert!(out.starts_with(&format!("GET {url} → 200 OK (")), "{out}");
+    let seen = loopback.api.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].bearer(), Some("at-1-contoso"));
+    let token_requests = loopback.authority.requests();
+    assert_eq!(token_requests.len(), 1);
+    assert_eq!(token_requests[0].tenant, TENANT);
+    assert_eq!(token_requests[0].field("client_id"), Some(CLIENT_ID));
+    assert_eq!(token_requests[0].field("scope"), Some(SCOPE));
+}
+
+#[tokio::test]
+async fn timeout_retry_retries_a_503_with_the_same_token() {
+    let loopback = Loopback::start().await;
+    loopback.api.push(Answer::Status {
+        status: 503,
+        headers: vec![],
+        body: "busy".into(),
+    });
+    let out = loopback.run("timeout_retry").await;
+    let url = loopback.resource_url();
+    assert_eq!(
+        out.trim_end(),
+        format!("GET {url} → 200 OK after 2 attempt(s)")
+    );
+    let tokens: Vec<_> = loopback
+        .api
+        .requests()
+        .iter()
+        .map(|seen| seen.bearer().unwrap_or("none").to_owned())
+        .collect();
+    assert_eq!(tokens, ["at-1-contoso", "at-1-contoso"]);
+    assert_eq!(loopback.authority.token_posts(), 1);
+}
+
+#[cfg(feature = "reqwest-middleware")]
+#[tokio::test]
+async fn reqwest_middleware_answers_a_claims_challenge_with_one_resend() {
+    use crate::support::resource::{Mode, revocation_claims};
+
+    let loopback = Loopback::start().await;
+    loopback.api.set_mode(Mode::Cae);
+    loopback.api.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    let out = loopback.run("reqwest_middleware").await;
+    let url = loopback.resource_url();
+    assert!(out.starts_with(&format!("GET {url} → 200 OK (")), "{out}");
+    let seen = loopback.api.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].bearer(), Some("at-1-contoso"));
+    assert_eq!(seen[1].bearer(), Some("at-2-contoso-claims"));
+    let token_requests = loopback.authority.requests();
+    assert_eq!(token_requests.len(), 2);
+    // CAE announced on both, the challenge's claims merged into the second.
+    for request in &token_requests {
+        assert!(
+            request.field("claims").unwrap().contains("CP1"),
+            "{request:?}"
+        );
+    }
+    assert!(token_requests[1].field("claims").unwrap().contains("nbf"));
+}
+
+#[tokio::test]
+async fn axum_outbound_serves_downstream_answers_with_one_shared_token() {
+    let loopback = Loopback::start().await;
+    let mut child = loopback
+        .command("axum_outbound")
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(RUN_LIMIT, stdout.read_line(&mut line))
+        .await
+        .expect("axum_outbound prints where it listens")
+        .unwrap();
+    let base = line
+        .trim_end()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+
+    let client = hyper_client::<Empty<Bytes>>();
+    for _ in 0..2 {
+        let request = http::Request::get(format!("{base}/downstream"))
+            .body(Empty::new())
+            .unwrap();
+        let response = client.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["ok"], true, "{body}");
+        assert_eq!(body["path"], "/items", "{body}");
+    }
+    assert_eq!(loopback.api.count(), 2);
+    assert_eq!(
+        loopback.authority.token_posts(),
+        1,
+        "handlers share one token"
+    );
+
+    child.start_kill().unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let mut rest = line.into_bytes();
+    rest.extend_from_slice(&output.stdout);
+    loopback.assert_no_secret(
+        "axum_outbound",
+        &Output {
+            stdout: rest,
+            ..output
+        },
+    );
+}
+
+#[tokio::test]
+async fn get_token_prints_which_credential_answered_and_never_the_token() {
+    let loopback = Loopback::start().await;
+    let mut command = loopback.command("get_token");
+    command.args(["--scope", SCOPE]);
+    let out = loopback.run_with("get_token", command).await;
+    assert!(out.contains(&format!("scopes:      {SCOPE}\n")), "{out}");
+    assert!(
+        out.contains("answered by: EnvironmentCredential\n"),
+        "{out}"
+    );
+    assert!(out.contains("expires:     "), "{out}");
+    assert_eq!(loopback.authority.token_posts(), 1);
+}
+
+#[tokio::test]
+async fn credential_middleware_gets_a_token_through_timeout_and_retry() {
+    let loopback = Loopback::start().await;
+    // A transient failure first (retried by the transport before the example's policy would).
+    loopback.authority.push_fault(Fault::ServerError(503));
+    let mut command = loopback.command("credential_middleware");
+    command.arg(SCOPE);
+    let out = loopback.run_with("credential_middleware", command).await;
+    assert!(
+        out.starts_with("answered by: EnvironmentCredential\n"),
+        "{out}"
+    );
+    assert!(out.contains("expires in:  "), "{out}");
+    assert_eq!(loopback.authority.token_posts(), 2);
+}
+
+#[tokio::test]
+async fn certificate_signs_an_assertion_with_the_certificate_from_the_environment() {
+    let loopback = Loopback::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cert.pem");
+    std::fs::write(&path, certs::self_signed(2048).one_file()).unwrap();
+    let mut command = loopback.command("certificate");
+    command
+        .env_remove("AZURE_CLIENT_SECRET")
+        .env("AZURE_CLIENT_CERTIFICATE_PATH", &path)
+        .args(["--scope", SCOPE]);
+    let out = loopback.run_with("certificate", command).await;
+    assert!(
+        out.starts_with(&format!("scope:   {SCOPE}\nexpires: in ")),
+        "{out}"
+    );
+    let token_requests = loopback.authority.requests();
+    assert_eq!(token_requests.len(), 1);
+    assert_eq!(token_requests[0].field("client_secret"), None);
+    assert_eq!(
+        token_requests[0].field("client_assertion_type"),
+        Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    );
+    assert!(token_requests[0].field("client_assertion").is_some());
 }
