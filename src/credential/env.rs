@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::entra::authority::AZURE_IDENTITY_DISABLE_MULTITENANTAUTH;
+
 /// The tenant (directory) id of a service principal or workload identity.
 pub(crate) const AZURE_TENANT_ID: &str = "AZURE_TENANT_ID";
 /// The client (application) id; also a user-assigned managed identity's, as in azure-identity.
@@ -37,6 +39,20 @@ impl Vars {
         self.0
             .as_ref()
             .map(|vars| vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    /// Whether the variable is set to anything non-empty (a flag such as
+    /// `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH`: any value turns it on, as in azure-identity).
+    pub(crate) fn is_set(&self, name: &str) -> bool {
+        match &self.0 {
+            Some(vars) => vars.get(name).is_some_and(|v| !v.is_empty()),
+            None => std::env::var_os(name).is_some_and(|v| !v.is_empty()),
+        }
+    }
+
+    /// Whether `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` turns per-request tenants off.
+    pub(crate) fn multitenant_disabled(&self) -> bool {
+        self.is_set(AZURE_IDENTITY_DISABLE_MULTITENANTAUTH)
     }
 
     /// The variable's value, trimmed; `None` when it is unset, blank or not Unicode.

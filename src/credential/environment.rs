@@ -182,7 +182,8 @@ impl EnvironmentCredentialBuilder {
         );
         let state = match (tenant, client, secret) {
             (Some(tenant), Some(client), Some(secret)) => {
-                let mut builder = ClientSecretCredential::builder(tenant, client, secret);
+                let mut builder = ClientSecretCredential::builder(tenant, client, secret)
+                    .disable_multitenant_auth(self.vars.multitenant_disabled());
                 if let Some(http) = self.http_client {
                     builder = builder.http_client(http);
                 }
@@ -198,7 +199,8 @@ impl EnvironmentCredentialBuilder {
                 let password = get(AZURE_CLIENT_CERTIFICATE_PASSWORD).map(Secret::new);
                 let source = CertificateSource::from_path(path, password);
                 let mut builder = ClientCertificateCredential::builder(tenant, client, source)
-                    .send_certificate_chain(get(AZURE_CLIENT_SEND_CERTIFICATE_CHAIN).is_some());
+                    .send_certificate_chain(get(AZURE_CLIENT_SEND_CERTIFICATE_CHAIN).is_some())
+                    .disable_multitenant_auth(self.vars.multitenant_disabled());
                 if let Some(http) = self.http_client {
                     builder = builder.http_client(http);
                 }

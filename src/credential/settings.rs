@@ -8,6 +8,7 @@
 use std::fmt;
 
 use super::cache_options::TokenCachePersistenceOptions;
+use super::env::Vars;
 use crate::entra::authority::{Authority, TenantPolicy};
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::TokenClient;
@@ -49,6 +50,15 @@ impl Settings {
         self.multitenant_disabled = Some(disabled);
     }
 
+    /// Unless set in code, `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is read from `vars` (a
+    /// builder's `vars(…)`) rather than the process environment.
+    pub(crate) fn with_multitenant_default(mut self, vars: &Vars) -> Self {
+        if self.multitenant_disabled.is_none() {
+            self.multitenant_disabled = Some(vars.multitenant_disabled());
+        }
+        self
+    }
+
     /// The authority host given to the builder, if any.
     pub(crate) fn authority_host(&self) -> Option<&str> {
         self.authority_host.as_deref()
@@ -63,7 +73,7 @@ impl Settings {
     ) -> Result<TenantPolicy, ConfigError> {
         let disabled = self
             .multitenant_disabled
-            .unwrap_or_else(TenantPolicy::multitenant_disabled_by_env);
+            .unwrap_or_else(|| Vars::default().multitenant_disabled());
         TenantPolicy::new(tenant, self.additionally_allowed_tenants.clone(), disabled)
             .map_err(|e| ConfigError::new(format!("{name}: {e}")))
     }
@@ -134,6 +144,43 @@ impl fmt::Debug for Settings {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    use super::{Settings, Vars};
+
+    /// A builder's `vars(…)` decide `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH`, not the process
+    /// environment; a value set in code wins over both.
+    #[test]
+    fn a_builders_vars_decide_multitenant_auth_unless_set_in_code() {
+        let flag = "AZURE_IDENTITY_DISABLE_MULTITENANTAUTH";
+        let resolved = |settings: Settings| {
+            let policy = settings.tenants("Test", Some("home")).unwrap();
+            policy.resolve(Some("other")).unwrap().map(str::to_owned)
+        };
+        let allow_any = || {
+            let mut settings = Settings::default();
+            settings.set_additionally_allowed_tenants(["*"]);
+            settings
+        };
+        let off = Vars::from_pairs([(flag, "1")]);
+        let absent = Vars::from_pairs([(flag, "")]);
+        assert_eq!(
+            resolved(allow_any().with_multitenant_default(&off)).as_deref(),
+            Some("home"),
+            "disabled by the vars: the configured tenant"
+        );
+        assert_eq!(
+            resolved(allow_any().with_multitenant_default(&absent)).as_deref(),
+            Some("other"),
+            "an empty value does not disable it"
+        );
+        let mut in_code = allow_any();
+        in_code.set_multitenant_disabled(false);
+        assert_eq!(
+            resolved(in_code.with_multitenant_default(&off)).as_deref(),
+            Some("other"),
+            "set in code: the vars are not asked"
+        );
+    }
 
     /// The doc text every builder's setter of this name opens with (a builder may add a
     /// sentence saying how its credential differs), and how many builders have it.

@@ -307,7 +307,8 @@ impl WorkloadIdentityCredentialBuilder {
 
     /// Builds. Fails only for an invalid value given to this builder; missing values, or
     /// invalid ones from the environment, are reported by `get_token`.
-    pub fn build(self) -> Result<WorkloadIdentityCredential, ConfigError> {
+    pub fn build(mut self) -> Result<WorkloadIdentityCredential, ConfigError> {
+        self.settings = self.settings.with_multitenant_default(&self.vars);
         let fail = |m: &str| ConfigError::new(format!("{NAME}: {m}"));
         // Values given in code first: a mistake there is a construction error.
         self.settings.tenants(NAME, self.tenant_id.as_deref())?;

@@ -213,11 +213,6 @@ impl TenantPolicy {
         })
     }
 
-    /// Whether `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set to anything non-empty.
-    pub(crate) fn multitenant_disabled_by_env() -> bool {
-        std::env::var_os(AZURE_IDENTITY_DISABLE_MULTITENANTAUTH).is_some_and(|v| !v.is_empty())
-    }
-
     /// The configured tenant.
     pub(crate) fn tenant(&self) -> Option<&str> {
         self.tenant.as_deref()
