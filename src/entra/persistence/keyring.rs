@@ -47,10 +47,9 @@ pub(crate) struct KeyringCache<D: Document> {
     target: KeyringTarget,
     /// The schema name (the signal file's name).
     schema: String,
-    /// The signal file, whose lock file orders writers across processes.
+    /// The signal file, whose writer turns (in-process order, then its lock file) order
+    /// writers.
     signal: Arc<CacheFile<D>>,
-    /// Orders this process's writers, as in [`CacheFile::modify`].
-    writers: tokio::sync::Mutex<()>,
     /// Decided on first success; a failure is not kept, so a keyring started later is found.
     backend: tokio::sync::OnceCell<Backend<D>>,
 }
@@ -74,7 +73,6 @@ impl<D: Document> KeyringCache<D> {
             signal: CacheFile::shared(target.signal.clone()),
             schema,
             target,
-            writers: tokio::sync::Mutex::new(()),
             backend: tokio::sync::OnceCell::new(),
         })
     }
@@ -128,8 +126,7 @@ impl<D: Document> KeyringCache<D> {
             Backend::File(file) => return file.modify(change).await,
             Backend::Keyring(keyring) => keyring,
         };
-        let _writers = self.writers.lock().await;
-        let lock = self.signal.acquire_lock().await?;
+        let (_writers, lock) = self.signal.writer_turn().await?;
         let stored = keyring.load().await?;
         let mut doc = self.parse(stored.as_deref())?;
         let value = change(&mut doc);

@@ -75,7 +75,7 @@ use self::atomic_write::write_document;
 pub(crate) use self::error::PersistenceError;
 #[cfg(all(feature = "keyring", target_os = "linux"))]
 pub(crate) use self::keyring::{KeyringCache, KeyringTarget};
-use self::lock_file::lock_path_of;
+use self::lock_file::{LockGuard, lock_path_of};
 use self::reader::{Snapshot, Stamp, load};
 
 /// How long [`CacheFile::modify`] waits for another process's lock by default.
@@ -158,8 +158,7 @@ impl<D: Document> CacheFile<D> {
         F: FnOnce(&mut D) -> R + Send + 'static,
         R: Send + 'static,
     {
-        let _writers = self.writers.lock().await;
-        let lock = self.acquire_lock().await?;
+        let (_writers, lock) = self.writer_turn().await?;
         let path = self.path.clone();
         // The lock guard moves into the blocking task and is dropped there, on every path.
         let (value, snapshot) = run_blocking(&self.path, move || {
@@ -184,6 +183,17 @@ impl<D: Document> CacheFile<D> {
         .await?;
         self.store(snapshot);
         Ok(value)
+    }
+
+    /// A writer's turn: this process's writers in order (see the module docs), then the lock
+    /// file against every other process. The keyring store takes its turns here too, on its
+    /// signal file, so one mechanism orders both kinds of writer.
+    async fn writer_turn(
+        &self,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, LockGuard), PersistenceError> {
+        let writers = self.writers.lock().await;
+        let lock = self.acquire_lock().await?;
+        Ok((writers, lock))
     }
 
     /// The snapshot's stamp, recheck flag and document.
