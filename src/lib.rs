@@ -68,6 +68,7 @@
 pub mod bearer;
 mod cache;
 pub mod credential;
+pub mod distributed;
 mod encoding;
 mod entra;
 mod error;

@@ -1,0 +1,88 @@
+//! The interface a distributed cache stores through: opaque values under string keys, and a
+//! lease for fleet-wide single-flight. Values arrive here already sealed; a store never sees a
+//! token in clear (unless the cache was built with the plaintext opt-out).
+
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+use crate::error::BoxError;
+
+/// A shared key-value store under a [`DistributedCache`](super::DistributedCache): Redis
+/// ([`RedisTokenCache`](super::RedisTokenCache), feature `redis`) or any store that offers
+/// the same four operations.
+///
+/// Every call is bounded by the cache's time budget and counted by its circuit breaker; a
+/// store need not add timeouts of its own. An error is never shown to a token caller: the
+/// process then acquires its token on its own.
+pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
+    /// The value stored under `key`, or `None` when there is none (missing, expired,
+    /// evicted).
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
+
+    /// Stores `value` under `key`, replacing what is there, to expire after `ttl`.
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Takes the lease `key` for `holder` if nobody holds it, to expire after `ttl`
+    /// (Redis: `SET key holder NX PX ttl`). `true` when this call took it.
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Gives the lease `key` back if `holder` still holds it (compare and delete: a lease
+    /// that expired and was taken by another holder is left alone).
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// A store's failure: unreachable, refused, or an answer it could not use. Its message names
+/// the operation and never a value or a credential of the store (a password in a URL).
+#[derive(Debug)]
+pub struct StoreError {
+    message: String,
+    source: Option<BoxError>,
+}
+
+impl StoreError {
+    /// A failure described by `message`, caused by `source`.
+    pub fn new(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A failure with no underlying error.
+    pub fn msg(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
