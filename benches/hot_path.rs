@@ -26,7 +26,19 @@ use tower_identity::{AccessToken, CredentialError, CredentialExt, TokenRequest};
 #[global_allocator]
 static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
 
+/// The runtime the layer lives in, as in an application: the first request acquires the token
+/// in it, and the measured calls run inside it (entered), where the layer's recheck timer can
+/// be armed.
+static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> = std::sync::LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+});
+
 fn main() {
+    let _entered = RUNTIME.enter();
     divan::main();
 }
 
@@ -100,11 +112,7 @@ fn warm(
     .enable_cae(cae)
     .build()
     .layer(Ok200);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    RUNTIME.block_on(async {
         service
             .ready()
             .await

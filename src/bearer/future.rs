@@ -8,40 +8,45 @@ use std::task::{Context, Poll, ready};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use http::header::AUTHORIZATION;
-use http::{
-    Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
 use tower_service::Service;
 
 use super::cae::claims_challenge;
+use super::head::Head;
 use super::replay::{NotReplayable, Replay, RetryBody};
 use super::source::{Prepared, Source};
 use crate::error::BoxError;
 use crate::refresh::TokenSlot;
 
 pin_project! {
-    /// The response future of [`BearerToken`](super::BearerToken).
+    /// The response future of [`BearerToken`](super::BearerToken): `S` is the inner service,
+    /// `B` the request body and `ResB` the response body.
     ///
     /// With a fresh token and no challenge it is the inner future plus a check of the status:
-    /// no allocation. Waiting for a token, or answering a claims challenge, runs as a boxed
-    /// future.
-    pub struct ResponseFuture<F, ResB> {
+    /// no allocation (with CAE, the kept request head allocates at most one buffer). Waiting
+    /// for a token, or answering a claims challenge, runs as a boxed future.
+    pub struct ResponseFuture<S, B, ResB>
+    where
+        S: Service<Request<B>>,
+    {
         #[pin]
-        state: State<F, ResB>,
+        state: State<S, B, ResB>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, ResB> {
+    enum State<S, B, ResB>
+    where
+        S: Service<Request<B>>,
+    {
         Sent {
             #[pin]
-            future: F,
-            after: Option<After<ResB>>,
+            future: S::Future,
+            after: Option<After<S, B>>,
         },
         Boxed {
             future: BoxFuture<'static, Result<Response<ResB>, BoxError>>,
@@ -52,9 +57,9 @@ pin_project! {
     }
 }
 
-impl<F, ResB> ResponseFuture<F, ResB> {
+impl<S: Service<Request<B>>, B, ResB> ResponseFuture<S, B, ResB> {
     #[inline]
-    pub(crate) fn sent(future: F, after: After<ResB>) -> Self {
+    pub(crate) fn sent(future: S::Future, after: After<S, B>) -> Self {
         Self {
             state: State::Sent {
                 future,
@@ -76,10 +81,13 @@ impl<F, ResB> ResponseFuture<F, ResB> {
     }
 }
 
-impl<F, E, ResB> Future for ResponseFuture<F, ResB>
+impl<S, B, ResB> Future for ResponseFuture<S, B, ResB>
 where
-    F: Future<Output = Result<Response<ResB>, E>>,
-    E: Into<BoxError>,
+    S: Service<Request<B>, Response = Response<ResB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: RetryBody,
+    ResB: Body + Send + 'static,
 {
     type Output = Result<Response<ResB>, BoxError>;
 
@@ -111,19 +119,21 @@ where
     }
 }
 
-/// Re-sends a request after a claims challenge: given the 401 and the decoded claims.
-pub(crate) type RetryFn<ResB> = Box<
-    dyn FnOnce(Response<ResB>, String) -> BoxFuture<'static, Result<Response<ResB>, BoxError>>
-        + Send,
->;
-
-/// What to do if the answer is a 401.
-pub(crate) struct After<ResB> {
-    pub(crate) slot: Arc<TokenSlot<Prepared>>,
-    /// The token the request carried.
+/// What to do if the answer is a 401: the token the request carried, and either the slot to
+/// drop it from or, with CAE, what the one re-send needs.
+pub(crate) struct After<S, B> {
     pub(crate) token_id: u64,
-    /// Present when the layer may re-send (CAE enabled and the body prepared for replay).
-    pub(crate) retry: Option<RetryFn<ResB>>,
+    pub(crate) then: Then<S, B>,
+}
+
+pub(crate) enum Then<S, B> {
+    /// Drop the rejected token from this slot.
+    Invalidate(Arc<TokenSlot<Prepared>>),
+    /// Answer a claims challenge by re-sending once (or, without one, drop the token).
+    Challenge {
+        source: Arc<Source>,
+        resend: TowerResend<S, B>,
+    },
 }
 
 pub(crate) enum Outcome<ResB> {
@@ -155,48 +165,35 @@ pub(super) fn decide(headers: &http::HeaderMap, can_retry: bool) -> Decision {
     Decision::GiveBack
 }
 
-impl<ResB> After<ResB> {
+impl<S, B> After<S, B> {
     /// Answers the claims challenge when the layer may re-send; otherwise the 401 goes back
     /// and the token it rejected is dropped if it is still the current one.
-    pub(crate) fn on_unauthorized(self, response: Response<ResB>) -> Outcome<ResB> {
-        match (decide(response.headers(), self.retry.is_some()), self.retry) {
-            (Decision::Retry(claims), Some(retry)) => Outcome::Retry(retry(response, claims)),
-            _ => {
-                self.slot.invalidate(self.token_id);
+    pub(crate) fn on_unauthorized<ResB>(self, response: Response<ResB>) -> Outcome<ResB>
+    where
+        S: Service<Request<B>, Response = Response<ResB>> + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: RetryBody,
+        ResB: Body + Send + 'static,
+    {
+        let token_id = self.token_id;
+        match self.then {
+            Then::Challenge { source, resend } => match decide(response.headers(), true) {
+                Decision::Retry(claims) => Outcome::Retry(Box::pin(async move {
+                    answer_challenge(&source, &claims, token_id, response, resend).await
+                })),
+                Decision::GiveBack => {
+                    source.slot.invalidate(token_id);
+                    Outcome::Done(response)
+                }
+            },
+            Then::Invalidate(slot) => {
+                // Without CAE a claims challenge is not answered; `decide` says why.
+                decide(response.headers(), false);
+                slot.invalidate(token_id);
                 Outcome::Done(response)
             }
         }
-    }
-}
-
-/// The parts of a request kept for the one re-send.
-pub(crate) struct Snapshot {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-    extensions: Extensions,
-}
-
-impl Snapshot {
-    pub(crate) fn of(parts: &http::request::Parts) -> Self {
-        Self {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-            extensions: parts.extensions.clone(),
-        }
-    }
-
-    fn into_request<B>(self, body: B) -> Request<B> {
-        let mut request = Request::new(body);
-        *request.method_mut() = self.method;
-        *request.uri_mut() = self.uri;
-        *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers;
-        *request.extensions_mut() = self.extensions;
-        request
     }
 }
 
@@ -258,11 +255,11 @@ pub(super) async fn answer_challenge<R: Resend>(
     Ok(response)
 }
 
-/// The tower flavour's re-send: the request rebuilt from its kept parts and replayed body,
+/// The tower flavour's re-send: the request rebuilt from its kept head and replayed body,
 /// sent through a clone of the inner service.
-pub(super) struct TowerResend<S, B> {
+pub(crate) struct TowerResend<S, B> {
     pub(super) service: S,
-    pub(super) snapshot: Snapshot,
+    pub(super) head: Head,
     pub(super) replay: Replay<B>,
 }
 
@@ -293,8 +290,7 @@ where
         authorization: HeaderValue,
     ) -> Result<impl Future<Output = Result<Response<ResB>, BoxError>>, NotReplayable> {
         let body = self.replay.into_body()?;
-        let mut request = self.snapshot.into_request(body);
-        request.headers_mut().insert(AUTHORIZATION, authorization);
+        let request = self.head.into_request(body, authorization)?;
         Ok(async move { self.service.oneshot(request).await.map_err(Into::into) })
     }
 }

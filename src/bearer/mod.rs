@@ -71,6 +71,7 @@ mod builder;
 mod cae;
 mod error;
 mod future;
+mod head;
 mod replay;
 #[cfg(feature = "reqwest-middleware")]
 pub mod reqwest;
@@ -97,7 +98,8 @@ pub use replay::{NotReplayable, Replay, ReplayBody, RetryBody};
 use crate::credential::{BoxCredential, TokenCredential};
 use crate::error::BoxError;
 use crate::refresh::Lookup;
-use future::{After, RetryFn, Snapshot, TowerResend, answer_challenge};
+use future::{After, Then, TowerResend};
+use head::Head;
 use source::Source;
 
 /// Default bound on a streaming request body kept for a re-send.
@@ -230,11 +232,13 @@ pub struct BearerToken<S> {
 }
 
 /// A clone's copy of the current token: valid while the slot's generation is unchanged and
-/// the clock is before `recheck_at`.
+/// the clock is before `recheck_at` — which, when `timed`, the slot's timer watches (see
+/// [`crate::refresh`]).
 #[derive(Clone)]
 struct Cached {
     generation: u64,
     recheck_at: Instant,
+    timed: bool,
     header: HeaderValue,
     token_id: u64,
 }
@@ -286,7 +290,7 @@ where
 {
     type Response = Response<ResB>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, ResB>;
+    type Future = ResponseFuture<S, B, ResB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -294,43 +298,48 @@ where
 
     #[inline]
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // tower's rule: the instance that was driven to readiness serves this call.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-
         let options = &self.source.options;
         if !options.allow_http && request.uri().scheme() != Some(&Scheme::HTTPS) {
             return ResponseFuture::failed(BearerError::insecure(request.uri()).into());
         }
-        let now = Instant::now();
+        // The fast path: the token this clone holds, while the slot's generation is unchanged
+        // and, unless the slot's timer watches the deadline, the clock is before it.
         if let Some(cached) = &self.cached {
-            if cached.generation == self.source.slot.generation() && now < cached.recheck_at {
+            if cached.generation == self.source.slot.generation()
+                && (cached.timed || Instant::now() < cached.recheck_at)
+            {
                 let (header, token_id) = (cached.header.clone(), cached.token_id);
-                return send(inner, &self.source, request, header, token_id);
+                return send(&mut self.inner, &self.source, request, header, token_id);
             }
         }
-        match self.source.lookup(now) {
+        match self.source.lookup(Instant::now()) {
             Lookup::Use {
                 entry,
                 generation,
                 recheck_at,
+                timed,
             } => {
                 let header = entry.value.header().clone();
                 self.cached = Some(Cached {
                     generation,
                     recheck_at,
+                    timed,
                     header: header.clone(),
                     token_id: entry.id,
                 });
-                send(inner, &self.source, request, header, entry.id)
+                send(&mut self.inner, &self.source, request, header, entry.id)
             }
             Lookup::Wait(acquisition) => {
                 self.cached = None;
+                // tower's rule: the instance that was driven to readiness serves this call;
+                // it goes into the future, and this service keeps a clone.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
                 let source = Arc::clone(&self.source);
                 ResponseFuture::boxed(Box::pin(async move {
                     let entry = acquisition.await?;
                     let header = entry.value.header().clone();
-                    send(inner, &source, request, header, entry.id).await
+                    send(&mut inner, &source, request, header, entry.id).await
                 }))
             }
         }
@@ -340,12 +349,12 @@ where
 /// Sends the request with this token; with CAE, keeps what a re-send needs.
 #[inline(always)]
 fn send<S, B, ResB>(
-    mut inner: S,
+    inner: &mut S,
     source: &Arc<Source>,
     request: Request<B>,
     header: HeaderValue,
     token_id: u64,
-) -> ResponseFuture<S::Future, ResB>
+) -> ResponseFuture<S, B, ResB>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
@@ -353,33 +362,31 @@ where
     B: RetryBody,
     ResB: http_body::Body + Send + 'static,
 {
-    let (request, retry) = if source.options.cae {
+    if source.options.cae {
         let (mut parts, body) = request.into_parts();
+        let head = Head::of(&parts);
         parts.headers.insert(AUTHORIZATION, header);
         let (body, replay) = body.prepare(source.options.replay_limit);
-        let snapshot = Snapshot::of(&parts);
-        let source = Arc::clone(source);
-        let service = inner.clone();
-        let retry: RetryFn<ResB> = Box::new(move |response, claims| {
-            let resend = TowerResend {
-                service,
-                snapshot,
-                replay,
-            };
-            Box::pin(
-                async move { answer_challenge(&source, &claims, token_id, response, resend).await },
-            )
-        });
-        (Request::from_parts(parts, body), Some(retry))
+        let resend = TowerResend {
+            service: inner.clone(),
+            head,
+            replay,
+        };
+        let after = After {
+            token_id,
+            then: Then::Challenge {
+                source: Arc::clone(source),
+                resend,
+            },
+        };
+        ResponseFuture::sent(inner.call(Request::from_parts(parts, body)), after)
     } else {
         let mut request = request;
         request.headers_mut().insert(AUTHORIZATION, header);
-        (request, None)
-    };
-    let after = After {
-        slot: Arc::clone(&source.slot),
-        token_id,
-        retry,
-    };
-    ResponseFuture::sent(inner.call(request), after)
+        let after = After {
+            token_id,
+            then: Then::Invalidate(Arc::clone(&source.slot)),
+        };
+        ResponseFuture::sent(inner.call(request), after)
+    }
 }

@@ -162,6 +162,8 @@ enum Reason {
     Failed,
     /// The body was polled before it was prepared, so the recording lacks its start.
     ReadBeforePrepare,
+    /// A header field was too long to keep for the re-send (see `bearer/head.rs`).
+    Head,
 }
 
 impl NotReplayable {
@@ -169,9 +171,14 @@ impl NotReplayable {
         NotReplayable { reason }
     }
 
-    /// The body was larger than the replay limit.
+    /// The request head could not be kept for the re-send.
+    pub(crate) fn head() -> Self {
+        Self::new(Reason::Head)
+    }
+
+    /// The body was larger than the replay limit, or a header field too long to keep.
     pub fn is_over_limit(&self) -> bool {
-        matches!(self.reason, Reason::OverLimit { .. })
+        matches!(self.reason, Reason::OverLimit { .. } | Reason::Head)
     }
 
     /// The whole body could not be recorded: the response arrived before the body ended, the
@@ -199,6 +206,7 @@ impl fmt::Display for NotReplayable {
             Reason::ReadBeforePrepare => {
                 f.write_str("the request body was read before it was prepared for replay")
             }
+            Reason::Head => f.write_str("a request header field is too long to keep for a re-send"),
         }
     }
 }
