@@ -789,7 +789,10 @@ mod tests {
             assert!(is_timed(slot.lookup(Instant::now(), never)));
             // The replaced timer's task is aborted; its guard bumps when it is dropped.
             tokio::task::yield_now().await;
-            assert!(slot.generation() >= generation + 2, "store and replaced timer");
+            assert!(
+                slot.generation() >= generation + 2,
+                "store and replaced timer"
+            );
         });
     }
 

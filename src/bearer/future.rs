@@ -17,9 +17,8 @@ use tower_service::Service;
 use super::cae::claims_challenge;
 use super::head::Head;
 use super::replay::{NotReplayable, Replay, RetryBody};
-use super::source::{Prepared, Source};
+use super::source::Source;
 use crate::error::BoxError;
-use crate::refresh::TokenSlot;
 
 pin_project! {
     /// The response future of [`BearerToken`](super::BearerToken): `S` is the inner service,
@@ -127,8 +126,8 @@ pub(crate) struct After<S, B> {
 }
 
 pub(crate) enum Then<S, B> {
-    /// Drop the rejected token from this slot.
-    Invalidate(Arc<TokenSlot<Prepared>>),
+    /// Drop the rejected token from the slot of this source (by id: see `source::SLOTS`).
+    Invalidate(u64),
     /// Answer a claims challenge by re-sending once (or, without one, drop the token).
     Challenge {
         source: Arc<Source>,
@@ -187,10 +186,10 @@ impl<S, B> After<S, B> {
                     Outcome::Done(response)
                 }
             },
-            Then::Invalidate(slot) => {
+            Then::Invalidate(source) => {
                 // Without CAE a claims challenge is not answered; `decide` says why.
                 decide(response.headers(), false);
-                slot.invalidate(token_id);
+                super::source::invalidate(source, token_id);
                 Outcome::Done(response)
             }
         }

@@ -385,7 +385,7 @@ where
         request.headers_mut().insert(AUTHORIZATION, header);
         let after = After {
             token_id,
-            then: Then::Invalidate(Arc::clone(&source.slot)),
+            then: Then::Invalidate(source.id),
         };
         ResponseFuture::sent(inner.call(request), after)
     }
