@@ -22,8 +22,9 @@ for run in $(seq "$runs"); do
     cargo bench -q --bench throughput >"$out/throughput.$run" 2>/dev/null
 done
 
-# divan: "├─ name  fastest │ slowest │ median │ mean │ samples │ iters", then for the allocation
-# profiler "alloc:" rows whose next row holds the counts. Prints "name fastest_ns median_ns allocs".
+# divan: "├─ name  fastest │ slowest │ median │ mean │ samples │ iters", then the allocation
+# profiler's rows ("alloc:" and the next row holds the count). Prints "name fastest_ns median_ns
+# allocations".
 divan_rows() {
     awk -F'│' '
         function ns(text,   value, unit) {
@@ -40,31 +41,27 @@ divan_rows() {
             times[name] = sprintf("%.0f %.0f", ns(fastest), ns($3)); allocs[name] = 0
             order[++count] = name; row = ""; next
         }
-        /alloc:/ && name != "" { row = "alloc"; next }
-        row == "alloc" { split($3, cell, " "); allocs[name] = cell[1] + 0; row = ""; next }
-        /(dealloc|grow|shrink):/ { row = "" }
+        /(^|│) +alloc:/ { row = "alloc"; next }
+        row == "alloc" { match($0, /[0-9.]+/); allocs[name] = substr($0, RSTART, RLENGTH) + 0 }
+        { row = "" }
         END { for (i = 1; i <= count; i++) print order[i], times[order[i]], allocs[order[i]] }
     ' "$1"
 }
 
-# gungraun: "hot_path_instructions::hot_path::name calls_0:..." then "Instructions: count|...".
-# Prints "name per_request" with per_request = (Ir(2N) - Ir(N)) / N.
+# gungraun: "hot_path_instructions::hot_path::name calls_0:(…)" (N requests; calls_1 serves 2N),
+# then "Instructions: count|…". Prints "name per_request", per_request = (Ir(2N) − Ir(N)) / N.
+calls=$(sed -n 's/^const N: usize = \([0-9_]*\);/\1/p' benches/hot_path_instructions.rs | tr -d _)
 instruction_rows() {
-    awk '
-        /^hot_path_instructions::/ {
-            split($1, path, "::"); name = path[3]
-            n = $2; sub(/^[^(]*\(/, "", n); sub(/\).*$/, "", n)
-            gsub(/[^0-9]/, "", n); next
-        }
+    awk -v calls="$calls" '
+        /^hot_path_instructions::/ { split($1, path, "::"); name = path[3]; id = $2; sub(/:.*/, "", id) }
         /Instructions:/ {
-            count = $2; sub(/\|.*$/, "", count)
-            ir[name, n] = count; if (!(name in seen)) { seen[name] = 1; order[++k] = name }
-            if (n + 0 > 0 && (small[name] == "" || n + 0 < small[name] + 0)) small[name] = n
+            count = $2; sub(/\|.*$/, "", count); ir[name, id] = count
+            if (!(name in seen)) { seen[name] = 1; order[++k] = name }
         }
         END {
             for (i = 1; i <= k; i++) {
-                name = order[i]; n = small[name]
-                printf "%s %.0f\n", name, (ir[name, 2 * n] - ir[name, n]) / n
+                name = order[i]
+                printf "%s %.0f\n", name, (ir[name, "calls_1"] - ir[name, "calls_0"]) / calls
             }
         }
     ' "$1"
