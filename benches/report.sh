@@ -96,13 +96,14 @@ for name in bare_service set_request_header_static bearer_token bearer_token_wit
     esac)
     echo "| $label | $(joined "$name" 2 time) | $(joined "$name" 3 time) | $(IFS=/; echo "${ratios[*]}" | sed 's#/#, #g') | $(joined "$name" 2 instr) | $(joined "$name" 4 time) |"
 done
-for name in clock_tokio_instant_now clock_std_instant_now; do
-    echo "| clock read: \`${name#clock_}\` | $(joined "$name" 2 time) | $(joined "$name" 3 time) | | | |"
+for clock in tokio std; do
+    name=clock_${clock}_instant_now
+    echo "| clock read: $clock \`Instant::now()\` | $(joined "$name" 2 time) | $(joined "$name" 3 time) | | | |"
 done
 echo
-echo "Throughput: layer ÷ bare client per ABBA round (median, IQR, min–max) and the cost it implies:"
+echo "Throughput: layer ÷ bare client per ABBA round, and the cost the median implies:"
 echo
-echo "| run | measure | bare client, per request | ratio | IQR | min–max | layer's cost |"
+echo "| run | measure | bare client, per request (median) | layer ÷ bare (median) | IQR | min–max | layer's cost implied |"
 echo "|---|---|---|---|---|---|---|"
 for run in $(seq "$runs"); do
     grep -E '^\| (wall clock|client CPU time) \|' "$out/throughput.$run" | sed "s/^|/| $run |/"
