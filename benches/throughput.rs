@@ -1,5 +1,17 @@
-//! Loopback throughput: hyper-util's client → a hyper server (HTTP/1.1, keep-alive, plain
-//! TCP so that TLS does not hide the layer's cost), with and without `BearerToken`.
+//! Loopback throughput: hyper-util's client → a hyper server (HTTP/1.1, keep-alive, plain TCP so
+//! that TLS does not hide the layer's cost), the bare client against the same client with
+//! `BearerToken`, interleaved so that the machine's load falls on both alike.
+//!
+//! The contenders alternate in short rounds in ABBA order (bare, layer, layer, bare: a load that
+//! drifts linearly within a round cancels), each block `BLOCK` requests at `CONCURRENCY` at a
+//! time over the one connection pool both share. Each round gives one ratio (layer ÷ bare); the
+//! bench prints the median ratio with its interquartile range and min–max, and the per-request
+//! cost the median implies, for two measures:
+//! - wall clock, which is what a caller sees but also carries the server's and the scheduler's
+//!   noise;
+//! - the client's CPU time: the client runs on a current-thread runtime on the main thread (its
+//!   connection tasks too), the server on a runtime of its own, so the main thread's CPU clock
+//!   counts the client's work alone.
 //!
 //! ```text
 //! cargo bench --bench throughput
@@ -7,11 +19,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use divan::Bencher;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -22,99 +32,80 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_identity::bearer::BearerTokenLayer;
 use tower_identity::{AccessToken, CredentialError, CredentialExt, TokenRequest};
 
-fn main() {
-    divan::main();
-}
-
+/// Requests in flight at a time.
 const CONCURRENCY: usize = 32;
+/// Requests per block (one contender's turn in a round).
+const BLOCK: usize = 8 * CONCURRENCY;
+/// Rounds measured, after `WARMUP` rounds that are not.
+const ROUNDS: usize = 400;
+const WARMUP: usize = 20;
 
-fn runtime() -> &'static Runtime {
-    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
+fn main() {
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = server(&server_runtime);
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rounds = client_runtime.block_on(measure(addr));
+    report(&rounds);
 }
 
-/// A keep-alive HTTP/1.1 server answering `200 ok` to everything.
-fn server() -> SocketAddr {
-    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
-    *ADDR.get_or_init(|| {
-        runtime().block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    stream.set_nodelay(true).ok();
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(|_req| async {
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+/// A keep-alive HTTP/1.1 server answering `200 ok` to everything, on `runtime`'s threads.
+fn server(runtime: &Runtime) -> SocketAddr {
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                stream.set_nodelay(true).ok();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                     });
-                }
-            });
-            addr
-        })
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        addr
     })
 }
 
-fn client() -> Client<HttpConnector, Full<Bytes>> {
+/// One contender's turn: wall-clock and client CPU time for `BLOCK` requests.
+#[derive(Clone, Copy)]
+struct Block {
+    wall: Duration,
+    cpu: Duration,
+}
+
+/// One ABBA round: the bare client's two blocks and the layer's two.
+struct Round {
+    bare: [Block; 2],
+    layer: [Block; 2],
+}
+
+async fn measure(addr: SocketAddr) -> Vec<Round> {
+    let uri = format!("http://{addr}/items");
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(connector)
-}
-
-/// One batch of `CONCURRENCY` concurrent requests through `service`, bodies read.
-async fn batch<S>(service: &S, uri: &str)
-where
-    S: tower::Service<Request<Full<Bytes>>, Response = Response<hyper::body::Incoming>>
-        + Clone
-        + Send
-        + 'static,
-    S::Error: std::fmt::Debug,
-    S::Future: Send,
-{
-    let mut tasks = Vec::with_capacity(CONCURRENCY);
-    for _ in 0..CONCURRENCY {
-        let request = Request::get(uri).body(Full::default()).unwrap();
-        let service = service.clone();
-        tasks.push(tokio::spawn(async move {
-            let response = service.oneshot(request).await.unwrap();
-            response.into_body().collect().await.unwrap();
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-}
-
-#[divan::bench(name = "32 concurrent requests, bare client")]
-fn bare(bencher: Bencher) {
-    let uri = format!("http://{}/items", server());
-    let client = client();
-    runtime().block_on(batch(&client, &uri));
-    bencher.bench_local(|| runtime().block_on(batch(&client, &uri)));
-}
-
-#[divan::bench(name = "32 concurrent requests, with BearerToken")]
-fn with_layer(bencher: Bencher) {
-    let uri = format!("http://{}/items", server());
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
     let credential = tower::service_fn(|_: TokenRequest| async {
         Ok::<_, CredentialError>(AccessToken::new(
             "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.fresh.token",
             tokio::time::Instant::now() + Duration::from_secs(3600),
         ))
     });
-    let service = ServiceBuilder::new()
+    let layer = ServiceBuilder::new()
         .layer(
             BearerTokenLayer::builder(
                 credential.boxed_credential(),
@@ -123,7 +114,106 @@ fn with_layer(bencher: Bencher) {
             .allow_insecure_http(true)
             .build(),
         )
-        .service(client());
-    runtime().block_on(batch(&service, &uri));
-    bencher.bench_local(|| runtime().block_on(batch(&service, &uri)));
+        .service(client.clone());
+
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for round in 0..WARMUP + ROUNDS {
+        let bare_1 = block(&client, &uri).await;
+        let layer_1 = block(&layer, &uri).await;
+        let layer_2 = block(&layer, &uri).await;
+        let bare_2 = block(&client, &uri).await;
+        if round >= WARMUP {
+            rounds.push(Round {
+                bare: [bare_1, bare_2],
+                layer: [layer_1, layer_2],
+            });
+        }
+    }
+    rounds
+}
+
+/// `BLOCK` requests through `service`, `CONCURRENCY` at a time, bodies read.
+async fn block<S>(service: &S, uri: &str) -> Block
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<hyper::body::Incoming>>
+        + Clone
+        + Send
+        + 'static,
+    S::Error: std::fmt::Debug,
+    S::Future: Send,
+{
+    let wall = Instant::now();
+    let cpu = thread_cpu();
+    for _ in 0..BLOCK / CONCURRENCY {
+        let mut tasks = Vec::with_capacity(CONCURRENCY);
+        for _ in 0..CONCURRENCY {
+            let request = Request::get(uri).body(Full::default()).unwrap();
+            let service = service.clone();
+            tasks.push(tokio::spawn(async move {
+                let response = service.oneshot(request).await.unwrap();
+                response.into_body().collect().await.unwrap();
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
+    Block {
+        wall: wall.elapsed(),
+        cpu: thread_cpu() - cpu,
+    }
+}
+
+/// The calling thread's CPU time (user and system).
+fn thread_cpu() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+fn report(rounds: &[Round]) {
+    println!(
+        "{} ABBA rounds, {BLOCK} requests per block, {CONCURRENCY} in flight, HTTP/1.1 keep-alive over loopback",
+        rounds.len()
+    );
+    println!();
+    println!(
+        "| measure | bare client, per request (median) | layer ÷ bare, median of per-round ratios | IQR | min–max | layer's cost implied |"
+    );
+    println!("|---|---|---|---|---|---|");
+    row("wall clock", rounds, |block| block.wall);
+    row("client CPU time", rounds, |block| block.cpu);
+}
+
+/// One measure's line: the per-round ratios' median, quartiles and range.
+fn row(name: &str, rounds: &[Round], measure: fn(&Block) -> Duration) {
+    let sum = |blocks: &[Block; 2]| blocks.iter().map(measure).sum::<Duration>().as_secs_f64();
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .map(|round| sum(&round.layer) / sum(&round.bare))
+        .collect();
+    let mut bare: Vec<f64> = rounds
+        .iter()
+        .map(|round| sum(&round.bare) / (2 * BLOCK) as f64)
+        .collect();
+    let ratio = quantiles(&mut ratios);
+    let bare = quantiles(&mut bare)[2];
+    let cost = (ratio[2] - 1.0) * bare;
+    println!(
+        "| {name} | {:.2} µs | {:.4} | {:.4}–{:.4} | {:.4}–{:.4} | {:+.0} ns ({:+.2} %) |",
+        bare * 1e6,
+        ratio[2],
+        ratio[1],
+        ratio[3],
+        ratio[0],
+        ratio[4],
+        cost * 1e9,
+        (ratio[2] - 1.0) * 100.0,
+    );
+}
+
+/// Minimum, first quartile, median, third quartile, maximum.
+fn quantiles(values: &mut [f64]) -> [f64; 5] {
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    [at(0.0), at(0.25), at(0.5), at(0.75), at(1.0)]
 }

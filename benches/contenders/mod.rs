@@ -1,0 +1,93 @@
+//! The four contenders of the hot-path benches (`hot_path` by time, `hot_path_instructions` by
+//! instruction count), built once here so that both measure the same services: the bare
+//! service, tower-http's `SetRequestHeader` with a static value (the floor for "add a
+//! header"), and `BearerToken` with a fresh token, without and with `enable_cae(true)`.
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::sync::LazyLock;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{Empty, Full};
+use tokio::runtime::Runtime;
+use tower::{Layer, Service, ServiceExt};
+use tower_http::set_header::{SetRequestHeader, SetRequestHeaderLayer};
+use tower_identity::bearer::{BearerToken, BearerTokenLayer};
+use tower_identity::{AccessToken, CredentialError, CredentialExt, TokenRequest};
+
+/// Always ready, answers at once: the cost measured is the wrapper's.
+#[derive(Clone)]
+pub struct Ok200;
+
+impl Service<Request<Full<Bytes>>> for Ok200 {
+    type Response = Response<Empty<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+        ready(Ok(Response::new(Empty::new())))
+    }
+}
+
+/// A request as a client would build it, with room in its header map.
+pub fn request() -> Request<Full<Bytes>> {
+    Request::get("https://api.example.test/items/42")
+        .header("accept", "application/json")
+        .body(Full::new(Bytes::from_static(b"")))
+        .unwrap()
+}
+
+/// tower-http's `SetRequestHeader` with a static value over [`Ok200`].
+pub fn set_request_header_static() -> SetRequestHeader<Ok200, HeaderValue> {
+    let value =
+        HeaderValue::from_static("Bearer eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.static.token");
+    SetRequestHeaderLayer::overriding(AUTHORIZATION, value).layer(Ok200)
+}
+
+/// The runtime the layer lives in, as in an application.
+static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+});
+
+/// A warm `BearerToken` over [`Ok200`]: the first call acquires the token, the measured calls
+/// find it fresh. They run inside the runtime (this thread stays entered in it for the rest
+/// of the process), as an application's requests do: that is where the layer's recheck timer
+/// is armed, which spares fresh-token requests a clock read.
+pub fn bearer_token(cae: bool) -> BearerToken<Ok200> {
+    let credential = tower::service_fn(|_: TokenRequest| async {
+        Ok::<_, CredentialError>(AccessToken::new(
+            "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.fresh.token",
+            tokio::time::Instant::now() + Duration::from_secs(3600),
+        ))
+    });
+    let mut service = BearerTokenLayer::builder(
+        credential.boxed_credential(),
+        ["https://api.example.test/.default"],
+    )
+    .enable_cae(cae)
+    .build()
+    .layer(Ok200);
+    RUNTIME.block_on(async {
+        service
+            .ready()
+            .await
+            .unwrap()
+            .call(request())
+            .await
+            .unwrap();
+    });
+    std::mem::forget(RUNTIME.enter());
+    service
+}

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Prints the README's performance tables from fresh runs: the hot path by time (divan,
+# `hot_path`) and by instruction count (callgrind through gungraun, `hot_path_instructions`),
+# and the layer's throughput ratio (`throughput`), each run RUNS times (default 3), the runs
+# interleaved so that a busy moment of the machine does not land on one kind only.
+#
+#   benches/report.sh            # needs valgrind and gungraun-runner (see hot_path_instructions.rs)
+#   RUNS=1 benches/report.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${RUNS:-3}
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+cargo bench --no-run --bench hot_path --bench hot_path_instructions --bench throughput 2>"$out/build" ||
+    { cat "$out/build" >&2; exit 1; }
+for run in $(seq "$runs"); do
+    echo "run $run/$runs" >&2
+    cargo bench -q --bench hot_path >"$out/time.$run" 2>/dev/null
+    GUNGRAUN_COLOR=never cargo bench -q --bench hot_path_instructions >"$out/instr.$run" 2>/dev/null
+    cargo bench -q --bench throughput >"$out/throughput.$run" 2>/dev/null
+done
+
+# divan: "├─ name  fastest │ slowest │ median │ mean │ samples │ iters", then the allocation
+# profiler's rows ("alloc:" and the next row holds the count). Prints "name fastest_ns median_ns
+# allocations".
+divan_rows() {
+    awk -F'│' '
+        function ns(text,   value, unit) {
+            value = text; unit = text
+            gsub(/[^0-9.]/, "", value); gsub(/[0-9. ]/, "", unit)
+            if (unit == "ps") return value / 1000
+            if (unit == "µs") return value * 1000
+            if (unit == "ms") return value * 1000000
+            return value + 0
+        }
+        /(├─|╰─) [a-z_]+ / {
+            split($1, head, " "); name = head[2]
+            fastest = $1; sub(/^.*─ [a-z_]+ +/, "", fastest)
+            times[name] = sprintf("%.0f %.0f", ns(fastest), ns($3)); allocs[name] = 0
+            order[++count] = name; row = ""; next
+        }
+        /(^|│) +alloc:/ { row = "alloc"; next }
+        row == "alloc" { match($0, /[0-9.]+/); allocs[name] = substr($0, RSTART, RLENGTH) + 0 }
+        { row = "" }
+        END { for (i = 1; i <= count; i++) print order[i], times[order[i]], allocs[order[i]] }
+    ' "$1"
+}
+
+# gungraun: "hot_path_instructions::hot_path::name calls_0:(…)" (N requests; calls_1 serves 2N),
+# then "Instructions: count|…". Prints "name per_request", per_request = (Ir(2N) − Ir(N)) / N.
+calls=$(sed -n 's/^const N: usize = \([0-9_]*\);/\1/p' benches/hot_path_instructions.rs | tr -d _)
+instruction_rows() {
+    awk -v calls="$calls" '
+        /^hot_path_instructions::/ { split($1, path, "::"); name = path[3]; id = $2; sub(/:.*/, "", id) }
+        /Instructions:/ {
+            count = $2; sub(/\|.*$/, "", count); ir[name, id] = count
+            if (!(name in seen)) { seen[name] = 1; order[++k] = name }
+        }
+        END {
+            for (i = 1; i <= k; i++) {
+                name = order[i]
+                printf "%s %.0f\n", name, (ir[name, "calls_1"] - ir[name, "calls_0"]) / calls
+            }
+        }
+    ' "$1"
+}
+
+for run in $(seq "$runs"); do
+    divan_rows "$out/time.$run" >"$out/time.$run.rows"
+    instruction_rows "$out/instr.$run" >"$out/instr.$run.rows"
+done
+
+field() { awk -v name="$2" -v column="$3" '$1 == name { print $column }' "$1"; }
+joined() { # contender column file-kind: the three runs' figures, ", "-separated
+    local figures=()
+    for run in $(seq "$runs"); do figures+=("$(field "$out/$3.$run.rows" "$1" "$2")"); done
+    local IFS=/; echo "${figures[*]}" | sed 's#/#, #g'
+}
+
+echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); $(date -u '+%Y-%m-%d'); $(rustc --version); commit $(git rev-parse --short HEAD)"
+echo
+echo "| per request ($runs runs) | time, fastest (ns) | time, median (ns) | median ÷ \`SetRequestHeader\` | instructions | heap allocations |"
+echo "|---|---|---|---|---|---|"
+for name in bare_service set_request_header_static bearer_token bearer_token_with_cae; do
+    ratios=()
+    for run in $(seq "$runs"); do
+        ratios+=("$(awk -v name="$name" '$1 == "set_request_header_static" { floor = $3 } $1 == name { own = $3 } END { printf "%.2f×", own / floor }' "$out/time.$run.rows")")
+    done
+    label=$(case $name in
+        bare_service) echo "bare ready service" ;;
+        set_request_header_static) echo "tower-http \`SetRequestHeader\` (static value)" ;;
+        bearer_token) echo "\`BearerToken\`" ;;
+        bearer_token_with_cae) echo "\`BearerToken\` with \`enable_cae(true)\`" ;;
+    esac)
+    echo "| $label | $(joined "$name" 2 time) | $(joined "$name" 3 time) | $(IFS=/; echo "${ratios[*]}" | sed 's#/#, #g') | $(joined "$name" 2 instr) | $(joined "$name" 4 time) |"
+done
+for clock in tokio std; do
+    name=clock_${clock}_instant_now
+    echo "| clock read: $clock \`Instant::now()\` | $(joined "$name" 2 time) | $(joined "$name" 3 time) | | | |"
+done
+echo
+echo "Throughput: layer ÷ bare client per ABBA round, and the cost the median implies:"
+echo
+echo "| run | measure | bare client, per request (median) | layer ÷ bare (median) | IQR | min–max | layer's cost implied |"
+echo "|---|---|---|---|---|---|---|"
+for run in $(seq "$runs"); do
+    grep -E '^\| (wall clock|client CPU time) \|' "$out/throughput.$run" | sed "s/^|/| $run |/"
+done
+echo
+echo "Commands: cargo bench --bench hot_path; cargo bench --bench hot_path_instructions; cargo bench --bench throughput (this table: benches/report.sh)"
