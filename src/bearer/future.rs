@@ -90,31 +90,66 @@ where
 {
     type Output = Result<Response<ResB>, BoxError>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Sent { future, after } => {
-                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if response.status() != StatusCode::UNAUTHORIZED {
-                        return Poll::Ready(Ok(response));
-                    }
-                    let Some(after) = after.take() else {
-                        return Poll::Ready(Ok(response));
-                    };
-                    match after.on_unauthorized(response) {
-                        Outcome::Done(response) => return Poll::Ready(Ok(response)),
-                        Outcome::Retry(future) => this.state.set(State::Boxed { future }),
-                    }
-                }
-                StateProj::Boxed { future } => return future.poll_unpin(cx),
-                StateProj::Failed { error } => {
-                    return Poll::Ready(Err(error
-                        .take()
-                        .unwrap_or_else(|| "ResponseFuture polled after completion".into())));
-                }
+        // The hot path, small enough to inline into the caller's poll: the inner response, and
+        // anything but a 401 goes back as it is.
+        if let StateProj::Sent { future, after } = this.state.as_mut().project() {
+            let response = ready!(future.poll(cx)).map_err(Into::into)?;
+            if response.status() != StatusCode::UNAUTHORIZED {
+                return Poll::Ready(Ok(response));
             }
+            return match after.take() {
+                Some(after) => unauthorized(this.state, after, response, cx),
+                None => Poll::Ready(Ok(response)),
+            };
         }
+        poll_other(this.state, cx)
+    }
+}
+
+/// A 401 came back: answer it (see [`After::on_unauthorized`]), then poll the re-send.
+#[cold]
+#[inline(never)]
+fn unauthorized<S, B, ResB>(
+    mut state: Pin<&mut State<S, B, ResB>>,
+    after: After<S, B>,
+    response: Response<ResB>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResB>, BoxError>>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: RetryBody,
+    ResB: Body + Send + 'static,
+{
+    match after.on_unauthorized(response) {
+        Outcome::Done(response) => Poll::Ready(Ok(response)),
+        Outcome::Retry(future) => {
+            state.set(State::Boxed { future });
+            poll_other(state, cx)
+        }
+    }
+}
+
+/// The states off the hot path: waiting for a token or re-sending (boxed), or failed.
+#[inline(never)]
+fn poll_other<S, B, ResB>(
+    state: Pin<&mut State<S, B, ResB>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResB>, BoxError>>
+where
+    S: Service<Request<B>>,
+{
+    match state.project() {
+        StateProj::Boxed { future } => future.poll_unpin(cx),
+        StateProj::Failed { error } => Poll::Ready(Err(error
+            .take()
+            .unwrap_or_else(|| "ResponseFuture polled after completion".into()))),
+        // Only reached after `poll` handled `Sent`.
+        StateProj::Sent { .. } => Poll::Ready(Err("ResponseFuture in an impossible state".into())),
     }
 }
 
@@ -128,7 +163,9 @@ pub(crate) struct After<S, B> {
 pub(crate) enum Then<S, B> {
     /// Drop the rejected token from the slot of this source (by id: see `source::SLOTS`).
     Invalidate(u64),
-    /// Answer a claims challenge by re-sending once (or, without one, drop the token).
+    /// Answer a claims challenge by re-sending once (or, without one, drop the token). Kept
+    /// inline, not boxed: boxing it would cost a CAE request a second allocation (the head's
+    /// buffer is the first).
     Challenge {
         source: Arc<Source>,
         resend: TowerResend<S, B>,
