@@ -20,10 +20,12 @@ const ALLOC_REQUESTS: i64 = 20_000;
 const SLOW_RENEWAL_DELAY: Duration = Duration::from_millis(500);
 /// When the first token of scenarios 3 and 4 is due for renewal (see `server::Plan`).
 const RENEWAL_DUE: Duration = Duration::from_secs(2);
-/// Scenario 3's window opens this long before the renewal is due, and lasts
-/// `RENEWAL_WINDOW`; scenario 4's opens when it is due.
-const RENEWAL_LEAD: Duration = Duration::from_millis(500);
-const RENEWAL_WINDOW: Duration = Duration::from_secs(3);
+/// Scenario 3's window opens this long before the renewal is due and lasts `RENEWAL_WINDOW`
+/// (scenario 4's opens when it is due). Short, so that the 64 requests azure_core holds
+/// during the renewal weigh in its p99: a few percent of one second's requests, but under
+/// 1 % of three seconds'.
+const RENEWAL_LEAD: Duration = Duration::from_millis(250);
+const RENEWAL_WINDOW: Duration = Duration::from_secs(1);
 const UNAVAILABLE_WINDOW: Duration = Duration::from_secs(6);
 const COLD_REQUESTS: usize = 10_000;
 const CAE_ROUNDS: usize = 20;
@@ -188,6 +190,7 @@ impl StackFn<Cells> for Run<'_> {
                     ),
                     ("p50 latency, ms", Cell::num(load.percentile(0.50), 2)),
                     ("p99 latency, ms", Cell::num(load.percentile(0.99), 2)),
+                    ("max latency, ms", Cell::num(load.percentile(1.0), 1)),
                     ("failed requests", Cell::num(load.failed as f64, 0)),
                 ]
             }
@@ -208,7 +211,7 @@ impl StackFn<Cells> for Run<'_> {
                     ("max latency, ms", Cell::num(load.percentile(1.0), 1)),
                     ("p99 latency, ms", Cell::num(load.percentile(0.99), 2)),
                     (
-                        "requests served in 3 s (higher is better)",
+                        "requests served in the window (higher is better)",
                         Cell::num(load.ok as f64, 0),
                     ),
                     ("token requests", tokens()),
@@ -220,7 +223,7 @@ impl StackFn<Cells> for Run<'_> {
                 let load = load(&stack, Stop::For(UNAVAILABLE_WINDOW), true).await;
                 vec![
                     (
-                        "requests served in 6 s (higher is better)",
+                        "requests served in the window (higher is better)",
                         Cell::num(load.ok as f64, 0),
                     ),
                     ("failed requests", Cell::num(load.failed as f64, 0)),
