@@ -15,7 +15,9 @@ use crate::stacks::{self, Options, Side, Stack, StackFn};
 const CONCURRENCY: usize = 64;
 /// Opens the connections of all 64 workers before anything is measured.
 const WARM_UP: Duration = Duration::from_millis(500);
-const STEADY: Duration = Duration::from_secs(3);
+/// Scenario 1 measures each stack for `STEADY_SLICES` × `STEADY_SLICE` (3 s).
+const STEADY_SLICE: Duration = Duration::from_millis(500);
+const STEADY_SLICES: usize = 6;
 const ALLOC_REQUESTS: i64 = 20_000;
 const SLOW_RENEWAL_DELAY: Duration = Duration::from_millis(500);
 /// When the first token of scenarios 3 and 4 is due for renewal (see `server::Plan`).
@@ -95,7 +97,30 @@ impl Scenario {
         }
     }
 
-    pub async fn run(self, side: Side, server: &Server) -> Cells {
+    /// Both sides' figures, `sides[0]` run first (scenario 1 interleaves them).
+    pub async fn run(self, sides: [Side; 2], server: &Server) -> [Cells; 2] {
+        if self == Scenario::Steady {
+            server.state.set_plan(Plan {
+                short_tokens: 0,
+                renewal: Renewal::Normal,
+            });
+            let first = PairFirst { server, sides };
+            let [a, b] = stacks::with_stack(sides[0], server, Options::default(), first).await;
+            return if sides[0] == Side::Ours {
+                [a, b]
+            } else {
+                [b, a]
+            };
+        }
+        let mut cells = [Vec::new(), Vec::new()];
+        for side in sides {
+            eprintln!("{} · {side:?}", self.name());
+            cells[usize::from(side == Side::Azure)] = self.run_one(side, server).await;
+        }
+        cells
+    }
+
+    async fn run_one(self, side: Side, server: &Server) -> Cells {
         let (short_tokens, renewal) = match self {
             Scenario::SlowRenewal => (1, Renewal::Slow(SLOW_RENEWAL_DELAY)),
             Scenario::UnavailableRenewal => (1, Renewal::Unavailable),
@@ -180,20 +205,7 @@ impl StackFn<Cells> for Run<'_> {
             )
         };
         match self.scenario {
-            Scenario::Steady => {
-                warm(&stack).await;
-                let load = load(&stack, Stop::For(STEADY), true).await;
-                vec![
-                    (
-                        "requests/s (higher is better)",
-                        Cell::num(load.ok as f64 / load.elapsed.as_secs_f64(), 0),
-                    ),
-                    ("p50 latency, ms", Cell::num(load.percentile(0.50), 2)),
-                    ("p99 latency, ms", Cell::num(load.percentile(0.99), 2)),
-                    ("max latency, ms", Cell::num(load.percentile(1.0), 1)),
-                    ("failed requests", Cell::num(load.failed as f64, 0)),
-                ]
-            }
+            Scenario::Steady => unreachable!("scenario 1 runs both stacks together: steady_pair"),
             Scenario::Allocations => {
                 warm(&stack).await;
                 let (load, allocations) =
@@ -296,6 +308,56 @@ impl StackFn<Cells> for Run<'_> {
     }
 }
 
+/// Scenario 1: both stacks built and warmed, then measured in alternating slices (ABBA), so
+/// that load from elsewhere on the machine falls on both alike.
+struct PairFirst<'a> {
+    server: &'a Server,
+    sides: [Side; 2],
+}
+
+impl StackFn<[Cells; 2]> for PairFirst<'_> {
+    async fn run<S: Stack>(self, first: S) -> [Cells; 2] {
+        let second = PairSecond { first };
+        stacks::with_stack(self.sides[1], self.server, Options::default(), second).await
+    }
+}
+
+struct PairSecond<A> {
+    first: A,
+}
+
+impl<A: Stack> StackFn<[Cells; 2]> for PairSecond<A> {
+    async fn run<S: Stack>(self, second: S) -> [Cells; 2] {
+        warm(&self.first).await;
+        warm(&second).await;
+        let (mut first, mut other) = (Load::default(), Load::default());
+        for slice in 0..STEADY_SLICES {
+            if matches!(slice % 4, 0 | 3) {
+                first.add(load(&self.first, Stop::For(STEADY_SLICE), true).await);
+                other.add(load(&second, Stop::For(STEADY_SLICE), true).await);
+            } else {
+                other.add(load(&second, Stop::For(STEADY_SLICE), true).await);
+                first.add(load(&self.first, Stop::For(STEADY_SLICE), true).await);
+            }
+        }
+        [steady_cells(first), steady_cells(other)]
+    }
+}
+
+fn steady_cells(mut load: Load) -> Cells {
+    load.latencies.sort_unstable();
+    vec![
+        (
+            "requests/s (higher is better)",
+            Cell::num(load.ok as f64 / load.elapsed.as_secs_f64(), 0),
+        ),
+        ("p50 latency, ms", Cell::num(load.percentile(0.50), 2)),
+        ("p99 latency, ms", Cell::num(load.percentile(0.99), 2)),
+        ("max latency, ms", Cell::num(load.percentile(1.0), 1)),
+        ("failed requests", Cell::num(load.failed as f64, 0)),
+    ]
+}
+
 /// The bare hyper-util client's allocations per request, measured as scenario 2 does.
 pub async fn bare_allocations(server: &Server) -> f64 {
     let stack = stacks::bare(server);
@@ -320,6 +382,7 @@ enum Stop {
     Count(i64),
 }
 
+#[derive(Default)]
 struct Load {
     ok: u64,
     failed: u64,
@@ -331,6 +394,15 @@ struct Load {
 }
 
 impl Load {
+    /// Adds another slice's figures (the latencies are sorted again by the caller).
+    fn add(&mut self, other: Load) {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.unfinished += other.unfinished;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+    }
+
     /// Milliseconds; `1.0` is the maximum.
     fn percentile(&self, p: f64) -> f64 {
         let Some(last) = self.latencies.len().checked_sub(1) else {
@@ -392,13 +464,7 @@ async fn load<S: Stack>(stack: &S, stop: Stop, record: bool) -> Load {
             })
         })
         .collect();
-    let mut load = Load {
-        ok: 0,
-        failed: 0,
-        unfinished: 0,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-    };
+    let mut load = Load::default();
     for worker in workers {
         let (ok, failed, unfinished, latencies) = worker.await.expect("load worker");
         load.ok += ok;
