@@ -428,10 +428,10 @@ async fn load<S: Stack>(stack: &S, stop: Stop, record: bool) -> Load {
                 let (mut ok, mut failed, mut unfinished) = (0u64, 0u64, 0u64);
                 let mut latencies = Vec::with_capacity(if record { 100_000 } else { 0 });
                 loop {
-                    if let Some(remaining) = &remaining {
-                        if remaining.fetch_sub(1, Ordering::Relaxed) <= 0 {
-                            break;
-                        }
+                    if let Some(remaining) = &remaining
+                        && remaining.fetch_sub(1, Ordering::Relaxed) <= 0
+                    {
+                        break;
                     }
                     let sent = Instant::now();
                     // A timed window is exact: a request still waiting when it closes is
