@@ -103,3 +103,26 @@ async fn managed_identities_share_per_identity() {
     assert_ne!(user.secret(), first.secret());
     assert_eq!(requests.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn default_azure_credential_gives_the_cache_to_its_service_members() {
+    let store = MemoryStore::new();
+    let (requests, http) = endpoint();
+    let credential = || {
+        crate::DefaultAzureCredential::builder()
+            .vars([
+                ("AZURE_TOKEN_CREDENTIALS", "EnvironmentCredential"),
+                ("AZURE_TENANT_ID", "contoso"),
+                ("AZURE_CLIENT_ID", "client"),
+                ("AZURE_CLIENT_SECRET", "secret"),
+            ])
+            .http_client(http.clone())
+            .distributed_cache(cache(&store))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (credential(), credential());
+    let first = a.get_token([SCOPE]).await.unwrap();
+    assert_eq!(b.get_token([SCOPE]).await.unwrap().secret(), first.secret());
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+}
