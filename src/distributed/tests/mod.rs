@@ -491,3 +491,78 @@ fn sealing_keys_are_exactly_32_bytes_and_debug_shows_no_key_bytes() {
         }
     }
 }
+
+/// What a test's subscriber wrote.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let store = MemoryStore::new();
+    let c = cache_with(&store, |b| b.breaker(2, Duration::from_secs(10)));
+    let p = process(&c);
+    let idp = Idp::new(Duration::ZERO);
+    // Two values that do not open: one WARN.
+    for scope in ["x", "y"] {
+        let key = EntryKey::new(
+            "tower-identity",
+            &identity(),
+            "tenant",
+            &scopes(&[scope]),
+            false,
+        );
+        store.set_raw(&key.token(), b"garbage");
+        get_for(&p, &idp, scope).await;
+    }
+    get_for(&p, &idp, "x").await;
+    // A failing store: the breaker opens once (WARN), stays open, closes once (INFO).
+    store.set_mode(Mode::Fail);
+    for scope in ["a", "b", "c", "d"] {
+        get_for(&p, &idp, scope).await;
+    }
+    store.set_mode(Mode::Healthy);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    get_for(&p, &idp, "e").await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let count = |needle: &str| text.matches(needle).count();
+    assert_eq!(count("WARN"), 2, "{text}");
+    assert_eq!(
+        count("a stored value does not open"),
+        2,
+        "WARN, then DEBUG:\n{text}"
+    );
+    assert_eq!(count("the store keeps failing"), 1, "{text}");
+    assert_eq!(count("INFO"), 1, "{text}");
+    assert_eq!(count("the store answers again"), 1, "{text}");
+    for outcome in ["local_hit", "lease_won", "idp_call", "store_error"] {
+        assert!(
+            text.contains(&format!("outcome=\"{outcome}\"")),
+            "{outcome}:\n{text}"
+        );
+    }
+    for n in 1..=idp.calls() {
+        assert!(
+            !text.contains(&format!("token-{n}")),
+            "token-{n} in the logs:\n{text}"
+        );
+    }
+}
