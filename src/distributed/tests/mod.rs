@@ -1,0 +1,582 @@
+//! The protocol over an in-process store on tokio's paused clock: each `TokenCache` over a
+//! `DistributedCache` plays one process of a fleet.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::time::Instant;
+
+mod credentials;
+mod memory_store;
+
+use memory_store::{Handle, MemoryStore, Mode};
+
+use super::key::{EntryKey, Identity};
+use super::*;
+use crate::cache::{CacheKey, TokenCache};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const KEY: [u8; 32] = [7; 32];
+
+fn sealing_key() -> SealingKey {
+    SealingKey::new("test-key", &KEY).unwrap()
+}
+
+fn cache(store: &Arc<MemoryStore>) -> DistributedCache {
+    cache_with(store, |b| b)
+}
+
+/// A sealed cache over `store` with the settings `configure` adds.
+fn cache_with(
+    store: &Arc<MemoryStore>,
+    configure: impl FnOnce(DistributedCacheBuilder) -> DistributedCacheBuilder,
+) -> DistributedCache {
+    configure(DistributedCache::builder(Handle(Arc::clone(store))).sealing_key(sealing_key()))
+        .build()
+        .unwrap()
+}
+
+fn identity() -> Identity {
+    Identity {
+        authority: "login.microsoftonline.com".into(),
+        client_id: "client".into(),
+        identity: "Test".into(),
+    }
+}
+
+fn process(cache: &DistributedCache) -> TokenCache {
+    TokenCache::new("Test").with_shared(Some(SharedLevel::new(cache.clone(), identity())))
+}
+
+fn scopes(s: &[&str]) -> Vec<String> {
+    s.iter().map(|s| s.to_string()).collect()
+}
+
+fn cache_key() -> CacheKey {
+    CacheKey::new("tenant", &scopes(&["scope"]), false)
+}
+
+fn store_keys(prefix: &str) -> EntryKey {
+    EntryKey::new(prefix, &identity(), "tenant", &scopes(&["scope"]), false)
+}
+
+/// The identity provider: counts its calls; each takes `delay` and returns a token named
+/// after the call, living `lifetime`.
+#[derive(Clone)]
+struct Idp {
+    calls: Arc<AtomicUsize>,
+    delay: Duration,
+    lifetime: Duration,
+}
+
+impl Idp {
+    fn new(delay: Duration) -> Self {
+        Self {
+            calls: Arc::new(AtomicUsize::new(0)),
+            delay,
+            lifetime: HOUR,
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn acquire(
+        &self,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<AccessToken, CredentialError>> + use<> {
+        let this = self.clone();
+        move || {
+            async move {
+                let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(this.delay).await;
+                Ok(AccessToken::new(
+                    format!("token-{n}"),
+                    Instant::now() + this.lifetime,
+                ))
+            }
+            .boxed()
+        }
+    }
+}
+
+async fn get(process: &TokenCache, idp: &Idp) -> String {
+    get_for(process, idp, "scope").await
+}
+
+/// A token for `scope`: each scope is another entry (another slot, another store key).
+async fn get_for(process: &TokenCache, idp: &Idp, scope: &str) -> String {
+    let key = CacheKey::new("tenant", &scopes(&[scope]), false);
+    process
+        .get_or_acquire(key, false, idp.acquire())
+        .await
+        .unwrap()
+        .secret()
+        .expose_secret()
+        .to_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_processes_over_one_store_make_one_idp_call() {
+    let store = MemoryStore::new();
+    let (a, b) = (cache(&store), cache(&store));
+    let (pa, pb) = (process(&a), process(&b));
+    let idp = Idp::new(Duration::from_millis(300));
+    let (ta, tb) = tokio::join!(get(&pa, &idp), get(&pb, &idp));
+    assert_eq!(idp.calls(), 1);
+    assert_eq!(ta, tb);
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(sa.leases_won + sb.leases_won, 1);
+    assert_eq!(sa.leases_lost + sb.leases_lost, 1);
+    assert_eq!(sa.shared_hits + sb.shared_hits, 1);
+    assert_eq!(sa.idp_calls + sb.idp_calls, 1);
+    // From memory now: the store is not asked again.
+    let calls = store.calls();
+    for _ in 0..10 {
+        assert_eq!(get(&pa, &idp).await, ta);
+        assert_eq!(get(&pb, &idp).await, ta);
+    }
+    assert_eq!(store.calls(), calls);
+    assert_eq!(a.stats().local_hits + b.stats().local_hits, 20);
+    // A third process started later finds the token in the store.
+    let c = cache(&store);
+    assert_eq!(get(&process(&c), &idp).await, ta);
+    assert_eq!(c.stats().shared_hits, 1);
+    assert_eq!(idp.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_happens_once_for_the_fleet() {
+    let store = MemoryStore::new();
+    let (a, b) = (cache(&store), cache(&store));
+    let (pa, pb) = (process(&a), process(&b));
+    let idp = Idp::new(Duration::from_millis(200));
+    let first = get(&pa, &idp).await;
+    assert_eq!(get(&pb, &idp).await, first);
+    // Into the refresh window (the last 300 s): both processes renew, one asks.
+    tokio::time::advance(HOUR - Duration::from_secs(290)).await;
+    let (ra, rb) = tokio::join!(get(&pa, &idp), get(&pb, &idp));
+    assert_eq!(idp.calls(), 2);
+    assert_eq!(ra, rb);
+    assert_ne!(ra, first);
+    // Nobody renews again until the new token's window.
+    tokio::time::advance(Duration::from_secs(600)).await;
+    assert_eq!(get(&pa, &idp).await, ra);
+    assert_eq!(get(&pb, &idp).await, ra);
+    assert_eq!(idp.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_process_that_starts_late_renews_when_the_fleet_does() {
+    // An entry is judged from when it was published, not from when a process read it:
+    // otherwise a process reading a half-spent token would never renew it.
+    let store = MemoryStore::new();
+    let (a, b) = (cache(&store), cache(&store));
+    let idp = Idp::new(Duration::ZERO);
+    let first = get(&process(&a), &idp).await;
+    tokio::time::advance(HOUR - Duration::from_secs(200)).await;
+    // 200 s left: due for renewal by the publisher's rule (300 s window).
+    let late = get(&process(&b), &idp).await;
+    assert_ne!(late, first);
+    assert_eq!(idp.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_holders_lease_is_taken_over_when_it_expires() {
+    let store = MemoryStore::new();
+    let c = cache_with(&store, |b| b.wait_limit(Duration::from_secs(60)));
+    // A holder took the lease and died.
+    let lease = store_keys("tower-identity").lease();
+    assert!(
+        Handle(Arc::clone(&store))
+            .try_lease(&lease, "dead", Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    let idp = Idp::new(Duration::ZERO);
+    let start = Instant::now();
+    let token = get(&process(&c), &idp).await;
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_millis(10_300),
+        "{waited:?}"
+    );
+    assert_eq!(idp.calls(), 1);
+    let stats = c.stats();
+    assert_eq!((stats.leases_lost, stats.leases_won), (1, 1));
+    // Published for the others, and the lease given back.
+    let other = cache(&store);
+    assert_eq!(get(&process(&other), &idp).await, token);
+    assert!(store.raw(&lease).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_holder_is_waited_for_up_to_the_wait_limit_then_the_process_asks_itself() {
+    let store = MemoryStore::new();
+    let c = cache_with(&store, |b| {
+        b.lease(Duration::from_secs(60))
+            .wait_limit(Duration::from_secs(2))
+    });
+    let lease = store_keys("tower-identity").lease();
+    Handle(Arc::clone(&store))
+        .try_lease(&lease, "slow", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let idp = Idp::new(Duration::ZERO);
+    let start = Instant::now();
+    let token = get(&process(&c), &idp).await;
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(idp.calls(), 1);
+    // Published all the same: the store works, only the holder was slow.
+    assert_eq!(get(&process(&cache(&store)), &idp).await, token);
+    assert_eq!(idp.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_lease_polls_with_backoff_and_takes_the_holders_token() {
+    let store = MemoryStore::new();
+    let (a, b) = (cache(&store), cache(&store));
+    let idp = Idp::new(Duration::from_secs(1));
+    let pa = process(&a);
+    let holder = tokio::spawn({
+        let idp = idp.clone();
+        async move { get(&pa, &idp).await }
+    });
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    let calls = store.calls();
+    let waiter = get(&process(&b), &idp).await;
+    assert_eq!(waiter, holder.await.unwrap());
+    // Polls at 10, 30, 70, 150, 310, 560, 810, 1060 ms: seen within 250 ms of the publish.
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited <= Duration::from_millis(1250),
+        "{waited:?}"
+    );
+    let polls = store.calls() - calls;
+    assert!(polls <= 20, "{polls} store calls while waiting");
+    assert_eq!(idp.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_store_costs_the_budget_per_call_then_the_breaker_opens_and_closes() {
+    let store = MemoryStore::new();
+    let c = cache_with(&store, |b| {
+        b.budget(Duration::from_millis(50))
+            .breaker(3, Duration::from_secs(30))
+    });
+    let p = process(&c);
+    let idp = Idp::new(Duration::ZERO);
+    store.set_mode(Mode::Hang);
+    for (i, scope) in ["a", "b", "c"].into_iter().enumerate() {
+        let start = Instant::now();
+        get_for(&p, &idp, scope).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(50), "call {i}");
+    }
+    assert_eq!(store.calls(), 3);
+    // Open: straight to the identity provider, the store not asked.
+    let start = Instant::now();
+    get_for(&p, &idp, "d").await;
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(store.calls(), 3);
+    assert_eq!(idp.calls(), 4);
+    assert_eq!(c.stats().store_errors, 3);
+    // After open_for, with the store back, it is asked again and shares again.
+    store.set_mode(Mode::Healthy);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    get_for(&p, &idp, "e").await;
+    assert!(store.calls() > 3);
+    assert_eq!(c.stats().leases_won, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_fails_no_request_and_a_failed_trial_reopens_the_breaker() {
+    let store = MemoryStore::new();
+    let c = cache_with(&store, |b| b.breaker(2, Duration::from_secs(10)));
+    let p = process(&c);
+    let idp = Idp::new(Duration::ZERO);
+    store.set_mode(Mode::Fail);
+    for scope in ["a", "b", "c", "d"] {
+        get_for(&p, &idp, scope).await;
+    }
+    assert_eq!(store.calls(), 2, "open after two failures");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    get_for(&p, &idp, "e").await;
+    assert_eq!(store.calls(), 3, "one trial");
+    get_for(&p, &idp, "f").await;
+    assert_eq!(store.calls(), 3, "the failed trial opened it again");
+    assert_eq!(idp.calls(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn claims_requests_skip_the_shared_level() {
+    let store = MemoryStore::new();
+    let c = cache(&store);
+    let p = process(&c);
+    let idp = Idp::new(Duration::ZERO);
+    p.get_or_acquire(cache_key(), true, idp.acquire())
+        .await
+        .unwrap();
+    assert_eq!(store.calls(), 0);
+    assert!(store.keys().is_empty());
+    assert_eq!(c.stats().idp_calls, 1);
+}
+
+/// Values that must not open for the cache built by `cache()`, each with what it is.
+fn unopenable(token_key: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let now = Instant::now();
+    let token = AccessToken::new("planted", now + HOUR);
+    let seal = |sealing: &Sealing, key: &str| {
+        sealing
+            .seal(key, &token, now, WallClock::now())
+            .unwrap()
+            .to_vec()
+    };
+    let ours = Sealing::Sealed(sealing_key());
+    vec![
+        ("garbage", b"\x00\xffnot an entry".to_vec()),
+        ("the version prefix only", b"ti1s".to_vec()),
+        (
+            "another key",
+            seal(
+                &Sealing::Sealed(SealingKey::new("test-key", &[8; 32]).unwrap()),
+                token_key,
+            ),
+        ),
+        (
+            "another key name",
+            seal(
+                &Sealing::Sealed(SealingKey::new("other-name", &KEY).unwrap()),
+                token_key,
+            ),
+        ),
+        (
+            "another entry's value",
+            seal(&ours, &store_keys("other-prefix").token()),
+        ),
+        ("plaintext", seal(&Sealing::Plaintext, token_key)),
+    ]
+}
+
+#[tokio::test(start_paused = true)]
+async fn values_that_do_not_open_are_misses_never_returned_and_are_replaced() {
+    for (what, value) in unopenable(&store_keys("tower-identity").token()) {
+        let store = MemoryStore::new();
+        let token_key = store_keys("tower-identity").token();
+        store.set_raw(&token_key, &value);
+        let c = cache(&store);
+        let idp = Idp::new(Duration::ZERO);
+        let got = get(&process(&c), &idp).await;
+        assert_eq!(got, "token-1", "{what}");
+        assert_eq!(idp.calls(), 1, "{what}");
+        assert_eq!(c.stats().store_errors, 1, "{what}");
+        // Replaced by a value the fleet can open.
+        let other = cache(&store);
+        assert_eq!(get(&process(&other), &idp).await, "token-1", "{what}");
+        assert_eq!(other.stats().shared_hits, 1, "{what}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plaintext_cache_opens_no_sealed_value_and_stores_plaintext_only_when_asked() {
+    let store = MemoryStore::new();
+    let token_key = store_keys("tower-identity").token();
+    let sealed = Sealing::Sealed(sealing_key())
+        .seal(
+            &token_key,
+            &AccessToken::new("planted", Instant::now() + HOUR),
+            Instant::now(),
+            WallClock::now(),
+        )
+        .unwrap();
+    store.set_raw(&token_key, &sealed);
+    let plain = DistributedCache::builder(Handle(Arc::clone(&store)))
+        .plaintext_at_rest()
+        .build()
+        .unwrap();
+    let idp = Idp::new(Duration::ZERO);
+    assert_eq!(get(&process(&plain), &idp).await, "token-1");
+    assert_eq!(plain.stats().store_errors, 1);
+    let raw = store.raw(&token_key).unwrap();
+    assert!(
+        raw.windows(7).any(|w| w == b"token-1"),
+        "plaintext, as asked"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn sealed_entries_hold_no_token_in_clear_and_round_trip() {
+    let store = MemoryStore::new();
+    let c = cache(&store);
+    let idp = Idp::new(Duration::ZERO);
+    let token = get(&process(&c), &idp).await;
+    let token_key = store_keys("tower-identity").token();
+    let raw = store.raw(&token_key).unwrap();
+    assert!(raw.starts_with(b"ti1s"));
+    assert!(!raw.windows(token.len()).any(|w| w == token.as_bytes()));
+    for key in store.keys() {
+        assert!(!key.contains("tenant") && !key.contains("client") && !key.contains("scope"));
+    }
+    let debug = format!("{c:?}");
+    assert!(!debug.contains(&token), "{debug}");
+    let opened = Sealing::Sealed(sealing_key())
+        .open(&token_key, &raw, Instant::now(), c.shared.clock)
+        .unwrap();
+    assert!(!format!("{opened:?}").contains(&token));
+    assert_eq!(opened.token.secret().expose_secret(), token);
+    assert_eq!(opened.token.expires_on(), Instant::now() + HOUR);
+    // Two seals of one token differ (random nonce).
+    let again = Sealing::Sealed(sealing_key())
+        .seal(&token_key, &opened.token, Instant::now(), c.shared.clock)
+        .unwrap();
+    assert_ne!(*again, raw);
+}
+
+#[test]
+fn the_builder_requires_a_key_or_the_opt_out_and_sane_values() {
+    let store = MemoryStore::new();
+    let builder = || DistributedCache::builder(Handle(Arc::clone(&store)));
+    let cases = [
+        (builder(), "no sealing key"),
+        (
+            builder().sealing_key(sealing_key()).plaintext_at_rest(),
+            "choose one",
+        ),
+        (builder().plaintext_at_rest().prefix("a{b}"), "prefix"),
+        (builder().plaintext_at_rest().prefix(""), "prefix"),
+        (
+            builder().plaintext_at_rest().budget(Duration::ZERO),
+            "budget",
+        ),
+        (builder().plaintext_at_rest().lease(Duration::ZERO), "lease"),
+        (
+            builder().plaintext_at_rest().wait_limit(Duration::ZERO),
+            "wait_limit",
+        ),
+        (
+            builder()
+                .plaintext_at_rest()
+                .breaker(0, Duration::from_secs(1)),
+            "failures",
+        ),
+    ];
+    for (b, want) in cases {
+        let err = b.build().unwrap_err();
+        assert!(err.message().contains(want), "{err} / {want}");
+    }
+}
+
+#[test]
+fn sealing_keys_are_exactly_32_bytes_and_debug_shows_no_key_bytes() {
+    let err = SealingKey::new("k", &[1; 16]).unwrap_err();
+    assert!(err.message().contains("16 bytes"), "{err}");
+    assert!(SealingKey::new("", &KEY).is_err());
+    let err = SealingKey::from_env("TOWER_IDENTITY_TEST_NO_SUCH_VAR").unwrap_err();
+    assert!(err.message().contains("is not set"), "{err}");
+    let key = SealingKey::new("vault:cache-key", &[0xAB; 32]).unwrap();
+    let store = MemoryStore::new();
+    let builder = DistributedCache::builder(Handle(Arc::clone(&store))).sealing_key(key.clone());
+    let texts = [
+        format!("{key:?}"),
+        format!("{builder:?}"),
+        format!("{:?}", builder.build().unwrap()),
+    ];
+    for text in texts {
+        assert!(text.contains("vault:cache-key"), "{text}");
+        for needle in ["171", "ab, ab", "AB", "0xab", "q6ur"] {
+            assert!(!text.contains(needle), "{needle} in {text}");
+        }
+    }
+}
+
+/// Unreadable values, a local hit, a store failing then back: what the logs test logs.
+/// Returns the identity provider's calls.
+async fn logged_scenario() -> usize {
+    let store = MemoryStore::new();
+    let c = cache_with(&store, |b| b.breaker(2, Duration::from_secs(10)));
+    let p = process(&c);
+    let idp = Idp::new(Duration::ZERO);
+    // Two values that do not open: one WARN.
+    for scope in ["x", "y"] {
+        let key = EntryKey::new(
+            "tower-identity",
+            &identity(),
+            "tenant",
+            &scopes(&[scope]),
+            false,
+        );
+        store.set_raw(&key.token(), b"garbage");
+        get_for(&p, &idp, scope).await;
+    }
+    get_for(&p, &idp, "x").await;
+    // A failing store: the breaker opens once (WARN), stays open, closes once (INFO).
+    store.set_mode(Mode::Fail);
+    for scope in ["a", "b", "c", "d"] {
+        get_for(&p, &idp, scope).await;
+    }
+    store.set_mode(Mode::Healthy);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    get_for(&p, &idp, "e").await;
+    idp.calls()
+}
+
+/// What a test's subscriber wrote.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Tests on other threads hit the same callsites with no subscriber. With one dispatcher
+    // registered, tracing judges a callsite by the registering thread's default and may cache
+    // "never" for this test's too; with two it asks every live one. And every callsite of the
+    // scenario is registered first, so none is registering while this test logs.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    logged_scenario().await;
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
+    let idp_calls = logged_scenario().await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let count = |needle: &str| text.matches(needle).count();
+    assert_eq!(count("WARN"), 2, "{text}");
+    assert_eq!(
+        count("a stored value does not open"),
+        2,
+        "WARN, then DEBUG:\n{text}"
+    );
+    assert_eq!(count("the store keeps failing"), 1, "{text}");
+    assert_eq!(count("INFO"), 1, "{text}");
+    assert_eq!(count("the store answers again"), 1, "{text}");
+    for outcome in ["local_hit", "lease_won", "idp_call", "store_error"] {
+        assert!(
+            text.contains(&format!("outcome=\"{outcome}\"")),
+            "{outcome}:\n{text}"
+        );
+    }
+    for n in 1..=idp_calls {
+        assert!(
+            !text.contains(&format!("token-{n}")),
+            "token-{n} in the logs:\n{text}"
+        );
+    }
+}
