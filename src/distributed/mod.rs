@@ -5,6 +5,10 @@
 //! (Being built for issue 13: the store interface is fixed here; the cache, its sealing and
 //! its Redis store follow.)
 
+#[cfg(feature = "redis")]
+mod redis;
 mod store;
 
+#[cfg(feature = "redis")]
+pub use redis::RedisTokenCache;
 pub use store::{StoreError, TokenStore};

@@ -21,6 +21,8 @@ mod mi_emulator_selftest;
 mod middleware;
 mod oidc;
 mod proxy;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod refresh_rules;
 #[cfg(feature = "reqwest-middleware")]
 mod reqwest_mw;
