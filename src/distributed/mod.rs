@@ -88,11 +88,11 @@ use std::time::Duration;
 
 pub use builder::DistributedCacheBuilder;
 pub(crate) use key::Identity;
+#[cfg(feature = "redis")]
+pub use redis::RedisTokenCache;
 pub use seal::SealingKey;
 pub use stats::CacheStats;
 pub use store::{StoreError, TokenStore};
-#[cfg(feature = "redis")]
-pub use redis::RedisTokenCache;
 
 use breaker::Breaker;
 use clock::WallClock;

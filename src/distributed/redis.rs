@@ -1,14 +1,24 @@
 //! [`RedisTokenCache`]: the [`TokenStore`] on Redis (feature `redis`).
 //!
 //! ```no_run
-//! use tower_identity::distributed::{RedisTokenCache, TokenStore};
+//! use tower_identity::distributed::{DistributedCache, RedisTokenCache, SealingKey};
+//! use tower_identity::{ClientSecretCredential, CredentialExt};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! // Nothing connects yet: building a credential never needs Redis up.
+//! // Only parses the URL: building a credential never needs Redis up.
 //! let store = RedisTokenCache::from_env("REDIS_URL")?;
-//! // The first call connects (and, after a failure, the next call tries again).
-//! let value = store.get("tower-identity:{example}:token").await?;
-//! # let _ = value; Ok(()) }
+//! // Optional: connect at start-up, so the first token request does not pay for it.
+//! if let Err(e) = store.connect().await {
+//!     eprintln!("{e}; tokens are acquired without the shared cache until Redis is back");
+//! }
+//! let cache = DistributedCache::builder(store)
+//!     .sealing_key(SealingKey::from_env("TOKEN_CACHE_KEY")?)
+//!     .build()?;
+//! let credential = ClientSecretCredential::builder("tenant", "client", std::env::var("SECRET")?)
+//!     .distributed_cache(cache)
+//!     .build()?;
+//! let token = credential.get_token(["https://graph.microsoft.com/.default"]).await?;
+//! # let _ = token; Ok(()) }
 //! ```
 //!
 //! The URL is the `redis` crate's: `redis://[user:password@]host[:port][/db]`, `rediss://` for
@@ -93,6 +103,12 @@ impl RedisTokenCache {
         }
     }
 
+    /// Connects now instead of on the first call: the first call then does not spend the
+    /// cache's budget on the connection. An error is not final: the next call tries again.
+    pub async fn connect(&self) -> Result<(), StoreError> {
+        self.connection("connection").await.map(drop)
+    }
+
     /// The connection, made on first use. Concurrent first calls share one attempt.
     async fn connection(&self, op: &'static str) -> Result<ConnectionManager, StoreError> {
         let manager = self
@@ -133,7 +149,7 @@ impl RedisTokenCache {
             .flatten()
             .collect();
         StoreError::msg(format!(
-            "redis {op} {what}: {}",
+            "redis {op}: {what}: {}",
             truncate(&scrub(&e.to_string(), &secrets), MAX_ERROR_CHARS)
         ))
     }

@@ -12,6 +12,8 @@ mod client_certificate;
 mod client_secret;
 mod default_credential;
 mod device_code;
+#[cfg(feature = "redis")]
+mod distributed;
 mod examples;
 #[cfg(all(feature = "keyring", target_os = "linux"))]
 mod keyring;

@@ -307,7 +307,22 @@ async fn a_store_opened_while_redis_is_down_connects_once_it_is_up() {
         "{store:?}"
     );
 
+    let e = timeout(secs(10), store.connect())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("redis connection: cannot connect"),
+        "{e}"
+    );
+
     server.restart();
+    store.connect().await.unwrap();
+    assert!(
+        format!("{store:?}").contains("connected: true"),
+        "{store:?}"
+    );
     store.put("k", b"v", secs(60)).await.unwrap();
     assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
     assert!(

@@ -99,6 +99,16 @@ impl RedisServer {
             .unwrap()
     }
 
+    /// `CONFIG SET name value` (e.g. `maxmemory`, `maxmemory-policy`).
+    pub fn config_set(&self, name: &str, value: &str) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query(&mut self.admin())
+            .unwrap();
+    }
+
     /// Every key and its value (SCAN + GET; non-string keys are skipped).
     pub fn dump(&self) -> Vec<(String, Vec<u8>)> {
         use redis::Commands;
