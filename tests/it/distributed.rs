@@ -339,7 +339,7 @@ async fn garbage_under_the_entry_key_is_a_miss_and_replaced() {
             "a token from the authority: {token:?}"
         );
         assert_eq!(authority.token_posts(), posts, "{garbage:?}");
-        assert_eq!(process.cache.stats().store_errors, 1, "{garbage:?}");
+        assert!(process.cache.stats().store_errors >= 1, "{garbage:?}");
         assert_eq!(process.cache.stats().shared_hits, 0, "{garbage:?}");
 
         // Replaced: the next process shares it.
