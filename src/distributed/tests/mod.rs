@@ -492,31 +492,9 @@ fn sealing_keys_are_exactly_32_bytes_and_debug_shows_no_key_bytes() {
     }
 }
 
-/// What a test's subscriber wrote.
-#[derive(Clone, Default)]
-struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+/// Unreadable values, a local hit, a store failing then back: what the logs test logs.
+/// Returns the identity provider's calls.
+async fn logged_scenario() -> usize {
     let store = MemoryStore::new();
     let c = cache_with(&store, |b| b.breaker(2, Duration::from_secs(10)));
     let p = process(&c);
@@ -542,6 +520,42 @@ async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {
     store.set_mode(Mode::Healthy);
     tokio::time::advance(Duration::from_secs(10)).await;
     get_for(&p, &idp, "e").await;
+    idp.calls()
+}
+
+/// What a test's subscriber wrote.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Tests on other threads hit the same callsites with no subscriber. With one dispatcher
+    // registered, tracing judges a callsite by the registering thread's default and may cache
+    // "never" for this test's too; with two it asks every live one. And every callsite of the
+    // scenario is registered first, so none is registering while this test logs.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    logged_scenario().await;
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
+    let idp_calls = logged_scenario().await;
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     let count = |needle: &str| text.matches(needle).count();
     assert_eq!(count("WARN"), 2, "{text}");
@@ -559,7 +573,7 @@ async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {
             "{outcome}:\n{text}"
         );
     }
-    for n in 1..=idp.calls() {
+    for n in 1..=idp_calls {
         assert!(
             !text.contains(&format!("token-{n}")),
             "token-{n} in the logs:\n{text}"
