@@ -20,6 +20,13 @@ const FIRST_POLL: Duration = Duration::from_millis(10);
 /// Polls stay this frequent at most: a holder's token is seen within a quarter second.
 const LAST_POLL: Duration = Duration::from_millis(250);
 
+/// Whether a look at the store reports a value that does not open (a second look at the same
+/// entry in one acquisition does not).
+enum Report {
+    Unreadable,
+    Quiet,
+}
+
 /// What the store holds for an entry.
 enum Found {
     /// A token not due for renewal.
@@ -46,7 +53,7 @@ impl Shared {
         let span = tracing::debug_span!("distributed_cache", entry = ?key);
         async move {
             let token_key = key.token();
-            match self.find(&token_key, policy).await {
+            match self.find(&token_key, policy, Report::Unreadable).await {
                 Found::Usable(token) => return self.shared_hit(token),
                 Found::Failed => return self.alone(idp, None).await,
                 Found::Nothing => {}
@@ -63,7 +70,19 @@ impl Shared {
                     &self.stats,
                 );
                 match leased.await {
-                    Some(true) => return self.hold(idp, &token_key, &lease_key).await,
+                    Some(true) => {
+                        // Another process may have published and released between our last
+                        // look and this lease: look once more before asking the provider.
+                        // (An unreadable value was already reported by that look.)
+                        if let Found::Usable(token) =
+                            self.find(&token_key, policy, Report::Quiet).await
+                        {
+                            let release = || self.store.release(&lease_key, &self.holder);
+                            self.breaker.call("release", release, &self.stats).await;
+                            return self.shared_hit(token);
+                        }
+                        return self.hold(idp, &token_key, &lease_key).await;
+                    }
                     Some(false) if !lost => {
                         lost = true;
                         self.stats.lease_lost();
@@ -79,7 +98,7 @@ impl Shared {
                 };
                 tokio::time::sleep(pause.min(left)).await;
                 pause = pause.saturating_mul(2).min(LAST_POLL);
-                match self.find(&token_key, policy).await {
+                match self.find(&token_key, policy, Report::Unreadable).await {
                     Found::Usable(token) => return self.shared_hit(token),
                     Found::Failed => return self.alone(idp, None).await,
                     Found::Nothing => {}
@@ -155,7 +174,7 @@ impl Shared {
 
     /// Looks `token_key` up; an entry is usable until the moment a slot that stored it when
     /// it was published would renew it.
-    async fn find(&self, token_key: &str, policy: RefreshPolicy) -> Found {
+    async fn find(&self, token_key: &str, policy: RefreshPolicy, report: Report) -> Found {
         let got = self
             .breaker
             .call("get", || self.store.get(token_key), &self.stats)
@@ -168,7 +187,9 @@ impl Shared {
         };
         let now = Instant::now();
         let Some(stored) = self.sealing.open(token_key, &value, now, self.clock) else {
-            self.unreadable(token_key);
+            if let Report::Unreadable = report {
+                self.unreadable(token_key);
+            }
             return Found::Nothing;
         };
         let due = policy.refresh_at(&stored.token, stored.stored_on);
