@@ -7,14 +7,22 @@
 //!
 //! A request with `claims` must reach the provider, so it skips the lookup; its token is
 //! stored in the slot afterwards so later requests use the token that satisfies the claims.
+//!
+//! With a [distributed cache](crate::distributed) the slots stay the first level: a token a
+//! slot hands out never touches the store. A slot's acquisition (one per key per process)
+//! goes through the shared level, which answers from the store or has one process of the
+//! fleet ask the provider; claims requests skip the shared level as they skip the slot.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use tracing::Instrument;
 
+use crate::distributed::SharedLevel;
 use crate::error::CredentialError;
 use crate::refresh::{RefreshPolicy, TokenSlot};
 use crate::token::AccessToken;
@@ -45,6 +53,8 @@ pub(crate) struct TokenCache {
     /// The credential, for errors.
     name: &'static str,
     slots: Mutex<HashMap<CacheKey, Arc<TokenSlot>>>,
+    /// The second level, when the credential was given a distributed cache.
+    shared: Option<SharedLevel>,
 }
 
 impl TokenCache {
@@ -53,7 +63,19 @@ impl TokenCache {
         Self {
             name,
             slots: Mutex::default(),
+            shared: None,
         }
+    }
+
+    /// The same cache over a distributed cache's shared level, if any.
+    pub(crate) fn with_shared(mut self, shared: Option<SharedLevel>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// The rules every slot of this cache follows (and the shared level judges entries by).
+    fn policy() -> RefreshPolicy {
+        RefreshPolicy::default()
     }
 
     fn slot(&self, key: &CacheKey) -> Arc<TokenSlot> {
@@ -61,7 +83,7 @@ impl TokenCache {
         if let Some(slot) = slots.get(key) {
             return Arc::clone(slot);
         }
-        let slot = TokenSlot::new(self.name, RefreshPolicy::default());
+        let slot = TokenSlot::new(self.name, Self::policy());
         slots.insert(key.clone(), Arc::clone(&slot));
         slot
     }
@@ -81,7 +103,12 @@ impl TokenCache {
     {
         // The token names the credential that obtained it; stamped before it is cached.
         let name = self.name;
-        let acquire = || {
+        // Through the shared level unless the request carries claims.
+        let shared = self.shared.as_ref().filter(|_| !bypass);
+        // Whether this caller started the acquisition (else memory answered it).
+        let started = AtomicBool::new(false);
+        let acquire = || -> BoxFuture<'static, Result<AccessToken, CredentialError>> {
+            started.store(true, Ordering::Relaxed);
             // Made inside the slot's acquisition span, only when an acquisition starts.
             let span = tracing::debug_span!(
                 "token_request",
@@ -89,17 +116,32 @@ impl TokenCache {
                 scopes = ?key.scopes,
                 cae = key.cae
             );
-            acquire()
-                .map(move |result| result.map(|token| token.with_credential(name)))
-                .instrument(span)
+            let stamp = move |result: Result<AccessToken, CredentialError>| {
+                result.map(|token| token.with_credential(name))
+            };
+            match shared {
+                Some(level) => level
+                    .acquire(&key.tenant, &key.scopes, key.cae, Self::policy(), acquire())
+                    .map(stamp)
+                    .instrument(span)
+                    .boxed(),
+                None => acquire().map(stamp).instrument(span).boxed(),
+            }
         };
         let slot = self.slot(&key);
         if bypass {
+            if let Some(level) = &self.shared {
+                level.bypassed();
+            }
             let token = acquire().await?;
             slot.store(token.clone());
             Ok(token)
         } else {
-            slot.get(acquire).await
+            let result = slot.get(acquire).await;
+            if let Some(level) = shared.filter(|_| !started.load(Ordering::Relaxed)) {
+                level.local_hit();
+            }
+            result
         }
     }
 }

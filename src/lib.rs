@@ -95,6 +95,7 @@ pub use credential::{
     ManagedIdentityCredentialBuilder, ManagedIdentitySource, SharedTokenCacheCredential,
     TokenCachePersistenceOptions, TokenCredential, UserAssignedId, WorkloadIdentityCredential,
 };
+pub use distributed::{DistributedCache, SealingKey};
 pub use entra::authority::authority_hosts;
 pub use error::{BoxError, ConfigError, CredentialError, ErrorKind};
 pub use token::{AccessToken, Secret, TokenRequest};

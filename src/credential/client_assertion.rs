@@ -467,6 +467,14 @@ impl ClientAssertionCredentialBuilder {
         self.settings.set_multitenant_disabled(disable);
         self
     }
+
+    /// Share tokens with the other processes of a fleet through this
+    /// [`DistributedCache`](crate::DistributedCache), a second level under the in-memory
+    /// cache: one process asks Microsoft Entra ID, the others use its token.
+    pub fn distributed_cache(mut self, cache: crate::DistributedCache) -> Self {
+        self.settings.set_distributed_cache(cache);
+        self
+    }
 }
 
 impl ClientAssertionCredentialBuilder {
@@ -534,9 +542,9 @@ impl ClientAssertionCredentialBuilder {
             inner: Arc::new(Inner {
                 name,
                 tenants,
+                cache: self.settings.token_cache(name, &client, &self.client_id),
                 client_id: self.client_id,
                 client,
-                cache: TokenCache::new(name),
                 files,
                 assertions: Assertions::new(name, self.what, self.fetch, self.max_assertion_age),
             }),

@@ -245,6 +245,14 @@ impl ClientSecretCredentialBuilder {
         self.settings.set_multitenant_disabled(disable);
         self
     }
+
+    /// Share tokens with the other processes of a fleet through this
+    /// [`DistributedCache`](crate::DistributedCache), a second level under the in-memory
+    /// cache: one process asks Microsoft Entra ID, the others use its token.
+    pub fn distributed_cache(mut self, cache: crate::DistributedCache) -> Self {
+        self.settings.set_distributed_cache(cache);
+        self
+    }
 }
 
 impl ClientSecretCredentialBuilder {
@@ -273,10 +281,10 @@ impl ClientSecretCredentialBuilder {
         Ok(ClientSecretCredential {
             inner: Arc::new(Inner {
                 tenants,
-                client_id: self.client_id,
                 secret: self.client_secret,
+                cache: self.settings.token_cache(NAME, &client, &self.client_id),
+                client_id: self.client_id,
                 client,
-                cache: TokenCache::new(NAME),
                 files,
             }),
         })

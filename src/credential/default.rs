@@ -262,6 +262,7 @@ pub struct DefaultAzureCredentialBuilder {
     shared_token_cache: Option<SharedTokenCacheCredential>,
     azure_cli: Option<AzureCliCredential>,
     azure_developer_cli: Option<AzureDeveloperCliCredential>,
+    distributed: Option<crate::DistributedCache>,
 }
 
 impl DefaultAzureCredentialBuilder {
@@ -332,6 +333,16 @@ impl DefaultAzureCredentialBuilder {
     /// on the host, which the default client refuses.
     pub fn http_client(mut self, client: HttpClient) -> Self {
         self.http_client = Some(client);
+        self
+    }
+
+    /// Share tokens with the other processes of a fleet through this
+    /// [`DistributedCache`](crate::DistributedCache), a second level under the in-memory
+    /// cache: one process asks Microsoft Entra ID, the others use its token. Given to
+    /// the service credentials (environment, workload identity, managed identity); the
+    /// developer credentials keep their tokens to themselves.
+    pub fn distributed_cache(mut self, cache: crate::DistributedCache) -> Self {
+        self.distributed = Some(cache);
         self
     }
 
@@ -406,6 +417,7 @@ impl DefaultAzureCredentialBuilder {
     fn member(&mut self, member: Member, alone: bool) -> BoxCredential {
         let vars = self.vars.pairs();
         let http = self.http_client.clone();
+        let shared = self.distributed.clone();
         match member {
             Member::Environment => {
                 let mut b = EnvironmentCredential::builder();
@@ -414,6 +426,9 @@ impl DefaultAzureCredentialBuilder {
                 }
                 if let Some(http) = http {
                     b = b.http_client(http);
+                }
+                if let Some(cache) = shared {
+                    b = b.distributed_cache(cache);
                 }
                 named(member, b.build())
             }
@@ -431,6 +446,9 @@ impl DefaultAzureCredentialBuilder {
                 if let Some(http) = http {
                     b = b.http_client(http);
                 }
+                if let Some(cache) = shared {
+                    b = b.distributed_cache(cache);
+                }
                 built(member, b.build())
             }
             Member::ManagedIdentity => {
@@ -444,6 +462,9 @@ impl DefaultAzureCredentialBuilder {
                 }
                 if let Some(id) = id {
                     b = b.user_assigned_id(id);
+                }
+                if let Some(cache) = shared {
+                    b = b.distributed_cache(cache);
                 }
                 built(member, b.build())
             }
@@ -516,6 +537,7 @@ impl fmt::Debug for DefaultAzureCredentialBuilder {
             .field("excluded", &self.excluded)
             .field("managed_identity", &self.managed_identity)
             .field("vars", &self.vars)
+            .field("distributed_cache", &self.distributed)
             .finish_non_exhaustive()
     }
 }

@@ -150,12 +150,21 @@ impl fmt::Debug for EnvironmentCredential {
 pub struct EnvironmentCredentialBuilder {
     http_client: Option<HttpClient>,
     vars: Vars,
+    distributed: Option<crate::DistributedCache>,
 }
 
 impl EnvironmentCredentialBuilder {
     /// The HTTP client for token requests. Default: [`HttpClient::new`](crate::HttpClient::new).
     pub fn http_client(mut self, client: HttpClient) -> Self {
         self.http_client = Some(client);
+        self
+    }
+
+    /// Share tokens with the other processes of a fleet through this
+    /// [`DistributedCache`](crate::DistributedCache), a second level under the in-memory
+    /// cache: one process asks Microsoft Entra ID, the others use its token.
+    pub fn distributed_cache(mut self, cache: crate::DistributedCache) -> Self {
+        self.distributed = Some(cache);
         self
     }
 
@@ -187,6 +196,9 @@ impl EnvironmentCredentialBuilder {
                 if let Some(http) = self.http_client {
                     builder = builder.http_client(http);
                 }
+                if let Some(cache) = self.distributed {
+                    builder = builder.distributed_cache(cache);
+                }
                 match builder.build_with_env_authority(get(AZURE_AUTHORITY_HOST)) {
                     Ok(credential) => State::Configured(credential),
                     Err(e) => State::Invalid(format!(
@@ -203,6 +215,9 @@ impl EnvironmentCredentialBuilder {
                     .disable_multitenant_auth(self.vars.multitenant_disabled());
                 if let Some(http) = self.http_client {
                     builder = builder.http_client(http);
+                }
+                if let Some(cache) = self.distributed {
+                    builder = builder.distributed_cache(cache);
                 }
                 match builder.build_with_env_authority(get(AZURE_AUTHORITY_HOST)) {
                     Ok(credential) => State::Certificate(credential),
@@ -241,6 +256,7 @@ impl fmt::Debug for EnvironmentCredentialBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EnvironmentCredentialBuilder")
             .field("vars", &self.vars)
+            .field("distributed_cache", &self.distributed)
             .finish_non_exhaustive()
     }
 }

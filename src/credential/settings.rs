@@ -9,6 +9,8 @@ use std::fmt;
 
 use super::cache_options::TokenCachePersistenceOptions;
 use super::env::Vars;
+use crate::cache::TokenCache;
+use crate::distributed::{DistributedCache, Identity, SharedLevel};
 use crate::entra::authority::{Authority, TenantPolicy};
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::TokenClient;
@@ -23,6 +25,7 @@ pub(crate) struct Settings {
     http_client: Option<HttpClient>,
     cache_options: Option<TokenCachePersistenceOptions>,
     multitenant_disabled: Option<bool>,
+    distributed: Option<DistributedCache>,
 }
 
 impl Settings {
@@ -48,6 +51,27 @@ impl Settings {
 
     pub(crate) fn set_multitenant_disabled(&mut self, disabled: bool) {
         self.multitenant_disabled = Some(disabled);
+    }
+
+    pub(crate) fn set_distributed_cache(&mut self, cache: DistributedCache) {
+        self.distributed = Some(cache);
+    }
+
+    /// The in-memory token cache of the credential `name`, signing in as `client_id` at
+    /// `client`'s authority: over the distributed cache when one was given.
+    pub(crate) fn token_cache(
+        &self,
+        name: &'static str,
+        client: &TokenClient,
+        client_id: &str,
+    ) -> TokenCache {
+        token_cache(
+            name,
+            self.distributed.as_ref(),
+            client.authority().host(),
+            client_id,
+            name.to_owned(),
+        )
     }
 
     /// Unless set in code, `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is read from `vars` (a
@@ -117,6 +141,28 @@ impl Settings {
     }
 }
 
+/// The in-memory token cache of the credential `name`, over `distributed` when given: its
+/// entries are keyed by `authority` (a host, or where a token source without one is), the
+/// `client_id` and the `identity` (the credential's name, and which identity when it can be
+/// several), plus each request's tenant, scopes and CAE flag.
+pub(crate) fn token_cache(
+    name: &'static str,
+    distributed: Option<&DistributedCache>,
+    authority: &str,
+    client_id: &str,
+    identity: String,
+) -> TokenCache {
+    let shared = distributed.map(|cache| {
+        let identity = Identity {
+            authority: authority.to_owned(),
+            client_id: client_id.to_owned(),
+            identity,
+        };
+        SharedLevel::new(cache.clone(), identity)
+    });
+    TokenCache::new(name).with_shared(shared)
+}
+
 fn stores(
     name: &str,
     options: &TokenCachePersistenceOptions,
@@ -137,6 +183,7 @@ impl fmt::Debug for Settings {
                 &self.additionally_allowed_tenants,
             )
             .field("cache_options", &self.cache_options)
+            .field("distributed_cache", &self.distributed)
             .finish_non_exhaustive()
     }
 }
@@ -213,6 +260,13 @@ mod tests {
             "Ignore per-request tenants and always use the configured one. Default: whether \
              `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set.",
             8,
+        ),
+        (
+            "distributed_cache",
+            "Share tokens with the other processes of a fleet through this \
+             [`DistributedCache`](crate::DistributedCache), a second level under the in-memory \
+             cache: one process asks Microsoft Entra ID, the others use its token.",
+            7,
         ),
         (
             "vars",

@@ -271,6 +271,14 @@ impl WorkloadIdentityCredentialBuilder {
         self.settings.set_multitenant_disabled(disable);
         self
     }
+
+    /// Share tokens with the other processes of a fleet through this
+    /// [`DistributedCache`](crate::DistributedCache), a second level under the in-memory
+    /// cache: one process asks Microsoft Entra ID, the others use its token.
+    pub fn distributed_cache(mut self, cache: crate::DistributedCache) -> Self {
+        self.settings.set_distributed_cache(cache);
+        self
+    }
 }
 
 impl WorkloadIdentityCredentialBuilder {

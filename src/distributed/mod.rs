@@ -1,10 +1,202 @@
 //! A distributed token cache: a second level under a credential's in-process cache, shared by
 //! every process of a fleet through a store such as Redis, so that a fleet makes one token
-//! request per token lifetime.
+//! request per token lifetime instead of one per process.
 //!
-//! (Being built for issue 13: the store interface is fixed here; the cache, its sealing and
-//! its Redis store follow.)
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_identity::distributed::{DistributedCache, SealingKey, TokenStore};
+//! use tower_identity::{ClientSecretCredential, CredentialExt};
+//!
+//! # async fn run(store: impl TokenStore) -> Result<(), Box<dyn std::error::Error>> {
+//! // `store`: a `RedisTokenCache` (feature `redis`) or any `TokenStore`.
+//! let cache = DistributedCache::builder(store)
+//!     .prefix("orders-api")
+//!     .sealing_key(SealingKey::from_env("TOKEN_CACHE_KEY")?)
+//!     .budget(Duration::from_millis(50))
+//!     .build()?;
+//! let credential = ClientSecretCredential::builder("tenant", "client", std::env::var("SECRET")?)
+//!     .distributed_cache(cache.clone())
+//!     .build()?;
+//! let token = credential.get_token(["https://graph.microsoft.com/.default"]).await?;
+//! println!("{:?}", cache.stats());
+//! # let _ = token; Ok(()) }
+//! ```
+//!
+//! # Contract
+//!
+//! * **Two levels.** A credential's in-memory cache answers first; a request it answers never
+//!   touches the store. When it would acquire (no token, or its token is due for renewal),
+//!   which already happens once per key per process, the acquisition asks the store first.
+//! * **Shared hit.** An entry is used if it is not due for renewal by the rule the in-memory
+//!   cache applies (the last 5 minutes of its life, the last half for short-lived tokens, or
+//!   the provider's `refresh_in`), counted from when the entry was published: every process
+//!   renews a shared token at the same moment, and none keeps a token it would itself renew.
+//! * **Single-flight across the fleet.** Otherwise the process takes the entry's lease
+//!   ([`TokenStore::try_lease`], for [`lease`](DistributedCacheBuilder::lease), default
+//!   10 s). The holder asks the identity provider, publishes the token (sealed, to expire with
+//!   it) and gives the lease back, also when the request failed. The others poll the store
+//!   (10 ms, doubling to 250 ms), trying the lease again on each poll (a dead holder's lease
+//!   expires), until a usable token appears or [`wait_limit`](DistributedCacheBuilder::wait_limit)
+//!   (default 10 s) passes; then they ask the identity provider themselves and publish.
+//!   Proactive renewal goes the same way.
+//! * **Claims bypass it.** A request with claims (a CAE challenge) neither reads nor writes the
+//!   store, as it bypasses the in-memory cache.
+//! * **The store is never a point of failure.** Every store call has a
+//!   [`budget`](DistributedCacheBuilder::budget) (default 50 ms). A call that fails or
+//!   outlives it makes the process act alone for that acquisition (ask the identity provider,
+//!   publish nothing). After 3 such failures in a row the [breaker](DistributedCacheBuilder::breaker)
+//!   opens for 30 s (one WARN), during which the store is not asked; the first call that
+//!   succeeds afterwards closes it (one INFO). No token request fails because the store did.
+//! * **Sealed at rest.** Entries are sealed with AES-256-GCM under a [`SealingKey`], bound to
+//!   the key's name and the entry's store key; the plaintext opt-out is explicit
+//!   ([`plaintext_at_rest`](DistributedCacheBuilder::plaintext_at_rest)). A value that does not
+//!   open (garbage, another key, another entry's value, the other mode) is a miss, counted as
+//!   a store error, logged once per cache at WARN naming the entry's store key, and replaced
+//!   by the next publish.
+//! * **Keys.** `{prefix}:{hash}:token` and `{prefix}:{hash}:lease`; the hash (SHA-256 of the
+//!   authority, tenant, client id, identity, scope set and CAE flag) in braces is a Redis
+//!   Cluster hash tag, so an entry's token and lease share a slot. Keys name no tenant, app or
+//!   scope in clear.
+//! * **Times.** Entries carry Unix seconds; each process maps them onto tokio's clock through
+//!   the offset it read when the cache was built.
+//! * **Figures.** [`DistributedCache::stats`] counts local hits, shared hits, leases won and
+//!   lost, identity provider calls and store errors; DEBUG events (`outcome` = `local_hit`,
+//!   `shared_hit`, `lease_won`, `lease_lost`, `idp_call`, `store_error`) inside a
+//!   `distributed_cache` span naming the entry. Never a token.
+//!
+//! One cache can serve several credentials (their entries have different keys); its
+//! counters add up over them.
 
+mod acquire;
+mod breaker;
+mod builder;
+mod clock;
+mod key;
+// The Redis store (feature `redis`) is being written on another branch:
+// #[cfg(feature = "redis")]
+// mod redis;
+mod seal;
+mod stats;
 mod store;
+#[cfg(test)]
+mod tests;
 
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+pub use builder::DistributedCacheBuilder;
+pub(crate) use key::Identity;
+pub use seal::SealingKey;
+pub use stats::CacheStats;
 pub use store::{StoreError, TokenStore};
+// #[cfg(feature = "redis")]
+// pub use redis::RedisTokenCache;
+
+use breaker::Breaker;
+use clock::WallClock;
+use key::EntryKey;
+use seal::Sealing;
+use stats::Counters;
+
+use crate::error::CredentialError;
+use crate::refresh::RefreshPolicy;
+use crate::token::AccessToken;
+
+/// A token cache shared by the processes of a fleet through a [`TokenStore`]; give it to a
+/// credential's builder (`distributed_cache`). Cloning shares it. See the
+/// [module docs](self) for its contract.
+#[derive(Clone)]
+pub struct DistributedCache {
+    shared: Arc<Shared>,
+}
+
+/// What the clones of a cache share.
+struct Shared {
+    store: Arc<dyn TokenStore>,
+    prefix: String,
+    sealing: Sealing,
+    lease: Duration,
+    wait_limit: Duration,
+    breaker: Breaker,
+    stats: Counters,
+    /// This cache's lease holder id: random, so two processes never share one.
+    holder: String,
+    clock: WallClock,
+    /// Whether an unreadable value was logged at WARN already.
+    warned_unreadable: AtomicBool,
+}
+
+impl DistributedCache {
+    /// Starts a builder over `store`. A sealing key (or the plaintext opt-out) is required.
+    pub fn builder(store: impl TokenStore) -> DistributedCacheBuilder {
+        DistributedCacheBuilder::new(Arc::new(store))
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> CacheStats {
+        self.shared.stats.snapshot()
+    }
+}
+
+impl fmt::Debug for DistributedCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &self.shared;
+        f.debug_struct("DistributedCache")
+            .field("store", &shared.store)
+            .field("prefix", &shared.prefix)
+            .field("sealing", &shared.sealing)
+            .field("budget", &shared.breaker.budget())
+            .field("lease", &shared.lease)
+            .field("wait_limit", &shared.wait_limit)
+            .field("stats", &shared.stats.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A distributed cache as one credential uses it: the cache and the credential's part of the
+/// entry keys. Held by the credential's [`TokenCache`](crate::cache::TokenCache).
+#[derive(Clone, Debug)]
+pub(crate) struct SharedLevel {
+    cache: DistributedCache,
+    identity: Arc<Identity>,
+}
+
+impl SharedLevel {
+    pub(crate) fn new(cache: DistributedCache, identity: Identity) -> Self {
+        Self {
+            cache,
+            identity: Arc::new(identity),
+        }
+    }
+
+    /// A request answered from memory.
+    pub(crate) fn local_hit(&self) {
+        self.cache.shared.stats.local_hit();
+    }
+
+    /// A request that goes to the identity provider past the shared level (claims).
+    pub(crate) fn bypassed(&self) {
+        self.cache.shared.stats.idp_call();
+    }
+
+    /// The fleet-wide acquisition of the token for `tenant`, `scopes`, `cae`; `idp` is the
+    /// credential's own acquisition, run only if this process is to ask.
+    pub(crate) fn acquire<Fut>(
+        &self,
+        tenant: &str,
+        scopes: &[String],
+        cae: bool,
+        policy: RefreshPolicy,
+        idp: Fut,
+    ) -> impl Future<Output = Result<AccessToken, CredentialError>> + Send + 'static
+    where
+        Fut: Future<Output = Result<AccessToken, CredentialError>> + Send + 'static,
+    {
+        let shared = Arc::clone(&self.cache.shared);
+        let key = EntryKey::new(&shared.prefix, &self.identity, tenant, scopes, cae);
+        shared.acquire(key, policy, idp)
+    }
+}

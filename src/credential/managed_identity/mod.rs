@@ -26,6 +26,7 @@ use url::Url;
 
 use super::arc_credential_service;
 use super::env::Vars;
+use super::settings::token_cache;
 use crate::cache::{CacheKey, TokenCache};
 use crate::error::{ConfigError, CredentialError};
 use crate::throttle::{Throttle, ThrottleMemory};
@@ -379,6 +380,7 @@ pub struct ManagedIdentityCredentialBuilder {
     http_client: Option<HttpClient>,
     arc_key_directory: Option<PathBuf>,
     probe_imds: bool,
+    distributed: Option<crate::DistributedCache>,
 }
 
 impl ManagedIdentityCredentialBuilder {
@@ -426,6 +428,16 @@ impl ManagedIdentityCredentialBuilder {
         self
     }
 
+    /// Share tokens with the other processes of a fleet through this
+    /// [`DistributedCache`](crate::DistributedCache), a second level under the in-memory
+    /// cache: one process asks Microsoft Entra ID, the others use its token. Entries are
+    /// keyed by the managed identity source and the identity (system-assigned, or the
+    /// user-assigned id), so only processes with the same identity share them.
+    pub fn distributed_cache(mut self, cache: crate::DistributedCache) -> Self {
+        self.distributed = Some(cache);
+        self
+    }
+
     /// Where the Azure Arc agent's key files must be: the agent names a file in its answer,
     /// and the credential reads it only when it is directly in this directory. Default
     /// `/var/opt/azcmagent/tokens` on Linux, `%ProgramData%\AzureConnectedMachineAgent\Tokens`
@@ -462,10 +474,21 @@ impl ManagedIdentityCredentialBuilder {
             inner: Arc::new(Inner {
                 source,
                 state: state.map(|endpoint| {
+                    let identity = match endpoint.identity() {
+                        Some(id) => format!("{NAME}/{}={}", id.kind(), id.value()),
+                        None => format!("{NAME}/system"),
+                    };
+                    let cache = token_cache(
+                        NAME,
+                        self.distributed.as_ref(),
+                        &format!("managed-identity/{source}"),
+                        "",
+                        identity,
+                    );
                     Arc::new(Configured {
                         source,
                         endpoint,
-                        cache: TokenCache::new(NAME),
+                        cache,
                         throttle: ThrottleMemory::default(),
                     })
                 }),
@@ -671,6 +694,7 @@ impl fmt::Debug for ManagedIdentityCredentialBuilder {
             .field("http_client", &self.http_client)
             .field("azure_arc_key_directory", &self.arc_key_directory)
             .field("probe_imds", &self.probe_imds)
+            .field("distributed_cache", &self.distributed)
             .finish()
     }
 }

@@ -1,0 +1,192 @@
+//! The fleet-wide acquisition: store lookup, lease, publish; or wait for the holder.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::Shared;
+use super::key::EntryKey;
+use crate::error::CredentialError;
+use crate::refresh::RefreshPolicy;
+use crate::token::AccessToken;
+
+/// The first wait of a process that lost the lease; doubled per poll up to [`LAST_POLL`].
+const FIRST_POLL: Duration = Duration::from_millis(10);
+/// Polls stay this frequent at most: a holder's token is seen within a quarter second.
+const LAST_POLL: Duration = Duration::from_millis(250);
+
+/// What the store holds for an entry.
+enum Found {
+    /// A token not due for renewal.
+    Usable(AccessToken),
+    /// Nothing usable: no entry, one due for renewal, or one that did not open.
+    Nothing,
+    /// The store failed (or the breaker is open): the process acts alone.
+    Failed,
+}
+
+impl Shared {
+    /// The token for `key`: a usable entry from the store, else the result of `idp` run by
+    /// whichever process holds the lease (published for the others). `policy` is the slot's,
+    /// so that an entry is renewed at the moment a slot holding it would renew it.
+    pub(super) async fn acquire<Fut>(
+        self: Arc<Self>,
+        key: EntryKey,
+        policy: RefreshPolicy,
+        idp: Fut,
+    ) -> Result<AccessToken, CredentialError>
+    where
+        Fut: Future<Output = Result<AccessToken, CredentialError>>,
+    {
+        let span = tracing::debug_span!("distributed_cache", entry = ?key);
+        async move {
+            let token_key = key.token();
+            match self.find(&token_key, policy).await {
+                Found::Usable(token) => return self.shared_hit(token),
+                Found::Failed => return self.alone(idp, None).await,
+                Found::Nothing => {}
+            }
+            let lease_key = key.lease();
+            let start = Instant::now();
+            let deadline = start.checked_add(self.wait_limit).unwrap_or(start);
+            let mut pause = FIRST_POLL;
+            let mut lost = false;
+            loop {
+                let leased = self.breaker.call(
+                    "try_lease",
+                    || self.store.try_lease(&lease_key, &self.holder, self.lease),
+                    &self.stats,
+                );
+                match leased.await {
+                    Some(true) => return self.hold(idp, &token_key, &lease_key).await,
+                    Some(false) if !lost => {
+                        lost = true;
+                        self.stats.lease_lost();
+                    }
+                    Some(false) => {}
+                    None => return self.alone(idp, None).await,
+                }
+                let now = Instant::now();
+                let Some(left) = deadline.checked_duration_since(now).filter(|d| !d.is_zero())
+                else {
+                    tracing::debug!(wait_limit = ?self.wait_limit, "distributed token cache: the holder's token did not come in time");
+                    return self.alone(idp, Some(&token_key)).await;
+                };
+                tokio::time::sleep(pause.min(left)).await;
+                pause = pause.saturating_mul(2).min(LAST_POLL);
+                match self.find(&token_key, policy).await {
+                    Found::Usable(token) => return self.shared_hit(token),
+                    Found::Failed => return self.alone(idp, None).await,
+                    Found::Nothing => {}
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn shared_hit(&self, token: AccessToken) -> Result<AccessToken, CredentialError> {
+        self.stats.shared_hit();
+        Ok(token)
+    }
+
+    /// The lease holder: asks the identity provider, publishes, gives the lease back.
+    async fn hold<Fut>(
+        &self,
+        idp: Fut,
+        token_key: &str,
+        lease_key: &str,
+    ) -> Result<AccessToken, CredentialError>
+    where
+        Fut: Future<Output = Result<AccessToken, CredentialError>>,
+    {
+        self.stats.lease_won();
+        self.stats.idp_call();
+        let result = idp.await;
+        if let Ok(token) = &result {
+            self.publish(token_key, token).await;
+        }
+        // A failed acquisition frees the lease too: the next process tries at once.
+        let release = || self.store.release(lease_key, &self.holder);
+        self.breaker.call("release", release, &self.stats).await;
+        result
+    }
+
+    /// Asks the identity provider without the fleet; publishes when `publish_to` is given
+    /// (the store works, the holder was only slow).
+    async fn alone<Fut>(
+        &self,
+        idp: Fut,
+        publish_to: Option<&str>,
+    ) -> Result<AccessToken, CredentialError>
+    where
+        Fut: Future<Output = Result<AccessToken, CredentialError>>,
+    {
+        self.stats.idp_call();
+        let result = idp.await;
+        if let (Ok(token), Some(token_key)) = (&result, publish_to) {
+            self.publish(token_key, token).await;
+        }
+        result
+    }
+
+    /// Stores `token` under `token_key` until it expires.
+    async fn publish(&self, token_key: &str, token: &AccessToken) {
+        let now = Instant::now();
+        let ttl = token.expires_on().saturating_duration_since(now);
+        if ttl.is_zero() {
+            return;
+        }
+        let Some(value) = self.sealing.seal(token_key, token, now, self.clock) else {
+            tracing::warn!(
+                entry = token_key,
+                "distributed token cache: the entry could not be sealed; not shared"
+            );
+            return;
+        };
+        let put = || self.store.put(token_key, &value, ttl);
+        self.breaker.call("put", put, &self.stats).await;
+    }
+
+    /// Looks `token_key` up; an entry is usable until the moment a slot that stored it when
+    /// it was published would renew it.
+    async fn find(&self, token_key: &str, policy: RefreshPolicy) -> Found {
+        let got = self
+            .breaker
+            .call("get", || self.store.get(token_key), &self.stats)
+            .await;
+        let value = match got {
+            None => return Found::Failed,
+            Some(None) => return Found::Nothing,
+            Some(Some(value)) => value,
+        };
+        let now = Instant::now();
+        let Some(stored) = self.sealing.open(token_key, &value, now, self.clock) else {
+            self.unreadable(token_key);
+            return Found::Nothing;
+        };
+        let due = policy.refresh_at(&stored.token, stored.stored_on);
+        if stored.token.is_expired_at(now) || now >= due {
+            Found::Nothing
+        } else {
+            Found::Usable(stored.token)
+        }
+    }
+
+    /// A value that does not open: a miss, counted; WARN the first time per cache.
+    fn unreadable(&self, token_key: &str) {
+        self.stats.store_error();
+        let message = "distributed token cache: a stored value does not open (garbage, another \
+                       sealing key or key name, another entry's value, or sealed vs plaintext \
+                       settings that differ between processes); treated as a miss and replaced";
+        if self.warned_unreadable.swap(true, Ordering::Relaxed) {
+            tracing::debug!(entry = token_key, outcome = "store_error", "{message}");
+        } else {
+            tracing::warn!(entry = token_key, outcome = "store_error", "{message}");
+        }
+    }
+}

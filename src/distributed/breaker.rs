@@ -1,0 +1,116 @@
+//! The time budget of every store call, and the circuit breaker over them.
+//!
+//! A call that errs or outlives the budget is a failure. After `failures` consecutive ones the
+//! breaker opens for `open_for`: calls are not made, and the cache goes straight to the
+//! identity provider. When `open_for` has passed, calls are tried again; the first that
+//! succeeds closes the breaker, a failure opens it for another `open_for`. Opening is logged
+//! once at WARN, closing once at INFO; the rest is DEBUG. Time is tokio's clock.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::stats::Counters;
+use super::store::StoreError;
+
+/// The budget and the breaker's state.
+#[derive(Debug)]
+pub(super) struct Breaker {
+    budget: Duration,
+    failures: u32,
+    open_for: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Failures in a row.
+    consecutive: u32,
+    /// While open: until when.
+    open_until: Option<Instant>,
+}
+
+impl Breaker {
+    pub(super) fn new(budget: Duration, failures: u32, open_for: Duration) -> Self {
+        Self {
+            budget,
+            failures,
+            open_for,
+            state: Mutex::default(),
+        }
+    }
+
+    pub(super) fn budget(&self) -> Duration {
+        self.budget
+    }
+
+    /// Makes the store call `op` (named for the logs) and waits for it within the budget;
+    /// `None` when the breaker is open (the call is not even made) or the call failed.
+    pub(super) async fn call<T, F>(
+        &self,
+        op: &'static str,
+        call: impl FnOnce() -> F,
+        stats: &Counters,
+    ) -> Option<T>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        if self.is_open(Instant::now()) {
+            tracing::debug!(op, "distributed token cache: breaker open, store not asked");
+            return None;
+        }
+        let failure = match tokio::time::timeout(self.budget, call()).await {
+            Ok(Ok(value)) => {
+                self.succeeded();
+                return Some(value);
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {:?}", self.budget),
+        };
+        stats.store_error();
+        tracing::debug!(op, error = %failure, outcome = "store_error", "distributed token cache: store call failed");
+        self.failed(&failure);
+        None
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Each write leaves the state whole: a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_open(&self, now: Instant) -> bool {
+        self.lock().open_until.is_some_and(|until| now < until)
+    }
+
+    fn succeeded(&self) {
+        let mut state = self.lock();
+        state.consecutive = 0;
+        if state.open_until.take().is_some() {
+            tracing::info!(
+                "distributed token cache: the store answers again; sharing tokens again"
+            );
+        }
+    }
+
+    fn failed(&self, failure: &str) {
+        let mut state = self.lock();
+        state.consecutive = state.consecutive.saturating_add(1);
+        if state.consecutive < self.failures {
+            return;
+        }
+        let now = Instant::now();
+        let until = now.checked_add(self.open_for).unwrap_or(now);
+        if state.open_until.replace(until).is_none() {
+            tracing::warn!(
+                error = %failure,
+                failures = state.consecutive,
+                open_for = ?self.open_for,
+                "distributed token cache: the store keeps failing; each process asks the identity provider on its own for now"
+            );
+        } else {
+            tracing::debug!(error = %failure, "distributed token cache: the store still fails; breaker stays open");
+        }
+    }
+}

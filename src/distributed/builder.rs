@@ -1,0 +1,167 @@
+//! [`DistributedCacheBuilder`]: the settings of a [`DistributedCache`] and their checks.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use super::breaker::Breaker;
+use super::clock::WallClock;
+use super::seal::{Sealing, SealingKey};
+use super::stats::Counters;
+use super::{DistributedCache, Shared, TokenStore};
+use crate::error::ConfigError;
+
+const DEFAULT_PREFIX: &str = "tower-identity";
+/// Tens of milliseconds: a store in the same region answers in one or two; a cold process
+/// waits at most this long per call before asking the identity provider itself.
+const DEFAULT_BUDGET: Duration = Duration::from_millis(50);
+/// Longer than a token request usually takes, short enough that a dead holder costs little.
+const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+const DEFAULT_WAIT_LIMIT: Duration = Duration::from_secs(10);
+const DEFAULT_FAILURES: u32 = 3;
+const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(30);
+
+/// Settings for a [`DistributedCache`]; see [`DistributedCache::builder`].
+pub struct DistributedCacheBuilder {
+    store: Arc<dyn TokenStore>,
+    prefix: String,
+    key: Option<SealingKey>,
+    plaintext: bool,
+    budget: Duration,
+    lease: Duration,
+    wait_limit: Duration,
+    failures: u32,
+    open_for: Duration,
+}
+
+impl DistributedCacheBuilder {
+    pub(super) fn new(store: Arc<dyn TokenStore>) -> Self {
+        Self {
+            store,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            key: None,
+            plaintext: false,
+            budget: DEFAULT_BUDGET,
+            lease: DEFAULT_LEASE,
+            wait_limit: DEFAULT_WAIT_LIMIT,
+            failures: DEFAULT_FAILURES,
+            open_for: DEFAULT_OPEN_FOR,
+        }
+    }
+
+    /// The namespace of every key (`{prefix}:{…}:token`), so that several applications can
+    /// share one store. Default: `tower-identity`. No braces (they would break the hash tag).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Seals every entry with this key (AES-256-GCM). Required unless
+    /// [`plaintext_at_rest`](Self::plaintext_at_rest) is chosen.
+    pub fn sealing_key(mut self, key: SealingKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Stores tokens in clear: anyone who can read the store can then use them. Only for a
+    /// store that is itself as protected as the tokens it holds.
+    pub fn plaintext_at_rest(mut self) -> Self {
+        self.plaintext = true;
+        self
+    }
+
+    /// How long any one store call may take before the process stops waiting for it and acts
+    /// on its own. Default: 50 ms.
+    pub fn budget(mut self, per_call: Duration) -> Self {
+        self.budget = per_call;
+        self
+    }
+
+    /// How long a lease lasts: the longest another process waits for a holder that died
+    /// before taking over. Default: 10 s.
+    pub fn lease(mut self, ttl: Duration) -> Self {
+        self.lease = ttl;
+        self
+    }
+
+    /// How long a process that lost the lease waits for the holder's token before asking the
+    /// identity provider itself. Default: 10 s.
+    pub fn wait_limit(mut self, limit: Duration) -> Self {
+        self.wait_limit = limit;
+        self
+    }
+
+    /// After `failures` store calls in a row fail or outlive the budget, the store is not
+    /// asked for `open_for`. Default: 3, 30 s.
+    pub fn breaker(mut self, failures: u32, open_for: Duration) -> Self {
+        self.failures = failures;
+        self.open_for = open_for;
+        self
+    }
+
+    /// Checks the settings and builds the cache.
+    pub fn build(self) -> Result<DistributedCache, ConfigError> {
+        let fail = |m: &str| Err(ConfigError::new(format!("DistributedCache: {m}")));
+        let sealing = match (self.key, self.plaintext) {
+            (Some(key), false) => Sealing::Sealed(key),
+            (None, true) => Sealing::Plaintext,
+            (None, false) => {
+                return fail(
+                    "no sealing key: entries are bearer credentials and are sealed at rest; \
+                     give one with `sealing_key(SealingKey::from_env(…)?)`, or choose \
+                     `plaintext_at_rest()` for a store as protected as the tokens",
+                );
+            }
+            (Some(_), true) => {
+                return fail("both a sealing key and `plaintext_at_rest()` were given; choose one");
+            }
+        };
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return fail("the prefix must be non-empty and without `{` or `}`");
+        }
+        for (name, value) in [
+            ("budget", self.budget),
+            ("lease", self.lease),
+            ("wait_limit", self.wait_limit),
+            ("breaker's open_for", self.open_for),
+        ] {
+            if value.is_zero() {
+                return fail(&format!("the {name} is zero; give a positive duration"));
+            }
+        }
+        if self.failures == 0 {
+            return fail("the breaker's failures is zero; give at least 1");
+        }
+        Ok(DistributedCache {
+            shared: Arc::new(Shared {
+                store: self.store,
+                prefix: self.prefix,
+                sealing,
+                lease: self.lease,
+                wait_limit: self.wait_limit,
+                breaker: Breaker::new(self.budget, self.failures, self.open_for),
+                stats: Counters::default(),
+                holder: uuid::Uuid::new_v4().to_string(),
+                clock: WallClock::now(),
+                warned_unreadable: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for DistributedCacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DistributedCacheBuilder")
+            .field("store", &self.store)
+            .field("prefix", &self.prefix)
+            .field("sealing_key", &self.key)
+            .field("plaintext_at_rest", &self.plaintext)
+            .field("budget", &self.budget)
+            .field("lease", &self.lease)
+            .field("wait_limit", &self.wait_limit)
+            .field("failures", &self.failures)
+            .field("open_for", &self.open_for)
+            .finish()
+    }
+}

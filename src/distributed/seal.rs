@@ -1,0 +1,229 @@
+//! Sealing entries at rest: AES-256-GCM under the user's key, bound to the entry's key.
+//!
+//! A sealed value is `SEALED` ‖ 96-bit random nonce ‖ ciphertext and tag; its associated data
+//! is the key's name, a zero byte, and the store key of the entry, so a value copied under
+//! another entry's key, or sealed under another key name, does not open. The plaintext is the
+//! JSON [`Payload`]; every buffer that holds it is zeroized when dropped. The plaintext
+//! opt-out stores `PLAIN` ‖ JSON: a cache opens only values of its own kind.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+use super::clock::WallClock;
+use crate::error::ConfigError;
+use crate::token::AccessToken;
+
+/// The version prefix of a sealed value.
+const SEALED: &[u8] = b"ti1s";
+/// The version prefix of a plaintext value (the opt-out).
+const PLAIN: &[u8] = b"ti1p";
+/// AES-256: the key is 32 bytes.
+const KEY_LEN: usize = 32;
+
+/// A 256-bit key that seals the distributed cache's entries (AES-256-GCM), with a name bound
+/// into every entry, so that rotating to a key under a new name makes old entries misses
+/// rather than errors.
+///
+/// Its `Debug` shows the name only.
+#[derive(Clone)]
+pub struct SealingKey {
+    name: Arc<str>,
+    key: Arc<LessSafeKey>,
+}
+
+impl SealingKey {
+    /// A key named `name` (for example where it is kept: `"vault:token-cache-key"`) from
+    /// exactly 32 bytes, such as the output of `openssl rand 32`.
+    pub fn new(name: impl Into<String>, key: &[u8]) -> Result<Self, ConfigError> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(ConfigError::new(
+                "SealingKey: the key name is empty; name the key (where it is kept, its version)",
+            ));
+        }
+        if key.len() != KEY_LEN {
+            return Err(ConfigError::new(format!(
+                "SealingKey {name:?}: the key is {} bytes; AES-256 needs exactly {KEY_LEN} \
+                 (e.g. `openssl rand -base64 32`)",
+                key.len()
+            )));
+        }
+        let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| {
+            ConfigError::new(format!("SealingKey {name:?}: the key was not accepted"))
+        })?;
+        Ok(Self {
+            name: name.into(),
+            key: Arc::new(LessSafeKey::new(unbound)),
+        })
+    }
+
+    /// The key in the environment variable `var`: base64 (standard or URL-safe alphabet,
+    /// padded or not) of 32 bytes. The key's name is `var`.
+    pub fn from_env(var: &str) -> Result<Self, ConfigError> {
+        let value = Zeroizing::new(std::env::var(var).map_err(|_| {
+            ConfigError::new(format!(
+                "SealingKey: {var} is not set (or not Unicode); set it to the base64 of 32 \
+                 random bytes (`openssl rand -base64 32`)"
+            ))
+        })?);
+        // The decoder's error names an offending byte: not repeated, it is key material.
+        let bytes = Zeroizing::new(crate::encoding::decode_base64(&value).map_err(|_| {
+            ConfigError::new(format!(
+                "SealingKey: {var} is not base64; set it to the base64 of 32 random bytes \
+                 (`openssl rand -base64 32`)"
+            ))
+        })?);
+        Self::new(var, &bytes)
+    }
+}
+
+impl fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealingKey")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a cache keeps its entries at rest.
+#[derive(Clone, Debug)]
+pub(super) enum Sealing {
+    Sealed(SealingKey),
+    Plaintext,
+}
+
+/// What an entry holds, as JSON. Times are Unix seconds; `stored_on` is when the entry was
+/// published, so that every process judges its refresh time from the same start.
+#[derive(Serialize, Deserialize)]
+struct Payload<'a> {
+    #[serde(borrow)]
+    access_token: Cow<'a, str>,
+    #[serde(borrow)]
+    token_type: Cow<'a, str>,
+    expires_on: u64,
+    refresh_on: Option<u64>,
+    stored_on: u64,
+}
+
+/// A token read from the store, with when it was published.
+#[derive(Debug)]
+pub(super) struct Stored {
+    pub(super) token: AccessToken,
+    pub(super) stored_on: Instant,
+}
+
+impl Sealing {
+    /// The value to store for `token` under the store key `entry`, published at `now`;
+    /// `None` if sealing failed (no randomness: the entry is then not shared).
+    pub(super) fn seal(
+        &self,
+        entry: &str,
+        token: &AccessToken,
+        now: Instant,
+        clock: WallClock,
+    ) -> Option<Vec<u8>> {
+        let payload = Payload {
+            access_token: Cow::Borrowed(token.secret().expose_secret()),
+            token_type: Cow::Borrowed(token.token_type()),
+            expires_on: clock.to_unix(token.expires_on()),
+            refresh_on: token.refresh_on().map(|at| clock.to_unix(at)),
+            stored_on: clock.to_unix(now),
+        };
+        // Sized up front: a growing buffer would leave copies of the token behind.
+        let capacity = token.secret().expose_secret().len().saturating_add(256);
+        let mut json = Zeroizing::new(Vec::with_capacity(capacity));
+        serde_json::to_writer(&mut *json, &payload).ok()?;
+        match self {
+            Sealing::Plaintext => {
+                let mut value = Vec::with_capacity(PLAIN.len().saturating_add(json.len()));
+                value.extend_from_slice(PLAIN);
+                value.extend_from_slice(&json);
+                Some(value)
+            }
+            Sealing::Sealed(key) => {
+                let mut nonce = [0u8; NONCE_LEN];
+                SystemRandom::new().fill(&mut nonce).ok()?;
+                let aad = associated_data(key, entry);
+                let tag = key
+                    .key
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(nonce),
+                        Aad::from(&aad),
+                        &mut json,
+                    )
+                    .ok()?;
+                let mut value = Vec::with_capacity(
+                    SEALED
+                        .len()
+                        .saturating_add(NONCE_LEN)
+                        .saturating_add(json.len())
+                        .saturating_add(tag.as_ref().len()),
+                );
+                value.extend_from_slice(SEALED);
+                value.extend_from_slice(&nonce);
+                value.extend_from_slice(&json);
+                value.extend_from_slice(tag.as_ref());
+                Some(value)
+            }
+        }
+    }
+
+    /// The token in `value`, stored under the store key `entry`; `None` for anything that
+    /// does not open: another kind (sealed / plaintext), another key or key name, another
+    /// entry's value, or bytes that are no entry at all.
+    pub(super) fn open(
+        &self,
+        entry: &str,
+        value: &[u8],
+        now: Instant,
+        clock: WallClock,
+    ) -> Option<Stored> {
+        let json: Zeroizing<Vec<u8>> = match self {
+            Sealing::Plaintext => Zeroizing::new(value.strip_prefix(PLAIN)?.to_vec()),
+            Sealing::Sealed(key) => {
+                let rest = value.strip_prefix(SEALED)?;
+                let (nonce, sealed) = rest.split_at_checked(NONCE_LEN)?;
+                let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+                let mut buffer = Zeroizing::new(sealed.to_vec());
+                let aad = associated_data(key, entry);
+                let opened = key
+                    .key
+                    .open_in_place(nonce, Aad::from(&aad), &mut buffer)
+                    .ok()?
+                    .len();
+                buffer.truncate(opened);
+                buffer
+            }
+        };
+        let payload: Payload<'_> = serde_json::from_slice(&json).ok()?;
+        if payload.access_token.is_empty() {
+            return None;
+        }
+        let token = AccessToken::new(
+            payload.access_token.into_owned(),
+            clock.to_instant(payload.expires_on, now),
+        )
+        .with_refresh_on(payload.refresh_on.map(|at| clock.to_instant(at, now)))
+        .with_token_type(payload.token_type.as_ref());
+        Some(Stored {
+            token,
+            stored_on: clock.to_instant(payload.stored_on, now).min(now),
+        })
+    }
+}
+
+/// The key's name, a zero byte, the entry's store key.
+fn associated_data(key: &SealingKey, entry: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(key.name.len().saturating_add(entry.len()).saturating_add(1));
+    aad.extend_from_slice(key.name.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(entry.as_bytes());
+    aad
+}

@@ -1,0 +1,85 @@
+//! The cache's counters, and the events that name each outcome.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What a [`DistributedCache`](super::DistributedCache) did since it was built, over every
+/// credential that uses it (see [`DistributedCache::stats`](super::DistributedCache::stats)).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Token requests answered from a credential's in-memory cache without asking the store
+    /// (including callers that joined an acquisition already running in this process).
+    pub local_hits: u64,
+    /// Acquisitions answered by a token another process (or this one, earlier) published.
+    pub shared_hits: u64,
+    /// Leases this process took: it then asked the identity provider for the fleet.
+    pub leases_won: u64,
+    /// Acquisitions that found the lease held by another process and waited for its token.
+    pub leases_lost: u64,
+    /// Times this process asked the identity provider (as the lease holder, alone after a
+    /// store failure or the wait limit, or for a claims request).
+    pub idp_calls: u64,
+    /// Store calls that failed or outlived the budget, and values that did not open.
+    pub store_errors: u64,
+}
+
+/// The live counters.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    local_hits: AtomicU64,
+    shared_hits: AtomicU64,
+    leases_won: AtomicU64,
+    leases_lost: AtomicU64,
+    idp_calls: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub(super) fn local_hit(&self) {
+        bump(&self.local_hits);
+        tracing::debug!(outcome = "local_hit", "distributed token cache");
+    }
+
+    pub(super) fn shared_hit(&self) {
+        bump(&self.shared_hits);
+        tracing::debug!(outcome = "shared_hit", "distributed token cache");
+    }
+
+    pub(super) fn lease_won(&self) {
+        bump(&self.leases_won);
+        tracing::debug!(outcome = "lease_won", "distributed token cache");
+    }
+
+    pub(super) fn lease_lost(&self) {
+        bump(&self.leases_lost);
+        tracing::debug!(
+            outcome = "lease_lost",
+            "distributed token cache: waiting for the holder's token"
+        );
+    }
+
+    pub(super) fn idp_call(&self) {
+        bump(&self.idp_calls);
+        tracing::debug!(outcome = "idp_call", "distributed token cache");
+    }
+
+    pub(super) fn store_error(&self) {
+        bump(&self.store_errors);
+    }
+
+    pub(super) fn snapshot(&self) -> CacheStats {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CacheStats {
+            local_hits: read(&self.local_hits),
+            shared_hits: read(&self.shared_hits),
+            leases_won: read(&self.leases_won),
+            leases_lost: read(&self.leases_lost),
+            idp_calls: read(&self.idp_calls),
+            store_errors: read(&self.store_errors),
+        }
+    }
+}
