@@ -47,6 +47,18 @@ if ! command -v gnome-keyring-daemon >/dev/null 2>&1 || ! command -v dbus-daemon
     fi
 fi
 
+# The distributed-cache tests (feature `redis`) start their own redis-server per test on a
+# loopback port; Debian's package also installs a system service, which they do not use.
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing the Redis peer (redis-server)"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    else
+        echo "tests/run.sh: the Redis tests need: apt-get install -y redis-server (as root); they fail without it" >&2
+    fi
+fi
+
 echo "==> installing the Python libsecret peer (msal-extensions on Debian's python3)"
 if ! tests/peers/python/install.sh --libsecret; then
     echo "tests/run.sh: the keyring cross-check tests will fail without it (see the message above)" >&2

@@ -72,9 +72,8 @@ mod breaker;
 mod builder;
 mod clock;
 mod key;
-// The Redis store (feature `redis`) is being written on another branch:
-// #[cfg(feature = "redis")]
-// mod redis;
+#[cfg(feature = "redis")]
+mod redis;
 mod seal;
 mod stats;
 mod store;
@@ -89,11 +88,11 @@ use std::time::Duration;
 
 pub use builder::DistributedCacheBuilder;
 pub(crate) use key::Identity;
+#[cfg(feature = "redis")]
+pub use redis::RedisTokenCache;
 pub use seal::SealingKey;
 pub use stats::CacheStats;
 pub use store::{StoreError, TokenStore};
-// #[cfg(feature = "redis")]
-// pub use redis::RedisTokenCache;
 
 use breaker::Breaker;
 use clock::WallClock;

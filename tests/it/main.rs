@@ -12,6 +12,8 @@ mod client_certificate;
 mod client_secret;
 mod default_credential;
 mod device_code;
+#[cfg(feature = "redis")]
+mod distributed;
 mod examples;
 #[cfg(all(feature = "keyring", target_os = "linux"))]
 mod keyring;
@@ -21,6 +23,8 @@ mod mi_emulator_selftest;
 mod middleware;
 mod oidc;
 mod proxy;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod refresh_rules;
 #[cfg(feature = "reqwest-middleware")]
 mod reqwest_mw;

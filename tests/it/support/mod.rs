@@ -8,6 +8,8 @@ pub mod oidc;
 pub mod programs;
 pub mod proxy;
 pub mod python;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod resource;
 #[cfg(all(feature = "keyring", target_os = "linux"))]
 pub mod secret_service;

@@ -1,0 +1,317 @@
+//! [`RedisTokenCache`]: the [`TokenStore`] on Redis (feature `redis`).
+//!
+//! ```no_run
+//! use tower_identity::distributed::{DistributedCache, RedisTokenCache, SealingKey};
+//! use tower_identity::{ClientSecretCredential, CredentialExt};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // Only parses the URL: building a credential never needs Redis up.
+//! let store = RedisTokenCache::from_env("REDIS_URL")?;
+//! // Optional: connect at start-up, so the first token request does not pay for it.
+//! if let Err(e) = store.connect().await {
+//!     eprintln!("{e}; tokens are acquired without the shared cache until Redis is back");
+//! }
+//! let cache = DistributedCache::builder(store)
+//!     .sealing_key(SealingKey::from_env("TOKEN_CACHE_KEY")?)
+//!     .build()?;
+//! let credential = ClientSecretCredential::builder("tenant", "client", std::env::var("SECRET")?)
+//!     .distributed_cache(cache)
+//!     .build()?;
+//! let token = credential.get_token(["https://graph.microsoft.com/.default"]).await?;
+//! # let _ = token; Ok(()) }
+//! ```
+//!
+//! The URL is the `redis` crate's: `redis://[user:password@]host[:port][/db]`, `rediss://` for
+//! TLS (rustls, the platform's roots), `redis+unix:///path` for a Unix socket.
+//!
+//! The store adds no timeout and no retry delay of its own: the distributed cache bounds every
+//! call with its budget and counts failures in its breaker, so a wait here would only hide
+//! how long Redis took. A call to a server that does not answer (stopped, partitioned) stays
+//! pending until the caller gives up on it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ConnectionAddr, RedisError, Script, Value};
+use tokio::sync::OnceCell;
+
+use super::store::{StoreError, TokenStore};
+use crate::error::ConfigError;
+use crate::redact::{scrub, truncate};
+
+/// Gives a lease back only to the holder that took it: a lease that expired and was taken by
+/// another process meanwhile must survive the old holder's release.
+const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// How much of a Redis error's text a [`StoreError`] keeps.
+const MAX_ERROR_CHARS: usize = 200;
+
+/// A [`TokenStore`] on a Redis server (or Valkey, or a managed Redis such as Azure Cache for
+/// Redis), through the `redis` crate's tokio connection manager: one multiplexed connection,
+/// re-established after it breaks.
+///
+/// Cheap to clone: clones share the connection. Its `Debug` shows the host, port and
+/// database, never the password.
+#[derive(Clone)]
+pub struct RedisTokenCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    /// Set by the first call that connects; a failed attempt leaves it empty for the next.
+    connection: OnceCell<ConnectionManager>,
+    release: Script,
+}
+
+impl RedisTokenCache {
+    /// A store for the Redis server at `url` (see the [module docs](self) for the forms).
+    /// Only parses: the connection is made by the first call.
+    pub fn open(url: &str) -> Result<Self, ConfigError> {
+        let client = Client::open(url).map_err(|e| {
+            // The parser's messages do not quote the URL; scrubbed anyway, as the URL may
+            // hold a password.
+            ConfigError::new(format!(
+                "the Redis URL is not valid ({}): expected redis://[user:password@]host[:port][/db], \
+                 rediss://… for TLS or redis+unix:///path",
+                truncate(&scrub(&e.to_string(), &[url]), MAX_ERROR_CHARS)
+            ))
+        })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                connection: OnceCell::new(),
+                release: Script::new(RELEASE),
+            }),
+        })
+    }
+
+    /// A store for the Redis URL in the environment variable `var` (see [`open`](Self::open)).
+    pub fn from_env(var: &str) -> Result<Self, ConfigError> {
+        match std::env::var(var) {
+            Ok(url) if !url.trim().is_empty() => Self::open(url.trim()),
+            _ => Err(ConfigError::new(format!(
+                "the environment variable {var} holds no Redis URL: set it to \
+                 redis://[user:password@]host[:port][/db] (or rediss://… for TLS)"
+            ))),
+        }
+    }
+
+    /// Connects now instead of on the first call: the first call then does not spend the
+    /// cache's budget on the connection. An error is not final: the next call tries again.
+    pub async fn connect(&self) -> Result<(), StoreError> {
+        self.connection("connection").await.map(drop)
+    }
+
+    /// The connection, made on first use. Concurrent first calls share one attempt.
+    async fn connection(&self, op: &'static str) -> Result<ConnectionManager, StoreError> {
+        let manager = self
+            .inner
+            .connection
+            .get_or_try_init(|| {
+                // No timeouts and no retry delays: the cache's budget bounds each call, and a
+                // refused reconnect is tried again by the next call (see `run`).
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(None)
+                    .set_response_timeout(None);
+                ConnectionManager::new_with_config(self.inner.client.clone(), config)
+            })
+            .await
+            .map_err(|e| self.error(op, "cannot connect", &e))?;
+        Ok(manager.clone())
+    }
+
+    /// Runs `op` once, or twice when the connection was refused: the manager answers a call
+    /// with the outcome of the last reconnect attempt, which may predate a server that is
+    /// back; a refused connection sent nothing, so trying again cannot apply a command twice.
+    async fn run(&self, op: &'static str, command: &redis::Cmd) -> Result<Value, StoreError> {
+        let mut connection = self.connection(op).await?;
+        let answer = match command.query_async::<Value>(&mut connection).await {
+            Err(e) if e.is_connection_refusal() => command.query_async(&mut connection).await,
+            answer => answer,
+        };
+        answer.map_err(|e| self.error(op, "failed", &e))
+    }
+
+    /// A store error for `op` from a Redis error, its text scrubbed of the URL's credentials
+    /// (the source is not kept: its text is not ours to vouch for).
+    fn error(&self, op: &str, what: &str, e: &RedisError) -> StoreError {
+        let settings = self.inner.client.get_connection_info().redis_settings();
+        let secrets: Vec<&str> = [settings.password(), settings.username()]
+            .into_iter()
+            .flatten()
+            .collect();
+        StoreError::msg(format!(
+            "redis {op}: {what}: {}",
+            truncate(&scrub(&e.to_string(), &secrets), MAX_ERROR_CHARS)
+        ))
+    }
+}
+
+/// A store error for an answer of the wrong kind; names the kind, never the value.
+fn unexpected(op: &str, value: &Value) -> StoreError {
+    let kind = match value {
+        Value::Nil => "nil",
+        Value::Int(_) => "an integer",
+        Value::BulkString(_) => "a string",
+        Value::SimpleString(_) | Value::Okay => "a status",
+        Value::Array(_) | Value::Set(_) | Value::Map(_) => "a collection",
+        _ => "an unexpected type",
+    };
+    StoreError::msg(format!("redis {op} answered {kind}, which it never should"))
+}
+
+/// `ttl` in whole milliseconds for `PX`: at least 1 (`PX 0` is an error), at most `u64::MAX`.
+fn px(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl TokenStore for RedisTokenCache {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async move {
+            let mut command = redis::cmd("GET");
+            command.arg(key);
+            match self.run("GET", &command).await? {
+                Value::BulkString(value) => Ok(Some(value)),
+                Value::Nil => Ok(None),
+                other => Err(unexpected("GET", &other)),
+            }
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut command = redis::cmd("SET");
+            command.arg(key).arg(value).arg("PX").arg(px(ttl));
+            match self.run("SET", &command).await? {
+                Value::Okay => Ok(()),
+                other => Err(unexpected("SET", &other)),
+            }
+        })
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut command = redis::cmd("SET");
+            command
+                .arg(key)
+                .arg(holder)
+                .arg("NX")
+                .arg("PX")
+                .arg(px(ttl));
+            match self.run("SET NX", &command).await? {
+                Value::Okay => Ok(true),
+                Value::Nil => Ok(false),
+                other => Err(unexpected("SET NX", &other)),
+            }
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            // EVALSHA, loading the script on NOSCRIPT (a restarted or failed-over server).
+            let mut invocation = self.inner.release.key(key);
+            invocation.arg(holder);
+            let mut connection = self.connection("release").await?;
+            let answer = match invocation.invoke_async::<Value>(&mut connection).await {
+                Err(e) if e.is_connection_refusal() => {
+                    invocation.invoke_async(&mut connection).await
+                }
+                answer => answer,
+            };
+            match answer.map_err(|e| self.error("release", "failed", &e))? {
+                Value::Int(_) => Ok(()),
+                other => Err(unexpected("release", &other)),
+            }
+        })
+    }
+}
+
+impl fmt::Debug for RedisTokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let info = self.inner.client.get_connection_info();
+        let mut out = f.debug_struct("RedisTokenCache");
+        match info.addr() {
+            ConnectionAddr::Tcp(host, port) => out.field("host", host).field("port", port),
+            ConnectionAddr::TcpTls { host, port, .. } => out
+                .field("host", host)
+                .field("port", port)
+                .field("tls", &true),
+            ConnectionAddr::Unix(path) => out.field("socket", path),
+            _ => out.field("address", &"other"),
+        };
+        out.field("db", &info.redis_settings().db())
+            .field("connected", &self.inner.connection.initialized())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_the_address_never_the_password() {
+        let store =
+            RedisTokenCache::open("redis://app:hunter2-secret@cache.example:6380/3").unwrap();
+        let debug = format!("{store:?}");
+        assert!(debug.contains("cache.example"), "{debug}");
+        assert!(debug.contains("6380"), "{debug}");
+        assert!(debug.contains("db: 3"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        let tls = format!(
+            "{:?}",
+            RedisTokenCache::open("rediss://:pw-123456@h:6379").unwrap()
+        );
+        assert!(
+            tls.contains("tls: true") && !tls.contains("pw-123456"),
+            "{tls}"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_is_a_config_error_without_the_password() {
+        let e = RedisTokenCache::open("http://user:hunter2-secret@host").unwrap_err();
+        assert!(e.message().contains("redis://"), "{e}");
+        assert!(!format!("{e} {e:?}").contains("hunter2"), "{e:?}");
+    }
+
+    #[test]
+    fn from_env_names_the_variable_when_unset() {
+        let e = RedisTokenCache::from_env("TOWER_IDENTITY_TEST_NO_SUCH_REDIS_URL").unwrap_err();
+        assert!(
+            e.message()
+                .contains("TOWER_IDENTITY_TEST_NO_SUCH_REDIS_URL"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn px_is_never_zero_and_never_wraps() {
+        assert_eq!(px(Duration::ZERO), 1);
+        assert_eq!(px(Duration::from_micros(1500)), 1);
+        assert_eq!(px(Duration::from_secs(3)), 3000);
+        assert_eq!(px(Duration::MAX), u64::MAX);
+    }
+}

@@ -1,0 +1,374 @@
+//! The distributed token cache over a real redis-server, one "process" per credential: each
+//! has its own `ClientSecretCredential`, `DistributedCache` and `RedisTokenCache` (its own
+//! connection), as separate processes of a fleet would. Every token comes from the loopback
+//! authority, which counts the requests; every Redis fault is a real one (a stopped, killed,
+//! restarted, full, flushed or password-protected server, garbage written under the entry).
+//!
+//! Calls that should reach Redis run under [`held`] on tests with a paused clock: otherwise the
+//! clock would jump past the cache's budget while Redis answers in real time.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use redis::Commands;
+use tokio::time::Instant;
+use tower_identity::distributed::{DistributedCache, RedisTokenCache, SealingKey};
+use tower_identity::{ClientSecretCredential, CredentialExt};
+
+use crate::support::authority::Authority;
+use crate::support::clock::held;
+use crate::support::creds::{CLIENT_ID, CLIENT_SECRET, SCOPE, TENANT, http, secs};
+use crate::support::redis::RedisServer;
+
+/// The budget on the paused clock, where it is exact.
+const BUDGET: Duration = Duration::from_millis(50);
+/// The budget on the running clock, where Redis answers in real time: generous, so that a
+/// loaded test machine does not turn a sharing test into a budget test.
+const SLOW_MACHINE_BUDGET: Duration = Duration::from_secs(5);
+const KEY_ONE: [u8; 32] = [7; 32];
+const KEY_TWO: [u8; 32] = [9; 32];
+
+/// One process of the fleet.
+struct Process {
+    credential: ClientSecretCredential,
+    cache: DistributedCache,
+}
+
+impl Process {
+    /// A process sealing with `KEY_ONE` under the name "one", on the server at `url`.
+    fn new(authority: &Authority, url: &str) -> Process {
+        Process::sealed(authority, url, SealingKey::new("one", &KEY_ONE).unwrap())
+    }
+
+    fn sealed(authority: &Authority, url: &str, key: SealingKey) -> Process {
+        Process::build(authority, url, key, SLOW_MACHINE_BUDGET)
+    }
+
+    /// A process with [`BUDGET`], for the paused clock.
+    fn paused_clock(authority: &Authority, url: &str) -> Process {
+        let key = SealingKey::new("one", &KEY_ONE).unwrap();
+        Process::build(authority, url, key, BUDGET)
+    }
+
+    fn build(authority: &Authority, url: &str, key: SealingKey, budget: Duration) -> Process {
+        let cache = DistributedCache::builder(RedisTokenCache::open(url).unwrap())
+            .prefix("it")
+            .sealing_key(key)
+            .budget(budget)
+            .build()
+            .unwrap();
+        let credential = ClientSecretCredential::builder(TENANT, CLIENT_ID, CLIENT_SECRET)
+            .authority_host(authority.url())
+            .http_client(http(authority))
+            .distributed_cache(cache.clone())
+            .build()
+            .unwrap();
+        Process { credential, cache }
+    }
+
+    /// A token for `scope`; every request must succeed, whatever Redis does.
+    async fn token(&self, scope: &str) -> String {
+        let token = self.credential.get_token([scope]).await.unwrap();
+        token.secret().expose_secret().to_owned()
+    }
+}
+
+/// The store key of the one token entry in Redis.
+fn entry_key(server: &RedisServer) -> String {
+    let keys: Vec<String> = server
+        .dump()
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| key.ends_with(":token"))
+        .collect();
+    assert_eq!(keys.len(), 1, "one token entry: {keys:?}");
+    keys.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn two_processes_make_one_token_request() {
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    let one = Process::new(&authority, &server.url());
+    let two = Process::new(&authority, &server.url());
+
+    let first = one.token(SCOPE).await;
+    let second = two.token(SCOPE).await;
+    assert_eq!(
+        first, second,
+        "the second process used the first one's token"
+    );
+    assert_eq!(authority.token_posts(), 1);
+    assert_eq!(
+        (one.cache.stats().leases_won, one.cache.stats().idp_calls),
+        (1, 1)
+    );
+    assert_eq!(
+        (two.cache.stats().shared_hits, two.cache.stats().idp_calls),
+        (1, 0)
+    );
+
+    // Concurrent cold starts share one request too: one wins the lease, the others wait.
+    let scope = "https://other.test/.default";
+    let fleet: Vec<Process> = (0..4)
+        .map(|_| Process::new(&authority, &server.url()))
+        .collect();
+    let tokens = futures_util::future::join_all(fleet.iter().map(|p| p.token(scope))).await;
+    assert!(tokens.iter().all(|t| *t == tokens[0]), "{tokens:?}");
+    assert_eq!(authority.token_posts(), 2);
+}
+
+/// Redis stopped mid-run costs each acquisition one budget and no failed request; killed, it
+/// costs nothing but a request per process; restarted, the fleet shares again.
+#[tokio::test(start_paused = true)]
+async fn redis_paused_then_killed_then_restarted() {
+    let authority = Authority::start().await;
+    let mut server = RedisServer::start();
+    let one = Process::paused_clock(&authority, &server.url());
+    let two = Process::paused_clock(&authority, &server.url());
+    held(one.token("https://a.test/.default")).await;
+    held(two.token("https://a.test/.default")).await;
+    assert_eq!(authority.token_posts(), 1);
+
+    server.pause();
+    for (process, posts) in [(&one, 2), (&two, 3)] {
+        let start = Instant::now();
+        process.token("https://b.test/.default").await;
+        assert_eq!(
+            start.elapsed(),
+            BUDGET,
+            "one store call outlived its budget"
+        );
+        assert_eq!(authority.token_posts(), posts, "each process asks once");
+        // Tokens in memory are served without the store, at once.
+        let start = Instant::now();
+        process.token("https://a.test/.default").await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+    assert_eq!(one.cache.stats().store_errors, 1);
+
+    server.kill();
+    for (process, posts) in [(&one, 4), (&two, 5)] {
+        held(process.token("https://c.test/.default")).await;
+        assert_eq!(authority.token_posts(), posts);
+    }
+
+    server.restart();
+    // Whatever the breakers decided meanwhile, they try the store again after `open_for`.
+    tokio::time::advance(secs(31)).await;
+    let first = held(one.token("https://d.test/.default")).await;
+    let second = held(two.token("https://d.test/.default")).await;
+    assert_eq!(first, second);
+    assert_eq!(
+        authority.token_posts(),
+        6,
+        "one request for the fleet again"
+    );
+}
+
+/// Entries evicted (`maxmemory` with `allkeys-lru`), then writes refused (out of memory), then
+/// memory back: every request succeeds; processes ask on their own while Redis cannot keep
+/// entries and share again afterwards.
+#[tokio::test]
+async fn maxmemory_eviction_and_refused_writes() {
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    Process::new(&authority, &server.url()).token(SCOPE).await;
+    assert_eq!(authority.token_posts(), 1);
+
+    let mut admin = server.admin();
+    server.config_set("maxmemory-policy", "allkeys-lru");
+    // Far below what an empty server uses: Redis evicts every key and refuses writes.
+    server.config_set("maxmemory", "1");
+    let keys: usize = redis::cmd("DBSIZE").query(&mut admin).unwrap();
+    assert_eq!(keys, 0, "the entry was evicted");
+    let refused = admin.set::<_, _, ()>("probe", "x").unwrap_err();
+    assert_eq!(refused.code(), Some("OOM"), "{refused}");
+
+    for posts in [2, 3] {
+        Process::new(&authority, &server.url()).token(SCOPE).await;
+        assert_eq!(authority.token_posts(), posts);
+    }
+
+    server.config_set("maxmemory", "0");
+    let published = Process::new(&authority, &server.url()).token(SCOPE).await;
+    let shared = Process::new(&authority, &server.url()).token(SCOPE).await;
+    assert_eq!(published, shared);
+    assert_eq!(authority.token_posts(), 4);
+}
+
+#[tokio::test]
+async fn a_flushed_database_is_a_miss() {
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    let before = Process::new(&authority, &server.url()).token(SCOPE).await;
+    let _: () = redis::cmd("FLUSHALL").query(&mut server.admin()).unwrap();
+
+    let after = Process::new(&authority, &server.url()).token(SCOPE).await;
+    assert_ne!(before, after, "a new token after the flush");
+    assert_eq!(authority.token_posts(), 2);
+    let shared = Process::new(&authority, &server.url()).token(SCOPE).await;
+    assert_eq!(after, shared);
+    assert_eq!(authority.token_posts(), 2);
+}
+
+#[tokio::test]
+async fn a_wrong_password_costs_a_request_per_process_and_no_failure() {
+    let authority = Authority::start().await;
+    let server = RedisServer::start_with(&["--requirepass", "right-password-5e0a"]);
+    let wrong = server.url_with_password("wrong-password-3b7c");
+    for posts in 1..=3 {
+        let process = Process::new(&authority, &wrong);
+        process.token(SCOPE).await;
+        assert_eq!(authority.token_posts(), posts);
+        assert!(process.cache.stats().store_errors >= 1);
+        assert!(!format!("{:?}", process.cache).contains("wrong-password-3b7c"));
+    }
+    assert!(server.dump().is_empty(), "nothing was written");
+
+    // With the right one the fleet shares.
+    let one = Process::new(&authority, &server.url()).token(SCOPE).await;
+    let two = Process::new(&authority, &server.url()).token(SCOPE).await;
+    assert_eq!(one, two);
+    assert_eq!(authority.token_posts(), 4);
+}
+
+/// Garbage under the entry key: a miss (never returned), and replaced by the next process's
+/// token.
+#[tokio::test]
+async fn garbage_under_the_entry_key_is_a_miss_and_replaced() {
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    Process::new(&authority, &server.url()).token(SCOPE).await;
+    let key = entry_key(&server);
+    let garbage: [&[u8]; 3] = [b"ti1s\x00garbage", b"ti1p{\"access_token\": 1}", b""];
+    for (posts, garbage) in (2..).zip(garbage) {
+        let _: () = server.admin().set(&key, garbage).unwrap();
+        let process = Process::new(&authority, &server.url());
+        let token = process.token(SCOPE).await;
+        assert!(
+            token.starts_with("at-"),
+            "a token from the authority: {token:?}"
+        );
+        assert_eq!(authority.token_posts(), posts, "{garbage:?}");
+        assert_eq!(process.cache.stats().store_errors, 1, "{garbage:?}");
+        assert_eq!(process.cache.stats().shared_hits, 0, "{garbage:?}");
+
+        // Replaced: the next process shares it.
+        let shared = Process::new(&authority, &server.url()).token(SCOPE).await;
+        assert_eq!(token, shared, "{garbage:?}");
+        assert_eq!(authority.token_posts(), posts, "{garbage:?}");
+    }
+}
+
+/// A value of another type under the entry key makes every read fail (WRONGTYPE): each process
+/// then asks on its own, and no request fails. (The cache publishes nothing after a failed
+/// read, so such a key stays until someone deletes it.)
+#[tokio::test]
+async fn a_key_of_another_type_costs_a_request_per_process_and_no_failure() {
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    Process::new(&authority, &server.url()).token(SCOPE).await;
+    let key = entry_key(&server);
+    let _: () = server.admin().del(&key).unwrap();
+    let _: () = server.admin().rpush(&key, "garbage").unwrap();
+    for posts in [2, 3] {
+        let process = Process::new(&authority, &server.url());
+        let token = process.token(SCOPE).await;
+        assert!(
+            token.starts_with("at-"),
+            "a token from the authority: {token:?}"
+        );
+        assert_eq!(authority.token_posts(), posts);
+        assert_eq!(process.cache.stats().store_errors, 1);
+    }
+}
+
+/// An entry sealed under another key, or the same key under another name, never opens.
+#[tokio::test]
+async fn an_entry_sealed_with_another_key_is_a_miss() {
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    let url = server.url();
+    let first = Process::new(&authority, &url).token(SCOPE).await;
+
+    let other_key = SealingKey::new("one", &KEY_TWO).unwrap();
+    let second = Process::sealed(&authority, &url, other_key)
+        .token(SCOPE)
+        .await;
+    assert_ne!(first, second, "another key's entry is not returned");
+    assert_eq!(authority.token_posts(), 2);
+
+    // The second process replaced the entry; the same bytes under another name do not open it.
+    let renamed = SealingKey::new("two", &KEY_TWO).unwrap();
+    let third = Process::sealed(&authority, &url, renamed)
+        .token(SCOPE)
+        .await;
+    assert_ne!(
+        third, second,
+        "a key under another name does not open the entry"
+    );
+    assert_eq!(authority.token_posts(), 3);
+
+    // And the same key under the same name does.
+    let same = SealingKey::new("two", &KEY_TWO).unwrap();
+    let fourth = Process::sealed(&authority, &url, same).token(SCOPE).await;
+    assert_eq!(fourth, third);
+    assert_eq!(authority.token_posts(), 3);
+}
+
+/// `needle` as it would appear raw, in hex, or inside base64 (standard or URL-safe) at any
+/// of the three alignments.
+fn encodings(needle: &str) -> Vec<Vec<u8>> {
+    let mut all = vec![
+        needle.as_bytes().to_vec(),
+        needle
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            .into_bytes(),
+    ];
+    for engine in [STANDARD_NO_PAD, URL_SAFE_NO_PAD] {
+        for shift in 0..3 {
+            let mut shifted = vec![0u8; shift];
+            shifted.extend_from_slice(needle.as_bytes());
+            let encoded = engine.encode(&shifted);
+            // Drop the characters that mix in the shift's bytes and the unfinished last group.
+            let start = (shift * 4).div_ceil(3);
+            let end = encoded.len() - 4;
+            all.push(encoded.as_bytes()[start..end].to_vec());
+        }
+    }
+    all
+}
+
+#[tokio::test]
+async fn nothing_readable_is_at_rest() {
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    let mut tokens = Vec::new();
+    for scope in [SCOPE, "https://other.test/.default"] {
+        for _ in 0..2 {
+            tokens.push(Process::new(&authority, &server.url()).token(scope).await);
+        }
+    }
+    assert_eq!(authority.token_posts(), 2);
+
+    let dump = server.dump();
+    assert_eq!(dump.len(), 2, "two entries, no leases left: {dump:?}");
+    for needle in tokens
+        .iter()
+        .map(String::as_str)
+        .chain([CLIENT_SECRET, TENANT, CLIENT_ID])
+    {
+        for encoded in encodings(needle) {
+            for (key, value) in &dump {
+                let found = |hay: &[u8]| hay.windows(encoded.len()).any(|w| w == encoded);
+                assert!(!found(key.as_bytes()), "{needle:?} in key {key}");
+                // The tenant and client id are not secret, but not in clear either.
+                assert!(!found(value), "{needle:?} in the value under {key}");
+            }
+        }
+    }
+}

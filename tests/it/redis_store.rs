@@ -1,0 +1,332 @@
+//! `RedisTokenCache` against a real redis-server: the four store operations, what they leave in
+//! Redis (values, PTTLs, lease holders), and how the store behaves when Redis refuses, stops
+//! answering, dies and comes back.
+
+use std::time::Duration;
+
+use redis::Commands;
+use tokio::time::{Instant, timeout};
+use tower_identity::distributed::{RedisTokenCache, TokenStore};
+
+use crate::support::clock::held;
+use crate::support::creds::secs;
+use crate::support::redis::RedisServer;
+
+/// Longer than anything a store could wait on its own; on a paused clock it passes at once.
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn pttl(server: &RedisServer, key: &str) -> i64 {
+    server.admin().pttl(key).unwrap()
+}
+
+#[tokio::test]
+async fn put_then_get_round_trips_bytes_and_expires_with_the_ttl() {
+    let server = RedisServer::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    assert_eq!(store.get("p:{a}:token").await.unwrap(), None);
+
+    let value = b"\x01sealed\x00bytes\xff";
+    store.put("p:{a}:token", value, secs(30)).await.unwrap();
+    assert_eq!(
+        store.get("p:{a}:token").await.unwrap().as_deref(),
+        Some(&value[..])
+    );
+    let left = pttl(&server, "p:{a}:token");
+    assert!(
+        (29_000..=30_000).contains(&left),
+        "PTTL {left} ms for a 30 s ttl"
+    );
+
+    // A put replaces the value and its expiry.
+    store.put("p:{a}:token", b"newer", secs(5)).await.unwrap();
+    assert_eq!(
+        store.get("p:{a}:token").await.unwrap().as_deref(),
+        Some(&b"newer"[..])
+    );
+    let left = pttl(&server, "p:{a}:token");
+    assert!(
+        (4_000..=5_000).contains(&left),
+        "PTTL {left} ms for a 5 s ttl"
+    );
+
+    assert_eq!(
+        server.dump(),
+        [("p:{a}:token".to_owned(), b"newer".to_vec())]
+    );
+
+    // A clone shares the connection and sees the same data.
+    let clone = store.clone();
+    assert_eq!(
+        clone.get("p:{a}:token").await.unwrap().as_deref(),
+        Some(&b"newer"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_lease_has_one_holder_until_it_expires() {
+    let server = RedisServer::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    assert!(
+        store
+            .try_lease("p:{a}:lease", "one", secs(10))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .try_lease("p:{a}:lease", "two", secs(10))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .try_lease("p:{a}:lease", "one", secs(10))
+            .await
+            .unwrap()
+    );
+    let holder: String = server.admin().get("p:{a}:lease").unwrap();
+    assert_eq!(holder, "one");
+    let left = pttl(&server, "p:{a}:lease");
+    assert!(
+        (1..=10_000).contains(&left),
+        "PTTL {left} ms for a 10 s lease"
+    );
+
+    // A lease that expired (here: removed as Redis would) can be taken by another holder.
+    let _: () = server.admin().del("p:{a}:lease").unwrap();
+    assert!(
+        store
+            .try_lease("p:{a}:lease", "two", secs(10))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn only_the_holder_releases_a_lease() {
+    let server = RedisServer::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    assert!(
+        store
+            .try_lease("p:{a}:lease", "one", secs(10))
+            .await
+            .unwrap()
+    );
+
+    store.release("p:{a}:lease", "two").await.unwrap();
+    let holder: Option<String> = server.admin().get("p:{a}:lease").unwrap();
+    assert_eq!(
+        holder.as_deref(),
+        Some("one"),
+        "another holder's release left it alone"
+    );
+
+    store.release("p:{a}:lease", "one").await.unwrap();
+    let holder: Option<String> = server.admin().get("p:{a}:lease").unwrap();
+    assert_eq!(holder, None);
+    assert!(
+        store
+            .try_lease("p:{a}:lease", "two", secs(10))
+            .await
+            .unwrap()
+    );
+
+    // Releasing what is not there is not an error; the script also works after the server
+    // forgot it (SCRIPT FLUSH, as after a restart or failover): EVALSHA falls back to loading.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut server.admin())
+        .unwrap();
+    store.release("p:{a}:lease", "two").await.unwrap();
+    store.release("p:{a}:lease", "two").await.unwrap();
+    let holder: Option<String> = server.admin().get("p:{a}:lease").unwrap();
+    assert_eq!(holder, None);
+}
+
+#[tokio::test]
+async fn a_key_of_another_type_is_an_error_naming_the_operation() {
+    let server = RedisServer::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    let _: () = server.admin().rpush("p:{a}:token", "garbage").unwrap();
+    let _: () = server.admin().rpush("p:{a}:lease", "garbage").unwrap();
+
+    let e = store.get("p:{a}:token").await.unwrap_err();
+    assert!(
+        e.to_string().contains("GET") && e.to_string().contains("WRONGTYPE"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("garbage"), "{e}");
+    let e = store.release("p:{a}:lease", "one").await.unwrap_err();
+    assert!(e.to_string().contains("release"), "{e}");
+    // A lease key that exists, whatever it holds, is held.
+    assert!(
+        !store
+            .try_lease("p:{a}:lease", "one", secs(10))
+            .await
+            .unwrap()
+    );
+    // A put replaces a value of any type.
+    store.put("p:{a}:token", b"v", secs(10)).await.unwrap();
+    assert_eq!(
+        store.get("p:{a}:token").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_an_error_that_never_shows_it() {
+    let server = RedisServer::start_with(&["--requirepass", "right-password-7c1e"]);
+    for url in [
+        server.url_with_password("wrong-password-9d2f"),
+        format!(
+            "redis://user-4a5b:wrong-password-9d2f@127.0.0.1:{}/0",
+            server.port()
+        ),
+    ] {
+        let store = RedisTokenCache::open(&url).unwrap();
+        let e = store.get("p:{a}:token").await.unwrap_err();
+        let shown = format!("{e} {e:?} {store:?}");
+        assert!(e.to_string().contains("redis GET"), "{e}");
+        assert!(!shown.contains("wrong-password-9d2f"), "{shown}");
+        let e = store
+            .try_lease("p:{a}:lease", "one", secs(1))
+            .await
+            .unwrap_err();
+        assert!(
+            !format!("{e} {e:?}").contains("wrong-password-9d2f"),
+            "{e:?}"
+        );
+    }
+    // No password at all: refused too.
+    let anonymous = format!("redis://127.0.0.1:{}/0", server.port());
+    let e = RedisTokenCache::open(&anonymous)
+        .unwrap()
+        .get("k")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("redis GET"), "{e}");
+
+    // The right one works.
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    store.put("p:{a}:token", b"v", secs(10)).await.unwrap();
+    assert_eq!(
+        store.get("p:{a}:token").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+}
+
+/// A stopped server never answers, and the store adds no timer of its own: on the paused clock
+/// the first timer to fire is the test's hour-long one (a timeout or a retry delay inside the
+/// store would have fired first and ended the call with an error). Bounding the call is the
+/// distributed cache's budget's job.
+#[tokio::test(start_paused = true)]
+async fn a_paused_server_leaves_calls_pending_until_the_caller_gives_up() {
+    let server = RedisServer::start();
+    let connected = RedisTokenCache::open(&server.url()).unwrap();
+    held(connected.put("p:{a}:token", b"v", secs(60)))
+        .await
+        .unwrap();
+    let fresh = RedisTokenCache::open(&server.url()).unwrap();
+
+    server.pause();
+    for store in [&connected, &fresh] {
+        let start = Instant::now();
+        assert!(
+            timeout(HOUR, store.get("p:{a}:token")).await.is_err(),
+            "{store:?}"
+        );
+        assert!(
+            timeout(HOUR, store.try_lease("p:{a}:lease", "one", secs(1)))
+                .await
+                .is_err()
+        );
+        assert!(
+            timeout(HOUR, store.put("p:{a}:token", b"w", secs(1)))
+                .await
+                .is_err()
+        );
+        assert!(
+            timeout(HOUR, store.release("p:{a}:lease", "one"))
+                .await
+                .is_err()
+        );
+        assert_eq!(start.elapsed(), HOUR * 4, "only the test's timeouts fired");
+    }
+
+    // Resumed: both answer again (the calls given up on meanwhile were answered and dropped).
+    server.resume();
+    for store in [&connected, &fresh] {
+        let value = held(store.get("p:{a}:token")).await.unwrap();
+        assert!(value.is_some(), "{store:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_server_is_an_error_and_a_restarted_one_is_used_again() {
+    let mut server = RedisServer::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    store.put("p:{a}:token", b"v", secs(60)).await.unwrap();
+
+    server.kill();
+    // Errors, not waits: a guard against a hang, far above what a refused connect takes.
+    for _ in 0..3 {
+        let e = timeout(secs(10), store.get("p:{a}:token"))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(e.to_string().starts_with("redis GET"), "{e}");
+        let e = timeout(secs(10), store.try_lease("p:{a}:lease", "one", secs(1)))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(e.to_string().starts_with("redis SET NX"), "{e}");
+    }
+
+    // Back (empty: no persistence): the same store reconnects on its first call.
+    server.restart();
+    assert_eq!(store.get("p:{a}:token").await.unwrap(), None);
+    store.put("p:{a}:token", b"again", secs(60)).await.unwrap();
+    assert_eq!(
+        store.get("p:{a}:token").await.unwrap().as_deref(),
+        Some(&b"again"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_store_opened_while_redis_is_down_connects_once_it_is_up() {
+    let mut server = RedisServer::start();
+    server.kill();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    let e = timeout(secs(10), store.get("k"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot connect"), "{e}");
+    assert!(
+        format!("{store:?}").contains("connected: false"),
+        "{store:?}"
+    );
+
+    let e = timeout(secs(10), store.connect())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("redis connection: cannot connect"),
+        "{e}"
+    );
+
+    server.restart();
+    store.connect().await.unwrap();
+    assert!(
+        format!("{store:?}").contains("connected: true"),
+        "{store:?}"
+    );
+    store.put("k", b"v", secs(60)).await.unwrap();
+    assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert!(
+        format!("{store:?}").contains("connected: true"),
+        "{store:?}"
+    );
+}
