@@ -14,8 +14,6 @@
 
 #[path = "../examples/common/mod.rs"]
 mod common;
-#[path = "../tests/it/support/redis.rs"]
-mod redis;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -81,7 +79,7 @@ fn credential(authority: &Authority, cache: Option<DistributedCache>) -> ClientS
 // 1. The cost of a shared hit
 
 async fn shared_hit_latency() {
-    let server = redis::RedisServer::start().await;
+    let server = common::redis::RedisServer::start();
     let authority = Authority::start().await;
     let cache = |url: &str| {
         DistributedCache::builder(RedisTokenCache::open(url).unwrap())
@@ -112,7 +110,10 @@ async fn shared_hit_latency() {
         shared.push(started.elapsed());
     }
     let hits = connected.stats().shared_hits - before.shared_hits;
-    assert_eq!(hits, SAMPLES as u64, "every cold credential hit the shared entry");
+    assert_eq!(
+        hits, SAMPLES as u64,
+        "every cold credential hit the shared entry"
+    );
     row("from Redis, connection open (shared hit)", shared);
 
     let mut first = Vec::with_capacity(SAMPLES);
@@ -122,7 +123,11 @@ async fn shared_hit_latency() {
         let started = Instant::now();
         cold.get_token([common::SCOPE]).await.unwrap();
         first.push(started.elapsed());
-        assert_eq!(own.stats().shared_hits, 1, "a shared hit on a new connection");
+        assert_eq!(
+            own.stats().shared_hits,
+            1,
+            "a shared hit on a new connection"
+        );
     }
     row("from Redis, first call of the process (connects)", first);
 
@@ -134,8 +139,15 @@ async fn shared_hit_latency() {
         cold.get_token([common::SCOPE]).await.unwrap();
         idp.push(started.elapsed());
     }
-    assert_eq!(authority.token_posts() - posts, SAMPLES, "one token request each");
-    row("from the loopback authority (TLS handshake, token request)", idp);
+    assert_eq!(
+        authority.token_posts() - posts,
+        SAMPLES,
+        "one token request each"
+    );
+    row(
+        "from the loopback authority (TLS handshake, token request)",
+        idp,
+    );
     println!();
 }
 
@@ -161,7 +173,9 @@ fn format_duration(d: Duration) -> String {
 // 2. Identity provider calls per fleet
 
 async fn idp_calls_per_fleet() {
-    println!("| processes | token requests over ten 1 h lifetimes, no shared cache | with the shared cache |");
+    println!(
+        "| processes | token requests over ten 1 h lifetimes, no shared cache | with the shared cache |"
+    );
     println!("|---|---|---|");
     for n in [1, 16, 64] {
         let alone = fleet_token_requests(n, false).await;
@@ -261,7 +275,10 @@ impl TokenStore for MemoryStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-            if map.get(key).is_some_and(|(value, _)| value == holder.as_bytes()) {
+            if map
+                .get(key)
+                .is_some_and(|(value, _)| value == holder.as_bytes())
+            {
                 map.remove(key);
             }
             Ok(())

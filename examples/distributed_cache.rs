@@ -11,10 +11,12 @@
 //! * `TOKEN_CACHE_KEY`: the sealing key, base64 of 32 random bytes
 //!   (`head -c 32 /dev/urandom | base64`); every process of the fleet uses the same one.
 //! * `TOKEN_CACHE_PREFIX` (optional): the namespace of the fleet's keys in Redis.
+//! * `TOKEN_CACHE_BUDGET_MS` (optional): how long one Redis call may take before the process
+//!   stops waiting and asks for its token itself (default 50).
 //! * `API_URL`, `API_SCOPE`: the API to call and the scope of its tokens.
 //! * `REQUESTS` (default 1) requests, one every `INTERVAL_MS` (default 1000).
 //!
-//! Prints one line: the requests that succeeded and failed, the first request's latency and
+//! Logs to stderr (`RUST_LOG`, default `info`: the cache's warnings when Redis fails). Prints one line: the requests that succeeded and failed, the first request's latency and
 //! the largest latency after it, and the cache's figures. Exits non-zero if a request failed.
 //!
 //! ```text
@@ -34,20 +36,51 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_identity::distributed::{DistributedCache, RedisTokenCache, SealingKey};
 use tower_identity::{BearerTokenLayer, BoxError, ClientSecretCredential, HttpClient, Roots};
+use tracing_subscriber::EnvFilter;
+
+/// How long the process waits for Redis at start before it goes on without it.
+const CONNECT_LIMIT: Duration = Duration::from_secs(2);
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    // The cache says on stderr when Redis fails it (WARN, once) and comes back (INFO);
+    // RUST_LOG=tower_identity=debug shows every outcome.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let api_url = required("API_URL", "the API to call")?;
-    let scope = required("API_SCOPE", "the scope of the API's tokens, e.g. https://management.azure.com/.default")?;
-    let requests: u32 = number("REQUESTS", 1)?;
-    let interval = Duration::from_millis(number("INTERVAL_MS", 1000)?);
+    let scope = required(
+        "API_SCOPE",
+        "the scope of the API's tokens, e.g. https://management.azure.com/.default",
+    )?;
+    let requests: u32 = number("REQUESTS")?.unwrap_or(1);
+    let interval = Duration::from_millis(number("INTERVAL_MS")?.unwrap_or(1000));
 
     // The shared level: Redis, sealed with the fleet's key. Nothing connects until the first
     // token is needed, and a Redis that is down or slow only costs the cache's time budget.
-    let store = RedisTokenCache::open(&required("REDIS_URL", "the fleet's Redis, redis://host:port/db")?)?;
-    let mut cache = DistributedCache::builder(store).sealing_key(SealingKey::from_env("TOKEN_CACHE_KEY")?);
+    let store = RedisTokenCache::open(&required(
+        "REDIS_URL",
+        "the fleet's Redis, redis://host:port/db",
+    )?)?;
+    // Connecting up front keeps the connection out of the first token's per-call budget. A
+    // Redis that is down is no reason not to start: the cache works around it.
+    match tokio::time::timeout(CONNECT_LIMIT, store.connect()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("Redis: {e}; tokens are fetched without it until it answers"),
+        Err(_) => eprintln!(
+            "Redis: no answer within {CONNECT_LIMIT:?}; tokens are fetched without it until it answers"
+        ),
+    }
+    let mut cache =
+        DistributedCache::builder(store).sealing_key(SealingKey::from_env("TOKEN_CACHE_KEY")?);
     if let Ok(prefix) = std::env::var("TOKEN_CACHE_PREFIX") {
         cache = cache.prefix(prefix);
+    }
+    if let Some(ms) = number("TOKEN_CACHE_BUDGET_MS")? {
+        cache = cache.budget(Duration::from_millis(ms));
     }
     let cache = cache.build()?;
 
@@ -58,8 +91,14 @@ async fn main() -> Result<(), BoxError> {
         .build()?;
     let mut credential = ClientSecretCredential::builder(
         required("AZURE_TENANT_ID", "the service principal's tenant")?,
-        required("AZURE_CLIENT_ID", "the service principal's application (client) id")?,
-        required("AZURE_CLIENT_SECRET", "the service principal's client secret")?,
+        required(
+            "AZURE_CLIENT_ID",
+            "the service principal's application (client) id",
+        )?,
+        required(
+            "AZURE_CLIENT_SECRET",
+            "the service principal's client secret",
+        )?,
     )
     .http_client(http)
     .distributed_cache(cache.clone());
@@ -88,9 +127,12 @@ async fn main() -> Result<(), BoxError> {
         let started = Instant::now();
         let request = http::Request::get(&api_url).body(Empty::new())?;
         let outcome = match client.clone().oneshot(request).await {
-            Ok(response) if response.status().is_success() => {
-                response.into_body().collect().await.map(drop).map_err(BoxError::from)
-            }
+            Ok(response) if response.status().is_success() => response
+                .into_body()
+                .collect()
+                .await
+                .map(drop)
+                .map_err(BoxError::from),
             Ok(response) => Err(format!("the API answered {}", response.status()).into()),
             Err(e) => Err(e),
         };
@@ -132,12 +174,13 @@ fn required(name: &str, what: &str) -> Result<String, BoxError> {
     std::env::var(name).map_err(|_| format!("set {name} to {what}").into())
 }
 
-/// The number in `name`, `default` when it is not set.
-fn number<T: std::str::FromStr>(name: &str, default: T) -> Result<T, BoxError> {
+/// The number in `name`, if it is set.
+fn number<T: std::str::FromStr>(name: &str) -> Result<Option<T>, BoxError> {
     match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .map_err(|_| format!("{name} is not a number: {value:?}").into()),
-        Err(_) => Ok(default),
+        Ok(value) => match value.parse() {
+            Ok(n) => Ok(Some(n)),
+            Err(_) => Err(format!("{name} is not a number: {value:?}").into()),
+        },
+        Err(_) => Ok(None),
     }
 }
