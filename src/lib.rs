@@ -16,6 +16,10 @@
 //!   less than 10 minutes) or at the provider's `refresh_in`, renewals are at least 30 s
 //!   apart, a failed renewal keeps the still-valid token, and an expired token is never
 //!   returned.
+//! * **Shared across a fleet** (optional): a [`DistributedCache`] under a credential's
+//!   in-memory cache lets the processes of a service share one token request per token
+//!   lifetime through Redis or any [`TokenStore`](distributed::TokenStore), sealed at rest,
+//!   never failing a request because the store did (see [`distributed`]).
 //! * **[`BearerTokenLayer`]** wraps any HTTP client service (hyper-util, reqwest-middleware,
 //!   axum outbound calls): it adds the token to each request, renews it in the background
 //!   before it expires without making requests wait, and answers a continuous access

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::Instrument;
+use zeroize::Zeroizing;
 
 use super::Shared;
 use super::key::EntryKey;
@@ -159,10 +160,11 @@ impl Shared {
             .breaker
             .call("get", || self.store.get(token_key), &self.stats)
             .await;
+        // A plaintext entry holds the token: the buffer is zeroized like every other copy.
         let value = match got {
             None => return Found::Failed,
             Some(None) => return Found::Nothing,
-            Some(Some(value)) => value,
+            Some(Some(value)) => Zeroizing::new(value),
         };
         let now = Instant::now();
         let Some(stored) = self.sealing.open(token_key, &value, now, self.clock) else {

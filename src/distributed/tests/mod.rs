@@ -1,14 +1,18 @@
 //! The protocol over an in-process store on tokio's paused clock: each `TokenCache` over a
 //! `DistributedCache` plays one process of a fleet.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
+
+mod credentials;
+mod memory_store;
+
+use memory_store::{Handle, MemoryStore, Mode};
 
 use super::key::{EntryKey, Identity};
 use super::*;
@@ -17,148 +21,20 @@ use crate::cache::{CacheKey, TokenCache};
 const HOUR: Duration = Duration::from_secs(3600);
 const KEY: [u8; 32] = [7; 32];
 
-/// How the store answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Healthy,
-    /// Every call hangs (a stopped server).
-    Hang,
-    /// Every call fails at once (a refused connection).
-    Fail,
-}
-
-/// A real store in memory: values and leases with TTLs on tokio's clock.
-#[derive(Debug)]
-struct MemoryStore {
-    entries: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
-    mode: Mutex<Mode>,
-    calls: AtomicUsize,
-}
-
-impl MemoryStore {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            entries: Mutex::default(),
-            mode: Mutex::new(Mode::Healthy),
-            calls: AtomicUsize::new(0),
-        })
-    }
-
-    fn set_mode(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = mode;
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn raw(&self, key: &str) -> Option<Vec<u8>> {
-        self.live(key)
-    }
-
-    fn set_raw(&self, key: &str, value: &[u8]) {
-        self.entries
-            .lock()
-            .unwrap()
-            .insert(key.to_owned(), (value.to_vec(), Instant::now() + HOUR));
-    }
-
-    fn keys(&self) -> Vec<String> {
-        self.entries.lock().unwrap().keys().cloned().collect()
-    }
-
-    fn live(&self, key: &str) -> Option<Vec<u8>> {
-        let mut entries = self.entries.lock().unwrap();
-        match entries.get(key) {
-            Some((_, until)) if Instant::now() >= *until => {
-                entries.remove(key);
-                None
-            }
-            Some((value, _)) => Some(value.clone()),
-            None => None,
-        }
-    }
-
-    /// Counts the call and answers per the mode.
-    fn answer<T: Send + 'static>(
-        &self,
-        healthy: impl FnOnce() -> T,
-    ) -> BoxFuture<'static, Result<T, StoreError>> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let mode = *self.mode.lock().unwrap();
-        match mode {
-            Mode::Healthy => {
-                let value = healthy();
-                async move { Ok(value) }.boxed()
-            }
-            Mode::Hang => std::future::pending().boxed(),
-            Mode::Fail => async { Err(StoreError::msg("connection refused")) }.boxed(),
-        }
-    }
-}
-
-/// One handle per "process" on the shared store.
-#[derive(Debug)]
-struct Handle(Arc<MemoryStore>);
-
-impl TokenStore for Handle {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
-        self.0.answer(|| self.0.live(key))
-    }
-
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.answer(|| {
-            self.0
-                .entries
-                .lock()
-                .unwrap()
-                .insert(key.to_owned(), (value.to_vec(), Instant::now() + ttl));
-        })
-    }
-
-    fn try_lease<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.0.answer(|| {
-            if self.0.live(key).is_some() {
-                return false;
-            }
-            self.0.entries.lock().unwrap().insert(
-                key.to_owned(),
-                (holder.as_bytes().to_vec(), Instant::now() + ttl),
-            );
-            true
-        })
-    }
-
-    fn release<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.answer(|| {
-            if self.0.live(key).as_deref() == Some(holder.as_bytes()) {
-                self.0.entries.lock().unwrap().remove(key);
-            }
-        })
-    }
-}
-
 fn sealing_key() -> SealingKey {
     SealingKey::new("test-key", &KEY).unwrap()
 }
 
 fn cache(store: &Arc<MemoryStore>) -> DistributedCache {
-    DistributedCache::builder(Handle(Arc::clone(store)))
-        .sealing_key(sealing_key())
+    cache_with(store, |b| b)
+}
+
+/// A sealed cache over `store` with the settings `configure` adds.
+fn cache_with(
+    store: &Arc<MemoryStore>,
+    configure: impl FnOnce(DistributedCacheBuilder) -> DistributedCacheBuilder,
+) -> DistributedCache {
+    configure(DistributedCache::builder(Handle(Arc::clone(store))).sealing_key(sealing_key()))
         .build()
         .unwrap()
 }
@@ -228,8 +104,14 @@ impl Idp {
 }
 
 async fn get(process: &TokenCache, idp: &Idp) -> String {
+    get_for(process, idp, "scope").await
+}
+
+/// A token for `scope`: each scope is another entry (another slot, another store key).
+async fn get_for(process: &TokenCache, idp: &Idp, scope: &str) -> String {
+    let key = CacheKey::new("tenant", &scopes(&[scope]), false);
     process
-        .get_or_acquire(cache_key(), false, idp.acquire())
+        .get_or_acquire(key, false, idp.acquire())
         .await
         .unwrap()
         .secret()
@@ -305,11 +187,7 @@ async fn a_process_that_starts_late_renews_when_the_fleet_does() {
 #[tokio::test(start_paused = true)]
 async fn a_dead_holders_lease_is_taken_over_when_it_expires() {
     let store = MemoryStore::new();
-    let c = DistributedCache::builder(Handle(Arc::clone(&store)))
-        .sealing_key(sealing_key())
-        .wait_limit(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let c = cache_with(&store, |b| b.wait_limit(Duration::from_secs(60)));
     // A holder took the lease and died.
     let lease = store_keys("tower-identity").lease();
     assert!(
@@ -338,12 +216,10 @@ async fn a_dead_holders_lease_is_taken_over_when_it_expires() {
 #[tokio::test(start_paused = true)]
 async fn a_slow_holder_is_waited_for_up_to_the_wait_limit_then_the_process_asks_itself() {
     let store = MemoryStore::new();
-    let c = DistributedCache::builder(Handle(Arc::clone(&store)))
-        .sealing_key(sealing_key())
-        .lease(Duration::from_secs(60))
-        .wait_limit(Duration::from_secs(2))
-        .build()
-        .unwrap();
+    let c = cache_with(&store, |b| {
+        b.lease(Duration::from_secs(60))
+            .wait_limit(Duration::from_secs(2))
+    });
     let lease = store_keys("tower-identity").lease();
     Handle(Arc::clone(&store))
         .try_lease(&lease, "slow", Duration::from_secs(60))
@@ -388,31 +264,22 @@ async fn a_lost_lease_polls_with_backoff_and_takes_the_holders_token() {
 #[tokio::test(start_paused = true)]
 async fn a_hanging_store_costs_the_budget_per_call_then_the_breaker_opens_and_closes() {
     let store = MemoryStore::new();
-    let c = DistributedCache::builder(Handle(Arc::clone(&store)))
-        .sealing_key(sealing_key())
-        .budget(Duration::from_millis(50))
-        .breaker(3, Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let c = cache_with(&store, |b| {
+        b.budget(Duration::from_millis(50))
+            .breaker(3, Duration::from_secs(30))
+    });
     let p = process(&c);
     let idp = Idp::new(Duration::ZERO);
     store.set_mode(Mode::Hang);
-    let ask = |scope: &str| {
-        p.get_or_acquire(
-            CacheKey::new("tenant", &scopes(&[scope]), false),
-            false,
-            idp.acquire(),
-        )
-    };
     for (i, scope) in ["a", "b", "c"].into_iter().enumerate() {
         let start = Instant::now();
-        ask(scope).await.unwrap();
+        get_for(&p, &idp, scope).await;
         assert_eq!(start.elapsed(), Duration::from_millis(50), "call {i}");
     }
     assert_eq!(store.calls(), 3);
     // Open: straight to the identity provider, the store not asked.
     let start = Instant::now();
-    ask("d").await.unwrap();
+    get_for(&p, &idp, "d").await;
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(store.calls(), 3);
     assert_eq!(idp.calls(), 4);
@@ -420,7 +287,7 @@ async fn a_hanging_store_costs_the_budget_per_call_then_the_breaker_opens_and_cl
     // After open_for, with the store back, it is asked again and shares again.
     store.set_mode(Mode::Healthy);
     tokio::time::advance(Duration::from_secs(30)).await;
-    ask("e").await.unwrap();
+    get_for(&p, &idp, "e").await;
     assert!(store.calls() > 3);
     assert_eq!(c.stats().leases_won, 1);
 }
@@ -428,40 +295,18 @@ async fn a_hanging_store_costs_the_budget_per_call_then_the_breaker_opens_and_cl
 #[tokio::test(start_paused = true)]
 async fn a_failing_store_fails_no_request_and_a_failed_trial_reopens_the_breaker() {
     let store = MemoryStore::new();
-    let c = DistributedCache::builder(Handle(Arc::clone(&store)))
-        .sealing_key(sealing_key())
-        .breaker(2, Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let c = cache_with(&store, |b| b.breaker(2, Duration::from_secs(10)));
     let p = process(&c);
     let idp = Idp::new(Duration::ZERO);
     store.set_mode(Mode::Fail);
     for scope in ["a", "b", "c", "d"] {
-        p.get_or_acquire(
-            CacheKey::new("tenant", &scopes(&[scope]), false),
-            false,
-            idp.acquire(),
-        )
-        .await
-        .unwrap();
+        get_for(&p, &idp, scope).await;
     }
     assert_eq!(store.calls(), 2, "open after two failures");
     tokio::time::advance(Duration::from_secs(10)).await;
-    p.get_or_acquire(
-        CacheKey::new("tenant", &scopes(&["e"]), false),
-        false,
-        idp.acquire(),
-    )
-    .await
-    .unwrap();
+    get_for(&p, &idp, "e").await;
     assert_eq!(store.calls(), 3, "one trial");
-    p.get_or_acquire(
-        CacheKey::new("tenant", &scopes(&["f"]), false),
-        false,
-        idp.acquire(),
-    )
-    .await
-    .unwrap();
+    get_for(&p, &idp, "f").await;
     assert_eq!(store.calls(), 3, "the failed trial opened it again");
     assert_eq!(idp.calls(), 6);
 }
@@ -481,13 +326,16 @@ async fn claims_requests_skip_the_shared_level() {
 }
 
 /// Values that must not open for the cache built by `cache()`, each with what it is.
-fn unopenable(store: &Arc<MemoryStore>, token_key: &str) -> Vec<(&'static str, Vec<u8>)> {
+fn unopenable(token_key: &str) -> Vec<(&'static str, Vec<u8>)> {
     let now = Instant::now();
     let token = AccessToken::new("planted", now + HOUR);
-    let seal =
-        |sealing: &Sealing, key: &str| sealing.seal(key, &token, now, WallClock::now()).unwrap();
+    let seal = |sealing: &Sealing, key: &str| {
+        sealing
+            .seal(key, &token, now, WallClock::now())
+            .unwrap()
+            .to_vec()
+    };
     let ours = Sealing::Sealed(sealing_key());
-    let _ = store;
     vec![
         ("garbage", b"\x00\xffnot an entry".to_vec()),
         ("the version prefix only", b"ti1s".to_vec()),
@@ -515,7 +363,7 @@ fn unopenable(store: &Arc<MemoryStore>, token_key: &str) -> Vec<(&'static str, V
 
 #[tokio::test(start_paused = true)]
 async fn values_that_do_not_open_are_misses_never_returned_and_are_replaced() {
-    for (what, value) in unopenable(&MemoryStore::new(), &store_keys("tower-identity").token()) {
+    for (what, value) in unopenable(&store_keys("tower-identity").token()) {
         let store = MemoryStore::new();
         let token_key = store_keys("tower-identity").token();
         store.set_raw(&token_key, &value);
@@ -572,16 +420,19 @@ async fn sealed_entries_hold_no_token_in_clear_and_round_trip() {
     for key in store.keys() {
         assert!(!key.contains("tenant") && !key.contains("client") && !key.contains("scope"));
     }
+    let debug = format!("{c:?}");
+    assert!(!debug.contains(&token), "{debug}");
     let opened = Sealing::Sealed(sealing_key())
         .open(&token_key, &raw, Instant::now(), c.shared.clock)
         .unwrap();
+    assert!(!format!("{opened:?}").contains(&token));
     assert_eq!(opened.token.secret().expose_secret(), token);
     assert_eq!(opened.token.expires_on(), Instant::now() + HOUR);
     // Two seals of one token differ (random nonce).
     let again = Sealing::Sealed(sealing_key())
         .seal(&token_key, &opened.token, Instant::now(), c.shared.clock)
         .unwrap();
-    assert_ne!(again, raw);
+    assert_ne!(*again, raw);
 }
 
 #[test]
@@ -638,5 +489,94 @@ fn sealing_keys_are_exactly_32_bytes_and_debug_shows_no_key_bytes() {
         for needle in ["171", "ab, ab", "AB", "0xab", "q6ur"] {
             assert!(!text.contains(needle), "{needle} in {text}");
         }
+    }
+}
+
+/// Unreadable values, a local hit, a store failing then back: what the logs test logs.
+/// Returns the identity provider's calls.
+async fn logged_scenario() -> usize {
+    let store = MemoryStore::new();
+    let c = cache_with(&store, |b| b.breaker(2, Duration::from_secs(10)));
+    let p = process(&c);
+    let idp = Idp::new(Duration::ZERO);
+    // Two values that do not open: one WARN.
+    for scope in ["x", "y"] {
+        let key = EntryKey::new(
+            "tower-identity",
+            &identity(),
+            "tenant",
+            &scopes(&[scope]),
+            false,
+        );
+        store.set_raw(&key.token(), b"garbage");
+        get_for(&p, &idp, scope).await;
+    }
+    get_for(&p, &idp, "x").await;
+    // A failing store: the breaker opens once (WARN), stays open, closes once (INFO).
+    store.set_mode(Mode::Fail);
+    for scope in ["a", "b", "c", "d"] {
+        get_for(&p, &idp, scope).await;
+    }
+    store.set_mode(Mode::Healthy);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    get_for(&p, &idp, "e").await;
+    idp.calls()
+}
+
+/// What a test's subscriber wrote.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Tests on other threads hit the same callsites with no subscriber. With one dispatcher
+    // registered, tracing judges a callsite by the registering thread's default and may cache
+    // "never" for this test's too; with two it asks every live one. And every callsite of the
+    // scenario is registered first, so none is registering while this test logs.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    logged_scenario().await;
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
+    let idp_calls = logged_scenario().await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let count = |needle: &str| text.matches(needle).count();
+    assert_eq!(count("WARN"), 2, "{text}");
+    assert_eq!(
+        count("a stored value does not open"),
+        2,
+        "WARN, then DEBUG:\n{text}"
+    );
+    assert_eq!(count("the store keeps failing"), 1, "{text}");
+    assert_eq!(count("INFO"), 1, "{text}");
+    assert_eq!(count("the store answers again"), 1, "{text}");
+    for outcome in ["local_hit", "lease_won", "idp_call", "store_error"] {
+        assert!(
+            text.contains(&format!("outcome=\"{outcome}\"")),
+            "{outcome}:\n{text}"
+        );
+    }
+    for n in 1..=idp_calls {
+        assert!(
+            !text.contains(&format!("token-{n}")),
+            "token-{n} in the logs:\n{text}"
+        );
     }
 }

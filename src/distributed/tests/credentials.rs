@@ -1,0 +1,128 @@
+//! The credentials' wiring: their builders' `distributed_cache(…)` puts the shared level under
+//! their in-memory cache, with entry keys that tell identities apart. The token endpoints are
+//! in-process services counting their requests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::memory_store::MemoryStore;
+use super::{HOUR, cache};
+use crate::credential::{ClientSecretCredential, ManagedIdentityCredential};
+use crate::error::BoxError;
+use crate::token::unix_now;
+use crate::transport::{HttpClient, HttpRequest};
+use crate::{CredentialExt, TokenRequest};
+
+const SCOPE: &str = "https://resource.test/.default";
+
+/// A token endpoint answering `token-1`, `token-2`, … after 100 ms, and its request count.
+fn endpoint() -> (Arc<AtomicUsize>, HttpClient) {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&requests);
+    let service = tower::service_fn(move |_request: HttpRequest| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let body = serde_json::json!({
+                "token_type": "Bearer",
+                "expires_in": HOUR.as_secs(),
+                "expires_on": (unix_now() + HOUR.as_secs()).to_string(),
+                "resource": "https://resource.test",
+                "access_token": format!("token-{n}"),
+            });
+            Ok::<_, BoxError>(
+                http::Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Bytes::from(body.to_string()))
+                    .unwrap(),
+            )
+        }
+    });
+    (requests, HttpClient::from_service(service))
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_secret_credentials_of_two_processes_make_one_token_request() {
+    let store = MemoryStore::new();
+    let (requests, http) = endpoint();
+    let credential = |client_id: &str| {
+        ClientSecretCredential::builder("contoso", client_id, "secret")
+            .http_client(http.clone())
+            .distributed_cache(cache(&store))
+            .build_with_env_authority(None)
+            .unwrap()
+    };
+    let (a, b) = (credential("client"), credential("client"));
+    let (ta, tb) = tokio::join!(a.get_token([SCOPE]), b.get_token([SCOPE]));
+    let (ta, tb) = (ta.unwrap(), tb.unwrap());
+    assert_eq!(ta.secret(), tb.secret());
+    assert_eq!(tb.credential(), Some("ClientSecretCredential"));
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    // Another app is another entry.
+    let other = credential("other-client").get_token([SCOPE]).await.unwrap();
+    assert_ne!(other.secret(), ta.secret());
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    // A claims request reaches the endpoint and leaves the store alone.
+    let calls = store.calls();
+    let claims = TokenRequest::new([SCOPE]).with_claims(r#"{"access_token":{}}"#);
+    a.get_token_with(claims).await.unwrap();
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    assert_eq!(store.calls(), calls);
+}
+
+#[tokio::test(start_paused = true)]
+async fn managed_identities_share_per_identity() {
+    let store = MemoryStore::new();
+    let (requests, http) = endpoint();
+    let credential = |client_id: Option<&str>| {
+        let mut builder = ManagedIdentityCredential::builder()
+            .vars([
+                ("IDENTITY_ENDPOINT", "http://127.0.0.1:41000/token"),
+                ("IDENTITY_HEADER", "header"),
+            ])
+            .http_client(http.clone())
+            .distributed_cache(cache(&store));
+        if let Some(id) = client_id {
+            builder = builder.client_id(id);
+        }
+        builder.build().unwrap()
+    };
+    let (a, b) = (credential(None), credential(None));
+    let first = a.get_token([SCOPE]).await.unwrap();
+    assert_eq!(b.get_token([SCOPE]).await.unwrap().secret(), first.secret());
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    // A user-assigned identity never gets the system identity's token.
+    let user = credential(Some("user-assigned"))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert_ne!(user.secret(), first.secret());
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn default_azure_credential_gives_the_cache_to_its_service_members() {
+    let store = MemoryStore::new();
+    let (requests, http) = endpoint();
+    let credential = || {
+        crate::DefaultAzureCredential::builder()
+            .vars([
+                ("AZURE_TOKEN_CREDENTIALS", "EnvironmentCredential"),
+                ("AZURE_TENANT_ID", "contoso"),
+                ("AZURE_CLIENT_ID", "client"),
+                ("AZURE_CLIENT_SECRET", "secret"),
+            ])
+            .http_client(http.clone())
+            .distributed_cache(cache(&store))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (credential(), credential());
+    let first = a.get_token([SCOPE]).await.unwrap();
+    assert_eq!(b.get_token([SCOPE]).await.unwrap().secret(), first.secret());
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+}

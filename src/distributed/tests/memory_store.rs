@@ -1,0 +1,150 @@
+//! A real [`TokenStore`] in memory, for the protocol tests: values and leases with TTLs on
+//! tokio's clock, shared by the caches ("processes") of a test, with a switch that makes every
+//! call hang or fail.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::time::Instant;
+
+use super::HOUR;
+use crate::distributed::{StoreError, TokenStore};
+
+/// How the store answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    Healthy,
+    /// Every call hangs (a stopped server).
+    Hang,
+    /// Every call fails at once (a refused connection).
+    Fail,
+}
+
+/// A real store in memory: values and leases with TTLs on tokio's clock.
+#[derive(Debug)]
+pub(super) struct MemoryStore {
+    entries: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
+    mode: Mutex<Mode>,
+    calls: AtomicUsize,
+}
+
+impl MemoryStore {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            entries: Mutex::default(),
+            mode: Mutex::new(Mode::Healthy),
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    pub(super) fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    pub(super) fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn raw(&self, key: &str) -> Option<Vec<u8>> {
+        self.live(key)
+    }
+
+    pub(super) fn set_raw(&self, key: &str, value: &[u8]) {
+        self.entries
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), (value.to_vec(), Instant::now() + HOUR));
+    }
+
+    pub(super) fn keys(&self) -> Vec<String> {
+        self.entries.lock().unwrap().keys().cloned().collect()
+    }
+
+    fn live(&self, key: &str) -> Option<Vec<u8>> {
+        let mut entries = self.entries.lock().unwrap();
+        match entries.get(key) {
+            Some((_, until)) if Instant::now() >= *until => {
+                entries.remove(key);
+                None
+            }
+            Some((value, _)) => Some(value.clone()),
+            None => None,
+        }
+    }
+
+    /// Counts the call and answers per the mode.
+    fn answer<T: Send + 'static>(
+        &self,
+        healthy: impl FnOnce() -> T,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mode = *self.mode.lock().unwrap();
+        match mode {
+            Mode::Healthy => {
+                let value = healthy();
+                async move { Ok(value) }.boxed()
+            }
+            Mode::Hang => std::future::pending().boxed(),
+            Mode::Fail => async { Err(StoreError::msg("connection refused")) }.boxed(),
+        }
+    }
+}
+
+/// One handle per "process" on the shared store.
+#[derive(Debug)]
+pub(super) struct Handle(pub(super) Arc<MemoryStore>);
+
+impl TokenStore for Handle {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        self.0.answer(|| self.0.live(key))
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.answer(|| {
+            self.0
+                .entries
+                .lock()
+                .unwrap()
+                .insert(key.to_owned(), (value.to_vec(), Instant::now() + ttl));
+        })
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.0.answer(|| {
+            if self.0.live(key).is_some() {
+                return false;
+            }
+            self.0.entries.lock().unwrap().insert(
+                key.to_owned(),
+                (holder.as_bytes().to_vec(), Instant::now() + ttl),
+            );
+            true
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.answer(|| {
+            if self.0.live(key).as_deref() == Some(holder.as_bytes()) {
+                self.0.entries.lock().unwrap().remove(key);
+            }
+        })
+    }
+}
