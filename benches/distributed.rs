@@ -211,7 +211,10 @@ async fn fleet_token_requests(n: usize, shared: bool) -> usize {
 
 /// A store in this process, on tokio's clock: what Redis does for the four operations.
 #[derive(Clone, Debug, Default)]
-struct MemoryStore(Arc<Mutex<HashMap<String, (Vec<u8>, Instant)>>>);
+struct MemoryStore(Arc<Mutex<Entries>>);
+
+/// Values and when they expire.
+type Entries = HashMap<String, (Vec<u8>, Instant)>;
 
 impl MemoryStore {
     /// The live value under `key`, expired ones removed.
