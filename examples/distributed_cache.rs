@@ -59,8 +59,8 @@ async fn main() -> Result<(), BoxError> {
     let requests: u32 = number("REQUESTS")?.unwrap_or(1);
     let interval = Duration::from_millis(number("INTERVAL_MS")?.unwrap_or(1000));
 
-    // The shared level: Redis, sealed with the fleet's key. Nothing connects until the first
-    // token is needed, and a Redis that is down or slow only costs the cache's time budget.
+    // The shared level: Redis, sealed with the fleet's key. A Redis that is down or slow
+    // costs at most the cache's time budget per call; no request fails because of it.
     let store = RedisTokenCache::open(&required(
         "REDIS_URL",
         "the fleet's Redis, redis://host:port/db",
