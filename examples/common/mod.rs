@@ -2,11 +2,15 @@
 //! HTTPS with a throwaway CA (the test suite's support code), and a client that trusts it.
 //! The other examples configure a real credential and TLS themselves.
 
-// Shared with benches/stampede.rs, and neither uses every item (as in tests/it/support).
+// Shared with benches/stampede.rs and benches/distributed.rs, and none uses every item (as in tests/it/support).
 #![allow(dead_code)]
 
 #[path = "../../tests/it/support/authority.rs"]
 pub mod authority;
+// benches/distributed.rs starts its redis-server with the test suite's harness.
+#[cfg(feature = "redis")]
+#[path = "../../tests/it/support/redis.rs"]
+pub mod redis;
 #[path = "../../tests/it/support/resource.rs"]
 pub mod resource;
 #[path = "../../tests/it/support/serve.rs"]

@@ -15,6 +15,8 @@ mod device_code;
 #[cfg(feature = "redis")]
 mod distributed;
 mod examples;
+#[cfg(feature = "redis")]
+mod fleet;
 #[cfg(all(feature = "keyring", target_os = "linux"))]
 mod keyring;
 mod limits;
