@@ -1,33 +1,4 @@
-//! [`RedisTokenCache`]: the [`TokenStore`] on Redis (feature `redis`).
-//!
-//! ```no_run
-//! use tower_identity::distributed::{DistributedCache, RedisTokenCache, SealingKey};
-//! use tower_identity::{ClientSecretCredential, CredentialExt};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! // Only parses the URL: building a credential never needs Redis up.
-//! let store = RedisTokenCache::from_env("REDIS_URL")?;
-//! // Optional: connect at start-up, so the first token request does not pay for it.
-//! if let Err(e) = store.connect().await {
-//!     eprintln!("{e}; tokens are acquired without the shared cache until Redis is back");
-//! }
-//! let cache = DistributedCache::builder(store)
-//!     .sealing_key(SealingKey::from_env("TOKEN_CACHE_KEY")?)
-//!     .build()?;
-//! let credential = ClientSecretCredential::builder("tenant", "client", std::env::var("SECRET")?)
-//!     .distributed_cache(cache)
-//!     .build()?;
-//! let token = credential.get_token(["https://graph.microsoft.com/.default"]).await?;
-//! # let _ = token; Ok(()) }
-//! ```
-//!
-//! The URL is the `redis` crate's: `redis://[user:password@]host[:port][/db]`, `rediss://` for
-//! TLS (rustls, the platform's roots), `redis+unix:///path` for a Unix socket.
-//!
-//! The store adds no timeout and no retry delay of its own: the distributed cache bounds every
-//! call with its budget and counts failures in its breaker, so a wait here would only hide
-//! how long Redis took. A call to a server that does not answer (stopped, partitioned) stays
-//! pending until the caller gives up on it.
+//! The Redis [`TokenStore`] (feature `redis`): [`RedisTokenCache`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -58,6 +29,35 @@ const MAX_ERROR_CHARS: usize = 200;
 ///
 /// Cheap to clone: clones share the connection. Its `Debug` shows the host, port and
 /// database, never the password.
+///
+/// ```no_run
+/// use tower_identity::distributed::{DistributedCache, RedisTokenCache, SealingKey};
+/// use tower_identity::{ClientSecretCredential, CredentialExt};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // Only parses the URL: building a credential never needs Redis up.
+/// let store = RedisTokenCache::from_env("REDIS_URL")?;
+/// // Optional: connect at start-up, so the first token request does not pay for it.
+/// if let Err(e) = store.connect().await {
+///     eprintln!("{e}; tokens are acquired without the shared cache until Redis is back");
+/// }
+/// let cache = DistributedCache::builder(store)
+///     .sealing_key(SealingKey::from_env("TOKEN_CACHE_KEY")?)
+///     .build()?;
+/// let credential = ClientSecretCredential::builder("tenant", "client", std::env::var("SECRET")?)
+///     .distributed_cache(cache)
+///     .build()?;
+/// let token = credential.get_token(["https://graph.microsoft.com/.default"]).await?;
+/// # let _ = token; Ok(()) }
+/// ```
+///
+/// The URL is the `redis` crate's: `redis://[user:password@]host[:port][/db]`, `rediss://` for
+/// TLS (rustls, the platform's roots), `redis+unix:///path` for a Unix socket.
+///
+/// The store adds no timeout and no retry delay of its own: the distributed cache bounds every
+/// call with its budget and counts failures in its breaker, so a wait here would only hide
+/// how long Redis took. A call to a server that does not answer (stopped, partitioned) stays
+/// pending until the caller gives up on it.
 #[derive(Clone)]
 pub struct RedisTokenCache {
     inner: Arc<Inner>,
@@ -71,7 +71,7 @@ struct Inner {
 }
 
 impl RedisTokenCache {
-    /// A store for the Redis server at `url` (see the [module docs](self) for the forms).
+    /// A store for the Redis server at `url` (see [`RedisTokenCache`] for the forms).
     /// Only parses: the connection is made by the first call.
     pub fn open(url: &str) -> Result<Self, ConfigError> {
         let client = Client::open(url).map_err(|e| {
