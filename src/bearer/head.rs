@@ -18,7 +18,7 @@ use super::replay::NotReplayable;
 pub(crate) struct Head {
     version: Version,
     extensions: Extensions,
-    copy: Copy,
+    copy: HeadBytes,
 }
 
 impl Head {
@@ -26,7 +26,7 @@ impl Head {
         Self {
             version: parts.version,
             extensions: parts.extensions.clone(),
-            copy: Copy::of(&parts.method, &parts.uri, &parts.headers),
+            copy: HeadBytes::of(&parts.method, &parts.uri, &parts.headers),
         }
     }
 
@@ -53,7 +53,7 @@ impl Head {
 /// (u16, little-endian), the value's length (u32), a sensitive flag (one byte), then the name
 /// and the value. A part too long for its length (a URI over 64 KiB, a value over 4 GiB)
 /// makes the copy unusable: the request is then not re-sent.
-struct Copy {
+struct HeadBytes {
     bytes: Vec<u8>,
     complete: bool,
 }
@@ -61,7 +61,7 @@ struct Copy {
 /// Bytes before a record's name and value.
 const RECORD_HEAD: usize = 2 + 4 + 1;
 
-impl Copy {
+impl HeadBytes {
     fn of(method: &Method, uri: &Uri, headers: &HeaderMap) -> Self {
         let fields = || headers.iter().filter(|(name, _)| **name != AUTHORIZATION);
         let uri = uri_parts(uri);
@@ -145,7 +145,7 @@ fn uri_parts(uri: &Uri) -> [&[u8]; 4] {
     [scheme, separator, authority.as_bytes(), path.as_bytes()]
 }
 
-/// The records of a [`Copy`], as (name, value, sensitive); a damaged one ends them with an
+/// The records of a [`HeadBytes`], as (name, value, sensitive); a damaged one ends them with an
 /// error.
 struct Records<'a>(&'a [u8]);
 
@@ -254,7 +254,7 @@ mod tests {
         let head = Head::of(&parts(&[("accept", "application/json")]));
         let full = head.copy.bytes;
         for cut in 0..full.len() {
-            let copy = Copy {
+            let copy = HeadBytes {
                 bytes: full[..cut].to_vec(),
                 complete: true,
             };
