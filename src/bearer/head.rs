@@ -99,9 +99,10 @@ impl HeadBytes {
             self.complete = false;
             return;
         };
-        self.bytes.extend_from_slice(&name_len.to_le_bytes());
-        self.bytes.extend_from_slice(&value_len.to_le_bytes());
-        self.bytes.push(u8::from(sensitive));
+        let [n0, n1] = name_len.to_le_bytes();
+        let [v0, v1, v2, v3] = value_len.to_le_bytes();
+        self.bytes
+            .extend_from_slice(&[n0, n1, v0, v1, v2, v3, u8::from(sensitive)]);
         for piece in name {
             self.bytes.extend_from_slice(piece);
         }
