@@ -22,7 +22,7 @@ use http::Request;
 use http_body_util::Full;
 use tower::Service;
 
-use contenders::{Ok200, request};
+use contenders::request;
 
 #[global_allocator]
 static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
@@ -50,7 +50,7 @@ where
 
 #[divan::bench(sample_count = SAMPLES, sample_size = CALLS)]
 fn bare_service(bencher: Bencher) {
-    run(bencher, Ok200);
+    run(bencher, contenders::bare());
 }
 
 #[divan::bench(sample_count = SAMPLES, sample_size = CALLS)]

@@ -78,6 +78,7 @@
 //! never when a fresh token is handed out: the bearer layer's hot path makes none.
 
 use std::future::Future;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -155,12 +156,28 @@ impl SlotValue for AccessToken {
     }
 }
 
+/// A stored token's number, unique in the process (not only per slot): a response future
+/// keeps only this number, and a 401 finds the slot that still holds the token by it
+/// (`bearer::source::invalidate`). Never zero, so an `Option` of something holding one is no
+/// larger than it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TokenId(NonZeroU64);
+
+impl TokenId {
+    fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        // 2^64 ids are never used up; `MAX` only keeps the conversion total.
+        Self(NonZeroU64::new(NEXT.fetch_add(1, Ordering::Relaxed)).unwrap_or(NonZeroU64::MAX))
+    }
+}
+
 /// A stored value with its identity and timing.
 #[derive(Clone, Debug)]
 pub(crate) struct Entry<V> {
     pub(crate) value: V,
-    /// Distinct per stored token: lets a caller say "invalidate the token I used".
-    pub(crate) id: u64,
+    /// Distinct per stored token in the whole process: lets a caller say "invalidate the
+    /// token I used" to whichever slot holds it.
+    pub(crate) id: TokenId,
     pub(crate) refresh_at: Instant,
     pub(crate) expires_on: Instant,
 }
@@ -172,7 +189,6 @@ struct State<V> {
     current: Option<Entry<V>>,
     /// When the last renewal ended.
     last_attempt: Option<Instant>,
-    next_id: u64,
     /// Acquisitions started, for the span's `attempt`.
     acquisitions: u64,
     /// The recheck timer, when one is armed (see the module docs).
@@ -253,7 +269,6 @@ impl<V: SlotValue> TokenSlot<V> {
                 State {
                     current: None,
                     last_attempt: None,
-                    next_id: 0,
                     acquisitions: 0,
                     timer: None,
                 },
@@ -369,19 +384,22 @@ impl<V: SlotValue> TokenSlot<V> {
     /// renewal: the spacing is left as it is.
     pub(crate) fn store(&self, value: V) -> Entry<V> {
         let mut state = self.flight.lock();
-        let entry = self.entry(&mut state, value, Instant::now());
+        let entry = self.entry(value, Instant::now());
         state.current = Some(entry.clone());
         self.bump();
         entry
     }
 
-    /// Forgets the current token if it is still the one with this id (a resource rejected it).
-    pub(crate) fn invalidate(&self, id: u64) {
+    /// Forgets the current token if it is still the one with this id (a resource rejected
+    /// it); says whether it was.
+    pub(crate) fn invalidate(&self, id: TokenId) -> bool {
         let mut state = self.flight.lock();
-        if state.current.as_ref().is_some_and(|e| e.id == id) {
+        let current = state.current.as_ref().is_some_and(|e| e.id == id);
+        if current {
             state.current = None;
             self.bump();
         }
+        current
     }
 
     /// The cached entry, whatever its age.
@@ -428,10 +446,9 @@ impl<V: SlotValue> TokenSlot<V> {
             .is_some_and(|until| now < until)
     }
 
-    fn entry(&self, state: &mut State<V>, value: V, now: Instant) -> Entry<V> {
-        state.next_id = state.next_id.wrapping_add(1);
+    fn entry(&self, value: V, now: Instant) -> Entry<V> {
         Entry {
-            id: state.next_id,
+            id: TokenId::next(),
             refresh_at: self.policy.refresh_at(value.token(), now),
             expires_on: value.token().expires_on(),
             value,
@@ -497,7 +514,7 @@ impl<V: SlotValue> TokenSlot<V> {
                 current.clone()
             }
             _ => {
-                let entry = self.entry(state, value, now);
+                let entry = self.entry(value, now);
                 state.current = Some(entry.clone());
                 entry
             }

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -18,18 +18,23 @@ use super::cae::claims_challenge;
 use super::head::Head;
 use super::replay::{NotReplayable, Replay, RetryBody};
 use super::source::Source;
+use super::spare::Reused;
 use crate::error::BoxError;
+use crate::refresh::TokenId;
 
 pin_project! {
     /// The response future of [`BearerToken`](super::BearerToken): `S` is the inner service,
     /// `B` the request body and `ResB` the response body.
     ///
     /// With a fresh token and no challenge it is the inner future plus a check of the status:
-    /// no allocation (with CAE, the kept request head allocates at most one buffer). Waiting
-    /// for a token, or answering a claims challenge, runs as a boxed future.
+    /// no allocation (with CAE, what a re-send needs is kept in a reused box and buffer, see
+    /// the [module docs](super#behaviour)). Waiting for a token, or answering a claims
+    /// challenge, runs as a boxed future.
     pub struct ResponseFuture<S, B, ResB>
     where
         S: Service<Request<B>>,
+        S: 'static,
+        B: 'static,
     {
         #[pin]
         state: State<S, B, ResB>,
@@ -41,6 +46,8 @@ pin_project! {
     enum State<S, B, ResB>
     where
         S: Service<Request<B>>,
+        S: 'static,
+        B: 'static,
     {
         Sent {
             #[pin]
@@ -56,7 +63,7 @@ pin_project! {
     }
 }
 
-impl<S: Service<Request<B>>, B, ResB> ResponseFuture<S, B, ResB> {
+impl<S: Service<Request<B>> + 'static, B: 'static, ResB> ResponseFuture<S, B, ResB> {
     #[inline]
     pub(crate) fn sent(future: S::Future, after: After<S, B>) -> Self {
         Self {
@@ -96,13 +103,17 @@ where
         // The hot path, small enough to inline into the caller's poll: the inner response, and
         // anything but a 401 goes back as it is.
         if let StateProj::Sent { future, after } = this.state.as_mut().project() {
-            let response = ready!(future.poll(cx)).map_err(Into::into)?;
-            if response.status() != StatusCode::UNAUTHORIZED {
-                return Poll::Ready(Ok(response));
-            }
-            return match after.take() {
-                Some(after) => unauthorized(this.state, after, response, cx),
-                None => Poll::Ready(Ok(response)),
+            return match future.poll(cx) {
+                Poll::Ready(Ok(response)) => {
+                    if response.status() == StatusCode::UNAUTHORIZED {
+                        if let Some(after) = after.take() {
+                            return unauthorized(this.state, after, response, cx);
+                        }
+                    }
+                    Poll::Ready(Ok(response))
+                }
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+                Poll::Pending => Poll::Pending,
             };
         }
         poll_other(this.state, cx)
@@ -141,7 +152,8 @@ fn poll_other<S, B, ResB>(
     cx: &mut Context<'_>,
 ) -> Poll<Result<Response<ResB>, BoxError>>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>> + 'static,
+    B: 'static,
 {
     match state.project() {
         StateProj::Boxed { future } => future.poll_unpin(cx),
@@ -153,23 +165,24 @@ where
     }
 }
 
-/// What to do if the answer is a 401: the token the request carried, and either the slot to
-/// drop it from or, with CAE, what the one re-send needs.
-pub(crate) struct After<S, B> {
-    pub(crate) token_id: u64,
-    pub(crate) then: Then<S, B>,
+/// What to do if the answer is a 401: the token the request carried and, with CAE, what
+/// answering a claims challenge needs. Without CAE the token's id is enough to find the slot
+/// that still holds it (`source::invalidate`).
+///
+/// Sixteen bytes, with a niche: every response future carries one and is moved on every
+/// request. The challenge is boxed because inline it would make every future larger by the
+/// inner service, the body and the head, with CAE or without; the box, like the head's
+/// buffer, is reused (see `spare.rs`).
+pub(crate) struct After<S: 'static, B: 'static> {
+    pub(crate) token_id: TokenId,
+    /// [`Reused::none`] without CAE.
+    pub(crate) challenge: Reused<Challenge<S, B>>,
 }
 
-pub(crate) enum Then<S, B> {
-    /// Drop the rejected token from the slot of this source (by id: see `source::SLOTS`).
-    Invalidate(u64),
-    /// Answer a claims challenge by re-sending once (or, without one, drop the token). Kept
-    /// inline, not boxed: boxing it would cost a CAE request a second allocation (the head's
-    /// buffer is the first).
-    Challenge {
-        source: Arc<Source>,
-        resend: TowerResend<S, B>,
-    },
+/// What answering a claims challenge needs: the token source and the re-send.
+pub(crate) struct Challenge<S, B> {
+    pub(crate) source: Arc<Source>,
+    pub(crate) resend: TowerResend<S, B>,
 }
 
 pub(crate) enum Outcome<ResB> {
@@ -201,7 +214,7 @@ pub(super) fn decide(headers: &http::HeaderMap, can_retry: bool) -> Decision {
     Decision::GiveBack
 }
 
-impl<S, B> After<S, B> {
+impl<S: 'static, B: 'static> After<S, B> {
     /// Answers the claims challenge when the layer may re-send; otherwise the 401 goes back
     /// and the token it rejected is dropped if it is still the current one.
     pub(crate) fn on_unauthorized<ResB>(self, response: Response<ResB>) -> Outcome<ResB>
@@ -212,9 +225,9 @@ impl<S, B> After<S, B> {
         B: RetryBody,
         ResB: Body + Send + 'static,
     {
-        let token_id = self.token_id;
-        match self.then {
-            Then::Challenge { source, resend } => match decide(response.headers(), true) {
+        let (token_id, mut challenge) = (self.token_id, self.challenge);
+        match challenge.take() {
+            Some(Challenge { source, resend }) => match decide(response.headers(), true) {
                 Decision::Retry(claims) => Outcome::Retry(Box::pin(async move {
                     answer_challenge(&source, &claims, token_id, response, resend).await
                 })),
@@ -223,10 +236,10 @@ impl<S, B> After<S, B> {
                     Outcome::Done(response)
                 }
             },
-            Then::Invalidate(source) => {
+            None => {
                 // Without CAE a claims challenge is not answered; `decide` says why.
                 decide(response.headers(), false);
-                super::source::invalidate(source, token_id);
+                super::source::invalidate(token_id);
                 Outcome::Done(response)
             }
         }
@@ -263,7 +276,7 @@ pub(super) trait Resend {
 pub(super) async fn answer_challenge<R: Resend>(
     source: &Source,
     claims: &str,
-    rejected: u64,
+    rejected: TokenId,
     response: R::Response,
     resend: R,
 ) -> Result<R::Response, R::Error> {

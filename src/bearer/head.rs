@@ -1,18 +1,20 @@
 //! The request head kept for the one re-send after a claims challenge (CAE).
 //!
-//! Kept on every CAE request, so it costs one allocation at most: the method, the URI and the
-//! header fields are copied, as bytes, into one buffer. Cloning the `HeaderMap` instead costs
-//! two allocations for the map, and one more per value made from a `&str` (a `Bytes` copied
-//! from a slice allocates again when first cloned). The buffer also keeps the response future
-//! small — it is moved on every request, with CAE or without — where a cloned `Uri` and
-//! `Method` would add 112 bytes to it. The extensions are cloned (an empty `Extensions` does
-//! not allocate). The `Authorization` field is left out: the re-send carries a new token.
+//! Kept on every CAE request, so it should not allocate: the method, the URI and the header
+//! fields are copied, as bytes, into one buffer, which is reused. Cloning the
+//! `HeaderMap` instead costs two allocations for the map, and one more per value made from a
+//! `&str` (a `Bytes` copied from a slice allocates again when first cloned); a cloned `Uri`
+//! allocates the same way. The extensions are cloned (an empty `Extensions` does not
+//! allocate). The `Authorization` field is left out: the re-send carries a new token.
+//!
+//! The buffer is its thread's spare when there is one (see `spare.rs`).
 
 use http::header::{AUTHORIZATION, HeaderName};
 use http::request::Parts;
 use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Uri, Version};
 
 use super::replay::NotReplayable;
+use super::spare;
 
 /// What a re-send needs besides the body.
 pub(crate) struct Head {
@@ -48,53 +50,89 @@ impl Head {
     }
 }
 
-/// The method, the URI and the header fields in one buffer, as records: the method and the
-/// URI as a name with an empty value, then one record per field. A record is the name's length
-/// (u16, little-endian), the value's length (u32), a sensitive flag (one byte), then the name
-/// and the value. A part too long for its length (a URI over 64 KiB, a value over 4 GiB)
-/// makes the copy unusable: the request is then not re-sent.
+/// The capacity a buffer starts with when its thread has no spare: room for a typical head,
+/// so that it does not grow while it is filled.
+const FIRST_CAPACITY: usize = 512;
+
+/// The method, the URI and the header fields in one buffer, as records. A record is the
+/// name's length (u16, little-endian), the value's length (u32), a flag byte, then the name
+/// and the value. The first record is the method, with the scheme in the flag (see
+/// [`Scheme`]) and, for a scheme other than `http` and `https`, its text as the value; the
+/// second is the authority and the path (with the query) as name and value; then one record
+/// per field, flagged when its value is sensitive. A part too long for its length (an
+/// authority over 64 KiB, a value over 4 GiB) makes the copy unusable: the request is then
+/// not re-sent.
+///
+/// The layout keeps the copy to one piece of data per part (issue 12: the copy is made on
+/// every CAE request, and each piece is a `memcpy` call).
 struct HeadBytes {
     bytes: Vec<u8>,
     complete: bool,
 }
 
+impl Drop for HeadBytes {
+    fn drop(&mut self) {
+        spare::give_bytes(std::mem::take(&mut self.bytes));
+    }
+}
+
 /// Bytes before a record's name and value.
 const RECORD_HEAD: usize = 2 + 4 + 1;
 
+/// A URI's scheme as the first record's flag.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Scheme {
+    None = 0,
+    Http = 1,
+    Https = 2,
+    /// Its text is the first record's value.
+    Other = 3,
+}
+
+impl Scheme {
+    fn of(uri: &Uri) -> (Self, &str) {
+        match uri.scheme_str() {
+            None => (Self::None, ""),
+            Some("https") => (Self::Https, ""),
+            Some("http") => (Self::Http, ""),
+            Some(other) => (Self::Other, other),
+        }
+    }
+
+    fn from_flag(flag: u8) -> Option<Self> {
+        [Self::None, Self::Http, Self::Https, Self::Other]
+            .into_iter()
+            .find(|s| *s as u8 == flag)
+    }
+}
+
 impl HeadBytes {
     fn of(method: &Method, uri: &Uri, headers: &HeaderMap) -> Self {
-        let fields = || headers.iter().filter(|(name, _)| **name != AUTHORIZATION);
-        let uri = uri_parts(uri);
-        let size = fields().fold(
-            (2 * RECORD_HEAD)
-                .saturating_add(method.as_str().len())
-                .saturating_add(total_len(&uri)),
-            |size, (name, value)| {
-                size.saturating_add(RECORD_HEAD)
-                    .saturating_add(name.as_str().len())
-                    .saturating_add(value.len())
-            },
-        );
         let mut copy = Self {
-            bytes: Vec::with_capacity(size),
+            bytes: spare::take_bytes(FIRST_CAPACITY),
             complete: true,
         };
-        copy.record(&[method.as_str().as_bytes()], b"", false);
-        copy.record(&uri, b"", false);
-        for (name, value) in fields() {
-            copy.record(
-                &[name.as_str().as_bytes()],
-                value.as_bytes(),
-                value.is_sensitive(),
-            );
+        let (scheme, scheme_text) = Scheme::of(uri);
+        copy.record(method.as_str(), scheme_text.as_bytes(), scheme as u8);
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        let path = uri.path_and_query().map_or("", |p| p.as_str());
+        copy.record(authority, path.as_bytes(), 0);
+        for (name, value) in headers {
+            if name != AUTHORIZATION {
+                copy.record(
+                    name.as_str(),
+                    value.as_bytes(),
+                    u8::from(value.is_sensitive()),
+                );
+            }
         }
         copy
     }
 
-    /// Appends a record whose name is the concatenation of `name`'s pieces.
-    fn record(&mut self, name: &[&[u8]], value: &[u8], sensitive: bool) {
-        let (Ok(name_len), Ok(value_len)) =
-            (u16::try_from(total_len(name)), u32::try_from(value.len()))
+    #[inline]
+    fn record(&mut self, name: &str, value: &[u8], flag: u8) {
+        let (Ok(name_len), Ok(value_len)) = (u16::try_from(name.len()), u32::try_from(value.len()))
         else {
             self.complete = false;
             return;
@@ -102,56 +140,63 @@ impl HeadBytes {
         let [n0, n1] = name_len.to_le_bytes();
         let [v0, v1, v2, v3] = value_len.to_le_bytes();
         self.bytes
-            .extend_from_slice(&[n0, n1, v0, v1, v2, v3, u8::from(sensitive)]);
-        for piece in name {
-            self.bytes.extend_from_slice(piece);
+            .extend_from_slice(&[n0, n1, v0, v1, v2, v3, flag]);
+        self.bytes.extend_from_slice(name.as_bytes());
+        if !value.is_empty() {
+            self.bytes.extend_from_slice(value);
         }
-        self.bytes.extend_from_slice(value);
     }
 
-    fn read(self) -> Result<(Method, Uri, HeaderMap), NotReplayable> {
+    fn read(&self) -> Result<(Method, Uri, HeaderMap), NotReplayable> {
         let unusable = NotReplayable::head;
         if !self.complete {
             return Err(unusable());
         }
         let mut records = Records(self.bytes.as_slice());
-        let mut next_name = || match records.next() {
-            Some(Ok((name, _, _))) => Ok(name),
+        let mut next = || match records.next() {
+            Some(Ok(record)) => Ok(record),
             _ => Err(unusable()),
         };
-        let method = Method::from_bytes(next_name()?).map_err(|_| unusable())?;
-        let uri = Uri::try_from(next_name()?).map_err(|_| unusable())?;
+        let (method, scheme_text, flag) = next()?;
+        let method = Method::from_bytes(method).map_err(|_| unusable())?;
+        let (authority, path, _) = next()?;
+        let mut text = Vec::with_capacity(
+            scheme_text
+                .len()
+                .saturating_add(authority.len())
+                .saturating_add(path.len())
+                .saturating_add("https://".len()),
+        );
+        match Scheme::from_flag(flag).ok_or_else(unusable)? {
+            Scheme::None => {}
+            Scheme::Http => text.extend_from_slice(b"http://"),
+            Scheme::Https => text.extend_from_slice(b"https://"),
+            Scheme::Other => {
+                text.extend_from_slice(scheme_text);
+                text.extend_from_slice(b"://");
+            }
+        }
+        text.extend_from_slice(authority);
+        text.extend_from_slice(path);
+        let uri = Uri::try_from(text).map_err(|_| unusable())?;
         let mut map = HeaderMap::new();
         for record in records {
             let (name, value, sensitive) = record?;
             let name = HeaderName::from_bytes(name).map_err(|_| unusable())?;
             let mut value = HeaderValue::from_bytes(value).map_err(|_| unusable())?;
-            value.set_sensitive(sensitive);
+            value.set_sensitive(sensitive != 0);
             map.append(name, value);
         }
         Ok((method, uri, map))
     }
 }
 
-fn total_len(pieces: &[&[u8]]) -> usize {
-    pieces.iter().fold(0usize, |n, p| n.saturating_add(p.len()))
-}
-
-/// A URI's text in pieces: `scheme://authority/path?query`, or what of it there is.
-fn uri_parts(uri: &Uri) -> [&[u8]; 4] {
-    let scheme = uri.scheme_str().unwrap_or_default().as_bytes();
-    let separator: &[u8] = if scheme.is_empty() { b"" } else { b"://" };
-    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or_default();
-    [scheme, separator, authority.as_bytes(), path.as_bytes()]
-}
-
-/// The records of a [`HeadBytes`], as (name, value, sensitive); a damaged one ends them with an
+/// The records of a [`HeadBytes`], as (name, value, flag); a damaged one ends them with an
 /// error.
 struct Records<'a>(&'a [u8]);
 
 impl<'a> Iterator for Records<'a> {
-    type Item = Result<(&'a [u8], &'a [u8], bool), NotReplayable>;
+    type Item = Result<(&'a [u8], &'a [u8], u8), NotReplayable>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.0.is_empty() {
@@ -161,19 +206,19 @@ impl<'a> Iterator for Records<'a> {
             .0
             .split_at_checked(RECORD_HEAD)
             .and_then(|(head, tail)| {
-                let [n0, n1, v0, v1, v2, v3, sensitive] = *head else {
+                let [n0, n1, v0, v1, v2, v3, flag] = *head else {
                     return None;
                 };
                 let name_len = usize::from(u16::from_le_bytes([n0, n1]));
                 let value_len = usize::try_from(u32::from_le_bytes([v0, v1, v2, v3])).ok()?;
                 let (name, tail) = tail.split_at_checked(name_len)?;
                 let (value, tail) = tail.split_at_checked(value_len)?;
-                Some((name, value, sensitive != 0, tail))
+                Some((name, value, flag, tail))
             });
         match record {
-            Some((name, value, sensitive, tail)) => {
+            Some((name, value, flag, tail)) => {
                 self.0 = tail;
-                Some(Ok((name, value, sensitive)))
+                Some(Ok((name, value, flag)))
             }
             None => {
                 self.0 = &[];
@@ -230,17 +275,32 @@ mod tests {
     }
 
     #[test]
-    fn the_buffer_is_allocated_once_at_its_final_size() {
-        let head = Head::of(&parts(&[
-            ("accept", "application/json"),
-            ("authorization", "x"),
-        ]));
-        assert_eq!(head.copy.bytes.len(), head.copy.bytes.capacity());
+    fn the_next_head_on_the_thread_reuses_the_buffer_and_a_large_head_fits() {
+        let first = Head::of(&parts(&[("accept", "application/json")]));
+        let at = first.copy.bytes.as_ptr();
+        assert!(!first.copy.bytes.contains(&b'B'), "no Authorization kept");
+        drop(first);
+        let second = Head::of(&parts(&[("accept", "text/plain")]));
+        assert_eq!(second.copy.bytes.as_ptr(), at, "the spare buffer");
+
+        let long = "v".repeat(4 * FIRST_CAPACITY);
+        let large = Head::of(&parts(&[("x-long", long.as_str())]));
+        let again = large
+            .into_request((), HeaderValue::from_static("Bearer new"))
+            .unwrap();
+        assert_eq!(again.headers()["x-long"], long.as_str());
     }
 
     #[test]
-    fn relative_and_authority_form_uris_come_back_the_same() {
-        for uri in ["/only/a/path?q=1", "example.test:443", "*"] {
+    fn every_form_of_uri_and_scheme_comes_back_the_same() {
+        for uri in [
+            "/only/a/path?q=1",
+            "example.test:443",
+            "*",
+            "http://example.test/a",
+            "HTTPS://Example.test",
+            "ftp+x://example.test/b?c",
+        ] {
             let mut parts = parts(&[]);
             parts.uri = uri.parse().unwrap();
             let again = Head::of(&parts)
@@ -253,7 +313,7 @@ mod tests {
     #[test]
     fn a_damaged_buffer_is_not_replayable_and_does_not_panic() {
         let head = Head::of(&parts(&[("accept", "application/json")]));
-        let full = head.copy.bytes;
+        let full = head.copy.bytes.clone();
         for cut in 0..full.len() {
             let copy = HeadBytes {
                 bytes: full[..cut].to_vec(),
@@ -266,5 +326,13 @@ mod tests {
                 Err(e) => assert!(e.is_over_limit(), "cut at {cut}"),
             }
         }
+        // A scheme flag no writer makes.
+        let mut bad = full;
+        bad[RECORD_HEAD - 1] = 9;
+        let copy = HeadBytes {
+            bytes: bad,
+            complete: true,
+        };
+        assert!(copy.read().is_err());
     }
 }

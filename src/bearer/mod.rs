@@ -64,8 +64,10 @@
 //!
 //! Why CAE gates the re-send: Entra and CAE-aware resources send claims challenges only to
 //! clients that announce the `CP1` capability, and keeping a request's headers and body for a
-//! possible re-send costs allocations on every request. Without CAE the layer keeps nothing
-//! and a claims challenge is returned like any 401.
+//! possible re-send costs a copy of the head on every request (about half again the layer's
+//! own cost; no allocation once a thread has sent one CAE request, and none for a body that
+//! is cloned, see `head.rs` and `spare.rs`; a streaming body's recording allocates). Without
+//! CAE the layer keeps nothing and a claims challenge is returned like any 401.
 
 mod builder;
 mod cae;
@@ -76,6 +78,7 @@ mod replay;
 #[cfg(feature = "reqwest-middleware")]
 pub mod reqwest;
 mod source;
+mod spare;
 pub(crate) mod www_authenticate;
 
 use std::fmt;
@@ -84,7 +87,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, Response, uri::Scheme};
+use http::{HeaderValue, Request, Response};
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -97,8 +100,8 @@ pub use replay::{NotReplayable, Replay, ReplayBody, RetryBody};
 
 use crate::credential::{BoxCredential, TokenCredential};
 use crate::error::BoxError;
-use crate::refresh::Lookup;
-use future::{After, Then, TowerResend};
+use crate::refresh::{Lookup, TokenId};
+use future::{After, Challenge, TowerResend};
 use head::Head;
 use source::Source;
 
@@ -240,7 +243,7 @@ struct Cached {
     recheck_at: Instant,
     timed: bool,
     header: HeaderValue,
-    token_id: u64,
+    token_id: TokenId,
 }
 
 impl<S> BearerToken<S> {
@@ -299,7 +302,7 @@ where
     #[inline]
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let options = &self.source.options;
-        if !options.allow_http && request.uri().scheme() != Some(&Scheme::HTTPS) {
+        if !options.allow_http && !is_https(request.uri()) {
             return ResponseFuture::failed(BearerError::insecure(request.uri()).into());
         }
         // The fast path: the token this clone holds, while the slot's generation is unchanged
@@ -346,14 +349,26 @@ where
     }
 }
 
+/// Whether the URI's scheme is `https`, in any case (a `Scheme` built from "HTTPS" is not
+/// equal to `Scheme::HTTPS`). The common spelling is checked first: inlined, it is a few
+/// instructions, where `Scheme`'s own comparison is a call.
+#[inline(always)]
+fn is_https(uri: &http::Uri) -> bool {
+    match uri.scheme_str() {
+        Some("https") => true,
+        Some(other) => other.eq_ignore_ascii_case("https"),
+        None => false,
+    }
+}
+
 /// Sends the request with this token; with CAE, keeps what a re-send needs.
 #[inline(always)]
 fn send<S, B, ResB>(
     inner: &mut S,
     source: &Arc<Source>,
-    request: Request<B>,
+    mut request: Request<B>,
     header: HeaderValue,
-    token_id: u64,
+    token_id: TokenId,
 ) -> ResponseFuture<S, B, ResB>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -363,30 +378,48 @@ where
     ResB: http_body::Body + Send + 'static,
 {
     if source.options.cae {
-        let (mut parts, body) = request.into_parts();
-        let head = Head::of(&parts);
-        parts.headers.insert(AUTHORIZATION, header);
-        let (body, replay) = body.prepare(source.options.replay_limit);
-        let resend = TowerResend {
+        return send_cae(inner, source, request, header, token_id);
+    }
+    request.headers_mut().insert(AUTHORIZATION, header);
+    let after = After {
+        token_id,
+        challenge: spare::Reused::none(),
+    };
+    ResponseFuture::sent(inner.call(request), after)
+}
+
+/// [`send`] with CAE: out of line, so that a layer without CAE does not carry its code in
+/// every caller.
+#[inline(never)]
+fn send_cae<S, B, ResB>(
+    inner: &mut S,
+    source: &Arc<Source>,
+    request: Request<B>,
+    header: HeaderValue,
+    token_id: TokenId,
+) -> ResponseFuture<S, B, ResB>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: RetryBody,
+    ResB: http_body::Body + Send + 'static,
+{
+    let (mut parts, body) = request.into_parts();
+    let head = Head::of(&parts);
+    parts.headers.insert(AUTHORIZATION, header);
+    let (body, replay) = body.prepare(source.options.replay_limit);
+    let challenge = spare::Reused::new(Challenge {
+        source: Arc::clone(source),
+        resend: TowerResend {
             service: inner.clone(),
             head,
             replay,
-        };
-        let after = After {
-            token_id,
-            then: Then::Challenge {
-                source: Arc::clone(source),
-                resend,
-            },
-        };
-        ResponseFuture::sent(inner.call(Request::from_parts(parts, body)), after)
-    } else {
-        let mut request = request;
-        request.headers_mut().insert(AUTHORIZATION, header);
-        let after = After {
-            token_id,
-            then: Then::Invalidate(source.id),
-        };
-        ResponseFuture::sent(inner.call(request), after)
-    }
+        },
+    });
+    let after = After {
+        token_id,
+        challenge,
+    };
+    ResponseFuture::sent(inner.call(Request::from_parts(parts, body)), after)
 }
