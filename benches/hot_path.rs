@@ -59,6 +59,11 @@ fn set_request_header_static(bencher: Bencher) {
 }
 
 #[divan::bench(sample_count = SAMPLES, sample_size = CALLS)]
+fn set_request_header_shared(bencher: Bencher) {
+    run(bencher, contenders::set_request_header_shared());
+}
+
+#[divan::bench(sample_count = SAMPLES, sample_size = CALLS)]
 fn bearer_token(bencher: Bencher) {
     run(bencher, contenders::bearer_token(false));
 }

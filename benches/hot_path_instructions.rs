@@ -34,7 +34,7 @@ const N: usize = 1000;
 
 type Requests = Vec<Request<Full<Bytes>>>;
 
-/// All four contenders, built in every benchmark's process in the same order, and then the
+/// All the contenders, built in every benchmark's process in the same order, and then the
 /// requests: the heap is in the same state whichever one is measured. glibc's `free` costs
 /// ~50 to ~250 instructions a request depending on what the setup allocated before (chunks
 /// coalescing, `malloc_consolidate`), a difference that would otherwise land on whichever
@@ -42,6 +42,7 @@ type Requests = Vec<Request<Full<Bytes>>>;
 struct Contenders {
     bare: Ok200,
     set_header: SetRequestHeader<Ok200, http::HeaderValue>,
+    set_header_shared: SetRequestHeader<Ok200, http::HeaderValue>,
     bearer: BearerToken<Ok200>,
     bearer_cae: BearerToken<Ok200>,
     _fence: Box<[u8; 64]>,
@@ -51,6 +52,7 @@ fn setup(n: usize) -> (Contenders, Requests) {
     let mut contenders = Contenders {
         bare: contenders::bare(),
         set_header: contenders::set_request_header_static(),
+        set_header_shared: contenders::set_request_header_shared(),
         bearer: contenders::bearer_token(false),
         bearer_cae: contenders::bearer_token(true),
         _fence: Box::new([0; 64]),
@@ -83,6 +85,13 @@ fn set_request_header_static((mut all, requests): (Contenders, Requests)) -> Con
 
 #[library_benchmark]
 #[benches::calls(args = [N, 2 * N], setup = setup)]
+fn set_request_header_shared((mut all, requests): (Contenders, Requests)) -> Contenders {
+    serve(&mut all.set_header_shared, requests);
+    all
+}
+
+#[library_benchmark]
+#[benches::calls(args = [N, 2 * N], setup = setup)]
 fn bearer_token((mut all, requests): (Contenders, Requests)) -> Contenders {
     serve(&mut all.bearer, requests);
     all
@@ -97,7 +106,12 @@ fn bearer_token_with_cae((mut all, requests): (Contenders, Requests)) -> Contend
 
 library_benchmark_group!(
     name = hot_path;
-    benchmarks = bare_service, set_request_header_static, bearer_token, bearer_token_with_cae
+    benchmarks =
+        bare_service,
+        set_request_header_static,
+        set_request_header_shared,
+        bearer_token,
+        bearer_token_with_cae
 );
 
 main!(library_benchmark_groups = hot_path);

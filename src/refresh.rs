@@ -31,6 +31,11 @@
 //! * **Generation**: a counter bumped whenever the slot changes in a way readers must notice
 //!   (a new token, an invalidation, an acquisition ending). A reader that keeps its own copy of
 //!   the token checks the counter with one atomic load instead of taking the lock.
+//! * **Token ids**: every stored token gets an id unique in the process (a relaxed atomic
+//!   counter; ids are never reused), so "drop the token with this id" is safe to ask of any
+//!   slot: [`TokenSlot::invalidate`] acts only on the slot whose current token it is, and says
+//!   whether it did. The bearer layer relies on this to keep only a token's id in each
+//!   response future (`bearer/source.rs`, `invalidate`).
 //!
 //! # Refresh time
 //!
@@ -69,6 +74,14 @@
 //! read twice differs (the read takes tens of nanoseconds at nanosecond resolution), and if it
 //! ever did not, the only effect is the clock-reading path. Credentials' slots
 //! ([`TokenSlot::get`]) never arm one.
+//!
+//! # Beside the slot: the bearer layer's per-thread spares
+//!
+//! A CAE request keeps its re-send state in a box and its request head in a buffer, both
+//! taken from and given back to thread-local spares (`bearer/spare.rs`): one of each per
+//! thread, no lock, bounded in size, emptied (and the head wiped) when given back, so no
+//! spare holds a service, a body or a header value. A future that moves threads gives its
+//! spares to the thread that drops it.
 //!
 //! # Tracing
 //!
