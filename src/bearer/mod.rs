@@ -64,10 +64,11 @@
 //!
 //! Why CAE gates the re-send: Entra and CAE-aware resources send claims challenges only to
 //! clients that announce the `CP1` capability, and keeping a request's headers and body for a
-//! possible re-send costs a copy of the head on every request (about half again the layer's
-//! own cost; no allocation once a thread has sent one CAE request, and none for a body that
-//! is cloned, see `head.rs` and `spare.rs`; a streaming body's recording allocates). Without
-//! CAE the layer keeps nothing and a claims challenge is returned like any 401.
+//! possible re-send costs a copy of the head on every request, more than the rest of the
+//! layer's work together (the README's Performance section has the figures). It allocates
+//! nothing once the thread has sent one CAE request, for a body that is cloned; a streaming
+//! body's recording allocates. Without CAE the layer keeps nothing and a claims challenge is
+//! returned like any 401.
 
 mod builder;
 mod cae;
@@ -349,16 +350,14 @@ where
     }
 }
 
-/// Whether the URI's scheme is `https`, in any case (a `Scheme` built from "HTTPS" is not
-/// equal to `Scheme::HTTPS`). The common spelling is checked first: inlined, it is a few
-/// instructions, where `Scheme`'s own comparison is a call.
+/// Whether the URI's scheme is `https` as `http` parses it: the same answer as comparing with
+/// `Scheme::HTTPS` (the parser turns exactly "https" into that, and any other spelling into an
+/// "other" scheme), in a few inlined instructions where `Scheme`'s comparison is a call.
+/// Strict on purpose: a connector such as hyper-rustls's decides on TLS by the same
+/// comparison, so a scheme it would not treat as https must not get the token.
 #[inline(always)]
 fn is_https(uri: &http::Uri) -> bool {
-    match uri.scheme_str() {
-        Some("https") => true,
-        Some(other) => other.eq_ignore_ascii_case("https"),
-        None => false,
-    }
+    uri.scheme_str() == Some("https")
 }
 
 /// Sends the request with this token; with CAE, keeps what a re-send needs.
@@ -422,4 +421,36 @@ where
         challenge,
     };
     ResponseFuture::sent(inner.call(Request::from_parts(parts, body)), after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_https;
+
+    #[test]
+    fn only_the_scheme_that_connectors_treat_as_https_is_https() {
+        let built = |scheme: &str| {
+            http::Uri::builder()
+                .scheme(scheme)
+                .authority("example.test")
+                .path_and_query("/")
+                .build()
+                .unwrap()
+        };
+        assert!(is_https(&"https://example.test/".parse().unwrap()));
+        assert!(
+            is_https(&"HTTPS://example.test/".parse().unwrap()),
+            "parsed: normalised"
+        );
+        assert!(is_https(&built("https")));
+        for other in [
+            built("HTTPS"),
+            built("http"),
+            built("ftp"),
+            "/path".parse().unwrap(),
+        ] {
+            assert!(!is_https(&other), "{other}");
+            assert_ne!(other.scheme(), Some(&http::uri::Scheme::HTTPS));
+        }
+    }
 }

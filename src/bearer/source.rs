@@ -213,9 +213,10 @@ fn slots() -> std::sync::MutexGuard<'static, HashMap<u64, Weak<TokenSlot<Prepare
 /// Drops the token `token_id` from whichever live slot still holds it (see
 /// [`TokenSlot::invalidate`]); token ids are unique in the process, so at most one does.
 ///
-/// It looks at every live layer's slot: a 401 without a re-send is rare, and the cost is one
-/// uncontended lock per layer (about 20 ns each). The registry's lock is released first, so
-/// no two locks are held together.
+/// It looks at the live layers' slots until it finds the token: a 401 without a re-send is
+/// rare, and each look is one uncontended lock. A process with thousands of layers pays
+/// thousands of them per such 401; a 401 with a re-send (CAE) goes to its slot directly. The
+/// registry's lock is released first, so no two locks are held together.
 pub(crate) fn invalidate(token_id: TokenId) {
     let live: Vec<_> = slots().values().filter_map(Weak::upgrade).collect();
     for slot in live {
