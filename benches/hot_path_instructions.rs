@@ -34,11 +34,13 @@ const N: usize = 1000;
 
 type Requests = Vec<Request<Full<Bytes>>>;
 
-/// All the contenders, built in every benchmark's process in the same order, and then the
-/// requests: the heap is in the same state whichever one is measured. glibc's `free` costs
-/// ~50 to ~250 instructions a request depending on what the setup allocated before (chunks
-/// coalescing, `malloc_consolidate`), a difference that would otherwise land on whichever
-/// contender's setup differs.
+/// All the contenders, built in every benchmark's process in the same order, then the
+/// requests, then a small fence: the heap is in the same state whichever one is measured.
+/// glibc's `free` costs ~50 to ~250 instructions more a request depending on what was
+/// allocated before (chunks coalescing, `malloc_consolidate`), a difference that would
+/// otherwise land on whichever contender's setup differs. The fence, allocated last, keeps
+/// the last request's memory from bordering the heap's top chunk: freeing into the top
+/// triggers one `malloc_consolidate` of everything freed so far, a cost that grows with `N`.
 struct Contenders {
     bare: Ok200,
     set_header: SetRequestHeader<Ok200, http::HeaderValue>,
@@ -49,16 +51,20 @@ struct Contenders {
 }
 
 fn setup(n: usize) -> (Contenders, Requests) {
-    let mut contenders = Contenders {
-        bare: contenders::bare(),
-        set_header: contenders::set_request_header_static(),
-        set_header_shared: contenders::set_request_header_shared(),
-        bearer: contenders::bearer_token(false),
-        bearer_cae: contenders::bearer_token(true),
+    let bare = contenders::bare();
+    let set_header = contenders::set_request_header_static();
+    let set_header_shared = contenders::set_request_header_shared();
+    let bearer = contenders::bearer_token(false);
+    let bearer_cae = contenders::bearer_token(true);
+    let requests = (0..n).map(|_| request()).collect();
+    let contenders = Contenders {
+        bare,
+        set_header,
+        set_header_shared,
+        bearer,
+        bearer_cae,
         _fence: Box::new([0; 64]),
     };
-    let requests = (0..n).map(|_| request()).collect();
-    contenders._fence = Box::new([0; 64]);
     (contenders, requests)
 }
 

@@ -141,7 +141,7 @@ mod tests {
     }
 
     #[test]
-    fn taking_leaves_the_box_empty_and_dropping_it_drops_nothing_twice() {
+    fn taking_leaves_the_box_empty() {
         let mut reused = Reused::new(String::from("value"));
         assert_eq!(reused.take().as_deref(), Some("value"));
         assert_eq!(reused.take(), None);
