@@ -301,7 +301,7 @@ where
     }
 
     #[inline]
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let options = &self.source.options;
         if !options.allow_http && !is_https(request.uri()) {
             return ResponseFuture::failed(BearerError::insecure(request.uri()).into());
@@ -312,8 +312,12 @@ where
             if cached.generation == self.source.slot.generation()
                 && (cached.timed || Instant::now() < cached.recheck_at)
             {
-                let (header, token_id) = (cached.header.clone(), cached.token_id);
-                return send(&mut self.inner, &self.source, request, header, token_id);
+                // The header goes in here, in place: moving the request into `send` first
+                // costs a copy of it (issue 12).
+                request
+                    .headers_mut()
+                    .insert(AUTHORIZATION, cached.header.clone());
+                return send(&mut self.inner, &self.source, request, cached.token_id);
             }
         }
         match self.source.lookup(Instant::now()) {
@@ -324,14 +328,15 @@ where
                 timed,
             } => {
                 let header = entry.value.header().clone();
+                request.headers_mut().insert(AUTHORIZATION, header.clone());
                 self.cached = Some(Cached {
                     generation,
                     recheck_at,
                     timed,
-                    header: header.clone(),
+                    header,
                     token_id: entry.id,
                 });
-                send(&mut self.inner, &self.source, request, header, entry.id)
+                send(&mut self.inner, &self.source, request, entry.id)
             }
             Lookup::Wait(acquisition) => {
                 self.cached = None;
@@ -342,8 +347,10 @@ where
                 let source = Arc::clone(&self.source);
                 ResponseFuture::boxed(Box::pin(async move {
                     let entry = acquisition.await?;
+                    let mut request = request;
                     let header = entry.value.header().clone();
-                    send(&mut inner, &source, request, header, entry.id).await
+                    request.headers_mut().insert(AUTHORIZATION, header);
+                    send(&mut inner, &source, request, entry.id).await
                 }))
             }
         }
@@ -360,13 +367,13 @@ fn is_https(uri: &http::Uri) -> bool {
     uri.scheme_str() == Some("https")
 }
 
-/// Sends the request with this token; with CAE, keeps what a re-send needs.
+/// Sends the request, which carries the token `token_id`; with CAE, keeps what a re-send
+/// needs.
 #[inline(always)]
 fn send<S, B, ResB>(
     inner: &mut S,
     source: &Arc<Source>,
-    mut request: Request<B>,
-    header: HeaderValue,
+    request: Request<B>,
     token_id: TokenId,
 ) -> ResponseFuture<S, B, ResB>
 where
@@ -377,9 +384,8 @@ where
     ResB: http_body::Body + Send + 'static,
 {
     if source.options.cae {
-        return send_cae(inner, source, request, header, token_id);
+        return send_cae(inner, source, request, token_id);
     }
-    request.headers_mut().insert(AUTHORIZATION, header);
     let after = After {
         token_id,
         challenge: spare::Reused::none(),
@@ -394,7 +400,6 @@ fn send_cae<S, B, ResB>(
     inner: &mut S,
     source: &Arc<Source>,
     request: Request<B>,
-    header: HeaderValue,
     token_id: TokenId,
 ) -> ResponseFuture<S, B, ResB>
 where
@@ -404,9 +409,9 @@ where
     B: RetryBody,
     ResB: http_body::Body + Send + 'static,
 {
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
+    // The copy leaves the token's field out.
     let head = Head::of(&parts);
-    parts.headers.insert(AUTHORIZATION, header);
     let (body, replay) = body.prepare(source.options.replay_limit);
     let challenge = spare::Reused::new(Challenge {
         source: Arc::clone(source),
