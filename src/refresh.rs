@@ -75,13 +75,13 @@
 //! ever did not, the only effect is the clock-reading path. Credentials' slots
 //! ([`TokenSlot::get`]) never arm one.
 //!
-//! # Beside the slot: the bearer layer's per-thread spares
+//! # Beside the slot: the bearer layer's per-thread spare
 //!
-//! A CAE request keeps its re-send state in a box and its request head in a buffer, both
-//! taken from and given back to thread-local spares (`bearer/spare.rs`): one of each per
-//! thread, no lock, bounded in size, emptied (and the head wiped) when given back, so no
-//! spare holds a service, a body or a header value. A future that moves threads gives its
-//! spares to the thread that drops it.
+//! A CAE request keeps its re-send state, and its request head in a buffer inside it, in one
+//! box taken from and given back to a thread-local spare (`bearer/spare.rs`): one per
+//! thread, no lock, its buffer bounded in size, emptied (and the head wiped) when given back,
+//! so no spare holds a service, a body or a header value. A future that moves threads gives
+//! its box to the thread that drops it.
 //!
 //! # Tracing
 //!

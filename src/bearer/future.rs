@@ -13,6 +13,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
 use tower_service::Service;
+use zeroize::Zeroizing;
 
 use super::cae::claims_challenge;
 use super::head::Head;
@@ -27,7 +28,7 @@ pin_project! {
     /// `B` the request body and `ResB` the response body.
     ///
     /// With a fresh token and no challenge it is the inner future plus a check of the status:
-    /// no allocation (with CAE, what a re-send needs is kept in a reused box and buffer, see
+    /// no allocation (with CAE, what a re-send needs is kept in a reused box, see
     /// the [module docs](super#behaviour)). Waiting for a token, or answering a claims
     /// challenge, runs as a boxed future.
     pub struct ResponseFuture<S, B, ResB>
@@ -171,18 +172,22 @@ where
 ///
 /// Sixteen bytes, with a niche: every response future carries one and is moved on every
 /// request. The challenge is boxed because inline it would make every future larger by the
-/// inner service, the body and the head, with CAE or without; the box, like the head's
-/// buffer, is reused (see `spare.rs`).
+/// inner service, the body and the head, with CAE or without; the box, with the head's
+/// buffer in it, is reused (see `spare.rs`).
 pub(crate) struct After<S: 'static, B: 'static> {
     pub(crate) token_id: TokenId,
     /// [`Reused::none`] without CAE.
     pub(crate) challenge: Reused<Challenge<S, B>>,
 }
 
-/// What answering a claims challenge needs: the token source and the re-send.
+/// What answering a claims challenge needs: the token source (kept, so that a future
+/// outliving every service of its layer, as with `oneshot`, can still answer) and what the
+/// re-send needs besides the head's bytes, which the box keeps beside it ([`Reused`]).
 pub(crate) struct Challenge<S, B> {
     pub(crate) source: Arc<Source>,
-    pub(crate) resend: TowerResend<S, B>,
+    pub(crate) service: S,
+    pub(crate) head: Head,
+    pub(crate) replay: Replay<B>,
 }
 
 pub(crate) enum Outcome<ResB> {
@@ -226,20 +231,32 @@ impl<S: 'static, B: 'static> After<S, B> {
         ResB: Body + Send + 'static,
     {
         let (token_id, mut challenge) = (self.token_id, self.challenge);
-        match challenge.take() {
-            Some(Challenge { source, resend }) => match decide(response.headers(), true) {
-                Decision::Retry(claims) => Outcome::Retry(Box::pin(async move {
+        let Some((challenge, bytes)) = challenge.take() else {
+            // Without CAE a claims challenge is not answered; `decide` says why.
+            decide(response.headers(), false);
+            super::source::invalidate(token_id);
+            return Outcome::Done(response);
+        };
+        let Challenge {
+            source,
+            service,
+            head,
+            replay,
+        } = challenge;
+        match decide(response.headers(), true) {
+            Decision::Retry(claims) => {
+                let resend = TowerResend {
+                    service,
+                    head,
+                    bytes,
+                    replay,
+                };
+                Outcome::Retry(Box::pin(async move {
                     answer_challenge(&source, &claims, token_id, response, resend).await
-                })),
-                Decision::GiveBack => {
-                    source.slot.invalidate(token_id);
-                    Outcome::Done(response)
-                }
-            },
-            None => {
-                // Without CAE a claims challenge is not answered; `decide` says why.
-                decide(response.headers(), false);
-                super::source::invalidate(token_id);
+                }))
+            }
+            Decision::GiveBack => {
+                source.slot.invalidate(token_id);
                 Outcome::Done(response)
             }
         }
@@ -306,10 +323,12 @@ pub(super) async fn answer_challenge<R: Resend>(
 
 /// The tower flavour's re-send: the request rebuilt from its kept head and replayed body,
 /// sent through a clone of the inner service.
-pub(crate) struct TowerResend<S, B> {
-    pub(super) service: S,
-    pub(super) head: Head,
-    pub(super) replay: Replay<B>,
+struct TowerResend<S, B> {
+    service: S,
+    head: Head,
+    /// The head's bytes ([`Head::of`]), wiped when dropped.
+    bytes: Zeroizing<Vec<u8>>,
+    replay: Replay<B>,
 }
 
 impl<S, B, ResB> Resend for TowerResend<S, B>
@@ -339,7 +358,7 @@ where
         authorization: HeaderValue,
     ) -> Result<impl Future<Output = Result<Response<ResB>, BoxError>>, NotReplayable> {
         let body = self.replay.into_body()?;
-        let request = self.head.into_request(body, authorization)?;
+        let request = self.head.into_request(&self.bytes, body, authorization)?;
         Ok(async move { self.service.oneshot(request).await.map_err(Into::into) })
     }
 }

@@ -7,38 +7,50 @@
 //! allocates the same way. The extensions are cloned (an empty `Extensions` does not
 //! allocate). The `Authorization` field is left out: the re-send carries a new token.
 //!
-//! The buffer is its thread's spare when there is one (see `spare.rs`).
+//! The buffer is the one kept in the re-send state's box (see `spare.rs`).
 
 use http::header::{AUTHORIZATION, HeaderName};
 use http::request::Parts;
 use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Uri, Version};
 
 use super::replay::NotReplayable;
-use super::spare;
 
-/// What a re-send needs besides the body.
+/// What a re-send needs besides the body and the copy of the head's bytes, which is kept
+/// beside it ([`Head::of`]).
 pub(crate) struct Head {
     version: Version,
     extensions: Extensions,
-    copy: HeadBytes,
+    /// Whether every part fitted its record (see [`HeadBytes`]).
+    complete: bool,
 }
 
 impl Head {
-    pub(crate) fn of(parts: &Parts) -> Self {
+    /// Copies the head's method, URI and fields into `bytes` (empty), and keeps the rest.
+    pub(crate) fn of(parts: &Parts, bytes: &mut Vec<u8>) -> Self {
+        let mut copy = HeadBytes {
+            bytes,
+            complete: true,
+        };
+        copy.write(&parts.method, &parts.uri, &parts.headers);
         Self {
             version: parts.version,
             extensions: parts.extensions.clone(),
-            copy: HeadBytes::of(&parts.method, &parts.uri, &parts.headers),
+            complete: copy.complete,
         }
     }
 
-    /// The request again, with this body and `Authorization` value.
+    /// The request again, from the bytes [`of`](Self::of) wrote, with this body and
+    /// `Authorization` value.
     pub(crate) fn into_request<B>(
         self,
+        bytes: &[u8],
         body: B,
         authorization: HeaderValue,
     ) -> Result<Request<B>, NotReplayable> {
-        let (method, uri, mut headers) = self.copy.read()?;
+        if !self.complete {
+            return Err(NotReplayable::head());
+        }
+        let (method, uri, mut headers) = read(bytes)?;
         headers.insert(AUTHORIZATION, authorization);
         let mut request = Request::new(body);
         *request.method_mut() = method;
@@ -52,7 +64,7 @@ impl Head {
 
 /// The capacity a buffer starts with when its thread has no spare: room for a typical head,
 /// so that it does not grow while it is filled.
-const FIRST_CAPACITY: usize = 512;
+pub(crate) const FIRST_CAPACITY: usize = 512;
 
 /// The method, the URI and the header fields in one buffer, as records. A record is the
 /// name's length (u16, little-endian), the value's length (u32), a flag byte, then the name
@@ -65,15 +77,9 @@ const FIRST_CAPACITY: usize = 512;
 ///
 /// The layout keeps the copy to one piece of data per part (issue 12: the copy is made on
 /// every CAE request, and each piece is a `memcpy` call).
-struct HeadBytes {
-    bytes: Vec<u8>,
+struct HeadBytes<'a> {
+    bytes: &'a mut Vec<u8>,
     complete: bool,
-}
-
-impl Drop for HeadBytes {
-    fn drop(&mut self) {
-        spare::give_bytes(std::mem::take(&mut self.bytes));
-    }
 }
 
 /// Bytes before a record's name and value.
@@ -107,27 +113,22 @@ impl Scheme {
     }
 }
 
-impl HeadBytes {
-    fn of(method: &Method, uri: &Uri, headers: &HeaderMap) -> Self {
-        let mut copy = Self {
-            bytes: spare::take_bytes(FIRST_CAPACITY),
-            complete: true,
-        };
+impl HeadBytes<'_> {
+    fn write(&mut self, method: &Method, uri: &Uri, headers: &HeaderMap) {
         let (scheme, scheme_text) = Scheme::of(uri);
-        copy.record(method.as_str(), scheme_text.as_bytes(), scheme as u8);
+        self.record(method.as_str(), scheme_text.as_bytes(), scheme as u8);
         let authority = uri.authority().map_or("", |a| a.as_str());
         let path = uri.path_and_query().map_or("", |p| p.as_str());
-        copy.record(authority, path.as_bytes(), 0);
+        self.record(authority, path.as_bytes(), 0);
         for (name, value) in headers {
             if name != AUTHORIZATION {
-                copy.record(
+                self.record(
                     name.as_str(),
                     value.as_bytes(),
                     u8::from(value.is_sensitive()),
                 );
             }
         }
-        copy
     }
 
     #[inline]
@@ -146,49 +147,47 @@ impl HeadBytes {
             self.bytes.extend_from_slice(value);
         }
     }
+}
 
-    fn read(&self) -> Result<(Method, Uri, HeaderMap), NotReplayable> {
-        let unusable = NotReplayable::head;
-        if !self.complete {
-            return Err(unusable());
+/// The method, the URI and the fields back from the records [`HeadBytes`] wrote.
+fn read(bytes: &[u8]) -> Result<(Method, Uri, HeaderMap), NotReplayable> {
+    let unusable = NotReplayable::head;
+    let mut records = Records(bytes);
+    let mut next = || match records.next() {
+        Some(Ok(record)) => Ok(record),
+        _ => Err(unusable()),
+    };
+    let (method, scheme_text, flag) = next()?;
+    let method = Method::from_bytes(method).map_err(|_| unusable())?;
+    let (authority, path, _) = next()?;
+    let mut text = Vec::with_capacity(
+        scheme_text
+            .len()
+            .saturating_add(authority.len())
+            .saturating_add(path.len())
+            .saturating_add("https://".len()),
+    );
+    match Scheme::from_flag(flag).ok_or_else(unusable)? {
+        Scheme::None => {}
+        Scheme::Http => text.extend_from_slice(b"http://"),
+        Scheme::Https => text.extend_from_slice(b"https://"),
+        Scheme::Other => {
+            text.extend_from_slice(scheme_text);
+            text.extend_from_slice(b"://");
         }
-        let mut records = Records(self.bytes.as_slice());
-        let mut next = || match records.next() {
-            Some(Ok(record)) => Ok(record),
-            _ => Err(unusable()),
-        };
-        let (method, scheme_text, flag) = next()?;
-        let method = Method::from_bytes(method).map_err(|_| unusable())?;
-        let (authority, path, _) = next()?;
-        let mut text = Vec::with_capacity(
-            scheme_text
-                .len()
-                .saturating_add(authority.len())
-                .saturating_add(path.len())
-                .saturating_add("https://".len()),
-        );
-        match Scheme::from_flag(flag).ok_or_else(unusable)? {
-            Scheme::None => {}
-            Scheme::Http => text.extend_from_slice(b"http://"),
-            Scheme::Https => text.extend_from_slice(b"https://"),
-            Scheme::Other => {
-                text.extend_from_slice(scheme_text);
-                text.extend_from_slice(b"://");
-            }
-        }
-        text.extend_from_slice(authority);
-        text.extend_from_slice(path);
-        let uri = Uri::try_from(text).map_err(|_| unusable())?;
-        let mut map = HeaderMap::new();
-        for record in records {
-            let (name, value, sensitive) = record?;
-            let name = HeaderName::from_bytes(name).map_err(|_| unusable())?;
-            let mut value = HeaderValue::from_bytes(value).map_err(|_| unusable())?;
-            value.set_sensitive(sensitive != 0);
-            map.append(name, value);
-        }
-        Ok((method, uri, map))
     }
+    text.extend_from_slice(authority);
+    text.extend_from_slice(path);
+    let uri = Uri::try_from(text).map_err(|_| unusable())?;
+    let mut map = HeaderMap::new();
+    for record in records {
+        let (name, value, sensitive) = record?;
+        let name = HeaderName::from_bytes(name).map_err(|_| unusable())?;
+        let mut value = HeaderValue::from_bytes(value).map_err(|_| unusable())?;
+        value.set_sensitive(sensitive != 0);
+        map.append(name, value);
+    }
+    Ok((method, uri, map))
 }
 
 /// The records of a [`HeadBytes`], as (name, value, flag); a damaged one ends them with an
@@ -253,9 +252,10 @@ mod tests {
         secret.set_sensitive(true);
         original.headers.append("x-api-key", secret);
         original.extensions.insert(7u32);
-        let head = Head::of(&original);
+        let mut bytes = Vec::new();
+        let head = Head::of(&original, &mut bytes);
         let request = head
-            .into_request((), HeaderValue::from_static("Bearer new"))
+            .into_request(&bytes, (), HeaderValue::from_static("Bearer new"))
             .unwrap();
         assert_eq!(request.method(), original.method);
         assert_eq!(request.uri(), &original.uri);
@@ -275,18 +275,16 @@ mod tests {
     }
 
     #[test]
-    fn the_next_head_on_the_thread_reuses_the_buffer_and_a_large_head_fits() {
-        let first = Head::of(&parts(&[("accept", "application/json")]));
-        let at = first.copy.bytes.as_ptr();
-        assert!(!first.copy.bytes.contains(&b'B'), "no Authorization kept");
-        drop(first);
-        let second = Head::of(&parts(&[("accept", "text/plain")]));
-        assert_eq!(second.copy.bytes.as_ptr(), at, "the spare buffer");
+    fn the_token_is_not_copied_and_a_head_larger_than_the_buffer_fits() {
+        let mut bytes = Vec::new();
+        Head::of(&parts(&[("authorization", "Bearer old")]), &mut bytes);
+        assert!(!bytes.contains(&b'B'), "no Authorization kept");
 
         let long = "v".repeat(4 * FIRST_CAPACITY);
-        let large = Head::of(&parts(&[("x-long", long.as_str())]));
+        let mut bytes = Vec::with_capacity(FIRST_CAPACITY);
+        let large = Head::of(&parts(&[("x-long", long.as_str())]), &mut bytes);
         let again = large
-            .into_request((), HeaderValue::from_static("Bearer new"))
+            .into_request(&bytes, (), HeaderValue::from_static("Bearer new"))
             .unwrap();
         assert_eq!(again.headers()["x-long"], long.as_str());
     }
@@ -303,8 +301,9 @@ mod tests {
         ] {
             let mut parts = parts(&[]);
             parts.uri = uri.parse().unwrap();
-            let again = Head::of(&parts)
-                .into_request((), HeaderValue::from_static("Bearer new"))
+            let mut bytes = Vec::new();
+            let again = Head::of(&parts, &mut bytes)
+                .into_request(&bytes, (), HeaderValue::from_static("Bearer new"))
                 .unwrap();
             assert_eq!(again.uri(), &parts.uri, "{uri}");
         }
@@ -312,16 +311,12 @@ mod tests {
 
     #[test]
     fn a_damaged_buffer_is_not_replayable_and_does_not_panic() {
-        let head = Head::of(&parts(&[("accept", "application/json")]));
-        let full = head.copy.bytes.clone();
+        let mut full = Vec::new();
+        Head::of(&parts(&[("accept", "application/json")]), &mut full);
         for cut in 0..full.len() {
-            let copy = HeadBytes {
-                bytes: full[..cut].to_vec(),
-                complete: true,
-            };
             // Cut after the URI's record, the copy is whole but for its one field.
             let field = RECORD_HEAD + "accept".len() + "application/json".len();
-            match copy.read() {
+            match read(&full[..cut]) {
                 Ok((_, _, headers)) => assert!(cut == full.len() - field && headers.is_empty()),
                 Err(e) => assert!(e.is_over_limit(), "cut at {cut}"),
             }
@@ -329,10 +324,6 @@ mod tests {
         // A scheme flag no writer makes.
         let mut bad = full;
         bad[RECORD_HEAD - 1] = 9;
-        let copy = HeadBytes {
-            bytes: bad,
-            complete: true,
-        };
-        assert!(copy.read().is_err());
+        assert!(read(&bad).is_err());
     }
 }

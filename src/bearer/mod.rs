@@ -102,7 +102,7 @@ pub use replay::{NotReplayable, Replay, ReplayBody, RetryBody};
 use crate::credential::{BoxCredential, TokenCredential};
 use crate::error::BoxError;
 use crate::refresh::{Lookup, TokenId};
-use future::{After, Challenge, TowerResend};
+use future::{After, Challenge};
 use head::Head;
 use source::Source;
 
@@ -410,16 +410,13 @@ where
     ResB: http_body::Body + Send + 'static,
 {
     let (parts, body) = request.into_parts();
-    // The copy leaves the token's field out.
-    let head = Head::of(&parts);
     let (body, replay) = body.prepare(source.options.replay_limit);
-    let challenge = spare::Reused::new(Challenge {
+    let challenge = spare::Reused::new(head::FIRST_CAPACITY, |bytes| Challenge {
         source: Arc::clone(source),
-        resend: TowerResend {
-            service: inner.clone(),
-            head,
-            replay,
-        },
+        service: inner.clone(),
+        // The copy leaves the token's field out.
+        head: Head::of(&parts, bytes),
+        replay,
     });
     let after = After {
         token_id,

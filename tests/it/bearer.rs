@@ -422,6 +422,24 @@ async fn a_second_challenge_is_returned_to_the_caller() {
 }
 
 #[tokio::test]
+async fn a_challenge_arriving_after_every_service_is_dropped_is_still_answered() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let mut service = bearer::<Full<Bytes>>(&cae_layer(&authority));
+    call(&mut service, get(&resource, "/warm")).await;
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    // As with `oneshot`: the future outlives the last service of its layer, and keeps what
+    // answering the challenge needs.
+    let future = service.ready().await.unwrap().call(get(&resource, "/late"));
+    drop(service);
+    let response = future.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(resource.count(), 3, "sent again once");
+    assert_eq!(authority.token_posts(), 2, "a claims token");
+}
+
+#[tokio::test]
 async fn without_cae_a_claims_challenge_is_returned_like_any_401() {
     let (authority, resource) = (Authority::start().await, Resource::start().await);
     resource.push(Answer::Cae {
