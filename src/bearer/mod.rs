@@ -247,6 +247,18 @@ struct Cached {
     token_id: TokenId,
 }
 
+impl Cached {
+    /// A clone of the header for one request, out of line on purpose. Inlined, it saved 8
+    /// instructions but cost 7 ns a request in `hot_path` (138 against 131 ns): the caller
+    /// read the clone's 32 bytes with 16-byte loads right after the clone's 8-byte stores,
+    /// which stalls store-to-load forwarding (likely the cause; this VM has no counters to
+    /// confirm it).
+    #[inline(never)]
+    fn header_for_request(&self) -> HeaderValue {
+        self.header.clone()
+    }
+}
+
 impl<S> BearerToken<S> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
@@ -316,7 +328,7 @@ where
                 // costs a copy of it (issue 12).
                 request
                     .headers_mut()
-                    .insert(AUTHORIZATION, cached.header.clone());
+                    .insert(AUTHORIZATION, cached.header_for_request());
                 return send(&mut self.inner, &self.source, request, cached.token_id);
             }
         }
