@@ -19,12 +19,11 @@ mod contenders;
 
 use bytes::Bytes;
 use divan::Bencher;
-use futures_util::FutureExt;
 use http::Request;
 use http_body_util::Full;
 use tower::Service;
 
-use contenders::request;
+use contenders::{poll_once, request};
 
 #[global_allocator]
 static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
@@ -47,7 +46,7 @@ where
 {
     bencher
         .with_inputs(request)
-        .bench_local_values(|request| service.call(request).now_or_never());
+        .bench_local_values(|request| poll_once(|| service.call(request)));
 }
 
 #[divan::bench(sample_count = SAMPLES, sample_size = CALLS)]
