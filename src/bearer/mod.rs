@@ -249,7 +249,7 @@ struct Cached {
 
 impl Cached {
     /// A clone of the header for one request, out of line on purpose. Inlined, it saved 8
-    /// instructions but cost 7 ns a request in `hot_path` (138 against 131 ns): the caller
+    /// instructions but cost 7–8 ns a request in `hot_path` (133 against 125 ns): the caller
     /// read the clone's 32 bytes with 16-byte loads right after the clone's 8-byte stores,
     /// which stalls store-to-load forwarding (likely the cause; this VM has no counters to
     /// confirm it).
