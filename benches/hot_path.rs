@@ -2,9 +2,9 @@
 //! always ready and answers at once: against the bare service and against tower-http's
 //! `SetRequestHeader` with a static value (the floor for "add a header") and with a value made
 //! at run time (shared bytes, as a token's are). Every contender runs inside an entered tokio
-//! runtime (see `contenders`). Allocation counts
-//! come from divan's allocation profiler; `hot_path_instructions` counts the same contenders'
-//! instructions.
+//! runtime, and each call's future is polled once in place (see `contenders`). Allocation
+//! counts come from divan's allocation profiler; `hot_path_instructions` counts the same
+//! contenders' instructions.
 //!
 //! Samples are fixed and large (2000 samples of 200 calls): when divan sizes them itself it
 //! picks 100–3200 calls per sample, and at ~200 ns a call the timer's own cost then inflates

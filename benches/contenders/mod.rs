@@ -1,7 +1,8 @@
 //! The contenders of the hot-path benches (`hot_path` by time, `hot_path_instructions` by
 //! instruction count), built once here so that both measure the same services: the bare
 //! service, tower-http's `SetRequestHeader` with a static value (the floor for "add a
-//! header") and with a value made at run time, and `BearerToken` with a fresh token, without and with `enable_cae(true)`.
+//! header") and with a value made at run time, and `BearerToken` with a fresh token, without
+//! and with `enable_cae(true)`. Both benches drive every contender with [`poll_once`].
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
