@@ -1,6 +1,7 @@
 //! Property tests over the parsers that read provider, file and process input: the
 //! `WWW-Authenticate` parser, the token endpoint's answers, the managed identity endpoints'
-//! answers, the MSAL cache document, the Azure CLI's output and `Retry-After`. A bounded number
+//! answers, the MSAL cache document, the Azure CLI's output, `Retry-After`, and certificates
+//! (PEM, PKCS#12 and the count of a PKCS#12 archive's key derivations). A bounded number
 //! of cases each (see [`config`]), so the set stays fast in debug builds; the fuzz targets in
 //! `fuzz/` search the same parsers for longer.
 //!
@@ -19,6 +20,10 @@ use crate::bearer::claims_challenge;
 use crate::bearer::www_authenticate::{parse_challenge_value, parse_challenges};
 use crate::credential::ManagedIdentitySource;
 use crate::credential::azure_cli::parse_output;
+use crate::credential::certificate::pkcs12_work::build::{Archive, Bag, Content, Kdf};
+use crate::credential::certificate::pkcs12_work::{
+    self, MAX_ITERATIONS_PER_RUN, MAX_KDF_RUNS, MAX_SCRYPT_MEMORY_BYTES, MAX_TOTAL_ITERATIONS,
+};
 use crate::credential::managed_identity::response::parse_answer;
 use crate::entra::msal_cache::{AccessTokenQuery, CacheDocument, NewTokens};
 use crate::entra::token_client::parse_response;
@@ -1025,6 +1030,116 @@ proptest! {
         );
         match source.load(unix_now()) {
             Ok(_) => prop_assert!(false, "random bytes loaded as a certificate"),
+            Err(message) => check_load_error(&message)?,
+        }
+    }
+}
+
+/// An iteration count: exporters' usual ones, the limits and their neighbours, anything.
+fn kdf_count() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        0u64..4096,
+        Just(MAX_ITERATIONS_PER_RUN),
+        Just(MAX_ITERATIONS_PER_RUN + 1),
+        any::<u64>(),
+    ]
+}
+
+/// A key derivation: `count` its iterations, scrypt's N, r and p below `scrypt`.
+fn pkcs12_kdf(count: BoxedStrategy<u64>, scrypt: (u64, u64, u64)) -> impl Strategy<Value = Kdf> {
+    prop_oneof![
+        count.clone().prop_map(Kdf::Pkcs12Pbe),
+        count.prop_map(Kdf::Pbkdf2),
+        (0..scrypt.0, 0..scrypt.1, 0..scrypt.2).prop_map(|(n, r, p)| Kdf::Scrypt(n, r, p)),
+        Just(Kdf::NotPassword),
+        Just(Kdf::Unreadable),
+    ]
+}
+
+/// A PKCS#12 archive's layout: MAC, contents, bags, each item's key derivation.
+fn pkcs12_archive(
+    count: BoxedStrategy<u64>,
+    scrypt: (u64, u64, u64),
+) -> impl Strategy<Value = Archive> {
+    let kdf = pkcs12_kdf(count.clone(), scrypt).boxed();
+    let bag = prop_oneof![
+        Just(Bag::Cert),
+        Just(Bag::Key),
+        kdf.clone().prop_map(Bag::Shrouded),
+        kdf.clone().prop_map(Bag::Secret),
+    ];
+    let content = prop_oneof![
+        proptest::collection::vec(bag, 0..4).prop_map(Content::Data),
+        kdf.prop_map(Content::Encrypted),
+    ];
+    (
+        proptest::option::of(count),
+        proptest::collection::vec(content, 0..8),
+    )
+        .prop_map(|(mac, contents)| Archive { mac, contents })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The walk finds every derivation an archive names, and refuses exactly those over a
+    /// limit.
+    #[test]
+    fn pkcs12_work_counts_what_an_archive_asks_for(
+        archive in pkcs12_archive(kdf_count().boxed(), (1 << 21, 2048, 20)),
+    ) {
+        let der = archive.der();
+        let work = pkcs12_work::measure(&der).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(work, archive.work());
+        let within = !work.scrypt_cost_zero
+            && work.runs <= MAX_KDF_RUNS
+            && work.largest_run <= MAX_ITERATIONS_PER_RUN
+            && work.largest_scrypt_memory <= MAX_SCRYPT_MEMORY_BYTES
+            && work.iterations <= MAX_TOTAL_ITERATIONS;
+        match pkcs12_work::check(&der) {
+            Ok(checked) => prop_assert!(within && checked == work, "{work:?}"),
+            Err(message) => {
+                prop_assert!(!within, "{work:?}: {message}");
+                check_load_error(&message)?;
+                prop_assert!(message.contains("openssl pkcs12 -export"), "{message}");
+            }
+        }
+    }
+
+    /// Damaged archives (bytes changed, cut short) are an error or a count, never a panic.
+    #[test]
+    fn pkcs12_work_damaged_archives_never_panic(
+        archive in pkcs12_archive(kdf_count().boxed(), (1 << 21, 2048, 20)),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut der = archive.der();
+        for (at, byte) in edits {
+            let at = at.index(der.len());
+            der[at] = byte;
+        }
+        for bytes in [&der[..], &der[..cut.index(der.len())]] {
+            if let Err(message) = pkcs12_work::check(bytes) {
+                check_load_error(&message)?;
+            }
+        }
+    }
+
+    /// Archives that pass the walk go on to p12-keystore: filler ciphertext is an error, never
+    /// a panic or a loaded certificate (small counts keep each case fast). Found: scrypt with
+    /// N = 0 panicked in `pkcs5` 0.8.1; the walk now refuses it
+    /// (`fuzz/regressions/certificate/scrypt-cost-zero`).
+    #[test]
+    fn certificate_pkcs12_built_archives_are_refused_cleanly(
+        archive in pkcs12_archive((0u64..64).boxed(), (4, 8, 3)),
+        password in proptest::option::of("[ -~]{0,12}"),
+    ) {
+        let source = crate::credential::certificate::CertificateSource::from_pkcs12(
+            archive.der(),
+            password.map(Secret::new),
+        );
+        match source.load(unix_now()) {
+            Ok(_) => prop_assert!(false, "filler loaded as a certificate"),
             Err(message) => check_load_error(&message)?,
         }
     }

@@ -13,10 +13,15 @@ const CERTIFICATE_ERROR_MAX_CHARS: usize = 600;
 ///
 /// Checks: an error is one line of at most `CERTIFICATE_ERROR_MAX_CHARS` characters with no
 /// PEM armour and no base64 run from the input; a loaded certificate has a leaf, and signs an
-/// assertion of three base64url parts.
+/// assertion of three base64url parts. PKCS#12 bytes also go straight through the count of
+/// their key derivations (`pkcs12_work`, which `load` runs first): an archive it passes is
+/// within every limit.
 pub fn certificate(data: &[u8]) {
     use crate::credential::certificate::CertificateSource;
     use crate::credential::certificate::jwt::{CertificateSignature, Signer};
+    use crate::credential::certificate::pkcs12_work::{
+        self, MAX_ITERATIONS_PER_RUN, MAX_KDF_RUNS, MAX_SCRYPT_MEMORY_BYTES, MAX_TOTAL_ITERATIONS,
+    };
 
     let Some((&kind, rest)) = data.split_first() else {
         return;
@@ -29,6 +34,16 @@ pub fn certificate(data: &[u8]) {
         };
         let n = usize::from(n).min(rest.len());
         let password = String::from_utf8_lossy(&rest[..n]).into_owned();
+        if let Ok(work) = pkcs12_work::check(&rest[n..]) {
+            assert!(
+                !work.scrypt_cost_zero
+                    && work.runs <= MAX_KDF_RUNS
+                    && work.largest_run <= MAX_ITERATIONS_PER_RUN
+                    && work.largest_scrypt_memory <= MAX_SCRYPT_MEMORY_BYTES
+                    && work.iterations <= MAX_TOTAL_ITERATIONS,
+                "{work:?}"
+            );
+        }
         CertificateSource::from_pkcs12(rest[n..].to_vec(), Some(Secret::new(password)))
     };
     match source.load(unix_now()) {

@@ -249,9 +249,29 @@ fn pem_error(error: &pem::Error) -> String {
     }
 }
 
+/// p12-keystore's decoding, with a panic in it turned into an error. `pkcs5` 0.8.1, which it
+/// uses, panics on PBES2 with scrypt N = 0 (`fuzz/regressions/certificate/scrypt-cost-zero`):
+/// `pkcs12_work` refuses that where it can see it, but not in the bags of an encrypted
+/// content, which are read only once it is decrypted.
+pub(super) fn decode_pkcs12(
+    bytes: &[u8],
+    password: &str,
+) -> Result<Result<p12_keystore::Pkcs12Archive, p12_keystore::error::Error>, String> {
+    std::panic::catch_unwind(|| p12_keystore::Pkcs12Archive::from_pkcs12(bytes, password)).map_err(
+        |_| {
+            "the PKCS#12 data is not a valid archive: its key-derivation parameters are out of \
+             range (the PKCS#12 parser panicked on them); re-export it with \
+             `openssl pkcs12 -export`"
+                .to_owned()
+        },
+    )
+}
+
 fn parse_pkcs12(bytes: &[u8], password: Option<&Secret>) -> Result<Parts, String> {
+    // p12-keystore bounds each key derivation but not their number: count them first.
+    super::pkcs12_work::check(bytes)?;
     let password = password.map(Secret::expose_secret).unwrap_or_default();
-    let archive = p12_keystore::Pkcs12Archive::from_pkcs12(bytes, password).map_err(|e| {
+    let archive = decode_pkcs12(bytes, password)?.map_err(|e| {
         use p12_keystore::error::Error as E;
         match e {
             // A wrong password fails the MAC check (or, without a MAC, the padding of the

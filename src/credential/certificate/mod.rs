@@ -35,6 +35,7 @@ use crate::token::{Secret, TokenRequest, unix_now};
 
 pub(crate) mod jwt;
 mod load;
+pub(crate) mod pkcs12_work;
 
 pub use jwt::CertificateSignature;
 pub use load::CertificateSource;

@@ -1,5 +1,6 @@
 //! Loading and signing against certificates made here (rcgen; RSA keys from the `openssl` CLI,
-//! as ring cannot generate RSA keys). The token flow is in `tests/it/client_certificate.rs`.
+//! as ring cannot generate RSA keys, and PKCS#12 exports from it too). The token flow is in
+//! `tests/it/client_certificate.rs`.
 
 use std::process::Command;
 use std::sync::OnceLock;
@@ -213,4 +214,102 @@ fn debug_never_shows_key_material() {
         text.contains("app.test") || text.contains("subject"),
         "{text}"
     );
+}
+
+/// `openssl pkcs12 -export` of the test key and a valid certificate, password `p4ss`, with
+/// `args` added.
+fn openssl_pkcs12(args: &[&str]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.pem");
+    std::fs::write(&input, format!("{}{}", valid_cert(), rsa_key_pem())).unwrap();
+    let out = Command::new("openssl")
+        .args(["pkcs12", "-export", "-passout", "pass:p4ss", "-in"])
+        .arg(&input)
+        .args(args)
+        .output()
+        .expect("openssl on PATH (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn load_pkcs12(bytes: Vec<u8>) -> Result<load::LoadedCertificate, String> {
+    CertificateSource::from_pkcs12(bytes, Some(crate::token::Secret::new("p4ss"))).load(*NOW)
+}
+
+#[test]
+fn openssl_exports_pass_the_key_derivation_bound_and_load() {
+    for (args, runs) in [
+        (&[][..], 3),
+        (&["-legacy"][..], 3),
+        (&["-iter", "10000"][..], 3),
+        (&["-nomac", "-keypbe", "NONE", "-certpbe", "NONE"][..], 0),
+    ] {
+        let bytes = openssl_pkcs12(args);
+        let work = pkcs12_work::check(&bytes).unwrap();
+        assert_eq!(work.runs, runs, "{args:?}");
+        let per_run = if args.contains(&"10000") {
+            10_000
+        } else {
+            2048
+        };
+        assert_eq!(work.iterations, runs * per_run, "{args:?}");
+        let loaded = load_pkcs12(bytes).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert_eq!(loaded.chain.len(), 1);
+    }
+}
+
+#[test]
+fn an_export_with_many_encrypted_items_is_refused_before_p12_keystore_reads_it() {
+    // OpenSSL's export with its encrypted certificate content repeated 30 times. Had
+    // p12-keystore read it, its MAC (now over other bytes) would fail first.
+    let (contents, mac) = pkcs12_work::build::split(&openssl_pkcs12(&[]));
+    let mut more = contents.clone();
+    more.extend(std::iter::repeat_n(contents[0].clone(), 30));
+    let err = load_pkcs12(pkcs12_work::build::pfx(&more, mac)).unwrap_err();
+    assert!(
+        err.starts_with(
+            "the PKCS#12 archive needs 33 password key derivations (67584 iterations in all), \
+             more than the limit of 16: a certificate with its key needs 3; re-export it"
+        ),
+        "{err}"
+    );
+    // Five keys at p12-keystore's per-item cap: 5 000 000 iterations asked for.
+    use pkcs12_work::build::{Archive, Bag, Content, Kdf};
+    let archive = Archive {
+        mac: None,
+        contents: vec![Content::Data(vec![
+            Bag::Shrouded(Kdf::Pbkdf2(1_000_000));
+            5
+        ])],
+    };
+    let err = load_pkcs12(archive.der()).unwrap_err();
+    assert!(
+        err.contains("needs 5 password key derivations of 5000000 iterations in all"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_damaged_export_is_an_error_not_a_panic() {
+    let bytes = openssl_pkcs12(&[]);
+    for len in [0, 1, 2, 4, 100, bytes.len() / 2, bytes.len() - 1] {
+        let err = load_pkcs12(bytes[..len].to_vec()).unwrap_err();
+        assert!(
+            err.starts_with("the PKCS#12 data is not a valid archive: its outer structure"),
+            "{len}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_panic_in_the_pkcs12_parser_is_an_error() {
+    // The fuzz regression's archive (after its kind byte and its empty password's length),
+    // given to the decoder without the count of key derivations that refuses it first.
+    let input = include_bytes!("../../../fuzz/regressions/certificate/scrypt-cost-zero");
+    let error = load::decode_pkcs12(&input[2..], "").unwrap_err();
+    assert!(error.contains("parser panicked"), "{error}");
 }

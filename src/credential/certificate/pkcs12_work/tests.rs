@@ -1,0 +1,260 @@
+//! The walk over archives written by `build` (the load of real OpenSSL exports is in
+//! `certificate/tests.rs`).
+
+use der::Encode as _;
+
+use super::build::{Archive, Bag, Content, Kdf, pfx, seq};
+use super::*;
+
+fn check_built(archive: &Archive) -> Result<Work, String> {
+    let der = archive.der();
+    assert_eq!(measure(&der).unwrap(), archive.work(), "{archive:?}");
+    check(&der)
+}
+
+#[test]
+fn real_export_layouts_are_counted_and_pass() {
+    let openssl = check_built(&Archive::openssl_default()).unwrap();
+    assert_eq!((openssl.runs, openssl.iterations), (3, 3 * 2048));
+    // OpenSSL -legacy and Windows/.NET: PBES1 (3DES), MAC at 2000 to 2048.
+    let legacy = Archive {
+        mac: Some(2000),
+        contents: vec![
+            Content::Encrypted(Kdf::Pkcs12Pbe(2000)),
+            Content::Data(vec![Bag::Shrouded(Kdf::Pkcs12Pbe(2000))]),
+        ],
+    };
+    assert_eq!(check_built(&legacy).unwrap().runs, 3);
+    // Java keytool before JDK-8153005: 50 000 for the items, 100 000 for the MAC.
+    let java = Archive {
+        mac: Some(100_000),
+        contents: vec![
+            Content::Data(vec![Bag::Shrouded(Kdf::Pkcs12Pbe(50_000))]),
+            Content::Encrypted(Kdf::Pkcs12Pbe(50_000)),
+        ],
+    };
+    assert_eq!(check_built(&java).unwrap().iterations, 200_000);
+    // The usual three items at p12-keystore's own cap each.
+    let at_cap = Archive {
+        mac: Some(MAX_ITERATIONS_PER_RUN),
+        contents: vec![
+            Content::Encrypted(Kdf::Pbkdf2(MAX_ITERATIONS_PER_RUN)),
+            Content::Data(vec![
+                Bag::Cert,
+                Bag::Shrouded(Kdf::Pbkdf2(MAX_ITERATIONS_PER_RUN)),
+            ]),
+        ],
+    };
+    assert_eq!(check_built(&at_cap).unwrap().iterations, 3_000_000);
+    // No password: no MAC, plain bags.
+    let plain = Archive {
+        mac: None,
+        contents: vec![Content::Data(vec![Bag::Cert, Bag::Key])],
+    };
+    assert_eq!(check_built(&plain).unwrap(), Work::default());
+}
+
+#[test]
+fn many_encrypted_items_are_refused_naming_the_count_and_the_fix() {
+    let mut archive = Archive::openssl_default();
+    archive
+        .contents
+        .extend((0..40).map(|_| Content::Encrypted(Kdf::Pbkdf2(2048))));
+    let err = check_built(&archive).unwrap_err();
+    assert!(
+        err.starts_with(
+            "the PKCS#12 archive needs 43 password key derivations (88064 iterations in all), \
+             more than the limit of 16"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("openssl pkcs12 -export -iter 2048"), "{err}");
+    // Shrouded keys and secret bags count the same.
+    let bags = vec![Bag::Secret(Kdf::Pkcs12Pbe(1)); 20];
+    let archive = Archive {
+        mac: None,
+        contents: vec![Content::Data(bags)],
+    };
+    let err = check_built(&archive).unwrap_err();
+    assert!(err.contains("needs 20 password key derivations"), "{err}");
+}
+
+#[test]
+fn too_many_iterations_in_all_or_for_one_item_are_refused() {
+    let archive = Archive {
+        mac: Some(MAX_ITERATIONS_PER_RUN),
+        contents: vec![Content::Data(vec![
+            Bag::Shrouded(Kdf::Pbkdf2(
+                MAX_ITERATIONS_PER_RUN
+            ));
+            4
+        ])],
+    };
+    let err = check_built(&archive).unwrap_err();
+    assert!(
+        err.starts_with(
+            "the PKCS#12 archive needs 5 password key derivations of 5000000 iterations in all, \
+             more than the limit of 4000000 iterations"
+        ),
+        "{err}"
+    );
+    let archive = Archive {
+        mac: Some(MAX_ITERATIONS_PER_RUN + 1),
+        contents: Vec::new(),
+    };
+    let err = check_built(&archive).unwrap_err();
+    assert!(
+        err.starts_with(
+            "an item of the PKCS#12 archive asks for 1000001 key-derivation iterations, more \
+             than the limit of 1000000 for one item"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn scrypt_counts_n_r_p_and_its_memory_is_bounded() {
+    let archive = Archive {
+        mac: None,
+        contents: vec![Content::Encrypted(Kdf::Scrypt(1 << 14, 8, 1))],
+    };
+    assert_eq!(check_built(&archive).unwrap().iterations, 1 << 17);
+    let archive = Archive {
+        mac: None,
+        contents: vec![Content::Encrypted(Kdf::Scrypt(1 << 20, 8, 1))],
+    };
+    let err = check_built(&archive).unwrap_err();
+    // N·r·p = 2^23 is over the per-item cap, which is checked first.
+    assert!(
+        err.contains("asks for 8388608 key-derivation iterations"),
+        "{err}"
+    );
+}
+
+#[test]
+fn scrypt_memory_over_the_limit_is_refused() {
+    // 128·N·r = 75 MiB with N·r·p under the per-item cap.
+    let archive = Archive {
+        mac: None,
+        contents: vec![Content::Encrypted(Kdf::Scrypt(1 << 10, 600, 1))],
+    };
+    let err = check_built(&archive).unwrap_err();
+    assert!(
+        err.starts_with(
+            "an item of the PKCS#12 archive is encrypted with scrypt needing 75 MiB of memory, \
+             more than the limit of 64 MiB"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn schemes_without_a_password_count_nothing_and_unreadable_ones_count_the_cap() {
+    let archive = Archive {
+        mac: None,
+        contents: vec![
+            Content::Encrypted(Kdf::NotPassword),
+            Content::Data(vec![Bag::Shrouded(Kdf::NotPassword)]),
+        ],
+    };
+    assert_eq!(check_built(&archive).unwrap().runs, 0);
+    let archive = Archive {
+        mac: Some(1),
+        contents: vec![Content::Data(vec![
+            Bag::Shrouded(Kdf::Unreadable),
+            Bag::Secret(Kdf::Unreadable),
+        ])],
+    };
+    let work = check_built(&archive).unwrap();
+    assert_eq!(
+        (work.runs, work.iterations),
+        (3, 2 * MAX_ITERATIONS_PER_RUN + 1)
+    );
+}
+
+#[test]
+fn iteration_counts_read_negative_as_zero_and_huge_as_saturated() {
+    let run = |count: &[u8]| {
+        let count = build::tlv(Tag::Integer, count);
+        let params = seq(&[build::tlv(Tag::OctetString, b"salt"), count]);
+        let oid = ObjectIdentifier::new_unwrap("1.2.840.113549.1.12.1.3");
+        let algorithm = seq(&[oid.to_der().unwrap(), params]);
+        encryption_run(AnyRef::from_der(&algorithm).unwrap()).map(|r| r.iterations)
+    };
+    assert_eq!(run(&[0x80]), Some(0));
+    assert_eq!(run(&[0x08, 0x00]), Some(2048));
+    assert_eq!(run(&[0x7f; 12]), Some(u64::MAX));
+    assert_eq!(
+        run(&[]),
+        Some(MAX_ITERATIONS_PER_RUN),
+        "unreadable: the cap"
+    );
+}
+
+#[test]
+fn malformed_der_is_an_error_never_a_panic() {
+    let der = Archive::openssl_default().der();
+    // Every truncation and every single-byte change of a valid archive.
+    for len in 0..der.len() {
+        if let Err(err) = check(&der[..len]) {
+            assert!(
+                err.starts_with("the PKCS#12 data is not a valid archive: "),
+                "{err}"
+            );
+        }
+    }
+    for i in 0..der.len() {
+        for flip in [0x01, 0x80, 0xff] {
+            let mut bad = der.clone();
+            bad[i] ^= flip;
+            if let Err(err) = check(&bad) {
+                assert!(!err.contains('\n') && err.len() < 600, "{err}");
+            }
+        }
+    }
+    for (input, want) in [
+        (&b""[..], "its outer structure is malformed"),
+        (&b"not an archive"[..], "its outer structure is malformed"),
+        (&[0x02, 0x01, 0x03][..], "its outer structure is malformed"),
+        (
+            &[0x30, 0x03, 0x02, 0x01, 0x03][..],
+            "its authSafe is malformed",
+        ),
+        (&[0x30, 0x80, 0x00, 0x00][..], "indefinite"),
+    ] {
+        let err = check(input).unwrap_err();
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    // An AuthenticatedSafe that is not a SEQUENCE OF ContentInfo.
+    let err = check(&pfx(&[seq(&[])], None)).unwrap_err();
+    assert!(
+        err.contains("AuthenticatedSafe content is malformed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn scrypt_with_a_cost_of_zero_is_refused_before_pkcs5_panics_on_it() {
+    // pkcs5 0.8.1 computes log2(N) as `64 - N.leading_zeros() - 1`: N = 0 underflows. Found
+    // by `certificate_pkcs12_built_archives_are_refused_cleanly` (src/proptests.rs).
+    let archive = Archive {
+        mac: None,
+        contents: vec![Content::Encrypted(Kdf::Scrypt(0, 8, 1))],
+    };
+    let err = check_built(&archive).unwrap_err();
+    assert!(
+        err.starts_with(
+            "an item of the PKCS#12 archive is encrypted with scrypt at a cost (N) of 0, which \
+             is invalid"
+        ),
+        "{err}"
+    );
+    let source =
+        crate::credential::certificate::CertificateSource::from_pkcs12(archive.der(), None);
+    assert!(
+        source
+            .load(0)
+            .unwrap_err()
+            .contains("scrypt at a cost (N) of 0")
+    );
+}
