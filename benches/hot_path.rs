@@ -74,6 +74,19 @@ fn bearer_token_with_cae(bencher: Bencher) {
     run(bencher, contenders::bearer_token(true));
 }
 
+/// The two above over an inner service whose clone costs what a hyper-util HTTPS client's
+/// does: what a wrapper that clones its inner service on every request pays with a real
+/// client.
+#[divan::bench(sample_count = SAMPLES, sample_size = CALLS)]
+fn bearer_token_over_client(bencher: Bencher) {
+    run(bencher, contenders::bearer_token_over_client(false));
+}
+
+#[divan::bench(sample_count = SAMPLES, sample_size = CALLS)]
+fn bearer_token_with_cae_over_client(bencher: Bencher) {
+    run(bencher, contenders::bearer_token_over_client(true));
+}
+
 /// The clock reads a fresh-token check could make, for scale (tokio's clock is the one the
 /// layer reads; with tokio's `test-util` feature, which the dev-dependencies enable for the
 /// benches too, it also checks for a paused clock). Ten times the calls per sample: a read

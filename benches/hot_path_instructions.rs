@@ -26,7 +26,7 @@ use tower::Service;
 use tower_http::set_header::SetRequestHeader;
 use tower_identity::bearer::BearerToken;
 
-use contenders::{Ok200, poll_once, request};
+use contenders::{Ok200, OverClient, poll_once, request};
 
 /// Requests in the shorter run; the longer serves twice as many.
 const N: usize = 1000;
@@ -46,6 +46,8 @@ struct Contenders {
     set_header_shared: SetRequestHeader<Ok200, http::HeaderValue>,
     bearer: BearerToken<Ok200>,
     bearer_cae: BearerToken<Ok200>,
+    bearer_client: BearerToken<OverClient>,
+    bearer_cae_client: BearerToken<OverClient>,
     _fence: Box<[u8; 64]>,
 }
 
@@ -55,6 +57,8 @@ fn setup(n: usize) -> (Contenders, Requests) {
     let set_header_shared = contenders::set_request_header_shared();
     let bearer = contenders::bearer_token(false);
     let bearer_cae = contenders::bearer_token(true);
+    let bearer_client = contenders::bearer_token_over_client(false);
+    let bearer_cae_client = contenders::bearer_token_over_client(true);
     let requests = (0..n).map(|_| request()).collect();
     let contenders = Contenders {
         bare,
@@ -62,6 +66,8 @@ fn setup(n: usize) -> (Contenders, Requests) {
         set_header_shared,
         bearer,
         bearer_cae,
+        bearer_client,
+        bearer_cae_client,
         _fence: Box::new([0; 64]),
     };
     (contenders, requests)
@@ -109,6 +115,20 @@ fn bearer_token_with_cae((mut all, requests): (Contenders, Requests)) -> Contend
     all
 }
 
+#[library_benchmark]
+#[benches::calls(args = [N, 2 * N], setup = setup)]
+fn bearer_token_over_client((mut all, requests): (Contenders, Requests)) -> Contenders {
+    serve(&mut all.bearer_client, requests);
+    all
+}
+
+#[library_benchmark]
+#[benches::calls(args = [N, 2 * N], setup = setup)]
+fn bearer_token_with_cae_over_client((mut all, requests): (Contenders, Requests)) -> Contenders {
+    serve(&mut all.bearer_cae_client, requests);
+    all
+}
+
 library_benchmark_group!(
     name = hot_path;
     benchmarks =
@@ -116,7 +136,9 @@ library_benchmark_group!(
         set_request_header_static,
         set_request_header_shared,
         bearer_token,
-        bearer_token_with_cae
+        bearer_token_with_cae,
+        bearer_token_over_client,
+        bearer_token_with_cae_over_client
 );
 
 main!(library_benchmark_groups = hot_path);

@@ -119,13 +119,15 @@ over_floor() {
     done
     local IFS=/; echo "${ratios[*]}" | sed 's#/#, #g'
 }
-for name in bare_service set_request_header_static set_request_header_shared bearer_token bearer_token_with_cae; do
+for name in bare_service set_request_header_static set_request_header_shared bearer_token bearer_token_with_cae bearer_token_over_client bearer_token_with_cae_over_client; do
     label=$(case $name in
         bare_service) echo "bare ready service" ;;
         set_request_header_static) echo "tower-http \`SetRequestHeader\` (static value)" ;;
         set_request_header_shared) echo "tower-http \`SetRequestHeader\` (value made at run time)" ;;
         bearer_token) echo "\`BearerToken\`" ;;
         bearer_token_with_cae) echo "\`BearerToken\` with \`enable_cae(true)\`" ;;
+        bearer_token_over_client) echo "\`BearerToken\`, inner service cloned like a hyper-util client" ;;
+        bearer_token_with_cae_over_client) echo "\`BearerToken\` with CAE, inner service cloned like a hyper-util client" ;;
     esac)
     echo "| $label | $(joined "$name" 2 time) | $(joined "$name" 3 time) | $(over_floor "$name" 2 time) | $(over_floor "$name" 3 time) | $(joined "$name" 2 instr) | $(over_floor "$name" 2 instr) | $(joined "$name" 4 time) |"
 done
@@ -133,12 +135,18 @@ for clock in tokio std; do
     name=clock_${clock}_instant_now
     echo "| clock read: $clock \`Instant::now()\` | $(joined "$name" 2 time) | $(joined "$name" 3 time) | | | |"
 done
-cae=()
-for run in $(seq "$runs"); do
-    cae+=("$(awk '$1 == "bearer_token" { plain = $2 } $1 == "bearer_token_with_cae" { cae = $2 } END { printf "%.2f×", cae / plain }' "$out/time.$run.rows") by fastest time, $(awk '$1 == "bearer_token" { plain = $2 } $1 == "bearer_token_with_cae" { cae = $2 } END { printf "%.2f×", cae / plain }' "$out/instr.$run.rows") by instructions")
+# plain cae file: the CAE contender's figure ÷ the plain one's
+over_plain() {
+    awk -v plain="$1" -v cae="$2" '$1 == plain { p = $2 } $1 == cae { c = $2 } END { printf "%.2f×", c / p }' "$3"
+}
+for inner in "" _over_client; do
+    cae=()
+    for run in $(seq "$runs"); do
+        cae+=("$(over_plain "bearer_token$inner" "bearer_token_with_cae$inner" "$out/time.$run.rows") by fastest time, $(over_plain "bearer_token$inner" "bearer_token_with_cae$inner" "$out/instr.$run.rows") by instructions")
+    done
+    echo
+    echo "CAE ÷ plain \`BearerToken\`${inner:+ (inner service cloned like a hyper-util client)}, per run: $(IFS=';'; echo "${cae[*]}" | sed 's/;/; /g')"
 done
-echo
-echo "CAE ÷ plain \`BearerToken\`, per run: $(IFS=';'; echo "${cae[*]}" | sed 's/;/; /g')"
 echo
 echo "Throughput: layer ÷ bare client per ABBA round, and the cost the median implies:"
 echo

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
@@ -90,7 +90,7 @@ impl<S: Service<Request<B>> + 'static, B: 'static, ResB> ResponseFuture<S, B, Re
 
 impl<S, B, ResB> Future for ResponseFuture<S, B, ResB>
 where
-    S: Service<Request<B>, Response = Response<ResB>> + Send + 'static,
+    S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     B: RetryBody,
@@ -131,7 +131,7 @@ fn unauthorized<S, B, ResB>(
     cx: &mut Context<'_>,
 ) -> Poll<Result<Response<ResB>, BoxError>>
 where
-    S: Service<Request<B>, Response = Response<ResB>> + Send + 'static,
+    S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     B: RetryBody,
@@ -180,14 +180,45 @@ pub(crate) struct After<S: 'static, B: 'static> {
     pub(crate) challenge: Reused<Challenge<S, B>>,
 }
 
-/// What answering a claims challenge needs: the token source (kept, so that a future
-/// outliving every service of its layer, as with `oneshot`, can still answer) and what the
-/// re-send needs besides the head's bytes, which the box keeps beside it ([`Reused`]).
+/// What answering a claims challenge needs: the token source and the service to re-send
+/// through (kept, so that a future outliving every service of its layer, as with `oneshot`,
+/// can still answer) and what the re-send needs besides the head's bytes, which the box keeps
+/// beside it ([`Reused`]).
 pub(crate) struct Challenge<S, B> {
-    pub(crate) source: Arc<Source>,
-    pub(crate) service: S,
+    pub(crate) via: Arc<ResendVia<S>>,
     pub(crate) head: Head,
     pub(crate) replay: Replay<B>,
+}
+
+/// The token source and a clone of the inner service, shared by the CAE requests of one
+/// [`BearerToken`](super::BearerToken) and its clones: a request keeps one reference count to
+/// them instead of a clone of the inner service. A real client's clone is not free (a
+/// hyper-util HTTPS client's clone and drop take ~72 ns here, issue 12) and every CAE request
+/// paid it for a re-send that is rare; the re-send clones the shared service then.
+///
+/// The mutex makes it shareable for an inner service that is `Send` but not `Sync` (tower's
+/// `BoxCloneService`, say); it is held only while that clone is made.
+pub(crate) struct ResendVia<S> {
+    pub(crate) source: Arc<Source>,
+    service: Mutex<S>,
+}
+
+impl<S: Clone> ResendVia<S> {
+    pub(crate) fn new(source: &Arc<Source>, service: S) -> Self {
+        Self {
+            source: Arc::clone(source),
+            service: Mutex::new(service),
+        }
+    }
+
+    /// A clone of the service, for one re-send. A clone that panicked earlier does not stop
+    /// this one: the service is never left half-changed by a clone.
+    fn service(&self) -> S {
+        self.service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 pub(crate) enum Outcome<ResB> {
@@ -224,7 +255,7 @@ impl<S: 'static, B: 'static> After<S, B> {
     /// and the token it rejected is dropped if it is still the current one.
     pub(crate) fn on_unauthorized<ResB>(self, response: Response<ResB>) -> Outcome<ResB>
     where
-        S: Service<Request<B>, Response = Response<ResB>> + Send + 'static,
+        S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
         B: RetryBody,
@@ -237,26 +268,21 @@ impl<S: 'static, B: 'static> After<S, B> {
             super::source::invalidate(token_id);
             return Outcome::Done(response);
         };
-        let Challenge {
-            source,
-            service,
-            head,
-            replay,
-        } = challenge;
+        let Challenge { via, head, replay } = challenge;
         match decide(response.headers(), true) {
             Decision::Retry(claims) => {
                 let resend = TowerResend {
-                    service,
+                    service: via.service(),
                     head,
                     bytes,
                     replay,
                 };
                 Outcome::Retry(Box::pin(async move {
-                    answer_challenge(&source, &claims, token_id, response, resend).await
+                    answer_challenge(&via.source, &claims, token_id, response, resend).await
                 }))
             }
             Decision::GiveBack => {
-                source.slot.invalidate(token_id);
+                via.source.slot.invalidate(token_id);
                 Outcome::Done(response)
             }
         }

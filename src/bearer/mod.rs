@@ -102,7 +102,7 @@ pub use replay::{NotReplayable, Replay, ReplayBody, RetryBody};
 use crate::credential::{BoxCredential, TokenCredential};
 use crate::error::BoxError;
 use crate::refresh::{Lookup, TokenId};
-use future::{After, Challenge};
+use future::{After, Challenge, ResendVia};
 use head::Head;
 use source::Source;
 
@@ -198,6 +198,7 @@ impl<S> Layer<S> for BearerTokenLayer {
             inner,
             source: Arc::clone(&self.source),
             cached: None,
+            resend: None,
         }
     }
 }
@@ -233,6 +234,9 @@ pub struct BearerToken<S> {
     inner: S,
     source: Arc<Source>,
     cached: Option<Cached>,
+    /// With CAE, what a re-send goes through: made on the first CAE request, shared with
+    /// clones (see [`ResendVia`]).
+    resend: Option<Arc<ResendVia<S>>>,
 }
 
 /// A clone's copy of the current token: valid while the slot's generation is unchanged and
@@ -265,8 +269,11 @@ impl<S> BearerToken<S> {
         &self.inner
     }
 
-    /// The inner service, mutably.
+    /// The inner service, mutably. With CAE, re-sends of later requests go through a clone of
+    /// the service as changed here.
     pub fn get_mut(&mut self) -> &mut S {
+        // The shared clone a re-send goes through is made again from the changed service.
+        self.resend = None;
         &mut self.inner
     }
 
@@ -283,6 +290,7 @@ impl<S: Clone> Clone for BearerToken<S> {
             source: Arc::clone(&self.source),
             // Clones start with the token the original holds: no lock on their first request.
             cached: self.cached.clone(),
+            resend: self.resend.clone(),
         }
     }
 }
@@ -329,7 +337,13 @@ where
                 request
                     .headers_mut()
                     .insert(AUTHORIZATION, cached.header_for_request());
-                return send(&mut self.inner, &self.source, request, cached.token_id);
+                return send(
+                    &mut self.inner,
+                    &self.source,
+                    &mut self.resend,
+                    request,
+                    cached.token_id,
+                );
             }
         }
         match self.source.lookup(Instant::now()) {
@@ -348,7 +362,13 @@ where
                     header,
                     token_id: entry.id,
                 });
-                send(&mut self.inner, &self.source, request, entry.id)
+                send(
+                    &mut self.inner,
+                    &self.source,
+                    &mut self.resend,
+                    request,
+                    entry.id,
+                )
             }
             Lookup::Wait(acquisition) => {
                 self.cached = None;
@@ -357,12 +377,13 @@ where
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let source = Arc::clone(&self.source);
+                let mut resend = self.resend.clone();
                 ResponseFuture::boxed(Box::pin(async move {
                     let entry = acquisition.await?;
                     let mut request = request;
                     let header = entry.value.header().clone();
                     request.headers_mut().insert(AUTHORIZATION, header);
-                    send(&mut inner, &source, request, entry.id).await
+                    send(&mut inner, &source, &mut resend, request, entry.id).await
                 }))
             }
         }
@@ -380,11 +401,12 @@ fn is_https(uri: &http::Uri) -> bool {
 }
 
 /// Sends the request, which carries the token `token_id`; with CAE, keeps what a re-send
-/// needs.
+/// needs (and makes `resend` if it is not made yet).
 #[inline(always)]
 fn send<S, B, ResB>(
     inner: &mut S,
     source: &Arc<Source>,
+    resend: &mut Option<Arc<ResendVia<S>>>,
     request: Request<B>,
     token_id: TokenId,
 ) -> ResponseFuture<S, B, ResB>
@@ -396,7 +418,7 @@ where
     ResB: http_body::Body + Send + 'static,
 {
     if source.options.cae {
-        return send_cae(inner, source, request, token_id);
+        return send_cae(inner, source, resend, request, token_id);
     }
     let after = After {
         token_id,
@@ -411,6 +433,7 @@ where
 fn send_cae<S, B, ResB>(
     inner: &mut S,
     source: &Arc<Source>,
+    resend: &mut Option<Arc<ResendVia<S>>>,
     request: Request<B>,
     token_id: TokenId,
 ) -> ResponseFuture<S, B, ResB>
@@ -423,9 +446,9 @@ where
 {
     let (parts, body) = request.into_parts();
     let (body, replay) = body.prepare(source.options.replay_limit);
+    let via = resend.get_or_insert_with(|| Arc::new(ResendVia::new(source, inner.clone())));
     let challenge = spare::Reused::new(head::FIRST_CAPACITY, |bytes| Challenge {
-        source: Arc::clone(source),
-        service: inner.clone(),
+        via: Arc::clone(via),
         // The copy leaves the token's field out.
         head: Head::of(&parts, bytes),
         replay,

@@ -2,6 +2,7 @@
 //! resource, with tokens from ClientSecretCredential and the loopback authority.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,6 +10,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::time::Instant;
+use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_identity::bearer::{BearerError, BearerToken, BearerTokenLayer, BearerTokenLayerBuilder};
 use tower_identity::{BoxCredential, ClientSecretCredential, CredentialError};
@@ -243,16 +245,21 @@ fn the_response_future_is_send() {
         .build()
         .unwrap();
     let _guard = runtime.enter();
-    let mut service: Bearer<Full<Bytes>> = BearerTokenLayer::builder(credential, [SCOPE])
+    let layer = BearerTokenLayer::builder(credential, [SCOPE])
         .enable_cae(true)
-        .build()
-        .layer(hyper_client());
-    let future = service.call(
+        .build();
+    let request = || {
         Request::get("https://x.test/")
             .body(Full::default())
-            .unwrap(),
-    );
+            .unwrap()
+    };
+    let mut service: Bearer<Full<Bytes>> = layer.layer(hyper_client());
+    let future = service.call(request());
     assert_send(&future);
+    // Over an inner service that is `Send` but not `Sync`, as tower's `BoxCloneService` is.
+    let mut boxed = layer.layer(BoxCloneService::new(hyper_client::<Full<Bytes>>()));
+    assert_send(&boxed);
+    assert_send(&boxed.call(request()));
 }
 
 // --- the refresh window, on tokio's paused clock ---
@@ -437,6 +444,98 @@ async fn a_challenge_arriving_after_every_service_is_dropped_is_still_answered()
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(resource.count(), 3, "sent again once");
     assert_eq!(authority.token_posts(), 2, "a claims token");
+}
+
+/// The hyper-util client, marking each request it sends with its tag and counting its clones.
+struct Tagged {
+    client: HyperClient<Full<Bytes>>,
+    tag: &'static str,
+    clones: Arc<AtomicUsize>,
+}
+
+impl Clone for Tagged {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Self {
+            client: self.client.clone(),
+            tag: self.tag,
+            clones: Arc::clone(&self.clones),
+        }
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for Tagged {
+    type Response = <HyperClient<Full<Bytes>> as Service<Request<Full<Bytes>>>>::Response;
+    type Error = <HyperClient<Full<Bytes>> as Service<Request<Full<Bytes>>>>::Error;
+    type Future = <HyperClient<Full<Bytes>> as Service<Request<Full<Bytes>>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.client.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Full<Bytes>>) -> Self::Future {
+        let tag = http::HeaderValue::from_static(self.tag);
+        request.headers_mut().insert("x-via", tag);
+        self.client.call(request)
+    }
+}
+
+#[tokio::test]
+async fn with_cae_requests_do_not_clone_the_inner_service_and_a_resend_goes_through_it_as_changed()
+{
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let clones = Arc::new(AtomicUsize::new(0));
+    let mut service = cae_layer(&authority).layer(Tagged {
+        client: hyper_client(),
+        tag: "first",
+        clones: Arc::clone(&clones),
+    });
+    let send = async |service: &mut BearerToken<Tagged>, path: &str| {
+        let request = get(&resource, path);
+        let response = service.ready().await.unwrap().call(request).await.unwrap();
+        response.status()
+    };
+    for path in ["/cold", "/warm"] {
+        assert_eq!(send(&mut service, path).await, StatusCode::OK);
+    }
+    let warm = clones.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        send(&mut service, "/steady").await;
+    }
+    assert_eq!(clones.load(Ordering::SeqCst), warm, "no clone per request");
+
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    assert_eq!(send(&mut service, "/challenged").await, StatusCode::OK);
+    let resent = resource.requests().pop().unwrap();
+    assert_eq!(
+        (
+            resent.path.as_str(),
+            resent.headers["x-via"].to_str().unwrap()
+        ),
+        ("/challenged", "first")
+    );
+    assert_eq!(
+        clones.load(Ordering::SeqCst),
+        warm + 1,
+        "one, for the re-send"
+    );
+
+    // A change made through `get_mut` reaches later re-sends.
+    service.get_mut().tag = "second";
+    resource.push(Answer::Cae {
+        claims: revocation_claims(2),
+    });
+    assert_eq!(send(&mut service, "/again").await, StatusCode::OK);
+    let resent = resource.requests().pop().unwrap();
+    assert_eq!(
+        (
+            resent.path.as_str(),
+            resent.headers["x-via"].to_str().unwrap()
+        ),
+        ("/again", "second")
+    );
 }
 
 #[tokio::test]
