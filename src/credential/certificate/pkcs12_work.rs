@@ -261,8 +261,8 @@ pub(crate) fn measure(pfx: &[u8]) -> Result<Work, Malformed> {
     Ok(work)
 }
 
-/// SafeContents ::= SEQUENCE OF SafeBag; SafeBag ::= SEQUENCE { bagId OID, bagValue [0]
-/// EXPLICIT ..., bagAttributes SET OPTIONAL }
+/// Counts the bags of `SafeContents ::= SEQUENCE OF SafeBag`, with
+/// `SafeBag ::= SEQUENCE { bagId OID, bagValue [0] EXPLICIT ..., bagAttributes SET OPTIONAL }`.
 fn safe_contents(contents: AnyRef<'_>, work: &mut Work) -> Result<(), Malformed> {
     for bag in sequence(contents, "SafeContents")? {
         let bag = bag.map_err(malformed("SafeContents"))?;
@@ -386,7 +386,8 @@ fn next<'a>(elements: &mut Elements<'a>, part: &'static str) -> Result<AnyRef<'a
         .map_err(malformed(part))
 }
 
-/// ContentInfo ::= SEQUENCE { contentType OID, content [0] EXPLICIT ANY OPTIONAL }
+/// The type and content of
+/// `ContentInfo ::= SEQUENCE { contentType OID, content [0] EXPLICIT ANY OPTIONAL }`.
 fn content_info<'a>(
     value: AnyRef<'a>,
     part: &'static str,
