@@ -87,6 +87,30 @@ fn bearer_token_with_cae_over_client(bencher: Bencher) {
     run(bencher, contenders::bearer_token_over_client(true));
 }
 
+/// Each request through a clone of the service, dropped after it, as handlers do with a
+/// service kept in axum's state (`state.client.clone().oneshot(request)`): the template
+/// itself never serves a request.
+fn run_cloned<S>(bencher: Bencher, template: S)
+where
+    S: Service<Request<Full<Bytes>>> + Clone,
+    S::Response: Send,
+    S::Future: Send,
+{
+    bencher
+        .with_inputs(request)
+        .bench_local_values(|request| poll_once(|| template.clone().call(request)));
+}
+
+#[divan::bench(sample_count = SAMPLES, sample_size = CALLS)]
+fn set_request_header_shared_cloned(bencher: Bencher) {
+    run_cloned(bencher, contenders::set_request_header_shared());
+}
+
+#[divan::bench(sample_count = SAMPLES, sample_size = CALLS)]
+fn bearer_token_cloned(bencher: Bencher) {
+    run_cloned(bencher, contenders::bearer_token(false));
+}
+
 /// The clock reads a fresh-token check could make, for scale (tokio's clock is the one the
 /// layer reads; with tokio's `test-util` feature, which the dev-dependencies enable for the
 /// benches too, it also checks for a paused clock). Ten times the calls per sample: a read

@@ -48,6 +48,7 @@ struct Contenders {
     bearer_cae: BearerToken<Ok200>,
     bearer_client: BearerToken<OverClient>,
     bearer_cae_client: BearerToken<OverClient>,
+    bearer_template: BearerToken<Ok200>,
     _fence: Box<[u8; 64]>,
 }
 
@@ -59,6 +60,7 @@ fn setup(n: usize) -> (Contenders, Requests) {
     let bearer_cae = contenders::bearer_token(true);
     let bearer_client = contenders::bearer_token_over_client(false);
     let bearer_cae_client = contenders::bearer_token_over_client(true);
+    let bearer_template = contenders::bearer_token(false);
     let requests = (0..n).map(|_| request()).collect();
     let contenders = Contenders {
         bare,
@@ -68,6 +70,7 @@ fn setup(n: usize) -> (Contenders, Requests) {
         bearer_cae,
         bearer_client,
         bearer_cae_client,
+        bearer_template,
         _fence: Box::new([0; 64]),
     };
     (contenders, requests)
@@ -129,6 +132,28 @@ fn bearer_token_with_cae_over_client((mut all, requests): (Contenders, Requests)
     all
 }
 
+/// Serves every request through a clone of `template`, dropped after it (see `hot_path`'s
+/// `run_cloned`).
+fn serve_cloned<S: Service<Request<Full<Bytes>>> + Clone>(template: &S, requests: Requests) {
+    for request in requests {
+        black_box(poll_once(|| template.clone().call(black_box(request))));
+    }
+}
+
+#[library_benchmark]
+#[benches::calls(args = [N, 2 * N], setup = setup)]
+fn set_request_header_shared_cloned((all, requests): (Contenders, Requests)) -> Contenders {
+    serve_cloned(&all.set_header_shared, requests);
+    all
+}
+
+#[library_benchmark]
+#[benches::calls(args = [N, 2 * N], setup = setup)]
+fn bearer_token_cloned((all, requests): (Contenders, Requests)) -> Contenders {
+    serve_cloned(&all.bearer_template, requests);
+    all
+}
+
 library_benchmark_group!(
     name = hot_path;
     benchmarks =
@@ -138,7 +163,9 @@ library_benchmark_group!(
         bearer_token,
         bearer_token_with_cae,
         bearer_token_over_client,
-        bearer_token_with_cae_over_client
+        bearer_token_with_cae_over_client,
+        set_request_header_shared_cloned,
+        bearer_token_cloned
 );
 
 main!(library_benchmark_groups = hot_path);

@@ -119,7 +119,7 @@ over_floor() {
     done
     local IFS=/; echo "${ratios[*]}" | sed 's#/#, #g'
 }
-for name in bare_service set_request_header_static set_request_header_shared bearer_token bearer_token_with_cae bearer_token_over_client bearer_token_with_cae_over_client; do
+for name in bare_service set_request_header_static set_request_header_shared bearer_token bearer_token_with_cae bearer_token_over_client bearer_token_with_cae_over_client set_request_header_shared_cloned bearer_token_cloned; do
     label=$(case $name in
         bare_service) echo "bare ready service" ;;
         set_request_header_static) echo "tower-http \`SetRequestHeader\` (static value)" ;;
@@ -128,6 +128,8 @@ for name in bare_service set_request_header_static set_request_header_shared bea
         bearer_token_with_cae) echo "\`BearerToken\` with \`enable_cae(true)\`" ;;
         bearer_token_over_client) echo "\`BearerToken\`, inner service cloned like a hyper-util client" ;;
         bearer_token_with_cae_over_client) echo "\`BearerToken\` with CAE, inner service cloned like a hyper-util client" ;;
+        set_request_header_shared_cloned) echo "\`SetRequestHeader\` (run-time value), a clone of a template per request" ;;
+        bearer_token_cloned) echo "\`BearerToken\`, a clone of a template per request" ;;
     esac)
     echo "| $label | $(joined "$name" 2 time) | $(joined "$name" 3 time) | $(over_floor "$name" 2 time) | $(over_floor "$name" 3 time) | $(joined "$name" 2 instr) | $(over_floor "$name" 2 instr) | $(joined "$name" 4 time) |"
 done
@@ -147,6 +149,12 @@ for inner in "" _over_client; do
     echo
     echo "CAE ÷ plain \`BearerToken\`${inner:+ (inner service cloned like a hyper-util client)}, per run: $(IFS=';'; echo "${cae[*]}" | sed 's/;/; /g')"
 done
+cloned=()
+for run in $(seq "$runs"); do
+    cloned+=("$(over_plain set_request_header_shared_cloned bearer_token_cloned "$out/time.$run.rows") by fastest time, $(over_plain set_request_header_shared_cloned bearer_token_cloned "$out/instr.$run.rows") by instructions")
+done
+echo
+echo "A clone of a template per request, \`BearerToken\` ÷ \`SetRequestHeader\`, per run: $(IFS=';'; echo "${cloned[*]}" | sed 's/;/; /g')"
 echo
 echo "Throughput: layer ÷ bare client per ABBA round, and the cost the median implies:"
 echo

@@ -75,6 +75,21 @@
 //! ever did not, the only effect is the clock-reading path. Credentials' slots
 //! ([`TokenSlot::get`]) never arm one.
 //!
+//! # Beside the slot: the answer the layer's clones share
+//!
+//! Each `BearerToken` clone keeps the last answer it got from [`TokenSlot::lookup`] and checks
+//! it (generation, then the clock unless `timed`) before taking the slot's lock. A clone made
+//! from a service that never served a request has none: when handlers clone a service kept
+//! in their state for each request, every request would take the lock and read the clock.
+//! So every lookup that finds a token also writes its answer into the layer's
+//! `Source::current` (an `ArcSwapOption`, read without a lock), and a clone without an answer
+//! of its own takes that one and checks it the same way. It is the same answer another clone
+//! holds, so the rules are the same: stale once the generation moves. Two lookups racing can
+//! leave the older answer there; its generation is then stale too, and the next clone that
+//! finds it looks again and writes a current one. Measured: a clone per request costs 1593
+//! instructions instead of 1961, against 1373 for `SetRequestHeader` cloned the same way
+//! (`hot_path_instructions`, `bearer_token_cloned`).
+//!
 //! # Beside the slot: the bearer layer's per-thread spare
 //!
 //! A CAE request keeps its re-send state, and its request head in a buffer inside it, in one

@@ -36,7 +36,9 @@
 //! * **Tokens**: clones of the service (and every service made by one built layer) share one
 //!   token; see [what is shared](BearerTokenLayer#what-is-shared).
 //!   While it is fresh, a request reads it without a lock or an allocation: each clone keeps
-//!   the prepared header and checks a shared generation counter and the clock.
+//!   the prepared header and checks a shared generation counter and the clock. A clone that
+//!   has no header yet (cloned for each request from a service kept in state, say) takes the
+//!   last one the layer's services got, read without a lock, and checks it the same way.
 //! * **Renewal**: from `expires_on − 300 s + jitter(0..60 s)` (or the provider's `refresh_on`
 //!   plus jitter when that is earlier; for tokens living less than 10 minutes the window is
 //!   half the lifetime and the jitter shrinks with it), the request that notices starts one
@@ -243,7 +245,7 @@ pub struct BearerToken<S> {
 /// the clock is before `recheck_at` — which, when `timed`, the slot's timer watches (see
 /// [`crate::refresh`]).
 #[derive(Clone)]
-struct Cached {
+pub(super) struct Cached {
     generation: u64,
     recheck_at: Instant,
     timed: bool,
@@ -264,6 +266,14 @@ impl Cached {
 }
 
 impl<S> BearerToken<S> {
+    /// Takes the answer the layer's services last got from the slot, for a clone that holds
+    /// none (see `Source::current`); `call` checks it as its own. Out of line: only a clone's
+    /// first request comes here.
+    #[inline(never)]
+    fn adopt_shared(&mut self) {
+        self.cached = self.source.current.load().as_deref().cloned();
+    }
+
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -328,6 +338,9 @@ where
         }
         // The fast path: the token this clone holds, while the slot's generation is unchanged
         // and, unless the slot's timer watches the deadline, the clock is before it.
+        if self.cached.is_none() {
+            self.adopt_shared();
+        }
         if let Some(cached) = &self.cached {
             if cached.generation == self.source.slot.generation()
                 && (cached.timed || Instant::now() < cached.recheck_at)
@@ -355,13 +368,16 @@ where
             } => {
                 let header = entry.value.header().clone();
                 request.headers_mut().insert(AUTHORIZATION, header.clone());
-                self.cached = Some(Cached {
+                let cached = Cached {
                     generation,
                     recheck_at,
                     timed,
                     header,
                     token_id: entry.id,
-                });
+                };
+                // For clones that hold no answer yet (see `Source::current`).
+                self.source.current.store(Some(Arc::new(cached.clone())));
+                self.cached = Some(cached);
                 send(
                     &mut self.inner,
                     &self.source,
@@ -462,7 +478,73 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::is_https;
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::{Empty, Full};
+    use tower::ServiceExt;
+
+    use super::source::LOOKUPS;
+    use super::*;
+    use crate::credential::CredentialExt;
+    use crate::{AccessToken, CredentialError, TokenRequest};
+
+    fn lookups() -> usize {
+        LOOKUPS.with(std::cell::Cell::get)
+    }
+
+    /// Each request through a fresh clone of a template that never serves one, as handlers do
+    /// with a service kept in axum's state: after the first answer, clones check the one the
+    /// layer shares and take no lock; once it is stale, a clone looks again.
+    #[tokio::test(start_paused = true)]
+    async fn clones_of_a_template_use_the_shared_answer_until_it_is_stale() {
+        let acquisitions = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&acquisitions);
+        let credential = tower::service_fn(move |_: TokenRequest| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let expires = Instant::now() + std::time::Duration::from_secs(3600);
+                Ok::<_, CredentialError>(AccessToken::new(format!("token-{n}"), expires))
+            }
+        });
+        // Answers 200 with the token it was sent, in a header.
+        let echo = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+            let mut response = Response::new(Empty::<Bytes>::new());
+            if let Some(value) = request.headers().get(AUTHORIZATION) {
+                response.headers_mut().insert("x-seen", value.clone());
+            }
+            Ok::<_, Infallible>(response)
+        });
+        let template = BearerTokenLayer::new(credential.boxed_credential(), ["s"]).layer(echo);
+        let send = || async {
+            let request = Request::get("https://x.test/")
+                .body(Full::default())
+                .unwrap();
+            let response = template.clone().oneshot(request).await.unwrap();
+            response.headers()["x-seen"].to_str().unwrap().to_owned()
+        };
+
+        assert_eq!(send().await, "Bearer token-1", "cold: acquired");
+        assert_eq!(send().await, "Bearer token-1", "looked up, and shared");
+        let before = lookups();
+        for _ in 0..10 {
+            assert_eq!(send().await, "Bearer token-1");
+        }
+        assert_eq!(
+            lookups(),
+            before,
+            "no lookup while the shared answer is fresh"
+        );
+
+        // The resource rejected the token: the shared answer is stale, the next clone looks
+        // again and gets a new token.
+        let id = template.source.current.load().as_ref().unwrap().token_id;
+        assert!(template.source.slot.invalidate(id));
+        assert_eq!(send().await, "Bearer token-2");
+        assert_eq!(acquisitions.load(Ordering::SeqCst), 2);
+        assert!(lookups() > before);
+    }
 
     #[test]
     fn only_the_scheme_that_connectors_treat_as_https_is_https() {

@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::HeaderValue;
@@ -13,6 +14,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use zeroize::Zeroizing;
 
+use super::Cached;
 use crate::credential::BoxCredential;
 use crate::error::CredentialError;
 use crate::flight::{SingleFlight, WhenAbandoned};
@@ -97,6 +99,11 @@ pub(crate) struct Source {
     /// Lock order: this lock, then the slot's (a claims flight lands into the slot), never
     /// the reverse.
     claims: SingleFlight<Arc<str>, Entry<Prepared>, ClaimsState>,
+    /// The last answer a service of this layer got from the slot, for its clones: a clone
+    /// that holds no answer of its own (made from a service that never served a request, as
+    /// when a template is cloned for each request) checks this one as it would its own,
+    /// without taking the slot's lock. Written on every lookup that finds a token.
+    pub(crate) current: ArcSwapOption<Cached>,
 }
 
 impl Source {
@@ -115,11 +122,14 @@ impl Source {
                 "the claims token acquisition",
                 ClaimsState::default(),
             ),
+            current: ArcSwapOption::empty(),
         }
     }
 
     /// The slot's answer for this moment (see [`TokenSlot::lookup`]).
     pub(crate) fn lookup(&self, now: Instant) -> Lookup<Prepared> {
+        #[cfg(test)]
+        LOOKUPS.with(|n| n.set(n.get() + 1));
         self.slot.lookup(now, || {
             acquire(self.credential.clone(), self.request.clone(), None)
         })
@@ -244,6 +254,12 @@ impl fmt::Debug for Source {
             .field("options", &self.options)
             .finish()
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The lookups made on this thread: tests count how often requests take the slot's lock.
+    pub(super) static LOOKUPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 #[cfg(test)]
