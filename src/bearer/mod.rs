@@ -263,15 +263,30 @@ impl Cached {
     fn header_for_request(&self) -> HeaderValue {
         self.header.clone()
     }
+
+    /// Whether this answer still holds: the slot's generation is unchanged and, unless the
+    /// slot's timer watches the deadline, the clock is before it.
+    #[inline(always)]
+    fn is_fresh(&self, source: &Source) -> bool {
+        self.generation == source.slot.generation()
+            && (self.timed || Instant::now() < self.recheck_at)
+    }
 }
 
 impl<S> BearerToken<S> {
-    /// Takes the answer the layer's services last got from the slot, for a clone that holds
-    /// none (see `Source::current`); `call` checks it as its own. Out of line: only a clone's
-    /// first request comes here.
+    /// Takes the answer the layer's services last got from the slot (see `Source::current`)
+    /// if it is fresh; says whether it did. Out of line: a clone's first request comes here,
+    /// and a clone's next after its own answer went stale.
     #[inline(never)]
-    fn adopt_shared(&mut self) {
-        self.cached = self.source.current.load().as_deref().cloned();
+    fn adopt_shared(&mut self) -> bool {
+        let shared = self.source.current.load();
+        match shared.as_deref() {
+            Some(answer) if answer.is_fresh(&self.source) => {
+                self.cached = Some(answer.clone());
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The inner service.
@@ -338,15 +353,27 @@ where
         }
         // The fast path: the token this clone holds, while the slot's generation is unchanged
         // and, unless the slot's timer watches the deadline, the clock is before it.
-        if self.cached.is_none() {
-            self.adopt_shared();
-        }
         if let Some(cached) = &self.cached {
-            if cached.generation == self.source.slot.generation()
-                && (cached.timed || Instant::now() < cached.recheck_at)
-            {
+            if cached.is_fresh(&self.source) {
                 // The header goes in here, in place: moving the request into `send` first
                 // costs a copy of it (issue 12).
+                request
+                    .headers_mut()
+                    .insert(AUTHORIZATION, cached.header_for_request());
+                return send(
+                    &mut self.inner,
+                    &self.source,
+                    &mut self.resend,
+                    request,
+                    cached.token_id,
+                );
+            }
+        }
+        // No fresh answer of its own (a clone of a service that never served a request, say):
+        // the one the layer's services last got, if it is fresh. After the fast path, not
+        // before it: checked first it cost every request 4–8 ns.
+        if self.adopt_shared() {
+            if let Some(cached) = &self.cached {
                 request
                     .headers_mut()
                     .insert(AUTHORIZATION, cached.header_for_request());
