@@ -371,7 +371,8 @@ where
         }
         // No fresh answer of its own (a clone of a service that never served a request, say):
         // the one the layer's services last got, if it is fresh. After the fast path, not
-        // before it: checked first it cost every request 4–8 ns.
+        // before it: checked first it cost every request 4–8 ns. The two lines below repeat
+        // the fast path's on purpose: one helper for both cost 32 instructions a request.
         if self.adopt_shared() {
             if let Some(cached) = &self.cached {
                 request

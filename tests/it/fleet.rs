@@ -27,8 +27,12 @@ const PREFIX: &str = "fleet-test";
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 /// `TOKEN_CACHE_BUDGET_MS`. The default (50 ms) is sized for a Redis next to the service;
 /// here 64 processes start at once on a machine of two shared cores, where a Redis answer can
-/// wait that long for a core. A user on a loaded host sets it the same way.
-const BUDGET_MS: u64 = 500;
+/// wait that long for a core. A user on a loaded host sets it the same way. The tests also
+/// tell "a request waited a budget for Redis" by a request's time, so the budget sits well
+/// above what scheduling alone costs a request here: alone the slowest measured 190–245 ms,
+/// and while a fresh clone's suite ran beside it (Python peers compiling) 551 and 562 ms
+/// (2026-11-30), which a budget of 500 ms took for a wait.
+const BUDGET_MS: u64 = 1000;
 /// How long the test waits for a condition the fleet should reach within seconds.
 const CONDITION_LIMIT: Duration = Duration::from_secs(30);
 
