@@ -85,9 +85,10 @@
 //! `Source::current` (an `ArcSwapOption`, read without a lock), and a clone without an answer
 //! of its own takes that one and checks it the same way. It is the same answer another clone
 //! holds, so the rules are the same: stale once the generation moves. Two lookups racing can
-//! leave the older answer there; its generation is then stale too, and the next clone that
-//! finds it looks again and writes a current one. A clone whose own answer went stale takes
-//! the shared one too, if it is fresh. Measured: a clone per request costs 1596
+//! leave the older answer there: either the generation has moved since, or it is the same
+//! token with the earlier deadline (whose timer, if it was replaced, bumped the generation),
+//! so the worst it costs is one lookup more. A clone whose own answer went stale takes the
+//! shared one too, if it is fresh. Measured: a clone per request costs 1596
 //! instructions instead of 1961, against 1373 for `SetRequestHeader` cloned the same way
 //! (`hot_path_instructions`, `bearer_token_cloned`).
 //!
