@@ -13,8 +13,14 @@
 //!   connection tasks too), the server on a runtime of its own, so the main thread's CPU clock
 //!   counts the client's work alone.
 //!
+//! With `THROUGHPUT_BASE=header`, the base is not the bare client but the client behind tower-http's
+//! `SetRequestHeader`, sending an `Authorization` field of the same length as the layer's: the ratio
+//! then leaves out what sending that field costs (hyper writes it on every request), which any
+//! way of authenticating pays, and keeps what the layer itself adds.
+//!
 //! ```text
 //! cargo bench --bench throughput
+//! THROUGHPUT_BASE=header cargo bench --bench throughput
 //! ```
 
 use std::convert::Infallible;
@@ -22,13 +28,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::runtime::Runtime;
 use tower::{ServiceBuilder, ServiceExt};
+use tower_http::set_header::SetRequestHeader;
 use tower_identity::bearer::BearerTokenLayer;
 use tower_identity::{AccessToken, CredentialError, CredentialExt, TokenRequest};
 
@@ -51,9 +59,35 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let rounds = client_runtime.block_on(measure(addr));
-    report(&rounds);
+    let base = match std::env::var("THROUGHPUT_BASE").as_deref() {
+        Ok("header") => Base::Header,
+        Ok("bare") | Err(_) => Base::Bare,
+        Ok(other) => panic!("THROUGHPUT_BASE={other}: expected `bare` or `header`"),
+    };
+    let rounds = client_runtime.block_on(measure(addr, base));
+    report(&rounds, base);
 }
+
+/// What the layer is compared with.
+#[derive(Clone, Copy, PartialEq)]
+enum Base {
+    /// The bare client.
+    Bare,
+    /// The client behind `SetRequestHeader`, sending the layer's `Authorization` value.
+    Header,
+}
+
+impl Base {
+    fn name(self) -> &'static str {
+        match self {
+            Base::Bare => "bare client",
+            Base::Header => "client with SetRequestHeader",
+        }
+    }
+}
+
+/// The token the credential gives, and the `SetRequestHeader` base sends.
+const TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.fresh.token";
 
 /// A keep-alive HTTP/1.1 server answering `200 ok` to everything, on `runtime`'s threads.
 fn server(runtime: &Runtime) -> SocketAddr {
@@ -93,7 +127,7 @@ struct Round {
     layer: [Block; 2],
 }
 
-async fn measure(addr: SocketAddr) -> Vec<Round> {
+async fn measure(addr: SocketAddr, base: Base) -> Vec<Round> {
     let uri = format!("http://{addr}/items");
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -101,7 +135,7 @@ async fn measure(addr: SocketAddr) -> Vec<Round> {
         Client::builder(TokioExecutor::new()).build(connector);
     let credential = tower::service_fn(|_: TokenRequest| async {
         Ok::<_, CredentialError>(AccessToken::new(
-            "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.fresh.token",
+            TOKEN,
             tokio::time::Instant::now() + Duration::from_secs(3600),
         ))
     });
@@ -115,13 +149,30 @@ async fn measure(addr: SocketAddr) -> Vec<Round> {
             .build(),
         )
         .service(client.clone());
+    match base {
+        Base::Bare => rounds(&client, &layer, &uri).await,
+        Base::Header => {
+            // Made at run time, as a token is: its clone per request is a reference count.
+            let value = HeaderValue::from_maybe_shared(Bytes::from(format!("Bearer {TOKEN}")))
+                .expect("a valid header value");
+            let header = SetRequestHeader::overriding(client, AUTHORIZATION, value);
+            rounds(&header, &layer, &uri).await
+        }
+    }
+}
 
+/// The ABBA rounds of `base` and `layer`.
+async fn rounds<A, B>(base: &A, layer: &B, uri: &str) -> Vec<Round>
+where
+    A: Contender,
+    B: Contender,
+{
     let mut rounds = Vec::with_capacity(ROUNDS);
     for round in 0..WARMUP + ROUNDS {
-        let bare_1 = block(&client, &uri).await;
-        let layer_1 = block(&layer, &uri).await;
-        let layer_2 = block(&layer, &uri).await;
-        let bare_2 = block(&client, &uri).await;
+        let bare_1 = block(base, uri).await;
+        let layer_1 = block(layer, uri).await;
+        let layer_2 = block(layer, uri).await;
+        let bare_2 = block(base, uri).await;
         if round >= WARMUP {
             rounds.push(Round {
                 bare: [bare_1, bare_2],
@@ -132,16 +183,33 @@ async fn measure(addr: SocketAddr) -> Vec<Round> {
     rounds
 }
 
-/// `BLOCK` requests through `service`, `CONCURRENCY` at a time, bodies read.
-async fn block<S>(service: &S, uri: &str) -> Block
-where
-    S: tower::Service<Request<Full<Bytes>>, Response = Response<hyper::body::Incoming>>
-        + Clone
-        + Send
-        + 'static,
-    S::Error: std::fmt::Debug,
-    S::Future: Send,
+/// A service the bench sends requests through.
+trait Contender:
+    tower::Service<
+        Request<Full<Bytes>>,
+        Response = Response<hyper::body::Incoming>,
+        Error: std::fmt::Debug,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static
 {
+}
+
+impl<S> Contender for S where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = Response<hyper::body::Incoming>,
+            Error: std::fmt::Debug,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// `BLOCK` requests through `service`, `CONCURRENCY` at a time, bodies read.
+async fn block<S: Contender>(service: &S, uri: &str) -> Block {
     let wall = Instant::now();
     let cpu = thread_cpu();
     for _ in 0..BLOCK / CONCURRENCY {
@@ -170,14 +238,15 @@ fn thread_cpu() -> Duration {
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
-fn report(rounds: &[Round]) {
+fn report(rounds: &[Round], base: Base) {
     println!(
         "{} ABBA rounds, {BLOCK} requests per block, {CONCURRENCY} in flight, HTTP/1.1 keep-alive over loopback",
         rounds.len()
     );
     println!();
     println!(
-        "| measure | bare client, per request (median) | layer ÷ bare, median of per-round ratios | IQR | min–max | layer's cost implied |"
+        "| measure | {}, per request (median) | layer ÷ base, median of per-round ratios | IQR | min–max | layer's cost implied |",
+        base.name()
     );
     println!("|---|---|---|---|---|---|");
     row("wall clock", rounds, |block| block.wall);
