@@ -121,9 +121,9 @@ struct Block {
     cpu: Duration,
 }
 
-/// One ABBA round: the bare client's two blocks and the layer's two.
+/// One ABBA round: the base's two blocks and the layer's two.
 struct Round {
-    bare: [Block; 2],
+    base: [Block; 2],
     layer: [Block; 2],
 }
 
@@ -150,32 +150,32 @@ async fn measure(addr: SocketAddr, base: Base) -> Vec<Round> {
         )
         .service(client.clone());
     match base {
-        Base::Bare => rounds(&client, &layer, &uri).await,
+        Base::Bare => rounds(|| block(&client, &uri), || block(&layer, &uri)).await,
         Base::Header => {
             // Made at run time, as a token is: its clone per request is a reference count.
             let value = HeaderValue::from_maybe_shared(Bytes::from(format!("Bearer {TOKEN}")))
                 .expect("a valid header value");
             let header = SetRequestHeader::overriding(client, AUTHORIZATION, value);
-            rounds(&header, &layer, &uri).await
+            rounds(|| block(&header, &uri), || block(&layer, &uri)).await
         }
     }
 }
 
-/// The ABBA rounds of `base` and `layer`.
-async fn rounds<A, B>(base: &A, layer: &B, uri: &str) -> Vec<Round>
+/// The ABBA rounds of `base` and `layer`, each call a block of requests.
+async fn rounds<A, B>(base: impl Fn() -> A, layer: impl Fn() -> B) -> Vec<Round>
 where
-    A: Contender,
-    B: Contender,
+    A: Future<Output = Block>,
+    B: Future<Output = Block>,
 {
     let mut rounds = Vec::with_capacity(ROUNDS);
     for round in 0..WARMUP + ROUNDS {
-        let bare_1 = block(base, uri).await;
-        let layer_1 = block(layer, uri).await;
-        let layer_2 = block(layer, uri).await;
-        let bare_2 = block(base, uri).await;
+        let base_1 = base().await;
+        let layer_1 = layer().await;
+        let layer_2 = layer().await;
+        let base_2 = base().await;
         if round >= WARMUP {
             rounds.push(Round {
-                bare: [bare_1, bare_2],
+                base: [base_1, base_2],
                 layer: [layer_1, layer_2],
             });
         }
@@ -183,33 +183,16 @@ where
     rounds
 }
 
-/// A service the bench sends requests through.
-trait Contender:
-    tower::Service<
-        Request<Full<Bytes>>,
-        Response = Response<hyper::body::Incoming>,
-        Error: std::fmt::Debug,
-        Future: Send,
-    > + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<S> Contender for S where
-    S: tower::Service<
-            Request<Full<Bytes>>,
-            Response = Response<hyper::body::Incoming>,
-            Error: std::fmt::Debug,
-            Future: Send,
-        > + Clone
-        + Send
-        + 'static
-{
-}
-
 /// `BLOCK` requests through `service`, `CONCURRENCY` at a time, bodies read.
-async fn block<S: Contender>(service: &S, uri: &str) -> Block {
+async fn block<S>(service: &S, uri: &str) -> Block
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<hyper::body::Incoming>>
+        + Clone
+        + Send
+        + 'static,
+    S::Error: std::fmt::Debug,
+    S::Future: Send,
+{
     let wall = Instant::now();
     let cpu = thread_cpu();
     for _ in 0..BLOCK / CONCURRENCY {
@@ -258,18 +241,18 @@ fn row(name: &str, rounds: &[Round], measure: fn(&Block) -> Duration) {
     let sum = |blocks: &[Block; 2]| blocks.iter().map(measure).sum::<Duration>().as_secs_f64();
     let mut ratios: Vec<f64> = rounds
         .iter()
-        .map(|round| sum(&round.layer) / sum(&round.bare))
+        .map(|round| sum(&round.layer) / sum(&round.base))
         .collect();
-    let mut bare: Vec<f64> = rounds
+    let mut base: Vec<f64> = rounds
         .iter()
-        .map(|round| sum(&round.bare) / (2 * BLOCK) as f64)
+        .map(|round| sum(&round.base) / (2 * BLOCK) as f64)
         .collect();
     let ratio = quantiles(&mut ratios);
-    let bare = quantiles(&mut bare)[2];
-    let cost = (ratio[2] - 1.0) * bare;
+    let base = quantiles(&mut base)[2];
+    let cost = (ratio[2] - 1.0) * base;
     println!(
         "| {name} | {:.2} µs | {:.4} | {:.4}–{:.4} | {:.4}–{:.4} | {:+.0} ns ({:+.2} %) |",
-        bare * 1e6,
+        base * 1e6,
         ratio[2],
         ratio[1],
         ratio[3],
