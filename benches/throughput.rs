@@ -13,10 +13,10 @@
 //!   connection tasks too), the server on a runtime of its own, so the main thread's CPU clock
 //!   counts the client's work alone.
 //!
-//! With `THROUGHPUT_BASE=header`, the base is not the bare client but the client behind tower-http's
-//! `SetRequestHeader`, sending an `Authorization` field of the same length as the layer's: the ratio
-//! then leaves out what sending that field costs (hyper writes it on every request), which any
-//! way of authenticating pays, and keeps what the layer itself adds.
+//! With `THROUGHPUT_BASE=header`, the base is not the bare client but the client behind
+//! tower-http's `SetRequestHeader`, sending an `Authorization` field of the same length as the
+//! layer's: the ratio then leaves out what sending that field costs (hyper writes it on every
+//! request), which any way of authenticating pays, and keeps what the layer itself adds.
 //!
 //! ```text
 //! cargo bench --bench throughput
@@ -69,7 +69,7 @@ fn main() {
 }
 
 /// What the layer is compared with.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Base {
     /// The bare client.
     Bare,
