@@ -13,16 +13,26 @@
 //!   connection tasks too), the server on a runtime of its own, so the main thread's CPU clock
 //!   counts the client's work alone.
 //!
+//! It also prints each contender's heap allocations per request, counted on the client's
+//! thread (a thread-local counter, no atomic).
+//!
 //! With `THROUGHPUT_BASE=header`, the base is not the bare client but the client behind
 //! tower-http's `SetRequestHeader`, sending an `Authorization` field of the same length as the
 //! layer's: the ratio then leaves out what sending that field costs (hyper writes it on every
 //! request), which any way of authenticating pays, and keeps what the layer itself adds.
 //!
+//! With `THROUGHPUT_BASE=layer`, the base is the layer and the contender the layer with
+//! `enable_cae(true)`: what keeping each request's head for a claims challenge's re-send
+//! costs over a real client.
+//!
 //! ```text
 //! cargo bench --bench throughput
 //! THROUGHPUT_BASE=header cargo bench --bench throughput
+//! THROUGHPUT_BASE=layer cargo bench --bench throughput
 //! ```
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -39,6 +49,49 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_http::set_header::SetRequestHeader;
 use tower_identity::bearer::BearerTokenLayer;
 use tower_identity::{AccessToken, CredentialError, CredentialExt, TokenRequest};
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The system allocator, counting the allocations of each thread (`alloc`, `alloc_zeroed`; a
+/// `realloc` is not a new allocation).
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Allocations the calling thread has made.
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+fn count() {
+    // `try_with`: a thread being torn down has no counter left.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+// SAFETY: every call goes to the system allocator unchanged; counting touches only a
+// const-initialised thread-local (no allocation, no destructor).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
 
 /// Requests in flight at a time.
 const CONCURRENCY: usize = 32;
@@ -61,8 +114,9 @@ fn main() {
         .unwrap();
     let base = match std::env::var("THROUGHPUT_BASE").as_deref() {
         Ok("header") => Base::Header,
+        Ok("layer") => Base::Layer,
         Ok("bare") | Err(_) => Base::Bare,
-        Ok(other) => panic!("THROUGHPUT_BASE={other}: expected `bare` or `header`"),
+        Ok(other) => panic!("THROUGHPUT_BASE={other}: expected `bare`, `header` or `layer`"),
     };
     let rounds = client_runtime.block_on(measure(addr, base));
     report(&rounds, base);
@@ -75,6 +129,8 @@ enum Base {
     Bare,
     /// The client behind `SetRequestHeader`, sending the layer's `Authorization` value.
     Header,
+    /// The client behind the layer; the contender is then the layer with CAE.
+    Layer,
 }
 
 impl Base {
@@ -82,6 +138,15 @@ impl Base {
         match self {
             Base::Bare => "bare client",
             Base::Header => "client with SetRequestHeader",
+            Base::Layer => "client with the layer",
+        }
+    }
+
+    /// What is compared with the base.
+    fn contender(self) -> &'static str {
+        match self {
+            Base::Bare | Base::Header => "layer",
+            Base::Layer => "layer with CAE",
         }
     }
 }
@@ -114,11 +179,13 @@ fn server(runtime: &Runtime) -> SocketAddr {
     })
 }
 
-/// One contender's turn: wall-clock and client CPU time for `BLOCK` requests.
+/// One contender's turn: wall-clock and client CPU time for `BLOCK` requests, and the client
+/// thread's allocations.
 #[derive(Clone, Copy)]
 struct Block {
     wall: Duration,
     cpu: Duration,
+    allocations: u64,
 }
 
 /// One ABBA round: the base's two blocks and the layer's two.
@@ -139,16 +206,21 @@ async fn measure(addr: SocketAddr, base: Base) -> Vec<Round> {
             tokio::time::Instant::now() + Duration::from_secs(3600),
         ))
     });
-    let layer = ServiceBuilder::new()
-        .layer(
-            BearerTokenLayer::builder(
-                credential.boxed_credential(),
-                ["https://api.example.test/.default"],
+    let credential = credential.boxed_credential();
+    let layer = |cae| {
+        ServiceBuilder::new()
+            .layer(
+                BearerTokenLayer::builder(
+                    credential.clone(),
+                    ["https://api.example.test/.default"],
+                )
+                .allow_insecure_http(true)
+                .enable_cae(cae)
+                .build(),
             )
-            .allow_insecure_http(true)
-            .build(),
-        )
-        .service(client.clone());
+            .service(client.clone())
+    };
+    let (layer, cae) = (layer(false), layer(true));
     match base {
         Base::Bare => rounds(|| block(&client, &uri), || block(&layer, &uri)).await,
         Base::Header => {
@@ -158,10 +230,11 @@ async fn measure(addr: SocketAddr, base: Base) -> Vec<Round> {
             let header = SetRequestHeader::overriding(client, AUTHORIZATION, value);
             rounds(|| block(&header, &uri), || block(&layer, &uri)).await
         }
+        Base::Layer => rounds(|| block(&layer, &uri), || block(&cae, &uri)).await,
     }
 }
 
-/// The ABBA rounds of `base` and `layer`, each call a block of requests.
+/// The ABBA rounds of `base` and `layer` (the contender), each call a block of requests.
 async fn rounds<A, B>(base: impl Fn() -> A, layer: impl Fn() -> B) -> Vec<Round>
 where
     A: Future<Output = Block>,
@@ -195,6 +268,7 @@ where
 {
     let wall = Instant::now();
     let cpu = thread_cpu();
+    let allocated = allocations();
     for _ in 0..BLOCK / CONCURRENCY {
         let mut tasks = Vec::with_capacity(CONCURRENCY);
         for _ in 0..CONCURRENCY {
@@ -212,6 +286,7 @@ where
     Block {
         wall: wall.elapsed(),
         cpu: thread_cpu() - cpu,
+        allocations: allocations() - allocated,
     }
 }
 
@@ -228,12 +303,37 @@ fn report(rounds: &[Round], base: Base) {
     );
     println!();
     println!(
-        "| measure | {}, per request (median) | layer ÷ base, median of per-round ratios | IQR | min–max | layer's cost implied |",
-        base.name()
+        "| measure | {}, per request (median) | {contender} ÷ base, median of per-round ratios | IQR | min–max | {contender}'s cost implied |",
+        base.name(),
+        contender = base.contender(),
     );
     println!("|---|---|---|---|---|---|");
     row("wall clock", rounds, |block| block.wall);
     row("client CPU time", rounds, |block| block.cpu);
+    let per_request = |blocks: fn(&Round) -> &[Block; 2]| {
+        let mut counts: Vec<f64> = rounds
+            .iter()
+            .flat_map(|round| blocks(round).iter())
+            .map(|block| block.allocations as f64 / BLOCK as f64)
+            .collect();
+        quantiles(&mut counts)
+    };
+    let (base_allocations, layer_allocations) = (
+        per_request(|round| &round.base),
+        per_request(|round| &round.layer),
+    );
+    println!();
+    println!(
+        "Heap allocations per request on the client's thread, median (min–max) over blocks: {} {:.2} ({:.2}–{:.2}), {} {:.2} ({:.2}–{:.2})",
+        base.name(),
+        base_allocations[2],
+        base_allocations[0],
+        base_allocations[4],
+        base.contender(),
+        layer_allocations[2],
+        layer_allocations[0],
+        layer_allocations[4],
+    );
 }
 
 /// One measure's line: the per-round ratios' median, quartiles and range.
