@@ -67,9 +67,9 @@
 //! Why CAE gates the re-send: Entra and CAE-aware resources send claims challenges only to
 //! clients that announce the `CP1` capability, and keeping a request's headers and body for a
 //! possible re-send costs a copy of the head on every request, more than the rest of the
-//! layer's work together (the README's Performance section has the figures). It allocates
-//! nothing once the thread has sent one CAE request, for a body that is cloned; a streaming
-//! body's recording allocates. Without CAE the layer keeps nothing and a claims challenge is
+//! layer's work together (the README's Performance section has the figures). For a body that
+//! is cloned it allocates nothing once the thread has had as many CAE requests in flight at
+//! once (up to 64, see `spare.rs`); a streaming body's recording allocates. Without CAE the layer keeps nothing and a claims challenge is
 //! returned like any 401.
 
 mod builder;
@@ -85,7 +85,7 @@ mod spare;
 pub(crate) mod www_authenticate;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -200,7 +200,10 @@ impl<S> Layer<S> for BearerTokenLayer {
             inner,
             source: Arc::clone(&self.source),
             cached: None,
-            resend: None,
+            // Made here, before any clone: a template that is cloned for every request and
+            // never serves one itself would otherwise give each clone a `ResendVia` of its
+            // own, an allocation and a clone of the inner service per request.
+            resend: self.source.options.cae.then(SharedResend::default),
         }
     }
 }
@@ -236,10 +239,13 @@ pub struct BearerToken<S> {
     inner: S,
     source: Arc<Source>,
     cached: Option<Cached>,
-    /// With CAE, what a re-send goes through: made on the first CAE request, shared with
-    /// clones (see [`ResendVia`]).
-    resend: Option<Arc<ResendVia<S>>>,
+    /// With CAE, what a re-send goes through (see [`SharedResend`]).
+    resend: Option<SharedResend<S>>,
 }
+
+/// The [`ResendVia`] of a service and its clones, made on the first CAE request any of them
+/// sends (it holds a clone of the inner service, which `Layer::layer` has no bound to make).
+type SharedResend<S> = Arc<OnceLock<Arc<ResendVia<S>>>>;
 
 /// A clone's copy of the current token: valid while the slot's generation is unchanged and
 /// the clock is before `recheck_at` — which, when `timed`, the slot's timer watches (see
@@ -297,8 +303,11 @@ impl<S> BearerToken<S> {
     /// The inner service, mutably. With CAE, re-sends of later requests go through a clone of
     /// the service as changed here.
     pub fn get_mut(&mut self) -> &mut S {
-        // The shared clone a re-send goes through is made again from the changed service.
-        self.resend = None;
+        // The clone a re-send goes through is made again from the changed service, and shared
+        // with the clones made of this one from now on.
+        if self.resend.is_some() {
+            self.resend = Some(SharedResend::default());
+        }
         &mut self.inner
     }
 
@@ -450,7 +459,7 @@ fn is_https(uri: &http::Uri) -> bool {
 fn send<S, B, ResB>(
     inner: &mut S,
     source: &Arc<Source>,
-    resend: &mut Option<Arc<ResendVia<S>>>,
+    resend: &mut Option<SharedResend<S>>,
     request: Request<B>,
     token_id: TokenId,
 ) -> ResponseFuture<S, B, ResB>
@@ -477,7 +486,7 @@ where
 fn send_cae<S, B, ResB>(
     inner: &mut S,
     source: &Arc<Source>,
-    resend: &mut Option<Arc<ResendVia<S>>>,
+    resend: &mut Option<SharedResend<S>>,
     request: Request<B>,
     token_id: TokenId,
 ) -> ResponseFuture<S, B, ResB>
@@ -490,7 +499,11 @@ where
 {
     let (parts, body) = request.into_parts();
     let (body, replay) = body.prepare(source.options.replay_limit);
-    let via = resend.get_or_insert_with(|| Arc::new(ResendVia::new(source, inner.clone())));
+    // `resend` is made with the service (`Layer::layer`); `get_or_insert_with` only spares
+    // an `expect`.
+    let via = resend
+        .get_or_insert_with(SharedResend::default)
+        .get_or_init(|| Arc::new(ResendVia::new(source, inner.clone())));
     let challenge = spare::Reused::new(head::FIRST_CAPACITY, |bytes| Challenge {
         via: Arc::clone(via),
         // The copy leaves the token's field out.

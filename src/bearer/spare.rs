@@ -3,34 +3,94 @@
 //! allocations").
 //!
 //! Every CAE request keeps its re-send state, and the copy of its request head in a byte
-//! buffer, in one box ([`Reused`]). Each thread keeps at most one spare box:
+//! buffer, in one box ([`Reused`]). Each thread keeps a stack of spare boxes, as many as it
+//! had CAE requests in flight at once, up to a bound:
 //!
-//! * **Taking**: a request takes its thread's spare if there is one and it was made for the
-//!   same type (which `Any` checks); otherwise it allocates a box and a buffer.
+//! * **Taking**: a request takes the box on top of its thread's stack if there is one and it
+//!   was made for the same type (which `Any` checks); otherwise it allocates a box and a
+//!   buffer.
 //! * **Giving back**: when the response future is dropped, or its state is taken out to answer
-//!   a 401, the box, emptied, with its buffer wiped, becomes the spare of the thread that
-//!   drops it, replacing and freeing any spare already there. State taken out for a 401
-//!   takes the buffer with it, wiped when dropped.
-//! * **Bounds**: one box per thread, its buffer at most [`BYTES_LIMIT`]; a larger buffer is
-//!   freed instead.
-//! * **No lock, no panic**: the spare is a thread-local `Cell`; while a thread is being torn
-//!   down (its thread-locals gone), requests allocate and drops free, as without spares.
+//!   a 401, the box, emptied, with its buffer wiped, goes on top of the stack of the thread
+//!   that drops it. State taken out for a 401 takes the buffer with it, wiped when dropped.
+//! * **Bounds**: at most [`BOXES_LIMIT`] boxes a thread, and [`KEPT_BYTES_LIMIT`] bytes of
+//!   buffers, none over [`BYTES_LIMIT`]. A box over the count is freed; a buffer over a byte
+//!   bound is freed and its box kept without one. With more CAE requests in flight on a
+//!   thread than that, the ones over it allocate.
+//! * **No lock, no panic**: the stack is a thread-local `RefCell`, borrowed only to push or
+//!   pop a box (no other code runs then); while a thread is being torn down (its
+//!   thread-locals gone), requests allocate and drops free, as without spares.
+//!
+//! One spare a thread was enough for a thread sending one request at a time, but a client
+//! thread has many in flight: 32 at a time through a hyper-util client, with each request
+//! through a clone of one service, paid nearly two allocations a request (the box and its
+//! buffer) for all but the first (`THROUGHPUT_BASE=layer cargo bench --bench throughput`,
+//! 2026-11-30).
 //!
 //! A future that moves to another thread gives its box to that thread: in a work-stealing
 //! runtime a task mostly stays on its worker, and when it does not, the price is the
 //! allocation the spare would have saved.
 
 use std::any::Any;
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::mem::ManuallyDrop;
 
 use zeroize::Zeroizing;
 
-/// The largest buffer kept in a thread's spare box; a larger one is freed.
+/// The largest buffer kept in a spare box; a larger one is freed.
 pub(super) const BYTES_LIMIT: usize = 16 * 1024;
+/// The most spare boxes a thread keeps.
+pub(super) const BOXES_LIMIT: usize = 64;
+/// The most bytes of buffers a thread's spare boxes keep together: a buffer of the first
+/// capacity for each box.
+pub(super) const KEPT_BYTES_LIMIT: usize = BOXES_LIMIT * super::head::FIRST_CAPACITY;
+
+/// A thread's spare boxes, the last given back on top, and their buffers' capacity in all.
+struct Spares {
+    boxes: Vec<Box<dyn Any>>,
+    bytes: usize,
+}
 
 thread_local! {
-    static BOX: Cell<Option<Box<dyn Any>>> = const { Cell::new(None) };
+    static SPARES: RefCell<Spares> = const {
+        RefCell::new(Spares {
+            boxes: Vec::new(),
+            bytes: 0,
+        })
+    };
+}
+
+impl Spares {
+    /// The box on top, if it was made for `T`.
+    fn take<T: 'static>(&mut self) -> Option<Box<Kept<T>>> {
+        let top = self.boxes.pop()?;
+        match top.downcast::<Kept<T>>() {
+            Ok(kept) => {
+                self.bytes = self.bytes.saturating_sub(kept.bytes.capacity());
+                Some(kept)
+            }
+            Err(other) => {
+                self.boxes.push(other);
+                None
+            }
+        }
+    }
+
+    /// Keeps `kept` (its value gone, its buffer wiped and empty) within the bounds, or gives
+    /// it back to be freed.
+    fn keep<T: 'static>(&mut self, mut kept: Box<Kept<T>>) -> Option<Box<Kept<T>>> {
+        if self.boxes.len() >= BOXES_LIMIT {
+            return Some(kept);
+        }
+        let capacity = kept.bytes.capacity();
+        match self.bytes.checked_add(capacity) {
+            Some(total) if capacity <= BYTES_LIMIT && total <= KEPT_BYTES_LIMIT => {
+                self.bytes = total;
+            }
+            _ => kept.bytes = Vec::new(),
+        }
+        self.boxes.push(kept);
+        None
+    }
 }
 
 /// What the box holds: the value and the buffer it was made with (a request head's copy),
@@ -40,8 +100,8 @@ struct Kept<T> {
     bytes: Vec<u8>,
 }
 
-/// A `T` in a box that, when dropped, becomes its thread's spare box; or nothing, without a
-/// box ([`none`](Self::none)), in the same eight bytes.
+/// A `T` in a box that, when dropped, becomes one of its thread's spare boxes; or nothing,
+/// without a box ([`none`](Self::none)), in the same eight bytes.
 pub(crate) struct Reused<T: 'static> {
     /// `None` for nothing. Dropped by hand (`Drop` below), so that a future without CAE has
     /// no drop glue to call for it.
@@ -57,16 +117,15 @@ impl<T: 'static> Reused<T> {
         }
     }
 
-    /// The value `make` returns, in this thread's spare box or a new one. `make` gets the
+    /// The value `make` returns, in one of this thread's spare boxes or a new one. `make` gets the
     /// box's buffer, empty (with room for `capacity` bytes when the box is new), to write the
     /// bytes the value goes with.
     #[inline]
     pub(crate) fn new(capacity: usize, make: impl FnOnce(&mut Vec<u8>) -> T) -> Self {
-        let spare = BOX
-            .try_with(Cell::take)
+        let spare = SPARES
+            .try_with(|spares| spares.try_borrow_mut().ok()?.take::<T>())
             .ok()
-            .flatten()
-            .and_then(|spare| spare.downcast::<Kept<T>>().ok());
+            .flatten();
         let mut boxed = spare.unwrap_or_else(|| {
             Box::new(Kept {
                 value: None,
@@ -98,20 +157,27 @@ impl<T: 'static> Reused<T> {
     }
 
     /// Empties the box, wipes its buffer (it may hold header values that are secrets) and
-    /// keeps it as this thread's spare, with the buffer unless that is over [`BYTES_LIMIT`].
+    /// keeps it as one of this thread's spares, within the bounds (see [`Spares::keep`]).
     #[inline(never)]
     fn give_back(&mut self) {
         if let Some(mut boxed) = self.boxed.take() {
+            // Dropped before the stack is borrowed: the value's drop runs the inner service's
+            // and the body's code.
             boxed.value = None;
             // A plain fill, not `zeroize`'s volatile byte-by-byte writes (several
             // instructions a byte, on every CAE request): the buffer stays reachable through
-            // the thread-local, so the writes cannot be optimised away.
+            // the thread-local, so the writes cannot be optimised away. A buffer freed
+            // instead was wiped all the same.
             boxed.bytes.fill(0);
             boxed.bytes.clear();
-            if boxed.bytes.capacity() > BYTES_LIMIT {
-                boxed.bytes = Vec::new();
-            }
-            let _ = BOX.try_with(|spare| spare.set(Some(boxed)));
+            // Freed here, after the borrow, if not kept.
+            let _unkept = SPARES
+                .try_with(|spares| match spares.try_borrow_mut() {
+                    Ok(mut spares) => spares.keep(boxed),
+                    Err(_) => Some(boxed),
+                })
+                .ok()
+                .flatten();
         }
     }
 }
@@ -169,6 +235,70 @@ mod tests {
         assert_eq!((value.as_str(), bytes.as_slice()), ("value", &b"head"[..]));
         assert!(reused.take().is_none());
         assert!(reused.get().is_none());
+    }
+
+    /// The thread's spare boxes and their buffers' bytes.
+    fn spares() -> (usize, usize) {
+        SPARES.with_borrow(|spares| (spares.boxes.len(), spares.bytes))
+    }
+
+    #[test]
+    fn as_many_boxes_as_were_in_flight_at_once_are_reused() {
+        let first: Vec<_> = (0..32)
+            .map(|_| {
+                Reused::new(64, |bytes| {
+                    bytes.push(1);
+                    false
+                })
+            })
+            .collect();
+        let mut boxes: Vec<_> = first.iter().map(at).collect();
+        drop(first);
+        assert_eq!(spares(), (32, 32 * 64));
+        let again: Vec<_> = (0..32)
+            .map(|_| Reused::new(64, |bytes| bytes.is_empty()))
+            .collect();
+        assert!(
+            again
+                .iter()
+                .all(|r| r.get().is_some_and(|(empty, _)| *empty))
+        );
+        let mut reused: Vec<_> = again.iter().map(at).collect();
+        boxes.sort();
+        reused.sort();
+        assert_eq!(reused, boxes, "every box again, none new");
+        assert_eq!(spares(), (0, 0));
+    }
+
+    #[test]
+    fn the_boxes_and_bytes_a_thread_keeps_are_bounded() {
+        let many: Vec<_> = (0..BOXES_LIMIT + 5)
+            .map(|_| Reused::new(BYTES_LIMIT, |bytes| bytes.capacity()))
+            .collect();
+        drop(many);
+        let (boxes, bytes) = spares();
+        assert_eq!(boxes, BOXES_LIMIT, "the boxes over the bound were freed");
+        assert!(bytes <= KEPT_BYTES_LIMIT, "{bytes}");
+        assert_eq!(
+            bytes,
+            KEPT_BYTES_LIMIT / BYTES_LIMIT * BYTES_LIMIT,
+            "as many buffers as fit"
+        );
+        // The boxes kept without a buffer get one again when taken.
+        let taken: Vec<_> = (0..BOXES_LIMIT)
+            .map(|_| Reused::new(8, |bytes| bytes.capacity()))
+            .collect();
+        assert!(taken.iter().all(|r| r.get().is_some_and(|(c, _)| *c >= 8)));
+        assert_eq!(spares(), (0, 0));
+    }
+
+    #[test]
+    fn a_box_of_another_type_on_top_stays_for_its_own() {
+        drop(Reused::new(8, |_| String::from("x")));
+        let number = Reused::new(8, |_| 1u64);
+        assert_eq!(spares().0, 1, "the other box is still kept");
+        drop(number);
+        assert_eq!(spares().0, 2);
     }
 
     #[test]

@@ -538,6 +538,49 @@ async fn with_cae_requests_do_not_clone_the_inner_service_and_a_resend_goes_thro
     );
 }
 
+/// Each request through a fresh clone of a template that never serves one (axum's state, say):
+/// the clones share one clone of the inner service for re-sends, made on the first CAE
+/// request, instead of each making its own.
+#[tokio::test]
+async fn with_cae_clones_of_a_template_share_the_inner_service_kept_for_re_sends() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let clones = Arc::new(AtomicUsize::new(0));
+    let template = cae_layer(&authority).layer(Tagged {
+        client: hyper_client(),
+        tag: "template",
+        clones: Arc::clone(&clones),
+    });
+    let send = async |path: &str| {
+        let request = get(&resource, path);
+        let response = template.clone().oneshot(request).await.unwrap();
+        response.status()
+    };
+    // The first request waits for the token (the waiting path clones the service once) and
+    // makes the kept clone.
+    assert_eq!(send("/cold").await, StatusCode::OK);
+    let warm = clones.load(Ordering::SeqCst);
+    const REQUESTS: usize = 20;
+    for _ in 0..REQUESTS {
+        assert_eq!(send("/each").await, StatusCode::OK);
+    }
+    assert_eq!(
+        clones.load(Ordering::SeqCst),
+        warm + REQUESTS,
+        "one clone per request, the template's: none kept per request"
+    );
+
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    assert_eq!(send("/challenged").await, StatusCode::OK);
+    assert_eq!(resource.requests().pop().unwrap().path, "/challenged");
+    assert_eq!(
+        clones.load(Ordering::SeqCst),
+        warm + REQUESTS + 2,
+        "the challenged request's clone, and one of the kept service for its re-send"
+    );
+}
+
 #[tokio::test]
 async fn without_cae_a_claims_challenge_is_returned_like_any_401() {
     let (authority, resource) = (Authority::start().await, Resource::start().await);
