@@ -28,6 +28,7 @@ for run in $(seq "$runs"); do
     done
     GUNGRAUN_COLOR=never cargo bench -q --bench hot_path_instructions >"$out/instr.$run" 2>/dev/null
     cargo bench -q --bench throughput >"$out/throughput.$run" 2>/dev/null
+    THROUGHPUT_BASE=layer cargo bench -q --bench throughput >"$out/cae.$run" 2>/dev/null
 done
 
 # divan: "├─ name  fastest │ slowest │ median │ mean │ samples │ iters", then the allocation
@@ -164,4 +165,19 @@ for run in $(seq "$runs"); do
     grep -E '^\| (wall clock|client CPU time) \|' "$out/throughput.$run" | sed "s/^|/| $run |/"
 done
 echo
-echo "Commands: cargo bench --bench hot_path; cargo bench --bench hot_path_instructions; cargo bench --bench throughput (this table: benches/report.sh)"
+echo "Throughput with CAE: the layer with \`enable_cae(true)\` ÷ the layer per ABBA round:"
+echo
+echo "| run | measure | layer, per request (median) | CAE ÷ layer (median) | IQR | min–max | CAE's cost implied |"
+echo "|---|---|---|---|---|---|---|"
+for run in $(seq "$runs"); do
+    grep -E '^\| (wall clock|client CPU time) \|' "$out/cae.$run" | sed "s/^|/| $run |/"
+done
+echo
+echo "Heap allocations per request on the client's thread, per run:"
+for run in $(seq "$runs"); do
+    grep -h '^Heap allocations' "$out/throughput.$run" "$out/cae.$run" |
+        sed -e 's/^Heap allocations per request on the client.s thread, median (min–max) over blocks: //' \
+            -e "s/^/- run $run: /"
+done
+echo
+echo "Commands: cargo bench --bench hot_path; cargo bench --bench hot_path_instructions; cargo bench --bench throughput; THROUGHPUT_BASE=layer cargo bench --bench throughput (this table: benches/report.sh)"

@@ -3,54 +3,62 @@
 //! allocations").
 //!
 //! Every CAE request keeps its re-send state, and the copy of its request head in a byte
-//! buffer, in one box ([`Reused`]). Each thread keeps a stack of spare boxes, as many as it
-//! had CAE requests in flight at once, up to a bound:
+//! buffer, in one box ([`Reused`]). Each thread keeps spare boxes, as many as it had CAE
+//! requests in flight at once, up to a bound: the one given back last in a `Cell` of its own,
+//! the ones before it in a stack.
 //!
-//! * **Taking**: a request takes the box on top of its thread's stack if there is one and it
-//!   was made for the same type (which `Any` checks); otherwise it allocates a box and a
-//!   buffer.
+//! * **Taking**: a request takes the last box given back, or else the one on top of the
+//!   stack, if it was made for the same type (which `Any` checks); otherwise it allocates a
+//!   box and a buffer.
 //! * **Giving back**: when the response future is dropped, or its state is taken out to answer
-//!   a 401, the box, emptied, with its buffer wiped, goes on top of the stack of the thread
-//!   that drops it. State taken out for a 401 takes the buffer with it, wiped when dropped.
-//! * **Bounds**: at most [`BOXES_LIMIT`] boxes a thread, and [`KEPT_BYTES_LIMIT`] bytes of
-//!   buffers, none over [`BYTES_LIMIT`]. A box over the count is freed; a buffer over a byte
-//!   bound is freed and its box kept without one. With more CAE requests in flight on a
-//!   thread than that, the ones over it allocate.
-//! * **No lock, no panic**: the stack is a thread-local `RefCell`, borrowed only to push or
-//!   pop a box (no other code runs then); while a thread is being torn down (its
-//!   thread-locals gone), requests allocate and drops free, as without spares.
+//!   a 401, the box, emptied, with its buffer wiped, becomes the last given back of the thread
+//!   that drops it; the one it displaces goes on top of the stack (or is freed if it was
+//!   made for another type). State taken out for a 401 takes the buffer with it, wiped when
+//!   dropped.
+//! * **Bounds**: one box and [`BOXES_LIMIT`] in the stack; buffers of at most
+//!   [`BYTES_LIMIT`] each, and of [`KEPT_BYTES_LIMIT`] together in the stack. A box over the
+//!   count is freed; a buffer over a byte bound is freed and its box kept without one. With
+//!   more CAE requests in flight on a thread than that, the ones over it allocate.
+//! * **No lock, no panic**: the last box is a thread-local `Cell`, the stack a thread-local
+//!   `RefCell` borrowed only to push or pop a box (no other code runs then); while a thread
+//!   is being torn down (its thread-locals gone), requests allocate and drops free, as
+//!   without spares.
 //!
-//! One spare a thread was enough for a thread sending one request at a time, but a client
-//! thread has many in flight: 32 at a time through a hyper-util client, with each request
-//! through a clone of one service, paid nearly two allocations a request (the box and its
-//! buffer) for all but the first (`THROUGHPUT_BASE=layer cargo bench --bench throughput`,
-//! 2026-11-30).
+//! Why both: with one spare a thread, a client thread with many requests in flight (32
+//! through a hyper-util client, each request through a clone of one service) paid nearly two
+//! allocations a request, the box and its buffer, for all but the first
+//! (`THROUGHPUT_BASE=layer cargo bench --bench throughput`, 2026-11-30); with the stack alone,
+//! a thread sending one request at a time paid 43 instructions a request more for its
+//! borrows and bounds (`hot_path_instructions`, CAE: 2044 against 2001).
 //!
 //! A future that moves to another thread gives its box to that thread: in a work-stealing
 //! runtime a task mostly stays on its worker, and when it does not, the price is the
 //! allocation the spare would have saved.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::mem::ManuallyDrop;
 
 use zeroize::Zeroizing;
 
 /// The largest buffer kept in a spare box; a larger one is freed.
 pub(super) const BYTES_LIMIT: usize = 16 * 1024;
-/// The most spare boxes a thread keeps.
+/// The most spare boxes a thread keeps in its stack.
 pub(super) const BOXES_LIMIT: usize = 64;
-/// The most bytes of buffers a thread's spare boxes keep together: a buffer of the first
-/// capacity for each box.
+/// The most bytes of buffers the boxes in a thread's stack keep together: a buffer of the
+/// first capacity for each box.
 pub(super) const KEPT_BYTES_LIMIT: usize = BOXES_LIMIT * super::head::FIRST_CAPACITY;
 
-/// A thread's spare boxes, the last given back on top, and their buffers' capacity in all.
+/// A thread's stack of spare boxes, the latest on top, and their buffers' capacity in all.
 struct Spares {
     boxes: Vec<Box<dyn Any>>,
     bytes: usize,
 }
 
 thread_local! {
+    /// The box given back last.
+    static LAST: Cell<Option<Box<dyn Any>>> = const { Cell::new(None) };
+    /// The ones before it.
     static SPARES: RefCell<Spares> = const {
         RefCell::new(Spares {
             boxes: Vec::new(),
@@ -122,10 +130,12 @@ impl<T: 'static> Reused<T> {
     /// bytes the value goes with.
     #[inline]
     pub(crate) fn new(capacity: usize, make: impl FnOnce(&mut Vec<u8>) -> T) -> Self {
-        let spare = SPARES
-            .try_with(|spares| spares.try_borrow_mut().ok()?.take::<T>())
-            .ok()
-            .flatten();
+        // A last box made for another type is freed.
+        let spare = match LAST.try_with(Cell::take) {
+            Ok(Some(last)) => last.downcast::<Kept<T>>().ok(),
+            _ => None,
+        }
+        .or_else(Self::from_stack);
         let mut boxed = spare.unwrap_or_else(|| {
             Box::new(Kept {
                 value: None,
@@ -140,6 +150,33 @@ impl<T: 'static> Reused<T> {
         Self {
             boxed: ManuallyDrop::new(Some(boxed)),
         }
+    }
+
+    /// The box on top of this thread's stack, if it was made for `T`: out of line, as a
+    /// thread with one request in flight at a time finds its box in `LAST`.
+    #[inline(never)]
+    fn from_stack() -> Option<Box<Kept<T>>> {
+        SPARES
+            .try_with(|spares| spares.try_borrow_mut().ok()?.take::<T>())
+            .ok()
+            .flatten()
+    }
+
+    /// Puts `displaced`, the box `LAST` held before, on top of this thread's stack if it was
+    /// made for `T` and the bounds allow; frees it otherwise.
+    #[inline(never)]
+    fn to_stack(displaced: Box<dyn Any>) {
+        let Ok(kept) = displaced.downcast::<Kept<T>>() else {
+            return;
+        };
+        // Freed here, after the borrow, if not kept.
+        let _unkept = SPARES
+            .try_with(|spares| match spares.try_borrow_mut() {
+                Ok(mut spares) => spares.keep(kept),
+                Err(_) => Some(kept),
+            })
+            .ok()
+            .flatten();
     }
 
     /// The value and its bytes, out of the box (`None` if they were taken already). The
@@ -157,12 +194,13 @@ impl<T: 'static> Reused<T> {
     }
 
     /// Empties the box, wipes its buffer (it may hold header values that are secrets) and
-    /// keeps it as one of this thread's spares, within the bounds (see [`Spares::keep`]).
+    /// keeps it as the last one given back on this thread, the one before it going to the
+    /// stack (see [`Spares::keep`] for the bounds).
     #[inline(never)]
     fn give_back(&mut self) {
         if let Some(mut boxed) = self.boxed.take() {
-            // Dropped before the stack is borrowed: the value's drop runs the inner service's
-            // and the body's code.
+            // The value's drop runs the inner service's and the body's code: done before any
+            // thread-local is touched.
             boxed.value = None;
             // A plain fill, not `zeroize`'s volatile byte-by-byte writes (several
             // instructions a byte, on every CAE request): the buffer stays reachable through
@@ -170,14 +208,13 @@ impl<T: 'static> Reused<T> {
             // instead was wiped all the same.
             boxed.bytes.fill(0);
             boxed.bytes.clear();
-            // Freed here, after the borrow, if not kept.
-            let _unkept = SPARES
-                .try_with(|spares| match spares.try_borrow_mut() {
-                    Ok(mut spares) => spares.keep(boxed),
-                    Err(_) => Some(boxed),
-                })
-                .ok()
-                .flatten();
+            if boxed.bytes.capacity() > BYTES_LIMIT {
+                boxed.bytes = Vec::new();
+            }
+            let displaced = LAST.try_with(|last| last.replace(Some(boxed)));
+            if let Ok(Some(displaced)) = displaced {
+                Self::to_stack(displaced);
+            }
         }
     }
 }
@@ -237,9 +274,15 @@ mod tests {
         assert!(reused.get().is_none());
     }
 
-    /// The thread's spare boxes and their buffers' bytes.
-    fn spares() -> (usize, usize) {
-        SPARES.with_borrow(|spares| (spares.boxes.len(), spares.bytes))
+    /// Whether the thread has a last box, and the boxes in its stack and their buffers' bytes.
+    fn spares() -> (bool, usize, usize) {
+        let last = LAST.with(|last| {
+            let boxed = last.take();
+            let there = boxed.is_some();
+            last.set(boxed);
+            there
+        });
+        SPARES.with_borrow(|spares| (last, spares.boxes.len(), spares.bytes))
     }
 
     #[test]
@@ -254,7 +297,11 @@ mod tests {
             .collect();
         let mut boxes: Vec<_> = first.iter().map(at).collect();
         drop(first);
-        assert_eq!(spares(), (32, 32 * 64));
+        assert_eq!(
+            spares(),
+            (true, 31, 31 * 64),
+            "the last, and the others stacked"
+        );
         let again: Vec<_> = (0..32)
             .map(|_| Reused::new(64, |bytes| bytes.is_empty()))
             .collect();
@@ -267,7 +314,7 @@ mod tests {
         boxes.sort();
         reused.sort();
         assert_eq!(reused, boxes, "every box again, none new");
-        assert_eq!(spares(), (0, 0));
+        assert_eq!(spares(), (false, 0, 0));
     }
 
     #[test]
@@ -276,7 +323,8 @@ mod tests {
             .map(|_| Reused::new(BYTES_LIMIT, |bytes| bytes.capacity()))
             .collect();
         drop(many);
-        let (boxes, bytes) = spares();
+        let (last, boxes, bytes) = spares();
+        assert!(last);
         assert_eq!(boxes, BOXES_LIMIT, "the boxes over the bound were freed");
         assert!(bytes <= KEPT_BYTES_LIMIT, "{bytes}");
         assert_eq!(
@@ -285,20 +333,26 @@ mod tests {
             "as many buffers as fit"
         );
         // The boxes kept without a buffer get one again when taken.
-        let taken: Vec<_> = (0..BOXES_LIMIT)
+        let taken: Vec<_> = (0..=BOXES_LIMIT)
             .map(|_| Reused::new(8, |bytes| bytes.capacity()))
             .collect();
         assert!(taken.iter().all(|r| r.get().is_some_and(|(c, _)| *c >= 8)));
-        assert_eq!(spares(), (0, 0));
+        assert_eq!(spares(), (false, 0, 0));
     }
 
     #[test]
-    fn a_box_of_another_type_on_top_stays_for_its_own() {
+    fn a_box_of_another_type_is_freed_and_the_stack_still_serves() {
+        let (a, b) = (Reused::new(8, |_| 1u64), Reused::new(8, |_| 2u64));
+        let a_at = at(&a);
+        drop(a);
+        drop(b);
+        assert_eq!(spares(), (true, 1, 8));
+        // Finds the last box, `b`'s, made for another type: frees it, and allocates.
         drop(Reused::new(8, |_| String::from("x")));
-        let number = Reused::new(8, |_| 1u64);
-        assert_eq!(spares().0, 1, "the other box is still kept");
-        drop(number);
-        assert_eq!(spares().0, 2);
+        assert_eq!(spares(), (true, 1, 8), "b's box freed, a's still stacked");
+        let c = Reused::new(8, |_| 3u64);
+        assert_eq!(at(&c), a_at, "the last box was another type's: the stack's");
+        assert_eq!(spares(), (false, 0, 0));
     }
 
     #[test]
