@@ -75,7 +75,7 @@
 //! ever did not, the only effect is the clock-reading path. Credentials' slots
 //! ([`TokenSlot::get`]) never arm one.
 //!
-//! # Beside the slot: the answer the layer's clones share
+//! # Beside the slot: the answer the layer's clones and middleware share
 //!
 //! Each `BearerToken` clone keeps the last answer it got from [`TokenSlot::lookup`] and checks
 //! it (generation, then the clock unless `timed`) before taking the slot's lock. A clone made
@@ -90,14 +90,18 @@
 //! so the worst it costs is one lookup more. A clone whose own answer went stale takes the
 //! shared one too, if it is fresh. Measured: a clone per request costs 1596
 //! instructions instead of 1961, against 1373 for `SetRequestHeader` cloned the same way
-//! (`hot_path_instructions`, `bearer_token_cloned`).
+//! (`hot_path_instructions`, `bearer_token_cloned`). The reqwest middleware, which keeps no
+//! answer of its own, checks the shared one before each lookup and writes it after one the
+//! same way: without it, every request through the middleware took the slot's lock and read
+//! the clock.
 //!
-//! # Beside the slot: the bearer layer's per-thread spare
+//! # Beside the slot: the bearer layer's per-thread spares
 //!
 //! A CAE request keeps its re-send state, and its request head in a buffer inside it, in one
-//! box taken from and given back to a thread-local spare (`bearer/spare.rs`): one per
-//! thread, no lock, its buffer bounded in size, emptied (and the head wiped) when given back,
-//! so no spare holds a service, a body or a header value. A future that moves threads gives
+//! box taken from and given back to its thread's spares (`bearer/spare.rs`): as many as the
+//! thread had CAE requests in flight at once, up to 65, no lock, their buffers bounded in
+//! size, emptied (and the head wiped) when given back, so no spare holds a service, a body or
+//! a header value. A future that moves threads gives
 //! its box to the thread that drops it.
 //!
 //! # Tracing

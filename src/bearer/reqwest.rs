@@ -34,10 +34,10 @@ use tokio::time::Instant;
 
 use super::future::{Decision, Resend, answer_challenge, decide, drain};
 use super::replay::NotReplayable;
-use super::source::{Prepared, Source};
-use super::{BearerError, BearerTokenLayer};
+use super::source::Source;
+use super::{BearerError, BearerTokenLayer, Cached};
 use crate::error::CredentialError;
-use crate::refresh::{Entry, Lookup};
+use crate::refresh::{Lookup, TokenId};
 
 /// [`BearerTokenLayer`] as a reqwest middleware; made by [`BearerTokenLayer::middleware`].
 pub struct BearerTokenMiddleware {
@@ -83,12 +83,10 @@ impl Middleware for BearerTokenMiddleware {
             let uri: http::Uri = request.url().as_str().parse().unwrap_or_default();
             return Err(Error::middleware(BearerError::insecure(&uri)));
         }
-        let entry = current_token(&self.source)
+        let (header, token_id) = current_token(&self.source)
             .await
             .map_err(Error::middleware)?;
-        request
-            .headers_mut()
-            .insert(AUTHORIZATION, entry.value.header().clone());
+        request.headers_mut().insert(AUTHORIZATION, header);
         let retry = if options.cae {
             request.try_clone()
         } else {
@@ -105,10 +103,10 @@ impl Middleware for BearerTokenMiddleware {
                     next,
                     extensions,
                 };
-                answer_challenge(&self.source, &claims, entry.id, response, resend).await
+                answer_challenge(&self.source, &claims, token_id, response, resend).await
             }
             _ => {
-                self.source.slot.invalidate(entry.id);
+                self.source.slot.invalidate(token_id);
                 Ok(response)
             }
         }
@@ -152,11 +150,131 @@ impl Resend for ReqwestResend<'_> {
     }
 }
 
-/// The current token, waiting for an acquisition only when there is no valid one (the
-/// middleware has no readiness step in which to wait, unlike the layer).
-async fn current_token(source: &Source) -> std::result::Result<Entry<Prepared>, CredentialError> {
+/// The current token's `Authorization` value and id: the answer the layer's services and
+/// middleware share while it is fresh (no lock), else a lookup, waiting for an acquisition
+/// only when there is no valid token (the middleware has no readiness step in which to wait,
+/// unlike the layer).
+async fn current_token(
+    source: &Source,
+) -> std::result::Result<(HeaderValue, TokenId), CredentialError> {
+    if let Some(found) =
+        Cached::read_shared(source, |answer| (answer.header.clone(), answer.token_id))
+    {
+        return Ok(found);
+    }
     match source.lookup(Instant::now()) {
-        Lookup::Use { entry, .. } => Ok(entry),
-        Lookup::Wait(acquisition) => acquisition.await,
+        Lookup::Use {
+            entry,
+            generation,
+            recheck_at,
+            timed,
+        } => {
+            let shared = Cached::share(source, &entry, generation, recheck_at, timed);
+            Ok((shared.header, shared.token_id))
+        }
+        Lookup::Wait(acquisition) => {
+            let entry = acquisition.await?;
+            Ok((entry.value.header().clone(), entry.id))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::{Empty, Full};
+    use reqwest_middleware::ClientBuilder;
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::bearer::source::LOOKUPS;
+    use crate::credential::CredentialExt;
+    use crate::{AccessToken, TokenRequest};
+
+    fn lookups() -> usize {
+        LOOKUPS.with(std::cell::Cell::get)
+    }
+
+    /// The end of the chain: answers 200 with the `Authorization` value it was sent, in a
+    /// header, without a socket.
+    struct Echo;
+
+    #[async_trait::async_trait]
+    impl Middleware for Echo {
+        async fn handle(
+            &self,
+            request: reqwest::Request,
+            _: &mut http::Extensions,
+            _: Next<'_>,
+        ) -> Result<reqwest::Response> {
+            let mut response = http::Response::new(reqwest::Body::from(""));
+            if let Some(value) = request.headers().get(AUTHORIZATION) {
+                response.headers_mut().insert("x-seen", value.clone());
+            }
+            Ok(response.into())
+        }
+    }
+
+    /// The middleware reads the answer the layer shares, as a clone of the layer's service
+    /// does: no lookup (the slot's lock and a clock read) while it is fresh, whichever of the
+    /// two made it.
+    #[tokio::test(start_paused = true)]
+    async fn requests_use_the_shared_answer_while_it_is_fresh() {
+        let credential = tower::service_fn(|_: TokenRequest| async {
+            let expires = Instant::now() + Duration::from_secs(3600);
+            Ok::<_, CredentialError>(AccessToken::new("token-1", expires))
+        });
+        let layer = BearerTokenLayer::new(credential.boxed_credential(), ["s"]);
+        // Never used to connect (`Echo` answers), but reqwest needs a TLS configuration.
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let reqwest = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .unwrap();
+        let client = ClientBuilder::new(reqwest)
+            .with(layer.middleware())
+            .with(Echo)
+            .build();
+        let send = async || {
+            let response = client.get("https://x.test/").send().await.unwrap();
+            response.headers()["x-seen"].to_str().unwrap().to_owned()
+        };
+
+        assert_eq!(send().await, "Bearer token-1", "cold: acquired");
+        assert_eq!(send().await, "Bearer token-1", "looked up, and shared");
+        let before = lookups();
+        for _ in 0..10 {
+            assert_eq!(send().await, "Bearer token-1");
+        }
+        assert_eq!(
+            lookups(),
+            before,
+            "no lookup while the shared answer is fresh"
+        );
+
+        // A clone of the layer's service finds the middleware's answer too.
+        let ok = tower::service_fn(|_: http::Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(http::Response::new(Empty::<Bytes>::new()))
+        });
+        let request = http::Request::get("https://x.test/")
+            .body(Full::default())
+            .unwrap();
+        layer.layer(ok).oneshot(request).await.unwrap();
+        assert_eq!(lookups(), before, "nor through the layer's service");
+
+        // The token rejected: the shared answer is stale, the next request looks again.
+        let id = layer.source.current.load().as_ref().unwrap().token_id;
+        assert!(layer.source.slot.invalidate(id));
+        send().await;
+        assert!(lookups() > before);
     }
 }

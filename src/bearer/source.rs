@@ -99,10 +99,11 @@ pub(crate) struct Source {
     /// Lock order: this lock, then the slot's (a claims flight lands into the slot), never
     /// the reverse.
     claims: SingleFlight<Arc<str>, Entry<Prepared>, ClaimsState>,
-    /// The last answer a service of this layer got from the slot, for its clones: a clone
-    /// that holds no answer of its own (made from a service that never served a request, as
-    /// when a template is cloned for each request) checks this one as it would its own,
-    /// without taking the slot's lock. Written on every lookup that finds a token.
+    /// The last answer a service or middleware of this layer got from the slot, for the
+    /// others: a clone that holds no answer of its own (made from a service that never served
+    /// a request, as when a template is cloned for each request), and the middleware, which
+    /// keeps none, check this one as a clone would its own, without taking the slot's lock.
+    /// Written on every lookup that finds a token.
     pub(crate) current: ArcSwapOption<Cached>,
 }
 
