@@ -271,7 +271,9 @@ impl Cached {
     }
 
     /// The answer a lookup found, left in the source for the layer's services and middleware
-    /// that hold no fresh answer of their own (see `Source::current`).
+    /// that hold no fresh answer of their own (see `Source::current`). Out of line: off the
+    /// fast path, it only makes `call` larger.
+    #[inline(never)]
     fn share(
         source: &Source,
         entry: &Entry<Prepared>,
