@@ -216,7 +216,7 @@ pub(crate) struct Entry<V> {
     pub(crate) expires_on: Instant,
 }
 
-type Acquisition<V> = Flight<Entry<V>>;
+pub(crate) type Acquisition<V> = Flight<Entry<V>>;
 
 /// What the slot keeps under its flight's lock.
 struct State<V> {

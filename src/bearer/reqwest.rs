@@ -30,14 +30,13 @@ use std::sync::Arc;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, StatusCode};
 use reqwest_middleware::{Error, Middleware, Next, Result};
-use tokio::time::Instant;
 
 use super::future::{Decision, Resend, answer_challenge, decide, drain};
 use super::replay::NotReplayable;
 use super::source::Source;
 use super::{BearerError, BearerTokenLayer, Cached};
 use crate::error::CredentialError;
-use crate::refresh::{Lookup, TokenId};
+use crate::refresh::TokenId;
 
 /// [`BearerTokenLayer`] as a reqwest middleware; made by [`BearerTokenLayer::middleware`].
 pub struct BearerTokenMiddleware {
@@ -162,17 +161,9 @@ async fn current_token(
     {
         return Ok(found);
     }
-    match source.lookup(Instant::now()) {
-        Lookup::Use {
-            entry,
-            generation,
-            recheck_at,
-            timed,
-        } => {
-            let shared = Cached::share(source, &entry, generation, recheck_at, timed);
-            Ok((shared.header, shared.token_id))
-        }
-        Lookup::Wait(acquisition) => {
+    match Cached::look_up(source) {
+        Ok(shared) => Ok((shared.header, shared.token_id)),
+        Err(acquisition) => {
             let entry = acquisition.await?;
             Ok((entry.value.header().clone(), entry.id))
         }
@@ -187,16 +178,13 @@ mod tests {
     use bytes::Bytes;
     use http_body_util::{Empty, Full};
     use reqwest_middleware::ClientBuilder;
+    use tokio::time::Instant;
     use tower::{Layer, ServiceExt};
 
     use super::*;
-    use crate::bearer::source::LOOKUPS;
+    use crate::bearer::source::{assert_the_shared_answer_serves, lookups};
     use crate::credential::CredentialExt;
     use crate::{AccessToken, TokenRequest};
-
-    fn lookups() -> usize {
-        LOOKUPS.with(std::cell::Cell::get)
-    }
 
     /// The end of the chain: answers 200 with the `Authorization` value it was sent, in a
     /// header, without a socket.
@@ -249,17 +237,7 @@ mod tests {
             response.headers()["x-seen"].to_str().unwrap().to_owned()
         };
 
-        assert_eq!(send().await, "Bearer token-1", "cold: acquired");
-        assert_eq!(send().await, "Bearer token-1", "looked up, and shared");
-        let before = lookups();
-        for _ in 0..10 {
-            assert_eq!(send().await, "Bearer token-1");
-        }
-        assert_eq!(
-            lookups(),
-            before,
-            "no lookup while the shared answer is fresh"
-        );
+        let before = assert_the_shared_answer_serves(send).await;
 
         // A clone of the layer's service finds the middleware's answer too.
         let ok = tower::service_fn(|_: http::Request<Full<Bytes>>| async {

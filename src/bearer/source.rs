@@ -260,7 +260,32 @@ impl fmt::Debug for Source {
 #[cfg(test)]
 thread_local! {
     /// The lookups made on this thread: tests count how often requests take the slot's lock.
-    pub(super) static LOOKUPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static LOOKUPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The lookups made on this thread so far.
+#[cfg(test)]
+pub(super) fn lookups() -> usize {
+    LOOKUPS.with(std::cell::Cell::get)
+}
+
+/// Sends through `send` (which returns the `Authorization` value the request carried) a cold
+/// request, a second one, then ten more, which must make no lookup: the answer the layer's
+/// services and middleware share serves them. Returns the lookups made before the ten.
+#[cfg(test)]
+pub(super) async fn assert_the_shared_answer_serves(send: impl AsyncFn() -> String) -> usize {
+    assert_eq!(send().await, "Bearer token-1", "cold: acquired");
+    assert_eq!(send().await, "Bearer token-1", "looked up, and shared");
+    let before = lookups();
+    for _ in 0..10 {
+        assert_eq!(send().await, "Bearer token-1");
+    }
+    assert_eq!(
+        lookups(),
+        before,
+        "no lookup while the shared answer is fresh"
+    );
+    before
 }
 
 #[cfg(test)]
