@@ -157,21 +157,23 @@ done
 echo
 echo "A clone of a template per request, \`BearerToken\` ÷ \`SetRequestHeader\`, per run: $(IFS=';'; echo "${cloned[*]}" | sed 's/;/; /g')"
 echo
+# The rows of the throughput bench's table, per run, from the outputs named $1.RUN.
+throughput_rows() {
+    for run in $(seq "$runs"); do
+        grep -E '^\| (wall clock|client CPU time) \|' "$out/$1.$run" | sed "s/^|/| $run |/"
+    done
+}
 echo "Throughput: layer ÷ bare client per ABBA round, and the cost the median implies:"
 echo
 echo "| run | measure | bare client, per request (median) | layer ÷ bare (median) | IQR | min–max | layer's cost implied |"
 echo "|---|---|---|---|---|---|---|"
-for run in $(seq "$runs"); do
-    grep -E '^\| (wall clock|client CPU time) \|' "$out/throughput.$run" | sed "s/^|/| $run |/"
-done
+throughput_rows throughput
 echo
 echo "Throughput with CAE: the layer with \`enable_cae(true)\` ÷ the layer per ABBA round:"
 echo
 echo "| run | measure | layer, per request (median) | CAE ÷ layer (median) | IQR | min–max | CAE's cost implied |"
 echo "|---|---|---|---|---|---|---|"
-for run in $(seq "$runs"); do
-    grep -E '^\| (wall clock|client CPU time) \|' "$out/cae.$run" | sed "s/^|/| $run |/"
-done
+throughput_rows cae
 echo
 echo "Heap allocations per request on the client's thread, per run:"
 for run in $(seq "$runs"); do
