@@ -69,8 +69,8 @@
 //! possible re-send costs a copy of the head on every request, more than the rest of the
 //! layer's work together (the README's Performance section has the figures). For a body that
 //! is cloned it allocates nothing once the thread has had as many CAE requests in flight at
-//! once (up to 64, see `spare.rs`); a streaming body's recording allocates. Without CAE the layer keeps nothing and a claims challenge is
-//! returned like any 401.
+//! once (up to 65, see `spare.rs`); a streaming body's recording allocates. Without CAE the
+//! layer keeps nothing and a claims challenge is returned like any 401.
 
 mod builder;
 mod cae;
