@@ -7,20 +7,23 @@
 //! requests in flight at once, up to a bound: the one given back last in a `Cell` of its own,
 //! the ones before it in a stack.
 //!
-//! * **Taking**: a request takes the last box given back, or else the one on top of the
-//!   stack, if it was made for the same type (which `Any` checks); otherwise it allocates a
-//!   box and a buffer.
+//! * **Taking**: a request takes the last box given back if it was made for the same type
+//!   (which `Any` checks), or else the box nearest the top of the stack made for it;
+//!   otherwise it allocates a box and a buffer. A last box of another type goes on the stack
+//!   first, so that a thread sending CAE requests through services of several types (a
+//!   different inner service or body) reuses each type's boxes.
 //! * **Giving back**: when the response future is dropped, or its state is taken out to answer
 //!   a 401, the box, emptied, with its buffer wiped, becomes the last given back of the thread
-//!   that drops it; the one it displaces goes on top of the stack (or is freed if it was
-//!   made for another type). State taken out for a 401 takes the buffer with it, wiped when
-//!   dropped.
+//!   that drops it; the one it displaces goes on top of the stack. State taken out for a 401
+//!   takes the buffer with it, wiped when dropped.
 //! * **Bounds**: one box and [`BOXES_LIMIT`] in the stack; buffers of at most
 //!   [`BYTES_LIMIT`] each, and of [`KEPT_BYTES_LIMIT`] together in the stack. A box over the
-//!   count is freed; a buffer over a byte bound is freed and its box kept without one. With
+//!   count is freed; a buffer over a byte bound is freed and its box kept without one (a box
+//!   of another type than the request's is freed whole: its buffer cannot be reached). With
 //!   more CAE requests in flight on a thread than that, the ones over it allocate.
 //! * **No lock, no panic**: the last box is a thread-local `Cell`, the stack a thread-local
-//!   `RefCell` borrowed only to push or pop a box (no other code runs then); while a thread
+//!   `RefCell` borrowed only to push a box or find one and take it out (at most
+//!   [`BOXES_LIMIT`] type checks; no other code runs then); while a thread
 //!   is being torn down (its thread-locals gone), requests allocate and drops free, as
 //!   without spares.
 //!
@@ -51,13 +54,23 @@ pub(super) const KEPT_BYTES_LIMIT: usize = BOXES_LIMIT * super::head::FIRST_CAPA
 
 /// A thread's stack of spare boxes, the latest on top, and their buffers' capacity in all.
 struct Spares {
-    boxes: Vec<Box<dyn Any>>,
+    boxes: Vec<Stacked>,
     bytes: usize,
+}
+
+/// A spare box in the stack, made for any type, and its buffer's capacity (which a box of a
+/// type not known where it is stacked cannot tell).
+struct Stacked {
+    spare: Box<dyn Any>,
+    capacity: usize,
 }
 
 thread_local! {
     /// The box given back last.
     static LAST: Cell<Option<Box<dyn Any>>> = const { Cell::new(None) };
+    /// The capacity of the buffer in the box `LAST` holds, set with it: a box of another type
+    /// found there goes to the stack, which counts its bytes.
+    static LAST_CAPACITY: Cell<usize> = const { Cell::new(0) };
     /// The ones before it.
     static SPARES: RefCell<Spares> = const {
         RefCell::new(Spares {
@@ -68,35 +81,40 @@ thread_local! {
 }
 
 impl Spares {
-    /// The box on top, if it was made for `T`.
+    /// The box nearest the top that was made for `T`. Boxes of other types stay: a thread
+    /// that sends CAE requests through services of several types finds each type's boxes.
     fn take<T: 'static>(&mut self) -> Option<Box<Kept<T>>> {
-        let top = self.boxes.pop()?;
-        match top.downcast::<Kept<T>>() {
-            Ok(kept) => {
-                self.bytes = self.bytes.saturating_sub(kept.bytes.capacity());
-                Some(kept)
-            }
-            Err(other) => {
-                self.boxes.push(other);
-                None
-            }
-        }
+        let at = self
+            .boxes
+            .iter()
+            .rposition(|stacked| stacked.spare.is::<Kept<T>>())?;
+        let Stacked { spare, capacity } = self.boxes.remove(at);
+        self.bytes = self.bytes.saturating_sub(capacity);
+        spare.downcast().ok()
     }
 
-    /// Keeps `kept` (its value gone, its buffer wiped and empty) within the bounds, or gives
-    /// it back to be freed.
-    fn keep<T: 'static>(&mut self, mut kept: Box<Kept<T>>) -> Option<Box<Kept<T>>> {
+    /// Keeps `spare` (its value gone, its buffer of `capacity` wiped and empty) within the
+    /// bounds, or gives it back to be freed. Over the byte bounds, a box made for `T` is kept
+    /// without its buffer, which is freed; a box of another type is freed whole, as its buffer
+    /// cannot be reached.
+    fn keep<T: 'static>(&mut self, spare: Box<dyn Any>, capacity: usize) -> Option<Box<dyn Any>> {
         if self.boxes.len() >= BOXES_LIMIT {
-            return Some(kept);
+            return Some(spare);
         }
-        let capacity = kept.bytes.capacity();
-        match self.bytes.checked_add(capacity) {
+        let (spare, capacity) = match self.bytes.checked_add(capacity) {
             Some(total) if capacity <= BYTES_LIMIT && total <= KEPT_BYTES_LIMIT => {
                 self.bytes = total;
+                (spare, capacity)
             }
-            _ => kept.bytes = Vec::new(),
-        }
-        self.boxes.push(kept);
+            _ => match spare.downcast::<Kept<T>>() {
+                Ok(mut kept) => {
+                    kept.bytes = Vec::new();
+                    (kept as Box<dyn Any>, 0)
+                }
+                Err(other) => return Some(other),
+            },
+        };
+        self.boxes.push(Stacked { spare, capacity });
         None
     }
 }
@@ -130,12 +148,13 @@ impl<T: 'static> Reused<T> {
     /// bytes the value goes with.
     #[inline]
     pub(crate) fn new(capacity: usize, make: impl FnOnce(&mut Vec<u8>) -> T) -> Self {
-        // A last box made for another type is freed.
         let spare = match LAST.try_with(Cell::take) {
-            Ok(Some(last)) => last.downcast::<Kept<T>>().ok(),
-            _ => None,
-        }
-        .or_else(Self::from_stack);
+            Ok(Some(last)) => match last.downcast::<Kept<T>>() {
+                Ok(kept) => Some(kept),
+                Err(other) => Self::from_stack_past(other),
+            },
+            _ => Self::from_stack(),
+        };
         let mut boxed = spare.unwrap_or_else(|| {
             Box::new(Kept {
                 value: None,
@@ -152,8 +171,8 @@ impl<T: 'static> Reused<T> {
         }
     }
 
-    /// The box on top of this thread's stack, if it was made for `T`: out of line, as a
-    /// thread with one request in flight at a time finds its box in `LAST`.
+    /// The box nearest the top of this thread's stack that was made for `T`: out of line, as
+    /// a thread with one request in flight at a time finds its box in `LAST`.
     #[inline(never)]
     fn from_stack() -> Option<Box<Kept<T>>> {
         SPARES
@@ -162,18 +181,33 @@ impl<T: 'static> Reused<T> {
             .flatten()
     }
 
-    /// Puts `displaced`, the box `LAST` held before, on top of this thread's stack if it was
-    /// made for `T` and the bounds allow; frees it otherwise.
+    /// [`from_stack`](Self::from_stack) when `LAST` held `other`, a box of another type: it
+    /// goes on the stack first, so that its type's next request finds it.
     #[inline(never)]
-    fn to_stack(displaced: Box<dyn Any>) {
-        let Ok(kept) = displaced.downcast::<Kept<T>>() else {
-            return;
-        };
+    fn from_stack_past(other: Box<dyn Any>) -> Option<Box<Kept<T>>> {
+        let capacity = LAST_CAPACITY.try_with(Cell::get).unwrap_or(0);
+        let (found, _unkept) = SPARES
+            .try_with(|spares| match spares.try_borrow_mut() {
+                Ok(mut spares) => {
+                    let unkept = spares.keep::<T>(other, capacity);
+                    (spares.take::<T>(), unkept)
+                }
+                Err(_) => (None, Some(other)),
+            })
+            .unwrap_or_default();
+        // A box not kept is freed here, after the borrow.
+        found
+    }
+
+    /// Puts `displaced`, the box `LAST` held before, with a buffer of `capacity`, on top of
+    /// this thread's stack if the bounds allow; frees it otherwise.
+    #[inline(never)]
+    fn to_stack(displaced: Box<dyn Any>, capacity: usize) {
         // Freed here, after the borrow, if not kept.
         let _unkept = SPARES
             .try_with(|spares| match spares.try_borrow_mut() {
-                Ok(mut spares) => spares.keep(kept),
-                Err(_) => Some(kept),
+                Ok(mut spares) => spares.keep::<T>(displaced, capacity),
+                Err(_) => Some(displaced),
             })
             .ok()
             .flatten();
@@ -211,9 +245,12 @@ impl<T: 'static> Reused<T> {
             if boxed.bytes.capacity() > BYTES_LIMIT {
                 boxed.bytes = Vec::new();
             }
+            let capacity = boxed.bytes.capacity();
             let displaced = LAST.try_with(|last| last.replace(Some(boxed)));
-            if let Ok(Some(displaced)) = displaced {
-                Self::to_stack(displaced);
+            // A `Cell<usize>` needs no destructor: it is there while the thread runs.
+            let displaced_capacity = LAST_CAPACITY.try_with(|last| last.replace(capacity));
+            if let (Ok(Some(displaced)), Ok(displaced_capacity)) = (displaced, displaced_capacity) {
+                Self::to_stack(displaced, displaced_capacity);
             }
         }
     }
@@ -341,18 +378,58 @@ mod tests {
     }
 
     #[test]
-    fn a_box_of_another_type_is_freed_and_the_stack_still_serves() {
-        let (a, b) = (Reused::new(8, |_| 1u64), Reused::new(8, |_| 2u64));
-        let a_at = at(&a);
-        drop(a);
-        drop(b);
-        assert_eq!(spares(), (true, 1, 8));
-        // Finds the last box, `b`'s, made for another type: frees it, and allocates.
-        drop(Reused::new(8, |_| String::from("x")));
-        assert_eq!(spares(), (true, 1, 8), "b's box freed, a's still stacked");
-        let c = Reused::new(8, |_| 3u64);
-        assert_eq!(at(&c), a_at, "the last box was another type's: the stack's");
-        assert_eq!(spares(), (false, 0, 0));
+    fn boxes_of_types_that_alternate_on_a_thread_are_each_reused() {
+        // Each box's buffer is made with a capacity of its own, which a reused box keeps: a
+        // new box gets the capacity asked for, 8.
+        drop(Reused::new(64, |_| 0usize));
+        // Finds `a`'s box last, made for another type: stacks it, and allocates.
+        drop(Reused::new(128, |_| String::new()));
+        assert_eq!(
+            spares(),
+            (true, 1, 64),
+            "the String's box last, the usize's stacked"
+        );
+        for round in 0..3 {
+            let a = Reused::new(8, |bytes| bytes.capacity());
+            assert_eq!(a.get().map(|(c, _)| *c), Some(64), "round {round}: usize");
+            drop(a);
+            let b = Reused::new(8, |bytes| bytes.capacity().to_string());
+            assert_eq!(
+                b.get().map(|(c, _)| c.as_str()),
+                Some("128"),
+                "round {round}"
+            );
+            drop(b);
+            assert_eq!(
+                spares(),
+                (true, 1, 64),
+                "round {round}: no box more, none fewer"
+            );
+        }
+    }
+
+    #[test]
+    fn a_box_of_another_type_over_the_byte_bound_is_freed_whole() {
+        // Fill the stack's byte bound with boxes made for `usize`.
+        let fill: Vec<_> = (0..=KEPT_BYTES_LIMIT / BYTES_LIMIT)
+            .map(|_| Reused::new(BYTES_LIMIT, |_| 0usize))
+            .collect();
+        drop(fill);
+        let (_, boxes, bytes) = spares();
+        assert_eq!(
+            (boxes, bytes),
+            (KEPT_BYTES_LIMIT / BYTES_LIMIT, KEPT_BYTES_LIMIT)
+        );
+        // A `String` request finds the last `usize` box: no room for its bytes, so it is freed
+        // with them; the stack is as it was.
+        let other = Reused::new(8, |_| String::new());
+        assert_eq!(spares(), (false, boxes, bytes));
+        drop(other);
+        // A `usize` request finds the `String`'s box last: no room for its bytes either, so it
+        // is freed whole, and the request takes a `usize` box from the stack.
+        let taken = Reused::new(8, |bytes| bytes.capacity());
+        assert_eq!(taken.get().map(|(c, _)| *c), Some(BYTES_LIMIT));
+        assert_eq!(spares(), (false, boxes - 1, bytes - BYTES_LIMIT));
     }
 
     #[test]
