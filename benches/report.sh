@@ -19,13 +19,14 @@ export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-cargo bench --no-run --bench hot_path --bench hot_path_instructions --bench throughput 2>"$out/build" ||
+cargo bench --no-run --bench hot_path --bench hot_path_pairs --bench hot_path_instructions --bench throughput 2>"$out/build" ||
     { cat "$out/build" >&2; exit 1; }
 for run in $(seq "$runs"); do
     echo "run $run/$runs" >&2
     for pass in $(seq "$passes"); do
         cargo bench -q --bench hot_path >"$out/time.$run.$pass" 2>/dev/null
     done
+    cargo bench -q --bench hot_path_pairs >"$out/pairs.$run" 2>/dev/null
     GUNGRAUN_COLOR=never cargo bench -q --bench hot_path_instructions >"$out/instr.$run" 2>/dev/null
     cargo bench -q --bench throughput >"$out/throughput.$run" 2>/dev/null
     THROUGHPUT_BASE=layer cargo bench -q --bench throughput >"$out/cae.$run" 2>/dev/null
@@ -157,6 +158,12 @@ done
 echo
 echo "A clone of a template per request, \`BearerToken\` ÷ \`SetRequestHeader\`, per run: $(IFS=';'; echo "${cloned[*]}" | sed 's/;/; /g')"
 echo
+echo "Interleaved (\`hot_path_pairs\`: services on the heap, the 5th percentile of each contender's batches), per run:"
+# "pair: A ÷ B: 1.234×" lines; one list of the runs' ratios per pair.
+for run in $(seq "$runs"); do sed -n 's/^pair: //p' "$out/pairs.$run"; done |
+    awk -F': ' '{ if (!($1 in r)) order[++k] = $1; r[$1] = r[$1] (r[$1] == "" ? "" : ", ") $2 }
+        END { for (i = 1; i <= k; i++) print "- " order[i] ": " r[order[i]] }'
+echo
 # The rows of the throughput bench's table, per run, from the outputs named $1.RUN.
 throughput_rows() {
     for run in $(seq "$runs"); do
@@ -182,4 +189,4 @@ for run in $(seq "$runs"); do
             -e "s/^/- run $run: /"
 done
 echo
-echo "Commands: cargo bench --bench hot_path; cargo bench --bench hot_path_instructions; cargo bench --bench throughput; THROUGHPUT_BASE=layer cargo bench --bench throughput (this table: benches/report.sh)"
+echo "Commands: cargo bench --bench hot_path; cargo bench --bench hot_path_pairs; cargo bench --bench hot_path_instructions; cargo bench --bench throughput; THROUGHPUT_BASE=layer cargo bench --bench throughput (this table: benches/report.sh)"
