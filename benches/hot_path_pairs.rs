@@ -4,18 +4,23 @@
 //! 5th percentile of its batches) and median, and the ratios of the fast ends.
 //!
 //! Why beside `hot_path` (divan): divan times each contender in its own stretch of the run,
-//! so a quiet stretch for one and a busy one for the other moves their ratio; and it keeps
-//! the service on the benchmark's stack, where its fields share 4 KiB offsets with the
-//! future's in some runs and not in others (the stack's start moves from run to run). Here
-//! the services live on the heap, as an application's do (in a task, an `Arc`, a client
-//! struct), and the fast end of thousands of batches is not one lucky sample. A ratio of
-//! medians is not printed: noise adds time to both sides alike and pulls it towards 1.
+//! so a quiet stretch for one and a busy one for the other moves their ratio. Here the
+//! services live on the heap, as an application's do (in a task, an `Arc`, a client struct),
+//! and the fast end of thousands of batches is not one lucky sample. A ratio of medians is
+//! not printed: noise adds time to both sides alike and pulls it towards 1.
 //!
-//! Each run is one process, and placement still differs between processes (see above):
-//! `benches/report.sh` runs it several times and prints every run.
+//! **Placement.** At this scale a contender's time depends on where its data lies: the same
+//! binary measures `BearerToken` anywhere from ~125 to ~138 ns, and `SetRequestHeader` from
+//! ~120 to ~133 ns, as the heap's and the stack's addresses move (a guess at the cause: loads
+//! that share 4 KiB offsets with earlier stores wait for them). The heap's addresses are the
+//! same from run to run, so one run can land on a bad placement every time.
+//! `PAIRS_HEAP_PAD=n` allocates `n` bytes before anything is built, which moves every later
+//! allocation; `benches/report.sh` runs the bench over several paddings and prints the median
+//! of each ratio over them, with the range.
 //!
 //! ```text
 //! cargo bench --bench hot_path_pairs
+//! PAIRS_HEAP_PAD=64 cargo bench --bench hot_path_pairs
 //! ```
 //!
 //! `PAIRS_ROUNDS` (default 3000) sets the rounds and `PAIRS_CALLS` (default 200, as
@@ -106,6 +111,8 @@ const PAIRS: [(&str, &str); 4] = [
 
 fn main() {
     let rounds = setting("PAIRS_ROUNDS", 3000);
+    // Kept for the whole run: everything allocated after it lies that much further on.
+    let _pad = std::hint::black_box(vec![0u8; setting("PAIRS_HEAP_PAD", 0)]);
     let mut contenders = vec![
         contender(SRH_STATIC, contenders::set_request_header_static()),
         contender("bare ready service", contenders::bare()),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prints the README's performance tables from fresh runs: the hot path by time (divan,
-# `hot_path`) and by instruction count (callgrind through gungraun, `hot_path_instructions`),
+# `hot_path`; and interleaved, `hot_path_pairs`, over PLACEMENTS heap placements, default 16)
+# and by instruction count (callgrind through gungraun, `hot_path_instructions`),
 # and the layer's throughput ratio (`throughput`), each run RUNS times (default 3), the runs
 # interleaved so that a busy moment of the machine does not land on one kind only.
 #
@@ -15,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-3}
 passes=${PASSES:-3}
+placements=${PLACEMENTS:-16}
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -26,7 +28,9 @@ for run in $(seq "$runs"); do
     for pass in $(seq "$passes"); do
         cargo bench -q --bench hot_path >"$out/time.$run.$pass" 2>/dev/null
     done
-    cargo bench -q --bench hot_path_pairs >"$out/pairs.$run" 2>/dev/null
+    for pad in $(seq 0 16 $((16 * (placements - 1)))); do
+        PAIRS_HEAP_PAD=$pad PAIRS_ROUNDS=1000 cargo bench -q --bench hot_path_pairs 2>/dev/null
+    done >"$out/pairs.$run"
     GUNGRAUN_COLOR=never cargo bench -q --bench hot_path_instructions >"$out/instr.$run" 2>/dev/null
     cargo bench -q --bench throughput >"$out/throughput.$run" 2>/dev/null
     THROUGHPUT_BASE=layer cargo bench -q --bench throughput >"$out/cae.$run" 2>/dev/null
@@ -158,11 +162,18 @@ done
 echo
 echo "A clone of a template per request, \`BearerToken\` ÷ \`SetRequestHeader\`, per run: $(IFS=';'; echo "${cloned[*]}" | sed 's/;/; /g')"
 echo
-echo "Interleaved (\`hot_path_pairs\`: services on the heap, the 5th percentile of each contender's batches), per run:"
-# "pair: A ÷ B: 1.234×" lines; one list of the runs' ratios per pair.
-for run in $(seq "$runs"); do sed -n 's/^pair: //p' "$out/pairs.$run"; done |
-    awk -F': ' '{ if (!($1 in r)) order[++k] = $1; r[$1] = r[$1] (r[$1] == "" ? "" : ", ") $2 }
-        END { for (i = 1; i <= k; i++) print "- " order[i] ": " r[order[i]] }'
+echo "Interleaved (\`hot_path_pairs\`, services on the heap, the 5th percentile of each contender's batches), the median ratio over $placements heap placements (\`PAIRS_HEAP_PAD\` 0, 16, … bytes) and its range, per run:"
+# "pair: A ÷ B: 1.234×" lines, one per pair and placement; per pair, one "median (min–max)" a run.
+for run in $(seq "$runs"); do
+    sed -n 's/^pair: //p' "$out/pairs.$run" | sed 's/×$//' |
+        awk -F': ' -v run="$run" '{ if (!($1 in n)) order[++k] = $1; v[$1, ++n[$1]] = $2 }
+            END { for (i = 1; i <= k; i++) { p = order[i]; m = n[p]
+                for (a = 1; a <= m; a++) s[a] = v[p, a]
+                for (a = 2; a <= m; a++) { x = s[a]; b = a - 1; while (b >= 1 && s[b] > x) { s[b + 1] = s[b]; b-- } s[b + 1] = x }
+                mid = m % 2 ? s[(m + 1) / 2] : (s[m / 2] + s[m / 2 + 1]) / 2
+                printf "%s\t%.3f× (%.3f–%.3f)\n", p, mid, s[1], s[m] } }'
+done | awk -F'\t' '{ if (!($1 in r)) order[++k] = $1; r[$1] = r[$1] (r[$1] == "" ? "" : "; ") $2 }
+    END { for (i = 1; i <= k; i++) print "- " order[i] ": " r[order[i]] }'
 echo
 # The rows of the throughput bench's table, per run, from the outputs named $1.RUN.
 throughput_rows() {
