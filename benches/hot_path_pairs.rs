@@ -68,7 +68,7 @@ fn batches<O: 'static>(
     name: &'static str,
     mut call: impl FnMut(Request<Full<Bytes>>) -> O + 'static,
 ) -> Contender {
-    let calls = setting("PAIRS_CALLS", 200);
+    let calls = calls();
     let mut requests = Vec::with_capacity(calls);
     let mut outputs = Vec::with_capacity(calls);
     Contender {
@@ -84,6 +84,11 @@ fn batches<O: 'static>(
             elapsed.as_secs_f64() * 1e9 / calls as f64
         }),
     }
+}
+
+/// Calls per batch: `PAIRS_CALLS`, 200 by default (`hot_path`'s sample size), at least 1.
+fn calls() -> usize {
+    setting("PAIRS_CALLS", 200).max(1)
 }
 
 fn setting(name: &str, default: usize) -> usize {
@@ -110,7 +115,7 @@ const PAIRS: [(&str, &str); 4] = [
 ];
 
 fn main() {
-    let rounds = setting("PAIRS_ROUNDS", 3000);
+    let rounds = setting("PAIRS_ROUNDS", 3000).max(1);
     // Kept for the whole run: everything allocated after it lies that much further on.
     let _pad = std::hint::black_box(vec![0u8; setting("PAIRS_HEAP_PAD", 0)]);
     let mut contenders = vec![
@@ -148,7 +153,7 @@ fn main() {
     let index = |name: &str| contenders.iter().position(|c| c.name == name).unwrap();
     println!(
         "{rounds} rounds of {} calls a contender, interleaved",
-        setting("PAIRS_CALLS", 200)
+        calls()
     );
     println!(
         "{:<55} {:>10} {:>10} {:>8}",
