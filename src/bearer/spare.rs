@@ -382,7 +382,7 @@ mod tests {
         // Each box's buffer is made with a capacity of its own, which a reused box keeps: a
         // new box gets the capacity asked for, 8.
         drop(Reused::new(64, |_| 0usize));
-        // Finds `a`'s box last, made for another type: stacks it, and allocates.
+        // Finds the usize's box last, made for another type: stacks it, and allocates.
         drop(Reused::new(128, |_| String::new()));
         assert_eq!(
             spares(),
