@@ -34,8 +34,9 @@
 //! probes it without retries and with a 1 s timeout: on a machine that is not an Azure VM
 //! the chain moves on within about a second instead of waiting out IMDS's retry schedule. After
 //! one success it behaves as a plain [`ManagedIdentityCredential`]. Until then, an answer at
-//! the IMDS address that is not a token (a proxy or firewall answering for the link-local
-//! address, an error) also makes it *unavailable*, as in azure-identity. (azure-identity skips this
+//! the IMDS address that is not JSON (a proxy or firewall answering for the link-local
+//! address) also makes it *unavailable*, as in azure-identity; a JSON error is IMDS's own and
+//! stops the chain there too, so that it does not run on as another identity. (azure-identity skips this
 //! probe when `AZURE_POD_IDENTITY_AUTHORITY_HOST` is set; this crate probes there too, so a
 //! wrong override fails fast as well.) When `AZURE_TOKEN_CREDENTIALS=ManagedIdentityCredential`
 //! names it alone there is nothing to fall back to, and it is not probed. Failures of Azure CLI

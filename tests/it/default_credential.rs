@@ -405,6 +405,51 @@ async fn a_proxy_answering_for_imds_does_not_stop_the_chain_before_azure_cli() {
     assert!(err.message().contains("403"), "{err}");
 }
 
+/// A JSON error is IMDS's own: the managed identity is there and failed, and the chain stops
+/// on it rather than run as the developer signed in to Azure CLI (as azure-identity does).
+#[tokio::test]
+async fn a_json_error_from_imds_stops_the_chain_before_azure_cli() {
+    use crate::support::mi_emulator::{Emulator, Fault, Flavour};
+    let dir = tempfile::tempdir().unwrap();
+    let imds = Emulator::start(Flavour::Imds).await;
+    let dac = || {
+        nothing_configured(dir.path(), &imds.base_url(), &[])
+            .azure_cli_credential(
+                AzureCliCredential::builder()
+                    .program(signed_in(dir.path(), "az"))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    };
+    for (fault, said) in [
+        (
+            Fault::Respond {
+                status: 403,
+                body: r#"{"error":"forbidden","error_description":"denied by policy"}"#.into(),
+                headers: vec![],
+            },
+            "denied by policy",
+        ),
+        // A 200 without a token is as much IMDS's answer.
+        (Fault::Body(r#"{"token_type":"Bearer"}"#.into()), "access_token"),
+    ] {
+        // The probe gets the emulator's own 400, the token request the fault.
+        imds.push_fault(Fault::Respond {
+            status: 400,
+            body: r#"{"error":"invalid_request"}"#.into(),
+            headers: vec![],
+        });
+        imds.push_fault(fault);
+        let err = dac().get_token([SCOPE]).await.unwrap_err();
+        assert!(err.is_authentication_failed(), "{err}");
+        let tried: Vec<&str> = err.attempts().iter().map(|a| a.credential()).collect();
+        assert_eq!(tried.last(), Some(&"ManagedIdentityCredential"), "{err}");
+        assert!(err.to_string().contains(said), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn a_managed_identity_named_alone_is_not_probed() {
     use crate::support::mi_emulator::{Emulator, Flavour};

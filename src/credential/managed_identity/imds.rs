@@ -136,29 +136,13 @@ impl Imds {
         if let (true, Some(probe)) = (probing, &self.probe) {
             self.probe(probe, resource).await?;
         }
-        let result = self.token(resource).await;
-        match result {
-            Ok(token) => {
-                self.succeeded.store(true, Ordering::Release);
-                Ok(token)
-            }
-            // In a chain, until IMDS has issued a token, whatever answered the probe may not be
-            // IMDS at all (a proxy or firewall answering for the link-local address): a failed
-            // answer lets the chain move on, as azure-identity's DefaultAzureCredential does.
-            Err(error) if probing && !error.is_unavailable() => Err(CredentialError::unavailable(
-                NAME,
-                format!(
-                    "something answered at the IMDS address, but not with a token, so this \
-                         is taken as a host without a managed identity: {}",
-                    error.message()
-                ),
-            )
-            .with_source(error)),
-            Err(error) => Err(error),
-        }
+        let token = self.token(resource, probing).await?;
+        self.succeeded.store(true, Ordering::Release);
+        Ok(token)
     }
 
-    async fn token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
+    /// One token request. `probing`: in a chain, before IMDS has issued a token.
+    async fn token(&self, resource: &str, probing: bool) -> Result<AccessToken, CredentialError> {
         let answer =
             match request::send(&self.http, SOURCE, self.request(resource, true)?, &[]).await {
                 Ok(answer) => answer,
@@ -168,8 +152,24 @@ impl Imds {
         if let Some(error) = self.unavailable(&answer) {
             return Err(error);
         }
-        let token = answer.parse(SOURCE, &[])?;
-        Ok(token.token)
+        match answer.parse(SOURCE, &[]) {
+            Ok(token) => Ok(token.token),
+            // Until IMDS has issued a token, an answer that is not JSON at all may come from a
+            // proxy or firewall answering for the link-local address: the chain moves on, as
+            // azure-identity's does within DefaultAzureCredential. A JSON error is IMDS's own
+            // (a managed identity that is there but failed): the chain stops on it, as there,
+            // rather than run on as another identity.
+            Err(error) if probing && !is_json(&answer.body) => Err(CredentialError::unavailable(
+                NAME,
+                format!(
+                    "something answered at the IMDS address, but not with JSON, so this is \
+                     taken as a host without a managed identity: {}",
+                    error.message()
+                ),
+            )
+            .with_source(error)),
+            Err(error) => Err(error),
+        }
     }
 
     /// A quick request without `Metadata`: no answer within [`PROBE_TIMEOUT`] means no IMDS.
@@ -241,6 +241,11 @@ impl Imds {
         }
         docker_desktop(answer)
     }
+}
+
+/// Whether `body` is JSON (of any shape; the parser keeps nothing of it).
+fn is_json(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
 /// Docker Desktop answers 403 with "A socket operation was attempted to an unreachable
