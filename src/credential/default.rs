@@ -316,7 +316,9 @@ impl DefaultAzureCredentialBuilder {
         self
     }
 
-    /// The workload identity's client id. Default: `AZURE_CLIENT_ID`.
+    /// The workload identity's client id. Default: the managed identity's client id when
+    /// [`managed_identity_client_id`](Self::managed_identity_client_id) gave one (as in
+    /// azure-identity), else `AZURE_CLIENT_ID`.
     pub fn workload_identity_client_id(mut self, client_id: impl Into<String>) -> Self {
         self.workload_identity_client_id = Some(client_id.into());
         self
@@ -415,6 +417,14 @@ impl DefaultAzureCredentialBuilder {
         self
     }
 
+    /// The workload identity's client id given here: its own, else the managed identity's.
+    fn workload_client_id(&self) -> Option<String> {
+        match (&self.workload_identity_client_id, &self.managed_identity) {
+            (Some(id), _) | (None, Some(Some(UserAssignedId::ClientId(id)))) => Some(id.clone()),
+            _ => None,
+        }
+    }
+
     fn member(&mut self, member: Member, alone: bool) -> BoxCredential {
         let vars = self.vars.pairs();
         let http = self.http_client.clone();
@@ -435,7 +445,7 @@ impl DefaultAzureCredentialBuilder {
             }
             Member::WorkloadIdentity => {
                 let mut b = WorkloadIdentityCredential::builder();
-                if let Some(id) = self.workload_identity_client_id.clone() {
+                if let Some(id) = self.workload_client_id() {
                     b = b.client_id(id);
                 }
                 if let Some(tenant) = self.workload_identity_tenant_id.clone() {

@@ -348,25 +348,32 @@ async fn in_an_aks_pod_the_workload_identity_answers() {
     std::fs::write(&file, assertion).unwrap();
     let imds = format!("http://127.0.0.1:{}", closed_port().await);
     let file = file.display().to_string();
-    let dac = nothing_configured(
-        dir.path(),
-        &imds,
-        &[
-            // The pod's AZURE_CLIENT_ID names another app; the builder's value wins.
-            ("AZURE_CLIENT_ID", "another-app"),
-            ("AZURE_FEDERATED_TOKEN_FILE", &file),
-            ("AZURE_AUTHORITY_HOST", &peer.base),
-        ],
-    )
-    .workload_identity_client_id(WORKLOAD_CLIENT_ID)
-    .workload_identity_tenant_id("contoso")
-    .http_client(peer.http())
-    .build()
-    .unwrap();
-    dac.get_token([SCOPE])
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", peer.log()));
-    assert_eq!(dac.answered(), Some("WorkloadIdentityCredential"));
+    let pod = || {
+        nothing_configured(
+            dir.path(),
+            &imds,
+            &[
+                // The pod's AZURE_CLIENT_ID names another app; the builder's value wins.
+                ("AZURE_CLIENT_ID", "another-app"),
+                ("AZURE_FEDERATED_TOKEN_FILE", &file),
+                ("AZURE_AUTHORITY_HOST", &peer.base),
+            ],
+        )
+        .workload_identity_tenant_id("contoso")
+        .http_client(peer.http())
+    };
+    // The workload identity's own id, or else the managed identity's client id (as
+    // azure-identity's `workload_identity_client_id` defaults to `managed_identity_client_id`).
+    for dac in [
+        pod().workload_identity_client_id(WORKLOAD_CLIENT_ID),
+        pod().managed_identity_client_id(WORKLOAD_CLIENT_ID),
+    ] {
+        let dac = dac.build().unwrap();
+        dac.get_token([SCOPE])
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", peer.log()));
+        assert_eq!(dac.answered(), Some("WorkloadIdentityCredential"));
+    }
 }
 
 #[tokio::test]
