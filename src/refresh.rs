@@ -150,6 +150,14 @@ impl Default for RefreshPolicy {
     }
 }
 
+/// `duration × factor` for a factor in `0..=1`, without `mul_f64`'s panic near
+/// `Duration::MAX` (the settings are the caller's: `refresh_jitter(Duration::MAX)`), where the
+/// float product can round past the largest duration.
+fn scaled(duration: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(duration.as_secs_f64() * factor.clamp(0.0, 1.0))
+        .map_or(duration, |scaled| scaled.min(duration))
+}
+
 impl RefreshPolicy {
     /// When a token stored at `now` should be renewed, with a fresh jitter draw (see the
     /// module docs).
@@ -157,14 +165,15 @@ impl RefreshPolicy {
         let expires_on = token.expires_on();
         let lifetime = expires_on.saturating_duration_since(now);
         let window = self.window.min(lifetime.checked_div(2).unwrap_or_default());
-        // The jitter keeps its share of the window: 60 s of 300 s stays a fifth.
+        // The jitter keeps its share of the window: 60 s of 300 s stays a fifth. More jitter
+        // than window would only push every renewal to the expiry.
         let jitter_bound = if self.window.is_zero() {
             Duration::ZERO
         } else {
-            self.jitter
-                .mul_f64(window.as_secs_f64() / self.window.as_secs_f64())
+            let share = window.as_secs_f64() / self.window.as_secs_f64();
+            scaled(self.jitter.min(self.window), share)
         };
-        let jitter = jitter_bound.mul_f64(fastrand::f64());
+        let jitter = scaled(jitter_bound, fastrand::f64());
         let lead = window.saturating_sub(jitter);
         // An instant before the clock's origin cannot be represented; the token is then
         // already inside its window.
@@ -966,6 +975,32 @@ mod tests {
             let at = policy.refresh_at(&t, now);
             assert!(at >= early && at <= early + Duration::from_secs(60));
         }
+    }
+
+    #[test]
+    fn settings_up_to_the_largest_duration_do_not_panic() {
+        let now = Instant::now();
+        let t = AccessToken::new("t", now + Duration::from_secs(3600));
+        for (window, jitter) in [
+            (Duration::MAX, Duration::MAX),
+            (Duration::from_secs(300), Duration::MAX),
+            (Duration::MAX, Duration::ZERO),
+            (Duration::ZERO, Duration::MAX),
+        ] {
+            let policy = RefreshPolicy {
+                window,
+                jitter,
+                ..RefreshPolicy::default()
+            };
+            let at = policy.refresh_at(&t, now);
+            assert!(at >= now && at <= t.expires_on(), "{window:?} {jitter:?}");
+        }
+        // Jitter past the window is the window: the renewal lands somewhere in it.
+        let policy = RefreshPolicy {
+            jitter: Duration::MAX,
+            ..RefreshPolicy::default()
+        };
+        assert!(policy.refresh_at(&t, now) >= t.expires_on() - Duration::from_secs(300));
     }
 
     #[test]
