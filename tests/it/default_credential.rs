@@ -440,7 +440,10 @@ async fn a_json_error_from_imds_stops_the_chain_before_azure_cli() {
             "denied by policy",
         ),
         // A 200 without a token is as much IMDS's answer.
-        (Fault::Body(r#"{"token_type":"Bearer"}"#.into()), "access_token"),
+        (
+            Fault::Body(r#"{"token_type":"Bearer"}"#.into()),
+            "access_token",
+        ),
     ] {
         // The probe gets the emulator's own 400, the token request the fault.
         imds.push_fault(Fault::Respond {

@@ -1,6 +1,6 @@
 //! Atomic writes: a temporary file beside the cache file (`tempfile`'s exclusive, randomly
 //! named creation; mode 0600 from creation on unix, then the mode the replaced file had),
-//! written, fsynced, and renamed over the cache file.
+//! written, fsynced, renamed over the cache file, and marked modified after the rename.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -66,8 +66,14 @@ fn replacement_mode(target: &Path) -> u32 {
 /// Writes `bytes` to a temporary file beside the cache file and renames it over the cache file
 /// (blocking). Returns the new file's stamp. The temporary file is removed if anything fails.
 pub(super) fn write_document(path: &Path, bytes: &[u8]) -> Result<Stamp, PersistenceError> {
-    const WRITE: &str = "write the temporary token cache file";
     let target = write_target(path)?;
+    let temp = written_beside(&target, bytes)?;
+    install(temp, &target)
+}
+
+/// A temporary file beside `target`, holding `bytes`, flushed to disk.
+pub(super) fn written_beside(target: &Path, bytes: &[u8]) -> Result<TempPath, PersistenceError> {
+    const WRITE: &str = "write the temporary token cache file";
     // `<cache>.tmp.<pid>.<random>`: a leftover after a crash says whose it was.
     let mut prefix = target.file_name().unwrap_or_default().to_os_string();
     prefix.push(format!(".tmp.{}.", std::process::id()));
@@ -75,31 +81,46 @@ pub(super) fn write_document(path: &Path, bytes: &[u8]) -> Result<Stamp, Persist
     let mut tried = PathBuf::new();
     let temp = tempfile::Builder::new()
         .prefix(&prefix)
-        .make_in(parent_dir(&target), |candidate| {
+        .make_in(parent_dir(target), |candidate| {
             candidate.clone_into(&mut tried);
             create_new_private(candidate)
         })
         .map_err(|e| PersistenceError::io(WRITE, &tried, e))?;
-    let stamp = match fill(temp.as_file(), &target, bytes) {
-        Ok(stamp) => stamp,
-        Err(e) => {
-            let error = PersistenceError::io(WRITE, temp.path(), e);
-            discard(temp.into_temp_path());
-            return Err(error);
-        }
-    };
-    // Closed first (an open file cannot be renamed on every platform), then renamed over the
-    // cache file: lock-free readers see the old file or the new one, never a partial one.
-    temp.into_temp_path().persist(&target).map_err(|e| {
+    if let Err(e) = fill(temp.as_file(), target, bytes) {
+        let error = PersistenceError::io(WRITE, temp.path(), e);
+        discard(temp.into_temp_path());
+        return Err(error);
+    }
+    // Closed here: an open file cannot be renamed on every platform.
+    Ok(temp.into_temp_path())
+}
+
+/// Renames `temp` over `target`, then marks it modified now. Returns its stamp.
+///
+/// Lock-free readers see the old file or the new one, never a partial one. The new
+/// modification time matters to msal-extensions: a reader notes the time it read at, and
+/// reloads only a file modified after that. A rename keeps the time the temporary file was
+/// written, so a reader of the old file between that write and the rename would never
+/// reload the new one, and its next write would put its stale copy back.
+pub(super) fn install(temp: TempPath, target: &Path) -> Result<Stamp, PersistenceError> {
+    temp.persist(target).map_err(|e| {
         discard(e.path);
-        PersistenceError::io("replace the token cache", &target, e.error)
+        PersistenceError::io("replace the token cache", target, e.error)
     })?;
-    Ok(stamp)
+    let touched = OpenOptions::new()
+        .write(true)
+        .open(target)
+        .and_then(|file| {
+            file.set_modified(std::time::SystemTime::now())?;
+            file.metadata()
+        });
+    let meta =
+        touched.map_err(|e| PersistenceError::io("mark the token cache modified", target, e))?;
+    Ok(Stamp::of(&meta))
 }
 
 /// Gives the new temporary file `target`'s mode, writes `bytes` to it and flushes it to disk.
-/// Returns its stamp.
-fn fill(mut file: &File, target: &Path, bytes: &[u8]) -> io::Result<Stamp> {
+fn fill(mut file: &File, target: &Path, bytes: &[u8]) -> io::Result<()> {
     // Set explicitly: the creation mode is subject to the umask, and an existing file's mode
     // is kept (it is never widened: it is the mode the file already had).
     #[cfg(unix)]
@@ -110,8 +131,7 @@ fn fill(mut file: &File, target: &Path, bytes: &[u8]) -> io::Result<Stamp> {
     #[cfg(not(unix))]
     let _ = target;
     file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(Stamp::of(&file.metadata()?))
+    file.sync_all()
 }
 
 /// Removes a temporary file that was not renamed into place.

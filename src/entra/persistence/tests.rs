@@ -626,3 +626,32 @@ fn durations_are_written_for_humans() {
     assert_eq!(seconds(Duration::from_millis(2500)), "2.5 s");
     assert_eq!(seconds(Duration::from_millis(300)), "300 ms");
 }
+
+/// msal-extensions reloads only a file modified after it last read: a write must carry the
+/// time it became visible (the rename), not the time its bytes were written.
+#[test]
+fn a_write_is_marked_modified_after_its_rename() {
+    use super::atomic_write::{install, written_beside};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("msal.cache");
+    fs::write(&path, "{}").unwrap();
+    let temp = written_beside(&path, b"{\"new\":1}").unwrap();
+    // As if the rename came long after the write.
+    let long_ago = SystemTime::UNIX_EPOCH + Duration::from_secs(946_684_800);
+    File::options()
+        .write(true)
+        .open(&*temp)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    let before_rename = SystemTime::now();
+    let stamp = install(temp, &path).unwrap();
+    let modified = fs::metadata(&path).unwrap().modified().unwrap();
+    // Two seconds of slack for file systems with coarse timestamps.
+    assert!(
+        modified + Duration::from_secs(2) >= before_rename,
+        "{modified:?} is before the rename at {before_rename:?}"
+    );
+    assert_eq!(stamp.modified, Some(modified));
+    assert_eq!(fs::read(&path).unwrap(), b"{\"new\":1}");
+}
