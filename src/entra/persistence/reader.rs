@@ -126,18 +126,61 @@ fn stat(path: &Path) -> io::Result<Option<Stamp>> {
     }
 }
 
+/// The largest cache file read. MSAL writes a few KiB an entry, so this is far above any cache;
+/// it bounds what a stray file at the cache's path costs.
+pub(super) const MAX_FILE_BYTES: u64 = 64 << 20;
+
 /// The file's bytes and the stamp of the version they came from; `None` if it does not exist.
 /// The stamp is taken before reading, so a write in between makes the next read load again.
 fn read_file(path: &Path) -> io::Result<Option<(Vec<u8>, Stamp)>> {
-    let mut file = match File::open(path) {
+    // Checked before opening too: opening a FIFO for reading blocks until someone writes to
+    // it, and a write waits meanwhile with the cache's lock held.
+    match fs::metadata(path) {
+        Ok(meta) => regular(&meta)?,
+        Err(e) if is_missing(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if is_missing(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let stamp = Stamp::of(&file.metadata()?);
+    let meta = file.metadata()?;
+    regular(&meta)?;
+    let stamp = Stamp::of(&meta);
+    let too_large = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the file is larger than {} MiB, which no token cache is; move it aside",
+                MAX_FILE_BYTES >> 20
+            ),
+        )
+    };
+    if stamp.len > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
     let mut bytes = Vec::with_capacity(usize::try_from(stamp.len).unwrap_or(0).min(1 << 24));
-    file.read_to_end(&mut bytes)?;
+    // It may grow while it is read.
+    file.take(MAX_FILE_BYTES.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if !u64::try_from(bytes.len()).is_ok_and(|len| len <= MAX_FILE_BYTES) {
+        return Err(too_large());
+    }
     Ok(Some((bytes, stamp)))
+}
+
+/// An error unless `meta` is a regular file's (after symlinks).
+fn regular(meta: &fs::Metadata) -> io::Result<()> {
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, FIFO or device); the token cache is a file: move \
+             this aside",
+        ))
+    }
 }
 
 /// Reads and parses the file (blocking), retrying a parse failure — and, with `settle_empty`,

@@ -655,3 +655,33 @@ fn a_write_is_marked_modified_after_its_rename() {
     assert_eq!(stamp.modified, Some(modified));
     assert_eq!(fs::read(&path).unwrap(), b"{\"new\":1}");
 }
+
+/// A FIFO, a directory or a huge file at the cache's path is an error at once: no read that
+/// blocks with the lock held, no unbounded allocation.
+#[tokio::test]
+async fn what_is_not_a_cache_file_is_refused_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.cache");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo (coreutils) is needed for this test");
+    assert!(made.success());
+    let directory = dir.path().join("dir.cache");
+    fs::create_dir(&directory).unwrap();
+    let huge = dir.path().join("huge.cache");
+    File::create(&huge)
+        .unwrap()
+        .set_len(super::reader::MAX_FILE_BYTES + 1)
+        .unwrap();
+    for (path, said) in [
+        (&fifo, "not a regular file"),
+        (&directory, "not a regular file"),
+        (&huge, "larger than 64 MiB"),
+    ] {
+        let Err(err) = super::reader::load::<JsonDoc>(path, false) else {
+            panic!("{} was read", path.display());
+        };
+        assert!(err.to_string().contains(said), "{}: {err}", path.display());
+    }
+}
