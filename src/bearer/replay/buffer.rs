@@ -11,6 +11,20 @@ use http_body::{Frame, SizeHint};
 
 use super::{NotReplayable, Reason};
 
+/// Frames a recording keeps besides one per [`FRAME_SHARE`] bytes of its limit. Each frame's
+/// record takes about 100 bytes (a [`RecordedFrame`] is the size of its `HeaderMap`), so many
+/// small frames would otherwise keep far more memory than the limit allows in data.
+const FEW_FRAMES: usize = 16;
+
+/// Bytes of the limit that allow one more frame: records then take at most about as much
+/// memory as the data.
+const FRAME_SHARE: usize = 128;
+
+/// The most frames a recording under `limit` keeps.
+pub(super) fn max_frames(limit: usize) -> usize {
+    (limit / FRAME_SHARE).saturating_add(FEW_FRAMES)
+}
+
 /// One frame of a recording.
 #[derive(Clone, Debug)]
 pub(super) enum RecordedFrame {
@@ -43,6 +57,7 @@ pub(super) enum Phase {
     Recording,
     Complete,
     OverLimit,
+    TooManyFrames,
     Failed,
     ReadBeforePrepare,
 }
@@ -74,14 +89,25 @@ impl Recorder {
         }
         match event {
             Event::Frame { frame, end } => {
-                if let RecordedFrame::Data(data) = &frame {
-                    self.seen = self.seen.saturating_add(data.len());
-                    if self.seen > self.limit {
-                        self.phase = Phase::OverLimit;
-                        return mem::take(&mut self.frames);
-                    }
+                let data_len = match &frame {
+                    RecordedFrame::Data(data) => Some(data.len()),
+                    RecordedFrame::Trailers(_) => None,
+                };
+                self.seen = self.seen.saturating_add(data_len.unwrap_or(0));
+                // An empty data frame carries nothing a re-send needs.
+                let keep = data_len != Some(0);
+                let too_many = keep && self.frames.len() >= max_frames(self.limit);
+                if self.seen > self.limit || too_many {
+                    self.phase = if too_many {
+                        Phase::TooManyFrames
+                    } else {
+                        Phase::OverLimit
+                    };
+                    return mem::take(&mut self.frames);
                 }
-                self.frames.push_back(frame);
+                if keep {
+                    self.frames.push_back(frame);
+                }
                 if end {
                     self.phase = Phase::Complete;
                 }
@@ -103,11 +129,17 @@ impl Recorder {
         if self.seen > limit {
             return Err(NotReplayable::new(Reason::OverLimit { limit }));
         }
+        if self.frames.len() > max_frames(limit) {
+            return Err(NotReplayable::new(Reason::TooManyFrames { limit }));
+        }
         match self.phase {
             Phase::Complete => Ok(Recording::new(self.frames.clone(), self.seen)),
             // Only reachable when this handle, with a larger limit, joined a recording that
             // had already exceeded the shared one: the data is gone.
             Phase::OverLimit => Err(NotReplayable::new(Reason::OverLimit { limit: self.limit })),
+            Phase::TooManyFrames => Err(NotReplayable::new(Reason::TooManyFrames {
+                limit: self.limit,
+            })),
             Phase::Recording => Err(NotReplayable::new(Reason::Unfinished)),
             Phase::Failed => Err(NotReplayable::new(Reason::Failed)),
             Phase::ReadBeforePrepare => Err(NotReplayable::new(Reason::ReadBeforePrepare)),

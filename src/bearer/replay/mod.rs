@@ -155,6 +155,8 @@ pub struct NotReplayable {
 enum Reason {
     /// More data bytes than the limit: the recording was dropped.
     OverLimit { limit: usize },
+    /// More frames than the limit keeps records for (see `buffer::max_frames`).
+    TooManyFrames { limit: usize },
     /// The body had not ended when the replay was asked for (the response came first, or the
     /// first attempt dropped the body half-way).
     Unfinished,
@@ -176,9 +178,13 @@ impl NotReplayable {
         Self::new(Reason::Head)
     }
 
-    /// The body was larger than the replay limit, or a header field too long to keep.
+    /// The body was larger than the replay limit (in bytes, or in frames: one for every 128
+    /// bytes of the limit, and 16 more), or a header field too long to keep.
     pub fn is_over_limit(&self) -> bool {
-        matches!(self.reason, Reason::OverLimit { .. } | Reason::Head)
+        matches!(
+            self.reason,
+            Reason::OverLimit { .. } | Reason::TooManyFrames { .. } | Reason::Head
+        )
     }
 
     /// The whole body could not be recorded: the response arrived before the body ended, the
@@ -198,6 +204,12 @@ impl fmt::Display for NotReplayable {
             Reason::OverLimit { limit } => write!(
                 f,
                 "the request body is larger than the {limit}-byte replay limit"
+            ),
+            Reason::TooManyFrames { limit } => write!(
+                f,
+                "the request body came in more frames than the {limit}-byte replay limit keeps \
+                 ({}); send it in fewer, larger chunks",
+                buffer::max_frames(limit)
             ),
             Reason::Unfinished => {
                 f.write_str("the response arrived before the request body was fully sent")

@@ -295,6 +295,37 @@ async fn one_byte_over_the_limit_is_not_replayable() {
     );
 }
 
+/// Frames are kept within the limit too: their records would otherwise outweigh the data
+/// (about 100 bytes for each one-byte frame). Empty data frames are not kept at all.
+#[tokio::test]
+async fn many_small_frames_are_bounded_and_empty_ones_not_kept() {
+    let limit = 1024;
+    let most = super::buffer::max_frames(limit);
+    assert_eq!(most, 24, "one a 128 bytes of the limit, and 16 more");
+    let body = |empty: usize, one_byte: usize| {
+        let steps = std::iter::repeat_n(Step::Data(b""), empty)
+            .chain(std::iter::repeat_n(Step::Data(b"x"), one_byte));
+        ReplayBody::new(Script::new(steps)).prepare(limit)
+    };
+
+    let (first, replay) = body(100_000, most);
+    frames(first).await.expect("first attempt");
+    let again = replay
+        .into_body()
+        .expect("as many frames as the limit keeps");
+    assert_eq!(bytes_of(again).await, Bytes::from("x".repeat(most)));
+
+    let (first, replay) = body(0, most + 1);
+    assert_eq!(frames(first).await.expect("first attempt").len(), most + 1);
+    let err = replay.into_body().expect_err("one frame too many");
+    assert!(err.is_over_limit(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "the request body came in more frames than the 1024-byte replay limit keeps (24); send \
+         it in fewer, larger chunks"
+    );
+}
+
 #[tokio::test]
 async fn first_attempt_dropped_half_way_is_incomplete() {
     let (first, replay) = ReplayBody::new(chunks()).prepare(64);
