@@ -70,7 +70,11 @@
 //!
 //! No timer is armed outside a tokio runtime or while tokio's clock is paused (tests): a
 //! pending timer would make a paused clock jump to it whenever the runtime waits on socket
-//! I/O. A paused clock is recognised by reading the same instant twice in a row; a real clock
+//! I/O. Nor on a current-thread runtime: it runs timers only inside `block_on`, after polling
+//! the future it was given, so a program that enters it now and then would send a token its
+//! timer was to retire, even past expiry; there callers read the clock. A lookup reads the
+//! clock again before it trusts an armed timer: one that has fired, whose bump the caller
+//! may already have read, can still look unfinished for a moment. A paused clock is recognised by reading the same instant twice in a row; a real clock
 //! read twice differs (the read takes tens of nanoseconds at nanosecond resolution), and if it
 //! ever did not, the only effect is the clock-reading path. Credentials' slots
 //! ([`TokenSlot::get`]) never arm one.
@@ -148,6 +152,28 @@ impl Default for RefreshPolicy {
             retry_after_failure: DEFAULT_RETRY_AFTER_FAILURE,
         }
     }
+}
+
+/// Whether `runtime` runs a timer on time while nobody polls the code that armed it: a
+/// multi-thread runtime's workers do. A current-thread runtime runs timers only inside
+/// `block_on`, and polls the future it was given before them, so a program that calls
+/// `block_on` now and then would send the token the timer was to retire, past its expiry
+/// even. Lookups there answer `timed: false`: callers read the clock.
+fn timers_run_unattended(runtime: &tokio::runtime::Handle) -> bool {
+    runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        || current_thread_timers_in_tests()
+}
+
+/// This module's tests arm timers on a current-thread runtime too: only there can they pause
+/// tokio's clock once a timer is armed.
+#[cfg(test)]
+fn current_thread_timers_in_tests() -> bool {
+    tests::CURRENT_THREAD_TIMERS.with(std::cell::Cell::get)
+}
+
+#[cfg(not(test))]
+fn current_thread_timers_in_tests() -> bool {
+    false
 }
 
 /// `duration × factor` for a factor in `0..=1`, without `mul_f64`'s panic near
@@ -455,7 +481,14 @@ impl<V: SlotValue> TokenSlot<V> {
     /// ends at once (a runtime shutting down drops it in `spawn`) leaves its caller with a
     /// stale generation, never with a deadline nobody watches.
     fn arm(self: &Arc<Self>, state: &mut State<V>, now: Instant, recheck_at: Instant) -> bool {
-        let Some(fire_at) = recheck_at.checked_sub(TIMER_LEAD).filter(|at| now < *at) else {
+        // The clock read again: `now` may be from before the caller waited for the lock, and a
+        // timer that has fired (its bump already seen by the caller) may not be finished yet;
+        // reused, it would leave a deadline nobody watches.
+        let fresh = Instant::now();
+        let Some(fire_at) = recheck_at
+            .checked_sub(TIMER_LEAD)
+            .filter(|at| now.max(fresh) < *at)
+        else {
             return false;
         };
         if let Some(timer) = &state.timer {
@@ -466,7 +499,10 @@ impl<V: SlotValue> TokenSlot<V> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return false;
         };
-        if Instant::now() == Instant::now() {
+        if !timers_run_unattended(&runtime) {
+            return false;
+        }
+        if Instant::now() == fresh {
             // tokio's clock is paused.
             return false;
         }
@@ -768,6 +804,16 @@ mod tests {
         }
     }
 
+    thread_local! {
+        /// See `current_thread_timers_in_tests`: set by the tests of the timer itself.
+        pub(super) static CURRENT_THREAD_TIMERS: std::cell::Cell<bool> =
+            const { std::cell::Cell::new(false) };
+    }
+
+    fn trust_current_thread_timers() {
+        CURRENT_THREAD_TIMERS.with(|trusted| trusted.set(true));
+    }
+
     fn is_timed(lookup: Lookup<AccessToken>) -> bool {
         match lookup {
             Lookup::Use { timed, .. } => timed,
@@ -783,6 +829,7 @@ mod tests {
     /// `TIMER_LEAD` before the deadline. The clock is paused only after arming, to advance it.
     #[tokio::test]
     async fn the_recheck_timer_bumps_the_generation_before_the_deadline() {
+        trust_current_thread_timers();
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let entry = slot.store(token("t", HOUR));
         let generation = slot.generation();
@@ -809,6 +856,35 @@ mod tests {
         assert!(!is_timed(slot.lookup(Instant::now(), never)));
     }
 
+    /// A current-thread runtime runs timers only while something is inside its `block_on`,
+    /// and polls that future first: a program calling `block_on` now and then would use a
+    /// token past its expiry if it trusted the timer. The multi-thread runtime's workers run
+    /// it meanwhile.
+    #[test]
+    fn the_timer_is_trusted_only_on_a_multi_thread_runtime() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        let current = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        current.block_on(async {
+            slot.store(token("t", HOUR));
+            assert!(!is_timed(slot.lookup(Instant::now(), never)));
+        });
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        multi.block_on(async {
+            assert!(is_timed(slot.lookup(Instant::now(), never)));
+        });
+        // Whatever runtime the caller is in, the timer armed runs on its own.
+        current.block_on(async {
+            assert!(is_timed(slot.lookup(Instant::now(), never)));
+        });
+    }
+
     #[test]
     fn no_timer_outside_a_runtime() {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
@@ -825,6 +901,7 @@ mod tests {
     /// replaced it) bumps the generation too: no reader trusts a deadline nobody watches.
     #[test]
     fn a_timer_that_ends_unfired_bumps_the_generation() {
+        trust_current_thread_timers();
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
