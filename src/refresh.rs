@@ -20,6 +20,9 @@
 //!   (`refresh_in`) gets it.
 //! * **No valid token**: every caller waits on one acquisition and receives its result, the
 //!   error included. An expired token is never returned.
+//! * **A token stored meanwhile** ([`TokenSlot::store`]: the bearer layer's answer to a claims
+//!   challenge) stays when an acquisition that started before it ends: that acquisition was
+//!   asked for less, and its token would meet the same challenge again.
 //! * **Cancellation**: the acquisition runs in its own task. A caller that drops its future
 //!   does not cancel it for the others, and its result is stored even if nobody waits.
 //! * **Mechanism**: the acquisition is a [`SingleFlight`] (see [`crate::flight`] for its
@@ -572,19 +575,22 @@ impl<V: SlotValue> TokenSlot<V> {
         );
         let work = span.in_scope(acquire).instrument(span);
         let slot = Arc::clone(self);
+        let from = state.current.as_ref().map(|entry| entry.id);
         state.start((), WhenAbandoned::RunOn, work, move |state, result| {
-            slot.land(state, result, renewal)
+            slot.land(state, result, renewal, from)
         })
     }
 
     /// Stores an acquisition's outcome as it ends — normally, by panic, or by runtime
     /// shutdown (then with an error) — under the lock that ends its flight; the spacing after
     /// a renewal counts from here.
+    /// `from`: the id of the token held when the acquisition started.
     fn land(
         &self,
         state: &mut State<V>,
         result: Result<V, CredentialError>,
         renewal: bool,
+        from: Option<TokenId>,
     ) -> Result<Entry<V>, CredentialError> {
         let now = Instant::now();
         let outcome = result.map(|value| match &state.current {
@@ -592,6 +598,10 @@ impl<V: SlotValue> TokenSlot<V> {
             Some(current) if current.value.token().secret() == value.token().secret() => {
                 current.clone()
             }
+            // A token stored while this acquisition ran (a claims challenge's, by `store`)
+            // answers more than this one was asked for: it stays. Replaced, the next request
+            // would meet the same challenge again.
+            Some(current) if Some(current.id) != from => current.clone(),
             _ => {
                 let entry = self.entry(value, now);
                 state.current = Some(entry.clone());
@@ -1014,6 +1024,29 @@ mod tests {
             1,
             "no second attempt within 30 s"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_stored_during_a_renewal_is_not_replaced_by_its_outcome() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        slot.store(token("old", Duration::from_secs(600)));
+        tokio::time::advance(Duration::from_secs(301)).await;
+        let (send, answer) = tokio::sync::oneshot::channel::<AccessToken>();
+        let renewal = move || async move { Ok(answer.await.unwrap()) };
+        assert!(matches!(
+            slot.lookup(Instant::now(), renewal),
+            Lookup::Use { .. }
+        ));
+        // A claims challenge's token lands while the renewal runs.
+        let claims = slot.store(token("claims", HOUR));
+        let generation = slot.generation();
+        send.send(token("renewed", HOUR)).unwrap();
+        while slot.generation() == generation {
+            tokio::task::yield_now().await;
+        }
+        let current = slot.current_entry().unwrap();
+        assert_eq!(current.id, claims.id);
+        assert_eq!(current.value.secret().expose_secret(), "claims");
     }
 
     #[tokio::test(start_paused = true)]
