@@ -593,6 +593,19 @@ impl<V: SlotValue> TokenSlot<V> {
         from: Option<TokenId>,
     ) -> Result<Entry<V>, CredentialError> {
         let now = Instant::now();
+        // A token that expired before it landed (a credential's own, or a slow answer with a
+        // short lifetime) is never handed out.
+        let result = result.and_then(|value| {
+            if now < value.token().expires_on() {
+                Ok(value)
+            } else {
+                Err(CredentialError::authentication_failed(
+                    self.name,
+                    "the credential returned a token that had already expired; check the \
+                     credential's answer and this machine's clock",
+                ))
+            }
+        });
         let outcome = result.map(|value| match &state.current {
             // The same token back is a failed attempt: keep the entry (and its timing).
             Some(current) if current.value.token().secret() == value.token().secret() => {
@@ -1047,6 +1060,16 @@ mod tests {
         let current = slot.current_entry().unwrap();
         assert_eq!(current.id, claims.id);
         assert_eq!(current.value.secret().expose_secret(), "claims");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_that_expired_before_it_landed_is_an_error() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        let late = || async { Ok(AccessToken::new("late", Instant::now())) };
+        let err = slot.get(late).await.unwrap_err();
+        assert!(err.is_authentication_failed(), "{err}");
+        assert!(err.message().contains("already expired"), "{err}");
+        assert!(slot.current_entry().is_none());
     }
 
     #[tokio::test(start_paused = true)]
