@@ -916,6 +916,44 @@ fn rotation_with_the_same_key_updates_in_place_keeping_target_and_unknown_fields
     assert_eq!(doc.refresh_tokens()[0].key, rt_key, "same position");
 }
 
+/// A refresh grant answered without client_info or an id token (ADFS; providers without
+/// MSAL's client_info) still belongs to the account whose refresh token it redeemed: the
+/// refresh token is rotated and the access token is that account's, not an app-only one.
+#[test]
+fn a_refresh_answer_naming_no_account_rotates_the_redeemed_refresh_token() {
+    let rt_key = format!("{ALICE}-127.0.0.1-refreshtoken-{CLI}--https://resource.test/.default");
+    let mut doc = CacheDocument::parse(TWO_ACCOUNTS).unwrap();
+    let accounts = doc.accounts().len();
+    let mut answer = Answer::user(
+        (ALICE_UID, ALICE_UTID),
+        "alice@contoso.com",
+        "127.0.0.1",
+        "contoso",
+        &["https://other.test/.default"],
+    );
+    answer.client_info = None;
+    answer.id_token = None;
+    answer.refresh_token = Some(Secret::new("SECRET-rotated"));
+    answer.replaces = Some(rt_key.clone());
+    assert_eq!(
+        doc.add_token_response(&answer.tokens()).as_deref(),
+        Some(ALICE)
+    );
+    let rt = rt_by_key(&doc, &rt_key);
+    assert_eq!(rt.secret.expose_secret(), "SECRET-rotated");
+    let at_key = format!("{ALICE}-127.0.0.1-accesstoken-{CLI}-contoso-https://other.test/.default");
+    assert_eq!(
+        at_by_key(&doc, &at_key).home_account_id.as_deref(),
+        Some(ALICE)
+    );
+    assert_eq!(doc.accounts().len(), accounts, "no account written");
+
+    // Without a refresh token to go by, it stays app-only.
+    let mut app = answer;
+    app.replaces = None;
+    assert_eq!(doc.add_token_response(&app.tokens()), None);
+}
+
 #[test]
 fn rotation_with_a_different_key_leaves_a_single_refresh_token_holding_the_new_secret() {
     let rt_key = format!("{ALICE}-127.0.0.1-refreshtoken-{CLI}--https://resource.test/.default");

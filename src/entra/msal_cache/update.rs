@@ -87,7 +87,9 @@ impl CacheDocument {
     /// we cannot read — those are not cached).
     ///
     /// * The account: `uid.utid` from `client_info`; without client_info, the id token's `sub`
-    ///   (msal's ADFS rule). Neither client_info nor id token: app-only.
+    ///   (msal's ADFS rule); without either, the account of the RefreshToken entry `replaces`
+    ///   names (the answer to a refresh grant: no Account or IdToken is written then). None of
+    ///   these: app-only.
     /// * **AccessToken**: a new entry replacing, whole and at its position, any entry with the
     ///   same key (msal replaces the whole entry: unknown fields of the old one are dropped).
     ///   `home_account_id` is `null` for app-only tokens. `target` is the scopes sorted and
@@ -118,7 +120,13 @@ impl CacheDocument {
             },
             (None, None) => (None, None),
         };
-        let app_only = r.client_info.is_none() && r.id_token.is_none();
+        // Neither names the account, but a refresh grant's answer belongs to the account whose
+        // refresh token it redeemed (providers that send no client_info, such as ADFS).
+        let (home_account_id, uid) = match (home_account_id, r.replaces) {
+            (None, Some(key)) => (self.refresh_token_account(key), None),
+            named => (named.0, uid),
+        };
+        let app_only = r.client_info.is_none() && r.id_token.is_none() && home_account_id.is_none();
         let cacheable = app_only || home_account_id.is_some();
 
         let mut scopes: Vec<&str> = r.scopes.iter().map(String::as_str).collect();
@@ -161,19 +169,9 @@ impl CacheDocument {
             self.put_entry(ACCESS_TOKEN, key, Entry::with_fields(fields));
         }
 
-        if let (Some(hid), Some(uid)) = (home_account_id.as_deref(), uid.as_deref()) {
-            self.add_account(r, hid, uid, claims.as_ref());
-            if let Some(id_token) = r.id_token {
-                let entry = Entry::with_fields(vec![
-                    ("credential_type", RawJson::string("IdToken")),
-                    ("secret", RawJson::string(id_token.expose_secret())),
-                    ("home_account_id", RawJson::string(hid)),
-                    ("environment", RawJson::string(r.environment)),
-                    ("realm", RawJson::string(r.realm)),
-                    ("client_id", RawJson::string(r.client_id)),
-                ]);
-                let key = id_token_key(hid, r.environment, r.client_id, r.realm);
-                self.put_entry(ID_TOKEN, key, entry);
+        if let Some(hid) = home_account_id.as_deref() {
+            if let Some(uid) = uid.as_deref() {
+                self.add_account_and_id_token(r, hid, uid, claims.as_ref());
             }
             if let Some(refresh_token) = r.refresh_token {
                 self.add_refresh_token(r, hid, refresh_token, &target, &now);
@@ -191,6 +189,38 @@ impl CacheDocument {
         self.put_entry(APP_METADATA, key, Entry::with_fields(fields));
 
         if cacheable { home_account_id } else { None }
+    }
+
+    /// The Account and IdToken parts of [`add_token_response`](Self::add_token_response).
+    fn add_account_and_id_token(
+        &mut self,
+        r: &NewTokens<'_>,
+        hid: &str,
+        uid: &str,
+        claims: Option<&Map<String, Value>>,
+    ) {
+        self.add_account(r, hid, uid, claims);
+        if let Some(id_token) = r.id_token {
+            let entry = Entry::with_fields(vec![
+                ("credential_type", RawJson::string("IdToken")),
+                ("secret", RawJson::string(id_token.expose_secret())),
+                ("home_account_id", RawJson::string(hid)),
+                ("environment", RawJson::string(r.environment)),
+                ("realm", RawJson::string(r.realm)),
+                ("client_id", RawJson::string(r.client_id)),
+            ]);
+            let key = id_token_key(hid, r.environment, r.client_id, r.realm);
+            self.put_entry(ID_TOKEN, key, entry);
+        }
+    }
+
+    /// The `home_account_id` of the RefreshToken entry with this key, if it has one.
+    fn refresh_token_account(&self, key: &str) -> Option<String> {
+        self.entries(REFRESH_TOKEN)
+            .iter()
+            .find(|(name, _)| name.text() == key)
+            .and_then(|(_, entry)| entry.lenient_str("home_account_id"))
+            .filter(|hid| !hid.is_empty())
     }
 
     /// The Account part of [`add_token_response`](Self::add_token_response).
