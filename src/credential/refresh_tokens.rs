@@ -243,10 +243,11 @@ impl Redeem<'_> {
         let id_token = response.id_token.clone();
         let client_info = response.client_info.clone();
         let foci = response.foci.clone();
+        let requested = self.scopes.to_vec();
         let written = self
             .store
             .modify(move |doc| {
-                doc.add_token_response(&NewTokens {
+                let account = doc.add_token_response(&NewTokens {
                     client_id: &client_id,
                     environment: &environment,
                     realm: &realm,
@@ -262,7 +263,20 @@ impl Redeem<'_> {
                     client_info: client_info.as_deref(),
                     foci: foci.as_deref(),
                     replaces: replaces.as_deref(),
-                })
+                });
+                // msal deletes the expired access tokens its search finds; this request's
+                // search found these (the new token's is not one of them).
+                doc.remove_expired_access_tokens_found(
+                    &AccessTokenQuery {
+                        home_account_id: Some(account.as_deref()),
+                        environments: &[environment.as_str()],
+                        client_id: None,
+                        realm: None,
+                        scopes: &requested,
+                    },
+                    unix_now(),
+                );
+                account
             })
             .await;
         match written {

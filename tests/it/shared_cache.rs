@@ -170,6 +170,31 @@ async fn msal_signed_in_user_gets_the_cached_token_then_a_refreshed_one_for_anot
     assert_eq!(silent["access_token_aud"], "https://other.test");
 }
 
+/// msal deletes the expired access tokens its search finds: the one that sent us to the token
+/// endpoint is gone from the file once the new one is written.
+#[tokio::test]
+async fn the_expired_access_token_found_is_deleted_when_the_new_one_is_written() {
+    let (peer, home) = (peer(), Home::new());
+    msal_signin(peer, &home, "contoso", FOCI_CLIENT_ID, "alice@contoso.com").await;
+    let mut doc = home.json();
+    let tokens = doc["AccessToken"].as_object_mut().unwrap();
+    assert_eq!(tokens.len(), 1, "{tokens:#?}");
+    let (expired_key, expired) = tokens.iter_mut().next().unwrap();
+    let expired_key = expired_key.clone();
+    expired["expires_on"] = "1".into();
+    expired["extended_expires_on"] = "1".into();
+    std::fs::write(home.cache(), serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+
+    let credential = credential(peer, &home).build().unwrap();
+    let token = credential.get_token([RESOURCE]).await.unwrap();
+    let doc = home.json();
+    let tokens = doc["AccessToken"].as_object().unwrap();
+    assert!(!tokens.contains_key(&expired_key), "{doc:#}");
+    assert_eq!(tokens.len(), 1, "{doc:#}");
+    let written = tokens.values().next().unwrap();
+    assert_eq!(written["secret"], token.secret().expose_secret());
+}
+
 /// The secret of the first refresh token in the cache file.
 fn first_refresh_token(home: &Home) -> String {
     home.json()["RefreshToken"]

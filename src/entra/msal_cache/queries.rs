@@ -44,11 +44,29 @@ impl CacheDocument {
     /// scopes: each requested scope, compared ASCII-case-insensitively, is one of the entry's
     /// space-separated target scopes. Entries whose `token_type` is not `Bearer` (msal's PoP
     /// and SSH-certificate tokens) are never returned. Expired tokens are returned too (the
-    /// caller judges lifetimes; see [`remove_expired_access_tokens`]). Document order.
+    /// caller judges lifetimes; see [`remove_expired_access_tokens_found`]). Document order.
     ///
-    /// [`remove_expired_access_tokens`]: CacheDocument::remove_expired_access_tokens
+    /// [`remove_expired_access_tokens_found`]: CacheDocument::remove_expired_access_tokens_found
     pub fn find_access_tokens(&self, q: &AccessTokenQuery<'_>) -> Vec<CachedAccessToken> {
         self.matching_access_tokens(q).map(|(_, at)| at).collect()
+    }
+
+    /// Removes the access tokens `q` finds that expired at or before `now_unix`, as msal's
+    /// search deletes the expired access tokens it finds. Returns how many were removed.
+    pub fn remove_expired_access_tokens_found(
+        &mut self,
+        q: &AccessTokenQuery<'_>,
+        now_unix: u64,
+    ) -> usize {
+        let expired: Vec<String> = self
+            .matching_access_tokens(q)
+            .filter(|(_, at)| at.expires_on <= now_unix)
+            .map(|(key, _)| key.to_owned())
+            .collect();
+        expired
+            .iter()
+            .filter(|key| self.remove_entry(ACCESS_TOKEN, key))
+            .count()
     }
 
     /// [`find_access_tokens`](CacheDocument::find_access_tokens) with each entry's key.
