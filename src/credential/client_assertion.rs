@@ -37,7 +37,7 @@ use crate::cache::TokenCache;
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::{TokenClient, client_assertion_form};
-use crate::error::{BoxError, ConfigError, CredentialError};
+use crate::error::{BoxError, Cause, ConfigError, CredentialError};
 use crate::flight::{SingleFlight, WhenAbandoned};
 use crate::redact::{scrub, truncate};
 use crate::token::{AccessToken, Secret, TokenRequest};
@@ -208,7 +208,11 @@ impl ClientAssertionCredential {
     #[cfg(test)]
     pub(crate) async fn assertion_for(&self, tenant: &str) -> Result<Secret, CredentialError> {
         let inner = &self.inner;
-        inner.assertions.get(inner.assertion_request(tenant)).await
+        let (assertion, _) = inner
+            .assertions
+            .get(inner.assertion_request(tenant))
+            .await?;
+        Ok(assertion)
     }
 }
 
@@ -299,11 +303,31 @@ impl Inner {
             return Ok(token);
         }
         let request = self.assertion_request(&plan.tenant);
-        let key = request.token_endpoint.clone();
-        let assertion = self.assertions.get(request).await?;
+        let (assertion, reused) = self.assertions.get(request.clone()).await?;
+        match self.redeem(&plan, &request, &assertion, &files).await {
+            // An assertion in hand may have outlived its validity at Entra (a source of
+            // short-lived tokens): one fresh try, as azure-identity asks its source for every
+            // token request.
+            Err(error) if reused && refused(&error) => {
+                let (fresh, _) = self.assertions.get(request.clone()).await?;
+                self.redeem(&plan, &request, &fresh, &files).await
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// One token request with `assertion`; a refused assertion is dropped, so that the next
+    /// attempt asks the source again.
+    async fn redeem(
+        &self,
+        plan: &Plan,
+        request: &AssertionRequest,
+        assertion: &Secret,
+        files: &AppTokenFiles<'_>,
+    ) -> Result<AccessToken, CredentialError> {
         let form = client_assertion_form(
             &self.client_id,
-            &assertion,
+            assertion,
             &plan.scopes,
             plan.claims.clone(),
         );
@@ -313,14 +337,8 @@ impl Inner {
                 Ok(response.token)
             }
             Err(error) => {
-                // Refused (Entra answers 400 or 401 invalid_client): most often an assertion
-                // expired or not yet valid (AADSTS700024), which a new one may fix; the next
-                // attempt asks the source again. A 5xx or a timeout says nothing about it.
-                let refused = error
-                    .status()
-                    .is_some_and(|s| s == StatusCode::BAD_REQUEST || s == StatusCode::UNAUTHORIZED);
-                if refused && !error.is_throttled() {
-                    self.assertions.forget(&key, &assertion);
+                if refused(&error) {
+                    self.assertions.forget(&request.token_endpoint, assertion);
                 }
                 Err(error)
             }
@@ -328,8 +346,24 @@ impl Inner {
     }
 }
 
+/// Entra refused the assertion (400 or 401 invalid_client): most often one expired or not yet
+/// valid (AADSTS700024), which a new one may fix. A 5xx, a timeout or throttling says nothing
+/// about it.
+fn refused(error: &CredentialError) -> bool {
+    error
+        .status()
+        .is_some_and(|s| s == StatusCode::BAD_REQUEST || s == StatusCode::UNAUTHORIZED)
+        && !error.is_throttled()
+}
+
+/// How long one call of an assertion source may take: an acquisition's overall deadline.
+const SOURCE_TIMEOUT: Duration = crate::transport::DEFAULT_TOTAL_TIMEOUT;
+
 /// The assertions in hand, one per token endpoint, and the source's calls in flight.
 struct Assertions {
+    /// The credential errors are reported under, and the source as they name it.
+    name: &'static str,
+    what: &'static str,
     fetch: Fetch,
     max_age: Duration,
     /// Per token endpoint: the assertion in hand and when it was asked for; the calls of the
@@ -341,6 +375,8 @@ impl Assertions {
     /// `name`: the credential errors are reported under; `what`: the source, as errors name it.
     fn new(name: &'static str, what: &'static str, fetch: Fetch, max_age: Duration) -> Self {
         Self {
+            name,
+            what,
             fetch,
             max_age,
             held: SingleFlight::new(name, what, HashMap::new()),
@@ -348,15 +384,17 @@ impl Assertions {
     }
 
     /// The assertion in hand for the request's endpoint if it is younger than the maximum
-    /// age; else the result of one call of the source, shared by every caller meanwhile. The
-    /// call runs in its own task (see [`crate::flight`]), which stores its assertion: callers
-    /// that give up do not lose it for the others.
-    async fn get(&self, request: AssertionRequest) -> Result<Secret, CredentialError> {
+    /// age (and `true`: it was in hand); else the result of one call of the source, shared by
+    /// every caller meanwhile. The call runs in its own task (see [`crate::flight`]), which
+    /// stores its assertion: callers that give up do not lose it for the others. A call gets
+    /// [`SOURCE_TIMEOUT`]: a source that never answers would otherwise hold every later
+    /// request to this endpoint in its flight.
+    async fn get(&self, request: AssertionRequest) -> Result<(Secret, bool), CredentialError> {
         let flight = {
             let mut held = self.held.lock();
             if let Some((assertion, fetched_at)) = held.get(&request.token_endpoint) {
                 if fetched_at.elapsed() < self.max_age {
-                    return Ok(assertion.clone());
+                    return Ok((assertion.clone(), true));
                 }
             }
             match held.running(request.token_endpoint.as_str()) {
@@ -364,10 +402,22 @@ impl Assertions {
                 None => {
                     let key = request.token_endpoint.clone();
                     let call = (self.fetch)(request);
+                    let (name, what) = (self.name, self.what);
                     let asking = async move {
                         // Aged from the moment it was asked for: it cannot be younger than that.
                         let asked_at = Instant::now();
-                        call.await.map(|assertion| (assertion, asked_at))
+                        match tokio::time::timeout(SOURCE_TIMEOUT, call).await {
+                            Ok(outcome) => outcome.map(|assertion| (assertion, asked_at)),
+                            Err(_) => Err(CredentialError::authentication_failed(
+                                name,
+                                format!("{what} did not answer within {SOURCE_TIMEOUT:?}"),
+                            )
+                            .with_cause(Cause {
+                                timeout: true,
+                                transient: true,
+                                ..Cause::default()
+                            })),
+                        }
                     };
                     held.start(
                         key.clone(),
@@ -383,7 +433,7 @@ impl Assertions {
                 }
             }
         };
-        flight.await
+        flight.await.map(|assertion| (assertion, false))
     }
 
     /// Drops `assertion` if it is still the one in hand for `key`.
@@ -605,8 +655,15 @@ mod tests {
                     .find(|(k, _)| k == "client_assertion")
                     .map(|(_, v)| v.into_owned())
                     .unwrap();
-                sent.lock().unwrap().push(assertion.clone());
-                let (status, body) = if assertion.contains("stale") {
+                // "stale" assertions are always refused; "once" ones the second time.
+                let repeated = {
+                    let mut sent = sent.lock().unwrap();
+                    let repeated = sent.contains(&assertion);
+                    sent.push(assertion.clone());
+                    repeated
+                };
+                let refused = assertion.contains("stale") || assertion.contains("once") && repeated;
+                let (status, body) = if refused {
                     (
                         401,
                         serde_json::json!({
@@ -717,6 +774,51 @@ mod tests {
         // The good one is reused for the next request.
         c.get_token(["https://other.test/.default"]).await.unwrap();
         assert_eq!(sent(&log), ["stale-1", "fresh-2", "fresh-2"]);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// An assertion in hand that Entra now refuses is replaced at once, for the same request:
+    /// azure-identity asks its source for every token request, so a source of short-lived
+    /// assertions works there. A fresh one refused is not asked for again.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_assertion_in_hand_is_replaced_for_the_same_request() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let source = move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { Ok::<_, BoxError>(format!("once-{n}")) }
+        };
+        let (log, http) = entra();
+        let c = build(source, http);
+        c.get_token([SCOPE]).await.unwrap();
+        let token = c.get_token(["https://other.test/.default"]).await.unwrap();
+        assert_eq!(token.secret().expose_secret(), "token-for-once-2");
+        assert_eq!(sent(&log), ["once-1", "once-1", "once-2"]);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A source that never answers fails its callers after the deadline, and is asked again
+    /// by the next request instead of holding it in the same flight.
+    #[tokio::test(start_paused = true)]
+    async fn a_source_that_never_answers_times_out_and_is_asked_again() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let source = move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n == 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, BoxError>(format!("assertion-{n}"))
+            }
+        };
+        let (_log, http) = entra();
+        let c = build(source, http);
+        let err = c.get_token([SCOPE]).await.unwrap_err();
+        assert!(err.is_authentication_failed() && err.is_timeout(), "{err}");
+        assert!(err.message().contains("did not answer within 30s"), "{err}");
+        let token = c.get_token([SCOPE]).await.unwrap();
+        assert_eq!(token.secret().expose_secret(), "token-for-assertion-2");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
