@@ -171,7 +171,8 @@ def retry_after():
     return seeds
 
 
-# certificate: [even][PEM] or [odd][password length][password][PKCS#12]. Made with openssl
+# certificate: [even][PEM] (byte 0 = 2 mod 4: the password is `fuzz`) or [odd][password
+# length][password][PKCS#12]. Made with openssl
 # (an RSA 2048 self-signed certificate valid for 100 years, so the seeds keep loading).
 def certificate():
     import subprocess
@@ -188,6 +189,9 @@ def certificate():
         pkcs1 = run("pkey", "-in", key, "-traditional")
         seeds = [b"\0" + cert_pem + key_pem, b"\0" + key_pem + cert_pem, b"\0" + cert_pem + pkcs1,
                  b"\0" + cert_pem, b"\0" + key_pem]
+        # An ENCRYPTED PRIVATE KEY (PBES2, AES-256-CBC) at one iteration, so each run is quick.
+        encrypted = run("pkcs8", "-topk8", "-in", key, "-passout", "pass:fuzz", "-iter", "1")
+        seeds.append(b"\2" + cert_pem + encrypted)
         for password, extra in [(b"pw", []), (b"", ["-nomac", "-keypbe", "NONE", "-certpbe", "NONE"]),
                                 (b"pw", ["-keypbe", "PBE-SHA1-3DES", "-certpbe", "PBE-SHA1-3DES", "-macalg", "sha1"])]:
             p12 = run("pkcs12", "-export", "-in", cert, "-inkey", key,

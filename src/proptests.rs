@@ -1012,8 +1012,14 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
-    fn certificate_pem_arbitrary_sections_never_panic(text in pem_text()) {
-        let source = crate::credential::certificate::CertificateSource::from_pem(text);
+    fn certificate_pem_arbitrary_sections_never_panic(
+        text in pem_text(),
+        password in proptest::option::of("[ -~]{0,12}"),
+    ) {
+        let source = crate::credential::certificate::CertificateSource::from_pem_with_password(
+            text,
+            password.map(Secret::new),
+        );
         if let Err(message) = source.load(unix_now()) {
             check_load_error(&message)?;
         }

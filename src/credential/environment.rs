@@ -6,7 +6,7 @@
 //! | `AZURE_CLIENT_ID` | the app's client id |
 //! | `AZURE_CLIENT_SECRET` | one of the app's client secrets |
 //! | `AZURE_CLIENT_CERTIFICATE_PATH` | or: a PEM or PKCS#12 file with the certificate and its RSA key |
-//! | `AZURE_CLIENT_CERTIFICATE_PASSWORD` | optional; the PKCS#12 file's password |
+//! | `AZURE_CLIENT_CERTIFICATE_PASSWORD` | optional; the PKCS#12 file's password, or the PEM file's encrypted key's |
 //! | `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` | optional; any non-empty value sends the chain (`x5c`) |
 //! | `AZURE_AUTHORITY_HOST` | optional; default the public cloud |
 //!

@@ -1,5 +1,6 @@
-//! Loading a certificate and its RSA private key: PEM (one file or two) or PKCS#12, checked
-//! the way Entra will check them (RSA, key matches the leaf, inside the validity period).
+//! Loading a certificate and its RSA private key: PEM (one file or two, the key possibly an
+//! `ENCRYPTED PRIVATE KEY`: `encrypted_key.rs`) or PKCS#12, checked the way Entra will check
+//! them (RSA, key matches the leaf, inside the validity period).
 
 use std::fmt;
 use std::io::Read;
@@ -28,19 +29,28 @@ const RSA_ENCRYPTION_OID: &str = "1.2.840.113549.1.1.1";
 /// use tower_identity::{CertificateSource, Secret};
 /// let pem = CertificateSource::from_pem(std::fs::read("cert.pem").unwrap_or_default());
 /// let two = CertificateSource::from_pem_files("cert.pem", "key.pem");
+/// let locked = CertificateSource::from_pem_files_with_password(
+///     "cert.pem",
+///     "key.pem",
+///     Some(Secret::new("p4ss")),
+/// );
 /// let pfx = CertificateSource::from_pkcs12(Vec::new(), Some(Secret::new("p4ss")));
 /// let any = CertificateSource::from_path("/etc/app/cert.pfx", None);
-/// # let _ = (pem, two, pfx, any);
+/// # let _ = (pem, two, locked, pfx, any);
 /// ```
 #[derive(Clone)]
 pub struct CertificateSource(Source);
 
 #[derive(Clone)]
 enum Source {
-    Pem(Zeroizing<Vec<u8>>),
+    Pem {
+        bytes: Zeroizing<Vec<u8>>,
+        password: Option<Secret>,
+    },
     PemFiles {
         cert: PathBuf,
         key: PathBuf,
+        password: Option<Secret>,
     },
     Pkcs12 {
         bytes: Zeroizing<Vec<u8>>,
@@ -55,17 +65,45 @@ enum Source {
 impl CertificateSource {
     /// PEM text holding the certificate (leaf, optionally followed by its chain) and an
     /// unencrypted RSA private key (`PRIVATE KEY`, PKCS#8, or `RSA PRIVATE KEY`, PKCS#1), in
-    /// any order.
+    /// any order. For an `ENCRYPTED PRIVATE KEY`, use
+    /// [`from_pem_with_password`](Self::from_pem_with_password).
     pub fn from_pem(bytes: impl Into<Vec<u8>>) -> Self {
-        Self(Source::Pem(Zeroizing::new(bytes.into())))
+        Self::from_pem_with_password(bytes, None)
+    }
+
+    /// PEM text as for [`from_pem`](Self::from_pem), whose private key may also be an
+    /// `ENCRYPTED PRIVATE KEY` (PKCS#8 `EncryptedPrivateKeyInfo`), decrypted with `password`
+    /// as azure-identity does. Schemes: PBES2 with PBKDF2 (HMAC-SHA1 or SHA-2) or scrypt, and
+    /// AES-CBC, AES-GCM or 3DES-CBC: what `openssl pkcs8 -topk8` and `openssl genpkey -aes256`
+    /// write. The key derivation is bounded as a PKCS#12 archive's is (at most 1 000 000
+    /// PBKDF2 iterations, scrypt within 64 MiB), checked before it runs. The password is
+    /// ignored when the key is not encrypted; `None` is [`from_pem`](Self::from_pem).
+    pub fn from_pem_with_password(bytes: impl Into<Vec<u8>>, password: Option<Secret>) -> Self {
+        Self(Source::Pem {
+            bytes: Zeroizing::new(bytes.into()),
+            password,
+        })
     }
 
     /// Two PEM files: certificates in `cert`, the private key in `key` (either file may hold
-    /// both; their sections are read together).
+    /// both; their sections are read together). For an `ENCRYPTED PRIVATE KEY`, use
+    /// [`from_pem_files_with_password`](Self::from_pem_files_with_password).
     pub fn from_pem_files(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self::from_pem_files_with_password(cert, key, None)
+    }
+
+    /// Two PEM files as for [`from_pem_files`](Self::from_pem_files), whose private key may be
+    /// an `ENCRYPTED PRIVATE KEY`, decrypted with `password` as in
+    /// [`from_pem_with_password`](Self::from_pem_with_password).
+    pub fn from_pem_files_with_password(
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        password: Option<Secret>,
+    ) -> Self {
         Self(Source::PemFiles {
             cert: cert.into(),
             key: key.into(),
+            password,
         })
     }
 
@@ -79,7 +117,10 @@ impl CertificateSource {
     }
 
     /// A file that is PEM when it contains `-----BEGIN`, else PKCS#12 (azure-identity's rule,
-    /// used for `AZURE_CLIENT_CERTIFICATE_PATH`). The password applies to PKCS#12 only.
+    /// used for `AZURE_CLIENT_CERTIFICATE_PATH`). The password is the PKCS#12 archive's, or
+    /// decrypts a PEM `ENCRYPTED PRIVATE KEY` (as in
+    /// [`from_pem_with_password`](Self::from_pem_with_password)); it is ignored for a PEM
+    /// file whose key is not encrypted. `AZURE_CLIENT_CERTIFICATE_PASSWORD` is this password.
     pub fn from_path(path: impl Into<PathBuf>, password: Option<Secret>) -> Self {
         Self(Source::Path {
             path: path.into(),
@@ -89,38 +130,44 @@ impl CertificateSource {
 
     /// Reads and checks the certificate and key at wall-clock time `now` (Unix seconds).
     pub(crate) fn load(&self, now: u64) -> Result<LoadedCertificate, String> {
-        let parts = match &self.0 {
-            Source::Pem(bytes) => {
+        let (mut parts, password) = match &self.0 {
+            Source::Pem { bytes, password } => {
                 check_size(bytes.len(), "the PEM data")?;
-                parse_pem(bytes)?
+                (parse_pem(bytes)?, password)
             }
-            Source::PemFiles { cert, key } => {
+            Source::PemFiles {
+                cert,
+                key,
+                password,
+            } => {
                 let mut parts = parse_pem(&read_file(cert)?)?;
                 let more = parse_pem(&read_file(key)?)?;
                 parts.certs.extend(more.certs);
                 parts.keys.extend(more.keys);
-                parts.encrypted_key |= more.encrypted_key;
+                parts.encrypted_keys.extend(more.encrypted_keys);
                 parts.ec_key |= more.ec_key;
-                parts
+                (parts, password)
             }
             Source::Pkcs12 { bytes, password } => {
                 check_size(bytes.len(), "the PKCS#12 data")?;
-                parse_pkcs12(bytes, password.as_ref())?
+                (parse_pkcs12(bytes, password.as_ref())?, &None)
             }
             Source::Path { path, password } => {
                 let bytes = read_file(path)?;
                 if is_pem(&bytes) {
-                    parse_pem(&bytes)?
+                    (parse_pem(&bytes)?, password)
                 } else {
-                    parse_pkcs12(&bytes, password.as_ref()).map_err(|e| {
+                    let parts = parse_pkcs12(&bytes, password.as_ref()).map_err(|e| {
                         format!(
                             "{} (read as PKCS#12: it has no \"-----BEGIN\" line, so it is not PEM)",
                             e
                         )
-                    })?
+                    })?;
+                    (parts, &None)
                 }
             }
         };
+        parts.decrypt_key(password.as_ref())?;
         parts.check(now)
     }
 }
@@ -128,11 +175,20 @@ impl CertificateSource {
 impl fmt::Debug for CertificateSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            Source::Pem(bytes) => write!(f, "CertificateSource::Pem({} bytes)", bytes.len()),
-            Source::PemFiles { cert, key } => f
+            Source::Pem { bytes, password } => f
+                .debug_struct("CertificateSource::Pem")
+                .field("bytes", &bytes.len())
+                .field("password", password)
+                .finish(),
+            Source::PemFiles {
+                cert,
+                key,
+                password,
+            } => f
                 .debug_struct("CertificateSource::PemFiles")
                 .field("cert", cert)
                 .field("key", key)
+                .field("password", password)
                 .finish(),
             Source::Pkcs12 { bytes, password } => f
                 .debug_struct("CertificateSource::Pkcs12")
@@ -191,8 +247,9 @@ struct Parts {
     certs: Vec<Vec<u8>>,
     /// PKCS#8 or PKCS#1 DER keys.
     keys: Vec<Key>,
-    /// A `-----BEGIN ENCRYPTED PRIVATE KEY-----` section was seen (and skipped).
-    encrypted_key: bool,
+    /// The DER (`EncryptedPrivateKeyInfo`) of each `ENCRYPTED PRIVATE KEY` section, decrypted
+    /// into `keys` by [`Parts::decrypt_key`] when a password is given.
+    encrypted_keys: Vec<Vec<u8>>,
     /// A `-----BEGIN EC PRIVATE KEY-----` section was seen.
     ec_key: bool,
 }
@@ -212,12 +269,17 @@ impl Key {
 }
 
 fn parse_pem(bytes: &[u8]) -> Result<Parts, String> {
-    let mut parts = Parts {
-        encrypted_key: bytes
-            .windows(37)
-            .any(|w| w == b"-----BEGIN ENCRYPTED PRIVATE KEY-----"),
-        ..Parts::default()
-    };
+    // OpenSSL's traditional encryption: headers in the section, which rustls-pki-types would
+    // report as bad base64.
+    if bytes.windows(22).any(|w| w == b"Proc-Type: 4,ENCRYPTED") {
+        return Err(
+            "the private key is encrypted in OpenSSL's legacy PEM format (Proc-Type: \
+             4,ENCRYPTED), which is not supported: convert it to an ENCRYPTED PRIVATE KEY \
+             (`openssl pkcs8 -topk8 -v2 aes-256-cbc -in key.pem -out key-enc.pem`)"
+                .to_owned(),
+        );
+    }
+    let mut parts = Parts::default();
     let mut reader = bytes;
     loop {
         match pem::from_buf(&mut reader) {
@@ -236,6 +298,7 @@ fn parse_pem(bytes: &[u8]) -> Result<Parts, String> {
             Err(e) => return Err(format!("the PEM data is malformed: {}", pem_error(&e))),
         }
     }
+    parts.encrypted_keys = super::encrypted_key::sections(bytes)?;
     Ok(parts)
 }
 
@@ -301,12 +364,33 @@ fn parse_pkcs12(bytes: &[u8], password: Option<&Secret>) -> Result<Parts, String
 }
 
 impl Parts {
+    /// With a password, decrypts the `ENCRYPTED PRIVATE KEY` into `keys`, its key derivation
+    /// bounded first (`encrypted_key`). Without one, encrypted keys are left out, and
+    /// [`check`](Self::check) says a password is needed when there is no other key.
+    fn decrypt_key(&mut self, password: Option<&Secret>) -> Result<(), String> {
+        let Some(password) = password else {
+            return Ok(());
+        };
+        let Some(encrypted) = self.encrypted_keys.first() else {
+            return Ok(());
+        };
+        // Refused before any key derivation runs, as `check` would refuse it after.
+        let count = self.keys.len().saturating_add(self.encrypted_keys.len());
+        if count > 1 {
+            return Err(several_keys(count));
+        }
+        let key = super::encrypted_key::decrypt(encrypted, password)?;
+        self.keys.push(Key::Pkcs8(key));
+        Ok(())
+    }
+
     fn check(self, now: u64) -> Result<LoadedCertificate, String> {
         if self.keys.is_empty() {
-            return Err(if self.encrypted_key {
-                "the private key is encrypted (ENCRYPTED PRIVATE KEY); decrypt it \
-                 (`openssl pkcs8 -in key.pem -out plain.pem`) or use a PKCS#12 file with a \
-                 password"
+            return Err(if !self.encrypted_keys.is_empty() {
+                "the private key is encrypted (ENCRYPTED PRIVATE KEY) and no password was \
+                 given: give the certificate password (AZURE_CLIENT_CERTIFICATE_PASSWORD, or \
+                 the password of `CertificateSource::from_path`, `from_pem_with_password` or \
+                 `from_pem_files_with_password`)"
                     .to_owned()
             } else if self.ec_key {
                 "the private key is an EC key: only RSA certificates are supported (Entra \
@@ -325,10 +409,7 @@ impl Parts {
             );
         }
         if self.keys.len() > 1 {
-            return Err(format!(
-                "{} private keys found; give exactly one, the key of the certificate",
-                self.keys.len()
-            ));
+            return Err(several_keys(self.keys.len()));
         }
         let parsed: Vec<X509Certificate<'_>> = self
             .certs
@@ -427,6 +508,10 @@ impl Parts {
             not_after,
         })
     }
+}
+
+fn several_keys(count: usize) -> String {
+    format!("{count} private keys found; give exactly one, the key of the certificate")
 }
 
 /// A checked certificate and key, ready to sign.

@@ -33,6 +33,7 @@ use crate::entra::authority::AZURE_AUTHORITY_HOST;
 use crate::error::{BoxError, ConfigError, CredentialError};
 use crate::token::{Secret, TokenRequest, unix_now};
 
+mod encrypted_key;
 pub(crate) mod jwt;
 mod load;
 pub(crate) mod pkcs12_work;
@@ -73,14 +74,16 @@ const NAME: &str = "ClientCertificateCredential";
 ///
 /// # Checks when building
 ///
-/// Inputs over 1 MiB, no key, no certificate, several keys, an encrypted PEM key, a key that
-/// is not RSA (Entra accepts only RSA), a key that matches no certificate, a certificate
-/// outside its validity period (both dates named) and a wrong PKCS#12 password are each a
-/// [`ConfigError`] saying which. The certificate whose public key is the key's is the leaf,
+/// Inputs over 1 MiB, no key, no certificate, several keys, an encrypted PEM key without a
+/// password, a key that is not RSA (Entra accepts only RSA), a key that matches no
+/// certificate, a certificate outside its validity period (both dates named), a wrong PKCS#12
+/// or PEM key password, and key derivations over the limits (checked before they run) are
+/// each a [`ConfigError`] saying which. The certificate whose public key is the key's is the leaf,
 /// wherever it sits in the input.
 ///
-/// The key's DER copies made here are zeroized on drop and never printed; ring keeps the
-/// parsed key in its own types, which it does not zeroize.
+/// The key's DER copies made here (a decrypted PEM key's too) are zeroized on drop and never
+/// printed, nor is a password; ring keeps the parsed key in its own types, which it does not
+/// zeroize.
 #[derive(Clone)]
 pub struct ClientCertificateCredential {
     inner: ClientAssertionCredential,

@@ -129,50 +129,104 @@ impl Work {
         self.scrypt_cost_zero |= run.scrypt_cost_zero;
     }
 
-    /// Whether the work is within the limits; if not, what to do about it.
+    /// Whether the work is within the limits; if not, what to do about it (worded for a
+    /// PKCS#12 archive).
     pub(crate) fn check(&self) -> Result<(), String> {
-        const REEXPORT: &str = "re-export it with the certificate, its chain and its key only, \
-            at OpenSSL's default 2048 iterations \
-            (`openssl pkcs12 -export -iter 2048 -in cert.pem -inkey key.pem -out cert.pfx`)";
+        self.check_for(Encrypted::Pkcs12)
+    }
+
+    /// Whether the work is within the limits, the errors worded for `input`: the one bound for
+    /// a PKCS#12 archive and for a PEM `ENCRYPTED PRIVATE KEY` (`encrypted_key.rs`).
+    pub(crate) fn check_for(&self, input: Encrypted) -> Result<(), String> {
+        let (whole, item, fix) = (input.whole(), input.item(), input.fix());
         let Work {
             runs, iterations, ..
         } = *self;
         if runs > MAX_KDF_RUNS {
             return Err(format!(
-                "the PKCS#12 archive needs {runs} password key derivations ({iterations} \
-                 iterations in all), more than the limit of {MAX_KDF_RUNS}: a certificate with \
-                 its key needs 3; {REEXPORT}"
+                "{whole} needs {runs} password key derivations ({iterations} iterations in all), \
+                 more than the limit of {MAX_KDF_RUNS}: {}; {fix}",
+                input.usual()
             ));
         }
         if self.largest_run > MAX_ITERATIONS_PER_RUN {
             return Err(format!(
-                "an item of the PKCS#12 archive asks for {} key-derivation iterations, more than \
-                 the limit of {MAX_ITERATIONS_PER_RUN} for one item; {REEXPORT}",
+                "{item} asks for {} key-derivation iterations, more than the limit of \
+                 {MAX_ITERATIONS_PER_RUN} for one item; {fix}",
                 self.largest_run
             ));
         }
         if self.scrypt_cost_zero {
             return Err(format!(
-                "an item of the PKCS#12 archive is encrypted with scrypt at a cost (N) of 0, \
-                 which is invalid (N must be a power of two); {REEXPORT} (PBKDF2, not scrypt)"
+                "{item} is encrypted with scrypt at a cost (N) of 0, which is invalid (N must be \
+                 a power of two); {fix} (PBKDF2, not scrypt)"
             ));
         }
         if self.largest_scrypt_memory > MAX_SCRYPT_MEMORY_BYTES {
             return Err(format!(
-                "an item of the PKCS#12 archive is encrypted with scrypt needing {} MiB of \
-                 memory, more than the limit of {} MiB; {REEXPORT} (PBKDF2, not scrypt)",
+                "{item} is encrypted with scrypt needing {} MiB of memory, more than the limit of \
+                 {} MiB; {fix} (PBKDF2, not scrypt)",
                 self.largest_scrypt_memory / (1024 * 1024),
                 MAX_SCRYPT_MEMORY_BYTES / (1024 * 1024)
             ));
         }
         if iterations > MAX_TOTAL_ITERATIONS {
             return Err(format!(
-                "the PKCS#12 archive needs {runs} password key derivations of {iterations} \
-                 iterations in all, more than the limit of {MAX_TOTAL_ITERATIONS} iterations; \
-                 {REEXPORT}"
+                "{whole} needs {runs} password key derivations of {iterations} iterations in all, \
+                 more than the limit of {MAX_TOTAL_ITERATIONS} iterations; {fix}"
             ));
         }
         Ok(())
+    }
+}
+
+/// What password-encrypted input a [`Work`] was counted from: the wording of its errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Encrypted {
+    /// A PKCS#12 archive.
+    Pkcs12,
+    /// A PEM `ENCRYPTED PRIVATE KEY` (PKCS#8 `EncryptedPrivateKeyInfo`).
+    PemKey,
+}
+
+impl Encrypted {
+    /// The input as a whole.
+    fn whole(self) -> &'static str {
+        match self {
+            Encrypted::Pkcs12 => "the PKCS#12 archive",
+            Encrypted::PemKey => "the encrypted private key",
+        }
+    }
+
+    /// One encrypted item of it.
+    fn item(self) -> &'static str {
+        match self {
+            Encrypted::Pkcs12 => "an item of the PKCS#12 archive",
+            Encrypted::PemKey => "the encrypted private key",
+        }
+    }
+
+    /// How many derivations a usual input needs.
+    fn usual(self) -> &'static str {
+        match self {
+            Encrypted::Pkcs12 => "a certificate with its key needs 3",
+            Encrypted::PemKey => "one key needs 1",
+        }
+    }
+
+    /// What to do about an input over the limits.
+    fn fix(self) -> &'static str {
+        match self {
+            Encrypted::Pkcs12 => {
+                "re-export it with the certificate, its chain and its key only, at OpenSSL's \
+                 default 2048 iterations \
+                 (`openssl pkcs12 -export -iter 2048 -in cert.pem -inkey key.pem -out cert.pfx`)"
+            }
+            Encrypted::PemKey => {
+                "re-encrypt it at OpenSSL's default 2048 iterations \
+                 (`openssl pkcs8 -topk8 -v2 aes-256-cbc -iter 2048 -in key.pem -out key-enc.pem`)"
+            }
+        }
     }
 }
 

@@ -313,3 +313,340 @@ fn a_panic_in_the_pkcs12_parser_is_an_error() {
     let error = load::decode_pkcs12(&input[2..], "").unwrap_err();
     assert!(error.contains("parser panicked"), "{error}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// PEM `ENCRYPTED PRIVATE KEY` (PKCS#8 EncryptedPrivateKeyInfo) with the certificate password
+// ---------------------------------------------------------------------------------------------
+
+/// The test key as an `ENCRYPTED PRIVATE KEY`: `openssl pkcs8 -topk8` with `args`, password
+/// `password`.
+fn openssl_encrypted_key(args: &[&str], password: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("key.pem");
+    std::fs::write(&input, rsa_key_pem()).unwrap();
+    let out = Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-passout"])
+        .arg(format!("pass:{password}"))
+        .arg("-in")
+        .arg(&input)
+        .args(args)
+        .output()
+        .expect("openssl on PATH (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+        "{pem}"
+    );
+    pem
+}
+
+fn load_encrypted(pem: String, password: Option<&str>) -> Result<load::LoadedCertificate, String> {
+    CertificateSource::from_pem_with_password(pem, password.map(crate::token::Secret::new))
+        .load(*NOW)
+}
+
+/// A PEM `ENCRYPTED PRIVATE KEY` of this DER.
+fn pem_section(der: &[u8]) -> String {
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|line| std::str::from_utf8(line).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\n{}\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        lines.join("\n")
+    )
+}
+
+#[test]
+fn an_encrypted_pem_key_decrypts_with_the_password_and_signs_as_the_plain_key() {
+    let cert = valid_cert();
+    let plain = load(format!("{cert}{}", rsa_key_pem())).unwrap();
+    let message = b"header.claims";
+    let rng = ring::rand::SystemRandom::new();
+    let sign = |loaded: &load::LoadedCertificate| {
+        // PKCS#1 v1.5 is deterministic: the same key gives the same signature.
+        let mut signature = vec![0; loaded.key.public().modulus_len()];
+        loaded
+            .key
+            .sign(
+                &ring::signature::RSA_PKCS1_SHA256,
+                &rng,
+                message,
+                &mut signature,
+            )
+            .unwrap();
+        signature
+    };
+    let expected = sign(&plain);
+    for args in [
+        // OpenSSL 3's default: PBES2, PBKDF2-HMAC-SHA256 at 2048, AES-256-CBC.
+        &[][..],
+        &["-v2", "aes-128-cbc", "-v2prf", "hmacWithSHA1"][..],
+        &["-v2", "aes-256-cbc", "-iter", "100000"][..],
+        &["-v2", "des3"][..],
+        &[
+            "-scrypt",
+            "-scrypt_N",
+            "1024",
+            "-scrypt_r",
+            "8",
+            "-scrypt_p",
+            "1",
+        ][..],
+    ] {
+        let key = openssl_encrypted_key(args, "p4ss");
+        let loaded = load_encrypted(format!("{cert}{key}"), Some("p4ss"))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert_eq!(
+            loaded.key.public().as_ref(),
+            plain.key.public().as_ref(),
+            "{args:?}"
+        );
+        assert_eq!(loaded.leaf(), plain.leaf(), "{args:?}");
+        assert_eq!(sign(&loaded), expected, "{args:?}");
+        // An assertion signed with it verifies with the plain key's public key, and names the
+        // same certificate (x5t#S256).
+        let public = plain.key.public().as_ref().to_vec();
+        let header_of = |loaded: load::LoadedCertificate| {
+            let signer = Signer::new(loaded, CertificateSignature::Ps256, false);
+            let jwt = signer.sign("https://login.test/t", "client", *NOW).unwrap();
+            let parts: Vec<String> = jwt.split('.').map(str::to_owned).collect();
+            ring::signature::UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, &public)
+                .verify(
+                    format!("{}.{}", parts[0], parts[1]).as_bytes(),
+                    &URL_SAFE_NO_PAD.decode(&parts[2]).unwrap(),
+                )
+                .expect("the signature verifies with the plain key");
+            parts[0].clone()
+        };
+        assert_eq!(
+            header_of(loaded),
+            header_of(load(format!("{cert}{}", rsa_key_pem())).unwrap()),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn every_source_that_takes_a_password_decrypts_a_pem_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    let one_path = dir.path().join("both.pem");
+    let key = openssl_encrypted_key(&[], "p4ss");
+    std::fs::write(&cert_path, valid_cert()).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    std::fs::write(&one_path, format!("{key}{}", valid_cert())).unwrap();
+    let password = || Some(crate::token::Secret::new("p4ss"));
+    for source in [
+        // AZURE_CLIENT_CERTIFICATE_PATH with AZURE_CLIENT_CERTIFICATE_PASSWORD.
+        CertificateSource::from_path(&one_path, password()),
+        CertificateSource::from_pem_files_with_password(&cert_path, &key_path, password()),
+        CertificateSource::from_pem_with_password(std::fs::read(&one_path).unwrap(), password()),
+    ] {
+        let shown = format!("{source:?}");
+        assert!(!shown.contains("p4ss"), "{shown}");
+        let loaded = source.load(*NOW).unwrap_or_else(|e| panic!("{shown}: {e}"));
+        assert_eq!(loaded.chain.len(), 1);
+    }
+    // Through the builder, as EnvironmentCredential builds it.
+    let credential = ClientCertificateCredential::builder(
+        "t",
+        "c",
+        CertificateSource::from_path(&one_path, password()),
+    )
+    .build_with_env_authority(None)
+    .unwrap();
+    assert!(!format!("{credential:?}").contains("p4ss"));
+    // A password given for a PEM key that is not encrypted is not used (as before).
+    let plain = format!("{}{}", valid_cert(), rsa_key_pem());
+    load_encrypted(plain, Some("unused")).unwrap();
+}
+
+#[test]
+fn an_encrypted_pem_key_without_a_password_says_to_give_it() {
+    let pem = format!("{}{}", valid_cert(), openssl_encrypted_key(&[], "p4ss"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cert.pem");
+    std::fs::write(&path, &pem).unwrap();
+    for err in [
+        load(pem.clone()).unwrap_err(),
+        load_encrypted(pem, None).unwrap_err(),
+        CertificateSource::from_path(&path, None)
+            .load(*NOW)
+            .unwrap_err(),
+    ] {
+        assert!(
+            err.starts_with(
+                "the private key is encrypted (ENCRYPTED PRIVATE KEY) and no password was given: \
+                 give the certificate password (AZURE_CLIENT_CERTIFICATE_PASSWORD"
+            ),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_password_is_named_and_never_shown() {
+    let wrong = "Wr0ng-pa55word-7f3a";
+    for args in [
+        &[][..],
+        &["-v2", "des3"][..],
+        &[
+            "-scrypt",
+            "-scrypt_N",
+            "1024",
+            "-scrypt_r",
+            "8",
+            "-scrypt_p",
+            "1",
+        ][..],
+    ] {
+        let pem = format!("{}{}", valid_cert(), openssl_encrypted_key(args, "p4ss"));
+        let source = CertificateSource::from_pem_with_password(
+            pem.clone(),
+            Some(crate::token::Secret::new(wrong)),
+        );
+        let err = source.load(*NOW).unwrap_err();
+        assert!(
+            err.starts_with("the private key's password is wrong"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains(wrong) && !err.contains("p4ss"), "{err}");
+        let err = ClientCertificateCredential::builder("t", "c", source.clone())
+            .build_with_env_authority(None)
+            .unwrap_err();
+        let text = format!("{err} {err:?} {source:?}");
+        assert!(text.contains("password is wrong"), "{text}");
+        assert!(!text.contains(wrong), "{text}");
+    }
+    // An empty password is a wrong one too.
+    let pem = format!("{}{}", valid_cert(), openssl_encrypted_key(&[], "p4ss"));
+    let err = load_encrypted(pem, Some("")).unwrap_err();
+    assert!(
+        err.starts_with("the private key's password is wrong"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_encrypted_pem_key_asking_for_too_much_work_is_refused_before_any() {
+    use pkcs12_work::build::Kdf;
+    let started = std::time::Instant::now();
+    let cert = valid_cert();
+    let password = Some("p4ss");
+    // A real OpenSSL encryption one iteration over the per-item cap of a PKCS#12 archive.
+    let over = openssl_encrypted_key(&["-iter", "1000001"], "p4ss");
+    let err = load_encrypted(format!("{cert}{over}"), password).unwrap_err();
+    assert!(
+        err.starts_with(
+            "the encrypted private key asks for 1000001 key-derivation iterations, more than \
+             the limit of 1000000 for one item; re-encrypt it"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("openssl pkcs8 -topk8"), "{err}");
+    // Absurd parameters (filler ciphertext: refused before it is read).
+    for (kdf, want) in [
+        (
+            Kdf::Pbkdf2(4_000_000_000),
+            "asks for 4000000000 key-derivation iterations",
+        ),
+        (
+            Kdf::Scrypt(1 << 30, 8, 1),
+            "asks for 8589934592 key-derivation iterations",
+        ),
+        (
+            Kdf::Scrypt(1 << 10, 600, 1),
+            "is encrypted with scrypt needing 75 MiB of memory, more than the limit of 64 MiB",
+        ),
+        // pkcs5 0.8.1 panics on N = 0.
+        (Kdf::Scrypt(0, 8, 1), "scrypt at a cost (N) of 0"),
+    ] {
+        let der = kdf.private_key_info();
+        let err = encrypted_key::check_work(&der).unwrap_err();
+        assert!(err.contains(want), "{kdf:?}: {err}");
+        let err = load_encrypted(format!("{cert}{}", pem_section(&der)), password).unwrap_err();
+        assert!(
+            err.starts_with("the encrypted private key ") && err.contains(want),
+            "{kdf:?}: {err}"
+        );
+    }
+    // Within the bound: the work is counted as for PKCS#12, one run.
+    let work = encrypted_key::check_work(&Kdf::Pbkdf2(2048).private_key_info()).unwrap();
+    assert_eq!((work.runs, work.iterations), (1, 2048));
+    // Two keys are refused before either is decrypted.
+    let two = format!("{cert}{over}{}", rsa_key_pem());
+    let err = load_encrypted(two, password).unwrap_err();
+    assert!(err.starts_with("2 private keys found"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn unsupported_and_damaged_encrypted_keys_are_errors_not_panics() {
+    let cert = valid_cert();
+    // OpenSSL 1.0's `-v1` PKCS#12 scheme and the traditional `Proc-Type` encryption.
+    let v1 = openssl_encrypted_key(&["-v1", "PBE-SHA1-3DES"], "p4ss");
+    let err = load_encrypted(format!("{cert}{v1}"), Some("p4ss")).unwrap_err();
+    assert!(
+        err.contains("a legacy PKCS#12 scheme") && err.contains("openssl pkcs8 -topk8 -v2"),
+        "{err}"
+    );
+    let traditional = Command::new("openssl")
+        .args(["rsa", "-aes256", "-traditional", "-passout", "pass:p4ss"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(rsa_key_pem().as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let traditional = String::from_utf8(traditional.stdout).unwrap();
+    assert!(
+        traditional.contains("Proc-Type: 4,ENCRYPTED"),
+        "{traditional}"
+    );
+    let err = load_encrypted(format!("{cert}{traditional}"), Some("p4ss")).unwrap_err();
+    assert!(err.contains("legacy PEM format"), "{err}");
+    // Every truncation and single-byte change of a real encryption's DER (one iteration, so
+    // the sweep is quick): an error of one line, or a key (a change the padding absorbs).
+    let key = openssl_encrypted_key(&["-iter", "1"], "p4ss");
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    let mut inputs: Vec<Vec<u8>> = (0..der.len()).map(|len| der[..len].to_vec()).collect();
+    for i in (0..der.len()).step_by(3) {
+        let mut bad = der.clone();
+        bad[i] ^= 0xff;
+        inputs.push(bad);
+    }
+    for input in inputs {
+        let pem = format!("{cert}{}", pem_section(&input));
+        if let Err(err) = load_encrypted(pem, Some("p4ss")) {
+            assert!(
+                !err.contains('\n') && !err.contains("-----") && err.len() < 600,
+                "{err}"
+            );
+            assert!(!err.contains("p4ss"), "{err}");
+        }
+    }
+}

@@ -123,8 +123,8 @@ impl Kdf {
         }
     }
 
-    /// EncryptedPrivateKeyInfo with filler bytes.
-    fn private_key_info(&self) -> Vec<u8> {
+    /// EncryptedPrivateKeyInfo with filler bytes (also a PEM `ENCRYPTED PRIVATE KEY`'s DER).
+    pub(crate) fn private_key_info(&self) -> Vec<u8> {
         seq(&[self.der(), octets(&[0x42; 48])])
     }
 }
