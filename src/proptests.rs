@@ -1,9 +1,10 @@
 //! Property tests over the parsers that read provider, file and process input: the
 //! `WWW-Authenticate` parser, the token endpoint's answers, the managed identity endpoints'
 //! answers, the MSAL cache document, the Azure CLI's output, `Retry-After`, and certificates
-//! (PEM, PKCS#12 and the count of a PKCS#12 archive's key derivations). A bounded number
-//! of cases each (see [`config`]), so the set stays fast in debug builds; the fuzz targets in
-//! `fuzz/` search the same parsers for longer.
+//! (PEM, PKCS#12 and the count of a PKCS#12 archive's key derivations); and the scrubbing of
+//! secrets out of provider text. A bounded number of cases each (see [`config`]), so the set
+//! stays fast in debug builds; the fuzz targets in `fuzz/` search the same parsers for
+//! longer.
 //!
 //! Properties that found bugs keep a note of what they found.
 
@@ -1148,5 +1149,155 @@ proptest! {
             Ok(_) => prop_assert!(false, "filler loaded as a certificate"),
             Err(message) => check_load_error(&message)?,
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scrubbing secrets out of provider text
+// ---------------------------------------------------------------------------------------------
+
+/// Characters for the scrubbing properties: hex digits and what escapes are made of, what
+/// they stand for, multi-byte characters; the last four are the bytes escapes start with.
+const SCRUB_CHARS: [char; 20] = [
+    'a', 'b', 'A', '1', '2', '5', 'e', 'u', '#', ';', '"', '/', ' ', 'é', '😀', '<', '%', '\\',
+    '&', '+',
+];
+/// How many of [`SCRUB_CHARS`] start no escape.
+const SCRUB_PLAIN: usize = 16;
+
+/// `c` in one of the encodings `redact` reads, chosen by `form`: as it is, `%HH` (either
+/// case), `+` for a space, a JSON escape (short, `\uXXXX` either case, surrogate pairs), an
+/// HTML entity (named, decimal, hex).
+fn encode_char(c: char, form: u8) -> String {
+    let mut utf8 = [0u8; 4];
+    let bytes = c.encode_utf8(&mut utf8).as_bytes();
+    let mut units = [0u16; 2];
+    let units = c.encode_utf16(&mut units);
+    let mut forms = vec![
+        c.to_string(),
+        bytes.iter().map(|b| format!("%{b:02X}")).collect(),
+        bytes.iter().map(|b| format!("%{b:02x}")).collect(),
+        units.iter().map(|u| format!("\\u{u:04x}")).collect(),
+        units.iter().map(|u| format!("\\u{u:04X}")).collect(),
+        format!("&#{};", u32::from(c)),
+        format!("&#x{:X};", u32::from(c)),
+        format!("&#X{:x};", u32::from(c)),
+    ];
+    let short = match c {
+        '"' => Some("\\\""),
+        '\\' => Some("\\\\"),
+        '/' => Some("\\/"),
+        ' ' => Some("+"),
+        _ => None,
+    };
+    let named = match c {
+        '&' => Some("&amp;"),
+        '<' => Some("&lt;"),
+        '"' => Some("&quot;"),
+        _ => None,
+    };
+    forms.extend(short.into_iter().chain(named).map(str::to_owned));
+    forms.swap_remove(usize::from(form) % forms.len())
+}
+
+/// A secret of [`SCRUB_CHARS`] (the plain ones only, or any): random, or a short unit
+/// repeated (every start of a copy matches on).
+fn scrub_secret(any_char: bool) -> impl Strategy<Value = Vec<char>> {
+    let count = if any_char {
+        SCRUB_CHARS.len()
+    } else {
+        SCRUB_PLAIN
+    };
+    let char_ = move || (0..count).prop_map(|i| SCRUB_CHARS[i]);
+    prop_oneof![
+        proptest::collection::vec(char_(), 4..16),
+        (proptest::collection::vec(char_(), 1..4), 2..8usize)
+            .prop_map(|(unit, times)| unit.repeat(times)),
+    ]
+    .prop_filter("at least four bytes", |s| {
+        s.iter().map(|c| c.len_utf8()).sum::<usize>() >= 4
+    })
+}
+
+/// A text of pieces: single characters, any encoded, and copies of the secret, whole, cut
+/// short, or from its middle, each character in an encoding of its own.
+fn scrub_text(secret: Vec<char>) -> impl Strategy<Value = String> {
+    let piece = (
+        0u8..4,
+        any::<u8>(),
+        any::<u8>(),
+        proptest::collection::vec(any::<u8>(), 1..8),
+    );
+    proptest::collection::vec(piece, 0..7).prop_map(move |pieces| {
+        let mut text = String::new();
+        for (kind, a, b, forms) in pieces {
+            let len = secret.len();
+            let (from, to) = match kind {
+                0 => {
+                    let c = SCRUB_CHARS[usize::from(a) % SCRUB_CHARS.len()];
+                    text.push_str(&encode_char(c, b));
+                    continue;
+                }
+                1 => (0, len),
+                2 => (0, usize::from(a) % (len + 1)),
+                _ => {
+                    let from = usize::from(a) % len;
+                    (from, from + usize::from(b) % (len - from + 1))
+                }
+            };
+            for (i, &c) in secret[from..to].iter().enumerate() {
+                text.push_str(&encode_char(c, forms[i % forms.len()]));
+            }
+        }
+        text
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The linear search masks exactly what the search before it did (kept as
+    /// `redact::reference`, a step per byte and character of the secret): matches in any mix
+    /// of encodings, overlapping, adjacent, cut short, one or two secrets.
+    #[test]
+    fn scrub_masks_what_the_reference_search_does(
+        (secret, text, other) in any::<bool>()
+            .prop_flat_map(scrub_secret)
+            .prop_flat_map(|secret| {
+                (Just(secret.clone()), scrub_text(secret), proptest::option::of(scrub_secret(true)))
+            }),
+    ) {
+        let secret: String = secret.into_iter().collect();
+        let other: Option<String> = other.map(|o| o.into_iter().collect());
+        let mut secrets = vec![secret.as_str()];
+        secrets.extend(other.as_deref());
+        prop_assert_eq!(
+            crate::redact::scrub(&text, &secrets),
+            crate::redact::reference::scrub(&text, &secrets),
+            "text {:?}, secrets {:?}", text, secrets
+        );
+    }
+
+    /// A secret in any mix of the encodings, between text that is none of its characters,
+    /// leaves nothing: the text around it and `***`.
+    #[test]
+    fn scrub_leaves_nothing_of_a_secret_in_any_encoding(
+        secret in any::<bool>().prop_flat_map(scrub_secret),
+        forms in proptest::collection::vec(any::<u8>(), 1..8),
+        before in "[XYZ,:]{0,6}",
+        after in "[XYZ,:]{0,6}",
+    ) {
+        let encoded: String = secret
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| encode_char(c, forms[i % forms.len()]))
+            .collect();
+        let secret: String = secret.into_iter().collect();
+        let text = format!("{before}{encoded}{after}");
+        prop_assert_eq!(
+            crate::redact::scrub(&text, &[&secret]),
+            format!("{before}***{after}"),
+            "secret {:?} as {:?}", secret, encoded
+        );
     }
 }
