@@ -3,18 +3,11 @@
 //! readings kept). The property tests hold [`mask_encoded`] and [`scrub`] to it.
 
 use super::readings::{hex_pair, hex_u16};
-use super::{MASK, MIN_PREFIX_CHARS, MIN_SECRET_LEN, json_read, scrub_jwts, scrub_token_fields};
+use super::{MASK, MIN_PREFIX_CHARS};
 
 /// [`super::scrub`] with this module's search.
 pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut out = text.to_owned();
-    for secret in secrets.iter().filter(|s| s.len() >= MIN_SECRET_LEN) {
-        out = mask_encoded(&out, secret);
-        if let Some(read) = json_read(secret).filter(|r| r.len() >= MIN_SECRET_LEN) {
-            out = mask_encoded(&out, &read);
-        }
-    }
-    scrub_token_fields(&scrub_jwts(&out))
+    super::scrub_with(text, secrets, mask_encoded)
 }
 
 /// Replaces every occurrence of `secret`, in any mix of the encodings of the module docs.
