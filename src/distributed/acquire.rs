@@ -88,7 +88,16 @@ impl Shared {
                         self.stats.lease_lost();
                     }
                     Some(false) => {}
-                    None => return self.alone(idp, None).await,
+                    // The lease may be set all the same (a write applied, its answer late): the
+                    // holder's part, best-effort, so that nobody waits out `wait_limit` on a
+                    // lease no one fills. With the store down both calls are skipped or fail,
+                    // and the lease runs out.
+                    None => {
+                        let result = self.alone(idp, Some(&token_key)).await;
+                        let release = || self.store.release(&lease_key, &self.holder);
+                        self.breaker.call("release", release, &self.stats).await;
+                        return result;
+                    }
                 }
                 let now = Instant::now();
                 let Some(left) = deadline.checked_duration_since(now).filter(|d| !d.is_zero())

@@ -44,7 +44,9 @@
 //! * **The store is never a point of failure.** Every store call has a
 //!   [`budget`](DistributedCacheBuilder::budget) (default 50 ms). A call that fails or
 //!   outlives it makes the process act alone for that acquisition (ask the identity provider,
-//!   publish nothing). After 3 such failures in a row the [breaker](DistributedCacheBuilder::breaker)
+//!   publish nothing). A lease call is the exception: its write may have been applied with the
+//!   answer late, so the process also publishes its token and gives the lease back, best-effort,
+//!   rather than leave the others waiting on a lease nobody fills. After 3 such failures in a row the [breaker](DistributedCacheBuilder::breaker)
 //!   opens for 30 s (one WARN), during which the store is not asked; the first call that
 //!   succeeds afterwards closes it (one INFO). No token request fails because the store did.
 //! * **Sealed at rest.** Entries are sealed with AES-256-GCM under a [`SealingKey`], bound to

@@ -22,6 +22,9 @@ pub(super) enum Mode {
     Hang,
     /// Every call fails at once (a refused connection).
     Fail,
+    /// The next lease is taken, and its answer comes this late (a slow reply to a write that
+    /// was applied); every other call is healthy.
+    LateLeaseAnswer(Duration),
 }
 
 /// A real store in memory: values and leases with TTLs on tokio's clock.
@@ -84,7 +87,7 @@ impl MemoryStore {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let mode = *self.mode.lock().unwrap();
         match mode {
-            Mode::Healthy => {
+            Mode::Healthy | Mode::LateLeaseAnswer(_) => {
                 let value = healthy();
                 async move { Ok(value) }.boxed()
             }
@@ -124,7 +127,7 @@ impl TokenStore for Handle {
         holder: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.0.answer(|| {
+        let answer = self.0.answer(|| {
             if self.0.live(key).is_some() {
                 return false;
             }
@@ -133,7 +136,20 @@ impl TokenStore for Handle {
                 (holder.as_bytes().to_vec(), Instant::now() + ttl),
             );
             true
-        })
+        });
+        let mut mode = self.0.mode.lock().unwrap();
+        match *mode {
+            Mode::LateLeaseAnswer(late) => {
+                // Once: the next lease call is answered in time.
+                *mode = Mode::Healthy;
+                async move {
+                    tokio::time::sleep(late).await;
+                    answer.await
+                }
+                .boxed()
+            }
+            _ => answer,
+        }
     }
 
     fn release<'a>(

@@ -184,6 +184,32 @@ async fn a_process_that_starts_late_renews_when_the_fleet_does() {
     assert_eq!(idp.calls(), 2);
 }
 
+/// A lease whose answer came too late may have been taken all the same: the process that
+/// asked does the holder's part, best-effort (publishes, gives the lease back), so the others
+/// get its token instead of waiting out `wait_limit` for a lease nobody fills.
+#[tokio::test(start_paused = true)]
+async fn a_lease_answered_too_late_is_published_and_given_back() {
+    let store = MemoryStore::new();
+    let (a, b) = (cache(&store), cache(&store));
+    let (pa, pb) = (process(&a), process(&b));
+    let idp = Idp::new(Duration::from_millis(300));
+    store.set_mode(Mode::LateLeaseAnswer(Duration::from_millis(100)));
+    let start = Instant::now();
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        get(&pb, &idp).await
+    };
+    let (ta, tb) = tokio::join!(get(&pa, &idp), late);
+    assert_eq!(ta, tb);
+    assert_eq!(idp.calls(), 1);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(store.raw(&store_keys("tower-identity").lease()).is_none());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_dead_holders_lease_is_taken_over_when_it_expires() {
     let store = MemoryStore::new();
