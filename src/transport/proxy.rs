@@ -154,7 +154,34 @@ fn check_url(url: &str) -> Result<(), &'static str> {
     if uri.host().is_none_or(str::is_empty) {
         return Err("it names no host");
     }
+    if garbled_port(&uri) {
+        return Err(
+            "its port is not a number (in a password, `/`, `?`, `#` and `@` must be \
+             percent-encoded)",
+        );
+    }
     Ok(())
+}
+
+/// Whether the authority has a port part that is not a number. `http::Uri` ends the authority
+/// at the first `/`, `?` or `#`, so a password holding one unencoded leaves `user:pass…` as
+/// host and port: shown as an address, that would quote the credentials.
+fn garbled_port(uri: &Uri) -> bool {
+    let Some(authority) = uri.authority() else {
+        return false;
+    };
+    let host_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, host_port)| host_port);
+    let after_host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
+        None => host_port
+            .find(':')
+            .and_then(|i| host_port.get(i..))
+            .unwrap_or(""),
+    };
+    !after_host.is_empty() && authority.port_u16().is_none()
 }
 
 /// `host:port` of a proxy URL, without scheme, credentials or path: what errors and logs
@@ -163,6 +190,9 @@ pub(super) fn address(url: &str) -> String {
     let Ok(uri) = url.trim().parse::<Uri>() else {
         return "(unparsable URL)".to_owned();
     };
+    if garbled_port(&uri) {
+        return "(unparsable URL)".to_owned();
+    }
     let Some(authority) = uri.authority() else {
         return "(no host)".to_owned();
     };

@@ -281,6 +281,25 @@ mod proxy {
         assert_eq!(address("http://u:p@proxy.test:3128/x"), "proxy.test:3128");
         assert_eq!(address("proxy.test"), "proxy.test:80");
         assert_eq!(address("http://[::1]:8080"), "[::1]:8080");
+        assert_eq!(address("http://[::1]"), "[::1]:80");
+    }
+
+    /// An unencoded `/` in the password ends the URL's authority there, leaving `user:pa` as
+    /// host and port: refused, and never shown.
+    #[test]
+    fn a_password_that_breaks_the_url_is_refused_and_never_shown() {
+        let url = "http://user-Qa:pa/ss-Qb@proxy.test:3128";
+        assert_eq!(address(url), "(unparsable URL)");
+        let builder = HttpClient::builder().proxy(url);
+        let text = format!("{builder:?}");
+        let err = builder.build().unwrap_err().to_string();
+        for shown in [&text, &err] {
+            assert!(
+                !shown.contains("user-Qa") && !shown.contains("pa/"),
+                "{shown}"
+            );
+        }
+        assert!(err.contains("port is not a number"), "{err}");
     }
 
     #[test]
