@@ -1,7 +1,9 @@
-//! A provider's `Retry-After`, remembered per credential: until the time it asked for has
-//! passed, the credential sends that provider nothing and answers at once with a *throttled*
-//! error (`is_throttled()`, `retry_after()`). Entra throttles per application and tenant;
-//! asking again early only extends the wait.
+//! A provider's `Retry-After`, remembered per credential and endpoint: until the time it asked
+//! for has passed, the credential sends that endpoint nothing and answers at once with a
+//! *throttled* error (`is_throttled()`, `retry_after()`). Entra throttles per application and
+//! tenant, so an Entra credential keeps one wait per token endpoint URL (which names the
+//! tenant): a wait one tenant asked for does not hold back requests to another. Asking again
+//! early only extends the wait.
 //!
 //! The wait is read from a failed answer's `Retry-After`, `retry-after-ms` or
 //! `x-ms-retry-after-ms` and capped at [`MAX_RETRY_AFTER`] (an hour): larger values mean "much
@@ -51,29 +53,47 @@ impl Throttle {
     }
 }
 
-/// The last wait a provider asked one credential for.
+/// The last wait each endpoint asked one credential for, at most [`MAX_ENDPOINTS`] of them.
 #[derive(Debug, Default)]
-pub(crate) struct ThrottleMemory(Mutex<Option<Throttle>>);
+pub(crate) struct ThrottleMemory(Mutex<Vec<(String, Throttle)>>);
+
+/// Endpoints whose waits one credential remembers: a credential allowed any tenant could
+/// otherwise be made to keep one for every tenant named to it. Past this, the wait that ends
+/// first is forgotten first.
+const MAX_ENDPOINTS: usize = 64;
 
 impl ThrottleMemory {
-    fn lock(&self) -> MutexGuard<'_, Option<Throttle>> {
-        // Every write is a plain assignment: a panic elsewhere cannot leave it torn.
+    fn lock(&self) -> MutexGuard<'_, Vec<(String, Throttle)>> {
+        // Every write leaves the list whole: a panic elsewhere cannot leave it torn.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Remembers `throttle` (the latest answer decides).
-    pub(crate) fn remember(&self, throttle: Throttle) {
-        *self.lock() = Some(throttle);
+    /// Remembers `throttle` for `endpoint` (the latest answer decides).
+    pub(crate) fn remember(&self, endpoint: &str, throttle: Throttle) {
+        let now = Instant::now();
+        let mut waits = self.lock();
+        waits.retain(|(known, wait)| known != endpoint && now < wait.until);
+        if waits.len() >= MAX_ENDPOINTS {
+            if let Some(first) = (0..waits.len()).min_by_key(|&i| waits.get(i).map(|w| w.1.until)) {
+                waits.swap_remove(first);
+            }
+        }
+        waits.push((endpoint.to_owned(), throttle));
     }
 
-    /// While the remembered wait has not passed: the error to answer with at once, as
+    /// While the wait remembered for `endpoint` has not passed: the error to answer with at once, as
     /// `credential`, naming `provider` ("Microsoft Entra ID at https://…").
     pub(crate) fn refusal(
         &self,
+        endpoint: &str,
         credential: &'static str,
         provider: &str,
     ) -> Option<CredentialError> {
-        let throttle = (*self.lock())?;
+        let throttle = self
+            .lock()
+            .iter()
+            .find(|(known, _)| known == endpoint)
+            .map(|(_, throttle)| *throttle)?;
         let wait = throttle.until.checked_duration_since(Instant::now())?;
         if wait.is_zero() {
             return None;
@@ -114,9 +134,10 @@ mod tests {
         assert!(Throttle::of(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()).is_none());
         let throttle = Throttle::of(StatusCode::TOO_MANY_REQUESTS, &headers).unwrap();
         let memory = ThrottleMemory::default();
-        assert!(memory.refusal("Test", "the provider").is_none());
-        memory.remember(throttle);
-        let refused = memory.refusal("Test", "the provider").unwrap();
+        let (tenant_a, tenant_b) = ("https://idp.test/a/token", "https://idp.test/b/token");
+        assert!(memory.refusal(tenant_a, "Test", "the provider").is_none());
+        memory.remember(tenant_a, throttle);
+        let refused = memory.refusal(tenant_a, "Test", "the provider").unwrap();
         assert!(
             refused.is_throttled() && refused.is_transient(),
             "{refused}"
@@ -126,13 +147,39 @@ mod tests {
             refused.message().contains("the provider answered HTTP 429"),
             "{refused}"
         );
+        // Another endpoint (another tenant) is not held back.
+        assert!(memory.refusal(tenant_b, "Test", "the provider").is_none());
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(memory.refusal("Test", "the provider").is_none());
+        assert!(memory.refusal(tenant_a, "Test", "the provider").is_none());
         let marked = throttle.mark(CredentialError::authentication_failed("Test", "refused"));
         assert!(marked.is_throttled());
         assert!(
             marked.message().contains("sends it no token request"),
             "{marked}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_are_kept_for_a_bounded_number_of_endpoints() {
+        let memory = ThrottleMemory::default();
+        let wait = |secs| Throttle {
+            until: Instant::now() + Duration::from_secs(secs),
+            status: StatusCode::TOO_MANY_REQUESTS,
+        };
+        // The first ends soonest, so it is the one forgotten.
+        for n in 0..=MAX_ENDPOINTS {
+            memory.remember(&format!("t{n}"), wait(100 + n as u64));
+        }
+        assert_eq!(memory.lock().len(), MAX_ENDPOINTS);
+        assert!(memory.refusal("t0", "Test", "p").is_none());
+        assert!(
+            memory
+                .refusal(&format!("t{MAX_ENDPOINTS}"), "Test", "p")
+                .is_some()
+        );
+        // A wait that has passed makes room first.
+        tokio::time::advance(Duration::from_secs(102)).await;
+        memory.remember("new", wait(10));
+        assert_eq!(memory.lock().len(), MAX_ENDPOINTS - 1);
     }
 }

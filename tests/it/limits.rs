@@ -112,6 +112,39 @@ async fn a_retry_after_is_remembered_no_request_is_sent_until_it_passes() {
     assert_eq!(authority.token_posts(), 2);
 }
 
+/// Entra throttles per application and tenant: a wait one tenant's endpoint asked for does not
+/// hold back requests to another tenant.
+#[tokio::test(start_paused = true)]
+async fn a_wait_one_tenant_asked_for_does_not_hold_back_another() {
+    use crate::support::creds::{CLIENT_ID, CLIENT_SECRET, TENANT, http};
+    use tower_identity::{ClientSecretCredential, TokenRequest};
+    let authority = Authority::start().await;
+    let credential = ClientSecretCredential::builder(TENANT, CLIENT_ID, CLIENT_SECRET)
+        .authority_host(authority.url())
+        .http_client(http(&authority))
+        .additionally_allowed_tenants(["fabrikam"])
+        .build()
+        .unwrap();
+    authority.push_fault(Fault::TooManyRequests {
+        retry_after: "600".into(),
+    });
+    let err = credential.get_token([SCOPE]).await.unwrap_err();
+    assert!(err.is_throttled(), "{err}");
+    let other = credential
+        .get_token_with(TokenRequest::new([SCOPE]).with_tenant_id("fabrikam"))
+        .await
+        .unwrap();
+    assert_eq!(other.secret().expose_secret(), "at-1-fabrikam");
+    assert_eq!(authority.token_posts(), 2);
+    // The throttled tenant still waits.
+    let err = credential
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_throttled(), "{err}");
+    assert_eq!(authority.token_posts(), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn while_throttled_a_valid_cached_token_is_still_served() {
     let authority = Authority::start().await;

@@ -321,7 +321,8 @@ impl Configured {
     /// identity).
     async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
         let provider = format!("the {} managed identity endpoint", self.source);
-        if let Some(refused) = self.throttle.refusal(NAME, &provider) {
+        // One endpoint, one wait, whatever the resource: the key is empty.
+        if let Some(refused) = self.throttle.refusal("", NAME, &provider) {
             return Err(refused);
         }
         let result = self.endpoint.acquire(resource).await;
@@ -330,7 +331,7 @@ impl Configured {
                 .retry_after()
                 .and_then(|wait| tokio::time::Instant::now().checked_add(wait));
             if let (Some(until), Some(status)) = (until, error.status()) {
-                self.throttle.remember(Throttle { until, status });
+                self.throttle.remember("", Throttle { until, status });
             }
         }
         result

@@ -188,7 +188,7 @@ impl TokenClient {
         url: String,
         form: Form,
     ) -> Result<Answer, CredentialError> {
-        if let Some(error) = self.throttled(credential) {
+        if let Some(error) = self.throttled(credential, &url) {
             return Err(error);
         }
         let request_id = uuid::Uuid::new_v4().to_string();
@@ -215,7 +215,7 @@ impl TokenClient {
         let (parts, body) = response.into_parts();
         let throttle = Throttle::of(parts.status, &parts.headers);
         if let Some(throttle) = throttle {
-            self.memory.throttle.remember(throttle);
+            self.memory.throttle.remember(&url, throttle);
         }
         let attempts = parts
             .extensions
@@ -233,10 +233,10 @@ impl TokenClient {
         })
     }
 
-    /// The throttled error, while the provider's `Retry-After` has not passed.
-    fn throttled(&self, credential: &'static str) -> Option<CredentialError> {
+    /// The throttled error, while the `Retry-After` the endpoint `url` gave has not passed.
+    fn throttled(&self, credential: &'static str, url: &str) -> Option<CredentialError> {
         let provider = format!("Microsoft Entra ID at {}", self.authority.as_str());
-        self.memory.throttle.refusal(credential, &provider)
+        self.memory.throttle.refusal(url, credential, &provider)
     }
 
     /// Adds the form's secrets to those sent lately; returns all of them, to scrub answers.
