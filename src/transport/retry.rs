@@ -277,8 +277,10 @@ impl RetryPolicy {
                         );
                         None
                     }
-                    Some(wait) => Some(wait),
-                    None => Some(self.backoff()),
+                    // No wait asked for (0, or a date past): the backoff, as azure-core
+                    // does, rather than an immediate retry.
+                    Some(wait) if !wait.is_zero() => Some(wait),
+                    Some(_) | None => Some(self.backoff()),
                 }
             }
             Ok(_) => None,
@@ -320,8 +322,9 @@ pub(super) fn is_retryable_error(error: &(dyn StdError + 'static)) -> bool {
     }
 }
 
-/// The server's requested wait: `retry-after-ms`, `x-ms-retry-after-ms` (milliseconds) or
-/// `Retry-After` (seconds, possibly fractional, or an HTTP date).
+/// The server's requested wait: `Retry-After` (seconds, possibly fractional, or an HTTP date),
+/// else `retry-after-ms`, else `x-ms-retry-after-ms` (milliseconds): azure-core's order
+/// (`get_retry_after`), so that a server sending both is read as there.
 pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let text = |name: &str| {
         headers
@@ -329,21 +332,21 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
-        if let Some(wait) = text(name).and_then(|v| seconds(v, 1000.0)) {
+    if let Some(value) = text("retry-after") {
+        if let Some(wait) = seconds(value, 1.0) {
             return Some(wait);
         }
+        if let Ok(at) = httpdate::parse_http_date(value) {
+            return Some(
+                at.duration_since(now)
+                    .unwrap_or(Duration::ZERO)
+                    .min(MAX_RETRY_AFTER),
+            );
+        }
     }
-    let value = text("retry-after")?;
-    if let Some(wait) = seconds(value, 1.0) {
-        return Some(wait);
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(now)
-            .unwrap_or(Duration::ZERO)
-            .min(MAX_RETRY_AFTER),
-    )
+    ["retry-after-ms", "x-ms-retry-after-ms"]
+        .into_iter()
+        .find_map(|name| text(name).and_then(|v| seconds(v, 1000.0)))
 }
 
 /// A non-negative number of `1/per_second` units as a wait, capped at [`MAX_RETRY_AFTER`];

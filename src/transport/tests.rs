@@ -30,9 +30,18 @@ fn retry_after_forms() {
         retry_after(&headers(&[("retry-after", "1.5")]), now),
         Some(Duration::from_millis(1500))
     );
+    // azure-core's order: `Retry-After` first, the millisecond headers when it is absent or
+    // unreadable.
     assert_eq!(
         retry_after(
             &headers(&[("retry-after-ms", "250"), ("retry-after", "9")]),
+            now
+        ),
+        Some(Duration::from_secs(9))
+    );
+    assert_eq!(
+        retry_after(
+            &headers(&[("retry-after-ms", "250"), ("retry-after", "soon")]),
             now
         ),
         Some(Duration::from_millis(250))
@@ -170,6 +179,17 @@ fn imds_retries_404_410_and_every_5xx_and_honours_retry_after() {
         .headers_mut()
         .insert("retry-after", HeaderValue::from_static("7"));
     assert_eq!(policy.delay_for(&Ok(asked)), Some(Duration::from_secs(7)));
+    // `Retry-After: 0` asks for no wait: the backoff applies, as in azure-core, not an
+    // immediate retry.
+    let mut policy = RetryPolicy::new(RetryOptions::imds(Duration::from_secs(90)));
+    policy.retries = 2;
+    let mut zero = answer(503).unwrap();
+    zero.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("0"));
+    assert_eq!(
+        policy.delay_for(&Ok(zero)),
+        Some(Duration::from_millis(3200))
+    );
     // The standard schedule is unchanged: 404 and 410 are final there.
     let mut standard = RetryPolicy::new(RetryOptions::default());
     assert!(standard.delay_for(&answer(404)).is_none());
