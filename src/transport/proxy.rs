@@ -170,10 +170,7 @@ fn garbled_port(uri: &Uri) -> bool {
     let Some(authority) = uri.authority() else {
         return false;
     };
-    let host_port = authority
-        .as_str()
-        .rsplit_once('@')
-        .map_or(authority.as_str(), |(_, host_port)| host_port);
+    let host_port = host_port(authority);
     let after_host = match host_port.strip_prefix('[') {
         Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
         None => host_port
@@ -182,6 +179,14 @@ fn garbled_port(uri: &Uri) -> bool {
             .unwrap_or(""),
     };
     !after_host.is_empty() && authority.port_u16().is_none()
+}
+
+/// The authority without its credentials.
+fn host_port(authority: &http::uri::Authority) -> &str {
+    authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, host_port)| host_port)
 }
 
 /// `host:port` of a proxy URL, without scheme, credentials or path: what errors and logs
@@ -196,10 +201,7 @@ pub(super) fn address(url: &str) -> String {
     let Some(authority) = uri.authority() else {
         return "(no host)".to_owned();
     };
-    let host_port = authority
-        .as_str()
-        .rsplit_once('@')
-        .map_or(authority.as_str(), |(_, host_port)| host_port);
+    let host_port = host_port(authority);
     match authority.port_u16() {
         Some(_) => host_port.to_owned(),
         // hyper-util's tunnel connects to port 80 when the proxy URL names none.
