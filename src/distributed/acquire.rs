@@ -59,6 +59,7 @@ impl Shared {
                 Found::Nothing => {}
             }
             let lease_key = key.lease();
+            let holder = self.next_holder();
             let start = Instant::now();
             let deadline = start.checked_add(self.wait_limit).unwrap_or(start);
             let mut pause = FIRST_POLL;
@@ -66,7 +67,7 @@ impl Shared {
             loop {
                 let leased = self.breaker.call(
                     "try_lease",
-                    || self.store.try_lease(&lease_key, &self.holder, self.lease),
+                    || self.store.try_lease(&lease_key, &holder, self.lease),
                     &self.stats,
                 );
                 match leased.await {
@@ -77,11 +78,11 @@ impl Shared {
                         if let Found::Usable(token) =
                             self.find(&token_key, policy, Report::Quiet).await
                         {
-                            let release = || self.store.release(&lease_key, &self.holder);
+                            let release = || self.store.release(&lease_key, &holder);
                             self.breaker.call("release", release, &self.stats).await;
                             return self.shared_hit(token);
                         }
-                        return self.hold(idp, &token_key, &lease_key).await;
+                        return self.hold(idp, &token_key, &lease_key, &holder).await;
                     }
                     Some(false) if !lost => {
                         lost = true;
@@ -94,7 +95,7 @@ impl Shared {
                     // and the lease runs out.
                     None => {
                         let result = self.alone(idp, Some(&token_key)).await;
-                        let release = || self.store.release(&lease_key, &self.holder);
+                        let release = || self.store.release(&lease_key, &holder);
                         self.breaker.call("release", release, &self.stats).await;
                         return result;
                     }
@@ -123,12 +124,19 @@ impl Shared {
         Ok(token)
     }
 
+    /// This acquisition's lease holder id (see `Shared::holder`).
+    fn next_holder(&self) -> String {
+        let n = self.acquisitions.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n}", self.holder)
+    }
+
     /// The lease holder: asks the identity provider, publishes, gives the lease back.
     async fn hold<Fut>(
         &self,
         idp: Fut,
         token_key: &str,
         lease_key: &str,
+        holder: &str,
     ) -> Result<AccessToken, CredentialError>
     where
         Fut: Future<Output = Result<AccessToken, CredentialError>>,
@@ -140,7 +148,7 @@ impl Shared {
             self.publish(token_key, token).await;
         }
         // A failed acquisition frees the lease too: the next process tries at once.
-        let release = || self.store.release(lease_key, &self.holder);
+        let release = || self.store.release(lease_key, holder);
         self.breaker.call("release", release, &self.stats).await;
         result
     }

@@ -144,6 +144,7 @@ impl DistributedCacheBuilder {
                 breaker: Breaker::new(self.budget, self.failures, self.open_for),
                 stats: Counters::default(),
                 holder: uuid::Uuid::new_v4().to_string(),
+                acquisitions: std::sync::atomic::AtomicU64::new(0),
                 clock: WallClock::now(),
                 warned_unreadable: AtomicBool::new(false),
             }),

@@ -33,7 +33,7 @@
 //!   renews a shared token at the same moment, and none keeps a token it would itself renew.
 //! * **Single-flight across the fleet.** Otherwise the process takes the entry's lease
 //!   ([`TokenStore::try_lease`], for [`lease`](DistributedCacheBuilder::lease), default
-//!   10 s, under a holder id drawn at random for each cache). The holder asks the identity provider, publishes the token (sealed, to expire with
+//!   10 s, under a holder id drawn at random for each cache and numbered per acquisition). The holder asks the identity provider, publishes the token (sealed, to expire with
 //!   it) and gives the lease back, also when the request failed. The others poll the store
 //!   (10 ms, doubling to 250 ms), trying the lease again on each poll (a dead holder's lease
 //!   expires), until a usable token appears or [`wait_limit`](DistributedCacheBuilder::wait_limit)
@@ -123,8 +123,13 @@ struct Shared {
     wait_limit: Duration,
     breaker: Breaker,
     stats: Counters,
-    /// This cache's lease holder id: random, so two processes never share one.
+    /// This cache's lease holder id: random, so two processes never share one. Each
+    /// acquisition holds leases as `{holder}.{n}` ([`Shared::next_holder`]): two credentials
+    /// over one cache can acquire one entry at once, and one's release must not free the
+    /// other's lease.
     holder: String,
+    /// Acquisitions made, for their holder ids.
+    acquisitions: std::sync::atomic::AtomicU64,
     clock: WallClock,
     /// Whether an unreadable value was logged at WARN already.
     warned_unreadable: AtomicBool,

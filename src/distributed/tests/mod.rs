@@ -210,6 +210,32 @@ async fn a_lease_answered_too_late_is_published_and_given_back() {
     assert!(store.raw(&store_keys("tower-identity").lease()).is_none());
 }
 
+/// Two credentials over one cache (one process) acquire one entry: the first overruns its
+/// lease, the second takes the lease over. The first's release must not free the second's
+/// lease: holder ids are per acquisition, not per cache.
+#[tokio::test(start_paused = true)]
+async fn a_release_frees_only_its_own_acquisitions_lease() {
+    let store = MemoryStore::new();
+    let c = cache_with(&store, |b| {
+        b.lease(Duration::from_secs(1))
+            .wait_limit(Duration::from_secs(60))
+    });
+    let (first, second) = (process(&c), process(&c));
+    let idp = Idp::new(Duration::from_millis(1500));
+    let lease = store_keys("tower-identity").lease();
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        get(&second, &idp).await
+    };
+    let check = async {
+        // The first has finished (1.5 s) and released; the second holds its lease until 2.6 s.
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        store.raw(&lease)
+    };
+    let (_, _, held) = tokio::join!(get(&first, &idp), late, check);
+    assert!(held.is_some(), "the second acquisition's lease was freed");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_dead_holders_lease_is_taken_over_when_it_expires() {
     let store = MemoryStore::new();
