@@ -440,7 +440,7 @@ impl<V: SlotValue> TokenSlot<V> {
                     drop(self.start(&mut state, acquire, true));
                     entry.expires_on
                 };
-                let timed = self.arm(&mut state, now, recheck_at);
+                let timed = self.arm(&mut state, recheck_at);
                 Lookup::Use {
                     entry,
                     generation,
@@ -483,15 +483,12 @@ impl<V: SlotValue> TokenSlot<V> {
     /// (see the module docs). The generation was read before this call, so a timer task that
     /// ends at once (a runtime shutting down drops it in `spawn`) leaves its caller with a
     /// stale generation, never with a deadline nobody watches.
-    fn arm(self: &Arc<Self>, state: &mut State<V>, now: Instant, recheck_at: Instant) -> bool {
-        // The clock read again: `now` may be from before the caller waited for the lock, and a
-        // timer that has fired (its bump already seen by the caller) may not be finished yet;
-        // reused, it would leave a deadline nobody watches.
+    fn arm(self: &Arc<Self>, state: &mut State<V>, recheck_at: Instant) -> bool {
+        // The clock read here, not the caller's `now`: that may be from before it waited for
+        // the lock, and a timer that has fired (its bump already seen by the caller) may not
+        // be finished yet; reused, it would leave a deadline nobody watches.
         let fresh = Instant::now();
-        let Some(fire_at) = recheck_at
-            .checked_sub(TIMER_LEAD)
-            .filter(|at| now.max(fresh) < *at)
-        else {
+        let Some(fire_at) = recheck_at.checked_sub(TIMER_LEAD).filter(|at| fresh < *at) else {
             return false;
         };
         if let Some(timer) = &state.timer {

@@ -74,7 +74,12 @@ impl ThrottleMemory {
         let mut waits = self.lock();
         waits.retain(|(known, wait)| known != endpoint && now < wait.until);
         if waits.len() >= MAX_ENDPOINTS {
-            if let Some(first) = (0..waits.len()).min_by_key(|&i| waits.get(i).map(|w| w.1.until)) {
+            let first = waits
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, wait))| wait.until)
+                .map(|(i, _)| i);
+            if let Some(first) = first {
                 waits.swap_remove(first);
             }
         }
