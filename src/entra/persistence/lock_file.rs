@@ -1,5 +1,10 @@
 //! The lock-file protocol of `msal-extensions`: `<cache>.lockfile`, created exclusively,
 //! holding `"<pid> <argv0>"`, removed when done; stale locks broken with care.
+//!
+//! Beyond `msal-extensions`' protocol, the holder `flock`s its lock file until it has removed
+//! it (as `msal-extensions` with `portalocker` does). A breaker takes the `flock` before it
+//! judges a lock: a lock that is `flock`ed is never stale, and a breaker removes a lock only
+//! while it holds that lock's `flock`, so it cannot remove one taken after it looked.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -37,6 +42,7 @@ impl<D: Document> CacheFile<D> {
                     LockAttempt::Acquired(guard) => return Ok(guard),
                     // Released between our attempt and our look, or removed as stale.
                     LockAttempt::Vanished | LockAttempt::BrokeStale => true,
+                    LockAttempt::Contended => false,
                     LockAttempt::Busy(observed) => {
                         holder = Some(observed.holder());
                         false
@@ -77,7 +83,7 @@ pub(super) fn lock_content() -> String {
 }
 
 /// The lock file, held: removed on drop (on the blocking thread that ran the modification, or
-/// wherever a cancelled acquisition drops it).
+/// wherever a cancelled acquisition drops it), then closed, which releases its `flock`.
 #[derive(Debug)]
 pub(super) struct LockGuard {
     /// `<cache>.lockfile`.
@@ -85,6 +91,10 @@ pub(super) struct LockGuard {
     /// Our lock file's inode (0 off unix), so that a lock re-created by someone else after ours
     /// was broken as stale is left alone.
     inode: u64,
+    /// The open lock file: its `flock` tells stale-lock breakers that it is held. Closed after
+    /// the file is removed, so that no breaker can find the name free of a holder while it
+    /// still names our file.
+    file: File,
 }
 
 impl Drop for LockGuard {
@@ -117,23 +127,18 @@ pub(super) struct LockObservation {
 }
 
 impl LockObservation {
-    /// Looks at the lock file; `None` if it is gone.
-    pub(super) fn of(path: &Path) -> io::Result<Option<Self>> {
-        let file = match File::open(path) {
-            Ok(file) => file,
-            Err(e) if is_missing(&e) => return Ok(None),
-            Err(e) => return Err(e),
-        };
+    /// Looks at the open lock file.
+    fn read(file: &File) -> io::Result<Self> {
         let meta = file.metadata()?;
         let mut content = Vec::new();
         // At most four bytes per character.
         file.take((HOLDER_MAX_CHARS as u64).saturating_mul(4))
             .read_to_end(&mut content)?;
-        Ok(Some(Self {
+        Ok(Self {
             content: String::from_utf8_lossy(&content).into_owned(),
             modified: meta.modified().ok(),
             inode: inode(&meta),
-        }))
+        })
     }
 
     /// The holder's pid, if the content starts with one.
@@ -195,17 +200,59 @@ enum LockAttempt {
     Acquired(LockGuard),
     /// Someone else holds it.
     Busy(LockObservation),
-    /// It existed but was gone when we looked.
+    /// We created it, but someone else had it `flock`ed before us (a breaker looking at it, or
+    /// a peer that stopped waiting for the name): given up, to be tried again after a pause.
+    Contended,
+    /// It existed but was gone (or replaced) when we looked.
     Vanished,
-    /// It was stale and has been removed (or was already replaced): try again now.
+    /// It was stale and has been removed: try again now.
     BrokeStale,
+}
+
+/// What an attempt to `flock` a lock file found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flock {
+    /// Ours until the file is closed.
+    Held,
+    /// Another open file holds it: a live holder (a dead one's locks are released by the
+    /// kernel).
+    Busy,
+    /// Not available here (not unix, or a file system without `flock`): the lock file's name
+    /// alone rules, as it does for `msal-extensions` without `portalocker`.
+    Unsupported,
+}
+
+/// Tries to `flock` the open lock file exclusively, without waiting.
+#[cfg(unix)]
+fn try_flock(file: &File) -> Flock {
+    use rustix::fs::{FlockOperation, flock};
+    match flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Flock::Held,
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Flock::Busy,
+        Err(_) => Flock::Unsupported,
+    }
+}
+
+/// Tries to `flock` the open lock file exclusively, without waiting.
+#[cfg(not(unix))]
+fn try_flock(_file: &File) -> Flock {
+    Flock::Unsupported
+}
+
+/// The inode the lock file's name points to now; `None` if it is gone.
+fn inode_at(lock_path: &Path) -> io::Result<Option<u64>> {
+    match fs::metadata(lock_path) {
+        Ok(meta) => Ok(Some(inode(&meta))),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Tries once to create the lock file (blocking); creates the directory if missing.
 fn try_lock(lock_path: &Path) -> Result<LockAttempt, PersistenceError> {
     const CREATE: &str = "create the lock file";
     let mut created_dir = false;
-    let mut file = loop {
+    let file = loop {
         match create_new_private(lock_path) {
             Ok(file) => break file,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -221,63 +268,93 @@ fn try_lock(lock_path: &Path) -> Result<LockAttempt, PersistenceError> {
     let guard = LockGuard {
         path: lock_path.to_path_buf(),
         inode: file.metadata().map(|meta| inode(&meta)).unwrap_or(0),
+        file,
     };
     // On failure the guard removes the half-made lock file.
-    file.write_all(lock_content().as_bytes())
+    (&guard.file)
+        .write_all(lock_content().as_bytes())
         .map_err(|e| PersistenceError::io(CREATE, lock_path, e))?;
+    let flock = try_flock(&guard.file);
+    if flock == Flock::Busy {
+        // Dropping the guard removes the file we made: waiting for the flock could take as
+        // long as the other side pleases, and a lock file left without its maker would look
+        // held until it is stale.
+        return Ok(LockAttempt::Contended);
+    }
+    // Taken for stale and removed between our creation and our flock (a clock far off on a
+    // network file system): no longer ours.
+    if inode_at(lock_path).map_err(|e| PersistenceError::io(CREATE, lock_path, e))?
+        != Some(guard.inode)
+    {
+        return Ok(LockAttempt::Vanished);
+    }
     Ok(LockAttempt::Acquired(guard))
 }
 
 /// Looks at a lock file that exists, and removes it if it is stale.
+///
+/// A lock is never stale while its file is `flock`ed: its holder is alive, however old the
+/// lock or whatever its pid means here. Otherwise (a holder that does not `flock`, like
+/// `msal-extensions` without `portalocker`, or one that has died) the age and pid rules decide.
+/// The breaker removes the lock while holding its `flock` and after checking that the name
+/// still points to the file it judged, so two breakers never remove a lock taken after the one
+/// they looked at, and no writer of ours can take the name in between (it must remove the
+/// file to do so, and only a flock holder does).
 fn observe_busy_lock(lock_path: &Path) -> Result<LockAttempt, PersistenceError> {
-    let observed = LockObservation::of(lock_path)
-        .map_err(|e| PersistenceError::io("read the lock file", lock_path, e))?;
-    let Some(observed) = observed else {
-        return Ok(LockAttempt::Vanished);
+    const READ: &str = "read the lock file";
+    const REMOVE: &str = "remove the stale lock file";
+    let meta = match fs::metadata(lock_path) {
+        Ok(meta) => meta,
+        Err(e) if is_missing(&e) => return Ok(LockAttempt::Vanished),
+        Err(e) => return Err(PersistenceError::io(READ, lock_path, e)),
     };
+    if !meta.is_file() {
+        // A FIFO would block the open for ever, a directory would never go away.
+        let error = io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is not a regular file; remove it",
+        );
+        return Err(PersistenceError::io(READ, lock_path, error));
+    }
+    let file = match File::open(lock_path) {
+        Ok(file) => file,
+        Err(e) if is_missing(&e) => return Ok(LockAttempt::Vanished),
+        Err(e) => return Err(PersistenceError::io(READ, lock_path, e)),
+    };
+    let flock = try_flock(&file);
+    let observed =
+        LockObservation::read(&file).map_err(|e| PersistenceError::io(READ, lock_path, e))?;
+    if flock == Flock::Busy {
+        return Ok(LockAttempt::Busy(observed));
+    }
+    if inode_at(lock_path).map_err(|e| PersistenceError::io(READ, lock_path, e))?
+        != Some(observed.inode)
+    {
+        return Ok(LockAttempt::Vanished);
+    }
     let Some(reason) = observed.stale_reason() else {
         return Ok(LockAttempt::Busy(observed));
     };
-    if break_stale_lock(lock_path, &observed)? {
-        tracing::warn!(
+    match fs::remove_file(lock_path) {
+        Ok(()) => tracing::warn!(
             lock_file = %lock_path.display(),
             holder = %observed.holder(),
             "removed a stale token cache lock file: {reason}"
-        );
+        ),
+        Err(e) if is_missing(&e) => {}
+        Err(e) => return Err(PersistenceError::io(REMOVE, lock_path, e)),
     }
     Ok(LockAttempt::BrokeStale)
 }
 
-/// Removes the stale lock file `observed`, unless it was replaced since: it is renamed aside
-/// first, and if the file renamed is not the one judged stale it is linked back (when the name
-/// is still free). Returns whether the stale file was removed.
-pub(super) fn break_stale_lock(
-    lock_path: &Path,
-    observed: &LockObservation,
-) -> Result<bool, PersistenceError> {
-    const REMOVE: &str = "remove the stale lock file";
-    // Moved aside under a fresh name `<lock>.stale.<pid>.<random>` beside it.
-    let mut prefix = lock_path.file_name().unwrap_or_default().to_os_string();
-    prefix.push(format!(".stale.{}.", std::process::id()));
-    let aside = match tempfile::Builder::new()
-        .prefix(&prefix)
-        .make_in(parent_dir(lock_path), |name| fs::rename(lock_path, name))
-    {
-        Ok(aside) => aside,
-        Err(e) if is_missing(&e) => return Ok(false),
-        Err(e) => return Err(PersistenceError::io(REMOVE, lock_path, e)),
-    };
-    let moved = LockObservation::of(aside.path()).ok().flatten();
-    let was_stale_one = moved.as_ref() == Some(observed);
-    if !was_stale_one {
-        // A live writer's lock: give it back unless another writer has taken the name since.
-        if let Err(error) = fs::hard_link(aside.path(), lock_path) {
-            tracing::warn!(lock_file = %lock_path.display(), %error, "could not restore a token cache lock file taken for stale");
-        }
-    }
-    let aside_path = aside.path().to_path_buf();
-    if let Err(error) = aside.close() {
-        tracing::warn!(path = %aside_path.display(), %error, "could not remove a stale token cache lock file");
-    }
-    Ok(was_stale_one)
+/// One attempt to take the lock, named by its outcome; a lock taken is released at once.
+#[cfg(test)]
+pub(super) fn attempt_once(lock_path: &Path) -> Result<&'static str, PersistenceError> {
+    Ok(match try_lock(lock_path)? {
+        LockAttempt::Acquired(_) => "acquired",
+        LockAttempt::Busy(_) => "busy",
+        LockAttempt::Contended => "contended",
+        LockAttempt::Vanished => "vanished",
+        LockAttempt::BrokeStale => "broke stale",
+    })
 }

@@ -14,8 +14,13 @@
 //!   [`STALE_LOCK_AGE`](lock_file::STALE_LOCK_AGE), or (Linux) naming a process that no longer exists once the lock is
 //!   older than [`DEAD_HOLDER_GRACE`](lock_file::DEAD_HOLDER_GRACE). The grace period protects live holders in another pid
 //!   namespace (a container sharing the home directory), whose pid we cannot see: they hold the
-//!   lock for milliseconds. A stale lock is first renamed aside and checked to still be the file
-//!   that was judged stale, so a lock re-created in between by a live writer is put back.
+//!   lock for milliseconds.
+//! * Our writers also `flock` their lock file until they have removed it, as `msal-extensions`
+//!   does when `portalocker` is installed. A lock that is `flock`ed is never stale, whatever
+//!   its age or pid say; a breaker `flock`s a lock before judging it and removes it only then,
+//!   after checking that the name still points to that file, so it never removes a lock taken
+//!   after it looked. Without `flock` (not unix, or a file system without it) the name and the
+//!   age and pid rules alone decide.
 //! * Under the lock, a writer re-reads the file (the in-memory copy is never trusted there),
 //!   applies its change and writes the result. A file that exists but does not parse is never
 //!   overwritten: the error is returned and the file is left as it is.

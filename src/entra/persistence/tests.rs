@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::error::{Kind, PersistenceError, seconds};
 use super::lock_file::{
-    DEAD_HOLDER_GRACE, LOCK_RETRY_INTERVAL, LockObservation, STALE_LOCK_AGE, break_stale_lock,
+    DEAD_HOLDER_GRACE, LOCK_RETRY_INTERVAL, LockObservation, STALE_LOCK_AGE, attempt_once,
     lock_content, lock_path_of,
 };
 use super::reader::{PARSE_RETRIES, Stamp};
@@ -468,23 +468,111 @@ async fn old_lock_is_removed_even_if_its_process_lives() {
     assert!(!lock.exists());
 }
 
-#[test]
-fn stale_lock_replaced_by_a_live_one_is_put_back() {
+/// Opens the lock file and `flock`s it, as a live holder does (ours, or `msal-extensions` with
+/// `portalocker`); the lock is released when the file is dropped.
+fn flock_held(lock: &Path) -> File {
+    let file = File::open(lock).unwrap();
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    file
+}
+
+// A holder in another pid namespace (a container sharing the home directory) names a pid that
+// does not exist here, and a clock far off on a network file system makes a fresh lock look
+// old: neither breaks a lock whose holder has it flocked.
+#[tokio::test(start_paused = true)]
+async fn a_flocked_lock_is_never_broken_however_old_or_whoever_it_names() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
-    let lock = plant_lock(&path, std::process::id(), "old", STALE_LOCK_AGE * 2);
-    let observed = LockObservation::of(&lock).unwrap().unwrap();
-    assert!(observed.stale_reason().is_some());
-    // Between our look and our removal, the holder finished and a live writer took the lock.
-    fs::remove_file(&lock).unwrap();
-    fs::write(&lock, "4242 live").unwrap();
-    assert!(!break_stale_lock(&lock, &observed).unwrap());
-    assert_eq!(fs::read_to_string(&lock).unwrap(), "4242 live");
-    let names: Vec<_> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(names, [lock.file_name().unwrap()], "nothing left aside");
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let lock = plant_lock(&path, dead, "elsewhere", STALE_LOCK_AGE * 2);
+    let holder = flock_held(&lock);
+    let file = CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), Duration::from_millis(300));
+
+    let err = file.modify(|doc| doc.add("x")).await.unwrap_err();
+    assert!(err.is_lock_timeout(), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("held by pid {dead} (elsewhere)")),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_to_string(&lock).unwrap(),
+        format!("{dead} elsewhere")
+    );
+
+    // Its holder gone, the kernel releases the flock: now the age rules.
+    drop(holder);
+    file.modify(|doc| doc.add("x")).await.unwrap();
+    assert_eq!(file_keys(&path), ["x"]);
+    assert!(!lock.exists());
+}
+
+// The race the flock closes: a breaker that judged a lock stale used to rename away whatever
+// held the name by then, a live writer's lock included.
+#[tokio::test]
+async fn a_held_lock_that_looks_stale_is_left_to_its_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let lock = lock_path_of(&path);
+    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let seen = file
+        .modify(move |doc| {
+            let before = fs::read_to_string(&lock).unwrap();
+            // As old as a stale lock, and naming this live process: only the flock saves it.
+            set_mtime(&lock, STALE_LOCK_AGE * 2);
+            let seen = attempt_once(&lock).unwrap();
+            assert_eq!(fs::read_to_string(&lock).unwrap(), before, "still ours");
+            doc.add("x");
+            seen
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, "busy");
+    assert_eq!(file_keys(&path), ["x"]);
+    assert!(!lock_path_of(&path).exists(), "released");
+}
+
+#[test]
+fn an_unflocked_stale_lock_is_removed_and_a_fresh_one_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    // `msal-extensions` without `portalocker` takes no flock: its fresh lock is respected...
+    let lock = plant_lock(&path, std::process::id(), "python3", Duration::ZERO);
+    assert_eq!(attempt_once(&lock).unwrap(), "busy");
+    assert!(lock.exists());
+    // ...and once stale, removed, leaving nothing beside it.
+    set_mtime(&lock, STALE_LOCK_AGE * 2);
+    assert_eq!(attempt_once(&lock).unwrap(), "broke stale");
+    assert_eq!(attempt_once(&lock).unwrap(), "acquired");
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "nothing left");
+}
+
+#[tokio::test]
+async fn a_lock_path_that_is_not_a_file_is_an_error_not_a_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let lock = lock_path_of(&path);
+    let file = CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), Duration::from_secs(3600));
+    let mkfifo = std::process::Command::new("mkfifo")
+        .arg(&lock)
+        .status()
+        .expect("mkfifo (coreutils) runs");
+    assert!(mkfifo.success());
+    for what in ["a FIFO", "a directory"] {
+        if what == "a directory" {
+            fs::remove_file(&lock).unwrap();
+            fs::create_dir(&lock).unwrap();
+        }
+        let err = file.modify(|doc| doc.add("x")).await.unwrap_err();
+        assert!(!err.is_lock_timeout(), "{what}: {err}");
+        assert!(
+            err.to_string().contains("not a regular file; remove it"),
+            "{what}: {err}"
+        );
+    }
+    assert!(!path.exists());
 }
 
 #[test]
