@@ -3,7 +3,11 @@
 //!
 //! hyper-util's [`Matcher`] applies the rules (curl's: `NO_PROXY` entries are domain
 //! suffixes, IP addresses or CIDR blocks, `*` matches everything; userinfo in the proxy URL
-//! becomes a Basic `Proxy-Authorization`). The CONNECT exchange is hyper's HTTP/1.1 client
+//! becomes a Basic `Proxy-Authorization`). It compares hosts only, so entries naming a port
+//! (`host:8443`, `10.0.0.1:8443`, `[::1]:8443`) are matched here: the host by the same rules,
+//! and the port exactly, as Python `requests` (azure-identity's transport) and Go's
+//! `httpproxy` match them. A URL naming no port is on 443, as Go has it (`requests` compares
+//! only the ports URLs spell out). The CONNECT exchange is hyper's HTTP/1.1 client
 //! with an upgrade rather than hyper-util's `Tunnel`, whose error type is private and keeps no
 //! status but 407: an error here says what the proxy answered (403, 502, …). We read the
 //! variables ourselves, because hyper-util's `Matcher::from_env` prefers the upper-case name
@@ -91,9 +95,10 @@ impl ProxySetting {
         match self {
             Self::Off => Routing::Direct,
             Self::Url(url) => match check_url(url.expose_secret()) {
-                Ok(()) => Routing::Matched(Arc::new(
-                    Matcher::builder().https(url.expose_secret()).build(),
-                )),
+                Ok(()) => Routing::Matched(Arc::new(Rules {
+                    matcher: Matcher::builder().https(url.expose_secret()).build(),
+                    ported: Box::new([]),
+                })),
                 Err(reason) => {
                     Routing::Invalid(Arc::from(format!("the proxy URL is not usable: {reason}")))
                 }
@@ -136,7 +141,69 @@ fn routing_from(get: impl Fn(&str) -> Option<String>) -> Routing {
     if no.split(',').any(|entry| entry.trim() == "*") {
         return Routing::Direct;
     }
-    Routing::Matched(Arc::new(Matcher::builder().https(url).no(no).build()))
+    let (ported, hosts): (Vec<_>, Vec<_>) = no
+        .split(',')
+        .map(|entry| (entry, with_port(entry)))
+        .partition(|(_, ported)| ported.is_some());
+    let hosts = hosts
+        .into_iter()
+        .map(|(entry, _)| entry)
+        .collect::<Vec<_>>();
+    Routing::Matched(Arc::new(Rules {
+        matcher: Matcher::builder().https(url).no(hosts.join(",")).build(),
+        ported: ported
+            .into_iter()
+            .filter_map(|(_, ported)| ported)
+            .collect(),
+    }))
+}
+
+/// A `NO_PROXY` entry naming a port, as (lower-case host without brackets or leading dot,
+/// port); `None` for an entry without one (a bare IPv6 address has colons but no port).
+fn with_port(entry: &str) -> Option<(Box<str>, u16)> {
+    let entry = entry.trim();
+    let (host, port) = match entry.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once("]:")?,
+        None => match entry.split_once(':') {
+            Some((host, port)) if !port.contains(':') => (host, port),
+            _ => return None,
+        },
+    };
+    let port = port.parse().ok()?;
+    let host = host.trim_start_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then(|| (host.into_boxed_str(), port))
+}
+
+/// The proxy and the `NO_PROXY` rules for `https` destinations.
+pub(super) struct Rules {
+    /// The proxy, and the entries without a port.
+    matcher: Matcher,
+    /// The entries with a port.
+    ported: Box<[(Box<str>, u16)]>,
+}
+
+impl Rules {
+    /// The proxy to reach `dst` through; `None` to connect directly.
+    pub(super) fn intercept(
+        &self,
+        dst: &Uri,
+    ) -> Option<hyper_util::client::proxy::matcher::Intercept> {
+        // Connecting, not the per-request path: a lower-case copy costs nothing that matters.
+        let host = dst.host()?.trim_start_matches('[').trim_end_matches(']');
+        let host = host.to_ascii_lowercase();
+        let port = dst.port_u16().unwrap_or(443);
+        let bypassed = self.ported.iter().any(|(entry, entry_port)| {
+            *entry_port == port
+                && (host == **entry
+                    || host
+                        .strip_suffix(&**entry)
+                        .is_some_and(|rest| rest.ends_with('.')))
+        });
+        if bypassed {
+            return None;
+        }
+        self.matcher.intercept(dst)
+    }
 }
 
 /// Why `url` cannot be used as a proxy, in words that never quote its credentials.
@@ -213,7 +280,7 @@ pub(super) fn address(url: &str) -> String {
 #[derive(Clone)]
 pub(super) enum Routing {
     Direct,
-    Matched(Arc<Matcher>),
+    Matched(Arc<Rules>),
     /// A proxy variable is set to something we cannot use: fail rather than silently go
     /// around a proxy the user asked for.
     Invalid(Arc<str>),
@@ -241,7 +308,7 @@ impl Service<Uri> for ProxyConnector {
     fn call(&mut self, dst: Uri) -> Self::Future {
         let proxied = dst.scheme() == Some(&http::uri::Scheme::HTTPS);
         let intercept = match &self.routing {
-            Routing::Matched(matcher) if proxied => matcher.intercept(&dst),
+            Routing::Matched(rules) if proxied => rules.intercept(&dst),
             Routing::Invalid(reason) if proxied => {
                 let error = ProxyError {
                     proxy: String::new(),

@@ -278,6 +278,40 @@ mod proxy {
         assert_eq!(routed(&upper, dst), None);
     }
 
+    // hyper-util compares hosts only, so `host:port` entries used to match nothing.
+    #[test]
+    fn no_proxy_entries_with_a_port_bypass_that_port_only() {
+        let with = |no: &'static str| [("https_proxy", "http://p:1"), ("no_proxy", no)];
+        let bypassed = |no: &'static str, dst: &str| routed(&with(no), dst).is_none();
+        assert!(bypassed("login.test:8443", "https://login.test:8443/t"));
+        assert!(bypassed(
+            "other.test, .Login.TEST:8443",
+            "https://a.login.test:8443/"
+        ));
+        assert!(
+            !bypassed("login.test:8443", "https://login.test/t"),
+            "another port"
+        );
+        assert!(!bypassed("login.test:8443", "https://notlogin.test:8443/"));
+        // A URL without a port is on 443.
+        assert!(bypassed("login.test:443", "https://login.test/t"));
+        assert!(bypassed("10.1.2.3:8443", "https://10.1.2.3:8443/"));
+        assert!(!bypassed("10.1.2.3:8443", "https://110.1.2.3:8443/"));
+        assert!(bypassed("[::1]:8443", "https://[::1]:8443/"));
+        assert!(!bypassed("[::1]:8443", "https://[::1]:9443/"));
+        // A bare IPv6 address has colons and no port: still hyper-util's rule.
+        assert!(bypassed("::1", "https://[::1]:9443/"));
+        // Entries without a port are kept beside them.
+        assert!(bypassed(
+            "login.test:8443, microsoftonline.com",
+            "https://login.microsoftonline.com/"
+        ));
+        assert!(
+            !bypassed("login.test:x", "https://login.test/"),
+            "not a port: never matches"
+        );
+    }
+
     #[test]
     fn unusable_variables_fail_without_quoting_them() {
         for (value, reason) in [
