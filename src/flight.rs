@@ -60,6 +60,7 @@ use futures_util::future::{BoxFuture, Shared};
 use tokio::task::AbortHandle;
 
 use crate::error::CredentialError;
+use crate::redact::{MAX_QUOTED_CHARS, scrub, truncate};
 
 type Joined<T> = Shared<BoxFuture<'static, Result<T, CredentialError>>>;
 
@@ -276,7 +277,11 @@ where
             task.await.unwrap_or_else(|join_error| {
                 Err(CredentialError::authentication_failed(
                     name,
-                    format!("{what} did not finish: {join_error}"),
+                    // A panic's message is the panicking code's text: it may quote a token.
+                    format!(
+                        "{what} did not finish: {}",
+                        truncate(&scrub(&join_error.to_string(), &[]), MAX_QUOTED_CHARS)
+                    ),
                 ))
             })
         }
@@ -516,7 +521,11 @@ mod tests {
                 join_or_start(&flights, "k", || async {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     if true {
-                        panic!("boom");
+                        // A careless panic quoting a provider's answer.
+                        panic!(
+                            "boom {{\"access_token\":\"opaque-secret-123\"}} {}",
+                            "x".repeat(5000)
+                        );
                     }
                     Ok(0)
                 })
@@ -530,9 +539,12 @@ mod tests {
                 error
                     .message()
                     .starts_with("the test flight did not finish: ")
-                    && error.message().contains("panicked"),
+                    && error.message().contains("panicked")
+                    && error.message().contains("boom"),
                 "{error}"
             );
+            assert!(!error.message().contains("opaque-secret-123"), "{error}");
+            assert!(error.message().len() < 1000, "the message is bounded");
         }
         assert!(!flights.lock().is_running("k"), "the record is cleared");
         assert_eq!(

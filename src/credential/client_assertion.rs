@@ -39,7 +39,7 @@ use crate::entra::store::TokenStore;
 use crate::entra::token_client::{TokenClient, client_assertion_form};
 use crate::error::{BoxError, Cause, ConfigError, CredentialError};
 use crate::flight::{SingleFlight, WhenAbandoned};
-use crate::redact::{scrub, truncate};
+use crate::redact::{MAX_QUOTED_CHARS, scrub, truncate};
 use crate::token::{AccessToken, Secret, TokenRequest};
 
 const NAME: &str = "ClientAssertionCredential";
@@ -49,8 +49,6 @@ const CALLBACK: &str = "the client assertion callback";
 /// and makes a new one after 9; a federated token from elsewhere may live shorter (an hour
 /// for a Kubernetes service-account token, renewed at 80 %), so 5 minutes leaves room.
 pub(crate) const DEFAULT_MAX_ASSERTION_AGE: Duration = Duration::from_secs(5 * 60);
-/// The longest error text of a callback kept in a message.
-const MAX_CALLBACK_ERROR_CHARS: usize = 300;
 
 /// What a signer needs to make an assertion for one token request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -228,7 +226,7 @@ fn call_source<A: AssertionSource>(
             .catch_unwind()
             .await;
         let failed = |what: String| {
-            let text = truncate(&scrub(&what, &[]), MAX_CALLBACK_ERROR_CHARS);
+            let text = truncate(&scrub(&what, &[]), MAX_QUOTED_CHARS);
             Err(CredentialError::authentication_failed(
                 NAME,
                 format!("{CALLBACK} failed: {text}"),

@@ -7,10 +7,7 @@
 use std::borrow::Cow;
 
 use crate::error::{BoxError, Cause, CredentialError};
-
-/// Longest middleware error text kept in a message (it is the middleware's, not a provider's,
-/// but it is still scrubbed and bounded like every text we did not write).
-const MAX_TEXT: usize = 300;
+use crate::redact::MAX_QUOTED_CHARS;
 
 /// The [`CredentialError`] for an error that came out of the middleware around the
 /// credential called `name`.
@@ -25,8 +22,10 @@ const MAX_TEXT: usize = 300;
 ///   developer's `az login`), which is what the chain's "only unavailable passes" rule is there
 ///   to prevent.
 /// * Anything else (a buffer whose worker closed, a load shedder's overload, an error of your
-///   own layer) is *authentication failed* too, naming the middleware's error and keeping it
-///   as the [`source`](std::error::Error::source).
+///   own layer) is *authentication failed* too, quoting the middleware's error, scrubbed. The
+///   error itself is not kept as the [`source`](std::error::Error::source): its `Display` or
+///   `Debug` may quote a token, and `Debug` of ours or an error reporter's "caused by" would
+///   print it.
 pub(super) fn credential_error(name: Cow<'static, str>, error: BoxError) -> CredentialError {
     let error = match error.downcast::<CredentialError>() {
         Ok(error) => return *error,
@@ -46,12 +45,11 @@ pub(super) fn credential_error(name: Cow<'static, str>, error: BoxError) -> Cred
         })
         .with_source(error);
     }
-    let text = crate::redact::excerpt(error.to_string().as_bytes(), &[], MAX_TEXT);
+    let text = crate::redact::excerpt(error.to_string().as_bytes(), &[], MAX_QUOTED_CHARS);
     CredentialError::authentication_failed(
         name,
         format!("the middleware around the credential failed: {text}"),
     )
-    .with_source(error)
 }
 
 #[cfg(test)]
@@ -84,7 +82,7 @@ mod tests {
     }
 
     #[test]
-    fn other_errors_keep_their_source_and_name_the_credential() {
+    fn other_errors_are_quoted_scrubbed_and_not_kept() {
         let back = credential_error(NAME, "buffer's worker closed unexpectedly".into());
         assert!(back.is_authentication_failed());
         assert!(!back.is_transient());
@@ -92,9 +90,15 @@ mod tests {
             back.to_string(),
             "Wrapped: the middleware around the credential failed: buffer's worker closed unexpectedly"
         );
+
+        // An error of the user's own layer that quotes a token: masked in the message, and
+        // neither `Debug` nor the source chain shows the original.
+        let back = credential_error(NAME, "refresh failed: access_token=opaque123456".into());
         assert_eq!(
-            back.source().map(ToString::to_string).as_deref(),
-            Some("buffer's worker closed unexpectedly")
+            back.to_string(),
+            "Wrapped: the middleware around the credential failed: refresh failed: access_token=***"
         );
+        assert!(!format!("{back:?}").contains("opaque123456"), "{back:?}");
+        assert!(back.source().is_none());
     }
 }

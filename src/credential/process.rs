@@ -32,7 +32,7 @@ use crate::redact::{excerpt, truncate};
 pub(crate) const MAX_OUTPUT: usize = 1024 * 1024;
 
 /// How many characters of a helper's stderr an error quotes.
-pub(crate) const MAX_QUOTE_CHARS: usize = 300;
+pub(crate) use crate::redact::MAX_QUOTED_CHARS as MAX_QUOTE_CHARS;
 
 /// After the program exits, how long its output pipes may stay open. What it wrote before
 /// exiting is already in the pipes and is read at once; only processes it left behind holding

@@ -29,6 +29,9 @@ pub(crate) const MIN_SECRET_LEN: usize = 4;
 /// The shortest prefix of a secret that is masked on its own (and at least half the secret):
 /// shorter ones would match ordinary text.
 pub(crate) const MIN_PREFIX_CHARS: usize = 8;
+/// The most characters of a text we did not write (a helper program's stderr, a callback's or
+/// a middleware's error, a panic message) that an error quotes, once scrubbed.
+pub(crate) const MAX_QUOTED_CHARS: usize = 300;
 /// What a match becomes.
 const MASK: &str = "***";
 
