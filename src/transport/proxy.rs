@@ -221,22 +221,28 @@ fn check_url(url: &str) -> Result<(), &'static str> {
     if uri.host().is_none_or(str::is_empty) {
         return Err("it names no host");
     }
-    if garbled_port(&uri) {
+    if garbled(url, &uri) {
         return Err(
-            "its port is not a number (in a password, `/`, `?`, `#` and `@` must be \
-             percent-encoded)",
+            "its user name, password or port does not parse (in a user name or password, `/`, \
+             `?`, `#` and `@` must be percent-encoded)",
         );
     }
     Ok(())
 }
 
-/// Whether the authority has a port part that is not a number. `http::Uri` ends the authority
-/// at the first `/`, `?` or `#`, so a password holding one unencoded leaves `user:pass…` as
-/// host and port: shown as an address, that would quote the credentials.
-fn garbled_port(uri: &Uri) -> bool {
+/// Whether the URL's credentials did not parse as meant. `http::Uri` ends the authority at the
+/// first `/`, `?` or `#`, so a password holding one unencoded leaves `user:pass…` as host and
+/// port (shown as an address, that would quote the credentials), and an unencoded `@` splits
+/// user and password in one place for hyper-util and another for us. Any `@` outside the
+/// authority, a second `@`, or a port that is not a number is refused.
+fn garbled(url: &str, uri: &Uri) -> bool {
     let Some(authority) = uri.authority() else {
-        return false;
+        return url.contains('@');
     };
+    let ats = url.matches('@').count();
+    if ats > 1 || (ats == 1 && !authority.as_str().contains('@')) {
+        return true;
+    }
     let host_port = host_port(authority);
     let after_host = match host_port.strip_prefix('[') {
         Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
@@ -262,7 +268,7 @@ pub(super) fn address(url: &str) -> String {
     let Ok(uri) = url.trim().parse::<Uri>() else {
         return "(unparsable URL)".to_owned();
     };
-    if garbled_port(&uri) {
+    if garbled(url, &uri) {
         return "(unparsable URL)".to_owned();
     }
     let Some(authority) = uri.authority() else {

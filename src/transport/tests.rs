@@ -353,7 +353,28 @@ mod proxy {
                 "{shown}"
             );
         }
-        assert!(err.contains("port is not a number"), "{err}");
+        assert!(err.contains("must be percent-encoded"), "{err}");
+
+        // A numeric start after the `/`, a user name with one, or a second `@`: each parsed
+        // as another host, or split apart elsewhere than where hyper-util splits it.
+        for url in [
+            "http://user-Qa:2024/rest-Qb@proxy.test:3128",
+            "http://apikey-Qa/part-Qb@proxy.test:3128",
+            "http://user-Qa:p@ss-Qb@proxy.test:3128",
+            "http://user-Qa:pass-Qb@proxy.test:3128/@",
+        ] {
+            assert_eq!(address(url), "(unparsable URL)", "{url}");
+            let builder = HttpClient::builder().proxy(url);
+            let text = format!("{builder:?}");
+            let err = builder.build().unwrap_err().to_string();
+            for shown in [&text, &err] {
+                assert!(
+                    !shown.contains("-Qa") && !shown.contains("-Qb") && !shown.contains("2024"),
+                    "{url}: {shown}"
+                );
+            }
+            assert!(err.contains("must be percent-encoded"), "{url}: {err}");
+        }
     }
 
     #[test]
