@@ -15,8 +15,10 @@
 //!    JSON string (`"…xc\"y…"`) has its backslashes read as escapes by the time we see the text.
 //! 2. **JWT-shaped runs** (`eyJ…` with a dot): access tokens, id tokens, assertions we did not
 //!    send.
-//! 3. **Values of `…_token` fields**, JSON (`"refresh_token": "…"`) or form style
-//!    (`access_token=…`).
+//! 3. **Values of secret fields**, JSON (`"refresh_token": "…"`) or form style
+//!    (`client_secret=…`): any `…_token`, `client_secret`, `client_assertion`, `device_code`,
+//!    `code_verifier` and `password`. A page that echoes a form body cut short leaves less than
+//!    rule 1's prefix of a secret; its field name still gives it away.
 //!
 //! Matches become `***`. Secrets shorter than [`MIN_SECRET_LEN`] bytes are not searched for:
 //! they would match ordinary text.
@@ -49,7 +51,9 @@ fn scrub_with(text: &str, secrets: &[&str], mask: fn(&str, &str) -> String) -> S
             out = mask(&out, &read);
         }
     }
-    scrub_token_fields(&scrub_jwts(&out))
+    SECRET_FIELDS
+        .iter()
+        .fold(scrub_jwts(&out), |text, name| scrub_fields(&text, name))
 }
 
 /// The start of a body that could not be read as expected: lossily decoded, scrubbed, control
@@ -157,12 +161,24 @@ fn scrub_jwts(text: &str) -> String {
     out
 }
 
-/// Values of `access_token`, `refresh_token`, `id_token` (any `…_token` name) after `":"` or `=`.
-fn scrub_token_fields(text: &str) -> String {
+/// The ends of field names whose values are masked (rule 3). Not `code`: error answers carry
+/// `"code": "…"` fields worth reading, and an authorization code is one of rule 1's secrets.
+const SECRET_FIELDS: [&str; 6] = [
+    "_token",
+    "client_secret",
+    "client_assertion",
+    "device_code",
+    "code_verifier",
+    "password",
+];
+
+/// Values of fields whose name ends in `name` (`_token`: `access_token`, `refresh_token`, …)
+/// after `":"` or `=`.
+fn scrub_fields(text: &str, name: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find("_token") {
-        let Some((head, tail)) = rest.split_at_checked(at.saturating_add("_token".len())) else {
+    while let Some(at) = rest.find(name) {
+        let Some((head, tail)) = rest.split_at_checked(at.saturating_add(name.len())) else {
             break;
         };
         out.push_str(head);

@@ -49,6 +49,26 @@ fn near_misses_are_kept_and_text_around_matches_survives() {
     assert_eq!(scrub("é-s3cret-é", &["s3cret"]), "é-***-é");
 }
 
+// A page echoing the start of a form body leaves less of a secret than rule 1's prefix.
+#[test]
+fn secret_fields_are_masked_whatever_is_left_of_the_secret() {
+    let secret = "Abc8Q~0123456789abcdefghijklmnopqrstuv";
+    let text = "grant_type=client_credentials&client_secret=Abc8Q~0123456789";
+    assert_eq!(
+        scrub(text, &[secret]),
+        "grant_type=client_credentials&client_secret=***"
+    );
+    let text = r#"{"device_code": "DAQAB-part", "password":"hunter22", "client_assertion":"x.y"}"#;
+    assert_eq!(
+        scrub(text, &[]),
+        r#"{"device_code": "***", "password":"***", "client_assertion":"***"}"#
+    );
+    assert_eq!(scrub("code_verifier=abc&x=1", &[]), "code_verifier=***&x=1");
+    // Error codes stay readable; so do names that only start like a secret field.
+    let text = r#"{"code":"invalid_grant","error_codes":[70000],"password_hint=x"}"#;
+    assert_eq!(scrub(text, &[]), text);
+}
+
 #[test]
 fn json_escaped_token_fields_are_scrubbed() {
     let out = scrub(r#"{\"refresh_token\":\"opaque\",\"x\":1}"#, &[]);
