@@ -219,8 +219,9 @@ impl TenantPolicy {
     }
 
     /// The tenant to use for a request, in the reference's order: none or the configured
-    /// one → configured; `adfs` or multitenant auth disabled → configured; allowed (`*` or
-    /// listed) → requested; no list and configured `organizations` → requested; else an error.
+    /// one → configured; `adfs` or multitenant auth disabled → configured; no configured
+    /// tenant → requested; allowed (`*` or listed) → requested; no list and configured
+    /// `organizations` → requested; else an error.
     pub(crate) fn resolve<'a>(
         &'a self,
         requested: Option<&'a str>,
@@ -236,6 +237,11 @@ impl TenantPolicy {
             || self.multitenant_disabled
         {
             return Ok(configured);
+        }
+        // A credential without a tenant of its own (a CLI's current account) has none to
+        // protect: any requested tenant goes, whatever the list.
+        if configured.is_none() {
+            return Ok(Some(requested));
         }
         let allowed = self
             .additionally_allowed
@@ -422,11 +428,17 @@ mod tests {
             TenantPolicy::new(Some("organizations"), vec!["x".into()], false).unwrap();
         assert!(orgs_listed.resolve(Some("third")).is_err());
 
+        // No configured tenant: the requested one, listed or not, unless multitenant auth
+        // is disabled.
         let none = TenantPolicy::new(None, vec!["x".into()], false).unwrap();
         assert_eq!(none.resolve(None).unwrap(), None);
         assert_eq!(none.resolve(Some("x")).unwrap(), Some("x"));
-        assert!(none.resolve(Some("y")).is_err());
+        assert_eq!(none.resolve(Some("y")).unwrap(), Some("y"));
         assert!(none.resolve_required(None).is_err());
+        let none_unlisted = TenantPolicy::new(None, vec![], false).unwrap();
+        assert_eq!(none_unlisted.resolve(Some("y")).unwrap(), Some("y"));
+        let none_disabled = TenantPolicy::new(None, vec![], true).unwrap();
+        assert_eq!(none_disabled.resolve(Some("y")).unwrap(), None);
 
         // Per-request tenants are validated too.
         assert!(

@@ -201,6 +201,14 @@ async fn a_tenant_is_passed_with_tenant_flag() {
         .await
         .unwrap_err();
     assert!(err.is_invalid_request());
+
+    // No tenant of its own (az's current account): a requested tenant is passed on, as
+    // azure-identity does, with no allowed list.
+    credential(&az)
+        .get_token_with(TokenRequest::new([MGMT]).with_tenant_id("other"))
+        .await
+        .unwrap();
+    assert_eq!(lines(dir.path().join("args"))[6..], ["--tenant", "other"]);
 }
 
 #[tokio::test]
