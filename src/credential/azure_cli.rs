@@ -18,7 +18,8 @@
 //! * an `expires_on` further ahead than a week is treated as a week.
 //!
 //! *Unavailable* (a chain moves on) when `az` is not installed, not signed in, or too slow;
-//! *authentication failed* for any other failure of `az`. Tokens are kept in memory and
+//! *authentication failed* for any other failure of `az`, including Entra refusing (an
+//! `AADSTS` error, even when `az` also says to run `az login`). Tokens are kept in memory and
 //! renewed like every other credential's, so concurrent callers start one `az` process.
 
 use std::fmt;
@@ -203,9 +204,13 @@ impl Inner<AzureCliCredential> {
     }
 }
 
-/// `az` failed: not signed in is *unavailable*; anything else is a failure quoting `az`.
+/// `az` failed: not signed in is *unavailable* — unless Entra refused (an `AADSTS` code, such
+/// as MFA required, whose message also says to run `az login`), which is worth hearing;
+/// anything else is a failure quoting `az`.
 fn classify_failure(stderr: &[u8]) -> CredentialError {
-    if process::contains(stderr, b"az login") || process::contains(stderr, b"az account set") {
+    if (process::contains(stderr, b"az login") || process::contains(stderr, b"az account set"))
+        && !process::contains(stderr, b"AADSTS")
+    {
         return CredentialError::unavailable(NAME, NOT_SIGNED_IN);
     }
     let quoted = process::quote_stderr(stderr);
@@ -280,6 +285,17 @@ mod tests {
         assert_eq!(
             e.message(),
             "Azure CLI failed: AADSTS70043: The refresh token has expired ***"
+        );
+        // Entra refused, and az says to sign in again: the refusal is the news.
+        let e = classify_failure(
+            b"ERROR: AADSTS50076: Due to a configuration change you must use multi-factor \
+              authentication.\nTo re-authenticate, please run:\naz login --scope \
+              https://management.core.windows.net//.default\n",
+        );
+        assert!(e.is_authentication_failed(), "{e}");
+        assert!(
+            e.message().starts_with("Azure CLI failed: AADSTS50076"),
+            "{e}"
         );
         assert_eq!(
             classify_failure(b"").message(),
