@@ -23,7 +23,8 @@
 //!   to the interval (RFC 8628 §3.5); `authorization_pending` keeps polling. A declined
 //!   sign-in, an expired or unknown code, any other error, the code's expiry or the builder's
 //!   [`timeout`](DeviceCodeCredentialBuilder::timeout) end the sign-in with an *authentication
-//!   failed* error saying which.
+//!   failed* error saying which. When that deadline comes before the next poll is due, the
+//!   endpoint is polled once more at the deadline, so there is always at least one poll.
 //! * **One sign-in for concurrent callers**: calls made while a sign-in is pending wait for
 //!   it (one prompt). The sign-in runs in a task of its own that is aborted when **every**
 //!   waiting caller has dropped its future: polling stops at once, and the next call starts
@@ -294,17 +295,11 @@ impl Inner {
         let deadline = timeout_at.map_or(code.expires_at, |t| t.min(code.expires_at));
         let mut interval = code.interval;
         loop {
-            let next = Instant::now().checked_add(interval).unwrap_or(deadline);
-            if next > deadline {
-                let message = match (timeout_at, self.timeout) {
-                    (Some(at), Some(timeout)) if at <= code.expires_at => format!(
-                        "the user did not sign in within the timeout ({} s); try again",
-                        timeout.as_secs()
-                    ),
-                    _ => "the code expired before the user signed in; try again".to_owned(),
-                };
-                return Err(CredentialError::authentication_failed(NAME, message));
-            }
+            // The last stretch is polled too: at the deadline when the next poll would be
+            // later (a user who signed in just before it is not turned away).
+            let next = Instant::now()
+                .checked_add(interval)
+                .map_or(deadline, |next| next.min(deadline));
             tokio::time::sleep_until(next).await;
             let form = device_code_form(&self.client_id, &code.device_code);
             let error = match self.client.request(NAME, tenant, form).await {
@@ -312,10 +307,20 @@ impl Inner {
                 Err(error) => error,
             };
             let prefix = match error.error_code() {
-                Some("authorization_pending") => continue,
-                Some("slow_down") => {
+                Some("authorization_pending") if Instant::now() < deadline => continue,
+                Some("slow_down") if Instant::now() < deadline => {
                     interval = interval.saturating_add(SLOW_DOWN_STEP).min(MAX_INTERVAL);
                     continue;
+                }
+                Some("authorization_pending" | "slow_down") => {
+                    let message = match (timeout_at, self.timeout) {
+                        (Some(at), Some(timeout)) if at <= code.expires_at => format!(
+                            "the user did not sign in within the timeout ({} s); try again",
+                            timeout.as_secs()
+                        ),
+                        _ => "the code expired before the user signed in; try again".to_owned(),
+                    };
+                    return Err(CredentialError::authentication_failed(NAME, message));
                 }
                 // Entra's name, and RFC 8628's.
                 Some("authorization_declined" | "access_denied") => "the user declined the sign-in",
@@ -510,7 +515,8 @@ impl DeviceCodeCredentialBuilder {
     }
 
     /// How long a sign-in may wait for the user; `None` (the default) waits until the code
-    /// expires (Entra: 15 minutes).
+    /// expires (Entra: 15 minutes). The token endpoint is polled a last time at this deadline
+    /// when the next poll would come later.
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self

@@ -256,7 +256,7 @@ async fn an_expired_code_fails_naming_it_whether_entra_or_the_clock_says_so() {
     assert_eq!(Instant::now() - shown, secs(900));
     assert_eq!(sent.lock().unwrap().len(), 180);
 
-    // The builder's timeout, when it comes first.
+    // The builder's timeout, when it comes first: polls at 5 and 10 s, and a last one at 12.
     let tenant = "device-timeout";
     let (http, sent) = recording_http(peer);
     let credential = DeviceCodeCredential::builder()
@@ -267,12 +267,62 @@ async fn an_expired_code_fails_naming_it_whether_entra_or_the_clock_says_so() {
         .timeout(Some(secs(12)))
         .build()
         .unwrap();
+    let started = Instant::now();
     let error = credential.get_token([RESOURCE]).await.unwrap_err();
     assert_eq!(
         error.message(),
         "the user did not sign in within the timeout (12 s); try again"
     );
-    assert_eq!(sent.lock().unwrap().len(), 2);
+    assert_eq!(gaps(&sent), [5, 2]);
+    assert_eq!(Instant::now() - started, secs(12));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_before_the_next_poll_is_polled_at_the_deadline() {
+    let peer = peer();
+    // A timeout shorter than the interval: one poll, at the timeout, which the user's
+    // sign-in just before it answers.
+    let tenant = "device-short-timeout";
+    let (http, sent) = recording_http(peer);
+    let (shown, mut prompts) = unbounded_channel();
+    let credential = DeviceCodeCredential::builder()
+        .tenant_id(tenant)
+        .authority_host(&peer.base)
+        .http_client(http)
+        .prompt(move |info| {
+            let _ = shown.send(info);
+        })
+        .timeout(Some(secs(3)))
+        .build()
+        .unwrap();
+    let task = tokio::spawn(async move { credential.get_token([RESOURCE]).await });
+    let info = prompts.recv().await.unwrap();
+    let shown = Instant::now();
+    tokio::time::sleep(secs(2)).await;
+    held(peer.approve_device_code(tenant, &info.user_code, "hana@contoso.com")).await;
+    task.await.unwrap().unwrap();
+    let polled = sent.lock().unwrap().clone();
+    assert_eq!(polled.len(), 1, "one poll");
+    assert_eq!(polled[0] - shown, secs(3));
+
+    // Not signed in by then: the timeout error, after that one poll.
+    let tenant = "device-short-timeout-2";
+    let (http, sent) = recording_http(peer);
+    let credential = DeviceCodeCredential::builder()
+        .tenant_id(tenant)
+        .authority_host(&peer.base)
+        .http_client(http)
+        .prompt(|_| {})
+        .timeout(Some(secs(3)))
+        .build()
+        .unwrap();
+    let error = credential.get_token([RESOURCE]).await.unwrap_err();
+    assert_eq!(
+        error.message(),
+        "the user did not sign in within the timeout (3 s); try again"
+    );
+    assert_eq!(sent.lock().unwrap().len(), 1);
+    assert_eq!(polls(&log_of(tenant).await), 1);
 }
 
 #[tokio::test(start_paused = true)]
