@@ -19,8 +19,9 @@
 //! unless set with `process_timeout`), at most 1 MiB of each output kept, its whole process
 //! group killed on timeout or cancellation, and the answer decided on exit.
 //!
-//! *Unavailable* (a chain moves on) when `azd` is not installed, not signed in or too slow;
-//! *authentication failed* for any other failure of `azd`, quoting one scrubbed line of it.
+//! *Unavailable* (a chain moves on) when `azd` is not installed, not signed in, too slow, or
+//! too old to take `--claims` (before 1.18.1); *authentication failed* for any other failure
+//! of `azd`, quoting one scrubbed line of it.
 //!
 //! [`AzureCliCredential`]: crate::AzureCliCredential
 
@@ -49,6 +50,8 @@ const AZD: Tool = Tool {
 };
 const NOT_SIGNED_IN: &str =
     "Azure Developer CLI is not signed in. Run 'azd auth login' to sign in, then try again";
+const NO_CLAIMS_FLAG: &str = "this Azure Developer CLI cannot answer a claims challenge (it has \
+     no --claims flag); update it to version 1.18.1 or later";
 
 /// Gets tokens from the Azure Developer CLI's signed-in account.
 #[derive(Clone)]
@@ -198,13 +201,17 @@ impl Inner<AzureDeveloperCliCredential> {
 }
 
 /// `azd` failed. Not signed in is *unavailable* — unless Entra refused (an `AADSTS` code),
-/// which is worth hearing; anything else is a failure quoting `azd`. `azd` writes some errors
-/// to stdout, so both are read.
+/// which is worth hearing — and so is an `azd` too old for `--claims` (another credential
+/// may answer the challenge); anything else is a failure quoting `azd`. `azd` writes some
+/// errors to stdout, so both are read.
 fn classify_failure(stderr: &[u8], stdout: &[u8]) -> CredentialError {
     let either =
         |needle: &[u8]| process::contains(stderr, needle) || process::contains(stdout, needle);
     if either(b"azd auth login") && !either(b"AADSTS") {
         return CredentialError::unavailable(NAME, NOT_SIGNED_IN);
+    }
+    if either(b"unknown flag: --claims") {
+        return CredentialError::unavailable(NAME, NO_CLAIMS_FLAG);
     }
     let quoted = process::quote_stderr(stderr).or_else(|| process::quote_stderr(stdout));
     let first = quoted.as_deref().unwrap_or("no error output");
@@ -315,6 +322,15 @@ mod tests {
             classify_failure(b"", b"").message(),
             "Azure Developer CLI failed: no error output"
         );
+        // An azd older than --claims (1.18.1), on stderr or stdout.
+        for (stderr, stdout) in [
+            (&b"ERROR: unknown flag: --claims\n"[..], &b""[..]),
+            (b"", b"Error: unknown flag: --claims\nUsage: ..."),
+        ] {
+            let e = classify_failure(stderr, stdout);
+            assert!(e.is_unavailable(), "{e}");
+            assert!(e.message().contains("1.18.1"), "{e}");
+        }
     }
 
     #[tokio::test]
