@@ -119,7 +119,8 @@ impl AzureCliCredentialBuilder {
         self
     }
 
-    /// The `az` executable to run (default `az` from `PATH`).
+    /// The `az` executable to run (default `az` from `PATH`). A relative path with a
+    /// directory (`./tools/az`) is taken from the current directory, not `PATH`.
     pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
         self.tool.set_program(program.into());
         self
@@ -183,7 +184,7 @@ impl Inner<AzureCliCredential> {
         scope: &str,
         tenant: Option<&str>,
     ) -> Result<AccessToken, CredentialError> {
-        let mut command = tokio::process::Command::new(&self.program);
+        let mut command = process::command(&self.program);
         command.args([
             "account",
             "get-access-token",

@@ -125,7 +125,8 @@ impl AzureDeveloperCliCredentialBuilder {
         self
     }
 
-    /// The `azd` executable to run (default `azd` from `PATH`).
+    /// The `azd` executable to run (default `azd` from `PATH`). A relative path with a
+    /// directory (`./tools/azd`) is taken from the current directory, not `PATH`.
     pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
         self.tool.set_program(program.into());
         self
@@ -180,7 +181,7 @@ impl Inner<AzureDeveloperCliCredential> {
         tenant: Option<&str>,
         claims: Option<&str>,
     ) -> Result<AccessToken, CredentialError> {
-        let mut command = tokio::process::Command::new(&self.program);
+        let mut command = process::command(&self.program);
         command.args(["auth", "token", "--output", "json", "--no-prompt"]);
         for scope in scopes {
             command.args(["--scope", scope]);

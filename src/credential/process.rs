@@ -18,7 +18,7 @@
 //! [`quote_stderr`] turns a failed program's stderr into one short, scrubbed line for an error.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -112,6 +112,20 @@ pub(crate) async fn run(mut command: Command, timeout: Duration) -> Result<Outpu
     })
 }
 
+/// A command running `program`, for [`run`]. [`run`] starts it from a system directory, where
+/// a relative path with a directory (`./tools/az`) would name another file or none, so such a
+/// path is made absolute against our working directory first. A bare name (`az`) is still
+/// looked up on `PATH`.
+pub(crate) fn command(program: &Path) -> Command {
+    let has_dir = program.parent().is_some_and(|p| !p.as_os_str().is_empty());
+    if program.is_relative() && has_dir {
+        if let Ok(cwd) = std::env::current_dir() {
+            return Command::new(cwd.join(program));
+        }
+    }
+    Command::new(program)
+}
+
 /// A token-handing command-line tool, for the errors of [`run_tool`].
 pub(crate) struct Tool {
     /// The credential reporting errors.
@@ -129,7 +143,7 @@ pub(crate) struct Tool {
 /// more than [`MAX_OUTPUT`] on stdout is a failure. The caller decides on the exit status.
 pub(crate) async fn run_tool(
     tool: &Tool,
-    program: &std::path::Path,
+    program: &Path,
     command: Command,
     timeout: Duration,
 ) -> Result<Output, crate::error::CredentialError> {

@@ -330,6 +330,20 @@ async fn bad_scopes_and_claims_never_reach_the_command_line() {
     assert!(lines(dir.path().join("calls")).is_empty());
 }
 
+/// `az` runs from a system directory; a relative program path still names the file relative
+/// to ours.
+#[tokio::test]
+async fn a_relative_program_path_is_taken_from_our_working_directory() {
+    let cwd = std::env::current_dir().unwrap();
+    let dir = tempfile::tempdir_in(&cwd).unwrap();
+    fake_az(dir.path(), SIGNED_IN);
+    let relative = Path::new(".")
+        .join(dir.path().strip_prefix(&cwd).unwrap())
+        .join("az");
+    let token = credential(&relative).get_token([MGMT]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "cli-token");
+}
+
 #[tokio::test]
 async fn missing_az_is_unavailable_with_an_install_hint() {
     let err = AzureCliCredential::builder()
