@@ -63,6 +63,16 @@ impl Vars {
         };
         value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     }
+
+    /// A secret's value exactly as set (a client secret or password may begin or end with a
+    /// space, as azure-identity passes it on); `None` when it is unset, blank or not Unicode.
+    pub(crate) fn get_secret(&self, name: &str) -> Option<String> {
+        let value = match &self.0 {
+            Some(vars) => vars.get(name).cloned(),
+            None => std::env::var(name).ok(),
+        };
+        value.filter(|v| !v.trim().is_empty())
+    }
 }
 
 /// Names only: values may be secrets.
@@ -89,6 +99,9 @@ mod tests {
         assert_eq!(vars.get("A").as_deref(), Some("a"));
         assert_eq!(vars.get("B"), None);
         assert_eq!(vars.get("C"), None);
+        assert_eq!(vars.get_secret("A").as_deref(), Some(" a "));
+        assert_eq!(vars.get_secret("B"), None);
+        assert_eq!(vars.get_secret("C"), None);
         let text = format!("{vars:?}");
         assert!(
             text.contains("SECRET") && !text.contains("hunter2"),

@@ -10,10 +10,12 @@
 //! | `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` | optional; any non-empty value sends the chain (`x5c`) |
 //! | `AZURE_AUTHORITY_HOST` | optional; default the public cloud |
 //!
-//! Variables are read once, when the credential is built. When any of the first three is
-//! missing or empty the credential is *unavailable* (a chain moves on) and says which; when
-//! they are set but invalid (a malformed tenant id, an `http` authority) it is an *invalid
-//! request*, which stops a chain — a configuration mistake should be heard, not skipped.
+//! Variables are read once, when the credential is built. Values are trimmed, except the
+//! secret and the certificate password, which are used exactly as set (as azure-identity
+//! does). When any of the first three is missing or blank the credential is *unavailable* (a
+//! chain moves on) and says which; when they are set but invalid (a malformed tenant id, an
+//! `http` authority) it is an *invalid request*, which stops a chain — a configuration
+//! mistake should be heard, not skipped.
 //!
 //! As azure-identity, a client secret wins over a certificate, which wins over a username and
 //! password. A certificate is a [`ClientCertificateCredential`]
@@ -187,7 +189,7 @@ impl EnvironmentCredentialBuilder {
         let (tenant, client, secret) = (
             get(AZURE_TENANT_ID),
             get(AZURE_CLIENT_ID),
-            get(AZURE_CLIENT_SECRET),
+            self.vars.get_secret(AZURE_CLIENT_SECRET),
         );
         let state = match (tenant, client, secret) {
             (Some(tenant), Some(client), Some(secret)) => {
@@ -208,7 +210,10 @@ impl EnvironmentCredentialBuilder {
             }
             (Some(tenant), Some(client), None) if get(AZURE_CLIENT_CERTIFICATE_PATH).is_some() => {
                 let path = get(AZURE_CLIENT_CERTIFICATE_PATH).unwrap_or_default();
-                let password = get(AZURE_CLIENT_CERTIFICATE_PASSWORD).map(Secret::new);
+                let password = self
+                    .vars
+                    .get_secret(AZURE_CLIENT_CERTIFICATE_PASSWORD)
+                    .map(Secret::new);
                 let source = CertificateSource::from_path(path, password);
                 let mut builder = ClientCertificateCredential::builder(tenant, client, source)
                     .send_certificate_chain(get(AZURE_CLIENT_SEND_CERTIFICATE_CHAIN).is_some())

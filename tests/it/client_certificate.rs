@@ -406,6 +406,7 @@ async fn bad_inputs_are_config_errors_that_say_what_is_wrong() {
     }
 }
 
+/// Secrets are used exactly as set: a password or secret may begin or end with a space.
 #[tokio::test]
 async fn environment_credential_uses_the_certificate_and_prefers_a_secret() {
     let peer = peer();
@@ -415,14 +416,14 @@ async fn environment_credential_uses_the_certificate_and_prefers_a_secret() {
     let pfx = write(
         dir.path(),
         "cert.pfx",
-        made.pkcs12(dir.path(), Some("env-pass"), false),
+        made.pkcs12(dir.path(), Some(" env-pass "), false),
     );
     let c = EnvironmentCredential::builder()
         .vars([
             ("AZURE_TENANT_ID", "contoso"),
             ("AZURE_CLIENT_ID", client_id.as_str()),
             ("AZURE_CLIENT_CERTIFICATE_PATH", pfx.as_str()),
-            ("AZURE_CLIENT_CERTIFICATE_PASSWORD", "env-pass"),
+            ("AZURE_CLIENT_CERTIFICATE_PASSWORD", " env-pass "),
             // azure-identity sends the chain for any non-empty value, "false" included.
             ("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", "false"),
             ("AZURE_AUTHORITY_HOST", peer.base.as_str()),
@@ -442,9 +443,9 @@ async fn environment_credential_uses_the_certificate_and_prefers_a_secret() {
         .vars([
             ("AZURE_TENANT_ID", "contoso"),
             ("AZURE_CLIENT_ID", client_id.as_str()),
-            ("AZURE_CLIENT_SECRET", "not-this-apps-secret"),
+            ("AZURE_CLIENT_SECRET", " not-this-apps-secret "),
             ("AZURE_CLIENT_CERTIFICATE_PATH", pfx.as_str()),
-            ("AZURE_CLIENT_CERTIFICATE_PASSWORD", "env-pass"),
+            ("AZURE_CLIENT_CERTIFICATE_PASSWORD", " env-pass "),
             ("AZURE_AUTHORITY_HOST", peer.base.as_str()),
         ])
         .http_client(peer.http())
@@ -452,7 +453,7 @@ async fn environment_credential_uses_the_certificate_and_prefers_a_secret() {
     let err = c.get_token([SCOPE]).await.unwrap_err();
     assert!(err.is_authentication_failed(), "{err}");
     let last = requests(peer, &client_id).await.pop().unwrap();
-    assert_eq!(last["form"]["client_secret"], "not-this-apps-secret");
+    assert_eq!(last["form"]["client_secret"], " not-this-apps-secret ");
 }
 
 #[tokio::test]
