@@ -483,7 +483,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         for (name, value, want) in [
-            (AZURE_TENANT_ID, "not a tenant", "\"not a tenant\""),
+            (
+                AZURE_TENANT_ID,
+                "not a tenant",
+                "contains ' ' at character 4 of 12",
+            ),
             (
                 AZURE_AUTHORITY_HOST,
                 "http://insecure",

@@ -159,25 +159,32 @@ fn without_userinfo(input: &str) -> String {
 
 /// Checks a tenant id: ASCII letters, digits, `-` and `.` only (GUIDs, domain names,
 /// `organizations`, `common`). It goes into a URL path, so nothing else may pass.
+///
+/// Errors never quote the value: a client secret put in `AZURE_TENANT_ID` by mistake would
+/// land in the message. They name the offending character, its position and the length.
 pub(crate) fn validate_tenant_id(tenant: &str) -> Result<(), String> {
     if tenant.is_empty() {
         return Err("tenant id is empty; use the directory's GUID or domain name".into());
     }
-    if let Some(bad) = tenant
+    let length = tenant.chars().count();
+    if let Some((index, bad)) = tenant
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
+        .enumerate()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
     {
+        let position = index.saturating_add(1);
         return Err(format!(
-            "tenant id {tenant:?} contains {bad:?}; only ASCII letters, digits, '-' and '.' \
-             are allowed (a GUID or a domain such as contoso.onmicrosoft.com)"
+            "tenant id contains {bad:?} at character {position} of {length}; only ASCII \
+             letters, digits, '-' and '.' are allowed (a GUID or a domain such as \
+             contoso.onmicrosoft.com)"
         ));
     }
     // GUIDs and domain names start with a letter or digit; a leading '-' would read as an
     // option where a tenant reaches a command line (`az --tenant -h`).
-    if !tenant.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+    if let Some(first) = tenant.chars().next().filter(|c| !c.is_ascii_alphanumeric()) {
         return Err(format!(
-            "tenant id {tenant:?} must start with a letter or digit (a GUID or a domain such \
-             as contoso.onmicrosoft.com)"
+            "tenant id starts with {first:?} (character 1 of {length}); it must start with a \
+             letter or digit (a GUID or a domain such as contoso.onmicrosoft.com)"
         ));
     }
     Ok(())
@@ -393,6 +400,19 @@ mod tests {
         ] {
             assert!(validate_tenant_id(bad).is_err(), "{bad:?}");
         }
+        // A client secret in AZURE_TENANT_ID by mistake: named by character, never quoted.
+        let err = validate_tenant_id("Abc8Q~hunter2.secret-value").unwrap_err();
+        assert!(
+            err.starts_with("tenant id contains '~' at character 6 of 26;"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2") && !err.contains("Abc8Q"), "{err}");
+        let err = validate_tenant_id("-hunter2").unwrap_err();
+        assert!(
+            err.starts_with("tenant id starts with '-' (character 1 of 8);"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]
