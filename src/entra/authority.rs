@@ -137,22 +137,12 @@ pub(crate) fn host_aliases(host: &str) -> Vec<String> {
         .unwrap_or_else(|| vec![host.to_owned()])
 }
 
-/// `input` with the user information of its authority part (`user:secret@`) replaced by
-/// `***@`, for messages.
+/// `input` for messages: everything up to its last `@` replaced by `***`. Where user
+/// information ends cannot be told from a malformed URL (a password may hold `/`, `?`, `#`
+/// or `://`), so nothing before any `@` is ever shown, the scheme included.
 fn without_userinfo(input: &str) -> String {
-    let (scheme, rest) = match input.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, input),
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    match authority.rfind('@') {
-        Some(at) => {
-            let after = rest.get(at..).unwrap_or_default();
-            match scheme {
-                Some(scheme) => format!("{scheme}://***{after}"),
-                None => format!("***{after}"),
-            }
-        }
+    match input.rsplit_once('@') {
+        Some((_, after)) => format!("***@{after}"),
         None => input.to_owned(),
     }
 }
@@ -330,6 +320,12 @@ mod tests {
             "http://hunter2@h",
             "https://hunter2:@h/path?q",
             "https://a@b:hunter2@h",
+            // A '/', '?', '#' or "://" in the password: the authority part seems to end there.
+            "https://user:pa/ss-hunter2@login.example",
+            "https://hunter2:pa?ss@login.example",
+            "https://hunter2:pa#ss@login.example",
+            "hunter2:pa://ss@login.example",
+            "https://user:hunter2/x@login.example/path",
         ] {
             let err = Authority::parse(input).unwrap_err();
             assert!(!err.message().contains("hunter2"), "{err}");
