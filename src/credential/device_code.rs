@@ -20,7 +20,7 @@
 //!   `openid profile offline_access` added to its scopes, as msal does), hands the user code,
 //!   verification URI and message to the prompt (default: the message on stderr), then polls
 //!   the token endpoint at the interval Entra gave (clamped to 1–60 s). `slow_down` adds 5 s
-//!   to the interval (RFC 8628 §3.5); `authorization_pending` keeps polling. A declined
+//!   to the interval (RFC 8628 §3.5), past 60 s too; `authorization_pending` keeps polling. A declined
 //!   sign-in, an expired or unknown code, any other error, the code's expiry or the builder's
 //!   [`timeout`](DeviceCodeCredentialBuilder::timeout) end the sign-in with an *authentication
 //!   failed* error saying which. When that deadline comes before the next poll is due, the
@@ -65,8 +65,8 @@ const NAME: &str = "DeviceCodeCredential";
 const DEFAULT_TENANT: &str = "organizations";
 /// RFC 8628 §3.2: the interval when the answer names none.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
-/// Bounds of the polling interval, whatever the provider says: at least a second apart, and
-/// never so far apart that a user waits minutes after signing in.
+/// Bounds of the polling interval the provider gives: at least a second apart, and never so
+/// far apart that a user waits minutes after signing in. `slow_down` may take it further.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_INTERVAL: Duration = Duration::from_secs(60);
 /// RFC 8628 §3.5: `slow_down` adds 5 s to this and every later poll's interval.
@@ -308,8 +308,9 @@ impl Inner {
             };
             let prefix = match error.error_code() {
                 Some("authorization_pending") if Instant::now() < deadline => continue,
+                // Uncapped, as RFC 8628 §3.5 says: the deadline bounds the wait anyway.
                 Some("slow_down") if Instant::now() < deadline => {
-                    interval = interval.saturating_add(SLOW_DOWN_STEP).min(MAX_INTERVAL);
+                    interval = interval.saturating_add(SLOW_DOWN_STEP);
                     continue;
                 }
                 Some("authorization_pending" | "slow_down") => {

@@ -188,6 +188,22 @@ async fn slow_down_adds_five_seconds_to_this_and_every_later_interval() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn slow_down_keeps_adding_five_seconds_past_a_minute() {
+    let peer = peer();
+    let tenant = "device-slow-down-long";
+    held(peer.slow_down_device_polls(tenant, 12)).await;
+    let (credential, mut prompts, sent) = prompted(peer, tenant);
+    let task = tokio::spawn(async move { credential.get_token([RESOURCE]).await });
+    let info = prompts.recv().await.unwrap();
+    // Twelve slow_downs, polled at 5, 15, 30, … 390 s; the interval is then 65 s.
+    tokio::time::sleep(secs(400)).await;
+    held(peer.approve_device_code(tenant, &info.user_code, "ivan@contoso.com")).await;
+    task.await.unwrap().unwrap();
+    let want: Vec<u64> = (2..=13).map(|n| 5 * n).collect();
+    assert_eq!(gaps(&sent), want);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_declined_sign_in_fails_naming_it_and_the_next_call_prompts_again() {
     let peer = peer();
     let tenant = "device-decline";
