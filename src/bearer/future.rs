@@ -232,15 +232,13 @@ pub(super) enum Decision {
     GiveBack,
 }
 
-/// A claims challenge is answered (once) when the caller can re-send; any other 401 goes back
-/// unchanged. The reasons are traced at `DEBUG` (or `WARN` for an unusable challenge).
-pub(super) fn decide(headers: &http::HeaderMap, can_retry: bool) -> Decision {
+/// A claims challenge is answered when CAE is on (`cae`); any other 401 goes back unchanged.
+/// The reasons are traced at `DEBUG` (or `WARN` for an unusable challenge).
+pub(super) fn decide(headers: &http::HeaderMap, cae: bool) -> Decision {
     match claims_challenge(headers) {
-        Ok(Some(claims)) if can_retry => return Decision::Retry(claims),
+        Ok(Some(claims)) if cae => return Decision::Retry(claims),
         Ok(Some(_)) => {
-            tracing::debug!(
-                "401 with a claims challenge, but the request cannot be re-sent (CAE off or body not cloneable): returning it"
-            );
+            tracing::debug!("401 with a claims challenge, but CAE is off: returning it");
         }
         Err(reason) => {
             tracing::warn!(%reason, "401 with a claims challenge that cannot be used: returning it");

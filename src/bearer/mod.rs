@@ -55,7 +55,8 @@
 //! * **Bodies**: the re-send needs the body again ([`RetryBody`]): `Full<Bytes>`, `Empty`,
 //!   `String` are cloned; `BoxBody`, `UnsyncBoxBody` and [`ReplayBody`] are recorded as they
 //!   stream, up to the replay limit (64 KiB by default). A body over the limit, or still
-//!   streaming when the 401 arrived, is not re-sent: the 401 is returned.
+//!   streaming when the 401 arrived, is not re-sent: the 401 is returned (the token for the
+//!   claims is had all the same, for the requests after it).
 //! * **HTTPS only**: a request that is not `https` fails with a [`BearerError`], unless
 //!   [`allow_insecure_http`](BearerTokenLayerBuilder::allow_insecure_http) is set.
 //! * **reqwest**: with the feature `reqwest-middleware`, `BearerTokenLayer::middleware()`

@@ -20,7 +20,8 @@
 //! ```
 //!
 //! A request whose body cannot be cloned (`reqwest::Request::try_clone` says no, as for a
-//! stream) is sent once and a claims challenge for it is returned as the 401, not an error.
+//! stream) is sent once: a claims challenge for it still gets the token for its claims, for
+//! the requests after it, and the 401 is returned, not an error.
 //! Errors of the middleware are `reqwest_middleware::Error::Middleware` holding a
 //! [`CredentialError`] or a [`BearerError`].
 
@@ -95,16 +96,19 @@ impl Middleware for BearerTokenMiddleware {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        match (decide(response.headers(), retry.is_some()), retry) {
-            (Decision::Retry(claims), Some(request)) => {
+        match decide(response.headers(), options.cae) {
+            // Without a clone the claims token is still had, and the 401 returned (as the
+            // tower layer does for a body it cannot replay): dropping the rejected token
+            // alone would let the credential's cache hand it out again.
+            Decision::Retry(claims) => {
                 let resend = ReqwestResend {
-                    request,
+                    request: retry,
                     next,
                     extensions,
                 };
                 answer_challenge(&self.source, &claims, token_id, response, resend).await
             }
-            _ => {
+            Decision::GiveBack => {
                 self.source.slot.invalidate(token_id);
                 Ok(response)
             }
@@ -114,7 +118,8 @@ impl Middleware for BearerTokenMiddleware {
 
 /// The middleware's re-send: the clone of the request, down the rest of the chain.
 struct ReqwestResend<'a> {
-    request: reqwest::Request,
+    /// `None` when the request could not be cloned.
+    request: Option<reqwest::Request>,
     next: Next<'a>,
     extensions: &'a mut http::Extensions,
 }
@@ -139,13 +144,12 @@ impl Resend for ReqwestResend<'_> {
     }
 
     fn again(
-        mut self,
+        self,
         authorization: HeaderValue,
     ) -> std::result::Result<impl Future<Output = Result<reqwest::Response>>, NotReplayable> {
-        self.request
-            .headers_mut()
-            .insert(AUTHORIZATION, authorization);
-        Ok(self.next.run(self.request, self.extensions))
+        let mut request = self.request.ok_or_else(NotReplayable::not_cloneable)?;
+        request.headers_mut().insert(AUTHORIZATION, authorization);
+        Ok(self.next.run(request, self.extensions))
     }
 }
 

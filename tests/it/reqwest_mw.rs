@@ -126,6 +126,16 @@ async fn a_body_that_cannot_be_cloned_gets_the_401_back_not_an_error() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(resource.count(), 1);
+    // The claims token was had all the same: later requests carry it, not the rejected one
+    // (which the credential's own cache would give again).
+    assert_eq!(authority.token_posts(), 2);
+    let response = client
+        .get(format!("{}/next", resource.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(resource.requests()[1].bearer(), Some("at-2-contoso-claims"));
 }
 
 #[tokio::test]
