@@ -381,8 +381,11 @@ where
         self,
         authorization: HeaderValue,
     ) -> Result<impl Future<Output = Result<Response<ResB>, BoxError>>, NotReplayable> {
-        let body = self.replay.into_body()?;
-        let request = self.head.into_request(&self.bytes, body, authorization)?;
+        // The head first: its `Content-Length` tells whether a body that was not polled to
+        // its end was sent whole.
+        let request = self.head.into_request(&self.bytes, (), authorization)?;
+        let body = self.replay.into_body_for(request.headers())?;
+        let request = request.map(|()| body);
         Ok(async move { self.service.oneshot(request).await.map_err(Into::into) })
     }
 }

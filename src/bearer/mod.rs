@@ -56,7 +56,9 @@
 //!   `String` are cloned; `BoxBody`, `UnsyncBoxBody` and [`ReplayBody`] are recorded as they
 //!   stream, up to the replay limit (64 KiB by default). A body over the limit, or still
 //!   streaming when the 401 arrived, is not re-sent: the 401 is returned (the token for the
-//!   claims is had all the same, for the requests after it).
+//!   claims is had all the same, for the requests after it). A body that yielded the request's
+//!   `Content-Length` has ended, as far as the re-send goes: hyper's HTTP/1 client never polls
+//!   it to its end.
 //! * **HTTPS only**: a request that is not `https` fails with a [`BearerError`], unless
 //!   [`allow_insecure_http`](BearerTokenLayerBuilder::allow_insecure_http) is set.
 //! * **reqwest**: with the feature `reqwest-middleware`, `BearerTokenLayer::middleware()`

@@ -16,7 +16,7 @@ use tower_identity::bearer::{BearerError, BearerToken, BearerTokenLayer, BearerT
 use tower_identity::{BoxCredential, ClientSecretCredential, CredentialError};
 
 use crate::support::authority::{Authority, Fault};
-use crate::support::client::{HyperClient, h2_client, hyper_client};
+use crate::support::client::{HyperClient, h1_client, h2_client, hyper_client};
 use crate::support::creds::{SCOPE, client_secret, client_secret_with, http_builder, secs};
 use crate::support::resource::{Answer, Mode, Resource, revocation_claims};
 
@@ -844,6 +844,35 @@ async fn a_streamed_body_and_its_trailers_are_replayed_within_the_limit() {
     assert_eq!(seen[0].body.len(), 8 * 4096);
     assert_eq!(seen[0].body, seen[1].body);
     assert_eq!(seen[1].trailers.as_ref().unwrap()["x-checksum"], "abc123");
+    assert_eq!(seen[1].bearer(), Some("at-2-contoso-claims"));
+}
+
+/// hyper's HTTP/1 client stops reading a body once it has written the `Content-Length` the
+/// request declares: it never polls the body to its end, and the recording must not wait for
+/// it.
+#[tokio::test]
+async fn a_streamed_body_with_content_length_over_http1_is_replayed() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    let service: BearerToken<HyperClient<Streamed>> = ServiceBuilder::new()
+        .layer(cae_layer(&authority))
+        .service(h1_client());
+    let chunks: Vec<Bytes> = (0..8).map(|i| Bytes::from(vec![i as u8; 4096])).collect();
+    let (tx, body) = streamed(chunks, None);
+    drop(tx);
+    let request = Request::put(format!("{}/blob", resource.url()))
+        .header("content-length", 8 * 4096)
+        .body(body)
+        .unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = resource.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].version, http::Version::HTTP_11);
+    assert_eq!(seen[0].body.len(), 8 * 4096);
+    assert_eq!(seen[0].body, seen[1].body);
     assert_eq!(seen[1].bearer(), Some("at-2-contoso-claims"));
 }
 

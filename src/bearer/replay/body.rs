@@ -179,6 +179,7 @@ impl<B: Body<Data = Bytes> + Send + 'static> RetryBody for ReplayBody<B> {
         match self.state {
             State::Plain { body, polled } => {
                 let mut recorder = Recorder::new(limit);
+                recorder.hint = body.size_hint().exact();
                 if polled {
                     // Whatever was read before is missing from the recording.
                     recorder.phase = Phase::ReadBeforePrepare;

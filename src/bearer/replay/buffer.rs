@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use http::HeaderMap;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http_body::{Frame, SizeHint};
 
 use super::{NotReplayable, Reason};
@@ -70,6 +71,8 @@ pub(super) struct Recorder {
     seen: usize,
     pub(super) frames: VecDeque<RecordedFrame>,
     pub(super) phase: Phase,
+    /// The body's exact size hint when it was prepared (see [`declared_length`]).
+    pub(super) hint: Option<u64>,
 }
 
 impl Recorder {
@@ -79,6 +82,7 @@ impl Recorder {
             seen: 0,
             frames: VecDeque::new(),
             phase: Phase::Recording,
+            hint: None,
         }
     }
 
@@ -125,7 +129,12 @@ impl Recorder {
     }
 
     /// The recording for a handle with `limit`, if it is complete and within that limit.
-    pub(super) fn recording(&self, limit: usize) -> Result<Recording, NotReplayable> {
+    /// `headers`, the request's, may say how long the body is (see [`declared_length`]).
+    pub(super) fn recording(
+        &self,
+        limit: usize,
+        headers: Option<&HeaderMap>,
+    ) -> Result<Recording, NotReplayable> {
         if self.seen > limit {
             return Err(NotReplayable::new(Reason::OverLimit { limit }));
         }
@@ -140,10 +149,33 @@ impl Recorder {
             Phase::TooManyFrames => Err(NotReplayable::new(Reason::TooManyFrames {
                 limit: self.limit,
             })),
+            // All the declared bytes are here: a client that writes a declared length stops
+            // polling the body there (hyper's HTTP/1 client does), so its end may never come.
+            Phase::Recording
+                if u64::try_from(self.seen).ok() == declared_length(headers, self.hint) =>
+            {
+                Ok(Recording::new(self.frames.clone(), self.seen))
+            }
             Phase::Recording => Err(NotReplayable::new(Reason::Unfinished)),
             Phase::Failed => Err(NotReplayable::new(Reason::Failed)),
             Phase::ReadBeforePrepare => Err(NotReplayable::new(Reason::ReadBeforePrepare)),
         }
+    }
+}
+
+/// The body length a request declares, as hyper's HTTP/1 client takes it: none with a
+/// `Transfer-Encoding` (chunked, read to its end), else its `Content-Length`, else the body's
+/// exact size hint.
+fn declared_length(headers: Option<&HeaderMap>, hint: Option<u64>) -> Option<u64> {
+    let Some(headers) = headers else {
+        return hint;
+    };
+    if headers.contains_key(TRANSFER_ENCODING) {
+        return None;
+    }
+    match headers.get(CONTENT_LENGTH) {
+        Some(value) => value.to_str().ok()?.trim().parse().ok(),
+        None => hint,
     }
 }
 

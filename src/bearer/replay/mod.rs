@@ -10,7 +10,9 @@
 //! * Any other body can be wrapped in a [`ReplayBody`]. While the first attempt streams it, the
 //!   wrapper keeps the data chunks (shared [`Bytes`], not copies) up to a byte limit. If the body
 //!   is larger than the limit, or the response arrives before the body was fully sent, it cannot
-//!   be replayed and the layer returns the 401 instead of sending a truncated body.
+//!   be replayed and the layer returns the 401 instead of sending a truncated body. A body that
+//!   yielded the length its request declares (`Content-Length`, else its exact `size_hint`) was
+//!   sent whole: hyper's HTTP/1 client stops polling it there.
 //! * `BoxBody<Bytes, E>` and `UnsyncBoxBody<Bytes, E>` are wrapped in a [`ReplayBody`] and
 //!   boxed again, so the type a client uses stays the same.
 //!
@@ -43,6 +45,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::Body;
 use http_body_util::{Empty, Full};
 
@@ -93,7 +96,21 @@ impl<B> Replay<B> {
     /// Call it after the first attempt's response head arrived. A streaming body can only be
     /// replayed if the first attempt sent all of it, within the limit given to
     /// [`prepare`](RetryBody::prepare); otherwise the answer is an error, never a shorter body.
+    ///
+    /// A streaming body that has yielded exactly its exact `size_hint` (as it was when prepared)
+    /// counts as sent whole, even if it was not polled to its end: hyper's HTTP/1 client stops
+    /// there.
     pub fn into_body(self) -> Result<B, NotReplayable> {
+        self.into_body_with(None)
+    }
+
+    /// [`into_body`](Self::into_body) for the request with these headers, whose
+    /// `Content-Length` (or `Transfer-Encoding`) says how much of the body a client writes.
+    pub(crate) fn into_body_for(self, headers: &HeaderMap) -> Result<B, NotReplayable> {
+        self.into_body_with(Some(headers))
+    }
+
+    fn into_body_with(self, headers: Option<&HeaderMap>) -> Result<B, NotReplayable> {
         match self.kind {
             ReplayKind::Ready(body) => Ok(body),
             ReplayKind::Recorded {
@@ -102,7 +119,7 @@ impl<B> Replay<B> {
                 build,
             } => {
                 let recording = match lock(&recorder) {
-                    Some(recorder) => recorder.recording(limit)?,
+                    Some(recorder) => recorder.recording(limit, headers)?,
                     // Something panicked while recording: what was kept cannot be trusted.
                     None => return Err(NotReplayable::new(Reason::Failed)),
                 };

@@ -392,6 +392,69 @@ async fn recording_completes_when_the_inner_body_reports_its_end_after_a_frame()
 }
 
 #[tokio::test]
+async fn a_body_that_yielded_its_declared_length_is_whole_without_being_polled_to_its_end() {
+    // Not at its end after the data (a `Pending` follows), as a stream never knows; a client
+    // writing a declared length (hyper's HTTP/1) stops polling once it has that many bytes.
+    let script = || Script::new([Step::Data(b"abcd"), Step::Data(b"efgh"), Step::Pending]);
+    let first_two = async |first: ReplayBody<Script>| {
+        let mut first = pin!(first);
+        for _ in 0..2 {
+            first.as_mut().frame().await.expect("frame").expect("data");
+        }
+        assert!(!first.is_end_stream());
+    };
+    let length = |value: &'static str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from_static(value),
+        );
+        headers
+    };
+
+    // Declared by the body's exact size hint.
+    let (first, replay) = ReplayBody::new(script().with_exact_hint(8)).prepare(64);
+    first_two(first).await;
+    let again = replay.into_body().expect("all 8 bytes");
+    assert_eq!(bytes_of(again).await, Bytes::from_static(b"abcdefgh"));
+
+    // Declared by the request's `Content-Length`, which wins over the hint as in hyper.
+    for (hint, header, whole) in [
+        (None, "8", true),
+        (Some(9), "8", true),
+        (Some(8), "9", false),
+    ] {
+        let body = match hint {
+            Some(hint) => script().with_exact_hint(hint),
+            None => script(),
+        };
+        let (first, replay) = ReplayBody::new(body).prepare(64);
+        first_two(first).await;
+        let got = replay.into_body_for(&length(header));
+        assert_eq!(got.is_ok(), whole, "hint {hint:?}, content-length {header}");
+    }
+
+    // More bytes than declared, or none declared, or chunked: the end is still to come.
+    for headers in [length("4"), HeaderMap::new()] {
+        let (first, replay) = ReplayBody::new(script()).prepare(64);
+        first_two(first).await;
+        let err = replay.into_body_for(&headers).expect_err("unfinished");
+        assert!(err.is_incomplete(), "{headers:?}");
+    }
+    let mut chunked = length("8");
+    chunked.insert(
+        http::header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    let (first, replay) = ReplayBody::new(script()).prepare(64);
+    first_two(first).await;
+    assert!(
+        replay.into_body_for(&chunked).is_err(),
+        "hyper ignores the length"
+    );
+}
+
+#[tokio::test]
 async fn body_read_before_it_was_prepared_is_not_replayable() {
     let mut body = ReplayBody::new(Full::new(Bytes::from_static(b"gone")));
     assert!(body.frame().await.is_some());

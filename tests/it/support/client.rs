@@ -54,6 +54,20 @@ where
         .build(connector())
 }
 
+/// HTTP/1.1 only (ALPN offers nothing else), `https` or `http`.
+pub fn h1_client<B>() -> HyperClient<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls())
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
 /// A reqwest client trusting the test CA (ring, via a preconfigured rustls config).
 #[cfg(feature = "reqwest-middleware")]
 pub fn reqwest_client() -> reqwest::Client {
