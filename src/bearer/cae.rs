@@ -4,14 +4,15 @@
 //! [`claims_challenge`] makes the Continuous Access Evaluation (CAE) decision. A 401 is retried
 //! with new claims only when a `Bearer` challenge (scheme compared case-insensitively) carries
 //! `error="insufficient_claims"` (exact value) and a non-empty `claims` parameter. The claims
-//! are base64url (padding optional; the standard `+/` alphabet is accepted too) of UTF-8 JSON,
-//! and are returned as the decoded text, verbatim. Only the first such challenge counts: when
+//! are base64url (padding optional; the standard `+/` alphabet is accepted too) of a UTF-8 JSON
+//! object, and are returned as the decoded text, verbatim. Only the first such challenge counts: when
 //! its claims do not decode, the answer is an error even if a later challenge would decode.
 
 use std::fmt;
 
 use super::www_authenticate::parse_challenges;
 use crate::encoding::decode_base64;
+use crate::entra::token_client::claims_field;
 
 /// The CAE decision: the decoded claims JSON (as UTF-8 text, verbatim) of the first Bearer
 /// challenge with `error="insufficient_claims"` and a non-empty `claims` parameter, across all
@@ -28,8 +29,10 @@ use crate::encoding::decode_base64;
 /// # Errors
 ///
 /// [`ClaimsError`] when a qualifying challenge exists but its claims cannot be used: not
-/// base64url (with or without padding) nor standard base64, not UTF-8, or not JSON. The caller
-/// then returns the 401 and logs the reason.
+/// base64url (with or without padding) nor standard base64, not UTF-8, not JSON, or not a JSON
+/// object a CAE token request can carry (one whose `access_token`, if any, is an object that
+/// the `CP1` capability can be merged into). The caller then returns the 401 and logs the
+/// reason.
 ///
 /// [`BearerTokenLayer`](super::BearerTokenLayer) with CAE enabled makes this decision itself.
 /// A client that handles its 401s on its own passes the claims to the credential:
@@ -115,7 +118,7 @@ impl fmt::Display for ClaimsError {
         let what = match self.reason {
             ClaimsErrorReason::Base64 => "claims are not base64url or base64",
             ClaimsErrorReason::Utf8 => "decoded claims are not UTF-8",
-            ClaimsErrorReason::Json => "claims are not JSON",
+            ClaimsErrorReason::Json => "claims are not a usable JSON object",
         };
         write!(
             f,
@@ -131,14 +134,18 @@ impl fmt::Display for ClaimsError {
 
 impl std::error::Error for ClaimsError {}
 
-/// Decodes a `claims` parameter: base64url or base64, UTF-8, JSON; returns the text verbatim.
+/// Decodes a `claims` parameter: base64url or base64, UTF-8, a JSON object; returns the text
+/// verbatim.
 fn decode_claims(raw: &str) -> Result<String, ClaimsError> {
     let bytes =
         decode_base64(raw).map_err(|e| ClaimsError::new(ClaimsErrorReason::Base64, e, raw))?;
     let text = String::from_utf8(bytes)
         .map_err(|e| ClaimsError::new(ClaimsErrorReason::Utf8, e.utf8_error(), raw))?;
-    serde_json::from_str::<serde_json::Value>(&text)
-        .map_err(|e| ClaimsError::new(ClaimsErrorReason::Json, e, raw))?;
+    let json = |e| ClaimsError::new(ClaimsErrorReason::Json, e, raw);
+    serde_json::from_str::<serde_json::Value>(&text).map_err(|e| json(e.to_string()))?;
+    // Checked as the token request will be (with CAE): claims it refuses would fail every
+    // acquisition for this challenge, where an unusable challenge returns the 401.
+    claims_field(Some(&text), true).map_err(json)?;
     Ok(text)
 }
 
@@ -358,7 +365,43 @@ mod tests {
         );
         let err = cae(&[&line]).unwrap_err();
         assert_eq!(err.reason, ClaimsErrorReason::Json);
-        assert!(err.to_string().contains("claims are not JSON"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("claims are not a usable JSON object"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn claims_a_cae_token_request_cannot_carry_are_an_error() {
+        // base64url of `[1]`.
+        let line = r#"Bearer error="insufficient_claims", claims="WzFd""#;
+        let err = cae(&[line]).unwrap_err();
+        assert_eq!(err.reason, ClaimsErrorReason::Json);
+        assert!(err.to_string().contains("must be a JSON object"), "{err}");
+        // JSON that is not an object, and objects the CP1 capability cannot be merged into.
+        for json in [
+            "1",
+            "null",
+            r#""text""#,
+            r#"{"access_token":1}"#,
+            r#"{"access_token":{"xms_cc":[]}}"#,
+            r#"{"access_token":{"xms_cc":{"values":"CP1"}}}"#,
+        ] {
+            let line = format!(
+                r#"Bearer error="insufficient_claims", claims="{}""#,
+                b64url(json)
+            );
+            let err = cae(&[&line]).unwrap_err();
+            assert_eq!(err.reason, ClaimsErrorReason::Json, "{json}");
+        }
+        for json in ["{}", r#"{"id_token":{"acrs":{"essential":true}}}"#] {
+            let line = format!(
+                r#"Bearer error="insufficient_claims", claims="{}""#,
+                b64url(json)
+            );
+            assert_eq!(cae(&[&line]), Ok(Some(json.to_owned())), "{json}");
+        }
     }
 
     #[test]

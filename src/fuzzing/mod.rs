@@ -8,7 +8,7 @@
 //!
 //! | function | parser | invariants (beyond "does not panic") |
 //! | --- | --- | --- |
-//! | [`www_authenticate`](fn@www_authenticate) | `bearer::www_authenticate::parse_challenges`, `claims_challenge` | returned claims are JSON; challenges are well-formed and survive a print and re-parse; errors are short |
+//! | [`www_authenticate`](fn@www_authenticate) | `bearer::www_authenticate::parse_challenges`, `claims_challenge` | returned claims are JSON objects; challenges are well-formed and survive a print and re-parse; errors are short |
 //! | [`token_response`](fn@token_response) | `entra::token_client::parse_response` | a secret embedded in the body (raw, form-urlencoded, `%20`, JSON-escaped, …) is absent from the error's `Display`, `Debug` and `{:#?}`, and so is any prefix of it `redact` masks (a request echoed cut short) |
 //! | [`mi_response`](fn@mi_response) | `credential::managed_identity::response::parse_answer` | as [`token_response`](fn@token_response), for the source's secret (`IDENTITY_HEADER`, `MSI_SECRET`, the Arc key) and for the `access_token` of an error answer; a token lives at most `MAX_TOKEN_LIFETIME` and is refreshed before it expires |
 //! | [`msal_cache`](fn@msal_cache) | `entra::msal_cache::CacheDocument` | views and queries agree; `to_vec` re-parses and is a fixed point; `remove_expired_access_tokens` and `add_token_response` keep that, and what was added is found |

@@ -14,7 +14,7 @@ const CLAIMS_ERROR_MAX_CHARS: usize = 512;
 /// `WWW-Authenticate` parsing. `data` is split at `\n` into header lines (lines that are not
 /// valid header values are dropped, as `http` would).
 ///
-/// Checks: [`claims_challenge`] returns claims only when they are JSON text, and only when a
+/// Checks: [`claims_challenge`] returns claims only when they are a JSON object, and only when a
 /// `Bearer` challenge with `error="insufficient_claims"` was parsed; its error is short;
 /// parsed schemes and parameter names are tokens; printing the challenges canonically and
 /// parsing that again gives the same challenges.
@@ -42,8 +42,14 @@ pub fn www_authenticate(data: &[u8]) {
 
     match claims_challenge(&headers) {
         Ok(Some(claims)) => {
-            if let Err(e) = serde_json::from_str::<Value>(&claims) {
-                panic!("claims_challenge returned claims that are not JSON ({e}): {claims:?}");
+            match serde_json::from_str::<Value>(&claims) {
+                Ok(Value::Object(_)) => {}
+                Ok(_) => {
+                    panic!("claims_challenge returned claims that are not an object: {claims:?}")
+                }
+                Err(e) => {
+                    panic!("claims_challenge returned claims that are not JSON ({e}): {claims:?}")
+                }
             }
             assert!(
                 challenges

@@ -667,16 +667,25 @@ async fn a_late_401_for_an_old_token_does_not_drop_the_new_one() {
 #[tokio::test]
 async fn an_undecodable_claims_challenge_is_returned() {
     let (authority, resource) = (Authority::start().await, Resource::start().await);
-    resource.push(Answer::Unauthorized {
-        www_authenticate: Some(
-            r#"Bearer error="insufficient_claims", claims="%%%not-base64%%%""#.into(),
-        ),
-        body: String::new(),
-    });
     let mut service = bearer::<Full<Bytes>>(&cae_layer(&authority));
-    let response = call(&mut service, get(&resource, "/")).await;
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!((resource.count(), authority.token_posts()), (1, 1));
+    // Not base64; `[1]`, JSON but no object; `{"access_token":1}`, an object the token
+    // request cannot merge the CAE capability into.
+    for (n, claims) in ["%%%not-base64%%%", "WzFd", "eyJhY2Nlc3NfdG9rZW4iOjF9"]
+        .into_iter()
+        .enumerate()
+    {
+        resource.push(Answer::Unauthorized {
+            www_authenticate: Some(format!(
+                r#"Bearer error="insufficient_claims", claims="{claims}""#
+            )),
+            body: String::new(),
+        });
+        let response = call(&mut service, get(&resource, "/")).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{claims}");
+        assert_eq!(resource.count(), n + 1, "{claims}: not re-sent");
+    }
+    // Each 401 dropped the token, which the credential's cache gave again.
+    assert_eq!(authority.token_posts(), 1);
 }
 
 /// A claims challenge the credential cannot satisfy (the user must pass MFA again, say):
