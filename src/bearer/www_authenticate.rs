@@ -17,7 +17,9 @@
 //! challenges separated by whitespace only (`Bearer a="x" Bearer a="x"`), empty list elements
 //! and trailing commas, whitespace around `=`, and unquoted values containing `/` or `=`
 //! (such as unquoted base64). It never panics: a challenge that cannot be parsed ends that
-//! header line, keeping the challenges before it; a line that is not visible ASCII is skipped.
+//! header line, keeping the challenges before it. Bytes outside ASCII (obs-text, such as a
+//! `realm` in UTF-8 or Latin-1) are read as UTF-8, invalid sequences replaced: every delimiter
+//! is ASCII, so they can only be part of a value, and the rest of the line is still read.
 //!
 //! Crate-private: the layer needs only the CAE decision, which is public as
 //! [`claims_challenge`](super::claims_challenge); a general header parser would be a promise
@@ -70,14 +72,15 @@ impl Challenge {
 /// Parses every challenge of every `WWW-Authenticate` header line in `headers`, in order.
 ///
 /// Malformed input never panics: a challenge that cannot be parsed ends parsing of that header
-/// line (challenges parsed before it are kept). A line that is not visible ASCII (for which
-/// [`http::HeaderValue::to_str`] fails) is skipped.
+/// line (challenges parsed before it are kept). Bytes outside ASCII are read as UTF-8 (invalid
+/// sequences replaced), not a reason to skip the line: a CAE challenge beside a non-ASCII
+/// `realm` must still be found, as azure-core finds it.
 pub(crate) fn parse_challenges(headers: &http::HeaderMap) -> Vec<Challenge> {
     headers
         .get_all(http::header::WWW_AUTHENTICATE)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(parse_challenge_value)
+        // Borrowed, no copy, for a line in UTF-8 (ASCII included).
+        .flat_map(|value| parse_challenge_value(&String::from_utf8_lossy(value.as_bytes())))
         .collect()
 }
 
