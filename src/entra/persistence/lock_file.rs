@@ -28,6 +28,9 @@ pub(super) const DEAD_HOLDER_GRACE: Duration = Duration::from_secs(2);
 const LOCK_SUFFIX: &str = ".lockfile";
 /// Longest excerpt of a lock file's content quoted in errors and logs.
 const HOLDER_MAX_CHARS: usize = 120;
+/// Attempts made one right after another (the lock vanished or was broken) before pausing: a
+/// name that keeps changing under us must not spin a core for the whole lock timeout.
+const QUICK_RETRIES: u32 = 3;
 
 impl<D: Document> CacheFile<D> {
     /// Creates the lock file, waiting for other holders up to the lock timeout and removing
@@ -35,6 +38,7 @@ impl<D: Document> CacheFile<D> {
     pub(super) async fn acquire_lock(&self) -> Result<LockGuard, PersistenceError> {
         let started = Instant::now();
         let mut holder = None;
+        let mut quick = 0_u32;
         loop {
             let lock_path = self.lock_path.clone();
             let retry_now =
@@ -58,7 +62,10 @@ impl<D: Document> CacheFile<D> {
                     },
                 });
             }
-            if !retry_now {
+            if retry_now && quick < QUICK_RETRIES {
+                quick = quick.saturating_add(1);
+            } else {
+                quick = 0;
                 let left = self.lock_timeout.saturating_sub(waited);
                 tokio::time::sleep(LOCK_RETRY_INTERVAL.min(left)).await;
             }
@@ -95,6 +102,27 @@ pub(super) struct LockGuard {
     /// the file is removed, so that no breaker can find the name free of a holder while it
     /// still names our file.
     file: File,
+}
+
+impl LockGuard {
+    /// Fails unless the lock file's name still points to our file. Someone who removed it (by
+    /// hand, or `msal-extensions` with `portalocker`, which removes the name when done even if
+    /// it locked a file that was ours) may have let another writer in: writing now could undo
+    /// that writer's change, so the caller writes nothing.
+    pub(super) fn check_held(&self) -> Result<(), PersistenceError> {
+        match inode_at(&self.path) {
+            Ok(Some(inode)) if inode == self.inode => Ok(()),
+            Ok(_) => Err(PersistenceError::io(
+                "keep the lock file",
+                &self.path,
+                io::Error::other(
+                    "another process removed or replaced it while this one held it; the token \
+                     cache was not written, so that its changes are kept",
+                ),
+            )),
+            Err(e) => Err(PersistenceError::io("keep the lock file", &self.path, e)),
+        }
+    }
 }
 
 impl Drop for LockGuard {
@@ -239,9 +267,9 @@ fn try_flock(_file: &File) -> Flock {
     Flock::Unsupported
 }
 
-/// The inode the lock file's name points to now; `None` if it is gone.
+/// The inode the lock file's name points to now (a symbolic link's own); `None` if it is gone.
 fn inode_at(lock_path: &Path) -> io::Result<Option<u64>> {
-    match fs::metadata(lock_path) {
+    match fs::symlink_metadata(lock_path) {
         Ok(meta) => Ok(Some(inode(&meta))),
         Err(e) if is_missing(&e) => Ok(None),
         Err(e) => Err(e),
@@ -303,13 +331,14 @@ fn try_lock(lock_path: &Path) -> Result<LockAttempt, PersistenceError> {
 fn observe_busy_lock(lock_path: &Path) -> Result<LockAttempt, PersistenceError> {
     const READ: &str = "read the lock file";
     const REMOVE: &str = "remove the stale lock file";
-    let meta = match fs::metadata(lock_path) {
+    let meta = match fs::symlink_metadata(lock_path) {
         Ok(meta) => meta,
         Err(e) if is_missing(&e) => return Ok(LockAttempt::Vanished),
         Err(e) => return Err(PersistenceError::io(READ, lock_path, e)),
     };
     if !meta.is_file() {
-        // A FIFO would block the open for ever, a directory would never go away.
+        // A FIFO would block the open for ever, a directory would never go away, a symbolic
+        // link (dangling, say) is no lock `msal-extensions` can take either.
         let error = io::Error::new(
             io::ErrorKind::InvalidInput,
             "it is not a regular file; remove it",
@@ -335,16 +364,73 @@ fn observe_busy_lock(lock_path: &Path) -> Result<LockAttempt, PersistenceError> 
     let Some(reason) = observed.stale_reason() else {
         return Ok(LockAttempt::Busy(observed));
     };
-    match fs::remove_file(lock_path) {
-        Ok(()) => tracing::warn!(
+    let removed = match flock {
+        // Under its flock, no writer of ours can take or remove the name meanwhile.
+        Flock::Held => match fs::remove_file(lock_path) {
+            Ok(()) => true,
+            Err(e) if is_missing(&e) => false,
+            Err(e) => return Err(PersistenceError::io(REMOVE, lock_path, e)),
+        },
+        // Another breaker may have removed it since, and a writer taken the name.
+        Flock::Unsupported | Flock::Busy => break_unflocked(lock_path, &observed)?,
+    };
+    if removed {
+        tracing::warn!(
             lock_file = %lock_path.display(),
             holder = %observed.holder(),
             "removed a stale token cache lock file: {reason}"
-        ),
-        Err(e) if is_missing(&e) => {}
-        Err(e) => return Err(PersistenceError::io(REMOVE, lock_path, e)),
+        );
     }
     Ok(LockAttempt::BrokeStale)
+}
+
+/// Removes the stale lock `observed` where `flock` does not work: renamed aside first, and if
+/// the file renamed is not the one judged stale (a writer took the name after another breaker
+/// removed it), linked back while the name is still free. Returns whether it was removed.
+fn break_unflocked(lock_path: &Path, observed: &LockObservation) -> Result<bool, PersistenceError> {
+    const REMOVE: &str = "remove the stale lock file";
+    // Moved aside under a fresh name `<lock>.stale.<pid>.<random>` beside it.
+    let mut prefix = lock_path.file_name().unwrap_or_default().to_os_string();
+    prefix.push(format!(".stale.{}.", std::process::id()));
+    let aside = match tempfile::Builder::new()
+        .prefix(&prefix)
+        .make_in(parent_dir(lock_path), |name| fs::rename(lock_path, name))
+    {
+        Ok(aside) => aside,
+        Err(e) if is_missing(&e) => return Ok(false),
+        Err(e) => return Err(PersistenceError::io(REMOVE, lock_path, e)),
+    };
+    let moved = File::open(aside.path())
+        .and_then(|file| LockObservation::read(&file))
+        .ok();
+    let was_stale_one = moved.as_ref() == Some(observed);
+    if !was_stale_one {
+        if let Err(error) = fs::hard_link(aside.path(), lock_path) {
+            tracing::warn!(lock_file = %lock_path.display(), %error, "could not restore a token cache lock file taken for stale");
+        }
+    }
+    let aside_path = aside.path().to_path_buf();
+    if let Err(error) = aside.close() {
+        tracing::warn!(path = %aside_path.display(), %error, "could not remove a stale token cache lock file");
+    }
+    Ok(was_stale_one)
+}
+
+/// [`break_unflocked`] for the tests, which cannot turn `flock` off.
+#[cfg(test)]
+pub(super) fn break_without_flock(
+    lock_path: &Path,
+    observed: &LockObservation,
+) -> Result<bool, PersistenceError> {
+    break_unflocked(lock_path, observed)
+}
+
+/// Looks at the lock file, for the tests.
+#[cfg(test)]
+pub(super) fn observe(lock_path: &Path) -> LockObservation {
+    File::open(lock_path)
+        .and_then(|file| LockObservation::read(&file))
+        .expect("a lock file to look at")
 }
 
 /// One attempt to take the lock, named by its outcome; a lock taken is released at once.

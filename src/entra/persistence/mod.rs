@@ -19,8 +19,10 @@
 //!   does when `portalocker` is installed. A lock that is `flock`ed is never stale, whatever
 //!   its age or pid say; a breaker `flock`s a lock before judging it and removes it only then,
 //!   after checking that the name still points to that file, so it never removes a lock taken
-//!   after it looked. Without `flock` (not unix, or a file system without it) the name and the
-//!   age and pid rules alone decide.
+//!   after it looked. Without `flock` (not unix, or a file system without it) the age and pid
+//!   rules alone decide, and a breaker renames a stale lock aside and links it back if it is
+//!   not the file it judged. Right before it writes, a writer checks that the lock file's name
+//!   still points to its own file; if someone removed it, it writes nothing and says so.
 //! * Under the lock, a writer re-reads the file (the in-memory copy is never trusted there),
 //!   applies its change and writes the result. A file that exists but does not parse is never
 //!   overwritten: the error is returned and the file is left as it is.
@@ -167,7 +169,7 @@ impl<D: Document> CacheFile<D> {
         let path = self.path.clone();
         // The lock guard moves into the blocking task and is dropped there, on every path.
         let (value, snapshot) = run_blocking(&self.path, move || {
-            let _lock = lock;
+            let lock = lock;
             let loaded = load::<D>(&path, false)?;
             let mut doc = loaded.doc;
             let value = change(&mut doc);
@@ -175,6 +177,7 @@ impl<D: Document> CacheFile<D> {
             let (file, recent) = if loaded.bytes.as_deref() == Some(bytes.as_slice()) {
                 (loaded.file, loaded.recent)
             } else {
+                lock.check_held()?;
                 let stamp = write_document(&path, &bytes)?;
                 (Some(stamp), stamp.is_recent())
             };

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::error::{Kind, PersistenceError, seconds};
 use super::lock_file::{
     DEAD_HOLDER_GRACE, LOCK_RETRY_INTERVAL, LockObservation, STALE_LOCK_AGE, attempt_once,
-    lock_content, lock_path_of,
+    break_without_flock, lock_content, lock_path_of, observe,
 };
 use super::reader::{PARSE_RETRIES, Stamp};
 use super::{CacheFile, Document};
@@ -549,6 +549,61 @@ fn an_unflocked_stale_lock_is_removed_and_a_fresh_one_kept() {
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "nothing left");
 }
 
+// Where flock does not work, a breaker renames the lock aside and checks it is the one it
+// judged: another breaker may have removed that one, and a writer taken the name, meanwhile.
+#[test]
+fn without_flock_a_stale_lock_replaced_by_a_live_one_is_put_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let lock = plant_lock(&path, std::process::id(), "old", STALE_LOCK_AGE * 2);
+    let observed = observe(&lock);
+    assert!(observed.stale_reason().is_some());
+    fs::remove_file(&lock).unwrap();
+    fs::write(&lock, "4242 live").unwrap();
+    assert!(!break_without_flock(&lock, &observed).unwrap());
+    assert_eq!(fs::read_to_string(&lock).unwrap(), "4242 live");
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, [lock.file_name().unwrap()], "nothing left aside");
+    // The one judged stale is removed.
+    let observed = observe(&lock);
+    assert!(break_without_flock(&lock, &observed).unwrap());
+    assert!(!lock.exists());
+}
+
+// `msal-extensions` with `portalocker` removes the lock file's name when it is done, even when
+// the file it locked was ours: another writer may then hold the name while we still write.
+#[tokio::test]
+async fn a_writer_whose_lock_was_taken_from_it_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    fs::write(&path, r#"{"AccessToken": {"a": {}}}"#).unwrap();
+    let lock = lock_path_of(&path);
+    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let err = file
+        .modify(move |doc| {
+            fs::remove_file(&lock).unwrap();
+            fs::write(&lock, "4242 other").unwrap();
+            doc.add("b");
+        })
+        .await
+        .unwrap_err();
+    assert!(!err.is_lock_timeout() && !err.is_malformed(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("another process removed or replaced it"),
+        "{err}"
+    );
+    assert_eq!(file_keys(&path), ["a"], "not written");
+    assert_eq!(
+        fs::read_to_string(lock_path_of(&path)).unwrap(),
+        "4242 other",
+        "the other writer's lock is left alone"
+    );
+}
+
 #[tokio::test]
 async fn a_lock_path_that_is_not_a_file_is_an_error_not_a_wait() {
     let dir = tempfile::tempdir().unwrap();
@@ -560,10 +615,14 @@ async fn a_lock_path_that_is_not_a_file_is_an_error_not_a_wait() {
         .status()
         .expect("mkfifo (coreutils) runs");
     assert!(mkfifo.success());
-    for what in ["a FIFO", "a directory"] {
+    for what in ["a FIFO", "a directory", "a dangling symbolic link"] {
         if what == "a directory" {
             fs::remove_file(&lock).unwrap();
             fs::create_dir(&lock).unwrap();
+        }
+        if what == "a dangling symbolic link" {
+            fs::remove_dir(&lock).unwrap();
+            std::os::unix::fs::symlink(dir.path().join("nowhere"), &lock).unwrap();
         }
         let err = file.modify(|doc| doc.add("x")).await.unwrap_err();
         assert!(!err.is_lock_timeout(), "{what}: {err}");
