@@ -21,7 +21,8 @@
 //!
 //! A request whose body cannot be cloned (`reqwest::Request::try_clone` says no, as for a
 //! stream) is sent once: a claims challenge for it still gets the token for its claims, for
-//! the requests after it, and the 401 is returned, not an error.
+//! the requests after it, and the 401 is returned. Only when that token cannot be had is the
+//! answer the credential's error, as for a request that could be sent again.
 //! Errors of the middleware are `reqwest_middleware::Error::Middleware` holding a
 //! [`CredentialError`] or a [`BearerError`].
 

@@ -296,7 +296,10 @@ impl Inner {
         let mut interval = code.interval;
         loop {
             // The last stretch is polled too: at the deadline when the next poll would be
-            // later (a user who signed in just before it is not turned away).
+            // later (a user who signed in just before it is not turned away). That last poll
+            // may come sooner than the interval after the one before (RFC 8628 §3.5 asks for
+            // the interval); a server that minds answers `slow_down`, which ends the wait as
+            // the deadline would have.
             let next = Instant::now()
                 .checked_add(interval)
                 .map_or(deadline, |next| next.min(deadline));

@@ -23,9 +23,10 @@ use crate::redact::MAX_QUOTED_CHARS;
 ///   to prevent.
 /// * Anything else (a buffer whose worker closed, a load shedder's overload, an error of your
 ///   own layer) is *authentication failed* too, quoting the middleware's error, scrubbed. The
-///   error itself is not kept as the [`source`](std::error::Error::source): its `Display` or
-///   `Debug` may quote a token, and `Debug` of ours or an error reporter's "caused by" would
-///   print it.
+///   error is kept as the [`source`](std::error::Error::source) (to downcast, say to
+///   `tower::load_shed::error::Overloaded`) only when neither it nor its own sources show
+///   anything scrubbing would mask, in `Display` or `Debug`: our `Debug`, and an error
+///   reporter's "caused by", print it.
 pub(super) fn credential_error(name: Cow<'static, str>, error: BoxError) -> CredentialError {
     let error = match error.downcast::<CredentialError>() {
         Ok(error) => return *error,
@@ -46,10 +47,34 @@ pub(super) fn credential_error(name: Cow<'static, str>, error: BoxError) -> Cred
         .with_source(error);
     }
     let text = crate::redact::excerpt(error.to_string().as_bytes(), &[], MAX_QUOTED_CHARS);
-    CredentialError::authentication_failed(
+    let failed = CredentialError::authentication_failed(
         name,
         format!("the middleware around the credential failed: {text}"),
-    )
+    );
+    if shows_no_secret(&*error) {
+        failed.with_source(error)
+    } else {
+        failed
+    }
+}
+
+/// Whether `error` and its sources show nothing [`scrub`](crate::redact::scrub) would mask,
+/// in `Display` or `Debug`. A chain deeper than any real one counts as showing something.
+fn shows_no_secret(error: &(dyn std::error::Error + 'static)) -> bool {
+    const MAX_DEPTH: usize = 16;
+    let mut next = Some(error);
+    for _ in 0..MAX_DEPTH {
+        let Some(error) = next else {
+            return true;
+        };
+        for text in [error.to_string(), format!("{error:?}")] {
+            if crate::redact::scrub(&text, &[]) != text {
+                return false;
+            }
+        }
+        next = error.source();
+    }
+    next.is_none()
 }
 
 #[cfg(test)]
@@ -82,13 +107,18 @@ mod tests {
     }
 
     #[test]
-    fn other_errors_are_quoted_scrubbed_and_not_kept() {
+    fn other_errors_are_quoted_scrubbed_and_kept_only_when_they_show_no_secret() {
         let back = credential_error(NAME, "buffer's worker closed unexpectedly".into());
         assert!(back.is_authentication_failed());
         assert!(!back.is_transient());
         assert_eq!(
             back.to_string(),
             "Wrapped: the middleware around the credential failed: buffer's worker closed unexpectedly"
+        );
+        assert_eq!(
+            back.source().map(ToString::to_string).as_deref(),
+            Some("buffer's worker closed unexpectedly"),
+            "kept, to downcast"
         );
 
         // An error of the user's own layer that quotes a token: masked in the message, and

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRAILER, TRANSFER_ENCODING};
 use http_body::{Frame, SizeHint};
 
 use super::{NotReplayable, Reason};
@@ -165,12 +165,15 @@ impl Recorder {
 
 /// The body length a request declares, as hyper's HTTP/1 client takes it: none with a
 /// `Transfer-Encoding` (chunked, read to its end), else its `Content-Length`, else the body's
-/// exact size hint.
+/// exact size hint. None either when the request announces trailers (`Trailer`): they come
+/// after the data, and a body cut at its length would lose them. (An HTTP/2 body with trailers
+/// it did not announce, answered with a 401 between its last data and its trailers, is still
+/// re-sent without them.)
 fn declared_length(headers: Option<&HeaderMap>, hint: Option<u64>) -> Option<u64> {
     let Some(headers) = headers else {
         return hint;
     };
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if headers.contains_key(TRANSFER_ENCODING) || headers.contains_key(TRAILER) {
         return None;
     }
     match headers.get(CONTENT_LENGTH) {

@@ -452,6 +452,18 @@ async fn a_body_that_yielded_its_declared_length_is_whole_without_being_polled_t
         replay.into_body_for(&chunked).is_err(),
         "hyper ignores the length"
     );
+    // Trailers announced: they follow the data, so the end is still to come.
+    let mut announced = length("8");
+    announced.insert(
+        http::header::TRAILER,
+        HeaderValue::from_static("x-checksum"),
+    );
+    let (first, replay) = ReplayBody::new(script()).prepare(64);
+    first_two(first).await;
+    assert!(
+        replay.into_body_for(&announced).is_err(),
+        "trailers to come"
+    );
 }
 
 #[tokio::test]

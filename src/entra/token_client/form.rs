@@ -229,14 +229,13 @@ pub(crate) fn claims_field(
     let xms_cc = access_token
         .entry("xms_cc")
         .or_insert_with(|| serde_json::json!({ "values": [] }));
-    let values = match xms_cc {
-        Value::Object(cc) => cc
-            .entry("values")
-            .or_insert_with(|| Value::Array(Vec::new())),
-        _ => return Err("claims: \"xms_cc\" must be a JSON object".into()),
-    };
-    let Value::Array(values) = values else {
-        return Err("claims: \"xms_cc.values\" must be a JSON array".into());
+    // An `xms_cc` or `values` of another shape is replaced, as msal replaces `xms_cc` whole:
+    // it says what this client can do, which is ours to say.
+    if !xms_cc.get("values").is_some_and(Value::is_array) {
+        *xms_cc = serde_json::json!({ "values": [] });
+    }
+    let Some(Value::Array(values)) = xms_cc.get_mut("values") else {
+        return Err("claims: \"xms_cc.values\" could not be set".into());
     };
     if !values.iter().any(|v| v == CAE_CAPABILITY) {
         values.push(Value::String(CAE_CAPABILITY.into()));

@@ -188,6 +188,18 @@ fn cae_capability_is_merged_into_claims() {
     assert_eq!(claims_field(Some(has_cp1), true).unwrap().unwrap(), has_cp1);
     assert!(claims_field(Some("[1]"), false).is_err());
     assert!(claims_field(Some(r#"{"access_token":1}"#), true).is_err());
+    // An `xms_cc` of another shape is replaced, as msal replaces it.
+    for odd in [
+        r#"{"access_token":{"xms_cc":[]}}"#,
+        r#"{"access_token":{"xms_cc":{"values":"CP1"}}}"#,
+        r#"{"access_token":{"xms_cc":{"other":1}}}"#,
+    ] {
+        assert_eq!(
+            claims_field(Some(odd), true).unwrap().unwrap(),
+            r#"{"access_token":{"xms_cc":{"values":["CP1"]}}}"#,
+            "{odd}"
+        );
+    }
 }
 
 #[test]
