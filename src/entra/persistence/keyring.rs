@@ -132,9 +132,17 @@ impl<D: Document> KeyringCache<D> {
         let value = change(&mut doc);
         let bytes = doc.to_bytes();
         let changed = stored.as_deref() != Some(bytes.as_slice());
-        if changed {
+        let lock = if changed {
+            // As the file's writer does (see `LockGuard::check_held`), on the blocking pool.
+            let lock = run_blocking(&self.target.signal, move || {
+                lock.check_held().map(|()| lock)
+            })
+            .await?;
             keyring.save(&bytes).await?;
-        }
+            lock
+        } else {
+            lock
+        };
         let signal = self.target.signal.clone();
         // The lock guard's removal is file I/O too: it is dropped on the blocking pool.
         run_blocking(&self.target.signal, move || {
