@@ -1,7 +1,7 @@
 //! The queries the credentials make: access tokens covering some scopes, refresh tokens of an
 //! account, accounts holding a family refresh token.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::raw::Entry;
 use super::views::{
@@ -86,6 +86,9 @@ impl CacheDocument {
         };
         self.entries(ACCESS_TOKEN)
             .iter()
+            // msal keeps tokens asked for with extra parameters (an FMI path, say) under an
+            // `ext_cache_key`, for queries with the same key only; we never make one.
+            .filter(|(_, e)| e.raw("ext_cache_key").is_none())
             .filter(move |(_, e)| wanted_account(e))
             .filter_map(|(name, e)| {
                 read_entry(ACCESS_TOKEN, name.text(), e, access_token_view)
@@ -109,27 +112,39 @@ impl CacheDocument {
     }
 
     /// Refresh tokens of an account at the given hosts, optionally of one client and
-    /// optionally family tokens only. Document order.
+    /// optionally family tokens only. Newest first by `last_modification_time`, as msal tries
+    /// them (a token that failed stays in a shared file, and an old one first in the file
+    /// would cost a failed request on every renewal); document order among equals.
     pub fn find_refresh_tokens(&self, q: &RefreshTokenQuery<'_>) -> Vec<RefreshToken> {
         // Entries of other accounts are passed over before their view (and secret) is built.
-        self.entries(REFRESH_TOKEN)
+        let mut found: Vec<(u64, RefreshToken)> = self
+            .entries(REFRESH_TOKEN)
             .iter()
             .filter(|(_, e)| {
                 e.lenient_str("home_account_id").unwrap_or_default() == q.home_account_id
             })
-            .filter_map(|(name, e)| read_entry(REFRESH_TOKEN, name.text(), e, refresh_token_view))
-            .filter(|rt| {
+            .filter_map(|(name, e)| {
+                let modified = e.lenient_time("last_modification_time").unwrap_or(0);
+                read_entry(REFRESH_TOKEN, name.text(), e, refresh_token_view)
+                    .map(|rt| (modified, rt))
+            })
+            .filter(|(_, rt)| {
                 rt.home_account_id == q.home_account_id
                     && env_matches(q.environments, &rt.environment)
                     && q.client_id.is_none_or(|c| rt.client_id == c)
                     && (!q.family_only || rt.family_id.as_deref().is_some_and(|f| !f.is_empty()))
             })
-            .collect()
+            .collect();
+        // Stable: document order among equals.
+        found.sort_by(|(a, _), (b, _)| b.cmp(a));
+        found.into_iter().map(|(_, rt)| rt).collect()
     }
 
     /// The accounts that have a family (FOCI) refresh token: `Account` entries at one of
     /// `environments` with a family refresh token of the same `home_account_id` at one of
-    /// `environments`, one per `home_account_id` (the first in document order). What
+    /// `environments`, one per `home_account_id` (the first in document order with a
+    /// username, else the first: azure-identity writes accounts without one after a refresh,
+    /// and a `username` filter must still find the account). What
     /// SharedTokenCacheCredential chooses from. Linear in the document: one pass over the
     /// refresh tokens, one over the accounts.
     pub fn accounts_with_family_refresh_tokens(&self, environments: &[&str]) -> Vec<Account> {
@@ -143,15 +158,29 @@ impl CacheDocument {
             })
             .map(|rt| rt.home_account_id)
             .collect();
-        let mut seen = HashSet::new();
-        self.accounts()
-            .into_iter()
-            .filter(|a| {
-                env_matches(environments, &a.environment)
-                    && holders.contains(&a.home_account_id)
-                    && seen.insert(a.home_account_id.clone())
-            })
-            .collect()
+        let mut chosen: Vec<Account> = Vec::new();
+        let mut at: HashMap<String, usize> = HashMap::new();
+        for account in self.accounts() {
+            if !env_matches(environments, &account.environment)
+                || !holders.contains(&account.home_account_id)
+            {
+                continue;
+            }
+            match at
+                .get(&account.home_account_id)
+                .and_then(|&i| chosen.get_mut(i))
+            {
+                Some(kept) if kept.username.is_empty() && !account.username.is_empty() => {
+                    *kept = account;
+                }
+                Some(_) => {}
+                None => {
+                    at.insert(account.home_account_id.clone(), chosen.len());
+                    chosen.push(account);
+                }
+            }
+        }
+        chosen
     }
 }
 

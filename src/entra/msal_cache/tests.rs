@@ -712,6 +712,60 @@ fn find_access_tokens_accepts_host_aliases_and_skips_non_bearer_tokens() {
     );
 }
 
+// msal 1.39 keeps tokens asked for with extra body parameters (an FMI path) apart, under an
+// `ext_cache_key`, and finds them only for queries with the same key.
+#[test]
+fn access_tokens_kept_under_an_ext_cache_key_are_not_found() {
+    let doc = parse(
+        r#"{
+    "AccessToken": {
+        "-login.microsoftonline.com-atext-app-1-contoso-api://x/.default-abc": {
+            "credential_type": "AccessToken", "secret": "FMI-TOKEN", "home_account_id": null,
+            "environment": "login.microsoftonline.com", "client_id": "app-1", "realm": "contoso",
+            "target": "api://x/.default", "token_type": "Bearer", "cached_at": "1795324123",
+            "expires_on": "4102444800", "ext_cache_key": "abc"
+        }
+    }
+}"#,
+    );
+    let q = AccessTokenQuery {
+        home_account_id: Some(None),
+        environments: PUBLIC,
+        client_id: Some("app-1"),
+        realm: Some("contoso"),
+        scopes: &scopes(&["api://x/.default"]),
+    };
+    assert!(find(&doc, &q).is_empty());
+}
+
+// msal tries refresh tokens newest first: one that failed stays in a shared file, and an old
+// one first in the file would cost a failed request on every renewal.
+#[test]
+fn refresh_tokens_are_found_newest_first() {
+    let doc = parse(
+        r#"{
+    "RefreshToken": {
+        "old": {"secret": "OLD", "home_account_id": "h", "environment": "login.microsoftonline.com", "client_id": "a", "family_id": "1", "last_modification_time": "1600000000"},
+        "undated": {"secret": "UNDATED", "home_account_id": "h", "environment": "login.microsoftonline.com", "client_id": "b", "family_id": "1"},
+        "new": {"secret": "NEW", "home_account_id": "h", "environment": "login.microsoftonline.com", "client_id": "c", "family_id": "1", "last_modification_time": 1795324146},
+        "mid": {"secret": "MID", "home_account_id": "h", "environment": "login.microsoftonline.com", "client_id": "d", "family_id": "1", "last_modification_time": "1700000000"}
+    }
+}"#,
+    );
+    let q = RefreshTokenQuery {
+        home_account_id: "h",
+        environments: PUBLIC,
+        client_id: None,
+        family_only: true,
+    };
+    let order: Vec<String> = doc
+        .find_refresh_tokens(&q)
+        .into_iter()
+        .map(|t| t.secret.expose_secret().to_owned())
+        .collect();
+    assert_eq!(order, ["NEW", "MID", "OLD", "UNDATED"]);
+}
+
 #[test]
 fn find_refresh_tokens_filters_family_tokens_clients_and_hosts_but_not_targets() {
     let mut doc = CacheDocument::empty();
@@ -1436,6 +1490,27 @@ fn accounts_with_family_refresh_tokens_are_those_the_reference_selects() {
         doc.accounts_with_family_refresh_tokens(&["login.chinacloudapi.cn"])
             .is_empty()
     );
+
+    // azure-identity writes an account without a username after a refresh: the one with a
+    // username is chosen, so that a `username` filter finds it.
+    let doc = parse(
+        r#"{
+    "RefreshToken": {
+        "rt": {"secret": "s", "home_account_id": "uid.H", "environment": "login.microsoftonline.com", "client_id": "x", "family_id": "1"}
+    },
+    "Account": {
+        "uid.h-login.microsoftonline.com-organizations": {"home_account_id": "uid.H", "environment": "login.microsoftonline.com", "realm": "organizations", "username": ""},
+        "uid.h-login.microsoftonline.com-contoso": {"home_account_id": "uid.H", "environment": "login.microsoftonline.com", "realm": "contoso", "username": "alice@contoso.com"},
+        "uid.h-login.microsoftonline.com-other": {"home_account_id": "uid.H", "environment": "login.microsoftonline.com", "realm": "other", "username": "alias@contoso.com"}
+    }
+}"#,
+    );
+    let names: Vec<String> = doc
+        .accounts_with_family_refresh_tokens(PUBLIC)
+        .into_iter()
+        .map(|a| a.username)
+        .collect();
+    assert_eq!(names, ["alice@contoso.com"]);
 }
 
 #[test]
