@@ -34,12 +34,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::refresh_tokens::{Redeem, Silent, Stores};
+use super::refresh_tokens::{Redeem, Silent, Stores, answer_account, with_sign_in_advice};
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
-use crate::entra::token_client::{TokenClient, authorization_code_form};
+use crate::entra::token_client::{TokenClient, authorization_code_form, refresh_token_form};
 use crate::error::{ConfigError, CredentialError};
 use crate::flight::{Flight, SingleFlight, WhenAbandoned};
 use crate::token::{AccessToken, Secret, TokenRequest};
@@ -68,6 +68,8 @@ struct Inner {
 struct CodeState {
     code: Option<Secret>,
     account: Option<String>,
+    /// The last refresh token the cache could not be written with: the only copy.
+    unwritten: Option<Secret>,
 }
 
 /// What the redemption obtained, and for which request.
@@ -78,6 +80,7 @@ struct Redeemed {
     scopes: Vec<String>,
     cae: bool,
     account: Option<String>,
+    unwritten: Option<Secret>,
 }
 
 enum Step {
@@ -148,6 +151,7 @@ impl Inner {
                             if let Ok(redeemed) = &result {
                                 state.code = None;
                                 state.account.clone_from(&redeemed.account);
+                                state.unwritten.clone_from(&redeemed.unwritten);
                             }
                             result
                         });
@@ -214,7 +218,8 @@ impl Inner {
                 scopes: &scopes,
                 claims: None,
             };
-            let account = redeem.record(&response, None).await;
+            let written = redeem.record(&response, None).await;
+            let account = answer_account(&response);
             if account.is_none() {
                 tracing::warn!(
                     "the authorization code's answer named no account: later requests cannot use its refresh token"
@@ -226,6 +231,11 @@ impl Inner {
                 scopes,
                 cae,
                 account,
+                unwritten: if written {
+                    None
+                } else {
+                    response.refresh_token
+                },
             })
         }
     }
@@ -246,12 +256,65 @@ impl Inner {
             client_id: &self.client_id,
             client_secret: self.client_secret.as_ref(),
         };
-        match silent.token(account, tenant, scopes, cae, claims).await? {
+        match silent
+            .token(account, tenant, scopes, cae, claims.clone())
+            .await?
+        {
             Some(token) => Ok(token),
-            None => Err(sign_in_again(
-                "no cached token and no refresh token for the account",
-            )),
+            None => self.unwritten(tenant, scopes, cae, claims).await,
         }
+    }
+
+    /// Redeems the refresh token kept in memory because the cache could not be written, and
+    /// records the answer; the token is forgotten once the cache holds its successor.
+    async fn unwritten(
+        &self,
+        tenant: &str,
+        scopes: &[String],
+        cae: bool,
+        claims: Option<String>,
+    ) -> Result<AccessToken, CredentialError> {
+        let Some(refresh_token) = self.state.lock().unwritten.clone() else {
+            return Err(sign_in_again(
+                "no cached token and no refresh token for the account",
+            ));
+        };
+        let form = refresh_token_form(
+            &self.client_id,
+            &refresh_token,
+            scopes,
+            claims,
+            self.client_secret.as_ref(),
+        );
+        let response = match self.client.request(NAME, tenant, form).await {
+            Ok(response) => response,
+            Err(error) if error.error_code() == Some("invalid_grant") => {
+                // Ours alone, as in a private in-memory store: drop it (see `first_success`).
+                self.state.lock().unwritten = None;
+                return Err(with_sign_in_advice(NAME, error));
+            }
+            Err(error) => return Err(error),
+        };
+        let (store, _) = self.stores.for_request(cae);
+        let redeem = Redeem {
+            credential: NAME,
+            client: &self.client,
+            store,
+            client_id: &self.client_id,
+            client_secret: self.client_secret.as_ref(),
+            tenant,
+            scopes,
+            claims: None,
+        };
+        let written = redeem.record(&response, None).await;
+        let mut state = self.state.lock();
+        if written {
+            state.unwritten = None;
+        } else if let Some(rotated) = &response.refresh_token {
+            state.unwritten = Some(rotated.clone());
+        }
+        drop(state);
+        Ok(response.token)
     }
 }
 
@@ -374,6 +437,7 @@ impl AuthorizationCodeCredentialBuilder {
                     CodeState {
                         code: Some(self.code),
                         account: None,
+                        unwritten: None,
                     },
                 ),
             }),

@@ -46,7 +46,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::refresh_tokens::{Redeem, Silent, Stores};
+use super::refresh_tokens::{Redeem, Silent, Stores, answer_account};
 use super::settings::Settings;
 use super::shared_token_cache::AZURE_CLI_CLIENT_ID;
 use super::{Plan, arc_credential_service};
@@ -269,7 +269,9 @@ impl Inner {
             scopes: &scopes,
             claims: None,
         };
-        let account = redeem.record(&response, None).await;
+        // A failed write is logged by `record`; the account comes from the answer itself.
+        redeem.record(&response, None).await;
+        let account = answer_account(&response);
         if account.is_none() {
             tracing::warn!(
                 "the device code sign-in's answer named no account: later requests cannot use its refresh token"

@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
+use serde_json::{Map, Value};
+
 use super::settings::Settings;
 use super::shared_token_cache;
+use crate::encoding::decode_base64;
 use crate::entra::msal_cache::{
     AccessTokenQuery, CacheDocument, NewTokens, RefreshToken, RefreshTokenQuery,
 };
@@ -215,13 +218,9 @@ impl Redeem<'_> {
 
     /// Records a token answer in the store, as MSAL does: the answer's scopes (else the
     /// requested ones) for the tenant, the refresh token replacing `replaces` (the key of the
-    /// one redeemed). Returns the account id. A failure to write is logged, not returned: the
-    /// token itself is good.
-    pub(crate) async fn record(
-        &self,
-        response: &TokenResponse,
-        replaces: Option<String>,
-    ) -> Option<String> {
+    /// one redeemed). Returns whether it was written. A failure to write is logged, not
+    /// returned: the token itself is good.
+    pub(crate) async fn record(&self, response: &TokenResponse, replaces: Option<String>) -> bool {
         let scopes: Vec<String> = match &response.scope {
             Some(scope) if !scope.trim().is_empty() => {
                 scope.split_whitespace().map(str::to_owned).collect()
@@ -280,17 +279,45 @@ impl Redeem<'_> {
             })
             .await;
         match written {
-            Ok(account) => account,
+            Ok(_) => true,
             Err(error) => {
                 tracing::warn!(credential = self.credential, %error, "the token was obtained but could not be written to the token cache");
-                None
+                false
             }
         }
     }
 }
 
+/// The account a token answer names, as the cache computes its `home_account_id`: `uid.utid`
+/// from client_info, else the id token's `sub`. Read from the answer, not from the cache
+/// write, so that an unwritable cache does not lose the account.
+pub(crate) fn answer_account(response: &TokenResponse) -> Option<String> {
+    let object = |text: &str| {
+        let bytes = decode_base64(text).ok()?;
+        serde_json::from_slice::<Map<String, Value>>(&bytes).ok()
+    };
+    let claim = |map: &Map<String, Value>, name: &str| {
+        map.get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let from_client_info = response.client_info.as_deref().and_then(|info| {
+        let map = object(info)?;
+        Some(format!("{}.{}", claim(&map, "uid")?, claim(&map, "utid")?))
+    });
+    from_client_info.or_else(|| {
+        let id_token = response.id_token.as_ref()?;
+        let map = object(id_token.expose_secret().split('.').nth(1)?)?;
+        claim(&map, "sub")
+    })
+}
+
 /// A refresh token's `invalid_grant` error, with what the user must do to get past it.
-fn with_sign_in_advice(credential: &'static str, error: CredentialError) -> CredentialError {
+pub(crate) fn with_sign_in_advice(
+    credential: &'static str,
+    error: CredentialError,
+) -> CredentialError {
     let advice = if credential == shared_token_cache::NAME {
         "To fix, sign in again with the developer tool that shares the token cache (Azure CLI: \
          'az login'; Visual Studio: re-enter the account under Azure Service Authentication). \

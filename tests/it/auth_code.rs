@@ -259,6 +259,49 @@ async fn with_a_cache_file_a_rejected_refresh_token_stays_in_the_file() {
 }
 
 #[tokio::test]
+async fn when_the_cache_file_cannot_be_written_the_refresh_token_still_serves_other_resources() {
+    let peer = peer();
+    let tenant = "authcode-unwritable";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("authcode-unwritable.nocae");
+    // Not a token cache: every write fails.
+    std::fs::write(&file, br#"{"AccessToken": []}"#).unwrap();
+    let code = peer
+        .authorization_code(tenant, CLIENT_ID, SIGN_IN, "omar@contoso.com")
+        .await;
+    let credential = AuthorizationCodeCredential::builder(tenant, CLIENT_ID, code, REDIRECT_URI)
+        .client_secret(CLIENT_SECRET)
+        .authority_host(&peer.base)
+        .http_client(peer.http())
+        .cache_options(
+            TokenCachePersistenceOptions::new()
+                .name("authcode-unwritable")
+                .directory(dir.path())
+                .allow_unencrypted_storage(true),
+        )
+        .build()
+        .unwrap();
+    credential.get_token([RESOURCE]).await.unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), br#"{"AccessToken": []}"#);
+
+    std::fs::write(&file, b"{}").unwrap();
+    let other = credential.get_token([OTHER]).await.unwrap();
+    assert_eq!(
+        jwt_claims(other.secret().expose_secret())["aud"],
+        "https://other.test"
+    );
+    let log = log_of(tenant).await;
+    assert_eq!(log.last().unwrap()["grant_type"], "refresh_token");
+    // Written now, the refresh token is the file's.
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(
+        doc["RefreshToken"].as_object().map(|s| s.len()),
+        Some(1),
+        "{doc:#}"
+    );
+}
+
+#[tokio::test]
 async fn with_cache_options_the_tokens_go_to_the_cache_file() {
     let peer = peer();
     let dir = tempfile::tempdir().unwrap();
