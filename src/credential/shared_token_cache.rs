@@ -20,7 +20,8 @@
 //! lists their usernames).
 //!
 //! Then: a cached access token of that account (any application wrote it) whose scopes cover
-//! the request and that has more than 300 s left; else the account's family refresh tokens,
+//! the request, for the requested or else the configured tenant if either is named (the
+//! reference takes any tenant's), and that has more than 300 s left; else the account's family refresh tokens,
 //! redeemed in turn as Azure CLI's public client at `organizations` (or the requested tenant).
 //! New tokens, the rotated refresh token included, are written back to the file under its
 //! lock. Every "cannot" is *unavailable*, so a chain moves on; a provider's refusal is
@@ -97,7 +98,12 @@ impl Inner {
         })?;
         let this = Arc::clone(self);
         plan.run(&self.memory, move |plan| async move {
-            let realm = plan.requested_tenant.as_deref();
+            // Tokens are redeemed at a named tenant: one cached for another tenant (a guest
+            // one) would be returned until it expires, then this one's.
+            let realm = plan
+                .requested_tenant
+                .as_deref()
+                .or(this.tenant_id.as_deref());
             this.acquire(&plan.tenant, realm, &plan.scopes, plan.cae, plan.claims)
                 .await
         })

@@ -206,6 +206,43 @@ async fn the_expired_access_token_found_is_deleted_when_the_new_one_is_written()
     assert_eq!(written["secret"], token.secret().expose_secret());
 }
 
+/// With a configured tenant, a token cached for another tenant (a guest one) is not returned:
+/// the refresh token is redeemed at the configured one instead.
+#[tokio::test]
+async fn a_configured_tenant_ignores_access_tokens_cached_for_another_tenant() {
+    let (peer, home) = (peer(), Home::new());
+    msal_signin(peer, &home, "contoso", FOCI_CLIENT_ID, "alice@contoso.com").await;
+    let mut doc = home.json();
+    let tokens = doc["AccessToken"].as_object_mut().unwrap();
+    assert_eq!(tokens.len(), 1, "{tokens:#?}");
+    let guest = tokens.values_mut().next().unwrap();
+    guest["realm"] = FABRIKAM_TID.into();
+    let guest_secret = guest["secret"].as_str().unwrap().to_owned();
+    std::fs::write(home.cache(), serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    let refresh_token = first_refresh_token(&home);
+
+    let credential = credential(peer, &home)
+        .tenant_id(CONTOSO_TID)
+        .build()
+        .unwrap();
+    let token = credential.get_token([RESOURCE]).await.unwrap();
+    assert!(
+        token.secret().expose_secret() != guest_secret,
+        "the guest tenant's token was returned"
+    );
+    assert_eq!(
+        jwt_claims(token.secret().expose_secret())["tid"],
+        CONTOSO_TID
+    );
+    let log = peer.token_log().await;
+    let redeem = log
+        .iter()
+        .rev()
+        .find(|e| e["form"]["refresh_token"] == refresh_token.as_str())
+        .expect("the refresh token was redeemed");
+    assert_eq!(redeem["tenant"], CONTOSO_TID);
+}
+
 /// The secret of the first refresh token in the cache file.
 fn first_refresh_token(home: &Home) -> String {
     home.json()["RefreshToken"]
