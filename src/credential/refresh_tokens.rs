@@ -4,11 +4,8 @@
 
 use std::time::Duration;
 
-use serde_json::{Map, Value};
-
 use super::settings::Settings;
 use super::shared_token_cache;
-use crate::encoding::decode_base64;
 use crate::entra::msal_cache::{
     AccessTokenQuery, CacheDocument, NewTokens, RefreshToken, RefreshTokenQuery,
 };
@@ -288,29 +285,13 @@ impl Redeem<'_> {
     }
 }
 
-/// The account a token answer names, as the cache computes its `home_account_id`: `uid.utid`
-/// from client_info, else the id token's `sub`. Read from the answer, not from the cache
-/// write, so that an unwritable cache does not lose the account.
+/// The account a token answer names, as the cache files it. Read from the answer, not from
+/// the cache write, so that an unwritable cache does not lose the account.
 pub(crate) fn answer_account(response: &TokenResponse) -> Option<String> {
-    let object = |text: &str| {
-        let bytes = decode_base64(text).ok()?;
-        serde_json::from_slice::<Map<String, Value>>(&bytes).ok()
-    };
-    let claim = |map: &Map<String, Value>, name: &str| {
-        map.get(name)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    };
-    let from_client_info = response.client_info.as_deref().and_then(|info| {
-        let map = object(info)?;
-        Some(format!("{}.{}", claim(&map, "uid")?, claim(&map, "utid")?))
-    });
-    from_client_info.or_else(|| {
-        let id_token = response.id_token.as_ref()?;
-        let map = object(id_token.expose_secret().split('.').nth(1)?)?;
-        claim(&map, "sub")
-    })
+    crate::entra::msal_cache::answer_account(
+        response.client_info.as_deref(),
+        response.id_token.as_ref().map(Secret::expose_secret),
+    )
 }
 
 /// A refresh token's `invalid_grant` error, with what the user must do to get past it.

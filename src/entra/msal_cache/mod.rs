@@ -72,7 +72,7 @@ use std::fmt;
 
 pub use error::DocumentError;
 pub use queries::{AccessTokenQuery, RefreshTokenQuery};
-pub use update::NewTokens;
+pub use update::{NewTokens, answer_account};
 pub use views::{Account, RefreshToken};
 // What only the fuzz targets and the benchmark name.
 #[cfg(feature = "fuzzing")]

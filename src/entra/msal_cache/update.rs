@@ -81,6 +81,28 @@ pub(super) fn client_info_ids(client_info: &str) -> Option<(String, String)> {
     ))
 }
 
+/// The account a token answer names, and the `uid` its Account entry falls back to: `uid.utid`
+/// from `client_info`, else the id token's `sub` (msal's ADFS rule).
+fn named_account(
+    client_info: Option<&str>,
+    claims: Option<&Map<String, Value>>,
+) -> (Option<String>, Option<String>) {
+    match (client_info.and_then(client_info_ids), claims) {
+        (Some((uid, utid)), _) => (Some(format!("{uid}.{utid}")), Some(uid)),
+        (None, Some(c)) => match claim(c, "sub") {
+            Some(sub) => (Some(sub.to_owned()), Some(sub.to_owned())),
+            None => (None, None),
+        },
+        (None, None) => (None, None),
+    }
+}
+
+/// The `home_account_id` a token answer names, as [`CacheDocument::add_token_response`] files
+/// it: for callers that must know the account even when the cache cannot be written.
+pub fn answer_account(client_info: Option<&str>, id_token: Option<&str>) -> Option<String> {
+    named_account(client_info, id_token.and_then(jwt_claims).as_ref()).0
+}
+
 impl CacheDocument {
     /// Records a token endpoint answer the way msal does, and returns the account's
     /// `home_account_id` (`None` for app-only answers, and for answers that name an account
@@ -111,15 +133,7 @@ impl CacheDocument {
     /// * **AppMetadata**: always, replacing the same key; `family_id` when `foci` is present.
     pub fn add_token_response(&mut self, r: &NewTokens<'_>) -> Option<String> {
         let claims = r.id_token.and_then(|t| jwt_claims(t.expose_secret()));
-        let ids = r.client_info.and_then(client_info_ids);
-        let (home_account_id, uid) = match (&ids, &claims) {
-            (Some((uid, utid)), _) => (Some(format!("{uid}.{utid}")), Some(uid.clone())),
-            (None, Some(c)) => match claim(c, "sub") {
-                Some(sub) => (Some(sub.to_owned()), Some(sub.to_owned())),
-                None => (None, None),
-            },
-            (None, None) => (None, None),
-        };
+        let (home_account_id, uid) = named_account(r.client_info, claims.as_ref());
         // Neither names the account, but a refresh grant's answer belongs to the account whose
         // refresh token it redeemed (providers that send no client_info, such as ADFS).
         let (home_account_id, uid) = match (home_account_id, r.replaces) {
