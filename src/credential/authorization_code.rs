@@ -258,10 +258,16 @@ impl Inner {
         };
         match silent
             .token(account, tenant, scopes, cae, claims.clone())
-            .await?
+            .await
         {
-            Some(token) => Ok(token),
-            None => self.unwritten(tenant, scopes, cae, claims).await,
+            Ok(Some(token)) => Ok(token),
+            Ok(None) => self.unwritten(tenant, scopes, cae, claims).await,
+            // The cache could not be read, or refused its refresh tokens: the one kept in
+            // memory (because the cache could not be written) is newer than anything in it.
+            Err(_) if self.state.lock().unwritten.is_some() => {
+                self.unwritten(tenant, scopes, cae, claims).await
+            }
+            Err(error) => Err(error),
         }
     }
 
@@ -289,8 +295,17 @@ impl Inner {
         let response = match self.client.request(NAME, tenant, form).await {
             Ok(response) => response,
             Err(error) if error.error_code() == Some("invalid_grant") => {
-                // Ours alone, as in a private in-memory store: drop it (see `first_success`).
-                self.state.lock().unwritten = None;
+                // Ours alone, as in a private in-memory store: drop it (see `first_success`),
+                // unless a concurrent redemption has replaced it with its successor meanwhile.
+                let mut state = self.state.lock();
+                if state
+                    .unwritten
+                    .as_ref()
+                    .is_some_and(|kept| kept.expose_secret() == refresh_token.expose_secret())
+                {
+                    state.unwritten = None;
+                }
+                drop(state);
                 return Err(with_sign_in_advice(NAME, error));
             }
             Err(error) => return Err(error),

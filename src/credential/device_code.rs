@@ -269,14 +269,17 @@ impl Inner {
             scopes: &scopes,
             claims: None,
         };
-        // A failed write is logged by `record`; the account comes from the answer itself.
-        redeem.record(&response, None).await;
+        // A failed write is logged by `record`.
+        let written = redeem.record(&response, None).await;
         let account = answer_account(&response);
         if account.is_none() {
             tracing::warn!(
                 "the device code sign-in's answer named no account: later requests cannot use its refresh token"
             );
         }
+        // Pinned only when its tokens are in the cache: a later request then signs in again
+        // instead of failing, for as long as the process lives, on a cache it cannot read.
+        let account = account.filter(|_| written);
         Ok(SignedIn {
             token: response.token,
             tenant,

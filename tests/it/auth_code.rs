@@ -284,8 +284,19 @@ async fn when_the_cache_file_cannot_be_written_the_refresh_token_still_serves_ot
     credential.get_token([RESOURCE]).await.unwrap();
     assert_eq!(std::fs::read(&file).unwrap(), br#"{"AccessToken": []}"#);
 
-    std::fs::write(&file, b"{}").unwrap();
+    // The file still cannot be read: the refresh token kept in memory serves all the same.
     let other = credential.get_token([OTHER]).await.unwrap();
+    assert_eq!(
+        jwt_claims(other.secret().expose_secret())["aud"],
+        "https://other.test"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), br#"{"AccessToken": []}"#);
+
+    std::fs::write(&file, b"{}").unwrap();
+    let other = credential
+        .get_token_with(TokenRequest::new([OTHER]).with_claims(r#"{"access_token":{}}"#))
+        .await
+        .unwrap();
     assert_eq!(
         jwt_claims(other.secret().expose_secret())["aud"],
         "https://other.test"

@@ -432,3 +432,49 @@ async fn with_cache_options_the_account_lands_in_the_shared_cache_for_other_cred
         "https://other.test"
     );
 }
+
+// An account whose tokens could not be written is not pinned: asked for another resource, the
+// credential signs the user in again rather than failing on the cache it cannot read.
+#[tokio::test(start_paused = true)]
+async fn when_the_cache_file_cannot_be_written_the_next_resource_signs_in_again() {
+    let peer = peer();
+    let tenant = "device-unwritable";
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join(".IdentityService");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("msal.cache.nocae");
+    // Not a token cache: every read and write fails.
+    std::fs::write(&file, br#"{"AccessToken": []}"#).unwrap();
+    let (http, _) = recording_http(peer);
+    let (shown, mut prompts) = unbounded_channel();
+    let credential = DeviceCodeCredential::builder()
+        .tenant_id(tenant)
+        .authority_host(&peer.base)
+        .http_client(http)
+        .cache_options(
+            TokenCachePersistenceOptions::new()
+                .directory(&dir)
+                .allow_unencrypted_storage(true),
+        )
+        .prompt(move |info| {
+            let _ = shown.send(info);
+        })
+        .build()
+        .unwrap();
+    for (scope, user) in [(RESOURCE, "kai@contoso.com"), (OTHER, "kai@contoso.com")] {
+        let task = tokio::spawn({
+            let credential = credential.clone();
+            async move { credential.get_token([scope]).await }
+        });
+        // A credential that fails instead of prompting leaves the wait to the paused clock.
+        let info = tokio::time::timeout(secs(60), prompts.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("no sign-in prompt for {scope}: {:?}", task.is_finished()));
+        held(peer.approve_device_code(tenant, &info.user_code, user)).await;
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(code_requests(&log_of(tenant).await), 2);
+    assert_eq!(std::fs::read(&file).unwrap(), br#"{"AccessToken": []}"#);
+}
