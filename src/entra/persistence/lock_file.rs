@@ -364,15 +364,16 @@ fn observe_busy_lock(lock_path: &Path) -> Result<LockAttempt, PersistenceError> 
     let Some(reason) = observed.stale_reason() else {
         return Ok(LockAttempt::Busy(observed));
     };
-    let removed = match flock {
-        // Under its flock, no writer of ours can take or remove the name meanwhile.
-        Flock::Held => match fs::remove_file(lock_path) {
+    // Under its flock, no writer of ours can take or remove the name meanwhile; without one,
+    // another breaker may have removed it since, and a writer taken the name.
+    let removed = if flock == Flock::Held {
+        match fs::remove_file(lock_path) {
             Ok(()) => true,
             Err(e) if is_missing(&e) => false,
             Err(e) => return Err(PersistenceError::io(REMOVE, lock_path, e)),
-        },
-        // Another breaker may have removed it since, and a writer taken the name.
-        Flock::Unsupported | Flock::Busy => break_unflocked(lock_path, &observed)?,
+        }
+    } else {
+        break_unflocked(lock_path, &observed)?
     };
     if removed {
         tracing::warn!(
