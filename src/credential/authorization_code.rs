@@ -27,19 +27,21 @@
 //!   replaces the old one; one rejected with `invalid_grant` is dropped from the credential's
 //!   own memory, but kept in a cache file (as msal keeps it: other tools may share it).
 //! * Tokens live in memory, or in the shared MSAL cache file with
-//!   [`cache_options`](AuthorizationCodeCredentialBuilder::cache_options).
+//!   [`cache_options`](AuthorizationCodeCredentialBuilder::cache_options). When that file
+//!   cannot be written (or read), the last refresh token it could not take is kept in memory
+//!   and redeemed first, so the sign-in is not lost.
 //! * No code, no token and no refresh token → an *authentication failed* error saying to
 //!   sign in again.
 
 use std::fmt;
 use std::sync::Arc;
 
-use super::refresh_tokens::{Redeem, Silent, Stores, answer_account, with_sign_in_advice};
+use super::refresh_tokens::{Redeem, Silent, Stores, answer_account};
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
-use crate::entra::token_client::{TokenClient, authorization_code_form, refresh_token_form};
+use crate::entra::token_client::{TokenClient, authorization_code_form};
 use crate::error::{ConfigError, CredentialError};
 use crate::flight::{Flight, SingleFlight, WhenAbandoned};
 use crate::token::{AccessToken, Secret, TokenRequest};
@@ -68,8 +70,6 @@ struct Inner {
 struct CodeState {
     code: Option<Secret>,
     account: Option<String>,
-    /// The last refresh token the cache could not be written with: the only copy.
-    unwritten: Option<Secret>,
 }
 
 /// What the redemption obtained, and for which request.
@@ -80,7 +80,6 @@ struct Redeemed {
     scopes: Vec<String>,
     cae: bool,
     account: Option<String>,
-    unwritten: Option<Secret>,
 }
 
 enum Step {
@@ -151,7 +150,6 @@ impl Inner {
                             if let Ok(redeemed) = &result {
                                 state.code = None;
                                 state.account.clone_from(&redeemed.account);
-                                state.unwritten.clone_from(&redeemed.unwritten);
                             }
                             result
                         });
@@ -212,13 +210,15 @@ impl Inner {
                 credential: NAME,
                 client: &this.client,
                 store,
+                unwritten: Some(&this.stores.unwritten),
                 client_id: &this.client_id,
                 client_secret: this.client_secret.as_ref(),
                 tenant: &tenant,
                 scopes: &scopes,
                 claims: None,
             };
-            let written = redeem.record(&response, None).await;
+            // Kept in memory when the cache cannot be written (see `Unwritten`).
+            redeem.record(&response, None).await;
             let account = answer_account(&response);
             if account.is_none() {
                 tracing::warn!(
@@ -231,11 +231,6 @@ impl Inner {
                 scopes,
                 cae,
                 account,
-                unwritten: if written {
-                    None
-                } else {
-                    response.refresh_token
-                },
             })
         }
     }
@@ -256,80 +251,12 @@ impl Inner {
             client_id: &self.client_id,
             client_secret: self.client_secret.as_ref(),
         };
-        match silent
-            .token(account, tenant, scopes, cae, claims.clone())
-            .await
-        {
-            Ok(Some(token)) => Ok(token),
-            Ok(None) => self.unwritten(tenant, scopes, cae, claims).await,
-            // The cache could not be read, or refused its refresh tokens: the one kept in
-            // memory (because the cache could not be written) is newer than anything in it.
-            Err(_) if self.state.lock().unwritten.is_some() => {
-                self.unwritten(tenant, scopes, cae, claims).await
-            }
-            Err(error) => Err(error),
-        }
-    }
-
-    /// Redeems the refresh token kept in memory because the cache could not be written, and
-    /// records the answer; the token is forgotten once the cache holds its successor.
-    async fn unwritten(
-        &self,
-        tenant: &str,
-        scopes: &[String],
-        cae: bool,
-        claims: Option<String>,
-    ) -> Result<AccessToken, CredentialError> {
-        let Some(refresh_token) = self.state.lock().unwritten.clone() else {
-            return Err(sign_in_again(
+        match silent.token(account, tenant, scopes, cae, claims).await? {
+            Some(token) => Ok(token),
+            None => Err(sign_in_again(
                 "no cached token and no refresh token for the account",
-            ));
-        };
-        let form = refresh_token_form(
-            &self.client_id,
-            &refresh_token,
-            scopes,
-            claims,
-            self.client_secret.as_ref(),
-        );
-        let response = match self.client.request(NAME, tenant, form).await {
-            Ok(response) => response,
-            Err(error) if error.error_code() == Some("invalid_grant") => {
-                // Ours alone, as in a private in-memory store: drop it (see `first_success`),
-                // unless a concurrent redemption has replaced it with its successor meanwhile.
-                let mut state = self.state.lock();
-                if state
-                    .unwritten
-                    .as_ref()
-                    .is_some_and(|kept| kept.expose_secret() == refresh_token.expose_secret())
-                {
-                    state.unwritten = None;
-                }
-                drop(state);
-                return Err(with_sign_in_advice(NAME, error));
-            }
-            Err(error) => return Err(error),
-        };
-        let (store, _) = self.stores.for_request(cae);
-        let redeem = Redeem {
-            credential: NAME,
-            client: &self.client,
-            store,
-            client_id: &self.client_id,
-            client_secret: self.client_secret.as_ref(),
-            tenant,
-            scopes,
-            claims: None,
-        };
-        let written = redeem.record(&response, None).await;
-        let mut state = self.state.lock();
-        if written {
-            state.unwritten = None;
-        } else if let Some(rotated) = &response.refresh_token {
-            state.unwritten = Some(rotated.clone());
+            )),
         }
-        drop(state);
-        Ok(response.token)
     }
 }
 
@@ -452,7 +379,6 @@ impl AuthorizationCodeCredentialBuilder {
                     CodeState {
                         code: Some(self.code),
                         account: None,
-                        unwritten: None,
                     },
                 ),
             }),

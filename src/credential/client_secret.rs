@@ -170,6 +170,7 @@ impl<'a> AppTokenFiles<'a> {
                 credential: self.name,
                 client: self.client,
                 store,
+                unwritten: None,
                 client_id: self.client_id,
                 client_secret: None,
                 tenant: &self.plan.tenant,

@@ -33,7 +33,8 @@
 //!   [`AuthorizationCodeCredential`](crate::AuthorizationCodeCredential) records them (in
 //!   memory, or in the shared MSAL cache file with
 //!   [`cache_options`](DeviceCodeCredentialBuilder::cache_options)), and later calls use a
-//!   cached access token or redeem the refresh token, for any scope, without a prompt. When
+//!   cached access token or redeem the refresh token, for any scope, without a prompt. A
+//!   refresh token the cache file could not take is kept in memory and redeemed first. When
 //!   no refresh token can sign the account in any more (none left, or `invalid_grant`), the
 //!   next call prompts again.
 //! * The device code is a secret: it never appears in `Debug` output or errors.
@@ -263,13 +264,14 @@ impl Inner {
             credential: NAME,
             client: &self.client,
             store,
+            unwritten: Some(&self.stores.unwritten),
             client_id: &self.client_id,
             client_secret: None,
             tenant: &tenant,
             scopes: &scopes,
             claims: None,
         };
-        // A failed write is logged by `record`.
+        // A failed write is logged by `record`, and the refresh token kept in memory.
         let written = redeem.record(&response, None).await;
         let account = answer_account(&response);
         if account.is_none() {
@@ -277,9 +279,9 @@ impl Inner {
                 "the device code sign-in's answer named no account: later requests cannot use its refresh token"
             );
         }
-        // Pinned only when its tokens are in the cache: a later request then signs in again
-        // instead of failing, for as long as the process lives, on a cache it cannot read.
-        let account = account.filter(|_| written);
+        // Pinned only when its refresh token is kept, in the cache or in memory: else a later
+        // request signs in again.
+        let account = account.filter(|_| written || response.refresh_token.is_some());
         Ok(SignedIn {
             token: response.token,
             tenant,

@@ -2,6 +2,7 @@
 //! MSAL cache document: find a cached access token worth returning, redeem refresh tokens in
 //! turn, and record the answers — rotated refresh tokens included — the way MSAL does.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::settings::Settings;
@@ -42,20 +43,90 @@ pub(crate) fn usable_access_token(
         })
 }
 
-/// The ordinary and the CAE cache documents of a user credential.
+/// The ordinary and the CAE cache documents of a user credential, and the refresh token
+/// neither could be written with.
 pub(crate) struct Stores {
     pub(crate) plain: TokenStore,
     pub(crate) cae: TokenStore,
+    pub(crate) unwritten: Unwritten,
+}
+
+/// The refresh token of the last answer the cache could not be written with (a read-only or
+/// damaged cache file, a locked keyring), and its account: the only copy. It is newer than
+/// any the cache holds, so it is redeemed first; it is forgotten once a write for the account
+/// succeeds, or when Entra rejects it. Without it, a user credential whose cache cannot be
+/// written loses the sign-in as soon as its first access token expires (the authorization
+/// code is spent; a device code sign-in would prompt again).
+#[derive(Default)]
+pub(crate) struct Unwritten(Mutex<Option<(String, Secret)>>);
+
+impl Unwritten {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(String, Secret)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The token kept for `account`.
+    fn for_account(&self, account: &str) -> Option<Secret> {
+        self.lock()
+            .as_ref()
+            .filter(|(kept, _)| kept == account)
+            .map(|(_, secret)| secret.clone())
+    }
+
+    /// After an answer for `account` was recorded (`written`) or not: keeps its refresh
+    /// token when it was not, forgets the one kept when it was.
+    fn after_record(&self, account: Option<&str>, written: bool, refresh_token: Option<&Secret>) {
+        let Some(account) = account else { return };
+        let mut kept = self.lock();
+        if written {
+            if kept.as_ref().is_some_and(|(a, _)| a == account) {
+                *kept = None;
+            }
+        } else if let Some(secret) = refresh_token {
+            *kept = Some((account.to_owned(), secret.clone()));
+        }
+    }
+
+    /// Forgets `rejected` unless a concurrent redemption has replaced it meanwhile.
+    fn forget(&self, rejected: &Secret) {
+        let mut kept = self.lock();
+        if kept
+            .as_ref()
+            .is_some_and(|(_, secret)| secret.expose_secret() == rejected.expose_secret())
+        {
+            *kept = None;
+        }
+    }
+}
+
+/// A refresh token to redeem: one of the store's, by its key, or the one kept in memory.
+pub(crate) struct Candidate {
+    secret: Secret,
+    key: Option<String>,
+}
+
+impl From<RefreshToken> for Candidate {
+    fn from(token: RefreshToken) -> Self {
+        Self {
+            secret: token.secret,
+            key: Some(token.key),
+        }
+    }
 }
 
 impl Stores {
     /// The shared cache files when the builder has cache options, else private memory.
     pub(crate) fn from_settings(settings: &Settings, name: &str) -> Result<Self, ConfigError> {
         Ok(match settings.files(name)? {
-            Some((plain, cae)) => Self { plain, cae },
+            Some((plain, cae)) => Self {
+                plain,
+                cae,
+                unwritten: Unwritten::default(),
+            },
             None => Self {
                 plain: TokenStore::memory(),
                 cae: TokenStore::memory(),
+                unwritten: Unwritten::default(),
             },
         })
     }
@@ -92,8 +163,17 @@ impl Silent<'_> {
     ) -> Result<Option<AccessToken>, CredentialError> {
         let (store, other) = self.stores.for_request(cae);
         let environments = [self.client.authority().host()];
-        let doc = store.read().await.map_err(|e| self.unreadable(&e))?;
-        if claims.is_none() {
+        let kept = self.stores.unwritten.for_account(account);
+        let doc = match store.read().await {
+            Ok(doc) => Some(doc),
+            // The kept refresh token is newer than anything in the cache: it serves alone.
+            Err(error) if kept.is_some() => {
+                tracing::debug!(credential = self.credential, %error, "token cache not readable; redeeming the refresh token kept in memory");
+                None
+            }
+            Err(error) => return Err(self.unreadable(&error)),
+        };
+        if let (Some(doc), None) = (&doc, &claims) {
             let query = AccessTokenQuery {
                 home_account_id: Some(Some(account)),
                 environments: &environments,
@@ -101,26 +181,40 @@ impl Silent<'_> {
                 realm: Some(tenant),
                 scopes,
             };
-            if let Some(token) = usable_access_token(&doc, &query) {
+            if let Some(token) = usable_access_token(doc, &query) {
                 return Ok(Some(token));
             }
         }
-        // Refresh tokens are not CAE-specific: look in both documents, this request's first.
-        let query = RefreshTokenQuery {
-            home_account_id: account,
-            environments: &environments,
-            client_id: Some(self.client_id),
-            family_only: false,
-        };
-        let mut candidates = doc.find_refresh_tokens(&query);
-        if candidates.is_empty() {
-            let other = other.read().await.map_err(|e| self.unreadable(&e))?;
-            candidates = other.find_refresh_tokens(&query);
+        let mut candidates: Vec<Candidate> = kept
+            .map(|secret| Candidate { secret, key: None })
+            .into_iter()
+            .collect();
+        if let Some(doc) = doc {
+            // Refresh tokens are not CAE-specific: look in both documents, this request's
+            // first.
+            let query = RefreshTokenQuery {
+                home_account_id: account,
+                environments: &environments,
+                client_id: Some(self.client_id),
+                family_only: false,
+            };
+            let mut found = doc.find_refresh_tokens(&query);
+            if found.is_empty() {
+                match other.read().await {
+                    Ok(other) => found = other.find_refresh_tokens(&query),
+                    Err(error) if !candidates.is_empty() => {
+                        tracing::debug!(credential = self.credential, %error, "token cache not readable; redeeming the refresh token kept in memory");
+                    }
+                    Err(error) => return Err(self.unreadable(&error)),
+                }
+            }
+            candidates.extend(found.into_iter().map(Candidate::from));
         }
         let redeem = Redeem {
             credential: self.credential,
             client: self.client,
             store,
+            unwritten: Some(&self.stores.unwritten),
             client_id: self.client_id,
             client_secret: self.client_secret,
             tenant,
@@ -144,6 +238,9 @@ pub(crate) struct Redeem<'a> {
     pub(crate) credential: &'static str,
     pub(crate) client: &'a TokenClient,
     pub(crate) store: &'a TokenStore,
+    /// Where the refresh token of an answer the store could not be written with is kept;
+    /// `None` for credentials whose answers carry none.
+    pub(crate) unwritten: Option<&'a Unwritten>,
     pub(crate) client_id: &'a str,
     pub(crate) client_secret: Option<&'a Secret>,
     pub(crate) tenant: &'a str,
@@ -154,12 +251,12 @@ pub(crate) struct Redeem<'a> {
 impl Redeem<'_> {
     /// Redeems `candidates` in turn: the first success wins and is recorded (its refresh
     /// token rotated in place); after one the provider rejects with `invalid_grant` the next
-    /// is tried. The rejected token is dropped from a private in-memory store and kept in a
-    /// shared cache file. `Ok(None)` when there is no candidate; the last error when none
-    /// worked, an `invalid_grant` one saying what to do.
+    /// is tried. The rejected token is dropped from a private in-memory store and from
+    /// [`Unwritten`], and kept in a shared cache file. `Ok(None)` when there is no candidate;
+    /// the last error when none worked, an `invalid_grant` one saying what to do.
     pub(crate) async fn first_success(
         &self,
-        candidates: Vec<RefreshToken>,
+        candidates: Vec<Candidate>,
     ) -> Result<Option<AccessToken>, CredentialError> {
         let mut last_error = None;
         for candidate in candidates {
@@ -176,10 +273,18 @@ impl Redeem<'_> {
                 .await
             {
                 Ok(response) => {
-                    self.record(&response, Some(candidate.key)).await;
+                    self.record(&response, candidate.key).await;
                     return Ok(Some(response.token));
                 }
                 Err(error) if error.error_code() == Some("invalid_grant") => {
+                    let Some(key) = candidate.key else {
+                        // The kept token is ours alone, like a private store's.
+                        if let Some(unwritten) = self.unwritten {
+                            unwritten.forget(&candidate.secret);
+                        }
+                        last_error = Some(with_sign_in_advice(self.credential, error));
+                        continue;
+                    };
                     // `invalid_grant` does not always mean the token is dead: a claims or MFA
                     // requirement (AADSTS50076, 50079, ...) refuses it for this request only,
                     // and the token in a shared file is also Azure CLI's and Visual Studio's
@@ -196,7 +301,6 @@ impl Redeem<'_> {
                             credential = self.credential,
                             "refresh token rejected (invalid_grant); dropped from memory"
                         );
-                        let key = candidate.key;
                         if let Err(e) = self
                             .store
                             .modify(move |doc| doc.remove_refresh_token(&key))
@@ -216,7 +320,7 @@ impl Redeem<'_> {
     /// Records a token answer in the store, as MSAL does: the answer's scopes (else the
     /// requested ones) for the tenant, the refresh token replacing `replaces` (the key of the
     /// one redeemed). Returns whether it was written. A failure to write is logged, not
-    /// returned: the token itself is good.
+    /// returned: the token itself is good, and its refresh token is kept in [`Unwritten`].
     pub(crate) async fn record(&self, response: &TokenResponse, replaces: Option<String>) -> bool {
         let scopes: Vec<String> = match &response.scope {
             Some(scope) if !scope.trim().is_empty() => {
@@ -275,13 +379,21 @@ impl Redeem<'_> {
                 account
             })
             .await;
-        match written {
+        let written = match written {
             Ok(_) => true,
             Err(error) => {
                 tracing::warn!(credential = self.credential, %error, "the token was obtained but could not be written to the token cache");
                 false
             }
+        };
+        if let Some(unwritten) = self.unwritten {
+            unwritten.after_record(
+                answer_account(response).as_deref(),
+                written,
+                response.refresh_token.as_ref(),
+            );
         }
+        written
     }
 }
 

@@ -30,7 +30,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::refresh_tokens::{Redeem, usable_access_token};
+use super::refresh_tokens::{Candidate, Redeem, usable_access_token};
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
@@ -164,12 +164,16 @@ impl Inner {
             credential: NAME,
             client: &self.client,
             store,
+            // A rotated refresh token the file cannot take is not kept: the one redeemed
+            // stays valid, and is the developer tools' sign-in.
+            unwritten: None,
             client_id: AZURE_CLI_CLIENT_ID,
             client_secret: None,
             tenant,
             scopes,
             claims,
         };
+        let candidates = candidates.into_iter().map(Candidate::from).collect();
         match redeem.first_success(candidates).await? {
             Some(token) => Ok(token),
             None => Err(unavailable(format!(

@@ -433,10 +433,10 @@ async fn with_cache_options_the_account_lands_in_the_shared_cache_for_other_cred
     );
 }
 
-// An account whose tokens could not be written is not pinned: asked for another resource, the
-// credential signs the user in again rather than failing on the cache it cannot read.
+// Tokens that could not be written: the refresh token kept in memory serves the next resource
+// without a prompt; once Entra rejects it, the user is signed in again.
 #[tokio::test(start_paused = true)]
-async fn when_the_cache_file_cannot_be_written_the_next_resource_signs_in_again() {
+async fn when_the_cache_file_cannot_be_written_the_refresh_token_kept_in_memory_serves() {
     let peer = peer();
     let tenant = "device-unwritable";
     let home = tempfile::tempdir().unwrap();
@@ -461,20 +461,36 @@ async fn when_the_cache_file_cannot_be_written_the_next_resource_signs_in_again(
         })
         .build()
         .unwrap();
-    for (scope, user) in [(RESOURCE, "kai@contoso.com"), (OTHER, "kai@contoso.com")] {
+    let sign_in = async |prompts: &mut UnboundedReceiver<DeviceCodeInfo>, request| {
         let task = tokio::spawn({
             let credential = credential.clone();
-            async move { credential.get_token([scope]).await }
+            async move { credential.get_token_with(request).await }
         });
         // A credential that fails instead of prompting leaves the wait to the paused clock.
         let info = tokio::time::timeout(secs(60), prompts.recv())
             .await
             .ok()
             .flatten()
-            .unwrap_or_else(|| panic!("no sign-in prompt for {scope}: {:?}", task.is_finished()));
-        held(peer.approve_device_code(tenant, &info.user_code, user)).await;
-        task.await.unwrap().unwrap();
-    }
+            .unwrap_or_else(|| panic!("no sign-in prompt: {:?}", task.is_finished()));
+        held(peer.approve_device_code(tenant, &info.user_code, "kai@contoso.com")).await;
+        task.await.unwrap().unwrap()
+    };
+    sign_in(&mut prompts, TokenRequest::new([RESOURCE])).await;
+
+    let other = credential.get_token([OTHER]).await.unwrap();
+    assert_eq!(
+        jwt_claims(other.secret().expose_secret())["aud"],
+        "https://other.test"
+    );
+    let log = log_of(tenant).await;
+    assert_eq!(code_requests(&log), 1, "no second sign-in");
+    let last = log.last().unwrap();
+    assert_eq!(last["grant_type"], "refresh_token", "{last}");
+    assert_eq!(std::fs::read(&file).unwrap(), br#"{"AccessToken": []}"#);
+
+    let refresh_token = last["form"]["refresh_token"].as_str().unwrap();
+    held(peer.revoke_refresh_token(refresh_token)).await;
+    sign_in(&mut prompts, TokenRequest::new([OTHER]).with_cae(true)).await;
     assert_eq!(code_requests(&log_of(tenant).await), 2);
     assert_eq!(std::fs::read(&file).unwrap(), br#"{"AccessToken": []}"#);
 }
