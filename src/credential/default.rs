@@ -264,6 +264,7 @@ pub struct DefaultAzureCredentialBuilder {
     azure_cli: Option<AzureCliCredential>,
     azure_developer_cli: Option<AzureDeveloperCliCredential>,
     distributed: Option<crate::DistributedCache>,
+    system_assigned_label: Option<String>,
 }
 
 impl DefaultAzureCredentialBuilder {
@@ -316,6 +317,16 @@ impl DefaultAzureCredentialBuilder {
         self
     }
 
+    /// Names the system-assigned managed identity in the
+    /// [`distributed_cache`](Self::distributed_cache)'s keys, so its tokens are shared; without
+    /// it they stay in this process. Every process sharing the store under this label must run
+    /// as the same identity (say, the instances of one App Service app or VM scale set). See
+    /// [`ManagedIdentityCredentialBuilder::system_assigned_identity_label`](crate::ManagedIdentityCredentialBuilder::system_assigned_identity_label).
+    pub fn managed_identity_system_assigned_label(mut self, label: impl Into<String>) -> Self {
+        self.system_assigned_label = Some(label.into());
+        self
+    }
+
     /// The workload identity's client id. Default: the managed identity's client id when
     /// [`managed_identity_client_id`](Self::managed_identity_client_id) gave one (as in
     /// azure-identity), else `AZURE_CLIENT_ID`.
@@ -343,7 +354,9 @@ impl DefaultAzureCredentialBuilder {
     /// [`DistributedCache`](crate::DistributedCache), a second level under the in-memory
     /// cache: one process asks Microsoft Entra ID, the others use its token. Given to
     /// the service credentials (environment, workload identity, managed identity); the
-    /// developer credentials keep their tokens to themselves.
+    /// developer credentials keep their tokens to themselves, and so does a system-assigned
+    /// managed identity without
+    /// [`managed_identity_system_assigned_label`](Self::managed_identity_system_assigned_label).
     pub fn distributed_cache(mut self, cache: crate::DistributedCache) -> Self {
         self.distributed = Some(cache);
         self
@@ -477,6 +490,9 @@ impl DefaultAzureCredentialBuilder {
                 if let Some(cache) = shared {
                     b = b.distributed_cache(cache);
                 }
+                if let Some(label) = self.system_assigned_label.clone() {
+                    b = b.system_assigned_identity_label(label);
+                }
                 built(member, b.build())
             }
             Member::SharedTokenCache => match self.shared_token_cache.take() {
@@ -549,6 +565,10 @@ impl fmt::Debug for DefaultAzureCredentialBuilder {
             .field("managed_identity", &self.managed_identity)
             .field("vars", &self.vars)
             .field("distributed_cache", &self.distributed)
+            .field(
+                "managed_identity_system_assigned_label",
+                &self.system_assigned_label,
+            )
             .finish_non_exhaustive()
     }
 }

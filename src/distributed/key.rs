@@ -23,7 +23,8 @@ pub(crate) struct Identity {
     pub(crate) authority: String,
     pub(crate) client_id: String,
     /// The credential's name, and which identity it is when one credential can be several
-    /// (managed identity: `system`, or the user-assigned id's kind and value).
+    /// (managed identity: the user-assigned id's kind and value, or `system=` and the label
+    /// the user gave the system-assigned identity; without one it is never shared).
     pub(crate) identity: String,
 }
 

@@ -459,3 +459,58 @@ async fn nothing_readable_is_at_rest() {
         }
     }
 }
+
+/// `DefaultAzureCredential` hands the cache to its managed identity, whose system-assigned
+/// identity shares tokens only under the label given to the chain: two apps with their own
+/// identities (two App Service endpoints) each ask their own endpoint without it, and the
+/// instances of one app (the same label) ask once.
+#[tokio::test]
+async fn default_azure_credential_shares_a_system_assigned_identity_only_under_a_label() {
+    use crate::support::mi_emulator::{Emulator, Flavour};
+    use tower_identity::DefaultAzureCredential;
+
+    let server = RedisServer::start();
+    let (one, two) = (
+        Emulator::start(Flavour::AppService).await,
+        Emulator::start(Flavour::AppService).await,
+    );
+    let process = |emulator: &Emulator, label: Option<&str>| {
+        let cache = DistributedCache::builder(RedisTokenCache::open(&server.url()).unwrap())
+            .prefix("it")
+            .sealing_key(SealingKey::new("one", &KEY_ONE).unwrap())
+            .budget(SLOW_MACHINE_BUDGET)
+            .build()
+            .unwrap();
+        let mut vars = emulator.env();
+        vars.push((
+            "AZURE_TOKEN_CREDENTIALS".to_owned(),
+            "ManagedIdentityCredential".to_owned(),
+        ));
+        let mut builder = DefaultAzureCredential::builder()
+            .vars(vars)
+            .distributed_cache(cache);
+        if let Some(label) = label {
+            builder = builder.managed_identity_system_assigned_label(label);
+        }
+        builder.build().unwrap()
+    };
+
+    process(&one, None).get_token([SCOPE]).await.unwrap();
+    process(&two, None).get_token([SCOPE]).await.unwrap();
+    assert_eq!((one.request_count(), two.request_count()), (1, 1));
+    assert!(
+        server.dump().is_empty(),
+        "nothing is published without a label"
+    );
+
+    let first = process(&one, Some("orders-api"))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    let second = process(&two, Some("orders-api"))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert_eq!(second.secret(), first.secret());
+    assert_eq!((one.request_count(), two.request_count()), (2, 1));
+}

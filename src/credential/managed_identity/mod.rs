@@ -382,6 +382,7 @@ pub struct ManagedIdentityCredentialBuilder {
     arc_key_directory: Option<PathBuf>,
     probe_imds: bool,
     distributed: Option<crate::DistributedCache>,
+    system_assigned_label: Option<String>,
 }
 
 impl ManagedIdentityCredentialBuilder {
@@ -432,10 +433,24 @@ impl ManagedIdentityCredentialBuilder {
     /// Share tokens with the other processes of a fleet through this
     /// [`DistributedCache`](crate::DistributedCache), a second level under the in-memory
     /// cache: one process asks Microsoft Entra ID, the others use its token. Entries are
-    /// keyed by the managed identity source and the identity (system-assigned, or the
-    /// user-assigned id), so only processes with the same identity share them.
+    /// keyed by the managed identity source and the identity: the user-assigned id, or for
+    /// the system-assigned identity the label given to
+    /// [`system_assigned_identity_label`](Self::system_assigned_identity_label). Without a
+    /// label the system-assigned identity's tokens stay in this process: nothing a process
+    /// can see tells one host's system-assigned identity from another's.
     pub fn distributed_cache(mut self, cache: crate::DistributedCache) -> Self {
         self.distributed = Some(cache);
+        self
+    }
+
+    /// Names the system-assigned identity in the
+    /// [`distributed_cache`](Self::distributed_cache)'s keys, so its tokens are shared.
+    /// Every process that shares the store (and prefix and sealing key) under this label
+    /// must run as the same identity — say, the instances of one App Service app or of one
+    /// VM scale set: a process given the label of another identity would use that
+    /// identity's tokens. Ignored for a user-assigned identity, whose id names it.
+    pub fn system_assigned_identity_label(mut self, label: impl Into<String>) -> Self {
+        self.system_assigned_label = Some(label.into());
         self
     }
 
@@ -475,16 +490,32 @@ impl ManagedIdentityCredentialBuilder {
             inner: Arc::new(Inner {
                 source,
                 state: state.map(|endpoint| {
-                    let identity = match endpoint.identity() {
-                        Some(id) => format!("{NAME}/{}={}", id.kind(), id.value()),
-                        None => format!("{NAME}/system"),
+                    let identity = match (endpoint.identity(), &self.system_assigned_label) {
+                        (Some(id), _) => Some(format!("{NAME}/{}={}", id.kind(), id.value())),
+                        (None, Some(label)) => Some(format!("{NAME}/system={label}")),
+                        (None, None) => None,
+                    };
+                    // An unnamed system-assigned identity is the same key on every host, so
+                    // sharing it would hand one identity's tokens to another.
+                    let shared = match (&self.distributed, &identity) {
+                        (Some(cache), Some(_)) => Some(cache),
+                        (Some(_), None) => {
+                            tracing::debug!(
+                                credential = NAME,
+                                "the system-assigned identity's tokens are cached in this \
+                                 process only: give system_assigned_identity_label to share \
+                                 them through the distributed cache"
+                            );
+                            None
+                        }
+                        (None, _) => None,
                     };
                     let cache = token_cache(
                         NAME,
-                        self.distributed.as_ref(),
+                        shared,
                         &format!("managed-identity/{source}"),
                         "",
-                        identity,
+                        identity.unwrap_or_else(|| format!("{NAME}/system")),
                     );
                     Arc::new(Configured {
                         source,
@@ -519,6 +550,18 @@ impl ManagedIdentityCredentialBuilder {
                 ));
             }
         };
+        if self
+            .system_assigned_label
+            .as_ref()
+            .is_some_and(|label| label.trim().is_empty())
+        {
+            return Err(
+                "the system-assigned identity label is empty; give a name for the \
+                        identity the processes sharing the distributed cache run as, or leave \
+                        it out"
+                    .to_owned(),
+            );
+        }
         let Selection {
             source,
             endpoint,
@@ -696,6 +739,10 @@ impl fmt::Debug for ManagedIdentityCredentialBuilder {
             .field("azure_arc_key_directory", &self.arc_key_directory)
             .field("probe_imds", &self.probe_imds)
             .field("distributed_cache", &self.distributed)
+            .field(
+                "system_assigned_identity_label",
+                &self.system_assigned_label,
+            )
             .finish()
     }
 }

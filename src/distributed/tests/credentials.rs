@@ -20,6 +20,11 @@ const SCOPE: &str = "https://resource.test/.default";
 
 /// A token endpoint answering `token-1`, `token-2`, … after 100 ms, and its request count.
 fn endpoint() -> (Arc<AtomicUsize>, HttpClient) {
+    endpoint_issuing("token")
+}
+
+/// A token endpoint answering `{tag}-1`, `{tag}-2`, … after 100 ms, and its request count.
+fn endpoint_issuing(tag: &'static str) -> (Arc<AtomicUsize>, HttpClient) {
     let requests = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&requests);
     let service = tower::service_fn(move |_request: HttpRequest| {
@@ -31,7 +36,7 @@ fn endpoint() -> (Arc<AtomicUsize>, HttpClient) {
                 "expires_in": HOUR.as_secs(),
                 "expires_on": (unix_now() + HOUR.as_secs()).to_string(),
                 "resource": "https://resource.test",
-                "access_token": format!("token-{n}"),
+                "access_token": format!("{tag}-{n}"),
             });
             Ok::<_, BoxError>(
                 http::Response::builder()
@@ -74,34 +79,102 @@ async fn client_secret_credentials_of_two_processes_make_one_token_request() {
     assert_eq!(store.calls(), calls);
 }
 
+/// An App Service managed identity over `http` sharing `store`, with the user-assigned client
+/// id or the system-assigned identity's label given.
+fn managed_identity(
+    store: &Arc<MemoryStore>,
+    http: &HttpClient,
+    client_id: Option<&str>,
+    label: Option<&str>,
+) -> ManagedIdentityCredential {
+    let mut builder = ManagedIdentityCredential::builder()
+        .vars([
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:41000/token"),
+            ("IDENTITY_HEADER", "header"),
+        ])
+        .http_client(http.clone())
+        .distributed_cache(cache(store));
+    if let Some(id) = client_id {
+        builder = builder.client_id(id);
+    }
+    if let Some(label) = label {
+        builder = builder.system_assigned_identity_label(label);
+    }
+    builder.build().unwrap()
+}
+
+/// Two apps (or VMs) with different system-assigned identities sharing a store: nothing in the
+/// request names the identity, so without a label each keeps its tokens to itself and the
+/// store is never touched.
 #[tokio::test(start_paused = true)]
-async fn managed_identities_share_per_identity() {
+async fn system_assigned_identities_without_a_label_do_not_share() {
     let store = MemoryStore::new();
-    let (requests, http) = endpoint();
-    let credential = |client_id: Option<&str>| {
-        let mut builder = ManagedIdentityCredential::builder()
-            .vars([
-                ("IDENTITY_ENDPOINT", "http://127.0.0.1:41000/token"),
-                ("IDENTITY_HEADER", "header"),
-            ])
-            .http_client(http.clone())
-            .distributed_cache(cache(&store));
-        if let Some(id) = client_id {
-            builder = builder.client_id(id);
-        }
-        builder.build().unwrap()
-    };
-    let (a, b) = (credential(None), credential(None));
+    let (requests_a, http_a) = endpoint_issuing("app-a");
+    let (requests_b, http_b) = endpoint_issuing("app-b");
+    let a = managed_identity(&store, &http_a, None, None);
+    let b = managed_identity(&store, &http_b, None, None);
+    let first = a.get_token([SCOPE]).await.unwrap();
+    let second = b.get_token([SCOPE]).await.unwrap();
+    assert_eq!(first.secret().expose_secret(), "app-a-1");
+    assert_eq!(second.secret().expose_secret(), "app-b-1");
+    assert_eq!(requests_a.load(Ordering::SeqCst), 1);
+    assert_eq!(requests_b.load(Ordering::SeqCst), 1);
+    assert_eq!(store.calls(), 0, "the store is neither read nor written");
+}
+
+/// The same label says "the same identity": the second process uses the first one's token.
+/// User-assigned identities share by their id, and never get the system identity's token.
+#[tokio::test(start_paused = true)]
+async fn managed_identities_share_per_label_or_user_assigned_id() {
+    let store = MemoryStore::new();
+    let (requests_a, http_a) = endpoint_issuing("app-a");
+    let (requests_b, http_b) = endpoint_issuing("app-b");
+    let a = managed_identity(&store, &http_a, None, Some("orders-api"));
+    let b = managed_identity(&store, &http_b, None, Some("orders-api"));
     let first = a.get_token([SCOPE]).await.unwrap();
     assert_eq!(b.get_token([SCOPE]).await.unwrap().secret(), first.secret());
-    assert_eq!(requests.load(Ordering::SeqCst), 1);
-    // A user-assigned identity never gets the system identity's token.
-    let user = credential(Some("user-assigned"))
+    assert_eq!(requests_b.load(Ordering::SeqCst), 0);
+    // Another label is another identity.
+    let other = managed_identity(&store, &http_b, None, Some("billing-api"))
         .get_token([SCOPE])
         .await
         .unwrap();
-    assert_ne!(user.secret(), first.secret());
-    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    assert_eq!(other.secret().expose_secret(), "app-b-1");
+
+    let user = |http: &HttpClient| managed_identity(&store, http, Some("user-assigned"), None);
+    let user_a = user(&http_a).get_token([SCOPE]).await.unwrap();
+    assert_eq!(user_a.secret().expose_secret(), "app-a-2");
+    assert_eq!(
+        user(&http_b).get_token([SCOPE]).await.unwrap().secret(),
+        user_a.secret()
+    );
+    assert_eq!(requests_b.load(Ordering::SeqCst), 1);
+    // A label does not change a user-assigned identity's entry.
+    let labelled = managed_identity(&store, &http_b, Some("user-assigned"), Some("orders-api"));
+    assert_eq!(
+        labelled.get_token([SCOPE]).await.unwrap().secret(),
+        user_a.secret()
+    );
+    assert_eq!(requests_a.load(Ordering::SeqCst), 2);
+}
+
+/// An empty label is a build error naming it.
+#[test]
+fn an_empty_system_assigned_label_is_refused() {
+    let error = ManagedIdentityCredential::builder()
+        .vars([
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:41000/token"),
+            ("IDENTITY_HEADER", "h"),
+        ])
+        .system_assigned_identity_label(" ")
+        .build()
+        .unwrap_err();
+    assert!(
+        error
+            .message()
+            .contains("system-assigned identity label is empty"),
+        "{error}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
