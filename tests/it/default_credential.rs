@@ -412,6 +412,39 @@ async fn a_proxy_answering_for_imds_does_not_stop_the_chain_before_azure_cli() {
     assert!(err.message().contains("403"), "{err}");
 }
 
+/// A probe that connects but gets no HTTP reply (the connection dropped at once, or bytes that
+/// are not HTTP) found no IMDS: the chain moves on to Azure CLI (azure-identity's probe takes
+/// any failure but an HTTP response so).
+#[tokio::test]
+async fn a_probe_without_an_http_reply_lets_azure_cli_answer() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    for reply in [&b""[..], b"not http at all\r\n\r\n"] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let imds = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let _ = socket.write_all(reply).await;
+                // Dropped: the connection closes without an HTTP reply.
+            }
+        });
+        let dac = nothing_configured(dir.path(), &imds, &[])
+            .azure_cli_credential(
+                AzureCliCredential::builder()
+                    .program(signed_in(dir.path(), "az"))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let token = dac.get_token([SCOPE]).await.unwrap();
+        assert_eq!(token.secret().expose_secret(), "az-token");
+        assert_eq!(dac.answered(), Some("AzureCliCredential"));
+        server.abort();
+    }
+}
+
 /// A JSON error is IMDS's own: the managed identity is there and failed, and the chain stops
 /// on it rather than run as the developer signed in to Azure CLI (as azure-identity does).
 #[tokio::test]

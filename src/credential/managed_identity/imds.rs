@@ -172,7 +172,8 @@ impl Imds {
         }
     }
 
-    /// A quick request without `Metadata`: no answer within [`PROBE_TIMEOUT`] means no IMDS.
+    /// A quick request without `Metadata`: no HTTP answer within [`PROBE_TIMEOUT`] means no
+    /// IMDS.
     async fn probe(&self, http: &HttpClient, resource: &str) -> Result<(), CredentialError> {
         let request = self.request(resource, false)?;
         let sent = tokio::time::timeout(PROBE_TIMEOUT, request::send(http, SOURCE, request, &[]));
@@ -188,8 +189,9 @@ impl Imds {
                     ..Cause::default()
                 }),
             )),
-            Ok(Err(error)) if request::no_answer(&error) => Err(self.absent(error)),
-            Ok(Err(error)) => Err(error),
+            // Not only no connection: a dropped connection or bytes that are not HTTP are no
+            // IMDS either (azure-identity's probe: anything but an HTTP response).
+            Ok(Err(error)) => Err(self.absent(error)),
             Ok(Ok(answer)) => match docker_desktop(&answer) {
                 Some(error) => Err(error),
                 // Any other answer (400 for the missing header, as a rule) means IMDS is there.
@@ -198,7 +200,7 @@ impl Imds {
         }
     }
 
-    /// Nobody answered: not an Azure host with a managed identity.
+    /// Nobody answered with HTTP: not an Azure host with a managed identity.
     fn absent(&self, error: CredentialError) -> CredentialError {
         let mut url = self.url.clone();
         url.set_query(None);

@@ -201,7 +201,8 @@ impl IdParams {
 ///   Any other failure is *authentication failed*, with the status and the endpoint's text,
 ///   scrubbed of every secret the credential holds and of token values.
 /// * In `DefaultAzureCredential`, until IMDS has issued a token, each request is preceded by a
-///   probe (the same `GET` without `Metadata`, 1 s, no retries): no answer makes the
+///   probe (the same `GET` without `Metadata`, 1 s, no retries): no HTTP answer (no
+///   connection, no reply in time, a dropped connection or a reply that is not HTTP) makes the
 ///   credential *unavailable* at once instead of after the retries.
 /// * **Azure Arc**: the key file the agent names is read only if it is a regular `*.key` file
 ///   of at most 4096 bytes directly inside the agent's key directory (see
