@@ -47,6 +47,7 @@ pub(crate) mod managed_identity;
 mod middleware;
 mod process;
 mod refresh_tokens;
+mod regular_file;
 mod settings;
 mod shared_token_cache;
 mod tool;

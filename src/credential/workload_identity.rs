@@ -24,6 +24,7 @@ use super::client_assertion::{
     ClientAssertionCredential, ClientAssertionCredentialBuilder, DEFAULT_MAX_ASSERTION_AGE, Fetch,
 };
 use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
+use super::regular_file::open_regular_file;
 use super::settings::Settings;
 use super::{CredentialExt, arc_credential_service};
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority};
@@ -162,13 +163,7 @@ fn read_token_file(path: &Path) -> Result<Secret, CredentialError> {
             ),
         )
     };
-    // Checked before opening: opening a FIFO would wait for a writer.
-    let file = match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() => return Err(invalid("is not a regular file".into())),
-        Ok(_) => std::fs::File::open(path),
-        Err(e) => Err(e),
-    };
-    let file = match file {
+    let file = match open_regular_file(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(CredentialError::unavailable(

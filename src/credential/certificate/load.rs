@@ -11,6 +11,7 @@ use rustls_pki_types::pem::{self, SectionKind};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
+use crate::credential::regular_file::open_regular_file;
 use crate::error::ConfigError;
 use crate::token::Secret;
 
@@ -222,7 +223,7 @@ fn check_size(len: usize, what: &str) -> Result<(), String> {
 /// Reads at most [`MAX_CERTIFICATE_BYTES`] (plus one, to tell a larger file apart).
 fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
     let shown = path.display();
-    let file = std::fs::File::open(path)
+    let file = open_regular_file(path)
         .map_err(|e| format!("cannot open the certificate file {shown}: {e}"))?;
     let mut bytes = Zeroizing::new(Vec::new());
     let limit = u64::try_from(MAX_CERTIFICATE_BYTES)

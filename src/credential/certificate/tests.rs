@@ -650,3 +650,37 @@ fn unsupported_and_damaged_encrypted_keys_are_errors_not_panics() {
         }
     }
 }
+
+/// A certificate path that is a FIFO with no writer is refused at once: opening it would block
+/// `build()` forever. Built on another thread so that a regression fails here instead of hanging.
+#[cfg(unix)]
+#[test]
+fn a_fifo_for_a_certificate_file_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("cert.pem");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo (coreutils) runs");
+    assert!(made.success());
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, rsa_key_pem()).unwrap();
+    for source in [
+        CertificateSource::from_path(&fifo, None),
+        CertificateSource::from_pem_files(&fifo, &key),
+    ] {
+        let (sent, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let built = ClientCertificateCredential::builder("t", "c", source)
+                .build_with_env_authority(None)
+                .map(drop);
+            let _ = sent.send(built);
+        });
+        let err = received
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("build() returns instead of waiting for a writer")
+            .unwrap_err();
+        assert!(err.message().contains("not a regular file"), "{err}");
+        assert!(err.message().contains("cert.pem"), "{err}");
+    }
+}

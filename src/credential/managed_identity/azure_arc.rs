@@ -12,7 +12,6 @@
 //! name the same identity: older agents ignore the parameter and return the system-assigned
 //! identity's token, which must not pass for the one asked for.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +23,7 @@ use url::Url;
 use super::request;
 use super::response::{Echo, failure};
 use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
+use crate::credential::regular_file::open_regular_file;
 use crate::error::{CredentialError, ProviderDetails};
 use crate::token::{AccessToken, Secret};
 use crate::transport::{HttpClient, HttpRequest};
@@ -212,20 +212,11 @@ pub(super) fn read_key(directory: &Path, realm: &str) -> Result<Secret, String> 
             directory.display()
         ));
     }
-    // Checked before opening too: opening a FIFO for reading blocks until someone writes.
-    let before = std::fs::metadata(&resolved)
-        .map_err(|e| format!("{} cannot be examined: {e}", resolved.display()))?;
-    if !before.is_file() {
-        return Err(format!("{} is not a regular file", resolved.display()));
-    }
-    let file = File::open(&resolved)
+    let file = open_regular_file(&resolved)
         .map_err(|e| format!("{} cannot be opened: {e}", resolved.display()))?;
     let metadata = file
         .metadata()
         .map_err(|e| format!("{} cannot be examined: {e}", resolved.display()))?;
-    if !metadata.is_file() {
-        return Err(format!("{} is not a regular file", resolved.display()));
-    }
     if metadata.len() > MAX_KEY_BYTES {
         return Err(format!(
             "{} has {} bytes, more than a key file's {MAX_KEY_BYTES}",
