@@ -463,11 +463,20 @@ impl Parts {
                     .to_owned()
             })?;
         // The leaf is the certificate of this key, wherever it sits; the rest keep their
-        // order after it, as the chain sent in `x5c`.
+        // order after it, as the chain sent in `x5c`. A key kept on renewal can have an
+        // expired certificate before its current one in a bundle: one valid now is preferred.
         let public = key_pair.public().as_ref();
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let of_key =
+            |c: &X509Certificate<'_>| c.public_key().subject_public_key.data.as_ref() == public;
+        let valid_now = |c: &X509Certificate<'_>| {
+            let validity = c.validity();
+            validity.not_before.timestamp() <= now && now <= validity.not_after.timestamp()
+        };
         let Some(leaf_index) = parsed
             .iter()
-            .position(|c| c.public_key().subject_public_key.data.as_ref() == public)
+            .position(|c| of_key(c) && valid_now(c))
+            .or_else(|| parsed.iter().position(of_key))
         else {
             return Err(if parsed.len() == 1 {
                 "the private key does not match the certificate (their public keys differ)"
@@ -485,7 +494,6 @@ impl Parts {
         };
         let validity = leaf.validity();
         let (from, until) = (validity.not_before, validity.not_after);
-        let now = i64::try_from(now).unwrap_or(i64::MAX);
         if now < from.timestamp() {
             return Err(format!(
                 "the certificate is not yet valid: valid from {from} until {until}"

@@ -684,3 +684,23 @@ fn a_fifo_for_a_certificate_file_is_refused_without_blocking() {
         assert!(err.message().contains("cert.pem"), "{err}");
     }
 }
+
+/// A bundle that kept the key through a renewal (the expired certificate first, then the current
+/// one) loads with the current one as the leaf, in either order; with only expired ones it is
+/// still an error.
+#[test]
+fn a_current_certificate_is_preferred_over_an_expired_one_of_the_same_key() {
+    let expired = self_signed(rsa_key_pem(), *NOW as i64 - 172_800, *NOW as i64 - 86_400);
+    let current = valid_cert();
+    for pem in [
+        format!("{expired}{current}{}", rsa_key_pem()),
+        format!("{current}{expired}{}", rsa_key_pem()),
+    ] {
+        let loaded = load(pem).unwrap();
+        assert_eq!(loaded.not_after, *NOW + 86_400);
+        assert_eq!(loaded.chain.len(), 2);
+    }
+    let older = self_signed(rsa_key_pem(), *NOW as i64 - 259_200, *NOW as i64 - 172_800);
+    let err = load(format!("{older}{expired}{}", rsa_key_pem())).unwrap_err();
+    assert!(err.contains("the certificate expired on"), "{err}");
+}
