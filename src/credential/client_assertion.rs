@@ -150,8 +150,10 @@ where
 /// The request is the client-credentials grant with the assertion as a `jwt-bearer`
 /// `client_assertion`. Assertions are kept per token endpoint (a signed assertion's audience)
 /// and reused until older than [`max_assertion_age`](ClientAssertionCredentialBuilder::max_assertion_age)
-/// (default 5 minutes) or until Microsoft Entra ID refuses a request made with one; then the
-/// source is asked again. Concurrent callers share one call of the source, and no lock is held
+/// (default 5 minutes) or until Microsoft Entra ID refuses one as expired or invalid
+/// (AADSTS700024, 700027, 50027, 50013); then the source is asked again, and an assertion in
+/// hand refused so is replaced for the same request. Other refusals (an invalid scope, no
+/// matching federated credential) keep the assertion and are not retried. Concurrent callers share one call of the source, and no lock is held
 /// while it runs. A source that fails or panics makes `get_token` fail with *authentication
 /// failed* ("the client assertion callback failed: …").
 ///
@@ -344,14 +346,26 @@ impl Inner {
     }
 }
 
-/// Entra refused the assertion (400 or 401 invalid_client): most often one expired or not yet
-/// valid (AADSTS700024), which a new one may fix. A 5xx, a timeout or throttling says nothing
-/// about it.
+/// The AADSTS codes by which Entra says the assertion itself is no longer (or not yet) good, so
+/// a new one may succeed: 700024 not within its valid time range (what a kept federated token
+/// gets after about an hour, production-credentials.md §2), 700027 its signature failed (the
+/// issuer rotated its key), 50027 an invalid JWT (among its reasons an expired one), 50013 an
+/// invalid assertion (expired among them). Anything else (no matching federated credential,
+/// an invalid scope, an unauthorized client) fails the same with a new assertion.
+const STALE_ASSERTION_CODES: [u32; 4] = [700_024, 700_027, 50_027, 50_013];
+
+/// Entra refused the assertion as stale (400 or 401 with one of [`STALE_ASSERTION_CODES`]),
+/// which a new one may fix. Other refusals, a 5xx, a timeout or throttling say nothing about
+/// the assertion: asking the source and posting again would only double the load.
 fn refused(error: &CredentialError) -> bool {
     error
         .status()
         .is_some_and(|s| s == StatusCode::BAD_REQUEST || s == StatusCode::UNAUTHORIZED)
         && !error.is_throttled()
+        && error
+            .error_codes()
+            .iter()
+            .any(|code| STALE_ASSERTION_CODES.contains(code))
 }
 
 /// How long one call of an assertion source may take: an acquisition's overall deadline.
@@ -649,10 +663,13 @@ mod tests {
             let sent = Arc::clone(&sent);
             async move {
                 let body = request.into_body().collect().await.unwrap().to_bytes();
-                let assertion = url::form_urlencoded::parse(&body)
-                    .find(|(k, _)| k == "client_assertion")
-                    .map(|(_, v)| v.into_owned())
-                    .unwrap();
+                let field = |name: &str| {
+                    url::form_urlencoded::parse(&body)
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.into_owned())
+                        .unwrap()
+                };
+                let assertion = field("client_assertion");
                 // "stale" assertions are always refused; "once" ones the second time.
                 let repeated = {
                     let mut sent = sent.lock().unwrap();
@@ -661,7 +678,16 @@ mod tests {
                     repeated
                 };
                 let refused = assertion.contains("stale") || assertion.contains("once") && repeated;
-                let (status, body) = if refused {
+                let (status, body) = if field("scope").contains("invalid-scope") {
+                    (
+                        400,
+                        serde_json::json!({
+                            "error": "invalid_scope",
+                            "error_description": "AADSTS70011: The provided value for the input parameter 'scope' is not valid.",
+                            "error_codes": [70011],
+                        }),
+                    )
+                } else if refused {
                     (
                         401,
                         serde_json::json!({
@@ -793,6 +819,27 @@ mod tests {
         assert_eq!(token.secret().expose_secret(), "token-for-once-2");
         assert_eq!(sent(&log), ["once-1", "once-1", "once-2"]);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A refusal that is not about the assertion (here an invalid scope) keeps the assertion
+    /// in hand and is not retried with a new one: one POST, no call of the source.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_not_about_the_assertion_is_not_retried_with_a_new_one() {
+        let (calls, source) = counting();
+        let (log, http) = entra();
+        let c = build(source, http);
+        c.get_token([SCOPE]).await.unwrap();
+        assert_eq!((sent(&log).len(), calls.load(Ordering::SeqCst)), (1, 1));
+        let err = c
+            .get_token(["https://invalid-scope.test/.default"])
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_codes(), [70011], "{err}");
+        assert_eq!(sent(&log), ["assertion-1", "assertion-1"]);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Still in hand for the next request.
+        c.get_token(["https://other.test/.default"]).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     /// A source that never answers fails its callers after the deadline, and is asked again

@@ -57,7 +57,8 @@ const MAX_TOKEN_FILE_BYTES: usize = 64 * 1024;
 /// The token request is the client-credentials grant with the file's contents as a
 /// `jwt-bearer` client assertion. The kubelet rewrites the file before the token in it expires
 /// (at 80 % of its lifetime, an hour at least), so the file is read again whenever the
-/// assertion in hand was read more than 5 minutes ago, and after any refused request.
+/// assertion in hand was read more than 5 minutes ago, and after Entra refused it as expired or
+/// invalid (see [`ClientAssertionCredential`]).
 ///
 /// A missing value, or a missing or empty token file, makes the credential *unavailable* (a
 /// chain moves on) with what to set; a value from the environment that is set but invalid is an

@@ -398,8 +398,12 @@ async fn workload_and_managed_identity_secrets_echoed_in_any_encoding_are_scrubb
     let echo_form = |form: &str| {
         serde_json::json!({
             "error": "invalid_client",
-            "error_description": format!("AADSTS50027: JWT token is invalid: {form}"),
-            "error_codes": [50027],
+            "error_description": format!(
+                "AADSTS700213: No matching federated identity record found for presented \
+                 assertion: {form}"
+            ),
+            // Not a stale-assertion code: each request is answered by exactly one fault.
+            "error_codes": [700213],
         })
         .to_string()
     };
