@@ -84,6 +84,7 @@ pub mod fuzzing;
 mod proptests;
 mod redact;
 mod refresh;
+mod regular_file;
 mod throttle;
 mod token;
 pub mod transport;

@@ -47,7 +47,6 @@ pub(crate) mod managed_identity;
 mod middleware;
 mod process;
 mod refresh_tokens;
-mod regular_file;
 mod settings;
 mod shared_token_cache;
 mod tool;

@@ -24,11 +24,11 @@ use super::client_assertion::{
     ClientAssertionCredential, ClientAssertionCredentialBuilder, DEFAULT_MAX_ASSERTION_AGE, Fetch,
 };
 use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
-use super::regular_file::open_regular_file;
 use super::settings::Settings;
 use super::{CredentialExt, arc_credential_service};
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority};
 use crate::error::{ConfigError, CredentialError};
+use crate::regular_file::open_regular_file;
 use crate::token::{AccessToken, Secret, TokenRequest};
 
 const NAME: &str = "WorkloadIdentityCredential";

@@ -11,8 +11,8 @@ use rustls_pki_types::pem::{self, SectionKind};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
-use crate::credential::regular_file::open_regular_file;
 use crate::error::ConfigError;
+use crate::regular_file::open_regular_file;
 use crate::token::Secret;
 
 /// The largest certificate file or buffer accepted. A certificate with its chain and key is a

@@ -23,8 +23,8 @@ use url::Url;
 use super::request;
 use super::response::{Echo, failure};
 use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
-use crate::credential::regular_file::open_regular_file;
 use crate::error::{CredentialError, ProviderDetails};
+use crate::regular_file::open_regular_file;
 use crate::token::{AccessToken, Secret};
 use crate::transport::{HttpClient, HttpRequest};
 

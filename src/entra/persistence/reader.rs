@@ -1,6 +1,6 @@
 //! The reloading reader: the file's stamp, and reading and parsing it again when it changed.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use super::error::{Kind, PersistenceError};
 use super::{CacheFile, Document, run_blocking};
+use crate::regular_file::{is_not_regular, open_regular_file};
 
 /// How many times a file that fails to parse is read again before it is reported.
 pub(super) const PARSE_RETRIES: u32 = 3;
@@ -133,20 +134,19 @@ pub(super) const MAX_FILE_BYTES: u64 = 64 << 20;
 /// The file's bytes and the stamp of the version they came from; `None` if it does not exist.
 /// The stamp is taken before reading, so a write in between makes the next read load again.
 fn read_file(path: &Path) -> io::Result<Option<(Vec<u8>, Stamp)>> {
-    // Checked before opening too: opening a FIFO for reading blocks until someone writes to
-    // it, and a write waits meanwhile with the cache's lock held.
-    match fs::metadata(path) {
-        Ok(meta) => regular(&meta)?,
-        Err(e) if is_missing(&e) => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let file = match File::open(path) {
+    let file = match open_regular_file(path) {
         Ok(file) => file,
         Err(e) if is_missing(&e) => return Ok(None),
+        // A write waits meanwhile with the cache's lock held: say what to do.
+        Err(e) if is_not_regular(&e) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{e}; the token cache is a file: move this aside"),
+            ));
+        }
         Err(e) => return Err(e),
     };
     let meta = file.metadata()?;
-    regular(&meta)?;
     let stamp = Stamp::of(&meta);
     let too_large = || {
         io::Error::new(
@@ -168,19 +168,6 @@ fn read_file(path: &Path) -> io::Result<Option<(Vec<u8>, Stamp)>> {
         return Err(too_large());
     }
     Ok(Some((bytes, stamp)))
-}
-
-/// An error unless `meta` is a regular file's (after symlinks).
-fn regular(meta: &fs::Metadata) -> io::Result<()> {
-    if meta.is_file() {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file (a directory, FIFO or device); the token cache is a file: move \
-             this aside",
-        ))
-    }
 }
 
 /// Reads and parses the file (blocking), retrying a parse failure — and, with `settle_empty`,
