@@ -80,12 +80,13 @@ impl ProxySetting {
     /// cannot fail.
     pub(super) fn check(&self) -> Result<(), ConfigError> {
         match self {
-            Self::Url(url) => check_url(url.expose_secret()).map_err(|reason| {
-                ConfigError::new(format!(
+            Self::Url(url) => match usable_url(url.expose_secret()) {
+                Ok(_) => Ok(()),
+                Err(reason) => Err(ConfigError::new(format!(
                     "the proxy URL {} is not usable: {reason}",
                     address(url.expose_secret())
-                ))
-            }),
+                ))),
+            },
             _ => Ok(()),
         }
     }
@@ -94,9 +95,9 @@ impl ProxySetting {
     pub(super) fn routing(&self) -> Routing {
         match self {
             Self::Off => Routing::Direct,
-            Self::Url(url) => match check_url(url.expose_secret()) {
-                Ok(()) => Routing::Matched(Arc::new(Rules {
-                    matcher: Matcher::builder().https(url.expose_secret()).build(),
+            Self::Url(url) => match usable_url(url.expose_secret()) {
+                Ok(url) => Routing::Matched(Arc::new(Rules {
+                    matcher: Matcher::builder().https(url).build(),
                     ported: Box::new([]),
                 })),
                 Err(reason) => {
@@ -131,11 +132,14 @@ fn routing_from(get: impl Fn(&str) -> Option<String>) -> Routing {
     let Some((name, url)) = proxy else {
         return Routing::Direct;
     };
-    if let Err(reason) = check_url(&url) {
-        return Routing::Invalid(Arc::from(format!(
-            "{name} is not a usable proxy URL: {reason}"
-        )));
-    }
+    let url = match usable_url(&url) {
+        Ok(url) => url,
+        Err(reason) => {
+            return Routing::Invalid(Arc::from(format!(
+                "{name} is not a usable proxy URL: {reason}"
+            )));
+        }
+    };
     let no = first(&get, NO_VARS).map(|(_, v)| v).unwrap_or_default();
     // curl: `*` alone bypasses every host; hyper-util applies it to names, not to addresses.
     if no.split(',').any(|entry| entry.trim() == "*") {
@@ -206,10 +210,14 @@ impl Rules {
     }
 }
 
-/// Why `url` cannot be used as a proxy, in words that never quote its credentials.
-fn check_url(url: &str) -> Result<(), &'static str> {
+/// The proxy URL to use: `url` without surrounding blanks (a value read from a file or
+/// typed in a shell often ends in `\r` or a space), which is what was checked and so what
+/// must reach the matcher — hyper-util drops a URL it cannot parse, silently connecting
+/// directly. The error says why `url` cannot be used, in words that never quote its
+/// credentials.
+fn usable_url(url: &str) -> Result<&str, &'static str> {
+    let url = url.trim();
     let uri: Uri = url
-        .trim()
         .parse()
         .map_err(|_| "it is not a URL (expected http://[user:password@]host:port)")?;
     match uri.scheme_str() {
@@ -227,7 +235,7 @@ fn check_url(url: &str) -> Result<(), &'static str> {
              `?`, `#` and `@` must be percent-encoded)",
         );
     }
-    Ok(())
+    Ok(url)
 }
 
 /// Whether the URL's credentials did not parse as meant. `http::Uri` ends the authority at the

@@ -231,7 +231,11 @@ mod proxy {
             .iter()
             .map(|(n, v)| ((*n).to_owned(), Secret::new(*v)))
             .collect();
-        match ProxySetting::Vars(vars).routing() {
+        routed_by(&ProxySetting::Vars(vars), dst)
+    }
+
+    fn routed_by(setting: &ProxySetting, dst: &str) -> Option<String> {
+        match setting.routing() {
             Routing::Matched(matcher) => matcher
                 .intercept(&dst.parse().unwrap())
                 .map(|i| address(&i.uri().to_string())),
@@ -310,6 +314,21 @@ mod proxy {
             !bypassed("login.test:x", "https://login.test/"),
             "not a port: never matches"
         );
+    }
+
+    #[test]
+    fn surrounding_blanks_are_no_reason_to_go_direct() {
+        let dst = "https://login.microsoftonline.com/";
+        for value in ["http://p:1 ", "http://p:1\r", "\thttp://p:1\r\n"] {
+            assert_eq!(
+                routed(&[("https_proxy", value)], dst).as_deref(),
+                Some("p:1"),
+                "{value:?}"
+            );
+        }
+        let explicit = ProxySetting::Url(Secret::new(" http://p:1"));
+        explicit.check().unwrap();
+        assert_eq!(routed_by(&explicit, dst).as_deref(), Some("p:1"));
     }
 
     #[test]
