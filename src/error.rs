@@ -307,8 +307,8 @@ impl CredentialError {
         self.inner.cause.transient
     }
 
-    /// Whether the provider is throttling this credential: it answered with a `Retry-After`
-    /// (429, 503, …), and until that passes the credential sends it no request (see
+    /// Whether the provider is throttling this credential: it answered a status the built-in
+    /// retries retry (429, 503, …) with a `Retry-After`, and until that passes the credential sends it no request (see
     /// [`retry_after`](Self::retry_after)).
     pub fn is_throttled(&self) -> bool {
         self.inner.cause.throttled_until.is_some()

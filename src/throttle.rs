@@ -5,8 +5,8 @@
 //! tenant): a wait one tenant asked for does not hold back requests to another. Asking again
 //! early only extends the wait.
 //!
-//! The wait is read from a failed answer's `Retry-After`, `retry-after-ms` or
-//! `x-ms-retry-after-ms` and capped at [`MAX_RETRY_AFTER`] (an hour): larger values mean "much
+//! The wait is read from the `Retry-After`, `retry-after-ms` or `x-ms-retry-after-ms` of an
+//! answer the transport retries (429, 503, …: [`is_retryable_status`]) and capped at [`MAX_RETRY_AFTER`] (an hour): larger values mean "much
 //! later", not an overflow.
 
 use std::sync::{Mutex, MutexGuard};
@@ -15,7 +15,7 @@ use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
 use crate::error::{Cause, CredentialError, ProviderDetails};
-use crate::transport::{MAX_RETRY_AFTER, retry_after};
+use crate::transport::{MAX_RETRY_AFTER, is_retryable_status, retry_after};
 
 /// A wait a provider asked for.
 #[derive(Clone, Copy, Debug)]
@@ -25,9 +25,12 @@ pub(crate) struct Throttle {
 }
 
 impl Throttle {
-    /// The wait a failed answer asks for; `None` for a success or no `Retry-After`.
+    /// The wait a throttling or unavailable answer asks for; `None` for any other status or
+    /// no `Retry-After`. A refusal (400/401 `invalid_client`, …) is final whatever headers
+    /// came with it: remembering its `Retry-After` would lock the credential out locally and
+    /// call a configuration error transient.
     pub(crate) fn of(status: StatusCode, headers: &HeaderMap) -> Option<Self> {
-        if status.is_success() {
+        if !is_retryable_status(status) {
             return None;
         }
         let wait = retry_after(headers, std::time::SystemTime::now())?;
@@ -136,6 +139,9 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("retry-after", "30".parse().unwrap());
         assert!(Throttle::of(StatusCode::OK, &headers).is_none());
+        assert!(Throttle::of(StatusCode::BAD_REQUEST, &headers).is_none());
+        assert!(Throttle::of(StatusCode::UNAUTHORIZED, &headers).is_none());
+        assert!(Throttle::of(StatusCode::SERVICE_UNAVAILABLE, &headers).is_some());
         assert!(Throttle::of(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()).is_none());
         let throttle = Throttle::of(StatusCode::TOO_MANY_REQUESTS, &headers).unwrap();
         let memory = ThrottleMemory::default();

@@ -112,6 +112,31 @@ async fn a_retry_after_is_remembered_no_request_is_sent_until_it_passes() {
     assert_eq!(authority.token_posts(), 2);
 }
 
+/// Only throttling and unavailability (the statuses the transport retries) are remembered: a
+/// refusal carrying a `Retry-After` stays a final, non-transient error and locks nothing out.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_with_a_retry_after_is_not_throttling() {
+    let authority = Authority::start().await;
+    let credential = client_secret(&authority);
+    let refusal = || Fault::Respond {
+        status: 400,
+        body: crate::support::authority::error_body(
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided.",
+        ),
+        headers: vec![("retry-after".to_owned(), "120".to_owned())],
+    };
+    for posts in 1..=2 {
+        authority.push_fault(refusal());
+        let err = credential.get_token([SCOPE]).await.unwrap_err();
+        assert_eq!(err.error_code(), Some("invalid_client"), "{err}");
+        assert!(!err.is_transient() && !err.is_throttled(), "{err}");
+        assert_eq!(err.retry_after(), None, "{err}");
+        assert_eq!(authority.token_posts(), posts);
+    }
+}
+
 /// Entra throttles per application and tenant: a wait one tenant's endpoint asked for does not
 /// hold back requests to another tenant.
 #[tokio::test(start_paused = true)]
