@@ -28,7 +28,9 @@
 //!   with exponential backoff and jitter, honouring `Retry-After` (seconds or an HTTP date),
 //!   `retry-after-ms` and `x-ms-retry-after-ms`. Other 4xx answers — the identity provider's
 //!   `invalid_client`, `invalid_grant`, … — are final and never retried, and neither are
-//!   TLS failures;
+//!   TLS failures. A request carrying a single-use grant (an authorization code, which the
+//!   provider may have redeemed although no answer came back) is retried only after a
+//!   connection failure, when nothing was sent;
 //! * a total deadline over all attempts and waits (30 s by default): an endpoint that accepts
 //!   connections and never answers costs one call at most this long. The final error says how
 //!   many attempts were made over how long.
@@ -78,7 +80,7 @@ pub use builder::HttpClientBuilder;
 pub use error::TransportError;
 pub(crate) use error::{Attempts, TransportErrorKind};
 pub use retry::RetryOptions;
-pub(crate) use retry::{MAX_RETRY_AFTER, is_retryable_status, retry_after};
+pub(crate) use retry::{MAX_RETRY_AFTER, SingleUse, is_retryable_status, retry_after};
 pub use roots::Roots;
 
 /// A request as credentials send it: the body is a complete, cheaply cloned buffer.

@@ -111,6 +111,15 @@ impl RetryOptions {
     }
 }
 
+/// A request extension marking a request that carries a single-use grant (an authorization
+/// code): the provider may have consumed it even when no answer came back, and a second
+/// attempt would then be refused (`AADSTS54005`, code already redeemed) and hide the real
+/// failure. Such a request is retried only after a connection failure, when nothing was sent;
+/// never after a timeout, an I/O error or an answer. (azure-core likewise does not resend a
+/// POST after a response error.)
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SingleUse;
+
 /// The default client's retries and total deadline, around hyper-util.
 #[derive(Clone)]
 pub(super) struct Retrying {
@@ -137,6 +146,7 @@ impl Service<HttpRequest> for Retrying {
                 .total_timeout
                 .and_then(|limit| Some((started.checked_add(limit)?, limit)));
             let mut policy = RetryPolicy::new(options);
+            policy.single_use = request.extensions().get::<SingleUse>().is_some();
             let mut attempts = 0u32;
             loop {
                 attempts = attempts.saturating_add(1);
@@ -213,6 +223,8 @@ pub(super) struct RetryPolicy {
     pub(super) retries: u32,
     /// IMDS answered 410 during this request: it is being updated, back off longer.
     gone: bool,
+    /// The request is [`SingleUse`]: retried only when it was never sent.
+    pub(super) single_use: bool,
 }
 
 impl RetryPolicy {
@@ -221,6 +233,7 @@ impl RetryPolicy {
             options,
             retries: 0,
             gone: false,
+            single_use: false,
         }
     }
 
@@ -264,6 +277,12 @@ impl RetryPolicy {
         &mut self,
         result: &Result<HttpResponse, BoxError>,
     ) -> Option<Duration> {
+        if self.single_use {
+            return match result {
+                Err(error) if is_unsent(error.as_ref()) => Some(self.backoff()),
+                _ => None,
+            };
+        }
         match result {
             Ok(response) if self.is_retryable(response.status()) => {
                 if response.status() == StatusCode::GONE {
@@ -320,6 +339,14 @@ pub(super) fn is_retryable_error(error: &(dyn StdError + 'static)) -> bool {
         ),
         None => true,
     }
+}
+
+/// Whether the request surely never reached the server: the connection (or the proxy's
+/// tunnel) was not established. Errors from user layers are not known to be so.
+pub(super) fn is_unsent(error: &(dyn StdError + 'static)) -> bool {
+    source_chain(error)
+        .find_map(|e| e.downcast_ref::<TransportError>())
+        .is_some_and(|t| t.kind() == TransportErrorKind::Connect)
 }
 
 /// The server's requested wait: `Retry-After` (seconds, possibly fractional, or an HTTP date),

@@ -210,6 +210,33 @@ fn tls_and_size_failures_are_not_retried() {
 }
 
 #[test]
+fn a_single_use_request_is_retried_only_when_it_was_never_sent() {
+    let mut policy = RetryPolicy::new(RetryOptions::default());
+    policy.single_use = true;
+    let error =
+        |kind| -> Result<HttpResponse, BoxError> { Err(TransportError::new(kind, "x").into()) };
+    assert!(
+        policy
+            .delay_for(&error(TransportErrorKind::Connect))
+            .is_some()
+    );
+    assert!(policy.delay_for(&error(TransportErrorKind::Io)).is_none());
+    assert!(
+        policy
+            .delay_for(&error(TransportErrorKind::Timeout))
+            .is_none()
+    );
+    assert!(
+        policy
+            .delay_for(&Err("a user layer's error".into()))
+            .is_none()
+    );
+    for status in [429, 500, 503] {
+        assert!(policy.delay_for(&answer(status)).is_none(), "{status}");
+    }
+}
+
+#[test]
 fn bad_pem_is_a_config_error() {
     let err = HttpClient::builder()
         .add_root_certificates_pem("not a pem")

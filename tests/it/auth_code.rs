@@ -381,3 +381,42 @@ fn without_allowing_plaintext_the_cache_options_choose_the_secret_service() {
     let shown = format!("{credential:?}");
     assert!(shown.contains("TokenStore::Keyring"), "{shown}");
 }
+
+/// An authorization code is consumed by use: after an attempt that timed out (Entra may have
+/// redeemed the code) it is not sent again, so the error is the timeout rather than the
+/// retry's "code already redeemed".
+#[tokio::test(start_paused = true)]
+async fn a_code_whose_attempt_timed_out_is_not_sent_again() {
+    use crate::support::authority::{Authority, Fault, error_body};
+    use crate::support::creds::{http_builder, secs};
+
+    let authority = Authority::start().await;
+    authority.push_fault(Fault::Hang);
+    authority.push_fault(Fault::Respond {
+        status: 400,
+        body: error_body(
+            "invalid_grant",
+            54005,
+            "OAuth2 Authorization code was already redeemed.",
+        ),
+        headers: Vec::new(),
+    });
+    let http = http_builder(&authority)
+        .timeout(Some(secs(2)))
+        .build()
+        .unwrap();
+    let credential = AuthorizationCodeCredential::builder(
+        "contoso",
+        "client-id",
+        "single-use-code",
+        "http://localhost/redirect",
+    )
+    .authority_host(authority.url())
+    .http_client(http)
+    .build()
+    .unwrap();
+    let err = credential.get_token([RESOURCE]).await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(!err.message().contains("54005"), "{err}");
+    assert_eq!(authority.token_posts(), 1);
+}

@@ -19,6 +19,8 @@ enum FormValue {
 #[derive(Default)]
 pub(crate) struct Form {
     fields: Vec<(&'static str, FormValue)>,
+    /// The grant is consumed by use: see [`SingleUse`](crate::transport::SingleUse).
+    single_use: bool,
 }
 
 impl Form {
@@ -41,6 +43,17 @@ impl Form {
             Some(v) => self.field(name, v),
             None => self,
         }
+    }
+
+    /// Marks the form's grant as consumed by use (not to be sent twice).
+    fn single_use(mut self) -> Self {
+        self.single_use = true;
+        self
+    }
+
+    /// Whether the grant is consumed by use.
+    pub(super) fn is_single_use(&self) -> bool {
+        self.single_use
     }
 
     /// The secret values, to scrub from any text the provider sends back.
@@ -113,7 +126,9 @@ fn client_credentials(
         .optional("claims", claims)
 }
 
-/// The authorization-code grant (a code redeemed once).
+/// The authorization-code grant (a code redeemed once: single use, RFC 6749 §4.1.2). The
+/// other grants may be sent again: client credentials and device-code polls are repeatable,
+/// and a refresh token stays valid after use (Entra rotates it but does not revoke the old).
 pub(crate) fn authorization_code_form(
     client_id: &str,
     code: &Secret,
@@ -123,6 +138,7 @@ pub(crate) fn authorization_code_form(
     client_secret: Option<&Secret>,
 ) -> Form {
     let form = Form::new()
+        .single_use()
         .field("client_id", client_id)
         .secret("code", code)
         .field("grant_type", "authorization_code")

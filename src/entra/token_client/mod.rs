@@ -34,7 +34,7 @@ use super::authority::Authority;
 use crate::error::{Cause, CredentialError};
 use crate::throttle::{Throttle, ThrottleMemory};
 use crate::token::{Secret, unix_now};
-use crate::transport::{Attempts, HttpClient, is_retryable_status};
+use crate::transport::{Attempts, HttpClient, SingleUse, is_retryable_status};
 
 pub(crate) use failure::transport_failure;
 pub(crate) use form::{
@@ -192,7 +192,7 @@ impl TokenClient {
             return Err(error);
         }
         let request_id = uuid::Uuid::new_v4().to_string();
-        let request = http::Request::post(&url)
+        let mut request = http::Request::post(&url)
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
             .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
@@ -204,6 +204,9 @@ impl TokenClient {
                     format!("invalid token endpoint {url}: {e}"),
                 )
             })?;
+        if form.is_single_use() {
+            request.extensions_mut().insert(SingleUse);
+        }
         let secrets = self.remember_sent(&form);
         let sent_at = Instant::now();
         let sent_at_unix = unix_now();
