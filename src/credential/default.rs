@@ -17,9 +17,12 @@
 //! | 1 | [`EnvironmentCredential`] | `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET` |
 //! | 2 | [`WorkloadIdentityCredential`] | `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE` |
 //! | 3 | [`ManagedIdentityCredential`] | the host's managed identity; `AZURE_CLIENT_ID` picks a user-assigned one |
-//! | 4 | [`SharedTokenCacheCredential`] | the MSAL cache shared with Azure CLI and Visual Studio |
+//! | 4 | [`SharedTokenCacheCredential`] | the MSAL cache shared with Azure CLI and Visual Studio; `AZURE_USERNAME` and `AZURE_TENANT_ID` pick the account |
 //! | 5 | [`AzureCliCredential`] | `az login` |
 //! | 6 | [`AzureDeveloperCliCredential`] | `azd auth login` |
+//!
+//! With [`vars`](DefaultAzureCredentialBuilder::vars), every member reads these (and
+//! `AZURE_AUTHORITY_HOST`, `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH`) from the pairs given.
 //!
 //! Azure PowerShell, Visual Studio Code, the WAM broker and the interactive browser are not
 //! part of it (this crate has none of them).
@@ -60,12 +63,13 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::chain::first_token;
-use super::env::{AZURE_CLIENT_ID, Vars};
+use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_USERNAME, Vars};
 use super::managed_identity::{ManagedIdentityCredential, UserAssignedId};
 use super::{
     AzureCliCredential, AzureDeveloperCliCredential, BoxCredential, CredentialFuture,
     EnvironmentCredential, SharedTokenCacheCredential, TokenCredential, WorkloadIdentityCredential,
 };
+use crate::entra::authority::AZURE_AUTHORITY_HOST;
 use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, TokenRequest};
 use crate::transport::HttpClient;
@@ -497,24 +501,62 @@ impl DefaultAzureCredentialBuilder {
             }
             Member::SharedTokenCache => match self.shared_token_cache.take() {
                 Some(c) => named(member, c),
-                None => {
-                    let mut b = SharedTokenCacheCredential::builder();
-                    if let Some(http) = http {
-                        b = b.http_client(http);
-                    }
-                    built(member, b.build())
-                }
+                None => built(member, shared_token_cache(&self.vars, http)),
             },
             Member::AzureCli => {
-                let c = self.azure_cli.take().unwrap_or_default();
+                let c = self
+                    .azure_cli
+                    .take()
+                    .unwrap_or_else(|| azure_cli(&self.vars));
                 developer_tool(member, c)
             }
             Member::AzureDeveloperCli => {
-                let c = self.azure_developer_cli.take().unwrap_or_default();
+                let c = self
+                    .azure_developer_cli
+                    .take()
+                    .unwrap_or_else(|| azure_developer_cli(&self.vars));
                 developer_tool(member, c)
             }
         }
     }
+}
+
+/// The shared token cache as azure-identity's chain configures it: the account named by
+/// `AZURE_USERNAME`, in the home tenant `AZURE_TENANT_ID`, at `AZURE_AUTHORITY_HOST` — all
+/// read from `vars`.
+fn shared_token_cache(
+    vars: &Vars,
+    http: Option<HttpClient>,
+) -> Result<SharedTokenCacheCredential, ConfigError> {
+    let mut b = SharedTokenCacheCredential::builder();
+    if let Some(username) = vars.get(AZURE_USERNAME) {
+        b = b.username(username);
+    }
+    if let Some(tenant) = vars.get(AZURE_TENANT_ID) {
+        b = b.tenant_id(tenant);
+    }
+    if let Some(http) = http {
+        b = b.http_client(http);
+    }
+    b.build_with_env_authority(vars.get(AZURE_AUTHORITY_HOST))
+}
+
+// The tools have their own tenant, authority and cache: of the variables, only
+// `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` applies. Without a tenant to validate, building
+// cannot fail; the fallback is the same credential from the process environment.
+
+fn azure_cli(vars: &Vars) -> AzureCliCredential {
+    AzureCliCredential::builder()
+        .disable_multitenant_auth(vars.multitenant_disabled())
+        .build()
+        .unwrap_or_default()
+}
+
+fn azure_developer_cli(vars: &Vars) -> AzureDeveloperCliCredential {
+    AzureDeveloperCliCredential::builder()
+        .disable_multitenant_auth(vars.multitenant_disabled())
+        .build()
+        .unwrap_or_default()
 }
 
 fn named<C: TokenCredential>(member: Member, credential: C) -> BoxCredential {
@@ -622,5 +664,35 @@ mod tests {
             assert!(err.message().contains(AZURE_TOKEN_CREDENTIALS), "{err}");
             assert!(err.message().contains("\"dev\", \"prod\""), "{err}");
         }
+    }
+
+    /// The members built here take azure-identity's variables from the builder's `vars`, not
+    /// from the process environment.
+    #[test]
+    fn default_members_read_the_builders_vars() {
+        let vars = Vars::from_pairs([
+            ("AZURE_USERNAME", "bob@fabrikam.test"),
+            ("AZURE_TENANT_ID", "fabrikam.test"),
+            ("AZURE_AUTHORITY_HOST", "https://login.vars.test"),
+            ("AZURE_IDENTITY_DISABLE_MULTITENANTAUTH", "1"),
+        ]);
+        let shared = format!("{:?}", shared_token_cache(&vars, None).unwrap());
+        for expected in [
+            "\"bob@fabrikam.test\"",
+            "\"fabrikam.test\"",
+            "https://login.vars.test",
+        ] {
+            assert!(shared.contains(expected), "{expected}: {shared}");
+        }
+        for tool in [
+            format!("{:?}", azure_cli(&vars)),
+            format!("{:?}", azure_developer_cli(&vars)),
+        ] {
+            assert!(tool.contains("multitenant_disabled: true"), "{tool}");
+        }
+        let none = Vars::from_pairs([("AZURE_USERNAME", "")]);
+        let shared = format!("{:?}", shared_token_cache(&none, None).unwrap());
+        assert!(shared.contains("username: None"), "{shared}");
+        assert!(format!("{:?}", azure_cli(&none)).contains("multitenant_disabled: false"));
     }
 }

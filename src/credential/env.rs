@@ -13,6 +13,9 @@ use crate::entra::authority::AZURE_IDENTITY_DISABLE_MULTITENANTAUTH;
 pub(crate) const AZURE_TENANT_ID: &str = "AZURE_TENANT_ID";
 /// The client (application) id; also a user-assigned managed identity's, as in azure-identity.
 pub(crate) const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
+/// A user's sign-in name: the account `DefaultAzureCredential`'s shared token cache picks, as
+/// in azure-identity (`EnvironmentCredential` reads it too, to refuse username/password).
+pub(crate) const AZURE_USERNAME: &str = "AZURE_USERNAME";
 
 /// Where variables come from.
 #[derive(Clone, Default)]

@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
+use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_USERNAME, Vars};
 use super::{
     CertificateSource, ClientCertificateCredential, ClientSecretCredential, CredentialFuture,
 };
@@ -48,7 +48,6 @@ const AZURE_CLIENT_SECRET: &str = "AZURE_CLIENT_SECRET";
 const AZURE_CLIENT_CERTIFICATE_PATH: &str = "AZURE_CLIENT_CERTIFICATE_PATH";
 const AZURE_CLIENT_CERTIFICATE_PASSWORD: &str = "AZURE_CLIENT_CERTIFICATE_PASSWORD";
 const AZURE_CLIENT_SEND_CERTIFICATE_CHAIN: &str = "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN";
-const AZURE_USERNAME: &str = "AZURE_USERNAME";
 
 /// Authenticates a service principal from `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and
 /// `AZURE_CLIENT_SECRET` or `AZURE_CLIENT_CERTIFICATE_PATH` (see the module documentation).

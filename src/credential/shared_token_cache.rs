@@ -321,12 +321,19 @@ impl SharedTokenCacheCredentialBuilder {
 
     /// Validates the settings and builds.
     pub fn build(self) -> Result<SharedTokenCacheCredential, ConfigError> {
+        let env_authority = std::env::var(AZURE_AUTHORITY_HOST).ok();
+        self.build_with_env_authority(env_authority)
+    }
+
+    /// [`build`](Self::build) with `env_authority` as the value of `AZURE_AUTHORITY_HOST`.
+    pub(crate) fn build_with_env_authority(
+        self,
+        env_authority: Option<String>,
+    ) -> Result<SharedTokenCacheCredential, ConfigError> {
         if let Some(t) = &self.tenant_id {
             validate_tenant_id(t).map_err(|m| ConfigError::new(format!("{NAME}: {m}")))?;
         }
-        let client = self
-            .settings
-            .token_client(NAME, std::env::var(AZURE_AUTHORITY_HOST).ok())?;
+        let client = self.settings.token_client(NAME, env_authority)?;
         let (plain, cae) = self.settings.files_or(NAME, || {
             crate::TokenCachePersistenceOptions::new().allow_unencrypted_storage(true)
         })?;

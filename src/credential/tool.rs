@@ -45,6 +45,7 @@ impl<C> fmt::Debug for Inner<C> {
         f.debug_struct(self.name)
             .field("program", &self.program)
             .field("tenant_id", &self.tenants.tenant())
+            .field("multitenant_disabled", &self.tenants.multitenant_disabled())
             .field("timeout", &self.timeout)
             .finish()
     }

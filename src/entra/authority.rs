@@ -215,6 +215,11 @@ impl TenantPolicy {
         self.tenant.as_deref()
     }
 
+    /// Whether per-request tenants are ignored.
+    pub(crate) fn multitenant_disabled(&self) -> bool {
+        self.multitenant_disabled
+    }
+
     /// The tenant to use for a request, in the reference's order: none or the configured
     /// one → configured; `adfs` or multitenant auth disabled → configured; no configured
     /// tenant → requested; allowed (`*` or listed) → requested; no list and configured

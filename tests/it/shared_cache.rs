@@ -670,3 +670,42 @@ async fn in_a_chain_a_missing_shared_cache_passes_to_the_next_credential_with_it
         "{traces}"
     );
 }
+
+/// In `DefaultAzureCredential`, as in azure-identity's, `AZURE_USERNAME` picks the cached
+/// account: run as a user runs it (the `get_token` example, configured by the environment),
+/// a cache holding two accounts gives the named one's token instead of "multiple accounts".
+#[tokio::test]
+async fn default_azure_credential_picks_the_cached_account_azure_username_names() {
+    let (peer, home) = (peer(), Home::new());
+    msal_signin(peer, &home, "contoso", FOCI_CLIENT_ID, "alice@contoso.com").await;
+    msal_signin(peer, &home, "fabrikam", FOCI_CLIENT_ID, "bob@fabrikam.com").await;
+    // IMDS at a closed loopback port, no az or azd on PATH.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let imds = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let output = tokio::process::Command::new(crate::examples::example("get_token"))
+        .args(["--scope", RESOURCE, "--show-token"])
+        .env_clear()
+        .env("PATH", "/nonexistent")
+        .env("HOME", home.dir.path())
+        .env("SSL_CERT_FILE", &peer.ca_path)
+        .env("AZURE_AUTHORITY_HOST", &peer.base)
+        .env("AZURE_POD_IDENTITY_AUTHORITY_HOST", &imds)
+        .env("AZURE_USERNAME", "bob@fabrikam.com")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("answered by: SharedTokenCacheCredential"),
+        "{stdout}"
+    );
+    let token = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("token:"))
+        .expect("the token is shown")
+        .trim();
+    assert_eq!(jwt_claims(token)["tid"], FABRIKAM_TID, "bob's token");
+}
