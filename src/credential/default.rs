@@ -64,7 +64,7 @@ use tower_service::Service;
 
 use super::chain::first_token;
 use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_USERNAME, Vars};
-use super::managed_identity::{ManagedIdentityCredential, UserAssignedId};
+use super::managed_identity::{ManagedIdentityCredential, UserAssignedId, check_label};
 use super::{
     AzureCliCredential, AzureDeveloperCliCredential, BoxCredential, CredentialFuture,
     EnvironmentCredential, SharedTokenCacheCredential, TokenCredential, WorkloadIdentityCredential,
@@ -400,7 +400,11 @@ impl DefaultAzureCredentialBuilder {
     }
 
     /// Reads `AZURE_TOKEN_CREDENTIALS` and builds every selected member. Fails when that
-    /// variable is invalid or nothing is left to try.
+    /// variable is invalid, nothing is left to try, or a value given to this builder for a
+    /// selected member cannot work (an empty managed identity id, an invalid workload identity
+    /// tenant, …), as azure-identity raises at construction. The same mistakes in the
+    /// environment make that member *unavailable* instead, so the developer tools after it
+    /// still answer.
     pub fn build(mut self) -> Result<DefaultAzureCredential, ConfigError> {
         let (selected, alone) = selection(self.vars.get(AZURE_TOKEN_CREDENTIALS).as_deref())?;
         let members: Vec<Member> = selected
@@ -413,9 +417,24 @@ impl DefaultAzureCredentialBuilder {
                  and {AZURE_TOKEN_CREDENTIALS}); leave at least one"
             )));
         }
+        // The managed identity's id given in code is the workload identity's default client
+        // id too: checked first, so that the error names the setting that was wrong.
+        let uses_id = [Member::WorkloadIdentity, Member::ManagedIdentity];
+        if let Some(Some(id)) = &self.managed_identity {
+            if members.iter().any(|m| uses_id.contains(m)) {
+                id.check().map_err(|m| {
+                    ConfigError::new(format!("{NAME}: the managed identity given: {m}"))
+                })?;
+            }
+        }
+        if let Some(label) = &self.system_assigned_label {
+            if members.contains(&Member::ManagedIdentity) {
+                check_label(label).map_err(|m| ConfigError::new(format!("{NAME}: {m}")))?;
+            }
+        }
         let mut chain = Vec::with_capacity(members.len());
         for member in members {
-            chain.push(self.member(member, alone));
+            chain.push(self.member(member, alone)?);
         }
         Ok(DefaultAzureCredential {
             inner: Arc::new(Inner {
@@ -442,7 +461,10 @@ impl DefaultAzureCredentialBuilder {
         }
     }
 
-    fn member(&mut self, member: Member, alone: bool) -> BoxCredential {
+    /// Builds `member`. Fails only on a value given in code (a program's mistake, as
+    /// azure-identity raises at construction); a misconfigured environment makes the member
+    /// *unavailable* instead (see [`built`]).
+    fn member(&mut self, member: Member, alone: bool) -> Result<BoxCredential, ConfigError> {
         let vars = self.vars.pairs();
         let http = self.http_client.clone();
         let shared = self.distributed.clone();
@@ -458,7 +480,7 @@ impl DefaultAzureCredentialBuilder {
                 if let Some(cache) = shared {
                     b = b.distributed_cache(cache);
                 }
-                named(member, b.build())
+                Ok(named(member, b.build()))
             }
             Member::WorkloadIdentity => {
                 let mut b = WorkloadIdentityCredential::builder();
@@ -477,7 +499,9 @@ impl DefaultAzureCredentialBuilder {
                 if let Some(cache) = shared {
                     b = b.distributed_cache(cache);
                 }
-                built(member, b.build())
+                // Its build() fails only on the values given here in code; a mistake in the
+                // environment is kept for get_token.
+                Ok(named(member, b.build()?))
             }
             Member::ManagedIdentity => {
                 let id = match self.managed_identity.clone() {
@@ -497,25 +521,27 @@ impl DefaultAzureCredentialBuilder {
                 if let Some(label) = self.system_assigned_label.clone() {
                     b = b.system_assigned_identity_label(label);
                 }
-                built(member, b.build())
+                // The id and label given in code were checked in build(): what fails now is
+                // the host's.
+                Ok(built(member, b.build()))
             }
-            Member::SharedTokenCache => match self.shared_token_cache.take() {
+            Member::SharedTokenCache => Ok(match self.shared_token_cache.take() {
                 Some(c) => named(member, c),
                 None => built(member, shared_token_cache(&self.vars, http)),
-            },
+            }),
             Member::AzureCli => {
                 let c = self
                     .azure_cli
                     .take()
                     .unwrap_or_else(|| azure_cli(&self.vars));
-                developer_tool(member, c)
+                Ok(developer_tool(member, c))
             }
             Member::AzureDeveloperCli => {
                 let c = self
                     .azure_developer_cli
                     .take()
                     .unwrap_or_else(|| azure_developer_cli(&self.vars));
-                developer_tool(member, c)
+                Ok(developer_tool(member, c))
             }
         }
     }
@@ -694,5 +720,50 @@ mod tests {
         let shared = format!("{:?}", shared_token_cache(&none, None).unwrap());
         assert!(shared.contains("username: None"), "{shared}");
         assert!(format!("{:?}", azure_cli(&none)).contains("multitenant_disabled: false"));
+    }
+
+    /// A value the program gave that cannot work fails build(), naming it, instead of making
+    /// a member unavailable so that the chain answers as another identity; the same mistake
+    /// in the environment keeps the chain going.
+    #[test]
+    fn invalid_values_given_in_code_fail_build() {
+        let vars = || DefaultAzureCredential::builder().vars(Vec::<(String, String)>::new());
+        let err = vars()
+            .managed_identity_system_assigned_label(" ")
+            .build()
+            .unwrap_err();
+        assert!(err.message().contains("label is empty"), "{err}");
+        let err = vars()
+            .workload_identity_tenant_id("a b")
+            .build()
+            .unwrap_err();
+        assert!(
+            err.message().contains("WorkloadIdentityCredential"),
+            "{err}"
+        );
+        assert!(err.message().contains("tenant"), "{err}");
+        let err = vars().workload_identity_client_id(" ").build().unwrap_err();
+        assert!(err.message().contains("client id is empty"), "{err}");
+        let err = vars().managed_identity_client_id("").build().unwrap_err();
+        assert!(
+            err.message()
+                .contains("the managed identity given: the user-assigned client id is empty"),
+            "{err}"
+        );
+        let err = vars()
+            .exclude_workload_identity_credential(true)
+            .managed_identity_id(UserAssignedId::ResourceId(" ".into()))
+            .build()
+            .unwrap_err();
+        assert!(err.message().contains("resource id is empty"), "{err}");
+        // From the environment, the same values leave the chain to the members after them.
+        DefaultAzureCredential::builder()
+            .vars([
+                ("AZURE_TENANT_ID", "a b"),
+                ("AZURE_CLIENT_ID", "c"),
+                ("AZURE_FEDERATED_TOKEN_FILE", "/nonexistent"),
+            ])
+            .build()
+            .unwrap();
     }
 }

@@ -112,6 +112,17 @@ pub enum UserAssignedId {
 }
 
 impl UserAssignedId {
+    /// Why this id cannot name an identity (it is empty), in words for a configuration error.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.value().trim().is_empty() {
+            return Err(format!(
+                "the user-assigned {} is empty; give the identity's id",
+                self.kind()
+            ));
+        }
+        Ok(())
+    }
+
     fn value(&self) -> &str {
         match self {
             Self::ClientId(v) | Self::ObjectId(v) | Self::ResourceId(v) => v,
@@ -536,13 +547,10 @@ impl ManagedIdentityCredentialBuilder {
     ) -> Result<Endpoint, String> {
         let id = match self.ids.as_slice() {
             [] => None,
-            [id] if id.value().trim().is_empty() => {
-                return Err(format!(
-                    "the user-assigned {} is empty; give the identity's id",
-                    id.kind()
-                ));
+            [id] => {
+                id.check()?;
+                Some(id.clone())
             }
-            [id] => Some(id.clone()),
             _ => {
                 return Err(format!(
                     "give exactly one user-assigned id (client id, object id or resource id), \
@@ -551,17 +559,8 @@ impl ManagedIdentityCredentialBuilder {
                 ));
             }
         };
-        if self
-            .system_assigned_label
-            .as_ref()
-            .is_some_and(|label| label.trim().is_empty())
-        {
-            return Err(
-                "the system-assigned identity label is empty; give a name for the \
-                        identity the processes sharing the distributed cache run as, or leave \
-                        it out"
-                    .to_owned(),
-            );
+        if let Some(label) = &self.system_assigned_label {
+            check_label(label)?;
         }
         let Selection {
             source,
@@ -746,6 +745,19 @@ impl fmt::Debug for ManagedIdentityCredentialBuilder {
             )
             .finish()
     }
+}
+
+/// A system-assigned identity label must name something (see
+/// [`ManagedIdentityCredentialBuilder::system_assigned_identity_label`]).
+pub(crate) fn check_label(label: &str) -> Result<(), String> {
+    if label.trim().is_empty() {
+        return Err(
+            "the system-assigned identity label is empty; give a name for the identity \
+                    the processes sharing the distributed cache run as, or leave it out"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
