@@ -39,7 +39,15 @@ struct AppState {
 async fn downstream(
     State(state): State<AppState>,
 ) -> Result<(StatusCode, Bytes), (StatusCode, String)> {
-    let bad_gateway = |e: BoxError| (StatusCode::BAD_GATEWAY, e.to_string());
+    // The details (a sign-in refusal names the tenant and application; a connection error the
+    // network) are for the operator's log, not for whoever called this service.
+    let bad_gateway = |e: BoxError| {
+        eprintln!("GET /downstream failed: {e}");
+        (
+            StatusCode::BAD_GATEWAY,
+            "the downstream API could not be called".to_owned(),
+        )
+    };
     let request = http::Request::get(&state.url)
         .body(Empty::new())
         .map_err(|e| bad_gateway(e.into()))?;

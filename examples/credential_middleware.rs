@@ -19,8 +19,13 @@ use tower_identity::{
     HttpClient, Roots, TokenRequest,
 };
 
+/// The longest this program waits before a retry. A throttled credential may be asked to
+/// wait up to an hour; rather than sleep that long, the program gives up with the
+/// credential's error, which says how long the provider asked to wait.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
 /// Retries failures that may pass by themselves (timeouts, 5xx, throttling), waiting
-/// 1 s, then 2 s.
+/// 1 s, then 2 s, or as long as the provider asked if that is longer (at most [`MAX_WAIT`]).
 #[derive(Clone)]
 struct RetryTransient {
     attempt: u32,
@@ -38,10 +43,13 @@ impl Policy<TokenRequest, AccessToken, CredentialError> for RetryTransient {
         if !error.is_transient() || self.attempt >= 2 {
             return None;
         }
+        // Wait at least as long as the provider asked, within reason.
+        let wait =
+            Duration::from_secs(1 << self.attempt).max(error.retry_after().unwrap_or_default());
+        if wait > MAX_WAIT {
+            return None;
+        }
         self.attempt += 1;
-        // Wait at least as long as the provider asked.
-        let wait = Duration::from_secs(1 << (self.attempt - 1))
-            .max(error.retry_after().unwrap_or_default());
         Some(Box::pin(tokio::time::sleep(wait)))
     }
 

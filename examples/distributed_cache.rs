@@ -57,7 +57,10 @@ async fn main() -> Result<(), BoxError> {
         "the scope of the API's tokens, e.g. https://management.azure.com/.default",
     )?;
     let requests: u32 = number("REQUESTS")?.unwrap_or(1);
-    let interval = Duration::from_millis(number("INTERVAL_MS")?.unwrap_or(1000));
+    let interval = match number("INTERVAL_MS")?.unwrap_or(1000) {
+        0 => return Err("INTERVAL_MS must be at least 1 (milliseconds between requests)".into()),
+        ms => Duration::from_millis(ms),
+    };
 
     // The shared level: Redis, sealed with the fleet's key. A Redis that is down or slow
     // costs at most the cache's time budget per call; no request fails because of it.
@@ -102,7 +105,9 @@ async fn main() -> Result<(), BoxError> {
     )
     .http_client(http)
     .distributed_cache(cache.clone());
-    if let Ok(host) = std::env::var("AZURE_AUTHORITY_HOST") {
+    // Set but blank is unset, as the library reads its variables: the public cloud.
+    let authority_host = std::env::var("AZURE_AUTHORITY_HOST").ok();
+    if let Some(host) = authority_host.filter(|h| !h.trim().is_empty()) {
         credential = credential.authority_host(host);
     }
     let credential = credential.build()?;

@@ -104,6 +104,64 @@ fn the_demo_shows_every_step_and_exits_0() {
     assert_eq!(words[0], words[2], "every request answered 200: {summary}");
 }
 
+/// `distributed_cache` with the variables it requires, Redis at a closed port (it starts
+/// without Redis) and no request to make unless `REQUESTS` is set again.
+#[cfg(feature = "redis")]
+fn distributed_cache(redis_port: u16) -> Command {
+    let mut command = Command::new(example("distributed_cache"));
+    command
+        .env_clear()
+        .env("AZURE_TENANT_ID", TENANT)
+        .env("AZURE_CLIENT_ID", CLIENT_ID)
+        .env("AZURE_CLIENT_SECRET", CLIENT_SECRET)
+        .env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}/0"))
+        .env(
+            "TOKEN_CACHE_KEY",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        )
+        .env("API_URL", "https://127.0.0.1:1/items")
+        .env("API_SCOPE", SCOPE)
+        .env("REQUESTS", "0");
+    command
+}
+
+/// `INTERVAL_MS=0` is refused with a message naming it (tokio's interval panics on zero).
+#[cfg(feature = "redis")]
+#[test]
+fn distributed_cache_refuses_a_zero_interval() {
+    let output = distributed_cache(1)
+        .env("INTERVAL_MS", "0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("INTERVAL_MS must be at least 1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// An empty `AZURE_AUTHORITY_HOST` is unset, as the library reads it: the example starts
+/// (with nothing to request, it sends nothing anywhere).
+#[cfg(feature = "redis")]
+#[test]
+fn distributed_cache_reads_an_empty_authority_host_as_unset() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let output = distributed_cache(port)
+        .env("AZURE_AUTHORITY_HOST", "")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).starts_with("ok=0 failed=0"),
+        "{}",
+        describe(&output)
+    );
+}
+
 /// A bound on a child's run: a hung example fails its test instead of hanging the suite.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
@@ -245,6 +303,55 @@ async fn timeout_retry_retries_a_503_with_the_same_token() {
     assert_eq!(loopback.authority.token_posts(), 1);
 }
 
+/// The example's policy waits as the API asks, within reason: a 503 asking for an hour is
+/// returned, not retried at once.
+#[tokio::test]
+async fn timeout_retry_returns_an_answer_asking_to_wait_too_long() {
+    let loopback = Loopback::start().await;
+    loopback.api.push(Answer::Status {
+        status: 503,
+        headers: vec![("retry-after".into(), "3600".into())],
+        body: "busy".into(),
+    });
+    let out = loopback.run("timeout_retry").await;
+    let url = loopback.resource_url();
+    assert_eq!(
+        out.trim_end(),
+        format!("GET {url} → 503 Service Unavailable after 1 attempt(s)")
+    );
+    assert_eq!(loopback.api.count(), 1);
+}
+
+/// A failure that would fail the same way again (the authority refusing the client) is not
+/// retried.
+#[tokio::test]
+async fn timeout_retry_does_not_retry_a_refused_sign_in() {
+    let loopback = Loopback::start().await;
+    for _ in 0..3 {
+        loopback.authority.push_fault(Fault::Respond {
+            status: 401,
+            body: crate::support::authority::error_body(
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided.",
+            ),
+            headers: Vec::new(),
+        });
+    }
+    let output = tokio::time::timeout(RUN_LIMIT, loopback.command("timeout_retry").output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!output.status.success(), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("invalid_client"),
+        "{}",
+        describe(&output)
+    );
+    assert_eq!(loopback.authority.token_posts(), 1);
+    assert_eq!(loopback.api.count(), 0);
+}
+
 #[cfg(feature = "reqwest-middleware")]
 #[tokio::test]
 async fn reqwest_middleware_answers_a_claims_challenge_with_one_resend() {
@@ -327,6 +434,52 @@ async fn axum_outbound_serves_downstream_answers_with_one_shared_token() {
     );
 }
 
+/// A failure is logged for the operator; the remote caller gets a generic 502, not the
+/// credential's error (which names the tenant, the application and the provider's answer).
+#[tokio::test]
+async fn axum_outbound_answers_a_failure_with_a_generic_502_and_logs_it() {
+    let loopback = Loopback::start().await;
+    loopback.authority.push_fault(Fault::Respond {
+        status: 401,
+        body: crate::support::authority::error_body(
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided.",
+        ),
+        headers: Vec::new(),
+    });
+    let mut child = loopback
+        .command("axum_outbound")
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(RUN_LIMIT, stdout.read_line(&mut line))
+        .await
+        .expect("axum_outbound prints where it listens")
+        .unwrap();
+    let base = line
+        .trim_end()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let request = http::Request::get(format!("{base}/downstream"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = hyper_client::<Empty<Bytes>>()
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"the downstream API could not be called");
+    child.start_kill().unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("AADSTS7000215"), "{stderr}");
+}
+
 #[tokio::test]
 async fn get_token_prints_which_credential_answered_and_never_the_token() {
     let loopback = Loopback::start().await;
@@ -356,6 +509,26 @@ async fn credential_middleware_gets_a_token_through_timeout_and_retry() {
     );
     assert!(out.contains("expires in:  "), "{out}");
     assert_eq!(loopback.authority.token_posts(), 2);
+}
+
+/// A provider asking to wait ten minutes is not waited for: the example gives up at once with
+/// the throttled error instead of sleeping (before: twice, up to an hour each).
+#[tokio::test]
+async fn credential_middleware_gives_up_when_asked_to_wait_too_long() {
+    let loopback = Loopback::start().await;
+    loopback.authority.push_fault(Fault::TooManyRequests {
+        retry_after: "600".into(),
+    });
+    let mut command = loopback.command("credential_middleware");
+    command.arg(SCOPE);
+    let output = tokio::time::timeout(RUN_LIMIT, command.output())
+        .await
+        .expect("no long sleep")
+        .unwrap();
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Throttled"), "{}", describe(&output));
+    assert_eq!(loopback.authority.token_posts(), 1);
 }
 
 #[tokio::test]
