@@ -15,6 +15,15 @@ enum FormValue {
     Secret(Secret),
 }
 
+impl FormValue {
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Plain(v) => v.as_str(),
+            Self::Secret(s) => s.expose_secret(),
+        }
+    }
+}
+
 /// An ordered `application/x-www-form-urlencoded` form.
 #[derive(Default)]
 pub(crate) struct Form {
@@ -66,16 +75,30 @@ impl Form {
 
     /// The encoded body, in a buffer that is zeroed when the request is dropped.
     pub(super) fn encode(&self) -> Bytes {
-        let mut serializer = url::form_urlencoded::Serializer::new(String::new());
+        Bytes::from_owner(self.encoded())
+    }
+
+    /// The encoded body in one buffer allocated up front for the longest encoding (see
+    /// [`max_encoded_len`](Self::max_encoded_len)): a buffer that grew would leave copies of
+    /// the secrets in the memory it freed, which nothing zeroes.
+    fn encoded(&self) -> Zeroizing<Vec<u8>> {
+        let buffer = String::with_capacity(self.max_encoded_len());
+        let mut serializer = url::form_urlencoded::Serializer::new(buffer);
         for (name, value) in &self.fields {
-            let value = match value {
-                FormValue::Plain(v) => v.as_str(),
-                FormValue::Secret(s) => s.expose_secret(),
-            };
-            serializer.append_pair(name, value);
+            serializer.append_pair(name, value.as_str());
         }
-        let encoded = Zeroizing::new(serializer.finish().into_bytes());
-        Bytes::from_owner(encoded)
+        Zeroizing::new(serializer.finish().into_bytes())
+    }
+
+    /// The longest the encoded form can be: every byte of a name or value percent-encoded
+    /// (`%XX`, 3 bytes), plus `=` and `&` per field.
+    fn max_encoded_len(&self) -> usize {
+        self.fields.iter().fold(0usize, |total, (name, value)| {
+            let bytes = name.len().saturating_add(value.as_str().len());
+            total
+                .saturating_add(bytes.saturating_mul(3))
+                .saturating_add(2)
+        })
     }
 
     #[cfg(test)]
@@ -257,4 +280,25 @@ pub(crate) fn claims_field(
         values.push(Value::String(CAE_CAPABILITY.into()));
     }
     Ok(Some(Value::Object(root).to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The buffer is allocated once: encoding a large secret, every byte of which is
+    /// percent-encoded, fills it without reallocating (which would free an unzeroed copy).
+    #[test]
+    fn a_secret_is_encoded_into_one_buffer_that_never_grows() {
+        let secret = Secret::new("\u{e9}/&=%".repeat(4096));
+        let form = Form::new()
+            .field("client_id", "id")
+            .secret("client_secret", &secret)
+            .field("scope", "https://x.test/.default");
+        let reserved = form.max_encoded_len();
+        let encoded = form.encoded();
+        assert_eq!(encoded.capacity(), reserved, "no reallocation");
+        assert!(encoded.len() <= reserved);
+        assert!(encoded.starts_with(b"client_id=id&client_secret=%C3%A9%2F%26%3D%25"));
+    }
 }
