@@ -18,6 +18,17 @@
 //!   outer slot tries again the inner one's spacing has passed too, and 30 s holds end to end.
 //!   A first acquisition is not a renewal: a token whose provider asks for an early renewal
 //!   (`refresh_in`) gets it.
+//! * **The same token back**: a renewal that brings the token already held is a failed
+//!   attempt (the entry and its timing stay, the spacing applies) — unless the answer says by
+//!   itself that it is not due: its `refresh_on` and the start of the full window
+//!   (`expires_on − 300 s`, neither shrunk nor jittered) are both still ahead. IMDS and App Service keep their token in a cache of their own and answer it
+//!   again, with the lifetime it has left, when asked at half-life; msal then takes the
+//!   answer and renews at half of what is left (+6 h, +3 h … for a 24 h token). Such an
+//!   answer replaces the entry's value and timing and keeps its id (it is the same token), so
+//!   a 24 h token costs a handful of requests, not one per 30 s from half-life to the window
+//!   (about 1400). A credential handing back its cached token because its own renewal failed
+//!   hands back a token that is due (the slot renewed it at its `refresh_on` or in its
+//!   window), so that still counts as failed, as does the same token with under 300 s left.
 //! * **No valid token**: every caller waits on one acquisition and receives its result, the
 //!   error included. An expired token is never returned.
 //! * **A token stored meanwhile** ([`TokenSlot::store`]: the bearer layer's answer to a claims
@@ -214,6 +225,20 @@ impl RefreshPolicy {
             }
             None => by_window,
         }
+    }
+
+    /// Whether `token`, handed back by a renewal of the same token, says by itself that it
+    /// is not due yet (see "The same token back" in the module docs): its `refresh_on` and
+    /// the start of the full window, with no jitter and no shrinking, are both after `now`.
+    /// The window is not shrunk to the lifetime left, since that would move it later at
+    /// every answer.
+    fn answer_not_due(&self, token: &AccessToken, now: Instant) -> bool {
+        let by_window = token.expires_on().checked_sub(self.window);
+        let due = match token.refresh_on() {
+            Some(at) => by_window.map(|w| w.min(at)),
+            None => by_window,
+        };
+        due.is_some_and(|at| now < at)
     }
 }
 
@@ -526,8 +551,12 @@ impl<V: SlotValue> TokenSlot<V> {
     }
 
     fn entry(&self, value: V, now: Instant) -> Entry<V> {
+        self.entry_with_id(value, now, TokenId::next())
+    }
+
+    fn entry_with_id(&self, value: V, now: Instant, id: TokenId) -> Entry<V> {
         Entry {
-            id: TokenId::next(),
+            id,
             refresh_at: self.policy.refresh_at(value.token(), now),
             expires_on: value.token().expires_on(),
             value,
@@ -604,7 +633,19 @@ impl<V: SlotValue> TokenSlot<V> {
             }
         });
         let outcome = result.map(|value| match &state.current {
-            // The same token back is a failed attempt: keep the entry (and its timing).
+            // The same token back, not due by its own timing: the provider's answer for now
+            // (IMDS and App Service answer their cached token, with the time it has left).
+            // The entry takes its value and timing and keeps its id (see the module docs).
+            Some(current)
+                if current.value.token().secret() == value.token().secret()
+                    && self.policy.answer_not_due(value.token(), now) =>
+            {
+                let entry = self.entry_with_id(value, now, current.id);
+                state.current = Some(entry.clone());
+                entry
+            }
+            // Otherwise the same token back is a failed attempt: keep the entry (and its
+            // timing).
             Some(current) if current.value.token().secret() == value.token().secret() => {
                 current.clone()
             }
@@ -1016,9 +1057,18 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_refresh_returning_the_same_token_counts_as_a_failed_attempt() {
+        // Without a refresh time, or with one already reached (a credential's cached token,
+        // handed back because its own renewal failed).
+        for refresh_in in [None, Some(Duration::from_secs(50))] {
+            same_token_without_timing_ahead(refresh_in).await;
+        }
+    }
+
+    async fn same_token_without_timing_ahead(refresh_in: Option<Duration>) {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
-        let same = token("same", Duration::from_secs(200));
+        let same = token("same", Duration::from_secs(200))
+            .with_refresh_on(refresh_in.map(|d| Instant::now() + d));
         let stored = slot.store(same.clone());
         tokio::time::advance(Duration::from_secs(100)).await;
         let again = same.clone();
@@ -1033,6 +1083,80 @@ mod tests {
             calls.load(Ordering::SeqCst),
             1,
             "no second attempt within 30 s"
+        );
+    }
+
+    /// IMDS and App Service answer their cached token until shortly before it expires: at
+    /// half-life the renewal gets the same token back, with a refresh time of its own. Before,
+    /// that counted as a failed attempt, and the slot asked every 30 s until the window.
+    #[tokio::test(start_paused = true)]
+    async fn the_same_token_with_a_refresh_time_ahead_moves_the_renewal() {
+        const DAY: Duration = Duration::from_secs(86_400);
+        // What the managed-identity parser makes of an answer: refresh at half the lifetime
+        // given, for lifetimes of 2 h or more. `literal`: the answer says 86400 s each time;
+        // else the token issued at `issued`, with the time it has left.
+        let answer = move |literal: bool, issued: Instant| {
+            move |_| {
+                let now = Instant::now();
+                let expires = if literal { now + DAY } else { issued + DAY };
+                let left = expires - now;
+                let refresh_on =
+                    (left >= crate::token::HALF_LIFE_THRESHOLD).then(|| now + left / 2);
+                Ok(AccessToken::new("same", expires).with_refresh_on(refresh_on))
+            }
+        };
+        // Asked every 10 s for the 11 h 55 min from half-life to the 300 s window.
+        const STEPS: u32 = (12 * 360) - 30;
+        for (literal, expected) in [(true, 2), (false, 5)] {
+            // A credential's slot over the provider…
+            let slot = TokenSlot::new("Test", RefreshPolicy::default());
+            let calls = Arc::new(AtomicUsize::new(0));
+            let issued = Instant::now();
+            slot.get(counting(&calls, answer(literal, issued)))
+                .await
+                .unwrap();
+            tokio::time::advance(DAY / 2).await;
+            let first = slot.current_entry().unwrap().id;
+            for _ in 0..STEPS {
+                let got = slot
+                    .get(counting(&calls, answer(literal, issued)))
+                    .await
+                    .unwrap();
+                assert_eq!(got.secret().expose_secret(), "same");
+                tokio::time::advance(Duration::from_secs(10)).await;
+            }
+            // Initial, then 12 h (→ 36 h) / 12, 18, 21, 22.5 h (that answer has under 2 h
+            // left, no refresh_in: renewed in its window, at 23 h 55).
+            assert_eq!(calls.load(Ordering::SeqCst), expected, "literal: {literal}");
+            assert_eq!(
+                slot.current_entry().unwrap().id,
+                first,
+                "the same token's id"
+            );
+        }
+        // The layer's slot over a credential's slot over the provider: both follow.
+        let answer = answer(false, Instant::now());
+        let inner = TokenSlot::new("Inner", RefreshPolicy::default());
+        let outer = TokenSlot::new("Outer", RefreshPolicy::default());
+        let (calls, asked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let through = || {
+            let (inner, calls, asked) =
+                (Arc::clone(&inner), Arc::clone(&calls), Arc::clone(&asked));
+            move || async move {
+                asked.fetch_add(1, Ordering::SeqCst);
+                inner.get(counting(&calls, answer)).await
+            }
+        };
+        outer.get(through()).await.unwrap();
+        tokio::time::advance(DAY / 2).await;
+        for _ in 0..STEPS {
+            outer.get(through()).await.unwrap();
+            tokio::time::advance(Duration::from_secs(10)).await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 5, "provider requests");
+        assert!(
+            asked.load(Ordering::SeqCst) <= 10,
+            "outer acquisitions: {asked:?}"
         );
     }
 
