@@ -133,8 +133,9 @@ impl TokenCache {
             if let Some(level) = &self.shared {
                 level.bypassed();
             }
+            // The slot refuses a token that has already expired, keeping the one it holds.
             let token = acquire().await?;
-            slot.store(token.clone());
+            slot.store(token.clone())?;
             Ok(token)
         } else {
             let result = slot.get(acquire).await;
@@ -196,5 +197,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(after.secret().expose_secret(), "three");
+    }
+
+    /// A provider answering a claims request with `expires_in: 0`: the token is refused with
+    /// an error, and the valid cached token is kept (before, it was replaced by the expired
+    /// one, and the next request sent that).
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_claims_token_is_an_error_and_the_cached_token_stays() {
+        let cache = TokenCache::new("Test");
+        let key = CacheKey::new("t", &scopes(&["s"]), false);
+        let valid = || async {
+            Ok(AccessToken::new(
+                "valid",
+                Instant::now() + Duration::from_secs(3600),
+            ))
+        };
+        cache
+            .get_or_acquire(key.clone(), false, valid)
+            .await
+            .unwrap();
+        let expired = || async { Ok(AccessToken::new("expired", Instant::now())) };
+        let err = cache
+            .get_or_acquire(key.clone(), true, expired)
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("already expired"), "{err}");
+        let never = || async { Err(CredentialError::authentication_failed("Test", "not asked")) };
+        let after = cache.get_or_acquire(key, false, never).await.unwrap();
+        assert_eq!(after.secret().expose_secret(), "valid");
     }
 }

@@ -34,6 +34,10 @@
 //! * **A token stored meanwhile** ([`TokenSlot::store`]: the bearer layer's answer to a claims
 //!   challenge) stays when an acquisition that started before it ends: that acquisition was
 //!   asked for less, and its token would meet the same challenge again.
+//! * **An expired token is never stored**, however it comes in: an acquisition's outcome and
+//!   a token [`TokenSlot::store`]d (a claims answer with `expires_in: 0`) pass the same check;
+//!   refused, it is an error for its callers and the current entry stays (a valid token is
+//!   not thrown away for one that cannot be sent).
 //! * **Cancellation**: the acquisition runs in its own task. A caller that drops its future
 //!   does not cancel it for the others, and its result is stored even if nobody waits.
 //! * **Mechanism**: the acquisition is a [`SingleFlight`] (see [`crate::flight`] for its
@@ -478,13 +482,31 @@ impl<V: SlotValue> TokenSlot<V> {
     }
 
     /// Stores a value obtained outside the slot (a claims token); returns its entry. Not a
-    /// renewal: the spacing is left as it is.
-    pub(crate) fn store(&self, value: V) -> Entry<V> {
+    /// renewal: the spacing is left as it is. A token that has already expired is refused
+    /// with the error an acquisition's would get, and the current entry stays.
+    pub(crate) fn store(&self, value: V) -> Result<Entry<V>, CredentialError> {
+        let now = Instant::now();
+        let value = self.unexpired(value, now)?;
         let mut state = self.flight.lock();
-        let entry = self.entry(value, Instant::now());
+        let entry = self.entry(value, now);
         state.current = Some(entry.clone());
         self.bump();
-        entry
+        Ok(entry)
+    }
+
+    /// `value`, unless its token expired before it could be stored (a credential's own stale
+    /// token, a slow answer with a short lifetime, a provider answering `expires_in: 0`): such
+    /// a token is never stored nor handed out, whichever way it comes in.
+    fn unexpired(&self, value: V, now: Instant) -> Result<V, CredentialError> {
+        if now < value.token().expires_on() {
+            Ok(value)
+        } else {
+            Err(CredentialError::authentication_failed(
+                self.name,
+                "the credential returned a token that had already expired; check the \
+                 credential's answer and this machine's clock",
+            ))
+        }
     }
 
     /// Forgets the current token if it is still the one with this id (a resource rejected
@@ -619,19 +641,7 @@ impl<V: SlotValue> TokenSlot<V> {
         from: Option<TokenId>,
     ) -> Result<Entry<V>, CredentialError> {
         let now = Instant::now();
-        // A token that expired before it landed (a credential's own, or a slow answer with a
-        // short lifetime) is never handed out.
-        let result = result.and_then(|value| {
-            if now < value.token().expires_on() {
-                Ok(value)
-            } else {
-                Err(CredentialError::authentication_failed(
-                    self.name,
-                    "the credential returned a token that had already expired; check the \
-                     credential's answer and this machine's clock",
-                ))
-            }
-        });
+        let result = result.and_then(|value| self.unexpired(value, now));
         let outcome = result.map(|value| match &state.current {
             // The same token back, not due by its own timing: the provider's answer for now
             // (IMDS and App Service answer their cached token, with the time it has left).
@@ -707,7 +717,7 @@ mod tests {
     async fn fresh_token_is_served_without_acquiring() {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
-        slot.store(token("t1", HOUR));
+        slot.store(token("t1", HOUR)).unwrap();
         let got = slot
             .get(counting(&calls, |_| Ok(token("t2", HOUR))))
             .await
@@ -736,7 +746,7 @@ mod tests {
     async fn refresh_window_refreshes_once_and_failure_returns_cached_token() {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
-        slot.store(token("old", Duration::from_secs(299)));
+        slot.store(token("old", Duration::from_secs(299))).unwrap();
         // A 299 s token is renewed in its last 149.5 s.
         tokio::time::advance(Duration::from_millis(149_400)).await;
         slot.get(counting(&calls, |_| Err(failure())))
@@ -774,7 +784,8 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         slot.store(
             token("old", HOUR).with_refresh_on(Some(Instant::now() + Duration::from_secs(60))),
-        );
+        )
+        .unwrap();
         slot.get(counting(&calls, |_| Ok(token("unused", HOUR))))
             .await
             .unwrap();
@@ -791,7 +802,7 @@ mod tests {
     async fn expired_token_is_never_returned_even_within_the_failure_wait() {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
-        slot.store(token("old", Duration::from_secs(40)));
+        slot.store(token("old", Duration::from_secs(40))).unwrap();
         // The window opens at 20 s; the spacing after the store holds it until 30 s, when the
         // attempt fails: cached token returned.
         tokio::time::advance(Duration::from_secs(30)).await;
@@ -892,7 +903,7 @@ mod tests {
     async fn the_recheck_timer_bumps_the_generation_before_the_deadline() {
         trust_current_thread_timers();
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
-        let entry = slot.store(token("t", HOUR));
+        let entry = slot.store(token("t", HOUR)).unwrap();
         let generation = slot.generation();
         assert!(is_timed(slot.lookup(Instant::now(), never)));
         // A second lookup finds the same timer armed: no new task, no bump.
@@ -913,7 +924,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_timer_while_the_clock_is_paused() {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
-        slot.store(token("t", HOUR));
+        slot.store(token("t", HOUR)).unwrap();
         assert!(!is_timed(slot.lookup(Instant::now(), never)));
     }
 
@@ -929,7 +940,7 @@ mod tests {
             .build()
             .unwrap();
         current.block_on(async {
-            slot.store(token("t", HOUR));
+            slot.store(token("t", HOUR)).unwrap();
             assert!(!is_timed(slot.lookup(Instant::now(), never)));
         });
         let multi = tokio::runtime::Builder::new_multi_thread()
@@ -953,7 +964,7 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        runtime.block_on(async { slot.store(token("t", HOUR)) });
+        runtime.block_on(async { slot.store(token("t", HOUR)).unwrap() });
         drop(runtime);
         assert!(!is_timed(slot.lookup(Instant::now(), never)));
     }
@@ -969,7 +980,7 @@ mod tests {
             .build()
             .unwrap();
         let generation = runtime.block_on(async {
-            slot.store(token("t", HOUR));
+            slot.store(token("t", HOUR)).unwrap();
             assert!(is_timed(slot.lookup(Instant::now(), never)));
             slot.generation()
         });
@@ -983,7 +994,7 @@ mod tests {
         runtime.block_on(async {
             assert!(is_timed(slot.lookup(Instant::now(), never)));
             let generation = slot.generation();
-            slot.store(token("newer", 2 * HOUR));
+            slot.store(token("newer", 2 * HOUR)).unwrap();
             assert!(is_timed(slot.lookup(Instant::now(), never)));
             // The replaced timer's task is aborted; its guard bumps when it is dropped.
             tokio::task::yield_now().await;
@@ -1021,7 +1032,7 @@ mod tests {
     async fn lookup_in_the_window_hands_out_the_current_token_and_refreshes_in_the_background() {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
-        let old = slot.store(token("old", Duration::from_secs(200)));
+        let old = slot.store(token("old", Duration::from_secs(200))).unwrap();
         tokio::time::advance(Duration::from_secs(100)).await;
         let g0 = slot.generation();
         let slow = {
@@ -1069,7 +1080,7 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let same = token("same", Duration::from_secs(200))
             .with_refresh_on(refresh_in.map(|d| Instant::now() + d));
-        let stored = slot.store(same.clone());
+        let stored = slot.store(same.clone()).unwrap();
         tokio::time::advance(Duration::from_secs(100)).await;
         let again = same.clone();
         use_of(slot.lookup(Instant::now(), counting(&calls, move |_| Ok(again))));
@@ -1163,7 +1174,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_token_stored_during_a_renewal_is_not_replaced_by_its_outcome() {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
-        slot.store(token("old", Duration::from_secs(600)));
+        slot.store(token("old", Duration::from_secs(600))).unwrap();
         tokio::time::advance(Duration::from_secs(301)).await;
         let (send, answer) = tokio::sync::oneshot::channel::<AccessToken>();
         let renewal = move || async move { Ok(answer.await.unwrap()) };
@@ -1172,7 +1183,7 @@ mod tests {
             Lookup::Use { .. }
         ));
         // A claims challenge's token lands while the renewal runs.
-        let claims = slot.store(token("claims", HOUR));
+        let claims = slot.store(token("claims", HOUR)).unwrap();
         let generation = slot.generation();
         send.send(token("renewed", HOUR)).unwrap();
         while slot.generation() == generation {
@@ -1196,8 +1207,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn invalidate_forgets_only_the_token_it_names() {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
-        let first = slot.store(token("a", HOUR));
-        let second = slot.store(token("b", HOUR));
+        let first = slot.store(token("a", HOUR)).unwrap();
+        let second = slot.store(token("b", HOUR)).unwrap();
         slot.invalidate(first.id);
         assert_eq!(slot.current_entry().unwrap().id, second.id);
         let g = slot.generation();
@@ -1359,7 +1370,7 @@ mod tests {
     async fn the_spacing_counts_from_the_end_of_an_attempt() {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
-        slot.store(token("old", Duration::from_secs(600)));
+        slot.store(token("old", Duration::from_secs(600))).unwrap();
         tokio::time::advance(Duration::from_secs(300)).await;
         // A refresh that takes 5 s and fails.
         let slow_failure = {

@@ -182,11 +182,12 @@ impl Source {
                         WhenAbandoned::RunOn,
                         acquisition,
                         move |state, result| {
-                            // A failure is remembered for the spacing; a success forgets it.
-                            match result {
-                                Ok(prepared) => {
+                            // A failure (an expired token the slot refused included) is
+                            // remembered for the spacing; a success forgets it.
+                            match result.and_then(|prepared| slot.store(prepared)) {
+                                Ok(entry) => {
                                     state.failed = None;
-                                    Ok(slot.store(prepared))
+                                    Ok(entry)
                                 }
                                 Err(error) => {
                                     state.failed = Some((asked, error.clone(), Instant::now()));
@@ -308,6 +309,28 @@ mod tests {
         Source::new(credential.boxed_credential(), vec!["s".into()], options)
     }
 
+    /// The credential answers the claims request with a token that has already expired
+    /// (`source()`'s credential does): an error, and the layer's valid token stays.
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_claims_token_is_an_error_and_the_current_token_stays() {
+        let source = source();
+        let expires = Instant::now() + std::time::Duration::from_secs(3600);
+        let valid = Prepared::new(AccessToken::new("valid", expires), None).unwrap();
+        let entry = source.slot.store(valid).unwrap();
+        let Err(err) = source.claims_token("c", entry.id).await else {
+            panic!("an expired claims token was accepted");
+        };
+        assert!(err.message().contains("already expired"), "{err}");
+        let current = source.slot.current_entry().unwrap();
+        assert_eq!(current.id, entry.id);
+        assert_eq!(current.value.token.secret().expose_secret(), "valid");
+        // Remembered as a failure for these claims: not asked again within the spacing.
+        let Err(again) = source.claims_token("c", entry.id).await else {
+            panic!("asked again within the spacing");
+        };
+        assert_eq!(again.message(), err.message());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_401_reaches_the_slot_holding_the_token_and_a_dropped_layer_leaves_no_entry() {
         let token = || {
@@ -315,8 +338,8 @@ mod tests {
             Prepared::new(AccessToken::new("t", expires), None).unwrap()
         };
         let (source, other) = (source(), source());
-        let entry = source.slot.store(token());
-        let others = other.slot.store(token());
+        let entry = source.slot.store(token()).unwrap();
+        let others = other.slot.store(token()).unwrap();
         assert_ne!(entry.id, others.id, "token ids are unique across slots");
 
         invalidate(others.id);
