@@ -60,8 +60,9 @@ impl Shared {
             }
             let lease_key = key.lease();
             let holder = self.next_holder();
+            // Measured as time waited, not as a deadline: a `wait_limit` past what the clock
+            // can represent (`Duration::MAX`) then means no limit, never no wait.
             let start = Instant::now();
-            let deadline = start.checked_add(self.wait_limit).unwrap_or(start);
             let mut pause = FIRST_POLL;
             let mut lost = false;
             loop {
@@ -100,12 +101,11 @@ impl Shared {
                         return result;
                     }
                 }
-                let now = Instant::now();
-                let Some(left) = deadline.checked_duration_since(now).filter(|d| !d.is_zero())
-                else {
+                let left = self.wait_limit.saturating_sub(start.elapsed());
+                if left.is_zero() {
                     tracing::debug!(wait_limit = ?self.wait_limit, "distributed token cache: the holder's token did not come in time");
                     return self.alone(idp, Some(&token_key)).await;
-                };
+                }
                 tokio::time::sleep(pause.min(left)).await;
                 pause = pause.saturating_mul(2).min(LAST_POLL);
                 match self.find(&token_key, policy, Report::Unreadable).await {

@@ -28,8 +28,10 @@ pub(super) struct Breaker {
 struct State {
     /// Failures in a row.
     consecutive: u32,
-    /// While open: until when.
-    open_until: Option<Instant>,
+    /// While open: since when. Compared as time elapsed, not as an end instant: an
+    /// `open_for` past what the clock can represent (`Duration::MAX`) then keeps the breaker
+    /// open for the process's life, never not at all.
+    opened_at: Option<Instant>,
 }
 
 impl Breaker {
@@ -81,13 +83,15 @@ impl Breaker {
     }
 
     fn is_open(&self, now: Instant) -> bool {
-        self.lock().open_until.is_some_and(|until| now < until)
+        self.lock()
+            .opened_at
+            .is_some_and(|at| now.saturating_duration_since(at) < self.open_for)
     }
 
     fn succeeded(&self) {
         let mut state = self.lock();
         state.consecutive = 0;
-        if state.open_until.take().is_some() {
+        if state.opened_at.take().is_some() {
             tracing::info!(
                 "distributed token cache: the store answers again; sharing tokens again"
             );
@@ -100,9 +104,7 @@ impl Breaker {
         if state.consecutive < self.failures {
             return;
         }
-        let now = Instant::now();
-        let until = now.checked_add(self.open_for).unwrap_or(now);
-        if state.open_until.replace(until).is_none() {
+        if state.opened_at.replace(Instant::now()).is_none() {
             tracing::warn!(
                 error = %failure,
                 failures = state.consecutive,

@@ -80,21 +80,25 @@ impl DistributedCacheBuilder {
 
     /// How long a lease lasts: the longest another process waits for a holder that died
     /// before taking over. Keep it above the time a token request takes: a holder still
-    /// asking when its lease expires lets a second process ask too. Default: 10 s.
+    /// asking when its lease expires lets a second process ask too. Default: 10 s. A store may
+    /// cap a longer one at what it can keep (`RedisTokenCache`: 100
+    /// years).
     pub fn lease(mut self, ttl: Duration) -> Self {
         self.lease = ttl;
         self
     }
 
     /// How long a process that lost the lease waits for the holder's token before asking the
-    /// identity provider itself. Default: 10 s.
+    /// identity provider itself. Default: 10 s. `Duration::MAX` means no limit: the process
+    /// waits until the holder publishes or its lease expires (then takes it over).
     pub fn wait_limit(mut self, limit: Duration) -> Self {
         self.wait_limit = limit;
         self
     }
 
     /// After `failures` store calls in a row fail or outlive the budget, the store is not
-    /// asked for `open_for`. Default: 3, 30 s.
+    /// asked for `open_for`. Default: 3, 30 s. `Duration::MAX` keeps it open for the process's
+    /// life once it opens.
     pub fn breaker(mut self, failures: u32, open_for: Duration) -> Self {
         self.failures = failures;
         self.open_for = open_for;

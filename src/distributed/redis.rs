@@ -54,6 +54,9 @@ const MAX_ERROR_CHARS: usize = 200;
 /// The URL is the `redis` crate's: `redis://[user:password@]host[:port][/db]`, `rediss://` for
 /// TLS (rustls, the platform's roots), `redis+unix:///path` for a Unix socket.
 ///
+/// Keys are given a TTL of at most 100 years: a longer one (a `lease(Duration::MAX)`) is
+/// capped, since Redis refuses a `PX` that overflows when added to its clock.
+///
 /// The store adds no timeout and no retry delay of its own: the distributed cache bounds every
 /// call with its budget and counts failures in its breaker, so a wait here would only hide
 /// how long Redis took. A call to a server that does not answer (stopped, partitioned) stays
@@ -168,9 +171,17 @@ fn unexpected(op: &str, value: &Value) -> StoreError {
     StoreError::msg(format!("redis {op} answered {kind}, which it never should"))
 }
 
-/// `ttl` in whole milliseconds for `PX`: at least 1 (`PX 0` is an error), at most `u64::MAX`.
+/// The longest TTL a key is given: 100 years (365.25-day years), in milliseconds. Redis
+/// refuses a `PX` whose sum with its own clock overflows a signed 64-bit integer ("invalid
+/// expire time"), so a longer setting (a `lease(Duration::MAX)`) is capped here rather than
+/// make every call fail; nothing in the cache lives that long.
+const MAX_PX: u64 = 3_155_760_000_000;
+
+/// `ttl` in whole milliseconds for `PX`: at least 1 (`PX 0` is an error), at most [`MAX_PX`].
 fn px(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_PX)
 }
 
 impl TokenStore for RedisTokenCache {
@@ -308,10 +319,12 @@ mod tests {
     }
 
     #[test]
-    fn px_is_never_zero_and_never_wraps() {
+    fn px_is_never_zero_and_never_past_the_cap() {
         assert_eq!(px(Duration::ZERO), 1);
         assert_eq!(px(Duration::from_micros(1500)), 1);
         assert_eq!(px(Duration::from_secs(3)), 3000);
-        assert_eq!(px(Duration::MAX), u64::MAX);
+        // Redis refuses a PX that overflows when added to its clock: capped.
+        assert_eq!(px(Duration::MAX), MAX_PX);
+        assert_eq!(px(Duration::from_millis(MAX_PX + 1)), MAX_PX);
     }
 }

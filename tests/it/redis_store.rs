@@ -70,6 +70,29 @@ async fn put_then_get_round_trips_bytes_and_expires_with_the_ttl() {
     );
 }
 
+/// A TTL past what Redis accepts (`lease(Duration::MAX)`, PX 18446744073709551615, which Redis
+/// refuses as an invalid expire time) is capped at 100 years.
+#[tokio::test]
+async fn the_largest_ttl_is_capped_at_a_hundred_years() {
+    let server = RedisServer::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    const CENTURY_MS: i64 = 3_155_760_000_000;
+    assert!(
+        store
+            .try_lease("p:{a}:lease", "one", Duration::MAX)
+            .await
+            .unwrap()
+    );
+    store.put("p:{a}:token", b"v", Duration::MAX).await.unwrap();
+    for key in ["p:{a}:lease", "p:{a}:token"] {
+        let left = pttl(&server, key);
+        assert!(
+            (CENTURY_MS - 60_000..=CENTURY_MS).contains(&left),
+            "PTTL {left} ms for {key}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_lease_has_one_holder_until_it_expires() {
     let server = RedisServer::start();

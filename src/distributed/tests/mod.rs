@@ -313,6 +313,52 @@ async fn a_lost_lease_polls_with_backoff_and_takes_the_holders_token() {
     assert_eq!(idp.calls(), 1);
 }
 
+/// `wait_limit(Duration::MAX)` is no limit: the process waits for the holder. (Before, the
+/// overflowing deadline fell back to "now": it never waited, and asked the provider too.)
+#[tokio::test(start_paused = true)]
+async fn the_largest_wait_limit_waits_for_the_holder() {
+    let store = MemoryStore::new();
+    // The holder's lease outlasts its 20 s request: nobody takes it over.
+    let holder_cache = cache_with(&store, |b| b.lease(Duration::from_secs(60)));
+    let waiter_cache = cache_with(&store, |b| b.wait_limit(Duration::MAX));
+    let idp = Idp::new(Duration::from_secs(20));
+    let holder_process = process(&holder_cache);
+    let holder = tokio::spawn({
+        let idp = idp.clone();
+        async move { get(&holder_process, &idp).await }
+    });
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    let waited = get(&process(&waiter_cache), &idp).await;
+    assert_eq!(waited, holder.await.unwrap());
+    assert!(
+        start.elapsed() >= Duration::from_secs(19),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(idp.calls(), 1);
+    assert_eq!(waiter_cache.stats().idp_calls, 0);
+}
+
+/// `breaker(_, Duration::MAX)` keeps the breaker open once it opens. (Before, the
+/// overflowing end fell back to "now": it never opened.)
+#[tokio::test(start_paused = true)]
+async fn the_largest_open_for_keeps_the_breaker_open() {
+    let store = MemoryStore::new();
+    let c = cache_with(&store, |b| b.breaker(1, Duration::MAX));
+    let p = process(&c);
+    let idp = Idp::new(Duration::ZERO);
+    store.set_mode(Mode::Fail);
+    get_for(&p, &idp, "a").await;
+    assert_eq!(store.calls(), 1);
+    store.set_mode(Mode::Healthy);
+    for (scope, later) in [("b", Duration::ZERO), ("c", 100 * 365 * 24 * HOUR)] {
+        tokio::time::advance(later).await;
+        get_for(&p, &idp, scope).await;
+        assert_eq!(store.calls(), 1, "open: the store is not asked ({scope})");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hanging_store_costs_the_budget_per_call_then_the_breaker_opens_and_closes() {
     let store = MemoryStore::new();
