@@ -32,9 +32,14 @@
 //!   failed* error ("… did not finish", naming the credential) and removes the record, in one
 //!   critical section, however the task ends; waiters get the same kind of error with the
 //!   task's join error ("… did not finish: task 7 panicked …"). The next caller starts anew.
-//!   On a runtime already shutting down, `tokio::spawn` drops the task at once, inside
+//!   On a runtime already shutting down, spawning drops the task at once, inside
 //!   `start` and under its lock: the guard then does nothing (it would wait for that lock
 //!   forever), nothing is recorded, and the callers get the join error.
+//! * **No runtime**: polled outside a tokio runtime (under `futures::executor::block_on`,
+//!   say), [`FlightLock::start`] spawns nothing and records nothing: the flight's handle
+//!   resolves at once to an *invalid request* error ("… needs a tokio runtime"), and `land`
+//!   is not called. Only starting a flight needs the runtime; an owner answering from its
+//!   state (a fresh token) does not look for one.
 //! * **Records carry an id**: a guard removes its own record only, never the record of a newer
 //!   flight of the same key.
 //! * **Locks**: the mutex is never held across an `.await`: `land` is synchronous, and the
@@ -249,6 +254,23 @@ where
             + Send
             + 'static,
     {
+        // Only here, where a flight starts, never on a path that finds a token: a poll
+        // outside a tokio runtime (`futures::executor::block_on`) gets an error, not
+        // `tokio::spawn`'s panic.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let error = CredentialError::invalid_request(
+                self.inner.name,
+                format!(
+                    "{} needs a tokio runtime, and none is running on this thread; call it \
+                     from within one (e.g. under `#[tokio::main]` or `Runtime::block_on`)",
+                    self.inner.what
+                ),
+            );
+            return Flight {
+                joined: futures_util::future::ready(Err(error)).boxed().shared(),
+                _holder: None,
+            };
+        };
         let locked = &mut *self.locked;
         locked.next_id = locked.next_id.wrapping_add(1);
         let id = locked.next_id;
@@ -262,7 +284,7 @@ where
             armed: Arc::clone(&armed),
         };
         // The lock is held: the task cannot land (and remove its record) before it is written.
-        let task = tokio::spawn(async move {
+        let task = runtime.spawn(async move {
             let result = work.await;
             landing.finish(result)
         });
@@ -373,6 +395,27 @@ where
             locked.remove(self.id);
             // Nobody gets this outcome: waiters get the task's join error.
             let _ = land(&mut locked.state, Err(error));
+        }
+    }
+}
+
+/// Runs `future` to completion on this thread with no tokio runtime, as
+/// `futures::executor::block_on` does (std only: the tests need no executor crate).
+#[cfg(test)]
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(output) => return output,
+            Poll::Pending => std::thread::park(),
         }
     }
 }
@@ -615,6 +658,22 @@ mod tests {
             .expect("starting a flight on a runtime shutting down hung");
         assert!(!joinable && !running, "a dead flight must not be joined");
         assert_eq!(failed, Some(true), "its callers get an error at once");
+    }
+
+    /// Outside a tokio runtime a flight cannot be spawned: its handle is an error (before,
+    /// `tokio::spawn` panicked), nothing is recorded, and nothing lands.
+    #[test]
+    fn a_flight_started_outside_a_runtime_is_an_error_not_a_panic() {
+        let flights = flights();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let flight = join_or_start(&flights, "k", || work(&runs, 0, Ok(1)));
+        let error = block_on(flight).unwrap_err();
+        assert!(error.is_invalid_request(), "{error}");
+        assert_eq!(error.credential(), "TestCredential");
+        assert!(error.message().contains("needs a tokio runtime"), "{error}");
+        assert!(!flights.lock().is_running("k"));
+        assert!(flights.lock().is_empty(), "nothing landed");
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1405,6 +1405,26 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
+    /// A slot polled outside a tokio runtime (`futures::executor::block_on`): with no token,
+    /// credentials' `get` and the layer's `lookup` get an error (before: `tokio::spawn`'s
+    /// panic); a fresh token is handed out as ever.
+    #[test]
+    fn without_a_runtime_an_empty_slot_is_an_error_and_a_fresh_token_is_served() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        let acquire = || async { Ok(AccessToken::new("t", Instant::now() + HOUR)) };
+        let error = crate::flight::block_on(slot.get(acquire)).unwrap_err();
+        assert!(error.is_invalid_request(), "{error}");
+        assert!(error.message().contains("needs a tokio runtime"), "{error}");
+        let Lookup::Wait(acquisition) = slot.lookup(Instant::now(), acquire) else {
+            panic!("no token yet");
+        };
+        assert!(crate::flight::block_on(acquisition).is_err());
+        slot.store(AccessToken::new("fresh", Instant::now() + HOUR))
+            .unwrap();
+        let got = crate::flight::block_on(slot.get(acquire)).unwrap();
+        assert_eq!(got.secret().expose_secret(), "fresh");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_panicking_acquisition_names_the_credential() {
         let slot: Arc<TokenSlot> = TokenSlot::new("SomeCredential", RefreshPolicy::default());

@@ -331,6 +331,19 @@ mod tests {
         assert_eq!(again.message(), err.message());
     }
 
+    /// A claims challenge met outside a tokio runtime: an error, not `tokio::spawn`'s panic.
+    #[test]
+    fn a_claims_token_without_a_runtime_is_an_error() {
+        let source = source();
+        let expires = Instant::now() + std::time::Duration::from_secs(3600);
+        let valid = Prepared::new(AccessToken::new("valid", expires), None).unwrap();
+        let entry = source.slot.store(valid).unwrap();
+        let Err(err) = crate::flight::block_on(source.claims_token("c", entry.id)) else {
+            panic!("no token can be acquired without a runtime");
+        };
+        assert!(err.message().contains("needs a tokio runtime"), "{err}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_401_reaches_the_slot_holding_the_token_and_a_dropped_layer_leaves_no_entry() {
         let token = || {
