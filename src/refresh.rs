@@ -5,30 +5,42 @@
 //!
 //! * **Fresh** (before the token's refresh time): callers get the cached token.
 //! * **Refresh window** (refresh time reached, token still valid): exactly one acquisition
-//!   runs. [`TokenSlot::get`] (credentials) waits for it and, if it fails, returns the
-//!   still-valid cached token; [`TokenSlot::lookup`] (the bearer layer) does not wait: it
-//!   starts the acquisition in the background and hands out the current token.
+//!   runs, and nobody waits for it. [`TokenSlot::get`] (credentials) and
+//!   [`TokenSlot::lookup`] (the bearer layer) alike start it in the background, or leave the
+//!   running one alone, and hand out the current token at once (DESIGN: callers keep getting
+//!   the current token while exactly one refresh runs). Its outcome lands when it ends: the
+//!   next caller gets the new token; a failure leaves the current one in place. So a slow or
+//!   failing provider never adds latency while the token is valid.
 //! * **Spacing**: a renewal (an acquisition started while a valid token is held) starts at
 //!   least `retry_after_failure` (30 s) after the previous renewal *ended* — whether that one
 //!   failed, succeeded, or handed back the very token it was meant to replace (a credential
 //!   that kept its still-valid token because its own refresh failed). So a renewal is never
 //!   followed by another within 30 s, whatever the new token's lifetime, and the window never
 //!   turns into one call per request. Counting from the end makes two stacked slots agree (the
-//!   layer's slot over a credential's): the outer attempt ends after the inner one, so when the
-//!   outer slot tries again the inner one's spacing has passed too, and 30 s holds end to end.
+//!   layer's slot over a credential's): the outer attempt ends after the inner one (see
+//!   below), so when the outer slot tries again the inner one's spacing has passed too, and
+//!   30 s holds end to end.
 //!   A first acquisition is not a renewal: a token whose provider asks for an early renewal
 //!   (`refresh_in`) gets it.
 //! * **The same token back**: a renewal that brings the token already held is a failed
 //!   attempt (the entry and its timing stay, the spacing applies) — unless the answer says by
 //!   itself that it is not due: its `refresh_on` and the start of the full window
-//!   (`expires_on − 300 s`, neither shrunk nor jittered) are both still ahead. IMDS and App Service keep their token in a cache of their own and answer it
-//!   again, with the lifetime it has left, when asked at half-life; msal then takes the
-//!   answer and renews at half of what is left (+6 h, +3 h … for a 24 h token). Such an
-//!   answer replaces the entry's value and timing and keeps its id (it is the same token), so
-//!   a 24 h token costs a handful of requests, not one per 30 s from half-life to the window
-//!   (about 1400). A credential handing back its cached token because its own renewal failed
+//!   (`expires_on − 300 s`, neither shrunk nor jittered) are both still ahead. IMDS and App
+//!   Service keep their token in a cache of their own and answer it again, with the lifetime
+//!   it has left, when asked at half-life; msal then takes the answer and renews at half of
+//!   what is left (+6 h, +3 h … for a 24 h token). Such an answer replaces the entry's value
+//!   and timing and keeps its id (it is the same token), so a 24 h token costs a handful of
+//!   requests, not one per 30 s from half-life to the window (about 1400). A credential handing back its cached token because its own renewal failed
 //!   hands back a token that is due (the slot renewed it at its `refresh_on` or in its
 //!   window), so that still counts as failed, as does the same token with under 300 s left.
+//! * **Stacked slots**: a renewal's task is marked (a tokio task-local set around the
+//!   acquisition's work), and [`TokenSlot::get`] called from a renewal — the layer's renewal
+//!   asking its credential, whose slot is in its window too — joins or starts that slot's
+//!   renewal and waits for it (falling back to the valid cached token if it fails) instead of
+//!   answering at once. Nobody waits on the outer renewal, so this costs no caller anything,
+//!   and the layer takes the credential's new token as soon as it exists; answered at once,
+//!   it would get the token it holds, count a failed attempt, and send the old token for 30 s
+//!   more. A slot's first acquisition (its callers wait for it) is not marked.
 //! * **No valid token**: every caller waits on one acquisition and receives its result, the
 //!   error included. An expired token is never returned.
 //! * **A token stored meanwhile** ([`TokenSlot::store`]: the bearer layer's answer to a claims
@@ -38,8 +50,9 @@
 //!   a token [`TokenSlot::store`]d (a claims answer with `expires_in: 0`) pass the same check;
 //!   refused, it is an error for its callers and the current entry stays (a valid token is
 //!   not thrown away for one that cannot be sent).
-//! * **Cancellation**: the acquisition runs in its own task. A caller that drops its future
-//!   does not cancel it for the others, and its result is stored even if nobody waits.
+//! * **Cancellation**: the acquisition runs in its own task ([`WhenAbandoned::RunOn`]). A
+//!   caller that drops its future does not cancel it for the others, and its result is stored
+//!   even if nobody waits — as for a renewal in the window, which nobody waits for.
 //! * **Mechanism**: the acquisition is a [`SingleFlight`] (see [`crate::flight`] for its
 //!   contract): the token, the spacing and the running acquisition sit under its one mutex,
 //!   so deciding fresh / join / start, and storing an outcome as the acquisition's record
@@ -321,6 +334,18 @@ impl<V> Drop for BumpOnDrop<V> {
     }
 }
 
+tokio::task_local! {
+    /// Whether the task runs a slot's renewal (set around every acquisition's work): a
+    /// credential's slot asked from there waits for its own renewal (see "Stacked slots" in
+    /// the module docs).
+    static RENEWING: bool;
+}
+
+/// Whether this task is a slot's renewal: the layer's, asking its credential.
+fn inside_a_renewal() -> bool {
+    RENEWING.try_with(|renewing| *renewing).unwrap_or(false)
+}
+
 /// The slot's state and its one flight, locked.
 type Locked<'a, V> = FlightLock<'a, (), Entry<V>, State<V>>;
 
@@ -331,15 +356,6 @@ pub(crate) struct TokenSlot<V = AccessToken> {
     policy: RefreshPolicy,
     generation: AtomicU64,
     flight: SingleFlight<(), Entry<V>, State<V>>,
-}
-
-/// What a caller of [`TokenSlot::get`] does after looking at the state.
-enum Plan<V> {
-    Ready(V),
-    Wait {
-        acquisition: Acquisition<V>,
-        fallback: Option<V>,
-    },
 }
 
 /// The answer of [`TokenSlot::lookup`].
@@ -387,56 +403,47 @@ impl<V: SlotValue> TokenSlot<V> {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// Credential semantics: the cached value if fresh; otherwise the result of the single
-    /// acquisition that `acquire` starts (or that another caller already started), falling
-    /// back to the still-valid cached value if it fails. See the module docs.
+    /// Credential semantics: the cached value while it is valid — in the refresh window
+    /// after starting the renewal in the background if none runs and the spacing allows
+    /// (see the module docs); with no valid value, the result of the single acquisition that
+    /// `acquire` starts or that another caller already started. Called from another slot's
+    /// renewal (a layer's over this credential), it waits for this slot's renewal instead,
+    /// falling back to the valid cached value if it fails.
     pub(crate) async fn get<F, Fut>(self: &Arc<Self>, acquire: F) -> Result<V, CredentialError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
-        let plan = {
+        let (acquisition, fallback) = {
             let now = Instant::now();
             let mut state = self.flight.lock();
             match state.current.clone() {
                 Some(entry) if now < entry.expires_on => {
                     if now < entry.refresh_at {
-                        Plan::Ready(entry.value)
-                    } else if let Some(acquisition) = state.running(&()) {
-                        Plan::Wait {
-                            acquisition,
-                            fallback: Some(entry.value),
-                        }
-                    } else if self.recently_attempted(&state, now) {
-                        Plan::Ready(entry.value)
-                    } else {
-                        Plan::Wait {
-                            acquisition: self.start(&mut state, acquire, true),
-                            fallback: Some(entry.value),
-                        }
+                        return Ok(entry.value);
+                    }
+                    let renewal = match state.running(&()) {
+                        Some(running) => Some(running),
+                        None if self.recently_attempted(&state, now) => None,
+                        None => Some(self.start(&mut state, acquire, true)),
+                    };
+                    match renewal {
+                        Some(renewal) if inside_a_renewal() => (renewal, Some(entry.value)),
+                        // A renewal dropped unawaited runs on in its task
+                        // (`WhenAbandoned::RunOn`) and its outcome lands.
+                        _ => return Ok(entry.value),
                     }
                 }
-                _ => Plan::Wait {
-                    acquisition: self.join_or_start(&mut state, acquire),
-                    fallback: None,
-                },
+                _ => (self.join_or_start(&mut state, acquire), None),
             }
         };
-        match plan {
-            Plan::Ready(value) => Ok(value),
-            Plan::Wait {
-                acquisition,
-                fallback,
-            } => match acquisition.await {
-                Ok(entry) => Ok(entry.value),
-                Err(error) => match fallback {
-                    Some(value) if !value.token().is_expired() => {
-                        tracing::debug!(error = %error, "refresh failed; the cached token is still valid");
-                        Ok(value)
-                    }
-                    _ => Err(error),
-                },
-            },
+        match (acquisition.await, fallback) {
+            (Ok(entry), _) => Ok(entry.value),
+            (Err(error), Some(value)) if !value.token().is_expired() => {
+                tracing::debug!(error = %error, "refresh failed; the cached token is still valid");
+                Ok(value)
+            }
+            (Err(error), _) => Err(error),
         }
     }
 
@@ -621,7 +628,7 @@ impl<V: SlotValue> TokenSlot<V> {
             attempt = state.acquisitions,
             renewal
         );
-        let work = span.in_scope(acquire).instrument(span);
+        let work = RENEWING.scope(renewal, span.in_scope(acquire).instrument(span));
         let slot = Arc::clone(self);
         let from = state.current.as_ref().map(|entry| entry.id);
         state.start((), WhenAbandoned::RunOn, work, move |state, result| {
@@ -713,6 +720,14 @@ mod tests {
         CredentialError::authentication_failed("Test", "provider down")
     }
 
+    /// Lets renewals started in the background run to their end (they take no clock time
+    /// here: `counting`'s answers come after one yield).
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn fresh_token_is_served_without_acquiring() {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
@@ -743,7 +758,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn refresh_window_refreshes_once_and_failure_returns_cached_token() {
+    async fn refresh_window_refreshes_once_in_the_background_and_failure_keeps_the_cached_token() {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
         slot.store(token("old", Duration::from_secs(299))).unwrap();
@@ -759,6 +774,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got.secret().expose_secret(), "old");
+        settle().await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         // Within 30 s of the failed attempt: no new attempt.
         tokio::time::advance(Duration::from_secs(29)).await;
@@ -767,15 +783,97 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got.secret().expose_secret(), "old");
+        settle().await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        // After 30 s: one more attempt, which succeeds.
+        // After 30 s: one more attempt, which succeeds; the caller that started it is given
+        // the current token, the next one the new token.
         tokio::time::advance(Duration::from_secs(1)).await;
         let got = slot
             .get(counting(&calls, |_| Ok(token("new", HOUR))))
             .await
             .unwrap();
+        assert_eq!(got.secret().expose_secret(), "old");
+        settle().await;
+        let got = slot
+            .get(counting(&calls, |_| Err(failure())))
+            .await
+            .unwrap();
         assert_eq!(got.secret().expose_secret(), "new");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// In the refresh window no caller waits for the renewal (DESIGN: callers keep getting
+    /// the current token while exactly one refresh runs). Before, every caller of `get`
+    /// waited for it: here 5 s, past each caller's 1 s timeout.
+    #[tokio::test(start_paused = true)]
+    async fn callers_in_the_window_get_the_current_token_at_once_while_one_renewal_runs() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        slot.store(token("old", Duration::from_secs(600))).unwrap();
+        tokio::time::advance(Duration::from_secs(301)).await;
+        let slow = |calls: &Arc<AtomicUsize>| {
+            let calls = Arc::clone(calls);
+            move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(token("new", HOUR))
+            }
+        };
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let (slot, acquire) = (Arc::clone(&slot), slow(&calls));
+                tokio::spawn(async move {
+                    tokio::time::timeout(Duration::from_secs(1), slot.get(acquire)).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            let got = task.await.unwrap().expect("nobody waits for the renewal");
+            assert_eq!(got.unwrap().secret().expose_secret(), "old");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "exactly one renewal");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        settle().await;
+        let got = slot.get(slow(&calls)).await.unwrap();
+        assert_eq!(got.secret().expose_secret(), "new");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// The layer's renewal asks its credential, whose slot is in its window too: that one
+    /// renewal is waited for, and the layer has the new token once it exists (answered at
+    /// once, the layer would get the old token back and send it for 30 s more).
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_asking_a_slot_in_its_window_waits_for_that_slots_renewal() {
+        let inner = TokenSlot::new("Inner", RefreshPolicy::default());
+        let outer = TokenSlot::new("Outer", RefreshPolicy::default());
+        let old = token("old", Duration::from_secs(600));
+        inner.store(old.clone()).unwrap();
+        outer.store(old).unwrap();
+        tokio::time::advance(Duration::from_secs(301)).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let provider = {
+            let calls = Arc::clone(&calls);
+            move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(token("new", HOUR))
+            }
+        };
+        let through = {
+            let inner = Arc::clone(&inner);
+            move || async move { inner.get(provider).await }
+        };
+        let (entry, _, _) = use_of(outer.lookup(Instant::now(), through));
+        assert_eq!(entry.value.secret().expose_secret(), "old");
+        settle().await;
+        // A caller of the credential meanwhile is not a renewal: the current token at once.
+        let direct = inner.get(|| async { Err(failure()) }).await.unwrap();
+        assert_eq!(direct.secret().expose_secret(), "old");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        settle().await;
+        let current = outer.current_entry().unwrap();
+        assert_eq!(current.value.secret().expose_secret(), "new");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -795,7 +893,18 @@ mod tests {
             .get(counting(&calls, |_| Ok(token("new", HOUR))))
             .await
             .unwrap();
+        assert_eq!(
+            got.secret().expose_secret(),
+            "old",
+            "renewed in the background"
+        );
+        settle().await;
+        let got = slot
+            .get(counting(&calls, |_| Err(failure())))
+            .await
+            .unwrap();
         assert_eq!(got.secret().expose_secret(), "new");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -807,6 +916,7 @@ mod tests {
         // attempt fails: cached token returned.
         tokio::time::advance(Duration::from_secs(30)).await;
         assert!(slot.get(counting(&calls, |_| Err(failure()))).await.is_ok());
+        settle().await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_secs(10)).await;
         // Expired, 10 s after the last attempt: the 30 s wait does not apply, the error does.
@@ -1322,7 +1432,13 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3)).await;
         // The first acquisition was no renewal: the provider's early refresh time holds.
         let got = slot.get(counting(&calls, early("second"))).await.unwrap();
-        assert_eq!(got.secret().expose_secret(), "second");
+        assert_eq!(
+            got.secret().expose_secret(),
+            "first",
+            "renewed in the background"
+        );
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
         // That renewal is followed by no other for 30 s.
         tokio::time::advance(Duration::from_secs(3)).await;
         let got = slot.get(counting(&calls, early("third"))).await.unwrap();
@@ -1333,6 +1449,9 @@ mod tests {
         );
         tokio::time::advance(Duration::from_secs(27)).await;
         let got = slot.get(counting(&calls, early("third"))).await.unwrap();
+        assert_eq!(got.secret().expose_secret(), "second");
+        settle().await;
+        let got = slot.get(counting(&calls, early("fourth"))).await.unwrap();
         assert_eq!(got.secret().expose_secret(), "third");
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
@@ -1392,6 +1511,9 @@ mod tests {
                 .expose_secret(),
             "old"
         );
+        // It ends 5 s later, in the background.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        settle().await;
         // 30 s after it started but 25 s after it ended: no attempt yet.
         tokio::time::advance(Duration::from_secs(25)).await;
         slot.get(counting(&calls, |_| Err(failure())))
@@ -1402,6 +1524,7 @@ mod tests {
         slot.get(counting(&calls, |_| Err(failure())))
             .await
             .unwrap();
+        settle().await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 

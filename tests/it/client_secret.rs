@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use tower_identity::{CredentialExt, HttpClient, RetryOptions, TokenRequest};
 
 use crate::support::authority::{Authority, Fault, TokenShape, error_body};
+use crate::support::clock::settle;
 use crate::support::creds::{
     CLIENT_ID, CLIENT_SECRET, SCOPE, TENANT, client_secret, client_secret_with, http_builder, secs,
 };
@@ -512,9 +513,13 @@ async fn token_is_reused_until_five_minutes_before_expiry_then_renewed() {
     );
     assert_eq!(authority.token_posts(), 1);
     tokio::time::advance(secs(1)).await;
+    // In the window: the current token at once, the renewal in the background.
+    let current = credential.get_token([SCOPE]).await.unwrap();
+    assert_eq!(current.secret(), first.secret());
+    settle().await;
+    assert_eq!(authority.token_posts(), 2);
     let renewed = credential.get_token([SCOPE]).await.unwrap();
     assert_eq!(renewed.secret().expose_secret(), "at-2-contoso");
-    assert_eq!(authority.token_posts(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -525,9 +530,11 @@ async fn refresh_in_from_the_answer_moves_renewal_earlier() {
     credential.get_token([SCOPE]).await.unwrap();
     tokio::time::advance(secs(599)).await;
     credential.get_token([SCOPE]).await.unwrap();
+    settle().await;
     assert_eq!(authority.token_posts(), 1);
     tokio::time::advance(secs(1)).await;
     credential.get_token([SCOPE]).await.unwrap();
+    settle().await;
     assert_eq!(authority.token_posts(), 2);
 }
 
@@ -539,9 +546,11 @@ async fn long_lived_tokens_are_renewed_at_half_life() {
     credential.get_token([SCOPE]).await.unwrap();
     tokio::time::advance(secs(43_199)).await;
     credential.get_token([SCOPE]).await.unwrap();
+    settle().await;
     assert_eq!(authority.token_posts(), 1);
     tokio::time::advance(secs(1)).await;
     credential.get_token([SCOPE]).await.unwrap();
+    settle().await;
     assert_eq!(authority.token_posts(), 2);
 }
 
@@ -557,14 +566,23 @@ async fn failed_renewal_returns_the_valid_token_and_waits_30s_before_trying_agai
         credential.get_token([SCOPE]).await.unwrap().secret(),
         first.secret()
     );
+    settle().await;
     assert_eq!(authority.token_posts(), 2);
+    // The failed renewal ended 1 ms ago at most.
     tokio::time::advance(secs(29)).await;
     assert_eq!(
         credential.get_token([SCOPE]).await.unwrap().secret(),
         first.secret()
     );
+    settle().await;
     assert_eq!(authority.token_posts(), 2, "no attempt within 30 s");
     tokio::time::advance(secs(1)).await;
+    // The current token at once; the next attempt, which succeeds, in the background.
+    assert_eq!(
+        credential.get_token([SCOPE]).await.unwrap().secret(),
+        first.secret()
+    );
+    settle().await;
     let renewed = credential.get_token([SCOPE]).await.unwrap();
     assert_eq!(renewed.secret().expose_secret(), "at-2-contoso");
     assert_eq!(authority.token_posts(), 3);

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use tower_identity::{CredentialExt, HttpClient, RetryOptions};
 
 use crate::support::authority::{Authority, Fault};
+use crate::support::clock::settle;
 use crate::support::creds::{SCOPE, client_secret, client_secret_with, http_builder, secs};
 
 /// The longest lifetime the crate believes (7 days).
@@ -180,6 +181,7 @@ async fn while_throttled_a_valid_cached_token_is_still_served() {
     authority.push_fault(respond(503, &[("retry-after", "600")]));
     let token = credential.get_token([SCOPE]).await.unwrap();
     assert_eq!(token.secret(), first.secret());
+    settle().await;
     assert_eq!(authority.token_posts(), 2);
     // Every call until expiry gets the cached token; none reaches the authority.
     for _ in 0..29 {

@@ -156,8 +156,12 @@ async fn a_renewal_happens_once_for_the_fleet() {
     let idp = Idp::new(Duration::from_millis(200));
     let first = get(&pa, &idp).await;
     assert_eq!(get(&pb, &idp).await, first);
-    // Into the refresh window (the last 300 s): both processes renew, one asks.
+    // Into the refresh window (the last 300 s): both processes renew in the background
+    // (their callers get the current token), one asks.
     tokio::time::advance(HOUR - Duration::from_secs(290)).await;
+    let (ca, cb) = tokio::join!(get(&pa, &idp), get(&pb, &idp));
+    assert_eq!((ca.as_str(), cb.as_str()), (first.as_str(), first.as_str()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let (ra, rb) = tokio::join!(get(&pa, &idp), get(&pb, &idp));
     assert_eq!(idp.calls(), 2);
     assert_eq!(ra, rb);

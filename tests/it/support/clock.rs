@@ -19,3 +19,10 @@ pub async fn held<F: Future>(future: F) -> F::Output {
     holder.await.expect("the clock holder ends");
     output
 }
+
+/// Lets work in the background (a credential's renewal over loopback) end. On a paused clock
+/// a sleep ends only once no task can run, so with every server in this process the exchange
+/// is over by then; 1 ms passes.
+pub async fn settle() {
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+}
