@@ -4,7 +4,10 @@
 //! is the key's name, a zero byte, and the store key of the entry, so a value copied under
 //! another entry's key, or sealed under another key name, does not open. The plaintext is the
 //! JSON [`Payload`]; every buffer that holds it is zeroized when dropped. The plaintext
-//! opt-out stores `PLAIN` ‖ JSON: a cache opens only values of its own kind.
+//! opt-out stores `PLAIN` ‖ JSON: a cache opens only values of its own kind. With no
+//! associated data to bind it, a plaintext payload names its store key (`entry`) and opens
+//! only under that key, so a value copied under another entry's key is a miss there too; a
+//! plaintext value written before it named its key is a miss (it is replaced), not an error.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -115,6 +118,10 @@ struct Payload<'a> {
     expires_on: u64,
     refresh_on: Option<u64>,
     stored_on: u64,
+    /// Plaintext only: the store key the value was written under (a sealed value's is bound
+    /// in its associated data instead).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    entry: Option<Cow<'a, str>>,
 }
 
 /// A token read from the store, with when it was published.
@@ -140,9 +147,15 @@ impl Sealing {
             expires_on: clock.to_unix(token.expires_on()),
             refresh_on: token.refresh_on().map(|at| clock.to_unix(at)),
             stored_on: clock.to_unix(now),
+            entry: matches!(self, Sealing::Plaintext).then_some(Cow::Borrowed(entry)),
         };
         // Sized up front: a growing buffer would leave copies of the token behind.
-        let capacity = token.secret().expose_secret().len().saturating_add(256);
+        let capacity = token
+            .secret()
+            .expose_secret()
+            .len()
+            .saturating_add(entry.len())
+            .saturating_add(256);
         let mut json = Zeroizing::new(Vec::with_capacity(capacity));
         serde_json::to_writer(&mut *json, &payload).ok()?;
         match self {
@@ -212,6 +225,9 @@ impl Sealing {
         if payload.access_token.is_empty() {
             return None;
         }
+        if matches!(self, Sealing::Plaintext) && payload.entry.as_deref() != Some(entry) {
+            return None;
+        }
         let token = AccessToken::new(
             payload.access_token.into_owned(),
             clock.to_instant(payload.expires_on, now),
@@ -237,6 +253,35 @@ fn associated_data(key: &SealingKey, entry: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plaintext value opens only under the store key it was written under (before, any
+    /// entry's value opened under any key); one written before it named its key is a miss.
+    #[test]
+    fn a_plaintext_value_opens_only_under_its_own_store_key() {
+        let (now, clock) = (Instant::now(), WallClock::now());
+        let token = AccessToken::new("t", now + std::time::Duration::from_secs(60));
+        let value = Sealing::Plaintext
+            .seal("p:{a}:token", &token, now, clock)
+            .unwrap();
+        let opened = Sealing::Plaintext.open("p:{a}:token", &value, now, clock);
+        assert_eq!(opened.unwrap().token.secret().expose_secret(), "t");
+        assert!(
+            Sealing::Plaintext
+                .open("p:{b}:token", &value, now, clock)
+                .is_none(),
+            "copied under another entry's key"
+        );
+        let unnamed = [
+            PLAIN,
+            br#"{"access_token":"t","token_type":"Bearer","expires_on":4102444800,"refresh_on":null,"stored_on":0}"#,
+        ]
+        .concat();
+        assert!(
+            Sealing::Plaintext
+                .open("p:{a}:token", &unnamed, now, clock)
+                .is_none()
+        );
+    }
 
     #[test]
     fn keys_from_the_environment_are_base64_of_32_bytes_in_either_alphabet() {
