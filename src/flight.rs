@@ -40,6 +40,16 @@
 //!   resolves at once to an *invalid request* error ("… needs a tokio runtime"), and `land`
 //!   is not called. Only starting a flight needs the runtime; an owner answering from its
 //!   state (a fresh token) does not look for one.
+//! * **Which runtime runs it**: the work is spawned on the runtime of the caller that starts
+//!   the flight, and makes progress only while that runtime runs. A credential or layer
+//!   shared between runtimes is fine while every one of them is driven (a multi-thread
+//!   runtime, or current-thread runtimes each inside a `block_on` that lasts, as web servers'
+//!   workers are). A current-thread runtime whose `block_on` has returned (a synchronous
+//!   wrapper calling `block_on` per request) holds its flights still until it is driven
+//!   again: callers on other runtimes that wait for such a flight (no valid token) wait as
+//!   long. Such programs should share one multi-thread runtime (or keep one credential per
+//!   runtime). The flight is not moved to another runtime: its HTTP connections belong to
+//!   the runtime that opened them.
 //! * **Records carry an id**: a guard removes its own record only, never the record of a newer
 //!   flight of the same key.
 //! * **Locks**: the mutex is never held across an `.await`: `land` is synchronous, and the
