@@ -12,6 +12,24 @@
 //! slot hands out never touches the store. A slot's acquisition (one per key per process)
 //! goes through the shared level, which answers from the store or has one process of the
 //! fleet ask the provider; claims requests skip the shared level as they skip the slot.
+//!
+//! # Bounded memory
+//!
+//! Keys can come from callers (a service asking for the tenants and scopes its own callers
+//! name, with `additionally_allowed_tenants(["*"])`), so the slots are pruned: a slot that can
+//! serve nothing — no token still valid, no acquisition running — and that nobody else holds
+//! (no caller waiting on it: its `Arc` is the map's alone) is dropped. It keeps nothing worth
+//! keeping: the renewal spacing applies only while a valid token is held (see
+//! [`crate::refresh`]), a failed first acquisition leaves nothing behind, and a provider's
+//! `Retry-After` is remembered by the credential, not the slot. A request for its key later
+//! makes a new slot, as the first one did (only the acquisition span's `attempt` count starts
+//! over).
+//!
+//! The sweep is amortised: it runs when an insert finds the map at `sweep_at` slots, and sets
+//! `sweep_at` to twice the slots it kept plus [`SWEEP_FLOOR`]. At least half of `sweep_at`
+//! inserts come between two sweeps, so each insert pays for at most two slots looked at, and
+//! the map never holds more than twice the slots in use at the last sweep plus the floor.
+//! What stays is the working set: one slot per key asked for within a token's lifetime.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,6 +38,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::distributed::SharedLevel;
@@ -48,11 +67,43 @@ impl CacheKey {
     }
 }
 
+/// Below this many slots the map is never swept (see the module docs).
+const SWEEP_FLOOR: usize = 64;
+
+/// The slots by key, and the size at which the next insert sweeps them.
+struct Slots {
+    map: HashMap<CacheKey, Arc<TokenSlot>>,
+    sweep_at: usize,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            sweep_at: SWEEP_FLOOR,
+        }
+    }
+}
+
+impl Slots {
+    /// Drops the slots that can serve nothing and nobody holds (see the module docs).
+    fn sweep(&mut self, now: Instant) {
+        // The count first: a slot only the map holds cannot be locked by anyone else (a
+        // running acquisition holds its slot too), so its own lock is taken here
+        // uncontended, and no caller can take a clone while the map's lock is held.
+        self.map
+            .retain(|_, slot| Arc::strong_count(slot) > 1 || !slot.holds_nothing_at(now));
+        self.sweep_at = self.map.len().saturating_mul(2).saturating_add(SWEEP_FLOOR);
+        // Gives back the table a burst of keys grew, keeping room for the inserts to come.
+        self.map.shrink_to(self.sweep_at);
+    }
+}
+
 /// The slots of one credential.
 pub(crate) struct TokenCache {
     /// The credential, for errors.
     name: &'static str,
-    slots: Mutex<HashMap<CacheKey, Arc<TokenSlot>>>,
+    slots: Mutex<Slots>,
     /// The second level, when the credential was given a distributed cache.
     shared: Option<SharedLevel>,
 }
@@ -80,11 +131,14 @@ impl TokenCache {
 
     fn slot(&self, key: &CacheKey) -> Arc<TokenSlot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = slots.get(key) {
+        if let Some(slot) = slots.map.get(key) {
             return Arc::clone(slot);
         }
+        if slots.map.len() >= slots.sweep_at {
+            slots.sweep(Instant::now());
+        }
         let slot = TokenSlot::new(self.name, Self::policy());
-        slots.insert(key.clone(), Arc::clone(&slot));
+        slots.map.insert(key.clone(), Arc::clone(&slot));
         slot
     }
 
@@ -150,11 +204,134 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
-    use tokio::time::Instant;
 
     fn scopes(s: &[&str]) -> Vec<String> {
         s.iter().map(|s| s.to_string()).collect()
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn key(scope: &str) -> CacheKey {
+        CacheKey::new("t", &scopes(&[scope]), false)
+    }
+
+    fn slots(cache: &TokenCache) -> usize {
+        cache.slots.lock().unwrap().map.len()
+    }
+
+    /// An acquisition that counts its calls and answers a token named `name` living
+    /// `lifetime`, or an error without one.
+    fn counting(
+        calls: &Arc<AtomicUsize>,
+        answer: Option<(&'static str, Duration)>,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<AccessToken, CredentialError>> + use<> {
+        let calls = Arc::clone(calls);
+        move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match answer {
+                    Some((name, lifetime)) => Ok(AccessToken::new(name, Instant::now() + lifetime)),
+                    None => Err(CredentialError::authentication_failed("Test", "refused")),
+                }
+            }
+            .boxed()
+        }
+    }
+
+    /// A service asking for the scopes its callers name: before, every key kept its slot (and
+    /// its token) for good, 20 000 here.
+    #[tokio::test(start_paused = true)]
+    async fn slots_that_can_serve_nothing_are_pruned_as_new_keys_come() {
+        let cache = TokenCache::new("Test");
+        let calls = Arc::new(AtomicUsize::new(0));
+        for i in 0..10_000 {
+            let acquire = counting(&calls, Some(("t", HOUR)));
+            let key = key(&format!("scope-{i}"));
+            cache.get_or_acquire(key, false, acquire).await.unwrap();
+        }
+        assert_eq!(slots(&cache), 10_000, "slots with a valid token are kept");
+        tokio::time::advance(2 * HOUR).await;
+        // Later keys whose acquisition fails (scopes the provider refuses) hold nothing
+        // either.
+        for i in 0..10_000 {
+            let acquire = counting(&calls, None);
+            let key = key(&format!("refused-{i}"));
+            cache.get_or_acquire(key, false, acquire).await.unwrap_err();
+        }
+        assert!(slots(&cache) <= SWEEP_FLOOR, "{} slots", slots(&cache));
+        assert_eq!(calls.load(Ordering::SeqCst), 20_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_in_use_or_holding_a_valid_token_survive_the_sweeps() {
+        let cache = Arc::new(TokenCache::new("Test"));
+        let calls = Arc::new(AtomicUsize::new(0));
+        // A fresh token.
+        let acquire = counting(&calls, Some(("fresh", HOUR)));
+        cache
+            .get_or_acquire(key("fresh"), false, acquire)
+            .await
+            .unwrap();
+        // A token in its refresh window whose renewal failed: the 30 s spacing runs.
+        let acquire = counting(&calls, Some(("spaced", Duration::from_secs(600))));
+        cache
+            .get_or_acquire(key("spaced"), false, acquire)
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(301)).await;
+        let got = cache
+            .get_or_acquire(key("spaced"), false, counting(&calls, None))
+            .await
+            .unwrap();
+        assert_eq!(got.secret().expose_secret(), "spaced");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // An acquisition running that its caller gave up on: it runs on in its task.
+        let (send, answer) = tokio::sync::oneshot::channel::<AccessToken>();
+        let pending = move || async move { Ok(answer.await.unwrap()) };
+        let gave_up = cache
+            .get_or_acquire(key("running"), false, pending)
+            .now_or_never();
+        assert!(gave_up.is_none());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        for i in 0..1_000 {
+            let acquire = counting(&calls, None);
+            let key = key(&format!("refused-{i}"));
+            cache.get_or_acquire(key, false, acquire).await.unwrap_err();
+        }
+        assert!(
+            slots(&cache) <= SWEEP_FLOOR,
+            "swept: {} slots",
+            slots(&cache)
+        );
+        let calls_before = calls.load(Ordering::SeqCst);
+
+        // The tokens obtained before the sweeps are served, the spacing holds, and a new
+        // caller joins the running acquisition: none of them asks again.
+        let got = cache
+            .get_or_acquire(key("fresh"), false, counting(&calls, None))
+            .await
+            .unwrap();
+        assert_eq!(got.secret().expose_secret(), "fresh");
+        let got = cache
+            .get_or_acquire(key("spaced"), false, counting(&calls, None))
+            .await
+            .unwrap();
+        assert_eq!(got.secret().expose_secret(), "spaced");
+        let joined = tokio::spawn({
+            let (cache, acquire) = (Arc::clone(&cache), counting(&calls, None));
+            async move { cache.get_or_acquire(key("running"), false, acquire).await }
+        });
+        tokio::task::yield_now().await;
+        send.send(AccessToken::new("running", Instant::now() + HOUR))
+            .unwrap();
+        let got = joined.await.unwrap().unwrap();
+        assert_eq!(got.secret().expose_secret(), "running");
+        assert_eq!(calls.load(Ordering::SeqCst), calls_before);
     }
 
     #[test]

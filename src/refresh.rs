@@ -528,6 +528,15 @@ impl<V: SlotValue> TokenSlot<V> {
         current
     }
 
+    /// Whether the slot can serve nothing at `now`: no token still valid, no acquisition
+    /// running. Such a slot keeps nothing worth keeping either (the spacing applies only
+    /// while a valid token is held), so a cache may drop it (`crate::cache`).
+    pub(crate) fn holds_nothing_at(&self, now: Instant) -> bool {
+        let state = self.flight.lock();
+        let valid = state.current.as_ref().is_some_and(|e| now < e.expires_on);
+        !valid && !state.is_running(&())
+    }
+
     /// The cached entry, whatever its age.
     pub(crate) fn current_entry(&self) -> Option<Entry<V>> {
         self.flight.lock().current.clone()
