@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -77,12 +78,66 @@ pub(crate) struct Options {
     pub(crate) refresh: RefreshPolicy,
 }
 
+/// How many failing claims values a layer remembers. A resource sending a few different
+/// challenges in turn gets each asked for once per spacing (remembering only the last one, two
+/// alternating values were each asked for on every request); past this many, the oldest
+/// failure is forgotten first and its claims may be asked for again.
+const FAILED_CLAIMS: usize = 8;
+
+/// Claims the credential failed to satisfy: its error and when it failed.
+struct Failure {
+    claims: Arc<str>,
+    error: CredentialError,
+    at: Instant,
+}
+
 /// What the claims flights of a layer remember beside the flights themselves (keyed by the
-/// claims): the claims the credential last failed to satisfy, its error and when it failed.
-/// The same claims are not asked for again within the spacing (like a failed renewal).
+/// claims): the last [`FAILED_CLAIMS`] claims values the credential failed to satisfy. The
+/// same claims are not asked for again within the spacing (like a failed renewal).
 #[derive(Default)]
 struct ClaimsState {
-    failed: Option<(Arc<str>, CredentialError, Instant)>,
+    /// Oldest first; one per claims value.
+    failed: Vec<Failure>,
+}
+
+impl ClaimsState {
+    /// The error of `claims`' failure if it is within `spacing` of `now`.
+    fn failure(&self, claims: &str, now: Instant, spacing: Duration) -> Option<&CredentialError> {
+        self.failed
+            .iter()
+            .find(|f| &*f.claims == claims && Self::within(f.at, now, spacing))
+            .map(|f| &f.error)
+    }
+
+    /// Remembers that `claims` failed with `error` at `now`, in place of an earlier failure
+    /// of the same claims, dropping failures past their spacing and, when full, the oldest.
+    fn remember(
+        &mut self,
+        claims: Arc<str>,
+        error: CredentialError,
+        now: Instant,
+        spacing: Duration,
+    ) {
+        self.failed
+            .retain(|f| f.claims != claims && Self::within(f.at, now, spacing));
+        if self.failed.len() >= FAILED_CLAIMS {
+            self.failed.remove(0);
+        }
+        self.failed.push(Failure {
+            claims,
+            error,
+            at: now,
+        });
+    }
+
+    /// Forgets `claims`' failure (the credential has satisfied them since).
+    fn forget(&mut self, claims: &str) {
+        self.failed.retain(|f| &*f.claims != claims);
+    }
+
+    fn within(at: Instant, now: Instant, spacing: Duration) -> bool {
+        at.checked_add(spacing).is_some_and(|end| now < end)
+    }
 }
 
 /// One per built layer; every clone of the layer, its services and its middleware share it.
@@ -140,7 +195,8 @@ impl Source {
     /// with the same claims share one acquisition, and a token already obtained for these
     /// claims (other than the one that was rejected) is reused. When the credential could not
     /// satisfy these claims, its error is the answer — again, without asking, for the next
-    /// `retry_after_failure` (30 s).
+    /// `retry_after_failure` (30 s), for each of the last [`FAILED_CLAIMS`] claims values
+    /// that failed.
     ///
     /// The acquisition is a flight (see [`crate::flight`]) keyed by the claims: its outcome
     /// lands — the token stored in the slot, or the failure remembered — as its record ends,
@@ -159,14 +215,9 @@ impl Source {
                     return Ok(current);
                 }
             }
-            if let Some((failed, error, at)) = &state.failed {
-                let spacing = self.options.refresh.retry_after_failure;
-                let within = at
-                    .checked_add(spacing)
-                    .is_some_and(|end| Instant::now() < end);
-                if &**failed == claims && within {
-                    return Err(error.clone());
-                }
+            let spacing = self.options.refresh.retry_after_failure;
+            if let Some(error) = state.failure(claims, Instant::now(), spacing) {
+                return Err(error.clone());
             }
             match state.running(claims) {
                 Some(flight) => flight,
@@ -183,14 +234,15 @@ impl Source {
                         acquisition,
                         move |state, result| {
                             // A failure (an expired token the slot refused included) is
-                            // remembered for the spacing; a success forgets it.
+                            // remembered for the spacing; a success forgets these claims'.
                             match result.and_then(|prepared| slot.store(prepared)) {
                                 Ok(entry) => {
-                                    state.failed = None;
+                                    state.forget(&asked);
                                     Ok(entry)
                                 }
                                 Err(error) => {
-                                    state.failed = Some((asked, error.clone(), Instant::now()));
+                                    let now = Instant::now();
+                                    state.remember(asked, error.clone(), now, spacing);
                                     Err(error)
                                 }
                             }
@@ -329,6 +381,51 @@ mod tests {
             panic!("asked again within the spacing");
         };
         assert_eq!(again.message(), err.message());
+    }
+
+    /// Two claims values failing in turn: before, only the last failure was remembered, so
+    /// each request asked the credential again.
+    #[tokio::test(start_paused = true)]
+    async fn alternating_failing_claims_are_each_asked_for_once_per_spacing() {
+        let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let credential = tower::service_fn({
+            let asked = Arc::clone(&asked);
+            move |request: TokenRequest| {
+                let claims = request.claims().unwrap_or_default().to_owned();
+                asked.lock().unwrap().push(claims);
+                async {
+                    Err::<AccessToken, _>(CredentialError::authentication_failed(
+                        "Test",
+                        "sign in again",
+                    ))
+                }
+            }
+        });
+        let options = Options {
+            cae: true,
+            allow_http: false,
+            replay_limit: 0,
+            drain_limit: 0,
+            refresh: RefreshPolicy::default(),
+        };
+        let source = Source::new(credential.boxed_credential(), vec!["s".into()], options);
+        let expires = Instant::now() + std::time::Duration::from_secs(3600);
+        let valid = Prepared::new(AccessToken::new("valid", expires), None).unwrap();
+        let rejected = source.slot.store(valid).unwrap().id;
+        for _ in 0..10 {
+            for claims in ["a", "b"] {
+                let Err(error) = source.claims_token(claims, rejected).await else {
+                    panic!("the credential fails every claims request");
+                };
+                assert!(error.message().contains("sign in again"), "{error}");
+                tokio::time::advance(std::time::Duration::from_secs(1)).await;
+            }
+        }
+        assert_eq!(*asked.lock().unwrap(), ["a", "b"], "within 30 s");
+        tokio::time::advance(std::time::Duration::from_secs(11)).await;
+        assert!(source.claims_token("b", rejected).await.is_err());
+        assert!(source.claims_token("a", rejected).await.is_err());
+        assert_eq!(*asked.lock().unwrap(), ["a", "b", "b", "a"], "after 30 s");
     }
 
     /// A claims challenge met outside a tokio runtime: an error, not `tokio::spawn`'s panic.
