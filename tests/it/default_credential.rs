@@ -72,6 +72,19 @@ fn nothing_configured(
         )
 }
 
+/// Nothing configured but IMDS at `imds`, and a signed-in Azure CLI.
+fn with_signed_in_az(dir: &Path, imds: &str) -> DefaultAzureCredential {
+    nothing_configured(dir, imds, &[])
+        .azure_cli_credential(
+            AzureCliCredential::builder()
+                .program(signed_in(dir, "az"))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
 /// A stand-in `az` or `azd` answering with a token named after it.
 pub(crate) fn signed_in(dir: &Path, name: &str) -> std::path::PathBuf {
     let body = match name {
@@ -389,15 +402,7 @@ async fn a_proxy_answering_for_imds_does_not_stop_the_chain_before_azure_cli() {
     };
     imds.push_fault(denied());
     imds.push_fault(denied());
-    let dac = nothing_configured(dir.path(), &imds.base_url(), &[])
-        .azure_cli_credential(
-            AzureCliCredential::builder()
-                .program(signed_in(dir.path(), "az"))
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
+    let dac = with_signed_in_az(dir.path(), &imds.base_url());
     let token = dac.get_token([SCOPE]).await.unwrap();
     assert_eq!(token.secret().expose_secret(), "az-token");
     assert_eq!(imds.request_count(), 2, "the probe, then one token request");
@@ -429,15 +434,7 @@ async fn a_probe_without_an_http_reply_lets_azure_cli_answer() {
                 // Dropped: the connection closes without an HTTP reply.
             }
         });
-        let dac = nothing_configured(dir.path(), &imds, &[])
-            .azure_cli_credential(
-                AzureCliCredential::builder()
-                    .program(signed_in(dir.path(), "az"))
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
+        let dac = with_signed_in_az(dir.path(), &imds);
         let token = dac.get_token([SCOPE]).await.unwrap();
         assert_eq!(token.secret().expose_secret(), "az-token");
         assert_eq!(dac.answered(), Some("AzureCliCredential"));
@@ -452,17 +449,7 @@ async fn a_json_error_from_imds_stops_the_chain_before_azure_cli() {
     use crate::support::mi_emulator::{Emulator, Fault, Flavour};
     let dir = tempfile::tempdir().unwrap();
     let imds = Emulator::start(Flavour::Imds).await;
-    let dac = || {
-        nothing_configured(dir.path(), &imds.base_url(), &[])
-            .azure_cli_credential(
-                AzureCliCredential::builder()
-                    .program(signed_in(dir.path(), "az"))
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap()
-    };
+    let dac = || with_signed_in_az(dir.path(), &imds.base_url());
     for (fault, said) in [
         (
             Fault::Respond {

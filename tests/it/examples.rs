@@ -381,9 +381,16 @@ async fn reqwest_middleware_answers_a_claims_challenge_with_one_resend() {
     assert!(token_requests[1].field("claims").unwrap().contains("nbf"));
 }
 
-#[tokio::test]
-async fn axum_outbound_serves_downstream_answers_with_one_shared_token() {
-    let loopback = Loopback::start().await;
+/// Starts the axum_outbound example on a free port: the child, its stdout (kept open: the
+/// example must not write into a closed pipe), its first line and the base URL it listens on.
+async fn start_axum_outbound(
+    loopback: &Loopback,
+) -> (
+    tokio::process::Child,
+    BufReader<tokio::process::ChildStdout>,
+    String,
+    String,
+) {
     let mut child = loopback
         .command("axum_outbound")
         .env("LISTEN_ADDR", "127.0.0.1:0")
@@ -400,6 +407,13 @@ async fn axum_outbound_serves_downstream_answers_with_one_shared_token() {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
+    (child, stdout, line, base)
+}
+
+#[tokio::test]
+async fn axum_outbound_serves_downstream_answers_with_one_shared_token() {
+    let loopback = Loopback::start().await;
+    let (mut child, _stdout, line, base) = start_axum_outbound(&loopback).await;
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
 
     let client = hyper_client::<Empty<Bytes>>();
@@ -448,22 +462,7 @@ async fn axum_outbound_answers_a_failure_with_a_generic_502_and_logs_it() {
         ),
         headers: Vec::new(),
     });
-    let mut child = loopback
-        .command("axum_outbound")
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    tokio::time::timeout(RUN_LIMIT, stdout.read_line(&mut line))
-        .await
-        .expect("axum_outbound prints where it listens")
-        .unwrap();
-    let base = line
-        .trim_end()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
+    let (mut child, _stdout, _, base) = start_axum_outbound(&loopback).await;
     let request = http::Request::get(format!("{base}/downstream"))
         .body(Empty::<Bytes>::new())
         .unwrap();
