@@ -322,21 +322,26 @@ async fn timeout_retry_returns_an_answer_asking_to_wait_too_long() {
     assert_eq!(loopback.api.count(), 1);
 }
 
+/// The authority's answer to a wrong client secret.
+fn refused_client() -> Fault {
+    Fault::Respond {
+        status: 401,
+        body: crate::support::authority::error_body(
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided.",
+        ),
+        headers: Vec::new(),
+    }
+}
+
 /// A failure that would fail the same way again (the authority refusing the client) is not
 /// retried.
 #[tokio::test]
 async fn timeout_retry_does_not_retry_a_refused_sign_in() {
     let loopback = Loopback::start().await;
     for _ in 0..3 {
-        loopback.authority.push_fault(Fault::Respond {
-            status: 401,
-            body: crate::support::authority::error_body(
-                "invalid_client",
-                7000215,
-                "Invalid client secret provided.",
-            ),
-            headers: Vec::new(),
-        });
+        loopback.authority.push_fault(refused_client());
     }
     let output = tokio::time::timeout(RUN_LIMIT, loopback.command("timeout_retry").output())
         .await
@@ -453,15 +458,7 @@ async fn axum_outbound_serves_downstream_answers_with_one_shared_token() {
 #[tokio::test]
 async fn axum_outbound_answers_a_failure_with_a_generic_502_and_logs_it() {
     let loopback = Loopback::start().await;
-    loopback.authority.push_fault(Fault::Respond {
-        status: 401,
-        body: crate::support::authority::error_body(
-            "invalid_client",
-            7000215,
-            "Invalid client secret provided.",
-        ),
-        headers: Vec::new(),
-    });
+    loopback.authority.push_fault(refused_client());
     let (mut child, _stdout, _, base) = start_axum_outbound(&loopback).await;
     let request = http::Request::get(format!("{base}/downstream"))
         .body(Empty::<Bytes>::new())
