@@ -19,6 +19,11 @@ use crate::token::AccessToken;
 const FIRST_POLL: Duration = Duration::from_millis(10);
 /// Polls stay this frequent at most: a holder's token is seen within a quarter second.
 const LAST_POLL: Duration = Duration::from_millis(250);
+/// A holder renews its lease this many times per lease: two renewals can fail (each given up
+/// after the budget) before the lease runs out under a live holder.
+const RENEWALS_PER_LEASE: u32 = 3;
+/// Renewals come no more often than this, however short the lease: never a busy loop.
+const FASTEST_RENEWAL: Duration = Duration::from_millis(1);
 
 /// Whether a look at the store reports a value that does not open (a second look at the same
 /// entry in one acquisition does not).
@@ -95,7 +100,8 @@ impl Shared {
                     // lease no one fills. With the store down both calls are skipped or fail,
                     // and the lease runs out.
                     None => {
-                        let result = self.alone(idp, Some(&token_key)).await;
+                        let alone = self.alone(idp, Some(&token_key));
+                        let result = self.keeping_lease(alone, &lease_key, &holder).await;
                         let release = || self.store.release(&lease_key, &holder);
                         self.breaker.call("release", release, &self.stats).await;
                         return result;
@@ -143,7 +149,7 @@ impl Shared {
     {
         self.stats.lease_won();
         self.stats.idp_call();
-        let result = idp.await;
+        let result = self.keeping_lease(idp, lease_key, holder).await;
         if let Ok(token) = &result {
             self.publish(token_key, token).await;
         }
@@ -151,6 +157,44 @@ impl Shared {
         let release = || self.store.release(lease_key, holder);
         self.breaker.call("release", release, &self.stats).await;
         result
+    }
+
+    /// Runs `work` (the holder's token request) while renewing the lease `lease_key` for
+    /// `holder` every third of the lease, so that the others keep waiting for as long as the
+    /// request runs, not only for one lease. Renewing stops when `work` ends or is dropped (the
+    /// process died, or gave up on it): the lease then expires as it would have. A renewal the
+    /// store refuses (the lease expired and may be another's, or the store does not renew
+    /// leases) ends the renewals; one that fails is tried again at the next tick, the lease
+    /// possibly still ours.
+    async fn keeping_lease<Fut: Future>(
+        &self,
+        work: Fut,
+        lease_key: &str,
+        holder: &str,
+    ) -> Fut::Output {
+        let every = self
+            .lease
+            .checked_div(RENEWALS_PER_LEASE)
+            .unwrap_or(self.lease)
+            .max(FASTEST_RENEWAL);
+        let renew = async {
+            loop {
+                tokio::time::sleep(every).await;
+                let renew = || self.store.renew_lease(lease_key, holder, self.lease);
+                if self.breaker.call("renew_lease", renew, &self.stats).await == Some(false) {
+                    tracing::debug!(
+                        "distributed token cache: the lease was not renewed (it expired, or the \
+                         store does not renew leases); another process may ask too"
+                    );
+                    return std::future::pending::<std::convert::Infallible>().await;
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            output = work => output,
+            never = renew => match never {},
+        }
     }
 
     /// Asks the identity provider without the fleet; publishes when `publish_to` is given

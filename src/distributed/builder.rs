@@ -16,9 +16,13 @@ const DEFAULT_PREFIX: &str = "tower-identity";
 /// Tens of milliseconds: a store in the same region answers in one or two; a cold process
 /// waits at most this long per call before asking the identity provider itself.
 const DEFAULT_BUDGET: Duration = Duration::from_millis(50);
-/// Longer than a token request usually takes, short enough that a dead holder costs little.
+/// How soon a dead holder is replaced: a live one renews its lease while its request runs,
+/// however long that takes.
 const DEFAULT_LEASE: Duration = Duration::from_secs(10);
-const DEFAULT_WAIT_LIMIT: Duration = Duration::from_secs(10);
+/// Two token requests at their default deadline (30 s over all attempts, throttling waits
+/// included): a holder's request, and the next holder's after the first one failed. A waiter
+/// that gave up sooner would ask a slow or throttling provider alongside the holder.
+const DEFAULT_WAIT_LIMIT: Duration = crate::transport::DEFAULT_TOTAL_TIMEOUT.saturating_mul(2);
 const DEFAULT_FAILURES: u32 = 3;
 const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(30);
 
@@ -78,19 +82,23 @@ impl DistributedCacheBuilder {
         self
     }
 
-    /// How long a lease lasts: the longest another process waits for a holder that died
-    /// before taking over. Keep it above the time a token request takes: a holder still
-    /// asking when its lease expires lets a second process ask too. Default: 10 s. A store may
-    /// cap a longer one at what it can keep (`RedisTokenCache`: 100
-    /// years).
+    /// How long a lease lasts unless renewed: the longest the others wait for a holder that
+    /// died before one of them takes over. A live holder renews it every third of it while its
+    /// token request runs (a store without [`TokenStore::renew_lease`] does not: there, keep
+    /// the lease above the time a token request takes, or a second process asks too).
+    /// Default: 10 s. A store may cap a longer one at what it can keep (`RedisTokenCache`:
+    /// 100 years).
     pub fn lease(mut self, ttl: Duration) -> Self {
         self.lease = ttl;
         self
     }
 
-    /// How long a process that lost the lease waits for the holder's token before asking the
-    /// identity provider itself. Default: 10 s. `Duration::MAX` means no limit: the process
-    /// waits until the holder publishes or its lease expires (then takes it over).
+    /// The longest a process that lost the lease waits for another's token, in all, before it
+    /// asks the identity provider itself, however long the holder keeps its lease renewed.
+    /// Within it the process waits for as long as a lease is held, and takes the lease itself
+    /// when it is free (the holder gave it back after a failure, or died and it expired).
+    /// Default: 60 s, two token requests at their default deadline (30 s). `Duration::MAX`
+    /// means no limit: the process waits until a holder publishes or it takes the lease.
     pub fn wait_limit(mut self, limit: Duration) -> Self {
         self.wait_limit = limit;
         self

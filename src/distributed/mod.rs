@@ -33,19 +33,31 @@
 //!   renews a shared token at the same moment, and none keeps a token it would itself renew.
 //! * **Single-flight across the fleet.** Otherwise the process takes the entry's lease
 //!   ([`TokenStore::try_lease`], for [`lease`](DistributedCacheBuilder::lease), default
-//!   10 s, under a holder id drawn at random for each cache and numbered per acquisition). The holder asks the identity provider, publishes the token (sealed, to expire with
-//!   it) and gives the lease back, also when the request failed. The others poll the store
-//!   (10 ms, doubling to 250 ms), trying the lease again on each poll (a dead holder's lease
-//!   expires), until a usable token appears or [`wait_limit`](DistributedCacheBuilder::wait_limit)
-//!   (default 10 s) passes; then they ask the identity provider themselves and publish.
-//!   Proactive renewal goes the same way.
+//!   10 s, under a holder id drawn at random for each cache and numbered per acquisition).
+//!   The holder asks the identity provider, publishes the token (sealed, to expire with it)
+//!   and gives the lease back, also when the request failed. The others poll the store
+//!   (10 ms, doubling to 250 ms), trying the lease again on each poll, until a usable token
+//!   appears, they take the lease themselves, or
+//!   [`wait_limit`](DistributedCacheBuilder::wait_limit) (default 60 s) has passed since they
+//!   started waiting; then they ask the identity provider themselves and publish. Proactive
+//!   renewal goes the same way.
+//! * **The lease lives as long as the holder's request.** While its request runs, the holder
+//!   renews its lease every third of the lease ([`TokenStore::renew_lease`]: compare and
+//!   extend, so only a lease it still holds), so a provider that answers slowly or throttles
+//!   (a `Retry-After` honoured by the retry loop) is asked by one process, however long that
+//!   takes. Renewals stop when the request ends or its task is dropped: a holder that dies
+//!   stops renewing, its lease expires within `lease`, and a waiting process takes it over.
+//!   The bound every caller keeps: it waits for others at most `wait_limit` in all, renewed
+//!   lease or not, then makes (at most) its own request, bounded by that request's own
+//!   deadline (`RetryOptions::total_timeout`).
 //! * **Claims bypass it.** A request with claims (a CAE challenge) neither reads nor writes the
 //!   store, as it bypasses the in-memory cache.
 //! * **The store is never a point of failure.** Every store call has a
 //!   [`budget`](DistributedCacheBuilder::budget) (default 50 ms). A call that fails or
 //!   outlives it makes the process act alone for that acquisition (ask the identity provider,
 //!   publish nothing). A lease call is the exception: its write may have been applied with the
-//!   answer late, so the process also publishes its token and gives the lease back, best-effort,
+//!   answer late, so the process also renews the lease while it asks, publishes its token and
+//!   gives the lease back, best-effort,
 //!   rather than leave the others waiting on a lease nobody fills. After 3 such failures in a row the [breaker](DistributedCacheBuilder::breaker)
 //!   opens for 30 s (one WARN), during which the store is not asked; the first call that
 //!   succeeds afterwards closes it (one INFO). No token request fails because the store did.

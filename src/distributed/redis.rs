@@ -20,6 +20,14 @@ const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// Extends a lease only for the holder that holds it, GET and PEXPIRE in one atomic step: a
+/// lease that expired (and perhaps went to another process) is neither extended nor created.
+/// Answers 1 when extended.
+const RENEW: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
 /// How much of a Redis error's text a [`StoreError`] keeps.
 const MAX_ERROR_CHARS: usize = 200;
 
@@ -71,6 +79,7 @@ struct Inner {
     /// Set by the first call that connects; a failed attempt leaves it empty for the next.
     connection: OnceCell<ConnectionManager>,
     release: Script,
+    renew: Script,
 }
 
 impl RedisTokenCache {
@@ -91,6 +100,7 @@ impl RedisTokenCache {
                 client,
                 connection: OnceCell::new(),
                 release: Script::new(RELEASE),
+                renew: Script::new(RENEW),
             }),
         })
     }
@@ -138,6 +148,21 @@ impl RedisTokenCache {
         let mut connection = self.connection(op).await?;
         let answer = match command.query_async::<Value>(&mut connection).await {
             Err(e) if e.is_connection_refusal() => command.query_async(&mut connection).await,
+            answer => answer,
+        };
+        answer.map_err(|e| self.error(op, "failed", &e))
+    }
+
+    /// Runs a script (EVALSHA, loading it on NOSCRIPT: a restarted or failed-over server), once
+    /// more when the connection was refused, as [`run`](Self::run) does.
+    async fn invoke(
+        &self,
+        op: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Value, StoreError> {
+        let mut connection = self.connection(op).await?;
+        let answer = match invocation.invoke_async::<Value>(&mut connection).await {
+            Err(e) if e.is_connection_refusal() => invocation.invoke_async(&mut connection).await,
             answer => answer,
         };
         answer.map_err(|e| self.error(op, "failed", &e))
@@ -241,19 +266,27 @@ impl TokenStore for RedisTokenCache {
         holder: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            // EVALSHA, loading the script on NOSCRIPT (a restarted or failed-over server).
             let mut invocation = self.inner.release.key(key);
             invocation.arg(holder);
-            let mut connection = self.connection("release").await?;
-            let answer = match invocation.invoke_async::<Value>(&mut connection).await {
-                Err(e) if e.is_connection_refusal() => {
-                    invocation.invoke_async(&mut connection).await
-                }
-                answer => answer,
-            };
-            match answer.map_err(|e| self.error("release", "failed", &e))? {
+            match self.invoke("release", &invocation).await? {
                 Value::Int(_) => Ok(()),
                 other => Err(unexpected("release", &other)),
+            }
+        })
+    }
+
+    fn renew_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.inner.renew.key(key);
+            invocation.arg(holder).arg(px(ttl));
+            match self.invoke("renew", &invocation).await? {
+                Value::Int(extended) => Ok(extended == 1),
+                other => Err(unexpected("renew", &other)),
             }
         })
     }

@@ -11,7 +11,8 @@ use crate::error::BoxError;
 
 /// A shared key-value store under a [`DistributedCache`](super::DistributedCache): Redis
 /// ([`RedisTokenCache`](super::RedisTokenCache), feature `redis`) or any store that offers
-/// the same four operations.
+/// the same four operations, and the optional ones with a default
+/// ([`renew_lease`](Self::renew_lease)).
 ///
 /// Every call is bounded by the cache's time budget and counted by its circuit breaker; a
 /// store need not add timeouts of its own. An error is never shown to a token caller: the
@@ -45,6 +46,24 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
         key: &'a str,
         holder: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Extends the lease `key` to expire `ttl` from now if `holder` still holds it, in one
+    /// atomic step (compare and extend: a lease that expired, or was taken by another holder,
+    /// is neither extended nor created). `true` when it was extended. The holder calls it
+    /// every third of the lease while its token request runs, so that a slow or throttled
+    /// identity provider is asked by one process however long it takes.
+    ///
+    /// The default extends nothing (`Ok(false)`): a lease then lasts its `ttl` from when it was
+    /// taken, and a holder still asking when it expires lets another process ask too.
+    fn renew_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let _ = (key, holder, ttl);
+        Box::pin(async { Ok(false) })
+    }
 }
 
 /// A store's failure: unreachable, refused, or an answer it could not use. Its message names

@@ -177,6 +177,15 @@ impl TokenStore for LateLease {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.store.release(key, holder)
     }
+
+    fn renew_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.store.renew_lease(key, holder, ttl)
+    }
 }
 
 /// A process that missed, then takes the lease after another process published and released:

@@ -1,4 +1,4 @@
-//! `RedisTokenCache` against a real redis-server: the four store operations, what they leave in
+//! `RedisTokenCache` against a real redis-server: the store operations, what they leave in
 //! Redis (values, PTTLs, lease holders), and how the store behaves when Redis refuses, stops
 //! answering, dies and comes back.
 
@@ -144,6 +144,48 @@ async fn only_the_holder_releases_a_lease() {
     assert_eq!(holder, None);
 }
 
+/// A renewal extends the lease only for its holder, atomically: another holder's renewal
+/// leaves it as it is, and a lease that is gone (expired) is not created again.
+#[tokio::test]
+async fn only_the_holder_renews_a_lease() {
+    let server = RedisServer::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    assert!(lease(&store, "one").await);
+
+    let renewed = store.renew_lease("p:{a}:lease", "two", secs(60)).await;
+    assert!(!renewed.unwrap(), "another holder's renewal");
+    let left = pttl(&server, "p:{a}:lease");
+    assert!((1..=10_000).contains(&left), "PTTL {left} ms: not extended");
+    let holder: String = server.admin().get("p:{a}:lease").unwrap();
+    assert_eq!(holder, "one");
+
+    assert!(
+        store
+            .renew_lease("p:{a}:lease", "one", secs(60))
+            .await
+            .unwrap()
+    );
+    let left = pttl(&server, "p:{a}:lease");
+    assert!(
+        (50_000..=60_000).contains(&left),
+        "PTTL {left} ms: extended to 60 s"
+    );
+
+    // Gone (as when it expired): not recreated, also after the server forgot the script.
+    let _: () = server.admin().del("p:{a}:lease").unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut server.admin())
+        .unwrap();
+    assert!(
+        !store
+            .renew_lease("p:{a}:lease", "one", secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(server.dump().is_empty());
+}
+
 #[tokio::test]
 async fn a_key_of_another_type_is_an_error_naming_the_operation() {
     let server = RedisServer::start();
@@ -246,7 +288,12 @@ async fn a_paused_server_leaves_calls_pending_until_the_caller_gives_up() {
                 .await
                 .is_err()
         );
-        assert_eq!(start.elapsed(), HOUR * 4, "only the test's timeouts fired");
+        assert!(
+            timeout(HOUR, store.renew_lease("p:{a}:lease", "one", secs(1)))
+                .await
+                .is_err()
+        );
+        assert_eq!(start.elapsed(), HOUR * 5, "only the test's timeouts fired");
     }
 
     // Resumed: both answer again (the calls given up on meanwhile were answered and dropped).

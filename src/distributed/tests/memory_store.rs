@@ -63,6 +63,11 @@ impl MemoryStore {
             .insert(key.to_owned(), (value.to_vec(), Instant::now() + HOUR));
     }
 
+    /// Removes `key`, as Redis does when it evicts a key under `maxmemory`.
+    pub(super) fn remove(&self, key: &str) {
+        self.entries.lock().unwrap().remove(key);
+    }
+
     pub(super) fn keys(&self) -> Vec<String> {
         self.entries.lock().unwrap().keys().cloned().collect()
     }
@@ -160,6 +165,24 @@ impl TokenStore for Handle {
         self.0.answer(|| {
             if self.0.live(key).as_deref() == Some(holder.as_bytes()) {
                 self.0.entries.lock().unwrap().remove(key);
+            }
+        })
+    }
+
+    fn renew_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.0.answer(|| {
+            let mut entries = self.0.entries.lock().unwrap();
+            match entries.get_mut(key) {
+                Some((value, until)) if Instant::now() < *until && value == holder.as_bytes() => {
+                    *until = Instant::now() + ttl;
+                    true
+                }
+                _ => false,
             }
         })
     }

@@ -214,9 +214,10 @@ async fn a_lease_answered_too_late_is_published_and_given_back() {
     assert!(store.raw(&store_keys("tower-identity").lease()).is_none());
 }
 
-/// Two credentials over one cache (one process) acquire one entry: the first overruns its
-/// lease, the second takes the lease over. The first's release must not free the second's
-/// lease: holder ids are per acquisition, not per cache.
+/// Two credentials over one cache (one process) acquire one entry: the first's lease is lost
+/// while it asks (evicted, as Redis may under `maxmemory`) and the second takes the lease.
+/// Neither the first's renewals nor its release may touch the second's lease: holder ids are
+/// per acquisition, not per cache.
 #[tokio::test(start_paused = true)]
 async fn a_release_frees_only_its_own_acquisitions_lease() {
     let store = MemoryStore::new();
@@ -227,17 +228,115 @@ async fn a_release_frees_only_its_own_acquisitions_lease() {
     let (first, second) = (process(&c), process(&c));
     let idp = Idp::new(Duration::from_millis(1500));
     let lease = store_keys("tower-identity").lease();
+    let evict = async {
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        store.remove(&lease);
+    };
     let late = async {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         get(&second, &idp).await
     };
     let check = async {
-        // The first has finished (1.5 s) and released; the second holds its lease until 2.6 s.
+        // The first has finished (1.5 s) and released; the second asks until 2.6 s.
         tokio::time::sleep(Duration::from_millis(1800)).await;
         store.raw(&lease)
     };
-    let (_, _, held) = tokio::join!(get(&first, &idp), late, check);
+    let (_, _, _, held) = tokio::join!(get(&first, &idp), evict, late, check);
     assert!(held.is_some(), "the second acquisition's lease was freed");
+    assert_eq!(idp.calls(), 2);
+}
+
+/// A provider slower than a lease (here 15 s; throttling with `Retry-After` does the same) is
+/// asked once by a cold fleet: the holder renews its lease while it asks, and the others wait
+/// on it. (Before, the lease ran out under the holder at 10 s: one waiter took it and asked,
+/// and every other one asked at its 10 s wait limit.)
+#[tokio::test(start_paused = true)]
+async fn a_fleet_of_twenty_asks_a_slow_provider_once() {
+    let store = MemoryStore::new();
+    let caches: Vec<DistributedCache> = (0..20).map(|_| cache(&store)).collect();
+    let idp = Idp::new(Duration::from_secs(15));
+    let start = Instant::now();
+    let tasks: Vec<_> = caches
+        .iter()
+        .map(|c| {
+            let (p, idp) = (process(c), idp.clone());
+            tokio::spawn(async move { get(&p, &idp).await })
+        })
+        .collect();
+    let tokens: Vec<String> = futures_util::future::try_join_all(tasks).await.unwrap();
+    assert!(
+        start.elapsed() <= Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(idp.calls(), 1);
+    assert!(tokens.iter().all(|t| t == "token-1"), "{tokens:?}");
+    let won: u64 = caches.iter().map(|c| c.stats().leases_won).sum();
+    let hits: u64 = caches.iter().map(|c| c.stats().shared_hits).sum();
+    assert_eq!((won, hits), (1, 19));
+}
+
+/// The holder keeps its lease past the first `lease` while its request runs; a holder that
+/// dies mid-request (its task dropped) stops renewing, and another process takes over within
+/// a lease of the last renewal.
+#[tokio::test(start_paused = true)]
+async fn a_live_holder_keeps_its_lease_and_a_dead_one_is_taken_over_within_a_lease() {
+    let store = MemoryStore::new();
+    let (a, b) = (cache(&store), cache(&store));
+    let lease = store_keys("tower-identity").lease();
+    let slow = Idp::new(Duration::from_secs(60));
+    let acquisition = SharedLevel::new(a.clone(), identity()).acquire(
+        "tenant",
+        &scopes(&["scope"]),
+        false,
+        RefreshPolicy::default(),
+        (slow.acquire())(),
+    );
+    let holder = tokio::spawn(acquisition);
+    // Past its first lease (10 s), still asking: the lease is still held.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!((slow.calls(), a.stats().leases_won), (1, 1));
+    assert!(
+        store.raw(&lease).is_some(),
+        "the lease ran out under a live holder"
+    );
+    // The holder dies: renewed last at 10 s, its lease expires at 20 s.
+    holder.abort();
+    assert!(holder.await.unwrap_err().is_cancelled());
+    let died = Instant::now();
+    let fast = Idp::new(Duration::ZERO);
+    assert_eq!(get(&process(&b), &fast).await, "token-1");
+    let waited = died.elapsed();
+    assert!(
+        waited >= Duration::from_secs(7) && waited <= Duration::from_millis(10_250),
+        "{waited:?}"
+    );
+    assert_eq!((b.stats().leases_won, fast.calls()), (1, 1));
+}
+
+/// `wait_limit` bounds a waiter's whole wait, however long the holder keeps its lease: past
+/// it the waiter asks itself. (Before, the unrenewed lease ran out at 10 s and the waiter
+/// took it then.)
+#[tokio::test(start_paused = true)]
+async fn a_waiter_asks_itself_at_its_wait_limit_even_while_the_lease_is_renewed() {
+    let store = MemoryStore::new();
+    let holder_cache = cache(&store);
+    let waiter_cache = cache_with(&store, |b| b.wait_limit(Duration::from_secs(30)));
+    let stuck = Idp::new(Duration::from_secs(100));
+    let holder_process = process(&holder_cache);
+    let holder = tokio::spawn({
+        let stuck = stuck.clone();
+        async move { get(&holder_process, &stuck).await }
+    });
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    let idp = Idp::new(Duration::ZERO);
+    assert_eq!(get(&process(&waiter_cache), &idp).await, "token-1");
+    assert_eq!(start.elapsed(), Duration::from_secs(30));
+    let stats = waiter_cache.stats();
+    assert_eq!((stats.leases_won, stats.idp_calls), (0, 1));
+    assert!(store.raw(&store_keys("tower-identity").lease()).is_some());
+    holder.abort();
 }
 
 #[tokio::test(start_paused = true)]
