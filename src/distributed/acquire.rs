@@ -218,6 +218,8 @@ impl Shared {
     /// Stores `token` under `token_key` until it expires.
     async fn publish(&self, token_key: &str, token: &AccessToken) {
         let now = Instant::now();
+        // The lifetime the token has left, on this process's monotonic clock: readers bound
+        // the expiry by the entry's time left, so it must never be longer than this.
         let ttl = token.expires_on().saturating_duration_since(now);
         if ttl.is_zero() {
             return;
@@ -234,20 +236,21 @@ impl Shared {
     }
 
     /// Looks `token_key` up; an entry is usable until the moment a slot that stored it when
-    /// it was published would renew it.
+    /// it was published would renew it. Its expiry is bounded by the time the store says it
+    /// has left (see [`Sealing::open`](super::seal::Sealing::open)).
     async fn find(&self, token_key: &str, policy: RefreshPolicy, report: Report) -> Found {
         let got = self
             .breaker
-            .call("get", || self.store.get(token_key), &self.stats)
+            .call("get", || self.store.get_with_ttl(token_key), &self.stats)
             .await;
         // A plaintext entry holds the token: the buffer is zeroized like every other copy.
-        let value = match got {
+        let (value, left) = match got {
             None => return Found::Failed,
             Some(None) => return Found::Nothing,
-            Some(Some(value)) => Zeroizing::new(value),
+            Some(Some((value, left))) => (Zeroizing::new(value), left),
         };
         let now = Instant::now();
-        let Some(stored) = self.sealing.open(token_key, &value, now, self.clock) else {
+        let Some(stored) = self.sealing.open(token_key, &value, now, self.clock, left) else {
             if let Report::Unreadable = report {
                 self.unreadable(token_key);
             }

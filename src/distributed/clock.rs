@@ -5,8 +5,15 @@
 //! offset: the stored times then age with tokio's clock, the clock every slot of the crate
 //! runs on (so a paused clock in tests ages a stored entry as it ages a cached one). Linux
 //! slews both clocks alike under NTP; only a step of the wall clock after the cache was built
-//! is not followed, and the store's own expiry (the entry's TTL, a duration) bounds an entry
-//! whatever a reader's clock says.
+//! is not followed.
+//!
+//! Hosts' wall clocks differ, though: a reader whose clock runs behind the publisher's maps the
+//! entry's times late by the difference, and would keep the token in memory past its expiry.
+//! So the entry's time left in the store (its TTL: a duration, set from the token's relative
+//! lifetime, so alike on every host) bounds what a reader derives, and where it ends sooner
+//! every sealed time of the entry moves back to agree with it ([`Sealing::open`]).
+//!
+//! [`Sealing::open`]: super::seal::Sealing::open
 
 use std::time::Duration;
 
@@ -26,6 +33,15 @@ impl WallClock {
         Self {
             instant: Instant::now(),
             unix: unix_now(),
+        }
+    }
+
+    /// This clock as on a host whose wall clock runs `secs` seconds ahead.
+    #[cfg(test)]
+    pub(super) fn ahead(self, secs: u64) -> Self {
+        Self {
+            unix: self.unix.saturating_add(secs),
+            ..self
         }
     }
 

@@ -72,7 +72,10 @@
 //!   Cluster hash tag, so an entry's token and lease share a slot. Keys name no tenant, app or
 //!   scope in clear.
 //! * **Times.** Entries carry Unix seconds; each process maps them onto tokio's clock through
-//!   the offset it read when the cache was built.
+//!   the offset it read when the cache was built. Hosts' wall clocks may differ, so the time
+//!   the entry has left in the store ([`TokenStore::get_with_ttl`], set from the token's
+//!   relative lifetime when it was published) bounds what a reader derives: a reader never
+//!   holds a shared token past the entry's end, whatever its clock says.
 //! * **Figures.** [`DistributedCache::stats`] counts local hits, shared hits, leases won and
 //!   lost, identity provider calls and store errors; DEBUG events (`outcome` = `local_hit`,
 //!   `shared_hit`, `lease_won`, `lease_lost`, `idp_call`, `store_error`) inside a
@@ -106,7 +109,7 @@ pub(crate) use key::Identity;
 pub use redis::RedisTokenCache;
 pub use seal::SealingKey;
 pub use stats::CacheStats;
-pub use store::{StoreError, TokenStore};
+pub use store::{StoreError, TokenStore, ValueWithTtl};
 
 use breaker::Breaker;
 use clock::WallClock;

@@ -9,7 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ConnectionAddr, RedisError, Script, Value};
 use tokio::sync::OnceCell;
 
-use super::store::{StoreError, TokenStore};
+use super::store::{StoreError, TokenStore, ValueWithTtl};
 use crate::error::ConfigError;
 use crate::redact::{scrub, truncate};
 
@@ -27,6 +27,14 @@ const RENEW: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0";
+
+/// Reads a value and the milliseconds it has left (`PTTL`: -1 when it has no expiry) in one
+/// atomic step; nil when there is no value.
+const GET_WITH_TTL: &str = r"local value = redis.call('GET', KEYS[1])
+if not value then
+  return false
+end
+return {value, redis.call('PTTL', KEYS[1])}";
 
 /// How much of a Redis error's text a [`StoreError`] keeps.
 const MAX_ERROR_CHARS: usize = 200;
@@ -80,6 +88,7 @@ struct Inner {
     connection: OnceCell<ConnectionManager>,
     release: Script,
     renew: Script,
+    get_with_ttl: Script,
 }
 
 impl RedisTokenCache {
@@ -101,6 +110,7 @@ impl RedisTokenCache {
                 connection: OnceCell::new(),
                 release: Script::new(RELEASE),
                 renew: Script::new(RENEW),
+                get_with_ttl: Script::new(GET_WITH_TTL),
             }),
         })
     }
@@ -217,6 +227,29 @@ impl TokenStore for RedisTokenCache {
             match self.run("GET", &command).await? {
                 Value::BulkString(value) => Ok(Some(value)),
                 Value::Nil => Ok(None),
+                other => Err(unexpected("GET", &other)),
+            }
+        })
+    }
+
+    fn get_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ValueWithTtl>, StoreError>> {
+        Box::pin(async move {
+            let invocation = self.inner.get_with_ttl.key(key);
+            match self.invoke("GET", &invocation).await? {
+                Value::Nil => Ok(None),
+                Value::Array(answer) => match <[Value; 2]>::try_from(answer) {
+                    Ok([Value::BulkString(value), Value::Int(left)]) => {
+                        // Negative: no expiry (-1), or gone (-2, not after a GET in one step).
+                        let left = u64::try_from(left).ok().map(Duration::from_millis);
+                        Ok(Some((value, left)))
+                    }
+                    Ok(_) | Err(_) => Err(StoreError::msg(
+                        "redis GET answered a collection of the wrong shape, which it never should",
+                    )),
+                },
                 other => Err(unexpected("GET", &other)),
             }
         })

@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -196,13 +197,15 @@ impl Sealing {
 
     /// The token in `value`, stored under the store key `entry`; `None` for anything that
     /// does not open: another kind (sealed / plaintext), another key or key name, another
-    /// entry's value, or bytes that are no entry at all.
+    /// entry's value, or bytes that are no entry at all. `left` is the time the store said the
+    /// entry has left, if it said.
     pub(super) fn open(
         &self,
         entry: &str,
         value: &[u8],
         now: Instant,
         clock: WallClock,
+        left: Option<Duration>,
     ) -> Option<Stored> {
         let json: Zeroizing<Vec<u8>> = match self {
             Sealing::Plaintext => Zeroizing::new(value.strip_prefix(PLAIN)?.to_vec()),
@@ -228,15 +231,26 @@ impl Sealing {
         if matches!(self, Sealing::Plaintext) && payload.entry.as_deref() != Some(entry) {
             return None;
         }
-        let token = AccessToken::new(
-            payload.access_token.into_owned(),
-            clock.to_instant(payload.expires_on, now),
-        )
-        .with_refresh_on(payload.refresh_on.map(|at| clock.to_instant(at, now)))
-        .with_token_type(payload.token_type.as_ref());
+        // The sealed times are the publisher's wall clock read through this process's: a reader
+        // whose clock runs behind maps them late by the difference. The store's time left is
+        // relative (it was the token's own lifetime when published), so where it ends sooner,
+        // every time of the entry moves back by the difference: the token expires when the
+        // entry does, and is renewed when the publisher's rule says, not later.
+        let expires_on = clock.to_instant(payload.expires_on, now);
+        let end = left
+            .and_then(|left| now.checked_add(left))
+            .map_or(expires_on, |end| end.min(expires_on));
+        let late = expires_on.saturating_duration_since(end);
+        let time = |unix: u64| {
+            let at = clock.to_instant(unix, now);
+            at.checked_sub(late).unwrap_or(at).min(end)
+        };
+        let token = AccessToken::new(payload.access_token.into_owned(), end)
+            .with_refresh_on(payload.refresh_on.map(time))
+            .with_token_type(payload.token_type.as_ref());
         Some(Stored {
             token,
-            stored_on: clock.to_instant(payload.stored_on, now).min(now),
+            stored_on: time(payload.stored_on).min(now),
         })
     }
 }
@@ -263,11 +277,11 @@ mod tests {
         let value = Sealing::Plaintext
             .seal("p:{a}:token", &token, now, clock)
             .unwrap();
-        let opened = Sealing::Plaintext.open("p:{a}:token", &value, now, clock);
+        let opened = Sealing::Plaintext.open("p:{a}:token", &value, now, clock, None);
         assert_eq!(opened.unwrap().token.secret().expose_secret(), "t");
         assert!(
             Sealing::Plaintext
-                .open("p:{b}:token", &value, now, clock)
+                .open("p:{b}:token", &value, now, clock, None)
                 .is_none(),
             "copied under another entry's key"
         );
@@ -278,7 +292,7 @@ mod tests {
         .concat();
         assert!(
             Sealing::Plaintext
-                .open("p:{a}:token", &unnamed, now, clock)
+                .open("p:{a}:token", &unnamed, now, clock, None)
                 .is_none()
         );
     }
@@ -303,7 +317,8 @@ mod tests {
             &format!(" {standard}\n"),
         ] {
             let key = SealingKey::from_base64("VAR", text).unwrap();
-            let opened = Sealing::Sealed(key).open("k", &sealed, Instant::now(), WallClock::now());
+            let opened =
+                Sealing::Sealed(key).open("k", &sealed, Instant::now(), WallClock::now(), None);
             assert_eq!(
                 opened.unwrap().token.secret().expose_secret(),
                 "t",

@@ -12,7 +12,7 @@ use crate::error::BoxError;
 /// A shared key-value store under a [`DistributedCache`](super::DistributedCache): Redis
 /// ([`RedisTokenCache`](super::RedisTokenCache), feature `redis`) or any store that offers
 /// the same four operations, and the optional ones with a default
-/// ([`renew_lease`](Self::renew_lease)).
+/// ([`renew_lease`](Self::renew_lease), [`get_with_ttl`](Self::get_with_ttl)).
 ///
 /// Every call is bounded by the cache's time budget and counted by its circuit breaker; a
 /// store need not add timeouts of its own. An error is never shown to a token caller: the
@@ -21,6 +21,25 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// The value stored under `key`, or `None` when there is none (missing, expired,
     /// evicted).
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
+
+    /// The value stored under `key` with the time it has left before the store expires it,
+    /// read together (one atomic step: Redis `GET` and `PTTL` in one script), or `None` when
+    /// there is none. The time left is `None` when the key has no expiry or the store cannot
+    /// tell.
+    ///
+    /// The cache bounds a token's expiry by it: the time left is relative, so unlike the Unix
+    /// times sealed in the value it does not depend on the reader's wall clock agreeing with
+    /// the publisher's. A store should report it whenever it can; never more than the key
+    /// really has left (a rounded-up TTL lets a reader keep a token past its expiry by the
+    /// difference). The default calls [`get`](Self::get) and reports no time left: the expiry
+    /// then comes from the sealed wall-clock times alone, and a reader whose clock runs `S`
+    /// seconds behind the publisher's may use a token up to `S` − 300 s after it expired.
+    fn get_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ValueWithTtl>, StoreError>> {
+        Box::pin(async move { Ok(self.get(key).await?.map(|value| (value, None))) })
+    }
 
     /// Stores `value` under `key`, replacing what is there, to expire after `ttl`.
     fn put<'a>(
@@ -65,6 +84,10 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
         Box::pin(async { Ok(false) })
     }
 }
+
+/// A value read from a store with the time it has left there, if the store can tell (see
+/// [`TokenStore::get_with_ttl`]).
+pub type ValueWithTtl = (Vec<u8>, Option<Duration>);
 
 /// A store's failure: unreachable, refused, or an answer it could not use. Its message names
 /// the operation and never a value or a credential of the store (a password in a URL).

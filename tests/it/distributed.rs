@@ -17,7 +17,7 @@ use redis::Commands;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower_identity::distributed::{
-    DistributedCache, RedisTokenCache, SealingKey, StoreError, TokenStore,
+    DistributedCache, RedisTokenCache, SealingKey, StoreError, TokenStore, ValueWithTtl,
 };
 use tower_identity::{ClientSecretCredential, CredentialExt};
 
@@ -146,6 +146,13 @@ struct LateLease {
 impl TokenStore for LateLease {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
         self.store.get(key)
+    }
+
+    fn get_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ValueWithTtl>, StoreError>> {
+        self.store.get_with_ttl(key)
     }
 
     fn put<'a>(

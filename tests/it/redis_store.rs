@@ -70,6 +70,40 @@ async fn put_then_get_round_trips_bytes_and_expires_with_the_ttl() {
     );
 }
 
+/// `get_with_ttl` reads the value and its time left in one step; a key without an expiry has
+/// no time left to report, and a missing one is `None`.
+#[tokio::test]
+async fn get_with_ttl_reads_the_value_with_its_time_left() {
+    let server = RedisServer::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    assert_eq!(store.get_with_ttl("p:{a}:token").await.unwrap(), None);
+
+    let value = b"\x01sealed\x00bytes\xff";
+    store.put("p:{a}:token", value, secs(30)).await.unwrap();
+    let (read, left) = store.get_with_ttl("p:{a}:token").await.unwrap().unwrap();
+    assert_eq!(read, value);
+    let left = left.expect("a key put with a TTL reports its time left");
+    assert!(
+        (secs(29)..=secs(30)).contains(&left),
+        "{left:?} left of a 30 s ttl"
+    );
+
+    let _: () = server.admin().set("p:{b}:token", "no expiry").unwrap();
+    assert_eq!(
+        store.get_with_ttl("p:{b}:token").await.unwrap(),
+        Some((b"no expiry".to_vec(), None))
+    );
+
+    // A value of another type is an error naming the operation, as for `get`.
+    let _: () = server.admin().rpush("p:{c}:token", "garbage").unwrap();
+    let e = store.get_with_ttl("p:{c}:token").await.unwrap_err();
+    assert!(
+        e.to_string().contains("GET") && e.to_string().contains("WRONGTYPE"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("garbage"), "{e}");
+}
+
 /// A TTL past what Redis accepts (`lease(Duration::MAX)`, PX 18446744073709551615, which Redis
 /// refuses as an invalid expire time) is capped at 100 years.
 #[tokio::test]
@@ -293,7 +327,12 @@ async fn a_paused_server_leaves_calls_pending_until_the_caller_gives_up() {
                 .await
                 .is_err()
         );
-        assert_eq!(start.elapsed(), HOUR * 5, "only the test's timeouts fired");
+        assert!(
+            timeout(HOUR, store.get_with_ttl("p:{a}:token"))
+                .await
+                .is_err()
+        );
+        assert_eq!(start.elapsed(), HOUR * 6, "only the test's timeouts fired");
     }
 
     // Resumed: both answer again (the calls given up on meanwhile were answered and dropped).

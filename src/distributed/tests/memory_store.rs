@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::HOUR;
-use crate::distributed::{StoreError, TokenStore};
+use crate::distributed::{StoreError, TokenStore, ValueWithTtl};
 
 /// How the store answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +109,17 @@ pub(super) struct Handle(pub(super) Arc<MemoryStore>);
 impl TokenStore for Handle {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
         self.0.answer(|| self.0.live(key))
+    }
+
+    fn get_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ValueWithTtl>, StoreError>> {
+        self.0.answer(|| {
+            let value = self.0.live(key)?;
+            let until = self.0.entries.lock().unwrap().get(key)?.1;
+            Some((value, Some(until.saturating_duration_since(Instant::now()))))
+        })
     }
 
     fn put<'a>(

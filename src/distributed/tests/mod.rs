@@ -462,6 +462,47 @@ async fn the_largest_open_for_keeps_the_breaker_open() {
     }
 }
 
+/// `cache`, as on a host whose wall clock runs `secs` seconds ahead.
+fn clock_ahead(mut cache: DistributedCache, secs: u64) -> DistributedCache {
+    let shared = Arc::get_mut(&mut cache.shared).expect("a cache not yet shared");
+    shared.clock = shared.clock.ahead(secs);
+    cache
+}
+
+/// A reader whose wall clock runs 900 s behind the publisher's maps the entry's Unix times
+/// 900 s late; the entry's time left in the store, relative, bounds them. (Before, the reader
+/// kept the token for 4500 s, sending it up to 600 s after it expired.)
+#[tokio::test(start_paused = true)]
+async fn a_reader_whose_clock_runs_behind_never_keeps_a_token_past_its_expiry() {
+    let store = MemoryStore::new();
+    let publisher = clock_ahead(cache(&store), 900);
+    let reader = cache(&store);
+    let idp = Idp::new(Duration::ZERO);
+    let start = Instant::now();
+    assert_eq!(get(&process(&publisher), &idp).await, "token-1");
+    let reading = process(&reader);
+    let token = reading
+        .get_or_acquire(cache_key(), false, idp.acquire())
+        .await
+        .unwrap();
+    assert_eq!(token.secret().expose_secret(), "token-1");
+    assert_eq!(reader.stats().shared_hits, 1);
+    assert_eq!(
+        token.expires_on(),
+        start + HOUR,
+        "the entry's end, not 900 s later"
+    );
+    // Late in its life the shared token is still used: only its end moved, not its use.
+    let late_reader = cache(&store);
+    tokio::time::advance(Duration::from_secs(3000)).await;
+    assert_eq!(get(&process(&late_reader), &idp).await, "token-1");
+    assert_eq!(late_reader.stats().shared_hits, 1);
+    // Past its real expiry the reader does not hand it out.
+    tokio::time::advance(Duration::from_secs(601)).await;
+    assert_eq!(get(&reading, &idp).await, "token-2");
+    assert_eq!(idp.calls(), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hanging_store_costs_the_budget_per_call_then_the_breaker_opens_and_closes() {
     let store = MemoryStore::new();
@@ -624,7 +665,7 @@ async fn sealed_entries_hold_no_token_in_clear_and_round_trip() {
     let debug = format!("{c:?}");
     assert!(!debug.contains(&token), "{debug}");
     let opened = Sealing::Sealed(sealing_key())
-        .open(&token_key, &raw, Instant::now(), c.shared.clock)
+        .open(&token_key, &raw, Instant::now(), c.shared.clock, None)
         .unwrap();
     assert!(!format!("{opened:?}").contains(&token));
     assert_eq!(opened.token.secret().expose_secret(), token);
