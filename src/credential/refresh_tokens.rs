@@ -74,16 +74,18 @@ impl Unwritten {
     }
 
     /// After an answer for `account` was recorded (`written`) or not: keeps its refresh
-    /// token when it was not, forgets the one kept when it was.
+    /// token when it was not; forgets the one kept once the cache holds a successor (an
+    /// answer with a refresh token, written). An answer without one leaves the kept token as
+    /// the only one.
     fn after_record(&self, account: Option<&str>, written: bool, refresh_token: Option<&Secret>) {
-        let Some(account) = account else { return };
+        let (Some(account), Some(secret)) = (account, refresh_token) else {
+            return;
+        };
         let mut kept = self.lock();
-        if written {
-            if kept.as_ref().is_some_and(|(a, _)| a == account) {
-                *kept = None;
-            }
-        } else if let Some(secret) = refresh_token {
+        if !written {
             *kept = Some((account.to_owned(), secret.clone()));
+        } else if kept.as_ref().is_some_and(|(a, _)| a == account) {
+            *kept = None;
         }
     }
 
@@ -164,16 +166,8 @@ impl Silent<'_> {
         let (store, other) = self.stores.for_request(cae);
         let environments = [self.client.authority().host()];
         let kept = self.stores.unwritten.for_account(account);
-        let doc = match store.read().await {
-            Ok(doc) => Some(doc),
-            // The kept refresh token is newer than anything in the cache: it serves alone.
-            Err(error) if kept.is_some() => {
-                tracing::debug!(credential = self.credential, %error, "token cache not readable; redeeming the refresh token kept in memory");
-                None
-            }
-            Err(error) => return Err(self.unreadable(&error)),
-        };
-        if let (Some(doc), None) = (&doc, &claims) {
+        let read = store.read().await;
+        if let (Ok(doc), None) = (&read, &claims) {
             let query = AccessTokenQuery {
                 home_account_id: Some(Some(account)),
                 environments: &environments,
@@ -185,30 +179,38 @@ impl Silent<'_> {
                 return Ok(Some(token));
             }
         }
-        let mut candidates: Vec<Candidate> = kept
-            .map(|secret| Candidate { secret, key: None })
-            .into_iter()
-            .collect();
-        if let Some(doc) = doc {
-            // Refresh tokens are not CAE-specific: look in both documents, this request's
-            // first.
-            let query = RefreshTokenQuery {
-                home_account_id: account,
-                environments: &environments,
-                client_id: Some(self.client_id),
-                family_only: false,
-            };
-            let mut found = doc.find_refresh_tokens(&query);
-            if found.is_empty() {
-                match other.read().await {
-                    Ok(other) => found = other.find_refresh_tokens(&query),
-                    Err(error) if !candidates.is_empty() => {
-                        tracing::debug!(credential = self.credential, %error, "token cache not readable; redeeming the refresh token kept in memory");
-                    }
-                    Err(error) => return Err(self.unreadable(&error)),
+        // Refresh tokens are not CAE-specific: look in both documents, this request's first.
+        // The one kept in memory (the cache could not take it) is tried before them; a
+        // document that cannot be read is an error only when no refresh token is found.
+        let query = RefreshTokenQuery {
+            home_account_id: account,
+            environments: &environments,
+            client_id: Some(self.client_id),
+            family_only: false,
+        };
+        let (mut found, mut unreadable) = match read {
+            Ok(doc) => (doc.find_refresh_tokens(&query), None),
+            Err(error) => (Vec::new(), Some(error)),
+        };
+        if found.is_empty() {
+            match other.read().await {
+                Ok(other) => found = other.find_refresh_tokens(&query),
+                Err(error) => {
+                    unreadable.get_or_insert(error);
                 }
             }
-            candidates.extend(found.into_iter().map(Candidate::from));
+        }
+        let candidates: Vec<Candidate> = kept
+            .map(|secret| Candidate { secret, key: None })
+            .into_iter()
+            .chain(found.into_iter().map(Candidate::from))
+            .collect();
+        match unreadable {
+            Some(error) if candidates.is_empty() => return Err(self.unreadable(&error)),
+            Some(error) => {
+                tracing::debug!(credential = self.credential, %error, "a token cache document is not readable; redeeming the refresh tokens found");
+            }
+            None => {}
         }
         let redeem = Redeem {
             credential: self.credential,
@@ -251,8 +253,9 @@ pub(crate) struct Redeem<'a> {
 impl Redeem<'_> {
     /// Redeems `candidates` in turn: the first success wins and is recorded (its refresh
     /// token rotated in place); after one the provider rejects with `invalid_grant` the next
-    /// is tried. The rejected token is dropped from a private in-memory store and from
-    /// [`Unwritten`], and kept in a shared cache file. `Ok(None)` when there is no candidate;
+    /// is tried. A rejected token that is dead (not [refused for this request
+    /// only](Self::refused_for_this_request_only)) is dropped from a private in-memory store
+    /// and from [`Unwritten`]; a shared cache file keeps it. `Ok(None)` when there is no candidate;
     /// the last error when none worked, an `invalid_grant` one saying what to do.
     pub(crate) async fn first_success(
         &self,
@@ -277,37 +280,41 @@ impl Redeem<'_> {
                     return Ok(Some(response.token));
                 }
                 Err(error) if error.error_code() == Some("invalid_grant") => {
-                    let Some(key) = candidate.key else {
-                        // The kept token is ours alone, like a private store's.
-                        if let Some(unwritten) = self.unwritten {
-                            unwritten.forget(&candidate.secret);
-                        }
-                        last_error = Some(with_sign_in_advice(self.credential, error));
-                        continue;
-                    };
                     // `invalid_grant` does not always mean the token is dead: a claims or MFA
-                    // requirement (AADSTS50076, 50079, ...) refuses it for this request only,
-                    // and the token in a shared file is also Azure CLI's and Visual Studio's
-                    // sign-in. Like msal (unlike azure-identity), it stays in the file. A
-                    // private in-memory store is ours alone: dropping the token there spares
-                    // a doomed request on every later call.
-                    if self.store.is_shared() {
-                        tracing::debug!(
-                            credential = self.credential,
-                            "refresh token rejected (invalid_grant); left in the shared token cache"
-                        );
-                    } else {
-                        tracing::debug!(
-                            credential = self.credential,
-                            "refresh token rejected (invalid_grant); dropped from memory"
-                        );
-                        if let Err(e) = self
-                            .store
-                            .modify(move |doc| doc.remove_refresh_token(&key))
-                            .await
-                        {
-                            tracing::warn!(credential = self.credential, error = %e, "could not remove a rejected refresh token from the token cache");
+                    // requirement refuses it for this request only (see
+                    // [`refused_for_this_request_only`]), and the token in a shared file is
+                    // also Azure CLI's and Visual Studio's sign-in. Like msal (unlike
+                    // azure-identity), it stays in the file. A token of a private in-memory
+                    // store, or the one kept in memory, is ours alone: dropping it when it is
+                    // dead spares a doomed request on every later call.
+                    let dead = !self.refused_for_this_request_only(&error);
+                    match candidate.key {
+                        None if dead => {
+                            if let Some(unwritten) = self.unwritten {
+                                unwritten.forget(&candidate.secret);
+                            }
                         }
+                        None => {}
+                        Some(_) if self.store.is_shared() => {
+                            tracing::debug!(
+                                credential = self.credential,
+                                "refresh token rejected (invalid_grant); left in the shared token cache"
+                            );
+                        }
+                        Some(key) if dead => {
+                            tracing::debug!(
+                                credential = self.credential,
+                                "refresh token rejected (invalid_grant); dropped from memory"
+                            );
+                            if let Err(e) = self
+                                .store
+                                .modify(move |doc| doc.remove_refresh_token(&key))
+                                .await
+                            {
+                                tracing::warn!(credential = self.credential, error = %e, "could not remove a rejected refresh token from the token cache");
+                            }
+                        }
+                        Some(_) => {}
                     }
                     last_error = Some(with_sign_in_advice(self.credential, error));
                 }
@@ -315,6 +322,20 @@ impl Redeem<'_> {
             }
         }
         last_error.map_or(Ok(None), Err)
+    }
+
+    /// Whether an `invalid_grant` refuses the token for this request only, so that the token
+    /// still serves others: the request carried claims (a claims challenge the token's
+    /// session cannot meet), or Entra asks the user for something first — multi-factor
+    /// authentication (AADSTS50076) or its registration (50079), an external security
+    /// challenge (50158), a Conditional Access block (53003), consent to these scopes (65001).
+    fn refused_for_this_request_only(&self, error: &CredentialError) -> bool {
+        const FOR_THIS_REQUEST: [u32; 5] = [50_076, 50_079, 50_158, 53_003, 65_001];
+        self.claims.is_some()
+            || error
+                .error_codes()
+                .iter()
+                .any(|code| FOR_THIS_REQUEST.contains(code))
     }
 
     /// Records a token answer in the store, as MSAL does: the answer's scopes (else the

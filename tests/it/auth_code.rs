@@ -2,8 +2,10 @@
 //! a person), its redemption, the cached token, a refresh for another resource, a reused
 //! code's real error, a revoked refresh token's invalid_grant.
 
+use tower_identity::transport::HttpRequest;
 use tower_identity::{
-    AuthorizationCodeCredential, CredentialExt, TokenCachePersistenceOptions, TokenRequest,
+    AuthorizationCodeCredential, CredentialExt, HttpClient, TokenCachePersistenceOptions,
+    TokenRequest,
 };
 
 use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, jwt_claims, peer};
@@ -309,6 +311,71 @@ async fn when_the_cache_file_cannot_be_written_the_refresh_token_still_serves_ot
         doc["RefreshToken"].as_object().map(|s| s.len()),
         Some(1),
         "{doc:#}"
+    );
+}
+
+/// Entra refusing the refresh token for one request only (here multi-factor authentication for
+/// one resource, AADSTS50076) leaves the token kept in memory, the only copy when the cache
+/// cannot be written, to serve the others.
+#[tokio::test]
+async fn a_refusal_for_one_request_only_keeps_the_refresh_token_kept_in_memory() {
+    use http_body_util::BodyExt;
+    let peer = peer();
+    let tenant = "authcode-mfa-one";
+    let dir = tempfile::tempdir().unwrap();
+    // Not a token cache: every read and write fails.
+    std::fs::write(
+        dir.path().join("authcode-mfa.nocae"),
+        br#"{"AccessToken": []}"#,
+    )
+    .unwrap();
+    let inner = peer.http();
+    let http = HttpClient::from_service(tower::service_fn(move |request: HttpRequest| {
+        let inner = inner.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            if String::from_utf8_lossy(&body).contains("mfa.test") {
+                let answer = serde_json::json!({
+                    "error": "invalid_grant",
+                    "error_description": "AADSTS50076: you must use multi-factor authentication",
+                    "error_codes": [50076],
+                });
+                return Ok(http::Response::builder()
+                    .status(400)
+                    .header("content-type", "application/json")
+                    .body(bytes::Bytes::from(answer.to_string()))
+                    .unwrap());
+            }
+            let request = http::Request::from_parts(parts, http_body_util::Full::new(body));
+            tower::ServiceExt::oneshot(inner, request).await
+        }
+    }));
+    let code = peer
+        .authorization_code(tenant, CLIENT_ID, SIGN_IN, "ines@contoso.com")
+        .await;
+    let credential = AuthorizationCodeCredential::builder(tenant, CLIENT_ID, code, REDIRECT_URI)
+        .client_secret(CLIENT_SECRET)
+        .authority_host(&peer.base)
+        .http_client(http)
+        .cache_options(
+            TokenCachePersistenceOptions::new()
+                .name("authcode-mfa")
+                .directory(dir.path())
+                .allow_unencrypted_storage(true),
+        )
+        .build()
+        .unwrap();
+    credential.get_token([RESOURCE]).await.unwrap();
+    let err = credential
+        .get_token(["https://mfa.test/.default"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_codes(), [50076], "{err}");
+    let other = credential.get_token([OTHER]).await.unwrap();
+    assert_eq!(
+        jwt_claims(other.secret().expose_secret())["aud"],
+        "https://other.test"
     );
 }
 

@@ -433,6 +433,54 @@ async fn with_cache_options_the_account_lands_in_the_shared_cache_for_other_cred
     );
 }
 
+// The ordinary cache file cannot be read or written (a directory in its place), the CAE one
+// can: once the kept refresh token's successor is in the CAE file, an ordinary request finds it
+// there instead of failing on the file it cannot read.
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_cache_file_does_not_hide_the_refresh_token_in_the_other() {
+    let peer = peer();
+    let tenant = "device-half-readable";
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join(".IdentityService");
+    std::fs::create_dir_all(dir.join("msal.cache.nocae")).unwrap();
+    let (http, _) = recording_http(peer);
+    let (shown, mut prompts) = unbounded_channel();
+    let credential = DeviceCodeCredential::builder()
+        .tenant_id(tenant)
+        .authority_host(&peer.base)
+        .http_client(http)
+        .cache_options(
+            TokenCachePersistenceOptions::new()
+                .directory(&dir)
+                .allow_unencrypted_storage(true),
+        )
+        .prompt(move |info| {
+            let _ = shown.send(info);
+        })
+        .build()
+        .unwrap();
+    let task = tokio::spawn({
+        let credential = credential.clone();
+        async move { credential.get_token([RESOURCE]).await }
+    });
+    let info = prompts.recv().await.expect("the prompt is called");
+    held(peer.approve_device_code(tenant, &info.user_code, "lea@contoso.com")).await;
+    task.await.unwrap().unwrap();
+    // Redeems the kept token; the answer is written to the CAE file.
+    credential
+        .get_token_with(TokenRequest::new([OTHER]).with_cae(true))
+        .await
+        .unwrap();
+    assert!(dir.join("msal.cache.cae").is_file());
+    let other = credential.get_token([OTHER]).await.unwrap();
+    assert_eq!(
+        jwt_claims(other.secret().expose_secret())["aud"],
+        "https://other.test"
+    );
+    assert!(prompts.try_recv().is_err(), "no second prompt");
+    assert_eq!(code_requests(&log_of(tenant).await), 1);
+}
+
 // Tokens that could not be written: the refresh token kept in memory serves the next resource
 // without a prompt; once Entra rejects it, the user is signed in again.
 #[tokio::test(start_paused = true)]
