@@ -40,7 +40,10 @@
 //!   answering at once. Nobody waits on the outer renewal, so this costs no caller anything,
 //!   and the layer takes the credential's new token as soon as it exists; answered at once,
 //!   it would get the token it holds, count a failed attempt, and send the old token for 30 s
-//!   more. A slot's first acquisition (its callers wait for it) is not marked.
+//!   more. A slot's first acquisition (its callers wait for it) is not marked. The mark
+//!   belongs to the task: a credential reached through something that runs it in another
+//!   task (tower's `Buffer`) answers the layer's renewal at once with its current token,
+//!   which counts as a failed attempt, tried again after the spacing.
 //! * **No valid token**: every caller waits on one acquisition and receives its result, the
 //!   error included. An expired token is never returned.
 //! * **A token stored meanwhile** ([`TokenSlot::store`]: the bearer layer's answer to a claims
@@ -659,6 +662,12 @@ impl<V: SlotValue> TokenSlot<V> {
         let now = Instant::now();
         let result = result.and_then(|value| self.unexpired(value, now));
         let outcome = result.map(|value| match &state.current {
+            // A token stored while this acquisition ran (a claims challenge's, by `store`)
+            // answers more than this one was asked for: it stays, whatever this one brought.
+            // Replaced, the next request would meet the same challenge again.
+            Some(current) if Some(current.id) != from && now < current.expires_on => {
+                current.clone()
+            }
             // The same token back, not due by its own timing: the provider's answer for now
             // (IMDS and App Service answer their cached token, with the time it has left).
             // The entry takes its value and timing and keeps its id (see the module docs).
@@ -671,14 +680,13 @@ impl<V: SlotValue> TokenSlot<V> {
                 entry
             }
             // Otherwise the same token back is a failed attempt: keep the entry (and its
-            // timing).
-            Some(current) if current.value.token().secret() == value.token().secret() => {
+            // timing), unless it has expired meanwhile (never handed out).
+            Some(current)
+                if current.value.token().secret() == value.token().secret()
+                    && now < current.expires_on =>
+            {
                 current.clone()
             }
-            // A token stored while this acquisition ran (a claims challenge's, by `store`)
-            // answers more than this one was asked for: it stays. Replaced, the next request
-            // would meet the same challenge again.
-            Some(current) if Some(current.id) != from => current.clone(),
             _ => {
                 let entry = self.entry(value, now);
                 state.current = Some(entry.clone());
@@ -1192,6 +1200,46 @@ mod tests {
         for refresh_in in [None, Some(Duration::from_secs(50))] {
             same_token_without_timing_ahead(refresh_in).await;
         }
+    }
+
+    /// A token stored while a renewal ran stays, even when the renewal brings the same secret
+    /// with timing of its own (the layer's renewal handing back the claims token its
+    /// credential stored meanwhile): it keeps what was stored with it.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_stored_during_a_renewal_stays_even_against_the_same_secret() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        slot.store(token("t1", Duration::from_secs(600))).unwrap();
+        tokio::time::advance(Duration::from_secs(301)).await;
+        let (answer, answered) = tokio::sync::oneshot::channel::<AccessToken>();
+        let acquire = move || async move { answered.await.map_err(|_| failure()) };
+        use_of(slot.lookup(Instant::now(), acquire));
+        let stored = slot
+            .store(token("c", HOUR).with_token_type("stored"))
+            .unwrap();
+        answer.send(token("c", HOUR)).unwrap();
+        settle().await;
+        let current = slot.current_entry().unwrap();
+        assert_eq!(current.id, stored.id);
+        assert_eq!(current.value.token_type(), "stored");
+    }
+
+    /// An acquisition that brings back the secret of a token that has expired meanwhile (a
+    /// wall clock stepped between two answers giving `expires_on`) never hands out the
+    /// expired entry: the new answer is stored.
+    #[tokio::test(start_paused = true)]
+    async fn the_same_secret_back_after_its_expiry_is_stored_anew_not_the_expired_entry() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        slot.store(token("same", Duration::from_secs(40))).unwrap();
+        tokio::time::advance(Duration::from_secs(41)).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let got = slot
+            .get(counting(&calls, |_| {
+                Ok(token("same", Duration::from_secs(100)))
+            }))
+            .await
+            .unwrap();
+        assert!(!got.is_expired(), "{got:?}");
+        assert!(got.expires_on() > Instant::now());
     }
 
     async fn same_token_without_timing_ahead(refresh_in: Option<Duration>) {
