@@ -165,7 +165,7 @@ impl Shared {
     /// process died, or gave up on it): the lease then expires as it would have. A renewal the
     /// store refuses (the lease expired and may be another's, or the store does not renew
     /// leases) ends the renewals; one that fails is tried again at the next tick, the lease
-    /// possibly still ours.
+    /// possibly still ours. Renewals stop after `wait_limit` (see the comment inside).
     async fn keeping_lease<Fut: Future>(
         &self,
         work: Fut,
@@ -177,9 +177,16 @@ impl Shared {
             .checked_div(RENEWALS_PER_LEASE)
             .unwrap_or(self.lease)
             .max(FASTEST_RENEWAL);
+        // Never past `wait_limit`: by then every waiter has stopped waiting, and a request
+        // that hangs (a user's assertion callback without a deadline) must not keep the
+        // fleet's lease for good.
+        let started = tokio::time::Instant::now();
         let renew = async {
             loop {
                 tokio::time::sleep(every).await;
+                if started.elapsed() >= self.wait_limit {
+                    return std::future::pending::<std::convert::Infallible>().await;
+                }
                 let renew = || self.store.renew_lease(lease_key, holder, self.lease);
                 if self.breaker.call("renew_lease", renew, &self.stats).await == Some(false) {
                     tracing::debug!(
@@ -268,8 +275,10 @@ impl Shared {
     fn unreadable(&self, token_key: &str) {
         self.stats.store_error();
         let message = "distributed token cache: a stored value does not open (garbage, another \
-                       sealing key or key name, another entry's value, or sealed vs plaintext \
-                       settings that differ between processes); treated as a miss and replaced";
+                       sealing key or key name, another entry's value, sealed vs plaintext \
+                       settings that differ between processes, or a plaintext value written \
+                       before plaintext values named their entry); treated as a miss and \
+                       replaced";
         if self.warned_unreadable.swap(true, Ordering::Relaxed) {
             tracing::debug!(entry = token_key, outcome = "store_error", "{message}");
         } else {

@@ -242,8 +242,13 @@ impl TokenStore for RedisTokenCache {
                 Value::Nil => Ok(None),
                 Value::Array(answer) => match <[Value; 2]>::try_from(answer) {
                     Ok([Value::BulkString(value), Value::Int(left)]) => {
-                        // Negative: no expiry (-1), or gone (-2, not after a GET in one step).
-                        let left = u64::try_from(left).ok().map(Duration::from_millis);
+                        // -1: no expiry. -2 (gone) cannot follow a GET in one script; were it
+                        // to, nothing is left.
+                        let left = match u64::try_from(left) {
+                            Ok(ms) => Some(Duration::from_millis(ms)),
+                            Err(_) if left == -1 => None,
+                            Err(_) => Some(Duration::ZERO),
+                        };
                         Ok(Some((value, left)))
                     }
                     Ok(_) | Err(_) => Err(StoreError::msg(

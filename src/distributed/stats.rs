@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Token requests answered from a credential's in-memory cache without asking the store
-    /// (including callers that joined an acquisition already running in this process).
+    /// Token requests that started no acquisition through the store: answered from a
+    /// credential's in-memory cache, or joined an acquisition already running in this
+    /// process. A request in the refresh window that starts the background renewal (it is
+    /// answered with the cached token at once) is counted by that acquisition's outcome
+    /// instead, so that each request is counted once.
     pub local_hits: u64,
     /// Acquisitions answered by a token another process (or this one, earlier) published.
     pub shared_hits: u64,

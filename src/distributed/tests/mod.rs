@@ -314,6 +314,32 @@ async fn a_live_holder_keeps_its_lease_and_a_dead_one_is_taken_over_within_a_lea
     assert_eq!((b.stats().leases_won, fast.calls()), (1, 1));
 }
 
+/// A holder whose request hangs stops renewing its lease at `wait_limit` (60 s): the lease
+/// then runs out, and a process that comes later takes it at once instead of waiting a whole
+/// `wait_limit` for a holder that will not answer.
+#[tokio::test(start_paused = true)]
+async fn a_holder_stuck_past_the_wait_limit_stops_keeping_the_lease() {
+    let store = MemoryStore::new();
+    let (a, b) = (cache(&store), cache(&store));
+    let lease = store_keys("tower-identity").lease();
+    let stuck = Idp::new(Duration::from_secs(1000));
+    let holder = tokio::spawn(SharedLevel::new(a.clone(), identity()).acquire(
+        "tenant",
+        &scopes(&["scope"]),
+        false,
+        RefreshPolicy::default(),
+        (stuck.acquire())(),
+    ));
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    assert!(store.raw(&lease).is_none(), "renewed past the wait limit");
+    let start = Instant::now();
+    let fast = Idp::new(Duration::ZERO);
+    assert_eq!(get(&process(&b), &fast).await, "token-1");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(b.stats().leases_won, 1);
+    holder.abort();
+}
+
 /// `wait_limit` bounds a waiter's whole wait, however long the holder keeps its lease: past
 /// it the waiter asks itself. (Before, the unrenewed lease ran out at 10 s and the waiter
 /// took it then.)
