@@ -114,9 +114,9 @@ impl RetryOptions {
 /// A request extension marking a request that carries a single-use grant (an authorization
 /// code): the provider may have consumed it even when no answer came back, and a second
 /// attempt would then be refused (`AADSTS54005`, code already redeemed) and hide the real
-/// failure. Such a request is retried only after a connection failure, when nothing was sent;
-/// never after a timeout, an I/O error or an answer. (azure-core likewise does not resend a
-/// POST after a response error.)
+/// failure. Such a request is retried only after a connection failure, when nothing was sent,
+/// or a 429 (throttled: not processed); never after a timeout, an I/O error or another answer.
+/// (azure-core likewise does not resend a POST after a response error.)
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SingleUse;
 
@@ -223,7 +223,7 @@ pub(super) struct RetryPolicy {
     pub(super) retries: u32,
     /// IMDS answered 410 during this request: it is being updated, back off longer.
     gone: bool,
-    /// The request is [`SingleUse`]: retried only when it was never sent.
+    /// The request is [`SingleUse`]: retried only when it was never sent, or throttled.
     pub(super) single_use: bool,
 }
 
@@ -278,10 +278,13 @@ impl RetryPolicy {
         result: &Result<HttpResponse, BoxError>,
     ) -> Option<Duration> {
         if self.single_use {
-            return match result {
-                Err(error) if is_unsent(error.as_ref()) => Some(self.backoff()),
-                _ => None,
-            };
+            match result {
+                Err(error) if is_unsent(error.as_ref()) => return Some(self.backoff()),
+                // Throttled, the request was not processed (the code is still unused): it is
+                // waited for and sent again as any other.
+                Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {}
+                _ => return None,
+            }
         }
         match result {
             Ok(response) if self.is_retryable(response.status()) => {
