@@ -7,13 +7,29 @@ use std::path::Path;
 
 /// Opens `path` for reading if it is a regular file (after symlinks). Checked before opening,
 /// because opening a FIFO for reading blocks until a writer comes, and a device may never end;
-/// checked again on the open file, in case the path was replaced in between.
+/// checked again on the open file, in case the path was replaced in between. On unix the file
+/// is opened with `O_NONBLOCK`, so that such a replacement cannot block the open either (it
+/// changes nothing for a regular file's reads).
 pub(crate) fn open_regular_file(path: &Path) -> io::Result<File> {
     let not_regular = || io::Error::new(io::ErrorKind::InvalidInput, NotRegular);
     if !std::fs::metadata(path)?.is_file() {
         return Err(not_regular());
     }
-    let file = File::open(path)?;
+    open_checked(path)
+}
+
+/// Opens `path` without blocking, then refuses it unless it is a regular file.
+fn open_checked(path: &Path) -> io::Result<File> {
+    let not_regular = || io::Error::new(io::ErrorKind::InvalidInput, NotRegular);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let nonblock = rustix::fs::OFlags::NONBLOCK.bits();
+        options.custom_flags(i32::try_from(nonblock).unwrap_or(0));
+    }
+    let file = options.open(path)?;
     if !file.metadata()?.is_file() {
         return Err(not_regular());
     }
@@ -37,4 +53,32 @@ pub(crate) fn is_not_regular(error: &io::Error) -> bool {
     error
         .get_ref()
         .is_some_and(|inner| inner.is::<NotRegular>())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// A FIFO put in place after the check (no writer ever comes) does not block the open
+    /// itself: it is refused as not a regular file.
+    #[test]
+    fn a_fifo_swapped_in_after_the_check_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        )
+        .unwrap();
+        let (done, opened) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(open_checked(&fifo).map(drop));
+        });
+        let error = opened
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the open blocked")
+            .unwrap_err();
+        assert!(is_not_regular(&error), "{error}");
+    }
 }
