@@ -464,7 +464,9 @@ impl Parts {
             })?;
         // The leaf is the certificate of this key, wherever it sits; the rest keep their
         // order after it, as the chain sent in `x5c`. A key kept on renewal can have an
-        // expired certificate before its current one in a bundle: one valid now is preferred.
+        // expired certificate before its current one in a bundle, or the one it replaces still
+        // valid: the valid one that lasts longest is preferred (the app registration may list
+        // only the newest).
         let public = key_pair.public().as_ref();
         let now = i64::try_from(now).unwrap_or(i64::MAX);
         let of_key =
@@ -475,7 +477,10 @@ impl Parts {
         };
         let Some(leaf_index) = parsed
             .iter()
-            .position(|c| of_key(c) && valid_now(c))
+            .enumerate()
+            .filter(|(_, c)| of_key(c) && valid_now(c))
+            .max_by_key(|(_, c)| c.validity().not_after.timestamp())
+            .map(|(i, _)| i)
             .or_else(|| parsed.iter().position(of_key))
         else {
             return Err(if parsed.len() == 1 {

@@ -700,6 +700,10 @@ fn a_current_certificate_is_preferred_over_an_expired_one_of_the_same_key() {
         assert_eq!(loaded.not_after, *NOW + 86_400);
         assert_eq!(loaded.chain.len(), 2);
     }
+    // Renewed before it expired: both valid, the newer one is the leaf.
+    let newer = self_signed(rsa_key_pem(), *NOW as i64 - 3_600, *NOW as i64 + 172_800);
+    let loaded = load(format!("{current}{newer}{}", rsa_key_pem())).unwrap();
+    assert_eq!(loaded.not_after, *NOW + 172_800);
     let older = self_signed(rsa_key_pem(), *NOW as i64 - 259_200, *NOW as i64 - 172_800);
     let err = load(format!("{older}{expired}{}", rsa_key_pem())).unwrap_err();
     assert!(err.contains("the certificate expired on"), "{err}");
