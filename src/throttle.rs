@@ -6,8 +6,9 @@
 //! early only extends the wait.
 //!
 //! The wait is read from the `Retry-After`, `retry-after-ms` or `x-ms-retry-after-ms` of an
-//! answer the transport retries (429, 503, …: [`is_retryable_status`]) and capped at [`MAX_RETRY_AFTER`] (an hour): larger values mean "much
-//! later", not an overflow.
+//! answer that asks the client to wait: one the transport retries (408, 429, 503, …:
+//! [`is_retryable_status`]) or any other 5xx, as msal remembers them. It is capped at
+//! [`MAX_RETRY_AFTER`] (an hour): larger values mean "much later", not an overflow.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -30,7 +31,7 @@ impl Throttle {
     /// came with it: remembering its `Retry-After` would lock the credential out locally and
     /// call a configuration error transient.
     pub(crate) fn of(status: StatusCode, headers: &HeaderMap) -> Option<Self> {
-        if !is_retryable_status(status) {
+        if !(is_retryable_status(status) || status.is_server_error()) {
             return None;
         }
         let wait = retry_after(headers, std::time::SystemTime::now())?;
@@ -142,6 +143,8 @@ mod tests {
         assert!(Throttle::of(StatusCode::BAD_REQUEST, &headers).is_none());
         assert!(Throttle::of(StatusCode::UNAUTHORIZED, &headers).is_none());
         assert!(Throttle::of(StatusCode::SERVICE_UNAVAILABLE, &headers).is_some());
+        // A 5xx the transport does not retry still asks to wait.
+        assert!(Throttle::of(StatusCode::INSUFFICIENT_STORAGE, &headers).is_some());
         assert!(Throttle::of(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()).is_none());
         let throttle = Throttle::of(StatusCode::TOO_MANY_REQUESTS, &headers).unwrap();
         let memory = ThrottleMemory::default();
