@@ -433,6 +433,32 @@ async fn with_cache_options_the_account_lands_in_the_shared_cache_for_other_cred
     );
 }
 
+/// A credential for `tenant` keeping its tokens in the cache files in `dir`, its prompt sending
+/// what it is shown to the returned receiver.
+fn persisting(
+    peer: &Peer,
+    tenant: &str,
+    dir: &std::path::Path,
+) -> (DeviceCodeCredential, UnboundedReceiver<DeviceCodeInfo>) {
+    let (http, _) = recording_http(peer);
+    let (shown, prompts) = unbounded_channel();
+    let credential = DeviceCodeCredential::builder()
+        .tenant_id(tenant)
+        .authority_host(&peer.base)
+        .http_client(http)
+        .cache_options(
+            TokenCachePersistenceOptions::new()
+                .directory(dir)
+                .allow_unencrypted_storage(true),
+        )
+        .prompt(move |info| {
+            let _ = shown.send(info);
+        })
+        .build()
+        .unwrap();
+    (credential, prompts)
+}
+
 // The ordinary cache file cannot be read or written (a directory in its place), the CAE one
 // can: once the kept refresh token's successor is in the CAE file, an ordinary request finds it
 // there instead of failing on the file it cannot read.
@@ -443,22 +469,7 @@ async fn an_unreadable_cache_file_does_not_hide_the_refresh_token_in_the_other()
     let home = tempfile::tempdir().unwrap();
     let dir = home.path().join(".IdentityService");
     std::fs::create_dir_all(dir.join("msal.cache.nocae")).unwrap();
-    let (http, _) = recording_http(peer);
-    let (shown, mut prompts) = unbounded_channel();
-    let credential = DeviceCodeCredential::builder()
-        .tenant_id(tenant)
-        .authority_host(&peer.base)
-        .http_client(http)
-        .cache_options(
-            TokenCachePersistenceOptions::new()
-                .directory(&dir)
-                .allow_unencrypted_storage(true),
-        )
-        .prompt(move |info| {
-            let _ = shown.send(info);
-        })
-        .build()
-        .unwrap();
+    let (credential, mut prompts) = persisting(peer, tenant, &dir);
     let task = tokio::spawn({
         let credential = credential.clone();
         async move { credential.get_token([RESOURCE]).await }
@@ -493,22 +504,7 @@ async fn when_the_cache_file_cannot_be_written_the_refresh_token_kept_in_memory_
     let file = dir.join("msal.cache.nocae");
     // Not a token cache: every read and write fails.
     std::fs::write(&file, br#"{"AccessToken": []}"#).unwrap();
-    let (http, _) = recording_http(peer);
-    let (shown, mut prompts) = unbounded_channel();
-    let credential = DeviceCodeCredential::builder()
-        .tenant_id(tenant)
-        .authority_host(&peer.base)
-        .http_client(http)
-        .cache_options(
-            TokenCachePersistenceOptions::new()
-                .directory(&dir)
-                .allow_unencrypted_storage(true),
-        )
-        .prompt(move |info| {
-            let _ = shown.send(info);
-        })
-        .build()
-        .unwrap();
+    let (credential, mut prompts) = persisting(peer, tenant, &dir);
     let sign_in = async |prompts: &mut UnboundedReceiver<DeviceCodeInfo>, request| {
         let task = tokio::spawn({
             let credential = credential.clone();
