@@ -41,7 +41,7 @@ use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
-use crate::entra::token_client::{TokenClient, authorization_code_form};
+use crate::entra::token_client::{TokenClient, authorization_code_form, carries_a_challenge};
 use crate::error::{ConfigError, CredentialError};
 use crate::flight::{Flight, SingleFlight, WhenAbandoned};
 use crate::token::{AccessToken, Secret, TokenRequest};
@@ -169,7 +169,7 @@ impl Inner {
                     let same = redeemed.tenant == tenant
                         && redeemed.scopes == scopes
                         && redeemed.cae == cae;
-                    if mine || (same && claims.is_none()) {
+                    if mine || (same && !carries_a_challenge(claims.as_deref())) {
                         return Ok(redeemed.token);
                     }
                     // Another request's redemption: the account is pinned now; go on with it.

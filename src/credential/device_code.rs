@@ -55,7 +55,7 @@ use crate::cache::TokenCache;
 use crate::encoding::number_field;
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
 use crate::entra::token_client::{
-    TokenClient, TokenResponse, device_authorization_form, device_code_form,
+    TokenClient, TokenResponse, carries_a_challenge, device_authorization_form, device_code_form,
 };
 use crate::error::{ConfigError, CredentialError};
 use crate::flight::{Flight, SingleFlight, WhenAbandoned};
@@ -174,7 +174,7 @@ impl Inner {
                 let same = done.tenant == plan.tenant
                     && done.scopes == plan.scopes
                     && done.cae == plan.cae;
-                if mine || (same && plan.claims.is_none()) {
+                if mine || (same && !carries_a_challenge(plan.claims.as_deref())) {
                     return Ok(done.token);
                 }
                 if done.account.is_none() {

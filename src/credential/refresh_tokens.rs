@@ -12,7 +12,9 @@ use crate::entra::msal_cache::{
 };
 use crate::entra::persistence::PersistenceError;
 use crate::entra::store::TokenStore;
-use crate::entra::token_client::{TokenClient, TokenResponse, refresh_token_form};
+use crate::entra::token_client::{
+    TokenClient, TokenResponse, carries_a_challenge, refresh_token_form,
+};
 use crate::error::{ConfigError, CredentialError, ErrorKind, ProviderDetails};
 use crate::token::{AccessToken, Secret, instant_from_unix, unix_now};
 
@@ -167,7 +169,7 @@ impl Silent<'_> {
         let environments = [self.client.authority().host()];
         let kept = self.stores.unwritten.for_account(account);
         let read = store.read().await;
-        if let (Ok(doc), None) = (&read, &claims) {
+        if let (Ok(doc), false) = (&read, carries_a_challenge(claims.as_deref())) {
             let query = AccessTokenQuery {
                 home_account_id: Some(Some(account)),
                 environments: &environments,
@@ -199,6 +201,11 @@ impl Silent<'_> {
                     unreadable.get_or_insert(error);
                 }
             }
+        }
+        // The kept token may be in a document too (a write that failed after its rename):
+        // sent once.
+        if let Some(kept) = &kept {
+            found.retain(|token| token.secret.expose_secret() != kept.expose_secret());
         }
         let candidates: Vec<Candidate> = kept
             .map(|secret| Candidate { secret, key: None })
@@ -325,13 +332,14 @@ impl Redeem<'_> {
     }
 
     /// Whether an `invalid_grant` refuses the token for this request only, so that the token
-    /// still serves others: the request carried claims (a claims challenge the token's
-    /// session cannot meet), or Entra asks the user for something first — multi-factor
+    /// still serves others: the request carried a claims challenge (the token's session
+    /// cannot meet it; the CAE capability alone is no challenge), or Entra asks the user for
+    /// something first — multi-factor
     /// authentication (AADSTS50076) or its registration (50079), an external security
     /// challenge (50158), a Conditional Access block (53003), consent to these scopes (65001).
     fn refused_for_this_request_only(&self, error: &CredentialError) -> bool {
         const FOR_THIS_REQUEST: [u32; 5] = [50_076, 50_079, 50_158, 53_003, 65_001];
-        self.claims.is_some()
+        carries_a_challenge(self.claims.as_deref())
             || error
                 .error_codes()
                 .iter()

@@ -37,7 +37,7 @@ use crate::cache::TokenCache;
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, host_aliases, validate_tenant_id};
 use crate::entra::msal_cache::{AccessTokenQuery, Account, CacheDocument, RefreshTokenQuery};
 use crate::entra::store::TokenStore;
-use crate::entra::token_client::TokenClient;
+use crate::entra::token_client::{TokenClient, carries_a_challenge};
 use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, TokenRequest};
 use crate::transport::HttpClient;
@@ -135,7 +135,7 @@ impl Inner {
             .map_err(|e| unavailable(format!("Shared token cache unavailable: {e}")))?;
         let environments: Vec<&str> = self.environments.iter().map(String::as_str).collect();
         let account = self.select_account(&doc, &environments)?;
-        if claims.is_none() {
+        if !carries_a_challenge(claims.as_deref()) {
             let query = AccessTokenQuery {
                 home_account_id: Some(Some(&account.home_account_id)),
                 environments: &environments,

@@ -172,31 +172,41 @@ async fn a_reused_code_gets_the_servers_real_error() {
 
 #[tokio::test]
 async fn a_revoked_refresh_token_gets_invalid_grant_and_a_sign_in_again_error_after() {
-    let peer = peer();
-    let tenant = "authcode-revoked";
-    let (credential, _) = credential_for(tenant, "leo@contoso.com").await;
-    credential.get_token([RESOURCE]).await.unwrap();
-    // The refresh token is in the credential's memory: learn it from the server's log of one
-    // refresh, then revoke it.
-    credential.get_token([OTHER]).await.unwrap();
-    let used = log_of(tenant).await.last().unwrap()["form"]["refresh_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    peer.revoke_refresh_token(&used).await;
-    let err = credential
-        .get_token(["https://third.test/.default"])
-        .await
-        .unwrap_err();
-    assert!(err.is_authentication_failed(), "{err}");
-    assert_eq!(err.error_code(), Some("invalid_grant"));
-    assert_eq!(err.error_codes(), [70043]);
-    // The rejected refresh token was dropped: next time there is nothing left to try.
-    let err = credential
-        .get_token(["https://fourth.test/.default"])
-        .await
-        .unwrap_err();
-    assert!(err.message().contains("Sign the user in again"), "{err}");
+    // With CAE too: the capability every CAE request announces is no claims challenge, so the
+    // refusal is not taken for one that concerns this request only.
+    for (tenant, cae) in [("authcode-revoked", false), ("authcode-revoked-cae", true)] {
+        let peer = peer();
+        let (credential, _) = credential_for(tenant, "leo@contoso.com").await;
+        let request = |scope: &str| TokenRequest::new([scope]).with_cae(cae);
+        credential.get_token_with(request(RESOURCE)).await.unwrap();
+        // The refresh token is in the credential's memory: learn it from the server's log of
+        // one refresh, then revoke it.
+        credential.get_token_with(request(OTHER)).await.unwrap();
+        let used = log_of(tenant).await.last().unwrap()["form"]["refresh_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        peer.revoke_refresh_token(&used).await;
+        let err = credential
+            .get_token_with(request("https://third.test/.default"))
+            .await
+            .unwrap_err();
+        assert!(err.is_authentication_failed(), "{err}");
+        assert_eq!(err.error_code(), Some("invalid_grant"));
+        assert_eq!(err.error_codes(), [70043]);
+        // The rejected refresh token was dropped: next time there is nothing left to try.
+        let before = log_of(tenant).await.len();
+        let err = credential
+            .get_token_with(request("https://fourth.test/.default"))
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("Sign the user in again"), "{err}");
+        assert_eq!(
+            log_of(tenant).await.len(),
+            before,
+            "nothing sent (cae: {cae})"
+        );
+    }
 }
 
 #[tokio::test]

@@ -235,6 +235,15 @@ pub(super) fn scope_field(scopes: &[String]) -> String {
     scopes.join(" ")
 }
 
+/// Whether a `claims` field (from [`claims_field`]) carries a challenge of its own, not only
+/// the CAE capability every CAE request announces. A cached token serves a request without
+/// one; an `invalid_grant` answering one refuses the refresh token for that request only.
+pub(crate) fn carries_a_challenge(field: Option<&str>) -> bool {
+    static CAPABILITY_ONLY: std::sync::LazyLock<Option<String>> =
+        std::sync::LazyLock::new(|| claims_field(None, true).ok().flatten());
+    field.is_some_and(|field| Some(field) != CAPABILITY_ONLY.as_deref())
+}
+
 /// The `claims` field for a request: the caller's claims (a JSON object), with the CAE
 /// capability merged in when CAE is enabled. `None` when neither applies.
 pub(crate) fn claims_field(

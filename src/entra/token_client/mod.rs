@@ -38,8 +38,8 @@ use crate::transport::{Attempts, HttpClient, SingleUse, is_retryable_status};
 
 pub(crate) use failure::transport_failure;
 pub(crate) use form::{
-    Form, authorization_code_form, claims_field, client_assertion_form, client_credentials_form,
-    device_authorization_form, device_code_form, refresh_token_form,
+    Form, authorization_code_form, carries_a_challenge, claims_field, client_assertion_form,
+    client_credentials_form, device_authorization_form, device_code_form, refresh_token_form,
 };
 use response::parse_object;
 pub(crate) use response::{TokenResponse, one_line, parse_response};
