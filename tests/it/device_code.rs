@@ -403,10 +403,15 @@ async fn with_cache_options_the_account_lands_in_the_shared_cache_for_other_cred
         })
         .build()
         .unwrap();
-    let task = tokio::spawn(async move { credential.get_token([RESOURCE]).await });
+    let task = tokio::spawn({
+        let credential = credential.clone();
+        async move { credential.get_token([RESOURCE]).await }
+    });
     let info = prompts.recv().await.unwrap();
     held(peer.approve_device_code(tenant, &info.user_code, "gina@contoso.com")).await;
     task.await.unwrap().unwrap();
+    let cae = |scope: &str| TokenRequest::new([scope]).with_cae(true);
+    let cae_token = credential.get_token_with(cae(OTHER)).await.unwrap();
 
     let file = home.path().join(".IdentityService/msal.cache.nocae");
     let cache: serde_json::Value =
@@ -431,6 +436,11 @@ async fn with_cache_options_the_account_lands_in_the_shared_cache_for_other_cred
         jwt_claims(token.secret().expose_secret())["aud"],
         "https://other.test"
     );
+    // A CAE request (the capability, no challenge) is served the CAE token in the file.
+    let before = log_of(tenant).await.len();
+    let cached = shared.get_token_with(cae(OTHER)).await.unwrap();
+    assert_eq!(cached.secret(), cae_token.secret());
+    assert_eq!(log_of(tenant).await.len(), before, "nothing sent");
 }
 
 /// A credential for `tenant` keeping its tokens in the cache files in `dir`, its prompt sending
