@@ -403,8 +403,10 @@ impl DefaultAzureCredentialBuilder {
     /// variable is invalid, nothing is left to try, or a value given to this builder for a
     /// selected member cannot work (an empty managed identity id, an invalid workload identity
     /// tenant, …), as azure-identity raises at construction. The same mistakes in the
-    /// environment make that member *unavailable* instead, so the developer tools after it
-    /// still answer.
+    /// environment do not fail `build()`: a managed identity or shared token cache setting
+    /// that cannot work makes that member *unavailable*, so the developer tools after it still
+    /// answer; an invalid `AZURE_TENANT_ID` or `AZURE_AUTHORITY_HOST` is an *invalid request*
+    /// when a token is asked for.
     pub fn build(mut self) -> Result<DefaultAzureCredential, ConfigError> {
         let (selected, alone) = selection(self.vars.get(AZURE_TOKEN_CREDENTIALS).as_deref())?;
         let members: Vec<Member> = selected
