@@ -8,7 +8,7 @@ use tower_identity::{
     TokenRequest,
 };
 
-use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, jwt_claims, peer};
+use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, Peer, REDIRECT_URI, jwt_claims, peer};
 
 const SIGN_IN: &str = "openid profile offline_access https://resource.test/.default";
 const RESOURCE: &str = "https://resource.test/.default";
@@ -209,26 +209,45 @@ async fn a_revoked_refresh_token_gets_invalid_grant_and_a_sign_in_again_error_af
     }
 }
 
+/// A credential with a fresh code for `user`, keeping its tokens in the cache file named
+/// `name` in `dir`, over `http`.
+async fn persisting(
+    peer: &Peer,
+    tenant: &str,
+    user: &str,
+    (dir, name): (&std::path::Path, &str),
+    http: HttpClient,
+) -> AuthorizationCodeCredential {
+    let code = peer
+        .authorization_code(tenant, CLIENT_ID, SIGN_IN, user)
+        .await;
+    AuthorizationCodeCredential::builder(tenant, CLIENT_ID, code, REDIRECT_URI)
+        .client_secret(CLIENT_SECRET)
+        .authority_host(&peer.base)
+        .http_client(http)
+        .cache_options(
+            TokenCachePersistenceOptions::new()
+                .name(name)
+                .directory(dir)
+                .allow_unencrypted_storage(true),
+        )
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn with_a_cache_file_a_rejected_refresh_token_stays_in_the_file() {
     let peer = peer();
     let tenant = "authcode-revoked-file";
     let dir = tempfile::tempdir().unwrap();
-    let code = peer
-        .authorization_code(tenant, CLIENT_ID, SIGN_IN, "nina@contoso.com")
-        .await;
-    let credential = AuthorizationCodeCredential::builder(tenant, CLIENT_ID, code, REDIRECT_URI)
-        .client_secret(CLIENT_SECRET)
-        .authority_host(&peer.base)
-        .http_client(peer.http())
-        .cache_options(
-            TokenCachePersistenceOptions::new()
-                .name("authcode-revoked")
-                .directory(dir.path())
-                .allow_unencrypted_storage(true),
-        )
-        .build()
-        .unwrap();
+    let credential = persisting(
+        peer,
+        tenant,
+        "nina@contoso.com",
+        (dir.path(), "authcode-revoked"),
+        peer.http(),
+    )
+    .await;
     credential.get_token([RESOURCE]).await.unwrap();
     let file = dir.path().join("authcode-revoked.nocae");
     let refresh_tokens = || {
@@ -278,21 +297,14 @@ async fn when_the_cache_file_cannot_be_written_the_refresh_token_still_serves_ot
     let file = dir.path().join("authcode-unwritable.nocae");
     // Not a token cache: every write fails.
     std::fs::write(&file, br#"{"AccessToken": []}"#).unwrap();
-    let code = peer
-        .authorization_code(tenant, CLIENT_ID, SIGN_IN, "omar@contoso.com")
-        .await;
-    let credential = AuthorizationCodeCredential::builder(tenant, CLIENT_ID, code, REDIRECT_URI)
-        .client_secret(CLIENT_SECRET)
-        .authority_host(&peer.base)
-        .http_client(peer.http())
-        .cache_options(
-            TokenCachePersistenceOptions::new()
-                .name("authcode-unwritable")
-                .directory(dir.path())
-                .allow_unencrypted_storage(true),
-        )
-        .build()
-        .unwrap();
+    let credential = persisting(
+        peer,
+        tenant,
+        "omar@contoso.com",
+        (dir.path(), "authcode-unwritable"),
+        peer.http(),
+    )
+    .await;
     credential.get_token([RESOURCE]).await.unwrap();
     assert_eq!(std::fs::read(&file).unwrap(), br#"{"AccessToken": []}"#);
 
@@ -361,21 +373,14 @@ async fn a_refusal_for_one_request_only_keeps_the_refresh_token_kept_in_memory()
             tower::ServiceExt::oneshot(inner, request).await
         }
     }));
-    let code = peer
-        .authorization_code(tenant, CLIENT_ID, SIGN_IN, "ines@contoso.com")
-        .await;
-    let credential = AuthorizationCodeCredential::builder(tenant, CLIENT_ID, code, REDIRECT_URI)
-        .client_secret(CLIENT_SECRET)
-        .authority_host(&peer.base)
-        .http_client(http)
-        .cache_options(
-            TokenCachePersistenceOptions::new()
-                .name("authcode-mfa")
-                .directory(dir.path())
-                .allow_unencrypted_storage(true),
-        )
-        .build()
-        .unwrap();
+    let credential = persisting(
+        peer,
+        tenant,
+        "ines@contoso.com",
+        (dir.path(), "authcode-mfa"),
+        http,
+    )
+    .await;
     credential.get_token([RESOURCE]).await.unwrap();
     let err = credential
         .get_token(["https://mfa.test/.default"])
@@ -393,21 +398,14 @@ async fn a_refusal_for_one_request_only_keeps_the_refresh_token_kept_in_memory()
 async fn with_cache_options_the_tokens_go_to_the_cache_file() {
     let peer = peer();
     let dir = tempfile::tempdir().unwrap();
-    let code = peer
-        .authorization_code("contoso", CLIENT_ID, SIGN_IN, "mia@contoso.com")
-        .await;
-    let credential = AuthorizationCodeCredential::builder("contoso", CLIENT_ID, code, REDIRECT_URI)
-        .client_secret(CLIENT_SECRET)
-        .authority_host(&peer.base)
-        .http_client(peer.http())
-        .cache_options(
-            TokenCachePersistenceOptions::new()
-                .name("authcode-test")
-                .directory(dir.path())
-                .allow_unencrypted_storage(true),
-        )
-        .build()
-        .unwrap();
+    let credential = persisting(
+        peer,
+        "contoso",
+        "mia@contoso.com",
+        (dir.path(), "authcode-test"),
+        peer.http(),
+    )
+    .await;
     credential.get_token([RESOURCE]).await.unwrap();
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("authcode-test.nocae")).unwrap())
