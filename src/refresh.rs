@@ -337,6 +337,12 @@ impl<V> Drop for BumpOnDrop<V> {
     }
 }
 
+/// Whether `now` is within `spacing` after `at` (an attempt that failed, or ended, then): no
+/// new attempt yet. A spacing past the clock's range is taken as over.
+pub(crate) fn within_spacing(at: Instant, spacing: Duration, now: Instant) -> bool {
+    at.checked_add(spacing).is_some_and(|end| now < end)
+}
+
 tokio::task_local! {
     /// Whether the task runs a slot's renewal (set around every acquisition's work): a
     /// credential's slot asked from there waits for its own renewal (see "Stacked slots" in
@@ -587,8 +593,7 @@ impl<V: SlotValue> TokenSlot<V> {
     fn recently_attempted(&self, state: &State<V>, now: Instant) -> bool {
         state
             .last_attempt
-            .and_then(|at| at.checked_add(self.policy.retry_after_failure))
-            .is_some_and(|until| now < until)
+            .is_some_and(|at| within_spacing(at, self.policy.retry_after_failure, now))
     }
 
     fn entry(&self, value: V, now: Instant) -> Entry<V> {

@@ -19,7 +19,7 @@ use super::Cached;
 use crate::credential::BoxCredential;
 use crate::error::CredentialError;
 use crate::flight::{SingleFlight, WhenAbandoned};
-use crate::refresh::{Entry, Lookup, RefreshPolicy, SlotValue, TokenId, TokenSlot};
+use crate::refresh::{Entry, Lookup, RefreshPolicy, SlotValue, TokenId, TokenSlot, within_spacing};
 use crate::token::{AccessToken, TokenRequest};
 
 /// The name errors of the layer are reported under.
@@ -105,7 +105,7 @@ impl ClaimsState {
     fn failure(&self, claims: &str, now: Instant, spacing: Duration) -> Option<&CredentialError> {
         self.failed
             .iter()
-            .find(|f| &*f.claims == claims && Self::within(f.at, now, spacing))
+            .find(|f| &*f.claims == claims && within_spacing(f.at, spacing, now))
             .map(|f| &f.error)
     }
 
@@ -119,7 +119,7 @@ impl ClaimsState {
         spacing: Duration,
     ) {
         self.failed
-            .retain(|f| f.claims != claims && Self::within(f.at, now, spacing));
+            .retain(|f| f.claims != claims && within_spacing(f.at, spacing, now));
         if self.failed.len() >= FAILED_CLAIMS {
             self.failed.remove(0);
         }
@@ -133,10 +133,6 @@ impl ClaimsState {
     /// Forgets `claims`' failure (the credential has satisfied them since).
     fn forget(&mut self, claims: &str) {
         self.failed.retain(|f| &*f.claims != claims);
-    }
-
-    fn within(at: Instant, now: Instant, spacing: Duration) -> bool {
-        at.checked_add(spacing).is_some_and(|end| now < end)
     }
 }
 
