@@ -335,9 +335,9 @@ fn is_imds_retryable_status(status: StatusCode) -> bool {
 /// Connection failures and timeouts are worth another try; TLS failures and oversized
 /// bodies are not (they would fail the same way). Errors from user layers are retried.
 pub(super) fn is_retryable_error(error: &(dyn StdError + 'static)) -> bool {
-    match source_chain(error).find_map(|e| e.downcast_ref::<TransportError>()) {
-        Some(t) => matches!(
-            t.kind(),
+    match transport_kind(error) {
+        Some(kind) => matches!(
+            kind,
             TransportErrorKind::Connect | TransportErrorKind::Timeout | TransportErrorKind::Io
         ),
         None => true,
@@ -347,9 +347,15 @@ pub(super) fn is_retryable_error(error: &(dyn StdError + 'static)) -> bool {
 /// Whether the request surely never reached the server: the connection (or the proxy's
 /// tunnel) was not established. Errors from user layers are not known to be so.
 pub(super) fn is_unsent(error: &(dyn StdError + 'static)) -> bool {
+    transport_kind(error) == Some(TransportErrorKind::Connect)
+}
+
+/// The kind of the first [`TransportError`] in `error`'s chain; `None` for an error of a user
+/// layer.
+fn transport_kind(error: &(dyn StdError + 'static)) -> Option<TransportErrorKind> {
     source_chain(error)
         .find_map(|e| e.downcast_ref::<TransportError>())
-        .is_some_and(|t| t.kind() == TransportErrorKind::Connect)
+        .map(TransportError::kind)
 }
 
 /// The server's requested wait: `Retry-After` (seconds, possibly fractional, or an HTTP date),
