@@ -11,16 +11,14 @@ use std::path::Path;
 /// is opened with `O_NONBLOCK`, so that such a replacement cannot block the open either (it
 /// changes nothing for a regular file's reads).
 pub(crate) fn open_regular_file(path: &Path) -> io::Result<File> {
-    let not_regular = || io::Error::new(io::ErrorKind::InvalidInput, NotRegular);
     if !std::fs::metadata(path)?.is_file() {
-        return Err(not_regular());
+        return Err(NotRegular::error());
     }
     open_checked(path)
 }
 
 /// Opens `path` without blocking, then refuses it unless it is a regular file.
 fn open_checked(path: &Path) -> io::Result<File> {
-    let not_regular = || io::Error::new(io::ErrorKind::InvalidInput, NotRegular);
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -31,7 +29,7 @@ fn open_checked(path: &Path) -> io::Result<File> {
     }
     let file = options.open(path)?;
     if !file.metadata()?.is_file() {
-        return Err(not_regular());
+        return Err(NotRegular::error());
     }
     Ok(file)
 }
@@ -39,6 +37,12 @@ fn open_checked(path: &Path) -> io::Result<File> {
 /// The error [`open_regular_file`] returns for a path that is not a regular file.
 #[derive(Debug)]
 pub(crate) struct NotRegular;
+
+impl NotRegular {
+    fn error() -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidInput, Self)
+    }
+}
 
 impl std::fmt::Display for NotRegular {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
