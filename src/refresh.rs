@@ -83,6 +83,19 @@
 //!   `0..jitter`, per token, so that many processes started together do not renew together;
 //!   it shrinks in proportion when the window does.
 //!
+//! **A suspended machine.** Tokio's clock stops while the machine sleeps; a token's expiry does
+//! not. Every comparison of an entry's times goes through its token's
+//! [`caught_up`](AccessToken::caught_up), which counts how far the wall clock ran ahead since
+//! the token was made (a minute or more), so a slot woken past its token's expiry acquires
+//! anew and one woken in the window renews. [`TokenSlot::lookup`] hands its caller `recheck_at`
+//! on tokio's clock, so the layer's clock reads and timer need no wall clock. The other side
+//! of that: a suspension after a lookup goes unseen by the layer's clones (they compare
+//! tokio's clock, or wait for the timer, which fires late by the time asleep) until the
+//! resource answers 401 to the expired token, which drops it; the next request acquires, and
+//! the credential's slot, which compares through its token, asks for a new one. So a machine
+//! woken past its token's expiry fails one request per layer, not every request until the
+//! credential's renewal.
+//!
 //! The spacing above still applies: a token whose refresh time comes sooner than 30 s after
 //! the last renewal ended (lifetimes under a minute) is renewed at the end of the spacing or,
 //! if it expires first, acquired anew when it expires. Time is tokio's clock, so tests pause and advance
@@ -299,6 +312,14 @@ pub(crate) struct Entry<V> {
     pub(crate) expires_on: Instant,
 }
 
+impl<V: SlotValue> Entry<V> {
+    /// `now` on the clock of this entry's times: moved on by a suspension of the machine
+    /// since its token was made ([`AccessToken::caught_up`]).
+    fn seen_at(&self, now: Instant) -> Instant {
+        self.value.token().caught_up(now)
+    }
+}
+
 pub(crate) type Acquisition<V> = Flight<Entry<V>>;
 
 /// What the slot keeps under its flight's lock.
@@ -426,9 +447,13 @@ impl<V: SlotValue> TokenSlot<V> {
         let (acquisition, fallback) = {
             let now = Instant::now();
             let mut state = self.flight.lock();
-            match state.current.clone() {
-                Some(entry) if now < entry.expires_on => {
-                    if now < entry.refresh_at {
+            let current = state.current.clone().map(|entry| {
+                let seen = entry.seen_at(now);
+                (entry, seen)
+            });
+            match current {
+                Some((entry, seen)) if seen < entry.expires_on => {
+                    if seen < entry.refresh_at {
                         return Ok(entry.value);
                     }
                     let renewal = match state.running(&()) {
@@ -466,24 +491,34 @@ impl<V: SlotValue> TokenSlot<V> {
     {
         let mut state = self.flight.lock();
         let generation = self.generation();
-        match state.current.clone() {
-            Some(entry) if now < entry.expires_on => {
-                let recheck_at = if now < entry.refresh_at {
-                    entry.refresh_at
+        let current = state.current.clone().map(|entry| {
+            let seen = entry.seen_at(now);
+            (entry, seen)
+        });
+        match current {
+            Some((entry, seen)) if seen < entry.expires_on => {
+                // The entry's times are on its token's clock, ahead of `now` by a suspension
+                // of the machine since it was made (see `AccessToken`): the caller, its
+                // clock reads and the timer compare with `now`'s clock.
+                let missed = seen.saturating_duration_since(now);
+                let on_now = |at: Instant| at.checked_sub(missed).unwrap_or(now);
+                let expires_on = on_now(entry.expires_on);
+                let recheck_at = if seen < entry.refresh_at {
+                    on_now(entry.refresh_at)
                 } else if state.is_running(&()) {
                     // Its end bumps the generation: readers look again then.
-                    entry.expires_on
+                    expires_on
                 } else if let Some(at) = state
                     .last_attempt
                     .filter(|_| self.recently_attempted(&state, now))
                 {
                     at.checked_add(self.policy.retry_after_failure)
-                        .unwrap_or(entry.expires_on)
-                        .min(entry.expires_on)
+                        .unwrap_or(expires_on)
+                        .min(expires_on)
                 } else {
                     // The acquisition's future is dropped unawaited: it runs in its task.
                     drop(self.start(&mut state, acquire, true));
-                    entry.expires_on
+                    expires_on
                 };
                 let timed = self.arm(&mut state, recheck_at);
                 Lookup::Use {
@@ -514,7 +549,7 @@ impl<V: SlotValue> TokenSlot<V> {
     /// token, a slow answer with a short lifetime, a provider answering `expires_in: 0`): such
     /// a token is never stored nor handed out, whichever way it comes in.
     fn unexpired(&self, value: V, now: Instant) -> Result<V, CredentialError> {
-        if now < value.token().expires_on() {
+        if !value.token().is_expired_at(now) {
             Ok(value)
         } else {
             Err(CredentialError::authentication_failed(
@@ -542,7 +577,10 @@ impl<V: SlotValue> TokenSlot<V> {
     /// while a valid token is held), so a cache may drop it (`crate::cache`).
     pub(crate) fn holds_nothing_at(&self, now: Instant) -> bool {
         let state = self.flight.lock();
-        let valid = state.current.as_ref().is_some_and(|e| now < e.expires_on);
+        let valid = state
+            .current
+            .as_ref()
+            .is_some_and(|e| !e.value.token().is_expired_at(now));
         !valid && !state.is_running(&())
     }
 
@@ -603,7 +641,9 @@ impl<V: SlotValue> TokenSlot<V> {
     fn entry_with_id(&self, value: V, now: Instant, id: TokenId) -> Entry<V> {
         Entry {
             id,
-            refresh_at: self.policy.refresh_at(value.token(), now),
+            refresh_at: self
+                .policy
+                .refresh_at(value.token(), value.token().caught_up(now)),
             expires_on: value.token().expires_on(),
             value,
         }
@@ -670,7 +710,9 @@ impl<V: SlotValue> TokenSlot<V> {
             // A token stored while this acquisition ran (a claims challenge's, by `store`)
             // answers more than this one was asked for: it stays, whatever this one brought.
             // Replaced, the next request would meet the same challenge again.
-            Some(current) if Some(current.id) != from && now < current.expires_on => {
+            Some(current)
+                if Some(current.id) != from && !current.value.token().is_expired_at(now) =>
+            {
                 current.clone()
             }
             // The same token back, not due by its own timing: the provider's answer for now
@@ -678,7 +720,9 @@ impl<V: SlotValue> TokenSlot<V> {
             // The entry takes its value and timing and keeps its id (see the module docs).
             Some(current)
                 if current.value.token().secret() == value.token().secret()
-                    && self.policy.answer_not_due(value.token(), now) =>
+                    && self
+                        .policy
+                        .answer_not_due(value.token(), value.token().caught_up(now)) =>
             {
                 let entry = self.entry_with_id(value, now, current.id);
                 state.current = Some(entry.clone());
@@ -688,7 +732,7 @@ impl<V: SlotValue> TokenSlot<V> {
             // timing), unless it has expired meanwhile (never handed out).
             Some(current)
                 if current.value.token().secret() == value.token().secret()
-                    && now < current.expires_on =>
+                    && !current.value.token().is_expired_at(now) =>
             {
                 current.clone()
             }
@@ -761,6 +805,85 @@ mod tests {
             .unwrap();
         assert_eq!(got.secret().expose_secret(), "t1");
         assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    /// A laptop that slept through a token's expiry: tokio's (monotonic) clock stood still,
+    /// the wall clock ran on. The slot asks for a new token instead of handing out the dead
+    /// one, and the token it gets afterwards is not aged by the sleep.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_the_machine_slept_past_is_acquired_anew() {
+        let clock = crate::token::tests::wall_clock();
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        slot.store(token("before", HOUR)).unwrap();
+        clock.suspend(2 * HOUR);
+        let got = slot
+            .get(counting(&calls, |_| Ok(token("after", HOUR))))
+            .await
+            .unwrap();
+        assert_eq!(got.secret().expose_secret(), "after");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let again = slot
+            .get(counting(&calls, |_| Ok(token("third", HOUR))))
+            .await
+            .unwrap();
+        assert_eq!(again.secret().expose_secret(), "after");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // The layer's lookup: no usable token, it waits for the acquisition. And a cache
+        // may drop the slot meanwhile: it holds nothing worth keeping.
+        slot.store(token("before", HOUR)).unwrap();
+        clock.suspend(2 * HOUR);
+        assert!(slot.holds_nothing_at(Instant::now()));
+        let lookup = slot.lookup(
+            Instant::now(),
+            counting(&calls, |_| Ok(token("fourth", HOUR))),
+        );
+        let Lookup::Wait(acquisition) = lookup else {
+            panic!("an expired token was handed to the layer");
+        };
+        let entry = acquisition.await.unwrap();
+        assert_eq!(entry.value.secret().expose_secret(), "fourth");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// Woken inside the refresh window: the token is still good, handed out at once, and
+    /// renewed in the background; the layer is told to look again when it really expires,
+    /// on its own clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_sleep_into_the_refresh_window_renews_in_the_background() {
+        let clock = crate::token::tests::wall_clock();
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        slot.store(token("before", HOUR)).unwrap();
+        // 58 minutes asleep: 2 minutes left, inside the 5-minute window.
+        clock.suspend(Duration::from_secs(58 * 60));
+        let (done, wait) = tokio::sync::oneshot::channel::<()>();
+        let lookup = slot.lookup(
+            Instant::now(),
+            counting(&calls, move |_| {
+                drop(done);
+                Ok(token("after", HOUR))
+            }),
+        );
+        match lookup {
+            Lookup::Use {
+                entry, recheck_at, ..
+            } => {
+                assert_eq!(entry.value.secret().expose_secret(), "before");
+                let left = recheck_at - Instant::now();
+                assert!(left <= Duration::from_secs(120), "{left:?}");
+                assert!(left >= Duration::from_secs(119), "{left:?}");
+            }
+            Lookup::Wait(_) => panic!("the token is still valid"),
+        }
+        let _ = wait.await;
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let got = slot
+            .get(counting(&calls, |_| Ok(token("third", HOUR))))
+            .await
+            .unwrap();
+        assert_eq!(got.secret().expose_secret(), "after");
     }
 
     #[tokio::test(start_paused = true)]

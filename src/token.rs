@@ -209,6 +209,16 @@ impl fmt::Debug for TokenRequest {
 /// logic compares, and tests can pause and advance that clock. Wall-clock timestamps from the
 /// provider or a cache file are converted once, when the token is made.
 ///
+/// **Suspended machines.** Tokio's clock is the monotonic clock, which on Linux and macOS
+/// stops while the machine sleeps; the token's real expiry does not. So the token also
+/// remembers the wall-clock time it was made at, and every check of its age
+/// ([`is_expired`](Self::is_expired), [`expires_in`](Self::expires_in), and the refresh rules
+/// of every cache in this crate) counts the time the wall clock ran ahead of tokio's since
+/// then, once that is a minute or more: a laptop that slept through a token's expiry asks for
+/// a new one when it wakes. A wall clock set back is not counted, and one set forward only
+/// makes tokens renew early. The [`expires_on`](Self::expires_on) instant itself is
+/// unchanged: compare with these methods, not with it.
+///
 /// [`credential`](Self::credential) names the credential that obtained the token. It is
 /// provenance, not part of the token: equality compares the value, type and times only.
 ///
@@ -224,7 +234,25 @@ pub struct AccessToken {
     expires_on: Instant,
     refresh_on: Option<Instant>,
     credential: Option<Cow<'static, str>>,
+    made: Made,
 }
+
+/// When a token was made, on tokio's clock and on the wall clock, read together: the two run
+/// apart only while the machine is suspended, when the monotonic clock tokio reads stops
+/// (`CLOCK_MONOTONIC` on Linux, `CLOCK_UPTIME_RAW` on macOS; rust-lang/rust#87906), or when the
+/// wall clock is set.
+#[derive(Clone, Copy, Debug)]
+struct Made {
+    at: Instant,
+    wall: SystemTime,
+}
+
+/// How far the wall clock must run ahead of tokio's before a token's age counts it (see
+/// [`AccessToken`]): a minute, so that ordinary steps of the wall clock (NTP corrections of
+/// seconds) and a test's paused tokio clock while real time passes are not taken for a
+/// suspension. Well under the 300 s refresh window: a shorter suspension still leaves the
+/// token renewed before it expires.
+const SUSPENSION_THRESHOLD: Duration = Duration::from_secs(60);
 
 impl PartialEq for AccessToken {
     fn eq(&self, other: &Self) -> bool {
@@ -246,6 +274,10 @@ impl AccessToken {
             expires_on,
             refresh_on: None,
             credential: None,
+            made: Made {
+                at: Instant::now(),
+                wall: wall_now(),
+            },
         }
     }
 
@@ -329,30 +361,59 @@ impl AccessToken {
         &self.token_type
     }
 
-    /// Time left before expiry (zero once expired).
+    /// Time left before expiry (zero once expired), counting a suspension of the machine
+    /// (see above).
     pub fn expires_in(&self) -> Duration {
-        self.expires_on.saturating_duration_since(Instant::now())
+        self.expires_on
+            .saturating_duration_since(self.caught_up(Instant::now()))
     }
 
-    /// Whether the token has expired.
+    /// Whether the token has expired, counting a suspension of the machine (see above).
     pub fn is_expired(&self) -> bool {
         self.is_expired_at(Instant::now())
     }
 
+    /// Whether the token has expired at `now` (tokio's clock), counting a suspension.
     pub(crate) fn is_expired_at(&self, now: Instant) -> bool {
-        now >= self.expires_on
+        self.caught_up(now) >= self.expires_on
+    }
+
+    /// `now` (tokio's clock) moved on by the time the wall clock ran ahead of tokio's since
+    /// this token was made, once that is [`SUSPENSION_THRESHOLD`] or more: the instant to
+    /// compare this token's times with. Reads the wall clock.
+    pub(crate) fn caught_up(&self, now: Instant) -> Instant {
+        let ran = now.saturating_duration_since(self.made.at);
+        let Ok(wall_ran) = wall_now().duration_since(self.made.wall) else {
+            // The wall clock was set back: nothing to count.
+            return now;
+        };
+        match wall_ran.checked_sub(ran) {
+            Some(missed) if missed >= SUSPENSION_THRESHOLD => {
+                // Past the clock's range: later than any time this token holds.
+                now.checked_add(missed)
+                    .unwrap_or_else(|| now.max(self.expires_on))
+            }
+            _ => now,
+        }
     }
 
     /// Expiry as Unix seconds (wall clock), for display and for writing caches; now for an
     /// expired token.
     pub fn expires_on_unix(&self) -> u64 {
-        unix_after_now(self.expires_on)
+        self.unix_after_now(self.expires_on)
     }
 
     /// When the token should be refreshed, as Unix seconds (wall clock), if the provider said;
     /// now once that time has passed.
     pub fn refresh_on_unix(&self) -> Option<u64> {
-        self.refresh_on.map(unix_after_now)
+        self.refresh_on.map(|at| self.unix_after_now(at))
+    }
+
+    /// The wall-clock time (Unix seconds) of one of this token's instants; now if it has
+    /// passed.
+    fn unix_after_now(&self, instant: Instant) -> u64 {
+        let ahead = instant.saturating_duration_since(self.caught_up(Instant::now()));
+        unix_now().saturating_add(ahead.as_secs())
     }
 }
 
@@ -367,7 +428,7 @@ impl fmt::Debug for AccessToken {
                 "refresh_in",
                 &self
                     .refresh_on
-                    .map(|r| r.saturating_duration_since(Instant::now())),
+                    .map(|r| r.saturating_duration_since(self.caught_up(Instant::now()))),
             )
             .finish()
     }
@@ -375,16 +436,28 @@ impl fmt::Debug for AccessToken {
 
 /// Seconds since the Unix epoch on the wall clock.
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
+    wall_now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-/// The wall-clock time (Unix seconds) of an instant of tokio's clock; now if it has passed.
-fn unix_after_now(instant: Instant) -> u64 {
-    let ahead = instant.saturating_duration_since(Instant::now());
-    unix_now().saturating_add(ahead.as_secs())
+/// The wall clock: `SystemTime::now()`, moved on by [`tests::suspend`] in this crate's tests.
+#[cfg(not(test))]
+fn wall_now() -> SystemTime {
+    SystemTime::now()
+}
+
+#[cfg(test)]
+fn wall_now() -> SystemTime {
+    let ahead = tests::WALL_AHEAD.with(std::cell::Cell::get);
+    let by = Duration::from_secs(ahead.unsigned_abs());
+    let moved = if ahead >= 0 {
+        SystemTime::now().checked_add(by)
+    } else {
+        SystemTime::now().checked_sub(by)
+    };
+    moved.expect("a test's wall clock within range")
 }
 
 /// The longest token lifetime this crate believes. Entra's access tokens live at most
@@ -422,8 +495,42 @@ pub(crate) fn instant_from_unix(epoch_secs: u64) -> Instant {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    thread_local! {
+        /// How many seconds this thread's wall clock runs ahead of the real one (behind, if
+        /// negative; see `wall_now`).
+        pub(super) static WALL_AHEAD: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// This thread's wall clock, to move; back to the real one when dropped (a failed test
+    /// leaves no moved clock to the next test run on its thread).
+    pub(crate) struct WallClock(());
+
+    pub(crate) fn wall_clock() -> WallClock {
+        WALL_AHEAD.with(|ahead| ahead.set(0));
+        WallClock(())
+    }
+
+    impl WallClock {
+        /// Moves the wall clock by `secs` (back, if negative) and not tokio's: a suspension
+        /// of the machine, or the wall clock being set.
+        pub(crate) fn shift(&self, secs: i64) {
+            WALL_AHEAD.with(|ahead| ahead.set(ahead.get().saturating_add(secs)));
+        }
+
+        /// Suspends the machine for `time`: the wall clock moves on, tokio's does not.
+        pub(crate) fn suspend(&self, time: Duration) {
+            self.shift(i64::try_from(time.as_secs()).unwrap_or(i64::MAX));
+        }
+    }
+
+    impl Drop for WallClock {
+        fn drop(&mut self) {
+            WALL_AHEAD.with(|ahead| ahead.set(0));
+        }
+    }
 
     #[test]
     fn secret_never_prints_its_value() {
@@ -502,5 +609,48 @@ mod tests {
                 MAX_TOKEN_LIFETIME
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_suspension_of_the_machine_counts_toward_expiry() {
+        let clock = wall_clock();
+        let now = unix_now();
+        let token = AccessToken::from_unix("t", now + 3600).with_refresh_on_unix(Some(now + 1800));
+        // Tokio's clock stood still while the wall clock ran on for two hours.
+        clock.suspend(Duration::from_secs(2 * 3600));
+        assert!(token.is_expired());
+        assert_eq!(token.expires_in(), Duration::ZERO);
+        assert!(token.expires_on_unix().abs_diff(unix_now()) <= 1);
+        assert!(token.refresh_on_unix().unwrap().abs_diff(unix_now()) <= 1);
+        assert!(!format!("{token:?}").contains("3599"), "{token:?}");
+        // A token made after the suspension is not aged by it.
+        let fresh = AccessToken::from_unix("t", unix_now() + 3600);
+        assert!(!fresh.is_expired());
+        assert!(fresh.expires_in() >= Duration::from_secs(3599));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_suspension_or_a_wall_clock_set_back_is_not_counted() {
+        let clock = wall_clock();
+        let token = AccessToken::from_unix("t", unix_now() + 3600);
+        // Under a minute: an NTP step, or a test's paused clock while real time passes.
+        clock.suspend(Duration::from_secs(50));
+        assert!(token.expires_in() >= Duration::from_secs(3599), "{token:?}");
+        clock.shift(-50);
+        // Set back by an hour: the monotonic clock still says how old the token is.
+        clock.shift(-3600);
+        assert!(token.expires_in() >= Duration::from_secs(3599), "{token:?}");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(token.is_expired());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_suspension_shorter_than_the_token_leaves_the_rest() {
+        let clock = wall_clock();
+        let token = AccessToken::from_unix("t", unix_now() + 3600);
+        clock.suspend(Duration::from_secs(1000));
+        let left = token.expires_in().as_secs();
+        assert!((2599..=2600).contains(&left), "{left}");
+        assert!(!token.is_expired());
     }
 }

@@ -227,7 +227,9 @@ impl Shared {
         let now = Instant::now();
         // The lifetime the token has left, on this process's monotonic clock: readers bound
         // the expiry by the entry's time left, so it must never be longer than this.
-        let ttl = token.expires_on().saturating_duration_since(now);
+        let ttl = token
+            .expires_on()
+            .saturating_duration_since(token.caught_up(now));
         if ttl.is_zero() {
             return;
         }
