@@ -523,6 +523,28 @@ async fn a_hung_request_stops_counting_as_in_flight_once_the_client_gives_up() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn hold_answers_normally_once_the_gate_opens_whatever_the_clock_does() {
+    let authority = Arc::new(Authority::start().await);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    authority.push_fault(Fault::Hold(Arc::clone(&gate)));
+    let held = tokio::spawn({
+        let authority = Arc::clone(&authority);
+        async move { post_token(&http1_client(), &authority, "held").await }
+    });
+    wait_until("the held request is in flight", || {
+        authority.in_flight() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(!held.is_finished(), "still held an hour later");
+
+    gate.notify_one();
+    let reply = held.await.unwrap().unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["access_token"], "at-1-held");
+}
+
 #[tokio::test]
 async fn dropping_the_authority_releases_hung_requests_and_stops_accepting() {
     let authority = Authority::start().await;

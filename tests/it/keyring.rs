@@ -5,11 +5,15 @@
 //! what is missing unless the plaintext file was allowed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tower_identity::{
     ClientSecretCredential, CredentialExt, SharedTokenCacheCredential, TokenCachePersistenceOptions,
 };
 
+use crate::support::authority::{Authority, Fault};
+use crate::support::creds::{self, Logs};
 use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, peer};
 use crate::support::python::ok;
 use crate::support::secret_service::SecretService;
@@ -228,6 +232,92 @@ async fn the_plaintext_file_is_used_only_when_allowed_and_no_keyring_is_usable()
             .secret
             .contains(token.secret().expose_secret())
     );
+}
+
+// As for the cache file (`a_writer_whose_lock_was_taken_from_it_writes_nothing`): someone who
+// removes our lock file while we hold it may have let another writer in, so we store nothing.
+// The writer is caught holding its lock by stopping gnome-keyring: its read of the item, which
+// the test sees on the bus, waits while the test takes the lock from it.
+#[tokio::test]
+async fn a_writer_whose_lock_was_taken_from_it_leaves_the_item_alone() {
+    let service = SecretService::start().await;
+    let authority = Authority::start().await;
+    let credential =
+        ClientSecretCredential::builder(creds::TENANT, creds::CLIENT_ID, creds::CLIENT_SECRET)
+            .authority_host(authority.url())
+            .http_client(creds::http(&authority))
+            .cache_options(options(&service, "lock-taken"))
+            .build()
+            .unwrap();
+    let first = credential.get_token([SCOPE]).await.unwrap();
+    let lock = service
+        .identity_service_dir()
+        .join("lock-taken.nocae.lockfile");
+    assert!(!lock.exists(), "released after the first write");
+
+    // The next token's answer is held until the keyring is stopped: its lookup in the cache,
+    // before the request, needs the keyring.
+    let (logs, _guard) = Logs::capture();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    authority.push_fault(Fault::Hold(Arc::clone(&gate)));
+    let second = tokio::spawn({
+        let credential = credential.clone();
+        async move { credential.get_token(["https://other.test/.default"]).await }
+    });
+    wait_until("the token request is held", || authority.in_flight() == 1).await;
+    let mut lookups = service.watch_calls("SearchItems").await;
+    let paused = service.pause_keyring();
+    gate.notify_one();
+    // The writer reads the item again once it holds its lock file, and waits for the answer.
+    lookups.next().await;
+    let ours = std::fs::read_to_string(&lock).expect("the writer holds its lock file");
+    assert!(
+        ours.starts_with(&format!("{} ", std::process::id())),
+        "{ours}"
+    );
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::write(&lock, "4242 other").unwrap();
+    drop(paused);
+
+    let second = second
+        .await
+        .unwrap()
+        .expect("the token is returned all the same");
+    let items = service.items().await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert!(items[0].secret.contains(first.secret().expose_secret()));
+    assert!(
+        !items[0].secret.contains(second.secret().expose_secret()),
+        "the item was written without the lock"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        "4242 other",
+        "the other writer's lock is left alone"
+    );
+    // The credential reports a failed cache write as a warning; the message says why.
+    let logs = logs.text();
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert!(
+        warnings.iter().any(|w| {
+            w.contains("could not be written to the token cache")
+                && w.contains("another process removed or replaced it")
+        }),
+        "{warnings:#?}"
+    );
+}
+
+/// Polls `condition` until it holds, for at most 10 s: the loopback servers' own tasks are what
+/// make it true.
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let waiting = async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after 10 s waiting until {what}"));
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -41,8 +41,8 @@ const TOKEN_PATH_SUFFIX: &str = "/oauth2/v2.0/token";
 const JSON_UTF8: &str = "application/json; charset=utf-8";
 
 /// A running authority. Dropping it stops the server: no new connections are accepted, open
-/// connections are shut down gracefully, and `Fault::Hang` requests are released (their
-/// connections close without an answer).
+/// connections are shut down gracefully, and `Fault::Hang` and `Fault::Hold` requests are
+/// released (their connections close without an answer).
 pub struct Authority {
     state: Arc<State>,
     addr: SocketAddr,
@@ -119,6 +119,10 @@ pub enum Fault {
     /// Never answer; only this request waits (other requests and HTTP/2 streams proceed).
     /// Released when the `Authority` is dropped, by closing the connection.
     Hang,
+    /// Wait until the test opens the gate (`gate.notify_one()`), then answer normally: holds a
+    /// request for as long as a test needs, whatever a paused clock does meanwhile. Released
+    /// without an answer when the `Authority` is dropped.
+    Hold(Arc<tokio::sync::Notify>),
     /// Close without any response: the HTTP/1.1 connection is closed; on HTTP/2 the stream is
     /// reset (other streams on the connection are unaffected).
     Close,
@@ -374,6 +378,13 @@ async fn answer_with_fault(
             let _ = state.shutdown.clone().changed().await;
             Err(Box::new(NoAnswer("hung request released at shutdown")))
         }
+        Fault::Hold(gate) => {
+            let mut shutdown = state.shutdown.clone();
+            tokio::select! {
+                () = gate.notified() => Ok(token_answer(state, received)),
+                _ = shutdown.changed() => Err(Box::new(NoAnswer("held request released at shutdown"))),
+            }
+        }
         Fault::Close => Err(Box::new(NoAnswer("fault: close without answering"))),
     }
 }
@@ -474,7 +485,12 @@ fn check_fault(fault: &Fault) {
             (500..=599).contains(status),
             "Fault::ServerError: {status} is not a 5xx status"
         ),
-        Fault::Delay(_) | Fault::Body(_) | Fault::Oversized(_) | Fault::Hang | Fault::Close => {}
+        Fault::Delay(_)
+        | Fault::Body(_)
+        | Fault::Oversized(_)
+        | Fault::Hang
+        | Fault::Hold(_)
+        | Fault::Close => {}
     }
 }
 

@@ -39,14 +39,54 @@ pub struct SecretService {
     /// A temporary directory: HOME for the peers, the keyrings, the bus socket.
     pub dir: tempfile::TempDir,
     _bus: Child,
-    _keyring: Option<Child>,
+    keyring: Option<Child>,
+}
+
+/// Calls to the Secret Service, from [`SecretService::watch_calls`].
+pub struct Calls {
+    messages: zbus::MessageStream,
+    member: &'static str,
+}
+
+impl Calls {
+    /// Waits for the next call; fails the test if none comes within 10 s.
+    pub async fn next(&mut self) {
+        use futures_util::StreamExt;
+        let call = async {
+            while let Some(message) = self.messages.next().await {
+                let message = message.unwrap();
+                let header = message.header();
+                // The monitor's own traffic (the reply to `BecomeMonitor`) comes here too.
+                if header.message_type() == zbus::message::Type::MethodCall
+                    && header.member().is_some_and(|m| m.as_str() == self.member)
+                {
+                    return;
+                }
+            }
+            panic!("the bus closed the monitor's connection");
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), call)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("no {} call to the Secret Service within 10 s", self.member)
+            });
+    }
+}
+
+/// gnome-keyring-daemon, stopped; continued when dropped, also when a test fails.
+pub struct PausedKeyring(rustix::process::Pid);
+
+impl Drop for PausedKeyring {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(self.0, rustix::process::Signal::CONT);
+    }
 }
 
 impl SecretService {
     /// A bus with an unlocked gnome-keyring whose default collection is `login`.
     pub async fn start() -> Self {
         let mut service = Self::bus_only().await;
-        service._keyring = Some(service.start_keyring().await);
+        service.keyring = Some(service.start_keyring().await);
         service
     }
 
@@ -95,7 +135,7 @@ impl SecretService {
             address,
             dir,
             _bus: bus,
-            _keyring: None,
+            keyring: None,
         }
     }
 
@@ -136,6 +176,41 @@ impl SecretService {
                 .expect("gnome-keyring-daemon took the name");
         }
         keyring
+    }
+
+    /// Stops gnome-keyring-daemon (`SIGSTOP`) until the returned guard is dropped (`SIGCONT`):
+    /// meanwhile the bus queues every call to the Secret Service and nothing answers.
+    pub fn pause_keyring(&self) -> PausedKeyring {
+        let keyring = self.keyring.as_ref().expect("gnome-keyring-daemon runs");
+        let pid = keyring
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?))
+            .expect("gnome-keyring-daemon has not exited");
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+        PausedKeyring(pid)
+    }
+
+    /// From now on, the calls of `member` (`SearchItems`, `CreateItem`…) to the Secret
+    /// Service, seen as the bus routes them, as `dbus-monitor` sees them: whether the service
+    /// answers, or runs at all, does not matter.
+    pub async fn watch_calls(&self, member: &'static str) -> Calls {
+        let connection = self.connect().await;
+        // Made before the connection turns monitor, so that no message is missed.
+        let messages = zbus::MessageStream::from(&connection);
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::MethodCall)
+            .interface("org.freedesktop.Secret.Service")
+            .unwrap()
+            .member(member)
+            .unwrap()
+            .build();
+        zbus::fdo::MonitoringProxy::new(&connection)
+            .await
+            .unwrap()
+            .become_monitor(&[rule], 0)
+            .await
+            .unwrap();
+        Calls { messages, member }
     }
 
     /// A connection to the bus, for inspecting the keyring.
