@@ -26,7 +26,9 @@ use crate::cache::TokenCache;
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
 use crate::entra::msal_cache::AccessTokenQuery;
 use crate::entra::store::TokenStore;
-use crate::entra::token_client::{TokenClient, TokenResponse, client_credentials_form};
+use crate::entra::token_client::{
+    TokenClient, TokenResponse, carries_a_challenge, client_credentials_form,
+};
 use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, Secret, TokenRequest};
 
@@ -139,10 +141,13 @@ impl<'a> AppTokenFiles<'a> {
         }
     }
 
-    /// A usable token from the file; never when the request carries claims (a claims
-    /// challenge asks for a new token).
+    /// A usable token from the file; never when the request carries a claims challenge (it
+    /// asks for a new token). The CAE capability alone, which every CAE request announces, is
+    /// no challenge.
     pub(crate) async fn cached(&self) -> Option<AccessToken> {
-        let store = self.store.filter(|_| self.plan.claims.is_none())?;
+        let store = self
+            .store
+            .filter(|_| !carries_a_challenge(self.plan.claims.as_deref()))?;
         match store.read().await {
             Ok(doc) => {
                 let environments = [self.client.authority().host()];

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use tower_identity::{ClientSecretCredential, CredentialExt, TokenCachePersistenceOptions};
+use tower_identity::{
+    ClientSecretCredential, CredentialExt, TokenCachePersistenceOptions, TokenRequest,
+};
 
 use crate::support::authority::Authority;
 use crate::support::creds;
@@ -51,6 +53,42 @@ async fn a_second_credential_finds_the_first_ones_token_in_the_file() {
         .unwrap();
     assert_eq!(second.secret(), first.secret());
     assert_eq!(posts().await, 1, "no request: the file had it");
+}
+
+/// A CAE request announces the CAE capability in `claims` but carries no challenge: like a
+/// plain one, it is answered from the (CAE) file when another credential put a token there. A
+/// request with a claims challenge still asks Microsoft Entra ID.
+#[tokio::test]
+async fn cae_requests_without_a_challenge_find_the_token_in_the_file() {
+    let authority = Authority::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let persistent = || {
+        ClientSecretCredential::builder(creds::TENANT, creds::CLIENT_ID, creds::CLIENT_SECRET)
+            .authority_host(authority.url())
+            .http_client(creds::http(&authority))
+            .cache_options(
+                TokenCachePersistenceOptions::new()
+                    .directory(dir.path())
+                    .allow_unencrypted_storage(true),
+            )
+            .build()
+            .unwrap()
+    };
+    let cae = || TokenRequest::new([creds::SCOPE]).with_cae(true);
+    let first = persistent().get_token_with(cae()).await.unwrap();
+    assert_eq!(authority.token_posts(), 1);
+    // Another process of the same app: the CAE file has the token.
+    let second = persistent().get_token_with(cae()).await.unwrap();
+    assert_eq!(second.secret(), first.secret());
+    assert_eq!(authority.token_posts(), 1, "no request: the file had it");
+    // A claims challenge asks for a new token, whatever the file holds.
+    let challenge = r#"{"access_token":{"nbf":{"essential":true,"value":"1726077595"}}}"#;
+    let answered = persistent()
+        .get_token_with(cae().with_claims(challenge))
+        .await
+        .unwrap();
+    assert_eq!(authority.token_posts(), 2);
+    assert_ne!(answered.secret(), first.secret());
 }
 
 #[tokio::test]
