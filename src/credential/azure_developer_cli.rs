@@ -21,7 +21,9 @@
 //!
 //! *Unavailable* (a chain moves on) when `azd` is not installed, not signed in, too slow, or
 //! too old to take `--claims` (before 1.18.1); *authentication failed* for any other failure
-//! of `azd`, quoting one scrubbed line of it.
+//! of `azd` — also one that tells to run `azd auth login` again, such as reauthentication
+//! for a scope — quoting one scrubbed line of it: the message of its JSON error lines (each
+//! version's layout), else its first `ERROR:` line.
 //!
 //! [`AzureCliCredential`]: crate::AzureCliCredential
 
@@ -201,6 +203,11 @@ impl Inner<AzureDeveloperCliCredential> {
     }
 }
 
+/// What `azd` prints when no account is signed in. Only this is *unavailable*: other errors
+/// also tell to run `azd auth login` (reauthentication for a scope, and from 1.24 a
+/// suggestion attached to every authentication error), but those are failures worth hearing.
+const NOT_LOGGED_IN: &[u8] = b"not logged in, run `azd auth login` to login";
+
 /// `azd` failed. Not signed in is *unavailable* — unless Entra refused (an `AADSTS` code),
 /// which is worth hearing — and so is an `azd` too old for `--claims` (another credential
 /// may answer the challenge); anything else is a failure quoting `azd`. `azd` writes some
@@ -208,15 +215,68 @@ impl Inner<AzureDeveloperCliCredential> {
 fn classify_failure(stderr: &[u8], stdout: &[u8]) -> CredentialError {
     let either =
         |needle: &[u8]| process::contains(stderr, needle) || process::contains(stdout, needle);
-    if either(b"azd auth login") && !either(b"AADSTS") {
+    if either(NOT_LOGGED_IN) && !either(b"AADSTS") {
         return CredentialError::unavailable(NAME, NOT_SIGNED_IN);
     }
     if either(b"unknown flag: --claims") {
         return CredentialError::unavailable(NAME, NO_CLAIMS_FLAG);
     }
-    let quoted = process::quote_stderr(stderr).or_else(|| process::quote_stderr(stdout));
+    let quote = |output: &[u8]| process::quote_stderr(&error_text(output));
+    let quoted = quote(stderr).or_else(|| quote(stdout));
     let first = quoted.as_deref().unwrap_or("no error output");
     CredentialError::authentication_failed(NAME, format!("Azure Developer CLI failed: {first}"))
+}
+
+/// `azd`'s error output as text lines, for [`process::quote_stderr`]. With `--output json`
+/// `azd` writes its messages as JSON lines: before 1.23.7 a `consoleMessage` whose
+/// `data.message` holds the text (`"\nERROR: …"`); from 1.23.7 an `{"error": …}` object
+/// (which wins), which 1.23.7–1.23.15 precede with an empty `consoleMessage`. Each message
+/// becomes one line — from its `ERROR:` line on, when it has one — since `azd` wraps its
+/// messages and the `AADSTS` code is often on the second line. Other lines stay as they are.
+fn error_text(output: &[u8]) -> Vec<u8> {
+    let lines = || output.split(|&b| b == b'\n').map(<[u8]>::trim_ascii);
+    let parsed = |line: &[u8]| match serde_json::from_slice::<Value>(line) {
+        Ok(Value::Object(object)) => Some(object),
+        _ => None,
+    };
+    let text = |value: Option<&Value>| {
+        value
+            .and_then(Value::as_str)
+            .filter(|t| !t.trim().is_empty())
+            .map(one_line)
+    };
+    if let Some(error) = lines().find_map(|l| text(parsed(l)?.get("error"))) {
+        return error.into_bytes();
+    }
+    let mut out = Vec::with_capacity(output.len());
+    for line in lines() {
+        match parsed(line) {
+            Some(object) => {
+                let message = object.get("data").and_then(|data| data.get("message"));
+                if let Some(message) = text(message) {
+                    out.extend_from_slice(message.as_bytes());
+                }
+            }
+            None => out.extend_from_slice(line),
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+/// A message of several lines as one: its non-blank lines from the first `ERROR:` line on
+/// (all of them when none is), joined with spaces.
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let from = lines
+        .iter()
+        .position(|l| l.starts_with("ERROR:"))
+        .unwrap_or(0);
+    lines.get(from..).unwrap_or_default().join(" ")
 }
 
 /// Parses `azd auth token --output json`: `{"token": "…", "expiresOn": "<RFC 3339>"}`.
@@ -332,6 +392,34 @@ mod tests {
             assert!(e.is_unavailable(), "{e}");
             assert!(e.message().contains("1.18.1"), "{e}");
         }
+    }
+
+    #[test]
+    fn error_text_reads_json_messages_and_keeps_other_lines() {
+        let text = |output: &[u8]| String::from_utf8(error_text(output)).unwrap();
+        // Plain text is left as it was.
+        assert_eq!(text(b"WARNING: w\nERROR: e\n"), "WARNING: w\nERROR: e\n\n");
+        // JSON that is not azd's message shape says nothing; a message keeps its ERROR: line
+        // on, as one line.
+        assert_eq!(
+            text(
+                br#"[1]
+{"error":5}
+{"data":{"message":7}}
+{"type":"consoleMessage","data":{"message":"WARNING: old\n\nERROR: a:\n b \n"}}"#
+            ),
+            "[1]\n\n\nERROR: a: b\n"
+        );
+        // A structured error wins over the console messages around it.
+        assert_eq!(
+            text(
+                br#"{"data":{"message":"progress"}}
+{"error":"  \n "}
+{"error":"x:\ny","suggestion":"Run 'azd auth login' to sign in again."}"#
+            ),
+            "x: y"
+        );
+        assert_eq!(process::quote_stderr(&error_text(b"")), None);
     }
 
     #[tokio::test]

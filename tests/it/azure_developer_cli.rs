@@ -114,6 +114,80 @@ async fn other_azd_failures_stop_a_chain_and_quote_azd() {
     );
 }
 
+/// A stand-in `azd` that writes `stderr` (as given, byte for byte) and exits 1.
+fn failing_azd(dir: &Path, stderr: &str) -> PathBuf {
+    std::fs::write(dir.join("stderr"), stderr).unwrap();
+    fake_azd(dir, &format!("cat '{}/stderr' >&2; exit 1", dir.display()))
+}
+
+/// Entra's answer as `azd` words it (wrapped: the code is on the second line).
+const TENANT_NOT_FOUND: &str = r"fetching token: failed to authenticate:\n(invalid_tenant) AADSTS90002: Tenant 'test' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Trace ID: 0000 Correlation ID: 0000 Timestamp: 2026-04-14 00:43:58Z\n";
+
+/// With `--output json`, azd writes its errors as JSON lines on stderr, in a layout that
+/// changed over its versions; each is read for the message, not quoted as JSON.
+#[tokio::test]
+async fn json_errors_of_every_azd_version_are_quoted_as_their_message() {
+    let structured = format!(
+        r#"{{"error":"{TENANT_NOT_FOUND}","links":[{{"title":"azd auth login reference","url":"https://learn.microsoft.com/azure/developer/azure-developer-cli/reference#azd-auth-login"}}],"message":"Authentication with Azure failed.","suggestion":"Run 'azd auth login' to sign in again."}}"#
+    );
+    let layouts = [
+        // Before 1.23.7: one consoleMessage holding the whole text.
+        format!(
+            r#"{{"type":"consoleMessage","timestamp":"2026-04-14T22:03:37.687535934Z","data":{{"message":"\nERROR: {TENANT_NOT_FOUND}\n"}}}}"#
+        ) + "\n",
+        // 1.23.7 to 1.23.15: an empty consoleMessage, then the structured error.
+        r#"{"type":"consoleMessage","timestamp":"2026-04-13T17:43:24.7558297-07:00","data":{"message":"\n"}}"#
+            .to_owned()
+            + "\n"
+            + &structured
+            + "\n",
+        // 1.24 and later: the structured error alone.
+        structured.clone() + "\n",
+    ];
+    for stderr in layouts {
+        let dir = tempfile::tempdir().unwrap();
+        let azd = failing_azd(dir.path(), &stderr);
+        let err = credential(&azd).get_token([MGMT]).await.unwrap_err();
+        assert!(err.is_authentication_failed(), "{err}\n{stderr}");
+        assert!(
+            err.message().starts_with(
+                "Azure Developer CLI failed: fetching token: failed to authenticate: \
+                 (invalid_tenant) AADSTS90002: Tenant 'test' not found."
+            ),
+            "{err}\n{stderr}"
+        );
+        assert!(!err.message().contains("consoleMessage"), "{err}");
+        assert!(!err.message().contains('{'), "{err}");
+    }
+}
+
+/// Only "not logged in" is *unavailable*: an error that merely tells to sign in again (azd
+/// 1.24 suggests it for every authentication error) is a failure quoting azd.
+#[tokio::test]
+async fn an_error_suggesting_azd_auth_login_is_a_failure_unless_not_logged_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let azd = failing_azd(
+        dir.path(),
+        "{\"error\":\"fetching token: reauthentication required, run `azd auth login --scope https://graph.microsoft.com/.default` to log in\\n\",\"message\":\"Authentication with Azure failed.\",\"suggestion\":\"Run 'azd auth login' to sign in again.\"}\n",
+    );
+    let err = credential(&azd).get_token([GRAPH]).await.unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert!(
+        err.message()
+            .starts_with("Azure Developer CLI failed: fetching token: reauthentication required"),
+        "{err}"
+    );
+    // Not signed in, as azd writes it with --output json: unavailable.
+    let dir = tempfile::tempdir().unwrap();
+    let azd = failing_azd(
+        dir.path(),
+        "{\"type\":\"consoleMessage\",\"timestamp\":\"2026-04-14T22:03:37Z\",\"data\":{\"message\":\"\\nERROR: fetching token: not logged in, run `azd auth login` to login\\n\"}}\n",
+    );
+    let err = credential(&azd).get_token([MGMT]).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(err.message().contains("Run 'azd auth login'"), "{err}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_azd_is_killed_after_the_timeout_and_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
