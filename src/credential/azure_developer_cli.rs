@@ -17,7 +17,8 @@
 //!
 //! `azd` is run under the same bounds as `az` (see [`AzureCliCredential`]): a timeout (10 s
 //! unless set with `process_timeout`), at most 1 MiB of each output kept, its whole process
-//! group killed on timeout or cancellation, and the answer decided on exit.
+//! group killed on timeout or cancellation (on Windows, `azd` itself), and the answer decided
+//! on exit.
 //!
 //! *Unavailable* (a chain moves on) when `azd` is not installed, not signed in, too slow, or
 //! too old to take `--claims` (before 1.18.1); *authentication failed* for any other failure

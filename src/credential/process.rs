@@ -11,6 +11,7 @@
 //!   killed (`SIGKILL`) on timeout and whenever the run is abandoned (the future dropped:
 //!   cancellation, runtime shutdown). Killing only the direct child would leave its children
 //!   running — Azure CLI's Linux launcher is a shell script that starts Python without `exec`.
+//!   Elsewhere (Windows) only the direct child is killed: what it started lives on.
 //! * **Exit, not EOF**: the run ends when the program exits. Whatever it wrote is already in the
 //!   pipes and is read; processes it left behind that still hold the pipes open are killed
 //!   instead of being waited for.
@@ -74,9 +75,9 @@ pub(crate) struct Output {
 pub(crate) enum RunError {
     /// It could not be started (`NotFound`: not installed or not on `PATH`).
     Spawn(io::Error),
-    /// It did not exit within the timeout; its process group was killed.
+    /// It did not exit within the timeout; its process group (on Unix) was killed.
     TimedOut,
-    /// Reading its output failed; its process group was killed.
+    /// Reading its output failed; its process group (on Unix) was killed.
     Read(io::Error),
 }
 
@@ -194,7 +195,8 @@ pub(crate) async fn run_tool(
     Ok(output)
 }
 
-/// A started helper. Dropped before it is done, it kills the helper's process group.
+/// A started helper. Dropped before it is done, it kills the helper's process group (on Unix;
+/// elsewhere the helper alone).
 struct Running {
     child: Child,
     /// The group the helper leads: its process id, taken while it cannot have been reaped
