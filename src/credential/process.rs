@@ -139,9 +139,13 @@ pub(crate) struct Tool {
     pub(crate) try_command: &'static str,
 }
 
+/// The exit status of a program a shell could not find.
+const NOT_FOUND_STATUS: i32 = 127;
+
 /// Runs a tool's `command` with [`run`] and maps every way it can give no usable output to a
-/// credential error: not installed, unreadable or too slow is *unavailable* (a chain moves on);
-/// more than [`MAX_OUTPUT`] on stdout is a failure. The caller decides on the exit status.
+/// credential error: not installed (also a launcher exiting 127), unreadable or too slow is
+/// *unavailable* (a chain moves on); more than [`MAX_OUTPUT`] on stdout is a failure. The
+/// caller decides on any other exit status.
 pub(crate) async fn run_tool(
     tool: &Tool,
     program: &Path,
@@ -180,6 +184,19 @@ pub(crate) async fn run_tool(
             )));
         }
     };
+    // 127 is the shells' "command not found": a launcher script whose interpreter or
+    // program is gone. The tool is not installed properly, as azure-identity also reads it.
+    if output.status.code() == Some(NOT_FOUND_STATUS) {
+        let said = quote_stderr(&output.stderr.bytes)
+            .map(|line| format!(": {line}"))
+            .unwrap_or_default();
+        return Err(unavailable(format!(
+            "{} is not installed properly: {} exited with status {NOT_FOUND_STATUS}{said}. {}",
+            tool.display,
+            program.display(),
+            tool.install_hint
+        )));
+    }
     if output.status.success() && output.stdout.truncated {
         return Err(CredentialError::authentication_failed(
             tool.credential,

@@ -273,6 +273,21 @@ async fn other_az_failures_stop_a_chain_and_quote_az() {
     );
 }
 
+/// A launcher that cannot find its interpreter exits 127: `az` is not installed properly,
+/// which is *unavailable* (a chain moves on), quoting what the launcher said.
+#[tokio::test]
+async fn a_launcher_exiting_127_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = fake_az(
+        dir.path(),
+        "echo '/usr/bin/az: 3: /opt/az/bin/python3: No such file or directory' >&2\nexit 127",
+    );
+    let err = credential(&az).get_token([MGMT]).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(err.message().contains("No such file or directory"), "{err}");
+    assert!(err.message().contains("exited with status 127"), "{err}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_az_is_killed_after_the_timeout_and_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();

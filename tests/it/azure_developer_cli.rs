@@ -188,6 +188,21 @@ async fn an_error_suggesting_azd_auth_login_is_a_failure_unless_not_logged_in() 
     assert!(err.message().contains("Run 'azd auth login'"), "{err}");
 }
 
+/// A launcher that cannot find what it runs exits 127: `azd` is not installed properly,
+/// which is *unavailable* (a chain moves on), quoting what the launcher said.
+#[tokio::test]
+async fn a_launcher_exiting_127_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let azd = fake_azd(
+        dir.path(),
+        "echo '/usr/local/bin/azd: 2: /opt/microsoft/azd/azd-linux-amd64: No such file or directory' >&2; exit 127",
+    );
+    let err = credential(&azd).get_token([MGMT]).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(err.message().contains("No such file or directory"), "{err}");
+    assert!(err.message().contains("exited with status 127"), "{err}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_azd_is_killed_after_the_timeout_and_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
