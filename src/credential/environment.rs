@@ -23,9 +23,11 @@
 //! loaded (missing file, wrong password, expired) is an *invalid request* naming the problem.
 //! `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` follows azure-identity, which sends the chain for any
 //! non-empty value — even `false` or `0`: a deployment moving between the two SDKs behaves the
-//! same. With only a username and password set the credential is *unavailable* and says so:
-//! the resource owner password grant cannot satisfy multi-factor authentication, which Entra
-//! now requires, and is not offered.
+//! same. With `AZURE_CLIENT_ID`, `AZURE_USERNAME` and `AZURE_PASSWORD` set instead (what
+//! azure-identity takes for username and password) the credential is *unavailable* and says
+//! so: the resource owner password grant cannot satisfy multi-factor authentication, which
+//! Entra now requires, and is not offered. `AZURE_USERNAME` alone, which also picks
+//! `DefaultAzureCredential`'s shared-cache account, is not taken for it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -48,6 +50,8 @@ const AZURE_CLIENT_SECRET: &str = "AZURE_CLIENT_SECRET";
 const AZURE_CLIENT_CERTIFICATE_PATH: &str = "AZURE_CLIENT_CERTIFICATE_PATH";
 const AZURE_CLIENT_CERTIFICATE_PASSWORD: &str = "AZURE_CLIENT_CERTIFICATE_PASSWORD";
 const AZURE_CLIENT_SEND_CERTIFICATE_CHAIN: &str = "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN";
+/// A user's password, read only to say that username and password are not supported.
+const AZURE_PASSWORD: &str = "AZURE_PASSWORD";
 
 /// Authenticates a service principal from `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and
 /// `AZURE_CLIENT_SECRET` or `AZURE_CLIENT_CERTIFICATE_PATH` (see the module documentation).
@@ -231,11 +235,21 @@ impl EnvironmentCredentialBuilder {
                     )),
                 }
             }
-            (_, _, None) if get(AZURE_USERNAME).is_some() => State::Unsupported(format!(
-                "{AZURE_USERNAME} is set, but username and password authentication is not \
-                 supported (it cannot satisfy multi-factor authentication). Use a service \
-                 principal: set {AZURE_TENANT_ID}, {AZURE_CLIENT_ID} and {AZURE_CLIENT_SECRET}"
-            )),
+            // What azure-identity takes for username and password: all three variables. A
+            // username alone also picks DefaultAzureCredential's shared-cache account, and a
+            // certificate path says what was meant.
+            (_, Some(_), None)
+                if get(AZURE_USERNAME).is_some()
+                    && self.vars.get_secret(AZURE_PASSWORD).is_some()
+                    && get(AZURE_CLIENT_CERTIFICATE_PATH).is_none() =>
+            {
+                State::Unsupported(format!(
+                    "{AZURE_USERNAME} and {AZURE_PASSWORD} are set, but username and password \
+                     authentication is not supported (it cannot satisfy multi-factor \
+                     authentication). Use a service principal: set {AZURE_TENANT_ID}, \
+                     {AZURE_CLIENT_ID} and {AZURE_CLIENT_SECRET}"
+                ))
+            }
             (tenant, client, secret) => State::Missing(
                 [
                     (AZURE_TENANT_ID, tenant.is_none()),
@@ -316,9 +330,9 @@ mod tests {
         assert!(err.message().contains("/nonexistent/cert.pem"), "{err}");
         let c = EnvironmentCredential::builder()
             .vars([
-                (AZURE_TENANT_ID, "t"),
                 (AZURE_CLIENT_ID, "id"),
                 (AZURE_USERNAME, "user@contoso.com"),
+                (AZURE_PASSWORD, "user-password-value"),
             ])
             .build();
         assert!(!c.is_configured());
@@ -326,6 +340,7 @@ mod tests {
         assert!(err.is_unavailable(), "{err}");
         assert!(err.message().contains(AZURE_USERNAME), "{err}");
         assert!(err.message().contains("multi-factor"), "{err}");
+        assert!(!format!("{err} {err:?} {c:?}").contains("user-password-value"));
         // With a certificate path, a missing tenant is named, the secret is not.
         let c = EnvironmentCredential::builder()
             .vars([
@@ -336,6 +351,55 @@ mod tests {
         let err = c.get_token(["s"]).await.unwrap_err();
         assert!(err.is_unavailable(), "{err}");
         assert!(err.message().contains("(missing AZURE_TENANT_ID)"), "{err}");
+    }
+
+    /// Username and password is what azure-identity takes it for: a client id, a username
+    /// and a password. Anything less says what is missing for a service principal.
+    #[tokio::test]
+    async fn a_username_without_client_id_and_password_is_not_taken_for_username_and_password() {
+        let cases: [(&[(&str, &str)], &str); 4] = [
+            // Set for DefaultAzureCredential's shared token cache.
+            (
+                &[(AZURE_USERNAME, "user@contoso.com")],
+                "(missing AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)",
+            ),
+            (
+                &[
+                    (AZURE_TENANT_ID, "t"),
+                    (AZURE_CLIENT_ID, "id"),
+                    (AZURE_USERNAME, "user@contoso.com"),
+                ],
+                "(missing AZURE_CLIENT_SECRET)",
+            ),
+            (
+                &[
+                    (AZURE_USERNAME, "user@contoso.com"),
+                    (AZURE_PASSWORD, "user-password-value"),
+                ],
+                "(missing AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)",
+            ),
+            // A certificate path says what was meant: its tenant is missing.
+            (
+                &[
+                    (AZURE_CLIENT_ID, "id"),
+                    (AZURE_CLIENT_CERTIFICATE_PATH, "/nonexistent/cert.pem"),
+                    (AZURE_USERNAME, "user@contoso.com"),
+                    (AZURE_PASSWORD, "user-password-value"),
+                ],
+                "(missing AZURE_TENANT_ID)",
+            ),
+        ];
+        for (vars, want) in cases {
+            let err = EnvironmentCredential::builder()
+                .vars(vars.iter().copied())
+                .build()
+                .get_token(["s"])
+                .await
+                .unwrap_err();
+            assert!(err.is_unavailable(), "{err}");
+            assert!(err.message().contains(want), "{vars:?}: {err}");
+            assert!(!err.message().contains("not supported"), "{vars:?}: {err}");
+        }
     }
 
     #[tokio::test]
