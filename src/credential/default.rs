@@ -69,7 +69,7 @@ use super::{
     AzureCliCredential, AzureDeveloperCliCredential, BoxCredential, CredentialFuture,
     EnvironmentCredential, SharedTokenCacheCredential, TokenCredential, WorkloadIdentityCredential,
 };
-use crate::entra::authority::AZURE_AUTHORITY_HOST;
+use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
 use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, TokenRequest};
 use crate::transport::HttpClient;
@@ -269,6 +269,7 @@ pub struct DefaultAzureCredentialBuilder {
     azure_developer_cli: Option<AzureDeveloperCliCredential>,
     distributed: Option<crate::DistributedCache>,
     system_assigned_label: Option<String>,
+    additionally_allowed_tenants: Vec<String>,
 }
 
 impl DefaultAzureCredentialBuilder {
@@ -342,6 +343,18 @@ impl DefaultAzureCredentialBuilder {
     /// The workload identity's tenant. Default: `AZURE_TENANT_ID`.
     pub fn workload_identity_tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
         self.workload_identity_tenant_id = Some(tenant_id.into());
+        self
+    }
+
+    /// Tenants besides the configured one that requests may name; `"*"` allows any. Given to
+    /// the credentials with a tenant of their own (environment, workload identity); the others
+    /// do not restrict a request's tenant.
+    pub fn additionally_allowed_tenants<I, S>(mut self, tenants: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.additionally_allowed_tenants = tenants.into_iter().map(Into::into).collect();
         self
     }
 
@@ -437,6 +450,11 @@ impl DefaultAzureCredentialBuilder {
                 })?;
             }
         }
+        let takes_tenants = [Member::Environment, Member::WorkloadIdentity];
+        if members.iter().any(|m| takes_tenants.contains(m)) {
+            TenantPolicy::new(None, self.additionally_allowed_tenants.clone(), false)
+                .map_err(|e| ConfigError::new(format!("{NAME}: {e}")))?;
+        }
         if let Some(label) = &self.system_assigned_label {
             if members.contains(&Member::ManagedIdentity) {
                 check_label(label).map_err(|m| ConfigError::new(format!("{NAME}: {m}")))?;
@@ -480,7 +498,8 @@ impl DefaultAzureCredentialBuilder {
         let shared = self.distributed.clone();
         match member {
             Member::Environment => {
-                let mut b = EnvironmentCredential::builder();
+                let mut b = EnvironmentCredential::builder()
+                    .additionally_allowed_tenants(self.additionally_allowed_tenants.clone());
                 if let Some(vars) = vars {
                     b = b.vars(vars);
                 }
@@ -493,7 +512,8 @@ impl DefaultAzureCredentialBuilder {
                 Ok(named(member, b.build()))
             }
             Member::WorkloadIdentity => {
-                let mut b = WorkloadIdentityCredential::builder();
+                let mut b = WorkloadIdentityCredential::builder()
+                    .additionally_allowed_tenants(self.additionally_allowed_tenants.clone());
                 if let Some(id) = self.workload_client_id() {
                     b = b.client_id(id);
                 }
@@ -646,6 +666,10 @@ impl fmt::Debug for DefaultAzureCredentialBuilder {
             .field(
                 "managed_identity_system_assigned_label",
                 &self.system_assigned_label,
+            )
+            .field(
+                "additionally_allowed_tenants",
+                &self.additionally_allowed_tenants,
             )
             .finish_non_exhaustive()
     }

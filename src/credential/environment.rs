@@ -40,7 +40,7 @@ use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_USERNAME, Vars};
 use super::{
     CertificateSource, ClientCertificateCredential, ClientSecretCredential, CredentialFuture,
 };
-use crate::entra::authority::AZURE_AUTHORITY_HOST;
+use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
 use crate::error::CredentialError;
 use crate::token::{Secret, TokenRequest};
 use crate::transport::HttpClient;
@@ -156,12 +156,23 @@ pub struct EnvironmentCredentialBuilder {
     http_client: Option<HttpClient>,
     vars: Vars,
     distributed: Option<crate::DistributedCache>,
+    additionally_allowed_tenants: Vec<String>,
 }
 
 impl EnvironmentCredentialBuilder {
     /// The HTTP client for token requests. Default: [`HttpClient::new`](crate::HttpClient::new).
     pub fn http_client(mut self, client: HttpClient) -> Self {
         self.http_client = Some(client);
+        self
+    }
+
+    /// Tenants besides the configured one that requests may name; `"*"` allows any.
+    pub fn additionally_allowed_tenants<I, S>(mut self, tenants: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.additionally_allowed_tenants = tenants.into_iter().map(Into::into).collect();
         self
     }
 
@@ -188,6 +199,13 @@ impl EnvironmentCredentialBuilder {
     /// Reads the variables and builds. Never fails: a missing or invalid configuration is
     /// reported by `get_token`, so the credential can sit in a chain.
     pub fn build(self) -> EnvironmentCredential {
+        // Checked apart from the variables, so that a mistake in code is not reported as one
+        // in the environment.
+        if let Err(e) = TenantPolicy::new(None, self.additionally_allowed_tenants.clone(), false) {
+            return EnvironmentCredential {
+                state: Arc::new(State::Invalid(e.to_string())),
+            };
+        }
         let get = |name: &str| self.vars.get(name);
         let (tenant, client, secret) = (
             get(AZURE_TENANT_ID),
@@ -197,6 +215,7 @@ impl EnvironmentCredentialBuilder {
         let state = match (tenant, client, secret) {
             (Some(tenant), Some(client), Some(secret)) => {
                 let mut builder = ClientSecretCredential::builder(tenant, client, secret)
+                    .additionally_allowed_tenants(self.additionally_allowed_tenants)
                     .disable_multitenant_auth(self.vars.multitenant_disabled());
                 if let Some(http) = self.http_client {
                     builder = builder.http_client(http);
@@ -220,6 +239,7 @@ impl EnvironmentCredentialBuilder {
                 let source = CertificateSource::from_path(path, password);
                 let mut builder = ClientCertificateCredential::builder(tenant, client, source)
                     .send_certificate_chain(get(AZURE_CLIENT_SEND_CERTIFICATE_CHAIN).is_some())
+                    .additionally_allowed_tenants(self.additionally_allowed_tenants)
                     .disable_multitenant_auth(self.vars.multitenant_disabled());
                 if let Some(http) = self.http_client {
                     builder = builder.http_client(http);
@@ -275,6 +295,10 @@ impl fmt::Debug for EnvironmentCredentialBuilder {
         f.debug_struct("EnvironmentCredentialBuilder")
             .field("vars", &self.vars)
             .field("distributed_cache", &self.distributed)
+            .field(
+                "additionally_allowed_tenants",
+                &self.additionally_allowed_tenants,
+            )
             .finish_non_exhaustive()
     }
 }

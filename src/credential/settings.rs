@@ -241,7 +241,7 @@ mod tests {
         (
             "additionally_allowed_tenants",
             "Tenants besides the configured one that requests may name; `\"*\"` allows any.",
-            8,
+            10,
         ),
         (
             "http_client",

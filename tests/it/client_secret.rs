@@ -209,6 +209,47 @@ async fn per_request_tenant_is_used_only_when_allowed_and_always_validated() {
     assert_eq!(authority.requests()[0].path, "/fabrikam/oauth2/v2.0/token");
 }
 
+/// EnvironmentCredential takes an allowed list too, for the credential its variables build.
+#[tokio::test]
+async fn environment_credential_takes_additionally_allowed_tenants() {
+    let authority = Authority::start().await;
+    let url = authority.url();
+    let env = |allowed: &[&str]| {
+        tower_identity::EnvironmentCredential::builder()
+            .vars([
+                ("AZURE_TENANT_ID", TENANT),
+                ("AZURE_CLIENT_ID", CLIENT_ID),
+                ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+                ("AZURE_AUTHORITY_HOST", url.as_str()),
+            ])
+            .http_client(crate::support::creds::http(&authority))
+            .additionally_allowed_tenants(allowed.iter().copied())
+            .build()
+    };
+    let fabrikam = || TokenRequest::new([SCOPE]).with_tenant_id("fabrikam");
+    let err = env(&["other"])
+        .get_token_with(fabrikam())
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_request(), "{err}");
+    assert!(err.message().contains("tenant fabrikam"), "{err}");
+    // A mistake in the list is one in code, not in the environment.
+    let err = env(&["no/pe"])
+        .get_token_with(fabrikam())
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_request(), "{err}");
+    assert!(
+        err.message().starts_with("additionally_allowed_tenants: "),
+        "{err}"
+    );
+    assert_eq!(authority.token_posts(), 0);
+
+    let token = env(&["*"]).get_token_with(fabrikam()).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "at-1-fabrikam");
+    assert_eq!(authority.requests()[0].path, "/fabrikam/oauth2/v2.0/token");
+}
+
 #[tokio::test]
 async fn a_request_without_scopes_is_rejected_before_any_network_call() {
     let authority = Authority::start().await;

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tower_identity::{
     AzureCliCredential, AzureDeveloperCliCredential, CredentialExt, DefaultAzureCredential,
     DefaultAzureCredentialBuilder, SharedTokenCacheCredential, TokenCachePersistenceOptions,
+    TokenRequest,
 };
 
 use crate::support::authority::Authority;
@@ -188,6 +189,45 @@ async fn the_environment_answers_first_when_it_is_configured() {
         lines(dir.path().join("az/calls")).is_empty(),
         "az was not run"
     );
+}
+
+/// The allowed list given to the chain reaches its environment credential; a mistake in it
+/// fails the build, as any value given in code for a selected member.
+#[tokio::test]
+async fn additionally_allowed_tenants_reach_the_environment_credential() {
+    let authority = Authority::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    let url = authority.url();
+    let dac = || {
+        nothing_configured(
+            dir.path(),
+            &imds,
+            &[
+                ("AZURE_TENANT_ID", TENANT),
+                ("AZURE_CLIENT_ID", CLIENT_ID),
+                ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+                ("AZURE_AUTHORITY_HOST", &url),
+            ],
+        )
+        .http_client(creds::http(&authority))
+    };
+    let err = dac()
+        .additionally_allowed_tenants(["no/pe"])
+        .build()
+        .unwrap_err();
+    assert!(
+        err.message().contains("additionally_allowed_tenants"),
+        "{err}"
+    );
+    let dac = dac().additionally_allowed_tenants(["*"]).build().unwrap();
+    let token = dac
+        .get_token_with(TokenRequest::new([SCOPE]).with_tenant_id("fabrikam"))
+        .await
+        .unwrap();
+    assert_eq!(token.secret().expose_secret(), "at-1-fabrikam");
+    assert_eq!(dac.answered(), Some("EnvironmentCredential"));
+    assert_eq!(authority.requests()[0].path, "/fabrikam/oauth2/v2.0/token");
 }
 
 #[tokio::test]
