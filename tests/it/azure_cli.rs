@@ -172,6 +172,11 @@ async fn runs_az_with_the_documented_arguments_and_reads_the_token() {
             MGMT
         ]
     );
+    // Run from a system directory with colour off, whatever the caller's directory.
+    let bin = std::fs::canonicalize("/bin").unwrap();
+    let context = lines(dir.path().join("context"));
+    assert_eq!(context[0], format!("cwd={}", bin.display()));
+    assert_eq!(context[2], "AZURE_CORE_NO_COLOR=true");
 }
 
 #[tokio::test]

@@ -18,14 +18,14 @@ pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 /// Writes an executable `name` into `dir` running `body` (POSIX sh). The script records its
-/// arguments, one per line, in `dir/args`, its working directory and `NO_COLOR` in
-/// `dir/context`, and appends a line to `dir/calls` per run.
+/// arguments, one per line, in `dir/args`, its working directory, `NO_COLOR` (azd's) and
+/// `AZURE_CORE_NO_COLOR` (az's) in `dir/context`, and appends a line to `dir/calls` per run.
 pub fn fake_tool(dir: &Path, name: &str, body: &str) -> PathBuf {
     script(
         dir,
         name,
         &format!(
-            "printf '%s\\n' \"$@\" > '{dir}/args'\nprintf 'cwd=%s\\nNO_COLOR=%s\\n' \"$PWD\" \"$NO_COLOR\" > '{dir}/context'\necho run >> '{dir}/calls'\n{body}",
+            "printf '%s\\n' \"$@\" > '{dir}/args'\nprintf 'cwd=%s\\nNO_COLOR=%s\\nAZURE_CORE_NO_COLOR=%s\\n' \"$PWD\" \"$NO_COLOR\" \"$AZURE_CORE_NO_COLOR\" > '{dir}/context'\necho run >> '{dir}/calls'\n{body}",
             dir = dir.display()
         ),
     )
