@@ -31,6 +31,17 @@
 //! # let _ = response; Ok(()) }
 //! ```
 //!
+//! # Redirects: follow them inside the layer
+//!
+//! A redirect follower must sit below the layer, between it and the client:
+//! `ServiceBuilder::new().layer(bearer).layer(FollowRedirectLayer::new()).service(client)`.
+//! There it sees the `Authorization` the layer set, and tower-http's default policy drops it
+//! when the redirect leaves the origin. Above the layer, the follower rebuilds the redirected
+//! request from the one it was given, which had no `Authorization` yet, so it has nothing to
+//! drop; the layer cannot tell a redirected request from a new one and adds the token: a 307
+//! to another host would get it. (reqwest follows redirects inside its client, below the
+//! middleware, and drops `Authorization` when the host changes.)
+//!
 //! # Behaviour
 //!
 //! * **Tokens**: clones of the service (and every service made by one built layer) share one

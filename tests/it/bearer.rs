@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower_http::follow_redirect::FollowRedirectLayer;
 use tower_identity::bearer::{BearerError, BearerToken, BearerTokenLayer, BearerTokenLayerBuilder};
 use tower_identity::{BoxCredential, ClientSecretCredential, CredentialError};
 
@@ -929,4 +930,58 @@ async fn a_401_before_the_body_was_sent_is_returned_not_resent() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(resource.count(), 1);
     drop(tx);
+}
+
+// --- redirects ---
+
+/// A 307 from one origin to another, followed by tower-http's `FollowRedirect`. Inside the
+/// layer (the order the module docs ask for), it sees the `Authorization` the layer set and
+/// drops it for the other origin. Outside, it rebuilds the request from the one it was given,
+/// which had no `Authorization` yet, and the layer adds the token to the redirected request as
+/// to any other: the other origin gets it.
+#[tokio::test]
+async fn a_redirect_followed_inside_the_layer_does_not_take_the_token_to_another_origin() {
+    let authority = Authority::start().await;
+    let (origin, other) = (Resource::start().await, Resource::start().await);
+    let layer = layer(&authority);
+    let redirect = || {
+        origin.clear();
+        other.clear();
+        origin.push(Answer::Status {
+            status: 307,
+            headers: vec![("location".into(), format!("{}/landing", other.url()))],
+            body: String::new(),
+        });
+        other.push(Answer::Status {
+            status: 200,
+            headers: vec![],
+            body: "landed".into(),
+        });
+    };
+
+    redirect();
+    let inside = ServiceBuilder::new()
+        .layer(layer.clone())
+        .layer(FollowRedirectLayer::new())
+        .service(hyper_client::<Full<Bytes>>());
+    let response = inside.oneshot(get(&origin, "/moved")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(origin.requests()[0].bearer(), Some("at-1-contoso"));
+    let landed = other.requests();
+    assert_eq!(landed.len(), 1, "the redirect was followed");
+    assert_eq!(landed[0].path, "/landing");
+    assert_eq!(
+        landed[0].authorization, None,
+        "no token for the other origin"
+    );
+
+    // Why the docs say so: outside the layer, the other origin gets the token.
+    redirect();
+    let outside = ServiceBuilder::new()
+        .layer(FollowRedirectLayer::new())
+        .layer(layer)
+        .service(hyper_client::<Full<Bytes>>());
+    let response = outside.oneshot(get(&origin, "/moved")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(other.requests()[0].bearer(), Some("at-1-contoso"));
 }
