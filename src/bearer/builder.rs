@@ -69,7 +69,9 @@ impl BearerTokenLayerBuilder {
         self
     }
 
-    /// Most bytes of a streaming request body kept for a re-send (default 64 KiB).
+    /// Most bytes of a request body kept for a re-send, where keeping it copies or records
+    /// it: a `String` or a streaming body (default 64 KiB). A `Full<Bytes>` is shared, not
+    /// copied, whatever its size.
     pub fn replay_limit(mut self, bytes: usize) -> Self {
         self.options.replay_limit = bytes;
         self

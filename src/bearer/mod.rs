@@ -63,9 +63,10 @@
 //!   claims (bypassing every cache) and the request is re-sent once, with the same body; a
 //!   second 401 is returned as is. If the credential cannot get a token with those claims,
 //!   the request fails with its error (the same claims are not asked for again within 30 s).
-//! * **Bodies**: the re-send needs the body again ([`RetryBody`]): `Full<Bytes>`, `Empty`,
-//!   `String` are cloned; `BoxBody`, `UnsyncBoxBody` and [`ReplayBody`] are recorded as they
-//!   stream, up to the replay limit (64 KiB by default). A body over the limit, or still
+//! * **Bodies**: the re-send needs the body again ([`RetryBody`]): `Full<Bytes>` and `Empty`
+//!   are cloned (no copy of the data); a `String` is copied, and `BoxBody`, `UnsyncBoxBody`
+//!   and [`ReplayBody`] are recorded as they stream, up to the replay limit (64 KiB by
+//!   default). A body over the limit, or still
 //!   streaming when the 401 arrived, is not re-sent: the 401 is returned (the token for the
 //!   claims is had all the same, for the requests after it). A body that yielded the request's
 //!   `Content-Length` has ended, as far as the re-send goes: hyper's HTTP/1 client never polls
@@ -81,10 +82,13 @@
 //! Why CAE gates the re-send: Entra and CAE-aware resources send claims challenges only to
 //! clients that announce the `CP1` capability, and keeping a request's headers and body for a
 //! possible re-send costs a copy of the head on every request, more than the rest of the
-//! layer's work together (the README's Performance section has the figures). For a body that
-//! is cloned it allocates nothing once the thread has had as many CAE requests in flight at
-//! once (up to 65, see `spare.rs`); a streaming body's recording allocates. Without CAE the
-//! layer keeps nothing and a claims challenge is returned like any 401.
+//! layer's work together (the README's Performance section has the figures). That copy
+//! allocates nothing once the thread has had as many CAE requests in flight at once (up to 65,
+//! see `spare.rs`). Keeping the body allocates nothing for `Empty`, nor for a `Full<Bytes>`
+//! whose bytes are static or already shared; the first clone of a `Bytes` made from a `Vec`
+//! allocates its small shared header, a `String` is copied, and a streaming body's recording
+//! allocates. Without CAE the layer keeps nothing and a claims challenge is returned like any
+//! 401.
 
 mod builder;
 mod cae;
@@ -122,7 +126,7 @@ use future::{After, Challenge, ResendVia};
 use head::Head;
 use source::{Prepared, Source};
 
-/// Default bound on a streaming request body kept for a re-send.
+/// Default bound on a request body copied or recorded for a re-send (a `String`, a stream).
 pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
 /// Default jitter added to the renewal time (drawn per token).
 pub const DEFAULT_REFRESH_JITTER: Duration = Duration::from_secs(60);

@@ -914,6 +914,46 @@ async fn a_streamed_body_over_the_replay_limit_gets_the_401_not_a_truncated_rese
     );
 }
 
+/// A `String`'s clone copies it, so it is kept for the re-send only within the replay limit:
+/// past it the 401 comes back, as for a streamed body over the limit.
+#[tokio::test]
+async fn a_string_body_is_sent_again_within_the_replay_limit_and_not_past_it() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let layer = settings(&authority)
+        .enable_cae(true)
+        .replay_limit(1024)
+        .build();
+    let mut service = bearer::<String>(&layer);
+    let post = |body: String| {
+        Request::post(format!("{}/text", resource.url()))
+            .body(body)
+            .unwrap()
+    };
+
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    let within = "w".repeat(1024);
+    let response = call(&mut service, post(within.clone())).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = resource.requests();
+    assert_eq!(seen.len(), 2, "sent again");
+    assert_eq!(seen[1].body, within.as_bytes());
+
+    resource.clear();
+    resource.push(Answer::Cae {
+        claims: revocation_claims(2),
+    });
+    let response = call(&mut service, post("p".repeat(1025))).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resource.count(), 1, "not sent again");
+    assert_eq!(
+        resource.requests()[0].body.len(),
+        1025,
+        "the first attempt was sent whole"
+    );
+}
+
 #[tokio::test]
 async fn a_401_before_the_body_was_sent_is_returned_not_resent() {
     let (authority, resource) = (Authority::start().await, Resource::start().await);

@@ -5,8 +5,11 @@
 //! needs the body twice. [`RetryBody::prepare`] is called before the first send and hands back
 //! the body to send now plus a [`Replay`] handle for the second send.
 //!
-//! * Bodies that are cheap to clone (`Full<Bytes>`, `Empty<Bytes>`, `String`) are cloned: they
-//!   can always be replayed.
+//! * `Full<Bytes>` and `Empty<Bytes>` are cloned, which copies no data: they can always be
+//!   replayed. (The first clone of a `Bytes` made from a `Vec` allocates its small shared
+//!   header.)
+//! * A `String` is cloned, which copies it, so only up to the limit: a longer one keeps no copy
+//!   and cannot be replayed, as for a streaming body over the limit.
 //! * Any other body can be wrapped in a [`ReplayBody`]. While the first attempt streams it, the
 //!   wrapper keeps the data chunks (shared [`Bytes`], not copies) up to a byte limit. If the body
 //!   is larger than the limit, or the response arrives before the body was fully sent, it cannot
@@ -54,7 +57,8 @@ use buffer::{Recorder, Recording, lock};
 
 /// Request bodies the bearer layer can re-send after a claims challenge.
 ///
-/// Implemented for `Full<Bytes>`, `Empty<Bytes>` and `String` (cloned), for [`ReplayBody`]
+/// Implemented for `Full<Bytes>`, `Empty<Bytes>` and `String` (cloned; a `String` only within
+/// the limit, as its clone is a copy), for [`ReplayBody`]
 /// (recorded while the first attempt streams it), and for `BoxBody<Bytes, E>` and
 /// `UnsyncBoxBody<Bytes, E>` (wrapped in a recording [`ReplayBody`] and boxed again). To make
 /// any other body retryable, wrap it: `ReplayBody::new(body)`.
@@ -62,7 +66,9 @@ pub trait RetryBody: Body<Data = Bytes> + Send + 'static + Sized {
     /// Called once, before the first send. Returns the body to send now and a handle that can
     /// produce the same body again once the first attempt's response has arrived.
     ///
-    /// `limit` is the most bytes a streaming body may be buffered for replay.
+    /// `limit` is the most bytes of a body that may be copied or buffered for replay: a
+    /// streaming body's recording, or a `String`'s clone. A body past it gets a handle that
+    /// answers [`NotReplayable`].
     ///
     /// The body must not have been polled yet: a streaming body's frames read before this call
     /// are not recorded. (A [`ReplayBody`] notices and reports itself not replayable.)
@@ -80,6 +86,8 @@ pub struct Replay<B> {
 enum ReplayKind<B> {
     /// A clone made up front.
     Ready(B),
+    /// Nothing kept, for this reason (a body that would have been copied past the limit).
+    Refused(NotReplayable),
     /// A recording shared with the first attempt's body.
     Recorded {
         recorder: Arc<Mutex<Recorder>>,
@@ -95,7 +103,8 @@ impl<B> Replay<B> {
     ///
     /// Call it after the first attempt's response head arrived. A streaming body can only be
     /// replayed if the first attempt sent all of it, within the limit given to
-    /// [`prepare`](RetryBody::prepare); otherwise the answer is an error, never a shorter body.
+    /// [`prepare`](RetryBody::prepare), and a `String` only if it is within that limit;
+    /// otherwise the answer is an error, never a shorter body.
     ///
     /// A streaming body that has yielded exactly its exact `size_hint` (as it was when prepared)
     /// counts as sent whole, even if it was not polled to its end: hyper's HTTP/1 client stops
@@ -113,6 +122,7 @@ impl<B> Replay<B> {
     fn into_body_with(self, headers: Option<&HeaderMap>) -> Result<B, NotReplayable> {
         match self.kind {
             ReplayKind::Ready(body) => Ok(body),
+            ReplayKind::Refused(reason) => Err(reason),
             ReplayKind::Recorded {
                 recorder,
                 limit,
@@ -134,10 +144,17 @@ impl<B> Replay<B> {
         }
     }
 
+    fn refused(reason: NotReplayable) -> Self {
+        Replay {
+            kind: ReplayKind::Refused(reason),
+        }
+    }
+
     /// Wraps the body this handle makes: `wrap` for a ready clone, `build` for a recording.
     fn map<C>(self, wrap: fn(B) -> C, build: fn(Recording) -> C) -> Replay<C> {
         let kind = match self.kind {
             ReplayKind::Ready(body) => ReplayKind::Ready(wrap(body)),
+            ReplayKind::Refused(reason) => ReplayKind::Refused(reason),
             ReplayKind::Recorded {
                 recorder, limit, ..
             } => ReplayKind::Recorded {
@@ -154,6 +171,7 @@ impl<B: fmt::Debug> fmt::Debug for Replay<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             ReplayKind::Ready(body) => f.debug_tuple("Replay::Ready").field(body).finish(),
+            ReplayKind::Refused(reason) => f.debug_tuple("Replay::Refused").field(reason).finish(),
             ReplayKind::Recorded { limit, .. } => f
                 .debug_struct("Replay::Recorded")
                 .field("limit", limit)
@@ -267,8 +285,13 @@ impl RetryBody for Empty<Bytes> {
     }
 }
 
+/// Cloned only within the limit: unlike `Full<Bytes>`'s, a `String`'s clone copies it.
 impl RetryBody for String {
-    fn prepare(self, _limit: usize) -> (Self, Replay<Self>) {
+    fn prepare(self, limit: usize) -> (Self, Replay<Self>) {
+        if self.len() > limit {
+            let over = NotReplayable::new(Reason::OverLimit { limit });
+            return (self, Replay::refused(over));
+        }
         (self.clone(), Replay::ready(self))
     }
 }

@@ -178,11 +178,20 @@ async fn empty_body_replays_empty() {
     assert!(bytes_of(again).await.is_empty());
 }
 
+/// A `String`'s clone copies it: kept within the limit, and past it not kept at all, while
+/// the first attempt still gets it whole (a `Full<Bytes>` is replayable whatever the limit,
+/// see above: its clone copies nothing).
 #[tokio::test]
-async fn string_body_replays_equal_bytes() {
-    let (first, replay) = String::from("{\"a\":1}").prepare(0);
+async fn string_body_replays_equal_bytes_within_the_limit_only() {
+    let text = "{\"a\":1}";
+    let (first, replay) = String::from(text).prepare(text.len());
     let again = replay.into_body().expect("replayable");
     assert_eq!(bytes_of(first).await, bytes_of(again).await);
+
+    let (first, replay) = String::from(text).prepare(text.len() - 1);
+    let err = replay.into_body().expect_err("past the limit");
+    assert!(err.is_over_limit(), "{err}");
+    assert_eq!(bytes_of(first).await, text.as_bytes());
 }
 
 #[tokio::test]
