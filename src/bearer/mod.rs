@@ -62,7 +62,9 @@
 //!   challenge with `error="insufficient_claims"` and decodable `claims` gets a token for those
 //!   claims (bypassing every cache) and the request is re-sent once, with the same body; a
 //!   second 401 is returned as is. If the credential cannot get a token with those claims,
-//!   the request fails with its error (the same claims are not asked for again within 30 s).
+//!   the request fails with its error (the same claims are not asked for again within 30 s);
+//!   a credential answering with the rejected token itself (it ignored the claims) is one
+//!   that cannot.
 //! * **Bodies**: the re-send needs the body again ([`RetryBody`]): `Full<Bytes>` and `Empty`
 //!   are cloned (no copy of the data); a `String` is copied, and `BoxBody`, `UnsyncBoxBody`
 //!   and [`ReplayBody`] are recorded as they stream, up to the replay limit (64 KiB by

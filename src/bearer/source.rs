@@ -192,7 +192,9 @@ impl Source {
     /// claims (other than the one that was rejected) is reused. When the credential could not
     /// satisfy these claims, its error is the answer — again, without asking, for the next
     /// `retry_after_failure` (30 s), for each of the last [`FAILED_CLAIMS`] claims values
-    /// that failed.
+    /// that failed. An answer that is the very token the resource rejected (a credential that
+    /// ignores claims, or one answering from its own cache) is such a failure: re-sent, it
+    /// could only be rejected again.
     ///
     /// The acquisition is a flight (see [`crate::flight`]) keyed by the claims: its outcome
     /// lands — the token stored in the slot, or the failure remembered — as its record ends,
@@ -205,10 +207,11 @@ impl Source {
     ) -> Result<Entry<Prepared>, CredentialError> {
         let flight = {
             let mut state = self.claims.lock();
-            if let Some(current) = self.slot.current_entry() {
+            let current = self.slot.current_entry();
+            if let Some(current) = &current {
                 let answered = current.value.claims.as_deref() == Some(claims);
                 if answered && current.id != rejected && !current.value.token.is_expired() {
-                    return Ok(current);
+                    return Ok(current.clone());
                 }
             }
             let spacing = self.options.refresh.retry_after_failure;
@@ -218,6 +221,7 @@ impl Source {
             match state.running(claims) {
                 Some(flight) => flight,
                 None => {
+                    let rejected = self.header_of(current, rejected);
                     let claims: Arc<str> = Arc::from(claims);
                     let request = self.request.clone().with_claims(claims.to_string());
                     let acquisition =
@@ -229,9 +233,13 @@ impl Source {
                         WhenAbandoned::RunOn,
                         acquisition,
                         move |state, result| {
-                            // A failure (an expired token the slot refused included) is
-                            // remembered for the spacing; a success forgets these claims'.
-                            match result.and_then(|prepared| slot.store(prepared)) {
+                            // A failure (an expired token the slot refused, or the rejected
+                            // token again, included) is remembered for the spacing; a success
+                            // forgets these claims'.
+                            let stored = result
+                                .and_then(|prepared| other_than(prepared, rejected.as_ref()))
+                                .and_then(|prepared| slot.store(prepared));
+                            match stored {
                                 Ok(entry) => {
                                     state.forget(&asked);
                                     Ok(entry)
@@ -249,6 +257,36 @@ impl Source {
         };
         flight.await
     }
+
+    /// The `Authorization` value of the token `id`, if it is still known: the slot's current
+    /// entry, or else the answer the layer's services last shared (kept after a 401 dropped
+    /// the token from the slot).
+    fn header_of(&self, current: Option<Entry<Prepared>>, id: TokenId) -> Option<HeaderValue> {
+        if let Some(current) = current.filter(|entry| entry.id == id) {
+            return Some(current.value.header);
+        }
+        let shared = self.current.load();
+        shared
+            .as_deref()
+            .filter(|answer| answer.token_id == id)
+            .map(|answer| answer.header.clone())
+    }
+}
+
+/// The claims answer, unless it is the token the resource rejected (`rejected`, its
+/// `Authorization` value): the credential did not apply the claims.
+fn other_than(
+    prepared: Prepared,
+    rejected: Option<&HeaderValue>,
+) -> Result<Prepared, CredentialError> {
+    if rejected == Some(&prepared.header) {
+        return Err(CredentialError::authentication_failed(
+            LAYER,
+            "the credential answered the claims request with the token the resource had just \
+             rejected: it did not apply the claims",
+        ));
+    }
+    Ok(prepared)
 }
 
 impl Drop for Source {
@@ -422,6 +460,37 @@ mod tests {
         assert!(source.claims_token("b", rejected).await.is_err());
         assert!(source.claims_token("a", rejected).await.is_err());
         assert_eq!(*asked.lock().unwrap(), ["a", "b", "b", "a"], "after 30 s");
+    }
+
+    /// The credential answers the claims request with the token that was rejected, which a
+    /// plain 401 has meanwhile dropped from the slot: still known from the answer the layer's
+    /// services share, and still a failure.
+    #[tokio::test(start_paused = true)]
+    async fn a_claims_answer_that_is_a_rejected_token_already_dropped_is_a_failure() {
+        let credential = tower::service_fn(|_: TokenRequest| async {
+            let expires = Instant::now() + std::time::Duration::from_secs(3600);
+            Ok::<_, CredentialError>(AccessToken::new("same", expires))
+        });
+        let options = Options {
+            cae: true,
+            allow_http: false,
+            replay_limit: 0,
+            drain_limit: 0,
+            refresh: RefreshPolicy::default(),
+        };
+        let source = Source::new(credential.boxed_credential(), vec!["s".into()], options);
+        if let Err(acquisition) = Cached::look_up(&source) {
+            acquisition.await.unwrap();
+        }
+        let Ok(shared) = Cached::look_up(&source) else {
+            panic!("the token was just acquired");
+        };
+        assert!(source.slot.invalidate(shared.token_id));
+        let Err(err) = source.claims_token("c", shared.token_id).await else {
+            panic!("the rejected token was taken as the claims answer");
+        };
+        assert!(err.message().contains("did not apply the claims"), "{err}");
+        assert!(source.slot.current_entry().is_none(), "and not stored");
     }
 
     /// A claims challenge met outside a tokio runtime: an error, not `tokio::spawn`'s panic.

@@ -734,6 +734,58 @@ async fn a_claims_challenge_the_credential_cannot_satisfy_is_its_error_and_is_sp
     assert_eq!(authority.token_posts(), 3);
 }
 
+/// A credential that answers a claims request with the token the resource just rejected (one
+/// that ignores claims, or IMDS answering from its cache): re-sending with it could only be
+/// rejected again. It is a failed claims answer, spaced like any: one claims request within
+/// 30 s, the request not re-sent.
+#[tokio::test(start_paused = true)]
+async fn a_claims_answer_that_is_the_rejected_token_is_a_failure_and_is_spaced() {
+    let resource = Resource::start().await;
+    let asked = Arc::new(std::sync::Mutex::new(Vec::<Option<String>>::new()));
+    let credential = tower::service_fn({
+        let asked = Arc::clone(&asked);
+        move |request: tower_identity::TokenRequest| {
+            asked
+                .lock()
+                .unwrap()
+                .push(request.claims().map(str::to_owned));
+            let expires = Instant::now() + secs(3600);
+            async move { Ok::<_, CredentialError>(tower_identity::AccessToken::new("at-same", expires)) }
+        }
+    });
+    let layer = BearerTokenLayer::builder(BoxCredential::named("Same", credential), [SCOPE])
+        .enable_cae(true)
+        .build();
+    let service = bearer::<Full<Bytes>>(&layer);
+    let claims_asked = || asked.lock().unwrap().iter().filter(|c| c.is_some()).count();
+    let challenged = || {
+        resource.push(Answer::Cae {
+            claims: revocation_claims(1),
+        });
+        service.clone().oneshot(get(&resource, "/"))
+    };
+    for n in 1..=3 {
+        let err = challenged().await.unwrap_err();
+        let err = err
+            .downcast_ref::<CredentialError>()
+            .expect("a credential error");
+        assert!(err.message().contains("did not apply the claims"), "{err}");
+        assert_eq!(resource.count(), n, "not re-sent with the rejected token");
+        assert_eq!(claims_asked(), 1, "asked once within 30 s");
+        tokio::time::advance(secs(10)).await;
+    }
+    assert!(
+        resource
+            .requests()
+            .iter()
+            .all(|seen| seen.bearer() == Some("at-same"))
+    );
+    // Past the spacing the credential is asked again.
+    challenged().await.unwrap_err();
+    assert_eq!(claims_asked(), 2);
+    assert_eq!(asked.lock().unwrap().len(), 3, "and the first token");
+}
+
 /// The reference challenge vectors (tests/data/challenge_vectors.rs) through the real layer: RETRY ones re-send with exactly the
 /// decoded claims (plus CP1), NO_RETRY ones are returned.
 #[tokio::test]
