@@ -18,7 +18,9 @@ use tower_identity::{BoxCredential, ClientSecretCredential, CredentialError};
 
 use crate::support::authority::{Authority, Fault};
 use crate::support::client::{HyperClient, h1_client, h2_client, hyper_client};
-use crate::support::creds::{SCOPE, client_secret, client_secret_with, http_builder, secs};
+use crate::support::creds::{
+    SCOPE, client_secret, client_secret_with, counted, http_builder, secs,
+};
 use crate::support::resource::{Answer, Mode, Resource, revocation_claims};
 
 type Bearer<B> = BearerToken<HyperClient<B>>;
@@ -30,17 +32,6 @@ fn settings(authority: &Authority) -> BearerTokenLayerBuilder {
 
 fn layer(authority: &Authority) -> BearerTokenLayer {
     settings(authority).build()
-}
-
-/// The credential with a count of the layer's calls to it.
-fn counted(credential: ClientSecretCredential) -> (BoxCredential, Arc<AtomicUsize>) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    let service = tower::service_fn(move |request| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        credential.clone().oneshot(request)
-    });
-    (BoxCredential::named("Counted", service), calls)
 }
 
 fn bearer<B>(layer: &BearerTokenLayer) -> Bearer<B>
@@ -414,6 +405,7 @@ async fn a_claims_challenge_gets_a_claims_token_and_the_request_is_sent_again_on
     assert_eq!(authority.token_posts(), 2);
 }
 
+/// The re-send rejected too: its 401 comes back, and the claims token it carried is dropped.
 #[tokio::test]
 async fn a_second_challenge_is_returned_to_the_caller() {
     let (authority, resource) = (Authority::start().await, Resource::start().await);
@@ -422,11 +414,24 @@ async fn a_second_challenge_is_returned_to_the_caller() {
         claims: claims.clone(),
     });
     resource.push(Answer::Cae { claims });
-    let mut service = bearer::<Full<Bytes>>(&cae_layer(&authority));
+    let (credential, calls) = counted(client_secret(&authority));
+    let layer = BearerTokenLayer::builder(credential, [SCOPE])
+        .enable_cae(true)
+        .build();
+    let mut service = bearer::<Full<Bytes>>(&layer);
     let response = call(&mut service, get(&resource, "/")).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(resource.count(), 2, "sent twice, never three times");
     assert_eq!(authority.token_posts(), 2);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "a token, then one for the claims"
+    );
+    // The claims token was dropped: the next request asks the credential again.
+    let response = call(&mut service, get(&resource, "/next")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
@@ -594,34 +599,38 @@ async fn without_cae_a_claims_challenge_is_returned_like_any_401() {
     assert_eq!(resource.count(), 1);
 }
 
+/// With CAE or without (the two take different paths to the slot).
 #[tokio::test]
 async fn a_plain_401_is_returned_untouched_and_drops_the_rejected_token() {
-    let (authority, resource) = (Authority::start().await, Resource::start().await);
-    resource.push(Answer::Unauthorized {
-        www_authenticate: Some(
-            r#"Bearer error="invalid_token", error_description="expired""#.into(),
-        ),
-        body: "{\"error\":\"nope\"}".into(),
-    });
-    let (credential, calls) = counted(client_secret(&authority));
-    let layer = BearerTokenLayer::builder(credential, [SCOPE])
-        .enable_cae(true)
-        .build();
-    let mut service = bearer::<Full<Bytes>>(&layer);
-    let response = call(&mut service, get(&resource, "/")).await;
-    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        response.headers()["www-authenticate"],
-        r#"Bearer error="invalid_token", error_description="expired""#
-    );
-    assert_eq!(response.body(), "{\"error\":\"nope\"}");
-    assert_eq!(resource.count(), 1);
-    // The layer dropped the token: the next request asks the credential again (which answers
-    // from its own cache: the 401 said nothing about the token's validity for the provider).
-    call(&mut service, get(&resource, "/")).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
-    call(&mut service, get(&resource, "/")).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    for cae in [false, true] {
+        let (authority, resource) = (Authority::start().await, Resource::start().await);
+        resource.push(Answer::Unauthorized {
+            www_authenticate: Some(
+                r#"Bearer error="invalid_token", error_description="expired""#.into(),
+            ),
+            body: "{\"error\":\"nope\"}".into(),
+        });
+        let (credential, calls) = counted(client_secret(&authority));
+        let layer = BearerTokenLayer::builder(credential, [SCOPE])
+            .enable_cae(cae)
+            .build();
+        let mut service = bearer::<Full<Bytes>>(&layer);
+        let response = call(&mut service, get(&resource, "/")).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            r#"Bearer error="invalid_token", error_description="expired""#
+        );
+        assert_eq!(response.body(), "{\"error\":\"nope\"}");
+        assert_eq!(resource.count(), 1, "cae {cae}");
+        // The layer dropped the token: the next request asks the credential again (which
+        // answers from its own cache: the 401 said nothing about the token's validity for the
+        // provider).
+        call(&mut service, get(&resource, "/")).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "cae {cae}");
+        call(&mut service, get(&resource, "/")).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "cae {cae}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

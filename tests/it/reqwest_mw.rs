@@ -1,6 +1,8 @@
 //! The reqwest-middleware flavour: the same token, renewal and challenge handling as the
 //! tower layer, over a real reqwest client.
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use http::StatusCode;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
@@ -9,7 +11,7 @@ use tower_identity::bearer::{BearerError, BearerTokenLayer};
 
 use crate::support::authority::Authority;
 use crate::support::client::reqwest_client;
-use crate::support::creds::{SCOPE, client_secret};
+use crate::support::creds::{SCOPE, client_secret, counted};
 use crate::support::resource::{Answer, Resource, revocation_claims};
 
 fn with_bearer(layer: &BearerTokenLayer) -> ClientWithMiddleware {
@@ -193,4 +195,27 @@ async fn a_thousand_concurrent_cold_requests_make_one_token_post() {
         assert_eq!(task.await.unwrap().unwrap(), StatusCode::OK);
     }
     assert_eq!(authority.token_posts(), 1);
+}
+
+/// A plain 401 is returned, and the token it rejected is dropped: the next request asks the
+/// credential again (which answers from its own cache).
+#[tokio::test]
+async fn a_plain_401_is_returned_and_drops_the_rejected_token() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.push(Answer::Unauthorized {
+        www_authenticate: Some(r#"Bearer error="invalid_token""#.into()),
+        body: String::new(),
+    });
+    let (credential, calls) = counted(client_secret(&authority));
+    let client = with_bearer(&BearerTokenLayer::new(credential, [SCOPE]));
+    let send = async |path: &str| {
+        let url = format!("{}{path}", resource.url());
+        client.get(url).send().await.unwrap().status()
+    };
+    assert_eq!(send("/rejected").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(send("/next").await, StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "asked again");
+    assert_eq!(send("/then").await, StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }

@@ -1,10 +1,12 @@
 //! Building credentials that talk to the loopback authority, and capturing traces.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tower_identity::{ClientSecretCredential, HttpClient, RetryOptions};
+use tower::ServiceExt;
+use tower_identity::{BoxCredential, ClientSecretCredential, HttpClient, RetryOptions};
 
 use super::authority::Authority;
 
@@ -32,6 +34,17 @@ pub fn http_builder(authority: &Authority) -> tower_identity::HttpClientBuilder 
 
 pub fn client_secret(authority: &Authority) -> ClientSecretCredential {
     client_secret_with(authority, http(authority))
+}
+
+/// The credential with a count of the calls made to it (by a bearer layer, say).
+pub fn counted(credential: ClientSecretCredential) -> (BoxCredential, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let service = tower::service_fn(move |request| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        credential.clone().oneshot(request)
+    });
+    (BoxCredential::named("Counted", service), calls)
 }
 
 pub fn client_secret_with(authority: &Authority, http: HttpClient) -> ClientSecretCredential {
