@@ -20,8 +20,14 @@ enum Kind {
 
 impl BearerError {
     pub(crate) fn insecure(uri: &http::Uri) -> Self {
+        Self::insecure_at(uri.scheme_str(), uri.host())
+    }
+
+    /// [`insecure`](Self::insecure) from the request's scheme and host, for a URL that
+    /// `http::Uri` may not parse (a reqwest URL longer than its limit, say).
+    pub(crate) fn insecure_at(scheme: Option<&str>, host: Option<&str>) -> Self {
         // Only the scheme and host: a query could hold a secret.
-        let target = match (uri.scheme_str(), uri.host()) {
+        let target = match (scheme, host) {
             (Some(scheme), Some(host)) => format!("{scheme}://{host}"),
             (None, _) => "a request without a scheme (use an absolute https:// URI)".to_owned(),
             (Some(scheme), None) => format!("a {scheme} request without a host"),

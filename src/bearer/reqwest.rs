@@ -80,9 +80,11 @@ impl Middleware for BearerTokenMiddleware {
         next: Next<'_>,
     ) -> Result<reqwest::Response> {
         let options = &self.source.options;
-        if !options.allow_http && request.url().scheme() != "https" {
-            let uri: http::Uri = request.url().as_str().parse().unwrap_or_default();
-            return Err(Error::middleware(BearerError::insecure(&uri)));
+        let url = request.url();
+        if !options.allow_http && url.scheme() != "https" {
+            // From the URL itself: `http::Uri` refuses some URLs reqwest sends (past 64 KiB).
+            let refused = BearerError::insecure_at(Some(url.scheme()), url.host_str());
+            return Err(Error::middleware(refused));
         }
         let (header, token_id) = current_token(&self.source)
             .await

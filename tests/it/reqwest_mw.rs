@@ -219,3 +219,24 @@ async fn a_plain_401_is_returned_and_drops_the_rejected_token() {
     assert_eq!(send("/then").await, StatusCode::OK);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// A URL longer than `http::Uri` takes (64 KiB): the refusal still names its scheme and host.
+#[tokio::test]
+async fn plain_http_refused_names_the_url_even_past_what_http_uri_parses() {
+    let (authority, resource) = (Authority::start().await, Resource::start_http().await);
+    let url = format!("{}/{}", resource.url(), "a".repeat(70_000));
+    assert!(url.parse::<http::Uri>().is_err());
+    let err = with_bearer(&layer(&authority))
+        .get(url)
+        .send()
+        .await
+        .unwrap_err();
+    let reqwest_middleware::Error::Middleware(err) = err else {
+        panic!("expected a middleware error, got {err:?}")
+    };
+    let err = err.downcast_ref::<BearerError>().expect("a BearerError");
+    assert!(err.is_insecure());
+    let message = err.to_string();
+    assert!(message.contains("over http://127.0.0.1: "), "{message}");
+    assert_eq!(resource.count(), 0);
+}
