@@ -382,10 +382,10 @@ impl DefaultAzureCredentialBuilder {
     /// Reads the environment variables from these pairs instead of the process
     /// environment (for tests, or configuration that comes from elsewhere).
     ///
-    /// These are azure-identity's variables (the [`DefaultAzureCredential`] docs list them). What locates
-    /// the developer's own sign-ins stays the process's: the shared token cache is found
-    /// under the process's `HOME`, and `az` and `azd` run with its `PATH` and `HOME`. To point
-    /// them elsewhere, give the chain a
+    /// These are azure-identity's variables (the [`DefaultAzureCredential`] docs list them).
+    /// What locates the developer's own sign-ins stays the process's: the shared token cache
+    /// is found under the process's `HOME`, and `az` and `azd` run with its `PATH` and `HOME`.
+    /// To point them elsewhere, give the chain a
     /// [`shared_token_cache_credential`](Self::shared_token_cache_credential) with a
     /// [`directory`](crate::TokenCachePersistenceOptions::directory), or tool credentials of
     /// your own.
