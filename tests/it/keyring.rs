@@ -332,3 +332,61 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// Makes the bus refuse, from now on, the calls `rule` names (attributes of a `<deny>` rule of
+/// dbus-daemon's configuration): a real service answers as one that refuses them would.
+async fn refuse_on_bus(service: &SecretService, rule: &str) {
+    let config = service.dir.path().join("bus.conf");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen("</policy>", &format!("  <deny {rule}/>\n  </policy>"), 1);
+    std::fs::write(&config, text).unwrap();
+    let connection = service.connect().await;
+    zbus::fdo::DBusProxy::new(&connection)
+        .await
+        .unwrap()
+        .reload_config()
+        .await
+        .unwrap();
+}
+
+// KeePassXC answers a Set of the item's `Type` (gnome-keyring's property, not the
+// specification's) with an error: the item is stored all the same, so the save succeeds and
+// the signal file tells msal-extensions to reload.
+#[tokio::test]
+async fn a_service_that_refuses_the_item_type_still_stores_the_tokens() {
+    let service = SecretService::start().await;
+    refuse_on_bus(
+        &service,
+        r#"send_destination="org.freedesktop.secrets" send_interface="org.freedesktop.DBus.Properties" send_member="Set""#,
+    )
+    .await;
+    let (logs, _guard) = crate::support::creds::Logs::capture();
+    let tenant = "keyring-no-type";
+    let token = credential(tenant, options(&service, "no-type"))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert!(
+        !logs.text().contains("could not be written"),
+        "{}",
+        logs.text()
+    );
+    let signal = service.identity_service_dir().join("no-type.nocae");
+    assert_eq!(
+        std::fs::read(&signal).unwrap(),
+        b"",
+        "the signal file is touched"
+    );
+    let items = service.items().await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert!(items[0].secret.contains(token.secret().expose_secret()));
+    credential(tenant, options(&service, "no-type"))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert_eq!(
+        posts(tenant).await,
+        1,
+        "the second credential read the item"
+    );
+}

@@ -8,7 +8,8 @@
 //!   `xdg:schema = <cache file name>` (`msal.cache.nocae`, `msal.cache.cae`, …): the schema
 //!   name azure-identity passes is the cache file's name;
 //! * its label is `MSALCache` and its `Type` property the schema name (libsecret sets both;
-//!   observed with libsecret 0.20 against gnome-keyring 42);
+//!   observed with libsecret 0.20 against gnome-keyring 42). `Type` is gnome-keyring's, not
+//!   the specification's: a service that refuses it still gets the item;
 //! * the secret is the document's UTF-8 JSON with content type `text/plain`;
 //! * a store replaces the item with the same attributes (`CreateItem(replace = true)`); a
 //!   lookup searches every collection for those attributes and takes an unlocked match.
@@ -32,7 +33,7 @@ const SCHEMA_ATTRIBUTE: &str = "xdg:schema";
 const LABEL: &str = "MSALCache";
 /// libsecret's content type for passwords.
 const CONTENT_TYPE: &str = "text/plain";
-/// The item property libsecret sets to the schema name.
+/// The interface of the item property `Type`, which libsecret sets to the schema name.
 const ITEM_INTERFACE: &str = "org.freedesktop.Secret.Item";
 /// Longest wait for one exchange with the Secret Service: a service that shows a prompt (which
 /// a headless process can never answer) would otherwise hang the credential.
@@ -131,15 +132,28 @@ impl Keyring {
 
     /// Stores `bytes` as the item, replacing the one with the same attributes.
     pub(super) async fn save(&self, bytes: &[u8]) -> Result<(), PersistenceError> {
-        with_timeout(async {
+        let item = with_timeout(async {
             let collection = self.service.get_default_collection().await?;
             let item = collection
                 .create_item(LABEL, self.attributes(), bytes, true, CONTENT_TYPE)
                 .await?;
-            // libsecret records the schema name as the item's type too; seahorse shows it.
+            Ok::<_, SsError>(item.item_path.clone())
+        })
+        .await
+        .map_err(|e| self.error("store the token cache item", &e))?;
+        self.set_type(item).await;
+        Ok(())
+    }
+
+    /// Records the schema name as the item's `Type`, as libsecret does (seahorse shows it).
+    /// Best effort: the property is gnome-keyring's, not the Secret Service specification's,
+    /// and a service that refuses it (KeePassXC) has stored the item all the same. The
+    /// `secret-service` crate cannot pass it inside `CreateItem`, hence a call of its own.
+    async fn set_type(&self, item: zbus::zvariant::OwnedObjectPath) {
+        let set = with_timeout(async {
             let properties = zbus::fdo::PropertiesProxy::builder(&self.connection)
                 .destination("org.freedesktop.secrets")?
-                .path(item.item_path.clone())?
+                .path(item)?
                 .build()
                 .await?;
             let interface =
@@ -153,8 +167,10 @@ impl Keyring {
                 .await?;
             Ok::<(), SsError>(())
         })
-        .await
-        .map_err(|e| self.error("store the token cache item", &e))
+        .await;
+        if let Err(error) = set {
+            tracing::debug!(schema = %self.schema, %error, "the Secret Service did not take the token cache item's Type; the item is stored");
+        }
     }
 
     /// An error while using the service: `operation` is a verb phrase.
