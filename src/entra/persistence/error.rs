@@ -41,6 +41,9 @@ pub(super) enum Kind {
         timeout: Duration,
         /// Who held it, from the lock file's content (`None` if never seen).
         holder: Option<String>,
+        /// The time ran out queued behind this process's other writers of the file, before
+        /// this writer's own first attempt.
+        queued: bool,
     },
     /// The Secret Service could not be used (the text names what is missing and what to do).
     #[cfg(all(feature = "keyring", target_os = "linux"))]
@@ -96,7 +99,21 @@ impl fmt::Display for PersistenceError {
             Kind::LockTimeout {
                 lock_path,
                 timeout,
+                queued: true,
+                ..
+            } => write!(
+                f,
+                "timed out after {} waiting for {}: this process's other writers of the token \
+                 cache were still waiting for it or writing; if another process holds it and is \
+                 gone, delete the lock file",
+                seconds(*timeout),
+                lock_path.display(),
+            ),
+            Kind::LockTimeout {
+                lock_path,
+                timeout,
                 holder,
+                queued: false,
             } => write!(
                 f,
                 "timed out after {} waiting for {} held by {}: if that process is gone, delete the lock file",

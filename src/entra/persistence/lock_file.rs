@@ -33,10 +33,12 @@ const HOLDER_MAX_CHARS: usize = 120;
 const QUICK_RETRIES: u32 = 3;
 
 impl<D: Document> CacheFile<D> {
-    /// Creates the lock file, waiting for other holders up to the lock timeout and removing
-    /// stale locks.
-    pub(super) async fn acquire_lock(&self) -> Result<LockGuard, PersistenceError> {
-        let started = Instant::now();
+    /// Creates the lock file, waiting for other holders until the lock timeout has passed since
+    /// `started` (at least one attempt is made) and removing stale locks.
+    pub(super) async fn acquire_lock(
+        &self,
+        started: Instant,
+    ) -> Result<LockGuard, PersistenceError> {
         let mut holder = None;
         let mut quick = 0_u32;
         loop {
@@ -59,6 +61,7 @@ impl<D: Document> CacheFile<D> {
                         lock_path: self.lock_path.clone(),
                         timeout: self.lock_timeout,
                         holder,
+                        queued: false,
                     },
                 });
             }

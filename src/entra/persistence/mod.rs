@@ -49,6 +49,7 @@
 //! for the whole of [`CacheFile::modify`], including its file I/O. That is an async lock held
 //! across I/O on purpose: it only queues this process's writers (FIFO, without spinning on the
 //! lock file), readers never take it, and the lock file still orders us against everyone else.
+//! The lock timeout counts from the call, the wait in that queue included.
 //! All file I/O runs in `tokio::task::spawn_blocking`.
 //!
 //! # Layout
@@ -196,11 +197,24 @@ impl<D: Document> CacheFile<D> {
     /// A writer's turn: this process's writers in order (see the module docs), then the lock
     /// file against every other process. The keyring store takes its turns here too, on its
     /// signal file, so one mechanism orders both kinds of writer.
+    ///
+    /// The lock timeout covers both waits: otherwise, with another process holding the lock,
+    /// the last of N queued writers would wait N timeouts.
     async fn writer_turn(
         &self,
     ) -> Result<(tokio::sync::MutexGuard<'_, ()>, LockGuard), PersistenceError> {
-        let writers = self.writers.lock().await;
-        let lock = self.acquire_lock().await?;
+        let started = tokio::time::Instant::now();
+        let Ok(writers) = tokio::time::timeout(self.lock_timeout, self.writers.lock()).await else {
+            return Err(PersistenceError {
+                kind: error::Kind::LockTimeout {
+                    lock_path: self.lock_path.clone(),
+                    timeout: self.lock_timeout,
+                    holder: None,
+                    queued: true,
+                },
+            });
+        };
+        let lock = self.acquire_lock(started).await?;
         Ok((writers, lock))
     }
 

@@ -832,3 +832,53 @@ async fn what_is_not_a_cache_file_is_refused_without_reading_it() {
         assert!(err.to_string().contains(said), "{}: {err}", path.display());
     }
 }
+
+/// With another process holding the lock, writers queued in this process each give up when
+/// the timeout has passed since their call, not one timeout after the writer ahead of them.
+#[tokio::test(start_paused = true)]
+async fn queued_writers_time_out_together_not_one_after_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let lock = plant_lock(&path, std::process::id(), "python3", Duration::ZERO);
+    let _holder = flock_held(&lock);
+    let timeout = Duration::from_millis(300);
+    let file = CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), timeout);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let file = file.clone();
+        tasks.spawn(async move {
+            let result = file.modify(move |doc| doc.add(&format!("w{i}"))).await;
+            (result, started.elapsed())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (result, waited) = done.unwrap();
+        let err = result.unwrap_err();
+        assert!(err.is_lock_timeout(), "{err}");
+        assert!(
+            waited >= timeout && waited < timeout + LOCK_RETRY_INTERVAL,
+            "waited {waited:?}: {err}"
+        );
+    }
+    assert!(!path.exists());
+}
+
+/// The message of a writer whose time ran out behind this process's other writers.
+#[test]
+fn a_timeout_in_the_queue_says_so() {
+    let err = PersistenceError {
+        kind: Kind::LockTimeout {
+            lock_path: PathBuf::from("/c/cache.json.lockfile"),
+            timeout: Duration::from_secs(10),
+            holder: None,
+            queued: true,
+        },
+    };
+    assert_eq!(
+        err.to_string(),
+        "timed out after 10 s waiting for /c/cache.json.lockfile: this process's other writers \
+         of the token cache were still waiting for it or writing; if another process holds it \
+         and is gone, delete the lock file"
+    );
+}
