@@ -63,10 +63,42 @@ fn replacement_mode(target: &Path) -> u32 {
     fs::metadata(target).map_or(0o600, |meta| meta.permissions().mode() & 0o777)
 }
 
+/// Refuses to replace a file without its owner's write permission: the user froze it. The
+/// rename needs only the directory's permission and would replace it anyway. Decided by the
+/// mode bits, not by trying, so that root, whom permissions do not stop, honours it too.
+#[cfg(unix)]
+fn refuse_read_only(target: &Path) -> Result<(), PersistenceError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match fs::metadata(target) {
+        Ok(meta) => meta.permissions().mode(),
+        // A missing file is created; other errors show up when the file is replaced.
+        Err(_) => return Ok(()),
+    };
+    if mode & 0o200 != 0 {
+        return Ok(());
+    }
+    let error = io::Error::other(format!(
+        "it is read-only (mode {:04o}), so it was left as it is: to let the token cache be \
+         updated, make it writable (chmod u+w)",
+        mode & 0o7777
+    ));
+    Err(PersistenceError::io(
+        "replace the token cache",
+        target,
+        error,
+    ))
+}
+
+#[cfg(not(unix))]
+fn refuse_read_only(_target: &Path) -> Result<(), PersistenceError> {
+    Ok(())
+}
+
 /// Writes `bytes` to a temporary file beside the cache file and renames it over the cache file
 /// (blocking). Returns the new file's stamp. The temporary file is removed if anything fails.
 pub(super) fn write_document(path: &Path, bytes: &[u8]) -> Result<Stamp, PersistenceError> {
     let target = write_target(path)?;
+    refuse_read_only(&target)?;
     let temp = written_beside(&target, bytes)?;
     install(temp, &target)
 }

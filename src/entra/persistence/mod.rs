@@ -33,6 +33,7 @@
 //!   rather than a truncated one. If the cache path is a symlink, the link's target is replaced
 //!   and the link kept. The replacement gets the old file's permission bits (a file the user
 //!   made 0640 stays 0640; nothing is ever widened); a new file is 0600 in a 0700 directory.
+//!   A file without its owner's write bit is never replaced: the write fails and says so.
 //! * **Readers** take no lock. They reload when the file's (mtime, length, inode) changed since
 //!   the last read. A file that fails to parse may be an in-place write in progress, so it is
 //!   read again up to [`PARSE_RETRIES`](reader::PARSE_RETRIES) times, [`PARSE_RETRY_INTERVAL`](reader::PARSE_RETRY_INTERVAL) apart, before it is

@@ -882,3 +882,29 @@ fn a_timeout_in_the_queue_says_so() {
          and is gone, delete the lock file"
     );
 }
+
+/// A cache file its owner made read-only is not replaced behind their back (the rename needs
+/// only the directory's permission). By its mode bits, so that this holds under root too.
+#[tokio::test]
+async fn a_read_only_cache_file_is_left_unchanged_and_the_error_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let content = r#"{"AccessToken": {"frozen": {}}}"#;
+    fs::write(&path, content).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let err = file.modify(|doc| doc.add("x")).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "could not replace the token cache {}: it is read-only (mode 0400), so it was left \
+             as it is: to let the token cache be updated, make it writable (chmod u+w)",
+            path.display()
+        )
+    );
+    assert_eq!(fs::read_to_string(&path).unwrap(), content);
+    assert_eq!(mode(&path), 0o400);
+    assert!(!lock_path_of(&path).exists(), "the lock is released");
+    let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
+}
