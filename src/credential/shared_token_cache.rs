@@ -119,7 +119,7 @@ impl Inner {
         claims: Option<String>,
     ) -> Result<AccessToken, CredentialError> {
         let store = if cae { &self.cae } else { &self.plain };
-        if !store.exists() {
+        if !store.exists().await {
             return Err(unavailable(format!(
                 "Shared token cache unavailable: there is no cache file at {}. Sign in with a tool \
                  that shares it (Azure CLI: 'az login')",

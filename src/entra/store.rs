@@ -4,7 +4,7 @@
 //! read again under their lock file before every change, so other processes' entries survive.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::msal_cache::{CacheDocument, DocumentError};
@@ -75,12 +75,19 @@ impl TokenStore {
 
     /// Whether the file exists (for the Secret Service: its signal file, or the plaintext
     /// fallback file); always true in memory.
-    pub(crate) fn exists(&self) -> bool {
-        match self {
+    pub(crate) async fn exists(&self) -> bool {
+        let files: Vec<PathBuf> = match self {
+            TokenStore::Memory(_) => return true,
+            #[cfg(not(all(feature = "keyring", target_os = "linux")))]
+            TokenStore::File(file) => vec![file.path().to_path_buf()],
             #[cfg(all(feature = "keyring", target_os = "linux"))]
-            TokenStore::Keyring(keyring) => keyring.exists(),
-            _ => self.path().is_none_or(Path::exists),
-        }
+            TokenStore::Keyring(keyring) => keyring.files(),
+        };
+        // A stat is file I/O: on the blocking pool. If the runtime is shutting down, the read
+        // that follows reports it.
+        tokio::task::spawn_blocking(move || files.iter().any(|file| file.exists()))
+            .await
+            .unwrap_or(true)
     }
 
     pub(crate) async fn read(&self) -> Result<Arc<CacheDocument>, PersistenceError> {

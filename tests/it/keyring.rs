@@ -390,3 +390,36 @@ async fn a_service_that_refuses_the_item_type_still_stores_the_tokens() {
         "the second credential read the item"
     );
 }
+
+// Removing the lock file is file I/O: a failed save releases it on the blocking pool, as a
+// successful one does, never on the executor thread (the test's thread here, whose logs are
+// captured).
+#[tokio::test]
+async fn a_failed_save_releases_the_lock_file_off_the_executor() {
+    let service = SecretService::start().await;
+    refuse_on_bus(
+        &service,
+        r#"send_destination="org.freedesktop.secrets" send_interface="org.freedesktop.Secret.Collection" send_member="CreateItem""#,
+    )
+    .await;
+    let (logs, _guard) = crate::support::creds::Logs::capture();
+    credential("keyring-save-fails", options(&service, "save-fails"))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    let text = logs.text();
+    assert!(
+        text.contains("could not be written to the token cache")
+            && text.contains("could not store the token cache item"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("released the token cache lock file"),
+        "released on the executor: {text}"
+    );
+    let lock = service
+        .identity_service_dir()
+        .join("save-fails.nocae.lockfile");
+    assert!(!lock.exists(), "the lock file is removed");
+    assert!(service.items().await.is_empty());
+}

@@ -22,6 +22,7 @@ use std::time::SystemTime;
 
 use super::atomic_write::{create_dir, parent_dir};
 use super::error::{Kind, PersistenceError};
+use super::lock_file::LockGuard;
 use super::secret_service::Keyring;
 use super::{CacheFile, Document, run_blocking};
 
@@ -82,9 +83,12 @@ impl<D: Document> KeyringCache<D> {
         self.signal.path()
     }
 
-    /// Whether the signal file or the allowed plaintext file exists.
-    pub(crate) fn exists(&self) -> bool {
-        self.path().exists() || self.target.fallback.as_deref().is_some_and(Path::exists)
+    /// The files whose existence says there is a cache: the signal file and the allowed
+    /// plaintext file.
+    pub(crate) fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path().to_path_buf()];
+        files.extend(self.target.fallback.clone());
+        files
     }
 
     async fn backend(&self) -> Result<&Backend<D>, PersistenceError> {
@@ -127,30 +131,45 @@ impl<D: Document> KeyringCache<D> {
             Backend::Keyring(keyring) => keyring,
         };
         let (_writers, lock) = self.signal.writer_turn().await?;
+        let lock = Arc::new(lock);
+        let outcome = self.update(keyring, &lock, change).await;
+        let signal = self.target.signal.clone();
+        // The lock guard's removal is file I/O too: it is dropped on the blocking pool, after
+        // the touch, whatever the outcome.
+        run_blocking(&self.target.signal, move || {
+            let _lock = lock;
+            let (value, changed) = outcome?;
+            if changed {
+                touch(&signal)?;
+            }
+            Ok(value)
+        })
+        .await
+    }
+
+    /// Reads the item, applies `change` and stores the result if its bytes changed, with the
+    /// lock held. Returns what `change` returned and whether the item changed.
+    async fn update<R, F>(
+        &self,
+        keyring: &Keyring,
+        lock: &Arc<LockGuard>,
+        change: F,
+    ) -> Result<(R, bool), PersistenceError>
+    where
+        F: FnOnce(&mut D) -> R,
+    {
         let stored = keyring.load().await?;
         let mut doc = self.parse(stored.as_deref())?;
         let value = change(&mut doc);
         let bytes = doc.to_bytes();
         let changed = stored.as_deref() != Some(bytes.as_slice());
-        let lock = if changed {
+        if changed {
             // As the file's writer does (see `LockGuard::check_held`), on the blocking pool.
-            let lock = run_blocking(&self.target.signal, move || {
-                lock.check_held().map(|()| lock)
-            })
-            .await?;
+            let lock = Arc::clone(lock);
+            run_blocking(&self.target.signal, move || lock.check_held()).await?;
             keyring.save(&bytes).await?;
-            lock
-        } else {
-            lock
-        };
-        let signal = self.target.signal.clone();
-        // The lock guard's removal is file I/O too: it is dropped on the blocking pool.
-        run_blocking(&self.target.signal, move || {
-            let _lock = lock;
-            if changed { touch(&signal) } else { Ok(()) }
-        })
-        .await?;
-        Ok(value)
+        }
+        Ok((value, changed))
     }
 
     fn parse(&self, stored: Option<&[u8]>) -> Result<D, PersistenceError> {

@@ -131,13 +131,15 @@ impl LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         match fs::symlink_metadata(&self.path) {
-            Ok(meta) if inode(&meta) == self.inode => {
-                if let Err(error) = fs::remove_file(&self.path) {
-                    if !is_missing(&error) {
-                        tracing::warn!(lock_file = %self.path.display(), %error, "could not remove the token cache lock file");
-                    }
+            Ok(meta) if inode(&meta) == self.inode => match fs::remove_file(&self.path) {
+                Ok(()) => {
+                    tracing::trace!(lock_file = %self.path.display(), "released the token cache lock file");
                 }
-            }
+                Err(error) if is_missing(&error) => {}
+                Err(error) => {
+                    tracing::warn!(lock_file = %self.path.display(), %error, "could not remove the token cache lock file");
+                }
+            },
             Ok(_) | Err(_) => tracing::warn!(
                 lock_file = %self.path.display(),
                 "the token cache lock file was removed or replaced by another process while this one held it"
