@@ -423,3 +423,50 @@ async fn a_failed_save_releases_the_lock_file_off_the_executor() {
     assert!(!lock.exists(), "the lock file is removed");
     assert!(service.items().await.is_empty());
 }
+
+// A FIFO at the signal file's path: opening it for writing would wait for a reader for ever,
+// with the lock held. The write is refused with an error saying what to do instead.
+#[tokio::test]
+async fn a_fifo_at_the_signal_path_is_refused_not_waited_on() {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let service = SecretService::start().await;
+    let dir = service.identity_service_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let signal = dir.join("fifo.nocae");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&signal)
+        .status()
+        .expect("mkfifo (coreutils) runs");
+    assert!(made.success());
+    let (logs, _guard) = crate::support::creds::Logs::capture();
+    let get = credential("keyring-fifo", options(&service, "fifo")).get_token([SCOPE]);
+    // A guard against the hang, not a measure of time.
+    let Ok(got) = tokio::time::timeout(std::time::Duration::from_secs(30), get).await else {
+        // Lets the blocked writer go, so that the runtime can shut down.
+        let nonblock = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap();
+        let _reader = std::fs::File::options()
+            .read(true)
+            .custom_flags(nonblock)
+            .open(&signal);
+        panic!("the write hung on the FIFO");
+    };
+    got.unwrap();
+    let text = logs.text();
+    assert!(
+        text.contains("could not touch the token cache's signal file")
+            && text.contains("not a regular file")
+            && text.contains("remove it: it is created again as an empty file"),
+        "{text}"
+    );
+    assert!(
+        std::fs::symlink_metadata(&signal)
+            .unwrap()
+            .file_type()
+            .is_fifo(),
+        "left as it is"
+    );
+    assert!(
+        !dir.join("fifo.nocae.lockfile").exists(),
+        "the lock is released"
+    );
+}

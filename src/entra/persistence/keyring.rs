@@ -15,16 +15,18 @@
 //! azure-identity does), else every use fails with an error naming what is missing.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::atomic_write::{create_dir, parent_dir};
+use super::atomic_write::{create_dir, create_new_private, parent_dir};
 use super::error::{Kind, PersistenceError};
 use super::lock_file::LockGuard;
+use super::reader::is_missing;
 use super::secret_service::Keyring;
 use super::{CacheFile, Document, run_blocking};
+use crate::regular_file::{is_not_regular, open_regular_file};
 
 /// Where a keyring-backed cache lives and what it may fall back to.
 #[derive(Clone, Debug)]
@@ -189,24 +191,37 @@ impl<D: Document> KeyringCache<D> {
 }
 
 /// Sets the signal file's mtime to now, creating it (empty, mode 0600) if missing, as
-/// msal-extensions' `Path.touch()` does.
+/// msal-extensions' `Path.touch()` does. Only a regular file is touched: opening a FIFO for
+/// writing would block until a reader came, with the lock held.
 fn touch(path: &Path) -> Result<(), PersistenceError> {
     const TOUCH: &str = "touch the token cache's signal file";
-    let open = || -> std::io::Result<File> {
-        let mut options = OpenOptions::new();
-        options.append(true).create(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        options.open(path)
+    // Opened for reading, without blocking: setting the time needs no write access.
+    let open = || match open_regular_file(path) {
+        Err(e) if is_missing(&e) => match create_new_private(path) {
+            // Created meanwhile by another writer (msal-extensions takes no care here).
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_regular_file(path),
+            created => created,
+        },
+        opened => opened,
     };
-    let file = match open() {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let opened = match open() {
+        Err(e) if is_missing(&e) => {
             create_dir(parent_dir(path))?;
-            open().map_err(|e| PersistenceError::io(TOUCH, path, e))?
+            open()
         }
-        Err(e) => return Err(PersistenceError::io(TOUCH, path, e)),
+        opened => opened,
     };
+    let file = opened.map_err(|e| {
+        let e = if is_not_regular(&e) {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{e}; remove it: it is created again as an empty file"),
+            )
+        } else {
+            e
+        };
+        PersistenceError::io(TOUCH, path, e)
+    })?;
     file.set_modified(SystemTime::now())
         .map_err(|e| PersistenceError::io(TOUCH, path, e))
 }
