@@ -470,3 +470,52 @@ async fn a_fifo_at_the_signal_path_is_refused_not_waited_on() {
         "the lock is released"
     );
 }
+
+// The advice to allow the plaintext file is given only to those who have not: with it
+// allowed, the fallback is taken on first use, and a keyring in use stays the storage.
+#[tokio::test]
+async fn the_plaintext_advice_is_given_only_when_the_file_is_not_allowed() {
+    const ADVICE: &str = "allow_unencrypted_storage(true)";
+    let service = SecretService::start().await;
+    let other_scope = "https://other.resource.test/.default";
+    let allowed = credential(
+        "keyring-advice-allowed",
+        options(&service, "advice-allowed").allow_unencrypted_storage(true),
+    );
+    let not_allowed = credential(
+        "keyring-advice-not-allowed",
+        options(&service, "advice-not-allowed"),
+    );
+    // The keyring is in use by both, then locked (a screen lock).
+    allowed.get_token([SCOPE]).await.unwrap();
+    not_allowed.get_token([SCOPE]).await.unwrap();
+    service.lock().await;
+
+    let (logs, guard) = crate::support::creds::Logs::capture();
+    allowed.get_token([other_scope]).await.unwrap();
+    let text = logs.text();
+    assert!(text.contains("its collection is locked"), "{text}");
+    assert!(!text.contains(ADVICE), "{text}");
+    drop(guard);
+
+    let (logs, guard) = crate::support::creds::Logs::capture();
+    not_allowed.get_token([other_scope]).await.unwrap();
+    let text = logs.text();
+    assert!(text.contains("its collection is locked"), "{text}");
+    assert!(text.contains(ADVICE), "{text}");
+    drop(guard);
+
+    // No Secret Service: the warning that the plaintext file is used gives no advice either.
+    let service = SecretService::bus_only().await;
+    let (logs, _guard) = crate::support::creds::Logs::capture();
+    credential(
+        "keyring-advice-fallback",
+        options(&service, "advice-fallback").allow_unencrypted_storage(true),
+    )
+    .get_token([SCOPE])
+    .await
+    .unwrap();
+    let text = logs.text();
+    assert!(text.contains("no Secret Service on"), "{text}");
+    assert!(!text.contains(ADVICE), "{text}");
+}

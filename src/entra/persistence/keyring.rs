@@ -96,7 +96,13 @@ impl<D: Document> KeyringCache<D> {
     async fn backend(&self) -> Result<&Backend<D>, PersistenceError> {
         self.backend
             .get_or_try_init(|| async {
-                match Keyring::connect(self.target.bus.as_deref(), &self.schema).await {
+                match Keyring::connect(
+                    self.target.bus.as_deref(),
+                    &self.schema,
+                    self.target.fallback.is_some(),
+                )
+                .await
+                {
                     Ok(keyring) => Ok(Backend::Keyring(keyring)),
                     Err(error) => match &self.target.fallback {
                         Some(file) => {

@@ -38,9 +38,21 @@ const ITEM_INTERFACE: &str = "org.freedesktop.Secret.Item";
 /// Longest wait for one exchange with the Secret Service: a service that shows a prompt (which
 /// a headless process can never answer) would otherwise hang the credential.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
-/// What to do when the keyring cannot be used, appended to every such error.
+/// What else can be done when the keyring cannot be used, appended to such errors unless the
+/// plaintext file is allowed already (see [`remedy`]).
 const REMEDY: &str = "or call TokenCachePersistenceOptions::allow_unencrypted_storage(true) to \
                       fall back to a plaintext file readable only by you (mode 0600)";
+
+/// [`REMEDY`] after `separator`, or nothing when the plaintext file is allowed: that
+/// advice would change nothing (the fallback is taken on first use, and once the keyring is
+/// in use it stays the storage).
+fn remedy(fallback_allowed: bool, separator: &str) -> String {
+    if fallback_allowed {
+        String::new()
+    } else {
+        format!("{separator}{REMEDY}")
+    }
+}
 
 /// A connection to the Secret Service with an encrypted session, for one schema.
 pub(super) struct Keyring {
@@ -49,13 +61,21 @@ pub(super) struct Keyring {
     connection: zbus::Connection,
     /// The schema name: the cache file's name.
     schema: String,
+    /// Whether the options allow the plaintext file (for the advice in errors).
+    fallback_allowed: bool,
 }
 
 impl Keyring {
     /// Connects to the session bus at `bus` (else `DBUS_SESSION_BUS_ADDRESS`), opens an
     /// encrypted session with the Secret Service and checks that its default collection exists
     /// and is unlocked, since a headless process cannot answer an unlock prompt.
-    pub(super) async fn connect(bus: Option<&str>, schema: &str) -> Result<Self, PersistenceError> {
+    /// `fallback_allowed`: whether the options allow the plaintext file.
+    pub(super) async fn connect(
+        bus: Option<&str>,
+        schema: &str,
+        fallback_allowed: bool,
+    ) -> Result<Self, PersistenceError> {
+        let or_fallback = |separator| remedy(fallback_allowed, separator);
         let bus_name = bus.unwrap_or("the session bus (DBUS_SESSION_BUS_ADDRESS)");
         let connection = with_timeout(async {
             match bus {
@@ -67,7 +87,8 @@ impl Keyring {
         .map_err(|e| {
             failure(format!(
                 "no D-Bus session bus: could not connect to {bus_name} ({e}); run inside a \
-                 desktop session or start one (dbus-run-session), {REMEDY}"
+                 desktop session or start one (dbus-run-session){}",
+                or_fallback(", ")
             ))
         })?;
         let service = with_timeout(async {
@@ -76,21 +97,25 @@ impl Keyring {
         .await
         .map_err(|e| match e {
             TimedOut::Elapsed => failure(format!(
-                "the Secret Service on {bus_name} did not answer within {} s; {REMEDY}",
-                CALL_TIMEOUT.as_secs()
+                "the Secret Service on {bus_name} did not answer within {} s{}",
+                CALL_TIMEOUT.as_secs(),
+                or_fallback("; ")
             )),
             TimedOut::Failed(e) if is_missing_service(&e) => failure(format!(
                 "no Secret Service on {bus_name} ({e}): install and start a keyring \
-                 (gnome-keyring, KeePassXC or KWallet with its Secret Service), {REMEDY}"
+                 (gnome-keyring, KeePassXC or KWallet with its Secret Service){}",
+                or_fallback(", ")
             )),
             TimedOut::Failed(e) => failure(format!(
-                "could not open a session with the Secret Service on {bus_name} ({e}); {REMEDY}"
+                "could not open a session with the Secret Service on {bus_name} ({e}){}",
+                or_fallback("; ")
             )),
         })?;
         let keyring = Self {
             service,
             connection,
             schema: schema.to_owned(),
+            fallback_allowed,
         };
         let locked = with_timeout(async {
             let collection = keyring.service.get_default_collection().await?;
@@ -102,7 +127,8 @@ impl Keyring {
             return Err(failure(format!(
                 "the default collection of the Secret Service on {bus_name} is locked: unlock \
                  it (log in to the desktop session, or run `gnome-keyring-daemon --unlock` with \
-                 the keyring's password on stdin), {REMEDY}"
+                 the keyring's password on stdin){}",
+                or_fallback(", ")
             )));
         }
         Ok(keyring)
@@ -179,12 +205,14 @@ impl Keyring {
         match error {
             TimedOut::Elapsed => failure(format!(
                 "could not {operation} ({schema}): the Secret Service did not answer within {} s \
-                 (is it waiting on a prompt?); {REMEDY}",
-                CALL_TIMEOUT.as_secs()
+                 (is it waiting on a prompt?){}",
+                CALL_TIMEOUT.as_secs(),
+                remedy(self.fallback_allowed, "; ")
             )),
             TimedOut::Failed(SsError::Locked) => failure(format!(
-                "could not {operation} ({schema}): its collection is locked; unlock the keyring, \
-                 {REMEDY}"
+                "could not {operation} ({schema}): its collection is locked; unlock the \
+                 keyring{}",
+                remedy(self.fallback_allowed, ", ")
             )),
             TimedOut::Failed(e) => failure(format!("could not {operation} ({schema}): {e}")),
         }
