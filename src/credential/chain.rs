@@ -22,6 +22,10 @@
 //! # let _ = (typed, token); Ok(()) }
 //! ```
 //!
+//! A [`ManagedIdentityCredential`](crate::ManagedIdentityCredential) asked by a chain probes
+//! IMDS first (1 s, no retries), as in azure-identity: on a machine without IMDS the chain
+//! moves on within about a second instead of waiting out IMDS's retries (see its docs).
+//!
 //! The token names the credential that answered ([`AccessToken::credential`]); a token of a
 //! credential of yours, which has no name, gets the chain member's (the box's name, or for
 //! [`Fallback`] the type's). Each attempt runs in a `credential_attempt` span at `DEBUG`
@@ -72,6 +76,19 @@ fn attempt_span(name: &str, attempt: usize, request: &TokenRequest) -> Span {
 
 fn report_unavailable(name: &str, error: &CredentialError) {
     tracing::debug!(credential = name, reason = %error.message(), "credential unavailable, trying the next");
+}
+
+tokio::task_local! {
+    /// Set while a chain asks one of its members (azure-identity's `within_credential_chain`):
+    /// a member with a slow way of finding out that it has nothing to offer (the managed
+    /// identity asking IMDS) then checks quickly first, because another credential may answer.
+    static WITHIN_CHAIN: bool;
+}
+
+/// Whether this task is asking a member of a chain ([`ChainedTokenCredential`], [`Fallback`],
+/// `DefaultAzureCredential`) for a token. Only the caller's task: read it before spawning.
+pub(crate) fn within_chain() -> bool {
+    WITHIN_CHAIN.try_with(|within| *within).unwrap_or(false)
 }
 
 /// Tries boxed credentials in order: the first token wins, the first error that is not
@@ -136,12 +153,11 @@ pub(crate) async fn first_token(
     let mut attempts = Vec::new();
     for ((index, credential), attempt) in credentials.iter().enumerate().zip(1..) {
         let span = attempt_span(credential.name(), attempt, &request);
-        match credential
+        let asked = credential
             .clone()
             .oneshot(request.clone())
-            .instrument(span.clone())
-            .await
-        {
+            .instrument(span.clone());
+        match WITHIN_CHAIN.scope(true, asked).await {
             Ok(token) => {
                 span.in_scope(|| report_success(credential.name()));
                 return Ok((index, token));
@@ -234,7 +250,9 @@ impl<A: TokenCredential, B: TokenCredential> Future for FallbackFuture<A, B> {
                     span,
                     second,
                     request,
-                } => match ready!(span.in_scope(|| future.poll(cx))) {
+                } => match ready!(
+                    span.in_scope(|| WITHIN_CHAIN.sync_scope(true, || future.poll(cx)))
+                ) {
                     Ok(token) => {
                         let name = short_type_name::<A>();
                         span.in_scope(|| report_success(name));
@@ -262,7 +280,8 @@ impl<A: TokenCredential, B: TokenCredential> Future for FallbackFuture<A, B> {
                     first_error,
                 } => {
                     let name = short_type_name::<B>();
-                    let result = ready!(span.in_scope(|| future.poll(cx)));
+                    let result =
+                        ready!(span.in_scope(|| WITHIN_CHAIN.sync_scope(true, || future.poll(cx))));
                     if result.is_ok() {
                         span.in_scope(|| report_success(name));
                     }

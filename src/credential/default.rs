@@ -33,8 +33,8 @@
 //! trimmed and compared ignoring case; anything else is a construction error. The builder's
 //! `exclude_*` settings apply on top.
 //!
-//! **Failing fast.** Inside this chain the managed identity, when it would ask IMDS, first
-//! probes it without retries and with a 1 s timeout: on a machine that is not an Azure VM
+//! **Failing fast.** Inside this chain, as in any chain, the managed identity, when it would
+//! ask IMDS, first probes it without retries and with a 1 s timeout: on a machine that is not an Azure VM
 //! the chain moves on within about a second instead of waiting out IMDS's retry schedule. After
 //! one success it behaves as a plain [`ManagedIdentityCredential`]. Until then, an answer at
 //! the IMDS address that is not JSON (a proxy or firewall answering for the link-local
@@ -538,7 +538,12 @@ impl DefaultAzureCredentialBuilder {
                     Some(id) => id,
                     None => self.vars.get(AZURE_CLIENT_ID).map(UserAssignedId::ClientId),
                 };
-                let mut b = ManagedIdentityCredential::builder().probe_imds(!alone);
+                let mut b = ManagedIdentityCredential::builder();
+                // Asked by this chain, it probes IMDS as in any chain; named alone, it has
+                // nothing to fall back to.
+                if alone {
+                    b = b.probe_imds(false);
+                }
                 if let Some(vars) = vars {
                     b = b.vars(vars);
                 }

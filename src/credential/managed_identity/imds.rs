@@ -2,6 +2,7 @@
 //! `GET {base}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=…` with
 //! `Metadata: true`.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -53,8 +54,12 @@ pub(super) struct Imds {
     pub(super) url: Url,
     pub(super) id: Option<UserAssignedId>,
     http: HttpClient,
-    /// `Some` while a probe precedes each request: the probe's client.
-    probe: Option<HttpClient>,
+    /// Whether a probe precedes each request: `Some` always or never, `None` when a chain
+    /// asks.
+    probe: Option<bool>,
+    /// The probe's client: the caller's client when one was given, else built when first
+    /// needed (most credentials are never asked by a chain).
+    probe_http: OnceLock<HttpClient>,
     /// A token was received once: no more probes.
     succeeded: AtomicBool,
 }
@@ -64,40 +69,44 @@ impl Imds {
         url: Url,
         id: Option<UserAssignedId>,
         custom: Option<HttpClient>,
-        probe: bool,
+        probe: Option<bool>,
     ) -> Result<Self, String> {
-        let built = |builder: crate::transport::HttpClientBuilder| {
-            // Never proxied: see `request::default_http`.
-            builder
-                .allow_http()
-                .no_proxy()
-                .build()
-                .map_err(|e| format!("the HTTP client could not be built: {e}"))
-        };
         let (http, probe_http) = match custom {
             // The caller's client as it is; the probe's budget is enforced around it.
-            Some(client) => (client.clone(), client),
+            Some(client) => (client.clone(), OnceLock::from(client)),
             None => (
                 built(
                     HttpClient::builder()
                         .connect_timeout(CONNECT_TIMEOUT)
                         .retry(RetryOptions::imds(TOTAL_TIMEOUT)),
                 )?,
-                built(
-                    HttpClient::builder()
-                        .connect_timeout(PROBE_TIMEOUT)
-                        .timeout(Some(PROBE_TIMEOUT))
-                        .no_retry(),
-                )?,
+                OnceLock::new(),
             ),
         };
         Ok(Self {
             url,
             id,
             http,
-            probe: probe.then_some(probe_http),
+            probe,
+            probe_http,
             succeeded: AtomicBool::new(false),
         })
+    }
+
+    /// The probe's client.
+    fn probe_http(&self) -> Result<&HttpClient, CredentialError> {
+        if let Some(client) = self.probe_http.get() {
+            return Ok(client);
+        }
+        let client = built(
+            HttpClient::builder()
+                .connect_timeout(PROBE_TIMEOUT)
+                .timeout(Some(PROBE_TIMEOUT))
+                .no_retry(),
+        )
+        .map_err(|message| CredentialError::invalid_request(NAME, message))?;
+        // Two first callers may both build one: either is fine.
+        Ok(self.probe_http.get_or_init(|| client))
     }
 
     fn query_url(&self, resource: &str) -> Url {
@@ -131,10 +140,15 @@ impl Imds {
         )
     }
 
-    pub(super) async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        let probing = self.probe.is_some() && !self.succeeded.load(Ordering::Acquire);
-        if let (true, Some(probe)) = (probing, &self.probe) {
-            self.probe(probe, resource).await?;
+    /// `within_chain`: asked by a chain, which may fall back to another credential.
+    pub(super) async fn acquire(
+        &self,
+        resource: &str,
+        within_chain: bool,
+    ) -> Result<AccessToken, CredentialError> {
+        let probing = self.probe.unwrap_or(within_chain) && !self.succeeded.load(Ordering::Acquire);
+        if probing {
+            self.probe(self.probe_http()?, resource).await?;
         }
         let token = self.token(resource, probing).await?;
         self.succeeded.store(true, Ordering::Release);
@@ -156,9 +170,9 @@ impl Imds {
             Ok(token) => Ok(token.token),
             // Until IMDS has issued a token, an answer that is not JSON at all may come from a
             // proxy or firewall answering for the link-local address: the chain moves on, as
-            // azure-identity's does within DefaultAzureCredential. A JSON error is IMDS's own
-            // (a managed identity that is there but failed): the chain stops on it, as there,
-            // rather than run on as another identity.
+            // azure-identity's does. A JSON error is IMDS's own (a managed identity that is
+            // there but failed): the chain stops on it, as there, rather than run on as another
+            // identity.
             Err(error) if probing && !is_json(&answer.body) => Err(CredentialError::unavailable(
                 NAME,
                 format!(
@@ -245,6 +259,16 @@ impl Imds {
     }
 }
 
+/// A client of `builder`'s, sending plain `http` and never proxied (see
+/// `request::default_http`).
+fn built(builder: crate::transport::HttpClientBuilder) -> Result<HttpClient, String> {
+    builder
+        .allow_http()
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("the HTTP client could not be built: {e}"))
+}
+
 /// Whether `body` is JSON (of any shape; the parser keeps nothing of it).
 fn is_json(body: &[u8]) -> bool {
     serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
@@ -283,7 +307,7 @@ mod tests {
 
     #[tokio::test]
     async fn which_answers_mean_unavailable() {
-        let imds = |id| Imds::new(default_url().unwrap(), id, None, false).unwrap();
+        let imds = |id| Imds::new(default_url().unwrap(), id, None, None).unwrap();
         let not_found = r#"{"error":"invalid_request","error_description":"Identity not found"}"#;
         let err = imds(Some(UserAssignedId::ClientId("cid".into())))
             .unavailable(&answer(400, not_found))
@@ -326,7 +350,7 @@ mod tests {
             token_url(&base).unwrap().as_str(),
             "http://127.0.0.1:8080/metadata/identity/oauth2/token"
         );
-        let imds = |id| Imds::new(default_url().unwrap(), id, None, false).unwrap();
+        let imds = |id| Imds::new(default_url().unwrap(), id, None, None).unwrap();
         assert_eq!(
             imds(None).query_url("https://vault.azure.net").query(),
             Some("api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net")

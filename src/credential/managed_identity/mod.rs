@@ -211,10 +211,14 @@ impl IdParams {
 ///   (the identity is not assigned to this host) or 403 with `unreachable` (Docker Desktop).
 ///   Any other failure is *authentication failed*, with the status and the endpoint's text,
 ///   scrubbed of every secret the credential holds and of token values.
-/// * In `DefaultAzureCredential`, until IMDS has issued a token, each request is preceded by a
-///   probe (the same `GET` without `Metadata`, 1 s, no retries): no HTTP answer (no
-///   connection, no reply in time, a dropped connection or a reply that is not HTTP) makes the
-///   credential *unavailable* at once instead of after the retries.
+/// * In a chain ([`ChainedTokenCredential`](crate::ChainedTokenCredential), `a.or(b)`,
+///   `DefaultAzureCredential`), where another credential may answer, until IMDS has issued a
+///   token each request is preceded by a probe (the same `GET` without `Metadata`, 1 s, no
+///   retries), as azure-identity does in any chain: no HTTP answer (no connection, no reply in
+///   time, a dropped connection or a reply that is not HTTP) makes the credential
+///   *unavailable* at once instead of after the retries, and so does an answer to the token
+///   request that is not JSON (a proxy or firewall answering for the link-local address).
+///   Asked on its own, it is not probed: a slow IMDS is waited for.
 /// * **Azure Arc**: the key file the agent names is read only if it is a regular `*.key` file
 ///   of at most 4096 bytes directly inside the agent's key directory (see
 ///   [`azure_arc_key_directory`](ManagedIdentityCredentialBuilder::azure_arc_key_directory)).
@@ -252,9 +256,14 @@ enum Endpoint {
 }
 
 impl Endpoint {
-    async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
+    /// `within_chain`: asked by a chain, which may fall back to another credential.
+    async fn acquire(
+        &self,
+        resource: &str,
+        within_chain: bool,
+    ) -> Result<AccessToken, CredentialError> {
         match self {
-            Self::Imds(s) => s.acquire(resource).await,
+            Self::Imds(s) => s.acquire(resource, within_chain).await,
             Self::AppService(s) | Self::AzureMl(s) | Self::ServiceFabric(s) => {
                 s.acquire(resource).await
             }
@@ -314,13 +323,15 @@ impl Inner {
             Err(message) => return Err(CredentialError::invalid_request(NAME, message.clone())),
         };
         let resource = resource_of(&request)?;
+        // Read here, in the caller's task: the acquisition runs in a task of its own.
+        let within_chain = super::chain::within_chain();
         // The identity is fixed per credential: the resource is the whole key.
         let key = CacheKey::new("", std::slice::from_ref(&resource), false);
         let this = Arc::clone(configured);
         configured
             .cache
             .get_or_acquire(key, request.claims().is_some(), move || async move {
-                this.acquire(&resource).await
+                this.acquire(&resource, within_chain).await
             })
             .await
     }
@@ -331,13 +342,17 @@ impl Configured {
     /// `Retry-After` is remembered, as for every credential of this crate, so a throttled
     /// endpoint is not asked again for any resource until then (MSAL does the same for managed
     /// identity).
-    async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
+    async fn acquire(
+        &self,
+        resource: &str,
+        within_chain: bool,
+    ) -> Result<AccessToken, CredentialError> {
         let provider = format!("the {} managed identity endpoint", self.source);
         // One endpoint, one wait, whatever the resource: the key is empty.
         if let Some(refused) = self.throttle.refusal("", NAME, &provider) {
             return Err(refused);
         }
-        let result = self.endpoint.acquire(resource).await;
+        let result = self.endpoint.acquire(resource, within_chain).await;
         if let Err(error) = &result {
             let until = error
                 .retry_after()
@@ -392,7 +407,9 @@ pub struct ManagedIdentityCredentialBuilder {
     vars: Vars,
     http_client: Option<HttpClient>,
     arc_key_directory: Option<PathBuf>,
-    probe_imds: bool,
+    /// `Some`: probe IMDS (or not) wherever the credential is asked; `None`: when a chain
+    /// asks it.
+    probe_imds: Option<bool>,
     distributed: Option<crate::DistributedCache>,
     system_assigned_label: Option<String>,
 }
@@ -475,11 +492,13 @@ impl ManagedIdentityCredentialBuilder {
         self
     }
 
-    /// Until IMDS first answers with a token, try it quickly first (1 s, no retries, no
-    /// `Metadata` header): a host without IMDS makes the credential *unavailable* at once,
-    /// instead of after the retries. For `DefaultAzureCredential`.
+    /// Whether to probe IMDS before IMDS first answers with a token (1 s, no retries, no
+    /// `Metadata` header, so that a host without IMDS makes the credential *unavailable* at
+    /// once instead of after the retries), wherever the credential is asked. Without it, only
+    /// when a chain asks. For `DefaultAzureCredential`, whose managed identity named alone has
+    /// nothing to fall back to.
     pub(crate) fn probe_imds(mut self, probe: bool) -> Self {
-        self.probe_imds = probe;
+        self.probe_imds = Some(probe);
         self
     }
 

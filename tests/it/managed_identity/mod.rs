@@ -3,6 +3,7 @@
 //! sends the same requests (`wire`). Nothing here can reach 169.254.169.254: every credential
 //! is built from the emulator's environment (`Emulator::env`), which always redirects it.
 
+mod chain;
 mod faults;
 mod sources;
 mod wire;

@@ -1,0 +1,130 @@
+//! A managed identity in a chain of the user's own (`a.or(b)`, `ChainedTokenCredential`)
+//! probes IMDS first, as in azure-identity's chains: a host without IMDS costs the chain about a
+//! second, not IMDS's retry schedule, and a host with IMDS still gets its token.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower_identity::{
+    AccessToken, BoxCredential, ChainedTokenCredential, CredentialError, CredentialExt,
+    EnvironmentCredential, ManagedIdentityCredential, TokenRequest,
+};
+
+use super::{Identity, SCOPE, credential};
+use crate::support::mi_emulator::{Emulator, Fault, Flavour};
+
+/// A credential after the managed identity that always answers.
+fn second() -> BoxCredential {
+    BoxCredential::named(
+        "SecondCredential",
+        tower::service_fn(|_: TokenRequest| async {
+            Ok::<_, CredentialError>(AccessToken::new(
+                "second-token",
+                Instant::now() + Duration::from_secs(3600),
+            ))
+        }),
+    )
+}
+
+/// The three shapes of chain: typed, dynamic, and the managed identity as the second member
+/// of a nested `or`.
+async fn ask_chains(mi: impl Fn() -> ManagedIdentityCredential) -> Vec<AccessToken> {
+    let nothing = EnvironmentCredential::builder()
+        .vars(Vec::<(String, String)>::new())
+        .build();
+    let chained = ChainedTokenCredential::new([mi().boxed_credential(), second()]).unwrap();
+    vec![
+        mi().or(second()).get_token([SCOPE]).await.unwrap(),
+        chained.get_token([SCOPE]).await.unwrap(),
+        nothing
+            .or(mi())
+            .or(second())
+            .get_token([SCOPE])
+            .await
+            .unwrap(),
+    ]
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_an_imds_that_never_answers_is_passed_after_a_one_second_probe() {
+    let em = Emulator::start(Flavour::Imds).await;
+    em.push_faults(Fault::Delay(Duration::from_secs(3600)), 60);
+    let started = Instant::now();
+    let tokens = ask_chains(|| credential(&em, Identity::System)).await;
+    let took = started.elapsed();
+    for token in &tokens {
+        assert_eq!(token.secret().expose_secret(), "second-token");
+    }
+    // Three chains, one probe of 1 s each; before, each waited out the 90 s deadline.
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    let requests = em.requests();
+    assert_eq!(requests.len(), 3, "only the probes: {requests:?}");
+    for probe in &requests {
+        assert_eq!(probe.identity_header("metadata"), None, "{probe:?}");
+        assert_eq!(probe.param("resource"), Some(super::RESOURCE));
+    }
+}
+
+/// A proxy or firewall answering for the IMDS address with something that is not JSON: the
+/// chain moves on (the probe got an HTTP answer, the token request no JSON).
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_non_json_answer_at_the_imds_address_is_passed() {
+    let em = Emulator::start(Flavour::Imds).await;
+    em.push_faults(Fault::Body("<html>proxy says hello</html>".into()), 6);
+    let tokens = ask_chains(|| credential(&em, Identity::System)).await;
+    for token in &tokens {
+        assert_eq!(token.secret().expose_secret(), "second-token");
+    }
+    let requests = em.requests();
+    assert_eq!(
+        requests.len(),
+        6,
+        "a probe and a token request each: {requests:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_working_imds_gives_the_managed_identity_token_after_one_probe() {
+    let em = Emulator::start(Flavour::Imds).await;
+    let tokens = ask_chains(|| credential(&em, Identity::System)).await;
+    for token in &tokens {
+        assert!(
+            token.secret().expose_secret().starts_with("mi-imds-"),
+            "{token:?}"
+        );
+        assert_eq!(token.credential(), Some("ManagedIdentityCredential"));
+    }
+    let metadata: Vec<_> = em
+        .requests()
+        .iter()
+        .map(|r| r.identity_header("metadata").map(str::to_owned))
+        .collect();
+    let (probe, real) = (None, Some("true".to_owned()));
+    assert_eq!(
+        metadata,
+        [&probe, &real, &probe, &real, &probe, &real].map(Clone::clone),
+        "a probe, then the token request, per credential"
+    );
+
+    // Once IMDS has issued a token, no more probes; and asked on its own, never.
+    em.clear();
+    let mi = credential(&em, Identity::System);
+    mi.clone().or(second()).get_token([SCOPE]).await.unwrap();
+    mi.or(second())
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap();
+    credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    let metadata: Vec<_> = em
+        .requests()
+        .iter()
+        .map(|r| r.identity_header("metadata").map(str::to_owned))
+        .collect();
+    assert_eq!(metadata, [&probe, &real, &real, &real].map(Clone::clone));
+}
