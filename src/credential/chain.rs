@@ -28,12 +28,14 @@
 //!
 //! The token names the credential that answered ([`AccessToken::credential`]); a token of a
 //! credential of yours, which has no name, gets the chain member's (the box's name, or for
-//! [`Fallback`] the type's). Each attempt runs in a `credential_attempt` span at `DEBUG`
+//! a [`Fallback`] member that is not boxed, its type's). Each attempt runs in a `credential_attempt` span at `DEBUG`
 //! (`credential`, `attempt`, `scopes`, `tenant`; target
 //! `tower_identity::credential::chain`), in which the answer is a `DEBUG` event and each
 //! unavailable credential's reason too. Nothing is logged above `DEBUG`: a library's success
 //! is not news.
 
+use std::any::Any;
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -175,6 +177,16 @@ pub(crate) async fn first_token(
     Err(CredentialError::chain(chain_name, attempts))
 }
 
+/// How a [`Fallback`] names its member: a box by its own name (a credential wrapped by
+/// [`with_middleware`](super::CredentialExt::with_middleware) is boxed), anything else by its
+/// type's.
+fn member_name<C: 'static>(credential: &C) -> Cow<'static, str> {
+    match (credential as &dyn Any).downcast_ref::<BoxCredential>() {
+        Some(boxed) => boxed.name.clone(),
+        None => Cow::Borrowed(short_type_name::<C>()),
+    }
+}
+
 /// `a.or(b)`: tries `A`, and `B` only when `A` is *unavailable*. No boxing.
 #[derive(Clone, Debug)]
 pub struct Fallback<A, B> {
@@ -200,9 +212,11 @@ impl<A: TokenCredential, B: TokenCredential> Service<TokenRequest> for Fallback<
     }
 
     fn call(&mut self, request: TokenRequest) -> Self::Future {
+        let name = member_name(&self.first);
         FallbackFuture {
             state: State::First {
-                span: attempt_span(short_type_name::<A>(), 1, &request),
+                span: attempt_span(&name, 1, &request),
+                name,
                 future: self.first.clone().oneshot(request.clone()),
                 second: Some(self.second.clone()),
                 request: Some(request),
@@ -226,6 +240,7 @@ pin_project! {
             #[pin]
             future: Oneshot<A, TokenRequest>,
             span: Span,
+            name: Cow<'static, str>,
             second: Option<B>,
             request: Option<TokenRequest>,
         },
@@ -233,6 +248,7 @@ pin_project! {
             #[pin]
             future: Oneshot<B, TokenRequest>,
             span: Span,
+            name: Cow<'static, str>,
             first_error: Option<CredentialError>,
         },
     }
@@ -248,24 +264,26 @@ impl<A: TokenCredential, B: TokenCredential> Future for FallbackFuture<A, B> {
                 StateProj::First {
                     future,
                     span,
+                    name,
                     second,
                     request,
                 } => match ready!(
                     span.in_scope(|| WITHIN_CHAIN.sync_scope(true, || future.poll(cx)))
                 ) {
                     Ok(token) => {
-                        let name = short_type_name::<A>();
                         span.in_scope(|| report_success(name));
-                        return Poll::Ready(Ok(answered_by(token, || name)));
+                        return Poll::Ready(Ok(answered_by(token, || name.clone())));
                     }
                     Err(error) if error.is_unavailable() => {
-                        span.in_scope(|| report_unavailable(short_type_name::<A>(), &error));
+                        span.in_scope(|| report_unavailable(name, &error));
                         // Both are `Some` until this transition, which happens once.
                         let (Some(second), Some(request)) = (second.take(), request.take()) else {
                             return Poll::Ready(Err(error));
                         };
+                        let name = member_name(&second);
                         this.state.set(State::Second {
-                            span: attempt_span(short_type_name::<B>(), 2, &request),
+                            span: attempt_span(&name, 2, &request),
+                            name,
                             future: second.oneshot(request),
                             first_error: Some(error),
                         });
@@ -277,20 +295,23 @@ impl<A: TokenCredential, B: TokenCredential> Future for FallbackFuture<A, B> {
                 StateProj::Second {
                     future,
                     span,
+                    name,
                     first_error,
                 } => {
-                    let name = short_type_name::<B>();
                     let result =
                         ready!(span.in_scope(|| WITHIN_CHAIN.sync_scope(true, || future.poll(cx))));
                     if result.is_ok() {
                         span.in_scope(|| report_success(name));
                     }
-                    return Poll::Ready(result.map(|token| answered_by(token, || name)).map_err(
-                        |error| {
-                            let attempts = first_error.take().into_iter().chain([error]).collect();
-                            CredentialError::chain(CHAIN, attempts)
-                        },
-                    ));
+                    return Poll::Ready(
+                        result
+                            .map(|token| answered_by(token, || name.clone()))
+                            .map_err(|error| {
+                                let attempts =
+                                    first_error.take().into_iter().chain([error]).collect();
+                                CredentialError::chain(CHAIN, attempts)
+                            }),
+                    );
                 }
             }
         }

@@ -231,3 +231,36 @@ async fn traces_name_the_credential_that_answered_and_why_others_passed() {
         logs.text()
     );
 }
+
+/// A member wrapped in middleware is boxed: `or` names it by the box's name (the credential's
+/// type), not "BoxCredential".
+#[tokio::test]
+async fn traces_of_or_name_a_member_wrapped_in_middleware_after_its_credential() {
+    use std::time::Duration;
+    use tower::ServiceBuilder;
+    let authority = Authority::start().await;
+    let wrapped = || ServiceBuilder::new().timeout(Duration::from_secs(10));
+    let (logs, _guard) = Logs::capture();
+    empty_env()
+        .with_middleware(wrapped())
+        .or(client_secret(&authority).with_middleware(wrapped()))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    let text = logs.text();
+    assert!(
+        text.contains(
+            "credential unavailable, trying the next credential=\"EnvironmentCredential\""
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("credential answered credential=\"ClientSecretCredential\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("credential_attempt{credential=\"EnvironmentCredential\""),
+        "{text}"
+    );
+    assert!(!text.contains("BoxCredential"), "{text}");
+}
