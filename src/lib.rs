@@ -13,9 +13,10 @@
 //!   every attempt.
 //! * **Tokens are cached and renewed** per credential: concurrent callers share one request,
 //!   a token is renewed in the last 5 minutes of its life (the last half for tokens living
-//!   less than 10 minutes) or at the provider's `refresh_in`, renewals are at least 30 s
-//!   apart, a failed renewal keeps the still-valid token, and an expired token is never
-//!   returned.
+//!   less than 10 minutes) or at the provider's `refresh_in`; one from Microsoft Entra ID or
+//!   a managed identity endpoint that lives 2 hours or more without `refresh_in` is renewed at
+//!   half-life (MSAL's rule). Renewals are at least 30 s apart, a failed renewal keeps the
+//!   still-valid token, and an expired token is never returned.
 //! * **Shared across a fleet** (optional): a [`DistributedCache`] under a credential's
 //!   in-memory cache lets the processes of a service share one token request per token
 //!   lifetime through Redis or any [`TokenStore`](distributed::TokenStore), sealed at rest,
@@ -24,8 +25,10 @@
 //!   axum outbound calls): it adds the token to each request, renews it in the background
 //!   before it expires without making requests wait, and answers a continuous access
 //!   evaluation (CAE) claims challenge with one re-send.
-//! * **Bounded**: one token request has a total deadline (30 s), a provider's `Retry-After`
-//!   is remembered per credential, lifetimes are clamped, and no input makes the crate panic.
+//! * **Bounded**: one token request has a total deadline over its retries (30 s by default,
+//!   see [`RetryOptions`]; 90 s for IMDS, enough to wait out an IMDS update), a provider's
+//!   `Retry-After` is remembered per credential, lifetimes are clamped, and no input makes the
+//!   crate panic.
 //!
 //! ```no_run
 //! use tower_identity::{
