@@ -442,7 +442,7 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The wall clock: `SystemTime::now()`, moved on by [`tests::suspend`] in this crate's tests.
+/// The wall clock: `SystemTime::now()`, moved by the tests' `WallClock` in this crate's own tests.
 #[cfg(not(test))]
 fn wall_now() -> SystemTime {
     SystemTime::now()
