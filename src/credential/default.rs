@@ -42,9 +42,10 @@
 //! stops the chain there too, so that it does not run on as another identity. (azure-identity skips this
 //! probe when `AZURE_POD_IDENTITY_AUTHORITY_HOST` is set; this crate probes there too, so a
 //! wrong override fails fast as well.) When `AZURE_TOKEN_CREDENTIALS=ManagedIdentityCredential`
-//! names it alone there is nothing to fall back to, and it is not probed. Failures of Azure CLI
-//! and Azure Developer CLI are reported as *unavailable* here, so the next developer tool gets
-//! its turn, as azure-identity does.
+//! names it alone there is nothing to fall back to, and it is not probed. Failures of the shared
+//! token cache, Azure CLI and Azure Developer CLI (a refused refresh token, an outage, a tool
+//! that fails) are reported as *unavailable* here, so the next developer sign-in gets its
+//! turn, as azure-identity does.
 //!
 //! **Sticky.** The first credential that answers is used for every later request of this
 //! `DefaultAzureCredential` (and its clones), without trying the others first — as
@@ -560,23 +561,29 @@ impl DefaultAzureCredentialBuilder {
                 // the host's.
                 Ok(built(member, b.build()))
             }
-            Member::SharedTokenCache => Ok(match self.shared_token_cache.take() {
-                Some(c) => named(member, c),
-                None => built(member, shared_token_cache(&self.vars, http)),
-            }),
+            Member::SharedTokenCache => {
+                let c = match self.shared_token_cache.take() {
+                    Some(c) => Ok(c),
+                    None => shared_token_cache(&self.vars, http),
+                };
+                Ok(match c {
+                    Ok(c) => developer_sign_in(member, c),
+                    Err(error) => built::<SharedTokenCacheCredential>(member, Err(error)),
+                })
+            }
             Member::AzureCli => {
                 let c = self
                     .azure_cli
                     .take()
                     .unwrap_or_else(|| azure_cli(&self.vars));
-                Ok(developer_tool(member, c))
+                Ok(developer_sign_in(member, c))
             }
             Member::AzureDeveloperCli => {
                 let c = self
                     .azure_developer_cli
                     .take()
                     .unwrap_or_else(|| azure_developer_cli(&self.vars));
-                Ok(developer_tool(member, c))
+                Ok(developer_sign_in(member, c))
             }
         }
     }
@@ -644,9 +651,11 @@ fn built<C: TokenCredential>(member: Member, credential: Result<C, ConfigError>)
     }
 }
 
-/// Azure CLI and Azure Developer CLI: inside this chain each of their failures lets the next
-/// tool try (azure-identity does the same); invalid requests still stop the chain.
-fn developer_tool<C: TokenCredential>(member: Member, credential: C) -> BoxCredential {
+/// The developer's own sign-ins (the shared token cache, Azure CLI, Azure Developer CLI):
+/// inside this chain each of their failures lets the next one try, as in azure-identity — a
+/// stale refresh token in the shared cache, or an outage while redeeming it, must not keep a
+/// signed-in Azure CLI from answering. Invalid requests still stop the chain.
+fn developer_sign_in<C: TokenCredential>(member: Member, credential: C) -> BoxCredential {
     named(
         member,
         tower::ServiceBuilder::new()

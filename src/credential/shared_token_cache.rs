@@ -25,7 +25,8 @@
 //! redeemed in turn as Azure CLI's public client at `organizations` (or the requested tenant).
 //! New tokens, the rotated refresh token included, are written back to the file under its
 //! lock. Every "cannot" is *unavailable*, so a chain moves on; a provider's refusal is
-//! *authentication failed*.
+//! *authentication failed* (inside [`DefaultAzureCredential`](crate::DefaultAzureCredential)
+//! every failure is *unavailable*, as in azure-identity, so Azure CLI gets its turn).
 
 use std::fmt;
 use std::sync::Arc;

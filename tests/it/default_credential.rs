@@ -597,3 +597,82 @@ async fn many_first_callers_share_one_probe_and_one_token_request() {
     assert_eq!(dac.answered(), Some("ManagedIdentityCredential"));
     assert_eq!(imds.request_count(), 2, "one probe and one token request");
 }
+
+/// A shared token cache whose refresh token Entra refuses (a stale or revoked family token,
+/// AADSTS70043), or that meets an outage or a dropped connection while redeeming it, lets
+/// Azure CLI answer, as in azure-identity. Before, its failure stopped the chain, so a
+/// developer signed in to `az` got the cache's error.
+#[tokio::test]
+async fn a_failing_shared_token_cache_lets_azure_cli_answer() {
+    use crate::support::authority::{Fault, error_body};
+    let stale = Fault::Respond {
+        status: 400,
+        body: error_body(
+            "invalid_grant",
+            70043,
+            "The refresh token has expired or is invalid due to sign-in frequency checks.",
+        ),
+        headers: vec![],
+    };
+    let cases = [
+        ("invalid_grant", stale),
+        ("503", Fault::ServerError(503)),
+        ("dropped connection", Fault::Close),
+    ];
+    for (case, fault) in cases {
+        let authority = Authority::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        // alice's and bob's accounts as msal wrote them, with family refresh tokens for the
+        // loopback authority's host and access tokens long expired.
+        std::fs::write(
+            dir.path().join("msal.cache.nocae"),
+            include_bytes!("../data/msal-two-accounts.json"),
+        )
+        .unwrap();
+        for _ in 0..4 {
+            authority.push_fault(fault.clone());
+        }
+        let http = creds::http_builder(&authority)
+            .retry(
+                tower_identity::RetryOptions::default()
+                    .max_retries(0)
+                    .total_timeout(None),
+            )
+            .build()
+            .unwrap();
+        let imds = format!("http://127.0.0.1:{}", closed_port().await);
+        let dac = nothing_configured(dir.path(), &imds, &[])
+            .shared_token_cache_credential(
+                SharedTokenCacheCredential::builder()
+                    .username("alice@contoso.com")
+                    .authority_host(authority.url())
+                    .http_client(http)
+                    .cache_options(
+                        TokenCachePersistenceOptions::new()
+                            .directory(dir.path())
+                            .allow_unencrypted_storage(true),
+                    )
+                    .build()
+                    .unwrap(),
+            )
+            .azure_cli_credential(
+                AzureCliCredential::builder()
+                    .program(signed_in(dir.path(), "az"))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let token = dac
+            .get_token([SCOPE])
+            .await
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(token.secret().expose_secret(), "az-token", "{case}");
+        assert_eq!(dac.answered(), Some("AzureCliCredential"), "{case}");
+        assert_eq!(
+            authority.token_posts(),
+            1,
+            "{case}: the shared cache tried alice's refresh token"
+        );
+    }
+}
