@@ -21,8 +21,9 @@
 //! * The first call redeems the code (`client_info=1`), for that call's scopes. The code is
 //!   forgotten only after a successful redemption; the account is pinned to the `uid.utid`
 //!   of the answer. Concurrent first calls share the one redemption.
-//! * Later calls: a cached access token (more than 300 s left), else a refresh token of the
-//!   account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
+//! * Later calls: a cached access token (more than 300 s left; past its refresh time, a
+//!   refresh token is redeemed first and the cached token returned only if that fails, as in
+//!   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
 //!   first request (the Python reference wrongly restricts them). A rotated refresh token
 //!   replaces the old one; one rejected with `invalid_grant` is dropped from the credential's
 //!   own memory, but kept in a cache file (as msal keeps it: other tools may share it).

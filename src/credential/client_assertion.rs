@@ -299,21 +299,22 @@ impl Inner {
             &self.client_id,
             &plan,
         );
-        if let Some(token) = files.cached().await {
-            return Ok(token);
-        }
-        let request = self.assertion_request(&plan.tenant);
-        let (assertion, reused) = self.assertions.get(request.clone()).await?;
-        match self.redeem(&plan, &request, &assertion, &files).await {
-            // An assertion in hand may have outlived its validity at Entra (a source of
-            // short-lived tokens): one fresh try, as azure-identity asks its source for every
-            // token request.
-            Err(error) if reused && refused(&error) => {
-                let (fresh, _) = self.assertions.get(request.clone()).await?;
-                self.redeem(&plan, &request, &fresh, &files).await
-            }
-            outcome => outcome,
-        }
+        files
+            .or_request(|| async {
+                let request = self.assertion_request(&plan.tenant);
+                let (assertion, reused) = self.assertions.get(request.clone()).await?;
+                match self.redeem(&plan, &request, &assertion, &files).await {
+                    // An assertion in hand may have outlived its validity at Entra (a source
+                    // of short-lived tokens): one fresh try, as azure-identity asks its source
+                    // for every token request.
+                    Err(error) if reused && refused(&error) => {
+                        let (fresh, _) = self.assertions.get(request.clone()).await?;
+                        self.redeem(&plan, &request, &fresh, &files).await
+                    }
+                    outcome => outcome,
+                }
+            })
+            .await
     }
 
     /// One token request with `assertion`; a refused assertion is dropped, so that the next

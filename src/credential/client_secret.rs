@@ -19,7 +19,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::refresh_tokens::{Redeem, usable_access_token};
+use super::refresh_tokens::{Cached, Redeem, or_aging, usable_access_token};
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
@@ -96,18 +96,19 @@ impl Inner {
             &self.client_id,
             &plan,
         );
-        if let Some(token) = files.cached().await {
-            return Ok(token);
-        }
-        let form = client_credentials_form(
-            &self.client_id,
-            &self.secret,
-            &plan.scopes,
-            plan.claims.clone(),
-        );
-        let response = self.client.request(NAME, &plan.tenant, form).await?;
-        files.record(&response).await;
-        Ok(response.token)
+        files
+            .or_request(|| async {
+                let form = client_credentials_form(
+                    &self.client_id,
+                    &self.secret,
+                    &plan.scopes,
+                    plan.claims.clone(),
+                );
+                let response = self.client.request(NAME, &plan.tenant, form).await?;
+                files.record(&response).await;
+                Ok(response.token)
+            })
+            .await
     }
 }
 
@@ -141,10 +142,28 @@ impl<'a> AppTokenFiles<'a> {
         }
     }
 
+    /// A usable token from the file, else `request`'s. For a token past its refresh time,
+    /// `request`'s first, and the file's when that fails (see [`or_aging`]).
+    pub(crate) async fn or_request<F, Fut>(
+        &self,
+        request: F,
+    ) -> Result<AccessToken, CredentialError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<AccessToken, CredentialError>>,
+    {
+        let aging = match self.cached().await {
+            Some(Cached::Fresh(token)) => return Ok(token),
+            Some(Cached::Aging(token)) => Some(token),
+            None => None,
+        };
+        or_aging(self.name, request().await, aging)
+    }
+
     /// A usable token from the file; never when the request carries a claims challenge (it
     /// asks for a new token). The CAE capability alone, which every CAE request announces, is
     /// no challenge.
-    pub(crate) async fn cached(&self) -> Option<AccessToken> {
+    async fn cached(&self) -> Option<Cached> {
         let store = self
             .store
             .filter(|_| !carries_a_challenge(self.plan.claims.as_deref()))?;

@@ -22,11 +22,22 @@ use crate::token::{AccessToken, Secret, instant_from_unix, unix_now};
 /// the same as the refresh window).
 const MIN_REMAINING: Duration = Duration::from_secs(300);
 
+/// A cached access token worth returning.
+pub(crate) enum Cached {
+    /// Before its refresh time: returned as it is.
+    Fresh(AccessToken),
+    /// Its refresh time (`refresh_on`) has come: msal's "aging" token. A new token is asked
+    /// for first (a refresh token redeemed), and this one returned when that fails (see
+    /// [`or_aging`]). Its `refresh_on`, past, stays on it: handed back to a refresh slot, it
+    /// counts as a failed renewal, tried again after the spacing.
+    Aging(AccessToken),
+}
+
 /// The cached access token for `query` with the most time left, if more than 300 s remain.
 pub(crate) fn usable_access_token(
     doc: &CacheDocument,
     query: &AccessTokenQuery<'_>,
-) -> Option<AccessToken> {
+) -> Option<Cached> {
     let now = unix_now();
     doc.find_access_tokens(query)
         .into_iter()
@@ -35,14 +46,35 @@ pub(crate) fn usable_access_token(
         .map(|at| {
             let expires_on = instant_from_unix(at.expires_on);
             // Never after the expiry: a file may say so, and two clamped times can too.
-            let refresh_on = at
-                .refresh_on
-                .filter(|r| *r > now)
-                .map(|r| instant_from_unix(r).min(expires_on));
-            AccessToken::new(at.secret, expires_on)
+            let refresh_on = at.refresh_on.map(|r| instant_from_unix(r).min(expires_on));
+            let token = AccessToken::new(at.secret, expires_on)
                 .with_refresh_on(refresh_on)
-                .with_token_type(at.token_type)
+                .with_token_type(at.token_type);
+            // Reached in the same second counts: wall-clock seconds are floored, so a slot
+            // renewing at the instant `refresh_on` names reads a Unix time at or past it.
+            if at.refresh_on.is_some_and(|r| r <= now) {
+                Cached::Aging(token)
+            } else {
+                Cached::Fresh(token)
+            }
         })
+}
+
+/// What a request for an [aging](Cached::Aging) token's key came to: its token, else the
+/// aging token (still valid) in place of its error, as msal does. Without an aging token, the
+/// request's outcome as it is.
+pub(crate) fn or_aging(
+    credential: &'static str,
+    requested: Result<AccessToken, CredentialError>,
+    aging: Option<AccessToken>,
+) -> Result<AccessToken, CredentialError> {
+    match (requested, aging) {
+        (Err(error), Some(cached)) => {
+            tracing::debug!(credential, %error, "renewing a token past its refresh time failed; the cached token, still valid, is returned");
+            Ok(cached)
+        }
+        (outcome, _) => outcome,
+    }
 }
 
 /// The ordinary and the CAE cache documents of a user credential, and the refresh token
@@ -169,6 +201,7 @@ impl Silent<'_> {
         let environments = [self.client.authority().host()];
         let kept = self.stores.unwritten.for_account(account);
         let read = store.read().await;
+        let mut aging = None;
         if let (Ok(doc), false) = (&read, carries_a_challenge(claims.as_deref())) {
             let query = AccessTokenQuery {
                 home_account_id: Some(Some(account)),
@@ -177,8 +210,10 @@ impl Silent<'_> {
                 realm: Some(tenant),
                 scopes,
             };
-            if let Some(token) = usable_access_token(doc, &query) {
-                return Ok(Some(token));
+            match usable_access_token(doc, &query) {
+                Some(Cached::Fresh(token)) => return Ok(Some(token)),
+                Some(Cached::Aging(token)) => aging = Some(token),
+                None => {}
             }
         }
         // Refresh tokens are not CAE-specific: look in both documents, this request's first.
@@ -212,25 +247,31 @@ impl Silent<'_> {
             .into_iter()
             .chain(found.into_iter().map(Candidate::from))
             .collect();
-        match unreadable {
-            Some(error) if candidates.is_empty() => return Err(self.unreadable(&error)),
-            Some(error) => {
-                tracing::debug!(credential = self.credential, %error, "a token cache document is not readable; redeeming the refresh tokens found");
+        let redeemed = match unreadable {
+            Some(error) if candidates.is_empty() => Err(self.unreadable(&error)),
+            unreadable => {
+                if let Some(error) = unreadable {
+                    tracing::debug!(credential = self.credential, %error, "a token cache document is not readable; redeeming the refresh tokens found");
+                }
+                let redeem = Redeem {
+                    credential: self.credential,
+                    client: self.client,
+                    store,
+                    unwritten: Some(&self.stores.unwritten),
+                    client_id: self.client_id,
+                    client_secret: self.client_secret,
+                    tenant,
+                    scopes,
+                    claims,
+                };
+                redeem.first_success(candidates).await
             }
-            None => {}
-        }
-        let redeem = Redeem {
-            credential: self.credential,
-            client: self.client,
-            store,
-            unwritten: Some(&self.stores.unwritten),
-            client_id: self.client_id,
-            client_secret: self.client_secret,
-            tenant,
-            scopes,
-            claims,
         };
-        redeem.first_success(candidates).await
+        // No refresh token to redeem: the aging token, if any, is all there is.
+        match redeemed.transpose() {
+            Some(redeemed) => or_aging(self.credential, redeemed, aging).map(Some),
+            None => Ok(aging),
+        }
     }
 
     fn unreadable(&self, error: &PersistenceError) -> CredentialError {
@@ -484,7 +525,9 @@ mod tests {
             realm: Some("r"),
             scopes: &[],
         };
-        let token = usable_access_token(&doc, &query).expect("valid far into the future");
+        let Some(Cached::Fresh(token)) = usable_access_token(&doc, &query) else {
+            panic!("valid far into the future, and not due");
+        };
         assert!(token.expires_in() <= MAX_TOKEN_LIFETIME, "{token:?}");
         assert!(token.refresh_on().is_some_and(|r| r <= token.expires_on()));
     }

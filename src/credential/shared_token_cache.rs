@@ -21,7 +21,8 @@
 //!
 //! Then: a cached access token of that account (any application wrote it) whose scopes cover
 //! the request, for the requested or else the configured tenant if either is named (the
-//! reference takes any tenant's), and that has more than 300 s left; else the account's family refresh tokens,
+//! reference takes any tenant's), and that has more than 300 s left (past its refresh time,
+//! only if redeeming a refresh token fails, as in msal); else the account's family refresh tokens,
 //! redeemed in turn as Azure CLI's public client at `organizations` (or the requested tenant).
 //! New tokens, the rotated refresh token included, are written back to the file under its
 //! lock. Every "cannot" is *unavailable*, so a chain moves on; a provider's refusal is
@@ -31,7 +32,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::refresh_tokens::{Candidate, Redeem, usable_access_token};
+use super::refresh_tokens::{Cached, Candidate, Redeem, or_aging, usable_access_token};
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
@@ -136,6 +137,7 @@ impl Inner {
             .map_err(|e| unavailable(format!("Shared token cache unavailable: {e}")))?;
         let environments: Vec<&str> = self.environments.iter().map(String::as_str).collect();
         let account = self.select_account(&doc, &environments)?;
+        let mut aging = None;
         if !carries_a_challenge(claims.as_deref()) {
             let query = AccessTokenQuery {
                 home_account_id: Some(Some(&account.home_account_id)),
@@ -144,8 +146,10 @@ impl Inner {
                 realm,
                 scopes,
             };
-            if let Some(token) = usable_access_token(&doc, &query) {
-                return Ok(token);
+            match usable_access_token(&doc, &query) {
+                Some(Cached::Fresh(token)) => return Ok(token),
+                Some(Cached::Aging(token)) => aging = Some(token),
+                None => {}
             }
         }
         let candidates = doc.find_refresh_tokens(&RefreshTokenQuery {
@@ -154,33 +158,37 @@ impl Inner {
             client_id: None,
             family_only: true,
         });
-        if candidates.is_empty() {
-            return Err(unavailable(format!(
+        let redeemed = if candidates.is_empty() {
+            Err(unavailable(format!(
                 "Token acquisition failed for user '{}'. To fix, re-authenticate through \
                  developer tooling supporting Azure single sign on",
                 account.username
-            )));
-        }
-        let redeem = Redeem {
-            credential: NAME,
-            client: &self.client,
-            store,
-            // A rotated refresh token the file cannot take is not kept: the one redeemed
-            // stays valid, and is the developer tools' sign-in.
-            unwritten: None,
-            client_id: AZURE_CLI_CLIENT_ID,
-            client_secret: None,
-            tenant,
-            scopes,
-            claims,
+            )))
+        } else {
+            let redeem = Redeem {
+                credential: NAME,
+                client: &self.client,
+                store,
+                // A rotated refresh token the file cannot take is not kept: the one redeemed
+                // stays valid, and is the developer tools' sign-in.
+                unwritten: None,
+                client_id: AZURE_CLI_CLIENT_ID,
+                client_secret: None,
+                tenant,
+                scopes,
+                claims,
+            };
+            let candidates = candidates.into_iter().map(Candidate::from).collect();
+            redeem.first_success(candidates).await
         };
-        let candidates = candidates.into_iter().map(Candidate::from).collect();
-        match redeem.first_success(candidates).await? {
-            Some(token) => Ok(token),
-            None => Err(unavailable(format!(
-                "Token acquisition failed for user '{}'",
-                account.username
-            ))),
+        match redeemed.transpose() {
+            Some(redeemed) => or_aging(NAME, redeemed, aging),
+            None => aging.ok_or_else(|| {
+                unavailable(format!(
+                    "Token acquisition failed for user '{}'",
+                    account.username
+                ))
+            }),
         }
     }
 

@@ -495,3 +495,98 @@ async fn a_code_whose_attempt_timed_out_is_not_sent_again() {
     assert!(!err.message().contains("54005"), "{err}");
     assert_eq!(authority.token_posts(), 1);
 }
+
+/// Answers of the loopback authority for a user: `client_info` naming `uid.utid`, a refresh
+/// token, and an access token living an hour whose refresh time is the moment it is issued
+/// (`refresh_in: 0`, so no test waits for the wall clock).
+mod loopback {
+    use base64::Engine;
+
+    use crate::support::authority::{Authority, Fault};
+    use crate::support::creds;
+
+    pub const CODE: &str = "loopback-code";
+    pub const A: &str = "https://resource.test/a";
+    pub const B: &str = "https://resource.test/b";
+
+    pub fn client_info(uid: &str, utid: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!(r#"{{"uid":"{uid}","utid":"{utid}"}}"#))
+    }
+
+    /// A token answer: `access_token`, `refresh_token`, alice's `client_info`, an hour's
+    /// lifetime due for renewal at once.
+    pub fn answer(access_token: &str, refresh_token: &str) -> Fault {
+        Fault::Body(
+            serde_json::json!({
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "refresh_in": 0,
+                "access_token": access_token,
+                "refresh_token": refresh_token,
+                "client_info": client_info("alice", "contoso"),
+            })
+            .to_string(),
+        )
+    }
+
+    /// A credential redeeming [`CODE`] at `authority`, keeping its tokens in memory.
+    pub fn credential(authority: &Authority) -> tower_identity::AuthorizationCodeCredential {
+        tower_identity::AuthorizationCodeCredential::builder(
+            creds::TENANT,
+            creds::CLIENT_ID,
+            CODE,
+            "http://localhost/callback",
+        )
+        .authority_host(authority.url())
+        .http_client(creds::http(authority))
+        .build()
+        .unwrap()
+    }
+}
+
+/// msal's "aging" token: past its refresh time (`refresh_in`) the refresh token is redeemed,
+/// and when that fails the cached token, still valid, is returned. Before, a token read back
+/// from the cache past its refresh time lost it: the slot's renewal took the same token as an
+/// answer not due yet, and the refresh token was never redeemed until the last 300 s.
+#[tokio::test(start_paused = true)]
+async fn past_its_refresh_time_a_token_is_renewed_with_the_refresh_token_or_kept_when_that_fails() {
+    use crate::support::authority::{Authority, Fault, error_body};
+    use crate::support::clock::settle;
+    use loopback::{A, B, answer};
+
+    let authority = Authority::start().await;
+    let credential = loopback::credential(&authority);
+    authority.push_fault(answer("at-code", "rt-1"));
+    let first = credential.get_token([A, B]).await.unwrap();
+    assert_eq!(first.secret().expose_secret(), "at-code");
+
+    // Due: the next call starts the renewal and is handed the current token meanwhile.
+    authority.push_fault(answer("at-renewed", "rt-2"));
+    let during = credential.get_token([A, B]).await.unwrap();
+    assert_eq!(during.secret().expose_secret(), "at-code");
+    settle().await;
+    let renewed = credential.get_token([A, B]).await.unwrap();
+    assert_eq!(renewed.secret().expose_secret(), "at-renewed");
+    let requests = authority.requests();
+    let [code, refresh] = requests.as_slice() else {
+        panic!("{requests:#?}");
+    };
+    assert_eq!(code.field("grant_type"), Some("authorization_code"));
+    assert_eq!(refresh.field("grant_type"), Some("refresh_token"));
+    assert_eq!(refresh.field("refresh_token"), Some("rt-1"));
+
+    // Another key the cached token covers, past its refresh time too: the refresh token is
+    // tried first; refused, the cached token is returned.
+    authority.push_fault(Fault::Respond {
+        status: 400,
+        body: error_body("invalid_scope", 70011, "The scope is not valid."),
+        headers: vec![],
+    });
+    let fallback = credential.get_token([A]).await.unwrap();
+    assert_eq!(fallback.secret().expose_secret(), "at-renewed");
+    let requests = authority.requests();
+    assert_eq!(requests.len(), 3, "{requests:#?}");
+    assert_eq!(requests[2].field("refresh_token"), Some("rt-2"));
+    assert_eq!(requests[2].field("scope"), Some(A));
+}

@@ -281,3 +281,40 @@ async fn concurrent_writes_with_msal_extensions_lose_nothing() {
         theirs.len()
     );
 }
+
+/// An app-only token in the file past its refresh time (msal's "aging" token) is renewed by
+/// the next process, which falls back to it while the token endpoint fails. Before, it was
+/// served as fresh until its last 300 s.
+#[tokio::test(start_paused = true)]
+async fn a_token_in_the_file_past_its_refresh_time_is_renewed_or_kept_when_that_fails() {
+    use crate::support::authority::{Fault, TokenShape};
+    let authority = Authority::start().await;
+    authority.set_response(TokenShape {
+        refresh_in: Some(0),
+        ..TokenShape::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let process = || {
+        ClientSecretCredential::builder(creds::TENANT, creds::CLIENT_ID, creds::CLIENT_SECRET)
+            .authority_host(authority.url())
+            .http_client(creds::http(&authority))
+            .cache_options(
+                TokenCachePersistenceOptions::new()
+                    .directory(dir.path())
+                    .allow_unencrypted_storage(true),
+            )
+            .build()
+            .unwrap()
+    };
+    let first = process().get_token([creds::SCOPE]).await.unwrap();
+    let renewed = process().get_token([creds::SCOPE]).await.unwrap();
+    assert_ne!(renewed.secret(), first.secret());
+    assert_eq!(authority.token_posts(), 2);
+    authority.push_fault(Fault::ServerError(500));
+    authority.push_fault(Fault::Close);
+    authority.push_fault(Fault::ServerError(503));
+    authority.push_fault(Fault::ServerError(500));
+    let kept = process().get_token([creds::SCOPE]).await.unwrap();
+    assert_eq!(kept.secret(), renewed.secret());
+    assert_eq!(authority.token_posts(), 6, "asked, with its retries");
+}
