@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::settings::Settings;
 use super::shared_token_cache;
 use crate::entra::msal_cache::{
-    AccessTokenQuery, CacheDocument, NewTokens, RefreshToken, RefreshTokenQuery,
+    AccessTokenQuery, CacheDocument, NewTokens, RefreshToken, RefreshTokenQuery, newest_first,
 };
 use crate::entra::persistence::PersistenceError;
 use crate::entra::store::TokenStore;
@@ -135,17 +135,19 @@ impl Unwritten {
     }
 }
 
-/// A refresh token to redeem: one of the store's, by its key, or the one kept in memory.
-pub(crate) struct Candidate {
+/// A refresh token to redeem: one of a store's, by its key, or the one kept in memory.
+pub(crate) struct Candidate<'a> {
     secret: Secret,
-    key: Option<String>,
+    /// The entry's key and the store that holds it; `None` for the one kept in memory.
+    entry: Option<(String, &'a TokenStore)>,
 }
 
-impl From<RefreshToken> for Candidate {
-    fn from(token: RefreshToken) -> Self {
+impl<'a> Candidate<'a> {
+    /// `token`, read from `store`.
+    pub(crate) fn stored(token: RefreshToken, store: &'a TokenStore) -> Self {
         Self {
             secret: token.secret,
-            key: Some(token.key),
+            entry: Some((token.key, store)),
         }
     }
 }
@@ -216,36 +218,56 @@ impl Silent<'_> {
                 None => {}
             }
         }
-        // Refresh tokens are not CAE-specific: look in both documents, this request's first.
-        // The one kept in memory (the cache could not take it) is tried before them; a
-        // document that cannot be read is an error only when no refresh token is found.
+        // Refresh tokens are not CAE-specific: those of both documents are tried, newest first
+        // (this request's first among equals), the next after a refusal — a dead one in one
+        // document must not hide a fresh one in the other (a sign-in since, for the other
+        // kind of request). The one kept in memory (the cache could not take it) is tried
+        // before them; a document that cannot be read is an error only when no refresh token
+        // is found.
         let query = RefreshTokenQuery {
             home_account_id: account,
             environments: &environments,
             client_id: Some(self.client_id),
             family_only: false,
         };
-        let (mut found, mut unreadable) = match read {
-            Ok(doc) => (doc.find_refresh_tokens(&query), None),
-            Err(error) => (Vec::new(), Some(error)),
-        };
-        if found.is_empty() {
-            match other.read().await {
-                Ok(other) => found = other.find_refresh_tokens(&query),
+        let mut found = Vec::new();
+        let mut unreadable = None;
+        for (from, read) in [(store, read), (other, other.read().await)] {
+            match read {
+                Ok(doc) => found.extend(
+                    doc.find_refresh_tokens(&query)
+                        .into_iter()
+                        .map(|token| (token, from)),
+                ),
                 Err(error) => {
                     unreadable.get_or_insert(error);
                 }
             }
         }
-        // The kept token may be in a document too (a write that failed after its rename):
-        // sent once.
-        if let Some(kept) = &kept {
-            found.retain(|token| token.secret.expose_secret() != kept.expose_secret());
-        }
+        // The kept token may be in a document too (a write that failed after its rename), and
+        // a token in both documents (one answer recorded in each): each sent once.
+        let mut seen: Vec<Secret> = kept.iter().cloned().collect();
+        found.retain(|(token, _)| {
+            let new = !seen
+                .iter()
+                .any(|s| s.expose_secret() == token.secret.expose_secret());
+            if new {
+                seen.push(token.secret.clone());
+            }
+            new
+        });
+        newest_first(&mut found, |(token, _)| token);
         let candidates: Vec<Candidate> = kept
-            .map(|secret| Candidate { secret, key: None })
+            .map(|secret| Candidate {
+                secret,
+                entry: None,
+            })
             .into_iter()
-            .chain(found.into_iter().map(Candidate::from))
+            .chain(
+                found
+                    .into_iter()
+                    .map(|(token, from)| Candidate::stored(token, from)),
+            )
             .collect();
         let redeemed = match unreadable {
             Some(error) if candidates.is_empty() => Err(self.unreadable(&error)),
@@ -307,7 +329,7 @@ impl Redeem<'_> {
     /// the last error when none worked, an `invalid_grant` one saying what to do.
     pub(crate) async fn first_success(
         &self,
-        candidates: Vec<Candidate>,
+        candidates: Vec<Candidate<'_>>,
     ) -> Result<Option<AccessToken>, CredentialError> {
         let mut last_error = None;
         for candidate in candidates {
@@ -324,7 +346,10 @@ impl Redeem<'_> {
                 .await
             {
                 Ok(response) => {
-                    self.record(&response, candidate.key).await;
+                    // Recorded in this request's document; a key read from the other one
+                    // names the same account's entry there, if it has one.
+                    self.record(&response, candidate.entry.map(|(key, _)| key))
+                        .await;
                     return Ok(Some(response.token));
                 }
                 Err(error) if error.error_code() == Some("invalid_grant") => {
@@ -336,26 +361,25 @@ impl Redeem<'_> {
                     // store, or the one kept in memory, is ours alone: dropping it when it is
                     // dead spares a doomed request on every later call.
                     let dead = !self.refused_for_this_request_only(&error);
-                    match candidate.key {
+                    match candidate.entry {
                         None if dead => {
                             if let Some(unwritten) = self.unwritten {
                                 unwritten.forget(&candidate.secret);
                             }
                         }
                         None => {}
-                        Some(_) if self.store.is_shared() => {
+                        Some((_, store)) if store.is_shared() => {
                             tracing::debug!(
                                 credential = self.credential,
                                 "refresh token rejected (invalid_grant); left in the shared token cache"
                             );
                         }
-                        Some(key) if dead => {
+                        Some((key, store)) if dead => {
                             tracing::debug!(
                                 credential = self.credential,
                                 "refresh token rejected (invalid_grant); dropped from memory"
                             );
-                            if let Err(e) = self
-                                .store
+                            if let Err(e) = store
                                 .modify(move |doc| doc.remove_refresh_token(&key))
                                 .await
                             {

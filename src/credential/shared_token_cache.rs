@@ -178,7 +178,10 @@ impl Inner {
                 scopes,
                 claims,
             };
-            let candidates = candidates.into_iter().map(Candidate::from).collect();
+            let candidates = candidates
+                .into_iter()
+                .map(|token| Candidate::stored(token, store))
+                .collect();
             redeem.first_success(candidates).await
         };
         match redeemed.transpose() {

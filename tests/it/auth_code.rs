@@ -532,16 +532,61 @@ mod loopback {
 
     /// A credential redeeming [`CODE`] at `authority`, keeping its tokens in memory.
     pub fn credential(authority: &Authority) -> tower_identity::AuthorizationCodeCredential {
+        builder(authority, CODE)
+            .http_client(creds::http(authority))
+            .build()
+            .unwrap()
+    }
+
+    /// A builder redeeming `code` at `authority`.
+    pub fn builder(
+        authority: &Authority,
+        code: &str,
+    ) -> tower_identity::credential::AuthorizationCodeCredentialBuilder {
         tower_identity::AuthorizationCodeCredential::builder(
             creds::TENANT,
             creds::CLIENT_ID,
-            CODE,
+            code,
             "http://localhost/callback",
         )
         .authority_host(authority.url())
-        .http_client(creds::http(authority))
-        .build()
-        .unwrap()
+    }
+
+    /// `inner`, except that a token request redeeming `refused` is answered `invalid_grant`
+    /// (AADSTS70043: expired or revoked), as Entra answers a dead refresh token.
+    pub fn refusing(
+        inner: tower_identity::HttpClient,
+        refused: &'static str,
+    ) -> tower_identity::HttpClient {
+        use http_body_util::BodyExt;
+        tower_identity::HttpClient::from_service(tower::service_fn(
+            move |request: tower_identity::transport::HttpRequest| {
+                let inner = inner.clone();
+                async move {
+                    let (parts, body) = request.into_parts();
+                    let body = body.collect().await.unwrap().to_bytes();
+                    let form: Vec<(String, String)> =
+                        url::form_urlencoded::parse(&body).into_owned().collect();
+                    if form
+                        .iter()
+                        .any(|(k, v)| k == "refresh_token" && v == refused)
+                    {
+                        let answer = crate::support::authority::error_body(
+                            "invalid_grant",
+                            70043,
+                            "The refresh token has expired or is invalid.",
+                        );
+                        return Ok(http::Response::builder()
+                            .status(400)
+                            .header("content-type", "application/json")
+                            .body(bytes::Bytes::from(answer))
+                            .unwrap());
+                    }
+                    let request = http::Request::from_parts(parts, http_body_util::Full::new(body));
+                    tower::ServiceExt::oneshot(inner, request).await
+                }
+            },
+        ))
     }
 }
 
@@ -589,4 +634,50 @@ async fn past_its_refresh_time_a_token_is_renewed_with_the_refresh_token_or_kept
     assert_eq!(requests.len(), 3, "{requests:#?}");
     assert_eq!(requests[2].field("refresh_token"), Some("rt-2"));
     assert_eq!(requests[2].field("scope"), Some(A));
+}
+
+/// Refresh tokens are not CAE-specific: a dead one in the CAE document (an earlier sign-in,
+/// since revoked) no longer hides the fresh one in the ordinary document (the user signed in
+/// again, for an ordinary request). Before, the other document was read only when this
+/// request's had no refresh token, and the CAE request failed saying to sign in again.
+#[tokio::test(start_paused = true)]
+async fn a_dead_refresh_token_in_one_document_does_not_hide_a_fresh_one_in_the_other() {
+    use crate::support::authority::Authority;
+    use loopback::{A, B, answer};
+
+    let authority = Authority::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let http = loopback::refusing(crate::support::creds::http(&authority), "rt-old");
+    let process = |code: &str| {
+        loopback::builder(&authority, code)
+            .http_client(http.clone())
+            .cache_options(
+                TokenCachePersistenceOptions::new()
+                    .directory(dir.path())
+                    .allow_unencrypted_storage(true),
+            )
+            .build()
+            .unwrap()
+    };
+    authority.push_fault(answer("at-1", "rt-old"));
+    process("code-1")
+        .get_token_with(TokenRequest::new([A]).with_cae(true))
+        .await
+        .unwrap();
+    let again = process("code-2");
+    authority.push_fault(answer("at-2", "rt-new"));
+    again.get_token([A]).await.unwrap();
+
+    authority.push_fault(answer("at-3", "rt-newer"));
+    let cae = again
+        .get_token_with(TokenRequest::new([B]).with_cae(true))
+        .await
+        .unwrap();
+    assert_eq!(cae.secret().expose_secret(), "at-3");
+    let requests = authority.requests();
+    assert_eq!(
+        requests.last().unwrap().field("refresh_token"),
+        Some("rt-new"),
+        "{requests:#?}"
+    );
 }

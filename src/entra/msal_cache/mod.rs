@@ -73,7 +73,7 @@ use std::fmt;
 pub use error::DocumentError;
 pub use queries::{AccessTokenQuery, RefreshTokenQuery};
 pub use update::{NewTokens, answer_account};
-pub use views::{Account, RefreshToken};
+pub use views::{Account, RefreshToken, newest_first};
 // What only the fuzz targets and the benchmark name.
 #[cfg(feature = "fuzzing")]
 pub use {

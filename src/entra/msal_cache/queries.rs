@@ -5,7 +5,8 @@ use std::collections::{HashMap, HashSet};
 
 use super::raw::Entry;
 use super::views::{
-    Account, CachedAccessToken, RefreshToken, access_token_view, read_entry, refresh_token_view,
+    Account, CachedAccessToken, RefreshToken, access_token_view, newest_first, read_entry,
+    refresh_token_view,
 };
 use super::{ACCESS_TOKEN, CacheDocument, REFRESH_TOKEN};
 
@@ -112,32 +113,26 @@ impl CacheDocument {
     }
 
     /// Refresh tokens of an account at the given hosts, optionally of one client and
-    /// optionally family tokens only. Newest first by `last_modification_time`, as msal tries
-    /// them (a token that failed stays in a shared file, and an old one first in the file
-    /// would cost a failed request on every renewal); document order among equals.
+    /// optionally family tokens only. [Newest first](newest_first); document order among
+    /// equals.
     pub fn find_refresh_tokens(&self, q: &RefreshTokenQuery<'_>) -> Vec<RefreshToken> {
         // Entries of other accounts are passed over before their view (and secret) is built.
-        let mut found: Vec<(u64, RefreshToken)> = self
+        let mut found: Vec<RefreshToken> = self
             .entries(REFRESH_TOKEN)
             .iter()
             .filter(|(_, e)| {
                 e.lenient_str("home_account_id").unwrap_or_default() == q.home_account_id
             })
-            .filter_map(|(name, e)| {
-                let modified = e.lenient_time("last_modification_time").unwrap_or(0);
-                read_entry(REFRESH_TOKEN, name.text(), e, refresh_token_view)
-                    .map(|rt| (modified, rt))
-            })
-            .filter(|(_, rt)| {
+            .filter_map(|(name, e)| read_entry(REFRESH_TOKEN, name.text(), e, refresh_token_view))
+            .filter(|rt| {
                 rt.home_account_id == q.home_account_id
                     && env_matches(q.environments, &rt.environment)
                     && q.client_id.is_none_or(|c| rt.client_id == c)
                     && (!q.family_only || rt.family_id.as_deref().is_some_and(|f| !f.is_empty()))
             })
             .collect();
-        // Stable: document order among equals.
-        found.sort_by(|(a, _), (b, _)| b.cmp(a));
-        found.into_iter().map(|(_, rt)| rt).collect()
+        newest_first(&mut found, |rt| rt);
+        found
     }
 
     /// The accounts that have a family (FOCI) refresh token: `Account` entries at one of

@@ -35,6 +35,16 @@ pub struct RefreshToken {
     pub secret: Secret,
     /// The family (FOCI) id, e.g. `"1"`, when the token is a family refresh token.
     pub family_id: Option<String>,
+    /// `last_modification_time` (Unix seconds), 0 when missing or unreadable.
+    pub last_modified: u64,
+}
+
+/// Orders refresh tokens newest first by `last_modification_time`, as msal tries them (a
+/// token that failed stays in a shared file, and an old one first would cost a failed request
+/// on every renewal); stable, so equals keep their order.
+/// `token` finds each item's refresh token.
+pub fn newest_first<T>(items: &mut [T], token: impl Fn(&T) -> &RefreshToken) {
+    items.sort_by_key(|item| std::cmp::Reverse(token(item).last_modified));
 }
 
 /// An `AccessToken` entry.
@@ -90,6 +100,7 @@ pub(super) fn refresh_token_view(key: &str, e: &Entry) -> Result<RefreshToken, F
         environment,
         client_id,
         family_id: e.lenient_str("family_id"),
+        last_modified: e.lenient_time("last_modification_time").unwrap_or(0),
     })
 }
 
