@@ -322,8 +322,8 @@ pub(crate) struct Redeem<'a> {
 
 impl Redeem<'_> {
     /// Redeems `candidates` in turn: the first success wins and is recorded (its refresh
-    /// token rotated in place); after one the provider rejects with `invalid_grant` the next
-    /// is tried. A rejected token that is dead (not [refused for this request
+    /// token rotated in place); after one the provider [refuses](is_refusal) the next is
+    /// tried, and any other failure is returned at once. A rejected token that is dead (not [refused for this request
     /// only](Self::refused_for_this_request_only)) is dropped from a private in-memory store
     /// and from [`Unwritten`]; a shared cache file keeps it. `Ok(None)` when there is no candidate;
     /// the last error when none worked, an `invalid_grant` one saying what to do.
@@ -340,7 +340,7 @@ impl Redeem<'_> {
                 self.claims.clone(),
                 self.client_secret,
             );
-            match self
+            let error = match self
                 .client
                 .request(self.credential, self.tenant, form)
                 .await
@@ -352,46 +352,53 @@ impl Redeem<'_> {
                         .await;
                     return Ok(Some(response.token));
                 }
-                Err(error) if error.error_code() == Some("invalid_grant") => {
-                    // `invalid_grant` does not always mean the token is dead: a claims or MFA
-                    // requirement refuses it for this request only (see
-                    // [`refused_for_this_request_only`]), and the token in a shared file is
-                    // also Azure CLI's and Visual Studio's sign-in. Like msal (unlike
-                    // azure-identity), it stays in the file. A token of a private in-memory
-                    // store, or the one kept in memory, is ours alone: dropping it when it is
-                    // dead spares a doomed request on every later call.
-                    let dead = !self.refused_for_this_request_only(&error);
-                    match candidate.entry {
-                        None if dead => {
-                            if let Some(unwritten) = self.unwritten {
-                                unwritten.forget(&candidate.secret);
-                            }
-                        }
-                        None => {}
-                        Some((_, store)) if store.is_shared() => {
-                            tracing::debug!(
-                                credential = self.credential,
-                                "refresh token rejected (invalid_grant); left in the shared token cache"
-                            );
-                        }
-                        Some((key, store)) if dead => {
-                            tracing::debug!(
-                                credential = self.credential,
-                                "refresh token rejected (invalid_grant); dropped from memory"
-                            );
-                            if let Err(e) = store
-                                .modify(move |doc| doc.remove_refresh_token(&key))
-                                .await
-                            {
-                                tracing::warn!(credential = self.credential, error = %e, "could not remove a rejected refresh token from the token cache");
-                            }
-                        }
-                        Some(_) => {}
-                    }
-                    last_error = Some(with_sign_in_advice(self.credential, error));
-                }
-                Err(error) => last_error = Some(error),
+                Err(error) => error,
+            };
+            // An outage, throttling or no answer would meet the next token too: returned at
+            // once (as msal does), not waited out once per refresh token.
+            if !is_refusal(&error) {
+                return Err(error);
             }
+            if error.error_code() != Some("invalid_grant") {
+                last_error = Some(error);
+                continue;
+            }
+            // `invalid_grant` does not always mean the token is dead: a claims or MFA
+            // requirement refuses it for this request only (see
+            // [`refused_for_this_request_only`]), and the token in a shared file is
+            // also Azure CLI's and Visual Studio's sign-in. Like msal (unlike
+            // azure-identity), it stays in the file. A token of a private in-memory
+            // store, or the one kept in memory, is ours alone: dropping it when it is
+            // dead spares a doomed request on every later call.
+            let dead = !self.refused_for_this_request_only(&error);
+            match candidate.entry {
+                None if dead => {
+                    if let Some(unwritten) = self.unwritten {
+                        unwritten.forget(&candidate.secret);
+                    }
+                }
+                None => {}
+                Some((_, store)) if store.is_shared() => {
+                    tracing::debug!(
+                        credential = self.credential,
+                        "refresh token rejected (invalid_grant); left in the shared token cache"
+                    );
+                }
+                Some((key, store)) if dead => {
+                    tracing::debug!(
+                        credential = self.credential,
+                        "refresh token rejected (invalid_grant); dropped from memory"
+                    );
+                    if let Err(e) = store
+                        .modify(move |doc| doc.remove_refresh_token(&key))
+                        .await
+                    {
+                        tracing::warn!(credential = self.credential, error = %e, "could not remove a rejected refresh token from the token cache");
+                    }
+                }
+                Some(_) => {}
+            }
+            last_error = Some(with_sign_in_advice(self.credential, error));
         }
         last_error.map_or(Ok(None), Err)
     }
@@ -489,6 +496,18 @@ impl Redeem<'_> {
         }
         written
     }
+}
+
+/// Whether `error` is the provider's refusal of one refresh token (an OAuth error answer:
+/// `invalid_grant` and the like), after which another refresh token may still work. Not a
+/// failure worth trying again later (a transport failure, throttling, an answer the retries
+/// retry) nor a server error: msal stops at those too.
+fn is_refusal(error: &CredentialError) -> bool {
+    error.error_code().is_some()
+        && !error.is_transient()
+        && !error
+            .status()
+            .is_some_and(|status| status.is_server_error())
 }
 
 /// The account a token answer names, as the cache files it. Read from the answer, not from

@@ -23,7 +23,8 @@
 //! the request, for the requested or else the configured tenant if either is named (the
 //! reference takes any tenant's), and that has more than 300 s left (past its refresh time,
 //! only if redeeming a refresh token fails, as in msal); else the account's family refresh tokens,
-//! redeemed in turn as Azure CLI's public client at `organizations` (or the requested tenant).
+//! redeemed in turn (the next after a refusal; an outage or a transport failure is returned at
+//! once) as Azure CLI's public client at `organizations` (or the requested tenant).
 //! New tokens, the rotated refresh token included, are written back to the file under its
 //! lock. Every "cannot" is *unavailable*, so a chain moves on; a provider's refusal is
 //! *authentication failed* (inside [`DefaultAzureCredential`](crate::DefaultAzureCredential)

@@ -709,3 +709,41 @@ async fn default_azure_credential_picks_the_cached_account_azure_username_names(
         .trim();
     assert_eq!(jwt_claims(token)["tid"], FABRIKAM_TID, "bob's token");
 }
+
+/// An outage is not waited out once per refresh token: with three family refresh tokens for
+/// the account and an authority answering 503, one token's attempts are made (the first and
+/// its retries) and the error returned, as msal does. Before, each token was tried in turn
+/// with its retries: 12 requests, and about three times the wait.
+#[tokio::test(start_paused = true)]
+async fn an_outage_is_not_retried_once_per_refresh_token() {
+    let authority = Authority::start().await;
+    let home = Home::new();
+    let mut doc: serde_json::Value = serde_json::from_slice(TWO_ACCOUNTS).unwrap();
+    let alice = "a8ff77e5-b945-5754-a190-f18b6df68148.72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let tokens = doc["RefreshToken"].as_object_mut().unwrap();
+    let (key, entry) = tokens
+        .iter()
+        .find(|(_, rt)| rt["home_account_id"] == alice)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    for n in 2..=3 {
+        let mut more = entry.clone();
+        more["secret"] = format!("alice-family-{n}").into();
+        tokens.insert(format!("{key}-{n}"), more);
+    }
+    std::fs::write(home.cache(), serde_json::to_vec(&doc).unwrap()).unwrap();
+    for _ in 0..12 {
+        authority.push_fault(Fault::ServerError(503));
+    }
+    let credential = SharedTokenCacheCredential::builder()
+        .authority_host(authority.url())
+        .http_client(creds::http(&authority))
+        .cache_options(cache_in(home.dir.path()))
+        .username("alice@contoso.com")
+        .build()
+        .unwrap();
+    let err = credential.get_token([OTHER]).await.unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(503), "{err}");
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(authority.token_posts(), 4, "one token: 1 + 3 retries");
+}
