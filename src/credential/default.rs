@@ -590,13 +590,14 @@ impl DefaultAzureCredentialBuilder {
 }
 
 /// The shared token cache as azure-identity's chain configures it: the account named by
-/// `AZURE_USERNAME`, in the home tenant `AZURE_TENANT_ID`, at `AZURE_AUTHORITY_HOST` — all
-/// read from `vars`.
+/// `AZURE_USERNAME`, in the home tenant `AZURE_TENANT_ID`, at `AZURE_AUTHORITY_HOST`, per-request
+/// tenants ignored with `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` — all read from `vars`.
 fn shared_token_cache(
     vars: &Vars,
     http: Option<HttpClient>,
 ) -> Result<SharedTokenCacheCredential, ConfigError> {
-    let mut b = SharedTokenCacheCredential::builder();
+    let mut b =
+        SharedTokenCacheCredential::builder().disable_multitenant_auth(vars.multitenant_disabled());
     if let Some(username) = vars.get(AZURE_USERNAME) {
         b = b.username(username);
     }
@@ -755,6 +756,7 @@ mod tests {
             "\"bob@fabrikam.test\"",
             "\"fabrikam.test\"",
             "https://login.vars.test",
+            "multitenant_disabled: true",
         ] {
             assert!(shared.contains(expected), "{expected}: {shared}");
         }
@@ -767,6 +769,7 @@ mod tests {
         let none = Vars::from_pairs([("AZURE_USERNAME", "")]);
         let shared = format!("{:?}", shared_token_cache(&none, None).unwrap());
         assert!(shared.contains("username: None"), "{shared}");
+        assert!(shared.contains("multitenant_disabled: false"), "{shared}");
         assert!(format!("{:?}", azure_cli(&none)).contains("multitenant_disabled: false"));
     }
 

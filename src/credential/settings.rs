@@ -259,7 +259,7 @@ mod tests {
             "disable_multitenant_auth",
             "Ignore per-request tenants and always use the configured one. Default: whether \
              `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set.",
-            8,
+            9,
         ),
         (
             "distributed_cache",

@@ -24,8 +24,9 @@
 //! reference takes any tenant's), and that has more than 300 s left (past its refresh time,
 //! only if redeeming a refresh token fails, as in msal); else the account's family refresh tokens,
 //! redeemed in turn (the next after a refusal; an outage or a transport failure is returned at
-//! once) as Azure CLI's public client at `organizations` (or the requested tenant).
-//! New tokens, the rotated refresh token included, are written back to the file under its
+//! once) as Azure CLI's public client at the requested tenant (unless
+//! [`disable_multitenant_auth`](SharedTokenCacheCredentialBuilder::disable_multitenant_auth)),
+//! else the configured one, else `organizations`. New tokens, the rotated refresh token included, are written back to the file under its
 //! lock. Every "cannot" is *unavailable*, so a chain moves on; a provider's refusal is
 //! *authentication failed* (inside [`DefaultAzureCredential`](crate::DefaultAzureCredential)
 //! every failure is *unavailable*, as in azure-identity, so Azure CLI gets its turn).
@@ -37,7 +38,9 @@ use super::refresh_tokens::{Cached, Candidate, Redeem, or_aging, usable_access_t
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
-use crate::entra::authority::{AZURE_AUTHORITY_HOST, host_aliases, validate_tenant_id};
+use crate::entra::authority::{
+    AZURE_AUTHORITY_HOST, TenantPolicy, host_aliases, validate_tenant_id,
+};
 use crate::entra::msal_cache::{AccessTokenQuery, Account, CacheDocument, RefreshTokenQuery};
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::{TokenClient, carries_a_challenge};
@@ -61,6 +64,9 @@ pub struct SharedTokenCacheCredential {
 struct Inner {
     username: Option<String>,
     tenant_id: Option<String>,
+    /// Where tokens are redeemed: the configured tenant, else `organizations`; a requested
+    /// tenant instead, unless multitenant authentication is disabled.
+    tenants: TenantPolicy,
     client: TokenClient,
     environments: Vec<String>,
     plain: TokenStore,
@@ -89,15 +95,11 @@ impl Inner {
         self: &Arc<Self>,
         request: TokenRequest,
     ) -> Result<AccessToken, CredentialError> {
-        // A requested tenant goes into the URL (validated); else the configured one, else
-        // `organizations`, where family refresh tokens are redeemed.
-        let plan = Plan::new(NAME, &request, |requested| match requested {
-            Some(tenant) => validate_tenant_id(tenant).map(|()| tenant.to_owned()),
-            None => Ok(self
-                .tenant_id
-                .as_deref()
-                .unwrap_or(ORGANIZATIONS)
-                .to_owned()),
+        // A requested tenant goes into the URL (validated) unless multitenant authentication
+        // is disabled; else the configured one, else `organizations`, where family refresh
+        // tokens are redeemed.
+        let plan = Plan::new(NAME, &request, |requested| {
+            self.tenants.resolve_required(requested).map(str::to_owned)
         })?;
         let this = Arc::clone(self);
         plan.run(&self.memory, move |plan| async move {
@@ -106,6 +108,7 @@ impl Inner {
             let realm = plan
                 .requested_tenant
                 .as_deref()
+                .filter(|requested| *requested == plan.tenant)
                 .or(this.tenant_id.as_deref());
             this.acquire(&plan.tenant, realm, &plan.scopes, plan.cae, plan.claims)
                 .await
@@ -280,6 +283,10 @@ impl fmt::Debug for SharedTokenCacheCredential {
         f.debug_struct(NAME)
             .field("username", &self.inner.username)
             .field("tenant_id", &self.inner.tenant_id)
+            .field(
+                "multitenant_disabled",
+                &self.inner.tenants.multitenant_disabled(),
+            )
             .field("authority", &self.inner.client.authority().as_str())
             .field("cache", &self.inner.plain)
             .finish()
@@ -322,6 +329,14 @@ impl SharedTokenCacheCredentialBuilder {
         self
     }
 
+    /// Ignore per-request tenants and always use the configured one. Default: whether
+    /// `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set. Without a configured tenant, tokens
+    /// are redeemed at `organizations`.
+    pub fn disable_multitenant_auth(mut self, disable: bool) -> Self {
+        self.settings.set_multitenant_disabled(disable);
+        self
+    }
+
     /// Keep tokens in the shared MSAL token-cache file (see
     /// [`TokenCachePersistenceOptions`](crate::TokenCachePersistenceOptions)): other
     /// processes of the same app, and MSAL-based tools, find them there. This credential
@@ -340,12 +355,18 @@ impl SharedTokenCacheCredentialBuilder {
 
     /// [`build`](Self::build) with `env_authority` as the value of `AZURE_AUTHORITY_HOST`.
     pub(crate) fn build_with_env_authority(
-        self,
+        mut self,
         env_authority: Option<String>,
     ) -> Result<SharedTokenCacheCredential, ConfigError> {
         if let Some(t) = &self.tenant_id {
             validate_tenant_id(t).map_err(|m| ConfigError::new(format!("{NAME}: {m}")))?;
         }
+        // Any requested tenant, as the reference's client at `organizations` takes any.
+        self.settings.set_additionally_allowed_tenants(["*"]);
+        let tenants = self.settings.tenants(
+            NAME,
+            Some(self.tenant_id.as_deref().unwrap_or(ORGANIZATIONS)),
+        )?;
         let client = self.settings.token_client(NAME, env_authority)?;
         let (plain, cae) = self.settings.files_or(NAME, || {
             crate::TokenCachePersistenceOptions::new().allow_unencrypted_storage(true)
@@ -354,6 +375,7 @@ impl SharedTokenCacheCredentialBuilder {
             inner: Arc::new(Inner {
                 username: self.username,
                 tenant_id: self.tenant_id,
+                tenants,
                 environments: host_aliases(client.authority().host()),
                 client,
                 plain,

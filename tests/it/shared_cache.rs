@@ -747,3 +747,29 @@ async fn an_outage_is_not_retried_once_per_refresh_token() {
     assert!(err.is_transient(), "{err}");
     assert_eq!(authority.token_posts(), 4, "one token: 1 + 3 retries");
 }
+
+/// With multitenant authentication disabled (`AZURE_IDENTITY_DISABLE_MULTITENANTAUTH`, or the
+/// builder), a request naming another tenant stays on `organizations`, as azure-identity
+/// resolves it; otherwise it goes to the tenant named. Before, the setting was ignored.
+#[tokio::test]
+async fn disabling_multitenant_auth_keeps_requests_on_the_configured_tenant() {
+    for (disabled, expected) in [(true, "organizations"), (false, "fabrikam")] {
+        let authority = Authority::start().await;
+        let home = Home::new();
+        std::fs::write(home.cache(), TWO_ACCOUNTS).unwrap();
+        let credential = SharedTokenCacheCredential::builder()
+            .authority_host(authority.url())
+            .http_client(creds::http(&authority))
+            .cache_options(cache_in(home.dir.path()))
+            .username("alice@contoso.com")
+            .disable_multitenant_auth(disabled)
+            .build()
+            .unwrap();
+        credential
+            .get_token_with(TokenRequest::new([OTHER]).with_tenant_id("fabrikam"))
+            .await
+            .unwrap();
+        let tenants: Vec<String> = authority.requests().into_iter().map(|r| r.tenant).collect();
+        assert_eq!(tenants, [expected], "disabled: {disabled}");
+    }
+}
