@@ -37,7 +37,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::refresh_tokens::{Redeem, Silent, Stores, answer_account};
+use super::refresh_tokens::{Redeem, Silent, Stores, answer_account, with_sign_in_advice};
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
@@ -205,7 +205,15 @@ impl Inner {
                 claims,
                 this.client_secret.as_ref(),
             );
-            let response = this.client.request(NAME, &tenant, form).await?;
+            // A code refused (expired, already redeemed) needs a new sign-in.
+            let response = this
+                .client
+                .request(NAME, &tenant, form)
+                .await
+                .map_err(|error| match error.error_code() {
+                    Some("invalid_grant") => with_sign_in_advice(NAME, error),
+                    _ => error,
+                })?;
             let (store, _) = this.stores.for_request(cae);
             let redeem = Redeem {
                 credential: NAME,

@@ -61,7 +61,7 @@ use crate::error::{ConfigError, CredentialError};
 use crate::flight::{Flight, SingleFlight, WhenAbandoned};
 use crate::token::{AccessToken, Secret, TokenRequest, instant_after};
 
-const NAME: &str = "DeviceCodeCredential";
+pub(crate) const NAME: &str = "DeviceCodeCredential";
 /// azure-identity's defaults: the Azure CLI's public client, any work or school account.
 const DEFAULT_TENANT: &str = "organizations";
 /// RFC 8628 §3.2: the interval when the answer names none.

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::settings::Settings;
-use super::shared_token_cache;
+use super::{device_code, shared_token_cache};
 use crate::entra::msal_cache::{
     AccessTokenQuery, CacheDocument, NewTokens, RefreshToken, RefreshTokenQuery, newest_first,
 };
@@ -519,17 +519,23 @@ pub(crate) fn answer_account(response: &TokenResponse) -> Option<String> {
     )
 }
 
-/// A refresh token's `invalid_grant` error, with what the user must do to get past it.
+/// An `invalid_grant` error of a user credential (its refresh token or its authorization
+/// code refused), with what the user must do to get past it: one piece of advice, this
+/// credential's.
 pub(crate) fn with_sign_in_advice(
     credential: &'static str,
     error: CredentialError,
 ) -> CredentialError {
-    let advice = if credential == shared_token_cache::NAME {
-        "To fix, sign in again with the developer tool that shares the token cache (Azure CLI: \
-         'az login'; Visual Studio: re-enter the account under Azure Service Authentication). \
-         The refresh token was left in the cache"
-    } else {
-        "To fix, sign the user in again to get a new authorization code"
+    let advice = match credential {
+        shared_token_cache::NAME => {
+            "To fix, sign in again with the developer tool that shares the token cache (Azure \
+             CLI: 'az login'; Visual Studio: re-enter the account under Azure Service \
+             Authentication). The refresh token was left in the cache"
+        }
+        device_code::NAME => {
+            "To fix, sign in again: the next request shows a new device code sign-in"
+        }
+        _ => "To fix, sign the user in again to get a new authorization code",
     };
     let message = format!("{}. {advice}", error.message().trim_end_matches('.'));
     let details = ProviderDetails {

@@ -681,3 +681,40 @@ async fn a_dead_refresh_token_in_one_document_does_not_hide_a_fresh_one_in_the_o
         "{requests:#?}"
     );
 }
+
+/// Entra refusing the code, or later the refresh token (`invalid_grant`): one thing to do,
+/// this credential's. Before, a generic hint came before the credential's own advice.
+#[tokio::test(start_paused = true)]
+async fn an_invalid_grant_says_one_thing_to_do() {
+    use crate::support::authority::{Authority, Fault, error_body};
+    use loopback::{A, B, answer};
+
+    let refused = |code: u32| Fault::Respond {
+        status: 400,
+        body: error_body("invalid_grant", code, "The grant is invalid."),
+        headers: vec![],
+    };
+    let authority = Authority::start().await;
+    let advice = "To fix, sign the user in again to get a new authorization code";
+    authority.push_fault(refused(70008));
+    let credential = loopback::credential(&authority);
+    let err = credential.get_token([A]).await.unwrap_err();
+    assert_eq!(
+        err.message().to_lowercase().matches("again").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.message().contains(advice), "{err}");
+
+    authority.push_fault(answer("at-1", "rt-1"));
+    credential.get_token([A]).await.unwrap();
+    authority.push_fault(refused(70043));
+    let err = credential.get_token([B]).await.unwrap_err();
+    assert_eq!(err.error_codes(), [70043]);
+    assert_eq!(
+        err.message().to_lowercase().matches("again").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.message().contains(advice), "{err}");
+}

@@ -773,3 +773,39 @@ async fn disabling_multitenant_auth_keeps_requests_on_the_configured_tenant() {
         assert_eq!(tenants, [expected], "disabled: {disabled}");
     }
 }
+
+/// A refused refresh token's error says one thing to do, and the right one for this
+/// credential: sign in again with the developer tool. Before, a generic "Sign in again to get
+/// a new authorization code or refresh token" came first, wrong for a shared cache.
+#[tokio::test]
+async fn a_refused_refresh_token_says_one_thing_to_do() {
+    let authority = Authority::start().await;
+    let home = Home::new();
+    std::fs::write(home.cache(), TWO_ACCOUNTS).unwrap();
+    authority.push_fault(Fault::Respond {
+        status: 400,
+        body: error_body(
+            "invalid_grant",
+            70043,
+            "The refresh token has expired or is invalid due to sign-in frequency checks.",
+        ),
+        headers: vec![],
+    });
+    let err = SharedTokenCacheCredential::builder()
+        .authority_host(authority.url())
+        .http_client(creds::http(&authority))
+        .cache_options(cache_in(home.dir.path()))
+        .username("alice@contoso.com")
+        .build()
+        .unwrap()
+        .get_token([OTHER])
+        .await
+        .unwrap_err();
+    let message = err.message().to_lowercase();
+    assert_eq!(message.matches("again").count(), 1, "{err}");
+    assert!(
+        message.contains("to fix, sign in again with the developer tool"),
+        "{err}"
+    );
+    assert!(!message.contains("authorization code"), "{err}");
+}

@@ -185,7 +185,9 @@ fn provider_error(
     })
 }
 
-/// What to do about the errors people hit most.
+/// What to do about the errors people hit most. Not `invalid_grant`: what to do depends on
+/// the grant and the credential (a new authorization code, a new device code sign-in, `az
+/// login`), so the user credentials say it themselves.
 fn hint(error: Option<&str>, codes: &[u32]) -> Option<&'static str> {
     let code = |c: u32| codes.contains(&c);
     Some(match error {
@@ -209,7 +211,6 @@ fn hint(error: Option<&str>, codes: &[u32]) -> Option<&'static str> {
         Some("invalid_scope") => {
             "Check the scope; app-only tokens need a \"<resource>/.default\" scope"
         }
-        Some("invalid_grant") => "Sign in again to get a new authorization code or refresh token",
         _ => return None,
     })
 }

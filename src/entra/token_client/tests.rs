@@ -146,7 +146,6 @@ async fn entra_error_body_becomes_a_detailed_error() {
 async fn an_error_field_means_failure_even_with_200() {
     let err = parse(200, r#"{"error":"invalid_grant","error_description":"AADSTS54005: code redeemed","error_codes":["54005"]}"#).unwrap_err();
     assert_eq!(err.error_codes(), [54005]);
-    assert!(err.message().contains("Sign in again"), "{err}");
 }
 
 #[tokio::test(start_paused = true)]
