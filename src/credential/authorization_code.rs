@@ -159,8 +159,13 @@ impl Inner {
                         mine: true,
                     }
                 } else {
+                    // The code is forgotten only once redeemed: this one was, but its answer
+                    // named no account, so no refresh token of it can be found again.
                     return Err(sign_in_again(
-                        "the authorization code was not redeemed and no account is known",
+                        "the authorization code was redeemed, but Microsoft Entra ID's answer \
+                         named no account (no client_info, no id token), so its refresh token \
+                         cannot serve other requests; include the openid and profile scopes in \
+                         the sign-in that issues the code",
                     ));
                 }
             };

@@ -718,3 +718,34 @@ async fn an_invalid_grant_says_one_thing_to_do() {
     );
     assert!(err.message().contains(advice), "{err}");
 }
+
+/// A redemption that succeeded but named no account (no client_info, no id token): later
+/// requests for other scopes say so, and what to ask for. Before, they said the code was
+/// not redeemed.
+#[tokio::test(start_paused = true)]
+async fn a_redemption_that_named_no_account_says_so_later() {
+    use crate::support::authority::{Authority, Fault};
+    use loopback::{A, B};
+
+    let authority = Authority::start().await;
+    authority.push_fault(Fault::Body(
+        serde_json::json!({
+            "token_type": "Bearer",
+            "expires_in": 3600,
+            "access_token": "at-anonymous",
+            "refresh_token": "rt-anonymous",
+        })
+        .to_string(),
+    ));
+    let credential = loopback::credential(&authority);
+    let token = credential.get_token([A]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "at-anonymous");
+    let err = credential.get_token([B]).await.unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    let message = err.message();
+    assert!(message.contains("was redeemed"), "{err}");
+    assert!(message.contains("named no account"), "{err}");
+    assert!(message.contains("openid and profile scopes"), "{err}");
+    assert!(!message.contains("not redeemed"), "{err}");
+    assert_eq!(authority.token_posts(), 1, "nothing more was sent");
+}
