@@ -2,8 +2,18 @@
 //!
 //! A key is the tenant, the scope set (order and duplicates ignored), and whether the CAE
 //! capability was announced — CAE and non-CAE tokens are never mixed, since a CAE token is
-//! long-lived and only safe for callers that handle claims challenges. (A user credential is
-//! pinned to one account, so the account needs no place in the key.)
+//! long-lived and only safe for callers that handle claims challenges.
+//!
+//! The account has no place in the key: the slots hold one identity's tokens at a time, and a
+//! user credential whose account changes forgets them ([`TokenCache::clear`]). The
+//! authorization code credential's account is pinned for good. The device code credential
+//! clears its slots when it forgets its account (its refresh token refused), before the next
+//! sign-in, which may be someone else's. The shared token cache clears them when an
+//! acquisition selects another account than the last one did (the file's account changed);
+//! until some acquisition reads the file (a first request for a scope, or a renewal), a scope
+//! cached before is still served as the previous account. Azure CLI and Azure Developer CLI
+//! do not know when the tool's sign-in changes: a cached token is the previous identity's
+//! until its renewal.
 //!
 //! A request with `claims` must reach the provider, so it skips the lookup; its token is
 //! stored in the slot afterwards so later requests use the token that satisfies the claims.
@@ -140,6 +150,14 @@ impl TokenCache {
         let slot = TokenSlot::new(self.name, Self::policy());
         slots.map.insert(key.clone(), Arc::clone(&slot));
         slot
+    }
+
+    /// Forgets every slot: for a user credential whose account may change (another user may
+    /// sign in next), so that no slot serves the previous account's token. A slot whose
+    /// acquisition is running is left to it and its callers; later requests make new slots.
+    pub(crate) fn clear(&self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        *slots = Slots::default();
     }
 
     /// The cached token for `key`, or the result of `acquire` under the refresh rules

@@ -20,7 +20,10 @@
 //! *Unavailable* (a chain moves on) when `az` is not installed, not signed in, or too slow;
 //! *authentication failed* for any other failure of `az`, including Entra refusing (an
 //! `AADSTS` error, even when `az` also says to run `az login`). Tokens are kept in memory and
-//! renewed like every other credential's, so concurrent callers start one `az` process.
+//! renewed like every other credential's, so concurrent callers start one `az` process. So
+//! after `az login` as someone else, a token already cached is still the previous identity's
+//! until its renewal (5 minutes before it expires); build a new credential to get the new
+//! identity's at once.
 
 use std::fmt;
 use std::path::PathBuf;

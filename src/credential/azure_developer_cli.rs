@@ -26,6 +26,11 @@
 //! for a scope — quoting one scrubbed line of it: the message of its JSON error lines (each
 //! version's layout), else its first `ERROR:` line.
 //!
+//! Tokens are kept in memory and renewed like every other credential's: after `azd auth
+//! login` as someone else, a token already cached is still the previous identity's until its
+//! renewal (5 minutes before it expires); build a new credential to get the new identity's at
+//! once.
+//!
 //! [`AzureCliCredential`]: crate::AzureCliCredential
 
 use std::fmt;

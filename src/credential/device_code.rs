@@ -36,7 +36,8 @@
 //!   cached access token or redeem the refresh token, for any scope, without a prompt. A
 //!   refresh token the cache file could not take is kept in memory and redeemed first. When
 //!   no refresh token can sign the account in any more (none left, or `invalid_grant`), the
-//!   next call prompts again.
+//!   account and every token of it kept in memory are forgotten, and the next call prompts
+//!   again (perhaps another user signs in).
 //! * The device code is a secret: it never appears in `Debug` output or errors.
 
 use std::fmt;
@@ -378,9 +379,18 @@ impl Inner {
             Err(error) if error.error_code() == Some("invalid_grant") => error,
             Err(error) => return Err(error),
         };
-        let mut state = self.state.lock();
-        if state.account.as_deref() == Some(account) {
-            state.account = None;
+        let forgotten = {
+            let mut state = self.state.lock();
+            let pinned = state.account.as_deref() == Some(account);
+            if pinned {
+                state.account = None;
+            }
+            pinned
+        };
+        // The next sign-in may be another user's: tokens cached for other scopes must not
+        // serve them as the previous account until they expire.
+        if forgotten {
+            self.memory.clear();
         }
         Err(outcome)
     }

@@ -30,9 +30,15 @@
 //! lock. Every "cannot" is *unavailable*, so a chain moves on; a provider's refusal is
 //! *authentication failed* (inside [`DefaultAzureCredential`](crate::DefaultAzureCredential)
 //! every failure is *unavailable*, as in azure-identity, so Azure CLI gets its turn).
+//!
+//! The account is selected again at every acquisition (a scope's first request, a renewal).
+//! When the selection changes (the developer signed in as someone else), the tokens kept in
+//! memory for the previous account are dropped; until an acquisition sees the change, a scope
+//! cached before is still served as the previous account (azure-identity reads the file on
+//! every request and switches at once). Build a new credential to switch at once.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::refresh_tokens::{Cached, Candidate, Redeem, or_aging, usable_access_token};
 use super::settings::Settings;
@@ -72,6 +78,9 @@ struct Inner {
     plain: TokenStore,
     cae: TokenStore,
     memory: TokenCache,
+    /// The `home_account_id` the last acquisition selected: the account whose tokens the
+    /// in-memory cache holds.
+    selected: Mutex<Option<String>>,
 }
 
 impl SharedTokenCacheCredential {
@@ -141,6 +150,7 @@ impl Inner {
             .map_err(|e| unavailable(format!("Shared token cache unavailable: {e}")))?;
         let environments: Vec<&str> = self.environments.iter().map(String::as_str).collect();
         let account = self.select_account(&doc, &environments)?;
+        self.selected(&account.home_account_id);
         let mut aging = None;
         if !carries_a_challenge(claims.as_deref()) {
             let query = AccessTokenQuery {
@@ -196,6 +206,27 @@ impl Inner {
                     account.username
                 ))
             }),
+        }
+    }
+
+    /// Notes that an acquisition selected `account`. When the file's account changed (the
+    /// developer signed in as someone else), the tokens cached in memory for the previous
+    /// one are dropped: each scope is asked for again, as this account.
+    fn selected(&self, account: &str) {
+        let changed = {
+            let mut selected = self.selected.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = selected.as_deref().is_some_and(|last| last != account);
+            if selected.as_deref() != Some(account) {
+                *selected = Some(account.to_owned());
+            }
+            changed
+        };
+        if changed {
+            tracing::debug!(
+                credential = NAME,
+                "the selected account changed; the tokens cached in memory for the previous one are dropped"
+            );
+            self.memory.clear();
         }
     }
 
@@ -381,6 +412,7 @@ impl SharedTokenCacheCredentialBuilder {
                 plain,
                 cae,
                 memory: TokenCache::new(NAME),
+                selected: Mutex::default(),
             }),
         })
     }

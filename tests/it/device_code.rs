@@ -548,3 +548,48 @@ async fn when_the_cache_file_cannot_be_written_the_refresh_token_kept_in_memory_
     assert_eq!(code_requests(&log_of(tenant).await), 2);
     assert_eq!(std::fs::read(&file).unwrap(), br#"{"AccessToken": []}"#);
 }
+
+/// When the account can no longer be signed in silently and someone else signs in, no token
+/// cached for the previous account serves them: every scope is asked for again as the new
+/// account. Before, a scope cached before the switch was served as the previous user until
+/// its token expired.
+#[tokio::test(start_paused = true)]
+async fn after_another_user_signs_in_no_token_of_the_previous_one_is_served() {
+    let peer = peer();
+    let tenant = "device-switch";
+    let (credential, mut prompts, _) = prompted(peer, tenant);
+    let first = tokio::spawn({
+        let credential = credential.clone();
+        async move { credential.get_token([RESOURCE]).await }
+    });
+    let info = prompts.recv().await.unwrap();
+    held(peer.approve_device_code(tenant, &info.user_code, "dora@contoso.com")).await;
+    let dora = jwt_claims(first.await.unwrap().unwrap().secret().expose_secret())["sub"].clone();
+    // Cached for RESOURCE and OTHER, as dora.
+    let resource = credential.get_token([RESOURCE]).await.unwrap();
+    assert_eq!(jwt_claims(resource.secret().expose_secret())["sub"], dora);
+    credential.get_token([OTHER]).await.unwrap();
+    let log = log_of(tenant).await;
+    let refresh_token = log.last().unwrap()["form"]["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    held(peer.revoke_refresh_token(&refresh_token)).await;
+
+    // dora's refresh token is refused: the next sign-in is erin's.
+    let third = tokio::spawn({
+        let credential = credential.clone();
+        async move { credential.get_token(["https://third.test/.default"]).await }
+    });
+    let info = prompts.recv().await.expect("a new sign-in");
+    held(peer.approve_device_code(tenant, &info.user_code, "erin@contoso.com")).await;
+    let erin = jwt_claims(third.await.unwrap().unwrap().secret().expose_secret())["sub"].clone();
+    assert_ne!(erin, dora);
+
+    let resource = credential.get_token([RESOURCE]).await.unwrap();
+    assert_eq!(
+        jwt_claims(resource.secret().expose_secret())["sub"],
+        erin,
+        "RESOURCE as the account signed in now"
+    );
+}

@@ -809,3 +809,55 @@ async fn a_refused_refresh_token_says_one_thing_to_do() {
     );
     assert!(!message.contains("authorization code"), "{err}");
 }
+
+/// [`TWO_ACCOUNTS`] with only the account whose `home_account_id` starts with `uid`.
+fn only_account(uid: &str) -> Vec<u8> {
+    let mut doc: serde_json::Value = serde_json::from_slice(TWO_ACCOUNTS).unwrap();
+    for section in ["AccessToken", "Account", "IdToken", "RefreshToken"] {
+        doc[section]
+            .as_object_mut()
+            .unwrap()
+            .retain(|_, entry| entry["home_account_id"].as_str().unwrap().starts_with(uid));
+    }
+    serde_json::to_vec(&doc).unwrap()
+}
+
+/// The developer signs in as someone else (the file's one account is now bob, not alice):
+/// once an acquisition has selected bob, no token cached in memory for alice is served, for
+/// any scope. Before, a scope cached for alice was served as alice until its renewal.
+#[tokio::test]
+async fn once_another_account_is_selected_no_token_of_the_previous_one_is_served() {
+    const ALICE_RT: &str = "_b4gnrSzAKjeOq77H6kItP_VAkEARwYTwzYAQMmB9Vv";
+    const BOB_RT: &str = "54jIA7RpNt1dJSwem9WmQN79Ntca4E0C5PjnM_EdNiL";
+    let authority = Authority::start().await;
+    let home = Home::new();
+    std::fs::write(home.cache(), only_account("a8ff77e5")).unwrap();
+    let credential = SharedTokenCacheCredential::builder()
+        .authority_host(authority.url())
+        .http_client(creds::http(&authority))
+        .cache_options(cache_in(home.dir.path()))
+        .build()
+        .unwrap();
+    let alices = credential.get_token([OTHER]).await.unwrap();
+    credential
+        .get_token(["https://third.test/.default"])
+        .await
+        .unwrap();
+    std::fs::write(home.cache(), only_account("61ace6e2")).unwrap();
+    credential
+        .get_token(["https://fourth.test/.default"])
+        .await
+        .unwrap();
+    let other = credential.get_token([OTHER]).await.unwrap();
+    assert_ne!(other.secret(), alices.secret(), "alice's token was served");
+    let sent: Vec<Option<String>> = authority
+        .requests()
+        .iter()
+        .map(|r| r.field("refresh_token").map(str::to_owned))
+        .collect();
+    let [a, b, c, d] = sent.as_slice() else {
+        panic!("{sent:?}");
+    };
+    assert_eq!([a, b], [&Some(ALICE_RT.to_owned()); 2]);
+    assert_eq!([c, d], [&Some(BOB_RT.to_owned()); 2]);
+}
