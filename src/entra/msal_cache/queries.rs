@@ -113,7 +113,7 @@ impl CacheDocument {
     }
 
     /// Refresh tokens of an account at the given hosts, optionally of one client and
-    /// optionally family tokens only. [Newest first](newest_first); document order among
+    /// optionally family tokens only. Newest first (`newest_first`); document order among
     /// equals.
     pub fn find_refresh_tokens(&self, q: &RefreshTokenQuery<'_>) -> Vec<RefreshToken> {
         // Entries of other accounts are passed over before their view (and secret) is built.
