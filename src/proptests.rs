@@ -868,10 +868,41 @@ proptest! {
         }
     }
 
-    /// Arbitrary bytes never panic in azd's parser either.
+    /// Arbitrary bytes never panic in azd's parser either, nor in the reading of its error
+    /// output.
     #[test]
     fn azd_output_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = crate::credential::azure_developer_cli::parse_output(&bytes);
+        let _ = crate::credential::azure_developer_cli::classify_failure(&bytes, &bytes);
+    }
+
+    /// azd's error output as it writes it, JSON lines of every version mixed with text: the
+    /// error quotes one line, never a token that a message carries.
+    #[test]
+    fn azd_error_output_quotes_one_line_and_no_token(
+        lines in proptest::collection::vec((0u8..4, "[a-zA-Z0-9 :.,]{0,40}"), 1..5),
+        with_token in any::<proptest::sample::Index>(),
+    ) {
+        const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzb21lb25lIn0.c2lnbmF0dXJlc2lnbmF0dXJl";
+        let token_line = with_token.index(lines.len());
+        let stderr: String = lines
+            .iter()
+            .enumerate()
+            .map(|(i, (shape, text))| {
+                let text = if i == token_line { format!("ERROR: {text} {JWT}") } else { text.clone() };
+                let line = match shape {
+                    0 => text,
+                    1 => json!({ "type": "consoleMessage", "data": { "message": format!("\n{text}\n") } }).to_string(),
+                    2 => json!({ "error": text }).to_string(),
+                    _ => json!({ "type": "consoleMessage", "data": { "message": "\n" } }).to_string(),
+                };
+                line + "\n"
+            })
+            .collect();
+        let error = crate::credential::azure_developer_cli::classify_failure(stderr.as_bytes(), b"");
+        let shown = format!("{error} {error:?}");
+        prop_assert!(!shown.contains(JWT) && !shown.contains("c2lnbmF0dXJl"), "{shown}");
+        prop_assert!(!error.to_string().contains('\n'), "{error}");
     }
 }
 

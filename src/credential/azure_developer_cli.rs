@@ -218,7 +218,7 @@ const NOT_LOGGED_IN: &[u8] = b"not logged in, run `azd auth login` to login";
 /// which is worth hearing — and so is an `azd` too old for `--claims` (another credential
 /// may answer the challenge); anything else is a failure quoting `azd`. `azd` writes some
 /// errors to stdout, so both are read.
-fn classify_failure(stderr: &[u8], stdout: &[u8]) -> CredentialError {
+pub(crate) fn classify_failure(stderr: &[u8], stdout: &[u8]) -> CredentialError {
     let either =
         |needle: &[u8]| process::contains(stderr, needle) || process::contains(stdout, needle);
     if either(NOT_LOGGED_IN) && !either(b"AADSTS") {

@@ -12,6 +12,8 @@ use super::{assert_no_leak, renderings};
 /// The output of `az account get-access-token --output json` and of
 /// `azd auth token --output json`: `data` is stdout, read by both parsers.
 ///
+/// Also `data` as azd's error output.
+///
 /// Checks: a token's lifetime is at most the crate's maximum; an error shows no token value
 /// (`accessToken` for az, `token` for azd) of 8 characters or more (unless it shows it with
 /// the token replaced, i.e. the value is the crate's own text).
@@ -23,6 +25,9 @@ pub fn az_output(data: &[u8]) {
         "token",
         crate::credential::azure_developer_cli::parse_output,
     );
+    // The same bytes as azd's error output (JSON lines or text): no panic, one line quoted.
+    let error = crate::credential::azure_developer_cli::classify_failure(data, data);
+    assert!(!error.to_string().contains('\n'), "{error}");
 }
 
 fn tool_output(
