@@ -381,6 +381,18 @@ mod tests {
     use crate::credential::CredentialExt;
     use crate::refresh::RefreshPolicy;
 
+    /// A CAE source of scope `s` over `credential`.
+    fn cae_source(credential: crate::BoxCredential) -> Source {
+        let options = Options {
+            cae: true,
+            allow_http: false,
+            replay_limit: 0,
+            drain_limit: 0,
+            refresh: RefreshPolicy::default(),
+        };
+        Source::new(credential, vec!["s".into()], options)
+    }
+
     fn source() -> Source {
         let credential = tower::service_fn(|_: TokenRequest| async {
             Ok::<_, CredentialError>(AccessToken::new("t", Instant::now()))
@@ -435,14 +447,7 @@ mod tests {
                 }
             }
         });
-        let options = Options {
-            cae: true,
-            allow_http: false,
-            replay_limit: 0,
-            drain_limit: 0,
-            refresh: RefreshPolicy::default(),
-        };
-        let source = Source::new(credential.boxed_credential(), vec!["s".into()], options);
+        let source = cae_source(credential.boxed_credential());
         let expires = Instant::now() + std::time::Duration::from_secs(3600);
         let valid = Prepared::new(AccessToken::new("valid", expires), None).unwrap();
         let rejected = source.slot.store(valid).unwrap().id;
@@ -471,14 +476,7 @@ mod tests {
             let expires = Instant::now() + std::time::Duration::from_secs(3600);
             Ok::<_, CredentialError>(AccessToken::new("same", expires))
         });
-        let options = Options {
-            cae: true,
-            allow_http: false,
-            replay_limit: 0,
-            drain_limit: 0,
-            refresh: RefreshPolicy::default(),
-        };
-        let source = Source::new(credential.boxed_credential(), vec!["s".into()], options);
+        let source = cae_source(credential.boxed_credential());
         if let Err(acquisition) = Cached::look_up(&source) {
             acquisition.await.unwrap();
         }
