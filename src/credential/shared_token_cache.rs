@@ -78,9 +78,9 @@ struct Inner {
     plain: TokenStore,
     cae: TokenStore,
     memory: TokenCache,
-    /// The `home_account_id` the last acquisition selected: the account whose tokens the
-    /// in-memory cache holds.
-    selected: Mutex<Option<String>>,
+    /// The `home_account_id` the last acquisition selected, per document (ordinary, CAE):
+    /// the account whose tokens the in-memory cache holds.
+    selected: Mutex<[Option<String>; 2]>,
 }
 
 impl SharedTokenCacheCredential {
@@ -150,7 +150,7 @@ impl Inner {
             .map_err(|e| unavailable(format!("Shared token cache unavailable: {e}")))?;
         let environments: Vec<&str> = self.environments.iter().map(String::as_str).collect();
         let account = self.select_account(&doc, &environments)?;
-        self.selected(&account.home_account_id);
+        self.selected(cae, &account.home_account_id);
         let mut aging = None;
         if !carries_a_challenge(claims.as_deref()) {
             let query = AccessTokenQuery {
@@ -212,9 +212,14 @@ impl Inner {
     /// Notes that an acquisition selected `account`. When the file's account changed (the
     /// developer signed in as someone else), the tokens cached in memory for the previous
     /// one are dropped: each scope is asked for again, as this account.
-    fn selected(&self, account: &str) {
+    ///
+    /// Tracked per document (`cae`): the two may name different accounts (an older sign-in
+    /// left in one), and each request reads its own, so one account per credential would
+    /// see a change at every switch between CAE and other requests.
+    fn selected(&self, cae: bool, account: &str) {
         let changed = {
             let mut selected = self.selected.lock().unwrap_or_else(|e| e.into_inner());
+            let selected = &mut selected[usize::from(cae)];
             let changed = selected.as_deref().is_some_and(|last| last != account);
             if selected.as_deref() != Some(account) {
                 *selected = Some(account.to_owned());

@@ -861,3 +861,42 @@ async fn once_another_account_is_selected_no_token_of_the_previous_one_is_served
     assert_eq!([a, b], [&Some(ALICE_RT.to_owned()); 2]);
     assert_eq!([c, d], [&Some(BOB_RT.to_owned()); 2]);
 }
+
+/// The two documents may name different accounts (bob in the ordinary one, alice left in the
+/// CAE one): CAE and other requests in turn are each served from memory, as each document's
+/// own account. Before, one selected account per credential saw a change at every switch
+/// and dropped the in-memory tokens each time, so every request asked again.
+#[tokio::test]
+async fn documents_naming_different_accounts_do_not_empty_the_memory_in_turn() {
+    let authority = Authority::start().await;
+    let home = Home::new();
+    std::fs::write(home.cache(), only_account("61ace6e2")).unwrap();
+    std::fs::write(
+        home.dir.path().join(".IdentityService/msal.cache.cae"),
+        only_account("a8ff77e5"),
+    )
+    .unwrap();
+    let credential = SharedTokenCacheCredential::builder()
+        .authority_host(authority.url())
+        .http_client(creds::http(&authority))
+        .cache_options(cache_in(home.dir.path()))
+        .build()
+        .unwrap();
+    let plain = || credential.get_token_with(TokenRequest::new([OTHER]));
+    let cae = || credential.get_token_with(TokenRequest::new([OTHER]).with_cae(true));
+    let first_plain = plain().await.unwrap();
+    let first_cae = cae().await.unwrap();
+    assert_eq!(authority.token_posts(), 2);
+    // The files as before the answers were written to them: only memory has the tokens.
+    std::fs::write(home.cache(), only_account("61ace6e2")).unwrap();
+    std::fs::write(
+        home.dir.path().join(".IdentityService/msal.cache.cae"),
+        only_account("a8ff77e5"),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(plain().await.unwrap().secret(), first_plain.secret());
+        assert_eq!(cae().await.unwrap().secret(), first_cae.secret());
+    }
+    assert_eq!(authority.token_posts(), 2, "served from memory");
+}
