@@ -234,17 +234,39 @@ pub struct AccessToken {
     expires_on: Instant,
     refresh_on: Option<Instant>,
     credential: Option<Cow<'static, str>>,
-    made: Made,
+    /// When it was made.
+    made: ClockPair,
 }
 
-/// When a token was made, on tokio's clock and on the wall clock, read together: the two run
-/// apart only while the machine is suspended, when the monotonic clock tokio reads stops
-/// (`CLOCK_MONOTONIC` on Linux, `CLOCK_UPTIME_RAW` on macOS; rust-lang/rust#87906), or when the
-/// wall clock is set.
+/// Tokio's clock and the wall clock, read together. The two run apart only while the machine
+/// is suspended, when the monotonic clock tokio reads stops (`CLOCK_MONOTONIC` on Linux,
+/// `CLOCK_UPTIME_RAW` on macOS; rust-lang/rust#87906), or when the wall clock is set.
 #[derive(Clone, Copy, Debug)]
-struct Made {
+pub(crate) struct ClockPair {
     at: Instant,
     wall: SystemTime,
+}
+
+impl ClockPair {
+    pub(crate) fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            wall: wall_now(),
+        }
+    }
+
+    /// How long the machine has been suspended since this reading, as far as the clocks
+    /// tell: how far the wall clock ran ahead of tokio's until `now` (tokio's clock), when
+    /// that is [`SUSPENSION_THRESHOLD`] or more; else zero. Reads the wall clock.
+    pub(crate) fn suspended(&self, now: Instant) -> Duration {
+        let ran = now.saturating_duration_since(self.at);
+        // A wall clock set back: nothing to count.
+        let wall_ran = wall_now().duration_since(self.wall).unwrap_or_default();
+        wall_ran
+            .checked_sub(ran)
+            .filter(|missed| *missed >= SUSPENSION_THRESHOLD)
+            .unwrap_or_default()
+    }
 }
 
 /// How far the wall clock must run ahead of tokio's before a token's age counts it (see
@@ -274,10 +296,7 @@ impl AccessToken {
             expires_on,
             refresh_on: None,
             credential: None,
-            made: Made {
-                at: Instant::now(),
-                wall: wall_now(),
-            },
+            made: ClockPair::now(),
         }
     }
 
@@ -382,19 +401,10 @@ impl AccessToken {
     /// this token was made, once that is [`SUSPENSION_THRESHOLD`] or more: the instant to
     /// compare this token's times with. Reads the wall clock.
     pub(crate) fn caught_up(&self, now: Instant) -> Instant {
-        let ran = now.saturating_duration_since(self.made.at);
-        let Ok(wall_ran) = wall_now().duration_since(self.made.wall) else {
-            // The wall clock was set back: nothing to count.
-            return now;
-        };
-        match wall_ran.checked_sub(ran) {
-            Some(missed) if missed >= SUSPENSION_THRESHOLD => {
-                // Past the clock's range: later than any time this token holds.
-                now.checked_add(missed)
-                    .unwrap_or_else(|| now.max(self.expires_on))
-            }
-            _ => now,
-        }
+        let missed = self.made.suspended(now);
+        // Past the clock's range: later than any time this token holds.
+        now.checked_add(missed)
+            .unwrap_or_else(|| now.max(self.expires_on))
     }
 
     /// Expiry as Unix seconds (wall clock), for display and for writing caches; now for an
@@ -442,7 +452,7 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The wall clock: `SystemTime::now()`, moved by the tests' `WallClock` in this crate's own tests.
+/// The wall clock: `SystemTime::now()`, moved by `ShiftedWallClock` in this crate's tests.
 #[cfg(not(test))]
 fn wall_now() -> SystemTime {
     SystemTime::now()
@@ -506,14 +516,14 @@ pub(crate) mod tests {
 
     /// This thread's wall clock, to move; back to the real one when dropped (a failed test
     /// leaves no moved clock to the next test run on its thread).
-    pub(crate) struct WallClock(());
+    pub(crate) struct ShiftedWallClock(());
 
-    pub(crate) fn wall_clock() -> WallClock {
+    pub(crate) fn wall_clock() -> ShiftedWallClock {
         WALL_AHEAD.with(|ahead| ahead.set(0));
-        WallClock(())
+        ShiftedWallClock(())
     }
 
-    impl WallClock {
+    impl ShiftedWallClock {
         /// Moves the wall clock by `secs` (back, if negative) and not tokio's: a suspension
         /// of the machine, or the wall clock being set.
         pub(crate) fn shift(&self, secs: i64) {
@@ -526,7 +536,7 @@ pub(crate) mod tests {
         }
     }
 
-    impl Drop for WallClock {
+    impl Drop for ShiftedWallClock {
         fn drop(&mut self) {
             WALL_AHEAD.with(|ahead| ahead.set(0));
         }

@@ -28,8 +28,10 @@ pub(crate) enum Cached {
     Fresh(AccessToken),
     /// Its refresh time (`refresh_on`) has come: msal's "aging" token. A new token is asked
     /// for first (a refresh token redeemed), and this one returned when that fails (see
-    /// [`or_aging`]). Its `refresh_on`, past, stays on it: handed back to a refresh slot, it
-    /// counts as a failed renewal, tried again after the spacing.
+    /// [`or_aging`]). Its `refresh_on`, past, stays on it: handed back to a refresh slot by a
+    /// renewal, it counts as a failed renewal, tried again after the spacing. Handed back by
+    /// a slot's first acquisition (nothing held yet), it is stored due, and the next request
+    /// starts a renewal at once: one more attempt, then the spacing.
     Aging(AccessToken),
 }
 

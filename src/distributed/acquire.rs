@@ -233,7 +233,10 @@ impl Shared {
         if ttl.is_zero() {
             return;
         }
-        let Some(value) = self.sealing.seal(token_key, token, now, self.clock) else {
+        let Some(value) = self
+            .sealing
+            .seal(token_key, token, now, self.clock.followed())
+        else {
             tracing::warn!(
                 entry = token_key,
                 "distributed token cache: the entry could not be sealed; not shared"
@@ -259,7 +262,10 @@ impl Shared {
             Some(Some((value, left))) => (Zeroizing::new(value), left),
         };
         let now = Instant::now();
-        let Some(stored) = self.sealing.open(token_key, &value, now, self.clock, left) else {
+        let Some(stored) = self
+            .sealing
+            .open(token_key, &value, now, self.clock.followed(), left)
+        else {
             if let Report::Unreadable = report {
                 self.unreadable(token_key);
             }

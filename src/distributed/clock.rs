@@ -4,8 +4,9 @@
 //! wall clock and tokio's clock together once, when it is built, and converts through that
 //! offset: the stored times then age with tokio's clock, the clock every slot of the crate
 //! runs on (so a paused clock in tests ages a stored entry as it ages a cached one). Linux
-//! slews both clocks alike under NTP; only a step of the wall clock after the cache was built
-//! is not followed.
+//! slews both clocks alike under NTP. A suspension of the machine, which stops tokio's clock
+//! and not the wall clock, is followed ([`WallClock::followed`]); a smaller step of the wall
+//! clock after the cache was built is not.
 //!
 //! Hosts' wall clocks differ, though: a reader whose clock runs behind the publisher's maps the
 //! entry's times late by the difference, and would keep the token in memory past its expiry.
@@ -19,13 +20,15 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::token::{MAX_TOKEN_LIFETIME, unix_now};
+use crate::token::{ClockPair, MAX_TOKEN_LIFETIME, unix_now};
 
 /// The offset between tokio's clock and the wall clock, read once.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct WallClock {
     instant: Instant,
     unix: u64,
+    /// The same reading, to tell a suspension since (see [`followed`](Self::followed)).
+    read: ClockPair,
 }
 
 impl WallClock {
@@ -33,6 +36,20 @@ impl WallClock {
         Self {
             instant: Instant::now(),
             unix: unix_now(),
+            read: ClockPair::now(),
+        }
+    }
+
+    /// This clock, moved on by the time the machine has been suspended since it was read
+    /// ([`ClockPair::suspended`]): tokio's clock stood still meanwhile, so instants after the
+    /// suspension map to wall-clock times that much later. Without it, a process woken from a
+    /// suspension would publish times early by its length (its entries read as expired by
+    /// the fleet) and read others' late.
+    pub(super) fn followed(self) -> Self {
+        let missed = self.read.suspended(Instant::now());
+        Self {
+            unix: self.unix.saturating_add(missed.as_secs()),
+            ..self
         }
     }
 
@@ -76,6 +93,24 @@ impl WallClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tokio's clock stood still for two hours of wall-clock time: times map across as if it
+    /// had run. A step under a minute is not followed.
+    #[tokio::test(start_paused = true)]
+    async fn a_suspension_of_the_machine_is_followed() {
+        let wall = crate::token::tests::wall_clock();
+        let clock = WallClock::now();
+        let later = Instant::now() + Duration::from_secs(3600);
+        let unix = clock.to_unix(later);
+        wall.suspend(Duration::from_secs(50));
+        assert_eq!(clock.followed().to_unix(later), unix);
+        wall.suspend(Duration::from_secs(7150));
+        assert_eq!(clock.followed().to_unix(later), unix + 7200);
+        let now = Instant::now();
+        let an_hour_on = clock.followed().to_instant(unix_now() + 3600, now);
+        let ahead = an_hour_on - now;
+        assert!(ahead.as_secs().abs_diff(3600) <= 1, "{ahead:?}");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn stored_times_age_with_tokios_clock() {

@@ -72,7 +72,8 @@
 //!   Cluster hash tag, so an entry's token and lease share a slot. Keys name no tenant, app or
 //!   scope in clear.
 //! * **Times.** Entries carry Unix seconds; each process maps them onto tokio's clock through
-//!   the offset it read when the cache was built. Hosts' wall clocks may differ, so the time
+//!   the offset it read when the cache was built, moved on by any suspension of the machine
+//!   since (which stops tokio's clock). Hosts' wall clocks may differ, so the time
 //!   the entry has left in the store ([`TokenStore::get_with_ttl`], set from the token's
 //!   relative lifetime when it was published) bounds what a reader derives: a reader never
 //!   holds a shared token past the entry's end, whatever its clock says.

@@ -218,7 +218,10 @@ impl IdParams {
 ///   time, a dropped connection or a reply that is not HTTP) makes the credential
 ///   *unavailable* at once instead of after the retries, and so does an answer to the token
 ///   request that is not JSON (a proxy or firewall answering for the link-local address).
-///   Asked on its own, it is not probed: a slow IMDS is waited for.
+///   Asked on its own, it is not probed: a slow IMDS is waited for. Concurrent requests for
+///   one resource share one acquisition, probed or not as the request that started it: a
+///   direct request joining a chain's takes its probe, and a chain's joining a direct one
+///   waits with it.
 /// * **Azure Arc**: the key file the agent names is read only if it is a regular `*.key` file
 ///   of at most 4096 bytes directly inside the agent's key directory (see
 ///   [`azure_arc_key_directory`](ManagedIdentityCredentialBuilder::azure_arc_key_directory)).
