@@ -21,7 +21,7 @@ pub(super) fn parent_dir(path: &Path) -> &Path {
 
 /// The file a write replaces: `path`, or the target of `path` if it is a symlink (a dangling
 /// one included), so that the link survives.
-fn write_target(path: &Path) -> Result<PathBuf, PersistenceError> {
+pub(super) fn write_target(path: &Path) -> Result<PathBuf, PersistenceError> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => match fs::canonicalize(path) {
             Ok(target) => Ok(target),

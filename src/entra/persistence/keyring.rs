@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::atomic_write::{create_dir, create_new_private, parent_dir};
+use super::atomic_write::{create_dir, create_new_private, parent_dir, write_target};
 use super::error::{Kind, PersistenceError};
 use super::lock_file::LockGuard;
 use super::reader::is_missing;
@@ -198,19 +198,25 @@ impl<D: Document> KeyringCache<D> {
 
 /// Sets the signal file's mtime to now, creating it (empty, mode 0600) if missing, as
 /// msal-extensions' `Path.touch()` does. Only a regular file is touched: opening a FIFO for
-/// writing would block until a reader came, with the lock held.
-fn touch(path: &Path) -> Result<(), PersistenceError> {
+/// writing would block until a reader came, with the lock held. A symlink is followed as the
+/// cache file's writer follows it, a dangling one included: its target is created, the link
+/// kept (the exclusive creation would not follow it).
+pub(super) fn touch(path: &Path) -> Result<(), PersistenceError> {
     const TOUCH: &str = "touch the token cache's signal file";
+    let target = write_target(path)?;
+    let target = target.as_path();
     // Opened for reading, without blocking: setting the time needs no write access.
-    let open = || match open_regular_file(path) {
-        Err(e) if is_missing(&e) => match create_new_private(path) {
+    let open = || match open_regular_file(target) {
+        Err(e) if is_missing(&e) => match create_new_private(target) {
             // Created meanwhile by another writer (msal-extensions takes no care here).
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_regular_file(path),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_regular_file(target),
             created => created,
         },
         opened => opened,
     };
     let opened = match open() {
+        // The signal file's own directory only: a link into a missing one fails, as the cache
+        // file's write does.
         Err(e) if is_missing(&e) => {
             create_dir(parent_dir(path))?;
             open()
@@ -226,8 +232,8 @@ fn touch(path: &Path) -> Result<(), PersistenceError> {
         } else {
             e
         };
-        PersistenceError::io(TOUCH, path, e)
+        PersistenceError::io(TOUCH, target, e)
     })?;
     file.set_modified(SystemTime::now())
-        .map_err(|e| PersistenceError::io(TOUCH, path, e))
+        .map_err(|e| PersistenceError::io(TOUCH, target, e))
 }

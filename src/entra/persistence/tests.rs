@@ -908,3 +908,25 @@ async fn a_read_only_cache_file_is_left_unchanged_and_the_error_says_what_to_do(
     let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
     assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
 }
+
+/// A signal file that is a symlink to a missing file (in a directory that exists) is touched
+/// through the link, as the cache file is written: the target is created, the link kept.
+#[cfg(all(feature = "keyring", target_os = "linux"))]
+#[test]
+fn a_dangling_symlink_at_the_signal_path_is_touched_through() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("real")).unwrap();
+    let target = dir.path().join("real/msal.cache.nocae");
+    let signal = dir.path().join("msal.cache.nocae");
+    std::os::unix::fs::symlink(&target, &signal).unwrap();
+    super::keyring::touch(&signal).unwrap();
+    let meta = fs::symlink_metadata(&target).unwrap();
+    assert!(meta.is_file(), "the target is a regular file");
+    assert_eq!(meta.len(), 0, "created empty");
+    assert_eq!(mode(&target), 0o600);
+    assert!(
+        fs::symlink_metadata(&signal).unwrap().is_symlink(),
+        "the link is kept"
+    );
+    assert_eq!(fs::read_link(&signal).unwrap(), target);
+}
