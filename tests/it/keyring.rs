@@ -371,6 +371,13 @@ async fn a_service_that_refuses_the_item_type_still_stores_the_tokens() {
         "{}",
         logs.text()
     );
+    // The refusal happened (the deny rule matched the Set), else this test proves nothing.
+    assert!(
+        logs.text()
+            .contains("the Secret Service did not take the token cache item's Type"),
+        "{}",
+        logs.text()
+    );
     let signal = service.identity_service_dir().join("no-type.nocae");
     assert_eq!(
         std::fs::read(&signal).unwrap(),
