@@ -219,7 +219,8 @@ impl Inner {
     fn selected(&self, cae: bool, account: &str) {
         let changed = {
             let mut selected = self.selected.lock().unwrap_or_else(|e| e.into_inner());
-            let selected = &mut selected[usize::from(cae)];
+            let [plain, cae_document] = &mut *selected;
+            let selected = if cae { cae_document } else { plain };
             let changed = selected.as_deref().is_some_and(|last| last != account);
             if selected.as_deref() != Some(account) {
                 *selected = Some(account.to_owned());
