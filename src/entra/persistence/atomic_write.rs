@@ -1,10 +1,14 @@
 //! Atomic writes: a temporary file beside the cache file (`tempfile`'s exclusive, randomly
 //! named creation; mode 0600 from creation on unix, then the mode the replaced file had),
 //! written, fsynced, renamed over the cache file, and marked modified after the rename.
+//!
+//! A temporary file holds the tokens in plaintext, so one left behind by a writer killed
+//! between creating and renaming it is removed by the next write (see [`remove_leftovers`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use tempfile::TempPath;
 
@@ -99,8 +103,62 @@ fn refuse_read_only(_target: &Path) -> Result<(), PersistenceError> {
 pub(super) fn write_document(path: &Path, bytes: &[u8]) -> Result<Stamp, PersistenceError> {
     let target = write_target(path)?;
     refuse_read_only(&target)?;
+    remove_leftovers(&target);
     let temp = written_beside(&target, bytes)?;
     install(temp, &target)
+}
+
+/// How old a temporary file beside the cache must be before it is taken for a dead writer's.
+/// A write takes milliseconds, and writers hold the lock file while they write; the margin
+/// covers a writer whose lock was broken as too old (60 s, see `lock_file.rs`) while it
+/// still ran.
+const LEFTOVER_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// Removes the temporary files of `target` ([`written_beside`]'s `<cache>.tmp.*`) that are
+/// regular files last modified [`LEFTOVER_AGE`] ago or more: left by a writer that died
+/// before renaming one, with the tokens in it. Called under the lock file. Best effort: a
+/// failure is logged, and the write goes on.
+fn remove_leftovers(target: &Path) {
+    let Some(name) = target.file_name() else {
+        return;
+    };
+    let mut prefix = name.to_os_string();
+    prefix.push(".tmp.");
+    let prefix = prefix.as_encoded_bytes();
+    let Ok(entries) = fs::read_dir(parent_dir(target)) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for entry in entries.flatten() {
+        if !entry.file_name().as_encoded_bytes().starts_with(prefix) {
+            continue;
+        }
+        // `DirEntry::metadata` does not follow a symbolic link: only regular files go.
+        let old = entry.metadata().is_ok_and(|meta| {
+            meta.is_file()
+                && meta
+                    .modified()
+                    .ok()
+                    .and_then(|at| now.duration_since(at).ok())
+                    .is_some_and(|age| age >= LEFTOVER_AGE)
+        });
+        if !old {
+            continue;
+        }
+        let path = entry.path();
+        match fs::remove_file(&path) {
+            Ok(()) => tracing::debug!(
+                path = %path.display(),
+                "removed a temporary token cache file a writer left behind"
+            ),
+            Err(error) if is_missing(&error) => {}
+            Err(error) => tracing::warn!(
+                path = %path.display(),
+                %error,
+                "could not remove a temporary token cache file a writer left behind"
+            ),
+        }
+    }
 }
 
 /// A temporary file beside `target`, holding `bytes`, flushed to disk.

@@ -930,3 +930,62 @@ fn a_dangling_symlink_at_the_signal_path_is_touched_through() {
     );
     assert_eq!(fs::read_link(&signal).unwrap(), target);
 }
+
+/// A writer killed between creating its temporary file and renaming it leaves the tokens in
+/// plaintext beside the cache: the next write removes such files once they are old enough to
+/// be no live writer's, and leaves the rest alone.
+#[tokio::test]
+async fn temporary_files_a_dead_writer_left_are_removed_by_the_next_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let beside = |name: &str| dir.path().join(name);
+    for name in [
+        "cache.json.tmp.4242.old",
+        "cache.json.tmp.4243.recent",
+        "other.json.tmp.4242.old",
+    ] {
+        fs::write(beside(name), "{\"secret\": \"left\"}").unwrap();
+    }
+    set_mtime(
+        &beside("cache.json.tmp.4242.old"),
+        Duration::from_secs(3600),
+    );
+    set_mtime(
+        &beside("other.json.tmp.4242.old"),
+        Duration::from_secs(3600),
+    );
+    set_mtime(
+        &beside("cache.json.tmp.4243.recent"),
+        Duration::from_secs(60),
+    );
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(
+        beside("other.json.tmp.4242.old"),
+        beside("cache.json.tmp.link"),
+    )
+    .unwrap();
+
+    CacheFile::<JsonDoc>::new(path.clone())
+        .modify(|doc| doc.add("a"))
+        .await
+        .unwrap();
+
+    assert!(
+        !beside("cache.json.tmp.4242.old").exists(),
+        "a dead writer's"
+    );
+    assert!(
+        beside("cache.json.tmp.4243.recent").exists(),
+        "perhaps a live writer's"
+    );
+    assert!(
+        beside("other.json.tmp.4242.old").exists(),
+        "another cache's"
+    );
+    #[cfg(unix)]
+    assert!(
+        fs::symlink_metadata(beside("cache.json.tmp.link")).is_ok(),
+        "not a regular file"
+    );
+    assert_eq!(file_keys(&path), ["a"]);
+}
