@@ -205,7 +205,9 @@ impl Source {
         claims: &str,
         rejected: TokenId,
     ) -> Result<Entry<Prepared>, CredentialError> {
-        let flight = {
+        // A caller joining a running flight checks its own rejected token against the answer
+        // (the flight compares only its starter's): the slot may have renewed in between.
+        let (flight, joined_rejected) = {
             let mut state = self.claims.lock();
             let current = self.slot.current_entry();
             if let Some(current) = &current {
@@ -219,7 +221,7 @@ impl Source {
                 return Err(error.clone());
             }
             match state.running(claims) {
-                Some(flight) => flight,
+                Some(flight) => (flight, self.header_of(current, rejected)),
                 None => {
                     let rejected = self.header_of(current, rejected);
                     let claims: Arc<str> = Arc::from(claims);
@@ -228,7 +230,7 @@ impl Source {
                         acquire(self.credential.clone(), request, Some(Arc::clone(&claims)));
                     let slot = Arc::clone(&self.slot);
                     let asked = Arc::clone(&claims);
-                    state.start(
+                    let flight = state.start(
                         claims,
                         WhenAbandoned::RunOn,
                         acquisition,
@@ -251,11 +253,16 @@ impl Source {
                                 }
                             }
                         },
-                    )
+                    );
+                    (flight, None)
                 }
             }
         };
-        flight.await
+        let entry = flight.await?;
+        match joined_rejected {
+            Some(header) if header == entry.value.header => Err(claims_not_applied()),
+            _ => Ok(entry),
+        }
     }
 
     /// The `Authorization` value of the token `id`, if it is still known: the slot's current
@@ -280,13 +287,18 @@ fn other_than(
     rejected: Option<&HeaderValue>,
 ) -> Result<Prepared, CredentialError> {
     if rejected == Some(&prepared.header) {
-        return Err(CredentialError::authentication_failed(
-            LAYER,
-            "the credential answered the claims request with the token the resource had just \
-             rejected: it did not apply the claims",
-        ));
+        return Err(claims_not_applied());
     }
     Ok(prepared)
+}
+
+/// The error for a claims answer that is the token the resource rejected.
+fn claims_not_applied() -> CredentialError {
+    CredentialError::authentication_failed(
+        LAYER,
+        "the credential answered the claims request with the token the resource had just \
+         rejected: it did not apply the claims",
+    )
 }
 
 impl Drop for Source {
@@ -489,6 +501,51 @@ mod tests {
         };
         assert!(err.message().contains("did not apply the claims"), "{err}");
         assert!(source.slot.current_entry().is_none(), "and not stored");
+    }
+
+    /// A request whose token the slot renewed meets the same challenge while the first
+    /// request's claims flight runs, and joins it; the credential (ignoring the claims)
+    /// answers the renewed token, which the joiner's resource has just rejected. The flight's
+    /// starter takes the answer (not the token it sent); the joiner is refused it.
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_joining_a_claims_flight_is_refused_its_own_rejected_token() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let expires = Instant::now() + std::time::Duration::from_secs(3600);
+        let credential = tower::service_fn({
+            let gate = Arc::clone(&gate);
+            move |_: TokenRequest| {
+                let gate = Arc::clone(&gate);
+                async move {
+                    gate.notified().await;
+                    Ok::<_, CredentialError>(AccessToken::new("t2", expires))
+                }
+            }
+        });
+        let source = cae_source(credential.boxed_credential());
+        let prepared = |secret: &str| Prepared::new(AccessToken::new(secret, expires), None);
+        let first = source.slot.store(prepared("t1").unwrap()).unwrap().id;
+        let starter = source.claims_token("c", first);
+        let joiner = async {
+            tokio::task::yield_now().await;
+            let second = source.slot.store(prepared("t2").unwrap()).unwrap().id;
+            source.claims_token("c", second).await
+        };
+        let release = async {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            gate.notify_one();
+        };
+        let (started, joined, ()) = tokio::join!(starter, joiner, release);
+        let started = started.expect("the starter's rejected token was t1");
+        assert_eq!(started.value.token.secret().expose_secret(), "t2");
+        let Err(error) = joined else {
+            panic!("the joiner was handed the token its resource rejected");
+        };
+        assert!(
+            error.message().contains("did not apply the claims"),
+            "{error}"
+        );
     }
 
     /// A claims challenge met outside a tokio runtime: an error, not `tokio::spawn`'s panic.
