@@ -36,8 +36,8 @@ impl BearerError {
             kind: Kind::Insecure,
             message: format!(
                 "refusing to send a bearer token over {target}: tokens go over https only \
-                 (BearerTokenLayer::allow_insecure_http(true) allows http, e.g. for loopback \
-                 development)"
+                 (BearerTokenLayer::builder(credential, scopes).allow_insecure_http(true) \
+                 allows http, e.g. for loopback development)"
             ),
         }
     }
@@ -55,3 +55,30 @@ impl fmt::Display for BearerError {
 }
 
 impl std::error::Error for BearerError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hint names the builder method that exists: `BearerTokenLayerBuilder` has
+    /// `allow_insecure_http`, `BearerTokenLayer` has not.
+    #[test]
+    fn insecure_hint_names_the_builder_method() {
+        let uri: http::Uri = "http://example.com/path?sig=secret".parse().unwrap();
+        let error = BearerError::insecure(&uri);
+        let text = error.to_string();
+        assert!(
+            text.contains(
+                "BearerTokenLayer::builder(credential, scopes).allow_insecure_http(true)"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("BearerTokenLayer::allow_insecure_http"),
+            "{text}"
+        );
+        assert!(!text.contains("secret"), "{text}");
+        // The method the hint names exists on the builder (compile-time check).
+        let _ = crate::BearerTokenLayerBuilder::allow_insecure_http;
+    }
+}
