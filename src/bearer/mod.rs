@@ -255,6 +255,45 @@ impl<S> Layer<S> for BearerTokenLayer {
 ///     AppState { management: layer.layer(client) }
 /// }
 /// ```
+///
+/// # Bounds
+///
+/// `BearerToken<S>` serves `Request<B>` when `S: Service<Request<B>, Response =
+/// Response<ResB>> + Clone + Send + 'static` (its error `Into<BoxError>`, its future
+/// `Send + 'static`) and `B: RetryBody` — with CAE off too. `S: Clone` because a request that
+/// waits for a token is sent, as tower requires, by the instance that was made ready, and the
+/// service keeps a clone; `B: RetryBody` because whether CAE is on is a setting, while the
+/// bound is on the type: the same service must be able to re-send after a claims challenge.
+///
+/// A body type that is not [`RetryBody`] (`axum::body::Body`, `hyper::body::Incoming`, a
+/// stream of your own) becomes one wrapped in [`ReplayBody::new`]; the inner client then takes
+/// `ReplayBody<…>` bodies. Without CAE the wrapper is never asked to keep anything: it passes
+/// the inner body's frames through, with no allocation and no copy. With CAE it records them as
+/// they stream, up to the [replay limit](BearerTokenLayerBuilder::replay_limit).
+///
+/// ```no_run
+/// use hyper_util::client::legacy::Client;
+/// use hyper_util::rt::TokioExecutor;
+/// use tower::ServiceBuilder;
+/// use tower_identity::bearer::{BearerTokenLayer, ReplayBody};
+/// use tower_identity::AzureCliCredential;
+///
+/// # fn run() {
+/// let https = hyper_rustls::HttpsConnectorBuilder::new()
+///     .with_webpki_roots()
+///     .https_only()
+///     .enable_http1()
+///     .build();
+/// let client = Client::builder(TokioExecutor::new()).build::<_, ReplayBody<axum::body::Body>>(https);
+/// let layer = BearerTokenLayer::new(AzureCliCredential::new(), ["https://management.azure.com/.default"]);
+/// // Requests with axum bodies (a proxy's, say) go out through the layer.
+/// let service = ServiceBuilder::new()
+///     .map_request(|request: http::Request<axum::body::Body>| request.map(ReplayBody::new))
+///     .layer(layer)
+///     .service(client);
+/// # fn serves<S: tower::Service<http::Request<axum::body::Body>>>(_: &S) {}
+/// # serves(&service); }
+/// ```
 pub struct BearerToken<S> {
     inner: S,
     source: Arc<Source>,
