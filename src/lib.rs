@@ -95,13 +95,17 @@ pub mod transport;
 pub use bearer::{BearerToken, BearerTokenLayer, BearerTokenLayerBuilder};
 pub use credential::{
     AssertionRequest, AssertionService, AssertionSource, AuthorizationCodeCredential,
-    AzureCliCredential, AzureDeveloperCliCredential, BoxCredential, CertificateSignature,
-    CertificateSource, ChainedTokenCredential, ClientAssertionCredential,
-    ClientCertificateCredential, ClientCertificateCredentialBuilder, ClientSecretCredential,
+    AuthorizationCodeCredentialBuilder, AzureCliCredential, AzureCliCredentialBuilder,
+    AzureDeveloperCliCredential, AzureDeveloperCliCredentialBuilder, BoxCredential,
+    CertificateSignature, CertificateSource, ChainedTokenCredential, ClientAssertionCredential,
+    ClientAssertionCredentialBuilder, ClientCertificateCredential,
+    ClientCertificateCredentialBuilder, ClientSecretCredential, ClientSecretCredentialBuilder,
     CredentialExt, DefaultAzureCredential, DefaultAzureCredentialBuilder, DeviceCodeCredential,
-    DeviceCodeInfo, EnvironmentCredential, Fallback, ManagedIdentityCredential,
+    DeviceCodeCredentialBuilder, DeviceCodeInfo, EnvironmentCredential,
+    EnvironmentCredentialBuilder, Fallback, ManagedIdentityCredential,
     ManagedIdentityCredentialBuilder, ManagedIdentitySource, SharedTokenCacheCredential,
-    TokenCachePersistenceOptions, TokenCredential, UserAssignedId, WorkloadIdentityCredential,
+    SharedTokenCacheCredentialBuilder, TokenCachePersistenceOptions, TokenCredential,
+    UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialBuilder,
 };
 pub use distributed::{DistributedCache, SealingKey};
 pub use entra::authority::authority_hosts;
