@@ -85,8 +85,8 @@
 //! clients that announce the `CP1` capability, and keeping a request's headers and body for a
 //! possible re-send costs a copy of the head on every request, more than the rest of the
 //! layer's work together (the README's Performance section has the figures). That copy
-//! allocates nothing once the thread has had as many CAE requests in flight at once (up to 65,
-//! see `spare.rs`). Keeping the body allocates nothing for `Empty`, nor for a `Full<Bytes>`
+//! allocates nothing once the thread has had as many CAE requests in flight at once (each
+//! thread keeps up to 65 such buffers for reuse). Keeping the body allocates nothing for `Empty`, nor for a `Full<Bytes>`
 //! whose bytes are static or already shared; the first clone of a `Bytes` made from a `Vec`
 //! allocates its small shared header, a `String` is copied, and a streaming body's recording
 //! allocates. Without CAE the layer keeps nothing and a claims challenge is returned like any
@@ -143,8 +143,9 @@ pub(super) const DRAIN_LIMIT: usize = 64 * 1024;
 ///
 /// # What is shared
 ///
-/// Building a layer makes its token source: the credential, one refresh slot (the current
-/// token and at most one renewal), and one flight per claims challenge. Every clone of the
+/// Building a layer makes its token source: the credential, the current token with at most
+/// one renewal of it running, and at most one token request running per claims challenge
+/// (requests meeting the same challenge wait for the same token). Every clone of the
 /// layer, every [`BearerToken`] service it makes (and their clones) and every
 /// [middleware](Self::middleware) made from it use that one source: one token, one renewal
 /// and one claims acquisition for all of them. Two layers built separately share nothing,

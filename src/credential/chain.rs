@@ -53,6 +53,9 @@ use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, TokenRequest};
 
 const CHAIN: &str = "ChainedTokenCredential";
+/// The name on a [`Fallback`]'s errors: the user wrote `a.or(b)`, and may never have named
+/// the type.
+const OR_CHAIN: &str = "Fallback (a.or(b))";
 
 /// Names of the combinators: their success is reported by the leaf inside them.
 fn is_combinator(name: &str) -> bool {
@@ -188,6 +191,9 @@ fn member_name<C: 'static>(credential: &C) -> Cow<'static, str> {
 }
 
 /// `a.or(b)`: tries `A`, and `B` only when `A` is *unavailable*. No boxing.
+///
+/// Its errors name the credential `Fallback (a.or(b))` and list the attempts, as a
+/// [`ChainedTokenCredential`]'s do.
 #[derive(Clone, Debug)]
 pub struct Fallback<A, B> {
     first: A,
@@ -289,7 +295,7 @@ impl<A: TokenCredential, B: TokenCredential> Future for FallbackFuture<A, B> {
                         });
                     }
                     Err(error) => {
-                        return Poll::Ready(Err(CredentialError::chain(CHAIN, vec![error])));
+                        return Poll::Ready(Err(CredentialError::chain(OR_CHAIN, vec![error])));
                     }
                 },
                 StateProj::Second {
@@ -309,7 +315,7 @@ impl<A: TokenCredential, B: TokenCredential> Future for FallbackFuture<A, B> {
                             .map_err(|error| {
                                 let attempts =
                                     first_error.take().into_iter().chain([error]).collect();
-                                CredentialError::chain(CHAIN, attempts)
+                                CredentialError::chain(OR_CHAIN, attempts)
                             }),
                     );
                 }

@@ -174,6 +174,10 @@ async fn typed_or_follows_the_same_rules() {
     let err = stops.get_token([SCOPE]).await.unwrap_err();
     assert!(err.is_authentication_failed());
     assert_eq!(err.attempts().len(), 1);
+    // Named after what the user wrote, not after a type they never built.
+    assert_eq!(err.credential(), "Fallback (a.or(b))");
+    let text = err.to_string();
+    assert!(text.starts_with("Fallback (a.or(b)): "), "{text}");
     assert_eq!(
         authority.token_posts(),
         1,
@@ -186,6 +190,7 @@ async fn typed_or_follows_the_same_rules() {
         .await
         .unwrap_err();
     assert!(err.is_unavailable());
+    assert_eq!(err.credential(), "Fallback (a.or(b))");
     let names: Vec<_> = err.attempts().iter().map(|a| a.credential()).collect();
     assert_eq!(names, ["EnvironmentCredential", "AzureCliCredential"]);
 }
