@@ -13,10 +13,14 @@
 //!   every attempt.
 //! * **Tokens are cached and renewed** per credential: concurrent callers share one request,
 //!   a token is renewed in the last 5 minutes of its life (the last half for tokens living
-//!   less than 10 minutes) or at the provider's `refresh_in`; one from Microsoft Entra ID or
-//!   a managed identity endpoint that lives 2 hours or more without `refresh_in` is renewed at
-//!   half-life (MSAL's rule). Renewals are at least 30 s apart, a failed renewal keeps the
-//!   still-valid token, and an expired token is never returned.
+//!   less than 10 minutes) or at the provider's `refresh_in`. A token that Microsoft Entra ID
+//!   or a managed identity endpoint answers, living 2 hours or more without `refresh_in`, is
+//!   renewed at half-life (MSAL's rule); that rule belongs to those answers only, not to
+//!   tokens from Azure CLI or Azure Developer CLI nor to a credential of your own
+//!   ([`AccessToken::from_unix`]), which keep the 5-minute window unless given a refresh time
+//!   ([`with_refresh_on_unix`](AccessToken::with_refresh_on_unix)). Renewals are at least 30 s
+//!   apart, a failed renewal keeps the still-valid token, and an expired token is never
+//!   returned.
 //! * **Shared across a fleet** (optional): a [`DistributedCache`] under a credential's
 //!   in-memory cache lets the processes of a service share one token request per token
 //!   lifetime through Redis or any [`TokenStore`](distributed::TokenStore), sealed at rest,

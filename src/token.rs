@@ -309,6 +309,12 @@ impl AccessToken {
     /// treated as seven days, the longest lifetime this crate believes (no Entra token lives
     /// longer than 28 hours), so no input overflows the clock.
     ///
+    /// No refresh time is derived from the lifetime: a credential's cache renews such a token
+    /// in its last 300 s (the last half for one living under 10 minutes), however long it
+    /// lives. The half-life rule this crate applies to long-lived tokens answered by Microsoft
+    /// Entra ID and managed identity endpoints is theirs alone; to renew earlier, set
+    /// [`with_refresh_on_unix`](Self::with_refresh_on_unix).
+    ///
     /// ```
     /// use std::time::{SystemTime, UNIX_EPOCH};
     /// use tower_identity::AccessToken;
