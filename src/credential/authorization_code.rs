@@ -1,38 +1,4 @@
-//! [`AuthorizationCodeCredential`]: a user's authorization code, redeemed once; then the
-//! refresh token it brought.
-//!
-//! ```no_run
-//! use tower_identity::{AuthorizationCodeCredential, CredentialExt};
-//!
-//! # async fn run(code_from_redirect: String) -> Result<(), Box<dyn std::error::Error>> {
-//! let credential = AuthorizationCodeCredential::builder(
-//!     "contoso.onmicrosoft.com",
-//!     "00000000-1111-2222-3333-444444444444",
-//!     code_from_redirect,
-//!     "http://localhost:8400/callback",
-//! )
-//! .build()?;
-//! let graph = credential.get_token(["https://graph.microsoft.com/User.Read"]).await?;
-//! // The refresh token serves any other resource the user consented to.
-//! let arm = credential.get_token(["https://management.azure.com/user_impersonation"]).await?;
-//! # let _ = (graph, arm); Ok(()) }
-//! ```
-//!
-//! * The first call redeems the code (`client_info=1`), for that call's scopes. The code is
-//!   forgotten only after a successful redemption; the account is pinned to the `uid.utid`
-//!   of the answer. Concurrent first calls share the one redemption.
-//! * Later calls: a cached access token (more than 300 s left; past its refresh time, a
-//!   refresh token is redeemed first and the cached token returned only if that fails, as in
-//!   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
-//!   first request (the Python reference wrongly restricts them). A rotated refresh token
-//!   replaces the old one; one rejected with `invalid_grant` is dropped from the credential's
-//!   own memory, but kept in a cache file (as msal keeps it: other tools may share it).
-//! * Tokens live in memory, or in the shared MSAL cache file with
-//!   [`cache_options`](AuthorizationCodeCredentialBuilder::cache_options). When that file
-//!   cannot be written (or read), the last refresh token it could not take is kept in memory
-//!   and redeemed first, so the sign-in is not lost.
-//! * No code, no token and no refresh token → an *authentication failed* error saying to
-//!   sign in again.
+//! [`AuthorizationCodeCredential`]: a user's authorization code, then its refresh token.
 
 use std::fmt;
 use std::sync::Arc;
@@ -50,6 +16,39 @@ use crate::token::{AccessToken, Secret, TokenRequest};
 const NAME: &str = "AuthorizationCodeCredential";
 
 /// Authenticates a user with an authorization code from an interactive sign-in.
+///
+/// ```no_run
+/// use tower_identity::{AuthorizationCodeCredential, CredentialExt};
+///
+/// # async fn run(code_from_redirect: String) -> Result<(), Box<dyn std::error::Error>> {
+/// let credential = AuthorizationCodeCredential::builder(
+///     "contoso.onmicrosoft.com",
+///     "00000000-1111-2222-3333-444444444444",
+///     code_from_redirect,
+///     "http://localhost:8400/callback",
+/// )
+/// .build()?;
+/// let graph = credential.get_token(["https://graph.microsoft.com/User.Read"]).await?;
+/// // The refresh token serves any other resource the user consented to.
+/// let arm = credential.get_token(["https://management.azure.com/user_impersonation"]).await?;
+/// # let _ = (graph, arm); Ok(()) }
+/// ```
+///
+/// * The first call redeems the code (`client_info=1`), for that call's scopes. The code is
+///   forgotten only after a successful redemption; the account is pinned to the `uid.utid`
+///   of the answer. Concurrent first calls share the one redemption.
+/// * Later calls: a cached access token (more than 300 s left; past its refresh time, a
+///   refresh token is redeemed first and the cached token returned only if that fails, as in
+///   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
+///   first request (the Python reference wrongly restricts them). A rotated refresh token
+///   replaces the old one; one rejected with `invalid_grant` is dropped from the credential's
+///   own memory, but kept in a cache file (as msal keeps it: other tools may share it).
+/// * Tokens live in memory, or in the shared MSAL cache file with
+///   [`cache_options`](AuthorizationCodeCredentialBuilder::cache_options). When that file
+///   cannot be written (or read), the last refresh token it could not take is kept in memory
+///   and redeemed first, so the sign-in is not lost.
+/// * No code, no token and no refresh token → an *authentication failed* error saying to
+///   sign in again.
 #[derive(Clone)]
 pub struct AuthorizationCodeCredential {
     inner: Arc<Inner>,

@@ -1,29 +1,4 @@
 //! [`AzureCliCredential`]: the account signed in to the Azure CLI (`az login`).
-//!
-//! Runs `az account get-access-token --output json --scope <scope> [--tenant <tenant>]`
-//! directly (no shell) and reads the token and its `expires_on`. Scope and tenant are checked
-//! character by character before they reach the command line; neither may start with `-`.
-//!
-//! `az` is not trusted to behave. Each run is bounded:
-//!
-//! * it must exit within the timeout (10 s unless set with `process_timeout`);
-//! * at most 1 MiB of its stdout and 1 MiB of its stderr are kept (it is read to the end, the
-//!   rest discarded); an error quotes at most 300 characters of one stderr line, scrubbed of
-//!   tokens;
-//! * on Unix it runs in a process group of its own, and the whole group is killed (`SIGKILL`)
-//!   on timeout or when the run is abandoned (runtime shutdown) — the Linux `az` is a shell
-//!   script whose Python child would otherwise live on;
-//! * the answer is decided when `az` exits, not when its output pipes close: processes it left
-//!   behind still holding them are killed, not waited for;
-//! * an `expires_on` further ahead than a week is treated as a week.
-//!
-//! *Unavailable* (a chain moves on) when `az` is not installed, not signed in, or too slow;
-//! *authentication failed* for any other failure of `az`, including Entra refusing (an
-//! `AADSTS` error, even when `az` also says to run `az login`). Tokens are kept in memory and
-//! renewed like every other credential's, so concurrent callers start one `az` process. So
-//! after `az login` as someone else, a token already cached is still the previous identity's
-//! until its renewal (5 minutes before it expires); build a new credential to get the new
-//! identity's at once.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -51,6 +26,31 @@ const AZ: Tool = Tool {
 const NOT_SIGNED_IN: &str = "Azure CLI is not signed in. Run 'az login' to sign in, then try again";
 
 /// Gets tokens from the Azure CLI's signed-in account.
+///
+/// Runs `az account get-access-token --output json --scope <scope> [--tenant <tenant>]`
+/// directly (no shell) and reads the token and its `expires_on`. Scope and tenant are checked
+/// character by character before they reach the command line; neither may start with `-`.
+///
+/// `az` is not trusted to behave. Each run is bounded:
+///
+/// * it must exit within the timeout (10 s unless set with `process_timeout`);
+/// * at most 1 MiB of its stdout and 1 MiB of its stderr are kept (it is read to the end, the
+///   rest discarded); an error quotes at most 300 characters of one stderr line, scrubbed of
+///   tokens;
+/// * on Unix it runs in a process group of its own, and the whole group is killed (`SIGKILL`)
+///   on timeout or when the run is abandoned (runtime shutdown) — the Linux `az` is a shell
+///   script whose Python child would otherwise live on;
+/// * the answer is decided when `az` exits, not when its output pipes close: processes it left
+///   behind still holding them are killed, not waited for;
+/// * an `expires_on` further ahead than a week is treated as a week.
+///
+/// *Unavailable* (a chain moves on) when `az` is not installed, not signed in, or too slow;
+/// *authentication failed* for any other failure of `az`, including Entra refusing (an
+/// `AADSTS` error, even when `az` also says to run `az login`). Tokens are kept in memory and
+/// renewed like every other credential's, so concurrent callers start one `az` process. So
+/// after `az login` as someone else, a token already cached is still the previous identity's
+/// until its renewal (5 minutes before it expires); build a new credential to get the new
+/// identity's at once.
 #[derive(Clone)]
 pub struct AzureCliCredential {
     inner: Arc<Inner<Self>>,

@@ -1,37 +1,4 @@
-//! [`AzureDeveloperCliCredential`]: the account signed in to the Azure Developer CLI
-//! (`azd auth login`).
-//!
-//! ```no_run
-//! use tower_identity::{AzureDeveloperCliCredential, CredentialExt};
-//!
-//! # async fn run() -> Result<(), tower_identity::CredentialError> {
-//! let credential = AzureDeveloperCliCredential::new();
-//! let token = credential.get_token(["https://management.azure.com/.default"]).await?;
-//! # let _ = token; Ok(()) }
-//! ```
-//!
-//! Runs `azd auth token --output json --no-prompt --scope <scope>… [--tenant-id <tenant>]
-//! [--claims <base64>]` directly (no shell), with `NO_COLOR=true`, and reads `token` and
-//! `expiresOn` (RFC 3339, UTC) from its answer. Scopes and tenant are checked character by
-//! character before they reach the command line; claims are passed base64-encoded.
-//!
-//! `azd` is run under the same bounds as `az` (see [`AzureCliCredential`]): a timeout (10 s
-//! unless set with `process_timeout`), at most 1 MiB of each output kept, its whole process
-//! group killed on timeout or cancellation (on Windows, `azd` itself), and the answer decided
-//! on exit.
-//!
-//! *Unavailable* (a chain moves on) when `azd` is not installed, not signed in, too slow, or
-//! too old to take `--claims` (before 1.18.1); *authentication failed* for any other failure
-//! of `azd` — also one that tells to run `azd auth login` again, such as reauthentication
-//! for a scope — quoting one scrubbed line of it: the message of its JSON error lines (each
-//! version's layout), else its first `ERROR:` line.
-//!
-//! Tokens are kept in memory and renewed like every other credential's: after `azd auth
-//! login` as someone else, a token already cached is still the previous identity's until its
-//! renewal (5 minutes before it expires); build a new credential to get the new identity's at
-//! once.
-//!
-//! [`AzureCliCredential`]: crate::AzureCliCredential
+//! [`AzureDeveloperCliCredential`]: the account signed in to the Azure Developer CLI.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -62,6 +29,38 @@ const NO_CLAIMS_FLAG: &str = "this Azure Developer CLI cannot answer a claims ch
      no --claims flag); update it to version 1.18.1 or later";
 
 /// Gets tokens from the Azure Developer CLI's signed-in account.
+///
+/// ```no_run
+/// use tower_identity::{AzureDeveloperCliCredential, CredentialExt};
+///
+/// # async fn run() -> Result<(), tower_identity::CredentialError> {
+/// let credential = AzureDeveloperCliCredential::new();
+/// let token = credential.get_token(["https://management.azure.com/.default"]).await?;
+/// # let _ = token; Ok(()) }
+/// ```
+///
+/// Runs `azd auth token --output json --no-prompt --scope <scope>… [--tenant-id <tenant>]
+/// [--claims <base64>]` directly (no shell), with `NO_COLOR=true`, and reads `token` and
+/// `expiresOn` (RFC 3339, UTC) from its answer. Scopes and tenant are checked character by
+/// character before they reach the command line; claims are passed base64-encoded.
+///
+/// `azd` is run under the same bounds as `az` (see [`AzureCliCredential`]): a timeout (10 s
+/// unless set with `process_timeout`), at most 1 MiB of each output kept, its whole process
+/// group killed on timeout or cancellation (on Windows, `azd` itself), and the answer decided
+/// on exit.
+///
+/// *Unavailable* (a chain moves on) when `azd` is not installed, not signed in, too slow, or
+/// too old to take `--claims` (before 1.18.1); *authentication failed* for any other failure
+/// of `azd` — also one that tells to run `azd auth login` again, such as reauthentication
+/// for a scope — quoting one scrubbed line of it: the message of its JSON error lines (each
+/// version's layout), else its first `ERROR:` line.
+///
+/// Tokens are kept in memory and renewed like every other credential's: after `azd auth
+/// login` as someone else, a token already cached is still the previous identity's until its
+/// renewal (5 minutes before it expires); build a new credential to get the new identity's at
+/// once.
+///
+/// [`AzureCliCredential`]: crate::AzureCliCredential
 #[derive(Clone)]
 pub struct AzureDeveloperCliCredential {
     inner: Arc<Inner<Self>>,

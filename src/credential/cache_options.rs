@@ -1,40 +1,4 @@
-//! [`TokenCachePersistenceOptions`]: where a credential keeps tokens across processes — the
-//! MSAL token cache that Azure CLI, MSAL, msal-extensions and azure-identity share.
-//!
-//! ```no_run
-//! use tower_identity::{ClientSecretCredential, TokenCachePersistenceOptions};
-//!
-//! # fn main() -> Result<(), tower_identity::ConfigError> {
-//! // Encrypted in the Secret Service (Linux, `keyring` feature); the plaintext file only if
-//! // there is no usable keyring.
-//! let credential = ClientSecretCredential::builder("my-tenant", "my-app-id", "my-secret")
-//!     .cache_options(TokenCachePersistenceOptions::new().allow_unencrypted_storage(true))
-//!     .build()?;
-//! # drop(credential);
-//! # Ok(()) }
-//! ```
-//!
-//! # Where the cache lives
-//!
-//! * **Encrypted, in the Secret Service** (Linux with the `keyring` feature): one item per
-//!   document in the default collection, stored as Python msal-extensions'
-//!   `LibsecretPersistence` stores it for azure-identity (schema `<name>.nocae` /
-//!   `<name>.cae`, attribute `MsalClientID`, label `MSALCache`), so the two share it. The
-//!   file `~/.IdentityService/<name>.nocae` is then only a *signal file*, touched on every
-//!   write, and `<file>.lockfile` orders writers as for the plaintext file.
-//! * **Plaintext**, `~/.IdentityService/<name>.nocae` for ordinary tokens and `<name>.cae` for
-//!   tokens requested with the CAE capability (`<name>` defaults to `msal.cache`; a file named
-//!   just `msal.cache`, written by older tools, is read when `msal.cache.nocae` does not
-//!   exist): JSON with mode `0600`, written under msal-extensions' lock-file protocol
-//!   (`<file>.lockfile`), so that concurrent writers in other processes lose nothing.
-//!
-//! Encrypted storage is preferred. Whether a Secret Service is usable (a D-Bus session bus, a
-//! service on it, its default collection unlocked) is found out on first use; when it is not,
-//! the plaintext file is used if [`allow_unencrypted_storage`](TokenCachePersistenceOptions::allow_unencrypted_storage)
-//! allowed it, else each use fails with an error naming what is missing. Where this build has
-//! no encrypted storage at all — without the `keyring` feature, and on macOS (Keychain) and
-//! Windows (DPAPI), which are not implemented yet — building a credential with these options
-//! fails with a [`ConfigError`] unless the plaintext file is allowed.
+//! [`TokenCachePersistenceOptions`]: where a credential keeps tokens across processes.
 
 use std::path::PathBuf;
 
@@ -51,15 +15,40 @@ const DIRECTORY: &str = ".IdentityService";
 /// [`allow_unencrypted_storage`](Self::allow_unencrypted_storage) allows it — the plaintext
 /// file `<directory>/<name>.nocae` (and `.cae`).
 ///
-/// The keyring is the Secret Service on Linux with the `keyring` feature: one item per
-/// document, stored as Python msal-extensions' `LibsecretPersistence` stores it for
-/// azure-identity, so that both share it; the file is then only a signal file, and
-/// `<file>.lockfile` orders writers across processes. Whether the Secret Service is usable
-/// (a session bus, a service on it, its default collection unlocked) is found out on first
-/// use; if it is not, the plaintext file is used when allowed, else each use of the cache fails
-/// with an error naming what is missing. Without the feature, and on macOS and Windows (the
-/// Keychain and DPAPI are not implemented yet), building a credential with these options fails
-/// unless the plaintext file is allowed.
+/// ```no_run
+/// use tower_identity::{ClientSecretCredential, TokenCachePersistenceOptions};
+///
+/// # fn main() -> Result<(), tower_identity::ConfigError> {
+/// // Encrypted in the Secret Service (Linux, `keyring` feature); the plaintext file only if
+/// // there is no usable keyring.
+/// let credential = ClientSecretCredential::builder("my-tenant", "my-app-id", "my-secret")
+///     .cache_options(TokenCachePersistenceOptions::new().allow_unencrypted_storage(true))
+///     .build()?;
+/// # drop(credential);
+/// # Ok(()) }
+/// ```
+///
+/// # Where the cache lives
+///
+/// * **Encrypted, in the Secret Service** (Linux with the `keyring` feature): one item per
+///   document in the default collection, stored as Python msal-extensions'
+///   `LibsecretPersistence` stores it for azure-identity (schema `<name>.nocae` /
+///   `<name>.cae`, attribute `MsalClientID`, label `MSALCache`), so the two share it. The
+///   file `~/.IdentityService/<name>.nocae` is then only a *signal file*, touched on every
+///   write, and `<file>.lockfile` orders writers as for the plaintext file.
+/// * **Plaintext**, `~/.IdentityService/<name>.nocae` for ordinary tokens and `<name>.cae` for
+///   tokens requested with the CAE capability (`<name>` defaults to `msal.cache`; a file named
+///   just `msal.cache`, written by older tools, is read when `msal.cache.nocae` does not
+///   exist): JSON with mode `0600`, written under msal-extensions' lock-file protocol
+///   (`<file>.lockfile`), so that concurrent writers in other processes lose nothing.
+///
+/// Encrypted storage is preferred. Whether a Secret Service is usable (a D-Bus session bus, a
+/// service on it, its default collection unlocked) is found out on first use; when it is not,
+/// the plaintext file is used if [`allow_unencrypted_storage`](TokenCachePersistenceOptions::allow_unencrypted_storage)
+/// allowed it, else each use fails with an error naming what is missing. Where this build has
+/// no encrypted storage at all — without the `keyring` feature, and on macOS (Keychain) and
+/// Windows (DPAPI), which are not implemented yet — building a credential with these options
+/// fails with a [`ConfigError`] unless the plaintext file is allowed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TokenCachePersistenceOptions {
@@ -78,7 +67,7 @@ impl Default for TokenCachePersistenceOptions {
 
 impl TokenCachePersistenceOptions {
     /// The shared cache (`msal.cache`) in `~/.IdentityService`, unencrypted storage not
-    /// allowed (the reference's default; see the module docs).
+    /// allowed (the reference's default; see [where the cache lives](Self#where-the-cache-lives)).
     pub fn new() -> Self {
         Self {
             name: DEFAULT_CACHE_NAME.to_owned(),

@@ -1,38 +1,4 @@
-//! Fallback between credentials.
-//!
-//! A credential that is *unavailable* (no configuration, no `az`, no cached account) passes
-//! the request to the next; any other error stops the chain, because a credential that was
-//! configured and failed is something the user must hear about, not something to paper over
-//! with another identity. The final error lists every attempt in order.
-//!
-//! ```no_run
-//! use tower_identity::{
-//!     AzureCliCredential, ChainedTokenCredential, CredentialExt, EnvironmentCredential,
-//! };
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! // Dynamic: any number of boxed credentials.
-//! let chain = ChainedTokenCredential::new([
-//!     EnvironmentCredential::new().boxed_credential(),
-//!     AzureCliCredential::new().boxed_credential(),
-//! ])?;
-//! // Typed: no boxing, same rules.
-//! let typed = EnvironmentCredential::new().or(AzureCliCredential::new());
-//! let token = chain.get_token(["https://management.azure.com/.default"]).await?;
-//! # let _ = (typed, token); Ok(()) }
-//! ```
-//!
-//! A [`ManagedIdentityCredential`](crate::ManagedIdentityCredential) asked by a chain probes
-//! IMDS first (1 s, no retries), as in azure-identity: on a machine without IMDS the chain
-//! moves on within about a second instead of waiting out IMDS's retries (see its docs).
-//!
-//! The token names the credential that answered ([`AccessToken::credential`]); a token of a
-//! credential of yours, which has no name, gets the chain member's (the box's name, or for
-//! a [`Fallback`] member that is not boxed, its type's). Each attempt runs in a `credential_attempt` span at `DEBUG`
-//! (`credential`, `attempt`, `scopes`, `tenant`; target
-//! `tower_identity::credential::chain`), in which the answer is a `DEBUG` event and each
-//! unavailable credential's reason too. Nothing is logged above `DEBUG`: a library's success
-//! is not news.
+//! Fallback between credentials: [`ChainedTokenCredential`] and [`Fallback`] (`a.or(b)`).
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -68,7 +34,7 @@ fn report_success(name: &str) {
     }
 }
 
-/// The span of one attempt of a chain (see the module docs); no secret in its fields.
+/// The span of one attempt of a chain (see [`ChainedTokenCredential`]); no secret in its fields.
 fn attempt_span(name: &str, attempt: usize, request: &TokenRequest) -> Span {
     tracing::debug_span!(
         "credential_attempt",
@@ -98,6 +64,40 @@ pub(crate) fn within_chain() -> bool {
 
 /// Tries boxed credentials in order: the first token wins, the first error that is not
 /// *unavailable* stops the chain. Chains nest.
+///
+/// A credential that is *unavailable* (no configuration, no `az`, no cached account) passes
+/// the request to the next; any other error stops the chain, because a credential that was
+/// configured and failed is something the user must hear about, not something to paper over
+/// with another identity. The final error lists every attempt in order.
+///
+/// ```no_run
+/// use tower_identity::{
+///     AzureCliCredential, ChainedTokenCredential, CredentialExt, EnvironmentCredential,
+/// };
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // Dynamic: any number of boxed credentials.
+/// let chain = ChainedTokenCredential::new([
+///     EnvironmentCredential::new().boxed_credential(),
+///     AzureCliCredential::new().boxed_credential(),
+/// ])?;
+/// // Typed: no boxing, same rules.
+/// let typed = EnvironmentCredential::new().or(AzureCliCredential::new());
+/// let token = chain.get_token(["https://management.azure.com/.default"]).await?;
+/// # let _ = (typed, token); Ok(()) }
+/// ```
+///
+/// A [`ManagedIdentityCredential`](crate::ManagedIdentityCredential) asked by a chain probes
+/// IMDS first (1 s, no retries), as in azure-identity: on a machine without IMDS the chain
+/// moves on within about a second instead of waiting out IMDS's retries (see its docs).
+///
+/// The token names the credential that answered ([`AccessToken::credential`]); a token of a
+/// credential of yours, which has no name, gets the chain member's (the box's name, or for
+/// a [`Fallback`] member that is not boxed, its type's). Each attempt runs in a `credential_attempt` span at `DEBUG`
+/// (`credential`, `attempt`, `scopes`, `tenant`; target
+/// `tower_identity::credential::chain`), in which the answer is a `DEBUG` event and each
+/// unavailable credential's reason too. Nothing is logged above `DEBUG`: a library's success
+/// is not news.
 #[derive(Clone)]
 pub struct ChainedTokenCredential {
     credentials: Arc<[BoxCredential]>,

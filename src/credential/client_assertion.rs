@@ -1,21 +1,4 @@
-//! [`ClientAssertionCredential`]: a service principal proving itself with a client assertion
-//! (a signed JWT) that your code supplies, as in federation with another identity provider.
-//!
-//! ```no_run
-//! use tower_identity::{BoxError, ClientAssertionCredential, CredentialExt};
-//!
-//! # async fn fetch_federated_token() -> Result<String, BoxError> { Ok(String::new()) }
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let credential = ClientAssertionCredential::builder(
-//!     "72f988bf-86f1-41af-91ab-2d7cd011db47",
-//!     "00000000-1111-2222-3333-444444444444",
-//!     // Called for a first assertion, then whenever the one in hand is 5 minutes old.
-//!     || async { fetch_federated_token().await },
-//! )
-//! .build()?;
-//! let token = credential.get_token(["https://graph.microsoft.com/.default"]).await?;
-//! # let _ = token; Ok(()) }
-//! ```
+//! [`ClientAssertionCredential`]: a client assertion your code supplies.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -146,6 +129,22 @@ where
 /// Authenticates a service principal with a client assertion from your code: a JWT signed by
 /// you, or a token from another identity provider trusted through a federated identity
 /// credential.
+///
+/// ```no_run
+/// use tower_identity::{BoxError, ClientAssertionCredential, CredentialExt};
+///
+/// # async fn fetch_federated_token() -> Result<String, BoxError> { Ok(String::new()) }
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let credential = ClientAssertionCredential::builder(
+///     "72f988bf-86f1-41af-91ab-2d7cd011db47",
+///     "00000000-1111-2222-3333-444444444444",
+///     // Called for a first assertion, then whenever the one in hand is 5 minutes old.
+///     || async { fetch_federated_token().await },
+/// )
+/// .build()?;
+/// let token = credential.get_token(["https://graph.microsoft.com/.default"]).await?;
+/// # let _ = token; Ok(()) }
+/// ```
 ///
 /// The request is the client-credentials grant with the assertion as a `jwt-bearer`
 /// `client_assertion`. Assertions are kept per token endpoint (a signed assertion's audience)

@@ -1,20 +1,4 @@
-//! [`ClientSecretCredential`]: a service principal authenticating with a client secret
-//! (OAuth 2.0 client credentials grant).
-//!
-//! ```no_run
-//! use tower_identity::{ClientSecretCredential, CredentialExt};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let credential = ClientSecretCredential::builder(
-//!     "72f988bf-86f1-41af-91ab-2d7cd011db47",
-//!     "00000000-1111-2222-3333-444444444444",
-//!     std::env::var("CLIENT_SECRET")?,
-//! )
-//! .additionally_allowed_tenants(["*"])
-//! .build()?;
-//! let token = credential.get_token(["https://graph.microsoft.com/.default"]).await?;
-//! # let _ = token; Ok(()) }
-//! ```
+//! [`ClientSecretCredential`]: a service principal with a client secret.
 
 use std::fmt;
 use std::sync::Arc;
@@ -35,6 +19,21 @@ use crate::token::{AccessToken, Secret, TokenRequest};
 const NAME: &str = "ClientSecretCredential";
 
 /// Authenticates a service principal with a client secret.
+///
+/// ```no_run
+/// use tower_identity::{ClientSecretCredential, CredentialExt};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let credential = ClientSecretCredential::builder(
+///     "72f988bf-86f1-41af-91ab-2d7cd011db47",
+///     "00000000-1111-2222-3333-444444444444",
+///     std::env::var("CLIENT_SECRET")?,
+/// )
+/// .additionally_allowed_tenants(["*"])
+/// .build()?;
+/// let token = credential.get_token(["https://graph.microsoft.com/.default"]).await?;
+/// # let _ = token; Ok(()) }
+/// ```
 ///
 /// Tokens are cached in memory per tenant and scope set (CAE and non-CAE apart) and renewed
 /// in the last 300 s of their life (or at the provider's `refresh_in`); concurrent callers

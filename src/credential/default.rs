@@ -1,60 +1,4 @@
-//! [`DefaultAzureCredential`]: the chain most applications start from — the credentials a
-//! service is deployed with first, then the developer's own sign-ins.
-//!
-//! ```no_run
-//! use tower_identity::{CredentialExt, DefaultAzureCredential};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let credential = DefaultAzureCredential::new()?;
-//! let token = credential.get_token(["https://management.azure.com/.default"]).await?;
-//! # let _ = token; Ok(()) }
-//! ```
-//!
-//! Tried in this order (azure-identity's, without the Windows- and IDE-only credentials):
-//!
-//! | # | credential | reads |
-//! |---|---|---|
-//! | 1 | [`EnvironmentCredential`] | `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET` |
-//! | 2 | [`WorkloadIdentityCredential`] | `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE` |
-//! | 3 | [`ManagedIdentityCredential`] | the host's managed identity; `AZURE_CLIENT_ID` picks a user-assigned one |
-//! | 4 | [`SharedTokenCacheCredential`] | the MSAL cache shared with Azure CLI and Visual Studio; `AZURE_USERNAME` and `AZURE_TENANT_ID` pick the account |
-//! | 5 | [`AzureCliCredential`] | `az login` |
-//! | 6 | [`AzureDeveloperCliCredential`] | `azd auth login` |
-//!
-//! With [`vars`](DefaultAzureCredentialBuilder::vars), every member reads these (and
-//! `AZURE_AUTHORITY_HOST`, `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH`) from the pairs given.
-//!
-//! Azure PowerShell, Visual Studio Code, the WAM broker and the interactive browser are not
-//! part of it (this crate has none of them).
-//!
-//! **Selection.** `AZURE_TOKEN_CREDENTIALS` narrows the chain: `prod` keeps 1–3, `dev` keeps
-//! 4–6, and one credential's type name (`ManagedIdentityCredential`, `AzureCliCredential`, …;
-//! any of the table but `SharedTokenCacheCredential`) keeps only that one. The value is
-//! trimmed and compared ignoring case; anything else is a construction error. The builder's
-//! `exclude_*` settings apply on top.
-//!
-//! **Failing fast.** Inside this chain, as in any chain, the managed identity, when it would
-//! ask IMDS, first probes it without retries and with a 1 s timeout: on a machine that is not an Azure VM
-//! the chain moves on within about a second instead of waiting out IMDS's retry schedule. After
-//! one success it behaves as a plain [`ManagedIdentityCredential`]. Until then, an answer at
-//! the IMDS address that is not JSON (a proxy or firewall answering for the link-local
-//! address) also makes it *unavailable*, as in azure-identity; a JSON error is IMDS's own and
-//! stops the chain there too, so that it does not run on as another identity. (azure-identity skips this
-//! probe when `AZURE_POD_IDENTITY_AUTHORITY_HOST` is set; this crate probes there too, so a
-//! wrong override fails fast as well.) When `AZURE_TOKEN_CREDENTIALS=ManagedIdentityCredential`
-//! names it alone there is nothing to fall back to, and it is not probed. Failures of the shared
-//! token cache, Azure CLI and Azure Developer CLI (a refused refresh token, an outage, a tool
-//! that fails) are reported as *unavailable* here, so the next developer sign-in gets its
-//! turn, as azure-identity does.
-//!
-//! **Sticky.** The first credential that answers is used for every later request of this
-//! `DefaultAzureCredential` (and its clones), without trying the others first — as
-//! azure-identity and the Go SDK do. A developer signed in to Azure CLI does not pay for the
-//! IMDS probe again on every new scope, and a deployed service does not silently switch
-//! identity when its managed identity has a bad moment: it gets that credential's error. Build a
-//! new `DefaultAzureCredential` to choose again.
-//!
-//! When nothing answers, the error lists every credential tried with what to set up.
+//! [`DefaultAzureCredential`]: the chain most applications start from.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -78,8 +22,9 @@ use crate::transport::HttpClient;
 pub(crate) const NAME: &str = "DefaultAzureCredential";
 /// Narrows the chain: `dev`, `prod` or one credential's name.
 const AZURE_TOKEN_CREDENTIALS: &str = "AZURE_TOKEN_CREDENTIALS";
-const DOCS: &str =
-    "https://docs.rs/tower-identity/latest/tower_identity/struct.DefaultAzureCredential.html";
+/// The struct's page: rustdoc puts an item of a private module at its first public path,
+/// `credential::`, and the crate root's re-export only links there.
+const DOCS: &str = "https://docs.rs/tower-identity/latest/tower_identity/credential/struct.DefaultAzureCredential.html";
 
 /// The members, in the order they are tried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -164,8 +109,64 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
     Member::ALL.into_iter().filter(|m| keep(*m)).collect()
 }
 
-/// The chain of the module docs: environment, workload identity, managed identity, shared
-/// token cache, Azure CLI, Azure Developer CLI.
+/// The chain most applications start from: the credentials a service is deployed with
+/// first (environment, workload identity, managed identity), then the developer's own
+/// sign-ins (shared token cache, Azure CLI, Azure Developer CLI).
+///
+/// ```no_run
+/// use tower_identity::{CredentialExt, DefaultAzureCredential};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let credential = DefaultAzureCredential::new()?;
+/// let token = credential.get_token(["https://management.azure.com/.default"]).await?;
+/// # let _ = token; Ok(()) }
+/// ```
+///
+/// Tried in this order (azure-identity's, without the Windows- and IDE-only credentials):
+///
+/// | # | credential | reads |
+/// |---|---|---|
+/// | 1 | [`EnvironmentCredential`] | `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET` |
+/// | 2 | [`WorkloadIdentityCredential`] | `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE` |
+/// | 3 | [`ManagedIdentityCredential`] | the host's managed identity; `AZURE_CLIENT_ID` picks a user-assigned one |
+/// | 4 | [`SharedTokenCacheCredential`] | the MSAL cache shared with Azure CLI and Visual Studio; `AZURE_USERNAME` and `AZURE_TENANT_ID` pick the account |
+/// | 5 | [`AzureCliCredential`] | `az login` |
+/// | 6 | [`AzureDeveloperCliCredential`] | `azd auth login` |
+///
+/// With [`vars`](DefaultAzureCredentialBuilder::vars), every member reads these (and
+/// `AZURE_AUTHORITY_HOST`, `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH`) from the pairs given.
+///
+/// Azure PowerShell, Visual Studio Code, the WAM broker and the interactive browser are not
+/// part of it (this crate has none of them).
+///
+/// **Selection.** `AZURE_TOKEN_CREDENTIALS` narrows the chain: `prod` keeps 1–3, `dev` keeps
+/// 4–6, and one credential's type name (`ManagedIdentityCredential`, `AzureCliCredential`, …;
+/// any of the table but `SharedTokenCacheCredential`) keeps only that one. The value is
+/// trimmed and compared ignoring case; anything else is a construction error. The builder's
+/// `exclude_*` settings apply on top.
+///
+/// **Failing fast.** Inside this chain, as in any chain, the managed identity, when it would
+/// ask IMDS, first probes it without retries and with a 1 s timeout: on a machine that is not an Azure VM
+/// the chain moves on within about a second instead of waiting out IMDS's retry schedule. After
+/// one success it behaves as a plain [`ManagedIdentityCredential`]. Until then, an answer at
+/// the IMDS address that is not JSON (a proxy or firewall answering for the link-local
+/// address) also makes it *unavailable*, as in azure-identity; a JSON error is IMDS's own and
+/// stops the chain there too, so that it does not run on as another identity. (azure-identity skips this
+/// probe when `AZURE_POD_IDENTITY_AUTHORITY_HOST` is set; this crate probes there too, so a
+/// wrong override fails fast as well.) When `AZURE_TOKEN_CREDENTIALS=ManagedIdentityCredential`
+/// names it alone there is nothing to fall back to, and it is not probed. Failures of the shared
+/// token cache, Azure CLI and Azure Developer CLI (a refused refresh token, an outage, a tool
+/// that fails) are reported as *unavailable* here, so the next developer sign-in gets its
+/// turn, as azure-identity does.
+///
+/// **Sticky.** The first credential that answers is used for every later request of this
+/// `DefaultAzureCredential` (and its clones), without trying the others first — as
+/// azure-identity and the Go SDK do. A developer signed in to Azure CLI does not pay for the
+/// IMDS probe again on every new scope, and a deployed service does not silently switch
+/// identity when its managed identity has a bad moment: it gets that credential's error. Build a
+/// new `DefaultAzureCredential` to choose again.
+///
+/// When nothing answers, the error lists every credential tried with what to set up.
 #[derive(Clone)]
 pub struct DefaultAzureCredential {
     inner: Arc<Inner>,
@@ -696,6 +697,30 @@ mod tests {
 
     fn names(members: &[Member]) -> Vec<&'static str> {
         members.iter().map(|m| m.name()).collect()
+    }
+
+    /// The error's hint sends users to the struct's page for what each member reads, so the
+    /// struct's own docs carry that table: this module is private, its docs are on no page.
+    #[test]
+    fn the_page_the_error_names_lists_what_each_member_reads() {
+        assert!(DOCS.ends_with("/tower_identity/credential/struct.DefaultAzureCredential.html"));
+        let source = include_str!("default.rs");
+        let before_struct = source
+            .split("\npub struct DefaultAzureCredential {")
+            .next()
+            .unwrap();
+        // The struct's doc block (and attributes): nothing but `///` and `#[` lines.
+        let docs = before_struct.rsplit("\n\n").next().unwrap();
+        assert!(
+            docs.lines()
+                .all(|l| l.starts_with("///") || l.starts_with("#[")),
+            "{docs}"
+        );
+        assert!(docs.contains("/// | # | credential | reads |"), "{docs}");
+        for member in Member::ALL {
+            assert!(docs.contains(&format!("[`{}`] |", member.name())), "{docs}");
+        }
+        assert!(docs.contains("AZURE_TOKEN_CREDENTIALS"), "{docs}");
     }
 
     #[test]

@@ -1,44 +1,4 @@
-//! [`DeviceCodeCredential`]: a user signs in on another device with a code this program
-//! shows (RFC 8628); then the refresh token the sign-in brought serves every later request.
-//!
-//! ```no_run
-//! use tower_identity::{CredentialExt, DeviceCodeCredential};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let credential = DeviceCodeCredential::builder()
-//!     .tenant_id("contoso.onmicrosoft.com")
-//!     .prompt(|info| eprintln!("{}", info.message))
-//!     .build()?;
-//! // Prompts, then waits until the user has signed in on another device.
-//! let graph = credential.get_token(["https://graph.microsoft.com/User.Read"]).await?;
-//! // No prompt: the refresh token serves any other resource the user consented to.
-//! let arm = credential.get_token(["https://management.azure.com/user_impersonation"]).await?;
-//! # let _ = (graph, arm); Ok(()) }
-//! ```
-//!
-//! * The first call asks `{authority}/{tenant}/oauth2/v2.0/devicecode` for a code (with
-//!   `openid profile offline_access` added to its scopes, as msal does), hands the user code,
-//!   verification URI and message to the prompt (default: the message on stderr), then polls
-//!   the token endpoint at the interval Entra gave (clamped to 1–60 s). `slow_down` adds 5 s
-//!   to the interval (RFC 8628 §3.5), past 60 s too; `authorization_pending` keeps polling. A declined
-//!   sign-in, an expired or unknown code, any other error, the code's expiry or the builder's
-//!   [`timeout`](DeviceCodeCredentialBuilder::timeout) end the sign-in with an *authentication
-//!   failed* error saying which. When that deadline comes before the next poll is due, the
-//!   endpoint is polled once more at the deadline, so there is always at least one poll.
-//! * **One sign-in for concurrent callers**: calls made while a sign-in is pending wait for
-//!   it (one prompt). The sign-in runs in a task of its own that is aborted when **every**
-//!   waiting caller has dropped its future: polling stops at once, and the next call starts
-//!   a new sign-in with a new code. One caller giving up does not stop it for the others.
-//! * After sign-in the account is pinned (its `uid.utid`), its tokens are recorded as
-//!   [`AuthorizationCodeCredential`](crate::AuthorizationCodeCredential) records them (in
-//!   memory, or in the shared MSAL cache file with
-//!   [`cache_options`](DeviceCodeCredentialBuilder::cache_options)), and later calls use a
-//!   cached access token or redeem the refresh token, for any scope, without a prompt. A
-//!   refresh token the cache file could not take is kept in memory and redeemed first. When
-//!   no refresh token can sign the account in any more (none left, or `invalid_grant`), the
-//!   account and every token of it kept in memory are forgotten, and the next call prompts
-//!   again (perhaps another user signs in).
-//! * The device code is a secret: it never appears in `Debug` output or errors.
+//! [`DeviceCodeCredential`]: a user signs in on another device (RFC 8628).
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -95,6 +55,45 @@ pub struct DeviceCodeInfo {
 type Prompt = Arc<dyn Fn(DeviceCodeInfo) + Send + Sync>;
 
 /// Authenticates a user with the device code flow: the user signs in on another device.
+///
+/// ```no_run
+/// use tower_identity::{CredentialExt, DeviceCodeCredential};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let credential = DeviceCodeCredential::builder()
+///     .tenant_id("contoso.onmicrosoft.com")
+///     .prompt(|info| eprintln!("{}", info.message))
+///     .build()?;
+/// // Prompts, then waits until the user has signed in on another device.
+/// let graph = credential.get_token(["https://graph.microsoft.com/User.Read"]).await?;
+/// // No prompt: the refresh token serves any other resource the user consented to.
+/// let arm = credential.get_token(["https://management.azure.com/user_impersonation"]).await?;
+/// # let _ = (graph, arm); Ok(()) }
+/// ```
+///
+/// * The first call asks `{authority}/{tenant}/oauth2/v2.0/devicecode` for a code (with
+///   `openid profile offline_access` added to its scopes, as msal does), hands the user code,
+///   verification URI and message to the prompt (default: the message on stderr), then polls
+///   the token endpoint at the interval Entra gave (clamped to 1–60 s). `slow_down` adds 5 s
+///   to the interval (RFC 8628 §3.5), past 60 s too; `authorization_pending` keeps polling. A declined
+///   sign-in, an expired or unknown code, any other error, the code's expiry or the builder's
+///   [`timeout`](DeviceCodeCredentialBuilder::timeout) end the sign-in with an *authentication
+///   failed* error saying which. When that deadline comes before the next poll is due, the
+///   endpoint is polled once more at the deadline, so there is always at least one poll.
+/// * **One sign-in for concurrent callers**: calls made while a sign-in is pending wait for
+///   it (one prompt). The sign-in runs in a task of its own that is aborted when **every**
+///   waiting caller has dropped its future: polling stops at once, and the next call starts
+///   a new sign-in with a new code. One caller giving up does not stop it for the others.
+/// * After sign-in the account is pinned (its `uid.utid`), its tokens are recorded as
+///   [`AuthorizationCodeCredential`](crate::AuthorizationCodeCredential) records them (in
+///   memory, or in the shared MSAL cache file with
+///   [`cache_options`](DeviceCodeCredentialBuilder::cache_options)), and later calls use a
+///   cached access token or redeem the refresh token, for any scope, without a prompt. A
+///   refresh token the cache file could not take is kept in memory and redeemed first. When
+///   no refresh token can sign the account in any more (none left, or `invalid_grant`), the
+///   account and every token of it kept in memory are forgotten, and the next call prompts
+///   again (perhaps another user signs in).
+/// * The device code is a secret: it never appears in `Debug` output or errors.
 #[derive(Clone)]
 pub struct DeviceCodeCredential {
     inner: Arc<Inner>,

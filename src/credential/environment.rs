@@ -1,33 +1,4 @@
 //! [`EnvironmentCredential`]: a service principal configured by environment variables.
-//!
-//! | variable | meaning |
-//! |---|---|
-//! | `AZURE_TENANT_ID` | the tenant (directory) id |
-//! | `AZURE_CLIENT_ID` | the app's client id |
-//! | `AZURE_CLIENT_SECRET` | one of the app's client secrets |
-//! | `AZURE_CLIENT_CERTIFICATE_PATH` | or: a PEM or PKCS#12 file with the certificate and its RSA key |
-//! | `AZURE_CLIENT_CERTIFICATE_PASSWORD` | optional; the PKCS#12 file's password, or the PEM file's encrypted key's |
-//! | `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` | optional; any non-empty value sends the chain (`x5c`) |
-//! | `AZURE_AUTHORITY_HOST` | optional; default the public cloud |
-//!
-//! Variables are read once, when the credential is built. Values are trimmed, except the
-//! secret and the certificate password, which are used exactly as set (as azure-identity
-//! does). When any of the first three is missing or blank the credential is *unavailable* (a
-//! chain moves on) and says which; when they are set but invalid (a malformed tenant id, an
-//! `http` authority) it is an *invalid request*, which stops a chain — a configuration
-//! mistake should be heard, not skipped.
-//!
-//! As azure-identity, a client secret wins over a certificate, which wins over a username and
-//! password. A certificate is a [`ClientCertificateCredential`]
-//! (the file is PEM when it contains `-----BEGIN`, else PKCS#12); a certificate that cannot be
-//! loaded (missing file, wrong password, expired) is an *invalid request* naming the problem.
-//! `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` follows azure-identity, which sends the chain for any
-//! non-empty value — even `false` or `0`: a deployment moving between the two SDKs behaves the
-//! same. With `AZURE_CLIENT_ID`, `AZURE_USERNAME` and `AZURE_PASSWORD` set instead (what
-//! azure-identity takes for username and password) the credential is *unavailable* and says
-//! so: the resource owner password grant cannot satisfy multi-factor authentication, which
-//! Entra now requires, and is not offered. `AZURE_USERNAME` alone, which also picks
-//! `DefaultAzureCredential`'s shared-cache account, is not taken for it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -54,7 +25,36 @@ const AZURE_CLIENT_SEND_CERTIFICATE_CHAIN: &str = "AZURE_CLIENT_SEND_CERTIFICATE
 const AZURE_PASSWORD: &str = "AZURE_PASSWORD";
 
 /// Authenticates a service principal from `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and
-/// `AZURE_CLIENT_SECRET` or `AZURE_CLIENT_CERTIFICATE_PATH` (see the module documentation).
+/// `AZURE_CLIENT_SECRET` or `AZURE_CLIENT_CERTIFICATE_PATH` (the variables below).
+///
+/// | variable | meaning |
+/// |---|---|
+/// | `AZURE_TENANT_ID` | the tenant (directory) id |
+/// | `AZURE_CLIENT_ID` | the app's client id |
+/// | `AZURE_CLIENT_SECRET` | one of the app's client secrets |
+/// | `AZURE_CLIENT_CERTIFICATE_PATH` | or: a PEM or PKCS#12 file with the certificate and its RSA key |
+/// | `AZURE_CLIENT_CERTIFICATE_PASSWORD` | optional; the PKCS#12 file's password, or the PEM file's encrypted key's |
+/// | `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` | optional; any non-empty value sends the chain (`x5c`) |
+/// | `AZURE_AUTHORITY_HOST` | optional; default the public cloud |
+///
+/// Variables are read once, when the credential is built. Values are trimmed, except the
+/// secret and the certificate password, which are used exactly as set (as azure-identity
+/// does). When any of the first three is missing or blank the credential is *unavailable* (a
+/// chain moves on) and says which; when they are set but invalid (a malformed tenant id, an
+/// `http` authority) it is an *invalid request*, which stops a chain — a configuration
+/// mistake should be heard, not skipped.
+///
+/// As azure-identity, a client secret wins over a certificate, which wins over a username and
+/// password. A certificate is a [`ClientCertificateCredential`]
+/// (the file is PEM when it contains `-----BEGIN`, else PKCS#12); a certificate that cannot be
+/// loaded (missing file, wrong password, expired) is an *invalid request* naming the problem.
+/// `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` follows azure-identity, which sends the chain for any
+/// non-empty value — even `false` or `0`: a deployment moving between the two SDKs behaves the
+/// same. With `AZURE_CLIENT_ID`, `AZURE_USERNAME` and `AZURE_PASSWORD` set instead (what
+/// azure-identity takes for username and password) the credential is *unavailable* and says
+/// so: the resource owner password grant cannot satisfy multi-factor authentication, which
+/// Entra now requires, and is not offered. `AZURE_USERNAME` alone, which also picks
+/// `DefaultAzureCredential`'s shared-cache account, is not taken for it.
 #[derive(Clone)]
 pub struct EnvironmentCredential {
     state: Arc<State>,

@@ -1,41 +1,4 @@
-//! [`SharedTokenCacheCredential`]: the accounts that Azure CLI, Visual Studio, MSAL and
-//! azure-identity keep in the shared MSAL token cache (`~/.IdentityService/msal.cache.nocae`).
-//!
-//! ```no_run
-//! use tower_identity::{CredentialExt, SharedTokenCacheCredential};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let credential = SharedTokenCacheCredential::builder()
-//!     .username("alice@contoso.com") // only needed when several accounts are cached
-//!     .build()?;
-//! let token = credential.get_token(["https://management.azure.com/.default"]).await?;
-//! # let _ = token; Ok(()) }
-//! ```
-//!
-//! Account selection, as the reference does it: `Account` entries whose `environment` is an
-//! alias of the authority host and that have a *family* refresh token (FOCI) with the same
-//! `home_account_id`, filtered by `username` (exact) and `tenant_id` (the part of the
-//! `home_account_id` after the dot), de-duplicated by `home_account_id`. Exactly one must
-//! remain; otherwise the credential is *unavailable* and says why (when several remain it
-//! lists their usernames).
-//!
-//! Then: a cached access token of that account (any application wrote it) whose scopes cover
-//! the request, for the requested or else the configured tenant if either is named (the
-//! reference takes any tenant's), and that has more than 300 s left (past its refresh time,
-//! only if redeeming a refresh token fails, as in msal); else the account's family refresh tokens,
-//! redeemed in turn (the next after a refusal; an outage or a transport failure is returned at
-//! once) as Azure CLI's public client at the requested tenant (unless
-//! [`disable_multitenant_auth`](SharedTokenCacheCredentialBuilder::disable_multitenant_auth)),
-//! else the configured one, else `organizations`. New tokens, the rotated refresh token included, are written back to the file under its
-//! lock. Every "cannot" is *unavailable*, so a chain moves on; a provider's refusal is
-//! *authentication failed* (inside [`DefaultAzureCredential`](crate::DefaultAzureCredential)
-//! every failure is *unavailable*, as in azure-identity, so Azure CLI gets its turn).
-//!
-//! The account is selected again at every acquisition (a scope's first request, a renewal).
-//! When the selection changes (the developer signed in as someone else), the tokens kept in
-//! memory for the previous account are dropped; until an acquisition sees the change, a scope
-//! cached before is still served as the previous account (azure-identity reads the file on
-//! every request and switches at once). Build a new credential to switch at once.
+//! [`SharedTokenCacheCredential`]: the accounts of the shared MSAL token cache.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -62,6 +25,42 @@ const ORGANIZATIONS: &str = "organizations";
 const UNAVAILABLE: &str = "authentication unavailable.";
 
 /// Gets tokens for an account in the shared MSAL token cache.
+///
+/// ```no_run
+/// use tower_identity::{CredentialExt, SharedTokenCacheCredential};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let credential = SharedTokenCacheCredential::builder()
+///     .username("alice@contoso.com") // only needed when several accounts are cached
+///     .build()?;
+/// let token = credential.get_token(["https://management.azure.com/.default"]).await?;
+/// # let _ = token; Ok(()) }
+/// ```
+///
+/// Account selection, as the reference does it: `Account` entries whose `environment` is an
+/// alias of the authority host and that have a *family* refresh token (FOCI) with the same
+/// `home_account_id`, filtered by `username` (exact) and `tenant_id` (the part of the
+/// `home_account_id` after the dot), de-duplicated by `home_account_id`. Exactly one must
+/// remain; otherwise the credential is *unavailable* and says why (when several remain it
+/// lists their usernames).
+///
+/// Then: a cached access token of that account (any application wrote it) whose scopes cover
+/// the request, for the requested or else the configured tenant if either is named (the
+/// reference takes any tenant's), and that has more than 300 s left (past its refresh time,
+/// only if redeeming a refresh token fails, as in msal); else the account's family refresh tokens,
+/// redeemed in turn (the next after a refusal; an outage or a transport failure is returned at
+/// once) as Azure CLI's public client at the requested tenant (unless
+/// [`disable_multitenant_auth`](SharedTokenCacheCredentialBuilder::disable_multitenant_auth)),
+/// else the configured one, else `organizations`. New tokens, the rotated refresh token included, are written back to the file under its
+/// lock. Every "cannot" is *unavailable*, so a chain moves on; a provider's refusal is
+/// *authentication failed* (inside [`DefaultAzureCredential`](crate::DefaultAzureCredential)
+/// every failure is *unavailable*, as in azure-identity, so Azure CLI gets its turn).
+///
+/// The account is selected again at every acquisition (a scope's first request, a renewal).
+/// When the selection changes (the developer signed in as someone else), the tokens kept in
+/// memory for the previous account are dropped; until an acquisition sees the change, a scope
+/// cached before is still served as the previous account (azure-identity reads the file on
+/// every request and switches at once). Build a new credential to switch at once.
 #[derive(Clone)]
 pub struct SharedTokenCacheCredential {
     inner: Arc<Inner>,
@@ -236,7 +235,7 @@ impl Inner {
         }
     }
 
-    /// The one account the settings select (see the module docs).
+    /// The one account the settings select (see [`SharedTokenCacheCredential`]).
     fn select_account(
         &self,
         doc: &CacheDocument,

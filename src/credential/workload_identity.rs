@@ -1,16 +1,4 @@
-//! [`WorkloadIdentityCredential`]: a Kubernetes workload (AKS workload identity) exchanging
-//! its projected service-account token for an Entra token.
-//!
-//! ```no_run
-//! use tower_identity::{CredentialExt, WorkloadIdentityCredential};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! // In a pod the AKS webhook sets AZURE_TENANT_ID, AZURE_CLIENT_ID,
-//! // AZURE_FEDERATED_TOKEN_FILE and AZURE_AUTHORITY_HOST.
-//! let credential = WorkloadIdentityCredential::new();
-//! let token = credential.get_token(["https://storage.azure.com/.default"]).await?;
-//! # let _ = token; Ok(()) }
-//! ```
+//! [`WorkloadIdentityCredential`]: a Kubernetes workload's federated token (AKS).
 
 use std::fmt;
 use std::io::Read;
@@ -46,6 +34,17 @@ const MAX_TOKEN_FILE_BYTES: usize = 64 * 1024;
 
 /// Authenticates a Kubernetes workload with its projected service-account token, through an
 /// app's federated identity credential (AKS workload identity).
+///
+/// ```no_run
+/// use tower_identity::{CredentialExt, WorkloadIdentityCredential};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // In a pod the AKS webhook sets AZURE_TENANT_ID, AZURE_CLIENT_ID,
+/// // AZURE_FEDERATED_TOKEN_FILE and AZURE_AUTHORITY_HOST.
+/// let credential = WorkloadIdentityCredential::new();
+/// let token = credential.get_token(["https://storage.azure.com/.default"]).await?;
+/// # let _ = token; Ok(()) }
+/// ```
 ///
 /// | variable | meaning | builder |
 /// |---|---|---|

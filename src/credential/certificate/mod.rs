@@ -1,22 +1,4 @@
-//! [`ClientCertificateCredential`]: a service principal proving itself with a certificate: a
-//! JWT client assertion signed with the certificate's RSA key (ring; no OpenSSL).
-//!
-//! ```no_run
-//! use tower_identity::{CertificateSource, ClientCertificateCredential, CredentialExt};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let credential = ClientCertificateCredential::builder(
-//!     "72f988bf-86f1-41af-91ab-2d7cd011db47",
-//!     "00000000-1111-2222-3333-444444444444",
-//!     CertificateSource::from_path("/etc/app/cert.pem", None),
-//! )
-//! .build()?;
-//! let token = credential.get_token(["https://graph.microsoft.com/.default"]).await?;
-//! # let _ = token; Ok(()) }
-//! ```
-//!
-//! The assertion's format and the checks made when building are on
-//! [`ClientCertificateCredential`].
+//! [`ClientCertificateCredential`]: a service principal with a certificate.
 
 use std::fmt;
 use std::sync::Arc;
@@ -48,6 +30,20 @@ const NAME: &str = "ClientCertificateCredential";
 
 /// Authenticates a service principal with a certificate (client credentials grant with a
 /// signed JWT assertion).
+///
+/// ```no_run
+/// use tower_identity::{CertificateSource, ClientCertificateCredential, CredentialExt};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let credential = ClientCertificateCredential::builder(
+///     "72f988bf-86f1-41af-91ab-2d7cd011db47",
+///     "00000000-1111-2222-3333-444444444444",
+///     CertificateSource::from_path("/etc/app/cert.pem", None),
+/// )
+/// .build()?;
+/// let token = credential.get_token(["https://graph.microsoft.com/.default"]).await?;
+/// # let _ = token; Ok(()) }
+/// ```
 ///
 /// Tokens are cached in memory per tenant and scope set (CAE and non-CAE apart) and renewed
 /// as [`ClientSecretCredential`](crate::ClientSecretCredential)'s are.

@@ -1,22 +1,4 @@
-//! [`ManagedIdentityCredential`]: the identity Azure gives the host the code runs on — a VM,
-//! App Service or Functions app, Service Fabric cluster, Arc-enabled server, Azure Machine
-//! Learning compute, or Cloud Shell.
-//!
-//! ```no_run
-//! use tower_identity::{CredentialExt, ManagedIdentityCredential};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! // The system-assigned identity of whatever host this is.
-//! let system = ManagedIdentityCredential::new();
-//! // A user-assigned identity, by client id.
-//! let user = ManagedIdentityCredential::builder()
-//!     .client_id("00000000-1111-2222-3333-444444444444")
-//!     .build()?;
-//! let token = user.get_token(["https://management.azure.com/.default"]).await?;
-//! # let _ = (system, token); Ok(()) }
-//! ```
-//!
-//! What the credential does, source by source, is documented on [`ManagedIdentityCredential`].
+//! [`ManagedIdentityCredential`]: the identity Azure gives the host the code runs on.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -166,6 +148,20 @@ impl IdParams {
 
 /// Authenticates as the identity Azure gives the host: see [`new`](Self::new) and
 /// [`builder`](Self::builder).
+///
+/// ```no_run
+/// use tower_identity::{CredentialExt, ManagedIdentityCredential};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // The system-assigned identity of whatever host this is.
+/// let system = ManagedIdentityCredential::new();
+/// // A user-assigned identity, by client id.
+/// let user = ManagedIdentityCredential::builder()
+///     .client_id("00000000-1111-2222-3333-444444444444")
+///     .build()?;
+/// let token = user.get_token(["https://management.azure.com/.default"]).await?;
+/// # let _ = (system, token); Ok(()) }
+/// ```
 ///
 /// # Where the token comes from
 ///
