@@ -26,6 +26,8 @@
 //!   cargo run --features redis --example distributed_cache
 //! ```
 
+use std::process::ExitCode;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,7 +44,24 @@ use tracing_subscriber::EnvFilter;
 const CONNECT_LIMIT: Duration = Duration::from_secs(2);
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> ExitCode {
+    // The error's Display, not the Debug a `Result` returned from main prints: a chain's
+    // attempts one per line, and what hyper or rustls found in the sources.
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            let mut source = error.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), BoxError> {
     // The cache says on stderr when Redis fails it (WARN, once) and comes back (INFO);
     // RUST_LOG=tower_identity=debug shows every outcome.
     tracing_subscriber::fmt()

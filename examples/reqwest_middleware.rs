@@ -13,11 +13,30 @@
 //!   cargo run --example reqwest_middleware --features reqwest-middleware
 //! ```
 
+use std::process::ExitCode;
+
 use reqwest_middleware::ClientBuilder;
 use tower_identity::{BearerTokenLayer, BoxError, DefaultAzureCredential, HttpClient, Roots};
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> ExitCode {
+    // The error's Display, not the Debug a `Result` returned from main prints: a chain's
+    // attempts one per line, and what hyper or rustls found in the sources.
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            let mut source = error.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), BoxError> {
     let url = std::env::var("RESOURCE_URL").map_err(|_| "set RESOURCE_URL to the API to call")?;
     let scope = std::env::var("SCOPE")
         .map_err(|_| "set SCOPE, e.g. https://graph.microsoft.com/.default")?;

@@ -76,6 +76,42 @@ fn get_token_with_nothing_configured_exits_non_zero_listing_every_attempt() {
     assert_eq!(stderr.matches("error:").count(), 1, "one message: {stderr}");
 }
 
+/// A copyable example that fails prints the error as a user reads it: the chain's attempts
+/// one per line, not the `CredentialError { .. }` Debug a `Result` returned from main prints.
+#[test]
+fn hyper_client_with_nothing_configured_prints_the_error_readably_and_exits_1() {
+    // IMDS at a closed loopback port, no home with a token cache, no az or azd on PATH.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let home = tempfile::tempdir().unwrap();
+    let output = Command::new(example("hyper_client"))
+        .env_clear()
+        .env("PATH", "/nonexistent")
+        .env("HOME", home.path())
+        .env(
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            format!("http://{addr}"),
+        )
+        .env("RESOURCE_URL", format!("https://{addr}/items"))
+        .env("SCOPE", SCOPE)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(output.stdout.is_empty(), "{}", describe(&output));
+    assert!(!stderr.contains("CredentialError {"), "{stderr}");
+    assert!(!stderr.contains("\\n"), "an escaped newline: {stderr}");
+    assert!(
+        stderr.starts_with("error: DefaultAzureCredential: "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\n  1. EnvironmentCredential (unavailable)"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn the_demo_shows_every_step_and_exits_0() {
     let output = Command::new(example("demo")).output().unwrap();
