@@ -10,8 +10,10 @@ use crate::error::ConfigError;
 pub(crate) const DEFAULT_CACHE_NAME: &str = "msal.cache";
 const DIRECTORY: &str = ".IdentityService";
 
-/// Where and how tokens are persisted: the shared MSAL cache, encrypted in the OS keyring where
-/// this build has one, else — only if
+/// Where and how tokens are persisted: the shared MSAL cache (the one Visual Studio,
+/// msal-extensions and azure-identity share; not Azure CLI's, which 2.30 and later keeps in
+/// `~/.azure/msal_token_cache.json`), encrypted in the OS keyring where this build has one,
+/// else — only if
 /// [`allow_unencrypted_storage`](Self::allow_unencrypted_storage) allows it — the plaintext
 /// file `<directory>/<name>.nocae` (and `.cae`).
 ///

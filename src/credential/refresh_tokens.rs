@@ -368,7 +368,7 @@ impl Redeem<'_> {
             // `invalid_grant` does not always mean the token is dead: a claims or MFA
             // requirement refuses it for this request only (see
             // [`refused_for_this_request_only`]), and the token in a shared file is
-            // also Azure CLI's and Visual Studio's sign-in. Like msal (unlike
+            // also Visual Studio's or another application's sign-in. Like msal (unlike
             // azure-identity), it stays in the file. A token of a private in-memory
             // store, or the one kept in memory, is ours alone: dropping it when it is
             // dead spares a doomed request on every later call.
@@ -530,9 +530,10 @@ pub(crate) fn with_sign_in_advice(
 ) -> CredentialError {
     let advice = match credential {
         shared_token_cache::NAME => {
-            "To fix, sign in again with the developer tool that shares the token cache (Azure \
-             CLI: 'az login'; Visual Studio: re-enter the account under Azure Service \
-             Authentication). The refresh token was left in the cache"
+            "To fix, sign in again with the application that wrote the token cache (Visual \
+             Studio: re-enter the account under Azure Service Authentication; an application \
+             with a persistent MSAL cache: its own sign-in). The refresh token was left in the \
+             cache"
         }
         device_code::NAME => {
             "To fix, sign in again: the next request shows a new device code sign-in"

@@ -24,7 +24,12 @@ pub(crate) const AZURE_CLI_CLIENT_ID: &str = "04b07795-8ddb-461a-bbee-02f9e1bf7b
 const ORGANIZATIONS: &str = "organizations";
 const UNAVAILABLE: &str = "authentication unavailable.";
 
-/// Gets tokens for an account in the shared MSAL token cache.
+/// Gets tokens for an account in the shared MSAL token cache
+/// (`~/.IdentityService/msal.cache.nocae`), written by Visual Studio and by applications that
+/// keep MSAL's persistent cache (azure-identity's or this crate's
+/// [`TokenCachePersistenceOptions`](crate::TokenCachePersistenceOptions)). Azure CLI 2.30 and
+/// later keeps its own cache (`~/.azure/msal_token_cache.json`): its `az login` is
+/// [`AzureCliCredential`](crate::AzureCliCredential)'s.
 ///
 /// ```no_run
 /// use tower_identity::{CredentialExt, SharedTokenCacheCredential};
@@ -135,8 +140,9 @@ impl Inner {
         let store = if cae { &self.cae } else { &self.plain };
         if !store.exists().await {
             return Err(unavailable(format!(
-                "Shared token cache unavailable: there is no cache file at {}. Sign in with a tool \
-                 that shares it (Azure CLI: 'az login')",
+                "Shared token cache unavailable: there is no cache file at {}. Visual Studio and \
+                 applications with a persistent MSAL token cache write it; Azure CLI does not \
+                 (after 'az login', AzureCliCredential gets its tokens)",
                 store
                     .path()
                     .map(|p| p.display().to_string())

@@ -397,6 +397,18 @@ async fn a_missing_or_malformed_cache_is_unavailable_and_never_overwritten() {
         err.message().contains("Shared token cache unavailable"),
         "{err}"
     );
+    // Azure CLI 2.30 and later keeps its own cache: `az login` does not create this file,
+    // AzureCliCredential uses it.
+    assert!(
+        err.message()
+            .contains("Visual Studio and applications with a persistent MSAL token cache write it"),
+        "{err}"
+    );
+    assert!(
+        err.message()
+            .contains("Azure CLI does not (after 'az login', AzureCliCredential gets its tokens)"),
+        "{err}"
+    );
     assert!(!home.cache().exists(), "nothing was created");
 
     std::fs::write(home.cache(), b"{\"AccessToken\": {\"x\": ").unwrap();
@@ -429,7 +441,7 @@ async fn a_revoked_refresh_token_is_an_authentication_failure_and_stays_in_the_c
         .get_token([OTHER])
         .await
         .unwrap_err();
-    // Azure CLI's and Visual Studio's sign-in is theirs to replace, as msal leaves it.
+    // Visual Studio's or another application's sign-in is theirs to replace, as msal leaves it.
     let kept: Vec<&str> = home.json()["RefreshToken"]
         .as_object()
         .unwrap()
@@ -447,7 +459,12 @@ async fn a_revoked_refresh_token_is_an_authentication_failure_and_stays_in_the_c
     assert!(err.is_authentication_failed(), "{err}");
     assert_eq!(err.error_code(), Some("invalid_grant"));
     assert_eq!(err.error_codes(), [70043]);
-    assert!(err.message().contains("'az login'"), "{err}");
+    assert!(
+        err.message()
+            .contains("Visual Studio: re-enter the account under Azure Service Authentication"),
+        "{err}"
+    );
+    assert!(!err.message().contains("az login"), "{err}");
     assert!(!err.to_string().contains(&refresh_token));
 }
 
@@ -491,8 +508,8 @@ async fn an_mfa_refusal_leaves_the_family_refresh_token_in_the_file_and_says_to_
         assert!(err.message().contains("AADSTS50076"), "{err}");
         assert!(
             err.message().contains(
-                "To fix, sign in again with the developer tool that shares the token cache \
-                 (Azure CLI: 'az login'"
+                "To fix, sign in again with the application that wrote the token cache \
+                 (Visual Studio: "
             ),
             "{err}"
         );
@@ -775,7 +792,7 @@ async fn disabling_multitenant_auth_keeps_requests_on_the_configured_tenant() {
 }
 
 /// A refused refresh token's error says one thing to do, and the right one for this
-/// credential: sign in again with the developer tool. Before, a generic "Sign in again to get
+/// credential: sign in again with the application that wrote the cache. Before, a generic "Sign in again to get
 /// a new authorization code or refresh token" came first, wrong for a shared cache.
 #[tokio::test]
 async fn a_refused_refresh_token_says_one_thing_to_do() {
@@ -804,7 +821,7 @@ async fn a_refused_refresh_token_says_one_thing_to_do() {
     let message = err.message().to_lowercase();
     assert_eq!(message.matches("again").count(), 1, "{err}");
     assert!(
-        message.contains("to fix, sign in again with the developer tool"),
+        message.contains("to fix, sign in again with the application that wrote the token cache"),
         "{err}"
     );
     assert!(!message.contains("authorization code"), "{err}");
