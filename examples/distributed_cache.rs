@@ -37,7 +37,9 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::{Instant, MissedTickBehavior};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_identity::distributed::{DistributedCache, RedisTokenCache, SealingKey};
-use tower_identity::{BearerTokenLayer, BoxError, ClientSecretCredential, HttpClient, Roots};
+use tower_identity::{
+    BearerTokenLayer, BoxError, ClientSecretCredential, CredentialError, HttpClient, Roots,
+};
 use tracing_subscriber::EnvFilter;
 
 /// How long the process waits for Redis at start before it goes on without it.
@@ -46,15 +48,17 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(2);
 #[tokio::main]
 async fn main() -> ExitCode {
     // The error's Display, not the Debug a `Result` returned from main prints: a chain's
-    // attempts one per line, and what hyper or rustls found in the sources.
+    // attempts one per line.
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
-            let mut source = error.source();
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
+            // A CredentialError's message already says what its sources say; hyper's errors
+            // keep the cause (a refused connection, a certificate) in their sources.
+            let mut cause: &(dyn std::error::Error + 'static) = &*error;
+            while let (false, Some(next)) = (cause.is::<CredentialError>(), cause.source()) {
+                eprintln!("  caused by: {next}");
+                cause = next;
             }
             ExitCode::FAILURE
         }

@@ -121,15 +121,17 @@ impl<ResB> Policy<Request<Empty<Bytes>>, Response<ResB>, BoxError> for RetryTran
 #[tokio::main]
 async fn main() -> ExitCode {
     // The error's Display, not the Debug a `Result` returned from main prints: a chain's
-    // attempts one per line, and what hyper or rustls found in the sources.
+    // attempts one per line.
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
-            let mut source = error.source();
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
+            // A CredentialError's message already says what its sources say; hyper's errors
+            // keep the cause (a refused connection, a certificate) in their sources.
+            let mut cause: &(dyn std::error::Error + 'static) = &*error;
+            while let (false, Some(next)) = (cause.is::<CredentialError>(), cause.source()) {
+                eprintln!("  caused by: {next}");
+                cause = next;
             }
             ExitCode::FAILURE
         }
