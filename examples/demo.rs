@@ -58,8 +58,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // 1. A chain: the environment has nothing (we give it no variables), so the service
     //    principal answers.
     heading(1, "A credential chain");
+    // Loopback only: a proxy from the environment (HTTPS_PROXY without 127.0.0.1 in NO_PROXY)
+    // could not reach these servers.
     let http = HttpClient::builder()
         .add_root_certificates_pem(authority.ca_pem())
+        .no_proxy()
         .build()?;
     let service_principal = ClientSecretCredential::builder(
         "contoso",
