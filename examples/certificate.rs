@@ -9,7 +9,7 @@
 //! | `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` | optional: any non-empty value sends the chain (`x5c`) |
 //! | `AZURE_AUTHORITY_HOST` | optional: another cloud |
 //!
-//! Prints the certificate's subject and when the token expires, never the token.
+//! Prints the scope and when the token expires, never the token.
 //!
 //! ```text
 //! AZURE_TENANT_ID=… AZURE_CLIENT_ID=… AZURE_CLIENT_CERTIFICATE_PATH=/etc/app/cert.pem \

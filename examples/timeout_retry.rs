@@ -1,6 +1,6 @@
 //! tower's `timeout` and `retry` around BearerTokenLayer. The bearer layer sits inside the
-//! retry, so every attempt reads the current token (a retry after a renewal or a claims
-//! challenge sends the new one); the timeout sits outside, bounding the call with its retries.
+//! retry, so every attempt reads the current token (a retry after a renewal sends the new
+//! one); the timeout sits outside, bounding the call with its retries.
 //! Only what may pass by itself is retried (a 429 or 503, a connection that could not be
 //! made, a transient token failure), twice at most, after the wait the API asks for or an
 //! exponential backoff; an API asking to wait longer than 10 s gets its answer returned.
