@@ -38,7 +38,19 @@ const REFRESH_IN: u64 = 3;
 type Api = BearerToken<common::HyperClient<Full<Bytes>>>;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> std::process::ExitCode {
+    // The error's Display (a chain's attempts one per line), not the Debug a `Result`
+    // returned from main prints.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let chain_events = ChainEvents::install();
     let authority = Authority::start().await;
     authority.set_response(TokenShape {
