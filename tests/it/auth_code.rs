@@ -749,3 +749,48 @@ async fn a_redemption_that_named_no_account_says_so_later() {
     assert!(!message.contains("not redeemed"), "{err}");
     assert_eq!(authority.token_posts(), 1, "nothing more was sent");
 }
+
+/// One answer recorded in each document leaves the same refresh token in both: it is sent
+/// once, not once per document, and its refusal is the answer.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_token_in_both_documents_is_sent_once() {
+    use crate::support::authority::{Authority, Fault, error_body};
+    use loopback::{A, B, answer};
+
+    let authority = Authority::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let credential = loopback::builder(&authority, "code-1")
+        .http_client(crate::support::creds::http(&authority))
+        .cache_options(
+            TokenCachePersistenceOptions::new()
+                .directory(dir.path())
+                .allow_unencrypted_storage(true),
+        )
+        .build()
+        .unwrap();
+    authority.push_fault(answer("at-1", "rt-1"));
+    credential
+        .get_token_with(TokenRequest::new([A]).with_cae(true))
+        .await
+        .unwrap();
+    std::fs::copy(
+        dir.path().join("msal.cache.cae"),
+        dir.path().join("msal.cache.nocae"),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        authority.push_fault(Fault::Respond {
+            status: 400,
+            body: error_body("invalid_grant", 70043, "The refresh token has expired."),
+            headers: vec![],
+        });
+    }
+    let err = credential.get_token([B]).await.unwrap_err();
+    assert_eq!(err.error_codes(), [70043], "{err}");
+    let sent = authority
+        .requests()
+        .iter()
+        .filter(|r| r.field("refresh_token") == Some("rt-1"))
+        .count();
+    assert_eq!(sent, 1, "{:#?}", authority.requests());
+}
