@@ -62,12 +62,10 @@ impl BearerTokenLayerBuilder {
     /// The layer renews by asking its credential, and the credentials of this crate cache
     /// their tokens and renew them in their own window (the last 300 s of the token's life).
     /// Asked by the layer's renewal, a credential of this crate renews in the layer's window
-    /// too, when that is longer: a 600 s window gets a new token 600 s before expiry. Two
-    /// exceptions hand back the cached token until the credential's own window, the layer
-    /// trying again every 30 s: a credential reached through something that runs it in
-    /// another task (tower's `Buffer`), which does not see the layer's renewal; and one
-    /// sharing tokens through a [`DistributedCache`](crate::DistributedCache), whose fleet
-    /// token is renewed in the credential's window.
+    /// too, when that is longer: a 600 s window gets a new token 600 s before expiry. (A
+    /// credential reached through something that runs it in another task, tower's `Buffer`,
+    /// does not see the layer's renewal: it hands back its cached token until its own window,
+    /// and the layer tries again every 30 s.)
     pub fn refresh_window(mut self, window: Duration) -> Self {
         self.options.refresh.window = window;
         self
