@@ -40,11 +40,8 @@
 //!   answering at once. Nobody waits on the outer renewal, so this costs no caller anything,
 //!   and the layer takes the credential's new token as soon as it exists; answered at once,
 //!   it would get the token it holds, count a failed attempt, and send the old token for 30 s
-//!   more. The mark carries the renewing slot's window: a slot asked from a renewal whose
-//!   window is wider than its own (a layer's `refresh_window` of 600 s over a credential's
-//!   300 s) takes its token as due when it is inside that wider window, and renews it then,
-//!   the spacing still applying. A slot's first acquisition (its callers wait for it) is not
-//!   marked. The mark belongs to the task: a credential reached through something that runs it in another
+//!   more. A slot's first acquisition (its callers wait for it) is not marked. The mark
+//!   belongs to the task: a credential reached through something that runs it in another
 //!   task (tower's `Buffer`) answers the layer's renewal at once with its current token,
 //!   which counts as a failed attempt, tried again after the spacing.
 //! * **No valid token**: every caller waits on one acquisition and receives its result, the
@@ -368,17 +365,15 @@ pub(crate) fn within_spacing(at: Instant, spacing: Duration, now: Instant) -> bo
 }
 
 tokio::task_local! {
-    /// Whether the task runs a slot's renewal, and that slot's refresh window (set around
-    /// every acquisition's work, `None` for a first acquisition): a credential's slot asked
-    /// from there waits for its own renewal, started early enough for the asking slot's
-    /// window (see "Stacked slots" in the module docs).
-    static RENEWING: Option<Duration>;
+    /// Whether the task runs a slot's renewal (set around every acquisition's work): a
+    /// credential's slot asked from there waits for its own renewal (see "Stacked slots" in
+    /// the module docs).
+    static RENEWING: bool;
 }
 
-/// The refresh window of the slot whose renewal this task runs (the layer's, asking its
-/// credential), if it runs one.
-fn inside_a_renewal() -> Option<Duration> {
-    RENEWING.try_with(|renewing| *renewing).ok().flatten()
+/// Whether this task is a slot's renewal: the layer's, asking its credential.
+fn inside_a_renewal() -> bool {
+    RENEWING.try_with(|renewing| *renewing).unwrap_or(false)
 }
 
 /// The slot's state and its one flight, locked.
@@ -458,17 +453,7 @@ impl<V: SlotValue> TokenSlot<V> {
             });
             match current {
                 Some((entry, seen)) if seen < entry.expires_on => {
-                    // Asked by a renewal whose window is wider than this slot's (a layer's
-                    // `refresh_window` of 10 minutes over a credential's 5), this token is due
-                    // for it: handed back, it would only count as the asker's failed renewal.
-                    let asker_window = inside_a_renewal();
-                    let due_for_asker = asker_window.is_some_and(|window| {
-                        entry
-                            .expires_on
-                            .checked_sub(window)
-                            .is_none_or(|start| start <= seen)
-                    });
-                    if seen < entry.refresh_at && !due_for_asker {
+                    if seen < entry.refresh_at {
                         return Ok(entry.value);
                     }
                     let renewal = match state.running(&()) {
@@ -477,7 +462,7 @@ impl<V: SlotValue> TokenSlot<V> {
                         None => Some(self.start(&mut state, acquire, true)),
                     };
                     match renewal {
-                        Some(renewal) if asker_window.is_some() => (renewal, Some(entry.value)),
+                        Some(renewal) if inside_a_renewal() => (renewal, Some(entry.value)),
                         // A renewal dropped unawaited runs on in its task
                         // (`WhenAbandoned::RunOn`) and its outcome lands.
                         _ => return Ok(entry.value),
@@ -700,8 +685,7 @@ impl<V: SlotValue> TokenSlot<V> {
             attempt = state.acquisitions,
             renewal
         );
-        let window = renewal.then_some(self.policy.window);
-        let work = RENEWING.scope(window, span.in_scope(acquire).instrument(span));
+        let work = RENEWING.scope(renewal, span.in_scope(acquire).instrument(span));
         let slot = Arc::clone(self);
         let from = state.current.as_ref().map(|entry| entry.id);
         state.start((), WhenAbandoned::RunOn, work, move |state, result| {
@@ -1035,44 +1019,6 @@ mod tests {
         let current = outer.current_entry().unwrap();
         assert_eq!(current.value.secret().expose_secret(), "new");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
-
-    /// A layer with a 600 s window over a credential with the default 300 s: at 590 s before
-    /// expiry the layer's renewal asks the credential, whose token is not due by its own
-    /// window but is by the layer's: it renews then, and the layer has the new token 590 s
-    /// before expiry. A direct caller of the credential is still served its cached token.
-    #[tokio::test(start_paused = true)]
-    async fn a_renewal_with_a_wider_window_has_the_slot_it_asks_renew_in_that_window() {
-        let inner = TokenSlot::new("Inner", RefreshPolicy::default());
-        let outer = TokenSlot::new(
-            "Outer",
-            RefreshPolicy {
-                window: Duration::from_secs(600),
-                ..RefreshPolicy::default()
-            },
-        );
-        let old = token("old", HOUR);
-        inner.store(old.clone()).unwrap();
-        outer.store(old).unwrap();
-        tokio::time::advance(Duration::from_secs(3600 - 590)).await;
-        let direct = inner.get(|| async { Err(failure()) }).await.unwrap();
-        assert_eq!(
-            direct.secret().expose_secret(),
-            "old",
-            "not due by its own window"
-        );
-        let calls = Arc::new(AtomicUsize::new(0));
-        let through = {
-            let inner = Arc::clone(&inner);
-            let acquire = counting(&calls, |_| Ok(token("new", HOUR)));
-            move || async move { inner.get(acquire).await }
-        };
-        let (entry, _, _) = use_of(outer.lookup(Instant::now(), through));
-        assert_eq!(entry.value.secret().expose_secret(), "old");
-        settle().await;
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        let current = outer.current_entry().unwrap();
-        assert_eq!(current.value.secret().expose_secret(), "new");
     }
 
     #[tokio::test(start_paused = true)]

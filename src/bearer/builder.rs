@@ -21,7 +21,7 @@ use crate::refresh::{DEFAULT_REFRESH_WINDOW, DEFAULT_RETRY_AFTER_FAILURE, Refres
 ///
 /// let layer = BearerTokenLayer::builder(AzureCliCredential::new(), ["https://management.azure.com/.default"])
 ///     .enable_cae(true)
-///     .refresh_window(Duration::from_secs(600))
+///     .refresh_window(Duration::from_secs(240))
 ///     .build();
 /// # let _ = layer;
 /// ```
@@ -60,12 +60,15 @@ impl BearerTokenLayerBuilder {
     /// Renew when at most this much lifetime is left (default 300 s), minus the jitter.
     ///
     /// The layer renews by asking its credential, and the credentials of this crate cache
-    /// their tokens and renew them in their own window (the last 300 s of the token's life).
-    /// Asked by the layer's renewal, a credential of this crate renews in the layer's window
-    /// too, when that is longer: a 600 s window gets a new token 600 s before expiry. (A
-    /// credential reached through something that runs it in another task, tower's `Buffer`,
-    /// does not see the layer's renewal: it hands back its cached token until its own window,
-    /// and the layer tries again every 30 s.)
+    /// their tokens and renew them only in their own window: the last 300 s of the token's
+    /// life (the last half for a token living less than 10 minutes, earlier at the provider's
+    /// `refresh_in`). A window longer than the credential's therefore does not renew earlier:
+    /// until the credential's window, the credential hands back the token the layer already
+    /// holds, which counts as a failed renewal and is tried again every 30 s, and the layer
+    /// gets a new token only once the credential has renewed. A longer window takes effect
+    /// only with a credential that does not cache (one of your own that asks its provider on
+    /// each call). A shorter window is fine: the layer takes the credential's new token when
+    /// its own window comes.
     pub fn refresh_window(mut self, window: Duration) -> Self {
         self.options.refresh.window = window;
         self
