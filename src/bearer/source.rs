@@ -212,7 +212,13 @@ impl Source {
             let current = self.slot.current_entry();
             if let Some(current) = &current {
                 let answered = current.value.claims.as_deref() == Some(claims);
-                if answered && current.id != rejected && !current.value.token.is_expired() {
+                // The answer of a claims flight that ended may be this caller's rejected token
+                // under another id (a credential that ignored the claims answered it).
+                if answered
+                    && current.id != rejected
+                    && !current.value.token.is_expired()
+                    && self.header_of(None, rejected).as_ref() != Some(&current.value.header)
+                {
                     return Ok(current.clone());
                 }
             }
@@ -541,6 +547,35 @@ mod tests {
         assert_eq!(started.value.token.secret().expose_secret(), "t2");
         let Err(error) = joined else {
             panic!("the joiner was handed the token its resource rejected");
+        };
+        assert!(
+            error.message().contains("did not apply the claims"),
+            "{error}"
+        );
+    }
+
+    /// The same, for a request whose 401 comes after the first request's claims flight has
+    /// ended: the flight's answer, stored under a new id, is the token that request carried.
+    /// Before, it was handed that token back.
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_after_a_claims_flight_is_refused_its_own_rejected_token() {
+        let expires = Instant::now() + std::time::Duration::from_secs(3600);
+        let credential = tower::service_fn(move |_: TokenRequest| async move {
+            Ok::<_, CredentialError>(AccessToken::new("t2", expires))
+        });
+        let source = cae_source(credential.boxed_credential());
+        let prepared = |secret: &str| Prepared::new(AccessToken::new(secret, expires), None);
+        let first = source.slot.store(prepared("t1").unwrap()).unwrap().id;
+        source.slot.store(prepared("t2").unwrap()).unwrap();
+        // The layer's services share the renewed token, as a request sending it would.
+        let Ok(shared) = Cached::look_up(&source) else {
+            panic!("a token is stored");
+        };
+        let started = source.claims_token("c", first).await.unwrap();
+        assert_eq!(started.value.token.secret().expose_secret(), "t2");
+        assert_ne!(started.id, shared.token_id, "stored anew");
+        let Err(error) = source.claims_token("c", shared.token_id).await else {
+            panic!("the caller was handed the token its resource rejected");
         };
         assert!(
             error.message().contains("did not apply the claims"),
