@@ -5,8 +5,9 @@
 //! offset: the stored times then age with tokio's clock, the clock every slot of the crate
 //! runs on (so a paused clock in tests ages a stored entry as it ages a cached one). Linux
 //! slews both clocks alike under NTP. A suspension of the machine, which stops tokio's clock
-//! and not the wall clock, is followed ([`WallClock::followed`]); a smaller step of the wall
-//! clock after the cache was built is not.
+//! and not the wall clock, is followed ([`WallClock::followed`]), and so is any forward step
+//! of the wall clock of a minute or more (the two look alike); a smaller step, or one back,
+//! after the cache was built is not.
 //!
 //! Hosts' wall clocks differ, though: a reader whose clock runs behind the publisher's maps the
 //! entry's times late by the difference, and would keep the token in memory past its expiry.
