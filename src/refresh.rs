@@ -40,7 +40,14 @@
 //!   answering at once. Nobody waits on the outer renewal, so this costs no caller anything,
 //!   and the layer takes the credential's new token as soon as it exists; answered at once,
 //!   it would get the token it holds, count a failed attempt, and send the old token for 30 s
-//!   more. A slot's first acquisition (its callers wait for it) is not marked. The mark
+//!   more. The mark carries the token the renewal replaces, and a slot whose token that is
+//!   renews it even before its own refresh time (a layer's `refresh_window` of 600 s over a
+//!   credential's 300 s), the spacing applying. When such an early renewal brings back the
+//!   same token (a provider answering from a cache of its own: az, azd, IMDS, a cache file),
+//!   the slot does not renew that token early again: the asker's later renewals get it at
+//!   once, each a failed attempt, spaced, until this slot's own refresh time. So a wider
+//!   window costs such a credential one call per token, not one per 30 s.
+//!   A slot's first acquisition (its callers wait for it) is not marked. The mark
 //!   belongs to the task: a credential reached through something that runs it in another
 //!   task (tower's `Buffer`) answers the layer's renewal at once with its current token,
 //!   which counts as a failed attempt, tried again after the spacing.
@@ -173,7 +180,7 @@ use tracing::Instrument;
 
 use crate::error::CredentialError;
 use crate::flight::{Flight, FlightLock, SingleFlight, WhenAbandoned};
-use crate::token::AccessToken;
+use crate::token::{AccessToken, Secret};
 
 /// Refresh when at most this much lifetime is left (azure-identity and azure-core: 300 s).
 pub(crate) const DEFAULT_REFRESH_WINDOW: Duration = Duration::from_secs(300);
@@ -327,6 +334,9 @@ struct State<V> {
     current: Option<Entry<V>>,
     /// When the last renewal ended.
     last_attempt: Option<Instant>,
+    /// The token that a renewal started early, for a stacked slot's wider window, brought
+    /// back unchanged (see "Stacked slots" in the module docs): not asked for early again.
+    answered_early: Option<TokenId>,
     /// Acquisitions started, for the span's `attempt`.
     acquisitions: u64,
     /// The recheck timer, when one is armed (see the module docs).
@@ -365,15 +375,20 @@ pub(crate) fn within_spacing(at: Instant, spacing: Duration, now: Instant) -> bo
 }
 
 tokio::task_local! {
-    /// Whether the task runs a slot's renewal (set around every acquisition's work): a
-    /// credential's slot asked from there waits for its own renewal (see "Stacked slots" in
-    /// the module docs).
-    static RENEWING: bool;
+    /// The token a slot's renewal is to replace, when the task runs one (set around every
+    /// acquisition's work, `None` for a first acquisition): a credential's slot asked from
+    /// there waits for its own renewal, and takes its token as due when it is the one being
+    /// replaced (see "Stacked slots" in the module docs).
+    static RENEWING: Option<Secret>;
 }
 
-/// Whether this task is a slot's renewal: the layer's, asking its credential.
-fn inside_a_renewal() -> bool {
-    RENEWING.try_with(|renewing| *renewing).unwrap_or(false)
+/// Whether this task is a slot's renewal (the layer's, asking its credential), and if so
+/// whether it is renewing `token`.
+fn inside_a_renewal(token: &AccessToken) -> Option<bool> {
+    RENEWING
+        .try_with(|renewing| renewing.as_ref().map(|replaced| replaced == token.secret()))
+        .ok()
+        .flatten()
 }
 
 /// The slot's state and its one flight, locked.
@@ -416,6 +431,7 @@ impl<V: SlotValue> TokenSlot<V> {
                 State {
                     current: None,
                     last_attempt: None,
+                    answered_early: None,
                     acquisitions: 0,
                     timer: None,
                 },
@@ -453,16 +469,22 @@ impl<V: SlotValue> TokenSlot<V> {
             });
             match current {
                 Some((entry, seen)) if seen < entry.expires_on => {
-                    if seen < entry.refresh_at {
+                    let asker = inside_a_renewal(entry.value.token());
+                    // Before this slot's refresh time, a renewal replacing this very token
+                    // (a layer's wider `refresh_window`) still has it renewed, once.
+                    let early = seen < entry.refresh_at;
+                    let due_for_asker =
+                        asker == Some(true) && state.answered_early != Some(entry.id);
+                    if early && !due_for_asker {
                         return Ok(entry.value);
                     }
                     let renewal = match state.running(&()) {
                         Some(running) => Some(running),
                         None if self.recently_attempted(&state, now) => None,
-                        None => Some(self.start(&mut state, acquire, true)),
+                        None => Some(self.start(&mut state, acquire, Start::renewal(early))),
                     };
                     match renewal {
-                        Some(renewal) if inside_a_renewal() => (renewal, Some(entry.value)),
+                        Some(renewal) if asker.is_some() => (renewal, Some(entry.value)),
                         // A renewal dropped unawaited runs on in its task
                         // (`WhenAbandoned::RunOn`) and its outcome lands.
                         _ => return Ok(entry.value),
@@ -517,7 +539,7 @@ impl<V: SlotValue> TokenSlot<V> {
                         .min(expires_on)
                 } else {
                     // The acquisition's future is dropped unawaited: it runs in its task.
-                    drop(self.start(&mut state, acquire, true));
+                    drop(self.start(&mut state, acquire, Start::Renewal));
                     expires_on
                 };
                 let timed = self.arm(&mut state, recheck_at);
@@ -660,36 +682,41 @@ impl<V: SlotValue> TokenSlot<V> {
     {
         match state.running(&()) {
             Some(acquisition) => acquisition,
-            None => self.start(state, acquire, false),
+            None => self.start(state, acquire, Start::First),
         }
     }
 
     /// Starts the acquisition (see [`crate::flight`]); its outcome is stored by
-    /// [`land`](Self::land). `renewal`: a valid token is held (the spacing follows this
-    /// acquisition's end). `acquire` is called inside the acquisition's span (see the module
+    /// [`land`](Self::land). `acquire` is called inside the acquisition's span (see the module
     /// docs), so spans it makes are children of it.
     fn start<F, Fut>(
         self: &Arc<Self>,
         state: &mut Locked<'_, V>,
         acquire: F,
-        renewal: bool,
+        kind: Start,
     ) -> Acquisition<V>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
         state.acquisitions = state.acquisitions.saturating_add(1);
+        let renewal = kind != Start::First;
         let span = tracing::debug_span!(
             "token_acquisition",
             credential = self.name,
             attempt = state.acquisitions,
             renewal
         );
-        let work = RENEWING.scope(renewal, span.in_scope(acquire).instrument(span));
+        let replaced = state
+            .current
+            .as_ref()
+            .filter(|_| renewal)
+            .map(|entry| entry.value.token().secret().clone());
+        let work = RENEWING.scope(replaced, span.in_scope(acquire).instrument(span));
         let slot = Arc::clone(self);
         let from = state.current.as_ref().map(|entry| entry.id);
         state.start((), WhenAbandoned::RunOn, work, move |state, result| {
-            slot.land(state, result, renewal, from)
+            slot.land(state, result, kind, from)
         })
     }
 
@@ -701,7 +728,7 @@ impl<V: SlotValue> TokenSlot<V> {
         &self,
         state: &mut State<V>,
         result: Result<V, CredentialError>,
-        renewal: bool,
+        kind: Start,
         from: Option<TokenId>,
     ) -> Result<Entry<V>, CredentialError> {
         let now = Instant::now();
@@ -742,11 +769,37 @@ impl<V: SlotValue> TokenSlot<V> {
                 entry
             }
         });
-        if renewal {
+        if kind != Start::First {
             state.last_attempt = Some(now);
+        }
+        // Asked early, the provider answered the token it had (az, azd, IMDS and a cache
+        // file answer from a cache of their own until their own refresh time): asking again
+        // before this slot's refresh time would get it again, at the cost of a process, a
+        // file read or a request each time.
+        if kind == Start::Early && outcome.as_ref().is_ok_and(|entry| Some(entry.id) == from) {
+            state.answered_early = from;
         }
         self.bump();
         outcome
+    }
+}
+
+/// What [`TokenSlot::start`] starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    /// No valid token is held: its callers wait for it.
+    First,
+    /// A valid token is held, due by this slot's timing: the spacing follows its end.
+    Renewal,
+    /// A valid token is held that is not due yet by this slot's timing, asked for by a
+    /// stacked slot's renewal of that same token (a wider window): a renewal, and a token
+    /// it brings back unchanged is not asked for early again.
+    Early,
+}
+
+impl Start {
+    fn renewal(early: bool) -> Self {
+        if early { Self::Early } else { Self::Renewal }
     }
 }
 
@@ -1019,6 +1072,102 @@ mod tests {
         let current = outer.current_entry().unwrap();
         assert_eq!(current.value.secret().expose_secret(), "new");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// Two slots holding `old`, living an hour: the credential's with the default window,
+    /// the layer's with 600 s.
+    fn wider_over_default() -> (Arc<TokenSlot>, Arc<TokenSlot>, AccessToken) {
+        let inner = TokenSlot::new("Inner", RefreshPolicy::default());
+        let outer = TokenSlot::new(
+            "Outer",
+            RefreshPolicy {
+                window: Duration::from_secs(600),
+                ..RefreshPolicy::default()
+            },
+        );
+        let old = token("old", HOUR);
+        inner.store(old.clone()).unwrap();
+        outer.store(old.clone()).unwrap();
+        (inner, outer, old)
+    }
+
+    /// The layer's renewal, asking the credential's slot through `acquire`.
+    fn through<F, Fut>(
+        inner: &Arc<TokenSlot>,
+        acquire: F,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<AccessToken, CredentialError>> + use<F, Fut>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<AccessToken, CredentialError>> + Send + 'static,
+    {
+        let inner = Arc::clone(inner);
+        move || async move { inner.get(acquire).await }.boxed()
+    }
+
+    /// A layer with a 600 s window over a credential with the default 300 s: 590 s before
+    /// expiry the layer's renewal asks the credential, whose token is not due by its own
+    /// window but is the one the layer renews: the credential renews it then, and the layer
+    /// has the new token 590 s before expiry. A direct caller of the credential is still
+    /// served its cached token without a renewal.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_with_a_wider_window_has_the_slot_it_asks_renew_that_token() {
+        let (inner, outer, _) = wider_over_default();
+        tokio::time::advance(Duration::from_secs(3600 - 590)).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let direct = inner
+            .get(counting(&calls, |_| Ok(token("unused", HOUR))))
+            .await
+            .unwrap();
+        assert_eq!(
+            direct.secret().expose_secret(),
+            "old",
+            "not due by its window"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        let acquire = counting(&calls, |_| Ok(token("new", HOUR)));
+        let (entry, _, _) = use_of(outer.lookup(Instant::now(), through(&inner, acquire)));
+        assert_eq!(entry.value.secret().expose_secret(), "old");
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let current = outer.current_entry().unwrap();
+        assert_eq!(current.value.secret().expose_secret(), "new");
+    }
+
+    /// The same, over a credential that answers from a cache of its own (az, IMDS, a cache
+    /// file): asked 590 s before expiry it hands back the token it has. It is not asked again
+    /// before its own window, however often the layer tries (every 30 s, each a failed
+    /// renewal), and in its own window it is asked and renews.
+    #[tokio::test(start_paused = true)]
+    async fn a_wider_window_renewal_answered_with_the_same_token_is_not_repeated_early() {
+        let (inner, outer, old) = wider_over_default();
+        tokio::time::advance(Duration::from_secs(3600 - 590)).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let same = counting(&calls, {
+            let old = old.clone();
+            move |_| Ok(old)
+        });
+        use_of(outer.lookup(Instant::now(), through(&inner, same)));
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "asked early once");
+        for _ in 0..9 {
+            tokio::time::advance(Duration::from_secs(31)).await;
+            let again = counting(&calls, {
+                let old = old.clone();
+                move |_| Ok(old)
+            });
+            let (entry, _, _) = use_of(outer.lookup(Instant::now(), through(&inner, again)));
+            assert_eq!(entry.value.secret().expose_secret(), "old");
+            settle().await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "not asked early again");
+        // 311 s before expiry; 31 s on, the credential's own window has begun.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let fresh = counting(&calls, |_| Ok(token("new", HOUR)));
+        use_of(outer.lookup(Instant::now(), through(&inner, fresh)));
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let current = outer.current_entry().unwrap();
+        assert_eq!(current.value.secret().expose_secret(), "new");
     }
 
     #[tokio::test(start_paused = true)]

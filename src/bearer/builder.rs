@@ -59,16 +59,20 @@ impl BearerTokenLayerBuilder {
 
     /// Renew when at most this much lifetime is left (default 300 s), minus the jitter.
     ///
-    /// The layer renews by asking its credential, and the credentials of this crate cache
-    /// their tokens and renew them only in their own window: the last 300 s of the token's
-    /// life (the last half for a token living less than 10 minutes, earlier at the provider's
-    /// `refresh_in`). A window longer than the credential's therefore does not renew earlier:
-    /// until the credential's window, the credential hands back the token the layer already
-    /// holds, which counts as a failed renewal and is tried again every 30 s, and the layer
-    /// gets a new token only once the credential has renewed. A longer window takes effect
-    /// only with a credential that does not cache (one of your own that asks its provider on
-    /// each call). A shorter window is fine: the layer takes the credential's new token when
-    /// its own window comes.
+    /// The layer renews by asking its credential. The credentials of this crate cache their
+    /// tokens and renew them in their own window (the last 300 s of the token's life, the
+    /// last half for a token living less than 10 minutes); asked by the layer's renewal of
+    /// the token they hold, they renew it in the layer's window too. So a 600 s window over a
+    /// `ClientSecretCredential` gets a new token about 600 s before expiry.
+    ///
+    /// A credential whose provider answers from a cache of its own (Azure CLI, Azure
+    /// Developer CLI, managed identity, a persistent token cache file) hands back the same
+    /// token when asked that early. It is asked once per token; the layer then keeps that
+    /// token, trying again every 30 s without reaching the provider, and has a new one in the
+    /// credential's own window. A credential reached through something that runs it in
+    /// another task (tower's `Buffer`) does not see the layer's renewal and renews in its own
+    /// window only. A shorter window than the credential's is fine: the layer takes the
+    /// credential's new token when its own window comes.
     pub fn refresh_window(mut self, window: Duration) -> Self {
         self.options.refresh.window = window;
         self

@@ -309,6 +309,30 @@ async fn in_the_refresh_window_one_renewal_runs_and_no_request_waits_for_it() {
     );
 }
 
+/// A `refresh_window` of 600 s over a credential of this crate, whose own window is 300 s:
+/// 590 s before expiry the layer renews and the credential asks the authority then, so the
+/// requests after it carry the new token.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_window_wider_than_the_credentials_renews_that_early() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let layer = settings(&authority)
+        .refresh_window(Duration::from_secs(600))
+        .build();
+    let mut service = bearer(&layer);
+    call(&mut service, get(&resource, "/warm")).await;
+    tokio::time::advance(secs(3600 - 590)).await;
+    call(&mut service, get(&resource, "/starts-the-renewal")).await;
+    crate::support::clock::settle().await;
+    assert_eq!(authority.token_posts(), 2, "renewed 590 s before expiry");
+    call(&mut service, get(&resource, "/after")).await;
+    let tokens = resource.accepted_tokens();
+    assert_eq!(
+        tokens.last().map(String::as_str),
+        Some("at-2-contoso"),
+        "{tokens:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_renewal_delays_no_request_and_its_token_is_used_once_ready() {
     let (authority, resource, service) = window_setup().await;
