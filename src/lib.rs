@@ -116,3 +116,8 @@ pub use entra::authority::authority_hosts;
 pub use error::{BoxError, ConfigError, CredentialError, ErrorKind};
 pub use token::{AccessToken, Secret, TokenRequest};
 pub use transport::{HttpClient, HttpClientBuilder, RetryOptions, Roots};
+
+// Compiles the README's Rust fragments as doctests so they keep up with the API (one needs `redis`).
+#[cfg(all(doctest, feature = "redis"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
