@@ -229,7 +229,29 @@ pub(crate) fn classify_failure(stderr: &[u8], stdout: &[u8]) -> CredentialError 
     let quote = |output: &[u8]| process::quote_stderr(&error_text(output));
     let quoted = quote(stderr).or_else(|| quote(stdout));
     let first = quoted.as_deref().unwrap_or("no error output");
-    CredentialError::authentication_failed(NAME, format!("Azure Developer CLI failed: {first}"))
+    // What azd advises (from 1.24: to sign in again) is what the user should do; quoted on its
+    // own, so a long error does not cut it off.
+    let advice = suggestion(stderr)
+        .or_else(|| suggestion(stdout))
+        .map(|s| format!("; azd suggests: {s}"))
+        .unwrap_or_default();
+    CredentialError::authentication_failed(
+        NAME,
+        format!("Azure Developer CLI failed: {first}{advice}"),
+    )
+}
+
+/// The `suggestion` of `azd`'s structured JSON error (`{"error": …, "suggestion": …}`), quoted
+/// as an error line is.
+fn suggestion(output: &[u8]) -> Option<String> {
+    output
+        .split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Value>(line.trim_ascii()).ok())
+        .filter(|object| object.get("error").is_some())
+        .find_map(|object| {
+            let text = object.get("suggestion")?.as_str()?;
+            process::quote_stderr(one_line(text).as_bytes())
+        })
 }
 
 /// `azd`'s error output as text lines, for [`process::quote_stderr`]. With `--output json`
@@ -388,6 +410,29 @@ mod tests {
             classify_failure(b"", b"").message(),
             "Azure Developer CLI failed: no error output"
         );
+        // azd's advice follows the error, however long the error is.
+        let long = "x".repeat(400);
+        let e = classify_failure(
+            format!(
+                r#"{{"error":"{long}","suggestion":"Run 'azd auth login'\nto sign in again."}}"#
+            )
+            .as_bytes(),
+            b"",
+        );
+        assert!(
+            e.message()
+                .ends_with("; azd suggests: Run 'azd auth login' to sign in again."),
+            "{e}"
+        );
+        for blank in [
+            r#"{"error":"e","suggestion":" "}"#,
+            r#"{"error":"e","suggestion":7}"#,
+        ] {
+            assert_eq!(
+                classify_failure(blank.as_bytes(), b"").message(),
+                "Azure Developer CLI failed: e"
+            );
+        }
         // An azd older than --claims (1.18.1), on stderr or stdout.
         for (stderr, stdout) in [
             (&b"ERROR: unknown flag: --claims\n"[..], &b""[..]),

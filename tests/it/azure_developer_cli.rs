@@ -177,6 +177,11 @@ async fn an_error_suggesting_azd_auth_login_is_a_failure_unless_not_logged_in() 
             .starts_with("Azure Developer CLI failed: fetching token: reauthentication required"),
         "{err}"
     );
+    assert!(
+        err.message()
+            .ends_with("; azd suggests: Run 'azd auth login' to sign in again."),
+        "{err}"
+    );
     // Not signed in, as azd writes it with --output json: unavailable.
     let dir = tempfile::tempdir().unwrap();
     let azd = failing_azd(
