@@ -3,7 +3,8 @@
 //!
 //! # Concurrency semantics
 //!
-//! * **Fresh** (before the token's refresh time): callers get the cached token.
+//! * **Fresh** (before the token's refresh time): callers get the cached token (except a
+//!   stacked slot's renewal of that very token: see "Stacked slots").
 //! * **Refresh window** (refresh time reached, token still valid): exactly one acquisition
 //!   runs, and nobody waits for it. [`TokenSlot::get`] (credentials) and
 //!   [`TokenSlot::lookup`] (the bearer layer) alike start it in the background, or leave the
@@ -42,11 +43,12 @@
 //!   it would get the token it holds, count a failed attempt, and send the old token for 30 s
 //!   more. The mark carries the token the renewal replaces, and a slot whose token that is
 //!   renews it even before its own refresh time (a layer's `refresh_window` of 600 s over a
-//!   credential's 300 s), the spacing applying. When such an early renewal brings back the
-//!   same token (a provider answering from a cache of its own: az, azd, IMDS, a cache file),
-//!   the slot does not renew that token early again: the asker's later renewals get it at
-//!   once, each a failed attempt, spaced, until this slot's own refresh time. So a wider
-//!   window costs such a credential one call per token, not one per 30 s.
+//!   credential's 300 s), the spacing applying. It does so once per token: whatever that
+//!   early renewal brings — a new token, the same one (a provider answering from a cache of
+//!   its own: az, azd, IMDS, a cache file; the entry then stays as it was, timing included),
+//!   an error — the slot does not renew that token early again, and the asker's later
+//!   renewals get it at once, each a failed attempt, spaced, until this slot's own refresh
+//!   time. So a wider window costs such a credential one call per token, not one per 30 s.
 //!   A slot's first acquisition (its callers wait for it) is not marked. The mark
 //!   belongs to the task: a credential reached through something that runs it in another
 //!   task (tower's `Buffer`) answers the layer's renewal at once with its current token,
@@ -334,9 +336,10 @@ struct State<V> {
     current: Option<Entry<V>>,
     /// When the last renewal ended.
     last_attempt: Option<Instant>,
-    /// The token that a renewal started early, for a stacked slot's wider window, brought
-    /// back unchanged (see "Stacked slots" in the module docs): not asked for early again.
-    answered_early: Option<TokenId>,
+    /// The token a renewal started early was for, for a stacked slot's wider window (see
+    /// "Stacked slots" in the module docs): not renewed early again, whatever that renewal
+    /// brought.
+    tried_early: Option<TokenId>,
     /// Acquisitions started, for the span's `attempt`.
     acquisitions: u64,
     /// The recheck timer, when one is armed (see the module docs).
@@ -431,7 +434,7 @@ impl<V: SlotValue> TokenSlot<V> {
                 State {
                     current: None,
                     last_attempt: None,
-                    answered_early: None,
+                    tried_early: None,
                     acquisitions: 0,
                     timer: None,
                 },
@@ -454,7 +457,8 @@ impl<V: SlotValue> TokenSlot<V> {
     /// (see the module docs); with no valid value, the result of the single acquisition that
     /// `acquire` starts or that another caller already started. Called from another slot's
     /// renewal (a layer's over this credential), it waits for this slot's renewal instead,
-    /// falling back to the valid cached value if it fails.
+    /// falling back to the valid cached value if it fails, and renews a token not due yet
+    /// when that renewal is replacing it (once per token: see "Stacked slots").
     pub(crate) async fn get<F, Fut>(self: &Arc<Self>, acquire: F) -> Result<V, CredentialError>
     where
         F: FnOnce() -> Fut,
@@ -473,8 +477,7 @@ impl<V: SlotValue> TokenSlot<V> {
                     // Before this slot's refresh time, a renewal replacing this very token
                     // (a layer's wider `refresh_window`) still has it renewed, once.
                     let early = seen < entry.refresh_at;
-                    let due_for_asker =
-                        asker == Some(true) && state.answered_early != Some(entry.id);
+                    let due_for_asker = asker == Some(true) && state.tried_early != Some(entry.id);
                     if early && !due_for_asker {
                         return Ok(entry.value);
                     }
@@ -742,6 +745,17 @@ impl<V: SlotValue> TokenSlot<V> {
             {
                 current.clone()
             }
+            // The same token back from a renewal started early (see "Stacked slots"): the
+            // entry stays as it was, timing included. Retimed from the lifetime left now, its
+            // window would shrink (`min(window, L / 2)`) and the slot renew later than its own
+            // refresh time.
+            Some(current)
+                if kind == Start::Early
+                    && current.value.token().secret() == value.token().secret()
+                    && !current.value.token().is_expired_at(now) =>
+            {
+                current.clone()
+            }
             // The same token back, not due by its own timing: the provider's answer for now
             // (IMDS and App Service answer their cached token, with the time it has left).
             // The entry takes its value and timing and keeps its id (see the module docs).
@@ -772,12 +786,12 @@ impl<V: SlotValue> TokenSlot<V> {
         if kind != Start::First {
             state.last_attempt = Some(now);
         }
-        // Asked early, the provider answered the token it had (az, azd, IMDS and a cache
-        // file answer from a cache of their own until their own refresh time): asking again
-        // before this slot's refresh time would get it again, at the cost of a process, a
-        // file read or a request each time.
-        if kind == Start::Early && outcome.as_ref().is_ok_and(|entry| Some(entry.id) == from) {
-            state.answered_early = from;
+        // Once per token: asked early, a provider answering from a cache of its own (az, azd,
+        // IMDS, a cache file) hands back the token it has until its own refresh time, and
+        // one that failed is tried again in this slot's own window; asked again every time
+        // the asker retries, each would cost a process, a file read or a request.
+        if kind == Start::Early {
+            state.tried_early = from;
         }
         self.bump();
         outcome
@@ -792,8 +806,8 @@ enum Start {
     /// A valid token is held, due by this slot's timing: the spacing follows its end.
     Renewal,
     /// A valid token is held that is not due yet by this slot's timing, asked for by a
-    /// stacked slot's renewal of that same token (a wider window): a renewal, and a token
-    /// it brings back unchanged is not asked for early again.
+    /// stacked slot's renewal of that same token (a wider window): a renewal, made once per
+    /// token, whose same token back leaves the entry as it was.
     Early,
 }
 
@@ -1166,6 +1180,65 @@ mod tests {
         use_of(outer.lookup(Instant::now(), through(&inner, fresh)));
         settle().await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let current = outer.current_entry().unwrap();
+        assert_eq!(current.value.secret().expose_secret(), "new");
+    }
+
+    /// An early renewal that fails is not repeated early either: the credential is asked
+    /// again in its own window, not every time the layer retries.
+    #[tokio::test(start_paused = true)]
+    async fn a_wider_window_renewal_that_fails_is_not_repeated_early() {
+        let (inner, outer, _) = wider_over_default();
+        tokio::time::advance(Duration::from_secs(3600 - 590)).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        for _ in 0..10 {
+            let failing = counting(&calls, |_| Err(failure()));
+            let (entry, _, _) = use_of(outer.lookup(Instant::now(), through(&inner, failing)));
+            assert_eq!(entry.value.secret().expose_secret(), "old");
+            settle().await;
+            tokio::time::advance(Duration::from_secs(31)).await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "tried early once");
+        // 280 s before expiry, inside the credential's window: asked again.
+        let fresh = counting(&calls, |_| Ok(token("new", HOUR)));
+        use_of(outer.lookup(Instant::now(), through(&inner, fresh)));
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let current = outer.current_entry().unwrap();
+        assert_eq!(current.value.secret().expose_secret(), "new");
+    }
+
+    /// The same token handed back to an early renewal 390 s before expiry leaves the
+    /// credential's renewal where it was, 300 s before expiry. Retimed from the 390 s left
+    /// (a window of `min(300, 390 / 2)`), it would come only 195 s before expiry.
+    #[tokio::test(start_paused = true)]
+    async fn the_same_token_back_early_keeps_the_credentials_own_renewal_time() {
+        let inner = TokenSlot::new("Inner", RefreshPolicy::default());
+        let outer = TokenSlot::new(
+            "Outer",
+            RefreshPolicy {
+                window: Duration::from_secs(400),
+                ..RefreshPolicy::default()
+            },
+        );
+        let old = token("old", HOUR);
+        inner.store(old.clone()).unwrap();
+        outer.store(old.clone()).unwrap();
+        tokio::time::advance(Duration::from_secs(3600 - 390)).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let same = counting(&calls, move |_| Ok(old));
+        use_of(outer.lookup(Instant::now(), through(&inner, same)));
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(100)).await;
+        let fresh = counting(&calls, |_| Ok(token("new", HOUR)));
+        use_of(outer.lookup(Instant::now(), through(&inner, fresh)));
+        settle().await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "renewed 290 s before expiry"
+        );
         let current = outer.current_entry().unwrap();
         assert_eq!(current.value.secret().expose_secret(), "new");
     }

@@ -61,18 +61,23 @@ impl BearerTokenLayerBuilder {
     ///
     /// The layer renews by asking its credential. The credentials of this crate cache their
     /// tokens and renew them in their own window (the last 300 s of the token's life, the
-    /// last half for a token living less than 10 minutes); asked by the layer's renewal of
-    /// the token they hold, they renew it in the layer's window too. So a 600 s window over a
-    /// `ClientSecretCredential` gets a new token about 600 s before expiry.
+    /// last half for a token living less than 10 minutes, earlier at the provider's
+    /// `refresh_in`); asked by the layer's renewal of the token they hold, they renew it in
+    /// the layer's window too, once per token. So a 600 s window over a
+    /// `ClientSecretCredential` gets a new token about 600 s before expiry. That holds for
+    /// the service principal credentials (client secret, certificate, assertion, workload
+    /// identity) without a persistent or distributed cache: they ask Microsoft Entra ID.
     ///
-    /// A credential whose provider answers from a cache of its own (Azure CLI, Azure
-    /// Developer CLI, managed identity, a persistent token cache file) hands back the same
-    /// token when asked that early. It is asked once per token; the layer then keeps that
-    /// token, trying again every 30 s without reaching the provider, and has a new one in the
-    /// credential's own window. A credential reached through something that runs it in
-    /// another task (tower's `Buffer`) does not see the layer's renewal and renews in its own
-    /// window only. A shorter window than the credential's is fine: the layer takes the
-    /// credential's new token when its own window comes.
+    /// The others hand back the token they hold when asked that early: Azure CLI, Azure
+    /// Developer CLI and managed identity endpoints answer from a cache of their own, and so
+    /// do a persistent token cache file, a distributed cache, and the in-memory MSAL cache
+    /// of the user credentials (device code, authorization code, shared token cache). Such a
+    /// credential is asked once per token; the layer then keeps that token, trying again
+    /// every 30 s without reaching the provider, and has a new one in the credential's own
+    /// window. A credential reached through something that runs it in another task (tower's
+    /// `Buffer`) does not see the layer's renewal and renews in its own window only. A
+    /// shorter window than the credential's is fine: the layer takes the credential's new
+    /// token when its own window comes.
     pub fn refresh_window(mut self, window: Duration) -> Self {
         self.options.refresh.window = window;
         self
