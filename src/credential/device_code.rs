@@ -93,6 +93,8 @@ type Prompt = Arc<dyn Fn(DeviceCodeInfo) + Send + Sync>;
 ///   no refresh token can sign the account in any more (none left, or `invalid_grant`), the
 ///   account and every token of it kept in memory are forgotten, and the next call prompts
 ///   again (perhaps another user signs in).
+/// * The claims of the request (a challenge, the CAE capability) are sent with the code
+///   request and with every poll, as msal sends them.
 /// * The device code is a secret: it never appears in `Debug` output or errors.
 #[derive(Clone)]
 pub struct DeviceCodeCredential {
@@ -235,7 +237,9 @@ impl Inner {
         cae: bool,
         claims: Option<String>,
     ) -> Result<SignedIn, CredentialError> {
-        let form = device_authorization_form(&self.client_id, &scopes, claims);
+        // The claims go to the device authorization request and to every poll, as msal sends
+        // them: the poll is the request that issues the token.
+        let form = device_authorization_form(&self.client_id, &scopes, claims.clone());
         let (object, sent_at) = self
             .client
             .device_authorization(NAME, &tenant, form)
@@ -258,7 +262,7 @@ impl Inner {
                 "the prompt callback panicked; the user was not shown the code",
             ));
         }
-        let response = self.poll(&tenant, &code).await?;
+        let response = self.poll(&tenant, &code, claims.as_deref()).await?;
         let (store, _) = self.stores.for_request(cae);
         let redeem = Redeem {
             credential: NAME,
@@ -296,6 +300,7 @@ impl Inner {
         &self,
         tenant: &str,
         code: &DeviceCode,
+        claims: Option<&str>,
     ) -> Result<TokenResponse, CredentialError> {
         let started = Instant::now();
         let timeout_at = self.timeout.and_then(|t| started.checked_add(t));
@@ -311,7 +316,11 @@ impl Inner {
                 .checked_add(interval)
                 .map_or(deadline, |next| next.min(deadline));
             tokio::time::sleep_until(next).await;
-            let form = device_code_form(&self.client_id, &code.device_code);
+            let form = device_code_form(
+                &self.client_id,
+                &code.device_code,
+                claims.map(str::to_owned),
+            );
             let error = match self.client.request(NAME, tenant, form).await {
                 Ok(response) => return Ok(response),
                 Err(error) => error,

@@ -169,6 +169,52 @@ async fn the_user_signs_in_while_the_credential_polls_then_refresh_tokens_serve_
         claims.contains("CP1"),
         "the CAE capability is announced: {code_request}"
     );
+    // And with the poll that issued the token (its claims decide what the token carries).
+    let claims = signed_in_again["form"]["claims"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        claims.contains("CP1"),
+        "the poll announces the CAE capability: {signed_in_again}"
+    );
+}
+
+/// The claims of the request (a challenge, with the CAE capability merged in) go with every
+/// poll, the request that issues the token, as msal sends them; not only with the code request.
+#[tokio::test(start_paused = true)]
+async fn every_poll_carries_the_claims_challenge_and_the_cae_capability() {
+    let peer = peer();
+    let tenant = "device-claims";
+    let (credential, mut prompts, _) = prompted(peer, tenant);
+    let challenge = r#"{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}"#;
+    let request = TokenRequest::new([RESOURCE])
+        .with_cae(true)
+        .with_claims(challenge);
+    let task = tokio::spawn(async move { credential.get_token_with(request).await });
+    let info = prompts.recv().await.unwrap();
+    // One poll (pending) before the user signs in, one after.
+    tokio::time::sleep(secs(6)).await;
+    held(peer.approve_device_code(tenant, &info.user_code, "mia@contoso.com")).await;
+    task.await.unwrap().unwrap();
+
+    let log = log_of(tenant).await;
+    let sent: Vec<&serde_json::Value> = log
+        .iter()
+        .filter(|e| e["grant_type"] == DEVICE_GRANT || e["endpoint"] == "devicecode")
+        .collect();
+    assert_eq!(sent.len(), 3, "{log:#?}");
+    for entry in sent {
+        let claims = entry["form"]["claims"].as_str().unwrap_or_default();
+        let claims: serde_json::Value = serde_json::from_str(claims)
+            .unwrap_or_else(|e| panic!("claims are JSON ({e}): {entry}"));
+        let access_token = &claims["access_token"];
+        assert_eq!(
+            access_token["xms_cc"]["values"],
+            serde_json::json!(["CP1"]),
+            "{entry}"
+        );
+        assert_eq!(access_token["nbf"]["value"], "1700000000", "{entry}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -200,13 +200,20 @@ pub(crate) fn device_authorization_form(
 /// `grant_type` of a device code poll (RFC 8628 §3.4).
 const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
-/// A device code poll (RFC 8628 §3.4), asking for the account's `client_info`.
-pub(crate) fn device_code_form(client_id: &str, device_code: &Secret) -> Form {
+/// A device code poll (RFC 8628 §3.4), asking for the account's `client_info`, with the
+/// `claims` (challenge and CAE capability) on every poll as msal sends them: this request is
+/// the one that issues the token.
+pub(crate) fn device_code_form(
+    client_id: &str,
+    device_code: &Secret,
+    claims: Option<String>,
+) -> Form {
     Form::new()
         .field("grant_type", DEVICE_CODE_GRANT)
         .field("client_id", client_id)
         .secret("device_code", device_code)
         .field("client_info", "1")
+        .optional("claims", claims)
 }
 
 /// The refresh-token grant.
