@@ -75,7 +75,11 @@ type Prompt = Arc<dyn Fn(DeviceCodeInfo) + Send + Sync>;
 ///   `openid profile offline_access` added to its scopes, as msal does), hands the user code,
 ///   verification URI and message to the prompt (default: the message on stderr), then polls
 ///   the token endpoint at the interval Entra gave (clamped to 1–60 s). `slow_down` adds 5 s
-///   to the interval (RFC 8628 §3.5), past 60 s too; `authorization_pending` keeps polling. A declined
+///   to the interval (RFC 8628 §3.5), past 60 s too; `authorization_pending` keeps polling, and
+///   so does a transient failure (no answer in time, a connection failure, a 5xx, throttling:
+///   the next poll waits for the interval, or the `Retry-After` if later). The HTTP client
+///   resends a poll itself only when it surely went unprocessed (no connection, a 429): the
+///   poll that issues the token redeems the code. A declined
 ///   sign-in, an expired or unknown code, any other error, the code's expiry or the builder's
 ///   [`timeout`](DeviceCodeCredentialBuilder::timeout) end the sign-in with an *authentication
 ///   failed* error saying which. When that deadline comes before the next poll is due, the
@@ -296,6 +300,9 @@ impl Inner {
     }
 
     /// Polls the token endpoint until the user has signed in, or the sign-in cannot succeed.
+    /// A transient failure (no answer, a connection failure, a 5xx, throttling) is polled
+    /// again as `authorization_pending` is, after the interval or the `Retry-After` if later:
+    /// the code lives for minutes, and one failed poll does not end the user's sign-in.
     async fn poll(
         &self,
         tenant: &str,
@@ -306,6 +313,8 @@ impl Inner {
         let timeout_at = self.timeout.and_then(|t| started.checked_add(t));
         let deadline = timeout_at.map_or(code.expires_at, |t| t.min(code.expires_at));
         let mut interval = code.interval;
+        // The `Retry-After` of a throttled poll: no poll before it.
+        let mut not_before: Option<Instant> = None;
         loop {
             // The last stretch is polled too: at the deadline when the next poll would be
             // later (a user who signed in just before it is not turned away). That last poll
@@ -315,6 +324,8 @@ impl Inner {
             let next = Instant::now()
                 .checked_add(interval)
                 .map_or(deadline, |next| next.min(deadline));
+            // Never past the deadline: a wait that would end later ended the sign-in.
+            let next = not_before.take().map_or(next, |at| next.max(at));
             tokio::time::sleep_until(next).await;
             let form = device_code_form(
                 &self.client_id,
@@ -325,10 +336,11 @@ impl Inner {
                 Ok(response) => return Ok(response),
                 Err(error) => error,
             };
+            let now = Instant::now();
             let prefix = match error.error_code() {
-                Some("authorization_pending") if Instant::now() < deadline => continue,
+                Some("authorization_pending") if now < deadline => continue,
                 // Uncapped, as RFC 8628 §3.5 says: the deadline bounds the wait anyway.
-                Some("slow_down") if Instant::now() < deadline => {
+                Some("slow_down") if now < deadline => {
                     interval = interval.saturating_add(SLOW_DOWN_STEP);
                     continue;
                 }
@@ -347,6 +359,20 @@ impl Inner {
                 Some("expired_token") => "the code expired before the user signed in; try again",
                 Some("bad_verification_code") => {
                     "Microsoft Entra ID did not recognise the device code; try again"
+                }
+                _ if error.is_transient() && now < deadline => {
+                    let resume = error.retry_after().and_then(|wait| now.checked_add(wait));
+                    if resume.is_none_or(|at| at <= deadline) {
+                        tracing::debug!(
+                            credential = NAME,
+                            %error,
+                            "device code poll failed transiently; polling again"
+                        );
+                        not_before = resume;
+                        continue;
+                    }
+                    // Throttled past the deadline: no poll could be sent before it.
+                    "the device code sign-in failed"
                 }
                 _ => "the device code sign-in failed",
             };

@@ -639,3 +639,152 @@ async fn after_another_user_signs_in_no_token_of_the_previous_one_is_served() {
         "RESOURCE as the account signed in now"
     );
 }
+
+/// Polls against the loopback authority, whose faults drive the answers: a device code poll
+/// is answered with a token unless a fault is queued (`authorization_pending` for a user who
+/// has not signed in yet).
+mod transient {
+    use tower_identity::{CredentialExt, DeviceCodeCredential};
+
+    use super::{RESOURCE, secs};
+    use crate::support::authority::{Authority, DEVICE_CODE, Fault, error_body};
+    use crate::support::creds::http_builder;
+
+    fn pending() -> Fault {
+        Fault::Respond {
+            status: 400,
+            body: error_body(
+                "authorization_pending",
+                70016,
+                "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+            ),
+            headers: Vec::new(),
+        }
+    }
+
+    fn credential(authority: &Authority, http: tower_identity::HttpClient) -> DeviceCodeCredential {
+        DeviceCodeCredential::builder()
+            .tenant_id("contoso")
+            .authority_host(authority.url())
+            .http_client(http)
+            .prompt(|_| {})
+            .build()
+            .unwrap()
+    }
+
+    /// When each poll arrived, in whole seconds after the code was issued; every request is
+    /// a poll of the code.
+    fn poll_times(authority: &Authority) -> Vec<u64> {
+        let issued = authority.device_code_requests()[0].at;
+        authority
+            .requests()
+            .iter()
+            .map(|r| {
+                assert_eq!(r.field("device_code"), Some(DEVICE_CODE), "{r:?}");
+                (r.at - issued).as_secs()
+            })
+            .collect()
+    }
+
+    /// One 503 while the user signs in: the sign-in goes on, and the next poll comes an
+    /// interval later (not at once from the HTTP client's retries, which would resend a code
+    /// that may have been redeemed).
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_answered_503_is_polled_again_after_the_interval() {
+        let authority = Authority::start().await;
+        authority.push_fault(pending());
+        authority.push_fault(Fault::ServerError(503));
+        let credential = credential(&authority, http_builder(&authority).build().unwrap());
+        credential.get_token([RESOURCE]).await.unwrap();
+        assert_eq!(poll_times(&authority), [5, 10, 15]);
+    }
+
+    /// Failures that outlast the HTTP client's retries (503s in a row, a connection closed
+    /// without an answer, a 429 asking for longer than the client waits) do not end the
+    /// sign-in: each is one poll, the next an interval later, or after the `Retry-After`.
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_keep_polling_until_the_user_has_signed_in() {
+        let authority = Authority::start().await;
+        authority.push_fault(pending());
+        for _ in 0..4 {
+            authority.push_fault(Fault::ServerError(503));
+        }
+        authority.push_fault(Fault::Close);
+        authority.push_fault(Fault::TooManyRequests {
+            retry_after: "90".into(),
+        });
+        authority.push_fault(pending());
+        let credential = credential(&authority, http_builder(&authority).build().unwrap());
+        let token = credential.get_token([RESOURCE]).await;
+        let times = poll_times(&authority);
+        token.unwrap_or_else(|e| panic!("{e} (polls at {times:?})"));
+        assert_eq!(times, [5, 10, 15, 20, 25, 30, 35, 125, 130]);
+    }
+
+    /// A poll whose answer comes after the per-attempt timeout (it may have issued the token
+    /// and redeemed the code) is not sent again by the HTTP client as soon as the attempt
+    /// times out: the next poll comes an interval after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_that_times_out_is_not_resent_before_the_interval() {
+        let authority = Authority::start().await;
+        authority.push_fault(pending());
+        authority.push_fault(Fault::Delay(secs(30)));
+        let http = http_builder(&authority)
+            .timeout(Some(secs(10)))
+            .build()
+            .unwrap();
+        let credential = credential(&authority, http);
+        credential.get_token([RESOURCE]).await.unwrap();
+        // At 10 s the slow poll, abandoned at 20 s; the next one 5 s after that.
+        assert_eq!(poll_times(&authority), [5, 10, 25]);
+    }
+
+    /// What cannot pass before the deadline ends the sign-in at once: a refusal, or a
+    /// `Retry-After` that ends after the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_or_a_wait_past_the_deadline_ends_the_sign_in() {
+        let authority = Authority::start().await;
+        authority.push_fault(Fault::ServerError(503));
+        authority.push_fault(Fault::Respond {
+            status: 400,
+            body: error_body("invalid_client", 7000215, "Invalid client secret provided."),
+            headers: Vec::new(),
+        });
+        let credential = credential(&authority, http_builder(&authority).build().unwrap());
+        let error = credential.get_token([RESOURCE]).await.unwrap_err();
+        assert_eq!(error.error_code(), Some("invalid_client"), "{error}");
+        assert!(
+            error
+                .message()
+                .starts_with("the device code sign-in failed: "),
+            "{error}"
+        );
+        assert_eq!(poll_times(&authority), [5, 10]);
+
+        // A timeout of 30 s, and a wait of 90 s asked for at 10 s.
+        let authority = Authority::start().await;
+        authority.push_fault(Fault::ServerError(503));
+        authority.push_fault(Fault::TooManyRequests {
+            retry_after: "90".into(),
+        });
+        let credential = DeviceCodeCredential::builder()
+            .tenant_id("contoso")
+            .authority_host(authority.url())
+            .http_client(http_builder(&authority).build().unwrap())
+            .prompt(|_| {})
+            .timeout(Some(secs(30)))
+            .build()
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let error = credential.get_token([RESOURCE]).await.unwrap_err();
+        assert!(error.is_throttled(), "{error}");
+        assert!(
+            error
+                .message()
+                .starts_with("the device code sign-in failed: "),
+            "{error}"
+        );
+        assert_eq!(poll_times(&authority), [5, 10]);
+        assert_eq!(started.elapsed(), secs(10));
+    }
+}

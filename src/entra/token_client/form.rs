@@ -149,9 +149,10 @@ fn client_credentials(
         .optional("claims", claims)
 }
 
-/// The authorization-code grant (a code redeemed once: single use, RFC 6749 §4.1.2). The
-/// other grants may be sent again: client credentials and device-code polls are repeatable,
-/// and a refresh token stays valid after use (Entra rotates it but does not revoke the old).
+/// The authorization-code grant (a code redeemed once: single use, RFC 6749 §4.1.2). Client
+/// credentials may be sent again, and so may a refresh token, which stays valid after use
+/// (Entra rotates it but does not revoke the old). A device-code poll is single use too: see
+/// [`device_code_form`].
 pub(crate) fn authorization_code_form(
     client_id: &str,
     code: &Secret,
@@ -202,13 +203,16 @@ const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 /// A device code poll (RFC 8628 §3.4), asking for the account's `client_info`, with the
 /// `claims` (challenge and CAE capability) on every poll as msal sends them: this request is
-/// the one that issues the token.
+/// the one that issues the token. Single use: the poll that issues the token redeems the
+/// code, so one whose answer was lost is not sent again by the transport (the poll loop
+/// decides when to poll next).
 pub(crate) fn device_code_form(
     client_id: &str,
     device_code: &Secret,
     claims: Option<String>,
 ) -> Form {
     Form::new()
+        .single_use()
         .field("grant_type", DEVICE_CODE_GRANT)
         .field("client_id", client_id)
         .secret("device_code", device_code)

@@ -1,7 +1,10 @@
 //! A loopback, Entra-shaped token authority for tests.
 //!
 //! A real HTTPS server (HTTP/1.1 and HTTP/2) on `127.0.0.1:0`, running on the test's own tokio
-//! runtime, that answers `POST /{tenant}/oauth2/v2.0/token` the way Microsoft Entra ID does.
+//! runtime, that answers `POST /{tenant}/oauth2/v2.0/token` the way Microsoft Entra ID does,
+//! and `POST /{tenant}/oauth2/v2.0/devicecode` with a fixed device code (see
+//! [`DEVICE_CODE`]): a device code poll is then answered as any token request (queue
+//! `authorization_pending` faults for a user who has not signed in yet).
 //! Tests can count and inspect what it received and queue faults (error answers, delays, hangs,
 //! dropped connections, bad bodies) to drive a client's error and retry paths.
 //!
@@ -38,6 +41,11 @@ pub const TIMESTAMP: &str = "2024-05-01 00:00:00Z";
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
 
 const TOKEN_PATH_SUFFIX: &str = "/oauth2/v2.0/token";
+const DEVICE_CODE_PATH_SUFFIX: &str = "/oauth2/v2.0/devicecode";
+/// The device code every device authorization request gets, with a 5 s interval and 900 s
+/// lifetime, as Entra gives.
+pub const DEVICE_CODE: &str = "loopback-device-code";
+pub const DEVICE_CODE_INTERVAL: u64 = 5;
 const JSON_UTF8: &str = "application/json; charset=utf-8";
 
 /// A running authority. Dropping it stops the server: no new connections are accepted, open
@@ -62,6 +70,8 @@ pub struct Received {
     pub headers: HeaderMap,
     /// The decoded `application/x-www-form-urlencoded` body, in the order sent.
     pub form: Vec<(String, String)>,
+    /// When its body had arrived, on tokio's clock (paused in most tests).
+    pub at: tokio::time::Instant,
 }
 
 impl Received {
@@ -78,6 +88,7 @@ impl Received {
             method: head.method,
             headers: head.headers,
             form: url::form_urlencoded::parse(body).into_owned().collect(),
+            at: tokio::time::Instant::now(),
         }
     }
 
@@ -223,6 +234,11 @@ impl Authority {
         lock(&self.state.log).clone()
     }
 
+    /// Every device authorization request, in arrival order (not among `requests()`).
+    pub fn device_code_requests(&self) -> Vec<Received> {
+        lock(&self.state.device_code_log).clone()
+    }
+
     /// Queues a fault; each token request takes the oldest one, if any.
     ///
     /// Panics (in the test, where the mistake is) if the fault could not be sent on the wire.
@@ -236,10 +252,11 @@ impl Authority {
         *lock(&self.state.shape) = shape;
     }
 
-    /// Clears the log, the `token_posts` counter and the fault queue. The response shape is
+    /// Clears the logs, the `token_posts` counter and the fault queue. The response shape is
     /// kept, and token numbering continues so tokens stay distinct over the authority's life.
     pub fn clear(&self) {
         lock(&self.state.log).clear();
+        lock(&self.state.device_code_log).clear();
         lock(&self.state.faults).clear();
         self.state.token_posts.store(0, Ordering::SeqCst);
     }
@@ -266,6 +283,7 @@ struct State {
     /// Tokens issued so far; never reset, so every token is distinct.
     issued: AtomicU64,
     log: Mutex<Vec<Received>>,
+    device_code_log: Mutex<Vec<Received>>,
     faults: Mutex<VecDeque<Fault>>,
     shape: Mutex<TokenShape>,
     /// Completes (with an error) when the `Authority` is dropped.
@@ -279,6 +297,7 @@ impl State {
             in_flight: Arc::new(AtomicUsize::new(0)),
             issued: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
+            device_code_log: Mutex::new(Vec::new()),
             faults: Mutex::new(VecDeque::new()),
             shape: Mutex::new(TokenShape::default()),
             shutdown,
@@ -312,6 +331,9 @@ type Answer = Response<Full<Bytes>>;
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, BoxError> {
     let Some(tenant) = token_tenant(req.method(), req.uri().path()) else {
+        if let Some(tenant) = tenant_of(req.method(), req.uri().path(), DEVICE_CODE_PATH_SUFFIX) {
+            return device_authorization(&state, tenant, req).await;
+        }
         return Ok(json_answer(
             StatusCode::NOT_FOUND,
             r#"{"error":"not_found"}"#.to_owned(),
@@ -342,12 +364,41 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Box
 
 /// The tenant, if this is `POST /{tenant}/oauth2/v2.0/token`.
 fn token_tenant(method: &Method, path: &str) -> Option<String> {
+    tenant_of(method, path, TOKEN_PATH_SUFFIX)
+}
+
+/// The tenant, if this is `POST /{tenant}{suffix}`.
+fn tenant_of(method: &Method, path: &str, suffix: &str) -> Option<String> {
     if method != Method::POST {
         return None;
     }
-    let tenant = path.strip_prefix('/')?.strip_suffix(TOKEN_PATH_SUFFIX)?;
+    let tenant = path.strip_prefix('/')?.strip_suffix(suffix)?;
     let valid = !tenant.is_empty() && !tenant.contains('/');
     valid.then(|| tenant.to_owned())
+}
+
+/// The device authorization answer (RFC 8628 §3.2, with Entra's `message`): always
+/// [`DEVICE_CODE`]. Logged apart from token requests; faults do not apply.
+async fn device_authorization(
+    state: &State,
+    tenant: String,
+    req: Request<Incoming>,
+) -> Result<Answer, BoxError> {
+    let (parts, body) = req.into_parts();
+    let body = Limited::new(body, MAX_REQUEST_BODY)
+        .collect()
+        .await?
+        .to_bytes();
+    lock(&state.device_code_log).push(Received::new(tenant, parts, &body));
+    let body = json!({
+        "device_code": DEVICE_CODE,
+        "user_code": "LOOPBACK",
+        "verification_uri": "https://127.0.0.1/devicelogin",
+        "expires_in": 900,
+        "interval": DEVICE_CODE_INTERVAL,
+        "message": "To sign in, enter the code LOOPBACK at https://127.0.0.1/devicelogin.",
+    });
+    Ok(json_answer(StatusCode::OK, body.to_string()))
 }
 
 async fn answer_with_fault(
