@@ -1,5 +1,6 @@
 //! [`HttpClientBuilder`]: the default client's settings, and the TLS it is built on.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::error::ConfigError;
 use crate::token::Secret;
 
 /// Settings for the default [`HttpClient`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HttpClientBuilder {
     roots: Roots,
     extra_roots_pem: Vec<Vec<u8>>,
@@ -33,6 +34,39 @@ pub struct HttpClientBuilder {
     verifier: Option<Arc<dyn rustls::client::danger::ServerCertVerifier>>,
     /// Where the proxy comes from; its `Debug` never shows credentials.
     proxy: ProxySetting,
+}
+
+impl fmt::Debug for HttpClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Every field named, so that a new one is not left out of `Debug` unnoticed.
+        let Self {
+            roots,
+            extra_roots_pem,
+            timeout,
+            max_response_bytes,
+            retry,
+            allow_http,
+            connect_timeout,
+            verifier,
+            proxy,
+        } = self;
+        // Lengths only: a PEM bundle may hold a private key beside its certificates.
+        let pem_lengths = extra_roots_pem.iter().map(Vec::len).collect::<Vec<_>>();
+        f.debug_struct("HttpClientBuilder")
+            .field("roots", roots)
+            .field(
+                "extra_roots_pem",
+                &format_args!("{} PEM(s) of {pem_lengths:?} bytes", pem_lengths.len()),
+            )
+            .field("timeout", timeout)
+            .field("max_response_bytes", max_response_bytes)
+            .field("retry", retry)
+            .field("allow_http", allow_http)
+            .field("connect_timeout", connect_timeout)
+            .field("verifier", verifier)
+            .field("proxy", proxy)
+            .finish()
+    }
 }
 
 impl Default for HttpClientBuilder {
@@ -193,6 +227,7 @@ impl HttpClientBuilder {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout: self.timeout,
             max_response_bytes: self.max_response_bytes,
+            allow_http: self.allow_http,
         };
         match self.retry {
             Some(options) => HttpClient::from_service(Retrying { leaf, options }),

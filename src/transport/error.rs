@@ -30,6 +30,9 @@ pub(crate) enum TransportErrorKind {
     Io,
     /// The proxy refused the tunnel, or the proxy setting cannot work: final.
     Proxy,
+    /// The client does not send this scheme (plain `http` from a client that sends `https`
+    /// only): final, it would be refused again.
+    Scheme,
 }
 
 /// How many attempts one request took and over how long; set by the default client's
@@ -149,6 +152,28 @@ impl TransportError {
             (TransportErrorKind::Io, "the HTTP exchange failed")
         };
         Self::new(kind, message).with_source(error)
+    }
+
+    /// A request this client refuses to send: its URL's scheme is not one it sends.
+    pub(super) fn unsupported_scheme(scheme: Option<&str>, allow_http: bool) -> Self {
+        let shown = scheme.map_or_else(
+            || "its URL names no scheme".to_owned(),
+            |s| format!("its URL is {s}://"),
+        );
+        let message = if allow_http {
+            format!("the request was not sent: {shown}, and this client sends http and https only")
+        } else {
+            // `allow_http` is crate-private: the clients that send plain `http` are managed
+            // identity's own, or one of the user's given with `from_service`.
+            format!(
+                "the request was not sent: {shown}, and this client sends https only \
+                 (a client built by HttpClient::builder() never sends plain http; for a \
+                 plain-http endpoint, such as managed identity's, leave out the credential's \
+                 http_client to use its built-in client, or give a client of your own with \
+                 HttpClient::from_service)"
+            )
+        };
+        Self::new(TransportErrorKind::Scheme, message)
     }
 
     pub(super) fn too_large(limit: usize) -> Self {

@@ -23,6 +23,8 @@ pub(super) struct HyperLeaf {
     pub(super) client: HyperClient,
     pub(super) timeout: Option<Duration>,
     pub(super) max_response_bytes: usize,
+    /// Whether plain `http` is sent as well as `https`.
+    pub(super) allow_http: bool,
 }
 
 impl Service<HttpRequest> for HyperLeaf {
@@ -36,6 +38,18 @@ impl Service<HttpRequest> for HyperLeaf {
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
+        // hyper-rustls refuses such a URL too, but as a connection failure (retried) that
+        // only says "unsupported scheme": refuse it here, finally, saying what to do.
+        let sent = match request.uri().scheme_str() {
+            Some("https") => true,
+            Some("http") => self.allow_http,
+            _ => false,
+        };
+        if !sent {
+            let error =
+                TransportError::unsupported_scheme(request.uri().scheme_str(), self.allow_http);
+            return Box::pin(async move { Err(error.into()) });
+        }
         let client = self.client.clone();
         let limit = self.max_response_bytes;
         let exchange = async move {

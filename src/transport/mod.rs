@@ -23,14 +23,16 @@
 //! * a cap on response bodies (1 MiB by default), so a broken or hostile endpoint cannot
 //!   exhaust memory;
 //! * a per-attempt timeout (10 s by default);
-//! * bounded retries of 408, 429, 500, 502, 503, 504, connection failures, attempts that
-//!   timed out and exchanges cut off by an I/O error (3 by default),
+//! * bounded retries of 408, 429, 500, 502, 503, 504, connection failures (a proxy answering
+//!   CONNECT with 502, 503 or 504 among them), attempts that timed out and exchanges cut off
+//!   by an I/O error (3 by default),
 //!   with exponential backoff and jitter, honouring `Retry-After` (seconds or an HTTP date),
 //!   `retry-after-ms` and `x-ms-retry-after-ms`. Other 4xx answers — the identity provider's
 //!   `invalid_client`, `invalid_grant`, … — are final and never retried, and neither are
 //!   TLS failures. A request carrying a single-use grant (an authorization code, which the
 //!   provider may have redeemed although no answer came back) is retried only after a
-//!   connection failure, when nothing was sent;
+//!   connection failure, when nothing was sent, or a 429 (throttled: not processed). A URL
+//!   whose scheme the client does not send (plain `http`) fails at once, unsent;
 //! * a total deadline over all attempts and waits (30 s by default): an endpoint that accepts
 //!   connections and never answers costs one call at most this long. The final error says how
 //!   many attempts were made over how long.
@@ -45,8 +47,9 @@
 //!   `Proxy-Authorization` and never shown. [`HttpClientBuilder::proxy`] sets one proxy,
 //!   [`no_proxy`](HttpClientBuilder::no_proxy) none, and
 //!   [`proxy_from_vars`](HttpClientBuilder::proxy_from_vars) reads given variables instead of
-//!   the environment. A variable that is no usable `http://` proxy URL fails each request,
-//!   naming the variable, rather than being silently ignored.
+//!   the environment. A variable that is no usable `http://` proxy URL fails each request
+//!   it would carry (not those `no_proxy` exempts), naming the variable, rather than being
+//!   silently ignored.
 //!
 //! [`ManagedIdentityCredential`](crate::ManagedIdentityCredential) builds variants of its own:
 //! plain `http` allowed (its endpoints are link-local or loopback), never a proxy (IMDS must be

@@ -95,15 +95,11 @@ impl ProxySetting {
     pub(super) fn routing(&self) -> Routing {
         match self {
             Self::Off => Routing::Direct,
-            Self::Url(url) => match usable_url(url.expose_secret()) {
-                Ok(url) => Routing::Matched(Arc::new(Rules {
-                    matcher: Matcher::builder().https(url).build(),
-                    ported: Box::new([]),
-                })),
-                Err(reason) => {
-                    Routing::Invalid(Arc::from(format!("the proxy URL is not usable: {reason}")))
-                }
-            },
+            Self::Url(url) => Routing::Matched(Arc::new(Rules::new(
+                usable_url(url.expose_secret())
+                    .map_err(|reason| format!("the proxy URL is not usable: {reason}")),
+                "",
+            ))),
             Self::Environment => routing_from(|name| std::env::var(name).ok()),
             Self::Vars(vars) => routing_from(|name| {
                 vars.iter()
@@ -132,34 +128,15 @@ fn routing_from(get: impl Fn(&str) -> Option<String>) -> Routing {
     let Some((name, url)) = proxy else {
         return Routing::Direct;
     };
-    let url = match usable_url(&url) {
-        Ok(url) => url,
-        Err(reason) => {
-            return Routing::Invalid(Arc::from(format!(
-                "{name} is not a usable proxy URL: {reason}"
-            )));
-        }
-    };
     let no = first(&get, NO_VARS).map(|(_, v)| v).unwrap_or_default();
     // curl: `*` alone bypasses every host; hyper-util applies it to names, not to addresses.
+    // Read before the proxy URL: a proxy that no request uses fails none (curl, `requests`).
     if no.split(',').any(|entry| entry.trim() == "*") {
         return Routing::Direct;
     }
-    let (ported, hosts): (Vec<_>, Vec<_>) = no
-        .split(',')
-        .map(|entry| (entry, with_port(entry)))
-        .partition(|(_, ported)| ported.is_some());
-    let hosts = hosts
-        .into_iter()
-        .map(|(entry, _)| entry)
-        .collect::<Vec<_>>();
-    Routing::Matched(Arc::new(Rules {
-        matcher: Matcher::builder().https(url).no(hosts.join(",")).build(),
-        ported: ported
-            .into_iter()
-            .filter_map(|(_, ported)| ported)
-            .collect(),
-    }))
+    let url =
+        usable_url(&url).map_err(|reason| format!("{name} is not a usable proxy URL: {reason}"));
+    Routing::Matched(Arc::new(Rules::new(url, &no)))
 }
 
 /// A `NO_PROXY` entry naming a port, as (lower-case host without brackets or leading dot,
@@ -178,20 +155,71 @@ fn with_port(entry: &str) -> Option<(Box<str>, u16)> {
     (!host.is_empty()).then(|| (host.into_boxed_str(), port))
 }
 
+/// Where one `https` destination goes.
+pub(super) enum Route {
+    Direct,
+    Through(hyper_util::client::proxy::matcher::Intercept),
+    /// The proxy it would go through cannot be used: fail rather than silently go around a
+    /// proxy the user asked for.
+    Unusable(Arc<str>),
+}
+
 /// The proxy and the `NO_PROXY` rules for `https` destinations.
 pub(super) struct Rules {
-    /// The proxy, and the entries without a port.
+    /// The proxy, and the entries without a port. When the proxy named cannot be used, a
+    /// stand-in that is never connected to: the matcher then only says which destinations
+    /// `NO_PROXY` leaves to the proxy.
     matcher: Matcher,
     /// The entries with a port.
     ported: Box<[(Box<str>, u16)]>,
+    /// Why the proxy named cannot be used, if it cannot.
+    unusable: Option<Arc<str>>,
 }
 
 impl Rules {
+    /// The rules for this proxy URL (checked: the URL, or why it cannot be used) and this
+    /// `NO_PROXY` list.
+    fn new(url: Result<&str, String>, no: &str) -> Self {
+        let (url, unusable) = match url {
+            Ok(url) => (url, None),
+            Err(reason) => ("http://unusable-proxy.invalid:1", Some(Arc::from(reason))),
+        };
+        let (ported, hosts): (Vec<_>, Vec<_>) = no
+            .split(',')
+            .map(str::trim)
+            .map(|entry| (entry, with_port(entry)))
+            .partition(|(_, ported)| ported.is_some());
+        // hyper-util reads `[::1]` as a domain name: an address in brackets is the address.
+        let hosts = hosts
+            .into_iter()
+            .map(|(entry, _)| {
+                entry
+                    .strip_prefix('[')
+                    .and_then(|v6| v6.strip_suffix(']'))
+                    .unwrap_or(entry)
+            })
+            .collect::<Vec<_>>();
+        Self {
+            matcher: Matcher::builder().https(url).no(hosts.join(",")).build(),
+            ported: ported
+                .into_iter()
+                .filter_map(|(_, ported)| ported)
+                .collect(),
+            unusable,
+        }
+    }
+
+    /// Where `dst` goes: directly, through the proxy, or nowhere (the proxy cannot be used).
+    pub(super) fn route(&self, dst: &Uri) -> Route {
+        match (self.intercept(dst), &self.unusable) {
+            (None, _) => Route::Direct,
+            (Some(_), Some(reason)) => Route::Unusable(Arc::clone(reason)),
+            (Some(intercept), None) => Route::Through(intercept),
+        }
+    }
+
     /// The proxy to reach `dst` through; `None` to connect directly.
-    pub(super) fn intercept(
-        &self,
-        dst: &Uri,
-    ) -> Option<hyper_util::client::proxy::matcher::Intercept> {
+    fn intercept(&self, dst: &Uri) -> Option<hyper_util::client::proxy::matcher::Intercept> {
         // Connecting, not the per-request path: a lower-case copy costs nothing that matters.
         let host = dst.host()?.trim_start_matches('[').trim_end_matches(']');
         let host = host.to_ascii_lowercase();
@@ -295,9 +323,6 @@ pub(super) fn address(url: &str) -> String {
 pub(super) enum Routing {
     Direct,
     Matched(Arc<Rules>),
-    /// A proxy variable is set to something we cannot use: fail rather than silently go
-    /// around a proxy the user asked for.
-    Invalid(Arc<str>),
 }
 
 /// The TCP connector under TLS: direct, or a CONNECT tunnel through the matched proxy.
@@ -321,20 +346,23 @@ impl Service<Uri> for ProxyConnector {
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let proxied = dst.scheme() == Some(&http::uri::Scheme::HTTPS);
-        let intercept = match &self.routing {
-            Routing::Matched(rules) if proxied => rules.intercept(&dst),
-            Routing::Invalid(reason) if proxied => {
+        let route = match &self.routing {
+            Routing::Matched(rules) if proxied => rules.route(&dst),
+            _ => Route::Direct,
+        };
+        let intercept = match route {
+            Route::Through(intercept) => intercept,
+            Route::Direct => {
+                let connecting = self.http.call(dst);
+                return Box::pin(async move { connecting.await.map_err(Into::into) });
+            }
+            Route::Unusable(reason) => {
                 let error = ProxyError {
                     proxy: String::new(),
-                    failure: Failure::Invalid(reason.clone()),
+                    failure: Failure::Invalid(reason),
                 };
                 return Box::pin(async move { Err(error.into()) });
             }
-            _ => None,
-        };
-        let Some(intercept) = intercept else {
-            let connecting = self.http.call(dst);
-            return Box::pin(async move { connecting.await.map_err(Into::into) });
         };
         // The intercept's URI has no userinfo: hyper-util moved it into `basic_auth`.
         let proxy = address(&intercept.uri().to_string());
@@ -447,10 +475,17 @@ enum Failure {
 }
 
 impl ProxyError {
-    /// Whether the proxy was not reached or broke off (worth retrying), as opposed to an
-    /// answer refusing the tunnel or a setting that cannot work (final).
+    /// Whether no tunnel was opened for a reason that may pass (worth retrying, even for a
+    /// single-use request: nothing reached the server): the proxy was not reached, broke
+    /// off, or could not reach the server itself (502, 503, 504, which azure-core retries as
+    /// connection errors). An answer refusing the tunnel (403, 407, …) or a setting that
+    /// cannot work is final.
     pub(super) fn is_connect(&self) -> bool {
-        matches!(self.failure, Failure::Unreachable(_) | Failure::Exchange(_))
+        match &self.failure {
+            Failure::Unreachable(_) | Failure::Exchange(_) => true,
+            Failure::Refused { status, .. } => is_gateway_failure(*status),
+            Failure::Invalid(_) => false,
+        }
     }
 
     /// The message of the transport error: where it failed.
@@ -461,9 +496,18 @@ impl ProxyError {
             Failure::Exchange(_) => {
                 format!("the CONNECT exchange with the proxy {} failed", self.proxy)
             }
+            Failure::Refused { status, .. } if is_gateway_failure(*status) => {
+                "the proxy could not open the tunnel".to_owned()
+            }
             Failure::Refused { .. } => "the proxy refused the tunnel".to_owned(),
         }
     }
+}
+
+/// A CONNECT answer saying the proxy could not reach the server or is overloaded, not that
+/// it refuses this tunnel.
+fn is_gateway_failure(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
 }
 
 impl fmt::Display for ProxyError {

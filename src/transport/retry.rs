@@ -34,8 +34,8 @@ pub struct RetryOptions {
 /// What a [`RetryOptions`] retries and how it backs off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RetrySchedule {
-    /// 408, 429, 500, 502, 503, 504 and connection failures; the backoff doubles from
-    /// `initial_backoff`, with jitter.
+    /// 408, 429, 500, 502, 503, 504, connection failures, timeouts and I/O errors; the
+    /// backoff doubles from `initial_backoff`, with jitter.
     Standard,
     /// IMDS (azure-identity's `imds.py` over azure-core's `RetryPolicy`): also 404 (the
     /// identity is not ready yet), 410 (IMDS is being updated) and every 5xx; no wait before

@@ -238,6 +238,83 @@ fn a_single_use_request_is_retried_only_when_it_was_never_sent() {
     assert!(policy.delay_for(&answer(429)).is_some());
 }
 
+/// A root PEM bundle may hold a private key too: `Debug` shows how many PEMs and their
+/// lengths, never their bytes. Before, the derived `Debug` printed every byte in decimal.
+#[test]
+fn builder_debug_shows_pem_lengths_not_their_bytes() {
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIBcert-Qc\n-----END CERTIFICATE-----\n\
+               -----BEGIN PRIVATE KEY-----\nMIIEkey-Qk\n-----END PRIVATE KEY-----\n";
+    let builder = HttpClient::builder()
+        .add_root_certificates_pem(pem)
+        .add_root_certificates_pem("x");
+    let text = format!("{builder:?} {builder:#?}");
+    for shown in ["45, 45, 45", "PRIVATE", "MIIE", "key-Qk", "cert-Qc"] {
+        assert!(!text.contains(shown), "{shown} in {text}");
+    }
+    assert!(
+        text.contains(&format!("2 PEM(s) of [{}, 1] bytes", pem.len())),
+        "{text}"
+    );
+    // The other fields as before.
+    for field in [
+        "roots: Bundled",
+        "max_response_bytes: 1048576",
+        "proxy: Environment",
+    ] {
+        assert!(text.contains(field), "{field} not in {text}");
+    }
+}
+
+/// An `https`-only client refuses a plain `http` URL at once, finally, saying what to do.
+/// Before, hyper-rustls's "unsupported scheme http" was a connection failure, retried (five
+/// times on IMDS's schedule).
+#[tokio::test(start_paused = true)]
+async fn an_http_url_through_an_https_only_client_is_final_and_says_what_to_do() {
+    use tower::ServiceExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    for retry in [
+        RetryOptions::default(),
+        RetryOptions::imds(Duration::from_secs(90)),
+    ] {
+        let client = HttpClient::builder().retry(retry).build().unwrap();
+        let request = http::Request::get(url.as_str())
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let error = client.oneshot(request).await.unwrap_err();
+        let transport = error.downcast_ref::<TransportError>().unwrap();
+        assert_eq!(transport.attempts(), 1, "{transport}");
+        assert_eq!(transport.kind(), TransportErrorKind::Scheme);
+        assert!(!is_retryable_error(transport));
+        let text = transport.to_string();
+        assert!(
+            text.contains("its URL is http://, and this client sends https only"),
+            "{text}"
+        );
+        assert!(text.contains("HttpClient::from_service"), "{text}");
+        // A configuration mistake for the credential's error too: not worth trying again.
+        let failure = crate::entra::token_client::transport_failure(
+            "ManagedIdentityCredential",
+            "the IMDS managed identity endpoint",
+            &url,
+            error.as_ref(),
+            &[],
+        );
+        assert!(
+            !failure.is_transient() && !failure.is_connect(),
+            "{failure}"
+        );
+        assert!(
+            failure.to_string().contains("sends https only"),
+            "{failure}"
+        );
+    }
+    // Nothing was sent.
+    let accepted = tokio::time::timeout(Duration::from_millis(10), listener.accept()).await;
+    assert!(accepted.is_err(), "a connection was made");
+}
+
 #[test]
 fn bad_pem_is_a_config_error() {
     let err = HttpClient::builder()
@@ -252,7 +329,7 @@ fn bad_pem_is_a_config_error() {
 
 mod proxy {
     use super::super::HttpClient;
-    use super::super::proxy::{ProxySetting, Routing, address};
+    use super::super::proxy::{ProxySetting, Route, Routing, address};
     use crate::token::Secret;
 
     fn routed(vars: &[(&str, &str)], dst: &str) -> Option<String> {
@@ -265,12 +342,53 @@ mod proxy {
 
     fn routed_by(setting: &ProxySetting, dst: &str) -> Option<String> {
         match setting.routing() {
-            Routing::Matched(matcher) => matcher
-                .intercept(&dst.parse().unwrap())
-                .map(|i| address(&i.uri().to_string())),
+            Routing::Matched(rules) => match rules.route(&dst.parse().unwrap()) {
+                Route::Direct => None,
+                Route::Through(intercept) => Some(address(&intercept.uri().to_string())),
+                Route::Unusable(reason) => Some(format!("invalid: {reason}")),
+            },
             Routing::Direct => None,
-            Routing::Invalid(reason) => Some(format!("invalid: {reason}")),
         }
+    }
+
+    /// A proxy variable that cannot be used fails only the requests it would carry: curl,
+    /// `requests` and Go connect directly to what `NO_PROXY` exempts. Before, every `https`
+    /// request failed, `NO_PROXY` unread.
+    #[test]
+    fn an_unusable_proxy_fails_only_destinations_no_proxy_leaves_to_it() {
+        let with = |no: &'static str| [("https_proxy", "https://p:1"), ("no_proxy", no)];
+        let dst = "https://login.microsoftonline.com/";
+        assert_eq!(routed(&with("*"), dst), None);
+        assert_eq!(routed(&with(".microsoftonline.com"), dst), None);
+        assert_eq!(routed(&with("login.microsoftonline.com:443"), dst), None);
+        let text = routed(&with(".example.com"), dst).unwrap();
+        assert!(
+            text.starts_with("invalid: https_proxy is not a usable proxy URL: TLS to the proxy"),
+            "{text}"
+        );
+        assert_eq!(
+            routed(&with(".example.com"), "https://a.example.com/"),
+            None
+        );
+        // An explicit URL has no NO_PROXY: `build()` refuses it, and the routing fails all.
+        let explicit = ProxySetting::Url(crate::token::Secret::new("https://p:1"));
+        let text = routed_by(&explicit, dst).unwrap();
+        assert!(
+            text.starts_with("invalid: the proxy URL is not usable: TLS to the proxy"),
+            "{text}"
+        );
+    }
+
+    /// hyper-util reads a bracketed address as a domain name: `[::1]` used to match nothing.
+    #[test]
+    fn a_bracketed_ipv6_address_in_no_proxy_is_that_address() {
+        let with = |no: &'static str| [("https_proxy", "http://p:1"), ("no_proxy", no)];
+        assert_eq!(routed(&with("[::1]"), "https://[::1]:9443/"), None);
+        assert_eq!(routed(&with(" [::1] ,x.test"), "https://[::1]/"), None);
+        assert_eq!(
+            routed(&with("[::1]"), "https://[::2]:9443/").as_deref(),
+            Some("p:1")
+        );
     }
 
     #[test]

@@ -6,9 +6,11 @@
 
 use base64::Engine;
 use http::{Method, StatusCode};
-use tower_identity::{ClientSecretCredential, CredentialExt, HttpClientBuilder};
+use tower_identity::{
+    AuthorizationCodeCredential, ClientSecretCredential, CredentialExt, HttpClientBuilder,
+};
 
-use crate::support::authority::Authority;
+use crate::support::authority::{Authority, Fault};
 use crate::support::creds::{CLIENT_ID, CLIENT_SECRET, Logs, SCOPE, TENANT, http_builder};
 use crate::support::proxy::{Policy, Proxy};
 
@@ -294,4 +296,133 @@ async fn proxy_credentials_appear_in_no_debug_error_or_log() {
     ] {
         assert!(!shown.contains(secret), "{secret} shown in: {shown}");
     }
+}
+
+/// A proxy answering CONNECT with 502, 503 or 504 could not reach the server, or is
+/// overloaded: nothing reached Entra, so the request is retried, as azure-core retries it (a
+/// connection error). Before, such an answer was final.
+#[tokio::test(start_paused = true)]
+async fn a_gateway_failure_answering_connect_is_retried() {
+    for status in [
+        StatusCode::BAD_GATEWAY,
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::GATEWAY_TIMEOUT,
+    ] {
+        let authority = Authority::start().await;
+        let proxy = Proxy::start(Policy::FirstAnswer(status)).await;
+        let http = http_builder(&authority).proxy_from_vars([("https_proxy", proxy.url())]);
+        let token = get(&authority.url(), http)
+            .await
+            .unwrap_or_else(|e| panic!("{status}: {e}"));
+        assert_eq!(token.secret().expose_secret(), "at-1-contoso");
+        let statuses = proxy
+            .requests()
+            .iter()
+            .map(|r| r.status)
+            .collect::<Vec<_>>();
+        assert_eq!(statuses, [status, StatusCode::OK]);
+        assert_eq!(authority.token_posts(), 1);
+    }
+    // Without retries, the error says so: a connection failure, worth trying again.
+    let authority = Authority::start().await;
+    let proxy = Proxy::start(Policy::FirstAnswer(StatusCode::SERVICE_UNAVAILABLE)).await;
+    let http = http_builder(&authority)
+        .no_retry()
+        .proxy_from_vars([("https_proxy", proxy.url())]);
+    let error = get(&authority.url(), http).await.unwrap_err();
+    let text = error.to_string();
+    assert!(error.is_connect() && error.is_transient(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "the proxy could not open the tunnel: the proxy {} answered 503 Service Unavailable",
+            proxy.address()
+        )),
+        "{text}"
+    );
+}
+
+/// An authorization code is single-use, and is retried only when nothing was sent: a proxy
+/// that could not open the tunnel sent nothing.
+#[tokio::test(start_paused = true)]
+async fn a_single_use_code_is_retried_after_a_proxy_503() {
+    let authority = Authority::start().await;
+    let proxy = Proxy::start(Policy::FirstAnswer(StatusCode::SERVICE_UNAVAILABLE)).await;
+    let http = http_builder(&authority).proxy_from_vars([("https_proxy", proxy.url())]);
+    let client_info = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(r#"{"uid":"alice","utid":"contoso"}"#);
+    authority.push_fault(Fault::Body(
+        serde_json::json!({
+            "token_type": "Bearer",
+            "expires_in": 3600,
+            "access_token": "at-code",
+            "refresh_token": "rt-code",
+            "client_info": client_info,
+        })
+        .to_string(),
+    ));
+    let credential = AuthorizationCodeCredential::builder(
+        TENANT,
+        CLIENT_ID,
+        "single-use-code",
+        "http://localhost/callback",
+    )
+    .authority_host(authority.url())
+    .http_client(http.build().unwrap())
+    .build()
+    .unwrap();
+    let token = credential.get_token([SCOPE]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "at-code");
+    assert_eq!(proxy.requests().len(), 2);
+    let [redeemed] = authority.requests().try_into().unwrap();
+    assert_eq!(redeemed.field("code"), Some("single-use-code"));
+}
+
+/// A refusal of the tunnel stays final: the next CONNECT would have been let through, and is
+/// never sent.
+#[tokio::test(start_paused = true)]
+async fn a_proxy_refusing_the_first_connect_is_still_final() {
+    for status in [
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+        StatusCode::FORBIDDEN,
+    ] {
+        let authority = Authority::start().await;
+        let proxy = Proxy::start(Policy::FirstAnswer(status)).await;
+        let http = http_builder(&authority).proxy_from_vars([("https_proxy", proxy.url())]);
+        let error = get(&authority.url(), http).await.unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("the proxy refused the tunnel"), "{text}");
+        assert!(text.contains(status.as_str()), "{text}");
+        assert!(!error.is_connect() && !error.is_transient(), "{text}");
+        assert_eq!(proxy.requests().len(), 1, "{status}");
+        assert_eq!(authority.token_posts(), 0);
+    }
+}
+
+/// A proxy variable that cannot be used does not fail a request `NO_PROXY` exempts: curl,
+/// `requests` and Go connect directly. Before, every `https` request failed.
+#[tokio::test]
+async fn an_unusable_proxy_variable_does_not_fail_what_no_proxy_exempts() {
+    let authority = Authority::start().await;
+    for no_proxy in ["*", "127.0.0.1", "example.test, 127.0.0.0/8"] {
+        let http = http_builder(&authority).proxy_from_vars([
+            ("https_proxy", "https://proxy.test:443"),
+            ("NO_PROXY", no_proxy),
+        ]);
+        get(&authority.url(), http)
+            .await
+            .unwrap_or_else(|e| panic!("NO_PROXY={no_proxy}: {e}"));
+    }
+    let http = http_builder(&authority).proxy_from_vars([
+        ("https_proxy", "https://proxy.test:443"),
+        ("NO_PROXY", ".example.test"),
+    ]);
+    let error = get(&authority.url(), http).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains(
+            "https_proxy is not a usable proxy URL: TLS to the proxy (https://) is not supported"
+        ),
+        "{text}"
+    );
+    assert_eq!(authority.token_posts(), 3);
 }

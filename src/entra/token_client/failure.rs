@@ -25,7 +25,10 @@ pub(crate) fn transport_failure(
         transient: !matches!(
             kind,
             Some(
-                TransportErrorKind::Tls | TransportErrorKind::TooLarge | TransportErrorKind::Proxy
+                TransportErrorKind::Tls
+                    | TransportErrorKind::TooLarge
+                    | TransportErrorKind::Proxy
+                    | TransportErrorKind::Scheme
             )
         ),
         throttled_until: None,

@@ -1,8 +1,9 @@
 //! A forward proxy on `127.0.0.1:0` over hyper: it answers `CONNECT host:port` by opening a
 //! TCP connection to the target and copying bytes both ways (the TLS session stays between
-//! client and server), logs each request, and can be told to demand credentials (407) or to
-//! refuse every tunnel (403). Anything but CONNECT is answered 405: the token transport only
-//! tunnels.
+//! client and server), logs each request, and can be told to demand credentials (407), to
+//! refuse every tunnel (403) or to answer the first CONNECT with a status of the test's (a
+//! 503 while its upstream is down, say). Anything but CONNECT is answered 405: the token
+//! transport only tunnels.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ pub enum Policy {
     Basic(String),
     /// None: 403.
     Forbid,
+    /// The first CONNECT is answered with this status; every later one is let through.
+    FirstAnswer(StatusCode),
 }
 
 /// One request as the proxy received it.
@@ -114,21 +117,25 @@ async fn handle(
         .headers()
         .get(http::header::PROXY_AUTHORIZATION)
         .map(|v| v.to_str().expect("ASCII header").to_owned());
+    // Held across the answer's choice, so that two CONNECTs at once cannot both be first.
+    let mut log = lock(&log);
     let status = match (&policy, request.method()) {
         (_, m) if m != Method::CONNECT => StatusCode::METHOD_NOT_ALLOWED,
         (Policy::Forbid, _) => StatusCode::FORBIDDEN,
+        (Policy::FirstAnswer(status), _) if log.is_empty() => *status,
         (Policy::Basic(expected), _) if authorization.as_ref() != Some(expected) => {
             StatusCode::PROXY_AUTHENTICATION_REQUIRED
         }
         _ => StatusCode::OK,
     };
     let target = request.uri().to_string();
-    lock(&log).push(Logged {
+    log.push(Logged {
         method: request.method().clone(),
         target: target.clone(),
         authorization,
         status,
     });
+    drop(log);
     let mut response = Response::new(Empty::new());
     *response.status_mut() = status;
     if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
