@@ -1129,7 +1129,7 @@ proptest! {
         let der = archive.der();
         let work = pkcs12_work::measure(&der).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(work, archive.work());
-        let within = !work.scrypt_cost_zero
+        let within = work.scrypt_invalid_cost.is_none()
             && work.runs <= MAX_KDF_RUNS
             && work.largest_run <= MAX_ITERATIONS_PER_RUN
             && work.largest_scrypt_memory <= MAX_SCRYPT_MEMORY_BYTES

@@ -39,7 +39,7 @@ pub fn certificate(data: &[u8]) {
         let password = String::from_utf8_lossy(&rest[..n]).into_owned();
         if let Ok(work) = pkcs12_work::check(&rest[n..]) {
             assert!(
-                !work.scrypt_cost_zero
+                work.scrypt_invalid_cost.is_none()
                     && work.runs <= MAX_KDF_RUNS
                     && work.largest_run <= MAX_ITERATIONS_PER_RUN
                     && work.largest_scrypt_memory <= MAX_SCRYPT_MEMORY_BYTES

@@ -7,10 +7,10 @@
 //! The PBES1 and PKCS#12 schemes of OpenSSL 1.0's `-v1` are refused, naming the fix.
 //!
 //! The key derivation is bounded before it runs, by the same limits as a PKCS#12 archive's
-//! (`pkcs12_work`): the iteration count (or scrypt's N·r·p and memory) is read from the
-//! parameters `pkcs5` itself decodes, so what is checked is what would run. scrypt with N = 0,
-//! on which `pkcs5` 0.8.1 panics, is refused there too, and a panic in the decryption is caught
-//! all the same.
+//! (`pkcs12_work`): the iteration count (or scrypt's N·r·p and its memory, 128·r·(N + p)) is
+//! read from the parameters `pkcs5` itself decodes, so what is checked is what would run.
+//! scrypt with N < 2 (N = 0 makes `pkcs5` 0.8.1 panic) is refused there too, and a panic in
+//! the decryption is caught all the same.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;

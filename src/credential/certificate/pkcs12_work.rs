@@ -23,8 +23,8 @@
 //! empty. Real exporters (OpenSSL, Windows and .NET, Java keytool) put only certificates in
 //! `encryptedData` and their keys in plain contents, where they are counted. The same holds
 //! for scrypt with N = 0, on which `pkcs5` 0.8.1 (under p12-keystore) panics: refused here
-//! where visible; inside an `encryptedData` content the panic is caught (`load.rs`,
-//! `decode_pkcs12`) and reported as a damaged archive.
+//! (with N = 1) where visible; inside an `encryptedData` content the panic is caught
+//! (`load.rs`, `decode_pkcs12`) and reported as a damaged archive.
 
 use std::fmt;
 
@@ -50,9 +50,10 @@ pub(crate) const MAX_ITERATIONS_PER_RUN: u64 = 1_000_000;
 /// second of CPU.
 pub(crate) const MAX_TOTAL_ITERATIONS: u64 = 4 * MAX_ITERATIONS_PER_RUN;
 
-/// At most this much scrypt memory (128·N·r bytes) for one derivation, where p12-keystore
-/// allows 1 GiB: four times the 16 MiB of the scrypt defaults in OpenSSL and RustCrypto's
-/// `pkcs5` (N = 2^14, r = 8). No common PKCS#12 exporter uses scrypt.
+/// At most this much scrypt memory (128·r·(N + p) bytes, see [`Run::scrypt`]) for one
+/// derivation, where p12-keystore allows 1 GiB: about four times the 16 MiB of the scrypt
+/// defaults in OpenSSL and RustCrypto's `pkcs5` (N = 2^14, r = 8, p = 1). No common PKCS#12
+/// exporter uses scrypt.
 pub(crate) const MAX_SCRYPT_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
 
 /// `data` (RFC 2315 section 14) and `encryptedData` (RFC 5652 section 8) content types.
@@ -83,9 +84,10 @@ pub(crate) struct Work {
     pub(crate) largest_run: u64,
     /// The largest scrypt memory (bytes) one derivation asks for.
     pub(crate) largest_scrypt_memory: u64,
-    /// An scrypt derivation has N = 0, on which `pkcs5` 0.8.1 (under p12-keystore) panics
-    /// (an integer underflow converting N to its logarithm).
-    pub(crate) scrypt_cost_zero: bool,
+    /// The N of the first scrypt derivation with N < 2, which RFC 7914 forbids: `pkcs5` 0.8.1
+    /// (under p12-keystore) panics on N = 0 (an integer underflow converting N to its
+    /// logarithm), and N = 1 lets p alone set the size of scrypt's buffer.
+    pub(crate) scrypt_invalid_cost: Option<u64>,
 }
 
 /// One derivation's cost.
@@ -93,7 +95,7 @@ pub(crate) struct Work {
 pub(crate) struct Run {
     iterations: u64,
     scrypt_memory: u64,
-    scrypt_cost_zero: bool,
+    scrypt_invalid_cost: Option<u64>,
 }
 
 impl Run {
@@ -104,18 +106,31 @@ impl Run {
         Run {
             iterations,
             scrypt_memory: 0,
-            scrypt_cost_zero: false,
+            scrypt_invalid_cost: None,
         }
     }
 
     /// scrypt with cost N, block size r and parallelism p. ROMix runs 2·N BlockMix passes
     /// of 2·r Salsa20/8 cores per lane, each core cheaper than a SHA-256 compression, so
-    /// N·r·p counts about as much as that many PBKDF2 iterations; it holds 128·N·r bytes.
+    /// N·r·p counts about as much as that many PBKDF2 iterations. It holds 128·r·N bytes
+    /// (ROMix's table) and 128·r·p (the p lanes, which PBKDF2 writes and reads in full): with
+    /// a small N, a large p costs memory the table's size alone does not show. An overflow
+    /// counts as `u64::MAX`, over every limit.
     pub(crate) const fn scrypt(n: u64, r: u64, p: u64) -> Self {
+        let memory = match n.checked_add(p) {
+            Some(blocks) => match r.checked_mul(128) {
+                Some(block) => block.checked_mul(blocks),
+                None => None,
+            },
+            None => None,
+        };
         Run {
             iterations: n.saturating_mul(r).saturating_mul(p),
-            scrypt_memory: n.saturating_mul(r).saturating_mul(128),
-            scrypt_cost_zero: n == 0,
+            scrypt_memory: match memory {
+                Some(memory) => memory,
+                None => u64::MAX,
+            },
+            scrypt_invalid_cost: if n < 2 { Some(n) } else { None },
         }
     }
 }
@@ -126,7 +141,7 @@ impl Work {
         self.iterations = self.iterations.saturating_add(run.iterations);
         self.largest_run = self.largest_run.max(run.iterations);
         self.largest_scrypt_memory = self.largest_scrypt_memory.max(run.scrypt_memory);
-        self.scrypt_cost_zero |= run.scrypt_cost_zero;
+        self.scrypt_invalid_cost = self.scrypt_invalid_cost.or(run.scrypt_invalid_cost);
     }
 
     /// Whether the work is within the limits; if not, what to do about it (worded for a
@@ -156,17 +171,18 @@ impl Work {
                 self.largest_run
             ));
         }
-        if self.scrypt_cost_zero {
+        if let Some(n) = self.scrypt_invalid_cost {
             return Err(format!(
-                "{item} is encrypted with scrypt at a cost (N) of 0, which is invalid (N must be \
-                 a power of two); {fix} (PBKDF2, not scrypt)"
+                "{item} is encrypted with scrypt at a cost (N) of {n}, which is invalid (N must \
+                 be a power of two, at least 2); {fix} (PBKDF2, not scrypt)"
             ));
         }
         if self.largest_scrypt_memory > MAX_SCRYPT_MEMORY_BYTES {
+            // Rounded up, so that just over the limit does not read as the limit itself.
+            let mib = self.largest_scrypt_memory.div_ceil(1024 * 1024);
             return Err(format!(
-                "{item} is encrypted with scrypt needing {} MiB of memory, more than the limit of \
-                 {} MiB; {fix} (PBKDF2, not scrypt)",
-                self.largest_scrypt_memory / (1024 * 1024),
+                "{item} is encrypted with scrypt needing {mib} MiB of memory, more than the limit \
+                 of {} MiB; {fix} (PBKDF2, not scrypt)",
                 MAX_SCRYPT_MEMORY_BYTES / (1024 * 1024)
             ));
         }

@@ -565,10 +565,20 @@ fn an_encrypted_pem_key_asking_for_too_much_work_is_refused_before_any() {
         ),
         (
             Kdf::Scrypt(1 << 10, 600, 1),
-            "is encrypted with scrypt needing 75 MiB of memory, more than the limit of 64 MiB",
+            "is encrypted with scrypt needing 76 MiB of memory, more than the limit of 64 MiB",
         ),
         // pkcs5 0.8.1 panics on N = 0.
         (Kdf::Scrypt(0, 8, 1), "scrypt at a cost (N) of 0"),
+        // N = 1 passes N·r·p and 128·N·r, but scrypt would fill 120 MiB of lanes (128·r·p).
+        (
+            Kdf::Scrypt(1, 15, 65_535),
+            "scrypt at a cost (N) of 1, which is invalid",
+        ),
+        // The lanes counted with the table: 64.01 MiB.
+        (
+            Kdf::Scrypt(2, 12_195, 41),
+            "is encrypted with scrypt needing 65 MiB of memory, more than the limit of 64 MiB",
+        ),
     ] {
         let der = kdf.private_key_info();
         let err = encrypted_key::check_work(&der).unwrap_err();
@@ -582,6 +592,11 @@ fn an_encrypted_pem_key_asking_for_too_much_work_is_refused_before_any() {
     // Within the bound: the work is counted as for PKCS#12, one run.
     let work = encrypted_key::check_work(&Kdf::Pbkdf2(2048).private_key_info()).unwrap();
     assert_eq!((work.runs, work.iterations), (1, 2048));
+    // scrypt at OpenSSL's default (N = 2^14, r = 8, p = 1) and at N = 2^15.
+    for n in [1 << 14, 1 << 15] {
+        let work = encrypted_key::check_work(&Kdf::Scrypt(n, 8, 1).private_key_info()).unwrap();
+        assert_eq!(work.largest_scrypt_memory, 128 * 8 * (n + 1), "{n}");
+    }
     // Two keys are refused before either is decrypted.
     let two = format!("{cert}{over}{}", rsa_key_pem());
     let err = load_encrypted(two, password).unwrap_err();

@@ -133,7 +133,7 @@ fn scrypt_counts_n_r_p_and_its_memory_is_bounded() {
 
 #[test]
 fn scrypt_memory_over_the_limit_is_refused() {
-    // 128·N·r = 75 MiB with N·r·p under the per-item cap.
+    // 128·r·(N + p) = 75.07 MiB with N·r·p under the per-item cap (rounded up).
     let archive = Archive {
         mac: None,
         contents: vec![Content::Encrypted(Kdf::Scrypt(1 << 10, 600, 1))],
@@ -141,11 +141,53 @@ fn scrypt_memory_over_the_limit_is_refused() {
     let err = check_built(&archive).unwrap_err();
     assert!(
         err.starts_with(
-            "an item of the PKCS#12 archive is encrypted with scrypt needing 75 MiB of memory, \
+            "an item of the PKCS#12 archive is encrypted with scrypt needing 76 MiB of memory, \
              more than the limit of 64 MiB"
         ),
         "{err}"
     );
+}
+
+/// scrypt's p lanes (128·r·p bytes) count as memory beside ROMix's table (128·r·N): with N
+/// small, p can be large within the iteration cap (N·r·p), and N below 2 is refused.
+#[test]
+fn scrypt_memory_counts_the_lanes_and_a_cost_below_two_is_refused() {
+    let run = |kdf: Kdf| {
+        check_built(&Archive {
+            mac: None,
+            contents: vec![Content::Encrypted(kdf)],
+        })
+    };
+    // N·r·p = 983 025 and 128·N·r = 1920 bytes, but the lanes alone are 120 MiB.
+    let err = run(Kdf::Scrypt(1, 15, 65_535)).unwrap_err();
+    assert!(
+        err.starts_with(
+            "an item of the PKCS#12 archive is encrypted with scrypt at a cost (N) of 1, which \
+             is invalid (N must be a power of two, at least 2)"
+        ),
+        "{err}"
+    );
+    // N = 2: N·r·p = 999 990, table 3 MiB, lanes 61 MiB: 64.01 MiB in all.
+    let err = run(Kdf::Scrypt(2, 12_195, 41)).unwrap_err();
+    assert!(
+        err.starts_with(
+            "an item of the PKCS#12 archive is encrypted with scrypt needing 65 MiB of memory, \
+             more than the limit of 64 MiB"
+        ),
+        "{err}"
+    );
+    // Overflowing parameters are over the limit, not wrapped below it.
+    let err = run(Kdf::Scrypt(2, u64::MAX / 64, 1)).unwrap_err();
+    assert!(err.contains("key-derivation iterations"), "{err}");
+    let huge = Run::scrypt(u64::MAX, 1, 1);
+    assert_eq!(huge.scrypt_memory, u64::MAX);
+    let huge = Run::scrypt(2, u64::MAX / 64, 1);
+    assert_eq!(huge.scrypt_memory, u64::MAX);
+    // OpenSSL's default (N = 2^14, r = 8, p = 1: 16 MiB) and twice it still pass.
+    for n in [1 << 14, 1 << 15] {
+        let work = run(Kdf::Scrypt(n, 8, 1)).unwrap();
+        assert_eq!(work.largest_scrypt_memory, 128 * 8 * (n + 1), "{n}");
+    }
 }
 
 #[test]
