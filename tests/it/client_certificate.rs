@@ -456,6 +456,38 @@ async fn environment_credential_uses_the_certificate_and_prefers_a_secret() {
     assert_eq!(last["form"]["client_secret"], " not-this-apps-secret ");
 }
 
+/// AD FS does not accept PS256, and EnvironmentCredential sets no signature: with
+/// `AZURE_TENANT_ID=adfs` the assertion it sends is RS256 with `x5t`, as MSAL's for AD FS.
+#[tokio::test]
+async fn environment_credential_with_the_adfs_tenant_sends_rs256() {
+    let peer = peer();
+    let made = certs::with_intermediate();
+    let client_id = register(peer, &made).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pem = write(dir.path(), "cert.pem", made.one_file());
+    let c = EnvironmentCredential::builder()
+        .vars([
+            ("AZURE_TENANT_ID", "adfs"),
+            ("AZURE_CLIENT_ID", client_id.as_str()),
+            ("AZURE_CLIENT_CERTIFICATE_PATH", pem.as_str()),
+            ("AZURE_AUTHORITY_HOST", peer.base.as_str()),
+        ])
+        .http_client(peer.http())
+        .build();
+    c.get_token([SCOPE])
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", peer.log()));
+    let log = requests(peer, &client_id).await;
+    let last = log.last().unwrap();
+    assert_eq!(last["tenant"], "adfs", "{last}");
+    let header = &last["assertion"]["header"];
+    assert_eq!(header["alg"], "RS256", "{header}");
+    assert!(
+        header["x5t"].as_str().is_some_and(|t| !t.is_empty()),
+        "{header}"
+    );
+}
+
 #[tokio::test]
 async fn azure_identity_sends_the_same_header_fields_and_claim_names() {
     let peer = peer();

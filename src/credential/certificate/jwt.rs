@@ -19,12 +19,13 @@ pub(crate) const ASSERTION_LIFETIME_SECS: u64 = 600;
 pub enum CertificateSignature {
     /// RSASSA-PSS with SHA-256 (`PS256`), the default: what Microsoft's current
     /// certificate-credential documentation specifies (with `x5t#S256`), and what MSAL sends
-    /// when it derives the thumbprints from the certificate itself.
+    /// when it derives the thumbprints from the certificate itself, unless the authority is
+    /// AD FS.
     #[default]
     Ps256,
     /// RSASSA-PKCS1-v1_5 with SHA-256 (`RS256`): the older format, which Entra still accepts,
     /// which AD FS requires, and which azure-identity 1.27's synchronous `CertificateCredential`
-    /// sends (it hands MSAL a SHA-1 thumbprint). Use it for AD FS.
+    /// sends (it hands MSAL a SHA-1 thumbprint). The default for the tenant `adfs`.
     Rs256,
 }
 

@@ -61,12 +61,15 @@ const NAME: &str = "ClientCertificateCredential";
 ///
 /// The signature is **PS256** by default: Microsoft's current certificate-credential
 /// documentation specifies PS256 with `x5t#S256`, and MSAL (Python 1.35+, .NET) sends that when
-/// it derives the thumbprints from the certificate. azure-identity 1.27's synchronous
-/// `CertificateCredential` still ends up with RS256 and `x5t` (it hands MSAL a SHA-1
-/// thumbprint), which Entra also accepts and AD FS requires:
+/// it derives the thumbprints from the certificate and the authority is not AD FS.
+/// azure-identity 1.27's synchronous `CertificateCredential` still ends up with RS256 and
+/// `x5t` (it hands MSAL a SHA-1 thumbprint), which Entra also accepts and AD FS requires:
 /// [`signature`](ClientCertificateCredentialBuilder::signature) with
-/// [`CertificateSignature::Rs256`] selects it. Both thumbprints are always sent, so either
-/// lookup finds the certificate.
+/// [`CertificateSignature::Rs256`] selects it. With the tenant `adfs` (any case, as
+/// `AZURE_TENANT_ID=adfs` gives `EnvironmentCredential`) the default is RS256 instead, as
+/// MSAL's is for an AD FS authority; an explicit
+/// [`signature`](ClientCertificateCredentialBuilder::signature) is kept. Both thumbprints are
+/// always sent, so either lookup finds the certificate.
 ///
 /// # Checks when building
 ///
@@ -99,7 +102,7 @@ impl ClientCertificateCredential {
             client_id: client_id.into(),
             certificate,
             send_chain: false,
-            signature: CertificateSignature::default(),
+            signature: None,
             settings: Settings::default(),
         }
     }
@@ -149,8 +152,19 @@ pub struct ClientCertificateCredentialBuilder {
     client_id: String,
     certificate: CertificateSource,
     send_chain: bool,
-    signature: CertificateSignature,
+    /// `None`: the default for the tenant ([`default_signature`]).
+    signature: Option<CertificateSignature>,
     settings: Settings,
+}
+
+/// The signature when none was chosen: RS256 for AD FS (the tenant `adfs`, which AD FS
+/// requires and which is how azure-identity and MSAL name it), else PS256.
+fn default_signature(tenant_id: &str) -> CertificateSignature {
+    if tenant_id.eq_ignore_ascii_case("adfs") {
+        CertificateSignature::Rs256
+    } else {
+        CertificateSignature::default()
+    }
 }
 
 impl ClientCertificateCredentialBuilder {
@@ -211,9 +225,11 @@ impl ClientCertificateCredentialBuilder {
         self
     }
 
-    /// The assertion's signature algorithm. Default: [`CertificateSignature::Ps256`].
+    /// The assertion's signature algorithm. Default: [`CertificateSignature::Ps256`], or
+    /// [`CertificateSignature::Rs256`] when the tenant is `adfs` (any case): AD FS does not
+    /// accept PS256. A signature set here is used whatever the tenant.
     pub fn signature(mut self, signature: CertificateSignature) -> Self {
-        self.signature = signature;
+        self.signature = Some(signature);
         self
     }
 
@@ -231,7 +247,10 @@ impl ClientCertificateCredentialBuilder {
             .certificate
             .load(unix_now())
             .map_err(|m| load::config_error(NAME, m))?;
-        let signer = Arc::new(Signer::new(certificate, self.signature, self.send_chain));
+        let signature = self
+            .signature
+            .unwrap_or_else(|| default_signature(&self.tenant_id));
+        let signer = Arc::new(Signer::new(certificate, signature, self.send_chain));
         let inner = ClientAssertionCredential::builder(
             self.tenant_id,
             self.client_id,

@@ -200,6 +200,63 @@ fn assertion_has_entra_shape_and_verifies() {
     }
 }
 
+/// The decoded header of an assertion `credential` signs now.
+fn assertion_header(credential: &ClientCertificateCredential) -> serde_json::Value {
+    let jwt = credential
+        .signer
+        .sign("https://login.test/adfs/oauth2/token", "client-id", *NOW)
+        .unwrap();
+    let header = jwt.split('.').next().unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap()
+}
+
+/// AD FS does not accept PS256: with the tenant `adfs` (as `AZURE_TENANT_ID=adfs` gives
+/// EnvironmentCredential, which sets no signature) the assertion is RS256 with `x5t`, as MSAL
+/// sends for an AD FS authority, unless a signature was chosen.
+#[test]
+fn the_adfs_tenant_signs_rs256_unless_a_signature_was_chosen() {
+    let pem = format!("{}{}", valid_cert(), rsa_key_pem());
+    let builder = |tenant: &str| {
+        ClientCertificateCredential::builder(tenant, "c", CertificateSource::from_pem(pem.clone()))
+    };
+    let leaf = load(pem.clone()).unwrap().leaf().to_vec();
+    let sha1 = URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        &leaf,
+    ));
+    for tenant in ["adfs", "ADFS", "AdFs"] {
+        let header = assertion_header(&builder(tenant).build_with_env_authority(None).unwrap());
+        assert_eq!(header["alg"], "RS256", "{tenant}");
+        assert_eq!(header["x5t"], sha1, "{tenant}");
+        // An explicit choice is kept, PS256 included.
+        for (signature, alg) in [
+            (CertificateSignature::Ps256, "PS256"),
+            (CertificateSignature::Rs256, "RS256"),
+        ] {
+            let credential = builder(tenant)
+                .signature(signature)
+                .build_with_env_authority(None)
+                .unwrap();
+            assert_eq!(assertion_header(&credential)["alg"], alg, "{tenant}");
+        }
+    }
+    // Other tenants keep PS256, and their explicit choice.
+    for tenant in [
+        "contoso",
+        "organizations",
+        "adfs2",
+        "72f988bf-86f1-41af-91ab-2d7cd011db47",
+    ] {
+        let header = assertion_header(&builder(tenant).build_with_env_authority(None).unwrap());
+        assert_eq!(header["alg"], "PS256", "{tenant}");
+        let credential = builder(tenant)
+            .signature(CertificateSignature::Rs256)
+            .build_with_env_authority(None)
+            .unwrap();
+        assert_eq!(assertion_header(&credential)["alg"], "RS256", "{tenant}");
+    }
+}
+
 #[test]
 fn debug_never_shows_key_material() {
     let pem = format!("{}{}", valid_cert(), rsa_key_pem());
