@@ -19,6 +19,15 @@ use crate::token::Secret;
 /// few KiB; a larger input is a wrong path (a log, an archive), refused before it is parsed.
 pub(crate) const MAX_CERTIFICATE_BYTES: usize = 1024 * 1024;
 
+/// How far in the future a certificate's notBefore may be and still load. A certificate is
+/// often put in place the moment it is issued, and a host whose clock runs a few seconds or
+/// minutes behind the issuer's would otherwise refuse a freshly rotated one at startup
+/// (azure-identity does not check the dates at all). Five minutes is the usual allowance for
+/// clock skew (Kerberos', and Microsoft.IdentityModel's for tokens); a certificate starting
+/// later than that is still refused, naming its dates. notAfter has no allowance: a certificate
+/// at its end needs renewing whatever the clocks say.
+const NOT_BEFORE_SKEW_SECS: i64 = 300;
+
 /// `rsaEncryption` (RFC 8017 A.1): the only key algorithm Entra accepts for certificate
 /// credentials, and the only one azure-identity loads.
 const RSA_ENCRYPTION_OID: &str = "1.2.840.113549.1.1.1";
@@ -466,20 +475,33 @@ impl Parts {
         // order after it, as the chain sent in `x5c`. A key kept on renewal can have an
         // expired certificate before its current one in a bundle, or the one it replaces still
         // valid: the valid one that lasts longest is preferred (the app registration may list
-        // only the newest).
+        // only the newest). One valid only within the clock-skew allowance comes after any
+        // valid by this host's clock, which Entra is likelier to accept too.
         let public = key_pair.public().as_ref();
         let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let skewed = now.saturating_add(NOT_BEFORE_SKEW_SECS);
         let of_key =
             |c: &X509Certificate<'_>| c.public_key().subject_public_key.data.as_ref() == public;
-        let valid_now = |c: &X509Certificate<'_>| {
+        // 2: valid now; 1: valid within the skew allowance; 0: not valid.
+        let validity_rank = |c: &X509Certificate<'_>| {
             let validity = c.validity();
-            validity.not_before.timestamp() <= now && now <= validity.not_after.timestamp()
+            let (from, until) = (
+                validity.not_before.timestamp(),
+                validity.not_after.timestamp(),
+            );
+            if now > until || skewed < from {
+                0u8
+            } else if now < from {
+                1
+            } else {
+                2
+            }
         };
         let Some(leaf_index) = parsed
             .iter()
             .enumerate()
-            .filter(|(_, c)| of_key(c) && valid_now(c))
-            .max_by_key(|(_, c)| c.validity().not_after.timestamp())
+            .filter(|(_, c)| of_key(c) && validity_rank(c) > 0)
+            .max_by_key(|(_, c)| (validity_rank(c), c.validity().not_after.timestamp()))
             .map(|(i, _)| i)
             .or_else(|| parsed.iter().position(of_key))
         else {
@@ -499,9 +521,11 @@ impl Parts {
         };
         let validity = leaf.validity();
         let (from, until) = (validity.not_before, validity.not_after);
-        if now < from.timestamp() {
+        if skewed < from.timestamp() {
             return Err(format!(
-                "the certificate is not yet valid: valid from {from} until {until}"
+                "the certificate is not yet valid: valid from {from} until {until}, more than \
+                 {} minutes ahead of this host's clock; check the certificate or the clock",
+                NOT_BEFORE_SKEW_SECS / 60
             ));
         }
         if now > until.timestamp() {

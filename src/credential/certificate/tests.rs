@@ -102,7 +102,7 @@ fn bad_inputs_are_named() {
         (
             format!(
                 "{}{}",
-                self_signed(rsa_key_pem(), *NOW as i64 + 60, *NOW as i64 + 86_400),
+                self_signed(rsa_key_pem(), *NOW as i64 + 3_600, *NOW as i64 + 86_400),
                 rsa_key_pem()
             ),
             "not yet valid: valid from",
@@ -779,4 +779,47 @@ fn a_current_certificate_is_preferred_over_an_expired_one_of_the_same_key() {
     let older = self_signed(rsa_key_pem(), *NOW as i64 - 259_200, *NOW as i64 - 172_800);
     let err = load(format!("{older}{expired}{}", rsa_key_pem())).unwrap_err();
     assert!(err.contains("the certificate expired on"), "{err}");
+}
+
+/// A certificate put in place as soon as it is issued, on a host whose clock is behind the
+/// issuer's: a notBefore within 5 minutes ahead loads; later is refused, naming both dates.
+/// Picking the leaf, one valid by this host's clock comes first.
+#[test]
+fn a_not_before_within_five_minutes_ahead_is_clock_skew() {
+    let now = *NOW as i64;
+    let fresh = self_signed(rsa_key_pem(), now + 60, now + 86_400);
+    let loaded = load(format!("{fresh}{}", rsa_key_pem())).unwrap();
+    assert_eq!(loaded.not_after, *NOW + 86_400);
+    let at_limit = self_signed(rsa_key_pem(), now + 300, now + 86_400);
+    load(format!("{at_limit}{}", rsa_key_pem())).unwrap();
+    for ahead in [301, 3_600] {
+        let later = self_signed(rsa_key_pem(), now + ahead, now + 86_400);
+        let err = load(format!("{later}{}", rsa_key_pem())).unwrap_err();
+        // x509-parser's rendering, as in the message.
+        let from = x509_parser::time::ASN1Time::from_timestamp(now + ahead).unwrap();
+        let until = x509_parser::time::ASN1Time::from_timestamp(now + 86_400).unwrap();
+        assert!(
+            err.starts_with(&format!(
+                "the certificate is not yet valid: valid from {from} until {until}, more than \
+                 5 minutes ahead of this host's clock"
+            )),
+            "{ahead}: {err}"
+        );
+    }
+    // The renewed certificate (60 s ahead, lasting longer) beside the current one: the current
+    // one is the leaf, in either order; alone, the renewed one is.
+    let current = valid_cert();
+    let renewed = self_signed(rsa_key_pem(), now + 60, now + 172_800);
+    for pem in [
+        format!("{current}{renewed}{}", rsa_key_pem()),
+        format!("{renewed}{current}{}", rsa_key_pem()),
+    ] {
+        let loaded = load(pem).unwrap();
+        assert_eq!(loaded.not_after, *NOW + 86_400);
+        assert_eq!(loaded.chain.len(), 2);
+    }
+    // An expired one and the renewed one: the renewed one.
+    let expired = self_signed(rsa_key_pem(), now - 172_800, now - 86_400);
+    let loaded = load(format!("{expired}{renewed}{}", rsa_key_pem())).unwrap();
+    assert_eq!(loaded.not_after, *NOW + 172_800);
 }
