@@ -2,6 +2,7 @@
 //! `ENCRYPTED PRIVATE KEY`: `encrypted_key.rs`) or PKCS#12, checked the way Entra will check
 //! them (RSA, key matches the leaf, inside the validity period).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -96,7 +97,8 @@ impl CertificateSource {
     }
 
     /// Two PEM files: certificates in `cert`, the private key in `key` (either file may hold
-    /// both; their sections are read together). For an `ENCRYPTED PRIVATE KEY`, use
+    /// both; their sections are read together, and a section found in both, such as one
+    /// combined file given twice, counts once). For an `ENCRYPTED PRIVATE KEY`, use
     /// [`from_pem_files_with_password`](Self::from_pem_files_with_password).
     pub fn from_pem_files(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
         Self::from_pem_files_with_password(cert, key, None)
@@ -177,6 +179,7 @@ impl CertificateSource {
                 }
             }
         };
+        parts.dedup();
         parts.decrypt_key(password.as_ref())?;
         parts.check(now)
     }
@@ -270,6 +273,14 @@ enum Key {
 }
 
 impl Key {
+    /// Its format and DER: what makes two keys the same section.
+    fn identity(&self) -> (u8, &[u8]) {
+        match self {
+            Key::Pkcs8(der) => (8, der),
+            Key::Pkcs1(der) => (1, der),
+        }
+    }
+
     fn parse(&self) -> Result<RsaKeyPair, ring::error::KeyRejected> {
         match self {
             Key::Pkcs8(der) => RsaKeyPair::from_pkcs8(der),
@@ -374,6 +385,16 @@ fn parse_pkcs12(bytes: &[u8], password: Option<&Secret>) -> Result<Parts, String
 }
 
 impl Parts {
+    /// Drops the sections that repeat an earlier one byte for byte, keeping the first of each
+    /// in order: the same key in both of `from_pem_files`' files (or one combined file given
+    /// twice) is one key, not "2 private keys", and a certificate in both is sent once in
+    /// `x5c`. Different keys are still refused by [`check`](Self::check).
+    fn dedup(&mut self) {
+        keep_first(&mut self.certs, |der| (0, der));
+        keep_first(&mut self.keys, Key::identity);
+        keep_first(&mut self.encrypted_keys, |der| (0, der));
+    }
+
     /// With a password, decrypts the `ENCRYPTED PRIVATE KEY` into `keys`, its key derivation
     /// bounded first (`encrypted_key`). Without one, encrypted keys are left out, and
     /// [`check`](Self::check) says a password is needed when there is no other key.
@@ -546,6 +567,20 @@ impl Parts {
             not_after,
         })
     }
+}
+
+/// Keeps the first of the items with the same `identity`, in order. A hash set, so that the
+/// thousands of tiny sections a 1 MiB input can hold cost linear time.
+fn keep_first<T>(items: &mut Vec<T>, identity: impl Fn(&T) -> (u8, &[u8])) {
+    let keep: Vec<bool> = {
+        let mut seen = HashSet::new();
+        items
+            .iter()
+            .map(|item| seen.insert(identity(item)))
+            .collect()
+    };
+    let mut keep = keep.into_iter();
+    items.retain(|_| keep.next().unwrap_or(true));
 }
 
 fn several_keys(count: usize) -> String {

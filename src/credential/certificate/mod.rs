@@ -73,13 +73,14 @@ const NAME: &str = "ClientCertificateCredential";
 ///
 /// # Checks when building
 ///
-/// Inputs over 1 MiB, no key, no certificate, several keys, an encrypted PEM key without a
-/// password, a key that is not RSA (Entra accepts only RSA), a key that matches no
+/// Inputs over 1 MiB, no key, no certificate, several different keys, an encrypted PEM key
+/// without a password, a key that is not RSA (Entra accepts only RSA), a key that matches no
 /// certificate, a certificate outside its validity period (both dates named; a notBefore up to
 /// 5 minutes ahead of this host's clock is allowed, for clock skew), a wrong PKCS#12 or PEM
 /// key password, and key derivations over the limits (checked before they run) are each a
-/// [`ConfigError`] saying which. The certificate whose public key is the key's is the leaf,
-/// wherever it sits in the input.
+/// [`ConfigError`] saying which. A key or certificate repeated byte for byte (one combined
+/// file given as both files of [`CertificateSource::from_pem_files`]) counts once. The
+/// certificate whose public key is the key's is the leaf, wherever it sits in the input.
 ///
 /// The key's DER copies made here (a decrypted PEM key's too) are zeroized on drop and never
 /// printed, nor is a password; ring keeps the parsed key in its own types, which it does not

@@ -823,3 +823,80 @@ fn a_not_before_within_five_minutes_ahead_is_clock_skew() {
     let loaded = load(format!("{expired}{renewed}{}", rsa_key_pem())).unwrap();
     assert_eq!(loaded.not_after, *NOW + 172_800);
 }
+
+/// `from_pem_files` with one combined file twice, or the key in both files and the leaf in
+/// both: one key, and each certificate once in `x5c`, the leaf first.
+#[test]
+fn a_key_or_certificate_in_both_pem_files_counts_once() {
+    use base64::engine::general_purpose::STANDARD;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertificateParams::new(vec!["ca.test".into()])
+        .unwrap()
+        .self_signed(&ca_key)
+        .unwrap();
+    let cert = valid_cert();
+    let combined = dir.path().join("combined.pem");
+    std::fs::write(&combined, format!("{cert}{}{}", ca.pem(), rsa_key_pem())).unwrap();
+    let cert_and_key = dir.path().join("cert.pem");
+    std::fs::write(&cert_and_key, format!("{}{cert}", rsa_key_pem())).unwrap();
+    let key_and_cert = dir.path().join("key.pem");
+    std::fs::write(
+        &key_and_cert,
+        format!("{cert}{}{}", rsa_key_pem(), ca.pem()),
+    )
+    .unwrap();
+    let leaf = load(format!("{cert}{}", rsa_key_pem()))
+        .unwrap()
+        .leaf()
+        .to_vec();
+    let expected = vec![STANDARD.encode(&leaf), STANDARD.encode(ca.der())];
+    for (cert_path, key_path) in [(&combined, &combined), (&cert_and_key, &key_and_cert)] {
+        let source = CertificateSource::from_pem_files(cert_path, key_path);
+        let loaded = source.load(*NOW).unwrap();
+        assert_eq!(loaded.chain.len(), 2, "{source:?}");
+        let credential = ClientCertificateCredential::builder("t", "c", source)
+            .send_certificate_chain(true)
+            .build_with_env_authority(None)
+            .unwrap();
+        let x5c: Vec<String> = assertion_header(&credential)["x5c"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(x5c, expected);
+    }
+    // Two different keys are still two.
+    let other_key = dir.path().join("other.pem");
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .unwrap();
+    std::fs::write(&other_key, out.stdout).unwrap();
+    let err = CertificateSource::from_pem_files(&combined, &other_key)
+        .load(*NOW)
+        .unwrap_err();
+    assert!(err.starts_with("2 private keys found"), "{err}");
+    // The same encrypted key in both files is decrypted once.
+    let encrypted = dir.path().join("encrypted.pem");
+    std::fs::write(
+        &encrypted,
+        format!("{cert}{}", openssl_encrypted_key(&[], "p4ss")),
+    )
+    .unwrap();
+    let loaded = CertificateSource::from_pem_files_with_password(
+        &encrypted,
+        &encrypted,
+        Some(crate::token::Secret::new("p4ss")),
+    )
+    .load(*NOW)
+    .unwrap();
+    assert_eq!(loaded.chain.len(), 1);
+}
