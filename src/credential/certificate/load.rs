@@ -87,7 +87,7 @@ impl CertificateSource {
     /// as azure-identity does. Schemes: PBES2 with PBKDF2 (HMAC-SHA1 or SHA-2) or scrypt, and
     /// AES-CBC, AES-GCM or 3DES-CBC: what `openssl pkcs8 -topk8` and `openssl genpkey -aes256`
     /// write. The key derivation is bounded as a PKCS#12 archive's is (at most 1 000 000
-    /// PBKDF2 iterations, scrypt within 64 MiB), checked before it runs. The password is
+    /// PBKDF2 iterations, scrypt within 65 MiB), checked before it runs. The password is
     /// ignored when the key is not encrypted; `None` is [`from_pem`](Self::from_pem).
     pub fn from_pem_with_password(bytes: impl Into<Vec<u8>>, password: Option<Secret>) -> Self {
         Self(Source::Pem {

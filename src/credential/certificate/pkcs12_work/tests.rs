@@ -142,7 +142,7 @@ fn scrypt_memory_over_the_limit_is_refused() {
     assert!(
         err.starts_with(
             "an item of the PKCS#12 archive is encrypted with scrypt needing 76 MiB of memory, \
-             more than the limit of 64 MiB"
+             more than the limit of 65 MiB"
         ),
         "{err}"
     );
@@ -167,15 +167,17 @@ fn scrypt_memory_counts_the_lanes_and_a_cost_below_two_is_refused() {
         ),
         "{err}"
     );
-    // N = 2: N·r·p = 999 990, table 3 MiB, lanes 61 MiB: 64.01 MiB in all.
-    let err = run(Kdf::Scrypt(2, 12_195, 41)).unwrap_err();
+    // N = 2: N·r·p = 1 000 000, table 6 MiB, lanes 61 MiB: 67.14 MiB in all.
+    let err = run(Kdf::Scrypt(2, 25_000, 20)).unwrap_err();
     assert!(
         err.starts_with(
-            "an item of the PKCS#12 archive is encrypted with scrypt needing 65 MiB of memory, \
-             more than the limit of 64 MiB"
+            "an item of the PKCS#12 archive is encrypted with scrypt needing 68 MiB of memory, \
+             more than the limit of 65 MiB"
         ),
         "{err}"
     );
+    // N = 2^16, r = 8, p = 1: a 64 MiB table and 1 KiB of lanes, within the limit.
+    assert!(run(Kdf::Scrypt(1 << 16, 8, 1)).is_ok());
     // Overflowing parameters are over the limit, not wrapped below it.
     let err = run(Kdf::Scrypt(2, u64::MAX / 64, 1)).unwrap_err();
     assert!(err.contains("key-derivation iterations"), "{err}");
