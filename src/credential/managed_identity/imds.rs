@@ -60,8 +60,12 @@ pub(super) struct Imds {
     /// The probe's client: the caller's client when one was given, else built when first
     /// needed (most credentials are never asked by a chain).
     probe_http: OnceLock<HttpClient>,
-    /// A token was received once: no more probes.
+    /// A token was received once: an answer that is not JSON is a failure from then on.
     succeeded: AtomicBool,
+    /// IMDS gave an HTTP answer once (the probe's 400, an error, a token): it is there, so no
+    /// more probes, and a request that gets no answer is a failure of this host's IMDS, not
+    /// the sign of a host without one (which would let a chain move on to another identity).
+    answered: AtomicBool,
 }
 
 impl Imds {
@@ -90,6 +94,7 @@ impl Imds {
             probe,
             probe_http,
             succeeded: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
         })
     }
 
@@ -146,23 +151,32 @@ impl Imds {
         resource: &str,
         within_chain: bool,
     ) -> Result<AccessToken, CredentialError> {
-        let probing = self.probe.unwrap_or(within_chain) && !self.succeeded.load(Ordering::Acquire);
-        if probing {
+        let in_chain = self.probe.unwrap_or(within_chain);
+        if in_chain && !self.answered.load(Ordering::Acquire) {
             self.probe(self.probe_http()?, resource).await?;
         }
-        let token = self.token(resource, probing).await?;
+        let before_token = in_chain && !self.succeeded.load(Ordering::Acquire);
+        let token = self.token(resource, before_token).await?;
         self.succeeded.store(true, Ordering::Release);
         Ok(token)
     }
 
-    /// One token request. `probing`: in a chain, before IMDS has issued a token.
-    async fn token(&self, resource: &str, probing: bool) -> Result<AccessToken, CredentialError> {
+    /// One token request. `before_token`: in a chain, before IMDS has issued a token.
+    async fn token(
+        &self,
+        resource: &str,
+        before_token: bool,
+    ) -> Result<AccessToken, CredentialError> {
         let answer =
             match request::send(&self.http, SOURCE, self.request(resource, true)?, &[]).await {
                 Ok(answer) => answer,
-                Err(error) if request::no_answer(&error) => return Err(self.absent(error)),
+                Err(error) if request::no_answer(&error) => return Err(self.no_answer(error)),
                 Err(error) => return Err(error),
             };
+        if let Some(error) = docker_desktop(&answer) {
+            return Err(error);
+        }
+        self.answered.store(true, Ordering::Release);
         if let Some(error) = self.unavailable(&answer) {
             return Err(error);
         }
@@ -173,15 +187,17 @@ impl Imds {
             // azure-identity's does. A JSON error is IMDS's own (a managed identity that is
             // there but failed): the chain stops on it, as there, rather than run on as another
             // identity.
-            Err(error) if probing && !is_json(&answer.body) => Err(CredentialError::unavailable(
-                NAME,
-                format!(
-                    "something answered at the IMDS address, but not with JSON, so this is \
-                     taken as a host without a managed identity: {}",
-                    error.message()
-                ),
-            )
-            .with_source(error)),
+            Err(error) if before_token && !is_json(&answer.body) => {
+                Err(CredentialError::unavailable(
+                    NAME,
+                    format!(
+                        "something answered at the IMDS address, but not with JSON, so this is \
+                         taken as a host without a managed identity: {}",
+                        error.message()
+                    ),
+                )
+                .with_source(error))
+            }
             Err(error) => Err(error),
         }
     }
@@ -209,9 +225,26 @@ impl Imds {
             Ok(Ok(answer)) => match docker_desktop(&answer) {
                 Some(error) => Err(error),
                 // Any other answer (400 for the missing header, as a rule) means IMDS is there.
-                None => Ok(()),
+                None => {
+                    self.answered.store(true, Ordering::Release);
+                    Ok(())
+                }
             },
         }
+    }
+
+    /// A token request that got no HTTP answer: *unavailable* if IMDS never answered this
+    /// credential, else the transport's *authentication failed* (timeout or connection kept):
+    /// an IMDS that answered before is there, and a chain must not move on to another identity
+    /// because it is slow or down for a while.
+    fn no_answer(&self, error: CredentialError) -> CredentialError {
+        if self.answered.load(Ordering::Acquire) {
+            return error.with_message_suffix(
+                "; IMDS answered this credential before, so this host has it and this is a \
+                 failure of IMDS, not a host without a managed identity",
+            );
+        }
+        self.absent(error)
     }
 
     /// Nobody answered with HTTP: not an Azure host with a managed identity.

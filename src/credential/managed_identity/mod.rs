@@ -205,15 +205,19 @@ impl IdParams {
 /// * On a host without IMDS, the request fails after its retries and the credential is
 ///   *unavailable* ("no managed identity endpoint answered"); so is an IMDS that answers 400
 ///   (the identity is not assigned to this host) or 403 with `unreachable` (Docker Desktop).
+///   Once IMDS has answered the credential at all (a token, an error, the probe's reply), it
+///   is there: a request that then gets no answer is *authentication failed* (a timeout or a
+///   connection failure), so a chain does not move on to another identity while IMDS is slow.
 ///   Any other failure is *authentication failed*, with the status and the endpoint's text,
 ///   scrubbed of every secret the credential holds and of token values.
 /// * In a chain ([`ChainedTokenCredential`](crate::ChainedTokenCredential), `a.or(b)`,
-///   `DefaultAzureCredential`), where another credential may answer, until IMDS has issued a
-///   token each request is preceded by a probe (the same `GET` without `Metadata`, 1 s, no
+///   `DefaultAzureCredential`), where another credential may answer, until IMDS first answers
+///   each request is preceded by a probe (the same `GET` without `Metadata`, 1 s, no
 ///   retries), as azure-identity does in any chain: no HTTP answer (no connection, no reply in
 ///   time, a dropped connection or a reply that is not HTTP) makes the credential
-///   *unavailable* at once instead of after the retries, and so does an answer to the token
-///   request that is not JSON (a proxy or firewall answering for the link-local address).
+///   *unavailable* at once instead of after the retries; until IMDS has issued a token, so
+///   does an answer to the token request that is not JSON (a proxy or firewall answering for
+///   the link-local address).
 ///   Asked on its own, it is not probed: a slow IMDS is waited for. Concurrent requests for
 ///   one resource share one acquisition, probed or not as the request that started it: a
 ///   direct request joining a chain's takes its probe, and a chain's joining a direct one

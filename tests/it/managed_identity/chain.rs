@@ -128,3 +128,69 @@ async fn in_a_chain_a_working_imds_gives_the_managed_identity_token_after_one_pr
         .collect();
     assert_eq!(metadata, [&probe, &real, &real, &real].map(Clone::clone));
 }
+
+/// A credential after the managed identity that counts how often it is asked.
+fn counted_second(asked: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> BoxCredential {
+    let asked = std::sync::Arc::clone(asked);
+    BoxCredential::named(
+        "SecondCredential",
+        tower::service_fn(move |_: TokenRequest| {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                Ok::<_, CredentialError>(AccessToken::new(
+                    "second-token",
+                    Instant::now() + Duration::from_secs(3600),
+                ))
+            }
+        }),
+    )
+}
+
+/// An IMDS that issued a token and then stops answering is this host's IMDS failing, not a
+/// host without one: the chain stops on *authentication failed* (a timeout) rather than run on
+/// as another identity.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_an_imds_that_answered_before_and_then_hangs_is_a_failure() {
+    let em = Emulator::start(Flavour::Imds).await;
+    let mi = credential(&em, Identity::System);
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let token = mi
+        .clone()
+        .or(counted_second(&asked))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert!(token.secret().expose_secret().starts_with("mi-imds-"));
+    em.push_faults(Fault::Delay(Duration::from_secs(3600)), 60);
+    let err = mi
+        .or(counted_second(&asked))
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert!(err.is_timeout(), "{err}");
+    assert!(!err.to_string().contains("not an Azure host"), "{err}");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// The probe got IMDS's quick 400, so IMDS is there; a token request that then gets no
+/// answer is a failure, not a host without IMDS.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_an_imds_that_answered_the_probe_and_then_hangs_is_a_failure() {
+    let em = Emulator::start(Flavour::Imds).await;
+    // The probe is answered as usual (400, no Metadata header); every token request hangs.
+    em.push_fault(Fault::Delay(Duration::ZERO));
+    em.push_faults(Fault::Delay(Duration::from_secs(3600)), 60);
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let err = credential(&em, Identity::System)
+        .or(counted_second(&asked))
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let requests = em.requests();
+    assert_eq!(requests.first().and_then(|r| r.status), Some(400));
+    assert_eq!(requests.first().unwrap().identity_header("metadata"), None);
+}
