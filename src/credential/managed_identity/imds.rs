@@ -177,7 +177,7 @@ impl Imds {
             return Err(error);
         }
         self.answered.store(true, Ordering::Release);
-        if let Some(error) = self.unavailable(&answer) {
+        if let Some(error) = self.bad_request(&answer, resource) {
             return Err(error);
         }
         match answer.parse(SOURCE, &[]) {
@@ -265,30 +265,43 @@ impl Imds {
         unavailable.with_source(error)
     }
 
-    /// The answers that mean "no usable identity here" rather than a failure.
-    fn unavailable(&self, answer: &Answer) -> Option<CredentialError> {
-        if answer.status == StatusCode::BAD_REQUEST {
-            // "Identity not found": the identity is not assigned to this host.
-            let said = provider_text(&answer.body, &[]);
-            let advice = match &self.id {
-                Some(id) => format!(
-                    "the user-assigned identity with {id} is not assigned to this host; assign \
-                     it to the VM, scale set or node pool, or use another credential"
-                ),
-                None => "this host has no system-assigned identity; enable it on the VM or \
-                         scale set, give a user-assigned id, or use another credential"
-                    .to_owned(),
-            };
-            let error = failure(SOURCE, answer.status, &answer.body, &[]);
-            return Some(
-                CredentialError::unavailable(
-                    NAME,
-                    format!("IMDS answered HTTP 400 ({}): {advice}", said.text),
-                )
-                .with_source(error),
-            );
+    /// What an IMDS 400 means: `None` for any other answer, or a 400 the generic error
+    /// describes as well as anything.
+    ///
+    /// *Unavailable* (a chain moves on) only for the system-assigned identity's "Identity not
+    /// found", or a 400 naming no error code: this host has no identity. Every other 400 is
+    /// about what was asked for (a user-assigned id not assigned to this host, a mistyped
+    /// resource: `invalid_resource`, AADSTS500011) and is *authentication failed*, so that a
+    /// chain reports the mistake instead of running on as another identity (a developer's
+    /// Azure CLI sign-in). azure-identity makes every 400 *unavailable*; azidentity every 400
+    /// of the system-assigned identity and none of a user-assigned one.
+    fn bad_request(&self, answer: &Answer, resource: &str) -> Option<CredentialError> {
+        if answer.status != StatusCode::BAD_REQUEST {
+            return None;
         }
-        docker_desktop(answer)
+        let said = provider_text(&answer.body, &[]);
+        let not_found = said
+            .text
+            .to_ascii_lowercase()
+            .contains("identity not found");
+        let error = failure(SOURCE, answer.status, &answer.body, &[]);
+        match (&self.id, said.code.as_deref()) {
+            (None, code) if not_found || code.is_none() => {
+                Some(error.into_unavailable().with_message_suffix(
+                    "; this host has no system-assigned identity: enable it on the VM or \
+                     scale set, give a user-assigned id, or use another credential",
+                ))
+            }
+            (Some(id), _) if not_found => Some(error.with_message_suffix(&format!(
+                "; the user-assigned identity with {id} is not assigned to this host: assign \
+                 it to the VM, scale set or node pool, or correct the id"
+            ))),
+            (_, Some("invalid_resource")) => Some(error.with_message_suffix(&format!(
+                "; Microsoft Entra ID knows no resource \"{resource}\": check the scope asked \
+                 for (the resource is the scope without \"/.default\")"
+            ))),
+            _ => None,
+        }
     }
 }
 
@@ -339,37 +352,75 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn which_answers_mean_unavailable() {
+    async fn which_400s_mean_unavailable() {
         let imds = |id| Imds::new(default_url().unwrap(), id, None, None).unwrap();
+        let system = || imds(None);
+        let user = || imds(Some(UserAssignedId::ClientId("cid".into())));
         let not_found = r#"{"error":"invalid_request","error_description":"Identity not found"}"#;
-        let err = imds(Some(UserAssignedId::ClientId("cid".into())))
-            .unavailable(&answer(400, not_found))
-            .unwrap();
-        assert!(err.is_unavailable());
-        assert!(
-            err.message().contains(
-                "(invalid_request) Identity not found): the user-assigned identity with \
-                 client id cid is not assigned to this host"
-            ),
-            "{err}"
-        );
-        let err = imds(None).unavailable(&answer(400, not_found)).unwrap();
+        let invalid_resource = r#"{"error":"invalid_resource","error_description":"AADSTS500011: The resource principal named https://vault.azure.nte was not found in the tenant"}"#;
+        let bad = |imds: Imds, body: &str| {
+            imds.bad_request(&answer(400, body), "https://vault.azure.nte")
+                .unwrap()
+        };
+
+        // The system-assigned identity is not there: the host has none.
+        let err = bad(system(), not_found);
+        assert!(err.is_unavailable(), "{err}");
         assert!(
             err.message().contains("no system-assigned identity"),
             "{err}"
         );
+        assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(err.error_code(), Some("invalid_request"));
+        for body in ["", "{}", "Bad Request"] {
+            assert!(bad(system(), body).is_unavailable(), "{body:?}");
+        }
+
+        // A user-assigned id not assigned to this host: a mistake to report.
+        let err = bad(user(), not_found);
+        assert!(err.is_authentication_failed(), "{err}");
+        assert!(
+            err.message()
+                .contains("user-assigned identity with client id cid is not assigned"),
+            "{err}"
+        );
+        assert_eq!(err.error_code(), Some("invalid_request"));
+
+        // A mistyped resource, for either identity.
+        for imds in [system(), user()] {
+            let err = bad(imds, invalid_resource);
+            assert!(err.is_authentication_failed(), "{err}");
+            assert!(!err.message().contains("enable it"), "{err}");
+            assert!(
+                err.message()
+                    .contains("knows no resource \"https://vault.azure.nte\""),
+                "{err}"
+            );
+            assert_eq!(err.error_code(), Some("invalid_resource"));
+            assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+        }
+
+        // Other codes, and a user-assigned 400 without one: the generic failure.
+        let other = r#"{"error":"invalid_request","error_description":"Required metadata header not specified"}"#;
+        assert!(system().bad_request(&answer(400, other), "r").is_none());
+        assert!(user().bad_request(&answer(400, "{}"), "r").is_none());
+        for (status, body) in [(403, "forbidden"), (500, "oops"), (200, "{}"), (404, "")] {
+            assert!(
+                system().bad_request(&answer(status, body), "r").is_none(),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn docker_desktop_is_unavailable() {
         let docker = "A socket operation was attempted to an unreachable network";
-        let err = imds(None).unavailable(&answer(403, docker)).unwrap();
+        let err = docker_desktop(&answer(403, docker)).unwrap();
         assert!(
             err.is_unavailable() && err.message().contains("Docker"),
             "{err}"
         );
-        for (status, body) in [(403, "forbidden"), (500, "oops"), (200, "{}"), (404, "")] {
-            assert!(
-                imds(None).unavailable(&answer(status, body)).is_none(),
-                "{status}"
-            );
-        }
+        assert!(docker_desktop(&answer(403, "forbidden")).is_none());
     }
 
     #[test]

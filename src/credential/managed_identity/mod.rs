@@ -203,8 +203,13 @@ impl IdParams {
 ///   410 backoff plus its attempts). The other sources use the default
 ///   [`RetryOptions`](crate::RetryOptions) (30 s in all).
 /// * On a host without IMDS, the request fails after its retries and the credential is
-///   *unavailable* ("no managed identity endpoint answered"); so is an IMDS that answers 400
-///   (the identity is not assigned to this host) or 403 with `unreachable` (Docker Desktop).
+///   *unavailable* ("no managed identity endpoint answered"); so is an IMDS that answers 403
+///   with `unreachable` (Docker Desktop), or 400 "Identity not found" (or a 400 without an
+///   error code) for the system-assigned identity: the host has none. Any other 400 is
+///   *authentication failed*, with advice: a user-assigned id not assigned to this host, or a
+///   resource Microsoft Entra ID does not know (`invalid_resource`), is a mistake to report,
+///   not a reason for a chain to run on as another identity. (azure-identity makes every IMDS
+///   400 *unavailable*; azidentity those of the system-assigned identity.)
 ///   Once IMDS has answered the credential at all (a token, an error, the probe's reply), it
 ///   is there: a request that then gets no answer is *authentication failed* (a timeout or a
 ///   connection failure), so a chain does not move on to another identity while IMDS is slow.

@@ -226,12 +226,32 @@ async fn malformed_json_is_a_clear_error() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn identity_not_found_makes_imds_unavailable() {
-    for id in Identity::ALL {
+async fn identity_not_found_makes_imds_unavailable_for_the_system_assigned_identity_only() {
+    // The host has no system-assigned identity: a chain moves on.
+    let em = Emulator::start(Flavour::Imds).await;
+    em.push_fault(Fault::IdentityNotFound);
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(
+        err.message().contains("no system-assigned identity"),
+        "{err}"
+    );
+    assert_eq!(em.request_count(), 1, "400 is not retried");
+    // A user-assigned id that is not on this host is a mistake to report, not an absence.
+    for id in [Identity::ClientId, Identity::ObjectId, Identity::ResourceId] {
         let em = Emulator::start(Flavour::Imds).await;
         em.push_fault(Fault::IdentityNotFound);
         let err = credential(&em, id).get_token([SCOPE]).await.unwrap_err();
-        assert!(err.is_unavailable(), "{id:?}: {err}");
+        assert!(err.is_authentication_failed(), "{id:?}: {err}");
+        assert!(
+            err.message().contains("is not assigned to this host"),
+            "{id:?}: {err}"
+        );
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(400), "{err}");
+        assert_eq!(err.error_code(), Some("invalid_request"), "{err}");
         assert_eq!(em.request_count(), 1, "{id:?}: 400 is not retried");
     }
     // Elsewhere a 400 is a failure to report, not an absence.
@@ -242,6 +262,85 @@ async fn identity_not_found_makes_imds_unavailable() {
         .await
         .unwrap_err();
     assert!(err.is_authentication_failed(), "{err}");
+}
+
+/// IMDS relays Entra ID's 400 for a resource it does not know (a mistyped scope): that is the
+/// caller's mistake, whatever the identity, and not a host without one.
+#[tokio::test(start_paused = true)]
+async fn an_unknown_resource_at_imds_is_a_failure_not_an_absence() {
+    let invalid_resource = Fault::Respond {
+        status: 400,
+        body: r#"{"error":"invalid_resource","error_description":"AADSTS500011: The resource principal named https://resource.test was not found in the tenant named t."}"#.to_owned(),
+        headers: vec![],
+    };
+    for id in [Identity::System, Identity::ClientId] {
+        let em = Emulator::start(Flavour::Imds).await;
+        em.push_fault(invalid_resource.clone());
+        let err = credential(&em, id).get_token([SCOPE]).await.unwrap_err();
+        assert!(err.is_authentication_failed(), "{id:?}: {err}");
+        assert!(!err.message().contains("enable it"), "{id:?}: {err}");
+        assert!(err.message().contains("AADSTS500011"), "{id:?}: {err}");
+        assert!(err.message().contains("check the scope"), "{id:?}: {err}");
+        assert_eq!(err.error_code(), Some("invalid_resource"), "{err}");
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(400), "{err}");
+    }
+}
+
+/// In a chain, neither a user-assigned id missing from the host nor an unknown resource
+/// passes the request on to the next credential (it would authenticate as someone else).
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_400_about_the_request_stops_the_chain() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_identity::{AccessToken, BoxCredential, CredentialError, TokenRequest};
+
+    let asked = Arc::new(AtomicUsize::new(0));
+    let second = || {
+        let asked = Arc::clone(&asked);
+        BoxCredential::named(
+            "SecondCredential",
+            tower::service_fn(move |_: TokenRequest| {
+                asked.fetch_add(1, Ordering::SeqCst);
+                async {
+                    Ok::<_, CredentialError>(AccessToken::new(
+                        "second-token",
+                        Instant::now() + Duration::from_secs(3600),
+                    ))
+                }
+            }),
+        )
+    };
+    let invalid_resource = Fault::Respond {
+        status: 400,
+        body: r#"{"error":"invalid_resource","error_description":"AADSTS500011: not found"}"#
+            .to_owned(),
+        headers: vec![],
+    };
+    for (id, fault) in [
+        (Identity::ClientId, Fault::IdentityNotFound),
+        (Identity::System, invalid_resource),
+    ] {
+        let em = Emulator::start(Flavour::Imds).await;
+        em.push_fault(Fault::Delay(Duration::ZERO)); // the probe, answered as usual
+        em.push_fault(fault);
+        let err = credential(&em, id)
+            .or(second())
+            .get_token([SCOPE])
+            .await
+            .unwrap_err();
+        assert!(err.is_authentication_failed(), "{id:?}: {err}");
+        assert_eq!(asked.load(Ordering::SeqCst), 0, "{id:?}: {err}");
+    }
+    // The system-assigned identity missing: the chain moves on, as before.
+    let em = Emulator::start(Flavour::Imds).await;
+    em.push_fault(Fault::Delay(Duration::ZERO));
+    em.push_fault(Fault::IdentityNotFound);
+    let token = credential(&em, Identity::System)
+        .or(second())
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert_eq!(token.secret().expose_secret(), "second-token");
 }
 
 #[tokio::test(start_paused = true)]
