@@ -459,6 +459,19 @@ fn azure_ml_date(epoch: u64, twelve_hour: bool, offset_minutes: i64) -> String {
     }
 }
 
+/// Any JSON a provider might put in a time field: numbers, dates, text, other shapes.
+fn junk_json() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        provider_number(),
+        "[ -~]{0,30}".prop_map(Value::from),
+        Just(json!("2024-06-20T02:57:58Z")),
+        Just(json!(null)),
+        Just(json!(true)),
+        Just(json!([1])),
+        Just(json!({"seconds": 1})),
+    ]
+}
+
 /// A managed identity answer with any of its time fields, each any number or date-like text.
 fn mi_answer() -> impl Strategy<Value = Map<String, Value>> {
     let number = || proptest::option::of(provider_number());
@@ -569,6 +582,30 @@ proptest! {
                 }
             }
         }
+    }
+
+    /// A readable `expires_in` is the lifetime whatever `expires_on` and `refresh_in` hold
+    /// (`expires_in` wins, and `refresh_in` is only a hint): the answer is never refused for
+    /// them.
+    #[test]
+    fn mi_response_a_sane_expires_in_is_read_whatever_else_is_sent(
+        (secs, secs_json) in sane_seconds(),
+        expires_on in proptest::option::of(junk_json()),
+        refresh_in in proptest::option::of(junk_json()),
+    ) {
+        let mut body = json!({ "access_token": "at", "expires_in": secs_json });
+        if let Some(value) = expires_on {
+            body["expires_on"] = value;
+        }
+        if let Some(value) = refresh_in {
+            body["refresh_in"] = value;
+        }
+        let token = parse_mi_answer(200, body.to_string().as_bytes(), "s3cr3t-value")
+            .map_err(|e| TestCaseError::fail(format!("{body}: {e}")))?
+            .token;
+        let left = token.expires_in();
+        prop_assert!(left <= Duration::from_secs(secs) && left + Duration::from_secs(1) >= Duration::from_secs(secs), "{body}: {left:?}");
+        prop_assert!(token.refresh_on().is_none_or(|r| r <= token.expires_on()), "{body}");
     }
 
     /// Any number or date in the time fields: no panic, a bounded lifetime, refresh before

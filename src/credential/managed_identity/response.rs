@@ -159,27 +159,32 @@ fn parse_token(
         Some(Value::String(t)) if !t.is_empty() => Secret::new(t.as_str()),
         _ => return Err("the answer has no access_token".into()),
     };
-    let expires_in = number_field(object, "expires_in")?;
-    let expires_on = match object.get("expires_on") {
-        None | Some(Value::Null) => None,
-        Some(value) => Some(
-            number(value)
+    // A relative lifetime is immune to a skewed local clock: it wins when both are given, so
+    // `expires_on` is read only without it (a form this parser does not know, such as an
+    // ISO 8601 date, must not fail a token whose `expires_in` is fine).
+    let lifetime = match number_field(object, "expires_in")? {
+        Some(secs) => secs,
+        None => match object.get("expires_on") {
+            None | Some(Value::Null) => {
+                return Err("the answer has neither expires_in nor expires_on".into());
+            }
+            Some(value) => number(value)
                 .or_else(|| value.as_str().and_then(parse_date))
-                .ok_or("expires_on is neither epoch seconds nor a date")?,
-        ),
-    };
-    // A relative lifetime is immune to a skewed local clock: it wins when both are given.
-    let lifetime = match (expires_in, expires_on) {
-        (Some(secs), _) => secs,
-        (None, Some(epoch)) => epoch.saturating_sub(sent_at_unix),
-        (None, None) => return Err("the answer has neither expires_in nor expires_on".into()),
+                .ok_or("expires_on is neither epoch seconds nor a date")?
+                .saturating_sub(sent_at_unix),
+        },
     };
     let lifetime = clamped_lifetime(lifetime);
     if lifetime.is_zero() {
         return Err("the token it issued has already expired".into());
     }
     let lifetime = lifetime.as_secs();
-    let refresh_in = match number_field(object, "refresh_in")? {
+    // Only a hint: one that cannot be read is as if not sent (the token is still good).
+    let refresh_in = number_field(object, "refresh_in").unwrap_or_else(|reason| {
+        tracing::debug!(credential = NAME, "refresh_in ignored: {reason}");
+        None
+    });
+    let refresh_in = match refresh_in {
         Some(secs) => Some(secs.min(lifetime)),
         None if std::time::Duration::from_secs(lifetime) >= HALF_LIFE_THRESHOLD => {
             Some(lifetime / 2)
@@ -349,6 +354,40 @@ mod tests {
             assert_eq!(t.expires_in(), Duration::from_secs(3600), "{body}");
             assert_eq!(t.refresh_on(), None, "{body}");
             assert_eq!(t.token_type(), "Bearer");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expires_in_wins_so_expires_on_is_not_read_beside_it() {
+        for body in [
+            r#"{"access_token":"x","expires_in":3599,"expires_on":"2024-06-20T02:57:58Z"}"#,
+            r#"{"access_token":"x","expires_in":"3599","expires_on":{"when":"later"}}"#,
+            r#"{"access_token":"x","expires_in":3599,"expires_on":-1}"#,
+        ] {
+            let t = parse(200, body).unwrap().token;
+            assert_eq!(t.expires_in(), Duration::from_secs(3599), "{body}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_malformed_refresh_in_is_as_if_absent() {
+        for (body, half_life) in [
+            (
+                r#"{"access_token":"x","expires_in":3599,"refresh_in":"soon"}"#,
+                false,
+            ),
+            (
+                r#"{"access_token":"x","expires_in":3599,"refresh_in":-5}"#,
+                false,
+            ),
+            (
+                r#"{"access_token":"x","expires_in":86400,"refresh_in":[1]}"#,
+                true,
+            ),
+        ] {
+            let t = parse(200, body).unwrap().token;
+            let want = half_life.then(|| t.expires_on() - Duration::from_secs(43200));
+            assert_eq!(t.refresh_on(), want, "{body}");
         }
     }
 
