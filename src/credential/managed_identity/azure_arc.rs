@@ -2,18 +2,21 @@
 //!
 //! 1. `GET $IDENTITY_ENDPOINT?api-version=2020-06-01&resource=…` with `Metadata: true`; the
 //!    agent answers 401 with `WWW-Authenticate: Basic realm=<path of a key file>`.
-//! 2. The key file is checked before it is read: directly inside the key directory (symlinks
-//!    resolved), named `*.key`, a regular file of at most 4096 bytes. Only a process allowed
-//!    to read that root-owned directory can answer the challenge; the checks keep a fake agent
-//!    from making the credential read and send any other file.
+//! 2. Only the file name of the realm is used, joined to the key directory (as MSAL does):
+//!    nothing the realm names elsewhere is looked at. That file is checked before it is read:
+//!    directly inside the key directory (symlinks resolved), named `*.key`, a regular file of
+//!    at most 4096 bytes. Only a process allowed to read that root-owned directory can answer
+//!    the challenge; the checks keep a fake agent from making the credential read and send any
+//!    other file.
 //! 3. The same `GET` with `Authorization: Basic <file contents>` returns the token.
 //!
 //! A user-assigned id is sent as `client_id`, `object_id` or `msi_res_id`, and the answer must
 //! name the same identity: older agents ignore the parameter and return the system-assigned
 //! identity's token, which must not pass for the one asked for.
 
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -23,7 +26,7 @@ use url::Url;
 use super::request;
 use super::response::{Echo, failure};
 use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
-use crate::error::{CredentialError, ProviderDetails};
+use crate::error::{Cause, CredentialError, ProviderDetails};
 use crate::regular_file::open_regular_file;
 use crate::token::{AccessToken, Secret};
 use crate::transport::{HttpClient, HttpRequest};
@@ -38,6 +41,14 @@ const PARAMS: IdParams = IdParams {
 };
 /// The agent's key files are short; anything larger is not one (azure-identity, MSAL).
 const MAX_KEY_BYTES: u64 = 4096;
+/// Reading the key file gives up after this long. A file of at most 4 KiB in a local
+/// directory is read at once; one that takes longer is stuck (a hung mount, say), and the
+/// request should fail with that rather than hang with it.
+const KEY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Who may read the agent's key files, for a refused read.
+const KEY_ACCESS_ADVICE: &str = "only root and members of the himds group may read the Azure \
+    Arc agent's key files on Linux, and only Administrators on Windows: run as root or as a \
+    member of the himds group (Linux), or as an Administrator (Windows)";
 
 /// The agent's key directory on this system, or why Arc is unsupported here.
 pub(super) fn default_key_directory(
@@ -98,14 +109,20 @@ impl AzureArc {
             HeaderValue::from_static("true"),
         )];
         if let Some(key) = key {
-            let mut value = HeaderValue::from_str(&format!("Basic {}", key.expose_secret()))
-                .map_err(|_| {
-                    CredentialError::authentication_failed(
-                        NAME,
-                        "the Azure Arc agent's key file holds characters an HTTP header cannot \
+            // Sized once, so that no copy of the key is left in a freed allocation.
+            let key = key.expose_secret();
+            let mut text = zeroize::Zeroizing::new(String::with_capacity(
+                "Basic ".len().saturating_add(key.len()),
+            ));
+            text.push_str("Basic ");
+            text.push_str(key);
+            let mut value = HeaderValue::from_str(&text).map_err(|_| {
+                CredentialError::authentication_failed(
+                    NAME,
+                    "the Azure Arc agent's key file holds characters an HTTP header cannot \
                          carry",
-                    )
-                })?;
+                )
+            })?;
             value.set_sensitive(true);
             headers.push((AUTHORIZATION, value));
         }
@@ -138,20 +155,34 @@ impl AzureArc {
                 })
             })?;
         let directory = self.key_directory.clone();
-        let read = tokio::task::spawn_blocking(move || read_key(&directory, &realm)).await;
-        let key = match read {
-            Ok(Ok(key)) => key,
-            Ok(Err(reason)) => {
+        let read = tokio::task::spawn_blocking(move || read_key(&directory, &realm));
+        let key = match tokio::time::timeout(KEY_READ_TIMEOUT, read).await {
+            Ok(Ok(Ok(key))) => key,
+            Ok(Ok(Err(reason))) => {
                 return Err(CredentialError::authentication_failed(
                     NAME,
                     format!("the Azure Arc agent's key file was refused: {reason}"),
                 ));
             }
-            Err(join) => {
+            Ok(Err(join)) => {
                 return Err(CredentialError::authentication_failed(
                     NAME,
                     format!("reading the Azure Arc agent's key file failed: {join}"),
                 ));
+            }
+            Err(_elapsed) => {
+                return Err(CredentialError::authentication_failed(
+                    NAME,
+                    format!(
+                        "reading the Azure Arc agent's key file took more than \
+                         {KEY_READ_TIMEOUT:?}; gave up"
+                    ),
+                )
+                .with_cause(Cause {
+                    timeout: true,
+                    transient: true,
+                    ..Cause::default()
+                }));
             }
         };
         let secrets = [key.expose_secret()];
@@ -188,23 +219,30 @@ fn basic_realm(header: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_owned())
 }
 
-/// The key at `realm`, if it is a `*.key` regular file of at most [`MAX_KEY_BYTES`] directly
-/// inside `directory` (both with symlinks resolved). Checked before a byte is read.
+/// The key the challenge's `realm` names: the file of that name in `directory`, if it is a
+/// `*.key` regular file of at most [`MAX_KEY_BYTES`] directly inside it (both with symlinks
+/// resolved). Checked before a byte is read.
 pub(super) fn read_key(directory: &Path, realm: &str) -> Result<Secret, String> {
-    let path = Path::new(realm);
+    // Only the file name (as MSAL does): the agent's answer chooses among the key files, never
+    // where to look, so a path elsewhere is not even resolved.
+    let name = Path::new(realm)
+        .file_name()
+        .ok_or_else(|| format!("the realm \"{realm}\" names no file"))?;
+    let path = directory.join(name);
     let is_key = |p: &Path| p.extension().is_some_and(|e| e == "key");
-    if !is_key(path) {
+    if !is_key(&path) {
         return Err(format!("{} does not end in .key", path.display()));
     }
     let directory = directory.canonicalize().map_err(|e| {
         format!(
-            "the key directory {} cannot be resolved: {e}",
-            directory.display()
+            "the key directory {} cannot be resolved: {}",
+            directory.display(),
+            io_reason(&e)
         )
     })?;
     let resolved = path
         .canonicalize()
-        .map_err(|e| format!("{} cannot be resolved: {e}", path.display()))?;
+        .map_err(|e| format!("{} cannot be resolved: {}", path.display(), io_reason(&e)))?;
     if resolved.parent() != Some(directory.as_path()) || !is_key(&resolved) {
         return Err(format!(
             "{} is not a .key file directly inside the agent's key directory {}",
@@ -213,7 +251,7 @@ pub(super) fn read_key(directory: &Path, realm: &str) -> Result<Secret, String> 
         ));
     }
     let file = open_regular_file(&resolved)
-        .map_err(|e| format!("{} cannot be opened: {e}", resolved.display()))?;
+        .map_err(|e| format!("{} cannot be opened: {}", resolved.display(), io_reason(&e)))?;
     let metadata = file
         .metadata()
         .map_err(|e| format!("{} cannot be examined: {e}", resolved.display()))?;
@@ -224,25 +262,51 @@ pub(super) fn read_key(directory: &Path, realm: &str) -> Result<Secret, String> 
             metadata.len()
         ));
     }
-    let mut contents = Vec::new();
     // The file may grow after the check: read no more than the limit allows.
-    file.take(MAX_KEY_BYTES.saturating_add(1))
-        .read_to_end(&mut contents)
-        .map_err(|e| format!("{} cannot be read: {e}", resolved.display()))?;
-    if contents.len() as u64 > MAX_KEY_BYTES {
+    let limit = usize::try_from(MAX_KEY_BYTES).unwrap_or(usize::MAX);
+    let contents = read_capped(file, limit)
+        .map_err(|e| format!("{} cannot be read: {}", resolved.display(), io_reason(&e)))?;
+    if contents.len() > limit {
         return Err(format!(
             "{} grew beyond {MAX_KEY_BYTES} bytes while being read",
             resolved.display()
         ));
     }
-    let key = zeroize::Zeroizing::new(
-        String::from_utf8(contents).map_err(|_| format!("{} is not text", resolved.display()))?,
-    );
-    let key = key.trim();
+    // Borrowed, not converted: the bytes stay in the buffer that is zeroed on every path.
+    let key = std::str::from_utf8(&contents)
+        .map_err(|_| format!("{} is not text", resolved.display()))?
+        .trim();
     if key.is_empty() {
         return Err(format!("{} is empty", resolved.display()));
     }
     Ok(Secret::new(key))
+}
+
+/// An I/O error for a message; a refused read says who may read key files.
+fn io_reason(error: &io::Error) -> String {
+    if error.kind() == io::ErrorKind::PermissionDenied {
+        format!("{error}; {KEY_ACCESS_ADVICE}")
+    } else {
+        error.to_string()
+    }
+}
+
+/// Up to `limit + 1` bytes of `reader` (one more than allowed shows the file grew), in a
+/// buffer allocated once at that size and zeroed when dropped: it never grows, so no copy of
+/// the key is left in a freed allocation.
+fn read_capped(mut reader: impl Read, limit: usize) -> io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    let mut buffer = zeroize::Zeroizing::new(vec![0u8; limit.saturating_add(1)]);
+    let mut filled = 0usize;
+    while let Some(rest) = buffer.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+        match reader.read(rest) {
+            Ok(0) => break,
+            Ok(n) => filled = filled.saturating_add(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buffer.truncate(filled);
+    Ok(buffer)
 }
 
 /// The answer must name the user-assigned identity that was asked for.
@@ -356,22 +420,18 @@ mod tests {
         let dir_named_key = dir.join("d.key");
         std::fs::create_dir(&dir_named_key).unwrap();
         let dotdot = format!("{}/../outside.key", dir.display());
+        // Only the file name counts: `outside.key` and `n.key` are looked for in the directory.
         let mut cases = vec![
-            (
-                outside.display().to_string(),
-                "not a .key file directly inside",
-            ),
-            (dotdot, "not a .key file directly inside"),
+            (outside.display().to_string(), "cannot be resolved"),
+            (dotdot, "cannot be resolved"),
             (wrong_ext.display().to_string(), "does not end in .key"),
             (big.display().to_string(), "more than a key file's 4096"),
-            (
-                nested.display().to_string(),
-                "not a .key file directly inside",
-            ),
+            (nested.display().to_string(), "cannot be resolved"),
             (
                 dir.join("missing.key").display().to_string(),
                 "cannot be resolved",
             ),
+            (format!("{}/..", dir.display()), "names no file"),
         ];
         #[cfg(unix)]
         {
@@ -397,6 +457,78 @@ mod tests {
         }
         let err = read_key(&tmp.path().join("nope"), good.to_str().unwrap()).unwrap_err();
         assert!(err.contains("key directory"), "{err}");
+    }
+
+    /// The agent's realm chooses a key file by name, never where to look: a path elsewhere
+    /// is neither read nor resolved (its existence makes no difference), and a path elsewhere
+    /// whose file name is a key in the directory reads that key.
+    #[test]
+    fn only_the_realms_file_name_is_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tokens");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("agent.key"), "the-key").unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("agent.key"), "secret elsewhere").unwrap();
+        std::fs::write(elsewhere.join("other.key"), "secret elsewhere").unwrap();
+
+        for realm in [
+            elsewhere.join("agent.key").display().to_string(),
+            "/var/opt/azcmagent/tokens/agent.key".to_owned(),
+            "agent.key".to_owned(),
+        ] {
+            let key = read_key(&dir, &realm).unwrap();
+            assert_eq!(key.expose_secret(), "the-key", "{realm}");
+        }
+
+        // other.key exists elsewhere, not in the directory: the same refusal as for a path
+        // that exists nowhere, naming only the directory's path.
+        let there = elsewhere.join("other.key").display().to_string();
+        let nowhere = tmp.path().join("nowhere/other.key").display().to_string();
+        let a = read_key(&dir, &there).unwrap_err();
+        let b = read_key(&dir, &nowhere).unwrap_err();
+        assert_eq!(a, b);
+        assert!(
+            a.contains(&dir.join("other.key").display().to_string()),
+            "{a}"
+        );
+        assert!(!a.contains("elsewhere") && !a.contains("secret"), "{a}");
+    }
+
+    #[test]
+    fn the_key_is_read_into_one_buffer_that_never_grows() {
+        for len in [0usize, 10, 4096, 4097, 10_000] {
+            let source = vec![b'k'; len];
+            let read = read_capped(source.as_slice(), 4096).unwrap();
+            assert_eq!(read.len(), len.min(4097), "{len}");
+            assert_eq!(read.capacity(), 4097, "{len}: reallocated");
+        }
+        // A reader that hands out a few bytes at a time fills the same buffer.
+        struct Trickle(usize);
+        impl Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(self.0).min(3);
+                buf.iter_mut().take(n).for_each(|b| *b = b'k');
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let read = read_capped(Trickle(5000), 4096).unwrap();
+        assert_eq!((read.len(), read.capacity()), (4097, 4097));
+    }
+
+    #[test]
+    fn a_refused_read_says_who_may_read_key_files() {
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        let reason = io_reason(&denied);
+        assert!(
+            reason.contains("run as root or as a member of the himds group (Linux)")
+                && reason.contains("as an Administrator (Windows)"),
+            "{reason}"
+        );
+        let missing = io_reason(&io::Error::from(io::ErrorKind::NotFound));
+        assert!(!missing.contains("himds"), "{missing}");
     }
 
     #[test]

@@ -428,6 +428,36 @@ async fn arc_key_files_are_checked_before_they_are_read() {
     );
 }
 
+/// The realm's file name picks the key in the key directory; where the realm says it is does
+/// not matter, and nothing there is opened.
+#[tokio::test]
+async fn an_arc_realm_elsewhere_names_a_key_in_the_key_directory_by_file_name() {
+    let em = Emulator::start(Flavour::AzureArc).await;
+    let key_file = em.arc_key_file();
+    let name = key_file.file_name().unwrap();
+    // The agent's usual path, which does not exist here, and a decoy that does.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let decoy = elsewhere.path().join(name);
+    std::fs::write(&decoy, "decoy-key-contents").unwrap();
+    for realm in [
+        std::path::Path::new("/var/opt/azcmagent/tokens").join(name),
+        decoy,
+    ] {
+        em.clear();
+        em.set_arc_realm_and_key_file(&realm, key_file.clone());
+        let token = credential(&em, Identity::System)
+            .get_token([SCOPE])
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", realm.display()));
+        assert!(token.secret().expose_secret().starts_with("mi-arc-"));
+        let sent = em.requests().pop().unwrap();
+        assert_eq!(
+            sent.identity_header("authorization"),
+            Some(format!("Basic {ARC_KEY}").as_str())
+        );
+    }
+}
+
 /// Linux's `O_NONBLOCK`: opening a FIFO for writing without blocking fails (`ENXIO`) unless a
 /// reader has it open.
 const O_NONBLOCK: i32 = 0o4000;

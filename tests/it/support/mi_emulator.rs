@@ -263,6 +263,7 @@ impl Emulator {
             lifetime: AtomicU64::new(DEFAULT_LIFETIME),
             expires_on: Mutex::new(default_expires_on(flavour)),
             arc_realm: Mutex::new(realm),
+            arc_key_file: Mutex::new(None),
             echo_identity: std::sync::atomic::AtomicBool::new(true),
             shutdown: shutdown_rx.clone(),
         });
@@ -358,6 +359,15 @@ impl Emulator {
     /// on; the second request must then carry `Basic <that file's contents>`.
     pub fn set_arc_realm(&self, path: impl Into<PathBuf>) {
         *lock(&self.state.arc_realm) = Some(path.into());
+        *lock(&self.state.arc_key_file) = None;
+    }
+
+    /// Arc: name `realm` in the challenge but demand the contents of `key_file` (an agent
+    /// whose realm names its key file by another path, as clients that use only the file name
+    /// must cope with).
+    pub fn set_arc_realm_and_key_file(&self, realm: impl Into<PathBuf>, key_file: PathBuf) {
+        *lock(&self.state.arc_realm) = Some(realm.into());
+        *lock(&self.state.arc_key_file) = Some(key_file);
     }
 
     /// Every request, in arrival order.
@@ -463,6 +473,8 @@ struct State {
     lifetime: AtomicU64,
     expires_on: Mutex<ExpiresOn>,
     arc_realm: Mutex<Option<PathBuf>>,
+    /// The file whose contents the agent demands, when not the realm's.
+    arc_key_file: Mutex<Option<PathBuf>>,
     echo_identity: std::sync::atomic::AtomicBool,
     shutdown: watch::Receiver<()>,
 }
@@ -672,7 +684,8 @@ fn bad_request(flavour: Flavour, message: &str) -> Answer {
 }
 
 /// Arc: without `Authorization`, 401 with `WWW-Authenticate: Basic realm=<key file>`; with it,
-/// it must be `Basic <contents of that file>`. `None`: authorised.
+/// it must be `Basic <contents of that file>` (or of the key file set apart from the realm).
+/// `None`: authorised.
 fn arc_challenge(state: &State, req: &Logged) -> Option<Answer> {
     let realm = lock(&state.arc_realm).clone()?;
     let challenge = || {
@@ -691,7 +704,10 @@ fn arc_challenge(state: &State, req: &Logged) -> Option<Answer> {
     };
     // What a real agent compares with is what it wrote; read it now, so a test that swaps
     // the file sees the new contents demanded. A wrong key gets the challenge again.
-    let Ok(expected) = std::fs::read_to_string(&realm) else {
+    let key_file = lock(&state.arc_key_file)
+        .clone()
+        .unwrap_or_else(|| realm.clone());
+    let Ok(expected) = std::fs::read_to_string(&key_file) else {
         return Some(challenge());
     };
     if authorization.strip_prefix("Basic ") == Some(expected.as_str()) {
