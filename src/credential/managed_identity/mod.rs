@@ -227,9 +227,11 @@ impl IdParams {
 ///   one resource share one acquisition, probed or not as the request that started it: a
 ///   direct request joining a chain's takes its probe, and a chain's joining a direct one
 ///   waits with it.
-/// * **Azure Arc**: the key file the agent names is read only if it is a regular `*.key` file
-///   of at most 4096 bytes directly inside the agent's key directory (see
-///   [`azure_arc_key_directory`](ManagedIdentityCredentialBuilder::azure_arc_key_directory)).
+/// * **Azure Arc**: of the key file the agent names, only the file name is used (as MSAL
+///   does): the file of that name is read only if it is a regular `*.key` file of at most
+///   4096 bytes directly inside the agent's key directory (see
+///   [`azure_arc_key_directory`](ManagedIdentityCredentialBuilder::azure_arc_key_directory)),
+///   within 10 s.
 ///   For a user-assigned identity the answer must name the same identity: older agents ignore
 ///   the request and return the system-assigned identity's token, which is refused.
 /// * **Service Fabric**: the endpoint is trusted when the SHA-1 of its certificate matches
@@ -492,7 +494,8 @@ impl ManagedIdentityCredentialBuilder {
     }
 
     /// Where the Azure Arc agent's key files must be: the agent names a file in its answer,
-    /// and the credential reads it only when it is directly in this directory. Default
+    /// and the credential reads the file of that name in this directory (only when it is
+    /// directly in it, after symlinks), wherever the answer says it is. Default
     /// `/var/opt/azcmagent/tokens` on Linux, `%ProgramData%\AzureConnectedMachineAgent\Tokens`
     /// on Windows; on other systems Azure Arc is unsupported unless this is set.
     pub fn azure_arc_key_directory(mut self, dir: impl Into<PathBuf>) -> Self {
