@@ -540,7 +540,10 @@ impl DefaultAzureCredentialBuilder {
                     Some(id) => id,
                     None => self.vars.get(AZURE_CLIENT_ID).map(UserAssignedId::ClientId),
                 };
-                let mut b = ManagedIdentityCredential::builder();
+                // The chain's own workload identity member comes before it, so the managed
+                // identity's workload identity source could only repeat it (azure-identity's
+                // keeps that source only while the member is in the chain).
+                let mut b = ManagedIdentityCredential::builder().exclude_workload_identity(true);
                 // Asked by this chain, it probes IMDS as in any chain; named alone, it has
                 // nothing to fall back to.
                 if alone {

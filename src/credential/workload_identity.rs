@@ -20,7 +20,7 @@ use crate::regular_file::open_regular_file;
 use crate::token::{AccessToken, Secret, TokenRequest};
 
 const NAME: &str = "WorkloadIdentityCredential";
-const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
+pub(crate) const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
 
 /// An assertion read longer ago than this is read again. A token read once and kept is refused
 /// about an hour later with AADSTS700024 "Client assertion is not within its valid time range"

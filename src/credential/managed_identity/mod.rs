@@ -7,9 +7,13 @@ use std::sync::Arc;
 use url::Url;
 
 use super::arc_credential_service;
-use super::env::Vars;
+use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
 use super::settings::token_cache;
+use super::workload_identity::AZURE_FEDERATED_TOKEN_FILE;
+use crate::CredentialExt;
+use crate::WorkloadIdentityCredential;
 use crate::cache::{CacheKey, TokenCache};
+use crate::entra::authority::AZURE_AUTHORITY_HOST;
 use crate::error::{ConfigError, CredentialError};
 use crate::throttle::{Throttle, ThrottleMemory};
 use crate::token::{AccessToken, Secret, TokenRequest};
@@ -59,6 +63,9 @@ pub enum ManagedIdentitySource {
     AzureMl,
     /// Azure Cloud Shell.
     CloudShell,
+    /// A Kubernetes workload's federated token (AKS workload identity), as
+    /// [`WorkloadIdentityCredential`] gets it.
+    WorkloadIdentity,
 }
 
 impl ManagedIdentitySource {
@@ -71,6 +78,7 @@ impl ManagedIdentitySource {
             Self::AzureArc => "Azure Arc",
             Self::AzureMl => "Azure Machine Learning",
             Self::CloudShell => "Cloud Shell",
+            Self::WorkloadIdentity => "workload identity",
         }
     }
 }
@@ -176,7 +184,16 @@ impl IdParams {
 /// | Azure Arc | `IDENTITY_ENDPOINT`, `IMDS_ENDPOINT` | `GET ?api-version=2020-06-01`, header `Metadata: true`, then again with the agent's key | `client_id`, `object_id`, `msi_res_id` |
 /// | Azure Machine Learning | `MSI_ENDPOINT`, `MSI_SECRET` | `GET ?api-version=2017-09-01`, header `secret` | `clientid`, `object_id`, `msi_res_id` |
 /// | Cloud Shell | `MSI_ENDPOINT` | `POST` form `resource=…`, header `Metadata: true` | not supported |
+/// | workload identity (AKS) | `AZURE_AUTHORITY_HOST`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE` | as [`WorkloadIdentityCredential`]: the token file as a client assertion, for the client id given or `AZURE_CLIENT_ID` | client id only |
 /// | IMDS (VMs, scale sets, AKS nodes, …) | optional `AZURE_POD_IDENTITY_AUTHORITY_HOST` (base URL, default `http://169.254.169.254`) | `GET /metadata/identity/oauth2/token?api-version=2018-02-01`, header `Metadata: true` | `client_id`, `object_id`, `msi_res_id` |
+///
+/// The workload identity source is azure-identity's: its `ManagedIdentityCredential` hands
+/// an AKS pod set up for workload identity to `WorkloadIdentityCredential`. It needs a client
+/// id (the builder's [`client_id`](ManagedIdentityCredentialBuilder::client_id), else
+/// `AZURE_CLIENT_ID`; an object or resource id is a configuration error), and requests are
+/// then the [`WorkloadIdentityCredential`]'s own: its scopes, tenant rules, cache and errors
+/// (under its name). `DefaultAzureCredential`'s managed identity leaves this source out: the
+/// chain has its own workload identity member before it.
 ///
 /// `IDENTITY_ENDPOINT` alone is a configuration error (it names what else to set). Like
 /// azure-identity, and unlike MSAL, the presence of the Arc agent's `himds` program is not
@@ -257,6 +274,8 @@ struct Configured {
 
 /// One source's request logic.
 enum Endpoint {
+    /// Requests go to this credential as they are, bypassing this credential's cache.
+    WorkloadIdentity(WorkloadIdentityCredential),
     Imds(imds::Imds),
     AppService(secret_get::SecretGet),
     ServiceFabric(secret_get::SecretGet),
@@ -273,6 +292,11 @@ impl Endpoint {
         within_chain: bool,
     ) -> Result<AccessToken, CredentialError> {
         match self {
+            // Never here: `Inner::get_token` hands its requests to the credential.
+            Self::WorkloadIdentity(_) => Err(CredentialError::invalid_request(
+                NAME,
+                "the workload identity takes requests whole",
+            )),
             Self::Imds(s) => s.acquire(resource, within_chain).await,
             Self::AppService(s) | Self::AzureMl(s) | Self::ServiceFabric(s) => {
                 s.acquire(resource).await
@@ -282,17 +306,21 @@ impl Endpoint {
         }
     }
 
-    fn url(&self) -> &Url {
+    /// The endpoint's URL; `None` for the workload identity (its `Debug` says where it goes).
+    fn url(&self) -> Option<&Url> {
         match self {
-            Self::Imds(s) => &s.url,
-            Self::AppService(s) | Self::AzureMl(s) | Self::ServiceFabric(s) => &s.url,
-            Self::AzureArc(s) => &s.url,
-            Self::CloudShell(s) => &s.url,
+            Self::WorkloadIdentity(_) => None,
+            Self::Imds(s) => Some(&s.url),
+            Self::AppService(s) | Self::AzureMl(s) | Self::ServiceFabric(s) => Some(&s.url),
+            Self::AzureArc(s) => Some(&s.url),
+            Self::CloudShell(s) => Some(&s.url),
         }
     }
 
     fn identity(&self) -> Option<&UserAssignedId> {
         match self {
+            // Its tokens are cached by the credential, keyed by its own client id.
+            Self::WorkloadIdentity(_) => None,
             Self::Imds(s) => s.id.as_ref(),
             Self::AppService(s) | Self::AzureMl(s) | Self::ServiceFabric(s) => s.id.as_ref(),
             Self::AzureArc(s) => s.id.as_ref(),
@@ -332,6 +360,9 @@ impl Inner {
             Ok(configured) => configured,
             Err(message) => return Err(CredentialError::invalid_request(NAME, message.clone())),
         };
+        if let Endpoint::WorkloadIdentity(credential) = &configured.endpoint {
+            return credential.get_token_with(request).await;
+        }
         let resource = resource_of(&request)?;
         // Read here, in the caller's task: the acquisition runs in a task of its own.
         let within_chain = super::chain::within_chain();
@@ -401,9 +432,12 @@ impl fmt::Debug for ManagedIdentityCredential {
         let mut s = f.debug_struct(NAME);
         s.field("source", &self.inner.source);
         match &self.inner.state {
-            Ok(configured) => s
-                .field("endpoint", &configured.endpoint.url().as_str())
-                .field("identity", &configured.endpoint.identity()),
+            Ok(configured) => match &configured.endpoint {
+                Endpoint::WorkloadIdentity(credential) => s.field("credential", credential),
+                endpoint => s
+                    .field("endpoint", &endpoint.url().map_or("", Url::as_str))
+                    .field("identity", &endpoint.identity()),
+            },
             Err(message) => s.field("error", message),
         };
         s.finish()
@@ -420,6 +454,8 @@ pub struct ManagedIdentityCredentialBuilder {
     /// `Some`: probe IMDS (or not) wherever the credential is asked; `None`: when a chain
     /// asks it.
     probe_imds: Option<bool>,
+    /// Leave out the workload identity source (`DefaultAzureCredential` has its own member).
+    no_workload_identity: bool,
     distributed: Option<crate::DistributedCache>,
     system_assigned_label: Option<String>,
 }
@@ -463,7 +499,8 @@ impl ManagedIdentityCredentialBuilder {
     /// retries replace the IMDS schedule of [`ManagedIdentityCredential`], and it must send
     /// plain `http` (every source but Service Fabric is `http` on a link-local or loopback
     /// address). Not used for Service Fabric, whose endpoint is trusted by its certificate's
-    /// thumbprint alone, which needs the built-in client.
+    /// thumbprint alone, which needs the built-in client. The workload identity source uses it
+    /// as [`WorkloadIdentityCredential`] does, for `https` to Microsoft Entra ID.
     pub fn http_client(mut self, client: HttpClient) -> Self {
         self.http_client = Some(client);
         self
@@ -513,6 +550,14 @@ impl ManagedIdentityCredentialBuilder {
         self
     }
 
+    /// Leaves the workload identity source out, so its variables do not select it (as
+    /// azure-identity's `_exclude_workload_identity_credential`): for `DefaultAzureCredential`,
+    /// whose own workload identity member comes first.
+    pub(crate) fn exclude_workload_identity(mut self, exclude: bool) -> Self {
+        self.no_workload_identity = exclude;
+        self
+    }
+
     /// Reads the environment and builds; fails when the configuration cannot work.
     pub fn build(self) -> Result<ManagedIdentityCredential, ConfigError> {
         let credential = self.build_lenient();
@@ -525,7 +570,7 @@ impl ManagedIdentityCredentialBuilder {
     /// Builds; a configuration error is kept for `get_token` to report.
     fn build_lenient(self) -> ManagedIdentityCredential {
         let get = |name: &str| self.vars.get(name);
-        let selection = select(&get);
+        let selection = select(&get, !self.no_workload_identity);
         let source = selection.source;
         let state = self.configure(selection, &get);
         ManagedIdentityCredential {
@@ -598,6 +643,14 @@ impl ManagedIdentityCredentialBuilder {
             secret,
             thumbprint,
         } = selection;
+        // The workload identity credential has no endpoint of this credential's to check.
+        let workload = |id| {
+            self.workload_identity(id, get)
+                .map(Endpoint::WorkloadIdentity)
+        };
+        if source == ManagedIdentitySource::WorkloadIdentity {
+            return workload(id);
+        }
         let endpoint = endpoint?;
         let unsupported = |id: &UserAssignedId| {
             format!(
@@ -607,6 +660,7 @@ impl ManagedIdentityCredentialBuilder {
         };
         let http = self.http_client.clone();
         Ok(match source {
+            ManagedIdentitySource::WorkloadIdentity => workload(id)?,
             ManagedIdentitySource::Imds => {
                 Endpoint::Imds(imds::Imds::new(endpoint, id, http, self.probe_imds)?)
             }
@@ -653,6 +707,49 @@ impl ManagedIdentityCredentialBuilder {
     }
 }
 
+impl ManagedIdentityCredentialBuilder {
+    /// The workload identity source's credential, for the client id given or
+    /// `AZURE_CLIENT_ID`; the rest it reads from the same variables.
+    fn workload_identity(
+        &self,
+        id: Option<UserAssignedId>,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<WorkloadIdentityCredential, String> {
+        let client_id = match id {
+            Some(UserAssignedId::ClientId(id)) => id,
+            Some(other) => {
+                return Err(format!(
+                    "the workload identity (selected by {AZURE_AUTHORITY_HOST}, \
+                     {AZURE_TENANT_ID} and {AZURE_FEDERATED_TOKEN_FILE}) is chosen by client \
+                     id, but a user-assigned {other} was given; give the client id"
+                ));
+            }
+            None => get(AZURE_CLIENT_ID).ok_or_else(|| {
+                format!(
+                    "the workload identity was selected ({AZURE_AUTHORITY_HOST}, \
+                     {AZURE_TENANT_ID} and {AZURE_FEDERATED_TOKEN_FILE} are set) but no client \
+                     id is known: set {AZURE_CLIENT_ID} or give client_id"
+                )
+            })?,
+        };
+        let mut builder = WorkloadIdentityCredential::builder().client_id(client_id);
+        if let Some(pairs) = self.vars.pairs() {
+            builder = builder.vars(pairs);
+        }
+        if let Some(client) = &self.http_client {
+            builder = builder.http_client(client.clone());
+        }
+        if let Some(cache) = &self.distributed {
+            builder = builder.distributed_cache(cache.clone());
+        }
+        builder.build().map_err(|e| {
+            e.message()
+                .trim_start_matches("WorkloadIdentityCredential: ")
+                .to_owned()
+        })
+    }
+}
+
 /// The secret of a source that needs one; `select` only picks such a source with one.
 fn required(secret: Option<(&'static str, Secret)>) -> Result<(&'static str, Secret), String> {
     secret.ok_or_else(|| "the source's secret variable is not set".to_owned())
@@ -668,8 +765,9 @@ struct Selection {
     thumbprint: Option<String>,
 }
 
-/// Picks the source from the variables, in azure-identity's order.
-fn select(get: &dyn Fn(&str) -> Option<String>) -> Selection {
+/// Picks the source from the variables, in azure-identity's order; `workload_identity`:
+/// whether that source may be picked.
+fn select(get: &dyn Fn(&str) -> Option<String>, workload_identity: bool) -> Selection {
     // Trimmed once: the value sent is the value scrubbed from answers.
     let secret = |name: &'static str| get(name).map(|v| (name, Secret::new(v.trim())));
     let selection = |source, endpoint, secret| Selection {
@@ -721,6 +819,19 @@ fn select(get: &dyn Fn(&str) -> Option<String>) -> Selection {
             None => selection(ManagedIdentitySource::CloudShell, url, None),
         };
     }
+    let workload = [
+        AZURE_AUTHORITY_HOST,
+        AZURE_TENANT_ID,
+        AZURE_FEDERATED_TOKEN_FILE,
+    ];
+    if workload_identity && workload.iter().all(|name| get(name).is_some()) {
+        // No URL of this credential's: the workload identity credential reads its own.
+        return selection(
+            ManagedIdentitySource::WorkloadIdentity,
+            Err("the workload identity has no managed identity endpoint".to_owned()),
+            None,
+        );
+    }
     let url = match get(AZURE_POD_IDENTITY_AUTHORITY_HOST) {
         Some(base) => endpoint_url(AZURE_POD_IDENTITY_AUTHORITY_HOST, &base, false)
             .and_then(|base| imds::token_url(&base)),
@@ -768,6 +879,7 @@ impl fmt::Debug for ManagedIdentityCredentialBuilder {
             .field("http_client", &self.http_client)
             .field("azure_arc_key_directory", &self.arc_key_directory)
             .field("probe_imds", &self.probe_imds)
+            .field("exclude_workload_identity", &self.no_workload_identity)
             .field("distributed_cache", &self.distributed)
             .field(
                 "system_assigned_identity_label",

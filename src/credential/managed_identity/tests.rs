@@ -329,11 +329,14 @@ fn arc_without_a_known_key_directory_is_a_build_error_elsewhere() {
 
 #[test]
 fn secrets_are_trimmed_once_so_the_value_sent_is_the_value_scrubbed() {
-    let (_, secret) = select(&|name: &str| match name {
-        IDENTITY_ENDPOINT => Some(EP.to_owned()),
-        IDENTITY_HEADER => Some(" padded-s3cret \n".to_owned()),
-        _ => None,
-    })
+    let (_, secret) = select(
+        &|name: &str| match name {
+            IDENTITY_ENDPOINT => Some(EP.to_owned()),
+            IDENTITY_HEADER => Some(" padded-s3cret \n".to_owned()),
+            _ => None,
+        },
+        true,
+    )
     .secret
     .unwrap();
     assert_eq!(secret.expose_secret(), "padded-s3cret");
@@ -343,4 +346,68 @@ fn secrets_are_trimmed_once_so_the_value_sent_is_the_value_scrubbed() {
             .build()
             .is_ok()
     );
+}
+
+/// azure-identity's workload identity source: after every endpoint source, before IMDS, when
+/// the AKS webhook's three variables are set.
+#[test]
+fn workload_identity_variables_select_the_workload_identity_before_imds() {
+    use ManagedIdentitySource::*;
+    const WI: [(&str, &str); 4] = [
+        ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com/"),
+        ("AZURE_TENANT_ID", "tenant"),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "/var/run/secrets/azure/tokens/azure-identity-token",
+        ),
+        ("AZURE_CLIENT_ID", "cid"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut vars = WI.to_vec();
+        vars.extend_from_slice(extra);
+        vars
+    };
+    assert_eq!(source_of(&WI), WorkloadIdentity);
+    assert_eq!(
+        source_of(&with(&[(AZURE_POD_IDENTITY_AUTHORITY_HOST, EP)])),
+        WorkloadIdentity
+    );
+    assert_eq!(source_of(&with(&[(MSI_ENDPOINT, EP)])), CloudShell);
+    assert_eq!(
+        source_of(&with(&[(IDENTITY_ENDPOINT, EP), (IDENTITY_HEADER, "h")])),
+        AppService
+    );
+    // Any of the three missing (or blank): IMDS.
+    for skip in 0..3 {
+        let mut vars = WI.to_vec();
+        vars.remove(skip);
+        assert_eq!(source_of(&vars), Imds, "{vars:?}");
+        let mut vars = WI.to_vec();
+        vars[skip].1 = " ";
+        assert_eq!(source_of(&vars), Imds, "{vars:?}");
+    }
+    // Left out (DefaultAzureCredential's member): IMDS.
+    let c = builder(&WI)
+        .exclude_workload_identity(true)
+        .build()
+        .unwrap();
+    assert_eq!(c.source(), Imds);
+
+    // The client id: the builder's, else AZURE_CLIENT_ID; none, or another kind of id, is a
+    // configuration error.
+    let c = builder(&WI).client_id("given").build().unwrap();
+    let text = format!("{c:?}");
+    assert!(
+        text.contains("WorkloadIdentityCredential") && text.contains("given"),
+        "{text}"
+    );
+    assert!(!text.contains("\"cid\""), "{text}");
+    let err = builder(&WI[..3]).build().unwrap_err();
+    assert!(
+        err.message()
+            .contains("set AZURE_CLIENT_ID or give client_id"),
+        "{err}"
+    );
+    let err = builder(&WI).object_id("oid").build().unwrap_err();
+    assert!(err.message().contains("give the client id"), "{err}");
 }

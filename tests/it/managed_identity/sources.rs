@@ -335,3 +335,68 @@ async fn secrets_never_show_in_errors_or_debug_output() {
         assert!(carried, "{flavour:?}");
     }
 }
+
+/// azure-identity's workload identity source: in an AKS pod set up for workload identity
+/// (`AZURE_AUTHORITY_HOST`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`), the managed
+/// identity authenticates as `WorkloadIdentityCredential` does, for the client id given or
+/// `AZURE_CLIENT_ID`; IMDS is not asked. `DefaultAzureCredential`'s managed identity leaves
+/// it out (the chain's own workload identity member covers it).
+#[tokio::test]
+async fn in_an_aks_pod_the_managed_identity_is_the_workload_identity() {
+    use crate::support::oidc::{WORKLOAD_CLIENT_ID, peer};
+    let peer = peer();
+    let dir = tempfile::tempdir().unwrap();
+    let (assertion, _) = peer.service_account_token(serde_json::json!({})).await;
+    let file = dir.path().join("token");
+    std::fs::write(&file, assertion).unwrap();
+    let imds = Emulator::start(Flavour::Imds).await;
+    let pod = |client_id: &str| {
+        let mut vars = imds.env();
+        vars.extend(
+            [
+                ("AZURE_AUTHORITY_HOST", peer.base.clone()),
+                ("AZURE_TENANT_ID", "contoso".to_owned()),
+                ("AZURE_FEDERATED_TOKEN_FILE", file.display().to_string()),
+                ("AZURE_CLIENT_ID", client_id.to_owned()),
+            ]
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+        vars
+    };
+    for (env_client_id, given) in [
+        (WORKLOAD_CLIENT_ID, None),
+        ("another-app", Some(WORKLOAD_CLIENT_ID)),
+    ] {
+        let mut builder = ManagedIdentityCredential::builder()
+            .vars(pod(env_client_id))
+            .http_client(peer.http());
+        if let Some(id) = given {
+            builder = builder.client_id(id);
+        }
+        let mi = builder.build().unwrap();
+        assert_eq!(mi.source(), ManagedIdentitySource::WorkloadIdentity);
+        mi.get_token([SCOPE])
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", peer.log()));
+    }
+    let log = peer.token_log().await;
+    let last = log.last().expect("the peer was asked");
+    assert_eq!(last["form"]["client_id"].as_str(), Some(WORKLOAD_CLIENT_ID));
+    assert_eq!(imds.request_count(), 0, "IMDS was asked");
+
+    // DefaultAzureCredential's managed identity, named alone: IMDS, not the workload identity.
+    let mut vars = pod(WORKLOAD_CLIENT_ID);
+    vars.push((
+        "AZURE_TOKEN_CREDENTIALS".to_owned(),
+        "ManagedIdentityCredential".to_owned(),
+    ));
+    let dac = tower_identity::DefaultAzureCredential::builder()
+        .vars(vars)
+        .build()
+        .unwrap();
+    let token = dac.get_token([SCOPE]).await.unwrap();
+    assert!(
+        token.secret().expose_secret().starts_with("mi-imds-"),
+        "{token:?}"
+    );
+}
