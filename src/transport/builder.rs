@@ -229,9 +229,10 @@ impl HttpClientBuilder {
             max_response_bytes: self.max_response_bytes,
             allow_http: self.allow_http,
         };
-        match self.retry {
+        let client = match self.retry {
             Some(options) => HttpClient::from_service(Retrying { leaf, options }),
             None => HttpClient::from_service(leaf),
-        }
+        };
+        client.refusing_plain_http(!self.allow_http)
     }
 }

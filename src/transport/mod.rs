@@ -104,6 +104,9 @@ pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct HttpClient {
     inner: BoxCloneSyncService<HttpRequest, HttpResponse, BoxError>,
+    /// Built by [`HttpClientBuilder`], which sends `https` only (managed identity's own
+    /// clients aside): a credential whose endpoint is plain `http` refuses it when built.
+    https_only: bool,
 }
 
 impl HttpClient {
@@ -127,7 +130,19 @@ impl HttpClient {
     {
         Self {
             inner: BoxCloneSyncService::new(service.map_err(Into::into)),
+            https_only: false,
         }
+    }
+
+    /// Whether this client is known to refuse plain `http` (built by [`HttpClientBuilder`],
+    /// possibly wrapped in layers since).
+    pub(crate) fn https_only(&self) -> bool {
+        self.https_only
+    }
+
+    pub(super) fn refusing_plain_http(mut self, https_only: bool) -> Self {
+        self.https_only = https_only;
+        self
     }
 
     /// Wraps the whole client in a tower layer (timeout, concurrency limit, rate limit, …).
@@ -138,7 +153,8 @@ impl HttpClient {
         <L::Service as Service<HttpRequest>>::Error: Into<BoxError>,
         <L::Service as Service<HttpRequest>>::Future: Send + 'static,
     {
-        Self::from_service(layer.layer(self))
+        let https_only = self.https_only;
+        Self::from_service(layer.layer(self)).refusing_plain_http(https_only)
     }
 }
 

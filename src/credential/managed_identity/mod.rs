@@ -498,7 +498,9 @@ impl ManagedIdentityCredentialBuilder {
     /// `http`, on the IMDS retry schedule for IMDS. A client given here is used as it is: its
     /// retries replace the IMDS schedule of [`ManagedIdentityCredential`], and it must send
     /// plain `http` (every source but Service Fabric is `http` on a link-local or loopback
-    /// address). Not used for Service Fabric, whose endpoint is trusted by its certificate's
+    /// address): a client of your own made with [`HttpClient::from_service`]. One built by
+    /// [`HttpClient::builder`] sends `https` only, and [`build`](Self::build) refuses it for
+    /// a plain-`http` endpoint. Not used for Service Fabric, whose endpoint is trusted by its certificate's
     /// thumbprint alone, which needs the built-in client. The workload identity source uses it
     /// as [`WorkloadIdentityCredential`] does, for `https` to Microsoft Entra ID.
     pub fn http_client(mut self, client: HttpClient) -> Self {
@@ -652,6 +654,18 @@ impl ManagedIdentityCredentialBuilder {
             return workload(id);
         }
         let endpoint = endpoint?;
+        if let Some(client) = &self.http_client {
+            if client.https_only() && endpoint.scheme() == "http" {
+                let mut shown = endpoint.clone();
+                shown.set_query(None);
+                return Err(format!(
+                    "the http_client given sends https only (every client HttpClient::builder() \
+                     builds does), but the {source} endpoint {shown} is plain http; leave out \
+                     http_client to use the built-in client, or give a client of your own with \
+                     HttpClient::from_service"
+                ));
+            }
+        }
         let unsupported = |id: &UserAssignedId| {
             format!(
                 "{source} supports only the system-assigned identity, but a user-assigned {id} \

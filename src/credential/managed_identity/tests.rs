@@ -411,3 +411,31 @@ fn workload_identity_variables_select_the_workload_identity_before_imds() {
     let err = builder(&WI).object_id("oid").build().unwrap_err();
     assert!(err.message().contains("give the client id"), "{err}");
 }
+
+/// A client built by `HttpClient::builder()` sends https only: given for a plain-http
+/// endpoint, it is refused when the credential is built, saying what to do, rather than
+/// failing every request (and, for IMDS, looking like a host without IMDS). A client of the
+/// caller's own (`from_service`) is taken as it is.
+#[test]
+fn an_https_only_client_for_a_plain_http_endpoint_is_a_build_error() {
+    let https_only = [
+        crate::HttpClient::new(),
+        crate::HttpClient::new().layer(tower::limit::ConcurrencyLimitLayer::new(2)),
+    ];
+    for (vars, source) in [
+        (&[][..], "IMDS"),
+        (
+            &[(IDENTITY_ENDPOINT, EP), (IDENTITY_HEADER, "s")][..],
+            "App Service",
+        ),
+    ] {
+        for client in https_only.clone() {
+            let err = builder(vars).http_client(client).build().unwrap_err();
+            assert!(err.message().contains("sends https only"), "{err}");
+            assert!(err.message().contains(source), "{err}");
+            assert!(err.message().contains("HttpClient::from_service"), "{err}");
+        }
+        let own = crate::HttpClient::from_service(crate::HttpClient::new());
+        assert!(builder(vars).http_client(own).build().is_ok());
+    }
+}
