@@ -147,8 +147,10 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 ///
 /// **Failing fast.** Inside this chain, as in any chain, the managed identity, when it would
 /// ask IMDS, first probes it without retries and with a 1 s timeout: on a machine that is not an Azure VM
-/// the chain moves on within about a second instead of waiting out IMDS's retry schedule. After
-/// one success it behaves as a plain [`ManagedIdentityCredential`]. Until then, an answer at
+/// the chain moves on within about a second instead of waiting out IMDS's retry schedule. Once
+/// IMDS has answered (an HTTP reply of any kind) it is not probed again, and a request it
+/// leaves unanswered is a failure that stops the chain, not a host without IMDS. Until IMDS
+/// has issued a token, an answer at
 /// the IMDS address that is not JSON (a proxy or firewall answering for the link-local
 /// address) also makes it *unavailable*, as in azure-identity; a JSON error is IMDS's own and
 /// stops the chain there too, so that it does not run on as another identity. (azure-identity skips this
