@@ -1,13 +1,14 @@
 //! The Redis [`TokenStore`] (feature `redis`): [`RedisTokenCache`].
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ConnectionAddr, RedisError, Script, Value};
-use tokio::sync::OnceCell;
 
 use super::store::{StoreError, TokenStore, ValueWithTtl};
 use crate::error::ConfigError;
@@ -39,6 +40,12 @@ return {value, redis.call('PTTL', KEYS[1])}";
 /// How much of a Redis error's text a [`StoreError`] keeps.
 const MAX_ERROR_CHARS: usize = 200;
 
+/// The longest one connection attempt (DNS, TCP, TLS, AUTH, `CLIENT SETINFO`) may take, the
+/// manager's reconnections included. Setting up a connection takes milliseconds, or a few
+/// hundred over TLS to another region; an attempt still running after 5 s will not finish (a
+/// stopped server, a black-holed address), and ending it lets the next call start another.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A [`TokenStore`] on a Redis server (or Valkey, or a managed Redis such as Azure Cache for
 /// Redis), through the `redis` crate's tokio connection manager: one multiplexed connection,
 /// re-established after it breaks.
@@ -53,7 +60,8 @@ const MAX_ERROR_CHARS: usize = 200;
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// // Only parses the URL: building a credential never needs Redis up.
 /// let store = RedisTokenCache::from_env("REDIS_URL")?;
-/// // Optional: connect at start-up, so the first token request does not pay for it.
+/// // Optional: connect at start-up, so the first token request does not pay for it. Returns
+/// // within 5 s even if Redis does not answer.
 /// if let Err(e) = store.connect().await {
 ///     eprintln!("{e}; tokens are acquired without the shared cache until Redis is back");
 /// }
@@ -73,10 +81,18 @@ const MAX_ERROR_CHARS: usize = 200;
 /// Keys are given a TTL of at most 100 years: a longer one (a `lease(Duration::MAX)`) is
 /// capped, since Redis refuses a `PX` that overflows when added to its clock.
 ///
-/// The store adds no timeout and no retry delay of its own: the distributed cache bounds every
+/// The store adds no timeout and no retry delay to its calls: the distributed cache bounds every
 /// call with its budget and counts failures in its breaker, so a wait here would only hide
 /// how long Redis took. A call to a server that does not answer (stopped, partitioned) stays
 /// pending until the caller gives up on it.
+///
+/// The connection is the exception: it is made in a task of its own, started by the first call
+/// (or [`connect`](Self::connect)) and bounded by a deadline of its own (5 s), so a call that
+/// gives up on it (its budget spent) does not cancel it. Calls meanwhile wait on that one
+/// attempt, each within its own budget, and a later call uses the connection once it is made,
+/// however long its setup took (DNS, TCP, TLS, AUTH: more than the budget, for a server in
+/// another region). An attempt that fails or runs out of time leaves the next call to start
+/// another.
 #[derive(Clone)]
 pub struct RedisTokenCache {
     inner: Arc<Inner>,
@@ -84,8 +100,10 @@ pub struct RedisTokenCache {
 
 struct Inner {
     client: Client,
-    /// Set by the first call that connects; a failed attempt leaves it empty for the next.
-    connection: OnceCell<ConnectionManager>,
+    /// The connection, or the one attempt at it that runs.
+    link: Mutex<Link>,
+    /// Attempts started, to tell one from the next.
+    attempts: AtomicU64,
     release: Script,
     renew: Script,
     get_with_ttl: Script,
@@ -107,7 +125,8 @@ impl RedisTokenCache {
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
-                connection: OnceCell::new(),
+                link: Mutex::new(Link::Idle),
+                attempts: AtomicU64::new(0),
                 release: Script::new(RELEASE),
                 renew: Script::new(RENEW),
                 get_with_ttl: Script::new(GET_WITH_TTL),
@@ -127,28 +146,68 @@ impl RedisTokenCache {
     }
 
     /// Connects now instead of on the first call: the first call then does not spend the
-    /// cache's budget on the connection. An error is not final: the next call tries again.
+    /// cache's budget on the connection. Returns within 5 s (the connection's own deadline)
+    /// whether Redis answers or not. An error is not final: the next call tries again.
     pub async fn connect(&self) -> Result<(), StoreError> {
         self.connection("connection").await.map(drop)
     }
 
-    /// The connection, made on first use. Concurrent first calls share one attempt.
+    /// The connection: the one made, or the outcome of the attempt running, started here if
+    /// none runs. The attempt runs in a task of its own: a caller that stops waiting (its
+    /// budget spent) leaves it running for the next.
     async fn connection(&self, op: &'static str) -> Result<ConnectionManager, StoreError> {
-        let manager = self
-            .inner
-            .connection
-            .get_or_try_init(|| {
-                // No timeouts and no retry delays: the cache's budget bounds each call, and a
-                // refused reconnect is tried again by the next call (see `run`).
-                let config = ConnectionManagerConfig::new()
-                    .set_number_of_retries(0)
-                    .set_connection_timeout(None)
-                    .set_response_timeout(None);
-                ConnectionManager::new_with_config(self.inner.client.clone(), config)
-            })
-            .await
-            .map_err(|e| self.error(op, "cannot connect", &e))?;
-        Ok(manager.clone())
+        let (id, attempt) = {
+            let mut link = self.inner.link();
+            match &*link {
+                Link::Connected(manager) => return Ok(manager.clone()),
+                Link::Connecting(id, attempt) => (*id, attempt.clone()),
+                Link::Idle => {
+                    let id = self.inner.attempts.fetch_add(1, Ordering::Relaxed);
+                    let attempt = self.start_attempt(id).map_err(|detail| {
+                        StoreError::msg(format!("redis {op}: cannot connect: {detail}"))
+                    })?;
+                    *link = Link::Connecting(id, attempt.clone());
+                    (id, attempt)
+                }
+            }
+        };
+        let outcome = attempt.await;
+        // The attempt's task records its outcome too; this covers a task that ended before
+        // its attempt was recorded, or never ran (its runtime shut down).
+        self.inner.settle(id, &outcome);
+        outcome.map_err(|detail| StoreError::msg(format!("redis {op}: cannot connect: {detail}")))
+    }
+
+    /// Spawns connection attempt `id` on the current runtime; its outcome is the connection,
+    /// or the error's text, scrubbed.
+    fn start_attempt(&self, id: u64) -> Result<Attempt, String> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "no tokio runtime to connect from".to_owned())?;
+        // No response timeout and no retries: the cache's budget bounds each call, and a
+        // refused reconnect is tried again by the next call (see `run`). The connection's
+        // setup has a deadline of its own: nothing else bounds it once no caller waits.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(None);
+        let client = self.inner.client.clone();
+        let inner: Weak<Inner> = Arc::downgrade(&self.inner);
+        let task = runtime.spawn(async move {
+            let made = ConnectionManager::new_with_config(client, config).await;
+            let Some(inner) = inner.upgrade() else {
+                // Every handle on the store is gone: nobody is left to use the outcome.
+                return Err("the store was dropped".to_owned());
+            };
+            let outcome = made.map_err(|e| inner.scrubbed(&e));
+            inner.settle(id, &outcome);
+            outcome
+        });
+        Ok(async move {
+            task.await
+                .unwrap_or_else(|e| Err(format!("the connection attempt ended: {e}")))
+        }
+        .boxed()
+        .shared())
     }
 
     /// Runs `op` once, or twice when the connection was refused: the manager answers a call
@@ -181,15 +240,50 @@ impl RedisTokenCache {
     /// A store error for `op` from a Redis error, its text scrubbed of the URL's credentials
     /// (the source is not kept: its text is not ours to vouch for).
     fn error(&self, op: &str, what: &str, e: &RedisError) -> StoreError {
-        let settings = self.inner.client.get_connection_info().redis_settings();
+        StoreError::msg(format!("redis {op}: {what}: {}", self.inner.scrubbed(e)))
+    }
+}
+
+/// A connection attempt's outcome, shared by every call that waits on it: the connection, or
+/// the error's text (scrubbed).
+type Attempt = Shared<BoxFuture<'static, Result<ConnectionManager, String>>>;
+
+/// Where the store's connection stands.
+enum Link {
+    /// None, and no attempt running: the next call starts one.
+    Idle,
+    /// Attempt `id` runs in its own task.
+    Connecting(u64, Attempt),
+    /// Made: the manager re-establishes it after it breaks.
+    Connected(ConnectionManager),
+}
+
+impl Inner {
+    fn link(&self) -> MutexGuard<'_, Link> {
+        // Each write leaves the state whole: a poisoned lock is usable.
+        self.link.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the outcome of attempt `id`, if it is still the one running: the connection,
+    /// or room for the next attempt.
+    fn settle(&self, id: u64, outcome: &Result<ConnectionManager, String>) {
+        let mut link = self.link();
+        if matches!(&*link, Link::Connecting(running, _) if *running == id) {
+            *link = match outcome {
+                Ok(manager) => Link::Connected(manager.clone()),
+                Err(_) => Link::Idle,
+            };
+        }
+    }
+
+    /// A Redis error's text, scrubbed of the URL's credentials and truncated.
+    fn scrubbed(&self, e: &RedisError) -> String {
+        let settings = self.client.get_connection_info().redis_settings();
         let secrets: Vec<&str> = [settings.password(), settings.username()]
             .into_iter()
             .flatten()
             .collect();
-        StoreError::msg(format!(
-            "redis {op}: {what}: {}",
-            truncate(&scrub(&e.to_string(), &secrets), MAX_ERROR_CHARS)
-        ))
+        truncate(&scrub(&e.to_string(), &secrets), MAX_ERROR_CHARS)
     }
 }
 
@@ -344,7 +438,10 @@ impl fmt::Debug for RedisTokenCache {
             _ => out.field("address", &"other"),
         };
         out.field("db", &info.redis_settings().db())
-            .field("connected", &self.inner.connection.initialized())
+            .field(
+                "connected",
+                &matches!(&*self.inner.link(), Link::Connected(_)),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -2,9 +2,14 @@
 //! Redis (values, PTTLs, lease holders), and how the store behaves when Redis refuses, stops
 //! answering, dies and comes back.
 
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::Commands;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout};
 use tower_identity::distributed::{RedisTokenCache, TokenStore};
 
@@ -287,10 +292,12 @@ async fn a_wrong_password_is_an_error_that_never_shows_it() {
     );
 }
 
-/// A stopped server never answers, and the store adds no timer of its own: on the paused clock
-/// the first timer to fire is the test's hour-long one (a timeout or a retry delay inside the
-/// store would have fired first and ended the call with an error). Bounding the call is the
-/// distributed cache's budget's job.
+/// A stopped server never answers, and the store adds no timer of its own to a call: on the
+/// paused clock the first timer to fire is the test's hour-long one (a timeout or a retry delay
+/// inside the store would have fired first and ended the call with an error). Bounding the call
+/// is the distributed cache's budget's job. Only a connection's setup has a deadline of its own
+/// (5 s): a store that never connected stops trying then, and `connect()` returns. (Before, it
+/// never did: a start-up awaiting `connect()` hung.)
 #[tokio::test(start_paused = true)]
 async fn a_paused_server_leaves_calls_pending_until_the_caller_gives_up() {
     let server = RedisServer::start();
@@ -301,38 +308,45 @@ async fn a_paused_server_leaves_calls_pending_until_the_caller_gives_up() {
     let fresh = RedisTokenCache::open(&server.url()).unwrap();
 
     server.pause();
-    for store in [&connected, &fresh] {
+    let start = Instant::now();
+    let store = &connected;
+    assert!(timeout(HOUR, store.get("p:{a}:token")).await.is_err());
+    assert!(
+        timeout(HOUR, store.try_lease("p:{a}:lease", "one", secs(1)))
+            .await
+            .is_err()
+    );
+    assert!(
+        timeout(HOUR, store.put("p:{a}:token", b"w", secs(1)))
+            .await
+            .is_err()
+    );
+    assert!(
+        timeout(HOUR, store.release("p:{a}:lease", "one"))
+            .await
+            .is_err()
+    );
+    assert!(
+        timeout(HOUR, store.renew_lease("p:{a}:lease", "one", secs(1)))
+            .await
+            .is_err()
+    );
+    assert!(
+        timeout(HOUR, store.get_with_ttl("p:{a}:token"))
+            .await
+            .is_err()
+    );
+    assert_eq!(start.elapsed(), HOUR * 6, "only the test's timeouts fired");
+
+    for _ in 0..2 {
         let start = Instant::now();
+        let e = timeout(HOUR, fresh.connect()).await.unwrap().unwrap_err();
+        assert_eq!(start.elapsed(), secs(5), "{e}");
         assert!(
-            timeout(HOUR, store.get("p:{a}:token")).await.is_err(),
-            "{store:?}"
+            e.to_string()
+                .starts_with("redis connection: cannot connect"),
+            "{e}"
         );
-        assert!(
-            timeout(HOUR, store.try_lease("p:{a}:lease", "one", secs(1)))
-                .await
-                .is_err()
-        );
-        assert!(
-            timeout(HOUR, store.put("p:{a}:token", b"w", secs(1)))
-                .await
-                .is_err()
-        );
-        assert!(
-            timeout(HOUR, store.release("p:{a}:lease", "one"))
-                .await
-                .is_err()
-        );
-        assert!(
-            timeout(HOUR, store.renew_lease("p:{a}:lease", "one", secs(1)))
-                .await
-                .is_err()
-        );
-        assert!(
-            timeout(HOUR, store.get_with_ttl("p:{a}:token"))
-                .await
-                .is_err()
-        );
-        assert_eq!(start.elapsed(), HOUR * 6, "only the test's timeouts fired");
     }
 
     // Resumed: both answer again (the calls given up on meanwhile were answered and dropped).
@@ -341,6 +355,88 @@ async fn a_paused_server_leaves_calls_pending_until_the_caller_gives_up() {
         let value = held(store.get("p:{a}:token")).await.unwrap();
         assert!(value.is_some(), "{store:?}");
     }
+}
+
+/// A loopback TCP relay to a server that holds the server's first reply on each connection
+/// for a while: a connection whose setup (DNS, TCP, TLS, AUTH) takes longer than a call's
+/// budget, as with `rediss://` to a server some way off.
+struct SlowSetupRelay {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowSetupRelay {
+    async fn start(server_port: u16, hold: Duration) -> SlowSetupRelay {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let server = TcpStream::connect((Ipv4Addr::LOCALHOST, server_port))
+                        .await
+                        .unwrap();
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let up = tokio::io::copy(&mut client_read, &mut server_write);
+                    let down = async {
+                        let mut first = vec![0; 16 * 1024];
+                        let n = server_read.read(&mut first).await?;
+                        tokio::time::sleep(hold).await;
+                        client_write.write_all(&first[..n]).await?;
+                        tokio::io::copy(&mut server_read, &mut client_write).await
+                    };
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        SlowSetupRelay {
+            port,
+            connections,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for SlowSetupRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A connection that takes 150 ms to set up, under calls given 50 ms each: the attempt goes on
+/// after the first call gives up on it, and a later call uses it. (Before, each call's timeout
+/// dropped the half-made connection and the next one started from zero: no call ever
+/// succeeded, and the relay saw a connection per call.) Real time: the relay's hold is real.
+#[tokio::test]
+async fn a_connection_slower_than_the_budget_is_made_for_a_later_call() {
+    let server = RedisServer::start();
+    let relay = SlowSetupRelay::start(server.port(), Duration::from_millis(150)).await;
+    let store = RedisTokenCache::open(&relay.url()).unwrap();
+    let budget = Duration::from_millis(50);
+    let start = Instant::now();
+    let mut answered = None;
+    let mut calls = 0;
+    while answered.is_none() && start.elapsed() < secs(2) {
+        calls += 1;
+        if let Ok(Ok(value)) = timeout(budget, store.get("p:{a}:token")).await {
+            answered = Some(value);
+        }
+    }
+    assert_eq!(answered, Some(None), "no call answered in {calls} calls");
+    assert!(calls > 1, "the first call waited out the setup");
+    assert_eq!(
+        relay.connections.load(Ordering::SeqCst),
+        1,
+        "one connection attempt at a time"
+    );
 }
 
 #[tokio::test]
