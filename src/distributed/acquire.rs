@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use super::Shared;
 use super::key::EntryKey;
+use super::store::MAX_ENTRY_BYTES;
 use crate::error::CredentialError;
 use crate::refresh::RefreshPolicy;
 use crate::token::AccessToken;
@@ -243,6 +244,15 @@ impl Shared {
             );
             return;
         };
+        if value.len() > MAX_ENTRY_BYTES {
+            tracing::warn!(
+                entry = token_key,
+                bytes = value.len(),
+                "distributed token cache: the entry is larger than readers accept (64 KiB); \
+                 not shared"
+            );
+            return;
+        }
         let put = || self.store.put(token_key, &value, ttl);
         self.breaker.call("put", put, &self.stats).await;
     }
@@ -282,11 +292,11 @@ impl Shared {
     /// A value that does not open: a miss, counted; WARN the first time per cache.
     fn unreadable(&self, token_key: &str) {
         self.stats.store_error();
-        let message = "distributed token cache: a stored value does not open (garbage, another \
-                       sealing key or key name, another entry's value, sealed vs plaintext \
-                       settings that differ between processes, or a plaintext value written \
-                       before plaintext values named their entry); treated as a miss and \
-                       replaced";
+        let message = "distributed token cache: a stored value does not open (garbage, a value of \
+                       another Redis type or over 64 KiB, another sealing key or key name, \
+                       another entry's value, sealed vs plaintext settings that differ between \
+                       processes, or a plaintext value written before plaintext values named \
+                       their entry); treated as a miss and replaced";
         if self.warned_unreadable.swap(true, Ordering::Relaxed) {
             tracing::debug!(entry = token_key, outcome = "store_error", "{message}");
         } else {

@@ -64,9 +64,10 @@
 //! * **Sealed at rest.** Entries are sealed with AES-256-GCM under a [`SealingKey`], bound to
 //!   the key's name and the entry's store key; the plaintext opt-out is explicit
 //!   ([`plaintext_at_rest`](DistributedCacheBuilder::plaintext_at_rest)). A value that does not
-//!   open (garbage, another key, another entry's value, the other mode) is a miss, counted as
-//!   a store error, logged once per cache at WARN naming the entry's store key, and replaced
-//!   by the next publish.
+//!   open (garbage, another key, another entry's value, the other mode; with
+//!   `RedisTokenCache`, a value of another Redis type or over 64 KiB, which is not even read)
+//!   is a miss, counted as a store error, logged once per cache at WARN naming the entry's
+//!   store key, and replaced by the next publish.
 //! * **Keys.** `{prefix}:{hash}:token` and `{prefix}:{hash}:lease`; the hash (SHA-256 of the
 //!   authority, tenant, client id, identity, scope set and CAE flag) in braces is a Redis
 //!   Cluster hash tag, so an entry's token and lease share a slot. Keys name no tenant, app or

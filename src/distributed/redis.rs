@@ -10,7 +10,7 @@ use futures_util::future::{BoxFuture, Shared};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ConnectionAddr, RedisError, Script, Value};
 
-use super::store::{StoreError, TokenStore, ValueWithTtl};
+use super::store::{MAX_ENTRY_BYTES, StoreError, TokenStore, ValueWithTtl};
 use crate::error::ConfigError;
 use crate::redact::{scrub, truncate};
 
@@ -30,12 +30,19 @@ end
 return 0";
 
 /// Reads a value and the milliseconds it has left (`PTTL`: -1 when it has no expiry) in one
-/// atomic step; nil when there is no value.
-const GET_WITH_TTL: &str = r"local value = redis.call('GET', KEYS[1])
-if not value then
+/// atomic step; nil when there is no value. A value that cannot be an entry, of another type
+/// (`GET` would fail with WRONGTYPE) or longer than `ARGV[1]` bytes, is answered as an empty
+/// string, without its bytes: the cache takes it for an unreadable entry (a miss), and its
+/// next publish (`SET`, which replaces a key of any type) replaces it.
+const GET_WITH_TTL: &str = r"local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then
   return false
 end
-return {value, redis.call('PTTL', KEYS[1])}";
+local left = redis.call('PTTL', KEYS[1])
+if kind ~= 'string' or redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then
+  return {'', left}
+end
+return {redis.call('GET', KEYS[1]), left}";
 
 /// How much of a Redis error's text a [`StoreError`] keeps.
 const MAX_ERROR_CHARS: usize = 200;
@@ -314,24 +321,25 @@ fn px(ttl: Duration) -> u64 {
 }
 
 impl TokenStore for RedisTokenCache {
+    /// The value under `key`, read as [`get_with_ttl`](TokenStore::get_with_ttl) reads it.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
         Box::pin(async move {
-            let mut command = redis::cmd("GET");
-            command.arg(key);
-            match self.run("GET", &command).await? {
-                Value::BulkString(value) => Ok(Some(value)),
-                Value::Nil => Ok(None),
-                other => Err(unexpected("GET", &other)),
-            }
+            let read = self.get_with_ttl(key).await?;
+            Ok(read.map(|(value, _)| value))
         })
     }
 
+    /// The value under `key` and its time left, in one script. A value of another Redis type,
+    /// or longer than 64 KiB, is answered as an empty value, without its bytes: no entry looks
+    /// like that, so the cache takes it for an unreadable entry, a miss that its next publish
+    /// replaces.
     fn get_with_ttl<'a>(
         &'a self,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<ValueWithTtl>, StoreError>> {
         Box::pin(async move {
-            let invocation = self.inner.get_with_ttl.key(key);
+            let mut invocation = self.inner.get_with_ttl.key(key);
+            invocation.arg(MAX_ENTRY_BYTES);
             match self.invoke("GET", &invocation).await? {
                 Value::Nil => Ok(None),
                 Value::Array(answer) => match <[Value; 2]>::try_from(answer) {

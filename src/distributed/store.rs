@@ -9,6 +9,13 @@ use futures_util::future::BoxFuture;
 
 use crate::error::BoxError;
 
+/// The largest value the cache writes or reads as an entry: 64 KiB. A sealed entry is an access
+/// token (a JWT of a few KiB; a few hundred group ids keep it under 16 KiB) with some 200
+/// bytes of JSON and sealing around it, so anything larger under an entry's key was not
+/// written by a cache and would only cost each reader its size in memory and copies (up to
+/// 512 MB in Redis). [`RedisTokenCache`](super::RedisTokenCache) does not even send it.
+pub(crate) const MAX_ENTRY_BYTES: usize = 64 * 1024;
+
 /// A shared key-value store under a [`DistributedCache`](super::DistributedCache): Redis
 /// ([`RedisTokenCache`](super::RedisTokenCache), feature `redis`) or any store that offers
 /// the same four operations, and the optional ones with a default
