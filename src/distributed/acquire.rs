@@ -26,11 +26,12 @@ const RENEWALS_PER_LEASE: u32 = 3;
 /// Renewals come no more often than this, however short the lease: never a busy loop.
 const FASTEST_RENEWAL: Duration = Duration::from_millis(1);
 
-/// Whether a look at the store reports a value that does not open (a second look at the same
-/// entry in one acquisition does not).
-enum Report {
-    Unreadable,
-    Quiet,
+/// Whether an acquisition has reported a value that does not open: only its first look that
+/// finds one does (counted as a store error, logged); later looks in the same acquisition, at
+/// each poll while it waits, find the same value and stay quiet.
+#[derive(Default)]
+struct Looks {
+    reported_unreadable: bool,
 }
 
 /// What the store holds for an entry.
@@ -59,7 +60,8 @@ impl Shared {
         let span = tracing::debug_span!("distributed_cache", entry = ?key);
         async move {
             let token_key = key.token();
-            match self.find(&token_key, policy, Report::Unreadable).await {
+            let mut looks = Looks::default();
+            match self.find(&token_key, policy, &mut looks).await {
                 Found::Usable(token) => return self.shared_hit(token),
                 Found::Failed => return self.alone(idp, None).await,
                 Found::Nothing => {}
@@ -81,9 +83,8 @@ impl Shared {
                     Some(true) => {
                         // Another process may have published and released between our last
                         // look and this lease: look once more before asking the provider.
-                        // (An unreadable value was already reported by that look.)
                         if let Found::Usable(token) =
-                            self.find(&token_key, policy, Report::Quiet).await
+                            self.find(&token_key, policy, &mut looks).await
                         {
                             let release = || self.store.release(&lease_key, &holder);
                             self.breaker.call("release", release, &self.stats).await;
@@ -115,7 +116,7 @@ impl Shared {
                 }
                 tokio::time::sleep(pause.min(left)).await;
                 pause = pause.saturating_mul(2).min(LAST_POLL);
-                match self.find(&token_key, policy, Report::Unreadable).await {
+                match self.find(&token_key, policy, &mut looks).await {
                     Found::Usable(token) => return self.shared_hit(token),
                     Found::Failed => return self.alone(idp, None).await,
                     Found::Nothing => {}
@@ -260,7 +261,7 @@ impl Shared {
     /// Looks `token_key` up; an entry is usable until the moment a slot that stored it when
     /// it was published would renew it. Its expiry is bounded by the time the store says it
     /// has left (see [`Sealing::open`](super::seal::Sealing::open)).
-    async fn find(&self, token_key: &str, policy: RefreshPolicy, report: Report) -> Found {
+    async fn find(&self, token_key: &str, policy: RefreshPolicy, looks: &mut Looks) -> Found {
         let got = self
             .breaker
             .call("get", || self.store.get_with_ttl(token_key), &self.stats)
@@ -276,7 +277,7 @@ impl Shared {
             .sealing
             .open(token_key, &value, now, self.clock.followed(), left)
         else {
-            if let Report::Unreadable = report {
+            if !std::mem::replace(&mut looks.reported_unreadable, true) {
                 self.unreadable(token_key);
             }
             return Found::Nothing;

@@ -648,6 +648,30 @@ async fn values_that_do_not_open_are_misses_never_returned_and_are_replaced() {
     }
 }
 
+/// A value that does not open, found again at every poll while the process waits for the
+/// holder: one store error for the acquisition, not one per poll. (Before, every look
+/// of the waiter's counted one: 8 over a 1 s wait.)
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_value_is_counted_once_per_acquisition_however_often_it_is_polled() {
+    let store = MemoryStore::new();
+    store.set_raw(&store_keys("tower-identity").token(), b"garbage");
+    let (holder, waiter) = (cache(&store), cache(&store));
+    let idp = Idp::new(Duration::from_secs(1));
+    let holder_process = process(&holder);
+    let holding = tokio::spawn({
+        let idp = idp.clone();
+        async move { get(&holder_process, &idp).await }
+    });
+    tokio::task::yield_now().await;
+    let calls = store.calls();
+    let waited = get(&process(&waiter), &idp).await;
+    assert_eq!(waited, holding.await.unwrap());
+    assert!(store.calls() - calls > 5, "the waiter polled");
+    assert_eq!(idp.calls(), 1);
+    assert_eq!(holder.stats().store_errors, 1);
+    assert_eq!(waiter.stats().store_errors, 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_plaintext_cache_opens_no_sealed_value_and_stores_plaintext_only_when_asked() {
     let store = MemoryStore::new();
