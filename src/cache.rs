@@ -203,7 +203,7 @@ impl TokenCache {
         let slot = self.slot(&key);
         if bypass {
             if let Some(level) = &self.shared {
-                level.bypassed();
+                level.bypassed(&key.tenant, &key.scopes, key.cae);
             }
             // The slot refuses a token that has already expired, keeping the one it holds.
             let token = acquire().await?;
@@ -212,7 +212,7 @@ impl TokenCache {
         } else {
             let result = slot.get(acquire).await;
             if let Some(level) = shared.filter(|_| !started.load(Ordering::Relaxed)) {
-                level.local_hit();
+                level.local_hit(&key.tenant, &key.scopes, key.cae);
             }
             result
         }

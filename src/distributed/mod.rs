@@ -195,14 +195,29 @@ impl SharedLevel {
         }
     }
 
-    /// A request answered from memory.
-    pub(crate) fn local_hit(&self) {
+    /// A request for `tenant`, `scopes`, `cae` answered from memory.
+    pub(crate) fn local_hit(&self, tenant: &str, scopes: &[String], cae: bool) {
+        let _entered = self.entry_span(tenant, scopes, cae).entered();
         self.cache.shared.stats.local_hit();
     }
 
     /// A request that goes to the identity provider past the shared level (claims).
-    pub(crate) fn bypassed(&self) {
+    pub(crate) fn bypassed(&self, tenant: &str, scopes: &[String], cae: bool) {
+        let _entered = self.entry_span(tenant, scopes, cae).entered();
         self.cache.shared.stats.idp_call();
+    }
+
+    /// The `distributed_cache` span naming the entry, as an acquisition's. The entry (a
+    /// SHA-256) is computed only when the span is enabled: a local hit costs nothing more
+    /// without DEBUG logs.
+    fn entry_span(&self, tenant: &str, scopes: &[String], cae: bool) -> tracing::Span {
+        let span = tracing::debug_span!("distributed_cache", entry = tracing::field::Empty);
+        if !span.is_disabled() {
+            let shared = &self.cache.shared;
+            let key = EntryKey::new(&shared.prefix, &self.identity, tenant, scopes, cae);
+            span.record("entry", tracing::field::debug(&key));
+        }
+        span
     }
 
     /// The fleet-wide acquisition of the token for `tenant`, `scopes`, `cae`; `idp` is the

@@ -865,6 +865,14 @@ async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {
             "{outcome}:\n{text}"
         );
     }
+    // Every outcome, a local hit's too, inside the span naming the entry. (Before, a local
+    // hit's event came outside it.)
+    for line in text.lines().filter(|line| line.contains("outcome=")) {
+        assert!(
+            line.contains("distributed_cache{entry=tower-identity:{"),
+            "outside the entry's span: {line}"
+        );
+    }
     for n in 1..=idp_calls {
         assert!(
             !text.contains(&format!("token-{n}")),
