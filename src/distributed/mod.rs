@@ -70,8 +70,9 @@
 //!   store key, and replaced by the next publish.
 //! * **Keys.** `{prefix}:{hash}:token` and `{prefix}:{hash}:lease`; the hash (SHA-256 of the
 //!   authority, tenant, client id, identity, scope set and CAE flag) in braces is a Redis
-//!   Cluster hash tag, so an entry's token and lease share a slot. Keys name no tenant, app or
-//!   scope in clear.
+//!   Cluster hash tag, so an entry's token and lease share a slot for a store over a cluster
+//!   (a [`TokenStore`] of your own: `RedisTokenCache` talks to one endpoint, a single server
+//!   or a cluster behind a proxy). Keys name no tenant, app or scope in clear.
 //! * **Times.** Entries carry Unix seconds; each process maps them onto tokio's clock through
 //!   the offset it read when the cache was built, moved on by any suspension of the machine
 //!   since (which stops tokio's clock). Hosts' wall clocks may differ, so the time

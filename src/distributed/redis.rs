@@ -53,9 +53,17 @@ const MAX_ERROR_CHARS: usize = 200;
 /// stopped server, a black-holed address), and ending it lets the next call start another.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A [`TokenStore`] on a Redis server (or Valkey, or a managed Redis such as Azure Cache for
-/// Redis), through the `redis` crate's tokio connection manager: one multiplexed connection,
-/// re-established after it breaks.
+/// A [`TokenStore`] on one Redis endpoint, through the `redis` crate's tokio connection
+/// manager: one multiplexed connection, re-established after it breaks.
+///
+/// The endpoint is a single server (Redis, Valkey), or a cluster behind a proxy that presents
+/// it as one server: Azure Cache for Redis without clustering (Basic, Standard, Premium
+/// non-clustered) or Azure Managed Redis with its Enterprise clustering policy. It does not
+/// speak the Redis Cluster protocol: against an endpoint that redirects (`MOVED`: a cluster
+/// reached directly, Azure's OSS clustering policy) every call for a key on another shard
+/// fails, and the processes ask the identity provider on their own. The keys' hash tags keep
+/// an entry's token and lease on one shard for a [`TokenStore`] of your own over a cluster
+/// client.
 ///
 /// Cheap to clone: clones share the connection. Its `Debug` shows the host, port and
 /// database, never the password.
