@@ -44,6 +44,26 @@ if kind ~= 'string' or redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then
 end
 return {redis.call('GET', KEYS[1]), left}";
 
+/// Stores `ARGV[1]` under the key to expire after `ARGV[2]` ms, or at the Unix time `ARGV[3]`
+/// (ms, by Redis's clock) if that comes first; stores nothing when that time has passed.
+/// `ARGV[3]` is when the put was called plus its TTL: a put that Redis applies late (a call
+/// given up on, sent on while Redis was stopped, applied once it resumes) then expires when
+/// the token does, not that much later. Neither bound lengthens the other: a Redis clock
+/// behind the caller's changes nothing; one ahead by `S` shortens the entry by `S`.
+/// Effects replication (`TIME` before a write) is the default from Redis 5; asked for on
+/// older servers, where it exists.
+const PUT: &str = r"if redis.replicate_commands then
+  redis.replicate_commands()
+end
+local now = redis.call('TIME')
+local left = tonumber(ARGV[3]) - (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+local px = math.min(tonumber(ARGV[2]), left)
+if px < 1 then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
+return 1";
+
 /// How much of a Redis error's text a [`StoreError`] keeps.
 const MAX_ERROR_CHARS: usize = 200;
 
@@ -93,6 +113,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The URL is the `redis` crate's: `redis://[user:password@]host[:port][/db]`, `rediss://` for
 /// TLS (rustls, the platform's roots), `redis+unix:///path` for a Unix socket.
 ///
+/// An entry's TTL counts from when its put was called, not from when Redis applies it: a put
+/// applied late (sent while Redis was stopped, applied once it resumes) expires with the token
+/// all the same, by Redis's clock.
+///
 /// Keys are given a TTL of at most 100 years: a longer one (a `lease(Duration::MAX)`) is
 /// capped, since Redis refuses a `PX` that overflows when added to its clock.
 ///
@@ -122,6 +146,7 @@ struct Inner {
     release: Script,
     renew: Script,
     get_with_ttl: Script,
+    put: Script,
 }
 
 impl RedisTokenCache {
@@ -145,6 +170,7 @@ impl RedisTokenCache {
                 release: Script::new(RELEASE),
                 renew: Script::new(RENEW),
                 get_with_ttl: Script::new(GET_WITH_TTL),
+                put: Script::new(PUT),
             }),
         })
     }
@@ -377,10 +403,19 @@ impl TokenStore for RedisTokenCache {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut command = redis::cmd("SET");
-            command.arg(key).arg(value).arg("PX").arg(px(ttl));
-            match self.run("SET", &command).await? {
-                Value::Okay => Ok(()),
+            let ttl = px(ttl);
+            // A wall clock before 1970 gives no end: the TTL alone bounds the entry.
+            let end = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(u64::MAX, |now| {
+                    u64::try_from(now.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .saturating_add(ttl)
+                });
+            let mut invocation = self.inner.put.key(key);
+            invocation.arg(value).arg(ttl).arg(end);
+            match self.invoke("SET", &invocation).await? {
+                Value::Int(_) => Ok(()),
                 other => Err(unexpected("SET", &other)),
             }
         })

@@ -48,7 +48,11 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
         Box::pin(async move { Ok(self.get(key).await?.map(|value| (value, None))) })
     }
 
-    /// Stores `value` under `key`, replacing what is there, to expire after `ttl`.
+    /// Stores `value` under `key`, replacing what is there, to expire after `ttl`, counted
+    /// from this call where the store can: a put applied late (a call given up on, applied
+    /// when the store resumes) would otherwise outlive the token by the delay.
+    /// [`RedisTokenCache`](super::RedisTokenCache) also bounds it by the Unix time of the call
+    /// plus `ttl`, by Redis's clock.
     fn put<'a>(
         &'a self,
         key: &'a str,

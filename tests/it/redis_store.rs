@@ -370,6 +370,52 @@ async fn a_paused_server_leaves_calls_pending_until_the_caller_gives_up() {
     }
 }
 
+/// A put that Redis applies late (given up on while Redis was stopped, applied when it
+/// resumes) expires when it would have had Redis applied it at once: its TTL counts from the
+/// call. (Before, it counted from when Redis applied it: a put applied 1.5 s late outlived its
+/// token by 1.5 s.) Real time: Redis's clock must move while it is stopped.
+#[tokio::test]
+async fn a_put_applied_late_expires_when_its_ttl_from_the_call_ends() {
+    let server = RedisServer::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    store.put("p:{a}:token", b"old", secs(60)).await.unwrap();
+
+    server.pause();
+    let called = Instant::now();
+    let given_up = timeout(
+        Duration::from_millis(50),
+        store.put("p:{a}:token", b"new", secs(3)),
+    )
+    .await;
+    assert!(given_up.is_err(), "Redis is stopped");
+    // Redis stays stopped 1.5 s after the call.
+    tokio::time::sleep_until(called + Duration::from_millis(1500)).await;
+    server.resume();
+    // Applied after the put: the put is applied.
+    assert_eq!(
+        store.get("p:{a}:token").await.unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
+    let left = pttl(&server, "p:{a}:token");
+    let bound = 3000 - i64::try_from(called.elapsed().as_millis()).unwrap();
+    assert!(
+        (1..=bound + 20).contains(&left),
+        "PTTL {left} ms, at most {bound} ms left of the 3 s from the call"
+    );
+
+    // A put applied after its whole TTL stores nothing.
+    server.pause();
+    let given_up = timeout(
+        Duration::from_millis(50),
+        store.put("p:{b}:token", b"late", Duration::from_millis(200)),
+    )
+    .await;
+    assert!(given_up.is_err());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.resume();
+    assert_eq!(store.get("p:{b}:token").await.unwrap(), None);
+}
+
 /// A loopback TCP relay to a server that holds the server's first reply on each connection
 /// for a while: a connection whose setup (DNS, TCP, TLS, AUTH) takes longer than a call's
 /// budget, as with `rediss://` to a server some way off.
