@@ -259,7 +259,8 @@ impl Shared {
     }
 
     /// Looks `token_key` up; an entry is usable until the moment a slot that stored it when
-    /// it was published would renew it. Its expiry is bounded by the time the store says it
+    /// it was published would renew it, and its token carries that moment as its
+    /// `refresh_on`. Its expiry is bounded by the time the store says it
     /// has left (see [`Sealing::open`](super::seal::Sealing::open)).
     async fn find(&self, token_key: &str, policy: RefreshPolicy, looks: &mut Looks) -> Found {
         let got = self
@@ -286,7 +287,11 @@ impl Shared {
         if stored.token.is_expired_at(now) || now >= due {
             Found::Nothing
         } else {
-            Found::Usable(stored.token)
+            // The slot that takes the token computes its refresh time from the lifetime left
+            // now, later than the fleet's for a token read late in its life (a shorter
+            // window): handed the fleet's time as `refresh_on`, it renews with the fleet.
+            let refresh_on = stored.token.refresh_on().map_or(due, |at| at.min(due));
+            Found::Usable(stored.token.with_refresh_on(Some(refresh_on)))
         }
     }
 

@@ -30,7 +30,9 @@
 //! * **Shared hit.** An entry is used if it is not due for renewal by the rule the in-memory
 //!   cache applies (the last 5 minutes of its life, the last half for short-lived tokens, or
 //!   the provider's `refresh_in`), counted from when the entry was published: every process
-//!   renews a shared token at the same moment, and none keeps a token it would itself renew.
+//!   renews a shared token at the same moment (the token it takes carries that moment as its
+//!   `refresh_on`, also when read late in its life), and none keeps a token it would itself
+//!   renew.
 //! * **Single-flight across the fleet.** Otherwise the process takes the entry's lease
 //!   ([`TokenStore::try_lease`], for [`lease`](DistributedCacheBuilder::lease), default
 //!   10 s, under a holder id drawn at random for each cache and numbered per acquisition).

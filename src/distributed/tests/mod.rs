@@ -188,6 +188,42 @@ async fn a_process_that_starts_late_renews_when_the_fleet_does() {
     assert_eq!(idp.calls(), 2);
 }
 
+/// A process that reads a shared token late in its life renews it with the fleet: read at
+/// 52 min of a 1 h token, renewed by its publisher at 55 min, the reader hands out the new
+/// token from 55 min on. (Before, its slot judged the token from the 8 min it had left when
+/// read, a 240 s window: it kept the old token until 56 min, a minute after the fleet.)
+#[tokio::test(start_paused = true)]
+async fn a_process_that_reads_a_token_late_renews_it_with_the_fleet() {
+    let store = MemoryStore::new();
+    let (a, b) = (cache(&store), cache(&store));
+    let (publisher, reader) = (process(&a), process(&b));
+    let idp = Idp::new(Duration::ZERO);
+    let start = Instant::now();
+    assert_eq!(get(&publisher, &idp).await, "token-1");
+    tokio::time::advance(Duration::from_secs(52 * 60)).await;
+    let read = reader
+        .get_or_acquire(cache_key(), false, idp.acquire())
+        .await
+        .unwrap();
+    assert_eq!(read.secret().expose_secret(), "token-1");
+    assert_eq!(
+        read.refresh_on(),
+        Some(start + Duration::from_secs(55 * 60))
+    );
+    // 55 min: the publisher's slot renews (in the background) and publishes.
+    tokio::time::advance(Duration::from_secs(3 * 60)).await;
+    get(&publisher, &idp).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(get(&publisher, &idp).await, "token-2");
+    // A second later the reader renews too, from the store, and hands out the new token.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    get(&reader, &idp).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(get(&reader, &idp).await, "token-2");
+    assert_eq!(idp.calls(), 2);
+    assert_eq!(b.stats().shared_hits, 2);
+}
+
 /// A lease whose answer came too late may have been taken all the same: the process that
 /// asked does the holder's part, best-effort (publishes, gives the lease back), so the others
 /// get its token instead of waiting out `wait_limit` for a lease nobody fills.
