@@ -23,6 +23,12 @@ const LAST_POLL: Duration = Duration::from_millis(250);
 /// A holder renews its lease this many times per lease: two renewals can fail (each given up
 /// after the budget) before the lease runs out under a live holder.
 const RENEWALS_PER_LEASE: u32 = 3;
+/// A holder renews its lease for this long at most, whatever `wait_limit` says (a
+/// `wait_limit(Duration::MAX)` would otherwise let one hung request hold the fleet's lease for
+/// good): a token request has a deadline of 30 s by default, throttling waits included, so
+/// one still running after 10 minutes is stuck, and the lease is left to run out for another
+/// process to ask.
+const LONGEST_HOLD: Duration = Duration::from_secs(10 * 60);
 /// Renewals come no more often than this, however short the lease: never a busy loop.
 const FASTEST_RENEWAL: Duration = Duration::from_millis(1);
 
@@ -167,7 +173,8 @@ impl Shared {
     /// process died, or gave up on it): the lease then expires as it would have. A renewal the
     /// store refuses (the lease expired and may be another's, or the store does not renew
     /// leases) ends the renewals; one that fails is tried again at the next tick, the lease
-    /// possibly still ours. Renewals stop after `wait_limit` (see the comment inside).
+    /// possibly still ours. Renewals stop after `wait_limit`, or [`LONGEST_HOLD`] if that
+    /// is shorter (see the comment inside).
     async fn keeping_lease<Fut: Future>(
         &self,
         work: Fut,
@@ -181,12 +188,13 @@ impl Shared {
             .max(FASTEST_RENEWAL);
         // Never past `wait_limit`: by then every waiter has stopped waiting, and a request
         // that hangs (a user's assertion callback without a deadline) must not keep the
-        // fleet's lease for good.
+        // fleet's lease for good; nor past `LONGEST_HOLD`, for a `wait_limit` without end.
+        let hold = self.wait_limit.min(LONGEST_HOLD);
         let started = tokio::time::Instant::now();
         let renew = async {
             loop {
                 tokio::time::sleep(every).await;
-                if started.elapsed() >= self.wait_limit {
+                if started.elapsed() >= hold {
                     return std::future::pending::<std::convert::Infallible>().await;
                 }
                 let renew = || self.store.renew_lease(lease_key, holder, self.lease);

@@ -99,6 +99,11 @@ impl DistributedCacheBuilder {
     /// when it is free (the holder gave it back after a failure, or died and it expired).
     /// Default: 60 s, two token requests at their default deadline (30 s). `Duration::MAX`
     /// means no limit: the process waits until a holder publishes or it takes the lease.
+    ///
+    /// A holder renews its lease for `wait_limit` at most, and never for more than 10 minutes:
+    /// a request still running then is taken for hung, its lease runs out (within
+    /// [`lease`](Self::lease)), and a waiting process takes it and asks. So one hung holder
+    /// cannot hold the fleet for good, even under `Duration::MAX`.
     pub fn wait_limit(mut self, limit: Duration) -> Self {
         self.wait_limit = limit;
         self

@@ -49,6 +49,8 @@
 //!   (a `Retry-After` honoured by the retry loop) is asked by one process, however long that
 //!   takes. Renewals stop when the request ends or its task is dropped: a holder that dies
 //!   stops renewing, its lease expires within `lease`, and a waiting process takes it over.
+//!   A holder renews for `wait_limit` at most, and 10 minutes at most whatever `wait_limit`
+//!   says: a request running longer is hung, and its lease is left to run out.
 //!   The bound every caller keeps: it waits for others at most `wait_limit` in all, renewed
 //!   lease or not, then makes (at most) its own request, bounded by that request's own
 //!   deadline (`RetryOptions::total_timeout`).

@@ -376,6 +376,42 @@ async fn a_holder_stuck_past_the_wait_limit_stops_keeping_the_lease() {
     holder.abort();
 }
 
+/// Under `wait_limit(Duration::MAX)` a holder whose request hangs stops renewing its lease
+/// after 10 minutes: the lease runs out and a waiter (waiting without limit) takes it and asks.
+/// (Before, the holder renewed it for as long as its request hung: the fleet waited forever.)
+#[tokio::test(start_paused = true)]
+async fn a_hung_holder_keeps_the_lease_ten_minutes_at_most_under_an_unlimited_wait() {
+    let store = MemoryStore::new();
+    let (a, b) = (
+        cache_with(&store, |b| b.wait_limit(Duration::MAX)),
+        cache_with(&store, |b| b.wait_limit(Duration::MAX)),
+    );
+    let lease = store_keys("tower-identity").lease();
+    let hung = Idp::new(Duration::MAX);
+    let holder = tokio::spawn(SharedLevel::new(a.clone(), identity()).acquire(
+        "tenant",
+        &scopes(&["scope"]),
+        false,
+        RefreshPolicy::default(),
+        (hung.acquire())(),
+    ));
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    let idp = Idp::new(Duration::ZERO);
+    let waiter = process(&b);
+    let waited = tokio::time::timeout(HOUR, get(&waiter, &idp)).await;
+    assert_eq!(waited.expect("waited an hour").as_str(), "token-1");
+    assert_eq!((hung.calls(), idp.calls()), (1, 1));
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(600) && elapsed <= Duration::from_secs(611),
+        "{elapsed:?}"
+    );
+    assert_eq!(b.stats().leases_won, 1);
+    assert!(store.raw(&lease).is_none(), "given back");
+    holder.abort();
+}
+
 /// `wait_limit` bounds a waiter's whole wait, however long the holder keeps its lease: past
 /// it the waiter asks itself. (Before, the unrenewed lease ran out at 10 s and the waiter
 /// took it then.)
