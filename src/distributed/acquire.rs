@@ -23,6 +23,10 @@ const LAST_POLL: Duration = Duration::from_millis(250);
 /// A holder renews its lease this many times per lease: two renewals can fail (each given up
 /// after the budget) before the lease runs out under a live holder.
 const RENEWALS_PER_LEASE: u32 = 3;
+/// How long a holder's failure mark lasts: long enough for every waiter to see it at its next
+/// poll (every 250 ms at most) after the lease is given back, short enough that it says
+/// nothing about a later acquisition.
+const FAILURE_MARK: Duration = Duration::from_secs(5);
 /// A holder renews its lease for this long at most, whatever `wait_limit` says (a
 /// `wait_limit(Duration::MAX)` would otherwise let one hung request hold the fleet's lease for
 /// good): a token request has a deadline of 30 s by default, throttling waits included, so
@@ -73,6 +77,7 @@ impl Shared {
                 Found::Nothing => {}
             }
             let lease_key = key.lease();
+            let failed_key = key.failed();
             let holder = self.next_holder();
             // Measured as time waited, not as a deadline: a `wait_limit` past what the clock
             // can represent (`Duration::MAX`) then means no limit, never no wait.
@@ -96,7 +101,19 @@ impl Shared {
                             self.breaker.call("release", release, &self.stats).await;
                             return self.shared_hit(token);
                         }
-                        return self.hold(idp, &token_key, &lease_key, &holder).await;
+                        // The holder we waited for gave the lease back without a token: if its
+                        // request failed, the others would take the lease in turn, each
+                        // failing in its turn. Give it back and ask alone, as they will.
+                        if lost && self.holder_failed(&failed_key).await {
+                            let release = || self.store.release(&lease_key, &holder);
+                            self.breaker.call("release", release, &self.stats).await;
+                            tracing::debug!(
+                                "distributed token cache: the holder's request failed; asking \
+                                 on our own"
+                            );
+                            return self.alone(idp, Some(&token_key)).await;
+                        }
+                        return self.hold(idp, &token_key, &lease_key, &failed_key, &holder).await;
                     }
                     Some(false) if !lost => {
                         lost = true;
@@ -110,6 +127,9 @@ impl Shared {
                     None => {
                         let alone = self.alone(idp, Some(&token_key));
                         let result = self.keeping_lease(alone, &lease_key, &holder).await;
+                        if result.is_err() {
+                            self.mark_failed(&failed_key, &holder).await;
+                        }
                         let release = || self.store.release(&lease_key, &holder);
                         self.breaker.call("release", release, &self.stats).await;
                         return result;
@@ -144,12 +164,14 @@ impl Shared {
         format!("{}.{n}", self.holder)
     }
 
-    /// The lease holder: asks the identity provider, publishes, gives the lease back.
+    /// The lease holder: asks the identity provider, publishes (or marks its failure), gives
+    /// the lease back.
     async fn hold<Fut>(
         &self,
         idp: Fut,
         token_key: &str,
         lease_key: &str,
+        failed_key: &str,
         holder: &str,
     ) -> Result<AccessToken, CredentialError>
     where
@@ -158,13 +180,33 @@ impl Shared {
         self.stats.lease_won();
         self.stats.idp_call();
         let result = self.keeping_lease(idp, lease_key, holder).await;
-        if let Ok(token) = &result {
-            self.publish(token_key, token).await;
+        match &result {
+            Ok(token) => self.publish(token_key, token).await,
+            Err(_) => self.mark_failed(failed_key, holder).await,
         }
-        // A failed acquisition frees the lease too: the next process tries at once.
+        // A failed acquisition frees the lease too: the waiters, seeing the mark, ask at once.
         let release = || self.store.release(lease_key, holder);
         self.breaker.call("release", release, &self.stats).await;
         result
+    }
+
+    /// Leaves the mark of a holder whose request failed, for [`FAILURE_MARK`]: a waiter that
+    /// takes the lease after it and finds the mark asks on its own instead of holding the
+    /// lease (a waiter that finds none took over a holder that died, and holds it for all).
+    /// The mark holds the holder's id, nothing of the error.
+    async fn mark_failed(&self, failed_key: &str, holder: &str) {
+        let put = || self.store.put(failed_key, holder.as_bytes(), FAILURE_MARK);
+        self.breaker.call("put", put, &self.stats).await;
+    }
+
+    /// Whether a holder's failure mark is there (see [`Shared::mark_failed`]); a store that
+    /// fails says no: the lease is then held as before.
+    async fn holder_failed(&self, failed_key: &str) -> bool {
+        let get = || self.store.get(failed_key);
+        matches!(
+            self.breaker.call("get", get, &self.stats).await,
+            Some(Some(_))
+        )
     }
 
     /// Runs `work` (the holder's token request) while renewing the lease `lease_key` for

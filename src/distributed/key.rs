@@ -1,11 +1,11 @@
-//! The store keys of an entry: `{prefix}:{hash}:token` and `{prefix}:{hash}:lease`.
+//! The store keys of an entry: `{prefix}:{hash}:token`, `{prefix}:{hash}:lease` and
+//! `{prefix}:{hash}:failed`.
 //!
 //! The hash is the hex SHA-256 of the fields that make two requests want the same token:
 //! the authority (host and tenant), the client id, the identity (the credential's name, and
 //! for a managed identity which one), the scope set (sorted, duplicates dropped) and the CAE
 //! flag. Each field is length-prefixed, so no two field lists hash alike by concatenation.
-//! The braces make the hash a Redis Cluster hash tag: an entry's token and lease live in one
-//! slot. Nothing in a key is secret, and nothing in it names a tenant or an app in clear.
+//! The braces make the hash a Redis Cluster hash tag: an entry's keys live in one slot. Nothing in a key is secret, and nothing in it names a tenant or an app in clear.
 
 use std::fmt;
 use std::sync::Arc;
@@ -76,6 +76,11 @@ impl EntryKey {
     /// Where the lease of the entry's acquisition is taken.
     pub(crate) fn lease(&self) -> String {
         format!("{}:lease", self.base)
+    }
+
+    /// Where a holder whose request failed leaves its mark for the waiters.
+    pub(crate) fn failed(&self) -> String {
+        format!("{}:failed", self.base)
     }
 }
 

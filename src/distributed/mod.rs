@@ -43,6 +43,14 @@
 //!   [`wait_limit`](DistributedCacheBuilder::wait_limit) (default 60 s) has passed since they
 //!   started waiting; then they ask the identity provider themselves and publish. Proactive
 //!   renewal goes the same way.
+//! * **A holder's failure is not waited out in turn.** A holder whose request failed leaves a
+//!   mark (`{prefix}:{hash}:failed`, its holder id, for 5 s) before it gives the lease back. A
+//!   waiter that then takes the lease and finds the mark gives the lease back and asks on its
+//!   own at once, as the other waiters do at their next poll: against a refused client or an
+//!   outage, each process has its own answer after one holder's request and its own, instead
+//!   of taking the lease one after another, each failing in its turn. A waiter that takes
+//!   over a lease that ran out (its holder died) finds no mark and holds it for all. A
+//!   process that starts acquiring after the failure takes the lease as usual.
 //! * **The lease lives as long as the holder's request.** While its request runs, the holder
 //!   renews its lease every third of the lease ([`TokenStore::renew_lease`]: compare and
 //!   extend, so only a lease it still holds), so a provider that answers slowly or throttles
@@ -72,9 +80,9 @@
 //!   `RedisTokenCache`, a value of another Redis type or over 64 KiB, which is not even read)
 //!   is a miss, counted as a store error, logged once per cache at WARN naming the entry's
 //!   store key, and replaced by the next publish.
-//! * **Keys.** `{prefix}:{hash}:token` and `{prefix}:{hash}:lease`; the hash (SHA-256 of the
-//!   authority, tenant, client id, identity, scope set and CAE flag) in braces is a Redis
-//!   Cluster hash tag, so an entry's token and lease share a slot for a store over a cluster
+//! * **Keys.** `{prefix}:{hash}:token`, `{prefix}:{hash}:lease` and `{prefix}:{hash}:failed`;
+//!   the hash (SHA-256 of the authority, tenant, client id, identity, scope set and CAE flag)
+//!   in braces is a Redis Cluster hash tag, so an entry's keys share a slot for a store over a cluster
 //!   (a [`TokenStore`] of your own: `RedisTokenCache` talks to one endpoint, a single server
 //!   or a cluster behind a proxy). Keys name no tenant, app or scope in clear.
 //! * **Times.** Entries carry Unix seconds; each process maps them onto tokio's clock through

@@ -21,7 +21,7 @@ use tower_identity::distributed::{
 };
 use tower_identity::{ClientSecretCredential, CredentialExt};
 
-use crate::support::authority::Authority;
+use crate::support::authority::{Authority, Fault, error_body};
 use crate::support::clock::held;
 use crate::support::creds::{CLIENT_ID, CLIENT_SECRET, SCOPE, TENANT, http, secs};
 use crate::support::redis::RedisServer;
@@ -220,6 +220,55 @@ async fn a_lease_won_after_another_process_published_uses_its_token() {
     });
     assert_eq!(late_token, early_token);
     assert_eq!(authority.token_posts(), 1);
+}
+
+/// A cold fleet of 8 against an authority that refuses the client: every process gets the
+/// refusal, each asking once, and the holder that failed left its mark in Redis (holder id,
+/// 5 s): a waiter that takes the lease after it and finds the mark asks on its own at once
+/// rather than holding the lease for the others in turn. (Before, no mark: the waiters took
+/// the lease one after another, each failing in its turn.)
+#[tokio::test]
+async fn a_cold_fleet_against_a_refused_client_fails_each_process_once_marked_in_redis() {
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    const FLEET: usize = 8;
+    for _ in 0..FLEET {
+        authority.push_fault(Fault::Respond {
+            status: 401,
+            body: error_body("invalid_client", 7000215, "Invalid client secret provided."),
+            headers: vec![("content-type".into(), "application/json".into())],
+        });
+    }
+    let fleet: Vec<Process> = (0..FLEET)
+        .map(|_| Process::new(&authority, &server.url()))
+        .collect();
+    let results =
+        futures_util::future::join_all(fleet.iter().map(|p| p.credential.get_token([SCOPE]))).await;
+    for result in &results {
+        let e = result.as_ref().unwrap_err();
+        assert!(e.to_string().contains("invalid_client"), "{e}");
+    }
+    assert_eq!(authority.token_posts(), FLEET, "each process asked once");
+    let marks: Vec<String> = server
+        .dump()
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| key.ends_with(":failed"))
+        .collect();
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    let left = server.admin().pttl::<_, i64>(&marks[0]).unwrap();
+    assert!((1..=5_000).contains(&left), "PTTL {left} ms");
+    assert!(entry_keys(&server).is_empty(), "no token, no lease left");
+}
+
+/// Every key of the entries but their failure marks.
+fn entry_keys(server: &RedisServer) -> Vec<String> {
+    server
+        .dump()
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| !key.ends_with(":failed"))
+        .collect()
 }
 
 /// Redis stopped mid-run costs each acquisition one budget and no failed request; killed, it

@@ -70,6 +70,8 @@ struct Idp {
     calls: Arc<AtomicUsize>,
     delay: Duration,
     lifetime: Duration,
+    /// Every call fails (after `delay`), as against `invalid_client`.
+    fails: bool,
 }
 
 impl Idp {
@@ -78,6 +80,14 @@ impl Idp {
             calls: Arc::new(AtomicUsize::new(0)),
             delay,
             lifetime: HOUR,
+            fails: false,
+        }
+    }
+
+    fn failing(delay: Duration) -> Self {
+        Self {
+            fails: true,
+            ..Self::new(delay)
         }
     }
 
@@ -93,6 +103,12 @@ impl Idp {
             async move {
                 let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
                 tokio::time::sleep(this.delay).await;
+                if this.fails {
+                    return Err(CredentialError::authentication_failed(
+                        "Test",
+                        "invalid_client",
+                    ));
+                }
                 Ok(AccessToken::new(
                     format!("token-{n}"),
                     Instant::now() + this.lifetime,
@@ -310,6 +326,64 @@ async fn a_fleet_of_twenty_asks_a_slow_provider_once() {
     let won: u64 = caches.iter().map(|c| c.stats().leases_won).sum();
     let hits: u64 = caches.iter().map(|c| c.stats().shared_hits).sum();
     assert_eq!((won, hits), (1, 19));
+}
+
+/// A cold fleet of 20 against a provider that refuses the client (150 ms per answer): the
+/// holder's failure is marked in the store, and the waiters, seeing the lease given back with
+/// that mark, ask on their own at once instead of taking the lease one after another. Every
+/// process has its error within a second. (Before, process k had it after about k × (150 ms +
+/// a poll): 20 waited 5 s in all.)
+#[tokio::test(start_paused = true)]
+async fn a_holders_failure_lets_the_waiters_ask_at_once_instead_of_in_turn() {
+    let store = MemoryStore::new();
+    let caches: Vec<DistributedCache> = (0..20).map(|_| cache(&store)).collect();
+    let idp = Idp::failing(Duration::from_millis(150));
+    let start = Instant::now();
+    let tasks: Vec<_> = caches
+        .iter()
+        .map(|c| {
+            let (p, idp) = (process(c), idp.clone());
+            tokio::spawn(async move {
+                let failed = p.get_or_acquire(cache_key(), false, idp.acquire()).await;
+                assert!(failed.is_err());
+                Instant::now()
+            })
+        })
+        .collect();
+    let ends = futures_util::future::try_join_all(tasks).await.unwrap();
+    let last = ends.iter().max().unwrap().duration_since(start);
+    assert!(
+        last <= Duration::from_millis(1000),
+        "the last error came at {last:?}"
+    );
+    assert_eq!(idp.calls(), 20, "each process asked once");
+    let won: u64 = caches.iter().map(|c| c.stats().leases_won).sum();
+    assert_eq!(won, 1, "one holder; the others asked on their own");
+    assert!(store.raw(&store_keys("tower-identity").lease()).is_none());
+}
+
+/// A holder that dies leaves no failure mark: the waiter that takes its lease over holds it
+/// and asks once for all, as before.
+#[tokio::test(start_paused = true)]
+async fn a_dead_holders_lease_is_taken_over_by_one_waiter_for_all() {
+    let store = MemoryStore::new();
+    let lease = store_keys("tower-identity").lease();
+    Handle(Arc::clone(&store))
+        .try_lease(&lease, "dead", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let caches: Vec<DistributedCache> = (0..5).map(|_| cache(&store)).collect();
+    let idp = Idp::new(Duration::from_millis(150));
+    let tasks: Vec<_> = caches
+        .iter()
+        .map(|c| {
+            let (p, idp) = (process(c), idp.clone());
+            tokio::spawn(async move { get(&p, &idp).await })
+        })
+        .collect();
+    let tokens = futures_util::future::try_join_all(tasks).await.unwrap();
+    assert!(tokens.iter().all(|t| t == "token-1"), "{tokens:?}");
+    assert_eq!(idp.calls(), 1);
 }
 
 /// The holder keeps its lease past the first `lease` while its request runs; a holder that
