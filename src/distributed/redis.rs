@@ -213,8 +213,8 @@ impl RedisTokenCache {
             }
         };
         let outcome = attempt.await;
-        // The attempt's task records its outcome too; this covers a task that ended before
-        // its attempt was recorded, or never ran (its runtime shut down).
+        // The attempt's task records its outcome itself (also when nobody waits); this covers
+        // a task that did not run to its end (its runtime shut down).
         self.inner.settle(id, &outcome);
         outcome.map_err(|detail| StoreError::msg(format!("redis {op}: cannot connect: {detail}")))
     }
