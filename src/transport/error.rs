@@ -169,8 +169,8 @@ impl TransportError {
                 "the request was not sent: {shown}, and this client sends https only \
                  (a client built by HttpClient::builder() never sends plain http; for a \
                  plain-http endpoint, such as managed identity's, leave out the credential's \
-                 http_client to use its built-in client, or give a client of your own with \
-                 HttpClient::from_service)"
+                 http_client to use its built-in client, or give a client of your own that \
+                 sends plain http, wrapped with HttpClient::from_service)"
             )
         };
         Self::new(TransportErrorKind::Scheme, message)

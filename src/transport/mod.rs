@@ -121,16 +121,23 @@ impl HttpClient {
     }
 
     /// Uses any tower service of the right shape as the client (for example one over a
-    /// SOCKS connector). Nothing is added: no retries, no cap, no timeout.
+    /// SOCKS connector). Nothing is added: no retries, no cap, no timeout. An `HttpClient`
+    /// given here is what it was: one built by [`HttpClient::builder`] still sends `https`
+    /// only.
     pub fn from_service<S>(service: S) -> Self
     where
         S: Service<HttpRequest, Response = HttpResponse> + Clone + Send + Sync + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
+        // A credential refuses an https-only client for a plain-http endpoint when it is
+        // built; wrapped again, the client must not lose that.
+        let https_only = (&service as &dyn std::any::Any)
+            .downcast_ref::<HttpClient>()
+            .is_some_and(HttpClient::https_only);
         Self {
             inner: BoxCloneSyncService::new(service.map_err(Into::into)),
-            https_only: false,
+            https_only,
         }
     }
 

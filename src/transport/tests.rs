@@ -8,7 +8,7 @@ use super::retry::{
     IMDS_GONE_BACKOFF, MAX_RETRY_AFTER, RetryOptions, RetryPolicy, imds_backoff,
     is_retryable_error, is_retryable_status, retry_after,
 };
-use super::{HttpClient, HttpResponse};
+use super::{HttpClient, HttpRequest, HttpResponse};
 use crate::error::BoxError;
 
 fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -310,9 +310,20 @@ async fn an_http_url_through_an_https_only_client_is_final_and_says_what_to_do()
             "{failure}"
         );
     }
-    // Nothing was sent.
-    let accepted = tokio::time::timeout(Duration::from_millis(10), listener.accept()).await;
-    assert!(accepted.is_err(), "a connection was made");
+}
+
+/// An `HttpClient` wrapped again with `from_service` keeps what it sends: a credential asks
+/// whether a client sends plain http when it is built.
+#[test]
+fn from_service_over_an_http_client_keeps_it_https_only() {
+    let built = HttpClient::new();
+    assert!(built.https_only());
+    assert!(HttpClient::from_service(built.clone()).https_only());
+    assert!(HttpClient::from_service(HttpClient::from_service(built)).https_only());
+    let own = tower::service_fn(|_: HttpRequest| async {
+        Ok::<_, BoxError>(HttpResponse::new(Default::default()))
+    });
+    assert!(!HttpClient::from_service(own).https_only());
 }
 
 #[test]

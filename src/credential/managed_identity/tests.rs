@@ -435,7 +435,14 @@ fn an_https_only_client_for_a_plain_http_endpoint_is_a_build_error() {
             assert!(err.message().contains(source), "{err}");
             assert!(err.message().contains("HttpClient::from_service"), "{err}");
         }
-        let own = crate::HttpClient::from_service(crate::HttpClient::new());
+        // Wrapped again, a built client still sends https only.
+        let wrapped = crate::HttpClient::from_service(crate::HttpClient::new());
+        assert!(builder(vars).http_client(wrapped).build().is_err());
+        let own = crate::HttpClient::from_service(tower::service_fn(
+            |_: crate::transport::HttpRequest| async {
+                Ok::<_, crate::BoxError>(crate::transport::HttpResponse::new(Default::default()))
+            },
+        ));
         assert!(builder(vars).http_client(own).build().is_ok());
     }
 }
