@@ -133,6 +133,12 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 /// | 5 | [`AzureCliCredential`] | `az login` |
 /// | 6 | [`AzureDeveloperCliCredential`] | `azd auth login` |
 ///
+/// While the workload identity member is in the chain, the managed identity keeps its own
+/// workload identity source (as in azure-identity): in an AKS pod set up for workload identity
+/// (`AZURE_AUTHORITY_HOST`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`) but without a client
+/// id, both are *unavailable* saying so, and IMDS, which answers there as the node's kubelet
+/// identity, is never asked.
+///
 /// With [`vars`](DefaultAzureCredentialBuilder::vars), every member reads these (and
 /// `AZURE_AUTHORITY_HOST`, `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH`) from the pairs given.
 ///
@@ -282,7 +288,9 @@ impl DefaultAzureCredentialBuilder {
         self.exclude(Member::Environment, exclude)
     }
 
-    /// Leave out [`WorkloadIdentityCredential`].
+    /// Leave out [`WorkloadIdentityCredential`], and with it the managed identity's workload
+    /// identity source (as in azure-identity): the workload identity variables then select
+    /// nothing, and the managed identity is the host's (IMDS on an AKS node).
     pub fn exclude_workload_identity_credential(self, exclude: bool) -> Self {
         self.exclude(Member::WorkloadIdentity, exclude)
     }
@@ -464,9 +472,10 @@ impl DefaultAzureCredentialBuilder {
                 check_label(label).map_err(|m| ConfigError::new(format!("{NAME}: {m}")))?;
             }
         }
+        let with_workload = members.contains(&Member::WorkloadIdentity);
         let mut chain = Vec::with_capacity(members.len());
-        for member in members {
-            chain.push(self.member(member, alone)?);
+        for member in &members {
+            chain.push(self.member(*member, alone, with_workload)?);
         }
         Ok(DefaultAzureCredential {
             inner: Arc::new(Inner {
@@ -493,10 +502,16 @@ impl DefaultAzureCredentialBuilder {
         }
     }
 
-    /// Builds `member`. Fails only on a value given in code (a program's mistake, as
-    /// azure-identity raises at construction); a misconfigured environment makes the member
-    /// *unavailable* instead (see [`built`]).
-    fn member(&mut self, member: Member, alone: bool) -> Result<BoxCredential, ConfigError> {
+    /// Builds `member`; `alone`: named alone by `AZURE_TOKEN_CREDENTIALS`; `with_workload`:
+    /// the workload identity member is in the chain. Fails only on a value given in code (a
+    /// program's mistake, as azure-identity raises at construction); a misconfigured
+    /// environment makes the member *unavailable* instead (see [`built`]).
+    fn member(
+        &mut self,
+        member: Member,
+        alone: bool,
+        with_workload: bool,
+    ) -> Result<BoxCredential, ConfigError> {
         let vars = self.vars.pairs();
         let http = self.http_client.clone();
         let shared = self.distributed.clone();
@@ -542,10 +557,15 @@ impl DefaultAzureCredentialBuilder {
                     Some(id) => id,
                     None => self.vars.get(AZURE_CLIENT_ID).map(UserAssignedId::ClientId),
                 };
-                // The chain's own workload identity member comes before it, so the managed
-                // identity's workload identity source could only repeat it (azure-identity's
-                // keeps that source only while the member is in the chain).
-                let mut b = ManagedIdentityCredential::builder().exclude_workload_identity(true);
+                // Its workload identity source is kept exactly while the workload identity
+                // member is in the chain, as in azure-identity: a pod set up for workload
+                // identity whose member cannot work (no client id) must not fall through to
+                // IMDS, which answers there as the node's kubelet identity. The source's own
+                // configuration error then makes this member unavailable too (see `built`).
+                // Without the member (excluded, or this one named alone), the workload
+                // identity variables select nothing and the host's managed identity is used.
+                let mut b =
+                    ManagedIdentityCredential::builder().exclude_workload_identity(!with_workload);
                 // Asked by this chain, it probes IMDS as in any chain; named alone, it has
                 // nothing to fall back to.
                 if alone {

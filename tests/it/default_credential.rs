@@ -429,6 +429,62 @@ async fn in_an_aks_pod_the_workload_identity_answers() {
     }
 }
 
+/// An AKS pod set up for workload identity but without a client id (no `AZURE_CLIENT_ID`: the
+/// service account names none). The workload identity member cannot work, and neither can the
+/// managed identity's workload identity source, which azure-identity keeps while that member is
+/// in the chain: the chain must not fall through to IMDS, which in a pod answers as the node's
+/// kubelet identity.
+#[tokio::test(start_paused = true)]
+async fn a_workload_identity_pod_without_a_client_id_never_reaches_imds() {
+    use crate::support::mi_emulator::{Emulator, Flavour};
+    let dir = tempfile::tempdir().unwrap();
+    let imds = Emulator::start(Flavour::Imds).await;
+    let file = dir.path().join("token").display().to_string();
+    let pod: [(&str, &str); 3] = [
+        ("AZURE_AUTHORITY_HOST", "https://login.pod.test"),
+        ("AZURE_TENANT_ID", "contoso"),
+        ("AZURE_FEDERATED_TOKEN_FILE", &file),
+    ];
+    let err = nothing_configured(dir.path(), &imds.base_url(), &pod)
+        .build()
+        .unwrap()
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    let mi = err
+        .attempts()
+        .iter()
+        .find(|a| a.credential() == "ManagedIdentityCredential")
+        .unwrap();
+    assert!(mi.is_unavailable(), "{mi}");
+    assert!(
+        mi.message().contains("workload identity") && mi.message().contains("AZURE_CLIENT_ID"),
+        "{mi}"
+    );
+    assert_eq!(imds.request_count(), 0, "{:?}", imds.requests());
+
+    // Without the workload identity member (excluded, or the managed identity named alone,
+    // as azure-identity does for both), the managed identity is IMDS's.
+    let prod = [&pod[..], &[("AZURE_TOKEN_CREDENTIALS", "prod")]].concat();
+    let alone = [
+        &pod[..],
+        &[("AZURE_TOKEN_CREDENTIALS", "ManagedIdentityCredential")],
+    ]
+    .concat();
+    for dac in [
+        nothing_configured(dir.path(), &imds.base_url(), &prod)
+            .exclude_workload_identity_credential(true),
+        nothing_configured(dir.path(), &imds.base_url(), &alone),
+    ] {
+        imds.clear();
+        let dac = dac.build().unwrap();
+        dac.get_token([SCOPE]).await.unwrap();
+        assert_eq!(dac.answered(), Some("ManagedIdentityCredential"));
+        assert!(imds.request_count() > 0);
+    }
+}
+
 #[tokio::test]
 async fn a_proxy_answering_for_imds_does_not_stop_the_chain_before_azure_cli() {
     use crate::support::mi_emulator::{Emulator, Fault, Flavour};

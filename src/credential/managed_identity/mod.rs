@@ -192,8 +192,10 @@ impl IdParams {
 /// id (the builder's [`client_id`](ManagedIdentityCredentialBuilder::client_id), else
 /// `AZURE_CLIENT_ID`; an object or resource id is a configuration error), and requests are
 /// then the [`WorkloadIdentityCredential`]'s own: its scopes, tenant rules, cache and errors
-/// (under its name). `DefaultAzureCredential`'s managed identity leaves this source out: the
-/// chain has its own workload identity member before it.
+/// (under its name). `DefaultAzureCredential`'s managed identity keeps this source exactly
+/// while the chain's own workload identity member is in it (as azure-identity does), so a pod
+/// set up for workload identity never falls through to IMDS, which answers there as the node's
+/// kubelet identity.
 ///
 /// `IDENTITY_ENDPOINT` alone is a configuration error (it names what else to set). Like
 /// azure-identity, and unlike MSAL, the presence of the Arc agent's `himds` program is not
@@ -454,7 +456,7 @@ pub struct ManagedIdentityCredentialBuilder {
     /// `Some`: probe IMDS (or not) wherever the credential is asked; `None`: when a chain
     /// asks it.
     probe_imds: Option<bool>,
-    /// Leave out the workload identity source (`DefaultAzureCredential` has its own member).
+    /// Leave out the workload identity source (see `exclude_workload_identity`).
     no_workload_identity: bool,
     distributed: Option<crate::DistributedCache>,
     system_assigned_label: Option<String>,
@@ -553,8 +555,8 @@ impl ManagedIdentityCredentialBuilder {
     }
 
     /// Leaves the workload identity source out, so its variables do not select it (as
-    /// azure-identity's `_exclude_workload_identity_credential`): for `DefaultAzureCredential`,
-    /// whose own workload identity member comes first.
+    /// azure-identity's `_exclude_workload_identity_credential`): `DefaultAzureCredential`
+    /// does so when its own workload identity member is not in the chain.
     pub(crate) fn exclude_workload_identity(mut self, exclude: bool) -> Self {
         self.no_workload_identity = exclude;
         self

@@ -340,7 +340,7 @@ async fn secrets_never_show_in_errors_or_debug_output() {
 /// (`AZURE_AUTHORITY_HOST`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`), the managed
 /// identity authenticates as `WorkloadIdentityCredential` does, for the client id given or
 /// `AZURE_CLIENT_ID`; IMDS is not asked. `DefaultAzureCredential`'s managed identity leaves
-/// it out (the chain's own workload identity member covers it).
+/// it out only without the chain's own workload identity member (here: named alone).
 #[tokio::test]
 async fn in_an_aks_pod_the_managed_identity_is_the_workload_identity() {
     use crate::support::oidc::{WORKLOAD_CLIENT_ID, peer};
