@@ -154,8 +154,9 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 /// **Failing fast.** Inside this chain, as in any chain, the managed identity, when it would
 /// ask IMDS, first probes it without retries and with a 1 s timeout: on a machine that is not an Azure VM
 /// the chain moves on within about a second instead of waiting out IMDS's retry schedule. Once
-/// IMDS has answered (an HTTP reply of any kind) it is not probed again, and a request it
-/// leaves unanswered is a failure that stops the chain, not a host without IMDS. Until IMDS
+/// IMDS has answered with JSON, as only IMDS does (a token, a JSON error, the probe's 400),
+/// it is not probed again, and a request it leaves unanswered is a failure that stops the
+/// chain, not a host without IMDS. Until IMDS
 /// has issued a token, an answer at
 /// the IMDS address that is not JSON (a proxy or firewall answering for the link-local
 /// address) also makes it *unavailable*, as in azure-identity; a JSON error is IMDS's own and

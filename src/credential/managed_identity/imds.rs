@@ -35,6 +35,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const TOTAL_TIMEOUT: Duration = Duration::from_secs(90);
 /// The probe's whole budget (azure-identity: 1 s, no retries).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most of a probe's answer the built-in probe client reads: IMDS's is a short JSON
+/// error, and a larger answer (a web page) is not IMDS's.
+const PROBE_MAX_BYTES: usize = 16 * 1024;
 
 /// The full token URL for a base URL (`AZURE_POD_IDENTITY_AUTHORITY_HOST`).
 pub(super) fn token_url(base: &Url) -> Result<Url, String> {
@@ -62,9 +65,12 @@ pub(super) struct Imds {
     probe_http: OnceLock<HttpClient>,
     /// A token was received once: an answer that is not JSON is a failure from then on.
     succeeded: AtomicBool,
-    /// IMDS gave an HTTP answer once (the probe's 400, an error, a token): it is there, so no
-    /// more probes, and a request that gets no answer is a failure of this host's IMDS, not
-    /// the sign of a host without one (which would let a chain move on to another identity).
+    /// IMDS answered once with JSON, as only IMDS does (a token, a JSON error such as the
+    /// probe's 400 "Required metadata header"): it is there, so no more probes, and a request
+    /// that gets no answer is a failure of this host's IMDS, not the sign of a host without
+    /// one (which would let a chain move on to another identity). An answer that is not JSON
+    /// (a captive portal's page, a proxy's refusal) does not count: on another network the
+    /// same address may answer nothing.
     answered: AtomicBool,
 }
 
@@ -107,6 +113,7 @@ impl Imds {
             HttpClient::builder()
                 .connect_timeout(PROBE_TIMEOUT)
                 .timeout(Some(PROBE_TIMEOUT))
+                .max_response_bytes(PROBE_MAX_BYTES)
                 .no_retry(),
         )
         .map_err(|message| CredentialError::invalid_request(NAME, message))?;
@@ -176,7 +183,10 @@ impl Imds {
         if let Some(error) = docker_desktop(&answer) {
             return Err(error);
         }
-        self.answered.store(true, Ordering::Release);
+        let json = is_json(&answer.body);
+        if json {
+            self.answered.store(true, Ordering::Release);
+        }
         if let Some(error) = self.bad_request(&answer, resource) {
             return Err(error);
         }
@@ -187,17 +197,15 @@ impl Imds {
             // azure-identity's does. A JSON error is IMDS's own (a managed identity that is
             // there but failed): the chain stops on it, as there, rather than run on as another
             // identity.
-            Err(error) if before_token && !is_json(&answer.body) => {
-                Err(CredentialError::unavailable(
-                    NAME,
-                    format!(
-                        "something answered at the IMDS address, but not with JSON, so this is \
+            Err(error) if before_token && !json => Err(CredentialError::unavailable(
+                NAME,
+                format!(
+                    "something answered at the IMDS address, but not with JSON, so this is \
                          taken as a host without a managed identity: {}",
-                        error.message()
-                    ),
-                )
-                .with_source(error))
-            }
+                    error.message()
+                ),
+            )
+            .with_source(error)),
             Err(error) => Err(error),
         }
     }
@@ -224,9 +232,14 @@ impl Imds {
             Ok(Err(error)) => Err(self.absent(error)),
             Ok(Ok(answer)) => match docker_desktop(&answer) {
                 Some(error) => Err(error),
-                // Any other answer (400 for the missing header, as a rule) means IMDS is there.
+                // Any other HTTP answer lets the token request go (as azure-identity's probe
+                // does); only IMDS's own, JSON (its 400 for the missing header, as a rule),
+                // shows that IMDS is there. A web page may be a captive portal's: the token
+                // request then finds no JSON either, and the chain moves on.
                 None => {
-                    self.answered.store(true, Ordering::Release);
+                    if is_json(&answer.body) {
+                        self.answered.store(true, Ordering::Release);
+                    }
                     Ok(())
                 }
             },

@@ -229,9 +229,11 @@ impl IdParams {
 ///   resource Microsoft Entra ID does not know (`invalid_resource`), is a mistake to report,
 ///   not a reason for a chain to run on as another identity. (azure-identity makes every IMDS
 ///   400 *unavailable*; azidentity those of the system-assigned identity.)
-///   Once IMDS has answered the credential at all (a token, an error, the probe's reply), it
-///   is there: a request that then gets no answer is *authentication failed* (a timeout or a
-///   connection failure), so a chain does not move on to another identity while IMDS is slow.
+///   Once IMDS has answered the credential with JSON, as only IMDS does (a token, a JSON
+///   error, the probe's 400), it is there: a request that then gets no answer is
+///   *authentication failed* (a timeout or a connection failure), so a chain does not move on
+///   to another identity while IMDS is slow. An answer that is not JSON (a captive portal's
+///   page, a proxy's refusal) does not count.
 ///   Any other failure is *authentication failed*, with the status and the endpoint's text,
 ///   scrubbed of every secret the credential holds and of token values.
 /// * In a chain ([`ChainedTokenCredential`](crate::ChainedTokenCredential), `a.or(b)`,

@@ -194,3 +194,37 @@ async fn in_a_chain_an_imds_that_answered_the_probe_and_then_hangs_is_a_failure(
     assert_eq!(requests.first().and_then(|r| r.status), Some(400));
     assert_eq!(requests.first().unwrap().identity_header("metadata"), None);
 }
+
+/// A captive portal answering for the IMDS address with a web page, probe and token request
+/// alike, is not IMDS: the first request passes to the next credential, and so does a later
+/// one on a network where nothing answers (after a 1 s probe). Before, its page counted as
+/// IMDS having answered: the later request skipped the probe, waited out IMDS's retries, and
+/// stopped the chain with "IMDS answered this credential before".
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_web_page_at_the_imds_address_is_not_imds_answering() {
+    let em = Emulator::start(Flavour::Imds).await;
+    let page = || Fault::Respond {
+        status: 200,
+        body: "<html><body>Sign in to the hotel Wi-Fi</body></html>".into(),
+        headers: vec![("content-type".into(), "text/html".into())],
+    };
+    em.push_faults(page(), 2);
+    let mi = credential(&em, Identity::System);
+    let token = mi.clone().or(second()).get_token([SCOPE]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "second-token");
+    assert_eq!(em.request_count(), 2, "the probe and the token request");
+
+    // Another network: the address accepts connections and never answers.
+    em.push_faults(Fault::Delay(Duration::from_secs(3600)), 60);
+    let started = Instant::now();
+    let token = mi.or(second()).get_token([SCOPE]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "second-token");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let requests = em.requests();
+    assert_eq!(requests.len(), 3, "one more probe: {requests:?}");
+    assert_eq!(requests[2].identity_header("metadata"), None);
+}
