@@ -281,39 +281,54 @@ impl Imds {
     /// What an IMDS 400 means: `None` for any other answer, or a 400 the generic error
     /// describes as well as anything.
     ///
-    /// *Unavailable* (a chain moves on) only for the system-assigned identity's "Identity not
-    /// found", or a 400 naming no error code: this host has no identity. Every other 400 is
-    /// about what was asked for (a user-assigned id not assigned to this host, a mistyped
-    /// resource: `invalid_resource`, AADSTS500011) and is *authentication failed*, so that a
-    /// chain reports the mistake instead of running on as another identity (a developer's
-    /// Azure CLI sign-in). azure-identity makes every 400 *unavailable*; azidentity every 400
-    /// of the system-assigned identity and none of a user-assigned one.
+    /// For the system-assigned identity every 400 is *unavailable* (a chain moves on), with
+    /// advice for the ones IMDS is known to send: "Identity not found" or no error code (the
+    /// host has no identity), "Multiple user assigned identities exist" (no system-assigned
+    /// identity, several user-assigned ones: give one's client id). Only `invalid_resource`
+    /// (AADSTS500011, a mistyped resource) is *authentication failed* for it. For a
+    /// user-assigned identity, a 400 is about what was asked for (an id not assigned to this
+    /// host, a mistyped resource) and is *authentication failed*, so that a chain reports the
+    /// mistake instead of running on as another identity (a developer's Azure CLI sign-in).
+    /// azidentity makes every system-assigned 400 *unavailable*, `invalid_resource` included,
+    /// and no user-assigned one; azure-identity makes every IMDS 400 *unavailable*. A mistyped
+    /// resource is this crate's deliberate exception: a chain should report it, not answer as
+    /// another identity that would get the same refusal.
     fn bad_request(&self, answer: &Answer, resource: &str) -> Option<CredentialError> {
         if answer.status != StatusCode::BAD_REQUEST {
             return None;
         }
         let said = provider_text(&answer.body, &[]);
-        let not_found = said
-            .text
-            .to_ascii_lowercase()
-            .contains("identity not found");
+        let text = said.text.to_ascii_lowercase();
+        let not_found = text.contains("identity not found");
+        let several = text.contains("multiple user assigned identities");
         let error = failure(SOURCE, answer.status, &answer.body, &[]);
         match (&self.id, said.code.as_deref()) {
+            (_, Some("invalid_resource")) => Some(error.with_message_suffix(&format!(
+                "; Microsoft Entra ID knows no resource \"{resource}\": check the scope asked \
+                 for (the resource is the scope without \"/.default\")"
+            ))),
+            (None, _) if several => Some(error.into_unavailable().with_message_suffix(
+                "; this host has no system-assigned identity but several user-assigned ones, \
+                 and IMDS does not choose among them: give the client id of one of them \
+                 (client_id, or AZURE_CLIENT_ID for DefaultAzureCredential), or enable the \
+                 system-assigned identity",
+            )),
             (None, code) if not_found || code.is_none() => {
                 Some(error.into_unavailable().with_message_suffix(
                     "; this host has no system-assigned identity: enable it on the VM or \
                      scale set, give a user-assigned id, or use another credential",
                 ))
             }
+            (None, _) => Some(error.into_unavailable().with_message_suffix(
+                "; IMDS refused the system-assigned identity, so this host is taken as having \
+                 none usable: enable it on the VM or scale set, give a user-assigned id, or \
+                 use another credential",
+            )),
             (Some(id), _) if not_found => Some(error.with_message_suffix(&format!(
                 "; the user-assigned identity with {id} is not assigned to this host: assign \
                  it to the VM, scale set or node pool, or correct the id"
             ))),
-            (_, Some("invalid_resource")) => Some(error.with_message_suffix(&format!(
-                "; Microsoft Entra ID knows no resource \"{resource}\": check the scope asked \
-                 for (the resource is the scope without \"/.default\")"
-            ))),
-            _ => None,
+            (Some(_), _) => None,
         }
     }
 }
@@ -413,10 +428,29 @@ mod tests {
             assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
         }
 
-        // Other codes, and a user-assigned 400 without one: the generic failure.
+        // No system-assigned identity but several user-assigned ones: which id to give.
+        let several = r#"{"error":"invalid_request","error_description":"Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request"}"#;
+        let err = bad(system(), several);
+        assert!(err.is_unavailable(), "{err}");
+        assert!(
+            err.message().contains("give the client id of one of them"),
+            "{err}"
+        );
+        assert_eq!(err.error_code(), Some("invalid_request"));
+
+        // Any other system-assigned 400 is unavailable too, as in azidentity.
         let other = r#"{"error":"invalid_request","error_description":"Required metadata header not specified"}"#;
-        assert!(system().bad_request(&answer(400, other), "r").is_none());
+        let err = bad(system(), other);
+        assert!(err.is_unavailable(), "{err}");
+        assert!(
+            err.message().contains("refused the system-assigned"),
+            "{err}"
+        );
+
+        // A user-assigned 400 of another kind: the generic failure.
         assert!(user().bad_request(&answer(400, "{}"), "r").is_none());
+        assert!(user().bad_request(&answer(400, several), "r").is_none());
+        assert!(user().bad_request(&answer(400, other), "r").is_none());
         for (status, body) in [(403, "forbidden"), (500, "oops"), (200, "{}"), (404, "")] {
             assert!(
                 system().bad_request(&answer(status, body), "r").is_none(),

@@ -223,12 +223,15 @@ impl IdParams {
 ///   [`RetryOptions`](crate::RetryOptions) (30 s in all).
 /// * On a host without IMDS, the request fails after its retries and the credential is
 ///   *unavailable* ("no managed identity endpoint answered"); so is an IMDS that answers 403
-///   with `unreachable` (Docker Desktop), or 400 "Identity not found" (or a 400 without an
-///   error code) for the system-assigned identity: the host has none. Any other 400 is
-///   *authentication failed*, with advice: a user-assigned id not assigned to this host, or a
-///   resource Microsoft Entra ID does not know (`invalid_resource`), is a mistake to report,
-///   not a reason for a chain to run on as another identity. (azure-identity makes every IMDS
-///   400 *unavailable*; azidentity those of the system-assigned identity.)
+///   with `unreachable` (Docker Desktop), or any 400 for the system-assigned identity but
+///   `invalid_resource`: the host has no system-assigned identity to use, with advice for
+///   "Identity not found" (enable it, or give a user-assigned id) and for "Multiple user
+///   assigned identities exist" (give the client id of one of them). A 400 for a
+///   user-assigned identity, and `invalid_resource` for either, is *authentication failed*,
+///   with advice: a user-assigned id not assigned to this host, or a resource Microsoft Entra
+///   ID does not know, is a mistake to report, not a reason for a chain to run on as another
+///   identity. This is where the crate deliberately differs: azure-identity makes every IMDS
+///   400 *unavailable*, azidentity every system-assigned one, `invalid_resource` included.
 ///   Once IMDS has answered the credential with JSON, as only IMDS does (a token, a JSON
 ///   error, the probe's 400), it is there: a request that then gets no answer is
 ///   *authentication failed* (a timeout or a connection failure), so a chain does not move on

@@ -228,3 +228,43 @@ async fn in_a_chain_a_web_page_at_the_imds_address_is_not_imds_answering() {
     assert_eq!(requests.len(), 3, "one more probe: {requests:?}");
     assert_eq!(requests[2].identity_header("metadata"), None);
 }
+
+/// IMDS's 400 for the system-assigned identity of a VM that has none but several user-assigned
+/// identities: the host has no identity to use without an id, so a chain moves on (as in
+/// azure-identity and azidentity), and the error says which id to give.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_several_user_assigned_identities_and_no_id_let_the_next_answer() {
+    let em = Emulator::start(Flavour::Imds).await;
+    let several = || {
+        Fault::Respond {
+        status: 400,
+        body: r#"{"error":"invalid_request","error_description":"Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request"}"#.into(),
+        headers: vec![("content-type".into(), "application/json".into())],
+    }
+    };
+    // The probe is answered as usual, the token request with the 400.
+    em.push_fault(Fault::Delay(Duration::ZERO));
+    em.push_fault(several());
+    let token = credential(&em, Identity::System)
+        .or(second())
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert_eq!(token.secret().expose_secret(), "second-token");
+
+    // Asked on its own: the same error, with what to do.
+    em.push_fault(several());
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert_eq!(err.error_code(), Some("invalid_request"));
+    assert!(
+        err.message()
+            .contains("Multiple user assigned identities exist")
+            && err.message().contains("client id of one of them")
+            && err.message().contains("AZURE_CLIENT_ID"),
+        "{err}"
+    );
+}
