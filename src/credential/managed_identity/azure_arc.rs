@@ -16,11 +16,13 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
+use tokio::task::JoinHandle;
 use url::Url;
 
 use super::request;
@@ -72,11 +74,24 @@ pub(super) fn default_key_directory(
     }
 }
 
+/// Reads the key a realm names from the key directory: [`read_key`], or in tests a read that
+/// does not return.
+type KeyReader = Arc<dyn Fn(&Path, &str) -> Result<Secret, String> + Send + Sync>;
+
+/// A key read running on a blocking thread.
+type KeyRead = JoinHandle<Result<Secret, String>>;
+
 pub(super) struct AzureArc {
     pub(super) url: Url,
     pub(super) id: Option<UserAssignedId>,
     key_directory: PathBuf,
     http: HttpClient,
+    read_key: KeyReader,
+    /// A key read that overran [`KEY_READ_TIMEOUT`]: waiting for it stops there, but its
+    /// blocking thread cannot be stopped. While it has not returned, no other read is started
+    /// (each would hold one more thread of the blocking pool, for as long as the file system
+    /// hangs). Locked briefly, never across an `await`.
+    overrun: Mutex<Option<KeyRead>>,
 }
 
 impl AzureArc {
@@ -91,7 +106,73 @@ impl AzureArc {
             id,
             key_directory,
             http: custom.map_or_else(request::default_http, Ok)?,
+            read_key: Arc::new(read_key),
+            overrun: Mutex::new(None),
         })
+    }
+
+    fn overrun(&self) -> MutexGuard<'_, Option<KeyRead>> {
+        // The slot holds no invariant a panic could break.
+        self.overrun.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The key `realm` names, read on a blocking thread within [`KEY_READ_TIMEOUT`]; refused
+    /// at once while an earlier read that overran has not returned.
+    async fn key(&self, realm: String) -> Result<Secret, CredentialError> {
+        {
+            let mut overrun = self.overrun();
+            if overrun.as_ref().is_some_and(|read| !read.is_finished()) {
+                return Err(CredentialError::authentication_failed(
+                    NAME,
+                    format!(
+                        "an earlier read of the Azure Arc agent's key file in {} took more \
+                         than {KEY_READ_TIMEOUT:?} and has not returned yet (a hung file \
+                         system?); no other read is started until it does",
+                        self.key_directory.display()
+                    ),
+                )
+                .with_cause(Cause {
+                    timeout: true,
+                    transient: true,
+                    ..Cause::default()
+                }));
+            }
+            // Returned: its key, read for another request long ago, is not used.
+            *overrun = None;
+        }
+        let directory = self.key_directory.clone();
+        let reader = Arc::clone(&self.read_key);
+        let mut read = tokio::task::spawn_blocking(move || reader(&directory, &realm));
+        match tokio::time::timeout(KEY_READ_TIMEOUT, &mut read).await {
+            Ok(Ok(Ok(key))) => Ok(key),
+            Ok(Ok(Err(reason))) => Err(CredentialError::authentication_failed(
+                NAME,
+                format!("the Azure Arc agent's key file was refused: {reason}"),
+            )),
+            Ok(Err(join)) => Err(CredentialError::authentication_failed(
+                NAME,
+                format!("reading the Azure Arc agent's key file failed: {join}"),
+            )),
+            Err(_elapsed) => {
+                let mut overrun = self.overrun();
+                // Another request's overrun may have been kept meanwhile: one is enough.
+                if overrun.as_ref().is_none_or(JoinHandle::is_finished) {
+                    *overrun = Some(read);
+                }
+                Err(CredentialError::authentication_failed(
+                    NAME,
+                    format!(
+                        "reading the Azure Arc agent's key file took more than \
+                         {KEY_READ_TIMEOUT:?}; gave up"
+                    ),
+                )
+                .with_cause(Cause {
+                    timeout: true,
+                    transient: true,
+                    ..Cause::default()
+                }))
+            }
+        }
     }
 
     fn request(
@@ -154,37 +235,7 @@ impl AzureArc {
                     ..ProviderDetails::default()
                 })
             })?;
-        let directory = self.key_directory.clone();
-        let read = tokio::task::spawn_blocking(move || read_key(&directory, &realm));
-        let key = match tokio::time::timeout(KEY_READ_TIMEOUT, read).await {
-            Ok(Ok(Ok(key))) => key,
-            Ok(Ok(Err(reason))) => {
-                return Err(CredentialError::authentication_failed(
-                    NAME,
-                    format!("the Azure Arc agent's key file was refused: {reason}"),
-                ));
-            }
-            Ok(Err(join)) => {
-                return Err(CredentialError::authentication_failed(
-                    NAME,
-                    format!("reading the Azure Arc agent's key file failed: {join}"),
-                ));
-            }
-            Err(_elapsed) => {
-                return Err(CredentialError::authentication_failed(
-                    NAME,
-                    format!(
-                        "reading the Azure Arc agent's key file took more than \
-                         {KEY_READ_TIMEOUT:?}; gave up"
-                    ),
-                )
-                .with_cause(Cause {
-                    timeout: true,
-                    transient: true,
-                    ..Cause::default()
-                }));
-            }
-        };
+        let key = self.key(realm).await?;
         let secrets = [key.expose_secret()];
         let answer = request::send(
             &self.http,
@@ -350,6 +401,66 @@ mod tests {
             None,
         )
         .unwrap()
+    }
+
+    /// A key read that never returns (a hung mount) holds its blocking thread after the
+    /// request gave up on it; later requests are refused at once instead of each holding one
+    /// more thread, until it returns.
+    #[tokio::test(start_paused = true)]
+    async fn a_key_read_that_does_not_return_holds_one_blocking_thread_at_most() {
+        use futures_util::FutureExt;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let started = Arc::new(AtomicUsize::new(0));
+        // Each read waits here until `release` is dropped.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let mut arc = arc(None);
+        arc.read_key = {
+            let started = Arc::clone(&started);
+            Arc::new(move |_: &Path, _: &str| {
+                started.fetch_add(1, Ordering::SeqCst);
+                let _ = gate.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                Ok(Secret::new("the-key"))
+            })
+        };
+        let arc = Arc::new(arc);
+
+        let first = tokio::spawn({
+            let arc = Arc::clone(&arc);
+            async move { arc.key("a.key".into()).await }
+        });
+        while started.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // A running blocking task keeps the paused clock from advancing by itself.
+        tokio::time::advance(KEY_READ_TIMEOUT + Duration::from_secs(1)).await;
+        let err = first.await.unwrap().unwrap_err();
+        assert!(
+            err.is_timeout() && err.message().contains("gave up"),
+            "{err}"
+        );
+
+        for _ in 0..5 {
+            let err = arc
+                .key("a.key".into())
+                .now_or_never()
+                .expect("refused at once")
+                .unwrap_err();
+            assert!(err.message().contains("has not returned yet"), "{err}");
+            assert!(err.message().contains("/nonexistent"), "{err}");
+        }
+        assert_eq!(started.load(Ordering::SeqCst), 1, "one read outstanding");
+
+        // Once it returns, the next request reads again.
+        drop(release);
+        while !arc.overrun().as_ref().is_some_and(JoinHandle::is_finished) {
+            tokio::task::yield_now().await;
+        }
+        let key = arc.key("a.key".into()).await.unwrap();
+        assert_eq!(key.expose_secret(), "the-key");
+        assert_eq!(started.load(Ordering::SeqCst), 2);
+        assert!(arc.overrun().is_none());
     }
 
     #[test]
