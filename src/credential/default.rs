@@ -152,21 +152,30 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 /// `exclude_*` settings apply on top.
 ///
 /// **Failing fast.** Inside this chain, as in any chain, the managed identity, when it would
-/// ask IMDS, first probes it without retries and with a 1 s timeout: on a machine that is not an Azure VM
-/// the chain moves on within about a second instead of waiting out IMDS's retry schedule. Once
-/// IMDS has answered with JSON, as only IMDS does (a token, a JSON error, the probe's 400),
-/// it is not probed again, and a request it leaves unanswered is a failure that stops the
-/// chain, not a host without IMDS. Until IMDS
-/// has issued a token, an answer at
-/// the IMDS address that is not JSON (a proxy or firewall answering for the link-local
-/// address) also makes it *unavailable*, as in azure-identity; a JSON error is IMDS's own and
-/// stops the chain there too, so that it does not run on as another identity. (azure-identity skips this
-/// probe when `AZURE_POD_IDENTITY_AUTHORITY_HOST` is set; this crate probes there too, so a
-/// wrong override fails fast as well.) When `AZURE_TOKEN_CREDENTIALS=ManagedIdentityCredential`
-/// names it alone there is nothing to fall back to, and it is not probed. Failures of the shared
-/// token cache, Azure CLI and Azure Developer CLI (a refused refresh token, an outage, a tool
-/// that fails) are reported as *unavailable* here, so the next developer sign-in gets its
-/// turn, as azure-identity does.
+/// ask IMDS, first probes it without retries and with a 1 s timeout: on a machine that is not
+/// an Azure VM the chain moves on within about a second instead of waiting out IMDS's retry
+/// schedule. What makes it *unavailable*, so that the chain moves on:
+///
+/// * no HTTP reply to the probe, or no answer to the token request, before IMDS has answered
+///   this credential with JSON;
+/// * until IMDS has issued a token, an answer at the IMDS address that is not JSON (a proxy,
+///   firewall or captive portal answering for the link-local address), as in azure-identity;
+/// * a 403 naming an `unreachable` network (Docker Desktop);
+/// * any 400 for the system-assigned identity but `invalid_resource` (no identity, or several
+///   user-assigned ones and no id given).
+///
+/// Anything else stops the chain, so that it does not run on as another identity: a 400 for
+/// a user-assigned identity (not assigned to this host), `invalid_resource` (a mistyped
+/// scope), any other JSON error from IMDS, and a request left unanswered once IMDS has
+/// answered with JSON (a token, a JSON error, the probe's 400), which is no longer probed
+/// then. azure-identity 1.27 is more lenient on two points: every IMDS 400 is *unavailable*
+/// there, and so is a token request with no answer after a successful probe. (azure-identity
+/// also skips the probe when `AZURE_POD_IDENTITY_AUTHORITY_HOST` is set; this crate probes
+/// there too, so a wrong override fails fast as well.) When
+/// `AZURE_TOKEN_CREDENTIALS=ManagedIdentityCredential` names it alone there is nothing to fall
+/// back to, and it is not probed. Failures of the shared token cache, Azure CLI and Azure
+/// Developer CLI (a refused refresh token, an outage, a tool that fails) are reported as
+/// *unavailable* here, so the next developer sign-in gets its turn, as azure-identity does.
 ///
 /// **Sticky.** The first credential that answers is used for every later request of this
 /// `DefaultAzureCredential` (and its clones), without trying the others first — as

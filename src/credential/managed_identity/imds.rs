@@ -193,10 +193,11 @@ impl Imds {
         match answer.parse(SOURCE, &[]) {
             Ok(token) => Ok(token.token),
             // Until IMDS has issued a token, an answer that is not JSON at all may come from a
-            // proxy or firewall answering for the link-local address: the chain moves on, as
-            // azure-identity's does. A JSON error is IMDS's own (a managed identity that is
-            // there but failed): the chain stops on it, as there, rather than run on as another
-            // identity.
+            // proxy, firewall or captive portal answering for the link-local address: the
+            // chain moves on, as azure-identity's does. Any other JSON error (the 400s were
+            // decided above: a 403 by policy, a 500 after the retries, a 200 without a token)
+            // is IMDS's own, a managed identity that is there but failed: the chain stops on
+            // it, as azure-identity's does, rather than run on as another identity.
             Err(error) if before_token && !json => Err(CredentialError::unavailable(
                 NAME,
                 format!(

@@ -236,12 +236,13 @@ impl IdParams {
 ///   error, the probe's 400), it is there: a request that then gets no answer is
 ///   *authentication failed* (a timeout or a connection failure), so a chain does not move on
 ///   to another identity while IMDS is slow. An answer that is not JSON (a captive portal's
-///   page, a proxy's refusal) does not count.
+///   page, a proxy's refusal) does not count. This too is deliberate: azure-identity 1.27
+///   makes a token request that gets no answer after a successful probe *unavailable*.
 ///   Any other failure is *authentication failed*, with the status and the endpoint's text,
 ///   scrubbed of every secret the credential holds and of token values.
 /// * In a chain ([`ChainedTokenCredential`](crate::ChainedTokenCredential), `a.or(b)`,
 ///   `DefaultAzureCredential`), where another credential may answer, until IMDS first answers
-///   each request is preceded by a probe (the same `GET` without `Metadata`, 1 s, no
+///   with JSON each request is preceded by a probe (the same `GET` without `Metadata`, 1 s, no
 ///   retries), as azure-identity does in any chain: no HTTP answer (no connection, no reply in
 ///   time, a dropped connection or a reply that is not HTTP) makes the credential
 ///   *unavailable* at once instead of after the retries; until IMDS has issued a token, so
