@@ -192,7 +192,9 @@ impl IdParams {
 /// id (the builder's [`client_id`](ManagedIdentityCredentialBuilder::client_id), else
 /// `AZURE_CLIENT_ID`; an object or resource id is a configuration error), and requests are
 /// then the [`WorkloadIdentityCredential`]'s own: its scopes, tenant rules, cache and errors
-/// (under its name). `DefaultAzureCredential`'s managed identity keeps this source exactly
+/// (under its name). To reach IMDS from such a pod (the node's identities), set
+/// [`exclude_workload_identity`](ManagedIdentityCredentialBuilder::exclude_workload_identity).
+/// `DefaultAzureCredential`'s managed identity keeps this source exactly
 /// while the chain's own workload identity member is in it (as azure-identity does), so a pod
 /// set up for workload identity never falls through to IMDS, which answers there as the node's
 /// kubelet identity.
@@ -470,7 +472,10 @@ pub struct ManagedIdentityCredentialBuilder {
 }
 
 impl ManagedIdentityCredentialBuilder {
-    /// A user-assigned identity, by client id.
+    /// A user-assigned identity, by client id. Where the workload identity variables select
+    /// the workload identity source (an AKS pod set up for it), this is the client id of the
+    /// workload identity to authenticate as, not a node identity's: see
+    /// [`exclude_workload_identity`](Self::exclude_workload_identity) to ask IMDS instead.
     pub fn client_id(self, id: impl Into<String>) -> Self {
         self.user_assigned_id(UserAssignedId::ClientId(id.into()))
     }
@@ -561,10 +566,17 @@ impl ManagedIdentityCredentialBuilder {
         self
     }
 
-    /// Leaves the workload identity source out, so its variables do not select it (as
-    /// azure-identity's `_exclude_workload_identity_credential`): `DefaultAzureCredential`
-    /// does so when its own workload identity member is not in the chain.
-    pub(crate) fn exclude_workload_identity(mut self, exclude: bool) -> Self {
+    /// Leaves the workload identity source out, so that `AZURE_AUTHORITY_HOST`,
+    /// `AZURE_TENANT_ID` and `AZURE_FEDERATED_TOKEN_FILE` do not select it, and the next
+    /// source in the table, as a rule IMDS, is used (azure-identity's
+    /// `_exclude_workload_identity_credential`). In an AKS pod set up for workload identity,
+    /// this is the way to the node's managed identities: its system-assigned or kubelet
+    /// identity, or a user-assigned one by [`client_id`](Self::client_id) (which would
+    /// otherwise name the workload identity), [`object_id`](Self::object_id) or
+    /// [`resource_id`](Self::resource_id) (which the workload identity source refuses).
+    /// `DefaultAzureCredential` sets it when its own workload identity member is not in the
+    /// chain. Default: `false`.
+    pub fn exclude_workload_identity(mut self, exclude: bool) -> Self {
         self.no_workload_identity = exclude;
         self
     }
@@ -744,14 +756,18 @@ impl ManagedIdentityCredentialBuilder {
                 return Err(format!(
                     "the workload identity (selected by {AZURE_AUTHORITY_HOST}, \
                      {AZURE_TENANT_ID} and {AZURE_FEDERATED_TOKEN_FILE}) is chosen by client \
-                     id, but a user-assigned {other} was given; give the client id"
+                     id, but a user-assigned {other} was given; give the client id, or \
+                     exclude_workload_identity(true) to ask the host's managed identity \
+                     endpoint (IMDS) for that identity"
                 ));
             }
             None => get(AZURE_CLIENT_ID).ok_or_else(|| {
                 format!(
                     "the workload identity was selected ({AZURE_AUTHORITY_HOST}, \
                      {AZURE_TENANT_ID} and {AZURE_FEDERATED_TOKEN_FILE} are set) but no client \
-                     id is known: set {AZURE_CLIENT_ID} or give client_id"
+                     id is known: set {AZURE_CLIENT_ID} or give client_id, or use the host's \
+                     managed identity (IMDS) instead with exclude_workload_identity(true) \
+                     (DefaultAzureCredential: exclude_workload_identity_credential(true))"
                 )
             })?,
         };

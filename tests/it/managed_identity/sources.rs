@@ -400,3 +400,54 @@ async fn in_an_aks_pod_the_managed_identity_is_the_workload_identity() {
         "{token:?}"
     );
 }
+
+/// In a pod set up for workload identity, `exclude_workload_identity(true)` reaches IMDS: the
+/// node's user-assigned identities by any id, which the workload identity source cannot take
+/// (an object or resource id is a build error naming this setting), and a client id that
+/// would otherwise select the workload identity for that app.
+#[tokio::test]
+async fn in_an_aks_pod_exclude_workload_identity_reaches_imds() {
+    use super::{CLIENT_ID, OBJECT_ID};
+    let imds = Emulator::start(Flavour::Imds).await;
+    let mut vars = imds.env();
+    vars.extend(
+        [
+            ("AZURE_AUTHORITY_HOST", "https://login.pod.test"),
+            ("AZURE_TENANT_ID", "contoso"),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "/var/run/secrets/azure/tokens/t",
+            ),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let pod = || ManagedIdentityCredential::builder().vars(vars.clone());
+
+    let err = pod().object_id(OBJECT_ID).build().unwrap_err();
+    assert!(
+        err.message().contains("exclude_workload_identity(true)"),
+        "{err}"
+    );
+    let err = pod().build().unwrap_err();
+    assert!(
+        err.message().contains("exclude_workload_identity(true)"),
+        "{err}"
+    );
+    // A client id alone selects the workload identity for that app.
+    let mi = pod().client_id(CLIENT_ID).build().unwrap();
+    assert_eq!(mi.source(), ManagedIdentitySource::WorkloadIdentity);
+
+    for (mi, param, value) in [
+        (pod().object_id(OBJECT_ID), "object_id", OBJECT_ID),
+        (pod().client_id(CLIENT_ID), "client_id", CLIENT_ID),
+    ] {
+        imds.clear();
+        let mi = mi.exclude_workload_identity(true).build().unwrap();
+        assert_eq!(mi.source(), ManagedIdentitySource::Imds);
+        let token = mi.get_token([SCOPE]).await.unwrap();
+        assert!(token.secret().expose_secret().starts_with("mi-imds-"));
+        let requests = imds.requests();
+        assert_eq!(requests.len(), 1, "{requests:?}");
+        assert_eq!(requests[0].param(param), Some(value));
+    }
+}
