@@ -291,9 +291,20 @@ pub(super) fn read_key(directory: &Path, realm: &str) -> Result<Secret, String> 
             io_reason(&e)
         )
     })?;
-    let resolved = path
-        .canonicalize()
-        .map_err(|e| format!("{} cannot be resolved: {}", path.display(), io_reason(&e)))?;
+    let resolved = path.canonicalize().map_err(|e| {
+        // Say what the agent asked for and where it was looked for: a realm naming a file
+        // that is not in the directory (an agent keeping its keys elsewhere) is told apart
+        // from a missing key at once.
+        format!(
+            "the agent's realm \"{}\" names {}, looked for in the key directory {} \
+             (azure_arc_key_directory), but {} cannot be resolved: {}",
+            crate::redact::excerpt(realm.as_bytes(), &[], 200),
+            Path::new(name).display(),
+            directory.display(),
+            path.display(),
+            io_reason(&e)
+        )
+    })?;
     if resolved.parent() != Some(directory.as_path()) || !is_key(&resolved) {
         return Err(format!(
             "{} is not a .key file directly inside the agent's key directory {}",
@@ -594,17 +605,23 @@ mod tests {
         }
 
         // other.key exists elsewhere, not in the directory: the same refusal as for a path
-        // that exists nowhere, naming only the directory's path.
+        // that exists nowhere but for the realm quoted, naming the directory's path and the
+        // setting that chooses it.
         let there = elsewhere.join("other.key").display().to_string();
         let nowhere = tmp.path().join("nowhere/other.key").display().to_string();
         let a = read_key(&dir, &there).unwrap_err();
         let b = read_key(&dir, &nowhere).unwrap_err();
-        assert_eq!(a, b);
-        assert!(
-            a.contains(&dir.join("other.key").display().to_string()),
-            "{a}"
-        );
-        assert!(!a.contains("elsewhere") && !a.contains("secret"), "{a}");
+        assert_eq!(a.replace(&there, "REALM"), b.replace(&nowhere, "REALM"));
+        for (err, realm) in [(&a, &there), (&b, &nowhere)] {
+            assert!(err.contains(&format!("realm \"{realm}\"")), "{err}");
+            assert!(
+                err.contains(&format!("key directory {}", dir.display()))
+                    && err.contains("azure_arc_key_directory")
+                    && err.contains(&dir.join("other.key").display().to_string()),
+                "{err}"
+            );
+            assert!(!err.contains("secret"), "{err}");
+        }
     }
 
     #[test]
