@@ -606,8 +606,12 @@ impl ManagedIdentityCredentialBuilder {
                         (None, None) => None,
                     };
                     // An unnamed system-assigned identity is the same key on every host, so
-                    // sharing it would hand one identity's tokens to another.
+                    // sharing it would hand one identity's tokens to another. The workload
+                    // identity's credential has the distributed cache itself, under its client
+                    // id, and this credential's cache is never used for it.
+                    let workload = matches!(endpoint, Endpoint::WorkloadIdentity(_));
                     let shared = match (&self.distributed, &identity) {
+                        _ if workload => None,
                         (Some(cache), Some(_)) => Some(cache),
                         (Some(_), None) => {
                             tracing::debug!(

@@ -199,3 +199,57 @@ async fn default_azure_credential_gives_the_cache_to_its_service_members() {
     assert_eq!(b.get_token([SCOPE]).await.unwrap().secret(), first.secret());
     assert_eq!(requests.load(Ordering::SeqCst), 1);
 }
+
+/// The note that a system-assigned identity's tokens stay in this process is logged for one,
+/// and not for the workload identity source, whose credential shares its tokens through the
+/// distributed cache under its client id.
+#[test]
+fn only_an_unlabelled_system_assigned_identity_is_logged_as_kept_in_process() {
+    let store = MemoryStore::new();
+    let logs = super::Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // As in `logs_say_each_outcome_warn_once_and_never_show_a_token`: with two dispatchers,
+    // tracing asks every live one at each callsite instead of caching another thread's "never".
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let build = |vars: &[(&str, &str)]| {
+        ManagedIdentityCredential::builder()
+            .vars(vars.to_vec())
+            .distributed_cache(cache(&store))
+            .build()
+            .unwrap()
+    };
+    let (workload, logged_for_workload) = tracing::subscriber::with_default(subscriber, || {
+        tracing::callsite::rebuild_interest_cache();
+        let workload = build(&[
+            ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com"),
+            ("AZURE_TENANT_ID", "contoso"),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "/var/run/secrets/azure/tokens/t",
+            ),
+            ("AZURE_CLIENT_ID", "workload-app"),
+        ]);
+        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        // The system-assigned identity at IMDS, for the same note.
+        build(&[]);
+        (workload, logged)
+    });
+    assert_eq!(
+        workload.source(),
+        crate::ManagedIdentitySource::WorkloadIdentity
+    );
+    assert!(
+        !logged_for_workload.contains("system-assigned"),
+        "{logged_for_workload}"
+    );
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("the system-assigned identity's tokens are cached in this process only"),
+        "{text}"
+    );
+}

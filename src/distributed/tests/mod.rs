@@ -963,7 +963,7 @@ async fn logged_scenario() -> usize {
 
 /// What a test's subscriber wrote.
 #[derive(Clone, Default)]
-struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+pub(super) struct Logs(pub(super) Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl std::io::Write for Logs {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
