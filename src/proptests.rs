@@ -608,6 +608,28 @@ proptest! {
         prop_assert!(token.refresh_on().is_none_or(|r| r <= token.expires_on()), "{body}");
     }
 
+    /// An `expires_in` that cannot be read gives way to a sane epoch `expires_on`.
+    #[test]
+    fn mi_response_a_sane_expires_on_is_read_beside_an_unreadable_expires_in(
+        (secs, secs_json) in sane_seconds(),
+        expires_in in prop_oneof![
+            "[a-z ]{1,20}".prop_map(Value::from),
+            (1i64..1_000_000).prop_map(|n| json!(-n)),
+            Just(json!(true)),
+            Just(json!([1])),
+            Just(json!({"seconds": 1})),
+        ],
+    ) {
+        let epoch = MI_SENT_AT + secs;
+        let expires_on = if secs_json.is_string() { json!(epoch.to_string()) } else { json!(epoch) };
+        let body = json!({ "access_token": "at", "expires_in": expires_in, "expires_on": expires_on });
+        let token = parse_mi_answer(200, body.to_string().as_bytes(), "s3cr3t-value")
+            .map_err(|e| TestCaseError::fail(format!("{body}: {e}")))?
+            .token;
+        let left = token.expires_in();
+        prop_assert!(left <= Duration::from_secs(secs) && left + Duration::from_secs(1) >= Duration::from_secs(secs), "{body}: {left:?}");
+    }
+
     /// Any number or date in the time fields: no panic, a bounded lifetime, refresh before
     /// expiry.
     #[test]

@@ -159,20 +159,40 @@ fn parse_token(
         Some(Value::String(t)) if !t.is_empty() => Secret::new(t.as_str()),
         _ => return Err("the answer has no access_token".into()),
     };
-    // A relative lifetime is immune to a skewed local clock: it wins when both are given, so
-    // `expires_on` is read only without it (a form this parser does not know, such as an
-    // ISO 8601 date, must not fail a token whose `expires_in` is fine).
-    let lifetime = match number_field(object, "expires_in")? {
-        Some(secs) => secs,
-        None => match object.get("expires_on") {
-            None | Some(Value::Null) => {
-                return Err("the answer has neither expires_in nor expires_on".into());
+    // A relative lifetime is immune to a skewed local clock: it wins when both are readable,
+    // so `expires_on` is read only without it (a form this parser does not know, such as an
+    // ISO 8601 date, must not fail a token whose `expires_in` is fine), or when `expires_in`
+    // cannot be read (a good `expires_on` must not fail the token either).
+    let expires_in = match number_field(object, "expires_in") {
+        Ok(Some(secs)) => Ok(secs),
+        other => Err(other.err()),
+    };
+    let lifetime = match expires_in {
+        Ok(secs) => secs,
+        Err(unreadable) => {
+            let expires_on = match object.get("expires_on") {
+                None | Some(Value::Null) => None,
+                Some(value) => Some(
+                    number(value)
+                        .or_else(|| value.as_str().and_then(parse_date))
+                        .ok_or("expires_on is neither epoch seconds nor a date"),
+                ),
+            };
+            match (unreadable, expires_on) {
+                (unreadable, Some(Ok(epoch))) => {
+                    if let Some(reason) = unreadable {
+                        tracing::debug!(credential = NAME, "{reason}: expires_on used instead");
+                    }
+                    epoch.saturating_sub(sent_at_unix)
+                }
+                (Some(reason), Some(Err(also))) => return Err(format!("{reason}, and {also}")),
+                (Some(reason), None) => return Err(reason),
+                (None, Some(Err(reason))) => return Err(reason.into()),
+                (None, None) => {
+                    return Err("the answer has neither expires_in nor expires_on".into());
+                }
             }
-            Some(value) => number(value)
-                .or_else(|| value.as_str().and_then(parse_date))
-                .ok_or("expires_on is neither epoch seconds nor a date")?
-                .saturating_sub(sent_at_unix),
-        },
+        }
     };
     let lifetime = clamped_lifetime(lifetime);
     if lifetime.is_zero() {
@@ -367,6 +387,29 @@ mod tests {
             let t = parse(200, body).unwrap().token;
             assert_eq!(t.expires_in(), Duration::from_secs(3599), "{body}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreadable_expires_in_gives_way_to_a_good_expires_on() {
+        for body in [
+            r#"{"access_token":"x","expires_in":"soon","expires_on":"1700003600"}"#,
+            r#"{"access_token":"x","expires_in":-5,"expires_on":1700003600}"#,
+            r#"{"access_token":"x","expires_in":[1],"expires_on":"11/14/2023 23:13:20 +00:00"}"#,
+        ] {
+            let t = parse(200, body).unwrap().token;
+            assert_eq!(t.expires_in(), Duration::from_secs(3600), "{body}");
+        }
+        // Neither readable: both named.
+        let err = parse(
+            200,
+            r#"{"access_token":"eyJa.b.c","expires_in":"soon","expires_on":"later"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.message().contains("expires_in is not")
+                && err.message().contains("expires_on is neither"),
+            "{err}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
