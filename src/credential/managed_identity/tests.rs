@@ -415,17 +415,50 @@ fn workload_identity_variables_select_the_workload_identity_before_imds() {
 /// A client built by `HttpClient::builder()` sends https only: given for a plain-http
 /// endpoint, it is refused when the credential is built, saying what to do, rather than
 /// failing every request (and, for IMDS, looking like a host without IMDS). A client of the
-/// caller's own (`from_service`) is taken as it is.
-#[test]
-fn an_https_only_client_for_a_plain_http_endpoint_is_a_build_error() {
+/// caller's own (`from_service`) is taken as it is, and gets its tokens over plain http.
+#[tokio::test]
+async fn an_https_only_client_for_a_plain_http_endpoint_is_a_build_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // The endpoint: one JSON token answer per connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buffer[..n]),
+                }
+            }
+            let body = r#"{"access_token":"plain-http-token","expires_in":"3600"}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    let endpoint = format!("{base}/token");
+
     let https_only = [
         crate::HttpClient::new(),
         crate::HttpClient::new().layer(tower::limit::ConcurrencyLimitLayer::new(2)),
     ];
     for (vars, source) in [
-        (&[][..], "IMDS"),
         (
-            &[(IDENTITY_ENDPOINT, EP), (IDENTITY_HEADER, "s")][..],
+            &[(AZURE_POD_IDENTITY_AUTHORITY_HOST, base.as_str())][..],
+            "IMDS",
+        ),
+        (
+            &[
+                (IDENTITY_ENDPOINT, endpoint.as_str()),
+                (IDENTITY_HEADER, "s"),
+            ][..],
             "App Service",
         ),
     ] {
@@ -438,11 +471,34 @@ fn an_https_only_client_for_a_plain_http_endpoint_is_a_build_error() {
         // Wrapped again, a built client still sends https only.
         let wrapped = crate::HttpClient::from_service(crate::HttpClient::new());
         assert!(builder(vars).http_client(wrapped).build().is_err());
-        let own = crate::HttpClient::from_service(tower::service_fn(
-            |_: crate::transport::HttpRequest| async {
-                Ok::<_, crate::BoxError>(crate::transport::HttpResponse::new(Default::default()))
-            },
-        ));
-        assert!(builder(vars).http_client(own).build().is_ok());
+        let mi = builder(vars)
+            .http_client(plain_http_client())
+            .build()
+            .unwrap();
+        let token = mi.get_token(["https://resource.test/.default"]).await;
+        assert_eq!(
+            token.unwrap().secret().expose_secret(),
+            "plain-http-token",
+            "{source}"
+        );
     }
+    server.abort();
+}
+
+/// A client of the caller's own that sends plain http, as a user would write one: hyper's
+/// client over a plain TCP connector, its answer read whole.
+fn plain_http_client() -> crate::HttpClient {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    crate::HttpClient::from_service(tower::service_fn(
+        move |request: crate::transport::HttpRequest| {
+            let client = client.clone();
+            async move {
+                let (parts, body) = client.request(request).await?.into_parts();
+                let body = body.collect().await?.to_bytes();
+                Ok::<_, crate::error::BoxError>(http::Response::from_parts(parts, body))
+            }
+        },
+    ))
 }
