@@ -129,7 +129,7 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 /// | 1 | [`EnvironmentCredential`] | `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET` |
 /// | 2 | [`WorkloadIdentityCredential`] | `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE` |
 /// | 3 | [`ManagedIdentityCredential`] | the host's managed identity; `AZURE_CLIENT_ID` picks a user-assigned one |
-/// | 4 | [`SharedTokenCacheCredential`] | the MSAL cache shared with Azure CLI and Visual Studio; `AZURE_USERNAME` and `AZURE_TENANT_ID` pick the account |
+/// | 4 | [`SharedTokenCacheCredential`] | the MSAL cache in `~/.IdentityService` that Visual Studio and apps with a persistent MSAL cache write (not Azure CLI 2.30+); `AZURE_USERNAME` and `AZURE_TENANT_ID` pick the account |
 /// | 5 | [`AzureCliCredential`] | `az login` |
 /// | 6 | [`AzureDeveloperCliCredential`] | `azd auth login` |
 ///

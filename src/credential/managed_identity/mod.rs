@@ -556,7 +556,7 @@ impl ManagedIdentityCredentialBuilder {
         self
     }
 
-    /// Whether to probe IMDS before IMDS first answers with a token (1 s, no retries, no
+    /// Whether to probe IMDS until IMDS first answers with JSON (1 s, no retries, no
     /// `Metadata` header, so that a host without IMDS makes the credential *unavailable* at
     /// once instead of after the retries), wherever the credential is asked. Without it, only
     /// when a chain asks. For `DefaultAzureCredential`, whose managed identity named alone has
