@@ -101,15 +101,15 @@ impl Shared {
                             self.breaker.call("release", release, &self.stats).await;
                             return self.shared_hit(token);
                         }
-                        // The holder we waited for gave the lease back without a token: if its
-                        // request failed, the others would take the lease in turn, each
-                        // failing in its turn. Give it back and ask alone, as they will.
+                        // The holder we waited for gave the lease back without a token: if the
+                        // provider refused it, the others would take the lease in turn, each
+                        // refused in its turn. Give it back and ask alone, as they will.
                         if lost && self.holder_failed(&failed_key).await {
                             let release = || self.store.release(&lease_key, &holder);
                             self.breaker.call("release", release, &self.stats).await;
                             tracing::debug!(
-                                "distributed token cache: the holder's request failed; asking \
-                                 on our own"
+                                "distributed token cache: the holder's request was refused; \
+                                 asking on our own"
                             );
                             return self.alone(idp, Some(&token_key)).await;
                         }
@@ -127,8 +127,8 @@ impl Shared {
                     None => {
                         let alone = self.alone(idp, Some(&token_key));
                         let result = self.keeping_lease(alone, &lease_key, &holder).await;
-                        if result.is_err() {
-                            self.mark_failed(&failed_key, &holder).await;
+                        if let Err(error) = &result {
+                            self.mark_if_refused(error, &failed_key, &holder).await;
                         }
                         let release = || self.store.release(&lease_key, &holder);
                         self.breaker.call("release", release, &self.stats).await;
@@ -182,24 +182,33 @@ impl Shared {
         let result = self.keeping_lease(idp, lease_key, holder).await;
         match &result {
             Ok(token) => self.publish(token_key, token).await,
-            Err(_) => self.mark_failed(failed_key, holder).await,
+            Err(error) => self.mark_if_refused(error, failed_key, holder).await,
         }
-        // A failed acquisition frees the lease too: the waiters, seeing the mark, ask at once.
+        // A failed acquisition frees the lease too: the waiters, seeing a mark, ask at once;
+        // without one, the next to take the lease asks for all.
         let release = || self.store.release(lease_key, holder);
         self.breaker.call("release", release, &self.stats).await;
         result
     }
 
-    /// Leaves the mark of a holder whose request failed, for [`FAILURE_MARK`]: a waiter that
-    /// takes the lease after it and finds the mark asks on its own instead of holding the
-    /// lease (a waiter that finds none took over a holder that died, and holds it for all).
-    /// The mark holds the holder's id, nothing of the error.
-    async fn mark_failed(&self, failed_key: &str, holder: &str) {
+    /// Leaves the mark of a holder whose request the identity provider refused (see
+    /// [`is_final_refusal`]), for [`FAILURE_MARK`]: a waiter that takes the lease after it and
+    /// finds the mark asks on its own instead of holding the lease (a waiter that finds none
+    /// took over a holder that died, or whose failure may not be the others', and holds it
+    /// for all). The mark holds the holder's id, nothing of the error.
+    async fn mark_if_refused(&self, error: &CredentialError, failed_key: &str, holder: &str) {
+        if !is_final_refusal(error) {
+            tracing::debug!(
+                "distributed token cache: the request failed in a way that may be this \
+                 process's or brief; no failure mark, the next waiter asks for all"
+            );
+            return;
+        }
         let put = || self.store.put(failed_key, holder.as_bytes(), FAILURE_MARK);
         self.breaker.call("put", put, &self.stats).await;
     }
 
-    /// Whether a holder's failure mark is there (see [`Shared::mark_failed`]); a store that
+    /// Whether a holder's failure mark is there (see [`Shared::mark_if_refused`]); a store that
     /// fails says no: the lease is then held as before.
     async fn holder_failed(&self, failed_key: &str) -> bool {
         let get = || self.store.get(failed_key);
@@ -359,4 +368,24 @@ impl Shared {
             tracing::warn!(entry = token_key, outcome = "store_error", "{message}");
         }
     }
+}
+
+/// Whether `error` is the identity provider's own final answer, the one every process of the
+/// fleet would get for this entry: a 4xx refusal (`invalid_client`, `unauthorized_client`,
+/// `invalid_scope` …), not worth trying again. Only such a failure is marked for the waiters
+/// to ask on their own at once. Anything else may be this host's (a connection, a timeout, its
+/// TLS roots, its assertion source) or brief (throttling, 408, 429, a 5xx after the retries):
+/// there the next waiter holding the lease most likely succeeds for all, where twenty waiters
+/// asking alone would be a burst of requests against a throttled or recovering provider.
+fn is_final_refusal(error: &CredentialError) -> bool {
+    let refused = error.status().is_some_and(|status| {
+        status.is_client_error()
+            && status != http::StatusCode::REQUEST_TIMEOUT
+            && status != http::StatusCode::TOO_MANY_REQUESTS
+    });
+    refused
+        && !error.is_transient()
+        && !error.is_throttled()
+        && !error.is_timeout()
+        && !error.is_connect()
 }

@@ -43,14 +43,19 @@
 //!   [`wait_limit`](DistributedCacheBuilder::wait_limit) (default 60 s) has passed since they
 //!   started waiting; then they ask the identity provider themselves and publish. Proactive
 //!   renewal goes the same way.
-//! * **A holder's failure is not waited out in turn.** A holder whose request failed leaves a
-//!   mark (`{prefix}:{hash}:failed`, its holder id, for 5 s) before it gives the lease back. A
-//!   waiter that then takes the lease and finds the mark gives the lease back and asks on its
-//!   own at once, as the other waiters do at their next poll: against a refused client or an
-//!   outage, each process has its own answer after one holder's request and its own, instead
-//!   of taking the lease one after another, each failing in its turn. A waiter that takes
-//!   over a lease that ran out (its holder died) finds no mark and holds it for all. A
-//!   process that starts acquiring after the failure takes the lease as usual.
+//! * **A refusal is not waited out in turn.** A holder whose request the identity provider
+//!   refused with a final answer (a 4xx such as `invalid_client` or `unauthorized_client`,
+//!   neither transient nor throttled) leaves a mark (`{prefix}:{hash}:failed`, its holder id,
+//!   for 5 s) before it gives the lease back. A waiter that then takes the lease and finds the
+//!   mark gives the lease back and asks on its own at once, as the other waiters do at their
+//!   next poll: against a refused client, each process has its own answer after one holder's
+//!   request and its own, instead of taking the lease one after another, each refused in its
+//!   turn. Any other failure (a timeout, a connection failure, throttling, a 5xx after the
+//!   retries: one host's trouble, or brief) leaves no mark: the next waiter takes the lease
+//!   and asks for all, so a recovering provider gets one more request, not one per process. A
+//!   waiter that takes over a lease that ran out (its holder died) finds no mark either and
+//!   holds it for all. A process that starts acquiring after the failure takes the lease as
+//!   usual.
 //! * **The lease lives as long as the holder's request.** While its request runs, the holder
 //!   renews its lease every third of the lease ([`TokenStore::renew_lease`]: compare and
 //!   extend, so only a lease it still holds), so a provider that answers slowly or throttles

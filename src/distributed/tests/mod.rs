@@ -17,6 +17,7 @@ use memory_store::{Handle, MemoryStore, Mode};
 use super::key::{EntryKey, Identity};
 use super::*;
 use crate::cache::{CacheKey, TokenCache};
+use crate::error::{Cause, ProviderDetails};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const KEY: [u8; 32] = [7; 32];
@@ -63,6 +64,17 @@ fn store_keys(prefix: &str) -> EntryKey {
     EntryKey::new(prefix, &identity(), "tenant", &scopes(&["scope"]), false)
 }
 
+/// How the identity provider answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answers {
+    Tokens,
+    /// Every call is refused as the token endpoint refuses `invalid_client` (401).
+    Refusal,
+    /// The first call fails as a 503 that outlasted the retries (transient); later calls
+    /// answer tokens.
+    FirstUnavailable,
+}
+
 /// The identity provider: counts its calls; each takes `delay` and returns a token named
 /// after the call, living `lifetime`.
 #[derive(Clone)]
@@ -70,8 +82,7 @@ struct Idp {
     calls: Arc<AtomicUsize>,
     delay: Duration,
     lifetime: Duration,
-    /// Every call fails (after `delay`), as against `invalid_client`.
-    fails: bool,
+    answers: Answers,
 }
 
 impl Idp {
@@ -80,13 +91,20 @@ impl Idp {
             calls: Arc::new(AtomicUsize::new(0)),
             delay,
             lifetime: HOUR,
-            fails: false,
+            answers: Answers::Tokens,
         }
     }
 
     fn failing(delay: Duration) -> Self {
         Self {
-            fails: true,
+            answers: Answers::Refusal,
+            ..Self::new(delay)
+        }
+    }
+
+    fn first_unavailable(delay: Duration) -> Self {
+        Self {
+            answers: Answers::FirstUnavailable,
             ..Self::new(delay)
         }
     }
@@ -103,11 +121,26 @@ impl Idp {
             async move {
                 let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
                 tokio::time::sleep(this.delay).await;
-                if this.fails {
-                    return Err(CredentialError::authentication_failed(
-                        "Test",
-                        "invalid_client",
-                    ));
+                let status = match this.answers {
+                    Answers::Refusal => Some(http::StatusCode::UNAUTHORIZED),
+                    Answers::FirstUnavailable if n == 1 => {
+                        Some(http::StatusCode::SERVICE_UNAVAILABLE)
+                    }
+                    _ => None,
+                };
+                if let Some(status) = status {
+                    let error = (status == http::StatusCode::UNAUTHORIZED)
+                        .then(|| "invalid_client".to_owned());
+                    return Err(CredentialError::authentication_failed("Test", "refused")
+                        .with_provider(ProviderDetails {
+                            status: Some(status),
+                            error,
+                            ..ProviderDetails::default()
+                        })
+                        .with_cause(Cause {
+                            transient: status.is_server_error(),
+                            ..Cause::default()
+                        }));
                 }
                 Ok(AccessToken::new(
                     format!("token-{n}"),
@@ -360,6 +393,41 @@ async fn a_holders_failure_lets_the_waiters_ask_at_once_instead_of_in_turn() {
     let won: u64 = caches.iter().map(|c| c.stats().leases_won).sum();
     assert_eq!(won, 1, "one holder; the others asked on their own");
     assert!(store.raw(&store_keys("tower-identity").lease()).is_none());
+}
+
+/// A cold fleet of 20 against a provider whose first answer is a 503 that outlasted the
+/// retries (150 ms), answering again after it: the holder's failure may be brief, so it leaves
+/// no mark, and the next waiter takes the lease and asks for all. Two requests in all; the
+/// others share its token. (Before, every failure was marked: each waiter that took the lease
+/// after it asked on its own, a burst against a recovering provider.)
+#[tokio::test(start_paused = true)]
+async fn a_holders_transient_failure_leaves_the_next_waiter_to_ask_for_all() {
+    let store = MemoryStore::new();
+    let caches: Vec<DistributedCache> = (0..20).map(|_| cache(&store)).collect();
+    let idp = Idp::first_unavailable(Duration::from_millis(150));
+    let tasks: Vec<_> = caches
+        .iter()
+        .map(|c| {
+            let (p, idp) = (process(c), idp.clone());
+            tokio::spawn(async move {
+                p.get_or_acquire(cache_key(), false, idp.acquire())
+                    .await
+                    .map(|token| token.secret().expose_secret().to_owned())
+            })
+        })
+        .collect();
+    let results = futures_util::future::try_join_all(tasks).await.unwrap();
+    assert!(idp.calls() <= 2, "{} requests", idp.calls());
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    assert_eq!(failed, 1, "only the first holder's caller has the error");
+    assert!(
+        results.iter().flatten().all(|t| t == "token-2"),
+        "{results:?}"
+    );
+    let hits: u64 = caches.iter().map(|c| c.stats().shared_hits).sum();
+    let won: u64 = caches.iter().map(|c| c.stats().leases_won).sum();
+    assert_eq!((won, hits), (2, 18));
+    assert!(store.raw(&store_keys("tower-identity").failed()).is_none());
 }
 
 /// A holder that dies leaves no failure mark: the waiter that takes its lease over holds it
