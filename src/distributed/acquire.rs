@@ -204,8 +204,11 @@ impl Shared {
             );
             return;
         }
-        let put = || self.store.put(failed_key, holder.as_bytes(), FAILURE_MARK);
-        self.breaker.call("put", put, &self.stats).await;
+        let put = || {
+            self.store
+                .put_mark(failed_key, holder.as_bytes(), FAILURE_MARK)
+        };
+        self.breaker.call("put_mark", put, &self.stats).await;
     }
 
     /// Whether a holder's failure mark is there (see [`Shared::mark_if_refused`]); a store that

@@ -45,11 +45,14 @@ end
 return {redis.call('GET', KEYS[1]), left}";
 
 /// Stores `ARGV[1]` under the key to expire after `ARGV[2]` ms, or at the Unix time `ARGV[3]`
-/// (ms, by Redis's clock) if that comes first; stores nothing when that time has passed.
+/// (ms, by Redis's clock) if that comes first, and answers 1; stores nothing when that time
+/// has passed, and answers the ms left (0 or less: how long ago it passed, by Redis's clock).
 /// `ARGV[3]` is when the put was called plus its TTL: a put that Redis applies late (a call
 /// given up on, sent on while Redis was stopped, applied once it resumes) then expires when
 /// the token does, not that much later. Neither bound lengthens the other: a Redis clock
-/// behind the caller's changes nothing; one ahead by `S` shortens the entry by `S`.
+/// behind the caller's changes nothing; one ahead by `S` shortens the entry by `S`, and
+/// stores nothing when `S` reaches the TTL (the caller tells that from a late apply: see
+/// [`RedisTokenCache::put_from`]).
 /// Effects replication (`TIME` before a write) is the default from Redis 5; asked for on
 /// older servers, where it exists.
 const PUT: &str = r"if redis.replicate_commands then
@@ -59,7 +62,7 @@ local now = redis.call('TIME')
 local left = tonumber(ARGV[3]) - (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
 local px = math.min(tonumber(ARGV[2]), left)
 if px < 1 then
-  return 0
+  return math.min(left, 0)
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
 return 1";
@@ -115,7 +118,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// An entry's TTL counts from when its put was called, not from when Redis applies it: a put
 /// applied late (sent while Redis was stopped, applied once it resumes) expires with the token
-/// all the same, by Redis's clock.
+/// all the same, by Redis's clock. A Redis clock ahead of the host's shortens entries by the
+/// difference; one ahead by an entry's whole TTL stores nothing, and the put answers an error
+/// naming the difference (a store error: the process acts alone). Failure marks
+/// ([`put_mark`](TokenStore::put_mark)) are a plain `SET … PX`, whatever the clocks say.
 ///
 /// Keys are given a TTL of at most 100 years: a longer one (a `lease(Duration::MAX)`) is
 /// capped, since Redis refuses a `PX` that overflows when added to its clock.
@@ -278,6 +284,47 @@ impl RedisTokenCache {
         answer.map_err(|e| self.error(op, "failed", &e))
     }
 
+    /// [`put`](TokenStore::put) as called at `called` (Unix ms by this host's clock; `None`
+    /// for a clock before 1970, which gives no end: the TTL alone bounds the entry).
+    ///
+    /// Nothing stored, answered within less than the TTL of the call, cannot be a put applied
+    /// late: Redis's clock had passed the end (`called` plus the TTL) when it applied it, so
+    /// it runs ahead of this host's by at least the TTL less the time the answer took, and
+    /// every entry shorter than that would go unstored. That is an error naming the
+    /// difference, counted and logged as every store error is, not a silent success.
+    async fn put_from(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        called: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let ttl = px(ttl);
+        let end = called.map_or(u64::MAX, |called| called.saturating_add(ttl));
+        let mut invocation = self.inner.put.key(key);
+        invocation.arg(value).arg(ttl).arg(end);
+        match self.invoke("SET", &invocation).await? {
+            Value::Int(1) => Ok(()),
+            Value::Int(left) if left <= 0 => {
+                let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                // Redis passed the end `-left` ms before it applied the put, at most `took`
+                // ms after the call: its clock runs at least this far ahead.
+                let ahead = ttl.saturating_add(left.unsigned_abs()).saturating_sub(took);
+                if ahead == 0 {
+                    // Applied after its whole TTL from the call: nothing to keep.
+                    return Ok(());
+                }
+                Err(StoreError::msg(format!(
+                    "redis SET: nothing stored: Redis's clock runs at least {ahead} ms ahead of \
+                     this host's, so the entry's {ttl} ms from the call had passed by it; \
+                     synchronise the clocks (NTP)"
+                )))
+            }
+            other => Err(unexpected("SET", &other)),
+        }
+    }
+
     /// A store error for `op` from a Redis error, its text scrubbed of the URL's credentials
     /// (the source is not kept: its text is not ours to vouch for).
     fn error(&self, op: &str, what: &str, e: &RedisError) -> StoreError {
@@ -341,6 +388,14 @@ fn unexpected(op: &str, value: &Value) -> StoreError {
     StoreError::msg(format!("redis {op} answered {kind}, which it never should"))
 }
 
+/// This host's wall clock in Unix ms; `None` before 1970.
+fn unix_millis() -> Option<u64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(u64::try_from(now.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The longest TTL a key is given: 100 years (365.25-day years), in milliseconds. Redis
 /// refuses a `PX` whose sum with its own clock overflows a signed 64-bit integer ("invalid
 /// expire time"), so a longer setting (a `lease(Duration::MAX)`) is capped here rather than
@@ -402,20 +457,22 @@ impl TokenStore for RedisTokenCache {
         value: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.put_from(key, value, ttl, unix_millis()))
+    }
+
+    /// A plain `SET … PX`: no bound by the wall clock (a failure mark applied late only lasts
+    /// its few seconds from then), so a Redis clock ahead of this host's does not shorten it.
+    fn put_mark<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let ttl = px(ttl);
-            // A wall clock before 1970 gives no end: the TTL alone bounds the entry.
-            let end = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(u64::MAX, |now| {
-                    u64::try_from(now.as_millis())
-                        .unwrap_or(u64::MAX)
-                        .saturating_add(ttl)
-                });
-            let mut invocation = self.inner.put.key(key);
-            invocation.arg(value).arg(ttl).arg(end);
-            match self.invoke("SET", &invocation).await? {
-                Value::Int(_) => Ok(()),
+            let mut command = redis::cmd("SET");
+            command.arg(key).arg(value).arg("PX").arg(px(ttl));
+            match self.run("SET", &command).await? {
+                Value::Okay => Ok(()),
                 other => Err(unexpected("SET", &other)),
             }
         })
@@ -499,7 +556,83 @@ impl fmt::Debug for RedisTokenCache {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+
     use super::*;
+
+    /// A real redis-server on a Unix socket of its own, without persistence; killed when
+    /// dropped. (The integration tests have a fuller one; these tests need what only this
+    /// module reaches.)
+    struct Server {
+        child: Child,
+        dir: tempfile::TempDir,
+    }
+
+    impl Server {
+        fn start() -> Server {
+            let dir = tempfile::tempdir().unwrap();
+            let mut child = Command::new("redis-server")
+                .args(["--port", "0", "--save", "", "--appendonly", "no"])
+                .arg("--unixsocket")
+                .arg(dir.path().join("redis.sock"))
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is not installed: apt-get install redis-server");
+            let out = BufReader::new(child.stdout.take().unwrap());
+            let mut lines = out.lines();
+            let ready = lines.by_ref().map_while(Result::ok).any(|line| {
+                line.to_ascii_lowercase()
+                    .contains("ready to accept connections")
+            });
+            assert!(ready, "redis-server exited before it was ready");
+            // Keep draining its output so that it never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            Server { child, dir }
+        }
+
+        fn url(&self) -> String {
+            format!(
+                "redis+unix://{}",
+                self.dir.path().join("redis.sock").display()
+            )
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// A put answered at once that Redis's clock says has expired (here: called "10 s ago"
+    /// by this host's clock with a 5 s TTL, as on a host whose clock runs 10 s behind Redis's)
+    /// is an error naming the clocks, and stores nothing. (Before, it answered Ok: with Redis
+    /// 5 s ahead, every failure mark was silently dropped.) The mark has no such bound.
+    #[tokio::test]
+    async fn a_put_that_redis_clock_has_already_ended_is_an_error() {
+        let server = Server::start();
+        let store = RedisTokenCache::open(&server.url()).unwrap();
+        let ten_seconds_ago = unix_millis().unwrap() - 10_000;
+        let ttl = Duration::from_secs(5);
+        let e = store
+            .put_from("p:{a}:token", b"v", ttl, Some(ten_seconds_ago))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("clock runs at least"), "{e}");
+        assert_eq!(store.get_with_ttl("p:{a}:token").await.unwrap(), None);
+        // Called now, it is stored; a mark is stored whatever the clocks say.
+        store.put("p:{a}:token", b"v", ttl).await.unwrap();
+        store.put_mark("p:{a}:failed", b"h", ttl).await.unwrap();
+        for key in ["p:{a}:token", "p:{a}:failed"] {
+            let (_, left) = store.get_with_ttl(key).await.unwrap().unwrap();
+            assert!(left.is_some_and(|left| left <= ttl), "{key}: {left:?}");
+        }
+    }
 
     #[test]
     fn debug_shows_the_address_never_the_password() {

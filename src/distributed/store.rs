@@ -19,7 +19,8 @@ pub(crate) const MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// A shared key-value store under a [`DistributedCache`](super::DistributedCache): Redis
 /// ([`RedisTokenCache`](super::RedisTokenCache), feature `redis`) or any store that offers
 /// the same four operations, and the optional ones with a default
-/// ([`renew_lease`](Self::renew_lease), [`get_with_ttl`](Self::get_with_ttl)).
+/// ([`renew_lease`](Self::renew_lease), [`get_with_ttl`](Self::get_with_ttl),
+/// [`put_mark`](Self::put_mark)).
 ///
 /// Every call is bounded by the cache's time budget and counted by its circuit breaker; a
 /// store need not add timeouts of its own. An error is never shown to a token caller: the
@@ -52,13 +53,29 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// from this call where the store can: a put applied late (a call given up on, applied
     /// when the store resumes) would otherwise outlive the token by the delay.
     /// [`RedisTokenCache`](super::RedisTokenCache) also bounds it by the Unix time of the call
-    /// plus `ttl`, by Redis's clock.
+    /// plus `ttl`, by Redis's clock, and answers an error when Redis's clock runs so far
+    /// ahead that it stored nothing.
     fn put<'a>(
         &'a self,
         key: &'a str,
         value: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Stores a mark `value` under `key` for `ttl`, a few seconds (a holder's failure mark).
+    /// A mark says something only while it is fresh, and applied late it lasts its `ttl` from
+    /// then, which is harmless: a store need not bound it by the wall clock as
+    /// [`put`](Self::put) may, and [`RedisTokenCache`](super::RedisTokenCache) does not (a
+    /// Redis clock ahead of the host's would shorten it, or drop it). The default calls
+    /// [`put`](Self::put).
+    fn put_mark<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.put(key, value, ttl)
+    }
 
     /// Takes the lease `key` for `holder` if nobody holds it, to expire after `ttl`
     /// (Redis: `SET key holder NX PX ttl`). `true` when this call took it.

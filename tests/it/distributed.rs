@@ -164,6 +164,15 @@ impl TokenStore for LateLease {
         self.store.put(key, value, ttl)
     }
 
+    fn put_mark<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.store.put_mark(key, value, ttl)
+    }
+
     fn try_lease<'a>(
         &'a self,
         key: &'a str,
