@@ -24,7 +24,7 @@ const LAST_POLL: Duration = Duration::from_millis(250);
 /// after the budget) before the lease runs out under a live holder.
 const RENEWALS_PER_LEASE: u32 = 3;
 /// How long a holder's failure mark lasts: long enough for every waiter to see it at its next
-/// poll (every 250 ms at most) after the lease is given back, short enough that it says
+/// poll (every 250 ms at most, the mark read with the token), short enough that it says
 /// nothing about a later acquisition.
 const FAILURE_MARK: Duration = Duration::from_secs(5);
 /// A holder renews its lease for this long at most, whatever `wait_limit` says (a
@@ -36,12 +36,30 @@ const LONGEST_HOLD: Duration = Duration::from_secs(10 * 60);
 /// Renewals come no more often than this, however short the lease: never a busy loop.
 const FASTEST_RENEWAL: Duration = Duration::from_millis(1);
 
-/// Whether an acquisition has reported a value that does not open: only its first look that
-/// finds one does (counted as a store error, logged); later looks in the same acquisition, at
-/// each poll while it waits, find the same value and stay quiet.
+/// What an acquisition's looks at the store have seen: whether one reported a value that does
+/// not open (only its first look that finds one does, counted as a store error, logged; later
+/// looks, at each poll while it waits, find the same value and stay quiet), and the failure
+/// mark its first look found, if any: only a mark written since (another holder id) tells of
+/// a failure of the holder this acquisition waits for.
 #[derive(Default)]
 struct Looks {
     reported_unreadable: bool,
+    /// `None` before the first look; then the mark it found, if any.
+    first_mark: Option<Option<Vec<u8>>>,
+}
+
+impl Looks {
+    /// Whether `mark`, read now, was written since the first look (recorded here if this is
+    /// it).
+    fn is_new(&mut self, mark: Option<Vec<u8>>) -> bool {
+        match &self.first_mark {
+            None => {
+                self.first_mark = Some(mark);
+                false
+            }
+            Some(first) => mark.is_some() && mark != *first,
+        }
+    }
 }
 
 /// What the store holds for an entry.
@@ -50,6 +68,9 @@ enum Found {
     Usable(AccessToken),
     /// Nothing usable: no entry, one due for renewal, or one that did not open.
     Nothing,
+    /// Nothing usable, and a holder's failure mark written since this acquisition's first
+    /// look: the provider refused the holder it waited for.
+    Refused,
     /// The store failed (or the breaker is open): the process acts alone.
     Failed,
 }
@@ -70,14 +91,15 @@ impl Shared {
         let span = tracing::debug_span!("distributed_cache", entry = ?key);
         async move {
             let token_key = key.token();
+            let failed_key = key.failed();
             let mut looks = Looks::default();
-            match self.find(&token_key, policy, &mut looks).await {
+            match self.find(&token_key, &failed_key, policy, &mut looks).await {
                 Found::Usable(token) => return self.shared_hit(token),
                 Found::Failed => return self.alone(idp, None).await,
-                Found::Nothing => {}
+                // The first look records the mark it finds: never one written since.
+                Found::Nothing | Found::Refused => {}
             }
             let lease_key = key.lease();
-            let failed_key = key.failed();
             let holder = self.next_holder();
             // Measured as time waited, not as a deadline: a `wait_limit` past what the clock
             // can represent (`Duration::MAX`) then means no limit, never no wait.
@@ -94,24 +116,21 @@ impl Shared {
                     Some(true) => {
                         // Another process may have published and released between our last
                         // look and this lease: look once more before asking the provider.
-                        if let Found::Usable(token) =
-                            self.find(&token_key, policy, &mut looks).await
-                        {
-                            let release = || self.store.release(&lease_key, &holder);
-                            self.breaker.call("release", release, &self.stats).await;
-                            return self.shared_hit(token);
-                        }
-                        // The holder we waited for gave the lease back without a token: if the
-                        // provider refused it, the others would take the lease in turn, each
-                        // refused in its turn. Give it back and ask alone, as they will.
-                        if lost && self.holder_failed(&failed_key).await {
-                            let release = || self.store.release(&lease_key, &holder);
-                            self.breaker.call("release", release, &self.stats).await;
-                            tracing::debug!(
-                                "distributed token cache: the holder's request was refused; \
-                                 asking on our own"
-                            );
-                            return self.alone(idp, Some(&token_key)).await;
+                        match self.find(&token_key, &failed_key, policy, &mut looks).await {
+                            Found::Usable(token) => {
+                                let release = || self.store.release(&lease_key, &holder);
+                                self.breaker.call("release", release, &self.stats).await;
+                                return self.shared_hit(token);
+                            }
+                            // The holder we waited for was refused and gave the lease back
+                            // between two polls: the others ask on their own at their next
+                            // poll; give the lease back and ask alone too.
+                            Found::Refused => {
+                                let release = || self.store.release(&lease_key, &holder);
+                                self.breaker.call("release", release, &self.stats).await;
+                                return self.refused_holder(idp, &token_key).await;
+                            }
+                            Found::Nothing | Found::Failed => {}
                         }
                         return self.hold(idp, &token_key, &lease_key, &failed_key, &holder).await;
                     }
@@ -142,9 +161,12 @@ impl Shared {
                 }
                 tokio::time::sleep(pause.min(left)).await;
                 pause = pause.saturating_mul(2).min(LAST_POLL);
-                match self.find(&token_key, policy, &mut looks).await {
+                // Each poll reads the mark with the token: every waiter learns of the holder's
+                // refusal at its next poll, none waits for the lease to come its way.
+                match self.find(&token_key, &failed_key, policy, &mut looks).await {
                     Found::Usable(token) => return self.shared_hit(token),
                     Found::Failed => return self.alone(idp, None).await,
+                    Found::Refused => return self.refused_holder(idp, &token_key).await,
                     Found::Nothing => {}
                 }
             }
@@ -211,14 +233,20 @@ impl Shared {
         self.breaker.call("put_mark", put, &self.stats).await;
     }
 
-    /// Whether a holder's failure mark is there (see [`Shared::mark_if_refused`]); a store that
-    /// fails says no: the lease is then held as before.
-    async fn holder_failed(&self, failed_key: &str) -> bool {
-        let get = || self.store.get(failed_key);
-        matches!(
-            self.breaker.call("get", get, &self.stats).await,
-            Some(Some(_))
-        )
+    /// Asks on our own after the holder we waited for was refused (its mark is there): the
+    /// others do the same, each with its own answer, instead of taking the lease in turn.
+    async fn refused_holder<Fut>(
+        &self,
+        idp: Fut,
+        token_key: &str,
+    ) -> Result<AccessToken, CredentialError>
+    where
+        Fut: Future<Output = Result<AccessToken, CredentialError>>,
+    {
+        tracing::debug!(
+            "distributed token cache: the holder's request was refused; asking on our own"
+        );
+        self.alone(idp, Some(token_key)).await
     }
 
     /// Runs `work` (the holder's token request) while renewing the lease `lease_key` for
@@ -320,20 +348,30 @@ impl Shared {
         self.breaker.call("put", put, &self.stats).await;
     }
 
-    /// Looks `token_key` up; an entry is usable until the moment a slot that stored it when
-    /// it was published would renew it, and its token carries that moment as its
-    /// `refresh_on`. Its expiry is bounded by the time the store says it
-    /// has left (see [`Sealing::open`](super::seal::Sealing::open)).
-    async fn find(&self, token_key: &str, policy: RefreshPolicy, looks: &mut Looks) -> Found {
-        let got = self
-            .breaker
-            .call("get", || self.store.get_with_ttl(token_key), &self.stats)
-            .await;
+    /// Looks `token_key` up, with the failure mark `failed_key`; an entry is usable until the
+    /// moment a slot that stored it when it was published would renew it, and its token
+    /// carries that moment as its `refresh_on`. Its expiry is bounded by the time the store
+    /// says it has left (see [`Sealing::open`](super::seal::Sealing::open)).
+    async fn find(
+        &self,
+        token_key: &str,
+        failed_key: &str,
+        policy: RefreshPolicy,
+        looks: &mut Looks,
+    ) -> Found {
+        let get = || self.store.get_with_mark(token_key, failed_key);
+        let Some((entry, mark)) = self.breaker.call("get", get, &self.stats).await else {
+            return Found::Failed;
+        };
+        let nothing = if looks.is_new(mark) {
+            Found::Refused
+        } else {
+            Found::Nothing
+        };
         // A plaintext entry holds the token: the buffer is zeroized like every other copy.
-        let (value, left) = match got {
-            None => return Found::Failed,
-            Some(None) => return Found::Nothing,
-            Some(Some((value, left))) => (Zeroizing::new(value), left),
+        let (value, left) = match entry {
+            None => return nothing,
+            Some((value, left)) => (Zeroizing::new(value), left),
         };
         let now = Instant::now();
         let Some(stored) = self
@@ -343,11 +381,11 @@ impl Shared {
             if !std::mem::replace(&mut looks.reported_unreadable, true) {
                 self.unreadable(token_key);
             }
-            return Found::Nothing;
+            return nothing;
         };
         let due = policy.refresh_at(&stored.token, stored.stored_on);
         if stored.token.is_expired_at(now) || now >= due {
-            Found::Nothing
+            nothing
         } else {
             // The slot that takes the token computes its refresh time from the lifetime left
             // now, later than the fleet's for a token read late in its life (a shorter

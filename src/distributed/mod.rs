@@ -39,23 +39,24 @@
 //!   The holder asks the identity provider, publishes the token (sealed, to expire with it)
 //!   and gives the lease back, also when the request failed. The others poll the store
 //!   (10 ms, doubling to 250 ms), trying the lease again on each poll, until a usable token
-//!   appears, they take the lease themselves, or
+//!   appears, they take the lease themselves, a holder's refusal is marked (below), or
 //!   [`wait_limit`](DistributedCacheBuilder::wait_limit) (default 60 s) has passed since they
 //!   started waiting; then they ask the identity provider themselves and publish. Proactive
 //!   renewal goes the same way.
 //! * **A refusal is not waited out in turn.** A holder whose request the identity provider
 //!   refused with a final answer (a 4xx such as `invalid_client` or `unauthorized_client`,
 //!   neither transient nor throttled) leaves a mark (`{prefix}:{hash}:failed`, its holder id,
-//!   for 5 s) before it gives the lease back. A waiter that then takes the lease and finds the
-//!   mark gives the lease back and asks on its own at once, as the other waiters do at their
-//!   next poll: against a refused client, each process has its own answer after one holder's
-//!   request and its own, instead of taking the lease one after another, each refused in its
-//!   turn. Any other failure (a timeout, a connection failure, throttling, a 5xx after the
-//!   retries: one host's trouble, or brief) leaves no mark: the next waiter takes the lease
-//!   and asks for all, so a recovering provider gets one more request, not one per process. A
-//!   waiter that takes over a lease that ran out (its holder died) finds no mark either and
-//!   holds it for all. A process that starts acquiring after the failure takes the lease as
-//!   usual.
+//!   for 5 s) before it gives the lease back. Each poll of a waiter reads the mark with the
+//!   token ([`TokenStore::get_with_mark`]); a mark written since the waiter started waiting
+//!   (another holder id than its first look found) makes it ask on its own at once, and so
+//!   does one found by a waiter that has just taken the lease (it gives the lease back):
+//!   against a refused client, each process has its own answer one poll after the holder's,
+//!   instead of taking the lease one after another, each refused in its turn. Any other
+//!   failure (a timeout, a connection failure, throttling, a 5xx after the retries: one
+//!   host's trouble, or brief) leaves no mark: the next waiter takes the lease and asks for
+//!   all, so a recovering provider gets one more request, not one per process. A waiter that
+//!   takes over a lease that ran out (its holder died) finds no mark either and holds it for
+//!   all. A process that starts acquiring after the failure takes the lease as usual.
 //! * **The lease lives as long as the holder's request.** While its request runs, the holder
 //!   renews its lease every third of the lease ([`TokenStore::renew_lease`]: compare and
 //!   extend, so only a lease it still holds), so a provider that answers slowly or throttles
@@ -129,7 +130,7 @@ pub(crate) use key::Identity;
 pub use redis::RedisTokenCache;
 pub use seal::SealingKey;
 pub use stats::CacheStats;
-pub use store::{StoreError, TokenStore, ValueWithTtl};
+pub use store::{StoreError, TokenStore, ValueWithMark, ValueWithTtl};
 
 use breaker::Breaker;
 use clock::WallClock;

@@ -10,7 +10,7 @@ use futures_util::future::{BoxFuture, Shared};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ConnectionAddr, RedisError, Script, Value};
 
-use super::store::{MAX_ENTRY_BYTES, StoreError, TokenStore, ValueWithTtl};
+use super::store::{MAX_ENTRY_BYTES, StoreError, TokenStore, ValueWithMark, ValueWithTtl};
 use crate::error::ConfigError;
 use crate::redact::{scrub, truncate};
 
@@ -43,6 +43,31 @@ if kind ~= 'string' or redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then
   return {'', left}
 end
 return {redis.call('GET', KEYS[1]), left}";
+
+/// Reads an entry as [`GET_WITH_TTL`] does, and the mark under `KEYS[2]`, in one atomic step
+/// (the keys share a hash tag): `{entry, mark}`, where `entry` is `{}` when there is none, else
+/// `{value, ms left}` as above, and `mark` is `{}` when there is none, else `{value}`. A mark of
+/// another type or longer than `ARGV[2]` bytes is no mark: it was not written by a cache.
+/// Empty collections, never `false`, say "none": the answer reads alike over RESP2 and RESP3.
+const GET_WITH_MARK: &str = r"local entry = {}
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' then
+  local left = redis.call('PTTL', KEYS[1])
+  if kind ~= 'string' or redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then
+    entry = {'', left}
+  else
+    entry = {redis.call('GET', KEYS[1]), left}
+  end
+end
+local mark = {}
+if redis.call('TYPE', KEYS[2])['ok'] == 'string'
+  and redis.call('STRLEN', KEYS[2]) <= tonumber(ARGV[2]) then
+  mark = {redis.call('GET', KEYS[2])}
+end
+return {entry, mark}";
+
+/// The longest mark read: holder ids are some 30 bytes.
+const MAX_MARK_BYTES: usize = 1024;
 
 /// Stores `ARGV[1]` under the key to expire after `ARGV[2]` ms, or at the Unix time `ARGV[3]`
 /// (ms, by Redis's clock) if that comes first, and answers 1; stores nothing when that time
@@ -152,6 +177,7 @@ struct Inner {
     release: Script,
     renew: Script,
     get_with_ttl: Script,
+    get_with_mark: Script,
     put: Script,
 }
 
@@ -176,6 +202,7 @@ impl RedisTokenCache {
                 release: Script::new(RELEASE),
                 renew: Script::new(RENEW),
                 get_with_ttl: Script::new(GET_WITH_TTL),
+                get_with_mark: Script::new(GET_WITH_MARK),
                 put: Script::new(PUT),
             }),
         })
@@ -396,6 +423,28 @@ fn unix_millis() -> Option<u64> {
     Some(u64::try_from(now.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// An entry as the scripts answer it: `{}` for none, else `{value, ms left}`.
+fn entry(answer: Vec<Value>) -> Result<Option<ValueWithTtl>, StoreError> {
+    match <[Value; 2]>::try_from(answer) {
+        Ok([Value::BulkString(value), Value::Int(left)]) => {
+            // -1: no expiry. -2 (gone) cannot follow a GET in one script; were it to, nothing
+            // is left.
+            let left = match u64::try_from(left) {
+                Ok(ms) => Some(Duration::from_millis(ms)),
+                Err(_) if left == -1 => None,
+                Err(_) => Some(Duration::ZERO),
+            };
+            Ok(Some((value, left)))
+        }
+        Err(none) if none.is_empty() => Ok(None),
+        Ok(_) | Err(_) => Err(wrong_shape()),
+    }
+}
+
+fn wrong_shape() -> StoreError {
+    StoreError::msg("redis GET answered a collection of the wrong shape, which it never should")
+}
+
 /// The longest TTL a key is given: 100 years (365.25-day years), in milliseconds. Redis
 /// refuses a `PX` whose sum with its own clock overflows a signed 64-bit integer ("invalid
 /// expire time"), so a longer setting (a `lease(Duration::MAX)`) is capped here rather than
@@ -431,22 +480,38 @@ impl TokenStore for RedisTokenCache {
             invocation.arg(MAX_ENTRY_BYTES);
             match self.invoke("GET", &invocation).await? {
                 Value::Nil => Ok(None),
-                Value::Array(answer) => match <[Value; 2]>::try_from(answer) {
-                    Ok([Value::BulkString(value), Value::Int(left)]) => {
-                        // -1: no expiry. -2 (gone) cannot follow a GET in one script; were it
-                        // to, nothing is left.
-                        let left = match u64::try_from(left) {
-                            Ok(ms) => Some(Duration::from_millis(ms)),
-                            Err(_) if left == -1 => None,
-                            Err(_) => Some(Duration::ZERO),
-                        };
-                        Ok(Some((value, left)))
-                    }
-                    Ok(_) | Err(_) => Err(StoreError::msg(
-                        "redis GET answered a collection of the wrong shape, which it never should",
-                    )),
-                },
+                Value::Array(answer) => entry(answer),
                 other => Err(unexpected("GET", &other)),
+            }
+        })
+    }
+
+    /// The entry under `key` and the mark under `mark_key`, in one script.
+    fn get_with_mark<'a>(
+        &'a self,
+        key: &'a str,
+        mark_key: &'a str,
+    ) -> BoxFuture<'a, Result<ValueWithMark, StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.inner.get_with_mark.key(key);
+            invocation
+                .key(mark_key)
+                .arg(MAX_ENTRY_BYTES)
+                .arg(MAX_MARK_BYTES);
+            let answer = self.invoke("GET", &invocation).await?;
+            let Value::Array(answer) = answer else {
+                return Err(unexpected("GET", &answer));
+            };
+            match <[Value; 2]>::try_from(answer) {
+                Ok([Value::Array(found), Value::Array(mark)]) => {
+                    let mark = match <[Value; 1]>::try_from(mark) {
+                        Ok([Value::BulkString(mark)]) => Some(mark),
+                        Err(none) if none.is_empty() => None,
+                        Ok(_) | Err(_) => return Err(wrong_shape()),
+                    };
+                    Ok((entry(found)?, mark))
+                }
+                Ok(_) | Err(_) => Err(wrong_shape()),
             }
         })
     }

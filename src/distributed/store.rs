@@ -20,7 +20,7 @@ pub(crate) const MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// ([`RedisTokenCache`](super::RedisTokenCache), feature `redis`) or any store that offers
 /// the same four operations, and the optional ones with a default
 /// ([`renew_lease`](Self::renew_lease), [`get_with_ttl`](Self::get_with_ttl),
-/// [`put_mark`](Self::put_mark)).
+/// [`get_with_mark`](Self::get_with_mark), [`put_mark`](Self::put_mark)).
 ///
 /// Every call is bounded by the cache's time budget and counted by its circuit breaker; a
 /// store need not add timeouts of its own. An error is never shown to a token caller: the
@@ -47,6 +47,23 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<ValueWithTtl>, StoreError>> {
         Box::pin(async move { Ok(self.get(key).await?.map(|value| (value, None))) })
+    }
+
+    /// The value under `key` with its time left, as [`get_with_ttl`](Self::get_with_ttl)
+    /// reads it, and the mark under `mark_key` (see [`put_mark`](Self::put_mark)), if any:
+    /// the cache's waiters read an entry's token and its holder's failure mark together at
+    /// each poll. The two keys share a Redis Cluster hash tag;
+    /// [`RedisTokenCache`](super::RedisTokenCache) reads them in one script. The default calls
+    /// [`get_with_ttl`](Self::get_with_ttl), then [`get`](Self::get).
+    fn get_with_mark<'a>(
+        &'a self,
+        key: &'a str,
+        mark_key: &'a str,
+    ) -> BoxFuture<'a, Result<ValueWithMark, StoreError>> {
+        Box::pin(async move {
+            let entry = self.get_with_ttl(key).await?;
+            Ok((entry, self.get(mark_key).await?))
+        })
     }
 
     /// Stores `value` under `key`, replacing what is there, to expire after `ttl`, counted
@@ -116,6 +133,10 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
 /// A value read from a store with the time it has left there, if the store can tell (see
 /// [`TokenStore::get_with_ttl`]).
 pub type ValueWithTtl = (Vec<u8>, Option<Duration>);
+
+/// An entry's value with its time left, if there is one, and its mark, if there is one (see
+/// [`TokenStore::get_with_mark`]).
+pub type ValueWithMark = (Option<ValueWithTtl>, Option<Vec<u8>>);
 
 /// A store's failure: unreachable, refused, or an answer it could not use. Its message names
 /// the operation and never a value or a credential of the store (a password in a URL).

@@ -125,6 +125,49 @@ async fn get_with_ttl_reads_the_value_with_its_time_left() {
     assert_eq!(read.len(), LIMIT, "64 KiB is read");
 }
 
+/// `get_with_mark` reads an entry as `get_with_ttl` does and its mark with it; a mark of
+/// another type, or too long to be a holder id, is no mark.
+#[tokio::test]
+async fn get_with_mark_reads_the_entry_and_its_mark_together() {
+    let server = RedisServer::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    let (token, mark) = ("p:{a}:token", "p:{a}:failed");
+    assert_eq!(
+        store.get_with_mark(token, mark).await.unwrap(),
+        (None, None)
+    );
+
+    store.put_mark(mark, b"holder.7", secs(5)).await.unwrap();
+    assert_eq!(
+        store.get_with_mark(token, mark).await.unwrap(),
+        (None, Some(b"holder.7".to_vec()))
+    );
+    store.put(token, b"sealed", secs(30)).await.unwrap();
+    let (entry, read) = store.get_with_mark(token, mark).await.unwrap();
+    assert_eq!(read.as_deref(), Some(&b"holder.7"[..]));
+    let (value, left) = entry.unwrap();
+    assert_eq!(value, b"sealed");
+    assert!(
+        left.is_some_and(|left| left <= secs(30) && left > secs(29)),
+        "{left:?}"
+    );
+
+    // Not a mark a cache writes: another type, or over 1 KiB.
+    let _: () = server.admin().del(mark).unwrap();
+    let _: () = server.admin().rpush(mark, "garbage").unwrap();
+    assert_eq!(store.get_with_mark(token, mark).await.unwrap().1, None);
+    let _: () = server.admin().del(mark).unwrap();
+    let _: () = server.admin().set(mark, vec![b'x'; 1025]).unwrap();
+    assert_eq!(store.get_with_mark(token, mark).await.unwrap().1, None);
+    // A value of another type under the entry is read as `get_with_ttl` reads it: empty.
+    let _: () = server.admin().del(token).unwrap();
+    let _: () = server.admin().rpush(token, "garbage").unwrap();
+    assert_eq!(
+        store.get_with_mark(token, mark).await.unwrap().0,
+        Some((Vec::new(), None))
+    );
+}
+
 /// A TTL past what Redis accepts (`lease(Duration::MAX)`, PX 18446744073709551615, which Redis
 /// refuses as an invalid expire time) is capped at 100 years.
 #[tokio::test]

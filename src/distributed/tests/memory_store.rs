@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::HOUR;
-use crate::distributed::{StoreError, TokenStore, ValueWithTtl};
+use crate::distributed::{StoreError, TokenStore, ValueWithMark, ValueWithTtl};
 
 /// How the store answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +32,8 @@ pub(super) enum Mode {
 pub(super) struct MemoryStore {
     entries: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
     mode: Mutex<Mode>,
+    /// How long each answer takes (a round trip to a Redis some way off).
+    delay: Mutex<Duration>,
     calls: AtomicUsize,
 }
 
@@ -40,8 +42,14 @@ impl MemoryStore {
         Arc::new(Self {
             entries: Mutex::default(),
             mode: Mutex::new(Mode::Healthy),
+            delay: Mutex::new(Duration::ZERO),
             calls: AtomicUsize::new(0),
         })
+    }
+
+    /// Every answer from now on comes `delay` after the call (its effect at once).
+    pub(super) fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
     }
 
     pub(super) fn set_mode(&self, mode: Mode) {
@@ -91,10 +99,17 @@ impl MemoryStore {
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let mode = *self.mode.lock().unwrap();
+        let delay = *self.delay.lock().unwrap();
         match mode {
             Mode::Healthy | Mode::LateLeaseAnswer(_) => {
                 let value = healthy();
-                async move { Ok(value) }.boxed()
+                async move {
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Ok(value)
+                }
+                .boxed()
             }
             Mode::Hang => std::future::pending().boxed(),
             Mode::Fail => async { Err(StoreError::msg("connection refused")) }.boxed(),
@@ -119,6 +134,21 @@ impl TokenStore for Handle {
             let value = self.0.live(key)?;
             let until = self.0.entries.lock().unwrap().get(key)?.1;
             Some((value, Some(until.saturating_duration_since(Instant::now()))))
+        })
+    }
+
+    /// One call, as `RedisTokenCache` reads both in one script.
+    fn get_with_mark<'a>(
+        &'a self,
+        key: &'a str,
+        mark_key: &'a str,
+    ) -> BoxFuture<'a, Result<ValueWithMark, StoreError>> {
+        self.0.answer(|| {
+            let entry = self.0.live(key).and_then(|value| {
+                let until = self.0.entries.lock().unwrap().get(key)?.1;
+                Some((value, Some(until.saturating_duration_since(Instant::now()))))
+            });
+            (entry, self.0.live(mark_key))
         })
     }
 

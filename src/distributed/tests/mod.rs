@@ -395,6 +395,66 @@ async fn a_holders_failure_lets_the_waiters_ask_at_once_instead_of_in_turn() {
     assert!(store.raw(&store_keys("tower-identity").lease()).is_none());
 }
 
+/// A cold fleet of 50 against a provider that refuses the client, over a store 20 ms away:
+/// the waiters read the holder's failure mark with the token at each poll, and all ask on
+/// their own at their next poll. Every process has its error within a second. (Before, they
+/// saw the mark only by taking the lease, one at a time, about four round trips each: the
+/// last had its error after some 4 s, near the end of the 5 s mark, and with a store further
+/// away or more processes the mark ran out before the last got through.)
+#[tokio::test(start_paused = true)]
+async fn every_waiter_sees_a_refusal_at_its_next_poll_not_through_the_lease_in_turn() {
+    let store = MemoryStore::new();
+    store.set_delay(Duration::from_millis(20));
+    let caches: Vec<DistributedCache> = (0..50).map(|_| cache(&store)).collect();
+    let idp = Idp::failing(Duration::from_millis(150));
+    let start = Instant::now();
+    let tasks: Vec<_> = caches
+        .iter()
+        .map(|c| {
+            let (p, idp) = (process(c), idp.clone());
+            tokio::spawn(async move {
+                let failed = p.get_or_acquire(cache_key(), false, idp.acquire()).await;
+                assert!(failed.is_err());
+                Instant::now()
+            })
+        })
+        .collect();
+    let ends = futures_util::future::try_join_all(tasks).await.unwrap();
+    let last = ends.iter().max().unwrap().duration_since(start);
+    assert!(
+        last <= Duration::from_millis(1000),
+        "the last error came at {last:?}"
+    );
+    assert_eq!(idp.calls(), 50, "each process asked once");
+    let won: u64 = caches.iter().map(|c| c.stats().leases_won).sum();
+    assert_eq!(won, 1, "one holder; the others asked on their own");
+}
+
+/// A mark left by an earlier acquisition's holder says nothing of the holder a process waits
+/// for: a process that starts while a mark is there and another process holds the lease waits
+/// for that holder's token.
+#[tokio::test(start_paused = true)]
+async fn a_mark_older_than_the_wait_does_not_stop_a_waiter_from_waiting() {
+    let store = MemoryStore::new();
+    let failed = store_keys("tower-identity").failed();
+    Handle(Arc::clone(&store))
+        .put_mark(&failed, b"an-earlier-holder.0", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (holder, waiter) = (cache(&store), cache(&store));
+    let idp = Idp::new(Duration::from_secs(1));
+    let holder_process = process(&holder);
+    let holding = tokio::spawn({
+        let idp = idp.clone();
+        async move { get(&holder_process, &idp).await }
+    });
+    tokio::task::yield_now().await;
+    assert_eq!(get(&process(&waiter), &idp).await, "token-1");
+    assert_eq!(holding.await.unwrap(), "token-1");
+    assert_eq!(idp.calls(), 1);
+    assert_eq!(waiter.stats().shared_hits, 1);
+}
+
 /// A cold fleet of 20 against a provider whose first answer is a 503 that outlasted the
 /// retries (150 ms), answering again after it: the holder's failure may be brief, so it leaves
 /// no mark, and the next waiter takes the lease and asks for all. Two requests in all; the
