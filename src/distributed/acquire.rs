@@ -390,8 +390,11 @@ impl Shared {
             // The slot that takes the token computes its refresh time from the lifetime left
             // now, later than the fleet's for a token read late in its life (a shorter
             // window): handed the fleet's time as `refresh_on`, it renews with the fleet.
-            let refresh_on = stored.token.refresh_on().map_or(due, |at| at.min(due));
-            Found::Usable(stored.token.with_refresh_on(Some(refresh_on)))
+            // `due` already counts the token's own `refresh_on` (plus the jitter): the earlier
+            // of the two could be past (`refresh_on` < now < `due`), and the slot would renew
+            // at once, find this same token, count a failed attempt ("The same token back" in
+            // `crate::refresh`) and do so again every 30 s until `due`.
+            Found::Usable(stored.token.with_refresh_on(Some(due)))
         }
     }
 

@@ -273,6 +273,51 @@ async fn a_process_that_reads_a_token_late_renews_it_with_the_fleet() {
     assert_eq!(b.stats().shared_hits, 2);
 }
 
+/// Under a jittered policy, an entry whose token's `refresh_on` has just passed is still
+/// usable until that plus the jitter: the token handed out carries that moment, never a
+/// `refresh_on` already past. (Before, it carried the earlier of the two: its slot renewed at
+/// once, found the same token in the store, counted a failed attempt, and did so again every
+/// 30 s until the fleet's moment.)
+#[tokio::test(start_paused = true)]
+async fn a_shared_hits_refresh_on_is_never_in_the_past_under_jitter() {
+    let store = MemoryStore::new();
+    let c = cache(&store);
+    let token_key = store_keys("tower-identity").token();
+    let start = Instant::now();
+    let token = AccessToken::new("shared", start + HOUR)
+        .with_refresh_on(Some(start + Duration::from_secs(600)));
+    let sealed = Sealing::Sealed(sealing_key())
+        .seal(&token_key, &token, start, c.shared.clock)
+        .unwrap();
+    store.set_raw(&token_key, &sealed);
+    tokio::time::advance(Duration::from_secs(601)).await;
+    // A draw of the jitter well above the second passed (this seed: some 39 s of 60 s).
+    fastrand::seed(1);
+    let policy = RefreshPolicy {
+        jitter: Duration::from_secs(60),
+        ..RefreshPolicy::default()
+    };
+    let idp = Idp::new(Duration::ZERO);
+    let read = SharedLevel::new(c.clone(), identity())
+        .acquire(
+            "tenant",
+            &scopes(&["scope"]),
+            false,
+            policy,
+            (idp.acquire())(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.secret().expose_secret(), "shared", "a shared hit");
+    assert_eq!(idp.calls(), 0);
+    let refresh_on = read.refresh_on().unwrap();
+    assert!(
+        refresh_on > Instant::now(),
+        "refresh_on {:?} before now",
+        Instant::now() - refresh_on
+    );
+}
+
 /// A lease whose answer came too late may have been taken all the same: the process that
 /// asked does the holder's part, best-effort (publishes, gives the lease back), so the others
 /// get its token instead of waiting out `wait_limit` for a lease nobody fills.
