@@ -1,6 +1,8 @@
 //! The time budget of every store call, and the circuit breaker over them.
 //!
-//! A call that errs or outlives the budget is a failure. After `failures` consecutive ones the
+//! A call that errs or outlives the budget is a failure, except a call that gave up waiting on
+//! a connection attempt another call started ([`StoreError::connecting`]): only the call that
+//! started it counts its wait. After `failures` consecutive ones the
 //! breaker opens for `open_for`: calls are not made, and the cache goes straight to the
 //! identity provider. When `open_for` has passed, calls are tried again; the first that
 //! succeeds closes the breaker, a failure opens it for another `open_for`. Opening is logged
@@ -13,7 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::stats::Counters;
-use super::store::StoreError;
+use super::store::{StoreError, with_deadline};
 
 /// The budget and the breaker's state.
 #[derive(Debug)]
@@ -63,10 +65,26 @@ impl Breaker {
             tracing::debug!(op, "distributed token cache: breaker open, store not asked");
             return None;
         }
-        let failure = match tokio::time::timeout(self.budget, call()).await {
+        let call = call();
+        // A store can stop waiting on another call's connection attempt at the budget's end and
+        // say so (`StoreError::connecting`). The timeout polls the call before its own timer,
+        // so at the shared instant the call's answer wins.
+        let answer = match Instant::now().checked_add(self.budget) {
+            Some(deadline) => {
+                tokio::time::timeout_at(deadline, with_deadline(deadline, call)).await
+            }
+            None => tokio::time::timeout(self.budget, call).await,
+        };
+        let failure = match answer {
             Ok(Ok(value)) => {
                 self.succeeded();
                 return Some(value);
+            }
+            Ok(Err(error)) if error.is_connecting() => {
+                // A miss for this call, not a failure of the store: not counted.
+                stats.store_error();
+                tracing::debug!(op, error = %error, outcome = "store_error", "distributed token cache: store call gave up on a connection still being made");
+                return None;
             }
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {:?}", self.budget),

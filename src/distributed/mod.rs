@@ -75,10 +75,12 @@
 //!   outlives it makes the process act alone for that acquisition (ask the identity provider,
 //!   publish nothing). A lease call is the exception: its write may have been applied with the
 //!   answer late, so the process also renews the lease while it asks, publishes its token and
-//!   gives the lease back, best-effort,
-//!   rather than leave the others waiting on a lease nobody fills. After 3 such failures in a row the [breaker](DistributedCacheBuilder::breaker)
+//!   gives the lease back, best-effort, rather than leave the others waiting on a lease nobody
+//!   fills. After 3 such failures in a row the [breaker](DistributedCacheBuilder::breaker)
 //!   opens for 30 s (one WARN), during which the store is not asked; the first call that
-//!   succeeds afterwards closes it (one INFO). No token request fails because the store did.
+//!   succeeds afterwards closes it (one INFO). A call that gave up waiting on a connection
+//!   another call is making is a miss, not a failure: only the call that started the attempt
+//!   counts its wait. No token request fails because the store did.
 //! * **Sealed at rest.** Entries are sealed with AES-256-GCM under a [`SealingKey`], bound to
 //!   the key's name and the entry's store key; the plaintext opt-out is explicit
 //!   ([`plaintext_at_rest`](DistributedCacheBuilder::plaintext_at_rest)). A value that does not

@@ -161,8 +161,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// gives up on it (its budget spent) does not cancel it. Calls meanwhile wait on that one
 /// attempt, each within its own budget, and a later call uses the connection once it is made,
 /// however long its setup took (DNS, TCP, TLS, AUTH: more than the budget, for a server in
-/// another region). An attempt that fails or runs out of time leaves the next call to start
-/// another.
+/// another region). Only the call that started an attempt counts its wait as a failure in the
+/// cache's breaker: the calls that joined it are misses, not failures, so a cold process
+/// asking for several tokens at once does not open the breaker for a connection made a moment
+/// later. An attempt that fails or runs out of time leaves the next call to start another.
 #[derive(Clone)]
 pub struct RedisTokenCache {
     inner: Arc<Inner>,
@@ -230,22 +232,37 @@ impl RedisTokenCache {
     /// none runs. The attempt runs in a task of its own: a caller that stops waiting (its
     /// budget spent) leaves it running for the next.
     async fn connection(&self, op: &'static str) -> Result<ConnectionManager, StoreError> {
-        let (id, attempt) = {
+        let (id, attempt, joined) = {
             let mut link = self.inner.link();
             match &*link {
                 Link::Connected(manager) => return Ok(manager.clone()),
-                Link::Connecting(id, attempt) => (*id, attempt.clone()),
+                Link::Connecting(id, attempt) => (*id, attempt.clone(), true),
                 Link::Idle => {
                     let id = self.inner.attempts.fetch_add(1, Ordering::Relaxed);
                     let attempt = self.start_attempt(id).map_err(|detail| {
                         StoreError::msg(format!("redis {op}: cannot connect: {detail}"))
                     })?;
                     *link = Link::Connecting(id, attempt.clone());
-                    (id, attempt)
+                    (id, attempt, false)
                 }
             }
         };
-        let outcome = attempt.await;
+        // A call that joined another call's attempt stops waiting at its budget's end with an
+        // error of its own kind: the breaker does not count it, so a connection slower to set
+        // up than the budget does not open it for calls made meanwhile. The call that started
+        // the attempt waits it out (its budget's timeout counts), so an endpoint that never
+        // answers still opens the breaker, after one failure per attempt.
+        let outcome = match super::store::call_deadline().filter(|_| joined) {
+            Some(deadline) => match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    return Err(StoreError::connecting(format!(
+                        "redis {op}: still connecting (an attempt another call started)"
+                    )));
+                }
+            },
+            None => attempt.await,
+        };
         // The attempt's task records its outcome itself (also when nobody waits); this covers
         // a task that did not run to its end (its runtime shut down).
         self.inner.settle(id, &outcome);

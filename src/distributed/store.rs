@@ -144,6 +144,9 @@ pub type ValueWithMark = (Option<ValueWithTtl>, Option<Vec<u8>>);
 pub struct StoreError {
     message: String,
     source: Option<BoxError>,
+    /// The call gave up waiting on a connection attempt another call started (see
+    /// [`StoreError::connecting`]).
+    connecting: bool,
 }
 
 impl StoreError {
@@ -152,6 +155,7 @@ impl StoreError {
         Self {
             message: message.into(),
             source: Some(source.into()),
+            connecting: false,
         }
     }
 
@@ -160,8 +164,56 @@ impl StoreError {
         Self {
             message: message.into(),
             source: None,
+            connecting: false,
         }
     }
+
+    /// A call that found a connection attempt running, started by another call, and stopped
+    /// waiting on it at the end of its budget: a miss for this call, not a failure of the
+    /// store, so the breaker does not count it (the call that started the attempt counts its
+    /// own wait). Three acquisitions of a cold process, each waiting on one connection slower
+    /// to set up than the budget, would otherwise open the breaker though the connection is
+    /// made a moment later.
+    #[cfg_attr(
+        not(feature = "redis"),
+        allow(dead_code, reason = "used by RedisTokenCache")
+    )]
+    pub(crate) fn connecting(message: impl Into<String>) -> Self {
+        Self {
+            connecting: true,
+            ..Self::msg(message)
+        }
+    }
+
+    /// Whether this is a wait on another call's connection attempt, given up (see
+    /// [`StoreError::connecting`]).
+    pub(crate) fn is_connecting(&self) -> bool {
+        self.connecting
+    }
+}
+
+tokio::task_local! {
+    /// The end of the budget of the store call being made, set by the breaker around each call:
+    /// a store can stop waiting on something not its own (another call's connection attempt) at
+    /// that instant and say so, where the budget's timeout would drop the call unexplained.
+    static CALL_DEADLINE: tokio::time::Instant;
+}
+
+/// Runs `call` with `deadline` as its [`call_deadline`].
+pub(super) async fn with_deadline<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    call: F,
+) -> F::Output {
+    CALL_DEADLINE.scope(deadline, call).await
+}
+
+/// The end of the budget of the store call this task is making, if the breaker makes it.
+#[cfg_attr(
+    not(feature = "redis"),
+    allow(dead_code, reason = "used by RedisTokenCache")
+)]
+pub(super) fn call_deadline() -> Option<tokio::time::Instant> {
+    CALL_DEADLINE.try_with(|deadline| *deadline).ok()
 }
 
 impl fmt::Display for StoreError {

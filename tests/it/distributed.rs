@@ -280,6 +280,46 @@ fn entry_keys(server: &RedisServer) -> Vec<String> {
         .collect()
 }
 
+/// A cold process asks for three tokens at once over a connection that takes 1.5 s to set
+/// up, under a budget of 0.5 s: the three calls miss, but only the one that started the
+/// connection attempt counts as a failure; the two that waited on it are not. The breaker
+/// (3 failures) stays closed, and once connected the process shares the fleet's token.
+/// (Before, each of the three counted: the breaker opened for 30 s though the connection was
+/// made a second later, and the process asked for every token on its own.) Real time: the
+/// relay's hold is real.
+#[tokio::test]
+async fn waits_on_a_connection_being_made_do_not_open_the_breaker() {
+    use crate::redis_store::SlowSetupRelay;
+
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    let shared = Process::new(&authority, &server.url()).token(SCOPE).await;
+    assert_eq!(authority.token_posts(), 1);
+
+    let relay = SlowSetupRelay::start(server.port(), Duration::from_millis(1500)).await;
+    let store = RedisTokenCache::open(&relay.url()).unwrap();
+    let key = SealingKey::new("one", &KEY_ONE).unwrap();
+    let cold = Process::over(&authority, store.clone(), key, Duration::from_millis(500));
+    let scopes = [
+        "https://a.test/.default",
+        "https://b.test/.default",
+        "https://c.test/.default",
+    ];
+    futures_util::future::join_all(scopes.map(|scope| cold.token(scope))).await;
+    assert_eq!(
+        authority.token_posts(),
+        4,
+        "each missed and asked on its own"
+    );
+
+    // Waits on the attempt the three calls left running (clones share the connection).
+    store.connect().await.unwrap();
+    assert_eq!(cold.token(SCOPE).await, shared);
+    let stats = cold.cache.stats();
+    assert_eq!(stats.shared_hits, 1, "{stats:?}");
+    assert_eq!(authority.token_posts(), 4);
+}
+
 /// Redis stopped mid-run costs each acquisition one budget and no failed request; killed, it
 /// costs nothing but a request per process; restarted, the fleet shares again.
 #[tokio::test(start_paused = true)]

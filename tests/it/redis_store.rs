@@ -462,14 +462,14 @@ async fn a_put_applied_late_expires_when_its_ttl_from_the_call_ends() {
 /// A loopback TCP relay to a server that holds the server's first reply on each connection
 /// for a while: a connection whose setup (DNS, TCP, TLS, AUTH) takes longer than a call's
 /// budget, as with `rediss://` to a server some way off.
-struct SlowSetupRelay {
+pub(crate) struct SlowSetupRelay {
     port: u16,
     connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl SlowSetupRelay {
-    async fn start(server_port: u16, hold: Duration) -> SlowSetupRelay {
+    pub(crate) async fn start(server_port: u16, hold: Duration) -> SlowSetupRelay {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -502,7 +502,7 @@ impl SlowSetupRelay {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 }
