@@ -30,13 +30,18 @@ end
 return 0";
 
 /// Reads a value and the milliseconds it has left (`PTTL`: -1 when it has no expiry) in one
-/// atomic step; nil when there is no value. A value that cannot be an entry, of another type
+/// atomic step; `{}` when there is no value. A value that cannot be an entry, of another type
 /// (`GET` would fail with WRONGTYPE) or longer than `ARGV[1]` bytes, is answered as an empty
 /// string, without its bytes: the cache takes it for an unreadable entry (a miss), and its
 /// next publish (`SET`, which replaces a key of any type) replaces it.
+///
+/// "None" is an empty collection, not `false`: Redis 7 answers a script's `false` as a nil
+/// over RESP3 too (the script itself speaks RESP2 unless it calls `redis.setresp(3)`), but its
+/// documentation promises a RESP3 Boolean there; a collection reads alike whatever the server
+/// does. An answer of nil or `false` is still taken for none.
 const GET_WITH_TTL: &str = r"local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'none' then
-  return false
+  return {}
 end
 local left = redis.call('PTTL', KEYS[1])
 if kind ~= 'string' or redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then
@@ -440,6 +445,15 @@ fn unix_millis() -> Option<u64> {
     Some(u64::try_from(now.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// [`GET_WITH_TTL`]'s answer: `{}` for none (nil or `false` too), else `{value, ms left}`.
+fn entry_answer(answer: Value) -> Result<Option<ValueWithTtl>, StoreError> {
+    match answer {
+        Value::Nil | Value::Boolean(false) => Ok(None),
+        Value::Array(answer) => entry(answer),
+        other => Err(unexpected("GET", &other)),
+    }
+}
+
 /// An entry as the scripts answer it: `{}` for none, else `{value, ms left}`.
 fn entry(answer: Vec<Value>) -> Result<Option<ValueWithTtl>, StoreError> {
     match <[Value; 2]>::try_from(answer) {
@@ -495,11 +509,7 @@ impl TokenStore for RedisTokenCache {
         Box::pin(async move {
             let mut invocation = self.inner.get_with_ttl.key(key);
             invocation.arg(MAX_ENTRY_BYTES);
-            match self.invoke("GET", &invocation).await? {
-                Value::Nil => Ok(None),
-                Value::Array(answer) => entry(answer),
-                other => Err(unexpected("GET", &other)),
-            }
+            entry_answer(self.invoke("GET", &invocation).await?)
         })
     }
 
@@ -750,6 +760,24 @@ mod tests {
                 .contains("TOWER_IDENTITY_TEST_NO_SUCH_REDIS_URL"),
             "{e}"
         );
+    }
+
+    /// "None" reads as none whatever form the server gives it: the script's `{}`, a nil, or
+    /// the RESP3 Boolean that Redis's documentation promises for a script's `false` over
+    /// RESP3. (Before, a Boolean was "GET answered an unexpected type": every miss a store
+    /// error.)
+    #[test]
+    fn a_missing_entry_reads_as_none_in_every_form() {
+        for none in [Value::Array(Vec::new()), Value::Nil, Value::Boolean(false)] {
+            assert_eq!(entry_answer(none.clone()).unwrap(), None, "{none:?}");
+        }
+        let found = Value::Array(vec![Value::BulkString(b"v".to_vec()), Value::Int(1500)]);
+        assert_eq!(
+            entry_answer(found).unwrap(),
+            Some((b"v".to_vec(), Some(Duration::from_millis(1500))))
+        );
+        assert!(entry_answer(Value::Boolean(true)).is_err());
+        assert!(entry_answer(Value::Int(0)).is_err());
     }
 
     #[test]

@@ -168,6 +168,45 @@ async fn get_with_mark_reads_the_entry_and_its_mark_together() {
     );
 }
 
+/// Over RESP3 (`?protocol=resp3`, `HELLO 3`) every operation answers as over RESP2: a missing
+/// key is none, not "GET answered an unexpected type".
+#[tokio::test]
+async fn every_operation_answers_alike_over_resp3() {
+    let server = RedisServer::start();
+    let store = RedisTokenCache::open(&format!("{}?protocol=resp3", server.url())).unwrap();
+    assert_eq!(store.get_with_ttl("p:{a}:token").await.unwrap(), None);
+    assert_eq!(store.get("p:{a}:token").await.unwrap(), None);
+    assert_eq!(
+        store
+            .get_with_mark("p:{a}:token", "p:{a}:failed")
+            .await
+            .unwrap(),
+        (None, None)
+    );
+    store.put("p:{a}:token", b"v", secs(30)).await.unwrap();
+    store.put_mark("p:{a}:failed", b"h", secs(5)).await.unwrap();
+    let (entry, mark) = store
+        .get_with_mark("p:{a}:token", "p:{a}:failed")
+        .await
+        .unwrap();
+    let (value, left) = entry.unwrap();
+    assert_eq!(
+        (value.as_slice(), mark.as_deref()),
+        (&b"v"[..], Some(&b"h"[..]))
+    );
+    assert!(left.is_some_and(|left| left > secs(29)), "{left:?}");
+    assert!(lease(&store, "one").await);
+    assert!(!lease(&store, "two").await);
+    assert!(
+        store
+            .renew_lease("p:{a}:lease", "one", secs(60))
+            .await
+            .unwrap()
+    );
+    store.release("p:{a}:lease", "one").await.unwrap();
+    assert!(lease(&store, "two").await);
+}
+
 /// A TTL past what Redis accepts (`lease(Duration::MAX)`, PX 18446744073709551615, which Redis
 /// refuses as an invalid expire time) is capped at 100 years.
 #[tokio::test]
