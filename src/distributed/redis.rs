@@ -115,8 +115,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// speak the Redis Cluster protocol: against an endpoint that redirects (`MOVED`: a cluster
 /// reached directly, Azure's OSS clustering policy) every call for a key on another shard
 /// fails, and the processes ask the identity provider on their own. The keys' hash tags keep
-/// an entry's token and lease on one shard for a [`TokenStore`] of your own over a cluster
-/// client.
+/// an entry's token, lease and failure mark on one shard for a [`TokenStore`] of your own over
+/// a cluster client.
 ///
 /// Cheap to clone: clones share the connection. Its `Debug` shows the host, port and
 /// database, never the password.
@@ -148,8 +148,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// An entry's TTL counts from when its put was called, not from when Redis applies it: a put
 /// applied late (sent while Redis was stopped, applied once it resumes) expires with the token
-/// all the same, by Redis's clock. A Redis clock ahead of the host's shortens entries by the
-/// difference; one ahead by an entry's whole TTL stores nothing, and the put answers an error
+/// all the same, as long as the host's and Redis's clocks agree (the end is the call's Unix
+/// time plus the TTL, by Redis's clock: a Redis clock `S` behind lets a late entry outlive the
+/// token by up to `S`, and never by more than its delay). Readers also check the token's own
+/// expiry, so they never use a token past it either way. A Redis clock ahead of the host's
+/// shortens entries by the difference; one ahead by an entry's whole TTL stores nothing, and the put answers an error
 /// naming the difference (a store error: the process acts alone). Failure marks
 /// ([`put_mark`](TokenStore::put_mark)) are a plain `SET … PX`, whatever the clocks say.
 ///
