@@ -25,6 +25,13 @@ pub(crate) const MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// Every call is bounded by the cache's time budget and counted by its circuit breaker; a
 /// store need not add timeouts of its own. An error is never shown to a token caller: the
 /// process then acquires its token on its own.
+///
+/// A wrapper around another store (one that adds logging or metrics, or delegates to a
+/// [`RedisTokenCache`](super::RedisTokenCache)) should forward every optional method too, and
+/// [`get_with_mark`](Self::get_with_mark) and [`put_mark`](Self::put_mark) in particular: the
+/// defaults build them from the other calls, so a wrapper that leaves them out loses the
+/// inner store's one-script look (two reads inside one budget instead of one) and its marks' own
+/// write (a mark put as an entry is, bounded by the wall clock).
 pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// The value stored under `key`, or `None` when there is none (missing, expired,
     /// evicted).
@@ -54,16 +61,15 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// the cache's waiters read an entry's token and its holder's failure mark together at
     /// each poll. The two keys share a Redis Cluster hash tag;
     /// [`RedisTokenCache`](super::RedisTokenCache) reads them in one script. The default calls
-    /// [`get_with_ttl`](Self::get_with_ttl), then [`get`](Self::get).
+    /// [`get_with_ttl`](Self::get_with_ttl) and [`get`](Self::get) concurrently: one budget
+    /// covers the whole look, so two round trips one after the other would make every look
+    /// over a store more than half the budget away time out.
     fn get_with_mark<'a>(
         &'a self,
         key: &'a str,
         mark_key: &'a str,
     ) -> BoxFuture<'a, Result<ValueWithMark, StoreError>> {
-        Box::pin(async move {
-            let entry = self.get_with_ttl(key).await?;
-            Ok((entry, self.get(mark_key).await?))
-        })
+        Box::pin(async move { tokio::try_join!(self.get_with_ttl(key), self.get(mark_key)) })
     }
 
     /// Stores `value` under `key`, replacing what is there, to expire after `ttl`, counted

@@ -136,7 +136,7 @@ async fn two_processes_make_one_token_request() {
 
 /// A Redis store whose lease attempts say they arrived and wait for a go: it puts a process's
 /// `SET NX` after another process's whole acquisition, an interleaving a busy fleet produces
-/// by chance.
+/// by chance. It forwards every other call, the optional ones included, as a wrapper should.
 #[derive(Debug)]
 struct LateLease {
     store: RedisTokenCache,
@@ -154,6 +154,14 @@ impl TokenStore for LateLease {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<ValueWithTtl>, StoreError>> {
         self.store.get_with_ttl(key)
+    }
+
+    fn get_with_mark<'a>(
+        &'a self,
+        key: &'a str,
+        mark_key: &'a str,
+    ) -> BoxFuture<'a, Result<ValueWithMark, StoreError>> {
+        self.store.get_with_mark(key, mark_key)
     }
 
     fn put<'a>(
