@@ -2,11 +2,17 @@
 //!
 //! A call that errs or outlives the budget is a failure, except a call that gave up waiting on
 //! a connection attempt another call started ([`StoreError::connecting`]): only the call that
-//! started it counts its wait. After `failures` consecutive ones the
-//! breaker opens for `open_for`: calls are not made, and the cache goes straight to the
-//! identity provider. When `open_for` has passed, calls are tried again; the first that
-//! succeeds closes the breaker, a failure opens it for another `open_for`. Opening is logged
-//! once at WARN, closing once at INFO; the rest is DEBUG. Time is tokio's clock.
+//! started it counts its wait. After `failures` consecutive ones the breaker opens for
+//! `open_for`: calls are not made, and the cache goes straight to the identity provider. When
+//! `open_for` has passed, calls are tried again; the first that succeeds closes the breaker, a
+//! failure opens it for another `open_for`. Opening is logged once at WARN, closing once at
+//! INFO; the rest is DEBUG. Time is tokio's clock.
+//!
+//! `RedisTokenCache` reports such waits for the connections it makes from scratch only (the
+//! first, or one after a failed attempt): calls waiting on the `redis` crate's reconnection of
+//! a dropped connection count as failures. Against an address that never answers, one failure
+//! is counted per attempt (given up after 5 s): the breaker opens some (`failures` − 1) × 5 s
+//! after the first call, every call meanwhile spending the whole budget.
 
 use std::future::Future;
 use std::sync::Mutex;

@@ -173,6 +173,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// cache's breaker: the calls that joined it are misses, not failures, so a cold process
 /// asking for several tokens at once does not open the breaker for a connection made a moment
 /// later. An attempt that fails or runs out of time leaves the next call to start another.
+///
+/// That exemption covers the connections this store makes from scratch: the first, and a new
+/// one after an attempt failed. Once made, a connection that drops (Redis restarted, a
+/// failover, an idle connection cut by a load balancer) is re-established by the `redis`
+/// crate's connection manager inside itself, bounded by the same 5 s; calls made meanwhile
+/// wait on that reconnection like any slow answer, and each that outlives its budget counts
+/// as a failure: a reconnection slower than the budget opens the breaker once `failures`
+/// calls have waited on it.
+///
+/// Against an address that never answers (a black-holed host or port), each attempt runs its
+/// 5 s and only the call that started it counts a failure: the breaker opens about
+/// (`failures` − 1) × 5 s after the first call (some 10 s at the defaults, calls keeping on
+/// coming), and until then every call, counted or not, spends the whole budget before the
+/// process asks the identity provider on its own.
 #[derive(Clone)]
 pub struct RedisTokenCache {
     inner: Arc<Inner>,
@@ -259,7 +273,9 @@ impl RedisTokenCache {
         // error of its own kind: the breaker does not count it, so a connection slower to set
         // up than the budget does not open it for calls made meanwhile. The call that started
         // the attempt waits it out (its budget's timeout counts), so an endpoint that never
-        // answers still opens the breaker, after one failure per attempt.
+        // answers still opens the breaker, after one failure per attempt (one per
+        // `CONNECT_TIMEOUT`). The manager's own reconnections of a dropped connection are not
+        // seen here: calls wait on those inside the manager, and count.
         let outcome = match super::store::call_deadline().filter(|_| joined) {
             Some(deadline) => match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(outcome) => outcome,
