@@ -421,6 +421,11 @@ impl Shared {
 /// TLS roots, its assertion source) or brief (throttling, 408, 429, a 5xx after the retries):
 /// there the next waiter holding the lease most likely succeeds for all, where twenty waiters
 /// asking alone would be a burst of requests against a throttled or recovering provider.
+///
+/// A 4xx cannot tell the fleet's refusal from one host's: a stale federated token file
+/// (AADSTS700024), a secret mid-rotation (AADSTS7000215), a skewed clock's assertion are
+/// refused for this host alone, and marked all the same; its waiters then each ask on their
+/// own (see the module docs).
 fn is_final_refusal(error: &CredentialError) -> bool {
     let refused = error.status().is_some_and(|status| {
         status.is_client_error()

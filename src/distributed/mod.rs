@@ -57,6 +57,16 @@
 //!   all, so a recovering provider gets one more request, not one per process. A waiter that
 //!   takes over a lease that ran out (its holder died) finds no mark either and holds it for
 //!   all. A process that starts acquiring after the failure takes the lease as usual.
+//!
+//!   The limit: a final refusal is taken for the fleet's, but some 4xx answers are one host's
+//!   alone: a stale federated token file (`AADSTS700024`, an expired assertion), a client
+//!   secret mid-rotation that one host still sends (`AADSTS7000215`), an assertion signed by
+//!   a host whose clock is off. If that host holds the lease, its mark sends every waiter to
+//!   the identity provider on its own (each gets its own answer, most likely a token, and
+//!   publishes it): that acquisition costs one request per waiting process instead of one
+//!   for the fleet, though no other process's request fails for it. While one host's
+//!   credential differs from the others' (a rotation not yet everywhere), each of its
+//!   refusals as a holder costs that again.
 //! * **The lease lives as long as the holder's request.** While its request runs, the holder
 //!   renews its lease every third of the lease ([`TokenStore::renew_lease`]: compare and
 //!   extend, so only a lease it still holds), so a provider that answers slowly or throttles
