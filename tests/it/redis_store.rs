@@ -205,6 +205,23 @@ async fn every_operation_answers_alike_over_resp3() {
     );
     store.release("p:{a}:lease", "one").await.unwrap();
     assert!(lease(&store, "two").await);
+
+    // The store's connection speaks RESP3 (the URL's protocol was not ignored): the only other
+    // client, this admin connection, speaks RESP2.
+    let mut admin = server.admin();
+    let admin_id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut admin).unwrap();
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut admin).unwrap();
+    let store_clients: Vec<&str> = clients
+        .lines()
+        .filter(|line| !line.starts_with(&format!("id={admin_id} ")))
+        .collect();
+    assert!(!store_clients.is_empty(), "{clients}");
+    assert!(
+        store_clients
+            .iter()
+            .all(|line| line.split(' ').any(|field| field == "resp=3")),
+        "{clients}"
+    );
 }
 
 /// A TTL past what Redis accepts (`lease(Duration::MAX)`, PX 18446744073709551615, which Redis
