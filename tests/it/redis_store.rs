@@ -480,12 +480,11 @@ async fn a_put_applied_late_expires_when_its_ttl_from_the_call_ends() {
     store.put("p:{a}:token", b"old", secs(60)).await.unwrap();
 
     server.pause();
+    // The put reads the wall clock when its future is made: `called`, taken right after, is
+    // no earlier than that read, so the bound below holds however slowly this task runs.
+    let put = store.put("p:{a}:token", b"new", secs(3));
     let called = Instant::now();
-    let given_up = timeout(
-        Duration::from_millis(50),
-        store.put("p:{a}:token", b"new", secs(3)),
-    )
-    .await;
+    let given_up = timeout(Duration::from_millis(50), put).await;
     assert!(given_up.is_err(), "Redis is stopped");
     // Redis stays stopped 1.5 s after the call.
     tokio::time::sleep_until(called + Duration::from_millis(1500)).await;
@@ -497,8 +496,7 @@ async fn a_put_applied_late_expires_when_its_ttl_from_the_call_ends() {
     );
     // The bound before the read: the PTTL read later can only be lower. (Computed after it,
     // the bound was short by however long the read took: a loaded machine failed the test.)
-    // 2 ms of slack: the put reads the wall clock a moment after `called`, and both clocks
-    // are read in whole ms.
+    // 2 ms of slack: the put's wall-clock read and Redis's clock are taken in whole ms.
     let bound = 3000 - i64::try_from(called.elapsed().as_millis()).unwrap();
     let left = pttl(&server, "p:{a}:token");
     assert!(
