@@ -323,6 +323,14 @@ impl CredentialError {
             .map(|until| until.saturating_duration_since(Instant::now()))
     }
 
+    /// The default client's kind of transport failure, when the request got no answer and
+    /// the failure came from it (possibly through the caller's layers).
+    pub(crate) fn transport_kind(&self) -> Option<crate::transport::TransportErrorKind> {
+        std::iter::successors(StdError::source(self), |e| (*e).source())
+            .find_map(|e| e.downcast_ref::<crate::transport::TransportError>())
+            .map(crate::transport::TransportError::kind)
+    }
+
     /// For a chain's error: every credential tried, in order (nested chains flattened).
     /// Empty for a single credential's error.
     pub fn attempts(&self) -> &[CredentialError] {

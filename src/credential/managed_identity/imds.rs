@@ -15,7 +15,7 @@ use super::response::{failure, provider_text};
 use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
 use crate::error::{Cause, CredentialError};
 use crate::token::AccessToken;
-use crate::transport::{HttpClient, RetryOptions};
+use crate::transport::{HttpClient, RetryOptions, TransportErrorKind};
 
 const SOURCE: ManagedIdentitySource = ManagedIdentitySource::Imds;
 const DEFAULT_BASE: &str = "http://169.254.169.254";
@@ -162,23 +162,31 @@ impl Imds {
         if in_chain && !self.answered.load(Ordering::Acquire) {
             self.probe(self.probe_http()?, resource).await?;
         }
-        let before_token = in_chain && !self.succeeded.load(Ordering::Acquire);
-        let token = self.token(resource, before_token).await?;
+        let token = self.token(resource, in_chain).await?;
         self.succeeded.store(true, Ordering::Release);
         Ok(token)
     }
 
-    /// One token request. `before_token`: in a chain, before IMDS has issued a token.
-    async fn token(
-        &self,
-        resource: &str,
-        before_token: bool,
-    ) -> Result<AccessToken, CredentialError> {
+    /// One token request; `in_chain`: asked by a chain that may move on.
+    async fn token(&self, resource: &str, in_chain: bool) -> Result<AccessToken, CredentialError> {
+        let before_token = in_chain && !self.succeeded.load(Ordering::Acquire);
         let answer =
             match request::send(&self.http, SOURCE, self.request(resource, true)?, &[]).await {
                 Ok(answer) => answer,
-                Err(error) if request::no_answer(&error) => return Err(self.no_answer(error)),
-                Err(error) => return Err(error),
+                Err(error) => {
+                    if let Some(error) = misconfigured(&error) {
+                        return Err(error);
+                    }
+                    // Until IMDS has answered with JSON, a chain takes any failure to get an
+                    // answer (a connection closed, bytes that are not HTTP) as no IMDS, as
+                    // azure-identity's does; outside a chain only no connection or no answer
+                    // in time does.
+                    let before_json = in_chain && !self.answered.load(Ordering::Acquire);
+                    if before_json || request::no_answer(&error) {
+                        return Err(self.no_answer(error));
+                    }
+                    return Err(error);
+                }
             };
         if let Some(error) = docker_desktop(&answer) {
             return Err(error);
@@ -228,9 +236,11 @@ impl Imds {
                     ..Cause::default()
                 }),
             )),
-            // Not only no connection: a dropped connection or bytes that are not HTTP are no
-            // IMDS either (azure-identity's probe: anything but an HTTP response).
-            Ok(Err(error)) => Err(self.absent(error)),
+            // Not only no connection: a dropped connection, bytes that are not HTTP or a page
+            // larger than the probe reads are no IMDS either (azure-identity's probe: anything
+            // but an HTTP response). A client that cannot send the request at all is a mistake
+            // to report, not an absent IMDS.
+            Ok(Err(error)) => Err(misconfigured(&error).unwrap_or_else(|| self.absent(error))),
             Ok(Ok(answer)) => match docker_desktop(&answer) {
                 Some(error) => Err(error),
                 // Any other HTTP answer lets the token request go (as azure-identity's probe
@@ -342,6 +352,28 @@ fn built(builder: crate::transport::HttpClientBuilder) -> Result<HttpClient, Str
         .no_proxy()
         .build()
         .map_err(|e| format!("the HTTP client could not be built: {e}"))
+}
+
+/// The error for a request the client cannot send as it is set up (a client that sends https
+/// only, a proxy in the way), whatever the host: *invalid request*, saying what to do. `None`
+/// for any other failure.
+fn misconfigured(error: &CredentialError) -> Option<CredentialError> {
+    let remedy = match error.transport_kind()? {
+        TransportErrorKind::Scheme => {
+            "; the http_client given cannot reach IMDS, which is plain http: leave out \
+             http_client to use the built-in client, or give one that sends plain http"
+        }
+        TransportErrorKind::Proxy => {
+            "; the http_client given goes through a proxy, and IMDS must be reached directly: \
+             leave out http_client to use the built-in client, or give one built with \
+             no_proxy()"
+        }
+        _ => return None,
+    };
+    Some(
+        CredentialError::invalid_request(NAME, format!("{}{remedy}", error.message()))
+            .with_source(error.clone()),
+    )
 }
 
 /// Whether `body` is JSON (of any shape; the parser keeps nothing of it).

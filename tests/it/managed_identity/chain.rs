@@ -268,3 +268,61 @@ async fn in_a_chain_several_user_assigned_identities_and_no_id_let_the_next_answ
         "{err}"
     );
 }
+
+/// A client that sends https only, wrapped where the credential cannot see it, fails every
+/// request to IMDS's plain-http address before sending it: that is a mistake to report (invalid
+/// request, saying what to do), not a host without IMDS that would let the chain run on as
+/// another identity.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_an_https_only_client_for_imds_is_an_invalid_request() {
+    use tower::ServiceBuilder;
+    use tower_identity::HttpClient;
+
+    let em = Emulator::start(Flavour::Imds).await;
+    let wrapped = || {
+        HttpClient::from_service(
+            ServiceBuilder::new()
+                .concurrency_limit(4)
+                .service(HttpClient::new()),
+        )
+    };
+    for probe in [true, false] {
+        let mi = super::builder(&em).http_client(wrapped()).build().unwrap();
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let chain = mi.clone().or(counted_second(&asked));
+        let err = if probe {
+            chain.get_token([SCOPE]).await.unwrap_err()
+        } else {
+            // Asked on its own: no probe, the token request fails the same way.
+            mi.get_token([SCOPE]).await.unwrap_err()
+        };
+        assert!(err.is_invalid_request(), "{err}");
+        assert!(err.to_string().contains("sends https only"), "{err}");
+        assert!(!err.to_string().contains("not an Azure host"), "{err}");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+    assert_eq!(em.request_count(), 0);
+}
+
+/// Something answered the probe with a web page (not IMDS's JSON), then closes every
+/// connection of the token request: before IMDS has answered with JSON, a chain takes that as
+/// no IMDS and moves on, as azure-identity's does.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_page_then_closed_connections_are_no_imds() {
+    let em = Emulator::start(Flavour::Imds).await;
+    em.push_fault(Fault::Respond {
+        status: 200,
+        body: "<html><body>Sign in to the hotel Wi-Fi</body></html>".into(),
+        headers: vec![("content-type".into(), "text/html".into())],
+    });
+    em.push_faults(Fault::Close, 60);
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let token = credential(&em, Identity::System)
+        .or(counted_second(&asked))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert_eq!(token.secret().expose_secret(), "second-token");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(em.request_count() >= 2, "{:?}", em.requests());
+}
