@@ -289,8 +289,9 @@ impl Imds {
         unavailable.with_source(error)
     }
 
-    /// What an IMDS 400 means: `None` for any other answer, or a 400 the generic error
-    /// describes as well as anything.
+    /// What an IMDS 400 means: `None` for any other answer, a 400 that is not JSON (a captive
+    /// portal's or proxy's page, not IMDS's: the token request's not-JSON handling decides it),
+    /// or a 400 the generic error describes as well as anything.
     ///
     /// For the system-assigned identity every 400 is *unavailable* (a chain moves on), with
     /// advice for the ones IMDS is known to send: "Identity not found" or no error code (the
@@ -305,7 +306,7 @@ impl Imds {
     /// resource is this crate's deliberate exception: a chain should report it, not answer as
     /// another identity that would get the same refusal.
     fn bad_request(&self, answer: &Answer, resource: &str) -> Option<CredentialError> {
-        if answer.status != StatusCode::BAD_REQUEST {
+        if answer.status != StatusCode::BAD_REQUEST || !is_json(&answer.body) {
             return None;
         }
         let said = provider_text(&answer.body, &[]);
@@ -433,8 +434,14 @@ mod tests {
         );
         assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
         assert_eq!(err.error_code(), Some("invalid_request"));
-        for body in ["", "{}", "Bad Request"] {
-            assert!(bad(system(), body).is_unavailable(), "{body:?}");
+        assert!(bad(system(), "{}").is_unavailable());
+        // A 400 that is not JSON is not IMDS's (a hotel portal's page): no advice about the
+        // identity.
+        for body in ["", "Bad Request", "<html>Sign in</html>"] {
+            assert!(
+                system().bad_request(&answer(400, body), "r").is_none(),
+                "{body:?}"
+            );
         }
 
         // A user-assigned id not assigned to this host: a mistake to report.

@@ -326,3 +326,39 @@ async fn in_a_chain_a_page_then_closed_connections_are_no_imds() {
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert!(em.request_count() >= 2, "{:?}", em.requests());
 }
+
+/// A 400 web page at the IMDS address (a hotel portal's) is not IMDS's refusal: the error says
+/// the answer was not JSON, not that this host has no system-assigned identity to enable.
+#[tokio::test(start_paused = true)]
+async fn a_web_page_400_at_the_imds_address_is_not_advice_about_the_identity() {
+    let em = Emulator::start(Flavour::Imds).await;
+    let page = || Fault::Respond {
+        status: 400,
+        body: "<html><body>Sign in to the hotel Wi-Fi</body></html>".into(),
+        headers: vec![("content-type".into(), "text/html".into())],
+    };
+    let nothing = || {
+        EnvironmentCredential::builder()
+            .vars(Vec::<(String, String)>::new())
+            .build()
+    };
+    em.push_faults(page(), 2);
+    let err = credential(&em, Identity::System)
+        .or(nothing())
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    let mi = &err.attempts()[0];
+    assert!(mi.message().contains("not with JSON"), "{mi}");
+    assert!(!mi.message().contains("enable it"), "{mi}");
+
+    // Asked on its own: the page is a failure, with no advice about the identity either.
+    em.push_faults(page(), 1);
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert!(!err.message().contains("enable it"), "{err}");
+    assert!(err.message().contains("hotel Wi-Fi"), "{err}");
+}
