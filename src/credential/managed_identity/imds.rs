@@ -377,9 +377,11 @@ fn misconfigured(error: &CredentialError) -> Option<CredentialError> {
     )
 }
 
-/// Whether `body` is JSON (of any shape; the parser keeps nothing of it).
+/// Whether `body` is a JSON object, as IMDS's every answer is (a token or an error): `0`,
+/// `"OK"` or `null` from something else at the address are not IMDS answering. The values are
+/// not kept.
 fn is_json(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+    serde_json::from_slice::<std::collections::HashMap<String, serde::de::IgnoredAny>>(body).is_ok()
 }
 
 /// Docker Desktop answers 403 with "A socket operation was attempted to an unreachable
@@ -496,6 +498,29 @@ mod tests {
                 system().bad_request(&answer(status, body), "r").is_none(),
                 "{status}"
             );
+        }
+    }
+
+    #[test]
+    fn only_a_json_object_is_imds_answering() {
+        for body in [
+            "{}",
+            r#"{"error":"invalid_request"}"#,
+            r#" {"a":[1,{"b":null}]} "#,
+        ] {
+            assert!(is_json(body.as_bytes()), "{body}");
+        }
+        for body in [
+            "0",
+            r#""OK""#,
+            "null",
+            "[]",
+            "true",
+            "",
+            "<html></html>",
+            "{",
+        ] {
+            assert!(!is_json(body.as_bytes()), "{body}");
         }
     }
 

@@ -362,3 +362,23 @@ async fn a_web_page_400_at_the_imds_address_is_not_advice_about_the_identity() {
     assert!(!err.message().contains("enable it"), "{err}");
     assert!(err.message().contains("hotel Wi-Fi"), "{err}");
 }
+
+/// IMDS answers with a JSON object, always: a bare JSON value at its address (`"OK"`, `0`,
+/// `null`, a health check's) is not IMDS answering, so a token request that then gets no
+/// answer is still a host without IMDS and the chain moves on.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_json_value_that_is_not_an_object_is_not_imds_answering() {
+    for body in [r#""OK""#, "0", "null"] {
+        let em = Emulator::start(Flavour::Imds).await;
+        em.push_fault(Fault::Body(body.into()));
+        em.push_faults(Fault::Delay(Duration::from_secs(3600)), 60);
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let token = credential(&em, Identity::System)
+            .or(counted_second(&asked))
+            .get_token([SCOPE])
+            .await
+            .unwrap_or_else(|e| panic!("{body}: {e}"));
+        assert_eq!(token.secret().expose_secret(), "second-token", "{body}");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}
