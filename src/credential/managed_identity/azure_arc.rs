@@ -116,30 +116,34 @@ impl AzureArc {
         self.overrun.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Refuses at once while an earlier key read that overran has not returned: checked
+    /// before the challenge, so that a stuck file system costs no round trip to the agent
+    /// (which writes a fresh key file for each challenge). Not transient: the read may never
+    /// return, and retrying cannot help until the file system answers.
+    fn refuse_while_stuck(&self) -> Result<(), CredentialError> {
+        let mut overrun = self.overrun();
+        if overrun.as_ref().is_some_and(|read| !read.is_finished()) {
+            return Err(CredentialError::authentication_failed(
+                NAME,
+                format!(
+                    "an earlier read of the Azure Arc agent's key file in {} took more than \
+                     {KEY_READ_TIMEOUT:?} and has not returned: the key directory's file \
+                     system does not answer, and no other read is started until that read \
+                     returns; fix the mount of the key directory, or restart the process",
+                    self.key_directory.display()
+                ),
+            ));
+        }
+        // Returned: its key, read for another request long ago, is not used.
+        *overrun = None;
+        Ok(())
+    }
+
     /// The key `realm` names, read on a blocking thread within [`KEY_READ_TIMEOUT`]; refused
     /// at once while an earlier read that overran has not returned.
     async fn key(&self, realm: String) -> Result<Secret, CredentialError> {
-        {
-            let mut overrun = self.overrun();
-            if overrun.as_ref().is_some_and(|read| !read.is_finished()) {
-                return Err(CredentialError::authentication_failed(
-                    NAME,
-                    format!(
-                        "an earlier read of the Azure Arc agent's key file in {} took more \
-                         than {KEY_READ_TIMEOUT:?} and has not returned yet (a hung file \
-                         system?); no other read is started until it does",
-                        self.key_directory.display()
-                    ),
-                )
-                .with_cause(Cause {
-                    timeout: true,
-                    transient: true,
-                    ..Cause::default()
-                }));
-            }
-            // Returned: its key, read for another request long ago, is not used.
-            *overrun = None;
-        }
+        // Again here: another request's read may have overrun during this one's challenge.
+        self.refuse_while_stuck()?;
         let directory = self.key_directory.clone();
         let reader = Arc::clone(&self.read_key);
         let mut read = tokio::task::spawn_blocking(move || reader(&directory, &realm));
@@ -211,6 +215,7 @@ impl AzureArc {
     }
 
     pub(super) async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
+        self.refuse_while_stuck()?;
         let challenge =
             request::send(&self.http, SOURCE, self.request(resource, None)?, &[]).await?;
         if challenge.status != StatusCode::UNAUTHORIZED {
@@ -458,7 +463,7 @@ mod tests {
                 .now_or_never()
                 .expect("refused at once")
                 .unwrap_err();
-            assert!(err.message().contains("has not returned yet"), "{err}");
+            assert!(err.message().contains("has not returned"), "{err}");
             assert!(err.message().contains("/nonexistent"), "{err}");
         }
         assert_eq!(started.load(Ordering::SeqCst), 1, "one read outstanding");
@@ -472,6 +477,95 @@ mod tests {
         assert_eq!(key.expose_secret(), "the-key");
         assert_eq!(started.load(Ordering::SeqCst), 2);
         assert!(arc.overrun().is_none());
+    }
+
+    /// While a key read that overran has not returned, later acquisitions are refused before
+    /// the challenge (no request to the agent, which writes a fresh key file for each), say
+    /// what to do, and are not transient (a retry policy would only spin on them).
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_key_read_refuses_before_the_challenge() {
+        use futures_util::FutureExt;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        // The agent: a 401 challenge naming a key file, per connection; counts the requests.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/metadata/identity/oauth2/token",
+            listener.local_addr().unwrap()
+        );
+        let requests = Arc::new(AtomicUsize::new(0));
+        let server = tokio::spawn({
+            let requests = Arc::clone(&requests);
+            async move {
+                loop {
+                    let (mut socket, _) = listener.accept().await.unwrap();
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => request.extend_from_slice(buffer.get(..n).unwrap()),
+                        }
+                    }
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    let answer = "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic \
+                                  realm=/var/opt/azcmagent/tokens/a.key\r\ncontent-length: \
+                                  0\r\nconnection: close\r\n\r\n";
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                }
+            }
+        });
+
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let mut arc = AzureArc::new(
+            Url::parse(&url).unwrap(),
+            PathBuf::from("/nonexistent"),
+            None,
+            None,
+        )
+        .unwrap();
+        let started = Arc::new(AtomicUsize::new(0));
+        arc.read_key = {
+            let started = Arc::clone(&started);
+            Arc::new(move |_: &Path, _: &str| {
+                started.fetch_add(1, Ordering::SeqCst);
+                let _ = gate.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                Ok(Secret::new("the-key"))
+            })
+        };
+        let arc = Arc::new(arc);
+        let first = tokio::spawn({
+            let arc = Arc::clone(&arc);
+            async move { arc.acquire("r").await }
+        });
+        while started.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::advance(KEY_READ_TIMEOUT + Duration::from_secs(1)).await;
+        let err = first.await.unwrap().unwrap_err();
+        assert!(err.message().contains("gave up"), "{err}");
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+
+        for _ in 0..5 {
+            let err = arc
+                .acquire("r")
+                .now_or_never()
+                .expect("refused at once")
+                .unwrap_err();
+            assert!(
+                err.message().contains("does not answer")
+                    && err.message().contains("fix the mount")
+                    && err.message().contains("restart the process"),
+                "{err}"
+            );
+            assert!(!err.is_transient() && !err.is_timeout(), "{err}");
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 1, "no more challenges");
+        assert_eq!(started.load(Ordering::SeqCst), 1);
+        drop(release);
+        server.abort();
     }
 
     #[test]

@@ -259,7 +259,9 @@ impl IdParams {
 ///   4096 bytes directly inside the agent's key directory (see
 ///   [`azure_arc_key_directory`](ManagedIdentityCredentialBuilder::azure_arc_key_directory)),
 ///   within 10 s. A read that takes longer (a hung file system) cannot be stopped: until it
-///   returns, later requests fail at once saying so rather than start another.
+///   returns, later requests fail at once, before asking the agent and not marked transient,
+///   saying so (fix the key directory's mount, or restart the process) rather than start
+///   another.
 ///   For a user-assigned identity the answer must name the same identity: older agents ignore
 ///   the request and return the system-assigned identity's token, which is refused.
 /// * **Service Fabric**: the endpoint is trusted when the SHA-1 of its certificate matches
