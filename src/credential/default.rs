@@ -137,7 +137,8 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 /// workload identity source (as in azure-identity): in an AKS pod set up for workload identity
 /// (`AZURE_AUTHORITY_HOST`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`) but without a client
 /// id, both are *unavailable* saying so, and IMDS, which answers there as the node's kubelet
-/// identity, is never asked.
+/// identity, is never asked. The managed identity's attempt is then reported under its own
+/// name, saying that these variables chose its workload identity source.
 ///
 /// With [`vars`](DefaultAzureCredentialBuilder::vars), every member reads these (and
 /// `AZURE_AUTHORITY_HOST`, `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH`) from the pairs given.

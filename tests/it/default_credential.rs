@@ -485,6 +485,50 @@ async fn a_workload_identity_pod_without_a_client_id_never_reaches_imds() {
     }
 }
 
+/// A pod whose workload identity cannot work (its token file is missing): the managed
+/// identity's workload identity source fails the same way, and its attempt is named after the
+/// managed identity, saying which variables chose that source and how to leave it out.
+#[tokio::test(start_paused = true)]
+async fn the_managed_identitys_workload_identity_failure_is_named_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    let file = dir.path().join("missing-token").display().to_string();
+    let pod: [(&str, &str); 4] = [
+        ("AZURE_AUTHORITY_HOST", "https://login.pod.test"),
+        ("AZURE_TENANT_ID", "contoso"),
+        ("AZURE_CLIENT_ID", "6e0c1a3f-2b4d-4c5e-8f90-a1b2c3d4e5f6"),
+        ("AZURE_FEDERATED_TOKEN_FILE", &file),
+    ];
+    let err = nothing_configured(dir.path(), &imds, &pod)
+        .build()
+        .unwrap()
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    let named: Vec<&str> = err.attempts().iter().map(|a| a.credential()).collect();
+    assert_eq!(
+        named
+            .iter()
+            .filter(|n| **n == "WorkloadIdentityCredential")
+            .count(),
+        1,
+        "{err}"
+    );
+    let mi = err
+        .attempts()
+        .iter()
+        .find(|a| a.credential() == "ManagedIdentityCredential")
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        mi.message().contains("AZURE_FEDERATED_TOKEN_FILE")
+            && mi.message().contains("exclude_workload_identity(true)")
+            && mi
+                .message()
+                .contains("exclude_workload_identity_credential(true)"),
+        "{mi}"
+    );
+}
+
 #[tokio::test]
 async fn a_proxy_answering_for_imds_does_not_stop_the_chain_before_azure_cli() {
     use crate::support::mi_emulator::{Emulator, Fault, Flavour};

@@ -374,7 +374,10 @@ impl Inner {
             Err(message) => return Err(CredentialError::invalid_request(NAME, message.clone())),
         };
         if let Endpoint::WorkloadIdentity(credential) = &configured.endpoint {
-            return credential.get_token_with(request).await;
+            return credential
+                .get_token_with(request)
+                .await
+                .map_err(from_workload_identity);
         }
         let resource = resource_of(&request)?;
         // Read here, in the caller's task: the acquisition runs in a task of its own.
@@ -793,6 +796,19 @@ impl ManagedIdentityCredentialBuilder {
                 .to_owned()
         })
     }
+}
+
+/// An error of the workload identity source's credential, reported as this credential's (its
+/// kind and cause kept): a chain's error would otherwise name `WorkloadIdentityCredential`
+/// twice and never say why the managed identity asked it.
+fn from_workload_identity(error: CredentialError) -> CredentialError {
+    error.renamed(NAME).with_message_suffix(&format!(
+        "; the managed identity used its workload identity source because \
+         {AZURE_AUTHORITY_HOST}, {AZURE_TENANT_ID} and {AZURE_FEDERATED_TOKEN_FILE} are set: to \
+         ask the host's managed identity endpoint (IMDS) instead, give \
+         exclude_workload_identity(true) (DefaultAzureCredential: \
+         exclude_workload_identity_credential(true))"
+    ))
 }
 
 /// The secret of a source that needs one; `select` only picks such a source with one.
