@@ -247,9 +247,12 @@ impl IdParams {
 ///   with JSON each request is preceded by a probe (the same `GET` without `Metadata`, 1 s, no
 ///   retries), as azure-identity does in any chain: no HTTP answer (no connection, no reply in
 ///   time, a dropped connection or a reply that is not HTTP) makes the credential
-///   *unavailable* at once instead of after the retries; until IMDS has issued a token, so
-///   does an answer to the token request that is not JSON (a proxy or firewall answering for
-///   the link-local address).
+///   *unavailable* at once instead of after the retries, and so does any failure to get an
+///   answer to the token request; until IMDS has issued a token, so does an answer to the
+///   token request that is not a JSON object (a proxy or firewall answering for the
+///   link-local address). A client that cannot send the request at all (an `https`-only
+///   client wrapped where the credential cannot see it, a proxy) is an *invalid request*
+///   saying what to do, in a chain or not.
 ///   Asked on its own, it is not probed: a slow IMDS is waited for. Concurrent requests for
 ///   one resource share one acquisition, probed or not as the request that started it: a
 ///   direct request joining a chain's takes its probe, and a chain's joining a direct one
@@ -485,12 +488,18 @@ impl ManagedIdentityCredentialBuilder {
         self.user_assigned_id(UserAssignedId::ClientId(id.into()))
     }
 
-    /// A user-assigned identity, by object (principal) id.
+    /// A user-assigned identity, by object (principal) id. Where the workload identity
+    /// variables select the workload identity source (an AKS pod set up for it), that source
+    /// takes a client id only and [`build`](Self::build) fails: see
+    /// [`exclude_workload_identity`](Self::exclude_workload_identity) to ask IMDS instead.
     pub fn object_id(self, id: impl Into<String>) -> Self {
         self.user_assigned_id(UserAssignedId::ObjectId(id.into()))
     }
 
-    /// A user-assigned identity, by Azure resource id.
+    /// A user-assigned identity, by Azure resource id. Where the workload identity variables
+    /// select the workload identity source (an AKS pod set up for it), that source takes a
+    /// client id only and [`build`](Self::build) fails: see
+    /// [`exclude_workload_identity`](Self::exclude_workload_identity) to ask IMDS instead.
     pub fn resource_id(self, id: impl Into<String>) -> Self {
         self.user_assigned_id(UserAssignedId::ResourceId(id.into()))
     }
@@ -521,7 +530,9 @@ impl ManagedIdentityCredentialBuilder {
     /// [`HttpClient::builder`] sends `https` only, and [`build`](Self::build) refuses it for
     /// a plain-`http` endpoint. Not used for Service Fabric, whose endpoint is trusted by its certificate's
     /// thumbprint alone, which needs the built-in client. The workload identity source uses it
-    /// as [`WorkloadIdentityCredential`] does, for `https` to Microsoft Entra ID.
+    /// as [`WorkloadIdentityCredential`] does, for `https` to Microsoft Entra ID. In a chain,
+    /// IMDS's probe reads its answer with this client's own limits: the probe's 16 KiB cap
+    /// (a larger answer, a web page, is no IMDS) is the built-in client's.
     pub fn http_client(mut self, client: HttpClient) -> Self {
         self.http_client = Some(client);
         self
@@ -767,7 +778,8 @@ impl ManagedIdentityCredentialBuilder {
                      {AZURE_TENANT_ID} and {AZURE_FEDERATED_TOKEN_FILE}) is chosen by client \
                      id, but a user-assigned {other} was given; give the client id, or \
                      exclude_workload_identity(true) to ask the host's managed identity \
-                     endpoint (IMDS) for that identity"
+                     endpoint (IMDS) for that identity (DefaultAzureCredential: \
+                     exclude_workload_identity_credential(true))"
                 ));
             }
             None => get(AZURE_CLIENT_ID).ok_or_else(|| {

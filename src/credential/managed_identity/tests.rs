@@ -410,6 +410,17 @@ fn workload_identity_variables_select_the_workload_identity_before_imds() {
     );
     let err = builder(&WI).object_id("oid").build().unwrap_err();
     assert!(err.message().contains("give the client id"), "{err}");
+    // DefaultAzureCredential's users set the exclusion on it, under another name.
+    for err in [
+        builder(&WI).object_id("oid").build().unwrap_err(),
+        builder(&WI).resource_id("/r").build().unwrap_err(),
+    ] {
+        assert!(
+            err.message()
+                .contains("exclude_workload_identity_credential(true)"),
+            "{err}"
+        );
+    }
 }
 
 /// A client built by `HttpClient::builder()` sends https only: given for a plain-http
