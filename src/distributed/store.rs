@@ -61,7 +61,8 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// the cache's waiters read an entry's token and its holder's failure mark together at
     /// each poll. The two keys share a Redis Cluster hash tag;
     /// [`RedisTokenCache`](super::RedisTokenCache) reads them in one script. The default calls
-    /// [`get_with_ttl`](Self::get_with_ttl) and [`get`](Self::get) concurrently: one budget
+    /// [`get_with_ttl`](Self::get_with_ttl) and [`get`](Self::get) concurrently and waits for
+    /// both (a failure of either is the look's): one budget
     /// covers the whole look, so two round trips one after the other would make every look
     /// over a store more than half the budget away time out.
     fn get_with_mark<'a>(
@@ -69,7 +70,17 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
         key: &'a str,
         mark_key: &'a str,
     ) -> BoxFuture<'a, Result<ValueWithMark, StoreError>> {
-        Box::pin(async move { tokio::try_join!(self.get_with_ttl(key), self.get(mark_key)) })
+        Box::pin(async move {
+            let (value, mark) = tokio::join!(self.get_with_ttl(key), self.get(mark_key));
+            match (value, mark) {
+                (Ok(value), Ok(mark)) => Ok((value, mark)),
+                // A read that gave up waiting on a connection attempt (not counted by the
+                // breaker) must not hide the other read's failure, nor cut short the read
+                // that started the attempt: the look's outcome is that one's.
+                (Err(connecting), Err(error)) if connecting.is_connecting() => Err(error),
+                (Err(error), _) | (_, Err(error)) => Err(error),
+            }
+        })
     }
 
     /// Stores `value` under `key`, replacing what is there, to expire after `ttl`, counted

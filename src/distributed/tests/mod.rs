@@ -848,6 +848,78 @@ async fn the_largest_wait_limit_waits_for_the_holder() {
     assert_eq!(waiter_cache.stats().idp_calls, 0);
 }
 
+/// A store whose entry read starts a connection attempt that never ends, and whose mark read
+/// joins it and gives up (`StoreError::connecting`, which the breaker does not count).
+#[derive(Debug)]
+struct StuckEntryRead {
+    inner: Handle,
+    entry_reads: Arc<AtomicUsize>,
+}
+
+impl TokenStore for StuckEntryRead {
+    fn get<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async { Err(StoreError::connecting("waited on another call's attempt")) })
+    }
+
+    fn get_with_ttl<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ValueWithTtl>, StoreError>> {
+        self.entry_reads.fetch_add(1, Ordering::SeqCst);
+        Box::pin(std::future::pending())
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.put(key, value, ttl)
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.try_lease(key, holder, ttl)
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.release(key, holder)
+    }
+}
+
+/// The default `get_with_mark` waits for both reads: a mark read that gave up on a
+/// connection attempt does not end the look before the entry read that started it, so a
+/// store that never answers still opens the breaker. (With the first error winning, every
+/// look ended "connecting", was never counted, and each acquisition paid the budget for
+/// good.)
+#[tokio::test(start_paused = true)]
+async fn a_look_that_joined_a_connection_attempt_still_counts_the_one_it_started() {
+    let entry_reads = Arc::new(AtomicUsize::new(0));
+    let store = StuckEntryRead {
+        inner: Handle(MemoryStore::new()),
+        entry_reads: Arc::clone(&entry_reads),
+    };
+    let c = DistributedCache::builder(store)
+        .sealing_key(sealing_key())
+        .breaker(1, Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let p = process(&c);
+    let idp = Idp::new(Duration::ZERO);
+    get_for(&p, &idp, "a").await;
+    get_for(&p, &idp, "b").await;
+    assert_eq!(entry_reads.load(Ordering::SeqCst), 1, "the breaker opened");
+}
+
 /// `breaker(_, Duration::MAX)` keeps the breaker open once it opens. (Before, the
 /// overflowing end fell back to "now": it never opened.)
 #[tokio::test(start_paused = true)]
