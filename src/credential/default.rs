@@ -159,10 +159,10 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 ///
 /// * no HTTP reply to the probe, or no answer to the token request, before IMDS has answered
 ///   this credential with JSON;
-/// * until IMDS has issued a token, an answer at the IMDS address that is not JSON (a proxy,
+/// * until IMDS has issued a token, an answer at the IMDS address that is not a JSON object (a proxy,
 ///   firewall or captive portal answering for the link-local address), as in azure-identity;
 /// * a 403 naming an `unreachable` network (Docker Desktop);
-/// * any 400 for the system-assigned identity but `invalid_resource` (no identity, or several
+/// * any JSON 400 for the system-assigned identity but `invalid_resource` (no identity, or several
 ///   user-assigned ones and no id given).
 ///
 /// Anything else stops the chain, so that it does not run on as another identity: a 400 for

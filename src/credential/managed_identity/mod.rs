@@ -192,7 +192,8 @@ impl IdParams {
 /// id (the builder's [`client_id`](ManagedIdentityCredentialBuilder::client_id), else
 /// `AZURE_CLIENT_ID`; an object or resource id is a configuration error), and requests are
 /// then the [`WorkloadIdentityCredential`]'s own: its scopes, tenant rules, cache and errors
-/// (under its name). To reach IMDS from such a pod (the node's identities), set
+/// (reported under this credential's name, with the variables that chose the source; its
+/// tokens carry `WorkloadIdentityCredential`'s). To reach IMDS from such a pod (the node's identities), set
 /// [`exclude_workload_identity`](ManagedIdentityCredentialBuilder::exclude_workload_identity).
 /// `DefaultAzureCredential`'s managed identity keeps this source exactly
 /// while the chain's own workload identity member is in it (as azure-identity does), so a pod
@@ -225,7 +226,7 @@ impl IdParams {
 ///   [`RetryOptions`](crate::RetryOptions) (30 s in all).
 /// * On a host without IMDS, the request fails after its retries and the credential is
 ///   *unavailable* ("no managed identity endpoint answered"); so is an IMDS that answers 403
-///   with `unreachable` (Docker Desktop), or any 400 for the system-assigned identity but
+///   with `unreachable` (Docker Desktop), or any JSON 400 for the system-assigned identity but
 ///   `invalid_resource`: the host has no system-assigned identity to use, with advice for
 ///   "Identity not found" (enable it, or give a user-assigned id) and for "Multiple user
 ///   assigned identities exist" (give the client id of one of them). A 400 for a
@@ -238,7 +239,7 @@ impl IdParams {
 ///   error, the probe's 400), it is there: a request that then gets no answer is
 ///   *authentication failed* (a timeout or a connection failure), so a chain does not move on
 ///   to another identity while IMDS is slow. An answer that is not JSON (a captive portal's
-///   page, a proxy's refusal) does not count. This too is deliberate: azure-identity 1.27
+///   page, a proxy's refusal, a 400 that is not a JSON object) does not count. This too is deliberate: azure-identity 1.27
 ///   makes a token request that gets no answer after a successful probe *unavailable*.
 ///   Any other failure is *authentication failed*, with the status and the endpoint's text,
 ///   scrubbed of every secret the credential holds and of token values.
