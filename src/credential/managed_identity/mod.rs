@@ -814,13 +814,25 @@ impl ManagedIdentityCredentialBuilder {
 /// An error of the workload identity source's credential, reported as this credential's (its
 /// kind and cause kept): a chain's error would otherwise name `WorkloadIdentityCredential`
 /// twice and never say why the managed identity asked it.
+///
+/// The way out (IMDS instead) is offered only when the source could not be used at all
+/// (*unavailable*: a missing token file): a refusal or a bad scope is the workload identity's
+/// own problem, and IMDS in a pod answers as the node's kubelet identity, which is rarely
+/// what was meant.
 fn from_workload_identity(error: CredentialError) -> CredentialError {
-    error.renamed(NAME).with_message_suffix(&format!(
+    let renamed = error.renamed(NAME);
+    if !renamed.is_unavailable() {
+        return renamed.with_message_suffix(&format!(
+            "; the managed identity used its workload identity source because \
+             {AZURE_AUTHORITY_HOST}, {AZURE_TENANT_ID} and {AZURE_FEDERATED_TOKEN_FILE} are set"
+        ));
+    }
+    renamed.with_message_suffix(&format!(
         "; the managed identity used its workload identity source because \
          {AZURE_AUTHORITY_HOST}, {AZURE_TENANT_ID} and {AZURE_FEDERATED_TOKEN_FILE} are set: to \
-         ask the host's managed identity endpoint (IMDS) instead, give \
-         exclude_workload_identity(true) (DefaultAzureCredential: \
-         exclude_workload_identity_credential(true))"
+         ask the host's managed identity endpoint (IMDS) instead, which in a Kubernetes pod \
+         answers as the node's identity, give exclude_workload_identity(true) \
+         (DefaultAzureCredential: exclude_workload_identity_credential(true))"
     ))
 }
 

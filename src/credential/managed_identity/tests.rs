@@ -513,3 +513,35 @@ fn plain_http_client() -> crate::HttpClient {
         },
     ))
 }
+
+/// The workload identity source's errors are this credential's; the way out to IMDS is
+/// offered only when the source could not be used at all, not for a refusal.
+#[test]
+fn only_an_unusable_workload_identity_source_suggests_imds() {
+    let unusable = from_workload_identity(CredentialError::unavailable(
+        "WorkloadIdentityCredential",
+        "the token file is missing",
+    ));
+    assert_eq!(unusable.credential(), NAME);
+    assert!(unusable.is_unavailable());
+    assert!(
+        unusable
+            .message()
+            .contains("exclude_workload_identity_credential(true)"),
+        "{unusable}"
+    );
+    let refused = from_workload_identity(CredentialError::authentication_failed(
+        "WorkloadIdentityCredential",
+        "AADSTS700213: no matching federated identity record",
+    ));
+    assert_eq!(refused.credential(), NAME);
+    assert!(refused.is_authentication_failed());
+    assert!(
+        refused.message().contains("AZURE_FEDERATED_TOKEN_FILE"),
+        "{refused}"
+    );
+    assert!(
+        !refused.message().contains("exclude_workload_identity"),
+        "{refused}"
+    );
+}
