@@ -385,14 +385,34 @@ fn parse_pkcs12(bytes: &[u8], password: Option<&Secret>) -> Result<Parts, String
 }
 
 impl Parts {
-    /// Drops the sections that repeat an earlier one byte for byte, keeping the first of each
-    /// in order: the same key in both of `from_pem_files`' files (or one combined file given
+    /// Drops the sections that repeat an earlier one byte for byte, and keys whose public key
+    /// repeats an earlier one's (PKCS#1 and PKCS#8 of one key), keeping the first of each in
+    /// order: the same key in both of `from_pem_files`' files (or one combined file given
     /// twice) is one key, not "2 private keys", and a certificate in both is sent once in
     /// `x5c`. Different keys are still refused by [`check`](Self::check).
     fn dedup(&mut self) {
         keep_first(&mut self.certs, |der| (0, der));
         keep_first(&mut self.keys, Key::identity);
         keep_first(&mut self.encrypted_keys, |der| (0, der));
+        // One key written as PKCS#1 in one file and PKCS#8 in the other differs byte for
+        // byte: the same public key makes it the same key. Parsed only when a few remain (a
+        // file of many keys is refused as several keys, without parsing each).
+        if (2..=MAX_KEYS_COMPARED).contains(&self.keys.len()) {
+            let public: Vec<Option<Vec<u8>>> = self
+                .keys
+                .iter()
+                .map(|key| key.parse().ok().map(|pair| pair.public().as_ref().to_vec()))
+                .collect();
+            let keep: Vec<bool> = {
+                let mut seen = HashSet::new();
+                public
+                    .iter()
+                    .map(|public| public.as_ref().is_none_or(|p| seen.insert(p.as_slice())))
+                    .collect()
+            };
+            let mut keep = keep.into_iter();
+            self.keys.retain(|_| keep.next().unwrap_or(true));
+        }
     }
 
     /// With a password, decrypts the `ENCRYPTED PRIVATE KEY` into `keys`, its key derivation
@@ -582,6 +602,10 @@ fn keep_first<T>(items: &mut Vec<T>, identity: impl Fn(&T) -> (u8, &[u8])) {
     let mut keep = keep.into_iter();
     items.retain(|_| keep.next().unwrap_or(true));
 }
+
+/// At most this many keys are parsed to compare their public keys (see `Parts::dedup`): a
+/// key in each of the two files, in two formats, with room to spare.
+const MAX_KEYS_COMPARED: usize = 4;
 
 fn several_keys(count: usize) -> String {
     format!("{count} private keys found; give exactly one, the key of the certificate")

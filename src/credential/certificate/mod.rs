@@ -79,7 +79,8 @@ const NAME: &str = "ClientCertificateCredential";
 /// 5 minutes ahead of this host's clock is allowed, for clock skew), a wrong PKCS#12 or PEM
 /// key password, and key derivations over the limits (checked before they run) are each a
 /// [`ConfigError`] saying which. A key or certificate repeated byte for byte (one combined
-/// file given as both files of [`CertificateSource::from_pem_files`]) counts once. The
+/// file given as both files of [`CertificateSource::from_pem_files`]), or one key written as
+/// PKCS#1 and as PKCS#8, counts once. The
 /// certificate whose public key is the key's is the leaf, wherever it sits in the input.
 ///
 /// The key's DER copies made here (a decrypted PEM key's too) are zeroized on drop and never

@@ -273,6 +273,39 @@ fn debug_never_shows_key_material() {
     );
 }
 
+/// The test key as PKCS#1 (`RSA PRIVATE KEY`), converted by `openssl pkey -traditional`.
+fn rsa_key_pkcs1_pem() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("key.pem");
+    std::fs::write(&input, rsa_key_pem()).unwrap();
+    let out = Command::new("openssl")
+        .args(["pkey", "-traditional", "-in"])
+        .arg(&input)
+        .output()
+        .expect("openssl on PATH (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One key written as PKCS#1 in one file and PKCS#8 in the other is one key (the same public
+/// key), not "2 private keys".
+#[test]
+fn one_key_as_pkcs1_and_pkcs8_in_the_two_files_counts_once() {
+    let pkcs1 = rsa_key_pkcs1_pem();
+    assert!(pkcs1.contains("BEGIN RSA PRIVATE KEY"), "{pkcs1}");
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    std::fs::write(&cert_path, format!("{}{pkcs1}", valid_cert())).unwrap();
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&key_path, rsa_key_pem()).unwrap();
+    let source = CertificateSource::from_pem_files(&cert_path, &key_path);
+    source.load(*NOW).unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// `openssl pkcs12 -export` of the test key and a valid certificate, password `p4ss`, with
 /// `args` added.
 fn openssl_pkcs12(args: &[&str]) -> Vec<u8> {
