@@ -1118,6 +1118,22 @@ mod tests {
         move || async move { inner.get(acquire).await }.boxed()
     }
 
+    /// The layer's lookup now, its renewal (if it starts one) asking `inner` through
+    /// `acquire`, run to its end; the token the lookup handed out.
+    async fn look_up_through<F, Fut>(
+        outer: &Arc<TokenSlot>,
+        inner: &Arc<TokenSlot>,
+        acquire: F,
+    ) -> String
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<AccessToken, CredentialError>> + Send + 'static,
+    {
+        let (entry, _, _) = use_of(outer.lookup(Instant::now(), through(inner, acquire)));
+        settle().await;
+        entry.value.secret().expose_secret().to_owned()
+    }
+
     /// A layer with a 600 s window over a credential with the default 300 s: 590 s before
     /// expiry the layer's renewal asks the credential, whose token is not due by its own
     /// window but is the one the layer renews: the credential renews it then, and the layer
@@ -1139,9 +1155,7 @@ mod tests {
         );
         assert_eq!(calls.load(Ordering::SeqCst), 0);
         let acquire = counting(&calls, |_| Ok(token("new", HOUR)));
-        let (entry, _, _) = use_of(outer.lookup(Instant::now(), through(&inner, acquire)));
-        assert_eq!(entry.value.secret().expose_secret(), "old");
-        settle().await;
+        assert_eq!(look_up_through(&outer, &inner, acquire).await, "old");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let current = outer.current_entry().unwrap();
         assert_eq!(current.value.secret().expose_secret(), "new");
@@ -1160,8 +1174,7 @@ mod tests {
             let old = old.clone();
             move |_| Ok(old)
         });
-        use_of(outer.lookup(Instant::now(), through(&inner, same)));
-        settle().await;
+        look_up_through(&outer, &inner, same).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1, "asked early once");
         for _ in 0..9 {
             tokio::time::advance(Duration::from_secs(31)).await;
@@ -1169,16 +1182,13 @@ mod tests {
                 let old = old.clone();
                 move |_| Ok(old)
             });
-            let (entry, _, _) = use_of(outer.lookup(Instant::now(), through(&inner, again)));
-            assert_eq!(entry.value.secret().expose_secret(), "old");
-            settle().await;
+            assert_eq!(look_up_through(&outer, &inner, again).await, "old");
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1, "not asked early again");
         // 311 s before expiry; 31 s on, the credential's own window has begun.
         tokio::time::advance(Duration::from_secs(31)).await;
         let fresh = counting(&calls, |_| Ok(token("new", HOUR)));
-        use_of(outer.lookup(Instant::now(), through(&inner, fresh)));
-        settle().await;
+        look_up_through(&outer, &inner, fresh).await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         let current = outer.current_entry().unwrap();
         assert_eq!(current.value.secret().expose_secret(), "new");
@@ -1193,16 +1203,13 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         for _ in 0..10 {
             let failing = counting(&calls, |_| Err(failure()));
-            let (entry, _, _) = use_of(outer.lookup(Instant::now(), through(&inner, failing)));
-            assert_eq!(entry.value.secret().expose_secret(), "old");
-            settle().await;
+            assert_eq!(look_up_through(&outer, &inner, failing).await, "old");
             tokio::time::advance(Duration::from_secs(31)).await;
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1, "tried early once");
         // 280 s before expiry, inside the credential's window: asked again.
         let fresh = counting(&calls, |_| Ok(token("new", HOUR)));
-        use_of(outer.lookup(Instant::now(), through(&inner, fresh)));
-        settle().await;
+        look_up_through(&outer, &inner, fresh).await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         let current = outer.current_entry().unwrap();
         assert_eq!(current.value.secret().expose_secret(), "new");
@@ -1227,13 +1234,11 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3600 - 390)).await;
         let calls = Arc::new(AtomicUsize::new(0));
         let same = counting(&calls, move |_| Ok(old));
-        use_of(outer.lookup(Instant::now(), through(&inner, same)));
-        settle().await;
+        look_up_through(&outer, &inner, same).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_secs(100)).await;
         let fresh = counting(&calls, |_| Ok(token("new", HOUR)));
-        use_of(outer.lookup(Instant::now(), through(&inner, fresh)));
-        settle().await;
+        look_up_through(&outer, &inner, fresh).await;
         assert_eq!(
             calls.load(Ordering::SeqCst),
             2,

@@ -821,19 +821,18 @@ impl ManagedIdentityCredentialBuilder {
 /// what was meant.
 fn from_workload_identity(error: CredentialError) -> CredentialError {
     let renamed = error.renamed(NAME);
-    if !renamed.is_unavailable() {
-        return renamed.with_message_suffix(&format!(
-            "; the managed identity used its workload identity source because \
-             {AZURE_AUTHORITY_HOST}, {AZURE_TENANT_ID} and {AZURE_FEDERATED_TOKEN_FILE} are set"
-        ));
-    }
-    renamed.with_message_suffix(&format!(
+    let why = format!(
         "; the managed identity used its workload identity source because \
-         {AZURE_AUTHORITY_HOST}, {AZURE_TENANT_ID} and {AZURE_FEDERATED_TOKEN_FILE} are set: to \
-         ask the host's managed identity endpoint (IMDS) instead, which in a Kubernetes pod \
-         answers as the node's identity, give exclude_workload_identity(true) \
+         {AZURE_AUTHORITY_HOST}, {AZURE_TENANT_ID} and {AZURE_FEDERATED_TOKEN_FILE} are set"
+    );
+    let way_out = if renamed.is_unavailable() {
+        ": to ask the host's managed identity endpoint (IMDS) instead, which in a Kubernetes \
+         pod answers as the node's identity, give exclude_workload_identity(true) \
          (DefaultAzureCredential: exclude_workload_identity_credential(true))"
-    ))
+    } else {
+        ""
+    };
+    renamed.with_message_suffix(&format!("{why}{way_out}"))
 }
 
 /// The secret of a source that needs one; `select` only picks such a source with one.

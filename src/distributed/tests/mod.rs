@@ -466,16 +466,9 @@ async fn a_fleet_of_twenty_asks_a_slow_provider_once() {
     assert_eq!((won, hits), (1, 19));
 }
 
-/// A cold fleet of 20 against a provider that refuses the client (150 ms per answer): the
-/// holder's failure is marked in the store, and the waiters, seeing the lease given back with
-/// that mark, ask on their own at once instead of taking the lease one after another. Every
-/// process has its error within a second. (Before, process k had it after about k × (150 ms +
-/// a poll): 20 waited 5 s in all.)
-#[tokio::test(start_paused = true)]
-async fn a_holders_failure_lets_the_waiters_ask_at_once_instead_of_in_turn() {
-    let store = MemoryStore::new();
-    let caches: Vec<DistributedCache> = (0..20).map(|_| cache(&store)).collect();
-    let idp = Idp::failing(Duration::from_millis(150));
+/// Each cache's process asks at once against a refusing `idp`; every one gets an error. How
+/// long the last one took.
+async fn all_refused(caches: &[DistributedCache], idp: &Idp) -> Duration {
     let start = Instant::now();
     let tasks: Vec<_> = caches
         .iter()
@@ -489,7 +482,20 @@ async fn a_holders_failure_lets_the_waiters_ask_at_once_instead_of_in_turn() {
         })
         .collect();
     let ends = futures_util::future::try_join_all(tasks).await.unwrap();
-    let last = ends.iter().max().unwrap().duration_since(start);
+    ends.iter().max().unwrap().duration_since(start)
+}
+
+/// A cold fleet of 20 against a provider that refuses the client (150 ms per answer): the
+/// holder's failure is marked in the store, and the waiters, seeing the lease given back with
+/// that mark, ask on their own at once instead of taking the lease one after another. Every
+/// process has its error within a second. (Before, process k had it after about k × (150 ms +
+/// a poll): 20 waited 5 s in all.)
+#[tokio::test(start_paused = true)]
+async fn a_holders_failure_lets_the_waiters_ask_at_once_instead_of_in_turn() {
+    let store = MemoryStore::new();
+    let caches: Vec<DistributedCache> = (0..20).map(|_| cache(&store)).collect();
+    let idp = Idp::failing(Duration::from_millis(150));
+    let last = all_refused(&caches, &idp).await;
     assert!(
         last <= Duration::from_millis(1000),
         "the last error came at {last:?}"
@@ -512,20 +518,7 @@ async fn every_waiter_sees_a_refusal_at_its_next_poll_not_through_the_lease_in_t
     store.set_delay(Duration::from_millis(20));
     let caches: Vec<DistributedCache> = (0..50).map(|_| cache(&store)).collect();
     let idp = Idp::failing(Duration::from_millis(150));
-    let start = Instant::now();
-    let tasks: Vec<_> = caches
-        .iter()
-        .map(|c| {
-            let (p, idp) = (process(c), idp.clone());
-            tokio::spawn(async move {
-                let failed = p.get_or_acquire(cache_key(), false, idp.acquire()).await;
-                assert!(failed.is_err());
-                Instant::now()
-            })
-        })
-        .collect();
-    let ends = futures_util::future::try_join_all(tasks).await.unwrap();
-    let last = ends.iter().max().unwrap().duration_since(start);
+    let last = all_refused(&caches, &idp).await;
     assert!(
         last <= Duration::from_millis(1000),
         "the last error came at {last:?}"
