@@ -559,12 +559,19 @@ impl<V: SlotValue> TokenSlot<V> {
 
     /// Stores a value obtained outside the slot (a claims token); returns its entry. Not a
     /// renewal: the spacing is left as it is. A token that has already expired is refused
-    /// with the error an acquisition's would get, and the current entry stays.
+    /// with the error an acquisition's would get, and the current entry stays. The same
+    /// token as the current one keeps its id: a 401 for it still finds it, and a wider
+    /// window's once-per-token memory still knows it.
     pub(crate) fn store(&self, value: V) -> Result<Entry<V>, CredentialError> {
         let now = Instant::now();
         let value = self.unexpired(value, now)?;
         let mut state = self.flight.lock();
-        let entry = self.entry(value, now);
+        let same = state
+            .current
+            .as_ref()
+            .filter(|current| current.value.token().secret() == value.token().secret())
+            .map(|current| current.id);
+        let entry = self.entry_with_id(value, now, same.unwrap_or_else(TokenId::next));
         state.current = Some(entry.clone());
         self.bump();
         Ok(entry)
@@ -1724,6 +1731,20 @@ mod tests {
         assert!(err.is_authentication_failed(), "{err}");
         assert!(err.message().contains("already expired"), "{err}");
         assert!(slot.current_entry().is_none());
+    }
+
+    /// A token stored again (a claims answer that is the token the slot holds) is the same
+    /// token: a 401 for it, which names the id it was sent with, forgets it.
+    #[tokio::test(start_paused = true)]
+    async fn the_same_token_stored_again_keeps_its_id() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        let first = slot.store(token("same", HOUR)).unwrap();
+        let again = slot.store(token("same", HOUR)).unwrap();
+        assert_eq!(again.id, first.id);
+        assert!(slot.invalidate(first.id));
+        assert!(slot.current_entry().is_none());
+        let other = slot.store(token("other", HOUR)).unwrap();
+        assert_ne!(other.id, first.id);
     }
 
     #[tokio::test(start_paused = true)]

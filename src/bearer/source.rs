@@ -555,8 +555,8 @@ mod tests {
     }
 
     /// The same, for a request whose 401 comes after the first request's claims flight has
-    /// ended: the flight's answer, stored under a new id, is the token that request carried.
-    /// Before, it was handed that token back.
+    /// ended: the flight's answer is the token that request carried. Before, it was handed
+    /// that token back.
     #[tokio::test(start_paused = true)]
     async fn a_caller_after_a_claims_flight_is_refused_its_own_rejected_token() {
         let expires = Instant::now() + std::time::Duration::from_secs(3600);
@@ -573,7 +573,7 @@ mod tests {
         };
         let started = source.claims_token("c", first).await.unwrap();
         assert_eq!(started.value.token.secret().expose_secret(), "t2");
-        assert_ne!(started.id, shared.token_id, "stored anew");
+        assert_eq!(started.id, shared.token_id, "the same token keeps its id");
         let Err(error) = source.claims_token("c", shared.token_id).await else {
             panic!("the caller was handed the token its resource rejected");
         };
