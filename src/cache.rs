@@ -160,6 +160,16 @@ impl TokenCache {
         *slots = Slots::default();
     }
 
+    /// The token cached for `key`, if one is held and unexpired; makes no slot.
+    pub(crate) fn current(&self, key: &CacheKey) -> Option<AccessToken> {
+        let slot = {
+            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(slots.map.get(key)?)
+        };
+        let entry = slot.current_entry()?;
+        (!entry.value.is_expired()).then_some(entry.value)
+    }
+
     /// The cached token for `key`, or the result of `acquire` under the refresh rules
     /// (see [`crate::refresh`]). With `bypass` (a request carrying claims) the lookup is
     /// skipped and the new token replaces the cached one.

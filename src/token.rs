@@ -133,9 +133,11 @@ impl TokenRequest {
     }
 
     /// Additional claims the token must carry: the decoded JSON of a CAE claims challenge.
-    /// A request with claims is never answered from a cache.
+    /// A request with claims is never answered from a cache. Blank claims are no claims (as
+    /// azure-identity, which ignores an empty `claims`).
     pub fn with_claims(mut self, claims: impl Into<String>) -> Self {
-        self.claims = Some(claims.into());
+        let claims = claims.into();
+        self.claims = (!claims.trim().is_empty()).then_some(claims);
         self
     }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use serde_json::Value;
 
 use super::arc_credential_service;
@@ -51,6 +52,12 @@ const NOT_SIGNED_IN: &str = "Azure CLI is not signed in. Run 'az login' to sign 
 /// after `az login` as someone else, a token already cached is still the previous identity's
 /// until its renewal (5 minutes before it expires); build a new credential to get the new
 /// identity's at once.
+///
+/// A request with claims (a claims challenge) cannot be passed to `az`: it is *unavailable*
+/// with the `az login --claims-challenge … --scope …` command to run (Azure CLI 2.76 or
+/// later). When a token is held, `az` is asked first: once the user has run that command it
+/// answers a new token, which is taken as the answer and cached in place of the rejected
+/// one.
 #[derive(Clone)]
 pub struct AzureCliCredential {
     inner: Arc<Inner<Self>>,
@@ -149,13 +156,6 @@ impl Inner<AzureCliCredential> {
         request: TokenRequest,
     ) -> Result<AccessToken, CredentialError> {
         request.validate(NAME)?;
-        if request.claims().is_some() {
-            return Err(CredentialError::unavailable(
-                NAME,
-                "Azure CLI cannot answer a claims challenge here. Run \
-                 'az login --claims-challenge <base64 claims> --scope <scope>' and try again",
-            ));
-        }
         let [scope] = request.scopes() else {
             return Err(CredentialError::invalid_request(
                 NAME,
@@ -175,11 +175,59 @@ impl Inner<AzureCliCredential> {
         let key = CacheKey::new(tenant.as_deref().unwrap_or(""), request.scopes(), false);
         let this = Arc::clone(self);
         let scope = scope.clone();
+        if let Some(claims) = request.claims() {
+            return self.answer_claims(claims, key, scope, tenant).await;
+        }
         self.cache
             .get_or_acquire(key, false, move || async move {
                 this.run_az(&scope, tenant.as_deref()).await
             })
             .await
+    }
+
+    /// `az account get-access-token` takes no claims: the user must sign in with them. Once
+    /// they have, `az` answers a new token while this credential still holds the rejected
+    /// one, so a challenge is first checked against `az` (when a token is held to compare):
+    /// a different token is taken (and cached) as the answer; the same one, or none to
+    /// compare, is the advice to sign in, with the command filled in (as azure-identity).
+    async fn answer_claims(
+        self: &Arc<Self>,
+        claims: &str,
+        key: CacheKey,
+        scope: String,
+        tenant: Option<String>,
+    ) -> Result<AccessToken, CredentialError> {
+        let mut command = format!(
+            "az login --claims-challenge {}",
+            base64::engine::general_purpose::STANDARD.encode(claims)
+        );
+        if let Some(tenant) = &tenant {
+            command.push_str(" --tenant ");
+            command.push_str(tenant);
+        }
+        command.push_str(" --scope ");
+        command.push_str(&scope);
+        let advice = CredentialError::unavailable(
+            NAME,
+            format!(
+                "Azure CLI cannot answer a claims challenge itself; sign in with the claims \
+                 (Azure CLI 2.76 or later): run '{command}', then try again"
+            ),
+        );
+        let Some(held) = self.cache.current(&key) else {
+            return Err(advice);
+        };
+        let this = Arc::clone(self);
+        let token = self
+            .cache
+            .get_or_acquire(key, true, move || async move {
+                this.run_az(&scope, tenant.as_deref()).await
+            })
+            .await;
+        match token {
+            Ok(token) if token.secret() != held.secret() => Ok(token),
+            _ => Err(advice),
+        }
     }
 
     async fn run_az(

@@ -7,6 +7,7 @@
 //! outlive them hold a [`Procs`], which checks that they are gone and kills any left over,
 //! also when the test fails.
 
+use base64::Engine;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -348,6 +349,65 @@ async fn bad_scopes_and_claims_never_reach_the_command_line() {
         "{err}"
     );
     assert!(lines(dir.path().join("calls")).is_empty());
+}
+
+/// A claims challenge: `az` takes no claims, so the answer is the `az login` command to run,
+/// filled in; once the user has run it, `az` answers a new token and the next challenge takes
+/// it instead of the rejected one this credential held (which would have stayed until its
+/// renewal).
+#[tokio::test]
+async fn a_claims_challenge_advises_the_sign_in_and_takes_the_new_token_once_signed_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "before").unwrap();
+    let az = fake_az(
+        dir.path(),
+        &format!(
+            r#"now=$(date +%s); exp=$((now + 3600)); tok=$(cat '{}')
+printf '{{"accessToken":"%s","expires_on":%s,"tokenType":"Bearer"}}\n' "$tok" "$exp""#,
+            token.display()
+        ),
+    );
+    let cli = AzureCliCredential::builder()
+        .program(&az)
+        .tenant_id("contoso")
+        .build()
+        .unwrap();
+    let held = cli.get_token([MGMT]).await.unwrap();
+    assert_eq!(held.secret().expose_secret(), "before");
+    let claims = r#"{"access_token":{"acrs":{"essential":true,"value":"c1"}}}"#;
+    let challenge = || TokenRequest::new([MGMT]).with_claims(claims);
+    let err = cli.get_token_with(challenge()).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    let command = format!(
+        "az login --claims-challenge {} --tenant contoso --scope {MGMT}",
+        base64::engine::general_purpose::STANDARD.encode(claims)
+    );
+    assert!(err.message().contains(&command), "{err}");
+    assert_eq!(
+        lines(dir.path().join("calls")).len(),
+        2,
+        "az asked once more"
+    );
+
+    std::fs::write(&token, "after").unwrap();
+    let answer = cli.get_token_with(challenge()).await.unwrap();
+    assert_eq!(answer.secret().expose_secret(), "after");
+    let next = cli.get_token([MGMT]).await.unwrap();
+    assert_eq!(next.secret().expose_secret(), "after", "cached in place");
+    assert_eq!(lines(dir.path().join("calls")).len(), 3);
+}
+
+/// Blank claims are no claims (as azure-identity): the token is served as usual.
+#[tokio::test]
+async fn blank_claims_are_no_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = fake_az(dir.path(), SIGNED_IN);
+    let token = credential(&az)
+        .get_token_with(TokenRequest::new([MGMT]).with_claims(" "))
+        .await
+        .unwrap();
+    assert_eq!(token.secret().expose_secret(), "cli-token");
 }
 
 /// `az` runs from a system directory; a relative program path still names the file relative
