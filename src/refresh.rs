@@ -122,7 +122,9 @@
 //! it fired, it was replaced by a timer for a new deadline, its runtime shut down — so a
 //! reader never trusts a deadline nobody watches. The lead absorbs a late timer (a busy
 //! runtime): within `TIMER_LEAD` of `recheck_at`, and whenever no timer can be armed, lookups
-//! answer `timed: false` and callers read the clock on each request as before.
+//! answer `timed: false` and callers read the clock on each request as before. An armed
+//! timer within `TIMER_SLACK` (1 s) of a lookup's deadline serves it: after a suspension each
+//! lookup measures the time missed anew, a few nanoseconds differently each time.
 //!
 //! No timer is armed outside a tokio runtime or while tokio's clock is paused (tests): a
 //! pending timer would make a paused clock jump to it whenever the runtime waits on socket
@@ -191,6 +193,10 @@ pub(crate) const DEFAULT_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30)
 /// How long before a lookup's `recheck_at` its timer fires (see the module docs): room for a
 /// late timer on a busy runtime.
 const TIMER_LEAD: Duration = Duration::from_secs(5);
+/// How far apart an armed timer and a lookup's deadline may be for the timer to serve it:
+/// fired up to this much late, it still fires well inside `TIMER_LEAD`; early, it only makes
+/// readers look again.
+const TIMER_SLACK: Duration = Duration::from_secs(1);
 
 /// The timing rules of a slot.
 #[derive(Clone, Copy, Debug)]
@@ -634,7 +640,12 @@ impl<V: SlotValue> TokenSlot<V> {
             return false;
         };
         if let Some(timer) = &state.timer {
-            if timer.at == fire_at && !timer.task.is_finished() {
+            // Within `TIMER_SLACK` either way it is the same deadline: after a suspension the
+            // deadline is moved back by the time missed, which each lookup measures anew from
+            // two clocks read moments apart, so it differs by nanoseconds every time, and a
+            // new timer each time would bump the generation for every request.
+            let apart = timer.at.max(fire_at).duration_since(timer.at.min(fire_at));
+            if apart <= TIMER_SLACK && !timer.task.is_finished() {
                 return true;
             }
         }
@@ -1408,6 +1419,28 @@ mod tests {
         assert_ne!(slot.generation(), generation, "the timer fired");
         // Within the lead, and with the clock paused, no timer: callers read the clock.
         assert!(!is_timed(slot.lookup(Instant::now(), never)));
+    }
+
+    /// After a suspension the deadline moves back by the time missed, measured anew (from
+    /// two clocks) at each lookup: the armed timer still serves lookups whose measure differs
+    /// slightly, instead of a new timer, and a bump, for every request.
+    #[tokio::test]
+    async fn after_a_suspension_lookups_keep_the_armed_timer() {
+        trust_current_thread_timers();
+        let clock = crate::token::tests::wall_clock();
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        slot.store(token("t", HOUR)).unwrap();
+        clock.suspend(Duration::from_secs(120));
+        assert!(is_timed(slot.lookup(Instant::now(), never)));
+        let generation = slot.generation();
+        // A `now` read a moment before the lock was taken: the time missed measures longer.
+        for early in [0, 1, 3, 250] {
+            let now = Instant::now() - Duration::from_millis(early);
+            assert!(is_timed(slot.lookup(now, never)));
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(slot.generation(), generation, "no timer replaced");
     }
 
     #[tokio::test(start_paused = true)]
