@@ -104,14 +104,27 @@ impl Authority {
         &self.host
     }
 
-    /// `{authority}/{tenant}/oauth2/v2.0/token`.
+    /// `{authority}/{tenant}/oauth2/v2.0/token`; for the AD FS tenant `adfs`,
+    /// `{authority}/adfs/oauth2/token`.
     pub(crate) fn token_endpoint(&self, tenant: &str) -> String {
-        format!("{}/{tenant}/oauth2/v2.0/token", self.base)
+        self.endpoint(tenant, "token")
     }
 
-    /// `{authority}/{tenant}/oauth2/v2.0/devicecode`: the device authorization endpoint.
+    /// `{authority}/{tenant}/oauth2/v2.0/devicecode`: the device authorization endpoint; for
+    /// `adfs`, `{authority}/adfs/oauth2/devicecode`.
     pub(crate) fn device_code_endpoint(&self, tenant: &str) -> String {
-        format!("{}/{tenant}/oauth2/v2.0/devicecode", self.base)
+        self.endpoint(tenant, "devicecode")
+    }
+
+    /// AD FS has no `v2.0` paths: msal finds its endpoints in the openid-configuration at
+    /// `/adfs/.well-known/openid-configuration` (no `/v2.0`), which AD FS 2016 and later
+    /// publish as `/adfs/oauth2/token` and `/adfs/oauth2/devicecode`.
+    fn endpoint(&self, tenant: &str, name: &str) -> String {
+        if tenant.eq_ignore_ascii_case("adfs") {
+            format!("{}/adfs/oauth2/{name}", self.base)
+        } else {
+            format!("{}/{tenant}/oauth2/v2.0/{name}", self.base)
+        }
     }
 }
 
@@ -372,6 +385,21 @@ mod tests {
             a.token_endpoint("contoso"),
             "https://my.host:8443/custom/contoso/oauth2/v2.0/token"
         );
+    }
+
+    #[test]
+    fn the_adfs_tenant_has_ad_fs_paths() {
+        let a = Authority::parse("https://adfs.contoso.test").unwrap();
+        for tenant in ["adfs", "ADFS"] {
+            assert_eq!(
+                a.token_endpoint(tenant),
+                "https://adfs.contoso.test/adfs/oauth2/token"
+            );
+            assert_eq!(
+                a.device_code_endpoint(tenant),
+                "https://adfs.contoso.test/adfs/oauth2/devicecode"
+            );
+        }
     }
 
     #[test]

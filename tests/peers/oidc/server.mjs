@@ -658,6 +658,17 @@ function entraDeviceAuthorizationBody(ctx, tenant) {
 // Providers, one per tenant, created on first use
 // ---------------------------------------------------------------------------------------------
 
+// The paths under a tenant: Entra's v2.0 endpoints, except for the AD FS tenant `adfs`,
+// whose openid-configuration (no v2.0) names /adfs/oauth2/token and /adfs/oauth2/devicecode.
+function endpointPaths(tenant) {
+  const version = tenant === 'adfs' ? '' : '/v2.0';
+  return {
+    authorization: `/oauth2${version}/authorize`,
+    token: `/oauth2${version}/token`,
+    device_authorization: `/oauth2${version}/devicecode`,
+  };
+}
+
 function providerConfiguration(tenant, { signingJwk, cookieKey, rotateRefreshTokens }) {
   return {
     adapter: SharedMemoryAdapter,
@@ -665,9 +676,7 @@ function providerConfiguration(tenant, { signingJwk, cookieKey, rotateRefreshTok
     jwks: { keys: [signingJwk] },
     cookies: { keys: [cookieKey] },
     routes: {
-      authorization: '/oauth2/v2.0/authorize',
-      token: '/oauth2/v2.0/token',
-      device_authorization: '/oauth2/v2.0/devicecode',
+      ...endpointPaths(tenant),
       code_verification: '/device',
       jwks: '/discovery/v2.0/keys',
       end_session: '/oauth2/v2.0/logout',
@@ -904,7 +913,7 @@ async function testAuthorize(server, input) {
   }
 
   const jar = new CookieJar();
-  let url = `${server.base}/${tenant}/oauth2/v2.0/authorize?${query}`;
+  let url = `${server.base}/${tenant}${endpointPaths(tenant).authorization}?${query}`;
   for (let hop = 0; hop < 10; hop += 1) {
     const answer = await selfGet(server, url, jar);
     if (answer.status < 300 || answer.status > 399 || !answer.location) {
@@ -1286,6 +1295,7 @@ async function route(server, req, res) {
   }
   const [, tenant, rest = '/'] = match;
   const tenantProvider = server.tenantProvider(tenant);
+  const paths = endpointPaths(tenant);
 
   // What the Provider sees: the path without the tenant, the tenant as the mount path (so the
   // URLs it advertises carry it), and JSON as the accepted answer (errors would be HTML).
@@ -1299,9 +1309,9 @@ async function route(server, req, res) {
   } else if (rest.startsWith('/_interaction/')) {
     await completeInteraction(tenantProvider, req, res);
     return;
-  } else if (rest === '/oauth2/v2.0/authorize' && req.method === 'GET') {
+  } else if (rest === paths.authorization && req.method === 'GET') {
     search = `?${rewriteAuthorizeQuery(search)}`;
-  } else if (rest === '/oauth2/v2.0/devicecode' && req.method === 'POST') {
+  } else if (rest === paths.device_authorization && req.method === 'POST') {
     // Logged with the token requests; the scope gets what authorize requests get (below).
     const form = parseForm(body);
     logTokenRequest(tenant, req, form, 'devicecode');
@@ -1309,7 +1319,7 @@ async function route(server, req, res) {
     // OpenID claims request, so it is logged and dropped.
     const { claims: _claims, ...forProvider } = form;
     req.body = Buffer.from(rewriteAuthorizeQuery(new URLSearchParams(forProvider).toString()));
-  } else if (rest === '/oauth2/v2.0/token' && req.method === 'POST') {
+  } else if (rest === paths.token && req.method === 'POST') {
     req.url = `${innerPath}${search}`;
     await handleTokenRequest(server, tenantProvider, req, res, body);
     return;
