@@ -158,8 +158,18 @@ pub(crate) async fn run_tool(
         Ok(output) => output,
         Err(RunError::Spawn(e)) => {
             return Err(unavailable(match e.kind() {
+                // A script whose interpreter is gone fails the same way (a pip-installed `az`
+                // whose virtual environment was deleted).
+                io::ErrorKind::NotFound if program.components().count() > 1 => format!(
+                    "{} not found: {} does not exist, or it is a script whose interpreter \
+                     does not. {}",
+                    tool.display,
+                    program.display(),
+                    tool.install_hint
+                ),
                 io::ErrorKind::NotFound => format!(
-                    "{} not found ({} is not on PATH). {}",
+                    "{} not found ({} is not on PATH, or it is a script whose interpreter is \
+                     missing). {}",
                     tool.display,
                     program.display(),
                     tool.install_hint
@@ -184,6 +194,22 @@ pub(crate) async fn run_tool(
             )));
         }
     };
+    // Ended by a signal from elsewhere (the kernel's OOM killer, an operator): said so, not
+    // "no error output". Our own timeout's kill is `TimedOut` above.
+    #[cfg(unix)]
+    if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&output.status) {
+        let said = quote_stderr(&output.stderr.bytes)
+            .map(|line| format!(": {line}"))
+            .unwrap_or_default();
+        return Err(CredentialError::authentication_failed(
+            tool.credential,
+            format!(
+                "{} ({}) was ended by signal {signal}{said}",
+                tool.display,
+                program.display()
+            ),
+        ));
+    }
     // 127 is the shells' "command not found": a launcher script whose interpreter or
     // program is gone. The tool is not installed properly, as azure-identity also reads it.
     if output.status.code() == Some(NOT_FOUND_STATUS) {
