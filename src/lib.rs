@@ -92,6 +92,8 @@ mod proptests;
 mod redact;
 mod refresh;
 mod regular_file;
+#[cfg(test)]
+mod test_support;
 mod throttle;
 mod token;
 pub mod transport;

@@ -383,8 +383,10 @@ impl DefaultAzureCredentialBuilder {
 
     /// The HTTP client for token requests. Default: [`HttpClient::new`](crate::HttpClient::new).
     /// Given to the Microsoft Entra ID credentials (environment, workload identity, shared
-    /// token cache); the managed identity keeps its own client: its endpoints are plain `http`
-    /// on the host, which the default client refuses.
+    /// token cache) and to the managed identity's workload identity source, which asks
+    /// Microsoft Entra ID as the workload identity does; the managed identity's other sources
+    /// keep its own client: their endpoints are plain `http` on the host, which the default
+    /// client refuses.
     pub fn http_client(mut self, client: HttpClient) -> Self {
         self.http_client = Some(client);
         self
@@ -584,6 +586,12 @@ impl DefaultAzureCredentialBuilder {
                 }
                 if let Some(vars) = vars {
                     b = b.vars(vars);
+                }
+                // Its workload identity source asks Microsoft Entra ID as the workload identity
+                // member does, so through the same client (a proxy, custom roots); its own
+                // endpoints are plain http on the host, which that client refuses.
+                if let Some(http) = http {
+                    b = b.workload_identity_http_client(http);
                 }
                 if let Some(id) = id {
                     b = b.user_assigned_id(id);
@@ -832,6 +840,102 @@ mod tests {
         assert!(shared.contains("username: None"), "{shared}");
         assert!(shared.contains("multitenant_disabled: false"), "{shared}");
         assert!(format!("{:?}", azure_cli(&none)).contains("multitenant_disabled: false"));
+    }
+
+    /// The managed identity's workload identity source asks Microsoft Entra ID as the
+    /// workload identity member does, so through the chain's `http_client` (a proxy, custom
+    /// roots): here the only client trusting the loopback authority. The member is asked
+    /// directly: in the chain it is asked after the workload identity member could not use
+    /// the token file, and answers when the file appeared between their reads (the kubelet
+    /// mounting it as the pod starts).
+    #[tokio::test]
+    async fn the_managed_identitys_workload_identity_source_uses_the_chains_http_client() {
+        use crate::test_support::authority::Authority;
+        use tower::ServiceExt;
+
+        let authority = Authority::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "projected-service-account-token").unwrap();
+        let (url, file) = (authority.url(), file.display().to_string());
+        let pod = [
+            ("AZURE_AUTHORITY_HOST", url.as_str()),
+            ("AZURE_TENANT_ID", "contoso"),
+            ("AZURE_CLIENT_ID", "workload-app"),
+            ("AZURE_FEDERATED_TOKEN_FILE", file.as_str()),
+        ];
+        let managed_identity = |chain: &DefaultAzureCredential| {
+            chain
+                .inner
+                .members
+                .iter()
+                .find(|m| m.name() == "ManagedIdentityCredential")
+                .cloned()
+                .unwrap()
+        };
+        let request = || TokenRequest::new(["https://resource.test/.default"]);
+
+        let http = HttpClient::builder()
+            .add_root_certificates_pem(authority.ca_pem())
+            .build()
+            .unwrap();
+        let chain = DefaultAzureCredential::builder()
+            .vars(pod)
+            .http_client(http)
+            .build()
+            .unwrap();
+        let token = managed_identity(&chain)
+            .oneshot(request())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(token.secret().expose_secret(), "at-1-contoso");
+        let sent = authority.requests();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(
+            sent[0].field("client_assertion"),
+            Some("projected-service-account-token")
+        );
+        assert_eq!(sent[0].field("client_id"), Some("workload-app"));
+
+        // The built-in client does not trust the loopback authority: without the chain's
+        // client the source cannot reach it.
+        let chain = DefaultAzureCredential::builder().vars(pod).build().unwrap();
+        let err = managed_identity(&chain)
+            .oneshot(request())
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("certificate"), "{err}");
+        assert_eq!(authority.requests().len(), 1);
+    }
+
+    /// The managed identity's own endpoints keep its built-in client: the chain's sends https
+    /// only, and IMDS is plain http. Nothing listens here: the request fails as unanswered,
+    /// not as a configuration that cannot work.
+    #[tokio::test(start_paused = true)]
+    async fn the_managed_identitys_own_endpoints_keep_its_built_in_client() {
+        use tower::ServiceExt;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let imds = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let chain = DefaultAzureCredential::builder()
+            .vars([("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.as_str())])
+            .http_client(HttpClient::new())
+            .build()
+            .unwrap();
+        let managed_identity = chain
+            .inner
+            .members
+            .iter()
+            .find(|m| m.name() == "ManagedIdentityCredential")
+            .cloned()
+            .unwrap();
+        let err = managed_identity
+            .oneshot(TokenRequest::new(["https://resource.test/.default"]))
+            .await
+            .unwrap_err();
+        assert!(!err.message().contains("https only"), "{err}");
+        assert!(err.message().contains(&imds), "{err}");
     }
 
     /// A value the program gave that cannot work fails build(), naming it, instead of making

@@ -198,7 +198,8 @@ impl IdParams {
 /// `DefaultAzureCredential`'s managed identity keeps this source exactly
 /// while the chain's own workload identity member is in it (as azure-identity does), so a pod
 /// set up for workload identity never falls through to IMDS, which answers there as the node's
-/// kubelet identity.
+/// kubelet identity; the source then sends through the chain's
+/// [`http_client`](crate::DefaultAzureCredentialBuilder::http_client), as that member does.
 ///
 /// `IDENTITY_ENDPOINT` alone is a configuration error (it names what else to set). Like
 /// azure-identity, and unlike MSAL, the presence of the Arc agent's `himds` program is not
@@ -470,6 +471,9 @@ pub struct ManagedIdentityCredentialBuilder {
     ids: Vec<UserAssignedId>,
     vars: Vars,
     http_client: Option<HttpClient>,
+    /// The workload identity source's client when it is not `http_client`'s (see
+    /// `workload_identity_http_client`).
+    workload_http_client: Option<HttpClient>,
     arc_key_directory: Option<PathBuf>,
     /// `Some`: probe IMDS (or not) wherever the credential is asked; `None`: when a chain
     /// asks it.
@@ -580,6 +584,16 @@ impl ManagedIdentityCredentialBuilder {
     /// nothing to fall back to.
     pub(crate) fn probe_imds(mut self, probe: bool) -> Self {
         self.probe_imds = Some(probe);
+        self
+    }
+
+    /// The HTTP client of the workload identity source alone, instead of
+    /// [`http_client`](Self::http_client)'s. For `DefaultAzureCredential`, whose client is
+    /// for `https` to Microsoft Entra ID (proxies, custom roots), as its workload identity
+    /// member's is, and must reach it from this source too; the other sources keep the
+    /// built-in client, their endpoints being plain `http` on the host.
+    pub(crate) fn workload_identity_http_client(mut self, client: HttpClient) -> Self {
+        self.workload_http_client = Some(client);
         self
     }
 
@@ -797,7 +811,11 @@ impl ManagedIdentityCredentialBuilder {
         if let Some(pairs) = self.vars.pairs() {
             builder = builder.vars(pairs);
         }
-        if let Some(client) = &self.http_client {
+        if let Some(client) = self
+            .workload_http_client
+            .as_ref()
+            .or(self.http_client.as_ref())
+        {
             builder = builder.http_client(client.clone());
         }
         if let Some(cache) = &self.distributed {
@@ -962,6 +980,7 @@ impl fmt::Debug for ManagedIdentityCredentialBuilder {
             .field("ids", &self.ids)
             .field("vars", &self.vars)
             .field("http_client", &self.http_client)
+            .field("workload_identity_http_client", &self.workload_http_client)
             .field("azure_arc_key_directory", &self.arc_key_directory)
             .field("probe_imds", &self.probe_imds)
             .field("exclude_workload_identity", &self.no_workload_identity)
