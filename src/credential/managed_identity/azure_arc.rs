@@ -28,7 +28,7 @@ use url::Url;
 use super::request;
 use super::response::{Echo, failure};
 use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
-use crate::error::{Cause, CredentialError, ProviderDetails};
+use crate::error::{CredentialError, ProviderDetails};
 use crate::regular_file::open_regular_file;
 use crate::token::{AccessToken, Secret};
 use crate::transport::{HttpClient, HttpRequest};
@@ -116,23 +116,29 @@ impl AzureArc {
         self.overrun.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The failure of every request while a key read that overran has not returned, the
+    /// request whose read overran included. Not transient: the read may never return, and
+    /// retrying cannot help until the file system answers (a retry would only be refused).
+    fn stuck(&self) -> CredentialError {
+        CredentialError::authentication_failed(
+            NAME,
+            format!(
+                "a read of the Azure Arc agent's key file in {} (azure_arc_key_directory) took \
+                 more than {KEY_READ_TIMEOUT:?} and has not returned: the key directory's file \
+                 system does not answer, and no other read is started until that read returns; \
+                 fix the mount of the key directory, or restart the process",
+                self.key_directory.display()
+            ),
+        )
+    }
+
     /// Refuses at once while an earlier key read that overran has not returned: checked
     /// before the challenge, so that a stuck file system costs no round trip to the agent
-    /// (which writes a fresh key file for each challenge). Not transient: the read may never
-    /// return, and retrying cannot help until the file system answers.
+    /// (which writes a fresh key file for each challenge).
     fn refuse_while_stuck(&self) -> Result<(), CredentialError> {
         let mut overrun = self.overrun();
         if overrun.as_ref().is_some_and(|read| !read.is_finished()) {
-            return Err(CredentialError::authentication_failed(
-                NAME,
-                format!(
-                    "an earlier read of the Azure Arc agent's key file in {} took more than \
-                     {KEY_READ_TIMEOUT:?} and has not returned: the key directory's file \
-                     system does not answer, and no other read is started until that read \
-                     returns; fix the mount of the key directory, or restart the process",
-                    self.key_directory.display()
-                ),
-            ));
+            return Err(self.stuck());
         }
         // Returned: its key, read for another request long ago, is not used.
         *overrun = None;
@@ -163,18 +169,7 @@ impl AzureArc {
                 if overrun.as_ref().is_none_or(JoinHandle::is_finished) {
                     *overrun = Some(read);
                 }
-                Err(CredentialError::authentication_failed(
-                    NAME,
-                    format!(
-                        "reading the Azure Arc agent's key file took more than \
-                         {KEY_READ_TIMEOUT:?}; gave up"
-                    ),
-                )
-                .with_cause(Cause {
-                    timeout: true,
-                    transient: true,
-                    ..Cause::default()
-                }))
+                Err(self.stuck())
             }
         }
     }
@@ -451,11 +446,8 @@ mod tests {
         }
         // A running blocking task keeps the paused clock from advancing by itself.
         tokio::time::advance(KEY_READ_TIMEOUT + Duration::from_secs(1)).await;
-        let err = first.await.unwrap().unwrap_err();
-        assert!(
-            err.is_timeout() && err.message().contains("gave up"),
-            "{err}"
-        );
+        let first = first.await.unwrap().unwrap_err();
+        assert!(first.message().contains("has not returned"), "{first}");
 
         for _ in 0..5 {
             let err = arc
@@ -463,7 +455,7 @@ mod tests {
                 .now_or_never()
                 .expect("refused at once")
                 .unwrap_err();
-            assert!(err.message().contains("has not returned"), "{err}");
+            assert_eq!(err.message(), first.message());
             assert!(err.message().contains("/nonexistent"), "{err}");
         }
         assert_eq!(started.load(Ordering::SeqCst), 1, "one read outstanding");
@@ -481,7 +473,9 @@ mod tests {
 
     /// While a key read that overran has not returned, later acquisitions are refused before
     /// the challenge (no request to the agent, which writes a fresh key file for each), say
-    /// what to do, and are not transient (a retry policy would only spin on them).
+    /// what to do, and are not transient (a retry policy would only spin on them); the
+    /// acquisition whose read overran fails the same way, not as a transient timeout that a
+    /// retry policy would retry only to be refused.
     #[tokio::test(start_paused = true)]
     async fn a_stuck_key_read_refuses_before_the_challenge() {
         use futures_util::FutureExt;
@@ -544,23 +538,29 @@ mod tests {
             tokio::task::yield_now().await;
         }
         tokio::time::advance(KEY_READ_TIMEOUT + Duration::from_secs(1)).await;
-        let err = first.await.unwrap().unwrap_err();
-        assert!(err.message().contains("gave up"), "{err}");
+        let first = first.await.unwrap().unwrap_err();
         assert_eq!(requests.load(Ordering::SeqCst), 1);
-
-        for _ in 0..5 {
-            let err = arc
-                .acquire("r")
-                .now_or_never()
-                .expect("refused at once")
-                .unwrap_err();
+        let later: Vec<CredentialError> = (0..5)
+            .map(|_| {
+                arc.acquire("r")
+                    .now_or_never()
+                    .expect("refused at once")
+                    .unwrap_err()
+            })
+            .collect();
+        for err in std::iter::once(&first).chain(&later) {
             assert!(
                 err.message().contains("does not answer")
+                    && err
+                        .message()
+                        .contains("/nonexistent (azure_arc_key_directory)")
                     && err.message().contains("fix the mount")
                     && err.message().contains("restart the process"),
                 "{err}"
             );
+            assert!(err.is_authentication_failed(), "{err}");
             assert!(!err.is_transient() && !err.is_timeout(), "{err}");
+            assert_eq!(err.message(), first.message());
         }
         assert_eq!(requests.load(Ordering::SeqCst), 1, "no more challenges");
         assert_eq!(started.load(Ordering::SeqCst), 1);
