@@ -435,6 +435,37 @@ async fn missing_az_is_unavailable_with_an_install_hint() {
         .unwrap_err();
     assert!(err.is_unavailable());
     assert!(err.message().contains("https://aka.ms/azure-cli"), "{err}");
+    assert!(
+        err.message().contains("/nonexistent/bin/az does not exist"),
+        "a path is not looked up on PATH: {err}"
+    );
+}
+
+/// `az` found, but a script whose interpreter is gone (a deleted virtual environment): the
+/// same "not found" from the system, and the message names that cause too.
+#[tokio::test]
+async fn an_az_script_whose_interpreter_is_gone_is_named_as_a_cause() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let az = dir.path().join("az");
+    std::fs::write(&az, "#!/nonexistent/venv/bin/python\n").unwrap();
+    std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = credential(&az).get_token([MGMT]).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(err.message().contains("interpreter"), "{err}");
+}
+
+/// `az` ended by a signal from elsewhere (the OOM killer, say): said, with the signal.
+#[tokio::test]
+async fn an_az_ended_by_a_signal_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = fake_az(dir.path(), "echo 'about to go' >&2; kill -9 $$");
+    let err = credential(&az).get_token([MGMT]).await.unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert!(
+        err.message().contains("ended by signal 9") && err.message().contains("about to go"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
