@@ -52,9 +52,10 @@ pub fn certificate(data: &[u8]) {
     match source.load(unix_now()) {
         Ok(loaded) => {
             assert!(!loaded.leaf().is_empty());
-            let signer = Signer::new(loaded, CertificateSignature::Ps256, true);
+            let signer = Signer::new(loaded, Some(CertificateSignature::Ps256), true);
             let jwt = signer
                 .sign(
+                    "t",
                     "https://login.test/t/oauth2/v2.0/token",
                     "client",
                     unix_now(),

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_identity::{
     CertificateSignature, CertificateSource, ClientCertificateCredential, CredentialExt,
-    EnvironmentCredential, Secret,
+    EnvironmentCredential, Secret, TokenRequest,
 };
 
 use crate::support::certs::{self, Made};
@@ -486,6 +486,61 @@ async fn environment_credential_with_the_adfs_tenant_sends_rs256() {
         header["x5t"].as_str().is_some_and(|t| !t.is_empty()),
         "{header}"
     );
+}
+
+/// The RS256 default follows the tenant a request resolves to, not only the configured one: a
+/// credential configured for contoso that lets requests name any tenant sends RS256 with `x5t`
+/// to `adfs` (which refuses PS256), and PS256 still to contoso; a chosen signature is kept.
+#[tokio::test]
+async fn a_request_for_the_adfs_tenant_sends_rs256_whatever_the_configured_tenant() {
+    let peer = peer();
+    let made = certs::self_signed(2048);
+    let client_id = register(peer, &made).await;
+    let build = |signature: Option<CertificateSignature>| {
+        let builder = ClientCertificateCredential::builder(
+            "contoso",
+            &client_id,
+            CertificateSource::from_pem(made.one_file()),
+        )
+        .additionally_allowed_tenants(["*"])
+        .authority_host(&peer.base)
+        .http_client(peer.http());
+        match signature {
+            Some(signature) => builder.signature(signature),
+            None => builder,
+        }
+        .build()
+        .unwrap()
+    };
+    let sha1 = URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        &made.leaf_der,
+    ));
+    // The last request's tenant and header, after a token for `tenant`.
+    let sent = async |c: &ClientCertificateCredential, tenant: &str| {
+        c.get_token_with(TokenRequest::new([SCOPE]).with_tenant_id(tenant))
+            .await
+            .unwrap_or_else(|e| panic!("{tenant}: {e}\n{}", peer.log()));
+        let last = requests(peer, &client_id).await.pop().unwrap();
+        (last["tenant"].clone(), last["assertion"]["header"].clone())
+    };
+    let c = build(None);
+    for (tenant, alg) in [("adfs", "RS256"), ("contoso", "PS256"), ("ADFS", "RS256")] {
+        let (logged, header) = sent(&c, tenant).await;
+        assert_eq!(logged, tenant, "{header}");
+        assert_eq!(header["alg"], alg, "{tenant}: {header}");
+        assert_eq!(header["x5t"], sha1.as_str(), "{tenant}: {header}");
+    }
+    for (signature, alg) in [
+        (CertificateSignature::Ps256, "PS256"),
+        (CertificateSignature::Rs256, "RS256"),
+    ] {
+        let c = build(Some(signature));
+        for tenant in ["adfs", "contoso"] {
+            let (_, header) = sent(&c, tenant).await;
+            assert_eq!(header["alg"], alg, "{tenant}: {header}");
+        }
+    }
 }
 
 #[tokio::test]

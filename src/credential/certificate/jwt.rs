@@ -25,7 +25,7 @@ pub enum CertificateSignature {
     Ps256,
     /// RSASSA-PKCS1-v1_5 with SHA-256 (`RS256`): the older format, which Entra still accepts,
     /// which AD FS requires, and which azure-identity 1.27's synchronous `CertificateCredential`
-    /// sends (it hands MSAL a SHA-1 thumbprint). The default for the tenant `adfs`.
+    /// sends (it hands MSAL a SHA-1 thumbprint). The default for requests to the tenant `adfs`.
     Rs256,
 }
 
@@ -48,41 +48,63 @@ impl CertificateSignature {
 /// Signs assertions for one certificate.
 pub(crate) struct Signer {
     certificate: LoadedCertificate,
-    /// The encoded header: fixed for the certificate and settings.
-    header: String,
-    algorithm: CertificateSignature,
+    /// The encoded PS256 and RS256 headers: fixed for the certificate and settings.
+    ps256_header: String,
+    rs256_header: String,
+    /// The signature chosen with the builder; `None`: the default for each request's tenant
+    /// ([`default_signature`]).
+    chosen: Option<CertificateSignature>,
     rng: SystemRandom,
 }
 
+/// The signature when none was chosen: RS256 for AD FS (the tenant `adfs`, which AD FS
+/// requires and which is how azure-identity and MSAL name it), else PS256. Decided by the
+/// tenant a request resolves to, not the configured one: a credential configured for another
+/// tenant may be asked for `adfs` (additionally allowed tenants), and AD FS refuses PS256
+/// whichever tenant was configured.
+pub(crate) fn default_signature(tenant_id: &str) -> CertificateSignature {
+    if tenant_id.eq_ignore_ascii_case("adfs") {
+        CertificateSignature::Rs256
+    } else {
+        CertificateSignature::default()
+    }
+}
+
 impl Signer {
+    /// `chosen`: the signature for every request, or `None` for the default of each
+    /// request's tenant.
     pub(crate) fn new(
         certificate: LoadedCertificate,
-        algorithm: CertificateSignature,
+        chosen: Option<CertificateSignature>,
         send_chain: bool,
     ) -> Self {
-        let leaf = certificate.leaf();
-        let mut header = json!({
-            "alg": algorithm.name(),
-            "typ": "JWT",
-            // SHA-1 here is a certificate identifier Entra looks up, not a security check.
-            "x5t": URL_SAFE_NO_PAD.encode(digest(&SHA1_FOR_LEGACY_USE_ONLY, leaf)),
-            "x5t#S256": URL_SAFE_NO_PAD.encode(digest(&SHA256, leaf)),
-        });
-        if send_chain {
-            // RFC 7515 §4.1.6: standard (not URL-safe) base64 DER, the leaf first.
-            let chain: Vec<String> = certificate
-                .chain
-                .iter()
-                .map(|c| STANDARD.encode(c))
-                .collect();
-            if let Some(object) = header.as_object_mut() {
-                object.insert("x5c".into(), chain.into());
+        let header = |algorithm: CertificateSignature| {
+            let leaf = certificate.leaf();
+            let mut header = json!({
+                "alg": algorithm.name(),
+                "typ": "JWT",
+                // SHA-1 here is a certificate identifier Entra looks up, not a security check.
+                "x5t": URL_SAFE_NO_PAD.encode(digest(&SHA1_FOR_LEGACY_USE_ONLY, leaf)),
+                "x5t#S256": URL_SAFE_NO_PAD.encode(digest(&SHA256, leaf)),
+            });
+            if send_chain {
+                // RFC 7515 §4.1.6: standard (not URL-safe) base64 DER, the leaf first.
+                let chain: Vec<String> = certificate
+                    .chain
+                    .iter()
+                    .map(|c| STANDARD.encode(c))
+                    .collect();
+                if let Some(object) = header.as_object_mut() {
+                    object.insert("x5c".into(), chain.into());
+                }
             }
-        }
+            URL_SAFE_NO_PAD.encode(header.to_string())
+        };
         Self {
-            header: URL_SAFE_NO_PAD.encode(header.to_string()),
+            ps256_header: header(CertificateSignature::Ps256),
+            rs256_header: header(CertificateSignature::Rs256),
             certificate,
-            algorithm,
+            chosen,
             rng: SystemRandom::new(),
         }
     }
@@ -91,8 +113,16 @@ impl Signer {
         &self.certificate
     }
 
-    /// A fresh assertion for `audience` (the token endpoint URL), issued at `now` (Unix s).
-    pub(crate) fn sign(&self, audience: &str, client_id: &str, now: u64) -> Result<String, String> {
+    /// A fresh assertion for `audience` (the token endpoint URL of `tenant`, the tenant the
+    /// request resolved to), issued at `now` (Unix s).
+    pub(crate) fn sign(
+        &self,
+        tenant: &str,
+        audience: &str,
+        client_id: &str,
+        now: u64,
+    ) -> Result<String, String> {
+        let algorithm = self.chosen.unwrap_or_else(|| default_signature(tenant));
         let claims = json!({
             "aud": audience,
             "iss": client_id,
@@ -102,13 +132,16 @@ impl Signer {
             "iat": now,
             "exp": now.saturating_add(ASSERTION_LIFETIME_SECS),
         });
-        let mut message = self.header.clone();
+        let mut message = match algorithm {
+            CertificateSignature::Ps256 => self.ps256_header.clone(),
+            CertificateSignature::Rs256 => self.rs256_header.clone(),
+        };
         message.push('.');
         message.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
         let key = &self.certificate.key;
         let mut sig = vec![0; key.public().modulus_len()];
         key.sign(
-            self.algorithm.encoding(),
+            algorithm.encoding(),
             &self.rng,
             message.as_bytes(),
             &mut sig,

@@ -65,11 +65,13 @@ const NAME: &str = "ClientCertificateCredential";
 /// azure-identity 1.27's synchronous `CertificateCredential` still ends up with RS256 and
 /// `x5t` (it hands MSAL a SHA-1 thumbprint), which Entra also accepts and AD FS requires:
 /// [`signature`](ClientCertificateCredentialBuilder::signature) with
-/// [`CertificateSignature::Rs256`] selects it. With the tenant `adfs` (any case, as
-/// `AZURE_TENANT_ID=adfs` gives `EnvironmentCredential`) the default is RS256 instead, as
-/// MSAL's is for an AD FS authority; an explicit
-/// [`signature`](ClientCertificateCredentialBuilder::signature) is kept. Both thumbprints are
-/// always sent, so either lookup finds the certificate.
+/// [`CertificateSignature::Rs256`] selects it. For a request to the tenant `adfs` (any case:
+/// the configured tenant, as `AZURE_TENANT_ID=adfs` gives `EnvironmentCredential`, or a
+/// request's [`TokenRequest::with_tenant_id`] that
+/// [`additionally_allowed_tenants`](ClientCertificateCredentialBuilder::additionally_allowed_tenants)
+/// lets through) the default is RS256 instead, as MSAL's is for an AD FS authority; an
+/// explicit [`signature`](ClientCertificateCredentialBuilder::signature) is kept. Both
+/// thumbprints are always sent, so either lookup finds the certificate.
 ///
 /// # Checks when building
 ///
@@ -118,7 +120,12 @@ impl AssertionSource for CertificateAssertion {
     fn assertion(&self, request: AssertionRequest) -> BoxFuture<'static, Result<Secret, BoxError>> {
         let signed = self
             .0
-            .sign(request.token_endpoint(), request.client_id(), unix_now())
+            .sign(
+                request.tenant_id(),
+                request.token_endpoint(),
+                request.client_id(),
+                unix_now(),
+            )
             .map(Secret::new)
             .map_err(BoxError::from);
         async move { signed }.boxed()
@@ -155,19 +162,9 @@ pub struct ClientCertificateCredentialBuilder {
     client_id: String,
     certificate: CertificateSource,
     send_chain: bool,
-    /// `None`: the default for the tenant ([`default_signature`]).
+    /// `None`: the default for each request's tenant ([`jwt::default_signature`]).
     signature: Option<CertificateSignature>,
     settings: Settings,
-}
-
-/// The signature when none was chosen: RS256 for AD FS (the tenant `adfs`, which AD FS
-/// requires and which is how azure-identity and MSAL name it), else PS256.
-fn default_signature(tenant_id: &str) -> CertificateSignature {
-    if tenant_id.eq_ignore_ascii_case("adfs") {
-        CertificateSignature::Rs256
-    } else {
-        CertificateSignature::default()
-    }
 }
 
 impl ClientCertificateCredentialBuilder {
@@ -229,8 +226,9 @@ impl ClientCertificateCredentialBuilder {
     }
 
     /// The assertion's signature algorithm. Default: [`CertificateSignature::Ps256`], or
-    /// [`CertificateSignature::Rs256`] when the tenant is `adfs` (any case): AD FS does not
-    /// accept PS256. A signature set here is used whatever the tenant.
+    /// [`CertificateSignature::Rs256`] for a request whose tenant is `adfs` (any case; the
+    /// configured tenant or a per-request one): AD FS does not accept PS256. A signature set
+    /// here is used whatever the tenant.
     pub fn signature(mut self, signature: CertificateSignature) -> Self {
         self.signature = Some(signature);
         self
@@ -250,10 +248,7 @@ impl ClientCertificateCredentialBuilder {
             .certificate
             .load(unix_now())
             .map_err(|m| load::config_error(NAME, m))?;
-        let signature = self
-            .signature
-            .unwrap_or_else(|| default_signature(&self.tenant_id));
-        let signer = Arc::new(Signer::new(certificate, signature, self.send_chain));
+        let signer = Arc::new(Signer::new(certificate, self.signature, self.send_chain));
         let inner = ClientAssertionCredential::builder(
             self.tenant_id,
             self.client_id,

@@ -145,9 +145,9 @@ fn assertion_has_entra_shape_and_verifies() {
             let loaded = load(format!("{}{}", valid_cert(), rsa_key_pem())).unwrap();
             let leaf = loaded.leaf().to_vec();
             let public = loaded.key.public().as_ref().to_vec();
-            let signer = Signer::new(loaded, signature, send_chain);
+            let signer = Signer::new(loaded, Some(signature), send_chain);
             let aud = "https://login.test/contoso/oauth2/v2.0/token";
-            let jwt = signer.sign(aud, "client-id", *NOW).unwrap();
+            let jwt = signer.sign("contoso", aud, "client-id", *NOW).unwrap();
             let parts: Vec<&str> = jwt.split('.').collect();
             assert_eq!(parts.len(), 3);
             let decode = |s: &str| -> serde_json::Value {
@@ -194,17 +194,27 @@ fn assertion_has_entra_shape_and_verifies() {
                     &URL_SAFE_NO_PAD.decode(parts[2]).unwrap(),
                 )
                 .expect("the signature verifies");
-            let second = signer.sign(aud, "client-id", *NOW).unwrap();
+            let second = signer.sign("contoso", aud, "client-id", *NOW).unwrap();
             assert_ne!(jwt, second, "a new jti each time");
         }
     }
 }
 
-/// The decoded header of an assertion `credential` signs now.
+/// The decoded header of an assertion `credential` signs now for its configured tenant.
 fn assertion_header(credential: &ClientCertificateCredential) -> serde_json::Value {
+    let tenant = credential.inner.inner.tenants.tenant().unwrap().to_owned();
+    assertion_header_for(credential, &tenant)
+}
+
+/// The decoded header of an assertion `credential` signs now for a request to `tenant`.
+fn assertion_header_for(
+    credential: &ClientCertificateCredential,
+    tenant: &str,
+) -> serde_json::Value {
+    let aud = format!("https://login.test/{tenant}/oauth2/token");
     let jwt = credential
         .signer
-        .sign("https://login.test/adfs/oauth2/token", "client-id", *NOW)
+        .sign(tenant, &aud, "client-id", *NOW)
         .unwrap();
     let header = jwt.split('.').next().unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap()
@@ -249,6 +259,16 @@ fn the_adfs_tenant_signs_rs256_unless_a_signature_was_chosen() {
     ] {
         let header = assertion_header(&builder(tenant).build_with_env_authority(None).unwrap());
         assert_eq!(header["alg"], "PS256", "{tenant}");
+        // A request of theirs resolved to `adfs` (additionally allowed) gets RS256 all the same.
+        let credential = builder(tenant)
+            .additionally_allowed_tenants(["*"])
+            .build_with_env_authority(None)
+            .unwrap();
+        for adfs in ["adfs", "ADFS"] {
+            let header = assertion_header_for(&credential, adfs);
+            assert_eq!(header["alg"], "RS256", "{tenant} / {adfs}");
+            assert_eq!(header["x5t"], sha1, "{tenant} / {adfs}");
+        }
         let credential = builder(tenant)
             .signature(CertificateSignature::Rs256)
             .build_with_env_authority(None)
@@ -505,8 +525,10 @@ fn an_encrypted_pem_key_decrypts_with_the_password_and_signs_as_the_plain_key() 
         // same certificate (x5t#S256).
         let public = plain.key.public().as_ref().to_vec();
         let header_of = |loaded: load::LoadedCertificate| {
-            let signer = Signer::new(loaded, CertificateSignature::Ps256, false);
-            let jwt = signer.sign("https://login.test/t", "client", *NOW).unwrap();
+            let signer = Signer::new(loaded, Some(CertificateSignature::Ps256), false);
+            let jwt = signer
+                .sign("t", "https://login.test/t", "client", *NOW)
+                .unwrap();
             let parts: Vec<String> = jwt.split('.').map(str::to_owned).collect();
             ring::signature::UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, &public)
                 .verify(
