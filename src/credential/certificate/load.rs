@@ -515,9 +515,16 @@ impl Parts {
         // The leaf is the certificate of this key, wherever it sits; the rest keep their
         // order after it, as the chain sent in `x5c`. A key kept on renewal can have an
         // expired certificate before its current one in a bundle, or the one it replaces still
-        // valid: the valid one that lasts longest is preferred (the app registration may list
-        // only the newest). One valid only within the clock-skew allowance comes after any
-        // valid by this host's clock, which Entra is likelier to accept too.
+        // valid beside its renewal. Rule: of the certificates acceptable now (valid by this
+        // host's clock, or with a notBefore within the clock-skew allowance), the one with the
+        // latest notAfter; on a tie, one valid by this host's clock. Why the longest-lasting
+        // even over one valid by this clock: the leaf is chosen once, at build, and signs
+        // every assertion after, so the current certificate expiring in minutes beside its
+        // just-issued renewal would fail every request from its notAfter on, until the
+        // credential is built again. A notBefore a little ahead almost always means this
+        // host's clock lags the issuer's, and then Entra accepts the renewal already; at worst
+        // it refuses it for those few minutes, which a later request recovers from. The app
+        // registration may also list only the newest.
         let public = key_pair.public().as_ref();
         let now = i64::try_from(now).unwrap_or(i64::MAX);
         let skewed = now.saturating_add(NOT_BEFORE_SKEW_SECS);
@@ -542,7 +549,7 @@ impl Parts {
             .iter()
             .enumerate()
             .filter(|(_, c)| of_key(c) && validity_rank(c) > 0)
-            .max_by_key(|(_, c)| (validity_rank(c), c.validity().not_after.timestamp()))
+            .max_by_key(|(_, c)| (c.validity().not_after.timestamp(), validity_rank(c)))
             .map(|(i, _)| i)
             .or_else(|| parsed.iter().position(of_key))
         else {

@@ -83,7 +83,14 @@ const NAME: &str = "ClientCertificateCredential";
 /// [`ConfigError`] saying which. A key or certificate repeated byte for byte (one combined
 /// file given as both files of [`CertificateSource::from_pem_files`]), or one key written as
 /// PKCS#1 and as PKCS#8, counts once. The
-/// certificate whose public key is the key's is the leaf, wherever it sits in the input.
+/// certificate whose public key is the key's is the leaf, wherever it sits in the input. When
+/// several are (a key kept through a renewal), the leaf is the one with the latest notAfter
+/// among those valid now or with a notBefore within the 5-minute allowance (on a tie, one
+/// valid by this host's clock). The leaf is chosen once, when building, and signs every
+/// assertion after: a current certificate expiring in minutes beside its just-issued renewal
+/// would fail every request once it expired, whereas a renewal a little ahead of this host's
+/// clock is almost always this clock lagging (Entra accepts it already), or at worst refused
+/// for those few minutes. The others are sent after the leaf in `x5c`.
 ///
 /// The key's DER copies made here (a decrypted PEM key's too) are zeroized on drop and never
 /// printed, nor is a password; ring keeps the parsed key in its own types, which it does not

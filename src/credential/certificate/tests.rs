@@ -838,7 +838,7 @@ fn a_current_certificate_is_preferred_over_an_expired_one_of_the_same_key() {
 
 /// A certificate put in place as soon as it is issued, on a host whose clock is behind the
 /// issuer's: a notBefore within 5 minutes ahead loads; later is refused, naming both dates.
-/// Picking the leaf, one valid by this host's clock comes first.
+/// Picking the leaf, such a certificate counts as valid: the one lasting longest wins.
 #[test]
 fn a_not_before_within_five_minutes_ahead_is_clock_skew() {
     let now = *NOW as i64;
@@ -861,8 +861,8 @@ fn a_not_before_within_five_minutes_ahead_is_clock_skew() {
             "{ahead}: {err}"
         );
     }
-    // The renewed certificate (60 s ahead, lasting longer) beside the current one: the current
-    // one is the leaf, in either order; alone, the renewed one is.
+    // The renewed certificate (60 s ahead, lasting longer) beside the current one: the renewed
+    // one is the leaf, in either order (see the next test for why).
     let current = valid_cert();
     let renewed = self_signed(rsa_key_pem(), now + 60, now + 172_800);
     for pem in [
@@ -870,13 +870,53 @@ fn a_not_before_within_five_minutes_ahead_is_clock_skew() {
         format!("{renewed}{current}{}", rsa_key_pem()),
     ] {
         let loaded = load(pem).unwrap();
-        assert_eq!(loaded.not_after, *NOW + 86_400);
+        assert_eq!(loaded.not_after, *NOW + 172_800);
         assert_eq!(loaded.chain.len(), 2);
     }
     // An expired one and the renewed one: the renewed one.
     let expired = self_signed(rsa_key_pem(), now - 172_800, now - 86_400);
     let loaded = load(format!("{expired}{renewed}{}", rsa_key_pem())).unwrap();
     assert_eq!(loaded.not_after, *NOW + 172_800);
+}
+
+/// A rotation caught mid-way: the current certificate expiring in minutes beside its renewal,
+/// issued a minute ahead of this host's clock (within the skew allowance). The leaf is chosen
+/// once and signs every assertion after, so the renewal is the leaf (in either order, and its
+/// thumbprints are what the credential sends): the expiring one would fail every request
+/// once it expired. Lasting equally long, one valid by this host's clock still comes first.
+#[test]
+fn a_renewal_within_the_skew_allowance_wins_over_a_certificate_about_to_expire() {
+    let now = *NOW as i64;
+    let key = rsa_key_pem();
+    let expiring = self_signed(key, now - 86_400, now + 120);
+    let renewal = self_signed(key, now + 60, now + 90 * 86_400);
+    let renewal_der = load(format!("{renewal}{key}")).unwrap().leaf().to_vec();
+    let sha256 = URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, &renewal_der));
+    for pem in [
+        format!("{expiring}{renewal}{key}"),
+        format!("{renewal}{expiring}{key}"),
+        format!("{key}{expiring}{renewal}"),
+    ] {
+        let loaded = load(pem.clone()).unwrap();
+        assert_eq!(loaded.not_after, *NOW + 90 * 86_400);
+        assert!(loaded.leaf() == renewal_der.as_slice());
+        assert_eq!(loaded.chain.len(), 2, "the other one is still sent in x5c");
+        let credential =
+            ClientCertificateCredential::builder("t", "c", CertificateSource::from_pem(pem))
+                .build_with_env_authority(None)
+                .unwrap();
+        assert_eq!(assertion_header(&credential)["x5t#S256"], sha256);
+    }
+    // The same notAfter: the one valid by this host's clock.
+    let valid = self_signed(key, now - 3_600, now + 86_400);
+    let ahead = self_signed(key, now + 60, now + 86_400);
+    let valid_der = load(format!("{valid}{key}")).unwrap().leaf().to_vec();
+    for pem in [
+        format!("{valid}{ahead}{key}"),
+        format!("{ahead}{valid}{key}"),
+    ] {
+        assert!(load(pem).unwrap().leaf() == valid_der.as_slice());
+    }
 }
 
 /// `from_pem_files` with one combined file twice, or the key in both files and the leaf in
