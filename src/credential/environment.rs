@@ -11,7 +11,7 @@ use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_USERNAME, Vars};
 use super::{
     CertificateSource, ClientCertificateCredential, ClientSecretCredential, CredentialFuture,
 };
-use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
+use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority, TenantPolicy, validate_tenant_id};
 use crate::error::CredentialError;
 use crate::token::{Secret, TokenRequest};
 use crate::transport::HttpClient;
@@ -212,6 +212,22 @@ impl EnvironmentCredentialBuilder {
             get(AZURE_CLIENT_ID),
             self.vars.get_secret(AZURE_CLIENT_SECRET),
         );
+        // Checked before either credential is built, though both builders check them too:
+        // a mistake here is then named by its variable, not taken for the certificate's, and
+        // is found before a certificate is read (a PKCS#12 key derivation can be slow).
+        if let (Some(tenant), Some(_), true) = (
+            &tenant,
+            &client,
+            secret.is_some() || get(AZURE_CLIENT_CERTIFICATE_PATH).is_some(),
+        ) {
+            if let Err(e) = check_tenant_and_authority(&self.vars, tenant) {
+                return EnvironmentCredential {
+                    state: Arc::new(State::Invalid(format!(
+                        "the environment variables are set but invalid: {e}"
+                    ))),
+                };
+            }
+        }
         let state = match (tenant, client, secret) {
             (Some(tenant), Some(client), Some(secret)) => {
                 let mut builder = ClientSecretCredential::builder(tenant, client, secret)
@@ -247,6 +263,8 @@ impl EnvironmentCredentialBuilder {
                 if let Some(cache) = self.distributed {
                     builder = builder.distributed_cache(cache);
                 }
+                // The tenant and authority were checked above: what is left to fail is
+                // loading the certificate.
                 match builder.build_with_env_authority(get(AZURE_AUTHORITY_HOST)) {
                     Ok(credential) => State::Certificate(credential),
                     Err(e) => State::Invalid(format!(
@@ -288,6 +306,14 @@ impl EnvironmentCredentialBuilder {
             state: Arc::new(state),
         }
     }
+}
+
+/// `AZURE_TENANT_ID` and `AZURE_AUTHORITY_HOST`, with the checks the credentials' builders
+/// make; the message names the variable.
+fn check_tenant_and_authority(vars: &Vars, tenant: &str) -> Result<(), String> {
+    validate_tenant_id(tenant).map_err(|e| format!("{AZURE_TENANT_ID}: {e}"))?;
+    Authority::resolve(None, vars.get(AZURE_AUTHORITY_HOST)).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 impl fmt::Debug for EnvironmentCredentialBuilder {

@@ -14,6 +14,7 @@ mod default_credential;
 mod device_code;
 #[cfg(feature = "redis")]
 mod distributed;
+mod environment;
 mod examples;
 #[cfg(feature = "redis")]
 mod fleet;
