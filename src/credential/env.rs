@@ -17,6 +17,10 @@ pub(crate) const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
 /// in azure-identity (`EnvironmentCredential` reads it too, to refuse username/password).
 pub(crate) const AZURE_USERNAME: &str = "AZURE_USERNAME";
 
+/// Tenants besides the configured one that requests may name, separated by `;` (`*`: any), as
+/// the .NET, Go, JavaScript and Java azure-identity libraries read it (Python's does not).
+pub(crate) const AZURE_ADDITIONALLY_ALLOWED_TENANTS: &str = "AZURE_ADDITIONALLY_ALLOWED_TENANTS";
+
 /// Where variables come from.
 #[derive(Clone, Default)]
 pub(crate) struct Vars(Option<Arc<HashMap<String, String>>>);
@@ -67,6 +71,20 @@ impl Vars {
         value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     }
 
+    /// The tenants of `AZURE_ADDITIONALLY_ALLOWED_TENANTS`, each trimmed, blanks left out
+    /// (a trailing `;`); not validated.
+    pub(crate) fn additionally_allowed_tenants(&self) -> Vec<String> {
+        self.get(AZURE_ADDITIONALLY_ALLOWED_TENANTS)
+            .map(|list| {
+                list.split(';')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// A secret's value exactly as set (a client secret or password may begin or end with a
     /// space, as azure-identity passes it on); `None` when it is unset, blank or not Unicode.
     pub(crate) fn get_secret(&self, name: &str) -> Option<String> {
@@ -106,6 +124,13 @@ mod tests {
         assert_eq!(vars.get_secret("B"), None);
         assert_eq!(vars.get_secret("C"), None);
         let text = format!("{vars:?}");
+        assert!(
+            Vars::from_pairs([("A", "a")])
+                .additionally_allowed_tenants()
+                .is_empty()
+        );
+        let vars = Vars::from_pairs([(AZURE_ADDITIONALLY_ALLOWED_TENANTS, " a ;; b;* ; ")]);
+        assert_eq!(vars.additionally_allowed_tenants(), ["a", "b", "*"]);
         assert!(
             text.contains("SECRET") && !text.contains("hunter2"),
             "{text}"

@@ -7,7 +7,9 @@ use std::task::{Context, Poll};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_USERNAME, Vars};
+use super::env::{
+    AZURE_ADDITIONALLY_ALLOWED_TENANTS, AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_USERNAME, Vars,
+};
 use super::{
     CertificateSource, ClientCertificateCredential, ClientSecretCredential, CredentialFuture,
 };
@@ -36,6 +38,7 @@ const AZURE_PASSWORD: &str = "AZURE_PASSWORD";
 /// | `AZURE_CLIENT_CERTIFICATE_PASSWORD` | optional; the PKCS#12 file's password, or the PEM file's encrypted key's |
 /// | `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` | optional; any non-empty value sends the chain (`x5c`) |
 /// | `AZURE_AUTHORITY_HOST` | optional; default the public cloud |
+/// | `AZURE_ADDITIONALLY_ALLOWED_TENANTS` | optional; tenants besides `AZURE_TENANT_ID` a request may name, separated by `;` (`*`: any), added to those given to the builder |
 ///
 /// Variables are read once, when the credential is built. Values are trimmed, except the
 /// secret and the certificate password, which are used exactly as set (as azure-identity
@@ -166,7 +169,9 @@ impl EnvironmentCredentialBuilder {
         self
     }
 
-    /// Tenants besides the configured one that requests may name; `"*"` allows any.
+    /// Tenants besides the configured one that requests may name; `"*"` allows any. Those of
+    /// `AZURE_ADDITIONALLY_ALLOWED_TENANTS` (separated by `;`, as the .NET, Go, JavaScript
+    /// and Java azure-identity libraries read it) are allowed too.
     pub fn additionally_allowed_tenants<I, S>(mut self, tenants: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -220,7 +225,7 @@ impl EnvironmentCredentialBuilder {
             &client,
             secret.is_some() || get(AZURE_CLIENT_CERTIFICATE_PATH).is_some(),
         ) {
-            if let Err(e) = check_tenant_and_authority(&self.vars, tenant) {
+            if let Err(e) = check_variables(&self.vars, tenant) {
                 return EnvironmentCredential {
                     state: Arc::new(State::Invalid(format!(
                         "the environment variables are set but invalid: {e}"
@@ -228,10 +233,12 @@ impl EnvironmentCredentialBuilder {
                 };
             }
         }
+        let mut allowed_tenants = self.additionally_allowed_tenants;
+        allowed_tenants.extend(self.vars.additionally_allowed_tenants());
         let state = match (tenant, client, secret) {
             (Some(tenant), Some(client), Some(secret)) => {
                 let mut builder = ClientSecretCredential::builder(tenant, client, secret)
-                    .additionally_allowed_tenants(self.additionally_allowed_tenants)
+                    .additionally_allowed_tenants(allowed_tenants)
                     .disable_multitenant_auth(self.vars.multitenant_disabled());
                 if let Some(http) = self.http_client {
                     builder = builder.http_client(http);
@@ -255,7 +262,7 @@ impl EnvironmentCredentialBuilder {
                 let source = CertificateSource::from_path(path, password);
                 let mut builder = ClientCertificateCredential::builder(tenant, client, source)
                     .send_certificate_chain(get(AZURE_CLIENT_SEND_CERTIFICATE_CHAIN).is_some())
-                    .additionally_allowed_tenants(self.additionally_allowed_tenants)
+                    .additionally_allowed_tenants(allowed_tenants)
                     .disable_multitenant_auth(self.vars.multitenant_disabled());
                 if let Some(http) = self.http_client {
                     builder = builder.http_client(http);
@@ -308,11 +315,17 @@ impl EnvironmentCredentialBuilder {
     }
 }
 
-/// `AZURE_TENANT_ID` and `AZURE_AUTHORITY_HOST`, with the checks the credentials' builders
-/// make; the message names the variable.
-fn check_tenant_and_authority(vars: &Vars, tenant: &str) -> Result<(), String> {
+/// `AZURE_TENANT_ID`, `AZURE_AUTHORITY_HOST` and `AZURE_ADDITIONALLY_ALLOWED_TENANTS`, with
+/// the checks the credentials' builders make; the message names the variable.
+fn check_variables(vars: &Vars, tenant: &str) -> Result<(), String> {
     validate_tenant_id(tenant).map_err(|e| format!("{AZURE_TENANT_ID}: {e}"))?;
     Authority::resolve(None, vars.get(AZURE_AUTHORITY_HOST)).map_err(|e| e.to_string())?;
+    for allowed in vars.additionally_allowed_tenants() {
+        if allowed != "*" {
+            validate_tenant_id(&allowed)
+                .map_err(|e| format!("{AZURE_ADDITIONALLY_ALLOWED_TENANTS}: {e}"))?;
+        }
+    }
     Ok(())
 }
 

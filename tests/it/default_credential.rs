@@ -230,6 +230,37 @@ async fn additionally_allowed_tenants_reach_the_environment_credential() {
     assert_eq!(authority.requests()[0].path, "/fabrikam/oauth2/v2.0/token");
 }
 
+/// `AZURE_ADDITIONALLY_ALLOWED_TENANTS` in the chain's variables reaches its environment
+/// credential.
+#[tokio::test]
+async fn additionally_allowed_tenants_from_the_environment_reach_the_environment_credential() {
+    let authority = Authority::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    let url = authority.url();
+    let dac = nothing_configured(
+        dir.path(),
+        &imds,
+        &[
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", CLIENT_ID),
+            ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+            ("AZURE_AUTHORITY_HOST", &url),
+            ("AZURE_ADDITIONALLY_ALLOWED_TENANTS", "other;fabrikam"),
+        ],
+    )
+    .http_client(creds::http(&authority))
+    .build()
+    .unwrap();
+    let token = dac
+        .get_token_with(TokenRequest::new([SCOPE]).with_tenant_id("fabrikam"))
+        .await
+        .unwrap();
+    assert_eq!(token.secret().expose_secret(), "at-1-fabrikam");
+    assert_eq!(dac.answered(), Some("EnvironmentCredential"));
+    assert_eq!(authority.requests()[0].path, "/fabrikam/oauth2/v2.0/token");
+}
+
 #[tokio::test]
 async fn azure_cli_answers_on_a_developer_machine_and_the_chain_sticks_to_it() {
     let dir = tempfile::tempdir().unwrap();
