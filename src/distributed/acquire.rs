@@ -146,11 +146,8 @@ impl Shared {
                     None => {
                         let alone = self.alone(idp, Some(&token_key));
                         let result = self.keeping_lease(alone, &lease_key, &holder).await;
-                        if let Err(error) = &result {
-                            self.mark_if_refused(error, &failed_key, &holder).await;
-                        }
-                        let release = || self.store.release(&lease_key, &holder);
-                        self.breaker.call("release", release, &self.stats).await;
+                        self.give_back(&result, &lease_key, &failed_key, &holder)
+                            .await;
                         return result;
                     }
                 }
@@ -202,35 +199,53 @@ impl Shared {
         self.stats.lease_won();
         self.stats.idp_call();
         let result = self.keeping_lease(idp, lease_key, holder).await;
-        match &result {
-            Ok(token) => self.publish(token_key, token).await,
-            Err(error) => self.mark_if_refused(error, failed_key, holder).await,
+        if let Ok(token) = &result {
+            self.publish(token_key, token).await;
         }
-        // A failed acquisition frees the lease too: the waiters, seeing a mark, ask at once;
-        // without one, the next to take the lease asks for all.
-        let release = || self.store.release(lease_key, holder);
-        self.breaker.call("release", release, &self.stats).await;
+        self.give_back(&result, lease_key, failed_key, holder).await;
         result
     }
 
-    /// Leaves the mark of a holder whose request the identity provider refused (see
-    /// [`is_final_refusal`]), for [`FAILURE_MARK`]: a waiter that takes the lease after it and
-    /// finds the mark asks on its own instead of holding the lease (a waiter that finds none
-    /// took over a holder that died, or whose failure may not be the others', and holds it
-    /// for all). The mark holds the holder's id, nothing of the error.
-    async fn mark_if_refused(&self, error: &CredentialError, failed_key: &str, holder: &str) {
-        if !is_final_refusal(error) {
-            tracing::debug!(
+    /// Gives the lease back after the holder's request ended with `result`; a failed
+    /// acquisition frees the lease too. A request the identity provider refused (see
+    /// [`is_final_refusal`]) leaves the holder's mark, for [`FAILURE_MARK`], in the same store
+    /// call ([`TokenStore::release_with_mark`](super::TokenStore::release_with_mark)): the
+    /// waiters, seeing it, ask on their own at once instead of holding the lease, and none
+    /// finds the lease free without the mark (it would hold the lease and ask for all, a turn
+    /// in line). Without a mark (a holder that died, or a failure that may not be the others')
+    /// the next to take the lease asks for all. The mark holds the holder's id, nothing of the
+    /// error.
+    async fn give_back(
+        &self,
+        result: &Result<AccessToken, CredentialError>,
+        lease_key: &str,
+        failed_key: &str,
+        holder: &str,
+    ) {
+        match result {
+            Err(error) if is_final_refusal(error) => {
+                let release = || {
+                    self.store.release_with_mark(
+                        lease_key,
+                        holder,
+                        failed_key,
+                        holder.as_bytes(),
+                        FAILURE_MARK,
+                    )
+                };
+                self.breaker
+                    .call("release_with_mark", release, &self.stats)
+                    .await;
+                return;
+            }
+            Err(_) => tracing::debug!(
                 "distributed token cache: the request failed in a way that may be this \
                  process's or brief; no failure mark, the next waiter asks for all"
-            );
-            return;
+            ),
+            Ok(_) => {}
         }
-        let put = || {
-            self.store
-                .put_mark(failed_key, holder.as_bytes(), FAILURE_MARK)
-        };
-        self.breaker.call("put_mark", put, &self.stats).await;
+        let release = || self.store.release(lease_key, holder);
+        self.breaker.call("release", release, &self.stats).await;
     }
 
     /// Asks on our own after the holder we waited for was refused (its mark is there): the

@@ -21,6 +21,19 @@ const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// Gives the lease `KEYS[1]` back as [`RELEASE`] does (only to holder `ARGV[1]`) and stores the
+/// failure mark `ARGV[2]` under `KEYS[2]` for `ARGV[3]` ms (whoever holds the lease), in one
+/// atomic step: no waiter sees the lease free without the mark, or the mark with the lease
+/// still held (the keys share a hash tag). The release comes first: a script that has written
+/// may write on under `maxmemory`, where a `SET` first would be refused and release nothing.
+/// Answers an integer (1 when released), alike over RESP2 and RESP3.
+const RELEASE_WITH_MARK: &str = r"local released = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  released = redis.call('DEL', KEYS[1])
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return released";
+
 /// Extends a lease only for the holder that holds it, GET and PEXPIRE in one atomic step: a
 /// lease that expired (and perhaps went to another process) is neither extended nor created.
 /// Answers 1 when extended.
@@ -154,7 +167,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// expiry, so they never use a token past it either way. A Redis clock ahead of the host's
 /// shortens entries by the difference; one ahead by an entry's whole TTL stores nothing, and the put answers an error
 /// naming the difference (a store error: the process acts alone). Failure marks
-/// ([`put_mark`](TokenStore::put_mark)) are a plain `SET … PX`, whatever the clocks say.
+/// ([`put_mark`](TokenStore::put_mark), and the holder's
+/// [`release_with_mark`](TokenStore::release_with_mark), one script with its release) are a
+/// plain `SET … PX`, whatever the clocks say.
 ///
 /// Keys are given a TTL of at most 100 years: a longer one (a `lease(Duration::MAX)`) is
 /// capped, since Redis refuses a `PX` that overflows when added to its clock.
@@ -199,6 +214,7 @@ struct Inner {
     /// Attempts started, to tell one from the next.
     attempts: AtomicU64,
     release: Script,
+    release_with_mark: Script,
     renew: Script,
     get_with_ttl: Script,
     get_with_mark: Script,
@@ -224,6 +240,7 @@ impl RedisTokenCache {
                 link: Mutex::new(Link::Idle),
                 attempts: AtomicU64::new(0),
                 release: Script::new(RELEASE),
+                release_with_mark: Script::new(RELEASE_WITH_MARK),
                 renew: Script::new(RENEW),
                 get_with_ttl: Script::new(GET_WITH_TTL),
                 get_with_mark: Script::new(GET_WITH_MARK),
@@ -619,6 +636,26 @@ impl TokenStore for RedisTokenCache {
         Box::pin(async move {
             let mut invocation = self.inner.release.key(key);
             invocation.arg(holder);
+            match self.invoke("release", &invocation).await? {
+                Value::Int(_) => Ok(()),
+                other => Err(unexpected("release", &other)),
+            }
+        })
+    }
+
+    /// One script: the release and a plain `SET … PX` of the mark, as
+    /// [`put_mark`](TokenStore::put_mark) writes it.
+    fn release_with_mark<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        mark_key: &'a str,
+        mark: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.inner.release_with_mark.key(key);
+            invocation.key(mark_key).arg(holder).arg(mark).arg(px(ttl));
             match self.invoke("release", &invocation).await? {
                 Value::Int(_) => Ok(()),
                 other => Err(unexpected("release", &other)),

@@ -20,7 +20,8 @@ pub(crate) const MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// ([`RedisTokenCache`](super::RedisTokenCache), feature `redis`) or any store that offers
 /// the same four operations, and the optional ones with a default
 /// ([`renew_lease`](Self::renew_lease), [`get_with_ttl`](Self::get_with_ttl),
-/// [`get_with_mark`](Self::get_with_mark), [`put_mark`](Self::put_mark)).
+/// [`get_with_mark`](Self::get_with_mark), [`put_mark`](Self::put_mark),
+/// [`release_with_mark`](Self::release_with_mark)).
 ///
 /// Every call is bounded by the cache's time budget and counted by its circuit breaker; a
 /// store need not add timeouts of its own. An error is never shown to a token caller: the
@@ -28,10 +29,12 @@ pub(crate) const MAX_ENTRY_BYTES: usize = 64 * 1024;
 ///
 /// A wrapper around another store (one that adds logging or metrics, or delegates to a
 /// [`RedisTokenCache`](super::RedisTokenCache)) should forward every optional method too, and
-/// [`get_with_mark`](Self::get_with_mark) and [`put_mark`](Self::put_mark) in particular: the
-/// defaults build them from the other calls, so a wrapper that leaves them out loses the
-/// inner store's one-script look (two reads inside one budget instead of one) and its marks' own
-/// write (a mark put as an entry is, bounded by the wall clock).
+/// [`get_with_mark`](Self::get_with_mark), [`put_mark`](Self::put_mark) and
+/// [`release_with_mark`](Self::release_with_mark) in particular: the defaults build them from
+/// the other calls, so a wrapper that leaves them out loses the inner store's one-script look
+/// (two reads inside one budget instead of one), its marks' own write (a mark put as an entry
+/// is, bounded by the wall clock) and its one-step release with a mark (two calls, which a
+/// waiter may see one without the other).
 pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// The value stored under `key`, or `None` when there is none (missing, expired,
     /// evicted).
@@ -127,6 +130,44 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
         key: &'a str,
         holder: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Gives the lease `key` back as [`release`](Self::release) does (only if `holder` still
+    /// holds it) and stores the mark `mark` under `mark_key` for `ttl` as
+    /// [`put_mark`](Self::put_mark) does (whoever holds the lease), in one atomic step: a
+    /// holder the identity provider refused leaves its failure mark this way. A waiter then
+    /// never finds the lease given back without the mark (it would take the lease and ask the
+    /// provider for all, as if the holder had died), nor the mark with the lease still held,
+    /// and a failure leaves both undone rather than one of them.
+    /// [`RedisTokenCache`](super::RedisTokenCache) runs one script.
+    ///
+    /// The default calls [`put_mark`](Self::put_mark) and [`release`](Self::release)
+    /// concurrently, the mark first, and waits for both (a failure of either is the call's):
+    /// one budget covers the call, as for [`get_with_mark`](Self::get_with_mark). On a store
+    /// that applies one caller's commands in the order they are sent (one connection) the mark
+    /// lands first; on others (a pool of connections) the release may land first, and a waiter
+    /// that looks in between takes the lease and asks for the fleet: one more turn in line
+    /// before the others ask on their own.
+    fn release_with_mark<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        mark_key: &'a str,
+        mark: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (marked, released) = tokio::join!(
+                self.put_mark(mark_key, mark, ttl),
+                self.release(key, holder)
+            );
+            match (marked, released) {
+                (Ok(()), Ok(())) => Ok(()),
+                // As in `get_with_mark`: a wait on a connection attempt hides no real failure.
+                (Err(connecting), Err(error)) if connecting.is_connecting() => Err(error),
+                (Err(error), _) | (_, Err(error)) => Err(error),
+            }
+        })
+    }
 
     /// Extends the lease `key` to expire `ttl` from now if `holder` still holds it, in one
     /// atomic step (compare and extend: a lease that expired, or was taken by another holder,

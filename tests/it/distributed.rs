@@ -213,6 +213,18 @@ impl TokenStore for LateLease {
         self.store.release(key, holder)
     }
 
+    fn release_with_mark<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        mark_key: &'a str,
+        mark: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.store
+            .release_with_mark(key, holder, mark_key, mark, ttl)
+    }
+
     fn renew_lease<'a>(
         &'a self,
         key: &'a str,
@@ -299,9 +311,7 @@ impl TokenStore for MarkWatch {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             self.store.put_mark(key, value, ttl).await?;
-            let read = self.store.get_with_ttl(key).await?;
-            self.marks.lock().unwrap().push((key.to_owned(), read));
-            Ok(())
+            self.watch(key).await
         })
     }
 
@@ -322,6 +332,22 @@ impl TokenStore for MarkWatch {
         self.store.release(key, holder)
     }
 
+    fn release_with_mark<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        mark_key: &'a str,
+        mark: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.store
+                .release_with_mark(key, holder, mark_key, mark, ttl)
+                .await?;
+            self.watch(mark_key).await
+        })
+    }
+
     fn renew_lease<'a>(
         &'a self,
         key: &'a str,
@@ -329,6 +355,15 @@ impl TokenStore for MarkWatch {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         self.store.renew_lease(key, holder, ttl)
+    }
+}
+
+impl MarkWatch {
+    /// Records what Redis holds under the mark `key` now.
+    async fn watch(&self, key: &str) -> Result<(), StoreError> {
+        let read = self.store.get_with_ttl(key).await?;
+        self.marks.lock().unwrap().push((key.to_owned(), read));
+        Ok(())
     }
 }
 
@@ -389,6 +424,161 @@ fn entry_keys(server: &RedisServer) -> Vec<String> {
         .map(|(key, _)| key)
         .filter(|key| !key.ends_with(":failed"))
         .collect()
+}
+
+/// A Redis store that stops after the call that writes a failure mark (`put_mark` or
+/// `release_with_mark`) until the test says go: the test looks at Redis as a waiter would
+/// right after the holder's mark. It forwards every other call.
+#[derive(Debug)]
+struct PauseAfterMark {
+    store: RedisTokenCache,
+    marked: Arc<Notify>,
+    go: Arc<Notify>,
+}
+
+impl PauseAfterMark {
+    async fn pause(&self) {
+        self.marked.notify_one();
+        self.go.notified().await;
+    }
+}
+
+impl TokenStore for PauseAfterMark {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        self.store.get(key)
+    }
+
+    fn get_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ValueWithTtl>, StoreError>> {
+        self.store.get_with_ttl(key)
+    }
+
+    fn get_with_mark<'a>(
+        &'a self,
+        key: &'a str,
+        mark_key: &'a str,
+    ) -> BoxFuture<'a, Result<ValueWithMark, StoreError>> {
+        self.store.get_with_mark(key, mark_key)
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.store.put(key, value, ttl)
+    }
+
+    fn put_mark<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.store.put_mark(key, value, ttl).await?;
+            self.pause().await;
+            Ok(())
+        })
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.store.try_lease(key, holder, ttl)
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.store.release(key, holder)
+    }
+
+    fn release_with_mark<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        mark_key: &'a str,
+        mark: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.store
+                .release_with_mark(key, holder, mark_key, mark, ttl)
+                .await?;
+            self.pause().await;
+            Ok(())
+        })
+    }
+
+    fn renew_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.store.renew_lease(key, holder, ttl)
+    }
+}
+
+/// A holder refused by the authority gives its lease back and leaves its mark in one step:
+/// from the moment its mark is in Redis, its lease is gone, and a process that starts then
+/// takes the lease at once (the mark, older than its wait, is not its holder's) instead of
+/// waiting on a holder that is done. (Before, the mark and the release were two calls: in
+/// between, Redis held the mark with the lease still taken; had the mark's call failed, or
+/// landed after the release, a waiter would have found the lease free without a mark and
+/// held it for the fleet, one more turn in line.)
+#[tokio::test]
+async fn a_refused_holder_gives_its_lease_back_with_its_mark_in_one_step() {
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    for _ in 0..2 {
+        authority.push_fault(Fault::Respond {
+            status: 401,
+            body: error_body("invalid_client", 7000215, "Invalid client secret provided."),
+            headers: vec![("content-type".into(), "application/json".into())],
+        });
+    }
+    let (marked, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let paused = PauseAfterMark {
+        store: RedisTokenCache::open(&server.url()).unwrap(),
+        marked: Arc::clone(&marked),
+        go: Arc::clone(&go),
+    };
+    let key = || SealingKey::new("one", &KEY_ONE).unwrap();
+    let holder = Process::over(&authority, paused, key(), SLOW_MACHINE_BUDGET);
+    let newcomer = Process::new(&authority, &server.url());
+
+    let (held, came) = tokio::join!(holder.credential.get_token([SCOPE]), async {
+        marked.notified().await;
+        let keys: Vec<String> = server.dump().into_iter().map(|(key, _)| key).collect();
+        assert!(
+            keys.iter().any(|key| key.ends_with(":failed")),
+            "the holder's mark: {keys:?}"
+        );
+        assert!(
+            !keys.iter().any(|key| key.ends_with(":lease")),
+            "the holder's lease is gone once its mark is there: {keys:?}"
+        );
+        let came = newcomer.credential.get_token([SCOPE]).await;
+        let stats = newcomer.cache.stats();
+        assert_eq!((stats.leases_won, stats.leases_lost), (1, 0), "{stats:?}");
+        go.notify_one();
+        came
+    });
+    for result in [held, came] {
+        let e = result.unwrap_err();
+        assert!(e.to_string().contains("invalid_client"), "{e}");
+    }
+    assert_eq!(authority.token_posts(), 2);
 }
 
 /// A cold process asks for three tokens at once over a connection that takes 1.5 s to set

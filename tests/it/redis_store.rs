@@ -205,6 +205,11 @@ async fn every_operation_answers_alike_over_resp3() {
     );
     store.release("p:{a}:lease", "one").await.unwrap();
     assert!(lease(&store, "two").await);
+    store
+        .release_with_mark("p:{a}:lease", "two", "p:{a}:failed", b"two", secs(5))
+        .await
+        .unwrap();
+    assert!(lease(&store, "three").await);
 
     // The store's connection speaks RESP3 (the URL's protocol was not ignored): the only other
     // client, this admin connection, speaks RESP2.
@@ -222,6 +227,47 @@ async fn every_operation_answers_alike_over_resp3() {
             .all(|line| line.split(' ').any(|field| field == "resp=3")),
         "{clients}"
     );
+}
+
+/// `release_with_mark` gives back only its holder's lease, as `release` does, and leaves the
+/// mark (with its TTL) whoever holds the lease; the script is loaded again after the server
+/// forgot it.
+#[tokio::test]
+async fn release_with_mark_releases_only_its_holders_lease_and_marks() {
+    let server = RedisServer::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    let (lease_key, mark) = ("p:{a}:lease", "p:{a}:failed");
+    assert!(lease(&store, "one").await);
+
+    store
+        .release_with_mark(lease_key, "two", mark, b"two", secs(5))
+        .await
+        .unwrap();
+    let holder: Option<String> = server.admin().get(lease_key).unwrap();
+    assert_eq!(holder.as_deref(), Some("one"), "another holder's lease");
+    let written: Option<String> = server.admin().get(mark).unwrap();
+    assert_eq!(written.as_deref(), Some("two"), "marked all the same");
+
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut server.admin())
+        .unwrap();
+    store
+        .release_with_mark(lease_key, "one", mark, b"one", secs(5))
+        .await
+        .unwrap();
+    let holder: Option<String> = server.admin().get(lease_key).unwrap();
+    assert_eq!(holder, None);
+    let written: Option<String> = server.admin().get(mark).unwrap();
+    assert_eq!(written.as_deref(), Some("one"));
+    let left = pttl(&server, mark);
+    assert!((1..=5_000).contains(&left), "PTTL {left} ms for a 5 s mark");
+    // Nothing to release: not an error, the mark is written.
+    store
+        .release_with_mark(lease_key, "one", mark, b"one", secs(5))
+        .await
+        .unwrap();
+    assert!(lease(&store, "two").await);
 }
 
 /// A TTL past what Redis accepts (`lease(Duration::MAX)`, PX 18446744073709551615, which Redis
