@@ -8,11 +8,11 @@
 //! failure opens it for another `open_for`. Opening is logged once at WARN, closing once at
 //! INFO; the rest is DEBUG. Time is tokio's clock.
 //!
-//! `RedisTokenCache` reports such waits for the connections it makes from scratch only (the
-//! first, or one after a failed attempt): calls waiting on the `redis` crate's reconnection of
-//! a dropped connection count as failures. Against an address that never answers, one failure
-//! is counted per attempt (given up after 5 s): the breaker opens some (`failures` − 1) × 5 s
-//! after the first call, every call meanwhile spending the whole budget.
+//! `RedisTokenCache` reports such waits for every connection it makes: the first, one after a
+//! failed attempt, and one after a connection dropped (the call that found it dropped counts,
+//! the calls waiting on the new connection do not). Against an address that never answers, one
+//! failure is counted per attempt (given up after 5 s): the breaker opens some (`failures` − 1)
+//! × 5 s after the first call, every call meanwhile spending the whole budget.
 
 use std::future::Future;
 use std::sync::Mutex;

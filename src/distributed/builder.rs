@@ -116,13 +116,12 @@ impl DistributedCacheBuilder {
     /// With [`RedisTokenCache`](super::RedisTokenCache), a call that gives up waiting on a
     /// connection attempt another call started is not counted (a cold process asking for
     /// several tokens at once over a connection slower to set up than the budget). That covers
-    /// the connections the store makes from scratch: the first, and a new one after an attempt
-    /// failed. A connection that was made and then dropped is re-established inside the
-    /// `redis` crate's connection manager, and every call that outlives its budget waiting on
-    /// that counts. Against an address that never answers (black-holed), only the call that
-    /// starts an attempt counts, one per attempt, and an attempt is given up after 5 s: the
-    /// breaker opens about (`failures` − 1) × 5 s after the first call (some 10 s at the
-    /// defaults), and every call until then spends the whole budget.
+    /// every connection the store makes: the first, a new one after an attempt failed, and a
+    /// new one after a connection dropped (the call that found it dropped counts; the calls
+    /// that wait on the new one do not). Against an address that never answers (black-holed),
+    /// only the call that starts an attempt counts, one per attempt, and an attempt is given up
+    /// after 5 s: the breaker opens about (`failures` − 1) × 5 s after the first call (some
+    /// 10 s at the defaults), and every call until then spends the whole budget.
     pub fn breaker(mut self, failures: u32, open_for: Duration) -> Self {
         self.failures = failures;
         self.open_for = open_for;

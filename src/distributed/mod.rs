@@ -93,16 +93,14 @@
 //!   fills. After 3 such failures in a row the [breaker](DistributedCacheBuilder::breaker)
 //!   opens for 30 s (one WARN), during which the store is not asked; the first call that
 //!   succeeds afterwards closes it (one INFO). With `RedisTokenCache`, a call that gave up
-//!   waiting on a connection attempt another call started (the first connection, or a new
-//!   one after an attempt failed) is a miss, not a failure: only the call that started the
-//!   attempt counts its wait. That holds for connections made from scratch only: once made, a
-//!   connection that drops is re-established inside the `redis` crate's connection manager
-//!   (5 s at most), and every call that outlives its budget waiting on that reconnection
-//!   counts as a failure, so a reconnection slower than the budget opens the breaker after
-//!   `failures` such calls. Against an address that never answers (black-holed), one failure
-//!   is counted per connection attempt, each given up after 5 s: the breaker opens about
-//!   (`failures` − 1) × 5 s after the first call (some 10 s at the defaults), and until then
-//!   every call spends the whole budget. No token request fails because the store did.
+//!   waiting on a connection attempt another call started (the first connection, a new one
+//!   after an attempt failed, or a new one after the connection dropped) is a miss, not a
+//!   failure: only the call that started the attempt counts its wait, and after a drop, only
+//!   the call that found the connection dropped (it starts the new attempt in the background)
+//!   and those already sent on it count. Against an address that never answers (black-holed),
+//!   one failure is counted per connection attempt, each given up after 5 s: the breaker opens
+//!   about (`failures` − 1) × 5 s after the first call (some 10 s at the defaults), and until
+//!   then every call spends the whole budget. No token request fails because the store did.
 //! * **Sealed at rest.** Entries are sealed with AES-256-GCM under a [`SealingKey`], bound to
 //!   the key's name and the entry's store key; the plaintext opt-out is explicit
 //!   ([`plaintext_at_rest`](DistributedCacheBuilder::plaintext_at_rest)). A value that does not

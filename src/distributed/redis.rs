@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ConnectionAddr, RedisError, Script, Value};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, RedisError, Script, Value};
 
 use super::store::{MAX_ENTRY_BYTES, StoreError, TokenStore, ValueWithMark, ValueWithTtl};
 use crate::error::ConfigError;
@@ -113,14 +113,15 @@ return 1";
 /// How much of a Redis error's text a [`StoreError`] keeps.
 const MAX_ERROR_CHARS: usize = 200;
 
-/// The longest one connection attempt (DNS, TCP, TLS, AUTH, `CLIENT SETINFO`) may take, the
-/// manager's reconnections included. Setting up a connection takes milliseconds, or a few
-/// hundred over TLS to another region; an attempt still running after 5 s will not finish (a
-/// stopped server, a black-holed address), and ending it lets the next call start another.
+/// The longest one connection attempt (DNS, TCP, TLS, AUTH, `CLIENT SETINFO`) may take, a
+/// reconnection after a dropped connection included. Setting up a connection takes
+/// milliseconds, or a few hundred over TLS to another region; an attempt still running after
+/// 5 s will not finish (a stopped server, a black-holed address), and ending it lets the next
+/// call start another.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A [`TokenStore`] on one Redis endpoint, through the `redis` crate's tokio connection
-/// manager: one multiplexed connection, re-established after it breaks.
+/// A [`TokenStore`] on one Redis endpoint, through one multiplexed connection of the `redis`
+/// crate (tokio), made again after it drops.
 ///
 /// The endpoint is a single server (Redis, Valkey), or a cluster behind a proxy that presents
 /// it as one server: Azure Cache for Redis without clustering (Basic, Standard, Premium
@@ -189,13 +190,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// asking for several tokens at once does not open the breaker for a connection made a moment
 /// later. An attempt that fails or runs out of time leaves the next call to start another.
 ///
-/// That exemption covers the connections this store makes from scratch: the first, and a new
-/// one after an attempt failed. Once made, a connection that drops (Redis restarted, a
-/// failover, an idle connection cut by a load balancer) is re-established by the `redis`
-/// crate's connection manager inside itself, bounded by the same 5 s; calls made meanwhile
-/// wait on that reconnection like any slow answer, and each that outlives its budget counts
-/// as a failure: a reconnection slower than the budget opens the breaker once `failures`
-/// calls have waited on it.
+/// A connection that drops once made (Redis restarted, a failover, `CLIENT KILL`, an idle
+/// connection cut by a load balancer) is made again the same way: the call that finds it
+/// dropped fails and counts, and starts a new attempt at once, in the background; calls made
+/// meanwhile wait on that attempt as they would on the first, so a reconnection slower than
+/// the budget costs them their budget but does not open the breaker. Calls already sent on
+/// the connection when it dropped fail with it, and count.
 ///
 /// Against an address that never answers (a black-holed host or port), each attempt runs its
 /// 5 s and only the call that started it counts a failure: the breaker opens about
@@ -270,11 +270,14 @@ impl RedisTokenCache {
     /// The connection: the one made, or the outcome of the attempt running, started here if
     /// none runs. The attempt runs in a task of its own: a caller that stops waiting (its
     /// budget spent) leaves it running for the next.
-    async fn connection(&self, op: &'static str) -> Result<ConnectionManager, StoreError> {
+    async fn connection(
+        &self,
+        op: &'static str,
+    ) -> Result<(u64, MultiplexedConnection), StoreError> {
         let (id, attempt, joined) = {
             let mut link = self.inner.link();
             match &*link {
-                Link::Connected(manager) => return Ok(manager.clone()),
+                Link::Connected(id, connection) => return Ok((*id, connection.clone())),
                 Link::Connecting(id, attempt) => (*id, attempt.clone(), true),
                 Link::Idle => {
                     let id = self.inner.attempts.fetch_add(1, Ordering::Relaxed);
@@ -291,8 +294,8 @@ impl RedisTokenCache {
         // up than the budget does not open it for calls made meanwhile. The call that started
         // the attempt waits it out (its budget's timeout counts), so an endpoint that never
         // answers still opens the breaker, after one failure per attempt (one per
-        // `CONNECT_TIMEOUT`). The manager's own reconnections of a dropped connection are not
-        // seen here: calls wait on those inside the manager, and count.
+        // `CONNECT_TIMEOUT`). A reconnection after a dropped connection is such an attempt too
+        // (see `dropped`).
         let outcome = match super::store::call_deadline().filter(|_| joined) {
             Some(deadline) => match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(outcome) => outcome,
@@ -307,7 +310,9 @@ impl RedisTokenCache {
         // The attempt's task records its outcome itself (also when nobody waits); this covers
         // a task that did not run to its end (its runtime shut down).
         self.inner.settle(id, &outcome);
-        outcome.map_err(|detail| StoreError::msg(format!("redis {op}: cannot connect: {detail}")))
+        outcome
+            .map(|connection| (id, connection))
+            .map_err(|detail| StoreError::msg(format!("redis {op}: cannot connect: {detail}")))
     }
 
     /// Spawns connection attempt `id` on the current runtime; its outcome is the connection,
@@ -315,17 +320,17 @@ impl RedisTokenCache {
     fn start_attempt(&self, id: u64) -> Result<Attempt, String> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "no tokio runtime to connect from".to_owned())?;
-        // No response timeout and no retries: the cache's budget bounds each call, and a
-        // refused reconnect is tried again by the next call (see `run`). The connection's
-        // setup has a deadline of its own: nothing else bounds it once no caller waits.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
+        // No response timeout: the cache's budget bounds each call. The connection's setup has
+        // a deadline of its own: nothing else bounds it once no caller waits.
+        let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(None);
         let client = self.inner.client.clone();
         let inner: Weak<Inner> = Arc::downgrade(&self.inner);
         let task = runtime.spawn(async move {
-            let made = ConnectionManager::new_with_config(client, config).await;
+            let made = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await;
             let Some(inner) = inner.upgrade() else {
                 // Every handle on the store is gone: nobody is left to use the outcome.
                 return Err("the store was dropped".to_owned());
@@ -342,31 +347,52 @@ impl RedisTokenCache {
         .shared())
     }
 
-    /// Runs `op` once, or twice when the connection was refused: the manager answers a call
-    /// with the outcome of the last reconnect attempt, which may predate a server that is
-    /// back; a refused connection sent nothing, so trying again cannot apply a command twice.
+    /// Runs `op` on the connection.
     async fn run(&self, op: &'static str, command: &redis::Cmd) -> Result<Value, StoreError> {
-        let mut connection = self.connection(op).await?;
-        let answer = match command.query_async::<Value>(&mut connection).await {
-            Err(e) if e.is_connection_refusal() => command.query_async(&mut connection).await,
-            answer => answer,
-        };
-        answer.map_err(|e| self.error(op, "failed", &e))
+        let (id, mut connection) = self.connection(op).await?;
+        let answer = command.query_async::<Value>(&mut connection).await;
+        answer.map_err(|e| self.failed(op, id, &e))
     }
 
-    /// Runs a script (EVALSHA, loading it on NOSCRIPT: a restarted or failed-over server), once
-    /// more when the connection was refused, as [`run`](Self::run) does.
+    /// Runs a script (EVALSHA, loading it on NOSCRIPT: a restarted or failed-over server).
     async fn invoke(
         &self,
         op: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Value, StoreError> {
-        let mut connection = self.connection(op).await?;
-        let answer = match invocation.invoke_async::<Value>(&mut connection).await {
-            Err(e) if e.is_connection_refusal() => invocation.invoke_async(&mut connection).await,
-            answer => answer,
+        let (id, mut connection) = self.connection(op).await?;
+        let answer = invocation.invoke_async::<Value>(&mut connection).await;
+        answer.map_err(|e| self.failed(op, id, &e))
+    }
+
+    /// The store error for `op`'s failure `e` on connection `id`; a connection that dropped
+    /// (`e` says it must be replaced) is replaced (see [`dropped`](Self::dropped)).
+    fn failed(&self, op: &str, id: u64, e: &RedisError) -> StoreError {
+        if e.is_unrecoverable_error() {
+            self.dropped(id);
+        }
+        self.error(op, "failed", e)
+    }
+
+    /// Connection `id` dropped (Redis restarted, a failover, `CLIENT KILL`, an idle connection
+    /// cut): if it is still the store's, a new attempt starts now, in the background, as the
+    /// first did. The call that found it dropped has failed and counts; calls made meanwhile
+    /// wait on the attempt as on any other, so one that gives up on it at its budget's end is a
+    /// miss, not a breaker failure. Reconnecting within the store (rather than in the `redis`
+    /// crate's connection manager, which it used before) is what lets it tell that wait from a
+    /// slow answer. Calls already sent on the dropped connection fail with it, and count.
+    fn dropped(&self, id: u64) {
+        let mut link = self.inner.link();
+        if !matches!(&*link, Link::Connected(current, _) if *current == id) {
+            // Another call found it dropped first and replaced it.
+            return;
+        }
+        let next = self.inner.attempts.fetch_add(1, Ordering::Relaxed);
+        *link = match self.start_attempt(next) {
+            Ok(attempt) => Link::Connecting(next, attempt),
+            // No runtime to connect from: the next call tries, and says why.
+            Err(_) => Link::Idle,
         };
-        answer.map_err(|e| self.error(op, "failed", &e))
     }
 
     /// [`put`](TokenStore::put) as called at `called` (Unix ms by this host's clock; `None`
@@ -419,7 +445,7 @@ impl RedisTokenCache {
 
 /// A connection attempt's outcome, shared by every call that waits on it: the connection, or
 /// the error's text (scrubbed).
-type Attempt = Shared<BoxFuture<'static, Result<ConnectionManager, String>>>;
+type Attempt = Shared<BoxFuture<'static, Result<MultiplexedConnection, String>>>;
 
 /// Where the store's connection stands.
 enum Link {
@@ -427,8 +453,8 @@ enum Link {
     Idle,
     /// Attempt `id` runs in its own task.
     Connecting(u64, Attempt),
-    /// Made: the manager re-establishes it after it breaks.
-    Connected(ConnectionManager),
+    /// Made by attempt `id`; replaced by a new attempt when a call finds it dropped.
+    Connected(u64, MultiplexedConnection),
 }
 
 impl Inner {
@@ -439,11 +465,11 @@ impl Inner {
 
     /// Records the outcome of attempt `id`, if it is still the one running: the connection,
     /// or room for the next attempt.
-    fn settle(&self, id: u64, outcome: &Result<ConnectionManager, String>) {
+    fn settle(&self, id: u64, outcome: &Result<MultiplexedConnection, String>) {
         let mut link = self.link();
         if matches!(&*link, Link::Connecting(running, _) if *running == id) {
             *link = match outcome {
-                Ok(manager) => Link::Connected(manager.clone()),
+                Ok(connection) => Link::Connected(id, connection.clone()),
                 Err(_) => Link::Idle,
             };
         }
@@ -696,7 +722,7 @@ impl fmt::Debug for RedisTokenCache {
         out.field("db", &info.redis_settings().db())
             .field(
                 "connected",
-                &matches!(&*self.inner.link(), Link::Connected(_)),
+                &matches!(&*self.inner.link(), Link::Connected(..)),
             )
             .finish_non_exhaustive()
     }

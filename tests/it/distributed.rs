@@ -628,6 +628,62 @@ async fn waits_on_a_connection_being_made_do_not_open_the_breaker() {
     assert_eq!(authority.token_posts(), 4);
 }
 
+/// A connection dropped once made (`CLIENT KILL`) is made again over a relay that takes 1.5 s
+/// to set up, under a budget of 0.5 s: the call that finds the connection dropped fails and
+/// counts, and a call made while the new connection is being set up misses without counting.
+/// The breaker (open at 2 failures) stays closed, and once reconnected the process shares the
+/// fleet's token. (Before, the `redis` crate's connection manager reconnected inside itself,
+/// out of the store's sight: the call waiting on it counted too and opened the breaker for
+/// 30 s.) Real time: the relay's hold is real.
+#[tokio::test]
+async fn waits_on_a_reconnection_do_not_open_the_breaker() {
+    use crate::redis_store::SlowSetupRelay;
+
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    let shared = Process::new(&authority, &server.url()).token(SCOPE).await;
+    assert_eq!(authority.token_posts(), 1);
+
+    let relay = SlowSetupRelay::start(server.port(), Duration::from_millis(1500)).await;
+    let store = RedisTokenCache::open(&relay.url()).unwrap();
+    store.connect().await.unwrap();
+    let key = SealingKey::new("one", &KEY_ONE).unwrap();
+    let process = Process::configured(
+        &authority,
+        store.clone(),
+        key,
+        Duration::from_millis(500),
+        |builder| builder.breaker(2, secs(30)),
+    );
+
+    // Every connection but the admin's, this process's among them.
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut server.admin())
+        .unwrap();
+    assert!(killed >= 1, "{killed} connections killed");
+    // The first call finds the connection dropped; the second waits on the new one.
+    process.token("https://a.test/.default").await;
+    let start = Instant::now();
+    process.token("https://b.test/.default").await;
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "the second call waited out its budget on the reconnection: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(authority.token_posts(), 3, "each asked on its own");
+
+    store.connect().await.unwrap();
+    assert_eq!(process.token(SCOPE).await, shared);
+    let stats = process.cache.stats();
+    assert_eq!((stats.shared_hits, stats.store_errors), (1, 2), "{stats:?}");
+    assert_eq!(authority.token_posts(), 3);
+}
+
 /// Redis stopped mid-run costs each acquisition one budget and no failed request; killed, it
 /// costs nothing but a request per process; restarted, the fleet shares again.
 #[tokio::test(start_paused = true)]

@@ -565,7 +565,8 @@ async fn a_put_applied_late_expires_when_its_ttl_from_the_call_ends() {
 
 /// A loopback TCP relay to a server that holds the server's first reply on each connection
 /// for a while: a connection whose setup (DNS, TCP, TLS, AUTH) takes longer than a call's
-/// budget, as with `rediss://` to a server some way off.
+/// budget, as with `rediss://` to a server some way off. A connection the server closes is
+/// closed to the client.
 pub(crate) struct SlowSetupRelay {
     port: u16,
     connections: Arc<AtomicUsize>,
@@ -593,7 +594,10 @@ impl SlowSetupRelay {
                         let n = server_read.read(&mut first).await?;
                         tokio::time::sleep(hold).await;
                         client_write.write_all(&first[..n]).await?;
-                        tokio::io::copy(&mut server_read, &mut client_write).await
+                        tokio::io::copy(&mut server_read, &mut client_write).await?;
+                        // The server closed the connection (`CLIENT KILL`, a restart): so
+                        // does the relay, as a proxy would.
+                        client_write.shutdown().await
                     };
                     let _ = tokio::join!(up, down);
                 });
