@@ -269,6 +269,16 @@ impl<S: 'static, B: 'static> After<S, B> {
         let Challenge { via, head, replay } = challenge;
         match decide(response.headers(), true) {
             Decision::Retry(claims) => {
+                // Known before any token: the request cannot be re-sent. Waiting for the claims
+                // token (up to the credential's deadline) could only end in this 401, or in the
+                // credential's error instead of it. The token is still asked for, for the
+                // requests after this one: its flight runs on by itself.
+                let refusal = head.refusal().or_else(|| replay.refusal().cloned());
+                if let Some(reason) = refusal {
+                    via.source.start_claims_token(&claims, token_id);
+                    tracing::debug!(%reason, "claims challenge: the request cannot be re-sent; returning the 401 (the claims token is asked for in the background)");
+                    return Outcome::Done(response);
+                }
                 let resend = TowerResend {
                     service: via.service(),
                     head,

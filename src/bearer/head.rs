@@ -54,6 +54,12 @@ impl Head {
         }
     }
 
+    /// Why the request cannot be re-sent, if the copy is already known to be unusable: a part
+    /// was too long to keep.
+    pub(crate) fn refusal(&self) -> Option<NotReplayable> {
+        (!self.complete).then(NotReplayable::head)
+    }
+
     /// The request again, from the bytes [`of`](Self::of) wrote, with this body and
     /// `Authorization` value.
     pub(crate) fn into_request<B>(
@@ -62,8 +68,8 @@ impl Head {
         body: B,
         authorization: HeaderValue,
     ) -> Result<Request<B>, NotReplayable> {
-        if !self.complete {
-            return Err(NotReplayable::head());
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
         }
         let (method, uri, mut headers) = read(bytes)?;
         headers.insert(AUTHORIZATION, authorization);

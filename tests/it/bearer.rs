@@ -1039,6 +1039,90 @@ async fn a_string_body_is_sent_again_within_the_replay_limit_and_not_past_it() {
     );
 }
 
+/// A `String` over the replay limit kept no copy: before any token is had, its request is
+/// known not to be re-sent. Its 401 comes back at once, not after the credential's wait nor
+/// as the credential's error, and the claims token is asked for in the background, for the
+/// requests after it.
+#[tokio::test(start_paused = true)]
+async fn a_string_past_the_limit_gets_its_401_at_once_and_the_claims_token_comes_later() {
+    let resource = Resource::start().await;
+    let wait = secs(20);
+    // A first token at once; a token for claims after `wait`, refused the first time.
+    let claims_asked = Arc::new(AtomicUsize::new(0));
+    let credential = tower::service_fn({
+        let claims_asked = Arc::clone(&claims_asked);
+        move |request: tower_identity::TokenRequest| {
+            let claims = request.claims().is_some();
+            let n = if claims {
+                claims_asked.fetch_add(1, Ordering::SeqCst) + 1
+            } else {
+                0
+            };
+            async move {
+                let expires = Instant::now() + secs(3600);
+                if !claims {
+                    return Ok(tower_identity::AccessToken::new("at-plain", expires));
+                }
+                tokio::time::sleep(wait).await;
+                if n == 1 {
+                    return Err(CredentialError::authentication_failed(
+                        "Slow",
+                        "MFA required",
+                    ));
+                }
+                Ok(tower_identity::AccessToken::new(
+                    format!("at-claims-{n}"),
+                    expires,
+                ))
+            }
+        }
+    });
+    let layer = BearerTokenLayer::builder(BoxCredential::named("Slow", credential), [SCOPE])
+        .enable_cae(true)
+        .replay_limit(1024)
+        .build();
+    let mut service = bearer::<String>(&layer);
+    let post = || {
+        Request::post(format!("{}/text", resource.url()))
+            .body("p".repeat(1025))
+            .unwrap()
+    };
+    let get = || {
+        Request::get(format!("{}/next", resource.url()))
+            .body(String::new())
+            .unwrap()
+    };
+    assert_eq!(call(&mut service, get()).await.status(), StatusCode::OK);
+
+    for (round, claims) in [(1, revocation_claims(1)), (2, revocation_claims(2))] {
+        resource.clear();
+        resource.push(Answer::Cae { claims });
+        let start = Instant::now();
+        let response = service.clone().oneshot(post()).await.unwrap();
+        assert!(
+            start.elapsed() < wait,
+            "round {round}: no wait for the token"
+        );
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "round {round}");
+        assert_eq!(resource.count(), 1, "round {round}: not sent again");
+        // The claims token is asked for all the same; once it is had, the next request
+        // carries it.
+        tokio::time::sleep(wait + secs(1)).await;
+        assert_eq!(claims_asked.load(Ordering::SeqCst), round);
+        assert_eq!(call(&mut service, get()).await.status(), StatusCode::OK);
+        let expected = if round == 1 {
+            "at-plain"
+        } else {
+            "at-claims-2"
+        };
+        assert_eq!(
+            resource.requests()[1].bearer(),
+            Some(expected),
+            "round {round}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_401_before_the_body_was_sent_is_returned_not_resent() {
     let (authority, resource) = (Authority::start().await, Resource::start().await);

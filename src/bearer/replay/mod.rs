@@ -138,6 +138,15 @@ impl<B> Replay<B> {
         }
     }
 
+    /// Why the body cannot be re-sent, when that was settled as it was prepared (a `String`
+    /// over the limit kept no copy); `None` while a re-send may still be possible.
+    pub(crate) fn refusal(&self) -> Option<&NotReplayable> {
+        match &self.kind {
+            ReplayKind::Refused(reason) => Some(reason),
+            ReplayKind::Ready(_) | ReplayKind::Recorded { .. } => None,
+        }
+    }
+
     fn ready(body: B) -> Self {
         Replay {
             kind: ReplayKind::Ready(body),
