@@ -52,7 +52,9 @@
 //!   last one the layer's services got, read without a lock, and checks it the same way.
 //! * **Renewal**: from `expires_on − 300 s + jitter(0..60 s)` (or the provider's `refresh_on`
 //!   plus jitter when that is earlier; for tokens living less than 10 minutes the window is
-//!   half the lifetime and the jitter shrinks with it), the request that notices starts one
+//!   half the lifetime and the jitter shrinks with it; the
+//!   [`refresh_window`](BearerTokenLayerBuilder::refresh_window) setting is at least 30 s and
+//!   the jitter at most half of it), the request that notices starts one
 //!   renewal in the background and every request keeps using the current token. Renewals are at least 30 s
 //!   apart, counted from the end of the last one, so a failed renewal keeps the current token
 //!   and is retried after 30 s. With no valid token, all requests wait on one acquisition and
