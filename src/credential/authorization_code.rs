@@ -41,8 +41,10 @@ const NAME: &str = "AuthorizationCodeCredential";
 ///   refresh token is redeemed first and the cached token returned only if that fails, as in
 ///   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
 ///   first request (the Python reference wrongly restricts them). A rotated refresh token
-///   replaces the old one; one rejected with `invalid_grant` is dropped from the credential's
-///   own memory, but kept in a cache file (as msal keeps it: other tools may share it).
+///   replaces the old one. One Entra says is dead (`invalid_grant` for an expired or revoked
+///   token) is dropped from the credential's own memory, but kept in a cache file (as msal
+///   keeps it: other tools may share it); one refused for a single request (MFA, consent, a
+///   Conditional Access policy of one resource) is kept for the others.
 /// * Tokens live in memory, or in the shared MSAL cache file with
 ///   [`cache_options`](AuthorizationCodeCredentialBuilder::cache_options). When that file
 ///   cannot be written (or read), the last refresh token it could not take is kept in memory

@@ -325,10 +325,11 @@ pub(crate) struct Redeem<'a> {
 impl Redeem<'_> {
     /// Redeems `candidates` in turn: the first success wins and is recorded (its refresh
     /// token rotated in place); after one the provider [refuses](is_refusal) the next is
-    /// tried, and any other failure is returned at once. A rejected token that is dead (not [refused for this request
-    /// only](Self::refused_for_this_request_only)) is dropped from a private in-memory store
-    /// and from [`Unwritten`]; a shared cache file keeps it. `Ok(None)` when there is no candidate;
-    /// the last error when none worked, an `invalid_grant` one saying what to do.
+    /// tried, and any other failure is returned at once. A rejected token Entra says is
+    /// [dead](Self::token_is_dead) is dropped from a private in-memory store and from
+    /// [`Unwritten`]; a shared cache file keeps it, and any other refusal keeps it everywhere.
+    /// `Ok(None)` when there is no candidate; the last error when none worked, an
+    /// `invalid_grant` one saying what to do.
     pub(crate) async fn first_success(
         &self,
         candidates: Vec<Candidate<'_>>,
@@ -365,14 +366,14 @@ impl Redeem<'_> {
                 last_error = Some(error);
                 continue;
             }
-            // `invalid_grant` does not always mean the token is dead: a claims or MFA
-            // requirement refuses it for this request only (see
-            // [`refused_for_this_request_only`]), and the token in a shared file is
-            // also Visual Studio's or another application's sign-in. Like msal (unlike
-            // azure-identity), it stays in the file. A token of a private in-memory
-            // store, or the one kept in memory, is ours alone: dropping it when it is
-            // dead spares a doomed request on every later call.
-            let dead = !self.refused_for_this_request_only(&error);
+            // `invalid_grant` does not always mean the token is dead: a claims challenge, MFA
+            // or a Conditional Access policy of one resource refuses it for this request
+            // only, and it still serves other scopes and tenants; and the token in a shared
+            // file is also Visual Studio's or another application's sign-in. Like msal
+            // (unlike azure-identity), it stays in the file. A token of a private in-memory
+            // store, or the one kept in memory, is ours alone: dropping it when Entra says
+            // it is dead (see [`token_is_dead`]) spares a doomed request on every later call.
+            let dead = self.token_is_dead(&error);
             match candidate.entry {
                 None if dead => {
                     if let Some(unwritten) = self.unwritten {
@@ -391,8 +392,11 @@ impl Redeem<'_> {
                         credential = self.credential,
                         "refresh token rejected (invalid_grant); dropped from memory"
                     );
+                    // Only while the entry still holds the rejected token: a concurrent
+                    // redemption may have rotated it to a fresh one meanwhile.
+                    let rejected = candidate.secret.clone();
                     if let Err(e) = store
-                        .modify(move |doc| doc.remove_refresh_token(&key))
+                        .modify(move |doc| doc.remove_refresh_token(&key, &rejected))
                         .await
                     {
                         tracing::warn!(credential = self.credential, error = %e, "could not remove a rejected refresh token from the token cache");
@@ -405,19 +409,18 @@ impl Redeem<'_> {
         last_error.map_or(Ok(None), Err)
     }
 
-    /// Whether an `invalid_grant` refuses the token for this request only, so that the token
-    /// still serves others: the request carried a claims challenge (the token's session
-    /// cannot meet it; the CAE capability alone is no challenge), or Entra asks the user for
-    /// something first — multi-factor
-    /// authentication (AADSTS50076) or its registration (50079), an external security
-    /// challenge (50158), a Conditional Access block (53003), consent to these scopes (65001).
-    fn refused_for_this_request_only(&self, error: &CredentialError) -> bool {
-        const FOR_THIS_REQUEST: [u32; 5] = [50_076, 50_079, 50_158, 53_003, 65_001];
-        carries_a_challenge(self.claims.as_deref())
-            || error
-                .error_codes()
-                .iter()
-                .any(|code| FOR_THIS_REQUEST.contains(code))
+    /// Whether an `invalid_grant` says the refresh token itself is dead, for every request:
+    /// expired (AADSTS70008, and 700082 for inactivity, 700081 at its maximum lifetime, 700084
+    /// for a single-page app's), or revoked (50173: revoked or the password changed; 50132 and
+    /// 50133: the session ended by a password expiry or reset). Any other refusal — MFA,
+    /// consent, a Conditional Access policy of one resource (device compliance, sign-in
+    /// frequency…), an unknown code — may concern this request only, and so does any refusal
+    /// of a request carrying a claims challenge (the token's session cannot meet it; the CAE
+    /// capability alone is no challenge): msal never drops a refresh token for those.
+    fn token_is_dead(&self, error: &CredentialError) -> bool {
+        const DEAD: [u32; 7] = [70_008, 700_081, 700_082, 700_084, 50_173, 50_132, 50_133];
+        !carries_a_challenge(self.claims.as_deref())
+            && error.error_codes().iter().any(|code| DEAD.contains(code))
     }
 
     /// Records a token answer in the store, as MSAL does: the answer's scopes (else the

@@ -87,7 +87,19 @@ pub fn msal_cache(data: &[u8]) {
     }
     if let Some(rt) = doc.refresh_tokens().first() {
         let mut smaller = doc.clone();
-        assert!(smaller.remove_refresh_token(&rt.key), "{:?}", rt.key);
+        assert!(
+            !smaller.remove_refresh_token(
+                &rt.key,
+                &Secret::new(format!("{}-other", rt.secret.expose_secret()))
+            ),
+            "{:?}",
+            rt.key
+        );
+        assert!(
+            smaller.remove_refresh_token(&rt.key, &rt.secret),
+            "{:?}",
+            rt.key
+        );
         assert!(smaller.refresh_tokens().iter().all(|t| t.key != rt.key));
         round_trip(&smaller, "remove_refresh_token");
     }

@@ -193,7 +193,7 @@ async fn a_revoked_refresh_token_gets_invalid_grant_and_a_sign_in_again_error_af
             .unwrap_err();
         assert!(err.is_authentication_failed(), "{err}");
         assert_eq!(err.error_code(), Some("invalid_grant"));
-        assert_eq!(err.error_codes(), [70043]);
+        assert_eq!(err.error_codes(), [50173]);
         // The rejected refresh token was dropped: next time there is nothing left to try.
         let before = log_of(tenant).await.len();
         let err = credential
@@ -268,7 +268,7 @@ async fn with_a_cache_file_a_rejected_refresh_token_stays_in_the_file() {
     assert_eq!(refresh_tokens(), std::slice::from_ref(&refresh_token));
     assert!(err.is_authentication_failed(), "{err}");
     assert_eq!(err.error_code(), Some("invalid_grant"));
-    assert_eq!(err.error_codes(), [70043]);
+    assert_eq!(err.error_codes(), [50173]);
     assert!(
         err.message()
             .contains("To fix, sign the user in again to get a new authorization code"),
@@ -553,7 +553,7 @@ mod loopback {
     }
 
     /// `inner`, except that a token request redeeming `refused` is answered `invalid_grant`
-    /// (AADSTS70043: expired or revoked), as Entra answers a dead refresh token.
+    /// (AADSTS70008: expired), as Entra answers a dead refresh token.
     pub fn refusing(
         inner: tower_identity::HttpClient,
         refused: &'static str,
@@ -573,8 +573,8 @@ mod loopback {
                     {
                         let answer = crate::support::authority::error_body(
                             "invalid_grant",
-                            70043,
-                            "The refresh token has expired or is invalid.",
+                            70008,
+                            "The refresh token has expired due to inactivity.",
                         );
                         return Ok(http::Response::builder()
                             .status(400)
@@ -793,4 +793,139 @@ async fn a_refresh_token_in_both_documents_is_sent_once() {
         .filter(|r| r.field("refresh_token") == Some("rt-1"))
         .count();
     assert_eq!(sent, 1, "{:#?}", authority.requests());
+}
+
+/// A Conditional Access refusal for one resource (device compliance, sign-in frequency …) does
+/// not kill the refresh token: it still serves other scopes, as msal keeps it. Before, any
+/// `invalid_grant` but five codes dropped the only refresh token, and every later request
+/// failed saying to sign in again.
+#[tokio::test(start_paused = true)]
+async fn a_conditional_access_refusal_for_one_resource_keeps_the_refresh_token_for_others() {
+    use crate::support::authority::{Authority, Fault, error_body};
+    use loopback::{A, B, answer};
+
+    for code in [53000, 53001, 70043] {
+        let authority = Authority::start().await;
+        let credential = loopback::credential(&authority);
+        authority.push_fault(answer("at-1", "rt-1"));
+        credential.get_token([A]).await.unwrap();
+        authority.push_fault(Fault::Respond {
+            status: 400,
+            body: error_body("invalid_grant", code, "Access has been blocked by policy."),
+            headers: vec![],
+        });
+        let err = credential.get_token([B]).await.unwrap_err();
+        assert_eq!(err.error_codes(), [code], "{err}");
+
+        authority.push_fault(answer("at-z", "rt-2"));
+        let other = credential
+            .get_token(["https://other.test/.default"])
+            .await
+            .unwrap_or_else(|e| panic!("AADSTS{code}: {e}"));
+        assert_eq!(other.secret().expose_secret(), "at-z");
+        let requests = authority.requests();
+        assert_eq!(requests.len(), 3, "{requests:#?}");
+        assert_eq!(requests[2].field("refresh_token"), Some("rt-1"));
+    }
+}
+
+/// A refresh token Entra says is dead (expired: AADSTS700082) is dropped from the
+/// credential's memory: the next request sends nothing and says to sign in again.
+#[tokio::test(start_paused = true)]
+async fn a_dead_refresh_token_is_dropped_from_memory() {
+    use crate::support::authority::{Authority, Fault, error_body};
+    use loopback::{A, B, answer};
+
+    let authority = Authority::start().await;
+    let credential = loopback::credential(&authority);
+    authority.push_fault(answer("at-1", "rt-1"));
+    credential.get_token([A]).await.unwrap();
+    authority.push_fault(Fault::Respond {
+        status: 400,
+        body: error_body("invalid_grant", 700082, "The refresh token has expired."),
+        headers: vec![],
+    });
+    let err = credential.get_token([B]).await.unwrap_err();
+    assert_eq!(err.error_codes(), [700082], "{err}");
+    let err = credential
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert_eq!(authority.token_posts(), 2, "nothing sent");
+}
+
+/// A dead token's refusal that arrives after a concurrent redemption of the same token rotated
+/// its entry removes nothing: the entry holds the fresh token now. Before, the entry was
+/// removed by its key, the fresh token with it.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_arriving_after_a_rotation_keeps_the_rotated_token() {
+    use std::sync::Arc;
+
+    use http_body_util::BodyExt;
+    use tokio::sync::Notify;
+
+    use crate::support::authority::{Authority, error_body};
+    use loopback::{A, B, answer};
+
+    let authority = Authority::start().await;
+    let (arrived, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let inner = crate::support::creds::http(&authority);
+    let http = HttpClient::from_service(tower::service_fn({
+        let (arrived, gate) = (Arc::clone(&arrived), Arc::clone(&gate));
+        move |request: HttpRequest| {
+            let (inner, arrived, gate) = (inner.clone(), Arc::clone(&arrived), Arc::clone(&gate));
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                let form: Vec<(String, String)> =
+                    url::form_urlencoded::parse(&body).into_owned().collect();
+                if form.iter().any(|(k, v)| k == "scope" && v == B) {
+                    // Held until the other redemption has rotated the token, then refused.
+                    arrived.notify_one();
+                    gate.notified().await;
+                    let answer = error_body("invalid_grant", 70008, "The refresh token expired.");
+                    return Ok(http::Response::builder()
+                        .status(400)
+                        .header("content-type", "application/json")
+                        .body(bytes::Bytes::from(answer))
+                        .unwrap());
+                }
+                let request = http::Request::from_parts(parts, http_body_util::Full::new(body));
+                tower::ServiceExt::oneshot(inner, request).await
+            }
+        }
+    }));
+    let credential = loopback::builder(&authority, loopback::CODE)
+        .http_client(http)
+        .build()
+        .unwrap();
+    authority.push_fault(answer("at-1", "rt-1"));
+    credential.get_token([A]).await.unwrap();
+
+    let refused = tokio::spawn({
+        let credential = credential.clone();
+        async move { credential.get_token([B]).await }
+    });
+    arrived.notified().await;
+    // Meanwhile another request redeems rt-1, and the answer's rt-2 replaces it.
+    authority.push_fault(answer("at-x", "rt-2"));
+    credential
+        .get_token(["https://x.test/.default"])
+        .await
+        .unwrap();
+    gate.notify_one();
+    let err = refused.await.unwrap().unwrap_err();
+    assert_eq!(err.error_codes(), [70008], "{err}");
+
+    authority.push_fault(answer("at-z", "rt-3"));
+    let other = credential
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap();
+    assert_eq!(other.secret().expose_secret(), "at-z");
+    assert_eq!(
+        authority.requests().last().unwrap().field("refresh_token"),
+        Some("rt-2")
+    );
 }

@@ -458,7 +458,7 @@ async fn a_revoked_refresh_token_is_an_authentication_failure_and_stays_in_the_c
     assert_eq!(kept, ["kept"], "the rejected token is still in the file");
     assert!(err.is_authentication_failed(), "{err}");
     assert_eq!(err.error_code(), Some("invalid_grant"));
-    assert_eq!(err.error_codes(), [70043]);
+    assert_eq!(err.error_codes(), [50173]);
     assert!(
         err.message()
             .contains("Visual Studio: re-enter the account under Azure Service Authentication"),

@@ -1050,8 +1050,9 @@ fn rotation_writes_a_new_entry_when_the_redeemed_one_is_gone_or_of_another_accou
     let new_key = format!("{ALICE}-127.0.0.1-refreshtoken-{CLI}--https://other.test/.default");
 
     let mut doc = CacheDocument::parse(TWO_ACCOUNTS).unwrap();
-    assert!(doc.remove_refresh_token(&alice_rt));
-    assert!(!doc.remove_refresh_token(&alice_rt));
+    let secret = rt_by_key(&doc, &alice_rt).secret;
+    assert!(doc.remove_refresh_token(&alice_rt, &secret));
+    assert!(!doc.remove_refresh_token(&alice_rt, &secret));
     let mut answer = Answer::user(
         (ALICE_UID, ALICE_UTID),
         "alice@contoso.com",
@@ -1793,4 +1794,34 @@ fn the_queries_log_which_field_of_which_entry_they_skip_and_never_its_value() {
         !text.contains("SECRET") && !text.contains("12345"),
         "{text}"
     );
+}
+
+/// A rejected refresh token is removed only while its entry still holds it: a concurrent
+/// redemption that rotated the entry in place (same key, new secret) keeps the fresh one.
+#[test]
+fn a_rejected_refresh_token_is_removed_only_while_its_entry_still_holds_it() {
+    let rt_key = format!("{ALICE}-127.0.0.1-refreshtoken-{CLI}--https://resource.test/.default");
+    let mut doc = CacheDocument::parse(TWO_ACCOUNTS).unwrap();
+    let rejected = rt_by_key(&doc, &rt_key).secret;
+    let mut answer = Answer::user(
+        (ALICE_UID, ALICE_UTID),
+        "alice@contoso.com",
+        "127.0.0.1",
+        "contoso",
+        &["https://other.test/.default"],
+    );
+    answer.refresh_token = Some(Secret::new("SECRET-rotated"));
+    answer.replaces = Some(rt_key.clone());
+    doc.add_token_response(&answer.tokens());
+    assert!(!doc.remove_refresh_token(&rt_key, &rejected));
+    assert_eq!(
+        rt_by_key(&doc, &rt_key).secret.expose_secret(),
+        "SECRET-rotated"
+    );
+    assert!(doc.remove_refresh_token(&rt_key, &Secret::new("SECRET-rotated")));
+    assert!(doc.refresh_tokens().iter().all(|t| t.key != rt_key));
+    // No refresh token section: nothing removed, and none added.
+    let mut empty = CacheDocument::empty();
+    assert!(!empty.remove_refresh_token(&rt_key, &rejected));
+    assert_eq!(empty.to_vec(), CacheDocument::empty().to_vec());
 }

@@ -9,7 +9,7 @@ use crate::token::Secret;
 use super::keys::{
     access_token_key, account_key, app_metadata_key, id_token_key, refresh_token_key,
 };
-use super::raw::{Entry, Name, RawJson};
+use super::raw::{Body, Entry, Name, RawJson};
 use super::{ACCESS_TOKEN, ACCOUNT, APP_METADATA, CacheDocument, ID_TOKEN, REFRESH_TOKEN};
 
 /// A successful token endpoint answer, to record with [`CacheDocument::add_token_response`].
@@ -345,8 +345,25 @@ impl CacheDocument {
         self.put_entry(REFRESH_TOKEN, key, Entry::with_fields(fields));
     }
 
-    /// Removes a refresh token (after `invalid_grant`). Whether it was there.
-    pub fn remove_refresh_token(&mut self, key: &str) -> bool {
-        self.remove_entry(REFRESH_TOKEN, key)
+    /// Removes the refresh token at `key` (after `invalid_grant`) if its secret is still
+    /// `secret`: a concurrent redemption may have rotated the entry to a fresh token since it
+    /// was read, and that one must stay. Whether it was removed.
+    pub fn remove_refresh_token(&mut self, key: &str, secret: &Secret) -> bool {
+        // Not `entries_mut`: a removal must not add an absent section.
+        let Some((_, Body::Entries(entries))) = self
+            .sections
+            .iter_mut()
+            .find(|(name, _)| name.text() == REFRESH_TOKEN)
+        else {
+            return false;
+        };
+        let before = entries.len();
+        entries.retain(|(name, entry)| {
+            name.text() != key
+                || entry
+                    .lenient_str("secret")
+                    .is_none_or(|s| s != secret.expose_secret())
+        });
+        entries.len() != before
     }
 }

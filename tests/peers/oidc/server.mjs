@@ -463,7 +463,7 @@ const AADSTS = {
   7000215: 'Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.',
   7000218: "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
   54005: 'OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.',
-  70043: 'The refresh token has expired or is invalid due to sign-in frequency checks by conditional access.',
+  50173: 'The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password.',
   70003: 'The app requested an unsupported grant type.',
   70011: "The provided value for the input parameter 'scope' is not valid.",
   1002012: 'The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).',
@@ -516,7 +516,8 @@ function classifyError({ error, detail, description, grantType, clientId, tenant
     case 'invalid_grant':
       if (grantType === 'authorization_code') return { error, code: 54005, status: 400 };
       if (grantType === 'refresh_token') {
-        return { error, code: 70043, status: 400, extra: { suberror: 'bad_token' } };
+        // Entra's code for a revoked grant: the token is dead for every request.
+        return { error, code: 50173, status: 400, extra: { suberror: 'bad_token' } };
       }
       return { error, code: 90000, status: 400 };
     case 'unauthorized_client':
