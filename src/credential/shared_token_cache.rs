@@ -44,10 +44,11 @@ const UNAVAILABLE: &str = "authentication unavailable.";
 ///
 /// Account selection, as the reference does it: `Account` entries whose `environment` is an
 /// alias of the authority host and that have a *family* refresh token (FOCI) with the same
-/// `home_account_id`, filtered by `username` (exact) and `tenant_id` (the part of the
-/// `home_account_id` after the dot), de-duplicated by `home_account_id`. Exactly one must
-/// remain; otherwise the credential is *unavailable* and says why (when several remain it
-/// lists their usernames).
+/// `home_account_id`, filtered by `username` (ASCII case-insensitive: sign-in names are, and
+/// msal compares them lower-cased; the reference compares exactly) and `tenant_id` (the part
+/// of the `home_account_id` after the dot), de-duplicated by `home_account_id`. Exactly one
+/// must remain; otherwise the credential is *unavailable* and says why, listing the usernames
+/// of the accounts that remain, or of all the accounts when none does (at most 10 named).
 ///
 /// Then: a cached access token of that account (any application wrote it) whose scopes cover
 /// the request, for the requested or else the configured tenant if either is named (the
@@ -257,7 +258,12 @@ impl Inner {
         let filtered = || -> bool { self.username.is_some() || self.tenant_id.is_some() };
         let matching: Vec<Account> = accounts
             .iter()
-            .filter(|a| self.username.as_deref().is_none_or(|u| a.username == u))
+            // Sign-in names are case-insensitive (msal compares them lower-cased).
+            .filter(|a| {
+                self.username
+                    .as_deref()
+                    .is_none_or(|u| a.username.eq_ignore_ascii_case(u))
+            })
             .filter(|a| {
                 self.tenant_id.as_deref().is_none_or(|t| {
                     a.home_account_id
@@ -271,9 +277,11 @@ impl Inner {
             return Ok(one.clone());
         }
         match (matching.len(), filtered()) {
+            // The accounts there are named, so that a misspelt username can be told.
             (0, _) => Err(unavailable(format!(
-                "No account matching the specified{} was found in the cache.",
-                self.filter_text()
+                "No account matching the specified{} was found in the cache. Accounts found: {}",
+                self.filter_text(),
+                usernames(&accounts)
             ))),
             (_, false) => Err(unavailable(format!(
                 "Multiple accounts were found in the cache. Use username and tenant id to \
@@ -300,9 +308,14 @@ impl Inner {
     }
 }
 
+/// At most this many accounts are named in an error: a cache may hold many.
+const NAMED_ACCOUNTS: usize = 10;
+
+/// The accounts' usernames (not secrets), the first [`NAMED_ACCOUNTS`] and how many more.
 fn usernames(accounts: &[Account]) -> String {
-    accounts
+    let mut text = accounts
         .iter()
+        .take(NAMED_ACCOUNTS)
         .map(|a| {
             if a.username.is_empty() {
                 format!("<no username> ({})", a.home_account_id)
@@ -311,7 +324,12 @@ fn usernames(accounts: &[Account]) -> String {
             }
         })
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    let more = accounts.len().saturating_sub(NAMED_ACCOUNTS);
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
 }
 
 fn unavailable(message: String) -> CredentialError {
@@ -344,7 +362,8 @@ pub struct SharedTokenCacheCredentialBuilder {
 }
 
 impl SharedTokenCacheCredentialBuilder {
-    /// Select the account with this username (exact), when several are cached.
+    /// Select the account with this username (ASCII case-insensitive), when several are
+    /// cached.
     pub fn username(mut self, username: impl Into<String>) -> Self {
         self.username = Some(username.into());
         self
@@ -436,5 +455,31 @@ impl fmt::Debug for SharedTokenCacheCredentialBuilder {
             .field("tenant_id", &self.tenant_id)
             .field("authority_host", &self.settings.authority_host())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_names_ten_accounts_and_counts_the_rest() {
+        let accounts: Vec<Account> = (0..13)
+            .map(|i| Account {
+                home_account_id: format!("uid{i}.utid"),
+                environment: "login.microsoftonline.com".to_owned(),
+                username: format!("user{i}@contoso.com"),
+            })
+            .collect();
+        let text = usernames(&accounts);
+        assert!(
+            text.starts_with("user0@contoso.com, user1@contoso.com"),
+            "{text}"
+        );
+        assert!(text.ends_with("user9@contoso.com and 3 more"), "{text}");
+        assert_eq!(
+            usernames(&accounts[..2]),
+            "user0@contoso.com, user1@contoso.com"
+        );
     }
 }

@@ -917,3 +917,49 @@ async fn documents_naming_different_accounts_do_not_empty_the_memory_in_turn() {
     }
     assert_eq!(authority.token_posts(), 2, "served from memory");
 }
+
+/// Sign-in names are case-insensitive, as msal compares them: `Alice@Contoso.com` selects the
+/// cached `alice@contoso.com`. A username matching no account is told which accounts the
+/// cache holds. Before, the match was exact, and the error named nobody.
+#[tokio::test]
+async fn the_username_matches_whatever_its_case_and_a_mismatch_names_the_cached_accounts() {
+    let authority = Authority::start().await;
+    let home = Home::new();
+    std::fs::write(home.cache(), TWO_ACCOUNTS).unwrap();
+    let for_user = |username: &str| {
+        SharedTokenCacheCredential::builder()
+            .authority_host(authority.url())
+            .http_client(creds::http(&authority))
+            .cache_options(cache_in(home.dir.path()))
+            .username(username)
+            .build()
+            .unwrap()
+    };
+    for_user("Alice@Contoso.COM")
+        .get_token([OTHER])
+        .await
+        .unwrap();
+    const ALICE_RT: &str = "_b4gnrSzAKjeOq77H6kItP_VAkEARwYTwzYAQMmB9Vv";
+    assert_eq!(
+        authority.requests().last().unwrap().field("refresh_token"),
+        Some(ALICE_RT)
+    );
+
+    let err = for_user("carol@contoso.com")
+        .get_token([OTHER])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    let message = err.message();
+    assert!(
+        message.contains(
+            "No account matching the specified username: carol@contoso.com was found in the \
+             cache. Accounts found: "
+        ),
+        "{err}"
+    );
+    assert!(
+        message.contains("alice@contoso.com") && message.contains("bob@fabrikam.com"),
+        "{err}"
+    );
+}
