@@ -70,8 +70,16 @@ struct Inner {
 
 /// The code, until redeemed; then the account it signed in.
 struct CodeState {
-    code: Option<Secret>,
+    code: Option<Code>,
     account: Option<String>,
+}
+
+/// An authorization code and the PKCE verifier of the sign-in that issued it: sent together
+/// once, and forgotten (zeroed) together once redeemed.
+#[derive(Clone)]
+struct Code {
+    code: Secret,
+    verifier: Option<Secret>,
 }
 
 /// What the redemption obtained, and for which request.
@@ -105,6 +113,7 @@ impl AuthorizationCodeCredential {
             client_id: client_id.into(),
             code: authorization_code.into(),
             redirect_uri: redirect_uri.into(),
+            code_verifier: None,
             client_secret: None,
             settings: Settings::default(),
         }
@@ -194,7 +203,7 @@ impl Inner {
     /// caller giving up does not lose the code's one use for the others.
     fn redeem(
         self: &Arc<Self>,
-        code: Secret,
+        code: Code,
         tenant: &str,
         scopes: &[String],
         cae: bool,
@@ -205,7 +214,8 @@ impl Inner {
         async move {
             let form = authorization_code_form(
                 &this.client_id,
-                &code,
+                &code.code,
+                code.verifier.as_ref(),
                 &this.redirect_uri,
                 &scopes,
                 claims,
@@ -307,6 +317,7 @@ pub struct AuthorizationCodeCredentialBuilder {
     client_id: String,
     code: Secret,
     redirect_uri: String,
+    code_verifier: Option<Secret>,
     client_secret: Option<Secret>,
     settings: Settings,
 }
@@ -360,7 +371,18 @@ impl AuthorizationCodeCredentialBuilder {
         self
     }
 
-    /// Validates (tenant, client id, code, redirect URI, authority, cache options) and builds.
+    /// The PKCE code verifier (RFC 7636) of the sign-in that issued the code: the secret
+    /// whose hash went with the authorization request as its `code_challenge`. Entra
+    /// redeems such a code only with it (single-page-application redirect URIs always use
+    /// PKCE, and so do msal's sign-ins). Sent once, with the code, and forgotten with it; a
+    /// secret: never shown in `Debug` output, errors or traces. 43 to 128 characters of
+    /// `A-Z a-z 0-9 - . _ ~`.
+    pub fn code_verifier(mut self, verifier: impl Into<Secret>) -> Self {
+        self.code_verifier = Some(verifier.into());
+        self
+    }
+
+    /// Validates (tenant, client id, code, redirect URI, code verifier, authority, cache options) and builds.
     pub fn build(self) -> Result<AuthorizationCodeCredential, ConfigError> {
         let fail = |m: String| ConfigError::new(format!("{NAME}: {m}"));
         if self.client_id.trim().is_empty() {
@@ -372,6 +394,18 @@ impl AuthorizationCodeCredentialBuilder {
         if self.redirect_uri.trim().is_empty() {
             return Err(fail(
                 "redirect URI is empty; use the one the code was issued for".into(),
+            ));
+        }
+        // What a verifier must be, never the value: it is a secret.
+        if self
+            .code_verifier
+            .as_ref()
+            .is_some_and(|v| !is_code_verifier(v.expose_secret()))
+        {
+            return Err(fail(
+                "the code verifier is not a PKCE verifier (RFC 7636: 43 to 128 characters of \
+                 A-Z, a-z, 0-9, '-', '.', '_', '~')"
+                    .into(),
             ));
         }
         let tenants = self.settings.tenants(NAME, Some(&self.tenant_id))?;
@@ -392,7 +426,10 @@ impl AuthorizationCodeCredentialBuilder {
                     NAME,
                     "the code redemption",
                     CodeState {
-                        code: Some(self.code),
+                        code: Some(Code {
+                            code: self.code,
+                            verifier: self.code_verifier,
+                        }),
                         account: None,
                     },
                 ),
@@ -408,8 +445,17 @@ impl fmt::Debug for AuthorizationCodeCredentialBuilder {
             .field("client_id", &self.client_id)
             .field("authorization_code", &self.code)
             .field("redirect_uri", &self.redirect_uri)
+            .field("code_verifier", &self.code_verifier)
             .field("client_secret", &self.client_secret)
             .field("settings", &self.settings)
             .finish()
     }
+}
+
+/// Whether `value` is a PKCE code verifier (RFC 7636 §4.1).
+fn is_code_verifier(value: &str) -> bool {
+    (43..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }

@@ -929,3 +929,92 @@ async fn a_refusal_arriving_after_a_rotation_keeps_the_rotated_token() {
         Some("rt-2")
     );
 }
+
+/// A code issued to a sign-in with PKCE (as single-page applications' and msal's sign-ins
+/// are) is redeemed with its `code_verifier`, sent with the code only; without it the peer
+/// refuses the code, as Entra does. The verifier never shows in `Debug` output or errors.
+/// Before, there was no way to send it, so such a code could not be redeemed.
+#[tokio::test]
+async fn a_code_issued_with_pkce_is_redeemed_with_its_verifier() {
+    use base64::Engine;
+
+    let peer = peer();
+    let tenant = "authcode-pkce";
+    let verifier = "pkce-verifier-0123456789-abcdefghijklmnopqrstuvwxyz~._";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        verifier.as_bytes(),
+    ));
+    let code_for = |user: &'static str| {
+        let challenge = challenge.clone();
+        async move {
+            peer.authorization_code_with_pkce(tenant, CLIENT_ID, SIGN_IN, user, &challenge)
+                .await
+        }
+    };
+    let builder = |code: String| {
+        AuthorizationCodeCredential::builder(tenant, CLIENT_ID, code, REDIRECT_URI)
+            .client_secret(CLIENT_SECRET)
+            .authority_host(&peer.base)
+            .http_client(peer.http())
+    };
+
+    // Without the verifier: refused.
+    let err = builder(code_for("pia@contoso.com").await)
+        .build()
+        .unwrap()
+        .get_token([RESOURCE])
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_code(), Some("invalid_grant"), "{err}");
+
+    let code = code_for("pia@contoso.com").await;
+    let with_verifier = builder(code.clone()).code_verifier(verifier);
+    let shown = format!("{with_verifier:?}");
+    assert!(!shown.contains(verifier), "{shown}");
+    let credential = with_verifier.build().unwrap();
+    let token = credential.get_token([RESOURCE]).await.unwrap();
+    assert_eq!(
+        jwt_claims(token.secret().expose_secret())["aud"],
+        "https://resource.test"
+    );
+    assert!(!format!("{credential:?}").contains(verifier));
+    let log = log_of(tenant).await;
+    let [redeemed] = requests_for(&log, "code", &code)
+        .try_into()
+        .expect("one redemption");
+    assert_eq!(redeemed["form"]["code_verifier"], verifier);
+    // Later requests redeem the refresh token, without the verifier.
+    credential.get_token([OTHER]).await.unwrap();
+    let refresh = log_of(tenant).await.last().unwrap().clone();
+    assert_eq!(refresh["grant_type"], "refresh_token");
+    assert!(refresh["form"].get("code_verifier").is_none(), "{refresh}");
+
+    // A wrong verifier: refused, and not echoed.
+    let err = builder(code_for("pia@contoso.com").await)
+        .code_verifier("x".repeat(43))
+        .build()
+        .unwrap()
+        .get_token([RESOURCE])
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_code(), Some("invalid_grant"), "{err}");
+    assert!(!format!("{err:?} {err}").contains(&"x".repeat(43)), "{err}");
+}
+
+/// A value that cannot be a PKCE verifier is refused when building, without showing it.
+#[test]
+fn a_code_verifier_that_is_not_one_is_refused_at_build_without_showing_it() {
+    for bad in [
+        "short",
+        "has space in it but is long enough to pass the length",
+        &"a".repeat(129),
+    ] {
+        let err = AuthorizationCodeCredential::builder("contoso", CLIENT_ID, "code", REDIRECT_URI)
+            .code_verifier(bad)
+            .build()
+            .unwrap_err();
+        assert!(err.message().contains("PKCE verifier"), "{err}");
+        assert!(!format!("{err:?} {err}").contains(bad), "{err}");
+    }
+}

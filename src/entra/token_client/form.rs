@@ -153,9 +153,13 @@ fn client_credentials(
 /// credentials may be sent again, and so may a refresh token, which stays valid after use
 /// (Entra rotates it but does not revoke the old). A device-code poll is single use too: see
 /// [`device_code_form`].
+///
+/// With the PKCE `code_verifier` (RFC 7636 §4.5) of the sign-in that issued a code bound to a
+/// challenge: a secret, like the code, scrubbed from what the provider answers.
 pub(crate) fn authorization_code_form(
     client_id: &str,
     code: &Secret,
+    code_verifier: Option<&Secret>,
     redirect_uri: &str,
     scopes: &[String],
     claims: Option<String>,
@@ -164,7 +168,12 @@ pub(crate) fn authorization_code_form(
     let form = Form::new()
         .single_use()
         .field("client_id", client_id)
-        .secret("code", code)
+        .secret("code", code);
+    let form = match code_verifier {
+        Some(verifier) => form.secret("code_verifier", verifier),
+        None => form,
+    };
+    let form = form
         .field("grant_type", "authorization_code")
         .field("redirect_uri", redirect_uri)
         .field("scope", scope_field(scopes))

@@ -190,18 +190,41 @@ impl Peer {
         scope: &str,
         username: &str,
     ) -> String {
+        self.authorize(serde_json::json!({
+            "tenant": tenant,
+            "client_id": client_id,
+            "redirect_uri": REDIRECT_URI,
+            "scope": scope,
+            "login_hint": username,
+        }))
+        .await
+    }
+
+    /// [`authorization_code`](Self::authorization_code) for a sign-in with PKCE: the code is
+    /// bound to `code_challenge` (`S256`), and redeemed only with its verifier.
+    pub async fn authorization_code_with_pkce(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        scope: &str,
+        username: &str,
+        code_challenge: &str,
+    ) -> String {
+        self.authorize(serde_json::json!({
+            "tenant": tenant,
+            "client_id": client_id,
+            "redirect_uri": REDIRECT_URI,
+            "scope": scope,
+            "login_hint": username,
+            "code_challenge": code_challenge,
+            "code_challenge_method": "S256",
+        }))
+        .await
+    }
+
+    async fn authorize(&self, request: serde_json::Value) -> String {
         let answer = self
-            .call(
-                http::Method::POST,
-                "/_test/authorize",
-                Some(serde_json::json!({
-                    "tenant": tenant,
-                    "client_id": client_id,
-                    "redirect_uri": REDIRECT_URI,
-                    "scope": scope,
-                    "login_hint": username,
-                })),
-            )
+            .call(http::Method::POST, "/_test/authorize", Some(request))
             .await;
         answer["code"]
             .as_str()
