@@ -40,8 +40,8 @@ const DIRECTORY: &str = ".IdentityService";
 ///   write, and `<file>.lockfile` orders writers as for the plaintext file.
 /// * **Plaintext**, `~/.IdentityService/<name>.nocae` for ordinary tokens and `<name>.cae` for
 ///   tokens requested with the CAE capability (`<name>` defaults to `msal.cache`; a file named
-///   just `msal.cache`, written by older tools, is read when `msal.cache.nocae` does not
-///   exist): JSON with mode `0600`, written under msal-extensions' lock-file protocol
+///   just `msal.cache`, written by older tools, is used when `msal.cache.nocae` does not
+///   exist, checked at each use): JSON with mode `0600`, written under msal-extensions' lock-file protocol
 ///   (`<file>.lockfile`), so that concurrent writers in other processes lose nothing.
 ///
 /// Encrypted storage is preferred. Whether a Secret Service is usable (a D-Bus session bus, a
@@ -188,30 +188,42 @@ impl CachePaths {
         return CacheLocation::Keyring(KeyringTarget {
             signal: self.current(cae),
             bus: self.secret_service_bus.clone(),
-            fallback: self.allow_unencrypted_storage.then(|| self.plaintext(cae)),
+            fallback: self.allow_unencrypted_storage.then(|| self.current(cae)),
         });
         // `resolve` made sure that the file is allowed.
         #[cfg(not(all(feature = "keyring", target_os = "linux")))]
-        CacheLocation::File(self.plaintext(cae))
+        CacheLocation::File(self.current(cae))
+    }
+
+    /// For the default name's ordinary document, when a plaintext file may be used: the
+    /// storage with the legacy `msal.cache` as its plaintext file, the current file and the
+    /// legacy one. Which is used is decided at each use (see `TokenStore::with_legacy`): the
+    /// legacy file while only it exists.
+    pub(crate) fn legacy(&self, cae: bool) -> Option<(CacheLocation, PathBuf, PathBuf)> {
+        if cae || self.name != DEFAULT_CACHE_NAME {
+            return None;
+        }
+        // With the Secret Service, the legacy file can only be the fallback, if allowed.
+        #[cfg(all(feature = "keyring", target_os = "linux"))]
+        if !self.allow_unencrypted_storage {
+            return None;
+        }
+        let legacy = self.directory.join(DEFAULT_CACHE_NAME);
+        #[cfg(all(feature = "keyring", target_os = "linux"))]
+        let location = CacheLocation::Keyring(KeyringTarget {
+            signal: self.current(cae),
+            bus: self.secret_service_bus.clone(),
+            fallback: Some(legacy.clone()),
+        });
+        #[cfg(not(all(feature = "keyring", target_os = "linux")))]
+        let location = CacheLocation::File(legacy.clone());
+        Some((location, self.current(cae), legacy))
     }
 
     /// `<name>.cae` or `<name>.nocae`.
     fn current(&self, cae: bool) -> PathBuf {
         let suffix = if cae { "cae" } else { "nocae" };
         self.directory.join(format!("{}.{suffix}", self.name))
-    }
-
-    /// The plaintext file: [`current`](Self::current); for the default name without CAE, the
-    /// legacy `msal.cache` when only that exists.
-    fn plaintext(&self, cae: bool) -> PathBuf {
-        let current = self.current(cae);
-        if !cae && self.name == DEFAULT_CACHE_NAME && !current.exists() {
-            let legacy = self.directory.join(DEFAULT_CACHE_NAME);
-            if legacy.is_file() {
-                return legacy;
-            }
-        }
-        current
     }
 }
 
@@ -284,26 +296,27 @@ mod tests {
     }
 
     #[test]
-    fn files_are_named_per_cae_and_the_legacy_file_is_read() {
+    fn files_are_named_per_cae_and_the_legacy_file_is_the_default_ordinary_documents_only() {
         let dir = tempfile::tempdir().unwrap();
         let paths = TokenCachePersistenceOptions::new()
             .directory(dir.path())
             .allow_unencrypted_storage(true)
             .resolve("Test")
             .unwrap();
-        assert_eq!(paths.plaintext(true), dir.path().join("msal.cache.cae"));
-        assert_eq!(paths.plaintext(false), dir.path().join("msal.cache.nocae"));
-        std::fs::write(dir.path().join("msal.cache"), "{}").unwrap();
-        assert_eq!(paths.plaintext(false), dir.path().join("msal.cache"));
-        std::fs::write(dir.path().join("msal.cache.nocae"), "{}").unwrap();
-        assert_eq!(paths.plaintext(false), dir.path().join("msal.cache.nocae"));
+        assert_eq!(paths.current(true), dir.path().join("msal.cache.cae"));
+        assert_eq!(paths.current(false), dir.path().join("msal.cache.nocae"));
+        assert!(paths.legacy(true).is_none());
+        let (_, current, legacy) = paths.legacy(false).unwrap();
+        assert_eq!(current, dir.path().join("msal.cache.nocae"));
+        assert_eq!(legacy, dir.path().join("msal.cache"));
         let custom = TokenCachePersistenceOptions::new()
             .name("my-app")
             .directory(dir.path())
             .allow_unencrypted_storage(true)
             .resolve("Test")
             .unwrap();
-        assert_eq!(custom.plaintext(false), dir.path().join("my-app.nocae"));
+        assert_eq!(custom.current(false), dir.path().join("my-app.nocae"));
+        assert!(custom.legacy(false).is_none());
     }
 
     #[test]

@@ -168,10 +168,13 @@ fn stores(
     options: &TokenCachePersistenceOptions,
 ) -> Result<(TokenStore, TokenStore), ConfigError> {
     let paths = options.resolve(name)?;
-    Ok((
-        TokenStore::file(paths.file(false)),
-        TokenStore::file(paths.file(true)),
-    ))
+    let plain = match paths.legacy(false) {
+        Some((legacy, current_file, legacy_file)) => {
+            TokenStore::with_legacy(paths.file(false), legacy, current_file, legacy_file)
+        }
+        None => TokenStore::file(paths.file(false)),
+    };
+    Ok((plain, TokenStore::file(paths.file(true))))
 }
 
 impl fmt::Debug for Settings {

@@ -963,3 +963,40 @@ async fn the_username_matches_whatever_its_case_and_a_mismatch_names_the_cached_
         "{err}"
     );
 }
+
+/// The legacy `msal.cache` is used while it is the only file; once a sign-in creates
+/// `msal.cache.nocae`, the next acquisition reads that. Before, the choice was made when the
+/// credential was built, and the new file was never seen.
+#[tokio::test]
+async fn a_nocae_file_created_after_the_build_replaces_the_legacy_file() {
+    const ALICE_RT: &str = "_b4gnrSzAKjeOq77H6kItP_VAkEARwYTwzYAQMmB9Vv";
+    const BOB_RT: &str = "54jIA7RpNt1dJSwem9WmQN79Ntca4E0C5PjnM_EdNiL";
+    let authority = Authority::start().await;
+    let home = Home::new();
+    let legacy = home.dir.path().join(".IdentityService/msal.cache");
+    std::fs::write(&legacy, only_account("a8ff77e5")).unwrap();
+    let credential = SharedTokenCacheCredential::builder()
+        .authority_host(authority.url())
+        .http_client(creds::http(&authority))
+        .cache_options(cache_in(home.dir.path()))
+        .build()
+        .unwrap();
+    credential.get_token([OTHER]).await.unwrap();
+    assert!(!home.cache().exists(), "written to the legacy file");
+
+    std::fs::write(home.cache(), only_account("61ace6e2")).unwrap();
+    credential
+        .get_token(["https://third.test/.default"])
+        .await
+        .unwrap();
+    let sent: Vec<Option<String>> = authority
+        .requests()
+        .iter()
+        .map(|r| r.field("refresh_token").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        sent,
+        [Some(ALICE_RT.to_owned()), Some(BOB_RT.to_owned())],
+        "the second request used the new file's account"
+    );
+}
