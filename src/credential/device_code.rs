@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use super::refresh_tokens::{Redeem, Silent, Stores, answer_account};
+use super::refresh_tokens::{Redeem, Silent, Stores, answer_account, refused_for_this_request};
 use super::settings::Settings;
 use super::shared_token_cache::AZURE_CLI_CLIENT_ID;
 use super::{Plan, arc_credential_service};
@@ -94,9 +94,12 @@ type Prompt = Arc<dyn Fn(DeviceCodeInfo) + Send + Sync>;
 ///   [`cache_options`](DeviceCodeCredentialBuilder::cache_options)), and later calls use a
 ///   cached access token or redeem the refresh token, for any scope, without a prompt. A
 ///   refresh token the cache file could not take is kept in memory and redeemed first. When
-///   no refresh token can sign the account in any more (none left, or `invalid_grant`), the
-///   account and every token of it kept in memory are forgotten, and the next call prompts
-///   again (perhaps another user signs in).
+///   no refresh token can sign the account in any more (none left, or Entra says they expired
+///   or were revoked), the account and every token of it kept in memory are forgotten, and
+///   the next call prompts again (perhaps another user signs in). When Entra refuses them for
+///   one request only (MFA, consent, a Conditional Access policy of that resource, a claims
+///   challenge), that request prompts, and the account stays signed in for the others; a
+///   different user signing in there replaces it.
 /// * The claims of the request (a challenge, the CAE capability) are sent with the code
 ///   request and with every poll, as msal sends them.
 /// * The device code is a secret: it never appears in `Debug` output or errors.
@@ -168,15 +171,23 @@ impl Inner {
     ) -> Result<AccessToken, CredentialError> {
         // Set once this call has seen a sign-in through: it never prompts twice.
         let mut signed_in = false;
+        // Set when Entra refused the account's refresh tokens for this request only: this
+        // request signs in, the account staying pinned for the others meanwhile.
+        let mut interactive = false;
         loop {
             let plan = Plan::new(NAME, &request, |requested| {
                 self.tenants.resolve_required(requested).map(str::to_owned)
             })?;
             let pinned = self.state.lock().account.clone();
-            let Some(account) = pinned else {
+            let Some(account) = pinned.clone().filter(|_| !interactive) else {
                 let (sign_in, mine) = self.join_or_start(&plan);
                 let done = sign_in.await?;
-                signed_in = true;
+                (signed_in, interactive) = (true, false);
+                // Someone else signed in: no token cached in memory for the account pinned
+                // before may serve them.
+                if pinned.is_some() && done.account.is_some() && pinned != done.account {
+                    self.memory.clear();
+                }
                 let same = done.tenant == plan.tenant
                     && done.scopes == plan.scopes
                     && done.cae == plan.cae;
@@ -193,6 +204,7 @@ impl Inner {
                 continue;
             };
             let this = Arc::clone(self);
+            let claims = plan.claims.clone();
             let result = plan
                 .run(&self.memory, move |plan| async move {
                     this.for_account(&account, &plan).await
@@ -201,6 +213,11 @@ impl Inner {
             match result {
                 // The account can no longer be signed in silently: sign in again, here.
                 Err(_) if !signed_in && self.state.lock().account.is_none() => {}
+                // MFA, consent, a Conditional Access policy of this resource: the user may
+                // meet it in a sign-in; the refresh tokens still serve other requests.
+                Err(error) if !signed_in && refused_for_this_request(claims.as_deref(), &error) => {
+                    interactive = true;
+                }
                 other => return other,
             }
         }
@@ -381,7 +398,8 @@ impl Inner {
     }
 
     /// The pinned account's cached token, else its refresh tokens. When neither can sign it
-    /// in any more, the account is forgotten: the next sign-in is interactive.
+    /// in any more (none, or Entra says they are dead), the account is forgotten: the next
+    /// sign-in is interactive. A refusal for this request only keeps it.
     async fn for_account(
         &self,
         account: &str,
@@ -410,7 +428,12 @@ impl Inner {
                 "no cached token and no refresh token for the signed-in account; the next \
                  request signs the user in again",
             ),
-            Err(error) if error.error_code() == Some("invalid_grant") => error,
+            Err(error) if error.error_code() == Some("invalid_grant") => {
+                if refused_for_this_request(plan.claims.as_deref(), &error) {
+                    return Err(error);
+                }
+                error
+            }
             Err(error) => return Err(error),
         };
         let forgotten = {

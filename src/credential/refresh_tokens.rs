@@ -326,7 +326,7 @@ impl Redeem<'_> {
     /// Redeems `candidates` in turn: the first success wins and is recorded (its refresh
     /// token rotated in place); after one the provider [refuses](is_refusal) the next is
     /// tried, and any other failure is returned at once. A rejected token Entra says is
-    /// [dead](Self::token_is_dead) is dropped from a private in-memory store and from
+    /// [dead](token_is_dead) is dropped from a private in-memory store and from
     /// [`Unwritten`]; a shared cache file keeps it, and any other refusal keeps it everywhere.
     /// `Ok(None)` when there is no candidate; the last error when none worked, an
     /// `invalid_grant` one saying what to do.
@@ -373,7 +373,7 @@ impl Redeem<'_> {
             // (unlike azure-identity), it stays in the file. A token of a private in-memory
             // store, or the one kept in memory, is ours alone: dropping it when Entra says
             // it is dead (see [`token_is_dead`]) spares a doomed request on every later call.
-            let dead = self.token_is_dead(&error);
+            let dead = token_is_dead(self.claims.as_deref(), &error);
             match candidate.entry {
                 None if dead => {
                     if let Some(unwritten) = self.unwritten {
@@ -407,20 +407,6 @@ impl Redeem<'_> {
             last_error = Some(with_sign_in_advice(self.credential, error));
         }
         last_error.map_or(Ok(None), Err)
-    }
-
-    /// Whether an `invalid_grant` says the refresh token itself is dead, for every request:
-    /// expired (AADSTS70008, and 700082 for inactivity, 700081 at its maximum lifetime, 700084
-    /// for a single-page app's), or revoked (50173: revoked or the password changed; 50132 and
-    /// 50133: the session ended by a password expiry or reset). Any other refusal — MFA,
-    /// consent, a Conditional Access policy of one resource (device compliance, sign-in
-    /// frequency…), an unknown code — may concern this request only, and so does any refusal
-    /// of a request carrying a claims challenge (the token's session cannot meet it; the CAE
-    /// capability alone is no challenge): msal never drops a refresh token for those.
-    fn token_is_dead(&self, error: &CredentialError) -> bool {
-        const DEAD: [u32; 7] = [70_008, 700_081, 700_082, 700_084, 50_173, 50_132, 50_133];
-        !carries_a_challenge(self.claims.as_deref())
-            && error.error_codes().iter().any(|code| DEAD.contains(code))
     }
 
     /// Records a token answer in the store, as MSAL does: the answer's scopes (else the
@@ -501,6 +487,25 @@ impl Redeem<'_> {
         }
         written
     }
+}
+
+/// Whether an `invalid_grant` says the refresh token itself is dead, for every request:
+/// expired (AADSTS70008, and 700082 for inactivity, 700081 at its maximum lifetime, 700084 for
+/// a single-page app's), or revoked (50173: revoked or the password changed; 50132 and 50133:
+/// the session ended by a password expiry or reset). Any other refusal — MFA, consent, a
+/// Conditional Access policy of one resource (device compliance, sign-in frequency…), an
+/// unknown code — may concern this request only, and so does any refusal of a request
+/// carrying a claims challenge (`claims`: the token's session cannot meet it; the CAE
+/// capability alone is no challenge): msal never drops a refresh token for those.
+pub(crate) fn token_is_dead(claims: Option<&str>, error: &CredentialError) -> bool {
+    const DEAD: [u32; 7] = [70_008, 700_081, 700_082, 700_084, 50_173, 50_132, 50_133];
+    !carries_a_challenge(claims) && error.error_codes().iter().any(|code| DEAD.contains(code))
+}
+
+/// Whether `error` is a refusal of the refresh tokens for this request only (an
+/// `invalid_grant` that does not say they are [dead](token_is_dead)): they still serve others.
+pub(crate) fn refused_for_this_request(claims: Option<&str>, error: &CredentialError) -> bool {
+    error.error_code() == Some("invalid_grant") && !token_is_dead(claims, error)
 }
 
 /// Whether `error` is the provider's refusal of one refresh token (an OAuth error answer:

@@ -788,3 +788,134 @@ mod transient {
         assert_eq!(started.elapsed(), secs(10));
     }
 }
+
+/// Entra refusing the refresh token for one resource only (a Conditional Access policy:
+/// AADSTS53000, device not compliant) signs the user in for that request, and when that fails
+/// too, the account stays signed in: the next request for another resource is served by the
+/// refresh token, without a prompt. Before, the account was forgotten at the first refusal,
+/// and every later request prompted again.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_for_one_resource_prompts_for_it_and_keeps_the_account_for_the_others() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::support::authority::Authority;
+
+    let authority = Authority::start().await;
+    let prompts = Arc::new(AtomicUsize::new(0));
+    let credential = counting_prompts(&authority, &prompts);
+    authority.push_fault(loopback_answer("alice", "at-1", "rt-1"));
+    credential.get_token([RESOURCE]).await.unwrap();
+    assert_eq!(prompts.load(Ordering::SeqCst), 1);
+
+    // The refresh for the blocked resource, then the poll of its sign-in.
+    authority.push_fault(blocked());
+    authority.push_fault(blocked());
+    let err = credential
+        .get_token(["https://blocked.test/.default"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_codes(), [53000], "{err}");
+    assert_eq!(
+        prompts.load(Ordering::SeqCst),
+        2,
+        "the blocked request prompts"
+    );
+
+    authority.push_fault(loopback_answer("alice", "at-other", "rt-2"));
+    let other = credential.get_token([OTHER]).await.unwrap();
+    assert_eq!(other.secret().expose_secret(), "at-other");
+    assert_eq!(
+        prompts.load(Ordering::SeqCst),
+        2,
+        "no prompt for the others"
+    );
+    let requests = authority.requests();
+    let last = requests.last().unwrap();
+    assert_eq!(last.field("grant_type"), Some("refresh_token"), "{last:?}");
+    assert_eq!(last.field("refresh_token"), Some("rt-1"));
+}
+
+/// A loopback token answer for `uid` (tenant `contoso`), with a refresh token.
+fn loopback_answer(
+    uid: &str,
+    access_token: &str,
+    refresh_token: &str,
+) -> crate::support::authority::Fault {
+    use base64::Engine;
+    let client_info = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!(r#"{{"uid":"{uid}","utid":"contoso"}}"#));
+    crate::support::authority::Fault::Body(
+        serde_json::json!({
+            "token_type": "Bearer",
+            "expires_in": 3600,
+            "access_token": access_token,
+            "refresh_token": refresh_token,
+            "client_info": client_info,
+        })
+        .to_string(),
+    )
+}
+
+/// Entra's refusal of a refresh token for one resource (AADSTS53000, Conditional Access).
+fn blocked() -> crate::support::authority::Fault {
+    crate::support::authority::Fault::Respond {
+        status: 400,
+        body: crate::support::authority::error_body(
+            "invalid_grant",
+            53000,
+            "Device is not in required device state: compliant.",
+        ),
+        headers: vec![],
+    }
+}
+
+/// A credential at the loopback `authority` counting its prompts in `prompts`.
+fn counting_prompts(
+    authority: &crate::support::authority::Authority,
+    prompts: &Arc<std::sync::atomic::AtomicUsize>,
+) -> DeviceCodeCredential {
+    let prompts = Arc::clone(prompts);
+    DeviceCodeCredential::builder()
+        .tenant_id("contoso")
+        .authority_host(authority.url())
+        .http_client(crate::support::creds::http(authority))
+        .prompt(move |_| {
+            prompts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+        .build()
+        .unwrap()
+}
+
+/// When the sign-in for a request whose refresh was refused for it only signs someone else
+/// in, that account replaces the pinned one, and no token cached in memory for the previous
+/// one serves it.
+#[tokio::test(start_paused = true)]
+async fn another_user_signing_in_after_a_refusal_for_one_resource_replaces_the_account() {
+    use crate::support::authority::Authority;
+
+    let authority = Authority::start().await;
+    let prompts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let credential = counting_prompts(&authority, &prompts);
+    authority.push_fault(loopback_answer("alice", "at-alice", "rt-alice"));
+    credential.get_token([RESOURCE]).await.unwrap();
+    // Redeemed silently: kept in the credential's memory too.
+    authority.push_fault(loopback_answer("alice", "at-alice-other", "rt-alice"));
+    credential.get_token([OTHER]).await.unwrap();
+
+    authority.push_fault(blocked());
+    authority.push_fault(loopback_answer("bob", "at-bob", "rt-bob"));
+    let blocked_for_alice = credential
+        .get_token(["https://blocked.test/.default"])
+        .await
+        .unwrap();
+    assert_eq!(blocked_for_alice.secret().expose_secret(), "at-bob");
+
+    authority.push_fault(loopback_answer("bob", "at-bob-2", "rt-bob-2"));
+    let other = credential.get_token([OTHER]).await.unwrap();
+    assert_eq!(other.secret().expose_secret(), "at-bob-2", "not alice's");
+    let requests = authority.requests();
+    assert_eq!(
+        requests.last().unwrap().field("refresh_token"),
+        Some("rt-bob")
+    );
+}
