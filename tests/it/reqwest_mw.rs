@@ -112,32 +112,49 @@ async fn a_claims_challenge_the_credential_cannot_satisfy_is_its_error() {
     assert_eq!(authority.token_posts(), 2);
 }
 
+/// A streamed body cannot be cloned, so its request cannot be sent again: its 401 comes back
+/// at once, while the token endpoint still holds the claims request, and the claims token is
+/// asked for in the background; the next request met with the same claims shares that one
+/// request and is re-sent with its token.
 #[tokio::test]
-async fn a_body_that_cannot_be_cloned_gets_the_401_back_not_an_error() {
+async fn a_body_that_cannot_be_cloned_gets_its_401_at_once_and_the_claims_token_later() {
     let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let client = with_bearer(&cae_layer(&authority));
+    let warm = client.get(format!("{}/warm", resource.url())).send().await;
+    assert_eq!(warm.unwrap().status(), StatusCode::OK);
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    authority.push_fault(crate::support::authority::Fault::Hold(
+        std::sync::Arc::clone(&gate),
+    ));
     resource.push(Answer::Cae {
         claims: revocation_claims(1),
     });
-    let client = with_bearer(&cae_layer(&authority));
     let stream = http_body_util::Full::new(Bytes::from_static(b"streamed"));
-    let response = client
+    let sent = client
         .post(format!("{}/stream", resource.url()))
         .body(reqwest::Body::wrap(stream))
-        .send()
+        .send();
+    // Bounded only so that a regression fails instead of hanging: the answer needs no token.
+    let response = tokio::time::timeout(std::time::Duration::from_secs(30), sent)
         .await
+        .expect("the 401 comes back without waiting for the claims token")
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(resource.count(), 1);
-    // The claims token was had all the same: later requests carry it, not the rejected one
-    // (which the credential's own cache would give again).
-    assert_eq!(authority.token_posts(), 2);
+    assert_eq!(resource.count(), 2, "sent once");
+
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    gate.notify_one();
     let response = client
         .get(format!("{}/next", resource.url()))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(resource.requests()[1].bearer(), Some("at-2-contoso-claims"));
+    let seen = resource.requests();
+    assert_eq!(seen.last().unwrap().bearer(), Some("at-2-contoso-claims"));
+    assert_eq!(authority.token_posts(), 2, "one claims request for both");
 }
 
 #[tokio::test]

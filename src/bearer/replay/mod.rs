@@ -210,9 +210,6 @@ enum Reason {
     ReadBeforePrepare,
     /// A header field was too long to keep for the re-send (see `bearer/head.rs`).
     Head,
-    /// A reqwest body that cannot be cloned (a stream).
-    #[cfg(feature = "reqwest-middleware")]
-    NotCloneable,
 }
 
 impl NotReplayable {
@@ -223,12 +220,6 @@ impl NotReplayable {
     /// The request head could not be kept for the re-send.
     pub(crate) fn head() -> Self {
         Self::new(Reason::Head)
-    }
-
-    /// The reqwest request could not be cloned (its body is a stream).
-    #[cfg(feature = "reqwest-middleware")]
-    pub(crate) fn not_cloneable() -> Self {
-        Self::new(Reason::NotCloneable)
     }
 
     /// The body was larger than the replay limit (in bytes, or in frames: one for every 128
@@ -272,10 +263,6 @@ impl fmt::Display for NotReplayable {
                 f.write_str("the request body was read before it was prepared for replay")
             }
             Reason::Head => f.write_str("a request header field is too long to keep for a re-send"),
-            #[cfg(feature = "reqwest-middleware")]
-            Reason::NotCloneable => {
-                f.write_str("the request body is a stream, which reqwest cannot clone")
-            }
         }
     }
 }
