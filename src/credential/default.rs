@@ -150,7 +150,8 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 /// 4–6, and one credential's type name (`ManagedIdentityCredential`, `AzureCliCredential`, …;
 /// any of the table but `SharedTokenCacheCredential`) keeps only that one. The value is
 /// trimmed and compared ignoring case; anything else is a construction error. The builder's
-/// `exclude_*` settings apply on top.
+/// `exclude_*` settings win over it, as azure-identity's do: `exclude_*(true)` leaves a member
+/// out, and `exclude_*(false)` keeps one in that the variable leaves out.
 ///
 /// **Failing fast.** Inside this chain, as in any chain, the managed identity, when it would
 /// ask IMDS, first probes it without retries and with a 1 s timeout: on a machine that is not
@@ -174,7 +175,8 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 /// also skips the probe when `AZURE_POD_IDENTITY_AUTHORITY_HOST` is set; this crate probes
 /// there too, so a wrong override fails fast as well.) When
 /// `AZURE_TOKEN_CREDENTIALS=ManagedIdentityCredential` names it alone there is nothing to fall
-/// back to, and it is not probed. Failures of the shared token cache, Azure CLI and Azure
+/// back to, and it is not probed (as in azure-identity, not even when an `exclude_*(false)`
+/// puts another member back). Failures of the shared token cache, Azure CLI and Azure
 /// Developer CLI (a refused refresh token, an outage, a tool that fails) are reported as
 /// *unavailable* here, so the next developer sign-in gets its turn, as azure-identity does.
 ///
@@ -278,7 +280,9 @@ impl fmt::Debug for DefaultAzureCredential {
 /// Settings for a [`DefaultAzureCredential`].
 #[derive(Default)]
 pub struct DefaultAzureCredentialBuilder {
-    excluded: Vec<Member>,
+    /// The `exclude_*` values given, the last one per member: each wins over
+    /// `AZURE_TOKEN_CREDENTIALS` both ways, as azure-identity's keyword arguments do.
+    exclusions: Vec<(Member, bool)>,
     /// `None`: `AZURE_CLIENT_ID` when set, else system-assigned; `Some(None)`: system-assigned.
     managed_identity: Option<Option<UserAssignedId>>,
     workload_identity_client_id: Option<String>,
@@ -294,34 +298,41 @@ pub struct DefaultAzureCredentialBuilder {
 }
 
 impl DefaultAzureCredentialBuilder {
-    /// Leave out [`EnvironmentCredential`].
+    /// `true` leaves out [`EnvironmentCredential`]; `false` keeps it even where
+    /// `AZURE_TOKEN_CREDENTIALS` leaves it out. Unset: as that variable selects.
     pub fn exclude_environment_credential(self, exclude: bool) -> Self {
         self.exclude(Member::Environment, exclude)
     }
 
-    /// Leave out [`WorkloadIdentityCredential`], and with it the managed identity's workload
-    /// identity source (as in azure-identity): the workload identity variables then select
-    /// nothing, and the managed identity is the host's (IMDS on an AKS node).
+    /// `true` leaves out [`WorkloadIdentityCredential`], and with it the managed identity's
+    /// workload identity source (as in azure-identity): the workload identity variables then
+    /// select nothing, and the managed identity is the host's (IMDS on an AKS node). `false`
+    /// keeps it even where `AZURE_TOKEN_CREDENTIALS` leaves it out. Unset: as that variable
+    /// selects.
     pub fn exclude_workload_identity_credential(self, exclude: bool) -> Self {
         self.exclude(Member::WorkloadIdentity, exclude)
     }
 
-    /// Leave out [`ManagedIdentityCredential`].
+    /// `true` leaves out [`ManagedIdentityCredential`]; `false` keeps it even where
+    /// `AZURE_TOKEN_CREDENTIALS` leaves it out. Unset: as that variable selects.
     pub fn exclude_managed_identity_credential(self, exclude: bool) -> Self {
         self.exclude(Member::ManagedIdentity, exclude)
     }
 
-    /// Leave out [`SharedTokenCacheCredential`].
+    /// `true` leaves out [`SharedTokenCacheCredential`]; `false` keeps it even where
+    /// `AZURE_TOKEN_CREDENTIALS` leaves it out. Unset: as that variable selects.
     pub fn exclude_shared_token_cache_credential(self, exclude: bool) -> Self {
         self.exclude(Member::SharedTokenCache, exclude)
     }
 
-    /// Leave out [`AzureCliCredential`].
+    /// `true` leaves out [`AzureCliCredential`]; `false` keeps it even where
+    /// `AZURE_TOKEN_CREDENTIALS` leaves it out. Unset: as that variable selects.
     pub fn exclude_azure_cli_credential(self, exclude: bool) -> Self {
         self.exclude(Member::AzureCli, exclude)
     }
 
-    /// Leave out [`AzureDeveloperCliCredential`].
+    /// `true` leaves out [`AzureDeveloperCliCredential`]; `false` keeps it even where
+    /// `AZURE_TOKEN_CREDENTIALS` leaves it out. Unset: as that variable selects.
     pub fn exclude_azure_developer_cli_credential(self, exclude: bool) -> Self {
         self.exclude(Member::AzureDeveloperCli, exclude)
     }
@@ -454,10 +465,15 @@ impl DefaultAzureCredentialBuilder {
     /// answer; an invalid `AZURE_TENANT_ID` or `AZURE_AUTHORITY_HOST` is an *invalid request*
     /// when a token is asked for.
     pub fn build(mut self) -> Result<DefaultAzureCredential, ConfigError> {
+        // `alone` stays the variable's alone (as azure-identity's `_enable_imds_probe`): a
+        // member put back with `exclude_*(false)` does not turn the IMDS probe back on.
         let (selected, alone) = selection(self.vars.get(AZURE_TOKEN_CREDENTIALS).as_deref())?;
-        let members: Vec<Member> = selected
+        let members: Vec<Member> = Member::ALL
             .into_iter()
-            .filter(|m| !self.excluded.contains(m))
+            .filter(|m| match self.exclusions.iter().find(|(e, _)| e == m) {
+                Some(&(_, exclude)) => !exclude,
+                None => selected.contains(m),
+            })
             .collect();
         if members.is_empty() {
             return Err(ConfigError::new(format!(
@@ -498,12 +514,10 @@ impl DefaultAzureCredentialBuilder {
         })
     }
 
-    /// Leaves `member` out, or puts it back.
+    /// Leaves `member` out, or keeps it in, whatever `AZURE_TOKEN_CREDENTIALS` says.
     fn exclude(mut self, member: Member, exclude: bool) -> Self {
-        self.excluded.retain(|m| *m != member);
-        if exclude {
-            self.excluded.push(member);
-        }
+        self.exclusions.retain(|(m, _)| *m != member);
+        self.exclusions.push((member, exclude));
         self
     }
 
@@ -719,7 +733,7 @@ fn developer_sign_in<C: TokenCredential>(member: Member, credential: C) -> BoxCr
 impl fmt::Debug for DefaultAzureCredentialBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DefaultAzureCredentialBuilder")
-            .field("excluded", &self.excluded)
+            .field("exclusions", &self.exclusions)
             .field("managed_identity", &self.managed_identity)
             .field("vars", &self.vars)
             .field("distributed_cache", &self.distributed)

@@ -381,6 +381,61 @@ async fn azure_token_credentials_selects_the_members() {
     );
 }
 
+/// The builder's `exclude_*` values win over `AZURE_TOKEN_CREDENTIALS` both ways, as
+/// azure-identity's keyword arguments do: `false` keeps in a member the variable leaves out,
+/// `true` leaves out one it selects, and the last value given for a member counts.
+#[tokio::test]
+async fn explicit_exclusions_win_over_azure_token_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    let chain =
+        |value: &str, build: fn(DefaultAzureCredentialBuilder) -> DefaultAzureCredentialBuilder| {
+            let b = nothing_configured(dir.path(), &imds, &[("AZURE_TOKEN_CREDENTIALS", value)]);
+            let dac = build(b).build().unwrap();
+            dac.credentials().map(str::to_owned).collect::<Vec<_>>()
+        };
+    assert_eq!(
+        chain("prod", |b| b.exclude_azure_cli_credential(false)),
+        [ALL[0], ALL[1], ALL[2], ALL[4]]
+    );
+    assert_eq!(
+        chain("AzureCliCredential", |b| b
+            .exclude_environment_credential(false)
+            .exclude_shared_token_cache_credential(false)),
+        [ALL[0], ALL[3], ALL[4]]
+    );
+    assert_eq!(
+        chain("dev", |b| b.exclude_azure_cli_credential(true)),
+        [ALL[3], ALL[5]]
+    );
+    assert_eq!(
+        chain("prod", |b| b
+            .exclude_azure_cli_credential(false)
+            .exclude_azure_cli_credential(true)),
+        &ALL[..3]
+    );
+    assert_eq!(
+        chain("", |b| b
+            .exclude_azure_cli_credential(true)
+            .exclude_azure_cli_credential(false)),
+        ALL
+    );
+    // Put back, the member answers.
+    let dac = nothing_configured(dir.path(), &imds, &[("AZURE_TOKEN_CREDENTIALS", "prod")])
+        .azure_cli_credential(
+            AzureCliCredential::builder()
+                .program(signed_in(dir.path(), "az"))
+                .build()
+                .unwrap(),
+        )
+        .exclude_azure_cli_credential(false)
+        .build()
+        .unwrap();
+    let token = dac.get_token([SCOPE]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "az-token");
+    assert_eq!(dac.answered(), Some("AzureCliCredential"));
+}
+
 #[tokio::test]
 async fn on_an_azure_vm_the_managed_identity_answers_after_one_probe_and_stays() {
     use crate::support::mi_emulator::{Emulator, Flavour};
@@ -667,6 +722,24 @@ async fn a_managed_identity_named_alone_is_not_probed() {
     let requests = imds.requests();
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert_eq!(requests[0].identity_header("metadata"), Some("true"));
+    // Whether it is probed follows the variable alone, as azure-identity's
+    // `_enable_imds_probe`: a member put back in code does not change it.
+    let dac = nothing_configured(
+        dir.path(),
+        &imds.base_url(),
+        &[("AZURE_TOKEN_CREDENTIALS", "ManagedIdentityCredential")],
+    )
+    .exclude_azure_cli_credential(false)
+    .build()
+    .unwrap();
+    assert_eq!(
+        dac.credentials().collect::<Vec<_>>(),
+        ["ManagedIdentityCredential", "AzureCliCredential"]
+    );
+    dac.get_token([SCOPE]).await.unwrap();
+    let requests = imds.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[1].identity_header("metadata"), Some("true"));
 }
 
 #[tokio::test]
