@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tower::ServiceExt;
 use tower_service::Service;
@@ -292,6 +293,8 @@ pub struct DefaultAzureCredentialBuilder {
     shared_token_cache: Option<SharedTokenCacheCredential>,
     azure_cli: Option<AzureCliCredential>,
     azure_developer_cli: Option<AzureDeveloperCliCredential>,
+    /// For the Azure CLI and Azure Developer CLI members built here.
+    process_timeout: Option<Duration>,
     distributed: Option<crate::DistributedCache>,
     system_assigned_label: Option<String>,
     additionally_allowed_tenants: Vec<String>,
@@ -444,6 +447,15 @@ impl DefaultAzureCredentialBuilder {
     /// Use this [`AzureCliCredential`] (a tenant, a timeout, another `az`).
     pub fn azure_cli_credential(mut self, credential: AzureCliCredential) -> Self {
         self.azure_cli = Some(credential);
+        self
+    }
+
+    /// How long `az` and `azd` may take, for the Azure CLI and Azure Developer CLI members
+    /// built here (default 10 s each), as azure-identity's `process_timeout`. A credential given
+    /// with [`azure_cli_credential`](Self::azure_cli_credential) or
+    /// [`azure_developer_cli_credential`](Self::azure_developer_cli_credential) keeps its own.
+    pub fn process_timeout(mut self, timeout: Duration) -> Self {
+        self.process_timeout = Some(timeout);
         self
     }
 
@@ -630,21 +642,27 @@ impl DefaultAzureCredentialBuilder {
                     Err(error) => built::<SharedTokenCacheCredential>(member, Err(error)),
                 })
             }
-            Member::AzureCli => {
-                let c = self
-                    .azure_cli
-                    .take()
-                    .unwrap_or_else(|| azure_cli(&self.vars));
-                Ok(developer_sign_in(member, c))
-            }
+            Member::AzureCli => Ok(developer_sign_in(member, self.azure_cli_member())),
             Member::AzureDeveloperCli => {
-                let c = self
-                    .azure_developer_cli
-                    .take()
-                    .unwrap_or_else(|| azure_developer_cli(&self.vars));
-                Ok(developer_sign_in(member, c))
+                Ok(developer_sign_in(member, self.azure_developer_cli_member()))
             }
         }
+    }
+
+    /// The Azure CLI member: the one given, else one built from `vars` and `process_timeout`.
+    fn azure_cli_member(&mut self) -> AzureCliCredential {
+        let timeout = self.process_timeout;
+        self.azure_cli
+            .take()
+            .unwrap_or_else(|| azure_cli(&self.vars, timeout))
+    }
+
+    /// The Azure Developer CLI member, as [`azure_cli_member`](Self::azure_cli_member).
+    fn azure_developer_cli_member(&mut self) -> AzureDeveloperCliCredential {
+        let timeout = self.process_timeout;
+        self.azure_developer_cli
+            .take()
+            .unwrap_or_else(|| azure_developer_cli(&self.vars, timeout))
     }
 }
 
@@ -673,18 +691,21 @@ fn shared_token_cache(
 // `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` applies. Without a tenant to validate, building
 // cannot fail; the fallback is the same credential from the process environment.
 
-fn azure_cli(vars: &Vars) -> AzureCliCredential {
-    AzureCliCredential::builder()
-        .disable_multitenant_auth(vars.multitenant_disabled())
-        .build()
-        .unwrap_or_default()
+fn azure_cli(vars: &Vars, timeout: Option<Duration>) -> AzureCliCredential {
+    let mut b = AzureCliCredential::builder().disable_multitenant_auth(vars.multitenant_disabled());
+    if let Some(timeout) = timeout {
+        b = b.process_timeout(timeout);
+    }
+    b.build().unwrap_or_default()
 }
 
-fn azure_developer_cli(vars: &Vars) -> AzureDeveloperCliCredential {
-    AzureDeveloperCliCredential::builder()
-        .disable_multitenant_auth(vars.multitenant_disabled())
-        .build()
-        .unwrap_or_default()
+fn azure_developer_cli(vars: &Vars, timeout: Option<Duration>) -> AzureDeveloperCliCredential {
+    let mut b = AzureDeveloperCliCredential::builder()
+        .disable_multitenant_auth(vars.multitenant_disabled());
+    if let Some(timeout) = timeout {
+        b = b.process_timeout(timeout);
+    }
+    b.build().unwrap_or_default()
 }
 
 fn named<C: TokenCredential>(member: Member, credential: C) -> BoxCredential {
@@ -736,6 +757,7 @@ impl fmt::Debug for DefaultAzureCredentialBuilder {
             .field("exclusions", &self.exclusions)
             .field("managed_identity", &self.managed_identity)
             .field("vars", &self.vars)
+            .field("process_timeout", &self.process_timeout)
             .field("distributed_cache", &self.distributed)
             .field(
                 "managed_identity_system_assigned_label",
@@ -844,8 +866,8 @@ mod tests {
             assert!(shared.contains(expected), "{expected}: {shared}");
         }
         for tool in [
-            format!("{:?}", azure_cli(&vars)),
-            format!("{:?}", azure_developer_cli(&vars)),
+            format!("{:?}", azure_cli(&vars, None)),
+            format!("{:?}", azure_developer_cli(&vars, None)),
         ] {
             assert!(tool.contains("multitenant_disabled: true"), "{tool}");
         }
@@ -853,7 +875,41 @@ mod tests {
         let shared = format!("{:?}", shared_token_cache(&none, None).unwrap());
         assert!(shared.contains("username: None"), "{shared}");
         assert!(shared.contains("multitenant_disabled: false"), "{shared}");
-        assert!(format!("{:?}", azure_cli(&none)).contains("multitenant_disabled: false"));
+        assert!(format!("{:?}", azure_cli(&none, None)).contains("multitenant_disabled: false"));
+    }
+
+    /// `process_timeout` reaches the tool members built here (as azure-identity passes it to
+    /// its CLI credentials), not the ones the program gave.
+    #[test]
+    fn process_timeout_reaches_the_tool_members_built_here() {
+        let mut b = DefaultAzureCredential::builder()
+            .vars(Vec::<(String, String)>::new())
+            .process_timeout(Duration::from_secs(3));
+        for tool in [
+            format!("{:?}", b.azure_cli_member()),
+            format!("{:?}", b.azure_developer_cli_member()),
+        ] {
+            assert!(tool.contains("timeout: 3s"), "{tool}");
+        }
+        let mut b = DefaultAzureCredential::builder()
+            .process_timeout(Duration::from_secs(3))
+            .azure_cli_credential(AzureCliCredential::new())
+            .azure_developer_cli_credential(
+                AzureDeveloperCliCredential::builder()
+                    .process_timeout(Duration::from_secs(7))
+                    .build()
+                    .unwrap(),
+            );
+        let (az, azd) = (
+            format!("{:?}", b.azure_cli_member()),
+            format!("{:?}", b.azure_developer_cli_member()),
+        );
+        assert!(az.contains("timeout: 10s"), "{az}");
+        assert!(azd.contains("timeout: 7s"), "{azd}");
+        // Unset, the tools' own default.
+        let mut b = DefaultAzureCredential::builder().vars(Vec::<(String, String)>::new());
+        let az = format!("{:?}", b.azure_cli_member());
+        assert!(az.contains("timeout: 10s"), "{az}");
     }
 
     /// The managed identity's workload identity source asks Microsoft Entra ID as the
