@@ -179,14 +179,17 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 /// back to, and it is not probed (as in azure-identity, not even when an `exclude_*(false)`
 /// puts another member back). Failures of the shared token cache, Azure CLI and Azure
 /// Developer CLI (a refused refresh token, an outage, a tool that fails) are reported as
-/// *unavailable* here, so the next developer sign-in gets its turn, as azure-identity does.
+/// *unavailable* here, so the next developer sign-in gets its turn, as azure-identity does —
+/// until one of them has answered: chosen (see below), it reports its own errors.
 ///
 /// **Sticky.** The first credential that answers is used for every later request of this
 /// `DefaultAzureCredential` (and its clones), without trying the others first — as
 /// azure-identity and the Go SDK do. A developer signed in to Azure CLI does not pay for the
 /// IMDS probe again on every new scope, and a deployed service does not silently switch
-/// identity when its managed identity has a bad moment: it gets that credential's error. Build a
-/// new `DefaultAzureCredential` to choose again.
+/// identity when its managed identity has a bad moment: it gets that credential's error, as
+/// that credential reports it alone (an Azure CLI whose session expired is *authentication
+/// failed*, not *unavailable*, so a fallback after this chain does not answer instead). Build
+/// a new `DefaultAzureCredential` to choose again.
 ///
 /// When nothing answers, the error lists every credential tried with what to set up.
 #[derive(Clone)]
@@ -195,7 +198,12 @@ pub struct DefaultAzureCredential {
 }
 
 struct Inner {
+    /// The members as the chain asks them.
     members: Arc<[BoxCredential]>,
+    /// The same members as they answer once chosen (same order): the developer sign-ins
+    /// without the chain's downgrade of their failures to *unavailable*, as azure-identity
+    /// asks its `_successful_credential` outside `within_dac`.
+    chosen: Arc<[BoxCredential]>,
     /// The index of the member that answered first; it answers every later request.
     answered: OnceLock<usize>,
 }
@@ -240,7 +248,7 @@ impl Service<TokenRequest> for DefaultAzureCredential {
             let chosen = inner
                 .answered
                 .get()
-                .and_then(|&index| Some((index, inner.members.get(index)?.clone())));
+                .and_then(|&index| Some((index, inner.chosen.get(index)?.clone())));
             if let Some((_, credential)) = chosen {
                 return credential.oneshot(request).await;
             }
@@ -515,12 +523,16 @@ impl DefaultAzureCredentialBuilder {
         }
         let with_workload = members.contains(&Member::WorkloadIdentity);
         let mut chain = Vec::with_capacity(members.len());
+        let mut chosen = Vec::with_capacity(members.len());
         for member in &members {
-            chain.push(self.member(*member, alone, with_workload)?);
+            let built = self.member(*member, alone, with_workload)?;
+            chain.push(built.in_chain);
+            chosen.push(built.chosen);
         }
         Ok(DefaultAzureCredential {
             inner: Arc::new(Inner {
                 members: chain.into(),
+                chosen: chosen.into(),
                 answered: OnceLock::new(),
             }),
         })
@@ -550,7 +562,7 @@ impl DefaultAzureCredentialBuilder {
         member: Member,
         alone: bool,
         with_workload: bool,
-    ) -> Result<BoxCredential, ConfigError> {
+    ) -> Result<Built, ConfigError> {
         let vars = self.vars.pairs();
         let http = self.http_client.clone();
         let shared = self.distributed.clone();
@@ -567,7 +579,7 @@ impl DefaultAzureCredentialBuilder {
                 if let Some(cache) = shared {
                     b = b.distributed_cache(cache);
                 }
-                Ok(named(member, b.build()))
+                Ok(named(member, b.build()).into())
             }
             Member::WorkloadIdentity => {
                 let mut b = WorkloadIdentityCredential::builder()
@@ -589,7 +601,7 @@ impl DefaultAzureCredentialBuilder {
                 }
                 // Its build() fails only on the values given here in code; a mistake in the
                 // environment is kept for get_token.
-                Ok(named(member, b.build()?))
+                Ok(named(member, b.build()?).into())
             }
             Member::ManagedIdentity => {
                 let id = match self.managed_identity.clone() {
@@ -630,7 +642,7 @@ impl DefaultAzureCredentialBuilder {
                 }
                 // The id and label given in code were checked in build(): what fails now is
                 // the host's.
-                Ok(built(member, b.build()))
+                Ok(built(member, b.build()).into())
             }
             Member::SharedTokenCache => {
                 let c = match self.shared_token_cache.take() {
@@ -639,7 +651,7 @@ impl DefaultAzureCredentialBuilder {
                 };
                 Ok(match c {
                     Ok(c) => developer_sign_in(member, c),
-                    Err(error) => built::<SharedTokenCacheCredential>(member, Err(error)),
+                    Err(error) => built::<SharedTokenCacheCredential>(member, Err(error)).into(),
                 })
             }
             Member::AzureCli => Ok(developer_sign_in(member, self.azure_cli_member())),
@@ -708,6 +720,21 @@ fn azure_developer_cli(vars: &Vars, timeout: Option<Duration>) -> AzureDeveloper
     b.build().unwrap_or_default()
 }
 
+/// A member as the chain asks it, and as it answers once it has been chosen.
+struct Built {
+    in_chain: BoxCredential,
+    chosen: BoxCredential,
+}
+
+impl From<BoxCredential> for Built {
+    fn from(credential: BoxCredential) -> Self {
+        Self {
+            in_chain: credential.clone(),
+            chosen: credential,
+        }
+    }
+}
+
 fn named<C: TokenCredential>(member: Member, credential: C) -> BoxCredential {
     BoxCredential::named(member.name(), credential)
 }
@@ -735,20 +762,26 @@ fn built<C: TokenCredential>(member: Member, credential: Result<C, ConfigError>)
 /// The developer's own sign-ins (the shared token cache, Azure CLI, Azure Developer CLI):
 /// inside this chain each of their failures lets the next one try, as in azure-identity — a
 /// stale refresh token in the shared cache, or an outage while redeeming it, must not keep a
-/// signed-in Azure CLI from answering. Invalid requests still stop the chain.
-fn developer_sign_in<C: TokenCredential>(member: Member, credential: C) -> BoxCredential {
-    named(
-        member,
-        tower::ServiceBuilder::new()
-            .map_err(|e: CredentialError| {
-                if e.is_authentication_failed() {
-                    e.into_unavailable()
-                } else {
-                    e
-                }
-            })
-            .service(credential),
-    )
+/// signed-in Azure CLI from answering. Invalid requests still stop the chain. Once chosen, it
+/// answers with its own errors, as in azure-identity: a sign-in that answered and now fails
+/// (an expired session, AADSTS70043) is *authentication failed*, so that an outer fallback
+/// (`DefaultAzureCredential::new()?.or(…)`) does not silently switch identity.
+fn developer_sign_in<C: TokenCredential>(member: Member, credential: C) -> Built {
+    Built {
+        in_chain: named(
+            member,
+            tower::ServiceBuilder::new()
+                .map_err(|e: CredentialError| {
+                    if e.is_authentication_failed() {
+                        e.into_unavailable()
+                    } else {
+                        e
+                    }
+                })
+                .service(credential.clone()),
+        ),
+        chosen: named(member, credential),
+    }
 }
 
 impl fmt::Debug for DefaultAzureCredentialBuilder {

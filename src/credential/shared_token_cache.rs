@@ -60,7 +60,8 @@ const UNAVAILABLE: &str = "authentication unavailable.";
 /// else the configured one, else `organizations`. New tokens, the rotated refresh token included, are written back to the file under its
 /// lock. Every "cannot" is *unavailable*, so a chain moves on; a provider's refusal is
 /// *authentication failed* (inside [`DefaultAzureCredential`](crate::DefaultAzureCredential)
-/// every failure is *unavailable*, as in azure-identity, so Azure CLI gets its turn).
+/// every failure is *unavailable*, as in azure-identity, so Azure CLI gets its turn, until the
+/// chain has chosen this credential).
 ///
 /// The account is selected again at every acquisition (a scope's first request, a renewal).
 /// When the selection changes (the developer signed in as someone else), the tokens kept in

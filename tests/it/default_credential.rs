@@ -300,6 +300,56 @@ async fn azure_cli_answers_on_a_developer_machine_and_the_chain_sticks_to_it() {
     );
 }
 
+/// Once Azure CLI has answered, the chain asks it alone and its failures are its own, as in
+/// azure-identity (the chosen credential is asked outside `within_dac`): an AADSTS refusal
+/// is *authentication failed*, not *unavailable*, so a fallback after the chain does not
+/// silently answer as another identity.
+#[tokio::test]
+async fn a_chosen_azure_cli_that_fails_stops_a_fallback_after_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    let az = signed_in(dir.path(), "az");
+    let other = tempfile::tempdir().unwrap();
+    let service_principal = fake_tool(
+        other.path(),
+        "az",
+        r#"now=$(date +%s); printf '{"accessToken":"other-token","expires_on":%s,"tokenType":"Bearer"}\n' $((now + 3600))"#,
+    );
+    let dac = nothing_configured(dir.path(), &imds, &[])
+        .azure_cli_credential(AzureCliCredential::builder().program(&az).build().unwrap())
+        .build()
+        .unwrap();
+    let with_fallback = dac.clone().or(AzureCliCredential::builder()
+        .program(&service_principal)
+        .build()
+        .unwrap());
+    let token = with_fallback.get_token([SCOPE]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "az-token");
+    assert_eq!(dac.answered(), Some("AzureCliCredential"));
+    fake_tool(
+        &dir.path().join("az"),
+        "az",
+        "echo 'ERROR: AADSTS70043: The refresh token has expired due to inactivity.' >&2; exit 1",
+    );
+    let err = dac
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert_eq!(err.credential(), "AzureCliCredential", "{err}");
+    assert!(err.message().contains("AADSTS70043"), "{err}");
+    let err = with_fallback
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(!err.is_unavailable(), "{err}");
+    assert!(err.to_string().contains("AADSTS70043"), "{err}");
+    assert!(
+        lines(other.path().join("calls")).is_empty(),
+        "the fallback was never asked"
+    );
+}
+
 #[tokio::test]
 async fn a_failing_azure_cli_lets_azure_developer_cli_answer() {
     let dir = tempfile::tempdir().unwrap();
