@@ -64,7 +64,7 @@ pub struct AzureCliCredential {
 }
 
 impl AzureCliCredential {
-    /// `az` from `PATH`, its default tenant, a 10 s timeout.
+    /// `az` (on Windows `az.cmd`) from `PATH`, its default tenant, a 10 s timeout.
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Inner::with_defaults(NAME, DEFAULT_PROGRAM)),
@@ -129,7 +129,8 @@ impl AzureCliCredentialBuilder {
         self
     }
 
-    /// The `az` executable to run (default `az` from `PATH`). A relative path with a
+    /// The `az` executable to run (default `az` from `PATH`; on Windows `az.cmd`, the batch
+    /// file the Azure CLI installs). A relative path with a
     /// directory (`./tools/az`) is taken from the current directory, not `PATH`.
     pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
         self.tool.set_program(program.into());

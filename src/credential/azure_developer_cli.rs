@@ -67,7 +67,7 @@ pub struct AzureDeveloperCliCredential {
 }
 
 impl AzureDeveloperCliCredential {
-    /// `azd` from `PATH`, its default tenant, a 10 s timeout.
+    /// `azd` (on Windows `azd.exe`) from `PATH`, its default tenant, a 10 s timeout.
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Inner::with_defaults(NAME, DEFAULT_PROGRAM)),
@@ -132,7 +132,8 @@ impl AzureDeveloperCliCredentialBuilder {
         self
     }
 
-    /// The `azd` executable to run (default `azd` from `PATH`). A relative path with a
+    /// The `azd` executable to run (default `azd` from `PATH`; on Windows `azd.exe`). A
+    /// relative path with a
     /// directory (`./tools/azd`) is taken from the current directory, not `PATH`.
     pub fn program(mut self, program: impl Into<PathBuf>) -> Self {
         self.tool.set_program(program.into());
