@@ -127,8 +127,8 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 ///
 /// | # | credential | reads |
 /// |---|---|---|
-/// | 1 | [`EnvironmentCredential`] | `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET` |
-/// | 2 | [`WorkloadIdentityCredential`] | `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE` |
+/// | 1 | [`EnvironmentCredential`] | `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`; optional `AZURE_ADDITIONALLY_ALLOWED_TENANTS` |
+/// | 2 | [`WorkloadIdentityCredential`] | `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE`; optional `AZURE_ADDITIONALLY_ALLOWED_TENANTS` |
 /// | 3 | [`ManagedIdentityCredential`] | the host's managed identity; `AZURE_CLIENT_ID` picks a user-assigned one |
 /// | 4 | [`SharedTokenCacheCredential`] | the MSAL cache in `~/.IdentityService` that Visual Studio and apps with a persistent MSAL cache write (not Azure CLI 2.30+); `AZURE_USERNAME` and `AZURE_TENANT_ID` pick the account |
 /// | 5 | [`AzureCliCredential`] | `az login` |
@@ -140,6 +140,14 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 /// id, both are *unavailable* saying so, and IMDS, which answers there as the node's kubelet
 /// identity, is never asked. The managed identity's attempt is then reported under its own
 /// name, saying that these variables chose its workload identity source.
+///
+/// `AZURE_ADDITIONALLY_ALLOWED_TENANTS` lists the tenants besides `AZURE_TENANT_ID` that a
+/// request may name, separated by `;` (`*`: any), as the .NET SDK reads it for all its
+/// members: here the environment and workload identity members (and the managed identity's
+/// workload identity source), which add them to the builder's
+/// [`additionally_allowed_tenants`](DefaultAzureCredentialBuilder::additionally_allowed_tenants).
+/// The other members have no tenant of their own to hold a request to. A malformed entry is an
+/// *invalid request* of the member, naming the variable.
 ///
 /// With [`vars`](DefaultAzureCredentialBuilder::vars), every member reads these (and
 /// `AZURE_AUTHORITY_HOST`, `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH`) from the pairs given.
@@ -392,8 +400,9 @@ impl DefaultAzureCredentialBuilder {
     }
 
     /// Tenants besides the configured one that requests may name; `"*"` allows any. Given to
-    /// the credentials with a tenant of their own (environment, workload identity); the others
-    /// do not restrict a request's tenant.
+    /// the credentials with a tenant of their own (environment, workload identity, and the
+    /// managed identity's workload identity source), with those of
+    /// `AZURE_ADDITIONALLY_ALLOWED_TENANTS`; the others do not restrict a request's tenant.
     pub fn additionally_allowed_tenants<I, S>(mut self, tenants: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -476,14 +485,15 @@ impl DefaultAzureCredentialBuilder {
         self
     }
 
-    /// Reads `AZURE_TOKEN_CREDENTIALS` and builds every selected member. Fails when that
+    /// Reads `AZURE_TOKEN_CREDENTIALS`, applies the `exclude_*` values and builds every member
+    /// left. Fails when that
     /// variable is invalid, nothing is left to try, or a value given to this builder for a
     /// selected member cannot work (an empty managed identity id, an invalid workload identity
     /// tenant, …), as azure-identity raises at construction. The same mistakes in the
     /// environment do not fail `build()`: a managed identity or shared token cache setting
     /// that cannot work makes that member *unavailable*, so the developer tools after it still
-    /// answer; an invalid `AZURE_TENANT_ID` or `AZURE_AUTHORITY_HOST` is an *invalid request*
-    /// when a token is asked for.
+    /// answer; an invalid `AZURE_TENANT_ID`, `AZURE_AUTHORITY_HOST` or
+    /// `AZURE_ADDITIONALLY_ALLOWED_TENANTS` is an *invalid request* when a token is asked for.
     pub fn build(mut self) -> Result<DefaultAzureCredential, ConfigError> {
         // `alone` stays the variable's alone (as azure-identity's `_enable_imds_probe`): a
         // member put back with `exclude_*(false)` does not turn the IMDS probe back on.
@@ -582,8 +592,11 @@ impl DefaultAzureCredentialBuilder {
                 Ok(named(member, b.build()).into())
             }
             Member::WorkloadIdentity => {
+                // With those of AZURE_ADDITIONALLY_ALLOWED_TENANTS from `vars`, which the .NET
+                // SDK gives all its members (the environment member reads it itself).
                 let mut b = WorkloadIdentityCredential::builder()
-                    .additionally_allowed_tenants(self.additionally_allowed_tenants.clone());
+                    .additionally_allowed_tenants(self.additionally_allowed_tenants.clone())
+                    .additionally_allowed_tenants_from_vars();
                 if let Some(id) = self.workload_client_id() {
                     b = b.client_id(id);
                 }
@@ -615,8 +628,9 @@ impl DefaultAzureCredentialBuilder {
                 // configuration error then makes this member unavailable too (see `built`).
                 // Without the member (excluded, or this one named alone), the workload
                 // identity variables select nothing and the host's managed identity is used.
-                let mut b =
-                    ManagedIdentityCredential::builder().exclude_workload_identity(!with_workload);
+                let mut b = ManagedIdentityCredential::builder()
+                    .exclude_workload_identity(!with_workload)
+                    .workload_identity_allowed_tenants(self.additionally_allowed_tenants.clone());
                 // Asked by this chain, it probes IMDS as in any chain; named alone, it has
                 // nothing to fall back to.
                 if alone {
@@ -1009,6 +1023,61 @@ mod tests {
             .unwrap_err();
         assert!(err.message().contains("certificate"), "{err}");
         assert_eq!(authority.requests().len(), 1);
+    }
+
+    /// The managed identity's workload identity source allows the tenants the workload
+    /// identity member does (the builder's and `AZURE_ADDITIONALLY_ALLOWED_TENANTS`), as
+    /// azure-identity passes the chain's settings on to it.
+    #[tokio::test]
+    async fn the_managed_identitys_workload_identity_source_allows_the_chains_tenants() {
+        use crate::test_support::authority::Authority;
+        use tower::ServiceExt;
+
+        let authority = Authority::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "projected-service-account-token").unwrap();
+        let (url, file) = (authority.url(), file.display().to_string());
+        let http = HttpClient::builder()
+            .add_root_certificates_pem(authority.ca_pem())
+            .build()
+            .unwrap();
+        let chain = DefaultAzureCredential::builder()
+            .vars([
+                ("AZURE_AUTHORITY_HOST", url.as_str()),
+                ("AZURE_TENANT_ID", "contoso"),
+                ("AZURE_CLIENT_ID", "workload-app"),
+                ("AZURE_FEDERATED_TOKEN_FILE", file.as_str()),
+                ("AZURE_ADDITIONALLY_ALLOWED_TENANTS", "fabrikam"),
+            ])
+            .additionally_allowed_tenants(["northwind"])
+            .http_client(http)
+            .build()
+            .unwrap();
+        let managed_identity = chain
+            .inner
+            .members
+            .iter()
+            .find(|m| m.name() == "ManagedIdentityCredential")
+            .cloned()
+            .unwrap();
+        for (n, tenant) in [(1, "fabrikam"), (2, "northwind")] {
+            let request =
+                TokenRequest::new(["https://resource.test/.default"]).with_tenant_id(tenant);
+            let token = managed_identity
+                .clone()
+                .oneshot(request)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(token.secret().expose_secret(), format!("at-{n}-{tenant}"));
+        }
+        let request = TokenRequest::new(["https://resource.test/.default"]).with_tenant_id("other");
+        let err = managed_identity.oneshot(request).await.unwrap_err();
+        assert!(
+            err.message().contains("not configured to acquire tokens"),
+            "{err}"
+        );
+        assert_eq!(authority.requests().len(), 2);
     }
 
     /// The managed identity's own endpoints keep its built-in client: the chain's sends https

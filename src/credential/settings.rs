@@ -41,6 +41,11 @@ impl Settings {
         self.additionally_allowed_tenants = tenants.into_iter().map(Into::into).collect();
     }
 
+    /// Adds tenants to those given with `set_additionally_allowed_tenants`.
+    pub(crate) fn add_additionally_allowed_tenants(&mut self, tenants: Vec<String>) {
+        self.additionally_allowed_tenants.extend(tenants);
+    }
+
     pub(crate) fn set_http_client(&mut self, client: HttpClient) {
         self.http_client = Some(client);
     }

@@ -11,10 +11,10 @@ use futures_util::FutureExt;
 use super::client_assertion::{
     ClientAssertionCredential, ClientAssertionCredentialBuilder, DEFAULT_MAX_ASSERTION_AGE, Fetch,
 };
-use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
+use super::env::{AZURE_ADDITIONALLY_ALLOWED_TENANTS, AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
 use super::settings::Settings;
 use super::{CredentialExt, arc_credential_service};
-use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority};
+use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority, validate_tenant_id};
 use crate::error::{ConfigError, CredentialError};
 use crate::regular_file::open_regular_file;
 use crate::token::{AccessToken, Secret, TokenRequest};
@@ -233,6 +233,9 @@ pub struct WorkloadIdentityCredentialBuilder {
     token_file_path: Option<PathBuf>,
     vars: Vars,
     settings: Settings,
+    /// Whether `AZURE_ADDITIONALLY_ALLOWED_TENANTS` adds to the allowed tenants: in
+    /// `DefaultAzureCredential`, which reads it for all its members as the .NET SDK does.
+    tenants_from_vars: bool,
 }
 
 impl WorkloadIdentityCredentialBuilder {
@@ -308,6 +311,13 @@ impl WorkloadIdentityCredentialBuilder {
         self
     }
 
+    /// The tenants of `AZURE_ADDITIONALLY_ALLOWED_TENANTS` (read from `vars`) are allowed
+    /// too; a malformed one makes a configured credential invalid, naming the variable.
+    pub(crate) fn additionally_allowed_tenants_from_vars(mut self) -> Self {
+        self.tenants_from_vars = true;
+        self
+    }
+
     /// Builds. Fails only for an invalid value given to this builder; missing values, or
     /// invalid ones from the environment, are reported by `get_token`.
     pub fn build(mut self) -> Result<WorkloadIdentityCredential, ConfigError> {
@@ -373,6 +383,16 @@ impl WorkloadIdentityCredentialBuilder {
         path: PathBuf,
         env_authority: Option<String>,
     ) -> Result<Inner, ConfigError> {
+        let mut settings = self.settings.clone();
+        if self.tenants_from_vars {
+            let tenants = self.vars.additionally_allowed_tenants();
+            for tenant in tenants.iter().filter(|t| *t != "*") {
+                validate_tenant_id(tenant).map_err(|e| {
+                    ConfigError::new(format!("{AZURE_ADDITIONALLY_ALLOWED_TENANTS}: {e}"))
+                })?;
+            }
+            settings.add_additionally_allowed_tenants(tenants);
+        }
         // No cache_options setter here: the settings hold no cache file.
         let credential = ClientAssertionCredentialBuilder::internal(
             NAME,
@@ -380,7 +400,7 @@ impl WorkloadIdentityCredentialBuilder {
             tenant.to_owned(),
             client_id,
             file_source(path.clone()),
-            self.settings.clone(),
+            settings,
         )
         .max_assertion_age(MAX_ASSERTION_AGE)
         .build_with_env_authority(env_authority)?;
@@ -399,6 +419,7 @@ impl fmt::Debug for WorkloadIdentityCredentialBuilder {
             .field("token_file_path", &self.token_file_path)
             .field("vars", &self.vars)
             .field("settings", &self.settings)
+            .field("tenants_from_vars", &self.tenants_from_vars)
             .finish()
     }
 }

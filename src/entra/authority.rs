@@ -270,7 +270,8 @@ impl TenantPolicy {
             "The current credential is not configured to acquire tokens for tenant {requested}. \
              To enable acquiring tokens for this tenant add it to the additionally_allowed_tenants \
              when creating the credential, or add \"*\" to additionally_allowed_tenants to allow \
-             acquiring tokens for any tenant."
+             acquiring tokens for any tenant. EnvironmentCredential and DefaultAzureCredential \
+             also take them from AZURE_ADDITIONALLY_ALLOWED_TENANTS (separated by ';')."
         ))
     }
 
@@ -455,6 +456,7 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("additionally_allowed_tenants"), "{err}");
+        assert!(err.contains("AZURE_ADDITIONALLY_ALLOWED_TENANTS"), "{err}");
         // Comparison is exact.
         assert!(strict.resolve(Some("HOME")).is_err());
 

@@ -261,6 +261,68 @@ async fn additionally_allowed_tenants_from_the_environment_reach_the_environment
     assert_eq!(authority.requests()[0].path, "/fabrikam/oauth2/v2.0/token");
 }
 
+/// `AZURE_ADDITIONALLY_ALLOWED_TENANTS` in the chain's variables reaches its workload identity
+/// member too, added to the builder's list, as the .NET SDK gives it to every member; a
+/// malformed entry is an invalid request naming the variable, not a build error.
+#[tokio::test]
+async fn additionally_allowed_tenants_from_the_environment_reach_the_workload_identity() {
+    let authority = Authority::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    let file = dir.path().join("token");
+    std::fs::write(&file, "projected-service-account-token").unwrap();
+    let (url, file) = (authority.url(), file.display().to_string());
+    let pod = |allowed: &str| {
+        nothing_configured(
+            dir.path(),
+            &imds,
+            &[
+                ("AZURE_TENANT_ID", TENANT),
+                ("AZURE_CLIENT_ID", CLIENT_ID),
+                ("AZURE_FEDERATED_TOKEN_FILE", &file),
+                ("AZURE_AUTHORITY_HOST", &url),
+                ("AZURE_ADDITIONALLY_ALLOWED_TENANTS", allowed),
+            ],
+        )
+        .http_client(creds::http(&authority))
+    };
+    let for_tenant = |tenant: &str| TokenRequest::new([SCOPE]).with_tenant_id(tenant);
+    let dac = pod("other; fabrikam")
+        .additionally_allowed_tenants(["northwind"])
+        .build()
+        .unwrap();
+    let token = dac.get_token_with(for_tenant("fabrikam")).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "at-1-fabrikam");
+    assert_eq!(dac.answered(), Some("WorkloadIdentityCredential"));
+    assert_eq!(authority.requests()[0].path, "/fabrikam/oauth2/v2.0/token");
+    assert_eq!(
+        authority.requests()[0].field("client_assertion"),
+        Some("projected-service-account-token")
+    );
+    let token = dac.get_token_with(for_tenant("northwind")).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "at-2-northwind");
+    let err = dac
+        .get_token_with(for_tenant("tailspin"))
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_request(), "{err}");
+    assert!(
+        err.message().contains("AZURE_ADDITIONALLY_ALLOWED_TENANTS"),
+        "{err}"
+    );
+    assert_eq!(authority.requests().len(), 2);
+
+    let dac = pod("fabrikam;no/pe").build().unwrap();
+    let err = dac.get_token([SCOPE]).await.unwrap_err();
+    assert!(err.is_invalid_request(), "{err}");
+    assert_eq!(err.attempts()[1].credential(), "WorkloadIdentityCredential");
+    assert!(
+        err.message().contains("AZURE_ADDITIONALLY_ALLOWED_TENANTS"),
+        "{err}"
+    );
+    assert_eq!(authority.requests().len(), 2);
+}
+
 #[tokio::test]
 async fn azure_cli_answers_on_a_developer_machine_and_the_chain_sticks_to_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -474,6 +474,10 @@ pub struct ManagedIdentityCredentialBuilder {
     /// The workload identity source's client when it is not `http_client`'s (see
     /// `workload_identity_http_client`).
     workload_http_client: Option<HttpClient>,
+    /// `Some`: the workload identity source allows these tenants and those of
+    /// `AZURE_ADDITIONALLY_ALLOWED_TENANTS`, as `DefaultAzureCredential`'s workload identity
+    /// member does.
+    workload_allowed_tenants: Option<Vec<String>>,
     arc_key_directory: Option<PathBuf>,
     /// `Some`: probe IMDS (or not) wherever the credential is asked; `None`: when a chain
     /// asks it.
@@ -594,6 +598,14 @@ impl ManagedIdentityCredentialBuilder {
     /// built-in client, their endpoints being plain `http` on the host.
     pub(crate) fn workload_identity_http_client(mut self, client: HttpClient) -> Self {
         self.workload_http_client = Some(client);
+        self
+    }
+
+    /// The tenants the workload identity source allows besides its own, with those of
+    /// `AZURE_ADDITIONALLY_ALLOWED_TENANTS`. For `DefaultAzureCredential`, whose workload
+    /// identity member allows them: this source asks as that member does.
+    pub(crate) fn workload_identity_allowed_tenants(mut self, tenants: Vec<String>) -> Self {
+        self.workload_allowed_tenants = Some(tenants);
         self
     }
 
@@ -808,6 +820,11 @@ impl ManagedIdentityCredentialBuilder {
             })?,
         };
         let mut builder = WorkloadIdentityCredential::builder().client_id(client_id);
+        if let Some(tenants) = &self.workload_allowed_tenants {
+            builder = builder
+                .additionally_allowed_tenants(tenants.clone())
+                .additionally_allowed_tenants_from_vars();
+        }
         if let Some(pairs) = self.vars.pairs() {
             builder = builder.vars(pairs);
         }
@@ -981,6 +998,10 @@ impl fmt::Debug for ManagedIdentityCredentialBuilder {
             .field("vars", &self.vars)
             .field("http_client", &self.http_client)
             .field("workload_identity_http_client", &self.workload_http_client)
+            .field(
+                "workload_identity_allowed_tenants",
+                &self.workload_allowed_tenants,
+            )
             .field("azure_arc_key_directory", &self.arc_key_directory)
             .field("probe_imds", &self.probe_imds)
             .field("exclude_workload_identity", &self.no_workload_identity)
