@@ -838,6 +838,7 @@ proptest! {
             client_info: None,
             foci: None,
             replaces: None,
+            user_grant: false,
         };
         prop_assert_eq!(parsed.add_token_response(&tokens), None);
         assert_round_trip(&parsed)?;

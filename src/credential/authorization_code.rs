@@ -241,6 +241,7 @@ impl Inner {
                 tenant: &tenant,
                 scopes: &scopes,
                 claims: None,
+                user_grant: true,
             };
             // Kept in memory when the cache cannot be written (see `Unwritten`).
             redeem.record(&response, None).await;

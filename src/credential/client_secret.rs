@@ -199,6 +199,7 @@ impl<'a> AppTokenFiles<'a> {
                 tenant: &self.plan.tenant,
                 scopes: &self.plan.scopes,
                 claims: None,
+                user_grant: false,
             };
             answer.record(response, None).await;
         }

@@ -295,6 +295,7 @@ impl Inner {
             tenant: &tenant,
             scopes: &scopes,
             claims: None,
+            user_grant: true,
         };
         // A failed write is logged by `record`, and the refresh token kept in memory.
         let written = redeem.record(&response, None).await;

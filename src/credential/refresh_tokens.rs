@@ -287,6 +287,7 @@ impl Silent<'_> {
                     tenant,
                     scopes,
                     claims,
+                    user_grant: true,
                 };
                 redeem.first_success(candidates).await
             }
@@ -320,6 +321,8 @@ pub(crate) struct Redeem<'a> {
     pub(crate) tenant: &'a str,
     pub(crate) scopes: &'a [String],
     pub(crate) claims: Option<String>,
+    /// Whether the answers are to a user's grant (see [`NewTokens::user_grant`]).
+    pub(crate) user_grant: bool,
 }
 
 impl Redeem<'_> {
@@ -436,6 +439,7 @@ impl Redeem<'_> {
         let client_info = response.client_info.clone();
         let foci = response.foci.clone();
         let requested = self.scopes.to_vec();
+        let user_grant = self.user_grant;
         let written = self
             .store
             .modify(move |doc| {
@@ -455,6 +459,7 @@ impl Redeem<'_> {
                     client_info: client_info.as_deref(),
                     foci: foci.as_deref(),
                     replaces: replaces.as_deref(),
+                    user_grant,
                 });
                 // msal deletes the expired access tokens its search finds; this request's
                 // search found these (the new token's is not one of them).

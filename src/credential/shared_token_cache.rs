@@ -198,6 +198,7 @@ impl Inner {
                 tenant,
                 scopes,
                 claims,
+                user_grant: true,
             };
             let candidates = candidates
                 .into_iter()

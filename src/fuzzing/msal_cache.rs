@@ -288,6 +288,7 @@ struct Answer {
     client_info: Option<String>,
     foci: Option<String>,
     replaces: Option<String>,
+    user_grant: bool,
 }
 
 impl Answer {
@@ -308,6 +309,7 @@ impl Answer {
             client_info: self.client_info.as_deref(),
             foci: self.foci.as_deref(),
             replaces: self.replaces.as_deref(),
+            user_grant: self.user_grant,
         }
     }
 }
@@ -358,6 +360,7 @@ fn answers(doc: &CacheDocument) -> Vec<Answer> {
         client_info: None,
         foci: None,
         replaces: None,
+        user_grant: false,
     };
 
     let mut out = vec![base()];
@@ -392,6 +395,7 @@ fn answers(doc: &CacheDocument) -> Vec<Answer> {
         client_info: Some(client_info.clone()),
         foci: Some("1".to_owned()),
         replaces,
+        user_grant: true,
         ..base()
     };
     out.push(user(rt.as_ref().map(|t| t.key.clone())));
@@ -405,9 +409,18 @@ fn answers(doc: &CacheDocument) -> Vec<Answer> {
 
 /// What [`CacheDocument::add_token_response`] promises about what it wrote.
 fn check_added(doc: &CacheDocument, answer: &Answer, returned: Option<&str>) {
-    let app_only = answer.client_info.is_none() && answer.id_token.is_none();
+    let app_only = !answer.user_grant && answer.client_info.is_none() && answer.id_token.is_none();
     if app_only {
         assert_eq!(returned, None, "app-only answer returned an account");
+    }
+    // A user's token whose account was not recorded is not recorded at all.
+    if answer.user_grant && returned.is_none() {
+        assert!(
+            doc.access_tokens()
+                .iter()
+                .all(|t| t.secret.expose_secret() != answer.access_token.expose_secret()),
+            "a user's access token was recorded without its account"
+        );
     }
     let home = if app_only {
         Some(None)

@@ -44,7 +44,9 @@
 //!   `oid` nor `sub` (msal writes `null`), and the username falls back to the `email` claim;
 //! * an answer carrying `client_info` or an id token from which no account id can be read is
 //!   not cached at all (apart from AppMetadata): its access token must not pass for an
-//!   app-only one.
+//!   app-only one. Nor is the answer to a user's grant that names no account (neither, and no
+//!   redeemed refresh token of a known account): msal files that as app-only, where an
+//!   application credential with the same client id would take the user's token.
 //!
 //! Secrets: token values are handed out as [`Secret`](crate::Secret)s (zeroed on drop), and every raw value
 //! the document holds (each field value, each section kept verbatim) is zeroed when it is

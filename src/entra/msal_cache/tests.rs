@@ -66,6 +66,7 @@ struct Answer {
     client_info: Option<String>,
     foci: Option<String>,
     replaces: Option<String>,
+    user_grant: bool,
 }
 
 impl Answer {
@@ -85,6 +86,7 @@ impl Answer {
             client_info: None,
             foci: None,
             replaces: None,
+            user_grant: false,
         }
     }
 
@@ -103,6 +105,7 @@ impl Answer {
         })));
         a.client_info = Some(client_info(uid, utid));
         a.foci = Some("1".to_owned());
+        a.user_grant = true;
         a
     }
 
@@ -123,6 +126,7 @@ impl Answer {
             client_info: self.client_info.as_deref(),
             foci: self.foci.as_deref(),
             replaces: self.replaces.as_deref(),
+            user_grant: self.user_grant,
         }
     }
 }
@@ -1002,10 +1006,56 @@ fn a_refresh_answer_naming_no_account_rotates_the_redeemed_refresh_token() {
     );
     assert_eq!(doc.accounts().len(), accounts, "no account written");
 
-    // Without a refresh token to go by, it stays app-only.
-    let mut app = answer;
-    app.replaces = None;
-    assert_eq!(doc.add_token_response(&app.tokens()), None);
+    // Without a refresh token to go by, no account is known. This was once written as an
+    // app-only token; but it is the user's token (a user's grant), and an application
+    // credential with the same client id would take it as its own: nothing is written.
+    let mut unknown = answer;
+    unknown.replaces = None;
+    unknown.access_token = Secret::new("SECRET-whose");
+    assert_eq!(doc.add_token_response(&unknown.tokens()), None);
+    assert!(
+        doc.access_tokens()
+            .iter()
+            .all(|t| t.secret.expose_secret() != "SECRET-whose")
+    );
+}
+
+/// A user's grant answered without client_info or an id token (a sign-in without `openid`
+/// or `profile`; AD FS), not a refresh: its access token is the user's, yet it names no
+/// account. Filed as app-only, a client-credentials credential with the same client id and
+/// tenant would find it and act as the user; it is not written (the caller still gets it).
+#[test]
+fn a_user_grant_naming_no_account_is_not_written_as_an_app_only_token() {
+    let mut doc = CacheDocument::empty();
+    let mut answer = Answer::user(
+        (ALICE_UID, ALICE_UTID),
+        "alice@contoso.com",
+        "login.microsoftonline.com",
+        "contoso",
+        &["https://resource.test/.default"],
+    );
+    answer.client_info = None;
+    answer.id_token = None;
+    answer.replaces = None;
+    assert_eq!(doc.add_token_response(&answer.tokens()), None);
+    let app_only = doc.find_access_tokens(&AccessTokenQuery {
+        home_account_id: Some(None),
+        environments: PUBLIC,
+        client_id: Some(CLI),
+        realm: Some("contoso"),
+        scopes: &scopes(&["https://resource.test/.default"]),
+    });
+    assert!(app_only.is_empty(), "{} app-only token(s)", app_only.len());
+    assert!(doc.access_tokens().is_empty());
+    assert!(doc.refresh_tokens().is_empty());
+    assert!(doc.accounts().is_empty());
+    assert_eq!(doc.app_metadata().len(), 1);
+
+    // The same answer to the application's own grant is app-only, as msal writes it.
+    answer.user_grant = false;
+    answer.refresh_token = None;
+    assert_eq!(doc.add_token_response(&answer.tokens()), None);
+    assert_eq!(doc.access_tokens().len(), 1);
 }
 
 #[test]

@@ -46,6 +46,10 @@ pub struct NewTokens<'a> {
     pub foci: Option<&'a str>,
     /// Key of the refresh-token entry that was redeemed for this answer, if any.
     pub replaces: Option<&'a str>,
+    /// Whether the answer is to a user's grant (authorization code, device code, refresh
+    /// token), not an application's own (client credentials): such an answer that names no
+    /// account is not an app-only token.
+    pub user_grant: bool,
 }
 
 /// A base64(url) JSON object; `None` for anything else.
@@ -111,7 +115,9 @@ impl CacheDocument {
     /// * The account: `uid.utid` from `client_info`; without client_info, the id token's `sub`
     ///   (msal's ADFS rule); without either, the account of the RefreshToken entry `replaces`
     ///   names (the answer to a refresh grant: no Account or IdToken is written then). None of
-    ///   these: app-only.
+    ///   these: app-only for an application's grant; for a user's grant
+    ///   ([`user_grant`](NewTokens::user_grant)) nothing but AppMetadata is written (the
+    ///   token is the user's, and must not pass for an app-only one).
     /// * **AccessToken**: a new entry replacing, whole and at its position, any entry with the
     ///   same key (msal replaces the whole entry: unknown fields of the old one are dropped).
     ///   `home_account_id` is `null` for app-only tokens. `target` is the scopes sorted and
@@ -140,7 +146,14 @@ impl CacheDocument {
             (None, Some(key)) => (self.refresh_token_account(key), None),
             named => (named.0, uid),
         };
-        let app_only = r.client_info.is_none() && r.id_token.is_none() && home_account_id.is_none();
+        // A user's token whose account cannot be told (Entra answers a sign-in without
+        // `openid`/`profile` that way, AD FS too) is not filed as app-only: an application
+        // credential with the same client id looking up its own tokens would take it and act
+        // as the user.
+        let app_only = !r.user_grant
+            && r.client_info.is_none()
+            && r.id_token.is_none()
+            && home_account_id.is_none();
         let cacheable = app_only || home_account_id.is_some();
 
         let mut scopes: Vec<&str> = r.scopes.iter().map(String::as_str).collect();
