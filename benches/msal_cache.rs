@@ -237,6 +237,7 @@ fn realistic(people: usize) -> Vec<u8> {
                 client_info: Some(&client_info),
                 foci: Some("1"),
                 replaces: rt_key.as_deref(),
+                replaces_read_here: true,
                 user_grant: true,
             });
             assert_eq!(added.as_deref(), Some(home_account_id(person).as_str()));

@@ -838,6 +838,7 @@ proptest! {
             client_info: None,
             foci: None,
             replaces: None,
+            replaces_read_here: false,
             user_grant: false,
         };
         prop_assert_eq!(parsed.add_token_response(&tokens), None);

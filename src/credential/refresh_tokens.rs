@@ -354,8 +354,10 @@ impl Redeem<'_> {
                 Ok(response) => {
                     // Recorded in this request's document; a key read from the other one
                     // names the same account's entry there, if it has one.
-                    self.record(&response, candidate.entry.map(|(key, _)| key))
-                        .await;
+                    let replaces = candidate
+                        .entry
+                        .map(|(key, from)| (key, std::ptr::eq(from, self.store)));
+                    self.record(&response, replaces).await;
                     return Ok(Some(response.token));
                 }
                 Err(error) => error,
@@ -414,9 +416,14 @@ impl Redeem<'_> {
 
     /// Records a token answer in the store, as MSAL does: the answer's scopes (else the
     /// requested ones) for the tenant, the refresh token replacing `replaces` (the key of the
-    /// one redeemed). Returns whether it was written. A failure to write is logged, not
+    /// one redeemed, and whether it was read from this store). Returns whether it was written. A failure to write is logged, not
     /// returned: the token itself is good, and its refresh token is kept in [`Unwritten`].
-    pub(crate) async fn record(&self, response: &TokenResponse, replaces: Option<String>) -> bool {
+    pub(crate) async fn record(
+        &self,
+        response: &TokenResponse,
+        replaces: Option<(String, bool)>,
+    ) -> bool {
+        let (replaces, replaces_read_here) = replaces.map_or((None, false), |(k, h)| (Some(k), h));
         let scopes: Vec<String> = match &response.scope {
             Some(scope) if !scope.trim().is_empty() => {
                 scope.split_whitespace().map(str::to_owned).collect()
@@ -459,6 +466,7 @@ impl Redeem<'_> {
                     client_info: client_info.as_deref(),
                     foci: foci.as_deref(),
                     replaces: replaces.as_deref(),
+                    replaces_read_here,
                     user_grant,
                 });
                 // msal deletes the expired access tokens its search finds; this request's

@@ -309,6 +309,7 @@ impl Answer {
             client_info: self.client_info.as_deref(),
             foci: self.foci.as_deref(),
             replaces: self.replaces.as_deref(),
+            replaces_read_here: true,
             user_grant: self.user_grant,
         }
     }

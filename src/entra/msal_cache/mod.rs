@@ -40,6 +40,11 @@
 //!   with the same `home_account_id` exists in any realm, no Account entry is written (that
 //!   empty-username entry would shadow the real one for msal's and azure-identity's
 //!   `username` filters);
+//! * a refresh grant's answer that finds neither the redeemed refresh token nor any Account of
+//!   its account (signed out by another application meanwhile) writes nothing of the account:
+//!   msal only skips the Account entry, and so brings back the refresh token, id token and
+//!   access token of the user who signed out. Like msal, a refresh creates no Account entry;
+//!   unlike msal, it updates an existing one;
 //! * `local_account_id` falls back to the client_info `uid` when the id token has neither
 //!   `oid` nor `sub` (msal writes `null`), and the username falls back to the `email` claim;
 //! * an answer carrying `client_info` or an id token from which no account id can be read is

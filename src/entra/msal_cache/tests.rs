@@ -126,6 +126,7 @@ impl Answer {
             client_info: self.client_info.as_deref(),
             foci: self.foci.as_deref(),
             replaces: self.replaces.as_deref(),
+            replaces_read_here: true,
             user_grant: self.user_grant,
         }
     }
@@ -1089,6 +1090,99 @@ fn rotation_with_a_different_key_leaves_a_single_refresh_token_holding_the_new_s
         Some("https://resource.test/.default")
     );
     assert!(!text(&doc).contains(old_secret.expose_secret()));
+}
+
+/// What msal's `remove_account` does: every Account, refresh, access and id token of the
+/// account removed.
+fn sign_out(doc: &mut CacheDocument, hid: &str) {
+    for section in [ACCESS_TOKEN, REFRESH_TOKEN, ID_TOKEN, ACCOUNT] {
+        let keys: Vec<String> = doc
+            .raw_entries(section)
+            .iter()
+            .filter(|e| e.str("home_account_id").as_deref() == Some(hid))
+            .map(|e| e.key.to_owned())
+            .collect();
+        assert!(!keys.is_empty(), "{section}");
+        for key in keys {
+            assert!(doc.remove_entry(section, &key));
+        }
+    }
+}
+
+/// Another application signed Alice out (msal's `remove_account`) while our refresh of her
+/// token was in flight: the answer, recorded under the lock after the sign-out, brings back
+/// neither her Account nor any of her tokens (msal honours the sign-out for the Account
+/// only).
+#[test]
+fn a_refresh_answer_after_a_concurrent_sign_out_brings_nothing_of_the_account_back() {
+    let rt_key = format!("{ALICE}-127.0.0.1-refreshtoken-{CLI}--https://resource.test/.default");
+    let mut doc = CacheDocument::parse(TWO_ACCOUNTS).unwrap();
+    sign_out(&mut doc, ALICE);
+    let signed_out = text(&doc);
+    let mut answer = Answer::user(
+        (ALICE_UID, ALICE_UTID),
+        "alice@contoso.com",
+        "127.0.0.1",
+        "contoso",
+        &["https://resource.test/.default"],
+    );
+    answer.refresh_token = Some(Secret::new("SECRET-rotated"));
+    answer.replaces = Some(rt_key.clone());
+    assert_eq!(doc.add_token_response(&answer.tokens()), None);
+    let alice = Some(ALICE.to_owned());
+    assert!(doc.accounts().iter().all(|a| a.home_account_id != ALICE));
+    assert!(
+        doc.refresh_tokens()
+            .iter()
+            .all(|t| t.home_account_id != ALICE)
+    );
+    assert!(
+        doc.access_tokens()
+            .iter()
+            .all(|t| t.home_account_id != alice)
+    );
+    assert!(doc.id_tokens().iter().all(|t| t.home_account_id != ALICE));
+    assert_eq!(
+        text(&doc),
+        signed_out,
+        "Bob's entries and the AppMetadata as they were"
+    );
+
+    // With only the Account gone (the refresh token left), the refresh token rotates but
+    // no Account is created: a refresh never creates one.
+    let mut doc = CacheDocument::parse(TWO_ACCOUNTS).unwrap();
+    let account_key = doc.raw_entries(ACCOUNT)[0].key.to_owned();
+    assert!(account_key.starts_with(ALICE));
+    assert!(doc.remove_entry(ACCOUNT, &account_key));
+    assert_eq!(
+        doc.add_token_response(&answer.tokens()).as_deref(),
+        Some(ALICE)
+    );
+    assert_eq!(
+        rt_by_key(&doc, &rt_key).secret.expose_secret(),
+        "SECRET-rotated"
+    );
+    assert!(doc.accounts().iter().all(|a| a.home_account_id != ALICE));
+    // With only the refresh token gone (Entra rejected it elsewhere), the account is still
+    // signed in: a new refresh token is written.
+    let mut doc = CacheDocument::parse(TWO_ACCOUNTS).unwrap();
+    assert!(doc.remove_refresh_token(&rt_key));
+    assert_eq!(
+        doc.add_token_response(&answer.tokens()).as_deref(),
+        Some(ALICE)
+    );
+    assert_eq!(
+        rt_by_key(&doc, &rt_key).secret.expose_secret(),
+        "SECRET-rotated"
+    );
+    // A key read from the other document (the CAE one, say) was never in this one: no
+    // sign-out, and the account is written here as for a sign-in.
+    let mut doc = CacheDocument::empty();
+    let mut tokens = answer.tokens();
+    tokens.replaces_read_here = false;
+    assert_eq!(doc.add_token_response(&tokens).as_deref(), Some(ALICE));
+    assert_eq!(doc.accounts().len(), 1);
+    assert_eq!(doc.refresh_tokens().len(), 1);
 }
 
 #[test]

@@ -46,6 +46,11 @@ pub struct NewTokens<'a> {
     pub foci: Option<&'a str>,
     /// Key of the refresh-token entry that was redeemed for this answer, if any.
     pub replaces: Option<&'a str>,
+    /// Whether `replaces` was read from this document, not from another one (the other of
+    /// the CAE and non-CAE pair). Only then is the answer kept from creating an Account, and
+    /// does the absence of that entry and of every Account of the account mean a sign-out
+    /// since: another document's key was never here.
+    pub replaces_read_here: bool,
     /// Whether the answer is to a user's grant (authorization code, device code, refresh
     /// token), not an application's own (client credentials): such an answer that names no
     /// account is not an app-only token.
@@ -127,15 +132,23 @@ impl CacheDocument {
     ///   the client_info `uid`; `authority_type` `ADFS` for realm `adfs`, else `MSSTS`. An
     ///   existing entry with the same key gets these six fields and keeps its others
     ///   (`account_source`). When the username would be `""` and an Account with the same
-    ///   `home_account_id` exists in any realm, nothing is written (see the module docs).
+    ///   `home_account_id` exists in any realm, nothing is written (see the module docs). The
+    ///   answer to a refresh grant (`replaces` set, [read here](NewTokens::replaces_read_here))
+    ///   only updates an existing entry, never creates one (msal's `skip_account_creation`,
+    ///   which honours a concurrent sign-out).
+    /// * **Signed out meanwhile**: when `replaces` is set (read here) but neither its entry nor any Account
+    ///   of the account is left (another application removed the account while the refresh
+    ///   was in flight), nothing of the account is written — no AccessToken, IdToken or
+    ///   RefreshToken (msal would still write them) — and `None` is returned.
     /// * **IdToken** (if the answer has one, not for app-only): replaces the same key.
     /// * **RefreshToken** (if the answer has one, not for app-only — a refresh token without
     ///   an account could never be found again, so it is not recorded): when `replaces` names
     ///   an existing entry of the same account, that entry is updated in place as msal does on
     ///   rotation — new `secret`, `last_modification_time`, and `family_id` if the answer has
     ///   `foci`; its key, `target` and other fields stay — and no other entry is written.
-    ///   Otherwise (no `replaces`, or its entry is gone) a new entry replaces the one with the
-    ///   same key; a `replaces` entry of another account is removed.
+    ///   Otherwise (no `replaces`, or its entry is gone while an Account of the account is
+    ///   left) a new entry replaces the one with the same key; a `replaces` entry of another
+    ///   account is removed.
     /// * **AppMetadata**: always, replacing the same key; `family_id` when `foci` is present.
     pub fn add_token_response(&mut self, r: &NewTokens<'_>) -> Option<String> {
         let claims = r.id_token.and_then(|t| jwt_claims(t.expose_secret()));
@@ -154,7 +167,19 @@ impl CacheDocument {
             && r.client_info.is_none()
             && r.id_token.is_none()
             && home_account_id.is_none();
-        let cacheable = app_only || home_account_id.is_some();
+        // A refresh whose redeemed entry and every Account of its account are gone: another
+        // application signed the user out (msal's remove_account) while the request was in
+        // flight. Nothing of the account is written back, the access token included: the
+        // user asked for their tokens to be forgotten, and a process looking tokens up by
+        // account (one pinned to it, as ours are) would keep using one. The caller still
+        // gets the token it asked for.
+        let signed_out = match (r.replaces, home_account_id.as_deref()) {
+            (Some(key), Some(hid)) if r.replaces_read_here => {
+                !self.has_refresh_token(key) && !self.has_account(hid)
+            }
+            _ => false,
+        };
+        let cacheable = !signed_out && (app_only || home_account_id.is_some());
 
         let mut scopes: Vec<&str> = r.scopes.iter().map(String::as_str).collect();
         scopes.sort_unstable();
@@ -196,7 +221,7 @@ impl CacheDocument {
             self.put_entry(ACCESS_TOKEN, key, Entry::with_fields(fields));
         }
 
-        if let Some(hid) = home_account_id.as_deref() {
+        if let Some(hid) = home_account_id.as_deref().filter(|_| cacheable) {
             if let Some(uid) = uid.as_deref() {
                 self.add_account_and_id_token(r, hid, uid, claims.as_ref());
             }
@@ -241,6 +266,20 @@ impl CacheDocument {
         }
     }
 
+    /// Whether a RefreshToken entry has this key.
+    fn has_refresh_token(&self, key: &str) -> bool {
+        self.entries(REFRESH_TOKEN)
+            .iter()
+            .any(|(name, _)| name.text() == key)
+    }
+
+    /// Whether an Account entry (of any environment and realm) belongs to this account.
+    fn has_account(&self, hid: &str) -> bool {
+        self.entries(ACCOUNT)
+            .iter()
+            .any(|(_, e)| e.lenient_str("home_account_id").as_deref() == Some(hid))
+    }
+
     /// The `home_account_id` of the RefreshToken entry with this key, if it has one.
     fn refresh_token_account(&self, key: &str) -> Option<String> {
         self.entries(REFRESH_TOKEN)
@@ -265,12 +304,7 @@ impl CacheDocument {
                     .or_else(|| claim(c, "email"))
             })
             .unwrap_or("");
-        if username.is_empty()
-            && self
-                .entries(ACCOUNT)
-                .iter()
-                .any(|(_, e)| e.lenient_str("home_account_id").as_deref() == Some(hid))
-        {
+        if username.is_empty() && self.has_account(hid) {
             return;
         }
         let local_account_id = claims
@@ -299,6 +333,10 @@ impl CacheDocument {
                     existing.set(name, RawJson::string(value));
                 }
             }
+            // A refresh only updates an Account (msal's skip_account_creation, "to honor a
+            // concurrent remove_account()"): one that is missing may have been removed by a
+            // sign-out since the refresh token was read.
+            None if r.replaces.is_some() && r.replaces_read_here => {}
             None => entries.push((
                 Name::new(key),
                 Entry::with_fields(
