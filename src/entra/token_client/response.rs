@@ -127,7 +127,15 @@ fn parse_success(
     let token = AccessToken::new(access_token, instant_after(sent_at, lifetime_secs))
         .with_refresh_on(refresh_in.map(|s| instant_after(sent_at, s)))
         .with_token_type(token_type);
-    let string = |name: &str| object.get(name).and_then(Value::as_str).map(str::to_owned);
+    // An empty value is no value (msal skips them too): an empty refresh token stored in
+    // place of the redeemed one would fail the next renewal.
+    let string = |name: &str| {
+        object
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
     Ok(TokenResponse {
         token,
         refresh_token: string("refresh_token").map(Secret::new),

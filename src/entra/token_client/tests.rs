@@ -127,6 +127,32 @@ async fn missing_expiry_or_token_is_an_unexpected_response_without_echo() {
     assert!(err.message().contains("already expired"), "{err}");
 }
 
+/// An empty `refresh_token` in a refresh grant's answer would be stored in place of the
+/// redeemed one, and the next renewal would fail: empty values are no values, as for msal.
+#[tokio::test(start_paused = true)]
+async fn empty_refresh_token_id_token_client_info_and_foci_are_absent() {
+    let r = parse(
+        200,
+        r#"{"access_token":"a","expires_in":3600,"refresh_token":""}"#,
+    )
+    .unwrap();
+    assert!(r.refresh_token.is_none());
+    let r = parse(
+        200,
+        r#"{"access_token":"a","expires_in":3600,"refresh_token":"","id_token":"","client_info":"","foci":""}"#,
+    )
+    .unwrap();
+    assert!(r.refresh_token.is_none() && r.id_token.is_none());
+    assert_eq!((r.client_info, r.foci), (None, None));
+    let r = parse(
+        200,
+        r#"{"access_token":"a","expires_in":3600,"refresh_token":"r","foci":"1"}"#,
+    )
+    .unwrap();
+    assert_eq!(r.refresh_token.unwrap().expose_secret(), "r");
+    assert_eq!(r.foci.as_deref(), Some("1"));
+}
+
 #[tokio::test(start_paused = true)]
 async fn entra_error_body_becomes_a_detailed_error() {
     let body = r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.\r\nTrace ID: t-1\r\nCorrelation ID: c-1\r\nTimestamp: 2024-05-01 00:00:00Z","error_codes":[7000215],"timestamp":"2024-05-01 00:00:00Z","trace_id":"t-1","correlation_id":"c-1"}"#;
