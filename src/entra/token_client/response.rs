@@ -96,21 +96,37 @@ fn parse_success(
         Some(Value::String(t)) if !t.is_empty() => Secret::new(t.as_str()),
         _ => return Err("the answer has no access_token".into()),
     };
-    let expires_in = number_field(object, "expires_in")?;
-    let expires_on_abs = number_field(object, "expires_on")?;
-    // An absolute expires_on (managed-identity style) wins over expires_in. Every number is
-    // clamped to MAX_TOKEN_LIFETIME before it meets a clock: `"expires_in": 1e20` is a broken
-    // provider, not a reason to overflow.
+    let expires_in = number_field(object, "expires_in");
+    let expires_on_abs = number_field(object, "expires_on");
+    // An absolute expires_on (managed-identity style) wins over expires_in; one that cannot
+    // be read is ignored when expires_in can (a usable token arrived), and only then. Every
+    // number is clamped to MAX_TOKEN_LIFETIME before it meets a clock: `"expires_in": 1e20`
+    // is a broken provider, not a reason to overflow.
     let lifetime_secs = match (expires_on_abs, expires_in) {
-        (Some(epoch), _) => epoch.saturating_sub(sent_at_unix),
-        (None, Some(secs)) => secs,
-        (None, None) => return Err("the answer has neither expires_in nor expires_on".into()),
+        (Ok(Some(epoch)), _) => epoch.saturating_sub(sent_at_unix),
+        (on, Ok(Some(secs))) => {
+            if on.is_err() {
+                ignored("expires_on");
+            }
+            secs
+        }
+        (_, Err(reason)) | (Err(reason), Ok(None)) => return Err(reason),
+        (Ok(None), Ok(None)) => {
+            return Err("the answer has neither expires_in nor expires_on".into());
+        }
     };
     let lifetime_secs = clamped_lifetime(lifetime_secs).as_secs();
     if lifetime_secs == 0 {
         return Err("the token it issued has already expired".into());
     }
-    let refresh_in = match number_field(object, "refresh_in")? {
+    // Hints: one that cannot be read is ignored, not a reason to refuse the token.
+    let hint = |name: &str| {
+        number_field(object, name).unwrap_or_else(|_| {
+            ignored(name);
+            None
+        })
+    };
+    let refresh_in = match hint("refresh_in") {
         // A refresh time past expiry means nothing more than expiry.
         Some(secs) => Some(secs.min(lifetime_secs)),
         None if Duration::from_secs(lifetime_secs) >= HALF_LIFE_THRESHOLD => {
@@ -118,8 +134,8 @@ fn parse_success(
         }
         None => None,
     };
-    let ext_expires_in = number_field(object, "ext_expires_in")?
-        .map_or(lifetime_secs, |secs| clamped_lifetime(secs).as_secs());
+    let ext_expires_in =
+        hint("ext_expires_in").map_or(lifetime_secs, |secs| clamped_lifetime(secs).as_secs());
     let token_type = match object.get("token_type") {
         Some(Value::String(t)) if !t.is_empty() => t.as_str(),
         _ => "Bearer",
@@ -148,6 +164,15 @@ fn parse_success(
         extended_expires_on: sent_at_unix.saturating_add(ext_expires_in),
         refresh_on: refresh_in.map(|s| sent_at_unix.saturating_add(s)),
     })
+}
+
+/// Logs a field of a successful answer that was ignored because it is not a number (its value
+/// is not logged: the answer holds tokens).
+fn ignored(field: &str) {
+    tracing::debug!(
+        field,
+        "token endpoint answer: ignored a field that is not a non-negative number"
+    );
 }
 
 /// An error answer: `Microsoft Entra ID error '(code) description'`, with the details kept

@@ -47,6 +47,53 @@ async fn numbers_may_be_json_numbers_or_numeric_strings() {
     );
 }
 
+/// A hint that cannot be read (`refresh_in`, `ext_expires_in`), or an `expires_on` beside a
+/// readable `expires_in`, does not cost the token that arrived: it is ignored.
+#[tokio::test(start_paused = true)]
+async fn unreadable_hints_are_ignored_and_the_token_kept() {
+    let r = parse(
+        200,
+        r#"{"access_token":"a","expires_in":7200,"refresh_in":"soon"}"#,
+    )
+    .unwrap();
+    // As without refresh_in: half the lifetime of a long-lived token.
+    assert_eq!(r.refresh_on, Some(1_700_003_600));
+    let r = parse(
+        200,
+        r#"{"access_token":"a","expires_in":3600,"ext_expires_in":"x"}"#,
+    )
+    .unwrap();
+    assert_eq!(r.extended_expires_on, 1_700_003_600);
+    for expires_on in ["\"\"", "\"soon\"", "-1", "true", "[1]"] {
+        let body = format!(r#"{{"access_token":"a","expires_in":3600,"expires_on":{expires_on}}}"#);
+        let r = parse(200, &body).unwrap();
+        assert_eq!(r.expires_on, 1_700_003_600, "{body}");
+        assert_eq!(r.token.expires_in(), Duration::from_secs(3600), "{body}");
+    }
+    // Without a readable expires_in, an unreadable expires_on leaves no lifetime.
+    for body in [
+        r#"{"access_token":"a","expires_on":""}"#,
+        r#"{"access_token":"a","expires_on":"","expires_in":null}"#,
+    ] {
+        let err = parse(200, body).unwrap_err();
+        assert!(
+            err.message()
+                .contains("expires_on is not a non-negative number"),
+            "{err}"
+        );
+    }
+    let err = parse(
+        200,
+        r#"{"access_token":"a","expires_on":"","expires_in":"x"}"#,
+    )
+    .unwrap_err();
+    assert!(
+        err.message()
+            .contains("expires_in is not a non-negative number"),
+        "{err}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn refresh_on_follows_refresh_in_then_half_life_for_long_tokens() {
     let r = parse(200, r#"{"access_token":"a","expires_in":7200}"#).unwrap();
