@@ -243,15 +243,24 @@ impl CacheDocument {
 
     /// Removes the entry with `key` from a known section.
     fn remove_entry(&mut self, section: &str, key: &str) -> bool {
+        self.remove_entries_where(section, |name| name == key) != 0
+    }
+
+    /// Removes, in one pass, the entries of a known section whose key `remove` accepts.
+    /// Returns how many were removed.
+    fn remove_entries_where(&mut self, section: &str, remove: impl Fn(&str) -> bool) -> usize {
         let Some((_, Body::Entries(entries))) = self
             .sections
             .iter_mut()
             .find(|(name, _)| name.text() == section)
         else {
-            return false;
+            return 0;
         };
         let before = entries.len();
-        entries.retain(|(name, _)| name.text() != key);
-        entries.len() != before
+        entries.retain(|(name, _)| {
+            work::add(1);
+            !remove(name.text())
+        });
+        before.saturating_sub(entries.len())
     }
 }

@@ -59,15 +59,17 @@ impl CacheDocument {
         q: &AccessTokenQuery<'_>,
         now_unix: u64,
     ) -> usize {
-        let expired: Vec<String> = self
+        let expired: HashSet<String> = self
             .matching_access_tokens(q)
             .filter(|(_, at)| at.expires_on <= now_unix)
             .map(|(key, _)| key.to_owned())
             .collect();
-        expired
-            .iter()
-            .filter(|key| self.remove_entry(ACCESS_TOKEN, key))
-            .count()
+        if expired.is_empty() {
+            return 0;
+        }
+        // One pass over the section, not one per key: this runs while the cache's lock file
+        // is held, and a file with thousands of expired tokens must not hold it for long.
+        self.remove_entries_where(ACCESS_TOKEN, |key| expired.contains(key))
     }
 
     /// [`find_access_tokens`](CacheDocument::find_access_tokens) with each entry's key.

@@ -1588,6 +1588,45 @@ fn reading_takes_steps_linear_in_the_size_of_the_document() {
     }
 }
 
+/// Removing the expired access tokens a query finds is one pass over the section, not one
+/// per token (it runs while the cache's lock file is held).
+#[test]
+fn removing_expired_access_tokens_found_takes_steps_linear_in_their_number() {
+    fn expired_app_tokens(n: usize) -> String {
+        let ats: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#""-login.microsoftonline.com-accesstoken-c-contoso-s s{i}": {{"credential_type": "AccessToken", "secret": "at-{i}", "home_account_id": null, "environment": "login.microsoftonline.com", "client_id": "c", "target": "s s{i}", "realm": "contoso", "token_type": "Bearer", "cached_at": "1", "expires_on": "2", "extended_expires_on": "2"}}"#
+                )
+            })
+            .collect();
+        format!(r#"{{"AccessToken": {{{}}}}}"#, ats.join(", "))
+    }
+    let steps = |n: usize| {
+        let mut doc = parse(&expired_app_tokens(n));
+        work::take();
+        let removed = doc.remove_expired_access_tokens_found(
+            &AccessTokenQuery {
+                home_account_id: Some(None),
+                environments: PUBLIC,
+                client_id: Some("c"),
+                realm: Some("contoso"),
+                scopes: &scopes(&["s"]),
+            },
+            100,
+        );
+        assert_eq!(removed, n);
+        assert!(doc.access_tokens().is_empty());
+        work::take()
+    };
+    let (small, large) = (steps(2_500), steps(10_000));
+    // Four times the tokens: about four times the steps if linear, sixteen if not.
+    assert!(
+        large <= small * 5,
+        "{small} steps for 2 500, {large} for 10 000"
+    );
+}
+
 #[test]
 fn accounts_with_family_refresh_tokens_are_those_the_reference_selects() {
     let doc = parse(&many_accounts(3));
