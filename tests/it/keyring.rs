@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tower_identity::{
-    ClientSecretCredential, CredentialExt, SharedTokenCacheCredential, TokenCachePersistenceOptions,
+    ClientSecretCredential, CredentialExt, DeviceCodeCredential, SharedTokenCacheCredential,
+    TokenCachePersistenceOptions,
 };
 
 use crate::support::authority::{Authority, Fault};
@@ -396,6 +397,77 @@ async fn a_service_that_refuses_the_item_type_still_stores_the_tokens() {
         1,
         "the second credential read the item"
     );
+}
+
+// The item's `Type` is cosmetic, and its call may wait up to 15 s for an answer, longer than
+// other writers wait for the lock (about 5 s): it is set once the signal file is touched and
+// the lock file released. gnome-keyring is stopped as soon as the call is seen on the bus, so
+// whatever it would answer comes too late to make the lock file's state right.
+#[tokio::test]
+async fn the_item_type_is_set_after_the_lock_file_is_released() {
+    let service = SecretService::start().await;
+    let dir = service.identity_service_dir();
+    let mut sets = service
+        .watch_calls_on("org.freedesktop.DBus.Properties", "Set")
+        .await;
+    let credential = credential("keyring-type-late", options(&service, "type-late"));
+    let get = tokio::spawn(async move { credential.get_token([SCOPE]).await });
+    sets.next().await;
+    let paused = service.pause_keyring();
+    assert!(
+        !dir.join("type-late.nocae.lockfile").exists(),
+        "the lock file is held while the item's Type is set"
+    );
+    assert!(
+        dir.join("type-late.nocae").exists(),
+        "the signal file is touched first"
+    );
+    drop(paused);
+    get.await.unwrap().unwrap();
+}
+
+// A device code sign-in stops when every caller gives up (its task is aborted), also while its
+// answer is being stored: the item is stored all the same (the call was sent), so the signal
+// file must be touched all the same, else msal-extensions keeps its copy and later writes it
+// back over ours. gnome-keyring is stopped as soon as the store is seen on the bus, and the
+// caller gives up before it answers. On the running clock (the keyring's calls cannot be held
+// still): the sign-in's first poll comes after the peer's 5 s interval.
+#[tokio::test]
+async fn a_sign_in_given_up_while_its_answer_is_stored_still_touches_the_signal_file() {
+    let service = SecretService::start().await;
+    let dir = service.identity_service_dir();
+    let signal = dir.join("abandoned.nocae");
+    let tenant = "keyring-abandoned";
+    let peer = peer();
+    let (shown, mut prompts) = tokio::sync::mpsc::unbounded_channel();
+    let credential = DeviceCodeCredential::builder()
+        .tenant_id(tenant)
+        .authority_host(&peer.base)
+        .http_client(peer.http())
+        .cache_options(options(&service, "abandoned"))
+        .prompt(move |info| {
+            let _ = shown.send(info);
+        })
+        .build()
+        .unwrap();
+    let mut creates = service
+        .watch_calls_on("org.freedesktop.Secret.Collection", "CreateItem")
+        .await;
+    let get = tokio::spawn(async move { credential.get_token([SCOPE]).await });
+    let info = prompts.recv().await.expect("a prompt");
+    peer.approve_device_code(tenant, &info.user_code, "hana@contoso.com")
+        .await;
+    creates.next().await;
+    let paused = service.pause_keyring();
+    get.abort();
+    assert!(get.await.unwrap_err().is_cancelled());
+    drop(paused);
+    wait_until("the signal file is touched", || signal.exists()).await;
+    wait_until("the lock file is released", || {
+        !dir.join("abandoned.nocae.lockfile").exists()
+    })
+    .await;
+    assert_eq!(service.items().await.len(), 1);
 }
 
 // Removing the lock file is file I/O: a failed save releases it on the blocking pool, as a

@@ -24,7 +24,7 @@ use super::atomic_write::{create_dir, create_new_private, parent_dir, write_targ
 use super::error::{Kind, PersistenceError};
 use super::lock_file::LockGuard;
 use super::reader::is_missing;
-use super::secret_service::Keyring;
+use super::secret_service::{Keyring, OwnedObjectPath};
 use super::{CacheFile, Document, run_blocking};
 use crate::regular_file::{is_not_regular, open_regular_file};
 
@@ -41,7 +41,8 @@ pub(crate) struct KeyringTarget {
 
 /// The storage chosen on first use.
 enum Backend<D: Document> {
-    Keyring(Keyring),
+    /// Shared with the task that stores the item (see [`KeyringCache::modify`]).
+    Keyring(Arc<Keyring>),
     File(Arc<CacheFile<D>>),
 }
 
@@ -103,7 +104,7 @@ impl<D: Document> KeyringCache<D> {
                 )
                 .await
                 {
-                    Ok(keyring) => Ok(Backend::Keyring(keyring)),
+                    Ok(keyring) => Ok(Backend::Keyring(Arc::new(keyring))),
                     Err(error) => match &self.target.fallback {
                         Some(file) => {
                             tracing::warn!(%error, file = %file.display(), "no usable Secret Service; the token cache falls back to the plaintext file, as allowed");
@@ -129,6 +130,14 @@ impl<D: Document> KeyringCache<D> {
 
     /// Read-modify-write under the signal file's lock file; stores the item and touches the
     /// signal file only when the document's bytes changed. Returns what `change` returned.
+    ///
+    /// Storing the item, touching the signal file and releasing the lock file run as one
+    /// spawned task: once the item is stored, msal-extensions' readers must be told to reload
+    /// even if this future is dropped (a device code sign-in whose callers all gave up is
+    /// aborted), else they keep their copy and later write it back over ours. (A writer of
+    /// this process that comes meanwhile waits on the lock file the task still holds.) The
+    /// item's `Type` is set after that, with the lock file released: it is cosmetic, and may
+    /// take up to the call timeout, longer than other writers wait for the lock.
     pub(crate) async fn modify<R, F>(&self, change: F) -> Result<R, PersistenceError>
     where
         F: FnOnce(&mut D) -> R + Send + 'static,
@@ -136,33 +145,44 @@ impl<D: Document> KeyringCache<D> {
     {
         let keyring = match self.backend().await? {
             Backend::File(file) => return file.modify(change).await,
-            Backend::Keyring(keyring) => keyring,
+            Backend::Keyring(keyring) => Arc::clone(keyring),
         };
         let (_writers, lock) = self.signal.writer_turn().await?;
-        let lock = Arc::new(lock);
-        let outcome = self.update(keyring, &lock, change).await;
-        let signal = self.target.signal.clone();
-        // The lock guard's removal is file I/O too: it is dropped on the blocking pool, after
-        // the touch, whatever the outcome.
-        run_blocking(&self.target.signal, move || {
-            let _lock = lock;
-            let (value, changed) = outcome?;
-            if changed {
-                touch(&signal)?;
-            }
-            Ok(value)
-        })
-        .await
+        let (value, bytes) = match self.prepare(&keyring, change).await {
+            Ok((value, bytes)) => (Ok(value), bytes),
+            Err(error) => (Err(error), None),
+        };
+        let task = tokio::spawn(store_and_signal(
+            Arc::clone(&keyring),
+            lock,
+            self.target.signal.clone(),
+            bytes,
+        ));
+        let stored = match task.await {
+            Ok(stored) => stored,
+            Err(error) => match error.try_into_panic() {
+                Ok(payload) => std::panic::resume_unwind(payload),
+                Err(_) => Err(PersistenceError::io(
+                    "use",
+                    &self.target.signal,
+                    io::Error::other("the tokio runtime is shutting down"),
+                )),
+            },
+        };
+        let value = value?;
+        if let Some(item) = stored? {
+            keyring.set_type(item).await;
+        }
+        Ok(value)
     }
 
-    /// Reads the item, applies `change` and stores the result if its bytes changed, with the
-    /// lock held. Returns what `change` returned and whether the item changed.
-    async fn update<R, F>(
+    /// Reads the item (the lock held) and applies `change`. Returns what `change` returned
+    /// and the document's bytes if they differ from the item's.
+    async fn prepare<R, F>(
         &self,
         keyring: &Keyring,
-        lock: &Arc<LockGuard>,
         change: F,
-    ) -> Result<(R, bool), PersistenceError>
+    ) -> Result<(R, Option<Vec<u8>>), PersistenceError>
     where
         F: FnOnce(&mut D) -> R,
     {
@@ -171,13 +191,7 @@ impl<D: Document> KeyringCache<D> {
         let value = change(&mut doc);
         let bytes = doc.to_bytes();
         let changed = stored.as_deref() != Some(bytes.as_slice());
-        if changed {
-            // As the file's writer does (see `LockGuard::check_held`), on the blocking pool.
-            let lock = Arc::clone(lock);
-            run_blocking(&self.target.signal, move || lock.check_held()).await?;
-            keyring.save(&bytes).await?;
-        }
-        Ok((value, changed))
+        Ok((value, changed.then_some(bytes)))
     }
 
     fn parse(&self, stored: Option<&[u8]>) -> Result<D, PersistenceError> {
@@ -194,6 +208,38 @@ impl<D: Document> KeyringCache<D> {
             },
         })
     }
+}
+
+/// Stores `bytes` (if any) as the item and touches the signal file, then releases the lock
+/// file, off the executor as all of the lock file's I/O. Returns the stored item's path.
+async fn store_and_signal(
+    keyring: Arc<Keyring>,
+    lock: LockGuard,
+    signal: PathBuf,
+    bytes: Option<Vec<u8>>,
+) -> Result<Option<OwnedObjectPath>, PersistenceError> {
+    let lock = Arc::new(lock);
+    let saved = match bytes {
+        None => Ok(None),
+        Some(bytes) => {
+            // As the file's writer does (see `LockGuard::check_held`), on the blocking pool.
+            let held = Arc::clone(&lock);
+            match run_blocking(&signal, move || held.check_held()).await {
+                Ok(()) => keyring.save(&bytes).await.map(Some),
+                Err(error) => Err(error),
+            }
+        }
+    };
+    let path = signal.clone();
+    run_blocking(&path, move || {
+        let _lock = lock;
+        let item = saved?;
+        if item.is_some() {
+            touch(&signal)?;
+        }
+        Ok(item)
+    })
+    .await
 }
 
 /// Sets the signal file's mtime to now, creating it (empty, mode 0600) if missing, as

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use secret_service::{EncryptionType, Error as SsError, SecretService};
+pub(super) use zbus::zvariant::OwnedObjectPath;
 
 use super::error::{Kind, PersistenceError};
 
@@ -156,9 +157,10 @@ impl Keyring {
         .map_err(|e| self.error("read the token cache item", &e))
     }
 
-    /// Stores `bytes` as the item, replacing the one with the same attributes.
-    pub(super) async fn save(&self, bytes: &[u8]) -> Result<(), PersistenceError> {
-        let item = with_timeout(async {
+    /// Stores `bytes` as the item, replacing the one with the same attributes. Returns the
+    /// item's path, for [`set_type`](Self::set_type).
+    pub(super) async fn save(&self, bytes: &[u8]) -> Result<OwnedObjectPath, PersistenceError> {
+        with_timeout(async {
             let collection = self.service.get_default_collection().await?;
             let item = collection
                 .create_item(LABEL, self.attributes(), bytes, true, CONTENT_TYPE)
@@ -166,16 +168,14 @@ impl Keyring {
             Ok::<_, SsError>(item.item_path.clone())
         })
         .await
-        .map_err(|e| self.error("store the token cache item", &e))?;
-        self.set_type(item).await;
-        Ok(())
+        .map_err(|e| self.error("store the token cache item", &e))
     }
 
     /// Records the schema name as the item's `Type`, as libsecret does (seahorse shows it).
     /// Best effort: the property is gnome-keyring's, not the Secret Service specification's,
     /// and a service that refuses it (KeePassXC) has stored the item all the same. The
     /// `secret-service` crate cannot pass it inside `CreateItem`, hence a call of its own.
-    async fn set_type(&self, item: zbus::zvariant::OwnedObjectPath) {
+    pub(super) async fn set_type(&self, item: OwnedObjectPath) {
         let set = with_timeout(async {
             let properties = zbus::fdo::PropertiesProxy::builder(&self.connection)
                 .destination("org.freedesktop.secrets")?

@@ -194,12 +194,20 @@ impl SecretService {
     /// Service, seen as the bus routes them, as `dbus-monitor` sees them: whether the service
     /// answers, or runs at all, does not matter.
     pub async fn watch_calls(&self, member: &'static str) -> Calls {
+        self.watch_calls_on("org.freedesktop.Secret.Service", member)
+            .await
+    }
+
+    /// As [`watch_calls`](Self::watch_calls), for the calls of `member` of `interface`
+    /// (`org.freedesktop.Secret.Collection`'s `CreateItem`, `org.freedesktop.DBus.Properties`'
+    /// `Set`…).
+    pub async fn watch_calls_on(&self, interface: &'static str, member: &'static str) -> Calls {
         let connection = self.connect().await;
         // Made before the connection turns monitor, so that no message is missed.
         let messages = zbus::MessageStream::from(&connection);
         let rule = zbus::MatchRule::builder()
             .msg_type(zbus::message::Type::MethodCall)
-            .interface("org.freedesktop.Secret.Service")
+            .interface(interface)
             .unwrap()
             .member(member)
             .unwrap()
