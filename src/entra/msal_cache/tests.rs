@@ -1166,7 +1166,8 @@ fn a_refresh_answer_after_a_concurrent_sign_out_brings_nothing_of_the_account_ba
     // With only the refresh token gone (Entra rejected it elsewhere), the account is still
     // signed in: a new refresh token is written.
     let mut doc = CacheDocument::parse(TWO_ACCOUNTS).unwrap();
-    assert!(doc.remove_refresh_token(&rt_key));
+    let stored = rt_by_key(&doc, &rt_key).secret.clone();
+    assert!(doc.remove_refresh_token(&rt_key, &stored));
     assert_eq!(
         doc.add_token_response(&answer.tokens()).as_deref(),
         Some(ALICE)
