@@ -495,9 +495,11 @@ impl DefaultAzureCredentialBuilder {
     /// answer; an invalid `AZURE_TENANT_ID`, `AZURE_AUTHORITY_HOST` or
     /// `AZURE_ADDITIONALLY_ALLOWED_TENANTS` is an *invalid request* when a token is asked for.
     pub fn build(mut self) -> Result<DefaultAzureCredential, ConfigError> {
-        // `alone` stays the variable's alone (as azure-identity's `_enable_imds_probe`): a
-        // member put back with `exclude_*(false)` does not turn the IMDS probe back on.
+        // The IMDS probe is off only when the variable names the managed identity alone (as
+        // azure-identity's `_enable_imds_probe`), whatever `exclude_*(false)` puts back: a
+        // managed identity put back beside another named credential still probes.
         let (selected, alone) = selection(self.vars.get(AZURE_TOKEN_CREDENTIALS).as_deref())?;
+        let imds_alone = alone && selected == [Member::ManagedIdentity];
         let members: Vec<Member> = Member::ALL
             .into_iter()
             .filter(|m| match self.exclusions.iter().find(|(e, _)| e == m) {
@@ -535,7 +537,7 @@ impl DefaultAzureCredentialBuilder {
         let mut chain = Vec::with_capacity(members.len());
         let mut chosen = Vec::with_capacity(members.len());
         for member in &members {
-            let built = self.member(*member, alone, with_workload)?;
+            let built = self.member(*member, imds_alone, with_workload)?;
             chain.push(built.in_chain);
             chosen.push(built.chosen);
         }
@@ -563,14 +565,15 @@ impl DefaultAzureCredentialBuilder {
         }
     }
 
-    /// Builds `member`; `alone`: named alone by `AZURE_TOKEN_CREDENTIALS`; `with_workload`:
+    /// Builds `member`; `imds_alone`: the managed identity is named alone by
+    /// `AZURE_TOKEN_CREDENTIALS` (no IMDS probe); `with_workload`:
     /// the workload identity member is in the chain. Fails only on a value given in code (a
     /// program's mistake, as azure-identity raises at construction); a misconfigured
     /// environment makes the member *unavailable* instead (see [`built`]).
     fn member(
         &mut self,
         member: Member,
-        alone: bool,
+        imds_alone: bool,
         with_workload: bool,
     ) -> Result<Built, ConfigError> {
         let vars = self.vars.pairs();
@@ -633,7 +636,7 @@ impl DefaultAzureCredentialBuilder {
                     .workload_identity_allowed_tenants(self.additionally_allowed_tenants.clone());
                 // Asked by this chain, it probes IMDS as in any chain; named alone, it has
                 // nothing to fall back to.
-                if alone {
+                if imds_alone {
                     b = b.probe_imds(false);
                 }
                 if let Some(vars) = vars {

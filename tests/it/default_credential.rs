@@ -852,6 +852,31 @@ async fn a_managed_identity_named_alone_is_not_probed() {
     let requests = imds.requests();
     assert_eq!(requests.len(), 2, "{requests:?}");
     assert_eq!(requests[1].identity_header("metadata"), Some("true"));
+    // Another credential named alone, the managed identity put back in code: it is probed
+    // (its first request has no `Metadata` header), as in any chain.
+    let dac = nothing_configured(
+        dir.path(),
+        &imds.base_url(),
+        &[("AZURE_TOKEN_CREDENTIALS", "AzureCliCredential")],
+    )
+    .exclude_managed_identity_credential(false)
+    .build()
+    .unwrap();
+    assert_eq!(
+        dac.credentials().collect::<Vec<_>>(),
+        ["ManagedIdentityCredential", "AzureCliCredential"]
+    );
+    dac.get_token([SCOPE]).await.unwrap();
+    let requests = imds.requests();
+    assert!(
+        requests.len() >= 4,
+        "a probe, then the request: {requests:?}"
+    );
+    assert_eq!(
+        requests[2].identity_header("metadata"),
+        None,
+        "{requests:?}"
+    );
 }
 
 #[tokio::test]
