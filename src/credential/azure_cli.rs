@@ -14,6 +14,7 @@ use super::tool::{Inner, ToolSettings};
 use crate::cache::CacheKey;
 use crate::encoding::number;
 use crate::error::{ConfigError, CredentialError};
+use crate::flight::{SingleFlight, WhenAbandoned};
 use crate::token::{AccessToken, TokenRequest, instant_from_unix, unix_now};
 
 const NAME: &str = "AzureCliCredential";
@@ -53,11 +54,13 @@ const NOT_SIGNED_IN: &str = "Azure CLI is not signed in. Run 'az login' to sign 
 /// until its renewal (5 minutes before it expires); build a new credential to get the new
 /// identity's at once.
 ///
-/// A request with claims (a claims challenge) cannot be passed to `az`: it is *unavailable*
-/// with the `az login --claims-challenge … --scope …` command to run (Azure CLI 2.76 or
-/// later). When a token is held, `az` is asked first: once the user has run that command it
-/// answers a new token, which is taken as the answer and cached in place of the rejected
-/// one.
+/// A request with claims (a claims challenge) cannot be passed to `az`. Before this
+/// credential has answered it is *unavailable* with the `az login --claims-challenge …
+/// --scope …` command to run (Azure CLI 2.76 or later). When a token is held, `az` is asked
+/// first (one run for concurrent challenges): once the user has run that command it answers
+/// a new token, which is taken as the answer and cached in place of the rejected one;
+/// otherwise the command is given as *authentication failed*, so that a chain does not
+/// answer the challenge with another identity.
 #[derive(Clone)]
 pub struct AzureCliCredential {
     inner: Arc<Inner<Self>>,
@@ -191,6 +194,10 @@ impl Inner<AzureCliCredential> {
     /// one, so a challenge is first checked against `az` (when a token is held to compare):
     /// a different token is taken (and cached) as the answer; the same one, or none to
     /// compare, is the advice to sign in, with the command filled in (as azure-identity).
+    /// The advice is *unavailable* when no token is held, as azure-identity's; once this
+    /// credential has answered, it is *authentication failed*: a chain must not answer the
+    /// challenge with another identity. Concurrent challenges share one run of `az`, which
+    /// goes on if they stop waiting.
     async fn answer_claims(
         self: &Arc<Self>,
         claims: &str,
@@ -208,26 +215,43 @@ impl Inner<AzureCliCredential> {
         }
         command.push_str(" --scope ");
         command.push_str(&scope);
-        let advice = CredentialError::unavailable(
-            NAME,
-            format!(
-                "Azure CLI cannot answer a claims challenge itself; sign in with the claims \
-                 (Azure CLI 2.76 or later): run '{command}', then try again"
-            ),
+        let advice = format!(
+            "Azure CLI cannot answer a claims challenge itself; sign in with the claims \
+             (Azure CLI 2.76 or later): run '{command}', then try again"
         );
         let Some(held) = self.cache.current(&key) else {
-            return Err(advice);
+            return Err(CredentialError::unavailable(NAME, advice));
         };
-        let this = Arc::clone(self);
-        let token = self
-            .cache
-            .get_or_acquire(key, true, move || async move {
-                this.run_az(&scope, tenant.as_deref()).await
-            })
-            .await;
-        match token {
+        let refused = |said: Option<&CredentialError>| {
+            let advice = match said {
+                Some(error) => format!("{advice} (Azure CLI: {})", error.message()),
+                None => advice.clone(),
+            };
+            CredentialError::authentication_failed(NAME, advice)
+        };
+        let flight = {
+            let mut flights = self.claims_check.0.lock();
+            match flights.running(&key) {
+                Some(flight) => flight,
+                None => {
+                    let this = Arc::clone(self);
+                    let asked = key.clone();
+                    let work = async move {
+                        let run = Arc::clone(&this);
+                        this.cache
+                            .get_or_acquire(asked, true, move || async move {
+                                run.run_az(&scope, tenant.as_deref()).await
+                            })
+                            .await
+                    };
+                    flights.start(key, WhenAbandoned::RunOn, work, |_, answer| answer)
+                }
+            }
+        };
+        match flight.await {
             Ok(token) if token.secret() != held.secret() => Ok(token),
-            _ => Err(advice),
+            Ok(_) => Err(refused(None)),
+            Err(error) => Err(refused(Some(&error))),
         }
     }
 
@@ -254,6 +278,16 @@ impl Inner<AzureCliCredential> {
             return Err(classify_failure(&output.stderr.bytes));
         }
         parse_output(&output.stdout.bytes)
+    }
+}
+
+/// Azure CLI's checks of `az` on claims challenges: concurrent challenges for one key share
+/// one run.
+pub(super) struct ClaimsCheck(SingleFlight<CacheKey, AccessToken>);
+
+impl Default for ClaimsCheck {
+    fn default() -> Self {
+        Self(SingleFlight::new(NAME, "Azure CLI's claims check", ()))
     }
 }
 

@@ -210,6 +210,22 @@ pub(crate) async fn run_tool(
             ),
         ));
     }
+    // A launcher script (Linux's `az`: bash running Python without `exec`) whose child was
+    // ended by a signal exits 128 + N, with nothing on stderr.
+    if let Some(code @ 129..=192) = output.status.code() {
+        if quote_stderr(&output.stderr.bytes).is_none() {
+            return Err(CredentialError::authentication_failed(
+                tool.credential,
+                format!(
+                    "{} ({}) exited with status {code} and no error output: what it ran was \
+                     probably ended by signal {} (the out-of-memory killer sends 9)",
+                    tool.display,
+                    program.display(),
+                    code.saturating_sub(128)
+                ),
+            ));
+        }
+    }
     // 127 is the shells' "command not found": a launcher script whose interpreter or
     // program is gone. The tool is not installed properly, as azure-identity also reads it.
     if output.status.code() == Some(NOT_FOUND_STATUS) {

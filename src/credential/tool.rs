@@ -24,6 +24,8 @@ pub(super) struct Inner<C> {
     pub(super) tenants: TenantPolicy,
     pub(super) timeout: Duration,
     pub(super) cache: TokenCache,
+    /// Azure CLI's check of `az` on a claims challenge (see `azure_cli`); unused by azd.
+    pub(super) claims_check: super::azure_cli::ClaimsCheck,
     credential: PhantomData<fn() -> C>,
 }
 
@@ -95,6 +97,7 @@ impl ToolSettings {
             tenants,
             timeout: self.timeout,
             cache: TokenCache::new(self.name),
+            claims_check: Default::default(),
             credential: PhantomData,
         })
     }

@@ -363,9 +363,11 @@ async fn a_claims_challenge_advises_the_sign_in_and_takes_the_new_token_once_sig
     let az = fake_az(
         dir.path(),
         &format!(
-            r#"now=$(date +%s); exp=$((now + 3600)); tok=$(cat '{}')
+            r#"if [ -e '{dir}/fail' ]; then echo 'ERROR: AADSTS50076: MFA required' >&2; exit 1; fi
+now=$(date +%s); exp=$((now + 3600)); tok=$(cat '{token}')
 printf '{{"accessToken":"%s","expires_on":%s,"tokenType":"Bearer"}}\n' "$tok" "$exp""#,
-            token.display()
+            dir = dir.path().display(),
+            token = token.display()
         ),
     );
     let cli = AzureCliCredential::builder()
@@ -378,7 +380,8 @@ printf '{{"accessToken":"%s","expires_on":%s,"tokenType":"Bearer"}}\n' "$tok" "$
     let claims = r#"{"access_token":{"acrs":{"essential":true,"value":"c1"}}}"#;
     let challenge = || TokenRequest::new([MGMT]).with_claims(claims);
     let err = cli.get_token_with(challenge()).await.unwrap_err();
-    assert!(err.is_unavailable(), "{err}");
+    // This credential has answered: another member of a chain must not answer instead.
+    assert!(err.is_authentication_failed(), "{err}");
     let command = format!(
         "az login --claims-challenge {} --tenant contoso --scope {MGMT}",
         base64::engine::general_purpose::STANDARD.encode(claims)
@@ -396,6 +399,35 @@ printf '{{"accessToken":"%s","expires_on":%s,"tokenType":"Bearer"}}\n' "$tok" "$
     let next = cli.get_token([MGMT]).await.unwrap();
     assert_eq!(next.secret().expose_secret(), "after", "cached in place");
     assert_eq!(lines(dir.path().join("calls")).len(), 3);
+
+    // Concurrent challenges share one run of `az`.
+    let all = futures_util::future::join_all((0..10).map(|_| cli.get_token_with(challenge())));
+    for result in all.await {
+        let err = result.unwrap_err();
+        assert!(err.message().contains(&command), "{err}");
+    }
+    assert_eq!(lines(dir.path().join("calls")).len(), 4);
+    // What `az` said when it failed is part of the advice.
+    std::fs::write(dir.path().join("fail"), "").unwrap();
+    let err = cli.get_token_with(challenge()).await.unwrap_err();
+    assert!(
+        err.message().contains(&command) && err.message().contains("AADSTS50076"),
+        "{err}"
+    );
+}
+
+/// With no token held (this credential has not answered), the advice is *unavailable*, as
+/// azure-identity's: a chain moves on.
+#[tokio::test]
+async fn a_claims_challenge_before_any_token_is_unavailable_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = fake_az(dir.path(), SIGNED_IN);
+    let err = credential(&az)
+        .get_token_with(TokenRequest::new([MGMT]).with_claims("{}"))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(lines(dir.path().join("calls")).is_empty());
 }
 
 /// Blank claims are no claims (as azure-identity): the token is served as usual.
@@ -455,7 +487,8 @@ async fn an_az_script_whose_interpreter_is_gone_is_named_as_a_cause() {
     assert!(err.message().contains("interpreter"), "{err}");
 }
 
-/// `az` ended by a signal from elsewhere (the OOM killer, say): said, with the signal.
+/// `az` ended by a signal from elsewhere (the OOM killer, say): said, with the signal, also
+/// when it is a launcher's child that was ended silently (the launcher exits 128 + 9).
 #[tokio::test]
 async fn an_az_ended_by_a_signal_says_so() {
     let dir = tempfile::tempdir().unwrap();
@@ -464,6 +497,15 @@ async fn an_az_ended_by_a_signal_says_so() {
     assert!(err.is_authentication_failed(), "{err}");
     assert!(
         err.message().contains("ended by signal 9") && err.message().contains("about to go"),
+        "{err}"
+    );
+    // Its stderr kept from the shell's own "Killed" report, which would be quoted instead.
+    let dir = tempfile::tempdir().unwrap();
+    let az = fake_az(dir.path(), "{ sh -c 'kill -9 $$'; } 2>/dev/null\nexit $?");
+    let err = credential(&az).get_token([MGMT]).await.unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert!(
+        err.message().contains("status 137") && err.message().contains("signal 9"),
         "{err}"
     );
 }
