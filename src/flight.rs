@@ -6,8 +6,8 @@
 //! The owner takes the lock ([`SingleFlight::lock`]), looks at its state and decides: use what
 //! it holds, join the running flight ([`FlightLock::running`]), or start one
 //! ([`FlightLock::start`]). Used by the refresh slot ([`crate::refresh`]), the bearer layer's
-//! claims tokens, the authorization-code redemption, the client-assertion calls and the
-//! device-code sign-in.
+//! claims tokens, the authorization-code redemption, the client-assertion calls, the
+//! device-code sign-in and Azure CLI's check of `az` on a claims challenge.
 //!
 //! # Contract
 //!
