@@ -194,8 +194,8 @@ pub(crate) const DEFAULT_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30)
 /// late timer on a busy runtime.
 const TIMER_LEAD: Duration = Duration::from_secs(5);
 /// How far apart an armed timer and a lookup's deadline may be for the timer to serve it:
-/// fired up to this much late, it still fires well inside `TIMER_LEAD`; early, it only makes
-/// readers look again.
+/// fired up to this much late, it still fires 4 s before the deadline (inside `TIMER_LEAD`);
+/// early, it only makes readers look again.
 const TIMER_SLACK: Duration = Duration::from_secs(1);
 
 /// The timing rules of a slot.
@@ -346,6 +346,9 @@ struct State<V> {
     /// "Stacked slots" in the module docs): not renewed early again, whatever that renewal
     /// brought.
     tried_early: Option<TokenId>,
+    /// Tokens stored by [`TokenSlot::store`], counted: an acquisition that ends after one
+    /// leaves it in place, even when it is the token the acquisition started from.
+    stores: u64,
     /// Acquisitions started, for the span's `attempt`.
     acquisitions: u64,
     /// The recheck timer, when one is armed (see the module docs).
@@ -441,6 +444,7 @@ impl<V: SlotValue> TokenSlot<V> {
                     current: None,
                     last_attempt: None,
                     tried_early: None,
+                    stores: 0,
                     acquisitions: 0,
                     timer: None,
                 },
@@ -576,8 +580,17 @@ impl<V: SlotValue> TokenSlot<V> {
             .current
             .as_ref()
             .filter(|current| current.value.token().secret() == value.token().secret())
-            .map(|current| current.id);
-        let entry = self.entry_with_id(value, now, same.unwrap_or_else(TokenId::next));
+            .map(|current| (current.id, current.refresh_at));
+        let entry = match same {
+            // Its timing stays too: drawn again from the lifetime left, the window would
+            // shrink and the slot renew later (as for the same token back early, in `land`).
+            Some((id, refresh_at)) => Entry {
+                refresh_at,
+                ..self.entry_with_id(value, now, id)
+            },
+            None => self.entry(value, now),
+        };
+        state.stores = state.stores.wrapping_add(1);
         state.current = Some(entry.clone());
         self.bump();
         Ok(entry)
@@ -640,12 +653,9 @@ impl<V: SlotValue> TokenSlot<V> {
             return false;
         };
         if let Some(timer) = &state.timer {
-            // Within `TIMER_SLACK` either way it is the same deadline: after a suspension the
-            // deadline is moved back by the time missed, which each lookup measures anew from
-            // two clocks read moments apart, so it differs by nanoseconds every time, and a
-            // new timer each time would bump the generation for every request.
-            let apart = timer.at.max(fire_at).duration_since(timer.at.min(fire_at));
-            if apart <= TIMER_SLACK && !timer.task.is_finished() {
+            // The same deadline, give or take a suspension's measure (see `serves`): a new
+            // timer each time would bump the generation for every request.
+            if serves(timer.at, fire_at, fresh) && !timer.task.is_finished() {
                 return true;
             }
         }
@@ -735,7 +745,7 @@ impl<V: SlotValue> TokenSlot<V> {
             .map(|entry| entry.value.token().secret().clone());
         let work = RENEWING.scope(replaced, span.in_scope(acquire).instrument(span));
         let slot = Arc::clone(self);
-        let from = state.current.as_ref().map(|entry| entry.id);
+        let from = (state.current.as_ref().map(|entry| entry.id), state.stores);
         state.start((), WhenAbandoned::RunOn, work, move |state, result| {
             slot.land(state, result, kind, from)
         })
@@ -744,13 +754,14 @@ impl<V: SlotValue> TokenSlot<V> {
     /// Stores an acquisition's outcome as it ends — normally, by panic, or by runtime
     /// shutdown (then with an error) — under the lock that ends its flight; the spacing after
     /// a renewal counts from here.
-    /// `from`: the id of the token held when the acquisition started.
+    /// `from`: the id of the token held when the acquisition started, and the count of
+    /// stores then.
     fn land(
         &self,
         state: &mut State<V>,
         result: Result<V, CredentialError>,
         kind: Start,
-        from: Option<TokenId>,
+        (from, stores): (Option<TokenId>, u64),
     ) -> Result<Entry<V>, CredentialError> {
         let now = Instant::now();
         let result = result.and_then(|value| self.unexpired(value, now));
@@ -759,7 +770,8 @@ impl<V: SlotValue> TokenSlot<V> {
             // answers more than this one was asked for: it stays, whatever this one brought.
             // Replaced, the next request would meet the same challenge again.
             Some(current)
-                if Some(current.id) != from && !current.value.token().is_expired_at(now) =>
+                if (Some(current.id) != from || state.stores != stores)
+                    && !current.value.token().is_expired_at(now) =>
             {
                 current.clone()
             }
@@ -814,6 +826,16 @@ impl<V: SlotValue> TokenSlot<V> {
         self.bump();
         outcome
     }
+}
+
+/// Whether a timer armed to fire at `timer_at` serves a lookup whose timer should fire at
+/// `fire_at`, the clock reading `fresh`: within [`TIMER_SLACK`] either way it is the same
+/// deadline (after a suspension each lookup measures the time missed anew, from two clocks
+/// read moments apart); and it must not have fired: once it has, its bump may be the one the
+/// caller just saw, though its task is not finished yet.
+fn serves(timer_at: Instant, fire_at: Instant, fresh: Instant) -> bool {
+    let apart = timer_at.max(fire_at).duration_since(timer_at.min(fire_at));
+    apart <= TIMER_SLACK && fresh < timer_at
 }
 
 /// What [`TokenSlot::start`] starts.
@@ -1441,6 +1463,63 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(slot.generation(), generation, "no timer replaced");
+    }
+
+    #[test]
+    fn an_armed_timer_serves_a_deadline_within_the_slack_until_it_fires() {
+        let t = Instant::now() + HOUR;
+        let ms = Duration::from_millis;
+        assert!(serves(t, t, t - ms(1)));
+        assert!(
+            serves(t, t + ms(500), t - ms(1)),
+            "fires early: readers look again"
+        );
+        assert!(
+            serves(t + ms(500), t, t - ms(1)),
+            "fires late, inside the lead"
+        );
+        assert!(!serves(t, t + TIMER_SLACK + ms(1), t - ms(1)));
+        // Fired (its task perhaps not finished yet): never trusted again.
+        assert!(!serves(t, t + ms(500), t));
+        assert!(!serves(t, t + ms(500), t + ms(1)));
+    }
+
+    /// The same token stored again keeps its timing: drawn again from the lifetime left, its
+    /// window would shrink (`min(window, L / 2)`) and the slot renew later.
+    #[tokio::test(start_paused = true)]
+    async fn the_same_token_stored_again_keeps_its_refresh_time() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        let first = slot.store(token("same", HOUR)).unwrap();
+        tokio::time::advance(HOUR - Duration::from_secs(480)).await;
+        let again = slot.store(first.value.clone()).unwrap();
+        assert_eq!(again.refresh_at, first.refresh_at);
+    }
+
+    /// A renewal that started from the token a claims challenge then stored again (the same
+    /// token, now answering those claims) leaves that stored entry in place, as it does a
+    /// different stored token.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_ending_after_its_own_token_was_stored_again_leaves_it() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        slot.store(token("x", Duration::from_secs(600))).unwrap();
+        tokio::time::advance(Duration::from_secs(301)).await;
+        let (send, answer) = tokio::sync::oneshot::channel::<AccessToken>();
+        let renewal = move || async move { Ok(answer.await.unwrap()) };
+        assert!(matches!(
+            slot.lookup(Instant::now(), renewal),
+            Lookup::Use { .. }
+        ));
+        let stored = slot
+            .store(token("x", Duration::from_secs(299)).with_token_type("stored"))
+            .unwrap();
+        let generation = slot.generation();
+        send.send(token("z", HOUR)).unwrap();
+        while slot.generation() == generation {
+            tokio::task::yield_now().await;
+        }
+        let current = slot.current_entry().unwrap();
+        assert_eq!(current.id, stored.id);
+        assert_eq!(current.value.token_type(), "stored");
     }
 
     #[tokio::test(start_paused = true)]
