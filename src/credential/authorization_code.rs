@@ -41,10 +41,13 @@ const NAME: &str = "AuthorizationCodeCredential";
 ///   refresh token is redeemed first and the cached token returned only if that fails, as in
 ///   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
 ///   first request (the Python reference wrongly restricts them). A rotated refresh token
-///   replaces the old one. One Entra says is dead (`invalid_grant` for an expired or revoked
-///   token) is dropped from the credential's own memory, but kept in a cache file (as msal
-///   keeps it: other tools may share it); one refused for a single request (MFA, consent, a
-///   Conditional Access policy of one resource) is kept for the others.
+///   replaces the old one. One Entra refuses for a single request (`invalid_grant` for MFA,
+///   consent, a Conditional Access policy of one resource — AADSTS50076, 50079, 50074, 50078,
+///   50097, 50158, 53000–53004, 65001, 70043 — or any refusal of a request carrying a claims
+///   challenge) is kept for the others. Any other `invalid_grant` (expired, revoked, the user
+///   disabled or deleted, an unknown code) drops it from the credential's own memory, as
+///   azure-identity does: it would be refused on every later call. A cache file keeps it (as
+///   msal keeps it: other tools may share it).
 /// * Tokens live in memory, or in the shared MSAL cache file with
 ///   [`cache_options`](AuthorizationCodeCredentialBuilder::cache_options). When that file
 ///   cannot be written (or read), the last refresh token it could not take is kept in memory

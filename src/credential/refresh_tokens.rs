@@ -328,9 +328,9 @@ pub(crate) struct Redeem<'a> {
 impl Redeem<'_> {
     /// Redeems `candidates` in turn: the first success wins and is recorded (its refresh
     /// token rotated in place); after one the provider [refuses](is_refusal) the next is
-    /// tried, and any other failure is returned at once. A rejected token Entra says is
-    /// [dead](token_is_dead) is dropped from a private in-memory store and from
-    /// [`Unwritten`]; a shared cache file keeps it, and any other refusal keeps it everywhere.
+    /// tried, and any other failure is returned at once. A rejected token is dropped from a
+    /// private in-memory store and from [`Unwritten`] unless Entra refused it for this
+    /// request only (see [`token_is_dead`]); a shared cache file keeps it.
     /// `Ok(None)` when there is no candidate; the last error when none worked, an
     /// `invalid_grant` one saying what to do.
     pub(crate) async fn first_success(
@@ -376,8 +376,9 @@ impl Redeem<'_> {
             // only, and it still serves other scopes and tenants; and the token in a shared
             // file is also Visual Studio's or another application's sign-in. Like msal
             // (unlike azure-identity), it stays in the file. A token of a private in-memory
-            // store, or the one kept in memory, is ours alone: dropping it when Entra says
-            // it is dead (see [`token_is_dead`]) spares a doomed request on every later call.
+            // store, or the one kept in memory, is ours alone: dropping it unless Entra
+            // refused it for this request only (see [`token_is_dead`]) spares a doomed
+            // request on every later call.
             let dead = token_is_dead(self.claims.as_deref(), &error);
             match candidate.entry {
                 None if dead => {
@@ -502,17 +503,44 @@ impl Redeem<'_> {
     }
 }
 
-/// Whether an `invalid_grant` says the refresh token itself is dead, for every request:
-/// expired (AADSTS70008, and 700082 for inactivity, 700081 at its maximum lifetime, 700084 for
-/// a single-page app's), or revoked (50173: revoked or the password changed; 50132 and 50133:
-/// the session ended by a password expiry or reset). Any other refusal — MFA, consent, a
-/// Conditional Access policy of one resource (device compliance, sign-in frequency…), an
-/// unknown code — may concern this request only, and so does any refusal of a request
-/// carrying a claims challenge (`claims`: the token's session cannot meet it; the CAE
-/// capability alone is no challenge): msal never drops a refresh token for those.
+/// The `invalid_grant` codes that refuse a refresh token for one request only: the token
+/// still serves other resources (or the same one once the user has met the requirement in a
+/// sign-in). Each is a requirement of the resource, the policy or the user's session for this
+/// request, not a verdict on the token:
+/// * 50076 — multi-factor authentication required (a location or configuration change);
+/// * 50079 — the user must register for multi-factor authentication;
+/// * 50074 — strong authentication required (an MFA interrupt);
+/// * 50078 — the multi-factor authentication presented has expired;
+/// * 50097 — device authentication required;
+/// * 50158 — an external security challenge was not satisfied;
+/// * 53000 — the device is not in the required state (compliant) for a Conditional Access
+///   policy;
+/// * 53001 — the device is not domain-joined, as a Conditional Access policy requires;
+/// * 53002 — the application is not an approved client application for the policy;
+/// * 53003 — access blocked by a Conditional Access policy (of this resource);
+/// * 53004 — the user must complete multi-factor authentication registration first;
+/// * 65001 — no consent for this resource (or scope) yet;
+/// * 70043 — the token is refused by a Conditional Access sign-in frequency check (of this
+///   resource's policy).
+const REFUSED_FOR_THIS_REQUEST: [u32; 13] = [
+    50_076, 50_079, 50_074, 50_078, 50_097, 50_158, 53_000, 53_001, 53_002, 53_003, 53_004, 65_001,
+    70_043,
+];
+
+/// Whether an `invalid_grant` means the refresh token can never be redeemed again: any
+/// refusal but those [for one request only](REFUSED_FOR_THIS_REQUEST) — expired (AADSTS70008,
+/// 700081, 700082, 700084), revoked (50173, 50132, 50133), the user disabled (50057) or
+/// deleted (50034, 500341), the device deleted (700003), issued to another client (700007,
+/// 70000), an unknown code or none at all: re-sent, it would be refused on every later call,
+/// so it is dropped (as azure-identity drops a refused one). A refusal of a request carrying
+/// a claims challenge (`claims`: the token's session cannot meet it; the CAE capability alone
+/// is no challenge) concerns that request only, whatever its code.
 pub(crate) fn token_is_dead(claims: Option<&str>, error: &CredentialError) -> bool {
-    const DEAD: [u32; 7] = [70_008, 700_081, 700_082, 700_084, 50_173, 50_132, 50_133];
-    !carries_a_challenge(claims) && error.error_codes().iter().any(|code| DEAD.contains(code))
+    !carries_a_challenge(claims)
+        && !error
+            .error_codes()
+            .iter()
+            .any(|code| REFUSED_FOR_THIS_REQUEST.contains(code))
 }
 
 /// Whether `error` is a refusal of the refresh tokens for this request only (an

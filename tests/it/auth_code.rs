@@ -855,6 +855,38 @@ async fn a_dead_refresh_token_is_dropped_from_memory() {
     assert_eq!(authority.token_posts(), 2, "nothing sent");
 }
 
+/// A refresh token Entra refuses for any reason but one request's (the user disabled,
+/// AADSTS50057; the device deleted, 700003; a code this crate does not know) is dropped too:
+/// asking again for the same scope sends nothing. Before, only seven expiry and revocation
+/// codes dropped it, and every cache miss re-sent a token Entra would never accept.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_token_refused_with_a_code_not_for_one_request_is_not_sent_again() {
+    use crate::support::authority::{Authority, Fault, error_body};
+    use loopback::{A, B, answer};
+
+    for code in [50057, 700003, 9_999_999] {
+        let authority = Authority::start().await;
+        let credential = loopback::credential(&authority);
+        authority.push_fault(answer("at-1", "rt-1"));
+        credential.get_token([A]).await.unwrap();
+        authority.push_fault(Fault::Respond {
+            status: 400,
+            body: error_body("invalid_grant", code, "The user account is disabled."),
+            headers: vec![],
+        });
+        let err = credential.get_token([B]).await.unwrap_err();
+        assert_eq!(err.error_codes(), [code], "{err}");
+        let err = credential.get_token([B]).await.unwrap_err();
+        assert!(err.is_authentication_failed(), "AADSTS{code}: {err}");
+        assert_eq!(
+            authority.token_posts(),
+            2,
+            "AADSTS{code}: the refused token was sent again: {:#?}",
+            authority.requests()
+        );
+    }
+}
+
 /// A dead token's refusal that arrives after a concurrent redemption of the same token rotated
 /// its entry removes nothing: the entry holds the fresh token now. Before, the entry was
 /// removed by its key, the fresh token with it.
