@@ -181,15 +181,10 @@ impl Inner {
                 self.tenants.resolve_required(requested).map(str::to_owned)
             })?;
             let pinned = self.state.lock().account.clone();
-            let Some(account) = pinned.clone().filter(|_| !interactive) else {
+            let Some(account) = pinned.filter(|_| !interactive) else {
                 let (sign_in, mine) = self.join_or_start(&plan);
                 let done = sign_in.await?;
                 (signed_in, interactive) = (true, false);
-                // Someone else signed in: no token cached in memory for the account pinned
-                // before may serve them.
-                if pinned.is_some() && done.account.is_some() && pinned != done.account {
-                    self.memory.clear();
-                }
                 let same = done.tenant == plan.tenant
                     && done.scopes == plan.scopes
                     && done.cae == plan.cae;
@@ -241,9 +236,16 @@ impl Inner {
             plan.claims.clone(),
         );
         let sign_in = async move { this.sign_in(tenant, scopes, cae, claims).await };
-        let flight = state.start((), WhenAbandoned::Abort, sign_in, |state, result| {
+        let landed = Arc::clone(self);
+        let flight = state.start((), WhenAbandoned::Abort, sign_in, move |state, result| {
             if let Ok(done) = &result {
                 if done.account.is_some() {
+                    // Someone else signed in: no token cached in memory for the account
+                    // pinned before may serve them. Cleared here, as the account changes,
+                    // not by the callers: they may have given up (a timeout) by now.
+                    if state.account.is_some() && state.account != done.account {
+                        landed.memory.clear();
+                    }
                     state.account.clone_from(&done.account);
                 }
             }

@@ -919,3 +919,47 @@ async fn another_user_signing_in_after_a_refusal_for_one_resource_replaces_the_a
         Some("rt-bob")
     );
 }
+
+/// A caller dropped after the sign-in it waited for signed someone else in (a tower `Timeout`
+/// firing then) still leaves no token cached in memory for the previous account: the switch
+/// and the clearing happen as the sign-in ends, not in the caller's code after it. Before,
+/// the next request for another resource was served the previous user's token.
+#[tokio::test(start_paused = true)]
+async fn a_caller_dropped_after_another_user_signed_in_leaves_no_token_of_the_previous_one() {
+    use std::task::Poll;
+
+    use crate::support::authority::Authority;
+    use crate::support::clock::settle;
+
+    let authority = Authority::start().await;
+    let prompts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let credential = counting_prompts(&authority, &prompts);
+    authority.push_fault(loopback_answer("alice", "at-alice", "rt-alice"));
+    credential.get_token([RESOURCE]).await.unwrap();
+    authority.push_fault(loopback_answer("alice", "at-alice-other", "rt-alice"));
+    credential.get_token([OTHER]).await.unwrap();
+
+    authority.push_fault(blocked());
+    authority.push_fault(loopback_answer("bob", "at-bob", "rt-bob"));
+    let mut caller = Box::pin(credential.get_token(["https://blocked.test/.default"]));
+    // Polled until its sign-in runs, then left unpolled while the sign-in ends.
+    while !format!("{credential:?}").contains("signing_in: true") {
+        let polled = futures_util::poll!(caller.as_mut());
+        assert!(matches!(polled, Poll::Pending), "{polled:?}");
+        settle().await;
+    }
+    while format!("{credential:?}").contains("signing_in: true") {
+        settle().await;
+    }
+    let shown = format!("{credential:?}");
+    assert!(shown.contains("bob"), "{shown}");
+    drop(caller);
+
+    authority.push_fault(loopback_answer("bob", "at-bob-2", "rt-bob-2"));
+    let other = credential.get_token([OTHER]).await.unwrap();
+    assert_eq!(other.secret().expose_secret(), "at-bob-2", "not alice's");
+    assert_eq!(
+        authority.requests().last().unwrap().field("refresh_token"),
+        Some("rt-bob")
+    );
+}
