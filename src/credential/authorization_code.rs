@@ -3,7 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::refresh_tokens::{Redeem, Silent, Stores, answer_account, with_sign_in_advice};
+use super::refresh_tokens::{
+    Redeem, Silent, Stores, answer_account, refused_for_this_request, with_sign_in_advice,
+};
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
@@ -35,8 +37,12 @@ const NAME: &str = "AuthorizationCodeCredential";
 /// ```
 ///
 /// * The first call redeems the code (`client_info=1`), for that call's scopes. The code is
-///   forgotten only after a successful redemption; the account is pinned to the `uid.utid`
-///   of the answer. Concurrent first calls share the one redemption.
+///   sent again by later calls until a redemption succeeds, then forgotten; the account is
+///   pinned to the `uid.utid` of the answer. Concurrent first calls share the one redemption.
+///   A code Entra refuses (`invalid_grant`: expired, already redeemed, another redirect URI
+///   or verifier) is forgotten at once, and later calls get that refusal without a request
+///   (sign the user in again for a new code); one refused for that request only (the codes
+///   listed below, a claims challenge) is kept for the next.
 /// * Later calls: a cached access token (more than 300 s left; past its refresh time, a
 ///   refresh token is redeemed first and the cached token returned only if that fails, as in
 ///   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
@@ -71,14 +77,21 @@ struct Inner {
     state: SingleFlight<(), Redeemed, CodeState>,
 }
 
-/// The code, until redeemed; then the account it signed in.
+/// The code, until redeemed; then the account it signed in. Or Entra's refusal of the code,
+/// once it refused it for good.
 struct CodeState {
     code: Option<Code>,
     account: Option<String>,
+    /// Entra's refusal of the code (`invalid_grant`: expired, already redeemed, another
+    /// redirect URI or verifier), the answer to every later call: sent again, the code could
+    /// only be refused again.
+    refused: Option<CredentialError>,
 }
 
 /// An authorization code and the PKCE verifier of the sign-in that issued it: sent together
-/// once, and forgotten (zeroed) together once redeemed.
+/// by each redemption attempt until one succeeds (a failed attempt is not resent by the
+/// transport, but a later call tries again), and forgotten (zeroed) together once redeemed
+/// or refused for good.
 #[derive(Clone)]
 struct Code {
     code: Secret,
@@ -158,12 +171,29 @@ impl Inner {
                     }
                 } else if let Some(code) = state.code.clone() {
                     let redeem = self.redeem(code, tenant, scopes, cae, claims.clone());
-                    // The code is forgotten and the account pinned as the redemption ends.
+                    // The code is forgotten and the account pinned as the redemption ends; a
+                    // code Entra refused, other than for this request only (MFA, Conditional
+                    // Access of this resource, a claims challenge: another request may redeem
+                    // it), is forgotten too, its refusal kept as the answer to later calls.
+                    let request_claims = claims.clone();
                     let redemption =
-                        state.start((), WhenAbandoned::RunOn, redeem, |state, result| {
-                            if let Ok(redeemed) = &result {
-                                state.code = None;
-                                state.account.clone_from(&redeemed.account);
+                        state.start((), WhenAbandoned::RunOn, redeem, move |state, result| {
+                            match &result {
+                                Ok(redeemed) => {
+                                    state.code = None;
+                                    state.account.clone_from(&redeemed.account);
+                                }
+                                Err(error)
+                                    if error.error_code() == Some("invalid_grant")
+                                        && !refused_for_this_request(
+                                            request_claims.as_deref(),
+                                            error,
+                                        ) =>
+                                {
+                                    state.code = None;
+                                    state.refused = Some(error.clone());
+                                }
+                                Err(_) => {}
                             }
                             result
                         });
@@ -171,9 +201,12 @@ impl Inner {
                         redemption,
                         mine: true,
                     }
+                } else if let Some(refused) = &state.refused {
+                    return Err(refused.clone());
                 } else {
-                    // The code is forgotten only once redeemed: this one was, but its answer
-                    // named no account, so no refresh token of it can be found again.
+                    // The code is forgotten once redeemed or refused: this one was redeemed,
+                    // but its answer named no account, so no refresh token of it can be found
+                    // again.
                     return Err(sign_in_again(
                         "the authorization code was redeemed, but Microsoft Entra ID's answer \
                          named no account (no client_info, no id token), so its refresh token \
@@ -308,7 +341,11 @@ impl fmt::Debug for AuthorizationCodeCredential {
             )
             .field("client_id", &self.inner.client_id)
             .field("redirect_uri", &self.inner.redirect_uri)
-            .field("code_redeemed", &state.code.is_none())
+            .field(
+                "code_redeemed",
+                &(state.code.is_none() && state.refused.is_none()),
+            )
+            .field("code_refused", &state.refused.is_some())
             .field("account", &state.account)
             .field("store", &self.inner.stores.plain)
             .finish_non_exhaustive()
@@ -378,7 +415,8 @@ impl AuthorizationCodeCredentialBuilder {
     /// The PKCE code verifier (RFC 7636) of the sign-in that issued the code: the secret
     /// whose hash went with the authorization request as its `code_challenge`. Entra
     /// redeems such a code only with it (single-page-application redirect URIs always use
-    /// PKCE, and so do msal's sign-ins). Sent once, with the code, and forgotten with it; a
+    /// PKCE, and so do msal's sign-ins). Sent with the code, by every redemption attempt
+    /// until one succeeds (as azure-identity resends the code), and forgotten with it; a
     /// secret: never shown in `Debug` output, errors or traces. 43 to 128 characters of
     /// `A-Z a-z 0-9 - . _ ~`.
     pub fn code_verifier(mut self, verifier: impl Into<Secret>) -> Self {
@@ -435,6 +473,7 @@ impl AuthorizationCodeCredentialBuilder {
                             verifier: self.code_verifier,
                         }),
                         account: None,
+                        refused: None,
                     },
                 ),
             }),

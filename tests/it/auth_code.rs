@@ -706,6 +706,7 @@ async fn an_invalid_grant_says_one_thing_to_do() {
     );
     assert!(err.message().contains(advice), "{err}");
 
+    let credential = loopback::credential(&authority);
     authority.push_fault(answer("at-1", "rt-1"));
     credential.get_token([A]).await.unwrap();
     authority.push_fault(refused(70043));
@@ -717,6 +718,51 @@ async fn an_invalid_grant_says_one_thing_to_do() {
         "{err}"
     );
     assert!(err.message().contains(advice), "{err}");
+}
+
+/// A code Entra refused (already redeemed: AADSTS54005; expired: 70008) can never be
+/// redeemed: it is forgotten, and later calls get the refusal, saying to sign in again for a
+/// new code, without sending it. A code refused for that request only (a Conditional Access
+/// policy of its resource, 53003) is sent again by the next call. Before, every call sent a
+/// refused code again.
+#[tokio::test(start_paused = true)]
+async fn a_refused_code_is_not_sent_again() {
+    use crate::support::authority::{Authority, Fault, error_body};
+    use loopback::{A, B, answer};
+
+    let refused = |code: u32| Fault::Respond {
+        status: 400,
+        body: error_body("invalid_grant", code, "The grant is invalid."),
+        headers: vec![],
+    };
+    for code in [54005, 70008] {
+        let authority = Authority::start().await;
+        let credential = loopback::credential(&authority);
+        authority.push_fault(refused(code));
+        let first = credential.get_token([A]).await.unwrap_err();
+        assert_eq!(first.error_codes(), [code], "{first}");
+        authority.push_fault(answer("at-1", "rt-1"));
+        let later = credential.get_token([B]).await.unwrap_err();
+        assert_eq!(later.error_codes(), [code], "{later}");
+        assert!(
+            later.message().contains("to get a new authorization code"),
+            "{later}"
+        );
+        assert_eq!(authority.token_posts(), 1, "AADSTS{code}: sent again");
+        let shown = format!("{credential:?}");
+        assert!(shown.contains("code_refused: true"), "{shown}");
+    }
+
+    let authority = Authority::start().await;
+    let credential = loopback::credential(&authority);
+    authority.push_fault(refused(53003));
+    credential.get_token([A]).await.unwrap_err();
+    authority.push_fault(answer("at-1", "rt-1"));
+    let token = credential.get_token([B]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "at-1");
+    let requests = authority.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(requests[1].field("code"), Some(loopback::CODE));
 }
 
 /// A redemption that succeeded but named no account (no client_info, no id token): later
