@@ -14,6 +14,7 @@ use crate::entra::msal_cache::{AccessTokenQuery, Account, CacheDocument, Refresh
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::{TokenClient, carries_a_challenge};
 use crate::error::{ConfigError, CredentialError};
+use crate::redact::truncate;
 use crate::token::{AccessToken, TokenRequest};
 use crate::transport::HttpClient;
 
@@ -44,11 +45,12 @@ const UNAVAILABLE: &str = "authentication unavailable.";
 ///
 /// Account selection, as the reference does it: `Account` entries whose `environment` is an
 /// alias of the authority host and that have a *family* refresh token (FOCI) with the same
-/// `home_account_id`, filtered by `username` (ASCII case-insensitive: sign-in names are, and
-/// msal compares them lower-cased; the reference compares exactly) and `tenant_id` (the part
-/// of the `home_account_id` after the dot), de-duplicated by `home_account_id`. Exactly one
-/// must remain; otherwise the credential is *unavailable* and says why, listing the usernames
-/// of the accounts that remain, or of all the accounts when none does (at most 10 named).
+/// `home_account_id`, filtered by `username` (case-insensitive, in full Unicode: sign-in names
+/// are, and msal compares them lower-cased; the reference compares exactly) and `tenant_id`
+/// (the part of the `home_account_id` after the dot), de-duplicated by `home_account_id`.
+/// Exactly one must remain; otherwise the credential is *unavailable* and says why, listing
+/// the usernames of the accounts that remain, or of all the accounts when none does (at most
+/// 10 named, each cut to 256 characters).
 ///
 /// Then: a cached access token of that account (any application wrote it) whose scopes cover
 /// the request, for the requested or else the configured tenant if either is named (the
@@ -258,13 +260,15 @@ impl Inner {
             ));
         }
         let filtered = || -> bool { self.username.is_some() || self.tenant_id.is_some() };
+        // Sign-in names are case-insensitive: msal compares them lower-cased, in full Unicode
+        // (Python's `str.lower`), so `Åsa` matches `åsa` too.
+        let username = self.username.as_deref().map(str::to_lowercase);
         let matching: Vec<Account> = accounts
             .iter()
-            // Sign-in names are case-insensitive (msal compares them lower-cased).
             .filter(|a| {
-                self.username
+                username
                     .as_deref()
-                    .is_none_or(|u| a.username.eq_ignore_ascii_case(u))
+                    .is_none_or(|u| a.username.to_lowercase() == u)
             })
             .filter(|a| {
                 self.tenant_id.as_deref().is_none_or(|t| {
@@ -312,6 +316,9 @@ impl Inner {
 
 /// At most this many accounts are named in an error: a cache may hold many.
 const NAMED_ACCOUNTS: usize = 10;
+/// At most this many characters of each name an error quotes: the file wrote them, and may
+/// hold anything of any length.
+const NAME_CHARS: usize = 256;
 
 /// The accounts' usernames (not secrets), the first [`NAMED_ACCOUNTS`] and how many more.
 fn usernames(accounts: &[Account]) -> String {
@@ -320,9 +327,12 @@ fn usernames(accounts: &[Account]) -> String {
         .take(NAMED_ACCOUNTS)
         .map(|a| {
             if a.username.is_empty() {
-                format!("<no username> ({})", a.home_account_id)
+                format!(
+                    "<no username> ({})",
+                    truncate(&a.home_account_id, NAME_CHARS)
+                )
             } else {
-                a.username.clone()
+                truncate(&a.username, NAME_CHARS)
             }
         })
         .collect::<Vec<_>>()
@@ -364,7 +374,7 @@ pub struct SharedTokenCacheCredentialBuilder {
 }
 
 impl SharedTokenCacheCredentialBuilder {
-    /// Select the account with this username (ASCII case-insensitive), when several are
+    /// Select the account with this username (case-insensitive), when several are
     /// cached.
     pub fn username(mut self, username: impl Into<String>) -> Self {
         self.username = Some(username.into());
@@ -463,6 +473,27 @@ impl fmt::Debug for SharedTokenCacheCredentialBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_quotes_at_most_256_characters_of_each_name() {
+        let long = |c: char| std::iter::repeat_n(c, 1000).collect::<String>();
+        let accounts = [
+            Account {
+                home_account_id: "uid.utid".to_owned(),
+                environment: "login.microsoftonline.com".to_owned(),
+                username: format!("{}@contoso.com", long('é')),
+            },
+            Account {
+                home_account_id: long('h'),
+                environment: "login.microsoftonline.com".to_owned(),
+                username: String::new(),
+            },
+        ];
+        let text = usernames(&accounts);
+        let (user, rest) = text.split_once(", ").unwrap();
+        assert_eq!(user, format!("{}…", &long('é')[..512]));
+        assert_eq!(rest, format!("<no username> ({}…)", &long('h')[..256]));
+    }
 
     #[test]
     fn an_error_names_ten_accounts_and_counts_the_rest() {

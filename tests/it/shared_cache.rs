@@ -964,6 +964,37 @@ async fn the_username_matches_whatever_its_case_and_a_mismatch_names_the_cached_
     );
 }
 
+/// Usernames are compared lower-cased in full Unicode, as msal compares them: `åsa@contoso.com`
+/// selects the cached `ÅSA@Contoso.com`. Before, only ASCII letters were folded, and the
+/// account was not found.
+#[tokio::test]
+async fn the_username_matches_whatever_its_unicode_case() {
+    let authority = Authority::start().await;
+    let home = Home::new();
+    let mut doc: serde_json::Value = serde_json::from_slice(TWO_ACCOUNTS).unwrap();
+    for account in doc["Account"].as_object_mut().unwrap().values_mut() {
+        if account["username"] == "alice@contoso.com" {
+            account["username"] = "ÅSA@Contoso.com".into();
+        }
+    }
+    std::fs::write(home.cache(), serde_json::to_vec(&doc).unwrap()).unwrap();
+    SharedTokenCacheCredential::builder()
+        .authority_host(authority.url())
+        .http_client(creds::http(&authority))
+        .cache_options(cache_in(home.dir.path()))
+        .username("åsa@contoso.com")
+        .build()
+        .unwrap()
+        .get_token([OTHER])
+        .await
+        .unwrap();
+    const ALICE_RT: &str = "_b4gnrSzAKjeOq77H6kItP_VAkEARwYTwzYAQMmB9Vv";
+    assert_eq!(
+        authority.requests().last().unwrap().field("refresh_token"),
+        Some(ALICE_RT)
+    );
+}
+
 /// The legacy `msal.cache` is used while it is the only file; once a sign-in creates
 /// `msal.cache.nocae`, the next acquisition reads that. Before, the choice was made when the
 /// credential was built, and the new file was never seen.
