@@ -71,7 +71,8 @@ type Prompt = Arc<dyn Fn(DeviceCodeInfo) + Send + Sync>;
 /// # let _ = (graph, arm); Ok(()) }
 /// ```
 ///
-/// * The first call asks `{authority}/{tenant}/oauth2/v2.0/devicecode` for a code (with
+/// * The first call asks `{authority}/{tenant}/oauth2/v2.0/devicecode` (for the AD FS tenant
+///   `adfs`, `{authority}/adfs/oauth2/devicecode`) for a code (with
 ///   `openid profile offline_access` added to its scopes, as msal does), hands the user code,
 ///   verification URI and message to the prompt (default: the message on stderr), then polls
 ///   the token endpoint at the interval Entra gave (clamped to 1–60 s). `slow_down` adds 5 s

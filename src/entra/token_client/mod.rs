@@ -5,7 +5,10 @@
 //! {authority}/{tenant}/oauth2/v2.0/token` with an `application/x-www-form-urlencoded` body
 //! (RFC 6749 §4.1.3, §4.4.2 and §6; a client assertion per RFC 7523 §2.2, a device code poll
 //! per RFC 8628 §3.4), scopes joined by single spaces (RFC 6749 §3.3); the device
-//! authorization request (RFC 8628 §3.1) goes to `…/oauth2/v2.0/devicecode` the same way.
+//! authorization request (RFC 8628 §3.1) goes to `…/oauth2/v2.0/devicecode` the same way. The
+//! AD FS tenant `adfs` has no v2.0 paths: `{authority}/adfs/oauth2/token` and
+//! `{authority}/adfs/oauth2/devicecode` (see
+//! [`Authority::token_endpoint`](super::authority::Authority::token_endpoint)).
 //! Every request carries a fresh `x-ms-client-request-id` (a UUID Entra records beside its
 //! own correlation id) and a `User-Agent` naming this crate. A success is a JSON object (RFC
 //! 6749 §5.1) whose numbers (`expires_in`, `ext_expires_in`, `refresh_in`, `expires_on`)
