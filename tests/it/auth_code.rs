@@ -1068,7 +1068,8 @@ async fn a_code_issued_with_pkce_is_redeemed_with_its_verifier() {
     assert_eq!(refresh["grant_type"], "refresh_token");
     assert!(refresh["form"].get("code_verifier").is_none(), "{refresh}");
 
-    // A wrong verifier: refused, and not echoed.
+    // A wrong verifier: refused. (The peer does not quote it back: see
+    // `a_verifier_the_provider_quotes_is_scrubbed_from_the_error` for a provider that does.)
     let err = builder(code_for("pia@contoso.com").await)
         .code_verifier("x".repeat(43))
         .build()
@@ -1078,6 +1079,61 @@ async fn a_code_issued_with_pkce_is_redeemed_with_its_verifier() {
         .unwrap_err();
     assert_eq!(err.error_code(), Some("invalid_grant"), "{err}");
     assert!(!format!("{err:?} {err}").contains(&"x".repeat(43)), "{err}");
+}
+
+/// A provider quoting the form's `code_verifier` back in its error (bare in a JSON error's
+/// `error_description`, named in a body that is not JSON) does not make the credential's
+/// error show it: the verifier is a secret of the request, like a client secret, and is
+/// scrubbed from the provider's text.
+#[tokio::test(start_paused = true)]
+async fn a_verifier_the_provider_quotes_is_scrubbed_from_the_error() {
+    use crate::support::authority::{Authority, Fault};
+    use loopback::A;
+
+    let verifier = "quoted-pkce-verifier-0123456789-abcdefghijklmnopqrstuvwxyz";
+    let authority = Authority::start().await;
+    for (body, quoted) in [
+        (
+            serde_json::json!({
+                "error": "invalid_grant",
+                "error_description": format!(
+                    "AADSTS501481: The Code_Verifier '{verifier}' does not match the \
+                     code_challenge supplied in the authorization request."
+                ),
+                "error_codes": [501481],
+            })
+            .to_string(),
+            "does not match",
+        ),
+        (
+            format!("bad request: code_verifier={verifier} ({verifier})"),
+            "bad request",
+        ),
+    ] {
+        authority.push_fault(Fault::Respond {
+            status: 400,
+            body,
+            headers: vec![],
+        });
+        let credential = loopback::builder(&authority, loopback::CODE)
+            .code_verifier(verifier)
+            .http_client(crate::support::creds::http(&authority))
+            .build()
+            .unwrap();
+        let err = credential.get_token([A]).await.unwrap_err();
+        let sent = authority.requests();
+        assert_eq!(
+            sent.last().unwrap().field("code_verifier"),
+            Some(verifier),
+            "the verifier was sent"
+        );
+        let shown = format!("{err:?} {err}");
+        assert!(
+            shown.contains(quoted),
+            "the provider's text is quoted: {shown}"
+        );
+        assert!(!shown.contains(&verifier[..16]), "{shown}");
+    }
 }
 
 /// A value that cannot be a PKCE verifier is refused when building, without showing it.
