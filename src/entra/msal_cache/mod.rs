@@ -242,6 +242,7 @@ impl CacheDocument {
     }
 
     /// Removes the entry with `key` from a known section.
+    #[cfg(any(test, feature = "fuzzing"))]
     fn remove_entry(&mut self, section: &str, key: &str) -> bool {
         self.remove_entries_where(section, |name| name == key) != 0
     }
