@@ -944,7 +944,7 @@ async fn a_caller_dropped_after_another_user_signed_in_leaves_no_token_of_the_pr
     let mut caller = Box::pin(credential.get_token(["https://blocked.test/.default"]));
     // Polled until its sign-in runs, then left unpolled while the sign-in ends.
     while !format!("{credential:?}").contains("signing_in: true") {
-        let polled = futures_util::poll!(caller.as_mut());
+        let polled = std::future::poll_fn(|cx| Poll::Ready(caller.as_mut().poll(cx))).await;
         assert!(matches!(polled, Poll::Pending), "{polled:?}");
         settle().await;
     }
