@@ -40,8 +40,9 @@ const DIRECTORY: &str = ".IdentityService";
 ///   write, and `<file>.lockfile` orders writers as for the plaintext file.
 /// * **Plaintext**, `~/.IdentityService/<name>.nocae` for ordinary tokens and `<name>.cae` for
 ///   tokens requested with the CAE capability (`<name>` defaults to `msal.cache`; a file named
-///   just `msal.cache`, written by older tools, is used when `msal.cache.nocae` does not
-///   exist, checked at each use): JSON with mode `0600`, written under msal-extensions' lock-file protocol
+///   just `msal.cache`, written by older tools, is read while `msal.cache.nocae` does not
+///   exist; the first write creates `msal.cache.nocae` from it and the legacy file is never
+///   written): JSON with mode `0600`, written under msal-extensions' lock-file protocol
 ///   (`<file>.lockfile`), so that concurrent writers in other processes lose nothing.
 ///
 /// Encrypted storage is preferred. Whether a Secret Service is usable (a D-Bus session bus, a
@@ -162,9 +163,13 @@ impl TokenCachePersistenceOptions {
 /// The storage of one cache document (ordinary or CAE).
 #[derive(Clone, Debug)]
 pub(crate) enum CacheLocation {
-    /// The plaintext file (builds without encrypted storage).
+    /// The plaintext file (builds without encrypted storage), and the legacy file read in its
+    /// place while it does not exist.
     #[cfg(not(all(feature = "keyring", target_os = "linux")))]
-    File(PathBuf),
+    File {
+        path: PathBuf,
+        legacy: Option<PathBuf>,
+    },
     /// The Secret Service, with the file as its signal file (and fallback, if allowed).
     #[cfg(all(feature = "keyring", target_os = "linux"))]
     Keyring(KeyringTarget),
@@ -189,35 +194,24 @@ impl CachePaths {
             signal: self.current(cae),
             bus: self.secret_service_bus.clone(),
             fallback: self.allow_unencrypted_storage.then(|| self.current(cae)),
+            legacy: self
+                .allow_unencrypted_storage
+                .then(|| self.legacy(cae))
+                .flatten(),
         });
         // `resolve` made sure that the file is allowed.
         #[cfg(not(all(feature = "keyring", target_os = "linux")))]
-        CacheLocation::File(self.current(cae))
+        CacheLocation::File {
+            path: self.current(cae),
+            legacy: self.legacy(cae),
+        }
     }
 
-    /// For the default name's ordinary document, when a plaintext file may be used: the
-    /// storage with the legacy `msal.cache` as its plaintext file, the current file and the
-    /// legacy one. Which is used is decided at each use (see `TokenStore::with_legacy`): the
-    /// legacy file while only it exists.
-    pub(crate) fn legacy(&self, cae: bool) -> Option<(CacheLocation, PathBuf, PathBuf)> {
-        if cae || self.name != DEFAULT_CACHE_NAME {
-            return None;
-        }
-        // With the Secret Service, the legacy file can only be the fallback, if allowed.
-        #[cfg(all(feature = "keyring", target_os = "linux"))]
-        if !self.allow_unencrypted_storage {
-            return None;
-        }
-        let legacy = self.directory.join(DEFAULT_CACHE_NAME);
-        #[cfg(all(feature = "keyring", target_os = "linux"))]
-        let location = CacheLocation::Keyring(KeyringTarget {
-            signal: self.current(cae),
-            bus: self.secret_service_bus.clone(),
-            fallback: Some(legacy.clone()),
-        });
-        #[cfg(not(all(feature = "keyring", target_os = "linux")))]
-        let location = CacheLocation::File(legacy.clone());
-        Some((location, self.current(cae), legacy))
+    /// The legacy `msal.cache` that older tools (azure-identity before 1.16) wrote instead of
+    /// `msal.cache.nocae`: for the default name's ordinary document only. It is only ever
+    /// read, while `msal.cache.nocae` does not exist; the first write creates that from it.
+    fn legacy(&self, cae: bool) -> Option<PathBuf> {
+        (!cae && self.name == DEFAULT_CACHE_NAME).then(|| self.directory.join(DEFAULT_CACHE_NAME))
     }
 
     /// `<name>.cae` or `<name>.nocae`.
@@ -263,9 +257,15 @@ mod tests {
             .allow_unencrypted_storage(true)
             .resolve("Test")
             .unwrap();
-        assert!(
-            matches!(allowed.file(true), CacheLocation::File(path) if path == Path::new("/tmp/x/msal.cache.cae"))
-        );
+        assert!(matches!(
+            allowed.file(true),
+            CacheLocation::File { path, legacy: None } if path == Path::new("/tmp/x/msal.cache.cae")
+        ));
+        assert!(matches!(
+            allowed.file(false),
+            CacheLocation::File { path, legacy: Some(legacy) }
+                if path == Path::new("/tmp/x/msal.cache.nocae") && legacy == Path::new("/tmp/x/msal.cache")
+        ));
     }
 
     #[cfg(all(feature = "keyring", target_os = "linux"))]
@@ -280,6 +280,7 @@ mod tests {
         assert_eq!(target.signal, Path::new("/tmp/x/msal.cache.nocae"));
         assert_eq!(target.bus.as_deref(), Some("unix:path=/tmp/bus"));
         assert_eq!(target.fallback, None);
+        assert_eq!(target.legacy, None, "the legacy file is a plaintext one");
         let with_fallback = TokenCachePersistenceOptions::new()
             .name("app")
             .directory("/tmp/x")
@@ -292,6 +293,21 @@ mod tests {
         assert_eq!(
             target.fallback.as_deref(),
             Some(Path::new("/tmp/x/app.cae"))
+        );
+        assert_eq!(target.legacy, None);
+        let default_name = TokenCachePersistenceOptions::new()
+            .directory("/tmp/x")
+            .allow_unencrypted_storage(true)
+            .resolve("Test")
+            .unwrap();
+        let CacheLocation::Keyring(target) = default_name.file(false);
+        assert_eq!(
+            target.fallback.as_deref(),
+            Some(Path::new("/tmp/x/msal.cache.nocae"))
+        );
+        assert_eq!(
+            target.legacy.as_deref(),
+            Some(Path::new("/tmp/x/msal.cache"))
         );
     }
 
@@ -306,9 +322,7 @@ mod tests {
         assert_eq!(paths.current(true), dir.path().join("msal.cache.cae"));
         assert_eq!(paths.current(false), dir.path().join("msal.cache.nocae"));
         assert!(paths.legacy(true).is_none());
-        let (_, current, legacy) = paths.legacy(false).unwrap();
-        assert_eq!(current, dir.path().join("msal.cache.nocae"));
-        assert_eq!(legacy, dir.path().join("msal.cache"));
+        assert_eq!(paths.legacy(false), Some(dir.path().join("msal.cache")));
         let custom = TokenCachePersistenceOptions::new()
             .name("my-app")
             .directory(dir.path())

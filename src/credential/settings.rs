@@ -173,13 +173,10 @@ fn stores(
     options: &TokenCachePersistenceOptions,
 ) -> Result<(TokenStore, TokenStore), ConfigError> {
     let paths = options.resolve(name)?;
-    let plain = match paths.legacy(false) {
-        Some((legacy, current_file, legacy_file)) => {
-            TokenStore::with_legacy(paths.file(false), legacy, current_file, legacy_file)
-        }
-        None => TokenStore::file(paths.file(false)),
-    };
-    Ok((plain, TokenStore::file(paths.file(true))))
+    Ok((
+        TokenStore::file(paths.file(false)),
+        TokenStore::file(paths.file(true)),
+    ))
 }
 
 impl fmt::Debug for Settings {

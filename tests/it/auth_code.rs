@@ -1152,3 +1152,81 @@ fn a_code_verifier_that_is_not_one_is_refused_at_build_without_showing_it() {
         assert!(!format!("{err:?} {err}").contains(bad), "{err}");
     }
 }
+
+/// The legacy `~/.IdentityService/msal.cache` (older azure-identity) is only ever read: while
+/// it is the only file, the redemption's tokens go to `msal.cache.nocae`, created from the
+/// legacy file's content, where a later azure-identity sign-in adds its account (it reads and
+/// writes only `msal.cache.nocae`). Before, they went to the legacy file, which stopped being
+/// read once that sign-in created `msal.cache.nocae`: the next resource failed, asking to sign
+/// in again, the code spent.
+#[tokio::test(start_paused = true)]
+async fn with_only_the_legacy_file_the_redeemed_tokens_survive_a_later_sign_in_elsewhere() {
+    use crate::support::authority::Authority;
+    use loopback::{A, B, answer};
+
+    const TWO_ACCOUNTS: &[u8] = include_bytes!("../data/msal-two-accounts.json");
+    /// The entries of `doc` for the account whose `home_account_id` starts with `uid`.
+    fn only_account(doc: &serde_json::Value, uid: &str) -> serde_json::Value {
+        let mut doc = doc.clone();
+        for section in ["AccessToken", "Account", "IdToken", "RefreshToken"] {
+            doc[section]
+                .as_object_mut()
+                .unwrap()
+                .retain(|_, entry| entry["home_account_id"].as_str().unwrap().starts_with(uid));
+        }
+        doc
+    }
+
+    let authority = Authority::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (legacy, current) = (
+        dir.path().join("msal.cache"),
+        dir.path().join("msal.cache.nocae"),
+    );
+    let accounts: serde_json::Value = serde_json::from_slice(TWO_ACCOUNTS).unwrap();
+    let unrelated = serde_json::to_vec(&only_account(&accounts, "a8ff77e5")).unwrap();
+    std::fs::write(&legacy, &unrelated).unwrap();
+    let credential = loopback::builder(&authority, loopback::CODE)
+        .http_client(crate::support::creds::http(&authority))
+        .cache_options(
+            TokenCachePersistenceOptions::new()
+                .directory(dir.path())
+                .allow_unencrypted_storage(true),
+        )
+        .build()
+        .unwrap();
+    authority.push_fault(answer("at-1", "rt-ours"));
+    credential.get_token([A]).await.unwrap();
+
+    // azure-identity signs another account in: msal-extensions reads msal.cache.nocae (empty
+    // if missing), adds the account's entries and writes it back.
+    let mut signed_in: serde_json::Value = match std::fs::read(&current) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
+        Err(e) => panic!("{e}"),
+    };
+    let other = only_account(&accounts, "61ace6e2");
+    for (section, entries) in other.as_object().unwrap() {
+        let into = signed_in
+            .as_object_mut()
+            .unwrap()
+            .entry(section.as_str())
+            .or_insert_with(|| serde_json::json!({}));
+        for (key, entry) in entries.as_object().unwrap() {
+            into[key.as_str()] = entry.clone();
+        }
+    }
+    std::fs::write(&current, serde_json::to_vec(&signed_in).unwrap()).unwrap();
+
+    authority.push_fault(answer("at-2", "rt-2"));
+    let token = credential.get_token([B]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "at-2");
+    assert_eq!(
+        authority.requests().last().unwrap().field("refresh_token"),
+        Some("rt-ours")
+    );
+    assert!(
+        std::fs::read(&legacy).unwrap() == unrelated,
+        "the legacy file is never written"
+    );
+}

@@ -995,9 +995,10 @@ async fn the_username_matches_whatever_its_unicode_case() {
     );
 }
 
-/// The legacy `msal.cache` is used while it is the only file; once a sign-in creates
-/// `msal.cache.nocae`, the next acquisition reads that. Before, the choice was made when the
-/// credential was built, and the new file was never seen.
+/// The legacy `msal.cache` is read while it is the only file; the first write creates
+/// `msal.cache.nocae` from it (the legacy file is never written), and once a sign-in has
+/// written `msal.cache.nocae`, the next acquisition reads that. Before, the choice was made
+/// when the credential was built, and the new file was never seen.
 #[tokio::test]
 async fn a_nocae_file_created_after_the_build_replaces_the_legacy_file() {
     const ALICE_RT: &str = "_b4gnrSzAKjeOq77H6kItP_VAkEARwYTwzYAQMmB9Vv";
@@ -1012,8 +1013,13 @@ async fn a_nocae_file_created_after_the_build_replaces_the_legacy_file() {
         .cache_options(cache_in(home.dir.path()))
         .build()
         .unwrap();
+    let before = std::fs::read(&legacy).unwrap();
     credential.get_token([OTHER]).await.unwrap();
-    assert!(!home.cache().exists(), "written to the legacy file");
+    assert!(home.cache().exists(), "written to msal.cache.nocae");
+    assert!(
+        std::fs::read(&legacy).unwrap() == before,
+        "the legacy file is never written"
+    );
 
     std::fs::write(home.cache(), only_account("61ace6e2")).unwrap();
     credential

@@ -37,6 +37,9 @@ pub(crate) struct KeyringTarget {
     pub(crate) bus: Option<String>,
     /// The plaintext cache file to use when there is no usable Secret Service, if allowed.
     pub(crate) fallback: Option<PathBuf>,
+    /// The legacy plaintext file the fallback reads while it does not exist (see
+    /// [`CacheFile::shared`]); the Secret Service's item never comes from it.
+    pub(crate) legacy: Option<PathBuf>,
 }
 
 /// The storage chosen on first use.
@@ -74,7 +77,9 @@ impl<D: Document> KeyringCache<D> {
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default();
         Arc::new(Self {
-            signal: CacheFile::shared(target.signal.clone()),
+            // With the fallback's legacy file: when the signal file is the fallback (always, as
+            // configured), one object orders this process's writers to it.
+            signal: CacheFile::shared(target.signal.clone(), target.legacy.clone()),
             schema,
             target,
             backend: tokio::sync::OnceCell::new(),
@@ -87,10 +92,13 @@ impl<D: Document> KeyringCache<D> {
     }
 
     /// The files whose existence says there is a cache: the signal file and the allowed
-    /// plaintext file.
+    /// plaintext file (and the legacy file it reads in its place).
     pub(crate) fn files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path().to_path_buf()];
-        files.extend(self.target.fallback.clone());
+        if let Some(fallback) = &self.target.fallback {
+            files.push(fallback.clone());
+            files.extend(self.target.legacy.clone());
+        }
         files
     }
 
@@ -108,7 +116,10 @@ impl<D: Document> KeyringCache<D> {
                     Err(error) => match &self.target.fallback {
                         Some(file) => {
                             tracing::warn!(%error, file = %file.display(), "no usable Secret Service; the token cache falls back to the plaintext file, as allowed");
-                            Ok(Backend::File(CacheFile::shared(file.clone())))
+                            Ok(Backend::File(CacheFile::shared(
+                                file.clone(),
+                                self.target.legacy.clone(),
+                            )))
                         }
                         None => Err(error),
                     },

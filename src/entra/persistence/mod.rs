@@ -38,6 +38,11 @@
 //!   the last read. A file that fails to parse may be an in-place write in progress, so it is
 //!   read again up to [`PARSE_RETRIES`](reader::PARSE_RETRIES) times, [`PARSE_RETRY_INTERVAL`](reader::PARSE_RETRY_INTERVAL) apart, before it is
 //!   reported as malformed (likewise an empty file written in the last moment).
+//! * A **legacy file** may stand behind the file (`msal.cache`, which azure-identity before
+//!   1.16 wrote, behind `msal.cache.nocae`, the only file it reads now): read while the file
+//!   does not exist, and never written. The first write that changes the document creates the
+//!   file from the legacy file's content, under the file's lock. Writing to the legacy file
+//!   instead would leave our tokens where nobody reads once another tool creates the file.
 //! * Modification times are coarse (a few ms on ext4, 1 s on some file systems), so two writes
 //!   in one tick with equal lengths would look alike. As git does for its index, a file whose
 //!   mtime is within [`RECENT_WINDOW`](reader::RECENT_WINDOW) of the moment it was read is read again next time
@@ -85,7 +90,7 @@ pub(crate) use self::error::PersistenceError;
 #[cfg(all(feature = "keyring", target_os = "linux"))]
 pub(crate) use self::keyring::{KeyringCache, KeyringTarget};
 use self::lock_file::{LockGuard, lock_path_of};
-use self::reader::{Snapshot, Stamp, load};
+use self::reader::{Snapshot, Stamps, load_or_legacy};
 
 /// How long [`CacheFile::modify`] waits for another process's lock by default.
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,6 +119,11 @@ pub(crate) struct CacheFile<D: Document> {
     path: PathBuf,
     /// `<path>.lockfile`.
     lock_path: PathBuf,
+    /// A file an older tool wrote in this one's place (the legacy `msal.cache`), made
+    /// absolute: read while `path` does not exist, copied into `path` by the first write (under
+    /// `path`'s lock), and never written, so that what this process writes is never left in a
+    /// file that stops being read once `path` exists.
+    legacy: Option<PathBuf>,
     /// How long [`CacheFile::modify`] waits for the lock file.
     lock_timeout: Duration,
     /// Orders this process's writers to this file (see the module docs).
@@ -126,24 +136,32 @@ impl<D: Document> fmt::Debug for CacheFile<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheFile")
             .field("path", &self.path)
+            .field("legacy", &self.legacy)
             .field("lock_timeout", &self.lock_timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl<D: Document> CacheFile<D> {
-    /// A cache file object of its own for `path`, waiting up to [`DEFAULT_LOCK_TIMEOUT`] for the
-    /// lock file. Prefer [`CacheFile::shared`] unless the object must not be shared.
-    pub(crate) fn new(path: PathBuf) -> Arc<Self> {
-        Self::with_lock_timeout(path, DEFAULT_LOCK_TIMEOUT)
+    /// A cache file object of its own for `path` (standing in for `legacy`, see
+    /// [`CacheFile::shared`]), waiting up to [`DEFAULT_LOCK_TIMEOUT`] for the lock file. Prefer
+    /// [`CacheFile::shared`] unless the object must not be shared.
+    pub(crate) fn new(path: PathBuf, legacy: Option<PathBuf>) -> Arc<Self> {
+        Self::with_lock_timeout(path, legacy, DEFAULT_LOCK_TIMEOUT)
     }
 
     /// Like [`CacheFile::new`], waiting up to `lock_timeout` for another process's lock.
-    pub(crate) fn with_lock_timeout(path: PathBuf, lock_timeout: Duration) -> Arc<Self> {
+    pub(crate) fn with_lock_timeout(
+        path: PathBuf,
+        legacy: Option<PathBuf>,
+        lock_timeout: Duration,
+    ) -> Arc<Self> {
         let path = std::path::absolute(&path).unwrap_or(path);
+        let legacy = legacy.map(|legacy| std::path::absolute(&legacy).unwrap_or(legacy));
         Arc::new(Self {
             lock_path: lock_path_of(&path),
             path,
+            legacy,
             lock_timeout,
             writers: tokio::sync::Mutex::new(()),
             current: Mutex::new(None),
@@ -154,10 +172,23 @@ impl<D: Document> CacheFile<D> {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The files whose existence says there is a cache: the file and the legacy one.
+    #[cfg(any(test, not(all(feature = "keyring", target_os = "linux"))))]
+    pub(crate) fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        files.extend(self.legacy.clone());
+        files
+    }
+
     /// Read-modify-write: takes the lock file, reads the file again (never trusting the
     /// in-memory copy), applies `change`, writes the result if its bytes differ from the file's,
     /// and releases the lock, also when `change` panics (the panic then continues in the
     /// caller) or the write fails. Returns what `change` returned.
+    ///
+    /// While the file does not exist, the legacy file's document is the one changed, and the
+    /// result is written to the file, never to the legacy one. Whether the file exists is
+    /// decided under its lock: one created by another writer meanwhile is the one changed.
     ///
     /// If the file exists but does not parse, `change` is not called, nothing is written and a
     /// malformed error is returned. `change` runs on a blocking-pool thread while the lock is
@@ -169,23 +200,33 @@ impl<D: Document> CacheFile<D> {
     {
         let (_writers, lock) = self.writer_turn().await?;
         let path = self.path.clone();
+        let legacy = self.legacy.clone();
         // The lock guard moves into the blocking task and is dropped there, on every path.
         let (value, snapshot) = run_blocking(&self.path, move || {
             let lock = lock;
-            let loaded = load::<D>(&path, false)?;
+            let loaded = load_or_legacy::<D>(&path, legacy.as_deref(), false)?;
             let mut doc = loaded.doc;
+            // The legacy file's bytes are compared as this module would write them, so that a
+            // change of nothing creates no file.
+            let before = match loaded.legacy {
+                Some(_) => Some(doc.to_bytes()),
+                None => loaded.bytes,
+            };
             let value = change(&mut doc);
             let bytes = doc.to_bytes();
-            let (file, recent) = if loaded.bytes.as_deref() == Some(bytes.as_slice()) {
-                (loaded.file, loaded.recent)
+            let (file, legacy, recent) = if before.as_deref() == Some(bytes.as_slice()) {
+                (loaded.file, loaded.legacy, loaded.recent)
             } else {
                 lock.check_held()?;
+                // Under the lock nobody else creates the file: a rename over it is as
+                // exclusive as a creation.
                 let stamp = write_document(&path, &bytes)?;
-                (Some(stamp), stamp.is_recent())
+                (Some(stamp), None, stamp.is_recent())
             };
             let snapshot = Snapshot {
                 doc: Arc::new(doc),
                 file,
+                legacy,
                 recheck: recent,
             };
             Ok((value, snapshot))
@@ -219,10 +260,12 @@ impl<D: Document> CacheFile<D> {
         Ok((writers, lock))
     }
 
-    /// The snapshot's stamp, recheck flag and document.
-    fn snapshot_state(&self) -> Option<(Option<Stamp>, bool, Arc<D>)> {
+    /// The snapshot's stamps (the file's, the legacy file's), recheck flag and document.
+    fn snapshot_state(&self) -> Option<(Stamps, bool, Arc<D>)> {
         let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        current.as_ref().map(|s| (s.file, s.recheck, s.doc.clone()))
+        current
+            .as_ref()
+            .map(|s| ((s.file, s.legacy), s.recheck, s.doc.clone()))
     }
 
     /// Replaces the snapshot. A concurrent reader may store an older version after a newer

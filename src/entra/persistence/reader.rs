@@ -49,12 +49,18 @@ impl Stamp {
     }
 }
 
+/// The version a document came from: the file's stamp (`None`: missing), and the legacy
+/// file's when the document is its.
+pub(super) type Stamps = (Option<Stamp>, Option<Stamp>);
+
 /// The in-memory copy of the document and the version of the file it came from.
 pub(super) struct Snapshot<D> {
     /// The document.
     pub(super) doc: Arc<D>,
     /// The file's stamp when it was read; `None` when the file did not exist.
     pub(super) file: Option<Stamp>,
+    /// The legacy file's stamp when the document was read from it (the file did not exist).
+    pub(super) legacy: Option<Stamp>,
     /// Read the file again next time whatever its stamp (see [`RECENT_WINDOW`]).
     pub(super) recheck: bool,
 }
@@ -62,22 +68,30 @@ pub(super) struct Snapshot<D> {
 impl<D: Document> CacheFile<D> {
     /// The current document: read from disk when the file's (mtime, length, inode) changed
     /// since the last read or write (or was too recent to tell), else the in-memory copy. A
-    /// missing file, or missing directory, is an empty document. A file that does not parse is
-    /// read up to [`PARSE_RETRIES`] more times before a malformed error.
+    /// missing file, or missing directory, is an empty document, or the legacy file's while
+    /// that exists (checked at each read, as the file is). A file that does not parse is read
+    /// up to [`PARSE_RETRIES`] more times before a malformed error.
     pub(crate) async fn read(&self) -> Result<Arc<D>, PersistenceError> {
         let known = self.snapshot_state();
         let path = self.path.clone();
+        let legacy = self.legacy.clone();
         let check = known
             .as_ref()
-            .and_then(|(file, recheck, _)| (!recheck).then_some(*file));
+            .and_then(|(stamps, recheck, _)| (!recheck).then_some(*stamps));
         let loaded = run_blocking(&self.path, move || {
             if let Some(known) = check {
-                let current = stat(&path).map_err(|e| PersistenceError::io(READ, &path, e))?;
-                if current == known {
+                let file = stat(&path).map_err(|e| PersistenceError::io(READ, &path, e))?;
+                let legacy = match (&file, &legacy) {
+                    (None, Some(legacy)) => {
+                        stat(legacy).map_err(|e| PersistenceError::io(READ, legacy, e))?
+                    }
+                    _ => None,
+                };
+                if (file, legacy) == known {
                     return Ok(None);
                 }
             }
-            load::<D>(&path, true).map(Some)
+            load_or_legacy::<D>(&path, legacy.as_deref(), true).map(Some)
         })
         .await?;
         match (loaded, known) {
@@ -90,6 +104,7 @@ impl<D: Document> CacheFile<D> {
                 self.store(Snapshot {
                     doc: doc.clone(),
                     file: loaded.file,
+                    legacy: loaded.legacy,
                     recheck: loaded.recent,
                 });
                 Ok(doc)
@@ -107,6 +122,8 @@ pub(super) struct Loaded<D> {
     pub(super) doc: D,
     /// The file's stamp; `None` when it does not exist.
     pub(super) file: Option<Stamp>,
+    /// The legacy file's stamp when the document is its (see [`load_or_legacy`]).
+    pub(super) legacy: Option<Stamp>,
     /// Modified within [`RECENT_WINDOW`] of being read.
     pub(super) recent: bool,
     /// The file's bytes; `None` when it does not exist.
@@ -184,6 +201,7 @@ pub(super) fn load<D: Document>(
             return Ok(Loaded {
                 doc: D::empty(),
                 file: None,
+                legacy: None,
                 recent: false,
                 bytes: None,
             });
@@ -196,6 +214,7 @@ pub(super) fn load<D: Document>(
                 return Ok(Loaded {
                     doc,
                     file: Some(stamp),
+                    legacy: None,
                     recent,
                     bytes: Some(bytes),
                 });
@@ -213,6 +232,29 @@ pub(super) fn load<D: Document>(
         attempt = attempt.saturating_add(1);
         std::thread::sleep(PARSE_RETRY_INTERVAL);
     }
+}
+
+/// [`load`]s the file, or while it does not exist the `legacy` file, if that is a regular
+/// file (anything else there is no cache of ours: it is ignored). What the legacy file holds
+/// comes back with `file: None` and the legacy file's stamp in `legacy`.
+pub(super) fn load_or_legacy<D: Document>(
+    path: &Path,
+    legacy: Option<&Path>,
+    settle_empty: bool,
+) -> Result<Loaded<D>, PersistenceError> {
+    let loaded = load::<D>(path, settle_empty)?;
+    let Some(legacy) = legacy.filter(|_| loaded.file.is_none()) else {
+        return Ok(loaded);
+    };
+    if !fs::metadata(legacy).is_ok_and(|meta| meta.is_file()) {
+        return Ok(loaded);
+    }
+    let from_legacy = load::<D>(legacy, settle_empty)?;
+    Ok(Loaded {
+        legacy: from_legacy.file,
+        file: None,
+        ..from_legacy
+    })
 }
 
 /// A file's inode number (0 off unix).

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use super::{CacheFile, Document};
 
-/// Key of the process-wide registry of [`CacheFile::shared`]: the canonical path and the
-/// document type (two document types over one file are two objects, still ordered by the lock
-/// file).
-type RegistryKey = (PathBuf, TypeId);
+/// Key of the process-wide registry of [`CacheFile::shared`]: the canonical path, the legacy
+/// file's and the document type (two document types, or legacy files, over one file are two
+/// objects, still ordered by the lock file).
+type RegistryKey = (PathBuf, Option<PathBuf>, TypeId);
 
 /// The process-wide registry behind [`CacheFile::shared`].
 fn registry() -> MutexGuard<'static, HashMap<RegistryKey, Weak<dyn Any + Send + Sync>>> {
@@ -30,9 +30,17 @@ impl<D: Document> CacheFile<D> {
     /// The cache file object for `path`, the same `Arc` for every caller in this process while
     /// one is alive (paths are compared after resolving the directory: `dir/./f`, `dir/f` and
     /// a symlinked directory are one file). The registry holds it weakly.
-    pub(crate) fn shared(path: PathBuf) -> Arc<Self> {
+    ///
+    /// With a `legacy` file (the legacy `msal.cache` for `msal.cache.nocae`), the legacy file
+    /// is read while `path` does not exist, and the first write creates `path` from it (see
+    /// [`CacheFile::modify`]); the legacy file is never written.
+    pub(crate) fn shared(path: PathBuf, legacy: Option<PathBuf>) -> Arc<Self> {
         // Resolved before taking the registry's lock: that lock is never held across I/O.
-        let key = (canonical_key(&path), TypeId::of::<D>());
+        let key = (
+            canonical_key(&path),
+            legacy.as_deref().map(canonical_key),
+            TypeId::of::<D>(),
+        );
         let mut registry = registry();
         if let Some(existing) = registry.get(&key).and_then(Weak::upgrade) {
             if let Ok(file) = existing.downcast::<Self>() {
@@ -40,7 +48,7 @@ impl<D: Document> CacheFile<D> {
             }
         }
         registry.retain(|_, entry| entry.strong_count() > 0);
-        let file = Self::new(path);
+        let file = Self::new(path, legacy);
         let entry: Arc<dyn Any + Send + Sync> = file.clone();
         registry.insert(key, Arc::downgrade(&entry));
         file

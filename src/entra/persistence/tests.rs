@@ -169,7 +169,7 @@ async fn missing_file_or_directory_reads_as_empty_document() {
         dir.path().join("cache.json"),
         dir.path().join("no/such/dir/cache.json"),
     ] {
-        let file = CacheFile::<JsonDoc>::new(path.clone());
+        let file = CacheFile::<JsonDoc>::new(path.clone(), None);
         assert!(file.read().await.unwrap().0.is_empty());
         assert!(file.read().await.unwrap().0.is_empty());
         assert!(!path.exists(), "reading creates nothing");
@@ -180,7 +180,7 @@ async fn missing_file_or_directory_reads_as_empty_document() {
 async fn created_file_is_0600_in_new_0700_directories() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a/b/msal.cache.nocae");
-    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let file = CacheFile::<JsonDoc>::new(path.clone(), None);
     file.modify(|doc| doc.add("k")).await.unwrap();
     assert_eq!(mode(&path), 0o600);
     assert_eq!(mode(&dir.path().join("a/b")), 0o700);
@@ -202,7 +202,7 @@ async fn existing_file_keeps_its_mode_after_modify() {
         let path = dir.path().join(format!("cache-{existing:o}"));
         fs::write(&path, r#"{"AccessToken": {"old": {}}}"#).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(existing)).unwrap();
-        let file = CacheFile::<JsonDoc>::new(path.clone());
+        let file = CacheFile::<JsonDoc>::new(path.clone(), None);
         file.modify(|doc| doc.add("new")).await.unwrap();
         assert_eq!(mode(&path), existing);
         assert_eq!(file_keys(&path), ["old", "new"]);
@@ -216,7 +216,7 @@ async fn read_reloads_only_when_mtime_length_or_inode_changed() {
     let an_hour = Duration::from_secs(3600);
     fs::write(&path, r#"{"AccessToken": {"a": {}}}"#).unwrap();
     set_mtime(&path, an_hour);
-    let file = CacheFile::<Counted<0>>::new(path.clone());
+    let file = CacheFile::<Counted<0>>::new(path.clone(), None);
 
     assert_eq!(file.read().await.unwrap().0.keys(), ["a"]);
     assert_eq!(file.read().await.unwrap().0.keys(), ["a"]);
@@ -253,7 +253,7 @@ async fn recently_modified_file_is_read_again_until_its_mtime_is_old_enough() {
     fs::write(&path, r#"{"AccessToken": {"a": {}}}"#).unwrap();
     // Stamped in the future, the file counts as recent however slowly this test runs.
     set_modified(&path, SystemTime::now() + Duration::from_secs(3600));
-    let file = CacheFile::<Counted<1>>::new(path.clone());
+    let file = CacheFile::<Counted<1>>::new(path.clone(), None);
     file.read().await.unwrap();
     // An in-place write in the same mtime tick with the same length looks unchanged...
     let mtime = fs::metadata(&path).unwrap().modified().unwrap();
@@ -274,7 +274,7 @@ async fn modify_reads_the_file_again_so_other_writers_changes_survive() {
     let path = dir.path().join("cache.json");
     fs::write(&path, r#"{"AccessToken": {"a1": {}}}"#).unwrap();
     set_mtime(&path, Duration::from_secs(3600));
-    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let file = CacheFile::<JsonDoc>::new(path.clone(), None);
     assert_eq!(file.read().await.unwrap().keys(), ["a1"]);
     // Another writer's change that even the stamp does not show.
     let mtime = fs::metadata(&path).unwrap().modified().unwrap();
@@ -295,7 +295,7 @@ async fn modify_reads_the_file_again_so_other_writers_changes_survive() {
 async fn modify_without_change_leaves_the_file_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
-    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let file = CacheFile::<JsonDoc>::new(path.clone(), None);
     file.modify(|doc| doc.add("a")).await.unwrap();
     let before = fs::metadata(&path).unwrap();
     file.modify(|_| ()).await.unwrap();
@@ -310,7 +310,7 @@ async fn malformed_file_is_reported_never_overwritten_and_the_lock_is_released()
     let path = dir.path().join("msal.cache.nocae");
     let bytes = br#"{"AccessToken": {"k": {"secret": "hunter2"} oops"#;
     fs::write(&path, bytes).unwrap();
-    let file = CacheFile::<Counted<2>>::new(path.clone());
+    let file = CacheFile::<Counted<2>>::new(path.clone(), None);
 
     let err = file.read().await.unwrap_err();
     assert!(err.is_malformed() && !err.is_lock_timeout(), "{err}");
@@ -350,7 +350,7 @@ async fn malformed_file_is_reported_never_overwritten_and_the_lock_is_released()
 async fn read_waits_out_an_in_place_write_in_progress() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
-    let file = CacheFile::<Finishing>::new(path.clone());
+    let file = CacheFile::<Finishing>::new(path.clone(), None);
 
     // Half written: read again until the writer is done.
     fs::write(&path, r#"{"AccessToken": {"#).unwrap();
@@ -375,7 +375,7 @@ async fn lock_file_holds_pid_and_program_like_msal_extensions() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
     let lock = lock_path_of(&path);
-    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let file = CacheFile::<JsonDoc>::new(path.clone(), None);
     let content = file
         .modify(move |_| fs::read_to_string(&lock).unwrap())
         .await
@@ -396,7 +396,7 @@ async fn lock_held_by_a_live_process_times_out_naming_the_holder() {
     let pid = std::process::id();
     let lock = plant_lock(&path, pid, "python3", Duration::ZERO);
     let timeout = Duration::from_millis(300);
-    let file = CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), timeout);
+    let file = CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), None, timeout);
 
     let started = Instant::now();
     let err = file.modify(|doc| doc.add("x")).await.unwrap_err();
@@ -434,7 +434,8 @@ async fn lock_of_a_dead_process_is_removed_once_past_the_grace_period() {
 
     // Fresh: it may be a live holder in another pid namespace; respected for now.
     let lock = plant_lock(&path, dead, "gone", Duration::ZERO);
-    let file = CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), Duration::from_millis(300));
+    let file =
+        CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), None, Duration::from_millis(300));
     let err = file.modify(|doc| doc.add("x")).await.unwrap_err();
     assert!(err.is_lock_timeout(), "{err}");
     assert!(
@@ -462,7 +463,8 @@ async fn old_lock_is_removed_even_if_its_process_lives() {
         "old",
         STALE_LOCK_AGE + Duration::from_secs(5),
     );
-    let file = CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), Duration::from_millis(300));
+    let file =
+        CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), None, Duration::from_millis(300));
     file.modify(|doc| doc.add("x")).await.unwrap();
     assert_eq!(file_keys(&path), ["x"]);
     assert!(!lock.exists());
@@ -488,7 +490,8 @@ async fn a_flocked_lock_is_never_broken_however_old_or_whoever_it_names() {
     child.wait().unwrap();
     let lock = plant_lock(&path, dead, "elsewhere", STALE_LOCK_AGE * 2);
     let holder = flock_held(&lock);
-    let file = CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), Duration::from_millis(300));
+    let file =
+        CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), None, Duration::from_millis(300));
 
     let err = file.modify(|doc| doc.add("x")).await.unwrap_err();
     assert!(err.is_lock_timeout(), "{err}");
@@ -516,7 +519,7 @@ async fn a_held_lock_that_looks_stale_is_left_to_its_holder() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
     let lock = lock_path_of(&path);
-    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let file = CacheFile::<JsonDoc>::new(path.clone(), None);
     let seen = file
         .modify(move |doc| {
             let before = fs::read_to_string(&lock).unwrap();
@@ -581,7 +584,7 @@ async fn a_writer_whose_lock_was_taken_from_it_writes_nothing() {
     let path = dir.path().join("cache.json");
     fs::write(&path, r#"{"AccessToken": {"a": {}}}"#).unwrap();
     let lock = lock_path_of(&path);
-    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let file = CacheFile::<JsonDoc>::new(path.clone(), None);
     let err = file
         .modify(move |doc| {
             fs::remove_file(&lock).unwrap();
@@ -609,7 +612,8 @@ async fn a_lock_path_that_is_not_a_file_is_an_error_not_a_wait() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
     let lock = lock_path_of(&path);
-    let file = CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), Duration::from_secs(3600));
+    let file =
+        CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), None, Duration::from_secs(3600));
     let mkfifo = std::process::Command::new("mkfifo")
         .arg(&lock)
         .status()
@@ -655,7 +659,7 @@ fn lock_holder_is_described_from_the_lock_file_without_control_characters() {
 async fn lock_is_released_when_change_panics() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
-    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let file = CacheFile::<JsonDoc>::new(path.clone(), None);
     let task = {
         let file = file.clone();
         tokio::spawn(async move { file.modify(|_| -> () { panic!("change failed") }).await })
@@ -676,7 +680,7 @@ async fn lock_is_released_when_the_write_fails() {
     let path = dir.path().join("cache.json");
     // A symlink into a directory that does not exist: reads as missing, cannot be written.
     std::os::unix::fs::symlink(dir.path().join("gone/cache.json"), &path).unwrap();
-    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let file = CacheFile::<JsonDoc>::new(path.clone(), None);
     let err = file.modify(|doc| doc.add("x")).await.unwrap_err();
     assert!(!err.is_malformed() && !err.is_lock_timeout(), "{err}");
     assert!(
@@ -697,7 +701,7 @@ async fn symlinked_cache_file_is_written_through_the_link() {
     fs::write(&real, r#"{"AccessToken": {"a": {}}}"#).unwrap();
     let link = dir.path().join("link.json");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let file = CacheFile::<JsonDoc>::new(link.clone());
+    let file = CacheFile::<JsonDoc>::new(link.clone(), None);
     file.modify(|doc| doc.add("b")).await.unwrap();
     assert!(
         fs::symlink_metadata(&link)
@@ -713,7 +717,7 @@ async fn symlinked_cache_file_is_written_through_the_link() {
 async fn concurrent_modifies_in_this_process_keep_every_entry() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
-    let file = CacheFile::<JsonDoc>::shared(path.clone());
+    let file = CacheFile::<JsonDoc>::shared(path.clone(), None);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..20 {
         let file = file.clone();
@@ -736,7 +740,7 @@ async fn separate_objects_for_one_path_are_ordered_by_the_lock_file() {
     let path = dir.path().join("cache.json");
     let mut tasks = tokio::task::JoinSet::new();
     for object in 0..2 {
-        let file = CacheFile::<JsonDoc>::new(path.clone());
+        let file = CacheFile::<JsonDoc>::new(path.clone(), None);
         tasks.spawn(async move {
             for i in 0..10 {
                 file.modify(move |doc| doc.add(&format!("o{object}-{i}")))
@@ -754,9 +758,9 @@ async fn separate_objects_for_one_path_are_ordered_by_the_lock_file() {
 #[test]
 fn shared_returns_one_object_per_path_and_holds_it_weakly() {
     let dir = tempfile::tempdir().unwrap();
-    let a = CacheFile::<JsonDoc>::shared(dir.path().join("cache.json"));
-    let b = CacheFile::<JsonDoc>::shared(dir.path().join(".").join("cache.json"));
-    let other = CacheFile::<JsonDoc>::shared(dir.path().join("other.json"));
+    let a = CacheFile::<JsonDoc>::shared(dir.path().join("cache.json"), None);
+    let b = CacheFile::<JsonDoc>::shared(dir.path().join(".").join("cache.json"), None);
+    let other = CacheFile::<JsonDoc>::shared(dir.path().join("other.json"), None);
     assert!(Arc::ptr_eq(&a, &b));
     assert!(!Arc::ptr_eq(&a, &other));
     assert_eq!(
@@ -842,7 +846,7 @@ async fn queued_writers_time_out_together_not_one_after_another() {
     let lock = plant_lock(&path, std::process::id(), "python3", Duration::ZERO);
     let _holder = flock_held(&lock);
     let timeout = Duration::from_millis(300);
-    let file = CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), timeout);
+    let file = CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), None, timeout);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..3 {
@@ -892,7 +896,7 @@ async fn a_read_only_cache_file_is_left_unchanged_and_the_error_says_what_to_do(
     let content = r#"{"AccessToken": {"frozen": {}}}"#;
     fs::write(&path, content).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
-    let file = CacheFile::<JsonDoc>::new(path.clone());
+    let file = CacheFile::<JsonDoc>::new(path.clone(), None);
     let err = file.modify(|doc| doc.add("x")).await.unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -965,7 +969,7 @@ async fn temporary_files_a_dead_writer_left_are_removed_by_the_next_write() {
     )
     .unwrap();
 
-    CacheFile::<JsonDoc>::new(path.clone())
+    CacheFile::<JsonDoc>::new(path.clone(), None)
         .modify(|doc| doc.add("a"))
         .await
         .unwrap();
@@ -988,4 +992,84 @@ async fn temporary_files_a_dead_writer_left_are_removed_by_the_next_write() {
         "not a regular file"
     );
     assert_eq!(file_keys(&path), ["a"]);
+}
+
+/// The legacy file is read while the file does not exist, and only ever read: the first write
+/// that changes the document creates the file from the legacy file's content. A write that
+/// changes nothing creates nothing.
+#[tokio::test]
+async fn the_legacy_file_is_read_in_the_files_place_and_copied_into_it_by_the_first_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, legacy) = (
+        dir.path().join("msal.cache.nocae"),
+        dir.path().join("msal.cache"),
+    );
+    fs::write(&legacy, r#"{"AccessToken": {"old": {}}}"#).unwrap();
+    let before = fs::read(&legacy).unwrap();
+    let file = CacheFile::<JsonDoc>::new(path.clone(), Some(legacy.clone()));
+    assert_eq!(file.files(), [path.clone(), legacy.clone()]);
+    assert_eq!(file.read().await.unwrap().keys(), ["old"]);
+    file.modify(|_| ()).await.unwrap();
+    assert!(!path.exists(), "nothing changed, nothing written");
+
+    file.modify(|doc| doc.add("new")).await.unwrap();
+    let mut keys = file_keys(&path);
+    keys.sort();
+    assert_eq!(keys, ["new", "old"]);
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(fs::read(&legacy).unwrap(), before, "never written");
+    let mut read = file.read().await.unwrap().keys();
+    read.sort();
+    assert_eq!(read, ["new", "old"]);
+
+    // An older tool writes the legacy file again: it is no longer read.
+    fs::write(&legacy, r#"{"AccessToken": {"older": {}}}"#).unwrap();
+    let mut read = file.read().await.unwrap().keys();
+    read.sort();
+    assert_eq!(read, ["new", "old"]);
+}
+
+/// A file another writer creates after the legacy file was read is read at once, and is the
+/// one changed: whether it exists is decided again under its lock.
+#[tokio::test]
+async fn a_file_created_after_the_legacy_one_was_read_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, legacy) = (
+        dir.path().join("msal.cache.nocae"),
+        dir.path().join("msal.cache"),
+    );
+    fs::write(&legacy, r#"{"AccessToken": {"old": {}}}"#).unwrap();
+    let file = CacheFile::<JsonDoc>::new(path.clone(), Some(legacy.clone()));
+    assert_eq!(file.read().await.unwrap().keys(), ["old"]);
+
+    fs::write(&path, r#"{"AccessToken": {"theirs": {}}}"#).unwrap();
+    assert_eq!(file.read().await.unwrap().keys(), ["theirs"]);
+    file.modify(|doc| doc.add("mine")).await.unwrap();
+    let mut keys = file_keys(&path);
+    keys.sort();
+    assert_eq!(keys, ["mine", "theirs"]);
+    assert_eq!(file_keys(&legacy), ["old"]);
+}
+
+/// What is at the legacy path is ignored unless it is a regular file (a directory there is no
+/// cache), and a legacy file that does not parse is reported, never replaced by a new file.
+#[tokio::test]
+async fn a_legacy_path_that_is_no_file_is_ignored_and_a_malformed_one_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, legacy) = (
+        dir.path().join("msal.cache.nocae"),
+        dir.path().join("msal.cache"),
+    );
+    fs::create_dir(&legacy).unwrap();
+    let file = CacheFile::<JsonDoc>::new(path.clone(), Some(legacy.clone()));
+    assert!(file.read().await.unwrap().keys().is_empty());
+    fs::remove_dir(&legacy).unwrap();
+
+    fs::write(&legacy, "{not json").unwrap();
+    let file = CacheFile::<JsonDoc>::new(path.clone(), Some(legacy.clone()));
+    assert!(file.read().await.unwrap_err().is_malformed());
+    let err = file.modify(|doc| doc.add("k")).await.unwrap_err();
+    assert!(err.is_malformed(), "{err}");
+    assert!(err.to_string().contains("msal.cache"), "{err}");
+    assert!(!path.exists());
 }
