@@ -65,9 +65,14 @@ fn scrub_with(text: &str, secrets: &[&str], mask: fn(&str, &str) -> String) -> S
 /// output cap).
 pub(crate) fn excerpt(body: &[u8], secrets: &[&str], max_chars: usize) -> String {
     let text = String::from_utf8_lossy(body);
-    scrub(&text, secrets)
+    // Scrubbed again once control characters are spaces: a NUL where the secret has a space
+    // would otherwise turn a harmless near-copy into the secret.
+    let spaced: String = scrub(&text, secrets)
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    scrub(&spaced, secrets)
+        .chars()
         .take(max_chars)
         .collect::<String>()
         .trim()

@@ -360,3 +360,14 @@ fn timing_before_and_after() {
         println!("(before: {:?})", started.elapsed());
     }
 }
+
+/// Found by the token_response fuzz target: a body holding the start of the secret with a NUL
+/// where the secret has a space (`…aaa _\0T…`) was scrubbed, then its control characters
+/// shown as spaces, which made the secret's prefix (`…aaa _ `) appear.
+#[test]
+fn an_excerpt_shows_no_secret_that_its_control_characters_turned_into() {
+    let secret = r"t$e-client \aaa _ _ _ c&303 4$3*15*0";
+    let body = b"CLIjt$e-client \\\\aaa _\0Ts_t";
+    let shown = excerpt(body, &[secret], 300);
+    assert_eq!(shown, "CLIj***Ts_t");
+}
