@@ -8,7 +8,10 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, RedisError, Script, Value};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ProtocolVersion, PushInfo, PushKind, RedisError,
+    Script, Value,
+};
 
 use super::store::{MAX_ENTRY_BYTES, StoreError, TokenStore, ValueWithMark, ValueWithTtl};
 use crate::error::ConfigError;
@@ -191,11 +194,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// later. An attempt that fails or runs out of time leaves the next call to start another.
 ///
 /// A connection that drops once made (Redis restarted, a failover, `CLIENT KILL`, an idle
-/// connection cut by a load balancer) is made again the same way: the call that finds it
-/// dropped fails and counts, and starts a new attempt at once, in the background; calls made
-/// meanwhile wait on that attempt as they would on the first, so a reconnection slower than
+/// connection closed by Redis's `timeout` or cut by a load balancer) is made again the same
+/// way: the call that finds it dropped starts a new attempt at once, in the background. A
+/// read (the cache's look for a token, safe to repeat) waits on that attempt within its
+/// budget and runs again on the new connection: a connection that ended while idle costs the
+/// next look nothing, and is no breaker failure. A write fails and counts. Calls made
+/// meanwhile wait on the attempt as they would on the first, so a reconnection slower than
 /// the budget costs them their budget but does not open the breaker. Calls already sent on
-/// the connection when it dropped fail with it, and count.
+/// the connection when it dropped fail with it, and count. Over RESP3 (`?protocol=resp3`) the
+/// `redis` crate tells the store as a connection ends, and the new attempt starts then,
+/// before any call finds it dropped.
 ///
 /// Against an address that never answers (a black-holed host or port), each attempt runs its
 /// 5 s and only the call that started it counts a failure: the breaker opens about
@@ -322,10 +330,25 @@ impl RedisTokenCache {
             .map_err(|_| "no tokio runtime to connect from".to_owned())?;
         // No response timeout: the cache's budget bounds each call. The connection's setup has
         // a deadline of its own: nothing else bounds it once no caller waits.
-        let config = AsyncConnectionConfig::new()
+        let mut config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(None);
         let client = self.inner.client.clone();
+        if client.get_connection_info().redis_settings().protocol() == ProtocolVersion::RESP3 {
+            // Over RESP3 the `redis` crate tells of a connection that ended (the server closed an
+            // idle one, a load balancer cut it) as it happens: the store makes a new one at
+            // once, so the next call (often a renewal an hour later) finds it made. Over RESP2
+            // (no push channel) the next read finds it dropped and retries (see `read`).
+            let watched: Weak<Inner> = Arc::downgrade(&self.inner);
+            config = config.set_push_sender(move |push: PushInfo| {
+                if push.kind == PushKind::Disconnection {
+                    if let Some(inner) = watched.upgrade() {
+                        RedisTokenCache { inner }.dropped(id);
+                    }
+                }
+                Ok::<(), std::convert::Infallible>(())
+            });
+        }
         let inner: Weak<Inner> = Arc::downgrade(&self.inner);
         let task = runtime.spawn(async move {
             let made = client
@@ -365,10 +388,42 @@ impl RedisTokenCache {
         answer.map_err(|e| self.failed(op, id, &e))
     }
 
+    /// Runs a script that only reads, as [`invoke`](Self::invoke) does; when it finds the
+    /// connection dropped, runs it once more on the new connection, within the call's budget
+    /// (a read is safe to repeat). A connection that ended while idle (the server's `timeout`,
+    /// a load balancer's idle cut) is found so by the next call, often a renewal long after:
+    /// that call now shares the fleet's token instead of failing and asking the identity
+    /// provider on its own, and a read that succeeds on the retry is no breaker failure.
+    async fn read(
+        &self,
+        op: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Value, StoreError> {
+        let (id, mut connection) = self.connection(op).await?;
+        let e = match invocation.invoke_async::<Value>(&mut connection).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) => e,
+        };
+        if !drops(&e) {
+            return Err(self.error(op, "failed", &e));
+        }
+        self.dropped(id);
+        let first = self.error(op, "failed", &e);
+        let (id, mut connection) = match self.connection(op).await {
+            Ok(made) => made,
+            // Still reconnecting at the budget's end: the drop this call found is its failure,
+            // as for a write.
+            Err(e) if e.is_connecting() => return Err(first),
+            Err(e) => return Err(e),
+        };
+        let answer = invocation.invoke_async::<Value>(&mut connection).await;
+        answer.map_err(|e| self.failed(op, id, &e))
+    }
+
     /// The store error for `op`'s failure `e` on connection `id`; a connection that dropped
-    /// (`e` says it must be replaced) is replaced (see [`dropped`](Self::dropped)).
+    /// (see [`drops`]) is replaced (see [`dropped`](Self::dropped)).
     fn failed(&self, op: &str, id: u64, e: &RedisError) -> StoreError {
-        if e.is_unrecoverable_error() {
+        if drops(e) {
             self.dropped(id);
         }
         self.error(op, "failed", e)
@@ -381,11 +436,14 @@ impl RedisTokenCache {
     /// miss, not a breaker failure. Reconnecting within the store (rather than in the `redis`
     /// crate's connection manager, which it used before) is what lets it tell that wait from a
     /// slow answer. Calls already sent on the dropped connection fail with it, and count.
-    fn dropped(&self, id: u64) {
+    ///
+    /// `true` when this call replaced it; `false` when another call (or, over RESP3, the
+    /// connection's own notice) had found it dropped first.
+    fn dropped(&self, id: u64) -> bool {
         let mut link = self.inner.link();
         if !matches!(&*link, Link::Connected(current, _) if *current == id) {
             // Another call found it dropped first and replaced it.
-            return;
+            return false;
         }
         let next = self.inner.attempts.fetch_add(1, Ordering::Relaxed);
         *link = match self.start_attempt(next) {
@@ -393,6 +451,7 @@ impl RedisTokenCache {
             // No runtime to connect from: the next call tries, and says why.
             Err(_) => Link::Idle,
         };
+        true
     }
 
     /// [`put`](TokenStore::put) as called at `called` (Unix ms by this host's clock; `None`
@@ -486,6 +545,12 @@ impl Inner {
     }
 }
 
+/// Whether `e` says the connection must be replaced (the `redis` crate's
+/// `is_unrecoverable_error`: the connection closed or reset, an answer it cannot parse).
+fn drops(e: &RedisError) -> bool {
+    e.is_unrecoverable_error()
+}
+
 /// A store error for an answer of the wrong kind; names the kind, never the value.
 fn unexpected(op: &str, value: &Value) -> StoreError {
     let kind = match value {
@@ -571,7 +636,7 @@ impl TokenStore for RedisTokenCache {
         Box::pin(async move {
             let mut invocation = self.inner.get_with_ttl.key(key);
             invocation.arg(MAX_ENTRY_BYTES);
-            entry_answer(self.invoke("GET", &invocation).await?)
+            entry_answer(self.read("GET", &invocation).await?)
         })
     }
 
@@ -587,7 +652,7 @@ impl TokenStore for RedisTokenCache {
                 .key(mark_key)
                 .arg(MAX_ENTRY_BYTES)
                 .arg(MAX_MARK_BYTES);
-            let answer = self.invoke("GET", &invocation).await?;
+            let answer = self.read("GET", &invocation).await?;
             let Value::Array(answer) = answer else {
                 return Err(unexpected("GET", &answer));
             };

@@ -684,6 +684,81 @@ async fn waits_on_a_reconnection_do_not_open_the_breaker() {
     assert_eq!(authority.token_posts(), 3);
 }
 
+/// The ids of the clients connected to `server`, but for the one asking.
+fn client_ids(server: &RedisServer) -> std::collections::BTreeSet<u64> {
+    let mut admin = server.admin();
+    let own: u64 = redis::cmd("CLIENT").arg("ID").query(&mut admin).unwrap();
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("normal")
+        .query(&mut admin)
+        .unwrap();
+    list.lines()
+        .filter_map(|line| line.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+        .filter(|id| *id != own)
+        .collect()
+}
+
+/// Waits (real time) until `condition` holds; fails the test after 10 s.
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < secs(10), "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A connection that Redis closes while idle (its `timeout` setting; a load balancer's idle
+/// cut does the same) costs the next call nothing: a process whose connection was closed so
+/// shares the fleet's token, with no request of its own and no store error. Over RESP2 the
+/// read finds the connection dropped and runs again on a new one; over RESP3 the store is told
+/// as the connection ends, and makes a new one before any call. (Before, the read failed at
+/// once with a broken pipe, counted by the breaker, and the process asked the identity
+/// provider on its own: every process at every renewal.) Real time: Redis's idle timer (1 s,
+/// checked on whole seconds) must run; the test waits for the connection to be gone, not for a
+/// set time, and each case has a server of its own.
+#[tokio::test]
+async fn a_connection_closed_while_idle_is_made_again_for_the_next_read() {
+    for resp3 in [false, true] {
+        let authority = Authority::start().await;
+        let server = RedisServer::start();
+        let shared = Process::new(&authority, &server.url()).token(SCOPE).await;
+        let url = match resp3 {
+            true => format!("{}?protocol=resp3", server.url()),
+            false => server.url(),
+        };
+        let store = RedisTokenCache::open(&url).unwrap();
+        store.connect().await.unwrap();
+        let key = SealingKey::new("one", &KEY_ONE).unwrap();
+        let process = Process::over(&authority, store, key, SLOW_MACHINE_BUDGET);
+
+        let before = client_ids(&server);
+        server.config_set("timeout", "1");
+        until("the idle connections closed", || {
+            client_ids(&server).is_disjoint(&before)
+        })
+        .await;
+        if resp3 {
+            until("a new connection made without a call", || {
+                !client_ids(&server).is_empty()
+            })
+            .await;
+        }
+        // No further closes: the call below must find what the first close left.
+        server.config_set("timeout", "0");
+
+        assert_eq!(process.token(SCOPE).await, shared, "resp3: {resp3}");
+        let stats = process.cache.stats();
+        assert_eq!(
+            (stats.shared_hits, stats.store_errors),
+            (1, 0),
+            "resp3: {resp3}: {stats:?}"
+        );
+        assert_eq!(authority.token_posts(), 1, "resp3: {resp3}");
+    }
+}
+
 /// Redis stopped mid-run costs each acquisition one budget and no failed request; killed, it
 /// costs nothing but a request per process; restarted, the fleet shares again.
 #[tokio::test(start_paused = true)]
