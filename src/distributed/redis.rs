@@ -8,9 +8,10 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use redis::aio::MultiplexedConnection;
+use redis::io::tcp::TcpSettings;
 use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ProtocolVersion, PushInfo, PushKind, RedisError,
-    Script, Value,
+    AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo,
+    PushKind, RedisError, Script, Value,
 };
 
 use super::store::{MAX_ENTRY_BYTES, StoreError, TokenStore, ValueWithMark, ValueWithTtl};
@@ -123,6 +124,39 @@ const MAX_ERROR_CHARS: usize = 200;
 /// call start another.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a connection whose call got no answer within its budget has to answer a `PING`
+/// before it is taken for dropped and replaced (see [`RedisTokenCache::probe`]): a server that
+/// is there answers a PING in milliseconds, even loaded.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// TCP keepalive on the store's connections: the first probe after 10 s idle, then every 5 s.
+/// A peer that is gone without a reset (a crashed host, a partition) is found while the
+/// connection idles, not by the next call; the probes also keep a load balancer's or NAT's
+/// idle timer from cutting the connection (Azure's drops idle flows after 4 minutes).
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "windows"
+))]
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "windows"
+))]
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// `TCP_USER_TIMEOUT` (Linux): data sent and not acknowledged for 20 s (keepalive probes
+/// included) ends the connection with an error, which the store replaces.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const USER_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A [`TokenStore`] on one Redis endpoint, through one multiplexed connection of the `redis`
 /// crate (tokio), made again after it drops.
 ///
@@ -210,6 +244,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// (`failures` − 1) × 5 s after the first call (some 10 s at the defaults, calls keeping on
 /// coming), and until then every call, counted or not, spends the whole budget before the
 /// process asks the identity provider on its own.
+///
+/// A connection that stops answering without closing (its host crashed or was cut off, and
+/// no reset reaches this host) raises no error. When the cache gives up on a call at its
+/// budget's end, the store sends a `PING` on that connection in the background: with no answer
+/// within 2 s the connection is taken for dropped and made again, as above (a server that
+/// answers, only slow, keeps it). A server that stopped answering altogether (`SIGSTOP`) is
+/// then an address that never answers: one failure per attempt. TCP connections also have
+/// keepalive (a probe after 10 s idle, then every 5 s) and, on Linux, `TCP_USER_TIMEOUT`
+/// (20 s), so a dead peer is found on an idle connection too, and a load balancer's idle
+/// timer does not cut it.
 #[derive(Clone)]
 pub struct RedisTokenCache {
     inner: Arc<Inner>,
@@ -233,7 +277,13 @@ impl RedisTokenCache {
     /// A store for the Redis server at `url` (see [`RedisTokenCache`] for the forms).
     /// Only parses: the connection is made by the first call.
     pub fn open(url: &str) -> Result<Self, ConfigError> {
-        let client = Client::open(url).map_err(|e| {
+        let client = url
+            .into_connection_info()
+            .and_then(|info| {
+                let tcp = keepalive(info.tcp_settings().clone());
+                Client::open(info.set_tcp_settings(tcp))
+            })
+            .map_err(|e| {
             // The parser's messages do not quote the URL; scrubbed anyway, as the URL may
             // hold a password.
             ConfigError::new(format!(
@@ -285,7 +335,7 @@ impl RedisTokenCache {
         let (id, attempt, joined) = {
             let mut link = self.inner.link();
             match &*link {
-                Link::Connected(id, connection) => return Ok((*id, connection.clone())),
+                Link::Connected(id, connection, _) => return Ok((*id, connection.clone())),
                 Link::Connecting(id, attempt) => (*id, attempt.clone(), true),
                 Link::Idle => {
                     let id = self.inner.attempts.fetch_add(1, Ordering::Relaxed);
@@ -373,8 +423,80 @@ impl RedisTokenCache {
     /// Runs `op` on the connection.
     async fn run(&self, op: &'static str, command: &redis::Cmd) -> Result<Value, StoreError> {
         let (id, mut connection) = self.connection(op).await?;
-        let answer = command.query_async::<Value>(&mut connection).await;
-        answer.map_err(|e| self.failed(op, id, &e))
+        let answer = self.watched(id, command.query_async::<Value>(&mut connection));
+        answer.await.map_err(|e| self.failed(op, id, &e))
+    }
+
+    /// Waits for `answer`, a command's on connection `id`; if the call is given up on at its
+    /// budget's end before it comes, has the connection checked (see [`probe`](Self::probe)).
+    async fn watched<F: std::future::Future<Output = redis::RedisResult<Value>>>(
+        &self,
+        id: u64,
+        answer: F,
+    ) -> redis::RedisResult<Value> {
+        let mut watch = Unanswered {
+            store: self,
+            id,
+            deadline: super::store::call_deadline(),
+            answered: false,
+        };
+        let answer = answer.await;
+        watch.answered = true;
+        answer
+    }
+
+    /// A call on connection `id` got no answer within its budget. A server that died or was
+    /// cut off without closing the connection (a crashed host, a partition: no reset reaches
+    /// this host) would leave it in place, and every call would spend its budget on it, with
+    /// no error to say the connection is gone. A `PING` on it, in the background, tells: no
+    /// answer within [`PROBE_TIMEOUT`] (or an error that [`drops`] it), and the connection is
+    /// taken for dropped and replaced (see [`dropped`](Self::dropped)); an answer (a slow
+    /// call, a loaded server) leaves it. One probe at a time per connection. (TCP keepalive
+    /// finds a dead peer too, but only after some 30 s, and not a proxy that stopped
+    /// forwarding while its own end of the connection lives.)
+    fn probe(&self, id: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut connection = {
+            let mut link = self.inner.link();
+            match &mut *link {
+                Link::Connected(current, connection, probing) if *current == id && !*probing => {
+                    *probing = true;
+                    connection.clone()
+                }
+                _ => return,
+            }
+        };
+        let inner: Weak<Inner> = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            let ping = redis::cmd("PING");
+            let answer =
+                tokio::time::timeout(PROBE_TIMEOUT, ping.query_async::<Value>(&mut connection))
+                    .await;
+            drop(connection);
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let store = RedisTokenCache { inner };
+            match answer {
+                // Answered, even with an error of the server's: it is there.
+                Ok(Ok(_)) => store.probed(id),
+                Ok(Err(e)) if !drops(&e) => store.probed(id),
+                Ok(Err(_)) | Err(_) => {
+                    store.dropped(id);
+                }
+            }
+        });
+    }
+
+    /// The probe of connection `id` found it alive: a later call given up on may probe again.
+    fn probed(&self, id: u64) {
+        if let Link::Connected(current, _, probing) = &mut *self.inner.link() {
+            if *current == id {
+                *probing = false;
+            }
+        }
     }
 
     /// Runs a script (EVALSHA, loading it on NOSCRIPT: a restarted or failed-over server).
@@ -384,8 +506,8 @@ impl RedisTokenCache {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Value, StoreError> {
         let (id, mut connection) = self.connection(op).await?;
-        let answer = invocation.invoke_async::<Value>(&mut connection).await;
-        answer.map_err(|e| self.failed(op, id, &e))
+        let answer = self.watched(id, invocation.invoke_async::<Value>(&mut connection));
+        answer.await.map_err(|e| self.failed(op, id, &e))
     }
 
     /// Runs a script that only reads, as [`invoke`](Self::invoke) does; when it finds the
@@ -400,7 +522,8 @@ impl RedisTokenCache {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Value, StoreError> {
         let (id, mut connection) = self.connection(op).await?;
-        let e = match invocation.invoke_async::<Value>(&mut connection).await {
+        let answer = self.watched(id, invocation.invoke_async::<Value>(&mut connection));
+        let e = match answer.await {
             Ok(answer) => return Ok(answer),
             Err(e) => e,
         };
@@ -416,8 +539,8 @@ impl RedisTokenCache {
             Err(e) if e.is_connecting() => return Err(first),
             Err(e) => return Err(e),
         };
-        let answer = invocation.invoke_async::<Value>(&mut connection).await;
-        answer.map_err(|e| self.failed(op, id, &e))
+        let answer = self.watched(id, invocation.invoke_async::<Value>(&mut connection));
+        answer.await.map_err(|e| self.failed(op, id, &e))
     }
 
     /// The store error for `op`'s failure `e` on connection `id`; a connection that dropped
@@ -441,7 +564,7 @@ impl RedisTokenCache {
     /// connection's own notice) had found it dropped first.
     fn dropped(&self, id: u64) -> bool {
         let mut link = self.inner.link();
-        if !matches!(&*link, Link::Connected(current, _) if *current == id) {
+        if !matches!(&*link, Link::Connected(current, ..) if *current == id) {
             // Another call found it dropped first and replaced it.
             return false;
         }
@@ -502,6 +625,50 @@ impl RedisTokenCache {
     }
 }
 
+/// A command sent on connection `id` and not answered yet (see [`RedisTokenCache::watched`]).
+struct Unanswered<'a> {
+    store: &'a RedisTokenCache,
+    id: u64,
+    /// The end of the call's budget, if the cache's breaker bounds it.
+    deadline: Option<tokio::time::Instant>,
+    answered: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        // Dropped unanswered at its budget's end: the breaker gave up on it. (A caller that
+        // stops waiting earlier, for its own reasons, says nothing about the connection.)
+        if !self.answered
+            && self
+                .deadline
+                .is_some_and(|deadline| tokio::time::Instant::now() >= deadline)
+        {
+            self.store.probe(self.id);
+        }
+    }
+}
+
+/// The store's TCP settings: `settings` with keepalive (see [`KEEPALIVE_IDLE`]) and, on Linux,
+/// `TCP_USER_TIMEOUT` (see [`USER_TIMEOUT`]). A Unix socket has no use for them.
+fn keepalive(settings: TcpSettings) -> TcpSettings {
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "windows"
+    ))]
+    let settings = settings.set_keepalive(
+        redis::io::tcp::socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL),
+    );
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let settings = settings.set_user_timeout(USER_TIMEOUT);
+    settings
+}
+
 /// A connection attempt's outcome, shared by every call that waits on it: the connection, or
 /// the error's text (scrubbed).
 type Attempt = Shared<BoxFuture<'static, Result<MultiplexedConnection, String>>>;
@@ -512,8 +679,9 @@ enum Link {
     Idle,
     /// Attempt `id` runs in its own task.
     Connecting(u64, Attempt),
-    /// Made by attempt `id`; replaced by a new attempt when a call finds it dropped.
-    Connected(u64, MultiplexedConnection),
+    /// Made by attempt `id`; replaced by a new attempt when a call finds it dropped. The flag:
+    /// a probe of it runs (see [`RedisTokenCache::probe`]).
+    Connected(u64, MultiplexedConnection, bool),
 }
 
 impl Inner {
@@ -528,7 +696,7 @@ impl Inner {
         let mut link = self.link();
         if matches!(&*link, Link::Connecting(running, _) if *running == id) {
             *link = match outcome {
-                Ok(connection) => Link::Connected(id, connection.clone()),
+                Ok(connection) => Link::Connected(id, connection.clone(), false),
                 Err(_) => Link::Idle,
             };
         }

@@ -759,6 +759,37 @@ async fn a_connection_closed_while_idle_is_made_again_for_the_next_read() {
     }
 }
 
+/// A connection that stops answering without closing (a host that crashed or was cut off: no
+/// reset reaches the process) is replaced: the call given up on at its budget's end has the
+/// connection PINGed, and with no answer in 2 s a new connection is made, which the next call
+/// uses to share the fleet's token. (Before, it stayed: no error ever said it was gone, and
+/// every call spent its budget on it.) Real time: the relay and the probe's 2 s are real.
+#[tokio::test]
+async fn a_connection_that_stops_answering_is_replaced() {
+    use crate::redis_store::Relay;
+
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    let shared = Process::new(&authority, &server.url()).token(SCOPE).await;
+    let relay = Relay::start(server.port()).await;
+    let store = RedisTokenCache::open(&relay.url()).unwrap();
+    store.connect().await.unwrap();
+    let key = SealingKey::new("one", &KEY_ONE).unwrap();
+    let process = Process::over(&authority, store, key, Duration::from_millis(500));
+
+    relay.partition();
+    process.token("https://a.test/.default").await;
+    assert_eq!(authority.token_posts(), 2, "it asked on its own");
+    until("a new connection through the relay", || {
+        relay.connections() == 2
+    })
+    .await;
+    assert_eq!(process.token(SCOPE).await, shared);
+    let stats = process.cache.stats();
+    assert_eq!((stats.shared_hits, stats.store_errors), (1, 1), "{stats:?}");
+    assert_eq!(authority.token_posts(), 2);
+}
+
 /// Redis stopped mid-run costs each acquisition one budget and no failed request; killed, it
 /// costs nothing but a request per process; restarted, the fleet shares again.
 #[tokio::test(start_paused = true)]

@@ -621,6 +621,82 @@ impl Drop for SlowSetupRelay {
     }
 }
 
+/// A loopback TCP relay to a server, with a fault a network between them has: its
+/// connections can be cut off without being closed ([`partition`](Self::partition)). A
+/// connection either end closes is closed to the other.
+pub(crate) struct Relay {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    cut: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub(crate) async fn start(server_port: u16) -> Relay {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn({
+            let (connections, cut) = (connections.clone(), cut.clone());
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    let cut = cut.clone();
+                    tokio::spawn(async move {
+                        // Registered now: a partition cuts the connections made before it.
+                        let partitioned = cut.notified_owned();
+                        tokio::pin!(partitioned);
+                        partitioned.as_mut().enable();
+                        let Ok(mut server) =
+                            TcpStream::connect((Ipv4Addr::LOCALHOST, server_port)).await
+                        else {
+                            return;
+                        };
+                        let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                        let cut_off = tokio::select! {
+                            _ = copy => false,
+                            () = &mut partitioned => true,
+                        };
+                        if cut_off {
+                            // Both ends stay open and nothing passes: no reset, no answer.
+                            std::future::pending::<()>().await;
+                        }
+                    });
+                }
+            }
+        });
+        Relay {
+            port,
+            connections,
+            cut,
+            task,
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Connections the relay has accepted.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Stops forwarding on every connection made so far, leaving both ends open, as a
+    /// partition or a host that died would (no reset reaches either end). New connections
+    /// are forwarded.
+    pub(crate) fn partition(&self) {
+        self.cut.notify_waiters();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A connection that takes 150 ms to set up, under calls given 50 ms each: the attempt goes on
 /// after the first call gives up on it, and a later call uses it. (Before, each call's timeout
 /// dropped the half-made connection and the next one started from zero: no call ever
