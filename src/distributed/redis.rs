@@ -10,8 +10,8 @@ use futures_util::future::{BoxFuture, Shared};
 use redis::aio::MultiplexedConnection;
 use redis::io::tcp::TcpSettings;
 use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo,
-    PushKind, RedisError, Script, Value,
+    AsyncConnectionConfig, Client, ConnectionAddr, ErrorKind, IntoConnectionInfo, ProtocolVersion,
+    PushInfo, PushKind, RedisError, Script, ServerErrorKind, Value,
 };
 
 use super::store::{MAX_ENTRY_BYTES, StoreError, TokenStore, ValueWithMark, ValueWithTtl};
@@ -237,7 +237,9 @@ const USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// the budget costs them their budget but does not open the breaker. Calls already sent on
 /// the connection when it dropped fail with it, and count. Over RESP3 (`?protocol=resp3`) the
 /// `redis` crate tells the store as a connection ends, and the new attempt starts then,
-/// before any call finds it dropped.
+/// before any call finds it dropped. A server that answers it is no longer the primary
+/// (`READONLY`: a failover demoted it without closing its clients; `MASTERDOWN`) counts as a
+/// drop too: the new connection reaches the new primary behind the address.
 ///
 /// Against an address that never answers (a black-holed host or port), each attempt runs its
 /// 5 s and only the call that started it counts a failure: the breaker opens about
@@ -713,10 +715,17 @@ impl Inner {
     }
 }
 
-/// Whether `e` says the connection must be replaced (the `redis` crate's
-/// `is_unrecoverable_error`: the connection closed or reset, an answer it cannot parse).
+/// Whether `e` says the connection must be replaced: the `redis` crate's
+/// `is_unrecoverable_error` (the connection closed or reset, an answer it cannot parse), or a
+/// server that is no longer the primary: READONLY (a failover demoted it without closing its
+/// clients, and the endpoint's address now leads to the new primary; reads would go on
+/// succeeding there, and every write fail) or MASTERDOWN (a replica whose primary is gone).
 fn drops(e: &RedisError) -> bool {
     e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
 }
 
 /// A store error for an answer of the wrong kind; names the kind, never the value.
@@ -1093,6 +1102,20 @@ mod tests {
         );
         assert!(entry_answer(Value::Boolean(true)).is_err());
         assert!(entry_answer(Value::Int(0)).is_err());
+    }
+
+    /// A server that is no longer the primary has the connection made again (the new one
+    /// reaches the new primary behind the address); a command's own error does not.
+    #[test]
+    fn a_server_no_longer_primary_drops_the_connection() {
+        for kind in [ServerErrorKind::ReadOnly, ServerErrorKind::MasterDown] {
+            let e = RedisError::from((ErrorKind::Server(kind), "not the primary"));
+            assert!(drops(&e), "{e}");
+        }
+        for kind in [ServerErrorKind::NoScript, ServerErrorKind::BusyLoading] {
+            let e = RedisError::from((ErrorKind::Server(kind), "the command's own"));
+            assert!(!drops(&e), "{e}");
+        }
     }
 
     #[test]

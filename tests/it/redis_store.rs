@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::Commands;
@@ -621,11 +621,13 @@ impl Drop for SlowSetupRelay {
     }
 }
 
-/// A loopback TCP relay to a server, with a fault a network between them has: its
-/// connections can be cut off without being closed ([`partition`](Self::partition)). A
-/// connection either end closes is closed to the other.
+/// A loopback TCP relay to a server, with the faults a network between them has: its
+/// connections can be cut off without being closed ([`partition`](Self::partition)), and new
+/// connections sent to another server ([`retarget`](Self::retarget), a failover behind one
+/// address). A connection either end closes is closed to the other.
 pub(crate) struct Relay {
     port: u16,
+    target: Arc<AtomicU16>,
     connections: Arc<AtomicUsize>,
     cut: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
@@ -635,13 +637,15 @@ impl Relay {
     pub(crate) async fn start(server_port: u16) -> Relay {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let target = Arc::new(AtomicU16::new(server_port));
         let connections = Arc::new(AtomicUsize::new(0));
         let cut = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn({
-            let (connections, cut) = (connections.clone(), cut.clone());
+            let (target, connections, cut) = (target.clone(), connections.clone(), cut.clone());
             async move {
                 while let Ok((mut client, _)) = listener.accept().await {
                     connections.fetch_add(1, Ordering::SeqCst);
+                    let server_port = target.load(Ordering::SeqCst);
                     let cut = cut.clone();
                     tokio::spawn(async move {
                         // Registered now: a partition cuts the connections made before it.
@@ -668,6 +672,7 @@ impl Relay {
         });
         Relay {
             port,
+            target,
             connections,
             cut,
             task,
@@ -689,12 +694,65 @@ impl Relay {
     pub(crate) fn partition(&self) {
         self.cut.notify_waiters();
     }
+
+    /// Sends new connections to the server on `port`; those made before stay where they are.
+    pub(crate) fn retarget(&self, port: u16) {
+        self.target.store(port, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A failover that demotes the server without closing its clients (`REPLICAOF`, as some
+/// failovers do; the endpoint's address now leads to the new primary): the first write
+/// refused with READONLY has the connection made again, and the next writes reach the new
+/// primary. (Before, the connection stayed: reads went on succeeding, and every write failed
+/// with READONLY for good.) Real time: the demoted server's replication link is real.
+#[tokio::test]
+async fn a_demoted_server_is_left_for_the_new_primary() {
+    let old = RedisServer::start();
+    // Its first replica synchronised at once, not after the 5 s Redis waits for others.
+    let new = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+    let relay = Relay::start(old.port()).await;
+    let store = RedisTokenCache::open(&relay.url()).unwrap();
+    store.put("p:{a}:token", b"v", secs(60)).await.unwrap();
+
+    relay.retarget(new.port());
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(new.port())
+        .query(&mut old.admin())
+        .unwrap();
+    // Synchronised (its load of the primary's data over): it answers READONLY, not LOADING.
+    let start = Instant::now();
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut old.admin())
+            .unwrap();
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        assert!(start.elapsed() < secs(10), "not a replica in 10 s: {info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Reads still succeed on the demoted server.
+    assert_eq!(store.get("p:{a}:token").await.unwrap(), None);
+    let e = store
+        .try_lease("p:{a}:lease", "one", secs(10))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("read only replica"), "{e}");
+
+    store.put("p:{a}:token", b"w", secs(60)).await.unwrap();
+    assert!(lease(&store, "one").await);
+    assert_eq!(relay.connections(), 2);
+    let on_new: Option<Vec<u8>> = new.admin().get("p:{a}:token").unwrap();
+    assert_eq!(on_new.as_deref(), Some(&b"w"[..]));
 }
 
 /// A connection that takes 150 ms to set up, under calls given 50 ms each: the attempt goes on
