@@ -716,12 +716,16 @@ impl Inner {
 }
 
 /// Whether `e` says the connection must be replaced: the `redis` crate's
-/// `is_unrecoverable_error` (the connection closed or reset, an answer it cannot parse), or a
+/// `is_unrecoverable_error` (the connection closed or reset, an answer it cannot parse), any
+/// other I/O error on it (`TCP_USER_TIMEOUT`'s time-out, a host unreachable, a TLS record
+/// that does not decrypt: the crate would retry those on the same connection, which the
+/// store does not, and its next command would only find the connection closed), or a
 /// server that is no longer the primary: READONLY (a failover demoted it without closing its
 /// clients, and the endpoint's address now leads to the new primary; reads would go on
 /// succeeding there, and every write fail) or MASTERDOWN (a replica whose primary is gone).
 fn drops(e: &RedisError) -> bool {
     e.is_unrecoverable_error()
+        || e.is_io_error()
         || matches!(
             e.kind(),
             ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
@@ -1115,6 +1119,23 @@ mod tests {
         for kind in [ServerErrorKind::NoScript, ServerErrorKind::BusyLoading] {
             let e = RedisError::from((ErrorKind::Server(kind), "the command's own"));
             assert!(!drops(&e), "{e}");
+        }
+    }
+
+    /// Every I/O error on a command replaces the connection, not only those the `redis`
+    /// crate calls unrecoverable (a closed or reset connection): a time-out
+    /// (`TCP_USER_TIMEOUT`), an unreachable host, a TLS record that does not decrypt.
+    #[test]
+    fn every_io_error_drops_the_connection() {
+        use std::io;
+        for kind in [
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::HostUnreachable,
+            io::ErrorKind::InvalidData,
+        ] {
+            let e = RedisError::from(io::Error::from(kind));
+            assert!(drops(&e), "{kind:?}");
         }
     }
 
