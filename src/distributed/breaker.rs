@@ -10,7 +10,8 @@
 //!
 //! `RedisTokenCache` reports such waits for every connection it makes: the first, one after a
 //! failed attempt, and one after a connection dropped (the call that found it dropped counts,
-//! the calls waiting on the new connection do not). Against an address that never answers, one
+//! the calls waiting on the new connection do not, nor the other calls in flight on the
+//! dropped one). Against an address that never answers, one
 //! failure is counted per attempt (given up after 5 s): the breaker opens some (`failures` − 1)
 //! × 5 s after the first call, every call meanwhile spending the whole budget.
 
@@ -89,7 +90,7 @@ impl Breaker {
             Ok(Err(error)) if error.is_connecting() => {
                 // A miss for this call, not a failure of the store: not counted.
                 stats.store_error();
-                tracing::debug!(op, error = %error, outcome = "store_error", "distributed token cache: store call gave up on a connection still being made");
+                tracing::debug!(op, error = %error, outcome = "store_error", "distributed token cache: store call missed while the connection is being made");
                 return None;
             }
             Ok(Err(error)) => error.to_string(),

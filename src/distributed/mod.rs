@@ -97,11 +97,12 @@
 //!   after an attempt failed, or a new one after the connection dropped) is a miss, not a
 //!   failure: only the call that started the attempt counts its wait, and after a drop, only
 //!   the call that found the connection dropped (it starts the new attempt in the background)
-//!   and those already sent on it count; a read that found it dropped runs again on the new
-//!   connection within its budget, and counts nothing if that succeeds. Against an address that never answers (black-holed),
-//!   one failure is counted per connection attempt, each given up after 5 s: the breaker opens
-//!   about (`failures` − 1) × 5 s after the first call (some 10 s at the defaults), and until
-//!   then every call spends the whole budget. No token request fails because the store did.
+//!   counts, not the other calls already sent on it; a read that found it dropped runs again
+//!   on the new connection within its budget, and counts nothing if that succeeds. Against an
+//!   address that never answers (black-holed), one failure is counted per connection attempt,
+//!   each given up after 5 s: the breaker opens about (`failures` − 1) × 5 s after the first
+//!   call (some 10 s at the defaults), and until then every call spends the whole budget. No
+//!   token request fails because the store did.
 //! * **Sealed at rest.** Entries are sealed with AES-256-GCM under a [`SealingKey`], bound to
 //!   the key's name and the entry's store key; the plaintext opt-out is explicit
 //!   ([`plaintext_at_rest`](DistributedCacheBuilder::plaintext_at_rest)). A value that does not

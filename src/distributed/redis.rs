@@ -235,7 +235,8 @@ const USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// next look nothing, and is no breaker failure. A write fails and counts. Calls made
 /// meanwhile wait on the attempt as they would on the first, so a reconnection slower than
 /// the budget costs them their budget but does not open the breaker. Calls already sent on
-/// the connection when it dropped fail with it, and count. Over RESP3 (`?protocol=resp3`) the
+/// the connection when it dropped fail with it, and only the first to find the drop counts
+/// (a burst of calls does not open the breaker for one drop). Over RESP3 (`?protocol=resp3`) the
 /// `redis` crate tells the store as a connection ends, and the new attempt starts then,
 /// before any call finds it dropped. A server that answers it is no longer the primary
 /// (`READONLY`: a failover demoted it without closing its clients; `MASTERDOWN`) counts as a
@@ -532,8 +533,7 @@ impl RedisTokenCache {
         if !drops(&e) {
             return Err(self.error(op, "failed", &e));
         }
-        self.dropped(id);
-        let first = self.error(op, "failed", &e);
+        let first = self.failed(op, id, &e);
         let (id, mut connection) = match self.connection(op).await {
             Ok(made) => made,
             // Still reconnecting at the budget's end: the drop this call found is its failure,
@@ -546,10 +546,18 @@ impl RedisTokenCache {
     }
 
     /// The store error for `op`'s failure `e` on connection `id`; a connection that dropped
-    /// (see [`drops`]) is replaced (see [`dropped`](Self::dropped)).
+    /// (see [`drops`]) is replaced (see [`dropped`](Self::dropped)). Only the call that finds
+    /// the drop first fails as the breaker counts: the others in flight on that connection
+    /// (or all of them, when the connection told of its own end first, over RESP3) are
+    /// [`connecting`](StoreError::connecting) misses. One drop under a burst of calls would
+    /// otherwise count once per call, and open the breaker (3 at the defaults) for a
+    /// connection made again a moment later.
     fn failed(&self, op: &str, id: u64, e: &RedisError) -> StoreError {
-        if drops(e) {
-            self.dropped(id);
+        if drops(e) && !self.dropped(id) {
+            return StoreError::connecting(format!(
+                "redis {op}: failed: {} (the connection had dropped; being made again)",
+                self.inner.scrubbed(e)
+            ));
         }
         self.error(op, "failed", e)
     }
@@ -560,7 +568,8 @@ impl RedisTokenCache {
     /// wait on the attempt as on any other, so one that gives up on it at its budget's end is a
     /// miss, not a breaker failure. Reconnecting within the store (rather than in the `redis`
     /// crate's connection manager, which it used before) is what lets it tell that wait from a
-    /// slow answer. Calls already sent on the dropped connection fail with it, and count.
+    /// slow answer. Calls already sent on the dropped connection fail with it; those that find
+    /// it already replaced are misses (see [`failed`](Self::failed)).
     ///
     /// `true` when this call replaced it; `false` when another call (or, over RESP3, the
     /// connection's own notice) had found it dropped first.
@@ -1106,6 +1115,75 @@ mod tests {
         );
         assert!(entry_answer(Value::Boolean(true)).is_err());
         assert!(entry_answer(Value::Int(0)).is_err());
+    }
+
+    /// A drop under a burst of calls counts once in the breaker: three lease calls held in
+    /// flight (`CLIENT PAUSE WRITE`) when the connection is killed all fail, but only the first
+    /// to find the drop is a failure; the others are misses. A breaker at 3 failures stays
+    /// closed, and the next call is made (on the new connection). (Before, each counted: one
+    /// drop opened the breaker, and the next call was not even made.)
+    #[tokio::test]
+    async fn a_drop_under_a_burst_of_calls_counts_once() {
+        use super::super::breaker::Breaker;
+        use super::super::stats::Counters;
+
+        let server = Server::start();
+        let admin = || {
+            Client::open(server.url())
+                .unwrap()
+                .get_connection()
+                .unwrap()
+        };
+        let store = RedisTokenCache::open(&server.url()).unwrap();
+        store.connect().await.unwrap();
+        let breaker = Breaker::new(Duration::from_secs(10), 3, Duration::from_secs(30));
+        let stats = Counters::default();
+        let (store, breaker, stats) = (&store, &breaker, &stats);
+        let lease = move |holder: &'static str| {
+            breaker.call(
+                "try_lease",
+                move || store.try_lease("p:{a}:lease", holder, Duration::from_secs(10)),
+                stats,
+            )
+        };
+
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(60_000)
+            .arg("WRITE")
+            .query(&mut admin())
+            .unwrap();
+        let burst = futures_util::future::join3(lease("one"), lease("two"), lease("three"));
+        let kill = async {
+            // The first held (the others were sent with it, one write on the socket).
+            loop {
+                let info: String = redis::cmd("INFO")
+                    .arg("clients")
+                    .query(&mut admin())
+                    .unwrap();
+                if info.contains("blocked_clients:1") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mut admin = admin();
+            let killed: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("normal")
+                .arg("SKIPME")
+                .arg("yes")
+                .query(&mut admin)
+                .unwrap();
+            assert_eq!(killed, 1);
+            let _: () = redis::cmd("CLIENT")
+                .arg("UNPAUSE")
+                .query(&mut admin)
+                .unwrap();
+        };
+        let (answers, ()) = tokio::join!(burst, kill);
+        assert_eq!(answers, (None, None, None));
+        assert_eq!(lease("four").await, Some(true), "the breaker opened");
     }
 
     /// A server that is no longer the primary has the connection made again (the new one

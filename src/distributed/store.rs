@@ -231,7 +231,8 @@ impl StoreError {
     /// store, so the breaker does not count it (the call that started the attempt counts its
     /// own wait). Three acquisitions of a cold process, each waiting on one connection slower
     /// to set up than the budget, would otherwise open the breaker though the connection is
-    /// made a moment later.
+    /// made a moment later. Also a call whose connection dropped under it after another call
+    /// had found the drop (and counts it): a burst of calls in flight counts one drop once.
     #[cfg_attr(
         not(feature = "redis"),
         allow(dead_code, reason = "used by RedisTokenCache")
