@@ -46,11 +46,12 @@
 //! * **A refusal is not waited out in turn.** A holder whose request the identity provider
 //!   refused with a final answer (a 4xx such as `invalid_client` or `unauthorized_client`,
 //!   neither transient nor throttled) gives the lease back leaving a mark
-//!   (`{prefix}:{hash}:failed`, its holder id, for 5 s), both in one atomic step
-//!   ([`TokenStore::release_with_mark`]: one script with `RedisTokenCache`; a store without it
-//!   puts the mark and releases concurrently, the mark first): a waiter never finds the lease
-//!   free without the mark, which would have it hold the lease and ask for all, one more turn
-//!   in line. Each poll of a waiter reads the mark with the
+//!   (`{prefix}:{hash}:failed`, its holder id, for 5 s), both in one atomic step with
+//!   `RedisTokenCache` ([`TokenStore::release_with_mark`], one script): a waiter never finds
+//!   the lease free without the mark, which would have it hold the lease and ask for all, one
+//!   more turn in line. A store without that method puts the mark and releases concurrently,
+//!   the mark first, which is not atomic: over several connections the release may land
+//!   first. Each poll of a waiter reads the mark with the
 //!   token ([`TokenStore::get_with_mark`]); a mark written since the waiter started waiting
 //!   (another holder id than its first look found) makes it ask on its own at once, and so
 //!   does one found by a waiter that has just taken the lease (it gives the lease back):

@@ -937,9 +937,10 @@ impl TokenStore for RedisTokenCache {
         Box::pin(async move {
             let mut invocation = self.inner.release_with_mark.key(key);
             invocation.key(mark_key).arg(holder).arg(mark).arg(px(ttl));
-            match self.invoke("release", &invocation).await? {
+            // Named as the cache's breaker logs the call.
+            match self.invoke("release_with_mark", &invocation).await? {
                 Value::Int(_) => Ok(()),
-                other => Err(unexpected("release", &other)),
+                other => Err(unexpected("release_with_mark", &other)),
             }
         })
     }

@@ -133,20 +133,21 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
 
     /// Gives the lease `key` back as [`release`](Self::release) does (only if `holder` still
     /// holds it) and stores the mark `mark` under `mark_key` for `ttl` as
-    /// [`put_mark`](Self::put_mark) does (whoever holds the lease), in one atomic step: a
-    /// holder the identity provider refused leaves its failure mark this way. A waiter then
-    /// never finds the lease given back without the mark (it would take the lease and ask the
-    /// provider for all, as if the holder had died), nor the mark with the lease still held,
-    /// and a failure leaves both undone rather than one of them.
-    /// [`RedisTokenCache`](super::RedisTokenCache) runs one script.
+    /// [`put_mark`](Self::put_mark) does (whoever holds the lease): a holder the identity
+    /// provider refused leaves its failure mark this way. An implementation should do both in
+    /// one atomic step, as [`RedisTokenCache`](super::RedisTokenCache) does (one script): a
+    /// waiter then never finds the lease given back without the mark (it would take the lease
+    /// and ask the provider for all, as if the holder had died), nor the mark with the lease
+    /// still held, and a failure leaves both undone rather than one of them.
     ///
-    /// The default calls [`put_mark`](Self::put_mark) and [`release`](Self::release)
-    /// concurrently, the mark first, and waits for both (a failure of either is the call's):
-    /// one budget covers the call, as for [`get_with_mark`](Self::get_with_mark). On a store
-    /// that applies one caller's commands in the order they are sent (one connection) the mark
-    /// lands first; on others (a pool of connections) the release may land first, and a waiter
-    /// that looks in between takes the lease and asks for the fleet: one more turn in line
-    /// before the others ask on their own.
+    /// The default does not: it calls [`put_mark`](Self::put_mark) and
+    /// [`release`](Self::release) concurrently, the mark first, and waits for both (a failure
+    /// of either is the call's, and may leave the other done): one budget covers the call, as
+    /// for [`get_with_mark`](Self::get_with_mark). On a store that applies one caller's
+    /// commands in the order they are sent (one connection) the mark lands first; on others (a
+    /// pool of connections) the release may land first, and a waiter that looks in between
+    /// takes the lease and asks for the fleet: one more turn in line before the others ask on
+    /// their own.
     fn release_with_mark<'a>(
         &'a self,
         key: &'a str,

@@ -398,6 +398,12 @@ async fn a_key_of_another_type_is_read_as_empty_and_replaced_by_a_put() {
     assert_eq!(store.get("p:{a}:token").await.unwrap(), Some(Vec::new()));
     let e = store.release("p:{a}:lease", "one").await.unwrap_err();
     assert!(e.to_string().contains("release"), "{e}");
+    // Named as the cache's breaker logs the call.
+    let e = store
+        .release_with_mark("p:{a}:lease", "one", "p:{a}:failed", b"one", secs(5))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().starts_with("redis release_with_mark:"), "{e}");
     // A lease key that exists, whatever it holds, is held.
     assert!(!lease(&store, "one").await);
     // A put replaces a value of any type.
