@@ -269,16 +269,6 @@ impl<S: 'static, B: 'static> After<S, B> {
         let Challenge { via, head, replay } = challenge;
         match decide(response.headers(), true) {
             Decision::Retry(claims) => {
-                // Known before any token: the request cannot be re-sent. Waiting for the claims
-                // token (up to the credential's deadline) could only end in this 401, or in the
-                // credential's error instead of it. The token is still asked for, for the
-                // requests after this one: its flight runs on by itself.
-                let refusal = head.refusal().or_else(|| replay.refusal().cloned());
-                if let Some(reason) = refusal {
-                    via.source.start_claims_token(&claims, token_id);
-                    tracing::debug!(%reason, "claims challenge: the request cannot be re-sent; returning the 401 (the claims token is asked for in the background)");
-                    return Outcome::Done(response);
-                }
                 let resend = TowerResend {
                     service: via.service(),
                     head,
@@ -314,6 +304,10 @@ pub(super) trait Resend {
     /// Reads and discards what of the 401's body is already there (see [`drain`]).
     fn discard(response: Self::Response, limit: usize);
 
+    /// Why the request cannot be re-sent whatever token comes, if that is known already (a
+    /// body over the replay limit, a head not kept, a body reqwest cannot clone).
+    fn refusal(&self) -> Option<NotReplayable>;
+
     /// The request again with this `Authorization` value, ready to send, or why it cannot be
     /// re-sent. Asked only once the claims token is had.
     fn again(
@@ -335,10 +329,21 @@ pub(super) async fn answer_challenge<R: Resend>(
     // body can only be replayed once it was sent whole.
     // A credential that cannot satisfy the claims (the user must sign in again, say) is the
     // answer: returning the 401 would leave the caller to resend the same rejected request.
-    let entry = source
-        .claims_token(claims, rejected)
-        .await
-        .map_err(|e| R::credential_error(claims_failure(e)))?;
+    // Not for a request that could not be re-sent anyway: past the replay bound the answer is
+    // the 401, whatever the credential did. It comes after the flight all the same, so that a
+    // caller retrying at once carries the claims token rather than meeting the same challenge
+    // (and re-sending a large body) again and again while the credential works.
+    let entry = match source.claims_token(claims, rejected).await {
+        Ok(entry) => entry,
+        Err(error) => {
+            let error = claims_failure(error);
+            if let Some(reason) = resend.refusal() {
+                tracing::debug!(%reason, "claims challenge: the request cannot be re-sent; returning the 401");
+                return Ok(response);
+            }
+            return Err(R::credential_error(error));
+        }
+    };
     let sent = match resend.again(entry.value.header().clone()) {
         Ok(sent) => sent,
         Err(reason) => {
@@ -385,6 +390,10 @@ where
 
     fn discard(response: Response<ResB>, limit: usize) {
         drain(response.into_body(), limit);
+    }
+
+    fn refusal(&self) -> Option<NotReplayable> {
+        self.replay.refusal().or_else(|| self.head.refusal())
     }
 
     fn again(

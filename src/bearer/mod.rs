@@ -66,7 +66,8 @@
 //!   second 401 is returned as is. If the credential cannot get a token with those claims,
 //!   the request fails with its error (the same claims are not asked for again within 30 s);
 //!   a credential answering with the rejected token itself (it ignored the claims) is one
-//!   that cannot. A request known not to be re-sendable gets its 401 instead (see *Bodies*).
+//!   that cannot. A request that could not be re-sent anyway gets its 401 instead, once the
+//!   acquisition has ended (see *Bodies*).
 //! * **Bodies**: the re-send needs the body again ([`RetryBody`]): `Full<Bytes>` and `Empty`
 //!   are cloned (no copy of the data); a `String` is copied, and `BoxBody`, `UnsyncBoxBody`
 //!   and [`ReplayBody`] are recorded as they stream, up to the replay limit (64 KiB by
@@ -74,12 +75,13 @@
 //!   streaming when the 401 arrived, is not re-sent: the 401 is returned (the token for the
 //!   claims is had all the same, for the requests after it). A body that yielded the request's
 //!   `Content-Length` has ended, as far as the re-send goes: hyper's HTTP/1 client never polls
-//!   it to its end. A request known before the 401 not to be re-sendable (a `String` over the
-//!   limit, which kept no copy, or a header field too long to keep) gets its 401 at once: the
-//!   token for the claims is asked for in the background, and a credential that cannot get
-//!   it makes no error of that 401. A recorded body is judged once the token is had (it may
-//!   still be sending until then), so its 401 comes after the token, or the credential's
-//!   error instead.
+//!   it to its end. A request that cannot be re-sent whatever the token (a `String` over the
+//!   limit, which kept no copy, or a header field too long to keep) still waits for the
+//!   token for the claims, then gets its 401 whatever the credential answered: a failure is
+//!   logged and remembered for 30 s, but makes no error of that 401, and a caller that
+//!   retries at once carries the new token instead of meeting the same challenge again. A
+//!   recorded body is judged once the token is had (it may still be sending until then);
+//!   when the credential fails first, the answer is its error.
 //! * **HTTPS only**: a request that is not `https` fails with a [`BearerError`], unless
 //!   [`allow_insecure_http`](BearerTokenLayerBuilder::allow_insecure_http) is set.
 //! * **reqwest**: with the feature `reqwest-middleware`, `BearerTokenLayer::middleware()`

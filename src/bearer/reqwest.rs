@@ -20,9 +20,11 @@
 //! ```
 //!
 //! A request whose body cannot be cloned (`reqwest::Request::try_clone` says no, as for a
-//! stream) is sent once: a claims challenge for it gets its 401 back at once, and the token
-//! for its claims is asked for in the background, for the requests after it (a failure is
-//! remembered for 30 s, as for any claims request).
+//! stream) is sent once: a claims challenge for it still gets the token for its claims, for
+//! the requests after it, and then the 401 is returned, whatever the credential answered (a
+//! failure is logged, and remembered for 30 s as for any claims request). Waiting for that
+//! token means a caller that retries at once sends the claims token, instead of meeting the
+//! same challenge again while the credential works.
 //! Errors of the middleware are `reqwest_middleware::Error::Middleware` holding a
 //! [`CredentialError`] or a [`BearerError`].
 
@@ -100,24 +102,18 @@ impl Middleware for BearerTokenMiddleware {
             return Ok(response);
         }
         match decide(response.headers(), options.cae) {
-            // Without a clone the 401 is returned at once and the claims token asked for in
-            // the background, for the requests after it (as the tower layer does for a body
-            // known not to be replayable): dropping the rejected token alone would let the
-            // credential's cache hand it out again.
-            Decision::Retry(claims) => match retry {
-                Some(request) => {
-                    let resend = ReqwestResend {
-                        request,
-                        next,
-                        extensions,
-                    };
-                    answer_challenge(&self.source, &claims, token_id, response, resend).await
-                }
-                None => {
-                    self.source.start_claims_token(&claims, token_id);
-                    Ok(response)
-                }
-            },
+            // Without a clone the claims token is still had, then the 401 returned whatever
+            // the credential answered (as the tower layer does for a body it cannot replay):
+            // dropping the rejected token alone would let the credential's cache hand it out
+            // again, and a caller retrying at once would meet the same challenge.
+            Decision::Retry(claims) => {
+                let resend = ReqwestResend {
+                    request: retry,
+                    next,
+                    extensions,
+                };
+                answer_challenge(&self.source, &claims, token_id, response, resend).await
+            }
             Decision::GiveBack => {
                 self.source.slot.invalidate(token_id);
                 Ok(response)
@@ -128,7 +124,8 @@ impl Middleware for BearerTokenMiddleware {
 
 /// The middleware's re-send: the clone of the request, down the rest of the chain.
 struct ReqwestResend<'a> {
-    request: reqwest::Request,
+    /// `None` when the request could not be cloned.
+    request: Option<reqwest::Request>,
     next: Next<'a>,
     extensions: &'a mut http::Extensions,
 }
@@ -152,11 +149,15 @@ impl Resend for ReqwestResend<'_> {
         );
     }
 
+    fn refusal(&self) -> Option<NotReplayable> {
+        self.request.is_none().then(NotReplayable::not_cloneable)
+    }
+
     fn again(
         self,
         authorization: HeaderValue,
     ) -> std::result::Result<impl Future<Output = Result<reqwest::Response>>, NotReplayable> {
-        let mut request = self.request;
+        let mut request = self.request.ok_or_else(NotReplayable::not_cloneable)?;
         request.headers_mut().insert(AUTHORIZATION, authorization);
         Ok(self.next.run(request, self.extensions))
     }

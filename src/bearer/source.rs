@@ -187,15 +187,6 @@ impl Source {
         })
     }
 
-    /// Starts (or joins) the acquisition of a token for these claims, as
-    /// [`claims_token`](Self::claims_token) does, without waiting for it: for a request that
-    /// cannot be re-sent, whose 401 goes back at once while the token is had for the requests
-    /// after it. The flight runs in its own task and lands its outcome even when nobody waits
-    /// ([`WhenAbandoned::RunOn`]); its first poll is where it is started.
-    pub(crate) fn start_claims_token(&self, claims: &str, rejected: TokenId) {
-        drop(self.claims_token(claims, rejected).now_or_never());
-    }
-
     /// A token for a claims challenge, bypassing every cache. Concurrent requests rejected
     /// with the same claims share one acquisition, and a token already obtained for these
     /// claims (other than the one that was rejected) is reused. When the credential could not

@@ -113,48 +113,54 @@ async fn a_claims_challenge_the_credential_cannot_satisfy_is_its_error() {
 }
 
 /// A streamed body cannot be cloned, so its request cannot be sent again: its 401 comes back
-/// at once, while the token endpoint still holds the claims request, and the claims token is
-/// asked for in the background; the next request met with the same claims shares that one
-/// request and is re-sent with its token.
-#[tokio::test]
-async fn a_body_that_cannot_be_cloned_gets_its_401_at_once_and_the_claims_token_later() {
+/// once the claims flight has ended, whatever its outcome. A credential that cannot get the
+/// token makes no error of it; one that can (after 20 s here) has stored the token by then,
+/// so the caller's retry right after the 401 carries it instead of meeting the challenge again.
+#[tokio::test(start_paused = true)]
+async fn a_body_that_cannot_be_cloned_gets_its_401_after_the_claims_flight_whatever_its_outcome() {
     let (authority, resource) = (Authority::start().await, Resource::start().await);
     let client = with_bearer(&cae_layer(&authority));
     let warm = client.get(format!("{}/warm", resource.url())).send().await;
     assert_eq!(warm.unwrap().status(), StatusCode::OK);
-    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
-    authority.push_fault(crate::support::authority::Fault::Hold(
-        std::sync::Arc::clone(&gate),
-    ));
+    let stream = || {
+        let body = http_body_util::Full::new(Bytes::from_static(b"streamed"));
+        client
+            .post(format!("{}/stream", resource.url()))
+            .body(reqwest::Body::wrap(body))
+            .send()
+    };
+
+    // The credential fails: the 401, not its error.
+    authority.push_fault(crate::support::authority::Fault::Respond {
+        status: 400,
+        body: crate::support::authority::error_body("invalid_grant", 50076, "MFA required"),
+        headers: vec![],
+    });
     resource.push(Answer::Cae {
         claims: revocation_claims(1),
     });
-    let stream = http_body_util::Full::new(Bytes::from_static(b"streamed"));
-    let sent = client
-        .post(format!("{}/stream", resource.url()))
-        .body(reqwest::Body::wrap(stream))
-        .send();
-    // Bounded only so that a regression fails instead of hanging: the answer needs no token.
-    let response = tokio::time::timeout(std::time::Duration::from_secs(30), sent)
-        .await
-        .expect("the 401 comes back without waiting for the claims token")
-        .unwrap();
+    let response = stream().await.expect("the 401, not the credential's error");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(authority.token_posts(), 2);
     assert_eq!(resource.count(), 2, "sent once");
 
+    // The credential gets the token after 20 s: the 401 comes then, and the retry carries it.
+    let wait = std::time::Duration::from_secs(20);
+    authority.push_fault(crate::support::authority::Fault::Delay(wait));
     resource.push(Answer::Cae {
-        claims: revocation_claims(1),
+        claims: revocation_claims(2),
     });
-    gate.notify_one();
-    let response = client
-        .get(format!("{}/next", resource.url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let start = tokio::time::Instant::now();
+    let response = stream().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(start.elapsed() >= wait, "the flight was waited for");
+    assert_eq!(authority.token_posts(), 3);
+    let retry = stream().await.unwrap();
+    assert_eq!(retry.status(), StatusCode::OK);
     let seen = resource.requests();
-    assert_eq!(seen.last().unwrap().bearer(), Some("at-2-contoso-claims"));
-    assert_eq!(authority.token_posts(), 2, "one claims request for both");
+    assert_eq!(seen.len(), 4, "the first attempt was not sent again");
+    assert_eq!(seen[3].bearer(), Some("at-2-contoso-claims"));
+    assert_eq!(seen[3].body, &b"streamed"[..]);
 }
 
 #[tokio::test]

@@ -140,9 +140,9 @@ impl<B> Replay<B> {
 
     /// Why the body cannot be re-sent, when that was settled as it was prepared (a `String`
     /// over the limit kept no copy); `None` while a re-send may still be possible.
-    pub(crate) fn refusal(&self) -> Option<&NotReplayable> {
+    pub(crate) fn refusal(&self) -> Option<NotReplayable> {
         match &self.kind {
-            ReplayKind::Refused(reason) => Some(reason),
+            ReplayKind::Refused(reason) => Some(reason.clone()),
             ReplayKind::Ready(_) | ReplayKind::Recorded { .. } => None,
         }
     }
@@ -210,6 +210,9 @@ enum Reason {
     ReadBeforePrepare,
     /// A header field was too long to keep for the re-send (see `bearer/head.rs`).
     Head,
+    /// A reqwest body that cannot be cloned (a stream).
+    #[cfg(feature = "reqwest-middleware")]
+    NotCloneable,
 }
 
 impl NotReplayable {
@@ -220,6 +223,12 @@ impl NotReplayable {
     /// The request head could not be kept for the re-send.
     pub(crate) fn head() -> Self {
         Self::new(Reason::Head)
+    }
+
+    /// The reqwest request could not be cloned (its body is a stream).
+    #[cfg(feature = "reqwest-middleware")]
+    pub(crate) fn not_cloneable() -> Self {
+        Self::new(Reason::NotCloneable)
     }
 
     /// The body was larger than the replay limit (in bytes, or in frames: one for every 128
@@ -263,6 +272,10 @@ impl fmt::Display for NotReplayable {
                 f.write_str("the request body was read before it was prepared for replay")
             }
             Reason::Head => f.write_str("a request header field is too long to keep for a re-send"),
+            #[cfg(feature = "reqwest-middleware")]
+            Reason::NotCloneable => {
+                f.write_str("the request body is a stream, which reqwest cannot clone")
+            }
         }
     }
 }
