@@ -75,13 +75,15 @@
 //!   streaming when the 401 arrived, is not re-sent: the 401 is returned (the token for the
 //!   claims is had all the same, for the requests after it). A body that yielded the request's
 //!   `Content-Length` has ended, as far as the re-send goes: hyper's HTTP/1 client never polls
-//!   it to its end. A request that cannot be re-sent whatever the token (a `String` over the
-//!   limit, which kept no copy, or a header field too long to keep) still waits for the
-//!   token for the claims, then gets its 401 whatever the credential answered: a failure is
-//!   logged and remembered for 30 s, but makes no error of that 401, and a caller that
-//!   retries at once carries the new token instead of meeting the same challenge again. A
-//!   recorded body is judged once the token is had (it may still be sending until then);
-//!   when the credential fails first, the answer is its error.
+//!   it to its end. A request that cannot be re-sent whatever the token (a `String` over
+//!   the limit, which kept no copy, a recorded body that already failed, yielded more than
+//!   the limit or declared more by its exact size hint, or a header field too long to keep)
+//!   still waits for the token for the claims, then gets its 401 whatever the credential
+//!   answered: a failure is logged and remembered for 30 s, but makes no error of that 401,
+//!   and a caller that retries at once carries the new token instead of meeting the same
+//!   challenge again. A recorded body still within the limit is judged once the token is
+//!   had (it may still be sending until then); when the credential fails first, the answer
+//!   is its error.
 //! * **HTTPS only**: a request that is not `https` fails with a [`BearerError`], unless
 //!   [`allow_insecure_http`](BearerTokenLayerBuilder::allow_insecure_http) is set.
 //! * **reqwest**: with the feature `reqwest-middleware`, `BearerTokenLayer::middleware()`

@@ -999,6 +999,48 @@ async fn a_streamed_body_over_the_replay_limit_gets_the_401_not_a_truncated_rese
     );
 }
 
+/// A streamed body that went past the replay limit cannot be re-sent whatever the token:
+/// when the credential cannot get the token for the claims, the answer is still the 401, not
+/// the credential's error.
+#[tokio::test]
+async fn a_streamed_body_over_the_limit_gets_the_401_when_the_claims_token_fails() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let service = bearer_h2(
+        &settings(&authority)
+            .enable_cae(true)
+            .replay_limit(16 * 1024)
+            .build(),
+    );
+    let warm = Request::get(format!("{}/warm", resource.url()))
+        .body(streamed(vec![], None).1)
+        .unwrap();
+    assert_eq!(
+        service.clone().oneshot(warm).await.unwrap().status(),
+        StatusCode::OK
+    );
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    authority.push_fault(Fault::Respond {
+        status: 400,
+        body: crate::support::authority::error_body("invalid_grant", 50076, "MFA required"),
+        headers: vec![],
+    });
+    let chunks: Vec<Bytes> = (0..8).map(|_| Bytes::from(vec![1u8; 4096])).collect();
+    let (tx, body) = streamed(chunks, None);
+    drop(tx);
+    let request = Request::put(format!("{}/blob", resource.url()))
+        .body(body)
+        .unwrap();
+    let response = service
+        .oneshot(request)
+        .await
+        .expect("the 401, not an error");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(authority.token_posts(), 2, "the claims token was asked for");
+    assert_eq!(resource.count(), 2);
+}
+
 /// A `String`'s clone copies it, so it is kept for the re-send only within the replay limit:
 /// past it the 401 comes back, as for a streamed body over the limit.
 #[tokio::test]

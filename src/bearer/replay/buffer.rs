@@ -128,6 +128,27 @@ impl Recorder {
         }
     }
 
+    /// Why a handle with `limit` can never replay this body, if that is settled already: more
+    /// than the limit yielded (final: `seen` only grows), or announced by the exact size hint
+    /// the body had when prepared, or a recording that ended without use. `None` while the
+    /// body may still be sent whole within the limit (it may still be streaming).
+    pub(super) fn refusal(&self, limit: usize) -> Option<NotReplayable> {
+        let hinted_over = self
+            .hint
+            .is_some_and(|hint| u64::try_from(limit).is_ok_and(|limit| hint > limit));
+        if self.seen > limit || hinted_over {
+            return Some(NotReplayable::new(Reason::OverLimit { limit }));
+        }
+        let reason = match self.phase {
+            Phase::Recording | Phase::Complete => return None,
+            Phase::OverLimit => Reason::OverLimit { limit: self.limit },
+            Phase::TooManyFrames => Reason::TooManyFrames { limit: self.limit },
+            Phase::Failed => Reason::Failed,
+            Phase::ReadBeforePrepare => Reason::ReadBeforePrepare,
+        };
+        Some(NotReplayable::new(reason))
+    }
+
     /// The recording for a handle with `limit`, if it is complete and within that limit.
     /// `headers`, the request's, may say how long the body is (see [`declared_length`]).
     pub(super) fn recording(

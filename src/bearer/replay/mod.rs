@@ -138,12 +138,19 @@ impl<B> Replay<B> {
         }
     }
 
-    /// Why the body cannot be re-sent, when that was settled as it was prepared (a `String`
-    /// over the limit kept no copy); `None` while a re-send may still be possible.
+    /// Why the body cannot be re-sent, if that is settled already: as it was prepared (a
+    /// `String` over the limit kept no copy), or by its recording (more than the limit
+    /// yielded or announced, a body that failed); `None` while a re-send may still be possible.
     pub(crate) fn refusal(&self) -> Option<NotReplayable> {
         match &self.kind {
+            ReplayKind::Ready(_) => None,
             ReplayKind::Refused(reason) => Some(reason.clone()),
-            ReplayKind::Ready(_) | ReplayKind::Recorded { .. } => None,
+            ReplayKind::Recorded {
+                recorder, limit, ..
+            } => match lock(recorder) {
+                Some(recorder) => recorder.refusal(*limit),
+                None => Some(NotReplayable::new(Reason::Failed)),
+            },
         }
     }
 

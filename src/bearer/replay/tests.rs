@@ -724,3 +724,32 @@ async fn trailers_end_the_recording_even_if_the_body_is_not_polled_again() {
     assert_eq!(collected.trailers(), Some(&trailers()));
     assert_eq!(collected.to_bytes().len(), 12);
 }
+
+/// Known before the body is replayed: more bytes than the limit announced by the exact size
+/// hint at `prepare`, or yielded; within the limit and still streaming, nothing is settled.
+#[tokio::test]
+async fn a_recording_past_the_limit_is_refused_before_it_is_asked_for() {
+    let (_first, replay) = ReplayBody::new(Full::new(Bytes::from(vec![1u8; 11]))).prepare(10);
+    assert!(replay.refusal().is_some_and(|r| r.is_over_limit()));
+    let (_first, replay) = ReplayBody::new(Full::new(Bytes::from(vec![1u8; 10]))).prepare(10);
+    assert_eq!(replay.refusal(), None);
+
+    let stream = |chunks: Vec<Bytes>| {
+        BoxBody::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|chunk| Ok::<_, Infallible>(Frame::data(chunk))),
+        )))
+    };
+    let (first, replay) =
+        stream(vec![Bytes::from(vec![1u8; 8]), Bytes::from(vec![1u8; 8])]).prepare(10);
+    assert_eq!(replay.refusal(), None, "no length known, nothing read");
+    let mut first = pin!(first);
+    first.frame().await.unwrap().unwrap();
+    assert_eq!(replay.refusal(), None, "8 bytes, still streaming");
+    first.frame().await.unwrap().unwrap();
+    assert!(
+        replay.refusal().is_some_and(|r| r.is_over_limit()),
+        "16 bytes"
+    );
+}
