@@ -88,6 +88,19 @@ impl<S: Service<Request<B>> + 'static, B: 'static, ResB> ResponseFuture<S, B, Re
     }
 }
 
+#[cfg(test)]
+impl<S: Service<Request<B>> + 'static, B: 'static, ResB> ResponseFuture<S, B, ResB> {
+    /// The head bytes a sent request keeps for its re-send; `None` without a challenge kept.
+    pub(crate) fn kept_head(&self) -> Option<Vec<u8>> {
+        match &self.state {
+            State::Sent {
+                after: Some(after), ..
+            } => after.challenge.get().map(|(_, bytes)| bytes.to_vec()),
+            _ => None,
+        }
+    }
+}
+
 impl<S, B, ResB> Future for ResponseFuture<S, B, ResB>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -400,6 +413,10 @@ where
         self,
         authorization: HeaderValue,
     ) -> Result<impl Future<Output = Result<Response<ResB>, BoxError>>, NotReplayable> {
+        // A body refused as it was prepared first: no head was kept for it.
+        if let Some(reason) = self.replay.refused_at_prepare() {
+            return Err(reason.clone());
+        }
         // The head first: its `Content-Length` tells whether a body that was not polled to
         // its end was sent whole.
         let request = self.head.into_request(&self.bytes, (), authorization)?;

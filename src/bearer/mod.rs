@@ -599,8 +599,13 @@ where
         .get_or_init(|| Arc::new(ResendVia::new(source, inner.clone())));
     let challenge = spare::Reused::new(head::FIRST_CAPACITY, |bytes| Challenge {
         via: Arc::clone(via),
-        // The copy leaves the token's field out.
-        head: Head::of(&parts, bytes),
+        // The copy leaves the token's field out. None for a body already refused: the request
+        // will not be re-sent, and the copy would hold its `Cookie` or SAS for nothing.
+        head: if replay.refused_at_prepare().is_some() {
+            Head::not_kept()
+        } else {
+            Head::of(&parts, bytes)
+        },
         replay,
     });
     let after = After {
@@ -664,6 +669,42 @@ mod tests {
         assert_eq!(send().await, "Bearer token-2");
         assert_eq!(acquisitions.load(Ordering::SeqCst), 2);
         assert!(lookups() > before);
+    }
+
+    /// A `String` over the replay limit is refused as it is prepared: the request will not be
+    /// re-sent, so its head (a `Cookie` here) is not copied.
+    #[tokio::test]
+    async fn a_body_refused_as_it_is_prepared_keeps_no_copy_of_the_head() {
+        let credential = tower::service_fn(|_: TokenRequest| async {
+            let expires = Instant::now() + Duration::from_secs(3600);
+            Ok::<_, CredentialError>(AccessToken::new("token", expires))
+        });
+        let ok = tower::service_fn(|_: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+        });
+        let layer = BearerTokenLayer::builder(credential.boxed_credential(), ["s"])
+            .enable_cae(true)
+            .replay_limit(4)
+            .build();
+        let mut service = layer.layer(ok);
+        let request = |body: &str| {
+            Request::post("https://x.test/")
+                .header("cookie", "session=s3cr3t")
+                .body(body.to_owned())
+                .unwrap()
+        };
+        let first = service.ready().await.unwrap().call(request("")).await;
+        assert_eq!(first.unwrap().status(), http::StatusCode::OK);
+
+        let within = service.call(request("1234"));
+        let kept = within.kept_head().expect("a challenge kept");
+        assert!(
+            kept.windows(6).any(|w| w == b"s3cr3t"),
+            "copied within the limit"
+        );
+        drop(within);
+        let over = service.call(request("12345"));
+        assert_eq!(over.kept_head().expect("a challenge kept"), b"");
     }
 
     #[test]

@@ -222,7 +222,7 @@ impl<T: 'static> Reused<T> {
     }
 
     #[cfg(test)]
-    fn get(&self) -> Option<(&T, &[u8])> {
+    pub(crate) fn get(&self) -> Option<(&T, &[u8])> {
         let kept = self.boxed.as_deref()?;
         Some((kept.value.as_ref()?, &kept.bytes))
     }

@@ -138,6 +138,17 @@ impl<B> Replay<B> {
         }
     }
 
+    /// Why the body cannot be re-sent, if that was settled as it was prepared (a `String` over
+    /// the limit kept no copy). Cheap, for every CAE request; [`refusal`](Self::refusal) also
+    /// asks the recording.
+    #[inline]
+    pub(crate) fn refused_at_prepare(&self) -> Option<&NotReplayable> {
+        match &self.kind {
+            ReplayKind::Refused(reason) => Some(reason),
+            ReplayKind::Ready(_) | ReplayKind::Recorded { .. } => None,
+        }
+    }
+
     /// Why the body cannot be re-sent, if that is settled already: as it was prepared (a
     /// `String` over the limit kept no copy), or by its recording (more than the limit
     /// yielded or announced, a body that failed); `None` while a re-send may still be possible.
