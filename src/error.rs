@@ -92,6 +92,9 @@ pub(crate) struct ProviderDetails {
     pub(crate) error: Option<String>,
     pub(crate) error_codes: Vec<u32>,
     pub(crate) correlation_id: Option<String>,
+    /// Entra's `suberror` (`bad_token`, `basic_action`, …): what its refusal of a refresh
+    /// token means for the token. Only a short identifier is kept.
+    pub(crate) suberror: Option<String>,
 }
 
 impl CredentialError {
@@ -280,6 +283,14 @@ impl CredentialError {
             .map_or(&[], |p| p.error_codes.as_slice())
     }
 
+    /// Entra's `suberror` of the provider's answer (`bad_token`, `consent_required`, …).
+    pub(crate) fn suberror(&self) -> Option<&str> {
+        self.inner
+            .provider
+            .as_ref()
+            .and_then(|p| p.suberror.as_deref())
+    }
+
     /// The correlation id of the provider's answer, to quote to support.
     pub fn correlation_id(&self) -> Option<&str> {
         self.inner
@@ -355,6 +366,9 @@ impl fmt::Debug for CredentialError {
                 .field("error", &p.error)
                 .field("error_codes", &p.error_codes)
                 .field("correlation_id", &p.correlation_id);
+            if let Some(suberror) = &p.suberror {
+                d.field("suberror", suberror);
+            }
         }
         if !self.inner.attempts.is_empty() {
             d.field("attempts", &self.inner.attempts.len());
@@ -485,6 +499,7 @@ mod tests {
                 error: Some("invalid_client".into()),
                 error_codes: vec![7000215],
                 correlation_id: Some("corr".into()),
+                suberror: None,
             });
         let chained = CredentialError::chain("Chain", vec![err.clone()]);
         for e in [&err, &chained] {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::refresh_tokens::{
-    Redeem, Silent, Stores, answer_account, refused_for_this_request, with_sign_in_advice,
+    Redeem, Refusal, Silent, Stores, answer_account, refusal, with_sign_in_advice,
 };
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
@@ -48,12 +48,18 @@ const NAME: &str = "AuthorizationCodeCredential";
 ///   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
 ///   first request (the Python reference wrongly restricts them). A rotated refresh token
 ///   replaces the old one. One Entra refuses for a single request (`invalid_grant` for MFA,
-///   consent, a Conditional Access policy of one resource — AADSTS50076, 50079, 50074, 50078,
-///   50097, 50158, 53000–53004, 65001, 70043 — or any refusal of a request carrying a claims
-///   challenge) is kept for the others. Any other `invalid_grant` (expired, revoked, the user
-///   disabled or deleted, an unknown code) drops it from the credential's own memory, as
-///   azure-identity does: it would be refused on every later call. A cache file keeps it (as
-///   msal keeps it: other tools may share it).
+///   consent, an unauthorized scope, a Conditional Access policy of one resource — AADSTS50005,
+///   50072, 50074, 50076, 50078, 50079, 50097, 50129, 50131, 50158, 50199, 53000–53004, 65001,
+///   65002, 70000, 70043, or the `suberror`s `basic_action`, `additional_action`,
+///   `message_only`, `consent_required`, `user_password_expired` — or any refusal of a request
+///   carrying a claims challenge) is kept for the others. One Entra says is dead (expired,
+///   revoked, the user disabled or deleted, the device deleted: AADSTS70008, 700081, 700082,
+///   700084, 50173, 50132, 50133, 50057, 50034, 500341, 700003, 700007, or the `suberror`
+///   `bad_token` or `token_expired`) is dropped from the credential's own memory: it would be
+///   refused on every later call. One refused with a code not known here is kept, as msal
+///   keeps it. A cache file keeps every one (as msal does: other tools may share it). Any
+///   refusal is the answer, without a request, to the same request with the same refresh
+///   token for the next 30 s.
 /// * Tokens live in memory, or in the shared MSAL cache file with
 ///   [`cache_options`](AuthorizationCodeCredentialBuilder::cache_options). When that file
 ///   cannot be written (or read), the last refresh token it could not take is kept in memory
@@ -185,10 +191,8 @@ impl Inner {
                                 }
                                 Err(error)
                                     if error.error_code() == Some("invalid_grant")
-                                        && !refused_for_this_request(
-                                            request_claims.as_deref(),
-                                            error,
-                                        ) =>
+                                        && refusal(request_claims.as_deref(), error)
+                                            != Refusal::ForThisRequest =>
                                 {
                                     state.code = None;
                                     state.refused = Some(error.clone());
@@ -272,6 +276,7 @@ impl Inner {
                 client: &this.client,
                 store,
                 unwritten: Some(&this.stores.unwritten),
+                refusals: None,
                 client_id: &this.client_id,
                 client_secret: this.client_secret.as_ref(),
                 tenant: &tenant,

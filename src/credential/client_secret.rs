@@ -194,6 +194,7 @@ impl<'a> AppTokenFiles<'a> {
                 client: self.client,
                 store,
                 unwritten: None,
+                refusals: None,
                 client_id: self.client_id,
                 client_secret: None,
                 tenant: &self.plan.tenant,

@@ -95,14 +95,14 @@ type Prompt = Arc<dyn Fn(DeviceCodeInfo) + Send + Sync>;
 ///   [`cache_options`](DeviceCodeCredentialBuilder::cache_options)), and later calls use a
 ///   cached access token or redeem the refresh token, for any scope, without a prompt. A
 ///   refresh token the cache file could not take is kept in memory and redeemed first. When
-///   no refresh token can sign the account in any more (none left, or Entra refuses them
-///   other than for one request: expired, revoked, the user disabled, an unknown code), the
-///   account and every token of it kept in memory are forgotten, and the next call prompts
-///   again (perhaps another user signs in). When Entra refuses them for one request only
-///   (MFA, consent, a Conditional Access policy of that resource, a claims challenge: the
-///   codes [`AuthorizationCodeCredential`](crate::AuthorizationCodeCredential) lists), that
-///   request prompts, and the account stays signed in for the others; a different user
-///   signing in there replaces it.
+///   no refresh token can sign the account in any more (none left, or Entra says they are
+///   dead: expired, revoked, the user disabled or deleted), the account and every token of it
+///   kept in memory are forgotten, and the next call prompts again (perhaps another user
+///   signs in). When Entra refuses them otherwise (for one request only — MFA, consent, a
+///   Conditional Access policy of that resource, a claims challenge — or with a code not
+///   known here: the codes [`AuthorizationCodeCredential`](crate::AuthorizationCodeCredential)
+///   lists), that request prompts, and the account stays signed in for the others; a
+///   different user signing in there replaces it.
 /// * The claims of the request (a challenge, the CAE capability) are sent with the code
 ///   request and with every poll, as msal sends them.
 /// * The device code is a secret: it never appears in `Debug` output or errors.
@@ -295,6 +295,7 @@ impl Inner {
             client: &self.client,
             store,
             unwritten: Some(&self.stores.unwritten),
+            refusals: None,
             client_id: &self.client_id,
             client_secret: None,
             tenant: &tenant,

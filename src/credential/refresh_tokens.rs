@@ -2,8 +2,11 @@
 //! MSAL cache document: find a cached access token worth returning, redeem refresh tokens in
 //! turn, and record the answers — rotated refresh tokens included — the way MSAL does.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::settings::Settings;
 use super::{device_code, shared_token_cache};
@@ -16,6 +19,7 @@ use crate::entra::token_client::{
     TokenClient, TokenResponse, carries_a_challenge, refresh_token_form,
 };
 use crate::error::{ConfigError, CredentialError, ErrorKind, ProviderDetails};
+use crate::refresh::DEFAULT_RETRY_AFTER_FAILURE;
 use crate::token::{AccessToken, Secret, instant_from_unix, unix_now};
 
 /// A cached access token is returned only with more than this left (the reference's rule,
@@ -85,6 +89,7 @@ pub(crate) struct Stores {
     pub(crate) plain: TokenStore,
     pub(crate) cae: TokenStore,
     pub(crate) unwritten: Unwritten,
+    pub(crate) refusals: Refusals,
 }
 
 /// The refresh token of the last answer the cache could not be written with (a read-only or
@@ -162,11 +167,13 @@ impl Stores {
                 plain,
                 cae,
                 unwritten: Unwritten::default(),
+                refusals: Refusals::default(),
             },
             None => Self {
                 plain: TokenStore::memory(),
                 cae: TokenStore::memory(),
                 unwritten: Unwritten::default(),
+                refusals: Refusals::default(),
             },
         })
     }
@@ -282,6 +289,7 @@ impl Silent<'_> {
                     client: self.client,
                     store,
                     unwritten: Some(&self.stores.unwritten),
+                    refusals: Some(&self.stores.refusals),
                     client_id: self.client_id,
                     client_secret: self.client_secret,
                     tenant,
@@ -316,6 +324,9 @@ pub(crate) struct Redeem<'a> {
     /// Where the refresh token of an answer the store could not be written with is kept;
     /// `None` for credentials whose answers carry none.
     pub(crate) unwritten: Option<&'a Unwritten>,
+    /// Where the refusals of refresh tokens are remembered, to answer the same request again
+    /// without sending it; `None` for credentials that redeem none.
+    pub(crate) refusals: Option<&'a Refusals>,
     pub(crate) client_id: &'a str,
     pub(crate) client_secret: Option<&'a Secret>,
     pub(crate) tenant: &'a str,
@@ -329,16 +340,28 @@ impl Redeem<'_> {
     /// Redeems `candidates` in turn: the first success wins and is recorded (its refresh
     /// token rotated in place); after one the provider [refuses](is_refusal) the next is
     /// tried, and any other failure is returned at once. A rejected token is dropped from a
-    /// private in-memory store and from [`Unwritten`] unless Entra refused it for this
-    /// request only (see [`token_is_dead`]); a shared cache file keeps it.
-    /// `Ok(None)` when there is no candidate; the last error when none worked, an
-    /// `invalid_grant` one saying what to do.
+    /// private in-memory store and from [`Unwritten`] only when Entra says it is
+    /// [dead](Refusal::Dead); a shared cache file keeps it. Each `invalid_grant` is
+    /// remembered in [`Refusals`]: the same request with the same token gets it again, not
+    /// sent, for a while. `Ok(None)` when there is no candidate; the last error when none
+    /// worked, an `invalid_grant` one saying what to do.
     pub(crate) async fn first_success(
         &self,
         candidates: Vec<Candidate<'_>>,
     ) -> Result<Option<AccessToken>, CredentialError> {
         let mut last_error = None;
         for candidate in candidates {
+            if let Some(error) = self
+                .refusals
+                .and_then(|refusals| refusals.recent(&candidate.secret, self))
+            {
+                tracing::debug!(
+                    credential = self.credential,
+                    "refresh token refused for this request moments ago; not sent again yet"
+                );
+                last_error = Some(error);
+                continue;
+            }
             let form = refresh_token_form(
                 self.client_id,
                 &candidate.secret,
@@ -376,10 +399,12 @@ impl Redeem<'_> {
             // only, and it still serves other scopes and tenants; and the token in a shared
             // file is also Visual Studio's or another application's sign-in. Like msal
             // (unlike azure-identity), it stays in the file. A token of a private in-memory
-            // store, or the one kept in memory, is ours alone: dropping it unless Entra
-            // refused it for this request only (see [`token_is_dead`]) spares a doomed
-            // request on every later call.
-            let dead = token_is_dead(self.claims.as_deref(), &error);
+            // store, or the one kept in memory, is ours alone: dropping it when Entra says it
+            // is dead spares a doomed request on every later call; one refused for a reason
+            // not known here is kept, as msal keeps it (the refusal may be this request's
+            // only, and it may be the account's only refresh token), and spaced by
+            // `Refusals`.
+            let dead = refusal(self.claims.as_deref(), &error) == Refusal::Dead;
             match candidate.entry {
                 None if dead => {
                     if let Some(unwritten) = self.unwritten {
@@ -410,7 +435,11 @@ impl Redeem<'_> {
                 }
                 Some(_) => {}
             }
-            last_error = Some(with_sign_in_advice(self.credential, error));
+            let error = with_sign_in_advice(self.credential, error);
+            if let Some(refusals) = self.refusals {
+                refusals.remember(&candidate.secret, self, &error);
+            }
+            last_error = Some(error);
         }
         last_error.map_or(Ok(None), Err)
     }
@@ -507,12 +536,17 @@ impl Redeem<'_> {
 /// still serves other resources (or the same one once the user has met the requirement in a
 /// sign-in). Each is a requirement of the resource, the policy or the user's session for this
 /// request, not a verdict on the token:
-/// * 50076 — multi-factor authentication required (a location or configuration change);
-/// * 50079 — the user must register for multi-factor authentication;
+/// * 50005 — the device platform is not one a Conditional Access policy allows;
+/// * 50072 — the user must enroll for multi-factor authentication (an interrupt);
 /// * 50074 — strong authentication required (an MFA interrupt);
+/// * 50076 — multi-factor authentication required (a location or configuration change);
 /// * 50078 — the multi-factor authentication presented has expired;
+/// * 50079 — the user must register for multi-factor authentication;
 /// * 50097 — device authentication required;
+/// * 50129 — the device is not workplace-joined, as a policy requires;
+/// * 50131 — a Conditional Access policy failed (the device or the request does not meet it);
 /// * 50158 — an external security challenge was not satisfied;
+/// * 50199 — the user must confirm this request (a security interrupt);
 /// * 53000 — the device is not in the required state (compliant) for a Conditional Access
 ///   policy;
 /// * 53001 — the device is not domain-joined, as a Conditional Access policy requires;
@@ -520,33 +554,157 @@ impl Redeem<'_> {
 /// * 53003 — access blocked by a Conditional Access policy (of this resource);
 /// * 53004 — the user must complete multi-factor authentication registration first;
 /// * 65001 — no consent for this resource (or scope) yet;
+/// * 65002 — the resource has not preauthorized this (first-party) client;
+/// * 70000 — one of the requested scopes is not authorized (or its consent expired);
 /// * 70043 — the token is refused by a Conditional Access sign-in frequency check (of this
 ///   resource's policy).
-const REFUSED_FOR_THIS_REQUEST: [u32; 13] = [
-    50_076, 50_079, 50_074, 50_078, 50_097, 50_158, 53_000, 53_001, 53_002, 53_003, 53_004, 65_001,
-    70_043,
+const REFUSED_FOR_THIS_REQUEST: [u32; 20] = [
+    50_005, 50_072, 50_074, 50_076, 50_078, 50_079, 50_097, 50_129, 50_131, 50_158, 50_199, 53_000,
+    53_001, 53_002, 53_003, 53_004, 65_001, 65_002, 70_000, 70_043,
 ];
 
-/// Whether an `invalid_grant` means the refresh token can never be redeemed again: any
-/// refusal but those [for one request only](REFUSED_FOR_THIS_REQUEST) — expired (AADSTS70008,
-/// 700081, 700082, 700084), revoked (50173, 50132, 50133), the user disabled (50057) or
-/// deleted (50034, 500341), the device deleted (700003), issued to another client (700007,
-/// 70000), an unknown code or none at all: re-sent, it would be refused on every later call,
-/// so it is dropped (as azure-identity drops a refused one). A refusal of a request carrying
-/// a claims challenge (`claims`: the token's session cannot meet it; the CAE capability alone
-/// is no challenge) concerns that request only, whatever its code.
-pub(crate) fn token_is_dead(claims: Option<&str>, error: &CredentialError) -> bool {
-    !carries_a_challenge(claims)
-        && !error
-            .error_codes()
-            .iter()
-            .any(|code| REFUSED_FOR_THIS_REQUEST.contains(code))
+/// Entra's `suberror`s that ask the user for something in this request (so the refresh token
+/// is refused for it only): a sign-in for a policy (`basic_action`), a step beyond it such as
+/// accepting terms (`additional_action`), reading a message (`message_only`), consent
+/// (`consent_required`), a password change (`user_password_expired`).
+const SUBERRORS_FOR_THIS_REQUEST: [&str; 5] = [
+    "basic_action",
+    "additional_action",
+    "message_only",
+    "consent_required",
+    "user_password_expired",
+];
+
+/// The `invalid_grant` codes that say the refresh token can never be redeemed again:
+/// * 70008 — expired or revoked (inactivity, or revoked by an administrator);
+/// * 700081 — expired: its maximum age is reached;
+/// * 700082 — expired: unused for too long (90 days);
+/// * 700084 — a single-page application's token, past its fixed lifetime;
+/// * 50173 — revoked (the grant was revoked, e.g. after a password change);
+/// * 50132 — the session was revoked (a password change or expiry);
+/// * 50133 — the session is invalid (expired, or a recent password change);
+/// * 50057 — the user's account is disabled;
+/// * 50034 — the user's account does not exist in the directory;
+/// * 500341 — the user's account was deleted;
+/// * 700003 — the device the token was issued to was deleted;
+/// * 700007 — the token was issued to another client.
+const DEAD: [u32; 12] = [
+    70_008, 700_081, 700_082, 700_084, 50_173, 50_132, 50_133, 50_057, 50_034, 500_341, 700_003,
+    700_007,
+];
+
+/// Entra's `suberror`s that say the refresh token itself is no good: `bad_token` (invalid or
+/// revoked), `token_expired`.
+const DEAD_SUBERRORS: [&str; 2] = ["bad_token", "token_expired"];
+
+/// What an `invalid_grant` means for the refresh token that was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// It can never be redeemed again: dropped from the credential's own memory.
+    Dead,
+    /// Refused for this request only: it still serves others.
+    ForThisRequest,
+    /// A code (or none) this crate does not know: kept, as msal keeps every refused one, the
+    /// refusal remembered so that the same request is not sent again at once (see
+    /// [`Refusals`]).
+    Unknown,
 }
 
-/// Whether `error` is a refusal of the refresh tokens for this request only (an
-/// `invalid_grant` that does not say they are [dead](token_is_dead)): they still serve others.
+/// What Entra's `invalid_grant` `error` says about the refresh token of a request carrying
+/// `claims`. A refusal of a request carrying a claims challenge concerns that request only,
+/// whatever its code (the token's session cannot meet it; the CAE capability alone is no
+/// challenge). The codes win over the `suberror` (Entra sends `bad_token` beside 70043, a
+/// sign-in frequency check of one resource): a code of this request only, then a dead code,
+/// then the `suberror`s the same way.
+pub(crate) fn refusal(claims: Option<&str>, error: &CredentialError) -> Refusal {
+    let codes = error.error_codes();
+    let suberror = error.suberror().unwrap_or_default();
+    if carries_a_challenge(claims) || codes.iter().any(|c| REFUSED_FOR_THIS_REQUEST.contains(c)) {
+        Refusal::ForThisRequest
+    } else if codes.iter().any(|c| DEAD.contains(c)) {
+        Refusal::Dead
+    } else if SUBERRORS_FOR_THIS_REQUEST.contains(&suberror) {
+        Refusal::ForThisRequest
+    } else if DEAD_SUBERRORS.contains(&suberror) {
+        Refusal::Dead
+    } else {
+        Refusal::Unknown
+    }
+}
+
+/// Whether `error` is a refusal of the refresh tokens that leaves them alive (an
+/// `invalid_grant` that does not say they are [dead](Refusal::Dead)): they still serve other
+/// requests.
 pub(crate) fn refused_for_this_request(claims: Option<&str>, error: &CredentialError) -> bool {
-    error.error_code() == Some("invalid_grant") && !token_is_dead(claims, error)
+    error.error_code() == Some("invalid_grant") && refusal(claims, error) != Refusal::Dead
+}
+
+/// How many refusals [`Refusals`] remembers: a credential sends a handful of distinct
+/// requests; past that the oldest is forgotten (it is sent again, no worse than without).
+const REMEMBERED_REFUSALS: usize = 32;
+
+/// A refresh token's refusal for one request, answered again without a request for
+/// [`DEFAULT_RETRY_AFTER_FAILURE`].
+struct Remembered {
+    secret: Secret,
+    tenant: String,
+    scopes: Vec<String>,
+    claims: Option<String>,
+    at: Instant,
+    error: CredentialError,
+}
+
+/// The refresh tokens Entra refused lately (`invalid_grant`), by request. A refused token that
+/// is kept (refused for this request only, or for a reason this crate does not know) would
+/// otherwise be sent again by every call that misses the cache — a retry loop hammering Entra
+/// with a request it refused. The same request with the same token gets the same refusal,
+/// without a request, for [`DEFAULT_RETRY_AFTER_FAILURE`]; another request, or a new token,
+/// is sent. Bounded: see [`REMEMBERED_REFUSALS`].
+#[derive(Default)]
+pub(crate) struct Refusals(Mutex<VecDeque<Remembered>>);
+
+impl Refusals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Remembered>> {
+        // Every write is a push or a removal: a panic elsewhere cannot leave it torn.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The refusal of `secret` for this request, while it is recent.
+    fn recent(&self, secret: &Secret, request: &Redeem<'_>) -> Option<CredentialError> {
+        let mut remembered = self.lock();
+        let now = Instant::now();
+        remembered.retain(|r| now.saturating_duration_since(r.at) < DEFAULT_RETRY_AFTER_FAILURE);
+        remembered
+            .iter()
+            .find(|r| {
+                r.secret.expose_secret() == secret.expose_secret()
+                    && r.tenant == request.tenant
+                    && r.scopes == request.scopes
+                    && r.claims == request.claims
+            })
+            .map(|r| r.error.clone())
+    }
+
+    fn remember(&self, secret: &Secret, request: &Redeem<'_>, error: &CredentialError) {
+        let mut remembered = self.lock();
+        remembered.retain(|r| {
+            r.secret.expose_secret() != secret.expose_secret()
+                || r.tenant != request.tenant
+                || r.scopes != request.scopes
+                || r.claims != request.claims
+        });
+        if remembered.len() >= REMEMBERED_REFUSALS {
+            remembered.pop_front();
+        }
+        remembered.push_back(Remembered {
+            secret: secret.clone(),
+            tenant: request.tenant.to_owned(),
+            scopes: request.scopes.to_vec(),
+            claims: request.claims.clone(),
+            at: Instant::now(),
+            error: error.clone(),
+        });
+    }
 }
 
 /// Whether `error` is the provider's refusal of one refresh token (an OAuth error answer:
@@ -595,6 +753,7 @@ pub(crate) fn with_sign_in_advice(
         error: error.error_code().map(str::to_owned),
         error_codes: error.error_codes().to_vec(),
         correlation_id: error.correlation_id().map(str::to_owned),
+        suberror: error.suberror().map(str::to_owned),
     };
     let rebuilt = match error.kind() {
         ErrorKind::Unavailable => CredentialError::unavailable(credential, message),
@@ -631,5 +790,47 @@ mod tests {
         };
         assert!(token.expires_in() <= MAX_TOKEN_LIFETIME, "{token:?}");
         assert!(token.refresh_on().is_some_and(|r| r <= token.expires_on()));
+    }
+
+    fn refused(codes: &[u32], suberror: Option<&str>) -> CredentialError {
+        CredentialError::authentication_failed("C", "refused").with_provider(ProviderDetails {
+            error: Some("invalid_grant".into()),
+            error_codes: codes.to_vec(),
+            suberror: suberror.map(str::to_owned),
+            ..ProviderDetails::default()
+        })
+    }
+
+    #[test]
+    fn a_refusal_is_dead_for_this_request_or_unknown_by_code_then_suberror() {
+        use Refusal::{Dead, ForThisRequest, Unknown};
+        let cases: [(&[u32], Option<&str>, Refusal); 12] = [
+            (&[50_072], None, ForThisRequest),
+            (&[70_000], None, ForThisRequest),
+            (&[50_057], None, Dead),
+            (&[700_003], None, Dead),
+            (&[9_999_999], None, Unknown),
+            (&[], None, Unknown),
+            (&[9_999_999], Some("bad_token"), Dead),
+            (&[], Some("token_expired"), Dead),
+            (&[9_999_999], Some("basic_action"), ForThisRequest),
+            (&[], Some("user_password_expired"), ForThisRequest),
+            // A code for this request only wins over a dead suberror (Entra's 70043 answer).
+            (&[70_043], Some("bad_token"), ForThisRequest),
+            (&[9_999_999], Some("an_unknown_suberror"), Unknown),
+        ];
+        for (codes, suberror, expected) in cases {
+            assert_eq!(
+                refusal(None, &refused(codes, suberror)),
+                expected,
+                "{codes:?} {suberror:?}"
+            );
+        }
+        // A claims challenge: this request only, whatever the code.
+        let challenge = r#"{"access_token":{"nbf":{"essential":true,"value":"1"}}}"#;
+        assert_eq!(
+            refusal(Some(challenge), &refused(&[50_057], Some("bad_token"))),
+            ForThisRequest
+        );
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use super::refresh_tokens::{Cached, Candidate, Redeem, or_aging, usable_access_token};
+use super::refresh_tokens::{Cached, Candidate, Redeem, Refusals, or_aging, usable_access_token};
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
@@ -89,6 +89,8 @@ struct Inner {
     /// The `home_account_id` the last acquisition selected, per document (ordinary, CAE):
     /// the account whose tokens the in-memory cache holds.
     selected: Mutex<[Option<String>; 2]>,
+    /// The file's refresh tokens Entra refused lately, by request (see [`Refusals`]).
+    refusals: Refusals,
 }
 
 impl SharedTokenCacheCredential {
@@ -195,6 +197,7 @@ impl Inner {
                 // A rotated refresh token the file cannot take is not kept: the one redeemed
                 // stays valid, and is the developer tools' sign-in.
                 unwritten: None,
+                refusals: Some(&self.refusals),
                 client_id: AZURE_CLI_CLIENT_ID,
                 client_secret: None,
                 tenant,
@@ -455,6 +458,7 @@ impl SharedTokenCacheCredentialBuilder {
                 cae,
                 memory: TokenCache::new(NAME),
                 selected: Mutex::default(),
+                refusals: Refusals::default(),
             }),
         })
     }

@@ -472,7 +472,7 @@ async fn a_revoked_refresh_token_is_an_authentication_failure_and_stays_in_the_c
 /// family refresh token and an access token for `RESOURCE`.
 const TWO_ACCOUNTS: &[u8] = include_bytes!("../data/msal-two-accounts.json");
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_mfa_refusal_leaves_the_family_refresh_token_in_the_file_and_says_to_sign_in_again() {
     let authority = Authority::start().await;
     let home = Home::new();
@@ -518,8 +518,13 @@ async fn an_mfa_refusal_leaves_the_family_refresh_token_in_the_file_and_says_to_
                 .contains("The refresh token was left in the cache"),
             "{err}"
         );
-        // The token is still there to try, as msal would: each call asks again.
+        // The token is still there to try, as msal would: each call asks again, once the
+        // refusal is 30 s old (until then the same request gets it without a request).
         assert_eq!(authority.token_posts(), attempt);
+        let again = credential.get_token([OTHER]).await.unwrap_err();
+        assert_eq!(again.error_codes(), [50076], "{again}");
+        assert_eq!(authority.token_posts(), attempt, "sent again at once");
+        tokio::time::advance(std::time::Duration::from_secs(30)).await;
     }
     let [first, second] = authority.requests().try_into().unwrap();
     assert_eq!(first.field("grant_type"), Some("refresh_token"));

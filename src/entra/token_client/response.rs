@@ -215,7 +215,26 @@ fn provider_error(
         error,
         error_codes: codes,
         correlation_id: text("correlation_id"),
+        suberror: object
+            .get("suberror")
+            .and_then(Value::as_str)
+            .filter(|s| is_suberror(s))
+            .map(str::to_owned),
     })
+}
+
+/// Longest `suberror` kept: Entra's are short identifiers (`user_password_expired`).
+const MAX_SUBERROR_CHARS: usize = 64;
+
+/// Whether `value` looks like one of Entra's `suberror` identifiers: short, ASCII letters,
+/// digits and `_`. Anything else (a long or odd string) is dropped: the value only ever
+/// selects what to do with a refresh token, and is never quoted.
+fn is_suberror(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_SUBERROR_CHARS
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// What to do about the errors people hit most. Not `invalid_grant`: what to do depends on

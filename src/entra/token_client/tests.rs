@@ -222,6 +222,29 @@ async fn an_error_field_means_failure_even_with_200() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn suberror_is_kept_only_when_it_is_a_short_identifier() {
+    let err = parse(
+        400,
+        r#"{"error":"invalid_grant","error_codes":[70043],"suberror":"bad_token"}"#,
+    )
+    .unwrap_err();
+    assert_eq!(err.suberror(), Some("bad_token"));
+    let long = format!("\"{}\"", "a".repeat(65));
+    for odd in [
+        "\"\"",
+        &long,
+        "\"bad token\\n\"",
+        "7",
+        "null",
+        "[\"bad_token\"]",
+    ] {
+        let body = format!(r#"{{"error":"invalid_grant","suberror":{odd}}}"#);
+        let err = parse(400, &body).unwrap_err();
+        assert_eq!(err.suberror(), None, "{body}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn unreadable_bodies_are_quoted_scrubbed_and_short() {
     let html = format!(
         "<html>proxy says the-client-secret eyJa.b.c {}</html>",
