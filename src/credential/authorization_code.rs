@@ -3,9 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::refresh_tokens::{
-    Redeem, Refusal, Silent, Stores, answer_account, refusal, with_sign_in_advice,
-};
+use super::refresh_tokens::{Redeem, Silent, Stores, answer_account, with_sign_in_advice};
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
@@ -39,10 +37,12 @@ const NAME: &str = "AuthorizationCodeCredential";
 /// * The first call redeems the code (`client_info=1`), for that call's scopes. The code is
 ///   sent again by later calls until a redemption succeeds, then forgotten; the account is
 ///   pinned to the `uid.utid` of the answer. Concurrent first calls share the one redemption.
-///   A code Entra refuses (`invalid_grant`: expired, already redeemed, another redirect URI
-///   or verifier) is forgotten at once, and later calls get that refusal without a request
-///   (sign the user in again for a new code); one refused for that request only (the codes
-///   listed below, a claims challenge) is kept for the next.
+///   A code Entra refuses for good (`invalid_grant` with AADSTS54005 already redeemed, 70008
+///   expired, 50148 or 501481 the PKCE verifier does not match, 9002313 malformed) is
+///   forgotten at once, and later calls get that refusal without a request (sign the user in
+///   again for a new code); a code refused otherwise (a scope not authorized, MFA, a
+///   Conditional Access policy of one resource, a code not known here) is kept and sent by
+///   the next call, which may ask for something it can get.
 /// * Later calls: a cached access token (more than 300 s left; past its refresh time, a
 ///   refresh token is redeemed first and the cached token returned only if that fails, as in
 ///   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
@@ -88,9 +88,8 @@ struct Inner {
 struct CodeState {
     code: Option<Code>,
     account: Option<String>,
-    /// Entra's refusal of the code (`invalid_grant`: expired, already redeemed, another
-    /// redirect URI or verifier), the answer to every later call: sent again, the code could
-    /// only be refused again.
+    /// Entra's refusal of the code for good (see [`code_is_spent`]), the answer to every
+    /// later call: sent again, the code could only be refused again.
     refused: Option<CredentialError>,
 }
 
@@ -178,10 +177,10 @@ impl Inner {
                 } else if let Some(code) = state.code.clone() {
                     let redeem = self.redeem(code, tenant, scopes, cae, claims.clone());
                     // The code is forgotten and the account pinned as the redemption ends; a
-                    // code Entra refused, other than for this request only (MFA, Conditional
-                    // Access of this resource, a claims challenge: another request may redeem
-                    // it), is forgotten too, its refusal kept as the answer to later calls.
-                    let request_claims = claims.clone();
+                    // code Entra refused for good is forgotten too, its refusal kept as the
+                    // answer to later calls. Any other refusal (MFA, consent or Conditional
+                    // Access of this resource, a scope not authorized, a code not known here)
+                    // keeps it: another request may redeem it.
                     let redemption =
                         state.start((), WhenAbandoned::RunOn, redeem, move |state, result| {
                             match &result {
@@ -189,11 +188,7 @@ impl Inner {
                                     state.code = None;
                                     state.account.clone_from(&redeemed.account);
                                 }
-                                Err(error)
-                                    if error.error_code() == Some("invalid_grant")
-                                        && refusal(request_claims.as_deref(), error)
-                                            != Refusal::ForThisRequest =>
-                                {
+                                Err(error) if code_is_spent(error) => {
                                     state.code = None;
                                     state.refused = Some(error.clone());
                                 }
@@ -325,6 +320,24 @@ impl Inner {
             )),
         }
     }
+}
+
+/// The `invalid_grant` codes that say the authorization code itself can never be redeemed,
+/// whatever the request: Entra forgets nothing else about a code, so only these make it
+/// forgotten before a success (the reference forgets it only after one).
+/// * 54005 — the code was already redeemed;
+/// * 70008 — the code has expired (or was revoked);
+/// * 50148 — the PKCE `code_verifier` does not match the `code_challenge` of the sign-in;
+/// * 501481 — the same, the code_verifier does not match the code_challenge;
+/// * 9002313 — the request is malformed or invalid: for a redemption, a code Entra cannot
+///   read (truncated, altered); the code and the verifier are what every redemption sends
+///   again unchanged.
+const CODE_SPENT: [u32; 5] = [54_005, 70_008, 50_148, 501_481, 9_002_313];
+
+/// Whether Entra refused the authorization code for good (see [`CODE_SPENT`]).
+fn code_is_spent(error: &CredentialError) -> bool {
+    error.error_code() == Some("invalid_grant")
+        && error.error_codes().iter().any(|c| CODE_SPENT.contains(c))
 }
 
 fn sign_in_again(why: &str) -> CredentialError {

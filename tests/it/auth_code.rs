@@ -722,11 +722,13 @@ async fn an_invalid_grant_says_one_thing_to_do() {
     assert!(err.message().contains(advice), "{err}");
 }
 
-/// A code Entra refused (already redeemed: AADSTS54005; expired: 70008) can never be
-/// redeemed: it is forgotten, and later calls get the refusal, saying to sign in again for a
-/// new code, without sending it. A code refused for that request only (a Conditional Access
-/// policy of its resource, 53003) is sent again by the next call. Before, every call sent a
-/// refused code again.
+/// A code Entra refused for good (already redeemed: AADSTS54005; expired: 70008; the PKCE
+/// verifier does not match: 50148, 501481; malformed: 9002313) can never be redeemed: it is
+/// forgotten, and later calls get the refusal, saying to sign in again for a new code,
+/// without sending it. A code refused otherwise (a Conditional Access policy of its resource,
+/// 53003; a scope not authorized, 70000; MFA enrollment, 50072; a code not known here) is sent
+/// again by the next call. Before, every call sent a refused code again; then any refusal but
+/// thirteen per-request codes forgot it (70000 for one scope lost the sign-in).
 #[tokio::test(start_paused = true)]
 async fn a_refused_code_is_not_sent_again() {
     use crate::support::authority::{Authority, Fault, error_body};
@@ -737,7 +739,7 @@ async fn a_refused_code_is_not_sent_again() {
         body: error_body("invalid_grant", code, "The grant is invalid."),
         headers: vec![],
     };
-    for code in [54005, 70008] {
+    for code in [54005, 70008, 50148, 501481, 9002313] {
         let authority = Authority::start().await;
         let credential = loopback::credential(&authority);
         authority.push_fault(refused(code));
@@ -755,16 +757,21 @@ async fn a_refused_code_is_not_sent_again() {
         assert!(shown.contains("code_refused: true"), "{shown}");
     }
 
-    let authority = Authority::start().await;
-    let credential = loopback::credential(&authority);
-    authority.push_fault(refused(53003));
-    credential.get_token([A]).await.unwrap_err();
-    authority.push_fault(answer("at-1", "rt-1"));
-    let token = credential.get_token([B]).await.unwrap();
-    assert_eq!(token.secret().expose_secret(), "at-1");
-    let requests = authority.requests();
-    assert_eq!(requests.len(), 2, "{requests:#?}");
-    assert_eq!(requests[1].field("code"), Some(loopback::CODE));
+    for code in [53003, 70000, 50072, 9_999_999] {
+        let authority = Authority::start().await;
+        let credential = loopback::credential(&authority);
+        authority.push_fault(refused(code));
+        credential.get_token([A]).await.unwrap_err();
+        authority.push_fault(answer("at-1", "rt-1"));
+        let token = credential
+            .get_token([B])
+            .await
+            .unwrap_or_else(|e| panic!("AADSTS{code}: {e}"));
+        assert_eq!(token.secret().expose_secret(), "at-1");
+        let requests = authority.requests();
+        assert_eq!(requests.len(), 2, "{requests:#?}");
+        assert_eq!(requests[1].field("code"), Some(loopback::CODE));
+    }
 }
 
 /// A redemption that succeeded but named no account (no client_info, no id token): later
