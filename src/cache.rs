@@ -84,6 +84,9 @@ const SWEEP_FLOOR: usize = 64;
 struct Slots {
     map: HashMap<CacheKey, Arc<TokenSlot>>,
     sweep_at: usize,
+    /// How many times the slots were [cleared](TokenCache::clear): a caller that chose whose
+    /// token to acquire before a clear must not make a slot after it.
+    generation: u64,
 }
 
 impl Default for Slots {
@@ -91,6 +94,7 @@ impl Default for Slots {
         Self {
             map: HashMap::new(),
             sweep_at: SWEEP_FLOOR,
+            generation: 0,
         }
     }
 }
@@ -139,17 +143,22 @@ impl TokenCache {
         RefreshPolicy::default()
     }
 
-    fn slot(&self, key: &CacheKey) -> Arc<TokenSlot> {
+    /// The slot for `key`, made if there is none; `None` when the slots were cleared since
+    /// `generation` (when given).
+    fn slot(&self, key: &CacheKey, generation: Option<u64>) -> Option<Arc<TokenSlot>> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if generation.is_some_and(|g| g != slots.generation) {
+            return None;
+        }
         if let Some(slot) = slots.map.get(key) {
-            return Arc::clone(slot);
+            return Some(Arc::clone(slot));
         }
         if slots.map.len() >= slots.sweep_at {
             slots.sweep(Instant::now());
         }
         let slot = TokenSlot::new(self.name, Self::policy());
         slots.map.insert(key.clone(), Arc::clone(&slot));
-        slot
+        Some(slot)
     }
 
     /// Forgets every slot: for a user credential whose account may change (another user may
@@ -157,7 +166,19 @@ impl TokenCache {
     /// acquisition is running is left to it and its callers; later requests make new slots.
     pub(crate) fn clear(&self) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        *slots = Slots::default();
+        *slots = Slots {
+            generation: slots.generation.wrapping_add(1),
+            ..Slots::default()
+        };
+    }
+
+    /// The slots' generation: to pass to [`get_or_acquire_as_of`](Self::get_or_acquire_as_of)
+    /// by a caller that decides whose token to acquire now and acquires it later.
+    pub(crate) fn generation(&self) -> u64 {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
     }
 
     /// The token cached for `key`, if one is held and unexpired; makes no slot.
@@ -179,6 +200,33 @@ impl TokenCache {
         bypass: bool,
         acquire: F,
     ) -> Result<AccessToken, CredentialError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<AccessToken, CredentialError>> + Send + 'static,
+    {
+        self.get_or_acquire_as_of(key, bypass, None, acquire)
+            .await
+            .unwrap_or_else(|| {
+                // Not reached: without a generation, a slot is always found or made.
+                Err(CredentialError::authentication_failed(
+                    self.name,
+                    "the token cache was cleared during the request; try again",
+                ))
+            })
+    }
+
+    /// [`get_or_acquire`](Self::get_or_acquire), for a caller that chose whose token
+    /// `acquire` obtains when the slots were at `generation` (see [`Self::generation`]):
+    /// `None`, without calling `acquire` or making a slot, when they were
+    /// [cleared](Self::clear) since — the account may have changed, and a slot made now would
+    /// serve the previous one's token to the next one's callers.
+    pub(crate) async fn get_or_acquire_as_of<F, Fut>(
+        &self,
+        key: CacheKey,
+        bypass: bool,
+        generation: Option<u64>,
+        acquire: F,
+    ) -> Option<Result<AccessToken, CredentialError>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<AccessToken, CredentialError>> + Send + 'static,
@@ -210,22 +258,23 @@ impl TokenCache {
                 None => acquire().map(stamp).instrument(span).boxed(),
             }
         };
-        let slot = self.slot(&key);
-        if bypass {
+        let slot = self.slot(&key, generation)?;
+        Some(if bypass {
             if let Some(level) = &self.shared {
                 level.bypassed(&key.tenant, &key.scopes, key.cae);
             }
             // The slot refuses a token that has already expired, keeping the one it holds.
-            let token = acquire().await?;
-            slot.store(token.clone())?;
-            Ok(token)
+            match acquire().await {
+                Ok(token) => slot.store(token.clone()).map(|_| token),
+                Err(error) => Err(error),
+            }
         } else {
             let result = slot.get(acquire).await;
             if let Some(level) = shared.filter(|_| !started.load(Ordering::Relaxed)) {
                 level.local_hit(&key.tenant, &key.scopes, key.cae);
             }
             result
-        }
+        })
     }
 }
 
@@ -430,5 +479,45 @@ mod tests {
         let never = || async { Err(CredentialError::authentication_failed("Test", "not asked")) };
         let after = cache.get_or_acquire(key, false, never).await.unwrap();
         assert_eq!(after.secret().expose_secret(), "valid");
+    }
+
+    /// A caller that chose whose token to acquire before the slots were cleared (the device
+    /// code credential read its pinned account, then another user's sign-in landed) makes no
+    /// slot after the clear and acquires nothing: the next account's callers would be served
+    /// the previous one's token. Before, it made a slot in the cleared map and cached it there.
+    #[tokio::test(start_paused = true)]
+    async fn an_acquisition_chosen_before_a_clear_makes_no_slot_after_it() {
+        let cache = TokenCache::new("Test");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let before = cache.generation();
+        cache.clear();
+        let stale = cache
+            .get_or_acquire_as_of(
+                key("a"),
+                false,
+                Some(before),
+                counting(&calls, Some(("alice", HOUR))),
+            )
+            .await;
+        assert!(stale.is_none());
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!(slots(&cache), 0);
+        let now = cache.generation();
+        let token = cache
+            .get_or_acquire_as_of(
+                key("a"),
+                false,
+                Some(now),
+                counting(&calls, Some(("bob", HOUR))),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(token.secret().expose_secret(), "bob");
+        let cached = cache
+            .get_or_acquire(key("a"), false, counting(&calls, None))
+            .await;
+        assert_eq!(cached.unwrap().secret().expose_secret(), "bob");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

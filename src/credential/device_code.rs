@@ -181,7 +181,12 @@ impl Inner {
             let plan = Plan::new(NAME, &request, |requested| {
                 self.tenants.resolve_required(requested).map(str::to_owned)
             })?;
-            let pinned = self.state.lock().account.clone();
+            // The account and the memory's generation, read together: a sign-in lands (pins
+            // its account, clears the memory) under the same lock.
+            let (pinned, generation) = {
+                let state = self.state.lock();
+                (state.account.clone(), self.memory.generation())
+            };
             let Some(account) = pinned.filter(|_| !interactive) else {
                 let (sign_in, mine) = self.join_or_start(&plan);
                 let done = sign_in.await?;
@@ -203,11 +208,17 @@ impl Inner {
             };
             let this = Arc::clone(self);
             let claims = plan.claims.clone();
-            let result = plan
-                .run(&self.memory, move |plan| async move {
+            // On a multi-thread runtime another user's sign-in may land between the read above
+            // and the cache lookup: the memory cleared since, no slot is made for the previous
+            // account's token there (the next account's callers would get it); planned again.
+            let Some(result) = plan
+                .run_as_of(&self.memory, generation, move |plan| async move {
                     this.for_account(&account, &plan).await
                 })
-                .await;
+                .await
+            else {
+                continue;
+            };
             match result {
                 // The account can no longer be signed in silently: sign in again, here.
                 Err(_) if !signed_in && self.state.lock().account.is_none() => {}

@@ -356,6 +356,26 @@ impl Plan {
             .get_or_acquire(key, bypass, move || acquire(self))
             .await
     }
+
+    /// [`run`](Self::run) for a caller that chose whose token `acquire` obtains when the
+    /// cache was at `generation`: `None` when the cache was cleared since (see
+    /// [`TokenCache::get_or_acquire_as_of`](crate::cache::TokenCache::get_or_acquire_as_of)).
+    pub(crate) async fn run_as_of<F, Fut>(
+        self,
+        cache: &crate::cache::TokenCache,
+        generation: u64,
+        acquire: F,
+    ) -> Option<Result<AccessToken, CredentialError>>
+    where
+        F: FnOnce(Plan) -> Fut,
+        Fut: Future<Output = Result<AccessToken, CredentialError>> + Send + 'static,
+    {
+        let key = crate::cache::CacheKey::new(&self.tenant, &self.scopes, self.cae);
+        let bypass = self.bypass;
+        cache
+            .get_or_acquire_as_of(key, bypass, Some(generation), move || acquire(self))
+            .await
+    }
 }
 
 /// Boxed future for the credentials of this crate: their work is network-bound, so one
