@@ -7,8 +7,12 @@
 //! The account has no place in the key: the slots hold one identity's tokens at a time, and a
 //! user credential whose account changes forgets them ([`TokenCache::clear`]). The
 //! authorization code credential's account is pinned for good. The device code credential
-//! clears its slots when it forgets its account (its refresh token refused), before the next
-//! sign-in, which may be someone else's. The shared token cache clears them when an
+//! clears its slots when it forgets its account (its refresh tokens dead or gone), before the
+//! next sign-in, which may be someone else's; and when a sign-in lands for another account
+//! than the one pinned (a request refused for this request only signs in while the account
+//! stays pinned, and another user may sign in there), in the sign-in flight's `land`, under
+//! that flight's lock. A caller that read the pinned account before such a clear makes no
+//! slot after it ([`TokenCache::get_or_acquire_as_of`]). The shared token cache clears them when an
 //! acquisition selects another account than the last one did (the file's account changed);
 //! until some acquisition reads the file (a first request for a scope, or a renewal), a scope
 //! cached before is still served as the previous account. Azure CLI and Azure Developer CLI

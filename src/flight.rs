@@ -55,9 +55,12 @@
 //! * **Locks**: the mutex is never held across an `.await`: `land` is synchronous, and the
 //!   work runs outside it. A `land` may take another lock only in a fixed order: the bearer
 //!   layer's claims flight stores its token into the layer's refresh slot, so its lock comes
-//!   before the slot's, never after (no `land` of a refresh slot takes another lock). A
-//!   credential's token cache takes a slot's lock briefly under its map's lock (its sweep,
-//!   see `cache.rs`); no slot's lock is held while the map's is taken. The
+//!   before the slot's, never after (no `land` of a refresh slot takes another lock). The
+//!   device code credential's sign-in `land` clears its token cache when another account
+//!   signs in, taking the cache's map lock under the sign-in flight's lock (and its callers
+//!   read the cache's generation under that lock too): the flight's lock comes before the
+//!   map's, never after. A credential's token cache takes a slot's lock briefly under its
+//!   map's lock (its sweep, see `cache.rs`); no slot's lock is held while the map's is taken. The
 //!   last handle of a [`WhenAbandoned::Abort`] flight is not dropped with the lock held (a
 //!   task dropped at once, as on a runtime shutting down, lands under the same lock). Each
 //!   write under the lock leaves the state whole, so a poisoned lock is still used.
