@@ -187,7 +187,7 @@ impl Inner {
             Err(unavailable(format!(
                 "Token acquisition failed for user '{}'. To fix, re-authenticate through \
                  developer tooling supporting Azure single sign on",
-                account.username
+                quoted(&account.username)
             )))
         } else {
             let redeem = Redeem {
@@ -216,7 +216,7 @@ impl Inner {
             None => aging.ok_or_else(|| {
                 unavailable(format!(
                     "Token acquisition failed for user '{}'",
-                    account.username
+                    quoted(&account.username)
                 ))
             }),
         }
@@ -308,10 +308,10 @@ impl Inner {
     fn filter_text(&self) -> String {
         let mut text = String::new();
         if let Some(u) = &self.username {
-            text.push_str(&format!(" username: {u}"));
+            text.push_str(&format!(" username: {}", quoted(u)));
         }
         if let Some(t) = &self.tenant_id {
-            text.push_str(&format!(" tenant: {t}"));
+            text.push_str(&format!(" tenant: {}", quoted(t)));
         }
         text
     }
@@ -330,12 +330,9 @@ fn usernames(accounts: &[Account]) -> String {
         .take(NAMED_ACCOUNTS)
         .map(|a| {
             if a.username.is_empty() {
-                format!(
-                    "<no username> ({})",
-                    truncate(&a.home_account_id, NAME_CHARS)
-                )
+                format!("<no username> ({})", quoted(&a.home_account_id))
             } else {
-                truncate(&a.username, NAME_CHARS)
+                quoted(&a.username)
             }
         })
         .collect::<Vec<_>>()
@@ -345,6 +342,19 @@ fn usernames(accounts: &[Account]) -> String {
         text.push_str(&format!(" and {more} more"));
     }
     text
+}
+
+/// A name from the cache file (or the builder) as an error quotes it: control characters (a
+/// newline, an ANSI escape) replaced by spaces, as other quoted text is (see
+/// [`excerpt`](crate::redact::excerpt)), so that a file cannot forge log lines or colours;
+/// at most [`NAME_CHARS`] characters.
+fn quoted(name: &str) -> String {
+    let shown: String = name
+        .chars()
+        .take(NAME_CHARS.saturating_add(1))
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    truncate(&shown, NAME_CHARS)
 }
 
 fn unavailable(message: String) -> CredentialError {
@@ -497,6 +507,29 @@ mod tests {
         let (user, rest) = text.split_once(", ").unwrap();
         assert_eq!(user, format!("{}…", &long('é')[..512]));
         assert_eq!(rest, format!("<no username> ({}…)", &long('h')[..256]));
+    }
+
+    #[test]
+    fn an_error_quotes_names_without_control_characters() {
+        let accounts = [
+            Account {
+                home_account_id: "uid.utid".to_owned(),
+                environment: "login.microsoftonline.com".to_owned(),
+                username: "alice@contoso.com\nERROR forged line\u{1b}[31mred\u{7}".to_owned(),
+            },
+            Account {
+                home_account_id: "uid2\r\n.utid".to_owned(),
+                environment: "login.microsoftonline.com".to_owned(),
+                username: String::new(),
+            },
+        ];
+        let text = usernames(&accounts);
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert_eq!(
+            text,
+            "alice@contoso.com ERROR forged line [31mred , <no username> (uid2  .utid)"
+        );
+        assert_eq!(quoted("bob\u{1b}[0m\n"), "bob [0m ");
     }
 
     #[test]
