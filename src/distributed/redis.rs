@@ -129,29 +129,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// is there answers a PING in milliseconds, even loaded.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// TCP keepalive on the store's connections: the first probe after 10 s idle, then every 5 s.
-/// A peer that is gone without a reset (a crashed host, a partition) is found while the
-/// connection idles, not by the next call; the probes also keep a load balancer's or NAT's
-/// idle timer from cutting the connection (Azure's drops idle flows after 4 minutes).
-#[cfg(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "windows"
-))]
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
-#[cfg(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "windows"
-))]
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-
 /// `TCP_USER_TIMEOUT` (Linux): data sent and not acknowledged for 20 s (keepalive probes
 /// included) ends the connection with an error, which the store replaces.
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -659,8 +636,13 @@ impl Drop for Unanswered<'_> {
     }
 }
 
-/// The store's TCP settings: `settings` with keepalive (see [`KEEPALIVE_IDLE`]) and, on Linux,
-/// `TCP_USER_TIMEOUT` (see [`USER_TIMEOUT`]). A Unix socket has no use for them.
+/// The store's TCP settings: `settings` with keepalive (the first probe after 10 s idle, then
+/// every 5 s) and, on Linux, `TCP_USER_TIMEOUT` (see [`USER_TIMEOUT`]). A Unix socket has no
+/// use for them.
+///
+/// A peer that is gone without a reset (a crashed host, a partition) is found while the
+/// connection idles, not by the next call; the probes also keep a load balancer's or NAT's
+/// idle timer from cutting the connection (Azure's drops idle flows after 4 minutes).
 fn keepalive(settings: TcpSettings) -> TcpSettings {
     #[cfg(any(
         target_os = "linux",
@@ -672,8 +654,8 @@ fn keepalive(settings: TcpSettings) -> TcpSettings {
     ))]
     let settings = settings.set_keepalive(
         redis::io::tcp::socket2::TcpKeepalive::new()
-            .with_time(KEEPALIVE_IDLE)
-            .with_interval(KEEPALIVE_INTERVAL),
+            .with_time(Duration::from_secs(10))
+            .with_interval(Duration::from_secs(5)),
     );
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let settings = settings.set_user_timeout(USER_TIMEOUT);
