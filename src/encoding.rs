@@ -52,6 +52,16 @@ pub(crate) fn number_field(object: &Map<String, Value>, name: &str) -> Result<Op
     }
 }
 
+/// The field `name` as a string; an empty one is no value (msal skips empty values too: an
+/// empty refresh token stored in place of the redeemed one would fail the next renewal).
+pub(crate) fn string_field(object: &Map<String, Value>, name: &str) -> Option<String> {
+    object
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::{ManagedIdentitySource, NAME};
-use crate::encoding::{number, number_field};
+use crate::encoding::{number, number_field, string_field};
 use crate::entra::token_client::one_line;
 use crate::error::{CredentialError, ProviderDetails};
 use crate::redact::{excerpt, scrub, truncate};
@@ -218,13 +218,7 @@ fn parse_token(
     let token = AccessToken::new(access_token, instant_after(sent_at, lifetime))
         .with_refresh_on(refresh_in.map(|s| instant_after(sent_at, s)))
         .with_token_type(token_type);
-    let string = |name: &str| {
-        object
-            .get(name)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    };
+    let string = |name: &str| string_field(object, name);
     Ok(MiToken {
         token,
         echo: Echo {

@@ -6,7 +6,7 @@ use http::StatusCode;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::encoding::{number, number_field};
+use crate::encoding::{number, number_field, string_field};
 use crate::error::{CredentialError, ProviderDetails};
 use crate::redact::{excerpt, scrub};
 use crate::token::{AccessToken, HALF_LIFE_THRESHOLD, Secret, clamped_lifetime, instant_after};
@@ -143,15 +143,7 @@ fn parse_success(
     let token = AccessToken::new(access_token, instant_after(sent_at, lifetime_secs))
         .with_refresh_on(refresh_in.map(|s| instant_after(sent_at, s)))
         .with_token_type(token_type);
-    // An empty value is no value (msal skips them too): an empty refresh token stored in
-    // place of the redeemed one would fail the next renewal.
-    let string = |name: &str| {
-        object
-            .get(name)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    };
+    let string = |name: &str| string_field(object, name);
     Ok(TokenResponse {
         token,
         refresh_token: string("refresh_token").map(Secret::new),
