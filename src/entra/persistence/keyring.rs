@@ -158,7 +158,7 @@ impl<D: Document> KeyringCache<D> {
             Backend::File(file) => return file.modify(change).await,
             Backend::Keyring(keyring) => Arc::clone(keyring),
         };
-        let (_writers, lock) = self.signal.writer_turn().await?;
+        let (_writers, lock) = self.signal.writer_turn(tokio::time::Instant::now()).await?;
         let (value, bytes) = match self.prepare(&keyring, change).await {
             Ok((value, bytes)) => (Ok(value), bytes),
             Err(error) => (Err(error), None),

@@ -33,32 +33,33 @@ const HOLDER_MAX_CHARS: usize = 120;
 const QUICK_RETRIES: u32 = 3;
 
 impl<D: Document> CacheFile<D> {
-    /// Creates the lock file, waiting for other holders until the lock timeout has passed since
-    /// `started` (at least one attempt is made) and removing stale locks.
+    /// Creates the lock file `lock_path` (this file's, or the legacy file's), waiting for other
+    /// holders until the lock timeout has passed since `started` (at least one attempt is
+    /// made) and removing stale locks.
     pub(super) async fn acquire_lock(
         &self,
+        lock_path: &Path,
         started: Instant,
     ) -> Result<LockGuard, PersistenceError> {
         let mut holder = None;
         let mut quick = 0_u32;
         loop {
-            let lock_path = self.lock_path.clone();
-            let retry_now =
-                match run_blocking(&self.lock_path, move || try_lock(&lock_path)).await? {
-                    LockAttempt::Acquired(guard) => return Ok(guard),
-                    // Released between our attempt and our look, or removed as stale.
-                    LockAttempt::Vanished | LockAttempt::BrokeStale => true,
-                    LockAttempt::Contended => false,
-                    LockAttempt::Busy(observed) => {
-                        holder = Some(observed.holder());
-                        false
-                    }
-                };
+            let attempt = lock_path.to_path_buf();
+            let retry_now = match run_blocking(lock_path, move || try_lock(&attempt)).await? {
+                LockAttempt::Acquired(guard) => return Ok(guard),
+                // Released between our attempt and our look, or removed as stale.
+                LockAttempt::Vanished | LockAttempt::BrokeStale => true,
+                LockAttempt::Contended => false,
+                LockAttempt::Busy(observed) => {
+                    holder = Some(observed.holder());
+                    false
+                }
+            };
             let waited = started.elapsed();
             if waited >= self.lock_timeout {
                 return Err(PersistenceError {
                     kind: Kind::LockTimeout {
-                        lock_path: self.lock_path.clone(),
+                        lock_path: lock_path.to_path_buf(),
                         timeout: self.lock_timeout,
                         holder,
                         queued: false,

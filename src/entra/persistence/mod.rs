@@ -41,8 +41,10 @@
 //! * A **legacy file** may stand behind the file (`msal.cache`, which azure-identity before
 //!   1.16 wrote, behind `msal.cache.nocae`, the only file it reads now): read while the file
 //!   does not exist, and never written. The first write that changes the document creates the
-//!   file from the legacy file's content, under the file's lock. Writing to the legacy file
-//!   instead would leave our tokens where nobody reads once another tool creates the file.
+//!   file from the legacy file's content, under the file's lock and then the legacy file's
+//!   (its writers take only that one and write in place: see [`CacheFile::modify`]). Writing
+//!   to the legacy file instead would leave our tokens where nobody reads once another tool
+//!   creates the file.
 //! * Modification times are coarse (a few ms on ext4, 1 s on some file systems), so two writes
 //!   in one tick with equal lengths would look alike. As git does for its index, a file whose
 //!   mtime is within [`RECENT_WINDOW`](reader::RECENT_WINDOW) of the moment it was read is read again next time
@@ -80,6 +82,7 @@ mod secret_service;
 mod tests;
 
 use std::fmt;
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -187,8 +190,10 @@ impl<D: Document> CacheFile<D> {
     /// caller) or the write fails. Returns what `change` returned.
     ///
     /// While the file does not exist, the legacy file's document is the one changed, and the
-    /// result is written to the file, never to the legacy one. Whether the file exists is
-    /// decided under its lock: one created by another writer meanwhile is the one changed.
+    /// result is written to the file, never to the legacy one; the legacy file's lock is held
+    /// too meanwhile, and an empty legacy file written just now is read again (both for its
+    /// in-place writers). Whether the file exists is decided under its lock: one created by
+    /// another writer meanwhile is the one changed.
     ///
     /// If the file exists but does not parse, `change` is not called, nothing is written and a
     /// malformed error is returned. `change` runs on a blocking-pool thread while the lock is
@@ -198,12 +203,14 @@ impl<D: Document> CacheFile<D> {
         F: FnOnce(&mut D) -> R + Send + 'static,
         R: Send + 'static,
     {
-        let (_writers, lock) = self.writer_turn().await?;
+        let started = tokio::time::Instant::now();
+        let (_writers, lock) = self.writer_turn(started).await?;
+        let (lock, legacy_lock) = self.legacy_lock(lock, started).await?;
         let path = self.path.clone();
         let legacy = self.legacy.clone();
-        // The lock guard moves into the blocking task and is dropped there, on every path.
+        // The lock guards move into the blocking task and are dropped there, on every path.
         let (value, snapshot) = run_blocking(&self.path, move || {
-            let lock = lock;
+            let (lock, legacy_lock) = (lock, legacy_lock);
             let loaded = load_or_legacy::<D>(&path, legacy.as_deref(), false)?;
             let mut doc = loaded.doc;
             // The legacy file's bytes are compared as this module would write them, so that a
@@ -218,6 +225,9 @@ impl<D: Document> CacheFile<D> {
                 (loaded.file, loaded.legacy, loaded.recent)
             } else {
                 lock.check_held()?;
+                if let Some(legacy_lock) = &legacy_lock {
+                    legacy_lock.check_held()?;
+                }
                 // Under the lock nobody else creates the file: a rename over it is as
                 // exclusive as a creation.
                 let stamp = write_document(&path, &bytes)?;
@@ -240,12 +250,12 @@ impl<D: Document> CacheFile<D> {
     /// file against every other process. The keyring store takes its turns here too, on its
     /// signal file, so one mechanism orders both kinds of writer.
     ///
-    /// The lock timeout covers both waits: otherwise, with another process holding the lock,
-    /// the last of N queued writers would wait N timeouts.
+    /// The lock timeout covers both waits, counted from `started`: otherwise, with another
+    /// process holding the lock, the last of N queued writers would wait N timeouts.
     async fn writer_turn(
         &self,
+        started: tokio::time::Instant,
     ) -> Result<(tokio::sync::MutexGuard<'_, ()>, LockGuard), PersistenceError> {
-        let started = tokio::time::Instant::now();
         let Ok(writers) = tokio::time::timeout(self.lock_timeout, self.writers.lock()).await else {
             return Err(PersistenceError {
                 kind: error::Kind::LockTimeout {
@@ -256,8 +266,48 @@ impl<D: Document> CacheFile<D> {
                 },
             });
         };
-        let lock = self.acquire_lock(started).await?;
+        let lock = self.acquire_lock(&self.lock_path, started).await?;
         Ok((writers, lock))
+    }
+
+    /// With the file's `lock` held: the legacy file's lock too when the file does not exist,
+    /// so that a write copies the legacy file whole. The tools that write it (azure-identity
+    /// before 1.16, MSAL.NET) take only its lock and write it in place, truncating first: a
+    /// copy made meanwhile would create the file without their entries and hide them for
+    /// good. Taken after the file's lock, in that order by every writer of ours; tools that
+    /// take the legacy lock take no other, so the order cannot deadlock. The time left of the
+    /// lock timeout since `started` applies.
+    async fn legacy_lock(
+        &self,
+        lock: LockGuard,
+        started: tokio::time::Instant,
+    ) -> Result<(LockGuard, Option<LockGuard>), PersistenceError> {
+        let Some(legacy) = &self.legacy else {
+            return Ok((lock, None));
+        };
+        let path = self.path.clone();
+        // The guard goes along, so that it is released on the blocking pool if this fails.
+        let (lock, needed) = run_blocking(&self.path, move || {
+            let missing = matches!(fs::metadata(&path), Err(e) if reader::is_missing(&e));
+            Ok((lock, missing))
+        })
+        .await?;
+        if !needed {
+            return Ok((lock, None));
+        }
+        match self.acquire_lock(&lock_path_of(legacy), started).await {
+            Ok(legacy_lock) => Ok((lock, Some(legacy_lock))),
+            Err(error) => {
+                // Released off the executor, as the file's I/O is; a failure to release is
+                // already logged by the guard.
+                let _ = run_blocking(&self.path, move || {
+                    drop(lock);
+                    Ok(())
+                })
+                .await;
+                Err(error)
+            }
+        }
     }
 
     /// The snapshot's stamps (the file's, the legacy file's), recheck flag and document.

@@ -237,6 +237,9 @@ pub(super) fn load<D: Document>(
 /// [`load`]s the file, or while it does not exist the `legacy` file, if that is a regular
 /// file (anything else there is no cache of ours: it is ignored). What the legacy file holds
 /// comes back with `file: None` and the legacy file's stamp in `legacy`.
+///
+/// The legacy file is always loaded with `settle_empty`: its writers write in place, and an
+/// empty legacy file copied into the file would hide their entries for good.
 pub(super) fn load_or_legacy<D: Document>(
     path: &Path,
     legacy: Option<&Path>,
@@ -249,7 +252,7 @@ pub(super) fn load_or_legacy<D: Document>(
     if !fs::metadata(legacy).is_ok_and(|meta| meta.is_file()) {
         return Ok(loaded);
     }
-    let from_legacy = load::<D>(legacy, settle_empty)?;
+    let from_legacy = load::<D>(legacy, true)?;
     Ok(Loaded {
         legacy: from_legacy.file,
         file: None,

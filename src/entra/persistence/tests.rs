@@ -101,20 +101,21 @@ fn parses<const N: usize>() -> usize {
 }
 
 /// The other side of [`Finishing`]: the file an in-place writer is writing, and what it
-/// holds once the writer is done.
-static IN_PLACE_WRITE: Mutex<Option<(PathBuf, &'static str)>> = Mutex::new(None);
+/// holds once the writer is done; one per `N`, one `N` per test.
+static IN_PLACE_WRITE: [Mutex<Option<(PathBuf, &'static str)>>; 2] =
+    [const { Mutex::new(None) }; 2];
 
 /// A [`JsonDoc`] read while an in-place writer is busy: when a read finds the file unfinished
 /// (empty, or not JSON yet), the writer finishes it before the next read. Deterministic,
 /// where a writer task and a timer would race the retry interval.
-struct Finishing(JsonDoc);
+struct Finishing<const N: usize>(JsonDoc);
 
-impl Document for Finishing {
+impl<const N: usize> Document for Finishing<N> {
     type Error = String;
     fn parse(bytes: &[u8]) -> Result<Self, String> {
         let parsed = JsonDoc::parse(bytes);
         if parsed.is_err() || bytes.is_empty() {
-            let pending = IN_PLACE_WRITE.lock().unwrap().take();
+            let pending = IN_PLACE_WRITE[N].lock().unwrap().take();
             if let Some((path, content)) = pending {
                 fs::write(path, content).unwrap();
             }
@@ -131,8 +132,8 @@ impl Document for Finishing {
 
 /// The in-place writer will have written `content` to `path` by the read after the next
 /// one that finds the file unfinished.
-fn writer_finishing(path: &Path, content: &'static str) {
-    *IN_PLACE_WRITE.lock().unwrap() = Some((path.to_path_buf(), content));
+fn writer_finishing<const N: usize>(path: &Path, content: &'static str) {
+    *IN_PLACE_WRITE[N].lock().unwrap() = Some((path.to_path_buf(), content));
 }
 
 fn mode(path: &Path) -> u32 {
@@ -350,24 +351,24 @@ async fn malformed_file_is_reported_never_overwritten_and_the_lock_is_released()
 async fn read_waits_out_an_in_place_write_in_progress() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
-    let file = CacheFile::<Finishing>::new(path.clone(), None);
+    let file = CacheFile::<Finishing<0>>::new(path.clone(), None);
 
     // Half written: read again until the writer is done.
     fs::write(&path, r#"{"AccessToken": {"#).unwrap();
-    writer_finishing(&path, r#"{"AccessToken": {"done": {}}}"#);
+    writer_finishing::<0>(&path, r#"{"AccessToken": {"done": {}}}"#);
     assert_eq!(file.read().await.unwrap().0.keys(), ["done"]);
 
     // The same for an empty file just truncated by an in-place writer. Its mtime is set
     // ahead of the clock, which counts as recent whatever the time the test takes.
     fs::write(&path, "").unwrap();
     set_modified(&path, SystemTime::now() + Duration::from_secs(3600));
-    writer_finishing(&path, r#"{"AccessToken": {"again": {}}}"#);
+    writer_finishing::<0>(&path, r#"{"AccessToken": {"again": {}}}"#);
     assert_eq!(file.read().await.unwrap().0.keys(), ["again"]);
 
     // An empty file that stays empty is an empty document.
     fs::write(&path, "").unwrap();
     assert!(file.read().await.unwrap().0.0.is_empty());
-    assert!(IN_PLACE_WRITE.lock().unwrap().is_none());
+    assert!(IN_PLACE_WRITE[0].lock().unwrap().is_none());
 }
 
 #[tokio::test]
@@ -1072,4 +1073,58 @@ async fn a_legacy_path_that_is_no_file_is_ignored_and_a_malformed_one_reported()
     assert!(err.is_malformed(), "{err}");
     assert!(err.to_string().contains("msal.cache"), "{err}");
     assert!(!path.exists());
+}
+
+/// The first write copies the legacy file whole. Its writers (azure-identity before 1.16,
+/// MSAL.NET) take only `msal.cache.lockfile` and write in place, truncating first: the copy
+/// waits for that lock, and an empty legacy file written just now is read again. Before, the
+/// copy took an empty legacy file for an empty cache and created the file without the
+/// legacy accounts, hiding them for good.
+#[tokio::test]
+async fn the_first_write_copies_the_legacy_file_under_its_lock_and_waits_out_an_in_place_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, legacy) = (
+        dir.path().join("msal.cache.nocae"),
+        dir.path().join("msal.cache"),
+    );
+    const OLD: &str = r#"{"AccessToken": {"old": {}}}"#;
+
+    // An older tool holds the legacy file's lock, its write truncated and not yet done.
+    fs::write(&legacy, "").unwrap();
+    let lock = plant_lock(&legacy, std::process::id(), "python3", Duration::ZERO);
+    let file = CacheFile::<JsonDoc>::with_lock_timeout(
+        path.clone(),
+        Some(legacy.clone()),
+        Duration::from_millis(300),
+    );
+    let err = file.modify(|doc| doc.add("mine")).await.unwrap_err();
+    assert!(err.is_lock_timeout(), "{err}");
+    assert!(
+        err.to_string().contains(&lock.display().to_string()),
+        "{err}"
+    );
+    assert!(!path.exists(), "no copy of the half-written legacy file");
+    assert!(
+        !lock_path_of(&path).exists(),
+        "the file's lock is released too"
+    );
+    fs::write(&legacy, OLD).unwrap();
+    fs::remove_file(&lock).unwrap();
+    file.modify(|doc| doc.add("mine")).await.unwrap();
+    let mut keys = file_keys(&path);
+    keys.sort();
+    assert_eq!(keys, ["mine", "old"]);
+    assert!(!lock.exists(), "the legacy file's lock is released");
+
+    // A writer that takes no lock: the legacy file is read while it is being written.
+    fs::remove_file(&path).unwrap();
+    fs::write(&legacy, "").unwrap();
+    set_modified(&legacy, SystemTime::now() + Duration::from_secs(3600));
+    writer_finishing::<1>(&legacy, OLD);
+    let file = CacheFile::<Finishing<1>>::new(path.clone(), Some(legacy.clone()));
+    file.modify(|doc| doc.0.add("mine")).await.unwrap();
+    assert!(IN_PLACE_WRITE[1].lock().unwrap().is_none());
+    let mut keys = file_keys(&path);
+    keys.sort();
+    assert_eq!(keys, ["mine", "old"]);
 }
