@@ -1000,31 +1000,49 @@ async fn the_username_matches_whatever_its_unicode_case() {
     );
 }
 
-/// The legacy `msal.cache` is read while it is the only file; the first write creates
-/// `msal.cache.nocae` from it (the legacy file is never written), and once a sign-in has
-/// written `msal.cache.nocae`, the next acquisition reads that. Before, the choice was made
-/// when the credential was built, and the new file was never seen.
+/// The legacy `msal.cache` is read while it is the only file, and once another tool creates
+/// `msal.cache.nocae`, the next acquisition reads that. The first acquisition is served from
+/// the legacy file's cached access token, writing nothing, so that the new file is the other
+/// tool's, not one this credential wrote. Before, the choice was made when the credential was
+/// built, and the new file was never seen.
 #[tokio::test]
 async fn a_nocae_file_created_after_the_build_replaces_the_legacy_file() {
-    const ALICE_RT: &str = "_b4gnrSzAKjeOq77H6kItP_VAkEARwYTwzYAQMmB9Vv";
     const BOB_RT: &str = "54jIA7RpNt1dJSwem9WmQN79Ntca4E0C5PjnM_EdNiL";
     let authority = Authority::start().await;
     let home = Home::new();
     let legacy = home.dir.path().join(".IdentityService/msal.cache");
-    std::fs::write(&legacy, only_account("a8ff77e5")).unwrap();
+    let mut alice: serde_json::Value = serde_json::from_slice(&only_account("a8ff77e5")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for token in alice["AccessToken"].as_object_mut().unwrap().values_mut() {
+        token["cached_at"] = now.to_string().into();
+        token["expires_on"] = (now + 3600).to_string().into();
+        token["extended_expires_on"] = (now + 3600).to_string().into();
+    }
+    std::fs::write(&legacy, serde_json::to_vec(&alice).unwrap()).unwrap();
     let credential = SharedTokenCacheCredential::builder()
         .authority_host(authority.url())
         .http_client(creds::http(&authority))
         .cache_options(cache_in(home.dir.path()))
         .build()
         .unwrap();
-    let before = std::fs::read(&legacy).unwrap();
-    credential.get_token([OTHER]).await.unwrap();
-    assert!(home.cache().exists(), "written to msal.cache.nocae");
-    assert!(
-        std::fs::read(&legacy).unwrap() == before,
-        "the legacy file is never written"
+    let cached = credential.get_token([RESOURCE]).await.unwrap();
+    assert_eq!(
+        cached.secret().expose_secret(),
+        alice["AccessToken"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()["secret"]
+            .as_str()
+            .unwrap(),
+        "the legacy file's cached token"
     );
+    assert!(authority.requests().is_empty(), "no token request");
+    assert!(!home.cache().exists(), "nothing written");
 
     std::fs::write(home.cache(), only_account("61ace6e2")).unwrap();
     credential
@@ -1038,7 +1056,7 @@ async fn a_nocae_file_created_after_the_build_replaces_the_legacy_file() {
         .collect();
     assert_eq!(
         sent,
-        [Some(ALICE_RT.to_owned()), Some(BOB_RT.to_owned())],
-        "the second request used the new file's account"
+        [Some(BOB_RT.to_owned())],
+        "the request used the new file's account"
     );
 }
