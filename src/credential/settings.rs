@@ -12,6 +12,7 @@ use super::env::Vars;
 use crate::cache::TokenCache;
 use crate::distributed::{DistributedCache, Identity, SharedLevel};
 use crate::entra::authority::{Authority, TenantPolicy};
+use crate::entra::persistence::LegacyWrites;
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::TokenClient;
 use crate::error::ConfigError;
@@ -129,19 +130,21 @@ impl Settings {
     ) -> Result<Option<(TokenStore, TokenStore)>, ConfigError> {
         self.cache_options
             .as_ref()
-            .map(|options| stores(name, options))
+            .map(|options| stores(name, options, LegacyWrites::Copy))
             .transpose()
     }
 
-    /// The cache files (ordinary, CAE) of the cache options given, else of `default`.
-    pub(crate) fn files_or(
+    /// The cache files (ordinary, CAE) of the cache options given, else of `default`, for a
+    /// credential that reads another tool's sign-in there: its writes never create
+    /// `msal.cache.nocae` from the legacy `msal.cache` (see [`LegacyWrites::Skip`]).
+    pub(crate) fn reader_files_or(
         &self,
         name: &str,
         default: impl FnOnce() -> TokenCachePersistenceOptions,
     ) -> Result<(TokenStore, TokenStore), ConfigError> {
         match &self.cache_options {
-            Some(options) => stores(name, options),
-            None => stores(name, &default()),
+            Some(options) => stores(name, options, LegacyWrites::Skip),
+            None => stores(name, &default(), LegacyWrites::Skip),
         }
     }
 }
@@ -171,11 +174,12 @@ pub(crate) fn token_cache(
 fn stores(
     name: &str,
     options: &TokenCachePersistenceOptions,
+    legacy_writes: LegacyWrites,
 ) -> Result<(TokenStore, TokenStore), ConfigError> {
     let paths = options.resolve(name)?;
     Ok((
-        TokenStore::file(paths.file(false)),
-        TokenStore::file(paths.file(true)),
+        TokenStore::file(paths.file(false), legacy_writes),
+        TokenStore::file(paths.file(true), legacy_writes),
     ))
 }
 

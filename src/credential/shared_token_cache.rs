@@ -454,7 +454,7 @@ impl SharedTokenCacheCredentialBuilder {
             Some(self.tenant_id.as_deref().unwrap_or(ORGANIZATIONS)),
         )?;
         let client = self.settings.token_client(NAME, env_authority)?;
-        let (plain, cae) = self.settings.files_or(NAME, || {
+        let (plain, cae) = self.settings.reader_files_or(NAME, || {
             crate::TokenCachePersistenceOptions::new().allow_unencrypted_storage(true)
         })?;
         Ok(SharedTokenCacheCredential {

@@ -12,7 +12,7 @@ use super::msal_cache::{CacheDocument, DocumentError};
 use super::persistence::CacheFile;
 #[cfg(all(feature = "keyring", target_os = "linux"))]
 use super::persistence::KeyringCache;
-use super::persistence::{Document, PersistenceError};
+use super::persistence::{Document, LegacyWrites, PersistenceError};
 use crate::credential::CacheLocation;
 
 impl Document for CacheDocument {
@@ -34,8 +34,9 @@ impl Document for CacheDocument {
 /// A credential's token cache document.
 pub(crate) enum TokenStore {
     Memory(Mutex<Arc<CacheDocument>>),
+    /// The file, and what a write does while only its legacy file exists.
     #[cfg(not(all(feature = "keyring", target_os = "linux")))]
-    File(Arc<CacheFile<CacheDocument>>),
+    File(Arc<CacheFile<CacheDocument>>, LegacyWrites),
     #[cfg(all(feature = "keyring", target_os = "linux"))]
     Keyring(Arc<KeyringCache<CacheDocument>>),
 }
@@ -46,15 +47,18 @@ impl TokenStore {
     }
 
     /// The persistent store at `location`: a cache file is shared with every credential of
-    /// this process that uses it.
-    pub(crate) fn file(location: CacheLocation) -> Self {
+    /// this process that uses it. `legacy_writes`: whether this credential's writes create the
+    /// file from the legacy one while only that exists (see [`LegacyWrites`]).
+    pub(crate) fn file(location: CacheLocation, legacy_writes: LegacyWrites) -> Self {
         match location {
             #[cfg(not(all(feature = "keyring", target_os = "linux")))]
             CacheLocation::File { path, legacy } => {
-                TokenStore::File(CacheFile::shared(path, legacy))
+                TokenStore::File(CacheFile::shared(path, legacy), legacy_writes)
             }
             #[cfg(all(feature = "keyring", target_os = "linux"))]
-            CacheLocation::Keyring(target) => TokenStore::Keyring(KeyringCache::new(target)),
+            CacheLocation::Keyring(target) => {
+                TokenStore::Keyring(KeyringCache::new(target, legacy_writes))
+            }
         }
     }
 
@@ -63,7 +67,7 @@ impl TokenStore {
         match self {
             TokenStore::Memory(_) => None,
             #[cfg(not(all(feature = "keyring", target_os = "linux")))]
-            TokenStore::File(file) => Some(file.path()),
+            TokenStore::File(file, _) => Some(file.path()),
             #[cfg(all(feature = "keyring", target_os = "linux"))]
             TokenStore::Keyring(keyring) => Some(keyring.path()),
         }
@@ -81,7 +85,7 @@ impl TokenStore {
         let files: Vec<PathBuf> = match self {
             TokenStore::Memory(_) => return true,
             #[cfg(not(all(feature = "keyring", target_os = "linux")))]
-            TokenStore::File(file) => file.files(),
+            TokenStore::File(file, _) => file.files(),
             #[cfg(all(feature = "keyring", target_os = "linux"))]
             TokenStore::Keyring(keyring) => keyring.files(),
         };
@@ -98,7 +102,7 @@ impl TokenStore {
                 Ok(Arc::clone(&doc.lock().unwrap_or_else(|e| e.into_inner())))
             }
             #[cfg(not(all(feature = "keyring", target_os = "linux")))]
-            TokenStore::File(file) => file.read().await,
+            TokenStore::File(file, _) => file.read().await,
             #[cfg(all(feature = "keyring", target_os = "linux"))]
             TokenStore::Keyring(keyring) => keyring.read().await,
         }
@@ -116,7 +120,7 @@ impl TokenStore {
                 Ok(change(Arc::make_mut(&mut doc)))
             }
             #[cfg(not(all(feature = "keyring", target_os = "linux")))]
-            TokenStore::File(file) => file.modify(change).await,
+            TokenStore::File(file, legacy_writes) => file.modify_with(*legacy_writes, change).await,
             #[cfg(all(feature = "keyring", target_os = "linux"))]
             TokenStore::Keyring(keyring) => keyring.modify(change).await,
         }
@@ -128,7 +132,7 @@ impl fmt::Debug for TokenStore {
         match self {
             TokenStore::Memory(_) => f.write_str("TokenStore::Memory"),
             #[cfg(not(all(feature = "keyring", target_os = "linux")))]
-            TokenStore::File(file) => f
+            TokenStore::File(file, _) => f
                 .debug_tuple("TokenStore::File")
                 .field(&file.path())
                 .finish(),

@@ -1060,3 +1060,49 @@ async fn a_nocae_file_created_after_the_build_replaces_the_legacy_file() {
         "the request used the new file's account"
     );
 }
+
+/// While only the legacy `msal.cache` exists (written by a tool from before azure-identity
+/// 1.16), this credential's write-back of the rotated refresh token is skipped: it reads that
+/// tool's sign-in and must not create `msal.cache.nocae` from it, which would hide the tool's
+/// later writes. The developer then signs in as someone else with that tool: the next scope
+/// is that account's. Before, the first write created `msal.cache.nocae`, and alice's
+/// refresh token (rotated, from that copy) was sent again.
+#[tokio::test]
+async fn a_write_back_never_creates_the_nocae_file_from_the_legacy_one() {
+    const ALICE_RT: &str = "_b4gnrSzAKjeOq77H6kItP_VAkEARwYTwzYAQMmB9Vv";
+    const BOB_RT: &str = "54jIA7RpNt1dJSwem9WmQN79Ntca4E0C5PjnM_EdNiL";
+    let authority = Authority::start().await;
+    let home = Home::new();
+    let legacy = home.dir.path().join(".IdentityService/msal.cache");
+    std::fs::write(&legacy, only_account("a8ff77e5")).unwrap();
+    let credential = SharedTokenCacheCredential::builder()
+        .authority_host(authority.url())
+        .http_client(creds::http(&authority))
+        .cache_options(cache_in(home.dir.path()))
+        .build()
+        .unwrap();
+    let before = std::fs::read(&legacy).unwrap();
+    credential.get_token([OTHER]).await.unwrap();
+    assert!(!home.cache().exists(), "msal.cache.nocae was created");
+    assert!(
+        std::fs::read(&legacy).unwrap() == before,
+        "the legacy file is never written"
+    );
+
+    std::fs::write(&legacy, only_account("61ace6e2")).unwrap();
+    credential
+        .get_token(["https://third.test/.default"])
+        .await
+        .unwrap();
+    assert!(!home.cache().exists(), "msal.cache.nocae was created");
+    let sent: Vec<Option<String>> = authority
+        .requests()
+        .iter()
+        .map(|r| r.field("refresh_token").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        sent,
+        [Some(ALICE_RT.to_owned()), Some(BOB_RT.to_owned())],
+        "the second request used the legacy file's new account"
+    );
+}

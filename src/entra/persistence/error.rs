@@ -45,6 +45,14 @@ pub(super) enum Kind {
         /// this writer's own first attempt.
         queued: bool,
     },
+    /// Not written: only the legacy file exists, and the writer does not create the file from
+    /// it (see [`LegacyWrites::Skip`](super::LegacyWrites::Skip)).
+    LegacyOnly {
+        /// The cache file.
+        path: PathBuf,
+        /// The legacy file.
+        legacy: PathBuf,
+    },
     /// The Secret Service could not be used (the text names what is missing and what to do).
     #[cfg(all(feature = "keyring", target_os = "linux"))]
     SecretService {
@@ -61,6 +69,16 @@ impl PersistenceError {
                 operation,
                 path: path.to_path_buf(),
                 error: Arc::new(error),
+            },
+        }
+    }
+
+    /// Not written, the legacy file being the only one (see [`Kind::LegacyOnly`]).
+    pub(super) fn legacy_only(path: &Path, legacy: &Path) -> Self {
+        Self {
+            kind: Kind::LegacyOnly {
+                path: path.to_path_buf(),
+                legacy: legacy.to_path_buf(),
             },
         }
     }
@@ -120,6 +138,14 @@ impl fmt::Display for PersistenceError {
                 seconds(*timeout),
                 lock_path.display(),
                 holder.as_deref().unwrap_or("another process"),
+            ),
+            Kind::LegacyOnly { path, legacy } => write!(
+                f,
+                "the token cache was not written: only the legacy {} exists, which the \
+                 application that signed in writes; a credential that reads its sign-in does \
+                 not create {} from it, which would hide that application's later changes",
+                legacy.display(),
+                path.display(),
             ),
             #[cfg(all(feature = "keyring", target_os = "linux"))]
             Kind::SecretService { detail } => write!(f, "Secret Service: {detail}"),

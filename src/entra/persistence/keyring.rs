@@ -25,7 +25,7 @@ use super::error::{Kind, PersistenceError};
 use super::lock_file::LockGuard;
 use super::reader::is_missing;
 use super::secret_service::{Keyring, OwnedObjectPath};
-use super::{CacheFile, Document, run_blocking};
+use super::{CacheFile, Document, LegacyWrites, run_blocking};
 use crate::regular_file::{is_not_regular, open_regular_file};
 
 /// Where a keyring-backed cache lives and what it may fall back to.
@@ -59,6 +59,8 @@ pub(crate) struct KeyringCache<D: Document> {
     signal: Arc<CacheFile<D>>,
     /// Decided on first success; a failure is not kept, so a keyring started later is found.
     backend: tokio::sync::OnceCell<Backend<D>>,
+    /// What a write to the fallback file does while only its legacy file exists.
+    legacy_writes: LegacyWrites,
 }
 
 impl<D: Document> fmt::Debug for KeyringCache<D> {
@@ -70,7 +72,7 @@ impl<D: Document> fmt::Debug for KeyringCache<D> {
 }
 
 impl<D: Document> KeyringCache<D> {
-    pub(crate) fn new(target: KeyringTarget) -> Arc<Self> {
+    pub(crate) fn new(target: KeyringTarget, legacy_writes: LegacyWrites) -> Arc<Self> {
         let schema = target
             .signal
             .file_name()
@@ -83,6 +85,7 @@ impl<D: Document> KeyringCache<D> {
             schema,
             target,
             backend: tokio::sync::OnceCell::new(),
+            legacy_writes,
         })
     }
 
@@ -155,7 +158,7 @@ impl<D: Document> KeyringCache<D> {
         R: Send + 'static,
     {
         let keyring = match self.backend().await? {
-            Backend::File(file) => return file.modify(change).await,
+            Backend::File(file) => return file.modify_with(self.legacy_writes, change).await,
             Backend::Keyring(keyring) => Arc::clone(keyring),
         };
         let (_writers, lock) = self.signal.writer_turn(tokio::time::Instant::now()).await?;

@@ -115,6 +115,19 @@ pub(crate) trait Document: Sized + Send + Sync + 'static {
     fn empty() -> Self;
 }
 
+/// What a change made while only the legacy file exists does (see [`CacheFile::modify_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LegacyWrites {
+    /// Creates the file from the legacy file's document: the credentials that put a new
+    /// sign-in into the cache (authorization code, device code), which would otherwise lose it
+    /// once another tool creates the file.
+    Copy,
+    /// Writes nothing and fails (the caller keeps what it has, as when the file cannot be
+    /// written): a credential that only reads another tool's sign-in there. A copy would make
+    /// the legacy file, which that tool still writes, a file nobody here reads again.
+    Skip,
+}
+
 /// The cache file at a path, shared by the clones of one credential and, through
 /// [`CacheFile::shared`], by every credential of this process that uses the same path.
 pub(crate) struct CacheFile<D: Document> {
@@ -184,6 +197,16 @@ impl<D: Document> CacheFile<D> {
         files
     }
 
+    /// [`CacheFile::modify_with`] [`LegacyWrites::Copy`].
+    #[cfg(test)]
+    pub(crate) async fn modify<R, F>(&self, change: F) -> Result<R, PersistenceError>
+    where
+        F: FnOnce(&mut D) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.modify_with(LegacyWrites::Copy, change).await
+    }
+
     /// Read-modify-write: takes the lock file, reads the file again (never trusting the
     /// in-memory copy), applies `change`, writes the result if its bytes differ from the file's,
     /// and releases the lock, also when `change` panics (the panic then continues in the
@@ -193,25 +216,36 @@ impl<D: Document> CacheFile<D> {
     /// result is written to the file, never to the legacy one; the legacy file's lock is held
     /// too meanwhile, and an empty legacy file written just now is read again (both for its
     /// in-place writers). Whether the file exists is decided under its lock: one created by
-    /// another writer meanwhile is the one changed.
+    /// another writer meanwhile is the one changed. With [`LegacyWrites::Skip`], a change while
+    /// only the legacy file exists is not made: `change` is not called and an error says why.
     ///
     /// If the file exists but does not parse, `change` is not called, nothing is written and a
     /// malformed error is returned. `change` runs on a blocking-pool thread while the lock is
     /// held: keep it short.
-    pub(crate) async fn modify<R, F>(&self, change: F) -> Result<R, PersistenceError>
+    pub(crate) async fn modify_with<R, F>(
+        &self,
+        legacy_writes: LegacyWrites,
+        change: F,
+    ) -> Result<R, PersistenceError>
     where
         F: FnOnce(&mut D) -> R + Send + 'static,
         R: Send + 'static,
     {
         let started = tokio::time::Instant::now();
         let (_writers, lock) = self.writer_turn(started).await?;
-        let (lock, legacy_lock) = self.legacy_lock(lock, started).await?;
+        let (lock, legacy_lock) = self.legacy_lock(lock, legacy_writes, started).await?;
         let path = self.path.clone();
         let legacy = self.legacy.clone();
         // The lock guards move into the blocking task and are dropped there, on every path.
         let (value, snapshot) = run_blocking(&self.path, move || {
             let (lock, legacy_lock) = (lock, legacy_lock);
             let loaded = load_or_legacy::<D>(&path, legacy.as_deref(), false)?;
+            // Created between the look under the lock and this load.
+            if let (Some(legacy), Some(_), LegacyWrites::Skip) =
+                (&legacy, loaded.legacy, legacy_writes)
+            {
+                return Err(PersistenceError::legacy_only(&path, legacy));
+            }
             let mut doc = loaded.doc;
             // The legacy file's bytes are compared as this module would write them, so that a
             // change of nothing creates no file.
@@ -277,25 +311,33 @@ impl<D: Document> CacheFile<D> {
     /// good. Taken after the file's lock, in that order by every writer of ours; tools that
     /// take the legacy lock take no other, so the order cannot deadlock. The time left of the
     /// lock timeout since `started` applies.
+    ///
+    /// With [`LegacyWrites::Skip`], a legacy file without the file is an error instead.
     async fn legacy_lock(
         &self,
         lock: LockGuard,
+        legacy_writes: LegacyWrites,
         started: tokio::time::Instant,
     ) -> Result<(LockGuard, Option<LockGuard>), PersistenceError> {
         let Some(legacy) = &self.legacy else {
             return Ok((lock, None));
         };
-        let path = self.path.clone();
+        let (path, legacy_path) = (self.path.clone(), legacy.clone());
         // The guard goes along, so that it is released on the blocking pool if this fails.
-        let (lock, needed) = run_blocking(&self.path, move || {
+        let (lock, missing, legacy_only) = run_blocking(&self.path, move || {
             let missing = matches!(fs::metadata(&path), Err(e) if reader::is_missing(&e));
-            Ok((lock, missing))
+            let legacy_only = missing && fs::metadata(&legacy_path).is_ok_and(|m| m.is_file());
+            Ok((lock, missing, legacy_only))
         })
         .await?;
-        if !needed {
-            return Ok((lock, None));
-        }
-        match self.acquire_lock(&lock_path_of(legacy), started).await {
+        let acquired = match (missing, legacy_only, legacy_writes) {
+            (false, _, _) => return Ok((lock, None)),
+            (true, true, LegacyWrites::Skip) => {
+                Err(PersistenceError::legacy_only(&self.path, legacy))
+            }
+            (true, _, _) => self.acquire_lock(&lock_path_of(legacy), started).await,
+        };
+        match acquired {
             Ok(legacy_lock) => Ok((lock, Some(legacy_lock))),
             Err(error) => {
                 // Released off the executor, as the file's I/O is; a failure to release is

@@ -16,7 +16,7 @@ use super::lock_file::{
     break_without_flock, lock_content, lock_path_of, observe,
 };
 use super::reader::{PARSE_RETRIES, Stamp};
-use super::{CacheFile, Document};
+use super::{CacheFile, Document, LegacyWrites};
 
 // Callers only display the error; the tests also ask which kind it is.
 impl PersistenceError {
@@ -1127,4 +1127,50 @@ async fn the_first_write_copies_the_legacy_file_under_its_lock_and_waits_out_an_
     let mut keys = file_keys(&path);
     keys.sort();
     assert_eq!(keys, ["mine", "old"]);
+}
+
+/// [`LegacyWrites::Skip`]: while only the legacy file exists, a change is not made (nor
+/// asked for), no file is created and no lock is left; once the file exists, or when neither
+/// does, the change is written as usual.
+#[tokio::test]
+async fn a_skipping_writer_never_creates_the_file_from_the_legacy_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, legacy) = (
+        dir.path().join("msal.cache.nocae"),
+        dir.path().join("msal.cache"),
+    );
+    let file = CacheFile::<JsonDoc>::new(path.clone(), Some(legacy.clone()));
+    file.modify_with(LegacyWrites::Skip, |doc| doc.add("none"))
+        .await
+        .unwrap();
+    assert_eq!(file_keys(&path), ["none"], "no legacy file: written");
+    fs::remove_file(&path).unwrap();
+
+    fs::write(&legacy, r#"{"AccessToken": {"old": {}}}"#).unwrap();
+    let err = file
+        .modify_with(LegacyWrites::Skip, |_| panic!("not asked for"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the token cache was not written: only the legacy {} exists, which the \
+             application that signed in writes; a credential that reads its sign-in does not \
+             create {} from it, which would hide that application's later changes",
+            legacy.display(),
+            path.display()
+        )
+    );
+    assert!(!path.exists());
+    assert!(!lock_path_of(&path).exists() && !lock_path_of(&legacy).exists());
+    assert_eq!(file.read().await.unwrap().keys(), ["old"]);
+
+    fs::write(&path, r#"{"AccessToken": {"theirs": {}}}"#).unwrap();
+    file.modify_with(LegacyWrites::Skip, |doc| doc.add("mine"))
+        .await
+        .unwrap();
+    let mut keys = file_keys(&path);
+    keys.sort();
+    assert_eq!(keys, ["mine", "theirs"]);
+    assert_eq!(file_keys(&legacy), ["old"]);
 }
