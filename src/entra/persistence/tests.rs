@@ -1071,7 +1071,13 @@ async fn a_legacy_path_that_is_no_file_is_ignored_and_a_malformed_one_reported()
     assert!(file.read().await.unwrap_err().is_malformed());
     let err = file.modify(|doc| doc.add("k")).await.unwrap_err();
     assert!(err.is_malformed(), "{err}");
-    assert!(err.to_string().contains("msal.cache"), "{err}");
+    // The legacy file's full path, not the file's (whose name starts the same).
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("token cache {} is not", legacy.display())),
+        "{err}"
+    );
+    assert!(!message.contains(".nocae"), "{err}");
     assert!(!path.exists());
 }
 
