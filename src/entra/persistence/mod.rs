@@ -85,7 +85,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use self::atomic_write::write_document;
@@ -138,8 +138,10 @@ pub(crate) struct CacheFile<D: Document> {
     /// A file an older tool wrote in this one's place (the legacy `msal.cache`), made
     /// absolute: read while `path` does not exist, copied into `path` by the first write (under
     /// `path`'s lock), and never written, so that what this process writes is never left in a
-    /// file that stops being read once `path` exists.
-    legacy: Option<PathBuf>,
+    /// file that stops being read once `path` exists. Set once: by the first caller of
+    /// [`CacheFile::shared`] that names it, the object being shared whatever the legacy file
+    /// its callers name (see there).
+    legacy: OnceLock<PathBuf>,
     /// How long [`CacheFile::modify`] waits for the lock file.
     lock_timeout: Duration,
     /// Orders this process's writers to this file (see the module docs).
@@ -152,7 +154,7 @@ impl<D: Document> fmt::Debug for CacheFile<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheFile")
             .field("path", &self.path)
-            .field("legacy", &self.legacy)
+            .field("legacy", &self.legacy.get())
             .field("lock_timeout", &self.lock_timeout)
             .finish_non_exhaustive()
     }
@@ -177,7 +179,7 @@ impl<D: Document> CacheFile<D> {
         Arc::new(Self {
             lock_path: lock_path_of(&path),
             path,
-            legacy,
+            legacy: legacy.map(OnceLock::from).unwrap_or_default(),
             lock_timeout,
             writers: tokio::sync::Mutex::new(()),
             current: Mutex::new(None),
@@ -193,7 +195,7 @@ impl<D: Document> CacheFile<D> {
     #[cfg(any(test, not(all(feature = "keyring", target_os = "linux"))))]
     pub(crate) fn files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
-        files.extend(self.legacy.clone());
+        files.extend(self.legacy.get().cloned());
         files
     }
 
@@ -235,7 +237,7 @@ impl<D: Document> CacheFile<D> {
         let (_writers, lock) = self.writer_turn(started).await?;
         let (lock, legacy_lock) = self.legacy_lock(lock, legacy_writes, started).await?;
         let path = self.path.clone();
-        let legacy = self.legacy.clone();
+        let legacy = self.legacy.get().cloned();
         // The lock guards move into the blocking task and are dropped there, on every path.
         let (value, snapshot) = run_blocking(&self.path, move || {
             let (lock, legacy_lock) = (lock, legacy_lock);
@@ -319,7 +321,7 @@ impl<D: Document> CacheFile<D> {
         legacy_writes: LegacyWrites,
         started: tokio::time::Instant,
     ) -> Result<(LockGuard, Option<LockGuard>), PersistenceError> {
-        let Some(legacy) = &self.legacy else {
+        let Some(legacy) = self.legacy.get() else {
             return Ok((lock, None));
         };
         let (path, legacy_path) = (self.path.clone(), legacy.clone());

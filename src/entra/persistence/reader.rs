@@ -74,7 +74,7 @@ impl<D: Document> CacheFile<D> {
     pub(crate) async fn read(&self) -> Result<Arc<D>, PersistenceError> {
         let known = self.snapshot_state();
         let path = self.path.clone();
-        let legacy = self.legacy.clone();
+        let legacy = self.legacy.get().cloned();
         let check = known
             .as_ref()
             .and_then(|(stamps, recheck, _)| (!recheck).then_some(*stamps));

@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use super::{CacheFile, Document};
 
-/// Key of the process-wide registry of [`CacheFile::shared`]: the canonical path, the legacy
-/// file's and the document type (two document types, or legacy files, over one file are two
-/// objects, still ordered by the lock file).
-type RegistryKey = (PathBuf, Option<PathBuf>, TypeId);
+/// Key of the process-wide registry of [`CacheFile::shared`]: the canonical path and the
+/// document type (two document types over one file are two objects, still ordered by the lock
+/// file). Not the legacy file: one file has one writer queue and one snapshot in this process,
+/// whether its callers name a legacy file or not.
+type RegistryKey = (PathBuf, TypeId);
 
 /// The process-wide registry behind [`CacheFile::shared`].
 fn registry() -> MutexGuard<'static, HashMap<RegistryKey, Weak<dyn Any + Send + Sync>>> {
@@ -33,17 +34,21 @@ impl<D: Document> CacheFile<D> {
     ///
     /// With a `legacy` file (the legacy `msal.cache` for `msal.cache.nocae`), the legacy file
     /// is read while `path` does not exist, and the first write creates `path` from it (see
-    /// [`CacheFile::modify`]); the legacy file is never written.
+    /// [`CacheFile::modify_with`]); the legacy file is never written. The legacy file is a
+    /// property of the file (the legacy `msal.cache` beside it, whoever asks): an object made
+    /// by a caller that named none (the Secret Service's signal file, without a plaintext
+    /// fallback) gets the first one named later, and keeps it.
     pub(crate) fn shared(path: PathBuf, legacy: Option<PathBuf>) -> Arc<Self> {
         // Resolved before taking the registry's lock: that lock is never held across I/O.
-        let key = (
-            canonical_key(&path),
-            legacy.as_deref().map(canonical_key),
-            TypeId::of::<D>(),
-        );
+        let key = (canonical_key(&path), TypeId::of::<D>());
         let mut registry = registry();
         if let Some(existing) = registry.get(&key).and_then(Weak::upgrade) {
             if let Ok(file) = existing.downcast::<Self>() {
+                if let Some(legacy) = legacy {
+                    let legacy = std::path::absolute(&legacy).unwrap_or(legacy);
+                    // Already set: the same file beside it.
+                    let _ = file.legacy.set(legacy);
+                }
                 return file;
             }
         }

@@ -772,6 +772,27 @@ fn shared_returns_one_object_per_path_and_holds_it_weakly() {
     assert_eq!(a.path(), dir.path().join("cache.json"));
 }
 
+/// One object per file whatever legacy file its callers name (a Secret Service credential
+/// without a plaintext fallback names none; one with it names `msal.cache`): one writer queue
+/// and one snapshot. The legacy file named later is read. Before, two objects.
+#[tokio::test]
+async fn shared_returns_one_object_per_path_whatever_legacy_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, legacy) = (
+        dir.path().join("msal.cache.nocae"),
+        dir.path().join("msal.cache"),
+    );
+    fs::write(&legacy, r#"{"AccessToken": {"old": {}}}"#).unwrap();
+    let without = CacheFile::<JsonDoc>::shared(path.clone(), None);
+    assert!(without.read().await.unwrap().keys().is_empty());
+    let with = CacheFile::<JsonDoc>::shared(path.clone(), Some(legacy.clone()));
+    assert!(Arc::ptr_eq(&without, &with));
+    assert_eq!(with.read().await.unwrap().keys(), ["old"]);
+    let again = CacheFile::<JsonDoc>::shared(path.clone(), None);
+    assert!(Arc::ptr_eq(&with, &again));
+    assert_eq!(again.files(), [path, legacy]);
+}
+
 #[test]
 fn durations_are_written_for_humans() {
     assert_eq!(seconds(Duration::from_secs(10)), "10 s");
