@@ -82,9 +82,7 @@ impl<D: Document> CacheFile<D> {
             if let Some(known) = check {
                 let file = stat(&path).map_err(|e| PersistenceError::io(READ, &path, e))?;
                 let legacy = match (&file, &legacy) {
-                    (None, Some(legacy)) => {
-                        stat(legacy).map_err(|e| PersistenceError::io(READ, legacy, e))?
-                    }
+                    (None, Some(legacy)) => legacy_stamp(legacy),
                     _ => None,
                 };
                 if (file, legacy) == known {
@@ -249,7 +247,7 @@ pub(super) fn load_or_legacy<D: Document>(
     let Some(legacy) = legacy.filter(|_| loaded.file.is_none()) else {
         return Ok(loaded);
     };
-    if !fs::metadata(legacy).is_ok_and(|meta| meta.is_file()) {
+    if legacy_stamp(legacy).is_none() {
         return Ok(loaded);
     }
     let from_legacy = load::<D>(legacy, true)?;
@@ -258,6 +256,16 @@ pub(super) fn load_or_legacy<D: Document>(
         file: None,
         ..from_legacy
     })
+}
+
+/// The legacy file's stamp if it is a regular file (a symlink to one included), else `None`,
+/// as [`load_or_legacy`] sees it: a reader compares the two, so that a directory there does
+/// not make every read load again.
+fn legacy_stamp(legacy: &Path) -> Option<Stamp> {
+    fs::metadata(legacy)
+        .ok()
+        .filter(fs::Metadata::is_file)
+        .map(|meta| Stamp::of(&meta))
 }
 
 /// A file's inode number (0 off unix).

@@ -1084,7 +1084,10 @@ async fn a_legacy_path_that_is_no_file_is_ignored_and_a_malformed_one_reported()
     );
     fs::create_dir(&legacy).unwrap();
     let file = CacheFile::<JsonDoc>::new(path.clone(), Some(legacy.clone()));
-    assert!(file.read().await.unwrap().keys().is_empty());
+    let first = file.read().await.unwrap();
+    assert!(first.keys().is_empty());
+    // Nothing changed: the copy read is kept (before, a directory there reloaded every read).
+    assert!(Arc::ptr_eq(&first, &file.read().await.unwrap()));
     fs::remove_dir(&legacy).unwrap();
 
     fs::write(&legacy, "{not json").unwrap();
