@@ -44,7 +44,8 @@
 //!   file from the legacy file's content, under the file's lock and then the legacy file's
 //!   (its writers take only that one and write in place: see [`CacheFile::modify`]). Writing
 //!   to the legacy file instead would leave our tokens where nobody reads once another tool
-//!   creates the file.
+//!   creates the file. A file that *is* the legacy file (a symlink to it) is written under
+//!   both locks too.
 //! * Modification times are coarse (a few ms on ext4, 1 s on some file systems), so two writes
 //!   in one tick with equal lengths would look alike. As git does for its index, a file whose
 //!   mtime is within [`RECENT_WINDOW`](reader::RECENT_WINDOW) of the moment it was read is read again next time
@@ -314,6 +315,10 @@ impl<D: Document> CacheFile<D> {
     /// take the legacy lock take no other, so the order cannot deadlock. The time left of the
     /// lock timeout since `started` applies.
     ///
+    /// Also when the file is the legacy file (`msal.cache.nocae` a symlink to `msal.cache`, a
+    /// workaround used after azure-identity 1.16): its writes replace the legacy file, which
+    /// the older tools write under the legacy lock only.
+    ///
     /// With [`LegacyWrites::Skip`], a legacy file without the file is an error instead.
     async fn legacy_lock(
         &self,
@@ -326,18 +331,20 @@ impl<D: Document> CacheFile<D> {
         };
         let (path, legacy_path) = (self.path.clone(), legacy.clone());
         // The guard goes along, so that it is released on the blocking pool if this fails.
-        let (lock, missing, legacy_only) = run_blocking(&self.path, move || {
+        let (lock, missing, legacy_only, same) = run_blocking(&self.path, move || {
             let missing = matches!(fs::metadata(&path), Err(e) if reader::is_missing(&e));
             let legacy_only = missing && fs::metadata(&legacy_path).is_ok_and(|m| m.is_file());
-            Ok((lock, missing, legacy_only))
+            let same = !missing && same_file(&path, &legacy_path);
+            Ok((lock, missing, legacy_only, same))
         })
         .await?;
         let acquired = match (missing, legacy_only, legacy_writes) {
-            (false, _, _) => return Ok((lock, None)),
             (true, true, LegacyWrites::Skip) => {
                 Err(PersistenceError::legacy_only(&self.path, legacy))
             }
             (true, _, _) => self.acquire_lock(&lock_path_of(legacy), started).await,
+            (false, _, _) if same => self.acquire_lock(&lock_path_of(legacy), started).await,
+            (false, _, _) => return Ok((lock, None)),
         };
         match acquired {
             Ok(legacy_lock) => Ok((lock, Some(legacy_lock))),
@@ -368,6 +375,22 @@ impl<D: Document> CacheFile<D> {
         // Plain assignment: a poisoned lock cannot hold a half-written value.
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(snapshot);
     }
+}
+
+/// Whether two paths name one existing file (a symlink from one to the other, a hard link).
+#[cfg(unix)]
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Whether two paths name one existing file (a symlink from one to the other).
+#[cfg(not(unix))]
+fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((fs::canonicalize(a), fs::canonicalize(b)), (Ok(a), Ok(b)) if a == b)
 }
 
 /// Runs blocking file I/O on tokio's blocking pool. A panic (from a caller's closure) continues

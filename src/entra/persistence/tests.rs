@@ -1204,3 +1204,40 @@ async fn a_skipping_writer_never_creates_the_file_from_the_legacy_one() {
     assert_eq!(keys, ["mine", "theirs"]);
     assert_eq!(file_keys(&legacy), ["old"]);
 }
+
+/// `msal.cache.nocae` a symlink to the legacy `msal.cache` (a workaround used after
+/// azure-identity 1.16): a write replaces the legacy file, which the older tools write under
+/// `msal.cache.lockfile` only, so it takes that lock too. Before, it took only
+/// `msal.cache.nocae.lockfile` and wrote while an older tool held the legacy lock.
+#[tokio::test]
+async fn a_file_linked_to_the_legacy_one_is_written_under_both_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, legacy) = (
+        dir.path().join("msal.cache.nocae"),
+        dir.path().join("msal.cache"),
+    );
+    fs::write(&legacy, r#"{"AccessToken": {"old": {}}}"#).unwrap();
+    std::os::unix::fs::symlink(&legacy, &path).unwrap();
+    let lock = plant_lock(&legacy, std::process::id(), "python3", Duration::ZERO);
+    let file = CacheFile::<JsonDoc>::with_lock_timeout(
+        path.clone(),
+        Some(legacy.clone()),
+        Duration::from_millis(300),
+    );
+    let err = file.modify(|doc| doc.add("mine")).await.unwrap_err();
+    assert!(err.is_lock_timeout(), "{err}");
+    assert!(
+        err.to_string().contains(&lock.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(file_keys(&legacy), ["old"]);
+    assert!(!lock_path_of(&path).exists(), "the file's lock is released");
+
+    fs::remove_file(&lock).unwrap();
+    file.modify(|doc| doc.add("mine")).await.unwrap();
+    let mut keys = file_keys(&legacy);
+    keys.sort();
+    assert_eq!(keys, ["mine", "old"], "written through the link");
+    assert!(fs::symlink_metadata(&path).unwrap().is_symlink());
+    assert!(!lock.exists() && !lock_path_of(&path).exists());
+}
