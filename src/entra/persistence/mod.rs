@@ -42,10 +42,10 @@
 //!   1.16 wrote, behind `msal.cache.nocae`, the only file it reads now): read while the file
 //!   does not exist, and never written. The first write that changes the document creates the
 //!   file from the legacy file's content, under the file's lock and then the legacy file's
-//!   (its writers take only that one and write in place: see [`CacheFile::modify`]). Writing
-//!   to the legacy file instead would leave our tokens where nobody reads once another tool
-//!   creates the file. A file that *is* the legacy file (a symlink to it) is written under
-//!   both locks too.
+//!   (its writers take only that one and write in place: see
+//!   [`CacheFile::modify_with`]). Writing to the legacy file instead would leave our tokens
+//!   where nobody reads once another tool creates the file. A file that *is* the legacy file
+//!   (a symlink to it) is written under both locks too.
 //! * Modification times are coarse (a few ms on ext4, 1 s on some file systems), so two writes
 //!   in one tick with equal lengths would look alike. As git does for its index, a file whose
 //!   mtime is within [`RECENT_WINDOW`](reader::RECENT_WINDOW) of the moment it was read is read again next time
@@ -55,9 +55,10 @@
 //!
 //! The in-memory copy sits under a `std::sync::Mutex` held only for short get/set, never across
 //! I/O or an `.await`. Writers of one [`CacheFile`] are ordered by a `tokio::sync::Mutex` held
-//! for the whole of [`CacheFile::modify`], including its file I/O. That is an async lock held
-//! across I/O on purpose: it only queues this process's writers (FIFO, without spinning on the
-//! lock file), readers never take it, and the lock file still orders us against everyone else.
+//! for the whole of [`CacheFile::modify_with`], including its file I/O. That is an async lock
+//! held across I/O on purpose: it only queues this process's writers (FIFO, without spinning
+//! on the lock file), readers never take it, and the lock file still orders us against
+//! everyone else.
 //! The lock timeout counts from the call, the wait in that queue included.
 //! All file I/O runs in `tokio::task::spawn_blocking`.
 //!
@@ -96,7 +97,7 @@ pub(crate) use self::keyring::{KeyringCache, KeyringTarget};
 use self::lock_file::{LockGuard, lock_path_of};
 use self::reader::{Snapshot, Stamps, load_or_legacy};
 
-/// How long [`CacheFile::modify`] waits for another process's lock by default.
+/// How long [`CacheFile::modify_with`] waits for another process's lock by default.
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A document stored in the cache file.
@@ -143,7 +144,7 @@ pub(crate) struct CacheFile<D: Document> {
     /// [`CacheFile::shared`] that names it, the object being shared whatever the legacy file
     /// its callers name (see there).
     legacy: OnceLock<PathBuf>,
-    /// How long [`CacheFile::modify`] waits for the lock file.
+    /// How long [`CacheFile::modify_with`] waits for the lock file.
     lock_timeout: Duration,
     /// Orders this process's writers to this file (see the module docs).
     writers: tokio::sync::Mutex<()>,
