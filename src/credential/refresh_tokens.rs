@@ -516,6 +516,12 @@ impl Redeem<'_> {
             .await;
         let written = match written {
             Ok(_) => true,
+            // By design with only the legacy file (a reader of another tool's sign-in): on
+            // every rotation, so not worth a warning.
+            Err(error) if error.is_legacy_only() => {
+                tracing::debug!(credential = self.credential, %error, "the token was obtained and kept in memory");
+                false
+            }
             Err(error) => {
                 tracing::warn!(credential = self.credential, %error, "the token was obtained but could not be written to the token cache");
                 false

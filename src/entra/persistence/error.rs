@@ -82,6 +82,12 @@ impl PersistenceError {
             },
         }
     }
+
+    /// Whether nothing was written by design: only the legacy file exists and this writer
+    /// does not create the file from it.
+    pub(crate) fn is_legacy_only(&self) -> bool {
+        matches!(self.kind, Kind::LegacyOnly { .. })
+    }
 }
 
 /// A duration for humans: `10 s`, `2.5 s`, `300 ms`.
