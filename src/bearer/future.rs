@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -346,6 +347,18 @@ pub(super) async fn answer_challenge<R: Resend>(
     // the 401, whatever the credential did. It comes after the flight all the same, so that a
     // caller retrying at once carries the claims token rather than meeting the same challenge
     // (and re-sending a large body) again and again while the credential works.
+    if let Some(reason) = resend.refusal() {
+        // Known before the flight: the wait is bounded, so that a slow credential (a device
+        // code sign-in, say) does not hold the 401 past a caller's own timeout; the flight
+        // runs on for the requests after it.
+        let flight = source.claims_token(claims, rejected);
+        if let Ok(Err(error)) = tokio::time::timeout(UNRESENDABLE_WAIT, flight).await {
+            // Logged (warn) by `claims_failure`; the answer is the 401 all the same.
+            drop(claims_failure(error));
+        }
+        tracing::debug!(%reason, "claims challenge: the request cannot be re-sent; returning the 401");
+        return Ok(response);
+    }
     let entry = match source.claims_token(claims, rejected).await {
         Ok(entry) => entry,
         Err(error) => {
@@ -372,6 +385,11 @@ pub(super) async fn answer_challenge<R: Resend>(
     }
     Ok(response)
 }
+
+/// How long a request known not to be re-sendable waits for the claims flight before its 401
+/// is returned (the flight runs on): long enough for a token request, short of the timeouts
+/// callers put around requests.
+const UNRESENDABLE_WAIT: Duration = Duration::from_secs(5);
 
 /// The tower flavour's re-send: the request rebuilt from its kept head and replayed body,
 /// sent through a clone of the inner service.

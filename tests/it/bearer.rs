@@ -1085,12 +1085,14 @@ async fn a_string_body_is_sent_again_within_the_replay_limit_and_not_past_it() {
 /// comes back once the claims flight has ended, whatever the flight's outcome: a credential
 /// that fails makes no error of it (the 401 is the answer past the replay bound), and when
 /// the flight succeeds the caller's own retry, right after, carries the claims token instead
-/// of meeting the same challenge (and uploading the body) again.
+/// of meeting the same challenge (and uploading the body) again. The wait is bounded (5 s): a
+/// slower credential's flight runs on, and the requests after it get its token.
 #[tokio::test(start_paused = true)]
 async fn a_string_past_the_limit_gets_its_401_after_the_claims_flight_whatever_its_outcome() {
     let resource = Resource::start().await;
-    let wait = secs(20);
-    // A first token at once; a token for claims after `wait`, refused the first time.
+    let wait = secs(3);
+    // A first token at once; a token for claims after `wait` (the third after 20 s), refused
+    // the first time.
     let claims_asked = Arc::new(AtomicUsize::new(0));
     let credential = tower::service_fn({
         let claims_asked = Arc::clone(&claims_asked);
@@ -1106,7 +1108,7 @@ async fn a_string_past_the_limit_gets_its_401_after_the_claims_flight_whatever_i
                 if !claims {
                     return Ok(tower_identity::AccessToken::new("at-plain", expires));
                 }
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(if n == 3 { secs(20) } else { wait }).await;
                 if n == 1 {
                     return Err(CredentialError::authentication_failed(
                         "Slow",
@@ -1167,6 +1169,24 @@ async fn a_string_past_the_limit_gets_its_401_after_the_claims_flight_whatever_i
     assert_eq!(seen.len(), 2, "the first attempt was not sent again");
     assert_eq!(seen[1].bearer(), Some("at-claims-2"));
     assert_eq!(seen[1].body.len(), 1025);
+
+    // A credential slower than the bound: the 401 after 5 s; its token comes later.
+    resource.clear();
+    resource.push(Answer::Cae {
+        claims: revocation_claims(3),
+    });
+    let start = Instant::now();
+    let response = service.clone().oneshot(post()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let waited = start.elapsed();
+    assert!(
+        waited >= secs(5) && waited < secs(20),
+        "bounded: {waited:?}"
+    );
+    tokio::time::sleep(secs(16)).await;
+    assert_eq!(claims_asked.load(Ordering::SeqCst), 3);
+    assert_eq!(call(&mut service, get()).await.status(), StatusCode::OK);
+    assert_eq!(resource.requests()[1].bearer(), Some("at-claims-3"));
 }
 
 #[tokio::test]

@@ -114,8 +114,9 @@ async fn a_claims_challenge_the_credential_cannot_satisfy_is_its_error() {
 
 /// A streamed body cannot be cloned, so its request cannot be sent again: its 401 comes back
 /// once the claims flight has ended, whatever its outcome. A credential that cannot get the
-/// token makes no error of it; one that can (after 20 s here) has stored the token by then,
+/// token makes no error of it; one that can (after 3 s here) has stored the token by then,
 /// so the caller's retry right after the 401 carries it instead of meeting the challenge again.
+/// The wait is bounded (5 s): a slower flight runs on for the requests after it.
 #[tokio::test(start_paused = true)]
 async fn a_body_that_cannot_be_cloned_gets_its_401_after_the_claims_flight_whatever_its_outcome() {
     let (authority, resource) = (Authority::start().await, Resource::start().await);
@@ -144,8 +145,8 @@ async fn a_body_that_cannot_be_cloned_gets_its_401_after_the_claims_flight_whate
     assert_eq!(authority.token_posts(), 2);
     assert_eq!(resource.count(), 2, "sent once");
 
-    // The credential gets the token after 20 s: the 401 comes then, and the retry carries it.
-    let wait = std::time::Duration::from_secs(20);
+    // The credential gets the token after 3 s: the 401 comes then, and the retry carries it.
+    let wait = std::time::Duration::from_secs(3);
     authority.push_fault(crate::support::authority::Fault::Delay(wait));
     resource.push(Answer::Cae {
         claims: revocation_claims(2),
@@ -161,6 +162,24 @@ async fn a_body_that_cannot_be_cloned_gets_its_401_after_the_claims_flight_whate
     assert_eq!(seen.len(), 4, "the first attempt was not sent again");
     assert_eq!(seen[3].bearer(), Some("at-2-contoso-claims"));
     assert_eq!(seen[3].body, &b"streamed"[..]);
+
+    // The credential takes 20 s: the 401 after 5 s; the token is had later all the same.
+    authority.push_fault(crate::support::authority::Fault::Delay(
+        std::time::Duration::from_secs(20),
+    ));
+    resource.push(Answer::Cae {
+        claims: revocation_claims(3),
+    });
+    let start = tokio::time::Instant::now();
+    let response = stream().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let waited = start.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(5) && waited < std::time::Duration::from_secs(20),
+        "bounded: {waited:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(16)).await;
+    assert_eq!(authority.token_posts(), 4);
 }
 
 #[tokio::test]
