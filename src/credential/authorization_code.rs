@@ -331,8 +331,11 @@ impl Inner {
 /// * 501481 — the same, the code_verifier does not match the code_challenge;
 /// * 9002313 — the request is malformed or invalid: for a redemption, a code Entra cannot
 ///   read (truncated, altered); the code and the verifier are what every redemption sends
-///   again unchanged.
-const CODE_SPENT: [u32; 5] = [54_005, 70_008, 50_148, 501_481, 9_002_313];
+///   again unchanged;
+/// * 50011 and 500112 — the redirect URI does not match the one the code was issued for
+///   (Entra answers 70002 with 50011 among its codes): this credential's redirect URI is
+///   fixed, so no later redemption can succeed either.
+const CODE_SPENT: [u32; 7] = [54_005, 70_008, 50_148, 501_481, 9_002_313, 50_011, 500_112];
 
 /// Whether Entra refused the authorization code for good (see [`CODE_SPENT`]).
 fn code_is_spent(error: &CredentialError) -> bool {

@@ -723,7 +723,8 @@ async fn an_invalid_grant_says_one_thing_to_do() {
 }
 
 /// A code Entra refused for good (already redeemed: AADSTS54005; expired: 70008; the PKCE
-/// verifier does not match: 50148, 501481; malformed: 9002313) can never be redeemed: it is
+/// verifier does not match: 50148, 501481; malformed: 9002313; another redirect URI: 50011,
+/// 500112) can never be redeemed: it is
 /// forgotten, and later calls get the refusal, saying to sign in again for a new code,
 /// without sending it. A code refused otherwise (a Conditional Access policy of its resource,
 /// 53003; a scope not authorized, 70000; MFA enrollment, 50072; a code not known here) is sent
@@ -739,7 +740,7 @@ async fn a_refused_code_is_not_sent_again() {
         body: error_body("invalid_grant", code, "The grant is invalid."),
         headers: vec![],
     };
-    for code in [54005, 70008, 50148, 501481, 9002313] {
+    for code in [54005, 70008, 50148, 501481, 9002313, 50011, 500112] {
         let authority = Authority::start().await;
         let credential = loopback::credential(&authority);
         authority.push_fault(refused(code));
