@@ -454,19 +454,17 @@ impl Inner {
             }
             Err(error) => return Err(error),
         };
-        let forgotten = {
-            let mut state = self.state.lock();
-            let pinned = state.account.as_deref() == Some(account);
-            if pinned {
-                state.account = None;
-            }
-            pinned
-        };
-        // The next sign-in may be another user's: tokens cached for other scopes must not
-        // serve them as the previous account until they expire.
-        if forgotten {
+        let mut state = self.state.lock();
+        if state.account.as_deref() == Some(account) {
+            state.account = None;
+            // The next sign-in may be another user's: tokens cached for other scopes must not
+            // serve them as the previous account until they expire. Cleared under the
+            // sign-in's lock (the documented order: its lock, then the cache's map), so a
+            // sign-in landing now cannot pin another user while the old tokens are still
+            // there.
             self.memory.clear();
         }
+        drop(state);
         Err(outcome)
     }
 }
