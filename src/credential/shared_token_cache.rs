@@ -352,9 +352,22 @@ fn quoted(name: &str) -> String {
     let shown: String = name
         .chars()
         .take(NAME_CHARS.saturating_add(1))
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            if c.is_control() || is_format(c) {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect();
     truncate(&shown, NAME_CHARS)
+}
+
+/// Unicode format characters that change how text around them shows: zero-width characters
+/// and marks, bidirectional embeddings, overrides and isolates (a name could make a log line
+/// read otherwise).
+fn is_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 fn unavailable(message: String) -> CredentialError {
@@ -530,6 +543,8 @@ mod tests {
             "alice@contoso.com ERROR forged line [31mred , <no username> (uid2  .utid)"
         );
         assert_eq!(quoted("bob\u{1b}[0m\n"), "bob [0m ");
+        // Nor the format characters that reorder or hide text.
+        assert_eq!(quoted("a\u{202e}b\u{200b}c\u{2066}d"), "a b c d");
     }
 
     #[test]
