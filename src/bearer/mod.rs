@@ -78,8 +78,8 @@
 //!   it to its end. A request that cannot be re-sent whatever the token (a `String` over
 //!   the limit, which kept no copy, a recorded body that already failed, yielded more than
 //!   the limit or declared more by its exact size hint, or a header field too long to keep)
-//!   still waits for the token for the claims, then gets its 401 whatever the credential
-//!   answered: a failure is logged and remembered for 30 s, but makes no error of that 401,
+//!   still waits for the token for the claims (5 s at most; the flight runs on), then gets
+//!   its 401 whatever the credential answered: a failure is logged and remembered for 30 s, but makes no error of that 401,
 //!   and a caller that retries at once carries the new token instead of meeting the same
 //!   challenge again. A recorded body still within the limit is judged once the token is
 //!   had (it may still be sending until then); when the credential fails first, the answer
