@@ -129,6 +129,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// is there answers a PING in milliseconds, even loaded.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A connection that the `redis` crate tells has ended (RESP3) within this long of being
+/// made is not made again at once: the next call makes it. A server or proxy that closes each
+/// connection right after its setup would otherwise have the store reconnect in a loop, at
+/// the speed of the setup, with no call to bound it.
+const SHORTEST_LIFE: Duration = Duration::from_secs(1);
+
 /// `TCP_USER_TIMEOUT` (Linux): data sent and not acknowledged for 20 s (keepalive probes
 /// included) ends the connection with an error, which the store replaces.
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -215,7 +221,11 @@ const USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// the connection when it dropped fail with it, and only the first to find the drop counts
 /// (a burst of calls does not open the breaker for one drop). Over RESP3 (`?protocol=resp3`) the
 /// `redis` crate tells the store as a connection ends, and the new attempt starts then,
-/// before any call finds it dropped. A server that answers it is no longer the primary
+/// before any call finds it dropped; the drop still counts once, as over RESP2, for the
+/// first call that fails on that connection or gives up waiting on the new one. A connection
+/// that ends within 1 s of being made is not made again at once, but by the next call: a
+/// server or proxy that closes each connection right after its setup costs one attempt per
+/// call (and opens the breaker), not a reconnection loop. A server that answers it is no longer the primary
 /// (`READONLY`: a failover demoted it without closing its clients; `MASTERDOWN`) counts as a
 /// drop too: the new connection reaches the new primary behind the address.
 ///
@@ -241,8 +251,8 @@ pub struct RedisTokenCache {
 
 struct Inner {
     client: Client,
-    /// The connection, or the one attempt at it that runs.
-    link: Mutex<Link>,
+    /// The connection, or the one attempt at it that runs, and the drop no call counted yet.
+    link: Mutex<State>,
     /// Attempts started, to tell one from the next.
     attempts: AtomicU64,
     release: Script,
@@ -275,7 +285,10 @@ impl RedisTokenCache {
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
-                link: Mutex::new(Link::Idle),
+                link: Mutex::new(State {
+                    link: Link::Idle,
+                    uncounted: None,
+                }),
                 attempts: AtomicU64::new(0),
                 release: Script::new(RELEASE),
                 release_with_mark: Script::new(RELEASE_WITH_MARK),
@@ -313,16 +326,16 @@ impl RedisTokenCache {
         op: &'static str,
     ) -> Result<(u64, MultiplexedConnection), StoreError> {
         let (id, attempt, joined) = {
-            let mut link = self.inner.link();
-            match &*link {
-                Link::Connected(id, connection, _) => return Ok((*id, connection.clone())),
+            let mut state = self.inner.link();
+            match &state.link {
+                Link::Connected(id, connection, ..) => return Ok((*id, connection.clone())),
                 Link::Connecting(id, attempt) => (*id, attempt.clone(), true),
                 Link::Idle => {
                     let id = self.inner.attempts.fetch_add(1, Ordering::Relaxed);
                     let attempt = self.start_attempt(id).map_err(|detail| {
                         StoreError::msg(format!("redis {op}: cannot connect: {detail}"))
                     })?;
-                    *link = Link::Connecting(id, attempt.clone());
+                    state.link = Link::Connecting(id, attempt.clone());
                     (id, attempt, false)
                 }
             }
@@ -337,6 +350,18 @@ impl RedisTokenCache {
         let outcome = match super::store::call_deadline().filter(|_| joined) {
             Some(deadline) => match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(outcome) => outcome,
+                // The attempt replaces a connection whose end the `redis` crate told of
+                // (RESP3) before any call found it: the first call to give up on it counts
+                // that drop, as the call that finds a drop does.
+                Err(_)
+                    if self
+                        .inner
+                        .take_uncounted(|drop| drop.replaced_by == Some(id)) =>
+                {
+                    return Err(StoreError::msg(format!(
+                        "redis {op}: still connecting after the connection dropped"
+                    )));
+                }
                 Err(_) => {
                     return Err(StoreError::connecting(format!(
                         "redis {op}: still connecting (an attempt another call started)"
@@ -367,13 +392,14 @@ impl RedisTokenCache {
         if client.get_connection_info().redis_settings().protocol() == ProtocolVersion::RESP3 {
             // Over RESP3 the `redis` crate tells of a connection that ended (the server closed an
             // idle one, a load balancer cut it) as it happens: the store makes a new one at
-            // once, so the next call (often a renewal an hour later) finds it made. Over RESP2
-            // (no push channel) the next read finds it dropped and retries (see `read`).
+            // once, so the next call (often a renewal an hour later) finds it made (see
+            // `ended`). Over RESP2 (no push channel) the next read finds it dropped and
+            // retries (see `read`).
             let watched: Weak<Inner> = Arc::downgrade(&self.inner);
             config = config.set_push_sender(move |push: PushInfo| {
                 if push.kind == PushKind::Disconnection {
                     if let Some(inner) = watched.upgrade() {
-                        RedisTokenCache { inner }.dropped(id);
+                        RedisTokenCache { inner }.ended(id);
                     }
                 }
                 Ok::<(), std::convert::Infallible>(())
@@ -439,9 +465,9 @@ impl RedisTokenCache {
             return;
         };
         let mut connection = {
-            let mut link = self.inner.link();
-            match &mut *link {
-                Link::Connected(current, connection, probing) if *current == id && !*probing => {
+            let mut state = self.inner.link();
+            match &mut state.link {
+                Link::Connected(current, connection, probing, _) if *current == id && !*probing => {
                     *probing = true;
                     connection.clone()
                 }
@@ -472,7 +498,7 @@ impl RedisTokenCache {
 
     /// The probe of connection `id` found it alive: a later call given up on may probe again.
     fn probed(&self, id: u64) {
-        if let Link::Connected(current, _, probing) = &mut *self.inner.link() {
+        if let Link::Connected(current, _, probing, _) = &mut self.inner.link().link {
             if *current == id {
                 *probing = false;
             }
@@ -524,13 +550,14 @@ impl RedisTokenCache {
 
     /// The store error for `op`'s failure `e` on connection `id`; a connection that dropped
     /// (see [`drops`]) is replaced (see [`dropped`](Self::dropped)). Only the call that finds
-    /// the drop first fails as the breaker counts: the others in flight on that connection
-    /// (or all of them, when the connection told of its own end first, over RESP3) are
-    /// [`connecting`](StoreError::connecting) misses. One drop under a burst of calls would
+    /// the drop first fails as the breaker counts: the others in flight on that connection are
+    /// [`connecting`](StoreError::connecting) misses. When the connection told of its own end
+    /// first (RESP3), the first call to fail on it counts the drop that it left not counted
+    /// (see [`ended`](Self::ended)). One drop under a burst of calls would
     /// otherwise count once per call, and open the breaker (3 at the defaults) for a
     /// connection made again a moment later.
     fn failed(&self, op: &str, id: u64, e: &RedisError) -> StoreError {
-        if drops(e) && !self.dropped(id) {
+        if drops(e) && !self.dropped(id) && !self.inner.take_uncounted(|drop| drop.dropped == id) {
             return StoreError::connecting(format!(
                 "redis {op}: failed: {} (the connection had dropped; being made again)",
                 self.inner.scrubbed(e)
@@ -549,20 +576,62 @@ impl RedisTokenCache {
     /// it already replaced are misses (see [`failed`](Self::failed)).
     ///
     /// `true` when this call replaced it; `false` when another call (or, over RESP3, the
-    /// connection's own notice) had found it dropped first.
+    /// connection's own notice: see [`ended`](Self::ended)) had found it dropped first.
     fn dropped(&self, id: u64) -> bool {
-        let mut link = self.inner.link();
-        if !matches!(&*link, Link::Connected(current, ..) if *current == id) {
+        let mut state = self.inner.link();
+        if !matches!(&state.link, Link::Connected(current, ..) if *current == id) {
             // Another call found it dropped first and replaced it.
             return false;
         }
-        let next = self.inner.attempts.fetch_add(1, Ordering::Relaxed);
-        *link = match self.start_attempt(next) {
-            Ok(attempt) => Link::Connecting(next, attempt),
-            // No runtime to connect from: the next call tries, and says why.
-            Err(_) => Link::Idle,
-        };
+        self.reconnect(&mut state);
         true
+    }
+
+    /// Starts a new attempt in place of the link; the attempt's id, or `None` when there is
+    /// no runtime to connect from (the link is then idle: the next call tries, and says why).
+    fn reconnect(&self, state: &mut State) -> Option<u64> {
+        let next = self.inner.attempts.fetch_add(1, Ordering::Relaxed);
+        match self.start_attempt(next) {
+            Ok(attempt) => {
+                state.link = Link::Connecting(next, attempt);
+                Some(next)
+            }
+            Err(_) => {
+                state.link = Link::Idle;
+                None
+            }
+        }
+    }
+
+    /// The `redis` crate told that connection `id` ended (RESP3). It tells before any call in
+    /// flight on it has its error (it hands the first its error, then tells, in one step):
+    /// replacing it as [`dropped`](Self::dropped) does would leave every such call finding it
+    /// replaced, a miss the breaker does not count, so that no drop would ever count. The drop
+    /// is kept as not counted yet instead: the first call that fails on the connection, or
+    /// gives up waiting on the attempt that replaces it, counts it (see
+    /// [`failed`](Self::failed)), once, as when a call finds the drop itself. A connection
+    /// that ended within [`SHORTEST_LIFE`] of being made is not replaced at once (the next call
+    /// does it): a server that closes every connection right after its setup would otherwise
+    /// be reconnected to in a loop, with no call to bound it and no failure to open the
+    /// breaker.
+    fn ended(&self, id: u64) {
+        let mut state = self.inner.link();
+        let Link::Connected(current, _, _, made) = &state.link else {
+            return;
+        };
+        if *current != id {
+            return;
+        }
+        let replaced_by = if made.elapsed() < SHORTEST_LIFE {
+            state.link = Link::Idle;
+            None
+        } else {
+            self.reconnect(&mut state)
+        };
+        state.uncounted = Some(Uncounted {
+            dropped: id,
+            replaced_by,
+        });
     }
 
     /// [`put`](TokenStore::put) as called at `called` (Unix ms by this host's clock; `None`
@@ -666,6 +735,24 @@ fn keepalive(settings: TcpSettings) -> TcpSettings {
 /// the error's text (scrubbed).
 type Attempt = Shared<BoxFuture<'static, Result<MultiplexedConnection, String>>>;
 
+/// The store's connection, and the drop no call has counted yet.
+struct State {
+    link: Link,
+    /// A connection whose end the `redis` crate told of (RESP3) and that no call has counted
+    /// as a failure yet (see [`RedisTokenCache::ended`]).
+    uncounted: Option<Uncounted>,
+}
+
+/// A drop not counted yet: the calls that may count it.
+#[derive(Clone, Copy)]
+struct Uncounted {
+    /// The connection that ended: the first call that fails on it counts the drop.
+    dropped: u64,
+    /// The attempt started in its place, if any: the first call that gives up waiting on it
+    /// counts the drop. (An attempt a call started counts on its own.)
+    replaced_by: Option<u64>,
+}
+
 /// Where the store's connection stands.
 enum Link {
     /// None, and no attempt running: the next call starts one.
@@ -673,12 +760,12 @@ enum Link {
     /// Attempt `id` runs in its own task.
     Connecting(u64, Attempt),
     /// Made by attempt `id`; replaced by a new attempt when a call finds it dropped. The flag:
-    /// a probe of it runs (see [`RedisTokenCache::probe`]).
-    Connected(u64, MultiplexedConnection, bool),
+    /// a probe of it runs (see [`RedisTokenCache::probe`]); then when it was made.
+    Connected(u64, MultiplexedConnection, bool, tokio::time::Instant),
 }
 
 impl Inner {
-    fn link(&self) -> MutexGuard<'_, Link> {
+    fn link(&self) -> MutexGuard<'_, State> {
         // Each write leaves the state whole: a poisoned lock is usable.
         self.link.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -686,13 +773,27 @@ impl Inner {
     /// Records the outcome of attempt `id`, if it is still the one running: the connection,
     /// or room for the next attempt.
     fn settle(&self, id: u64, outcome: &Result<MultiplexedConnection, String>) {
-        let mut link = self.link();
-        if matches!(&*link, Link::Connecting(running, _) if *running == id) {
-            *link = match outcome {
-                Ok(connection) => Link::Connected(id, connection.clone(), false),
+        let mut state = self.link();
+        if matches!(&state.link, Link::Connecting(running, _) if *running == id) {
+            state.link = match outcome {
+                Ok(connection) => {
+                    let made = tokio::time::Instant::now();
+                    Link::Connected(id, connection.clone(), false, made)
+                }
                 Err(_) => Link::Idle,
             };
         }
+    }
+
+    /// Whether the drop not counted yet is one that `counts` says the caller counts; if so,
+    /// the caller takes it: no other call counts it.
+    fn take_uncounted(&self, counts: impl FnOnce(&Uncounted) -> bool) -> bool {
+        let mut state = self.link();
+        let taken = state.uncounted.as_ref().is_some_and(counts);
+        if taken {
+            state.uncounted = None;
+        }
+        taken
     }
 
     /// A Redis error's text, scrubbed of the URL's credentials and truncated.
@@ -960,7 +1061,7 @@ impl fmt::Debug for RedisTokenCache {
         out.field("db", &info.redis_settings().db())
             .field(
                 "connected",
-                &matches!(&*self.inner.link(), Link::Connected(..)),
+                &matches!(&self.inner.link().link, Link::Connected(..)),
             )
             .finish_non_exhaustive()
     }

@@ -790,6 +790,54 @@ async fn a_connection_that_stops_answering_is_replaced() {
     assert_eq!(authority.token_posts(), 2);
 }
 
+/// Over RESP3, against a server (or proxy) that closes each connection right after its setup,
+/// the drops count in the breaker, which opens after 3 calls; and the store does not
+/// reconnect in a loop meanwhile. (Before, the `redis` crate told the store of each end before
+/// the failing call saw its error: the store replaced the connection, every call was then a
+/// miss the breaker does not count, so it never opened; and each new connection, closed in
+/// turn, started the next at once, without end and without a call.) Real time: the relay's
+/// connections are real; the idle second is a fixed wait (nothing should happen in it), cut
+/// short once the relay has seen more connections than the test allows.
+#[tokio::test]
+async fn connections_closed_after_their_setup_open_the_breaker_without_a_reconnect_loop() {
+    use crate::redis_store::HandshakeThenCloseRelay;
+
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    let relay = HandshakeThenCloseRelay::start(server.port()).await;
+    let store = RedisTokenCache::open(&format!("{}?protocol=resp3", relay.url())).unwrap();
+    let key = SealingKey::new("one", &KEY_ONE).unwrap();
+    let process = Process::configured(&authority, store, key, SLOW_MACHINE_BUDGET, |builder| {
+        builder.breaker(3, secs(30))
+    });
+
+    for scope in [
+        "https://a.test/.default",
+        "https://b.test/.default",
+        "https://c.test/.default",
+    ] {
+        process.token(scope).await;
+    }
+    assert_eq!(process.cache.stats().store_errors, 3);
+    // Open: the next call is not made.
+    let made = relay.connections();
+    process.token("https://d.test/.default").await;
+    let stats = process.cache.stats();
+    assert_eq!((stats.store_errors, stats.idp_calls), (3, 4), "{stats:?}");
+    assert_eq!(authority.token_posts(), 4);
+
+    // Idle: at most the one attempt a call left running, not one after another.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) && relay.connections() <= made + 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        relay.connections() <= made + 1,
+        "{} connections made while idle",
+        relay.connections() - made
+    );
+}
+
 /// Redis stopped mid-run costs each acquisition one budget and no failed request; killed, it
 /// costs nothing but a request per process; restarted, the fleet shares again.
 #[tokio::test(start_paused = true)]

@@ -627,6 +627,70 @@ impl Drop for SlowSetupRelay {
     }
 }
 
+/// A loopback TCP relay to a server that closes each connection once it has passed on the
+/// server's first answer, the replies to the connection's setup (`HELLO`, `CLIENT SETINFO`,
+/// sent as one pipeline and answered in one write): a proxy or server that accepts each
+/// connection and then drops it at once.
+pub(crate) struct HandshakeThenCloseRelay {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HandshakeThenCloseRelay {
+    pub(crate) async fn start(server_port: u16) -> HandshakeThenCloseRelay {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect((Ipv4Addr::LOCALHOST, server_port)).await
+                    else {
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let up = tokio::io::copy(&mut client_read, &mut server_write);
+                    let down = async {
+                        let mut first = vec![0; 16 * 1024];
+                        let n = server_read.read(&mut first).await?;
+                        client_write.write_all(&first[..n]).await?;
+                        client_write.shutdown().await
+                    };
+                    // Both ends closed once the answer is passed on.
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+        HandshakeThenCloseRelay {
+            port,
+            connections,
+            task,
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Connections the relay has accepted.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HandshakeThenCloseRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A loopback TCP relay to a server, with the faults a network between them has: its
 /// connections can be cut off without being closed ([`partition`](Self::partition)), and new
 /// connections sent to another server ([`retarget`](Self::retarget), a failover behind one
