@@ -1,7 +1,7 @@
 //! The Redis [`TokenStore`] (feature `redis`): [`RedisTokenCache`].
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -329,13 +329,13 @@ impl RedisTokenCache {
             let mut state = self.inner.link();
             match &state.link {
                 Link::Connected(id, connection, ..) => return Ok((*id, connection.clone())),
-                Link::Connecting(id, attempt) => (*id, attempt.clone(), true),
+                Link::Connecting(id, attempt, _) => (*id, attempt.clone(), true),
                 Link::Idle => {
                     let id = self.inner.attempts.fetch_add(1, Ordering::Relaxed);
-                    let attempt = self.start_attempt(id).map_err(|detail| {
+                    let (attempt, ended) = self.start_attempt(id).map_err(|detail| {
                         StoreError::msg(format!("redis {op}: cannot connect: {detail}"))
                     })?;
-                    state.link = Link::Connecting(id, attempt.clone());
+                    state.link = Link::Connecting(id, attempt.clone(), ended);
                     (id, attempt, false)
                 }
             }
@@ -379,8 +379,9 @@ impl RedisTokenCache {
     }
 
     /// Spawns connection attempt `id` on the current runtime; its outcome is the connection,
-    /// or the error's text, scrubbed.
-    fn start_attempt(&self, id: u64) -> Result<Attempt, String> {
+    /// or the error's text, scrubbed. The flag: the `redis` crate told that the connection it
+    /// made has already ended (RESP3; see [`Inner::settle`]).
+    fn start_attempt(&self, id: u64) -> Result<(Attempt, Arc<AtomicBool>), String> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "no tokio runtime to connect from".to_owned())?;
         // No response timeout: the cache's budget bounds each call. The connection's setup has
@@ -389,6 +390,7 @@ impl RedisTokenCache {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(None);
         let client = self.inner.client.clone();
+        let ended = Arc::new(AtomicBool::new(false));
         if client.get_connection_info().redis_settings().protocol() == ProtocolVersion::RESP3 {
             // Over RESP3 the `redis` crate tells of a connection that ended (the server closed an
             // idle one, a load balancer cut it) as it happens: the store makes a new one at
@@ -396,8 +398,12 @@ impl RedisTokenCache {
             // `ended`). Over RESP2 (no push channel) the next read finds it dropped and
             // retries (see `read`).
             let watched: Weak<Inner> = Arc::downgrade(&self.inner);
+            let told = Arc::clone(&ended);
             config = config.set_push_sender(move |push: PushInfo| {
                 if push.kind == PushKind::Disconnection {
+                    // Set before the link is looked at: an end told before the attempt's
+                    // outcome is recorded is seen by `settle`, one told after by `ended`.
+                    told.store(true, Ordering::SeqCst);
                     if let Some(inner) = watched.upgrade() {
                         RedisTokenCache { inner }.ended(id);
                     }
@@ -418,12 +424,13 @@ impl RedisTokenCache {
             inner.settle(id, &outcome);
             outcome
         });
-        Ok(async move {
+        let attempt = async move {
             task.await
                 .unwrap_or_else(|e| Err(format!("the connection attempt ended: {e}")))
         }
         .boxed()
-        .shared())
+        .shared();
+        Ok((attempt, ended))
     }
 
     /// Runs `op` on the connection.
@@ -592,8 +599,8 @@ impl RedisTokenCache {
     fn reconnect(&self, state: &mut State) -> Option<u64> {
         let next = self.inner.attempts.fetch_add(1, Ordering::Relaxed);
         match self.start_attempt(next) {
-            Ok(attempt) => {
-                state.link = Link::Connecting(next, attempt);
+            Ok((attempt, ended)) => {
+                state.link = Link::Connecting(next, attempt, ended);
                 Some(next)
             }
             Err(_) => {
@@ -757,8 +764,9 @@ struct Uncounted {
 enum Link {
     /// None, and no attempt running: the next call starts one.
     Idle,
-    /// Attempt `id` runs in its own task.
-    Connecting(u64, Attempt),
+    /// Attempt `id` runs in its own task. The flag: the connection it made has already ended
+    /// (see [`Inner::settle`]).
+    Connecting(u64, Attempt, Arc<AtomicBool>),
     /// Made by attempt `id`; replaced by a new attempt when a call finds it dropped. The flag:
     /// a probe of it runs (see [`RedisTokenCache::probe`]); then when it was made.
     Connected(u64, MultiplexedConnection, bool, tokio::time::Instant),
@@ -771,11 +779,27 @@ impl Inner {
     }
 
     /// Records the outcome of attempt `id`, if it is still the one running: the connection,
-    /// or room for the next attempt.
+    /// or room for the next attempt. A connection that the `redis` crate told had ended
+    /// before this (RESP3: the server closed it right after its setup) is not kept: its end
+    /// was told while the attempt still ran, when [`RedisTokenCache::ended`] has nothing to
+    /// replace, and keeping it would leave a dead connection for the next call to find. The
+    /// link goes idle (it lived less than [`SHORTEST_LIFE`]: the next call makes the next
+    /// one), and the drop is left for the first call that fails on it to count.
     fn settle(&self, id: u64, outcome: &Result<MultiplexedConnection, String>) {
         let mut state = self.link();
-        if matches!(&state.link, Link::Connecting(running, _) if *running == id) {
+        let Link::Connecting(running, _, ended) = &state.link else {
+            return;
+        };
+        if *running == id {
+            let ended = ended.load(Ordering::SeqCst);
             state.link = match outcome {
+                Ok(_) if ended => {
+                    state.uncounted = Some(Uncounted {
+                        dropped: id,
+                        replaced_by: None,
+                    });
+                    Link::Idle
+                }
                 Ok(connection) => {
                     let made = tokio::time::Instant::now();
                     Link::Connected(id, connection.clone(), false, made)
@@ -1268,6 +1292,65 @@ mod tests {
         let (answers, ()) = tokio::join!(burst, kill);
         assert_eq!(answers, (None, None, None));
         assert_eq!(lease("four").await, Some(true), "the breaker opened");
+    }
+
+    /// A connection whose end the `redis` crate told of before the attempt's outcome was
+    /// recorded (RESP3: the server closed it right after its setup) is not kept: the link goes
+    /// idle with the drop left for a call to count, and the next call makes a new connection.
+    /// (Before, the end found the link still connecting and did nothing, and the dead
+    /// connection was then recorded for the next call to fail on.) The race is played out by
+    /// hand: the attempt (id 7) is not the link's, so its task records nothing; the test
+    /// records it once the end was told. Real time: the end is told when the closed socket
+    /// is read; the test waits for that, not for a set time.
+    #[tokio::test]
+    async fn a_connection_that_ended_before_it_was_recorded_is_not_kept() {
+        let server = Server::start();
+        let store = RedisTokenCache::open(&format!("{}?protocol=resp3", server.url())).unwrap();
+        let (attempt, ended) = store.start_attempt(7).unwrap();
+        let outcome = attempt.clone().await;
+        assert!(outcome.is_ok(), "{:?}", outcome.err());
+        let mut admin = Client::open(server.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query(&mut admin)
+            .unwrap();
+        assert_eq!(killed, 1);
+        let start = std::time::Instant::now();
+        while !ended.load(Ordering::SeqCst) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the end was not told"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        store.inner.link().link = Link::Connecting(7, attempt, ended);
+        store.inner.settle(7, &outcome);
+        {
+            let state = store.inner.link();
+            assert!(
+                matches!(state.link, Link::Idle),
+                "the dead connection was kept"
+            );
+            assert!(
+                state
+                    .uncounted
+                    .is_some_and(|drop| drop.dropped == 7 && drop.replaced_by.is_none())
+            );
+        }
+        // The next call makes a new connection, and the drop counts for a call that fails on
+        // the dead one.
+        assert_eq!(store.get("p:{a}:token").await.unwrap(), None);
+        let e = RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(!store.failed("GET", 7, &e).is_connecting());
+        assert!(store.failed("GET", 7, &e).is_connecting(), "counted once");
     }
 
     /// A server that is no longer the primary has the connection made again (the new one
