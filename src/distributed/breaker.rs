@@ -13,7 +13,9 @@
 //! the calls waiting on the new connection do not, nor the other calls in flight on the
 //! dropped one). Against an address that never answers, one
 //! failure is counted per attempt (given up after 5 s): the breaker opens some (`failures` − 1)
-//! × 5 s after the first call, every call meanwhile spending the whole budget.
+//! × 5 s after the first call, every call meanwhile spending the whole budget; some 2 s later
+//! when the address goes silent under a connection already made (the attempt that the
+//! store's `PING` of that connection starts counts for no call).
 
 use std::future::Future;
 use std::sync::Mutex;

@@ -135,8 +135,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// the speed of the setup, with no call to bound it.
 const SHORTEST_LIFE: Duration = Duration::from_secs(1);
 
-/// `TCP_USER_TIMEOUT` (Linux): data sent and not acknowledged for 20 s (keepalive probes
-/// included) ends the connection with an error, which the store replaces.
+/// `TCP_USER_TIMEOUT` (Linux, Android): data sent and not acknowledged for 20 s (keepalive
+/// probes included) ends the connection with an error, which the store replaces. On an idle
+/// connection it counts from the peer's last answer: with keepalive's probes at 10 s and
+/// 15 s unanswered, the connection ends 20 s after it, not after keepalive's default 9
+/// probes (55 s).
 #[cfg(any(target_os = "linux", target_os = "android"))]
 const USER_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -233,17 +236,31 @@ const USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// 5 s and only the call that started it counts a failure: the breaker opens about
 /// (`failures` − 1) × 5 s after the first call (some 10 s at the defaults, calls keeping on
 /// coming), and until then every call, counted or not, spends the whole budget before the
-/// process asks the identity provider on its own.
+/// process asks the identity provider on its own. When the address goes silent under a
+/// connection already made, it opens some 2 s later still (some 12 s at the defaults): the
+/// first call given up on counts, the `PING` below takes 2 s to replace the connection, and
+/// the attempt that the `PING` starts counts for no call (the calls that wait on it are
+/// misses), so the next failure comes from the attempt after it.
 ///
 /// A connection that stops answering without closing (its host crashed or was cut off, and
 /// no reset reaches this host) raises no error. When the cache gives up on a call at its
 /// budget's end, the store sends a `PING` on that connection in the background: with no answer
 /// within 2 s the connection is taken for dropped and made again, as above (a server that
-/// answers, only slow, keeps it). A server that stopped answering altogether (`SIGSTOP`) is
-/// then an address that never answers: one failure per attempt. TCP connections also have
-/// keepalive (a probe after 10 s idle, then every 5 s) and, on Linux, `TCP_USER_TIMEOUT`
-/// (20 s), so a dead peer is found on an idle connection too, and a load balancer's idle
-/// timer does not cut it.
+/// answers within 2 s, only slow, keeps it). A server that is there but stalls for more than
+/// 2 s (a `fork` for a snapshot of a large data set, a slow script or command) has its
+/// connection replaced too: the calls sent on it were already given up, and the new
+/// connection is made once the server answers again (within the attempt's 5 s, or by a
+/// later attempt). A server that stopped answering altogether (`SIGSTOP`) is then an address
+/// that never answers: one failure per attempt.
+///
+/// TCP connections also have keepalive (a probe after 10 s idle, then every 5 s), so a dead
+/// peer is found on an idle connection too, and a load balancer's idle timer does not cut
+/// it, on Linux, Android, macOS, iOS, FreeBSD and Windows only (on other platforms the
+/// store sets no keepalive; a Unix socket needs none). How soon a dead idle peer is found
+/// depends on the platform's count of unanswered probes, which the store does not set: on
+/// Linux and Android some 20 s after the peer's last answer (`TCP_USER_TIMEOUT`, 20 s, ends
+/// the connection after two unanswered probes); on macOS, iOS and FreeBSD about 50 s (8
+/// probes); on Windows about 60 s (10 probes).
 #[derive(Clone)]
 pub struct RedisTokenCache {
     inner: Arc<Inner>,
@@ -464,9 +481,12 @@ impl RedisTokenCache {
     /// no error to say the connection is gone. A `PING` on it, in the background, tells: no
     /// answer within [`PROBE_TIMEOUT`] (or an error that [`drops`] it), and the connection is
     /// taken for dropped and replaced (see [`dropped`](Self::dropped)); an answer (a slow
-    /// call, a loaded server) leaves it. One probe at a time per connection. (TCP keepalive
-    /// finds a dead peer too, but only after some 30 s, and not a proxy that stopped
-    /// forwarding while its own end of the connection lives.)
+    /// call, a loaded server) leaves it. One probe at a time per connection. A server that
+    /// stalls for more than [`PROBE_TIMEOUT`] (a `fork` for a snapshot, a slow script) is
+    /// taken for dead too and its connection replaced: the cost of finding a dead one in
+    /// seconds. (TCP keepalive finds a dead peer too, but only after some 20 s on Linux and
+    /// 50 to 60 s elsewhere (see [`keepalive`]), and not a proxy that stopped forwarding
+    /// while its own end of the connection lives.)
     fn probe(&self, id: u64) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -713,12 +733,16 @@ impl Drop for Unanswered<'_> {
 }
 
 /// The store's TCP settings: `settings` with keepalive (the first probe after 10 s idle, then
-/// every 5 s) and, on Linux, `TCP_USER_TIMEOUT` (see [`USER_TIMEOUT`]). A Unix socket has no
-/// use for them.
+/// every 5 s) on the platforms listed below, and, on Linux and Android, `TCP_USER_TIMEOUT`
+/// (see [`USER_TIMEOUT`]). A Unix socket has no use for them; on other platforms the
+/// connection has no keepalive.
 ///
 /// A peer that is gone without a reset (a crashed host, a partition) is found while the
-/// connection idles, not by the next call; the probes also keep a load balancer's or NAT's
-/// idle timer from cutting the connection (Azure's drops idle flows after 4 minutes).
+/// connection idles, not by the next call: on Linux and Android some 20 s after its last
+/// answer; elsewhere after the platform's count of unanswered probes, which is not set here
+/// (about 50 s on macOS, iOS and FreeBSD, 8 probes; about 60 s on Windows, 10). The probes
+/// also keep a load balancer's or NAT's idle timer from cutting the connection (Azure's drops
+/// idle flows after 4 minutes).
 fn keepalive(settings: TcpSettings) -> TcpSettings {
     #[cfg(any(
         target_os = "linux",
