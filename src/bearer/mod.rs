@@ -67,7 +67,7 @@
 //!   the request fails with its error (the same claims are not asked for again within 30 s);
 //!   a credential answering with the rejected token itself (it ignored the claims) is one
 //!   that cannot. A request that could not be re-sent anyway gets its 401 instead, once the
-//!   acquisition has ended (see *Bodies*).
+//!   acquisition has ended or after 5 s (see *Bodies*).
 //! * **Bodies**: the re-send needs the body again ([`RetryBody`]): `Full<Bytes>` and `Empty`
 //!   are cloned (no copy of the data); a `String` is copied, and `BoxBody`, `UnsyncBoxBody`
 //!   and [`ReplayBody`] are recorded as they stream, up to the replay limit (64 KiB by

@@ -38,8 +38,8 @@ const NAME: &str = "AuthorizationCodeCredential";
 ///   sent again by later calls until a redemption succeeds, then forgotten; the account is
 ///   pinned to the `uid.utid` of the answer. Concurrent first calls share the one redemption.
 ///   A code Entra refuses for good (`invalid_grant` with AADSTS54005 already redeemed, 70008
-///   expired, 50148 or 501481 the PKCE verifier does not match, 9002313 malformed) is
-///   forgotten at once, and later calls get that refusal without a request (sign the user in
+///   expired, 50148 or 501481 the PKCE verifier does not match, 9002313 malformed, 50011 or
+///   500112 another redirect URI) is forgotten at once, and later calls get that refusal without a request (sign the user in
 ///   again for a new code); a code refused otherwise (a scope not authorized, MFA, a
 ///   Conditional Access policy of one resource, a code not known here) is kept and sent by
 ///   the next call, which may ask for something it can get.

@@ -54,9 +54,10 @@ const NOT_SIGNED_IN: &str = "Azure CLI is not signed in. Run 'az login' to sign 
 /// until its renewal (5 minutes before it expires); build a new credential to get the new
 /// identity's at once.
 ///
-/// A request with claims (a claims challenge) cannot be passed to `az`. Before this
-/// credential has answered it is *unavailable* with the `az login --claims-challenge …
-/// --scope …` command to run (Azure CLI 2.76 or later). When a token is held, `az` is asked
+/// A request with claims (a claims challenge) cannot be passed to `az`. While this
+/// credential holds no valid token for the request's tenant and scope it is *unavailable*
+/// with the `az login --claims-challenge … --scope …` command to run (Azure CLI 2.76 or
+/// later). When such a token is held, `az` is asked
 /// first (one run for concurrent challenges): once the user has run that command it answers
 /// a new token, which is taken as the answer and cached in place of the rejected one;
 /// otherwise the command is given as *authentication failed*, so that a chain does not

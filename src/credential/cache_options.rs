@@ -41,8 +41,10 @@ const DIRECTORY: &str = ".IdentityService";
 /// * **Plaintext**, `~/.IdentityService/<name>.nocae` for ordinary tokens and `<name>.cae` for
 ///   tokens requested with the CAE capability (`<name>` defaults to `msal.cache`; a file named
 ///   just `msal.cache`, written by older tools, is read while `msal.cache.nocae` does not
-///   exist; the first write creates `msal.cache.nocae` from it and the legacy file is never
-///   written): JSON with mode `0600`, written under msal-extensions' lock-file protocol
+///   exist, and never written: a sign-in's first write (authorization code, device code, the
+///   client credentials) creates `msal.cache.nocae` from it, while
+///   [`SharedTokenCacheCredential`](crate::SharedTokenCacheCredential), which only reads
+///   another tool's sign-in, writes nothing until that file exists): JSON with mode `0600`, written under msal-extensions' lock-file protocol
 ///   (`<file>.lockfile`), so that concurrent writers in other processes lose nothing.
 ///
 /// Encrypted storage is preferred. Whether a Secret Service is usable (a D-Bus session bus, a

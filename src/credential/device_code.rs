@@ -97,8 +97,8 @@ type Prompt = Arc<dyn Fn(DeviceCodeInfo) + Send + Sync>;
 ///   refresh token the cache file could not take is kept in memory and redeemed first. When
 ///   no refresh token can sign the account in any more (none left, or Entra says they are
 ///   dead: expired, revoked, the user disabled or deleted), the account and every token of it
-///   kept in memory are forgotten, and the next call prompts again (perhaps another user
-///   signs in). When Entra refuses them otherwise (for one request only — MFA, consent, a
+///   kept in memory are forgotten, and that call prompts (perhaps another user signs in;
+///   a call that has already prompted returns the error, and the next call prompts). When Entra refuses them otherwise (for one request only — MFA, consent, a
 ///   Conditional Access policy of that resource, a claims challenge — or with a code not
 ///   known here: the codes [`AuthorizationCodeCredential`](crate::AuthorizationCodeCredential)
 ///   lists), that request prompts, and the account stays signed in for the others; a

@@ -95,7 +95,8 @@ pub(crate) struct Stores {
 /// The refresh token of the last answer the cache could not be written with (a read-only or
 /// damaged cache file, a locked keyring), and its account: the only copy. It is newer than
 /// any the cache holds, so it is redeemed first; it is forgotten once a write for the account
-/// succeeds, or when Entra rejects it. Without it, a user credential whose cache cannot be
+/// succeeds, or when Entra says it is dead (see [`refusal`]; a refusal for one request, or
+/// with a code not known here, keeps it). Without it, a user credential whose cache cannot be
 /// written loses the sign-in as soon as its first access token expires (the authorization
 /// code is spent; a device code sign-in would prompt again).
 #[derive(Default)]

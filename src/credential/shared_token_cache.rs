@@ -59,8 +59,10 @@ const UNAVAILABLE: &str = "authentication unavailable.";
 /// redeemed in turn (the next after a refusal; an outage or a transport failure is returned at
 /// once) as Azure CLI's public client at the requested tenant (unless
 /// [`disable_multitenant_auth`](SharedTokenCacheCredentialBuilder::disable_multitenant_auth)),
-/// else the configured one, else `organizations`. New tokens, the rotated refresh token included, are written back to the file under its
-/// lock. Every "cannot" is *unavailable*, so a chain moves on; a provider's refusal is
+/// else the configured one, else `organizations`. New tokens, the rotated refresh token
+/// included, are written back to the file under its lock; while only the legacy
+/// `msal.cache` exists they are not written (that file is never written, and this credential,
+/// which reads another tool's sign-in, does not create `msal.cache.nocae` from it). Every "cannot" is *unavailable*, so a chain moves on; a provider's refusal is
 /// *authentication failed* (inside [`DefaultAzureCredential`](crate::DefaultAzureCredential)
 /// every failure is *unavailable*, as in azure-identity, so Azure CLI gets its turn, until the
 /// chain has chosen this credential).

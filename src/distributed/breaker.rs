@@ -9,9 +9,9 @@
 //! INFO; the rest is DEBUG. Time is tokio's clock.
 //!
 //! `RedisTokenCache` reports such waits for every connection it makes: the first, one after a
-//! failed attempt, and one after a connection dropped (the call that found it dropped counts,
-//! the calls waiting on the new connection do not, nor the other calls in flight on the
-//! dropped one). Against an address that never answers, one
+//! failed attempt, and one after a connection dropped (one failure per drop: the call that
+//! found it dropped, or over RESP3 the first call that fails on it or gives up waiting on the
+//! new one; not the others, nor a read answered over the new connection within its budget). Against an address that never answers, one
 //! failure is counted per attempt (given up after 5 s): the breaker opens some (`failures` − 1)
 //! × 5 s after the first call, every call meanwhile spending the whole budget; some 2 s later
 //! when the address goes silent under a connection already made (the attempt that the

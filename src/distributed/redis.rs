@@ -595,9 +595,11 @@ impl RedisTokenCache {
 
     /// Connection `id` dropped (Redis restarted, a failover, `CLIENT KILL`, an idle connection
     /// cut): if it is still the store's, a new attempt starts now, in the background, as the
-    /// first did. The call that found it dropped has failed and counts; calls made meanwhile
-    /// wait on the attempt as on any other, so one that gives up on it at its budget's end is a
-    /// miss, not a breaker failure. Reconnecting within the store (rather than in the `redis`
+    /// first did. The call that found it dropped has failed and counts (a read retried over
+    /// the new connection within its budget does not); calls made meanwhile wait on the
+    /// attempt as on any other, so one that gives up on it at its budget's end is a miss, not
+    /// a breaker failure (over RESP3, the drop Redis's notice recorded is counted by the first
+    /// call that fails on it or gives up waiting). Reconnecting within the store (rather than in the `redis`
     /// crate's connection manager, which it used before) is what lets it tell that wait from a
     /// slow answer. Calls already sent on the dropped connection fail with it; those that find
     /// it already replaced are misses (see [`failed`](Self::failed)).

@@ -41,7 +41,8 @@
 //! * A **legacy file** may stand behind the file (`msal.cache`, which azure-identity before
 //!   1.16 wrote, behind `msal.cache.nocae`, the only file it reads now): read while the file
 //!   does not exist, and never written. The first write that changes the document creates the
-//!   file from the legacy file's content, under the file's lock and then the legacy file's
+//!   file from the legacy file's content (a writer that only reads another tool's sign-in
+//!   writes nothing instead: [`LegacyWrites::Skip`]), under the file's lock and then the legacy file's
 //!   (its writers take only that one and write in place: see
 //!   [`CacheFile::modify_with`]). Writing to the legacy file instead would leave our tokens
 //!   where nobody reads once another tool creates the file. A file that *is* the legacy file
@@ -121,8 +122,9 @@ pub(crate) trait Document: Sized + Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LegacyWrites {
     /// Creates the file from the legacy file's document: the credentials that put a new
-    /// sign-in into the cache (authorization code, device code), which would otherwise lose it
-    /// once another tool creates the file.
+    /// sign-in or their own tokens into the cache (authorization code, device code, client
+    /// secret, client assertion), which would otherwise lose them once another tool creates
+    /// the file.
     Copy,
     /// Writes nothing and fails (the caller keeps what it has, as when the file cannot be
     /// written): a credential that only reads another tool's sign-in there. A copy would make

@@ -33,8 +33,8 @@ impl<D: Document> CacheFile<D> {
     /// a symlinked directory are one file). The registry holds it weakly.
     ///
     /// With a `legacy` file (the legacy `msal.cache` for `msal.cache.nocae`), the legacy file
-    /// is read while `path` does not exist, and the first write creates `path` from it (see
-    /// [`CacheFile::modify_with`]); the legacy file is never written. The legacy file is a
+    /// is read while `path` does not exist, and the first write creates `path` from it unless
+    /// the writer skips it (see [`CacheFile::modify_with`]); the legacy file is never written. The legacy file is a
     /// property of the file (the legacy `msal.cache` beside it, whoever asks): an object made
     /// by a caller that named none (the Secret Service's signal file, without a plaintext
     /// fallback) gets the first one named later, and keeps it.
