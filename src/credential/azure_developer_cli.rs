@@ -173,14 +173,25 @@ impl Inner<AzureDeveloperCliCredential> {
             .claims()
             .map(|c| base64::engine::general_purpose::STANDARD.encode(c));
         let key = CacheKey::new(tenant.as_deref().unwrap_or(""), request.scopes(), false);
+        // A claims challenge to a token this credential holds: its identity answered, so what
+        // stops `azd` from answering the claims (too old for `--claims`, signed out) is this
+        // credential's failure, not a reason for a chain to answer with another identity.
+        let held = claims.is_some() && self.cache.current(&key).is_some();
         let this = Arc::clone(self);
         let scopes = request.scopes().to_vec();
-        self.cache
+        let answer = self
+            .cache
             .get_or_acquire(key, claims.is_some(), move || async move {
                 this.run_azd(&scopes, tenant.as_deref(), claims.as_deref())
                     .await
             })
-            .await
+            .await;
+        match answer {
+            Err(error) if held && error.is_unavailable() => Err(
+                CredentialError::authentication_failed(NAME, error.message().to_owned()),
+            ),
+            answer => answer,
+        }
     }
 
     async fn run_azd(

@@ -59,6 +59,28 @@ async fn runs_azd_with_the_documented_arguments_and_environment() {
     );
 }
 
+/// An `azd` too old for `--claims`: *unavailable* while this credential holds no token (a
+/// chain may answer the challenge), *authentication failed* once it has answered for that
+/// scope (a chain must not answer with another identity).
+#[tokio::test]
+async fn an_azd_without_claims_is_unavailable_only_until_it_has_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let azd = fake_azd(
+        dir.path(),
+        &format!(
+            "case \"$*\" in *--claims*) echo 'ERROR: unknown flag: --claims' >&2; exit 1;; esac\n{SIGNED_IN}"
+        ),
+    );
+    let cli = credential(&azd);
+    let challenge = || TokenRequest::new([MGMT]).with_claims("{}");
+    let err = cli.get_token_with(challenge()).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    cli.get_token([MGMT]).await.unwrap();
+    let err = cli.get_token_with(challenge()).await.unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert!(err.message().contains("--claims"), "{err}");
+}
+
 #[tokio::test]
 async fn tenant_and_claims_are_passed_and_claims_bypass_the_cache() {
     let dir = tempfile::tempdir().unwrap();
