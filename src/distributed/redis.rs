@@ -272,6 +272,10 @@ struct Inner {
     link: Mutex<State>,
     /// Attempts started, to tell one from the next.
     attempts: AtomicU64,
+    /// The last connection that served the process (answered a call, or was asked for by
+    /// [`RedisTokenCache::connect`]); `u64::MAX` before any. Only such a connection is made
+    /// again at once when the `redis` crate tells it ended (see [`RedisTokenCache::ended`]).
+    served: AtomicU64,
     release: Script,
     release_with_mark: Script,
     renew: Script,
@@ -307,6 +311,7 @@ impl RedisTokenCache {
                     uncounted: None,
                 }),
                 attempts: AtomicU64::new(0),
+                served: AtomicU64::new(u64::MAX),
                 release: Script::new(RELEASE),
                 release_with_mark: Script::new(RELEASE_WITH_MARK),
                 renew: Script::new(RENEW),
@@ -332,7 +337,9 @@ impl RedisTokenCache {
     /// cache's budget on the connection. Returns within 5 s (the connection's own deadline)
     /// whether Redis answers or not. An error is not final: the next call tries again.
     pub async fn connect(&self) -> Result<(), StoreError> {
-        self.connection("connection").await.map(drop)
+        let (id, _) = self.connection("connection").await?;
+        self.inner.served.store(id, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The connection: the one made, or the outcome of the attempt running, started here if
@@ -472,6 +479,10 @@ impl RedisTokenCache {
         };
         let answer = answer.await;
         watch.answered = true;
+        // Any answer, an error reply included, is the connection serving; a drop is not.
+        if answer.as_ref().err().is_none_or(|e| !drops(e)) {
+            self.inner.served.store(id, Ordering::Relaxed);
+        }
         answer
     }
 
@@ -632,17 +643,18 @@ impl RedisTokenCache {
         }
     }
 
-    /// The `redis` crate told that connection `id` ended (RESP3). It tells before any call in
-    /// flight on it has its error (it hands the first its error, then tells, in one step):
-    /// replacing it as [`dropped`](Self::dropped) does would leave every such call finding it
-    /// replaced, a miss the breaker does not count, so that no drop would ever count. The drop
+    /// The `redis` crate told that connection `id` ended (RESP3). It usually tells before the
+    /// calls in flight on it act on their error (it hands the first its error, then tells, in
+    /// one step): replacing it as [`dropped`](Self::dropped) does would leave every such call
+    /// finding it replaced, a miss the breaker does not count, so that no drop would count. The drop
     /// is kept as not counted yet instead: the first call that fails on the connection, or
     /// gives up waiting on the attempt that replaces it, counts it (see
     /// [`failed`](Self::failed)), once, as when a call finds the drop itself. A connection
-    /// that ended within [`SHORTEST_LIFE`] of being made is not replaced at once (the next call
-    /// does it): a server that closes every connection right after its setup would otherwise
-    /// be reconnected to in a loop, with no call to bound it and no failure to open the
-    /// breaker.
+    /// that ended within [`SHORTEST_LIFE`] of being made, or that never served the process (no
+    /// call answered on it, nor was it asked for by `connect`), is not replaced at once (the
+    /// next call does it): a server that closes every connection right after its setup, or
+    /// every idle one after its `timeout`, would otherwise be reconnected to in a loop, with no
+    /// call to bound it and no failure to open the breaker.
     fn ended(&self, id: u64) {
         let mut state = self.inner.link();
         let Link::Connected(current, _, _, made) = &state.link else {
@@ -651,7 +663,11 @@ impl RedisTokenCache {
         if *current != id {
             return;
         }
-        let replaced_by = if made.elapsed() < SHORTEST_LIFE {
+        // Only a connection that served the process is made again at once, and one that lived
+        // [`SHORTEST_LIFE`] at least: an idle store whose connections a server closes (its
+        // `timeout`, a proxy's idle cut) makes one new connection, not one per close forever.
+        let served = self.inner.served.load(Ordering::Relaxed) == id;
+        let replaced_by = if made.elapsed() < SHORTEST_LIFE || !served {
             state.link = Link::Idle;
             None
         } else {

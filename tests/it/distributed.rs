@@ -746,6 +746,16 @@ async fn a_connection_closed_while_idle_is_made_again_for_the_next_read() {
                 !client_ids(&server).is_empty()
             })
             .await;
+            // That one has served nothing: closed while idle in its turn, it is not made
+            // again until a call needs it (before, an idle store reconnected every 2 s for
+            // good). Real time: Redis's own idle timer.
+            let made = client_ids(&server);
+            until("the new connection closed", || {
+                client_ids(&server).is_disjoint(&made)
+            })
+            .await;
+            tokio::time::sleep(secs(1)).await;
+            assert!(client_ids(&server).is_empty(), "reconnected without a call");
         }
         // No further closes: the call below must find what the first close left.
         server.config_set("timeout", "0");
