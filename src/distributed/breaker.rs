@@ -13,9 +13,10 @@
 //! found it dropped, or over RESP3 the first call that fails on it or gives up waiting on the
 //! new one; not the others, nor a read answered over the new connection within its budget). Against an address that never answers, one
 //! failure is counted per attempt (given up after 5 s): the breaker opens some (`failures` − 1)
-//! × 5 s after the first call, every call meanwhile spending the whole budget; some 2 s later
-//! when the address goes silent under a connection already made (the attempt that the
-//! store's `PING` of that connection starts counts for no call).
+//! × 5 s after the first call, every call meanwhile spending the whole budget. When the
+//! address goes silent under a connection already made, within about 2 s if calls come
+//! faster than that (each sent on the silent connection counts while the store's `PING` of it
+//! waits), else some 2 s later than that (the attempt the `PING` starts counts for no call).
 
 use std::future::Future;
 use std::sync::Mutex;

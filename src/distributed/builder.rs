@@ -124,9 +124,10 @@ impl DistributedCacheBuilder {
     /// only the call that starts an attempt counts, one per attempt, and an attempt is given up
     /// after 5 s: the breaker opens about (`failures` − 1) × 5 s after the first call (some
     /// 10 s at the defaults), and every call until then spends the whole budget. When the
-    /// address goes silent under a connection already made, some 2 s later (the attempt that
-    /// replaces the silent connection is started by the store's `PING`, not by a call, and
-    /// counts for none).
+    /// address goes silent under a connection already made: within about 2 s if calls come
+    /// faster than that (each sent on the silent connection counts while the store's `PING`
+    /// of it waits), else some 2 s later than above (the attempt that replaces the silent
+    /// connection is started by the `PING`, not by a call, and counts for none).
     pub fn breaker(mut self, failures: u32, open_for: Duration) -> Self {
         self.failures = failures;
         self.open_for = open_for;

@@ -237,10 +237,11 @@ const USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// (`failures` − 1) × 5 s after the first call (some 10 s at the defaults, calls keeping on
 /// coming), and until then every call, counted or not, spends the whole budget before the
 /// process asks the identity provider on its own. When the address goes silent under a
-/// connection already made, it opens some 2 s later still (some 12 s at the defaults): the
-/// first call given up on counts, the `PING` below takes 2 s to replace the connection, and
-/// the attempt that the `PING` starts counts for no call (the calls that wait on it are
-/// misses), so the next failure comes from the attempt after it.
+/// connection already made, every call sent on it while the `PING` below waits its 2 s is
+/// given up on and counts, so calls coming faster than that open the breaker within about
+/// 2 s; calls more than 2 s apart find it replaced by an attempt the `PING` started, which
+/// counts for no call (the calls that wait on it are misses), and the breaker opens some 2 s
+/// later than against an address never answered (some 12 s at the defaults).
 ///
 /// A connection that stops answering without closing (its host crashed or was cut off, and
 /// no reset reaches this host) raises no error. When the cache gives up on a call at its
