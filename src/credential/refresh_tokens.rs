@@ -653,7 +653,9 @@ const REMEMBERED_REFUSALS: usize = 32;
 /// A refresh token's refusal for one request, answered again without a request for
 /// [`DEFAULT_RETRY_AFTER_FAILURE`].
 struct Remembered {
-    secret: Secret,
+    /// SHA-256 of the refused token: no copy of a token is kept for this (a dead one was
+    /// dropped everywhere else).
+    token: [u8; 32],
     tenant: String,
     scopes: Vec<String>,
     claims: Option<String>,
@@ -676,35 +678,32 @@ impl Refusals {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The refusal of `secret` for this request, while it is recent.
-    fn recent(&self, secret: &Secret, request: &Redeem<'_>) -> Option<CredentialError> {
+    /// The refusals still recent, the others dropped.
+    fn recent_only(&self) -> std::sync::MutexGuard<'_, VecDeque<Remembered>> {
         let mut remembered = self.lock();
         let now = Instant::now();
         remembered.retain(|r| now.saturating_duration_since(r.at) < DEFAULT_RETRY_AFTER_FAILURE);
         remembered
+    }
+
+    /// The refusal of `secret` for this request, while it is recent.
+    fn recent(&self, secret: &Secret, request: &Redeem<'_>) -> Option<CredentialError> {
+        let token = digest(secret);
+        self.recent_only()
             .iter()
-            .find(|r| {
-                r.secret.expose_secret() == secret.expose_secret()
-                    && r.tenant == request.tenant
-                    && r.scopes == request.scopes
-                    && r.claims == request.claims
-            })
+            .find(|r| r.is_for(&token, request))
             .map(|r| r.error.clone())
     }
 
     fn remember(&self, secret: &Secret, request: &Redeem<'_>, error: &CredentialError) {
-        let mut remembered = self.lock();
-        remembered.retain(|r| {
-            r.secret.expose_secret() != secret.expose_secret()
-                || r.tenant != request.tenant
-                || r.scopes != request.scopes
-                || r.claims != request.claims
-        });
+        let token = digest(secret);
+        let mut remembered = self.recent_only();
+        remembered.retain(|r| !r.is_for(&token, request));
         if remembered.len() >= REMEMBERED_REFUSALS {
             remembered.pop_front();
         }
         remembered.push_back(Remembered {
-            secret: secret.clone(),
+            token,
             tenant: request.tenant.to_owned(),
             scopes: request.scopes.to_vec(),
             claims: request.claims.clone(),
@@ -712,6 +711,22 @@ impl Refusals {
             error: error.clone(),
         });
     }
+}
+
+impl Remembered {
+    fn is_for(&self, token: &[u8; 32], request: &Redeem<'_>) -> bool {
+        self.token == *token
+            && self.tenant == request.tenant
+            && self.scopes == request.scopes
+            && self.claims == request.claims
+    }
+}
+
+/// SHA-256 of a refresh token, to recognise it without keeping it.
+fn digest(secret: &Secret) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret.expose_secret().as_bytes());
+    // SHA-256 is 32 bytes: the fallback is never taken.
+    <[u8; 32]>::try_from(digest.as_ref()).unwrap_or_default()
 }
 
 /// Whether `error` is the provider's refusal of one refresh token (an OAuth error answer:
