@@ -562,7 +562,9 @@ impl Redeem<'_> {
 /// * 53004 — the user must complete multi-factor authentication registration first;
 /// * 65001 — no consent for this resource (or scope) yet;
 /// * 65002 — the resource has not preauthorized this (first-party) client;
-/// * 70000 — one of the requested scopes is not authorized (or its consent expired);
+/// * 70000 — one of the requested scopes is not authorized (or its consent expired); Entra
+///   also answers 70000 for a grant it cannot accept at all, which its `suberror`
+///   (`bad_token`, `token_expired`) tells: that one is dead (see [`refusal`]);
 /// * 70043 — the token is refused by a Conditional Access sign-in frequency check (of this
 ///   resource's policy).
 const REFUSED_FOR_THIS_REQUEST: [u32; 20] = [
@@ -626,9 +628,14 @@ pub(crate) enum Refusal {
 pub(crate) fn refusal(claims: Option<&str>, error: &CredentialError) -> Refusal {
     let codes = error.error_codes();
     let suberror = error.suberror().unwrap_or_default();
-    if carries_a_challenge(claims) || codes.iter().any(|c| REFUSED_FOR_THIS_REQUEST.contains(c)) {
+    // 70000 is both a scope not authorized and a grant not accepted at all: the dead
+    // suberror tells the second.
+    let bad_grant = codes.contains(&70_000) && DEAD_SUBERRORS.contains(&suberror);
+    if carries_a_challenge(claims)
+        || (!bad_grant && codes.iter().any(|c| REFUSED_FOR_THIS_REQUEST.contains(c)))
+    {
         Refusal::ForThisRequest
-    } else if codes.iter().any(|c| DEAD.contains(c)) {
+    } else if bad_grant || codes.iter().any(|c| DEAD.contains(c)) {
         Refusal::Dead
     } else if SUBERRORS_FOR_THIS_REQUEST.contains(&suberror) {
         Refusal::ForThisRequest
@@ -826,9 +833,11 @@ mod tests {
     #[test]
     fn a_refusal_is_dead_for_this_request_or_unknown_by_code_then_suberror() {
         use Refusal::{Dead, ForThisRequest, Unknown};
-        let cases: [(&[u32], Option<&str>, Refusal); 12] = [
+        let cases: [(&[u32], Option<&str>, Refusal); 14] = [
             (&[50_072], None, ForThisRequest),
             (&[70_000], None, ForThisRequest),
+            (&[70_000], Some("bad_token"), Dead),
+            (&[70_000], Some("token_expired"), Dead),
             (&[50_057], None, Dead),
             (&[700_003], None, Dead),
             (&[9_999_999], None, Unknown),
