@@ -55,7 +55,8 @@ const NAME: &str = "AuthorizationCodeCredential";
 ///   carrying a claims challenge) is kept for the others. One Entra says is dead (expired,
 ///   revoked, the user disabled or deleted, the device deleted: AADSTS70008, 700081, 700082,
 ///   700084, 50173, 50132, 50133, 50057, 50034, 500341, 700003, 700007, or the `suberror`
-///   `bad_token` or `token_expired`) is dropped from the credential's own memory: it would be
+///   `bad_token` or `token_expired`, also beside 70000) is dropped from the credential's own
+///   memory: it would be
 ///   refused on every later call. One refused with a code not known here is kept, as msal
 ///   keeps it. A cache file keeps every one (as msal does: other tools may share it). Any
 ///   refusal is the answer, without a request, to the same request with the same refresh
