@@ -11,7 +11,7 @@
 //! `RedisTokenCache` reports such waits for every connection it makes: the first, one after a
 //! failed attempt, and one after a connection dropped (one failure per drop: the call that
 //! found it dropped, or over RESP3 the first call that fails on it or gives up waiting on the
-//! new one; not the others, nor a read answered over the new connection within its budget). Against an address that never answers, one
+//! new one; not the others, nor a call safe to repeat answered over the new connection within its budget). Against an address that never answers, one
 //! failure is counted per attempt (given up after 5 s): the breaker opens some (`failures` − 1)
 //! × 5 s after the first call, every call meanwhile spending the whole budget. When the
 //! address goes silent under a connection already made, within about 2 s if calls come

@@ -119,8 +119,8 @@ impl DistributedCacheBuilder {
     /// every connection the store makes: the first, a new one after an attempt failed, and a
     /// new one after a connection dropped (one failure per drop: the call that found it
     /// dropped, or over RESP3, where Redis's notice comes first, the first call that fails on
-    /// it or gives up waiting on the new one; a read that finds it dropped and gets its answer
-    /// over the new connection within its budget counts nothing). Against an address that never answers (black-holed),
+    /// it or gives up waiting on the new one; a call safe to repeat that finds it dropped and
+    /// gets its answer over the new connection within its budget counts nothing). Against an address that never answers (black-holed),
     /// only the call that starts an attempt counts, one per attempt, and an attempt is given up
     /// after 5 s: the breaker opens about (`failures` − 1) × 5 s after the first call (some
     /// 10 s at the defaults), and every call until then spends the whole budget. When the

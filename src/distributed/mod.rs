@@ -98,8 +98,9 @@
 //!   after an attempt failed, or a new one after the connection dropped) is a miss, not a
 //!   failure: only the call that started the attempt counts its wait, and after a drop, only
 //!   the call that found the connection dropped (it starts the new attempt in the background)
-//!   counts, not the other calls already sent on it; a read that found it dropped runs again
-//!   on the new connection within its budget, and counts nothing if that succeeds. Against an
+//!   counts, not the other calls already sent on it; a call safe to repeat (any but taking a
+//!   lease) that found it dropped runs again on the new connection within its budget, and
+//!   counts nothing if that succeeds. Against an
 //!   address that never answers (black-holed), one failure is counted per connection attempt,
 //!   each given up after 5 s: the breaker opens about (`failures` − 1) × 5 s after the first
 //!   call (some 10 s at the defaults), and until then every call spends the whole budget. No

@@ -216,9 +216,10 @@ const USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// A connection that drops once made (Redis restarted, a failover, `CLIENT KILL`, an idle
 /// connection closed by Redis's `timeout` or cut by a load balancer) is made again the same
 /// way: the call that finds it dropped starts a new attempt at once, in the background. A
-/// read (the cache's look for a token, safe to repeat) waits on that attempt within its
-/// budget and runs again on the new connection: a connection that ended while idle costs the
-/// next look nothing, and is no breaker failure. A write fails and counts. Calls made
+/// call safe to repeat (the cache's look for a token, a put, renewing or releasing a lease)
+/// waits on that attempt within its budget and runs again on the new connection: a
+/// connection that ended while idle costs the next look nothing, and is no breaker failure.
+/// Taking a lease (`SET NX`) is not sent twice: it fails and counts. Calls made
 /// meanwhile wait on the attempt as they would on the first, so a reconnection slower than
 /// the budget costs them their budget but does not open the breaker. Calls already sent on
 /// the connection when it dropped fail with it, and only the first to find the drop counts
@@ -420,8 +421,8 @@ impl RedisTokenCache {
             // Over RESP3 the `redis` crate tells of a connection that ended (the server closed an
             // idle one, a load balancer cut it) as it happens: the store makes a new one at
             // once, so the next call (often a renewal an hour later) finds it made (see
-            // `ended`). Over RESP2 (no push channel) the next read finds it dropped and
-            // retries (see `read`).
+            // `ended`). Over RESP2 (no push channel) the next call finds it dropped and
+            // retries (see `repeatable`).
             let watched: Weak<Inner> = Arc::downgrade(&self.inner);
             let told = Arc::clone(&ended);
             config = config.set_push_sender(move |push: PushInfo| {
@@ -544,24 +545,18 @@ impl RedisTokenCache {
         }
     }
 
-    /// Runs a script (EVALSHA, loading it on NOSCRIPT: a restarted or failed-over server).
-    async fn invoke(
-        &self,
-        op: &'static str,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<Value, StoreError> {
-        let (id, mut connection) = self.connection(op).await?;
-        let answer = self.watched(id, invocation.invoke_async::<Value>(&mut connection));
-        answer.await.map_err(|e| self.failed(op, id, &e))
-    }
-
-    /// Runs a script that only reads, as [`invoke`](Self::invoke) does; when it finds the
-    /// connection dropped, runs it once more on the new connection, within the call's budget
-    /// (a read is safe to repeat). A connection that ended while idle (the server's `timeout`,
-    /// a load balancer's idle cut) is found so by the next call, often a renewal long after:
-    /// that call now shares the fleet's token instead of failing and asking the identity
-    /// provider on its own, and a read that succeeds on the retry is no breaker failure.
-    async fn read(
+    /// Runs a script (EVALSHA, loading it on NOSCRIPT: a restarted or failed-over server) safe
+    /// to repeat; when it finds the connection dropped, runs it once more on the new
+    /// connection, within the call's budget.
+    /// Safe to repeat: the reads, and the writes that compare before they act or write the
+    /// same again (a put of the same value and end; releasing, renewing or marking a lease only
+    /// while it is the caller's). Taking a lease (`SET NX`) is never repeated: sent twice, it
+    /// could answer "taken" for the caller's own lease. A connection that ended while idle (the
+    /// server's `timeout`, a load balancer's idle cut) is found so by the next call, often a
+    /// renewal long after: that call now shares the fleet's token instead of failing and asking
+    /// the identity provider on its own, a holder's publish after a failover still reaches the
+    /// fleet, and a call that succeeds on the retry is no breaker failure.
+    async fn repeatable(
         &self,
         op: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
@@ -700,7 +695,7 @@ impl RedisTokenCache {
         let end = called.map_or(u64::MAX, |called| called.saturating_add(ttl));
         let mut invocation = self.inner.put.key(key);
         invocation.arg(value).arg(ttl).arg(end);
-        match self.invoke("SET", &invocation).await? {
+        match self.repeatable("SET", &invocation).await? {
             Value::Int(1) => Ok(()),
             Value::Int(left) if left <= 0 => {
                 let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -976,7 +971,7 @@ impl TokenStore for RedisTokenCache {
         Box::pin(async move {
             let mut invocation = self.inner.get_with_ttl.key(key);
             invocation.arg(MAX_ENTRY_BYTES);
-            entry_answer(self.read("GET", &invocation).await?)
+            entry_answer(self.repeatable("GET", &invocation).await?)
         })
     }
 
@@ -992,7 +987,7 @@ impl TokenStore for RedisTokenCache {
                 .key(mark_key)
                 .arg(MAX_ENTRY_BYTES)
                 .arg(MAX_MARK_BYTES);
-            let answer = self.read("GET", &invocation).await?;
+            let answer = self.repeatable("GET", &invocation).await?;
             let Value::Array(answer) = answer else {
                 return Err(unexpected("GET", &answer));
             };
@@ -1067,7 +1062,7 @@ impl TokenStore for RedisTokenCache {
         Box::pin(async move {
             let mut invocation = self.inner.release.key(key);
             invocation.arg(holder);
-            match self.invoke("release", &invocation).await? {
+            match self.repeatable("release", &invocation).await? {
                 Value::Int(_) => Ok(()),
                 other => Err(unexpected("release", &other)),
             }
@@ -1088,7 +1083,7 @@ impl TokenStore for RedisTokenCache {
             let mut invocation = self.inner.release_with_mark.key(key);
             invocation.key(mark_key).arg(holder).arg(mark).arg(px(ttl));
             // Named as the cache's breaker logs the call.
-            match self.invoke("release_with_mark", &invocation).await? {
+            match self.repeatable("release_with_mark", &invocation).await? {
                 Value::Int(_) => Ok(()),
                 other => Err(unexpected("release_with_mark", &other)),
             }
@@ -1104,7 +1099,7 @@ impl TokenStore for RedisTokenCache {
         Box::pin(async move {
             let mut invocation = self.inner.renew.key(key);
             invocation.arg(holder).arg(px(ttl));
-            match self.invoke("renew", &invocation).await? {
+            match self.repeatable("renew", &invocation).await? {
                 Value::Int(extended) => Ok(extended == 1),
                 other => Err(unexpected("renew", &other)),
             }

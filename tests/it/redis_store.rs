@@ -313,6 +313,48 @@ async fn a_lease_has_one_holder_until_it_expires() {
     assert!(lease(&store, "two").await);
 }
 
+/// Writes safe to repeat (a put, renewing and releasing a lease) that find the connection
+/// dropped (`CLIENT KILL`: a restart, a failover) run once more on a new connection within
+/// the call, instead of failing (a holder's publish after a failover reached no one); taking
+/// a lease (`SET NX`) never is.
+#[tokio::test]
+async fn writes_safe_to_repeat_are_sent_again_over_a_new_connection() {
+    let server = RedisServer::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    let kill = || {
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query(&mut server.admin())
+            .unwrap();
+        assert_eq!(killed, 1, "the store's connection");
+    };
+    assert!(lease(&store, "one").await);
+    kill();
+    store
+        .renew_lease("p:{a}:lease", "one", secs(10))
+        .await
+        .unwrap();
+    kill();
+    store.put("p:{a}", b"value", secs(60)).await.unwrap();
+    kill();
+    store.release("p:{a}:lease", "one").await.unwrap();
+    let value: Vec<u8> = server.admin().get("p:{a}").unwrap();
+    assert_eq!(value, b"value");
+    assert!(lease(&store, "two").await, "released");
+    kill();
+    assert!(
+        store
+            .try_lease("p:{b}:lease", "one", secs(10))
+            .await
+            .is_err(),
+        "a lease is not taken twice"
+    );
+}
+
 #[tokio::test]
 async fn only_the_holder_releases_a_lease() {
     let server = RedisServer::start();
