@@ -884,6 +884,12 @@ fn drops(e: &RedisError) -> bool {
             e.kind(),
             ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
         )
+        // Redis before 7 wraps an error a script's `redis.call` met in its own (`ERR Error
+        // running script … -READONLY You can't write against a read only replica.`): the
+        // store's writes are scripts.
+        || e
+            .detail()
+            .is_some_and(|detail| detail.contains("-READONLY ") || detail.contains("-MASTERDOWN "))
 }
 
 /// A store error for an answer of the wrong kind; names the kind, never the value.
@@ -1402,6 +1408,29 @@ mod tests {
         for kind in [ServerErrorKind::NoScript, ServerErrorKind::BusyLoading] {
             let e = RedisError::from((ErrorKind::Server(kind), "the command's own"));
             assert!(!drops(&e), "{e}");
+        }
+        // Redis 6 wraps what a script's call met.
+        for (detail, dropped) in [
+            (
+                "Error running script (call to f_0): @user_script:1: @user_script: 1: -READONLY \
+                 You can't write against a read only replica.",
+                true,
+            ),
+            (
+                "Error running script (call to f_0): -MASTERDOWN Link down",
+                true,
+            ),
+            (
+                "Error running script (call to f_0): WRONGTYPE Operation",
+                false,
+            ),
+        ] {
+            let e = RedisError::from((
+                ErrorKind::Server(ServerErrorKind::ResponseError),
+                "An error was signalled by the server",
+                detail.to_owned(),
+            ));
+            assert_eq!(drops(&e), dropped, "{e}");
         }
     }
 
