@@ -341,7 +341,14 @@ impl RedisTokenCache {
     pub async fn connect(&self) -> Result<(), StoreError> {
         let (id, _) = self.connection("connection").await?;
         self.inner.served.store(id, Ordering::Relaxed);
-        Ok(())
+        // Over RESP3 the server may have closed it as it was made (see `Inner::settle`): the
+        // store then holds none, and saying "connected" would be wrong.
+        match &self.inner.link().link {
+            Link::Connected(current, ..) if *current == id => Ok(()),
+            _ => Err(StoreError::msg(
+                "redis connection: the server closed the connection as it was made",
+            )),
+        }
     }
 
     /// The connection: the one made, or the outcome of the attempt running, started here if
