@@ -11,6 +11,7 @@ use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
 use crate::entra::token_client::{TokenClient, authorization_code_form, carries_a_challenge};
 use crate::error::{ConfigError, CredentialError};
 use crate::flight::{Flight, SingleFlight, WhenAbandoned};
+use crate::refresh::DEFAULT_RETRY_AFTER_FAILURE;
 use crate::token::{AccessToken, Secret, TokenRequest};
 
 const NAME: &str = "AuthorizationCodeCredential";
@@ -42,7 +43,8 @@ const NAME: &str = "AuthorizationCodeCredential";
 ///   500112 another redirect URI) is forgotten at once, and later calls get that refusal without a request (sign the user in
 ///   again for a new code); a code refused otherwise (a scope not authorized, MFA, a
 ///   Conditional Access policy of one resource, a code not known here) is kept and sent by
-///   the next call, which may ask for something it can get.
+///   the next call that asks for something else, which it may get, or by the same request
+///   after 30 s (sooner, it gets the same refusal without a request).
 /// * Later calls: a cached access token (more than 300 s left; past its refresh time, a
 ///   refresh token is redeemed first and the cached token returned only if that fails, as in
 ///   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
@@ -92,6 +94,18 @@ struct CodeState {
     /// Entra's refusal of the code for good (see [`code_is_spent`]), the answer to every
     /// later call: sent again, the code could only be refused again.
     refused: Option<CredentialError>,
+    /// The last refusal that kept the code (for one request, or not known here), answered
+    /// again to the same request for [`DEFAULT_RETRY_AFTER_FAILURE`] without sending the code:
+    /// a caller retrying in a loop would otherwise send it each time.
+    kept_refusal: Option<KeptRefusal>,
+}
+
+/// A refusal of the code that kept it: for which request (tenant, scopes, CAE, claims), when,
+/// and what.
+struct KeptRefusal {
+    request: (String, Vec<String>, bool, Option<String>),
+    at: tokio::time::Instant,
+    error: CredentialError,
 }
 
 /// An authorization code and the PKCE verifier of the sign-in that issued it: sent together
@@ -175,8 +189,18 @@ impl Inner {
                         redemption,
                         mine: false,
                     }
+                } else if let Some(error) = state.kept_refusal.as_ref().and_then(|kept| {
+                    let same = kept.request.0 == tenant
+                        && kept.request.1 == scopes
+                        && kept.request.2 == cae
+                        && kept.request.3 == claims;
+                    let recent = kept.at.elapsed() < DEFAULT_RETRY_AFTER_FAILURE;
+                    (same && recent).then(|| kept.error.clone())
+                }) {
+                    return Err(error);
                 } else if let Some(code) = state.code.clone() {
                     let redeem = self.redeem(code, tenant, scopes, cae, claims.clone());
+                    let asked = (tenant.to_owned(), scopes.to_vec(), cae, claims.clone());
                     // The code is forgotten and the account pinned as the redemption ends; a
                     // code Entra refused for good is forgotten too, its refusal kept as the
                     // answer to later calls. Any other refusal (MFA, consent or Conditional
@@ -187,11 +211,20 @@ impl Inner {
                             match &result {
                                 Ok(redeemed) => {
                                     state.code = None;
+                                    state.kept_refusal = None;
                                     state.account.clone_from(&redeemed.account);
                                 }
                                 Err(error) if code_is_spent(error) => {
                                     state.code = None;
+                                    state.kept_refusal = None;
                                     state.refused = Some(error.clone());
+                                }
+                                Err(error) if error.error_code() == Some("invalid_grant") => {
+                                    state.kept_refusal = Some(KeptRefusal {
+                                        request: asked,
+                                        at: tokio::time::Instant::now(),
+                                        error: error.clone(),
+                                    });
                                 }
                                 Err(_) => {}
                             }
@@ -496,6 +529,7 @@ impl AuthorizationCodeCredentialBuilder {
                         }),
                         account: None,
                         refused: None,
+                        kept_refusal: None,
                     },
                 ),
             }),

@@ -728,8 +728,10 @@ async fn an_invalid_grant_says_one_thing_to_do() {
 /// forgotten, and later calls get the refusal, saying to sign in again for a new code,
 /// without sending it. A code refused otherwise (a Conditional Access policy of its resource,
 /// 53003; a scope not authorized, 70000; MFA enrollment, 50072; a code not known here) is sent
-/// again by the next call. Before, every call sent a refused code again; then any refusal but
-/// thirteen per-request codes forgot it (70000 for one scope lost the sign-in).
+/// again by another request's call, and by the same request's after 30 s (at once, it gets
+/// the same refusal without a request: a retry loop would send the code each time). Before,
+/// every call sent a refused code again; then any refusal but thirteen per-request codes
+/// forgot it (70000 for one scope lost the sign-in).
 #[tokio::test(start_paused = true)]
 async fn a_refused_code_is_not_sent_again() {
     use crate::support::authority::{Authority, Fault, error_body};
@@ -763,6 +765,14 @@ async fn a_refused_code_is_not_sent_again() {
         let credential = loopback::credential(&authority);
         authority.push_fault(refused(code));
         credential.get_token([A]).await.unwrap_err();
+        // The same request again at once: the same refusal, without sending the code.
+        let again = credential.get_token([A]).await.unwrap_err();
+        assert_eq!(again.error_codes(), [code], "{again}");
+        assert_eq!(
+            authority.token_posts(),
+            1,
+            "AADSTS{code}: sent again at once"
+        );
         authority.push_fault(answer("at-1", "rt-1"));
         let token = credential
             .get_token([B])
@@ -773,6 +783,17 @@ async fn a_refused_code_is_not_sent_again() {
         assert_eq!(requests.len(), 2, "{requests:#?}");
         assert_eq!(requests[1].field("code"), Some(loopback::CODE));
     }
+
+    // After 30 s the same request sends the code again.
+    let authority = Authority::start().await;
+    let credential = loopback::credential(&authority);
+    authority.push_fault(refused(53003));
+    credential.get_token([A]).await.unwrap_err();
+    tokio::time::advance(std::time::Duration::from_secs(30)).await;
+    authority.push_fault(answer("at-1", "rt-1"));
+    let token = credential.get_token([A]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "at-1");
+    assert_eq!(authority.token_posts(), 2);
 }
 
 /// A redemption that succeeded but named no account (no client_info, no id token): later
