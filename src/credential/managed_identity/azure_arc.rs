@@ -414,6 +414,20 @@ mod tests {
         .unwrap()
     }
 
+    /// A key reader that counts its reads in `started` and returns only once the sender of
+    /// `gate` is dropped (or sends): a read that hangs until the test lets it go.
+    fn held_reader(
+        started: &Arc<std::sync::atomic::AtomicUsize>,
+        gate: Mutex<std::sync::mpsc::Receiver<()>>,
+    ) -> KeyReader {
+        let started = Arc::clone(started);
+        Arc::new(move |_: &Path, _: &str| {
+            started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = gate.lock().unwrap_or_else(PoisonError::into_inner).recv();
+            Ok(Secret::new("the-key"))
+        })
+    }
+
     /// A key read that never returns (a hung mount) holds its blocking thread after the
     /// request gave up on it; later requests are refused at once instead of each holding one
     /// more thread, until it returns.
@@ -427,14 +441,7 @@ mod tests {
         let (release, gate) = std::sync::mpsc::channel::<()>();
         let gate = Mutex::new(gate);
         let mut arc = arc(None);
-        arc.read_key = {
-            let started = Arc::clone(&started);
-            Arc::new(move |_: &Path, _: &str| {
-                started.fetch_add(1, Ordering::SeqCst);
-                let _ = gate.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                Ok(Secret::new("the-key"))
-            })
-        };
+        arc.read_key = held_reader(&started, gate);
         let arc = Arc::new(arc);
 
         let first = tokio::spawn({
@@ -521,14 +528,7 @@ mod tests {
         )
         .unwrap();
         let started = Arc::new(AtomicUsize::new(0));
-        arc.read_key = {
-            let started = Arc::clone(&started);
-            Arc::new(move |_: &Path, _: &str| {
-                started.fetch_add(1, Ordering::SeqCst);
-                let _ = gate.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                Ok(Secret::new("the-key"))
-            })
-        };
+        arc.read_key = held_reader(&started, gate);
         let arc = Arc::new(arc);
         let first = tokio::spawn({
             let arc = Arc::clone(&arc);
