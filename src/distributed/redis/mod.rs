@@ -1,0 +1,478 @@
+//! The Redis [`TokenStore`] (feature `redis`): [`RedisTokenCache`].
+
+//! `link`: the connection (made, dropped, made again); `scripts`: the Lua scripts and how
+//! their answers read.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisError, Script, Value};
+
+use crate::distributed::store::{
+    MAX_ENTRY_BYTES, StoreError, TokenStore, ValueWithMark, ValueWithTtl,
+};
+use crate::error::ConfigError;
+use crate::redact::{scrub, truncate};
+
+mod link;
+mod scripts;
+
+use link::{Link, State, keepalive};
+use scripts::{
+    GET_WITH_MARK, GET_WITH_TTL, MAX_MARK_BYTES, PUT, RELEASE, RELEASE_WITH_MARK, RENEW, entry,
+    entry_answer, px, unexpected, unix_millis, wrong_shape,
+};
+
+/// How much of a Redis error's text a [`StoreError`] keeps.
+const MAX_ERROR_CHARS: usize = 200;
+
+/// A [`TokenStore`] on one Redis endpoint, through one multiplexed connection of the `redis`
+/// crate (tokio), made again after it drops.
+///
+/// The endpoint is a single server (Redis, Valkey), or a cluster behind a proxy that presents
+/// it as one server: Azure Cache for Redis without clustering (Basic, Standard, Premium
+/// non-clustered) or Azure Managed Redis with its Enterprise clustering policy. It does not
+/// speak the Redis Cluster protocol: against an endpoint that redirects (`MOVED`: a cluster
+/// reached directly, Azure's OSS clustering policy) every call for a key on another shard
+/// fails, and the processes ask the identity provider on their own. The keys' hash tags keep
+/// an entry's token, lease and failure mark on one shard for a [`TokenStore`] of your own over
+/// a cluster client.
+///
+/// Cheap to clone: clones share the connection. Its `Debug` shows the host, port and
+/// database, never the password.
+///
+/// ```no_run
+/// use tower_identity::distributed::{DistributedCache, RedisTokenCache, SealingKey};
+/// use tower_identity::{ClientSecretCredential, CredentialExt};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // Only parses the URL: building a credential never needs Redis up.
+/// let store = RedisTokenCache::from_env("REDIS_URL")?;
+/// // Optional: connect at start-up, so the first token request does not pay for it. Returns
+/// // within 5 s even if Redis does not answer.
+/// if let Err(e) = store.connect().await {
+///     eprintln!("{e}; tokens are acquired without the shared cache until Redis is back");
+/// }
+/// let cache = DistributedCache::builder(store)
+///     .sealing_key(SealingKey::from_env("TOKEN_CACHE_KEY")?)
+///     .build()?;
+/// let credential = ClientSecretCredential::builder("tenant", "client", std::env::var("SECRET")?)
+///     .distributed_cache(cache)
+///     .build()?;
+/// let token = credential.get_token(["https://graph.microsoft.com/.default"]).await?;
+/// # let _ = token; Ok(()) }
+/// ```
+///
+/// The URL is the `redis` crate's: `redis://[user:password@]host[:port][/db]`, `rediss://` for
+/// TLS (rustls, the platform's roots), `redis+unix:///path` for a Unix socket.
+///
+/// An entry's TTL counts from when its put was called, not from when Redis applies it: a put
+/// applied late (sent while Redis was stopped, applied once it resumes) expires with the token
+/// all the same, as long as the host's and Redis's clocks agree (the end is the call's Unix
+/// time plus the TTL, by Redis's clock: a Redis clock `S` behind lets a late entry outlive the
+/// token by up to `S`, and never by more than its delay). Readers also check the token's own
+/// expiry, so they never use a token past it either way. A Redis clock ahead of the host's
+/// shortens entries by the difference; one ahead by an entry's whole TTL stores nothing, and the put answers an error
+/// naming the difference (a store error: the process acts alone). Failure marks
+/// ([`put_mark`](TokenStore::put_mark), and the holder's
+/// [`release_with_mark`](TokenStore::release_with_mark), one script with its release) are a
+/// plain `SET … PX`, whatever the clocks say.
+///
+/// Keys are given a TTL of at most 100 years: a longer one (a `lease(Duration::MAX)`) is
+/// capped, since Redis refuses a `PX` that overflows when added to its clock.
+///
+/// The store adds no timeout and no retry delay to its calls: the distributed cache bounds every
+/// call with its budget and counts failures in its breaker, so a wait here would only hide
+/// how long Redis took. A call to a server that does not answer (stopped, partitioned) stays
+/// pending until the caller gives up on it.
+///
+/// The connection is the exception: it is made in a task of its own, started by the first call
+/// (or [`connect`](Self::connect)) and bounded by a deadline of its own (5 s), so a call that
+/// gives up on it (its budget spent) does not cancel it. Calls meanwhile wait on that one
+/// attempt, each within its own budget, and a later call uses the connection once it is made,
+/// however long its setup took (DNS, TCP, TLS, AUTH: more than the budget, for a server in
+/// another region). Only the call that started an attempt counts its wait as a failure in the
+/// cache's breaker: the calls that joined it are misses, not failures, so a cold process
+/// asking for several tokens at once does not open the breaker for a connection made a moment
+/// later. An attempt that fails or runs out of time leaves the next call to start another.
+///
+/// A connection that drops once made (Redis restarted, a failover, `CLIENT KILL`, an idle
+/// connection closed by Redis's `timeout` or cut by a load balancer) is made again the same
+/// way: the call that finds it dropped starts a new attempt at once, in the background. A
+/// call safe to repeat (the cache's look for a token, a put, renewing or releasing a lease)
+/// waits on that attempt within its budget and runs again on the new connection: a
+/// connection that ended while idle costs the next look nothing, and is no breaker failure.
+/// Taking a lease (`SET NX`) is not sent twice: it fails and counts. Calls made
+/// meanwhile wait on the attempt as they would on the first, so a reconnection slower than
+/// the budget costs them their budget but does not open the breaker. Calls already sent on
+/// the connection when it dropped fail with it, and only the first to find the drop counts
+/// (a burst of calls does not open the breaker for one drop). Over RESP3 (`?protocol=resp3`) the
+/// `redis` crate tells the store as a connection ends, and the new attempt starts then,
+/// before any call finds it dropped; the drop still counts once, as over RESP2, for the
+/// first call that fails on that connection or gives up waiting on the new one. A connection
+/// that ends within 1 s of being made is not made again at once, but by the next call: a
+/// server or proxy that closes each connection right after its setup costs one attempt per
+/// call (and opens the breaker), not a reconnection loop. A server that answers it is no longer the primary
+/// (`READONLY`: a failover demoted it without closing its clients; `MASTERDOWN`) counts as a
+/// drop too: the new connection reaches the new primary behind the address.
+///
+/// Against an address that never answers (a black-holed host or port), each attempt runs its
+/// 5 s and only the call that started it counts a failure: the breaker opens about
+/// (`failures` − 1) × 5 s after the first call (some 10 s at the defaults, calls keeping on
+/// coming), and until then every call, counted or not, spends the whole budget before the
+/// process asks the identity provider on its own. When the address goes silent under a
+/// connection already made, every call sent on it while the `PING` below waits its 2 s is
+/// given up on and counts, so calls coming faster than that open the breaker within about
+/// 2 s; calls more than 2 s apart find it replaced by an attempt the `PING` started, which
+/// counts for no call (the calls that wait on it are misses), and the breaker opens some 2 s
+/// later than against an address never answered (some 12 s at the defaults).
+///
+/// A connection that stops answering without closing (its host crashed or was cut off, and
+/// no reset reaches this host) raises no error. When the cache gives up on a call at its
+/// budget's end, the store sends a `PING` on that connection in the background: with no answer
+/// within 2 s the connection is taken for dropped and made again, as above (a server that
+/// answers within 2 s, only slow, keeps it). A server that is there but stalls for more than
+/// 2 s (a `fork` for a snapshot of a large data set, a slow script or command) has its
+/// connection replaced too: the calls sent on it were already given up, and the new
+/// connection is made once the server answers again (within the attempt's 5 s, or by a
+/// later attempt). A server that stopped answering altogether (`SIGSTOP`) is then an address
+/// that never answers: one failure per attempt.
+///
+/// TCP connections also have keepalive (a probe after 10 s idle, then every 5 s), so a dead
+/// peer is found on an idle connection too, and a load balancer's idle timer does not cut
+/// it, on Linux, Android, macOS, iOS, FreeBSD and Windows only (on other platforms the
+/// store sets no keepalive; a Unix socket needs none). How soon a dead idle peer is found
+/// depends on the platform's count of unanswered probes, which the store does not set: on
+/// Linux and Android some 20 s after the peer's last answer (`TCP_USER_TIMEOUT`, 20 s, ends
+/// the connection after two unanswered probes); on macOS, iOS and FreeBSD about 50 s (8
+/// probes); on Windows about 60 s (10 probes).
+#[derive(Clone)]
+pub struct RedisTokenCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    /// The connection, or the one attempt at it that runs, and the drop no call counted yet.
+    link: Mutex<State>,
+    /// Attempts started, to tell one from the next.
+    attempts: AtomicU64,
+    /// The last connection that served the process (answered a call, or was asked for by
+    /// [`RedisTokenCache::connect`]); `u64::MAX` before any. Only such a connection is made
+    /// again at once when the `redis` crate tells it ended (see [`RedisTokenCache::ended`]).
+    served: AtomicU64,
+    release: Script,
+    release_with_mark: Script,
+    renew: Script,
+    get_with_ttl: Script,
+    get_with_mark: Script,
+    put: Script,
+}
+
+impl RedisTokenCache {
+    /// A store for the Redis server at `url` (see [`RedisTokenCache`] for the forms).
+    /// Only parses: the connection is made by the first call.
+    pub fn open(url: &str) -> Result<Self, ConfigError> {
+        let client = url
+            .into_connection_info()
+            .and_then(|info| {
+                let tcp = keepalive(info.tcp_settings().clone());
+                Client::open(info.set_tcp_settings(tcp))
+            })
+            .map_err(|e| {
+            // The parser's messages do not quote the URL; scrubbed anyway, as the URL may
+            // hold a password.
+            ConfigError::new(format!(
+                "the Redis URL is not valid ({}): expected redis://[user:password@]host[:port][/db], \
+                 rediss://… for TLS or redis+unix:///path",
+                truncate(&scrub(&e.to_string(), &[url]), MAX_ERROR_CHARS)
+            ))
+        })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                link: Mutex::new(State {
+                    link: Link::Idle,
+                    uncounted: None,
+                }),
+                attempts: AtomicU64::new(0),
+                served: AtomicU64::new(u64::MAX),
+                release: Script::new(RELEASE),
+                release_with_mark: Script::new(RELEASE_WITH_MARK),
+                renew: Script::new(RENEW),
+                get_with_ttl: Script::new(GET_WITH_TTL),
+                get_with_mark: Script::new(GET_WITH_MARK),
+                put: Script::new(PUT),
+            }),
+        })
+    }
+
+    /// A store for the Redis URL in the environment variable `var` (see [`open`](Self::open)).
+    pub fn from_env(var: &str) -> Result<Self, ConfigError> {
+        match std::env::var(var) {
+            Ok(url) if !url.trim().is_empty() => Self::open(url.trim()),
+            _ => Err(ConfigError::new(format!(
+                "the environment variable {var} holds no Redis URL: set it to \
+                 redis://[user:password@]host[:port][/db] (or rediss://… for TLS)"
+            ))),
+        }
+    }
+
+    /// Connects now instead of on the first call: the first call then does not spend the
+    /// cache's budget on the connection. Returns within 5 s (the connection's own deadline)
+    /// whether Redis answers or not. An error is not final: the next call tries again.
+    pub async fn connect(&self) -> Result<(), StoreError> {
+        let (id, _) = self.connection("connection").await?;
+        self.inner.served.store(id, Ordering::Relaxed);
+        // Over RESP3 the server may have closed it as it was made (see `Inner::settle`): the
+        // store then holds none, and saying "connected" would be wrong.
+        match &self.inner.link().link {
+            Link::Connected(current, ..) if *current == id => Ok(()),
+            _ => Err(StoreError::msg(
+                "redis connection: the server closed the connection as it was made",
+            )),
+        }
+    }
+    /// [`put`](TokenStore::put) as called at `called` (Unix ms by this host's clock; `None`
+    /// for a clock before 1970, which gives no end: the TTL alone bounds the entry).
+    ///
+    /// Nothing stored, answered within less than the TTL of the call, cannot be a put applied
+    /// late: Redis's clock had passed the end (`called` plus the TTL) when it applied it, so
+    /// it runs ahead of this host's by at least the TTL less the time the answer took, and
+    /// every entry shorter than that would go unstored. That is an error naming the
+    /// difference, counted and logged as every store error is, not a silent success.
+    async fn put_from(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        called: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let ttl = px(ttl);
+        let end = called.map_or(u64::MAX, |called| called.saturating_add(ttl));
+        let mut invocation = self.inner.put.key(key);
+        invocation.arg(value).arg(ttl).arg(end);
+        match self.repeatable("SET", &invocation).await? {
+            Value::Int(1) => Ok(()),
+            Value::Int(left) if left <= 0 => {
+                let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                // Redis passed the end `-left` ms before it applied the put, at most `took`
+                // ms after the call: its clock runs at least this far ahead.
+                let ahead = ttl.saturating_add(left.unsigned_abs()).saturating_sub(took);
+                if ahead == 0 {
+                    // Applied after its whole TTL from the call: nothing to keep.
+                    return Ok(());
+                }
+                Err(StoreError::msg(format!(
+                    "redis SET: nothing stored: Redis's clock runs at least {ahead} ms ahead of \
+                     this host's, so the entry's {ttl} ms from the call had passed by it; \
+                     synchronise the clocks (NTP)"
+                )))
+            }
+            other => Err(unexpected("SET", &other)),
+        }
+    }
+
+    /// A store error for `op` from a Redis error, its text scrubbed of the URL's credentials
+    /// (the source is not kept: its text is not ours to vouch for).
+    fn error(&self, op: &str, what: &str, e: &RedisError) -> StoreError {
+        StoreError::msg(format!("redis {op}: {what}: {}", self.inner.scrubbed(e)))
+    }
+}
+
+impl Inner {
+    /// A Redis error's text, scrubbed of the URL's credentials and truncated.
+    fn scrubbed(&self, e: &RedisError) -> String {
+        let settings = self.client.get_connection_info().redis_settings();
+        let secrets: Vec<&str> = [settings.password(), settings.username()]
+            .into_iter()
+            .flatten()
+            .collect();
+        truncate(&scrub(&e.to_string(), &secrets), MAX_ERROR_CHARS)
+    }
+}
+
+impl TokenStore for RedisTokenCache {
+    /// The value under `key`, read as [`get_with_ttl`](TokenStore::get_with_ttl) reads it.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(async move {
+            let read = self.get_with_ttl(key).await?;
+            Ok(read.map(|(value, _)| value))
+        })
+    }
+
+    /// The value under `key` and its time left, in one script. A value of another Redis type,
+    /// or longer than 64 KiB, is answered as an empty value, without its bytes: no entry looks
+    /// like that, so the cache takes it for an unreadable entry, a miss that its next publish
+    /// replaces.
+    fn get_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ValueWithTtl>, StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.inner.get_with_ttl.key(key);
+            invocation.arg(MAX_ENTRY_BYTES);
+            entry_answer(self.repeatable("GET", &invocation).await?)
+        })
+    }
+
+    /// The entry under `key` and the mark under `mark_key`, in one script.
+    fn get_with_mark<'a>(
+        &'a self,
+        key: &'a str,
+        mark_key: &'a str,
+    ) -> BoxFuture<'a, Result<ValueWithMark, StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.inner.get_with_mark.key(key);
+            invocation
+                .key(mark_key)
+                .arg(MAX_ENTRY_BYTES)
+                .arg(MAX_MARK_BYTES);
+            let answer = self.repeatable("GET", &invocation).await?;
+            let Value::Array(answer) = answer else {
+                return Err(unexpected("GET", &answer));
+            };
+            match <[Value; 2]>::try_from(answer) {
+                Ok([Value::Array(found), Value::Array(mark)]) => {
+                    let mark = match <[Value; 1]>::try_from(mark) {
+                        Ok([Value::BulkString(mark)]) => Some(mark),
+                        Err(none) if none.is_empty() => None,
+                        Ok(_) | Err(_) => return Err(wrong_shape()),
+                    };
+                    Ok((entry(found)?, mark))
+                }
+                Ok(_) | Err(_) => Err(wrong_shape()),
+            }
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.put_from(key, value, ttl, unix_millis()))
+    }
+
+    /// A plain `SET … PX`: no bound by the wall clock (a failure mark applied late only lasts
+    /// its few seconds from then), so a Redis clock ahead of this host's does not shorten it.
+    fn put_mark<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut command = redis::cmd("SET");
+            command.arg(key).arg(value).arg("PX").arg(px(ttl));
+            match self.run("SET", &command).await? {
+                Value::Okay => Ok(()),
+                other => Err(unexpected("SET", &other)),
+            }
+        })
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut command = redis::cmd("SET");
+            command
+                .arg(key)
+                .arg(holder)
+                .arg("NX")
+                .arg("PX")
+                .arg(px(ttl));
+            match self.run("SET NX", &command).await? {
+                Value::Okay => Ok(true),
+                Value::Nil => Ok(false),
+                other => Err(unexpected("SET NX", &other)),
+            }
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.inner.release.key(key);
+            invocation.arg(holder);
+            match self.repeatable("release", &invocation).await? {
+                Value::Int(_) => Ok(()),
+                other => Err(unexpected("release", &other)),
+            }
+        })
+    }
+
+    /// One script: the release and a plain `SET … PX` of the mark, as
+    /// [`put_mark`](TokenStore::put_mark) writes it.
+    fn release_with_mark<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        mark_key: &'a str,
+        mark: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.inner.release_with_mark.key(key);
+            invocation.key(mark_key).arg(holder).arg(mark).arg(px(ttl));
+            // Named as the cache's breaker logs the call.
+            match self.repeatable("release_with_mark", &invocation).await? {
+                Value::Int(_) => Ok(()),
+                other => Err(unexpected("release_with_mark", &other)),
+            }
+        })
+    }
+
+    fn renew_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.inner.renew.key(key);
+            invocation.arg(holder).arg(px(ttl));
+            match self.repeatable("renew", &invocation).await? {
+                Value::Int(extended) => Ok(extended == 1),
+                other => Err(unexpected("renew", &other)),
+            }
+        })
+    }
+}
+
+impl fmt::Debug for RedisTokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let info = self.inner.client.get_connection_info();
+        let mut out = f.debug_struct("RedisTokenCache");
+        match info.addr() {
+            ConnectionAddr::Tcp(host, port) => out.field("host", host).field("port", port),
+            ConnectionAddr::TcpTls { host, port, .. } => out
+                .field("host", host)
+                .field("port", port)
+                .field("tls", &true),
+            ConnectionAddr::Unix(path) => out.field("socket", path),
+            _ => out.field("address", &"other"),
+        };
+        out.field("db", &info.redis_settings().db())
+            .field(
+                "connected",
+                &matches!(&self.inner.link().link, Link::Connected(..)),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,167 @@
+//! The Lua scripts the store runs, and how their answers read.
+
+use std::time::Duration;
+
+use redis::Value;
+
+use crate::distributed::store::{StoreError, ValueWithTtl};
+
+/// another process meanwhile must survive the old holder's release.
+pub(super) const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// Gives the lease `KEYS[1]` back as [`RELEASE`] does (only to holder `ARGV[1]`) and stores the
+/// failure mark `ARGV[2]` under `KEYS[2]` for `ARGV[3]` ms (whoever holds the lease), in one
+/// atomic step: no waiter sees the lease free without the mark, or the mark with the lease
+/// still held (the keys share a hash tag). The release comes first: a script that has written
+/// may write on under `maxmemory`, where a `SET` first would be refused and release nothing.
+/// Answers an integer (1 when released), alike over RESP2 and RESP3.
+pub(super) const RELEASE_WITH_MARK: &str = r"local released = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  released = redis.call('DEL', KEYS[1])
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return released";
+
+/// Extends a lease only for the holder that holds it, GET and PEXPIRE in one atomic step: a
+/// lease that expired (and perhaps went to another process) is neither extended nor created.
+/// Answers 1 when extended.
+pub(super) const RENEW: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
+/// Reads a value and the milliseconds it has left (`PTTL`: -1 when it has no expiry) in one
+/// atomic step; `{}` when there is no value. A value that cannot be an entry, of another type
+/// (`GET` would fail with WRONGTYPE) or longer than `ARGV[1]` bytes, is answered as an empty
+/// string, without its bytes: the cache takes it for an unreadable entry (a miss), and its
+/// next publish (`SET`, which replaces a key of any type) replaces it.
+///
+/// "None" is an empty collection, not `false`: Redis 7 answers a script's `false` as a nil
+/// over RESP3 too (the script itself speaks RESP2 unless it calls `redis.setresp(3)`), but its
+/// documentation promises a RESP3 Boolean there; a collection reads alike whatever the server
+/// does. An answer of nil or `false` is still taken for none.
+pub(super) const GET_WITH_TTL: &str = r"local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then
+  return {}
+end
+local left = redis.call('PTTL', KEYS[1])
+if kind ~= 'string' or redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then
+  return {'', left}
+end
+return {redis.call('GET', KEYS[1]), left}";
+
+/// Reads an entry as [`GET_WITH_TTL`] does, and the mark under `KEYS[2]`, in one atomic step
+/// (the keys share a hash tag): `{entry, mark}`, where `entry` is `{}` when there is none, else
+/// `{value, ms left}` as above, and `mark` is `{}` when there is none, else `{value}`. A mark of
+/// another type or longer than `ARGV[2]` bytes is no mark: it was not written by a cache.
+/// Empty collections, never `false`, say "none": the answer reads alike over RESP2 and RESP3.
+pub(super) const GET_WITH_MARK: &str = r"local entry = {}
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' then
+  local left = redis.call('PTTL', KEYS[1])
+  if kind ~= 'string' or redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then
+    entry = {'', left}
+  else
+    entry = {redis.call('GET', KEYS[1]), left}
+  end
+end
+local mark = {}
+if redis.call('TYPE', KEYS[2])['ok'] == 'string'
+  and redis.call('STRLEN', KEYS[2]) <= tonumber(ARGV[2]) then
+  mark = {redis.call('GET', KEYS[2])}
+end
+return {entry, mark}";
+
+/// The longest mark read: holder ids are some 30 bytes.
+pub(super) const MAX_MARK_BYTES: usize = 1024;
+
+/// Stores `ARGV[1]` under the key to expire after `ARGV[2]` ms, or at the Unix time `ARGV[3]`
+/// (ms, by Redis's clock) if that comes first, and answers 1; stores nothing when that time
+/// has passed, and answers the ms left (0 or less: how long ago it passed, by Redis's clock).
+/// `ARGV[3]` is when the put was called plus its TTL: a put that Redis applies late (a call
+/// given up on, sent on while Redis was stopped, applied once it resumes) then expires when
+/// the token does, not that much later. Neither bound lengthens the other: a Redis clock
+/// behind the caller's changes nothing; one ahead by `S` shortens the entry by `S`, and
+/// stores nothing when `S` reaches the TTL (the caller tells that from a late apply: see
+/// [`RedisTokenCache::put_from`](super::RedisTokenCache::put_from)).
+/// Effects replication (`TIME` before a write) is the default from Redis 5; asked for on
+/// older servers, where it exists.
+pub(super) const PUT: &str = r"if redis.replicate_commands then
+  redis.replicate_commands()
+end
+local now = redis.call('TIME')
+local left = tonumber(ARGV[3]) - (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+local px = math.min(tonumber(ARGV[2]), left)
+if px < 1 then
+  return math.min(left, 0)
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
+return 1";
+
+/// A store error for an answer of the wrong kind; names the kind, never the value.
+pub(super) fn unexpected(op: &str, value: &Value) -> StoreError {
+    let kind = match value {
+        Value::Nil => "nil",
+        Value::Int(_) => "an integer",
+        Value::BulkString(_) => "a string",
+        Value::SimpleString(_) | Value::Okay => "a status",
+        Value::Array(_) | Value::Set(_) | Value::Map(_) => "a collection",
+        _ => "an unexpected type",
+    };
+    StoreError::msg(format!("redis {op} answered {kind}, which it never should"))
+}
+
+/// This host's wall clock in Unix ms; `None` before 1970.
+pub(super) fn unix_millis() -> Option<u64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(u64::try_from(now.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// [`GET_WITH_TTL`]'s answer: `{}` for none (nil or `false` too), else `{value, ms left}`.
+pub(super) fn entry_answer(answer: Value) -> Result<Option<ValueWithTtl>, StoreError> {
+    match answer {
+        Value::Nil | Value::Boolean(false) => Ok(None),
+        Value::Array(answer) => entry(answer),
+        other => Err(unexpected("GET", &other)),
+    }
+}
+
+/// An entry as the scripts answer it: `{}` for none, else `{value, ms left}`.
+pub(super) fn entry(answer: Vec<Value>) -> Result<Option<ValueWithTtl>, StoreError> {
+    match <[Value; 2]>::try_from(answer) {
+        Ok([Value::BulkString(value), Value::Int(left)]) => {
+            // -1: no expiry. -2 (gone) cannot follow a GET in one script; were it to, nothing
+            // is left.
+            let left = match u64::try_from(left) {
+                Ok(ms) => Some(Duration::from_millis(ms)),
+                Err(_) if left == -1 => None,
+                Err(_) => Some(Duration::ZERO),
+            };
+            Ok(Some((value, left)))
+        }
+        Err(none) if none.is_empty() => Ok(None),
+        Ok(_) | Err(_) => Err(wrong_shape()),
+    }
+}
+
+pub(super) fn wrong_shape() -> StoreError {
+    StoreError::msg("redis GET answered a collection of the wrong shape, which it never should")
+}
+
+/// The longest TTL a key is given: 100 years (365.25-day years), in milliseconds. Redis
+/// refuses a `PX` whose sum with its own clock overflows a signed 64-bit integer ("invalid
+/// expire time"), so a longer setting (a `lease(Duration::MAX)`) is capped here rather than
+/// make every call fail; nothing in the cache lives that long.
+pub(super) const MAX_PX: u64 = 3_155_760_000_000;
+
+/// `ttl` in whole milliseconds for `PX`: at least 1 (`PX 0` is an error), at most [`MAX_PX`].
+pub(super) fn px(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_PX)
+}
