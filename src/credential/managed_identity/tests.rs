@@ -1,3 +1,4 @@
+use super::builder::select;
 use super::*;
 use crate::CredentialExt;
 
