@@ -245,14 +245,16 @@ impl TenantPolicy {
         let Some(requested) = requested else {
             return Ok(configured);
         };
-        // Validated here too: a per-request tenant reaches the URL path like the configured one.
-        validate_tenant_id(requested)?;
+        // The requested tenant is not looked at when it is not used (azure-identity returns
+        // the configured one first): with multitenant auth disabled any request goes.
         if configured == Some(requested)
             || configured.is_some_and(|t| t.eq_ignore_ascii_case("adfs"))
             || self.multitenant_disabled
         {
             return Ok(configured);
         }
+        // Validated here too: a per-request tenant reaches the URL path like the configured one.
+        validate_tenant_id(requested)?;
         // A credential without a tenant of its own (a CLI's current account) has none to
         // protect: any requested tenant goes, whatever the list.
         if configured.is_none() {
@@ -469,6 +471,15 @@ mod tests {
 
         let disabled = TenantPolicy::new(Some("home"), vec!["*".into()], true).unwrap();
         assert_eq!(disabled.resolve(Some("third")).unwrap(), Some("home"));
+        // An unused requested tenant is not validated: disabled means the configured one.
+        let disabled_unlisted = TenantPolicy::new(Some("home"), vec![], true).unwrap();
+        assert_eq!(
+            disabled_unlisted.resolve(Some("a/b")).unwrap(),
+            Some("home")
+        );
+        assert_eq!(disabled.resolve(Some("")).unwrap(), Some("home"));
+        let adfs_odd = TenantPolicy::new(Some("ADFS"), vec![], false).unwrap();
+        assert_eq!(adfs_odd.resolve(Some("a b")).unwrap(), Some("ADFS"));
 
         let adfs = TenantPolicy::new(Some("adfs"), vec![], false).unwrap();
         assert_eq!(adfs.resolve(Some("third")).unwrap(), Some("adfs"));
