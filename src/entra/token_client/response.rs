@@ -241,12 +241,15 @@ fn hint(error: Option<&str>, codes: &[u32]) -> Option<&'static str> {
         _ if code(7000222) => "The client secret has expired: create a new one for the app",
         _ if code(700016) => "Check the client id, and that the app is registered in this tenant",
         _ if code(90002) => "Check the tenant id: no such tenant was found",
-        // Entra's codes for a federated assertion (workload identity): out of its time range,
-        // or no federated credential of the app with the assertion's issuer, audience, subject.
+        // Entra's codes for an assertion out of its time range, or (federated, as workload
+        // identity's) with no federated credential of the app matching its issuer, audience,
+        // subject. A certificate credential's assertion is dated by this host's clock, so
+        // there a clock off by minutes is the usual cause of 700024.
         _ if code(700024) => {
-            "The client assertion has expired or is not yet valid: the assertion source must \
-             return a current one (a workload identity's token file must be the projected \
-             service-account token the kubelet keeps renewing)"
+            "The client assertion has expired or is not yet valid: check this host's clock \
+             (a certificate credential dates its assertion by it; keep it synchronised); an \
+             assertion source must return a current one (a workload identity's token file must \
+             be the projected service-account token the kubelet keeps renewing)"
         }
         _ if [70021, 700211, 700212, 700213].iter().any(|c| code(*c)) => {
             "Check the app's federated identity credential: its issuer, subject and audience \

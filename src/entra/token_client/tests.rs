@@ -215,6 +215,18 @@ async fn entra_error_body_becomes_a_detailed_error() {
     assert!(msg.contains("Check that the client secret"), "{msg}");
 }
 
+/// An assertion out of its time range: for a certificate credential (which signs its own) the
+/// usual cause is this host's clock, for a federated one a stale token; the hint says both.
+#[tokio::test(start_paused = true)]
+async fn an_assertion_out_of_its_time_range_points_at_the_clock_and_the_source() {
+    let body = r#"{"error":"invalid_client","error_description":"AADSTS700024: Client assertion is not within its valid time range.","error_codes":[700024]}"#;
+    let err = parse(401, body).unwrap_err();
+    let msg = err.message();
+    assert!(msg.contains("check this host's clock"), "{msg}");
+    assert!(msg.contains("must return a current one"), "{msg}");
+    assert!(msg.contains("kubelet"), "{msg}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_error_field_means_failure_even_with_200() {
     let err = parse(200, r#"{"error":"invalid_grant","error_description":"AADSTS54005: code redeemed","error_codes":["54005"]}"#).unwrap_err();
