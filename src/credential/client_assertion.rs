@@ -431,13 +431,14 @@ impl Assertions {
                             })),
                         }
                     };
+                    let max_age = self.max_age;
                     held.start(
                         key.clone(),
                         WhenAbandoned::RunOn,
                         asking,
                         move |held, outcome| {
                             outcome.map(|(assertion, asked_at)| {
-                                held.insert(key, (assertion.clone(), asked_at));
+                                keep(held, key, assertion.clone(), asked_at, max_age);
                                 assertion
                             })
                         },
@@ -458,6 +459,33 @@ impl Assertions {
             held.remove(key);
         }
     }
+}
+
+/// The most assertions kept, one per token endpoint: a credential that allows any tenant may
+/// be asked for any number of them (as the throttle memory, `crate::throttle`, is bounded).
+const MAX_HELD: usize = 64;
+
+/// Keeps `assertion` for `key`, first dropping those too old to be used again (else each
+/// tenant ever asked for would stay for the life of the credential) and, at [`MAX_HELD`], the
+/// oldest (reused assertions are a saving, not a need: a dropped one is asked for again).
+fn keep(
+    held: &mut HashMap<String, (Secret, Instant)>,
+    key: String,
+    assertion: Secret,
+    asked_at: Instant,
+    max_age: Duration,
+) {
+    held.retain(|_, (_, at)| at.elapsed() < max_age);
+    if held.len() >= MAX_HELD && !held.contains_key(&key) {
+        let oldest = held
+            .iter()
+            .min_by_key(|(_, (_, at))| *at)
+            .map(|(k, _)| k.clone());
+        if let Some(oldest) = oldest {
+            held.remove(&oldest);
+        }
+    }
+    held.insert(key, (assertion, asked_at));
 }
 
 arc_credential_service!(ClientAssertionCredential);
@@ -747,6 +775,32 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(get().await.unwrap().expose_secret(), "assertion-2");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A credential that allows any tenant keeps an assertion per tenant asked for: those too
+    /// old to be used again are dropped when another is kept, and no more than [`MAX_HELD`]
+    /// are kept at once.
+    #[tokio::test(start_paused = true)]
+    async fn assertions_of_many_tenants_are_pruned_and_bounded() {
+        let (calls, source) = counting();
+        let c = ClientAssertionCredential::builder("contoso", "client", source)
+            .additionally_allowed_tenants(["*"])
+            .max_assertion_age(Duration::from_secs(60))
+            .build_with_env_authority(None)
+            .unwrap();
+        let held = || c.inner.assertions.held.lock().len();
+        for n in 0..MAX_HELD + 10 {
+            c.assertion_for(&format!("tenant-{n}")).await.unwrap();
+        }
+        assert_eq!(held(), MAX_HELD);
+        // The most recent are those kept.
+        let last = format!("tenant-{}", MAX_HELD + 9);
+        c.assertion_for(&last).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), MAX_HELD + 10);
+
+        tokio::time::advance(Duration::from_secs(61)).await;
+        c.assertion_for("one-more").await.unwrap();
+        assert_eq!(held(), 1);
     }
 
     #[tokio::test(start_paused = true)]
