@@ -568,14 +568,6 @@ impl ClientAssertionCredentialBuilder {
 }
 
 impl ClientAssertionCredentialBuilder {
-    /// For a credential built on this one through the public builder: errors and traces carry
-    /// its `name`, and its settings apply.
-    pub(crate) fn for_credential(mut self, name: &'static str, settings: Settings) -> Self {
-        self.name = name;
-        self.settings = settings;
-        self
-    }
-
     /// For a credential of the crate built on this one (workload identity, certificate): its
     /// name in errors, its source (whose errors are its own), its settings.
     pub(crate) fn internal(

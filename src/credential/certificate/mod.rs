@@ -5,14 +5,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt as _;
-use futures_util::future::BoxFuture;
 use tower::ServiceExt;
 use tower_service::Service;
 
 use super::settings::Settings;
 use super::{ClientAssertionCredential, CredentialFuture};
 use crate::entra::authority::AZURE_AUTHORITY_HOST;
-use crate::error::{BoxError, ConfigError, CredentialError};
+use crate::error::{ConfigError, CredentialError};
 use crate::token::{Secret, TokenRequest, unix_now};
 
 mod encrypted_key;
@@ -23,7 +22,7 @@ pub(crate) mod pkcs12_work;
 pub use jwt::CertificateSignature;
 pub use load::CertificateSource;
 
-use super::client_assertion::{AssertionRequest, AssertionSource};
+use super::client_assertion::{AssertionRequest, ClientAssertionCredentialBuilder, Fetch};
 use jwt::Signer;
 
 const NAME: &str = "ClientCertificateCredential";
@@ -120,23 +119,27 @@ impl ClientCertificateCredential {
     }
 }
 
-/// The assertion source: a fresh signed JWT for each request's token endpoint.
-struct CertificateAssertion(Arc<Signer>);
+/// What errors about a signing that did not finish (a panic) name.
+const SIGNING: &str = "signing the client assertion";
 
-impl AssertionSource for CertificateAssertion {
-    fn assertion(&self, request: AssertionRequest) -> BoxFuture<'static, Result<Secret, BoxError>> {
-        let signed = self
-            .0
-            .sign(
-                request.tenant_id(),
-                request.token_endpoint(),
-                request.client_id(),
-                unix_now(),
-            )
-            .map(Secret::new)
-            .map_err(BoxError::from);
-        async move { signed }.boxed()
-    }
+/// The assertion source: `sign` makes a fresh signed JWT for each request's token endpoint.
+/// Its errors are this credential's own ("signing the client assertion failed …"), not those
+/// of a user's callback. It runs in the flight's task, not under the assertions' lock, so a
+/// panic there is reported as that flight's.
+fn signing_source<F>(sign: F) -> Fetch
+where
+    F: Fn(&AssertionRequest) -> Result<String, String> + Send + Sync + 'static,
+{
+    let sign = Arc::new(sign);
+    Arc::new(move |request: AssertionRequest| {
+        let sign = Arc::clone(&sign);
+        async move {
+            sign(&request)
+                .map(Secret::new)
+                .map_err(|reason| CredentialError::authentication_failed(NAME, reason))
+        }
+        .boxed()
+    })
 }
 
 impl Service<TokenRequest> for ClientCertificateCredential {
@@ -256,12 +259,40 @@ impl ClientCertificateCredentialBuilder {
             .load(unix_now())
             .map_err(|m| load::config_error(NAME, m))?;
         let signer = Arc::new(Signer::new(certificate, self.signature, self.send_chain));
-        let inner = ClientAssertionCredential::builder(
+        let signing = Arc::clone(&signer);
+        self.assemble(
+            signer,
+            move |request| {
+                signing.sign(
+                    request.tenant_id(),
+                    request.token_endpoint(),
+                    request.client_id(),
+                    unix_now(),
+                )
+            },
+            env_authority,
+        )
+    }
+
+    /// The credential around `signer`, whose assertions `sign` makes (the signer's own
+    /// signing, or a failing one in tests).
+    fn assemble<F>(
+        self,
+        signer: Arc<Signer>,
+        sign: F,
+        env_authority: Option<String>,
+    ) -> Result<ClientCertificateCredential, ConfigError>
+    where
+        F: Fn(&AssertionRequest) -> Result<String, String> + Send + Sync + 'static,
+    {
+        let inner = ClientAssertionCredentialBuilder::internal(
+            NAME,
+            SIGNING,
             self.tenant_id,
             self.client_id,
-            CertificateAssertion(Arc::clone(&signer)),
+            signing_source(sign),
+            self.settings,
         )
-        .for_credential(NAME, self.settings)
         .build_with_env_authority(env_authority)?;
         Ok(ClientCertificateCredential { inner, signer })
     }

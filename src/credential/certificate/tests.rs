@@ -277,6 +277,40 @@ fn the_adfs_tenant_signs_rs256_unless_a_signature_was_chosen() {
     }
 }
 
+/// A signing that fails or panics is this credential's own failure, named as signing: not as
+/// "the client assertion callback" a user of ClientAssertionCredential supplies.
+#[tokio::test]
+async fn a_signing_failure_or_panic_is_named_as_signing_not_a_callback() {
+    use crate::CredentialExt as _;
+
+    let pem = format!("{}{}", valid_cert(), rsa_key_pem());
+    let credential = |sign: fn(&AssertionRequest) -> Result<String, String>| {
+        let signer = Arc::new(Signer::new(load(pem.clone()).unwrap(), None, false));
+        ClientCertificateCredential::builder("t", "c", CertificateSource::from_pem(pem.clone()))
+            .assemble(signer, sign, None)
+            .unwrap()
+    };
+    let failing = credential(|_| Err("signing the client assertion failed (ring refused)".into()));
+    let err = failing.get_token(["s/.default"]).await.unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert_eq!(err.credential(), NAME);
+    assert_eq!(
+        err.message(),
+        "signing the client assertion failed (ring refused)"
+    );
+
+    let panicking = credential(|_| panic!("the signer exploded"));
+    let err = panicking.get_token(["s/.default"]).await.unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert_eq!(err.credential(), NAME);
+    assert!(
+        err.message()
+            .starts_with("signing the client assertion did not finish: "),
+        "{err}"
+    );
+    assert!(!err.message().contains("callback"), "{err}");
+}
+
 #[test]
 fn debug_never_shows_key_material() {
     let pem = format!("{}{}", valid_cert(), rsa_key_pem());
