@@ -3,10 +3,11 @@
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use tokio::task::JoinHandle;
 
 use super::client_assertion::{
     ClientAssertionCredential, ClientAssertionCredentialBuilder, DEFAULT_MAX_ASSERTION_AGE, Fetch,
@@ -61,7 +62,9 @@ const MAX_TOKEN_FILE_BYTES: usize = 64 * 1024;
 ///
 /// A missing value, or a missing or empty token file, makes the credential *unavailable* (a
 /// chain moves on) with what to set; a value from the environment that is set but invalid is an
-/// *invalid request*, as is a token file that cannot be read.
+/// *invalid request*, as is a token file that cannot be read. A read that takes more than 10
+/// seconds (a volume that does not answer) fails its request, and every later one at once until
+/// it returns: its blocking thread cannot be stopped, and no other is started meanwhile.
 ///
 /// Tokens are cached in memory per tenant and scope set (CAE and non-CAE apart) and renewed
 /// as [`ClientSecretCredential`](crate::ClientSecretCredential)'s are.
@@ -130,23 +133,92 @@ impl State {
     }
 }
 
-/// The token file as an assertion source: read on a blocking thread (a slow volume must not
-/// stall the runtime), its errors this credential's own.
-fn file_source(path: PathBuf) -> Fetch {
-    let path = Arc::new(path);
-    Arc::new(move |_request| {
-        let path = Arc::clone(&path);
-        async move {
-            tokio::task::spawn_blocking(move || read_token_file(&path))
-                .await
-                .map_err(|_| {
-                    CredentialError::authentication_failed(
-                        NAME,
-                        "the token file could not be read: the tokio runtime is shutting down",
-                    )
-                })?
+/// How long a read of the token file may take. A projected volume answers at once; one that
+/// does not (a hung mount) holds the blocking thread of its read for as long as it hangs.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the token file ([`read_token_file`]; another in tests).
+type Reader = Arc<dyn Fn(&Path) -> Result<Secret, CredentialError> + Send + Sync>;
+
+/// The token file and its reads.
+struct TokenFile {
+    path: PathBuf,
+    read: Reader,
+    /// A read that overran [`READ_TIMEOUT`]: waiting for it stops there, but its blocking
+    /// thread cannot be stopped. While it has not returned, no other read is started (each
+    /// would hold one more thread of the blocking pool, for as long as the file system hangs).
+    /// Locked briefly, never across an `await`.
+    overrun: Mutex<Option<JoinHandle<Result<Secret, CredentialError>>>>,
+}
+
+impl TokenFile {
+    fn overrun(&self) -> MutexGuard<'_, Option<JoinHandle<Result<Secret, CredentialError>>>> {
+        // The slot holds no invariant a panic could break.
+        self.overrun.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The failure of every request while a read that overran has not returned, the request
+    /// whose read overran included. Not transient: the read may never return, and retrying
+    /// cannot help until the file system answers.
+    fn stuck(&self) -> CredentialError {
+        CredentialError::authentication_failed(
+            NAME,
+            format!(
+                "a read of the token file {} ({AZURE_FEDERATED_TOKEN_FILE}) took more than \
+                 {READ_TIMEOUT:?} and has not returned: the file system holding it does not \
+                 answer, and no other read is started until that read returns; fix the volume \
+                 mount of the token file, or restart the process",
+                self.path.display()
+            ),
+        )
+    }
+
+    /// The file read on a blocking thread (a slow volume must not stall the runtime) within
+    /// [`READ_TIMEOUT`]; refused at once while an earlier read that overran has not returned.
+    async fn read(&self) -> Result<Secret, CredentialError> {
+        {
+            let mut overrun = self.overrun();
+            if overrun.as_ref().is_some_and(|read| !read.is_finished()) {
+                return Err(self.stuck());
+            }
+            // Returned: its token, read for another request long ago, is not used.
+            *overrun = None;
         }
-        .boxed()
+        let path = self.path.clone();
+        let reader = Arc::clone(&self.read);
+        let mut read = tokio::task::spawn_blocking(move || reader(&path));
+        match tokio::time::timeout(READ_TIMEOUT, &mut read).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(join)) => Err(CredentialError::authentication_failed(
+                NAME,
+                if join.is_cancelled() {
+                    "the token file could not be read: the tokio runtime is shutting down".into()
+                } else {
+                    format!("reading the token file failed: {join}")
+                },
+            )),
+            Err(_elapsed) => {
+                let mut overrun = self.overrun();
+                // Another request's overrun may have been kept meanwhile: one is enough.
+                if overrun.as_ref().is_none_or(JoinHandle::is_finished) {
+                    *overrun = Some(read);
+                }
+                Err(self.stuck())
+            }
+        }
+    }
+}
+
+/// The token file as an assertion source, its errors this credential's own.
+fn file_source(path: PathBuf, read: Reader) -> Fetch {
+    let file = Arc::new(TokenFile {
+        path,
+        read,
+        overrun: Mutex::new(None),
+    });
+    Arc::new(move |_request| {
+        let file = Arc::clone(&file);
+        async move { file.read().await }.boxed()
     })
 }
 
@@ -236,6 +308,9 @@ pub struct WorkloadIdentityCredentialBuilder {
     /// Whether `AZURE_ADDITIONALLY_ALLOWED_TENANTS` adds to the allowed tenants: in
     /// `DefaultAzureCredential`, which reads it for all its members as the .NET SDK does.
     tenants_from_vars: bool,
+    /// Reads the token file instead of [`read_token_file`] (a file system that hangs).
+    #[cfg(test)]
+    reader: Option<Reader>,
 }
 
 impl WorkloadIdentityCredentialBuilder {
@@ -399,7 +474,7 @@ impl WorkloadIdentityCredentialBuilder {
             "reading the token file",
             tenant.to_owned(),
             client_id,
-            file_source(path.clone()),
+            file_source(path.clone(), self.reader()),
             settings,
         )
         .max_assertion_age(MAX_ASSERTION_AGE)
@@ -408,6 +483,20 @@ impl WorkloadIdentityCredentialBuilder {
             credential,
             token_file: path,
         })
+    }
+}
+
+impl WorkloadIdentityCredentialBuilder {
+    #[cfg(not(test))]
+    fn reader(&self) -> Reader {
+        Arc::new(read_token_file)
+    }
+
+    #[cfg(test)]
+    fn reader(&self) -> Reader {
+        self.reader
+            .clone()
+            .unwrap_or_else(|| Arc::new(read_token_file))
     }
 }
 
@@ -426,6 +515,8 @@ impl fmt::Debug for WorkloadIdentityCredentialBuilder {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+
     use super::*;
     use crate::CredentialExt;
 
@@ -633,6 +724,85 @@ mod tests {
         assert_eq!(read().await.unwrap().expose_secret(), "first");
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(read().await.unwrap().expose_secret(), "second");
+    }
+
+    /// A reader that counts its calls and waits on `gate` (until its sender is dropped) before
+    /// returning a token: a token file on a volume that does not answer.
+    fn held_reader(
+        started: &Arc<AtomicUsize>,
+        gate: Mutex<std::sync::mpsc::Receiver<()>>,
+    ) -> Reader {
+        let started = Arc::clone(started);
+        Arc::new(move |_: &Path| {
+            started.fetch_add(1, AtomicOrdering::SeqCst);
+            let _ = gate.lock().unwrap_or_else(PoisonError::into_inner).recv();
+            Ok(Secret::new("the-token"))
+        })
+    }
+
+    /// A token file read that does not return (a hung mount) holds its blocking thread after
+    /// the request gave up on it; later requests are refused at once (not transient, saying
+    /// what to do) instead of each holding one more thread, until it returns.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_file_read_that_does_not_return_holds_one_blocking_thread_at_most() {
+        let started = Arc::new(AtomicUsize::new(0));
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let path = PathBuf::from("/nonexistent/token");
+        let mut builder = WorkloadIdentityCredential::builder().vars(vars(&path));
+        builder.reader = Some(held_reader(&started, Mutex::new(gate)));
+        let c = builder.build().unwrap();
+
+        let mut failures = Vec::new();
+        for n in 1..=3 {
+            let request = tokio::spawn({
+                let c = c.clone();
+                async move { c.get_token(["https://x.test/.default"]).await }
+            });
+            if n == 1 {
+                while started.load(AtomicOrdering::SeqCst) == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            // A running blocking task keeps the paused clock from advancing by itself.
+            tokio::time::advance(Duration::from_secs(31)).await;
+            // Refused at once: done without the clock moving again (a new read would wait).
+            for _ in 0..1000 {
+                if request.is_finished() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            assert!(request.is_finished(), "request {n} waits on a new read");
+            failures.push(request.await.unwrap().unwrap_err());
+            assert_eq!(started.load(AtomicOrdering::SeqCst), 1, "request {n}");
+        }
+        for err in &failures {
+            let message = err.message();
+            assert!(
+                message.contains("/nonexistent/token (AZURE_FEDERATED_TOKEN_FILE)")
+                    && message.contains("has not returned")
+                    && message.contains("restart the process"),
+                "{err}"
+            );
+            assert!(err.is_authentication_failed(), "{err}");
+            assert!(!err.is_transient() && !err.is_timeout(), "{err}");
+            assert_eq!(message, failures[0].message());
+        }
+
+        // Once it returns, the next request reads again.
+        drop(release);
+        let file = inner(&c);
+        loop {
+            match file.credential.assertion_for("contoso").await {
+                Ok(token) => {
+                    assert_eq!(token.expose_secret(), "the-token");
+                    break;
+                }
+                Err(err) => assert!(err.message().contains("has not returned"), "{err}"),
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(started.load(AtomicOrdering::SeqCst), 2);
     }
 
     #[tokio::test]
