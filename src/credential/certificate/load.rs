@@ -120,7 +120,10 @@ impl CertificateSource {
     }
 
     /// A PKCS#12 (`.pfx`/`.p12`) archive and its password (`None` = no password or an empty
-    /// one). Encryption: PBES2 with AES (OpenSSL 3's default) and the legacy PBES1 3DES/RC2.
+    /// one; both forms of it are tried, as OpenSSL does: the empty BMPString of RFC 7292, and
+    /// no bytes at all, which some Windows exports use). Encryption: PBES2 with AES (OpenSSL
+    /// 3's default) and the legacy PBES1 3DES/RC2 (those only with a password, or with the
+    /// empty BMPString).
     pub fn from_pkcs12(bytes: impl Into<Vec<u8>>, password: Option<Secret>) -> Self {
         Self(Source::Pkcs12 {
             bytes: Zeroizing::new(bytes.into()),
@@ -352,26 +355,40 @@ pub(super) fn decode_pkcs12(
 }
 
 fn parse_pkcs12(bytes: &[u8], password: Option<&Secret>) -> Result<Parts, String> {
+    use p12_keystore::error::Error as E;
     // p12-keystore bounds each key derivation but not their number: count them first.
     super::pkcs12_work::check(bytes)?;
     let password = password.map(Secret::expose_secret).unwrap_or_default();
-    let archive = decode_pkcs12(bytes, password)?.map_err(|e| {
-        use p12_keystore::error::Error as E;
-        match e {
-            // A wrong password fails the MAC check (or, without a MAC, the padding of the
-            // decrypted bags).
-            E::MacError(_) | E::UnpadError => {
-                "the PKCS#12 password is wrong (the archive's integrity check failed); \
-                 check the password"
-                    .to_owned()
+    let archive = match decode_pkcs12(bytes, password)? {
+        // No password may also mean a MAC keyed with no bytes at all, where p12-keystore
+        // derives from the BMPString of "" (see `absent_password`): OpenSSL tries both.
+        Err(E::MacError(_)) if password.is_empty() => {
+            match super::pkcs12_work::absent_password::without_mac_keyed_by(bytes, &[]) {
+                Some(unsigned) => decode_pkcs12(&unsigned, "")?.map_err(|e| match e {
+                    // Its MAC verified, its contents did not decrypt: encrypted with the same
+                    // empty bytes by a scheme that p12-keystore keys with the BMPString
+                    // (legacy 3DES/RC2).
+                    E::MacError(_) | E::UnpadError => {
+                        "the PKCS#12 archive has no password, in a form its encrypted contents \
+                         cannot be read with here; re-export it (`openssl pkcs12 -in cert.pfx \
+                         -passin pass: -noenc -out cert.pem`, then `openssl pkcs12 -export \
+                         -in cert.pem -out new.pfx`), or give the PEM file instead"
+                            .to_owned()
+                    }
+                    other => pkcs12_error(other),
+                })?,
+                None => {
+                    return Err(
+                        "the PKCS#12 password is wrong (the archive's integrity check failed \
+                         without a password, an empty one in either of its forms); give the \
+                         archive's password"
+                            .to_owned(),
+                    );
+                }
             }
-            E::UnsupportedEncryptionScheme | E::UnsupportedMacAlgorithm => format!(
-                "the PKCS#12 archive uses an unsupported algorithm ({e}); re-export it with \
-                 `openssl pkcs12 -export` (AES-256, SHA-256)"
-            ),
-            other => format!("the PKCS#12 data is not a valid archive: {other}"),
         }
-    })?;
+        decoded => decoded.map_err(pkcs12_error)?,
+    };
     let mut parts = Parts::default();
     for bag in &archive.keys {
         parts
@@ -382,6 +399,25 @@ fn parse_pkcs12(bytes: &[u8], password: Option<&Secret>) -> Result<Parts, String
         parts.certs.push(bag.cert.as_der().to_vec());
     }
     Ok(parts)
+}
+
+/// What p12-keystore's refusal of an archive means for the user.
+fn pkcs12_error(e: p12_keystore::error::Error) -> String {
+    use p12_keystore::error::Error as E;
+    match e {
+        // A wrong password fails the MAC check (or, without a MAC, the padding of the
+        // decrypted bags).
+        E::MacError(_) | E::UnpadError => {
+            "the PKCS#12 password is wrong (the archive's integrity check failed); \
+             check the password"
+                .to_owned()
+        }
+        E::UnsupportedEncryptionScheme | E::UnsupportedMacAlgorithm => format!(
+            "the PKCS#12 archive uses an unsupported algorithm ({e}); re-export it with \
+             `openssl pkcs12 -export` (AES-256, SHA-256)"
+        ),
+        other => format!("the PKCS#12 data is not a valid archive: {other}"),
+    }
 }
 
 impl Parts {

@@ -528,6 +528,7 @@ fn integer(value: AnyRef<'_>) -> Option<u64> {
     }))
 }
 
+pub(crate) mod absent_password;
 #[cfg(test)]
 pub(crate) mod build;
 #[cfg(test)]

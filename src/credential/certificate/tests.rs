@@ -380,6 +380,61 @@ fn openssl_pkcs12(args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// An archive exported without a password whose MAC is keyed with no bytes at all (as some
+/// Windows exports are), not with the empty BMPString (`00 00`) p12-keystore derives from "":
+/// read with no password or an empty one, as OpenSSL reads it.
+#[test]
+fn an_archive_whose_mac_is_keyed_with_no_bytes_loads_without_a_password() {
+    use pkcs12_work::absent_password::{mac_keyed_by, rekeyed};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.pem");
+    std::fs::write(&input, format!("{}{}", valid_cert(), rsa_key_pem())).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .arg("pkcs12")
+            .args(args)
+            .output()
+            .expect("openssl on PATH (apt-get install openssl)");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), out.stdout, stderr)
+    };
+    let (ok, exported, stderr) = openssl(&[
+        "-export",
+        "-passout",
+        "pass:",
+        "-in",
+        input.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    // The derivation here gives OpenSSL's own MAC, keyed with the empty BMPString.
+    assert!(mac_keyed_by(&exported, &[0, 0]));
+    assert!(!mac_keyed_by(&exported, &[]));
+
+    let no_bytes = rekeyed(&exported, &[]);
+    assert!(mac_keyed_by(&no_bytes, &[]));
+    // OpenSSL, which tries both forms, reads it.
+    let path = dir.path().join("no-bytes.pfx");
+    std::fs::write(&path, &no_bytes).unwrap();
+    let (ok, _, stderr) = openssl(&["-in", path.to_str().unwrap(), "-passin", "pass:", "-noenc"]);
+    assert!(ok, "{stderr}");
+
+    for password in [None, Some("")] {
+        let source = CertificateSource::from_pkcs12(
+            no_bytes.clone(),
+            password.map(crate::token::Secret::new),
+        );
+        let loaded = source
+            .load(*NOW)
+            .unwrap_or_else(|e| panic!("{password:?}: {e}"));
+        assert_eq!(loaded.chain.len(), 1);
+    }
+    // A password given is that password.
+    let err = CertificateSource::from_pkcs12(no_bytes, Some(crate::token::Secret::new("x")))
+        .load(*NOW)
+        .unwrap_err();
+    assert!(err.starts_with("the PKCS#12 password is wrong"), "{err}");
+}
+
 fn load_pkcs12(bytes: Vec<u8>) -> Result<load::LoadedCertificate, String> {
     CertificateSource::from_pkcs12(bytes, Some(crate::token::Secret::new("p4ss"))).load(*NOW)
 }
