@@ -7,7 +7,8 @@
 
 use der::asn1::{AnyRef, ObjectIdentifier};
 use der::{Decode, Encode, Tag, Tagged};
-use ring::{digest, hmac};
+use pkcs12::kdf::Pkcs12KeyType;
+use ring::hmac;
 
 use super::{DATA, MAX_ITERATIONS_PER_RUN, content_info, first, integer, is, next, nth, sequence};
 
@@ -67,47 +68,47 @@ fn mac_verifies(mac: AnyRef<'_>, password: &[u8], data: &[u8]) -> bool {
     let Some(iterations) = iterations.filter(|n| (1..=MAX_ITERATIONS_PER_RUN).contains(n)) else {
         return false;
     };
-    let (hash, mac_algorithm) = if is(algorithm, SHA1) {
+    // Within i32: at most MAX_ITERATIONS_PER_RUN.
+    let Ok(rounds) = i32::try_from(iterations) else {
+        return false;
+    };
+    let salt = salt.value();
+    let (key, mac_algorithm) = if is(algorithm, SHA1) {
         (
-            &digest::SHA1_FOR_LEGACY_USE_ONLY,
+            mac_key::<sha1::Sha1>(password, salt, rounds),
             hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
         )
     } else if is(algorithm, SHA256) {
-        (&digest::SHA256, hmac::HMAC_SHA256)
+        (
+            mac_key::<sha2::Sha256>(password, salt, rounds),
+            hmac::HMAC_SHA256,
+        )
     } else if is(algorithm, SHA384) {
-        (&digest::SHA384, hmac::HMAC_SHA384)
+        (
+            mac_key::<sha2::Sha384>(password, salt, rounds),
+            hmac::HMAC_SHA384,
+        )
     } else if is(algorithm, SHA512) {
-        (&digest::SHA512, hmac::HMAC_SHA512)
+        (
+            mac_key::<sha2::Sha512>(password, salt, rounds),
+            hmac::HMAC_SHA512,
+        )
     } else {
         return false;
     };
-    let key = mac_key(hash, password, salt.value(), iterations);
     hmac::verify(&hmac::Key::new(mac_algorithm, &key), data, expected.value()).is_ok()
 }
 
 /// RFC 7292 B.2's derivation with ID 3 (a MAC key), `password` being its input bytes as they
-/// are. An HMAC key is one hash long, so the first block is the key.
-pub(crate) fn mac_key(
-    hash: &'static digest::Algorithm,
-    password: &[u8],
-    salt: &[u8],
-    iterations: u64,
-) -> Vec<u8> {
-    let v = hash.block_len();
-    // Each input repeated to a whole number of v-byte blocks (none when it is empty).
-    let fill = |bytes: &[u8]| -> Vec<u8> {
-        let length = bytes.len().div_ceil(v).saturating_mul(v);
-        bytes.iter().copied().cycle().take(length).collect()
-    };
-    let mut context = digest::Context::new(hash);
-    context.update(&vec![3u8; v]);
-    context.update(&fill(salt));
-    context.update(&fill(password));
-    let mut block = context.finish();
-    for _ in 1..iterations {
-        block = digest::digest(hash, block.as_ref());
-    }
-    block.as_ref().to_vec()
+/// are, by the `pkcs12` crate (p12-keystore's own); one hash long, an HMAC key's length.
+pub(crate) fn mac_key<D>(password: &[u8], salt: &[u8], rounds: i32) -> Vec<u8>
+where
+    D: sha2::digest::Digest
+        + sha2::digest::FixedOutputReset
+        + sha2::digest::block_api::BlockSizeUser,
+{
+    let length = <D as sha2::digest::Digest>::output_size();
+    pkcs12::kdf::derive_key::<D>(password, salt, Pkcs12KeyType::Mac, rounds, length)
 }
 
 /// `pfx` (a SHA-256 MAC) with its MAC computed again keyed by `password` as input bytes: an
@@ -124,7 +125,7 @@ pub(crate) fn rekeyed(pfx: &[u8], password: &[u8]) -> Vec<u8> {
     let old = nth(digest_info, 1).unwrap().value();
     let salt = nth(mac, 1).unwrap().value();
     let iterations = nth(mac, 2).and_then(integer).unwrap_or(1);
-    let key = mac_key(&digest::SHA256, password, salt, iterations);
+    let key = mac_key::<sha2::Sha256>(password, salt, i32::try_from(iterations).unwrap());
     let new = hmac::sign(
         &hmac::Key::new(hmac::HMAC_SHA256, &key),
         content.unwrap().value(),
