@@ -763,8 +763,15 @@ fn built<C: TokenCredential>(member: Member, credential: Result<C, ConfigError>)
     match credential {
         Ok(c) => named(member, c),
         Err(error) => {
-            let message: Arc<str> = Arc::from(error.message());
             let name = member.name();
+            // The member's own message already names it: the error adds the name once.
+            let message = error.message();
+            let message: Arc<str> = Arc::from(
+                message
+                    .strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(": "))
+                    .unwrap_or(message),
+            );
             named(
                 member,
                 tower::service_fn(move |_: TokenRequest| {
@@ -1156,5 +1163,31 @@ mod tests {
             ])
             .build()
             .unwrap();
+    }
+
+    /// A member's configuration error already names it: the unavailable error carries the
+    /// name once (its message without the prefix); a message without it is kept whole.
+    #[tokio::test]
+    async fn a_member_that_could_not_be_built_is_named_once() {
+        for (given, want) in [
+            ("SharedTokenCacheCredential: bad tenant", "bad tenant"),
+            ("something else", "something else"),
+        ] {
+            let member = built::<SharedTokenCacheCredential>(
+                Member::SharedTokenCache,
+                Err(ConfigError::new(given)),
+            );
+            let err = crate::CredentialExt::get_token(&member, ["s/.default"])
+                .await
+                .unwrap_err();
+            assert!(err.is_unavailable(), "{err}");
+            assert_eq!(err.message(), want);
+            let text = err.to_string();
+            assert_eq!(
+                text.matches("SharedTokenCacheCredential").count(),
+                1,
+                "{text}"
+            );
+        }
     }
 }

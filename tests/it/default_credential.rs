@@ -1017,3 +1017,54 @@ async fn a_failing_shared_token_cache_lets_azure_cli_answer() {
         );
     }
 }
+
+/// A managed identity that cannot be configured is named once in the chain's error: its
+/// configuration error already starts with the name.
+#[tokio::test]
+async fn a_managed_identity_setup_error_names_the_credential_once() {
+    let dac = DefaultAzureCredential::builder()
+        .vars([("IDENTITY_ENDPOINT", "http://x")])
+        .exclude_shared_token_cache_credential(true)
+        .exclude_azure_cli_credential(true)
+        .exclude_azure_developer_cli_credential(true)
+        .build()
+        .unwrap();
+    let err = dac.get_token([SCOPE]).await.unwrap_err();
+    let text = err.to_string();
+    assert_eq!(
+        text.matches("ManagedIdentityCredential").count(),
+        1,
+        "{text}"
+    );
+    let mi = &err.attempts()[2];
+    assert!(mi.is_unavailable(), "{mi}");
+    assert!(mi.message().contains("IDENTITY_HEADER"), "{mi}");
+    let text = mi.to_string();
+    assert_eq!(
+        text.matches("ManagedIdentityCredential:").count(),
+        1,
+        "{text}"
+    );
+}
+
+/// Azure ML selects a user-assigned identity by client id only: an object id given for the
+/// chain's managed identity makes it unavailable there, saying so, and nothing is sent.
+#[tokio::test]
+async fn an_object_id_on_azure_ml_makes_the_managed_identity_unavailable() {
+    use crate::support::mi_emulator::{Emulator, Flavour};
+    use tower_identity::UserAssignedId;
+    let em = Emulator::start(Flavour::AzureMl).await;
+    let dac = DefaultAzureCredential::builder()
+        .vars(em.env())
+        .managed_identity_id(UserAssignedId::ObjectId("oid".into()))
+        .exclude_shared_token_cache_credential(true)
+        .exclude_azure_cli_credential(true)
+        .exclude_azure_developer_cli_credential(true)
+        .build()
+        .unwrap();
+    let err = dac.get_token([SCOPE]).await.unwrap_err();
+    let mi = &err.attempts()[2];
+    assert!(mi.is_unavailable(), "{mi}");
+    assert!(mi.message().contains("by client id only"), "{mi}");
+    assert_eq!(em.request_count(), 0);
+}

@@ -3,15 +3,16 @@
 
 use http::HeaderName;
 
-use super::IdParams;
 use super::secret_get::Profile;
+use super::{DEFAULT_IDENTITY_CLIENT_ID, IdParams, UserAssignedId};
 
 pub(super) static PROFILE: Profile = Profile {
     source: super::ManagedIdentitySource::AzureMl,
     api_version: "2017-09-01",
     header: HeaderName::from_static("secret"),
-    // `clientid` is the endpoint's own name; the object and resource ids are sent as MSAL
-    // sends them (azidentity refuses them instead).
+    // `clientid` is the endpoint's own name. The object and resource ids are never sent:
+    // `identity` refuses them, as azidentity does (MSAL sends `object_id` and `msi_res_id`,
+    // which the endpoint does not know).
     params: Some(IdParams {
         client_id: "clientid",
         object_id: "object_id",
@@ -19,6 +20,25 @@ pub(super) static PROFILE: Profile = Profile {
     }),
     metadata: false,
 };
+
+/// The identity to ask for: the user-assigned one given, which must be a client id, else the
+/// compute's own identity by `DEFAULT_IDENTITY_CLIENT_ID` when that is set. Asked without a
+/// client id the endpoint answers with a token for a *user's* identity (azure-sdk-for-python
+/// #36047), so the default is sent as azidentity and MSAL .NET and JS send it; without the
+/// variable the request carries no id, as azure-identity for Python sends it.
+pub(super) fn identity(
+    id: Option<UserAssignedId>,
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<UserAssignedId>, String> {
+    match id {
+        Some(UserAssignedId::ClientId(_)) => Ok(id),
+        Some(other) => Err(format!(
+            "Azure Machine Learning selects a user-assigned identity by client id only, but a \
+             user-assigned {other} was given; give the identity's client id instead"
+        )),
+        None => Ok(get(DEFAULT_IDENTITY_CLIENT_ID).map(UserAssignedId::ClientId)),
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -50,13 +70,31 @@ mod tests {
             "http://127.0.0.1:1/token?api-version=2017-09-01&resource=https%3A%2F%2Fstorage.azure.com"
         );
         assert_eq!(r.headers()["secret"], "ml-secret");
-        for (id, want) in [
-            (UserAssignedId::ClientId("c".into()), "&clientid=c"),
-            (UserAssignedId::ObjectId("o".into()), "&object_id=o"),
-            (UserAssignedId::ResourceId("/x".into()), "&msi_res_id=%2Fx"),
+        let uri = make(Some(UserAssignedId::ClientId("c".into())))
+            .request("r")
+            .unwrap()
+            .uri()
+            .to_string();
+        assert!(uri.ends_with("&clientid=c"), "{uri}");
+    }
+
+    #[test]
+    fn identity_by_client_id_only_defaulting_to_the_compute_identity() {
+        let set = |name: &str| (name == DEFAULT_IDENTITY_CLIENT_ID).then(|| "dflt".to_owned());
+        let unset = |_: &str| None;
+        let client = UserAssignedId::ClientId("c".into());
+        assert_eq!(identity(None, &unset), Ok(None));
+        assert_eq!(
+            identity(None, &set),
+            Ok(Some(UserAssignedId::ClientId("dflt".into())))
+        );
+        assert_eq!(identity(Some(client.clone()), &set), Ok(Some(client)));
+        for other in [
+            UserAssignedId::ObjectId("o".into()),
+            UserAssignedId::ResourceId("/x".into()),
         ] {
-            let uri = make(Some(id)).request("r").unwrap().uri().to_string();
-            assert!(uri.ends_with(want), "{uri}");
+            let err = identity(Some(other), &set).unwrap_err();
+            assert!(err.contains("by client id only"), "{err}");
         }
     }
 }

@@ -60,6 +60,7 @@ impl ManagedIdentityCredentialBuilder {
     /// variables select the workload identity source (an AKS pod set up for it), that source
     /// takes a client id only and [`build`](Self::build) fails: see
     /// [`exclude_workload_identity`](Self::exclude_workload_identity) to ask IMDS instead.
+    /// Azure Machine Learning takes a client id only too (a build error).
     pub fn object_id(self, id: impl Into<String>) -> Self {
         self.user_assigned_id(UserAssignedId::ObjectId(id.into()))
     }
@@ -68,6 +69,7 @@ impl ManagedIdentityCredentialBuilder {
     /// select the workload identity source (an AKS pod set up for it), that source takes a
     /// client id only and [`build`](Self::build) fails: see
     /// [`exclude_workload_identity`](Self::exclude_workload_identity) to ask IMDS instead.
+    /// Azure Machine Learning takes a client id only too (a build error).
     pub fn resource_id(self, id: impl Into<String>) -> Self {
         self.user_assigned_id(UserAssignedId::ResourceId(id.into()))
     }
@@ -316,7 +318,7 @@ impl ManagedIdentityCredentialBuilder {
                 &azure_ml::PROFILE,
                 endpoint,
                 required(secret)?,
-                id,
+                azure_ml::identity(id, get)?,
                 http.map_or_else(request::default_http, Ok)?,
             )?),
             ManagedIdentitySource::AzureArc => {

@@ -44,6 +44,9 @@ const IMDS_ENDPOINT: &str = "IMDS_ENDPOINT";
 const MSI_ENDPOINT: &str = "MSI_ENDPOINT";
 /// Azure Machine Learning: the secret the endpoint expects.
 const MSI_SECRET: &str = "MSI_SECRET";
+/// Azure Machine Learning: the client id of the compute's own identity, which its endpoint
+/// needs to be told (without one it answers as a user's identity).
+const DEFAULT_IDENTITY_CLIENT_ID: &str = "DEFAULT_IDENTITY_CLIENT_ID";
 /// IMDS: the base URL, instead of the link-local address (AAD Pod Identity, tests).
 const AZURE_POD_IDENTITY_AUTHORITY_HOST: &str = "AZURE_POD_IDENTITY_AUTHORITY_HOST";
 
@@ -182,7 +185,7 @@ impl IdParams {
 /// | Service Fabric | `IDENTITY_ENDPOINT` (https), `IDENTITY_HEADER`, `IDENTITY_SERVER_THUMBPRINT` | `GET ?api-version=2019-07-01-preview`, header `Secret` | not supported |
 /// | App Service, Functions | `IDENTITY_ENDPOINT`, `IDENTITY_HEADER` | `GET ?api-version=2019-08-01`, headers `X-IDENTITY-HEADER`, `Metadata: true` | `client_id`, `object_id`, `mi_res_id` |
 /// | Azure Arc | `IDENTITY_ENDPOINT`, `IMDS_ENDPOINT` | `GET ?api-version=2020-06-01`, header `Metadata: true`, then again with the agent's key | `client_id`, `object_id`, `msi_res_id` |
-/// | Azure Machine Learning | `MSI_ENDPOINT`, `MSI_SECRET` | `GET ?api-version=2017-09-01`, header `secret` | `clientid`, `object_id`, `msi_res_id` |
+/// | Azure Machine Learning | `MSI_ENDPOINT`, `MSI_SECRET`; optional `DEFAULT_IDENTITY_CLIENT_ID` | `GET ?api-version=2017-09-01`, header `secret` | `clientid` only |
 /// | Cloud Shell | `MSI_ENDPOINT` | `POST` form `resource=…`, header `Metadata: true` | not supported |
 /// | workload identity (AKS) | `AZURE_AUTHORITY_HOST`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE` | as [`WorkloadIdentityCredential`]: the token file as a client assertion, for the client id given or `AZURE_CLIENT_ID` | client id only |
 /// | IMDS (VMs, scale sets, AKS nodes, …) | optional `AZURE_POD_IDENTITY_AUTHORITY_HOST` (base URL, default `http://169.254.169.254`) | `GET /metadata/identity/oauth2/token?api-version=2018-02-01`, header `Metadata: true` | `client_id`, `object_id`, `msi_res_id` |
@@ -201,6 +204,17 @@ impl IdParams {
 /// kubelet identity; the source then sends through the chain's
 /// [`http_client`](crate::DefaultAzureCredentialBuilder::http_client), as that member does.
 ///
+/// Azure Machine Learning's endpoint, asked without a `clientid`, answers with a token for a
+/// *user's* identity rather than the compute's own (azure-sdk-for-python #36047): for the
+/// system-assigned identity the credential sends `DEFAULT_IDENTITY_CLIENT_ID`, which Azure ML
+/// sets to the compute's identity, as azidentity and MSAL for .NET and JavaScript do; its
+/// tokens are then cached under that client id, as if it had been given. Without that
+/// variable the request has no `clientid` (as azure-identity for Python sends it) and the
+/// token is for whatever identity the endpoint picks. An object or resource id is a
+/// configuration error there, as in azidentity: the endpoint selects a user-assigned
+/// identity by client id only (MSAL sends them anyway, as `object_id` and `msi_res_id`).
+/// In `DefaultAzureCredential` that error makes the managed identity *unavailable*.
+///
 /// `IDENTITY_ENDPOINT` alone is a configuration error (it names what else to set). Like
 /// azure-identity, and unlike MSAL, the presence of the Arc agent's `himds` program is not
 /// looked for: an Arc server is recognised by its `IDENTITY_ENDPOINT` and `IMDS_ENDPOINT`.
@@ -212,7 +226,8 @@ impl IdParams {
 ///
 /// # Requests
 ///
-/// * Exactly one scope, turned into the `resource` by stripping a trailing `/.default`. A
+/// * Exactly one scope, turned into the `resource` by stripping a trailing `/.default` (a
+///   scope that leaves nothing, `/.default` alone, is an *invalid request*). A
 ///   managed identity belongs to one tenant, so the request's tenant is ignored; CAE is not
 ///   offered; a request with claims skips the cache (a fresh token) but the claims are not
 ///   sent (no source takes them).
@@ -435,7 +450,19 @@ fn resource_of(request: &TokenRequest) -> Result<String, CredentialError> {
     match request.scopes() {
         [scope] => {
             let scope = scope.trim();
-            Ok(scope.strip_suffix("/.default").unwrap_or(scope).to_owned())
+            let resource = scope.strip_suffix("/.default").unwrap_or(scope);
+            // Sent empty, IMDS answers 400 as if the host had no identity (*unavailable*, and
+            // a chain moves on): the request is the mistake.
+            if resource.trim().is_empty() {
+                return Err(CredentialError::invalid_request(
+                    NAME,
+                    format!(
+                        "the scope \"{scope}\" names no resource; ask for one such as \
+                         \"https://management.azure.com/.default\""
+                    ),
+                ));
+            }
+            Ok(resource.to_owned())
         }
         scopes => Err(CredentialError::invalid_request(
             NAME,

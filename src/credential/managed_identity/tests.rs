@@ -249,6 +249,11 @@ async fn exactly_one_scope_is_required() {
     }
     let err = c.get_token(["a", "b"]).await.unwrap_err();
     assert!(err.message().contains("exactly one resource"), "{err}");
+    for scope in ["/.default", " /.default "] {
+        let err = resource_of(&TokenRequest::new([scope])).unwrap_err();
+        assert!(err.is_invalid_request(), "{scope}: {err}");
+        assert!(err.message().contains("names no resource"), "{err}");
+    }
 }
 
 #[test]

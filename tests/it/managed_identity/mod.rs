@@ -52,20 +52,22 @@ impl Identity {
     }
 
     /// The query parameter `flavour` takes this id as (production-credentials.md §1, MSAL's
-    /// `_adjust_param`); `None` for system-assigned and where the source takes no
-    /// user-assigned id.
+    /// `_adjust_param`); `None` for system-assigned and where the source does not take this
+    /// kind of user-assigned id (Azure ML takes a client id only, as in azidentity).
     pub fn param(self, flavour: Flavour) -> Option<&'static str> {
         let names = match flavour {
-            Flavour::Imds | Flavour::AzureArc => ["client_id", "object_id", "msi_res_id"],
-            Flavour::AppService => ["client_id", "object_id", "mi_res_id"],
-            Flavour::AzureMl => ["clientid", "object_id", "msi_res_id"],
+            Flavour::Imds | Flavour::AzureArc => {
+                [Some("client_id"), Some("object_id"), Some("msi_res_id")]
+            }
+            Flavour::AppService => [Some("client_id"), Some("object_id"), Some("mi_res_id")],
+            Flavour::AzureMl => [Some("clientid"), None, None],
             Flavour::CloudShell | Flavour::ServiceFabric => return None,
         };
         match self {
             Identity::System => None,
-            Identity::ClientId => Some(names[0]),
-            Identity::ObjectId => Some(names[1]),
-            Identity::ResourceId => Some(names[2]),
+            Identity::ClientId => names[0],
+            Identity::ObjectId => names[1],
+            Identity::ResourceId => names[2],
         }
     }
 

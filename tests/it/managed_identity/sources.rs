@@ -25,14 +25,15 @@ async fn every_source_gets_a_token_for_each_identity_form_it_takes() {
             let em = Emulator::start(flavour).await;
             let what = format!("{flavour:?} {id:?}");
             if !id.supported_by(flavour) {
-                // Cloud Shell and Service Fabric take no user-assigned id: refused when built,
-                // with what to do, and nothing is sent.
+                // Cloud Shell and Service Fabric take no user-assigned id, Azure ML a client id
+                // only: refused when built, with what to do, and nothing is sent.
                 let err = id.select(builder(&em)).build().unwrap_err();
-                assert!(
-                    err.to_string()
-                        .contains("supports only the system-assigned identity"),
-                    "{what}: {err}"
-                );
+                let why = if flavour == Flavour::AzureMl {
+                    "selects a user-assigned identity by client id only"
+                } else {
+                    "supports only the system-assigned identity"
+                };
+                assert!(err.to_string().contains(why), "{what}: {err}");
                 assert_eq!(em.request_count(), 0, "{what}");
                 continue;
             }
@@ -450,4 +451,60 @@ async fn in_an_aks_pod_exclude_workload_identity_reaches_imds() {
         assert_eq!(requests.len(), 1, "{requests:?}");
         assert_eq!(requests[0].param(param), Some(value));
     }
+}
+
+/// Azure ML's endpoint asked without a client id answers as a user's identity: the
+/// system-assigned identity is asked for by `DEFAULT_IDENTITY_CLIENT_ID` when it is set, and a
+/// client id given wins over it.
+#[tokio::test]
+async fn azure_ml_asks_for_default_identity_client_id() {
+    use super::CLIENT_ID;
+    for (given, want) in [(None, "abc"), (Some(CLIENT_ID), CLIENT_ID)] {
+        let em = Emulator::start(Flavour::AzureMl).await;
+        let mut vars = em.env();
+        vars.push(("DEFAULT_IDENTITY_CLIENT_ID".to_owned(), "abc".to_owned()));
+        let mut b = ManagedIdentityCredential::builder().vars(vars);
+        if let Some(id) = given {
+            b = b.client_id(id);
+        }
+        b.build().unwrap().get_token([SCOPE]).await.unwrap();
+        let requests = em.requests();
+        assert_eq!(requests.len(), 1, "{requests:?}");
+        assert_eq!(requests[0].param("clientid"), Some(want), "{given:?}");
+        assert_eq!(requests[0].param_names().len(), 3, "{requests:?}");
+    }
+}
+
+/// An object or resource id is refused for Azure ML, which selects by client id only.
+#[tokio::test]
+async fn azure_ml_refuses_object_and_resource_ids() {
+    use super::{OBJECT_ID, RESOURCE_ID};
+    let em = Emulator::start(Flavour::AzureMl).await;
+    for b in [
+        builder(&em).object_id(OBJECT_ID),
+        builder(&em).resource_id(RESOURCE_ID),
+    ] {
+        let err = b.build().unwrap_err();
+        assert!(
+            err.message().contains(
+                "Azure Machine Learning selects a user-assigned identity by client id only"
+            ),
+            "{err}"
+        );
+    }
+    assert_eq!(em.request_count(), 0);
+}
+
+/// A scope that is `/.default` alone names no resource: an invalid request, sent nowhere
+/// (IMDS would answer 400, which reads as a host without an identity).
+#[tokio::test]
+async fn a_scope_naming_no_resource_is_an_invalid_request() {
+    let em = Emulator::start(Flavour::Imds).await;
+    let err = credential(&em, Identity::System)
+        .get_token(["/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_request(), "{err}");
+    assert!(err.message().contains("names no resource"), "{err}");
+    assert_eq!(em.request_count(), 0);
 }

@@ -12,6 +12,8 @@
 //! Where the two differ on purpose the difference itself is asserted:
 //! * Cloud Shell and Service Fabric take no user-assigned id: azure-identity raises when asked
 //!   for a token, we refuse when the credential is built; neither sends anything.
+//! * Azure ML takes a client id only: azure-identity sends an object or resource id anyway,
+//!   we refuse it when the credential is built.
 //! * Azure Arc: msal reads the key only from `/var/opt/azcmagent/tokens`, so azure-identity
 //!   stops after the challenge here; the challenge requests are compared.
 //! * Headers that identify the client (`User-Agent`, msal's `x-client-SKU`/`x-client-Ver`,
@@ -112,9 +114,25 @@ async fn imds_requests_match_azure_identity() {
 
 #[tokio::test]
 async fn azure_ml_requests_match_azure_identity() {
-    for id in Identity::ALL {
+    for id in [Identity::System, Identity::ClientId] {
         let (ours, theirs) = agree(Flavour::AzureMl, id).await;
         assert_eq!(ours, theirs, "{id:?}");
+    }
+    // The endpoint selects by client id alone: azure-identity (msal) sends `object_id` or
+    // `msi_res_id` all the same, we refuse when built (as azidentity does) and send nothing.
+    for (id, param) in [
+        (Identity::ObjectId, "object_id"),
+        (Identity::ResourceId, "msi_res_id"),
+    ] {
+        let em = Emulator::start(Flavour::AzureMl).await;
+        assert!(id.select(builder(&em)).build().is_err(), "{id:?}");
+        assert_eq!(em.request_count(), 0, "{id:?}");
+        let (_, theirs) = theirs(Flavour::AzureMl, id).await;
+        assert_eq!(theirs.len(), 1, "{id:?}: {theirs:?}");
+        assert!(
+            theirs[0].params.iter().any(|(name, _)| name == param),
+            "{id:?}: {theirs:?}"
+        );
     }
 }
 
