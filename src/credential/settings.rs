@@ -64,7 +64,9 @@ impl Settings {
     }
 
     /// The in-memory token cache of the credential `name`, signing in as `client_id` at
-    /// `client`'s authority: over the distributed cache when one was given.
+    /// `client`'s authority: over the distributed cache when one was given. Its entries are
+    /// keyed by the whole normalised authority (scheme, host, port, path): two authorities on
+    /// one host, on different ports or paths, may be different token services.
     pub(crate) fn token_cache(
         &self,
         name: &'static str,
@@ -74,7 +76,7 @@ impl Settings {
         token_cache(
             name,
             self.distributed.as_ref(),
-            client.authority().host(),
+            client.authority().as_str(),
             client_id,
             name.to_owned(),
         )
@@ -150,9 +152,9 @@ impl Settings {
 }
 
 /// The in-memory token cache of the credential `name`, over `distributed` when given: its
-/// entries are keyed by `authority` (a host, or where a token source without one is), the
-/// `client_id` and the `identity` (the credential's name, and which identity when it can be
-/// several), plus each request's tenant, scopes and CAE flag.
+/// entries are keyed by `authority` (the normalised authority URL, or where a token source
+/// without one is), the `client_id` and the `identity` (the credential's name, and which
+/// identity when it can be several), plus each request's tenant, scopes and CAE flag.
 pub(crate) fn token_cache(
     name: &'static str,
     distributed: Option<&DistributedCache>,

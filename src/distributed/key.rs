@@ -2,7 +2,7 @@
 //! `{prefix}:{hash}:failed`.
 //!
 //! The hash is the hex SHA-256 of the fields that make two requests want the same token:
-//! the authority (host and tenant), the client id, the identity (the credential's name, and
+//! the authority (its whole normalised URL: host, port and path) and tenant, the client id, the identity (the credential's name, and
 //! for a managed identity which one), the scope set (sorted, duplicates dropped) and the CAE
 //! flag. Each field is length-prefixed, so no two field lists hash alike by concatenation.
 //! The braces make the hash a Redis Cluster hash tag: an entry's keys live in one slot. Nothing in a key is secret, and nothing in it names a tenant or an app in clear.
@@ -12,14 +12,17 @@ use std::sync::Arc;
 
 use ring::digest;
 
-/// Bumped when the fields or their encoding change: old entries are then simply not found.
-const KEY_VERSION: &str = "tower-identity/distributed/1";
+/// Bumped when the fields or their encoding change: old entries are then simply not found
+/// (misses, not errors; they expire with their tokens). 2: the authority is its whole URL,
+/// not only its host (1 let authorities on one host, on other ports or paths, share entries).
+const KEY_VERSION: &str = "tower-identity/distributed/2";
 
 /// What a credential contributes to its entries' keys (the request adds tenant, scopes, CAE).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Identity {
-    /// The authority host (`login.microsoftonline.com`), or the token source of a credential
-    /// that has none (managed identity).
+    /// The normalised authority URL (`https://login.microsoftonline.com`, with any port and
+    /// path: see `Authority::as_str`), or the token source of a credential that has none
+    /// (managed identity).
     pub(crate) authority: String,
     pub(crate) client_id: String,
     /// The credential's name, and which identity it is when one credential can be several
@@ -105,7 +108,7 @@ mod tests {
 
     fn identity() -> Identity {
         Identity {
-            authority: "login.microsoftonline.com".into(),
+            authority: "https://login.microsoftonline.com".into(),
             client_id: "client".into(),
             identity: "ClientSecretCredential".into(),
         }
@@ -115,7 +118,7 @@ mod tests {
         s.iter().map(|s| s.to_string()).collect()
     }
 
-    const STABLE: &str = "8407d0987dd2b0e98eb5f2a0436a711208d8a4d2da14e81523a68385c7c4d3bf";
+    const STABLE: &str = "2cd93a448d27de01f28ec899059ad3ad7edaa15eff0b6890bc2862d6710b7b43";
 
     #[test]
     fn keys_are_stable_and_ignore_scope_order_and_duplicates() {
@@ -132,11 +135,19 @@ mod tests {
     #[test]
     fn every_field_changes_the_key() {
         let base = EntryKey::new("p", &identity(), "t", &scopes(&["a"]), false);
-        let mut other = identity();
-        other.authority = "login.microsoftonline.us".into();
+        let authority = |authority: &str| Identity {
+            authority: authority.into(),
+            ..identity()
+        };
         let variants = [
             EntryKey::new("q", &identity(), "t", &scopes(&["a"]), false),
-            EntryKey::new("p", &other, "t", &scopes(&["a"]), false),
+            EntryKey::new(
+                "p",
+                &authority("https://login.microsoftonline.us"),
+                "t",
+                &scopes(&["a"]),
+                false,
+            ),
             EntryKey::new("p", &identity(), "u", &scopes(&["a"]), false),
             EntryKey::new("p", &identity(), "t", &scopes(&["a", "b"]), false),
             EntryKey::new("p", &identity(), "t", &scopes(&["a"]), true),
@@ -169,6 +180,13 @@ mod tests {
         assert_ne!(
             EntryKey::new("p", &identity(), "t", &scopes(&["ab"]), false),
             EntryKey::new("p", &identity(), "t", &scopes(&["a", "b"]), false)
+        );
+        // One host, another port or path: possibly another token service, another entry.
+        let key = |a: &str| EntryKey::new("p", &authority(a), "t", &scopes(&["a"]), false);
+        assert_ne!(key("https://localhost:8443"), key("https://localhost:9443"));
+        assert_ne!(
+            key("https://gw.corp/entra-a"),
+            key("https://gw.corp/entra-b")
         );
     }
 }

@@ -10,7 +10,9 @@ use bytes::Bytes;
 
 use super::memory_store::MemoryStore;
 use super::{HOUR, cache};
-use crate::credential::{ClientSecretCredential, ManagedIdentityCredential};
+use crate::credential::{
+    ClientAssertionCredential, ClientSecretCredential, ManagedIdentityCredential,
+};
 use crate::error::BoxError;
 use crate::token::unix_now;
 use crate::transport::{HttpClient, HttpRequest};
@@ -77,6 +79,57 @@ async fn client_secret_credentials_of_two_processes_make_one_token_request() {
     a.get_token_with(claims).await.unwrap();
     assert_eq!(requests.load(Ordering::SeqCst), 3);
     assert_eq!(store.calls(), calls);
+}
+
+/// Authorities on one host but another port or path may be different token services (a
+/// gateway per tenant, a test authority per port): their tokens are not shared, whatever the
+/// tenant and client id. (Before, the entry key had the authority's host only: the second
+/// credential got the first one's token.) The same authority spelled otherwise shares.
+#[tokio::test(start_paused = true)]
+async fn authorities_on_one_host_with_other_ports_or_paths_do_not_share() {
+    let pairs = [
+        ("https://localhost:8443", "https://localhost:9443"),
+        ("https://gw.corp/entra-a", "https://gw.corp/entra-b"),
+    ];
+    for (first, second) in pairs {
+        let store = MemoryStore::new();
+        let secret = |authority: &str, http: &HttpClient| {
+            ClientSecretCredential::builder("contoso", "client", "secret")
+                .authority_host(authority)
+                .http_client(http.clone())
+                .distributed_cache(cache(&store))
+                .build_with_env_authority(None)
+                .unwrap()
+        };
+        let assertion = |authority: &str, http: &HttpClient| {
+            ClientAssertionCredential::builder("contoso", "client", || async {
+                Ok::<_, BoxError>("assertion")
+            })
+            .authority_host(authority)
+            .http_client(http.clone())
+            .distributed_cache(cache(&store))
+            .build_with_env_authority(None)
+            .unwrap()
+        };
+        let (requests_a, http_a) = endpoint_issuing("a");
+        let (requests_b, http_b) = endpoint_issuing("b");
+        let a = secret(first, &http_a).get_token([SCOPE]).await.unwrap();
+        let b = secret(second, &http_b).get_token([SCOPE]).await.unwrap();
+        assert_eq!(a.secret().expose_secret(), "a-1", "{first}");
+        assert_eq!(b.secret().expose_secret(), "b-1", "{second}: its own token");
+        assert_eq!(requests_b.load(Ordering::SeqCst), 1, "{second}");
+        // Certificates and workload identity build on the assertion credential.
+        let a = assertion(first, &http_a).get_token([SCOPE]).await.unwrap();
+        let b = assertion(second, &http_b).get_token([SCOPE]).await.unwrap();
+        assert_eq!(a.secret().expose_secret(), "a-2", "{first}");
+        assert_eq!(b.secret().expose_secret(), "b-2", "{second}: its own token");
+        // The same authority, spelled with the default port and a trailing slash, shares.
+        let spelled = first.replacen("/entra", ":443/entra", 1) + "/";
+        let same = secret(&spelled, &http_b).get_token([SCOPE]).await.unwrap();
+        assert_eq!(same.secret().expose_secret(), "a-1", "{spelled}");
+        assert_eq!(requests_b.load(Ordering::SeqCst), 2, "{spelled}");
+        assert_eq!(requests_a.load(Ordering::SeqCst), 2, "{first}");
+    }
 }
 
 /// An App Service managed identity over `http` sharing `store`, with the user-assigned client
