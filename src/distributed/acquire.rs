@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use super::Shared;
 use super::key::EntryKey;
+use super::seal::Unopened;
 use super::store::MAX_ENTRY_BYTES;
 use crate::error::CredentialError;
 use crate::refresh::RefreshPolicy;
@@ -389,14 +390,17 @@ impl Shared {
             Some((value, left)) => (Zeroizing::new(value), left),
         };
         let now = Instant::now();
-        let Some(stored) = self
+        let opened = self
             .sealing
-            .open(token_key, &value, now, self.clock.followed(), left)
-        else {
-            if !std::mem::replace(&mut looks.reported_unreadable, true) {
-                self.unreadable(token_key);
+            .open(token_key, &value, now, self.clock.followed(), left);
+        let stored = match opened {
+            Ok(stored) => stored,
+            Err(unopened) => {
+                if !std::mem::replace(&mut looks.reported_unreadable, true) {
+                    self.unreadable(token_key, unopened);
+                }
+                return nothing;
             }
-            return nothing;
         };
         let due = policy.refresh_at(&stored.token, stored.stored_on);
         if stored.token.is_expired_at(now) || now >= due {
@@ -413,11 +417,18 @@ impl Shared {
         }
     }
 
-    /// A value that does not open: a miss, counted; WARN the first time per cache.
-    fn unreadable(&self, token_key: &str) {
+    /// A value that does not open: a miss, counted; WARN the first time per cache. One sealed
+    /// under another key name (the fleet rotating its key) is a miss only: DEBUG, not counted.
+    fn unreadable(&self, token_key: &str, unopened: Unopened) {
+        if unopened == Unopened::OtherKey {
+            let message = "distributed token cache: the entry is sealed under another key name \
+                           (the fleet is rotating its sealing key); treated as a miss and replaced";
+            tracing::debug!(entry = token_key, "{message}");
+            return;
+        }
         self.stats.store_error();
         let message = "distributed token cache: a stored value does not open (garbage, a value of \
-                       another Redis type or over 64 KiB, another sealing key or key name, \
+                       another Redis type or over 64 KiB, another sealing key under the same name, \
                        another entry's value, sealed vs plaintext settings that differ between \
                        processes, or a plaintext value written before plaintext values named \
                        their entry); treated as a miss and replaced";

@@ -108,10 +108,11 @@
 //! * **Sealed at rest.** Entries are sealed with AES-256-GCM under a [`SealingKey`], bound to
 //!   the key's name and the entry's store key; the plaintext opt-out is explicit
 //!   ([`plaintext_at_rest`](DistributedCacheBuilder::plaintext_at_rest)). A value that does not
-//!   open (garbage, another key, another entry's value, the other mode; with
-//!   `RedisTokenCache`, a value of another Redis type or over 64 KiB, which is not even read)
-//!   is a miss, counted as a store error, logged once per cache at WARN naming the entry's
-//!   store key, and replaced by the next publish.
+//!   open (garbage, another key under the same name, another entry's value, the other mode;
+//!   with `RedisTokenCache`, a value of another Redis type or over 64 KiB, which is not even
+//!   read) is a miss, counted as a store error, logged once per cache at WARN naming the entry's
+//!   store key, and replaced by the next publish. One sealed under another key name (a key
+//!   rotation rolling out, see [`SealingKey`]) is a miss only: DEBUG, not counted.
 //! * **Keys.** `{prefix}:{hash}:token`, `{prefix}:{hash}:lease` and `{prefix}:{hash}:failed`;
 //!   the hash (SHA-256 of the authority, tenant, client id, identity, scope set and CAE flag)
 //!   in braces is a Redis Cluster hash tag, so an entry's keys share a slot for a store over a cluster

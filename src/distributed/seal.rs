@@ -1,13 +1,18 @@
 //! Sealing entries at rest: AES-256-GCM under the user's key, bound to the entry's key.
 //!
-//! A sealed value is `SEALED` ‖ 96-bit random nonce ‖ ciphertext and tag; its associated data
-//! is the key's name, a zero byte, and the store key of the entry, so a value copied under
-//! another entry's key, or sealed under another key name, does not open. The plaintext is the
-//! JSON [`Payload`]; every buffer that holds it is zeroized when dropped. The plaintext
-//! opt-out stores `PLAIN` ‖ JSON: a cache opens only values of its own kind. With no
-//! associated data to bind it, a plaintext payload names its store key (`entry`) and opens
-//! only under that key, so a value copied under another entry's key is a miss there too; a
-//! plaintext value written before it named its key is a miss (it is replaced), not an error.
+//! A sealed value is `SEALED` ‖ the key id ‖ 96-bit random nonce ‖ ciphertext and tag. The key
+//! id (the first 8 bytes of a SHA-256 of the key's name) is in clear so that a reader tells an
+//! entry sealed under another key name, which a fleet rotating its key writes for a while, from
+//! one that does not open: the first is a quiet miss ([`Unopened::OtherKey`]), the second an
+//! error. The associated data is the key's name, a zero byte, and the store key of the entry,
+//! so a value copied under another entry's key, or whose key id was edited, does not open. The
+//! plaintext is the JSON [`Payload`]; every buffer that holds it is zeroized when dropped.
+//!
+//! The plaintext opt-out stores `PLAIN` ‖ JSON: a cache opens only values of its own kind.
+//! With no associated data to bind it, a plaintext payload names its store key (`entry`) and
+//! opens only under that key, so a value copied under another entry's key is a miss there
+//! too; a plaintext value written before it named its key is a miss (it is replaced), not an
+//! error.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -15,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -24,21 +30,31 @@ use super::clock::WallClock;
 use crate::error::ConfigError;
 use crate::token::AccessToken;
 
-/// The version prefix of a sealed value.
-const SEALED: &[u8] = b"ti1s";
+/// The version prefix of a sealed value. `ti1s` had no key id; since the entry keys changed
+/// with it (`KEY_VERSION` 2), this version never meets one.
+const SEALED: &[u8] = b"ti2s";
+/// The key id's length: enough that two names of one fleet never share one by chance.
+const KEY_ID_LEN: usize = 8;
 /// The version prefix of a plaintext value (the opt-out).
 const PLAIN: &[u8] = b"ti1p";
 /// AES-256: the key is 32 bytes.
 const KEY_LEN: usize = 32;
 
 /// A 256-bit key that seals the distributed cache's entries (AES-256-GCM), with a name bound
-/// into every entry, so that rotating to a key under a new name makes old entries misses
-/// rather than errors.
+/// into every entry.
+///
+/// Rotate by giving the new key a new name: an entry sealed under another name is a miss, not
+/// a store error (it carries a short hash of the name in clear). While the fleet rolls over,
+/// processes on the old key and on the new one do not share: each finds the other's entry a
+/// miss (logged at DEBUG, not counted), asks the identity provider and replaces it. A new key
+/// under the same name makes old entries fail to open: store errors (WARN) until replaced.
 ///
 /// Its `Debug` shows the name only.
 #[derive(Clone)]
 pub struct SealingKey {
     name: Arc<str>,
+    /// Written in clear in front of every value sealed under this key (see the module docs).
+    id: [u8; KEY_ID_LEN],
     key: Arc<LessSafeKey>,
 }
 
@@ -63,13 +79,15 @@ impl SealingKey {
             ConfigError::new(format!("SealingKey {name:?}: the key was not accepted"))
         })?;
         Ok(Self {
+            id: key_id(&name),
             name: name.into(),
             key: Arc::new(LessSafeKey::new(unbound)),
         })
     }
 
     /// The key in the environment variable `var`: base64 (standard or URL-safe alphabet,
-    /// padded or not) of 32 bytes. The key's name is `var`.
+    /// padded or not) of 32 bytes. The key's name is `var`: to rotate, read the new key from a
+    /// variable of another name (or name it with [`new`](Self::new)).
     pub fn from_env(var: &str) -> Result<Self, ConfigError> {
         let value = Zeroizing::new(std::env::var(var).map_err(|_| {
             ConfigError::new(format!(
@@ -123,6 +141,16 @@ struct Payload<'a> {
     /// in its associated data instead).
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     entry: Option<Cow<'a, str>>,
+}
+
+/// Why a stored value did not open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unopened {
+    /// Sealed under a key of another name: the fleet is rotating its key. A miss.
+    OtherKey,
+    /// Anything else: garbage, the other mode, another key under this key's name, another
+    /// entry's value. A miss too, but a store error.
+    Unreadable,
 }
 
 /// A token read from the store, with when it was published.
@@ -182,11 +210,13 @@ impl Sealing {
                 let mut value = Vec::with_capacity(
                     SEALED
                         .len()
+                        .saturating_add(KEY_ID_LEN)
                         .saturating_add(NONCE_LEN)
                         .saturating_add(json.len())
                         .saturating_add(tag.as_ref().len()),
                 );
                 value.extend_from_slice(SEALED);
+                value.extend_from_slice(&key.id);
                 value.extend_from_slice(&nonce);
                 value.extend_from_slice(&json);
                 value.extend_from_slice(tag.as_ref());
@@ -195,11 +225,33 @@ impl Sealing {
         }
     }
 
-    /// The token in `value`, stored under the store key `entry`; `None` for anything that
-    /// does not open: another kind (sealed / plaintext), another key or key name, another
-    /// entry's value, or bytes that are no entry at all. `left` is the time the store said the
-    /// entry has left, if it said.
+    /// The token in `value`, stored under the store key `entry`, else why it does not open:
+    /// sealed under another key name ([`Unopened::OtherKey`]); or another kind (sealed /
+    /// plaintext), another key under this one's name, another entry's value, or bytes that are
+    /// no entry at all ([`Unopened::Unreadable`]). `left` is the time the store said the entry
+    /// has left, if it said.
     pub(super) fn open(
+        &self,
+        entry: &str,
+        value: &[u8],
+        now: Instant,
+        clock: WallClock,
+        left: Option<Duration>,
+    ) -> Result<Stored, Unopened> {
+        if let Sealing::Sealed(key) = self {
+            let id = value
+                .strip_prefix(SEALED)
+                .and_then(|rest| rest.get(..KEY_ID_LEN));
+            if id.is_some_and(|id| id != key.id) {
+                return Err(Unopened::OtherKey);
+            }
+        }
+        self.open_own(entry, value, now, clock, left)
+            .ok_or(Unopened::Unreadable)
+    }
+
+    /// [`open`](Self::open) for a value that is not under another key name.
+    fn open_own(
         &self,
         entry: &str,
         value: &[u8],
@@ -210,7 +262,7 @@ impl Sealing {
         let json: Zeroizing<Vec<u8>> = match self {
             Sealing::Plaintext => Zeroizing::new(value.strip_prefix(PLAIN)?.to_vec()),
             Sealing::Sealed(key) => {
-                let rest = value.strip_prefix(SEALED)?;
+                let rest = value.strip_prefix(SEALED)?.get(KEY_ID_LEN..)?;
                 let (nonce, sealed) = rest.split_at_checked(NONCE_LEN)?;
                 let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
                 let mut buffer = Zeroizing::new(sealed.to_vec());
@@ -255,6 +307,19 @@ impl Sealing {
     }
 }
 
+/// The first bytes of a SHA-256 of `name` (with a context string, so it is no plain hash of
+/// the name): what a value says in clear about the key that sealed it.
+fn key_id(name: &str) -> [u8; KEY_ID_LEN] {
+    let mut context = digest::Context::new(&digest::SHA256);
+    context.update(b"tower-identity/sealing-key-id\0");
+    context.update(name.as_bytes());
+    let mut id = [0u8; KEY_ID_LEN];
+    for (to, from) in id.iter_mut().zip(context.finish().as_ref()) {
+        *to = *from;
+    }
+    id
+}
+
 /// The key's name, a zero byte, the entry's store key.
 fn associated_data(key: &SealingKey, entry: &str) -> Vec<u8> {
     let mut aad = Vec::with_capacity(key.name.len().saturating_add(entry.len()).saturating_add(1));
@@ -282,7 +347,7 @@ mod tests {
         assert!(
             Sealing::Plaintext
                 .open("p:{b}:token", &value, now, clock, None)
-                .is_none(),
+                .is_err(),
             "copied under another entry's key"
         );
         let unnamed = [
@@ -293,8 +358,52 @@ mod tests {
         assert!(
             Sealing::Plaintext
                 .open("p:{a}:token", &unnamed, now, clock, None)
-                .is_none()
+                .is_err()
         );
+    }
+
+    /// A value sealed under another key name is `OtherKey` (a fleet mid-rotation: a quiet
+    /// miss); one that names this key but does not open stays `Unreadable` (an error).
+    #[test]
+    fn another_key_name_is_told_apart_from_a_value_that_does_not_open() {
+        let (now, clock) = (Instant::now(), WallClock::now());
+        let token = AccessToken::new("t", now + std::time::Duration::from_secs(60));
+        let sealing = |name: &str, bytes: u8| {
+            Sealing::Sealed(SealingKey::new(name, &[bytes; KEY_LEN]).unwrap())
+        };
+        let open = |sealing: &Sealing, value: &[u8]| {
+            sealing
+                .open("e", value, now, clock, None)
+                .map(|stored| stored.token.secret().expose_secret().to_owned())
+        };
+        let k1 = sealing("k1", 1).seal("e", &token, now, clock).unwrap();
+        assert!(k1.starts_with(SEALED));
+        assert_eq!(open(&sealing("k1", 1), &k1).as_deref(), Ok("t"));
+        assert_eq!(open(&sealing("k2", 2), &k1), Err(Unopened::OtherKey));
+        assert_eq!(open(&sealing("k2", 1), &k1), Err(Unopened::OtherKey));
+        assert_eq!(
+            open(&sealing("k1", 2), &k1),
+            Err(Unopened::Unreadable),
+            "another key under the same name"
+        );
+        // The key id is not trusted: a value relabelled with this key's id still fails.
+        let mut relabelled = k1.to_vec();
+        relabelled.splice(SEALED.len()..SEALED.len() + KEY_ID_LEN, key_id("k2"));
+        assert_eq!(
+            open(&sealing("k2", 1), &relabelled),
+            Err(Unopened::Unreadable)
+        );
+        let truncated = [SEALED, &key_id("k1")[..3]].concat();
+        for value in [&truncated[..], SEALED, b"ti1s", b"", b"garbage"] {
+            assert_eq!(
+                open(&sealing("k1", 1), value),
+                Err(Unopened::Unreadable),
+                "{value:?}"
+            );
+        }
+        let plain = Sealing::Plaintext.seal("e", &token, now, clock).unwrap();
+        assert_eq!(open(&sealing("k1", 1), &plain), Err(Unopened::Unreadable));
+        assert_eq!(open(&Sealing::Plaintext, &k1), Err(Unopened::Unreadable));
     }
 
     #[test]

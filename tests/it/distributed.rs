@@ -1059,7 +1059,9 @@ async fn a_value_over_64_kib_is_not_read_and_replaced() {
     assert_eq!(authority.token_posts(), 2);
 }
 
-/// An entry sealed under another key, or the same key under another name, never opens.
+/// An entry sealed under another key, or the same key under another name, never opens. A key
+/// under another name (a rotation) finds a miss, not a store error; another key under the
+/// same name is an error.
 #[tokio::test]
 async fn an_entry_sealed_with_another_key_is_a_miss() {
     let authority = Authority::start().await;
@@ -1068,22 +1070,22 @@ async fn an_entry_sealed_with_another_key_is_a_miss() {
     let first = Process::new(&authority, &url).token(SCOPE).await;
 
     let other_key = SealingKey::new("one", &KEY_TWO).unwrap();
-    let second = Process::sealed(&authority, &url, other_key)
-        .token(SCOPE)
-        .await;
+    let process = Process::sealed(&authority, &url, other_key);
+    let second = process.token(SCOPE).await;
     assert_ne!(first, second, "another key's entry is not returned");
     assert_eq!(authority.token_posts(), 2);
+    assert_eq!(process.cache.stats().store_errors, 1, "the same name");
 
     // The second process replaced the entry; the same bytes under another name do not open it.
     let renamed = SealingKey::new("two", &KEY_TWO).unwrap();
-    let third = Process::sealed(&authority, &url, renamed)
-        .token(SCOPE)
-        .await;
+    let process = Process::sealed(&authority, &url, renamed);
+    let third = process.token(SCOPE).await;
     assert_ne!(
         third, second,
         "a key under another name does not open the entry"
     );
     assert_eq!(authority.token_posts(), 3);
+    assert_eq!(process.cache.stats().store_errors, 0, "another name");
 
     // And the same key under the same name does.
     let same = SealingKey::new("two", &KEY_TWO).unwrap();

@@ -1050,18 +1050,12 @@ fn unopenable(token_key: &str) -> Vec<(&'static str, Vec<u8>)> {
     let ours = Sealing::Sealed(sealing_key());
     vec![
         ("garbage", b"\x00\xffnot an entry".to_vec()),
-        ("the version prefix only", b"ti1s".to_vec()),
+        ("the version prefix only", b"ti2s".to_vec()),
+        ("the format before key ids", b"ti1s\x00garbage".to_vec()),
         (
             "another key",
             seal(
                 &Sealing::Sealed(SealingKey::new("test-key", &[8; 32]).unwrap()),
-                token_key,
-            ),
-        ),
-        (
-            "another key name",
-            seal(
-                &Sealing::Sealed(SealingKey::new("other-name", &KEY).unwrap()),
                 token_key,
             ),
         ),
@@ -1090,6 +1084,40 @@ async fn values_that_do_not_open_are_misses_never_returned_and_are_replaced() {
         assert_eq!(get(&process(&other), &idp).await, "token-1", "{what}");
         assert_eq!(other.stats().shared_hits, 1, "{what}");
     }
+}
+
+/// A fleet rolling over to a key under a new name: a process on the new key finds the old
+/// key's entry a miss, not a store error (before, it counted one and logged at WARN, and the
+/// two halves of the fleet counted errors overwriting each other's entries), and its publish
+/// replaces the entry for the processes on the new key.
+#[tokio::test(start_paused = true)]
+async fn an_entry_sealed_under_another_key_name_is_a_quiet_miss_and_replaced() {
+    let store = MemoryStore::new();
+    let named = |name: &str, key: [u8; 32]| {
+        DistributedCache::builder(Handle(Arc::clone(&store)))
+            .sealing_key(SealingKey::new(name, &key).unwrap())
+            .build()
+            .unwrap()
+    };
+    let idp = Idp::new(Duration::ZERO);
+    let k1 = named("k1", KEY);
+    assert_eq!(get(&process(&k1), &idp).await, "token-1");
+    let k2 = named("k2", [8; 32]);
+    assert_eq!(get(&process(&k2), &idp).await, "token-2");
+    assert_eq!(idp.calls(), 2);
+    assert_eq!(k2.stats().store_errors, 0, "{:?}", k2.stats());
+    assert_eq!(k2.stats().shared_hits, 0);
+    // Replaced: the next process on the new key shares it, the old key's finds a miss too.
+    let next = named("k2", [8; 32]);
+    assert_eq!(get(&process(&next), &idp).await, "token-2");
+    assert_eq!(next.stats().shared_hits, 1);
+    let old = named("k1", KEY);
+    assert_eq!(get(&process(&old), &idp).await, "token-3");
+    assert_eq!(old.stats().store_errors, 0);
+    // A key under a name already in use that does not open the entry stays an error.
+    let renamed = named("k1", [9; 32]);
+    assert_eq!(get(&process(&renamed), &idp).await, "token-4");
+    assert_eq!(renamed.stats().store_errors, 1);
 }
 
 /// A value that does not open, found again at every poll while the process waits for the
@@ -1151,7 +1179,7 @@ async fn sealed_entries_hold_no_token_in_clear_and_round_trip() {
     let token = get(&process(&c), &idp).await;
     let token_key = store_keys("tower-identity").token();
     let raw = store.raw(&token_key).unwrap();
-    assert!(raw.starts_with(b"ti1s"));
+    assert!(raw.starts_with(b"ti2s"));
     assert!(!raw.windows(token.len()).any(|w| w == token.as_bytes()));
     for key in store.keys() {
         assert!(!key.contains("tenant") && !key.contains("client") && !key.contains("scope"));
@@ -1248,6 +1276,20 @@ async fn logged_scenario() -> usize {
         get_for(&p, &idp, scope).await;
     }
     get_for(&p, &idp, "x").await;
+    // An entry sealed under another key name (a rotation): DEBUG only.
+    let key = EntryKey::new(
+        "tower-identity",
+        &identity(),
+        "tenant",
+        &scopes(&["z"]),
+        false,
+    );
+    let other = Sealing::Sealed(SealingKey::new("other-name", &KEY).unwrap());
+    let now = Instant::now();
+    let planted = AccessToken::new("planted", now + HOUR);
+    let value = other.seal(&key.token(), &planted, now, WallClock::now());
+    store.set_raw(&key.token(), &value.unwrap());
+    get_for(&p, &idp, "z").await;
     // A failing store: the breaker opens once (WARN), stays open, closes once (INFO).
     store.set_mode(Mode::Fail);
     for scope in ["a", "b", "c", "d"] {
@@ -1299,6 +1341,14 @@ async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {
         count("a stored value does not open"),
         2,
         "WARN, then DEBUG:\n{text}"
+    );
+    let rotation: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("sealed under another key name"))
+        .collect();
+    assert!(
+        rotation.len() == 1 && rotation[0].contains("DEBUG"),
+        "{text}"
     );
     assert_eq!(count("the store keeps failing"), 1, "{text}");
     assert_eq!(count("INFO"), 1, "{text}");
