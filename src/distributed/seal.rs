@@ -10,9 +10,9 @@
 //!
 //! The plaintext opt-out stores `PLAIN` ‖ JSON: a cache opens only values of its own kind.
 //! With no associated data to bind it, a plaintext payload names its store key (`entry`) and
-//! opens only under that key, so a value copied under another entry's key is a miss there
-//! too; a plaintext value written before it named its key is a miss (it is replaced), not an
-//! error.
+//! opens only under that key, so a value copied under another entry's key does not open
+//! there. (Values written before payloads named their key are under keys of an older
+//! `KEY_VERSION`, which this version never reads.)
 
 use std::borrow::Cow;
 use std::fmt;
