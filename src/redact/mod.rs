@@ -15,10 +15,13 @@
 //!    JSON string (`"…xc\"y…"`) has its backslashes read as escapes by the time we see the text.
 //! 2. **JWT-shaped runs** (`eyJ…` with a dot): access tokens, id tokens, assertions we did not
 //!    send.
-//! 3. **Values of secret fields**, JSON (`"refresh_token": "…"`) or form style
-//!    (`client_secret=…`): any `…_token`, `client_secret`, `client_assertion`, `device_code`,
-//!    `code_verifier` and `password`. A page that echoes a form body cut short leaves less than
-//!    rule 1's prefix of a secret; its field name still gives it away.
+//! 3. **Values of secret fields**, JSON (`"refresh_token": "…"`), form style
+//!    (`client_secret=…`), Python or JavaScript (`'refreshToken': '…'`) or JSON pasted into a
+//!    page (`&quot;password&quot;:&quot;…&quot;`): any name ending in `_token` (or
+//!    `Token`), `client_secret`, `client_assertion`, `device_code`, `code_verifier` or
+//!    `password`, whatever its case and with or without `_` or `-` (`accessToken`,
+//!    `Password`). A page that echoes a form body cut short leaves less than rule 1's prefix
+//!    of a secret; its field name still gives it away.
 //!
 //! Matches become `***`. Secrets shorter than [`MIN_SECRET_LEN`] bytes are not searched for:
 //! they would match ordinary text.
@@ -51,9 +54,7 @@ fn scrub_with(text: &str, secrets: &[&str], mask: fn(&str, &str) -> String) -> S
             out = mask(&out, &read);
         }
     }
-    SECRET_FIELDS
-        .iter()
-        .fold(scrub_jwts(&out), |text, name| scrub_fields(&text, name))
+    scrub_fields(&scrub_jwts(&out))
 }
 
 /// The start of a body that could not be read as expected: lossily decoded, scrubbed, control
@@ -166,59 +167,130 @@ fn scrub_jwts(text: &str) -> String {
     out
 }
 
-/// The ends of field names whose values are masked (rule 3). Not `code`: error answers carry
-/// `"code": "…"` fields worth reading, and an authorization code is one of rule 1's secrets.
+/// Field names whose values are masked (rule 3), as they are compared: the end of a name, in
+/// ASCII lower case and without `_` or `-`, so that `refresh_token`, `refreshToken`,
+/// `Refresh-Token` and `Password` all count (`token` only after something: `id_token`, not
+/// `token`). Not `code`: error answers carry `"code": "…"`
+/// fields worth reading, and an authorization code is one of rule 1's secrets.
 const SECRET_FIELDS: [&str; 6] = [
-    "_token",
-    "client_secret",
-    "client_assertion",
-    "device_code",
-    "code_verifier",
+    "token",
+    "clientsecret",
+    "clientassertion",
+    "devicecode",
+    "codeverifier",
     "password",
 ];
 
-/// Values of fields whose name ends in `name` (`_token`: `access_token`, `refresh_token`, …)
-/// after `":"` or `=`.
-fn scrub_fields(text: &str, name: &str) -> String {
+/// HTML-escaped quotes, around a name or a value (JSON pasted into a page).
+const HTML_QUOTES: [&str; 6] = ["&quot;", "&#34;", "&#x22;", "&apos;", "&#39;", "&#x27;"];
+
+/// What a field name is made of (`-`: header and command-line style names).
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-')
+}
+
+/// Whether the field name `name` ends in one of [`SECRET_FIELDS`], ignoring ASCII case, `_`
+/// and `-`.
+fn is_secret_field(name: &str) -> bool {
+    SECRET_FIELDS.iter().any(|field| {
+        let mut letters = name
+            .bytes()
+            .rev()
+            .filter(|b| !matches!(b, b'_' | b'-'))
+            .map(|b| b.to_ascii_lowercase());
+        field.bytes().rev().all(|f| letters.next() == Some(f))
+            // A bare `token` is prose as often as a name ("fetching token: failed to …"):
+            // only a kind of token (`access_token`, `refreshToken`) counts.
+            && (*field != "token" || letters.next().is_some())
+    })
+}
+
+/// `text` without a leading HTML-escaped quote, if it has one.
+fn strip_html_quote(text: &str) -> Option<(&str, &'static str)> {
+    HTML_QUOTES
+        .iter()
+        .find_map(|quote| text.strip_prefix(quote).map(|rest| (rest, *quote)))
+}
+
+/// Values of fields whose name ends in one of [`SECRET_FIELDS`] (`…_token`: `access_token`,
+/// `refreshToken`, …), after `:` or `=`, quoted (`"`, `\"`, `'`, `&quot;`, …) or not. One
+/// pass: each name is looked at once, and what follows it only up to its value's end.
+fn scrub_fields(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = rest.find(name) {
-        let Some((head, tail)) = rest.split_at_checked(at.saturating_add(name.len())) else {
-            break;
-        };
-        out.push_str(head);
-        // Skip a closing quote, spaces and the separator, then an opening quote.
-        let after_name = tail.trim_start_matches(['"', '\\']).trim_start();
-        let Some(after_sep) = after_name
-            .strip_prefix(':')
-            .or_else(|| after_name.strip_prefix('='))
-        else {
-            rest = tail;
-            continue;
-        };
-        let after_sep = after_sep.trim_start();
-        let quote = after_sep
-            .strip_prefix("\\\"")
-            .map(|_| "\\\"")
-            .or_else(|| after_sep.starts_with('"').then_some("\""));
-        let value_start = match quote {
-            Some(q) => after_sep.get(q.len()..).unwrap_or_default(),
-            None => after_sep,
-        };
-        let end = match quote {
-            Some(q) => value_start.find(q),
-            None => value_start.find(['&', ',', '}', ' ', '\r', '\n']),
-        }
-        .unwrap_or(value_start.len());
-        if end == 0 {
-            rest = tail;
+    while let Some(start) = rest.find(is_name_char) {
+        let (before, from_name) = rest.split_at_checked(start).unwrap_or((rest, ""));
+        let len = from_name
+            .find(|c| !is_name_char(c))
+            .unwrap_or(from_name.len());
+        let (name, tail) = from_name.split_at_checked(len).unwrap_or((from_name, ""));
+        out.push_str(before);
+        out.push_str(name);
+        rest = tail;
+        if !is_secret_field(name) {
             continue;
         }
-        let separator = tail.len().saturating_sub(value_start.len());
-        out.push_str(tail.get(..separator).unwrap_or_default());
+        let Some((value_at, value_len)) = field_value(tail) else {
+            continue;
+        };
+        out.push_str(tail.get(..value_at).unwrap_or_default());
         out.push_str(MASK);
-        rest = value_start.get(end..).unwrap_or_default();
+        rest = tail
+            .get(value_at.saturating_add(value_len)..)
+            .unwrap_or_default();
     }
     out.push_str(rest);
     out
+}
+
+/// Where the value of a field starts in `tail` (what follows the field's name) and its length
+/// in bytes, when a separator and a non-empty value follow.
+fn field_value(tail: &str) -> Option<(usize, usize)> {
+    // Skip a closing quote, spaces and the separator, then spaces.
+    let after_name = tail.trim_start_matches(['"', '\'', '\\']);
+    let after_name = strip_html_quote(after_name).map_or(after_name, |(rest, _)| rest);
+    let after_sep = after_name
+        .trim_start()
+        .strip_prefix([':', '='])?
+        .trim_start();
+    let (value, len) = if let Some((value, quote)) = strip_html_quote(after_sep) {
+        (value, value.find(quote).unwrap_or(value.len()))
+    } else {
+        let unescaped = after_sep.trim_start_matches('\\');
+        let backslashes = after_sep.len().saturating_sub(unescaped.len());
+        match unescaped.as_bytes().first() {
+            Some(&quote @ (b'"' | b'\'')) => {
+                let value = unescaped.get(1..).unwrap_or_default();
+                (value, closing_quote(value, quote, backslashes))
+            }
+            _ => (
+                after_sep,
+                after_sep
+                    .find(['&', ',', ';', '}', '<', '"', '\'', ' ', '\t', '\r', '\n'])
+                    .unwrap_or(after_sep.len()),
+            ),
+        }
+    };
+    (len > 0).then(|| (tail.len().saturating_sub(value.len()), len))
+}
+
+/// Where in `value` the quote that opened it (`quote` after `backslashes` backslashes: `"`,
+/// or `\"` in JSON inside a JSON string) closes, else its length. A quote escaped once more
+/// is part of the value: JSON escaping doubles each backslash and adds one, so the closing
+/// quote is the first whose run of backslashes is `backslashes` long modulo
+/// `2 × (backslashes + 1)` (an even run for a plain `"`).
+fn closing_quote(value: &str, quote: u8, backslashes: usize) -> usize {
+    let period = backslashes.saturating_add(1).saturating_mul(2);
+    let mut run = 0usize;
+    for (at, &byte) in value.as_bytes().iter().enumerate() {
+        if byte == quote && run.checked_rem(period) == Some(backslashes) {
+            return at.saturating_sub(backslashes);
+        }
+        run = if byte == b'\\' {
+            run.saturating_add(1)
+        } else {
+            0
+        };
+    }
+    value.len()
 }

@@ -371,3 +371,57 @@ fn an_excerpt_shows_no_secret_that_its_control_characters_turned_into() {
     let shown = excerpt(body, &[secret], 300);
     assert_eq!(shown, "CLIj***Ts_t");
 }
+
+// Field names as other languages and pages write them: single quotes (a Python repr),
+// camelCase (az, .NET, JavaScript), PascalCase, HTML-escaped JSON.
+#[test]
+fn secret_fields_are_found_whatever_their_case_quotes_and_escaping() {
+    for (text, want) in [
+        (
+            "{'refresh_token': '0.AXoAabcdefghijklmnop'}",
+            "{'refresh_token': '***'}",
+        ),
+        (
+            r#"{"refreshToken":"M.C5xxxxxxxxxxxxxxxx"}"#,
+            r#"{"refreshToken":"***"}"#,
+        ),
+        (
+            r#"{"accessToken":"EwBoA1234","expiresOn":"2026"}"#,
+            r#"{"accessToken":"***","expiresOn":"2026"}"#,
+        ),
+        (r#"{"Password":"hunter2hunter2"}"#, r#"{"Password":"***"}"#),
+        (
+            "&quot;refresh_token&quot;:&quot;0.AXabc def&quot;,&quot;x&quot;",
+            "&quot;refresh_token&quot;:&quot;***&quot;,&quot;x&quot;",
+        ),
+        ("--client-secret=abc123 next", "--client-secret=*** next"),
+        ("CLIENT_SECRET: abc123\n", "CLIENT_SECRET: ***\n"),
+        ("x-ms-token=abc123", "x-ms-token=***"),
+        // A bare `token` is prose (azd: "fetching token: failed to authenticate").
+        (
+            "fetching token: failed to authenticate",
+            "fetching token: failed to authenticate",
+        ),
+    ] {
+        assert_eq!(scrub(text, &[]), want, "{text}");
+    }
+}
+
+// A quote escaped inside the value does not end it; an escaped backslash before the closing
+// quote does not hide the end either.
+#[test]
+fn escaped_quotes_inside_a_secret_field_are_masked_too() {
+    assert_eq!(
+        scrub(r#"{"password":"ab\"cdefgh","x":"\\"}"#, &[]),
+        r#"{"password":"***","x":"\\"}"#
+    );
+    assert_eq!(
+        scrub(r#"{"password":"ab\\","x":1}"#, &[]),
+        r#"{"password":"***","x":1}"#
+    );
+    // JSON inside a JSON string: the inner escaped quote has three backslashes.
+    assert_eq!(
+        scrub(r#"{\"password\":\"ab\\\"cd\",\"x\":1}"#, &[]),
+        r#"{\"password\":\"***\",\"x\":1}"#
+    );
+}
