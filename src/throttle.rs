@@ -57,7 +57,7 @@ impl Throttle {
     }
 }
 
-/// The last wait each endpoint asked one credential for, at most [`MAX_ENDPOINTS`] of them.
+/// The longest wait each endpoint asked one credential for, at most [`MAX_ENDPOINTS`] of them.
 #[derive(Debug, Default)]
 pub(crate) struct ThrottleMemory(Mutex<Vec<(String, Throttle)>>);
 
@@ -72,10 +72,18 @@ impl ThrottleMemory {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Remembers `throttle` for `endpoint` (the latest answer decides).
+    /// Remembers `throttle` for `endpoint`, unless a wait it already asked for ends later:
+    /// asking again early only extends the wait (a 429 for 300 s then a 503 for 2 s still
+    /// holds requests back for 300 s).
     pub(crate) fn remember(&self, endpoint: &str, throttle: Throttle) {
         let now = Instant::now();
         let mut waits = self.lock();
+        let throttle = waits
+            .iter()
+            .find(|(known, _)| known == endpoint)
+            .map(|(_, known)| *known)
+            .filter(|known| known.until > throttle.until)
+            .unwrap_or(throttle);
         waits.retain(|(known, wait)| known != endpoint && now < wait.until);
         if waits.len() >= MAX_ENDPOINTS {
             let first = waits
@@ -171,6 +179,26 @@ mod tests {
             marked.message().contains("sends it no token request"),
             "{marked}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_wait_asked_later_does_not_shorten_the_wait() {
+        let memory = ThrottleMemory::default();
+        let wait = |secs, status| Throttle {
+            until: Instant::now() + Duration::from_secs(secs),
+            status,
+        };
+        memory.remember("t", wait(300, StatusCode::TOO_MANY_REQUESTS));
+        memory.remember("t", wait(2, StatusCode::SERVICE_UNAVAILABLE));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let refused = memory.refusal("t", "Test", "p").unwrap();
+        assert_eq!(refused.retry_after(), Some(Duration::from_secs(298)));
+        assert!(refused.message().contains("HTTP 429"), "{refused}");
+        // A longer one extends it.
+        memory.remember("t", wait(600, StatusCode::SERVICE_UNAVAILABLE));
+        tokio::time::advance(Duration::from_secs(300)).await;
+        let refused = memory.refusal("t", "Test", "p").unwrap();
+        assert_eq!(refused.retry_after(), Some(Duration::from_secs(300)));
     }
 
     #[tokio::test(start_paused = true)]
