@@ -12,7 +12,7 @@ use super::leaf::HyperLeaf;
 use super::proxy::{ProxyConnector, ProxySetting};
 use super::retry::{RetryOptions, Retrying};
 use super::roots::{Roots, root_store};
-use super::{DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT, HttpClient};
+use super::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT, HttpClient};
 use crate::error::ConfigError;
 use crate::token::Secret;
 
@@ -27,8 +27,8 @@ pub struct HttpClientBuilder {
     /// Crate-private: managed identity endpoints are plain `http` on link-local or loopback
     /// addresses.
     allow_http: bool,
-    /// Crate-private: a connect timeout apart from the per-attempt one (IMDS: 2 s, so a host
-    /// without IMDS is told quickly).
+    /// Crate-private: the connect timeout, [`DEFAULT_CONNECT_TIMEOUT`] unless set (IMDS: 2 s,
+    /// so a host without IMDS is told quickly).
     connect_timeout: Option<Duration>,
     /// Crate-private: replaces the root store (Service Fabric pins its server's certificate).
     verifier: Option<Arc<dyn rustls::client::danger::ServerCertVerifier>>,
@@ -78,7 +78,7 @@ impl Default for HttpClientBuilder {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             retry: Some(RetryOptions::default()),
             allow_http: false,
-            connect_timeout: None,
+            connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
             verifier: None,
             proxy: ProxySetting::default(),
         }
@@ -103,7 +103,8 @@ impl HttpClientBuilder {
     }
 
     /// Per-attempt timeout covering connect, headers and body (default 10 s); `None` waits
-    /// forever. The total deadline of [`RetryOptions::total_timeout`] applies as well.
+    /// forever. Connecting alone gives up after 5 s whatever this is (that time shared among
+    /// the addresses a name resolves to). The total deadline of [`RetryOptions::total_timeout`] applies as well.
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self

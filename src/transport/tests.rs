@@ -265,6 +265,46 @@ fn builder_debug_shows_pem_lengths_not_their_bytes() {
     }
 }
 
+/// A connect that neither succeeds nor fails (an address that drops packets) gives up after
+/// the default connect timeout, whatever the per-attempt one: hyper-util tries a name's
+/// addresses one after another, so without it the first such address used up every attempt.
+/// Before, this waited for ever.
+#[cfg(target_os = "linux")]
+#[tokio::test(start_paused = true)]
+async fn a_connect_that_never_completes_gives_up_after_the_connect_timeout() {
+    use tower::ServiceExt;
+
+    assert_eq!(super::DEFAULT_CONNECT_TIMEOUT, Duration::from_secs(5));
+    // Linux drops the SYNs of a loopback listener whose accept queue is full: connecting to
+    // it hangs. Fill the queue (a connect of 100 ms real time that hangs marks it full).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    while let Ok(stream) =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(100))
+    {
+        queued.push(stream);
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    let client = HttpClient::builder()
+        .timeout(None)
+        .no_retry()
+        .build()
+        .unwrap();
+    let request = http::Request::get(format!("https://{addr}/token"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), client.oneshot(request)).await;
+    let error = outcome.expect("the connect never gave up").unwrap_err();
+    let transport = error.downcast_ref::<TransportError>().unwrap();
+    assert_eq!(transport.kind(), TransportErrorKind::Connect, "{transport}");
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    drop(listener);
+}
+
 /// An `https`-only client refuses a plain `http` URL at once, finally, saying what to do.
 /// Before, hyper-rustls's "unsupported scheme http" was a connection failure, retried (five
 /// times on IMDS's schedule).
