@@ -21,6 +21,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -139,9 +140,9 @@ fn routing_from(get: impl Fn(&str) -> Option<String>) -> Routing {
     Routing::Matched(Arc::new(Rules::new(url, &no)))
 }
 
-/// A `NO_PROXY` entry naming a port, as (lower-case host without brackets or leading dot,
-/// port); `None` for an entry without one (a bare IPv6 address has colons but no port).
-fn with_port(entry: &str) -> Option<(Box<str>, u16)> {
+/// A `NO_PROXY` entry naming a port, as (its host, port); `None` for an entry without one (a
+/// bare IPv6 address has colons but no port).
+fn with_port(entry: &str) -> Option<(PortedHost, u16)> {
     let entry = entry.trim();
     let (host, port) = match entry.strip_prefix('[') {
         Some(bracketed) => bracketed.split_once("]:")?,
@@ -151,8 +152,57 @@ fn with_port(entry: &str) -> Option<(Box<str>, u16)> {
         },
     };
     let port = port.parse().ok()?;
+    // Addresses and blocks compare as addresses: `2001:db8:0::1` is `2001:db8::1`.
+    if let Some(block) = IpBlock::parse(host) {
+        return Some((PortedHost::Block(block), port));
+    }
     let host = host.trim_start_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then(|| (host.into_boxed_str(), port))
+    (!host.is_empty()).then(|| (PortedHost::Name(host.into_boxed_str()), port))
+}
+
+/// The host of a `NO_PROXY` entry with a port.
+enum PortedHost {
+    /// A domain (lower case, without its leading dot): that name and the names under it.
+    Name(Box<str>),
+    /// An IP address or a CIDR block.
+    Block(IpBlock),
+}
+
+/// An IP address (a block of one) or a CIDR block (`10.0.0.0/8`, `2001:db8::/32`).
+struct IpBlock {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpBlock {
+    fn parse(text: &str) -> Option<Self> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix.parse::<u8>().ok()?)),
+            None => (text, None),
+        };
+        let network: IpAddr = address.parse().ok()?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(bits);
+        (prefix <= bits).then_some(Self { network, prefix })
+    }
+
+    fn contains(&self, address: IpAddr) -> bool {
+        // The bits past the prefix are dropped by shifting them out.
+        let shift = |bits: u32| bits.saturating_sub(u32::from(self.prefix));
+        match (self.network, address) {
+            (IpAddr::V4(net), IpAddr::V4(addr)) => {
+                let shift = shift(32);
+                u32::from(net).checked_shr(shift).unwrap_or(0)
+                    == u32::from(addr).checked_shr(shift).unwrap_or(0)
+            }
+            (IpAddr::V6(net), IpAddr::V6(addr)) => {
+                let shift = shift(128);
+                u128::from(net).checked_shr(shift).unwrap_or(0)
+                    == u128::from(addr).checked_shr(shift).unwrap_or(0)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Where one `https` destination goes.
@@ -171,7 +221,7 @@ pub(super) struct Rules {
     /// `NO_PROXY` leaves to the proxy.
     matcher: Matcher,
     /// The entries with a port.
-    ported: Box<[(Box<str>, u16)]>,
+    ported: Box<[(PortedHost, u16)]>,
     /// Why the proxy named cannot be used, if it cannot.
     unusable: Option<Arc<str>>,
 }
@@ -224,12 +274,18 @@ impl Rules {
         let host = dst.host()?.trim_start_matches('[').trim_end_matches(']');
         let host = host.to_ascii_lowercase();
         let port = dst.port_u16().unwrap_or(443);
+        let address = host.parse::<IpAddr>().ok();
         let bypassed = self.ported.iter().any(|(entry, entry_port)| {
             *entry_port == port
-                && (host == **entry
-                    || host
-                        .strip_suffix(&**entry)
-                        .is_some_and(|rest| rest.ends_with('.')))
+                && match entry {
+                    PortedHost::Block(block) => address.is_some_and(|a| block.contains(a)),
+                    PortedHost::Name(name) => {
+                        host == **name
+                            || host
+                                .strip_suffix(&**name)
+                                .is_some_and(|rest| rest.ends_with('.'))
+                    }
+                }
         });
         if bypassed {
             return None;

@@ -514,6 +514,30 @@ mod proxy {
         );
     }
 
+    /// Addresses in entries with a port compare as addresses, and blocks as blocks. Before,
+    /// they compared as text: `[2001:db8:0::1]:443` did not exempt `[2001:db8::1]`, and a
+    /// block with a port never matched.
+    #[test]
+    fn no_proxy_addresses_with_a_port_compare_as_addresses() {
+        let with = |no: &'static str| [("https_proxy", "http://p:1"), ("no_proxy", no)];
+        let bypassed = |no: &'static str, dst: &str| routed(&with(no), dst).is_none();
+        assert!(bypassed("[2001:db8:0::1]:443", "https://[2001:db8::1]/"));
+        assert!(bypassed("10.0.0.0/8:443", "https://10.1.2.3/"));
+        assert!(!bypassed("10.0.0.0/8:443", "https://11.1.2.3/"));
+        assert!(!bypassed("10.0.0.0/8:443", "https://10.1.2.3:8443/"));
+        assert!(bypassed(
+            "[2001:db8::/32]:8443",
+            "https://[2001:db8:5::1]:8443/"
+        ));
+        assert!(!bypassed(
+            "[2001:db8::/32]:8443",
+            "https://[2001:db9::1]:8443/"
+        ));
+        assert!(bypassed("0.0.0.0/0:443", "https://192.0.2.1/"));
+        assert!(!bypassed("10.0.0.0/8:443", "https://[::ffff:10.1.2.3]/"));
+        assert!(!bypassed("10.0.0.0/8:443", "https://ten.test/"));
+    }
+
     #[test]
     fn surrounding_blanks_are_no_reason_to_go_direct() {
         let dst = "https://login.microsoftonline.com/";
