@@ -434,9 +434,14 @@ impl Service<Uri> for ProxyConnector {
                     ProxyError {
                         proxy,
                         failure: match failure {
-                            Failure::Refused { status, .. } => Failure::Refused {
+                            Failure::Refused {
+                                status,
+                                other_schemes,
+                                ..
+                            } => Failure::Refused {
                                 status,
                                 authenticated,
+                                other_schemes,
                             },
                             other => other,
                         },
@@ -489,6 +494,7 @@ async fn tunnel(
         return Err(Failure::Refused {
             status: response.status(),
             authenticated: false,
+            other_schemes: other_schemes(response.headers()),
         });
     }
     let upgraded = hyper::upgrade::on(response)
@@ -504,6 +510,47 @@ async fn tunnel(
         ));
     }
     Ok(parts.io)
+}
+
+/// The most challenge schemes an error names: a proxy's list is short, a hostile one's need
+/// not be.
+const MAX_SCHEMES: usize = 4;
+
+/// The auth schemes a proxy's `Proxy-Authenticate` challenges name, joined with `, `, when
+/// Basic is not one of them; `None` when it is or no challenge could be read. A challenge is
+/// a scheme, then a token68 or `name=value` parameters, challenges separated by commas: a
+/// comma-separated part whose first word is a token not followed by `=` starts one. Scheme
+/// names are tokens (letters, digits, a few marks), so they cannot forge text in the error.
+fn other_schemes(headers: &http::HeaderMap) -> Option<String> {
+    let is_token = |word: &str| {
+        !word.is_empty()
+            && word.len() <= 32
+            && word
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let mut schemes: Vec<&str> = Vec::new();
+    let values = headers
+        .get_all(http::header::PROXY_AUTHENTICATE)
+        .iter()
+        .filter_map(|value| value.to_str().ok());
+    for part in values.flat_map(|value| value.split(',')) {
+        let part = part.trim_start();
+        let word = part.split([' ', '\t', '=']).next().unwrap_or_default();
+        let is_parameter = part
+            .get(word.len()..)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if !is_token(word) || is_parameter {
+            continue;
+        }
+        if word.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        if schemes.len() < MAX_SCHEMES && !schemes.iter().any(|s| s.eq_ignore_ascii_case(word)) {
+            schemes.push(word);
+        }
+    }
+    (!schemes.is_empty()).then(|| schemes.join(", "))
 }
 
 /// A request that could not get through its proxy: the proxy's `host:port` (never its
@@ -525,6 +572,9 @@ enum Failure {
         status: http::StatusCode,
         /// Whether credentials were sent: a 407 then means they were rejected.
         authenticated: bool,
+        /// The schemes of its `Proxy-Authenticate` challenges when Basic is not among them
+        /// (`Negotiate, NTLM`): then credentials in the URL cannot help.
+        other_schemes: Option<String>,
     },
     /// A proxy variable or URL that cannot work.
     Invalid(Arc<str>),
@@ -578,17 +628,26 @@ impl fmt::Display for ProxyError {
             Failure::Refused {
                 status,
                 authenticated,
+                other_schemes,
             } => {
                 write!(f, "the proxy {proxy} answered {status}")?;
-                if *status == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+                if *status != http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+                    return Ok(());
+                }
+                if let Some(schemes) = other_schemes {
+                    write!(
+                        f,
+                        ": it asks for {schemes} authentication, and only Basic (credentials \
+                         in the proxy URL) is supported"
+                    )
+                } else {
                     f.write_str(if *authenticated {
                         ": it rejected the credentials in the proxy URL"
                     } else {
                         " (give its credentials in the proxy URL: \
                          http://user:password@host:port)"
-                    })?;
+                    })
                 }
-                Ok(())
             }
         }
     }

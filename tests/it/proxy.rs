@@ -177,6 +177,46 @@ async fn proxy_demanding_credentials_is_a_final_407_naming_the_proxy() {
     assert_eq!(authority.token_posts(), 0);
 }
 
+/// A proxy asking only for schemes the transport cannot answer (Kerberos, NTLM): the error
+/// says so, rather than asking for credentials in the URL (which would only be rejected).
+#[tokio::test]
+async fn proxy_demanding_another_scheme_than_basic_says_only_basic_is_supported() {
+    let authority = Authority::start().await;
+    let proxy = Proxy::start(Policy::Challenge(&["Negotiate", "NTLM"])).await;
+    for url in [
+        proxy.url(),
+        proxy.url_with(&format!("{PROXY_USER}:{PROXY_PASSWORD_ENCODED}")),
+    ] {
+        let http = http_builder(&authority).proxy(url);
+        let error = get(&authority.url(), http).await.unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("407 Proxy Authentication Required"), "{text}");
+        assert!(
+            text.contains(
+                "it asks for Negotiate, NTLM authentication, and only Basic (credentials in \
+                 the proxy URL) is supported"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("give its credentials"), "{text}");
+        assert!(!text.contains("rejected the credentials"), "{text}");
+        assert!(!error.is_connect(), "{text}");
+    }
+    // Basic offered among others: credentials in the URL can help.
+    let proxy = Proxy::start(Policy::Challenge(&[
+        "Negotiate",
+        "NTLM, Basic realm=\"corp, Negotiate\"",
+    ]))
+    .await;
+    let http = http_builder(&authority).proxy(proxy.url());
+    let text = get(&authority.url(), http).await.unwrap_err().to_string();
+    assert!(
+        text.contains("give its credentials in the proxy URL"),
+        "{text}"
+    );
+    assert_eq!(authority.token_posts(), 0);
+}
+
 #[tokio::test]
 async fn proxy_refusing_the_tunnel_says_403() {
     let authority = Authority::start().await;

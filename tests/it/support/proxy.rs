@@ -1,6 +1,6 @@
 //! A forward proxy on `127.0.0.1:0` over hyper: it answers `CONNECT host:port` by opening a
 //! TCP connection to the target and copying bytes both ways (the TLS session stays between
-//! client and server), logs each request, and can be told to demand credentials (407), to
+//! client and server), logs each request, and can be told to demand credentials (407, Basic or other schemes), to
 //! refuse every tunnel (403) or to answer the first CONNECT with a status of the test's (a
 //! 503 while its upstream is down, say). Anything but CONNECT is answered 405: the token
 //! transport only tunnels.
@@ -26,6 +26,9 @@ pub enum Policy {
     Open,
     /// A CONNECT whose `Proxy-Authorization` is exactly this value; 407 otherwise.
     Basic(String),
+    /// None: 407 with these `Proxy-Authenticate` challenges (one header each), whatever
+    /// credentials came.
+    Challenge(&'static [&'static str]),
     /// None: 403.
     Forbid,
     /// The first CONNECT is answered with this status; every later one is let through.
@@ -122,6 +125,7 @@ async fn handle(
     let status = match (&policy, request.method()) {
         (_, m) if m != Method::CONNECT => StatusCode::METHOD_NOT_ALLOWED,
         (Policy::Forbid, _) => StatusCode::FORBIDDEN,
+        (Policy::Challenge(_), _) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
         (Policy::FirstAnswer(status), _) if log.is_empty() => *status,
         (Policy::Basic(expected), _) if authorization.as_ref() != Some(expected) => {
             StatusCode::PROXY_AUTHENTICATION_REQUIRED
@@ -138,7 +142,14 @@ async fn handle(
     drop(log);
     let mut response = Response::new(Empty::new());
     *response.status_mut() = status;
-    if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+    if let Policy::Challenge(challenges) = policy {
+        for challenge in challenges {
+            response.headers_mut().append(
+                http::header::PROXY_AUTHENTICATE,
+                http::HeaderValue::from_static(challenge),
+            );
+        }
+    } else if status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
         response.headers_mut().insert(
             http::header::PROXY_AUTHENTICATE,
             http::HeaderValue::from_static("Basic realm=\"loopback\""),
