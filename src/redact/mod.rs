@@ -58,7 +58,8 @@ fn scrub_with(text: &str, secrets: &[&str], mask: fn(&str, &str) -> String) -> S
 }
 
 /// The start of a body that could not be read as expected: lossily decoded, scrubbed, control
-/// characters replaced by spaces, at most `max_chars` characters, trimmed.
+/// characters, line separators and bidi controls replaced by spaces, at most `max_chars`
+/// characters, trimmed.
 ///
 /// The whole body is scrubbed before it is cut: cutting first could split a secret (masked
 /// copies before it shrink, so a byte window says nothing about where the shown text ends).
@@ -70,7 +71,7 @@ pub(crate) fn excerpt(body: &[u8], secrets: &[&str], max_chars: usize) -> String
     // would otherwise turn a harmless near-copy into the secret.
     let spaced: String = scrub(&text, secrets)
         .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if is_disruptive(c) { ' ' } else { c })
         .collect();
     scrub(&spaced, secrets)
         .chars()
@@ -78,6 +79,18 @@ pub(crate) fn excerpt(body: &[u8], secrets: &[&str], max_chars: usize) -> String
         .collect::<String>()
         .trim()
         .to_owned()
+}
+
+/// Whether `c` would let quoted text change how a message or log reads: control characters
+/// (new lines, escape sequences), Unicode's line and paragraph separators, and the bidi
+/// controls that reorder the text shown around them.
+fn is_disruptive(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{2028}' | '\u{2029}'
+                | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// At most `max_chars` characters of `text`, with `…` when it was cut.

@@ -144,6 +144,19 @@ fn excerpt_is_bounded_and_clean() {
     assert_eq!(truncate("hé", 2), "hé");
 }
 
+// Bidi controls reorder the text shown around them and line separators start a new line in
+// some viewers: a quoted body could forge what a log line seems to say.
+#[test]
+fn an_excerpt_has_no_bidi_controls_or_line_separators() {
+    let e = excerpt("a\u{202E}b\u{2028}c".as_bytes(), &[], 50);
+    assert_eq!(e, "a b c");
+    let all = "\u{200E}\u{200F}\u{061C}\u{2029}\u{202A}\u{202B}\u{202C}\u{202D}\u{2066}\u{2067}\u{2068}\u{2069}";
+    let e = excerpt(format!("x{all}y").as_bytes(), &[], 50);
+    assert_eq!(e, format!("x{}y", " ".repeat(all.chars().count())));
+    // Other characters beyond ASCII stay.
+    assert_eq!(excerpt("é\u{200D}ü".as_bytes(), &[], 50), "é\u{200D}ü");
+}
+
 /// Texts and secrets that repeat themselves, where every start matches and reads on far;
 /// and what they become.
 fn repetitive_cases(len: usize, secret_len: usize) -> Vec<(String, String, String)> {
