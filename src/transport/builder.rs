@@ -216,6 +216,13 @@ impl HttpClientBuilder {
             connector.https_only()
         };
         let routing = self.proxy.routing();
+        // Managed identity's clients never use a proxy, and a client told which proxy to use
+        // (or none) does not read the variable.
+        let proxy_hint = !self.allow_http
+            && matches!(
+                self.proxy,
+                ProxySetting::Environment | ProxySetting::Vars(_)
+            );
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -229,6 +236,7 @@ impl HttpClientBuilder {
             timeout: self.timeout,
             max_response_bytes: self.max_response_bytes,
             allow_http: self.allow_http,
+            proxy_hint,
         };
         let client = match self.retry {
             Some(options) => HttpClient::from_service(Retrying { leaf, options }),

@@ -111,7 +111,10 @@ impl TransportError {
         self
     }
 
-    pub(super) fn from_client(error: hyper_util::client::legacy::Error) -> Self {
+    /// The error of one exchange; `proxy_hint`: a failure to connect says that a proxy is
+    /// taken from the environment only (the client reads proxy variables, and the server
+    /// was to be reached directly).
+    pub(super) fn from_client(error: hyper_util::client::legacy::Error, proxy_hint: bool) -> Self {
         // Before TLS: a tunnel that failed never reached the handshake, and the message must
         // say that a proxy was in the way.
         let proxy = source_chain(&error)
@@ -147,7 +150,15 @@ impl TransportError {
                 },
             )
         } else if error.is_connect() {
-            (TransportErrorKind::Connect, "connection failed")
+            (
+                TransportErrorKind::Connect,
+                if proxy_hint {
+                    "connection failed (if your network requires a proxy, set HTTPS_PROXY: \
+                     system proxy settings are not read)"
+                } else {
+                    "connection failed"
+                },
+            )
         } else {
             (TransportErrorKind::Io, "the HTTP exchange failed")
         };

@@ -25,6 +25,8 @@ pub(super) struct HyperLeaf {
     pub(super) max_response_bytes: usize,
     /// Whether plain `http` is sent as well as `https`.
     pub(super) allow_http: bool,
+    /// Whether a failure to connect hints at setting `HTTPS_PROXY`.
+    pub(super) proxy_hint: bool,
 }
 
 impl Service<HttpRequest> for HyperLeaf {
@@ -52,11 +54,12 @@ impl Service<HttpRequest> for HyperLeaf {
         }
         let client = self.client.clone();
         let limit = self.max_response_bytes;
+        let proxy_hint = self.proxy_hint;
         let exchange = async move {
             let response = client
                 .request(request)
                 .await
-                .map_err(TransportError::from_client)?;
+                .map_err(|e| TransportError::from_client(e, proxy_hint))?;
             if let Some(length) = content_length(response.headers()) {
                 if length > limit as u64 {
                     return Err(TransportError::too_large(limit));

@@ -305,6 +305,36 @@ async fn a_connect_that_never_completes_gives_up_after_the_connect_timeout() {
     drop(listener);
 }
 
+/// A connection that fails where no proxy was used says that a proxy is read from the
+/// environment only; not for clients that never read one.
+#[tokio::test]
+async fn a_failed_connection_hints_at_https_proxy_where_it_would_be_read() {
+    use tower::ServiceExt;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let hint = "if your network requires a proxy, set HTTPS_PROXY: system proxy settings are \
+                not read";
+    let empty: [(&str, &str); 0] = [];
+    for (builder, hinted) in [
+        (HttpClient::builder().proxy_from_vars(empty), true),
+        (HttpClient::builder().no_proxy(), false),
+        (HttpClient::builder().allow_http().no_proxy(), false),
+    ] {
+        let client = builder.no_retry().build().unwrap();
+        let request = http::Request::get(format!("https://{addr}/token"))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let error = client.oneshot(request).await.unwrap_err();
+        let transport = error.downcast_ref::<TransportError>().unwrap();
+        assert_eq!(transport.kind(), TransportErrorKind::Connect, "{transport}");
+        let text = transport.to_string();
+        assert_eq!(text.contains(hint), hinted, "{text}");
+        assert!(text.starts_with("connection failed"), "{text}");
+    }
+}
+
 /// An `https`-only client refuses a plain `http` URL at once, finally, saying what to do.
 /// Before, hyper-rustls's "unsupported scheme http" was a connection failure, retried (five
 /// times on IMDS's schedule).
