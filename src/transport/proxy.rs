@@ -31,6 +31,7 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioIo;
+use ipnet::IpNet;
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 use tower_service::Service;
@@ -153,7 +154,11 @@ fn with_port(entry: &str) -> Option<(PortedHost, u16)> {
     };
     let port = port.parse().ok()?;
     // Addresses and blocks compare as addresses: `2001:db8:0::1` is `2001:db8::1`.
-    if let Some(block) = IpBlock::parse(host) {
+    let block = host
+        .parse::<IpNet>()
+        .ok()
+        .or_else(|| host.parse::<IpAddr>().ok().map(IpNet::from));
+    if let Some(block) = block {
         return Some((PortedHost::Block(block), port));
     }
     let host = host.trim_start_matches('.').to_ascii_lowercase();
@@ -164,45 +169,8 @@ fn with_port(entry: &str) -> Option<(PortedHost, u16)> {
 enum PortedHost {
     /// A domain (lower case, without its leading dot): that name and the names under it.
     Name(Box<str>),
-    /// An IP address or a CIDR block.
-    Block(IpBlock),
-}
-
-/// An IP address (a block of one) or a CIDR block (`10.0.0.0/8`, `2001:db8::/32`).
-struct IpBlock {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl IpBlock {
-    fn parse(text: &str) -> Option<Self> {
-        let (address, prefix) = match text.split_once('/') {
-            Some((address, prefix)) => (address, Some(prefix.parse::<u8>().ok()?)),
-            None => (text, None),
-        };
-        let network: IpAddr = address.parse().ok()?;
-        let bits = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(bits);
-        (prefix <= bits).then_some(Self { network, prefix })
-    }
-
-    fn contains(&self, address: IpAddr) -> bool {
-        // The bits past the prefix are dropped by shifting them out.
-        let shift = |bits: u32| bits.saturating_sub(u32::from(self.prefix));
-        match (self.network, address) {
-            (IpAddr::V4(net), IpAddr::V4(addr)) => {
-                let shift = shift(32);
-                u32::from(net).checked_shr(shift).unwrap_or(0)
-                    == u32::from(addr).checked_shr(shift).unwrap_or(0)
-            }
-            (IpAddr::V6(net), IpAddr::V6(addr)) => {
-                let shift = shift(128);
-                u128::from(net).checked_shr(shift).unwrap_or(0)
-                    == u128::from(addr).checked_shr(shift).unwrap_or(0)
-            }
-            _ => false,
-        }
-    }
+    /// An IP address (a block of one) or a CIDR block (`10.0.0.0/8`, `2001:db8::/32`).
+    Block(IpNet),
 }
 
 /// Where one `https` destination goes.
@@ -278,7 +246,7 @@ impl Rules {
         let bypassed = self.ported.iter().any(|(entry, entry_port)| {
             *entry_port == port
                 && match entry {
-                    PortedHost::Block(block) => address.is_some_and(|a| block.contains(a)),
+                    PortedHost::Block(block) => address.is_some_and(|a| block.contains(&a)),
                     PortedHost::Name(name) => {
                         host == **name
                             || host
