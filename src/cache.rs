@@ -255,7 +255,14 @@ impl TokenCache {
             };
             match shared {
                 Some(level) => level
-                    .acquire(&key.tenant, &key.scopes, key.cae, Self::policy(), acquire())
+                    .acquire(
+                        name,
+                        &key.tenant,
+                        &key.scopes,
+                        key.cae,
+                        Self::policy(),
+                        acquire(),
+                    )
                     .map(stamp)
                     .instrument(span)
                     .boxed(),

@@ -13,7 +13,7 @@ use super::Shared;
 use super::key::EntryKey;
 use super::seal::Unopened;
 use super::store::MAX_ENTRY_BYTES;
-use crate::error::CredentialError;
+use crate::error::{Cause, CredentialError, ProviderDetails};
 use crate::refresh::RefreshPolicy;
 use crate::token::AccessToken;
 
@@ -28,6 +28,13 @@ const RENEWALS_PER_LEASE: u32 = 3;
 /// poll (every 250 ms at most, the mark read with the token), short enough that it says
 /// nothing about a later acquisition.
 const FAILURE_MARK: Duration = Duration::from_secs(5);
+/// A throttle mark starts with this; a failure mark is a holder id alone (a UUID, a dot and a
+/// number), which never does: readers tell the two apart, and a mark in the format of the
+/// first release (a holder id) still reads as a failure mark.
+const THROTTLE_MARK: &str = "throttled:";
+/// A throttle mark lasts the provider's `Retry-After`, this long at most (as a credential
+/// remembers one: larger values mean "much later").
+const LONGEST_THROTTLE: Duration = crate::transport::MAX_RETRY_AFTER;
 /// A holder renews its lease for this long at most, whatever `wait_limit` says (a
 /// `wait_limit(Duration::MAX)` would otherwise let one hung request hold the fleet's lease for
 /// good): a token request has a deadline of 30 s by default, throttling waits included, so
@@ -44,6 +51,8 @@ const FASTEST_RENEWAL: Duration = Duration::from_millis(1);
 /// a failure of the holder this acquisition waits for.
 #[derive(Default)]
 struct Looks {
+    /// The credential acquiring, named in the error a throttle mark answers.
+    credential: &'static str,
     reported_unreadable: bool,
     /// `None` before the first look; then the mark it found, if any.
     first_mark: Option<Option<Vec<u8>>>,
@@ -72,6 +81,9 @@ enum Found {
     /// Nothing usable, and a holder's failure mark written since this acquisition's first
     /// look: the provider refused the holder it waited for.
     Refused,
+    /// Nothing usable, and a holder's throttle mark (at any look): the provider asked the
+    /// fleet to wait; the error to answer with, sending nothing.
+    Throttled(CredentialError),
     /// The store failed (or the breaker is open): the process acts alone.
     Failed,
 }
@@ -82,6 +94,7 @@ impl Shared {
     /// so that an entry is renewed at the moment a slot holding it would renew it.
     pub(super) async fn acquire<Fut>(
         self: Arc<Self>,
+        credential: &'static str,
         key: EntryKey,
         policy: RefreshPolicy,
         idp: Fut,
@@ -93,10 +106,14 @@ impl Shared {
         async move {
             let token_key = key.token();
             let failed_key = key.failed();
-            let mut looks = Looks::default();
+            let mut looks = Looks {
+                credential,
+                ..Looks::default()
+            };
             match self.find(&token_key, &failed_key, policy, &mut looks).await {
                 Found::Usable(token) => return self.shared_hit(token),
                 Found::Failed => return self.alone(idp, None).await,
+                Found::Throttled(error) => return Err(error),
                 // The first look records the mark it finds: never one written since.
                 Found::Nothing | Found::Refused => {}
             }
@@ -130,6 +147,13 @@ impl Shared {
                                 let release = || self.store.release(&lease_key, &holder);
                                 self.breaker.call("release", release, &self.stats).await;
                                 return self.refused_holder(idp, &token_key).await;
+                            }
+                            // Throttled since our last look: the mark lasts as long as the
+                            // wait, so the lease goes back without a mark of ours.
+                            Found::Throttled(error) => {
+                                let release = || self.store.release(&lease_key, &holder);
+                                self.breaker.call("release", release, &self.stats).await;
+                                return Err(error);
                             }
                             Found::Nothing | Found::Failed => {}
                         }
@@ -165,6 +189,7 @@ impl Shared {
                     Found::Usable(token) => return self.shared_hit(token),
                     Found::Failed => return self.alone(idp, None).await,
                     Found::Refused => return self.refused_holder(idp, &token_key).await,
+                    Found::Throttled(error) => return Err(error),
                     Found::Nothing => {}
                 }
             }
@@ -216,6 +241,13 @@ impl Shared {
     /// in line). Without a mark (a holder that died, or a failure that may not be the others')
     /// the next to take the lease asks for all. The mark holds the holder's id, nothing of the
     /// error.
+    ///
+    /// A request the provider throttled (`Retry-After`, [`CredentialError::is_throttled`],
+    /// longer than the retries would wait) leaves a throttle mark instead, the same way, for
+    /// the wait asked ([`LONGEST_THROTTLE`] at most): until it ends, every process answers
+    /// its acquisition with a throttled error at its first look or next poll, sending nothing,
+    /// where each would otherwise take the lease in turn and send its own request into the
+    /// throttle. The mark holds its status, its end (Unix seconds) and the holder's id.
     async fn give_back(
         &self,
         result: &Result<AccessToken, CredentialError>,
@@ -224,6 +256,23 @@ impl Shared {
         holder: &str,
     ) {
         match result {
+            Err(error) if error.is_throttled() => {
+                if let Some((mark, wait)) = self.throttle_mark(error, holder) {
+                    let release = || {
+                        self.store.release_with_mark(
+                            lease_key,
+                            holder,
+                            failed_key,
+                            mark.as_bytes(),
+                            wait,
+                        )
+                    };
+                    self.breaker
+                        .call("release_with_mark", release, &self.stats)
+                        .await;
+                    return;
+                }
+            }
             Err(error) if is_final_refusal(error) => {
                 let release = || {
                     self.store.release_with_mark(
@@ -247,6 +296,66 @@ impl Shared {
         }
         let release = || self.store.release(lease_key, holder);
         self.breaker.call("release", release, &self.stats).await;
+    }
+
+    /// The throttle mark for the holder's throttled `error` and how long it lasts: `None` when
+    /// the wait has already passed.
+    fn throttle_mark(&self, error: &CredentialError, holder: &str) -> Option<(String, Duration)> {
+        let wait = error.retry_after()?.min(LONGEST_THROTTLE);
+        if wait.is_zero() {
+            return None;
+        }
+        let status = error
+            .status()
+            .unwrap_or(http::StatusCode::TOO_MANY_REQUESTS)
+            .as_u16();
+        // Rounded up: a mark never ends before the wait the provider asked for.
+        let end = Instant::now().checked_add(wait)?;
+        let until = self
+            .clock
+            .followed()
+            .to_unix(end)
+            .saturating_add(u64::from(wait.subsec_nanos() > 0));
+        Some((format!("{THROTTLE_MARK}{status}:{until}:{holder}"), wait))
+    }
+
+    /// The throttled error a throttle `mark` answers with, as `credential`; `None` when `mark`
+    /// is not one, or its end has passed by this host's clock (it then says nothing: the
+    /// process takes the lease and asks for all).
+    fn throttled(&self, mark: &[u8], credential: &'static str) -> Option<CredentialError> {
+        let rest = std::str::from_utf8(mark)
+            .ok()?
+            .strip_prefix(THROTTLE_MARK)?;
+        let mut fields = rest.splitn(3, ':');
+        let status = http::StatusCode::from_bytes(fields.next()?.as_bytes()).ok()?;
+        let until: u64 = fields.next()?.parse().ok()?;
+        let now = Instant::now();
+        let end = self
+            .clock
+            .followed()
+            .to_instant(until, now)
+            .min(now.checked_add(LONGEST_THROTTLE)?);
+        let wait = end.checked_duration_since(now).filter(|w| !w.is_zero())?;
+        Some(
+            CredentialError::authentication_failed(
+                credential,
+                format!(
+                    "throttled: the identity provider answered another process of the fleet \
+                     HTTP {status} with a Retry-After; no token request is sent for another \
+                     {} s",
+                    wait.as_secs_f64().ceil()
+                ),
+            )
+            .with_provider(ProviderDetails {
+                status: Some(status),
+                ..ProviderDetails::default()
+            })
+            .with_cause(Cause {
+                transient: true,
+                throttled_until: Some(end),
+                ..Cause::default()
+            }),
+        )
     }
 
     /// Asks on our own after the holder we waited for was refused (its mark is there): the
@@ -379,7 +488,12 @@ impl Shared {
         let Some((entry, mark)) = self.breaker.call("get", get, &self.stats).await else {
             return Found::Failed;
         };
-        let nothing = if looks.is_new(mark) {
+        let throttled = mark
+            .as_deref()
+            .and_then(|mark| self.throttled(mark, looks.credential));
+        let nothing = if let Some(error) = throttled {
+            Found::Throttled(error)
+        } else if looks.is_new(mark) {
             Found::Refused
         } else {
             Found::Nothing
@@ -443,8 +557,9 @@ impl Shared {
 /// Whether `error` is the identity provider's own final answer, the one every process of the
 /// fleet would get for this entry: a 4xx refusal (`invalid_client`, `unauthorized_client`,
 /// `invalid_scope` …), not worth trying again. Only such a failure is marked for the waiters
-/// to ask on their own at once. Anything else may be this host's (a connection, a timeout, its
-/// TLS roots, its assertion source) or brief (throttling, 408, 429, a 5xx after the retries):
+/// to ask on their own at once (throttling has a mark of its own: see `give_back`). Anything
+/// else may be this host's (a connection, a timeout, its TLS roots, its assertion source) or
+/// brief (408, 429 without a `Retry-After`, a 5xx after the retries):
 /// there the next waiter holding the lease most likely succeeds for all, where twenty waiters
 /// asking alone would be a burst of requests against a throttled or recovering provider.
 ///

@@ -57,11 +57,25 @@
 //!   does one found by a waiter that has just taken the lease (it gives the lease back):
 //!   against a refused client, each process has its own answer one poll after the holder's,
 //!   instead of taking the lease one after another, each refused in its turn. Any other
-//!   failure (a timeout, a connection failure, throttling, a 5xx after the retries: one
+//!   failure but throttling (a timeout, a connection failure, a 5xx after the retries: one
 //!   host's trouble, or brief) leaves no mark: the next waiter takes the lease and asks for
 //!   all, so a recovering provider gets one more request, not one per process. A waiter that
 //!   takes over a lease that ran out (its holder died) finds no mark either and holds it for
 //!   all. A process that starts acquiring after the failure takes the lease as usual.
+//! * **Throttling is the fleet's.** A holder the identity provider throttled with a
+//!   `Retry-After` longer than its retries wait (`RetryOptions::max_retry_after`; its error
+//!   [`is_throttled`](crate::CredentialError::is_throttled)) gives the lease back leaving a
+//!   throttle mark under the same key, in the same step, for the wait asked (an hour at
+//!   most): `throttled:{status}:{end, Unix seconds}:{holder id}`. Until it ends, every process
+//!   that looks (a waiter at its next poll, a process starting an acquisition at its first
+//!   look) answers at once with a throttled error (`is_throttled`, `retry_after`: the time
+//!   left, rounded up to the second, by its own clock), sending nothing; a usable token in
+//!   the store still answers first. Entra throttles per application and tenant, so every
+//!   process of the fleet would be throttled too: one request into the throttle instead of
+//!   one per process. A mark whose end has passed by a reader's clock (a host whose clock is
+//!   ahead) is ignored by that reader: it takes the lease and asks for all. (A failure mark
+//!   is the holder id alone, as before; a process of a release before throttle marks reads a
+//!   throttle mark as a failure mark and asks on its own.)
 //!
 //!   The limit: a final refusal is taken for the fleet's, but some 4xx answers are one host's
 //!   alone: a stale federated token file (`AADSTS700024`, an expired assertion), a client
@@ -113,7 +127,8 @@
 //!   read) is a miss, counted as a store error, logged once per cache at WARN naming the entry's
 //!   store key, and replaced by the next publish. One sealed under another key name (a key
 //!   rotation rolling out, see [`SealingKey`]) is a miss only: DEBUG, not counted.
-//! * **Keys.** `{prefix}:{hash}:token`, `{prefix}:{hash}:lease` and `{prefix}:{hash}:failed`;
+//! * **Keys.** `{prefix}:{hash}:token`, `{prefix}:{hash}:lease` and `{prefix}:{hash}:failed`
+//!   (a failure or throttle mark);
 //!   the hash (SHA-256 of the authority, tenant, client id, identity, scope set and CAE flag)
 //!   in braces is a Redis Cluster hash tag, so an entry's keys share a slot for a store over a cluster
 //!   (a [`TokenStore`] of your own: `RedisTokenCache` talks to one endpoint, a single server
@@ -267,9 +282,11 @@ impl SharedLevel {
     }
 
     /// The fleet-wide acquisition of the token for `tenant`, `scopes`, `cae`; `idp` is the
-    /// credential's own acquisition, run only if this process is to ask.
+    /// credential's own acquisition, run only if this process is to ask. `credential` names
+    /// the credential in an error the shared level answers itself (a throttle mark's).
     pub(crate) fn acquire<Fut>(
         &self,
+        credential: &'static str,
         tenant: &str,
         scopes: &[String],
         cae: bool,
@@ -281,6 +298,6 @@ impl SharedLevel {
     {
         let shared = Arc::clone(&self.cache.shared);
         let key = EntryKey::new(&shared.prefix, &self.identity, tenant, scopes, cae);
-        shared.acquire(key, policy, idp)
+        shared.acquire(credential, key, policy, idp)
     }
 }

@@ -99,7 +99,8 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Stores a mark `value` under `key` for `ttl`, a few seconds (a holder's failure mark).
+    /// Stores a mark `value` under `key` for `ttl`: a few seconds (a holder's failure mark),
+    /// or the wait a throttling provider asked for, an hour at most (a throttle mark).
     /// A mark says something only while it is fresh, and applied late it lasts its `ttl` from
     /// then, which is harmless: a store need not bound it by the wall clock as
     /// [`put`](Self::put) may, and [`RedisTokenCache`](super::RedisTokenCache) does not (a

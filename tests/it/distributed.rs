@@ -416,6 +416,50 @@ async fn a_cold_fleet_against_a_refused_client_fails_each_process_once_marked_in
     assert!(entry_keys(&server).is_empty(), "no token, no lease left");
 }
 
+/// A cold fleet against an authority that throttles (429, `Retry-After: 120`, longer than
+/// the retries wait): the holder gives its lease back with a throttle mark in Redis for the
+/// wait, and every other process answers with a throttled error, sending nothing. One request
+/// in all. (Before, a throttled holder left no mark, and each process took the lease in turn
+/// and sent its own request into the throttle.)
+#[tokio::test]
+async fn a_cold_fleet_against_a_throttling_authority_sends_one_request() {
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    const FLEET: usize = 8;
+    for _ in 0..FLEET {
+        authority.push_fault(Fault::Respond {
+            status: 429,
+            body: error_body("temporarily_unavailable", 50196, "Too many requests."),
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("retry-after".into(), "120".into()),
+            ],
+        });
+    }
+    let fleet: Vec<Process> = (0..FLEET)
+        .map(|_| Process::new(&authority, &server.url()))
+        .collect();
+    let results =
+        futures_util::future::join_all(fleet.iter().map(|p| p.credential.get_token([SCOPE]))).await;
+    assert_eq!(authority.token_posts(), 1, "one request into the throttle");
+    for result in &results {
+        let e = result.as_ref().unwrap_err();
+        assert!(e.is_throttled(), "{e}");
+        let wait = e.retry_after().unwrap();
+        // Marks carry Unix seconds, rounded up: a second or so past the wait asked.
+        assert!(wait > secs(100) && wait <= secs(122), "{wait:?}");
+    }
+    let marks: Vec<(String, Vec<u8>)> = server
+        .dump()
+        .into_iter()
+        .filter(|(key, _)| key.ends_with(":failed"))
+        .collect();
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    let mark = String::from_utf8(marks[0].1.clone()).unwrap();
+    assert!(mark.starts_with("throttled:429:"), "{mark}");
+    assert!(entry_keys(&server).is_empty(), "no token, no lease left");
+}
+
 /// Every key of the entries but their failure marks.
 fn entry_keys(server: &RedisServer) -> Vec<String> {
     server

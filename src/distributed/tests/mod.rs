@@ -73,6 +73,9 @@ enum Answers {
     /// The first call fails as a 503 that outlasted the retries (transient); later calls
     /// answer tokens.
     FirstUnavailable,
+    /// Every call is throttled: a 429 whose `Retry-After` (120 s) is longer than the retries
+    /// wait (`max_retry_after`, 60 s), so the credential gives up at once.
+    Throttled,
 }
 
 /// The identity provider: counts its calls; each takes `delay` and returns a token named
@@ -109,6 +112,13 @@ impl Idp {
         }
     }
 
+    fn throttled(delay: Duration) -> Self {
+        Self {
+            answers: Answers::Throttled,
+            ..Self::new(delay)
+        }
+    }
+
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
@@ -121,6 +131,19 @@ impl Idp {
             async move {
                 let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
                 tokio::time::sleep(this.delay).await;
+                if this.answers == Answers::Throttled {
+                    let status = http::StatusCode::TOO_MANY_REQUESTS;
+                    return Err(CredentialError::authentication_failed("Test", "throttled")
+                        .with_provider(ProviderDetails {
+                            status: Some(status),
+                            ..ProviderDetails::default()
+                        })
+                        .with_cause(Cause {
+                            transient: true,
+                            throttled_until: Some(Instant::now() + THROTTLE),
+                            ..Cause::default()
+                        }));
+                }
                 let status = match this.answers {
                     Answers::Refusal => Some(http::StatusCode::UNAUTHORIZED),
                     Answers::FirstUnavailable if n == 1 => {
@@ -360,6 +383,7 @@ async fn a_shared_hits_refresh_on_is_never_in_the_past_under_jitter() {
     let idp = Idp::new(Duration::ZERO);
     let read = SharedLevel::new(c.clone(), identity())
         .acquire(
+            "Test",
             "tenant",
             &scopes(&["scope"]),
             false,
@@ -553,6 +577,66 @@ async fn a_mark_older_than_the_wait_does_not_stop_a_waiter_from_waiting() {
     assert_eq!(waiter.stats().shared_hits, 1);
 }
 
+/// The `Retry-After` of [`Answers::Throttled`].
+const THROTTLE: Duration = Duration::from_secs(120);
+
+/// A cold fleet of 20 against a provider that throttles (429, `Retry-After: 120`, longer than
+/// the retries wait): the holder's throttled answer is marked for the wait, and every waiter
+/// answers its caller with a throttled error at its next poll, sending nothing; so does a
+/// process that starts later, at its first look, with the time left. One request in all
+/// until the wait ends; then the next acquisition asks. (Before, a throttled holder left no
+/// mark: each waiter took the lease in turn and sent its own request into the throttle, 20 in
+/// all.)
+#[tokio::test(start_paused = true)]
+async fn a_throttled_holder_holds_the_whole_fleet_back_for_the_wait() {
+    let store = MemoryStore::new();
+    let caches: Vec<DistributedCache> = (0..20).map(|_| cache(&store)).collect();
+    let idp = Idp::throttled(Duration::from_millis(150));
+    let tasks: Vec<_> = caches
+        .iter()
+        .map(|c| {
+            let (p, idp) = (process(c), idp.clone());
+            tokio::spawn(async move { p.get_or_acquire(cache_key(), false, idp.acquire()).await })
+        })
+        .collect();
+    let results = futures_util::future::try_join_all(tasks).await.unwrap();
+    assert_eq!(idp.calls(), 1, "one request into the throttle");
+    for result in &results {
+        let error = result.as_ref().unwrap_err();
+        assert!(error.is_throttled() && error.is_transient(), "{error}");
+        let wait = error.retry_after().unwrap();
+        assert!(
+            wait > Duration::from_secs(118) && wait <= THROTTLE,
+            "{wait:?}"
+        );
+        assert_eq!(error.status(), Some(http::StatusCode::TOO_MANY_REQUESTS));
+    }
+    let won: u64 = caches.iter().map(|c| c.stats().leases_won).sum();
+    assert_eq!(won, 1);
+    // A process that starts 30 s later is answered at its first look, with the time left.
+    // (Built now: tests move tokio's clock, not the wall clock, and a cache reads their
+    // offset when it is built.)
+    let late = cache(&store);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let error = process(&late)
+        .get_or_acquire(cache_key(), false, idp.acquire())
+        .await
+        .unwrap_err();
+    assert!(error.is_throttled(), "{error}");
+    let wait = error.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_secs(88) && wait <= Duration::from_secs(90),
+        "{wait:?}"
+    );
+    assert!(error.message().contains("HTTP 429"), "{error}");
+    assert_eq!((idp.calls(), late.stats().idp_calls), (1, 0));
+    // Once the wait has passed, the next acquisition asks.
+    tokio::time::advance(Duration::from_secs(91)).await;
+    let fresh = Idp::new(Duration::ZERO);
+    assert_eq!(get(&process(&cache(&store)), &fresh).await, "token-1");
+    assert_eq!(fresh.calls(), 1);
+}
+
 /// A cold fleet of 20 against a provider whose first answer is a 503 that outlasted the
 /// retries (150 ms), answering again after it: the holder's failure may be brief, so it leaves
 /// no mark, and the next waiter takes the lease and asks for all. Two requests in all; the
@@ -622,6 +706,7 @@ async fn a_live_holder_keeps_its_lease_and_a_dead_one_is_taken_over_within_a_lea
     let lease = store_keys("tower-identity").lease();
     let slow = Idp::new(Duration::from_secs(60));
     let acquisition = SharedLevel::new(a.clone(), identity()).acquire(
+        "Test",
         "tenant",
         &scopes(&["scope"]),
         false,
@@ -660,6 +745,7 @@ async fn a_holder_stuck_past_the_wait_limit_stops_keeping_the_lease() {
     let lease = store_keys("tower-identity").lease();
     let stuck = Idp::new(Duration::from_secs(1000));
     let holder = tokio::spawn(SharedLevel::new(a.clone(), identity()).acquire(
+        "Test",
         "tenant",
         &scopes(&["scope"]),
         false,
@@ -689,6 +775,7 @@ async fn a_hung_holder_keeps_the_lease_ten_minutes_at_most_under_an_unlimited_wa
     let lease = store_keys("tower-identity").lease();
     let hung = Idp::new(Duration::MAX);
     let holder = tokio::spawn(SharedLevel::new(a.clone(), identity()).acquire(
+        "Test",
         "tenant",
         &scopes(&["scope"]),
         false,
