@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use super::Shared;
 use super::key::EntryKey;
 use super::seal::Unopened;
-use super::store::MAX_ENTRY_BYTES;
+use super::store::{LeaseTtl, MAX_ENTRY_BYTES};
 use crate::error::{Cause, CredentialError, ProviderDetails};
 use crate::refresh::RefreshPolicy;
 use crate::token::AccessToken;
@@ -41,6 +41,10 @@ const LONGEST_THROTTLE: Duration = crate::transport::MAX_RETRY_AFTER;
 /// one still running after 10 minutes is stuck, and the lease is left to run out for another
 /// process to ask.
 const LONGEST_HOLD: Duration = Duration::from_secs(10 * 60);
+/// A lease with more time left than twice the cache's `lease` and this was not written by a
+/// live cache, which renews its lease to `lease` at most: no holder will fill it. The slack
+/// tolerates a fleet whose processes were configured with leases that differ somewhat.
+const STRAY_LEASE_SLACK: Duration = Duration::from_secs(60);
 /// Renewals come no more often than this, however short the lease: never a busy loop.
 const FASTEST_RENEWAL: Duration = Duration::from_millis(1);
 
@@ -54,6 +58,8 @@ struct Looks {
     /// The credential acquiring, named in the error a throttle mark answers.
     credential: &'static str,
     reported_unreadable: bool,
+    /// The last look found a lease no live cache wrote (see [`Shared::is_stray`]).
+    stray_lease: bool,
     /// `None` before the first look; then the mark it found, if any.
     first_mark: Option<Option<Vec<u8>>>,
 }
@@ -106,18 +112,18 @@ impl Shared {
         async move {
             let token_key = key.token();
             let failed_key = key.failed();
+            let lease_key = key.lease();
             let mut looks = Looks {
                 credential,
                 ..Looks::default()
             };
-            match self.find(&token_key, &failed_key, policy, &mut looks).await {
+            match self.find(&token_key, &failed_key, &lease_key, policy, &mut looks).await {
                 Found::Usable(token) => return self.shared_hit(token),
                 Found::Failed => return self.alone(idp, None).await,
                 Found::Throttled(error) => return Err(error),
                 // The first look records the mark it finds: never one written since.
                 Found::Nothing | Found::Refused => {}
             }
-            let lease_key = key.lease();
             let holder = self.next_holder();
             // Measured as time waited, not as a deadline: a `wait_limit` past what the clock
             // can represent (`Duration::MAX`) then means no limit, never no wait.
@@ -134,7 +140,7 @@ impl Shared {
                     Some(true) => {
                         // Another process may have published and released between our last
                         // look and this lease: look once more before asking the provider.
-                        match self.find(&token_key, &failed_key, policy, &mut looks).await {
+                        match self.find(&token_key, &failed_key, &lease_key, policy, &mut looks).await {
                             Found::Usable(token) => {
                                 let release = || self.store.release(&lease_key, &holder);
                                 self.breaker.call("release", release, &self.stats).await;
@@ -176,6 +182,17 @@ impl Shared {
                         return result;
                     }
                 }
+                // Nobody will fill a lease no cache wrote: waiting on it would cost every
+                // acquisition `wait_limit`, for as long as the key is there.
+                if looks.stray_lease {
+                    tracing::warn!(
+                        entry = lease_key,
+                        "distributed token cache: the entry's lease has no expiry, or one far \
+                         longer than a cache's lease; it was not written by a cache. Asking \
+                         on our own instead of waiting for it (delete the key)"
+                    );
+                    return self.alone(idp, Some(&token_key)).await;
+                }
                 let left = self.wait_limit.saturating_sub(start.elapsed());
                 if left.is_zero() {
                     tracing::debug!(wait_limit = ?self.wait_limit, "distributed token cache: the holder's token did not come in time");
@@ -185,7 +202,7 @@ impl Shared {
                 pause = pause.saturating_mul(2).min(LAST_POLL);
                 // Each poll reads the mark with the token: every waiter learns of the holder's
                 // refusal at its next poll, none waits for the lease to come its way.
-                match self.find(&token_key, &failed_key, policy, &mut looks).await {
+                match self.find(&token_key, &failed_key, &lease_key, policy, &mut looks).await {
                     Found::Usable(token) => return self.shared_hit(token),
                     Found::Failed => return self.alone(idp, None).await,
                     Found::Refused => return self.refused_holder(idp, &token_key).await,
@@ -481,13 +498,15 @@ impl Shared {
         &self,
         token_key: &str,
         failed_key: &str,
+        lease_key: &str,
         policy: RefreshPolicy,
         looks: &mut Looks,
     ) -> Found {
-        let get = || self.store.get_with_mark(token_key, failed_key);
-        let Some((entry, mark)) = self.breaker.call("get", get, &self.stats).await else {
+        let get = || self.store.get_with_lease(token_key, failed_key, lease_key);
+        let Some(((entry, mark), lease)) = self.breaker.call("get", get, &self.stats).await else {
             return Found::Failed;
         };
+        looks.stray_lease = self.is_stray(lease);
         let throttled = mark
             .as_deref()
             .and_then(|mark| self.throttled(mark, looks.credential));
@@ -528,6 +547,22 @@ impl Shared {
             // at once, find this same token, count a failed attempt ("The same token back" in
             // `crate::refresh`) and do so again every 30 s until `due`.
             Found::Usable(stored.token.with_refresh_on(Some(due)))
+        }
+    }
+
+    /// Whether a lease with `ttl` left was not written by a live cache: it has no expiry, or
+    /// more time left than twice this cache's lease and [`STRAY_LEASE_SLACK`] (a cache
+    /// renews its lease to `lease`, never more).
+    fn is_stray(&self, ttl: LeaseTtl) -> bool {
+        match ttl {
+            LeaseTtl::NoExpiry => true,
+            LeaseTtl::Left(left) => {
+                left > self
+                    .lease
+                    .saturating_mul(2)
+                    .saturating_add(STRAY_LEASE_SLACK)
+            }
+            LeaseTtl::Unknown => false,
         }
     }
 

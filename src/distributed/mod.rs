@@ -97,6 +97,16 @@
 //!   The bound every caller keeps: it waits for others at most `wait_limit` in all, renewed
 //!   lease or not, then makes (at most) its own request, bounded by that request's own
 //!   deadline (`RetryOptions::total_timeout`).
+//! * **A lease no cache wrote is not waited for.** Each look reads the lease's time left with
+//!   the token and the mark ([`TokenStore::get_with_lease`], one script). A cache's lease
+//!   always expires, within `lease` (renewals set it to `lease`, never more); a lease key with
+//!   no expiry, or more than twice `lease` and a minute left, was written by something else
+//!   with write access to the store, and no holder will fill it: the process asks on its own
+//!   at once, publishes its token, and logs a WARN naming the key (delete it), instead of
+//!   waiting `wait_limit` at every acquisition for as long as the key is there. Processes of
+//!   a fleet whose `lease` settings differ by more than that take each other's leases for
+//!   such keys. A store without `get_with_lease` (the default reports nothing of the lease)
+//!   waits such a lease out.
 //! * **Claims bypass it.** A request with claims (a CAE challenge) neither reads nor writes the
 //!   store, as it bypasses the in-memory cache.
 //! * **The store is never a point of failure.** Every store call has a
@@ -172,7 +182,7 @@ pub(crate) use key::Identity;
 pub use redis::RedisTokenCache;
 pub use seal::SealingKey;
 pub use stats::CacheStats;
-pub use store::{StoreError, TokenStore, ValueWithMark, ValueWithTtl};
+pub use store::{LeaseTtl, StoreError, TokenStore, ValueWithLease, ValueWithMark, ValueWithTtl};
 
 use breaker::Breaker;
 use clock::WallClock;

@@ -20,8 +20,8 @@ pub(crate) const MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// ([`RedisTokenCache`](super::RedisTokenCache), feature `redis`) or any store that offers
 /// the same four operations, and the optional ones with a default
 /// ([`renew_lease`](Self::renew_lease), [`get_with_ttl`](Self::get_with_ttl),
-/// [`get_with_mark`](Self::get_with_mark), [`put_mark`](Self::put_mark),
-/// [`release_with_mark`](Self::release_with_mark)).
+/// [`get_with_mark`](Self::get_with_mark), [`get_with_lease`](Self::get_with_lease),
+/// [`put_mark`](Self::put_mark), [`release_with_mark`](Self::release_with_mark)).
 ///
 /// Every call is bounded by the cache's time budget and counted by its circuit breaker; a
 /// store need not add timeouts of its own. An error is never shown to a token caller: the
@@ -29,12 +29,14 @@ pub(crate) const MAX_ENTRY_BYTES: usize = 64 * 1024;
 ///
 /// A wrapper around another store (one that adds logging or metrics, or delegates to a
 /// [`RedisTokenCache`](super::RedisTokenCache)) should forward every optional method too, and
-/// [`get_with_mark`](Self::get_with_mark), [`put_mark`](Self::put_mark) and
-/// [`release_with_mark`](Self::release_with_mark) in particular: the defaults build them from
-/// the other calls, so a wrapper that leaves them out loses the inner store's one-script look
-/// (two reads inside one budget instead of one), its marks' own write (a mark put as an entry
-/// is, bounded by the wall clock) and its one-step release with a mark (two calls, which a
-/// waiter may see one without the other).
+/// [`get_with_mark`](Self::get_with_mark), [`get_with_lease`](Self::get_with_lease),
+/// [`put_mark`](Self::put_mark) and [`release_with_mark`](Self::release_with_mark) in
+/// particular: the defaults build them from the other calls, so a wrapper that leaves them out
+/// loses the inner store's one-script look (two reads inside one budget instead of one), the
+/// lease's time left (a lease with no expiry, not a cache's, is then waited out for
+/// `wait_limit` at each acquisition), its marks' own write (a mark put as an entry is, bounded
+/// by the wall clock) and its one-step release with a mark (two calls, which a waiter may see
+/// one without the other).
 pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// The value stored under `key`, or `None` when there is none (missing, expired,
     /// evicted).
@@ -84,6 +86,27 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
                 (Err(error), _) | (_, Err(error)) => Err(error),
             }
         })
+    }
+
+    /// What [`get_with_mark`](Self::get_with_mark) reads, and the time the lease `lease_key`
+    /// has left ([`LeaseTtl`]), read together: the cache's waiters read it at each poll. A
+    /// cache's lease always expires, within the cache's
+    /// [`lease`](super::DistributedCacheBuilder::lease) (a holder renews it to that, never
+    /// more), so a lease with no expiry, or one far longer, was not written by a live cache
+    /// (a stray write by anything with access to the store): the process then asks the
+    /// identity provider at once instead of waiting `wait_limit` for a holder that does not
+    /// exist. The three keys share a Redis Cluster hash tag;
+    /// [`RedisTokenCache`](super::RedisTokenCache) reads them in one script. The default calls
+    /// [`get_with_mark`](Self::get_with_mark) and reports [`LeaseTtl::Unknown`]: such a lease
+    /// is then waited out.
+    fn get_with_lease<'a>(
+        &'a self,
+        key: &'a str,
+        mark_key: &'a str,
+        lease_key: &'a str,
+    ) -> BoxFuture<'a, Result<ValueWithLease, StoreError>> {
+        let _ = lease_key;
+        Box::pin(async move { Ok((self.get_with_mark(key, mark_key).await?, LeaseTtl::Unknown)) })
     }
 
     /// Stores `value` under `key`, replacing what is there, to expire after `ttl`, counted
@@ -197,6 +220,21 @@ pub type ValueWithTtl = (Vec<u8>, Option<Duration>);
 /// An entry's value with its time left, if there is one, and its mark, if there is one (see
 /// [`TokenStore::get_with_mark`]).
 pub type ValueWithMark = (Option<ValueWithTtl>, Option<Vec<u8>>);
+
+/// The time a lease has left, as [`TokenStore::get_with_lease`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseTtl {
+    /// No lease, or the store does not tell.
+    Unknown,
+    /// A lease that expires after this long.
+    Left(Duration),
+    /// A lease with no expiry: never a cache's.
+    NoExpiry,
+}
+
+/// An entry's value and mark, as [`TokenStore::get_with_mark`] reads them, and the time its
+/// lease has left (see [`TokenStore::get_with_lease`]).
+pub type ValueWithLease = (ValueWithMark, LeaseTtl);
 
 /// A store's failure: unreachable, refused, or an answer it could not use. Its message names
 /// the operation and never a value or a credential of the store (a password in a URL).

@@ -1011,6 +1011,40 @@ async fn a_wrong_password_costs_a_request_per_process_and_no_failure() {
 
 /// Garbage under the entry key: a miss (never returned), and replaced by the next process's
 /// token.
+/// A lease key no cache wrote, with no expiry or with one far longer than a cache's lease (a
+/// stray write by anything with access to Redis), is not waited for: the process asks at once
+/// and publishes, and the next one shares its token. (Before, every acquisition waited
+/// `wait_limit`, 60 s, for a holder that did not exist, for as long as the key was there.)
+#[tokio::test]
+async fn a_lease_no_cache_wrote_is_not_waited_for() {
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    Process::new(&authority, &server.url()).token(SCOPE).await;
+    let token_key = entry_key(&server);
+    let lease_key = token_key.replace(":token", ":lease");
+    for (posts, ttl_ms) in [(2, None), (3, Some(3_600_000))] {
+        let _: () = server.admin().del(&token_key).unwrap();
+        let mut set = redis::cmd("SET");
+        set.arg(&lease_key).arg("stray");
+        if let Some(ms) = ttl_ms {
+            set.arg("PX").arg(ms);
+        }
+        let _: () = set.query(&mut server.admin()).unwrap();
+        let start = std::time::Instant::now();
+        let process = Process::new(&authority, &server.url());
+        let token = process.token(SCOPE).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?} with {ttl_ms:?}",
+            start.elapsed()
+        );
+        assert_eq!(authority.token_posts(), posts, "{ttl_ms:?}");
+        let shared = Process::new(&authority, &server.url()).token(SCOPE).await;
+        assert_eq!(token, shared, "{ttl_ms:?}");
+        assert_eq!(authority.token_posts(), posts, "{ttl_ms:?}");
+    }
+}
+
 #[tokio::test]
 async fn garbage_under_the_entry_key_is_a_miss_and_replaced() {
     let authority = Authority::start().await;

@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisError, Script, Value};
 
 use crate::distributed::store::{
-    MAX_ENTRY_BYTES, StoreError, TokenStore, ValueWithMark, ValueWithTtl,
+    MAX_ENTRY_BYTES, StoreError, TokenStore, ValueWithLease, ValueWithMark, ValueWithTtl,
 };
 use crate::error::ConfigError;
 use crate::redact::{scrub, truncate};
@@ -22,8 +22,8 @@ mod scripts;
 
 use link::{Link, State, keepalive};
 use scripts::{
-    GET_WITH_MARK, GET_WITH_TTL, MAX_MARK_BYTES, PUT, RELEASE, RELEASE_WITH_MARK, RENEW, entry,
-    entry_answer, px, unexpected, unix_millis, wrong_shape,
+    GET_WITH_LEASE, GET_WITH_MARK, GET_WITH_TTL, MAX_MARK_BYTES, PUT, RELEASE, RELEASE_WITH_MARK,
+    RENEW, entry_and_mark, entry_answer, entry_mark_and_lease, px, unexpected, unix_millis,
 };
 
 /// How much of a Redis error's text a [`StoreError`] keeps.
@@ -169,6 +169,7 @@ struct Inner {
     renew: Script,
     get_with_ttl: Script,
     get_with_mark: Script,
+    get_with_lease: Script,
     put: Script,
 }
 
@@ -205,6 +206,7 @@ impl RedisTokenCache {
                 renew: Script::new(RENEW),
                 get_with_ttl: Script::new(GET_WITH_TTL),
                 get_with_mark: Script::new(GET_WITH_MARK),
+                get_with_lease: Script::new(GET_WITH_LEASE),
                 put: Script::new(PUT),
             }),
         })
@@ -332,21 +334,25 @@ impl TokenStore for RedisTokenCache {
                 .key(mark_key)
                 .arg(MAX_ENTRY_BYTES)
                 .arg(MAX_MARK_BYTES);
-            let answer = self.repeatable("GET", &invocation).await?;
-            let Value::Array(answer) = answer else {
-                return Err(unexpected("GET", &answer));
-            };
-            match <[Value; 2]>::try_from(answer) {
-                Ok([Value::Array(found), Value::Array(mark)]) => {
-                    let mark = match <[Value; 1]>::try_from(mark) {
-                        Ok([Value::BulkString(mark)]) => Some(mark),
-                        Err(none) if none.is_empty() => None,
-                        Ok(_) | Err(_) => return Err(wrong_shape()),
-                    };
-                    Ok((entry(found)?, mark))
-                }
-                Ok(_) | Err(_) => Err(wrong_shape()),
-            }
+            entry_and_mark(self.repeatable("GET", &invocation).await?)
+        })
+    }
+
+    /// The entry, the mark and the lease's `PTTL`, in one script.
+    fn get_with_lease<'a>(
+        &'a self,
+        key: &'a str,
+        mark_key: &'a str,
+        lease_key: &'a str,
+    ) -> BoxFuture<'a, Result<ValueWithLease, StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.inner.get_with_lease.key(key);
+            invocation
+                .key(mark_key)
+                .key(lease_key)
+                .arg(MAX_ENTRY_BYTES)
+                .arg(MAX_MARK_BYTES);
+            entry_mark_and_lease(self.repeatable("GET", &invocation).await?)
         })
     }
 

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use redis::Value;
 
-use crate::distributed::store::{StoreError, ValueWithTtl};
+use crate::distributed::store::{
+    LeaseTtl, StoreError, ValueWithLease, ValueWithMark, ValueWithTtl,
+};
 
 /// another process meanwhile must survive the old holder's release.
 pub(super) const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -53,12 +55,10 @@ if kind ~= 'string' or redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then
 end
 return {redis.call('GET', KEYS[1]), left}";
 
-/// Reads an entry as [`GET_WITH_TTL`] does, and the mark under `KEYS[2]`, in one atomic step
-/// (the keys share a hash tag): `{entry, mark}`, where `entry` is `{}` when there is none, else
-/// `{value, ms left}` as above, and `mark` is `{}` when there is none, else `{value}`. A mark of
-/// another type or longer than `ARGV[2]` bytes is no mark: it was not written by a cache.
-/// Empty collections, never `false`, say "none": the answer reads alike over RESP2 and RESP3.
-pub(super) const GET_WITH_MARK: &str = r"local entry = {}
+/// [`GET_WITH_MARK`]'s text, for [`GET_WITH_LEASE`] too.
+macro_rules! get_with_mark_body {
+    () => {
+        r"local entry = {}
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'none' then
   local left = redis.call('PTTL', KEYS[1])
@@ -73,7 +73,30 @@ if redis.call('TYPE', KEYS[2])['ok'] == 'string'
   and redis.call('STRLEN', KEYS[2]) <= tonumber(ARGV[2]) then
   mark = {redis.call('GET', KEYS[2])}
 end
-return {entry, mark}";
+return {entry, mark}"
+    };
+}
+
+/// Reads an entry as [`GET_WITH_TTL`] does, and the mark under `KEYS[2]`, in one atomic step
+/// (the keys share a hash tag): `{entry, mark}`, where `entry` is `{}` when there is none, else
+/// `{value, ms left}` as above, and `mark` is `{}` when there is none, else `{value}`. A mark of
+/// another type or longer than `ARGV[2]` bytes is no mark: it was not written by a cache.
+/// Empty collections, never `false`, say "none": the answer reads alike over RESP2 and RESP3.
+pub(super) const GET_WITH_MARK: &str = get_with_mark_body!();
+
+/// Reads what [`GET_WITH_MARK`] reads and the `PTTL` of the lease `KEYS[3]` (ms left; -1: no
+/// expiry; -2: no lease), in one atomic step (the three keys share a hash tag):
+/// `{entry, mark, lease ms}`. The two scripts share their text: this one is the other with
+/// the `PTTL` added.
+pub(super) const GET_WITH_LEASE: &str = concat!(
+    r"local found = (function()
+",
+    get_with_mark_body!(),
+    r"
+end)()
+found[3] = redis.call('PTTL', KEYS[3])
+return found"
+);
 
 /// The longest mark read: holder ids are some 30 bytes.
 pub(super) const MAX_MARK_BYTES: usize = 1024;
@@ -147,6 +170,50 @@ pub(super) fn entry(answer: Vec<Value>) -> Result<Option<ValueWithTtl>, StoreErr
         Err(none) if none.is_empty() => Ok(None),
         Ok(_) | Err(_) => Err(wrong_shape()),
     }
+}
+
+/// [`GET_WITH_MARK`]'s answer: `{entry, mark}`.
+pub(super) fn entry_and_mark(answer: Value) -> Result<ValueWithMark, StoreError> {
+    let Value::Array(answer) = answer else {
+        return Err(unexpected("GET", &answer));
+    };
+    match <[Value; 2]>::try_from(answer) {
+        Ok([found, mark]) => found_and_mark(found, mark),
+        Err(_) => Err(wrong_shape()),
+    }
+}
+
+/// [`GET_WITH_LEASE`]'s answer: `{entry, mark, lease ms}`.
+pub(super) fn entry_mark_and_lease(answer: Value) -> Result<ValueWithLease, StoreError> {
+    let Value::Array(answer) = answer else {
+        return Err(unexpected("GET", &answer));
+    };
+    match <[Value; 3]>::try_from(answer) {
+        Ok([found, mark, Value::Int(lease)]) => {
+            // -1: no expiry; -2: no lease.
+            let lease = match u64::try_from(lease) {
+                Ok(ms) => LeaseTtl::Left(Duration::from_millis(ms)),
+                Err(_) if lease == -1 => LeaseTtl::NoExpiry,
+                Err(_) => LeaseTtl::Unknown,
+            };
+            Ok((found_and_mark(found, mark)?, lease))
+        }
+        Ok(_) | Err(_) => Err(wrong_shape()),
+    }
+}
+
+/// An entry and a mark as the scripts answer them: `{}` for none, else `{value, ms left}` and
+/// `{value}`.
+fn found_and_mark(found: Value, mark: Value) -> Result<ValueWithMark, StoreError> {
+    let (Value::Array(found), Value::Array(mark)) = (found, mark) else {
+        return Err(wrong_shape());
+    };
+    let mark = match <[Value; 1]>::try_from(mark) {
+        Ok([Value::BulkString(mark)]) => Some(mark),
+        Err(none) if none.is_empty() => None,
+        Ok(_) | Err(_) => return Err(wrong_shape()),
+    };
+    Ok((entry(found)?, mark))
 }
 
 pub(super) fn wrong_shape() -> StoreError {

@@ -6,6 +6,7 @@ use redis::{ErrorKind, ServerErrorKind};
 use super::link::drops;
 use super::scripts::MAX_PX;
 use super::*;
+use crate::distributed::LeaseTtl;
 
 /// A real redis-server on a Unix socket of its own, without persistence; killed when
 /// dropped. (The integration tests have a fuller one; these tests need what only this
@@ -131,6 +132,70 @@ fn a_missing_entry_reads_as_none_in_every_form() {
     );
     assert!(entry_answer(Value::Boolean(true)).is_err());
     assert!(entry_answer(Value::Int(0)).is_err());
+}
+
+/// `get_with_lease` reads the lease's time left with the entry and the mark: none without a
+/// lease, its TTL (at most what was set) for a cache's lease, "no expiry" for a key set with
+/// none (a stray write, never a cache's), and a lease of another type still by its TTL.
+#[tokio::test]
+async fn get_with_lease_reads_the_leases_time_left() {
+    let server = Server::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    let (token, mark, lease) = ("t:{h}:token", "t:{h}:failed", "t:{h}:lease");
+    let read = || store.get_with_lease(token, mark, lease);
+    assert_eq!(read().await.unwrap(), ((None, None), LeaseTtl::Unknown));
+    store
+        .put(token, b"entry", Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .put_mark(mark, b"holder.1", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .try_lease(lease, "holder.2", Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    let ((entry, found_mark), ttl) = read().await.unwrap();
+    let (value, left) = entry.unwrap();
+    assert_eq!(value, b"entry");
+    assert!(left.unwrap() <= Duration::from_secs(60));
+    assert_eq!(found_mark.as_deref(), Some(&b"holder.1"[..]));
+    let LeaseTtl::Left(left) = ttl else {
+        panic!("{ttl:?}")
+    };
+    assert!(
+        left > Duration::ZERO && left <= Duration::from_secs(10),
+        "{left:?}"
+    );
+    let mut admin = store
+        .inner
+        .client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let (): () = redis::cmd("SET")
+        .arg(lease)
+        .arg("stray")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(read().await.unwrap().1, LeaseTtl::NoExpiry);
+    let (): () = redis::cmd("DEL")
+        .arg(lease)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("HSET")
+        .arg(lease)
+        .arg("f")
+        .arg("v")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(read().await.unwrap().1, LeaseTtl::NoExpiry);
 }
 
 /// A drop under a burst of calls counts once in the breaker: three lease calls held in

@@ -696,6 +696,27 @@ async fn a_dead_holders_lease_is_taken_over_by_one_waiter_for_all() {
     assert_eq!(idp.calls(), 1);
 }
 
+/// A lease no cache wrote (here one with an hour left, set by hand; in Redis also one with no
+/// expiry) is not waited for: a cache's lease never has more than `lease` left, so nobody will
+/// fill this one. The process asks at once and publishes; the next process shares its token.
+/// (Before, every acquisition waited `wait_limit`, 60 s, for as long as the key was there.)
+#[tokio::test(start_paused = true)]
+async fn a_lease_no_cache_wrote_is_not_waited_for() {
+    let store = MemoryStore::new();
+    store.set_raw(&store_keys("tower-identity").lease(), b"stray");
+    let (a, b) = (cache(&store), cache(&store));
+    let idp = Idp::new(Duration::from_millis(100));
+    let start = Instant::now();
+    assert_eq!(get(&process(&a), &idp).await, "token-1");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(get(&process(&b), &idp).await, "token-1");
+    assert_eq!((idp.calls(), b.stats().shared_hits), (1, 1));
+}
+
 /// The holder keeps its lease past the first `lease` while its request runs; a holder that
 /// dies mid-request (its task dropped) stops renewing, and another process takes over within
 /// a lease of the last renewal.
