@@ -173,7 +173,9 @@ impl Shared {
                     // The lease may be set all the same (a write applied, its answer late): the
                     // holder's part, best-effort, so that nobody waits out `wait_limit` on a
                     // lease no one fills. With the store down both calls are skipped or fail,
-                    // and the lease runs out.
+                    // and the lease runs out. The release leaves a mark only if this process
+                    // did hold the lease (`release_with_mark`): one that never took it must
+                    // not send another holder's waiters to the provider.
                     None => {
                         let alone = self.alone(idp, Some(&token_key));
                         let result = self.keeping_lease(alone, &lease_key, &holder).await;

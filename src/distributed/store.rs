@@ -156,22 +156,27 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Gives the lease `key` back as [`release`](Self::release) does (only if `holder` still
-    /// holds it) and stores the mark `mark` under `mark_key` for `ttl` as
-    /// [`put_mark`](Self::put_mark) does (whoever holds the lease): a holder the identity
-    /// provider refused leaves its failure mark this way. An implementation should do both in
-    /// one atomic step, as [`RedisTokenCache`](super::RedisTokenCache) does (one script): a
-    /// waiter then never finds the lease given back without the mark (it would take the lease
-    /// and ask the provider for all, as if the holder had died), nor the mark with the lease
-    /// still held, and a failure leaves both undone rather than one of them.
+    /// holds it) and, only if it did, stores the mark `mark` under `mark_key` for `ttl` as
+    /// [`put_mark`](Self::put_mark) does: a holder the identity provider refused or throttled
+    /// leaves its mark this way. A caller that does not hold the lease (it never took it, or
+    /// the lease ran out and another process took it) must leave no mark: the waiters take a
+    /// mark for their holder's, and a stray one sends them to the identity provider while
+    /// their holder's request runs. An implementation should do both in one atomic step, as
+    /// [`RedisTokenCache`](super::RedisTokenCache) does (one script): a waiter then never
+    /// finds the lease given back without the mark (it would take the lease and ask the
+    /// provider for all, as if the holder had died), nor the mark with the lease still held,
+    /// and a failure leaves both undone rather than one of them.
     ///
-    /// The default does not: it calls [`put_mark`](Self::put_mark) and
-    /// [`release`](Self::release) concurrently, the mark first, and waits for both (a failure
-    /// of either is the call's, and may leave the other done): one budget covers the call, as
-    /// for [`get_with_mark`](Self::get_with_mark). On a store that applies one caller's
-    /// commands in the order they are sent (one connection) the mark lands first; on others (a
-    /// pool of connections) the release may land first, and a waiter that looks in between
-    /// takes the lease and asks for the fleet: one more turn in line before the others ask on
-    /// their own.
+    /// The default does not: it reads the lease ([`get`](Self::get)), and only if `holder`
+    /// holds it calls [`put_mark`](Self::put_mark) and [`release`](Self::release)
+    /// concurrently, the mark first, and waits for both (a failure of any is the call's, and
+    /// may leave another done): two round trips one after the other in one budget. A lease
+    /// that runs out between the read and the writes, and is taken by another process, may
+    /// still get this caller's mark. On a store that applies one caller's commands in the
+    /// order they are sent (one connection) the mark lands first; on others (a pool of
+    /// connections) the release may land first, and a waiter that looks in between takes the
+    /// lease and asks for the fleet: one more turn in line before the others ask on their
+    /// own.
     fn release_with_mark<'a>(
         &'a self,
         key: &'a str,
@@ -181,6 +186,9 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            if self.get(key).await?.as_deref() != Some(holder.as_bytes()) {
+                return Ok(());
+            }
             let (marked, released) = tokio::join!(
                 self.put_mark(mark_key, mark, ttl),
                 self.release(key, holder)

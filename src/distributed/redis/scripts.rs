@@ -14,18 +14,20 @@ pub(super) const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
-/// Gives the lease `KEYS[1]` back as [`RELEASE`] does (only to holder `ARGV[1]`) and stores the
-/// failure mark `ARGV[2]` under `KEYS[2]` for `ARGV[3]` ms (whoever holds the lease), in one
-/// atomic step: no waiter sees the lease free without the mark, or the mark with the lease
-/// still held (the keys share a hash tag). The release comes first: a script that has written
-/// may write on under `maxmemory`, where a `SET` first would be refused and release nothing.
-/// Answers an integer (1 when released), alike over RESP2 and RESP3.
-pub(super) const RELEASE_WITH_MARK: &str = r"local released = 0
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  released = redis.call('DEL', KEYS[1])
+/// Gives the lease `KEYS[1]` back as [`RELEASE`] does (only to holder `ARGV[1]`) and, only
+/// then, stores the mark `ARGV[2]` under `KEYS[2]` for `ARGV[3]` ms, in one atomic step: no
+/// waiter sees the lease free without the mark, or the mark with the lease still held (the
+/// keys share a hash tag), and a caller that does not hold the lease (it never took it, or it
+/// ran out and went to another process) leaves no mark to send that holder's waiters to the
+/// identity provider. The release comes first: a script that has written may write on under
+/// `maxmemory`, where a `SET` first would be refused and release nothing. Answers an integer
+/// (1 when released), alike over RESP2 and RESP3.
+pub(super) const RELEASE_WITH_MARK: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  return 1
 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-return released";
+return 0";
 
 /// Extends a lease only for the holder that holds it, GET and PEXPIRE in one atomic step: a
 /// lease that expired (and perhaps went to another process) is neither extended nor created.

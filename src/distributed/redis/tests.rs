@@ -198,6 +198,43 @@ async fn get_with_lease_reads_the_leases_time_left() {
     assert_eq!(read().await.unwrap().1, LeaseTtl::NoExpiry);
 }
 
+/// `release_with_mark` leaves its mark only with its release: a caller that does not hold the
+/// lease (it never took it, or the lease went to another holder) neither frees it nor marks
+/// it, and the holder's waiters keep waiting. (Before, the script wrote the mark whoever held
+/// the lease.)
+#[tokio::test]
+async fn release_with_mark_marks_only_a_lease_it_releases() {
+    let server = Server::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    let (token, mark, lease) = ("t:{h}:token", "t:{h}:failed", "t:{h}:lease");
+    let ttl = Duration::from_secs(5);
+    assert!(store.try_lease(lease, "holder.1", ttl).await.unwrap());
+    store
+        .release_with_mark(lease, "other.1", mark, b"other.1", ttl)
+        .await
+        .unwrap();
+    let ((_, found), held) = store.get_with_lease(token, mark, lease).await.unwrap();
+    assert_eq!(
+        found, None,
+        "no mark from a process that did not hold the lease"
+    );
+    assert!(matches!(held, LeaseTtl::Left(_)), "{held:?}");
+    // No lease at all: no mark either.
+    store
+        .release_with_mark("t:{g}:lease", "other.1", "t:{g}:failed", b"other.1", ttl)
+        .await
+        .unwrap();
+    assert_eq!(store.get("t:{g}:failed").await.unwrap(), None);
+    // The holder's release marks.
+    store
+        .release_with_mark(lease, "holder.1", mark, b"holder.1", ttl)
+        .await
+        .unwrap();
+    let ((_, found), held) = store.get_with_lease(token, mark, lease).await.unwrap();
+    assert_eq!(found.as_deref(), Some(&b"holder.1"[..]));
+    assert_eq!(held, LeaseTtl::Unknown, "released");
+}
+
 /// A drop under a burst of calls counts once in the breaker: three lease calls held in
 /// flight (`CLIENT PAUSE WRITE`) when the connection is killed all fail, but only the first
 /// to find the drop is a failure; the others are misses. A breaker at 3 failures stays

@@ -637,6 +637,160 @@ async fn a_throttled_holder_holds_the_whole_fleet_back_for_the_wait() {
     assert_eq!(fresh.calls(), 1);
 }
 
+/// A store whose lease calls fail (a write lost, or its answer given up on), forwarding every
+/// other call to `S`: one process's view of a store it cannot take a lease in.
+#[derive(Debug)]
+struct LeaseFails<S>(S);
+
+impl<S: TokenStore> TokenStore for LeaseFails<S> {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        self.0.get(key)
+    }
+
+    fn get_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ValueWithTtl>, StoreError>> {
+        self.0.get_with_ttl(key)
+    }
+
+    fn get_with_mark<'a>(
+        &'a self,
+        key: &'a str,
+        mark_key: &'a str,
+    ) -> BoxFuture<'a, Result<ValueWithMark, StoreError>> {
+        self.0.get_with_mark(key, mark_key)
+    }
+
+    fn get_with_lease<'a>(
+        &'a self,
+        key: &'a str,
+        mark_key: &'a str,
+        lease_key: &'a str,
+    ) -> BoxFuture<'a, Result<ValueWithLease, StoreError>> {
+        self.0.get_with_lease(key, mark_key, lease_key)
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.put(key, value, ttl)
+    }
+
+    fn put_mark<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.put_mark(key, value, ttl)
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async { Err(StoreError::msg("connection reset")) })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.release(key, holder)
+    }
+
+    fn release_with_mark<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        mark_key: &'a str,
+        mark: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.release_with_mark(key, holder, mark_key, mark, ttl)
+    }
+
+    fn renew_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.0.renew_lease(key, holder, ttl)
+    }
+}
+
+/// A sealed cache over `store`.
+fn cache_of(store: impl TokenStore) -> DistributedCache {
+    DistributedCache::builder(store)
+        .sealing_key(sealing_key())
+        .build()
+        .unwrap()
+}
+
+/// H holds the lease and asks a slow provider; three waiters wait for it. P's lease call
+/// fails, so P asks alone, is refused, and gives back a lease it never held: it must leave no
+/// failure mark, which the waiters would take for H's and each ask on their own while H's
+/// request runs. One request for H's token, shared by all. Over a store with
+/// `release_with_mark` in one step (as Redis's script) and over the default of a store with
+/// only the required methods. (Before, the mark was written whoever held the lease: the three
+/// waiters each asked.)
+#[tokio::test(start_paused = true)]
+async fn a_process_that_never_held_the_lease_leaves_no_mark_for_its_holders_waiters() {
+    for required_only in [false, true] {
+        let store = MemoryStore::new();
+        let cache = || {
+            let handle = Handle(Arc::clone(&store));
+            if required_only {
+                cache_of(RequiredOnly(handle))
+            } else {
+                cache_of(handle)
+            }
+        };
+        let idp = Idp::new(Duration::from_secs(1));
+        let holder = process(&cache());
+        let holding = tokio::spawn({
+            let idp = idp.clone();
+            async move { get(&holder, &idp).await }
+        });
+        tokio::task::yield_now().await;
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let (p, idp) = (process(&cache()), idp.clone());
+                tokio::spawn(async move { get(&p, &idp).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let handle = Handle(Arc::clone(&store));
+        let lease_fails = if required_only {
+            cache_of(LeaseFails(RequiredOnly(handle)))
+        } else {
+            cache_of(LeaseFails(handle))
+        };
+        let refusing = Idp::failing(Duration::from_millis(150));
+        let refused = process(&lease_fails)
+            .get_or_acquire(cache_key(), false, refusing.acquire())
+            .await;
+        assert!(refused.is_err());
+        assert_eq!(refusing.calls(), 1);
+        assert!(
+            store.raw(&store_keys("tower-identity").failed()).is_none(),
+            "required_only: {required_only}"
+        );
+        let tokens = futures_util::future::try_join_all(waiters).await.unwrap();
+        assert_eq!(holding.await.unwrap(), "token-1");
+        assert!(tokens.iter().all(|t| t == "token-1"), "{tokens:?}");
+        assert_eq!(idp.calls(), 1, "required_only: {required_only}");
+    }
+}
+
 /// A cold fleet of 20 against a provider whose first answer is a 503 that outlasted the
 /// retries (150 ms), answering again after it: the holder's failure may be brief, so it leaves
 /// no mark, and the next waiter takes the lease and asks for all. Two requests in all; the
