@@ -90,7 +90,9 @@
 //! * the renewal starts at `expires_on − window + jitter`, or at `refresh_on + jitter` if
 //!   that is earlier, never after `expires_on`. The jitter is drawn uniformly in
 //!   `0..jitter`, per token, so that many processes started together do not renew together;
-//!   it shrinks in proportion when the window does.
+//!   it shrinks in proportion when the window does. (The distributed cache, which judges a
+//!   shared entry at each read, draws it from the entry and when it was stored instead: one
+//!   entry is always given the same refresh time.)
 //!
 //! **A suspended machine.** Tokio's clock stops while the machine sleeps; a token's expiry does
 //! not. Every comparison of an entry's times goes through its token's
@@ -250,6 +252,13 @@ impl RefreshPolicy {
     /// When a token stored at `now` should be renewed, with a fresh jitter draw (see the
     /// module docs).
     pub(crate) fn refresh_at(&self, token: &AccessToken, now: Instant) -> Instant {
+        self.refresh_at_drawn(token, now, fastrand::f64())
+    }
+
+    /// [`refresh_at`](Self::refresh_at) with the jitter's draw given, in `0..1`: a caller that
+    /// judges the same token more than once (the distributed cache, at each read of a shared
+    /// entry) draws it from the token, so that each judgement agrees with the last.
+    pub(crate) fn refresh_at_drawn(&self, token: &AccessToken, now: Instant, draw: f64) -> Instant {
         let expires_on = token.expires_on();
         let lifetime = expires_on.saturating_duration_since(now);
         let window = self.window.min(lifetime.checked_div(2).unwrap_or_default());
@@ -261,7 +270,7 @@ impl RefreshPolicy {
             let share = window.as_secs_f64() / self.window.as_secs_f64();
             scaled(self.jitter.min(self.window), share)
         };
-        let jitter = scaled(jitter_bound, fastrand::f64());
+        let jitter = scaled(jitter_bound, draw);
         let lead = window.saturating_sub(jitter);
         // An instant before the clock's origin cannot be represented; the token is then
         // already inside its window.

@@ -537,7 +537,12 @@ impl Shared {
                 return nothing;
             }
         };
-        let due = policy.refresh_at(&stored.token, stored.stored_on);
+        // The jitter is drawn from the entry, not afresh: a slot handed this token renews at
+        // `due`, and a new draw at that renewal's read could put the entry's time later, hand
+        // the slot the same token back (a failed attempt, "The same token back" in
+        // `crate::refresh`) and have it try again only 30 s on.
+        let draw = entry_draw(token_key, stored.stored_on);
+        let due = policy.refresh_at_drawn(&stored.token, stored.stored_on, draw);
         if stored.token.is_expired_at(now) || now >= due {
             nothing
         } else {
@@ -589,6 +594,22 @@ impl Shared {
             tracing::warn!(entry = token_key, outcome = "store_error", "{message}");
         }
     }
+}
+
+/// A draw in `0..1` for the refresh jitter of the entry `token_key` stored at `stored_on`:
+/// the same at every read of that entry by this process (its clock maps the stored time to
+/// the same instant), another for the next entry published.
+fn entry_draw(token_key: &str, stored_on: Instant) -> f64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same value for the same input within a process.
+    let mut hasher = std::hash::DefaultHasher::new();
+    token_key.hash(&mut hasher);
+    stored_on.hash(&mut hasher);
+    // The top 53 bits over 2^53: uniform in `0..1`, exact in an f64.
+    let bits = hasher.finish() >> 11;
+    #[expect(clippy::cast_precision_loss, reason = "53 bits fit an f64's mantissa")]
+    let draw = bits as f64 / (1u64 << 53) as f64;
+    draw
 }
 
 /// Whether `error` is the identity provider's own final answer, the one every process of the

@@ -850,6 +850,55 @@ async fn a_dead_holders_lease_is_taken_over_by_one_waiter_for_all() {
     assert_eq!(idp.calls(), 1);
 }
 
+/// Every read of one shared entry gives its token the same refresh time, whatever the jitter
+/// draws elsewhere: the draw comes from the entry. A slot handed the token renews at that
+/// time, and its renewal's read finds the entry due, where a fresh draw could put it later
+/// and hand the slot the same token back (a failed attempt, tried again only 30 s on).
+/// (Before, each read drew anew: two reads gave two refresh times.)
+#[tokio::test(start_paused = true)]
+async fn every_read_of_a_shared_entry_gives_it_the_same_refresh_time() {
+    let store = MemoryStore::new();
+    let c = cache(&store);
+    let token_key = store_keys("tower-identity").token();
+    let start = Instant::now();
+    let token = AccessToken::new("shared", start + HOUR);
+    let sealed = Sealing::Sealed(sealing_key())
+        .seal(&token_key, &token, start, c.shared.clock)
+        .unwrap();
+    store.set_raw(&token_key, &sealed);
+    let policy = RefreshPolicy {
+        jitter: Duration::from_secs(60),
+        ..RefreshPolicy::default()
+    };
+    let mut times = Vec::new();
+    for seed in [1, 2, 3] {
+        fastrand::seed(seed);
+        let idp = Idp::new(Duration::ZERO);
+        let read = SharedLevel::new(c.clone(), identity())
+            .acquire(
+                "Test",
+                "tenant",
+                &scopes(&["scope"]),
+                false,
+                policy,
+                (idp.acquire())(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(read.secret().expose_secret(), "shared");
+        times.push(read.refresh_on().unwrap());
+        tokio::time::advance(Duration::from_secs(60)).await;
+    }
+    assert!(times.iter().all(|t| *t == times[0]), "{times:?}");
+    let due = times[0];
+    let window_start = start + HOUR - Duration::from_secs(300);
+    assert!(
+        due >= window_start && due < window_start + Duration::from_secs(60),
+        "{:?} into the window",
+        due - window_start
+    );
+}
+
 /// A lease no cache wrote (here one with an hour left, set by hand; in Redis also one with no
 /// expiry) is not waited for: a cache's lease never has more than `lease` left, so nobody will
 /// fill this one. The process asks at once and publishes; the next process shares its token.
