@@ -80,7 +80,10 @@
 //!   one per process. A mark whose end has passed by a reader's clock (a host whose clock is
 //!   ahead) is ignored by that reader: it takes the lease and asks for all. (A failure mark
 //!   is the holder id alone, as before; a process of a release before throttle marks reads a
-//!   throttle mark as a failure mark and asks on its own.)
+//!   throttle mark as a failure mark and asks on its own.) The limit: a managed identity's
+//!   endpoint (IMDS, App Service's) throttles each host on its own, so there one host's wait
+//!   holds the fleet back; such waits are short (seconds), waited out inside the request by
+//!   the retries, and only one longer than `max_retry_after` (60 s) is marked.
 //!
 //!   The limit: a final refusal is taken for the fleet's, but some 4xx answers are one host's
 //!   alone: a stale federated token file (`AADSTS700024`, an expired assertion), a client
