@@ -509,15 +509,17 @@ impl Shared {
             return Found::Failed;
         };
         looks.stray_lease = self.is_stray(lease);
-        let throttled = mark
+        let throttle = mark
             .as_deref()
-            .and_then(|mark| self.throttled(mark, looks.credential));
-        let nothing = if let Some(error) = throttled {
-            Found::Throttled(error)
-        } else if looks.is_new(mark) {
-            Found::Refused
-        } else {
-            Found::Nothing
+            .filter(|mark| mark.starts_with(THROTTLE_MARK.as_bytes()));
+        let throttled = throttle.and_then(|mark| self.throttled(mark, looks.credential));
+        // A throttle mark is never a refusal's, also once its end has passed by this host's
+        // clock: the waiter then takes the lease and asks for all, as without a mark.
+        let refusal = throttle.is_none();
+        let nothing = match throttled {
+            Some(error) => Found::Throttled(error),
+            None if looks.is_new(mark) && refusal => Found::Refused,
+            None => Found::Nothing,
         };
         // A plaintext entry holds the token: the buffer is zeroized like every other copy.
         let (value, left) = match entry {

@@ -791,6 +791,30 @@ async fn a_process_that_never_held_the_lease_leaves_no_mark_for_its_holders_wait
     }
 }
 
+/// A throttle mark whose end has passed by a waiter's clock (a host whose clock runs 200 s
+/// ahead of the holder's, past the 120 s wait) says nothing to that waiter, and never reads as
+/// a refusal: the waiter takes the lease and asks for all, as without a mark, rather than ask
+/// on its own. (Before, a throttle mark it could not read as current was a new failure mark.)
+#[tokio::test(start_paused = true)]
+async fn a_throttle_mark_past_its_end_by_a_readers_clock_is_no_refusal() {
+    let store = MemoryStore::new();
+    let holder = cache(&store);
+    let ahead = clock_ahead(cache(&store), 200);
+    let idp = Idp::throttled(Duration::from_millis(150));
+    let holding = tokio::spawn({
+        let (p, idp) = (process(&holder), idp.clone());
+        async move { p.get_or_acquire(cache_key(), false, idp.acquire()).await }
+    });
+    tokio::task::yield_now().await;
+    let waited = process(&ahead)
+        .get_or_acquire(cache_key(), false, idp.acquire())
+        .await;
+    assert!(waited.unwrap_err().is_throttled());
+    assert!(holding.await.unwrap().unwrap_err().is_throttled());
+    assert_eq!(idp.calls(), 2);
+    assert_eq!(ahead.stats().leases_won, 1, "it held the lease for all");
+}
+
 /// A cold fleet of 20 against a provider whose first answer is a 503 that outlasted the
 /// retries (150 ms), answering again after it: the holder's failure may be brief, so it leaves
 /// no mark, and the next waiter takes the lease and asks for all. Two requests in all; the
