@@ -579,6 +579,7 @@ impl Shared {
     /// under another key name (the fleet rotating its key) is a miss only: DEBUG, not counted.
     fn unreadable(&self, token_key: &str, unopened: Unopened) {
         if unopened == Unopened::OtherKey {
+            self.stats.other_key_miss();
             let message = "distributed token cache: the entry is sealed under another key name \
                            (the fleet is rotating its sealing key); treated as a miss and replaced";
             tracing::debug!(entry = token_key, "{message}");

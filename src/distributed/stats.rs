@@ -24,6 +24,11 @@ pub struct CacheStats {
     pub idp_calls: u64,
     /// Store calls that failed or outlived the budget, and values that did not open.
     pub store_errors: u64,
+    /// Entries found sealed under another key name: misses while a key rotation rolls out
+    /// (see [`SealingKey`](super::SealingKey)), not errors. A count that keeps growing after
+    /// every process has the new key says some process still seals with another (or
+    /// something else writes values that look sealed).
+    pub other_key_misses: u64,
 }
 
 /// The live counters.
@@ -35,6 +40,7 @@ pub(super) struct Counters {
     leases_lost: AtomicU64,
     idp_calls: AtomicU64,
     store_errors: AtomicU64,
+    other_key_misses: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -74,6 +80,10 @@ impl Counters {
         bump(&self.store_errors);
     }
 
+    pub(super) fn other_key_miss(&self) {
+        bump(&self.other_key_misses);
+    }
+
     pub(super) fn snapshot(&self) -> CacheStats {
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CacheStats {
@@ -83,6 +93,7 @@ impl Counters {
             leases_lost: read(&self.leases_lost),
             idp_calls: read(&self.idp_calls),
             store_errors: read(&self.store_errors),
+            other_key_misses: read(&self.other_key_misses),
         }
     }
 }

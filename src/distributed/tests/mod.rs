@@ -1442,6 +1442,8 @@ async fn an_entry_sealed_under_another_key_name_is_a_quiet_miss_and_replaced() {
     assert_eq!(idp.calls(), 2);
     assert_eq!(k2.stats().store_errors, 0, "{:?}", k2.stats());
     assert_eq!(k2.stats().shared_hits, 0);
+    // Counted on its own, so a rotation that never ends shows.
+    assert_eq!(k2.stats().other_key_misses, 1);
     // Replaced: the next process on the new key shares it, the old key's finds a miss too.
     let next = named("k2", [8; 32]);
     assert_eq!(get(&process(&next), &idp).await, "token-2");
@@ -1453,6 +1455,7 @@ async fn an_entry_sealed_under_another_key_name_is_a_quiet_miss_and_replaced() {
     let renamed = named("k1", [9; 32]);
     assert_eq!(get(&process(&renamed), &idp).await, "token-4");
     assert_eq!(renamed.stats().store_errors, 1);
+    assert_eq!(renamed.stats().other_key_misses, 0);
 }
 
 /// A value that does not open, found again at every poll while the process waits for the
