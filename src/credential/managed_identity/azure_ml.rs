@@ -22,10 +22,15 @@ pub(super) static PROFILE: Profile = Profile {
 };
 
 /// The identity to ask for: the user-assigned one given, which must be a client id, else the
-/// compute's own identity by `DEFAULT_IDENTITY_CLIENT_ID` when that is set. Asked without a
+/// compute's own identity by `DEFAULT_IDENTITY_CLIENT_ID` when that is a GUID. Asked without a
 /// client id the endpoint answers with a token for a *user's* identity (azure-sdk-for-python
-/// #36047), so the default is sent as azidentity and MSAL .NET and JS send it; without the
-/// variable the request carries no id, as azure-identity for Python sends it.
+/// #36047), so the default is sent as azidentity and MSAL .NET and JS send it. Azure ML sets
+/// the variable to the placeholder `clientid` when the compute has no identity enabled: a
+/// value that is no GUID is no identity (as azure-identity for Python reads it) and, like no
+/// variable at all, leaves the request without an id.
+///
+/// The id picked here is what is *sent* only: the credential's cache is keyed by what was
+/// configured (see `build_lenient`), so the environment's default never names a shared entry.
 pub(super) fn identity(
     id: Option<UserAssignedId>,
     get: &dyn Fn(&str) -> Option<String>,
@@ -36,8 +41,16 @@ pub(super) fn identity(
             "Azure Machine Learning selects a user-assigned identity by client id only, but a \
              user-assigned {other} was given; give the identity's client id instead"
         )),
-        None => Ok(get(DEFAULT_IDENTITY_CLIENT_ID).map(UserAssignedId::ClientId)),
+        None => Ok(get(DEFAULT_IDENTITY_CLIENT_ID)
+            .filter(|value| is_guid(value))
+            .map(UserAssignedId::ClientId)),
     }
+}
+
+/// Whether `value` is a GUID in its usual 8-4-4-4-12 hex form (the only one 36 characters
+/// long that the parser takes).
+fn is_guid(value: &str) -> bool {
+    value.len() == 36 && uuid::Uuid::try_parse(value).is_ok()
 }
 
 #[cfg(test)]
@@ -80,14 +93,33 @@ mod tests {
 
     #[test]
     fn identity_by_client_id_only_defaulting_to_the_compute_identity() {
-        let set = |name: &str| (name == DEFAULT_IDENTITY_CLIENT_ID).then(|| "dflt".to_owned());
+        const GUID: &str = "6e0c1a3f-2b4d-4c5e-8f90-a1b2c3d4e5f6";
+        let default = |value: &'static str| {
+            move |name: &str| (name == DEFAULT_IDENTITY_CLIENT_ID).then(|| value.to_owned())
+        };
+        let set = default(GUID);
         let unset = |_: &str| None;
         let client = UserAssignedId::ClientId("c".into());
         assert_eq!(identity(None, &unset), Ok(None));
         assert_eq!(
             identity(None, &set),
-            Ok(Some(UserAssignedId::ClientId("dflt".into())))
+            Ok(Some(UserAssignedId::ClientId(GUID.into())))
         );
+        // Azure ML's placeholder when no identity is enabled, and other non-GUIDs, are no
+        // identity: nothing is sent, as without the variable.
+        for not_a_guid in [
+            "clientid",
+            "",
+            "6e0c1a3f2b4d4c5e8f90a1b2c3d4e5f6",
+            "{6e0c1a3f-2b4d-4c5e-8f90-a1b2c3d4e5f6}",
+            "6e0c1a3f-2b4d-4c5e-8f90-a1b2c3d4e5fg",
+        ] {
+            assert_eq!(
+                identity(None, &default(not_a_guid)),
+                Ok(None),
+                "{not_a_guid}"
+            );
+        }
         assert_eq!(identity(Some(client.clone()), &set), Ok(Some(client)));
         for other in [
             UserAssignedId::ObjectId("o".into()),

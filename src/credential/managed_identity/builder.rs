@@ -111,11 +111,13 @@ impl ManagedIdentityCredentialBuilder {
     /// Share tokens with the other processes of a fleet through this
     /// [`DistributedCache`](crate::DistributedCache), a second level under the in-memory
     /// cache: one process asks Microsoft Entra ID, the others use its token. Entries are
-    /// keyed by the managed identity source and the identity: the user-assigned id, or for
-    /// the system-assigned identity the label given to
+    /// keyed by the managed identity source and the identity configured: the user-assigned id
+    /// given to this builder, or for the system-assigned identity the label given to
     /// [`system_assigned_identity_label`](Self::system_assigned_identity_label). Without a
     /// label the system-assigned identity's tokens stay in this process: nothing a process
-    /// can see tells one host's system-assigned identity from another's.
+    /// can see tells one host's system-assigned identity from another's. That holds where the
+    /// source asks for the system-assigned identity by an id of the environment's (Azure
+    /// Machine Learning's `DEFAULT_IDENTITY_CLIENT_ID`): the variable is not keyed on.
     pub fn distributed_cache(mut self, cache: crate::DistributedCache) -> Self {
         self.distributed = Some(cache);
         self
@@ -126,7 +128,11 @@ impl ManagedIdentityCredentialBuilder {
     /// Every process that shares the store (and prefix and sealing key) under this label
     /// must run as the same identity — say, the instances of one App Service app or of one
     /// VM scale set: a process given the label of another identity would use that
-    /// identity's tokens. Ignored for a user-assigned identity, whose id names it.
+    /// identity's tokens. Ignored for a user-assigned identity, whose id names it. On Azure
+    /// Machine Learning the compute's own identity, asked for by `DEFAULT_IDENTITY_CLIENT_ID`,
+    /// counts as the system-assigned identity: it needs the label too, and without an
+    /// identity enabled the endpoint answers for a user, whose tokens only that user's
+    /// processes should share.
     pub fn system_assigned_identity_label(mut self, label: impl Into<String>) -> Self {
         self.system_assigned_label = Some(label.into());
         self
@@ -204,7 +210,11 @@ impl ManagedIdentityCredentialBuilder {
             inner: Arc::new(Inner {
                 source,
                 state: state.map(|endpoint| {
-                    let identity = match (endpoint.identity(), &self.system_assigned_label) {
+                    // Keyed by what was configured, never by an id the source took from the
+                    // environment (Azure ML's `DEFAULT_IDENTITY_CLIENT_ID`): that one names no
+                    // identity the user vouched for, and the system-assigned identity is
+                    // shared only under a label. `configure` allows at most one id.
+                    let identity = match (self.ids.first(), &self.system_assigned_label) {
                         (Some(id), _) => Some(format!("{NAME}/{}={}", id.kind(), id.value())),
                         (None, Some(label)) => Some(format!("{NAME}/system={label}")),
                         (None, None) => None,

@@ -207,10 +207,15 @@ impl IdParams {
 /// Azure Machine Learning's endpoint, asked without a `clientid`, answers with a token for a
 /// *user's* identity rather than the compute's own (azure-sdk-for-python #36047): for the
 /// system-assigned identity the credential sends `DEFAULT_IDENTITY_CLIENT_ID`, which Azure ML
-/// sets to the compute's identity, as azidentity and MSAL for .NET and JavaScript do; its
-/// tokens are then cached under that client id, as if it had been given. Without that
-/// variable the request has no `clientid` (as azure-identity for Python sends it) and the
-/// token is for whatever identity the endpoint picks. An object or resource id is a
+/// sets to the compute's identity, as azidentity and MSAL for .NET and JavaScript do, when it
+/// is a GUID. Azure ML sets it to the placeholder `clientid` when no identity is enabled;
+/// then, as without the variable, the request has no `clientid` (as azure-identity for
+/// Python sends it) and the token is for whatever identity the endpoint picks, a user's. In
+/// either case the tokens are cached as the system-assigned identity's, not under the
+/// variable's id: shared through a
+/// [`distributed_cache`](ManagedIdentityCredentialBuilder::distributed_cache) only under a
+/// [`system_assigned_identity_label`](ManagedIdentityCredentialBuilder::system_assigned_identity_label).
+/// An object or resource id is a
 /// configuration error there, as in azidentity: the endpoint selects a user-assigned
 /// identity by client id only (MSAL sends them anyway, as `object_id` and `msi_res_id`).
 /// In `DefaultAzureCredential` that error makes the managed identity *unavailable*.

@@ -2,10 +2,17 @@
 //! parameter names and headers it requires; expiry in each format; the cache; the scope
 //! rules; Service Fabric's certificate pinning; and secrets kept out of everything printed.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use http::Method;
-use tower_identity::{CredentialExt, ManagedIdentityCredential, ManagedIdentitySource};
+use tower_identity::distributed::{DistributedCache, SealingKey, StoreError, TokenStore};
+use tower_identity::{
+    CredentialExt, ManagedIdentityCredential, ManagedIdentityCredentialBuilder,
+    ManagedIdentitySource,
+};
 
 use super::{
     Identity, RESOURCE, SCOPE, builder, credential, expected_identity_headers, expected_params,
@@ -454,24 +461,162 @@ async fn in_an_aks_pod_exclude_workload_identity_reaches_imds() {
 }
 
 /// Azure ML's endpoint asked without a client id answers as a user's identity: the
-/// system-assigned identity is asked for by `DEFAULT_IDENTITY_CLIENT_ID` when it is set, and a
-/// client id given wins over it.
+/// system-assigned identity is asked for by `DEFAULT_IDENTITY_CLIENT_ID` when it is a GUID, and
+/// a client id given wins over it. The placeholder Azure ML sets when no identity is enabled
+/// (`clientid`), or any other non-GUID, is no identity: no `clientid` is sent.
 #[tokio::test]
 async fn azure_ml_asks_for_default_identity_client_id() {
-    use super::CLIENT_ID;
-    for (given, want) in [(None, "abc"), (Some(CLIENT_ID), CLIENT_ID)] {
+    use super::{CLIENT_ID, OBJECT_ID};
+    for (default, given, want) in [
+        (OBJECT_ID, None, Some(OBJECT_ID)),
+        (OBJECT_ID, Some(CLIENT_ID), Some(CLIENT_ID)),
+        ("clientid", None, None),
+        ("clientid", Some(CLIENT_ID), Some(CLIENT_ID)),
+        ("not-a-guid", None, None),
+    ] {
         let em = Emulator::start(Flavour::AzureMl).await;
         let mut vars = em.env();
-        vars.push(("DEFAULT_IDENTITY_CLIENT_ID".to_owned(), "abc".to_owned()));
+        vars.push(("DEFAULT_IDENTITY_CLIENT_ID".to_owned(), default.to_owned()));
         let mut b = ManagedIdentityCredential::builder().vars(vars);
         if let Some(id) = given {
             b = b.client_id(id);
         }
         b.build().unwrap().get_token([SCOPE]).await.unwrap();
         let requests = em.requests();
-        assert_eq!(requests.len(), 1, "{requests:?}");
-        assert_eq!(requests[0].param("clientid"), Some(want), "{given:?}");
-        assert_eq!(requests[0].param_names().len(), 3, "{requests:?}");
+        let what = format!("{default} {given:?}");
+        assert_eq!(requests.len(), 1, "{what}: {requests:?}");
+        assert_eq!(requests[0].param("clientid"), want, "{what}");
+        let params = if want.is_some() { 3 } else { 2 };
+        assert_eq!(
+            requests[0].param_names().len(),
+            params,
+            "{what}: {requests:?}"
+        );
+    }
+}
+
+/// Two Azure ML computes sharing a distributed cache, each with `DEFAULT_IDENTITY_CLIENT_ID`
+/// set by the platform and no label: the variable is no identity the user named (the
+/// placeholder `clientid` when none is enabled, the endpoint then answering for a *user*), so
+/// each keeps its own token, as an unlabelled system-assigned identity does. (Before, both
+/// were keyed `client_id=<variable>` and the second compute was served the first one's
+/// token.) The same label, or a client id given, shares.
+#[tokio::test]
+async fn azure_ml_default_identity_is_not_shared_without_a_label() {
+    use super::{CLIENT_ID, OBJECT_ID};
+    let compute = |em: &Emulator, store: &MemoryStore, default: &str| {
+        let mut vars = em.env();
+        vars.push(("DEFAULT_IDENTITY_CLIENT_ID".to_owned(), default.to_owned()));
+        ManagedIdentityCredential::builder()
+            .vars(vars)
+            .distributed_cache(store.cache())
+    };
+    for default in ["clientid", OBJECT_ID] {
+        let store = MemoryStore::default();
+        let (a, b) = (
+            Emulator::start(Flavour::AzureMl).await,
+            Emulator::start(Flavour::AzureMl).await,
+        );
+        for em in [&a, &b] {
+            let token = compute(em, &store, default)
+                .build()
+                .unwrap()
+                .get_token([SCOPE])
+                .await
+                .unwrap();
+            assert_eq!(token.secret().expose_secret(), "mi-azureml-1", "{default}");
+            assert_eq!(
+                em.request_count(),
+                1,
+                "{default}: each compute asks its own"
+            );
+        }
+        assert!(
+            store.is_empty(),
+            "{default}: nothing is written to the store"
+        );
+
+        // Labelled, or by a client id given, the second compute uses the first one's token.
+        for configure in [
+            (|b: ManagedIdentityCredentialBuilder| b.system_assigned_identity_label("ml"))
+                as fn(ManagedIdentityCredentialBuilder) -> ManagedIdentityCredentialBuilder,
+            |b| b.client_id(CLIENT_ID),
+        ] {
+            for em in [&a, &b] {
+                configure(compute(em, &store, default))
+                    .build()
+                    .unwrap()
+                    .get_token([SCOPE])
+                    .await
+                    .unwrap();
+            }
+        }
+        assert_eq!(a.request_count(), 3, "{default}");
+        assert_eq!(b.request_count(), 1, "{default}: shared when configured");
+    }
+}
+
+/// A store in this process's memory, shared by the credentials given its cache as the
+/// processes of a fleet share Redis.
+#[derive(Clone, Debug, Default)]
+struct MemoryStore(Arc<Mutex<HashMap<String, Vec<u8>>>>);
+
+impl MemoryStore {
+    fn cache(&self) -> DistributedCache {
+        DistributedCache::builder(self.clone())
+            .sealing_key(SealingKey::new("one", &[7; 32]).unwrap())
+            .build()
+            .unwrap()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.lock().unwrap().is_empty()
+    }
+}
+
+impl TokenStore for MemoryStore {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        let value = self.0.lock().unwrap().get(key).cloned();
+        Box::pin(async move { Ok(value) })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), value.to_vec());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let mut map = self.0.lock().unwrap();
+        let taken = !map.contains_key(key);
+        if taken {
+            map.insert(key.to_owned(), holder.as_bytes().to_vec());
+        }
+        Box::pin(async move { Ok(taken) })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut map = self.0.lock().unwrap();
+        if map.get(key).is_some_and(|h| h == holder.as_bytes()) {
+            map.remove(key);
+        }
+        Box::pin(async { Ok(()) })
     }
 }
 
