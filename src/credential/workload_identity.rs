@@ -194,7 +194,8 @@ impl TokenFile {
                 if join.is_cancelled() {
                     "the token file could not be read: the tokio runtime is shutting down".into()
                 } else {
-                    format!("reading the token file failed: {join}")
+                    // A panic's payload is the reading code's text, which may quote the file.
+                    "reading the token file failed: the read panicked".to_owned()
                 },
             )),
             Err(_elapsed) => {
@@ -803,6 +804,23 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(started.load(AtomicOrdering::SeqCst), 2);
+    }
+
+    /// A reader that panics: the request fails saying so, without the panic's text (the
+    /// reading code's, which may quote the file).
+    #[tokio::test]
+    async fn a_panicking_read_is_reported_without_its_payload() {
+        let mut builder =
+            WorkloadIdentityCredential::builder().vars(vars(Path::new("/nonexistent/token")));
+        builder.reader = Some(Arc::new(|_: &Path| panic!("secret-xyz")));
+        let err = builder
+            .build()
+            .unwrap()
+            .get_token(["https://x.test/.default"])
+            .await
+            .unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("secret-xyz"), "{err:?}");
+        assert!(err.message().contains("the read panicked"), "{err}");
     }
 
     #[tokio::test]
