@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use super::env::{AZURE_ADDITIONALLY_ALLOWED_TENANTS, AZURE_CLIENT_ID, AZURE_TENA
 use super::settings::Settings;
 use super::{CredentialExt, arc_credential_service};
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority, validate_tenant_id};
-use crate::error::{ConfigError, CredentialError};
+use crate::error::{Cause, ConfigError, CredentialError};
 use crate::regular_file::open_regular_file;
 use crate::token::{AccessToken, Secret, TokenRequest};
 
@@ -64,7 +65,10 @@ const MAX_TOKEN_FILE_BYTES: usize = 64 * 1024;
 /// chain moves on) with what to set; a value from the environment that is set but invalid is an
 /// *invalid request*, as is a token file that cannot be read. A read that takes more than 10
 /// seconds (a volume that does not answer) fails its request, and every later one at once until
-/// it returns: its blocking thread cannot be stopped, and no other is started meanwhile.
+/// it returns: its blocking thread cannot be stopped, and no other is started meanwhile. A read
+/// that waited those 10 seconds for a thread of tokio's blocking pool without starting (every
+/// thread busy) fails as *transient*, saying so, and later requests fail so at once until it
+/// has run.
 ///
 /// Tokens are cached in memory per tenant and scope set (CAE and non-CAE apart) and renewed
 /// as [`ClientSecretCredential`](crate::ClientSecretCredential)'s are.
@@ -140,21 +144,32 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reads the token file ([`read_token_file`]; another in tests).
 type Reader = Arc<dyn Fn(&Path) -> Result<Secret, CredentialError> + Send + Sync>;
 
+/// A read of the token file that overran [`READ_TIMEOUT`], still held.
+struct Overrun {
+    read: JoinHandle<Result<Secret, CredentialError>>,
+    /// Set by the read once it runs: unset, it is still queued for a thread of the blocking
+    /// pool (every one busy), and the file system is not to blame.
+    started: Arc<AtomicBool>,
+}
+
 /// The token file and its reads.
 struct TokenFile {
     path: PathBuf,
     read: Reader,
-    /// A read that overran [`READ_TIMEOUT`]: waiting for it stops there, but its blocking
-    /// thread cannot be stopped. While it has not returned, no other read is started (each
-    /// would hold one more thread of the blocking pool, for as long as the file system hangs).
-    /// Locked briefly, never across an `await`.
-    overrun: Mutex<Option<JoinHandle<Result<Secret, CredentialError>>>>,
+    /// The reads that overran [`READ_TIMEOUT`]: waiting for them stops there, but their
+    /// blocking threads cannot be stopped. While one has not returned, no other read is
+    /// started (each would hold one more thread of the blocking pool, for as long as the file
+    /// system hangs). All are kept: reads started at once (one per tenant asked at the same
+    /// time) may all overrun, and the first to return says nothing of the others. Their
+    /// number is bounded by the reads started before the first overran. Locked briefly, never
+    /// across an `await`.
+    overruns: Mutex<Vec<Overrun>>,
 }
 
 impl TokenFile {
-    fn overrun(&self) -> MutexGuard<'_, Option<JoinHandle<Result<Secret, CredentialError>>>> {
-        // The slot holds no invariant a panic could break.
-        self.overrun.lock().unwrap_or_else(PoisonError::into_inner)
+    fn overruns(&self) -> MutexGuard<'_, Vec<Overrun>> {
+        // The list holds no invariant a panic could break.
+        self.overruns.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The failure of every request while a read that overran has not returned, the request
@@ -173,38 +188,72 @@ impl TokenFile {
         )
     }
 
+    /// The failure while a read is still waiting for a thread of tokio's blocking pool: the
+    /// process is busy, which passes (transient); the file system was never asked.
+    fn queued(&self) -> CredentialError {
+        CredentialError::authentication_failed(
+            NAME,
+            format!(
+                "a read of the token file {} ({AZURE_FEDERATED_TOKEN_FILE}) did not start \
+                 within {READ_TIMEOUT:?}: every thread of the tokio blocking pool is busy, and \
+                 no other read is queued until that one has run; try again later, or give the \
+                 runtime more blocking threads",
+                self.path.display()
+            ),
+        )
+        .with_cause(Cause {
+            timeout: true,
+            transient: true,
+            ..Cause::default()
+        })
+    }
+
+    /// What the overruns still held say, those that returned forgotten (their tokens, read
+    /// for other requests long ago, are not used): `None` when none is held.
+    fn held(overruns: &mut Vec<Overrun>) -> Option<bool> {
+        overruns.retain(|overrun| !overrun.read.is_finished());
+        (!overruns.is_empty()).then(|| {
+            overruns
+                .iter()
+                .any(|overrun| overrun.started.load(Ordering::Acquire))
+        })
+    }
+
     /// The file read on a blocking thread (a slow volume must not stall the runtime) within
     /// [`READ_TIMEOUT`]; refused at once while an earlier read that overran has not returned.
     async fn read(&self) -> Result<Secret, CredentialError> {
-        {
-            let mut overrun = self.overrun();
-            if overrun.as_ref().is_some_and(|read| !read.is_finished()) {
-                return Err(self.stuck());
-            }
-            // Returned: its token, read for another request long ago, is not used.
-            *overrun = None;
+        match Self::held(&mut self.overruns()) {
+            Some(true) => return Err(self.stuck()),
+            Some(false) => return Err(self.queued()),
+            None => {}
         }
         let path = self.path.clone();
         let reader = Arc::clone(&self.read);
-        let mut read = tokio::task::spawn_blocking(move || reader(&path));
+        let started = Arc::new(AtomicBool::new(false));
+        let mut read = tokio::task::spawn_blocking({
+            let started = Arc::clone(&started);
+            move || {
+                started.store(true, Ordering::Release);
+                reader(&path)
+            }
+        });
         match tokio::time::timeout(READ_TIMEOUT, &mut read).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(join)) => Err(CredentialError::authentication_failed(
                 NAME,
                 if join.is_cancelled() {
-                    "the token file could not be read: the tokio runtime is shutting down".into()
+                    "the token file could not be read: the tokio runtime is shutting down"
+                        .to_owned()
                 } else {
                     // A panic's payload is the reading code's text, which may quote the file.
                     "reading the token file failed: the read panicked".to_owned()
                 },
             )),
             Err(_elapsed) => {
-                let mut overrun = self.overrun();
-                // Another request's overrun may have been kept meanwhile: one is enough.
-                if overrun.as_ref().is_none_or(JoinHandle::is_finished) {
-                    *overrun = Some(read);
-                }
-                Err(self.stuck())
+                let running = started.load(Ordering::Acquire);
+                // Kept whether it runs or not: a queued read may start, and hang, later.
+                self.overruns().push(Overrun { read, started });
+                Err(if running { self.stuck() } else { self.queued() })
             }
         }
     }
@@ -215,7 +264,7 @@ fn file_source(path: PathBuf, read: Reader) -> Fetch {
     let file = Arc::new(TokenFile {
         path,
         read,
-        overrun: Mutex::new(None),
+        overruns: Mutex::new(Vec::new()),
     });
     Arc::new(move |_request| {
         let file = Arc::clone(&file);
@@ -821,6 +870,154 @@ mod tests {
             .unwrap_err();
         assert!(!format!("{err} {err:?}").contains("secret-xyz"), "{err:?}");
         assert!(err.message().contains("the read panicked"), "{err}");
+    }
+
+    /// A runtime on the paused clock with one blocking thread, taken until the sender returned
+    /// is dropped: a read of the token file queues behind it, never starting.
+    fn busy_runtime() -> (tokio::runtime::Runtime, std::sync::mpsc::Sender<()>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let (taken, is_taken) = std::sync::mpsc::channel::<()>();
+        runtime.spawn_blocking(move || {
+            let _ = taken.send(());
+            let _ = gate.recv();
+        });
+        is_taken.recv().unwrap();
+        (runtime, release)
+    }
+
+    /// A read that never started within 10 s (every blocking thread busy) is not a hung file
+    /// system: the request fails as transient saying the pool is busy, no second read is queued
+    /// meanwhile, and once the pool frees the file is read again. (Before, it read "the file
+    /// system does not answer … restart the process", not transient.)
+    #[test]
+    fn a_read_waiting_for_a_blocking_thread_is_reported_as_a_busy_pool() {
+        let (runtime, release) = busy_runtime();
+        runtime.block_on(async move {
+            let started = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&started);
+            let path = PathBuf::from("/nonexistent/token");
+            let mut builder = WorkloadIdentityCredential::builder().vars(vars(&path));
+            builder.reader = Some(Arc::new(move |_: &Path| {
+                counted.fetch_add(1, AtomicOrdering::SeqCst);
+                Ok(Secret::new("the-token"))
+            }));
+            let c = builder.build().unwrap();
+            let credential = &inner(&c).credential;
+
+            let first = tokio::spawn({
+                let c = c.clone();
+                async move { inner(&c).credential.assertion_for("contoso").await }
+            });
+            // Let the read be queued, its timeout armed, before the clock moves.
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::advance(Duration::from_secs(11)).await;
+            let err = first.await.unwrap().unwrap_err();
+            let message = err.message().to_owned();
+            assert!(
+                message.contains("did not start within 10s")
+                    && message.contains("blocking pool is busy")
+                    && !message.contains("does not answer"),
+                "{err}"
+            );
+            assert!(err.is_transient(), "{err}");
+            // Refused at once while it waits: no second read is queued.
+            let again = credential.assertion_for("contoso").await.unwrap_err();
+            assert_eq!(again.message(), message);
+            assert_eq!(started.load(AtomicOrdering::SeqCst), 0);
+
+            // The pool frees: the queued read runs, and the next request reads again.
+            drop(release);
+            loop {
+                match credential.assertion_for("contoso").await {
+                    Ok(token) => {
+                        assert_eq!(token.expose_secret(), "the-token");
+                        break;
+                    }
+                    // Running but not yet returned, it counts as a read that overran.
+                    Err(err) => assert!(
+                        err.message() == message || err.message().contains("has not returned"),
+                        "{err}"
+                    ),
+                }
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(started.load(AtomicOrdering::SeqCst), 2);
+        });
+    }
+
+    /// Two reads started at once that both overrun are both held: the first to return does
+    /// not let a new read start while the other still hangs. (Before, one of the two was
+    /// forgotten; once the one kept returned, reads started again beside the hung one.)
+    #[tokio::test(start_paused = true)]
+    async fn every_read_that_overran_is_held_until_it_returns() {
+        for released in 0..2 {
+            let started = Arc::new(AtomicUsize::new(0));
+            let gates = Arc::new(Mutex::new(Vec::new()));
+            let mut releases = Vec::new();
+            for _ in 0..2 {
+                let (release, gate) = std::sync::mpsc::channel::<()>();
+                releases.push(Some(release));
+                gates.lock().unwrap().push(gate);
+            }
+            gates.lock().unwrap().reverse();
+            let counted = Arc::clone(&started);
+            let read: Reader = Arc::new(move |_: &Path| {
+                counted.fetch_add(1, AtomicOrdering::SeqCst);
+                // The first two reads hang until released; later ones answer at once.
+                let gate = gates.lock().unwrap().pop();
+                if let Some(gate) = gate {
+                    let _ = gate.recv();
+                }
+                Ok(Secret::new("the-token"))
+            });
+            let file = Arc::new(TokenFile {
+                path: PathBuf::from("/nonexistent/token"),
+                read,
+                overruns: Mutex::new(Vec::new()),
+            });
+            let mut reads = Vec::new();
+            for n in 1..=2 {
+                let file = Arc::clone(&file);
+                reads.push(tokio::spawn(async move { file.read().await }));
+                while started.load(AtomicOrdering::SeqCst) < n {
+                    tokio::task::yield_now().await;
+                }
+            }
+            tokio::time::advance(Duration::from_secs(11)).await;
+            for read in reads {
+                let err = read.await.unwrap().unwrap_err();
+                assert!(err.message().contains("has not returned"), "{err}");
+            }
+
+            // One returns; the other still hangs: every read is refused, none started.
+            let release = releases.get_mut(released).unwrap().take();
+            drop(release);
+            for _ in 0..10_000 {
+                let err = file.read().await.unwrap_err();
+                assert!(
+                    err.message().contains("has not returned"),
+                    "{released}: {err}"
+                );
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(started.load(AtomicOrdering::SeqCst), 2, "{released}");
+            drop(releases);
+            loop {
+                match file.read().await {
+                    Ok(token) => break assert_eq!(token.expose_secret(), "the-token"),
+                    Err(err) => assert!(err.message().contains("has not returned"), "{err}"),
+                }
+                tokio::task::yield_now().await;
+            }
+        }
     }
 
     #[tokio::test]
