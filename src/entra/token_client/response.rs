@@ -198,7 +198,7 @@ fn provider_error(
         (Some(e), None) => format!("Microsoft Entra ID error '({e})'"),
         (None, _) => format!("Microsoft Entra ID answered HTTP {status} without an error code"),
     };
-    if let Some(hint) = hint(error.as_deref(), &codes) {
+    if let Some(hint) = hint(credential, error.as_deref(), &codes) {
         message.push_str(". ");
         message.push_str(hint);
     }
@@ -229,10 +229,11 @@ fn is_suberror(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// What to do about the errors people hit most. Not `invalid_grant`: what to do depends on
-/// the grant and the credential (a new authorization code, a new device code sign-in, `az
-/// login`), so the user credentials say it themselves.
-fn hint(error: Option<&str>, codes: &[u32]) -> Option<&'static str> {
+/// What to do about the errors people hit most, for `credential` (the name of the one that
+/// asked). Not `invalid_grant`: what to do depends on the grant and the credential (a new
+/// authorization code, a new device code sign-in, `az login`), so the user credentials say it
+/// themselves.
+fn hint(credential: &str, error: Option<&str>, codes: &[u32]) -> Option<&'static str> {
     let code = |c: u32| codes.contains(&c);
     Some(match error {
         _ if code(7000215) => {
@@ -241,16 +242,26 @@ fn hint(error: Option<&str>, codes: &[u32]) -> Option<&'static str> {
         _ if code(7000222) => "The client secret has expired: create a new one for the app",
         _ if code(700016) => "Check the client id, and that the app is registered in this tenant",
         _ if code(90002) => "Check the tenant id: no such tenant was found",
-        // Entra's codes for an assertion out of its time range, or (federated, as workload
-        // identity's) with no federated credential of the app matching its issuer, audience,
-        // subject. A certificate credential's assertion is dated by this host's clock, so
-        // there a clock off by minutes is the usual cause of 700024.
-        _ if code(700024) => {
-            "The client assertion has expired or is not yet valid: check this host's clock \
-             (a certificate credential dates its assertion by it; keep it synchronised); an \
-             assertion source must return a current one (a workload identity's token file must \
-             be the projected service-account token the kubelet keeps renewing)"
-        }
+        // Entra's code for an assertion out of its time range. Who dated the assertion says
+        // where to look: a certificate credential's own by this host's clock, a workload
+        // identity's token by the Kubernetes API server (the file is stale), a callback's by
+        // the callback.
+        _ if code(700024) => match credential {
+            "ClientCertificateCredential" => {
+                "The client assertion has expired or is not yet valid: check this host's clock \
+                 (the certificate credential dates its assertion by it; keep it synchronised)"
+            }
+            "WorkloadIdentityCredential" => {
+                "The client assertion, the service-account token of the token file, has \
+                 expired or is not yet valid: the file must be the projected service-account \
+                 token the kubelet keeps renewing, not a copy (its times are the Kubernetes API \
+                 server's, not this host's)"
+            }
+            _ => {
+                "The client assertion has expired or is not yet valid: the assertion source \
+                 must return a current one (check its exp and nbf)"
+            }
+        },
         _ if [70021, 700211, 700212, 700213].iter().any(|c| code(*c)) => {
             "Check the app's federated identity credential: its issuer, subject and audience \
              must equal the assertion's iss, sub and aud exactly (case-sensitive)"

@@ -215,16 +215,48 @@ async fn entra_error_body_becomes_a_detailed_error() {
     assert!(msg.contains("Check that the client secret"), "{msg}");
 }
 
-/// An assertion out of its time range: for a certificate credential (which signs its own) the
-/// usual cause is this host's clock, for a federated one a stale token; the hint says both.
+/// An assertion out of its time range: the hint says where its times came from. A certificate
+/// credential dates its own by this host's clock; a workload identity's token is dated by the
+/// Kubernetes API server (a stale token file, not this host's clock); a callback's by the
+/// callback. (Before, every credential was told to check this host's clock first.)
 #[tokio::test(start_paused = true)]
-async fn an_assertion_out_of_its_time_range_points_at_the_clock_and_the_source() {
+async fn an_assertion_out_of_its_time_range_points_at_whoever_dated_it() {
     let body = r#"{"error":"invalid_client","error_description":"AADSTS700024: Client assertion is not within its valid time range.","error_codes":[700024]}"#;
-    let err = parse(401, body).unwrap_err();
-    let msg = err.message();
-    assert!(msg.contains("check this host's clock"), "{msg}");
-    assert!(msg.contains("must return a current one"), "{msg}");
-    assert!(msg.contains("kubelet"), "{msg}");
+    let message = |credential: &'static str| {
+        parse_response(
+            credential,
+            StatusCode::UNAUTHORIZED,
+            body.as_bytes(),
+            &[],
+            Instant::now(),
+            1_700_000_000,
+        )
+        .unwrap_err()
+        .message()
+        .to_owned()
+    };
+    let certificate = message("ClientCertificateCredential");
+    assert!(
+        certificate.contains("check this host's clock"),
+        "{certificate}"
+    );
+    assert!(!certificate.contains("kubelet"), "{certificate}");
+    let workload = message("WorkloadIdentityCredential");
+    assert!(
+        workload.contains("token the kubelet keeps renewing")
+            && workload.contains("not this host's"),
+        "{workload}"
+    );
+    assert!(!workload.contains("check this host's clock"), "{workload}");
+    let assertion = message("ClientAssertionCredential");
+    assert!(
+        assertion.contains("must return a current one"),
+        "{assertion}"
+    );
+    assert!(
+        !assertion.contains("clock") && !assertion.contains("kubelet"),
+        "{assertion}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
