@@ -123,7 +123,8 @@ impl CertificateSource {
     /// one; both forms of it are tried, as OpenSSL does: the empty BMPString of RFC 7292, and
     /// no bytes at all, which some Windows exports use). Encryption: PBES2 with AES (OpenSSL
     /// 3's default) and the legacy PBES1 3DES/RC2 (those only with a password, or with the
-    /// empty BMPString).
+    /// empty BMPString: contents keyed with no bytes are refused with the `openssl` commands
+    /// that re-export them).
     pub fn from_pkcs12(bytes: impl Into<Vec<u8>>, password: Option<Secret>) -> Self {
         Self(Source::Pkcs12 {
             bytes: Zeroizing::new(bytes.into()),
@@ -364,18 +365,17 @@ fn parse_pkcs12(bytes: &[u8], password: Option<&Secret>) -> Result<Parts, String
         // derives from the BMPString of "" (see `absent_password`): OpenSSL tries both.
         Err(E::MacError(_)) if password.is_empty() => {
             match super::pkcs12_work::absent_password::without_mac_keyed_by(bytes, &[]) {
-                Some(unsigned) => decode_pkcs12(&unsigned, "")?.map_err(|e| match e {
-                    // Its MAC verified, its contents did not decrypt: encrypted with the same
-                    // empty bytes by a scheme that p12-keystore keys with the BMPString
-                    // (legacy 3DES/RC2).
-                    E::MacError(_) | E::UnpadError => {
-                        "the PKCS#12 archive has no password, in a form its encrypted contents \
-                         cannot be read with here; re-export it (`openssl pkcs12 -in cert.pfx \
-                         -passin pass: -noenc -out cert.pem`, then `openssl pkcs12 -export \
-                         -in cert.pem -out new.pfx`), or give the PEM file instead"
-                            .to_owned()
-                    }
-                    other => pkcs12_error(other),
+                // Its MAC verified, so its contents are the exporter's: any failure to read
+                // them is theirs being keyed with the same empty bytes by a scheme that
+                // p12-keystore keys with the BMPString (legacy 3DES/RC2): a padding error, or
+                // by chance valid padding and bags that do not parse. Not "a wrong password"
+                // nor "not a valid archive".
+                Some(unsigned) => decode_pkcs12(&unsigned, "")?.map_err(|_| {
+                    "the PKCS#12 archive has no password, in a form its encrypted contents \
+                     cannot be read with here; re-export it (`openssl pkcs12 -in cert.pfx \
+                     -passin pass: -noenc -out cert.pem`, then `openssl pkcs12 -export \
+                     -in cert.pem -out new.pfx`), or give the PEM file instead"
+                        .to_owned()
                 })?,
                 None => {
                     return Err(

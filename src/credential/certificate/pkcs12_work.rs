@@ -47,7 +47,9 @@ pub(crate) const MAX_ITERATIONS_PER_RUN: u64 = 1_000_000;
 /// for. Measured on the project's 2-core machine (release build), p12-keystore loads an
 /// OpenSSL export at 1 000 000 iterations (three runs) in 0.33 s, 0.39 s with `-legacy`
 /// (3DES hashes three blocks per iteration, for its key and IV): the limit is about half a
-/// second of CPU.
+/// second of CPU. An archive without a password whose MAC fails keyed with the empty
+/// BMPString costs one MAC derivation more than counted here (its MAC checked again keyed
+/// with no bytes, see [`absent_password`]): at most [`MAX_ITERATIONS_PER_RUN`] iterations.
 pub(crate) const MAX_TOTAL_ITERATIONS: u64 = 4 * MAX_ITERATIONS_PER_RUN;
 
 /// At most this much scrypt memory (128·r·(N + p) bytes, see [`Run::scrypt`]) for one

@@ -435,6 +435,55 @@ fn an_archive_whose_mac_is_keyed_with_no_bytes_loads_without_a_password() {
     assert!(err.starts_with("the PKCS#12 password is wrong"), "{err}");
 }
 
+/// An archive without a password whose MAC verifies keyed with no bytes, but whose contents
+/// then fail to read: they are the exporter's (the MAC covers them), so the failure is theirs
+/// being keyed in a form not read here (legacy PBES1 keyed with no bytes decrypts to garbage,
+/// now and then with valid padding); the answer is the re-export hint, not "not a valid
+/// archive". Stood in for by authenticated bags that do not parse (a certificate whose inner
+/// SEQUENCE is tagged SET), whatever p12-keystore's error for them.
+#[test]
+fn contents_failing_after_the_no_bytes_mac_verified_get_the_re_export_hint() {
+    use pkcs12_work::absent_password::{mac_keyed_by, rekeyed};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.pem");
+    std::fs::write(&input, format!("{}{}", valid_cert(), rsa_key_pem())).unwrap();
+    let out = Command::new("openssl")
+        .args(["pkcs12", "-export", "-passout", "pass:"])
+        .args(["-keypbe", "NONE", "-certpbe", "NONE", "-in"])
+        .arg(&input)
+        .output()
+        .expect("openssl on PATH (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&input)
+        .output()
+        .unwrap()
+        .stdout;
+    let mut bytes = out.stdout;
+    let at = bytes
+        .windows(der.len())
+        .position(|w| w == der.as_slice())
+        .expect("the certificate, unencrypted");
+    // `30 82 LL LL` then the TBSCertificate's SEQUENCE tag.
+    assert_eq!(bytes[at + 4], 0x30);
+    bytes[at + 4] = 0x31;
+    let no_bytes = rekeyed(&bytes, &[]);
+    assert!(mac_keyed_by(&no_bytes, &[]));
+    let err = CertificateSource::from_pkcs12(no_bytes, None)
+        .load(*NOW)
+        .unwrap_err();
+    assert!(
+        err.starts_with("the PKCS#12 archive has no password, in a form its encrypted contents")
+            && err.contains("openssl pkcs12 -export"),
+        "{err}"
+    );
+}
+
 fn load_pkcs12(bytes: Vec<u8>) -> Result<load::LoadedCertificate, String> {
     CertificateSource::from_pkcs12(bytes, Some(crate::token::Secret::new("p4ss"))).load(*NOW)
 }
