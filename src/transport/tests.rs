@@ -288,9 +288,11 @@ async fn a_connect_that_never_completes_gives_up_after_the_connect_timeout() {
         queued.push(stream);
         assert!(queued.len() < 64, "the accept queue never filled");
     }
+    // No proxy: one named in the environment would be connected to instead.
     let client = HttpClient::builder()
         .timeout(None)
         .no_retry()
+        .no_proxy()
         .build()
         .unwrap();
     let request = http::Request::get(format!("https://{addr}/token"))
