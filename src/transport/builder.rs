@@ -27,8 +27,8 @@ pub struct HttpClientBuilder {
     /// Crate-private: managed identity endpoints are plain `http` on link-local or loopback
     /// addresses.
     allow_http: bool,
-    /// Crate-private: the connect timeout, [`DEFAULT_CONNECT_TIMEOUT`] unless set (IMDS: 2 s,
-    /// so a host without IMDS is told quickly).
+    /// The connect timeout, shared among a name's addresses (IMDS: 2 s, so a host without
+    /// IMDS is told quickly).
     connect_timeout: Option<Duration>,
     /// Crate-private: replaces the root store (Service Fabric pins its server's certificate).
     verifier: Option<Arc<dyn rustls::client::danger::ServerCertVerifier>>,
@@ -103,8 +103,8 @@ impl HttpClientBuilder {
     }
 
     /// Per-attempt timeout covering connect, headers and body (default 10 s); `None` waits
-    /// forever. Connecting alone gives up after 5 s whatever this is (that time shared among
-    /// the addresses a name resolves to). The total deadline of [`RetryOptions::total_timeout`] applies as well.
+    /// forever. Connecting alone has its own limit, [`connect_timeout`](Self::connect_timeout).
+    /// The total deadline of [`RetryOptions::total_timeout`] applies as well.
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self
@@ -170,9 +170,16 @@ impl HttpClientBuilder {
         self
     }
 
-    /// Gives up connecting after this long (the per-attempt timeout still applies).
-    pub(crate) fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = Some(timeout);
+    /// Gives up connecting after this long (default 10 s); `None`: only the per-attempt
+    /// timeout limits connecting. hyper-util splits this time evenly among the addresses a
+    /// name resolves to, which it tries one after another: with 8 addresses, each gets 1/8
+    /// of it. So an address that drops packets costs its share, not the whole attempt, when
+    /// there are others; on a slow link, give more than the default so that each share
+    /// still covers a connection's round trip. The per-attempt timeout still applies.
+    ///
+    /// Takes a [`Duration`] or an `Option<Duration>`.
+    pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.connect_timeout = timeout.into();
         self
     }
 

@@ -22,9 +22,10 @@
 //!
 //! * a cap on response bodies (1 MiB by default), so a broken or hostile endpoint cannot
 //!   exhaust memory;
-//! * a per-attempt timeout (10 s by default) and a connect timeout (5 s, shared among the
-//!   addresses a name resolves to, which are tried one after another): an address that drops
-//!   packets costs part of one attempt, not all of it;
+//! * a per-attempt timeout (10 s by default) and a connect timeout (10 s by default, shared
+//!   evenly among the addresses a name resolves to, which are tried one after another; see
+//!   [`HttpClientBuilder::connect_timeout`]): an address that drops packets costs its share
+//!   of one attempt, not all of it, when the name has others;
 //! * bounded retries of 408, 429, 500, 502, 503, 504, connection failures (a proxy answering
 //!   CONNECT with 502, 503 or 504 among them), attempts that timed out and exchanges cut off
 //!   by an I/O error (3 by default),
@@ -101,8 +102,9 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connect timeout of the default client, shared among a name's addresses (hyper-util gives
 /// each an even part): without one, an address that drops packets would use up each attempt
-/// before the next address is tried.
-pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// before the next address is tried. As long as an attempt: a name with 8 addresses (Entra's
+/// often has) still gives each 1.25 s, enough for a slow link's round trip.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = DEFAULT_TIMEOUT;
 /// Default total deadline of one request, over its attempts and the waits between them.
 pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(30);
 
