@@ -487,7 +487,8 @@ const MAX_SCHEMES: usize = 4;
 /// The auth schemes a proxy's `Proxy-Authenticate` challenges name, joined with `, `, when
 /// Basic is not one of them; `None` when it is or no challenge could be read. A challenge is
 /// a scheme, then a token68 or `name=value` parameters, challenges separated by commas: a
-/// comma-separated part whose first word is a token not followed by `=` starts one. Scheme
+/// comma-separated part whose first word is a token not followed by `=` starts one (commas
+/// inside a quoted value separate nothing: `realm="a, Basic b"` names no scheme). Scheme
 /// names are tokens (letters, digits, a few marks), so they cannot forge text in the error.
 fn other_schemes(headers: &http::HeaderMap) -> Option<String> {
     let is_token = |word: &str| {
@@ -502,7 +503,7 @@ fn other_schemes(headers: &http::HeaderMap) -> Option<String> {
         .get_all(http::header::PROXY_AUTHENTICATE)
         .iter()
         .filter_map(|value| value.to_str().ok());
-    for part in values.flat_map(|value| value.split(',')) {
+    for part in values.flat_map(list_elements) {
         let part = part.trim_start();
         let word = part.split([' ', '\t', '=']).next().unwrap_or_default();
         let is_parameter = part
@@ -519,6 +520,26 @@ fn other_schemes(headers: &http::HeaderMap) -> Option<String> {
         }
     }
     (!schemes.is_empty()).then(|| schemes.join(", "))
+}
+
+/// The comma-separated elements of a header value, a comma inside a quoted string (RFC 9110
+/// §5.6.4, `\` escaping the next character) being part of it. An unclosed quote runs to the
+/// end.
+fn list_elements(value: &str) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    let mut escaped = false;
+    value.split(move |c: char| {
+        if escaped {
+            escaped = false;
+        } else if quoted && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if c == ',' && !quoted {
+            return true;
+        }
+        false
+    })
 }
 
 /// A request that could not get through its proxy: the proxy's `host:port` (never its

@@ -202,6 +202,19 @@ async fn proxy_demanding_another_scheme_than_basic_says_only_basic_is_supported(
         assert!(!text.contains("rejected the credentials"), "{text}");
         assert!(!error.is_connect(), "{text}");
     }
+    // A comma inside a quoted value starts no challenge: `Basic` there is text, not a scheme
+    // (an escaped quote does not end the value). Before, Basic was found and the error asked
+    // for credentials in the URL.
+    let proxy = Proxy::start(Policy::Challenge(&[
+        r#"Negotiate, Digest realm="a, Basic b", nonce="x\", Basic c""#,
+    ]))
+    .await;
+    let http = http_builder(&authority).proxy(proxy.url());
+    let text = get(&authority.url(), http).await.unwrap_err().to_string();
+    assert!(
+        text.contains("it asks for Negotiate, Digest authentication"),
+        "{text}"
+    );
     // Basic offered among others: credentials in the URL can help.
     let proxy = Proxy::start(Policy::Challenge(&[
         "Negotiate",
