@@ -74,8 +74,9 @@ impl ThrottleMemory {
 
     /// Remembers `throttle` for `endpoint`, unless a wait it already asked for ends later:
     /// asking again early only extends the wait (a 429 for 300 s then a 503 for 2 s still
-    /// holds requests back for 300 s).
-    pub(crate) fn remember(&self, endpoint: &str, throttle: Throttle) {
+    /// holds requests back for 300 s). Returns the wait kept, for the error of the answer
+    /// that asked: it must say the wait that holds, not the shorter one it asked for.
+    pub(crate) fn remember(&self, endpoint: &str, throttle: Throttle) -> Throttle {
         let now = Instant::now();
         let mut waits = self.lock();
         let throttle = waits
@@ -96,6 +97,7 @@ impl ThrottleMemory {
             }
         }
         waits.push((endpoint.to_owned(), throttle));
+        throttle
     }
 
     /// While the wait remembered for `endpoint` has not passed: the error to answer with at once, as
@@ -189,7 +191,11 @@ mod tests {
             status,
         };
         memory.remember("t", wait(300, StatusCode::TOO_MANY_REQUESTS));
-        memory.remember("t", wait(2, StatusCode::SERVICE_UNAVAILABLE));
+        let kept = memory.remember("t", wait(2, StatusCode::SERVICE_UNAVAILABLE));
+        // The error of the answer that asked 2 s says the 300 s that hold.
+        let marked = kept.mark(CredentialError::authentication_failed("Test", "refused"));
+        assert_eq!(marked.retry_after(), Some(Duration::from_secs(300)));
+        assert!(marked.message().contains("wait 300 s"), "{marked}");
         tokio::time::advance(Duration::from_secs(2)).await;
         let refused = memory.refusal("t", "Test", "p").unwrap();
         assert_eq!(refused.retry_after(), Some(Duration::from_secs(298)));

@@ -219,10 +219,9 @@ impl TokenClient {
             transport_failure(credential, "Microsoft Entra ID", &url, e.as_ref(), &shown)
         })?;
         let (parts, body) = response.into_parts();
-        let throttle = Throttle::of(parts.status, &parts.headers);
-        if let Some(throttle) = throttle {
-            self.memory.throttle.remember(&url, throttle);
-        }
+        // The wait kept, which a longer one asked earlier may outlast: the error says that one.
+        let throttle = Throttle::of(parts.status, &parts.headers)
+            .map(|throttle| self.memory.throttle.remember(&url, throttle));
         let attempts = parts
             .extensions
             .get::<Attempts>()
