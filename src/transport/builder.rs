@@ -9,7 +9,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::leaf::HyperLeaf;
-use super::proxy::{ProxyConnector, ProxySetting};
+use super::proxy::{ProxyConnector, ProxySetting, VarsFrom};
 use super::retry::{RetryOptions, Retrying};
 use super::roots::{Roots, root_store};
 use super::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT, HttpClient};
@@ -224,12 +224,13 @@ impl HttpClientBuilder {
         };
         let routing = self.proxy.routing();
         // Managed identity's clients never use a proxy, and a client told which proxy to use
-        // (or none) does not read the variable.
-        let proxy_hint = !self.allow_http
-            && matches!(
-                self.proxy,
-                ProxySetting::Environment | ProxySetting::Vars(_)
-            );
+        // (or none) reads no variable: a failed connection hints at none.
+        let vars = match self.proxy {
+            _ if self.allow_http => None,
+            ProxySetting::Environment => Some(VarsFrom::Environment),
+            ProxySetting::Vars(_) => Some(VarsFrom::Given),
+            ProxySetting::Url(_) | ProxySetting::Off => None,
+        };
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -237,13 +238,16 @@ impl HttpClientBuilder {
         let connector = connector
             .enable_http1()
             .enable_http2()
-            .wrap_connector(ProxyConnector { http, routing });
+            .wrap_connector(ProxyConnector {
+                http,
+                routing,
+                vars,
+            });
         let leaf = HyperLeaf {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout: self.timeout,
             max_response_bytes: self.max_response_bytes,
             allow_http: self.allow_http,
-            proxy_hint,
         };
         let client = match self.retry {
             Some(options) => HttpClient::from_service(Retrying { leaf, options }),

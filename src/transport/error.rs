@@ -4,7 +4,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
-use super::proxy::ProxyError;
+use super::proxy::{DirectFailure, ProxyError};
 use crate::error::BoxError;
 
 /// A failure of the default client. Reached through `CredentialError::source()`; the
@@ -111,10 +111,9 @@ impl TransportError {
         self
     }
 
-    /// The error of one exchange; `proxy_hint`: a failure to connect says that a proxy is
-    /// taken from the environment only (the client reads proxy variables, and the server
-    /// was to be reached directly).
-    pub(super) fn from_client(error: hyper_util::client::legacy::Error, proxy_hint: bool) -> Self {
+    /// The error of one exchange. A direct connection that failed says what the connector
+    /// found about proxies ([`DirectFailure`]'s hint).
+    pub(super) fn from_client(error: hyper_util::client::legacy::Error) -> Self {
         // Before TLS: a tunnel that failed never reached the handshake, and the message must
         // say that a proxy was in the way.
         let proxy = source_chain(&error)
@@ -150,15 +149,14 @@ impl TransportError {
                 },
             )
         } else if error.is_connect() {
-            (
-                TransportErrorKind::Connect,
-                if proxy_hint {
-                    "connection failed (if your network requires a proxy, set HTTPS_PROXY: \
-                     system proxy settings are not read)"
-                } else {
-                    "connection failed"
-                },
-            )
+            let hint = source_chain(&error)
+                .find_map(|e| e.downcast_ref::<DirectFailure>())
+                .map(|direct| direct.hint);
+            let message = match hint {
+                Some(hint) => format!("connection failed ({hint})"),
+                None => "connection failed".to_owned(),
+            };
+            return Self::new(TransportErrorKind::Connect, message).with_source(error);
         } else {
             (TransportErrorKind::Io, "the HTTP exchange failed")
         };

@@ -25,8 +25,6 @@ pub(super) struct HyperLeaf {
     pub(super) max_response_bytes: usize,
     /// Whether plain `http` is sent as well as `https`.
     pub(super) allow_http: bool,
-    /// Whether a failure to connect hints at setting `HTTPS_PROXY`.
-    pub(super) proxy_hint: bool,
 }
 
 impl Service<HttpRequest> for HyperLeaf {
@@ -54,12 +52,11 @@ impl Service<HttpRequest> for HyperLeaf {
         }
         let client = self.client.clone();
         let limit = self.max_response_bytes;
-        let proxy_hint = self.proxy_hint;
         let exchange = async move {
             let response = client
                 .request(request)
                 .await
-                .map_err(|e| TransportError::from_client(e, proxy_hint))?;
+                .map_err(TransportError::from_client)?;
             if let Some(length) = content_length(response.headers()) {
                 if length > limit as u64 {
                     return Err(TransportError::too_large(limit));

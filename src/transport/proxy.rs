@@ -134,7 +134,7 @@ fn routing_from(get: impl Fn(&str) -> Option<String>) -> Routing {
     // curl: `*` alone bypasses every host; hyper-util applies it to names, not to addresses.
     // Read before the proxy URL: a proxy that no request uses fails none (curl, `requests`).
     if no.split(',').any(|entry| entry.trim() == "*") {
-        return Routing::Direct;
+        return Routing::Exempt;
     }
     let url =
         usable_url(&url).map_err(|reason| format!("{name} is not a usable proxy URL: {reason}"));
@@ -345,8 +345,21 @@ pub(super) fn address(url: &str) -> String {
 /// What the connector does with an `https` destination.
 #[derive(Clone)]
 pub(super) enum Routing {
+    /// No proxy: none set, or the client told to use none.
     Direct,
+    /// A proxy is set, but `NO_PROXY` is `*`: every host is exempt.
+    Exempt,
     Matched(Arc<Rules>),
+}
+
+/// Where a client's proxy variables come from, for the hint of a direct connection that
+/// failed; `None` in [`ProxyConnector`] for a client that reads none.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum VarsFrom {
+    /// The process environment.
+    Environment,
+    /// [`proxy_from_vars`](super::HttpClientBuilder::proxy_from_vars).
+    Given,
 }
 
 /// The TCP connector under TLS: direct, or a CONNECT tunnel through the matched proxy.
@@ -354,6 +367,50 @@ pub(super) enum Routing {
 pub(super) struct ProxyConnector {
     pub(super) http: HttpConnector,
     pub(super) routing: Routing,
+    /// Where the proxy variables were read from, if they were.
+    pub(super) vars: Option<VarsFrom>,
+}
+
+impl ProxyConnector {
+    /// What a direct connection to an `https` destination that failed should add: that a
+    /// proxy is taken from the variables only when none was set, or that `NO_PROXY`
+    /// exempted the host when one was. Decided by the route taken, not the setting: a hint
+    /// to set `HTTPS_PROXY` where it is set and the host exempt would mislead.
+    fn direct_hint(&self, exempted: bool) -> Option<&'static str> {
+        Some(match (self.vars?, exempted) {
+            (_, true) => {
+                "connected directly: NO_PROXY exempts this host from the proxy that is set"
+            }
+            (VarsFrom::Environment, false) => {
+                "if your network requires a proxy, set HTTPS_PROXY: system proxy settings are \
+                 not read"
+            }
+            (VarsFrom::Given, false) => {
+                "if your network requires a proxy, give https_proxy in the proxy variables: \
+                 system proxy settings are not read"
+            }
+        })
+    }
+}
+
+/// A direct connection that failed, with what to add to the message (see
+/// [`ProxyConnector::direct_hint`]). Transparent otherwise: its source is the failure.
+#[derive(Debug)]
+pub(super) struct DirectFailure {
+    pub(super) hint: &'static str,
+    source: BoxError,
+}
+
+impl fmt::Display for DirectFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("connecting directly failed")
+    }
+}
+
+impl StdError for DirectFailure {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(self.source.as_ref())
+    }
 }
 
 impl Service<Uri> for ProxyConnector {
@@ -370,15 +427,27 @@ impl Service<Uri> for ProxyConnector {
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let proxied = dst.scheme() == Some(&http::uri::Scheme::HTTPS);
-        let route = match &self.routing {
-            Routing::Matched(rules) if proxied => rules.route(&dst),
-            _ => Route::Direct,
+        let (route, exempted) = match &self.routing {
+            Routing::Matched(rules) if proxied => (rules.route(&dst), true),
+            Routing::Exempt => (Route::Direct, true),
+            _ => (Route::Direct, false),
         };
         let intercept = match route {
             Route::Through(intercept) => intercept,
             Route::Direct => {
+                // Plain `http` is never proxied: no hint about proxies.
+                let hint = self.direct_hint(exempted).filter(|_| proxied);
                 let connecting = self.http.call(dst);
-                return Box::pin(async move { connecting.await.map_err(Into::into) });
+                return Box::pin(async move {
+                    connecting.await.map_err(|e| match hint {
+                        Some(hint) => DirectFailure {
+                            hint,
+                            source: e.into(),
+                        }
+                        .into(),
+                        None => e.into(),
+                    })
+                });
             }
             Route::Unusable(reason) => {
                 let error = ProxyError {

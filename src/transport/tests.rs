@@ -330,22 +330,45 @@ async fn a_connect_that_never_completes_gives_up_after_the_connect_timeout() {
     drop(listener);
 }
 
-/// A connection that fails where no proxy was used says that a proxy is read from the
-/// environment only; not for clients that never read one.
+/// A connection that fails where no proxy was used says why by the route it took: no proxy
+/// variable set (where to set one: the environment, or the variables given), or `NO_PROXY`
+/// exempting the host; nothing for clients that read no variable. Before, a client reading
+/// variables always said "set HTTPS_PROXY", also where it was set and the host exempt, and
+/// to a client given its variables.
 #[tokio::test]
-async fn a_failed_connection_hints_at_https_proxy_where_it_would_be_read() {
+async fn a_failed_connection_hints_at_proxies_by_the_route_taken() {
     use tower::ServiceExt;
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let hint = "if your network requires a proxy, set HTTPS_PROXY: system proxy settings are \
-                not read";
+    let env_hint = "if your network requires a proxy, set HTTPS_PROXY: system proxy settings \
+                    are not read";
+    let vars_hint = "if your network requires a proxy, give https_proxy in the proxy \
+                     variables: system proxy settings are not read";
+    let exempt_hint = "connected directly: NO_PROXY exempts this host from the proxy that is set";
     let empty: [(&str, &str); 0] = [];
-    for (builder, hinted) in [
-        (HttpClient::builder().proxy_from_vars(empty), true),
-        (HttpClient::builder().no_proxy(), false),
-        (HttpClient::builder().allow_http().no_proxy(), false),
+    let exempt = [("https_proxy", "http://p:1"), ("no_proxy", "127.0.0.1")];
+    let all_exempt = [("https_proxy", "http://p:1"), ("no_proxy", "*")];
+    for (builder, hint) in [
+        (
+            HttpClient::builder().proxy_from_vars(empty),
+            Some(vars_hint),
+        ),
+        (
+            HttpClient::builder().proxy_from_vars(exempt),
+            Some(exempt_hint),
+        ),
+        (
+            HttpClient::builder().proxy_from_vars(all_exempt),
+            Some(exempt_hint),
+        ),
+        (HttpClient::builder().no_proxy(), None),
+        (HttpClient::builder().allow_http().no_proxy(), None),
+        (
+            HttpClient::builder().allow_http().proxy_from_vars(empty),
+            None,
+        ),
     ] {
         let client = builder.no_retry().build().unwrap();
         let request = http::Request::get(format!("https://{addr}/token"))
@@ -355,8 +378,17 @@ async fn a_failed_connection_hints_at_https_proxy_where_it_would_be_read() {
         let transport = error.downcast_ref::<TransportError>().unwrap();
         assert_eq!(transport.kind(), TransportErrorKind::Connect, "{transport}");
         let text = transport.to_string();
-        assert_eq!(text.contains(hint), hinted, "{text}");
-        assert!(text.starts_with("connection failed"), "{text}");
+        match hint {
+            Some(hint) => assert!(
+                text.starts_with(&format!("connection failed ({hint}): ")),
+                "{text}"
+            ),
+            None => assert!(text.starts_with("connection failed: "), "{text}"),
+        }
+        assert!(
+            !text.contains("set HTTPS_PROXY") || hint == Some(env_hint),
+            "{text}"
+        );
     }
 }
 
@@ -453,7 +485,7 @@ mod proxy {
                 Route::Through(intercept) => Some(address(&intercept.uri().to_string())),
                 Route::Unusable(reason) => Some(format!("invalid: {reason}")),
             },
-            Routing::Direct => None,
+            Routing::Direct | Routing::Exempt => None,
         }
     }
 
