@@ -14,7 +14,7 @@ use crate::entra::msal_cache::{AccessTokenQuery, Account, CacheDocument, Refresh
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::{TokenClient, carries_a_challenge};
 use crate::error::{ConfigError, CredentialError};
-use crate::redact::truncate;
+use crate::redact::{sanitize_quoted, truncate};
 use crate::token::{AccessToken, TokenRequest};
 use crate::transport::HttpClient;
 
@@ -347,29 +347,12 @@ fn usernames(accounts: &[Account]) -> String {
 }
 
 /// A name from the cache file (or the builder) as an error quotes it: control characters (a
-/// newline, an ANSI escape) replaced by spaces, as other quoted text is (see
-/// [`excerpt`](crate::redact::excerpt)), so that a file cannot forge log lines or colours;
-/// at most [`NAME_CHARS`] characters.
+/// newline, an ANSI escape), bidi controls and invisible characters replaced by spaces, as
+/// other quoted text is (see [`sanitize_quoted`]), so that a file cannot forge log lines or
+/// colours; at most [`NAME_CHARS`] characters.
 fn quoted(name: &str) -> String {
-    let shown: String = name
-        .chars()
-        .take(NAME_CHARS.saturating_add(1))
-        .map(|c| {
-            if c.is_control() || is_format(c) {
-                ' '
-            } else {
-                c
-            }
-        })
-        .collect();
-    truncate(&shown, NAME_CHARS)
-}
-
-/// Unicode format characters that change how text around them shows: zero-width characters
-/// and marks, bidirectional embeddings, overrides and isolates (a name could make a log line
-/// read otherwise).
-fn is_format(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    let head: String = name.chars().take(NAME_CHARS.saturating_add(1)).collect();
+    truncate(&sanitize_quoted(&head), NAME_CHARS)
 }
 
 fn unavailable(message: String) -> CredentialError {

@@ -57,8 +57,8 @@ fn scrub_with(text: &str, secrets: &[&str], mask: fn(&str, &str) -> String) -> S
     scrub_fields(&scrub_jwts(&out))
 }
 
-/// The start of a body that could not be read as expected: lossily decoded, scrubbed, control
-/// characters, line separators and bidi controls replaced by spaces, at most `max_chars`
+/// The start of a body that could not be read as expected: lossily decoded, scrubbed,
+/// [disruptive](is_disruptive) characters replaced by spaces, at most `max_chars`
 /// characters, trimmed.
 ///
 /// The whole body is scrubbed before it is cut: cutting first could split a secret (masked
@@ -69,10 +69,7 @@ pub(crate) fn excerpt(body: &[u8], secrets: &[&str], max_chars: usize) -> String
     let text = String::from_utf8_lossy(body);
     // Scrubbed again once control characters are spaces: a NUL where the secret has a space
     // would otherwise turn a harmless near-copy into the secret.
-    let spaced: String = scrub(&text, secrets)
-        .chars()
-        .map(|c| if is_disruptive(c) { ' ' } else { c })
-        .collect();
+    let spaced = sanitize_quoted(&scrub(&text, secrets));
     scrub(&spaced, secrets)
         .chars()
         .take(max_chars)
@@ -82,15 +79,31 @@ pub(crate) fn excerpt(body: &[u8], secrets: &[&str], max_chars: usize) -> String
 }
 
 /// Whether `c` would let quoted text change how a message or log reads: control characters
-/// (new lines, escape sequences), Unicode's line and paragraph separators, and the bidi
-/// controls that reorder the text shown around them.
-fn is_disruptive(c: char) -> bool {
+/// (new lines, escape sequences, NEL), Unicode's line and paragraph separators, the bidi
+/// controls that reorder the text shown around them, zero-width characters that hide or join
+/// text, and tag characters (invisible text). Every place that quotes text from outside
+/// replaces these, with [`sanitize_quoted`] or by this test.
+pub(crate) fn is_disruptive(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{2028}' | '\u{2029}'
-                | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+                | '\u{E0000}'..='\u{E007F}'
         )
+}
+
+/// `text` with every [disruptive](is_disruptive) character replaced by a space.
+pub(crate) fn sanitize_quoted(text: &str) -> String {
+    text.chars()
+        .map(|c| if is_disruptive(c) { ' ' } else { c })
+        .collect()
 }
 
 /// At most `max_chars` characters of `text`, with `…` when it was cut.

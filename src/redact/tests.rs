@@ -153,8 +153,9 @@ fn an_excerpt_has_no_bidi_controls_or_line_separators() {
     let all = "\u{200E}\u{200F}\u{061C}\u{2029}\u{202A}\u{202B}\u{202C}\u{202D}\u{2066}\u{2067}\u{2068}\u{2069}";
     let e = excerpt(format!("x{all}y").as_bytes(), &[], 50);
     assert_eq!(e, format!("x{}y", " ".repeat(all.chars().count())));
-    // Other characters beyond ASCII stay.
-    assert_eq!(excerpt("é\u{200D}ü".as_bytes(), &[], 50), "é\u{200D}ü");
+    // Invisible ones (zero-width, tags) too; other characters beyond ASCII stay.
+    assert_eq!(excerpt("é\u{200D}ü".as_bytes(), &[], 50), "é ü");
+    assert_eq!(excerpt("a\u{E0041}€\u{FEFF}".as_bytes(), &[], 50), "a €");
 }
 
 /// Texts and secrets that repeat themselves, where every start matches and reads on far;

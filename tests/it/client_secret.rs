@@ -385,6 +385,29 @@ async fn invalid_client_is_final_and_reports_the_entra_details() {
     );
 }
 
+/// Text the provider decoded from JSON reaches the message as one plain line: no escape
+/// sequence (which would rewrite the terminal line), no bidi override (which would reverse
+/// what follows), no invisible or separator character. Before, only CR and LF were replaced.
+#[tokio::test(start_paused = true)]
+async fn an_error_description_cannot_forge_how_the_message_reads() {
+    let authority = Authority::start().await;
+    let forging = "\u{1b}[2K\u{202e}\u{2028}\u{85}\u{200b}\u{2066}\u{feff}\u{e0041}\u{061c}";
+    authority.push_fault(Fault::Respond {
+        status: 400,
+        body: error_body("invalid_request", 900144, &format!("ok{forging}liaf")),
+        headers: vec![],
+    });
+    let err = client_secret(&authority)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("ok [2K liaf"), "{text:?}");
+    for c in forging.chars().filter(|c| !c.is_ascii_graphic()) {
+        assert!(!text.contains(c), "{c:?} in {text:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_closed_connection_is_retried() {
     let authority = Authority::start().await;

@@ -273,8 +273,10 @@ fn hint(credential: &str, error: Option<&str>, codes: &[u32]) -> Option<&'static
     })
 }
 
+/// Provider text as one line: its parts between [disruptive](crate::redact::is_disruptive)
+/// characters (line breaks, escape sequences, bidi controls, …) trimmed and joined by spaces.
 pub(crate) fn one_line(text: &str) -> String {
-    text.split(['\r', '\n'])
+    text.split(crate::redact::is_disruptive)
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
