@@ -20,8 +20,11 @@
 //!    page (`&quot;password&quot;:&quot;…&quot;`): any name ending in `_token` (or
 //!    `Token`), `client_secret`, `client_assertion`, `device_code`, `code_verifier` or
 //!    `password`, whatever its case and with or without `_` or `-` (`accessToken`,
-//!    `Password`). A page that echoes a form body cut short leaves less than rule 1's prefix
-//!    of a secret; its field name still gives it away.
+//!    `Password`). A quoted name is a key (a bare `token` too: azd's `{"token": …}`); an
+//!    unquoted one counts before `=`, and before `:` only when a quoted value or a single
+//!    word ending its line or item follows (`Password: must be 8+ characters` is prose). A
+//!    page that echoes a form body cut short leaves less than rule 1's prefix of a secret;
+//!    its field name still gives it away.
 //!
 //! Matches become `***`. Secrets shorter than [`MIN_SECRET_LEN`] bytes are not searched for:
 //! they would match ordinary text.
@@ -216,8 +219,8 @@ fn is_name_char(c: char) -> bool {
 }
 
 /// Whether the field name `name` ends in one of [`SECRET_FIELDS`], ignoring ASCII case, `_`
-/// and `-`.
-fn is_secret_field(name: &str) -> bool {
+/// and `-`; a bare `token` only when `quoted` (a key: azd's `{"token": …}`).
+fn is_secret_field(name: &str, quoted: bool) -> bool {
     SECRET_FIELDS.iter().any(|field| {
         let mut letters = name
             .bytes()
@@ -226,8 +229,8 @@ fn is_secret_field(name: &str) -> bool {
             .map(|b| b.to_ascii_lowercase());
         field.bytes().rev().all(|f| letters.next() == Some(f))
             // A bare `token` is prose as often as a name ("fetching token: failed to …"):
-            // only a kind of token (`access_token`, `refreshToken`) counts.
-            && (*field != "token" || letters.next().is_some())
+            // only a kind of token (`access_token`, `refreshToken`) counts, or a quoted key.
+            && (*field != "token" || quoted || letters.next().is_some())
     })
 }
 
@@ -253,10 +256,7 @@ fn scrub_fields(text: &str) -> String {
         out.push_str(before);
         out.push_str(name);
         rest = tail;
-        if !is_secret_field(name) {
-            continue;
-        }
-        let Some((value_at, value_len)) = field_value(tail) else {
+        let Some((value_at, value_len)) = field_value(name, tail) else {
             continue;
         };
         out.push_str(tail.get(..value_at).unwrap_or_default());
@@ -269,16 +269,25 @@ fn scrub_fields(text: &str) -> String {
     out
 }
 
-/// Where the value of a field starts in `tail` (what follows the field's name) and its length
-/// in bytes, when a separator and a non-empty value follow.
-fn field_value(tail: &str) -> Option<(usize, usize)> {
+/// Where the value of the secret field `name` starts in `tail` (what follows the name) and its
+/// length in bytes, when a separator and a non-empty value follow.
+///
+/// A quoted name is a key, whatever follows (bare `token` included). An unquoted one is
+/// prose as often as a name (`Password: must be 8+ characters`, `Get-AzAccessToken: Run
+/// Connect-AzAccount`): it counts before `=` (form bodies, `--client-secret=`), and before
+/// `:` only when the value is quoted or a single word ending its line or item (`password:
+/// hunter2`).
+fn field_value(name: &str, tail: &str) -> Option<(usize, usize)> {
     // Skip a closing quote, spaces and the separator, then spaces.
     let after_name = tail.trim_start_matches(['"', '\'', '\\']);
     let after_name = strip_html_quote(after_name).map_or(after_name, |(rest, _)| rest);
-    let after_sep = after_name
-        .trim_start()
-        .strip_prefix([':', '='])?
-        .trim_start();
+    let quoted = after_name.len() < tail.len();
+    if !is_secret_field(name, quoted) {
+        return None;
+    }
+    let after_sep = after_name.trim_start();
+    let colon = after_sep.starts_with(':');
+    let after_sep = after_sep.strip_prefix([':', '='])?.trim_start();
     let (value, len) = if let Some((value, quote)) = strip_html_quote(after_sep) {
         (value, value.find(quote).unwrap_or(value.len()))
     } else {
@@ -289,15 +298,28 @@ fn field_value(tail: &str) -> Option<(usize, usize)> {
                 let value = unescaped.get(1..).unwrap_or_default();
                 (value, closing_quote(value, quote, backslashes))
             }
-            _ => (
-                after_sep,
-                after_sep
+            _ => {
+                let len = after_sep
                     .find(['&', ',', ';', '}', '<', '"', '\'', ' ', '\t', '\r', '\n'])
-                    .unwrap_or(after_sep.len()),
-            ),
+                    .unwrap_or(after_sep.len());
+                if colon && !quoted && !ends_item(after_sep.get(len..).unwrap_or_default()) {
+                    return None;
+                }
+                (after_sep, len)
+            }
         }
     };
     (len > 0).then(|| (tail.len().saturating_sub(value.len()), len))
+}
+
+/// Whether `rest` (what follows an unquoted value) ends the value's line or item: only
+/// blanks before the line's end, or an item's end (`,`, `;`, `}`, markup, a quote). Not a
+/// space and another word: that is prose.
+fn ends_item(rest: &str) -> bool {
+    rest.trim_start_matches([' ', '\t'])
+        .chars()
+        .next()
+        .is_none_or(|c| matches!(c, '\r' | '\n' | ',' | ';' | '}' | '<' | '&' | '"' | '\''))
 }
 
 /// Where in `value` the quote that opened it (`quote` after `backslashes` backslashes: `"`,

@@ -421,6 +421,45 @@ fn secret_fields_are_found_whatever_their_case_quotes_and_escaping() {
     }
 }
 
+// A name in prose followed by `:` and more words is not a field (before, the next word was
+// masked); a quoted name is a key whatever it is, a bare `token` included (azd's JSON).
+#[test]
+fn field_names_in_prose_are_not_fields_and_quoted_keys_always_are() {
+    for (text, want) in [
+        (
+            "Get-AzAccessToken: Run Connect-AzAccount to login.",
+            "Get-AzAccessToken: Run Connect-AzAccount to login.",
+        ),
+        ("getToken: request failed", "getToken: request failed"),
+        (
+            "Password: must be 8+ characters",
+            "Password: must be 8+ characters",
+        ),
+        (
+            "fetching token: failed to authenticate",
+            "fetching token: failed to authenticate",
+        ),
+        ("password: hunter2", "password: ***"),
+        ("password: hunter2\nnext line", "password: ***\nnext line"),
+        ("password: hunter2 , x", "password: *** , x"),
+        ("{password: hunter2}", "{password: ***}"),
+        ("Password: 'two words'", "Password: '***'"),
+        ("access_token=abc def", "access_token=*** def"),
+        (
+            r#"{"token":"opaque-azd-token","expiresOn":"2026-01-01"}"#,
+            r#"{"token":"***","expiresOn":"2026-01-01"}"#,
+        ),
+        ("{'token': 'opaque'}", "{'token': '***'}"),
+        (r#"{\"token\": \"opaque\"}"#, r#"{\"token\": \"***\"}"#),
+        (
+            "&quot;token&quot;:&quot;opaque&quot;",
+            "&quot;token&quot;:&quot;***&quot;",
+        ),
+    ] {
+        assert_eq!(scrub(text, &[]), want, "{text}");
+    }
+}
+
 // A quote escaped inside the value does not end it; an escaped backslash before the closing
 // quote does not hide the end either.
 #[test]
