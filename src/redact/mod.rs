@@ -210,8 +210,9 @@ const SECRET_FIELDS: [&str; 6] = [
     "password",
 ];
 
-/// HTML-escaped quotes, around a name or a value (JSON pasted into a page).
-const HTML_QUOTES: [&str; 6] = ["&quot;", "&#34;", "&#x22;", "&apos;", "&#39;", "&#x27;"];
+/// The most bytes of an object or array value masked when no matching close is found
+/// sooner: a value is short, and each byte is looked at once.
+const MAX_STRUCTURED_VALUE: usize = 4096;
 
 /// What a field name is made of (`-`: header and command-line style names).
 fn is_name_char(c: char) -> bool {
@@ -234,11 +235,71 @@ fn is_secret_field(name: &str, quoted: bool) -> bool {
     })
 }
 
-/// `text` without a leading HTML-escaped quote, if it has one.
-fn strip_html_quote(text: &str) -> Option<(&str, &'static str)> {
-    HTML_QUOTES
-        .iter()
-        .find_map(|quote| text.strip_prefix(quote).map(|rest| (rest, *quote)))
+/// A quote around a name or a value, as text may write it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quote {
+    /// `"` or `'` after this many backslashes (JSON escaping, once per level of nesting).
+    Plain { quote: u8, backslashes: usize },
+    /// `"` or `'` as a character reference (JSON pasted into a page: `&quot;`, `&#34;`,
+    /// `&#034;`, `&#X22;`, `&QUOT;`, `&apos;`, `&#39;`, …) or a JSON `\u0022`/`\u0027`
+    /// escape (System.Text.Json writes quotes so): any such form closes any other.
+    Encoded(u8),
+}
+
+/// The quote `text` starts with, and its length in bytes.
+fn quote_at(text: &str) -> Option<(Quote, usize)> {
+    let bytes = text.as_bytes();
+    let backslashes = bytes.iter().take_while(|&&b| b == b'\\').count();
+    let after = backslashes.checked_add(1)?;
+    match bytes.get(backslashes)? {
+        &quote @ (b'"' | b'\'') => Some((Quote::Plain { quote, backslashes }, after)),
+        b'u' if backslashes > 0 => {
+            let hex = text.get(after..after.checked_add(4)?)?;
+            let quote = hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
+                .then(|| u32::from_str_radix(hex, 16).ok())
+                .flatten()
+                .and_then(quote_byte)?;
+            Some((Quote::Encoded(quote), after.checked_add(4)?))
+        }
+        b'&' if backslashes == 0 => html_quote(text),
+        _ => None,
+    }
+}
+
+/// The quote `"` or `'` whose code point is `code`.
+fn quote_byte(code: u32) -> Option<u8> {
+    match code {
+        0x22 => Some(b'"'),
+        0x27 => Some(b'\''),
+        _ => None,
+    }
+}
+
+/// The HTML character reference to a quote that `text` starts with (`&quot;`, `&QUOT;`,
+/// `&apos;`, `&#34;`, `&#034;`, `&#x22;`, `&#X0022;`, …), and its length in bytes.
+fn html_quote(text: &str) -> Option<(Quote, usize)> {
+    let body = text.strip_prefix('&')?;
+    // Bounded: a reference to a quote is short, whatever its leading zeros.
+    let end = body.bytes().take(16).position(|b| b == b';')?;
+    let name = body.get(..end)?;
+    let quote = if name.eq_ignore_ascii_case("quot") {
+        b'"'
+    } else if name.eq_ignore_ascii_case("apos") {
+        b'\''
+    } else {
+        let number = name.strip_prefix('#')?;
+        let (digits, radix) = match number.strip_prefix(['x', 'X']) {
+            Some(hex) => (hex, 16),
+            None => (number, 10),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        quote_byte(u32::from_str_radix(digits, radix).ok()?)?
+    };
+    Some((Quote::Encoded(quote), end.checked_add(2)?))
 }
 
 /// Values of fields whose name ends in one of [`SECRET_FIELDS`] (`…_token`: `access_token`,
@@ -278,36 +339,35 @@ fn scrub_fields(text: &str) -> String {
 /// `:` only when the value is quoted or a single word ending its line or item (`password:
 /// hunter2`).
 fn field_value(name: &str, tail: &str) -> Option<(usize, usize)> {
-    // Skip a closing quote, spaces and the separator, then spaces.
-    let after_name = tail.trim_start_matches(['"', '\'', '\\']);
-    let after_name = strip_html_quote(after_name).map_or(after_name, |(rest, _)| rest);
-    let quoted = after_name.len() < tail.len();
+    // Skip a closing quote, spaces and the separator (`:`, `=`, Ruby's `=>`), then spaces.
+    let (after_name, quoted) = match quote_at(tail) {
+        Some((_, len)) => (tail.get(len..).unwrap_or_default(), true),
+        None => (tail, false),
+    };
     if !is_secret_field(name, quoted) {
         return None;
     }
     let after_sep = after_name.trim_start();
     let colon = after_sep.starts_with(':');
-    let after_sep = after_sep.strip_prefix([':', '='])?.trim_start();
-    let (value, len) = if let Some((value, quote)) = strip_html_quote(after_sep) {
-        (value, value.find(quote).unwrap_or(value.len()))
+    let after_sep = after_sep
+        .strip_prefix("=>")
+        .or_else(|| after_sep.strip_prefix([':', '=']))?
+        .trim_start();
+    let (value, len) = if let Some((quote, len)) = quote_at(without_string_prefix(after_sep)) {
+        let value = without_string_prefix(after_sep)
+            .get(len..)
+            .unwrap_or_default();
+        (value, closing(value, quote))
+    } else if after_sep.starts_with(['{', '[']) {
+        (after_sep, structure_len(after_sep))
     } else {
-        let unescaped = after_sep.trim_start_matches('\\');
-        let backslashes = after_sep.len().saturating_sub(unescaped.len());
-        match unescaped.as_bytes().first() {
-            Some(&quote @ (b'"' | b'\'')) => {
-                let value = unescaped.get(1..).unwrap_or_default();
-                (value, closing_quote(value, quote, backslashes))
-            }
-            _ => {
-                let len = after_sep
-                    .find(['&', ',', ';', '}', '<', '"', '\'', ' ', '\t', '\r', '\n'])
-                    .unwrap_or(after_sep.len());
-                if colon && !quoted && !ends_item(after_sep.get(len..).unwrap_or_default()) {
-                    return None;
-                }
-                (after_sep, len)
-            }
+        let len = after_sep
+            .find(['&', ',', ';', '}', '<', '"', '\'', ' ', '\t', '\r', '\n'])
+            .unwrap_or(after_sep.len());
+        if colon && !quoted && !ends_item(after_sep.get(len..).unwrap_or_default()) {
+            return None;
         }
+        (after_sep, len)
     };
     (len > 0).then(|| (tail.len().saturating_sub(value.len()), len))
 }
@@ -320,6 +380,84 @@ fn ends_item(rest: &str) -> bool {
         .chars()
         .next()
         .is_none_or(|c| matches!(c, '\r' | '\n' | ',' | ';' | '}' | '<' | '&' | '"' | '\''))
+}
+
+/// `value` without a Python string prefix (`b'…'`, `u'…'`, `r'…'`, `rb'…'`, `f'…'`) before its
+/// quote; `value` itself when it has none.
+fn without_string_prefix(value: &str) -> &str {
+    let letters = value
+        .bytes()
+        .take(3)
+        .take_while(|b| matches!(b.to_ascii_lowercase(), b'b' | b'u' | b'r' | b'f'))
+        .count();
+    match value.get(letters..) {
+        Some(rest) if (1..=2).contains(&letters) && rest.starts_with(['"', '\'']) => rest,
+        _ => value,
+    }
+}
+
+/// Where in `value` the quote `open` that opened it closes, else its length.
+fn closing(value: &str, open: Quote) -> usize {
+    let wanted = match open {
+        Quote::Plain { quote, backslashes } => return closing_quote(value, quote, backslashes),
+        Quote::Encoded(quote) => quote,
+    };
+    let bytes = value.as_bytes();
+    let mut previous = None;
+    for (at, &byte) in bytes.iter().enumerate() {
+        // A run of backslashes is read from its start only: each byte is looked at a bounded
+        // number of times.
+        let starts = byte == b'&' || (byte == b'\\' && previous != Some(b'\\'));
+        previous = Some(byte);
+        if !starts {
+            continue;
+        }
+        let found = value.get(at..).and_then(quote_at);
+        if let Some((Quote::Encoded(quote), _)) = found {
+            if quote == wanted {
+                return at;
+            }
+        }
+    }
+    value.len()
+}
+
+/// The length of the object or array `value` starts with, up to its matching close (brackets
+/// inside quoted strings do not count), at most about [`MAX_STRUCTURED_VALUE`] bytes: all of it
+/// is masked, whatever it holds (`"clientSecret": {"value": "…"}`).
+fn structure_len(value: &str) -> usize {
+    let mut depth = 0usize;
+    let mut string: Option<char> = None;
+    let mut escaped = false;
+    let mut end = 0;
+    for (at, c) in value.char_indices() {
+        end = at.saturating_add(c.len_utf8());
+        if at >= MAX_STRUCTURED_VALUE {
+            return at;
+        }
+        if let Some(quote) = string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == quote {
+                string = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' => string = Some(c),
+            '{' | '[' => depth = depth.saturating_add(1),
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return end;
+                }
+            }
+            _ => {}
+        }
+    }
+    end
 }
 
 /// Where in `value` the quote that opened it (`quote` after `backslashes` backslashes: `"`,

@@ -421,6 +421,47 @@ fn secret_fields_are_found_whatever_their_case_quotes_and_escaping() {
     }
 }
 
+// Quoting the field scrubbing did not know: HTML references with leading zeros or in upper
+// case, System.Text.Json's `\u0022`, Ruby's `=>`, Python's string prefixes, object and
+// array values. Before, each left the secret.
+#[test]
+fn secret_fields_are_found_whatever_their_quoting() {
+    for text in [
+        "&#034;password&#034;:&#034;hunter2&#034;",
+        "&#039;password&#039;: &#039;hunter2&#039;",
+        "&#X22;password&#X22;:&#X22;hunter2&#X22;",
+        "&#x0022;password&#x0022;:&#x0022;hunter2 two&#x0022;",
+        "&QUOT;password&QUOT;:&QUOT;hunter2&QUOT;",
+        "&quot;password&quot;:&#34;hunter2&#x22;",
+        r#"{\u0022password\u0022:\u0022hunter2\u0022}"#,
+        r#"{\u0022password\u0022: \u0027hunter2 two\u0027}"#,
+        r#"{"password"=>"hunter2"}"#,
+        r#"{:password => 'hunter2'}"#,
+        "{'password': b'hunter2'}",
+        "{'password': u'hunter2 two'}",
+        r#"{'password': r"hunter2"}"#,
+        "{'password': rb'hunter2'}",
+        r#""clientSecret": {"value": "hunter2"}"#,
+        r#""clientSecret": {"value": "a}b", "x": {"hunter2": 1}}"#,
+        r#""refresh_token": ["hunter2", "x"]"#,
+        r#""refresh_token": [["a"], "hunter2"]"#,
+        "\"clientSecret\": {\"value\": \"hunter2",
+    ] {
+        let out = scrub(text, &[]);
+        assert!(!out.contains("hunter2"), "{text} -> {out}");
+        assert!(out.contains("***"), "{text} -> {out}");
+    }
+    // What follows a structured value stays.
+    assert_eq!(
+        scrub(r#"{"clientSecret": {"value": "x"}, "name": "app"}"#, &[]),
+        r#"{"clientSecret": ***, "name": "app"}"#
+    );
+    // An unclosed structure is masked for a bounded length only, and never split a character.
+    let long = format!(r#""password": ["{}"#, "é".repeat(5_000));
+    let out = scrub(&long, &[]);
+    assert!(out.starts_with(r#""password": ***é"#), "{}", &out[..40]);
+}
+
 // A name in prose followed by `:` and more words is not a field (before, the next word was
 // masked); a quoted name is a key whatever it is, a bare `token` included (azd's JSON).
 #[test]
