@@ -330,6 +330,54 @@ async fn a_connect_that_never_completes_gives_up_after_the_connect_timeout() {
     drop(listener);
 }
 
+/// What the connect timeout's docs say of hyper-util: the time is split evenly among a
+/// name's addresses, tried in turn, so one that drops packets costs only its share. Two
+/// loopback addresses (a full accept queue, then a listener): the second is reached after
+/// half the timeout.
+#[cfg(target_os = "linux")]
+#[tokio::test(start_paused = true)]
+async fn the_connect_timeout_is_shared_among_a_names_addresses() {
+    use std::net::SocketAddr;
+    use tower::ServiceExt;
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(0).unwrap();
+    let black_hole = full.local_addr().unwrap();
+    let mut queued = Vec::new();
+    while let Ok(stream) =
+        std::net::TcpStream::connect_timeout(&black_hole, std::time::Duration::from_millis(100))
+    {
+        queued.push(stream);
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    // Any 127/8 address is loopback on Linux; hyper-util connects to the URL's port.
+    let port = black_hole.port();
+    let open = tokio::net::TcpListener::bind(("127.0.0.2", port))
+        .await
+        .unwrap();
+    let open_addr = open.local_addr().unwrap();
+    let resolver = tower::service_fn(move |_name| async move {
+        Ok::<_, std::io::Error>(vec![black_hole, open_addr].into_iter())
+    });
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new_with_resolver(resolver);
+    http.set_connect_timeout(Some(super::DEFAULT_CONNECT_TIMEOUT));
+    let started = tokio::time::Instant::now();
+    let stream = http
+        .oneshot(
+            format!("http://two-addresses.test:{port}/")
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    // The default's share of two: 5 s (of 8 addresses, 1.25 s).
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    let peer: SocketAddr = stream.inner().peer_addr().unwrap();
+    assert_eq!(peer, open_addr);
+    drop(full);
+}
+
 /// A connection that fails where no proxy was used says why by the route it took: no proxy
 /// variable set (where to set one: the environment, or the variables given), or `NO_PROXY`
 /// exempting the host; nothing for clients that read no variable. Before, a client reading
