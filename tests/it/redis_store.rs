@@ -230,8 +230,8 @@ async fn every_operation_answers_alike_over_resp3() {
 }
 
 /// `release_with_mark` gives back only its holder's lease, as `release` does, and leaves the
-/// mark (with its TTL) whoever holds the lease; the script is loaded again after the server
-/// forgot it.
+/// mark (with its TTL) only with that release: a caller that does not hold the lease marks
+/// nothing; the script is loaded again after the server forgot it.
 #[tokio::test]
 async fn release_with_mark_releases_only_its_holders_lease_and_marks() {
     let server = RedisServer::start();
@@ -246,7 +246,7 @@ async fn release_with_mark_releases_only_its_holders_lease_and_marks() {
     let holder: Option<String> = server.admin().get(lease_key).unwrap();
     assert_eq!(holder.as_deref(), Some("one"), "another holder's lease");
     let written: Option<String> = server.admin().get(mark).unwrap();
-    assert_eq!(written.as_deref(), Some("two"), "marked all the same");
+    assert_eq!(written, None, "not the holder: no mark");
 
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
@@ -262,11 +262,14 @@ async fn release_with_mark_releases_only_its_holders_lease_and_marks() {
     assert_eq!(written.as_deref(), Some("one"));
     let left = pttl(&server, mark);
     assert!((1..=5_000).contains(&left), "PTTL {left} ms for a 5 s mark");
-    // Nothing to release: not an error, the mark is written.
+    // Nothing to release: not an error, and no mark.
+    let _: () = server.admin().del(mark).unwrap();
     store
         .release_with_mark(lease_key, "one", mark, b"one", secs(5))
         .await
         .unwrap();
+    let written: Option<String> = server.admin().get(mark).unwrap();
+    assert_eq!(written, None, "no lease released: no mark");
     assert!(lease(&store, "two").await);
 }
 
