@@ -117,7 +117,9 @@ impl ManagedIdentityCredentialBuilder {
     /// label the system-assigned identity's tokens stay in this process: nothing a process
     /// can see tells one host's system-assigned identity from another's. That holds where the
     /// source asks for the system-assigned identity by an id of the environment's (Azure
-    /// Machine Learning's `DEFAULT_IDENTITY_CLIENT_ID`): the variable is not keyed on.
+    /// Machine Learning's `DEFAULT_IDENTITY_CLIENT_ID`): the variable alone never shares
+    /// tokens; under a label it is part of the key, so computes with different defaults (or
+    /// none) do not share an entry.
     pub fn distributed_cache(mut self, cache: crate::DistributedCache) -> Self {
         self.distributed = Some(cache);
         self
@@ -216,7 +218,17 @@ impl ManagedIdentityCredentialBuilder {
                     // shared only under a label. `configure` allows at most one id.
                     let identity = match (self.ids.first(), &self.system_assigned_label) {
                         (Some(id), _) => Some(format!("{NAME}/{}={}", id.kind(), id.value())),
-                        (None, Some(label)) => Some(format!("{NAME}/system={label}")),
+                        // Under one label, Azure ML computes whose defaults differ (another
+                        // identity, or none: a user's token) must not share an entry.
+                        (None, Some(label)) => Some(match (&endpoint, endpoint.identity()) {
+                            (Endpoint::AzureMl(_), Some(default)) => {
+                                format!("{NAME}/system={label}/default={}", default.value())
+                            }
+                            (Endpoint::AzureMl(_), None) => {
+                                format!("{NAME}/system={label}/default=none")
+                            }
+                            _ => format!("{NAME}/system={label}"),
+                        }),
                         (None, None) => None,
                     };
                     // An unnamed system-assigned identity is the same key on every host, so

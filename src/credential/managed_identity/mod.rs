@@ -214,7 +214,8 @@ impl IdParams {
 /// either case the tokens are cached as the system-assigned identity's, not under the
 /// variable's id: shared through a
 /// [`distributed_cache`](ManagedIdentityCredentialBuilder::distributed_cache) only under a
-/// [`system_assigned_identity_label`](ManagedIdentityCredentialBuilder::system_assigned_identity_label).
+/// [`system_assigned_identity_label`](ManagedIdentityCredentialBuilder::system_assigned_identity_label),
+/// and under a label only between computes whose variable names the same GUID (or none).
 /// An object or resource id is a
 /// configuration error there, as in azidentity: the endpoint selects a user-assigned
 /// identity by client id only (MSAL sends them anyway, as `object_id` and `msi_res_id`).

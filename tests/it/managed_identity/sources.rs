@@ -556,6 +556,38 @@ async fn azure_ml_default_identity_is_not_shared_without_a_label() {
     }
 }
 
+/// Azure ML computes under one label share a token only when their `DEFAULT_IDENTITY_CLIENT_ID`
+/// agrees: one with a GUID default (its identity) and one with the placeholder `clientid` (no
+/// identity: the endpoint answers for a *user*) each get their own. (Before, both were keyed
+/// `system=ml` and the second was served the first one's token.)
+#[tokio::test]
+async fn azure_ml_computes_under_one_label_share_only_with_the_same_default() {
+    use super::OBJECT_ID;
+    let store = MemoryStore::default();
+    let labelled = |em: &Emulator, default: &str| {
+        let mut vars = em.env();
+        vars.push(("DEFAULT_IDENTITY_CLIENT_ID".to_owned(), default.to_owned()));
+        ManagedIdentityCredential::builder()
+            .vars(vars)
+            .distributed_cache(store.cache())
+            .system_assigned_identity_label("ml")
+            .build()
+            .unwrap()
+    };
+    let (a, b, c) = (
+        Emulator::start(Flavour::AzureMl).await,
+        Emulator::start(Flavour::AzureMl).await,
+        Emulator::start(Flavour::AzureMl).await,
+    );
+    for (em, default) in [(&a, OBJECT_ID), (&b, "clientid"), (&c, OBJECT_ID)] {
+        let token = labelled(em, default).get_token([SCOPE]).await.unwrap();
+        assert_eq!(token.secret().expose_secret(), "mi-azureml-1", "{default}");
+    }
+    assert_eq!(a.request_count(), 1);
+    assert_eq!(b.request_count(), 1, "no default: its own token");
+    assert_eq!(c.request_count(), 0, "the same default: shared");
+}
+
 /// A store in this process's memory, shared by the credentials given its cache as the
 /// processes of a fleet share Redis.
 #[derive(Clone, Debug, Default)]
