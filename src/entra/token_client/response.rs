@@ -245,7 +245,7 @@ fn hint(credential: &str, error: Option<&str>, codes: &[u32]) -> Option<&'static
         // Entra's code for an assertion out of its time range. Who dated the assertion says
         // where to look: a certificate credential's own by this host's clock, a workload
         // identity's token by the Kubernetes API server (the file is stale), a callback's by
-        // the callback.
+        // the callback (or whatever signs it, often the callback's own host).
         _ if code(700024) => match credential {
             "ClientCertificateCredential" => {
                 "The client assertion has expired or is not yet valid: check this host's clock \
@@ -259,7 +259,8 @@ fn hint(credential: &str, error: Option<&str>, codes: &[u32]) -> Option<&'static
             }
             _ => {
                 "The client assertion has expired or is not yet valid: the assertion source \
-                 must return a current one (check its exp and nbf)"
+                 must return a current one (check its exp and nbf, and the clock of whatever \
+                 signs it)"
             }
         },
         _ if [70021, 700211, 700212, 700213].iter().any(|c| code(*c)) => {

@@ -218,7 +218,7 @@ async fn entra_error_body_becomes_a_detailed_error() {
 /// An assertion out of its time range: the hint says where its times came from. A certificate
 /// credential dates its own by this host's clock; a workload identity's token is dated by the
 /// Kubernetes API server (a stale token file, not this host's clock); a callback's by the
-/// callback. (Before, every credential was told to check this host's clock first.)
+/// callback, whose hint names the clock of whatever signs it. (Before, every credential was told to check this host's clock first.)
 #[tokio::test(start_paused = true)]
 async fn an_assertion_out_of_its_time_range_points_at_whoever_dated_it() {
     let body = r#"{"error":"invalid_client","error_description":"AADSTS700024: Client assertion is not within its valid time range.","error_codes":[700024]}"#;
@@ -254,7 +254,9 @@ async fn an_assertion_out_of_its_time_range_points_at_whoever_dated_it() {
         "{assertion}"
     );
     assert!(
-        !assertion.contains("clock") && !assertion.contains("kubelet"),
+        assertion.contains("the clock of whatever signs it")
+            && !assertion.contains("this host's clock")
+            && !assertion.contains("kubelet"),
         "{assertion}"
     );
 }
