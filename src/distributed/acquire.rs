@@ -28,10 +28,10 @@ const RENEWALS_PER_LEASE: u32 = 3;
 /// poll (every 250 ms at most, the mark read with the token), short enough that it says
 /// nothing about a later acquisition.
 const FAILURE_MARK: Duration = Duration::from_secs(5);
-/// A throttle mark starts with this; a failure mark is a holder id alone (a UUID, a dot and a
-/// number), which never does: readers tell the two apart, and a mark in the format of the
-/// first release (a holder id) still reads as a failure mark.
-const THROTTLE_MARK: &str = "throttled:";
+/// A throttle mark under the failure mark's key, as the release before throttle marks had
+/// their own key wrote it, starts with this: it is no refusal (a failure mark is a holder id
+/// alone, a UUID, a dot and a number), and says nothing of the wait.
+const OLD_THROTTLE_MARK: &str = "throttled:";
 /// A throttle mark lasts the provider's `Retry-After`, this long at most (as a credential
 /// remembers one: larger values mean "much later").
 const LONGEST_THROTTLE: Duration = crate::transport::MAX_RETRY_AFTER;
@@ -78,6 +78,14 @@ impl Looks {
     }
 }
 
+/// The store keys of the entry being acquired.
+struct Keys<'a> {
+    token: &'a str,
+    failed: &'a str,
+    lease: &'a str,
+    throttled: &'a str,
+}
+
 /// What the store holds for an entry.
 enum Found {
     /// A token not due for renewal.
@@ -113,11 +121,18 @@ impl Shared {
             let token_key = key.token();
             let failed_key = key.failed();
             let lease_key = key.lease();
+            let throttled_key = key.throttled();
+            let keys = Keys {
+                token: &token_key,
+                failed: &failed_key,
+                lease: &lease_key,
+                throttled: &throttled_key,
+            };
             let mut looks = Looks {
                 credential,
                 ..Looks::default()
             };
-            match self.find(&token_key, &failed_key, &lease_key, policy, &mut looks).await {
+            match self.find(&keys, policy, &mut looks).await {
                 Found::Usable(token) => return self.shared_hit(token),
                 Found::Failed => return self.alone(idp, None).await,
                 Found::Throttled(error) => return Err(error),
@@ -140,7 +155,7 @@ impl Shared {
                     Some(true) => {
                         // Another process may have published and released between our last
                         // look and this lease: look once more before asking the provider.
-                        match self.find(&token_key, &failed_key, &lease_key, policy, &mut looks).await {
+                        match self.find(&keys, policy, &mut looks).await {
                             Found::Usable(token) => {
                                 let release = || self.store.release(&lease_key, &holder);
                                 self.breaker.call("release", release, &self.stats).await;
@@ -152,7 +167,7 @@ impl Shared {
                             Found::Refused => {
                                 let release = || self.store.release(&lease_key, &holder);
                                 self.breaker.call("release", release, &self.stats).await;
-                                return self.refused_holder(idp, &token_key).await;
+                                return self.refused_holder(idp, &keys).await;
                             }
                             // Throttled since our last look: the mark lasts as long as the
                             // wait, so the lease goes back without a mark of ours.
@@ -163,7 +178,7 @@ impl Shared {
                             }
                             Found::Nothing | Found::Failed => {}
                         }
-                        return self.hold(idp, &token_key, &lease_key, &failed_key, &holder).await;
+                        return self.hold(idp, &keys, &holder).await;
                     }
                     Some(false) if !lost => {
                         lost = true;
@@ -177,10 +192,9 @@ impl Shared {
                     // did hold the lease (`release_with_mark`): one that never took it must
                     // not send another holder's waiters to the provider.
                     None => {
-                        let alone = self.alone(idp, Some(&token_key));
+                        let alone = self.alone(idp, Some(&keys));
                         let result = self.keeping_lease(alone, &lease_key, &holder).await;
-                        self.give_back(&result, &lease_key, &failed_key, &holder)
-                            .await;
+                        self.give_back(&result, &keys, &holder).await;
                         return result;
                     }
                 }
@@ -193,21 +207,21 @@ impl Shared {
                          longer than a cache's lease; it was not written by a cache. Asking \
                          on our own instead of waiting for it (delete the key)"
                     );
-                    return self.alone(idp, Some(&token_key)).await;
+                    return self.alone(idp, Some(&keys)).await;
                 }
                 let left = self.wait_limit.saturating_sub(start.elapsed());
                 if left.is_zero() {
                     tracing::debug!(wait_limit = ?self.wait_limit, "distributed token cache: the holder's token did not come in time");
-                    return self.alone(idp, Some(&token_key)).await;
+                    return self.alone(idp, Some(&keys)).await;
                 }
                 tokio::time::sleep(pause.min(left)).await;
                 pause = pause.saturating_mul(2).min(LAST_POLL);
                 // Each poll reads the mark with the token: every waiter learns of the holder's
                 // refusal at its next poll, none waits for the lease to come its way.
-                match self.find(&token_key, &failed_key, &lease_key, policy, &mut looks).await {
+                match self.find(&keys, policy, &mut looks).await {
                     Found::Usable(token) => return self.shared_hit(token),
                     Found::Failed => return self.alone(idp, None).await,
-                    Found::Refused => return self.refused_holder(idp, &token_key).await,
+                    Found::Refused => return self.refused_holder(idp, &keys).await,
                     Found::Throttled(error) => return Err(error),
                     Found::Nothing => {}
                 }
@@ -233,9 +247,7 @@ impl Shared {
     async fn hold<Fut>(
         &self,
         idp: Fut,
-        token_key: &str,
-        lease_key: &str,
-        failed_key: &str,
+        keys: &Keys<'_>,
         holder: &str,
     ) -> Result<AccessToken, CredentialError>
     where
@@ -243,11 +255,11 @@ impl Shared {
     {
         self.stats.lease_won();
         self.stats.idp_call();
-        let result = self.keeping_lease(idp, lease_key, holder).await;
+        let result = self.keeping_lease(idp, keys.lease, holder).await;
         if let Ok(token) = &result {
-            self.publish(token_key, token).await;
+            self.publish(keys, token).await;
         }
-        self.give_back(&result, lease_key, failed_key, holder).await;
+        self.give_back(&result, keys, holder).await;
         result
     }
 
@@ -261,27 +273,28 @@ impl Shared {
     /// the next to take the lease asks for all. The mark holds the holder's id, nothing of the
     /// error.
     ///
-    /// A request the provider throttled (`Retry-After`, [`CredentialError::is_throttled`],
-    /// longer than the retries would wait) leaves a throttle mark instead, the same way, for
-    /// the wait asked ([`LONGEST_THROTTLE`] at most): until it ends, every process answers
-    /// its acquisition with a throttled error at its first look or next poll, sending nothing,
-    /// where each would otherwise take the lease in turn and send its own request into the
-    /// throttle. The mark holds its status, its end (Unix seconds) and the holder's id.
+    /// A request the provider throttled ([`CredentialError::is_throttled`], with the
+    /// `Retry-After` it came with) leaves a throttle mark instead, the same way, under the
+    /// entry's throttle key, to expire after the wait asked ([`LONGEST_THROTTLE`] at most):
+    /// until it expires, every process answers its acquisition with a throttled error at its
+    /// first look or next poll, sending nothing, where each would otherwise take the lease in
+    /// turn and send its own request into the throttle. The mark holds its status and the
+    /// holder's id; its end is the key's expiry, read from the store (no wall clock).
     async fn give_back(
         &self,
         result: &Result<AccessToken, CredentialError>,
-        lease_key: &str,
-        failed_key: &str,
+        keys: &Keys<'_>,
         holder: &str,
     ) {
+        let (lease_key, failed_key) = (keys.lease, keys.failed);
         match result {
             Err(error) if error.is_throttled() => {
-                if let Some((mark, wait)) = self.throttle_mark(error, holder) {
+                if let Some((mark, wait)) = throttle_mark(error, holder) {
                     let release = || {
                         self.store.release_with_mark(
                             lease_key,
                             holder,
-                            failed_key,
+                            keys.throttled,
                             mark.as_bytes(),
                             wait,
                         )
@@ -317,64 +330,20 @@ impl Shared {
         self.breaker.call("release", release, &self.stats).await;
     }
 
-    /// The throttle mark for the holder's throttled `error` and how long it lasts: `None` when
-    /// the wait has already passed.
-    fn throttle_mark(&self, error: &CredentialError, holder: &str) -> Option<(String, Duration)> {
-        let wait = error.retry_after()?.min(LONGEST_THROTTLE);
-        if wait.is_zero() {
-            return None;
-        }
-        let status = error
-            .status()
-            .unwrap_or(http::StatusCode::TOO_MANY_REQUESTS)
-            .as_u16();
-        // Rounded up: a mark never ends before the wait the provider asked for.
+    /// The throttled error a throttle mark (`mark`, with `left` before it expires) answers
+    /// with, as `credential`; `None` when `mark` is not one (empty: cleared by a publish), or
+    /// the store cannot tell its time left.
+    fn throttled(
+        &self,
+        mark: &[u8],
+        left: Option<Duration>,
+        credential: &'static str,
+    ) -> Option<CredentialError> {
+        let wait = left?.min(LONGEST_THROTTLE);
+        let status = std::str::from_utf8(mark).ok()?.split(':').next()?;
+        let status = http::StatusCode::from_bytes(status.as_bytes()).ok()?;
         let end = Instant::now().checked_add(wait)?;
-        let until = self
-            .clock
-            .followed()
-            .to_unix(end)
-            .saturating_add(u64::from(wait.subsec_nanos() > 0));
-        Some((format!("{THROTTLE_MARK}{status}:{until}:{holder}"), wait))
-    }
-
-    /// The throttled error a throttle `mark` answers with, as `credential`; `None` when `mark`
-    /// is not one, or its end has passed by this host's clock (it then says nothing: the
-    /// process takes the lease and asks for all).
-    fn throttled(&self, mark: &[u8], credential: &'static str) -> Option<CredentialError> {
-        let rest = std::str::from_utf8(mark)
-            .ok()?
-            .strip_prefix(THROTTLE_MARK)?;
-        let mut fields = rest.splitn(3, ':');
-        let status = http::StatusCode::from_bytes(fields.next()?.as_bytes()).ok()?;
-        let until: u64 = fields.next()?.parse().ok()?;
-        let now = Instant::now();
-        let end = self
-            .clock
-            .followed()
-            .to_instant(until, now)
-            .min(now.checked_add(LONGEST_THROTTLE)?);
-        let wait = end.checked_duration_since(now).filter(|w| !w.is_zero())?;
-        Some(
-            CredentialError::authentication_failed(
-                credential,
-                format!(
-                    "throttled: the identity provider answered another process of the fleet \
-                     HTTP {status} with a Retry-After; no token request is sent for another \
-                     {} s",
-                    wait.as_secs_f64().ceil()
-                ),
-            )
-            .with_provider(ProviderDetails {
-                status: Some(status),
-                ..ProviderDetails::default()
-            })
-            .with_cause(Cause {
-                transient: true,
-                throttled_until: Some(end),
-                ..Cause::default()
-            }),
-        )
+        (!wait.is_zero()).then(|| throttled_error(credential, status, end))
     }
 
     /// Asks on our own after the holder we waited for was refused (its mark is there): the
@@ -382,7 +351,7 @@ impl Shared {
     async fn refused_holder<Fut>(
         &self,
         idp: Fut,
-        token_key: &str,
+        keys: &Keys<'_>,
     ) -> Result<AccessToken, CredentialError>
     where
         Fut: Future<Output = Result<AccessToken, CredentialError>>,
@@ -390,7 +359,7 @@ impl Shared {
         tracing::debug!(
             "distributed token cache: the holder's request was refused; asking on our own"
         );
-        self.alone(idp, Some(token_key)).await
+        self.alone(idp, Some(keys)).await
     }
 
     /// Runs `work` (the holder's token request) while renewing the lease `lease_key` for
@@ -445,21 +414,23 @@ impl Shared {
     async fn alone<Fut>(
         &self,
         idp: Fut,
-        publish_to: Option<&str>,
+        publish_to: Option<&Keys<'_>>,
     ) -> Result<AccessToken, CredentialError>
     where
         Fut: Future<Output = Result<AccessToken, CredentialError>>,
     {
         self.stats.idp_call();
         let result = idp.await;
-        if let (Ok(token), Some(token_key)) = (&result, publish_to) {
-            self.publish(token_key, token).await;
+        if let (Ok(token), Some(keys)) = (&result, publish_to) {
+            self.publish(keys, token).await;
         }
         result
     }
 
-    /// Stores `token` under `token_key` until it expires.
-    async fn publish(&self, token_key: &str, token: &AccessToken) {
+    /// Stores `token` under the entry's token key until it expires, and clears its throttle
+    /// mark: a usable token ends the fleet's wait.
+    async fn publish(&self, keys: &Keys<'_>, token: &AccessToken) {
+        let token_key = keys.token;
         let now = Instant::now();
         // The lifetime the token has left, on this process's monotonic clock: readers bound
         // the expiry by the entry's time left, so it must never be longer than this.
@@ -488,7 +459,10 @@ impl Shared {
             );
             return;
         }
-        let put = || self.store.put(token_key, &value, ttl);
+        let put = || {
+            self.store
+                .put_clearing(token_key, &value, ttl, keys.throttled)
+        };
         self.breaker.call("put", put, &self.stats).await;
     }
 
@@ -496,26 +470,25 @@ impl Shared {
     /// moment a slot that stored it when it was published would renew it, and its token
     /// carries that moment as its `refresh_on`. Its expiry is bounded by the time the store
     /// says it has left (see [`Sealing::open`](super::seal::Sealing::open)).
-    async fn find(
-        &self,
-        token_key: &str,
-        failed_key: &str,
-        lease_key: &str,
-        policy: RefreshPolicy,
-        looks: &mut Looks,
-    ) -> Found {
-        let get = || self.store.get_with_lease(token_key, failed_key, lease_key);
-        let Some(((entry, mark), lease)) = self.breaker.call("get", get, &self.stats).await else {
+    async fn find(&self, keys: &Keys<'_>, policy: RefreshPolicy, looks: &mut Looks) -> Found {
+        let token_key = keys.token;
+        let get = || {
+            self.store
+                .get_with_throttle(token_key, keys.failed, keys.lease, keys.throttled)
+        };
+        let Some((((entry, mark), lease), throttle)) =
+            self.breaker.call("get", get, &self.stats).await
+        else {
             return Found::Failed;
         };
         looks.stray_lease = self.is_stray(lease);
-        let throttle = mark
+        let throttled =
+            throttle.and_then(|(mark, left)| self.throttled(&mark, left, looks.credential));
+        // A throttle mark the release before throttle keys wrote under the failure mark's key
+        // is no refusal: the waiter takes the lease and asks for all, as without a mark.
+        let refusal = !mark
             .as_deref()
-            .filter(|mark| mark.starts_with(THROTTLE_MARK.as_bytes()));
-        let throttled = throttle.and_then(|mark| self.throttled(mark, looks.credential));
-        // A throttle mark is never a refusal's, also once its end has passed by this host's
-        // clock: the waiter then takes the lease and asks for all, as without a mark.
-        let refusal = throttle.is_none();
+            .is_some_and(|mark| mark.starts_with(OLD_THROTTLE_MARK.as_bytes()));
         let nothing = match throttled {
             Some(error) => Found::Throttled(error),
             None if looks.is_new(mark) && refusal => Found::Refused,
@@ -613,6 +586,48 @@ fn entry_draw(token_key: &str, stored_on: Instant) -> f64 {
     #[expect(clippy::cast_precision_loss, reason = "53 bits fit an f64's mantissa")]
     let draw = bits as f64 / (1u64 << 53) as f64;
     draw
+}
+
+/// The throttle mark for the holder's throttled `error` (its status and the holder's id) and
+/// how long it lasts: the `Retry-After`, [`LONGEST_THROTTLE`] at most; `None` when there is no
+/// wait left.
+fn throttle_mark(error: &CredentialError, holder: &str) -> Option<(String, Duration)> {
+    let wait = error.retry_after()?.min(LONGEST_THROTTLE);
+    if wait.is_zero() {
+        return None;
+    }
+    let status = error
+        .status()
+        .unwrap_or(http::StatusCode::TOO_MANY_REQUESTS)
+        .as_u16();
+    Some((format!("{status}:{holder}"), wait))
+}
+
+/// The throttled error answered, as `credential`, for the fleet's throttle (`status`) until
+/// `end`, sending nothing.
+fn throttled_error(
+    credential: &'static str,
+    status: http::StatusCode,
+    end: Instant,
+) -> CredentialError {
+    let wait = end.saturating_duration_since(Instant::now());
+    CredentialError::authentication_failed(
+        credential,
+        format!(
+            "throttled: the identity provider answered another process of the fleet HTTP \
+             {status} with a Retry-After; no token request is sent for another {} s",
+            wait.as_secs_f64().ceil()
+        ),
+    )
+    .with_provider(ProviderDetails {
+        status: Some(status),
+        ..ProviderDetails::default()
+    })
+    .with_cause(Cause {
+        transient: true,
+        throttled_until: Some(end),
+        ..Cause::default()
+    })
 }
 
 /// Whether `error` is the identity provider's own final answer, the one every process of the

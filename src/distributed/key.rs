@@ -1,5 +1,5 @@
-//! The store keys of an entry: `{prefix}:{hash}:token`, `{prefix}:{hash}:lease` and
-//! `{prefix}:{hash}:failed`.
+//! The store keys of an entry: `{prefix}:{hash}:token`, `{prefix}:{hash}:lease`,
+//! `{prefix}:{hash}:failed` and `{prefix}:{hash}:throttled`.
 //!
 //! The hash is the hex SHA-256 of the fields that make two requests want the same token:
 //! the authority (its whole normalised URL: host, port and path) and tenant, the client id, the identity (the credential's name, and
@@ -85,6 +85,13 @@ impl EntryKey {
     pub(crate) fn failed(&self) -> String {
         format!("{}:failed", self.base)
     }
+
+    /// Where a holder the identity provider throttled leaves its throttle mark: the status,
+    /// for the wait asked (the key's own expiry, which readers take from the store, never
+    /// from a wall clock).
+    pub(crate) fn throttled(&self) -> String {
+        format!("{}:throttled", self.base)
+    }
 }
 
 impl fmt::Debug for EntryKey {
@@ -130,6 +137,8 @@ mod tests {
         assert_eq!(a.token().len(), "p:{}:token".len() + 64);
         assert!(a.lease().ends_with("}:lease"));
         assert_eq!(a.token()[..67], a.lease()[..67], "one hash tag for both");
+        assert_eq!(a.token()[..67], a.throttled()[..67], "one hash tag for all");
+        assert!(a.throttled().ends_with("}:throttled"));
     }
 
     #[test]

@@ -62,28 +62,36 @@
 //!   does one found by a waiter that has just taken the lease (it gives the lease back):
 //!   against a refused client, each process has its own answer one poll after the holder's,
 //!   instead of taking the lease one after another, each refused in its turn. Any other
-//!   failure but throttling (a timeout, a connection failure, a 5xx after the retries: one
-//!   host's trouble, or brief) leaves no mark: the next waiter takes the lease and asks for
+//!   failure but throttling (a timeout, a connection failure, a 5xx that outlasted the
+//!   retries without a `Retry-After`: one host's trouble, or brief) leaves no mark: the next waiter takes the lease and asks for
 //!   all, so a recovering provider gets one more request, not one per process. A waiter that
 //!   takes over a lease that ran out (its holder died) finds no mark either and holds it for
 //!   all. A process that starts acquiring after the failure takes the lease as usual.
-//! * **Throttling is the fleet's.** A holder the identity provider throttled with a
-//!   `Retry-After` longer than its retries wait (`RetryOptions::max_retry_after`; its error
-//!   [`is_throttled`](crate::CredentialError::is_throttled)) gives the lease back leaving a
-//!   throttle mark under the same key, in the same step, for the wait asked (an hour at
-//!   most): `throttled:{status}:{end, Unix seconds}:{holder id}`. Until it ends, every process
-//!   that looks (a waiter at its next poll, a process starting an acquisition at its first
-//!   look) answers at once with a throttled error (`is_throttled`, `retry_after`: the time
-//!   left, rounded up to the second, by its own clock), sending nothing; a usable token in
-//!   the store still answers first. Entra throttles per application and tenant, so every
-//!   process of the fleet would be throttled too: one request into the throttle instead of
-//!   one per process. A mark whose end has passed by a reader's clock (a host whose clock is
-//!   ahead) is ignored by that reader: it takes the lease and asks for all. (A failure mark
-//!   is the holder id alone, as before; a process of a release before throttle marks reads a
-//!   throttle mark as a failure mark and asks on its own.) The limit: a managed identity's
-//!   endpoint (IMDS, App Service's) throttles each host on its own, so there one host's wait
-//!   holds the fleet back; such waits are short (seconds), waited out inside the request by
-//!   the retries, and only one longer than `max_retry_after` (60 s) is marked.
+//! * **Throttling is the fleet's.** A holder the identity provider throttled (its error
+//!   [`is_throttled`](crate::CredentialError::is_throttled): a status the retries retry, 429
+//!   or a 5xx, with a `Retry-After` longer than the retries wait or that outlasted them) gives
+//!   the lease back leaving a throttle mark under a key of its own,
+//!   `{prefix}:{hash}:throttled` (its status and holder id), in the same step
+//!   ([`TokenStore::release_with_mark`]), to expire after the `Retry-After` (an hour at most).
+//!   Until it expires, every process that looks (a waiter at its next poll, a process
+//!   starting an acquisition at its first look) answers at once with a throttled error
+//!   (`is_throttled`, `retry_after`: the mark's time left), sending nothing; a usable token in
+//!   the store still answers first, and a publish of one ([`TokenStore::put_clearing`])
+//!   deletes the mark, so a process that got a token during the wait ends it for the fleet.
+//!   The time left is the store's expiry of the mark (Redis's `PTTL`, read with the token:
+//!   [`TokenStore::get_with_throttle`], one script), never a wall clock: hosts whose clocks
+//!   disagree answer the same wait, and none sends into the throttle early. A store that
+//!   cannot tell a key's time left ignores throttle marks (each process then takes the lease
+//!   in turn, as without one). Entra throttles per application and tenant, so every process
+//!   of the fleet would be throttled too: one request into the throttle instead of one per
+//!   process. Processes of a release before throttle keys read neither the key nor write it
+//!   (they take the lease in turn, as without a mark, and their failure marks, under
+//!   `…:failed`, leave a throttle alone); the failure mark is the holder id alone, as before
+//!   throttle marks, and a `throttled:…` value the release before wrote there is no refusal.
+//!   The limit: a managed identity's endpoint (IMDS, App Service's) throttles each host on
+//!   its own, so there one host's wait holds the fleet back; such waits are short (seconds)
+//!   and mostly waited out inside the request by the retries, but one the holder answers
+//!   throttled with is marked all the same.
 //!
 //!   The limit: a final refusal is taken for the fleet's, but some 4xx answers are one host's
 //!   alone: a stale federated token file (`AADSTS700024`, an expired assertion), a client
@@ -106,7 +114,8 @@
 //!   lease or not, then makes (at most) its own request, bounded by that request's own
 //!   deadline (`RetryOptions::total_timeout`).
 //! * **A lease no cache wrote is not waited for.** Each look reads the lease's time left with
-//!   the token and the mark ([`TokenStore::get_with_lease`], one script). A cache's lease
+//!   the token and the marks ([`TokenStore::get_with_lease`] within
+//!   [`TokenStore::get_with_throttle`], one script). A cache's lease
 //!   always expires, within `lease` (renewals set it to `lease`, never more); a lease key with
 //!   no expiry, or more than twice `lease` and a minute left, was written by something else
 //!   with write access to the store, and no holder will fill it: the process asks on its own
@@ -145,8 +154,8 @@
 //!   read) is a miss, counted as a store error, logged once per cache at WARN naming the entry's
 //!   store key, and replaced by the next publish. One sealed under another key name (a key
 //!   rotation rolling out, see [`SealingKey`]) is a miss only: DEBUG, not counted.
-//! * **Keys.** `{prefix}:{hash}:token`, `{prefix}:{hash}:lease` and `{prefix}:{hash}:failed`
-//!   (a failure or throttle mark);
+//! * **Keys.** `{prefix}:{hash}:token`, `{prefix}:{hash}:lease`, `{prefix}:{hash}:failed`
+//!   (a failure mark) and `{prefix}:{hash}:throttled` (a throttle mark);
 //!   the hash (SHA-256 of the authority, tenant, client id, identity, scope set and CAE flag)
 //!   in braces is a Redis Cluster hash tag, so an entry's keys share a slot for a store over a cluster
 //!   (a [`TokenStore`] of your own: `RedisTokenCache` talks to one endpoint, a single server
@@ -190,7 +199,10 @@ pub(crate) use key::Identity;
 pub use redis::RedisTokenCache;
 pub use seal::SealingKey;
 pub use stats::CacheStats;
-pub use store::{LeaseTtl, StoreError, TokenStore, ValueWithLease, ValueWithMark, ValueWithTtl};
+pub use store::{
+    LeaseTtl, StoreError, TokenStore, ValueWithLease, ValueWithMark, ValueWithThrottle,
+    ValueWithTtl,
+};
 
 use breaker::Breaker;
 use clock::WallClock;

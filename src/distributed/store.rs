@@ -21,6 +21,7 @@ pub(crate) const MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// the same four operations, and the optional ones with a default
 /// ([`renew_lease`](Self::renew_lease), [`get_with_ttl`](Self::get_with_ttl),
 /// [`get_with_mark`](Self::get_with_mark), [`get_with_lease`](Self::get_with_lease),
+/// [`get_with_throttle`](Self::get_with_throttle), [`put_clearing`](Self::put_clearing),
 /// [`put_mark`](Self::put_mark), [`release_with_mark`](Self::release_with_mark)).
 ///
 /// Every call is bounded by the cache's time budget and counted by its circuit breaker; a
@@ -30,6 +31,7 @@ pub(crate) const MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// A wrapper around another store (one that adds logging or metrics, or delegates to a
 /// [`RedisTokenCache`](super::RedisTokenCache)) should forward every optional method too, and
 /// [`get_with_mark`](Self::get_with_mark), [`get_with_lease`](Self::get_with_lease),
+/// [`get_with_throttle`](Self::get_with_throttle), [`put_clearing`](Self::put_clearing),
 /// [`put_mark`](Self::put_mark) and [`release_with_mark`](Self::release_with_mark) in
 /// particular: the defaults build them from the other calls, so a wrapper that leaves them out
 /// loses the inner store's one-script look (two reads inside one budget instead of one), the
@@ -109,6 +111,70 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
         Box::pin(async move { Ok((self.get_with_mark(key, mark_key).await?, LeaseTtl::Unknown)) })
     }
 
+    /// What [`get_with_lease`](Self::get_with_lease) reads, and the throttle mark under
+    /// `throttle_key` with its time left (as [`get_with_ttl`](Self::get_with_ttl) reads a
+    /// value), read together: the cache's waiters read it at each look. A throttle mark is
+    /// written by a holder the identity provider throttled, with its release
+    /// ([`release_with_mark`](Self::release_with_mark)), to expire after the wait asked; the
+    /// time it has left is the time the fleet still waits, taken from the store's own expiry
+    /// so that no host's wall clock shortens or lengthens it. A mark whose time left the store
+    /// cannot tell (`None`) is ignored: the waiters then take the lease in turn as they would
+    /// without it. The four keys share a Redis Cluster hash tag;
+    /// [`RedisTokenCache`](super::RedisTokenCache) reads them in one script. The default calls
+    /// [`get_with_lease`](Self::get_with_lease) and [`get_with_ttl`](Self::get_with_ttl)
+    /// concurrently and waits for both (a failure of either is the look's).
+    ///
+    /// Added after the other methods: a store written before it reads its throttle marks
+    /// through this default, from its own [`get_with_ttl`](Self::get_with_ttl).
+    fn get_with_throttle<'a>(
+        &'a self,
+        key: &'a str,
+        mark_key: &'a str,
+        lease_key: &'a str,
+        throttle_key: &'a str,
+    ) -> BoxFuture<'a, Result<ValueWithThrottle, StoreError>> {
+        Box::pin(async move {
+            let (found, throttle) = tokio::join!(
+                self.get_with_lease(key, mark_key, lease_key),
+                self.get_with_ttl(throttle_key)
+            );
+            match (found, throttle) {
+                (Ok(found), Ok(throttle)) => Ok((found, throttle)),
+                // As in `get_with_mark`: a wait on a connection attempt hides no real failure.
+                (Err(connecting), Err(error)) if connecting.is_connecting() => Err(error),
+                (Err(error), _) | (_, Err(error)) => Err(error),
+            }
+        })
+    }
+
+    /// Stores `value` under `key` as [`put`](Self::put) does and, once it is stored, removes
+    /// `clear_key`: the cache publishes a usable token this way, clearing the entry's throttle
+    /// mark, so that a process that got a token during a throttle (alone, or the wait over by
+    /// the provider's reckoning) lets the fleet share it at once instead of answering the
+    /// throttle out. [`RedisTokenCache`](super::RedisTokenCache) does both in one script. The
+    /// default calls [`put`](Self::put) and overwrites `clear_key` with an empty value for
+    /// 1 ms ([`put_mark`](Self::put_mark)), concurrently (a failure of either is the call's):
+    /// an empty throttle mark is none.
+    fn put_clearing<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+        clear_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (put, cleared) = tokio::join!(
+                self.put(key, value, ttl),
+                self.put_mark(clear_key, b"", Duration::from_millis(1))
+            );
+            match (put, cleared) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(connecting), Err(error)) if connecting.is_connecting() => Err(error),
+                (Err(error), _) | (_, Err(error)) => Err(error),
+            }
+        })
+    }
+
     /// Stores `value` under `key`, replacing what is there, to expire after `ttl`, counted
     /// from this call where the store can: a put applied late (a call given up on, applied
     /// when the store resumes) would otherwise outlive the token by the delay.
@@ -123,7 +189,8 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Stores a mark `value` under `key` for `ttl`: a few seconds (a holder's failure mark),
-    /// or the wait a throttling provider asked for, an hour at most (a throttle mark).
+    /// or the wait a throttling provider asked for, an hour at most (a throttle mark, under a
+    /// key of its own).
     /// A mark says something only while it is fresh, and applied late it lasts its `ttl` from
     /// then, which is harmless: a store need not bound it by the wall clock as
     /// [`put`](Self::put) may, and [`RedisTokenCache`](super::RedisTokenCache) does not (a
@@ -243,6 +310,10 @@ pub enum LeaseTtl {
 /// An entry's value and mark, as [`TokenStore::get_with_mark`] reads them, and the time its
 /// lease has left (see [`TokenStore::get_with_lease`]).
 pub type ValueWithLease = (ValueWithMark, LeaseTtl);
+
+/// What [`TokenStore::get_with_lease`] reads, and the entry's throttle mark with its time left,
+/// if there is one (see [`TokenStore::get_with_throttle`]).
+pub type ValueWithThrottle = (ValueWithLease, Option<ValueWithTtl>);
 
 /// A store's failure: unreachable, refused, or an answer it could not use. Its message names
 /// the operation and never a value or a credential of the store (a password in a URL).

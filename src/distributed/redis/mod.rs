@@ -12,7 +12,8 @@ use futures_util::future::BoxFuture;
 use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisError, Script, Value};
 
 use crate::distributed::store::{
-    MAX_ENTRY_BYTES, StoreError, TokenStore, ValueWithLease, ValueWithMark, ValueWithTtl,
+    MAX_ENTRY_BYTES, StoreError, TokenStore, ValueWithLease, ValueWithMark, ValueWithThrottle,
+    ValueWithTtl,
 };
 use crate::error::ConfigError;
 use crate::redact::{scrub, truncate};
@@ -22,8 +23,9 @@ mod scripts;
 
 use link::{Link, State, keepalive};
 use scripts::{
-    GET_WITH_LEASE, GET_WITH_MARK, GET_WITH_TTL, MAX_MARK_BYTES, PUT, RELEASE, RELEASE_WITH_MARK,
-    RENEW, entry_and_mark, entry_answer, entry_mark_and_lease, px, unexpected, unix_millis,
+    GET_WITH_LEASE, GET_WITH_MARK, GET_WITH_THROTTLE, GET_WITH_TTL, MAX_MARK_BYTES, PUT, RELEASE,
+    RELEASE_WITH_MARK, RENEW, entry_and_mark, entry_answer, entry_mark_and_lease,
+    entry_mark_lease_and_throttle, px, unexpected, unix_millis,
 };
 
 /// How much of a Redis error's text a [`StoreError`] keeps.
@@ -170,6 +172,7 @@ struct Inner {
     get_with_ttl: Script,
     get_with_mark: Script,
     get_with_lease: Script,
+    get_with_throttle: Script,
     put: Script,
 }
 
@@ -207,6 +210,7 @@ impl RedisTokenCache {
                 get_with_ttl: Script::new(GET_WITH_TTL),
                 get_with_mark: Script::new(GET_WITH_MARK),
                 get_with_lease: Script::new(GET_WITH_LEASE),
+                get_with_throttle: Script::new(GET_WITH_THROTTLE),
                 put: Script::new(PUT),
             }),
         })
@@ -252,11 +256,15 @@ impl RedisTokenCache {
         value: &[u8],
         ttl: Duration,
         called: Option<u64>,
+        clear_key: Option<&str>,
     ) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let ttl = px(ttl);
         let end = called.map_or(u64::MAX, |called| called.saturating_add(ttl));
         let mut invocation = self.inner.put.key(key);
+        if let Some(clear_key) = clear_key {
+            invocation.key(clear_key);
+        }
         invocation.arg(value).arg(ttl).arg(end);
         match self.repeatable("SET", &invocation).await? {
             Value::Int(1) => Ok(()),
@@ -356,13 +364,45 @@ impl TokenStore for RedisTokenCache {
         })
     }
 
+    /// The entry, the mark, the lease's `PTTL` and the throttle mark with its `PTTL`, in one
+    /// script.
+    fn get_with_throttle<'a>(
+        &'a self,
+        key: &'a str,
+        mark_key: &'a str,
+        lease_key: &'a str,
+        throttle_key: &'a str,
+    ) -> BoxFuture<'a, Result<ValueWithThrottle, StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.inner.get_with_throttle.key(key);
+            invocation
+                .key(mark_key)
+                .key(lease_key)
+                .key(throttle_key)
+                .arg(MAX_ENTRY_BYTES)
+                .arg(MAX_MARK_BYTES);
+            entry_mark_lease_and_throttle(self.repeatable("GET", &invocation).await?)
+        })
+    }
+
     fn put<'a>(
         &'a self,
         key: &'a str,
         value: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.put_from(key, value, ttl, unix_millis()))
+        Box::pin(self.put_from(key, value, ttl, unix_millis(), None))
+    }
+
+    /// One script: the put, and the `DEL` of `clear_key` once stored.
+    fn put_clearing<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+        clear_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.put_from(key, value, ttl, unix_millis(), Some(clear_key)))
     }
 
     /// A plain `SET … PX`: no bound by the wall clock (a failure mark applied late only lasts

@@ -5,7 +5,7 @@ use std::time::Duration;
 use redis::Value;
 
 use crate::distributed::store::{
-    LeaseTtl, StoreError, ValueWithLease, ValueWithMark, ValueWithTtl,
+    LeaseTtl, StoreError, ValueWithLease, ValueWithMark, ValueWithThrottle, ValueWithTtl,
 };
 
 /// another process meanwhile must survive the old holder's release.
@@ -100,6 +100,25 @@ found[3] = redis.call('PTTL', KEYS[3])
 return found"
 );
 
+/// Reads what [`GET_WITH_LEASE`] reads and the throttle mark under `KEYS[4]` with its `PTTL`,
+/// in one atomic step (the four keys share a hash tag): `{entry, mark, lease ms, throttle}`,
+/// where `throttle` is `{}` when there is none, else `{value, ms left}` (-1: no expiry). A
+/// throttle mark of another type or longer than `ARGV[2]` bytes is none, as a mark is.
+pub(super) const GET_WITH_THROTTLE: &str = concat!(
+    r"local found = (function()
+",
+    get_with_mark_body!(),
+    r"
+end)()
+found[3] = redis.call('PTTL', KEYS[3])
+found[4] = {}
+if redis.call('TYPE', KEYS[4])['ok'] == 'string'
+  and redis.call('STRLEN', KEYS[4]) <= tonumber(ARGV[2]) then
+  found[4] = {redis.call('GET', KEYS[4]), redis.call('PTTL', KEYS[4])}
+end
+return found"
+);
+
 /// The longest mark read: holder ids are some 30 bytes.
 pub(super) const MAX_MARK_BYTES: usize = 1024;
 
@@ -112,6 +131,8 @@ pub(super) const MAX_MARK_BYTES: usize = 1024;
 /// behind the caller's changes nothing; one ahead by `S` shortens the entry by `S`, and
 /// stores nothing when `S` reaches the TTL (the caller tells that from a late apply: see
 /// [`RedisTokenCache::put_from`](super::RedisTokenCache::put_from)).
+/// A second key, when given, is deleted once the value is stored: the entry's throttle mark,
+/// which a usable token ends (the keys share a hash tag).
 /// Effects replication (`TIME` before a write) is the default from Redis 5; asked for on
 /// older servers, where it exists.
 pub(super) const PUT: &str = r"if redis.replicate_commands then
@@ -124,6 +145,9 @@ if px < 1 then
   return math.min(left, 0)
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
+if KEYS[2] then
+  redis.call('DEL', KEYS[2])
+end
 return 1";
 
 /// A store error for an answer of the wrong kind; names the kind, never the value.
@@ -202,6 +226,20 @@ pub(super) fn entry_mark_and_lease(answer: Value) -> Result<ValueWithLease, Stor
         }
         Ok(_) | Err(_) => Err(wrong_shape()),
     }
+}
+
+/// [`GET_WITH_THROTTLE`]'s answer: `{entry, mark, lease ms, throttle}`.
+pub(super) fn entry_mark_lease_and_throttle(
+    answer: Value,
+) -> Result<ValueWithThrottle, StoreError> {
+    let Value::Array(mut answer) = answer else {
+        return Err(unexpected("GET", &answer));
+    };
+    let Some(Value::Array(throttle)) = answer.pop() else {
+        return Err(wrong_shape());
+    };
+    let throttle = entry(throttle)?;
+    Ok((entry_mark_and_lease(Value::Array(answer))?, throttle))
 }
 
 /// An entry and a mark as the scripts answer them: `{}` for none, else `{value, ms left}` and

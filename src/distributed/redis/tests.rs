@@ -67,7 +67,7 @@ async fn a_put_that_redis_clock_has_already_ended_is_an_error() {
     let ten_seconds_ago = unix_millis().unwrap() - 10_000;
     let ttl = Duration::from_secs(5);
     let e = store
-        .put_from("p:{a}:token", b"v", ttl, Some(ten_seconds_ago))
+        .put_from("p:{a}:token", b"v", ttl, Some(ten_seconds_ago), None)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("clock runs at least"), "{e}");
@@ -233,6 +233,42 @@ async fn release_with_mark_marks_only_a_lease_it_releases() {
     let ((_, found), held) = store.get_with_lease(token, mark, lease).await.unwrap();
     assert_eq!(found.as_deref(), Some(&b"holder.1"[..]));
     assert_eq!(held, LeaseTtl::Unknown, "released");
+}
+
+/// The throttle mark is read with the entry, its time left by Redis's `PTTL`; a publish
+/// through `put_clearing` deletes it, a plain `put` does not.
+#[tokio::test]
+async fn the_throttle_mark_is_read_with_its_ttl_and_cleared_by_a_publish() {
+    let server = Server::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    let keys = (
+        "t:{h}:token",
+        "t:{h}:failed",
+        "t:{h}:lease",
+        "t:{h}:throttled",
+    );
+    let (token, mark, lease, throttled) = keys;
+    let read = || store.get_with_throttle(token, mark, lease, throttled);
+    assert_eq!(read().await.unwrap().1, None);
+    assert!(store.try_lease(lease, "holder.1", secs(5)).await.unwrap());
+    store
+        .release_with_mark(lease, "holder.1", throttled, b"429:holder.1", secs(120))
+        .await
+        .unwrap();
+    let (((_, failed), held), found) = read().await.unwrap();
+    let (value, left) = found.unwrap();
+    assert_eq!(value, b"429:holder.1");
+    let left = left.unwrap();
+    assert!(left > secs(118) && left <= secs(120), "{left:?}");
+    assert_eq!((failed, held), (None, LeaseTtl::Unknown));
+    store.put(token, b"v", secs(60)).await.unwrap();
+    assert!(read().await.unwrap().1.is_some(), "a plain put leaves it");
+    store
+        .put_clearing(token, b"v", secs(60), throttled)
+        .await
+        .unwrap();
+    let (((entry, _), _), found) = read().await.unwrap();
+    assert_eq!((entry.unwrap().0, found), (b"v".to_vec(), None));
 }
 
 /// A drop under a burst of calls counts once in the breaker: three lease calls held in
@@ -425,4 +461,8 @@ fn px_is_never_zero_and_never_past_the_cap() {
     // Redis refuses a PX that overflows when added to its clock: capped.
     assert_eq!(px(Duration::MAX), MAX_PX);
     assert_eq!(px(Duration::from_millis(MAX_PX + 1)), MAX_PX);
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
 }

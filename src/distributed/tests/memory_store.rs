@@ -13,7 +13,8 @@ use tokio::time::Instant;
 
 use super::HOUR;
 use crate::distributed::{
-    LeaseTtl, StoreError, TokenStore, ValueWithLease, ValueWithMark, ValueWithTtl,
+    LeaseTtl, StoreError, TokenStore, ValueWithLease, ValueWithMark, ValueWithThrottle,
+    ValueWithTtl,
 };
 
 /// How the store answers.
@@ -95,6 +96,23 @@ impl MemoryStore {
     }
 
     /// Counts the call and answers per the mode.
+    /// The time `key` has left, if it is there.
+    fn left(&self, key: &str) -> Option<Duration> {
+        self.live(key)?;
+        let until = self.entries.lock().unwrap().get(key)?.1;
+        Some(until.saturating_duration_since(Instant::now()))
+    }
+
+    fn with_lease(&self, key: &str, mark_key: &str, lease_key: &str) -> ValueWithLease {
+        let entry = self
+            .live(key)
+            .and_then(|value| Some((value, Some(self.left(key)?))));
+        let lease = self
+            .left(lease_key)
+            .map_or(LeaseTtl::Unknown, LeaseTtl::Left);
+        ((entry, self.live(mark_key)), lease)
+    }
+
     fn answer<T: Send + 'static>(
         &self,
         healthy: impl FnOnce() -> T,
@@ -161,18 +179,39 @@ impl TokenStore for Handle {
         mark_key: &'a str,
         lease_key: &'a str,
     ) -> BoxFuture<'a, Result<ValueWithLease, StoreError>> {
+        self.0
+            .answer(|| self.0.with_lease(key, mark_key, lease_key))
+    }
+
+    /// One step, as `RedisTokenCache`'s script: the throttle mark's time left is the store's.
+    fn get_with_throttle<'a>(
+        &'a self,
+        key: &'a str,
+        mark_key: &'a str,
+        lease_key: &'a str,
+        throttle_key: &'a str,
+    ) -> BoxFuture<'a, Result<ValueWithThrottle, StoreError>> {
         self.0.answer(|| {
-            let left = |key: &str| {
-                self.0.live(key)?;
-                let until = self.0.entries.lock().unwrap().get(key)?.1;
-                Some(until.saturating_duration_since(Instant::now()))
-            };
-            let entry = self
+            let throttle = self
                 .0
-                .live(key)
-                .and_then(|value| Some((value, Some(left(key)?))));
-            let lease = left(lease_key).map_or(LeaseTtl::Unknown, LeaseTtl::Left);
-            ((entry, self.0.live(mark_key)), lease)
+                .live(throttle_key)
+                .and_then(|value| Some((value, Some(self.0.left(throttle_key)?))));
+            (self.0.with_lease(key, mark_key, lease_key), throttle)
+        })
+    }
+
+    /// One step, as `RedisTokenCache`'s script: the put, then the throttle mark deleted.
+    fn put_clearing<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+        clear_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.answer(|| {
+            let mut entries = self.0.entries.lock().unwrap();
+            entries.insert(key.to_owned(), (value.to_vec(), Instant::now() + ttl));
+            entries.remove(clear_key);
         })
     }
 

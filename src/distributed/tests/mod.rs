@@ -791,28 +791,85 @@ async fn a_process_that_never_held_the_lease_leaves_no_mark_for_its_holders_wait
     }
 }
 
-/// A throttle mark whose end has passed by a waiter's clock (a host whose clock runs 200 s
-/// ahead of the holder's, past the 120 s wait) says nothing to that waiter, and never reads as
-/// a refusal: the waiter takes the lease and asks for all, as without a mark, rather than ask
-/// on its own. (Before, a throttle mark it could not read as current was a new failure mark.)
-#[tokio::test(start_paused = true)]
-async fn a_throttle_mark_past_its_end_by_a_readers_clock_is_no_refusal() {
+/// A throttled holder (120 s) and a waiter whose wall clock runs `skew` off the holder's
+/// (positive: ahead): the waiter's error, and the calls the provider saw.
+async fn throttled_with_skew(ahead: bool, secs: u64) -> (CredentialError, usize, u64) {
     let store = MemoryStore::new();
-    let holder = cache(&store);
-    let ahead = clock_ahead(cache(&store), 200);
+    let (holder, reader) = if ahead {
+        (cache(&store), clock_ahead(cache(&store), secs))
+    } else {
+        (clock_ahead(cache(&store), secs), cache(&store))
+    };
     let idp = Idp::throttled(Duration::from_millis(150));
     let holding = tokio::spawn({
         let (p, idp) = (process(&holder), idp.clone());
         async move { p.get_or_acquire(cache_key(), false, idp.acquire()).await }
     });
     tokio::task::yield_now().await;
-    let waited = process(&ahead)
+    let waited = process(&reader)
         .get_or_acquire(cache_key(), false, idp.acquire())
         .await;
-    assert!(waited.unwrap_err().is_throttled());
     assert!(holding.await.unwrap().unwrap_err().is_throttled());
-    assert_eq!(idp.calls(), 2);
-    assert_eq!(ahead.stats().leases_won, 1, "it held the lease for all");
+    (waited.unwrap_err(), idp.calls(), reader.stats().idp_calls)
+}
+
+/// A waiter whose wall clock runs 200 s ahead of the throttled holder's (past the 120 s
+/// wait) answers the wait left, as the store's expiry of the throttle mark tells it, and
+/// sends nothing. (Before, the mark carried its end in Unix seconds: past it by this
+/// reader's clock, the reader took the lease and sent its request into the throttle.)
+#[tokio::test(start_paused = true)]
+async fn a_reader_whose_clock_runs_ahead_answers_the_throttles_time_left() {
+    let (error, calls, own) = throttled_with_skew(true, 200).await;
+    assert!(error.is_throttled(), "{error}");
+    let wait = error.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_secs(118) && wait <= THROTTLE,
+        "{wait:?}"
+    );
+    assert_eq!((calls, own), (1, 0));
+}
+
+/// A waiter whose wall clock runs 600 s behind the throttled holder's answers the wait left
+/// (some 120 s), not 720 s. (Before, the mark's Unix end read 600 s late by its clock.)
+#[tokio::test(start_paused = true)]
+async fn a_reader_whose_clock_runs_behind_answers_the_throttles_time_left() {
+    let (error, calls, own) = throttled_with_skew(false, 600).await;
+    assert!(error.is_throttled(), "{error}");
+    let wait = error.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_secs(118) && wait <= THROTTLE,
+        "{wait:?}"
+    );
+    assert_eq!((calls, own), (1, 0));
+}
+
+/// A process that got a token during a throttle mark (its wait for a slow holder ran out,
+/// and it asked alone) clears the mark when it publishes: once the shared token is due for
+/// renewal, the fleet asks again instead of answering the throttle out. (Before, the mark
+/// stayed for its whole wait.)
+#[tokio::test(start_paused = true)]
+async fn a_publish_during_a_throttle_mark_clears_it() {
+    let store = MemoryStore::new();
+    let quick = |b: DistributedCacheBuilder| b.wait_limit(Duration::from_secs(2));
+    let holder = cache(&store);
+    let waiter = cache_with(&store, quick);
+    let throttled = Idp::throttled(Duration::from_secs(3));
+    let alone = Idp::new(Duration::from_secs(2));
+    let holding = tokio::spawn({
+        let (p, idp) = (process(&holder), throttled.clone());
+        async move { p.get_or_acquire(cache_key(), false, idp.acquire()).await }
+    });
+    tokio::task::yield_now().await;
+    let waiting = tokio::spawn({
+        let (p, idp) = (process(&waiter), alone.clone());
+        async move { get(&p, &idp).await }
+    });
+    let mark = store_keys("tower-identity").throttled();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(store.raw(&mark).is_some(), "the holder's throttle mark");
+    assert_eq!(waiting.await.unwrap(), "token-1");
+    assert!(holding.await.unwrap().unwrap_err().is_throttled());
+    assert_eq!(store.raw(&mark), None, "cleared by the publish");
 }
 
 /// A cold fleet of 20 against a provider whose first answer is a 503 that outlasted the
@@ -1189,10 +1246,16 @@ impl TokenStore for StuckEntryRead {
         Box::pin(async { Err(StoreError::connecting("waited on another call's attempt")) })
     }
 
+    /// The entry's read hangs; the throttle mark's, as the mark's, joins it and gives up.
     fn get_with_ttl<'a>(
         &'a self,
-        _: &'a str,
+        key: &'a str,
     ) -> BoxFuture<'a, Result<Option<ValueWithTtl>, StoreError>> {
+        if !key.ends_with(":token") {
+            return Box::pin(async {
+                Err(StoreError::connecting("waited on another call's attempt"))
+            });
+        }
         self.entry_reads.fetch_add(1, Ordering::SeqCst);
         Box::pin(std::future::pending())
     }
