@@ -54,9 +54,9 @@
 //!   more turn in line. The mark is written only with the release of a lease the process
 //!   holds: one that never took it (its lease call failed) or whose lease ran out and went to
 //!   another process leaves none, which the other holder's waiters would take for their
-//!   holder's. A store without that method reads the lease, then puts the mark and releases
-//!   concurrently, the mark first, which is not atomic: over several connections the release
-//!   may land first. Each poll of a waiter reads the mark with the
+//!   holder's. A store without that method reads the lease, then releases it (compare and
+//!   delete, always) and, only if it read this holder, puts the mark concurrently, the mark
+//!   first, which is not atomic: over several connections the release may land first. Each poll of a waiter reads the mark with the
 //!   token ([`TokenStore::get_with_mark`]); a mark written since the waiter started waiting
 //!   (another holder id than its first look found) makes it ask on its own at once, and so
 //!   does one found by a waiter that has just taken the lease (it gives the lease back):

@@ -41,7 +41,9 @@ pub(crate) const MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// one without the other).
 pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// The value stored under `key`, or `None` when there is none (missing, expired,
-    /// evicted).
+    /// evicted). For a lease key, the holder id [`try_lease`](Self::try_lease) stored: the
+    /// default [`release_with_mark`](Self::release_with_mark) reads it to tell whether the
+    /// caller holds the lease (without it, leases are given back but never marked).
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
 
     /// The value stored under `key` with the time it has left before the store expires it,
@@ -207,6 +209,12 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
 
     /// Takes the lease `key` for `holder` if nobody holds it, to expire after `ttl`
     /// (Redis: `SET key holder NX PX ttl`). `true` when this call took it.
+    ///
+    /// The default [`release_with_mark`](Self::release_with_mark) reads the lease back with
+    /// [`get`](Self::get) to tell whether the caller holds it: a store whose `get` answers
+    /// the holder's bytes for a lease key has its failure and throttle marks written; one
+    /// whose `get` cannot (leases kept apart from values) has its leases given back with no
+    /// mark, unless it implements `release_with_mark` itself.
     fn try_lease<'a>(
         &'a self,
         key: &'a str,
@@ -234,10 +242,13 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// provider for all, as if the holder had died), nor the mark with the lease still held,
     /// and a failure leaves both undone rather than one of them.
     ///
-    /// The default does not: it reads the lease ([`get`](Self::get)), and only if `holder`
-    /// holds it calls [`put_mark`](Self::put_mark) and [`release`](Self::release)
+    /// The default does not: it reads the lease ([`get`](Self::get)), and calls
+    /// [`release`](Self::release) in any case (compare and delete: safe whoever holds the
+    /// lease) and, only if the read found `holder`, [`put_mark`](Self::put_mark)
     /// concurrently, the mark first, and waits for both (a failure of any is the call's, and
-    /// may leave another done): two round trips one after the other in one budget. A lease
+    /// may leave another done): two round trips one after the other in one budget. A store
+    /// whose [`get`](Self::get) cannot read a lease back (see [`try_lease`](Self::try_lease))
+    /// still has the lease given back, but leaves no mark. A lease
     /// that runs out between the read and the writes, and is taken by another process, may
     /// still get this caller's mark. On a store that applies one caller's commands in the
     /// order they are sent (one connection) the mark lands first; on others (a pool of
@@ -253,8 +264,16 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            if self.get(key).await?.as_deref() != Some(holder.as_bytes()) {
-                return Ok(());
+            let held = match self.get(key).await {
+                Ok(value) => value.as_deref() == Some(holder.as_bytes()),
+                Err(error) => {
+                    // The lease goes back all the same: a waiter must not wait it out.
+                    let _ = self.release(key, holder).await;
+                    return Err(error);
+                }
+            };
+            if !held {
+                return self.release(key, holder).await;
             }
             let (marked, released) = tokio::join!(
                 self.put_mark(mark_key, mark, ttl),

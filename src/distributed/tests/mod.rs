@@ -1233,6 +1233,66 @@ async fn the_largest_wait_limit_waits_for_the_holder() {
     assert_eq!(waiter_cache.stats().idp_calls, 0);
 }
 
+/// A store whose `get` cannot read a lease back (it answers `None` for lease keys), with no
+/// `release_with_mark` of its own: the default's.
+#[derive(Debug)]
+struct BlindLeases(Handle);
+
+impl TokenStore for BlindLeases {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        if key.ends_with(":lease") {
+            return Box::pin(async { Ok(None) });
+        }
+        self.0.get(key)
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.put(key, value, ttl)
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.0.try_lease(key, holder, ttl)
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.release(key, holder)
+    }
+}
+
+/// The default `release_with_mark` gives a refused holder's lease back even when `get`
+/// cannot read the lease (it only leaves no mark): the next acquisition takes the lease at
+/// once. (Before, it returned without releasing, and every waiter waited the lease out.)
+#[tokio::test(start_paused = true)]
+async fn the_default_release_with_mark_releases_a_lease_it_cannot_read() {
+    let store = MemoryStore::new();
+    let c = DistributedCache::builder(BlindLeases(Handle(Arc::clone(&store))))
+        .sealing_key(sealing_key())
+        .build()
+        .unwrap();
+    let idp = Idp::failing(Duration::ZERO);
+    let refused = process(&c)
+        .get_or_acquire(cache_key(), false, idp.acquire())
+        .await;
+    assert!(refused.is_err());
+    assert_eq!(c.stats().leases_won, 1);
+    let lease = store_keys("tower-identity").lease();
+    assert_eq!(store.raw(&lease), None, "the lease given back");
+}
+
 /// A store whose entry read starts a connection attempt that never ends, and whose mark read
 /// joins it and gives up (`StoreError::connecting`, which the breaker does not count).
 #[derive(Debug)]
