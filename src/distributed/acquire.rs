@@ -86,6 +86,55 @@ struct Keys<'a> {
     throttled: &'a str,
 }
 
+/// The fleet's throttles this process has read (or caused), by entry: until one ends, the
+/// entry's acquisitions are answered from here, without a store call. At most
+/// [`MAX_THROTTLED_ENTRIES`]; past that, the one that ends first is forgotten first.
+#[derive(Debug, Default)]
+pub(super) struct FleetThrottles(std::sync::Mutex<Vec<(String, http::StatusCode, Instant)>>);
+
+/// Entries whose throttles one cache remembers (as `crate::throttle` bounds endpoints): a
+/// credential allowed any tenant could otherwise be made to keep one for every tenant.
+const MAX_THROTTLED_ENTRIES: usize = 64;
+
+impl FleetThrottles {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, http::StatusCode, Instant)>> {
+        // Every write leaves the list whole: a panic elsewhere cannot leave it torn.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The fleet's throttle of `entry` (its status and end), if one runs now.
+    fn running(&self, entry: &str) -> Option<(http::StatusCode, Instant)> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .find(|(known, _, end)| known == entry && now < *end)
+            .map(|(_, status, end)| (*status, *end))
+    }
+
+    /// Remembers the throttle of `entry` until `end`, replacing the one known.
+    fn remember(&self, entry: &str, status: http::StatusCode, end: Instant) {
+        let now = Instant::now();
+        let mut throttles = self.lock();
+        throttles.retain(|(known, _, until)| known != entry && now < *until);
+        if throttles.len() >= MAX_THROTTLED_ENTRIES {
+            let first = throttles
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, _, until))| *until)
+                .map(|(i, _)| i);
+            if let Some(first) = first {
+                throttles.swap_remove(first);
+            }
+        }
+        throttles.push((entry.to_owned(), status, end));
+    }
+
+    /// Forgets the throttle of `entry`: this process published a token for it.
+    fn forget(&self, entry: &str) {
+        self.lock().retain(|(known, _, _)| known != entry);
+    }
+}
+
 /// What the store holds for an entry.
 enum Found {
     /// A token not due for renewal.
@@ -132,6 +181,11 @@ impl Shared {
                 credential,
                 ..Looks::default()
             };
+            // A throttle this process knows of is answered without reading the store: every
+            // acquisition of a throttled entry would otherwise cost a store call until its end.
+            if let Some((status, end)) = self.throttles.running(&token_key) {
+                return Err(throttled_error(credential, status, end));
+            }
             match self.find(&keys, policy, &mut looks).await {
                 Found::Usable(token) => return self.shared_hit(token),
                 Found::Failed => return self.alone(idp, None).await,
@@ -290,6 +344,11 @@ impl Shared {
         match result {
             Err(error) if error.is_throttled() => {
                 if let Some((mark, wait)) = throttle_mark(error, holder) {
+                    if let (Some(status), Some(end)) =
+                        (error.status(), Instant::now().checked_add(wait))
+                    {
+                        self.throttles.remember(keys.token, status, end);
+                    }
                     let release = || {
                         self.store.release_with_mark(
                             lease_key,
@@ -335,6 +394,7 @@ impl Shared {
     /// the store cannot tell its time left.
     fn throttled(
         &self,
+        token_key: &str,
         mark: &[u8],
         left: Option<Duration>,
         credential: &'static str,
@@ -343,7 +403,11 @@ impl Shared {
         let status = std::str::from_utf8(mark).ok()?.split(':').next()?;
         let status = http::StatusCode::from_bytes(status.as_bytes()).ok()?;
         let end = Instant::now().checked_add(wait)?;
-        (!wait.is_zero()).then(|| throttled_error(credential, status, end))
+        if wait.is_zero() {
+            return None;
+        }
+        self.throttles.remember(token_key, status, end);
+        Some(throttled_error(credential, status, end))
     }
 
     /// Asks on our own after the holder we waited for was refused (its mark is there): the
@@ -459,6 +523,7 @@ impl Shared {
             );
             return;
         }
+        self.throttles.forget(token_key);
         let put = || {
             self.store
                 .put_clearing(token_key, &value, ttl, keys.throttled)
@@ -482,8 +547,8 @@ impl Shared {
             return Found::Failed;
         };
         looks.stray_lease = self.is_stray(lease);
-        let throttled =
-            throttle.and_then(|(mark, left)| self.throttled(&mark, left, looks.credential));
+        let throttled = throttle
+            .and_then(|(mark, left)| self.throttled(token_key, &mark, left, looks.credential));
         // A throttle mark the release before throttle keys wrote under the failure mark's key
         // is no refusal: the waiter takes the lease and asks for all, as without a mark.
         let refusal = !mark

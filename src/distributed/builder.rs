@@ -180,6 +180,7 @@ impl DistributedCacheBuilder {
                 acquisitions: std::sync::atomic::AtomicU64::new(0),
                 clock: WallClock::now(),
                 warned_unreadable: AtomicBool::new(false),
+                throttles: Default::default(),
             }),
         })
     }

@@ -78,6 +78,9 @@
 //!   (`is_throttled`, `retry_after`: the mark's time left), sending nothing; a usable token in
 //!   the store still answers first, and a publish of one ([`TokenStore::put_clearing`])
 //!   deletes the mark, so a process that got a token during the wait ends it for the fleet.
+//!   A process remembers a throttle it read (or caused) until its end, for 64 entries at
+//!   most, and answers that entry's later acquisitions from memory, without a store call
+//!   (a process that has read the mark still waits it out after such a publish).
 //!   The time left is the store's expiry of the mark (Redis's `PTTL`, read with the token:
 //!   [`TokenStore::get_with_throttle`], one script), never a wall clock: hosts whose clocks
 //!   disagree answer the same wait, and none sends into the throttle early. A store that
@@ -241,6 +244,8 @@ struct Shared {
     clock: WallClock,
     /// Whether an unreadable value was logged at WARN already.
     warned_unreadable: AtomicBool,
+    /// The fleet's throttles this process knows of, answered without a store call.
+    throttles: acquire::FleetThrottles,
 }
 
 impl DistributedCache {

@@ -791,6 +791,32 @@ async fn a_process_that_never_held_the_lease_leaves_no_mark_for_its_holders_wait
     }
 }
 
+/// During a throttle mark, a process reads the store once: its later acquisitions of the
+/// entry are answered from what it read, until the mark's end, without a store call; then it
+/// reads again. (Before, each of the 100 acquisitions read the store.)
+#[tokio::test(start_paused = true)]
+async fn acquisitions_during_a_known_throttle_make_no_store_call() {
+    let store = MemoryStore::new();
+    let c = cache(&store);
+    let p = process(&c);
+    let idp = Idp::new(Duration::ZERO);
+    let mark = store_keys("tower-identity").throttled();
+    store.set_raw(&mark, b"429:other.1");
+    let before = store.calls();
+    for _ in 0..100 {
+        let error = p
+            .get_or_acquire(cache_key(), false, idp.acquire())
+            .await
+            .unwrap_err();
+        assert!(error.is_throttled(), "{error}");
+        assert!(error.retry_after().unwrap() > HOUR - Duration::from_secs(1));
+    }
+    assert_eq!(store.calls() - before, 1, "one store read");
+    assert_eq!(idp.calls(), 0);
+    tokio::time::advance(HOUR).await;
+    assert_eq!(get(&p, &idp).await, "token-1");
+}
+
 /// A throttled holder (120 s) and a waiter whose wall clock runs `skew` off the holder's
 /// (positive: ahead): the waiter's error, and the calls the provider saw.
 async fn throttled_with_skew(ahead: bool, secs: u64) -> (CredentialError, usize, u64) {
