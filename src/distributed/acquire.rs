@@ -581,7 +581,7 @@ impl Shared {
         // `due`, and a new draw at that renewal's read could put the entry's time later, hand
         // the slot the same token back (a failed attempt, "The same token back" in
         // `crate::refresh`) and have it try again only 30 s on.
-        let draw = entry_draw(token_key, stored.stored_on);
+        let draw = entry_draw(token_key, stored.sealed_times);
         let due = policy.refresh_at_drawn(&stored.token, stored.stored_on, draw);
         if stored.token.is_expired_at(now) || now >= due {
             nothing
@@ -637,15 +637,16 @@ impl Shared {
     }
 }
 
-/// A draw in `0..1` for the refresh jitter of the entry `token_key` stored at `stored_on`:
-/// the same at every read of that entry by this process (its clock maps the stored time to
-/// the same instant), another for the next entry published.
-fn entry_draw(token_key: &str, stored_on: Instant) -> f64 {
+/// A draw in `0..1` for the refresh jitter of the entry `token_key` whose sealed Unix times
+/// (stored on, expires on) are `sealed_times`: the same at every read of that entry, whatever
+/// the reader's clock or the store's time left (the instant a read maps the stored time to
+/// moves with both), another for the next entry published.
+fn entry_draw(token_key: &str, sealed_times: (u64, u64)) -> f64 {
     use std::hash::{Hash, Hasher};
     // SipHash with fixed keys: the same value for the same input within a process.
     let mut hasher = std::hash::DefaultHasher::new();
     token_key.hash(&mut hasher);
-    stored_on.hash(&mut hasher);
+    sealed_times.hash(&mut hasher);
     // The top 53 bits over 2^53: uniform in `0..1`, exact in an f64.
     let bits = hasher.finish() >> 11;
     #[expect(clippy::cast_precision_loss, reason = "53 bits fit an f64's mantissa")]

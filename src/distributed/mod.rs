@@ -32,9 +32,10 @@
 //!   the provider's `refresh_in`), counted from when the entry was published: every process
 //!   renews a shared token at the same moment (the token it takes carries that moment as its
 //!   `refresh_on`, also when read late in its life), and none keeps a token it would itself
-//!   renew. A refresh jitter, if the rule has one, is drawn from the entry (its key and when
-//!   it was stored), not afresh at each read: every read of an entry gives it the same
-//!   refresh time, so a renewal at that time never finds the entry it renews still usable.
+//!   renew. A refresh jitter, if the rule has one, is drawn from the entry (its key and the
+//!   Unix times sealed in it, alike on every read and every host), not afresh at each read,
+//!   nor from the instant a read maps its stored time to (that moves with the reader's clock
+//!   and the store's time left): every read of an entry gives it the same refresh time, so a renewal at that time never finds the entry it renews still usable.
 //! * **Single-flight across the fleet.** Otherwise the process takes the entry's lease
 //!   ([`TokenStore::try_lease`], for [`lease`](DistributedCacheBuilder::lease), default
 //!   10 s, under a holder id drawn at random for each cache and numbered per acquisition).

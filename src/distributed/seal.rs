@@ -158,6 +158,10 @@ pub(super) enum Unopened {
 pub(super) struct Stored {
     pub(super) token: AccessToken,
     pub(super) stored_on: Instant,
+    /// The Unix times sealed in the entry (`stored_on`, `expires_on`): the same at every read
+    /// on every host, where `stored_on` moves with the reader's clock and the store's time
+    /// left (see `open`).
+    pub(super) sealed_times: (u64, u64),
 }
 
 impl Sealing {
@@ -303,6 +307,7 @@ impl Sealing {
         Some(Stored {
             token,
             stored_on: time(payload.stored_on).min(now),
+            sealed_times: (payload.stored_on, payload.expires_on),
         })
     }
 }

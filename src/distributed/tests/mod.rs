@@ -1259,6 +1259,100 @@ async fn the_largest_wait_limit_waits_for_the_holder() {
     assert_eq!(waiter_cache.stats().idp_calls, 0);
 }
 
+/// A store that reports a value's time left in whole milliseconds, rounded down, as Redis's
+/// `PTTL` does.
+#[derive(Debug)]
+struct MillisecondTtl(Handle);
+
+impl TokenStore for MillisecondTtl {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        self.0.get(key)
+    }
+
+    fn get_with_ttl<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ValueWithTtl>, StoreError>> {
+        Box::pin(async move {
+            let read = self.0.get_with_ttl(key).await?;
+            Ok(read.map(|(value, left)| {
+                let ms = |left: Duration| Duration::from_millis(left.as_millis() as u64);
+                (value, left.map(ms))
+            }))
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.put(key, value, ttl)
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.0.try_lease(key, holder, ttl)
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.release(key, holder)
+    }
+}
+
+/// Two reads of one shared entry, 0.7 ms apart, by a reader whose clock runs behind the
+/// publisher's (so the store's time left, in whole milliseconds, is the tighter bound on the
+/// entry's times) give the token one refresh time, to the store's millisecond: the jitter is
+/// drawn from the sealed Unix times, not from the stored time as each read maps it. (Before,
+/// each read's mapping moved by a fraction of a millisecond, and with it the draw: the
+/// refresh times differed by up to the whole jitter.)
+#[tokio::test(start_paused = true)]
+async fn reads_of_one_entry_by_a_clock_behind_give_one_refresh_time() {
+    let store = MemoryStore::new();
+    let over = |store: &Arc<MemoryStore>| {
+        DistributedCache::builder(MillisecondTtl(Handle(Arc::clone(store))))
+            .sealing_key(sealing_key())
+            .build()
+            .unwrap()
+    };
+    let publisher = clock_ahead(over(&store), 1);
+    let reader = over(&store);
+    let idp = Idp::new(Duration::ZERO);
+    assert_eq!(get(&process(&publisher), &idp).await, "token-1");
+    let policy = RefreshPolicy {
+        jitter: Duration::from_secs(60),
+        ..RefreshPolicy::default()
+    };
+    let mut refresh = Vec::new();
+    for _ in 0..2 {
+        let token = SharedLevel::new(reader.clone(), identity())
+            .acquire(
+                "Test",
+                "tenant",
+                &scopes(&["scope"]),
+                false,
+                policy,
+                (idp.acquire())(),
+            )
+            .await
+            .unwrap();
+        refresh.push(token.refresh_on().unwrap());
+        tokio::time::advance(Duration::from_micros(700)).await;
+    }
+    assert_eq!((idp.calls(), reader.stats().shared_hits), (1, 2));
+    let apart = refresh[0].max(refresh[1]) - refresh[0].min(refresh[1]);
+    assert!(apart < Duration::from_millis(1), "{apart:?} apart");
+}
+
 /// A store whose `get` cannot read a lease back (it answers `None` for lease keys), with no
 /// `release_with_mark` of its own: the default's.
 #[derive(Debug)]
