@@ -58,8 +58,9 @@ struct Looks {
     /// The credential acquiring, named in the error a throttle mark answers.
     credential: &'static str,
     reported_unreadable: bool,
-    /// The last look found a lease no live cache wrote (see [`Shared::is_stray`]).
-    stray_lease: bool,
+    /// The time left of a lease no live cache wrote, if the last look found one (see
+    /// [`Shared::is_stray`]).
+    stray_lease: Option<LeaseTtl>,
     /// `None` before the first look; then the mark it found, if any.
     first_mark: Option<Option<Vec<u8>>>,
 }
@@ -184,12 +185,12 @@ impl Shared {
             // A throttle this process knows of is answered without reading the store: every
             // acquisition of a throttled entry would otherwise cost a store call until its end.
             if let Some((status, end)) = self.throttles.running(&token_key) {
-                return Err(throttled_error(credential, status, end));
+                return self.answer_throttled(throttled_error(credential, status, end));
             }
             match self.find(&keys, policy, &mut looks).await {
                 Found::Usable(token) => return self.shared_hit(token),
                 Found::Failed => return self.alone(idp, None).await,
-                Found::Throttled(error) => return Err(error),
+                Found::Throttled(error) => return self.answer_throttled(error),
                 // The first look records the mark it finds: never one written since.
                 Found::Nothing | Found::Refused => {}
             }
@@ -228,7 +229,7 @@ impl Shared {
                             Found::Throttled(error) => {
                                 let release = || self.store.release(&lease_key, &holder);
                                 self.breaker.call("release", release, &self.stats).await;
-                                return Err(error);
+                                return self.answer_throttled(error);
                             }
                             Found::Nothing | Found::Failed => {}
                         }
@@ -254,12 +255,21 @@ impl Shared {
                 }
                 // Nobody will fill a lease no cache wrote: waiting on it would cost every
                 // acquisition `wait_limit`, for as long as the key is there.
-                if looks.stray_lease {
+                if let Some(seen) = looks.stray_lease {
+                    let lease_left = match seen {
+                        LeaseTtl::Left(left) => format!("{left:?}"),
+                        _ => "no expiry".to_owned(),
+                    };
                     tracing::warn!(
                         entry = lease_key,
-                        "distributed token cache: the entry's lease has no expiry, or one far \
-                         longer than a cache's lease; it was not written by a cache. Asking \
-                         on our own instead of waiting for it (delete the key)"
+                        lease_left = %lease_left,
+                        our_lease = ?self.lease,
+                        "distributed token cache: the entry's lease has more time left than \
+                         this process's lease setting allows a cache (twice it and a minute); \
+                         asking on our own instead of waiting for it. Likely a settings \
+                         mismatch: processes of the fleet configured with different `lease` \
+                         durations (make them agree); else a write to the key by something \
+                         other than a cache"
                     );
                     return self.alone(idp, Some(&keys)).await;
                 }
@@ -276,13 +286,19 @@ impl Shared {
                     Found::Usable(token) => return self.shared_hit(token),
                     Found::Failed => return self.alone(idp, None).await,
                     Found::Refused => return self.refused_holder(idp, &keys).await,
-                    Found::Throttled(error) => return Err(error),
+                    Found::Throttled(error) => return self.answer_throttled(error),
                     Found::Nothing => {}
                 }
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// Answers an acquisition with the fleet's throttle (`error`), counted.
+    fn answer_throttled(&self, error: CredentialError) -> Result<AccessToken, CredentialError> {
+        self.stats.throttled();
+        Err(error)
     }
 
     fn shared_hit(&self, token: AccessToken) -> Result<AccessToken, CredentialError> {
@@ -546,7 +562,7 @@ impl Shared {
         else {
             return Found::Failed;
         };
-        looks.stray_lease = self.is_stray(lease);
+        looks.stray_lease = self.is_stray(lease).then_some(lease);
         let throttled = throttle
             .and_then(|(mark, left)| self.throttled(token_key, &mark, left, looks.credential));
         // A throttle mark the release before throttle keys wrote under the failure mark's key
@@ -701,7 +717,7 @@ fn throttled_error(
 /// `invalid_scope` …), not worth trying again. Only such a failure is marked for the waiters
 /// to ask on their own at once (throttling has a mark of its own: see `give_back`). Anything
 /// else may be this host's (a connection, a timeout, its TLS roots, its assertion source) or
-/// brief (408, 429 without a `Retry-After`, a 5xx after the retries):
+/// brief (408, 429 without a `Retry-After`, a 5xx that outlasted the retries without one):
 /// there the next waiter holding the lease most likely succeeds for all, where twenty waiters
 /// asking alone would be a burst of requests against a throttled or recovering provider.
 ///

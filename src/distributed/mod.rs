@@ -121,9 +121,11 @@
 //!   the token and the marks ([`TokenStore::get_with_lease`] within
 //!   [`TokenStore::get_with_throttle`], one script). A cache's lease
 //!   always expires, within `lease` (renewals set it to `lease`, never more); a lease key with
-//!   no expiry, or more than twice `lease` and a minute left, was written by something else
-//!   with write access to the store, and no holder will fill it: the process asks on its own
-//!   at once, publishes its token, and logs a WARN naming the key (delete it), instead of
+//!   no expiry, or more than twice `lease` and a minute left, was not written by a cache with
+//!   this process's settings, and this process does not wait for its holder: the process asks on its own
+//!   at once, publishes its token, and logs a WARN naming the key, the time left it saw and
+//!   this process's `lease` (most likely a fleet whose `lease` settings disagree: make them
+//!   agree; else a write by something other than a cache), instead of
 //!   waiting `wait_limit` at every acquisition for as long as the key is there. Processes of
 //!   a fleet whose `lease` settings differ by more than that take each other's leases for
 //!   such keys. A store without `get_with_lease` (the default reports nothing of the lease)
@@ -171,8 +173,9 @@
 //!   relative lifetime when it was published) bounds what a reader derives: a reader never
 //!   holds a shared token past the entry's end, whatever its clock says.
 //! * **Figures.** [`DistributedCache::stats`] counts local hits, shared hits, leases won and
-//!   lost, identity provider calls and store errors; DEBUG events (`outcome` = `local_hit`,
-//!   `shared_hit`, `lease_won`, `lease_lost`, `idp_call`, `store_error`) inside a
+//!   lost, identity provider calls, store errors and acquisitions answered from the fleet's
+//!   throttle; DEBUG events (`outcome` = `local_hit`, `shared_hit`, `lease_won`,
+//!   `lease_lost`, `idp_call`, `store_error`, `throttled`) inside a
 //!   `distributed_cache` span naming the entry. Never a token.
 //!
 //! One cache can serve several credentials (their entries have different keys); its

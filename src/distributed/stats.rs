@@ -29,6 +29,9 @@ pub struct CacheStats {
     /// every process has the new key says some process still seals with another (or
     /// something else writes values that look sealed).
     pub other_key_misses: u64,
+    /// Acquisitions answered with a throttled error from the fleet's throttle mark (read from
+    /// the store, or remembered from an earlier read), sending nothing.
+    pub throttled: u64,
 }
 
 /// The live counters.
@@ -41,6 +44,7 @@ pub(super) struct Counters {
     idp_calls: AtomicU64,
     store_errors: AtomicU64,
     other_key_misses: AtomicU64,
+    throttled: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -84,6 +88,14 @@ impl Counters {
         bump(&self.other_key_misses);
     }
 
+    pub(super) fn throttled(&self) {
+        bump(&self.throttled);
+        tracing::debug!(
+            outcome = "throttled",
+            "distributed token cache: the fleet is throttled for this entry; nothing sent"
+        );
+    }
+
     pub(super) fn snapshot(&self) -> CacheStats {
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CacheStats {
@@ -94,6 +106,7 @@ impl Counters {
             idp_calls: read(&self.idp_calls),
             store_errors: read(&self.store_errors),
             other_key_misses: read(&self.other_key_misses),
+            throttled: read(&self.throttled),
         }
     }
 }

@@ -316,6 +316,7 @@ pub type ValueWithTtl = (Vec<u8>, Option<Duration>);
 pub type ValueWithMark = (Option<ValueWithTtl>, Option<Vec<u8>>);
 
 /// The time a lease has left, as [`TokenStore::get_with_lease`] reads it.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseTtl {
     /// No lease, or the store does not tell.

@@ -1010,8 +1010,6 @@ async fn a_wrong_password_costs_a_request_per_process_and_no_failure() {
     assert_eq!(authority.token_posts(), 4);
 }
 
-/// Garbage under the entry key: a miss (never returned), and replaced by the next process's
-/// token.
 /// A lease key no cache wrote, with no expiry or with one far longer than a cache's lease (a
 /// stray write by anything with access to Redis), is not waited for: the process asks at once
 /// and publishes, and the next one shares its token. (Before, every acquisition waited
@@ -1046,6 +1044,8 @@ async fn a_lease_no_cache_wrote_is_not_waited_for() {
     }
 }
 
+/// Garbage under the entry key: a miss (never returned), and replaced by the next process's
+/// token.
 #[tokio::test]
 async fn garbage_under_the_entry_key_is_a_miss_and_replaced() {
     let authority = Authority::start().await;

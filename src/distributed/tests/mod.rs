@@ -812,6 +812,7 @@ async fn acquisitions_during_a_known_throttle_make_no_store_call() {
         assert!(error.retry_after().unwrap() > HOUR - Duration::from_secs(1));
     }
     assert_eq!(store.calls() - before, 1, "one store read");
+    assert_eq!(c.stats().throttled, 100);
     assert_eq!(idp.calls(), 0);
     tokio::time::advance(HOUR).await;
     assert_eq!(get(&p, &idp).await, "token-1");
@@ -1871,6 +1872,28 @@ async fn logged_scenario() -> usize {
     let value = other.seal(&key.token(), &planted, now, WallClock::now());
     store.set_raw(&key.token(), &value.unwrap());
     get_for(&p, &idp, "z").await;
+    // A lease no cache with these settings wrote (an hour left): WARN, naming both times.
+    let key = EntryKey::new(
+        "tower-identity",
+        &identity(),
+        "tenant",
+        &scopes(&["s"]),
+        false,
+    );
+    store.set_raw(&key.lease(), b"stray");
+    get_for(&p, &idp, "s").await;
+    // The fleet's throttle: answered, counted, DEBUG.
+    let key = EntryKey::new(
+        "tower-identity",
+        &identity(),
+        "tenant",
+        &scopes(&["t"]),
+        false,
+    );
+    store.set_raw(&key.throttled(), b"429:other.1");
+    let throttled = CacheKey::new("tenant", &scopes(&["t"]), false);
+    let error = p.get_or_acquire(throttled, false, idp.acquire()).await;
+    assert!(error.unwrap_err().is_throttled());
     // A failing store: the breaker opens once (WARN), stays open, closes once (INFO).
     store.set_mode(Mode::Fail);
     for scope in ["a", "b", "c", "d"] {
@@ -1917,7 +1940,18 @@ async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {
     let idp_calls = logged_scenario().await;
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     let count = |needle: &str| text.matches(needle).count();
-    assert_eq!(count("WARN"), 2, "{text}");
+    assert_eq!(count("WARN"), 3, "{text}");
+    let stray: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("lease setting"))
+        .collect();
+    assert!(
+        stray.len() == 1
+            && stray[0].contains("lease_left=3600s")
+            && stray[0].contains("our_lease=10s")
+            && stray[0].contains("different `lease`"),
+        "{text}"
+    );
     assert_eq!(
         count("a stored value does not open"),
         2,
@@ -1934,7 +1968,13 @@ async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {
     assert_eq!(count("the store keeps failing"), 1, "{text}");
     assert_eq!(count("INFO"), 1, "{text}");
     assert_eq!(count("the store answers again"), 1, "{text}");
-    for outcome in ["local_hit", "lease_won", "idp_call", "store_error"] {
+    for outcome in [
+        "local_hit",
+        "lease_won",
+        "idp_call",
+        "store_error",
+        "throttled",
+    ] {
         assert!(
             text.contains(&format!("outcome=\"{outcome}\"")),
             "{outcome}:\n{text}"
