@@ -359,10 +359,8 @@ impl Shared {
         let (lease_key, failed_key) = (keys.lease, keys.failed);
         match result {
             Err(error) if error.is_throttled() => {
-                if let Some((mark, wait)) = throttle_mark(error, holder) {
-                    if let (Some(status), Some(end)) =
-                        (error.status(), Instant::now().checked_add(wait))
-                    {
+                if let Some((status, mark, wait)) = throttle_mark(error, holder) {
+                    if let Some(end) = Instant::now().checked_add(wait) {
                         self.throttles.remember(keys.token, status, end);
                     }
                     let release = || {
@@ -670,19 +668,21 @@ fn entry_draw(token_key: &str, sealed_times: (u64, u64)) -> f64 {
     draw
 }
 
-/// The throttle mark for the holder's throttled `error` (its status and the holder's id) and
-/// how long it lasts: the `Retry-After`, [`LONGEST_THROTTLE`] at most; `None` when there is no
-/// wait left.
-fn throttle_mark(error: &CredentialError, holder: &str) -> Option<(String, Duration)> {
+/// The status of the holder's throttled `error`, its throttle mark (that status and the
+/// holder's id) and how long it lasts: the `Retry-After`, [`LONGEST_THROTTLE`] at most; `None`
+/// when there is no wait left.
+fn throttle_mark(
+    error: &CredentialError,
+    holder: &str,
+) -> Option<(http::StatusCode, String, Duration)> {
     let wait = error.retry_after()?.min(LONGEST_THROTTLE);
     if wait.is_zero() {
         return None;
     }
     let status = error
         .status()
-        .unwrap_or(http::StatusCode::TOO_MANY_REQUESTS)
-        .as_u16();
-    Some((format!("{status}:{holder}"), wait))
+        .unwrap_or(http::StatusCode::TOO_MANY_REQUESTS);
+    Some((status, format!("{}:{holder}", status.as_u16()), wait))
 }
 
 /// The throttled error answered, as `credential`, for the fleet's throttle (`status`) until

@@ -818,6 +818,26 @@ async fn acquisitions_during_a_known_throttle_make_no_store_call() {
     assert_eq!(get(&p, &idp).await, "token-1");
 }
 
+/// A failure mark (a holder id, as every release writes it) next to a throttle mark leaves
+/// the throttle alone: the throttle has its own key, so an older release's 5 s failure mark
+/// no longer overwrites an hour's throttle, and the process answers the throttle, sending
+/// nothing. (Before, both marks shared one key: the last written was the only one.)
+#[tokio::test(start_paused = true)]
+async fn a_failure_mark_leaves_a_throttle_mark_alone() {
+    let store = MemoryStore::new();
+    let keys = store_keys("tower-identity");
+    store.set_raw(&keys.throttled(), b"429:new.1");
+    store.set_raw(&keys.failed(), b"old.1");
+    let c = cache(&store);
+    let idp = Idp::new(Duration::ZERO);
+    let error = process(&c)
+        .get_or_acquire(cache_key(), false, idp.acquire())
+        .await
+        .unwrap_err();
+    assert!(error.is_throttled(), "{error}");
+    assert_eq!((idp.calls(), c.stats().throttled), (0, 1));
+}
+
 /// A throttled holder (120 s) and a waiter whose wall clock runs `skew` off the holder's
 /// (positive: ahead): the waiter's error, and the calls the provider saw.
 async fn throttled_with_skew(ahead: bool, secs: u64) -> (CredentialError, usize, u64) {
