@@ -77,6 +77,7 @@
 )]
 
 pub mod bearer;
+mod blocking_read;
 mod cache;
 pub mod credential;
 pub mod distributed;

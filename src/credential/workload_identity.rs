@@ -3,12 +3,10 @@
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
-use tokio::time::Instant;
 
 use super::client_assertion::{
     ClientAssertionCredential, ClientAssertionCredentialBuilder, DEFAULT_MAX_ASSERTION_AGE, Fetch,
@@ -16,6 +14,7 @@ use super::client_assertion::{
 use super::env::{AZURE_ADDITIONALLY_ALLOWED_TENANTS, AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
 use super::settings::Settings;
 use super::{CredentialExt, arc_credential_service};
+use crate::blocking_read::{OneRead, READ_TIMEOUT, ReadFailure};
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority, validate_tenant_id};
 use crate::error::{Cause, ConfigError, CredentialError};
 use crate::regular_file::open_regular_file;
@@ -64,12 +63,12 @@ const MAX_TOKEN_FILE_BYTES: usize = 64 * 1024;
 /// A missing value, or a missing or empty token file, makes the credential *unavailable* (a
 /// chain moves on) with what to set; a value from the environment that is set but invalid is an
 /// *invalid request*, as is a token file that cannot be read. The file is read once at a time,
-/// however many tenants are asked: requests meanwhile share the read. A read that has itself
-/// run more than 10 seconds (a volume that does not answer) fails the requests waiting for it,
-/// and every later one at once until it returns: its blocking thread cannot be stopped, and no
-/// other is started meanwhile. A request whose read has not returned within 10 seconds because
-/// it waited for a thread of tokio's blocking pool (every thread busy) fails as *transient*,
-/// saying so; while that read has still not started, later requests fail so at once.
+/// however many tenants are asked, on a thread of its own: requests meanwhile share the read.
+/// A read that has run more than 10 seconds (a volume that does not answer) fails the requests
+/// waiting for it, and every later one at once (not transient) until it returns: its thread
+/// cannot be stopped, and no other is started meanwhile; the next request after it returned
+/// reads the file again. The thread is detached: a read that hangs does not hold up the
+/// runtime's shutdown, so restarting the process works.
 ///
 /// Tokens are cached in memory per tenant and scope set (CAE and non-CAE apart) and renewed
 /// as [`ClientSecretCredential`](crate::ClientSecretCredential)'s are.
@@ -138,52 +137,19 @@ impl State {
     }
 }
 
-/// How long a read of the token file may take. A projected volume answers at once; one that
-/// does not (a hung mount) holds the blocking thread of its read for as long as it hangs.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Reads the token file ([`read_token_file`]; another in tests).
 type Reader = Arc<dyn Fn(&Path) -> Result<Secret, CredentialError> + Send + Sync>;
-
-/// The read of the token file in flight, shared by every request that needs the file meanwhile
-/// (one per token endpoint, i.e. per tenant asked at the same time).
-struct Flight {
-    /// The blocking read's outcome; polled by the requests that wait for it and by the task
-    /// that forgets the flight once it returned.
-    outcome: Shared<BoxFuture<'static, Result<Secret, CredentialError>>>,
-    /// When the read was asked for; it may wait for a thread of the blocking pool first.
-    queued: Instant,
-    /// When the read began to run, set by the read itself: unset, it is still queued for a
-    /// thread of the blocking pool (every one busy), and the file system is not to blame.
-    started: Arc<OnceLock<Instant>>,
-}
-
-impl Flight {
-    /// Whether the read itself has run [`READ_TIMEOUT`] by `now` without returning.
-    fn overran(&self, now: Instant) -> bool {
-        self.started
-            .get()
-            .is_some_and(|started| now.saturating_duration_since(*started) >= READ_TIMEOUT)
-    }
-}
 
 /// The token file and its read.
 struct TokenFile {
     path: PathBuf,
     read: Reader,
-    /// The read in flight, until it returned (a task forgets it then, its outcome with it).
-    /// One read at a time whatever the number of tenants asked: a read on a file system that
-    /// hangs holds its blocking thread, which cannot be stopped, for as long as it hangs.
-    /// Locked briefly, never across an `await`.
-    flight: Mutex<Option<Arc<Flight>>>,
+    /// One read at a time whatever the number of tenants asked (one request per token
+    /// endpoint): requests meanwhile share it.
+    reads: OneRead<Result<Secret, CredentialError>>,
 }
 
 impl TokenFile {
-    fn flight(&self) -> MutexGuard<'_, Option<Arc<Flight>>> {
-        // The slot holds no invariant a panic could break.
-        self.flight.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The failure of every request while a read that ran [`READ_TIMEOUT`] has not returned.
     /// Not transient: the read may never return, and retrying cannot help until the file
     /// system answers.
@@ -191,130 +157,35 @@ impl TokenFile {
         CredentialError::authentication_failed(
             NAME,
             format!(
-                "a read of the token file {} ({AZURE_FEDERATED_TOKEN_FILE}) took more than \
-                 {READ_TIMEOUT:?} and has not returned: the file system holding it does not \
-                 answer, and no other read is started until that read returns; fix the volume \
-                 mount of the token file, or restart the process",
+                "a read of the token file {} ({AZURE_FEDERATED_TOKEN_FILE}) has run more than \
+                 {READ_TIMEOUT:?} and has not returned: the file system does not answer; fix \
+                 the volume mount of the token file; the read is retried once it returns",
                 self.path.display()
             ),
         )
     }
 
-    /// The failure while the read waits, or waited, for a thread of tokio's blocking pool and
-    /// has not run [`READ_TIMEOUT`] yet: the process is busy, which passes (transient); the
-    /// file system is not to blame.
-    fn busy(&self, started: bool) -> CredentialError {
-        let what = if started {
-            format!(
-                "started late, after waiting for a thread of the tokio blocking pool (every one \
-                 was busy), and has not returned within {READ_TIMEOUT:?} of the request"
-            )
-        } else {
-            format!(
-                "did not start within {READ_TIMEOUT:?}: every thread of the tokio blocking pool \
-                 is busy, and no other read is queued until that one has run"
-            )
-        };
-        CredentialError::authentication_failed(
-            NAME,
-            format!(
-                "a read of the token file {} ({AZURE_FEDERATED_TOKEN_FILE}) {what}; try again \
-                 later, or give the runtime more blocking threads",
-                self.path.display()
-            ),
-        )
-        .with_cause(Cause {
-            timeout: true,
-            transient: true,
-            ..Cause::default()
-        })
-    }
-
-    /// The read in flight, or a new one. `None` with the failure when the read in flight is
-    /// not worth waiting for: it ran [`READ_TIMEOUT`] (a file system that does not answer), or
-    /// it has been queued that long (a busy pool); either way no other read is started.
-    fn join_or_start(self: &Arc<Self>, now: Instant) -> Result<Arc<Flight>, CredentialError> {
-        let mut slot = self.flight();
-        if let Some(flight) = slot.as_ref() {
-            // One that returned, not yet forgotten, is not used: it may have been asked for
-            // long ago.
-            if flight.outcome.clone().now_or_never().is_none() {
-                if flight.overran(now) {
-                    return Err(self.stuck());
-                }
-                let queued_for = now.saturating_duration_since(flight.queued);
-                if flight.started.get().is_none() && queued_for >= READ_TIMEOUT {
-                    return Err(self.busy(false));
-                }
-                return Ok(Arc::clone(flight));
-            }
-        }
+    /// The file read on a thread of its own (a slow volume must not stall the runtime),
+    /// shared with the requests that need it meanwhile, waited for until it has run
+    /// [`READ_TIMEOUT`]; refused at once while a read that ran that long has not returned.
+    async fn read(&self) -> Result<Secret, CredentialError> {
         let path = self.path.clone();
         let reader = Arc::clone(&self.read);
-        let started = Arc::new(OnceLock::new());
-        let read = tokio::task::spawn_blocking({
-            let started = Arc::clone(&started);
-            move || {
-                let _ = started.set(Instant::now());
-                reader(&path)
-            }
-        });
-        let outcome = async move {
-            read.await.unwrap_or_else(|join| {
-                Err(CredentialError::authentication_failed(
-                    NAME,
-                    if join.is_cancelled() {
-                        "the token file could not be read: the tokio runtime is shutting down"
-                    } else {
-                        // A panic's payload is the reading code's text, which may quote the file.
-                        "reading the token file failed: the read panicked"
-                    },
-                ))
-            })
-        }
-        .boxed()
-        .shared();
-        let flight = Arc::new(Flight {
-            outcome: outcome.clone(),
-            queued: now,
-            started,
-        });
-        // Forgets the flight once it returned, with its outcome, even when every request
-        // waiting for it gave up.
-        let file = Arc::downgrade(self);
-        let ours = Arc::downgrade(&flight);
-        tokio::spawn(async move {
-            let _ = outcome.await;
-            if let Some(file) = file.upgrade() {
-                let mut slot = file.flight();
-                if slot
-                    .as_ref()
-                    .is_some_and(|held| std::ptr::eq(Arc::as_ptr(held), ours.as_ptr()))
-                {
-                    *slot = None;
-                }
-            }
-        });
-        *slot = Some(Arc::clone(&flight));
-        Ok(flight)
-    }
-
-    /// The file read on a blocking thread (a slow volume must not stall the runtime), shared
-    /// with the requests that need it meanwhile, waited for [`READ_TIMEOUT`] at most; refused
-    /// at once while a read that ran that long has not returned.
-    async fn read(self: &Arc<Self>) -> Result<Secret, CredentialError> {
-        let now = Instant::now();
-        let flight = self.join_or_start(now)?;
-        // Only the read's own running time tells a file system that does not answer from a
-        // read that waited for a thread.
-        let own = now.checked_add(READ_TIMEOUT).unwrap_or(now);
-        let deadline = flight.started.get().map_or(own, |started| {
-            own.min(started.checked_add(READ_TIMEOUT).unwrap_or(own))
-        });
-        match tokio::time::timeout_at(deadline, flight.outcome.clone()).await {
+        match self.reads.shared(move || reader(&path)).await {
             Ok(outcome) => outcome,
-            Err(_elapsed) if flight.overran(Instant::now()) => Err(self.stuck()),
-            Err(_elapsed) => Err(self.busy(flight.started.get().is_some())),
+            Err(ReadFailure::Overran) => Err(self.stuck()),
+            Err(ReadFailure::Panicked) => Err(CredentialError::authentication_failed(
+                NAME,
+                "reading the token file failed: the read panicked",
+            )),
+            Err(ReadFailure::NoThread(e)) => Err(CredentialError::authentication_failed(
+                NAME,
+                format!("the token file could not be read: no thread could be started: {e}"),
+            )
+            .with_cause(Cause {
+                transient: true,
+                ..Cause::default()
+            })),
         }
     }
 }
@@ -324,7 +195,7 @@ fn file_source(path: PathBuf, read: Reader) -> Fetch {
     let file = Arc::new(TokenFile {
         path,
         read,
-        flight: Mutex::new(None),
+        reads: OneRead::new(),
     });
     Arc::new(move |_request| {
         let file = Arc::clone(&file);
@@ -626,6 +497,7 @@ impl fmt::Debug for WorkloadIdentityCredentialBuilder {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+    use std::sync::{Mutex, PoisonError};
 
     use super::*;
     use crate::CredentialExt;
@@ -850,11 +722,11 @@ mod tests {
         })
     }
 
-    /// A token file read that does not return (a hung mount) holds its blocking thread after
-    /// the request gave up on it; later requests are refused at once (not transient, saying
-    /// what to do) instead of each holding one more thread, until it returns.
+    /// A token file read that does not return (a hung mount) holds its thread after the
+    /// request gave up on it; later requests are refused at once (not transient, saying what
+    /// to do) instead of each starting one more thread, until it returns.
     #[test]
-    fn a_token_file_read_that_does_not_return_holds_one_blocking_thread_at_most() {
+    fn a_token_file_read_that_does_not_return_holds_one_thread_at_most() {
         within_a_minute(|| {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -880,7 +752,7 @@ mod tests {
                             tokio::task::yield_now().await;
                         }
                     }
-                    // A running blocking task keeps the paused clock from advancing by itself.
+                    // A running read keeps the paused clock from advancing by itself.
                     tokio::time::advance(Duration::from_secs(31)).await;
                     // Refused at once: done without the clock moving again (a new read would wait).
                     for _ in 0..1000 {
@@ -898,7 +770,10 @@ mod tests {
                     assert!(
                         message.contains("/nonexistent/token (AZURE_FEDERATED_TOKEN_FILE)")
                             && message.contains("has not returned")
-                            && message.contains("restart the process"),
+                            && message.contains("does not answer")
+                            && message.contains("fix the volume mount")
+                            && message.contains("retried once it returns")
+                            && !message.contains("restart"),
                         "{err}"
                     );
                     assert!(err.is_authentication_failed(), "{err}");
@@ -970,140 +845,8 @@ mod tests {
         }
     }
 
-    /// The token file, read by `read`.
-    fn token_file(read: Reader) -> Arc<TokenFile> {
-        Arc::new(TokenFile {
-            path: PathBuf::from("/nonexistent/token"),
-            read,
-            flight: Mutex::new(None),
-        })
-    }
-
-    /// A runtime on the paused clock with one blocking thread, taken until the sender returned
-    /// is dropped: a read of the token file queues behind it, never starting.
-    fn busy_runtime() -> (tokio::runtime::Runtime, std::sync::mpsc::Sender<()>) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .max_blocking_threads(1)
-            .build()
-            .unwrap();
-        let (release, gate) = std::sync::mpsc::channel::<()>();
-        let (taken, is_taken) = std::sync::mpsc::channel::<()>();
-        runtime.spawn_blocking(move || {
-            let _ = taken.send(());
-            let _ = gate.recv();
-        });
-        is_taken.recv().unwrap();
-        (runtime, release)
-    }
-
-    /// A read that never started within 10 s (every blocking thread busy) is not a hung file
-    /// system: the request fails as transient saying the pool is busy, no second read is queued
-    /// meanwhile, and once the pool frees the file is read again. (Before, it read "the file
-    /// system does not answer … restart the process", not transient.)
-    #[test]
-    fn a_read_waiting_for_a_blocking_thread_is_reported_as_a_busy_pool() {
-        within_a_minute(|| {
-            let (runtime, release) = busy_runtime();
-            runtime.block_on(async move {
-                let started = Arc::new(AtomicUsize::new(0));
-                let counted = Arc::clone(&started);
-                let file = token_file(Arc::new(move |_: &Path| {
-                    counted.fetch_add(1, AtomicOrdering::SeqCst);
-                    Ok(Secret::new("the-token"))
-                }));
-
-                let first = tokio::spawn({
-                    let file = Arc::clone(&file);
-                    async move { file.read().await }
-                });
-                // Queued, its deadline fixed: the clock may move.
-                until(|| file.flight().is_some()).await;
-                tokio::time::advance(Duration::from_secs(11)).await;
-                let err = first.await.unwrap().unwrap_err();
-                let message = err.message().to_owned();
-                assert!(
-                    message.contains("did not start within 10s")
-                        && message.contains("blocking pool is busy")
-                        && !message.contains("does not answer"),
-                    "{err}"
-                );
-                assert!(err.is_transient() && err.is_timeout(), "{err}");
-                // Refused at once while it waits: no second read is queued.
-                let again = file.read().await.unwrap_err();
-                assert_eq!(again.message(), message);
-                assert_eq!(started.load(AtomicOrdering::SeqCst), 0);
-
-                // The pool frees: the queued read runs and is forgotten once it returned,
-                // with no request to notice; the next request reads again.
-                drop(release);
-                until(|| file.flight().is_none()).await;
-                assert_eq!(started.load(AtomicOrdering::SeqCst), 1);
-                assert_eq!(file.read().await.unwrap().expose_secret(), "the-token");
-                assert_eq!(started.load(AtomicOrdering::SeqCst), 2);
-            });
-        });
-    }
-
-    /// A read that waited 9 s for a blocking thread and then runs is judged by its own running
-    /// time: 2 s later its request fails as transient (the pool was busy), not as a file
-    /// system that does not answer; a request meanwhile waits for it; only once the read
-    /// itself has run 10 s is it reported stuck. (Before, a read that had started by the 10 s
-    /// mark was reported stuck at once, "restart the process".)
-    #[test]
-    fn a_read_that_starts_late_is_not_a_stuck_file_system() {
-        within_a_minute(|| {
-            let (runtime, release_pool) = busy_runtime();
-            runtime.block_on(async move {
-                let started = Arc::new(AtomicUsize::new(0));
-                let (release, gate) = std::sync::mpsc::channel::<()>();
-                let file = token_file(held_reader(&started, Mutex::new(gate)));
-                let request = |file: &Arc<TokenFile>| {
-                    let file = Arc::clone(file);
-                    tokio::spawn(async move { file.read().await })
-                };
-
-                let first = request(&file);
-                until(|| file.flight().is_some()).await;
-                tokio::time::advance(Duration::from_secs(9)).await;
-                drop(release_pool);
-                // The read runs now, and hangs on its gate.
-                until(|| started.load(AtomicOrdering::SeqCst) == 1).await;
-                tokio::time::advance(Duration::from_secs(2)).await;
-                let err = first.await.unwrap().unwrap_err();
-                assert!(err.is_transient() && err.is_timeout(), "{err}");
-                assert!(
-                    err.message().contains("started late")
-                        && err.message().contains("blocking pool")
-                        && !err.message().contains("does not answer"),
-                    "{err}"
-                );
-
-                // A request now joins the read, and fails once it has run 10 s (at 19 s).
-                let second = request(&file);
-                until(|| {
-                    file.flight()
-                        .as_ref()
-                        .is_some_and(|flight| Arc::strong_count(flight) == 2)
-                })
-                .await;
-                tokio::time::advance(Duration::from_secs(8)).await;
-                let err = second.await.unwrap().unwrap_err();
-                assert!(err.message().contains("does not answer"), "{err}");
-                assert!(!err.is_transient(), "{err}");
-                let err = file.read().await.unwrap_err();
-                assert!(err.message().contains("does not answer"), "{err}");
-                assert_eq!(started.load(AtomicOrdering::SeqCst), 1);
-
-                drop(release);
-                until(|| file.flight().is_none()).await;
-            });
-        });
-    }
-
     /// Two tenants asked at once (a flight per token endpoint) share one read of the token
-    /// file: on a file system that hangs, one blocking thread is held, not one per tenant.
+    /// file: on a file system that hangs, one thread is held, not one per tenant.
     #[test]
     fn tenants_asked_at_once_share_one_read() {
         within_a_minute(|| {
@@ -1148,6 +891,35 @@ mod tests {
                 assert_eq!(started.load(AtomicOrdering::SeqCst), 2);
             });
         });
+    }
+
+    /// A graceful restart while a token file read hangs: dropping the runtime returns (it
+    /// waited for a `spawn_blocking` read without a limit, until `SIGKILL`).
+    #[test]
+    fn a_hung_token_file_read_does_not_hold_up_runtime_shutdown() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let started = Arc::new(AtomicUsize::new(0));
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let mut builder =
+            WorkloadIdentityCredential::builder().vars(vars(Path::new("/nonexistent/token")));
+        builder.reader = Some(held_reader(&started, Mutex::new(gate)));
+        let c = builder.build().unwrap();
+        let request = runtime.spawn(async move { c.get_token(["https://x.test/.default"]).await });
+        runtime.block_on(until(|| started.load(AtomicOrdering::SeqCst) == 1));
+        let (dropped, is_dropped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(request);
+            drop(runtime);
+            let _ = dropped.send(());
+        });
+        let shut_down = is_dropped.recv_timeout(Duration::from_secs(60));
+        // The read's thread returns either way.
+        drop(release);
+        shut_down.expect("dropping the runtime waited for the hung read");
     }
 
     #[tokio::test]

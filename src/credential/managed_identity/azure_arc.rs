@@ -16,19 +16,18 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
-use tokio::task::JoinHandle;
 use url::Url;
 
 use super::request;
 use super::response::{Echo, failure};
 use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
-use crate::error::{CredentialError, ProviderDetails};
+use crate::blocking_read::{OneRead, READ_TIMEOUT, ReadFailure};
+use crate::error::{Cause, CredentialError, ProviderDetails};
 use crate::regular_file::open_regular_file;
 use crate::token::{AccessToken, Secret};
 use crate::transport::{HttpClient, HttpRequest};
@@ -43,10 +42,6 @@ const PARAMS: IdParams = IdParams {
 };
 /// The agent's key files are short; anything larger is not one (azure-identity, MSAL).
 const MAX_KEY_BYTES: u64 = 4096;
-/// Reading the key file gives up after this long. A file of at most 4 KiB in a local
-/// directory is read at once; one that takes longer is stuck (a hung mount, say), and the
-/// request should fail with that rather than hang with it.
-const KEY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Who may read the agent's key files, for a refused read.
 const KEY_ACCESS_ADVICE: &str = "only root and members of the himds group may read the Azure \
     Arc agent's key files on Linux, and only Administrators on Windows: run as root or as a \
@@ -78,20 +73,16 @@ pub(super) fn default_key_directory(
 /// does not return.
 type KeyReader = Arc<dyn Fn(&Path, &str) -> Result<Secret, String> + Send + Sync>;
 
-/// A key read running on a blocking thread.
-type KeyRead = JoinHandle<Result<Secret, String>>;
-
 pub(super) struct AzureArc {
     pub(super) url: Url,
     pub(super) id: Option<UserAssignedId>,
     key_directory: PathBuf,
     http: HttpClient,
     read_key: KeyReader,
-    /// A key read that overran [`KEY_READ_TIMEOUT`]: waiting for it stops there, but its
-    /// blocking thread cannot be stopped. While it has not returned, no other read is started
-    /// (each would hold one more thread of the blocking pool, for as long as the file system
-    /// hangs). Locked briefly, never across an `await`.
-    overrun: Mutex<Option<KeyRead>>,
+    /// Key reads, one at a time: each request reads the key file its own challenge named,
+    /// after the read in flight returned. While a read that ran [`READ_TIMEOUT`] (a file of
+    /// at most 4 KiB in a local directory is read at once) has not returned, none is started.
+    reads: OneRead<Result<Secret, String>>,
 }
 
 impl AzureArc {
@@ -107,13 +98,8 @@ impl AzureArc {
             key_directory,
             http: custom.map_or_else(request::default_http, Ok)?,
             read_key: Arc::new(read_key),
-            overrun: Mutex::new(None),
+            reads: OneRead::new(),
         })
-    }
-
-    fn overrun(&self) -> MutexGuard<'_, Option<KeyRead>> {
-        // The slot holds no invariant a panic could break.
-        self.overrun.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The failure of every request while a key read that overran has not returned, the
@@ -123,10 +109,10 @@ impl AzureArc {
         CredentialError::authentication_failed(
             NAME,
             format!(
-                "a read of the Azure Arc agent's key file in {} (azure_arc_key_directory) took \
-                 more than {KEY_READ_TIMEOUT:?} and has not returned: the key directory's file \
-                 system does not answer, and no other read is started until that read returns; \
-                 fix the mount of the key directory, or restart the process",
+                "a read of the Azure Arc agent's key file in {} (azure_arc_key_directory) has \
+                 run more than {READ_TIMEOUT:?} and has not returned: the key directory's file \
+                 system does not answer; fix the mount of the key directory; the read is \
+                 retried once it returns",
                 self.key_directory.display()
             ),
         )
@@ -136,41 +122,41 @@ impl AzureArc {
     /// before the challenge, so that a stuck file system costs no round trip to the agent
     /// (which writes a fresh key file for each challenge).
     fn refuse_while_stuck(&self) -> Result<(), CredentialError> {
-        let mut overrun = self.overrun();
-        if overrun.as_ref().is_some_and(|read| !read.is_finished()) {
+        if self.reads.overran() {
             return Err(self.stuck());
         }
-        // Returned: its key, read for another request long ago, is not used.
-        *overrun = None;
         Ok(())
     }
 
-    /// The key `realm` names, read on a blocking thread within [`KEY_READ_TIMEOUT`]; refused
-    /// at once while an earlier read that overran has not returned.
+    /// The key `realm` names, read on a thread of its own once the read in flight returned,
+    /// waited for until it has run [`READ_TIMEOUT`]; refused at once while a read that ran
+    /// that long has not returned.
     async fn key(&self, realm: String) -> Result<Secret, CredentialError> {
-        // Again here: another request's read may have overrun during this one's challenge.
-        self.refuse_while_stuck()?;
         let directory = self.key_directory.clone();
         let reader = Arc::clone(&self.read_key);
-        let mut read = tokio::task::spawn_blocking(move || reader(&directory, &realm));
-        match tokio::time::timeout(KEY_READ_TIMEOUT, &mut read).await {
-            Ok(Ok(Ok(key))) => Ok(key),
-            Ok(Ok(Err(reason))) => Err(CredentialError::authentication_failed(
+        match self.reads.own(move || reader(&directory, &realm)).await {
+            Ok(Ok(key)) => Ok(key),
+            Ok(Err(reason)) => Err(CredentialError::authentication_failed(
                 NAME,
                 format!("the Azure Arc agent's key file was refused: {reason}"),
             )),
-            Ok(Err(join)) => Err(CredentialError::authentication_failed(
+            Err(ReadFailure::Overran) => Err(self.stuck()),
+            // A panic's payload is the reading code's text, which may quote the file.
+            Err(ReadFailure::Panicked) => Err(CredentialError::authentication_failed(
                 NAME,
-                format!("reading the Azure Arc agent's key file failed: {join}"),
+                "reading the Azure Arc agent's key file failed: the read panicked",
             )),
-            Err(_elapsed) => {
-                let mut overrun = self.overrun();
-                // Another request's overrun may have been kept meanwhile: one is enough.
-                if overrun.as_ref().is_none_or(JoinHandle::is_finished) {
-                    *overrun = Some(read);
-                }
-                Err(self.stuck())
-            }
+            Err(ReadFailure::NoThread(e)) => Err(CredentialError::authentication_failed(
+                NAME,
+                format!(
+                    "the Azure Arc agent's key file could not be read: no thread could be \
+                     started: {e}"
+                ),
+            )
+            .with_cause(Cause {
+                transient: true,
+                ..Cause::default()
+            })),
         }
     }
 
@@ -403,6 +389,8 @@ fn confirm_identity(id: &UserAssignedId, echo: &Echo) -> Result<(), CredentialEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Mutex, PoisonError};
+    use std::time::Duration;
 
     fn arc(id: Option<UserAssignedId>) -> AzureArc {
         AzureArc::new(
@@ -428,11 +416,11 @@ mod tests {
         })
     }
 
-    /// A key read that never returns (a hung mount) holds its blocking thread after the
-    /// request gave up on it; later requests are refused at once instead of each holding one
-    /// more thread, until it returns.
+    /// A key read that never returns (a hung mount) holds its thread after the request gave
+    /// up on it; later requests are refused at once instead of each starting one more thread,
+    /// until it returns.
     #[tokio::test(start_paused = true)]
-    async fn a_key_read_that_does_not_return_holds_one_blocking_thread_at_most() {
+    async fn a_key_read_that_does_not_return_holds_one_thread_at_most() {
         use futures_util::FutureExt;
         use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -451,8 +439,8 @@ mod tests {
         while started.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
         }
-        // A running blocking task keeps the paused clock from advancing by itself.
-        tokio::time::advance(KEY_READ_TIMEOUT + Duration::from_secs(1)).await;
+        // A running read keeps the paused clock from advancing by itself.
+        tokio::time::advance(READ_TIMEOUT + Duration::from_secs(1)).await;
         let first = first.await.unwrap().unwrap_err();
         assert!(first.message().contains("has not returned"), "{first}");
 
@@ -469,13 +457,13 @@ mod tests {
 
         // Once it returns, the next request reads again.
         drop(release);
-        while !arc.overrun().as_ref().is_some_and(JoinHandle::is_finished) {
+        while arc.reads.overran() {
             tokio::task::yield_now().await;
         }
         let key = arc.key("a.key".into()).await.unwrap();
         assert_eq!(key.expose_secret(), "the-key");
         assert_eq!(started.load(Ordering::SeqCst), 2);
-        assert!(arc.overrun().is_none());
+        assert!(!arc.reads.overran());
     }
 
     /// While a key read that overran has not returned, later acquisitions are refused before
@@ -537,7 +525,7 @@ mod tests {
         while started.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
         }
-        tokio::time::advance(KEY_READ_TIMEOUT + Duration::from_secs(1)).await;
+        tokio::time::advance(READ_TIMEOUT + Duration::from_secs(1)).await;
         let first = first.await.unwrap().unwrap_err();
         assert_eq!(requests.load(Ordering::SeqCst), 1);
         let later: Vec<CredentialError> = (0..5)
@@ -555,7 +543,8 @@ mod tests {
                         .message()
                         .contains("/nonexistent (azure_arc_key_directory)")
                     && err.message().contains("fix the mount")
-                    && err.message().contains("restart the process"),
+                    && err.message().contains("retried once it returns")
+                    && !err.message().contains("restart"),
                 "{err}"
             );
             assert!(err.is_authentication_failed(), "{err}");

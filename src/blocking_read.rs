@@ -1,0 +1,439 @@
+//! A read of a small local file (a token file, a key file) on a thread of its own, waited for
+//! [`READ_TIMEOUT`] at most.
+//!
+//! Such a read is quick unless its file system does not answer (a hung mount); then it may
+//! never return, and nothing can stop it. So it runs on a detached, named thread rather than
+//! tokio's blocking pool: dropping a runtime waits for every running blocking task without a
+//! limit, so a hung read there would hang a graceful shutdown until `SIGKILL`, and hold a
+//! thread of the pool meanwhile. The thread starts at once, so the time waited is the read's
+//! own running time, measured from when it was started.
+//!
+//! At most one read runs at a time per [`OneRead`]: while a read that ran [`READ_TIMEOUT`] has
+//! not returned, requests are refused at once ([`ReadFailure::Overran`]) instead of each
+//! starting one more thread that would hang with it; the next request once it returned reads
+//! again. A read's thread marks it done and forgets it when the read returns, its result with
+//! it (the requests still waiting have theirs): no later request is given an old result.
+//!
+//! On tokio's paused clock (tests), a read on a thread tokio does not know of would let the
+//! clock jump to the deadline while the runtime waits for it; there a blocking task holds the
+//! clock while the read runs, as a `spawn_blocking` read's own task would, and lets it go
+//! when the read returns or the runtime shuts down.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// How long a read may run. A local file of a few KiB is read at once; one that takes this
+/// long is on a file system that does not answer.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The name of a read's thread (in a debugger or `top -H`).
+const THREAD_NAME: &str = "tower-identity-read";
+
+/// Why a read gave no result.
+#[derive(Debug)]
+pub(crate) enum ReadFailure {
+    /// It has run [`READ_TIMEOUT`] without returning (now, or an earlier read still running).
+    Overran,
+    /// It panicked (the payload, the reading code's text, may quote the file: not kept).
+    Panicked,
+    /// No thread could be started for it.
+    NoThread(std::io::Error),
+}
+
+/// The read in flight.
+struct Flight<T> {
+    /// Its result; `None` when the read panicked.
+    outcome: Shared<BoxFuture<'static, Option<T>>>,
+    started: Instant,
+    /// Set by the read's thread once the read returned (or panicked).
+    done: Arc<AtomicBool>,
+}
+
+impl<T: Clone> Flight<T> {
+    fn overran(&self, now: Instant) -> bool {
+        !self.done.load(Ordering::Acquire)
+            && now.saturating_duration_since(self.started) >= READ_TIMEOUT
+    }
+
+    /// Its result, waited for until [`READ_TIMEOUT`] after it started.
+    async fn wait(&self) -> Result<T, ReadFailure> {
+        let deadline = self
+            .started
+            .checked_add(READ_TIMEOUT)
+            .unwrap_or(self.started);
+        match tokio::time::timeout_at(deadline, self.outcome.clone()).await {
+            Ok(Some(value)) => Ok(value),
+            Ok(None) => Err(ReadFailure::Panicked),
+            Err(_elapsed) => Err(ReadFailure::Overran),
+        }
+    }
+}
+
+type Slot<T> = Mutex<Option<Arc<Flight<T>>>>;
+
+/// One owner's reads (a credential's): one at a time.
+pub(crate) struct OneRead<T> {
+    /// The read in flight until its thread forgets it. Locked briefly, never across an
+    /// `await`.
+    slot: Arc<Slot<T>>,
+}
+
+/// What a request does with the read in flight.
+enum Next<T> {
+    /// Its result is this request's (it started it, or shares it).
+    Take(Arc<Flight<T>>),
+    /// Another request's read of another file: wait for it to return, then read.
+    After(Arc<Flight<T>>),
+}
+
+impl<T: Clone + Send + Sync + 'static> OneRead<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            slot: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<Arc<Flight<T>>>> {
+        lock(&self.slot)
+    }
+
+    /// Whether a read that ran [`READ_TIMEOUT`] has not returned (requests would be refused).
+    pub(crate) fn overran(&self) -> bool {
+        let now = Instant::now();
+        self.slot().as_ref().is_some_and(|f| f.overran(now))
+    }
+
+    /// The result of the read in flight, which every request shares (they all read the same
+    /// file), or of `read` started now.
+    pub(crate) async fn shared(
+        &self,
+        read: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ReadFailure> {
+        self.run(read, true).await
+    }
+
+    /// The result of `read`, started once the read in flight (another request's, of another
+    /// file) has returned.
+    pub(crate) async fn own(
+        &self,
+        read: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ReadFailure> {
+        self.run(read, false).await
+    }
+
+    async fn run(
+        &self,
+        read: impl FnOnce() -> T + Send + 'static,
+        share: bool,
+    ) -> Result<T, ReadFailure> {
+        let mut read = Some(read);
+        loop {
+            let next = {
+                let mut slot = self.slot();
+                let now = Instant::now();
+                match slot.as_ref() {
+                    Some(flight) if !flight.done.load(Ordering::Acquire) => {
+                        if flight.overran(now) {
+                            return Err(ReadFailure::Overran);
+                        }
+                        if share {
+                            Next::Take(Arc::clone(flight))
+                        } else {
+                            Next::After(Arc::clone(flight))
+                        }
+                    }
+                    _ => match read.take() {
+                        Some(read) => {
+                            let flight = self.start(read, now)?;
+                            *slot = Some(Arc::clone(&flight));
+                            Next::Take(flight)
+                        }
+                        // Not reached: a request starts one read and takes its result.
+                        None => return Err(ReadFailure::Overran),
+                    },
+                }
+            };
+            match next {
+                Next::Take(flight) => return flight.wait().await,
+                // Its result is not this request's; only its end matters.
+                Next::After(flight) => {
+                    if let Err(ReadFailure::Overran) = flight.wait().await {
+                        return Err(ReadFailure::Overran);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `read` on a thread of its own, started now.
+    fn start(
+        &self,
+        read: impl FnOnce() -> T + Send + 'static,
+        now: Instant,
+    ) -> Result<Arc<Flight<T>>, ReadFailure> {
+        let (send, receive) = oneshot::channel();
+        let done = Arc::new(AtomicBool::new(false));
+        let (marks, slot) = (Arc::clone(&done), Arc::downgrade(&self.slot));
+        std::thread::Builder::new()
+            .name(THREAD_NAME.to_owned())
+            .spawn(move || {
+                // Made here, not before the spawn: a closure that never ran is dropped with
+                // the slot locked by the caller, and `Finish` locks it.
+                // Marked done before its result is sent, so that a request given the result
+                // sees it done. A panic drops these in reverse order: done and forgotten,
+                // then the sender.
+                let send = send;
+                let finish = Finish { done: marks, slot };
+                let value = read();
+                finish.done.store(true, Ordering::Release);
+                let _ = send.send(value);
+                drop(finish);
+            })
+            .map_err(ReadFailure::NoThread)?;
+        let outcome = async move { receive.await.ok() }.boxed().shared();
+        hold_a_paused_clock(&outcome, now);
+        Ok(Arc::new(Flight {
+            outcome,
+            started: now,
+            done,
+        }))
+    }
+}
+
+/// Marks the read done and forgets it, when its thread drops it.
+struct Finish<T> {
+    done: Arc<AtomicBool>,
+    slot: Weak<Slot<T>>,
+}
+
+impl<T> Drop for Finish<T> {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Release);
+        if let Some(slot) = self.slot.upgrade() {
+            let mut slot = lock(&slot);
+            if slot
+                .as_ref()
+                .is_some_and(|flight| Arc::ptr_eq(&flight.done, &self.done))
+            {
+                *slot = None;
+            }
+        }
+    }
+}
+
+fn lock<T>(slot: &Slot<T>) -> MutexGuard<'_, Option<Arc<Flight<T>>>> {
+    // The slot holds no invariant a panic could break.
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// On tokio's paused clock (`now` read again unchanged), a blocking task that keeps the clock
+/// from jumping by itself until `outcome` is ready, or the runtime shuts down (its tasks are
+/// dropped before it waits for blocking ones). On a running clock nothing: no thread of the
+/// pool is taken.
+fn hold_a_paused_clock<T: Clone + Send + Sync + 'static>(
+    outcome: &Shared<BoxFuture<'static, Option<T>>>,
+    now: Instant,
+) {
+    if Instant::now() != now {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    runtime.spawn_blocking(move || {
+        // Returns once `release` is dropped.
+        let _ = held.recv();
+    });
+    let outcome = outcome.clone();
+    runtime.spawn(async move {
+        let _release = release;
+        // The result itself is not kept.
+        drop(outcome.await);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+
+    /// A read that counts its calls and returns `value` once the sender of its gate is
+    /// dropped: a file on a mount that does not answer until the test lets it go.
+    fn held(
+        calls: &Arc<AtomicUsize>,
+        value: &'static str,
+    ) -> (
+        impl FnOnce() -> &'static str + Send + 'static,
+        mpsc::Sender<()>,
+    ) {
+        let (release, gate) = mpsc::channel::<()>();
+        let calls = Arc::clone(calls);
+        let read = move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let _ = gate.recv();
+            value
+        };
+        (read, release)
+    }
+
+    /// Runs `body` on a thread; fails if it has not finished within a minute of real time.
+    fn within_a_minute(body: impl FnOnce() + Send + 'static) {
+        let (done, finished) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            body();
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(Duration::from_secs(60)) {
+            Ok(()) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if let Err(panic) = thread.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the test did not finish within a minute")
+            }
+        }
+    }
+
+    fn paused_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
+    async fn until(mut done: impl FnMut() -> bool) {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A request that joins a read 6 s after it started waits 4 s for it, not 10: the time
+    /// is the read's own, measured from when it started. Both fail as overran, later
+    /// requests at once, with no second read; once it returns, its result is given to nobody
+    /// and the next request reads again.
+    #[test]
+    fn the_deadline_is_the_reads_own_and_an_overrun_refuses_until_it_returns() {
+        within_a_minute(|| {
+            paused_runtime().block_on(async {
+                let reads = Arc::new(OneRead::<&'static str>::new());
+                let calls = Arc::new(AtomicUsize::new(0));
+                let (read, release) = held(&calls, "old");
+                let first = tokio::spawn({
+                    let reads = Arc::clone(&reads);
+                    async move { reads.shared(read).await }
+                });
+                until(|| calls.load(Ordering::SeqCst) == 1).await;
+                tokio::time::advance(Duration::from_secs(6)).await;
+                let (unused, _unused) = held(&calls, "unused");
+                let second = tokio::spawn({
+                    let reads = Arc::clone(&reads);
+                    async move { reads.shared(unused).await }
+                });
+                until(|| {
+                    reads
+                        .slot()
+                        .as_ref()
+                        .is_some_and(|flight| Arc::strong_count(flight) == 3)
+                })
+                .await;
+                tokio::time::advance(Duration::from_secs(4)).await;
+                for request in [first, second] {
+                    assert!(matches!(request.await.unwrap(), Err(ReadFailure::Overran)));
+                }
+                assert!(reads.overran());
+                let (again, _again) = held(&calls, "again");
+                assert!(matches!(
+                    reads.own(again).now_or_never(),
+                    Some(Err(ReadFailure::Overran))
+                ));
+                assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+                drop(release);
+                until(|| reads.slot().is_none()).await;
+                assert!(!reads.overran());
+                let fresh = reads.shared(|| "fresh").await.unwrap();
+                assert_eq!(fresh, "fresh");
+            });
+        });
+    }
+
+    /// `own` waits for the read in flight (another file's) and then reads its own; a
+    /// panicking read is reported as such.
+    #[test]
+    fn own_reads_follow_the_read_in_flight() {
+        within_a_minute(|| {
+            paused_runtime().block_on(async {
+                let reads = Arc::new(OneRead::<&'static str>::new());
+                let calls = Arc::new(AtomicUsize::new(0));
+                let (read, release) = held(&calls, "first");
+                let first = tokio::spawn({
+                    let reads = Arc::clone(&reads);
+                    async move { reads.own(read).await }
+                });
+                until(|| calls.load(Ordering::SeqCst) == 1).await;
+                let second = tokio::spawn({
+                    let reads = Arc::clone(&reads);
+                    async move { reads.own(|| "second").await }
+                });
+                until(|| {
+                    reads
+                        .slot()
+                        .as_ref()
+                        .is_some_and(|flight| Arc::strong_count(flight) == 3)
+                })
+                .await;
+                drop(release);
+                assert_eq!(first.await.unwrap().unwrap(), "first");
+                assert_eq!(second.await.unwrap().unwrap(), "second");
+                let panicked = reads.own(|| panic!("quoted file")).await;
+                assert!(matches!(panicked, Err(ReadFailure::Panicked)));
+            });
+        });
+    }
+
+    /// Dropping a runtime while a read hangs returns (a `spawn_blocking` read made it wait
+    /// for the read without a limit), on a paused clock and on a running one.
+    #[test]
+    fn a_hung_read_does_not_hold_up_runtime_shutdown() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut releases = Vec::new();
+        let runtimes = [
+            paused_runtime(),
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap(),
+        ];
+        for (n, runtime) in runtimes.into_iter().enumerate() {
+            let reads = Arc::new(OneRead::<&'static str>::new());
+            let (read, release) = held(&calls, "never");
+            releases.push(release);
+            // The read starts at once, on its own thread.
+            let request = runtime.spawn(async move { reads.shared(read).await });
+            runtime.block_on(until(|| calls.load(Ordering::SeqCst) > n));
+            let (dropped, is_dropped) = mpsc::channel();
+            std::thread::spawn(move || {
+                drop(request);
+                drop(runtime);
+                let _ = dropped.send(());
+            });
+            is_dropped
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("runtime {n}: dropping it waited for the read"));
+        }
+        // The reads' threads return.
+        drop(releases);
+    }
+}
