@@ -118,8 +118,9 @@ impl ManagedIdentityCredentialBuilder {
     /// can see tells one host's system-assigned identity from another's. That holds where the
     /// source asks for the system-assigned identity by an id of the environment's (Azure
     /// Machine Learning's `DEFAULT_IDENTITY_CLIENT_ID`): the variable alone never shares
-    /// tokens; under a label it is part of the key, so computes with different defaults (or
-    /// none) do not share an entry.
+    /// tokens; under a label it is part of the key, so computes with different defaults do
+    /// not share an entry, and a compute without one (no identity enabled: the endpoint
+    /// answers with the compute user's token) shares nothing, label or not.
     pub fn distributed_cache(mut self, cache: crate::DistributedCache) -> Self {
         self.distributed = Some(cache);
         self
@@ -132,9 +133,10 @@ impl ManagedIdentityCredentialBuilder {
     /// VM scale set: a process given the label of another identity would use that
     /// identity's tokens. Ignored for a user-assigned identity, whose id names it. On Azure
     /// Machine Learning the compute's own identity, asked for by `DEFAULT_IDENTITY_CLIENT_ID`,
-    /// counts as the system-assigned identity: it needs the label too, and without an
-    /// identity enabled the endpoint answers for a user, whose tokens only that user's
-    /// processes should share.
+    /// counts as the system-assigned identity: it needs the label too. Without an identity
+    /// enabled (`DEFAULT_IDENTITY_CLIENT_ID` unset or not a GUID, such as the placeholder
+    /// `clientid`) the endpoint answers with the compute user's token, which nothing here
+    /// tells from another user's: such a compute's tokens stay in its process, label or not.
     pub fn system_assigned_identity_label(mut self, label: impl Into<String>) -> Self {
         self.system_assigned_label = Some(label.into());
         self
@@ -218,17 +220,27 @@ impl ManagedIdentityCredentialBuilder {
                     // shared only under a label. `configure` allows at most one id.
                     let identity = match (self.ids.first(), &self.system_assigned_label) {
                         (Some(id), _) => Some(format!("{NAME}/{}={}", id.kind(), id.value())),
-                        // Under one label, Azure ML computes whose defaults differ (another
-                        // identity, or none: a user's token) must not share an entry.
-                        (None, Some(label)) => Some(match (&endpoint, endpoint.identity()) {
+                        // Under one label, Azure ML computes whose defaults differ must not
+                        // share an entry. One without a default gets its user's token: one
+                        // user's compute would serve it to another's, so it is not shared.
+                        (None, Some(label)) => match (&endpoint, endpoint.identity()) {
                             (Endpoint::AzureMl(_), Some(default)) => {
-                                format!("{NAME}/system={label}/default={}", default.value())
+                                Some(format!("{NAME}/system={label}/default={}", default.value()))
                             }
                             (Endpoint::AzureMl(_), None) => {
-                                format!("{NAME}/system={label}/default=none")
+                                if self.distributed.is_some() {
+                                    tracing::debug!(
+                                        credential = NAME,
+                                        "the Azure ML compute has no identity enabled \
+                                         (DEFAULT_IDENTITY_CLIENT_ID is not a GUID): its \
+                                         tokens, its user's, are cached in this process only, \
+                                         label or not"
+                                    );
+                                }
+                                None
                             }
-                            _ => format!("{NAME}/system={label}"),
-                        }),
+                            _ => Some(format!("{NAME}/system={label}")),
+                        },
                         (None, None) => None,
                     };
                     // An unnamed system-assigned identity is the same key on every host, so
@@ -239,6 +251,7 @@ impl ManagedIdentityCredentialBuilder {
                     let shared = match (&self.distributed, &identity) {
                         _ if workload => None,
                         (Some(cache), Some(_)) => Some(cache),
+                        (Some(_), None) if self.system_assigned_label.is_some() => None,
                         (Some(_), None) => {
                             tracing::debug!(
                                 credential = NAME,

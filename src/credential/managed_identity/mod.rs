@@ -215,7 +215,9 @@ impl IdParams {
 /// variable's id: shared through a
 /// [`distributed_cache`](ManagedIdentityCredentialBuilder::distributed_cache) only under a
 /// [`system_assigned_identity_label`](ManagedIdentityCredentialBuilder::system_assigned_identity_label),
-/// and under a label only between computes whose variable names the same GUID (or none).
+/// and under a label only between computes whose variable names the same GUID. A compute
+/// whose variable is no GUID (no identity enabled) gets its user's token, which nothing tells
+/// from another user's: its tokens are not shared, label or not.
 /// An object or resource id is a
 /// configuration error there, as in azidentity: the endpoint selects a user-assigned
 /// identity by client id only (MSAL sends them anyway, as `object_id` and `msi_res_id`).

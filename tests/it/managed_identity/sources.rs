@@ -500,7 +500,7 @@ async fn azure_ml_asks_for_default_identity_client_id() {
 /// placeholder `clientid` when none is enabled, the endpoint then answering for a *user*), so
 /// each keeps its own token, as an unlabelled system-assigned identity does. (Before, both
 /// were keyed `client_id=<variable>` and the second compute was served the first one's
-/// token.) The same label, or a client id given, shares.
+/// token.) A client id given shares; the same label shares when the variable is a GUID.
 #[tokio::test]
 async fn azure_ml_default_identity_is_not_shared_without_a_label() {
     use super::{CLIENT_ID, OBJECT_ID};
@@ -536,7 +536,8 @@ async fn azure_ml_default_identity_is_not_shared_without_a_label() {
             "{default}: nothing is written to the store"
         );
 
-        // Labelled, or by a client id given, the second compute uses the first one's token.
+        // Labelled, or by a client id given, the second compute uses the first one's token;
+        // labelled without an identity enabled (the placeholder: a user's token), it does not.
         for configure in [
             (|b: ManagedIdentityCredentialBuilder| b.system_assigned_identity_label("ml"))
                 as fn(ManagedIdentityCredentialBuilder) -> ManagedIdentityCredentialBuilder,
@@ -552,14 +553,21 @@ async fn azure_ml_default_identity_is_not_shared_without_a_label() {
             }
         }
         assert_eq!(a.request_count(), 3, "{default}");
-        assert_eq!(b.request_count(), 1, "{default}: shared when configured");
+        let own_requests = if default == "clientid" { 2 } else { 1 };
+        assert_eq!(
+            b.request_count(),
+            own_requests,
+            "{default}: shared when configured, under a label only with an identity enabled"
+        );
     }
 }
 
 /// Azure ML computes under one label share a token only when their `DEFAULT_IDENTITY_CLIENT_ID`
-/// agrees: one with a GUID default (its identity) and one with the placeholder `clientid` (no
-/// identity: the endpoint answers for a *user*) each get their own. (Before, both were keyed
-/// `system=ml` and the second was served the first one's token.)
+/// names the same GUID: one with a GUID default (its identity) and one with the placeholder
+/// `clientid` (no identity: the endpoint answers for a *user*) each get their own, and two
+/// with the placeholder (two users, maybe) share nothing either. (Before, both were keyed
+/// `system=ml` and the second was served the first one's token; then two placeholders shared
+/// `default=none`, one user's token served to another's compute.)
 #[tokio::test]
 async fn azure_ml_computes_under_one_label_share_only_with_the_same_default() {
     use super::OBJECT_ID;
@@ -574,18 +582,27 @@ async fn azure_ml_computes_under_one_label_share_only_with_the_same_default() {
             .build()
             .unwrap()
     };
-    let (a, b, c) = (
+    let (a, b, c, d) = (
+        Emulator::start(Flavour::AzureMl).await,
         Emulator::start(Flavour::AzureMl).await,
         Emulator::start(Flavour::AzureMl).await,
         Emulator::start(Flavour::AzureMl).await,
     );
-    for (em, default) in [(&a, OBJECT_ID), (&b, "clientid"), (&c, OBJECT_ID)] {
+    for (em, default) in [
+        (&a, OBJECT_ID),
+        (&b, "clientid"),
+        (&c, OBJECT_ID),
+        (&d, "clientid"),
+    ] {
         let token = labelled(em, default).get_token([SCOPE]).await.unwrap();
         assert_eq!(token.secret().expose_secret(), "mi-azureml-1", "{default}");
     }
     assert_eq!(a.request_count(), 1);
     assert_eq!(b.request_count(), 1, "no default: its own token");
     assert_eq!(c.request_count(), 0, "the same default: shared");
+    // Without a default each compute answers with its user's token: one user's compute must
+    // not be given another's, so none is shared, even under one label.
+    assert_eq!(d.request_count(), 1, "no default: never shared");
 }
 
 /// A store in this process's memory, shared by the credentials given its cache as the
