@@ -168,6 +168,23 @@
 //! a header value. A future that moves threads gives
 //! its box to the thread that drops it.
 //!
+//! # Beside the slot: the other one-at-a-time mechanisms
+//!
+//! Each keeps its own contract in its module docs; in short:
+//!
+//! * **A credential's acquisitions** go through this slot; the slot's one flight is a
+//!   [`SingleFlight`] ([`crate::flight`]: its lock order, what an abandoned flight does).
+//! * **A local file read** that may hang (a workload identity's token file, Azure Arc's key
+//!   file) runs on a detached thread, one at a time per credential, waited for 10 s at most
+//!   from when it started (`crate::blocking_read`): while one that overran has not returned,
+//!   requests are refused at once, and a runtime's shutdown never waits for it.
+//! * **The fleet's acquisitions** of one token go through the distributed cache's lease
+//!   (`crate::distributed`): one process asks the identity provider, the others poll the
+//!   store for its token within their wait limit; a holder refused for good or throttled
+//!   leaves a mark the others answer from (for the `Retry-After`, from Redis's clock) instead
+//!   of asking in turn. Each of its store calls is bounded by the cache's budget and counted
+//!   by its breaker; no lock is held across one.
+//!
 //! # Tracing
 //!
 //! Each acquisition runs in a `token_acquisition` span at DEBUG (`credential`, `attempt`: the
