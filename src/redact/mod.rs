@@ -21,8 +21,9 @@
 //!    `Token`), `client_secret`, `client_assertion`, `device_code`, `code_verifier` or
 //!    `password`, whatever its case and with or without `_` or `-` (`accessToken`,
 //!    `Password`). A quoted name is a key (a bare `token` too: azd's `{"token": …}`); an
-//!    unquoted one counts before `=`, and before `:` only when a quoted value or a single
-//!    word ending its line or item follows (`Password: must be 8+ characters` is prose). A
+//!    unquoted one counts before `=`, before `:` with no space (`ClientSecret:…` in a Go
+//!    struct dump), and before `: ` unless a sentence follows (`Password: must be 8+
+//!    characters` is prose; a snake_case name starting its line is a YAML setting). A
 //!    page that echoes a form body cut short leaves less than rule 1's prefix of a secret;
 //!    its field name still gives it away.
 //!
@@ -314,10 +315,11 @@ fn scrub_fields(text: &str) -> String {
             .find(|c| !is_name_char(c))
             .unwrap_or(from_name.len());
         let (name, tail) = from_name.split_at_checked(len).unwrap_or((from_name, ""));
+        let line_start = starts_line(before, &out);
         out.push_str(before);
         out.push_str(name);
         rest = tail;
-        let Some((value_at, value_len)) = field_value(name, tail) else {
+        let Some((value_at, value_len)) = field_value(name, tail, line_start) else {
             continue;
         };
         out.push_str(tail.get(..value_at).unwrap_or_default());
@@ -330,15 +332,24 @@ fn scrub_fields(text: &str) -> String {
     out
 }
 
+/// Whether a name after `before` (the text since the previous name, `out` what was written
+/// before that) starts its line, blanks aside.
+fn starts_line(before: &str, out: &str) -> bool {
+    match before.trim_end_matches([' ', '\t']) {
+        "" => out.is_empty() || out.ends_with(['\r', '\n']),
+        text => text.ends_with(['\r', '\n']),
+    }
+}
+
 /// Where the value of the secret field `name` starts in `tail` (what follows the name) and its
-/// length in bytes, when a separator and a non-empty value follow.
+/// length in bytes, when a separator and a non-empty value follow; `line_start`: the name
+/// starts its line.
 ///
-/// A quoted name is a key, whatever follows (bare `token` included). An unquoted one is
-/// prose as often as a name (`Password: must be 8+ characters`, `Get-AzAccessToken: Run
-/// Connect-AzAccount`): it counts before `=` (form bodies, `--client-secret=`), and before
-/// `:` only when the value is quoted or a single word ending its line or item (`password:
-/// hunter2`).
-fn field_value(name: &str, tail: &str) -> Option<(usize, usize)> {
+/// A quoted name is a key, whatever follows (bare `token` included). An unquoted one counts
+/// before `=` (form bodies, `--client-secret=`), and before `:` (see [`colon_value_len`])
+/// unless a space and a sentence follow (`Password: must be 8+ characters`,
+/// `Get-AzAccessToken: Run Connect-AzAccount`).
+fn field_value(name: &str, tail: &str, line_start: bool) -> Option<(usize, usize)> {
     // Skip a closing quote, spaces and the separator (`:`, `=`, Ruby's `=>`), then spaces.
     let (after_name, quoted) = match quote_at(tail) {
         Some((_, len)) => (tail.get(len..).unwrap_or_default(), true),
@@ -351,8 +362,9 @@ fn field_value(name: &str, tail: &str) -> Option<(usize, usize)> {
     let colon = after_sep.starts_with(':');
     let after_sep = after_sep
         .strip_prefix("=>")
-        .or_else(|| after_sep.strip_prefix([':', '=']))?
-        .trim_start();
+        .or_else(|| after_sep.strip_prefix([':', '=']))?;
+    let spaced = after_sep.starts_with(char::is_whitespace);
+    let after_sep = after_sep.trim_start();
     let (value, len) = if let Some((quote, len)) = quote_at(without_string_prefix(after_sep)) {
         let value = without_string_prefix(after_sep)
             .get(len..)
@@ -360,26 +372,95 @@ fn field_value(name: &str, tail: &str) -> Option<(usize, usize)> {
         (value, closing(value, quote))
     } else if after_sep.starts_with(['{', '[']) {
         (after_sep, structure_len(after_sep))
+    } else if colon {
+        let prose_possible = spaced && !quoted;
+        let yaml = prose_possible && line_start && is_snake_case(name);
+        (
+            after_sep,
+            colon_value_len(after_sep, prose_possible && !yaml, yaml)?,
+        )
     } else {
         let len = after_sep
             .find(['&', ',', ';', '}', '<', '"', '\'', ' ', '\t', '\r', '\n'])
             .unwrap_or(after_sep.len());
-        if colon && !quoted && !ends_item(after_sep.get(len..).unwrap_or_default()) {
-            return None;
-        }
+        count_work(len);
         (after_sep, len)
     };
     (len > 0).then(|| (tail.len().saturating_sub(value.len()), len))
 }
 
-/// Whether `rest` (what follows an unquoted value) ends the value's line or item: only
-/// blanks before the line's end, or an item's end (`,`, `;`, `}`, markup, a quote). Not a
-/// space and another word: that is prose.
-fn ends_item(rest: &str) -> bool {
-    rest.trim_start_matches([' ', '\t'])
-        .chars()
-        .next()
-        .is_none_or(|c| matches!(c, '\r' | '\n' | ',' | ';' | '}' | '<' | '&' | '"' | '\''))
+/// The length of an unquoted value after `:`, `None` when it is prose.
+///
+/// * No space after the colon (`ClientSecret:s3cr3t`, Go's `%+v` struct dumps): a field
+///   whatever follows.
+/// * A space after an unquoted name (`prose`): prose when a word follows the first one
+///   (`getToken: request failed`); a field when the first word ends its line or an item
+///   (`password: hunter2, next`) or punctuation follows it (`password: hunter2 (rotated)`).
+/// * A snake_case name starting its line (`yaml`: `client_secret: abc def`): a YAML or
+///   `.env`-like setting, whose value runs to the line's end, spaces included.
+///
+/// The value runs to whitespace (or markup's `<`): a secret may hold `,`, `;`, `&` or
+/// quotes. Closing punctuation at its very end (`,;)]}"'`) is left out, so that
+/// `{password: hunter2}` and `password: hunter2, next` keep their structure; a secret ending
+/// in such a character leaves that character shown.
+///
+/// Looks only at the first word and what starts the next: when the value is prose, what was
+/// looked at is one word, and each name inside it (no space there) is a field whose value is
+/// consumed — the whole scrub stays linear.
+fn colon_value_len(value: &str, prose: bool, yaml: bool) -> Option<usize> {
+    let word = value
+        .find(|c: char| c.is_whitespace() || c == '<')
+        .unwrap_or(value.len());
+    let after = value.get(word..).unwrap_or_default();
+    let next = after.trim_start_matches([' ', '\t']);
+    count_work(word.saturating_add(after.len().saturating_sub(next.len())));
+    let end = if yaml {
+        let line = value.find(['\r', '\n', '<']).unwrap_or(value.len());
+        count_work(line);
+        value.get(..line).unwrap_or_default().trim_end().len()
+    } else if prose
+        && next.starts_with(char::is_alphabetic)
+        && !value.get(..word).unwrap_or_default().ends_with([',', ';'])
+    {
+        return None;
+    } else {
+        word
+    };
+    let shown = value.get(..end).unwrap_or_default();
+    Some(
+        shown
+            .trim_end_matches([',', ';', ')', ']', '}', '"', '\''])
+            .len(),
+    )
+}
+
+/// Whether `name` is snake_case: a `_` between two letters or digits (`client_secret`,
+/// `CLIENT_SECRET`), as YAML and `.env` settings are written.
+fn is_snake_case(name: &str) -> bool {
+    name.as_bytes().windows(3).any(
+        |w| matches!(w, [a, b'_', c] if a.is_ascii_alphanumeric() && c.is_ascii_alphanumeric()),
+    )
+}
+
+/// Counts bytes the field scrubbing looked at, for the tests' bound on its work.
+#[cfg(test)]
+fn count_work(bytes: usize) {
+    FIELD_WORK.with(|work| work.set(work.get().saturating_add(bytes)));
+}
+#[cfg(not(test))]
+fn count_work(_bytes: usize) {}
+
+#[cfg(test)]
+thread_local! {
+    static FIELD_WORK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// [`scrub_fields`] and the bytes it looked at after names.
+#[cfg(test)]
+fn scrub_fields_counted(text: &str) -> (String, usize) {
+    FIELD_WORK.with(|work| work.set(0));
+    let out = scrub_fields(text);
+    (out, FIELD_WORK.with(std::cell::Cell::get))
 }
 
 /// `value` without a Python string prefix (`b'…'`, `u'…'`, `r'…'`, `rb'…'`, `f'…'`) before its

@@ -519,3 +519,65 @@ fn escaped_quotes_inside_a_secret_field_are_masked_too() {
         r#"{\"password\":\"***\",\"x\":1}"#
     );
 }
+
+// A name inside a value taken for prose read that value on to its end, and so did each name
+// after it: `atoken:` 150 000 times (1 MiB) was ~10^10 steps. Now each byte is looked at a bounded
+// number of times.
+#[test]
+fn names_inside_a_value_take_linear_work() {
+    for text in [
+        format!("{}x y", "atoken:".repeat(20_000)),
+        format!("{}x y", "atoken: ".repeat(20_000)),
+        format!("password: {}x y", "atoken:".repeat(20_000)),
+        format!("{}x y", "a=atoken:".repeat(20_000)),
+    ] {
+        let (_, work) = scrub_fields_counted(&text);
+        assert!(work <= 3 * text.len(), "{work} > 3 × {}", text.len());
+    }
+}
+
+// `Name:value` with no space is a field whatever follows (Go's `%+v` struct dumps); after
+// `: `, a field unless a sentence follows; a snake_case setting starting its line runs to the
+// line's end (YAML, `.env`). After `:` the value runs to whitespace: a secret may hold `,`,
+// `;`, quotes. Before, each of these left the secret or part of it.
+#[test]
+fn values_after_a_colon_are_fields_unless_a_sentence_follows() {
+    for (text, want) in [
+        (
+            "{TenantID:t ClientSecret:s3cr3t-Val~ue Scopes:[x]}",
+            "{TenantID:t ClientSecret:*** Scopes:[x]}",
+        ),
+        ("password:hunter2 (rotated)", "password:*** (rotated)"),
+        ("password: hunter2 (rotated)", "password: *** (rotated)"),
+        ("client_secret: abc def", "client_secret: ***"),
+        (
+            "  client_secret: abc def\nx: y",
+            "  client_secret: ***\nx: y",
+        ),
+        ("password: Pa,ss;word", "password: ***"),
+        ("password: Pa,ss;word, next", "password: ***, next"),
+        ("password:Pa&ss'word\"x", "password:***"),
+        ("{password: hunter2}", "{password: ***}"),
+        ("<td>password: hunter2</td>", "<td>password: ***</td>"),
+        // Prose stays: a sentence after `: `, or a snake_case name inside a line.
+        (
+            "Password: must be 8+ characters",
+            "Password: must be 8+ characters",
+        ),
+        ("getToken: request failed", "getToken: request failed"),
+        (
+            "Get-AzAccessToken: Run Connect-AzAccount to login.",
+            "Get-AzAccessToken: Run Connect-AzAccount to login.",
+        ),
+        (
+            "ERROR: fetching token: failed to authenticate",
+            "ERROR: fetching token: failed to authenticate",
+        ),
+        (
+            "error: client_secret: is missing a value",
+            "error: client_secret: is missing a value",
+        ),
+    ] {
+        assert_eq!(scrub(text, &[]), want, "{text}");
+    }
+}
