@@ -170,7 +170,7 @@ impl HttpClientBuilder {
         self
     }
 
-    /// Gives up connecting after this long (default 10 s); `None`: only the per-attempt
+    /// Gives up connecting after this long (default 8 s); `None`: only the per-attempt
     /// timeout limits connecting. hyper-util splits this time evenly among the addresses a
     /// name resolves to, which it tries one after another: with 8 addresses, each gets 1/8
     /// of it. So an address that drops packets costs its share, not the whole attempt, when

@@ -22,7 +22,7 @@
 //!
 //! * a cap on response bodies (1 MiB by default), so a broken or hostile endpoint cannot
 //!   exhaust memory;
-//! * a per-attempt timeout (10 s by default) and a connect timeout (10 s by default, shared
+//! * a per-attempt timeout (10 s by default) and a connect timeout (8 s by default, shared
 //!   evenly among the addresses a name resolves to, which are tried one after another; see
 //!   [`HttpClientBuilder::connect_timeout`]): an address that drops packets costs its share
 //!   of one attempt, not all of it, when the name has others;
@@ -100,11 +100,14 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Default per-attempt timeout. Entra answers token requests within a second or two; an
 /// attempt that takes longer is better abandoned for another, inside the total deadline.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connect timeout of the default client, shared among a name's addresses (hyper-util gives
-/// each an even part): without one, an address that drops packets would use up each attempt
-/// before the next address is tried. As long as an attempt: a name with 8 addresses (Entra's
-/// often has) still gives each 1.25 s, enough for a slow link's round trip.
-pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = DEFAULT_TIMEOUT;
+/// Connect timeout of the default client, shared among a name's addresses (see
+/// [`HttpClientBuilder::connect_timeout`]): without one, an address that drops packets would
+/// use up each attempt before the next address is tried. Below the per-attempt timeout, which
+/// starts before the name is resolved: a connect that fails is reported as one (with its
+/// proxy hint, and retried as unsent, single-use grants included) rather than as the
+/// attempt's timeout, and DNS keeps 2 s. A name with 8 addresses (Entra's often has) still
+/// gives each 1 s, enough for a slow link's round trip.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Default total deadline of one request, over its attempts and the waits between them.
 pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(30);
 
