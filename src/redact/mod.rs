@@ -211,10 +211,6 @@ const SECRET_FIELDS: [&str; 6] = [
     "password",
 ];
 
-/// The most bytes of an object or array value masked when no matching close is found
-/// sooner: a value is short, and each byte is looked at once.
-const MAX_STRUCTURED_VALUE: usize = 4096;
-
 /// What a field name is made of (`-`: header and command-line style names).
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-')
@@ -503,42 +499,49 @@ fn closing(value: &str, open: Quote) -> usize {
     value.len()
 }
 
-/// The length of the object or array `value` starts with, up to its matching close (brackets
-/// inside quoted strings do not count), at most about [`MAX_STRUCTURED_VALUE`] bytes: all of it
-/// is masked, whatever it holds (`"clientSecret": {"value": "…"}`).
+/// The length of the object or array `value` starts with, up to its matching close however
+/// far (each byte is looked at a bounded number of times, and all of them are masked), else
+/// all of `value`, as an unclosed quoted value is: all of it is masked, whatever it holds
+/// (`"clientSecret": {"value": "…"}`). Brackets inside strings do not count, a string being
+/// quoted as names and values are (`"`, `\"` in JSON inside a JSON string, `&quot;`, …: see
+/// [`quote_at`]) and closed by its opening quote's form.
 fn structure_len(value: &str) -> usize {
+    let bytes = value.as_bytes();
     let mut depth = 0usize;
-    let mut string: Option<char> = None;
-    let mut escaped = false;
-    let mut end = 0;
-    for (at, c) in value.char_indices() {
-        end = at.saturating_add(c.len_utf8());
-        if at >= MAX_STRUCTURED_VALUE {
-            return at;
-        }
-        if let Some(quote) = string {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == quote {
-                string = None;
-            }
+    let mut at = 0usize;
+    let mut previous = None;
+    while let Some(&byte) = bytes.get(at) {
+        // A run of backslashes is read from its start only, as in `closing`.
+        let starts =
+            matches!(byte, b'"' | b'\'' | b'&') || (byte == b'\\' && previous != Some(b'\\'));
+        if let Some((quote, len)) = value.get(at..).filter(|_| starts).and_then(quote_at) {
+            let inner = value.get(at.saturating_add(len)..).unwrap_or_default();
+            let close = closing(inner, quote);
+            let close_len = inner
+                .get(close..)
+                .and_then(quote_at)
+                .map_or(0, |(_, len)| len);
+            at = at
+                .saturating_add(len)
+                .saturating_add(close)
+                .saturating_add(close_len);
+            previous = None;
             continue;
         }
-        match c {
-            '"' | '\'' => string = Some(c),
-            '{' | '[' => depth = depth.saturating_add(1),
-            '}' | ']' => {
+        match byte {
+            b'{' | b'[' => depth = depth.saturating_add(1),
+            b'}' | b']' => {
                 depth = depth.saturating_sub(1);
                 if depth == 0 {
-                    return end;
+                    return at.saturating_add(1);
                 }
             }
             _ => {}
         }
+        previous = Some(byte);
+        at = at.saturating_add(1);
     }
-    end
+    value.len()
 }
 
 /// Where in `value` the quote that opened it (`quote` after `backslashes` backslashes: `"`,

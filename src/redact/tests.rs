@@ -456,10 +456,20 @@ fn secret_fields_are_found_whatever_their_quoting() {
         scrub(r#"{"clientSecret": {"value": "x"}, "name": "app"}"#, &[]),
         r#"{"clientSecret": ***, "name": "app"}"#
     );
-    // An unclosed structure is masked for a bounded length only, and never split a character.
+    // An unclosed structure is masked to the end, a closed one to its close however far
+    // (before, 4 KiB at most: what followed was shown).
     let long = format!(r#""password": ["{}"#, "é".repeat(5_000));
-    let out = scrub(&long, &[]);
-    assert!(out.starts_with(r#""password": ***é"#), "{}", &out[..40]);
+    assert_eq!(scrub(&long, &[]), r#""password": ***"#);
+    let long = format!(
+        r#""refresh_token": [{}"hunter2"], "x": 1"#,
+        " ".repeat(4096)
+    );
+    assert_eq!(scrub(&long, &[]), r#""refresh_token": ***, "x": 1"#);
+    let long = format!(
+        r#""password": {{"a": "{}", "b": "hunter2"}}."#,
+        "é".repeat(3000)
+    );
+    assert_eq!(scrub(&long, &[]), r#""password": ***."#);
 }
 
 // A name in prose followed by `:` and more words is not a field (before, the next word was
@@ -576,6 +586,33 @@ fn values_after_a_colon_are_fields_unless_a_sentence_follows() {
         (
             "error: client_secret: is missing a value",
             "error: client_secret: is missing a value",
+        ),
+    ] {
+        assert_eq!(scrub(text, &[]), want, "{text}");
+    }
+}
+
+// A structured value's strings are quoted as names are: HTML references, or `\"` in JSON
+// inside a JSON string. Before, only a plain `"` opened a string: `}` inside `&quot;a}b&quot;`
+// ended the value (leaving `b`), and a `\"` string ran on past the value's close.
+#[test]
+fn strings_inside_a_structured_value_are_read_whatever_their_quoting() {
+    for (text, want) in [
+        (
+            "&quot;clientSecret&quot;: {&quot;value&quot;: &quot;a}b&quot;}, x",
+            "&quot;clientSecret&quot;: ***, x",
+        ),
+        (
+            r#"{"error_description":"{\"clientSecret\": {\"value\": \"x\"}, \"hint\": \"h\"}","trace_id":"abc"}"#,
+            r#"{"error_description":"{\"clientSecret\": ***, \"hint\": \"h\"}","trace_id":"abc"}"#,
+        ),
+        (
+            r#"{\u0022password\u0022: [\u0022a]b\u0022], \u0022x\u0022: 1}"#,
+            r#"{\u0022password\u0022: ***, \u0022x\u0022: 1}"#,
+        ),
+        (
+            r#"{"password": ["a\"]b", 'c]d'], "x": 1}"#,
+            r#"{"password": ***, "x": 1}"#,
         ),
     ] {
         assert_eq!(scrub(text, &[]), want, "{text}");
