@@ -84,21 +84,31 @@ pub(crate) fn excerpt(body: &[u8], secrets: &[&str], max_chars: usize) -> String
 
 /// Whether `c` would let quoted text change how a message or log reads: control characters
 /// (new lines, escape sequences, NEL), Unicode's line and paragraph separators, the bidi
-/// controls that reorder the text shown around them, zero-width characters that hide or join
-/// text, and tag characters (invisible text). Every place that quotes text from outside
-/// replaces these, with [`sanitize_quoted`] or by this test.
+/// controls that reorder the text shown around them, invisible characters that hide text or
+/// split a word unseen (zero-width space, soft hyphen, word joiner, invisible operators,
+/// combining grapheme joiner, Mongolian vowel separator, interlinear annotation marks) and
+/// tag characters (invisible text). Not the zero-width non-joiner and joiner (U+200C,
+/// U+200D): Persian and other scripts need them in ordinary words, and emoji sequences
+/// are built with the joiner. Every place that quotes text from outside replaces these, with
+/// [`sanitize_quoted`] or by this test.
 pub(crate) fn is_disruptive(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061C}'
-                | '\u{200B}'..='\u{200F}'
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'
+                | '\u{200E}'
+                | '\u{200F}'
                 | '\u{2028}'
                 | '\u{2029}'
                 | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'
+                | '\u{2060}'..='\u{2064}'
                 | '\u{2066}'..='\u{2069}'
                 | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
                 | '\u{E0000}'..='\u{E007F}'
         )
 }

@@ -153,9 +153,18 @@ fn an_excerpt_has_no_bidi_controls_or_line_separators() {
     let all = "\u{200E}\u{200F}\u{061C}\u{2029}\u{202A}\u{202B}\u{202C}\u{202D}\u{2066}\u{2067}\u{2068}\u{2069}";
     let e = excerpt(format!("x{all}y").as_bytes(), &[], 50);
     assert_eq!(e, format!("x{}y", " ".repeat(all.chars().count())));
-    // Invisible ones (zero-width, tags) too; other characters beyond ASCII stay.
-    assert_eq!(excerpt("é\u{200D}ü".as_bytes(), &[], 50), "é ü");
+    // Invisible ones (zero-width, soft hyphen, invisible operators, annotation marks, tags)
+    // too; other characters beyond ASCII stay, the zero-width (non-)joiner among them: Persian
+    // words and emoji sequences need them.
+    assert_eq!(excerpt("é\u{200B}ü".as_bytes(), &[], 50), "é ü");
     assert_eq!(excerpt("a\u{E0041}€\u{FEFF}".as_bytes(), &[], 50), "a €");
+    let invisible =
+        "\u{00AD}\u{034F}\u{180E}\u{2061}\u{2062}\u{2063}\u{2064}\u{FFF9}\u{FFFA}\u{FFFB}";
+    let e = excerpt(format!("x{invisible}y").as_bytes(), &[], 50);
+    assert_eq!(e, format!("x{}y", " ".repeat(invisible.chars().count())));
+    for kept in ["می\u{200C}خواهم", "👩\u{200D}💻"] {
+        assert_eq!(excerpt(kept.as_bytes(), &[], 50), kept);
+    }
 }
 
 /// Texts and secrets that repeat themselves, where every start matches and reads on far;
