@@ -171,15 +171,20 @@ impl HttpClientBuilder {
     }
 
     /// Gives up connecting after this long (default 8 s); `None`: only the per-attempt
-    /// timeout limits connecting. hyper-util splits this time evenly among the addresses a
-    /// name resolves to, which it tries one after another: with 8 addresses, each gets 1/8
-    /// of it. So an address that drops packets costs its share, not the whole attempt, when
-    /// there are others; on a slow link, give more than the default so that each share
-    /// still covers a connection's round trip. The per-attempt timeout still applies.
+    /// timeout limits connecting. `Some(Duration::ZERO)` gives up at once, as
+    /// [`timeout`](Self::timeout) does: every connection fails.
     ///
-    /// Takes a [`Duration`] or an `Option<Duration>`.
-    pub fn connect_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        self.connect_timeout = timeout.into();
+    /// hyper-util shares this time among the addresses a name resolves to, family by family
+    /// (RFC 6555's happy eyeballs): the addresses of the family of the first one (IPv6 or IPv4)
+    /// are tried one after another, each with an even share of the timeout among them; when
+    /// there are addresses of the other family, these are started after 300 ms (or when the
+    /// first family fails) and tried in turn as well, each with an even share among its own
+    /// family's. So with 8 IPv4 addresses, each gets 1/8 of it: an address that drops packets
+    /// costs its share, not the whole attempt, when there are others. On a slow link, give
+    /// more than the default so that each share still covers a connection's round trip. The
+    /// per-attempt timeout still applies.
+    pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 

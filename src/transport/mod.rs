@@ -23,9 +23,10 @@
 //! * a cap on response bodies (1 MiB by default), so a broken or hostile endpoint cannot
 //!   exhaust memory;
 //! * a per-attempt timeout (10 s by default) and a connect timeout (8 s by default, shared
-//!   evenly among the addresses a name resolves to, which are tried one after another; see
-//!   [`HttpClientBuilder::connect_timeout`]): an address that drops packets costs its share
-//!   of one attempt, not all of it, when the name has others;
+//!   among the addresses a name resolves to: those of one family, IPv6 or IPv4, are tried one
+//!   after another, each with an even share among them, the other family's from 300 ms on;
+//!   see [`HttpClientBuilder::connect_timeout`]): an address that drops packets costs its
+//!   share of one attempt, not all of it, when the name has others;
 //! * bounded retries of 408, 429, 500, 502, 503, 504, connection failures (a proxy answering
 //!   CONNECT with 502, 503 or 504 among them), attempts that timed out and exchanges cut off
 //!   by an I/O error (3 by default),

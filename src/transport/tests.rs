@@ -305,8 +305,13 @@ async fn a_connect_that_never_completes_gives_up_after_the_connect_timeout() {
             Duration::from_secs(3),
         ),
         (
-            builder().connect_timeout(Duration::from_secs(30)),
+            builder().connect_timeout(Some(Duration::from_secs(30))),
             Duration::from_secs(30),
+        ),
+        // Zero gives up at once, as the per-attempt timeout does.
+        (
+            builder().connect_timeout(Some(Duration::ZERO)),
+            Duration::ZERO,
         ),
     ] {
         let client = builder.build().unwrap();

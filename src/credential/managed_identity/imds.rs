@@ -87,7 +87,7 @@ impl Imds {
             None => (
                 built(
                     HttpClient::builder()
-                        .connect_timeout(CONNECT_TIMEOUT)
+                        .connect_timeout(Some(CONNECT_TIMEOUT))
                         .retry(RetryOptions::imds(TOTAL_TIMEOUT)),
                 )?,
                 OnceLock::new(),
@@ -111,7 +111,7 @@ impl Imds {
         }
         let client = built(
             HttpClient::builder()
-                .connect_timeout(PROBE_TIMEOUT)
+                .connect_timeout(Some(PROBE_TIMEOUT))
                 .timeout(Some(PROBE_TIMEOUT))
                 .max_response_bytes(PROBE_MAX_BYTES)
                 .no_retry(),
