@@ -248,8 +248,9 @@ enum Quote {
     /// `"` or `'` after this many backslashes (JSON escaping, once per level of nesting).
     Plain { quote: u8, backslashes: usize },
     /// `"` or `'` as a character reference (JSON pasted into a page: `&quot;`, `&#34;`,
-    /// `&#034;`, `&#X22;`, `&QUOT;`, `&apos;`, `&#39;`, …) or a JSON `\u0022`/`\u0027`
-    /// escape (System.Text.Json writes quotes so): any such form closes any other.
+    /// `&#034;`, `&#X22;`, `&QUOT;`, `&apos;`, `&#39;`, …), a JSON `\u0022`/`\u0027`
+    /// escape (System.Text.Json writes quotes so) or percent-encoded (`%22`, `%27`): any such
+    /// form closes any other.
     Encoded(u8),
 }
 
@@ -271,6 +272,12 @@ fn quote_at(text: &str) -> Option<(Quote, usize)> {
             Some((Quote::Encoded(quote), after.checked_add(4)?))
         }
         b'&' if backslashes == 0 => html_quote(text),
+        // Percent-encoded (a JSON body inside a URL or form value).
+        b'%' if backslashes == 0 => match text.get(1..3)? {
+            "22" => Some((Quote::Encoded(b'"'), 3)),
+            "27" => Some((Quote::Encoded(b'\''), 3)),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -366,6 +373,21 @@ fn field_value(name: &str, tail: &str, line_start: bool) -> Option<(usize, usize
     }
     let after_sep = after_name.trim_start();
     let colon = after_sep.starts_with(':');
+    // `%3D` or `%3A`: a URL or form body inside a form value or URL (`?x=…%3Frefresh_token%3D…`).
+    let encoded_sep = after_sep
+        .get(..3)
+        .filter(|sep| sep.eq_ignore_ascii_case("%3D") || sep.eq_ignore_ascii_case("%3A"))
+        .and_then(|_| after_sep.get(3..));
+    if let Some(value) = encoded_sep {
+        let (value, len) = match quote_at(value) {
+            Some((quote, len)) => {
+                let value = value.get(len..).unwrap_or_default();
+                (value, closing(value, quote))
+            }
+            None => (value, encoded_value_len(value)),
+        };
+        return (len > 0).then(|| (tail.len().saturating_sub(value.len()), len));
+    }
     let after_sep = after_sep
         .strip_prefix("=>")
         .or_else(|| after_sep.strip_prefix([':', '=']))?;
@@ -393,6 +415,27 @@ fn field_value(name: &str, tail: &str, line_start: bool) -> Option<(usize, usize
         (after_sep, len)
     };
     (len > 0).then(|| (tail.len().saturating_sub(value.len()), len))
+}
+
+/// The length of an unquoted value after a percent-encoded separator: up to a character that
+/// ends a form value, or a percent-encoded `&` or quote (`%26`, `%22`, `%27`), which end it
+/// at that level of encoding. (After a plain `=`, `%26` is part of the value: an `&` in it.)
+fn encoded_value_len(value: &str) -> usize {
+    let raw_end = value
+        .find(['&', ',', ';', '}', '<', '"', '\'', ' ', '\t', '\r', '\n'])
+        .unwrap_or(value.len());
+    let bytes = value.as_bytes();
+    let end = (0..raw_end)
+        .find(|&at| {
+            bytes.get(at) == Some(&b'%')
+                && matches!(
+                    bytes.get(at.saturating_add(1)..at.saturating_add(3)),
+                    Some(b"26" | b"22" | b"27")
+                )
+        })
+        .unwrap_or(raw_end);
+    count_work(end);
+    end
 }
 
 /// The length of an unquoted value after `:`, `None` when it is prose.
@@ -494,7 +537,7 @@ fn closing(value: &str, open: Quote) -> usize {
     for (at, &byte) in bytes.iter().enumerate() {
         // A run of backslashes is read from its start only: each byte is looked at a bounded
         // number of times.
-        let starts = byte == b'&' || (byte == b'\\' && previous != Some(b'\\'));
+        let starts = matches!(byte, b'&' | b'%') || (byte == b'\\' && previous != Some(b'\\'));
         previous = Some(byte);
         if !starts {
             continue;
@@ -522,8 +565,8 @@ fn structure_len(value: &str) -> usize {
     let mut previous = None;
     while let Some(&byte) = bytes.get(at) {
         // A run of backslashes is read from its start only, as in `closing`.
-        let starts =
-            matches!(byte, b'"' | b'\'' | b'&') || (byte == b'\\' && previous != Some(b'\\'));
+        let starts = matches!(byte, b'"' | b'\'' | b'&' | b'%')
+            || (byte == b'\\' && previous != Some(b'\\'));
         if let Some((quote, len)) = value.get(at..).filter(|_| starts).and_then(quote_at) {
             let inner = value.get(at.saturating_add(len)..).unwrap_or_default();
             let close = closing(inner, quote);

@@ -627,3 +627,25 @@ fn strings_inside_a_structured_value_are_read_whatever_their_quoting() {
         assert_eq!(scrub(text, &[]), want, "{text}");
     }
 }
+
+// A URL or form body inside a URL or form value has its separators percent-encoded: `%3D`
+// and `%3A` separate, `%26` ends the value, `%22` quotes. Before, the value was shown.
+#[test]
+fn percent_encoded_separators_are_read_as_separators() {
+    for (text, want) in [
+        (
+            "redirect=https%3A%2F%2Fh%2Fcb%3Frefresh_token%3Dabc%26x%3D1",
+            "redirect=https%3A%2F%2Fh%2Fcb%3Frefresh_token%3D***%26x%3D1",
+        ),
+        ("q=client_secret%3dabc%26x", "q=client_secret%3d***%26x"),
+        (
+            "q=%7B%22password%22%3A%22hunter2%22%7D",
+            "q=%7B%22password%22%3A%22***%22%7D",
+        ),
+        ("x?password%3Ahunter2", "x?password%3A***"),
+        // After a plain `=`, `%26` is an `&` inside the value.
+        ("client_secret=ab%26cd&x=1", "client_secret=***&x=1"),
+    ] {
+        assert_eq!(scrub(text, &[]), want, "{text}");
+    }
+}
