@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::encoding::{number, number_field, string_field};
 use crate::error::{CredentialError, ProviderDetails};
-use crate::redact::{excerpt, scrub};
+use crate::redact::{excerpt, scrub, truncate};
 use crate::token::{AccessToken, HALF_LIFE_THRESHOLD, Secret, clamped_lifetime, instant_after};
 
 /// Longest excerpt of an unreadable body quoted in an error.
@@ -167,6 +167,10 @@ fn ignored(field: &str) {
     );
 }
 
+/// The longest text kept of an error answer's field: Entra's descriptions run to some 400
+/// characters (the message, then trace and correlation ids and a timestamp).
+const MAX_PROVIDER_TEXT_CHARS: usize = 2000;
+
 /// An error answer: `Microsoft Entra ID error '(code) description'`, with the details kept
 /// apart and a hint for the common mistakes.
 fn provider_error(
@@ -175,11 +179,13 @@ fn provider_error(
     object: &Map<String, Value>,
     secrets: &[&str],
 ) -> CredentialError {
+    // Every quoted field on one line, without characters that could forge log lines or
+    // reorder text (an `error` of several lines went into the message as it was), and bounded.
     let text = |name: &str| {
         object
             .get(name)
             .and_then(Value::as_str)
-            .map(|s| scrub(s, secrets))
+            .map(|s| truncate(&one_line(&scrub(s, secrets)), MAX_PROVIDER_TEXT_CHARS))
     };
     let error = text("error");
     let codes: Vec<u32> = object
@@ -192,7 +198,7 @@ fn provider_error(
                 .collect()
         })
         .unwrap_or_default();
-    let description = text("error_description").map(|d| one_line(&d));
+    let description = text("error_description");
     let mut message = match (&error, &description) {
         (Some(e), Some(d)) => format!("Microsoft Entra ID error '({e}) {d}'"),
         (Some(e), None) => format!("Microsoft Entra ID error '({e})'"),

@@ -215,6 +215,32 @@ async fn entra_error_body_becomes_a_detailed_error() {
     assert!(msg.contains("Check that the client secret"), "{msg}");
 }
 
+/// Every quoted field of an error answer is one line, without characters that forge log
+/// lines or reorder text, and bounded: an `error` code of several lines went into the
+/// message and `error_code()` as it was (a fuzz input: a JSON `\t` before the secret then read
+/// as the secret in `Debug`).
+#[tokio::test(start_paused = true)]
+async fn an_error_answers_fields_are_one_line_and_bounded() {
+    let long = "x".repeat(10_000);
+    let body = format!(
+        r#"{{"error":"bad\r\nforged: line\u202e","error_description":"{long}","correlation_id":"c\n1"}}"#
+    );
+    let err = parse(400, &body).unwrap_err();
+    for text in [
+        err.message(),
+        err.error_code().unwrap(),
+        err.correlation_id().unwrap(),
+    ] {
+        assert!(!text.contains(['\r', '\n', '\u{202e}']), "{text:?}");
+    }
+    assert_eq!(err.error_code(), Some("bad forged: line"));
+    assert!(
+        err.message().chars().count() < 2_200,
+        "{}",
+        err.message().len()
+    );
+}
+
 /// An assertion out of its time range: the hint says where its times came from. A certificate
 /// credential dates its own by this host's clock; a workload identity's token is dated by the
 /// Kubernetes API server (a stale token file, not this host's clock); a callback's by the
