@@ -654,15 +654,23 @@ impl Shared {
 /// A draw in `0..1` for the refresh jitter of the entry `token_key` whose sealed Unix times
 /// (stored on, expires on) are `sealed_times`: the same at every read of that entry, whatever
 /// the reader's clock or the store's time left (the instant a read maps the stored time to
-/// moves with both), another for the next entry published.
+/// moves with both), and on every host and toolchain (SHA-256, where std's `DefaultHasher`
+/// leaves its algorithm unspecified: two builds could draw apart); another for the next entry
+/// published.
 fn entry_draw(token_key: &str, sealed_times: (u64, u64)) -> f64 {
-    use std::hash::{Hash, Hasher};
-    // SipHash with fixed keys: the same value for the same input within a process.
-    let mut hasher = std::hash::DefaultHasher::new();
-    token_key.hash(&mut hasher);
-    sealed_times.hash(&mut hasher);
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    // The key's length first: no two inputs give the same bytes.
+    context.update(&(token_key.len() as u64).to_be_bytes());
+    context.update(token_key.as_bytes());
+    context.update(&sealed_times.0.to_be_bytes());
+    context.update(&sealed_times.1.to_be_bytes());
+    let digest = context.finish();
+    let mut first = [0u8; 8];
+    for (to, from) in first.iter_mut().zip(digest.as_ref()) {
+        *to = *from;
+    }
     // The top 53 bits over 2^53: uniform in `0..1`, exact in an f64.
-    let bits = hasher.finish() >> 11;
+    let bits = u64::from_be_bytes(first) >> 11;
     #[expect(clippy::cast_precision_loss, reason = "53 bits fit an f64's mantissa")]
     let draw = bits as f64 / (1u64 << 53) as f64;
     draw
@@ -736,4 +744,19 @@ fn is_final_refusal(error: &CredentialError) -> bool {
         && !error.is_throttled()
         && !error.is_timeout()
         && !error.is_connect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The draw is SHA-256's, fixed for a fixed input on every host and toolchain: a golden
+    /// value. (Before, std's `DefaultHasher`, whose algorithm may change between releases.)
+    #[test]
+    fn an_entrys_draw_is_fixed_for_its_key_and_times() {
+        let draw = super::entry_draw("tower-identity:{abc}", (1_700_000_000, 1_700_003_600));
+        assert_eq!(draw.to_bits(), GOLDEN, "{draw}");
+        assert!((0.0..1.0).contains(&draw));
+    }
+
+    /// The draw's bits: SHA-256 of the input (as `entry_draw` lays it out), its first 53 bits over 2^53.
+    const GOLDEN: u64 = 4_606_359_755_514_374_238;
 }
