@@ -16,6 +16,11 @@ use crate::error::BoxError;
 /// 512 MB in Redis). [`RedisTokenCache`](super::RedisTokenCache) does not even send it.
 pub(crate) const MAX_ENTRY_BYTES: usize = 64 * 1024;
 
+/// How long the default [`TokenStore::put_clearing`] writes its empty throttle mark: a whole
+/// second, which no store rounds down to zero (an empty mark is no throttle, so its length
+/// does not matter).
+const CLEAR_TTL: Duration = Duration::from_secs(1);
+
 /// A shared key-value store under a [`DistributedCache`](super::DistributedCache): Redis
 /// ([`RedisTokenCache`](super::RedisTokenCache), feature `redis`) or any store that offers
 /// the same four operations, and the optional ones with a default
@@ -152,11 +157,15 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// Stores `value` under `key` as [`put`](Self::put) does and, once it is stored, removes
     /// `clear_key`: the cache publishes a usable token this way, clearing the entry's throttle
     /// mark, so that a process that got a token during a throttle (alone, or the wait over by
-    /// the provider's reckoning) lets the fleet share it at once instead of answering the
-    /// throttle out. [`RedisTokenCache`](super::RedisTokenCache) does both in one script. The
-    /// default calls [`put`](Self::put) and overwrites `clear_key` with an empty value for
-    /// 1 ms ([`put_mark`](Self::put_mark)), concurrently (a failure of either is the call's):
-    /// an empty throttle mark is none.
+    /// the provider's reckoning) lets the fleet share it instead of answering the throttle
+    /// out. [`RedisTokenCache`](super::RedisTokenCache) does both in one script. The default
+    /// calls [`put`](Self::put) and, once it succeeded, overwrites `clear_key` with an empty
+    /// value (an empty throttle mark is none) for 1 s ([`put_mark`](Self::put_mark)):
+    /// a TTL no store rounds to zero (a store that counts TTLs in whole seconds would refuse
+    /// `EX 0`). The clear is best-effort: its failure is logged at DEBUG and is not the call's
+    /// (the token is stored; the mark then runs out on its own), so it never counts as a store
+    /// error or a failure for the breaker; nor does a clear cut short at the end of the call's
+    /// budget (a store over half the budget away, two round trips one after the other).
     fn put_clearing<'a>(
         &'a self,
         key: &'a str,
@@ -165,15 +174,25 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
         clear_key: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let (put, cleared) = tokio::join!(
-                self.put(key, value, ttl),
-                self.put_mark(clear_key, b"", Duration::from_millis(1))
-            );
-            match (put, cleared) {
-                (Ok(()), Ok(())) => Ok(()),
-                (Err(connecting), Err(error)) if connecting.is_connecting() => Err(error),
-                (Err(error), _) | (_, Err(error)) => Err(error),
+            self.put(key, value, ttl).await?;
+            let clear = self.put_mark(clear_key, b"", CLEAR_TTL);
+            // Within the call's budget, not past it: the put's success must not be lost to a
+            // clear that outlasts the budget (a store over half the budget away).
+            let cleared = match call_deadline() {
+                Some(deadline) => tokio::time::timeout_at(deadline, clear)
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError::msg("out of the call's budget"))),
+                None => clear.await,
+            };
+            if let Err(error) = cleared {
+                tracing::debug!(
+                    key = clear_key,
+                    %error,
+                    "distributed token cache: the throttle mark was not cleared after a publish \
+                     (best-effort; it runs out on its own)"
+                );
             }
+            Ok(())
         })
     }
 
@@ -406,10 +425,6 @@ pub(super) async fn with_deadline<F: std::future::Future>(
 }
 
 /// The end of the budget of the store call this task is making, if the breaker makes it.
-#[cfg_attr(
-    not(feature = "redis"),
-    allow(dead_code, reason = "used by RedisTokenCache")
-)]
 pub(super) fn call_deadline() -> Option<tokio::time::Instant> {
     CALL_DEADLINE.try_with(|deadline| *deadline).ok()
 }

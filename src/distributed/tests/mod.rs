@@ -2015,3 +2015,66 @@ async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {
         );
     }
 }
+
+/// A store with only the required methods whose `put` refuses a TTL under a second, as one
+/// that counts TTLs in whole seconds (`EX 0` is an error).
+#[derive(Debug)]
+struct WholeSeconds(Handle);
+
+impl TokenStore for WholeSeconds {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        self.0.get(key)
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        if ttl.as_secs() == 0 {
+            return Box::pin(async { Err(StoreError::msg("invalid expire time in 'set'")) });
+        }
+        self.0.put(key, value, ttl)
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.0.try_lease(key, holder, ttl)
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.release(key, holder)
+    }
+}
+
+/// Over a store that refuses TTLs under a second, publishes are no store errors: the default
+/// `put_clearing` clears the throttle mark after the put, best-effort, for a second. The
+/// breaker stays closed and another process shares each token. (Before, the clear was a 1 ms
+/// put, refused at every publish: a store error each, and the breaker opened.)
+#[tokio::test(start_paused = true)]
+async fn publishes_over_a_store_of_whole_seconds_are_no_store_errors() {
+    let store = MemoryStore::new();
+    let (a, b) = (
+        cache_of(WholeSeconds(Handle(Arc::clone(&store)))),
+        cache_of(WholeSeconds(Handle(Arc::clone(&store)))),
+    );
+    let idp = Idp::new(Duration::ZERO);
+    let (pa, pb) = (process(&a), process(&b));
+    for n in 0..5 {
+        let scope = format!("scope-{n}");
+        let published = get_for(&pa, &idp, &scope).await;
+        assert_eq!(get_for(&pb, &idp, &scope).await, published);
+    }
+    assert_eq!(idp.calls(), 5);
+    assert_eq!(a.stats().store_errors + b.stats().store_errors, 0);
+    assert_eq!(b.stats().shared_hits, 5);
+}
