@@ -87,52 +87,80 @@ struct Keys<'a> {
     throttled: &'a str,
 }
 
-/// The fleet's throttles this process has read (or caused), by entry: until one ends, the
-/// entry's acquisitions are answered from here, without a store call. At most
-/// [`MAX_THROTTLED_ENTRIES`]; past that, the one that ends first is forgotten first.
+/// The fleet's throttles this process has read (or caused), by entry: for
+/// [`TRUSTED_THROTTLE`] after one is read (never past its end), the entry's acquisitions are
+/// answered from here, without a store call; then the store is read again. At most
+/// [`MAX_THROTTLED_ENTRIES`]; past that, the one trusted the shortest is forgotten first.
 #[derive(Debug, Default)]
-pub(super) struct FleetThrottles(std::sync::Mutex<Vec<(String, http::StatusCode, Instant)>>);
+pub(super) struct FleetThrottles(std::sync::Mutex<Vec<Remembered>>);
+
+/// A throttle [`FleetThrottles`] remembers.
+#[derive(Debug)]
+struct Remembered {
+    entry: String,
+    status: http::StatusCode,
+    /// The throttle's end, as read.
+    end: Instant,
+    /// Until when it is answered without a store read.
+    trusted_until: Instant,
+}
+
+/// How long a throttle read from the store is answered from memory, without another read:
+/// another process may publish a token meanwhile (and clear the mark), which a process that
+/// trusted its memory for the whole wait (up to an hour) would not see, failing every request
+/// while the store holds a token. The entry is read again at most this often during a throttle.
+const TRUSTED_THROTTLE: Duration = Duration::from_secs(5);
 
 /// Entries whose throttles one cache remembers (as `crate::throttle` bounds endpoints): a
 /// credential allowed any tenant could otherwise be made to keep one for every tenant.
 const MAX_THROTTLED_ENTRIES: usize = 64;
 
 impl FleetThrottles {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, http::StatusCode, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Remembered>> {
         // Every write leaves the list whole: a panic elsewhere cannot leave it torn.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The fleet's throttle of `entry` (its status and end), if one runs now.
+    /// The fleet's throttle of `entry` (its status and end), if one was read less than
+    /// [`TRUSTED_THROTTLE`] ago and runs now.
     fn running(&self, entry: &str) -> Option<(http::StatusCode, Instant)> {
         let now = Instant::now();
         self.lock()
             .iter()
-            .find(|(known, _, end)| known == entry && now < *end)
-            .map(|(_, status, end)| (*status, *end))
+            .find(|known| known.entry == entry && now < known.trusted_until)
+            .map(|known| (known.status, known.end))
     }
 
-    /// Remembers the throttle of `entry` until `end`, replacing the one known.
+    /// Remembers the throttle of `entry` until `end`, trusted for [`TRUSTED_THROTTLE`],
+    /// replacing the one known.
     fn remember(&self, entry: &str, status: http::StatusCode, end: Instant) {
         let now = Instant::now();
+        let trusted_until = now
+            .checked_add(TRUSTED_THROTTLE)
+            .map_or(end, |trusted| trusted.min(end));
         let mut throttles = self.lock();
-        throttles.retain(|(known, _, until)| known != entry && now < *until);
+        throttles.retain(|known| known.entry != entry && now < known.trusted_until);
         if throttles.len() >= MAX_THROTTLED_ENTRIES {
             let first = throttles
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, (_, _, until))| *until)
+                .min_by_key(|(_, known)| known.trusted_until)
                 .map(|(i, _)| i);
             if let Some(first) = first {
                 throttles.swap_remove(first);
             }
         }
-        throttles.push((entry.to_owned(), status, end));
+        throttles.push(Remembered {
+            entry: entry.to_owned(),
+            status,
+            end,
+            trusted_until,
+        });
     }
 
     /// Forgets the throttle of `entry`: this process published a token for it.
     fn forget(&self, entry: &str) {
-        self.lock().retain(|(known, _, _)| known != entry);
+        self.lock().retain(|known| known.entry != entry);
     }
 }
 
@@ -182,8 +210,10 @@ impl Shared {
                 credential,
                 ..Looks::default()
             };
-            // A throttle this process knows of is answered without reading the store: every
-            // acquisition of a throttled entry would otherwise cost a store call until its end.
+            // A throttle this process read less than 5 s ago is answered without reading the
+            // store: every acquisition of a throttled entry would otherwise cost a store call
+            // until its end. Past that the store is read again: a token published meanwhile
+            // (the mark cleared) is taken within 5 s.
             if let Some((status, end)) = self.throttles.running(&token_key) {
                 return self.answer_throttled(throttled_error(credential, status, end));
             }
@@ -403,16 +433,14 @@ impl Shared {
         self.breaker.call("release", release, &self.stats).await;
     }
 
-    /// The throttled error a throttle mark (`mark`, with `left` before it expires) answers
-    /// with, as `credential`; `None` when `mark` is not one (empty: cleared by a publish), or
-    /// the store cannot tell its time left.
+    /// The status and end of the throttle a throttle mark (`mark`, with `left` before it
+    /// expires) tells of; `None` when `mark` is not one (empty: cleared by a publish), or the
+    /// store cannot tell its time left.
     fn throttled(
         &self,
-        token_key: &str,
         mark: &[u8],
         left: Option<Duration>,
-        credential: &'static str,
-    ) -> Option<CredentialError> {
+    ) -> Option<(http::StatusCode, Instant)> {
         let wait = left?.min(LONGEST_THROTTLE);
         let status = std::str::from_utf8(mark).ok()?.split(':').next()?;
         let status = http::StatusCode::from_bytes(status.as_bytes()).ok()?;
@@ -420,8 +448,7 @@ impl Shared {
         if wait.is_zero() {
             return None;
         }
-        self.throttles.remember(token_key, status, end);
-        Some(throttled_error(credential, status, end))
+        Some((status, end))
     }
 
     /// Asks on our own after the holder we waited for was refused (its mark is there): the
@@ -561,21 +588,28 @@ impl Shared {
             return Found::Failed;
         };
         looks.stray_lease = self.is_stray(lease).then_some(lease);
-        let throttled = throttle
-            .and_then(|(mark, left)| self.throttled(token_key, &mark, left, looks.credential));
+        let throttled = throttle.and_then(|(mark, left)| self.throttled(&mark, left));
         // A throttle mark the release before throttle keys wrote under the failure mark's key
         // is no refusal: the waiter takes the lease and asks for all, as without a mark.
         let refusal = !mark
             .as_deref()
             .is_some_and(|mark| mark.starts_with(OLD_THROTTLE_MARK.as_bytes()));
-        let nothing = match throttled {
-            Some(error) => Found::Throttled(error),
-            None if looks.is_new(mark) && refusal => Found::Refused,
+        let refused = throttled.is_none() && looks.is_new(mark) && refusal;
+        let credential = looks.credential;
+        // A throttle is remembered only when no usable token answers: a publish may land
+        // before the holder's mark, and a reader that got the token must not then answer the
+        // entry's next acquisitions with the throttle.
+        let nothing = || match throttled {
+            Some((status, end)) => {
+                self.throttles.remember(token_key, status, end);
+                Found::Throttled(throttled_error(credential, status, end))
+            }
+            None if refused => Found::Refused,
             None => Found::Nothing,
         };
         // A plaintext entry holds the token: the buffer is zeroized like every other copy.
         let (value, left) = match entry {
-            None => return nothing,
+            None => return nothing(),
             Some((value, left)) => (Zeroizing::new(value), left),
         };
         let now = Instant::now();
@@ -588,7 +622,7 @@ impl Shared {
                 if !std::mem::replace(&mut looks.reported_unreadable, true) {
                     self.unreadable(token_key, unopened);
                 }
-                return nothing;
+                return nothing();
             }
         };
         // The jitter is drawn from the entry, not afresh: a slot handed this token renews at
@@ -598,7 +632,7 @@ impl Shared {
         let draw = entry_draw(token_key, stored.sealed_times);
         let due = policy.refresh_at_drawn(&stored.token, stored.stored_on, draw);
         if stored.token.is_expired_at(now) || now >= due {
-            nothing
+            nothing()
         } else {
             // The slot that takes the token computes its refresh time from the lifetime left
             // now, later than the fleet's for a token read late in its life (a shorter

@@ -79,9 +79,13 @@
 //!   (`is_throttled`, `retry_after`: the mark's time left), sending nothing; a usable token in
 //!   the store still answers first, and a publish of one ([`TokenStore::put_clearing`])
 //!   deletes the mark, so a process that got a token during the wait ends it for the fleet.
-//!   A process remembers a throttle it read (or caused) until its end, for 64 entries at
-//!   most, and answers that entry's later acquisitions from memory, without a store call
-//!   (a process that has read the mark still waits it out after such a publish).
+//!   A process remembers a throttle it read (or caused), for 64 entries at most, and answers
+//!   that entry's acquisitions from memory, without a store call, for 5 s after it read it
+//!   (never past its end); then it reads the store again. A process that had read the mark
+//!   before such a publish answers the throttle for 5 s at most after that read, and its
+//!   next acquisition takes the published token. A throttle is remembered only by a look
+//!   that found no usable token (a publish that lands before the holder's mark answers with
+//!   its token, and is not taken for a throttle).
 //!   The time left is the store's expiry of the mark (Redis's `PTTL`, read with the token:
 //!   [`TokenStore::get_with_throttle`], one script), never a wall clock: hosts whose clocks
 //!   disagree answer the same wait, and none sends into the throttle early. A store that

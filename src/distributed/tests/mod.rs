@@ -791,9 +791,10 @@ async fn a_process_that_never_held_the_lease_leaves_no_mark_for_its_holders_wait
     }
 }
 
-/// During a throttle mark, a process reads the store once: its later acquisitions of the
-/// entry are answered from what it read, until the mark's end, without a store call; then it
-/// reads again. (Before, each of the 100 acquisitions read the store.)
+/// During a throttle mark, a process reads the store once per 5 s: its later acquisitions of
+/// the entry are answered from what it read, for 5 s (never past the mark's end), without a
+/// store call; then it reads again. (Before the memory, each of the 100 acquisitions read the
+/// store.)
 #[tokio::test(start_paused = true)]
 async fn acquisitions_during_a_known_throttle_make_no_store_call() {
     let store = MemoryStore::new();
@@ -813,6 +814,18 @@ async fn acquisitions_during_a_known_throttle_make_no_store_call() {
     }
     assert_eq!(store.calls() - before, 1, "one store read");
     assert_eq!(c.stats().throttled, 100);
+    // One a second for 100 s: a read at most every 5 s.
+    let before = store.calls();
+    for _ in 0..100 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let error = p
+            .get_or_acquire(cache_key(), false, idp.acquire())
+            .await
+            .unwrap_err();
+        assert!(error.is_throttled(), "{error}");
+    }
+    let reads = store.calls() - before;
+    assert!((1..=20).contains(&reads), "{reads} store reads");
     assert_eq!(idp.calls(), 0);
     tokio::time::advance(HOUR).await;
     assert_eq!(get(&p, &idp).await, "token-1");
@@ -917,6 +930,42 @@ async fn a_publish_during_a_throttle_mark_clears_it() {
     assert_eq!(waiting.await.unwrap(), "token-1");
     assert!(holding.await.unwrap().unwrap_err().is_throttled());
     assert_eq!(store.raw(&mark), None, "cleared by the publish");
+    // The holder remembers its own throttle for 5 s at most without a read: its next
+    // acquisition past that reads the store and takes the published token. (Before, it
+    // answered its memory of the throttle for the whole 120 s while the store held a token.)
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let fresh = Idp::new(Duration::ZERO);
+    assert_eq!(get(&process(&holder), &fresh).await, "token-1");
+    assert_eq!(fresh.calls(), 0);
+}
+
+/// A publish that lands before the holder's throttle mark: a reader that finds both takes
+/// the usable token, and does not remember the throttle (its next acquisition takes the token
+/// again). A cold process that read the mark before the publish takes the token at its first
+/// acquisition 5 s on. (Before, the reader remembered the throttle it did not answer with,
+/// and both answered it for the mark's whole wait.)
+#[tokio::test(start_paused = true)]
+async fn a_throttle_remembered_is_read_again_within_five_seconds() {
+    let store = MemoryStore::new();
+    let mark = store_keys("tower-identity").throttled();
+    let (publisher, reader, cold) = (cache(&store), cache(&store), cache(&store));
+    store.set_raw(&mark, b"429:other.1");
+    let idp = Idp::new(Duration::ZERO);
+    let error = process(&cold)
+        .get_or_acquire(cache_key(), false, idp.acquire())
+        .await
+        .unwrap_err();
+    assert!(error.is_throttled(), "{error}");
+    store.remove(&mark);
+    assert_eq!(get(&process(&publisher), &idp).await, "token-1");
+    store.set_raw(&mark, b"429:other.1");
+    for _ in 0..2 {
+        assert_eq!(get(&process(&reader), &idp).await, "token-1");
+    }
+    assert_eq!(reader.stats().shared_hits, 2);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(get(&process(&cold), &idp).await, "token-1");
+    assert_eq!(idp.calls(), 1);
 }
 
 /// A cold fleet of 20 against a provider whose first answer is a 503 that outlasted the
