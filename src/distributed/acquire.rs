@@ -378,8 +378,9 @@ impl Shared {
     /// entry's throttle key, to expire after the wait asked ([`LONGEST_THROTTLE`] at most):
     /// until it expires, every process answers its acquisition with a throttled error at its
     /// first look or next poll, sending nothing, where each would otherwise take the lease in
-    /// turn and send its own request into the throttle. The mark holds its status and the
-    /// holder's id; its end is the key's expiry, read from the store (no wall clock).
+    /// turn and send its own request into the throttle. The mark holds its status, its end
+    /// in Unix ms and the holder's id; its end is the key's expiry, read from the store (no
+    /// wall clock), the Unix end serving only a store that cannot tell a key's time left.
     async fn give_back(
         &self,
         result: &Result<AccessToken, CredentialError>,
@@ -389,10 +390,15 @@ impl Shared {
         let (lease_key, failed_key) = (keys.lease, keys.failed);
         match result {
             Err(error) if error.is_throttled() => {
-                if let Some((status, mark, wait)) = throttle_mark(error, holder) {
-                    if let Some(end) = Instant::now().checked_add(wait) {
+                if let Some((status, wait)) = throttle_mark(error) {
+                    let now = Instant::now();
+                    let end = now.checked_add(wait);
+                    if let Some(end) = end {
                         self.throttles.remember(keys.token, status, end);
                     }
+                    // The end in Unix ms, for a store that cannot tell the mark's time left.
+                    let end_ms = self.clock.followed().to_unix_ms(end.unwrap_or(now));
+                    let mark = format!("{}:{end_ms}:{holder}", status.as_u16());
                     let release = || {
                         self.store.release_with_mark(
                             lease_key,
@@ -433,17 +439,30 @@ impl Shared {
         self.breaker.call("release", release, &self.stats).await;
     }
 
-    /// The status and end of the throttle a throttle mark (`mark`, with `left` before it
-    /// expires) tells of; `None` when `mark` is not one (empty: cleared by a publish), or the
-    /// store cannot tell its time left.
+    /// The status and end of the throttle a throttle mark (`mark`: `{status}:{end in Unix
+    /// ms}:{holder}`, with `left` before it expires) tells of; `None` when `mark` is not one
+    /// (empty: cleared by a publish), or neither the store nor the mark tells its end. The
+    /// store's time left wins; the mark's end serves only a store that cannot tell one.
     fn throttled(
         &self,
         mark: &[u8],
         left: Option<Duration>,
     ) -> Option<(http::StatusCode, Instant)> {
-        let wait = left?.min(LONGEST_THROTTLE);
-        let status = std::str::from_utf8(mark).ok()?.split(':').next()?;
-        let status = http::StatusCode::from_bytes(status.as_bytes()).ok()?;
+        let mut fields = std::str::from_utf8(mark).ok()?.split(':');
+        let status = http::StatusCode::from_bytes(fields.next()?.as_bytes()).ok()?;
+        let wait = match left {
+            // The store's expiry: no host's wall clock in it.
+            Some(left) => left,
+            // A store that cannot tell a key's time left: the end the mark carries, by this
+            // host's clock (an hour on at most), rather than no fleet throttle at all. A mark
+            // without one (a value not a cache's) is none.
+            None => {
+                let end_ms: u64 = fields.next()?.parse().ok()?;
+                let now_ms = self.clock.followed().to_unix_ms(Instant::now());
+                Duration::from_millis(end_ms.checked_sub(now_ms)?)
+            }
+        }
+        .min(LONGEST_THROTTLE);
         let end = Instant::now().checked_add(wait)?;
         if wait.is_zero() {
             return None;
@@ -710,13 +729,9 @@ fn entry_draw(token_key: &str, sealed_times: (u64, u64)) -> f64 {
     draw
 }
 
-/// The status of the holder's throttled `error`, its throttle mark (that status and the
-/// holder's id) and how long it lasts: the `Retry-After`, [`LONGEST_THROTTLE`] at most; `None`
-/// when there is no wait left.
-fn throttle_mark(
-    error: &CredentialError,
-    holder: &str,
-) -> Option<(http::StatusCode, String, Duration)> {
+/// The status of the holder's throttled `error`, for its throttle mark, and how long the mark
+/// lasts: the `Retry-After`, [`LONGEST_THROTTLE`] at most; `None` when there is no wait left.
+fn throttle_mark(error: &CredentialError) -> Option<(http::StatusCode, Duration)> {
     let wait = error.retry_after()?.min(LONGEST_THROTTLE);
     if wait.is_zero() {
         return None;
@@ -724,7 +739,7 @@ fn throttle_mark(
     let status = error
         .status()
         .unwrap_or(http::StatusCode::TOO_MANY_REQUESTS);
-    Some((status, format!("{}:{holder}", status.as_u16()), wait))
+    Some((status, wait))
 }
 
 /// The throttled error answered, as `credential`, for the fleet's throttle (`status`) until

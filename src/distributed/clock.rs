@@ -73,6 +73,16 @@ impl WallClock {
         }
     }
 
+    /// `instant` as Unix milliseconds (to the clock's reading, taken in whole seconds).
+    pub(super) fn to_unix_ms(self, instant: Instant) -> u64 {
+        let origin = self.unix.saturating_mul(1000);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        match instant.checked_duration_since(self.instant) {
+            Some(after) => origin.saturating_add(ms(after)),
+            None => origin.saturating_sub(ms(self.instant.duration_since(instant))),
+        }
+    }
+
     /// Unix seconds as an instant, at most [`MAX_TOKEN_LIFETIME`] after `now` and never before
     /// the clock's origin (then `now`, which treats the time as passed).
     pub(super) fn to_instant(self, unix: u64, now: Instant) -> Instant {

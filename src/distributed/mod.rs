@@ -72,7 +72,7 @@
 //!   [`is_throttled`](crate::CredentialError::is_throttled): a status the retries retry, 429
 //!   or a 5xx, with a `Retry-After` longer than the retries wait or that outlasted them) gives
 //!   the lease back leaving a throttle mark under a key of its own,
-//!   `{prefix}:{hash}:throttled` (its status and holder id), in the same step
+//!   `{prefix}:{hash}:throttled` (its status, its end in Unix ms and the holder id), in the same step
 //!   ([`TokenStore::release_with_mark`]), to expire after the `Retry-After` (an hour at most).
 //!   Until it expires, every process that looks (a waiter at its next poll, a process
 //!   starting an acquisition at its first look) answers at once with a throttled error
@@ -89,8 +89,8 @@
 //!   The time left is the store's expiry of the mark (Redis's `PTTL`, read with the token:
 //!   [`TokenStore::get_with_throttle`], one script), never a wall clock: hosts whose clocks
 //!   disagree answer the same wait, and none sends into the throttle early. A store that
-//!   cannot tell a key's time left ignores throttle marks (each process then takes the lease
-//!   in turn, as without one). Entra throttles per application and tenant, so every process
+//!   cannot tell a key's time left (the default [`TokenStore::get_with_ttl`]) has the end the
+//!   mark carries read instead, by the reader's wall clock (an hour on at most). Entra throttles per application and tenant, so every process
 //!   of the fleet would be throttled too: one request into the throttle instead of one per
 //!   process. Processes of a release before throttle keys read neither the key nor write it
 //!   (they take the lease in turn, as without a mark, and their failure marks, under

@@ -125,8 +125,10 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// ([`release_with_mark`](Self::release_with_mark)), to expire after the wait asked; the
     /// time it has left is the time the fleet still waits, taken from the store's own expiry
     /// so that no host's wall clock shortens or lengthens it. A mark whose time left the store
-    /// cannot tell (`None`) is ignored: the waiters then take the lease in turn as they would
-    /// without it. The four keys share a Redis Cluster hash tag;
+    /// cannot tell (`None`: the default [`get_with_ttl`](Self::get_with_ttl)'s answer) is
+    /// read for the end it carries in Unix milliseconds, by the reader's wall clock (an hour
+    /// on at most): clocks that disagree shorten or lengthen the wait, but the fleet is still
+    /// held back. The four keys share a Redis Cluster hash tag;
     /// [`RedisTokenCache`](super::RedisTokenCache) reads them in one script. The default calls
     /// [`get_with_lease`](Self::get_with_lease) and [`get_with_ttl`](Self::get_with_ttl)
     /// concurrently and waits for both (a failure of either is the look's).

@@ -458,6 +458,9 @@ async fn a_cold_fleet_against_a_throttling_authority_sends_one_request() {
     assert!(marks[0].0.ends_with("}:throttled"), "{marks:?}");
     let mark = String::from_utf8(marks[0].1.clone()).unwrap();
     assert!(mark.starts_with("429:"), "{mark}");
+    // Its end in Unix ms, for a store that cannot tell a key's time left.
+    let end_ms: u64 = mark.split(':').nth(1).unwrap().parse().unwrap();
+    assert!(end_ms > 1_700_000_000_000, "{mark}");
     assert!(entry_keys(&server).is_empty(), "no token, no lease left");
 }
 

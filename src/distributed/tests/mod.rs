@@ -2127,3 +2127,35 @@ async fn publishes_over_a_store_of_whole_seconds_are_no_store_errors() {
     assert_eq!(a.stats().store_errors + b.stats().store_errors, 0);
     assert_eq!(b.stats().shared_hits, 5);
 }
+
+/// Over a store that cannot tell a key's time left (only the required methods: the default
+/// `get_with_ttl` reports none), a cold fleet of 20 against a provider that throttles (429,
+/// `Retry-After: 120`) still sends one request: the throttle mark carries its end in Unix ms,
+/// read when the store gives no time left. (Before, such a mark was ignored: each waiter took
+/// the lease in turn and sent its own request into the throttle.)
+#[tokio::test(start_paused = true)]
+async fn a_store_without_ttls_still_holds_the_fleet_back_for_a_throttle() {
+    let store = MemoryStore::new();
+    let caches: Vec<DistributedCache> = (0..20)
+        .map(|_| cache_of(RequiredOnly(Handle(Arc::clone(&store)))))
+        .collect();
+    let idp = Idp::throttled(Duration::from_millis(150));
+    let tasks: Vec<_> = caches
+        .iter()
+        .map(|c| {
+            let (p, idp) = (process(c), idp.clone());
+            tokio::spawn(async move { p.get_or_acquire(cache_key(), false, idp.acquire()).await })
+        })
+        .collect();
+    let results = futures_util::future::try_join_all(tasks).await.unwrap();
+    assert_eq!(idp.calls(), 1, "one request into the throttle");
+    for result in &results {
+        let error = result.as_ref().unwrap_err();
+        assert!(error.is_throttled(), "{error}");
+        let wait = error.retry_after().unwrap();
+        assert!(
+            wait > Duration::from_secs(110) && wait <= THROTTLE,
+            "{wait:?}"
+        );
+    }
+}
