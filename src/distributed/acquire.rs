@@ -92,7 +92,11 @@ struct Keys<'a> {
 /// answered from here, without a store call; then the store is read again. At most
 /// [`MAX_THROTTLED_ENTRIES`]; past that, the one trusted the shortest is forgotten first.
 #[derive(Debug, Default)]
-pub(super) struct FleetThrottles(std::sync::Mutex<Vec<Remembered>>);
+pub(super) struct FleetThrottles {
+    known: std::sync::Mutex<Vec<Remembered>>,
+    /// Whether a throttle mark no cache wrote was logged at WARN already.
+    warned_stray: std::sync::atomic::AtomicBool,
+}
 
 /// A throttle [`FleetThrottles`] remembers.
 #[derive(Debug)]
@@ -104,6 +108,12 @@ struct Remembered {
     /// Until when it is answered without a store read.
     trusted_until: Instant,
 }
+
+/// A throttle mark with more time left than [`LONGEST_THROTTLE`] and this was not written by a
+/// cache, which marks a throttle for an hour at most: it is ignored (a key set by hand, or by
+/// another program, would otherwise block the fleet for as long as it says, silently). The
+/// slack tolerates a store that reports a little more than was set.
+const STRAY_THROTTLE_SLACK: Duration = Duration::from_secs(60);
 
 /// How long a throttle read from the store is answered from memory, without another read:
 /// another process may publish a token meanwhile (and clear the mark), which a process that
@@ -118,7 +128,7 @@ const MAX_THROTTLED_ENTRIES: usize = 64;
 impl FleetThrottles {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Remembered>> {
         // Every write leaves the list whole: a panic elsewhere cannot leave it torn.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The fleet's throttle of `entry` (its status and end), if one was read less than
@@ -451,6 +461,11 @@ impl Shared {
         let mut fields = std::str::from_utf8(mark).ok()?.split(':');
         let status = http::StatusCode::from_bytes(fields.next()?.as_bytes()).ok()?;
         let wait = match left {
+            // Not a cache's mark: ignored, WARN once per cache.
+            Some(left) if left > LONGEST_THROTTLE.saturating_add(STRAY_THROTTLE_SLACK) => {
+                self.stray_throttle(left);
+                return None;
+            }
             // The store's expiry: no host's wall clock in it.
             Some(left) => left,
             // A store that cannot tell a key's time left: the end the mark carries, by this
@@ -468,6 +483,19 @@ impl Shared {
             return None;
         }
         Some((status, end))
+    }
+
+    /// A throttle mark with `left` to run, longer than a cache writes one: WARN the first
+    /// time per cache, DEBUG after.
+    fn stray_throttle(&self, left: Duration) {
+        let message = "distributed token cache: the entry's throttle mark has more time left \
+                       than a cache writes (an hour and a minute); ignored. Written by something \
+                       other than a cache";
+        if self.throttles.warned_stray.swap(true, Ordering::Relaxed) {
+            tracing::debug!(throttle_left = ?left, "{message}");
+        } else {
+            tracing::warn!(throttle_left = ?left, "{message}");
+        }
     }
 
     /// Asks on our own after the holder we waited for was refused (its mark is there): the

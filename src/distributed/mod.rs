@@ -88,7 +88,9 @@
 //!   its token, and is not taken for a throttle).
 //!   The time left is the store's expiry of the mark (Redis's `PTTL`, read with the token:
 //!   [`TokenStore::get_with_throttle`], one script), never a wall clock: hosts whose clocks
-//!   disagree answer the same wait, and none sends into the throttle early. A store that
+//!   disagree answer the same wait, and none sends into the throttle early. A mark with more
+//!   time left than a cache writes (an hour and a minute) was not written by a cache: it is
+//!   ignored, with a WARN the first time per cache. A store that
 //!   cannot tell a key's time left (the default [`TokenStore::get_with_ttl`]) has the end the
 //!   mark carries read instead, by the reader's wall clock (an hour on at most). Entra throttles per application and tenant, so every process
 //!   of the fleet would be throttled too: one request into the throttle instead of one per

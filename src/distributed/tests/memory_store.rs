@@ -68,10 +68,15 @@ impl MemoryStore {
     }
 
     pub(super) fn set_raw(&self, key: &str, value: &[u8]) {
+        self.set_raw_for(key, value, HOUR);
+    }
+
+    /// Stores `value` under `key` for `ttl`, as a write by something other than a cache.
+    pub(super) fn set_raw_for(&self, key: &str, value: &[u8], ttl: Duration) {
         self.entries
             .lock()
             .unwrap()
-            .insert(key.to_owned(), (value.to_vec(), Instant::now() + HOUR));
+            .insert(key.to_owned(), (value.to_vec(), Instant::now() + ttl));
     }
 
     /// Removes `key`, as Redis does when it evicts a key under `maxmemory`.

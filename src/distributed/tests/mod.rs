@@ -2159,3 +2159,17 @@ async fn a_store_without_ttls_still_holds_the_fleet_back_for_a_throttle() {
         );
     }
 }
+
+/// A throttle mark with 2 h left (more than a cache writes: an hour at most) was not written
+/// by a cache: it is ignored, and a token is acquired. (Before, it was read as an hour's
+/// throttle, then another, blocking the fleet for as long as the key said, silently.)
+#[tokio::test(start_paused = true)]
+async fn a_throttle_mark_longer_than_a_cache_writes_is_ignored() {
+    let store = MemoryStore::new();
+    let mark = store_keys("tower-identity").throttled();
+    store.set_raw_for(&mark, b"429:other.1", 2 * HOUR);
+    let c = cache(&store);
+    let idp = Idp::new(Duration::ZERO);
+    assert_eq!(get(&process(&c), &idp).await, "token-1");
+    assert_eq!((idp.calls(), c.stats().throttled), (1, 0));
+}
