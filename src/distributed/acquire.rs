@@ -107,6 +107,17 @@ struct Remembered {
     end: Instant,
     /// Until when it is answered without a store read.
     trusted_until: Instant,
+    /// Whose throttle it is, for the error's words.
+    whose: Whose,
+}
+
+/// Which process the identity provider throttled, as a throttled error says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Whose {
+    /// This process (a holder's own answer, or a mark one of its acquisitions wrote).
+    This,
+    /// Another process of the fleet (its throttle mark).
+    Another,
 }
 
 /// A throttle mark with more time left than [`LONGEST_THROTTLE`] and this was not written by a
@@ -133,17 +144,17 @@ impl FleetThrottles {
 
     /// The fleet's throttle of `entry` (its status and end), if one was read less than
     /// [`TRUSTED_THROTTLE`] ago and runs now.
-    fn running(&self, entry: &str) -> Option<(http::StatusCode, Instant)> {
+    fn running(&self, entry: &str) -> Option<(http::StatusCode, Instant, Whose)> {
         let now = Instant::now();
         self.lock()
             .iter()
             .find(|known| known.entry == entry && now < known.trusted_until)
-            .map(|known| (known.status, known.end))
+            .map(|known| (known.status, known.end, known.whose))
     }
 
     /// Remembers the throttle of `entry` until `end`, trusted for [`TRUSTED_THROTTLE`],
     /// replacing the one known.
-    fn remember(&self, entry: &str, status: http::StatusCode, end: Instant) {
+    fn remember(&self, entry: &str, status: http::StatusCode, end: Instant, whose: Whose) {
         let now = Instant::now();
         let trusted_until = now
             .checked_add(TRUSTED_THROTTLE)
@@ -165,6 +176,7 @@ impl FleetThrottles {
             status,
             end,
             trusted_until,
+            whose,
         });
     }
 
@@ -224,8 +236,8 @@ impl Shared {
             // store: every acquisition of a throttled entry would otherwise cost a store call
             // until its end. Past that the store is read again: a token published meanwhile
             // (the mark cleared) is taken within 5 s.
-            if let Some((status, end)) = self.throttles.running(&token_key) {
-                return self.answer_throttled(throttled_error(credential, status, end));
+            if let Some((status, end, whose)) = self.throttles.running(&token_key) {
+                return self.answer_throttled(throttled_error(credential, status, end, whose));
             }
             match self.find(&keys, policy, &mut looks).await {
                 Found::Usable(token) => return self.shared_hit(token),
@@ -404,7 +416,8 @@ impl Shared {
                     let now = Instant::now();
                     let end = now.checked_add(wait);
                     if let Some(end) = end {
-                        self.throttles.remember(keys.token, status, end);
+                        self.throttles
+                            .remember(keys.token, status, end, Whose::This);
                     }
                     // The end in Unix ms, for a store that cannot tell the mark's time left.
                     let end_ms = self.clock.followed().to_unix_ms(end.unwrap_or(now));
@@ -457,8 +470,16 @@ impl Shared {
         &self,
         mark: &[u8],
         left: Option<Duration>,
-    ) -> Option<(http::StatusCode, Instant)> {
-        let mut fields = std::str::from_utf8(mark).ok()?.split(':');
+    ) -> Option<(http::StatusCode, Instant, Whose)> {
+        let mark = std::str::from_utf8(mark).ok()?;
+        // The holder id is the last field (`{status}:{holder}` before marks carried an end):
+        // this process's acquisitions hold as `{self.holder}.{n}`.
+        let holder = mark.rsplit(':').next().unwrap_or_default();
+        let whose = match holder.strip_prefix(self.holder.as_str()) {
+            Some(rest) if rest.starts_with('.') => Whose::This,
+            _ => Whose::Another,
+        };
+        let mut fields = mark.split(':');
         let status = http::StatusCode::from_bytes(fields.next()?.as_bytes()).ok()?;
         let wait = match left {
             // Not a cache's mark: ignored, WARN once per cache.
@@ -482,7 +503,7 @@ impl Shared {
         if wait.is_zero() {
             return None;
         }
-        Some((status, end))
+        Some((status, end, whose))
     }
 
     /// A throttle mark with `left` to run, longer than a cache writes one: WARN the first
@@ -647,9 +668,9 @@ impl Shared {
         // before the holder's mark, and a reader that got the token must not then answer the
         // entry's next acquisitions with the throttle.
         let nothing = || match throttled {
-            Some((status, end)) => {
-                self.throttles.remember(token_key, status, end);
-                Found::Throttled(throttled_error(credential, status, end))
+            Some((status, end, whose)) => {
+                self.throttles.remember(token_key, status, end, whose);
+                Found::Throttled(throttled_error(credential, status, end, whose))
             }
             None if refused => Found::Refused,
             None => Found::Nothing,
@@ -771,18 +792,23 @@ fn throttle_mark(error: &CredentialError) -> Option<(http::StatusCode, Duration)
 }
 
 /// The throttled error answered, as `credential`, for the fleet's throttle (`status`) until
-/// `end`, sending nothing.
+/// `end`, sending nothing; `whose` says which process the provider throttled.
 fn throttled_error(
     credential: &'static str,
     status: http::StatusCode,
     end: Instant,
+    whose: Whose,
 ) -> CredentialError {
     let wait = end.saturating_duration_since(Instant::now());
+    let answered = match whose {
+        Whose::This => "this process",
+        Whose::Another => "another process of the fleet",
+    };
     CredentialError::authentication_failed(
         credential,
         format!(
-            "throttled: the identity provider answered another process of the fleet HTTP \
-             {status} with a Retry-After; no token request is sent for another {} s",
+            "throttled: the identity provider answered {answered} HTTP {status} with a \
+             Retry-After; no token request is sent for another {} s",
             wait.as_secs_f64().ceil()
         ),
     )

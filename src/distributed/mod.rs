@@ -83,7 +83,8 @@
 //!   that entry's acquisitions from memory, without a store call, for 5 s after it read it
 //!   (never past its end); then it reads the store again. A process that had read the mark
 //!   before such a publish answers the throttle for 5 s at most after that read, and its
-//!   next acquisition takes the published token. A throttle is remembered only by a look
+//!   next acquisition takes the published token; a process that had not read it takes the
+//!   token at its first look. A throttle is remembered only by a look
 //!   that found no usable token (a publish that lands before the holder's mark answers with
 //!   its token, and is not taken for a throttle).
 //!   The time left is the store's expiry of the mark (Redis's `PTTL`, read with the token:

@@ -44,6 +44,16 @@ const CLEAR_TTL: Duration = Duration::from_secs(1);
 /// `wait_limit` at each acquisition), its marks' own write (a mark put as an entry is, bounded
 /// by the wall clock) and its one-step release with a mark (two calls, which a waiter may see
 /// one without the other).
+///
+/// # Compatibility
+///
+/// Added with the throttle key (`{prefix}:{hash}:throttled`):
+/// [`get_with_throttle`](Self::get_with_throttle) and [`put_clearing`](Self::put_clearing),
+/// both provided, so a store written before them compiles and works unchanged (its throttle
+/// marks read and cleared through the defaults, from its own calls); a wrapper should forward
+/// them too. [`LeaseTtl`] is `#[non_exhaustive]`: a `match` on it outside this crate needs a
+/// wildcard arm, so that a later variant is no breaking change. A throttle mark's value is
+/// `{status}:{end in Unix ms}:{holder}`; a store should treat it as opaque bytes, as any value.
 pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// The value stored under `key`, or `None` when there is none (missing, expired,
     /// evicted). For a lease key, the holder id [`try_lease`](Self::try_lease) stored: the

@@ -168,6 +168,43 @@ async fn get_with_mark_reads_the_entry_and_its_mark_together() {
     );
 }
 
+/// `get_with_throttle` reads the throttle mark with its time left; one with no expiry
+/// (`PTTL` -1: no cache writes one) or of another type is none, not an error.
+#[tokio::test]
+async fn get_with_throttle_reads_a_throttle_mark_that_expires_only() {
+    let server = RedisServer::start();
+    let store = RedisTokenCache::open(&server.url()).unwrap();
+    let (token, mark, lease, throttle) = (
+        "p:{a}:token",
+        "p:{a}:failed",
+        "p:{a}:lease",
+        "p:{a}:throttled",
+    );
+    let read = || store.get_with_throttle(token, mark, lease, throttle);
+    assert_eq!(read().await.unwrap().1, None);
+
+    store
+        .put_mark(throttle, b"429:1:h.1", secs(120))
+        .await
+        .unwrap();
+    let (value, left) = read().await.unwrap().1.unwrap();
+    assert_eq!(value, b"429:1:h.1");
+    assert!(
+        left.is_some_and(|left| left <= secs(120) && left > secs(119)),
+        "{left:?}"
+    );
+
+    // No expiry: not a cache's, whatever end its value says.
+    let far = format!("429:{}:h.1", u64::MAX / 2);
+    let _: () = server.admin().set(throttle, far).unwrap();
+    assert_eq!(pttl(&server, throttle), -1);
+    assert_eq!(read().await.unwrap().1, None);
+    // Another type.
+    let _: () = server.admin().del(throttle).unwrap();
+    let _: () = server.admin().rpush(throttle, "429:1:h.1").unwrap();
+    assert_eq!(read().await.unwrap().1, None);
+}
+
 /// Over RESP3 (`?protocol=resp3`, `HELLO 3`) every operation answers as over RESP2: a missing
 /// key is none, not "GET answered an unexpected type".
 #[tokio::test]

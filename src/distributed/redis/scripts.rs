@@ -102,8 +102,9 @@ return found"
 
 /// Reads what [`GET_WITH_LEASE`] reads and the throttle mark under `KEYS[4]` with its `PTTL`,
 /// in one atomic step (the four keys share a hash tag): `{entry, mark, lease ms, throttle}`,
-/// where `throttle` is `{}` when there is none, else `{value, ms left}` (-1: no expiry). A
-/// throttle mark of another type or longer than `ARGV[2]` bytes is none, as a mark is.
+/// where `throttle` is `{}` when there is none, else `{value, ms left}` (-1: no expiry, read as
+/// none: a cache's mark always expires). A throttle mark of another type or longer than
+/// `ARGV[2]` bytes is none, as a mark is.
 pub(super) const GET_WITH_THROTTLE: &str = concat!(
     r"local found = (function()
 ",
@@ -238,7 +239,9 @@ pub(super) fn entry_mark_lease_and_throttle(
     let Some(Value::Array(throttle)) = answer.pop() else {
         return Err(wrong_shape());
     };
-    let throttle = entry(throttle)?;
+    // A throttle mark with no expiry (`PTTL` -1) is no cache's, which always sets one: none,
+    // rather than one read for the end its value may carry.
+    let throttle = entry(throttle)?.filter(|(_, left)| left.is_some());
     Ok((entry_mark_and_lease(Value::Array(answer))?, throttle))
 }
 

@@ -2173,3 +2173,40 @@ async fn a_throttle_mark_longer_than_a_cache_writes_is_ignored() {
     assert_eq!(get(&process(&c), &idp).await, "token-1");
     assert_eq!((idp.calls(), c.stats().throttled), (1, 0));
 }
+
+/// A throttled error says whose throttle it answers: the holder's own (from its memory, or
+/// its own mark read back from the store) is "this process"'s, a mark another process wrote
+/// "another process of the fleet"'s. (Before, every one said another process's.)
+#[tokio::test(start_paused = true)]
+async fn a_throttled_error_names_the_process_throttled() {
+    let store = MemoryStore::new();
+    let (holder, other) = (cache(&store), cache(&store));
+    let idp = Idp::throttled(Duration::ZERO);
+    let own = process(&holder)
+        .get_or_acquire(cache_key(), false, idp.acquire())
+        .await
+        .unwrap_err();
+    assert!(own.is_throttled(), "{own}");
+    for wait in [Duration::ZERO, Duration::from_secs(6)] {
+        tokio::time::advance(wait).await;
+        let remembered = process(&holder)
+            .get_or_acquire(cache_key(), false, idp.acquire())
+            .await
+            .unwrap_err();
+        let message = remembered.message();
+        assert!(
+            message.contains("answered this process HTTP 429"),
+            "{message}"
+        );
+    }
+    let fleets = process(&other)
+        .get_or_acquire(cache_key(), false, idp.acquire())
+        .await
+        .unwrap_err();
+    let message = fleets.message();
+    assert!(
+        message.contains("answered another process of the fleet HTTP 429"),
+        "{message}"
+    );
+    assert_eq!(idp.calls(), 1);
+}
