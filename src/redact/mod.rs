@@ -421,19 +421,24 @@ fn field_value(name: &str, tail: &str, line_start: bool) -> Option<(usize, usize
 /// ends a form value, or a percent-encoded `&` or quote (`%26`, `%22`, `%27`), which end it
 /// at that level of encoding. (After a plain `=`, `%26` is part of the value: an `&` in it.)
 fn encoded_value_len(value: &str) -> usize {
-    let raw_end = value
-        .find(['&', ',', ';', '}', '<', '"', '\'', ' ', '\t', '\r', '\n'])
-        .unwrap_or(value.len());
+    // One pass that stops at whichever ends the value first: a search for the plain
+    // delimiters first scanned past the value to the next one (the text's end, in a body of
+    // `%3D…%26` pairs), once per name: quadratic.
     let bytes = value.as_bytes();
-    let end = (0..raw_end)
-        .find(|&at| {
-            bytes.get(at) == Some(&b'%')
+    let end = bytes
+        .iter()
+        .enumerate()
+        .position(|(at, &b)| {
+            matches!(
+                b,
+                b'&' | b',' | b';' | b'}' | b'<' | b'"' | b'\'' | b' ' | b'\t' | b'\r' | b'\n'
+            ) || (b == b'%'
                 && matches!(
                     bytes.get(at.saturating_add(1)..at.saturating_add(3)),
                     Some(b"26" | b"22" | b"27")
-                )
+                ))
         })
-        .unwrap_or(raw_end);
+        .unwrap_or(bytes.len());
     count_work(end);
     end
 }

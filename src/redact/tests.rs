@@ -549,6 +549,10 @@ fn names_inside_a_value_take_linear_work() {
         format!("{}x y", "atoken: ".repeat(20_000)),
         format!("password: {}x y", "atoken:".repeat(20_000)),
         format!("{}x y", "a=atoken:".repeat(20_000)),
+        // Percent-encoded separators: each value ends at `%26` or `%22`, well before the
+        // next plain delimiter (the text's end).
+        format!("{}x y", "a_token%3Dx%26".repeat(20_000)),
+        format!("{}x y", "a_token%3Ax%22".repeat(20_000)),
     ] {
         let (_, work) = scrub_fields_counted(&text);
         assert!(work <= 3 * text.len(), "{work} > 3 × {}", text.len());
