@@ -61,6 +61,24 @@ fn scrub_with(text: &str, secrets: &[&str], mask: fn(&str, &str) -> String) -> S
     scrub_fields(&scrub_jwts(&out))
 }
 
+/// Provider text as one line: its parts between [disruptive](is_disruptive)
+/// characters (line breaks, escape sequences, bidi controls, …) trimmed and joined by spaces.
+pub(crate) fn one_line(text: &str) -> String {
+    text.split(is_disruptive)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Provider text quoted in an error: scrubbed, on [one line](one_line), scrubbed again
+/// (joining its parts can join a secret field's name to its value: `client_secret\0=abc`),
+/// at most `max_chars` characters.
+pub(crate) fn quoted_line(text: &str, secrets: &[&str], max_chars: usize) -> String {
+    let line = one_line(&scrub(text, secrets));
+    truncate(&scrub(&line, secrets), max_chars)
+}
+
 /// The start of a body that could not be read as expected: lossily decoded, scrubbed,
 /// [disruptive](is_disruptive) characters replaced by spaces, at most `max_chars`
 /// characters, trimmed.

@@ -653,3 +653,13 @@ fn percent_encoded_separators_are_read_as_separators() {
         assert_eq!(scrub(text, &[]), want, "{text}");
     }
 }
+
+/// Provider text quoted in an error is scrubbed again once on one line: joining its parts can
+/// join a secret field's name to its value (a NUL between them is no separator, a space is).
+#[test]
+fn quoted_provider_text_is_scrubbed_again_once_on_one_line() {
+    for text in ["client_secret\u{0}=abc-secret", "password\r\n: abc-secret"] {
+        let quoted = quoted_line(text, &[], 100);
+        assert!(!quoted.contains("abc-secret"), "{quoted:?}");
+    }
+}

@@ -11,9 +11,8 @@ use tokio::time::Instant;
 
 use super::{ManagedIdentitySource, NAME};
 use crate::encoding::{number, number_field, string_field};
-use crate::entra::token_client::one_line;
 use crate::error::{CredentialError, ProviderDetails};
-use crate::redact::{excerpt, scrub, truncate};
+use crate::redact::{excerpt, quoted_line};
 use crate::token::{AccessToken, HALF_LIFE_THRESHOLD, Secret, clamped_lifetime, instant_after};
 
 /// Longest provider text quoted in an error.
@@ -113,7 +112,7 @@ pub(crate) fn provider_text(body: &[u8], secrets: &[&str]) -> ProviderText {
         .and_then(Value::as_str);
     let secrets: Vec<&str> = secrets.iter().copied().chain(issued).collect();
     let secrets = secrets.as_slice();
-    let clean = |s: &str| truncate(&one_line(&scrub(s, secrets)), PROVIDER_TEXT_CHARS);
+    let clean = |s: &str| quoted_line(s, secrets, PROVIDER_TEXT_CHARS);
     if let Some(object) = json.as_ref().and_then(Value::as_object) {
         let string =
             |o: &Map<String, Value>, name: &str| o.get(name).and_then(Value::as_str).map(&clean);

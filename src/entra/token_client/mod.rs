@@ -45,7 +45,7 @@ pub(crate) use form::{
     client_credentials_form, device_authorization_form, device_code_form, refresh_token_form,
 };
 use response::parse_object;
-pub(crate) use response::{TokenResponse, one_line, parse_response};
+pub(crate) use response::{TokenResponse, parse_response};
 
 /// `User-Agent` of every token request.
 pub(crate) const USER_AGENT_VALUE: &str = concat!("tower-identity/", env!("CARGO_PKG_VERSION"));

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::encoding::{number, number_field, string_field};
 use crate::error::{CredentialError, ProviderDetails};
-use crate::redact::{excerpt, scrub, truncate};
+use crate::redact::{excerpt, quoted_line};
 use crate::token::{AccessToken, HALF_LIFE_THRESHOLD, Secret, clamped_lifetime, instant_after};
 
 /// Longest excerpt of an unreadable body quoted in an error.
@@ -185,7 +185,7 @@ fn provider_error(
         object
             .get(name)
             .and_then(Value::as_str)
-            .map(|s| truncate(&one_line(&scrub(s, secrets)), MAX_PROVIDER_TEXT_CHARS))
+            .map(|s| quoted_line(s, secrets, MAX_PROVIDER_TEXT_CHARS))
     };
     let error = text("error");
     let codes: Vec<u32> = object
@@ -278,14 +278,4 @@ fn hint(credential: &str, error: Option<&str>, codes: &[u32]) -> Option<&'static
         }
         _ => return None,
     })
-}
-
-/// Provider text as one line: its parts between [disruptive](crate::redact::is_disruptive)
-/// characters (line breaks, escape sequences, bidi controls, …) trimmed and joined by spaces.
-pub(crate) fn one_line(text: &str) -> String {
-    text.split(crate::redact::is_disruptive)
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
