@@ -21,7 +21,7 @@
 //!    `Token`), `client_secret`, `client_assertion`, `device_code`, `code_verifier` or
 //!    `password`, whatever its case and with or without `_` or `-` (`accessToken`,
 //!    `Password`). A quoted name is a key (a bare `token` too: azd's `{"token": …}`); an
-//!    unquoted one counts before `=`, before `:` with no space (`ClientSecret:…` in a Go
+//!    unquoted one counts before `=` (a bare `token` too: Python's `token='…'`), before `:` with no space (`ClientSecret:…` in a Go
 //!    struct dump), and before `: ` unless a sentence follows (`Password: must be 8+
 //!    characters` is prose; a snake_case name starting its line is a YAML setting). A
 //!    page that echoes a form body cut short leaves less than rule 1's prefix of a secret;
@@ -228,7 +228,7 @@ fn scrub_jwts(text: &str) -> String {
 /// Field names whose values are masked (rule 3), as they are compared: the end of a name, in
 /// ASCII lower case and without `_` or `-`, so that `refresh_token`, `refreshToken`,
 /// `Refresh-Token` and `Password` all count (`token` only after something: `id_token`, not
-/// `token`). Not `code`: error answers carry `"code": "…"`
+/// `token`, unless a key: see [`is_secret_field`]). Not `code`: error answers carry `"code": "…"`
 /// fields worth reading, and an authorization code is one of rule 1's secrets.
 const SECRET_FIELDS: [&str; 6] = [
     "token",
@@ -245,8 +245,8 @@ fn is_name_char(c: char) -> bool {
 }
 
 /// Whether the field name `name` ends in one of [`SECRET_FIELDS`], ignoring ASCII case, `_`
-/// and `-`; a bare `token` only when `quoted` (a key: azd's `{"token": …}`).
-fn is_secret_field(name: &str, quoted: bool) -> bool {
+/// and `-`; a bare `token` only when `key` (quoted, as azd's `{"token": …}`, or before `=`).
+fn is_secret_field(name: &str, key: bool) -> bool {
     SECRET_FIELDS.iter().any(|field| {
         let mut letters = name
             .bytes()
@@ -255,8 +255,8 @@ fn is_secret_field(name: &str, quoted: bool) -> bool {
             .map(|b| b.to_ascii_lowercase());
         field.bytes().rev().all(|f| letters.next() == Some(f))
             // A bare `token` is prose as often as a name ("fetching token: failed to …"):
-            // only a kind of token (`access_token`, `refreshToken`) counts, or a quoted key.
-            && (*field != "token" || quoted || letters.next().is_some())
+            // only a kind of token (`access_token`, `refreshToken`) counts, or a key.
+            && (*field != "token" || key || letters.next().is_some())
     })
 }
 
@@ -386,7 +386,10 @@ fn field_value(name: &str, tail: &str, line_start: bool) -> Option<(usize, usize
         Some((_, len)) => (tail.get(len..).unwrap_or_default(), true),
         None => (tail, false),
     };
-    if !is_secret_field(name, quoted) {
+    // A bare `token` before `=` is a name (Python's `AccessTokenInfo(token='…')`, a URL's
+    // `?token=…`); before `:` it is prose as often as not.
+    let key = quoted || after_name.trim_start().starts_with('=');
+    if !is_secret_field(name, key) {
         return None;
     }
     let after_sep = after_name.trim_start();

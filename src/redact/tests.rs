@@ -663,3 +663,27 @@ fn quoted_provider_text_is_scrubbed_again_once_on_one_line() {
         assert!(!quoted.contains("abc-secret"), "{quoted:?}");
     }
 }
+
+// Python's keyword arguments and reprs write a bare `token` before `=`
+// (`AccessTokenInfo(token='…')`): a name there, unlike `token:` in prose. Before, the
+// value was shown.
+#[test]
+fn a_bare_token_before_an_equals_sign_is_a_field() {
+    for (text, want) in [
+        (
+            "AccessTokenInfo(token='EwBwA8l6BAAU', expires_on=1767225600)",
+            "AccessTokenInfo(token='***', expires_on=1767225600)",
+        ),
+        ("AccessToken(token=\"EwBw\")", "AccessToken(token=\"***\")"),
+        ("f(token = b'EwBw')", "f(token = b'***')"),
+        ("https://h/cb?token=EwBw&x=1", "https://h/cb?token=***&x=1"),
+        // After `:`, a bare `token` is still prose.
+        (
+            "fetching token: failed to authenticate",
+            "fetching token: failed to authenticate",
+        ),
+        ("token: EwBw", "token: EwBw"),
+    ] {
+        assert_eq!(scrub(text, &[]), want, "{text}");
+    }
+}
