@@ -104,8 +104,9 @@ pub(crate) fn excerpt(body: &[u8], secrets: &[&str], max_chars: usize) -> String
 /// (new lines, escape sequences, NEL), Unicode's line and paragraph separators, the bidi
 /// controls that reorder the text shown around them, invisible characters that hide text or
 /// split a word unseen (zero-width space, soft hyphen, word joiner, invisible operators,
-/// combining grapheme joiner, Mongolian vowel separator, interlinear annotation marks) and
-/// tag characters (invisible text). Not the zero-width non-joiner and joiner (U+200C,
+/// combining grapheme joiner, Mongolian vowel separator, interlinear annotation marks,
+/// variation selectors, Hangul fillers, Khmer inherent vowels, musical formatting
+/// characters) and tag characters (invisible text). Not the zero-width non-joiner and joiner (U+200C,
 /// U+200D): Persian and other scripts need them in ordinary words, and emoji sequences
 /// are built with the joiner. Every place that quotes text from outside replaces these, with
 /// [`sanitize_quoted`] or by this test.
@@ -116,6 +117,10 @@ pub(crate) fn is_disruptive(c: char) -> bool {
             '\u{00AD}'
                 | '\u{034F}'
                 | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
                 | '\u{180E}'
                 | '\u{200B}'
                 | '\u{200E}'
@@ -125,9 +130,14 @@ pub(crate) fn is_disruptive(c: char) -> bool {
                 | '\u{202A}'..='\u{202E}'
                 | '\u{2060}'..='\u{2064}'
                 | '\u{2066}'..='\u{2069}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
                 | '\u{FEFF}'
+                | '\u{FFA0}'
                 | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{1D173}'..='\u{1D17A}'
                 | '\u{E0000}'..='\u{E007F}'
+                | '\u{E0100}'..='\u{E01EF}'
         )
 }
 

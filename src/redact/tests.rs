@@ -687,3 +687,16 @@ fn a_bare_token_before_an_equals_sign_is_a_field() {
         assert_eq!(scrub(text, &[]), want, "{text}");
     }
 }
+
+// Variation selectors, Hangul fillers, Khmer inherent vowels and musical formatting
+// characters show nothing: quoted, they hide text or split a word unseen as the others do.
+#[test]
+fn an_excerpt_has_no_invisible_fillers_or_variation_selectors() {
+    assert_eq!(excerpt("a\u{E0100}b".as_bytes(), &[], 50), "a b");
+    let invisible = "\u{FE00}\u{FE0F}\u{E0100}\u{E01EF}\u{115F}\u{1160}\u{3164}\u{FFA0}\u{17B4}\u{17B5}\u{1D173}\u{1D17A}";
+    let e = excerpt(format!("x{invisible}y").as_bytes(), &[], 50);
+    assert_eq!(e, format!("x{}y", " ".repeat(invisible.chars().count())));
+    // Their neighbours stay.
+    let kept = "\u{FDFF}\u{FE10}\u{1D172}\u{1D17B}\u{3165}\u{17B6}";
+    assert_eq!(excerpt(kept.as_bytes(), &[], 50), kept);
+}
