@@ -484,8 +484,8 @@ fn encoded_value_len(value: &str) -> usize {
 /// * A snake_case name starting its line (`yaml`: `client_secret: abc def`): a YAML or
 ///   `.env`-like setting, whose value runs to the line's end, spaces included.
 ///
-/// The value runs to whitespace (or markup's `<`): a secret may hold `,`, `;`, `&` or
-/// quotes. Closing punctuation at its very end (`,;)]}"'`) is left out, so that
+/// The value runs to whitespace or a tag (`</`, `<` and a letter: the markup of a page
+/// around it): a secret may hold `,`, `;`, `&`, quotes or a `<` that starts no tag. Closing punctuation at its very end (`,;)]}"'`) is left out, so that
 /// `{password: hunter2}` and `password: hunter2, next` keep their structure; a secret ending
 /// in such a character leaves that character shown.
 ///
@@ -494,13 +494,18 @@ fn encoded_value_len(value: &str) -> usize {
 /// consumed — the whole scrub stays linear.
 fn colon_value_len(value: &str, prose: bool, yaml: bool) -> Option<usize> {
     let word = value
-        .find(|c: char| c.is_whitespace() || c == '<')
-        .unwrap_or(value.len());
+        .char_indices()
+        .find(|&(at, c)| c.is_whitespace() || starts_tag(value, at))
+        .map_or(value.len(), |(at, _)| at);
     let after = value.get(word..).unwrap_or_default();
     let next = after.trim_start_matches([' ', '\t']);
     count_work(word.saturating_add(after.len().saturating_sub(next.len())));
     let end = if yaml {
-        let line = value.find(['\r', '\n', '<']).unwrap_or(value.len());
+        let line = value
+            .bytes()
+            .enumerate()
+            .position(|(at, b)| matches!(b, b'\r' | b'\n') || starts_tag(value, at))
+            .unwrap_or(value.len());
         count_work(line);
         value.get(..line).unwrap_or_default().trim_end().len()
     } else if prose
@@ -517,6 +522,27 @@ fn colon_value_len(value: &str, prose: bool, yaml: bool) -> Option<usize> {
             .trim_end_matches([',', ';', ')', ']', '}', '"', '\''])
             .len(),
     )
+}
+
+/// Whether a tag starts at `at` in `value`: `</` and a letter, or `<`, a letter, at most 15
+/// letters or digits, and `>` or `/` (`<br>`, `<br/>`). Anything else (`ab<cd`, `a<3`) is
+/// part of a value. Looks at a bounded number of bytes.
+fn starts_tag(value: &str, at: usize) -> bool {
+    let bytes = value.as_bytes();
+    if bytes.get(at) != Some(&b'<') {
+        return false;
+    }
+    let after = bytes.get(at.saturating_add(1)..).unwrap_or_default();
+    let closing = after.first() == Some(&b'/');
+    let name = after.get(usize::from(closing)..).unwrap_or_default();
+    let len = name
+        .iter()
+        .take(16)
+        .take_while(|b| b.is_ascii_alphanumeric())
+        .count();
+    count_work(len.saturating_add(2));
+    name.first().is_some_and(u8::is_ascii_alphabetic)
+        && (closing || matches!(name.get(len), Some(b'>' | b'/')))
 }
 
 /// Whether `name` is snake_case: a `_` between two letters or digits (`client_secret`,

@@ -700,3 +700,28 @@ fn an_excerpt_has_no_invisible_fillers_or_variation_selectors() {
     let kept = "\u{FDFF}\u{FE10}\u{1D172}\u{1D17B}\u{3165}\u{17B6}";
     assert_eq!(excerpt(kept.as_bytes(), &[], 50), kept);
 }
+
+// After `:` a value ends at markup only where a tag starts (`</td`, `<br>`, `<br/`): a
+// secret may hold `<`. Before, `password:ab<cd` showed `<cd`.
+#[test]
+fn a_value_after_a_colon_ends_at_a_tag_not_at_any_less_than_sign() {
+    for (text, want) in [
+        ("password:ab<cd", "password:***"),
+        ("password: ab<cd", "password: ***"),
+        ("x password: ab<3, next", "x password: ***, next"),
+        ("client_secret: a b<c d\nx", "client_secret: ***\nx"),
+        ("x password:a<=b<3<", "x password:***"),
+        // A tag still ends it.
+        ("<td>password: hunter2</td>", "<td>password: ***</td>"),
+        ("<td>password:hunter2<br>x", "<td>password:***<br>x"),
+        ("x password: hunter2<br/>x", "x password: ***<br/>x"),
+        ("password:ab<cd efg", "password:*** efg"),
+        ("password:a<b href=x>", "password:*** href=x>"),
+        (
+            "client_secret: abc def<b>x</b>",
+            "client_secret: ***<b>x</b>",
+        ),
+    ] {
+        assert_eq!(scrub(text, &[]), want, "{text}");
+    }
+}
