@@ -21,9 +21,11 @@
 //!    `Token`), `client_secret`, `client_assertion`, `device_code`, `code_verifier` or
 //!    `password`, whatever its case and with or without `_` or `-` (`accessToken`,
 //!    `Password`). A quoted name is a key (a bare `token` too: azd's `{"token": …}`); an
-//!    unquoted one counts before `=` (a bare `token` too: Python's `token='…'`), before `:` with no space (`ClientSecret:…` in a Go
-//!    struct dump), and before `: ` unless a sentence follows (`Password: must be 8+
-//!    characters` is prose; a snake_case name starting its line is a YAML setting). A
+//!    unquoted one counts before `=` (a bare `token` too: Python's `token='…'`), before `:`
+//!    with no space (`ClientSecret:…` in a Go struct dump), and before `: ` unless a
+//!    sentence follows (`Password: must be 8+ characters` is prose; a snake_case name
+//!    starting its line is a YAML setting, and so is a lower-case one on a line where no
+//!    sentence ends: `password: correct horse battery staple`). A
 //!    page that echoes a form body cut short leaves less than rule 1's prefix of a secret;
 //!    its field name still gives it away.
 //!
@@ -432,12 +434,13 @@ fn field_value(name: &str, tail: &str, line_start: bool) -> Option<(usize, usize
     } else if after_sep.starts_with(['{', '[']) {
         (after_sep, structure_len(after_sep))
     } else if colon {
-        let prose_possible = spaced && !quoted;
-        let yaml = prose_possible && line_start && is_snake_case(name);
-        (
-            after_sep,
-            colon_value_len(after_sep, prose_possible && !yaml, yaml)?,
-        )
+        let read = match (spaced && !quoted, line_start) {
+            (false, _) => ColonValue::Field,
+            (true, true) if is_snake_case(name) => ColonValue::Setting,
+            (true, true) if is_lower_case(name) => ColonValue::SettingUnlessSentence,
+            (true, _) => ColonValue::MaybeProse,
+        };
+        (after_sep, colon_value_len(after_sep, read)?)
     } else {
         let len = after_sep
             .find(['&', ',', ';', '}', '<', '"', '\'', ' ', '\t', '\r', '\n'])
@@ -474,25 +477,48 @@ fn encoded_value_len(value: &str) -> usize {
     end
 }
 
+/// How an unquoted value after `:` is read (see [`colon_value_len`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ColonValue {
+    /// No space after the colon, or a quoted name: a field whatever follows.
+    Field,
+    /// A space after an unquoted name inside a line: prose when a word follows the first.
+    MaybeProse,
+    /// A snake_case name starting its line: a setting to the line's end.
+    Setting,
+    /// A lower-case name starting its line: as [`ColonValue::MaybeProse`], but where that
+    /// finds prose, a setting to the line's end unless a sentence ends on the line.
+    SettingUnlessSentence,
+}
+
 /// The length of an unquoted value after `:`, `None` when it is prose.
 ///
 /// * No space after the colon (`ClientSecret:s3cr3t`, Go's `%+v` struct dumps): a field
 ///   whatever follows.
-/// * A space after an unquoted name (`prose`): prose when a word follows the first one
-///   (`getToken: request failed`); a field when the first word ends its line or an item
-///   (`password: hunter2, next`) or punctuation follows it (`password: hunter2 (rotated)`).
-/// * A snake_case name starting its line (`yaml`: `client_secret: abc def`): a YAML or
-///   `.env`-like setting, whose value runs to the line's end, spaces included.
+/// * A space after an unquoted name ([`ColonValue::MaybeProse`]): prose when a word follows
+///   the first one (`getToken: request failed`); a field when the first word ends its line
+///   or an item (`password: hunter2, next`) or punctuation follows it
+///   (`password: hunter2 (rotated)`).
+/// * A snake_case name starting its line ([`ColonValue::Setting`]: `client_secret: abc
+///   def`): a YAML or `.env`-like setting, whose value runs to the line's end, spaces
+///   included.
+/// * A lower-case name starting its line ([`ColonValue::SettingUnlessSentence`]:
+///   `password: correct horse battery staple`): YAML keys are written so, a heading or a
+///   function's name in prose is not (`Password: must be 8+ characters`,
+///   `getToken: request failed` stay prose). Where a word follows the first, a setting to
+///   the line's end, unless a sentence ends on the line (`. `, or a final `.`): then prose.
 ///
-/// The value runs to whitespace or a tag (`</`, `<` and a letter: the markup of a page
-/// around it): a secret may hold `,`, `;`, `&`, quotes or a `<` that starts no tag. Closing punctuation at its very end (`,;)]}"'`) is left out, so that
-/// `{password: hunter2}` and `password: hunter2, next` keep their structure; a secret ending
-/// in such a character leaves that character shown.
+/// The value runs to whitespace or a tag (see [`starts_tag`]: the markup of a page around
+/// it): a secret may hold `,`, `;`, `&`, quotes or a `<` that starts no tag. Closing
+/// punctuation at its very end (`,;)]}"'`) is left out, so that `{password: hunter2}` and
+/// `password: hunter2, next` keep their structure; a secret ending in such a character
+/// leaves that character shown.
 ///
-/// Looks only at the first word and what starts the next: when the value is prose, what was
-/// looked at is one word, and each name inside it (no space there) is a field whose value is
-/// consumed — the whole scrub stays linear.
-fn colon_value_len(value: &str, prose: bool, yaml: bool) -> Option<usize> {
+/// Looks only at the first word and what starts the next, or at the line of a name starting
+/// it: when the value is prose, what was looked at is one word, and each name inside it (no
+/// space there) is a field whose value is consumed, or a line looked at once (one name
+/// starts it) — the whole scrub stays linear.
+fn colon_value_len(value: &str, read: ColonValue) -> Option<usize> {
     let word = value
         .char_indices()
         .find(|&(at, c)| c.is_whitespace() || starts_tag(value, at))
@@ -500,21 +526,14 @@ fn colon_value_len(value: &str, prose: bool, yaml: bool) -> Option<usize> {
     let after = value.get(word..).unwrap_or_default();
     let next = after.trim_start_matches([' ', '\t']);
     count_work(word.saturating_add(after.len().saturating_sub(next.len())));
-    let end = if yaml {
-        let line = value
-            .bytes()
-            .enumerate()
-            .position(|(at, b)| matches!(b, b'\r' | b'\n') || starts_tag(value, at))
-            .unwrap_or(value.len());
-        count_work(line);
-        value.get(..line).unwrap_or_default().trim_end().len()
-    } else if prose
+    let prose = read != ColonValue::Field
         && next.starts_with(char::is_alphabetic)
-        && !value.get(..word).unwrap_or_default().ends_with([',', ';'])
-    {
-        return None;
-    } else {
-        word
+        && !value.get(..word).unwrap_or_default().ends_with([',', ';']);
+    let end = match read {
+        ColonValue::Setting => line_len(value, false)?,
+        ColonValue::SettingUnlessSentence if prose => line_len(value, true)?,
+        _ if prose => return None,
+        _ => word,
     };
     let shown = value.get(..end).unwrap_or_default();
     Some(
@@ -522,6 +541,30 @@ fn colon_value_len(value: &str, prose: bool, yaml: bool) -> Option<usize> {
             .trim_end_matches([',', ';', ')', ']', '}', '"', '\''])
             .len(),
     )
+}
+
+/// The length of `value` up to its line's end or a tag (see [`starts_tag`]), trailing blanks
+/// left out; `None` when `unless_sentence` and a sentence ends on the line (`. `, or a final
+/// `.`). Looks at each byte up to where it stops once.
+fn line_len(value: &str, unless_sentence: bool) -> Option<usize> {
+    let bytes = value.as_bytes();
+    let mut at = 0usize;
+    while let Some(&b) = bytes.get(at) {
+        if matches!(b, b'\r' | b'\n') || starts_tag(value, at) {
+            break;
+        }
+        if unless_sentence
+            && b == b'.'
+            && matches!(bytes.get(at.saturating_add(1)), Some(b' ' | b'\t'))
+        {
+            count_work(at.saturating_add(2));
+            return None;
+        }
+        at = at.saturating_add(1);
+    }
+    count_work(at);
+    let line = value.get(..at).unwrap_or_default().trim_end();
+    (!(unless_sentence && line.ends_with('.'))).then_some(line.len())
 }
 
 /// Whether a tag starts at `at` in `value`: `</` and a letter, or `<`, a letter, at most 15
@@ -551,6 +594,12 @@ fn is_snake_case(name: &str) -> bool {
     name.as_bytes().windows(3).any(
         |w| matches!(w, [a, b'_', c] if a.is_ascii_alphanumeric() && c.is_ascii_alphanumeric()),
     )
+}
+
+/// Whether `name` has letters and none of them upper-case (`password`, `client-secret`), as
+/// YAML keys are written.
+fn is_lower_case(name: &str) -> bool {
+    name.bytes().any(|b| b.is_ascii_alphabetic()) && !name.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 /// Counts bytes the field scrubbing looked at, for the tests' bound on its work.

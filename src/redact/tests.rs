@@ -549,6 +549,9 @@ fn names_inside_a_value_take_linear_work() {
         format!("{}x y", "atoken: ".repeat(20_000)),
         format!("password: {}x y", "atoken:".repeat(20_000)),
         format!("{}x y", "a=atoken:".repeat(20_000)),
+        // A lower-case name starting its line reads the line up to a sentence's end, once.
+        format!("password: x {}. y", "atoken: ".repeat(20_000)),
+        "password: x y. z\n".repeat(20_000),
         // Percent-encoded separators: each value ends at `%26` or `%22`, well before the
         // next plain delimiter (the text's end).
         format!("{}x y", "a_token%3Dx%26".repeat(20_000)),
@@ -721,6 +724,46 @@ fn a_value_after_a_colon_ends_at_a_tag_not_at_any_less_than_sign() {
             "client_secret: abc def<b>x</b>",
             "client_secret: ***<b>x</b>",
         ),
+    ] {
+        assert_eq!(scrub(text, &[]), want, "{text}");
+    }
+}
+
+// A lower-case name starting its line (`password: correct horse battery staple`) is a YAML
+// or `.env` setting when its line holds no sentence end (`. ` or a final `.`): the value
+// runs to the line's end. Capitalised (`Password: must be …`) or camelCase (`getToken: …`)
+// it is a heading or a function's name in prose, as a name inside a line is. Before, the
+// rule took snake_case names only, and the passphrase was shown.
+#[test]
+fn a_lower_case_name_starting_its_line_is_a_setting_unless_a_sentence_ends_there() {
+    for (text, want) in [
+        (
+            "password: correct horse battery staple\n",
+            "password: ***\n",
+        ),
+        ("x\n  password: two words\r\ny", "x\n  password: ***\r\ny"),
+        ("client-secret: two words", "client-secret: ***"),
+        ("password: two words<br>x", "password: ***<br>x"),
+        ("password: v1.2 words", "password: ***"),
+        // A sentence ends on its line: prose.
+        (
+            "password: must be 8+ characters.",
+            "password: must be 8+ characters.",
+        ),
+        (
+            "password: must be set. See the docs",
+            "password: must be set. See the docs",
+        ),
+        // Capitalised or camelCase, or inside a line: prose as before.
+        (
+            "Password: must be 8+ characters",
+            "Password: must be 8+ characters",
+        ),
+        ("getToken: request failed", "getToken: request failed"),
+        ("error: password: is not set", "error: password: is not set"),
+        // One word, then punctuation: the word, as before.
+        ("password: hunter2 (rotated)", "password: *** (rotated)"),
+        ("password: hunter2, next", "password: ***, next"),
     ] {
         assert_eq!(scrub(text, &[]), want, "{text}");
     }
