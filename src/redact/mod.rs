@@ -526,9 +526,17 @@ fn colon_value_len(value: &str, read: ColonValue) -> Option<usize> {
     let after = value.get(word..).unwrap_or_default();
     let next = after.trim_start_matches([' ', '\t']);
     count_work(word.saturating_add(after.len().saturating_sub(next.len())));
+    let first = value.get(..word).unwrap_or_default();
+    // A word holding what may start a tag (`hunter2<span class="e">`: a tag with attributes
+    // does not end the word) is a value followed by markup, never prose.
+    let markup = first
+        .as_bytes()
+        .windows(2)
+        .any(|w| matches!(w, [b'<', c] if c.is_ascii_alphabetic() || matches!(c, b'/' | b'!')));
     let prose = read != ColonValue::Field
         && next.starts_with(char::is_alphabetic)
-        && !value.get(..word).unwrap_or_default().ends_with([',', ';']);
+        && !markup
+        && !first.ends_with([',', ';']);
     let end = match read {
         ColonValue::Setting => line_len(value, false)?,
         ColonValue::SettingUnlessSentence if prose => line_len(value, true)?,

@@ -556,9 +556,17 @@ fn names_inside_a_value_take_linear_work() {
         // next plain delimiter (the text's end).
         format!("{}x y", "a_token%3Dx%26".repeat(20_000)),
         format!("{}x y", "a_token%3Ax%22".repeat(20_000)),
+        format!("password: x atoken: {}y. z", "<atoken:".repeat(20_000)),
+        format!(
+            "password:\npassword: x atoken: {}y. z",
+            "<atoken:".repeat(20_000)
+        ),
     ] {
         let (_, work) = scrub_fields_counted(&text);
-        assert!(work <= 3 * text.len(), "{work} > 3 × {}", text.len());
+        // A byte may be looked at by a line-start name's line, a mid-line name's word and the
+        // field that consumes it, each also counting a tag's look-ahead at a `<`: a constant
+        // number of times, never in proportion to the text.
+        assert!(work <= 8 * text.len(), "{work} > 8 × {}", text.len());
     }
 }
 
@@ -766,5 +774,20 @@ fn a_lower_case_name_starting_its_line_is_a_setting_unless_a_sentence_ends_there
         ("password: hunter2, next", "password: ***, next"),
     ] {
         assert_eq!(scrub(text, &[]), want, "{text}");
+    }
+}
+
+/// A secret followed by a tag with attributes, a comment or a link is a value before markup,
+/// not prose: the word ran on to the space inside the tag, and the attribute after it read as
+/// the sentence's next word, so the secret was shown.
+#[test]
+fn a_value_followed_by_markup_is_masked() {
+    for text in [
+        r#"x password: hunter2<span class="e">bad</span>"#,
+        r#"Password: hunter2<a href="/x">reset</a>"#,
+        "x password: hunter2<!-- note -->",
+    ] {
+        let scrubbed = scrub(text, &[]);
+        assert!(!scrubbed.contains("hunter2"), "{scrubbed}");
     }
 }
