@@ -222,39 +222,56 @@ async fn two_processes_over_one_store_make_one_idp_call() {
 
 /// A store of the user's that implements only the required methods: the defaults of the
 /// others run over them.
+/// The required [`TokenStore`] methods a test store wrapping another (`self.0`) passes on
+/// unchanged, one per name: each wrapper writes only the methods it changes.
+macro_rules! forward {
+    (get) => {
+        fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+            self.0.get(key)
+        }
+    };
+    (put) => {
+        fn put<'a>(
+            &'a self,
+            key: &'a str,
+            value: &'a [u8],
+            ttl: Duration,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.0.put(key, value, ttl)
+        }
+    };
+    (try_lease) => {
+        fn try_lease<'a>(
+            &'a self,
+            key: &'a str,
+            holder: &'a str,
+            ttl: Duration,
+        ) -> BoxFuture<'a, Result<bool, StoreError>> {
+            self.0.try_lease(key, holder, ttl)
+        }
+    };
+    (release) => {
+        fn release<'a>(
+            &'a self,
+            key: &'a str,
+            holder: &'a str,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.0.release(key, holder)
+        }
+    };
+}
+
 #[derive(Debug)]
 struct RequiredOnly(Handle);
 
 impl TokenStore for RequiredOnly {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
-        self.0.get(key)
-    }
+    forward!(get);
 
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.put(key, value, ttl)
-    }
+    forward!(put);
 
-    fn try_lease<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.0.try_lease(key, holder, ttl)
-    }
+    forward!(try_lease);
 
-    fn release<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.release(key, holder)
-    }
+    forward!(release);
 }
 
 /// Over a store with only the required methods, 30 ms a round trip, under the default budget
@@ -643,9 +660,7 @@ async fn a_throttled_holder_holds_the_whole_fleet_back_for_the_wait() {
 struct LeaseFails<S>(S);
 
 impl<S: TokenStore> TokenStore for LeaseFails<S> {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
-        self.0.get(key)
-    }
+    forward!(get);
 
     fn get_with_ttl<'a>(
         &'a self,
@@ -671,14 +686,7 @@ impl<S: TokenStore> TokenStore for LeaseFails<S> {
         self.0.get_with_lease(key, mark_key, lease_key)
     }
 
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.put(key, value, ttl)
-    }
+    forward!(put);
 
     fn put_mark<'a>(
         &'a self,
@@ -698,13 +706,7 @@ impl<S: TokenStore> TokenStore for LeaseFails<S> {
         Box::pin(async { Err(StoreError::msg("connection reset")) })
     }
 
-    fn release<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.release(key, holder)
-    }
+    forward!(release);
 
     fn release_with_mark<'a>(
         &'a self,
@@ -1335,9 +1337,7 @@ async fn the_largest_wait_limit_waits_for_the_holder() {
 struct MillisecondTtl(Handle);
 
 impl TokenStore for MillisecondTtl {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
-        self.0.get(key)
-    }
+    forward!(get);
 
     fn get_with_ttl<'a>(
         &'a self,
@@ -1352,31 +1352,11 @@ impl TokenStore for MillisecondTtl {
         })
     }
 
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.put(key, value, ttl)
-    }
+    forward!(put);
 
-    fn try_lease<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.0.try_lease(key, holder, ttl)
-    }
+    forward!(try_lease);
 
-    fn release<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.release(key, holder)
-    }
+    forward!(release);
 }
 
 /// Two reads of one shared entry, 0.7 ms apart, by a reader whose clock runs behind the
@@ -1436,31 +1416,11 @@ impl TokenStore for BlindLeases {
         self.0.get(key)
     }
 
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.put(key, value, ttl)
-    }
+    forward!(put);
 
-    fn try_lease<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.0.try_lease(key, holder, ttl)
-    }
+    forward!(try_lease);
 
-    fn release<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.release(key, holder)
-    }
+    forward!(release);
 }
 
 /// The default `release_with_mark` gives a refused holder's lease back even when `get`
@@ -2071,9 +2031,7 @@ async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {
 struct WholeSeconds(Handle);
 
 impl TokenStore for WholeSeconds {
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
-        self.0.get(key)
-    }
+    forward!(get);
 
     fn put<'a>(
         &'a self,
@@ -2087,22 +2045,9 @@ impl TokenStore for WholeSeconds {
         self.0.put(key, value, ttl)
     }
 
-    fn try_lease<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.0.try_lease(key, holder, ttl)
-    }
+    forward!(try_lease);
 
-    fn release<'a>(
-        &'a self,
-        key: &'a str,
-        holder: &'a str,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.release(key, holder)
-    }
+    forward!(release);
 }
 
 /// Over a store that refuses TTLs under a second, publishes are no store errors: the default
