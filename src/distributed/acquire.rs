@@ -640,7 +640,8 @@ impl Shared {
         self.breaker.call("put", put, &self.stats).await;
     }
 
-    /// Looks `token_key` up, with the failure mark `failed_key`; an entry is usable until the
+    /// Looks `token_key` up, with the failure mark, the lease's time left and the throttle
+    /// mark (one `get_with_throttle`); an entry is usable until the
     /// moment a slot that stored it when it was published would renew it, and its token
     /// carries that moment as its `refresh_on`. Its expiry is bounded by the time the store
     /// says it has left (see [`Sealing::open`](super::seal::Sealing::open)).
@@ -730,7 +731,7 @@ impl Shared {
     }
 
     /// A value that does not open: a miss, counted; WARN the first time per cache. One sealed
-    /// under another key name (the fleet rotating its key) is a miss only: DEBUG, not counted.
+    /// under another key name (the fleet rotating its key) is a miss only: DEBUG, counted in `other_key_misses`, not a store error.
     fn unreadable(&self, token_key: &str, unopened: Unopened) {
         if unopened == Unopened::OtherKey {
             self.stats.other_key_miss();

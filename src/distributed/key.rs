@@ -27,7 +27,9 @@ pub(crate) struct Identity {
     pub(crate) client_id: String,
     /// The credential's name, and which identity it is when one credential can be several
     /// (managed identity: the user-assigned id's kind and value, or `system=` and the label
-    /// the user gave the system-assigned identity; without one it is never shared).
+    /// the user gave the system-assigned identity, on Azure ML with its default's GUID:
+    /// `system={label}/default={guid}`; without a label, or on Azure ML without a GUID
+    /// default, it is never shared).
     pub(crate) identity: String,
 }
 
@@ -86,9 +88,10 @@ impl EntryKey {
         format!("{}:failed", self.base)
     }
 
-    /// Where a holder the identity provider throttled leaves its throttle mark: the status,
-    /// for the wait asked (the key's own expiry, which readers take from the store, never
-    /// from a wall clock).
+    /// Where a holder the identity provider throttled leaves its throttle mark,
+    /// `{status}:{end in Unix ms}:{holder}`, for the wait asked: the time left is the key's
+    /// own expiry (`PTTL`); the end it carries is read by the reader's clock only when the
+    /// store cannot tell a key's time left (an hour on at most).
     pub(crate) fn throttled(&self) -> String {
         format!("{}:throttled", self.base)
     }

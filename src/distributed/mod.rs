@@ -166,10 +166,11 @@
 //!   with `RedisTokenCache`, a value of another Redis type or over 64 KiB, which is not even
 //!   read) is a miss, counted as a store error, logged once per cache at WARN naming the entry's
 //!   store key, and replaced by the next publish. One sealed under another key name (a key
-//!   rotation rolling out, see [`SealingKey`]) is a miss only: DEBUG, not counted.
+//!   rotation rolling out, see [`SealingKey`]) is a miss only: DEBUG, counted in
+//!   `CacheStats::other_key_misses`, not a store error.
 //! * **Keys.** `{prefix}:{hash}:token`, `{prefix}:{hash}:lease`, `{prefix}:{hash}:failed`
 //!   (a failure mark) and `{prefix}:{hash}:throttled` (a throttle mark);
-//!   the hash (SHA-256 of the authority, tenant, client id, identity, scope set and CAE flag)
+//!   the hash (SHA-256 of the authority's whole normalised URL (host, port and path), tenant, client id, identity, scope set and CAE flag)
 //!   in braces is a Redis Cluster hash tag, so an entry's keys share a slot for a store over a cluster
 //!   (a [`TokenStore`] of your own: `RedisTokenCache` talks to one endpoint, a single server
 //!   or a cluster behind a proxy). Keys name no tenant, app or scope in clear.
@@ -180,8 +181,8 @@
 //!   relative lifetime when it was published) bounds what a reader derives: a reader never
 //!   holds a shared token past the entry's end, whatever its clock says.
 //! * **Figures.** [`DistributedCache::stats`] counts local hits, shared hits, leases won and
-//!   lost, identity provider calls, store errors and acquisitions answered from the fleet's
-//!   throttle; DEBUG events (`outcome` = `local_hit`, `shared_hit`, `lease_won`,
+//!   lost, identity provider calls, store errors, acquisitions answered from the fleet's
+//!   throttle and entries found sealed under another key name; DEBUG events (`outcome` = `local_hit`, `shared_hit`, `lease_won`,
 //!   `lease_lost`, `idp_call`, `store_error`, `throttled`) inside a
 //!   `distributed_cache` span naming the entry. Never a token.
 //!

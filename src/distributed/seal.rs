@@ -46,7 +46,7 @@ const KEY_LEN: usize = 32;
 /// Rotate by giving the new key a new name: an entry sealed under another name is a miss, not
 /// a store error (it carries a short hash of the name in clear). While the fleet rolls over,
 /// processes on the old key and on the new one do not share: each finds the other's entry a
-/// miss (logged at DEBUG, not counted), asks the identity provider and replaces it. A new key
+/// miss (logged at DEBUG, counted in `CacheStats::other_key_misses`, not as a store error), asks the identity provider and replaces it. A new key
 /// under the same name makes old entries fail to open: store errors (WARN) until replaced.
 ///
 /// Its `Debug` shows the name only.

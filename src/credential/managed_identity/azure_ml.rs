@@ -29,8 +29,8 @@ pub(super) static PROFILE: Profile = Profile {
 /// value that is no GUID is no identity (as azure-identity for Python reads it) and, like no
 /// variable at all, leaves the request without an id.
 ///
-/// The id picked here is what is *sent* only: the credential's cache is keyed by what was
-/// configured (see `build_lenient`), so the environment's default never names a shared entry.
+/// The id picked here is what is *sent*: the default alone never shares tokens; under a
+/// `system_assigned_identity_label` the cache key adds the GUID sent (see `build_lenient`).
 pub(super) fn identity(
     id: Option<UserAssignedId>,
     get: &dyn Fn(&str) -> Option<String>,

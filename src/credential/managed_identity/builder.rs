@@ -214,10 +214,10 @@ impl ManagedIdentityCredentialBuilder {
             inner: Arc::new(Inner {
                 source,
                 state: state.map(|endpoint| {
-                    // Keyed by what was configured, never by an id the source took from the
-                    // environment (Azure ML's `DEFAULT_IDENTITY_CLIENT_ID`): that one names no
-                    // identity the user vouched for, and the system-assigned identity is
-                    // shared only under a label. `configure` allows at most one id.
+                    // Keyed by what was configured: an id the source took from the environment
+                    // (Azure ML's `DEFAULT_IDENTITY_CLIENT_ID`) names no identity the user
+                    // vouched for, so alone it never shares; under a label, Azure ML's GUID
+                    // default is added to the key. `configure` allows at most one id.
                     let identity = match (self.ids.first(), &self.system_assigned_label) {
                         (Some(id), _) => Some(format!("{NAME}/{}={}", id.kind(), id.value())),
                         // Under one label, Azure ML computes whose defaults differ must not

@@ -210,9 +210,8 @@ impl IdParams {
 /// sets to the compute's identity, as azidentity and MSAL for .NET and JavaScript do, when it
 /// is a GUID. Azure ML sets it to the placeholder `clientid` when no identity is enabled;
 /// then, as without the variable, the request has no `clientid` (as azure-identity for
-/// Python sends it) and the token is for whatever identity the endpoint picks, a user's. In
-/// either case the tokens are cached as the system-assigned identity's, not under the
-/// variable's id: shared through a
+/// Python sends it) and the token is for whatever identity the endpoint picks, a user's.
+/// Either way the tokens are cached as the system-assigned identity's: shared through a
 /// [`distributed_cache`](ManagedIdentityCredentialBuilder::distributed_cache) only under a
 /// [`system_assigned_identity_label`](ManagedIdentityCredentialBuilder::system_assigned_identity_label),
 /// and under a label only between computes whose variable names the same GUID. A compute

@@ -40,7 +40,7 @@ const MAX_ERROR_CHARS: usize = 200;
 /// speak the Redis Cluster protocol: against an endpoint that redirects (`MOVED`: a cluster
 /// reached directly, Azure's OSS clustering policy) every call for a key on another shard
 /// fails, and the processes ask the identity provider on their own. The keys' hash tags keep
-/// an entry's token, lease and failure mark on one shard for a [`TokenStore`] of your own over
+/// an entry's four keys (token, lease, failure mark, throttle mark) on one shard for a [`TokenStore`] of your own over
 /// a cluster client.
 ///
 /// Cheap to clone: clones share the connection. Its `Debug` shows the host, port and
