@@ -460,8 +460,8 @@ impl TokenStore for RedisTokenCache {
         })
     }
 
-    /// One script: the release and a plain `SET … PX` of the mark, as
-    /// [`put_mark`](TokenStore::put_mark) writes it.
+    /// One script: the release and, only when it released the caller's lease, a plain
+    /// `SET … PX` of the mark, as [`put_mark`](TokenStore::put_mark) writes it.
     fn release_with_mark<'a>(
         &'a self,
         key: &'a str,

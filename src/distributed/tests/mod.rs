@@ -876,33 +876,22 @@ async fn throttled_with_skew(ahead: bool, secs: u64) -> (CredentialError, usize,
 }
 
 /// A waiter whose wall clock runs 200 s ahead of the throttled holder's (past the 120 s
-/// wait) answers the wait left, as the store's expiry of the throttle mark tells it, and
-/// sends nothing. (Before, the mark carried its end in Unix seconds: past it by this
-/// reader's clock, the reader took the lease and sent its request into the throttle.)
+/// wait), or 600 s behind it, answers the wait left (some 120 s), as the store's expiry of
+/// the throttle mark tells it, and sends nothing. (Before, the mark carried its end in Unix
+/// seconds: past it by a reader's clock ahead, the reader took the lease and sent its
+/// request into the throttle; one behind read it 600 s late, 720 s.)
 #[tokio::test(start_paused = true)]
-async fn a_reader_whose_clock_runs_ahead_answers_the_throttles_time_left() {
-    let (error, calls, own) = throttled_with_skew(true, 200).await;
-    assert!(error.is_throttled(), "{error}");
-    let wait = error.retry_after().unwrap();
-    assert!(
-        wait > Duration::from_secs(118) && wait <= THROTTLE,
-        "{wait:?}"
-    );
-    assert_eq!((calls, own), (1, 0));
-}
-
-/// A waiter whose wall clock runs 600 s behind the throttled holder's answers the wait left
-/// (some 120 s), not 720 s. (Before, the mark's Unix end read 600 s late by its clock.)
-#[tokio::test(start_paused = true)]
-async fn a_reader_whose_clock_runs_behind_answers_the_throttles_time_left() {
-    let (error, calls, own) = throttled_with_skew(false, 600).await;
-    assert!(error.is_throttled(), "{error}");
-    let wait = error.retry_after().unwrap();
-    assert!(
-        wait > Duration::from_secs(118) && wait <= THROTTLE,
-        "{wait:?}"
-    );
-    assert_eq!((calls, own), (1, 0));
+async fn a_reader_with_a_skewed_clock_answers_the_throttles_time_left() {
+    for (ahead, skew) in [(true, 200), (false, 600)] {
+        let (error, calls, own) = throttled_with_skew(ahead, skew).await;
+        assert!(error.is_throttled(), "{error}");
+        let wait = error.retry_after().unwrap();
+        assert!(
+            wait > Duration::from_secs(118) && wait <= THROTTLE,
+            "ahead {ahead}, {skew} s: {wait:?}"
+        );
+        assert_eq!((calls, own), (1, 0), "ahead {ahead}, {skew} s");
+    }
 }
 
 /// A process that got a token during a throttle mark (its wait for a slow holder ran out,
