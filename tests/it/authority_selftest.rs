@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::support::authority::{Authority, CORRELATION_ID, Fault, TokenShape, error_body};
 use crate::support::tls::pki;
+use crate::support::wait::wait_until;
 
 // ---------------------------------------------------------------------------------------------
 // A minimal client
@@ -40,12 +41,22 @@ fn tls_config() -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
+/// TCP under the client's TLS with Nagle off, as the library's transport has it: with Nagle on,
+/// a small frame written behind an unacknowledged one (an HTTP/2 RST_STREAM after the request)
+/// waits for the peer's delayed ACK, about 40 ms on Linux.
+fn tcp() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http
+}
+
 fn http1_client() -> HttpsClient {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config())
         .https_only()
         .enable_http1()
-        .build();
+        .wrap_connector(tcp());
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
@@ -54,7 +65,7 @@ fn http2_client() -> HttpsClient {
         .with_tls_config(tls_config())
         .https_only()
         .enable_http2()
-        .build();
+        .wrap_connector(tcp());
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build(connector)
@@ -122,18 +133,6 @@ async fn post_token(
     tenant: &str,
 ) -> Result<Reply, BoxError> {
     send(client, token_request(authority, tenant, CLIENT_CREDENTIALS)).await
-}
-
-/// Polls `condition` on tokio's clock; a paused clock makes this instant.
-async fn wait_until(what: &str, condition: impl Fn() -> bool) {
-    let waiting = async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
 }
 
 // ---------------------------------------------------------------------------------------------

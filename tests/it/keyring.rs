@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tower_identity::{
     ClientSecretCredential, CredentialExt, DeviceCodeCredential, SharedTokenCacheCredential,
@@ -18,6 +17,7 @@ use crate::support::creds::{self, Logs};
 use crate::support::oidc::{CLIENT_ID, CLIENT_SECRET, peer};
 use crate::support::python::ok;
 use crate::support::secret_service::SecretService;
+use crate::support::wait::wait_until;
 
 const SCOPE: &str = "https://resource.test/.default";
 
@@ -306,19 +306,6 @@ async fn a_writer_whose_lock_was_taken_from_it_leaves_the_item_alone() {
         }),
         "{warnings:#?}"
     );
-}
-
-/// Polls `condition` until it holds, for at most 10 s: the loopback servers' own tasks are what
-/// make it true.
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let waiting = async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after 10 s waiting until {what}"));
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -28,6 +28,7 @@ use crate::support::resource::{
     AUTHORIZATION_URI, Answer, BEARER_CHALLENGE, Mode, Resource, cae_challenge, revocation_claims,
 };
 use crate::support::tls::pki;
+use crate::support::wait::wait_until;
 
 // ---------------------------------------------------------------------------------------------
 // A minimal client
@@ -158,18 +159,6 @@ fn challenge_claims(challenge: &str) -> String {
         .1
         .trim_end_matches('"');
     String::from_utf8(URL_SAFE.decode(encoded).expect("claims are base64url")).unwrap()
-}
-
-/// Polls `condition` on tokio's clock; a paused clock makes this instant.
-async fn wait_until(what: &str, condition: impl Fn() -> bool) {
-    let waiting = async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
 }
 
 const CAE_CLAIMS: &str = r#"{"access_token":{"acrs":{"essential":true,"value":"c1?>>~"}}}"#;

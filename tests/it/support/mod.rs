@@ -16,3 +16,4 @@ pub mod secret_service;
 pub mod serve;
 pub mod tls;
 pub mod vectors;
+pub mod wait;
