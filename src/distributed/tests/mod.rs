@@ -1912,6 +1912,18 @@ async fn logged_scenario() -> usize {
     let throttled = CacheKey::new("tenant", &scopes(&["t"]), false);
     let error = p.get_or_acquire(throttled, false, idp.acquire()).await;
     assert!(error.unwrap_err().is_throttled());
+    // Two throttle marks with more time left than a cache writes: ignored, WARN, then DEBUG.
+    for scope in ["u", "v"] {
+        let key = EntryKey::new(
+            "tower-identity",
+            &identity(),
+            "tenant",
+            &scopes(&[scope]),
+            false,
+        );
+        store.set_raw_for(&key.throttled(), b"429:other.1", 2 * HOUR);
+        get_for(&p, &idp, scope).await;
+    }
     // A failing store: the breaker opens once (WARN), stays open, closes once (INFO).
     store.set_mode(Mode::Fail);
     for scope in ["a", "b", "c", "d"] {
@@ -1958,7 +1970,25 @@ async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {
     let idp_calls = logged_scenario().await;
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     let count = |needle: &str| text.matches(needle).count();
-    assert_eq!(count("WARN"), 3, "{text}");
+    assert_eq!(count("WARN"), 4, "{text}");
+    let long_marks: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("throttle mark has more time left"))
+        .collect();
+    // Each request reads the mark before and after taking the lease: one WARN in all.
+    assert!(
+        long_marks[0].contains("WARN")
+            && long_marks[0].contains("throttle_left=7200s")
+            && long_marks
+                .iter()
+                .filter(|line| line.contains("WARN"))
+                .count()
+                == 1
+            && long_marks
+                .iter()
+                .any(|line| line.contains(r#"scopes=["v"]"#)),
+        "WARN, then DEBUG:\n{text}"
+    );
     let stray: Vec<&str> = text
         .lines()
         .filter(|line| line.contains("WARN") && line.contains("lease setting"))
