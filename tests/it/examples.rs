@@ -76,6 +76,58 @@ fn get_token_with_nothing_configured_exits_non_zero_listing_every_attempt() {
     assert_eq!(stderr.matches("error:").count(), 1, "one message: {stderr}");
 }
 
+/// A token request that cannot connect, from a client reading the proxy variables of the
+/// process environment (the default), says what to do by the route it took: no proxy variable
+/// set → set `HTTPS_PROXY`; one set and `NO_PROXY` exempting the host → that it went direct.
+/// Each run is four attempts over about 6 s (the default retries); the two run side by side.
+#[test]
+fn a_connection_failure_hints_at_the_environments_proxy_variables() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let authority = format!("https://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let home = tempfile::tempdir().unwrap();
+    let run = |proxy: &[(&str, &str)]| {
+        Command::new(example("get_token"))
+            .args(["--scope", "https://management.azure.com/.default"])
+            .env_clear()
+            .env("PATH", "/nonexistent")
+            .env("HOME", home.path())
+            .env("AZURE_TOKEN_CREDENTIALS", "EnvironmentCredential")
+            .env("AZURE_TENANT_ID", TENANT)
+            .env("AZURE_CLIENT_ID", CLIENT_ID)
+            .env("AZURE_CLIENT_SECRET", CLIENT_SECRET)
+            .env("AZURE_AUTHORITY_HOST", &authority)
+            .envs(proxy.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let unset = run(&[]);
+    let exempt = run(&[
+        ("HTTPS_PROXY", "http://127.0.0.1:1"),
+        ("NO_PROXY", "127.0.0.1"),
+    ]);
+    for (child, hint) in [
+        (
+            unset,
+            "connection failed (if your network requires a proxy, set HTTPS_PROXY: system \
+             proxy settings are not read): ",
+        ),
+        (
+            exempt,
+            "connection failed (connected directly: NO_PROXY exempts this host from the proxy \
+             that is set): ",
+        ),
+    ] {
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        assert!(stderr.contains(hint), "{hint}\n{stderr}");
+        assert!(!stderr.contains(CLIENT_SECRET), "{stderr}");
+    }
+}
+
 /// A copyable example that fails prints the error as a user reads it: the chain's attempts
 /// one per line, not the `CredentialError { .. }` Debug a `Result` returned from main prints.
 #[test]
