@@ -394,7 +394,13 @@ async fn spawn(command: &mut Command) -> io::Result<Child> {
         match command.spawn() {
             Err(e) if e.kind() == io::ErrorKind::ExecutableFileBusy && attempts < 5 => {
                 attempts = attempts.saturating_add(1);
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // The machine's time, on a blocking thread: the other process's exec takes
+                // real time, and a paused test clock would pass a timer's 20 ms at once (it
+                // stands still while a blocking task runs).
+                let pause = || std::thread::sleep(Duration::from_millis(20));
+                if tokio::task::spawn_blocking(pause).await.is_err() {
+                    return Err(e);
+                }
             }
             other => return other,
         }
@@ -482,6 +488,28 @@ mod tests {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         !matches!(state, None | Some(Some('Z' | 'X')))
             && contains(&cmdline, dir.as_os_str().as_encoded_bytes())
+    }
+
+    /// "Text file busy" is retried over the machine's time: a paused test clock does not cut
+    /// the wait for another process's exec short. (Before, five timer sleeps passed at once
+    /// on a paused clock, so a test's script written while another thread forked failed.)
+    #[tokio::test(start_paused = true)]
+    async fn text_file_busy_is_retried_over_real_time() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("program");
+        // Held open for writing throughout, as a forked child holds it until its exec.
+        let _writer = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(&program)
+            .unwrap();
+        let started = std::time::Instant::now();
+        let error = spawn(&mut Command::new(&program)).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ExecutableFileBusy, "{error}");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
     }
 
     /// Polls `condition` up to 1000 times, 10 ms apart (a bound, not a timing assumption).

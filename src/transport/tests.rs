@@ -267,17 +267,19 @@ fn builder_debug_shows_pem_lengths_not_their_bytes() {
 
 /// A loopback listener connecting to which hangs, and the connections that make it so: Linux
 /// drops the SYNs of a listener whose accept queue is full. The queue is filled (a connect of
-/// 100 ms real time that hangs marks it full).
+/// 100 ms real time that hangs marks it full). With a backlog of 0 it holds one connection,
+/// made first with 10 s to complete: a loaded machine that stalls it past 100 ms must not
+/// leave the queue empty.
 #[cfg(target_os = "linux")]
 fn full_listener() -> (tokio::net::TcpListener, Vec<std::net::TcpStream>) {
+    use std::time::Duration;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let listener = socket.listen(0).unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut queued = Vec::new();
-    while let Ok(stream) =
-        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(100))
-    {
+    let first = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10));
+    let mut queued = vec![first.expect("a listener's first connection is queued")];
+    while let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
         queued.push(stream);
         assert!(queued.len() < 64, "the accept queue never filled");
     }
@@ -387,17 +389,8 @@ async fn the_connect_timeout_is_shared_among_a_names_addresses() {
     use std::net::SocketAddr;
     use tower::ServiceExt;
 
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let full = socket.listen(0).unwrap();
+    let (full, _queued) = full_listener();
     let black_hole = full.local_addr().unwrap();
-    let mut queued = Vec::new();
-    while let Ok(stream) =
-        std::net::TcpStream::connect_timeout(&black_hole, std::time::Duration::from_millis(100))
-    {
-        queued.push(stream);
-        assert!(queued.len() < 64, "the accept queue never filled");
-    }
     // Any 127/8 address is loopback on Linux; hyper-util connects to the URL's port.
     let port = black_hole.port();
     let open = tokio::net::TcpListener::bind(("127.0.0.2", port))

@@ -330,7 +330,7 @@ async fn service_fabric_presents_the_certificate_it_advertises_and_checks_its_se
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
-        .build();
+        .wrap_connector(crate::support::client::tcp());
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, Full<Bytes>>(connector);
 

@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::support::client::tcp;
 use crate::support::resource::{
     AUTHORIZATION_URI, Answer, BEARER_CHALLENGE, Mode, Resource, cae_challenge, revocation_claims,
 };
@@ -66,10 +67,11 @@ fn client(wire: Wire) -> TestClient {
         .with_tls_config(tls_config())
         .https_or_http();
     match wire {
-        Wire::H1 => Client::builder(TokioExecutor::new()).build(builder.enable_http1().build()),
+        Wire::H1 => Client::builder(TokioExecutor::new())
+            .build(builder.enable_http1().wrap_connector(tcp())),
         Wire::H2 => Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .build(builder.enable_http2().build()),
+            .build(builder.enable_http2().wrap_connector(tcp())),
     }
 }
 

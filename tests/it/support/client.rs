@@ -25,13 +25,24 @@ fn tls() -> rustls::ClientConfig {
     .with_no_client_auth()
 }
 
+/// TCP under the test clients' TLS with Nagle off, as the library's transport and the test
+/// servers have it: with Nagle on, a small write behind an unacknowledged one (an HTTP/2 frame
+/// after the request, a RST_STREAM) waits for the peer's delayed ACK, about 40 ms of real time
+/// while a paused tokio clock jumps to the next timer.
+pub fn tcp() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http
+}
+
 fn connector() -> HttpsConnector<HttpConnector> {
     hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls())
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .build()
+        .wrap_connector(tcp())
 }
 
 /// HTTP/1.1 or HTTP/2 (ALPN decides), `https` or `http`.
@@ -64,7 +75,7 @@ where
         .with_tls_config(tls())
         .https_or_http()
         .enable_http1()
-        .build();
+        .wrap_connector(tcp());
     Client::builder(TokioExecutor::new()).build(connector)
 }
 

@@ -70,6 +70,8 @@ impl Proxy {
             let log = Arc::clone(&log);
             async move {
                 while let Ok((stream, _)) = listener.accept().await {
+                    // Nagle off on both legs, as the test servers have it (see `serve.rs`).
+                    let _ = stream.set_nodelay(true);
                     let (log, policy) = (Arc::clone(&log), policy.clone());
                     tokio::spawn(async move {
                         let service = service_fn(move |request| {
@@ -163,6 +165,7 @@ async fn handle(
             let Ok(mut server) = TcpStream::connect(target.as_str()).await else {
                 return;
             };
+            let _ = server.set_nodelay(true);
             let mut client = TokioIo::new(upgraded);
             let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
         });
