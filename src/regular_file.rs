@@ -1,5 +1,7 @@
 //! Opening the files the library reads (certificates, token files, key files, the token
-//! cache) without hanging.
+//! cache) without blocking on what is not a regular file (a FIFO, a device). A file system
+//! that does not answer still blocks the `stat` and the open: callers that must stay bounded
+//! run them on a thread of their own ([`crate::blocking_read`]).
 
 use std::fs::File;
 use std::io;
@@ -8,8 +10,9 @@ use std::path::Path;
 /// Opens `path` for reading if it is a regular file (after symlinks). Checked before opening,
 /// because opening a FIFO for reading blocks until a writer comes, and a device may never end;
 /// checked again on the open file, in case the path was replaced in between. On unix the file
-/// is opened with `O_NONBLOCK`, so that such a replacement cannot block the open either (it
-/// changes nothing for a regular file's reads).
+/// is opened with `O_NONBLOCK`, so that such a replacement cannot block the open either; the
+/// flag is cleared once the open file is known to be regular, as a FUSE file system (sshfs,
+/// gcsfuse) passes it on to its daemon, whose reads may then fail with `EAGAIN`.
 pub(crate) fn open_regular_file(path: &Path) -> io::Result<File> {
     if !std::fs::metadata(path)?.is_file() {
         return Err(NotRegular::error());
@@ -30,6 +33,12 @@ fn open_checked(path: &Path) -> io::Result<File> {
     let file = options.open(path)?;
     if !file.metadata()?.is_file() {
         return Err(NotRegular::error());
+    }
+    #[cfg(unix)]
+    {
+        use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+        let flags = fcntl_getfl(&file)?;
+        fcntl_setfl(&file, flags.difference(OFlags::NONBLOCK))?;
     }
     Ok(file)
 }
@@ -84,5 +93,17 @@ mod tests {
             .expect("the open blocked")
             .unwrap_err();
         assert!(is_not_regular(&error), "{error}");
+    }
+
+    /// The regular file returned reads blocking: `O_NONBLOCK` is not left set, for a FUSE
+    /// daemon to answer a read with `EAGAIN`.
+    #[test]
+    fn the_file_returned_is_not_left_non_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "x").unwrap();
+        let file = open_regular_file(&path).unwrap();
+        let flags = rustix::fs::fcntl_getfl(&file).unwrap();
+        assert!(!flags.contains(rustix::fs::OFlags::NONBLOCK), "{flags:?}");
     }
 }
