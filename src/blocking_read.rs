@@ -11,8 +11,12 @@
 //! At most one read runs at a time per [`OneRead`]: while a read that ran [`READ_TIMEOUT`] has
 //! not returned, requests are refused at once ([`ReadFailure::Overran`]) instead of each
 //! starting one more thread that would hang with it; the next request once it returned reads
-//! again. A read's thread marks it done and forgets it when the read returns, its result with
-//! it (the requests still waiting have theirs): no later request is given an old result.
+//! again. A request that waits for another's read before its own ([`OneRead::own`]) is
+//! answered within [`READ_TIMEOUT`] of its coming all the same, the wait included
+//! ([`ReadFailure::Late`]): requests waiting race for the next read, so one could otherwise
+//! wait for many. A read's thread marks it done and forgets it when the read returns, its
+//! result with it (the requests still waiting have theirs): no later request is given an old
+//! result.
 //!
 //! On tokio's paused clock (tests), a read on a thread tokio does not know of would let the
 //! clock jump to the deadline while the runtime waits for it; there a blocking task holds the
@@ -40,6 +44,10 @@ const THREAD_NAME: &str = "tower-identity-read";
 pub(crate) enum ReadFailure {
     /// It has run [`READ_TIMEOUT`] without returning (now, or an earlier read still running).
     Overran,
+    /// The request's [`READ_TIMEOUT`], from when it came, passed while it waited for the reads
+    /// ahead of it and its own, none of which has run that long (a slow file system). Only
+    /// [`OneRead::own`]'s: a shared read is the request's own or started before it came.
+    Late,
     /// It panicked (the payload, the reading code's text, may quote the file: not kept).
     Panicked,
     /// No thread could be started for it.
@@ -61,18 +69,22 @@ impl<T: Clone> Flight<T> {
             && now.saturating_duration_since(self.started) >= READ_TIMEOUT
     }
 
-    /// Its result, waited for until [`READ_TIMEOUT`] after it started.
-    async fn wait(&self) -> Result<T, ReadFailure> {
-        let deadline = self
-            .started
-            .checked_add(READ_TIMEOUT)
-            .unwrap_or(self.started);
-        match tokio::time::timeout_at(deadline, self.outcome.clone()).await {
+    /// Its result, waited for until [`READ_TIMEOUT`] after it started or the request's
+    /// `deadline`, whichever comes first.
+    async fn wait(&self, deadline: Instant) -> Result<T, ReadFailure> {
+        let overrun = timeout_after(self.started);
+        match tokio::time::timeout_at(overrun.min(deadline), self.outcome.clone()).await {
             Ok(Some(value)) => Ok(value),
             Ok(None) => Err(ReadFailure::Panicked),
+            Err(_elapsed) if deadline < overrun => Err(ReadFailure::Late),
             Err(_elapsed) => Err(ReadFailure::Overran),
         }
     }
+}
+
+/// [`READ_TIMEOUT`] after `start`.
+fn timeout_after(start: Instant) -> Instant {
+    start.checked_add(READ_TIMEOUT).unwrap_or(start)
 }
 
 type Slot<T> = Mutex<Option<Arc<Flight<T>>>>;
@@ -119,7 +131,8 @@ impl<T: Clone + Send + Sync + 'static> OneRead<T> {
     }
 
     /// The result of `read`, started once the read in flight (another request's, of another
-    /// file) has returned.
+    /// file) has returned; [`ReadFailure::Late`] once [`READ_TIMEOUT`] has passed since this
+    /// call, the wait included.
     pub(crate) async fn own(
         &self,
         read: impl FnOnce() -> T + Send + 'static,
@@ -133,22 +146,29 @@ impl<T: Clone + Send + Sync + 'static> OneRead<T> {
         share: bool,
     ) -> Result<T, ReadFailure> {
         let mut read = Some(read);
+        // One deadline for the whole request: an `own` request may wait for several reads
+        // (those waiting race for the next) before its own.
+        let deadline = timeout_after(Instant::now());
         loop {
             let next = {
                 let mut slot = self.slot();
                 let now = Instant::now();
-                match slot.as_ref() {
-                    Some(flight) if !flight.done.load(Ordering::Acquire) => {
-                        if flight.overran(now) {
-                            return Err(ReadFailure::Overran);
-                        }
-                        if share {
-                            Next::Take(Arc::clone(flight))
-                        } else {
-                            Next::After(Arc::clone(flight))
-                        }
-                    }
-                    _ => match read.take() {
+                let in_flight = slot
+                    .as_ref()
+                    .filter(|flight| !flight.done.load(Ordering::Acquire))
+                    .map(Arc::clone);
+                if in_flight.as_ref().is_some_and(|flight| flight.overran(now)) {
+                    return Err(ReadFailure::Overran);
+                }
+                // Not on the first pass (`deadline` is later than `now`): no read is started
+                // that the request would not wait for.
+                if now >= deadline {
+                    return Err(ReadFailure::Late);
+                }
+                match in_flight {
+                    Some(flight) if share => Next::Take(flight),
+                    Some(flight) => Next::After(flight),
+                    None => match read.take() {
                         Some(read) => {
                             let flight = self.start(read, now)?;
                             *slot = Some(Arc::clone(&flight));
@@ -160,13 +180,14 @@ impl<T: Clone + Send + Sync + 'static> OneRead<T> {
                 }
             };
             match next {
-                Next::Take(flight) => return flight.wait().await,
+                Next::Take(flight) => return flight.wait(deadline).await,
                 // Its result is not this request's; only its end matters.
-                Next::After(flight) => {
-                    if let Err(ReadFailure::Overran) = flight.wait().await {
-                        return Err(ReadFailure::Overran);
+                Next::After(flight) => match flight.wait(deadline).await {
+                    Err(failure @ (ReadFailure::Overran | ReadFailure::Late)) => {
+                        return Err(failure);
                     }
-                }
+                    Ok(_) | Err(ReadFailure::Panicked | ReadFailure::NoThread(_)) => {}
+                },
             }
         }
     }
@@ -260,7 +281,7 @@ fn hold_a_paused_clock<T: Clone + Send + Sync + 'static>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc;
@@ -284,8 +305,9 @@ mod tests {
         (read, release)
     }
 
-    /// Runs `body` on a thread; fails if it has not finished within a minute of real time.
-    fn within_a_minute(body: impl FnOnce() + Send + 'static) {
+    /// Runs `body` on a thread; fails if it has not finished within a minute of real time: a
+    /// test whose awaits stop resolving fails instead of hanging.
+    pub(crate) fn within_a_minute(body: impl FnOnce() + Send + 'static) {
         let (done, finished) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             body();
@@ -304,7 +326,7 @@ mod tests {
         }
     }
 
-    fn paused_runtime() -> tokio::runtime::Runtime {
+    pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
@@ -398,6 +420,116 @@ mod tests {
                 assert_eq!(second.await.unwrap().unwrap(), "second");
                 let panicked = reads.own(|| panic!("quoted file")).await;
                 assert!(matches!(panicked, Err(ReadFailure::Panicked)));
+            });
+        });
+    }
+
+    /// Yields until `request` has finished, a thousand times at most: a request the test
+    /// expects answered without the clock moving again.
+    async fn finished<R>(request: &tokio::task::JoinHandle<R>) -> bool {
+        for _ in 0..1000 {
+            if request.is_finished() {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        request.is_finished()
+    }
+
+    /// Three `own` requests come at once on a file system where a read takes 6 s: each is
+    /// answered within [`READ_TIMEOUT`] of its coming, its wait for the reads ahead of it
+    /// included. The first has its read; at 10 s the other two fail as late (one running its
+    /// read, started at 6 s, the other waiting for it), and no third read is started.
+    #[test]
+    fn an_own_request_is_answered_within_the_timeout_of_its_coming() {
+        within_a_minute(|| {
+            paused_runtime().block_on(async {
+                let reads = Arc::new(OneRead::<&'static str>::new());
+                let calls = Arc::new(AtomicUsize::new(0));
+                let mut releases = Vec::new();
+                let mut requests = Vec::new();
+                for value in ["first", "second", "third"] {
+                    let (read, release) = held(&calls, value);
+                    releases.push(release);
+                    requests.push(tokio::spawn({
+                        let reads = Arc::clone(&reads);
+                        async move { reads.own(read).await }
+                    }));
+                }
+                let waiting = |requests: usize| {
+                    let reads = Arc::clone(&reads);
+                    move || {
+                        reads
+                            .slot()
+                            .as_ref()
+                            .is_some_and(|flight| Arc::strong_count(flight) == requests + 1)
+                    }
+                };
+                until(waiting(3)).await;
+                tokio::time::advance(Duration::from_secs(6)).await;
+                drop(releases.remove(0));
+                let first = requests.remove(0).await.unwrap();
+                assert_eq!(first.unwrap(), "first");
+                until(|| calls.load(Ordering::SeqCst) == 2).await;
+                until(waiting(2)).await;
+                tokio::time::advance(Duration::from_secs(4)).await;
+                for request in requests {
+                    assert!(finished(&request).await, "answered after 10 s");
+                    let result = request.await.unwrap();
+                    assert!(matches!(result, Err(ReadFailure::Late)), "{result:?}");
+                }
+                assert_eq!(calls.load(Ordering::SeqCst), 2);
+                // The second read has run 4 s: not overran, nothing is refused.
+                assert!(!reads.overran());
+                drop(releases);
+                until(|| reads.slot().is_none()).await;
+                assert_eq!(reads.own(|| "fresh").await.unwrap(), "fresh");
+            });
+        });
+    }
+
+    /// A request dropped while its read runs leaves the read to the next request: `shared`
+    /// takes its result, `own` waits for it before reading; no second read runs meanwhile.
+    #[test]
+    fn a_request_dropped_mid_read_leaves_the_read_to_the_next() {
+        within_a_minute(|| {
+            paused_runtime().block_on(async {
+                for share in [true, false] {
+                    let reads = Arc::new(OneRead::<&'static str>::new());
+                    let calls = Arc::new(AtomicUsize::new(0));
+                    let (read, release) = held(&calls, "dropped");
+                    let dropped = tokio::spawn({
+                        let reads = Arc::clone(&reads);
+                        async move { reads.run(read, share).await }
+                    });
+                    until(|| calls.load(Ordering::SeqCst) == 1).await;
+                    dropped.abort();
+                    assert!(dropped.await.unwrap_err().is_cancelled());
+                    let (next, next_release) = held(&calls, "next");
+                    let next = tokio::spawn({
+                        let reads = Arc::clone(&reads);
+                        async move { reads.run(next, share).await }
+                    });
+                    // The slot's and the next request's.
+                    until(|| {
+                        reads
+                            .slot()
+                            .as_ref()
+                            .is_some_and(|flight| Arc::strong_count(flight) == 2)
+                    })
+                    .await;
+                    assert_eq!(calls.load(Ordering::SeqCst), 1, "share: {share}");
+                    assert!(!finished(&next).await, "share: {share}");
+                    drop(release);
+                    if share {
+                        assert_eq!(next.await.unwrap().unwrap(), "dropped");
+                        assert_eq!(calls.load(Ordering::SeqCst), 1);
+                    } else {
+                        until(|| calls.load(Ordering::SeqCst) == 2).await;
+                        drop(next_release);
+                        assert_eq!(next.await.unwrap().unwrap(), "next");
+                    }
+                }
             });
         });
     }

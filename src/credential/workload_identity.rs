@@ -62,7 +62,8 @@ const MAX_TOKEN_FILE_BYTES: usize = 64 * 1024;
 ///
 /// A missing value, or a missing or empty token file, makes the credential *unavailable* (a
 /// chain moves on) with what to set; a value from the environment that is set but invalid is an
-/// *invalid request*, as is a token file that cannot be read. The file is read once at a time,
+/// *invalid request*, as is a token file that cannot be read (one this process may not read
+/// says to set the pod's `securityContext.fsGroup`). The file is read once at a time,
 /// however many tenants are asked, on a thread of its own: requests meanwhile share the read.
 /// A read that has run more than 10 seconds (a volume that does not answer) fails the requests
 /// waiting for it, and every later one at once (not transient) until it returns: its thread
@@ -173,14 +174,23 @@ impl TokenFile {
         let reader = Arc::clone(&self.read);
         match self.reads.shared(move || reader(&path)).await {
             Ok(outcome) => outcome,
-            Err(ReadFailure::Overran) => Err(self.stuck()),
+            // Not late: a request shares the read in flight, which started before it came.
+            Err(ReadFailure::Overran | ReadFailure::Late) => Err(self.stuck()),
             Err(ReadFailure::Panicked) => Err(CredentialError::authentication_failed(
                 NAME,
-                "reading the token file failed: the read panicked",
+                format!(
+                    "reading the token file {} ({AZURE_FEDERATED_TOKEN_FILE}) failed: the read \
+                     panicked",
+                    self.path.display()
+                ),
             )),
             Err(ReadFailure::NoThread(e)) => Err(CredentialError::authentication_failed(
                 NAME,
-                format!("the token file could not be read: no thread could be started: {e}"),
+                format!(
+                    "the token file {} ({AZURE_FEDERATED_TOKEN_FILE}) could not be read: no \
+                     thread could be started: {e}",
+                    self.path.display()
+                ),
             )
             .with_cause(Cause {
                 transient: true,
@@ -203,19 +213,21 @@ fn file_source(path: PathBuf, read: Reader) -> Fetch {
     })
 }
 
+/// What to do about a token file this process may not read. Kubernetes gives the projected
+/// token to the pod's `fsGroup`, or to the containers' user when they all run as one; else
+/// only root may read it.
+const TOKEN_ACCESS_ADVICE: &str = "this process may not read it: set the pod's \
+    securityContext.fsGroup (or one runAsUser for all its containers) so that the projected \
+    service-account token is readable by the user this process runs as";
+/// What the token file is, for a file that is not it.
+const TOKEN_CONTENT_ADVICE: &str = "it must hold the projected service-account token";
+
 /// The file's contents, trimmed. Missing or empty: unavailable; unreadable, too large or not
-/// text: an invalid request (the variable points at the wrong thing).
+/// text: an invalid request (the variable points at the wrong thing, or the pod's security
+/// context keeps this process from reading it).
 fn read_token_file(path: &Path) -> Result<Secret, CredentialError> {
     let shown = path.display();
-    let invalid = |what: String| {
-        CredentialError::invalid_request(
-            NAME,
-            format!(
-                "the token file {shown} ({AZURE_FEDERATED_TOKEN_FILE}) {what}; it must hold the \
-                 projected service-account token"
-            ),
-        )
-    };
+    let invalid = |what: String| unusable(path, &what, TOKEN_CONTENT_ADVICE);
     let file = match open_regular_file(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -228,7 +240,7 @@ fn read_token_file(path: &Path) -> Result<Secret, CredentialError> {
                 ),
             ));
         }
-        Err(e) => return Err(invalid(format!("cannot be opened: {e}"))),
+        Err(e) => return Err(io_failure(path, "cannot be opened", &e)),
     };
     // Room for the whole read, so no copy of the token is left behind by a reallocation.
     // One byte more than allowed tells a file at the limit from a bigger one.
@@ -236,7 +248,7 @@ fn read_token_file(path: &Path) -> Result<Secret, CredentialError> {
     let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(read_limit));
     file.take(u64::try_from(read_limit).unwrap_or(u64::MAX))
         .read_to_end(&mut bytes)
-        .map_err(|e| invalid(format!("cannot be read: {e}")))?;
+        .map_err(|e| io_failure(path, "cannot be read", &e))?;
     if bytes.len() > MAX_TOKEN_FILE_BYTES {
         return Err(invalid(format!(
             "is larger than {} KiB",
@@ -255,6 +267,28 @@ fn read_token_file(path: &Path) -> Result<Secret, CredentialError> {
         ));
     }
     Ok(Secret::new(token))
+}
+
+/// The token file at `path` is not one (`what` it is), an invalid request saying what to do.
+fn unusable(path: &Path, what: &str, advice: &str) -> CredentialError {
+    CredentialError::invalid_request(
+        NAME,
+        format!(
+            "the token file {} ({AZURE_FEDERATED_TOKEN_FILE}) {what}; {advice}",
+            path.display()
+        ),
+    )
+}
+
+/// The token file at `path` could not be opened or read (`what`): a refusal is the pod's
+/// security context, anything else a path that names the wrong thing.
+fn io_failure(path: &Path, what: &str, error: &std::io::Error) -> CredentialError {
+    let advice = if error.kind() == std::io::ErrorKind::PermissionDenied {
+        TOKEN_ACCESS_ADVICE
+    } else {
+        TOKEN_CONTENT_ADVICE
+    };
+    unusable(path, &format!("{what}: {error}"), advice)
 }
 
 arc_credential_service!(WorkloadIdentityCredential);
@@ -501,6 +535,7 @@ mod tests {
 
     use super::*;
     use crate::CredentialExt;
+    use crate::blocking_read::tests::within_a_minute;
 
     const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.c2lnbmF0dXJlLXNlY3JldA";
 
@@ -688,6 +723,37 @@ mod tests {
         assert!(err.message().contains(AZURE_FEDERATED_TOKEN_FILE), "{err}");
     }
 
+    /// A token file this process may not read is the pod's security context to fix, not a
+    /// wrong file: the message says so, without the advice about the file's contents. Built
+    /// from the error, as tests may run as root, who may read a file of mode 000.
+    #[test]
+    fn a_refused_token_file_says_to_let_the_process_read_it() {
+        let path = Path::new("/var/run/secrets/azure/tokens/azure-identity-token");
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        for what in ["cannot be opened", "cannot be read"] {
+            let err = io_failure(path, what, &denied);
+            let message = err.message();
+            assert!(err.is_invalid_request(), "{err}");
+            assert!(
+                message.contains(&format!(
+                    "{} ({AZURE_FEDERATED_TOKEN_FILE}) {what}",
+                    path.display()
+                )) && message.contains("securityContext.fsGroup")
+                    && message.contains("runAsUser")
+                    && !message.contains(TOKEN_CONTENT_ADVICE),
+                "{err}"
+            );
+        }
+        let other = std::io::Error::from(std::io::ErrorKind::InvalidData);
+        let message = io_failure(path, "cannot be read", &other)
+            .message()
+            .to_owned();
+        assert!(
+            message.contains(TOKEN_CONTENT_ADVICE) && !message.contains("fsGroup"),
+            "{message}"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_assertion_is_read_again_once_older_than_five_minutes() {
         let dir = tempfile::tempdir().unwrap();
@@ -814,27 +880,11 @@ mod tests {
             .unwrap_err();
         assert!(!format!("{err} {err:?}").contains("secret-xyz"), "{err:?}");
         assert!(err.message().contains("the read panicked"), "{err}");
-    }
-
-    /// Runs `body` on a thread and fails the test if it has not finished within a minute of
-    /// real time: a test whose awaits stop resolving fails instead of hanging.
-    fn within_a_minute(body: impl FnOnce() + Send + 'static) {
-        let (done, finished) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            body();
-            let _ = done.send(());
-        });
-        match finished.recv_timeout(Duration::from_secs(60)) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                if let Err(panic) = thread.join() {
-                    std::panic::resume_unwind(panic);
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                panic!("the test did not finish within a minute")
-            }
-        }
+        assert!(
+            err.message()
+                .contains("/nonexistent/token (AZURE_FEDERATED_TOKEN_FILE)"),
+            "{err}"
+        );
     }
 
     /// Yields until `done` holds (every wait on the other side is bounded by

@@ -80,8 +80,9 @@ pub(super) struct AzureArc {
     http: HttpClient,
     read_key: KeyReader,
     /// Key reads, one at a time: each request reads the key file its own challenge named,
-    /// after the read in flight returned. While a read that ran [`READ_TIMEOUT`] (a file of
-    /// at most 4 KiB in a local directory is read at once) has not returned, none is started.
+    /// after the read in flight returned, within [`READ_TIMEOUT`] of asking (a file of at
+    /// most 4 KiB in a local directory is read at once). While a read that ran that long has
+    /// not returned, none is started.
     reads: OneRead<Result<Secret, String>>,
 }
 
@@ -118,6 +119,22 @@ impl AzureArc {
         )
     }
 
+    /// The failure of a request whose key was not read within [`READ_TIMEOUT`] of asking:
+    /// the reads ahead of it and its own took that long, though none has run it (a slow file
+    /// system). Not transient, as [`stuck`](Self::stuck).
+    fn late(&self) -> CredentialError {
+        CredentialError::authentication_failed(
+            NAME,
+            format!(
+                "the Azure Arc agent's key file in {} (azure_arc_key_directory) was not read \
+                 within {READ_TIMEOUT:?} of the agent's challenge: the key reads ahead of it and \
+                 its own took longer, so the key directory's file system is slow; fix the mount \
+                 of the key directory",
+                self.key_directory.display()
+            ),
+        )
+    }
+
     /// Refuses at once while an earlier key read that overran has not returned: checked
     /// before the challenge, so that a stuck file system costs no round trip to the agent
     /// (which writes a fresh key file for each challenge).
@@ -129,8 +146,8 @@ impl AzureArc {
     }
 
     /// The key `realm` names, read on a thread of its own once the read in flight returned,
-    /// waited for until it has run [`READ_TIMEOUT`]; refused at once while a read that ran
-    /// that long has not returned.
+    /// within [`READ_TIMEOUT`] of asking, the wait for that read included; refused at once
+    /// while a read that ran that long has not returned.
     async fn key(&self, realm: String) -> Result<Secret, CredentialError> {
         let directory = self.key_directory.clone();
         let reader = Arc::clone(&self.read_key);
@@ -141,16 +158,22 @@ impl AzureArc {
                 format!("the Azure Arc agent's key file was refused: {reason}"),
             )),
             Err(ReadFailure::Overran) => Err(self.stuck()),
+            Err(ReadFailure::Late) => Err(self.late()),
             // A panic's payload is the reading code's text, which may quote the file.
             Err(ReadFailure::Panicked) => Err(CredentialError::authentication_failed(
                 NAME,
-                "reading the Azure Arc agent's key file failed: the read panicked",
+                format!(
+                    "reading the Azure Arc agent's key file in {} (azure_arc_key_directory) \
+                     failed: the read panicked",
+                    self.key_directory.display()
+                ),
             )),
             Err(ReadFailure::NoThread(e)) => Err(CredentialError::authentication_failed(
                 NAME,
                 format!(
-                    "the Azure Arc agent's key file could not be read: no thread could be \
-                     started: {e}"
+                    "the Azure Arc agent's key file in {} (azure_arc_key_directory) could not \
+                     be read: no thread could be started: {e}",
+                    self.key_directory.display()
                 ),
             )
             .with_cause(Cause {
@@ -389,6 +412,7 @@ fn confirm_identity(id: &UserAssignedId, echo: &Echo) -> Result<(), CredentialEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blocking_read::tests::{paused_runtime, within_a_minute};
     use std::sync::{Mutex, PoisonError};
     use std::time::Duration;
 
@@ -419,51 +443,55 @@ mod tests {
     /// A key read that never returns (a hung mount) holds its thread after the request gave
     /// up on it; later requests are refused at once instead of each starting one more thread,
     /// until it returns.
-    #[tokio::test(start_paused = true)]
-    async fn a_key_read_that_does_not_return_holds_one_thread_at_most() {
-        use futures_util::FutureExt;
-        use std::sync::atomic::{AtomicUsize, Ordering};
+    #[test]
+    fn a_key_read_that_does_not_return_holds_one_thread_at_most() {
+        within_a_minute(|| {
+            paused_runtime().block_on(async {
+                use futures_util::FutureExt;
+                use std::sync::atomic::{AtomicUsize, Ordering};
 
-        let started = Arc::new(AtomicUsize::new(0));
-        // Each read waits here until `release` is dropped.
-        let (release, gate) = std::sync::mpsc::channel::<()>();
-        let gate = Mutex::new(gate);
-        let mut arc = arc(None);
-        arc.read_key = held_reader(&started, gate);
-        let arc = Arc::new(arc);
+                let started = Arc::new(AtomicUsize::new(0));
+                // Each read waits here until `release` is dropped.
+                let (release, gate) = std::sync::mpsc::channel::<()>();
+                let gate = Mutex::new(gate);
+                let mut arc = arc(None);
+                arc.read_key = held_reader(&started, gate);
+                let arc = Arc::new(arc);
 
-        let first = tokio::spawn({
-            let arc = Arc::clone(&arc);
-            async move { arc.key("a.key".into()).await }
+                let first = tokio::spawn({
+                    let arc = Arc::clone(&arc);
+                    async move { arc.key("a.key".into()).await }
+                });
+                while started.load(Ordering::SeqCst) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                // A running read keeps the paused clock from advancing by itself.
+                tokio::time::advance(READ_TIMEOUT + Duration::from_secs(1)).await;
+                let first = first.await.unwrap().unwrap_err();
+                assert!(first.message().contains("has not returned"), "{first}");
+
+                for _ in 0..5 {
+                    let err = arc
+                        .key("a.key".into())
+                        .now_or_never()
+                        .expect("refused at once")
+                        .unwrap_err();
+                    assert_eq!(err.message(), first.message());
+                    assert!(err.message().contains("/nonexistent"), "{err}");
+                }
+                assert_eq!(started.load(Ordering::SeqCst), 1, "one read outstanding");
+
+                // Once it returns, the next request reads again.
+                drop(release);
+                while arc.reads.overran() {
+                    tokio::task::yield_now().await;
+                }
+                let key = arc.key("a.key".into()).await.unwrap();
+                assert_eq!(key.expose_secret(), "the-key");
+                assert_eq!(started.load(Ordering::SeqCst), 2);
+                assert!(!arc.reads.overran());
+            });
         });
-        while started.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-        // A running read keeps the paused clock from advancing by itself.
-        tokio::time::advance(READ_TIMEOUT + Duration::from_secs(1)).await;
-        let first = first.await.unwrap().unwrap_err();
-        assert!(first.message().contains("has not returned"), "{first}");
-
-        for _ in 0..5 {
-            let err = arc
-                .key("a.key".into())
-                .now_or_never()
-                .expect("refused at once")
-                .unwrap_err();
-            assert_eq!(err.message(), first.message());
-            assert!(err.message().contains("/nonexistent"), "{err}");
-        }
-        assert_eq!(started.load(Ordering::SeqCst), 1, "one read outstanding");
-
-        // Once it returns, the next request reads again.
-        drop(release);
-        while arc.reads.overran() {
-            tokio::task::yield_now().await;
-        }
-        let key = arc.key("a.key".into()).await.unwrap();
-        assert_eq!(key.expose_secret(), "the-key");
-        assert_eq!(started.load(Ordering::SeqCst), 2);
-        assert!(!arc.reads.overran());
     }
 
     /// While a key read that overran has not returned, later acquisitions are refused before
@@ -471,90 +499,163 @@ mod tests {
     /// what to do, and are not transient (a retry policy would only spin on them); the
     /// acquisition whose read overran fails the same way, not as a transient timeout that a
     /// retry policy would retry only to be refused.
-    #[tokio::test(start_paused = true)]
-    async fn a_stuck_key_read_refuses_before_the_challenge() {
-        use futures_util::FutureExt;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    #[test]
+    fn a_stuck_key_read_refuses_before_the_challenge() {
+        within_a_minute(|| {
+            paused_runtime().block_on(async {
+                use futures_util::FutureExt;
+                use std::sync::atomic::{AtomicUsize, Ordering};
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        // The agent: a 401 challenge naming a key file, per connection; counts the requests.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/metadata/identity/oauth2/token",
-            listener.local_addr().unwrap()
-        );
-        let requests = Arc::new(AtomicUsize::new(0));
-        let server = tokio::spawn({
-            let requests = Arc::clone(&requests);
-            async move {
-                loop {
-                    let (mut socket, _) = listener.accept().await.unwrap();
-                    let mut request = Vec::new();
-                    let mut buffer = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buffer).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => request.extend_from_slice(buffer.get(..n).unwrap()),
+                // The agent: a 401 challenge naming a key file, per connection; counts the
+                // requests.
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let url = format!(
+                    "http://{}/metadata/identity/oauth2/token",
+                    listener.local_addr().unwrap()
+                );
+                let requests = Arc::new(AtomicUsize::new(0));
+                let server = tokio::spawn({
+                    let requests = Arc::clone(&requests);
+                    async move {
+                        loop {
+                            let (mut socket, _) = listener.accept().await.unwrap();
+                            let mut request = Vec::new();
+                            let mut buffer = [0u8; 1024];
+                            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                                match socket.read(&mut buffer).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => request.extend_from_slice(buffer.get(..n).unwrap()),
+                                }
+                            }
+                            requests.fetch_add(1, Ordering::SeqCst);
+                            let answer = "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic \
+                                          realm=/var/opt/azcmagent/tokens/a.key\r\ncontent-length: \
+                                          0\r\nconnection: close\r\n\r\n";
+                            let _ = socket.write_all(answer.as_bytes()).await;
                         }
                     }
-                    requests.fetch_add(1, Ordering::SeqCst);
-                    let answer = "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic \
-                                  realm=/var/opt/azcmagent/tokens/a.key\r\ncontent-length: \
-                                  0\r\nconnection: close\r\n\r\n";
-                    let _ = socket.write_all(answer.as_bytes()).await;
-                }
-            }
-        });
+                });
 
-        let (release, gate) = std::sync::mpsc::channel::<()>();
-        let gate = Mutex::new(gate);
-        let mut arc = AzureArc::new(
-            Url::parse(&url).unwrap(),
-            PathBuf::from("/nonexistent"),
-            None,
-            None,
-        )
-        .unwrap();
-        let started = Arc::new(AtomicUsize::new(0));
-        arc.read_key = held_reader(&started, gate);
-        let arc = Arc::new(arc);
-        let first = tokio::spawn({
-            let arc = Arc::clone(&arc);
-            async move { arc.acquire("r").await }
+                let (release, gate) = std::sync::mpsc::channel::<()>();
+                let gate = Mutex::new(gate);
+                let mut arc = AzureArc::new(
+                    Url::parse(&url).unwrap(),
+                    PathBuf::from("/nonexistent"),
+                    None,
+                    None,
+                )
+                .unwrap();
+                let started = Arc::new(AtomicUsize::new(0));
+                arc.read_key = held_reader(&started, gate);
+                let arc = Arc::new(arc);
+                let first = tokio::spawn({
+                    let arc = Arc::clone(&arc);
+                    async move { arc.acquire("r").await }
+                });
+                while started.load(Ordering::SeqCst) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                tokio::time::advance(READ_TIMEOUT + Duration::from_secs(1)).await;
+                let first = first.await.unwrap().unwrap_err();
+                assert_eq!(requests.load(Ordering::SeqCst), 1);
+                let later: Vec<CredentialError> = (0..5)
+                    .map(|_| {
+                        arc.acquire("r")
+                            .now_or_never()
+                            .expect("refused at once")
+                            .unwrap_err()
+                    })
+                    .collect();
+                for err in std::iter::once(&first).chain(&later) {
+                    assert!(
+                        err.message().contains("does not answer")
+                            && err
+                                .message()
+                                .contains("/nonexistent (azure_arc_key_directory)")
+                            && err.message().contains("fix the mount")
+                            && err.message().contains("retried once it returns")
+                            && !err.message().contains("restart"),
+                        "{err}"
+                    );
+                    assert!(err.is_authentication_failed(), "{err}");
+                    assert!(!err.is_transient() && !err.is_timeout(), "{err}");
+                    assert_eq!(err.message(), first.message());
+                }
+                assert_eq!(requests.load(Ordering::SeqCst), 1, "no more challenges");
+                assert_eq!(started.load(Ordering::SeqCst), 1);
+                drop(release);
+                server.abort();
+            });
         });
-        while started.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-        tokio::time::advance(READ_TIMEOUT + Duration::from_secs(1)).await;
-        let first = first.await.unwrap().unwrap_err();
-        assert_eq!(requests.load(Ordering::SeqCst), 1);
-        let later: Vec<CredentialError> = (0..5)
-            .map(|_| {
-                arc.acquire("r")
-                    .now_or_never()
-                    .expect("refused at once")
-                    .unwrap_err()
-            })
-            .collect();
-        for err in std::iter::once(&first).chain(&later) {
-            assert!(
-                err.message().contains("does not answer")
-                    && err
-                        .message()
-                        .contains("/nonexistent (azure_arc_key_directory)")
-                    && err.message().contains("fix the mount")
-                    && err.message().contains("retried once it returns")
-                    && !err.message().contains("restart"),
-                "{err}"
-            );
-            assert!(err.is_authentication_failed(), "{err}");
-            assert!(!err.is_transient() && !err.is_timeout(), "{err}");
-            assert_eq!(err.message(), first.message());
-        }
-        assert_eq!(requests.load(Ordering::SeqCst), 1, "no more challenges");
-        assert_eq!(started.load(Ordering::SeqCst), 1);
-        drop(release);
-        server.abort();
+    }
+
+    /// A request that waits for another's key read and then runs its own on a slow file
+    /// system (6 s a read) fails 10 s after it asked, saying so and naming the key directory,
+    /// rather than 16 s later; its read is left to return.
+    #[test]
+    fn a_key_is_read_within_the_timeout_of_asking_the_wait_included() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        within_a_minute(|| {
+            paused_runtime().block_on(async {
+                let started = Arc::new(AtomicUsize::new(0));
+                // Each send lets one read return.
+                let (release, gate) = std::sync::mpsc::channel::<()>();
+                let mut arc = arc(None);
+                arc.read_key = held_reader(&started, Mutex::new(gate));
+                let arc = Arc::new(arc);
+                let [first, second] = ["a.key", "b.key"].map(|realm| {
+                    let arc = Arc::clone(&arc);
+                    tokio::spawn(async move { arc.key(realm.into()).await })
+                });
+                while started.load(Ordering::SeqCst) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                // The second has come, holding its reader, and waits for the first's read.
+                while Arc::strong_count(&arc.read_key) < 3 {
+                    tokio::task::yield_now().await;
+                }
+                tokio::time::advance(Duration::from_secs(6)).await;
+                release.send(()).unwrap();
+                assert_eq!(first.await.unwrap().unwrap().expose_secret(), "the-key");
+                while started.load(Ordering::SeqCst) == 1 {
+                    tokio::task::yield_now().await;
+                }
+                tokio::time::advance(Duration::from_secs(4)).await;
+                for _ in 0..1000 {
+                    if second.is_finished() {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                assert!(second.is_finished(), "not answered 10 s after asking");
+                let err = second.await.unwrap().unwrap_err();
+                assert!(
+                    err.message()
+                        .contains("/nonexistent (azure_arc_key_directory) was not read within 10s")
+                        && err.message().contains("fix the mount"),
+                    "{err}"
+                );
+                assert!(!err.is_transient(), "{err}");
+                assert!(!arc.reads.overran());
+                drop(release);
+            });
+        });
+    }
+
+    /// A key read that panics fails its request naming the key directory, without the
+    /// panic's text (the reading code's, which may quote the file).
+    #[tokio::test]
+    async fn a_panicking_key_read_names_the_key_directory() {
+        let mut arc = arc(None);
+        arc.read_key = Arc::new(|_: &Path, _: &str| panic!("secret-xyz"));
+        let err = arc.key("a.key".into()).await.unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("secret-xyz"), "{err:?}");
+        assert!(
+            err.message()
+                .contains("/nonexistent (azure_arc_key_directory) failed: the read panicked"),
+            "{err}"
+        );
     }
 
     #[test]
