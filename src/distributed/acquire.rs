@@ -188,7 +188,7 @@ impl FleetThrottles {
 
 /// What the store holds for an entry.
 enum Found {
-    /// A token not due for renewal.
+    /// A token not due for renewal, or due but not expired while a throttle runs.
     Usable(AccessToken),
     /// Nothing usable: no entry, one due for renewal, or one that did not open.
     Nothing,
@@ -700,8 +700,22 @@ impl Shared {
         // `crate::refresh`) and have it try again only 30 s on.
         let draw = entry_draw(token_key, stored.sealed_times);
         let due = policy.refresh_at_drawn(&stored.token, stored.stored_on, draw);
-        if stored.token.is_expired_at(now) || now >= due {
+        if stored.token.is_expired_at(now) {
             nothing()
+        } else if now >= due {
+            // Due, but still valid while the fleet waits out a throttle: served, as a process
+            // holding it keeps serving its own (its renewals answered by the throttle), not
+            // answered with the throttle while a valid token sits in the store. It carries the
+            // throttle's end as its `refresh_on` (its expiry, if sooner), for the slot to renew
+            // once the wait is over; the throttle is not remembered, so the entry's next
+            // acquisitions read it again and serve it too.
+            match throttled {
+                Some((_, end, _)) => {
+                    let renew_on = end.min(stored.token.expires_on());
+                    Found::Usable(stored.token.with_refresh_on(Some(renew_on)))
+                }
+                None => nothing(),
+            }
         } else {
             // The slot that takes the token computes its refresh time from the lifetime left
             // now, later than the fleet's for a token read late in its life (a shorter

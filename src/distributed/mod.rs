@@ -32,10 +32,12 @@
 //!   the provider's `refresh_in`), counted from when the entry was published: every process
 //!   renews a shared token at the same moment (the token it takes carries that moment as its
 //!   `refresh_on`, also when read late in its life), and none keeps a token it would itself
-//!   renew. A refresh jitter, if the rule has one, is drawn from the entry (its key and the
-//!   Unix times sealed in it, alike on every read and every host), not afresh at each read,
-//!   nor from the instant a read maps its stored time to (that moves with the reader's clock
-//!   and the store's time left): every read of an entry gives it the same refresh time, so a renewal at that time never finds the entry it renews still usable.
+//!   renew (but during the fleet's throttle: below). A refresh jitter, if the rule has one,
+//!   is drawn from the entry (its key and the Unix times sealed in it, alike on every read
+//!   and every host), not afresh at each read, nor from the instant a read maps its stored
+//!   time to (that moves with the reader's clock and the store's time left): every read of an
+//!   entry gives it the same refresh time, so a renewal at that time never finds the entry it
+//!   renews still usable (but during a throttle).
 //! * **Single-flight across the fleet.** Otherwise the process takes the entry's lease
 //!   ([`TokenStore::try_lease`], for [`lease`](DistributedCacheBuilder::lease), default
 //!   10 s, under a holder id drawn at random for each cache and numbered per acquisition).
@@ -79,6 +81,11 @@
 //!   (`is_throttled`, `retry_after`: the mark's time left), sending nothing; a usable token in
 //!   the store still answers first, and a publish of one ([`TokenStore::put_clearing`])
 //!   deletes the mark, so a process that got a token during the wait ends it for the fleet.
+//!   A stored token due for renewal but not expired (a holder throttled at its renewal
+//!   leaves one) answers first too: a process holding it keeps serving its own (its
+//!   renewals answered by the throttle), and one that starts meanwhile, its slot empty, is
+//!   handed the stored token, its `refresh_on` the throttle's end (its expiry, if sooner),
+//!   instead of failing every request for the wait; both renew once the throttle is over.
 //!   A process remembers a throttle it read (or caused), for 64 entries at most, and answers
 //!   that entry's acquisitions from memory, without a store call, for 5 s after it read it
 //!   (never past its end); then it reads the store again. A process that had read the mark

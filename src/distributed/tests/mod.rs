@@ -654,6 +654,55 @@ async fn a_throttled_holder_holds_the_whole_fleet_back_for_the_wait() {
     assert_eq!(fresh.calls(), 1);
 }
 
+/// A holder throttled at its renewal (at 56 min of a 1 h token, `Retry-After: 120`) leaves a
+/// token due for renewal but valid for 4 min more in the store: a process that starts then
+/// (its slot empty) gets that token, as a process holding it keeps serving its own, and asks
+/// nothing; the token carries the throttle's end as its `refresh_on` (its expiry, were that
+/// sooner), so the process renews once the throttle has ended. (Before, a due entry under a
+/// throttle mark answered the throttle: every request of the new process failed for the
+/// whole wait while a valid token sat in the store.)
+#[tokio::test(start_paused = true)]
+async fn a_due_token_serves_a_cold_process_while_a_throttle_runs() {
+    let store = MemoryStore::new();
+    let (holder, cold) = (cache(&store), cache(&store));
+    let warm = process(&holder);
+    let (idp, throttled) = (Idp::new(Duration::ZERO), Idp::throttled(Duration::ZERO));
+    let start = Instant::now();
+    assert_eq!(get(&warm, &idp).await, "token-1");
+    // 56 min: the holder's slot renews in the background and is throttled for 120 s.
+    tokio::time::advance(Duration::from_secs(56 * 60)).await;
+    let kept = warm.get_or_acquire(cache_key(), false, throttled.acquire());
+    assert_eq!(kept.await.unwrap().secret().expose_secret(), "token-1");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(throttled.calls(), 1);
+    assert!(
+        store
+            .raw(&store_keys("tower-identity").throttled())
+            .is_some()
+    );
+    let read = process(&cold);
+    let token = read
+        .get_or_acquire(cache_key(), false, idp.acquire())
+        .await
+        .unwrap();
+    assert_eq!(token.secret().expose_secret(), "token-1");
+    let throttle_end = start + Duration::from_secs(56 * 60) + THROTTLE;
+    assert_eq!(token.refresh_on(), Some(throttle_end));
+    assert_eq!((idp.calls(), cold.stats().throttled), (1, 0));
+    // The warm process keeps serving its token too, sending nothing.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(get(&warm, &throttled).await, "token-1");
+    assert_eq!(get(&read, &idp).await, "token-1");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!((idp.calls(), throttled.calls()), (1, 1));
+    // The throttle over, the new process renews.
+    tokio::time::advance(throttle_end - Instant::now()).await;
+    assert_eq!(get(&read, &idp).await, "token-1");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(get(&read, &idp).await, "token-2");
+    assert_eq!(idp.calls(), 2);
+}
+
 /// A store whose lease calls fail (a write lost, or its answer given up on), forwarding every
 /// other call to `S`: one process's view of a store it cannot take a lease in.
 #[derive(Debug)]
