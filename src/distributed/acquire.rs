@@ -123,7 +123,9 @@ enum Whose {
 /// A throttle mark with more time left than [`LONGEST_THROTTLE`] and this was not written by a
 /// cache, which marks a throttle for an hour at most: it is ignored (a key set by hand, or by
 /// another program, would otherwise block the fleet for as long as it says, silently). The
-/// slack tolerates a store that reports a little more than was set.
+/// slack tolerates a store that reports a little more than was set, or, read from the end a
+/// mark carries (a store that cannot tell a key's time left), a writer's clock somewhat ahead
+/// of the reader's.
 const STRAY_THROTTLE_SLACK: Duration = Duration::from_secs(60);
 
 /// How long a throttle read from the store is answered from memory, without another read:
@@ -482,23 +484,23 @@ impl Shared {
         let mut fields = mark.split(':');
         let status = http::StatusCode::from_bytes(fields.next()?.as_bytes()).ok()?;
         let wait = match left {
-            // Not a cache's mark: ignored, WARN once per cache.
-            Some(left) if left > LONGEST_THROTTLE.saturating_add(STRAY_THROTTLE_SLACK) => {
-                self.stray_throttle(left);
-                return None;
-            }
             // The store's expiry: no host's wall clock in it.
             Some(left) => left,
             // A store that cannot tell a key's time left: the end the mark carries, by this
-            // host's clock (an hour on at most), rather than no fleet throttle at all. A mark
-            // without one (a value not a cache's) is none.
+            // host's clock, rather than no fleet throttle at all. A mark without one (a value
+            // not a cache's) is none.
             None => {
                 let end_ms: u64 = fields.next()?.parse().ok()?;
                 let now_ms = self.clock.followed().to_unix_ms(Instant::now());
                 Duration::from_millis(end_ms.checked_sub(now_ms)?)
             }
+        };
+        // Not a cache's mark (by either reckoning): ignored, WARN once per cache.
+        if wait > LONGEST_THROTTLE.saturating_add(STRAY_THROTTLE_SLACK) {
+            self.stray_throttle(wait);
+            return None;
         }
-        .min(LONGEST_THROTTLE);
+        let wait = wait.min(LONGEST_THROTTLE);
         let end = Instant::now().checked_add(wait)?;
         if wait.is_zero() {
             return None;

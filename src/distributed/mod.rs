@@ -98,9 +98,10 @@
 //!   [`TokenStore::get_with_throttle`], one script), never a wall clock: hosts whose clocks
 //!   disagree answer the same wait, and none sends into the throttle early. A mark with more
 //!   time left than a cache writes (an hour and a minute) was not written by a cache: it is
-//!   ignored, with a WARN the first time per cache. A store that
-//!   cannot tell a key's time left (the default [`TokenStore::get_with_ttl`]) has the end the
-//!   mark carries read instead, by the reader's wall clock (an hour on at most). Entra throttles per application and tenant, so every process
+//!   ignored, with a WARN the first time per cache. A store that cannot tell a key's time
+//!   left (the default [`TokenStore::get_with_ttl`]) has the end the mark carries read
+//!   instead, by the reader's wall clock, and an end more than an hour and a minute on is
+//!   ignored the same way. Entra throttles per application and tenant, so every process
 //!   of the fleet would be throttled too: one request into the throttle instead of one per
 //!   process. Processes of a release before throttle keys read neither the key nor write it
 //!   (they take the lease in turn, as without a mark, and their failure marks, under

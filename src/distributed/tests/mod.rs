@@ -2174,8 +2174,10 @@ async fn a_store_without_ttls_still_holds_the_fleet_back_for_a_throttle() {
 }
 
 /// A throttle mark with 2 h left (more than a cache writes: an hour at most) was not written
-/// by a cache: it is ignored, and a token is acquired. (Before, it was read as an hour's
-/// throttle, then another, blocking the fleet for as long as the key said, silently.)
+/// by a cache: it is ignored, and a token is acquired; by the store's time left, and over a
+/// store that cannot tell one (only the required methods), by the end the mark carries.
+/// (Before, it was read as an hour's throttle, then another, blocking the fleet for as long as
+/// the key said, silently; over a store without TTLs, for as long as the mark's end said.)
 #[tokio::test(start_paused = true)]
 async fn a_throttle_mark_longer_than_a_cache_writes_is_ignored() {
     let store = MemoryStore::new();
@@ -2184,6 +2186,21 @@ async fn a_throttle_mark_longer_than_a_cache_writes_is_ignored() {
     let c = cache(&store);
     let idp = Idp::new(Duration::ZERO);
     assert_eq!(get(&process(&c), &idp).await, "token-1");
+    assert_eq!((idp.calls(), c.stats().throttled), (1, 0));
+
+    let store = MemoryStore::new();
+    let end = std::time::SystemTime::now() + 2 * HOUR;
+    let end_ms = end
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    store.set_raw(&mark, format!("429:{end_ms}:other.1").as_bytes());
+    let c = cache_of(RequiredOnly(Handle(Arc::clone(&store))));
+    let idp = Idp::new(Duration::ZERO);
+    let token = process(&c)
+        .get_or_acquire(cache_key(), false, idp.acquire())
+        .await;
+    assert_eq!(token.unwrap().secret().expose_secret(), "token-1");
     assert_eq!((idp.calls(), c.stats().throttled), (1, 0));
 }
 
