@@ -11,7 +11,7 @@ use redis::Commands;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout};
-use tower_identity::distributed::{RedisTokenCache, TokenStore};
+use tower_identity::distributed::{LeaseTtl, RedisTokenCache, TokenStore};
 
 use crate::support::clock::held;
 use crate::support::creds::secs;
@@ -232,7 +232,47 @@ async fn every_operation_answers_alike_over_resp3() {
         (&b"v"[..], Some(&b"h"[..]))
     );
     assert!(left.is_some_and(|left| left > secs(29)), "{left:?}");
+    // The reads and the publish of the newest scripts.
+    let (token, mark, lease_key, throttle) = (
+        "p:{a}:token",
+        "p:{a}:failed",
+        "p:{a}:lease",
+        "p:{a}:throttled",
+    );
+    let ((_, read_mark), no_lease) = store.get_with_lease(token, mark, lease_key).await.unwrap();
+    assert_eq!(
+        (read_mark.as_deref(), no_lease),
+        (Some(&b"h"[..]), LeaseTtl::Unknown)
+    );
     assert!(lease(&store, "one").await);
+    let ((entry, _), leased) = store.get_with_lease(token, mark, lease_key).await.unwrap();
+    assert_eq!(entry.unwrap().0, b"v");
+    assert!(
+        matches!(leased, LeaseTtl::Left(left) if left > secs(9) && left <= secs(10)),
+        "{leased:?}"
+    );
+    let read = || store.get_with_throttle(token, mark, lease_key, throttle);
+    let (((entry, _), _), unthrottled) = read().await.unwrap();
+    assert_eq!((entry.unwrap().0, unthrottled), (b"v".to_vec(), None));
+    store
+        .put_mark(throttle, b"429:1:h.1", secs(120))
+        .await
+        .unwrap();
+    let (_, throttled) = read().await.unwrap();
+    let (value, left) = throttled.unwrap();
+    assert_eq!(value, b"429:1:h.1");
+    assert!(
+        left.is_some_and(|left| left > secs(119) && left <= secs(120)),
+        "{left:?}"
+    );
+    store
+        .put_clearing(token, b"w", secs(30), throttle)
+        .await
+        .unwrap();
+    let (((entry, _), _), cleared) = read().await.unwrap();
+    let (value, left) = entry.unwrap();
+    assert_eq!((value, cleared), (b"w".to_vec(), None));
+    assert!(left.is_some_and(|left| left > secs(29)), "{left:?}");
     assert!(!lease(&store, "two").await);
     assert!(
         store
