@@ -180,10 +180,12 @@
 //!   requests are refused at once, and a runtime's shutdown never waits for it.
 //! * **The fleet's acquisitions** of one token go through the distributed cache's lease
 //!   (`crate::distributed`): one process asks the identity provider, the others poll the
-//!   store for its token within their wait limit; a holder refused for good or throttled
-//!   leaves a mark the others answer from (for the `Retry-After`, from Redis's clock) instead
-//!   of asking in turn. Each of its store calls is bounded by the cache's budget and counted
-//!   by its breaker; no lock is held across one.
+//!   store for its token within their wait limit. A holder refused for good leaves a mark
+//!   (5 s) that sends the others to the provider on their own at once, instead of taking the
+//!   lease in turn; a throttled one leaves a throttle mark the others answer from, sending
+//!   nothing, for the `Retry-After` (by Redis's clock), while a token still valid keeps being
+//!   served. Each of its store calls is bounded by the cache's budget and counted by its
+//!   breaker; no lock is held across one.
 //!
 //! # Tracing
 //!

@@ -8,6 +8,7 @@ use crate::distributed::store::{
     LeaseTtl, StoreError, ValueWithLease, ValueWithMark, ValueWithThrottle, ValueWithTtl,
 };
 
+/// Gives a lease back only to the holder that took it: a lease that expired and was taken by
 /// another process meanwhile must survive the old holder's release.
 pub(super) const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
