@@ -147,12 +147,16 @@ impl<T: Clone + Send + Sync + 'static> OneRead<T> {
     ) -> Result<T, ReadFailure> {
         let mut read = Some(read);
         // One deadline for the whole request: an `own` request may wait for several reads
-        // (those waiting race for the next) before its own.
-        let deadline = timeout_after(Instant::now());
+        // (those waiting race for the next) before its own. Taken from the first pass's `now`,
+        // which also starts a read started then: on a running clock a later reading would
+        // make that read's own overrun come after the deadline, and a read that hangs
+        // would fail its request as late instead of overran.
+        let mut deadline = None;
         loop {
-            let next = {
+            let (next, deadline) = {
                 let mut slot = self.slot();
                 let now = Instant::now();
+                let deadline = *deadline.get_or_insert_with(|| timeout_after(now));
                 let in_flight = slot
                     .as_ref()
                     .filter(|flight| !flight.done.load(Ordering::Acquire))
@@ -165,7 +169,7 @@ impl<T: Clone + Send + Sync + 'static> OneRead<T> {
                 if now >= deadline {
                     return Err(ReadFailure::Late);
                 }
-                match in_flight {
+                let next = match in_flight {
                     Some(flight) if share => Next::Take(flight),
                     Some(flight) => Next::After(flight),
                     None => match read.take() {
@@ -177,7 +181,8 @@ impl<T: Clone + Send + Sync + 'static> OneRead<T> {
                         // Not reached: a request starts one read and takes its result.
                         None => return Err(ReadFailure::Overran),
                     },
-                }
+                };
+                (next, deadline)
             };
             match next {
                 Next::Take(flight) => return flight.wait(deadline).await,

@@ -121,7 +121,8 @@ impl AzureArc {
 
     /// The failure of a request whose key was not read within [`READ_TIMEOUT`] of asking:
     /// the reads ahead of it and its own took that long, though none has run it (a slow file
-    /// system). Not transient, as [`stuck`](Self::stuck).
+    /// system). A timeout, and transient, unlike [`stuck`](Self::stuck): no read has overrun,
+    /// so another attempt gets a challenge and a read of its own.
     fn late(&self) -> CredentialError {
         CredentialError::authentication_failed(
             NAME,
@@ -133,6 +134,11 @@ impl AzureArc {
                 self.key_directory.display()
             ),
         )
+        .with_cause(Cause {
+            timeout: true,
+            transient: true,
+            ..Cause::default()
+        })
     }
 
     /// Refuses at once while an earlier key read that overran has not returned: checked
@@ -636,7 +642,7 @@ mod tests {
                         && err.message().contains("fix the mount"),
                     "{err}"
                 );
-                assert!(!err.is_transient(), "{err}");
+                assert!(err.is_transient() && err.is_timeout(), "{err}");
                 assert!(!arc.reads.overran());
                 drop(release);
             });

@@ -286,8 +286,8 @@ impl IdParams {
 ///   4096 bytes directly inside the agent's key directory (see
 ///   [`azure_arc_key_directory`](ManagedIdentityCredentialBuilder::azure_arc_key_directory)),
 ///   on a thread of its own, one read at a time, within 10 s of the agent's challenge, its
-///   wait for a read ahead of it included (a request not answered by then fails, saying the
-///   key directory's file system is slow). A read that takes longer (a hung file system)
+///   wait for a read ahead of it included (a request not answered by then fails as a
+///   transient timeout, saying the key directory's file system is slow). A read that takes longer (a hung file system)
 ///   cannot be stopped: its request fails, and until it returns, later
 ///   requests fail at once, before asking the agent, rather than start another; all with the
 ///   same error, not marked transient, saying so (fix the key directory's mount; the read is
