@@ -417,10 +417,6 @@ impl Shared {
                 if let Some((status, wait)) = throttle_mark(error) {
                     let now = Instant::now();
                     let end = now.checked_add(wait);
-                    if let Some(end) = end {
-                        self.throttles
-                            .remember(keys.token, status, end, Whose::This);
-                    }
                     // The end in Unix ms, for a store that cannot tell the mark's time left.
                     let end_ms = self.clock.followed().to_unix_ms(end.unwrap_or(now));
                     let mark = format!("{}:{end_ms}:{holder}", status.as_u16());
@@ -433,9 +429,18 @@ impl Shared {
                             wait,
                         )
                     };
-                    self.breaker
+                    let marked = self
+                        .breaker
                         .call("release_with_mark", release, &self.stats)
                         .await;
+                    // Remembered only when the store did not take the mark: one that did is
+                    // read at the next look, which serves a stored token still valid first
+                    // (remembered now, this process's next acquisitions would answer the
+                    // throttle for 5 s while the others were served that token).
+                    if let (None, Some(end)) = (marked, end) {
+                        self.throttles
+                            .remember(keys.token, status, end, Whose::This);
+                    }
                     return;
                 }
             }

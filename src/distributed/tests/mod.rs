@@ -656,8 +656,8 @@ async fn a_throttled_holder_holds_the_whole_fleet_back_for_the_wait() {
 
 /// A holder throttled at its renewal (at 56 min of a 1 h token, `Retry-After: 120`) leaves a
 /// token due for renewal but valid for 4 min more in the store: a process that starts then
-/// (its slot empty) gets that token, as a process holding it keeps serving its own, and asks
-/// nothing; the token carries the throttle's end as its `refresh_on` (its expiry, were that
+/// (its slot empty), or a new slot of the holder's own process, gets that token, as a process
+/// holding it keeps serving its own, and asks nothing; the token carries the throttle's end as its `refresh_on` (its expiry, were that
 /// sooner), so the process renews once the throttle has ended. (Before, a due entry under a
 /// throttle mark answered the throttle: every request of the new process failed for the
 /// whole wait while a valid token sat in the store.)
@@ -680,6 +680,8 @@ async fn a_due_token_serves_a_cold_process_while_a_throttle_runs() {
             .raw(&store_keys("tower-identity").throttled())
             .is_some()
     );
+    // A slot of the holder's own process that starts now is served the same.
+    assert_eq!(get(&process(&holder), &idp).await, "token-1");
     let read = process(&cold);
     let token = read
         .get_or_acquire(cache_key(), false, idp.acquire())
@@ -703,12 +705,48 @@ async fn a_due_token_serves_a_cold_process_while_a_throttle_runs() {
     assert_eq!(idp.calls(), 2);
 }
 
-/// A store whose lease calls fail (a write lost, or its answer given up on), forwarding every
-/// other call to `S`: one process's view of a store it cannot take a lease in.
-#[derive(Debug)]
-struct LeaseFails<S>(S);
+/// A holder throttled whose mark the store did not take remembers the throttle itself: for
+/// 5 s its process's acquisitions answer it, sending nothing, where each would otherwise find
+/// no mark and ask again into the throttle. (A mark the store took is read at the next look
+/// instead: see the test above.)
+#[tokio::test(start_paused = true)]
+async fn a_throttle_the_store_did_not_mark_is_remembered_by_its_process() {
+    let store = MemoryStore::new();
+    let holder = cache_of(Fails(Handle(Arc::clone(&store)), Failing::ReleaseWithMark));
+    let throttled = Idp::throttled(Duration::ZERO);
+    for _ in 0..3 {
+        let error = process(&holder)
+            .get_or_acquire(cache_key(), false, throttled.acquire())
+            .await
+            .unwrap_err();
+        assert!(error.is_throttled(), "{error}");
+    }
+    assert_eq!(throttled.calls(), 1);
+    assert!(
+        store
+            .raw(&store_keys("tower-identity").throttled())
+            .is_none()
+    );
+}
 
-impl<S: TokenStore> TokenStore for LeaseFails<S> {
+/// A store one of whose calls fails (a write lost, or its answer given up on), forwarding every
+/// other call to `S`: one process's view of a store it cannot take a lease in, or leave a
+/// mark in.
+#[derive(Debug)]
+struct Fails<S>(S, Failing);
+
+/// The call a [`Fails`] store fails.
+#[derive(Debug, PartialEq)]
+enum Failing {
+    TryLease,
+    ReleaseWithMark,
+}
+
+fn reset() -> StoreError {
+    StoreError::msg("connection reset")
+}
+
+impl<S: TokenStore> TokenStore for Fails<S> {
     forward!(get);
 
     fn get_with_ttl<'a>(
@@ -748,11 +786,14 @@ impl<S: TokenStore> TokenStore for LeaseFails<S> {
 
     fn try_lease<'a>(
         &'a self,
-        _: &'a str,
-        _: &'a str,
-        _: Duration,
+        key: &'a str,
+        holder: &'a str,
+        ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async { Err(StoreError::msg("connection reset")) })
+        if self.1 == Failing::TryLease {
+            return Box::pin(async { Err(reset()) });
+        }
+        self.0.try_lease(key, holder, ttl)
     }
 
     forward!(release);
@@ -765,6 +806,9 @@ impl<S: TokenStore> TokenStore for LeaseFails<S> {
         mark: &'a [u8],
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
+        if self.1 == Failing::ReleaseWithMark {
+            return Box::pin(async { Err(reset()) });
+        }
         self.0.release_with_mark(key, holder, mark_key, mark, ttl)
     }
 
@@ -821,9 +865,9 @@ async fn a_process_that_never_held_the_lease_leaves_no_mark_for_its_holders_wait
         tokio::time::sleep(Duration::from_millis(100)).await;
         let handle = Handle(Arc::clone(&store));
         let lease_fails = if required_only {
-            cache_of(LeaseFails(RequiredOnly(handle)))
+            cache_of(Fails(RequiredOnly(handle), Failing::TryLease))
         } else {
-            cache_of(LeaseFails(handle))
+            cache_of(Fails(handle, Failing::TryLease))
         };
         let refusing = Idp::failing(Duration::from_millis(150));
         let refused = process(&lease_fails)
