@@ -1,6 +1,10 @@
 //! Atomic writes: a temporary file beside the cache file (`tempfile`'s exclusive, randomly
-//! named creation; mode 0600 from creation on unix, then the mode the replaced file had),
-//! written, fsynced, renamed over the cache file, and marked modified after the rename.
+//! named creation; mode 0600 from creation on unix, then the owner and mode the replaced file
+//! had), written, fsynced, renamed over the cache file, and marked modified after the rename.
+//!
+//! A rename cannot keep a file's other hard links, and a process may not be allowed to give
+//! the new file the old one's owner: in both cases the file is left as it is and the write
+//! fails, saying why (see [`write_document`]).
 //!
 //! A temporary file holds the tokens in plaintext, so one left behind by a writer killed
 //! between creating and renaming it is removed by the next write (see [`remove_leftovers`]).
@@ -10,10 +14,13 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+#[cfg(unix)]
+use std::os::unix::fs::MetadataExt;
+
 use tempfile::TempPath;
 
 use super::error::PersistenceError;
-use super::reader::{Stamp, is_missing};
+use super::reader::{Stamp, is_missing, time_from_now};
 
 /// The directory holding `path` (`.` for a bare file name).
 pub(super) fn parent_dir(path: &Path) -> &Path {
@@ -60,51 +67,70 @@ pub(super) fn create_new_private(path: &Path) -> io::Result<File> {
     options.open(path)
 }
 
-/// The permission bits a replacement of `target` gets: those of the existing file, else 0600.
-#[cfg(unix)]
-fn replacement_mode(target: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    fs::metadata(target).map_or(0o600, |meta| meta.permissions().mode() & 0o777)
+/// Operation name of errors that leave the cache file as it was.
+const REPLACE: &str = "replace the token cache";
+
+/// The file a write replaces, if there is one. A missing file is created; other errors show
+/// up when the file is replaced.
+fn replaced_file(target: &Path) -> Option<fs::Metadata> {
+    fs::metadata(target).ok()
 }
 
-/// Refuses to replace a file without its owner's write permission: the user froze it. The
-/// rename needs only the directory's permission and would replace it anyway. Decided by the
-/// mode bits, not by trying, so that root, whom permissions do not stop, honours it too.
+/// Refuses to replace a file the rename would not treat as its owner expects (unix):
+///
+/// * without its owner's write permission: the user froze it. The rename needs only the
+///   directory's permission and would replace it anyway. Decided by the mode bits, not by
+///   trying, so that root, whom permissions do not stop, honours it too.
+/// * with other hard links (`msal.cache.nocae` linked to `msal.cache`, say): the rename would
+///   give this name a file of its own and leave the other names with the old content, which
+///   the tools reading them would then use for good. Writing in place instead (as
+///   `msal-extensions` does) would keep the links, but lock-free readers would then see a
+///   partial file and a crash would leave a truncated cache; a symbolic link does what the
+///   hard link was for and is written through.
 #[cfg(unix)]
-fn refuse_read_only(target: &Path) -> Result<(), PersistenceError> {
+fn refuse_to_replace(target: &Path, replaced: &fs::Metadata) -> Result<(), PersistenceError> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = match fs::metadata(target) {
-        Ok(meta) => meta.permissions().mode(),
-        // A missing file is created; other errors show up when the file is replaced.
-        Err(_) => return Ok(()),
-    };
-    if mode & 0o200 != 0 {
+    let mode = replaced.permissions().mode();
+    let why = if mode & 0o200 == 0 {
+        format!(
+            "it is read-only (mode {:04o}), so it was left as it is: to let the token cache \
+             be updated, make it writable (chmod u+w)",
+            mode & 0o7777
+        )
+    } else if replaced.is_file() && replaced.nlink() > 1 {
+        format!(
+            "it has {} hard links (other names of the same file), which replacing it would \
+             separate, so it was left as it is: make the other names symbolic links to it \
+             (ln -sf), or remove them",
+            replaced.nlink()
+        )
+    } else {
         return Ok(());
-    }
-    let error = io::Error::other(format!(
-        "it is read-only (mode {:04o}), so it was left as it is: to let the token cache be \
-         updated, make it writable (chmod u+w)",
-        mode & 0o7777
-    ));
-    Err(PersistenceError::io(
-        "replace the token cache",
-        target,
-        error,
-    ))
+    };
+    Err(PersistenceError::io(REPLACE, target, io::Error::other(why)))
 }
 
 #[cfg(not(unix))]
-fn refuse_read_only(_target: &Path) -> Result<(), PersistenceError> {
+fn refuse_to_replace(_target: &Path, _replaced: &fs::Metadata) -> Result<(), PersistenceError> {
     Ok(())
 }
 
 /// Writes `bytes` to a temporary file beside the cache file and renames it over the cache file
 /// (blocking). Returns the new file's stamp. The temporary file is removed if anything fails.
+///
+/// The new file gets the old one's permission bits and, on unix, its owner and group: a
+/// process running as root on the user's home (a dev container, `sudo -E`) leaves the user's
+/// file theirs. An old file this process may not give that owner (another user's), one
+/// without its owner's write bit, or one with other hard links is left as it is, and the
+/// write fails saying so.
 pub(super) fn write_document(path: &Path, bytes: &[u8]) -> Result<Stamp, PersistenceError> {
     let target = write_target(path)?;
-    refuse_read_only(&target)?;
+    let replaced = replaced_file(&target);
+    if let Some(replaced) = &replaced {
+        refuse_to_replace(&target, replaced)?;
+    }
     remove_leftovers(&target);
-    let temp = written_beside(&target, bytes)?;
+    let temp = written_beside(&target, replaced.as_ref(), bytes)?;
     install(temp, &target)
 }
 
@@ -115,9 +141,9 @@ pub(super) fn write_document(path: &Path, bytes: &[u8]) -> Result<Stamp, Persist
 const LEFTOVER_AGE: Duration = Duration::from_secs(10 * 60);
 
 /// Removes the temporary files of `target` ([`written_beside`]'s `<cache>.tmp.*`) that are
-/// regular files last modified [`LEFTOVER_AGE`] ago or more: left by a writer that died
-/// before renaming one, with the tokens in it. Called under the lock file. Best effort: a
-/// failure is logged, and the write goes on.
+/// regular files last modified [`LEFTOVER_AGE`] or more from now (either way: see
+/// [`time_from_now`]): left by a writer that died before renaming one, with the tokens in it.
+/// Called under the lock file. Best effort: a failure is logged, and the write goes on.
 fn remove_leftovers(target: &Path) {
     let Some(name) = target.file_name() else {
         return;
@@ -128,7 +154,6 @@ fn remove_leftovers(target: &Path) {
     let Ok(entries) = fs::read_dir(parent_dir(target)) else {
         return;
     };
-    let now = SystemTime::now();
     for entry in entries.flatten() {
         if !entry.file_name().as_encoded_bytes().starts_with(prefix) {
             continue;
@@ -138,9 +163,7 @@ fn remove_leftovers(target: &Path) {
             meta.is_file()
                 && meta
                     .modified()
-                    .ok()
-                    .and_then(|at| now.duration_since(at).ok())
-                    .is_some_and(|age| age >= LEFTOVER_AGE)
+                    .is_ok_and(|at| time_from_now(at) >= LEFTOVER_AGE)
         });
         if !old {
             continue;
@@ -161,8 +184,13 @@ fn remove_leftovers(target: &Path) {
     }
 }
 
-/// A temporary file beside `target`, holding `bytes`, flushed to disk.
-pub(super) fn written_beside(target: &Path, bytes: &[u8]) -> Result<TempPath, PersistenceError> {
+/// A temporary file beside `target`, holding `bytes`, flushed to disk, with the mode and owner
+/// of the file it replaces (`replaced`, `None` if there is none: mode 0600).
+pub(super) fn written_beside(
+    target: &Path,
+    replaced: Option<&fs::Metadata>,
+    bytes: &[u8],
+) -> Result<TempPath, PersistenceError> {
     const WRITE: &str = "write the temporary token cache file";
     // `<cache>.tmp.<pid>.<random>`: a leftover after a crash says whose it was.
     let mut prefix = target.file_name().unwrap_or_default().to_os_string();
@@ -176,8 +204,11 @@ pub(super) fn written_beside(target: &Path, bytes: &[u8]) -> Result<TempPath, Pe
             create_new_private(candidate)
         })
         .map_err(|e| PersistenceError::io(WRITE, &tried, e))?;
-    if let Err(e) = fill(temp.as_file(), target, bytes) {
-        let error = PersistenceError::io(WRITE, temp.path(), e);
+    let filled = give_owner(temp.as_file(), target, replaced).and_then(|()| {
+        fill(temp.as_file(), replaced, bytes)
+            .map_err(|e| PersistenceError::io(WRITE, temp.path(), e))
+    });
+    if let Err(error) = filled {
         discard(temp.into_temp_path());
         return Err(error);
     }
@@ -195,13 +226,13 @@ pub(super) fn written_beside(target: &Path, bytes: &[u8]) -> Result<TempPath, Pe
 pub(super) fn install(temp: TempPath, target: &Path) -> Result<Stamp, PersistenceError> {
     temp.persist(target).map_err(|e| {
         discard(e.path);
-        PersistenceError::io("replace the token cache", target, e.error)
+        PersistenceError::io(REPLACE, target, e.error)
     })?;
     let touched = OpenOptions::new()
         .write(true)
         .open(target)
         .and_then(|file| {
-            file.set_modified(std::time::SystemTime::now())?;
+            file.set_modified(SystemTime::now())?;
             file.metadata()
         });
     let meta =
@@ -209,17 +240,68 @@ pub(super) fn install(temp: TempPath, target: &Path) -> Result<Stamp, Persistenc
     Ok(Stamp::of(&meta))
 }
 
-/// Gives the new temporary file `target`'s mode, writes `bytes` to it and flushes it to disk.
-fn fill(mut file: &File, target: &Path, bytes: &[u8]) -> io::Result<()> {
-    // Set explicitly: the creation mode is subject to the umask, and an existing file's mode
-    // is kept (it is never widened: it is the mode the file already had).
+/// Gives the new temporary file the owner and group of the file it replaces, if they differ
+/// (a writer running as another user, root say). Fails, naming `target` and its owner, when
+/// this process may not: taking the file over would lock its owner out of their tokens.
+#[cfg(unix)]
+fn give_owner(
+    file: &File,
+    target: &Path,
+    replaced: Option<&fs::Metadata>,
+) -> Result<(), PersistenceError> {
+    let Some(replaced) = replaced else {
+        return Ok(());
+    };
+    let owner = (replaced.uid(), replaced.gid());
+    let ours = file
+        .metadata()
+        .map_err(|e| PersistenceError::io(REPLACE, target, e))?;
+    if (ours.uid(), ours.gid()) == owner {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(file, Some(owner.0), Some(owner.1)).map_err(|e| {
+        let error = if e.kind() == io::ErrorKind::PermissionDenied {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "it belongs to uid {} gid {}, which this process (uid {}) cannot give the \
+                     new file, so it was left as it is rather than taken from its owner: \
+                     update the token cache as that user",
+                    owner.0,
+                    owner.1,
+                    rustix::process::geteuid().as_raw()
+                ),
+            )
+        } else {
+            e
+        };
+        PersistenceError::io(REPLACE, target, error)
+    })
+}
+
+#[cfg(not(unix))]
+fn give_owner(
+    _file: &File,
+    _target: &Path,
+    _replaced: Option<&fs::Metadata>,
+) -> Result<(), PersistenceError> {
+    Ok(())
+}
+
+/// Gives the new temporary file the replaced file's permission bits (0600 for a new file),
+/// writes `bytes` to it and flushes it to disk.
+fn fill(mut file: &File, replaced: Option<&fs::Metadata>, bytes: &[u8]) -> io::Result<()> {
+    // Set explicitly, after the owner (a change of owner may clear bits): the creation mode
+    // is subject to the umask, and an existing file's mode is kept (it is never widened: it is
+    // the mode the file already had).
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(replacement_mode(target)))?;
+        let mode = replaced.map_or(0o600, |meta| meta.permissions().mode() & 0o777);
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
     }
     #[cfg(not(unix))]
-    let _ = target;
+    let _ = replaced;
     file.write_all(bytes)?;
     file.sync_all()
 }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::atomic_write::{create_dir, create_new_private, parent_dir};
 use super::error::{Kind, PersistenceError};
-use super::reader::{inode, is_missing};
+use super::reader::{inode, is_missing, time_from_now};
 use super::{CacheFile, Document, run_blocking};
 
 /// Pause between two attempts to create the lock file.
@@ -200,14 +200,16 @@ impl LockObservation {
         }
     }
 
-    /// Why the lock is stale, if it is.
+    /// Why the lock is stale, if it is. Its age is its modification time's distance from now
+    /// either way ([`time_from_now`]): a lock dated ahead of the clock (left by a holder that
+    /// crashed before the clock was stepped back, or taken on a host whose clock runs ahead)
+    /// is judged as one dated as far behind, rather than as fresh until the clock catches up.
     pub(super) fn stale_reason(&self) -> Option<String> {
-        let age = self
-            .modified
-            .and_then(|modified| SystemTime::now().duration_since(modified).ok())
-            .unwrap_or_default();
+        let age = self.modified.map(time_from_now).unwrap_or_default();
         if age >= STALE_LOCK_AGE {
-            return Some(format!("it is {} s old", age.as_secs()));
+            let ahead = self.modified.is_some_and(|at| at > SystemTime::now());
+            let when = if ahead { "ahead of the clock" } else { "old" };
+            return Some(format!("it is {} s {when}", age.as_secs()));
         }
         if age >= DEAD_HOLDER_GRACE {
             if let Some(pid) = self.pid() {

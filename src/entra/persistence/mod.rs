@@ -10,11 +10,14 @@
 //! * **Writers** take the lock file `<cache>.lockfile`: created exclusively (`O_CREAT|O_EXCL`),
 //!   holding `"<pid> <argv0>"`, deleted when done. `msal-extensions` retries every 0.25 s for
 //!   5 s and never breaks a lock; this module retries every 100 ms for
-//!   [`DEFAULT_LOCK_TIMEOUT`] (configurable) and removes *stale* locks: older than
+//!   [`DEFAULT_LOCK_TIMEOUT`] (10 s) and removes *stale* locks: older than
 //!   [`STALE_LOCK_AGE`](lock_file::STALE_LOCK_AGE), or (Linux) naming a process that no longer exists once the lock is
 //!   older than [`DEAD_HOLDER_GRACE`](lock_file::DEAD_HOLDER_GRACE). The grace period protects live holders in another pid
 //!   namespace (a container sharing the home directory), whose pid we cannot see: they hold the
-//!   lock for milliseconds.
+//!   lock for milliseconds. A lock's age is its modification time's distance from now either
+//!   way, so that one dated ahead of the clock (a clock stepped back after a crash, another
+//!   host's clock running ahead) is not taken for fresh for as long as the skew lasts; the
+//!   same goes for the other rules below that look at a modification time.
 //! * Our writers also `flock` their lock file until they have removed it, as `msal-extensions`
 //!   does when `portalocker` is installed. A lock that is `flock`ed is never stale, whatever
 //!   its age or pid say; a breaker `flock`s a lock before judging it and removes it only then,
@@ -32,8 +35,12 @@
 //!   additionally means that lock-free readers (ours and Python's) always see a whole file
 //!   rather than a truncated one. If the cache path is a symlink, the link's target is replaced
 //!   and the link kept. The replacement gets the old file's permission bits (a file the user
-//!   made 0640 stays 0640; nothing is ever widened); a new file is 0600 in a 0700 directory.
-//!   A file without its owner's write bit is never replaced: the write fails and says so.
+//!   made 0640 stays 0640; nothing is ever widened) and, on unix, its owner and group (a
+//!   process running as root on the user's home leaves the file the user's); a new file is
+//!   0600 in a 0700 directory, owned by this process's user. A file is never replaced, the
+//!   write failing and saying why, when it lacks its owner's write bit, when this process may
+//!   not give the replacement its owner (another user's file), or when it has other hard links
+//!   (a rename would separate them: a symbolic link is the way to give it another name).
 //! * **Readers** take no lock. They reload when the file's (mtime, length, inode) changed since
 //!   the last read. A file that fails to parse may be an in-place write in progress, so it is
 //!   read again up to [`PARSE_RETRIES`](reader::PARSE_RETRIES) times, [`PARSE_RETRY_INTERVAL`](reader::PARSE_RETRY_INTERVAL) apart, before it is
@@ -46,7 +53,8 @@
 //!   (its writers take only that one and write in place: see
 //!   [`CacheFile::modify_with`]). Writing to the legacy file instead would leave our tokens
 //!   where nobody reads once another tool creates the file. A file that *is* the legacy file
-//!   (a symlink to it) is written under both locks too.
+//!   (a symlink to it) is written under both locks too (a hard link to it is not written: see
+//!   above).
 //! * Modification times are coarse (a few ms on ext4, 1 s on some file systems), so two writes
 //!   in one tick with equal lengths would look alike. As git does for its index, a file whose
 //!   mtime is within [`RECENT_WINDOW`](reader::RECENT_WINDOW) of the moment it was read is read again next time
@@ -238,10 +246,14 @@ impl<D: Document> CacheFile<D> {
         R: Send + 'static,
     {
         let started = tokio::time::Instant::now();
-        let (_writers, lock) = self.writer_turn(started).await?;
-        let (lock, legacy_lock) = self.legacy_lock(lock, legacy_writes, started).await?;
-        let path = self.path.clone();
+        // Read once: `CacheFile::shared` may set it meanwhile, and the legacy file whose lock
+        // is taken must be the one copied.
         let legacy = self.legacy.get().cloned();
+        let (_writers, lock) = self.writer_turn(started).await?;
+        let (lock, legacy_lock) = self
+            .legacy_lock(lock, legacy.as_deref(), legacy_writes, started)
+            .await?;
+        let path = self.path.clone();
         // The lock guards move into the blocking task and are dropped there, on every path.
         let (value, snapshot) = run_blocking(&self.path, move || {
             let (lock, legacy_lock) = (lock, legacy_lock);
@@ -326,13 +338,14 @@ impl<D: Document> CacheFile<D> {
     async fn legacy_lock(
         &self,
         lock: LockGuard,
+        legacy: Option<&Path>,
         legacy_writes: LegacyWrites,
         started: tokio::time::Instant,
     ) -> Result<(LockGuard, Option<LockGuard>), PersistenceError> {
-        let Some(legacy) = self.legacy.get() else {
+        let Some(legacy) = legacy else {
             return Ok((lock, None));
         };
-        let (path, legacy_path) = (self.path.clone(), legacy.clone());
+        let (path, legacy_path) = (self.path.clone(), legacy.to_path_buf());
         // The guard goes along, so that it is released on the blocking pool if this fails.
         let (lock, missing, legacy_only, same) = run_blocking(&self.path, move || {
             let missing = matches!(fs::metadata(&path), Err(e) if reader::is_missing(&e));

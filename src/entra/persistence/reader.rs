@@ -40,12 +40,24 @@ impl Stamp {
     }
 
     /// Whether the file was modified too recently for its stamp to prove it unchanged later.
+    /// A modification time ahead of the clock counts as its distance from now (see
+    /// [`time_from_now`]): a file dated an hour ahead is not taken for just modified, and read
+    /// again at every read, until the clock catches up.
     pub(super) fn is_recent(&self) -> bool {
-        self.modified.is_none_or(|modified| {
-            SystemTime::now()
-                .duration_since(modified)
-                .map_or(true, |age| age < RECENT_WINDOW)
-        })
+        self.modified
+            .is_none_or(|modified| time_from_now(modified) < RECENT_WINDOW)
+    }
+}
+
+/// How far `at` is from now, in either direction: the age of a file's modification time.
+/// A time ahead of the clock (the clock stepped back since, at boot or on a VM's resume, or
+/// the file written by another host sharing the directory whose clock runs ahead) is as far
+/// from now as one behind it, so that no rule based on age (stale lock files, leftover
+/// temporary files, recently modified caches) waits for as long as the skew lasts.
+pub(super) fn time_from_now(at: SystemTime) -> Duration {
+    match SystemTime::now().duration_since(at) {
+        Ok(age) => age,
+        Err(ahead) => ahead.duration(),
     }
 }
 

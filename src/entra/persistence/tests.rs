@@ -15,7 +15,7 @@ use super::lock_file::{
     DEAD_HOLDER_GRACE, LOCK_RETRY_INTERVAL, LockObservation, STALE_LOCK_AGE, attempt_once,
     break_without_flock, lock_content, lock_path_of, observe,
 };
-use super::reader::{PARSE_RETRIES, Stamp};
+use super::reader::{PARSE_RETRIES, RECENT_WINDOW, Stamp};
 use super::{CacheFile, Document, LegacyWrites};
 
 // Callers only display the error; the tests also ask which kind it is.
@@ -76,7 +76,7 @@ impl JsonDoc {
 }
 
 /// Parses counted per `N`, one `N` per test.
-static PARSES: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+static PARSES: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
 
 /// A [`JsonDoc`] whose parses are counted in `PARSES[N]`.
 #[derive(Debug)]
@@ -149,6 +149,18 @@ fn set_mtime(path: &Path, age: Duration) {
 fn set_modified(path: &Path, mtime: SystemTime) {
     let file = File::options().write(true).open(path).unwrap();
     file.set_modified(mtime).unwrap();
+}
+
+/// Sets `path`'s modification time to `ahead` after now.
+fn set_ahead(path: &Path, ahead: Duration) {
+    set_modified(path, SystemTime::now() + ahead);
+}
+
+/// Stamps `path` as modified just now, as late as the recent window allows: it counts as
+/// recent for nearly twice [`RECENT_WINDOW`] from now, however the test's steps are timed
+/// within that.
+fn set_recent(path: &Path) {
+    set_ahead(path, RECENT_WINDOW - Duration::from_millis(50));
 }
 
 fn file_keys(path: &Path) -> Vec<String> {
@@ -252,8 +264,7 @@ async fn recently_modified_file_is_read_again_until_its_mtime_is_old_enough() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
     fs::write(&path, r#"{"AccessToken": {"a": {}}}"#).unwrap();
-    // Stamped in the future, the file counts as recent however slowly this test runs.
-    set_modified(&path, SystemTime::now() + Duration::from_secs(3600));
+    set_recent(&path);
     let file = CacheFile::<Counted<1>>::new(path.clone(), None);
     file.read().await.unwrap();
     // An in-place write in the same mtime tick with the same length looks unchanged...
@@ -267,6 +278,27 @@ async fn recently_modified_file_is_read_again_until_its_mtime_is_old_enough() {
     file.read().await.unwrap();
     file.read().await.unwrap();
     assert_eq!(parses::<1>(), 3, "cached again once the file is old enough");
+}
+
+/// A file dated far ahead of the clock (the clock stepped back since it was written, or a host
+/// whose clock runs ahead wrote it) is as far from "just modified" as one dated as far behind.
+/// Before, it counted as recent until the clock caught up, and every read parsed it again.
+#[tokio::test]
+async fn a_cache_file_dated_ahead_of_the_clock_is_not_read_again_and_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    fs::write(&path, r#"{"AccessToken": {"a": {}}}"#).unwrap();
+    set_ahead(&path, Duration::from_secs(3600));
+    let file = CacheFile::<Counted<3>>::new(path.clone(), None);
+    for _ in 0..3 {
+        assert_eq!(file.read().await.unwrap().0.keys(), ["a"]);
+    }
+    assert_eq!(parses::<3>(), 1);
+    // A change is still seen.
+    fs::write(&path, r#"{"AccessToken": {"b": {}}}"#).unwrap();
+    set_ahead(&path, Duration::from_secs(3600));
+    assert_eq!(file.read().await.unwrap().0.keys(), ["b"]);
+    assert_eq!(parses::<3>(), 2);
 }
 
 #[tokio::test]
@@ -358,10 +390,9 @@ async fn read_waits_out_an_in_place_write_in_progress() {
     writer_finishing::<0>(&path, r#"{"AccessToken": {"done": {}}}"#);
     assert_eq!(file.read().await.unwrap().0.keys(), ["done"]);
 
-    // The same for an empty file just truncated by an in-place writer. Its mtime is set
-    // ahead of the clock, which counts as recent whatever the time the test takes.
+    // The same for an empty file just truncated by an in-place writer.
     fs::write(&path, "").unwrap();
-    set_modified(&path, SystemTime::now() + Duration::from_secs(3600));
+    set_recent(&path);
     writer_finishing::<0>(&path, r#"{"AccessToken": {"again": {}}}"#);
     assert_eq!(file.read().await.unwrap().0.keys(), ["again"]);
 
@@ -469,6 +500,43 @@ async fn old_lock_is_removed_even_if_its_process_lives() {
     file.modify(|doc| doc.add("x")).await.unwrap();
     assert_eq!(file_keys(&path), ["x"]);
     assert!(!lock.exists());
+}
+
+/// A lock dated ahead of the clock (its holder crashed, then the clock was stepped back at
+/// boot; or a host whose clock runs ahead took it) is judged by its distance from now, as one
+/// dated as far behind. Before, it counted as 0 s old until the clock caught up: neither rule
+/// applied and every write timed out meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_lock_dated_ahead_of_the_clock_is_judged_by_its_distance_from_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let file =
+        CacheFile::<JsonDoc>::with_lock_timeout(path.clone(), None, Duration::from_millis(300));
+
+    // Further ahead than a lock may live: stale whoever holds it.
+    let lock = plant_lock(&path, std::process::id(), "ahead", Duration::ZERO);
+    set_ahead(&lock, STALE_LOCK_AGE + Duration::from_secs(3600));
+    file.modify(|doc| doc.add("stale")).await.unwrap();
+    assert!(!lock.exists());
+
+    // Ahead by more than the grace period, naming a process that is gone.
+    let lock = plant_lock(&path, dead, "gone", Duration::ZERO);
+    set_ahead(&lock, DEAD_HOLDER_GRACE + Duration::from_secs(10));
+    file.modify(|doc| doc.add("dead")).await.unwrap();
+    assert!(!lock.exists());
+
+    // The same naming a live process is left to it.
+    let lock = plant_lock(&path, std::process::id(), "live", Duration::ZERO);
+    set_ahead(&lock, DEAD_HOLDER_GRACE + Duration::from_secs(10));
+    let err = file.modify(|doc| doc.add("live")).await.unwrap_err();
+    assert!(err.is_lock_timeout(), "{err}");
+    assert!(lock.exists());
+    let mut keys = file_keys(&path);
+    keys.sort();
+    assert_eq!(keys, ["dead", "stale"]);
 }
 
 /// Opens the lock file and `flock`s it, as a live holder does (ours, or `msal-extensions` with
@@ -808,7 +876,7 @@ fn a_write_is_marked_modified_after_its_rename() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("msal.cache");
     fs::write(&path, "{}").unwrap();
-    let temp = written_beside(&path, b"{\"new\":1}").unwrap();
+    let temp = written_beside(&path, fs::metadata(&path).ok().as_ref(), b"{\"new\":1}").unwrap();
     // As if the rename came long after the write.
     let long_ago = SystemTime::UNIX_EPOCH + Duration::from_secs(946_684_800);
     File::options()
@@ -935,6 +1003,179 @@ async fn a_read_only_cache_file_is_left_unchanged_and_the_error_says_what_to_do(
     assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
 }
 
+/// Whether this process runs as root, which the ownership tests need to make a file another
+/// user's. Says so when it does not, since those tests then check nothing.
+fn running_as_root(test: &str) -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        eprintln!("{test}: skipped, it needs root to give files another owner");
+    }
+    root
+}
+
+/// The owner and group of `path`.
+fn owner(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).unwrap();
+    (meta.uid(), meta.gid())
+}
+
+/// A user and group that own nothing here.
+const OTHER_OWNER: (u32, u32) = (12345, 12346);
+
+/// A process running as root on the user's home (a dev container, `sudo -E`) leaves the user's
+/// cache file the user's: before, the renamed replacement was root's, mode 0600, and the
+/// user's own tools could no longer read it.
+#[tokio::test]
+async fn a_write_keeps_the_owner_and_group_of_the_file_it_replaces() {
+    if !running_as_root("a_write_keeps_the_owner_and_group_of_the_file_it_replaces") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    fs::write(&path, r#"{"AccessToken": {"old": {}}}"#).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&path, Some(OTHER_OWNER.0), Some(OTHER_OWNER.1)).unwrap();
+    let inode = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).unwrap());
+    CacheFile::<JsonDoc>::new(path.clone(), None)
+        .modify(|doc| doc.add("new"))
+        .await
+        .unwrap();
+    assert_eq!(file_keys(&path), ["old", "new"]);
+    assert_ne!(
+        std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).unwrap()),
+        inode,
+        "replaced by a rename"
+    );
+    assert_eq!(owner(&path), OTHER_OWNER);
+    assert_eq!(mode(&path), 0o640);
+}
+
+/// Environment variable naming the cache file [`write_as_another_user`] writes.
+const OTHER_USER_CACHE: &str = "TOWER_IDENTITY_TEST_OTHER_USER_CACHE";
+
+/// The other side of [`a_file_this_process_may_not_give_its_owner_is_left_as_it_is`], which
+/// runs it as another user: prints the error of a write to the file named in
+/// [`OTHER_USER_CACHE`].
+#[tokio::test]
+#[ignore = "run as another user by a_file_this_process_may_not_give_its_owner_is_left_as_it_is"]
+async fn write_as_another_user() {
+    // Run by itself (`--ignored`), it has nothing to do.
+    let Some(path) = std::env::var_os(OTHER_USER_CACHE).map(PathBuf::from) else {
+        return;
+    };
+    let err = CacheFile::<JsonDoc>::new(path, None)
+        .modify(|doc| doc.add("theirs"))
+        .await
+        .unwrap_err();
+    println!("error: {err}");
+}
+
+/// A process that may not give the replacement the file's owner (a user writing a file another
+/// user owns in a directory of theirs) leaves the file as it is, rather than take it over, and
+/// says whose it is.
+#[test]
+fn a_file_this_process_may_not_give_its_owner_is_left_as_it_is() {
+    use std::os::unix::process::CommandExt;
+    if !running_as_root("a_file_this_process_may_not_give_its_owner_is_left_as_it_is") {
+        return;
+    }
+    // The writer runs as `nobody` in a directory of its own.
+    const NOBODY: u32 = 65534;
+    let top = tempfile::tempdir().unwrap();
+    fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = top.path().join("home");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let path = dir.join("cache.json");
+    let content = r#"{"AccessToken": {"old": {}}}"#;
+    fs::write(&path, content).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(&path, Some(OTHER_OWNER.0), Some(OTHER_OWNER.1)).unwrap();
+
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "entra::persistence::tests::write_as_another_user",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(OTHER_USER_CACHE, &path)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let expected = format!(
+        "error: could not replace the token cache {}: it belongs to uid 12345 gid 12346, which \
+         this process (uid {NOBODY}) cannot give the new file, so it was left as it is rather \
+         than taken from its owner: update the token cache as that user: check the owner and \
+         permissions of the file and its directory",
+        path.display()
+    );
+    assert!(stdout.contains(&expected), "{stdout}");
+    assert_eq!(fs::read_to_string(&path).unwrap(), content);
+    assert_eq!(owner(&path), OTHER_OWNER);
+    let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "no temporary or lock file left: {leftovers:?}"
+    );
+}
+
+/// A cache file with another hard link (`msal.cache.nocae` linked to `msal.cache`) is not
+/// replaced: a rename would give one name a file of its own and leave the other with the old
+/// tokens for the tools that read it. Before, the link was silently split.
+#[tokio::test]
+async fn a_hard_linked_cache_file_is_left_as_it_is_and_the_error_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, other) = (
+        dir.path().join("msal.cache.nocae"),
+        dir.path().join("msal.cache"),
+    );
+    let content = r#"{"AccessToken": {"old": {}}}"#;
+    fs::write(&other, content).unwrap();
+    fs::hard_link(&other, &path).unwrap();
+    for file in [
+        CacheFile::<JsonDoc>::new(path.clone(), None),
+        CacheFile::<JsonDoc>::new(path.clone(), Some(other.clone())),
+    ] {
+        let err = file.modify(|doc| doc.add("new")).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "could not replace the token cache {}: it has 2 hard links (other names of the \
+                 same file), which replacing it would separate, so it was left as it is: make \
+                 the other names symbolic links to it (ln -sf), or remove them",
+                path.display()
+            )
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), content);
+        assert_eq!(fs::read_to_string(&other).unwrap(), content);
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(
+            leftovers.len(),
+            2,
+            "no temporary or lock file left: {leftovers:?}"
+        );
+    }
+    // Once the other name is a symbolic link, writes go through.
+    fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&other, &path).unwrap();
+    CacheFile::<JsonDoc>::new(path.clone(), None)
+        .modify(|doc| doc.add("new"))
+        .await
+        .unwrap();
+    assert_eq!(file_keys(&other), ["old", "new"]);
+}
+
 /// A signal file that is a symlink to a missing file (in a directory that exists) is touched
 /// through the link, as the cache file is written: the target is created, the link kept.
 #[cfg(all(feature = "keyring", target_os = "linux"))]
@@ -969,9 +1210,20 @@ async fn temporary_files_a_dead_writer_left_are_removed_by_the_next_write() {
         "cache.json.tmp.4242.old",
         "cache.json.tmp.4243.recent",
         "other.json.tmp.4242.old",
+        "cache.json.tmp.4244.ahead",
+        "cache.json.tmp.4245.slightly-ahead",
     ] {
         fs::write(beside(name), "{\"secret\": \"left\"}").unwrap();
     }
+    // Dated ahead of the clock, as far from now as an old one: the clock stepped back since.
+    set_ahead(
+        &beside("cache.json.tmp.4244.ahead"),
+        Duration::from_secs(3600),
+    );
+    set_ahead(
+        &beside("cache.json.tmp.4245.slightly-ahead"),
+        Duration::from_secs(60),
+    );
     set_mtime(
         &beside("cache.json.tmp.4242.old"),
         Duration::from_secs(3600),
@@ -1003,6 +1255,14 @@ async fn temporary_files_a_dead_writer_left_are_removed_by_the_next_write() {
     assert!(
         beside("cache.json.tmp.4243.recent").exists(),
         "perhaps a live writer's"
+    );
+    assert!(
+        !beside("cache.json.tmp.4244.ahead").exists(),
+        "a dead writer's, before the clock was stepped back"
+    );
+    assert!(
+        beside("cache.json.tmp.4245.slightly-ahead").exists(),
+        "perhaps a live writer's, on a host whose clock runs ahead"
     );
     assert!(
         beside("other.json.tmp.4242.old").exists(),
@@ -1149,7 +1409,7 @@ async fn the_first_write_copies_the_legacy_file_under_its_lock_and_waits_out_an_
     // A writer that takes no lock: the legacy file is read while it is being written.
     fs::remove_file(&path).unwrap();
     fs::write(&legacy, "").unwrap();
-    set_modified(&legacy, SystemTime::now() + Duration::from_secs(3600));
+    set_recent(&legacy);
     writer_finishing::<1>(&legacy, OLD);
     let file = CacheFile::<Finishing<1>>::new(path.clone(), Some(legacy.clone()));
     file.modify(|doc| doc.0.add("mine")).await.unwrap();
