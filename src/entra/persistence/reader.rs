@@ -18,6 +18,15 @@ pub(super) const PARSE_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// later write within the same mtime tick could leave its stamp unchanged.
 pub(super) const RECENT_WINDOW: Duration = Duration::from_secs(1);
 
+/// How far ahead of the clock a modification time still counts as recent: a file written by
+/// another host sharing the directory whose clock runs ahead (by less than this) is read again
+/// each time, as any recent file. Further ahead, the clock was stepped back since (at boot, on
+/// a VM's resume) and the stamp is trusted: else every read parsed the file again until the
+/// clock caught up. The stale lock rule's minute ([`STALE_LOCK_AGE`]).
+///
+/// [`STALE_LOCK_AGE`]: super::lock_file::STALE_LOCK_AGE
+pub(super) const RECENT_AHEAD: Duration = super::lock_file::STALE_LOCK_AGE;
+
 /// The identity of one version of a file: when a reader finds the same stamp it keeps its copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Stamp {
@@ -44,8 +53,12 @@ impl Stamp {
     /// [`time_from_now`]): a file dated an hour ahead is not taken for just modified, and read
     /// again at every read, until the clock catches up.
     pub(super) fn is_recent(&self) -> bool {
-        self.modified
-            .is_none_or(|modified| time_from_now(modified) < RECENT_WINDOW)
+        self.modified.is_none_or(
+            |modified| match SystemTime::now().duration_since(modified) {
+                Ok(age) => age < RECENT_WINDOW,
+                Err(ahead) => ahead.duration() < RECENT_AHEAD,
+            },
+        )
     }
 }
 

@@ -15,7 +15,7 @@ use super::lock_file::{
     DEAD_HOLDER_GRACE, LOCK_RETRY_INTERVAL, LockObservation, STALE_LOCK_AGE, attempt_once,
     break_without_flock, lock_content, lock_path_of, observe,
 };
-use super::reader::{PARSE_RETRIES, RECENT_WINDOW, Stamp};
+use super::reader::{PARSE_RETRIES, RECENT_AHEAD, Stamp};
 use super::{CacheFile, Document, LegacyWrites};
 
 // Callers only display the error; the tests also ask which kind it is.
@@ -156,11 +156,10 @@ fn set_ahead(path: &Path, ahead: Duration) {
     set_modified(path, SystemTime::now() + ahead);
 }
 
-/// Stamps `path` as modified just now, as late as the recent window allows: it counts as
-/// recent for nearly twice [`RECENT_WINDOW`] from now, however the test's steps are timed
-/// within that.
+/// Stamps `path` as modified just now, half a minute ahead of the clock (as a host's whose
+/// clock runs ahead): it counts as recent for that long, however the test's steps are timed.
 fn set_recent(path: &Path) {
-    set_ahead(path, RECENT_WINDOW - Duration::from_millis(50));
+    set_ahead(path, RECENT_AHEAD / 2);
 }
 
 fn file_keys(path: &Path) -> Vec<String> {
@@ -1003,14 +1002,14 @@ async fn a_read_only_cache_file_is_left_unchanged_and_the_error_says_what_to_do(
     assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
 }
 
-/// Whether this process runs as root, which the ownership tests need to make a file another
-/// user's. Says so when it does not, since those tests then check nothing.
-fn running_as_root(test: &str) -> bool {
-    let root = rustix::process::geteuid().is_root();
-    if !root {
-        eprintln!("{test}: skipped, it needs root to give files another owner");
-    }
-    root
+/// Fails the test unless this process runs as root, which the ownership tests need to make a
+/// file another user's (CI runs the tests as root, as it binds port 443 for the oidc peer).
+fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test gives files another owner, which needs root: run the tests as root \
+         (tests/run.sh in CI is), or in a container as its root"
+    );
 }
 
 /// The owner and group of `path`.
@@ -1028,9 +1027,7 @@ const OTHER_OWNER: (u32, u32) = (12345, 12346);
 /// user's own tools could no longer read it.
 #[tokio::test]
 async fn a_write_keeps_the_owner_and_group_of_the_file_it_replaces() {
-    if !running_as_root("a_write_keeps_the_owner_and_group_of_the_file_it_replaces") {
-        return;
-    }
+    require_root();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
     fs::write(&path, r#"{"AccessToken": {"old": {}}}"#).unwrap();
@@ -1077,9 +1074,7 @@ async fn write_as_another_user() {
 #[test]
 fn a_file_this_process_may_not_give_its_owner_is_left_as_it_is() {
     use std::os::unix::process::CommandExt;
-    if !running_as_root("a_file_this_process_may_not_give_its_owner_is_left_as_it_is") {
-        return;
-    }
+    require_root();
     // The writer runs as `nobody` in a directory of its own.
     const NOBODY: u32 = 65534;
     let top = tempfile::tempdir().unwrap();
