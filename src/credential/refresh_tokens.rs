@@ -344,13 +344,17 @@ impl Redeem<'_> {
     /// private in-memory store and from [`Unwritten`] only when Entra says it is
     /// [dead](Refusal::Dead); a shared cache file keeps it. Each `invalid_grant` is
     /// remembered in [`Refusals`]: the same request with the same token gets it again, not
-    /// sent, for a while. `Ok(None)` when there is no candidate; the last error when none
-    /// worked, an `invalid_grant` one saying what to do.
+    /// sent, for a while. `Ok(None)` when there is no candidate; when none worked, the last
+    /// refusal that leaves its token alive if there is one, else the last error (an
+    /// `invalid_grant` one saying what to do): a caller deciding from it whether the account
+    /// is dead must not read "dead" while a token refused for this request only still
+    /// serves others (a rotated one in the CAE document refused for MFA, then an older one
+    /// expired from disuse).
     pub(crate) async fn first_success(
         &self,
         candidates: Vec<Candidate<'_>>,
     ) -> Result<Option<AccessToken>, CredentialError> {
-        let mut last_error = None;
+        let mut refused = Refused::default();
         for candidate in candidates {
             if let Some(error) = self
                 .refusals
@@ -360,7 +364,7 @@ impl Redeem<'_> {
                     credential = self.credential,
                     "refresh token refused for this request moments ago; not sent again yet"
                 );
-                last_error = Some(error);
+                refused.add(self.claims.as_deref(), error);
                 continue;
             }
             let form = refresh_token_form(
@@ -392,7 +396,7 @@ impl Redeem<'_> {
                 return Err(error);
             }
             if error.error_code() != Some("invalid_grant") {
-                last_error = Some(error);
+                refused.add(self.claims.as_deref(), error);
                 continue;
             }
             // `invalid_grant` does not always mean the token is dead: a claims challenge, MFA
@@ -405,7 +409,7 @@ impl Redeem<'_> {
             // not known here is kept, as msal keeps it (the refusal may be this request's
             // only, and it may be the account's only refresh token), and spaced by
             // `Refusals`.
-            let dead = refusal(self.claims.as_deref(), &error) == Refusal::Dead;
+            let dead = says_dead(self.claims.as_deref(), &error);
             match candidate.entry {
                 None if dead => {
                     if let Some(unwritten) = self.unwritten {
@@ -440,9 +444,9 @@ impl Redeem<'_> {
             if let Some(refusals) = self.refusals {
                 refusals.remember(&candidate.secret, self, &error);
             }
-            last_error = Some(error);
+            refused.add(self.claims.as_deref(), error);
         }
-        last_error.map_or(Ok(None), Err)
+        refused.into_error().map_or(Ok(None), Err)
     }
 
     /// Records a token answer in the store, as MSAL does: the answer's scopes (else the
@@ -536,6 +540,28 @@ impl Redeem<'_> {
             );
         }
         written
+    }
+}
+
+/// The refusals of a request's refresh tokens, to answer with when none worked: the last one
+/// that leaves its token alive (see [`says_dead`]) wins over any dead one, else the last.
+#[derive(Default)]
+struct Refused {
+    alive: Option<CredentialError>,
+    dead: Option<CredentialError>,
+}
+
+impl Refused {
+    fn add(&mut self, claims: Option<&str>, error: CredentialError) {
+        if says_dead(claims, &error) {
+            self.dead = Some(error);
+        } else {
+            self.alive = Some(error);
+        }
+    }
+
+    fn into_error(self) -> Option<CredentialError> {
+        self.alive.or(self.dead)
     }
 }
 
@@ -650,7 +676,12 @@ pub(crate) fn refusal(claims: Option<&str>, error: &CredentialError) -> Refusal 
 /// `invalid_grant` that does not say they are [dead](Refusal::Dead)): they still serve other
 /// requests.
 pub(crate) fn refused_for_this_request(claims: Option<&str>, error: &CredentialError) -> bool {
-    error.error_code() == Some("invalid_grant") && refusal(claims, error) != Refusal::Dead
+    error.error_code() == Some("invalid_grant") && !says_dead(claims, error)
+}
+
+/// Whether `error` is an `invalid_grant` saying the refresh token sent is [dead](Refusal::Dead).
+fn says_dead(claims: Option<&str>, error: &CredentialError) -> bool {
+    error.error_code() == Some("invalid_grant") && refusal(claims, error) == Refusal::Dead
 }
 
 /// How many refusals [`Refusals`] remembers: a credential sends a handful of distinct

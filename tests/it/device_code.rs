@@ -835,6 +835,69 @@ async fn a_refusal_for_one_resource_prompts_for_it_and_keeps_the_account_for_the
     assert_eq!(last.field("refresh_token"), Some("rt-1"));
 }
 
+/// The account's refresh tokens refused in turn, the newest for this request only (MFA,
+/// AADSTS50076) and the oldest as dead (unused too long, AADSTS700082): the account stays
+/// pinned, and the next request is served by the newest without a prompt. Before, the last
+/// refusal alone decided: the account was forgotten, and the next request prompted.
+#[tokio::test(start_paused = true)]
+async fn a_dead_refresh_token_refused_after_a_live_one_keeps_the_account() {
+    use std::sync::atomic::Ordering;
+
+    use crate::support::authority::{Authority, Fault, error_body};
+
+    let authority = Authority::start().await;
+    let prompts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let credential = counting_prompts(&authority, &prompts);
+    let cae = |scope: &str| TokenRequest::new([scope]).with_cae(true);
+    authority.push_fault(loopback_answer("alice", "at-1", "rt-1"));
+    credential.get_token([RESOURCE]).await.unwrap();
+    // Redeemed for the CAE document: rt-2 there, rt-1 left in the other.
+    authority.push_fault(loopback_answer("alice", "at-cae", "rt-2"));
+    credential.get_token_with(cae(OTHER)).await.unwrap();
+
+    let refusal = |code: u32, description: &str| Fault::Respond {
+        status: 400,
+        body: error_body("invalid_grant", code, description),
+        headers: vec![],
+    };
+    let mfa = || refusal(50076, "multi-factor authentication required");
+    authority.push_fault(mfa());
+    authority.push_fault(refusal(
+        700082,
+        "the refresh token has expired due to inactivity",
+    ));
+    // The sign-in this request then prompts for, refused too.
+    authority.push_fault(mfa());
+    let error = credential
+        .get_token_with(cae("https://mfa.test/.default"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.error_codes(), [50076], "{error}");
+    let sent: Vec<_> = authority
+        .requests()
+        .iter()
+        .filter_map(|r| r.field("refresh_token").map(str::to_owned))
+        .collect();
+    assert_eq!(sent, ["rt-1", "rt-2", "rt-1"], "the newest first");
+    assert_eq!(prompts.load(Ordering::SeqCst), 2);
+
+    authority.push_fault(loopback_answer("alice", "at-third", "rt-3"));
+    let third = credential
+        .get_token_with(cae("https://third.test/.default"))
+        .await
+        .unwrap();
+    assert_eq!(third.secret().expose_secret(), "at-third");
+    assert_eq!(
+        prompts.load(Ordering::SeqCst),
+        2,
+        "no prompt: still signed in"
+    );
+    assert_eq!(
+        authority.requests().last().unwrap().field("refresh_token"),
+        Some("rt-2")
+    );
+}
+
 /// A loopback token answer for `uid` (tenant `contoso`), with a refresh token.
 fn loopback_answer(
     uid: &str,
