@@ -43,8 +43,9 @@ const NAME: &str = "AuthorizationCodeCredential";
 ///   500112 another redirect URI) is forgotten at once, and later calls get that refusal without a request (sign the user in
 ///   again for a new code); a code refused otherwise (a scope not authorized, MFA, a
 ///   Conditional Access policy of one resource, a code not known here) is kept and sent by
-///   the next call that asks for something else, which it may get, or by the same request
-///   after 30 s (sooner, it gets the same refusal without a request).
+///   the next call that asks for something else, which it may get — a call for something else
+///   that was waiting for that redemption sends it then — or by the same request after 30 s
+///   (sooner, it gets the same refusal without a request).
 /// * Later calls: a cached access token (more than 300 s left; past its refresh time, a
 ///   refresh token is redeemed first and the cached token returned only if that fails, as in
 ///   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
@@ -179,6 +180,9 @@ impl Inner {
         cae: bool,
         claims: Option<String>,
     ) -> Result<AccessToken, CredentialError> {
+        // Set once this call has gone on past another request's refusal of the code: a
+        // second one is its answer (each pass waits for a redemption; none spins).
+        let mut past_a_joined_refusal = false;
         loop {
             let step = {
                 let mut state = self.state.lock();
@@ -219,7 +223,7 @@ impl Inner {
                                     state.kept_refusal = None;
                                     state.refused = Some(error.clone());
                                 }
-                                Err(error) if error.error_code() == Some("invalid_grant") => {
+                                Err(error) if keeps_the_code(error) => {
                                     state.kept_refusal = Some(KeptRefusal {
                                         request: asked,
                                         at: tokio::time::Instant::now(),
@@ -250,7 +254,18 @@ impl Inner {
             };
             match step {
                 Step::Join { redemption, mine } => {
-                    let redeemed = redemption.await?;
+                    let redeemed = match redemption.await {
+                        Ok(redeemed) => redeemed,
+                        // Another request's refusal that kept the code (consent or MFA for
+                        // its scopes, a code not known here): the code is this request's to
+                        // send, unless the refusal was for this very request (its kept
+                        // refusal, next pass, answers it).
+                        Err(error) if !mine && !past_a_joined_refusal && keeps_the_code(&error) => {
+                            past_a_joined_refusal = true;
+                            continue;
+                        }
+                        Err(error) => return Err(error),
+                    };
                     let same = redeemed.tenant == tenant
                         && redeemed.scopes == scopes
                         && redeemed.cae == cae;
@@ -375,6 +390,12 @@ const CODE_SPENT: [u32; 7] = [54_005, 70_008, 50_148, 501_481, 9_002_313, 50_011
 fn code_is_spent(error: &CredentialError) -> bool {
     error.error_code() == Some("invalid_grant")
         && error.error_codes().iter().any(|c| CODE_SPENT.contains(c))
+}
+
+/// Whether Entra refused the authorization code for the request only, keeping it (see
+/// [`CodeState::kept_refusal`]): another request may redeem it.
+fn keeps_the_code(error: &CredentialError) -> bool {
+    error.error_code() == Some("invalid_grant") && !code_is_spent(error)
 }
 
 fn sign_in_again(why: &str) -> CredentialError {

@@ -796,6 +796,51 @@ async fn a_refused_code_is_not_sent_again() {
     assert_eq!(authority.token_posts(), 2);
 }
 
+/// A call that waited for another request's redemption of the code, refused for that request
+/// only (AADSTS65001: no consent for its scope), sends the code for its own request and gets
+/// its token; a refusal that spends the code is the waiting call's answer too, the code not
+/// sent again. Before, the waiting call got the other request's refusal, telling it to sign
+/// the user in again though the code was still good.
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_for_a_redemption_refused_for_another_request_redeems_the_code_itself() {
+    use crate::support::authority::{Authority, Fault, error_body};
+    use loopback::{A, B, answer};
+
+    let refused = |code: u32| Fault::Respond {
+        status: 400,
+        body: error_body("invalid_grant", code, "The grant is invalid."),
+        headers: vec![],
+    };
+    let authority = Authority::start().await;
+    let credential = loopback::credential(&authority);
+    authority.push_fault(refused(65001));
+    authority.push_fault(answer("at-b", "rt-1"));
+    let (a, b) = tokio::join!(credential.get_token([A]), credential.get_token([B]));
+    let a = a.unwrap_err();
+    assert_eq!(a.error_codes(), [65001], "{a}");
+    let b = b.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(b.secret().expose_secret(), "at-b");
+    let requests = authority.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    for (request, scope) in requests.iter().zip([A, B]) {
+        assert_eq!(request.field("code"), Some(loopback::CODE));
+        assert!(
+            request.field("scope").is_some_and(|s| s.contains(scope)),
+            "{request:?}"
+        );
+    }
+
+    let authority = Authority::start().await;
+    let credential = loopback::credential(&authority);
+    authority.push_fault(refused(54005));
+    authority.push_fault(answer("at-b", "rt-1"));
+    let (a, b) = tokio::join!(credential.get_token([A]), credential.get_token([B]));
+    for error in [a.unwrap_err(), b.unwrap_err()] {
+        assert_eq!(error.error_codes(), [54005], "{error}");
+    }
+    assert_eq!(authority.token_posts(), 1, "a spent code sent again");
+}
+
 /// A redemption that succeeded but named no account (no client_info, no id token): later
 /// requests for other scopes say so, and what to ask for. Before, they said the code was
 /// not redeemed.
