@@ -261,20 +261,21 @@ impl Inner<AzureCliCredential> {
         scope: &str,
         tenant: Option<&str>,
     ) -> Result<AccessToken, CredentialError> {
-        let mut command = process::command(&self.program);
-        command.args([
-            "account",
-            "get-access-token",
-            "--output",
-            "json",
-            "--scope",
-            scope,
-        ]);
-        if let Some(tenant) = tenant {
-            command.args(["--tenant", tenant]);
-        }
-        command.env("AZURE_CORE_NO_COLOR", "true");
-        let output = process::run_tool(&AZ, &self.program, command, self.timeout).await?;
+        let configure = |command: &mut tokio::process::Command| {
+            command.args([
+                "account",
+                "get-access-token",
+                "--output",
+                "json",
+                "--scope",
+                scope,
+            ]);
+            if let Some(tenant) = tenant {
+                command.args(["--tenant", tenant]);
+            }
+            command.env("AZURE_CORE_NO_COLOR", "true");
+        };
+        let output = process::run_tool(&AZ, &self.program, configure, self.timeout).await?;
         if !output.status.success() {
             return Err(classify_failure(&output.stderr.bytes));
         }

@@ -200,19 +200,20 @@ impl Inner<AzureDeveloperCliCredential> {
         tenant: Option<&str>,
         claims: Option<&str>,
     ) -> Result<AccessToken, CredentialError> {
-        let mut command = process::command(&self.program);
-        command.args(["auth", "token", "--output", "json", "--no-prompt"]);
-        for scope in scopes {
-            command.args(["--scope", scope]);
-        }
-        if let Some(tenant) = tenant {
-            command.args(["--tenant-id", tenant]);
-        }
-        if let Some(claims) = claims {
-            command.args(["--claims", claims]);
-        }
-        command.env("NO_COLOR", "true");
-        let output = process::run_tool(&AZD, &self.program, command, self.timeout).await?;
+        let configure = |command: &mut tokio::process::Command| {
+            command.args(["auth", "token", "--output", "json", "--no-prompt"]);
+            for scope in scopes {
+                command.args(["--scope", scope]);
+            }
+            if let Some(tenant) = tenant {
+                command.args(["--tenant-id", tenant]);
+            }
+            if let Some(claims) = claims {
+                command.args(["--claims", claims]);
+            }
+            command.env("NO_COLOR", "true");
+        };
+        let output = process::run_tool(&AZD, &self.program, configure, self.timeout).await?;
         if !output.status.success() {
             return Err(classify_failure(&output.stderr.bytes, &output.stdout.bytes));
         }

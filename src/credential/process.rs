@@ -113,18 +113,31 @@ pub(crate) async fn run(mut command: Command, timeout: Duration) -> Result<Outpu
     })
 }
 
-/// A command running `program`, for [`run`]. [`run`] starts it from a system directory, where
-/// a relative path with a directory (`./tools/az`) would name another file or none, so such a
-/// path is made absolute against our working directory first. A bare name (`az`) is still
-/// looked up on `PATH`.
-pub(crate) fn command(program: &Path) -> Command {
+/// A command running `program`, for [`run`]: see [`resolve_program`].
+fn command(program: &Path) -> io::Result<Command> {
+    resolve_program(program, std::env::current_dir).map(Command::new)
+}
+
+/// The path [`run`] starts `program` by. [`run`] starts it from a system directory, where a
+/// relative path with a directory (`./tools/az`) would name another file or none, so such a
+/// path is made absolute against our working directory (`cwd`, read only then); when that
+/// cannot be read (deleted meanwhile), an error naming the path, not the path taken from the
+/// system directory. A bare name (`az`) is still looked up on `PATH`.
+fn resolve_program(
+    program: &Path,
+    cwd: impl FnOnce() -> io::Result<PathBuf>,
+) -> io::Result<PathBuf> {
     let has_dir = program.parent().is_some_and(|p| !p.as_os_str().is_empty());
-    if program.is_relative() && has_dir {
-        if let Ok(cwd) = std::env::current_dir() {
-            return Command::new(cwd.join(program));
-        }
+    if !(program.is_relative() && has_dir) {
+        return Ok(program.to_owned());
     }
-    Command::new(program)
+    cwd().map(|cwd| cwd.join(program)).map_err(|e| {
+        io::Error::other(format!(
+            "cannot resolve the relative program path {}: the working directory cannot be \
+             read: {e}",
+            program.display()
+        ))
+    })
 }
 
 /// A token-handing command-line tool, for the errors of [`run_tool`].
@@ -142,19 +155,27 @@ pub(crate) struct Tool {
 /// The exit status of a program a shell could not find.
 const NOT_FOUND_STATUS: i32 = 127;
 
-/// Runs a tool's `command` with [`run`] and maps every way it can give no usable output to a
-/// credential error: not installed (also a launcher exiting 127), unreadable or too slow is
-/// *unavailable* (a chain moves on); more than [`MAX_OUTPUT`] on stdout is a failure. The
-/// caller decides on any other exit status.
+/// Runs a tool's `program` with [`run`], its arguments and environment set by `configure`,
+/// and maps every way it can give no usable output to a credential error: not installed
+/// (also a launcher exiting 127), not startable (a relative path whose working directory is
+/// gone), unreadable or too slow is *unavailable* (a chain moves on); more than
+/// [`MAX_OUTPUT`] on stdout is a failure. The caller decides on any other exit status.
 pub(crate) async fn run_tool(
     tool: &Tool,
     program: &Path,
-    command: Command,
+    configure: impl FnOnce(&mut Command),
     timeout: Duration,
 ) -> Result<Output, crate::error::CredentialError> {
     use crate::error::CredentialError;
     let unavailable = |message: String| CredentialError::unavailable(tool.credential, message);
-    let output = match run(command, timeout).await {
+    let ran = match command(program) {
+        Ok(mut command) => {
+            configure(&mut command);
+            run(command, timeout).await
+        }
+        Err(e) => Err(RunError::Spawn(e)),
+    };
+    let output = match ran {
         Ok(output) => output,
         Err(RunError::Spawn(e)) => {
             return Err(unavailable(match e.kind() {
@@ -612,5 +633,37 @@ exit $?"#;
         assert!(contains(b"please run 'az login'", b"az login"));
         assert!(!contains(b"az logi", b"az login"));
         assert!(!contains(b"", b""));
+    }
+
+    /// A relative path with a directory is taken from our working directory, read only for
+    /// it; when that cannot be read, the error names the path (before, the path was run as it
+    /// is, from `/bin`: `/bin/tools/az`).
+    #[test]
+    fn a_relative_program_path_is_resolved_against_the_working_directory_or_refused() {
+        let gone = || Err(io::Error::from(io::ErrorKind::NotFound));
+        let unread = || -> io::Result<PathBuf> { panic!("the working directory was read") };
+        let cwd = || Ok(PathBuf::from("/home/me"));
+        assert_eq!(
+            resolve_program(Path::new("./tools/az"), cwd).unwrap(),
+            Path::new("/home/me/./tools/az")
+        );
+        assert_eq!(
+            resolve_program(Path::new("az"), unread).unwrap(),
+            Path::new("az")
+        );
+        assert_eq!(
+            resolve_program(Path::new("/usr/bin/az"), unread).unwrap(),
+            Path::new("/usr/bin/az")
+        );
+        let error = resolve_program(Path::new("./tools/az"), gone).unwrap_err();
+        assert_ne!(error.kind(), io::ErrorKind::NotFound, "not 'az not found'");
+        let message = error.to_string();
+        assert!(
+            message.starts_with(
+                "cannot resolve the relative program path ./tools/az: the working directory \
+                 cannot be read: "
+            ),
+            "{message}"
+        );
     }
 }

@@ -456,6 +456,76 @@ async fn a_relative_program_path_is_taken_from_our_working_directory() {
     assert_eq!(token.secret().expose_secret(), "cli-token");
 }
 
+/// The child's working directory, which it enters and deletes (see
+/// [`child_runs_a_relative_az_from_a_deleted_working_directory`]).
+const CHILD_GONE_CWD: &str = "TOWER_IDENTITY_TEST_GONE_CWD";
+/// The child's result line starts with this.
+const CHILD_RESULT: &str = "gone-cwd-result: ";
+
+/// A relative program path whose working directory is gone (deleted under a running
+/// program) cannot be resolved: the error says so and names the path. Before, the path was
+/// run as it is from `az`'s system directory (`/bin/tools/az`), and the error said `az` was
+/// not installed. The working directory is the process's: changed in a child (this test
+/// binary again, running only the child test).
+#[tokio::test]
+async fn a_relative_program_path_without_a_working_directory_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("gone");
+    std::fs::create_dir(&gone).unwrap();
+    let output = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "azure_cli::child_runs_a_relative_az_from_a_deleted_working_directory",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_GONE_CWD, &gone)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "the child test did not run and pass:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result = stdout
+        .lines()
+        .find_map(|line| line.split_once(CHILD_RESULT).map(|(_, result)| result))
+        .unwrap_or_else(|| panic!("no result line:\n{stdout}"));
+    assert!(
+        result.contains(
+            "cannot resolve the relative program path ./tools/az: the working directory \
+             cannot be read"
+        ),
+        "{result}"
+    );
+    assert!(result.starts_with("unavailable "), "{result}");
+}
+
+/// The child: enters the directory named in its environment, deletes it, and runs
+/// `./tools/az`; the error is reported on stdout.
+#[tokio::test]
+#[ignore = "the child process of a_relative_program_path_without_a_working_directory_is_refused_naming_it"]
+async fn child_runs_a_relative_az_from_a_deleted_working_directory() {
+    let gone = std::env::var_os(CHILD_GONE_CWD)
+        .unwrap_or_else(|| panic!("run by its parent test, which sets {CHILD_GONE_CWD}"));
+    std::env::set_current_dir(&gone).unwrap();
+    std::fs::remove_dir(&gone).unwrap();
+    assert!(std::env::current_dir().is_err(), "the directory is gone");
+    let error = credential(Path::new("./tools/az"))
+        .get_token([MGMT])
+        .await
+        .unwrap_err();
+    let kind = if error.is_unavailable() {
+        "unavailable"
+    } else {
+        "failed"
+    };
+    println!("{CHILD_RESULT}{kind} {}", error.message());
+}
+
 #[tokio::test]
 async fn missing_az_is_unavailable_with_an_install_hint() {
     let err = AzureCliCredential::builder()
