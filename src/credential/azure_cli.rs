@@ -61,7 +61,12 @@ const NOT_SIGNED_IN: &str = "Azure CLI is not signed in. Run 'az login' to sign 
 /// first (one run for concurrent challenges): once the user has run that command it answers
 /// a new token, which is taken as the answer and cached in place of the rejected one;
 /// otherwise the command is given as *authentication failed*, so that a chain does not
-/// answer the challenge with another identity.
+/// answer the challenge with another identity. `az` takes no claims, so a new token is all
+/// this can check, not that it satisfies them: a token `az` renewed on its own (the held
+/// one near its expiry, or `az` signed in again without the claims) passes too. The bearer
+/// layer re-sends the request once with it; when the resource still refuses the token, that
+/// 401 (with its challenge) is the caller's answer, and the next challenge gives the
+/// command again.
 #[derive(Clone)]
 pub struct AzureCliCredential {
     inner: Arc<Inner<Self>>,
@@ -193,8 +198,10 @@ impl Inner<AzureCliCredential> {
     /// `az account get-access-token` takes no claims: the user must sign in with them. Once
     /// they have, `az` answers a new token while this credential still holds the rejected
     /// one, so a challenge is first checked against `az` (when a token is held to compare):
-    /// a different token is taken (and cached) as the answer; the same one, or none to
-    /// compare, is the advice to sign in, with the command filled in (as azure-identity).
+    /// a different token is taken (and cached) as the answer — not proof the user signed in
+    /// with the claims: one `az` renewed on its own differs too (see the type's docs: the
+    /// resource's next 401 is the answer then); the same one, or none to compare, is the
+    /// advice to sign in, with the command filled in (as azure-identity).
     /// The advice is *unavailable* when no token is held, as azure-identity's; once this
     /// credential has answered, it is *authentication failed*: a chain must not answer the
     /// challenge with another identity. Concurrent challenges share one run of `az`, which
