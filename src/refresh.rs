@@ -132,7 +132,9 @@
 //! pending timer would make a paused clock jump to it whenever the runtime waits on socket
 //! I/O. Nor on a current-thread runtime: it runs timers only inside `block_on`, after polling
 //! the future it was given, so a program that enters it now and then would send a token its
-//! timer was to retire, even past expiry; there callers read the clock. A lookup reads the
+//! timer was to retire, even past expiry; there callers read the clock. Nor on a runtime
+//! built without timers (`enable_io` alone, say): tokio panics making the timer, and the
+//! slot, told so once ([`TokenSlot::timer_until`]), arms none from then on. A lookup reads the
 //! clock again before it trusts an armed timer: one that has fired, whose bump the caller
 //! may already have read, can still look unfinished for a moment. A paused clock is recognised by reading the same instant twice in a row; a real clock
 //! read twice differs (the read takes tens of nanoseconds at nanosecond resolution), and if it
@@ -197,7 +199,7 @@
 use std::future::Future;
 use std::num::NonZeroU64;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -440,6 +442,9 @@ pub(crate) struct TokenSlot<V = AccessToken> {
     name: &'static str,
     policy: RefreshPolicy,
     generation: AtomicU64,
+    /// Set once making a tokio timer here panicked: the runtime has no timers (see
+    /// [`TokenSlot::timer_until`]).
+    no_timers: AtomicBool,
     flight: SingleFlight<(), Entry<V>, State<V>>,
 }
 
@@ -465,6 +470,7 @@ impl<V: SlotValue> TokenSlot<V> {
             name,
             policy,
             generation: AtomicU64::new(0),
+            no_timers: AtomicBool::new(false),
             flight: SingleFlight::new(
                 name,
                 "the token acquisition",
@@ -697,16 +703,39 @@ impl<V: SlotValue> TokenSlot<V> {
             // tokio's clock is paused.
             return false;
         }
+        let Some(sleep) = self.timer_until(fire_at) else {
+            return false;
+        };
         let bump = BumpOnDrop(Arc::downgrade(self));
         let task = runtime.spawn(async move {
             let _bump = bump;
-            tokio::time::sleep_until(fire_at).await;
+            sleep.await;
         });
         state.timer = Some(Timer {
             at: fire_at,
             task: task.abort_handle(),
         });
         true
+    }
+
+    /// A tokio timer until `at`, or `None` where tokio cannot make one: outside a runtime, or
+    /// on a runtime built without `enable_time`. tokio has no way to ask the latter and panics
+    /// making the timer; the panic is caught here (the panic hook prints it, once) and
+    /// remembered for the slot's life, so the slot's users stop asking: the recheck timer is
+    /// not armed (callers read the clock), and the layer does not wait for a claims token a
+    /// request cannot use (`bearer/future.rs`). Without the memory every lookup spawned a
+    /// timer task that panicked and bumped the generation, so that every request took the
+    /// lock. Under `panic = "abort"` the process aborts instead, as on any of tokio's panics.
+    pub(crate) fn timer_until(&self, at: Instant) -> Option<tokio::time::Sleep> {
+        if self.no_timers.load(Ordering::Relaxed) || tokio::runtime::Handle::try_current().is_err()
+        {
+            return None;
+        }
+        let made = std::panic::catch_unwind(|| tokio::time::sleep_until(at)).ok();
+        if made.is_none() {
+            self.no_timers.store(true, Ordering::Relaxed);
+        }
+        made
     }
 
     fn recently_attempted(&self, state: &State<V>, now: Instant) -> bool {

@@ -12,6 +12,7 @@ use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
 use zeroize::Zeroizing;
@@ -350,11 +351,25 @@ pub(super) async fn answer_challenge<R: Resend>(
     if let Some(reason) = resend.refusal() {
         // Known before the flight: the wait is bounded, so that a slow credential (a device
         // code sign-in, say) does not hold the 401 past a caller's own timeout; the flight
-        // runs on for the requests after it.
-        let flight = source.claims_token(claims, rejected);
-        if let Ok(Err(error)) = tokio::time::timeout(UNRESENDABLE_WAIT, flight).await {
+        // runs on for the requests after it. On a runtime without timers there is no bound:
+        // the flight is started (its first poll) and the 401 returned at once.
+        let mut flight = pin!(source.claims_token(claims, rejected));
+        let mut bound = pin!(
+            Instant::now()
+                .checked_add(UNRESENDABLE_WAIT)
+                .and_then(|at| source.slot.timer_until(at))
+        );
+        let outcome = std::future::poll_fn(|cx| match flight.as_mut().poll(cx) {
+            Poll::Ready(outcome) => Poll::Ready(Some(outcome)),
+            Poll::Pending => match bound.as_mut().as_pin_mut().map(|sleep| sleep.poll(cx)) {
+                Some(Poll::Pending) => Poll::Pending,
+                _ => Poll::Ready(None),
+            },
+        })
+        .await;
+        if let Some(Err(error)) = outcome {
             // Logged (warn) by `claims_failure`; the answer is the 401 all the same.
-            drop(claims_failure(error));
+            drop(claims_failure(source, rejected, error));
         }
         tracing::debug!(%reason, "claims challenge: the request cannot be re-sent; returning the 401");
         return Ok(response);
@@ -362,7 +377,7 @@ pub(super) async fn answer_challenge<R: Resend>(
     let entry = match source.claims_token(claims, rejected).await {
         Ok(entry) => entry,
         Err(error) => {
-            let error = claims_failure(error);
+            let error = claims_failure(source, rejected, error);
             if let Some(reason) = resend.refusal() {
                 tracing::debug!(%reason, "claims challenge: the request cannot be re-sent; returning the 401");
                 return Ok(response);
@@ -445,8 +460,15 @@ where
 }
 
 /// The error of a claims challenge the credential could not answer: the credential's own
-/// error (kind, provider details), saying what asked for the claims.
-fn claims_failure(error: crate::CredentialError) -> crate::CredentialError {
+/// error (kind, provider details), saying what asked for the claims. The token the resource
+/// rejected is dropped, as for a plain 401: kept, every request would carry it again for the
+/// failure's spacing.
+fn claims_failure(
+    source: &Source,
+    rejected: TokenId,
+    error: crate::CredentialError,
+) -> crate::CredentialError {
+    source.slot.invalidate(rejected);
     tracing::warn!(%error, "claims challenge: the credential could not get a token with the claims");
     error.with_message_prefix(
         "the resource answered 401 with a claims challenge (CAE), and no token with those \

@@ -64,7 +64,8 @@
 //!   challenge with `error="insufficient_claims"` and decodable `claims` gets a token for those
 //!   claims (bypassing every cache) and the request is re-sent once, with the same body; a
 //!   second 401 is returned as is. If the credential cannot get a token with those claims,
-//!   the request fails with its error (the same claims are not asked for again within 30 s);
+//!   the request fails with its error (the same claims are not asked for again within 30 s)
+//!   and the rejected token is dropped, as for a plain 401;
 //!   a credential answering with the rejected token itself (it ignored the claims) is one
 //!   that cannot. A request that could not be re-sent anyway gets its 401 instead, once the
 //!   acquisition has ended or after 5 s (see *Bodies*).
@@ -84,6 +85,13 @@
 //!   challenge again. A recorded body still within the limit is judged once the token is
 //!   had (it may still be sending until then); when the credential fails first, the answer
 //!   is its error.
+//! * **A runtime without timers** (built with `enable_io` alone, say, over a credential that
+//!   needs none): tokio has no way to ask whether a runtime has timers and panics making one,
+//!   so the layer's first attempt panics, caught (the panic hook prints it once per
+//!   layer); from then on the layer reads the clock on each request instead of relying on
+//!   its timer, and a request that cannot be re-sent gets its 401 at once rather than after
+//!   waiting up to 5 s for the claims token (the token is still asked for, for the requests
+//!   after it). Under `panic = "abort"` such a runtime aborts the process.
 //! * **HTTPS only**: a request that is not `https` fails with a [`BearerError`], unless
 //!   [`allow_insecure_http`](BearerTokenLayerBuilder::allow_insecure_http) is set.
 //! * **reqwest**: with the feature `reqwest-middleware`, `BearerTokenLayer::middleware()`
@@ -705,6 +713,78 @@ mod tests {
         drop(within);
         let over = service.call(request("12345"));
         assert_eq!(over.kept_head().expect("a challenge kept"), b"");
+    }
+
+    /// A multi-thread runtime built without timers, with the credential and the inner
+    /// service in process (which need none): tokio panics making the recheck timer. It
+    /// panics once (caught), then the clock is read on each request: the fast path stays. It
+    /// used to be a timer task per lookup, each panicking and bumping the generation, so that
+    /// every request looked the token up again. A claims challenge for a request that cannot
+    /// be re-sent gets its 401 at once (waiting 5 s takes a timer).
+    #[test]
+    fn a_runtime_without_timers_keeps_the_fast_path_and_answers_challenges() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_io()
+            .build()
+            .unwrap();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
+        let credential = tower::service_fn(move |_: TokenRequest| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                let expires = Instant::now() + Duration::from_secs(3600);
+                Ok::<_, CredentialError>(AccessToken::new("token", expires))
+            }
+        });
+        // 200, or a claims challenge for a request with a body.
+        let resource = tower::service_fn(|request: Request<String>| async move {
+            let mut response = Response::new(Empty::<Bytes>::new());
+            if !request.body().is_empty() {
+                *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+                response.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        r#"Bearer error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnsiZm9vIjoiYmFyIn19""#,
+                    ),
+                );
+            }
+            Ok::<_, Infallible>(response)
+        });
+        let layer = BearerTokenLayer::builder(credential.boxed_credential(), ["s"])
+            .enable_cae(true)
+            .replay_limit(4)
+            .build();
+        let mut service = layer.layer(resource);
+        let request = |body: &str| {
+            Request::get("https://x.test/")
+                .body(body.to_owned())
+                .unwrap()
+        };
+        runtime.block_on(async {
+            let alive = || {
+                tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks()
+            };
+            let first = (&mut service).oneshot(request("")).await.unwrap();
+            assert_eq!(first.status(), http::StatusCode::OK);
+            let before = lookups();
+            for _ in 0..10 {
+                let response = (&mut service).oneshot(request("")).await.unwrap();
+                assert_eq!(response.status(), http::StatusCode::OK);
+                // Whatever task the request spawned has ended (a timer task, panicking).
+                while alive() > 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            assert_eq!(lookups() - before, 1, "one lookup, then the fast path");
+            assert_eq!(asked.load(Ordering::SeqCst), 1);
+
+            // Over the replay limit: not re-sent, the 401 is the answer.
+            let response = (&mut service).oneshot(request("12345")).await.unwrap();
+            assert_eq!(response.status(), http::StatusCode::UNAUTHORIZED);
+        });
     }
 
     #[test]

@@ -166,8 +166,7 @@ impl Resend for ReqwestResend<'_> {
 
 /// The current token's `Authorization` value and id: the answer the layer's services and
 /// middleware share while it is fresh (no lock), else a lookup, waiting for an acquisition
-/// only when there is no valid token (the middleware has no readiness step in which to wait,
-/// unlike the layer).
+/// only when there is no valid token (as the layer's boxed response future does).
 async fn current_token(
     source: &Source,
 ) -> std::result::Result<(HeaderValue, TokenId), CredentialError> {

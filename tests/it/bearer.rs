@@ -816,7 +816,58 @@ async fn a_claims_answer_that_is_the_rejected_token_is_a_failure_and_is_spaced()
     // Past the spacing the credential is asked again.
     challenged().await.unwrap_err();
     assert_eq!(claims_asked(), 2);
-    assert_eq!(asked.lock().unwrap().len(), 3, "and the first token");
+    // Each failure dropped the rejected token: each request after one asked for a token.
+    assert_eq!(
+        asked.lock().unwrap().len(),
+        6,
+        "and a token for each request"
+    );
+}
+
+/// A claims challenge the credential fails drops the token the resource rejected, as a plain
+/// 401 does: the requests within the failure's spacing do not all carry it again.
+#[tokio::test(start_paused = true)]
+async fn a_failed_claims_challenge_drops_the_rejected_token() {
+    let resource = Resource::start().await;
+    let tokens = Arc::new(AtomicUsize::new(0));
+    let credential = tower::service_fn({
+        let tokens = Arc::clone(&tokens);
+        move |request: tower_identity::TokenRequest| {
+            let answer = match request.claims() {
+                Some(_) => Err(CredentialError::authentication_failed(
+                    "Test",
+                    "MFA required",
+                )),
+                None => {
+                    let n = tokens.fetch_add(1, Ordering::SeqCst) + 1;
+                    let expires = Instant::now() + secs(3600);
+                    Ok(tower_identity::AccessToken::new(format!("at-{n}"), expires))
+                }
+            };
+            async move { answer }
+        }
+    });
+    let layer = BearerTokenLayer::builder(BoxCredential::named("Test", credential), [SCOPE])
+        .enable_cae(true)
+        .build();
+    let service = bearer::<Full<Bytes>>(&layer);
+    resource.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    let err = service
+        .clone()
+        .oneshot(get(&resource, "/"))
+        .await
+        .unwrap_err();
+    assert!(err.downcast_ref::<CredentialError>().is_some(), "{err}");
+    let response = service.clone().oneshot(get(&resource, "/")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen: Vec<_> = resource
+        .requests()
+        .iter()
+        .map(|seen| seen.bearer().map(str::to_owned))
+        .collect();
+    assert_eq!(seen, [Some("at-1".to_owned()), Some("at-2".to_owned())]);
 }
 
 /// The reference challenge vectors (tests/data/challenge_vectors.rs) through the real layer: RETRY ones re-send with exactly the
