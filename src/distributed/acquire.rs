@@ -433,10 +433,16 @@ impl Shared {
                         .breaker
                         .call("release_with_mark", release, &self.stats)
                         .await;
-                    // Remembered only when the store did not take the mark: one that did is
-                    // read at the next look, which serves a stored token still valid first
-                    // (remembered now, this process's next acquisitions would answer the
-                    // throttle for 5 s while the others were served that token).
+                    // Remembered only when the call failed (or the breaker was open): a store
+                    // that took the call keeps the mark, read at the next look, which serves a
+                    // stored token still valid first (remembered now, this process's next
+                    // acquisitions would answer the throttle for 5 s while the others were
+                    // served that token). A call that succeeded without writing the mark (the
+                    // lease lost to another holder, or a default `release_with_mark` that
+                    // cannot read the lease back) is not remembered either: the next look
+                    // finds the other holder's lease, or takes the lease and asks the
+                    // credential, whose own memory of the `Retry-After` (each of this crate's
+                    // HTTP credentials keeps one) answers it without a request.
                     if let (None, Some(end)) = (marked, end) {
                         self.throttles
                             .remember(keys.token, status, end, Whose::This);

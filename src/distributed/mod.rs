@@ -88,8 +88,8 @@
 //!   instead of failing every request for the wait. A renewal before the mark ends (a slot
 //!   renews somewhat before its `refresh_on`) is answered by the same token, a failed attempt
 //!   tried again 30 s later at one store read; a throttle that outlasts the token is answered
-//!   from the token's expiry. A process remembers a throttle it read, or caused without the
-//!   store taking its mark, for 64 entries at most, and answers
+//!   from the token's expiry. A process remembers a throttle it read, or caused when its call
+//!   to leave the mark failed, for 64 entries at most, and answers
 //!   that entry's acquisitions from memory, without a store call, for 5 s after it read it
 //!   (never past its end); then it reads the store again. A process that had read the mark
 //!   before such a publish answers the throttle for 5 s at most after that read, and its

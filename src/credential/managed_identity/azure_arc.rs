@@ -121,8 +121,10 @@ impl AzureArc {
 
     /// The failure of a request whose key was not read within [`READ_TIMEOUT`] of asking:
     /// the reads ahead of it and its own took that long, though none has run it (a slow file
-    /// system). A timeout, and transient, unlike [`stuck`](Self::stuck): no read has overrun,
-    /// so another attempt gets a challenge and a read of its own.
+    /// system). A timeout, and transient, unlike [`stuck`](Self::stuck): no read had overrun
+    /// when it gave up, so another attempt gets a challenge and a read of its own. That read
+    /// may still meet the slow file system: if it overruns, the retry fails as
+    /// [`stuck`](Self::stuck).
     fn late(&self) -> CredentialError {
         CredentialError::authentication_failed(
             NAME,

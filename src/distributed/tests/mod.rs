@@ -705,12 +705,12 @@ async fn a_due_token_serves_a_cold_process_while_a_throttle_runs() {
     assert_eq!(idp.calls(), 2);
 }
 
-/// A holder throttled whose mark the store did not take remembers the throttle itself: for
+/// A holder throttled whose call to leave its mark failed remembers the throttle itself: for
 /// 5 s its process's acquisitions answer it, sending nothing, where each would otherwise find
 /// no mark and ask again into the throttle. (A mark the store took is read at the next look
 /// instead: see the test above.)
 #[tokio::test(start_paused = true)]
-async fn a_throttle_the_store_did_not_mark_is_remembered_by_its_process() {
+async fn a_throttle_whose_mark_failed_is_remembered_by_its_process() {
     let store = MemoryStore::new();
     let holder = cache_of(Fails(Handle(Arc::clone(&store)), Failing::ReleaseWithMark));
     let throttled = Idp::throttled(Duration::ZERO);
