@@ -41,11 +41,16 @@ const NAME: &str = "AuthorizationCodeCredential";
 ///   A code Entra refuses for good (`invalid_grant` with AADSTS54005 already redeemed, 70008
 ///   expired, 50148 or 501481 the PKCE verifier does not match, 9002313 malformed, 50011 or
 ///   500112 another redirect URI) is forgotten at once, and later calls get that refusal without a request (sign the user in
-///   again for a new code); a code refused otherwise (a scope not authorized, MFA, a
-///   Conditional Access policy of one resource, a code not known here) is kept and sent by
-///   the next call that asks for something else, which it may get — a call for something else
-///   that was waiting for that redemption sends it then — or by the same request after 30 s
-///   (sooner, it gets the same refusal without a request).
+///   again for a new code). A code refused for the request only (any other `invalid_grant`:
+///   no consent, MFA, a Conditional Access policy of one resource, a code not known here;
+///   or `invalid_scope`, `invalid_resource`) is kept: that refusal is the answer to the calls
+///   for the same request (tenant, scopes, CAE, claims) only. A call for something else,
+///   including one that was waiting for that redemption, sends the code for its own request
+///   (after any other redemption it finds running), so it gets its own answer; the same
+///   request sends it again after 30 s (sooner, it gets the last refusal without a request,
+///   unless another request's refusal came since). `invalid_client`, `unauthorized_client`
+///   and failures to reach Entra are every waiting call's answer, and the next call sends
+///   the code again.
 /// * Later calls: a cached access token (more than 300 s left; past its refresh time, a
 ///   refresh token is redeemed first and the cached token returned only if that fails, as in
 ///   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
@@ -95,16 +100,28 @@ struct CodeState {
     /// Entra's refusal of the code for good (see [`code_is_spent`]), the answer to every
     /// later call: sent again, the code could only be refused again.
     refused: Option<CredentialError>,
-    /// The last refusal that kept the code (for one request, or not known here), answered
-    /// again to the same request for [`DEFAULT_RETRY_AFTER_FAILURE`] without sending the code:
-    /// a caller retrying in a loop would otherwise send it each time.
+    /// The last refusal that kept the code (see [`keeps_the_code`]), answered again to the
+    /// same request for [`DEFAULT_RETRY_AFTER_FAILURE`] without sending the code: a caller
+    /// retrying in a loop would otherwise send it each time.
     kept_refusal: Option<KeptRefusal>,
+    /// The request of the last redemption started: while one runs, the one its waiters
+    /// joined. A waiter answers its refusal only when it is for its own request.
+    redeeming: Option<Asked>,
 }
 
-/// A refusal of the code that kept it: for which request (tenant, scopes, CAE, claims), when,
-/// and what.
+/// A request, as refusals of the code are told apart: a refusal that keeps the code is the
+/// answer to the same request only.
+#[derive(Clone, PartialEq)]
+struct Asked {
+    tenant: String,
+    scopes: Vec<String>,
+    cae: bool,
+    claims: Option<String>,
+}
+
+/// A refusal of the code that kept it: for which request, when, and what.
 struct KeptRefusal {
-    request: (String, Vec<String>, bool, Option<String>),
+    request: Asked,
     at: tokio::time::Instant,
     error: CredentialError,
 }
@@ -133,7 +150,11 @@ enum Step {
     Account(String),
     Join {
         redemption: Flight<Redeemed>,
+        /// This call started it.
         mine: bool,
+        /// It redeems the code for this call's own request (this call's, or another call's
+        /// for the same tenant, scopes, CAE and claims).
+        for_this_request: bool,
     },
 }
 
@@ -180,9 +201,16 @@ impl Inner {
         cae: bool,
         claims: Option<String>,
     ) -> Result<AccessToken, CredentialError> {
-        // Set once this call has gone on past another request's refusal of the code: a
-        // second one is its answer (each pass waits for a redemption; none spins).
-        let mut past_a_joined_refusal = false;
+        let asked = Asked {
+            tenant: tenant.to_owned(),
+            scopes: scopes.to_vec(),
+            cae,
+            claims: claims.clone(),
+        };
+        // Every pass either returns or waits for a redemption to end; it goes round again
+        // only after another request's redemption was refused with the code kept (or
+        // succeeded), so it never spins, and it sends the code for its own request unless a
+        // redemption for that request was refused.
         loop {
             let step = {
                 let mut state = self.state.lock();
@@ -192,24 +220,21 @@ impl Inner {
                     Step::Join {
                         redemption,
                         mine: false,
+                        for_this_request: state.redeeming.as_ref() == Some(&asked),
                     }
                 } else if let Some(error) = state.kept_refusal.as_ref().and_then(|kept| {
-                    let same = kept.request.0 == tenant
-                        && kept.request.1 == scopes
-                        && kept.request.2 == cae
-                        && kept.request.3 == claims;
                     let recent = kept.at.elapsed() < DEFAULT_RETRY_AFTER_FAILURE;
-                    (same && recent).then(|| kept.error.clone())
+                    (kept.request == asked && recent).then(|| kept.error.clone())
                 }) {
                     return Err(error);
                 } else if let Some(code) = state.code.clone() {
                     let redeem = self.redeem(code, tenant, scopes, cae, claims.clone());
-                    let asked = (tenant.to_owned(), scopes.to_vec(), cae, claims.clone());
+                    state.redeeming = Some(asked.clone());
+                    let refused_request = asked.clone();
                     // The code is forgotten and the account pinned as the redemption ends; a
                     // code Entra refused for good is forgotten too, its refusal kept as the
-                    // answer to later calls. Any other refusal (MFA, consent or Conditional
-                    // Access of this resource, a scope not authorized, a code not known here)
-                    // keeps it: another request may redeem it.
+                    // answer to later calls. A refusal of this request only (see
+                    // `keeps_the_code`) keeps it: another request may redeem it.
                     let redemption =
                         state.start((), WhenAbandoned::RunOn, redeem, move |state, result| {
                             match &result {
@@ -225,7 +250,7 @@ impl Inner {
                                 }
                                 Err(error) if keeps_the_code(error) => {
                                     state.kept_refusal = Some(KeptRefusal {
-                                        request: asked,
+                                        request: refused_request,
                                         at: tokio::time::Instant::now(),
                                         error: error.clone(),
                                     });
@@ -237,6 +262,7 @@ impl Inner {
                     Step::Join {
                         redemption,
                         mine: true,
+                        for_this_request: true,
                     }
                 } else if let Some(refused) = &state.refused {
                     return Err(refused.clone());
@@ -253,17 +279,18 @@ impl Inner {
                 }
             };
             match step {
-                Step::Join { redemption, mine } => {
+                Step::Join {
+                    redemption,
+                    mine,
+                    for_this_request,
+                } => {
                     let redeemed = match redemption.await {
                         Ok(redeemed) => redeemed,
                         // Another request's refusal that kept the code (consent or MFA for
-                        // its scopes, a code not known here): the code is this request's to
-                        // send, unless the refusal was for this very request (its kept
-                        // refusal, next pass, answers it).
-                        Err(error) if !mine && !past_a_joined_refusal && keeps_the_code(&error) => {
-                            past_a_joined_refusal = true;
-                            continue;
-                        }
+                        // its scopes, a scope or resource it named, a code not known here)
+                        // says nothing of this request's: the code is this call's to send
+                        // (or to wait for once more, should another call have started first).
+                        Err(error) if !for_this_request && keeps_the_code(&error) => continue,
                         Err(error) => return Err(error),
                     };
                     let same = redeemed.tenant == tenant
@@ -393,9 +420,17 @@ fn code_is_spent(error: &CredentialError) -> bool {
 }
 
 /// Whether Entra refused the authorization code for the request only, keeping it (see
-/// [`CodeState::kept_refusal`]): another request may redeem it.
+/// [`CodeState::kept_refusal`]): another request may redeem it. `invalid_grant` other than
+/// [`CODE_SPENT`] (consent or MFA for these scopes, a Conditional Access policy of this
+/// resource, a code not known here), `invalid_scope` and `invalid_resource` (a scope or
+/// resource this request named). Not `invalid_client` or `unauthorized_client`: they refuse
+/// the app, whatever the request.
 fn keeps_the_code(error: &CredentialError) -> bool {
-    error.error_code() == Some("invalid_grant") && !code_is_spent(error)
+    match error.error_code() {
+        Some("invalid_grant") => !code_is_spent(error),
+        Some("invalid_scope" | "invalid_resource") => true,
+        _ => false,
+    }
 }
 
 fn sign_in_again(why: &str) -> CredentialError {
@@ -551,6 +586,7 @@ impl AuthorizationCodeCredentialBuilder {
                         account: None,
                         refused: None,
                         kept_refusal: None,
+                        redeeming: None,
                     },
                 ),
             }),

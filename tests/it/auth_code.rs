@@ -590,6 +590,54 @@ mod loopback {
             },
         ))
     }
+
+    /// `inner`, except that a token request whose `scope` names one of `refusals`' resources
+    /// (any grant: Entra refuses that resource's refresh tokens alike) is answered 400 with
+    /// its body. Every token request's `(grant_type, scope)` goes to `log`, in order.
+    pub fn refusing_scopes(
+        inner: tower_identity::HttpClient,
+        refusals: Vec<(&'static str, String)>,
+        log: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    ) -> tower_identity::HttpClient {
+        use http_body_util::BodyExt;
+        let refusals = std::sync::Arc::new(refusals);
+        tower_identity::HttpClient::from_service(tower::service_fn(
+            move |request: tower_identity::transport::HttpRequest| {
+                let (inner, refusals, log) = (inner.clone(), refusals.clone(), log.clone());
+                async move {
+                    let (parts, body) = request.into_parts();
+                    let body = body.collect().await.unwrap().to_bytes();
+                    let form: Vec<(String, String)> =
+                        url::form_urlencoded::parse(&body).into_owned().collect();
+                    let field = |name: &str| {
+                        form.iter()
+                            .find(|(k, _)| k == name)
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default()
+                    };
+                    let scope = field("scope");
+                    log.lock()
+                        .unwrap()
+                        .push((field("grant_type"), scope.clone()));
+                    let refused = scope.split(' ').find_map(|s| {
+                        refusals
+                            .iter()
+                            .find(|(resource, _)| s.starts_with(resource))
+                            .map(|(_, answer)| answer.clone())
+                    });
+                    if let Some(answer) = refused {
+                        return Ok(http::Response::builder()
+                            .status(400)
+                            .header("content-type", "application/json")
+                            .body(bytes::Bytes::from(answer))
+                            .unwrap());
+                    }
+                    let request = http::Request::from_parts(parts, http_body_util::Full::new(body));
+                    tower::ServiceExt::oneshot(inner, request).await
+                }
+            },
+        ))
+    }
 }
 
 /// msal's "aging" token: past its refresh time (`refresh_in`) the refresh token is redeemed,
@@ -839,6 +887,144 @@ async fn a_call_waiting_for_a_redemption_refused_for_another_request_redeems_the
         assert_eq!(error.error_codes(), [54005], "{error}");
     }
     assert_eq!(authority.token_posts(), 1, "a spent code sent again");
+}
+
+/// Three concurrent first calls for different resources, two of which Entra refuses while
+/// keeping the code (AADSTS65001, 50076: consent, MFA for that resource): each refused call
+/// gets its own refusal, the third its token, whichever call redeems first; the code is sent
+/// at most once per request. Before, a call that went on past one refusal it had waited for
+/// and waited for another request's redemption got that request's refusal as its answer,
+/// its own request never sent.
+#[tokio::test(start_paused = true)]
+async fn concurrent_calls_each_get_the_answer_for_their_own_request() {
+    use crate::support::authority::{Authority, error_body};
+    use loopback::{A, B, answer};
+    const C: &str = "https://resource.test/c";
+
+    for accepted in [A, B, C] {
+        let refused: Vec<(&str, u32)> = [(A, 65001), (B, 50076), (C, 50079)]
+            .into_iter()
+            .filter(|(resource, _)| *resource != accepted)
+            .collect();
+        let authority = Authority::start().await;
+        let log = std::sync::Arc::default();
+        let http = loopback::refusing_scopes(
+            crate::support::creds::http(&authority),
+            refused
+                .iter()
+                .map(|(resource, code)| {
+                    let body = error_body("invalid_grant", *code, "The grant is invalid.");
+                    (*resource, body)
+                })
+                .collect(),
+            std::sync::Arc::clone(&log),
+        );
+        let credential = loopback::builder(&authority, loopback::CODE)
+            .http_client(http)
+            .build()
+            .unwrap();
+        authority.push_fault(answer("at-accepted", "rt-1"));
+        let (a, b, c) = tokio::join!(
+            credential.get_token([A]),
+            credential.get_token([B]),
+            credential.get_token([C]),
+        );
+        for (resource, result) in [(A, a), (B, b), (C, c)] {
+            match refused.iter().find(|(r, _)| *r == resource) {
+                Some((_, code)) => {
+                    let error = result.unwrap_err();
+                    assert_eq!(
+                        error.error_codes(),
+                        [*code],
+                        "{resource} (accepted: {accepted}): {error}"
+                    );
+                }
+                None => {
+                    let token = result.unwrap_or_else(|e| panic!("{resource}: {e}"));
+                    assert_eq!(token.secret().expose_secret(), "at-accepted");
+                }
+            }
+        }
+        let log = log.lock().unwrap().clone();
+        for resource in [A, B, C] {
+            let sent = log
+                .iter()
+                .filter(|(grant, scope)| {
+                    grant == "authorization_code" && scope.split(' ').any(|s| s == resource)
+                })
+                .count();
+            assert!(
+                sent <= 1,
+                "the code sent {sent} times for {resource}: {log:#?}"
+            );
+        }
+        assert_eq!(authority.token_posts(), 1, "{log:#?}");
+    }
+}
+
+/// `invalid_scope` and `invalid_resource` refuse a scope or a resource of one request, not
+/// the code: it is kept for another request, the same request gets the refusal again without
+/// sending it, and a call for another resource that waited for that redemption sends it for
+/// its own. `invalid_client` refuses the app: every waiting call gets it. Before, an
+/// `invalid_scope` refusal was every waiting call's answer, and the same request sent the
+/// code again at once.
+#[tokio::test(start_paused = true)]
+async fn a_scope_or_resource_refusal_keeps_the_code_for_another_request() {
+    use crate::support::authority::{Authority, Fault, error_body};
+    use loopback::{A, B, answer};
+
+    for (error, code) in [("invalid_scope", 70011), ("invalid_resource", 500011)] {
+        let refusal = || Fault::Respond {
+            status: 400,
+            body: error_body(error, code, "The scope or resource is not valid."),
+            headers: vec![],
+        };
+        // One after the other.
+        let authority = Authority::start().await;
+        let credential = loopback::credential(&authority);
+        authority.push_fault(refusal());
+        let first = credential.get_token([A]).await.unwrap_err();
+        assert_eq!(first.error_code(), Some(error), "{first}");
+        let again = credential.get_token([A]).await.unwrap_err();
+        assert_eq!(again.error_codes(), [code], "{again}");
+        assert_eq!(authority.token_posts(), 1, "{error}: sent again at once");
+        authority.push_fault(answer("at-b", "rt-1"));
+        let token = credential
+            .get_token([B])
+            .await
+            .unwrap_or_else(|e| panic!("{error}: {e}"));
+        assert_eq!(token.secret().expose_secret(), "at-b");
+        let requests = authority.requests();
+        assert_eq!(requests.len(), 2, "{requests:#?}");
+        assert_eq!(requests[1].field("code"), Some(loopback::CODE));
+
+        // Concurrently: the waiting call for B sends the code for B.
+        let authority = Authority::start().await;
+        let credential = loopback::credential(&authority);
+        authority.push_fault(refusal());
+        authority.push_fault(answer("at-b", "rt-1"));
+        let (a, b) = tokio::join!(credential.get_token([A]), credential.get_token([B]));
+        let a = a.unwrap_err();
+        assert_eq!(a.error_codes(), [code], "{a}");
+        let b = b.unwrap_or_else(|e| panic!("{error}: {e}"));
+        assert_eq!(b.secret().expose_secret(), "at-b");
+        assert_eq!(authority.token_posts(), 2);
+    }
+
+    // A refusal of the app is every waiting call's answer.
+    let authority = Authority::start().await;
+    let credential = loopback::credential(&authority);
+    authority.push_fault(Fault::Respond {
+        status: 400,
+        body: error_body("unauthorized_client", 700016, "Application not found."),
+        headers: vec![],
+    });
+    authority.push_fault(answer("at-b", "rt-1"));
+    let (a, b) = tokio::join!(credential.get_token([A]), credential.get_token([B]));
+    for error in [a.unwrap_err(), b.unwrap_err()] {
+        assert_eq!(error.error_code(), Some("unauthorized_client"), "{error}");
+    }
+    assert_eq!(authority.token_posts(), 1);
 }
 
 /// A redemption that succeeded but named no account (no client_info, no id token): later
