@@ -3,8 +3,9 @@
 //! had), written, fsynced, renamed over the cache file, and marked modified after the rename.
 //!
 //! A rename cannot keep a file's other hard links, and a process may not be allowed to give
-//! the new file the old one's owner: in both cases the file is left as it is and the write
-//! fails, saying why (see [`write_document`]).
+//! the new file the old one's owner: the file is then left as it is and the write fails,
+//! saying why, unless the file is this process's user's (the new file then keeps its own
+//! group, without group permissions) or shared by a group it is in (see [`write_document`]).
 //!
 //! A temporary file holds the tokens in plaintext, so one left behind by a writer killed
 //! between creating and renaming it is removed by the next write (see [`remove_leftovers`]).
@@ -20,7 +21,7 @@ use std::os::unix::fs::MetadataExt;
 use tempfile::TempPath;
 
 use super::error::PersistenceError;
-use super::reader::{Stamp, is_missing, time_from_now};
+use super::reader::{Stamp, age, is_missing};
 
 /// The directory holding `path` (`.` for a bare file name).
 pub(super) fn parent_dir(path: &Path) -> &Path {
@@ -101,8 +102,11 @@ fn refuse_to_replace(target: &Path, replaced: &fs::Metadata) -> Result<(), Persi
         format!(
             "it has {} hard links (other names of the same file), which replacing it would \
              separate, so it was left as it is: make the other names symbolic links to it \
-             (ln -sf), or remove them",
-            replaced.nlink()
+             (ln -sf), or remove them; to find them, run `find {dir} -xdev -samefile {path}` \
+             (with the file system's mount point for {dir} to search all of it)",
+            replaced.nlink(),
+            dir = parent_dir(target).display(),
+            path = target.display(),
         )
     } else {
         return Ok(());
@@ -120,9 +124,13 @@ fn refuse_to_replace(_target: &Path, _replaced: &fs::Metadata) -> Result<(), Per
 ///
 /// The new file gets the old one's permission bits and, on unix, its owner and group: a
 /// process running as root on the user's home (a dev container, `sudo -E`) leaves the user's
-/// file theirs. An old file this process may not give that owner (another user's), one
-/// without its owner's write bit, or one with other hard links is left as it is, and the
-/// write fails saying so.
+/// file theirs. Where this process may not give it that owner and group, the new file of a
+/// file of this process's user keeps the group it was created with and loses the group
+/// permission bits, and another
+/// user's file whose group the new file has anyway (a setgid directory) and may read and
+/// write it becomes this process's user's, its mode kept (see [`give_owner`]). Any other
+/// file of another user, one without its owner's write bit, or one with other hard links is
+/// left as it is, and the write fails saying so.
 pub(super) fn write_document(path: &Path, bytes: &[u8]) -> Result<Stamp, PersistenceError> {
     let target = write_target(path)?;
     let replaced = replaced_file(&target);
@@ -141,8 +149,10 @@ pub(super) fn write_document(path: &Path, bytes: &[u8]) -> Result<Stamp, Persist
 const LEFTOVER_AGE: Duration = Duration::from_secs(10 * 60);
 
 /// Removes the temporary files of `target` ([`written_beside`]'s `<cache>.tmp.*`) that are
-/// regular files last modified [`LEFTOVER_AGE`] or more from now (either way: see
-/// [`time_from_now`]): left by a writer that died before renaming one, with the tokens in it.
+/// regular files whose modification time's [`age`] is [`LEFTOVER_AGE`] or more (for one
+/// dated ahead of the clock: zero within [`RECENT_AHEAD`](super::reader::RECENT_AHEAD), else
+/// its distance from now): left by a writer that died before renaming one, with the tokens in
+/// it.
 /// Called under the lock file. Best effort: a failure is logged, and the write goes on.
 fn remove_leftovers(target: &Path) {
     let Some(name) = target.file_name() else {
@@ -160,10 +170,7 @@ fn remove_leftovers(target: &Path) {
         }
         // `DirEntry::metadata` does not follow a symbolic link: only regular files go.
         let old = entry.metadata().is_ok_and(|meta| {
-            meta.is_file()
-                && meta
-                    .modified()
-                    .is_ok_and(|at| time_from_now(at) >= LEFTOVER_AGE)
+            meta.is_file() && meta.modified().is_ok_and(|at| age(at) >= LEFTOVER_AGE)
         });
         if !old {
             continue;
@@ -204,8 +211,8 @@ pub(super) fn written_beside(
             create_new_private(candidate)
         })
         .map_err(|e| PersistenceError::io(WRITE, &tried, e))?;
-    let filled = give_owner(temp.as_file(), target, replaced).and_then(|()| {
-        fill(temp.as_file(), replaced, bytes)
+    let filled = give_owner(temp.as_file(), target, replaced).and_then(|withheld| {
+        fill(temp.as_file(), replaced, withheld, bytes)
             .map_err(|e| PersistenceError::io(WRITE, temp.path(), e))
     });
     if let Err(error) = filled {
@@ -241,42 +248,78 @@ pub(super) fn install(temp: TempPath, target: &Path) -> Result<Stamp, Persistenc
 }
 
 /// Gives the new temporary file the owner and group of the file it replaces, if they differ
-/// (a writer running as another user, root say). Fails, naming `target` and its owner, when
-/// this process may not: taking the file over would lock its owner out of their tokens.
+/// (a writer running as another user, root say). Returns the permission bits the new file
+/// must not take from the replaced one.
+///
+/// When this process may not give it that owner and group (`EPERM`, or `EINVAL` for an id
+/// its user namespace does not map):
+///
+/// * the file is this process's user's, with a group it cannot give (one it is not in): the
+///   new file keeps the group it was created with and gets no group permission, so that no
+///   group gains access the file did not give it (the returned bits);
+/// * the file is another user's, its group the one the new file was created with (a setgid
+///   directory of a group both users are in), and that group may read and write it: the
+///   members share the cache, so the new file is this process's user's, with the same mode;
+/// * otherwise it is refused, naming both owners and what to do: taking the file over would
+///   lock its owner out of their tokens.
 #[cfg(unix)]
 fn give_owner(
     file: &File,
     target: &Path,
     replaced: Option<&fs::Metadata>,
-) -> Result<(), PersistenceError> {
+) -> Result<u32, PersistenceError> {
+    use std::os::unix::fs::PermissionsExt;
+    /// Group read and write.
+    const GROUP_RW: u32 = 0o060;
+    /// Every group permission bit.
+    const GROUP_ALL: u32 = 0o070;
     let Some(replaced) = replaced else {
-        return Ok(());
+        return Ok(0);
     };
     let owner = (replaced.uid(), replaced.gid());
     let ours = file
         .metadata()
         .map_err(|e| PersistenceError::io(REPLACE, target, e))?;
-    if (ours.uid(), ours.gid()) == owner {
-        return Ok(());
+    let ours = (ours.uid(), ours.gid());
+    if ours == owner {
+        return Ok(0);
     }
-    std::os::unix::fs::fchown(file, Some(owner.0), Some(owner.1)).map_err(|e| {
-        let error = if e.kind() == io::ErrorKind::PermissionDenied {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "it belongs to uid {} gid {}, which this process (uid {}) cannot give the \
-                     new file, so it was left as it is rather than taken from its owner: \
-                     update the token cache as that user",
-                    owner.0,
-                    owner.1,
-                    rustix::process::geteuid().as_raw()
-                ),
-            )
-        } else {
-            e
-        };
-        PersistenceError::io(REPLACE, target, error)
-    })
+    let error = match std::os::unix::fs::fchown(file, Some(owner.0), Some(owner.1)) {
+        Ok(()) => return Ok(0),
+        Err(e) => e,
+    };
+    // `EPERM` and `EACCES` are `PermissionDenied`; `EINVAL` alone is `InvalidInput`.
+    let not_allowed = matches!(
+        error.kind(),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
+    );
+    if !not_allowed {
+        return Err(PersistenceError::io(REPLACE, target, error));
+    }
+    // The temporary file's uid is this process's effective uid.
+    if owner.0 == ours.0 {
+        return Ok(GROUP_ALL);
+    }
+    let mode = replaced.permissions().mode();
+    if owner.1 == ours.1 && mode & GROUP_RW == GROUP_RW {
+        return Ok(0);
+    }
+    let why = format!(
+        "it belongs to uid {} gid {}, and this process (uid {} gid {}) may not give the new \
+         file that owner, so it was left as it is rather than taken from its owner: update the \
+         token cache as uid {}, or share it through a group: make its directory setgid to a \
+         group both users are in, which may write to it (chgrp <group> {dir}; chmod g+rwxs \
+         {dir}), and the file that group's, which may read and write it (chgrp <group> {file}; \
+         chmod g+rw {file})",
+        owner.0,
+        owner.1,
+        ours.0,
+        ours.1,
+        owner.0,
+        dir = parent_dir(target).display(),
+        file = target.display(),
+    );
+    Err(PersistenceError::io(REPLACE, target, io::Error::other(why)))
 }
 
 #[cfg(not(unix))]
@@ -284,24 +327,29 @@ fn give_owner(
     _file: &File,
     _target: &Path,
     _replaced: Option<&fs::Metadata>,
-) -> Result<(), PersistenceError> {
-    Ok(())
+) -> Result<u32, PersistenceError> {
+    Ok(0)
 }
 
-/// Gives the new temporary file the replaced file's permission bits (0600 for a new file),
-/// writes `bytes` to it and flushes it to disk.
-fn fill(mut file: &File, replaced: Option<&fs::Metadata>, bytes: &[u8]) -> io::Result<()> {
+/// Gives the new temporary file the replaced file's permission bits but `withheld` (0600 for a
+/// new file), writes `bytes` to it and flushes it to disk.
+fn fill(
+    mut file: &File,
+    replaced: Option<&fs::Metadata>,
+    withheld: u32,
+    bytes: &[u8],
+) -> io::Result<()> {
     // Set explicitly, after the owner (a change of owner may clear bits): the creation mode
     // is subject to the umask, and an existing file's mode is kept (it is never widened: it is
-    // the mode the file already had).
+    // the mode the file already had, or less).
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = replaced.map_or(0o600, |meta| meta.permissions().mode() & 0o777);
+        let mode = replaced.map_or(0o600, |meta| meta.permissions().mode() & 0o777 & !withheld);
         file.set_permissions(fs::Permissions::from_mode(mode))?;
     }
     #[cfg(not(unix))]
-    let _ = replaced;
+    let _ = (replaced, withheld);
     file.write_all(bytes)?;
     file.sync_all()
 }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::atomic_write::{create_dir, create_new_private, parent_dir};
 use super::error::{Kind, PersistenceError};
-use super::reader::{inode, is_missing, time_from_now};
+use super::reader::{age, inode, is_missing};
 use super::{CacheFile, Document, run_blocking};
 
 /// Pause between two attempts to create the lock file.
@@ -200,18 +200,20 @@ impl LockObservation {
         }
     }
 
-    /// Why the lock is stale, if it is. Its age is its modification time's distance from now
-    /// either way ([`time_from_now`]): a lock dated ahead of the clock (left by a holder that
-    /// crashed before the clock was stepped back, or taken on a host whose clock runs ahead)
-    /// is judged as one dated as far behind, rather than as fresh until the clock catches up.
+    /// Why the lock is stale, if it is. Its age is its modification time's [`age`]: a lock
+    /// dated ahead of the clock by less than [`STALE_LOCK_AGE`] is fresh, its pid unchecked
+    /// (another host sharing the directory, whose clock runs ahead, holds it, and its pid
+    /// means nothing here); one dated that far ahead or further (left by a holder that
+    /// crashed before the clock was stepped back) is stale, as old as one dated as far
+    /// behind, rather than holding writers off until the clock catches up.
     pub(super) fn stale_reason(&self) -> Option<String> {
-        let age = self.modified.map(time_from_now).unwrap_or_default();
-        if age >= STALE_LOCK_AGE {
+        let lock_age = self.modified.map(age).unwrap_or_default();
+        if lock_age >= STALE_LOCK_AGE {
             let ahead = self.modified.is_some_and(|at| at > SystemTime::now());
             let when = if ahead { "ahead of the clock" } else { "old" };
-            return Some(format!("it is {} s {when}", age.as_secs()));
+            return Some(format!("it is {} s {when}", lock_age.as_secs()));
         }
-        if age >= DEAD_HOLDER_GRACE {
+        if lock_age >= DEAD_HOLDER_GRACE {
             if let Some(pid) = self.pid() {
                 if process_is_gone(pid) {
                     return Some(format!("process {pid} no longer exists"));

@@ -14,10 +14,13 @@
 //!   [`STALE_LOCK_AGE`](lock_file::STALE_LOCK_AGE), or (Linux) naming a process that no longer exists once the lock is
 //!   older than [`DEAD_HOLDER_GRACE`](lock_file::DEAD_HOLDER_GRACE). The grace period protects live holders in another pid
 //!   namespace (a container sharing the home directory), whose pid we cannot see: they hold the
-//!   lock for milliseconds. A lock's age is its modification time's distance from now either
-//!   way, so that one dated ahead of the clock (a clock stepped back after a crash, another
-//!   host's clock running ahead) is not taken for fresh for as long as the skew lasts; the
-//!   same goes for the other rules below that look at a modification time.
+//!   lock for milliseconds. A lock dated ahead of the clock by less than
+//!   [`STALE_LOCK_AGE`](lock_file::STALE_LOCK_AGE) is fresh, its pid unchecked: another host
+//!   sharing the directory, whose clock runs ahead, holds it. One dated that far ahead or
+//!   further is as old as one dated as far behind (a clock stepped back after its holder
+//!   crashed), so it is stale rather than holding writers off for as long as the skew lasts.
+//!   The other rules below that look at a modification time judge its age the same way
+//!   ([`reader::age`]).
 //! * Our writers also `flock` their lock file until they have removed it, as `msal-extensions`
 //!   does when `portalocker` is installed. A lock that is `flock`ed is never stale, whatever
 //!   its age or pid say; a breaker `flock`s a lock before judging it and removes it only then,
@@ -37,10 +40,16 @@
 //!   and the link kept. The replacement gets the old file's permission bits (a file the user
 //!   made 0640 stays 0640; nothing is ever widened) and, on unix, its owner and group (a
 //!   process running as root on the user's home leaves the file the user's); a new file is
-//!   0600 in a 0700 directory, owned by this process's user. A file is never replaced, the
-//!   write failing and saying why, when it lacks its owner's write bit, when this process may
-//!   not give the replacement its owner (another user's file), or when it has other hard links
-//!   (a rename would separate them: a symbolic link is the way to give it another name).
+//!   0600 in a 0700 directory, owned by this process's user. Where this process may not give
+//!   the replacement that owner and group: for a file of this process's user, the
+//!   replacement keeps the group it was created with (this process's, or a setgid
+//!   directory's) and gets none of the group permission bits; another user's file is replaced
+//!   (becoming this process's user's, its mode kept) only when the replacement has its group
+//!   anyway (a setgid directory) and that group may read and write it, a cache its members
+//!   share. A file is never replaced, the write failing and saying why, when it lacks its
+//!   owner's write bit, when it is another user's file not shared that way, or when it has
+//!   other hard links (a rename would separate them: a symbolic link is the way to give it
+//!   another name).
 //! * **Readers** take no lock. They reload when the file's (mtime, length, inode) changed since
 //!   the last read. A file that fails to parse may be an in-place write in progress, so it is
 //!   read again up to [`PARSE_RETRIES`](reader::PARSE_RETRIES) times, [`PARSE_RETRY_INTERVAL`](reader::PARSE_RETRY_INTERVAL) apart, before it is
@@ -57,8 +66,10 @@
 //!   above).
 //! * Modification times are coarse (a few ms on ext4, 1 s on some file systems), so two writes
 //!   in one tick with equal lengths would look alike. As git does for its index, a file whose
-//!   mtime is within [`RECENT_WINDOW`](reader::RECENT_WINDOW) of the moment it was read is read again next time
-//!   regardless of its stamp.
+//!   mtime is within [`RECENT_WINDOW`](reader::RECENT_WINDOW) before the moment it was read,
+//!   or less than [`RECENT_AHEAD`](reader::RECENT_AHEAD) after it (another host's clock
+//!   running ahead), is read again next time regardless of its stamp; a file dated further
+//!   ahead is not (the clock was stepped back since: its stamp is trusted).
 //!
 //! # Locks inside this process
 //!

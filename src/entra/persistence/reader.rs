@@ -18,11 +18,10 @@ pub(super) const PARSE_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// later write within the same mtime tick could leave its stamp unchanged.
 pub(super) const RECENT_WINDOW: Duration = Duration::from_secs(1);
 
-/// How far ahead of the clock a modification time still counts as recent: a file written by
-/// another host sharing the directory whose clock runs ahead (by less than this) is read again
-/// each time, as any recent file. Further ahead, the clock was stepped back since (at boot, on
-/// a VM's resume) and the stamp is trusted: else every read parsed the file again until the
-/// clock caught up. The stale lock rule's minute ([`STALE_LOCK_AGE`]).
+/// How far ahead of the clock a modification time counts as just now (see [`age`]): a file
+/// written by another host sharing the directory whose clock runs ahead by less than this.
+/// The stale lock rule's minute ([`STALE_LOCK_AGE`]): a lock dated less far ahead is fresh,
+/// and one dated that far ahead or further is stale at once, as one that old.
 ///
 /// [`STALE_LOCK_AGE`]: super::lock_file::STALE_LOCK_AGE
 pub(super) const RECENT_AHEAD: Duration = super::lock_file::STALE_LOCK_AGE;
@@ -48,28 +47,30 @@ impl Stamp {
         }
     }
 
-    /// Whether the file was modified too recently for its stamp to prove it unchanged later.
-    /// A modification time ahead of the clock counts as its distance from now (see
-    /// [`time_from_now`]): a file dated an hour ahead is not taken for just modified, and read
-    /// again at every read, until the clock catches up.
+    /// Whether the file was modified too recently for its stamp to prove it unchanged later:
+    /// its [`age`] is under [`RECENT_WINDOW`] (or its time is unknown). So a file dated ahead
+    /// of the clock by less than [`RECENT_AHEAD`] is read again at each read until its time
+    /// is [`RECENT_WINDOW`] behind the clock, and one dated further ahead is not (its stamp is
+    /// trusted, rather than the file parsed at every read until the clock catches up).
     pub(super) fn is_recent(&self) -> bool {
-        self.modified.is_none_or(
-            |modified| match SystemTime::now().duration_since(modified) {
-                Ok(age) => age < RECENT_WINDOW,
-                Err(ahead) => ahead.duration() < RECENT_AHEAD,
-            },
-        )
+        self.modified
+            .is_none_or(|modified| age(modified) < RECENT_WINDOW)
     }
 }
 
-/// How far `at` is from now, in either direction: the age of a file's modification time.
-/// A time ahead of the clock (the clock stepped back since, at boot or on a VM's resume, or
-/// the file written by another host sharing the directory whose clock runs ahead) is as far
-/// from now as one behind it, so that no rule based on age (stale lock files, leftover
-/// temporary files, recently modified caches) waits for as long as the skew lasts.
-pub(super) fn time_from_now(at: SystemTime) -> Duration {
+/// The age of a modification time `at`, as every rule based on one judges it (recently
+/// modified cache files, stale lock files, leftover temporary files):
+///
+/// * behind the clock: how long ago it was;
+/// * ahead by less than [`RECENT_AHEAD`]: zero, just now. Another host sharing the directory
+///   whose clock runs ahead wrote it: its lock is fresh, its file recent.
+/// * ahead by [`RECENT_AHEAD`] or more: its distance from now, as one dated as far behind.
+///   It is taken for a time from before the clock was stepped back (at boot, on a VM's
+///   resume) rather than another host's, so that no rule waits for as long as the skew lasts.
+pub(super) fn age(at: SystemTime) -> Duration {
     match SystemTime::now().duration_since(at) {
         Ok(age) => age,
+        Err(ahead) if ahead.duration() < RECENT_AHEAD => Duration::ZERO,
         Err(ahead) => ahead.duration(),
     }
 }

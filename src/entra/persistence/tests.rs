@@ -279,15 +279,18 @@ async fn recently_modified_file_is_read_again_until_its_mtime_is_old_enough() {
     assert_eq!(parses::<1>(), 3, "cached again once the file is old enough");
 }
 
-/// A file dated far ahead of the clock (the clock stepped back since it was written, or a host
-/// whose clock runs ahead wrote it) is as far from "just modified" as one dated as far behind.
-/// Before, it counted as recent until the clock caught up, and every read parsed it again.
+/// A file dated [`RECENT_AHEAD`] or more ahead of the clock (the clock stepped back since it
+/// was written) is as far from "just modified" as one dated as far behind, and its stamp is
+/// trusted. Before, it counted as recent until the clock caught up, and every read parsed it
+/// again. (A file dated less far ahead, another host's whose clock runs ahead, is recent:
+/// [`set_recent`] relies on that.)
 #[tokio::test]
-async fn a_cache_file_dated_ahead_of_the_clock_is_not_read_again_and_again() {
+async fn a_cache_file_dated_far_ahead_of_the_clock_is_not_read_again_and_again() {
+    let far_ahead = RECENT_AHEAD + Duration::from_secs(3600);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
     fs::write(&path, r#"{"AccessToken": {"a": {}}}"#).unwrap();
-    set_ahead(&path, Duration::from_secs(3600));
+    set_ahead(&path, far_ahead);
     let file = CacheFile::<Counted<3>>::new(path.clone(), None);
     for _ in 0..3 {
         assert_eq!(file.read().await.unwrap().0.keys(), ["a"]);
@@ -295,7 +298,7 @@ async fn a_cache_file_dated_ahead_of_the_clock_is_not_read_again_and_again() {
     assert_eq!(parses::<3>(), 1);
     // A change is still seen.
     fs::write(&path, r#"{"AccessToken": {"b": {}}}"#).unwrap();
-    set_ahead(&path, Duration::from_secs(3600));
+    set_ahead(&path, far_ahead);
     assert_eq!(file.read().await.unwrap().0.keys(), ["b"]);
     assert_eq!(parses::<3>(), 2);
 }
@@ -501,12 +504,16 @@ async fn old_lock_is_removed_even_if_its_process_lives() {
     assert!(!lock.exists());
 }
 
-/// A lock dated ahead of the clock (its holder crashed, then the clock was stepped back at
-/// boot; or a host whose clock runs ahead took it) is judged by its distance from now, as one
-/// dated as far behind. Before, it counted as 0 s old until the clock caught up: neither rule
-/// applied and every write timed out meanwhile.
+/// A lock dated [`STALE_LOCK_AGE`] or more ahead of the clock (its holder crashed, then the
+/// clock was stepped back at boot) is as old as one dated as far behind: stale. Before, it
+/// counted as 0 s old until the clock caught up, and every write timed out meanwhile.
+///
+/// A lock dated less far ahead is another host's, sharing the directory with a clock that
+/// runs ahead: fresh, whatever its pid means here. Before, its distance from now counted as
+/// its age, and once that passed [`DEAD_HOLDER_GRACE`] a pid that does not exist here broke
+/// the other host's live lock.
 #[tokio::test(start_paused = true)]
-async fn a_lock_dated_ahead_of_the_clock_is_judged_by_its_distance_from_now() {
+async fn a_lock_dated_ahead_of_the_clock_is_fresh_within_a_minute_and_stale_beyond() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
     let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -521,21 +528,53 @@ async fn a_lock_dated_ahead_of_the_clock_is_judged_by_its_distance_from_now() {
     file.modify(|doc| doc.add("stale")).await.unwrap();
     assert!(!lock.exists());
 
-    // Ahead by more than the grace period, naming a process that is gone.
-    let lock = plant_lock(&path, dead, "gone", Duration::ZERO);
-    set_ahead(&lock, DEAD_HOLDER_GRACE + Duration::from_secs(10));
-    file.modify(|doc| doc.add("dead")).await.unwrap();
-    assert!(!lock.exists());
-
-    // The same naming a live process is left to it.
-    let lock = plant_lock(&path, std::process::id(), "live", Duration::ZERO);
-    set_ahead(&lock, DEAD_HOLDER_GRACE + Duration::from_secs(10));
-    let err = file.modify(|doc| doc.add("live")).await.unwrap_err();
+    // Ahead by less than a minute, naming a pid that does not exist here: another host's.
+    let lock = plant_lock(&path, dead, "elsewhere", Duration::ZERO);
+    set_ahead(&lock, STALE_LOCK_AGE / 2);
+    let err = file.modify(|doc| doc.add("elsewhere")).await.unwrap_err();
     assert!(err.is_lock_timeout(), "{err}");
     assert!(lock.exists());
-    let mut keys = file_keys(&path);
-    keys.sort();
-    assert_eq!(keys, ["dead", "stale"]);
+    assert_eq!(file_keys(&path), ["stale"]);
+}
+
+/// The boundaries of [`LockObservation::stale_reason`] and [`Stamp::is_recent`] for times
+/// ahead of the clock, both from [`RECENT_AHEAD`] (the same minute as [`STALE_LOCK_AGE`]):
+/// just within it, a lock naming a pid that does not exist is fresh and a file recent; just
+/// beyond it, the lock is stale and the file not recent.
+#[test]
+fn ahead_of_the_clock_counts_as_just_now_within_the_minute_and_as_old_beyond() {
+    assert_eq!(RECENT_AHEAD, STALE_LOCK_AGE);
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let second = Duration::from_secs(1);
+    let lock = |ahead: Duration| LockObservation {
+        content: format!("{dead} elsewhere"),
+        modified: Some(SystemTime::now() + ahead),
+        inode: 1,
+    };
+    let stamp = |ahead: Duration| Stamp {
+        modified: Some(SystemTime::now() + ahead),
+        len: 1,
+        inode: 1,
+    };
+    for ahead in [second, DEAD_HOLDER_GRACE + second, RECENT_AHEAD - second] {
+        assert_eq!(lock(ahead).stale_reason(), None, "{ahead:?} ahead");
+        assert!(stamp(ahead).is_recent(), "{ahead:?} ahead");
+    }
+    let beyond = RECENT_AHEAD + second;
+    let reason = lock(beyond).stale_reason().unwrap();
+    assert!(reason.ends_with("s ahead of the clock"), "{reason}");
+    assert!(!stamp(beyond).is_recent());
+    // Behind the clock, the pid rule applies past the grace period, as before.
+    let behind = LockObservation {
+        modified: Some(SystemTime::now() - DEAD_HOLDER_GRACE - second),
+        ..lock(Duration::ZERO)
+    };
+    assert_eq!(
+        behind.stale_reason(),
+        Some(format!("process {dead} no longer exists"))
+    );
 }
 
 /// Opens the lock file and `flock`s it, as a live holder does (ours, or `msal-extensions` with
@@ -1051,43 +1090,31 @@ async fn a_write_keeps_the_owner_and_group_of_the_file_it_replaces() {
 /// Environment variable naming the cache file [`write_as_another_user`] writes.
 const OTHER_USER_CACHE: &str = "TOWER_IDENTITY_TEST_OTHER_USER_CACHE";
 
-/// The other side of [`a_file_this_process_may_not_give_its_owner_is_left_as_it_is`], which
-/// runs it as another user: prints the error of a write to the file named in
-/// [`OTHER_USER_CACHE`].
+/// The other side of the tests that run a writer as another user ([`write_as`]): writes to the
+/// file named in [`OTHER_USER_CACHE`] and prints `written`, or the error.
 #[tokio::test]
-#[ignore = "run as another user by a_file_this_process_may_not_give_its_owner_is_left_as_it_is"]
+#[ignore = "run as another user by the ownership tests (write_as)"]
 async fn write_as_another_user() {
     // Run by itself (`--ignored`), it has nothing to do.
     let Some(path) = std::env::var_os(OTHER_USER_CACHE).map(PathBuf::from) else {
         return;
     };
-    let err = CacheFile::<JsonDoc>::new(path, None)
+    match CacheFile::<JsonDoc>::new(path, None)
         .modify(|doc| doc.add("theirs"))
         .await
-        .unwrap_err();
-    println!("error: {err}");
+    {
+        Ok(_) => println!("written"),
+        Err(err) => println!("error: {err}"),
+    }
 }
 
-/// A process that may not give the replacement the file's owner (a user writing a file another
-/// user owns in a directory of theirs) leaves the file as it is, rather than take it over, and
-/// says whose it is.
-#[test]
-fn a_file_this_process_may_not_give_its_owner_is_left_as_it_is() {
-    use std::os::unix::process::CommandExt;
-    require_root();
-    // The writer runs as `nobody` in a directory of its own.
-    const NOBODY: u32 = 65534;
-    let top = tempfile::tempdir().unwrap();
-    fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let dir = top.path().join("home");
-    fs::create_dir(&dir).unwrap();
-    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
-    let path = dir.join("cache.json");
-    let content = r#"{"AccessToken": {"old": {}}}"#;
-    fs::write(&path, content).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
-    std::os::unix::fs::chown(&path, Some(OTHER_OWNER.0), Some(OTHER_OWNER.1)).unwrap();
+/// `nobody`, the user (and group) the writers of the ownership tests run as.
+const NOBODY: u32 = 65534;
 
+/// Runs [`write_as_another_user`] on `path` as user `uid`, group `gid` (no supplementary
+/// groups), and returns what it printed.
+fn write_as(uid: u32, gid: u32, path: &Path) -> String {
+    use std::os::unix::process::CommandExt;
     let output = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -1096,33 +1123,157 @@ fn a_file_this_process_may_not_give_its_owner_is_left_as_it_is() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(OTHER_USER_CACHE, &path)
-        .uid(NOBODY)
-        .gid(NOBODY)
+        .env(OTHER_USER_CACHE, path)
+        .uid(uid)
+        .gid(gid)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let expected = format!(
-        "error: could not replace the token cache {}: it belongs to uid 12345 gid 12346, which \
-         this process (uid {NOBODY}) cannot give the new file, so it was left as it is rather \
-         than taken from its owner: update the token cache as that user: check the owner and \
-         permissions of the file and its directory",
-        path.display()
+    stdout
+}
+
+/// A directory `home` in a new temporary directory others may enter, owned by `owner`, with
+/// `mode`; and the path of `cache.json` in it, holding `content`, owned by `file_owner`, with
+/// `file_mode`.
+fn home_with_cache(
+    top: &Path,
+    owner: (u32, u32),
+    mode: u32,
+    file_owner: (u32, u32),
+    file_mode: u32,
+    content: &str,
+) -> (PathBuf, PathBuf) {
+    fs::set_permissions(top, fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = top.join("home");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1)).unwrap();
+    // After the owner: a change of owner clears the setgid bit.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+    let path = dir.join("cache.json");
+    fs::write(&path, content).unwrap();
+    std::os::unix::fs::chown(&path, Some(file_owner.0), Some(file_owner.1)).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(file_mode)).unwrap();
+    (dir, path)
+}
+
+/// The names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The refusal [`write_as_another_user`] prints for a file owned by `owner` that a writer
+/// running as `ours` (its new file's owner and group) may not give that owner.
+fn refusal(path: &Path, owner: (u32, u32), ours: (u32, u32)) -> String {
+    let dir = path.parent().unwrap().display();
+    let file = path.display();
+    format!(
+        "error: could not replace the token cache {file}: it belongs to uid {} gid {}, and this \
+         process (uid {} gid {}) may not give the new file that owner, so it was left as it is \
+         rather than taken from its owner: update the token cache as uid {}, or share it \
+         through a group: make its directory setgid to a group both users are in, which may \
+         write to it (chgrp <group> {dir}; chmod g+rwxs {dir}), and the file that group's, \
+         which may read and write it (chgrp <group> {file}; chmod g+rw {file})\n",
+        owner.0, owner.1, ours.0, ours.1, owner.0,
+    )
+}
+
+/// A process that may not give the replacement the file's owner (a user writing a file another
+/// user owns in a directory of theirs, the group not shared) leaves the file as it is, rather
+/// than take it over, and says whose it is and what to do.
+#[test]
+fn a_file_this_process_may_not_give_its_owner_is_left_as_it_is() {
+    require_root();
+    let top = tempfile::tempdir().unwrap();
+    let content = r#"{"AccessToken": {"old": {}}}"#;
+    let (dir, path) = home_with_cache(
+        top.path(),
+        (NOBODY, NOBODY),
+        0o700,
+        OTHER_OWNER,
+        0o666,
+        content,
     );
-    assert!(stdout.contains(&expected), "{stdout}");
+    let stdout = write_as(NOBODY, NOBODY, &path);
+    assert!(
+        stdout.contains(&refusal(&path, OTHER_OWNER, (NOBODY, NOBODY))),
+        "{stdout}"
+    );
     assert_eq!(fs::read_to_string(&path).unwrap(), content);
     assert_eq!(owner(&path), OTHER_OWNER);
-    let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().flatten().collect();
     assert_eq!(
-        leftovers.len(),
-        1,
-        "no temporary or lock file left: {leftovers:?}"
+        names_in(&dir),
+        ["cache.json"],
+        "no temporary or lock file left"
     );
+}
+
+/// A user's own cache file whose group they may not give a file (a group they are not in:
+/// copied from another system, or made by root's tools) is updated, the new file keeping the
+/// user's group and getting no group permission, so that no group gains access. Before, the
+/// write was refused and the user could not update their own cache.
+#[test]
+fn an_own_file_of_a_group_this_process_may_not_give_is_replaced_without_group_access() {
+    require_root();
+    let top = tempfile::tempdir().unwrap();
+    let (dir, path) = home_with_cache(
+        top.path(),
+        (NOBODY, NOBODY),
+        0o700,
+        (NOBODY, OTHER_OWNER.1),
+        0o664,
+        r#"{"AccessToken": {"old": {}}}"#,
+    );
+    let stdout = write_as(NOBODY, NOBODY, &path);
+    assert!(stdout.contains("written\n"), "{stdout}");
+    assert_eq!(file_keys(&path), ["old", "theirs"]);
+    assert_eq!(owner(&path), (NOBODY, NOBODY));
+    assert_eq!(
+        mode(&path),
+        0o604,
+        "the group's bits dropped, the rest kept"
+    );
+    assert_eq!(names_in(&dir), ["cache.json"]);
+}
+
+/// A cache shared by a group's members (a setgid directory of that group, the file the
+/// group's and group-writable) is updated by a member though another member owns the file:
+/// the new file is the writer's, the group and mode kept. Before, the write was refused.
+/// Without the group's write permission on the file, it is still refused.
+#[test]
+fn a_file_shared_through_a_setgid_directory_is_replaced_by_a_member_of_its_group() {
+    require_root();
+    const SHARED: u32 = 23456;
+    let top = tempfile::tempdir().unwrap();
+    let content = r#"{"AccessToken": {"old": {}}}"#;
+    let file_owner = (OTHER_OWNER.0, SHARED);
+    let (dir, path) = home_with_cache(top.path(), (0, SHARED), 0o2770, file_owner, 0o640, content);
+    // The group may only read it: not shared for writing.
+    let stdout = write_as(NOBODY, SHARED, &path);
+    assert!(
+        stdout.contains(&refusal(&path, file_owner, (NOBODY, SHARED))),
+        "{stdout}"
+    );
+    assert_eq!(fs::read_to_string(&path).unwrap(), content);
+    assert_eq!(owner(&path), file_owner);
+    assert_eq!(names_in(&dir), ["cache.json"]);
+
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).unwrap();
+    let stdout = write_as(NOBODY, SHARED, &path);
+    assert!(stdout.contains("written\n"), "{stdout}");
+    assert_eq!(file_keys(&path), ["old", "theirs"]);
+    assert_eq!(owner(&path), (NOBODY, SHARED));
+    assert_eq!(mode(&path), 0o660);
+    assert_eq!(names_in(&dir), ["cache.json"]);
 }
 
 /// A cache file with another hard link (`msal.cache.nocae` linked to `msal.cache`) is not
@@ -1146,10 +1297,13 @@ async fn a_hard_linked_cache_file_is_left_as_it_is_and_the_error_says_what_to_do
         assert_eq!(
             err.to_string(),
             format!(
-                "could not replace the token cache {}: it has 2 hard links (other names of the \
-                 same file), which replacing it would separate, so it was left as it is: make \
-                 the other names symbolic links to it (ln -sf), or remove them",
-                path.display()
+                "could not replace the token cache {path}: it has 2 hard links (other names of \
+                 the same file), which replacing it would separate, so it was left as it is: \
+                 make the other names symbolic links to it (ln -sf), or remove them; to find \
+                 them, run `find {dir} -xdev -samefile {path}` (with the file system's mount \
+                 point for {dir} to search all of it)",
+                path = path.display(),
+                dir = dir.path().display(),
             )
         );
         assert_eq!(fs::read_to_string(&path).unwrap(), content);
