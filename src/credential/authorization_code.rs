@@ -1,5 +1,6 @@
 //! [`AuthorizationCodeCredential`]: a user's authorization code, then its refresh token.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
@@ -43,14 +44,18 @@ const NAME: &str = "AuthorizationCodeCredential";
 ///   500112 another redirect URI) is forgotten at once, and later calls get that refusal without a request (sign the user in
 ///   again for a new code). A code refused for the request only (any other `invalid_grant`:
 ///   no consent, MFA, a Conditional Access policy of one resource, a code not known here;
-///   or `invalid_scope`, `invalid_resource`) is kept: that refusal is the answer to the calls
-///   for the same request (tenant, scopes, CAE, claims) only. A call for something else,
+///   or `invalid_scope`, `invalid_resource`) is kept, and that refusal is the answer to the
+///   calls for the same request (tenant, scopes, CAE, claims) only: for 30 s they get it
+///   without a request, then that request sends the code again. A call for something else,
 ///   including one that was waiting for that redemption, sends the code for its own request
-///   (after any other redemption it finds running), so it gets its own answer; the same
-///   request sends it again after 30 s (sooner, it gets the last refusal without a request,
-///   unless another request's refusal came since). `invalid_client`, `unauthorized_client`
-///   and failures to reach Entra are every waiting call's answer, and the next call sends
-///   the code again.
+///   (after any other redemption it finds running), so it gets its own answer. These
+///   refusals are kept per request, so requests retried in turn each send the code once per
+///   30 s; at most 16 are kept (those older than 30 s are dropped as one is kept; a 17th
+///   replaces the oldest, whose request sends the code again on its next call). A redemption
+///   that succeeds, or a refusal that spends the code, forgets them all. Any other failure
+///   (`invalid_client`, `unauthorized_client`, throttling, a server error, no answer) is the
+///   answer of every call waiting for that redemption, and is not kept: the next call sends
+///   the code again (once any `Retry-After` has passed).
 /// * Later calls: a cached access token (more than 300 s left; past its refresh time, a
 ///   refresh token is redeemed first and the cached token returned only if that fails, as in
 ///   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
@@ -100,10 +105,11 @@ struct CodeState {
     /// Entra's refusal of the code for good (see [`code_is_spent`]), the answer to every
     /// later call: sent again, the code could only be refused again.
     refused: Option<CredentialError>,
-    /// The last refusal that kept the code (see [`keeps_the_code`]), answered again to the
-    /// same request for [`DEFAULT_RETRY_AFTER_FAILURE`] without sending the code: a caller
-    /// retrying in a loop would otherwise send it each time.
-    kept_refusal: Option<KeptRefusal>,
+    /// The refusals that kept the code (see [`keeps_the_code`]), one per request, each
+    /// answered again to its request for [`DEFAULT_RETRY_AFTER_FAILURE`] without sending the
+    /// code: callers retrying in a loop, for one request or several in turn, would otherwise
+    /// send it each time. Bounded: see [`KEPT_REFUSALS`].
+    kept_refusals: KeptRefusals,
     /// The request of the last redemption started: while one runs, the one its waiters
     /// joined. A waiter answers its refusal only when it is for its own request.
     redeeming: Option<Asked>,
@@ -119,11 +125,56 @@ struct Asked {
     claims: Option<String>,
 }
 
+/// How many refusals that kept the code [`KeptRefusals`] holds: a credential asks for a
+/// handful of distinct requests; past that, the oldest refusal is replaced (its request sends
+/// the code again on its next call, as it would without it).
+const KEPT_REFUSALS: usize = 16;
+
 /// A refusal of the code that kept it: for which request, when, and what.
 struct KeptRefusal {
     request: Asked,
     at: tokio::time::Instant,
     error: CredentialError,
+}
+
+/// The refusals that kept the code, at most one per request and at most [`KEPT_REFUSALS`],
+/// oldest first: each is the answer to its request for [`DEFAULT_RETRY_AFTER_FAILURE`].
+/// Those older than that are dropped as a refusal is kept; when full, the oldest is replaced. A
+/// success, or a refusal that spends the code, clears them all.
+#[derive(Default)]
+struct KeptRefusals(VecDeque<KeptRefusal>);
+
+impl KeptRefusals {
+    /// The refusal of `request` kept less than [`DEFAULT_RETRY_AFTER_FAILURE`] ago.
+    fn recent(&self, request: &Asked, now: tokio::time::Instant) -> Option<CredentialError> {
+        self.0
+            .iter()
+            .find(|kept| kept.request == *request && is_recent(kept.at, now))
+            .map(|kept| kept.error.clone())
+    }
+
+    /// Keeps `error` as the answer to `request`, in place of an earlier refusal of it.
+    fn keep(&mut self, request: Asked, error: CredentialError, now: tokio::time::Instant) {
+        self.0
+            .retain(|kept| kept.request != request && is_recent(kept.at, now));
+        if self.0.len() >= KEPT_REFUSALS {
+            self.0.pop_front();
+        }
+        self.0.push_back(KeptRefusal {
+            request,
+            at: now,
+            error,
+        });
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Whether a refusal kept at `at` still answers its request at `now`.
+fn is_recent(at: tokio::time::Instant, now: tokio::time::Instant) -> bool {
+    now.saturating_duration_since(at) < DEFAULT_RETRY_AFTER_FAILURE
 }
 
 /// An authorization code and the PKCE verifier of the sign-in that issued it: sent together
@@ -209,8 +260,9 @@ impl Inner {
         };
         // Every pass either returns or waits for a redemption to end; it goes round again
         // only after another request's redemption was refused with the code kept (or
-        // succeeded), so it never spins, and it sends the code for its own request unless a
-        // redemption for that request was refused.
+        // succeeded), so it never spins, and it sends the code for its own request unless
+        // that request's refusal is kept. Refusals being kept per request, each other request
+        // is refused so at most once per 30 s (up to 16 requests), which bounds the passes.
         loop {
             let step = {
                 let mut state = self.state.lock();
@@ -222,10 +274,10 @@ impl Inner {
                         mine: false,
                         for_this_request: state.redeeming.as_ref() == Some(&asked),
                     }
-                } else if let Some(error) = state.kept_refusal.as_ref().and_then(|kept| {
-                    let recent = kept.at.elapsed() < DEFAULT_RETRY_AFTER_FAILURE;
-                    (kept.request == asked && recent).then(|| kept.error.clone())
-                }) {
+                } else if let Some(error) = state
+                    .kept_refusals
+                    .recent(&asked, tokio::time::Instant::now())
+                {
                     return Err(error);
                 } else if let Some(code) = state.code.clone() {
                     let redeem = self.redeem(code, tenant, scopes, cae, claims.clone());
@@ -240,20 +292,20 @@ impl Inner {
                             match &result {
                                 Ok(redeemed) => {
                                     state.code = None;
-                                    state.kept_refusal = None;
+                                    state.kept_refusals.clear();
                                     state.account.clone_from(&redeemed.account);
                                 }
                                 Err(error) if code_is_spent(error) => {
                                     state.code = None;
-                                    state.kept_refusal = None;
+                                    state.kept_refusals.clear();
                                     state.refused = Some(error.clone());
                                 }
                                 Err(error) if keeps_the_code(error) => {
-                                    state.kept_refusal = Some(KeptRefusal {
-                                        request: refused_request,
-                                        at: tokio::time::Instant::now(),
-                                        error: error.clone(),
-                                    });
+                                    state.kept_refusals.keep(
+                                        refused_request,
+                                        error.clone(),
+                                        tokio::time::Instant::now(),
+                                    );
                                 }
                                 Err(_) => {}
                             }
@@ -420,7 +472,7 @@ fn code_is_spent(error: &CredentialError) -> bool {
 }
 
 /// Whether Entra refused the authorization code for the request only, keeping it (see
-/// [`CodeState::kept_refusal`]): another request may redeem it. `invalid_grant` other than
+/// [`CodeState::kept_refusals`]): another request may redeem it. `invalid_grant` other than
 /// [`CODE_SPENT`] (consent or MFA for these scopes, a Conditional Access policy of this
 /// resource, a code not known here), `invalid_scope` and `invalid_resource` (a scope or
 /// resource this request named). Not `invalid_client` or `unauthorized_client`: they refuse
@@ -585,7 +637,7 @@ impl AuthorizationCodeCredentialBuilder {
                         }),
                         account: None,
                         refused: None,
-                        kept_refusal: None,
+                        kept_refusals: KeptRefusals::default(),
                         redeeming: None,
                     },
                 ),

@@ -1027,6 +1027,107 @@ async fn a_scope_or_resource_refusal_keeps_the_code_for_another_request() {
     assert_eq!(authority.token_posts(), 1);
 }
 
+/// How many times the code was sent for `resource`, by the token requests in `log` (see
+/// [`loopback::refusing_scopes`]).
+fn code_sent_for(log: &std::sync::Mutex<Vec<(String, String)>>, resource: &str) -> usize {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|(grant, scope)| {
+            grant == "authorization_code" && scope.split(' ').any(|s| s == resource)
+        })
+        .count()
+}
+
+/// Two requests refused while keeping the code (AADSTS65001 for A, 50076 for B), retried in
+/// turn (A, B, A, B, …) within 30 s: each call gets its own request's refusal, and the code
+/// is sent once per request; 30 s after its refusal, A sends it again. Before, only the last
+/// refusal was kept: B's replaced A's, so every retry sent the code again.
+#[tokio::test(start_paused = true)]
+async fn two_requests_refused_and_retried_in_turn_send_the_code_once_each() {
+    use crate::support::authority::{Authority, error_body};
+    use loopback::{A, B};
+
+    let authority = Authority::start().await;
+    let log = std::sync::Arc::default();
+    let http = loopback::refusing_scopes(
+        crate::support::creds::http(&authority),
+        vec![
+            (A, error_body("invalid_grant", 65001, "No consent.")),
+            (B, error_body("invalid_grant", 50076, "MFA required.")),
+        ],
+        std::sync::Arc::clone(&log),
+    );
+    let credential = loopback::builder(&authority, loopback::CODE)
+        .http_client(http)
+        .build()
+        .unwrap();
+    for round in 0..3 {
+        for (resource, code) in [(A, 65001), (B, 50076)] {
+            let error = credential.get_token([resource]).await.unwrap_err();
+            assert_eq!(
+                error.error_codes(),
+                [code],
+                "round {round}, {resource}: {error}"
+            );
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+    }
+    assert_eq!(code_sent_for(&log, A), 1, "{log:#?}");
+    assert_eq!(code_sent_for(&log, B), 1, "{log:#?}");
+
+    // 30 s after the refusals, each request sends the code again, once.
+    tokio::time::advance(Duration::from_secs(15)).await;
+    for _ in 0..2 {
+        for (resource, code) in [(A, 65001), (B, 50076)] {
+            let error = credential.get_token([resource]).await.unwrap_err();
+            assert_eq!(error.error_codes(), [code], "{resource}: {error}");
+        }
+    }
+    assert_eq!(code_sent_for(&log, A), 2, "{log:#?}");
+    assert_eq!(code_sent_for(&log, B), 2, "{log:#?}");
+    assert_eq!(authority.token_posts(), 0);
+}
+
+/// The refusals kept are bounded: 16 requests. A 17th request's refusal replaces the oldest
+/// one (that request sends the code again on its next call); the 16 newest are still
+/// answered without sending it.
+#[tokio::test(start_paused = true)]
+async fn at_most_sixteen_refusals_are_kept_the_oldest_replaced() {
+    use crate::support::authority::{Authority, error_body};
+
+    const REFUSED: &str = "https://resource.test/refused/";
+    let authority = Authority::start().await;
+    let log = std::sync::Arc::default();
+    let http = loopback::refusing_scopes(
+        crate::support::creds::http(&authority),
+        vec![(REFUSED, error_body("invalid_grant", 65001, "No consent."))],
+        std::sync::Arc::clone(&log),
+    );
+    let credential = loopback::builder(&authority, loopback::CODE)
+        .http_client(http)
+        .build()
+        .unwrap();
+    let resources: Vec<String> = (0..17).map(|i| format!("{REFUSED}{i}")).collect();
+    for resource in &resources {
+        credential.get_token([resource.as_str()]).await.unwrap_err();
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    // The 16 newest: answered from their kept refusals.
+    for resource in &resources[1..] {
+        let error = credential.get_token([resource.as_str()]).await.unwrap_err();
+        assert_eq!(error.error_codes(), [65001], "{resource}: {error}");
+        assert_eq!(code_sent_for(&log, resource), 1, "{resource}: {log:#?}");
+    }
+    // The oldest was replaced: sent again.
+    let error = credential
+        .get_token([resources[0].as_str()])
+        .await
+        .unwrap_err();
+    assert_eq!(error.error_codes(), [65001], "{error}");
+    assert_eq!(code_sent_for(&log, &resources[0]), 2, "{log:#?}");
+}
+
 /// A redemption that succeeded but named no account (no client_info, no id token): later
 /// requests for other scopes say so, and what to ask for. Before, they said the code was
 /// not redeemed.
