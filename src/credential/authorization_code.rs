@@ -201,8 +201,6 @@ enum Step {
     Account(String),
     Join {
         redemption: Flight<Redeemed>,
-        /// This call started it.
-        mine: bool,
         /// It redeems the code for this call's own request (this call's, or another call's
         /// for the same tenant, scopes, CAE and claims).
         for_this_request: bool,
@@ -271,7 +269,6 @@ impl Inner {
                 } else if let Some(redemption) = state.running(&()) {
                     Step::Join {
                         redemption,
-                        mine: false,
                         for_this_request: state.redeeming.as_ref() == Some(&asked),
                     }
                 } else if let Some(error) = state
@@ -313,7 +310,6 @@ impl Inner {
                         });
                     Step::Join {
                         redemption,
-                        mine: true,
                         for_this_request: true,
                     }
                 } else if let Some(refused) = &state.refused {
@@ -333,7 +329,6 @@ impl Inner {
             match step {
                 Step::Join {
                     redemption,
-                    mine,
                     for_this_request,
                 } => {
                     let redeemed = match redemption.await {
@@ -345,10 +340,13 @@ impl Inner {
                         Err(error) if !for_this_request && keeps_the_code(&error) => continue,
                         Err(error) => return Err(error),
                     };
+                    // Its token answers this request when it was redeemed for it (the same
+                    // claims too), or for the same scopes when this request carries no
+                    // challenge (a token obtained with one serves it all the same).
                     let same = redeemed.tenant == tenant
                         && redeemed.scopes == scopes
                         && redeemed.cae == cae;
-                    if mine || (same && !carries_a_challenge(claims.as_deref())) {
+                    if for_this_request || (same && !carries_a_challenge(claims.as_deref())) {
                         return Ok(redeemed.token);
                     }
                     // Another request's redemption: the account is pinned now; go on with it.

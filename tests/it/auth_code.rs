@@ -1027,6 +1027,33 @@ async fn a_scope_or_resource_refusal_keeps_the_code_for_another_request() {
     assert_eq!(authority.token_posts(), 1);
 }
 
+/// Two concurrent first calls with the same claims challenge share the one redemption: its
+/// token, obtained for exactly their request (tenant, scopes, CAE, claims), answers both.
+/// Before, the call that waited set it aside, as it does a token redeemed for other claims,
+/// and redeemed the refresh token with the same claims: a second request.
+#[tokio::test(start_paused = true)]
+async fn concurrent_calls_with_the_same_claims_challenge_share_the_redemption() {
+    use crate::support::authority::Authority;
+    use loopback::{A, answer};
+
+    const CHALLENGE: &str = r#"{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}"#;
+    let authority = Authority::start().await;
+    let credential = loopback::credential(&authority);
+    authority.push_fault(answer("at-1", "rt-1"));
+    authority.push_fault(answer("at-2", "rt-2"));
+    let request = || TokenRequest::new([A]).with_claims(CHALLENGE);
+    let (a, b) = tokio::join!(
+        credential.get_token_with(request()),
+        credential.get_token_with(request()),
+    );
+    for token in [a, b] {
+        let token = token.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(token.secret().expose_secret(), "at-1");
+    }
+    let requests = authority.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+}
+
 /// How many times the code was sent for `resource`, by the token requests in `log` (see
 /// [`loopback::refusing_scopes`]).
 fn code_sent_for(log: &std::sync::Mutex<Vec<(String, String)>>, resource: &str) -> usize {
