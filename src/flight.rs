@@ -134,6 +134,17 @@ impl<T> Clone for Flight<T> {
     }
 }
 
+impl<T: Clone + Send + 'static> Flight<T> {
+    /// A handle that resolves at once to `error`: an owner's answer from its state when it
+    /// starts no flight (the refresh slot's spaced failure, no runtime to start one on).
+    pub(crate) fn failed(error: CredentialError) -> Self {
+        Self {
+            joined: futures_util::future::ready(Err(error)).boxed().shared(),
+            _holder: None,
+        }
+    }
+}
+
 impl<T: Clone> Future for Flight<T> {
     type Output = Result<T, CredentialError>;
 
@@ -281,10 +292,7 @@ where
                     self.inner.what
                 ),
             );
-            return Flight {
-                joined: futures_util::future::ready(Err(error)).boxed().shared(),
-                _holder: None,
-            };
+            return Flight::failed(error);
         };
         let locked = &mut *self.locked;
         locked.next_id = locked.next_id.wrapping_add(1);

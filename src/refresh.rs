@@ -54,7 +54,21 @@
 //!   task (tower's `Buffer`) answers the layer's renewal at once with its current token,
 //!   which counts as a failed attempt, tried again after the spacing.
 //! * **No valid token**: every caller waits on one acquisition and receives its result, the
-//!   error included. An expired token is never returned.
+//!   error included. An expired token is never returned. A failure reaches that
+//!   acquisition's waiters only: the next caller starts another (concurrent callers share
+//!   one), unless the slot's token was rejected (next).
+//! * **A rejected token** ([`TokenSlot::invalidate`]: the bearer layer's answer to a 401, a
+//!   plain one or a claims challenge it could not answer) is not handed out by the slot
+//!   again. The next caller acquires a replacement, which its concurrent callers share; if
+//!   it fails, it is spaced as a failed renewal is (`last_attempt`, `retry_after_failure`):
+//!   for 30 s from its end, callers get its error at once and the credential is not asked.
+//!   So after a rejection, a failing credential is asked at most once per 30 s however
+//!   many callers come, and a working one once; a token coming in (an acquisition's, or a
+//!   claims token [`store`](TokenSlot::store)d) ends the memory. Without a rejection (a cold
+//!   slot, an expired token) a failure is not remembered, as above. A credential answering
+//!   from a cache of its own hands back the token that was rejected (it has no way to be
+//!   told to skip its cache without claims): the slot takes it as a new token, and it costs
+//!   the credential one call (a cache lookup) per 401 it meets.
 //! * **A token stored meanwhile** ([`TokenSlot::store`]: the bearer layer's answer to a claims
 //!   challenge) stays when an acquisition that started before it ends: that acquisition was
 //!   asked for less, and its token would meet the same challenge again.
@@ -370,8 +384,16 @@ pub(crate) type Acquisition<V> = Flight<Entry<V>>;
 /// What the slot keeps under its flight's lock.
 struct State<V> {
     current: Option<Entry<V>>,
-    /// When the last renewal ended.
+    /// When the last renewal ended, or the last acquisition that failed to replace a
+    /// rejected token (see `rejected`).
     last_attempt: Option<Instant>,
+    /// The current token was dropped by [`TokenSlot::invalidate`] (a resource rejected it)
+    /// and no token has come in since: an acquisition failing now is spaced as a renewal is
+    /// (see "A rejected token" in the module docs).
+    rejected: bool,
+    /// The error of the last acquisition that failed while `rejected`: the answer, without
+    /// asking, until `last_attempt` plus the spacing.
+    failure: Option<CredentialError>,
     /// The token a renewal started early was for, for a stacked slot's wider window (see
     /// "Stacked slots" in the module docs): not renewed early again, whatever that renewal
     /// brought.
@@ -459,7 +481,8 @@ pub(crate) enum Lookup<V> {
         recheck_at: Instant,
         timed: bool,
     },
-    /// No valid token: wait for this acquisition.
+    /// No valid token: wait for this acquisition (after a rejection, possibly the last one's
+    /// failure, remembered for the spacing: see "A rejected token" in the module docs).
     Wait(Acquisition<V>),
 }
 
@@ -477,6 +500,8 @@ impl<V: SlotValue> TokenSlot<V> {
                 State {
                     current: None,
                     last_attempt: None,
+                    rejected: false,
+                    failure: None,
                     tried_early: None,
                     stores: 0,
                     acquisitions: 0,
@@ -537,7 +562,7 @@ impl<V: SlotValue> TokenSlot<V> {
                         _ => return Ok(entry.value),
                     }
                 }
-                _ => (self.join_or_start(&mut state, acquire), None),
+                _ => (self.join_or_start(&mut state, now, acquire), None),
             }
         };
         match (acquisition.await, fallback) {
@@ -597,7 +622,7 @@ impl<V: SlotValue> TokenSlot<V> {
                     timed,
                 }
             }
-            _ => Lookup::Wait(self.join_or_start(&mut state, acquire)),
+            _ => Lookup::Wait(self.join_or_start(&mut state, now, acquire)),
         }
     }
 
@@ -626,6 +651,8 @@ impl<V: SlotValue> TokenSlot<V> {
         };
         state.stores = state.stores.wrapping_add(1);
         state.current = Some(entry.clone());
+        state.rejected = false;
+        state.failure = None;
         self.bump();
         Ok(entry)
     }
@@ -652,6 +679,7 @@ impl<V: SlotValue> TokenSlot<V> {
         let current = state.current.as_ref().is_some_and(|e| e.id == id);
         if current {
             state.current = None;
+            state.rejected = true;
             self.bump();
         }
         current
@@ -759,17 +787,28 @@ impl<V: SlotValue> TokenSlot<V> {
         }
     }
 
+    /// With no valid token: the running acquisition, or else the failure to replace a
+    /// rejected token again while it is within the spacing (see "A rejected token" in the
+    /// module docs), or else a new acquisition.
     fn join_or_start<F, Fut>(
         self: &Arc<Self>,
         state: &mut Locked<'_, V>,
+        now: Instant,
         acquire: F,
     ) -> Acquisition<V>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
-        match state.running(&()) {
-            Some(acquisition) => acquisition,
+        if let Some(acquisition) = state.running(&()) {
+            return acquisition;
+        }
+        let spaced = state
+            .failure
+            .as_ref()
+            .filter(|_| self.recently_attempted(state, now));
+        match spaced {
+            Some(error) => Acquisition::failed(error.clone()),
             None => self.start(state, acquire, Start::First),
         }
     }
@@ -872,6 +911,19 @@ impl<V: SlotValue> TokenSlot<V> {
         });
         if kind != Start::First {
             state.last_attempt = Some(now);
+        }
+        match &outcome {
+            Ok(_) => {
+                state.rejected = false;
+                state.failure = None;
+            }
+            // Replacing a rejected token failed: spaced as a failed renewal is, its error
+            // the answer meanwhile (see "A rejected token" in the module docs).
+            Err(error) if state.rejected => {
+                state.last_attempt = Some(now);
+                state.failure = Some(error.clone());
+            }
+            Err(_) => {}
         }
         // Once per token: asked early, a provider answering from a cache of its own (az, azd,
         // IMDS, a cache file) hands back the token it has until its own refresh time, and
@@ -1927,6 +1979,73 @@ mod tests {
         slot.invalidate(second.id);
         assert!(slot.current_entry().is_none());
         assert!(slot.generation() > g);
+    }
+
+    /// The slot's lookup, waited for: the layer's way in.
+    async fn looked_up<F, Fut>(slot: &Arc<TokenSlot>, acquire: F) -> Result<String, CredentialError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<AccessToken, CredentialError>> + Send + 'static,
+    {
+        let entry = match slot.lookup(Instant::now(), acquire) {
+            Lookup::Use { entry, .. } => entry,
+            Lookup::Wait(acquisition) => acquisition.await?,
+        };
+        Ok(entry.value.secret().expose_secret().to_owned())
+    }
+
+    /// A rejected token's replacement that fails is spaced as a failed renewal is: for 30 s
+    /// from its end its error is the answer, the credential not asked; concurrent callers
+    /// share one acquisition. Before, each caller after a failure asked again. A cold slot's
+    /// failure is not remembered, and a token stored ends the memory.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_replacement_of_a_rejected_token_is_spaced() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let failing = || counting(&calls, |_| Err(failure()));
+        let rejected = slot.store(token("rejected", HOUR)).unwrap();
+        assert!(slot.invalidate(rejected.id));
+        let concurrent: Vec<_> = (0..50).map(|_| looked_up(&slot, failing())).collect();
+        for outcome in futures_util::future::join_all(concurrent).await {
+            let error = outcome.unwrap_err();
+            assert!(error.message().contains("provider down"), "{error}");
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one for 50 concurrent callers"
+        );
+        for _ in 0..29 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            let error = looked_up(&slot, failing()).await.unwrap_err();
+            assert!(error.message().contains("provider down"), "{error}");
+            assert!(slot.get(failing()).await.is_err());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "none within 30 s");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(looked_up(&slot, failing()).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "again after 30 s");
+        // A claims token stored ends the memory: dropped in turn, it is replaced at once.
+        let stored = slot.store(token("claims", HOUR)).unwrap();
+        assert!(slot.invalidate(stored.id));
+        let fresh = || counting(&calls, |n| Ok(token(&format!("t{n}"), HOUR)));
+        assert_eq!(looked_up(&slot, fresh()).await.unwrap(), "t3");
+        // As does an acquisition's token.
+        let current = slot.current_entry().unwrap();
+        assert!(slot.invalidate(current.id));
+        assert!(looked_up(&slot, failing()).await.is_err());
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(looked_up(&slot, fresh()).await.unwrap(), "t5");
+        let current = slot.current_entry().unwrap();
+        assert!(slot.invalidate(current.id));
+        assert_eq!(looked_up(&slot, fresh()).await.unwrap(), "t6");
+        assert_eq!(calls.load(Ordering::SeqCst), 6);
+
+        // A cold slot: each caller after a failure asks again, as before.
+        let cold = TokenSlot::new("Test", RefreshPolicy::default());
+        assert!(looked_up(&cold, failing()).await.is_err());
+        assert!(looked_up(&cold, failing()).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 8);
     }
 
     #[test]

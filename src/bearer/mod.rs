@@ -60,15 +60,26 @@
 //!   and is retried after 30 s. With no valid token, all requests wait on one acquisition and
 //!   all get its result, the error included; a request that is dropped does not cancel it.
 //! * **401**: a plain 401 is returned unchanged, and the token it rejected is dropped if it is
-//!   still the current one. With [`enable_cae`](BearerTokenLayerBuilder::enable_cae), a Bearer
-//!   challenge with `error="insufficient_claims"` and decodable `claims` gets a token for those
-//!   claims (bypassing every cache) and the request is re-sent once, with the same body; a
+//!   still the current one (see *After a dropped token*). With
+//!   [`enable_cae`](BearerTokenLayerBuilder::enable_cae), a Bearer challenge with
+//!   `error="insufficient_claims"` and decodable `claims` gets a token for those claims
+//!   (bypassing every cache) and the request is re-sent once, with the same body; a
 //!   second 401 is returned as is. If the credential cannot get a token with those claims,
 //!   the request fails with its error (the same claims are not asked for again within 30 s)
 //!   and the rejected token is dropped, as for a plain 401;
 //!   a credential answering with the rejected token itself (it ignored the claims) is one
 //!   that cannot. A request that could not be re-sent anyway gets its 401 instead, once the
 //!   acquisition has ended or after 5 s (see *Bodies*).
+//! * **After a dropped token** (a 401, or a claims challenge the credential could not
+//!   answer): the layer does not send that token again from its slot. The next request asks
+//!   the credential for a token, and the requests that come meanwhile wait for that one
+//!   call. If it fails, the requests of the next 30 s get its error at once, without the
+//!   credential being asked (as a failed renewal is retried after 30 s); the first request
+//!   after that asks again. So N concurrent requests cost one call, and requests one after
+//!   another one call if it succeeds, at most one per 30 s while it fails. A credential with
+//!   a cache of its own (this crate's have one) may answer the very token that was
+//!   rejected, since without claims it cannot be told to skip its cache: the layer sends
+//!   it, and each 401 for it costs the credential one call (a cache lookup).
 //! * **Bodies**: the re-send needs the body again ([`RetryBody`]): `Full<Bytes>` and `Empty`
 //!   are cloned (no copy of the data); a `String` is copied, and `BoxBody`, `UnsyncBoxBody`
 //!   and [`ReplayBody`] are recorded as they stream, up to the replay limit (64 KiB by

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
@@ -816,58 +816,137 @@ async fn a_claims_answer_that_is_the_rejected_token_is_a_failure_and_is_spaced()
     // Past the spacing the credential is asked again.
     challenged().await.unwrap_err();
     assert_eq!(claims_asked(), 2);
-    // Each failure dropped the rejected token: each request after one asked for a token.
+    // Each failure dropped the rejected token, and asked without claims the credential
+    // answers it again (as one answering from a cache of its own would): a token request per
+    // 401 (4 requests), none more.
     assert_eq!(
         asked.lock().unwrap().len(),
         6,
-        "and a token for each request"
+        "2 claims requests and a token request per 401"
     );
 }
 
-/// A claims challenge the credential fails drops the token the resource rejected, as a plain
-/// 401 does: the requests within the failure's spacing do not all carry it again.
-#[tokio::test(start_paused = true)]
-async fn a_failed_claims_challenge_drops_the_rejected_token() {
-    let resource = Resource::start().await;
-    let tokens = Arc::new(AtomicUsize::new(0));
-    let credential = tower::service_fn({
-        let tokens = Arc::clone(&tokens);
-        move |request: tower_identity::TokenRequest| {
-            let answer = match request.claims() {
-                Some(_) => Err(CredentialError::authentication_failed(
-                    "Test",
-                    "MFA required",
-                )),
-                None => {
-                    let n = tokens.fetch_add(1, Ordering::SeqCst) + 1;
+/// A credential without a cache of its own: a claims request fails (the user must pass MFA
+/// again), a plain one gets `at-1`, `at-2` … (counted in `plain`), or fails while `down` is
+/// set.
+fn mfa_credential(plain: &Arc<AtomicUsize>, down: &Arc<AtomicBool>) -> BoxCredential {
+    let (plain, down) = (Arc::clone(plain), Arc::clone(down));
+    let credential = tower::service_fn(move |request: tower_identity::TokenRequest| {
+        let answer = match request.claims() {
+            Some(_) => Err(CredentialError::authentication_failed(
+                "Test",
+                "MFA required",
+            )),
+            None => {
+                let n = plain.fetch_add(1, Ordering::SeqCst) + 1;
+                if down.load(Ordering::SeqCst) {
+                    Err(CredentialError::authentication_failed(
+                        "Test",
+                        "account disabled",
+                    ))
+                } else {
                     let expires = Instant::now() + secs(3600);
                     Ok(tower_identity::AccessToken::new(format!("at-{n}"), expires))
                 }
-            };
-            async move { answer }
-        }
+            }
+        };
+        async move { answer }
     });
-    let layer = BearerTokenLayer::builder(BoxCredential::named("Test", credential), [SCOPE])
+    BoxCredential::named("Test", credential)
+}
+
+/// The bearer tokens the resource saw, in order.
+fn bearers(resource: &Resource) -> Vec<String> {
+    resource
+        .requests()
+        .iter()
+        .map(|seen| seen.bearer().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A claims challenge the credential fails drops the token the resource rejected, as a plain
+/// 401 does: the requests after it do not carry it again (it would be rejected every time),
+/// and 50 of them at once share one token request.
+#[tokio::test(start_paused = true)]
+async fn a_failed_claims_challenge_drops_the_rejected_token() {
+    let resource = Resource::start().await;
+    resource.set_mode(Mode::Cae);
+    resource.revoke("at-1");
+    let (plain, down) = Default::default();
+    let layer = BearerTokenLayer::builder(mfa_credential(&plain, &down), [SCOPE])
         .enable_cae(true)
         .build();
     let service = bearer::<Full<Bytes>>(&layer);
-    resource.push(Answer::Cae {
-        claims: revocation_claims(1),
-    });
     let err = service
         .clone()
         .oneshot(get(&resource, "/"))
         .await
         .unwrap_err();
-    assert!(err.downcast_ref::<CredentialError>().is_some(), "{err}");
-    let response = service.clone().oneshot(get(&resource, "/")).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let seen: Vec<_> = resource
-        .requests()
-        .iter()
-        .map(|seen| seen.bearer().map(str::to_owned))
-        .collect();
-    assert_eq!(seen, [Some("at-1".to_owned()), Some("at-2".to_owned())]);
+    let err = err.downcast_ref::<CredentialError>().expect("its error");
+    assert!(err.message().contains("MFA required"), "{err}");
+    let requests = (0..50).map(|_| service.clone().oneshot(get(&resource, "/")));
+    for response in futures_util::future::join_all(requests).await {
+        assert_eq!(response.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(plain.load(Ordering::SeqCst), 2, "one for the 50 requests");
+    let mut expected = vec!["at-1".to_owned()];
+    expected.extend(std::iter::repeat_n("at-2".to_owned(), 50));
+    assert_eq!(bearers(&resource), expected);
+}
+
+/// The same, with a credential that then fails plain token requests too (the account was
+/// disabled, say). The token that replaces the rejected one is asked for as a failed renewal
+/// is: 50 requests at once share one token request, and its error is the answer without
+/// asking for 30 s from its end. Before, every request after the first failure asked the
+/// credential again: the 29 requests a second apart made 29 token requests.
+#[tokio::test(start_paused = true)]
+async fn after_a_failed_claims_challenge_a_failing_credential_is_asked_once_per_30_s() {
+    let resource = Resource::start().await;
+    resource.set_mode(Mode::Cae);
+    resource.revoke("at-1");
+    let (plain, down): (Arc<AtomicUsize>, Arc<AtomicBool>) = Default::default();
+    let layer = BearerTokenLayer::builder(mfa_credential(&plain, &down), [SCOPE])
+        .enable_cae(true)
+        .build();
+    let service = bearer::<Full<Bytes>>(&layer);
+    let request = || service.clone().oneshot(get(&resource, "/"));
+    let fails_with = |outcome: Result<http::Response<_>, tower_identity::BoxError>, what: &str| {
+        let err = outcome.expect_err("no token to send");
+        let err = err.downcast_ref::<CredentialError>().expect("its error");
+        assert!(err.message().contains(what), "{err}");
+    };
+    fails_with(request().await, "MFA required");
+    assert_eq!(plain.load(Ordering::SeqCst), 1);
+    down.store(true, Ordering::SeqCst);
+
+    let requests = (0..50).map(|_| request());
+    for outcome in futures_util::future::join_all(requests).await {
+        fails_with(outcome, "account disabled");
+    }
+    assert_eq!(plain.load(Ordering::SeqCst), 2, "one for the 50 requests");
+    for _ in 0..29 {
+        tokio::time::advance(secs(1)).await;
+        fails_with(request().await, "account disabled");
+    }
+    assert_eq!(
+        plain.load(Ordering::SeqCst),
+        2,
+        "none within 30 s of its end"
+    );
+    tokio::time::advance(secs(1)).await;
+    fails_with(request().await, "account disabled");
+    assert_eq!(plain.load(Ordering::SeqCst), 3, "asked again after 30 s");
+
+    // The credential recovers: the next attempt, 30 s on, gets a token, which serves.
+    down.store(false, Ordering::SeqCst);
+    tokio::time::advance(secs(30)).await;
+    for _ in 0..10 {
+        assert_eq!(request().await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(plain.load(Ordering::SeqCst), 4);
+    let mut expected = vec!["at-1".to_owned()];
+    expected.extend(std::iter::repeat_n("at-4".to_owned(), 10));
+    assert_eq!(bearers(&resource), expected, "the rejected token sent once");
 }
 
 /// The reference challenge vectors (tests/data/challenge_vectors.rs) through the real layer: RETRY ones re-send with exactly the
