@@ -5,7 +5,8 @@
 //! A rename cannot keep a file's other hard links, and a process may not be allowed to give
 //! the new file the old one's owner: the file is then left as it is and the write fails,
 //! saying why, unless the file is this process's user's (the new file then keeps its own
-//! group, without group permissions) or shared by a group it is in (see [`write_document`]).
+//! group, without group permissions) or shared by a group it is in, through a directory
+//! setgid to that group (see [`write_document`]).
 //!
 //! A temporary file holds the tokens in plaintext, so one left behind by a writer killed
 //! between creating and renaming it is removed by the next write (see [`remove_leftovers`]).
@@ -102,16 +103,27 @@ fn refuse_to_replace(target: &Path, replaced: &fs::Metadata) -> Result<(), Persi
         format!(
             "it has {} hard links (other names of the same file), which replacing it would \
              separate, so it was left as it is: make the other names symbolic links to it \
-             (ln -sf), or remove them; to find them, run `find {dir} -xdev -samefile {path}` \
-             (with the file system's mount point for {dir} to search all of it)",
+             (ln -sf), or remove them; to find them, run `find {dir_arg} -xdev -samefile \
+             {path_arg}` (with the file system's mount point for {dir} to search all of it)",
             replaced.nlink(),
             dir = parent_dir(target).display(),
-            path = target.display(),
+            dir_arg = shell_word(parent_dir(target)),
+            path_arg = shell_word(target),
         )
     } else {
         return Ok(());
     };
     Err(PersistenceError::io(REPLACE, target, io::Error::other(why)))
+}
+
+/// `path` as one word of a POSIX shell command the user may paste: single-quoted, a `'` in it
+/// written `'\''`, and `./` before a relative path starting with `-`, which the command would
+/// take for an option.
+#[cfg(unix)]
+pub(super) fn shell_word(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let dash = if text.starts_with('-') { "./" } else { "" };
+    format!("'{dash}{}'", text.replace('\'', r"'\''"))
 }
 
 #[cfg(not(unix))]
@@ -124,13 +136,14 @@ fn refuse_to_replace(_target: &Path, _replaced: &fs::Metadata) -> Result<(), Per
 ///
 /// The new file gets the old one's permission bits and, on unix, its owner and group: a
 /// process running as root on the user's home (a dev container, `sudo -E`) leaves the user's
-/// file theirs. Where this process may not give it that owner and group, the new file of a
-/// file of this process's user keeps the group it was created with and loses the group
-/// permission bits, and another
-/// user's file whose group the new file has anyway (a setgid directory) and may read and
-/// write it becomes this process's user's, its mode kept (see [`give_owner`]). Any other
-/// file of another user, one without its owner's write bit, or one with other hard links is
-/// left as it is, and the write fails saying so.
+/// file theirs. Where this process may not give it that owner and group (or cannot name
+/// them, in a user namespace that does not map them), the new file of a file of this
+/// process's user keeps the group it was created with and loses the group permission bits,
+/// and another user's file in a directory setgid to the file's group, which may read and
+/// write it, becomes this process's user's, its mode kept; its former owner keeps access only
+/// as a member of that group (see [`give_owner`]). Any other file of another user, one
+/// without its owner's write bit, or one with other hard links is left as it is, and the
+/// write fails saying so.
 pub(super) fn write_document(path: &Path, bytes: &[u8]) -> Result<Stamp, PersistenceError> {
     let target = write_target(path)?;
     let replaced = replaced_file(&target);
@@ -252,14 +265,20 @@ pub(super) fn install(temp: TempPath, target: &Path) -> Result<Stamp, Persistenc
 /// must not take from the replaced one.
 ///
 /// When this process may not give it that owner and group (`EPERM`, or `EINVAL` for an id
-/// its user namespace does not map):
+/// its user namespace does not map), or the file's owner or group is one it cannot name
+/// (shown as the overflow id: see [`unmapped_ids`]):
 ///
-/// * the file is this process's user's, with a group it cannot give (one it is not in): the
-///   new file keeps the group it was created with and gets no group permission, so that no
-///   group gains access the file did not give it (the returned bits);
-/// * the file is another user's, its group the one the new file was created with (a setgid
-///   directory of a group both users are in), and that group may read and write it: the
-///   members share the cache, so the new file is this process's user's, with the same mode;
+/// * the file is this process's user's, with a group it cannot give (one it is not in, or
+///   one it cannot name): the new file keeps the group it was created with and gets no group
+///   permission, so that no group gains access the file did not give it (the returned bits);
+/// * the file is another user's, in a directory setgid to the file's group, which the new
+///   file was created with and which may read and write the file: the group's members share
+///   the cache, so the new file is this process's user's, with the same mode, and its former
+///   owner keeps access only as a member of the group. The setgid bit gives every member's
+///   new file that group, so each may update the file in turn. Without it the new file has
+///   its writer's primary group, and a file whose group is one member's primary group would
+///   pass to that member, then be refused to its former owner, whose new file has another
+///   group: it locks the former owner out of their own cache.
 /// * otherwise it is refused, naming both owners and what to do: taking the file over would
 ///   lock its owner out of their tokens.
 #[cfg(unix)]
@@ -268,58 +287,132 @@ fn give_owner(
     target: &Path,
     replaced: Option<&fs::Metadata>,
 ) -> Result<u32, PersistenceError> {
+    let Some(replaced) = replaced else {
+        return Ok(0);
+    };
+    let unmapped = unmapped_ids(replaced.uid(), replaced.gid());
+    give_owner_unless_unmapped(file, target, replaced, unmapped)
+}
+
+/// [`give_owner`], told which of the replaced file's ids (uid, gid) this process cannot name:
+/// those are never given, as if it were not allowed to.
+#[cfg(unix)]
+pub(super) fn give_owner_unless_unmapped(
+    file: &File,
+    target: &Path,
+    replaced: &fs::Metadata,
+    unmapped: (bool, bool),
+) -> Result<u32, PersistenceError> {
     use std::os::unix::fs::PermissionsExt;
     /// Group read and write.
     const GROUP_RW: u32 = 0o060;
     /// Every group permission bit.
     const GROUP_ALL: u32 = 0o070;
-    let Some(replaced) = replaced else {
-        return Ok(0);
-    };
+    /// The set-group-ID bit: a directory's new files get its group.
+    const SETGID: u32 = 0o2000;
     let owner = (replaced.uid(), replaced.gid());
     let ours = file
         .metadata()
         .map_err(|e| PersistenceError::io(REPLACE, target, e))?;
     let ours = (ours.uid(), ours.gid());
-    if ours == owner {
-        return Ok(0);
-    }
-    let error = match std::os::unix::fs::fchown(file, Some(owner.0), Some(owner.1)) {
-        Ok(()) => return Ok(0),
-        Err(e) => e,
-    };
-    // `EPERM` and `EACCES` are `PermissionDenied`; `EINVAL` alone is `InvalidInput`.
-    let not_allowed = matches!(
-        error.kind(),
-        io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
-    );
-    if !not_allowed {
-        return Err(PersistenceError::io(REPLACE, target, error));
+    if unmapped == (false, false) {
+        if ours == owner {
+            return Ok(0);
+        }
+        let error = match std::os::unix::fs::fchown(file, Some(owner.0), Some(owner.1)) {
+            Ok(()) => return Ok(0),
+            Err(e) => e,
+        };
+        // `EPERM` and `EACCES` are `PermissionDenied`; `EINVAL` alone is `InvalidInput`.
+        let not_allowed = matches!(
+            error.kind(),
+            io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
+        );
+        if !not_allowed {
+            return Err(PersistenceError::io(REPLACE, target, error));
+        }
     }
     // The temporary file's uid is this process's effective uid.
-    if owner.0 == ours.0 {
+    if owner.0 == ours.0 && !unmapped.0 {
         return Ok(GROUP_ALL);
     }
     let mode = replaced.permissions().mode();
-    if owner.1 == ours.1 && mode & GROUP_RW == GROUP_RW {
+    let shared = !unmapped.1
+        && owner.1 == ours.1
+        && mode & GROUP_RW == GROUP_RW
+        && fs::metadata(parent_dir(target))
+            .is_ok_and(|dir| dir.mode() & SETGID != 0 && dir.gid() == owner.1);
+    if shared {
         return Ok(0);
     }
+    let unnamed = if unmapped.0 || unmapped.1 {
+        " (an overflow id, which stands for any id this user namespace does not map)"
+    } else {
+        ""
+    };
+    let owner_is = if unmapped.0 {
+        "its owner, outside this user namespace".to_owned()
+    } else {
+        format!("uid {}", owner.0)
+    };
     let why = format!(
-        "it belongs to uid {} gid {}, and this process (uid {} gid {}) may not give the new \
-         file that owner, so it was left as it is rather than taken from its owner: update the \
-         token cache as uid {}, or share it through a group: make its directory setgid to a \
-         group both users are in, which may write to it (chgrp <group> {dir}; chmod g+rwxs \
-         {dir}), and the file that group's, which may read and write it (chgrp <group> {file}; \
-         chmod g+rw {file})",
+        "it belongs to uid {} gid {}{unnamed}, and this process (uid {} gid {}) may not give \
+         the new file that owner, so it was left as it is rather than taken from its owner: \
+         update the token cache as {owner_is}, or share it through a group: make its \
+         directory setgid to a group both users are in, which may write to it (chgrp <group> \
+         {dir}; chmod g+rwxs {dir}), and the file that group's, which may read and write it \
+         (chgrp <group> {file}; chmod g+rw {file})",
         owner.0,
         owner.1,
         ours.0,
         ours.1,
-        owner.0,
-        dir = parent_dir(target).display(),
-        file = target.display(),
+        dir = shell_word(parent_dir(target)),
+        file = shell_word(target),
     );
     Err(PersistenceError::io(REPLACE, target, io::Error::other(why)))
+}
+
+/// Which of the ids `uid` and `gid`, as `stat` shows a file's owner, this process cannot name
+/// (Linux). In a user namespace that does not map every id (a rootless container), `stat`
+/// shows an owner outside it as the overflow id (65534), which may be mapped as well
+/// (`nobody` inside): giving the new file that id would give it to whoever has it here, not
+/// to the file's owner.
+#[cfg(target_os = "linux")]
+fn unmapped_ids(uid: u32, gid: u32) -> (bool, bool) {
+    let read = |path: &str| fs::read_to_string(path).ok();
+    let unmapped =
+        |id, map, overflow| shows_unmapped(id, read(map).as_deref(), read(overflow).as_deref());
+    (
+        unmapped(uid, "/proc/self/uid_map", "/proc/sys/kernel/overflowuid"),
+        unmapped(gid, "/proc/self/gid_map", "/proc/sys/kernel/overflowgid"),
+    )
+}
+
+/// Elsewhere `stat` shows a file's real owner.
+#[cfg(all(unix, not(target_os = "linux")))]
+fn unmapped_ids(_uid: u32, _gid: u32) -> (bool, bool) {
+    (false, false)
+}
+
+/// Whether `id`, as `stat` shows it, may stand for an id this process's user namespace does
+/// not map: it is the overflow id (`overflow`: the text of `/proc/sys/kernel/overflowuid` or
+/// `overflowgid`; 65534, the kernel's default, if unreadable) and the namespace's id map
+/// (`map`: the text of `/proc/self/uid_map` or `gid_map`; unreadable, no namespace) is not the
+/// initial namespace's, which maps every id to itself.
+#[cfg(target_os = "linux")]
+pub(super) fn shows_unmapped(id: u32, map: Option<&str>, overflow: Option<&str>) -> bool {
+    const IDENTITY: [&str; 3] = ["0", "0", "4294967295"];
+    const DEFAULT_OVERFLOW: u32 = 65534;
+    let Some(map) = map else {
+        return false;
+    };
+    if map.split_whitespace().eq(IDENTITY) {
+        return false;
+    }
+    let overflow = overflow
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(DEFAULT_OVERFLOW);
+    id == overflow
 }
 
 #[cfg(not(unix))]

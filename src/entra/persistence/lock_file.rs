@@ -205,7 +205,11 @@ impl LockObservation {
     /// (another host sharing the directory, whose clock runs ahead, holds it, and its pid
     /// means nothing here); one dated that far ahead or further (left by a holder that
     /// crashed before the clock was stepped back) is stale, as old as one dated as far
-    /// behind, rather than holding writers off until the clock catches up.
+    /// behind, rather than holding writers off until the clock catches up. A lock left by a
+    /// holder that crashed just before the clock was stepped back by less than a minute is
+    /// fresh until the clock reaches its time, then ages from there: it holds writers off
+    /// until the clock passes its time plus [`DEAD_HOLDER_GRACE`] (Linux, its process gone)
+    /// or [`STALE_LOCK_AGE`], under two minutes in all.
     pub(super) fn stale_reason(&self) -> Option<String> {
         let lock_age = self.modified.map(age).unwrap_or_default();
         if lock_age >= STALE_LOCK_AGE {

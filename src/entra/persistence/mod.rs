@@ -19,6 +19,10 @@
 //!   sharing the directory, whose clock runs ahead, holds it. One dated that far ahead or
 //!   further is as old as one dated as far behind (a clock stepped back after its holder
 //!   crashed), so it is stale rather than holding writers off for as long as the skew lasts.
+//!   A lock left by a holder that crashed just before the clock was stepped back by less than
+//!   a minute is fresh until the clock reaches its time, and then holds writers off until the
+//!   clock passes its time plus [`DEAD_HOLDER_GRACE`](lock_file::DEAD_HOLDER_GRACE) (Linux,
+//!   its process gone) or [`STALE_LOCK_AGE`](lock_file::STALE_LOCK_AGE): under two minutes.
 //!   The other rules below that look at a modification time judge its age the same way
 //!   ([`reader::age`]).
 //! * Our writers also `flock` their lock file until they have removed it, as `msal-extensions`
@@ -44,9 +48,13 @@
 //!   the replacement that owner and group: for a file of this process's user, the
 //!   replacement keeps the group it was created with (this process's, or a setgid
 //!   directory's) and gets none of the group permission bits; another user's file is replaced
-//!   (becoming this process's user's, its mode kept) only when the replacement has its group
-//!   anyway (a setgid directory) and that group may read and write it, a cache its members
-//!   share. A file is never replaced, the write failing and saying why, when it lacks its
+//!   (becoming this process's user's, its mode kept) only when its directory is setgid to the
+//!   file's group (every member's replacement then has that group, so each may update it in
+//!   turn) and that group may read and write it, a cache its members share; its former owner
+//!   keeps access only as a member of the group. In a user namespace that does not map every
+//!   id (a rootless container), an owner or group shown as the overflow id (65534) is one this
+//!   process cannot name, never given: the file is treated as one whose owner or group it may
+//!   not give. A file is never replaced, the write failing and saying why, when it lacks its
 //!   owner's write bit, when it is another user's file not shared that way, or when it has
 //!   other hard links (a rename would separate them: a symbolic link is the way to give it
 //!   another name).

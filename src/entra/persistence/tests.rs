@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
+use super::atomic_write::shell_word;
 use super::error::{Kind, PersistenceError, seconds};
 use super::lock_file::{
     DEAD_HOLDER_GRACE, LOCK_RETRY_INTERVAL, LockObservation, STALE_LOCK_AGE, attempt_once,
@@ -458,6 +459,9 @@ async fn lock_held_by_a_live_process_times_out_naming_the_holder() {
     assert!(file.read().await.unwrap().0.is_empty());
 }
 
+/// Linux alone tells a process that no longer exists (`/proc`); elsewhere such a lock waits
+/// for [`STALE_LOCK_AGE`].
+#[cfg(target_os = "linux")]
 #[tokio::test(start_paused = true)]
 async fn lock_of_a_dead_process_is_removed_once_past_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
@@ -566,15 +570,14 @@ fn ahead_of_the_clock_counts_as_just_now_within_the_minute_and_as_old_beyond() {
     let reason = lock(beyond).stale_reason().unwrap();
     assert!(reason.ends_with("s ahead of the clock"), "{reason}");
     assert!(!stamp(beyond).is_recent());
-    // Behind the clock, the pid rule applies past the grace period, as before.
+    // Behind the clock, the pid rule applies past the grace period, as before (Linux alone
+    // tells a process that no longer exists).
     let behind = LockObservation {
         modified: Some(SystemTime::now() - DEAD_HOLDER_GRACE - second),
         ..lock(Duration::ZERO)
     };
-    assert_eq!(
-        behind.stale_reason(),
-        Some(format!("process {dead} no longer exists"))
-    );
+    let gone = cfg!(target_os = "linux").then(|| format!("process {dead} no longer exists"));
+    assert_eq!(behind.stale_reason(), gone);
 }
 
 /// Opens the lock file and `flock`s it, as a live holder does (ours, or `msal-extensions` with
@@ -1088,33 +1091,66 @@ async fn a_write_keeps_the_owner_and_group_of_the_file_it_replaces() {
 }
 
 /// Environment variable naming the cache file [`write_as_another_user`] writes.
+#[cfg(target_os = "linux")]
 const OTHER_USER_CACHE: &str = "TOWER_IDENTITY_TEST_OTHER_USER_CACHE";
+/// Environment variable holding the ids [`write_as_another_user`] runs as: `uid gid groups…`.
+#[cfg(target_os = "linux")]
+const OTHER_USER_IDS: &str = "TOWER_IDENTITY_TEST_OTHER_USER_IDS";
 
-/// The other side of the tests that run a writer as another user ([`write_as`]): writes to the
-/// file named in [`OTHER_USER_CACHE`] and prints `written`, or the error.
-#[tokio::test]
+/// The other side of the tests that run a writer as another user ([`write_as`]): started as
+/// root, takes the ids in [`OTHER_USER_IDS`], writes to the file named in [`OTHER_USER_CACHE`]
+/// and prints `written`, or the error.
+#[cfg(target_os = "linux")]
+#[test]
 #[ignore = "run as another user by the ownership tests (write_as)"]
-async fn write_as_another_user() {
+fn write_as_another_user() {
+    use rustix::process::{Gid, Uid};
+    use rustix::thread::{set_thread_gid, set_thread_groups, set_thread_uid};
     // Run by itself (`--ignored`), it has nothing to do.
     let Some(path) = std::env::var_os(OTHER_USER_CACHE).map(PathBuf::from) else {
         return;
     };
-    match CacheFile::<JsonDoc>::new(path, None)
-        .modify(|doc| doc.add("theirs"))
-        .await
-    {
+    let ids: Vec<u32> = std::env::var(OTHER_USER_IDS)
+        .unwrap()
+        .split_whitespace()
+        .map(|id| id.parse().unwrap())
+        .collect();
+    let [uid, gid, groups @ ..] = ids.as_slice() else {
+        panic!("{OTHER_USER_IDS} holds no uid and gid: {ids:?}");
+    };
+    // Groups first, while root may still set them. rustix changes this thread's ids alone;
+    // the runtime's threads, started from it below, inherit them.
+    let groups: Vec<Gid> = groups.iter().map(|&id| Gid::from_raw(id)).collect();
+    set_thread_groups(&groups).unwrap();
+    set_thread_gid(Gid::from_raw(*gid)).unwrap();
+    set_thread_uid(Uid::from_raw(*uid)).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let written =
+        runtime.block_on(CacheFile::<JsonDoc>::new(path, None).modify(|doc| doc.add("theirs")));
+    match written {
         Ok(_) => println!("written"),
         Err(err) => println!("error: {err}"),
     }
 }
 
-/// `nobody`, the user (and group) the writers of the ownership tests run as.
-const NOBODY: u32 = 65534;
+/// The user (and group) the writers of the ownership tests run as: not the overflow id
+/// (65534), which a user namespace that does not map every id shows for owners outside it,
+/// so that the writer's own files are its own there too.
+#[cfg(target_os = "linux")]
+const WRITER: u32 = 34567;
 
-/// Runs [`write_as_another_user`] on `path` as user `uid`, group `gid` (no supplementary
-/// groups), and returns what it printed.
-fn write_as(uid: u32, gid: u32, path: &Path) -> String {
-    use std::os::unix::process::CommandExt;
+/// Runs [`write_as_another_user`] on `path` as user `uid`, group `gid`, with the supplementary
+/// `groups`, and returns what it printed.
+#[cfg(target_os = "linux")]
+fn write_as(uid: u32, gid: u32, groups: &[u32], path: &Path) -> String {
+    let ids: Vec<String> = [uid, gid]
+        .iter()
+        .chain(groups)
+        .map(u32::to_string)
+        .collect();
     let output = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -1124,8 +1160,7 @@ fn write_as(uid: u32, gid: u32, path: &Path) -> String {
             "--test-threads=1",
         ])
         .env(OTHER_USER_CACHE, path)
-        .uid(uid)
-        .gid(gid)
+        .env(OTHER_USER_IDS, ids.join(" "))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -1140,6 +1175,7 @@ fn write_as(uid: u32, gid: u32, path: &Path) -> String {
 /// A directory `home` in a new temporary directory others may enter, owned by `owner`, with
 /// `mode`; and the path of `cache.json` in it, holding `content`, owned by `file_owner`, with
 /// `file_mode`.
+#[cfg(target_os = "linux")]
 fn home_with_cache(
     top: &Path,
     owner: (u32, u32),
@@ -1162,6 +1198,7 @@ fn home_with_cache(
 }
 
 /// The names in `dir`, sorted.
+#[cfg(target_os = "linux")]
 fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<_> = fs::read_dir(dir)
         .unwrap()
@@ -1172,24 +1209,32 @@ fn names_in(dir: &Path) -> Vec<String> {
 }
 
 /// The refusal [`write_as_another_user`] prints for a file owned by `owner` that a writer
-/// running as `ours` (its new file's owner and group) may not give that owner.
+/// running as `ours` (its new file's owner and group) may not give that owner. The paths in
+/// its commands are quoted for the shell (temporary directories hold no `'`).
+#[cfg(target_os = "linux")]
 fn refusal(path: &Path, owner: (u32, u32), ours: (u32, u32)) -> String {
     let dir = path.parent().unwrap().display();
     let file = path.display();
     format!(
-        "error: could not replace the token cache {file}: it belongs to uid {} gid {}, and this \
-         process (uid {} gid {}) may not give the new file that owner, so it was left as it is \
-         rather than taken from its owner: update the token cache as uid {}, or share it \
+        "error: could not replace the token cache {path}: it belongs to uid {} gid {}, and \
+         this process (uid {} gid {}) may not give the new file that owner, so it was left as \
+         it is rather than taken from its owner: update the token cache as uid {}, or share it \
          through a group: make its directory setgid to a group both users are in, which may \
-         write to it (chgrp <group> {dir}; chmod g+rwxs {dir}), and the file that group's, \
-         which may read and write it (chgrp <group> {file}; chmod g+rw {file})\n",
-        owner.0, owner.1, ours.0, ours.1, owner.0,
+         write to it (chgrp <group> '{dir}'; chmod g+rwxs '{dir}'), and the file that \
+         group's, which may read and write it (chgrp <group> '{file}'; chmod g+rw '{file}')\n",
+        owner.0,
+        owner.1,
+        ours.0,
+        ours.1,
+        owner.0,
+        path = path.display(),
     )
 }
 
 /// A process that may not give the replacement the file's owner (a user writing a file another
 /// user owns in a directory of theirs, the group not shared) leaves the file as it is, rather
 /// than take it over, and says whose it is and what to do.
+#[cfg(target_os = "linux")]
 #[test]
 fn a_file_this_process_may_not_give_its_owner_is_left_as_it_is() {
     require_root();
@@ -1197,15 +1242,15 @@ fn a_file_this_process_may_not_give_its_owner_is_left_as_it_is() {
     let content = r#"{"AccessToken": {"old": {}}}"#;
     let (dir, path) = home_with_cache(
         top.path(),
-        (NOBODY, NOBODY),
+        (WRITER, WRITER),
         0o700,
         OTHER_OWNER,
         0o666,
         content,
     );
-    let stdout = write_as(NOBODY, NOBODY, &path);
+    let stdout = write_as(WRITER, WRITER, &[], &path);
     assert!(
-        stdout.contains(&refusal(&path, OTHER_OWNER, (NOBODY, NOBODY))),
+        stdout.contains(&refusal(&path, OTHER_OWNER, (WRITER, WRITER))),
         "{stdout}"
     );
     assert_eq!(fs::read_to_string(&path).unwrap(), content);
@@ -1221,22 +1266,23 @@ fn a_file_this_process_may_not_give_its_owner_is_left_as_it_is() {
 /// copied from another system, or made by root's tools) is updated, the new file keeping the
 /// user's group and getting no group permission, so that no group gains access. Before, the
 /// write was refused and the user could not update their own cache.
+#[cfg(target_os = "linux")]
 #[test]
 fn an_own_file_of_a_group_this_process_may_not_give_is_replaced_without_group_access() {
     require_root();
     let top = tempfile::tempdir().unwrap();
     let (dir, path) = home_with_cache(
         top.path(),
-        (NOBODY, NOBODY),
+        (WRITER, WRITER),
         0o700,
-        (NOBODY, OTHER_OWNER.1),
+        (WRITER, OTHER_OWNER.1),
         0o664,
         r#"{"AccessToken": {"old": {}}}"#,
     );
-    let stdout = write_as(NOBODY, NOBODY, &path);
+    let stdout = write_as(WRITER, WRITER, &[], &path);
     assert!(stdout.contains("written\n"), "{stdout}");
     assert_eq!(file_keys(&path), ["old", "theirs"]);
-    assert_eq!(owner(&path), (NOBODY, NOBODY));
+    assert_eq!(owner(&path), (WRITER, WRITER));
     assert_eq!(
         mode(&path),
         0o604,
@@ -1245,22 +1291,27 @@ fn an_own_file_of_a_group_this_process_may_not_give_is_replaced_without_group_ac
     assert_eq!(names_in(&dir), ["cache.json"]);
 }
 
-/// A cache shared by a group's members (a setgid directory of that group, the file the
+/// A group the ownership tests share files through.
+#[cfg(target_os = "linux")]
+const SHARED: u32 = 23456;
+
+/// A cache shared by a group's members (a directory setgid to that group, the file the
 /// group's and group-writable) is updated by a member though another member owns the file:
 /// the new file is the writer's, the group and mode kept. Before, the write was refused.
-/// Without the group's write permission on the file, it is still refused.
+/// Without the group's write permission on the file, it is still refused. The writer is in
+/// the group as a supplementary group, its new file getting the group from the directory.
+#[cfg(target_os = "linux")]
 #[test]
 fn a_file_shared_through_a_setgid_directory_is_replaced_by_a_member_of_its_group() {
     require_root();
-    const SHARED: u32 = 23456;
     let top = tempfile::tempdir().unwrap();
     let content = r#"{"AccessToken": {"old": {}}}"#;
     let file_owner = (OTHER_OWNER.0, SHARED);
     let (dir, path) = home_with_cache(top.path(), (0, SHARED), 0o2770, file_owner, 0o640, content);
     // The group may only read it: not shared for writing.
-    let stdout = write_as(NOBODY, SHARED, &path);
+    let stdout = write_as(WRITER, WRITER, &[SHARED], &path);
     assert!(
-        stdout.contains(&refusal(&path, file_owner, (NOBODY, SHARED))),
+        stdout.contains(&refusal(&path, file_owner, (WRITER, SHARED))),
         "{stdout}"
     );
     assert_eq!(fs::read_to_string(&path).unwrap(), content);
@@ -1268,12 +1319,158 @@ fn a_file_shared_through_a_setgid_directory_is_replaced_by_a_member_of_its_group
     assert_eq!(names_in(&dir), ["cache.json"]);
 
     fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).unwrap();
-    let stdout = write_as(NOBODY, SHARED, &path);
+    let stdout = write_as(WRITER, WRITER, &[SHARED], &path);
     assert!(stdout.contains("written\n"), "{stdout}");
     assert_eq!(file_keys(&path), ["old", "theirs"]);
-    assert_eq!(owner(&path), (NOBODY, SHARED));
+    assert_eq!(owner(&path), (WRITER, SHARED));
     assert_eq!(mode(&path), 0o660);
     assert_eq!(names_in(&dir), ["cache.json"]);
+}
+
+/// A group-writable directory that is not setgid shares no file, even with a writer whose
+/// primary group is the file's: the former owner, whose primary group may be another, could
+/// not update the file the writer took (its new file would have the other group), locked out
+/// of their own cache. Before, the writer took the file.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_file_of_a_shared_group_in_a_directory_not_setgid_is_left_as_it_is() {
+    require_root();
+    let top = tempfile::tempdir().unwrap();
+    let content = r#"{"AccessToken": {"old": {}}}"#;
+    let file_owner = (OTHER_OWNER.0, SHARED);
+    let (dir, path) = home_with_cache(top.path(), (0, SHARED), 0o770, file_owner, 0o660, content);
+    let stdout = write_as(WRITER, SHARED, &[], &path);
+    assert!(
+        stdout.contains(&refusal(&path, file_owner, (WRITER, SHARED))),
+        "{stdout}"
+    );
+    assert_eq!(fs::read_to_string(&path).unwrap(), content);
+    assert_eq!(owner(&path), file_owner);
+    assert_eq!(names_in(&dir), ["cache.json"]);
+
+    // Setgid to another group: not shared either (the new file has the directory's group).
+    let other_group = OTHER_OWNER.1;
+    std::os::unix::fs::chown(&dir, None, Some(other_group)).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o2775)).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+    let stdout = write_as(WRITER, SHARED, &[other_group], &path);
+    assert!(
+        stdout.contains(&refusal(&path, file_owner, (WRITER, other_group))),
+        "{stdout}"
+    );
+    assert_eq!(owner(&path), file_owner);
+}
+
+/// Which ids `stat` shows for an owner outside the user namespace (the overflow id, when the
+/// id map is not the identity), decided from the texts of the id map and the overflow id.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_overflow_id_of_a_user_namespace_is_taken_for_an_unmapped_owner() {
+    use super::atomic_write::shows_unmapped;
+    let identity = "         0          0 4294967295\n";
+    // Rootless podman: root is the user, 1..=65536 subordinate ids.
+    let rootless = "         0       1000          1\n         1     100000      65536\n";
+    let overflow = Some("65534\n");
+    assert!(!shows_unmapped(65534, Some(identity), overflow));
+    assert!(
+        !shows_unmapped(65534, None, overflow),
+        "no /proc: no namespace"
+    );
+    assert!(shows_unmapped(65534, Some(rootless), overflow));
+    assert!(shows_unmapped(65534, Some(rootless), None), "the default");
+    assert!(
+        shows_unmapped(65534, Some(""), overflow),
+        "nothing mapped yet"
+    );
+    for id in [0, 1000, 65533, 65535] {
+        assert!(!shows_unmapped(id, Some(rootless), overflow), "{id}");
+    }
+    assert!(shows_unmapped(4242, Some(rootless), Some("4242")));
+    assert!(!shows_unmapped(65534, Some(rootless), Some("4242")));
+}
+
+/// An owner or group this process cannot name (outside its user namespace, shown as the
+/// overflow id) is never given to the new file: another user's file is refused, the
+/// refusal saying the owner is outside the namespace; this process's user's file keeps the new
+/// file's group, without group permission. Given them, root gives both.
+#[test]
+fn an_owner_outside_the_user_namespace_is_never_given() {
+    use super::atomic_write::give_owner_unless_unmapped;
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    fs::write(&path, "{}").unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).unwrap();
+    let temp = |name: &str| {
+        let temp = dir.path().join(name);
+        (
+            super::atomic_write::create_new_private(&temp).unwrap(),
+            temp,
+        )
+    };
+
+    std::os::unix::fs::chown(&path, Some(OTHER_OWNER.0), Some(OTHER_OWNER.1)).unwrap();
+    let replaced = fs::metadata(&path).unwrap();
+    let (file, new) = temp("uid");
+    let err = give_owner_unless_unmapped(&file, &path, &replaced, (true, false)).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "it belongs to uid {} gid {} (an overflow id, which stands for any id this user \
+             namespace does not map), and this process (uid 0 gid 0) may not give the new \
+             file that owner, so it was left as it is rather than taken from its owner: \
+             update the token cache as its owner, outside this user namespace, or share",
+            OTHER_OWNER.0, OTHER_OWNER.1
+        )),
+        "{err}"
+    );
+    assert_eq!(owner(&new), (0, 0));
+    let (file, new) = temp("gid");
+    assert!(give_owner_unless_unmapped(&file, &path, &replaced, (false, true)).is_err());
+    assert_eq!(owner(&new), (0, 0));
+    let (file, new) = temp("mapped");
+    assert_eq!(
+        give_owner_unless_unmapped(&file, &path, &replaced, (false, false)).unwrap(),
+        0
+    );
+    assert_eq!(owner(&new), OTHER_OWNER);
+
+    std::os::unix::fs::chown(&path, Some(0), Some(OTHER_OWNER.1)).unwrap();
+    let replaced = fs::metadata(&path).unwrap();
+    let (file, new) = temp("own");
+    assert_eq!(
+        give_owner_unless_unmapped(&file, &path, &replaced, (false, true)).unwrap(),
+        0o070,
+        "no group permission"
+    );
+    assert_eq!(owner(&new), (0, 0));
+}
+
+/// Paths in the commands of error messages are quoted for a POSIX shell: the command the
+/// shell runs gets the path as it is, whatever it holds. Before, a space or a quote in it
+/// split it or broke the command.
+#[test]
+fn paths_in_suggested_commands_are_quoted_for_the_shell() {
+    for path in [
+        "/tmp/plain",
+        "/home/o'brien/.azure/msal cache",
+        "''",
+        "-starts-with-a-dash",
+        "$HOME `id` \"x\" \\ \n;|&*",
+    ] {
+        let word = shell_word(Path::new(path));
+        let output = std::process::Command::new("sh")
+            .args(["-c", &format!("printf %s {word}")])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{word}");
+        let expected = if path.starts_with('-') {
+            format!("./{path}")
+        } else {
+            path.to_owned()
+        };
+        assert_eq!(String::from_utf8_lossy(&output.stdout), expected, "{word}");
+    }
+    assert_eq!(shell_word(Path::new("/a/it's")), r"'/a/it'\''s'");
 }
 
 /// A cache file with another hard link (`msal.cache.nocae` linked to `msal.cache`) is not
@@ -1300,8 +1497,8 @@ async fn a_hard_linked_cache_file_is_left_as_it_is_and_the_error_says_what_to_do
                 "could not replace the token cache {path}: it has 2 hard links (other names of \
                  the same file), which replacing it would separate, so it was left as it is: \
                  make the other names symbolic links to it (ln -sf), or remove them; to find \
-                 them, run `find {dir} -xdev -samefile {path}` (with the file system's mount \
-                 point for {dir} to search all of it)",
+                 them, run `find '{dir}' -xdev -samefile '{path}'` (with the file system's \
+                 mount point for {dir} to search all of it)",
                 path = path.display(),
                 dir = dir.path().display(),
             )
