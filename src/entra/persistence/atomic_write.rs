@@ -118,12 +118,27 @@ fn refuse_to_replace(target: &Path, replaced: &fs::Metadata) -> Result<(), Persi
 
 /// `path` as one word of a POSIX shell command the user may paste: single-quoted, a `'` in it
 /// written `'\''`, and `./` before a relative path starting with `-`, which the command would
-/// take for an option.
+/// take for an option. A byte that is not UTF-8 is written by `printf` (`'"$(printf '\377')"'`):
+/// shown as text, it would name another file.
 #[cfg(unix)]
 pub(super) fn shell_word(path: &Path) -> String {
-    let text = path.to_string_lossy();
-    let dash = if text.starts_with('-') { "./" } else { "" };
-    format!("'{dash}{}'", text.replace('\'', r"'\''"))
+    use std::fmt::Write as _;
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    let mut word = String::from(if bytes.first() == Some(&b'-') {
+        "'./"
+    } else {
+        "'"
+    });
+    for chunk in bytes.utf8_chunks() {
+        word.push_str(&chunk.valid().replace('\'', r"'\''"));
+        for byte in chunk.invalid() {
+            // Never a newline, which the command substitution would drop.
+            let _ = write!(word, r#"'"$(printf '\{byte:03o}')"'"#);
+        }
+    }
+    word.push('\'');
+    word
 }
 
 #[cfg(not(unix))]
@@ -276,7 +291,9 @@ pub(super) fn install(temp: TempPath, target: &Path) -> Result<Stamp, Persistenc
 ///   the cache, so the new file is this process's user's, with the same mode, and its former
 ///   owner keeps access only as a member of the group. The setgid bit gives every member's
 ///   new file that group, so each may update the file in turn. Without it the new file has
-///   its writer's primary group, and a file whose group is one member's primary group would
+///   its writer's primary group on Linux (unless the file system is mounted `grpid`; BSD and
+///   macOS give the directory's group, so the setgid bit is asked there too, though not
+///   needed), and a file whose group is one member's primary group would
 ///   pass to that member, then be refused to its former owner, whose new file has another
 ///   group: it locks the former owner out of their own cache.
 /// * otherwise it is refused, naming both owners and what to do: taking the file over would
@@ -290,7 +307,7 @@ fn give_owner(
     let Some(replaced) = replaced else {
         return Ok(0);
     };
-    let unmapped = unmapped_ids(replaced.uid(), replaced.gid());
+    let unmapped = unmapped_ids(target, replaced.uid(), replaced.gid());
     give_owner_unless_unmapped(file, target, replaced, unmapped)
 }
 
@@ -372,25 +389,42 @@ pub(super) fn give_owner_unless_unmapped(
     Err(PersistenceError::io(REPLACE, target, io::Error::other(why)))
 }
 
-/// Which of the ids `uid` and `gid`, as `stat` shows a file's owner, this process cannot name
-/// (Linux). In a user namespace that does not map every id (a rootless container), `stat`
-/// shows an owner outside it as the overflow id (65534), which may be mapped as well
-/// (`nobody` inside): giving the new file that id would give it to whoever has it here, not
-/// to the file's owner.
+/// Which of the ids `uid` and `gid`, as `stat` shows the owner of the file `target`, this
+/// process cannot name (Linux). In a user namespace that does not map every id (a rootless
+/// container), `stat` shows an owner outside it as the overflow id (65534), which may be
+/// mapped as well (`nobody` inside, which this process may run as): giving the new file that
+/// id would give it to whoever has it here, not to the file's owner.
+///
+/// The overflow id is told apart from a mapped one where it can be: the owner is mapped when
+/// this process may open the file with `O_NOATIME`, which the kernel allows only to the
+/// file's owner or to a holder of `CAP_FOWNER` over it (never over an id it does not map);
+/// the group is mapped when it is this process's effective group. A file of an unmapped
+/// group shown as this process's own group (it runs as the overflow group) is taken for its
+/// own.
 #[cfg(target_os = "linux")]
-fn unmapped_ids(uid: u32, gid: u32) -> (bool, bool) {
+fn unmapped_ids(target: &Path, uid: u32, gid: u32) -> (bool, bool) {
+    use rustix::fs::{Mode, OFlags};
     let read = |path: &str| fs::read_to_string(path).ok();
     let unmapped =
         |id, map, overflow| shows_unmapped(id, read(map).as_deref(), read(overflow).as_deref());
+    let opens_as_owner = || {
+        let flags = OFlags::RDONLY
+            | OFlags::NOATIME
+            | OFlags::NOFOLLOW
+            | OFlags::NONBLOCK
+            | OFlags::CLOEXEC;
+        rustix::fs::open(target, flags, Mode::empty()).is_ok()
+    };
     (
-        unmapped(uid, "/proc/self/uid_map", "/proc/sys/kernel/overflowuid"),
-        unmapped(gid, "/proc/self/gid_map", "/proc/sys/kernel/overflowgid"),
+        unmapped(uid, "/proc/self/uid_map", "/proc/sys/kernel/overflowuid") && !opens_as_owner(),
+        unmapped(gid, "/proc/self/gid_map", "/proc/sys/kernel/overflowgid")
+            && gid != rustix::process::getegid().as_raw(),
     )
 }
 
 /// Elsewhere `stat` shows a file's real owner.
 #[cfg(all(unix, not(target_os = "linux")))]
-fn unmapped_ids(_uid: u32, _gid: u32) -> (bool, bool) {
+fn unmapped_ids(_target: &Path, _uid: u32, _gid: u32) -> (bool, bool) {
     (false, false)
 }
 

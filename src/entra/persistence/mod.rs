@@ -52,9 +52,10 @@
 //!   file's group (every member's replacement then has that group, so each may update it in
 //!   turn) and that group may read and write it, a cache its members share; its former owner
 //!   keeps access only as a member of the group. In a user namespace that does not map every
-//!   id (a rootless container), an owner or group shown as the overflow id (65534) is one this
-//!   process cannot name, never given: the file is treated as one whose owner or group it may
-//!   not give. A file is never replaced, the write failing and saying why, when it lacks its
+//!   id (a rootless container), an owner or group shown as the overflow id (65534) is taken for one this
+//!   process cannot name, never given (unless the owner is the one that may open the file
+//!   with `O_NOATIME`, or the group is the process's own): the file is treated as one whose
+//!   owner or group it may not give. A file is never replaced, the write failing and saying why, when it lacks its
 //!   owner's write bit, when it is another user's file not shared that way, or when it has
 //!   other hard links (a rename would separate them: a symbolic link is the way to give it
 //!   another name).

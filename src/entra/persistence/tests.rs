@@ -1115,15 +1115,18 @@ fn write_as_another_user() {
         .split_whitespace()
         .map(|id| id.parse().unwrap())
         .collect();
-    let [uid, gid, groups @ ..] = ids.as_slice() else {
-        panic!("{OTHER_USER_IDS} holds no uid and gid: {ids:?}");
-    };
-    // Groups first, while root may still set them. rustix changes this thread's ids alone;
-    // the runtime's threads, started from it below, inherit them.
-    let groups: Vec<Gid> = groups.iter().map(|&id| Gid::from_raw(id)).collect();
-    set_thread_groups(&groups).unwrap();
-    set_thread_gid(Gid::from_raw(*gid)).unwrap();
-    set_thread_uid(Uid::from_raw(*uid)).unwrap();
+    // No ids: run as started (in a user namespace, see `write_in_user_namespace`).
+    if !ids.is_empty() {
+        let [uid, gid, groups @ ..] = ids.as_slice() else {
+            panic!("{OTHER_USER_IDS} holds no uid and gid: {ids:?}");
+        };
+        // Groups first, while root may still set them. rustix changes this thread's ids alone;
+        // the runtime's threads, started from it below, inherit them.
+        let groups: Vec<Gid> = groups.iter().map(|&id| Gid::from_raw(id)).collect();
+        set_thread_groups(&groups).unwrap();
+        set_thread_gid(Gid::from_raw(*gid)).unwrap();
+        set_thread_uid(Uid::from_raw(*uid)).unwrap();
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1170,6 +1173,74 @@ fn write_as(uid: u32, gid: u32, groups: &[u32], path: &Path) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
+}
+
+/// Runs [`write_as_another_user`] on `path` as root of a new user namespace that maps only
+/// root (`unshare --user --map-root-user`, util-linux): there every other owner shows as the
+/// overflow id. Returns what it printed.
+#[cfg(target_os = "linux")]
+fn write_in_user_namespace(path: &Path) -> String {
+    let output = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "entra::persistence::tests::write_as_another_user",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(OTHER_USER_CACHE, path)
+        .env(OTHER_USER_IDS, "")
+        .output()
+        .unwrap_or_else(|e| panic!("unshare (util-linux: apt-get install util-linux): {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// In a user namespace, a file whose owner is outside it (shown as the overflow id, which the
+/// process may not open with `O_NOATIME`; readable by others, as the namespace's root is
+/// one of them) is left as it is, the error saying so; a file of its
+/// own whose group is outside it is replaced without group permissions.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_owner_outside_a_user_namespace_is_never_given_to_the_new_file() {
+    require_root();
+    const OUTSIDE: u32 = 40_001;
+    let top = tempfile::tempdir().unwrap();
+    let content = r#"{"AccessToken": {"theirs": {}}}"#;
+    let (_, path) = home_with_cache(
+        top.path(),
+        (0, 0),
+        0o755,
+        (OUTSIDE, OUTSIDE),
+        0o644,
+        content,
+    );
+    let stdout = write_in_user_namespace(&path);
+    assert!(
+        stdout.contains("it belongs to uid 65534 gid 65534 (an overflow id")
+            && stdout.contains("update the token cache as its owner, outside this user namespace"),
+        "{stdout}"
+    );
+    assert_eq!(owner(&path), (OUTSIDE, OUTSIDE));
+    assert_eq!(fs::read_to_string(&path).unwrap(), content);
+
+    let other = tempfile::tempdir().unwrap();
+    let (_, path) = home_with_cache(other.path(), (0, 0), 0o755, (0, OUTSIDE), 0o664, content);
+    let stdout = write_in_user_namespace(&path);
+    assert!(stdout.contains("written"), "{stdout}");
+    assert_eq!(owner(&path), (0, 0));
+    assert_eq!(
+        mode(&path),
+        0o604,
+        "no group permission for a group it cannot name"
+    );
 }
 
 /// A directory `home` in a new temporary directory others may enter, owned by `owner`, with
@@ -1471,6 +1542,16 @@ fn paths_in_suggested_commands_are_quoted_for_the_shell() {
         assert_eq!(String::from_utf8_lossy(&output.stdout), expected, "{word}");
     }
     assert_eq!(shell_word(Path::new("/a/it's")), r"'/a/it'\''s'");
+    // Bytes that are not UTF-8 stay themselves (shown lossily, they named another file).
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::OsStr::from_bytes(b"/tmp/a\xff\x80b'c\xc3");
+    let word = shell_word(Path::new(path));
+    let output = std::process::Command::new("sh")
+        .args(["-c", &format!("printf %s {word}")])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{word}");
+    assert_eq!(output.stdout, path.as_bytes(), "{word}");
 }
 
 /// A cache file with another hard link (`msal.cache.nocae` linked to `msal.cache`) is not
