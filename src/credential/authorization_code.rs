@@ -42,20 +42,31 @@ const NAME: &str = "AuthorizationCodeCredential";
 ///   A code Entra refuses for good (`invalid_grant` with AADSTS54005 already redeemed, 70008
 ///   expired, 50148 or 501481 the PKCE verifier does not match, 9002313 malformed, 50011 or
 ///   500112 another redirect URI) is forgotten at once, and later calls get that refusal without a request (sign the user in
-///   again for a new code). A code refused for the request only (any other `invalid_grant`:
-///   no consent, MFA, a Conditional Access policy of one resource, a code not known here;
-///   or `invalid_scope`, `invalid_resource`) is kept, and that refusal is the answer to the
-///   calls for the same request (tenant, scopes, CAE, claims) only: for 30 s they get it
-///   without a request, then that request sends the code again. A call for something else,
-///   including one that was waiting for that redemption, sends the code for its own request
-///   (after any other redemption it finds running), so it gets its own answer. These
-///   refusals are kept per request, so requests retried in turn each send the code once per
-///   30 s; at most 16 are kept (those older than 30 s are dropped as one is kept; a 17th
-///   replaces the oldest, whose request sends the code again on its next call). A redemption
-///   that succeeds, or a refusal that spends the code, forgets them all. Any other failure
-///   (`invalid_client`, `unauthorized_client`, throttling, a server error, no answer) is the
-///   answer of every call waiting for that redemption, and is not kept: the next call sends
-///   the code again (once any `Retry-After` has passed).
+///   again for a new code). Any other refusal keeps the code. One for the request only (any
+///   other `invalid_grant`: no consent, MFA, a Conditional Access policy of one resource, a
+///   code not known here; or `invalid_scope`, `invalid_resource`) is also kept as the answer
+///   to the calls for the same request (tenant, scopes, CAE, claims) only: for 30 s they get
+///   it without a request, then that request sends the code again. These refusals are kept
+///   per request, so requests retried in turn each send the code once per 30 s; at most 16
+///   are kept (those older than 30 s are dropped as one is kept; a 17th replaces the oldest,
+///   whose request sends the code again on its next call). A redemption that succeeds, or a
+///   refusal that spends the code, forgets them all. Other refusals (`invalid_client`,
+///   `unauthorized_client`, `invalid_request`, …) are not kept: the next call sends the code
+///   again.
+/// * Concurrent calls: a call that waited for the redemption of its own request gets its
+///   answer. One that waited for another request's gets its answer when it concerns the code
+///   (a refusal that spends it) or when Entra refused nothing: no answer, an answer that is
+///   no OAuth error, a server error or a 429 without `Retry-After` outlasting the retries, a
+///   redemption that did not finish. After Entra's refusal of that request (its scopes or
+///   claims; its tenant: AADSTS700016, the app not found in that directory, refuses one
+///   tenant of a multi-tenant credential) or a throttled answer, it sends the code for its own
+///   request (after any other redemption it finds running), so it gets its own answer: a
+///   `Retry-After` holds back the requests to that tenant's token endpoint only (one for the
+///   same tenant is answered throttled at once, nothing sent). An `invalid_client` for a
+///   wrong secret is so refused once per request waiting. A waiting call may wait through
+///   several redemptions for other requests, each started by the call that first finds none
+///   running: on one thread, waiting calls go in the order they came; on several, a call
+///   arriving on another thread may go first.
 /// * Later calls: a cached access token (more than 300 s left; past its refresh time, a
 ///   refresh token is redeemed first and the cached token returned only if that fails, as in
 ///   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
@@ -111,7 +122,8 @@ struct CodeState {
     /// send it each time. Bounded: see [`KEPT_REFUSALS`].
     kept_refusals: KeptRefusals,
     /// The request of the last redemption started: while one runs, the one its waiters
-    /// joined. A waiter answers its refusal only when it is for its own request.
+    /// joined. A waiter for another request answers its failure only when
+    /// [`fails_every_waiter`].
     redeeming: Option<Asked>,
 }
 
@@ -257,10 +269,13 @@ impl Inner {
             claims: claims.clone(),
         };
         // Every pass either returns or waits for a redemption to end; it goes round again
-        // only after another request's redemption was refused with the code kept (or
-        // succeeded), so it never spins, and it sends the code for its own request unless
-        // that request's refusal is kept. Refusals being kept per request, each other request
-        // is refused so at most once per 30 s (up to 16 requests), which bounds the passes.
+        // only after another request's redemption succeeded (the account is then pinned) or
+        // was refused for that request or throttled, so it never spins, and it sends the code
+        // for its own request unless that request's refusal is kept. It may wait through
+        // several redemptions for other requests: each call that takes the lock first as one
+        // ends starts its own. On one thread the calls woken as a redemption ends run in the
+        // order they joined it, before any later call, so the calls go in the order they
+        // came; on several threads, a call on another thread may start one first.
         loop {
             let step = {
                 let mut state = self.state.lock();
@@ -333,11 +348,13 @@ impl Inner {
                 } => {
                     let redeemed = match redemption.await {
                         Ok(redeemed) => redeemed,
-                        // Another request's refusal that kept the code (consent or MFA for
-                        // its scopes, a scope or resource it named, a code not known here)
-                        // says nothing of this request's: the code is this call's to send
-                        // (or to wait for once more, should another call have started first).
-                        Err(error) if !for_this_request && keeps_the_code(&error) => continue,
+                        // Entra's refusal of another request (its scopes, its tenant, a
+                        // throttled tenant) says nothing of this one, never sent: the code is
+                        // this call's to send (or to wait for once more, should another call
+                        // have started first).
+                        Err(error) if !for_this_request && !fails_every_waiter(&error) => {
+                            continue;
+                        }
                         Err(error) => return Err(error),
                     };
                     // Its token answers this request when it was redeemed for it (the same
@@ -469,18 +486,44 @@ fn code_is_spent(error: &CredentialError) -> bool {
         && error.error_codes().iter().any(|c| CODE_SPENT.contains(c))
 }
 
-/// Whether Entra refused the authorization code for the request only, keeping it (see
-/// [`CodeState::kept_refusals`]): another request may redeem it. `invalid_grant` other than
-/// [`CODE_SPENT`] (consent or MFA for these scopes, a Conditional Access policy of this
-/// resource, a code not known here), `invalid_scope` and `invalid_resource` (a scope or
-/// resource this request named). Not `invalid_client` or `unauthorized_client`: they refuse
-/// the app, whatever the request.
+/// Whether Entra refused the authorization code for the request only, keeping it, with the
+/// refusal kept as that request's answer (see [`CodeState::kept_refusals`]): another request
+/// may redeem it. `invalid_grant` other than [`CODE_SPENT`] (consent or MFA for these scopes,
+/// a Conditional Access policy of this resource, a code not known here), `invalid_scope` and
+/// `invalid_resource` (a scope or resource this request named). Other refusals keep the code
+/// too but are not kept as an answer: `invalid_client` or `unauthorized_client` may refuse
+/// the app in one tenant only (AADSTS700016: not found in that directory) or in all, and the
+/// next call, for any request, sends the code again. Which calls a refusal answers is
+/// [`fails_every_waiter`]'s, not this.
 fn keeps_the_code(error: &CredentialError) -> bool {
     match error.error_code() {
         Some("invalid_grant") => !code_is_spent(error),
         Some("invalid_scope" | "invalid_resource") => true,
         _ => false,
     }
+}
+
+/// Whether a failure of the redemption for another request is also the answer of a call that
+/// waited for it, its own request never sent. Yes when it concerns the code, not the request
+/// ([`code_is_spent`]: sent again, it could only be refused again), or when Entra did not
+/// refuse anything: no answer (a timeout, a connection failure), an answer that is no OAuth
+/// error, Entra unavailable (a server error or a 429 without `Retry-After`, outlasting the
+/// retries: sending again at once would only add load), the redemption not finished (a
+/// panic, no runtime). No for Entra's refusals of that request (its scopes, its claims, its
+/// tenant: `unauthorized_client` AADSTS700016 and `invalid_request` 90002 name one
+/// directory): this call sends the code for its own request and gets its own answer (an
+/// `invalid_client` for a wrong secret, say, is then refused again, once per request). No for
+/// a throttled answer either: Entra throttles per tenant, and the token client keeps each
+/// `Retry-After` per token endpoint, so this call's own request is answered at once, without
+/// being sent, when it is for the same tenant, and sent when it is for another.
+fn fails_every_waiter(error: &CredentialError) -> bool {
+    if code_is_spent(error) {
+        return true;
+    }
+    if error.is_throttled() {
+        return false;
+    }
+    error.error_code().is_none() || error.is_transient()
 }
 
 fn sign_in_again(why: &str) -> CredentialError {

@@ -591,6 +591,30 @@ mod loopback {
         ))
     }
 
+    /// `inner`, except that every token request to `tenant`'s endpoint (any grant) is answered
+    /// 400 with `answer`, as Entra refuses an app that is not in that directory.
+    pub fn refusing_tenant(
+        inner: tower_identity::HttpClient,
+        tenant: &'static str,
+        answer: String,
+    ) -> tower_identity::HttpClient {
+        tower_identity::HttpClient::from_service(tower::service_fn(
+            move |request: tower_identity::transport::HttpRequest| {
+                let (inner, answer) = (inner.clone(), answer.clone());
+                async move {
+                    if request.uri().path().split('/').nth(1) == Some(tenant) {
+                        return Ok(http::Response::builder()
+                            .status(400)
+                            .header("content-type", "application/json")
+                            .body(bytes::Bytes::from(answer))
+                            .unwrap());
+                    }
+                    tower::ServiceExt::oneshot(inner, request).await
+                }
+            },
+        ))
+    }
+
     /// `inner`, except that a token request whose `scope` names one of `refusals`' resources
     /// (any grant: Entra refuses that resource's refresh tokens alike) is answered 400 with
     /// its body. Every token request's `(grant_type, scope)` goes to `log`, in order.
@@ -965,7 +989,8 @@ async fn concurrent_calls_each_get_the_answer_for_their_own_request() {
 /// `invalid_scope` and `invalid_resource` refuse a scope or a resource of one request, not
 /// the code: it is kept for another request, the same request gets the refusal again without
 /// sending it, and a call for another resource that waited for that redemption sends it for
-/// its own. `invalid_client` refuses the app: every waiting call gets it. Before, an
+/// its own. An `invalid_client` is neither kept nor a waiting call's answer for another
+/// request (see `a_call_waiting_for_another_tenants_refused_redemption_…`). Before, an
 /// `invalid_scope` refusal was every waiting call's answer, and the same request sent the
 /// code again at once.
 #[tokio::test(start_paused = true)]
@@ -1011,20 +1036,122 @@ async fn a_scope_or_resource_refusal_keeps_the_code_for_another_request() {
         assert_eq!(authority.token_posts(), 2);
     }
 
-    // A refusal of the app is every waiting call's answer.
+    // A refusal of the app is not kept as an answer: the same request sends the code again.
+    // A waiting call for another request sends it for its own (the app may be refused in one
+    // tenant only, or refused again: that is then this call's own answer).
     let authority = Authority::start().await;
     let credential = loopback::credential(&authority);
-    authority.push_fault(Fault::Respond {
-        status: 400,
-        body: error_body("unauthorized_client", 700016, "Application not found."),
+    let refusal = || Fault::Respond {
+        status: 401,
+        body: error_body("invalid_client", 7000215, "Invalid client secret provided."),
         headers: vec![],
-    });
-    authority.push_fault(answer("at-b", "rt-1"));
+    };
+    authority.push_fault(refusal());
+    authority.push_fault(refusal());
     let (a, b) = tokio::join!(credential.get_token([A]), credential.get_token([B]));
     for error in [a.unwrap_err(), b.unwrap_err()] {
-        assert_eq!(error.error_code(), Some("unauthorized_client"), "{error}");
+        assert_eq!(error.error_code(), Some("invalid_client"), "{error}");
     }
-    assert_eq!(authority.token_posts(), 1);
+    authority.push_fault(answer("at-a", "rt-1"));
+    let a = credential
+        .get_token([A])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(a.secret().expose_secret(), "at-a");
+    let scopes: Vec<String> = authority
+        .requests()
+        .iter()
+        .map(|r| r.field("scope").unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(scopes.len(), 3, "{scopes:#?}");
+    for (scope, resource) in scopes.iter().zip([A, B, A]) {
+        assert!(scope.split(' ').any(|s| s == resource), "{scopes:#?}");
+    }
+}
+
+/// A credential allowed two tenants, the app unknown in one (AADSTS700016: not found in the
+/// directory 'fabrikam'): concurrent first calls for each get their own answer, whichever
+/// redeems first. The call for contoso that waited for fabrikam's redemption sends the code
+/// for its own request, to contoso, and gets its token. Before, it got fabrikam's refusal,
+/// its own request never sent.
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_for_another_tenants_refused_redemption_redeems_the_code_itself() {
+    use crate::support::authority::{Authority, error_body};
+    use loopback::{A, answer};
+    const FABRIKAM: &str = "fabrikam";
+
+    for fabrikam_first in [true, false] {
+        let authority = Authority::start().await;
+        let http = loopback::refusing_tenant(
+            crate::support::creds::http(&authority),
+            FABRIKAM,
+            error_body(
+                "unauthorized_client",
+                700016,
+                "Application with identifier '11111111-2222-3333-4444-555555555555' was not \
+                 found in the directory 'fabrikam'.",
+            ),
+        );
+        let credential = loopback::builder(&authority, loopback::CODE)
+            .additionally_allowed_tenants([FABRIKAM])
+            .http_client(http)
+            .build()
+            .unwrap();
+        authority.push_fault(answer("at-contoso", "rt-1"));
+        let for_fabrikam =
+            || credential.get_token_with(TokenRequest::new([A]).with_tenant_id(FABRIKAM));
+        let (fabrikam, contoso) = if fabrikam_first {
+            tokio::join!(for_fabrikam(), credential.get_token([A]))
+        } else {
+            let (contoso, fabrikam) = tokio::join!(credential.get_token([A]), for_fabrikam());
+            (fabrikam, contoso)
+        };
+        let fabrikam = fabrikam.unwrap_err();
+        assert_eq!(fabrikam.error_codes(), [700016], "{fabrikam}");
+        let contoso = contoso.unwrap_or_else(|e| panic!("fabrikam first: {fabrikam_first}: {e}"));
+        assert_eq!(contoso.secret().expose_secret(), "at-contoso");
+        let requests = authority.requests();
+        assert_eq!(requests.len(), 1, "{requests:#?}");
+        assert_eq!(requests[0].tenant, crate::support::creds::TENANT);
+        assert_eq!(requests[0].field("code"), Some(loopback::CODE));
+    }
+}
+
+/// A redemption for fabrikam throttled (429, `Retry-After: 120`): a call for contoso that
+/// waited for it sends the code for its own request and gets its token (Entra throttles per
+/// tenant; the wait is kept per token endpoint); a call for fabrikam with other scopes that
+/// waited too gets a throttled error, nothing sent to fabrikam before the wait has passed.
+/// Before, both got fabrikam's throttled error.
+#[tokio::test(start_paused = true)]
+async fn a_throttled_redemption_holds_back_its_tenant_only() {
+    use crate::support::authority::{Authority, Fault};
+    use loopback::{A, B, answer};
+    const FABRIKAM: &str = "fabrikam";
+
+    let authority = Authority::start().await;
+    let credential = loopback::builder(&authority, loopback::CODE)
+        .additionally_allowed_tenants([FABRIKAM])
+        .http_client(crate::support::creds::http(&authority))
+        .build()
+        .unwrap();
+    authority.push_fault(Fault::TooManyRequests {
+        retry_after: "120".into(),
+    });
+    authority.push_fault(answer("at-contoso", "rt-1"));
+    let in_fabrikam = |scope| TokenRequest::new([scope]).with_tenant_id(FABRIKAM);
+    let (throttled, contoso, other) = tokio::join!(
+        credential.get_token_with(in_fabrikam(A)),
+        credential.get_token([A]),
+        credential.get_token_with(in_fabrikam(B)),
+    );
+    let throttled = throttled.unwrap_err();
+    assert!(throttled.is_throttled(), "{throttled}");
+    let contoso = contoso.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(contoso.secret().expose_secret(), "at-contoso");
+    let other = other.unwrap_err();
+    assert!(other.is_throttled(), "{other}");
+    let tenants: Vec<String> = authority.requests().into_iter().map(|r| r.tenant).collect();
+    assert_eq!(tenants, [FABRIKAM, crate::support::creds::TENANT]);
 }
 
 /// Two concurrent first calls with the same claims challenge share the one redemption: its
