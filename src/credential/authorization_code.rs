@@ -11,7 +11,7 @@ use crate::cache::TokenCache;
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
 use crate::entra::token_client::{TokenClient, authorization_code_form, carries_a_challenge};
 use crate::error::{ConfigError, CredentialError};
-use crate::flight::{Flight, SingleFlight, WhenAbandoned};
+use crate::flight::{Flight, FlightLock, SingleFlight, WhenAbandoned};
 use crate::refresh::DEFAULT_RETRY_AFTER_FAILURE;
 use crate::token::{AccessToken, Secret, TokenRequest};
 
@@ -60,13 +60,14 @@ const NAME: &str = "AuthorizationCodeCredential";
 ///   redemption that did not finish. After Entra's refusal of that request (its scopes or
 ///   claims; its tenant: AADSTS700016, the app not found in that directory, refuses one
 ///   tenant of a multi-tenant credential) or a throttled answer, it sends the code for its own
-///   request (after any other redemption it finds running), so it gets its own answer: a
+///   request (in its turn, see below), so it gets its own answer: a
 ///   `Retry-After` holds back the requests to that tenant's token endpoint only (one for the
 ///   same tenant is answered throttled at once, nothing sent). An `invalid_client` for a
-///   wrong secret is so refused once per request waiting. A waiting call may wait through
-///   several redemptions for other requests, each started by the call that first finds none
-///   running: on one thread, waiting calls go in the order they came; on several, a call
-///   arriving on another thread may go first.
+///   wrong secret is so refused once per request waiting. Waiting calls are served in the
+///   order they came: the call that finds no redemption running starts one for the oldest
+///   waiting call's request (that call gets its outcome), so a call waits through the
+///   redemptions for the calls before it only, not for calls that came after it. A call
+///   whose request has a kept refusal gets it at once, without waiting for any redemption.
 /// * Later calls: a cached access token (more than 300 s left; past its refresh time, a
 ///   refresh token is redeemed first and the cached token returned only if that fails, as in
 ///   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
@@ -125,6 +126,59 @@ struct CodeState {
     /// joined. A waiter for another request answers its failure only when
     /// [`fails_every_waiter`].
     redeeming: Option<Asked>,
+    /// The calls waiting for the code, served oldest first.
+    line: Line,
+}
+
+/// The calls waiting for the code (for a redemption, or to start one), oldest first, each with
+/// its request: the call that finds no redemption running starts one for the oldest request
+/// without a kept refusal, its own or a call's that waited longer. Else a call on another
+/// thread taking the lock before the woken waiters could start its own, again and again. A
+/// call leaves the line as it ends ([`InLine`]), and a redemption's end takes its request's
+/// calls out (they answer its outcome); one that did not join it goes back in its place.
+#[derive(Default)]
+struct Line {
+    /// The last ticket given: a call's place in line, kept when it goes back in.
+    last: u64,
+    calls: VecDeque<(u64, Asked)>,
+}
+
+impl Line {
+    fn ticket(&mut self) -> u64 {
+        self.last = self.last.wrapping_add(1);
+        self.last
+    }
+
+    /// Puts the call holding `ticket` in line for `request`, in its place, unless it is there.
+    fn enter(&mut self, ticket: u64, request: &Asked) {
+        let at = self.calls.partition_point(|(t, _)| *t < ticket);
+        if self.calls.get(at).is_none_or(|(t, _)| *t != ticket) {
+            self.calls.insert(at, (ticket, request.clone()));
+        }
+    }
+
+    /// The oldest request without a refusal kept at `now`: the next one to redeem the code for.
+    fn next(&self, kept: &KeptRefusals, now: tokio::time::Instant) -> Option<Asked> {
+        self.calls
+            .iter()
+            .map(|(_, request)| request)
+            .find(|request| kept.recent(request, now).is_none())
+            .cloned()
+    }
+}
+
+/// A call's place in [`Line`], given up however the call ends (an answer, a panic, dropped).
+struct InLine<'a> {
+    state: &'a SingleFlight<(), Redeemed, CodeState>,
+    ticket: u64,
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        // Never dropped under that lock: `acquire` declares it before taking the lock.
+        let ticket = self.ticket;
+        self.state.lock().line.calls.retain(|(t, _)| *t != ticket);
+    }
 }
 
 /// A request, as refusals of the code are told apart: a refusal that keeps the code is the
@@ -271,61 +325,48 @@ impl Inner {
         // Every pass either returns or waits for a redemption to end; it goes round again
         // only after another request's redemption succeeded (the account is then pinned) or
         // was refused for that request or throttled, so it never spins, and it sends the code
-        // for its own request unless that request's refusal is kept. It may wait through
-        // several redemptions for other requests: each call that takes the lock first as one
-        // ends starts its own. On one thread the calls woken as a redemption ends run in the
-        // order they joined it, before any later call, so the calls go in the order they
-        // came; on several threads, a call on another thread may start one first.
+        // for its own request unless that request's refusal is kept. The waiting calls are
+        // served oldest first (see `Line`): a call waits through the redemptions for the
+        // calls before it, not for those after it.
+        let mut place: Option<InLine<'_>> = None;
         loop {
             let step = {
                 let mut state = self.state.lock();
+                let now = tokio::time::Instant::now();
                 if let Some(account) = &state.account {
                     Step::Account(account.clone())
-                } else if let Some(redemption) = state.running(&()) {
-                    Step::Join {
-                        redemption,
-                        for_this_request: state.redeeming.as_ref() == Some(&asked),
-                    }
-                } else if let Some(error) = state
-                    .kept_refusals
-                    .recent(&asked, tokio::time::Instant::now())
-                {
+                } else if let Some(error) = state.kept_refusals.recent(&asked, now) {
+                    // Before joining any redemption: it could not change this answer.
                     return Err(error);
                 } else if let Some(code) = state.code.clone() {
-                    let redeem = self.redeem(code, tenant, scopes, cae, claims.clone());
-                    state.redeeming = Some(asked.clone());
-                    let refused_request = asked.clone();
-                    // The code is forgotten and the account pinned as the redemption ends; a
-                    // code Entra refused for good is forgotten too, its refusal kept as the
-                    // answer to later calls. A refusal of this request only (see
-                    // `keeps_the_code`) keeps it: another request may redeem it.
-                    let redemption =
-                        state.start((), WhenAbandoned::RunOn, redeem, move |state, result| {
-                            match &result {
-                                Ok(redeemed) => {
-                                    state.code = None;
-                                    state.kept_refusals.clear();
-                                    state.account.clone_from(&redeemed.account);
-                                }
-                                Err(error) if code_is_spent(error) => {
-                                    state.code = None;
-                                    state.kept_refusals.clear();
-                                    state.refused = Some(error.clone());
-                                }
-                                Err(error) if keeps_the_code(error) => {
-                                    state.kept_refusals.keep(
-                                        refused_request,
-                                        error.clone(),
-                                        tokio::time::Instant::now(),
-                                    );
-                                }
-                                Err(_) => {}
-                            }
-                            result
-                        });
-                    Step::Join {
-                        redemption,
-                        for_this_request: true,
+                    let ticket = match &place {
+                        Some(place) => place.ticket,
+                        None => {
+                            let ticket = state.line.ticket();
+                            place = Some(InLine {
+                                state: &self.state,
+                                ticket,
+                            });
+                            ticket
+                        }
+                    };
+                    state.line.enter(ticket, &asked);
+                    if let Some(redemption) = state.running(&()) {
+                        let for_this_request = state.redeeming.as_ref() == Some(&asked);
+                        Step::Join {
+                            redemption,
+                            for_this_request,
+                        }
+                    } else {
+                        // This call is in line, its request without a kept refusal.
+                        let next = state
+                            .line
+                            .next(&state.kept_refusals, now)
+                            .unwrap_or_else(|| asked.clone());
+                        Step::Join {
+                            redemption: self.start_redemption(&mut state, code, next.clone()),
+                            for_this_request: next == asked,
+                        }
                     }
                 } else if let Some(refused) = &state.refused {
                     return Err(refused.clone());
@@ -350,8 +391,7 @@ impl Inner {
                         Ok(redeemed) => redeemed,
                         // Entra's refusal of another request (its scopes, its tenant, a
                         // throttled tenant) says nothing of this one, never sent: the code is
-                        // this call's to send (or to wait for once more, should another call
-                        // have started first).
+                        // this call's to send (once the calls before it are served).
                         Err(error) if !for_this_request && !fails_every_waiter(&error) => {
                             continue;
                         }
@@ -375,6 +415,55 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Starts the redemption of `code` for `request`, under the lock.
+    fn start_redemption(
+        self: &Arc<Self>,
+        state: &mut FlightLock<'_, (), Redeemed, CodeState>,
+        code: Code,
+        request: Asked,
+    ) -> Flight<Redeemed> {
+        let redeem = self.redeem(
+            code,
+            &request.tenant,
+            &request.scopes,
+            request.cae,
+            request.claims.clone(),
+        );
+        state.redeeming = Some(request.clone());
+        let refused_request = request;
+        // The code is forgotten and the account pinned as the redemption ends; a code Entra
+        // refused for good is forgotten too, its refusal kept as the answer to later calls. A
+        // refusal of this request only (see `keeps_the_code`) keeps it: another request may
+        // redeem it. The calls for this request answer its outcome: out of line.
+        state.start((), WhenAbandoned::RunOn, redeem, move |state, result| {
+            state
+                .line
+                .calls
+                .retain(|(_, request)| *request != refused_request);
+            match &result {
+                Ok(redeemed) => {
+                    state.code = None;
+                    state.kept_refusals.clear();
+                    state.account.clone_from(&redeemed.account);
+                }
+                Err(error) if code_is_spent(error) => {
+                    state.code = None;
+                    state.kept_refusals.clear();
+                    state.refused = Some(error.clone());
+                }
+                Err(error) if keeps_the_code(error) => {
+                    state.kept_refusals.keep(
+                        refused_request,
+                        error.clone(),
+                        tokio::time::Instant::now(),
+                    );
+                }
+                Err(_) => {}
+            }
+            result
+        })
     }
 
     /// Redeems the code. Run once, as a flight in its own task (see [`crate::flight`]): a
@@ -680,6 +769,7 @@ impl AuthorizationCodeCredentialBuilder {
                         refused: None,
                         kept_refusals: KeptRefusals::default(),
                         redeeming: None,
+                        line: Line::default(),
                     },
                 ),
             }),
@@ -707,4 +797,189 @@ fn is_code_verifier(value: &str) -> bool {
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::task::Poll;
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::error::BoxError;
+    use crate::transport::{HttpClient, HttpRequest};
+
+    /// `https://{name}.test/.default`: one request's scope.
+    fn scope(name: &str) -> Vec<String> {
+        vec![format!("https://{name}.test/.default")]
+    }
+
+    /// A credential whose token requests Entra answers in-process: every one refused for its
+    /// request (AADSTS65001: no consent), the code kept; the one for [`scope`]`("first")`
+    /// only once `gate` is opened. Each request's scope goes to the log, in order.
+    fn credential(gate: &Arc<tokio::sync::Notify>) -> (Arc<Mutex<Vec<String>>>, Arc<Inner>) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (sent, gate) = (Arc::clone(&log), Arc::clone(gate));
+        let service = tower::service_fn(move |request: HttpRequest| {
+            let (sent, gate) = (Arc::clone(&sent), Arc::clone(&gate));
+            async move {
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let scope = url::form_urlencoded::parse(&body)
+                    .find(|(k, _)| k == "scope")
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                sent.lock().unwrap().push(scope.clone());
+                if scope.contains("first.test") {
+                    gate.notified().await;
+                }
+                let body = serde_json::json!({
+                    "error": "invalid_grant",
+                    "error_description": "AADSTS65001: The user has not consented.",
+                    "error_codes": [65001],
+                });
+                Ok::<_, BoxError>(
+                    http::Response::builder()
+                        .status(400)
+                        .header("content-type", "application/json")
+                        .body(Bytes::from(body.to_string()))
+                        .unwrap(),
+                )
+            }
+        });
+        let credential = AuthorizationCodeCredential::builder(
+            "contoso",
+            "client",
+            "code",
+            "http://localhost/cb",
+        )
+        .http_client(HttpClient::from_service(service))
+        .build()
+        .unwrap();
+        (log, credential.inner)
+    }
+
+    /// Lets the spawned calls run until `n` requests were sent.
+    async fn until_sent(log: &Mutex<Vec<String>>, n: usize) {
+        for _ in 0..100 {
+            if log.lock().unwrap().len() >= n {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("{n} requests not sent: {:?}", log.lock().unwrap());
+    }
+
+    /// Which requests were sent, by their [`scope`] names.
+    fn sent(log: &Mutex<Vec<String>>) -> Vec<String> {
+        let names = ["first", "waiting", "newer"];
+        let log = log.lock().unwrap();
+        log.iter()
+            .map(|s| {
+                let name = names.iter().find(|n| s.contains(&format!("{n}.test")));
+                name.map_or_else(|| s.clone(), |n| (*n).to_owned())
+            })
+            .collect()
+    }
+
+    /// A call that waited for the redemption for "first", refused (the code kept), has not
+    /// taken the lock again (its thread busy) when a newer call for another request finds no
+    /// redemption running: the newer call redeems the code for the waiting call's request
+    /// first, then for its own; the waiting call, polled at last, answers its refusal without
+    /// sending anything. Before, the newer call sent the code for its own request first (the
+    /// waiting one could be overtaken so by every new request), and the waiting call after.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_is_served_before_a_newer_one() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (log, inner) = credential(&gate);
+        let first = tokio::spawn({
+            let inner = Arc::clone(&inner);
+            async move { inner.acquire("contoso", &scope("first"), false, None).await }
+        });
+        until_sent(&log, 1).await;
+        let waiting_scopes = scope("waiting");
+        let mut waiting =
+            std::pin::pin!(Arc::clone(&inner).acquire("contoso", &waiting_scopes, false, None));
+        let joined = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx).is_pending()));
+        assert!(joined.await, "the waiting call joined the redemption");
+        gate.notify_one();
+        let first = first.await.unwrap().unwrap_err();
+        assert_eq!(first.error_codes(), [65001], "{first}");
+
+        // The waiting call has not run since: the newer one takes the lock first.
+        let newer = Arc::clone(&inner)
+            .acquire("contoso", &scope("newer"), false, None)
+            .await
+            .unwrap_err();
+        assert_eq!(newer.error_codes(), [65001], "{newer}");
+        assert_eq!(sent(&log), ["first", "waiting", "newer"]);
+        let waiting = waiting.await.unwrap_err();
+        assert_eq!(waiting.error_codes(), [65001], "{waiting}");
+        assert_eq!(sent(&log), ["first", "waiting", "newer"]);
+        assert!(inner.state.lock().line.calls.is_empty());
+    }
+
+    /// A waiting call dropped (its task cancelled) leaves the line: the newer call redeems
+    /// the code for its own request, not for the dropped call's.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_waiting_call_leaves_the_line() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (log, inner) = credential(&gate);
+        let first = tokio::spawn({
+            let inner = Arc::clone(&inner);
+            async move { inner.acquire("contoso", &scope("first"), false, None).await }
+        });
+        until_sent(&log, 1).await;
+        {
+            let waiting_scopes = scope("waiting");
+            let mut waiting =
+                std::pin::pin!(Arc::clone(&inner).acquire("contoso", &waiting_scopes, false, None));
+            let joined =
+                std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx).is_pending()));
+            assert!(joined.await, "the waiting call joined the redemption");
+            assert_eq!(inner.state.lock().line.calls.len(), 2);
+        }
+        assert_eq!(inner.state.lock().line.calls.len(), 1);
+        gate.notify_one();
+        first.await.unwrap().unwrap_err();
+        let newer = Arc::clone(&inner)
+            .acquire("contoso", &scope("newer"), false, None)
+            .await
+            .unwrap_err();
+        assert_eq!(newer.error_codes(), [65001], "{newer}");
+        assert_eq!(sent(&log), ["first", "newer"]);
+        assert!(inner.state.lock().line.calls.is_empty());
+    }
+
+    /// A call whose request was refused less than 30 s ago, the code kept, gets that refusal
+    /// at once, also while a redemption for another request runs: that redemption could not
+    /// change its answer. Before, it waited for that redemption first.
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_refusal_answers_at_once_while_another_request_redeems() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (log, inner) = credential(&gate);
+        let refused = Arc::clone(&inner)
+            .acquire("contoso", &scope("waiting"), false, None)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.error_codes(), [65001], "{refused}");
+        let first = tokio::spawn({
+            let inner = Arc::clone(&inner);
+            async move { inner.acquire("contoso", &scope("first"), false, None).await }
+        });
+        until_sent(&log, 2).await;
+        let again_scopes = scope("waiting");
+        let mut again =
+            std::pin::pin!(Arc::clone(&inner).acquire("contoso", &again_scopes, false, None));
+        let answered = std::future::poll_fn(|cx| Poll::Ready(again.as_mut().poll(cx)));
+        match answered.await {
+            Poll::Ready(Err(error)) => assert_eq!(error.error_codes(), [65001], "{error}"),
+            Poll::Ready(Ok(_)) => panic!("a token"),
+            Poll::Pending => panic!("waited for the redemption for another request"),
+        }
+        gate.notify_one();
+        first.await.unwrap().unwrap_err();
+        assert_eq!(sent(&log), ["waiting", "first"]);
+    }
 }
