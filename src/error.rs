@@ -81,8 +81,13 @@ pub(crate) struct Cause {
     /// Worth trying again later: a timeout, a connection or I/O failure, throttling, an answer
     /// the built-in retries retry that outlasted them.
     pub(crate) transient: bool,
-    /// The provider asked for no request before this instant (`Retry-After`).
+    /// The provider asked for no request before this instant (`Retry-After`), or the bearer
+    /// layer's slot answers this remembered failure until then (see `crate::refresh`).
     pub(crate) throttled_until: Option<Instant>,
+    /// The work that was to answer was cut off (it panicked, its task was aborted or its
+    /// runtime shut down: see `crate::flight`): the credential gave no answer, so there is
+    /// nothing to remember about it (`crate::refresh`). Not for a retry policy: not shown.
+    pub(crate) unfinished: bool,
 }
 
 /// What an identity provider said when it refused: already scrubbed of token values.
@@ -152,6 +157,22 @@ impl CredentialError {
     pub(crate) fn with_cause(mut self, cause: Cause) -> Self {
         self.inner_mut().cause = cause;
         self
+    }
+
+    /// The same error, throttled until `until` (the rest of its cause kept).
+    pub(crate) fn throttled_until(mut self, until: Instant) -> Self {
+        self.inner_mut().cause.throttled_until = Some(until);
+        self
+    }
+
+    /// When the wait the error asks for ends, if it asks for one.
+    pub(crate) fn retry_at(&self) -> Option<Instant> {
+        self.inner.cause.throttled_until
+    }
+
+    /// Whether the work that was to answer was cut off (see [`Cause::unfinished`]).
+    pub(crate) fn is_unfinished(&self) -> bool {
+        self.inner.cause.unfinished
     }
 
     /// The message with `prefix` put before it (what led to the error).
@@ -326,7 +347,9 @@ impl CredentialError {
     }
 
     /// How long the provider asked to wait, counted from now (zero once it has passed);
-    /// `None` when the provider did not ask.
+    /// `None` when the provider did not ask. A bearer layer answering with a throttled failure
+    /// it remembers (after a rejected token) says here when it asks the credential again,
+    /// which may be later than the provider's own wait.
     pub fn retry_after(&self) -> Option<Duration> {
         self.inner
             .cause
@@ -373,7 +396,11 @@ impl fmt::Debug for CredentialError {
         if !self.inner.attempts.is_empty() {
             d.field("attempts", &self.inner.attempts.len());
         }
-        if self.inner.cause != Cause::default() {
+        let shown = Cause {
+            unfinished: false,
+            ..self.inner.cause
+        };
+        if shown != Cause::default() {
             d.field("timeout", &self.inner.cause.timeout)
                 .field("connect", &self.inner.cause.connect)
                 .field("transient", &self.inner.cause.transient)

@@ -31,7 +31,10 @@
 //! * **Panics, aborts, runtime shutdown**: a guard inside the task lands an *authentication
 //!   failed* error ("… did not finish", naming the credential) and removes the record, in one
 //!   critical section, however the task ends; waiters get the same kind of error with the
-//!   task's join error ("… did not finish: task 7 panicked …"). The next caller starts anew.
+//!   task's join error ("… did not finish: task 7 panicked …"). Both are marked as cut off
+//!   (`CredentialError::is_unfinished`): the work gave no answer, so an owner that remembers
+//!   failures does not remember these (the refresh slot after a rejected token), nor one
+//!   that came from waiting on such a flight of another owner. The next caller starts anew.
 //!   On a runtime already shutting down, spawning drops the task at once, inside
 //!   `start` and under its lock: the guard then does nothing (it would wait for that lock
 //!   forever), nothing is recorded, and the callers get the join error.
@@ -79,7 +82,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use tokio::task::AbortHandle;
 
-use crate::error::CredentialError;
+use crate::error::{Cause, CredentialError};
 use crate::redact::{MAX_QUOTED_CHARS, scrub, truncate};
 
 type Joined<T> = Shared<BoxFuture<'static, Result<T, CredentialError>>>;
@@ -320,7 +323,7 @@ where
         let (name, what) = (self.inner.name, self.inner.what);
         let joined = async move {
             task.await.unwrap_or_else(|join_error| {
-                Err(CredentialError::authentication_failed(
+                Err(did_not_finish(
                     name,
                     // A panic's message is the panicking code's text: it may quote a token.
                     format!(
@@ -394,11 +397,19 @@ where
     }
 
     fn unfinished(&self) -> CredentialError {
-        CredentialError::authentication_failed(
+        did_not_finish(
             self.inner.name,
             format!("{} did not finish", self.inner.what),
         )
     }
+}
+
+/// The error of a flight cut off before its work answered, marked so (see the module docs).
+fn did_not_finish(name: &'static str, message: String) -> CredentialError {
+    CredentialError::authentication_failed(name, message).with_cause(Cause {
+        unfinished: true,
+        ..Cause::default()
+    })
 }
 
 impl<K, T, S, W, L> Drop for Landing<K, T, S, W, L>

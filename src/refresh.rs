@@ -59,16 +59,32 @@
 //!   one), unless the slot's token was rejected (next).
 //! * **A rejected token** ([`TokenSlot::invalidate`]: the bearer layer's answer to a 401, a
 //!   plain one or a claims challenge it could not answer) is not handed out by the slot
-//!   again. The next caller acquires a replacement, which its concurrent callers share; if
-//!   it fails, it is spaced as a failed renewal is (`last_attempt`, `retry_after_failure`):
-//!   for 30 s from its end, callers get its error at once and the credential is not asked.
-//!   So after a rejection, a failing credential is asked at most once per 30 s however
-//!   many callers come, and a working one once; a token coming in (an acquisition's, or a
-//!   claims token [`store`](TokenSlot::store)d) ends the memory. Without a rejection (a cold
-//!   slot, an expired token) a failure is not remembered, as above. A credential answering
-//!   from a cache of its own hands back the token that was rejected (it has no way to be
-//!   told to skip its cache without claims): the slot takes it as a new token, and it costs
-//!   the credential one call (a cache lookup) per 401 it meets.
+//!   again. The next caller acquires a replacement, which its concurrent callers share. If
+//!   it fails, what follows depends on the failure:
+//!   - a final one (not [`is_transient`](CredentialError::is_transient): a refusal such as
+//!     `invalid_client`, a disabled account) is remembered for `retry_after_failure` (30 s)
+//!     from its end, as a failed renewal is spaced: callers get its error at once and the
+//!     credential is not asked;
+//!   - a throttled one ([`is_throttled`](CredentialError::is_throttled)) is remembered the
+//!     same way until the later of that and the end of the provider's wait, and the error
+//!     (its waiters' and every later caller's) is throttled until then: its
+//!     [`retry_after`](CredentialError::retry_after) reaches zero as the slot asks again;
+//!   - any other transient one (no connection, a timeout, a 5xx without `Retry-After`) is
+//!     not remembered: it reaches that acquisition's waiters only and the next caller asks
+//!     again, as in a cold slot (a machine woken past its token's expiry, its network not
+//!     back yet, fails one request: see "A suspended machine");
+//!   - nor is an acquisition cut off before the credential answered (it panicked, or its
+//!     runtime shut down; see [`crate::flight`]), nor one that waited on such an acquisition
+//!     of another slot: it reached its own waiters only.
+//!
+//!   So after a rejection a credential failing for good is asked at most once per 30 s (or
+//!   per its provider's longer wait) however many callers come, and a working one once; a
+//!   token coming in (an acquisition's, or a claims token [`store`](TokenSlot::store)d)
+//!   ends the memory and the rejection. Without a rejection (a cold slot, an expired token)
+//!   no failure is remembered, as above. A credential answering from a cache of its own
+//!   hands back the token that was rejected (it has no way to be told to skip its cache
+//!   without claims): the slot takes it as a new token, and it costs the credential one
+//!   call (a cache lookup) per 401 it meets.
 //! * **A token stored meanwhile** ([`TokenSlot::store`]: the bearer layer's answer to a claims
 //!   challenge) stays when an acquisition that started before it ends: that acquisition was
 //!   asked for less, and its token would meet the same challenge again.
@@ -83,7 +99,8 @@
 //!   contract): the token, the spacing and the running acquisition sit under its one mutex,
 //!   so deciding fresh / join / start, and storing an outcome as the acquisition's record
 //!   ends, are each one critical section. A panicking acquisition is an error for its
-//!   waiters and, for a renewal, counts as a failed attempt. The mutex is never held across
+//!   waiters and, for a renewal, counts as a failed attempt; after a rejected token it is
+//!   not remembered (see above). The mutex is never held across
 //!   an `.await` or any I/O.
 //! * **Generation**: a counter bumped whenever the slot changes in a way readers must notice
 //!   (a new token, an invalidation, an acquisition ending). A reader that keeps its own copy of
@@ -119,7 +136,8 @@
 //! resource answers 401 to the expired token, which drops it; the next request acquires, and
 //! the credential's slot, which compares through its token, asks for a new one. So a machine
 //! woken past its token's expiry fails one request per layer, not every request until the
-//! credential's renewal.
+//! credential's renewal. If that acquisition fails because the network is not back yet (a
+//! transient failure), the failure is not remembered: the next request asks again.
 //!
 //! The spacing above still applies: a token whose refresh time comes sooner than 30 s after
 //! the last renewal ended (lifetimes under a minute) is renewed at the end of the spacing or,
@@ -384,16 +402,15 @@ pub(crate) type Acquisition<V> = Flight<Entry<V>>;
 /// What the slot keeps under its flight's lock.
 struct State<V> {
     current: Option<Entry<V>>,
-    /// When the last renewal ended, or the last acquisition that failed to replace a
-    /// rejected token (see `rejected`).
+    /// When the last renewal ended.
     last_attempt: Option<Instant>,
     /// The current token was dropped by [`TokenSlot::invalidate`] (a resource rejected it)
-    /// and no token has come in since: an acquisition failing now is spaced as a renewal is
-    /// (see "A rejected token" in the module docs).
+    /// and no token has come in since: an acquisition failing now may be remembered (see "A
+    /// rejected token" in the module docs).
     rejected: bool,
-    /// The error of the last acquisition that failed while `rejected`: the answer, without
-    /// asking, until `last_attempt` plus the spacing.
-    failure: Option<CredentialError>,
+    /// The failure of the last acquisition while `rejected`, if it is remembered: the answer,
+    /// without asking, until its end.
+    failure: Option<Remembered>,
     /// The token a renewal started early was for, for a stacked slot's wider window (see
     /// "Stacked slots" in the module docs): not renewed early again, whatever that renewal
     /// brought.
@@ -405,6 +422,14 @@ struct State<V> {
     acquisitions: u64,
     /// The recheck timer, when one is armed (see the module docs).
     timer: Option<Timer>,
+}
+
+/// A failure to replace a rejected token, answered until `until` (see "A rejected token" in
+/// the module docs).
+struct Remembered {
+    /// As its callers get it: a throttled one's wait ends at `until`.
+    error: CredentialError,
+    until: Instant,
 }
 
 /// An armed recheck timer: the instant it fires at, and its task, aborted when this is
@@ -482,7 +507,7 @@ pub(crate) enum Lookup<V> {
         timed: bool,
     },
     /// No valid token: wait for this acquisition (after a rejection, possibly the last one's
-    /// failure, remembered for the spacing: see "A rejected token" in the module docs).
+    /// failure, remembered: see "A rejected token" in the module docs).
     Wait(Acquisition<V>),
 }
 
@@ -686,8 +711,11 @@ impl<V: SlotValue> TokenSlot<V> {
     }
 
     /// Whether the slot can serve nothing at `now`: no token still valid, no acquisition
-    /// running. Such a slot keeps nothing worth keeping either (the spacing applies only
-    /// while a valid token is held), so a cache may drop it (`crate::cache`).
+    /// running. A cache may drop such a slot (`crate::cache`): what else it keeps is the
+    /// renewals' spacing, which applies only while a valid token is held, and a rejected
+    /// token's remembered failure, which only [`invalidate`](Self::invalidate) leads to. A
+    /// credential's slots (the only ones a cache holds) are never invalidated; the bearer
+    /// layer's slot, which is, is in no cache.
     pub(crate) fn holds_nothing_at(&self, now: Instant) -> bool {
         let state = self.flight.lock();
         let valid = state
@@ -787,9 +815,9 @@ impl<V: SlotValue> TokenSlot<V> {
         }
     }
 
-    /// With no valid token: the running acquisition, or else the failure to replace a
-    /// rejected token again while it is within the spacing (see "A rejected token" in the
-    /// module docs), or else a new acquisition.
+    /// With no valid token: the running acquisition, or else the remembered failure to
+    /// replace a rejected token until its end (see "A rejected token" in the module docs), or
+    /// else a new acquisition.
     fn join_or_start<F, Fut>(
         self: &Arc<Self>,
         state: &mut Locked<'_, V>,
@@ -803,12 +831,8 @@ impl<V: SlotValue> TokenSlot<V> {
         if let Some(acquisition) = state.running(&()) {
             return acquisition;
         }
-        let spaced = state
-            .failure
-            .as_ref()
-            .filter(|_| self.recently_attempted(state, now));
-        match spaced {
-            Some(error) => Acquisition::failed(error.clone()),
+        match state.failure.as_ref().filter(|failure| now < failure.until) {
+            Some(failure) => Acquisition::failed(failure.error.clone()),
             None => self.start(state, acquire, Start::First),
         }
     }
@@ -912,19 +936,24 @@ impl<V: SlotValue> TokenSlot<V> {
         if kind != Start::First {
             state.last_attempt = Some(now);
         }
-        match &outcome {
-            Ok(_) => {
+        let outcome = match outcome {
+            Ok(entry) => {
                 state.rejected = false;
                 state.failure = None;
+                Ok(entry)
             }
-            // Replacing a rejected token failed: spaced as a failed renewal is, its error
-            // the answer meanwhile (see "A rejected token" in the module docs).
+            // Replacing a rejected token failed: a final or throttled failure is the answer
+            // until the slot asks again, its waiters' error too (see "A rejected token" in
+            // the module docs).
             Err(error) if state.rejected => {
-                state.last_attempt = Some(now);
-                state.failure = Some(error.clone());
+                state.failure = self.remembered(error.clone(), now);
+                Err(state
+                    .failure
+                    .as_ref()
+                    .map_or(error, |failure| failure.error.clone()))
             }
-            Err(_) => {}
-        }
+            Err(error) => Err(error),
+        };
         // Once per token: asked early, a provider answering from a cache of its own (az, azd,
         // IMDS, a cache file) hands back the token it has until its own refresh time, and
         // one that failed is tried again in this slot's own window; asked again every time
@@ -934,6 +963,33 @@ impl<V: SlotValue> TokenSlot<V> {
         }
         self.bump();
         outcome
+    }
+
+    /// A failure to replace a rejected token, as remembered from `now`; `None` for one that is
+    /// not: a transient one that asks for no wait (no connection, a timeout, a 5xx), or one
+    /// cut off before the credential answered. A final one is remembered for the spacing, a
+    /// throttled one until the later of that and the provider's wait, which its error then
+    /// says (see "A rejected token" in the module docs).
+    fn remembered(&self, error: CredentialError, now: Instant) -> Option<Remembered> {
+        let throttled = error.retry_at();
+        if error.is_unfinished() || (error.is_transient() && throttled.is_none()) {
+            return None;
+        }
+        // A spacing past the clock's range is taken as over (`within_spacing`).
+        let spaced = now.checked_add(self.policy.retry_after_failure)?;
+        Some(match throttled {
+            Some(wait) => {
+                let until = wait.max(spaced);
+                Remembered {
+                    error: error.throttled_until(until),
+                    until,
+                }
+            }
+            None => Remembered {
+                error,
+                until: spaced,
+            },
+        })
     }
 }
 
@@ -1997,7 +2053,10 @@ mod tests {
     /// A rejected token's replacement that fails is spaced as a failed renewal is: for 30 s
     /// from its end its error is the answer, the credential not asked; concurrent callers
     /// share one acquisition. Before, each caller after a failure asked again. A cold slot's
-    /// failure is not remembered, and a token stored ends the memory.
+    /// failure is not remembered, and a token stored or acquired ends the memory and the
+    /// rejection: the slot is a plain one again (an expired token's failures are not
+    /// remembered, and a token rejected within its failed renewal's spacing is replaced at
+    /// once).
     #[tokio::test(start_paused = true)]
     async fn a_failed_replacement_of_a_rejected_token_is_spaced() {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
@@ -2030,22 +2089,209 @@ mod tests {
         assert!(slot.invalidate(stored.id));
         let fresh = || counting(&calls, |n| Ok(token(&format!("t{n}"), HOUR)));
         assert_eq!(looked_up(&slot, fresh()).await.unwrap(), "t3");
-        // As does an acquisition's token.
+        // As does an acquisition's token: the slot is a plain one again after it.
         let current = slot.current_entry().unwrap();
         assert!(slot.invalidate(current.id));
         assert!(looked_up(&slot, failing()).await.is_err());
         tokio::time::advance(Duration::from_secs(30)).await;
         assert_eq!(looked_up(&slot, fresh()).await.unwrap(), "t5");
+        // Its renewal fails in its window (a renewal's spacing starts), and it is rejected
+        // within that spacing: it is replaced at once, no earlier failure the answer.
+        tokio::time::advance(HOUR - Duration::from_secs(200)).await;
+        assert_eq!(looked_up(&slot, failing()).await.unwrap(), "t5");
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 6, "the renewal, failed");
         let current = slot.current_entry().unwrap();
         assert!(slot.invalidate(current.id));
-        assert_eq!(looked_up(&slot, fresh()).await.unwrap(), "t6");
-        assert_eq!(calls.load(Ordering::SeqCst), 6);
+        assert_eq!(looked_up(&slot, fresh()).await.unwrap(), "t7");
+        // It expires, not rejected: each caller after a failure asks again.
+        tokio::time::advance(HOUR).await;
+        assert!(looked_up(&slot, failing()).await.is_err());
+        assert!(looked_up(&slot, failing()).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 9, "not remembered");
 
         // A cold slot: each caller after a failure asks again, as before.
         let cold = TokenSlot::new("Test", RefreshPolicy::default());
         assert!(looked_up(&cold, failing()).await.is_err());
         assert!(looked_up(&cold, failing()).await.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 8);
+        assert_eq!(calls.load(Ordering::SeqCst), 11);
+    }
+
+    /// A slot whose token was rejected.
+    fn rejected_slot(name: &'static str) -> Arc<TokenSlot> {
+        let slot = TokenSlot::new(name, RefreshPolicy::default());
+        let rejected = slot.store(token("rejected", HOUR)).unwrap();
+        assert!(slot.invalidate(rejected.id));
+        slot
+    }
+
+    /// A failure that may pass by itself: no connection.
+    fn unreachable() -> CredentialError {
+        CredentialError::authentication_failed("Test", "connection refused").with_cause(
+            crate::error::Cause {
+                connect: true,
+                transient: true,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// The provider asked to wait `wait` from now.
+    fn throttled(wait: Duration) -> CredentialError {
+        CredentialError::authentication_failed("Test", "throttled").with_cause(
+            crate::error::Cause {
+                transient: true,
+                throttled_until: Some(Instant::now() + wait),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// After a rejection, a throttled failure is the answer until the slot asks again: at the
+    /// end of the provider's wait or of the spacing, whichever is later; its `retry_after`
+    /// counts down to that moment. Before, a credential throttled for 120 s was asked again
+    /// after 30 s, and a 5 s wait read zero while the slot answered with it 25 s more (a
+    /// caller honouring it would spin).
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_replacement_of_a_rejected_token_says_when_the_slot_asks_again() {
+        let slot = rejected_slot("Test");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let secs = Duration::from_secs;
+        let start = Instant::now();
+        let long = || counting(&calls, |_| Err(throttled(Duration::from_secs(120))));
+        let error = looked_up(&slot, long()).await.unwrap_err();
+        assert_eq!(error.retry_after(), Some(secs(120)));
+        for at in [30, 60, 119] {
+            tokio::time::advance(start + secs(at) - Instant::now()).await;
+            let error = looked_up(&slot, long()).await.unwrap_err();
+            assert!(error.is_throttled() && error.is_transient(), "{error:?}");
+            assert_eq!(error.retry_after(), Some(secs(120 - at)), "at {at} s");
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "not within the provider's wait"
+        );
+
+        tokio::time::advance(secs(1)).await;
+        let start = Instant::now();
+        let short = || counting(&calls, |_| Err(throttled(Duration::from_secs(5))));
+        let error = looked_up(&slot, short()).await.unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "asked at its end");
+        assert_eq!(error.retry_after(), Some(secs(30)), "the spacing, longer");
+        for at in [5, 10, 29] {
+            tokio::time::advance(start + secs(at) - Instant::now()).await;
+            let error = looked_up(&slot, short()).await.unwrap_err();
+            assert!(error.is_throttled() && error.is_transient(), "{error:?}");
+            assert_eq!(error.retry_after(), Some(secs(30 - at)), "at {at} s");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        tokio::time::advance(secs(1)).await;
+        assert!(looked_up(&slot, short()).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "asked again after 30 s");
+    }
+
+    /// After a rejection, a failure that may pass by itself (no connection, a timeout, a 5xx
+    /// without a wait) is not remembered: the next caller asks again, as in a cold slot (a
+    /// machine woken past its token's expiry, its network not back yet, fails one request,
+    /// not those of 30 s). Concurrent callers still share one acquisition. A final failure
+    /// (a refusal) is remembered for the spacing, without a `retry_after`. Before, the
+    /// transient one was remembered too.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_rejection_a_transient_failure_is_not_remembered() {
+        let slot = rejected_slot("Test");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let down = || counting(&calls, |_| Err(unreachable()));
+        for n in 1..=3 {
+            let error = looked_up(&slot, down()).await.unwrap_err();
+            assert!(error.is_connect(), "{error:?}");
+            assert_eq!(calls.load(Ordering::SeqCst), n, "asked each time");
+        }
+        let concurrent: Vec<_> = (0..10).map(|_| looked_up(&slot, down())).collect();
+        for outcome in futures_util::future::join_all(concurrent).await {
+            assert!(outcome.unwrap_err().is_connect());
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            4,
+            "one for 10 concurrent callers"
+        );
+
+        let refused = || counting(&calls, |_| Err(failure()));
+        let error = looked_up(&slot, refused()).await.unwrap_err();
+        assert!(!error.is_transient() && error.retry_after().is_none());
+        tokio::time::advance(Duration::from_secs(29)).await;
+        let error = looked_up(&slot, refused()).await.unwrap_err();
+        assert!(error.message().contains("provider down"), "{error}");
+        assert!(error.retry_after().is_none(), "not throttled");
+        assert_eq!(calls.load(Ordering::SeqCst), 5, "remembered");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(looked_up(&slot, down()).await.is_err());
+        let fresh = || counting(&calls, |n| Ok(token(&format!("t{n}"), HOUR)));
+        assert_eq!(looked_up(&slot, fresh()).await.unwrap(), "t7");
+    }
+
+    /// After a rejection, an acquisition that panicked gave no answer of the credential's: it
+    /// is not remembered, and the next caller starts anew. Before, its "did not finish"
+    /// error was every caller's answer for 30 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicked_replacement_of_a_rejected_token_is_not_remembered() {
+        let slot = rejected_slot("Test");
+        let error = looked_up(&slot, || async { panic!("boom") }.boxed())
+            .await
+            .unwrap_err();
+        assert!(error.message().contains("did not finish"), "{error}");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let fresh = counting(&calls, |_| Ok(token("t1", HOUR)));
+        assert_eq!(looked_up(&slot, fresh).await.unwrap(), "t1");
+    }
+
+    /// The same for an acquisition whose runtime shut down, and for one that waited on such
+    /// an acquisition of another slot (a layer's over its credential's, on another runtime),
+    /// whose error says so too.
+    #[test]
+    fn a_replacement_cut_off_by_a_runtime_shutdown_is_not_remembered() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+        };
+        let never = || std::future::pending::<Result<AccessToken, CredentialError>>();
+        let credential = TokenSlot::new("Credential", RefreshPolicy::default());
+        let first = runtime();
+        let (own, cut) = first.block_on(async {
+            let own = rejected_slot("Own");
+            let Lookup::Wait(cut) = own.lookup(Instant::now(), never) else {
+                panic!("no token to use");
+            };
+            // Nobody waits for it yet: it runs on (`WhenAbandoned::RunOn`).
+            drop(credential.lookup(Instant::now(), never));
+            (own, cut)
+        });
+        let second = runtime();
+        let (layer, waiting) = second.block_on(async {
+            let layer = rejected_slot("Layer");
+            let asked = Arc::clone(&credential);
+            let through = move || async move { asked.get(never).await }.boxed();
+            let Lookup::Wait(waiting) = layer.lookup(Instant::now(), through) else {
+                panic!("no token to use");
+            };
+            // Its acquisition joins the credential's.
+            settle().await;
+            (layer, waiting)
+        });
+        drop(first);
+        second.block_on(async {
+            let calls = Arc::new(AtomicUsize::new(0));
+            for (slot, acquisition) in [(own, cut), (layer, waiting)] {
+                let error = acquisition.await.unwrap_err();
+                assert!(error.message().contains("did not finish"), "{error}");
+                let fresh = counting(&calls, |n| Ok(token(&format!("t{n}"), HOUR)));
+                assert!(looked_up(&slot, fresh).await.is_ok(), "asked anew");
+            }
+            assert_eq!(calls.load(Ordering::SeqCst), 2);
+        });
     }
 
     #[test]

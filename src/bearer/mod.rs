@@ -73,10 +73,19 @@
 //! * **After a dropped token** (a 401, or a claims challenge the credential could not
 //!   answer): the layer does not send that token again from its slot. The next request asks
 //!   the credential for a token, and the requests that come meanwhile wait for that one
-//!   call. If it fails, the requests of the next 30 s get its error at once, without the
-//!   credential being asked (as a failed renewal is retried after 30 s); the first request
-//!   after that asks again. So N concurrent requests cost one call, and requests one after
-//!   another one call if it succeeds, at most one per 30 s while it fails. A credential with
+//!   call. If it fails for good (an error that is not
+//!   [`is_transient`](crate::CredentialError::is_transient): `invalid_client`, a disabled
+//!   account), the requests of the next 30 s get its error at once, without the credential
+//!   being asked (as a failed renewal is retried after 30 s); the first request after that
+//!   asks again. A throttled failure is answered so until the later of that and the end of
+//!   the provider's wait, and its [`retry_after`](crate::CredentialError::retry_after) says
+//!   when the layer asks again. Any other transient failure (no connection, a timeout, a 5xx
+//!   without `Retry-After`, as a machine just woken from suspend may get) reaches only the
+//!   requests that waited for that call, and the next request asks again; so does a call
+//!   cut off before the credential answered (its runtime shut down). So N concurrent
+//!   requests cost one call, and requests one after another one call if it succeeds, at most
+//!   one per 30 s (or per the provider's longer wait) while it fails for good or is
+//!   throttled, one per request while it fails transiently. A credential with
 //!   a cache of its own (this crate's have one) may answer the very token that was
 //!   rejected, since without claims it cannot be told to skip its cache: the layer sends
 //!   it, and each 401 for it costs the credential one call (a cache lookup).

@@ -949,6 +949,91 @@ async fn after_a_failed_claims_challenge_a_failing_credential_is_asked_once_per_
     assert_eq!(bearers(&resource), expected, "the rejected token sent once");
 }
 
+/// A credential that answers its first request with `at-first` (which the resource rejects)
+/// and passes the later ones to a ClientSecretCredential of the loopback authority, which has
+/// no token yet: after the 401 the layer's token requests reach the authority and its faults.
+fn first_then_authority(authority: &Authority) -> BoxCredential {
+    let delegate = client_secret(authority);
+    let first = Arc::new(AtomicBool::new(true));
+    let credential = tower::service_fn(move |request: tower_identity::TokenRequest| {
+        let delegate = delegate.clone();
+        let first = first.swap(false, Ordering::SeqCst);
+        async move {
+            if first {
+                let expires = Instant::now() + secs(3600);
+                Ok(tower_identity::AccessToken::new("at-first", expires))
+            } else {
+                delegate.oneshot(request).await
+            }
+        }
+    });
+    BoxCredential::named("FirstThen", credential)
+}
+
+/// After a 401, a token request that fails for a reason that may pass by itself (503s that
+/// outlasted the retries; a machine woken from suspend, its network not back, gets a
+/// connection error) is not remembered: the next request asks again, and gets its token.
+/// Before, the error was every request's answer for 30 s.
+#[tokio::test(start_paused = true)]
+async fn after_a_401_a_transient_failure_is_not_remembered() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.revoke("at-first");
+    let layer = BearerTokenLayer::builder(first_then_authority(&authority), [SCOPE]).build();
+    let service = bearer::<Full<Bytes>>(&layer);
+    let request = || service.clone().oneshot(get(&resource, "/"));
+    assert_eq!(request().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    for _ in 0..4 {
+        authority.push_fault(Fault::ServerError(503));
+    }
+    let err = request().await.unwrap_err();
+    let err = err.downcast_ref::<CredentialError>().expect("its error");
+    assert!(err.is_transient() && !err.is_throttled(), "{err}");
+    assert_eq!(authority.token_posts(), 4, "one token request, retried");
+    tokio::time::advance(secs(1)).await;
+    assert_eq!(request().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(authority.token_posts(), 5, "asked again");
+    let seen = bearers(&resource);
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0], "at-first");
+}
+
+/// After a 401, a token request throttled for 5 s (a 429 through the retries) is remembered
+/// for 30 s, as a refusal is, and the error each request gets says so: its `retry_after`
+/// counts down to the moment the layer asks again. Before, it was the provider's 5 s, then
+/// zero for the 25 s the layer still answered with it (a client honouring it would spin).
+#[tokio::test(start_paused = true)]
+async fn after_a_401_a_throttled_failure_says_when_the_layer_asks_again() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    resource.revoke("at-first");
+    let layer = BearerTokenLayer::builder(first_then_authority(&authority), [SCOPE]).build();
+    let service = bearer::<Full<Bytes>>(&layer);
+    let request = || service.clone().oneshot(get(&resource, "/"));
+    let retry_after = |outcome: Result<http::Response<_>, tower_identity::BoxError>| {
+        let err = outcome.expect_err("no token to send");
+        let err = err.downcast_ref::<CredentialError>().expect("its error");
+        assert!(err.is_throttled() && err.is_transient(), "{err}");
+        err.retry_after().expect("a wait")
+    };
+    assert_eq!(request().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    for _ in 0..4 {
+        authority.push_fault(Fault::TooManyRequests {
+            retry_after: "5".into(),
+        });
+    }
+    let wait = retry_after(request().await);
+    assert!(wait > secs(25) && wait <= secs(30), "{wait:?}");
+    assert_eq!(authority.token_posts(), 4, "one token request, retried");
+    let asks_at = Instant::now() + wait;
+    for _ in 0..5 {
+        tokio::time::advance(secs(5)).await;
+        assert_eq!(retry_after(request().await), asks_at - Instant::now());
+    }
+    assert_eq!(authority.token_posts(), 4, "the credential not asked");
+    tokio::time::advance(asks_at - Instant::now()).await;
+    assert_eq!(request().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(authority.token_posts(), 5, "asked again");
+}
+
 /// The reference challenge vectors (tests/data/challenge_vectors.rs) through the real layer: RETRY ones re-send with exactly the
 /// decoded claims (plus CP1), NO_RETRY ones are returned.
 #[tokio::test]

@@ -285,6 +285,7 @@ impl Imds {
             connect: error.is_connect(),
             transient: true,
             throttled_until: None,
+            unfinished: false,
         });
         unavailable.with_source(error)
     }

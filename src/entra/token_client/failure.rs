@@ -32,6 +32,7 @@ pub(crate) fn transport_failure(
             )
         ),
         throttled_until: None,
+        unfinished: false,
     };
     let scrub_text = |text: &str| scrub(text, secrets);
     let reason = scrub_text(&error.to_string());
