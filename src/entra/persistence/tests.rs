@@ -1154,25 +1154,8 @@ fn write_as(uid: u32, gid: u32, groups: &[u32], path: &Path) -> String {
         .chain(groups)
         .map(u32::to_string)
         .collect();
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "entra::persistence::tests::write_as_another_user",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(OTHER_USER_CACHE, path)
-        .env(OTHER_USER_IDS, ids.join(" "))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    let exe = std::env::current_exe().unwrap();
+    run_writer(std::process::Command::new(exe), &ids.join(" "), path)
 }
 
 /// Runs [`write_as_another_user`] on `path` as root of a new user namespace that maps only
@@ -1180,9 +1163,18 @@ fn write_as(uid: u32, gid: u32, groups: &[u32], path: &Path) -> String {
 /// overflow id. Returns what it printed.
 #[cfg(target_os = "linux")]
 fn write_in_user_namespace(path: &Path) -> String {
-    let output = std::process::Command::new("unshare")
+    let mut unshare = std::process::Command::new("unshare");
+    unshare
         .args(["--user", "--map-root-user"])
-        .arg(std::env::current_exe().unwrap())
+        .arg(std::env::current_exe().unwrap());
+    run_writer(unshare, "", path)
+}
+
+/// Runs `command` (this test binary, or a program that runs it) on [`write_as_another_user`]
+/// with `path` and `ids` (none: as it is started), and returns what it printed.
+#[cfg(target_os = "linux")]
+fn run_writer(mut command: std::process::Command, ids: &str, path: &Path) -> String {
+    let output = command
         .args([
             "--exact",
             "entra::persistence::tests::write_as_another_user",
@@ -1191,9 +1183,11 @@ fn write_in_user_namespace(path: &Path) -> String {
             "--test-threads=1",
         ])
         .env(OTHER_USER_CACHE, path)
-        .env(OTHER_USER_IDS, "")
+        .env(OTHER_USER_IDS, ids)
         .output()
-        .unwrap_or_else(|e| panic!("unshare (util-linux: apt-get install util-linux): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("{command:?} (unshare is util-linux's: apt-get install util-linux): {e}")
+        });
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
