@@ -64,10 +64,12 @@ const NAME: &str = "AuthorizationCodeCredential";
 ///   `Retry-After` holds back the requests to that tenant's token endpoint only (one for the
 ///   same tenant is answered throttled at once, nothing sent). An `invalid_client` for a
 ///   wrong secret is so refused once per request waiting. Waiting calls are served in the
-///   order they came: the call that finds no redemption running starts one for the oldest
-///   waiting call's request (that call gets its outcome), so a call waits through the
-///   redemptions for the calls before it only, not for calls that came after it. A call
-///   whose request has a kept refusal gets it at once, without waiting for any redemption.
+///   order they came: the call that finds no redemption running starts one for the request
+///   of the oldest call still waiting (not one the failure of the redemption it waited for
+///   answered), and that call gets its outcome, also when it ended before that call ran
+///   again; so a call waits through the redemptions for the calls before it only, not for
+///   calls that came after it. A call whose request has a kept refusal gets it at once,
+///   without waiting for any redemption.
 /// * Later calls: a cached access token (more than 300 s left; past its refresh time, a
 ///   refresh token is redeemed first and the cached token returned only if that fails, as in
 ///   msal), else a refresh token of the account — **for any scope**: Entra refresh tokens are not bound to the scopes of the
@@ -126,21 +128,41 @@ struct CodeState {
     /// joined. A waiter for another request answers its failure only when
     /// [`fails_every_waiter`].
     redeeming: Option<Asked>,
+    /// How many redemptions were started: the last one's number, kept by the calls joining it
+    /// (see [`Waiting::joined`]).
+    redemptions: u64,
     /// The calls waiting for the code, served oldest first.
     line: Line,
 }
 
 /// The calls waiting for the code (for a redemption, or to start one), oldest first, each with
 /// its request: the call that finds no redemption running starts one for the oldest request
-/// without a kept refusal, its own or a call's that waited longer. Else a call on another
-/// thread taking the lock before the woken waiters could start its own, again and again. A
-/// call leaves the line as it ends ([`InLine`]), and a redemption's end takes its request's
-/// calls out (they answer its outcome); one that did not join it goes back in its place.
+/// without a kept refusal or an answer, its own or a call's that waited longer. Else a call on
+/// another thread taking the lock before the woken waiters could start its own, again and
+/// again. A call leaves the line as it ends ([`InLine`]). A redemption's end takes out the
+/// calls that answer its outcome: those that joined it for its request, and every one that
+/// joined it when its failure [`fails_every_waiter`]. The calls for its request that did not
+/// join it (it was started for them while they were not running) keep a failure the state
+/// does not keep as their answer, taken when they run again; a kept refusal, a spent code or
+/// a success they find in the state, out of line. The others go round again from their place.
 #[derive(Default)]
 struct Line {
     /// The last ticket given: a call's place in line, kept when it goes back in.
     last: u64,
-    calls: VecDeque<(u64, Asked)>,
+    calls: VecDeque<Waiting>,
+}
+
+/// A call in [`Line`].
+struct Waiting {
+    ticket: u64,
+    request: Asked,
+    /// The number of the redemption it last joined or started (see
+    /// [`CodeState::redemptions`]).
+    joined: u64,
+    /// The failure of the redemption started for its request while it was not running, taken
+    /// as its answer when it runs again: sending the code again for it would only repeat
+    /// that request.
+    answer: Option<CredentialError>,
 }
 
 impl Line {
@@ -149,19 +171,32 @@ impl Line {
         self.last
     }
 
+    /// The call holding `ticket`, if in line.
+    fn call(&mut self, ticket: u64) -> Option<&mut Waiting> {
+        self.calls.iter_mut().find(|call| call.ticket == ticket)
+    }
+
     /// Puts the call holding `ticket` in line for `request`, in its place, unless it is there.
     fn enter(&mut self, ticket: u64, request: &Asked) {
-        let at = self.calls.partition_point(|(t, _)| *t < ticket);
-        if self.calls.get(at).is_none_or(|(t, _)| *t != ticket) {
-            self.calls.insert(at, (ticket, request.clone()));
+        let at = self.calls.partition_point(|call| call.ticket < ticket);
+        if self.calls.get(at).is_none_or(|call| call.ticket != ticket) {
+            let call = Waiting {
+                ticket,
+                request: request.clone(),
+                joined: 0,
+                answer: None,
+            };
+            self.calls.insert(at, call);
         }
     }
 
-    /// The oldest request without a refusal kept at `now`: the next one to redeem the code for.
+    /// The oldest request without a refusal kept at `now` or an answer: the next one to redeem
+    /// the code for.
     fn next(&self, kept: &KeptRefusals, now: tokio::time::Instant) -> Option<Asked> {
         self.calls
             .iter()
-            .map(|(_, request)| request)
+            .filter(|call| call.answer.is_none())
+            .map(|call| &call.request)
             .find(|request| kept.recent(request, now).is_none())
             .cloned()
     }
@@ -177,7 +212,11 @@ impl Drop for InLine<'_> {
     fn drop(&mut self) {
         // Never dropped under that lock: `acquire` declares it before taking the lock.
         let ticket = self.ticket;
-        self.state.lock().line.calls.retain(|(t, _)| *t != ticket);
+        self.state
+            .lock()
+            .line
+            .calls
+            .retain(|call| call.ticket != ticket);
     }
 }
 
@@ -333,6 +372,15 @@ impl Inner {
             let step = {
                 let mut state = self.state.lock();
                 let now = tokio::time::Instant::now();
+                // The outcome of the redemption another call started for this call's request
+                // (see `Line`): first, whatever came since.
+                let ticket = place.as_ref().map(|place| place.ticket);
+                if let Some(answer) = ticket
+                    .and_then(|ticket| state.line.call(ticket))
+                    .and_then(|call| call.answer.take())
+                {
+                    return Err(answer);
+                }
                 if let Some(account) = &state.account {
                     Step::Account(account.clone())
                 } else if let Some(error) = state.kept_refusals.recent(&asked, now) {
@@ -351,7 +399,7 @@ impl Inner {
                         }
                     };
                     state.line.enter(ticket, &asked);
-                    if let Some(redemption) = state.running(&()) {
+                    let step = if let Some(redemption) = state.running(&()) {
                         let for_this_request = state.redeeming.as_ref() == Some(&asked);
                         Step::Join {
                             redemption,
@@ -367,7 +415,12 @@ impl Inner {
                             redemption: self.start_redemption(&mut state, code, next.clone()),
                             for_this_request: next == asked,
                         }
+                    };
+                    let joined = state.redemptions;
+                    if let Some(call) = state.line.call(ticket) {
+                        call.joined = joined;
                     }
+                    step
                 } else if let Some(refused) = &state.refused {
                     return Err(refused.clone());
                 } else {
@@ -432,16 +485,33 @@ impl Inner {
             request.claims.clone(),
         );
         state.redeeming = Some(request.clone());
+        state.redemptions = state.redemptions.wrapping_add(1);
+        let this_redemption = state.redemptions;
         let refused_request = request;
         // The code is forgotten and the account pinned as the redemption ends; a code Entra
         // refused for good is forgotten too, its refusal kept as the answer to later calls. A
         // refusal of this request only (see `keeps_the_code`) keeps it: another request may
-        // redeem it. The calls for this request answer its outcome: out of line.
+        // redeem it. The calls answering its outcome leave the line; see `Line`.
         state.start((), WhenAbandoned::RunOn, redeem, move |state, result| {
-            state
-                .line
-                .calls
-                .retain(|(_, request)| *request != refused_request);
+            let every = result.as_ref().is_err_and(fails_every_waiter);
+            // A failure not kept in the state: the answer of the calls for this request that
+            // did not join this redemption (they were not running as it started).
+            let answer = match &result {
+                Err(error) if !code_is_spent(error) && !keeps_the_code(error) => Some(error),
+                _ => None,
+            };
+            state.line.calls.retain_mut(|call| {
+                if call.joined == this_redemption {
+                    !every && call.request != refused_request
+                } else if call.request != refused_request {
+                    true
+                } else if let Some(error) = answer {
+                    call.answer = Some(error.clone());
+                    true
+                } else {
+                    false
+                }
+            });
             match &result {
                 Ok(redeemed) => {
                     state.code = None;
@@ -769,6 +839,7 @@ impl AuthorizationCodeCredentialBuilder {
                         refused: None,
                         kept_refusals: KeptRefusals::default(),
                         redeeming: None,
+                        redemptions: 0,
                         line: Line::default(),
                     },
                 ),
@@ -816,10 +887,29 @@ mod tests {
         vec![format!("https://{name}.test/.default")]
     }
 
+    /// How the in-process Entra answers a request.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// Refused for the request (AADSTS65001: no consent), the code kept.
+        NoConsent,
+        /// Refused, the code kept and the refusal not (`invalid_client`).
+        InvalidClient,
+        /// No answer: the connection failed.
+        NoConnection,
+    }
+
     /// A credential whose token requests Entra answers in-process: every one refused for its
     /// request (AADSTS65001: no consent), the code kept; the one for [`scope`]`("first")`
     /// only once `gate` is opened. Each request's scope goes to the log, in order.
     fn credential(gate: &Arc<tokio::sync::Notify>) -> (Arc<Mutex<Vec<String>>>, Arc<Inner>) {
+        credential_answering(gate, |_| Answer::NoConsent)
+    }
+
+    /// [`credential`], each request answered as `answer` says for its [`scope`] name.
+    fn credential_answering(
+        gate: &Arc<tokio::sync::Notify>,
+        answer: fn(&str) -> Answer,
+    ) -> (Arc<Mutex<Vec<String>>>, Arc<Inner>) {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (sent, gate) = (Arc::clone(&log), Arc::clone(gate));
         let service = tower::service_fn(move |request: HttpRequest| {
@@ -834,11 +924,20 @@ mod tests {
                 if scope.contains("first.test") {
                     gate.notified().await;
                 }
-                let body = serde_json::json!({
-                    "error": "invalid_grant",
-                    "error_description": "AADSTS65001: The user has not consented.",
-                    "error_codes": [65001],
-                });
+                let name = name_of(&scope);
+                let body = match answer(&name) {
+                    Answer::NoConsent => serde_json::json!({
+                        "error": "invalid_grant",
+                        "error_description": "AADSTS65001: The user has not consented.",
+                        "error_codes": [65001],
+                    }),
+                    Answer::InvalidClient => serde_json::json!({
+                        "error": "invalid_client",
+                        "error_description": "AADSTS7000215: Invalid client secret provided.",
+                        "error_codes": [7000215],
+                    }),
+                    Answer::NoConnection => return Err(BoxError::from("connection refused")),
+                };
                 Ok::<_, BoxError>(
                     http::Response::builder()
                         .status(400)
@@ -871,16 +970,16 @@ mod tests {
         panic!("{n} requests not sent: {:?}", log.lock().unwrap());
     }
 
+    /// A request's [`scope`] name, from its `scope` parameter.
+    fn name_of(scope: &str) -> String {
+        let names = ["first", "waiting", "newer"];
+        let name = names.iter().find(|n| scope.contains(&format!("{n}.test")));
+        name.map_or_else(|| scope.to_owned(), |n| (*n).to_owned())
+    }
+
     /// Which requests were sent, by their [`scope`] names.
     fn sent(log: &Mutex<Vec<String>>) -> Vec<String> {
-        let names = ["first", "waiting", "newer"];
-        let log = log.lock().unwrap();
-        log.iter()
-            .map(|s| {
-                let name = names.iter().find(|n| s.contains(&format!("{n}.test")));
-                name.map_or_else(|| s.clone(), |n| (*n).to_owned())
-            })
-            .collect()
+        log.lock().unwrap().iter().map(|s| name_of(s)).collect()
     }
 
     /// A call that waited for the redemption for "first", refused (the code kept), has not
@@ -981,5 +1080,83 @@ mod tests {
         gate.notify_one();
         first.await.unwrap().unwrap_err();
         assert_eq!(sent(&log), ["waiting", "first"]);
+    }
+
+    /// The redemption for "first" gets no answer (the connection fails): the call that
+    /// joined it for another request answers that failure too, so it leaves the line as the
+    /// redemption ends, and a newer call taking the lock before it runs again redeems the
+    /// code for its own request. Before, the waiting call stayed in line until it ran, and the
+    /// newer call sent the code for the waiting call's request first (no call wanted that
+    /// answer: the waiting call answers the failure).
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_of_every_waiter_takes_them_all_out_of_line() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (log, inner) = credential_answering(&gate, |name| match name {
+            "first" => Answer::NoConnection,
+            _ => Answer::NoConsent,
+        });
+        let first = tokio::spawn({
+            let inner = Arc::clone(&inner);
+            async move { inner.acquire("contoso", &scope("first"), false, None).await }
+        });
+        until_sent(&log, 1).await;
+        let waiting_scopes = scope("waiting");
+        let mut waiting =
+            std::pin::pin!(Arc::clone(&inner).acquire("contoso", &waiting_scopes, false, None));
+        let joined = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx).is_pending()));
+        assert!(joined.await, "the waiting call joined the redemption");
+        gate.notify_one();
+        let first = first.await.unwrap().unwrap_err();
+        assert!(first.error_code().is_none(), "{first}");
+        assert!(inner.state.lock().line.calls.is_empty());
+
+        let newer = Arc::clone(&inner)
+            .acquire("contoso", &scope("newer"), false, None)
+            .await
+            .unwrap_err();
+        assert_eq!(newer.error_codes(), [65001], "{newer}");
+        assert_eq!(sent(&log), ["first", "newer"]);
+        let waiting = waiting.await.unwrap_err();
+        assert!(waiting.error_code().is_none(), "{waiting}");
+        assert_eq!(sent(&log), ["first", "newer"]);
+        assert!(inner.state.lock().line.calls.is_empty());
+    }
+
+    /// A newer call redeems the code for a waiting call's request, refused for it
+    /// (`invalid_client`: the code kept, the refusal not) before the waiting call runs again:
+    /// the waiting call gets that refusal, its request sent once. Before, the redemption's end
+    /// took it out of line, and it sent the code for its request again.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_gets_the_outcome_of_the_redemption_for_its_request() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (log, inner) = credential_answering(&gate, |name| match name {
+            "waiting" => Answer::InvalidClient,
+            _ => Answer::NoConsent,
+        });
+        let first = tokio::spawn({
+            let inner = Arc::clone(&inner);
+            async move { inner.acquire("contoso", &scope("first"), false, None).await }
+        });
+        until_sent(&log, 1).await;
+        let waiting_scopes = scope("waiting");
+        let mut waiting =
+            std::pin::pin!(Arc::clone(&inner).acquire("contoso", &waiting_scopes, false, None));
+        let joined = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx).is_pending()));
+        assert!(joined.await, "the waiting call joined the redemption");
+        gate.notify_one();
+        let first = first.await.unwrap().unwrap_err();
+        assert_eq!(first.error_codes(), [65001], "{first}");
+
+        // The newer call redeems the code for the waiting call's request, then for its own.
+        let newer = Arc::clone(&inner)
+            .acquire("contoso", &scope("newer"), false, None)
+            .await
+            .unwrap_err();
+        assert_eq!(newer.error_codes(), [65001], "{newer}");
+        assert_eq!(sent(&log), ["first", "waiting", "newer"]);
+        let waiting = waiting.await.unwrap_err();
+        assert_eq!(waiting.error_code(), Some("invalid_client"), "{waiting}");
+        assert_eq!(sent(&log), ["first", "waiting", "newer"]);
+        assert!(inner.state.lock().line.calls.is_empty());
     }
 }
