@@ -965,32 +965,43 @@ impl<V: SlotValue> TokenSlot<V> {
         outcome
     }
 
-    /// A failure to replace a rejected token, as remembered from `now`; `None` for one that is
-    /// not: a transient one that asks for no wait (no connection, a timeout, a 5xx), or one
-    /// cut off before the credential answered. A final one is remembered for the spacing, a
-    /// throttled one until the later of that and the provider's wait, which its error then
-    /// says (see "A rejected token" in the module docs).
+    /// A failure to replace a rejected token, as remembered from `now` (see [`kept_failure`]);
+    /// `None` for a transient one that asks for no wait, or no longer does (no connection, a
+    /// timeout, a 5xx, a `Retry-After` of 0 or past): the next caller asks again (see "A
+    /// rejected token" in the module docs).
     fn remembered(&self, error: CredentialError, now: Instant) -> Option<Remembered> {
-        let throttled = error.retry_at();
-        if error.is_unfinished() || (error.is_transient() && throttled.is_none()) {
+        let waits = error.retry_at().is_some_and(|at| at > now);
+        if error.is_transient() && !waits {
             return None;
         }
-        // A spacing past the clock's range is taken as over (`within_spacing`).
-        let spaced = now.checked_add(self.policy.retry_after_failure)?;
-        Some(match throttled {
-            Some(wait) => {
-                let until = wait.max(spaced);
-                Remembered {
-                    error: error.throttled_until(until),
-                    until,
-                }
-            }
-            None => Remembered {
-                error,
-                until: spaced,
-            },
-        })
+        let (error, until) = kept_failure(error, now, self.policy.retry_after_failure)?;
+        Some(Remembered { error, until })
     }
+}
+
+/// How a memory of failures keeps `error` from `now` for `spacing`: the error to answer, and
+/// until when. `None` for one cut off before the credential answered (a panic, its runtime
+/// shutting down: the credential refused nothing), and for a spacing past the clock's range.
+/// A throttled error is kept until the later of the spacing's end and the provider's wait,
+/// and says that end (`retry_after()`), so a caller honouring it waits as long as the memory
+/// answers, not less. The one rule for the slot's memory after a rejected token and the
+/// bearer layer's memory of failed claims.
+pub(crate) fn kept_failure(
+    error: CredentialError,
+    now: Instant,
+    spacing: Duration,
+) -> Option<(CredentialError, Instant)> {
+    if error.is_unfinished() {
+        return None;
+    }
+    let spaced = now.checked_add(spacing)?;
+    Some(match error.retry_at() {
+        Some(wait) => {
+            let until = wait.max(spaced);
+            (error.throttled_until(until), until)
+        }
+        None => (error, spaced),
+    })
 }
 
 /// Whether a timer armed to fire at `timer_at` serves a lookup whose timer should fire at
@@ -2229,6 +2240,21 @@ mod tests {
         assert!(looked_up(&slot, down()).await.is_err());
         let fresh = || counting(&calls, |n| Ok(token(&format!("t{n}"), HOUR)));
         assert_eq!(looked_up(&slot, fresh()).await.unwrap(), "t7");
+    }
+
+    /// After a rejection, a throttled failure whose wait is 0 or already past asks for no wait:
+    /// a transient failure like any other, not remembered. Before, it was remembered for 30 s
+    /// and its `retry_after()` raised from 0 to 30 s.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_rejection_a_retry_after_of_0_is_not_remembered() {
+        let slot = rejected_slot("Test");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let now = || counting(&calls, |_| Err(throttled(Duration::ZERO)));
+        for n in 1..=3 {
+            let error = looked_up(&slot, now()).await.unwrap_err();
+            assert_eq!(error.retry_after(), Some(Duration::ZERO), "{error:?}");
+            assert_eq!(calls.load(Ordering::SeqCst), n, "asked each time");
+        }
     }
 
     /// After a rejection, an acquisition that panicked gave no answer of the credential's: it

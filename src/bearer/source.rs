@@ -19,7 +19,7 @@ use super::Cached;
 use crate::credential::BoxCredential;
 use crate::error::CredentialError;
 use crate::flight::{SingleFlight, WhenAbandoned};
-use crate::refresh::{Entry, Lookup, RefreshPolicy, SlotValue, TokenId, TokenSlot, within_spacing};
+use crate::refresh::{Entry, Lookup, RefreshPolicy, SlotValue, TokenId, TokenSlot, kept_failure};
 use crate::token::{AccessToken, TokenRequest};
 
 /// The name errors of the layer are reported under.
@@ -88,7 +88,8 @@ const FAILED_CLAIMS: usize = 8;
 struct Failure {
     claims: Arc<str>,
     error: CredentialError,
-    at: Instant,
+    /// The end of its memory (see [`kept_failure`]).
+    until: Instant,
 }
 
 /// What the claims flights of a layer remember beside the flights themselves (keyed by the
@@ -101,33 +102,38 @@ struct ClaimsState {
 }
 
 impl ClaimsState {
-    /// The error of `claims`' failure if it is within `spacing` of `now`.
-    fn failure(&self, claims: &str, now: Instant, spacing: Duration) -> Option<&CredentialError> {
+    /// The error of `claims`' failure if its memory has not ended at `now`.
+    fn failure(&self, claims: &str, now: Instant) -> Option<&CredentialError> {
         self.failed
             .iter()
-            .find(|f| &*f.claims == claims && within_spacing(f.at, spacing, now))
+            .find(|f| &*f.claims == claims && now < f.until)
             .map(|f| &f.error)
     }
 
-    /// Remembers that `claims` failed with `error` at `now`, in place of an earlier failure
-    /// of the same claims, dropping failures past their spacing and, when full, the oldest.
+    /// Remembers that `claims` failed with `error` at `now` for `spacing` ([`kept_failure`]:
+    /// not a call cut off, a throttled one until the provider's wait if later), in place of
+    /// an earlier failure of the same claims, dropping failures whose memory ended and, when
+    /// full, the oldest. Returns the error to answer.
     fn remember(
         &mut self,
         claims: Arc<str>,
         error: CredentialError,
         now: Instant,
         spacing: Duration,
-    ) {
-        self.failed
-            .retain(|f| f.claims != claims && within_spacing(f.at, spacing, now));
+    ) -> CredentialError {
+        self.failed.retain(|f| f.claims != claims && now < f.until);
+        let Some((error, until)) = kept_failure(error.clone(), now, spacing) else {
+            return error;
+        };
         if self.failed.len() >= FAILED_CLAIMS {
             self.failed.remove(0);
         }
         self.failed.push(Failure {
             claims,
-            error,
-            at: now,
+            error: error.clone(),
+            until,
         });
+        error
     }
 
     /// Forgets `claims`' failure (the credential has satisfied them since).
@@ -223,7 +229,7 @@ impl Source {
                 }
             }
             let spacing = self.options.refresh.retry_after_failure;
-            if let Some(error) = state.failure(claims, Instant::now(), spacing) {
+            if let Some(error) = state.failure(claims, Instant::now()) {
                 return Err(error.clone());
             }
             match state.running(claims) {
@@ -254,8 +260,7 @@ impl Source {
                                 }
                                 Err(error) => {
                                     let now = Instant::now();
-                                    state.remember(asked, error.clone(), now, spacing);
-                                    Err(error)
+                                    Err(state.remember(asked, error, now, spacing))
                                 }
                             }
                         },
@@ -483,6 +488,71 @@ mod tests {
         assert!(source.claims_token("b", rejected).await.is_err());
         assert!(source.claims_token("a", rejected).await.is_err());
         assert_eq!(*asked.lock().unwrap(), ["a", "b", "b", "a"], "after 30 s");
+    }
+
+    /// A claims failure is kept by the one rule of [`kept_failure`]: a throttled one until the
+    /// provider's wait if it is longer than the spacing, its `retry_after()` saying when the
+    /// claims are asked for again (before, 30 s whatever the wait, counting down to 0 after a
+    /// 5 s one); a panicked acquisition (the credential answered nothing) not at all (before,
+    /// its "did not finish" answered the claims for 30 s).
+    #[tokio::test(start_paused = true)]
+    async fn a_claims_failure_is_kept_as_the_slot_keeps_one() {
+        use std::time::Duration;
+        let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let credential = tower::service_fn({
+            let asked = Arc::clone(&asked);
+            move |request: TokenRequest| {
+                let claims = request.claims().unwrap_or_default().to_owned();
+                asked.lock().unwrap().push(claims.clone());
+                async move {
+                    let wait = match claims.as_str() {
+                        "long" => Duration::from_secs(120),
+                        "short" => Duration::from_secs(5),
+                        _ => panic!("the credential panics"),
+                    };
+                    Err::<AccessToken, _>(
+                        CredentialError::authentication_failed("Test", "throttled").with_cause(
+                            crate::error::Cause {
+                                transient: true,
+                                throttled_until: Some(Instant::now() + wait),
+                                ..Default::default()
+                            },
+                        ),
+                    )
+                }
+            }
+        });
+        let source = cae_source(credential.boxed_credential());
+        let expires = Instant::now() + Duration::from_secs(3600);
+        let valid = Prepared::new(AccessToken::new("valid", expires), None).unwrap();
+        let rejected = source.slot.store(valid).unwrap().id;
+        for (claims, wait) in [("long", 120), ("short", 30)] {
+            let start = Instant::now();
+            for at in [0, 4, 29] {
+                tokio::time::advance(start + Duration::from_secs(at) - Instant::now()).await;
+                let Err(error) = source.claims_token(claims, rejected).await else {
+                    panic!("throttled");
+                };
+                assert_eq!(
+                    error.retry_after(),
+                    Some(Duration::from_secs(wait - at)),
+                    "{claims} at {at} s"
+                );
+            }
+        }
+        // 58 s after "long" was asked, 29 s after "short" was.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(source.claims_token("short", rejected).await.is_err());
+        assert!(source.claims_token("long", rejected).await.is_err());
+        assert_eq!(*asked.lock().unwrap(), ["long", "short", "short"]);
+
+        for _ in 0..2 {
+            let Err(error) = source.claims_token("panics", rejected).await else {
+                panic!("the credential panics");
+            };
+            assert!(error.message().contains("did not finish"), "{error}");
+        }
+        assert_eq!(asked.lock().unwrap().len(), 5, "asked again after a panic");
     }
 
     /// The credential answers the claims request with the token that was rejected, which a
