@@ -65,12 +65,13 @@
 //!     `invalid_client`, a disabled account) is remembered for `retry_after_failure` (30 s)
 //!     from its end, as a failed renewal is spaced: callers get its error at once and the
 //!     credential is not asked;
-//!   - a throttled one ([`is_throttled`](CredentialError::is_throttled)) is remembered the
-//!     same way until the later of that and the end of the provider's wait, and the error
+//!   - a throttled one ([`is_throttled`](CredentialError::is_throttled)) whose wait has not
+//!     passed is remembered the same way until the later of that and the end of the
+//!     provider's wait, and the error
 //!     (its waiters' and every later caller's) is throttled until then: its
 //!     [`retry_after`](CredentialError::retry_after) reaches zero as the slot asks again;
-//!   - any other transient one (no connection, a timeout, a 5xx without `Retry-After`) is
-//!     not remembered: it reaches that acquisition's waiters only and the next caller asks
+//!   - any other transient one (no connection, a timeout, a 5xx without `Retry-After`, a
+//!     `Retry-After` of 0 or past) is not remembered: it reaches that acquisition's waiters only and the next caller asks
 //!     again, as in a cold slot (a machine woken past its token's expiry, its network not
 //!     back yet, fails one request: see "A suspended machine");
 //!   - nor is an acquisition cut off before the credential answered (it panicked, or its
@@ -965,37 +966,34 @@ impl<V: SlotValue> TokenSlot<V> {
         outcome
     }
 
-    /// A failure to replace a rejected token, as remembered from `now` (see [`kept_failure`]);
-    /// `None` for a transient one that asks for no wait, or no longer does (no connection, a
-    /// timeout, a 5xx, a `Retry-After` of 0 or past): the next caller asks again (see "A
-    /// rejected token" in the module docs).
+    /// A failure to replace a rejected token, as remembered from `now` ([`kept_failure`]; see
+    /// "A rejected token" in the module docs).
     fn remembered(&self, error: CredentialError, now: Instant) -> Option<Remembered> {
-        let waits = error.retry_at().is_some_and(|at| at > now);
-        if error.is_transient() && !waits {
-            return None;
-        }
         let (error, until) = kept_failure(error, now, self.policy.retry_after_failure)?;
         Some(Remembered { error, until })
     }
 }
 
 /// How a memory of failures keeps `error` from `now` for `spacing`: the error to answer, and
-/// until when. `None` for one cut off before the credential answered (a panic, its runtime
-/// shutting down: the credential refused nothing), and for a spacing past the clock's range.
-/// A throttled error is kept until the later of the spacing's end and the provider's wait,
-/// and says that end (`retry_after()`), so a caller honouring it waits as long as the memory
-/// answers, not less. The one rule for the slot's memory after a rejected token and the
-/// bearer layer's memory of failed claims.
+/// until when. A final failure (not transient) is kept for the spacing; a throttled one whose
+/// wait has not passed until the later of the spacing's end and the provider's wait, and says
+/// that end (`retry_after()`), so a caller honouring it waits as long as the memory answers,
+/// not less. `None`, not kept, for any other transient one (no connection, a timeout, a 5xx
+/// without `Retry-After`, a `Retry-After` of 0 or past: asking again may work at once), for
+/// one cut off before the credential answered (a panic, its runtime shutting down: the
+/// credential refused nothing), and for a spacing past the clock's range. The one rule for
+/// the slot's memory after a rejected token and the bearer layer's memory of failed claims.
 pub(crate) fn kept_failure(
     error: CredentialError,
     now: Instant,
     spacing: Duration,
 ) -> Option<(CredentialError, Instant)> {
-    if error.is_unfinished() {
+    let wait = error.retry_at().filter(|&at| at > now);
+    if error.is_unfinished() || (error.is_transient() && wait.is_none()) {
         return None;
     }
     let spaced = now.checked_add(spacing)?;
-    Some(match error.retry_at() {
+    Some(match wait {
         Some(wait) => {
             let until = wait.max(spaced);
             (error.throttled_until(until), until)

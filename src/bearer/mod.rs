@@ -66,7 +66,8 @@
 //!   (bypassing every cache) and the request is re-sent once, with the same body; a
 //!   second 401 is returned as is. If the credential cannot get a token with those claims,
 //!   the request fails with its error (the same claims are not asked for again within 30 s,
-//!   or a longer `Retry-After`, which the error's `retry_after()` gives)
+//!   or a longer `Retry-After`, which the error's `retry_after()` gives, unless the failure
+//!   was transient: no connection, a timeout, a 5xx, as after a plain 401)
 //!   and the rejected token is dropped, as for a plain 401;
 //!   a credential answering with the rejected token itself (it ignored the claims) is one
 //!   that cannot. A request that could not be re-sent anyway gets its 401 instead, once the
@@ -78,10 +79,11 @@
 //!   [`is_transient`](crate::CredentialError::is_transient): `invalid_client`, a disabled
 //!   account), the requests of the next 30 s get its error at once, without the credential
 //!   being asked (as a failed renewal is retried after 30 s); the first request after that
-//!   asks again. A throttled failure is answered so until the later of that and the end of
-//!   the provider's wait, and its [`retry_after`](crate::CredentialError::retry_after) says
-//!   when the layer asks again. Any other transient failure (no connection, a timeout, a 5xx
-//!   without `Retry-After`, as a machine just woken from suspend may get) reaches only the
+//!   asks again. A throttled failure whose wait has not passed is answered so until the later
+//!   of that and the end of the provider's wait, and its
+//!   [`retry_after`](crate::CredentialError::retry_after) says when the layer asks again. Any
+//!   other transient failure (no connection, a timeout, a 5xx without `Retry-After`, a
+//!   `Retry-After` of 0, as a machine just woken from suspend may get) reaches only the
 //!   requests that waited for that call, and the next request asks again; so does a call
 //!   cut off before the credential answered (its runtime shut down). So N concurrent
 //!   requests cost one call, and requests one after another one call if it succeeds, at most

@@ -94,7 +94,7 @@ struct Failure {
 
 /// What the claims flights of a layer remember beside the flights themselves (keyed by the
 /// claims): the last [`FAILED_CLAIMS`] claims values the credential failed to satisfy. The
-/// same claims are not asked for again within the spacing (like a failed renewal).
+/// same claims are not asked for again while such a failure is kept ([`kept_failure`]).
 #[derive(Default)]
 struct ClaimsState {
     /// Oldest first; one per claims value.
@@ -197,8 +197,9 @@ impl Source {
     /// with the same claims share one acquisition, and a token already obtained for these
     /// claims (other than the one that was rejected) is reused. When the credential could not
     /// satisfy these claims, its error is the answer — again, without asking, for the next
-    /// `retry_after_failure` (30 s), for each of the last [`FAILED_CLAIMS`] claims values
-    /// that failed. An answer that is the very token the resource rejected (a credential that
+    /// `retry_after_failure` (30 s, or a longer `Retry-After`), for each of the last
+    /// [`FAILED_CLAIMS`] claims values that failed, unless [`kept_failure`] keeps no such
+    /// failure (a transient one, a call cut off). An answer that is the very token the resource rejected (a credential that
     /// ignores claims, or one answering from its own cache) is such a failure: re-sent, it
     /// could only be rejected again.
     ///
@@ -494,7 +495,8 @@ mod tests {
     /// provider's wait if it is longer than the spacing, its `retry_after()` saying when the
     /// claims are asked for again (before, 30 s whatever the wait, counting down to 0 after a
     /// 5 s one); a panicked acquisition (the credential answered nothing) not at all (before,
-    /// its "did not finish" answered the claims for 30 s).
+    /// its "did not finish" answered the claims for 30 s), nor a transient failure asking for
+    /// no wait (before, kept 30 s).
     #[tokio::test(start_paused = true)]
     async fn a_claims_failure_is_kept_as_the_slot_keeps_one() {
         use std::time::Duration;
@@ -508,6 +510,7 @@ mod tests {
                     let wait = match claims.as_str() {
                         "long" => Duration::from_secs(120),
                         "short" => Duration::from_secs(5),
+                        "down" => Duration::ZERO,
                         _ => panic!("the credential panics"),
                     };
                     Err::<AccessToken, _>(
@@ -553,6 +556,15 @@ mod tests {
             assert!(error.message().contains("did not finish"), "{error}");
         }
         assert_eq!(asked.lock().unwrap().len(), 5, "asked again after a panic");
+
+        // A wait of 0: transient, asking for no wait, not kept.
+        for _ in 0..2 {
+            let Err(error) = source.claims_token("down", rejected).await else {
+                panic!("throttled");
+            };
+            assert_eq!(error.retry_after(), Some(Duration::ZERO), "{error:?}");
+        }
+        assert_eq!(asked.lock().unwrap().len(), 7, "asked each time");
     }
 
     /// The credential answers the claims request with the token that was rejected, which a

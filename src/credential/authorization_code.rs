@@ -143,8 +143,8 @@ struct CodeState {
 /// calls that answer its outcome: those that joined it for its request, and every one that
 /// joined it when its failure [`fails_every_waiter`]. The calls for its request that did not
 /// join it (it was started for them while they were not running) keep a failure the state
-/// does not keep as their answer, taken when they run again; a kept refusal, a spent code or
-/// a success they find in the state, out of line. The others go round again from their place.
+/// does not keep, or a token whose answer named no account, as their answer, taken when they
+/// run again; a kept refusal, a spent code or an account they find in the state, out of line. The others go round again from their place.
 #[derive(Default)]
 struct Line {
     /// The last ticket given: a call's place in line, kept when it goes back in.
@@ -159,10 +159,11 @@ struct Waiting {
     /// The number of the redemption it last joined or started (see
     /// [`CodeState::redemptions`]).
     joined: u64,
-    /// The failure of the redemption started for its request while it was not running, taken
-    /// as its answer when it runs again: sending the code again for it would only repeat
-    /// that request.
-    answer: Option<CredentialError>,
+    /// The outcome of the redemption started for its request while it was not running, taken
+    /// as its answer when it runs again: a failure the state does not keep (sending the code
+    /// again for it would only repeat that request), or a token whose answer named no account
+    /// (no later call could find it again).
+    answer: Option<Result<AccessToken, CredentialError>>,
 }
 
 impl Line {
@@ -379,7 +380,7 @@ impl Inner {
                     .and_then(|ticket| state.line.call(ticket))
                     .and_then(|call| call.answer.take())
                 {
-                    return Err(answer);
+                    return answer;
                 }
                 if let Some(account) = &state.account {
                     Step::Account(account.clone())
@@ -494,10 +495,12 @@ impl Inner {
         // redeem it. The calls answering its outcome leave the line; see `Line`.
         state.start((), WhenAbandoned::RunOn, redeem, move |state, result| {
             let every = result.as_ref().is_err_and(fails_every_waiter);
-            // A failure not kept in the state: the answer of the calls for this request that
-            // did not join this redemption (they were not running as it started).
+            // An outcome not kept in the state (a failure, or a token of no account): the
+            // answer of the calls for this request that did not join this redemption (they
+            // were not running as it started).
             let answer = match &result {
-                Err(error) if !code_is_spent(error) && !keeps_the_code(error) => Some(error),
+                Ok(redeemed) if redeemed.account.is_none() => Some(Ok(&redeemed.token)),
+                Err(error) if !code_is_spent(error) && !keeps_the_code(error) => Some(Err(error)),
                 _ => None,
             };
             state.line.calls.retain_mut(|call| {
@@ -505,8 +508,8 @@ impl Inner {
                     !every && call.request != refused_request
                 } else if call.request != refused_request {
                     true
-                } else if let Some(error) = answer {
-                    call.answer = Some(error.clone());
+                } else if let Some(answer) = answer {
+                    call.answer = Some(answer.cloned().map_err(Clone::clone));
                     true
                 } else {
                     false
@@ -896,6 +899,8 @@ mod tests {
         InvalidClient,
         /// No answer: the connection failed.
         NoConnection,
+        /// A token, its answer naming no account (no `client_info`, no id token).
+        TokenOfNoAccount,
     }
 
     /// A credential whose token requests Entra answers in-process: every one refused for its
@@ -937,10 +942,20 @@ mod tests {
                         "error_codes": [7000215],
                     }),
                     Answer::NoConnection => return Err(BoxError::from("connection refused")),
+                    Answer::TokenOfNoAccount => serde_json::json!({
+                        "token_type": "Bearer",
+                        "access_token": format!("at-{name}"),
+                        "expires_in": 3600,
+                    }),
+                };
+                let status = if body.get("error").is_some() {
+                    400
+                } else {
+                    200
                 };
                 Ok::<_, BoxError>(
                     http::Response::builder()
-                        .status(400)
+                        .status(status)
                         .header("content-type", "application/json")
                         .body(Bytes::from(body.to_string()))
                         .unwrap(),
@@ -1157,6 +1172,41 @@ mod tests {
         let waiting = waiting.await.unwrap_err();
         assert_eq!(waiting.error_code(), Some("invalid_client"), "{waiting}");
         assert_eq!(sent(&log), ["first", "waiting", "newer"]);
+        assert!(inner.state.lock().line.calls.is_empty());
+    }
+
+    /// The same when the redemption for the waiting call's request succeeds with a token whose
+    /// answer named no account: the waiting call gets that token (no later call could find
+    /// it). Before, it got the "named no account" error, the code spent on a token nobody got.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_gets_the_token_of_no_account_redeemed_for_its_request() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (log, inner) = credential_answering(&gate, |name| match name {
+            "waiting" => Answer::TokenOfNoAccount,
+            _ => Answer::NoConsent,
+        });
+        let first = tokio::spawn({
+            let inner = Arc::clone(&inner);
+            async move { inner.acquire("contoso", &scope("first"), false, None).await }
+        });
+        until_sent(&log, 1).await;
+        let waiting_scopes = scope("waiting");
+        let mut waiting =
+            std::pin::pin!(Arc::clone(&inner).acquire("contoso", &waiting_scopes, false, None));
+        let joined = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx).is_pending()));
+        assert!(joined.await, "the waiting call joined the redemption");
+        gate.notify_one();
+        assert!(first.await.unwrap().is_err());
+
+        // The newer call redeems the code for the waiting call's request: spent, no account.
+        let newer = Arc::clone(&inner)
+            .acquire("contoso", &scope("newer"), false, None)
+            .await
+            .unwrap_err();
+        assert!(newer.message().contains("named no account"), "{newer}");
+        let token = waiting.await.unwrap();
+        assert_eq!(token.secret().expose_secret(), "at-waiting");
+        assert_eq!(sent(&log), ["first", "waiting"]);
         assert!(inner.state.lock().line.calls.is_empty());
     }
 }
