@@ -66,8 +66,9 @@
 //!   (bypassing every cache) and the request is re-sent once, with the same body; a
 //!   second 401 is returned as is. If the credential cannot get a token with those claims,
 //!   the request fails with its error (the same claims are not asked for again within 30 s,
-//!   or a longer `Retry-After`, which the error's `retry_after()` gives, unless the failure
-//!   was transient: no connection, a timeout, a 5xx, as after a plain 401)
+//!   or a longer `Retry-After`, which the error's `retry_after()` gives, unless it was another
+//!   transient failure: no connection, a timeout, a 5xx without `Retry-After`, a `Retry-After`
+//!   of 0 or past, as after a plain 401)
 //!   and the rejected token is dropped, as for a plain 401;
 //!   a credential answering with the rejected token itself (it ignored the claims) is one
 //!   that cannot. A request that could not be re-sent anyway gets its 401 instead, once the

@@ -111,9 +111,10 @@ impl ClaimsState {
     }
 
     /// Remembers that `claims` failed with `error` at `now` for `spacing` ([`kept_failure`]:
-    /// not a call cut off, a throttled one until the provider's wait if later), in place of
-    /// an earlier failure of the same claims, dropping failures whose memory ended and, when
-    /// full, the oldest. Returns the error to answer.
+    /// not a call cut off, nor a transient failure asking for no wait; a throttled one until
+    /// the provider's wait if later), in place of an earlier failure of the same claims,
+    /// dropping failures whose memory ended and, when full, the oldest. Returns the error to
+    /// answer.
     fn remember(
         &mut self,
         claims: Arc<str>,
@@ -199,7 +200,7 @@ impl Source {
     /// satisfy these claims, its error is the answer — again, without asking, for the next
     /// `retry_after_failure` (30 s, or a longer `Retry-After`), for each of the last
     /// [`FAILED_CLAIMS`] claims values that failed, unless [`kept_failure`] keeps no such
-    /// failure (a transient one, a call cut off). An answer that is the very token the resource rejected (a credential that
+    /// failure (a transient one asking for no wait, a call cut off). An answer that is the very token the resource rejected (a credential that
     /// ignores claims, or one answering from its own cache) is such a failure: re-sent, it
     /// could only be rejected again.
     ///
