@@ -1137,36 +1137,57 @@ mod tests {
         assert!(inner.state.lock().line.calls.is_empty());
     }
 
+    /// A call for "waiting" that joined the redemption for "first" (refused, the code kept) and
+    /// is not polled again until a newer call has redeemed the code for its request, then for
+    /// its own if the code is still there, with `answer` answering "waiting": the log, the
+    /// credential, the newer call's outcome and the waiting call, still to be polled.
+    async fn redeemed_for_a_waiting_call(
+        answer: fn(&str) -> Answer,
+    ) -> (
+        Arc<Mutex<Vec<String>>>,
+        Arc<Inner>,
+        Result<AccessToken, CredentialError>,
+        std::pin::Pin<Box<dyn Future<Output = Result<AccessToken, CredentialError>> + Send>>,
+    ) {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (log, inner) = credential_answering(&gate, answer);
+        let first = tokio::spawn({
+            let inner = Arc::clone(&inner);
+            async move { inner.acquire("contoso", &scope("first"), false, None).await }
+        });
+        until_sent(&log, 1).await;
+        let mut waiting = Box::pin({
+            let inner = Arc::clone(&inner);
+            async move {
+                inner
+                    .acquire("contoso", &scope("waiting"), false, None)
+                    .await
+            }
+        });
+        let joined = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx).is_pending()));
+        assert!(joined.await, "the waiting call joined the redemption");
+        gate.notify_one();
+        let first = first.await.unwrap().unwrap_err();
+        assert_eq!(first.error_codes(), [65001], "{first}");
+        let newer = Arc::clone(&inner)
+            .acquire("contoso", &scope("newer"), false, None)
+            .await;
+        (log, inner, newer, waiting)
+    }
+
     /// A newer call redeems the code for a waiting call's request, refused for it
     /// (`invalid_client`: the code kept, the refusal not) before the waiting call runs again:
     /// the waiting call gets that refusal, its request sent once. Before, the redemption's end
     /// took it out of line, and it sent the code for its request again.
     #[tokio::test(start_paused = true)]
     async fn a_waiting_call_gets_the_outcome_of_the_redemption_for_its_request() {
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let (log, inner) = credential_answering(&gate, |name| match name {
+        let (log, inner, newer, waiting) = redeemed_for_a_waiting_call(|name| match name {
             "waiting" => Answer::InvalidClient,
             _ => Answer::NoConsent,
-        });
-        let first = tokio::spawn({
-            let inner = Arc::clone(&inner);
-            async move { inner.acquire("contoso", &scope("first"), false, None).await }
-        });
-        until_sent(&log, 1).await;
-        let waiting_scopes = scope("waiting");
-        let mut waiting =
-            std::pin::pin!(Arc::clone(&inner).acquire("contoso", &waiting_scopes, false, None));
-        let joined = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx).is_pending()));
-        assert!(joined.await, "the waiting call joined the redemption");
-        gate.notify_one();
-        let first = first.await.unwrap().unwrap_err();
-        assert_eq!(first.error_codes(), [65001], "{first}");
-
-        // The newer call redeems the code for the waiting call's request, then for its own.
-        let newer = Arc::clone(&inner)
-            .acquire("contoso", &scope("newer"), false, None)
-            .await
-            .unwrap_err();
+        })
+        .await;
+        // The newer call redeemed the code for the waiting call's request, then for its own.
+        let newer = newer.unwrap_err();
         assert_eq!(newer.error_codes(), [65001], "{newer}");
         assert_eq!(sent(&log), ["first", "waiting", "newer"]);
         let waiting = waiting.await.unwrap_err();
@@ -1180,29 +1201,13 @@ mod tests {
     /// it). Before, it got the "named no account" error, the code spent on a token nobody got.
     #[tokio::test(start_paused = true)]
     async fn a_waiting_call_gets_the_token_of_no_account_redeemed_for_its_request() {
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let (log, inner) = credential_answering(&gate, |name| match name {
+        let (log, inner, newer, waiting) = redeemed_for_a_waiting_call(|name| match name {
             "waiting" => Answer::TokenOfNoAccount,
             _ => Answer::NoConsent,
-        });
-        let first = tokio::spawn({
-            let inner = Arc::clone(&inner);
-            async move { inner.acquire("contoso", &scope("first"), false, None).await }
-        });
-        until_sent(&log, 1).await;
-        let waiting_scopes = scope("waiting");
-        let mut waiting =
-            std::pin::pin!(Arc::clone(&inner).acquire("contoso", &waiting_scopes, false, None));
-        let joined = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx).is_pending()));
-        assert!(joined.await, "the waiting call joined the redemption");
-        gate.notify_one();
-        assert!(first.await.unwrap().is_err());
-
-        // The newer call redeems the code for the waiting call's request: spent, no account.
-        let newer = Arc::clone(&inner)
-            .acquire("contoso", &scope("newer"), false, None)
-            .await
-            .unwrap_err();
+        })
+        .await;
+        // The code is spent, on a token of no account.
+        let newer = newer.unwrap_err();
         assert!(newer.message().contains("named no account"), "{newer}");
         let token = waiting.await.unwrap();
         assert_eq!(token.secret().expose_secret(), "at-waiting");
