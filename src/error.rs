@@ -82,11 +82,13 @@ pub(crate) struct Cause {
     /// the built-in retries retry that outlasted them.
     pub(crate) transient: bool,
     /// The provider asked for no request before this instant (`Retry-After`), or the bearer
-    /// layer's slot answers this remembered failure until then (see `crate::refresh`).
+    /// layer answers this remembered failure until then (its slot after a rejected token, its
+    /// memory of failed claims: see `crate::refresh::kept_failure`).
     pub(crate) throttled_until: Option<Instant>,
     /// The work that was to answer was cut off (it panicked, its task was aborted or its
     /// runtime shut down: see `crate::flight`): the credential gave no answer, so there is
-    /// nothing to remember about it (`crate::refresh`). Not for a retry policy: not shown.
+    /// nothing to remember about it (`crate::refresh::kept_failure`). Not for a retry policy:
+    /// not shown.
     pub(crate) unfinished: bool,
 }
 

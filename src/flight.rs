@@ -20,8 +20,9 @@
 //!   is removed, both under the lock the owner decides under. So a caller sees either the
 //!   flight running or its outcome stored, never a finished flight still recorded: a failure
 //!   reaches every waiter of that flight and never a caller that comes after it (that caller
-//!   starts anew, unless the owner's own state says otherwise, as the refresh slot's spacing
-//!   does). `start` records the flight under the lock already held, so the task cannot end
+//!   starts anew, unless the owner's own state says otherwise, as the refresh slot's memory
+//!   of a rejected token's failed replacement, the bearer layer's memory of failed claims and
+//!   the authorization code's kept refusals do). `start` records the flight under the lock already held, so the task cannot end
 //!   (and remove its record) before it is written.
 //! * **Cancellation**: a caller that drops its handle does not cancel the work for the
 //!   others; the outcome lands even if nobody waits ([`WhenAbandoned::RunOn`]). With
@@ -33,7 +34,8 @@
 //!   critical section, however the task ends; waiters get the same kind of error with the
 //!   task's join error ("… did not finish: task 7 panicked …"). Both are marked as cut off
 //!   (`CredentialError::is_unfinished`): the work gave no answer, so an owner that remembers
-//!   failures does not remember these (the refresh slot after a rejected token), nor one
+//!   failures does not remember these (the refresh slot after a rejected token, the bearer
+//!   layer's memory of failed claims), nor one
 //!   that came from waiting on such a flight of another owner. The next caller starts anew.
 //!   On a runtime already shutting down, spawning drops the task at once, inside
 //!   `start` and under its lock: the guard then does nothing (it would wait for that lock

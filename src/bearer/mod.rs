@@ -68,7 +68,7 @@
 //!   the request fails with its error (the same claims are not asked for again within 30 s,
 //!   or a longer `Retry-After`, which the error's `retry_after()` gives, unless it was another
 //!   transient failure: no connection, a timeout, a 5xx without `Retry-After`, a `Retry-After`
-//!   of 0 or past, as after a plain 401)
+//!   of 0 or past, as after a plain 401; or a call cut off before the credential answered)
 //!   and the rejected token is dropped, as for a plain 401;
 //!   a credential answering with the rejected token itself (it ignored the claims) is one
 //!   that cannot. A request that could not be re-sent anyway gets its 401 instead, once the
@@ -104,7 +104,8 @@
 //!   the limit, which kept no copy, a recorded body that already failed, yielded more than
 //!   the limit or declared more by its exact size hint, or a header field too long to keep)
 //!   still waits for the token for the claims (5 s at most; the flight runs on), then gets
-//!   its 401 whatever the credential answered: a failure is logged and remembered for 30 s, but makes no error of that 401,
+//!   its 401 whatever the credential answered: a failure is logged and kept as any failed
+//!   claims request's is (above), but makes no error of that 401,
 //!   and a caller that retries at once carries the new token instead of meeting the same
 //!   challenge again. A recorded body still within the limit is judged once the token is
 //!   had (it may still be sending until then); when the credential fails first, the answer

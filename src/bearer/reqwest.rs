@@ -23,7 +23,7 @@
 //! stream) is sent once: a claims challenge for it still gets the token for its claims, for
 //! the requests after it (waiting 5 s at most; the flight runs on), and then the 401 is
 //! returned, whatever the credential answered (a
-//! failure is logged, and remembered for 30 s as for any claims request). Waiting for that
+//! failure is logged, and kept as any failed claims request's is: see `BearerTokenLayer`). Waiting for that
 //! token means a caller that retries at once sends the claims token, instead of meeting the
 //! same challenge again while the credential works.
 //! Errors of the middleware are `reqwest_middleware::Error::Middleware` holding a

@@ -84,7 +84,7 @@ pub(crate) struct Options {
 /// failure is forgotten first and its claims may be asked for again.
 const FAILED_CLAIMS: usize = 8;
 
-/// Claims the credential failed to satisfy: its error and when it failed.
+/// Claims the credential failed to satisfy: its error and until when it is the answer.
 struct Failure {
     claims: Arc<str>,
     error: CredentialError,
@@ -250,8 +250,8 @@ impl Source {
                         acquisition,
                         move |state, result| {
                             // A failure (an expired token the slot refused, or the rejected
-                            // token again, included) is remembered for the spacing; a success
-                            // forgets these claims'.
+                            // token again, included) is remembered as `kept_failure` says; a
+                            // success forgets these claims'.
                             let stored = result
                                 .and_then(|prepared| other_than(prepared, rejected.as_ref()))
                                 .and_then(|prepared| slot.store(prepared));

@@ -51,8 +51,9 @@ const NAME: &str = "AuthorizationCodeCredential";
 ///   are kept (those older than 30 s are dropped as one is kept; a 17th replaces the oldest,
 ///   whose request sends the code again on its next call). A redemption that succeeds, or a
 ///   refusal that spends the code, forgets them all. Other refusals (`invalid_client`,
-///   `unauthorized_client`, `invalid_request`, …) are not kept: the next call sends the code
-///   again.
+///   `unauthorized_client`, `invalid_request`, …) are not kept in the state: the calls for
+///   that request still waiting in line get it as their answer (see below), and the next new
+///   call, for any request, sends the code again.
 /// * Concurrent calls: a call that waited for the redemption of its own request gets its
 ///   answer. One that waited for another request's gets its answer when it concerns the code
 ///   (a refusal that spends it) or when Entra refused nothing: no answer, an answer that is
@@ -363,11 +364,11 @@ impl Inner {
             claims: claims.clone(),
         };
         // Every pass either returns or waits for a redemption to end; it goes round again
-        // only after another request's redemption succeeded (the account is then pinned) or
-        // was refused for that request or throttled, so it never spins, and it sends the code
-        // for its own request unless that request's refusal is kept. The waiting calls are
-        // served oldest first (see `Line`): a call waits through the redemptions for the
-        // calls before it, not for those after it.
+        // only after another request's redemption succeeded (the account is then pinned, or
+        // the next pass answers that none was named) or was refused for that request or
+        // throttled, so it never spins. A call that finds no redemption running starts one
+        // for the oldest waiting request without a kept refusal or an answer (see `Line`):
+        // its own once the calls before it are served, not after those that came later.
         let mut place: Option<InLine<'_>> = None;
         loop {
             let step = {
@@ -653,9 +654,10 @@ fn code_is_spent(error: &CredentialError) -> bool {
 /// may redeem it. `invalid_grant` other than [`CODE_SPENT`] (consent or MFA for these scopes,
 /// a Conditional Access policy of this resource, a code not known here), `invalid_scope` and
 /// `invalid_resource` (a scope or resource this request named). Other refusals keep the code
-/// too but are not kept as an answer: `invalid_client` or `unauthorized_client` may refuse
-/// the app in one tenant only (AADSTS700016: not found in that directory) or in all, and the
-/// next call, for any request, sends the code again. Which calls a refusal answers is
+/// too but are not kept in the state: `invalid_client` or `unauthorized_client` may refuse
+/// the app in one tenant only (AADSTS700016: not found in that directory) or in all; the
+/// calls for that request still in line get it as their answer ([`Line`]), and the next new
+/// call, for any request, sends the code again. Which calls a refusal answers is
 /// [`fails_every_waiter`]'s, not this.
 fn keeps_the_code(error: &CredentialError) -> bool {
     match error.error_code() {

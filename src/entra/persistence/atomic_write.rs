@@ -287,7 +287,9 @@ pub(super) fn install(temp: TempPath, target: &Path) -> Result<Stamp, Persistenc
 ///   one it cannot name): the new file keeps the group it was created with and gets no group
 ///   permission, so that no group gains access the file did not give it (the returned bits);
 /// * the file is another user's, in a directory setgid to the file's group, which the new
-///   file was created with and which may read and write the file: the group's members share
+///   file was created with, which may read and write the file, and which this process is in
+///   (its effective group or a supplementary one; a setgid directory gives its group to
+///   anyone's new file there): the group's members share
 ///   the cache, so the new file is this process's user's, with the same mode, and its former
 ///   owner keeps access only as a member of the group. The setgid bit gives every member's
 ///   new file that group, so each may update the file in turn. Without it the new file has
@@ -354,11 +356,18 @@ pub(super) fn give_owner_unless_unmapped(
         return Ok(GROUP_ALL);
     }
     let mode = replaced.permissions().mode();
+    // A member of the group: a setgid directory gives its group to anyone's new file there.
+    let member = || {
+        rustix::process::getegid().as_raw() == owner.1
+            || rustix::process::getgroups()
+                .is_ok_and(|groups| groups.iter().any(|group| group.as_raw() == owner.1))
+    };
     let shared = !unmapped.1
         && owner.1 == ours.1
         && mode & GROUP_RW == GROUP_RW
         && fs::metadata(parent_dir(target))
-            .is_ok_and(|dir| dir.mode() & SETGID != 0 && dir.gid() == owner.1);
+            .is_ok_and(|dir| dir.mode() & SETGID != 0 && dir.gid() == owner.1)
+        && member();
     if shared {
         return Ok(0);
     }

@@ -1384,6 +1384,20 @@ fn a_file_shared_through_a_setgid_directory_is_replaced_by_a_member_of_its_group
     assert_eq!(names_in(&dir), ["cache.json"]);
 
     fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).unwrap();
+    // A writer not in the group, in a directory anyone may write (its new file has the
+    // group all the same), the file readable by anyone: not a member sharing it. Before, it
+    // took the file.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o2777)).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o664)).unwrap();
+    let stdout = write_as(WRITER, WRITER, &[], &path);
+    assert!(
+        stdout.contains(&refusal(&path, file_owner, (WRITER, SHARED))),
+        "{stdout}"
+    );
+    assert_eq!(owner(&path), file_owner);
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o2770)).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).unwrap();
+
     let stdout = write_as(WRITER, WRITER, &[SHARED], &path);
     assert!(stdout.contains("written\n"), "{stdout}");
     assert_eq!(file_keys(&path), ["old", "theirs"]);
