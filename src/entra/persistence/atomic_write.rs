@@ -240,11 +240,7 @@ pub(super) fn written_beside(
         })
         .map_err(|e| PersistenceError::io(WRITE, &tried, e))?;
     let filled = give_owner(temp.as_file(), target, replaced).and_then(|withheld| {
-        let acl = match replaced {
-            Some(_) => access_acl(target).map_err(|e| PersistenceError::io(REPLACE, target, e))?,
-            None => None,
-        };
-        fill(temp.as_file(), replaced, withheld, acl.as_deref(), bytes)
+        fill(temp.as_file(), replaced, withheld, bytes)
             .map_err(|e| PersistenceError::io(WRITE, temp.path(), e))
     });
     if let Err(error) = filled {
@@ -472,13 +468,11 @@ fn give_owner(
 }
 
 /// Gives the new temporary file the replaced file's permission bits but `withheld` (0600 for a
-/// new file) and its POSIX access ACL `acl` (see [`access_acl`]), writes `bytes` to it and
-/// flushes it to disk.
+/// new file), writes `bytes` to it and flushes it to disk.
 fn fill(
     mut file: &File,
     replaced: Option<&fs::Metadata>,
     withheld: u32,
-    acl: Option<&[u8]>,
     bytes: &[u8],
 ) -> io::Result<()> {
     // Set explicitly, after the owner (a change of owner may clear bits): the creation mode
@@ -492,46 +486,8 @@ fn fill(
     }
     #[cfg(not(unix))]
     let _ = (replaced, withheld);
-    // After the mode, before the tokens: a file with an ACL shows the ACL's mask as its group
-    // bits, so the mode alone gives the owning group what the mask allows (more than its own
-    // entry may). Not when group bits are withheld: the new file's group is another, which
-    // the ACL's owning-group entry would then grant (the named entries lose access instead).
-    #[cfg(target_os = "linux")]
-    if let Some(acl) = acl.filter(|_| withheld == 0) {
-        rustix::fs::fsetxattr(file, ACCESS_ACL, acl, rustix::fs::XattrFlags::empty())?;
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = acl;
     file.write_all(bytes)?;
     file.sync_all()
-}
-
-/// The extended attribute holding a file's POSIX access ACL (Linux).
-#[cfg(target_os = "linux")]
-const ACCESS_ACL: &str = "system.posix_acl_access";
-
-/// The POSIX access ACL of `target` (Linux), as the kernel stores it, if it has one: the new
-/// file gets it (see [`fill`]). `None` without one, or on a file system without ACLs.
-#[cfg(target_os = "linux")]
-fn access_acl(target: &Path) -> io::Result<Option<Vec<u8>>> {
-    use rustix::io::Errno;
-    /// The largest value an extended attribute may have (Linux's `XATTR_SIZE_MAX`).
-    const LARGEST: usize = 64 * 1024;
-    let mut acl = vec![0; LARGEST];
-    match rustix::fs::getxattr(target, ACCESS_ACL, &mut acl[..]) {
-        Ok(len) => {
-            acl.truncate(len);
-            Ok(Some(acl))
-        }
-        Err(Errno::NODATA | Errno::NOTSUP) => Ok(None),
-        Err(error) => Err(error.into()),
-    }
-}
-
-/// Elsewhere ACLs are not copied.
-#[cfg(not(target_os = "linux"))]
-fn access_acl(_target: &Path) -> io::Result<Option<Vec<u8>>> {
-    Ok(None)
 }
 
 /// Removes a temporary file that was not renamed into place.

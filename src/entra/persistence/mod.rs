@@ -42,8 +42,7 @@
 //!   additionally means that lock-free readers (ours and Python's) always see a whole file
 //!   rather than a truncated one. If the cache path is a symlink, the link's target is replaced
 //!   and the link kept. The replacement gets the old file's permission bits (a file the user
-//!   made 0640 stays 0640; nothing is ever widened), on Linux its POSIX access ACL (the mode
-//!   alone would give the owning group the ACL's mask), and, on unix, its owner and group (a
+//!   made 0640 stays 0640; nothing is ever widened) and, on unix, its owner and group (a
 //!   process running as root on the user's home leaves the file the user's); a new file is
 //!   0600 in a 0700 directory, owned by this process's user. Where this process may not give
 //!   the replacement that owner and group: for a file of this process's user, the

@@ -222,42 +222,6 @@ async fn existing_file_keeps_its_mode_after_modify() {
     }
 }
 
-/// A cache file with a POSIX ACL keeps it (Linux): its group bits are the ACL's mask, so the
-/// mode alone gave the owning group what the mask allows (here read and write, though its own
-/// entry allows nothing), and the user the ACL names lost access. Before, the ACL was dropped.
-#[cfg(target_os = "linux")]
-#[tokio::test]
-async fn a_cache_file_keeps_its_acl() {
-    const ACCESS_ACL: &str = "system.posix_acl_access";
-    // The kernel's format: version 2, then (tag, permissions, id) per entry: the owner rw,
-    // user 4242 rw, the owning group nothing, the mask rw, others nothing.
-    let mut acl = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in [
-        (0x01u16, 6u16, u32::MAX),
-        (0x02, 6, 4242),
-        (0x04, 0, u32::MAX),
-        (0x10, 6, u32::MAX),
-        (0x20, 0, u32::MAX),
-    ] {
-        acl.extend(tag.to_le_bytes());
-        acl.extend(perm.to_le_bytes());
-        acl.extend(id.to_le_bytes());
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cache.json");
-    fs::write(&path, r#"{"AccessToken": {"old": {}}}"#).unwrap();
-    rustix::fs::setxattr(&path, ACCESS_ACL, &acl, rustix::fs::XattrFlags::empty())
-        .expect("this test's file system keeps POSIX ACLs (ext4, xfs, tmpfs do)");
-    assert_eq!(mode(&path), 0o660, "the mask shows as the group bits");
-    let file = CacheFile::<JsonDoc>::new(path.clone(), None);
-    file.modify(|doc| doc.add("new")).await.unwrap();
-    assert_eq!(file_keys(&path), ["old", "new"]);
-    let mut kept = vec![0; 1024];
-    let len = rustix::fs::getxattr(&path, ACCESS_ACL, &mut kept[..]).expect("the ACL is kept");
-    assert_eq!(kept[..len], acl[..]);
-    assert_eq!(mode(&path), 0o660);
-}
-
 #[tokio::test]
 async fn read_reloads_only_when_mtime_length_or_inode_changed() {
     let dir = tempfile::tempdir().unwrap();
