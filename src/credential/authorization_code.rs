@@ -999,6 +999,45 @@ mod tests {
         log.lock().unwrap().iter().map(|s| name_of(s)).collect()
     }
 
+    /// A call for the [`scope`] `name` in tenant contoso.
+    async fn call(inner: &Arc<Inner>, name: &str) -> Result<AccessToken, CredentialError> {
+        Arc::clone(inner)
+            .acquire("contoso", &scope(name), false, None)
+            .await
+    }
+
+    /// A call not polled since it did (see [`waiting_behind_first`]).
+    type Waiting =
+        std::pin::Pin<Box<dyn Future<Output = Result<AccessToken, CredentialError>> + Send>>;
+
+    /// A call for "first" sent, held at `gate`, and a call for "waiting" that joined its
+    /// redemption and is not polled again: the gate, the log, the credential (each request
+    /// answered as `answer` says), the first call's task and the waiting call.
+    async fn waiting_behind_first(
+        answer: fn(&str) -> Answer,
+    ) -> (
+        Arc<tokio::sync::Notify>,
+        Arc<Mutex<Vec<String>>>,
+        Arc<Inner>,
+        tokio::task::JoinHandle<Result<AccessToken, CredentialError>>,
+        Waiting,
+    ) {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (log, inner) = credential_answering(&gate, answer);
+        let first = tokio::spawn({
+            let inner = Arc::clone(&inner);
+            async move { call(&inner, "first").await }
+        });
+        until_sent(&log, 1).await;
+        let mut waiting: Waiting = Box::pin({
+            let inner = Arc::clone(&inner);
+            async move { call(&inner, "waiting").await }
+        });
+        let joined = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx).is_pending()));
+        assert!(joined.await, "the waiting call joined the redemption");
+        (gate, log, inner, first, waiting)
+    }
+
     /// A call that waited for the redemption for "first", refused (the code kept), has not
     /// taken the lock again (its thread busy) when a newer call for another request finds no
     /// redemption running: the newer call redeems the code for the waiting call's request
@@ -1007,27 +1046,13 @@ mod tests {
     /// waiting one could be overtaken so by every new request), and the waiting call after.
     #[tokio::test(start_paused = true)]
     async fn a_waiting_call_is_served_before_a_newer_one() {
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let (log, inner) = credential(&gate);
-        let first = tokio::spawn({
-            let inner = Arc::clone(&inner);
-            async move { inner.acquire("contoso", &scope("first"), false, None).await }
-        });
-        until_sent(&log, 1).await;
-        let waiting_scopes = scope("waiting");
-        let mut waiting =
-            std::pin::pin!(Arc::clone(&inner).acquire("contoso", &waiting_scopes, false, None));
-        let joined = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx).is_pending()));
-        assert!(joined.await, "the waiting call joined the redemption");
+        let (gate, log, inner, first, waiting) = waiting_behind_first(|_| Answer::NoConsent).await;
         gate.notify_one();
         let first = first.await.unwrap().unwrap_err();
         assert_eq!(first.error_codes(), [65001], "{first}");
 
         // The waiting call has not run since: the newer one takes the lock first.
-        let newer = Arc::clone(&inner)
-            .acquire("contoso", &scope("newer"), false, None)
-            .await
-            .unwrap_err();
+        let newer = call(&inner, "newer").await.unwrap_err();
         assert_eq!(newer.error_codes(), [65001], "{newer}");
         assert_eq!(sent(&log), ["first", "waiting", "newer"]);
         let waiting = waiting.await.unwrap_err();
@@ -1040,29 +1065,13 @@ mod tests {
     /// the code for its own request, not for the dropped call's.
     #[tokio::test(start_paused = true)]
     async fn a_dropped_waiting_call_leaves_the_line() {
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let (log, inner) = credential(&gate);
-        let first = tokio::spawn({
-            let inner = Arc::clone(&inner);
-            async move { inner.acquire("contoso", &scope("first"), false, None).await }
-        });
-        until_sent(&log, 1).await;
-        {
-            let waiting_scopes = scope("waiting");
-            let mut waiting =
-                std::pin::pin!(Arc::clone(&inner).acquire("contoso", &waiting_scopes, false, None));
-            let joined =
-                std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx).is_pending()));
-            assert!(joined.await, "the waiting call joined the redemption");
-            assert_eq!(inner.state.lock().line.calls.len(), 2);
-        }
+        let (gate, log, inner, first, waiting) = waiting_behind_first(|_| Answer::NoConsent).await;
+        assert_eq!(inner.state.lock().line.calls.len(), 2);
+        drop(waiting);
         assert_eq!(inner.state.lock().line.calls.len(), 1);
         gate.notify_one();
         first.await.unwrap().unwrap_err();
-        let newer = Arc::clone(&inner)
-            .acquire("contoso", &scope("newer"), false, None)
-            .await
-            .unwrap_err();
+        let newer = call(&inner, "newer").await.unwrap_err();
         assert_eq!(newer.error_codes(), [65001], "{newer}");
         assert_eq!(sent(&log), ["first", "newer"]);
         assert!(inner.state.lock().line.calls.is_empty());
@@ -1075,14 +1084,11 @@ mod tests {
     async fn a_kept_refusal_answers_at_once_while_another_request_redeems() {
         let gate = Arc::new(tokio::sync::Notify::new());
         let (log, inner) = credential(&gate);
-        let refused = Arc::clone(&inner)
-            .acquire("contoso", &scope("waiting"), false, None)
-            .await
-            .unwrap_err();
+        let refused = call(&inner, "waiting").await.unwrap_err();
         assert_eq!(refused.error_codes(), [65001], "{refused}");
         let first = tokio::spawn({
             let inner = Arc::clone(&inner);
-            async move { inner.acquire("contoso", &scope("first"), false, None).await }
+            async move { call(&inner, "first").await }
         });
         until_sent(&log, 2).await;
         let again_scopes = scope("waiting");
@@ -1107,30 +1113,17 @@ mod tests {
     /// answer: the waiting call answers the failure).
     #[tokio::test(start_paused = true)]
     async fn a_failure_of_every_waiter_takes_them_all_out_of_line() {
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let (log, inner) = credential_answering(&gate, |name| match name {
+        let (gate, log, inner, first, waiting) = waiting_behind_first(|name| match name {
             "first" => Answer::NoConnection,
             _ => Answer::NoConsent,
-        });
-        let first = tokio::spawn({
-            let inner = Arc::clone(&inner);
-            async move { inner.acquire("contoso", &scope("first"), false, None).await }
-        });
-        until_sent(&log, 1).await;
-        let waiting_scopes = scope("waiting");
-        let mut waiting =
-            std::pin::pin!(Arc::clone(&inner).acquire("contoso", &waiting_scopes, false, None));
-        let joined = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx).is_pending()));
-        assert!(joined.await, "the waiting call joined the redemption");
+        })
+        .await;
         gate.notify_one();
         let first = first.await.unwrap().unwrap_err();
         assert!(first.error_code().is_none(), "{first}");
         assert!(inner.state.lock().line.calls.is_empty());
 
-        let newer = Arc::clone(&inner)
-            .acquire("contoso", &scope("newer"), false, None)
-            .await
-            .unwrap_err();
+        let newer = call(&inner, "newer").await.unwrap_err();
         assert_eq!(newer.error_codes(), [65001], "{newer}");
         assert_eq!(sent(&log), ["first", "newer"]);
         let waiting = waiting.await.unwrap_err();
@@ -1149,31 +1142,13 @@ mod tests {
         Arc<Mutex<Vec<String>>>,
         Arc<Inner>,
         Result<AccessToken, CredentialError>,
-        std::pin::Pin<Box<dyn Future<Output = Result<AccessToken, CredentialError>> + Send>>,
+        Waiting,
     ) {
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let (log, inner) = credential_answering(&gate, answer);
-        let first = tokio::spawn({
-            let inner = Arc::clone(&inner);
-            async move { inner.acquire("contoso", &scope("first"), false, None).await }
-        });
-        until_sent(&log, 1).await;
-        let mut waiting = Box::pin({
-            let inner = Arc::clone(&inner);
-            async move {
-                inner
-                    .acquire("contoso", &scope("waiting"), false, None)
-                    .await
-            }
-        });
-        let joined = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx).is_pending()));
-        assert!(joined.await, "the waiting call joined the redemption");
+        let (gate, log, inner, first, waiting) = waiting_behind_first(answer).await;
         gate.notify_one();
         let first = first.await.unwrap().unwrap_err();
         assert_eq!(first.error_codes(), [65001], "{first}");
-        let newer = Arc::clone(&inner)
-            .acquire("contoso", &scope("newer"), false, None)
-            .await;
+        let newer = call(&inner, "newer").await;
         (log, inner, newer, waiting)
     }
 
