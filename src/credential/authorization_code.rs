@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::refresh_tokens::{Redeem, Silent, Stores, answer_account, with_sign_in_advice};
 use super::settings::Settings;
 use super::{Plan, arc_credential_service};
-use crate::cache::TokenCache;
+use crate::cache::{CacheKey, TokenCache};
 use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
 use crate::entra::token_client::{TokenClient, authorization_code_form, carries_a_challenge};
 use crate::error::{ConfigError, CredentialError};
@@ -223,13 +223,22 @@ impl Drop for InLine<'_> {
 }
 
 /// A request, as refusals of the code are told apart: a refusal that keeps the code is the
-/// answer to the same request only.
-#[derive(Clone, PartialEq)]
+/// answer to the same request only. Two requests are the same when their tenant, scopes (in
+/// any order, as the token cache keys them), CAE and claims are.
+#[derive(Clone)]
 struct Asked {
     tenant: String,
+    /// As the caller gave them: sent in that order.
     scopes: Vec<String>,
     cae: bool,
     claims: Option<String>,
+    key: CacheKey,
+}
+
+impl PartialEq for Asked {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.claims == other.claims
+    }
 }
 
 /// How many refusals that kept the code [`KeptRefusals`] holds: a credential asks for a
@@ -298,9 +307,7 @@ struct Code {
 #[derive(Clone)]
 struct Redeemed {
     token: AccessToken,
-    tenant: String,
-    scopes: Vec<String>,
-    cae: bool,
+    key: CacheKey,
     account: Option<String>,
 }
 
@@ -357,11 +364,13 @@ impl Inner {
         cae: bool,
         claims: Option<String>,
     ) -> Result<AccessToken, CredentialError> {
+        let key = CacheKey::new(tenant, scopes, cae);
         let asked = Asked {
             tenant: tenant.to_owned(),
             scopes: scopes.to_vec(),
             cae,
             claims: claims.clone(),
+            key: key.clone(),
         };
         // Every pass either returns or waits for a redemption to end; it goes round again
         // only after another request's redemption succeeded (the account is then pinned, or
@@ -455,9 +464,7 @@ impl Inner {
                     // Its token answers this request when it was redeemed for it (the same
                     // claims too), or for the same scopes when this request carries no
                     // challenge (a token obtained with one serves it all the same).
-                    let same = redeemed.tenant == tenant
-                        && redeemed.scopes == scopes
-                        && redeemed.cae == cae;
+                    let same = redeemed.key == key;
                     if for_this_request || (same && !carries_a_challenge(claims.as_deref())) {
                         return Ok(redeemed.token);
                     }
@@ -595,9 +602,7 @@ impl Inner {
             }
             Ok(Redeemed {
                 token: response.token,
-                tenant,
-                scopes,
-                cae,
+                key: CacheKey::new(&tenant, &scopes, cae),
                 account,
             })
         }
@@ -1103,6 +1108,28 @@ mod tests {
         gate.notify_one();
         first.await.unwrap().unwrap_err();
         assert_eq!(sent(&log), ["waiting", "first"]);
+    }
+
+    /// A request is the same whatever the order of its scopes (the token cache's rule): a
+    /// refusal kept for `[a, b]` answers `[b, a]` without sending the code again. Before, the
+    /// scopes were compared in order, and the code was sent once per order.
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_refusal_answers_the_same_scopes_in_another_order() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (log, inner) = credential(&gate);
+        let mut scopes = scope("waiting");
+        scopes.push("offline_access".to_owned());
+        let ask = |scopes: Vec<String>| {
+            let inner = Arc::clone(&inner);
+            async move { inner.acquire("contoso", &scopes, false, None).await }
+        };
+        let refused = ask(scopes.clone()).await.unwrap_err();
+        assert_eq!(refused.error_codes(), [65001], "{refused}");
+        scopes.reverse();
+        let again = ask(scopes).await.unwrap_err();
+        assert_eq!(again.error_codes(), [65001], "{again}");
+        let sent = log.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1, "the code sent again: {sent:?}");
     }
 
     /// The redemption for "first" gets no answer (the connection fails): the call that
