@@ -295,7 +295,7 @@ impl RedisTokenCache {
     /// otherwise count once per call, and open the breaker (3 at the defaults) for a
     /// connection made again a moment later.
     pub(super) fn failed(&self, op: &str, id: u64, e: &RedisError) -> StoreError {
-        if drops(e) && !self.dropped(id) && !self.inner.take_uncounted(|drop| drop.dropped == id) {
+        if drops(e) && !self.dropped(id) && !self.counts_ended(id) {
             return StoreError::connecting(format!(
                 "redis {op}: failed: {} (the connection had dropped; being made again)",
                 self.inner.scrubbed(e)
@@ -324,6 +324,26 @@ impl RedisTokenCache {
             return false;
         }
         self.reconnect(&mut state);
+        true
+    }
+
+    /// Whether this call, failing on connection `id`, counts the drop that the connection's
+    /// own notice left not counted (see [`ended`](Self::ended)). If so, and the link was left
+    /// idle (the connection lived under [`SHORTEST_LIFE`], or never served), a new attempt
+    /// starts now, in the background, as [`dropped`](Self::dropped) starts one for a drop a
+    /// call finds: calls made meanwhile wait on it, and one that gives up at its budget's end
+    /// is a miss. Left idle, the next call started an attempt of its own, whose timeout
+    /// counted too: one drop counted twice over RESP3 where RESP2 counts it once. Not a loop:
+    /// each such attempt follows a call's failure.
+    fn counts_ended(&self, id: u64) -> bool {
+        let mut state = self.inner.link();
+        if state.uncounted.is_none_or(|drop| drop.dropped != id) {
+            return false;
+        }
+        state.uncounted = None;
+        if matches!(state.link, Link::Idle) {
+            self.reconnect(&mut state);
+        }
         true
     }
 

@@ -115,9 +115,10 @@ const MAX_ERROR_CHARS: usize = 200;
 /// `redis` crate tells the store as a connection ends, and the new attempt starts then,
 /// before any call finds it dropped; the drop still counts once, as over RESP2, for the
 /// first call that fails on that connection or gives up waiting on the new one. A connection
-/// that ends within 1 s of being made is not made again at once, but by the next call: a
-/// server or proxy that closes each connection right after its setup costs one attempt per
-/// call (and opens the breaker), not a reconnection loop. A server that answers it is no longer the primary
+/// that ends within 1 s of being made is not made again at once, but by the call that fails
+/// on it (in the background, as over RESP2) or else by the next call: a server or proxy that
+/// closes each connection right after its setup costs one attempt per call (and opens the
+/// breaker), not a reconnection loop. A server that answers it is no longer the primary
 /// (`READONLY`: a failover demoted it without closing its clients; `MASTERDOWN`) counts as a
 /// drop too: the new connection reaches the new primary behind the address.
 ///

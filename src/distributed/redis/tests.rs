@@ -399,6 +399,54 @@ async fn a_connection_that_ended_before_it_was_recorded_is_not_kept() {
     assert!(store.failed("GET", 7, &e).is_connecting(), "counted once");
 }
 
+/// A connection that Redis closed within a second of its setup (RESP3: the `redis` crate
+/// tells of it, and the link goes idle rather than reconnecting in a loop) is made again by
+/// the call that counts its drop, in the background, as over RESP2: the calls after it wait
+/// on that attempt, and one that gives up at its budget's end is a miss. (Before, the link
+/// stayed idle: the next call started an attempt of its own, and its timeout counted the
+/// same drop a second time.) Real time: the end is told when the closed socket is read; the
+/// test waits for that.
+#[tokio::test]
+async fn a_drop_told_within_the_first_second_is_made_again_by_the_call_counting_it() {
+    let server = Server::start();
+    let store = RedisTokenCache::open(&format!("{}?protocol=resp3", server.url())).unwrap();
+    store.connect().await.unwrap();
+    let id = match &store.inner.link().link {
+        Link::Connected(id, ..) => *id,
+        _ => panic!("not connected"),
+    };
+    let mut admin = Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut admin)
+        .unwrap();
+    assert_eq!(killed, 1);
+    let start = std::time::Instant::now();
+    while store.inner.link().uncounted.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the end was not told"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let e = RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+    assert!(!store.failed("GET", id, &e).is_connecting(), "not counted");
+    assert!(
+        !matches!(store.inner.link().link, Link::Idle),
+        "left idle: the next call starts an attempt of its own"
+    );
+    assert!(store.failed("GET", id, &e).is_connecting(), "counted twice");
+    assert_eq!(store.get("p:{a}:token").await.unwrap(), None);
+}
+
 /// A server that is no longer the primary has the connection made again (the new one
 /// reaches the new primary behind the address); a command's own error does not.
 #[test]
