@@ -1,8 +1,9 @@
 //! Property tests over the parsers that read provider, file and process input: the
 //! `WWW-Authenticate` parser, the token endpoint's answers, the managed identity endpoints'
 //! answers, the MSAL cache document, the Azure CLI's output, `Retry-After`, and certificates
-//! (PEM, PKCS#12 and the count of a PKCS#12 archive's key derivations); and the scrubbing of
-//! secrets out of provider text. A bounded number of cases each (see [`config`]), so the set
+//! (PEM, PKCS#12 and the count of a PKCS#12 archive's key derivations), the token cache
+//! file's POSIX ACL as the kernel gives it (Linux); and the scrubbing of secrets out of
+//! provider text. A bounded number of cases each (see [`config`]), so the set
 //! stays fast in debug builds; the fuzz targets in `fuzz/` search the same parsers for
 //! longer.
 //!
@@ -1391,5 +1392,133 @@ proptest! {
             format!("{before}***{after}"),
             "secret {:?} as {:?}", secret, encoded
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The token cache file's POSIX access ACL (Linux)
+// ---------------------------------------------------------------------------------------------
+
+/// `(tag, permissions, id)` entries in the kernel's format, under the version `version`.
+#[cfg(target_os = "linux")]
+fn acl_bytes(version: u32, entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut bytes = version.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        bytes.extend(tag.to_le_bytes());
+        bytes.extend(perm.to_le_bytes());
+        bytes.extend(id.to_le_bytes());
+    }
+    bytes
+}
+
+/// An id as the kernel shows a named entry's: a small one, any, or the unmapped one.
+#[cfg(target_os = "linux")]
+fn acl_id() -> impl Strategy<Value = u32> {
+    use crate::entra::persistence::acl::UNMAPPED;
+    prop_oneof![0u32..70_000, any::<u32>(), Just(UNMAPPED)]
+}
+
+/// Almost an ACL: mostly version 2, entries of the six tags or any, permissions up to 7 or
+/// any, in any order and number, and sometimes a cut last entry.
+#[cfg(target_os = "linux")]
+fn near_acl() -> impl Strategy<Value = Vec<u8>> {
+    use crate::entra::persistence::acl::{GROUP, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ};
+    let tag = prop_oneof![
+        4 => proptest::sample::select(vec![USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER]),
+        1 => any::<u16>(),
+    ];
+    let perm = prop_oneof![4 => 0u16..8, 1 => any::<u16>()];
+    (
+        prop_oneof![4 => Just(2u32), 1 => any::<u32>()],
+        proptest::collection::vec((tag, perm, acl_id()), 0..10),
+        proptest::collection::vec(any::<u8>(), 0..8),
+    )
+        .prop_map(|(version, entries, tail)| {
+            let mut bytes = acl_bytes(version, &entries);
+            bytes.extend(tail);
+            bytes
+        })
+}
+
+/// A valid ACL, in the kernel's order: the owner, named users, the owning group, named
+/// groups, a mask (always with named entries), others; and its entries.
+#[cfg(target_os = "linux")]
+fn valid_acl() -> impl Strategy<Value = Vec<(u16, u16, u32)>> {
+    use crate::entra::persistence::acl::{GROUP, GROUP_OBJ, MASK, OTHER, UNMAPPED, USER, USER_OBJ};
+    let named = || proptest::collection::vec((0u16..8, acl_id()), 0..4);
+    (
+        0u16..8,
+        named(),
+        0u16..8,
+        named(),
+        proptest::option::of(0u16..8),
+        0u16..8,
+    )
+        .prop_map(|(owner, users, group, groups, mask, other)| {
+            let mut entries = vec![(USER_OBJ, owner, UNMAPPED)];
+            entries.extend(users.iter().map(|&(perm, id)| (USER, perm, id)));
+            entries.push((GROUP_OBJ, group, UNMAPPED));
+            entries.extend(groups.iter().map(|&(perm, id)| (GROUP, perm, id)));
+            let needs_mask = !users.is_empty() || !groups.is_empty();
+            if let Some(mask) = mask.or(needs_mask.then_some(0o6)) {
+                entries.push((MASK, mask, UNMAPPED));
+            }
+            entries.push((OTHER, other, UNMAPPED));
+            entries
+        })
+}
+
+#[cfg(target_os = "linux")]
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any bytes, and bytes that are almost an ACL: no panic, and what parses is written back
+    /// byte for byte (the new file gets the ACL the old one had).
+    #[test]
+    fn acl_any_bytes_never_panic_and_what_parses_round_trips(
+        bytes in prop_oneof![proptest::collection::vec(any::<u8>(), 0..64), near_acl()],
+    ) {
+        use crate::entra::persistence::acl::Acl;
+        if let Ok(acl) = Acl::parse(&bytes) {
+            prop_assert_eq!(acl.to_bytes(), bytes);
+            prop_assert!(acl.owning_group() <= 0o7);
+        }
+    }
+
+    /// A valid ACL parses; what the owning group may do is its entry limited by the mask;
+    /// without the unmapped named entries and with the owning group emptied, it is still
+    /// one the kernel takes (it parses), and holds what it should.
+    #[test]
+    fn acl_valid_ones_parse_and_trim_into_valid_ones(entries in valid_acl()) {
+        use crate::entra::persistence::acl::{Acl, GROUP, GROUP_OBJ, MASK, UNMAPPED, USER};
+        let bytes = acl_bytes(2, &entries);
+        let acl = Acl::parse(&bytes).expect("a valid ACL parses");
+        prop_assert_eq!(acl.to_bytes(), bytes);
+        let perm = |tag| entries.iter().find(|e| e.0 == tag).map(|e| e.1);
+        let mask = perm(MASK).unwrap_or(0o7);
+        prop_assert_eq!(acl.owning_group(), perm(GROUP_OBJ).unwrap() & mask);
+        for &(_, _, id) in entries.iter().filter(|e| e.0 == USER) {
+            // The kernel checks the first entry naming the user.
+            let first = entries.iter().find(|e| e.0 == USER && e.2 == id).unwrap();
+            prop_assert_eq!(acl.named_user(id), first.1 & mask);
+        }
+
+        let (trimmed, dropped) = acl.without_unmapped();
+        let unmapped = |e: &&(u16, u16, u32)| matches!(e.0, USER | GROUP) && e.2 == UNMAPPED;
+        prop_assert_eq!(dropped, entries.iter().filter(unmapped).count());
+        let kept: Vec<_> = entries.iter().filter(|e| !unmapped(e)).copied().collect();
+        prop_assert_eq!(Acl::parse(&trimmed.to_bytes()), Ok(trimmed.clone()));
+        prop_assert_eq!(trimmed.to_bytes(), acl_bytes(2, &kept));
+        prop_assert_eq!(trimmed.names_anyone(), kept.iter().any(|e| matches!(e.0, USER | GROUP)));
+
+        let emptied = acl.owning_group_emptied();
+        prop_assert_eq!(Acl::parse(&emptied.to_bytes()), Ok(emptied.clone()));
+        prop_assert_eq!(emptied.owning_group(), 0);
+        prop_assert_eq!(emptied.entries().len(), acl.entries().len());
+        prop_assert!(emptied
+            .entries()
+            .iter()
+            .zip(acl.entries())
+            .all(|(e, a)| e.tag == a.tag && e.id == a.id && (e.tag == GROUP_OBJ || e.perm == a.perm)));
     }
 }

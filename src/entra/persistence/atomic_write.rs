@@ -1,6 +1,10 @@
 //! Atomic writes: a temporary file beside the cache file (`tempfile`'s exclusive, randomly
 //! named creation; mode 0600 from creation on unix, then the owner and mode the replaced file
-//! had), written, fsynced, renamed over the cache file, and marked modified after the rename.
+//! had and, on Linux, its POSIX access ACL), written, fsynced, renamed over the cache file,
+//! and marked modified after the rename.
+//!
+//! The ACL is the replaced file's, less what the new file may not be given; an ACL the new
+//! file inherited from its directory's default ACL is removed (see [`acl`]).
 //!
 //! A rename cannot keep a file's other hard links, and a process may not be allowed to give
 //! the new file the old one's owner: the file is then left as it is and the write fails,
@@ -21,6 +25,7 @@ use std::os::unix::fs::MetadataExt;
 
 use tempfile::TempPath;
 
+use super::acl::{self, AccessAcl};
 use super::error::PersistenceError;
 use super::reader::{Stamp, age, is_missing};
 
@@ -149,16 +154,19 @@ fn refuse_to_replace(_target: &Path, _replaced: &fs::Metadata) -> Result<(), Per
 /// Writes `bytes` to a temporary file beside the cache file and renames it over the cache file
 /// (blocking). Returns the new file's stamp. The temporary file is removed if anything fails.
 ///
-/// The new file gets the old one's permission bits and, on unix, its owner and group: a
-/// process running as root on the user's home (a dev container, `sudo -E`) leaves the user's
-/// file theirs. Where this process may not give it that owner and group (or cannot name
-/// them, in a user namespace that does not map them), the new file of a file of this
-/// process's user keeps the group it was created with and loses the group permission bits,
-/// and another user's file in a directory setgid to the file's group, which may read and
-/// write it, becomes this process's user's, its mode kept; its former owner keeps access only
-/// as a member of that group (see [`give_owner`]). Any other file of another user, one
-/// without its owner's write bit, or one with other hard links is left as it is, and the
-/// write fails saying so.
+/// The new file gets the old one's permission bits, on Linux its POSIX access ACL (see
+/// [`acl`]: without it, the mode alone would give the owning group the ACL's mask, and the
+/// users the ACL names would lose access), and, on unix, its owner and group: a process
+/// running as root on the user's home (a dev container, `sudo -E`) leaves the user's file
+/// theirs. Where this process may not give it that owner and group (or cannot name them, in
+/// a user namespace that does not map them), the new file of a file of this process's user
+/// keeps the group it was created with and loses the group permission bits (and its ACL's
+/// owning-group permissions), and another user's file in a directory setgid to the file's
+/// group, which may read and write it (by its ACL if it has one), becomes this process's
+/// user's, its mode and ACL kept; its former owner keeps access only as a member of that
+/// group, or by a named entry of the ACL (see [`give_owner`]). Any other file of another
+/// user, one without its owner's write bit, or one with other hard links is left as it is,
+/// and the write fails saying so.
 pub(super) fn write_document(path: &Path, bytes: &[u8]) -> Result<Stamp, PersistenceError> {
     let target = write_target(path)?;
     let replaced = replaced_file(&target);
@@ -219,8 +227,9 @@ fn remove_leftovers(target: &Path) {
     }
 }
 
-/// A temporary file beside `target`, holding `bytes`, flushed to disk, with the mode and owner
-/// of the file it replaces (`replaced`, `None` if there is none: mode 0600).
+/// A temporary file beside `target`, holding `bytes`, flushed to disk, with the mode, owner and
+/// (Linux) access ACL of the file it replaces (`replaced`, `None` if there is none: mode 0600,
+/// no ACL).
 pub(super) fn written_beside(
     target: &Path,
     replaced: Option<&fs::Metadata>,
@@ -239,8 +248,12 @@ pub(super) fn written_beside(
             create_new_private(candidate)
         })
         .map_err(|e| PersistenceError::io(WRITE, &tried, e))?;
-    let filled = give_owner(temp.as_file(), target, replaced).and_then(|withheld| {
-        fill(temp.as_file(), replaced, withheld, bytes)
+    let acl = match replaced {
+        Some(_) => AccessAcl::read(target),
+        None => AccessAcl::Absent,
+    };
+    let filled = give_owner(temp.as_file(), target, replaced, &acl).and_then(|withheld| {
+        fill(temp.as_file(), target, replaced, &acl, withheld, bytes)
             .map_err(|e| PersistenceError::io(WRITE, temp.path(), e))
     });
     if let Err(error) = filled {
@@ -285,32 +298,38 @@ pub(super) fn install(temp: TempPath, target: &Path) -> Result<Stamp, Persistenc
 ///
 /// * the file is this process's user's, with a group it cannot give (one it is not in, or
 ///   one it cannot name): the new file keeps the group it was created with and gets no group
-///   permission, so that no group gains access the file did not give it (the returned bits);
+///   permission (nor its ACL's owning-group entry), so that no group gains access the file
+///   did not give it (the returned bits);
 /// * the file is another user's, in a directory setgid to the file's group, which the new
-///   file was created with, which may read and write the file, and which this process is in
+///   file was created with, which may read and write the file (decided by its ACL `acl` if
+///   it has one: the owning group's entry limited by the mask, or the owner's named entry,
+///   not the mode's group bits, which are the mask), and which this process is in
 ///   (its effective group or a supplementary one; a setgid directory gives its group to
 ///   anyone's new file there): the group's members share
-///   the cache, so the new file is this process's user's, with the same mode, and its former
-///   owner keeps access only as a member of the group. The setgid bit gives every member's
-///   new file that group, so each may update the file in turn. Without it the new file has
+///   the cache, so the new file is this process's user's, with the same mode and ACL, and its
+///   former owner keeps access only as a member of the group or by its named entry. The
+///   setgid bit gives every member's new file that group, so each may update the file in
+///   turn. Without it the new file has
 ///   its writer's primary group on Linux (unless the file system is mounted `grpid`; BSD and
 ///   macOS give the directory's group, so the setgid bit is asked there too, though not
 ///   needed), and a file whose group is one member's primary group would
 ///   pass to that member, then be refused to its former owner, whose new file has another
 ///   group: it locks the former owner out of their own cache.
-/// * otherwise it is refused, naming both owners and what to do: taking the file over would
+/// * otherwise it is refused, naming both owners and what to do (for a file with an ACL,
+///   `setfacl` rather than `chmod` to let the group write it): taking the file over would
 ///   lock its owner out of their tokens.
 #[cfg(unix)]
 fn give_owner(
     file: &File,
     target: &Path,
     replaced: Option<&fs::Metadata>,
+    acl: &AccessAcl,
 ) -> Result<u32, PersistenceError> {
     let Some(replaced) = replaced else {
         return Ok(0);
     };
     let unmapped = unmapped_ids(target, replaced.uid(), replaced.gid());
-    give_owner_unless_unmapped(file, target, replaced, unmapped)
+    give_owner_unless_unmapped(file, target, replaced, acl, unmapped)
 }
 
 /// [`give_owner`], told which of the replaced file's ids (uid, gid) this process cannot name:
@@ -320,11 +339,10 @@ pub(super) fn give_owner_unless_unmapped(
     file: &File,
     target: &Path,
     replaced: &fs::Metadata,
+    acl: &AccessAcl,
     unmapped: (bool, bool),
 ) -> Result<u32, PersistenceError> {
     use std::os::unix::fs::PermissionsExt;
-    /// Group read and write.
-    const GROUP_RW: u32 = 0o060;
     /// Every group permission bit.
     const GROUP_ALL: u32 = 0o070;
     /// The set-group-ID bit: a directory's new files get its group.
@@ -362,9 +380,10 @@ pub(super) fn give_owner_unless_unmapped(
             || rustix::process::getgroups()
                 .is_ok_and(|groups| groups.iter().any(|group| group.as_raw() == owner.1))
     };
+    // An owner this process cannot name has no named entry it could find.
     let shared = !unmapped.1
         && owner.1 == ours.1
-        && mode & GROUP_RW == GROUP_RW
+        && acl.shares_read_write(mode, (!unmapped.0).then_some(owner.0))
         && fs::metadata(parent_dir(target))
             .is_ok_and(|dir| dir.mode() & SETGID != 0 && dir.gid() == owner.1)
         && member();
@@ -381,19 +400,28 @@ pub(super) fn give_owner_unless_unmapped(
     } else {
         format!("uid {}", owner.0)
     };
+    let file_arg = shell_word(target);
+    // With an ACL, `chmod g+rw` sets the mask, not what the group may do.
+    let share_file = if acl.is_present() {
+        format!(
+            "setfacl -m g::rw,m::rw {file_arg}: it has an ACL, whose mask `chmod g+rw` would \
+             set rather than the group's own entry"
+        )
+    } else {
+        format!("chmod g+rw {file_arg}")
+    };
     let why = format!(
         "it belongs to uid {} gid {}{unnamed}, and this process (uid {} gid {}) may not give \
          the new file that owner, so it was left as it is rather than taken from its owner: \
          update the token cache as {owner_is}, or share it through a group: make its \
          directory setgid to a group both users are in, which may write to it (chgrp <group> \
          {dir}; chmod g+rwxs {dir}), and the file that group's, which may read and write it \
-         (chgrp <group> {file}; chmod g+rw {file})",
+         (chgrp <group> {file_arg}; {share_file})",
         owner.0,
         owner.1,
         ours.0,
         ours.1,
         dir = shell_word(parent_dir(target)),
-        file = shell_word(target),
     );
     Err(PersistenceError::io(REPLACE, target, io::Error::other(why)))
 }
@@ -463,29 +491,42 @@ fn give_owner(
     _file: &File,
     _target: &Path,
     _replaced: Option<&fs::Metadata>,
+    _acl: &AccessAcl,
 ) -> Result<u32, PersistenceError> {
     Ok(0)
 }
 
-/// Gives the new temporary file the replaced file's permission bits but `withheld` (0600 for a
-/// new file), writes `bytes` to it and flushes it to disk.
+/// Gives the new temporary file of `target` the replaced file's permission bits but
+/// `withheld` (0600 for a new file), then its access ACL `acl` (Linux; see
+/// [`AccessAcl::apply`]), writes `bytes` to it and flushes it to disk.
 fn fill(
     mut file: &File,
+    target: &Path,
     replaced: Option<&fs::Metadata>,
+    acl: &AccessAcl,
     withheld: u32,
     bytes: &[u8],
 ) -> io::Result<()> {
+    // Before the mode: an ACL inherited from the directory's default ACL would take the
+    // mode's group bits as its mask, and let in the users it names.
+    acl::remove_inherited(file)?;
     // Set explicitly, after the owner (a change of owner may clear bits): the creation mode
     // is subject to the umask, and an existing file's mode is kept (it is never widened: it is
-    // the mode the file already had, or less).
+    // the mode the file already had, or less). With an ACL the group bits are what the owning
+    // group had, not the mask the old mode showed: all the new file has if the ACL fails.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = replaced.map_or(0o600, |meta| meta.permissions().mode() & 0o777 & !withheld);
+        let mode = replaced.map_or(0o600, |meta| {
+            acl.mode(meta.permissions().mode()) & !withheld
+        });
         file.set_permissions(fs::Permissions::from_mode(mode))?;
     }
     #[cfg(not(unix))]
-    let _ = (replaced, withheld);
+    let _ = replaced;
+    // After the mode, which would set the ACL's mask; before the tokens, so that the file
+    // has its final permissions once it holds them.
+    acl.apply(file, target, withheld);
     file.write_all(bytes)?;
     file.sync_all()
 }

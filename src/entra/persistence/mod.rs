@@ -44,16 +44,26 @@
 //!   and the link kept. The replacement gets the old file's permission bits (a file the user
 //!   made 0640 stays 0640; nothing is ever widened) and, on unix, its owner and group (a
 //!   process running as root on the user's home leaves the file the user's); a new file is
-//!   0600 in a 0700 directory, owned by this process's user. Where this process may not give
-//!   the replacement that owner and group: for a file of this process's user, the
-//!   replacement keeps the group it was created with (this process's, or a setgid
+//!   0600 in a 0700 directory, owned by this process's user. On Linux the replacement also
+//!   gets the old file's POSIX access ACL (a file with one shows the ACL's mask as its group
+//!   bits: the mode alone would give the owning group the mask, and take from the users and
+//!   groups the ACL names their access), less its entries naming ids this process's user
+//!   namespace does not map (the kernel refuses them) and, when the replacement cannot have
+//!   the old group, the owning group's permissions; if the ACL cannot be set, the
+//!   replacement has the mode with what the owning group had as group bits. An ACL the
+//!   replacement inherited from its directory's default ACL is removed first: a file without
+//!   an ACL, a new one included, is replaced by one without (see [`acl`]). Where this process
+//!   may not give the replacement that owner and group: for a file of this process's user,
+//!   the replacement keeps the group it was created with (this process's, or a setgid
 //!   directory's) and gets none of the group permission bits; another user's file is replaced
-//!   (becoming this process's user's, its mode kept) only when its directory is setgid to the
-//!   file's group (every member's replacement then has that group, so each may update it in
-//!   turn) and that group may read and write it, a cache its members share; its former owner
-//!   keeps access only as a member of the group. In a user namespace that does not map every
-//!   id (a rootless container), an owner or group shown as the overflow id (65534) is taken for one this
-//!   process cannot name, never given (unless the owner is the one that may open the file
+//!   (becoming this process's user's, its mode and ACL kept) only when its directory is setgid
+//!   to the file's group (every member's replacement then has that group, so each may update
+//!   it in turn) and that group may read and write it, a cache its members share (with an
+//!   ACL: the group's entry limited by the mask, or a named entry of the former owner, gives
+//!   read and write); its former owner keeps access only as a member of the group or by that
+//!   entry. In a user namespace that does not map every id (a rootless container), an owner
+//!   or group shown as the overflow id (65534) is taken for one this process cannot name,
+//!   never given (unless the owner is the one that may open the file
 //!   with `O_NOATIME`, or the group is the process's own): the file is treated as one whose
 //!   owner or group it may not give. A file is never replaced, the write failing and saying why, when it lacks its
 //!   owner's write bit, when it is another user's file not shared that way, or when it has
@@ -93,13 +103,14 @@
 //!
 //! # Layout
 //!
-//! [`reader`] reads the file again when it changed, [`atomic_write`] replaces it, [`lock_file`]
-//! is `msal-extensions`' lock-file protocol, [`registry`] shares one [`CacheFile`] per path in
-//! this process, and [`error`] holds [`PersistenceError`]. With the `keyring` feature on Linux,
+//! [`reader`] reads the file again when it changed, [`atomic_write`] replaces it, [`acl`] says
+//! what the replacement keeps of the file's ACL, [`lock_file`] is `msal-extensions`' lock-file
+//! protocol, [`registry`] shares one [`CacheFile`] per path in this process, and [`error`] holds [`PersistenceError`]. With the `keyring` feature on Linux,
 //! `keyring` keeps the document encrypted in the Secret Service instead (`secret_service`
 //! talks to it), under the same lock-file protocol, with the file as its signal file and, if
 //! allowed, its plaintext fallback.
 
+pub(crate) mod acl;
 mod atomic_write;
 mod error;
 #[cfg(all(feature = "keyring", target_os = "linux"))]

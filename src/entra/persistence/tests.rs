@@ -19,6 +19,9 @@ use super::lock_file::{
 use super::reader::{PARSE_RETRIES, RECENT_AHEAD, Stamp};
 use super::{CacheFile, Document, LegacyWrites};
 
+#[cfg(target_os = "linux")]
+mod acl;
+
 // Callers only display the error; the tests also ask which kind it is.
 impl PersistenceError {
     /// Whether the file exists but does not parse (it was left unchanged).
@@ -1127,6 +1130,13 @@ fn write_as_another_user() {
         set_thread_gid(Gid::from_raw(*gid)).unwrap();
         set_thread_uid(Uid::from_raw(*uid)).unwrap();
     }
+    // Its warnings (about the file's ACL, say) go where it prints, for the tests to read; the
+    // write runs on a blocking thread, so the subscriber is the process's.
+    let stdout = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::stdout)
+        .finish();
+    tracing::subscriber::set_global_default(stdout).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1474,7 +1484,12 @@ fn the_overflow_id_of_a_user_namespace_is_taken_for_an_unmapped_owner() {
 /// file's group, without group permission. Given them, root gives both.
 #[test]
 fn an_owner_outside_the_user_namespace_is_never_given() {
+    use super::acl::AccessAcl;
     use super::atomic_write::give_owner_unless_unmapped;
+    let give_owner_unless_unmapped =
+        |file: &File, path: &Path, replaced: &fs::Metadata, unmapped| {
+            give_owner_unless_unmapped(file, path, replaced, &AccessAcl::Absent, unmapped)
+        };
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cache.json");
