@@ -209,10 +209,14 @@
 //!
 //! * **A credential's acquisitions** go through this slot; the slot's one flight is a
 //!   [`SingleFlight`] ([`crate::flight`]: its lock order, what an abandoned flight does).
-//! * **A local file read** that may hang (a workload identity's token file, Azure Arc's key
-//!   file) runs on a detached thread, one at a time per credential, waited for 10 s at most
-//!   from when it started (`crate::blocking_read`): while one that overran has not returned,
-//!   requests are refused at once, and a runtime's shutdown never waits for it.
+//! * **Local file I/O** that may hang runs on a detached thread, waited for 10 s at most
+//!   from when it started (`crate::blocking_read`), and a runtime's shutdown never waits for
+//!   it. A workload identity's token file and Azure Arc's key file are read one at a time
+//!   per credential; a token cache file's steps (a lock attempt, a read, a write under the
+//!   lock, a lock release, the keyring's signal file) run several at a time per file
+//!   (`crate::blocking_read::steps`). Either way, while one that overran has not returned,
+//!   requests (for the cache file, its steps) are refused at once, the work not run; a
+//!   write that overran may still land, and its error says so.
 //! * **The fleet's acquisitions** of one token go through the distributed cache's lease
 //!   (`crate::distributed`): one process asks the identity provider, the others poll the
 //!   store for its token within their wait limit. A holder refused for good leaves a mark

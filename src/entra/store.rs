@@ -4,7 +4,7 @@
 //! read again under their lock file before every change, so other processes' entries survive.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::msal_cache::{CacheDocument, DocumentError};
@@ -80,20 +80,19 @@ impl TokenStore {
     }
 
     /// Whether the file exists (for the Secret Service: its signal file, or the plaintext
-    /// fallback file), or the legacy file read in its place; always true in memory.
+    /// fallback file), or the legacy file read in its place; always true in memory. A look
+    /// that fails (its file system does not answer) says yes: the read that follows reports
+    /// why.
     pub(crate) async fn exists(&self) -> bool {
-        let files: Vec<PathBuf> = match self {
+        let exists = match self {
             TokenStore::Memory(_) => return true,
+            // A stat is file I/O: a step of the file's, off the executor and bounded in time.
             #[cfg(not(all(feature = "keyring", target_os = "linux")))]
-            TokenStore::File(file, _) => file.files(),
+            TokenStore::File(file, _) => file.any_exists(file.files()).await,
             #[cfg(all(feature = "keyring", target_os = "linux"))]
-            TokenStore::Keyring(keyring) => keyring.files(),
+            TokenStore::Keyring(keyring) => keyring.exists().await,
         };
-        // A stat is file I/O: on the blocking pool. If the runtime is shutting down, the read
-        // that follows reports it.
-        tokio::task::spawn_blocking(move || files.iter().any(|file| file.exists()))
-            .await
-            .unwrap_or(true)
+        exists.unwrap_or(true)
     }
 
     pub(crate) async fn read(&self) -> Result<Arc<CacheDocument>, PersistenceError> {

@@ -25,7 +25,8 @@ use super::error::{Kind, PersistenceError};
 use super::lock_file::LockGuard;
 use super::reader::is_missing;
 use super::secret_service::{Keyring, OwnedObjectPath};
-use super::{CacheFile, Document, LegacyWrites, run_blocking};
+use super::{CacheFile, Document, LegacyWrites, Step, run_blocking};
+use crate::blocking_read::Steps;
 use crate::regular_file::{is_not_regular, open_regular_file};
 
 /// Where a keyring-backed cache lives and what it may fall back to.
@@ -105,6 +106,12 @@ impl<D: Document> KeyringCache<D> {
         files
     }
 
+    /// Whether one of [`files`](Self::files) exists, looked at as a step of the signal
+    /// file's I/O.
+    pub(crate) async fn exists(&self) -> Result<bool, PersistenceError> {
+        self.signal.any_exists(self.files()).await
+    }
+
     async fn backend(&self) -> Result<&Backend<D>, PersistenceError> {
         self.backend
             .get_or_try_init(|| async {
@@ -170,6 +177,7 @@ impl<D: Document> KeyringCache<D> {
             Arc::clone(&keyring),
             lock,
             self.target.signal.clone(),
+            self.signal.steps.clone(),
             bytes,
         ));
         let stored = match task.await {
@@ -225,36 +233,52 @@ impl<D: Document> KeyringCache<D> {
 }
 
 /// Stores `bytes` (if any) as the item and touches the signal file, then releases the lock
-/// file, off the executor as all of the lock file's I/O. Returns the stored item's path.
+/// file, off the executor as all of the lock file's I/O, in steps of the signal file's
+/// `steps`. Returns the stored item's path.
 async fn store_and_signal(
     keyring: Arc<Keyring>,
     lock: LockGuard,
     signal: PathBuf,
+    steps: Steps,
     bytes: Option<Vec<u8>>,
 ) -> Result<Option<OwnedObjectPath>, PersistenceError> {
     let lock = Arc::new(lock);
     let saved = match bytes {
         None => Ok(None),
         Some(bytes) => {
-            // As the file's writer does (see `LockGuard::check_held`), on the blocking pool.
+            // As the file's writer does (see `LockGuard::check_held`), off the executor.
             let held = Arc::clone(&lock);
-            match run_blocking(&signal, move || held.check_held()).await {
+            match run_blocking(&steps, Step::CheckLock, &signal, move || held.check_held()).await {
                 Ok(()) => keyring.save(&bytes).await.map(Some),
                 Err(error) => Err(error),
             }
         }
     };
     let path = signal.clone();
-    run_blocking(&path, move || {
-        let _lock = lock;
-        let item = saved?;
-        if item.is_some() {
-            touch(&signal)?;
+    match saved {
+        Ok(Some(item)) => {
+            run_blocking(&steps, Step::Signal, &path, move || {
+                let _lock = lock;
+                touch(&signal)?;
+                Ok(Some(item))
+            })
+            .await
         }
-        Ok(item)
-    })
-    .await
+        // Nothing stored: the lock file is released, and a failure to (logged by the guard)
+        // changes nothing for the caller.
+        unchanged_or_failed => {
+            let _ = run_blocking(&steps, Step::Release, &path, move || {
+                drop(lock);
+                Ok(())
+            })
+            .await;
+            unchanged_or_failed
+        }
+    }
 }
+
+/// Operation name of errors while touching the signal file.
+pub(super) const TOUCH: &str = "touch the token cache's signal file";
 
 /// Sets the signal file's mtime to now, creating it (empty, mode 0600) if missing, as
 /// msal-extensions' `Path.touch()` does. Only a regular file is touched: opening a FIFO for
@@ -262,7 +286,6 @@ async fn store_and_signal(
 /// cache file's writer follows it, a dangling one included: its target is created, the link
 /// kept (the exclusive creation would not follow it).
 pub(super) fn touch(path: &Path) -> Result<(), PersistenceError> {
-    const TOUCH: &str = "touch the token cache's signal file";
     let target = write_target(path)?;
     let target = target.as_path();
     // Opened for reading, without blocking: setting the time needs no write access.

@@ -16,7 +16,12 @@ use tokio::time::Instant;
 use super::atomic_write::{create_dir, create_new_private, parent_dir};
 use super::error::{Kind, PersistenceError};
 use super::reader::{age, inode, is_missing};
-use super::{CacheFile, Document, run_blocking};
+use super::{CacheFile, Document, Step, run_blocking};
+
+/// Operation name of errors while taking the lock file.
+pub(super) const CREATE: &str = "create the lock file";
+/// Operation name of errors while checking that the lock file is still ours.
+pub(super) const KEEP: &str = "keep the lock file";
 
 /// Pause between two attempts to create the lock file.
 pub(super) const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(100);
@@ -45,7 +50,11 @@ impl<D: Document> CacheFile<D> {
         let mut quick = 0_u32;
         loop {
             let attempt = lock_path.to_path_buf();
-            let retry_now = match run_blocking(lock_path, move || try_lock(&attempt)).await? {
+            let retry_now = match run_blocking(&self.steps, Step::Lock, lock_path, move || {
+                try_lock(&attempt)
+            })
+            .await?
+            {
                 LockAttempt::Acquired(guard) => return Ok(guard),
                 // Released between our attempt and our look, or removed as stale.
                 LockAttempt::Vanished | LockAttempt::BrokeStale => true,
@@ -93,7 +102,7 @@ pub(super) fn lock_content() -> String {
     format!("{} {}", std::process::id(), argv0)
 }
 
-/// The lock file, held: removed on drop (on the blocking thread that ran the modification, or
+/// The lock file, held: removed on drop (on the thread of the step that ran the modification, or
 /// wherever a cancelled acquisition drops it), then closed, which releases its `flock`.
 #[derive(Debug)]
 pub(super) struct LockGuard {
@@ -117,14 +126,14 @@ impl LockGuard {
         match inode_at(&self.path) {
             Ok(Some(inode)) if inode == self.inode => Ok(()),
             Ok(_) => Err(PersistenceError::io(
-                "keep the lock file",
+                KEEP,
                 &self.path,
                 io::Error::other(
                     "another process removed or replaced it while this one held it; the token \
                      cache was not written, so that its changes are kept",
                 ),
             )),
-            Err(e) => Err(PersistenceError::io("keep the lock file", &self.path, e)),
+            Err(e) => Err(PersistenceError::io(KEEP, &self.path, e)),
         }
     }
 }
@@ -292,7 +301,6 @@ fn inode_at(lock_path: &Path) -> io::Result<Option<u64>> {
 
 /// Tries once to create the lock file (blocking); creates the directory if missing.
 fn try_lock(lock_path: &Path) -> Result<LockAttempt, PersistenceError> {
-    const CREATE: &str = "create the lock file";
     let mut created_dir = false;
     let file = loop {
         match create_new_private(lock_path) {

@@ -99,7 +99,17 @@
 //! on the lock file), readers never take it, and the lock file still orders us against
 //! everyone else.
 //! The lock timeout counts from the call, the wait in that queue included.
-//! All file I/O runs in `tokio::task::spawn_blocking`.
+//!
+//! # A file system that does not answer
+//!
+//! All file I/O runs in steps (a lock attempt, a read, a read-change-write, a lock release),
+//! each on a thread of its own and waited for [`READ_TIMEOUT`] at most, through the
+//! [`CacheFile`]'s [`Steps`]: a home directory on a hung mount (NFS, FUSE) fails a call with
+//! a timeout naming the file, instead of holding it, and the runtime's shutdown, for ever.
+//! While a step that overran has not returned, every new step of that file is refused at once
+//! (its work not run) with an error saying so, and the file is used again once it returns.
+//! A step that overran goes on on its thread with what it holds: a lock file stays taken
+//! until it returns, and a write it was making may still land (the error says so).
 //!
 //! # Layout
 //!
@@ -136,6 +146,7 @@ pub(crate) use self::error::PersistenceError;
 pub(crate) use self::keyring::{KeyringCache, KeyringTarget};
 use self::lock_file::{LockGuard, lock_path_of};
 use self::reader::{Snapshot, Stamps, load_or_legacy};
+use crate::blocking_read::{READ_TIMEOUT, StepFailure, Steps, drop_detached};
 
 /// How long [`CacheFile::modify_with`] waits for another process's lock by default.
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -191,6 +202,8 @@ pub(crate) struct CacheFile<D: Document> {
     writers: tokio::sync::Mutex<()>,
     /// The last document read or written; held only for short get/set.
     current: Mutex<Option<Snapshot<D>>>,
+    /// Every step of this file's I/O (see the module docs).
+    steps: Steps,
 }
 
 impl<D: Document> fmt::Debug for CacheFile<D> {
@@ -226,6 +239,7 @@ impl<D: Document> CacheFile<D> {
             lock_timeout,
             writers: tokio::sync::Mutex::new(()),
             current: Mutex::new(None),
+            steps: Steps::new(),
         })
     }
 
@@ -240,6 +254,15 @@ impl<D: Document> CacheFile<D> {
         let mut files = vec![self.path.clone()];
         files.extend(self.legacy.get().cloned());
         files
+    }
+
+    /// Whether one of `files` (this file's, or a store's that this file signals) exists,
+    /// looked at as a step of this file's I/O.
+    pub(crate) async fn any_exists(&self, files: Vec<PathBuf>) -> Result<bool, PersistenceError> {
+        run_blocking(&self.steps, Step::Exists, &self.path, move || {
+            Ok(files.iter().any(|file| file.exists()))
+        })
+        .await
     }
 
     /// [`CacheFile::modify_with`] [`LegacyWrites::Copy`].
@@ -265,8 +288,10 @@ impl<D: Document> CacheFile<D> {
     /// only the legacy file exists is not made: `change` is not called and an error says why.
     ///
     /// If the file exists but does not parse, `change` is not called, nothing is written and a
-    /// malformed error is returned. `change` runs on a blocking-pool thread while the lock is
-    /// held: keep it short.
+    /// malformed error is returned. `change` runs in the step that reads and writes the file,
+    /// on that step's thread while the lock is held, within its [`READ_TIMEOUT`]: keep it
+    /// short. If that step overruns, the error says that the file may or may not have been
+    /// written; if it is refused (an earlier step overran), `change` is not called.
     pub(crate) async fn modify_with<R, F>(
         &self,
         legacy_writes: LegacyWrites,
@@ -285,8 +310,9 @@ impl<D: Document> CacheFile<D> {
             .legacy_lock(lock, legacy.as_deref(), legacy_writes, started)
             .await?;
         let path = self.path.clone();
-        // The lock guards move into the blocking task and are dropped there, on every path.
-        let (value, snapshot) = run_blocking(&self.path, move || {
+        // The lock guards move into the step and are dropped on its thread, on every path (on
+        // one of their own if the step is refused).
+        let (value, snapshot) = run_blocking(&self.steps, Step::Write, &self.path, move || {
             let (lock, legacy_lock) = (lock, legacy_lock);
             let loaded = load_or_legacy::<D>(&path, legacy.as_deref(), false)?;
             // Created between the look under the lock and this load.
@@ -377,14 +403,15 @@ impl<D: Document> CacheFile<D> {
             return Ok((lock, None));
         };
         let (path, legacy_path) = (self.path.clone(), legacy.to_path_buf());
-        // The guard goes along, so that it is released on the blocking pool if this fails.
-        let (lock, missing, legacy_only, same) = run_blocking(&self.path, move || {
-            let missing = matches!(fs::metadata(&path), Err(e) if reader::is_missing(&e));
-            let legacy_only = missing && fs::metadata(&legacy_path).is_ok_and(|m| m.is_file());
-            let same = !missing && same_file(&path, &legacy_path);
-            Ok((lock, missing, legacy_only, same))
-        })
-        .await?;
+        // The guard goes along, so that it is released off the executor if this fails.
+        let (lock, missing, legacy_only, same) =
+            run_blocking(&self.steps, Step::Look, &self.path, move || {
+                let missing = matches!(fs::metadata(&path), Err(e) if reader::is_missing(&e));
+                let legacy_only = missing && fs::metadata(&legacy_path).is_ok_and(|m| m.is_file());
+                let same = !missing && same_file(&path, &legacy_path);
+                Ok((lock, missing, legacy_only, same))
+            })
+            .await?;
         let acquired = match (missing, legacy_only, legacy_writes) {
             (true, true, LegacyWrites::Skip) => {
                 Err(PersistenceError::legacy_only(&self.path, legacy))
@@ -398,7 +425,7 @@ impl<D: Document> CacheFile<D> {
             Err(error) => {
                 // Released off the executor, as the file's I/O is; a failure to release is
                 // already logged by the guard.
-                let _ = run_blocking(&self.path, move || {
+                let _ = run_blocking(&self.steps, Step::Release, &self.lock_path, move || {
                     drop(lock);
                     Ok(())
                 })
@@ -440,22 +467,127 @@ fn same_file(a: &Path, b: &Path) -> bool {
     matches!((fs::canonicalize(a), fs::canonicalize(b)), (Ok(a), Ok(b)) if a == b)
 }
 
-/// Runs blocking file I/O on tokio's blocking pool. A panic (from a caller's closure) continues
-/// in the caller.
-async fn run_blocking<T, F>(path: &Path, work: F) -> Result<T, PersistenceError>
+/// A step of a cache file's I/O, for [`run_blocking`] and its errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// One attempt to create the lock file (breaking a stale one).
+    Lock,
+    /// Reading the file, or the legacy file in its place.
+    Read,
+    /// Looking at which of the file and the legacy file exist, the file's lock held.
+    Look,
+    /// Looking whether the file, or a file read in its place, exists (no lock held).
+    Exists,
+    /// Reading the file under its lock, changing the document and writing it.
+    Write,
+    /// Removing our lock file.
+    Release,
+    /// Checking that our lock file is still ours, before the Secret Service's item is stored.
+    #[cfg(all(feature = "keyring", target_os = "linux"))]
+    CheckLock,
+    /// Touching the signal file once the Secret Service's item is stored, then releasing the
+    /// lock file.
+    #[cfg(all(feature = "keyring", target_os = "linux"))]
+    Signal,
+}
+
+impl Step {
+    /// What it does, as a verb phrase for "could not … `path`".
+    fn operation(self) -> &'static str {
+        match self {
+            Step::Lock => lock_file::CREATE,
+            Step::Read => reader::READ,
+            Step::Look | Step::Exists => "look for the token cache",
+            Step::Write => "write the token cache",
+            Step::Release => "release the lock file",
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            Step::CheckLock => lock_file::KEEP,
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            Step::Signal => keyring::TOUCH,
+        }
+    }
+
+    /// Whether its work holds a lock file's guard, which removes the file when dropped.
+    fn holds_a_lock(self) -> bool {
+        match self {
+            Step::Look | Step::Write | Step::Release => true,
+            Step::Lock | Step::Read | Step::Exists => false,
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            Step::Signal => true,
+            // A clone of the guard, which the writer keeps.
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            Step::CheckLock => false,
+        }
+    }
+
+    /// The error of the step that ran [`READ_TIMEOUT`] without returning.
+    fn overran(self, path: &Path) -> PersistenceError {
+        let effect = match self {
+            Step::Write => {
+                "; the token cache may or may not have been written, and its lock file stays \
+                 taken until the step returns"
+            }
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            Step::Signal => {
+                "; the Secret Service's item was stored, and the signal file may or may not \
+                 have been touched"
+            }
+            _ => "",
+        };
+        let cause = io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "it has run {} without returning: the file system does not answer (a hung \
+                 network or FUSE mount); fix the mount; this process uses the token cache again \
+                 once the step returns{effect}",
+                error::seconds(READ_TIMEOUT)
+            ),
+        );
+        PersistenceError::io(self.operation(), path, cause)
+    }
+
+    /// The error of the step not run because an earlier one overran.
+    fn refused(self, path: &Path) -> PersistenceError {
+        let cause = io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "not tried: an earlier step of this token cache's file I/O has run more than {} \
+                 and has not returned: the file system does not answer (a hung network or FUSE \
+                 mount); fix the mount; this process uses the token cache again once that step \
+                 returns",
+                error::seconds(READ_TIMEOUT)
+            ),
+        );
+        PersistenceError::io(self.operation(), path, cause)
+    }
+}
+
+/// Runs `step`'s blocking file I/O through the file's `steps`, on a thread of its own, waited
+/// for [`READ_TIMEOUT`] at most; refused at once while a step that overran has not returned
+/// (see the module docs). `path` is the file named in its errors. A panic (from a caller's
+/// closure) continues in the caller.
+async fn run_blocking<T, F>(
+    steps: &Steps,
+    step: Step,
+    path: &Path,
+    work: F,
+) -> Result<T, PersistenceError>
 where
     F: FnOnce() -> Result<T, PersistenceError> + Send + 'static,
     T: Send + 'static,
 {
-    match tokio::task::spawn_blocking(work).await {
+    match steps.run(work).await {
         Ok(result) => result,
-        Err(error) => match error.try_into_panic() {
-            Ok(payload) => std::panic::resume_unwind(payload),
-            Err(_) => Err(PersistenceError::io(
-                "use",
-                path,
-                io::Error::other("the tokio runtime is shutting down"),
-            )),
-        },
+        Err(StepFailure::Overran) => Err(step.overran(path)),
+        Err(StepFailure::Refused(work)) => {
+            // Its guard's removal of the lock file may hang like the step that overran: not
+            // on the executor. A guard is held only by a writer that took the lock before the
+            // overrun (no lock is taken after it until it returns), so few threads are started.
+            if step.holds_a_lock() {
+                drop_detached(work);
+            }
+            Err(step.refused(path))
+        }
+        Err(StepFailure::Thread(error)) => Err(PersistenceError::io(step.operation(), path, error)),
     }
 }

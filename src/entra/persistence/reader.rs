@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::error::{Kind, PersistenceError};
-use super::{CacheFile, Document, run_blocking};
+use super::{CacheFile, Document, Step, run_blocking};
 use crate::regular_file::{is_not_regular, open_regular_file};
 
 /// How many times a file that fails to parse is read again before it is reported.
@@ -104,7 +104,7 @@ impl<D: Document> CacheFile<D> {
         let check = known
             .as_ref()
             .and_then(|(stamps, recheck, _)| (!recheck).then_some(*stamps));
-        let loaded = run_blocking(&self.path, move || {
+        let loaded = run_blocking(&self.steps, Step::Read, &self.path, move || {
             if let Some(known) = check {
                 let file = stat(&path).map_err(|e| PersistenceError::io(READ, &path, e))?;
                 let legacy = match (&file, &legacy) {
@@ -138,7 +138,7 @@ impl<D: Document> CacheFile<D> {
 }
 
 /// Operation name of errors while reading the cache file.
-const READ: &str = "read the token cache";
+pub(super) const READ: &str = "read the token cache";
 
 /// A document read from the file.
 pub(super) struct Loaded<D> {

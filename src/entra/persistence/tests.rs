@@ -21,6 +21,7 @@ use super::{CacheFile, Document, LegacyWrites};
 
 #[cfg(target_os = "linux")]
 mod acl;
+mod hung;
 
 // Callers only display the error; the tests also ask which kind it is.
 impl PersistenceError {

@@ -1,12 +1,13 @@
-//! A read of a small local file (a token file, a key file) on a thread of its own, waited for
-//! [`READ_TIMEOUT`] at most.
+//! Blocking work on a local file that may hang (a read of a token file or a key file, a step
+//! of a token cache file's I/O), on a thread of its own, waited for [`READ_TIMEOUT`] at most.
 //!
-//! Such a read is quick unless its file system does not answer (a hung mount); then it may
-//! never return, and nothing can stop it. So it runs on a detached, named thread rather than
-//! tokio's blocking pool: dropping a runtime waits for every running blocking task without a
-//! limit, so a hung read there would hang a graceful shutdown until `SIGKILL`, and hold a
-//! thread of the pool meanwhile. The thread starts at once, so the time waited is the read's
-//! own running time, measured from when it was started.
+//! Such work is quick unless its file system does not answer (a hung mount); then it may
+//! never return, and nothing can stop it. So it runs on a detached, named thread ([`detach`])
+//! rather than tokio's blocking pool: dropping a runtime waits for every running blocking task
+//! without a limit, so hung work there would hang a graceful shutdown until `SIGKILL`, and
+//! hold a thread of the pool meanwhile. The thread starts at once, so the time waited is the
+//! work's own running time, measured from when it was started. Two disciplines use it:
+//! [`OneRead`] here, one read at a time, and [`Steps`], several steps at a time.
 //!
 //! At most one read runs at a time per [`OneRead`]: while a read that ran [`READ_TIMEOUT`] has
 //! not returned, requests are refused at once ([`ReadFailure::Overran`]) instead of each
@@ -18,10 +19,12 @@
 //! result with it (the requests still waiting have theirs): no later request is given an old
 //! result.
 //!
-//! On tokio's paused clock (tests), a read on a thread tokio does not know of would let the
+//! On tokio's paused clock (tests), work on a thread tokio does not know of would let the
 //! clock jump to the deadline while the runtime waits for it; there a blocking task holds the
-//! clock while the read runs, as a `spawn_blocking` read's own task would, and lets it go
-//! when the read returns or the runtime shuts down.
+//! clock while the work runs, as a `spawn_blocking` task would, and lets it go when the work
+//! returns or the runtime shuts down.
+
+mod steps;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -32,12 +35,63 @@ use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-/// How long a read may run. A local file of a few KiB is read at once; one that takes this
-/// long is on a file system that does not answer.
+pub(crate) use self::steps::{StepFailure, Steps};
+
+/// How long work on a local file may run: a read of a token or key file, or one step of a
+/// token cache file's I/O (a lock attempt, a read, a write). A local file of a few KiB is
+/// read or written at once; work that takes this long is on a file system that does not
+/// answer.
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The name of a read's thread (in a debugger or `top -H`).
+/// The name of a detached thread (in a debugger or `top -H`).
 const THREAD_NAME: &str = "tower-identity-read";
+
+/// Starts `work` on a thread of its own, at `now` (tokio's clock, as the caller read it: the
+/// start its bound counts from). Its result, or the payload of its panic, comes through the
+/// receiver. `returned` runs on that thread once `work` has returned or panicked, before the
+/// result is sent, so that whoever is given the result finds the work's bookkeeping done.
+/// If no thread can be started, neither runs: both are dropped here.
+///
+/// On tokio's paused clock, a blocking task holds the clock until the result is sent or the
+/// runtime shuts down (see the module docs).
+fn detach<T, W, R>(
+    work: W,
+    returned: R,
+    now: Instant,
+) -> std::io::Result<oneshot::Receiver<std::thread::Result<T>>>
+where
+    T: Send + 'static,
+    W: FnOnce() -> T + Send + 'static,
+    R: FnOnce() + Send + 'static,
+{
+    let (send, receive) = oneshot::channel();
+    // Dropped by the thread once the result is sent: releases the paused clock.
+    let (sent, on_sent) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(THREAD_NAME.to_owned())
+        .spawn(move || {
+            // The payload goes to the caller, who resumes it or drops it.
+            let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            returned();
+            let _ = send.send(value);
+            drop(sent);
+        })?;
+    hold_a_paused_clock(on_sent, now);
+    Ok(receive)
+}
+
+/// Drops `value` on a thread of its own, not waited for: its drop may do I/O that hangs (a
+/// lock file's guard removes its file). If no thread can be started, it is dropped here.
+pub(crate) fn drop_detached<V: Send + 'static>(value: V) {
+    let _ = std::thread::Builder::new()
+        .name(THREAD_NAME.to_owned())
+        .spawn(move || drop(value));
+}
+
+/// [`READ_TIMEOUT`] after `start`: when work started then has overrun.
+fn timeout_after(start: Instant) -> Instant {
+    start.checked_add(READ_TIMEOUT).unwrap_or(start)
+}
 
 /// Why a read gave no result.
 #[derive(Debug)]
@@ -65,8 +119,7 @@ struct Flight<T> {
 
 impl<T: Clone> Flight<T> {
     fn overran(&self, now: Instant) -> bool {
-        !self.done.load(Ordering::Acquire)
-            && now.saturating_duration_since(self.started) >= READ_TIMEOUT
+        !self.done.load(Ordering::Acquire) && now >= timeout_after(self.started)
     }
 
     /// Its result, waited for until [`READ_TIMEOUT`] after it started or the request's
@@ -80,11 +133,6 @@ impl<T: Clone> Flight<T> {
             Err(_elapsed) => Err(ReadFailure::Overran),
         }
     }
-}
-
-/// [`READ_TIMEOUT`] after `start`.
-fn timeout_after(start: Instant) -> Instant {
-    start.checked_add(READ_TIMEOUT).unwrap_or(start)
 }
 
 type Slot<T> = Mutex<Option<Arc<Flight<T>>>>;
@@ -197,33 +245,22 @@ impl<T: Clone + Send + Sync + 'static> OneRead<T> {
         }
     }
 
-    /// `read` on a thread of its own, started now.
+    /// `read` on a thread of its own, started at `now`.
     fn start(
         &self,
         read: impl FnOnce() -> T + Send + 'static,
         now: Instant,
     ) -> Result<Arc<Flight<T>>, ReadFailure> {
-        let (send, receive) = oneshot::channel();
         let done = Arc::new(AtomicBool::new(false));
         let (marks, slot) = (Arc::clone(&done), Arc::downgrade(&self.slot));
-        std::thread::Builder::new()
-            .name(THREAD_NAME.to_owned())
-            .spawn(move || {
-                // Made here, not before the spawn: a closure that never ran is dropped with
-                // the slot locked by the caller, and `Finish` locks it.
-                // Marked done before its result is sent, so that a request given the result
-                // sees it done. A panic drops these in reverse order: done and forgotten,
-                // then the sender.
-                let send = send;
-                let finish = Finish { done: marks, slot };
-                let value = read();
-                finish.done.store(true, Ordering::Release);
-                let _ = send.send(value);
-                drop(finish);
-            })
-            .map_err(ReadFailure::NoThread)?;
-        let outcome = async move { receive.await.ok() }.boxed().shared();
-        hold_a_paused_clock(&outcome, now);
+        // On the read's thread, once it returned: the caller holds the slot's lock until the
+        // flight is in it, so this finds it there.
+        let returned = move || forget(&marks, &slot);
+        let receive = detach(read, returned, now).map_err(ReadFailure::NoThread)?;
+        // A panic's payload is dropped here, not kept.
+        let outcome = async move { receive.await.ok().and_then(Result::ok) }
+            .boxed()
+            .shared();
         Ok(Arc::new(Flight {
             outcome,
             started: now,
@@ -232,23 +269,16 @@ impl<T: Clone + Send + Sync + 'static> OneRead<T> {
     }
 }
 
-/// Marks the read done and forgets it, when its thread drops it.
-struct Finish<T> {
-    done: Arc<AtomicBool>,
-    slot: Weak<Slot<T>>,
-}
-
-impl<T> Drop for Finish<T> {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::Release);
-        if let Some(slot) = self.slot.upgrade() {
-            let mut slot = lock(&slot);
-            if slot
-                .as_ref()
-                .is_some_and(|flight| Arc::ptr_eq(&flight.done, &self.done))
-            {
-                *slot = None;
-            }
+/// Marks the read whose flag is `done` done, and forgets it if it is still in the `slot`.
+fn forget<T>(done: &Arc<AtomicBool>, slot: &Weak<Slot<T>>) {
+    done.store(true, Ordering::Release);
+    if let Some(slot) = slot.upgrade() {
+        let mut slot = lock(&slot);
+        if slot
+            .as_ref()
+            .is_some_and(|flight| Arc::ptr_eq(&flight.done, done))
+        {
+            *slot = None;
         }
     }
 }
@@ -259,13 +289,10 @@ fn lock<T>(slot: &Slot<T>) -> MutexGuard<'_, Option<Arc<Flight<T>>>> {
 }
 
 /// On tokio's paused clock (`now` read again unchanged), a blocking task that keeps the clock
-/// from jumping by itself until `outcome` is ready, or the runtime shuts down (its tasks are
-/// dropped before it waits for blocking ones). On a running clock nothing: no thread of the
-/// pool is taken.
-fn hold_a_paused_clock<T: Clone + Send + Sync + 'static>(
-    outcome: &Shared<BoxFuture<'static, Option<T>>>,
-    now: Instant,
-) {
+/// from jumping by itself until `released` resolves (its sender dropped), or the runtime shuts
+/// down (its tasks are dropped before it waits for blocking ones). On a running clock
+/// nothing: no thread of the pool is taken.
+fn hold_a_paused_clock(released: oneshot::Receiver<()>, now: Instant) {
     if Instant::now() != now {
         return;
     }
@@ -277,11 +304,9 @@ fn hold_a_paused_clock<T: Clone + Send + Sync + 'static>(
         // Returns once `release` is dropped.
         let _ = held.recv();
     });
-    let outcome = outcome.clone();
     runtime.spawn(async move {
         let _release = release;
-        // The result itself is not kept.
-        drop(outcome.await);
+        let _ = released.await;
     });
 }
 
@@ -339,7 +364,8 @@ pub(crate) mod tests {
             .unwrap()
     }
 
-    async fn until(mut done: impl FnMut() -> bool) {
+    /// Yields until `done`.
+    pub(crate) async fn until(mut done: impl FnMut() -> bool) {
         while !done() {
             tokio::task::yield_now().await;
         }
