@@ -571,6 +571,27 @@ pub(crate) mod tests {
     fn a_hung_read_does_not_hold_up_runtime_shutdown() {
         let calls = Arc::new(AtomicUsize::new(0));
         let mut releases = Vec::new();
+        runtimes_drop_while_work_hangs(
+            |runtime| {
+                let reads = Arc::new(OneRead::<&'static str>::new());
+                let (read, release) = held(&calls, "never");
+                releases.push(release);
+                // The read starts at once, on its own thread.
+                runtime.spawn(async move { reads.shared(read).await })
+            },
+            |n| calls.load(Ordering::SeqCst) > n,
+        );
+        // The reads' threads return.
+        drop(releases);
+    }
+
+    /// On a paused runtime and on a running one in turn: `start` spawns work that hangs (the
+    /// `n`th, zero first), and once `started(n)`, dropping its task and the runtime returns
+    /// within a minute (not waiting for the work).
+    pub(crate) fn runtimes_drop_while_work_hangs<T: Send + 'static>(
+        mut start: impl FnMut(&tokio::runtime::Runtime) -> tokio::task::JoinHandle<T>,
+        started: impl Fn(usize) -> bool,
+    ) {
         let runtimes = [
             paused_runtime(),
             tokio::runtime::Builder::new_multi_thread()
@@ -580,23 +601,17 @@ pub(crate) mod tests {
                 .unwrap(),
         ];
         for (n, runtime) in runtimes.into_iter().enumerate() {
-            let reads = Arc::new(OneRead::<&'static str>::new());
-            let (read, release) = held(&calls, "never");
-            releases.push(release);
-            // The read starts at once, on its own thread.
-            let request = runtime.spawn(async move { reads.shared(read).await });
-            runtime.block_on(until(|| calls.load(Ordering::SeqCst) > n));
+            let task = start(&runtime);
+            runtime.block_on(until(|| started(n)));
             let (dropped, is_dropped) = mpsc::channel();
             std::thread::spawn(move || {
-                drop(request);
+                drop(task);
                 drop(runtime);
                 let _ = dropped.send(());
             });
             is_dropped
                 .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("runtime {n}: dropping it waited for the read"));
+                .unwrap_or_else(|_| panic!("runtime {n}: dropping it waited for the work"));
         }
-        // The reads' threads return.
-        drop(releases);
     }
 }

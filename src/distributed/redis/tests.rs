@@ -320,24 +320,32 @@ async fn a_drop_under_a_burst_of_calls_counts_once() {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let mut admin = admin();
-        let killed: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("normal")
-            .arg("SKIPME")
-            .arg("yes")
-            .query(&mut admin)
-            .unwrap();
-        assert_eq!(killed, 1);
+        kill_the_one_client(&server);
         let _: () = redis::cmd("CLIENT")
             .arg("UNPAUSE")
-            .query(&mut admin)
+            .query(&mut admin())
             .unwrap();
     };
     let (answers, ()) = tokio::join!(burst, kill);
     assert_eq!(answers, (None, None, None));
     assert_eq!(lease("four").await, Some(true), "the breaker opened");
+}
+
+/// Closes the server's one client connection besides the caller's (`CLIENT KILL`).
+fn kill_the_one_client(server: &Server) {
+    let mut admin = Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut admin)
+        .unwrap();
+    assert_eq!(killed, 1);
 }
 
 /// A connection whose end the `redis` crate told of before the attempt's outcome was
@@ -355,19 +363,7 @@ async fn a_connection_that_ended_before_it_was_recorded_is_not_kept() {
     let (attempt, ended) = store.start_attempt(7).unwrap();
     let outcome = attempt.clone().await;
     assert!(outcome.is_ok(), "{:?}", outcome.err());
-    let mut admin = Client::open(server.url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .arg("SKIPME")
-        .arg("yes")
-        .query(&mut admin)
-        .unwrap();
-    assert_eq!(killed, 1);
+    kill_the_one_client(&server);
     let start = std::time::Instant::now();
     while !ended.load(Ordering::SeqCst) {
         assert!(
@@ -415,19 +411,7 @@ async fn a_drop_told_within_the_first_second_is_made_again_by_the_call_counting_
         Link::Connected(id, ..) => *id,
         _ => panic!("not connected"),
     };
-    let mut admin = Client::open(server.url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .arg("SKIPME")
-        .arg("yes")
-        .query(&mut admin)
-        .unwrap();
-    assert_eq!(killed, 1);
+    kill_the_one_client(&server);
     let start = std::time::Instant::now();
     while store.inner.link().uncounted.is_none() {
         assert!(

@@ -6,14 +6,15 @@
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::Duration;
 
 use futures_util::FutureExt;
 
 use super::super::{CacheFile, PersistenceError, Step, run_blocking};
 use super::{JsonDoc, file_keys, lock_path_of};
 use crate::blocking_read::READ_TIMEOUT;
-use crate::blocking_read::tests::{paused_runtime, until, within_a_minute};
+use crate::blocking_read::tests::{
+    paused_runtime, runtimes_drop_while_work_hangs, until, within_a_minute,
+};
 
 /// The error's I/O kind, if it is an I/O error.
 fn io_kind(error: &PersistenceError) -> Option<io::ErrorKind> {
@@ -166,30 +167,17 @@ fn a_hung_step_does_not_hold_up_runtime_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let mut releases = Vec::new();
-    let runtimes = [
-        paused_runtime(),
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap(),
-    ];
-    for (n, runtime) in runtimes.into_iter().enumerate() {
-        let file = CacheFile::<JsonDoc>::new(dir.path().join(format!("cache{n}")), None);
-        let (change, release) = held_change(&calls, "never");
-        releases.push(release);
-        let write = runtime.spawn(async move { file.modify(change).await });
-        runtime.block_on(until(|| calls.load(Ordering::SeqCst) > n));
-        let (dropped, is_dropped) = mpsc::channel();
-        std::thread::spawn(move || {
-            drop(write);
-            drop(runtime);
-            let _ = dropped.send(());
-        });
-        is_dropped
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("runtime {n}: dropping it waited for the hung step"));
-    }
+    let mut n = 0;
+    runtimes_drop_while_work_hangs(
+        |runtime| {
+            let file = CacheFile::<JsonDoc>::new(dir.path().join(format!("cache{n}")), None);
+            n += 1;
+            let (change, release) = held_change(&calls, "never");
+            releases.push(release);
+            runtime.spawn(async move { file.modify(change).await })
+        },
+        |n| calls.load(Ordering::SeqCst) > n,
+    );
     // The steps' threads return.
     drop(releases);
 }
