@@ -1413,13 +1413,14 @@ fn acl_bytes(version: u32, entries: &[(u16, u16, u32)]) -> Vec<u8> {
 
 /// An id as the kernel shows a named entry's: a small one, any, or the unmapped one.
 #[cfg(target_os = "linux")]
-fn acl_id() -> impl Strategy<Value = u32> {
+fn acl_id() -> impl Strategy<Value = u32> + Clone {
     use crate::entra::persistence::acl::UNMAPPED;
     prop_oneof![0u32..70_000, any::<u32>(), Just(UNMAPPED)]
 }
 
 /// Almost an ACL: mostly version 2, entries of the six tags or any, permissions up to 7 or
-/// any, in any order and number, and sometimes a cut last entry.
+/// any, in any order and number, or a valid ACL's entries shuffled, and sometimes a cut last
+/// entry.
 #[cfg(target_os = "linux")]
 fn near_acl() -> impl Strategy<Value = Vec<u8>> {
     use crate::entra::persistence::acl::{GROUP, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ};
@@ -1428,10 +1429,14 @@ fn near_acl() -> impl Strategy<Value = Vec<u8>> {
         1 => any::<u16>(),
     ];
     let perm = prop_oneof![4 => 0u16..8, 1 => any::<u16>()];
+    let entries = prop_oneof![
+        proptest::collection::vec((tag, perm, acl_id()), 0..10),
+        valid_acl().prop_shuffle(),
+    ];
     (
         prop_oneof![4 => Just(2u32), 1 => any::<u32>()],
-        proptest::collection::vec((tag, perm, acl_id()), 0..10),
-        proptest::collection::vec(any::<u8>(), 0..8),
+        entries,
+        prop_oneof![3 => Just(Vec::new()), 1 => proptest::collection::vec(any::<u8>(), 1..8)],
     )
         .prop_map(|(version, entries, tail)| {
             let mut bytes = acl_bytes(version, &entries);
@@ -1440,12 +1445,57 @@ fn near_acl() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// Whether `bytes` are an ACL the kernel takes (`posix_acl_valid`, but for the mapping of
+/// the named ids), told another way than the parser does: version 2, whole entries of the
+/// six tags, permissions up to 7, the tags' ranks never falling (the owner, named users, the
+/// owning group, named groups, the mask, others), one owner's, owning group's and others'
+/// entry, at most one mask, and a mask if any entry is named.
+#[cfg(target_os = "linux")]
+fn kernel_takes(bytes: &[u8]) -> bool {
+    use crate::entra::persistence::acl::{GROUP, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ};
+    const ORDER: [u16; 6] = [USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER];
+    if bytes.len() < 4 || bytes[..4] != 2u32.to_le_bytes() || (bytes.len() - 4) % 8 != 0 {
+        return false;
+    }
+    let entries: Vec<(u16, u16)> = bytes[4..]
+        .chunks(8)
+        .map(|e| {
+            (
+                u16::from_le_bytes([e[0], e[1]]),
+                u16::from_le_bytes([e[2], e[3]]),
+            )
+        })
+        .collect();
+    let ranks: Option<Vec<usize>> = entries
+        .iter()
+        .map(|&(tag, perm)| ORDER.iter().position(|&t| t == tag).filter(|_| perm <= 7))
+        .collect();
+    let Some(ranks) = ranks else {
+        return false;
+    };
+    let count = |tag| entries.iter().filter(|e| e.0 == tag).count();
+    ranks.windows(2).all(|w| w[0] <= w[1])
+        && [USER_OBJ, GROUP_OBJ, OTHER]
+            .iter()
+            .all(|&tag| count(tag) == 1)
+        && count(MASK) <= 1
+        && (count(USER) + count(GROUP) == 0 || count(MASK) == 1)
+}
+
 /// A valid ACL, in the kernel's order: the owner, named users, the owning group, named
 /// groups, a mask (always with named entries), others; and its entries.
 #[cfg(target_os = "linux")]
 fn valid_acl() -> impl Strategy<Value = Vec<(u16, u16, u32)>> {
+    valid_acl_naming(acl_id())
+}
+
+/// [`valid_acl`], its named entries' ids drawn from `id`.
+#[cfg(target_os = "linux")]
+fn valid_acl_naming(
+    id: impl Strategy<Value = u32> + Clone,
+) -> impl Strategy<Value = Vec<(u16, u16, u32)>> {
     use crate::entra::persistence::acl::{GROUP, GROUP_OBJ, MASK, OTHER, UNMAPPED, USER, USER_OBJ};
-    let named = || proptest::collection::vec((0u16..8, acl_id()), 0..4);
+    let named = || proptest::collection::vec((0u16..8, id.clone()), 0..4);
     (
         0u16..8,
         named(),
@@ -1472,22 +1522,26 @@ fn valid_acl() -> impl Strategy<Value = Vec<(u16, u16, u32)>> {
 proptest! {
     #![proptest_config(config())]
 
-    /// Any bytes, and bytes that are almost an ACL: no panic, and what parses is written back
-    /// byte for byte (the new file gets the ACL the old one had).
+    /// Any bytes, and bytes that are almost an ACL: no panic, what parses is what the kernel
+    /// takes (told apart by `kernel_takes`), and it is written back byte for byte (the new
+    /// file gets the ACL the old one had).
     #[test]
     fn acl_any_bytes_never_panic_and_what_parses_round_trips(
         bytes in prop_oneof![proptest::collection::vec(any::<u8>(), 0..64), near_acl()],
     ) {
         use crate::entra::persistence::acl::Acl;
-        if let Ok(acl) = Acl::parse(&bytes) {
+        let parsed = Acl::parse(&bytes);
+        prop_assert_eq!(parsed.is_ok(), kernel_takes(&bytes), "{:?}", parsed);
+        if let Ok(acl) = parsed {
             prop_assert_eq!(acl.to_bytes(), bytes);
             prop_assert!(acl.owning_group() <= 0o7);
         }
     }
 
     /// A valid ACL parses; what the owning group may do is its entry limited by the mask;
-    /// without the unmapped named entries and with the owning group emptied, it is still
-    /// one the kernel takes (it parses), and holds what it should.
+    /// without the unmapped named entries and with the owning group emptied, it still
+    /// parses, which the parser allows only to what the kernel takes (but for unmapped ids,
+    /// which are what is dropped), and holds what it should.
     #[test]
     fn acl_valid_ones_parse_and_trim_into_valid_ones(entries in valid_acl()) {
         use crate::entra::persistence::acl::{Acl, GROUP, GROUP_OBJ, MASK, UNMAPPED, USER};
@@ -1500,7 +1554,7 @@ proptest! {
         for &(_, _, id) in entries.iter().filter(|e| e.0 == USER) {
             // The kernel checks the first entry naming the user.
             let first = entries.iter().find(|e| e.0 == USER && e.2 == id).unwrap();
-            prop_assert_eq!(acl.named_user(id), first.1 & mask);
+            prop_assert_eq!(acl.named_user(id), Some(first.1 & mask));
         }
 
         let (trimmed, dropped) = acl.without_unmapped();
@@ -1520,5 +1574,39 @@ proptest! {
             .iter()
             .zip(acl.entries())
             .all(|(e, a)| e.tag == a.tag && e.id == a.id && (e.tag == GROUP_OBJ || e.perm == a.perm)));
+    }
+}
+
+#[cfg(target_os = "linux")]
+proptest! {
+    #![proptest_config(config())]
+
+    /// A member of a file's group that may take another member's file over (in a directory
+    /// setgid to that group) leaves the former owner a way back: the former owner, a member
+    /// of the group too, may take it back, whatever the ACL and the other groups either is
+    /// in. And the kernel lets the writer read and write the file.
+    #[test]
+    fn acl_a_takeover_leaves_the_former_owner_a_way_back(
+        entries in valid_acl_naming(0u32..5),
+        writer_groups in proptest::collection::vec(0u32..5, 0..3),
+        owner_groups in proptest::collection::vec(0u32..5, 0..3),
+    ) {
+        use crate::entra::persistence::acl::{AccessAcl, Acl};
+        // The named entries name these users and groups now and then.
+        const FILE_GID: u32 = 1;
+        const WRITER: u32 = 2;
+        const OWNER: u32 = 3;
+        let acl = Acl::parse(&acl_bytes(2, &entries)).expect("a valid ACL parses");
+        let writer_groups = [&[FILE_GID][..], &writer_groups].concat();
+        let owner_groups = [&[FILE_GID][..], &owner_groups].concat();
+        let writes = acl.permits(WRITER, FILE_GID, &writer_groups, 0o6);
+        let acl = AccessAcl::Present(acl);
+        // The mode's group bits are the mask, which does not decide.
+        for mode in [0o600, 0o660] {
+            if acl.shares_read_write(mode, FILE_GID, Some(OWNER), WRITER, &writer_groups) {
+                prop_assert!(writes);
+                prop_assert!(acl.shares_read_write(mode, FILE_GID, Some(WRITER), OWNER, &owner_groups));
+            }
+        }
     }
 }

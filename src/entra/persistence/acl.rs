@@ -14,6 +14,9 @@
 //!   before its mode is set: the mode's group bits would become that ACL's mask and let in
 //!   the users and groups it names, who had no access to the old file. A file that had no
 //!   ACL is replaced by one that is exactly its mode, and a new file is 0600 with no ACL.
+//!   If it cannot be removed, the write fails, the error naming `setfacl -k` on the
+//!   directory, which removes its default ACL ([`remove_inherited`]): the one way the new
+//!   file's ACL fails a write (the file's own ACL may also refuse a takeover: see below).
 //! * gets the old mode with, as group bits, what the owning group had: its entry limited by
 //!   the mask ([`AccessAcl::mode`]). That is the whole of its permissions should the ACL
 //!   not be set.
@@ -32,13 +35,13 @@
 //!
 //!   An ACL that names nobody then is not set (the mode says the same). If setting it fails,
 //!   a warning says so and the new file keeps the mode above: nobody gets more than the old
-//!   file gave them, and those the ACL names lose their access. The write never fails for
-//!   the ACL, only for an inherited ACL that cannot be removed.
+//!   file gave them, and those the ACL names lose their access; the write goes on.
 //!
 //! The ACL also decides whether another user's file in a directory setgid to the file's
 //! group is shared by that group, which lets a member of it take the file over
 //! ([`AccessAcl::shares_read_write`]): the mode's group bits are the mask, not what the group
-//! may do.
+//! may do, and a user the ACL names is judged by that entry, not by the group. An ACL that
+//! could not be read or understood shares the file with nobody.
 //!
 //! Only the access ACL is read and written: a file has no default ACL. Elsewhere than on
 //! Linux no ACL is read or kept (an [`AccessAcl`] is always [`AccessAcl::Absent`]).
@@ -49,12 +52,18 @@
 //! named groups, the mask and others, in that order: its tag (16 bits: [`USER_OBJ`],
 //! [`USER`], [`GROUP_OBJ`], [`GROUP`], [`MASK`], [`OTHER`]), its permissions (16 bits: read 4,
 //! write 2, execute 1) and its id (32 bits: the uid or gid of a named entry, `u32::MAX` for
-//! the others), all little-endian. Named entries are the kernel's order; this module keeps
-//! the entries in the order it read them.
+//! the others), all little-endian. The kernel refuses to set entries in another order, or
+//! named entries without a mask, and [`Acl::parse`] refuses to read them. It does not sort
+//! the named entries by id, nor refuse two naming the same id (`setfacl` sorts and merges
+//! them; a write of the attribute itself need not), and checks the first entry naming a
+//! user: this module keeps the entries in the order it read them.
 
 use std::fs::File;
 use std::io;
 use std::path::Path;
+
+#[cfg(target_os = "linux")]
+use super::atomic_write::shell_word;
 
 /// The replaced file's POSIX access ACL, as far as its replacement needs to know it.
 #[derive(Debug)]
@@ -65,10 +74,10 @@ pub(crate) enum AccessAcl {
     /// The ACL, as the kernel gave it.
     #[cfg(target_os = "linux")]
     Present(Acl),
-    /// One that could not be read, or not understood (a warning said so): the new file gets
-    /// no group permission bits, and the file's group is not taken to share it.
+    /// One that could not be read, or not understood (a warning said so), and why: the new
+    /// file gets no group permission bits, and the file's group is not taken to share it.
     #[cfg(target_os = "linux")]
-    Unknown,
+    Unknown(String),
 }
 
 /// The permission bits a group or user needs to share the file: read and write.
@@ -90,31 +99,23 @@ impl AccessAcl {
             ACCESS_ACL,
             rustix::buffer::spare_capacity(&mut value),
         );
-        match read {
+        let why = match read {
             Ok(_) => match Acl::parse(&value) {
-                Ok(acl) => Self::Present(acl),
+                Ok(acl) => return Self::Present(acl),
                 Err(why) => {
-                    tracing::warn!(
-                        path = %target.display(),
-                        "the token cache file's ACL is not in the kernel's format as this \
-                         crate reads it ({why}): the new file gets no group permission and \
-                         not the ACL"
-                    );
-                    Self::Unknown
+                    format!("it is not in the kernel's format as this crate reads it: {why}")
                 }
             },
             // No ACL, or a file system (or kernel) without them.
-            Err(Errno::NODATA | Errno::NOTSUP | Errno::NOSYS) => Self::Absent,
-            Err(error) => {
-                tracing::warn!(
-                    path = %target.display(),
-                    %error,
-                    "could not read the token cache file's ACL: the new file gets no group \
-                     permission and no ACL"
-                );
-                Self::Unknown
-            }
-        }
+            Err(Errno::NODATA | Errno::NOTSUP | Errno::NOSYS) => return Self::Absent,
+            Err(error) => format!("reading it failed: {error}"),
+        };
+        tracing::warn!(
+            path = %target.display(),
+            "could not read or understand the token cache file's ACL ({why}): the new file \
+             gets no group permission and no ACL"
+        );
+        Self::Unknown(why)
     }
 
     /// Elsewhere no ACL is read.
@@ -134,37 +135,86 @@ impl AccessAcl {
             #[cfg(target_os = "linux")]
             Self::Present(acl) => (mode & 0o707) | (u32::from(acl.owning_group()) << 3),
             #[cfg(target_os = "linux")]
-            Self::Unknown => mode & 0o707,
+            Self::Unknown(_) => mode & 0o707,
         }
     }
 
-    /// Whether a file with permission bits `mode` and this ACL gives read and write access to
-    /// its group, or to its owner `owner` by a named entry, were the owner not to own it any
-    /// more (`None`: an owner this process cannot name). Without an ACL, the mode's group bits
-    /// decide; with one, the owning group's entry limited by the mask, or the owner's named
-    /// entry limited by the mask: the mode's group bits are the mask, which may give the
-    /// group more than its entry does.
+    /// Whether a file with permission bits `mode` and this ACL, of the group `file_gid`, is
+    /// shared by the user `writer` (not its owner, a member of the groups `groups`, the file's
+    /// among them) and its owner `owner` (`None`: one this process cannot name), so that
+    /// `writer` may take it over and `owner` take it back the same way.
+    ///
+    /// Without an ACL, the mode's group bits decide. With one (the mode's group bits are then
+    /// the mask, which may give the group more than its entry does), the kernel must let
+    /// `writer` read and write the file, and each of the two must read and write it by what
+    /// the other's write will check: its named entry if it has one (which the kernel checks
+    /// before any group, so that a user the ACL lets read alone is not let in by the group),
+    /// else the owning group's entry, limited by the mask. Taking over a file that names its
+    /// owner but not the writer would lock the owner out: the file would then be the
+    /// writer's, whom the owner's next write may not name. The named entry of an owner this
+    /// process cannot name is dropped from the new file (see [`Acl::without_unmapped`]): the
+    /// owning group's entry is its way back.
     #[cfg(unix)]
-    pub(crate) fn shares_read_write(&self, mode: u32, owner: Option<u32>) -> bool {
+    pub(crate) fn shares_read_write(
+        &self,
+        mode: u32,
+        file_gid: u32,
+        owner: Option<u32>,
+        writer: u32,
+        groups: &[u32],
+    ) -> bool {
         #[cfg(not(target_os = "linux"))]
-        let _ = owner;
+        let _ = (file_gid, owner, writer, groups);
         match self {
             Self::Absent => mode & 0o060 == 0o060,
             #[cfg(target_os = "linux")]
             Self::Present(acl) => {
-                acl.owning_group() & RW == RW
-                    || owner.is_some_and(|uid| acl.named_user(uid) & RW == RW)
+                let by_name_or_group = |uid: Option<u32>| {
+                    uid.and_then(|uid| acl.named_user(uid))
+                        .unwrap_or_else(|| acl.owning_group())
+                };
+                acl.permits(writer, file_gid, groups, RW)
+                    && by_name_or_group(Some(writer)) & RW == RW
+                    && by_name_or_group(owner) & RW == RW
             }
             #[cfg(target_os = "linux")]
-            Self::Unknown => false,
+            Self::Unknown(_) => false,
         }
     }
 
-    /// Whether the file has an ACL (known or not): `chmod g+rw` would then set its mask,
-    /// not the group's entry.
+    /// The `setfacl -m` entries that would let the group share the file, as
+    /// [`AccessAcl::shares_read_write`] asks, for the owner `owner` and the user `writer`
+    /// (the group's and the mask's, and the named entries of those two that do not give read
+    /// and write); `None` for a file without an ACL (`chmod g+rw` does it) or one not known.
     #[cfg(unix)]
-    pub(crate) fn is_present(&self) -> bool {
-        !matches!(self, Self::Absent)
+    pub(crate) fn sharing_entries(&self, owner: Option<u32>, writer: u32) -> Option<String> {
+        #[cfg(not(target_os = "linux"))]
+        let _ = (owner, writer);
+        match self {
+            Self::Absent => None,
+            #[cfg(target_os = "linux")]
+            Self::Present(acl) => {
+                let mut entries = String::from("g::rw,m::rw");
+                for uid in owner.into_iter().chain([writer]) {
+                    if acl.named_user(uid).is_some_and(|perm| perm & RW != RW) {
+                        entries.push_str(&format!(",u:{uid}:rw"));
+                    }
+                }
+                Some(entries)
+            }
+            #[cfg(target_os = "linux")]
+            Self::Unknown(_) => None,
+        }
+    }
+
+    /// Why the ACL is not known, for one that could not be read or understood.
+    #[cfg(unix)]
+    pub(crate) fn unknown(&self) -> Option<&str> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Self::Unknown(why) => Some(why),
+            _ => None,
+        }
     }
 
     /// Gives the new file `file` of the file `target` this ACL (after its mode: see the
@@ -216,34 +266,64 @@ impl AccessAcl {
     pub(crate) fn apply(&self, _file: &File, _target: &Path, _withheld: u32) {}
 }
 
-/// Removes the access ACL the new file `file` may have inherited from its directory's default
-/// ACL (Linux), before its mode is set: see the module docs. A file system without ACLs has
-/// none to remove.
+/// Removes the access ACL the new file `file` may have inherited from the default ACL of its
+/// directory `dir` (Linux), before its mode is set: see the module docs. The ACL is asked for
+/// first: some file systems (9p, FUSE) refuse a removal (`EPERM`, `EACCES`, `EIO`) before
+/// looking for the attribute, which would fail every write there though nothing was
+/// inherited. A file system without ACLs has none. Fails only if there is one, or whether
+/// there is one cannot be told, and the removal fails: the write then fails, the error
+/// naming `setfacl -k` on the directory.
 #[cfg(target_os = "linux")]
-pub(crate) fn remove_inherited(file: &File) -> io::Result<()> {
+pub(crate) fn remove_inherited(file: &File, dir: &Path) -> io::Result<()> {
     use rustix::io::Errno;
-    match rustix::fs::fremovexattr(file, ACCESS_ACL) {
-        Ok(()) | Err(Errno::NODATA | Errno::NOTSUP | Errno::NOSYS) => Ok(()),
-        Err(error) => Err(io::Error::new(
-            io::Error::from(error).kind(),
-            format!(
-                "could not remove the ACL it inherited from its directory's default ACL, \
-                 which would let in users the token cache did not ({error}): remove the \
-                 directory's default ACL (setfacl -k on it)"
-            ),
-        )),
+    /// No ACL, or a file system (or kernel) without them.
+    fn none(error: Errno) -> bool {
+        matches!(error, Errno::NODATA | Errno::NOTSUP | Errno::NOSYS)
     }
+    // A buffer of no length asks for the value's size alone.
+    let asked = match rustix::fs::fgetxattr(file, ACCESS_ACL, &mut [0u8; 0][..]) {
+        Ok(_) => None,
+        Err(error) if none(error) => return Ok(()),
+        Err(error) => Some(error),
+    };
+    let error = match rustix::fs::fremovexattr(file, ACCESS_ACL) {
+        Ok(()) => return Ok(()),
+        Err(error) if none(error) => return Ok(()),
+        Err(error) => error,
+    };
+    let what = match asked {
+        None => format!(
+            "could not remove the ACL it inherited from its directory's default ACL ({error})"
+        ),
+        Some(asked) => format!(
+            "could not tell whether it inherited an ACL from its directory's default ACL \
+             ({asked}), nor remove one ({error})"
+        ),
+    };
+    Err(io::Error::new(
+        io::Error::from(error).kind(),
+        format!(
+            "{what}, which would let in users the token cache did not: remove the directory's \
+             default ACL (setfacl -k {})",
+            shell_word(dir)
+        ),
+    ))
 }
 
 /// Elsewhere no ACL is inherited.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn remove_inherited(_file: &File) -> io::Result<()> {
+pub(crate) fn remove_inherited(_file: &File, _dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
 /// The extended attribute holding a file's POSIX access ACL.
 #[cfg(target_os = "linux")]
 const ACCESS_ACL: &str = "system.posix_acl_access";
+
+/// Why [`Acl::parse`] refuses entries the kernel would.
+#[cfg(target_os = "linux")]
+const OUT_OF_ORDER: &str = "entries not in the kernel's order (the owner, named users, the owning \
+                            group, named groups, the mask, others)";
 
 /// The version in the header of the kernel's format.
 #[cfg(target_os = "linux")]
@@ -288,8 +368,9 @@ pub(crate) struct Entry {
 
 /// A POSIX access ACL in the kernel's format, its entries in the kernel's order.
 ///
-/// One that [`Acl::parse`] returns has one owner's, owning group's and others' entry each, at
-/// most one mask, a mask if it has named entries, and permissions of 7 at most.
+/// One that [`Acl::parse`] returns is one the kernel takes, but for ids it does not map: one
+/// owner's, owning group's and others' entry each and at most one mask, in the kernel's
+/// order, a mask if it has named entries, and permissions of 7 at most.
 #[cfg(target_os = "linux")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Acl {
@@ -328,18 +409,40 @@ impl Acl {
             }
             entries.push(entry);
         }
-        let count = |tag| entries.iter().filter(|entry| entry.tag == tag).count();
-        if [USER_OBJ, GROUP_OBJ, OTHER]
-            .iter()
-            .any(|&tag| count(tag) != 1)
-        {
+        // The kernel's check (`posix_acl_valid`), but for the one that named ids are mapped:
+        // it shows an unmapped id as `u32::MAX` (see `without_unmapped`). `state` is the
+        // entries that may come next: the owner's; named users' or the owning group's; named
+        // groups', the mask or others'; others'; none (`DONE`).
+        const DONE: u16 = 0;
+        let mut state = USER_OBJ;
+        let mut named = false;
+        for entry in &entries {
+            state = match (entry.tag, state) {
+                (USER_OBJ, USER_OBJ) => USER,
+                (USER, USER) | (GROUP, GROUP) => {
+                    named = true;
+                    state
+                }
+                (GROUP_OBJ, USER) => GROUP,
+                (MASK, GROUP) => OTHER,
+                (OTHER, OTHER) => DONE,
+                (OTHER, GROUP) if !named => DONE,
+                (OTHER, GROUP) => return Err("named entries without a mask"),
+                (MASK, OTHER) => return Err("more than one mask"),
+                _ => return Err(OUT_OF_ORDER),
+            };
+        }
+        if state != DONE {
             return Err("not one entry each for the owner, the owning group and others");
         }
-        match count(MASK) {
-            0 if count(USER) > 0 || count(GROUP) > 0 => Err("named entries without a mask"),
-            0 | 1 => Ok(Self { entries }),
-            _ => Err("more than one mask"),
-        }
+        Ok(Self { entries })
+    }
+
+    /// An ACL of `entries` as they are, which [`Acl::parse`] may refuse: for the tests of
+    /// what the kernel refuses.
+    #[cfg(test)]
+    pub(crate) fn from_entries(entries: Vec<Entry>) -> Self {
+        Self { entries }
     }
 
     /// The ACL in the kernel's format: for an ACL [`Acl::parse`] returned, the bytes it read.
@@ -379,13 +482,45 @@ impl Acl {
     }
 
     /// What the user `uid` may do by a named entry (the first, as the kernel checks them),
-    /// limited by the mask: nothing without one.
-    pub(crate) fn named_user(&self, uid: u32) -> u16 {
+    /// limited by the mask: `None` without one.
+    pub(crate) fn named_user(&self, uid: u32) -> Option<u16> {
         let named = self
             .entries
             .iter()
             .find(|entry| entry.tag == USER && entry.id == uid);
-        named.map_or(0, |entry| self.masked(entry.perm))
+        named.map(|entry| self.masked(entry.perm))
+    }
+
+    /// Whether the kernel lets the user `uid`, who does not own the file, in the groups
+    /// `groups` (its effective group and supplementary ones), do `want` (read 4, write 2) to
+    /// a file of the group `file_gid` with this ACL, as `posix_acl_permission` decides: by the
+    /// first entry naming the user, if there is one; else by the owning group's entry and
+    /// those naming its groups, if it is in any of them: allowed if one of them holds `want`,
+    /// within the mask, refused otherwise; else by the others' entry. Each within the mask,
+    /// but others'.
+    pub(crate) fn permits(&self, uid: u32, file_gid: u32, groups: &[u32], want: u16) -> bool {
+        let mut in_a_group = false;
+        for entry in &self.entries {
+            match entry.tag {
+                USER if entry.id == uid => return self.masked(entry.perm) & want == want,
+                GROUP_OBJ | GROUP => {
+                    let gid = if entry.tag == GROUP_OBJ {
+                        file_gid
+                    } else {
+                        entry.id
+                    };
+                    if groups.contains(&gid) {
+                        in_a_group = true;
+                        if entry.perm & want == want {
+                            return self.masked(entry.perm) & want == want;
+                        }
+                    }
+                }
+                OTHER => return !in_a_group && entry.perm & want == want,
+                _ => {}
+            }
+        }
+        false
     }
 
     /// Whether it names a user or a group.

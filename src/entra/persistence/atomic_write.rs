@@ -163,10 +163,15 @@ fn refuse_to_replace(_target: &Path, _replaced: &fs::Metadata) -> Result<(), Per
 /// keeps the group it was created with and loses the group permission bits (and its ACL's
 /// owning-group permissions), and another user's file in a directory setgid to the file's
 /// group, which may read and write it (by its ACL if it has one), becomes this process's
-/// user's, its mode and ACL kept; its former owner keeps access only as a member of that
-/// group, or by a named entry of the ACL (see [`give_owner`]). Any other file of another
-/// user, one without its owner's write bit, or one with other hard links is left as it is,
-/// and the write fails saying so.
+/// user's, its mode and ACL kept; its former owner keeps access as a member of that group,
+/// or by a named entry of the ACL that names this process's user too, so that either may
+/// take the file back (see [`give_owner`]). Any other file of another user, one whose ACL
+/// could not be read or understood, one without its owner's write bit, or one with other
+/// hard links is left as it is, and the write fails saying so. The ACL fails a write in one
+/// more case: the new file inherited an ACL from its directory's default ACL and it could
+/// not be removed (`setfacl -k` on the directory removes the default ACL; see
+/// [`acl::remove_inherited`]). An ACL that cannot be set on the new file does not: a warning
+/// says so, and the new file has the mode alone (see [`acl`]).
 pub(super) fn write_document(path: &Path, bytes: &[u8]) -> Result<Stamp, PersistenceError> {
     let target = write_target(path)?;
     let replaced = replaced_file(&target);
@@ -301,13 +306,15 @@ pub(super) fn install(temp: TempPath, target: &Path) -> Result<Stamp, Persistenc
 ///   permission (nor its ACL's owning-group entry), so that no group gains access the file
 ///   did not give it (the returned bits);
 /// * the file is another user's, in a directory setgid to the file's group, which the new
-///   file was created with, which may read and write the file (decided by its ACL `acl` if
-///   it has one: the owning group's entry limited by the mask, or the owner's named entry,
-///   not the mode's group bits, which are the mask), and which this process is in
-///   (its effective group or a supplementary one; a setgid directory gives its group to
-///   anyone's new file there): the group's members share
-///   the cache, so the new file is this process's user's, with the same mode and ACL, and its
-///   former owner keeps access only as a member of the group or by its named entry. The
+///   file was created with, which this process is in (its effective group or a
+///   supplementary one; a setgid directory gives its group to anyone's new file there), and
+///   which may read and write the file: decided by the mode's group bits without an ACL, by
+///   the ACL `acl` with one ([`AccessAcl::shares_read_write`]: the kernel must let this
+///   process read and write it, and both users must by their named entries, or the owning
+///   group's entry for one the ACL does not name, within the mask; not by the mode's group
+///   bits, which are the mask). The group's members share the cache, so the new file is
+///   this process's user's, with the same mode and ACL, and its former owner keeps access
+///   as a member of the group or by its named entry, which lets it take the file back. The
 ///   setgid bit gives every member's new file that group, so each may update the file in
 ///   turn. Without it the new file has
 ///   its writer's primary group on Linux (unless the file system is mounted `grpid`; BSD and
@@ -316,8 +323,9 @@ pub(super) fn install(temp: TempPath, target: &Path) -> Result<Stamp, Persistenc
 ///   pass to that member, then be refused to its former owner, whose new file has another
 ///   group: it locks the former owner out of their own cache.
 /// * otherwise it is refused, naming both owners and what to do (for a file with an ACL,
-///   `setfacl` rather than `chmod` to let the group write it): taking the file over would
-///   lock its owner out of their tokens.
+///   `setfacl` rather than `chmod` to let the group write it, and to give the two users'
+///   named entries read and write; for one whose ACL could not be read or understood, why):
+///   taking the file over would lock its owner out of their tokens.
 #[cfg(unix)]
 fn give_owner(
     file: &File,
@@ -374,19 +382,20 @@ pub(super) fn give_owner_unless_unmapped(
         return Ok(GROUP_ALL);
     }
     let mode = replaced.permissions().mode();
-    // A member of the group: a setgid directory gives its group to anyone's new file there.
-    let member = || {
-        rustix::process::getegid().as_raw() == owner.1
-            || rustix::process::getgroups()
-                .is_ok_and(|groups| groups.iter().any(|group| group.as_raw() == owner.1))
-    };
+    // The groups this process is in, as the kernel checks them: a setgid directory gives its
+    // group to anyone's new file there, so any of them may share a file.
+    let groups: Vec<u32> = std::iter::once(rustix::process::getegid())
+        .chain(rustix::process::getgroups().unwrap_or_default())
+        .map(|group| group.as_raw())
+        .collect();
     // An owner this process cannot name has no named entry it could find.
+    let owner_uid = (!unmapped.0).then_some(owner.0);
     let shared = !unmapped.1
         && owner.1 == ours.1
-        && acl.shares_read_write(mode, (!unmapped.0).then_some(owner.0))
         && fs::metadata(parent_dir(target))
             .is_ok_and(|dir| dir.mode() & SETGID != 0 && dir.gid() == owner.1)
-        && member();
+        && groups.contains(&owner.1)
+        && acl.shares_read_write(mode, owner.1, owner_uid, ours.0, &groups);
     if shared {
         return Ok(0);
     }
@@ -401,27 +410,35 @@ pub(super) fn give_owner_unless_unmapped(
         format!("uid {}", owner.0)
     };
     let file_arg = shell_word(target);
-    // With an ACL, `chmod g+rw` sets the mask, not what the group may do.
-    let share_file = if acl.is_present() {
+    // An ACL not known shares the file with nobody: no command would tell it otherwise.
+    let share = if let Some(unknown) = acl.unknown() {
         format!(
-            "setfacl -m g::rw,m::rw {file_arg}: it has an ACL, whose mask `chmod g+rw` would \
-             set rather than the group's own entry"
+            "update the token cache as {owner_is}: whether a group shares the file is decided \
+             by its POSIX ACL, which could not be read or understood ({unknown})"
         )
     } else {
-        format!("chmod g+rw {file_arg}")
+        // With an ACL, `chmod g+rw` sets the mask, not what the group may do, and a user it
+        // names is judged by that entry.
+        let share_file = match acl.sharing_entries(owner_uid, ours.0) {
+            Some(entries) => format!(
+                "setfacl -m {entries} {file_arg}: it has an ACL, whose mask `chmod g+rw` would \
+                 set rather than the group's own entry"
+            ),
+            None => format!("chmod g+rw {file_arg}"),
+        };
+        format!(
+            "update the token cache as {owner_is}, or share it through a group: make its \
+             directory setgid to a group both users are in, which may write to it (chgrp \
+             <group> {dir}; chmod g+rwxs {dir}), and the file that group's, which may read and \
+             write it (chgrp <group> {file_arg}; {share_file})",
+            dir = shell_word(parent_dir(target)),
+        )
     };
     let why = format!(
         "it belongs to uid {} gid {}{unnamed}, and this process (uid {} gid {}) may not give \
          the new file that owner, so it was left as it is rather than taken from its owner: \
-         update the token cache as {owner_is}, or share it through a group: make its \
-         directory setgid to a group both users are in, which may write to it (chgrp <group> \
-         {dir}; chmod g+rwxs {dir}), and the file that group's, which may read and write it \
-         (chgrp <group> {file_arg}; {share_file})",
-        owner.0,
-        owner.1,
-        ours.0,
-        ours.1,
-        dir = shell_word(parent_dir(target)),
+         {share}",
+        owner.0, owner.1, ours.0, ours.1,
     );
     Err(PersistenceError::io(REPLACE, target, io::Error::other(why)))
 }
@@ -496,10 +513,12 @@ fn give_owner(
     Ok(0)
 }
 
-/// Gives the new temporary file of `target` the replaced file's permission bits but
-/// `withheld` (0600 for a new file), then its access ACL `acl` (Linux; see
-/// [`AccessAcl::apply`]), writes `bytes` to it and flushes it to disk.
-fn fill(
+/// Removes from the new temporary file `file` of `target` the ACL it inherited from its
+/// directory, if any (failing if it cannot: see [`acl::remove_inherited`]), gives it the
+/// replaced file's permission bits but `withheld` (0600 for a new file), then its access ACL
+/// `acl` (Linux; never failing, see [`AccessAcl::apply`]), writes `bytes` to it and flushes
+/// it to disk.
+pub(super) fn fill(
     mut file: &File,
     target: &Path,
     replaced: Option<&fs::Metadata>,
@@ -509,7 +528,7 @@ fn fill(
 ) -> io::Result<()> {
     // Before the mode: an ACL inherited from the directory's default ACL would take the
     // mode's group bits as its mask, and let in the users it names.
-    acl::remove_inherited(file)?;
+    acl::remove_inherited(file, parent_dir(target))?;
     // Set explicitly, after the owner (a change of owner may clear bits): the creation mode
     // is subject to the umask, and an existing file's mode is kept (it is never widened: it is
     // the mode the file already had, or less). With an ACL the group bits are what the owning

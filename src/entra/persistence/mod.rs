@@ -51,17 +51,20 @@
 //!   namespace does not map (the kernel refuses them) and, when the replacement cannot have
 //!   the old group, the owning group's permissions; if the ACL cannot be set, the
 //!   replacement has the mode with what the owning group had as group bits. An ACL the
-//!   replacement inherited from its directory's default ACL is removed first: a file without
-//!   an ACL, a new one included, is replaced by one without (see [`acl`]). Where this process
+//!   replacement inherited from its directory's default ACL is removed first (the write
+//!   fails if it cannot be): a file without an ACL, a new one included, is replaced by one
+//!   without (see [`acl`]). Where this process
 //!   may not give the replacement that owner and group: for a file of this process's user,
 //!   the replacement keeps the group it was created with (this process's, or a setgid
 //!   directory's) and gets none of the group permission bits; another user's file is replaced
 //!   (becoming this process's user's, its mode and ACL kept) only when its directory is setgid
 //!   to the file's group (every member's replacement then has that group, so each may update
 //!   it in turn) and that group may read and write it, a cache its members share (with an
-//!   ACL: the group's entry limited by the mask, or a named entry of the former owner, gives
-//!   read and write); its former owner keeps access only as a member of the group or by that
-//!   entry. In a user namespace that does not map every id (a rootless container), an owner
+//!   ACL: the kernel lets the writer read and write it, and the writer and the former owner
+//!   each read and write it by their named entries, or the group's entry for one not named,
+//!   within the mask; an ACL not read or understood shares it with nobody); its former owner
+//!   keeps access as a member of the group or by its named entry, and may take it back the
+//!   same way. In a user namespace that does not map every id (a rootless container), an owner
 //!   or group shown as the overflow id (65534) is taken for one this process cannot name,
 //!   never given (unless the owner is the one that may open the file
 //!   with `O_NOATIME`, or the group is the process's own): the file is treated as one whose

@@ -86,9 +86,10 @@ fn acl_of(path: &Path) -> Option<Vec<Entry>> {
     Some(entries)
 }
 
-/// [`refusal`] for a file with an ACL: its hint for the file's group is `setfacl`'s, which
-/// sets the group's own entry, where `chmod g+rw` would set the mask.
-fn refusal_with_acl(path: &Path, owner: (u32, u32), ours: (u32, u32)) -> String {
+/// [`refusal`] for a file with an ACL: its hint for the file is `setfacl -m` with `entries`
+/// (`g::rw,m::rw`, and the two users' named entries that lack read or write), which sets the
+/// group's own entry, where `chmod g+rw` would set the mask.
+fn refusal_with_acl(path: &Path, owner: (u32, u32), ours: (u32, u32), entries: &str) -> String {
     let file = path.display();
     let chmod = format!("chmod g+rw '{file}')");
     let text = refusal(path, owner, ours);
@@ -96,7 +97,7 @@ fn refusal_with_acl(path: &Path, owner: (u32, u32), ours: (u32, u32)) -> String 
     text.replace(
         &chmod,
         &format!(
-            "setfacl -m g::rw,m::rw '{file}': it has an ACL, whose mask `chmod g+rw` would set \
+            "setfacl -m {entries} '{file}': it has an ACL, whose mask `chmod g+rw` would set \
              rather than the group's own entry)"
         ),
     )
@@ -303,7 +304,12 @@ fn a_group_shares_a_file_with_an_acl_only_if_the_acl_lets_it_read_and_write() {
     assert_eq!(mode(&path), 0o660);
     let stdout = write_as(WRITER, WRITER, &[SHARED], &path);
     assert!(
-        stdout.contains(&refusal_with_acl(&path, file_owner, (WRITER, SHARED))),
+        stdout.contains(&refusal_with_acl(
+            &path,
+            file_owner,
+            (WRITER, SHARED),
+            "g::rw,m::rw"
+        )),
         "{stdout}"
     );
     assert_eq!(fs::read_to_string(&path).unwrap(), content);
@@ -356,13 +362,279 @@ fn a_group_shares_a_file_with_an_acl_only_if_the_acl_lets_it_read_and_write() {
     assert_eq!(acl_of(&path).as_deref(), Some(&named[..]));
 }
 
+/// A takeover leaves its former owner a way back, and lets in no user the ACL lets read
+/// alone, the kernel checking a user's named entry before any group's. A member of the
+/// file's group is refused a file (in a directory setgid to that group):
+/// * shared by an entry naming its owner, not the writer, the group let read: the file would
+///   become the writer's, whom the owner's next write would not find in the ACL, and so be
+///   refused for good;
+/// * whose ACL lets the writer read alone by name, the group read and write;
+/// * whose ACL lets its owner read alone by name, the group read and write: once the file is
+///   the writer's, the kernel judges the former owner by that entry.
+///
+/// The refusal's `setfacl` gives the group, and the two users named with less, read and
+/// write; so set, the file is taken over and back. Before, all three were taken over: the
+/// first and last locking the owner out, the second letting in a user it let read alone.
+#[test]
+fn a_takeover_neither_locks_the_owner_out_nor_lets_in_a_user_the_acl_lets_read_alone() {
+    require_root();
+    let content = r#"{"AccessToken": {"old": {}}}"#;
+    let file_owner = (OTHER_OWNER.0, SHARED);
+    let acl = |named: Entry, group: u16| {
+        [
+            owner_entry(6),
+            named,
+            group_entry(group),
+            mask_entry(6),
+            other_entry(0),
+        ]
+    };
+    let them = OTHER_OWNER.0;
+    for (refused, entries, shared) in [
+        (
+            acl((USER, 6, them), 4),
+            "g::rw,m::rw".to_owned(),
+            acl((USER, 6, them), 6),
+        ),
+        (
+            acl((USER, 4, WRITER), 6),
+            format!("g::rw,m::rw,u:{WRITER}:rw"),
+            acl((USER, 6, WRITER), 6),
+        ),
+        (
+            acl((USER, 4, them), 6),
+            format!("g::rw,m::rw,u:{them}:rw"),
+            acl((USER, 6, them), 6),
+        ),
+    ] {
+        let top = tempfile::tempdir().unwrap();
+        let (dir, path) =
+            home_with_cache(top.path(), (0, SHARED), 0o2770, file_owner, 0o660, content);
+        set_acl(&path, ACCESS_ACL, &refused);
+        let stdout = write_as(WRITER, WRITER, &[SHARED], &path);
+        let expected = refusal_with_acl(&path, file_owner, (WRITER, SHARED), &entries);
+        assert!(stdout.contains(&expected), "{refused:?}: {stdout}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), content);
+        assert_eq!(owner(&path), file_owner);
+        assert_eq!(acl_of(&path).as_deref(), Some(&refused[..]));
+        assert_eq!(names_in(&dir), ["cache.json"]);
+
+        // As the refusal says.
+        set_acl(&path, ACCESS_ACL, &shared);
+        let stdout = write_as(WRITER, WRITER, &[SHARED], &path);
+        assert!(stdout.contains("written\n"), "{shared:?}: {stdout}");
+        assert_eq!(owner(&path), (WRITER, SHARED));
+        fs::write(&path, content).unwrap();
+        let stdout = write_as(file_owner.0, file_owner.0, &[SHARED], &path);
+        assert!(stdout.contains("written\n"), "{shared:?}: {stdout}");
+        assert_eq!(owner(&path), file_owner);
+        assert_eq!(acl_of(&path).as_deref(), Some(&shared[..]));
+    }
+}
+
+/// An ACL that could not be read or understood shares the file with nobody, and the refusal
+/// says so and why, rather than give a `setfacl` command that may not be the matter. The
+/// kernel gives ext4's ACLs whole and in its format, so the ACL not known is made here, for
+/// a file shared in every other way (without an ACL, it is taken over). Before, the refusal
+/// asked for `setfacl -m g::rw,m::rw`, whatever the ACL was.
+#[test]
+fn a_file_whose_acl_is_not_known_is_not_taken_over_and_the_refusal_says_why() {
+    use super::super::acl::AccessAcl;
+    use super::super::atomic_write::{create_new_private, give_owner_unless_unmapped};
+    require_root();
+    let top = tempfile::tempdir().unwrap();
+    // Root's group is the file's and its setgid directory's. Root may give any owner, but
+    // not one it takes for one outside its user namespace (as a rootless container's root).
+    let (dir, path) = home_with_cache(top.path(), (0, 0), 0o2770, (OTHER_OWNER.0, 0), 0o660, "{}");
+    let replaced = fs::metadata(&path).unwrap();
+    let temp = |name: &str| create_new_private(&dir.join(name)).unwrap();
+    let why = "reading it failed: Input/output error (os error 5)";
+    let unknown = AccessAcl::Unknown(why.to_owned());
+    let err =
+        give_owner_unless_unmapped(&temp("unknown"), &path, &replaced, &unknown, (true, false))
+            .unwrap_err()
+            .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "could not replace the token cache {}: it belongs to uid {} gid 0 (an overflow id, \
+             which stands for any id this user namespace does not map), and this process (uid \
+             0 gid 0) may not give the new file that owner, so it was left as it is rather \
+             than taken from its owner: update the token cache as its owner, outside this user \
+             namespace: whether a group shares the file is decided by its POSIX ACL, which \
+             could not be read or understood ({why})",
+            path.display(),
+            OTHER_OWNER.0,
+        )
+    );
+    let absent = AccessAcl::Absent;
+    let given =
+        give_owner_unless_unmapped(&temp("absent"), &path, &replaced, &absent, (true, false));
+    assert_eq!(given.unwrap(), 0, "shared without an ACL");
+}
+
+/// The immutable flag of a file (`chattr +i`), set until dropped, so that the test's
+/// directory can be removed whatever happens.
+struct Immutable<'a>(&'a fs::File);
+
+impl<'a> Immutable<'a> {
+    fn set(file: &'a fs::File) -> Self {
+        use rustix::fs::{IFlags, ioctl_getflags, ioctl_setflags};
+        ioctl_getflags(file)
+            .and_then(|flags| ioctl_setflags(file, flags | IFlags::IMMUTABLE))
+            .unwrap_or_else(|e| {
+                panic!("chattr +i: {e}: the test needs CAP_LINUX_IMMUTABLE, and ext4 or xfs")
+            });
+        Self(file)
+    }
+}
+
+impl Drop for Immutable<'_> {
+    fn drop(&mut self) {
+        use rustix::fs::{IFlags, ioctl_getflags, ioctl_setflags};
+        if let Ok(flags) = ioctl_getflags(self.0) {
+            let _ = ioctl_setflags(self.0, flags - IFlags::IMMUTABLE);
+        }
+    }
+}
+
+/// The ACL a new file may inherit is asked for before it is removed: some file systems (9p,
+/// FUSE) refuse a removal before they look for the attribute, which failed every write on
+/// them. An immutable file stands for them: the kernel refuses to remove its attributes
+/// (`EPERM`) before it looks too. Without an ACL, the file passes; with one that cannot be
+/// removed, the write would fail, naming `setfacl -k` on the directory. Before, both failed.
+#[test]
+fn an_inherited_acl_is_asked_for_before_it_is_removed() {
+    use super::super::acl::remove_inherited;
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json.tmp");
+    fs::write(&path, "{}").unwrap();
+    let file = fs::File::open(&path).unwrap();
+    let immutable = Immutable::set(&file);
+    let removed = remove_inherited(&file, dir.path());
+    drop(immutable);
+    removed.unwrap();
+
+    let inherited = [
+        owner_entry(6),
+        (USER, 6, 1),
+        group_entry(4),
+        mask_entry(6),
+        other_entry(0),
+    ];
+    set_acl(&path, ACCESS_ACL, &inherited);
+    let immutable = Immutable::set(&file);
+    let removed = remove_inherited(&file, dir.path());
+    drop(immutable);
+    let err = removed.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "could not remove the ACL it inherited from its directory's default ACL ({}), \
+             which would let in users the token cache did not: remove the directory's default \
+             ACL (setfacl -k '{}')",
+            rustix::io::Errno::PERM,
+            dir.path().display()
+        )
+    );
+    assert_eq!(acl_of(&path).as_deref(), Some(&inherited[..]));
+}
+
+/// The tracing output of a test, shared with the subscriber that writes it.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An ACL the kernel refuses to set leaves the new file with a warning naming the file, no
+/// ACL and the old mode, its group bits what the owning group had (its entry within the mask:
+/// read), not the mask (read and write); the tokens are written all the same. The kernel
+/// refuses entries out of its order, which the parser refuses to read, so the ACL is made
+/// here.
+#[test]
+fn an_acl_the_kernel_refuses_leaves_the_new_file_its_mode_and_a_warning() {
+    use super::super::acl::{AccessAcl, Acl, Entry};
+    use super::super::atomic_write::{create_new_private, fill};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    fs::write(&path, "{}").unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).unwrap();
+    let replaced = fs::metadata(&path).unwrap();
+    let out_of_order = [
+        owner_entry(6),
+        group_entry(4),
+        (USER, 6, 1),
+        mask_entry(6),
+        other_entry(0),
+    ];
+    let entries = out_of_order.map(|(tag, perm, id)| Entry { tag, perm, id });
+    let acl = AccessAcl::Present(Acl::from_entries(entries.to_vec()));
+    let temp = dir.path().join("cache.json.tmp");
+    let file = create_new_private(&temp).unwrap();
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        fill(&file, &path, Some(&replaced), &acl, 0, b"tokens")
+    })
+    .unwrap();
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("WARN")
+            && logs.contains("could not give the new token cache file the old one's ACL")
+            && logs.contains(&format!("path={}", path.display()))
+            && logs.contains(&format!("error={}", rustix::io::Errno::INVAL)),
+        "{logs}"
+    );
+    assert_eq!(fs::read(&temp).unwrap(), b"tokens");
+    assert_eq!(acl_of(&temp), None);
+    assert_eq!(mode(&temp), 0o640);
+}
+
 /// What the kernel's format must hold to be read: anything else is an ACL not understood,
 /// which gives the new file no group permission rather than a guess.
 #[test]
 fn an_acl_is_read_only_in_the_kernels_format() {
     use super::super::acl::Acl;
+    /// Entries the kernel refuses for their order.
+    const ORDER: &str = "entries not in the kernel's order (the owner, named users, the \
+                         owning group, named groups, the mask, others)";
     let minimal = [owner_entry(6), group_entry(4), other_entry(0)];
     assert!(Acl::parse(&encoded(&minimal)).is_ok());
+    // The kernel neither sorts named entries by id nor refuses two naming the same id, and
+    // gives them back as they were set; a mask needs no named entry.
+    let unsorted = [
+        owner_entry(6),
+        (USER, 6, 5),
+        (USER, 4, 1),
+        (USER, 0, 5),
+        group_entry(4),
+        (GROUP, 4, 9),
+        (GROUP, 4, 2),
+        mask_entry(6),
+        other_entry(0),
+    ];
+    assert!(Acl::parse(&encoded(&unsorted)).is_ok());
+    let mask_alone = [
+        owner_entry(6),
+        group_entry(4),
+        mask_entry(6),
+        other_entry(0),
+    ];
+    assert!(Acl::parse(&encoded(&mask_alone)).is_ok());
     let mut version_1 = encoded(&minimal);
     version_1[0] = 1;
     let mut cut = encoded(&minimal);
@@ -397,7 +669,76 @@ fn an_acl_is_read_only_in_the_kernels_format() {
             ]),
             "more than one mask",
         ),
+        (
+            encoded(&[
+                owner_entry(6),
+                group_entry(4),
+                other_entry(0),
+                other_entry(0),
+            ]),
+            ORDER,
+        ),
+        (
+            encoded(&[
+                owner_entry(6),
+                group_entry(4),
+                (USER, 4, 1),
+                mask_entry(4),
+                other_entry(0),
+            ]),
+            ORDER,
+        ),
+        (
+            encoded(&[
+                owner_entry(6),
+                (GROUP, 4, 1),
+                group_entry(4),
+                mask_entry(4),
+                other_entry(0),
+            ]),
+            ORDER,
+        ),
+        (
+            encoded(&[
+                owner_entry(6),
+                group_entry(4),
+                other_entry(0),
+                mask_entry(4),
+            ]),
+            ORDER,
+        ),
+        (
+            encoded(&[group_entry(4), owner_entry(6), other_entry(0)]),
+            ORDER,
+        ),
+        (
+            encoded(&[
+                owner_entry(6),
+                owner_entry(6),
+                group_entry(4),
+                other_entry(0),
+            ]),
+            ORDER,
+        ),
     ] {
         assert_eq!(Acl::parse(&bytes), Err(why), "{bytes:?}");
+        assert!(
+            kernel_takes(&bytes).is_err(),
+            "the kernel refuses {bytes:?} too"
+        );
     }
+    for acl in [&minimal[..], &unsorted, &mask_alone] {
+        kernel_takes(&encoded(acl)).unwrap_or_else(|e| panic!("{acl:?}: {e}"));
+    }
+}
+
+/// Whether the kernel sets `bytes` as a file's access ACL.
+fn kernel_takes(bytes: &[u8]) -> rustix::io::Result<()> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    rustix::fs::fsetxattr(
+        file.as_file(),
+        ACCESS_ACL,
+        bytes,
+        rustix::fs::XattrFlags::empty(),
+    )
 }
