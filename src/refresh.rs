@@ -214,9 +214,11 @@
 //!   it. A workload identity's token file and Azure Arc's key file are read one at a time
 //!   per credential; a token cache file's steps (a lock attempt, a read, a write under the
 //!   lock, a lock release, the keyring's signal file) run several at a time per file
-//!   (`crate::blocking_read::steps`). Either way, while one that overran has not returned,
-//!   requests (for the cache file, its steps) are refused at once, the work not run; a
-//!   write that overran may still land, and its error says so.
+//!   (`crate::blocking_read::steps`), a lock file that a cancelled call lets go of included.
+//!   Either way, while one that overran has not returned, requests (for the cache file, its
+//!   steps) are refused at once, the work not run; a write that overran may still land, and
+//!   its error says so. The cache file's one exception: its directory is resolved when the
+//!   credential is built, by the synchronous builder, on its caller's thread.
 //! * **The fleet's acquisitions** of one token go through the distributed cache's lease
 //!   (`crate::distributed`): one process asks the identity provider, the others poll the
 //!   store for its token within their wait limit. A holder refused for good leaves a mark

@@ -48,11 +48,14 @@ const THREAD_NAME: &str = "tower-identity-read";
 
 /// Starts `work` on a thread of its own, at `now` (tokio's clock, as the caller read it: the
 /// start its bound counts from). Its result, or the payload of its panic, comes through the
-/// receiver. `returned` runs on that thread once `work` has returned or panicked, before the
-/// result is sent, so that whoever is given the result finds the work's bookkeeping done.
-/// If no thread can be started, neither runs: both are dropped here.
+/// receiver. `returned` runs on that thread once the result is handed over or, when the
+/// receiver was closed or dropped first, dropped there: what a result not taken holds (a
+/// lock file's guard, which removes its file) is let go on the work's thread, before the
+/// work's bookkeeping says it has returned. A receiver given the result runs its own
+/// bookkeeping (the same, so it must be idempotent) before using it, as `returned` may not
+/// have run yet. If no thread can be started, neither runs: both are dropped here.
 ///
-/// On tokio's paused clock, a blocking task holds the clock until the result is sent or the
+/// On tokio's paused clock, a blocking task holds the clock until `returned` has run or the
 /// runtime shuts down (see the module docs).
 fn detach<T, W, R>(
     work: W,
@@ -65,27 +68,23 @@ where
     R: FnOnce() + Send + 'static,
 {
     let (send, receive) = oneshot::channel();
-    // Dropped by the thread once the result is sent: releases the paused clock.
+    // Dropped by the thread once `returned` has run: releases the paused clock.
     let (sent, on_sent) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name(THREAD_NAME.to_owned())
         .spawn(move || {
             // The payload goes to the caller, who resumes it or drops it.
             let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            // Either the receiver has it now, or it was closed and it comes back: dropped
+            // here, before `returned`, so that its drop counts as part of the work.
+            if let Err(value) = send.send(value) {
+                drop(value);
+            }
             returned();
-            let _ = send.send(value);
             drop(sent);
         })?;
     hold_a_paused_clock(on_sent, now);
     Ok(receive)
-}
-
-/// Drops `value` on a thread of its own, not waited for: its drop may do I/O that hangs (a
-/// lock file's guard removes its file). If no thread can be started, it is dropped here.
-pub(crate) fn drop_detached<V: Send + 'static>(value: V) {
-    let _ = std::thread::Builder::new()
-        .name(THREAD_NAME.to_owned())
-        .spawn(move || drop(value));
 }
 
 /// [`READ_TIMEOUT`] after `start`: when work started then has overrun.
@@ -253,14 +252,19 @@ impl<T: Clone + Send + Sync + 'static> OneRead<T> {
     ) -> Result<Arc<Flight<T>>, ReadFailure> {
         let done = Arc::new(AtomicBool::new(false));
         let (marks, slot) = (Arc::clone(&done), Arc::downgrade(&self.slot));
-        // On the read's thread, once it returned: the caller holds the slot's lock until the
-        // flight is in it, so this finds it there.
+        // On the read's thread once it returned, and by the first request given its result:
+        // the caller holds the slot's lock until the flight is in it, so this finds it there.
         let returned = move || forget(&marks, &slot);
-        let receive = detach(read, returned, now).map_err(ReadFailure::NoThread)?;
-        // A panic's payload is dropped here, not kept.
-        let outcome = async move { receive.await.ok().and_then(Result::ok) }
-            .boxed()
-            .shared();
+        let receive = detach(read, returned.clone(), now).map_err(ReadFailure::NoThread)?;
+        // The read is forgotten before its result is given: a request that comes after is
+        // never given it. A panic's payload is dropped here, not kept.
+        let outcome = async move {
+            let result = receive.await;
+            returned();
+            result.ok().and_then(Result::ok)
+        }
+        .boxed()
+        .shared();
         Ok(Arc::new(Flight {
             outcome,
             started: now,

@@ -8,11 +8,13 @@
 //! returned, new steps are refused at once ([`StepFailure::Refused`]), their work not run,
 //! instead of each starting one more thread that would hang with it; once it has returned,
 //! steps run again. A step counts from when it starts until its thread returns, whether its
-//! caller still waits for it or gave up.
+//! caller still waits for it or gave up; a result its caller did not take (a lock file's
+//! guard) is dropped before, as part of the step.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{detach, timeout_after};
@@ -84,9 +86,37 @@ impl Steps {
         lock(&self.running).overran(Instant::now())
     }
 
+    /// How many steps have not returned.
+    #[cfg(test)]
+    pub(crate) fn running(&self) -> usize {
+        lock(&self.running).started.len()
+    }
+
+    /// A new step, started `now`: its number.
+    fn start(running: &mut Running, now: Instant) -> u64 {
+        let step = running.next;
+        running.next = step.wrapping_add(1);
+        running.started.push((step, now));
+        step
+    }
+
+    /// Forgets `step` (it has returned); idempotent.
+    fn forgetter(&self, step: u64) -> impl Fn() + Clone + Send + 'static {
+        let running = Arc::downgrade(&self.running);
+        move || {
+            if let Some(running) = running.upgrade() {
+                lock(&running).forget(step);
+            }
+        }
+    }
+
     /// The result of `work`, run now on a thread of its own and waited for until it has run
     /// [`READ_TIMEOUT`](super::READ_TIMEOUT); refused at once, unrun, while a step that ran that long has not
     /// returned. A panic in `work` continues in the caller.
+    ///
+    /// A result its caller does not take (the caller gave up, or this future was dropped) is
+    /// dropped as part of the step, on a thread that is not the executor's, the step counting
+    /// until it is: a lock file's guard in it removes its file, which may hang like the step.
     pub(crate) async fn run<T, W>(&self, work: W) -> Result<T, StepFailure<W>>
     where
         T: Send + 'static,
@@ -98,33 +128,81 @@ impl Steps {
             if running.overran(now) {
                 return Err(StepFailure::Refused(work));
             }
-            let step = running.next;
-            running.next = step.wrapping_add(1);
-            running.started.push((step, now));
-            (step, now)
+            (Self::start(&mut running, now), now)
         };
-        let forget = Arc::downgrade(&self.running);
-        let returned = move || {
-            if let Some(running) = forget.upgrade() {
-                lock(&running).forget(step);
-            }
-        };
+        let forget = self.forgetter(step);
         // Started with the lock released: a thread that cannot be started drops the work
         // here, and what it holds may do I/O when dropped.
-        let receive = match detach(work, returned, now) {
+        let receive = match detach(work, forget.clone(), now) {
             Ok(receive) => receive,
             Err(error) => {
-                lock(&self.running).forget(step);
+                forget();
                 return Err(StepFailure::Thread(error));
             }
         };
-        match tokio::time::timeout_at(timeout_after(now), receive).await {
-            Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(panic))) => std::panic::resume_unwind(panic),
-            Ok(Err(_closed)) => Err(StepFailure::Thread(io::Error::other(
+        let mut waiting = Waiting {
+            receive,
+            steps: self.clone(),
+        };
+        let received = match tokio::time::timeout_at(timeout_after(now), &mut waiting.receive).await
+        {
+            Ok(received) => received.ok(),
+            // Sent as the time ran out: the step has returned, and its result is taken, not
+            // left for the receiver's drop to drop here.
+            Err(_elapsed) => match waiting.give_up() {
+                Some(received) => Some(received),
+                None => return Err(StepFailure::Overran),
+            },
+        };
+        // Forgotten before the caller is given the result (the step's thread may not have
+        // done it yet): a step the caller starts next is not refused for this one.
+        forget();
+        match received {
+            Some(Ok(value)) => Ok(value),
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => Err(StepFailure::Thread(io::Error::other(
                 "the step's thread ended without its result",
             ))),
-            Err(_elapsed) => Err(StepFailure::Overran),
+        }
+    }
+
+    /// Drops `value` as a step of its own, on a thread of its own, not waited for: its drop
+    /// does I/O that may hang (a lock file's guard removes its file). It counts as any step
+    /// does (while it has run [`READ_TIMEOUT`](super::READ_TIMEOUT), new steps are refused), but is never refused
+    /// itself: what it holds must be let go. If no thread can be started, it is dropped here.
+    pub(crate) fn drop_counted<V: Send + 'static>(&self, value: V) {
+        let now = Instant::now();
+        let step = Self::start(&mut lock(&self.running), now);
+        let forget = self.forgetter(step);
+        // The receiver is dropped at once: the thread drops `()`, then forgets the step.
+        if detach(move || drop(value), forget.clone(), now).is_err() {
+            forget();
+        }
+    }
+}
+
+/// A step's result on its way: on drop, a result sent but not taken is dropped as a step of
+/// its own ([`Steps::drop_counted`]), not here: this may be the executor's thread, and the
+/// step's thread may already have said it returned.
+struct Waiting<T: Send + 'static> {
+    receive: oneshot::Receiver<std::thread::Result<T>>,
+    steps: Steps,
+}
+
+impl<T: Send + 'static> Waiting<T> {
+    /// Stops waiting: the result if it has been sent; if not, the step's thread will drop it
+    /// when it comes (the receiver is closed).
+    fn give_up(&mut self) -> Option<std::thread::Result<T>> {
+        self.receive.close();
+        self.receive.try_recv().ok()
+    }
+}
+
+impl<T: Send + 'static> Drop for Waiting<T> {
+    fn drop(&mut self) {
+        // Nothing once the result was taken.
+        if let Some(untaken) = self.give_up() {
+            self.steps.drop_counted(untaken);
         }
     }
 }
@@ -195,6 +273,75 @@ mod tests {
                 drop(release_first);
                 until(|| !steps.overran()).await;
                 assert!(matches!(steps.run(|| "again").await, Ok("again")));
+            });
+        });
+    }
+
+    /// A result sent but not taken, its caller's future dropped, is dropped as a step of its
+    /// own, on a thread of its own: not on the executor, and counted until its drop returns
+    /// (the step's thread has already said it returned).
+    #[test]
+    fn a_result_not_taken_is_dropped_as_a_step_of_its_own() {
+        /// Names the thread its drop runs on; blocks it until the test lets it go, unless
+        /// that is the test's own thread (the executor's), which must not hang.
+        struct SlowDrop {
+            gate: mpsc::Receiver<()>,
+            dropped_on: Arc<std::sync::Mutex<Option<String>>>,
+            executor: std::thread::ThreadId,
+        }
+        impl Drop for SlowDrop {
+            fn drop(&mut self) {
+                let thread = std::thread::current();
+                *self.dropped_on.lock().unwrap() = Some(thread.name().unwrap_or("").to_owned());
+                if thread.id() != self.executor {
+                    let _ = self.gate.recv();
+                }
+            }
+        }
+
+        within_a_minute(|| {
+            paused_runtime().block_on(async {
+                let steps = Steps::new();
+                let (release, gate) = mpsc::channel::<()>();
+                let dropped_on = Arc::new(std::sync::Mutex::new(None));
+                let slow = SlowDrop {
+                    gate,
+                    dropped_on: Arc::clone(&dropped_on),
+                    executor: std::thread::current().id(),
+                };
+                let (go, wait) = mpsc::channel::<()>();
+                let started = Arc::new(AtomicUsize::new(0));
+                let caller = tokio::spawn({
+                    let (steps, started) = (steps.clone(), Arc::clone(&started));
+                    let work = move || {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        let _ = wait.recv();
+                        slow
+                    };
+                    async move { steps.run(work).await.map(drop) }
+                });
+                until(|| started.load(Ordering::SeqCst) == 1).await;
+                // From here this thread, which runs the caller, does not yield: the step
+                // sends its result, then says it returned, and the caller does not take it.
+                drop(go);
+                while steps.running() > 0 {
+                    std::thread::yield_now();
+                }
+                caller.abort();
+                assert!(caller.await.unwrap_err().is_cancelled());
+                let executor = std::thread::current().name().map(str::to_owned);
+                assert_ne!(
+                    *dropped_on.lock().unwrap(),
+                    Some(executor.unwrap_or_default()),
+                    "dropped on the executor"
+                );
+                assert_eq!(steps.running(), 1, "its drop counts as a step");
+                drop(release);
+                until(|| steps.running() == 0).await;
+                assert_eq!(
+                    dropped_on.lock().unwrap().as_deref(),
+                    Some(super::super::THREAD_NAME)
+                );
             });
         });
     }

@@ -195,7 +195,7 @@ impl CachePaths {
         return CacheLocation::Keyring(KeyringTarget {
             signal: self.current(cae),
             bus: self.secret_service_bus.clone(),
-            fallback: self.allow_unencrypted_storage.then(|| self.current(cae)),
+            fallback: self.allow_unencrypted_storage,
             legacy: self
                 .allow_unencrypted_storage
                 .then(|| self.legacy(cae))
@@ -281,7 +281,7 @@ mod tests {
         let CacheLocation::Keyring(target) = encrypted_only.file(false);
         assert_eq!(target.signal, Path::new("/tmp/x/msal.cache.nocae"));
         assert_eq!(target.bus.as_deref(), Some("unix:path=/tmp/bus"));
-        assert_eq!(target.fallback, None);
+        assert!(!target.fallback);
         assert_eq!(target.legacy, None, "the legacy file is a plaintext one");
         let with_fallback = TokenCachePersistenceOptions::new()
             .name("app")
@@ -292,10 +292,7 @@ mod tests {
         let CacheLocation::Keyring(target) = with_fallback.file(true);
         assert_eq!(target.signal, Path::new("/tmp/x/app.cae"));
         assert_eq!(target.bus, None);
-        assert_eq!(
-            target.fallback.as_deref(),
-            Some(Path::new("/tmp/x/app.cae"))
-        );
+        assert!(target.fallback);
         assert_eq!(target.legacy, None);
         let default_name = TokenCachePersistenceOptions::new()
             .directory("/tmp/x")
@@ -303,10 +300,7 @@ mod tests {
             .resolve("Test")
             .unwrap();
         let CacheLocation::Keyring(target) = default_name.file(false);
-        assert_eq!(
-            target.fallback.as_deref(),
-            Some(Path::new("/tmp/x/msal.cache.nocae"))
-        );
+        assert!(target.fallback);
         assert_eq!(
             target.legacy.as_deref(),
             Some(Path::new("/tmp/x/msal.cache"))

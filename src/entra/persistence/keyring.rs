@@ -22,7 +22,7 @@ use std::time::SystemTime;
 
 use super::atomic_write::{create_dir, create_new_private, parent_dir, write_target};
 use super::error::{Kind, PersistenceError};
-use super::lock_file::LockGuard;
+use super::lock_file::HeldLock;
 use super::reader::is_missing;
 use super::secret_service::{Keyring, OwnedObjectPath};
 use super::{CacheFile, Document, LegacyWrites, Step, run_blocking};
@@ -36,8 +36,9 @@ pub(crate) struct KeyringTarget {
     pub(crate) signal: PathBuf,
     /// The D-Bus session bus address, when not `DBUS_SESSION_BUS_ADDRESS`.
     pub(crate) bus: Option<String>,
-    /// The plaintext cache file to use when there is no usable Secret Service, if allowed.
-    pub(crate) fallback: Option<PathBuf>,
+    /// Whether the signal file is used as the plaintext cache file when there is no usable
+    /// Secret Service (as azure-identity does when allowed): one file, one [`CacheFile`].
+    pub(crate) fallback: bool,
     /// The legacy plaintext file the fallback reads while it does not exist (see
     /// [`CacheFile::shared`]); the Secret Service's item never comes from it.
     pub(crate) legacy: Option<PathBuf>,
@@ -95,19 +96,19 @@ impl<D: Document> KeyringCache<D> {
         self.signal.path()
     }
 
-    /// The files whose existence says there is a cache: the signal file and the allowed
-    /// plaintext file (and the legacy file it reads in its place).
+    /// The files whose existence says there is a cache: the signal file (also the allowed
+    /// plaintext file) and, when that is allowed, the legacy file it reads in its place.
     pub(crate) fn files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path().to_path_buf()];
-        if let Some(fallback) = &self.target.fallback {
-            files.push(fallback.clone());
+        if self.target.fallback {
             files.extend(self.target.legacy.clone());
         }
         files
     }
 
     /// Whether one of [`files`](Self::files) exists, looked at as a step of the signal
-    /// file's I/O.
+    /// file's I/O, which is the plaintext file's too: a look that hangs refuses the steps of
+    /// the file it looked at.
     pub(crate) async fn exists(&self) -> Result<bool, PersistenceError> {
         self.signal.any_exists(self.files()).await
     }
@@ -118,21 +119,18 @@ impl<D: Document> KeyringCache<D> {
                 match Keyring::connect(
                     self.target.bus.as_deref(),
                     &self.schema,
-                    self.target.fallback.is_some(),
+                    self.target.fallback,
                 )
                 .await
                 {
                     Ok(keyring) => Ok(Backend::Keyring(Arc::new(keyring))),
-                    Err(error) => match &self.target.fallback {
-                        Some(file) => {
-                            tracing::warn!(%error, file = %file.display(), "no usable Secret Service; the token cache falls back to the plaintext file, as allowed");
-                            Ok(Backend::File(CacheFile::shared(
-                                file.clone(),
-                                self.target.legacy.clone(),
-                            )))
-                        }
-                        None => Err(error),
-                    },
+                    // The signal file's object, made when the store was built: nothing is
+                    // resolved on the file system here, on the executor.
+                    Err(error) if self.target.fallback => {
+                        tracing::warn!(%error, file = %self.path().display(), "no usable Secret Service; the token cache falls back to the plaintext file, as allowed");
+                        Ok(Backend::File(Arc::clone(&self.signal)))
+                    }
+                    Err(error) => Err(error),
                 }
             })
             .await
@@ -159,6 +157,10 @@ impl<D: Document> KeyringCache<D> {
     /// this process that comes meanwhile waits on the lock file the task still holds.) The
     /// item's `Type` is set after that, with the lock file released: it is cosmetic, and may
     /// take up to the call timeout, longer than other writers wait for the lock.
+    ///
+    /// Once the item is stored, the change is made: a signal file that could not be touched
+    /// (or whose step was refused or overran) is logged as a warning, not returned as an
+    /// error, as the caller would take the change for not made.
     pub(crate) async fn modify<R, F>(&self, change: F) -> Result<R, PersistenceError>
     where
         F: FnOnce(&mut D) -> R + Send + 'static,
@@ -234,10 +236,11 @@ impl<D: Document> KeyringCache<D> {
 
 /// Stores `bytes` (if any) as the item and touches the signal file, then releases the lock
 /// file, off the executor as all of the lock file's I/O, in steps of the signal file's
-/// `steps`. Returns the stored item's path.
+/// `steps`. Returns the stored item's path. Once it is stored, a failure to touch the signal
+/// file is logged, not returned (see [`KeyringCache::modify`]).
 async fn store_and_signal(
     keyring: Arc<Keyring>,
-    lock: LockGuard,
+    lock: HeldLock,
     signal: PathBuf,
     steps: Steps,
     bytes: Option<Vec<u8>>,
@@ -245,36 +248,66 @@ async fn store_and_signal(
     let lock = Arc::new(lock);
     let saved = match bytes {
         None => Ok(None),
-        Some(bytes) => {
-            // As the file's writer does (see `LockGuard::check_held`), off the executor.
-            let held = Arc::clone(&lock);
-            match run_blocking(&steps, Step::CheckLock, &signal, move || held.check_held()).await {
-                Ok(()) => keyring.save(&bytes).await.map(Some),
-                Err(error) => Err(error),
-            }
-        }
+        Some(bytes) => match check_lock(&steps, &lock).await {
+            Ok(()) => keyring.save(&bytes).await.map(Some),
+            Err(error) => Err(error),
+        },
     };
-    let path = signal.clone();
     match saved {
         Ok(Some(item)) => {
-            run_blocking(&steps, Step::Signal, &path, move || {
-                let _lock = lock;
-                touch(&signal)?;
-                Ok(Some(item))
-            })
-            .await
+            if let Err(error) = signal_and_release(&steps, lock, signal).await {
+                tracing::warn!(%error, "the token cache item was stored, but msal-extensions' processes were not told to reload it");
+            }
+            Ok(Some(item))
         }
         // Nothing stored: the lock file is released, and a failure to (logged by the guard)
         // changes nothing for the caller.
         unchanged_or_failed => {
-            let _ = run_blocking(&steps, Step::Release, &path, move || {
-                drop(lock);
-                Ok(())
-            })
-            .await;
+            let _ = release(&steps, lock).await;
             unchanged_or_failed
         }
     }
+}
+
+/// Checks, as a step of the signal file's, that our lock file is still ours, as the file's
+/// writer does before it writes (see `LockGuard::check_held`). Errors name the lock file.
+pub(super) async fn check_lock(
+    steps: &Steps,
+    lock: &Arc<HeldLock>,
+) -> Result<(), PersistenceError> {
+    let held = Arc::clone(lock);
+    let lock_path = lock.path().to_path_buf();
+    run_blocking(steps, Step::CheckLock, &lock_path, move || {
+        held.check_held()
+    })
+    .await
+}
+
+/// Touches the signal file, the item being stored, then releases the lock file (the last
+/// holder of `lock`), as one step of the signal file's. Errors name the signal file and say
+/// that the item was stored.
+pub(super) async fn signal_and_release(
+    steps: &Steps,
+    lock: Arc<HeldLock>,
+    signal: PathBuf,
+) -> Result<(), PersistenceError> {
+    let path = signal.clone();
+    run_blocking(steps, Step::Signal, &path, move || {
+        let _lock = lock;
+        touch(&signal)
+    })
+    .await
+}
+
+/// Releases the lock file (the last holder of `lock`) as a step of the signal file's. Errors
+/// name the lock file.
+pub(super) async fn release(steps: &Steps, lock: Arc<HeldLock>) -> Result<(), PersistenceError> {
+    let lock_path = lock.path().to_path_buf();
+    run_blocking(steps, Step::Release, &lock_path, move || {
+        drop(lock);
+        Ok(())
+    })
+    .await
 }
 
 /// Operation name of errors while touching the signal file.

@@ -17,6 +17,7 @@ use super::atomic_write::{create_dir, create_new_private, parent_dir};
 use super::error::{Kind, PersistenceError};
 use super::reader::{age, inode, is_missing};
 use super::{CacheFile, Document, Step, run_blocking};
+use crate::blocking_read::Steps;
 
 /// Operation name of errors while taking the lock file.
 pub(super) const CREATE: &str = "create the lock file";
@@ -45,7 +46,7 @@ impl<D: Document> CacheFile<D> {
         &self,
         lock_path: &Path,
         started: Instant,
-    ) -> Result<LockGuard, PersistenceError> {
+    ) -> Result<HeldLock, PersistenceError> {
         let mut holder = None;
         let mut quick = 0_u32;
         loop {
@@ -55,7 +56,12 @@ impl<D: Document> CacheFile<D> {
             })
             .await?
             {
-                LockAttempt::Acquired(guard) => return Ok(guard),
+                LockAttempt::Acquired(guard) => {
+                    return Ok(HeldLock {
+                        guard: Some(guard),
+                        steps: self.steps.clone(),
+                    });
+                }
                 // Released between our attempt and our look, or removed as stale.
                 LockAttempt::Vanished | LockAttempt::BrokeStale => true,
                 LockAttempt::Contended => false,
@@ -102,8 +108,54 @@ pub(super) fn lock_content() -> String {
     format!("{} {}", std::process::id(), argv0)
 }
 
-/// The lock file, held: removed on drop (on the thread of the step that ran the modification, or
-/// wherever a cancelled acquisition drops it), then closed, which releases its `flock`.
+/// Our lock file, as a writer holds it between steps: a [`LockGuard`] whose removal, when it
+/// is dropped on a tokio runtime's thread (a call cancelled, or ended by an error, between
+/// two steps), runs as a step of the file's I/O of its own ([`Steps::drop_counted`]): off the
+/// executor, and counted, so that while it hangs the file's steps are refused as for any
+/// step that overran. Dropped elsewhere (on a step's thread), it is removed there.
+pub(super) struct HeldLock {
+    /// `None` once dropped.
+    guard: Option<LockGuard>,
+    /// The steps of the file that took it (its own lock, or the legacy file's).
+    steps: Steps,
+}
+
+impl std::fmt::Debug for HeldLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("HeldLock").field(&self.guard).finish()
+    }
+}
+
+impl HeldLock {
+    /// The lock file's path.
+    #[cfg(all(feature = "keyring", target_os = "linux"))]
+    pub(super) fn path(&self) -> &Path {
+        self.guard
+            .as_ref()
+            .map_or(Path::new(""), |guard| &guard.path)
+    }
+
+    /// See [`LockGuard::check_held`].
+    pub(super) fn check_held(&self) -> Result<(), PersistenceError> {
+        self.guard.as_ref().map_or(Ok(()), LockGuard::check_held)
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.steps.drop_counted(guard);
+        } else {
+            drop(guard);
+        }
+    }
+}
+
+/// The lock file, taken: removed on drop, then closed, which releases its `flock`. A writer
+/// holds it as a [`HeldLock`].
 #[derive(Debug)]
 pub(super) struct LockGuard {
     /// `<cache>.lockfile`.
@@ -466,4 +518,13 @@ pub(super) fn attempt_once(lock_path: &Path) -> Result<&'static str, Persistence
         LockAttempt::Vanished => "vanished",
         LockAttempt::BrokeStale => "broke stale",
     })
+}
+
+/// Takes the lock file, which the test knows to be free: the guard of one attempt.
+#[cfg(test)]
+pub(super) fn take(lock_path: &Path) -> LockGuard {
+    match try_lock(lock_path) {
+        Ok(LockAttempt::Acquired(guard)) => guard,
+        Ok(_) | Err(_) => panic!("the lock file {} is not free", lock_path.display()),
+    }
 }

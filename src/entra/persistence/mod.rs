@@ -105,14 +105,23 @@
 //!
 //! # A file system that does not answer
 //!
-//! All file I/O runs in steps (a lock attempt, a read, a read-change-write, a lock release),
-//! each on a thread of its own and waited for [`READ_TIMEOUT`] at most, through the
-//! [`CacheFile`]'s [`Steps`]: a home directory on a hung mount (NFS, FUSE) fails a call with
-//! a timeout naming the file, instead of holding it, and the runtime's shutdown, for ever.
-//! While a step that overran has not returned, every new step of that file is refused at once
-//! (its work not run) with an error saying so, and the file is used again once it returns.
-//! A step that overran goes on on its thread with what it holds: a lock file stays taken
-//! until it returns, and a write it was making may still land (the error says so).
+//! Once a credential is built, all of the file's I/O runs in steps (a lock attempt, a read, a
+//! read-change-write, a lock release, a look whether it exists; with the Secret Service, the
+//! lock check and the signal file's touch), each on a thread of its own and waited for
+//! [`READ_TIMEOUT`] at most, through the [`CacheFile`]'s [`Steps`]: a home directory on a
+//! hung mount (NFS, FUSE) fails a call with a timeout naming the file, instead of holding it,
+//! and the runtime's shutdown, for ever. While a step that overran has not returned, every
+//! new step of that file is refused at once (its work not run) with an error saying so, and
+//! the file is used again once it returns. A step that overran goes on on its thread with
+//! what it holds: a lock file stays taken until it returns, and a write it was making may
+//! still land (the error says so). A lock file whose holder lets go of it between steps (a
+//! call cancelled, or failed, while it holds the lock: a [`HeldLock`]), or that a step's
+//! caller gave up on, is removed by a step of its own, counted as any.
+//!
+//! One piece of I/O is not a step: [`CacheFile::shared`] resolves the file's directory
+//! (`canonicalize`) on its caller's thread, when a credential that uses the file is built
+//! (the builders are synchronous). A directory on a mount that does not answer then holds
+//! `build()`, not a later call.
 //!
 //! # Layout
 //!
@@ -147,9 +156,9 @@ use self::atomic_write::write_document;
 pub(crate) use self::error::PersistenceError;
 #[cfg(all(feature = "keyring", target_os = "linux"))]
 pub(crate) use self::keyring::{KeyringCache, KeyringTarget};
-use self::lock_file::{LockGuard, lock_path_of};
+use self::lock_file::{HeldLock, lock_path_of};
 use self::reader::{Snapshot, Stamps, load_or_legacy};
-use crate::blocking_read::{READ_TIMEOUT, StepFailure, Steps, drop_detached};
+use crate::blocking_read::{READ_TIMEOUT, StepFailure, Steps};
 
 /// How long [`CacheFile::modify_with`] waits for another process's lock by default.
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -313,8 +322,8 @@ impl<D: Document> CacheFile<D> {
             .legacy_lock(lock, legacy.as_deref(), legacy_writes, started)
             .await?;
         let path = self.path.clone();
-        // The lock guards move into the step and are dropped on its thread, on every path (on
-        // one of their own if the step is refused).
+        // The lock guards move into the step and are dropped on its thread, on every path (as
+        // a step of their own if the step is refused, or its result not taken).
         let (value, snapshot) = run_blocking(&self.steps, Step::Write, &self.path, move || {
             let (lock, legacy_lock) = (lock, legacy_lock);
             let loaded = load_or_legacy::<D>(&path, legacy.as_deref(), false)?;
@@ -367,7 +376,7 @@ impl<D: Document> CacheFile<D> {
     async fn writer_turn(
         &self,
         started: tokio::time::Instant,
-    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, LockGuard), PersistenceError> {
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, HeldLock), PersistenceError> {
         let Ok(writers) = tokio::time::timeout(self.lock_timeout, self.writers.lock()).await else {
             return Err(PersistenceError {
                 kind: error::Kind::LockTimeout {
@@ -397,11 +406,11 @@ impl<D: Document> CacheFile<D> {
     /// With [`LegacyWrites::Skip`], a legacy file without the file is an error instead.
     async fn legacy_lock(
         &self,
-        lock: LockGuard,
+        lock: HeldLock,
         legacy: Option<&Path>,
         legacy_writes: LegacyWrites,
         started: tokio::time::Instant,
-    ) -> Result<(LockGuard, Option<LockGuard>), PersistenceError> {
+    ) -> Result<(HeldLock, Option<HeldLock>), PersistenceError> {
         let Some(legacy) = legacy else {
             return Ok((lock, None));
         };
@@ -526,14 +535,18 @@ impl Step {
     /// The error of the step that ran [`READ_TIMEOUT`] without returning.
     fn overran(self, path: &Path) -> PersistenceError {
         let effect = match self {
+            Step::Lock => "; a lock file it made is removed when it returns",
+            Step::Look | Step::Release => "; the lock file stays taken until the step returns",
             Step::Write => {
                 "; the token cache may or may not have been written, and its lock file stays \
                  taken until the step returns"
             }
             #[cfg(all(feature = "keyring", target_os = "linux"))]
             Step::Signal => {
-                "; the Secret Service's item was stored, and the signal file may or may not \
-                 have been touched"
+                "; the Secret Service's item was stored, but the signal file may or may not \
+                 have been touched: until it is, other processes (msal-extensions) are not \
+                 told to reload the token cache, and may keep their old copy and write it \
+                 back over this change; the lock file stays taken until the step returns"
             }
             _ => "",
         };
@@ -551,13 +564,23 @@ impl Step {
 
     /// The error of the step not run because an earlier one overran.
     fn refused(self, path: &Path) -> PersistenceError {
+        let (not_done, effect) = match self {
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            Step::Signal => (
+                "not touched",
+                "; the Secret Service's item was stored, but other processes (msal-extensions) \
+                 were not told to reload the token cache: they may keep their old copy, and \
+                 write it back over this change, until the signal file is touched again",
+            ),
+            _ => ("not tried", ""),
+        };
         let cause = io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
-                "not tried: an earlier step of this token cache's file I/O has run more than {} \
+                "{not_done}: an earlier step of this token cache's file I/O has run more than {} \
                  and has not returned: the file system does not answer (a hung network or FUSE \
                  mount); fix the mount; this process uses the token cache again once that step \
-                 returns",
+                 returns{effect}",
                 error::seconds(READ_TIMEOUT)
             ),
         );
@@ -583,11 +606,12 @@ where
         Ok(result) => result,
         Err(StepFailure::Overran) => Err(step.overran(path)),
         Err(StepFailure::Refused(work)) => {
-            // Its guard's removal of the lock file may hang like the step that overran: not
-            // on the executor. A guard is held only by a writer that took the lock before the
-            // overrun (no lock is taken after it until it returns), so few threads are started.
+            // Its guard's removal of the lock file may hang like the step that overran: a
+            // step of its own, counted. A guard is held only by a writer that took the lock
+            // before the overrun (no lock is taken after it until it returns), so few threads
+            // are started.
             if step.holds_a_lock() {
-                drop_detached(work);
+                steps.drop_counted(work);
             }
             Err(step.refused(path))
         }

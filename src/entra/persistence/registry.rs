@@ -38,6 +38,9 @@ impl<D: Document> CacheFile<D> {
     /// property of the file (the legacy `msal.cache` beside it, whoever asks): an object made
     /// by a caller that named none (the Secret Service's signal file, without a plaintext
     /// fallback) gets the first one named later, and keeps it.
+    ///
+    /// Blocking: resolving the directory is file I/O, done here on the caller's thread, not
+    /// as a step (see the module docs). Called when a credential is built, never by a call.
     pub(crate) fn shared(path: PathBuf, legacy: Option<PathBuf>) -> Arc<Self> {
         // Resolved before taking the registry's lock: that lock is never held across I/O.
         let key = (canonical_key(&path), TypeId::of::<D>());

@@ -5,22 +5,126 @@
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 
-use super::super::{CacheFile, PersistenceError, Step, run_blocking};
-use super::{JsonDoc, file_keys, lock_path_of};
+use super::super::lock_file::take;
+use super::super::{CacheFile, Document, LegacyWrites, PersistenceError, Step, run_blocking};
+use super::{JsonDoc, file_keys, lock_path_of, plant_lock};
 use crate::blocking_read::READ_TIMEOUT;
 use crate::blocking_read::tests::{
     paused_runtime, runtimes_drop_while_work_hangs, until, within_a_minute,
 };
+use crate::entra::msal_cache::CacheDocument;
+use crate::entra::store::TokenStore;
 
 /// The error's I/O kind, if it is an I/O error.
 fn io_kind(error: &PersistenceError) -> Option<io::ErrorKind> {
     std::error::Error::source(error)
         .and_then(|source| source.downcast_ref::<io::Error>())
         .map(io::Error::kind)
+}
+
+/// Starts a step of `file` that hangs until the returned sender is dropped; returns once it
+/// has started. Once the test has let it run [`READ_TIMEOUT`], the file's steps are refused.
+async fn hang<D: Document>(
+    file: &CacheFile<D>,
+) -> (
+    tokio::task::JoinHandle<Result<(), PersistenceError>>,
+    mpsc::Sender<()>,
+) {
+    let (release, gate) = mpsc::channel::<()>();
+    let started = Arc::new(AtomicUsize::new(0));
+    let hung = tokio::spawn({
+        let (steps, path, started) = (file.steps.clone(), file.path.clone(), Arc::clone(&started));
+        async move {
+            run_blocking(&steps, Step::Read, &path, move || {
+                started.fetch_add(1, Ordering::SeqCst);
+                let _ = gate.recv();
+                Ok(())
+            })
+            .await
+        }
+    });
+    until(|| started.load(Ordering::SeqCst) == 1).await;
+    (hung, release)
+}
+
+/// [`hang`], then [`READ_TIMEOUT`] on the clock: the file's steps are refused until the
+/// returned sender is dropped.
+async fn overrun<D: Document>(file: &CacheFile<D>) -> mpsc::Sender<()> {
+    let (hung, release) = hang(file).await;
+    tokio::time::advance(READ_TIMEOUT).await;
+    assert!(hung.await.unwrap().is_err());
+    assert!(file.steps.overran());
+    release
+}
+
+/// Until a writer of `file` holds its lock file at `lock_path` and waits, between steps, for
+/// another lock (no step of the file running but `hung` ones, seen three times in a row:
+/// a step's result is taken on the next turn of the runtime, which the test does not let
+/// idle, so its clock stays still).
+async fn until_waiting_between_steps<D: Document>(
+    file: &CacheFile<D>,
+    lock_path: &std::path::Path,
+    hung: usize,
+) {
+    let mut idle = 0;
+    while idle < 3 {
+        tokio::task::yield_now().await;
+        let waiting = lock_path.exists() && file.steps.running() == hung;
+        idle = if waiting { idle + 1 } else { 0 };
+    }
+}
+
+/// What is logged on this thread while it lives: in a current-thread runtime, what the
+/// executor logs, and not what the steps' threads do.
+struct ThreadLogs {
+    text: Arc<Mutex<Vec<u8>>>,
+    _default: tracing::subscriber::DefaultGuard,
+    _second: tracing::Dispatch,
+}
+
+/// Where [`ThreadLogs`] write.
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ThreadLogs {
+    fn capture() -> Self {
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let writer = Arc::clone(&text);
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(Arc::clone(&writer)))
+            .finish();
+        // Another test's thread, without a subscriber, may have registered the callsites
+        // first: with two dispatchers alive, tracing asks the current one at each event.
+        let second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        let default = tracing::subscriber::set_default(subscriber);
+        tracing::callsite::rebuild_interest_cache();
+        Self {
+            text,
+            _default: default,
+            _second: second,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned()
+    }
 }
 
 /// A change that counts its calls, adds `key`, and returns once the sender of its gate is
@@ -180,4 +284,279 @@ fn a_hung_step_does_not_hold_up_runtime_shutdown() {
     );
     // The steps' threads return.
     drop(releases);
+}
+
+/// A lock step that overran, its lock file taken: once it returns, what it returned (its
+/// caller gone) is dropped on its thread, the lock file's removal with it, before it counts
+/// as returned. Until the lock file is removed, the file's steps are refused, as they were
+/// while the step hung: that removal is I/O on the same file system. The error names the
+/// lock file.
+#[test]
+fn a_lock_step_that_overran_refuses_steps_until_its_lock_file_is_removed() {
+    /// Blocks its drop until the test lets it go; counts the drops started.
+    #[derive(Debug)]
+    struct SlowDrop {
+        gate: mpsc::Receiver<()>,
+        dropping: Arc<AtomicUsize>,
+    }
+    impl Drop for SlowDrop {
+        fn drop(&mut self) {
+            self.dropping.fetch_add(1, Ordering::SeqCst);
+            let _ = self.gate.recv();
+        }
+    }
+
+    within_a_minute(|| {
+        paused_runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("msal.cache.nocae");
+            let lock_path = lock_path_of(&path);
+            let file = CacheFile::<JsonDoc>::new(path.clone(), None);
+            let (release_step, step_gate) = mpsc::channel::<()>();
+            let (release_drop, drop_gate) = mpsc::channel::<()>();
+            let started = Arc::new(AtomicUsize::new(0));
+            let dropping = Arc::new(AtomicUsize::new(0));
+            let hung = tokio::spawn({
+                let (steps, attempt) = (file.steps.clone(), lock_path.clone());
+                let (started, dropping) = (Arc::clone(&started), Arc::clone(&dropping));
+                async move {
+                    let named = attempt.clone();
+                    run_blocking(&steps, Step::Lock, &named, move || {
+                        let guard = take(&attempt);
+                        started.fetch_add(1, Ordering::SeqCst);
+                        let _ = step_gate.recv();
+                        // Dropped first: the lock file is still there while its drop hangs.
+                        let slow = SlowDrop {
+                            gate: drop_gate,
+                            dropping,
+                        };
+                        Ok((slow, guard))
+                    })
+                    .await
+                }
+            });
+            until(|| started.load(Ordering::SeqCst) == 1).await;
+            tokio::time::advance(READ_TIMEOUT).await;
+            let error = hung.await.unwrap().unwrap_err();
+            assert_eq!(io_kind(&error), Some(io::ErrorKind::TimedOut), "{error}");
+            let text = error.to_string();
+            for expected in [
+                "could not create the lock file",
+                &lock_path.display().to_string(),
+                "10 s",
+                "a lock file it made is removed when it returns",
+            ] {
+                assert!(text.contains(expected), "{expected:?} in {text}");
+            }
+
+            drop(release_step);
+            // The step returned; what it returned is being dropped, the lock file held.
+            until(|| dropping.load(Ordering::SeqCst) == 1).await;
+            assert!(lock_path.exists());
+            assert!(file.steps.overran(), "refused while the lock file is held");
+            let refused = file.read().now_or_never().expect("refused at once");
+            assert!(refused.unwrap_err().to_string().contains("not tried"));
+
+            drop(release_drop);
+            until(|| !file.steps.overran()).await;
+            assert!(!lock_path.exists(), "removed before steps run again");
+            file.modify(|doc| doc.add("after")).await.unwrap();
+            assert_eq!(file_keys(&path), ["after"]);
+        });
+    });
+}
+
+/// A writer holding the file's lock (waiting for the legacy file's, which another process
+/// holds) when the file's steps start being refused fails at once, not tried, and its lock
+/// file is removed all the same, while the step that overran still hangs; the other
+/// process's lock is left alone.
+#[test]
+fn a_writer_refused_while_it_holds_the_lock_lets_its_lock_file_go() {
+    within_a_minute(|| {
+        paused_runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("msal.cache.nocae");
+            let legacy = dir.path().join("msal.cache");
+            std::fs::write(&legacy, "{}").unwrap();
+            let legacy_lock = plant_lock(&legacy, std::process::id(), "python", Duration::ZERO);
+            let file = CacheFile::<JsonDoc>::new(path.clone(), Some(legacy.clone()));
+            let (hung, release) = hang(&file).await;
+            let writer = tokio::spawn({
+                let file = Arc::clone(&file);
+                async move { file.modify(|doc| doc.add("refused")).await }
+            });
+            // Then no step of its is running when the clock reaches the overrun.
+            until_waiting_between_steps(&file, &lock_path_of(&path), 1).await;
+            tokio::time::advance(READ_TIMEOUT).await;
+            assert!(hung.await.unwrap().is_err());
+
+            let error = writer.await.unwrap().unwrap_err();
+            assert_eq!(io_kind(&error), Some(io::ErrorKind::TimedOut), "{error}");
+            assert!(error.to_string().contains("not tried"), "{error}");
+            until(|| !lock_path_of(&path).exists()).await;
+            assert!(file.steps.overran(), "the hung step still hangs");
+            assert!(
+                legacy_lock.exists(),
+                "the other process's lock is left alone"
+            );
+            assert!(!path.exists(), "nothing written");
+
+            drop(release);
+            until(|| !file.steps.overran()).await;
+            std::fs::remove_file(&legacy_lock).unwrap();
+            file.modify(|doc| doc.add("after")).await.unwrap();
+            assert_eq!(file_keys(&path), ["after"]);
+        });
+    });
+}
+
+/// A writer cancelled while it holds the file's lock between steps (waiting for the legacy
+/// file's lock, which another process holds) has its lock file removed off the executor, by
+/// a step of its own: not on this thread, which runs the executor and whose logs are kept
+/// (a lock file removed here is logged here).
+#[test]
+fn a_writer_cancelled_while_it_holds_the_lock_removes_it_off_the_executor() {
+    within_a_minute(|| {
+        let logs = ThreadLogs::capture();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("msal.cache.nocae");
+        let lock_path = lock_path_of(&path);
+        paused_runtime().block_on(async {
+            let legacy = dir.path().join("msal.cache");
+            std::fs::write(&legacy, "{}").unwrap();
+            plant_lock(&legacy, std::process::id(), "python", Duration::ZERO);
+            let file = CacheFile::<JsonDoc>::new(path.clone(), Some(legacy));
+            let writer = tokio::spawn({
+                let file = Arc::clone(&file);
+                async move { file.modify(|doc| doc.add("cancelled")).await }
+            });
+            // Then its lock is in its hands, not in a step's.
+            until_waiting_between_steps(&file, &lock_path, 0).await;
+            writer.abort();
+            assert!(writer.await.unwrap_err().is_cancelled());
+            until(|| !lock_path.exists()).await;
+            until(|| file.steps.running() == 0).await;
+        });
+        // A lock file removed on this thread is logged here.
+        let control = dir.path().join("control.lockfile");
+        drop(take(&control));
+        let text = logs.text();
+        assert!(text.contains(&*control.to_string_lossy()), "{text}");
+        assert!(
+            !text.contains(&*lock_path.to_string_lossy()),
+            "removed on the executor: {text}"
+        );
+    });
+}
+
+/// `TokenStore::exists` says yes when its look is refused (its file's steps are, a step
+/// having overrun): the read that follows says why. (A look that times out is the same
+/// error, answered the same way.)
+#[test]
+fn a_store_whose_look_is_refused_says_its_file_exists() {
+    within_a_minute(|| {
+        paused_runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("msal.cache.nocae");
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            let location = crate::credential::CacheLocation::Keyring(
+                crate::entra::persistence::KeyringTarget {
+                    signal: path.clone(),
+                    bus: Some("unix:path=/nonexistent/x".to_owned()),
+                    fallback: true,
+                    legacy: None,
+                },
+            );
+            #[cfg(not(all(feature = "keyring", target_os = "linux")))]
+            let location = crate::credential::CacheLocation::File {
+                path: path.clone(),
+                legacy: None,
+            };
+            let store = TokenStore::file(location, LegacyWrites::Copy);
+            assert!(!store.exists().await, "nothing there");
+            // With the Secret Service, its backend is chosen: no usable one, the file.
+            assert!(store.read().await.unwrap().is_empty());
+            // The store's file, shared.
+            let file = CacheFile::<CacheDocument>::shared(path.clone(), None);
+            let release = overrun(&file).await;
+            let exists = store.exists().now_or_never().expect("refused at once");
+            assert!(exists, "a look refused says yes");
+            let error = store.read().now_or_never().expect("refused at once");
+            assert!(error.unwrap_err().to_string().contains("not tried"));
+            drop(release);
+            until(|| !file.steps.overran()).await;
+            assert!(!store.exists().await);
+        });
+    });
+}
+
+/// The Secret Service's steps on the signal file, refused: the lock check's error names the
+/// lock file; the signal file's, after the item was stored, says so, that the signal file
+/// was not touched and what that means, and the lock file is released all the same; the
+/// release's names the lock file. An overrun of the signal step says the same of the item.
+#[cfg(all(feature = "keyring", target_os = "linux"))]
+#[test]
+fn refused_keyring_steps_name_the_lock_file_and_the_stored_item() {
+    use super::super::keyring::{check_lock, release, signal_and_release};
+
+    within_a_minute(|| {
+        paused_runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let signal = dir.path().join("msal.cache.nocae");
+            let file = CacheFile::<JsonDoc>::new(signal.clone(), None);
+            let now = tokio::time::Instant::now();
+            let lock_path = lock_path_of(&signal);
+            let lock = Arc::new(file.acquire_lock(&lock_path, now).await.unwrap());
+            let other_path = lock_path_of(&dir.path().join("other"));
+            let other = Arc::new(file.acquire_lock(&other_path, now).await.unwrap());
+            let release_hung = overrun(&file).await;
+
+            let checked = check_lock(&file.steps, &lock).now_or_never();
+            let text = checked.expect("at once").unwrap_err().to_string();
+            for expected in [
+                "could not keep the lock file",
+                &lock_path.display().to_string(),
+                "not tried",
+            ] {
+                assert!(text.contains(expected), "{expected:?} in {text}");
+            }
+
+            let released = release(&file.steps, other).now_or_never();
+            let text = released.expect("at once").unwrap_err().to_string();
+            for expected in [
+                "could not release the lock file",
+                &other_path.display().to_string(),
+                "not tried",
+            ] {
+                assert!(text.contains(expected), "{expected:?} in {text}");
+            }
+
+            let touched = signal_and_release(&file.steps, lock, signal.clone()).now_or_never();
+            let text = touched.expect("at once").unwrap_err().to_string();
+            for expected in [
+                "could not touch the token cache's signal file",
+                &signal.display().to_string(),
+                "not touched",
+                "the Secret Service's item was stored",
+                "not told to reload",
+                "old copy",
+            ] {
+                assert!(text.contains(expected), "{expected:?} in {text}");
+            }
+            assert!(!text.contains("not tried"), "{text}");
+            until(|| !lock_path.exists() && !other_path.exists()).await;
+            assert!(!signal.exists(), "not touched");
+
+            let text = Step::Signal.overran(&signal).to_string();
+            for expected in [
+                "the Secret Service's item was stored",
+                "may or may not have been touched",
+                "old copy",
+                "the lock file stays taken until the step returns",
+            ] {
+                assert!(text.contains(expected), "{expected:?} in {text}");
+            }
+            drop(release_hung);
+        });
+    });
 }
