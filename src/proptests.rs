@@ -1582,31 +1582,101 @@ proptest! {
     #![proptest_config(config())]
 
     /// A member of a file's group that may take another member's file over (in a directory
-    /// setgid to that group) leaves the former owner a way back: the former owner, a member
-    /// of the group too, may take it back, whatever the ACL and the other groups either is
-    /// in. And the kernel lets the writer read and write the file.
+    /// setgid to that group) leaves the former owner a way back: the former owner may take
+    /// the file back, with the ACL the takeover set on it (without the entries naming ids
+    /// the writer cannot name) or none if that names nobody, whatever the ACL, the owner's
+    /// bits and the groups either is in. An owner the writer cannot name (`None`: its
+    /// entries show as unmapped ids) or whose groups it cannot look up is taken to be in the
+    /// file's group, as documented; one known not to be is never taken from.
     #[test]
     fn acl_a_takeover_leaves_the_former_owner_a_way_back(
         entries in valid_acl_naming(0u32..5),
         writer_groups in proptest::collection::vec(0u32..5, 0..3),
         owner_groups in proptest::collection::vec(0u32..5, 0..3),
+        owner_named in any::<bool>(),
+        owner_groups_known in any::<bool>(),
+        writer_in_group in proptest::bool::weighted(0.9),
+        owner_in_group in any::<bool>(),
+        // Read and write mostly, so that files are shared often enough to test the way back.
+        shared_perms in proptest::collection::vec(prop_oneof![3 => Just(0o6u16), 1 => 0u16..8], 3),
     ) {
-        use crate::entra::persistence::acl::{AccessAcl, Acl};
+        use crate::entra::persistence::acl::{
+            AccessAcl, Acl, GROUP_OBJ, MASK, OTHER, UNMAPPED, USER, USER_OBJ,
+        };
         // The named entries name these users and groups now and then.
         const FILE_GID: u32 = 1;
         const WRITER: u32 = 2;
         const OWNER: u32 = 3;
-        let acl = Acl::parse(&acl_bytes(2, &entries)).expect("a valid ACL parses");
-        let writer_groups = [&[FILE_GID][..], &writer_groups].concat();
-        let owner_groups = [&[FILE_GID][..], &owner_groups].concat();
-        let writes = acl.permits(WRITER, FILE_GID, &writer_groups, 0o6);
-        let acl = AccessAcl::Present(acl);
-        // The mode's group bits are the mask, which does not decide.
-        for mode in [0o600, 0o660] {
-            if acl.shares_read_write(mode, FILE_GID, Some(OWNER), WRITER, &writer_groups) {
-                prop_assert!(writes);
-                prop_assert!(acl.shares_read_write(mode, FILE_GID, Some(WRITER), OWNER, &owner_groups));
-            }
+        /// The mode of a file with the ACL `entries`: the owner's bits are its entry, the
+        /// group bits the mask (the owning group's entry without one), others' theirs.
+        fn mode_of(entries: &[crate::entra::persistence::acl::Entry]) -> u32 {
+            let perm = |tag| entries.iter().find(|e| e.tag == tag).map(|e| u32::from(e.perm));
+            let group = perm(MASK).or(perm(GROUP_OBJ)).unwrap_or(0);
+            (perm(USER_OBJ).unwrap_or(0) << 6) | (group << 3) | perm(OTHER).unwrap_or(0)
         }
+        // As the writer sees the file: an owner it cannot name shows as the unmapped id. The
+        // owner's, owning group's and mask's permissions mostly read and write.
+        let seen: Vec<_> = entries
+            .iter()
+            .map(|&(tag, perm, id)| match (tag, id) {
+                (USER, OWNER) if !owner_named => (tag, perm, UNMAPPED),
+                (USER_OBJ, _) => (tag, shared_perms[0], id),
+                (GROUP_OBJ, _) => (tag, shared_perms[1], id),
+                (MASK, _) => (tag, shared_perms[2], id),
+                _ => (tag, perm, id),
+            })
+            .collect();
+        let member = |in_group: bool, groups: Vec<u32>| {
+            let mut groups: Vec<u32> = groups.into_iter().filter(|&gid| gid != FILE_GID).collect();
+            if in_group {
+                groups.push(FILE_GID);
+            }
+            groups
+        };
+        let writer_groups = member(writer_in_group, writer_groups);
+        let owner_groups = member(owner_in_group, owner_groups);
+        let acl = Acl::parse(&acl_bytes(2, &seen)).expect("a valid ACL parses");
+        let mode = mode_of(acl.entries());
+        let owner = owner_named.then_some(OWNER);
+        let owner_groups_known = owner_groups_known && owner_named;
+        let owner_groups = if owner_groups_known {
+            owner_groups
+        } else {
+            // Not known: taken to be a member.
+            [&[FILE_GID][..], &owner_groups].concat()
+        };
+        let looked_up = owner_groups_known.then_some(owner_groups.as_slice());
+        let acl = AccessAcl::Present(acl);
+        let shared = acl.shares_read_write(mode, FILE_GID, owner, looked_up, WRITER, &writer_groups);
+        // The writer would become an owner unable to read or write it; the owner could not
+        // take the file back.
+        if mode & 0o600 != 0o600 || !owner_groups.contains(&FILE_GID) {
+            prop_assert!(!shared);
+        }
+        if !shared {
+            return Ok(());
+        }
+        // What the takeover leaves: the same mode, the writer's group given (nothing withheld).
+        let (set, _) = acl.to_set(0);
+        let (after, mode) = match set {
+            Some(set) => {
+                let mode = mode_of(set.entries());
+                (AccessAcl::Present(set), mode)
+            }
+            None => (AccessAcl::Absent, acl.mode(mode)),
+        };
+        prop_assert!(
+            after.shares_read_write(
+                mode,
+                FILE_GID,
+                Some(WRITER),
+                Some(&writer_groups),
+                OWNER,
+                &owner_groups,
+            ),
+            "{:?} mode {:o}",
+            after,
+            mode
+        );
     }
 }

@@ -13,7 +13,9 @@
 //! * loses any access ACL it inherited from its directory's default ACL (`setfacl -d`),
 //!   before its mode is set: the mode's group bits would become that ACL's mask and let in
 //!   the users and groups it names, who had no access to the old file. A file that had no
-//!   ACL is replaced by one that is exactly its mode, and a new file is 0600 with no ACL.
+//!   ACL is replaced by one that is exactly its mode, and a new file is 0600 with no ACL
+//!   (where the file system has POSIX ACLs or none: see the end of these docs for NFSv4 and
+//!   SMB).
 //!   If it cannot be removed, the write fails, the error naming `setfacl -k` on the
 //!   directory, which removes its default ACL ([`remove_inherited`]): the one way the new
 //!   file's ACL fails a write (the file's own ACL may also refuse a takeover: see below).
@@ -45,6 +47,16 @@
 //!
 //! Only the access ACL is read and written: a file has no default ACL. Elsewhere than on
 //! Linux no ACL is read or kept (an [`AccessAcl`] is always [`AccessAcl::Absent`]).
+//!
+//! What is said here holds on file systems with POSIX ACLs (ext4, xfs, btrfs, tmpfs) and on
+//! those without ACLs. NFSv4 and SMB (CIFS) mounts refuse the POSIX ACL attribute
+//! (`EOPNOTSUPP`) though their server may apply ACLs of its own, which this module neither
+//! sees nor keeps: the server's rules decide the new file's ACL (one a server-side default
+//! ACL gives a new file included, which is not removed), and the old file's is not copied.
+//! A file of such a mount counts as one without an ACL, but for a takeover: where the NFS
+//! client shows an NFSv4 ACL (`system.nfs4_acl`), the file is shared with nobody
+//! ([`AccessAcl::Unseen`]), since that ACL may not let the group in. An SMB server's ACL is
+//! not looked for.
 //!
 //! The kernel's format of the `system.posix_acl_access` extended attribute, which
 //! [`Acl::parse`] reads and [`Acl::to_bytes`] writes: a header, the version 2 as a 32-bit
@@ -78,11 +90,21 @@ pub(crate) enum AccessAcl {
     /// file gets no group permission bits, and the file's group is not taken to share it.
     #[cfg(target_os = "linux")]
     Unknown(String),
+    /// No POSIX ACL, on a file system that keeps ACLs of another kind (NFSv4's, which the
+    /// server applies and this module neither reads nor sets), and why: the new file gets the
+    /// mode as it is (the server's ACL rules give it whatever ACL they give a new file), and
+    /// the file's group is not taken to share it, since that ACL may not let it.
+    #[cfg(target_os = "linux")]
+    Unseen(String),
 }
 
 /// The permission bits a group or user needs to share the file: read and write.
 #[cfg(target_os = "linux")]
 const RW: u16 = 0o6;
+
+/// The extended attribute in which Linux's NFS client shows a file's NFSv4 ACL.
+#[cfg(target_os = "linux")]
+const NFS4_ACL: &str = "system.nfs4_acl";
 
 impl AccessAcl {
     /// The access ACL of the file `target` (which exists) on Linux; [`AccessAcl::Absent`]
@@ -107,7 +129,13 @@ impl AccessAcl {
                 }
             },
             // No ACL, or a file system (or kernel) without them.
-            Err(Errno::NODATA | Errno::NOTSUP | Errno::NOSYS) => return Self::Absent,
+            Err(Errno::NODATA | Errno::NOSYS) => return Self::Absent,
+            // No POSIX ACLs: an NFSv4 mount may keep ACLs of its own all the same.
+            Err(Errno::NOTSUP) => {
+                // A buffer of no length asks for the value's size alone.
+                let nfs4 = rustix::fs::getxattr(target, NFS4_ACL, &mut [0u8; 0][..]);
+                return Self::without_posix_acls(nfs4.is_ok());
+            }
             Err(error) => format!("reading it failed: {error}"),
         };
         tracing::warn!(
@@ -116,6 +144,21 @@ impl AccessAcl {
              gets no group permission and no ACL"
         );
         Self::Unknown(why)
+    }
+
+    /// The ACL of a file on a file system without POSIX ACLs, which shows an NFSv4 ACL
+    /// (`system.nfs4_acl`) for it if `nfs4` holds: [`AccessAcl::Unseen`] then, else
+    /// [`AccessAcl::Absent`].
+    #[cfg(target_os = "linux")]
+    pub(crate) fn without_posix_acls(nfs4: bool) -> Self {
+        if nfs4 {
+            Self::Unseen(format!(
+                "the file system has no POSIX ACLs but keeps an NFSv4 ACL ({NFS4_ACL}), which \
+                 this crate does not read"
+            ))
+        } else {
+            Self::Absent
+        }
     }
 
     /// Elsewhere no ACL is read.
@@ -127,7 +170,8 @@ impl AccessAcl {
     /// The permission bits (`0o777` at most) to give the new file of a file with permission
     /// bits `mode` and this ACL, before the ACL: the group bits are what the owning group
     /// may do (its entry limited by the mask), not the mask the mode shows; none for an ACL
-    /// not known.
+    /// not known; the mode's for a file with an NFSv4 ACL, whose server's ACL rules, not
+    /// this crate, decide what the group gets.
     #[cfg(unix)]
     pub(crate) fn mode(&self, mode: u32) -> u32 {
         match self {
@@ -136,15 +180,22 @@ impl AccessAcl {
             Self::Present(acl) => (mode & 0o707) | (u32::from(acl.owning_group()) << 3),
             #[cfg(target_os = "linux")]
             Self::Unknown(_) => mode & 0o707,
+            #[cfg(target_os = "linux")]
+            Self::Unseen(_) => mode & 0o777,
         }
     }
 
     /// Whether a file with permission bits `mode` and this ACL, of the group `file_gid`, is
-    /// shared by the user `writer` (not its owner, a member of the groups `groups`, the file's
-    /// among them) and its owner `owner` (`None`: one this process cannot name), so that
+    /// shared by the user `writer` (not its owner, a member of the groups `groups`) and its
+    /// owner `owner` (`None`: one this process cannot name), a member of the groups
+    /// `owner_groups` (`None`: not known, taken to be a member of `file_gid`), so that
     /// `writer` may take it over and `owner` take it back the same way.
     ///
-    /// Without an ACL, the mode's group bits decide. With one (the mode's group bits are then
+    /// Both must be members of `file_gid`: the owner's way back is a takeover too, and
+    /// without the group, the owner of a file without an ACL would be judged by the others'
+    /// bits. The owner's permission bits (with an ACL, the owner's entry, which they are)
+    /// must give read and write: the writer becomes the file's owner, whom the kernel judges
+    /// by them alone. Without an ACL, the mode's group bits decide the rest. With one (the mode's group bits are then
     /// the mask, which may give the group more than its entry does), the kernel must let
     /// `writer` read and write the file, and each of the two must read and write it by what
     /// the other's write will check: its named entry if it has one (which the kernel checks
@@ -160,11 +211,17 @@ impl AccessAcl {
         mode: u32,
         file_gid: u32,
         owner: Option<u32>,
+        owner_groups: Option<&[u32]>,
         writer: u32,
         groups: &[u32],
     ) -> bool {
         #[cfg(not(target_os = "linux"))]
-        let _ = (file_gid, owner, writer, groups);
+        let _ = (owner, writer);
+        let members = groups.contains(&file_gid)
+            && owner_groups.is_none_or(|owner_groups| owner_groups.contains(&file_gid));
+        if !members || mode & 0o600 != 0o600 {
+            return false;
+        }
         match self {
             Self::Absent => mode & 0o060 == 0o060,
             #[cfg(target_os = "linux")]
@@ -173,19 +230,21 @@ impl AccessAcl {
                     uid.and_then(|uid| acl.named_user(uid))
                         .unwrap_or_else(|| acl.owning_group())
                 };
-                acl.permits(writer, file_gid, groups, RW)
+                acl.perm(USER_OBJ).unwrap_or(0) & RW == RW
+                    && acl.permits(writer, file_gid, groups, RW)
                     && by_name_or_group(Some(writer)) & RW == RW
                     && by_name_or_group(owner) & RW == RW
             }
             #[cfg(target_os = "linux")]
-            Self::Unknown(_) => false,
+            Self::Unknown(_) | Self::Unseen(_) => false,
         }
     }
 
     /// The `setfacl -m` entries that would let the group share the file, as
     /// [`AccessAcl::shares_read_write`] asks, for the owner `owner` and the user `writer`
-    /// (the group's and the mask's, and the named entries of those two that do not give read
-    /// and write); `None` for a file without an ACL (`chmod g+rw` does it) or one not known.
+    /// (the owner's if it lacks read or write, the group's and the mask's, and the named
+    /// entries of those two that do not give read and write); `None` for a file without an
+    /// ACL (`chmod ug+rw` does it) or one not known.
     #[cfg(unix)]
     pub(crate) fn sharing_entries(&self, owner: Option<u32>, writer: u32) -> Option<String> {
         #[cfg(not(target_os = "linux"))]
@@ -194,7 +253,11 @@ impl AccessAcl {
             Self::Absent => None,
             #[cfg(target_os = "linux")]
             Self::Present(acl) => {
-                let mut entries = String::from("g::rw,m::rw");
+                let mut entries = String::new();
+                if acl.perm(USER_OBJ).unwrap_or(0) & RW != RW {
+                    entries.push_str("u::rw,");
+                }
+                entries.push_str("g::rw,m::rw");
                 for uid in owner.into_iter().chain([writer]) {
                     if acl.named_user(uid).is_some_and(|perm| perm & RW != RW) {
                         entries.push_str(&format!(",u:{uid}:rw"));
@@ -203,18 +266,36 @@ impl AccessAcl {
                 Some(entries)
             }
             #[cfg(target_os = "linux")]
-            Self::Unknown(_) => None,
+            Self::Unknown(_) | Self::Unseen(_) => None,
         }
     }
 
-    /// Why the ACL is not known, for one that could not be read or understood.
+    /// Why the ACL is not known, for one that could not be read or understood, or is not a
+    /// POSIX ACL.
     #[cfg(unix)]
     pub(crate) fn unknown(&self) -> Option<&str> {
         match self {
             #[cfg(target_os = "linux")]
-            Self::Unknown(why) => Some(why),
+            Self::Unknown(why) | Self::Unseen(why) => Some(why),
             _ => None,
         }
+    }
+
+    /// The ACL [`AccessAcl::apply`] sets on the new file, with `withheld` as there (`None`:
+    /// none, the mode saying it all), and how many of the old ACL's entries named ids this
+    /// process's user namespace does not map (dropped).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn to_set(&self, withheld: u32) -> (Option<Acl>, usize) {
+        let Self::Present(acl) = self else {
+            return (None, 0);
+        };
+        let (acl, unmapped) = acl.without_unmapped();
+        let acl = if withheld & 0o070 != 0 {
+            acl.owning_group_emptied()
+        } else {
+            acl
+        };
+        (acl.names_anyone().then_some(acl), unmapped)
     }
 
     /// Gives the new file `file` of the file `target` this ACL (after its mode: see the
@@ -223,10 +304,7 @@ impl AccessAcl {
     /// another). Never fails: what it cannot do, it logs, and the file keeps its mode.
     #[cfg(target_os = "linux")]
     pub(crate) fn apply(&self, file: &File, target: &Path, withheld: u32) {
-        let Self::Present(acl) = self else {
-            return;
-        };
-        let (acl, unmapped) = acl.without_unmapped();
+        let (acl, unmapped) = self.to_set(withheld);
         if unmapped > 0 {
             tracing::warn!(
                 path = %target.display(),
@@ -236,14 +314,9 @@ impl AccessAcl {
                  ACL without them, and they lose their access to it"
             );
         }
-        let acl = if withheld & 0o070 != 0 {
-            acl.owning_group_emptied()
-        } else {
-            acl
-        };
-        if !acl.names_anyone() {
+        let Some(acl) = acl else {
             return;
-        }
+        };
         let set = rustix::fs::fsetxattr(
             file,
             ACCESS_ACL,
@@ -270,7 +343,8 @@ impl AccessAcl {
 /// directory `dir` (Linux), before its mode is set: see the module docs. The ACL is asked for
 /// first: some file systems (9p, FUSE) refuse a removal (`EPERM`, `EACCES`, `EIO`) before
 /// looking for the attribute, which would fail every write there though nothing was
-/// inherited. A file system without ACLs has none. Fails only if there is one, or whether
+/// inherited. A file system without POSIX ACLs has none to remove (an NFSv4 or SMB server
+/// may give the new file an ACL of its own, which is not seen: see the module docs). Fails only if there is one, or whether
 /// there is one cannot be told, and the removal fails: the write then fails, the error
 /// naming `setfacl -k` on the directory.
 #[cfg(target_os = "linux")]

@@ -162,11 +162,12 @@ fn refuse_to_replace(_target: &Path, _replaced: &fs::Metadata) -> Result<(), Per
 /// a user namespace that does not map them), the new file of a file of this process's user
 /// keeps the group it was created with and loses the group permission bits (and its ACL's
 /// owning-group permissions), and another user's file in a directory setgid to the file's
-/// group, which may read and write it (by its ACL if it has one), becomes this process's
-/// user's, its mode and ACL kept; its former owner keeps access as a member of that group,
-/// or by a named entry of the ACL that names this process's user too, so that either may
-/// take the file back (see [`give_owner`]). Any other file of another user, one whose ACL
-/// could not be read or understood, one without its owner's write bit, or one with other
+/// group, which may read and write it (by its ACL if it has one), and which its owner is
+/// in (when the user database knows that owner), its owner's bits giving read and write,
+/// becomes this process's user's, its mode and ACL kept; its former owner keeps access as
+/// a member of that group, or by its own named entry, so that it may take the file back
+/// (see [`give_owner`]). Any other file of another user, one whose ACL could not be read
+/// or understood (or is an NFSv4 ACL), one without its owner's write bit, or one with other
 /// hard links is left as it is, and the write fails saying so. The ACL fails a write in one
 /// more case: the new file inherited an ACL from its directory's default ACL and it could
 /// not be removed (`setfacl -k` on the directory removes the default ACL; see
@@ -312,7 +313,10 @@ pub(super) fn install(temp: TempPath, target: &Path) -> Result<Stamp, Persistenc
 ///   the ACL `acl` with one ([`AccessAcl::shares_read_write`]: the kernel must let this
 ///   process read and write it, and both users must by their named entries, or the owning
 ///   group's entry for one the ACL does not name, within the mask; not by the mode's group
-///   bits, which are the mask). The group's members share the cache, so the new file is
+///   bits, which are the mask). The former owner must be in the group too, as the user
+///   database says (its next login's groups, [`user_groups`]; an owner it does not know is
+///   taken to be), and the owner's bits must give read and write, which the new owner gets.
+///   The group's members share the cache, so the new file is
 ///   this process's user's, with the same mode and ACL, and its former owner keeps access
 ///   as a member of the group or by its named entry, which lets it take the file back. The
 ///   setgid bit gives every member's new file that group, so each may update the file in
@@ -324,7 +328,8 @@ pub(super) fn install(temp: TempPath, target: &Path) -> Result<Stamp, Persistenc
 ///   group: it locks the former owner out of their own cache.
 /// * otherwise it is refused, naming both owners and what to do (for a file with an ACL,
 ///   `setfacl` rather than `chmod` to let the group write it, and to give the two users'
-///   named entries read and write; for one whose ACL could not be read or understood, why):
+///   named entries read and write; for one whose ACL could not be read or understood, why;
+///   for an owner not in the group, to add it):
 ///   taking the file over would lock its owner out of their tokens.
 #[cfg(unix)]
 fn give_owner(
@@ -388,15 +393,18 @@ pub(super) fn give_owner_unless_unmapped(
         .chain(rustix::process::getgroups().unwrap_or_default())
         .map(|group| group.as_raw())
         .collect();
-    // An owner this process cannot name has no named entry it could find.
+    // An owner this process cannot name has no named entry it could find, nor groups.
     let owner_uid = (!unmapped.0).then_some(owner.0);
-    let shared = !unmapped.1
+    let through_dir = !unmapped.1
         && owner.1 == ours.1
         && fs::metadata(parent_dir(target))
             .is_ok_and(|dir| dir.mode() & SETGID != 0 && dir.gid() == owner.1)
-        && groups.contains(&owner.1)
-        && acl.shares_read_write(mode, owner.1, owner_uid, ours.0, &groups);
-    if shared {
+        && groups.contains(&owner.1);
+    // Looked up only for a file the directory would share.
+    let former = owner_uid.filter(|_| through_dir).and_then(user_groups);
+    let owner_groups = former.as_ref().map(|(_, groups)| groups.as_slice());
+    if through_dir && acl.shares_read_write(mode, owner.1, owner_uid, owner_groups, ours.0, &groups)
+    {
         return Ok(0);
     }
     let unnamed = if unmapped.0 || unmapped.1 {
@@ -410,8 +418,28 @@ pub(super) fn give_owner_unless_unmapped(
         format!("uid {}", owner.0)
     };
     let file_arg = shell_word(target);
+    let outside = former
+        .as_ref()
+        .filter(|(_, groups)| !groups.contains(&owner.1));
     // An ACL not known shares the file with nobody: no command would tell it otherwise.
-    let share = if let Some(unknown) = acl.unknown() {
+    let share = if let Some((name, _)) = outside {
+        // The group shares the file but for its owner: no command on the file would do.
+        let add = if is_plain_name(name) {
+            format!(
+                " (usermod -aG {} {name}, which its next login sees)",
+                owner.1
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "update the token cache as {owner_is}, or add that user ({name:?}) to the file's \
+             group, gid {}, through which its directory shares it{add}: the user is not in \
+             that group, so it could not write the file again once it were this process's \
+             user's",
+            owner.1
+        )
+    } else if let Some(unknown) = acl.unknown() {
         format!(
             "update the token cache as {owner_is}: whether a group shares the file is decided \
              by its POSIX ACL, which could not be read or understood ({unknown})"
@@ -424,6 +452,8 @@ pub(super) fn give_owner_unless_unmapped(
                 "setfacl -m {entries} {file_arg}: it has an ACL, whose mask `chmod g+rw` would \
                  set rather than the group's own entry"
             ),
+            // The new owner is judged by the owner's bits alone.
+            None if mode & 0o600 != 0o600 => format!("chmod ug+rw {file_arg}"),
             None => format!("chmod g+rw {file_arg}"),
         };
         format!(
@@ -441,6 +471,59 @@ pub(super) fn give_owner_unless_unmapped(
         owner.0, owner.1, ours.0, ours.1,
     );
     Err(PersistenceError::io(REPLACE, target, io::Error::other(why)))
+}
+
+/// The name of the user `uid` and the groups it is in (its primary group and those that list
+/// it, as its next login would have them: `getgrouplist`), or `None` when it has no entry in
+/// the user database (a container without one for the file's owner), or they cannot be
+/// looked up: it is then taken to be in the file's group, there being no better guess.
+#[cfg(all(
+    unix,
+    not(any(
+        target_os = "aix",
+        target_os = "solaris",
+        target_os = "illumos",
+        target_vendor = "apple",
+        target_os = "redox",
+        target_os = "emscripten",
+    ))
+))]
+fn user_groups(uid: u32) -> Option<(String, Vec<u32>)> {
+    use nix::unistd::{Uid, User, getgrouplist};
+    let user = User::from_uid(Uid::from_raw(uid)).ok().flatten()?;
+    let name = std::ffi::CString::new(user.name.as_bytes()).ok()?;
+    let groups = getgrouplist(&name, user.gid).ok()?;
+    Some((
+        user.name,
+        groups.into_iter().map(|gid| gid.as_raw()).collect(),
+    ))
+}
+
+/// Elsewhere `getgrouplist` is not offered (or takes other types): the owner is taken to be
+/// in the file's group.
+#[cfg(all(
+    unix,
+    any(
+        target_os = "aix",
+        target_os = "solaris",
+        target_os = "illumos",
+        target_vendor = "apple",
+        target_os = "redox",
+        target_os = "emscripten",
+    )
+))]
+fn user_groups(_uid: u32) -> Option<(String, Vec<u32>)> {
+    None
+}
+
+/// Whether the user name `name` may be pasted in a shell command as it is.
+#[cfg(unix)]
+fn is_plain_name(name: &str) -> bool {
+    !name.starts_with('-')
+        && !name.is_empty()
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte))
 }
 
 /// Which of the ids `uid` and `gid`, as `stat` shows the owner of the file `target`, this

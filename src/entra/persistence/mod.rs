@@ -53,7 +53,10 @@
 //!   replacement has the mode with what the owning group had as group bits. An ACL the
 //!   replacement inherited from its directory's default ACL is removed first (the write
 //!   fails if it cannot be): a file without an ACL, a new one included, is replaced by one
-//!   without (see [`acl`]). Where this process
+//!   without (see [`acl`]). That holds on file systems with POSIX ACLs (ext4, xfs, btrfs,
+//!   tmpfs) and those without ACLs; on NFSv4 and SMB mounts, which refuse POSIX ACLs, the
+//!   server's ACL rules apply, neither seen nor kept: a new file gets what the server gives
+//!   it (a server-side default ACL included), whoever that lets in. Where this process
 //!   may not give the replacement that owner and group: for a file of this process's user,
 //!   the replacement keeps the group it was created with (this process's, or a setgid
 //!   directory's) and gets none of the group permission bits; another user's file is replaced
@@ -62,7 +65,10 @@
 //!   it in turn) and that group may read and write it, a cache its members share (with an
 //!   ACL: the kernel lets the writer read and write it, and the writer and the former owner
 //!   each read and write it by their named entries, or the group's entry for one not named,
-//!   within the mask; an ACL not read or understood shares it with nobody); its former owner
+//!   within the mask; an ACL not read or understood, or an NFSv4 one, shares it with nobody),
+//!   the former owner is in the group too (as the user database says; an owner it does not
+//!   know, as in a container without its entry, is taken to be), and the owner's bits give
+//!   read and write (the writer becomes the owner, judged by them); its former owner
 //!   keeps access as a member of the group or by its named entry, and may take it back the
 //!   same way. In a user namespace that does not map every id (a rootless container), an owner
 //!   or group shown as the overflow id (65534) is taken for one this process cannot name,

@@ -22,6 +22,8 @@ use super::{CacheFile, Document, LegacyWrites};
 #[cfg(target_os = "linux")]
 mod acl;
 mod hung;
+#[cfg(target_os = "linux")]
+mod takeover;
 
 // Callers only display the error; the tests also ask which kind it is.
 impl PersistenceError {

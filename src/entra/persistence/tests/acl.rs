@@ -15,24 +15,24 @@ use super::{
 };
 
 /// The extended attribute holding a file's access ACL.
-const ACCESS_ACL: &str = "system.posix_acl_access";
+pub(super) const ACCESS_ACL: &str = "system.posix_acl_access";
 /// The extended attribute holding a directory's default ACL.
 const DEFAULT_ACL: &str = "system.posix_acl_default";
 
 /// One ACL entry: tag, permissions, id ([`UNMAPPED`] for the entries that name nobody).
-type Entry = (u16, u16, u32);
+pub(super) type Entry = (u16, u16, u32);
 
 /// The owner's, owning group's, mask's and others' entries with these permissions.
-const fn owner_entry(perm: u16) -> Entry {
+pub(super) const fn owner_entry(perm: u16) -> Entry {
     (USER_OBJ, perm, UNMAPPED)
 }
-const fn group_entry(perm: u16) -> Entry {
+pub(super) const fn group_entry(perm: u16) -> Entry {
     (GROUP_OBJ, perm, UNMAPPED)
 }
-const fn mask_entry(perm: u16) -> Entry {
+pub(super) const fn mask_entry(perm: u16) -> Entry {
     (MASK, perm, UNMAPPED)
 }
-const fn other_entry(perm: u16) -> Entry {
+pub(super) const fn other_entry(perm: u16) -> Entry {
     (OTHER, perm, UNMAPPED)
 }
 
@@ -48,7 +48,7 @@ fn encoded(entries: &[Entry]) -> Vec<u8> {
 }
 
 /// Sets the ACL `name` (access or default) of `path` to `entries`.
-fn set_acl(path: &Path, name: &str, entries: &[Entry]) {
+pub(super) fn set_acl(path: &Path, name: &str, entries: &[Entry]) {
     rustix::fs::setxattr(
         path,
         name,
@@ -64,7 +64,7 @@ fn set_acl(path: &Path, name: &str, entries: &[Entry]) {
 }
 
 /// The access ACL of `path`, if it has one.
-fn acl_of(path: &Path) -> Option<Vec<Entry>> {
+pub(super) fn acl_of(path: &Path) -> Option<Vec<Entry>> {
     let mut value = vec![0; 64 * 1024];
     let len = match rustix::fs::getxattr(path, ACCESS_ACL, &mut value[..]) {
         Ok(len) => len,
