@@ -54,9 +54,10 @@
 //! sees nor keeps: the server's rules decide the new file's ACL (one a server-side default
 //! ACL gives a new file included, which is not removed), and the old file's is not copied.
 //! A file of such a mount counts as one without an ACL, but for a takeover: where the NFS
-//! client shows an NFSv4 ACL (`system.nfs4_acl`), the file is shared with nobody
-//! ([`AccessAcl::Unseen`]), since that ACL may not let the group in. An SMB server's ACL is
-//! not looked for.
+//! client shows an NFSv4 ACL (`system.nfs4_acl`), which it does for every file when the
+//! server supports ACLs, the file is shared with nobody ([`AccessAcl::Unseen`]), since that
+//! ACL may not let the group in; one that could not be looked for shares it with nobody
+//! either ([`AccessAcl::Unknown`]). An SMB server's ACL is not looked for.
 //!
 //! The kernel's format of the `system.posix_acl_access` extended attribute, which
 //! [`Acl::parse`] reads and [`Acl::to_bytes`] writes: a header, the version 2 as a 32-bit
@@ -134,7 +135,10 @@ impl AccessAcl {
             Err(Errno::NOTSUP) => {
                 // A buffer of no length asks for the value's size alone.
                 let nfs4 = rustix::fs::getxattr(target, NFS4_ACL, &mut [0u8; 0][..]);
-                return Self::without_posix_acls(nfs4.is_ok());
+                match Self::without_posix_acls(nfs4.map(drop)) {
+                    Self::Unknown(why) => why,
+                    known => return known,
+                }
             }
             Err(error) => format!("reading it failed: {error}"),
         };
@@ -146,18 +150,22 @@ impl AccessAcl {
         Self::Unknown(why)
     }
 
-    /// The ACL of a file on a file system without POSIX ACLs, which shows an NFSv4 ACL
-    /// (`system.nfs4_acl`) for it if `nfs4` holds: [`AccessAcl::Unseen`] then, else
-    /// [`AccessAcl::Absent`].
+    /// The ACL of a file on a file system without POSIX ACLs, given the answer `nfs4` to the
+    /// question whether it shows an NFSv4 ACL (`system.nfs4_acl`) for it:
+    /// [`AccessAcl::Unseen`] if it does; [`AccessAcl::Absent`] if the attribute is not set
+    /// (`ENODATA`) or the file system (or kernel) has no such attribute (`EOPNOTSUPP`,
+    /// `ENOSYS`); [`AccessAcl::Unknown`] for any other failure, which does not say there is
+    /// none (`EACCES`, `EIO`: an NFSv4 ACL there may not let the group in).
     #[cfg(target_os = "linux")]
-    pub(crate) fn without_posix_acls(nfs4: bool) -> Self {
-        if nfs4 {
-            Self::Unseen(format!(
-                "the file system has no POSIX ACLs but keeps an NFSv4 ACL ({NFS4_ACL}), which \
-                 this crate does not read"
-            ))
-        } else {
-            Self::Absent
+    pub(crate) fn without_posix_acls(nfs4: Result<(), rustix::io::Errno>) -> Self {
+        use rustix::io::Errno;
+        match nfs4 {
+            Ok(()) => Self::Unseen(format!(
+                "the file system applies NFSv4 ACLs (it shows {NFS4_ACL}), which this crate \
+                 does not read, so another user's file there is not taken over"
+            )),
+            Err(Errno::NODATA | Errno::NOTSUP | Errno::NOSYS) => Self::Absent,
+            Err(error) => Self::Unknown(format!("reading its NFSv4 ACL failed: {error}")),
         }
     }
 
@@ -270,13 +278,22 @@ impl AccessAcl {
         }
     }
 
-    /// Why the ACL is not known, for one that could not be read or understood, or is not a
-    /// POSIX ACL.
+    /// Why the ACL is not known, for one that could not be read or understood.
     #[cfg(unix)]
     pub(crate) fn unknown(&self) -> Option<&str> {
         match self {
             #[cfg(target_os = "linux")]
-            Self::Unknown(why) | Self::Unseen(why) => Some(why),
+            Self::Unknown(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Why the ACL is not read, for a file on a file system that applies NFSv4 ACLs.
+    #[cfg(unix)]
+    pub(crate) fn unseen(&self) -> Option<&str> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Self::Unseen(why) => Some(why),
             _ => None,
         }
     }

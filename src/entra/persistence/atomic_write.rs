@@ -314,8 +314,10 @@ pub(super) fn install(temp: TempPath, target: &Path) -> Result<Stamp, Persistenc
 ///   process read and write it, and both users must by their named entries, or the owning
 ///   group's entry for one the ACL does not name, within the mask; not by the mode's group
 ///   bits, which are the mask). The former owner must be in the group too, as the user
-///   database says (its next login's groups, [`user_groups`]; an owner it does not know is
-///   taken to be), and the owner's bits must give read and write, which the new owner gets.
+///   database says (its next login's groups, [`user_groups`]; an owner it does not know, or
+///   whose groups could not be looked up, is taken to be, as it is on AIX, Solaris, illumos,
+///   Apple's systems, Redox and Emscripten, where they are not looked up), and the owner's
+///   bits must give read and write, which the new owner gets.
 ///   The group's members share the cache, so the new file is
 ///   this process's user's, with the same mode and ACL, and its former owner keeps access
 ///   as a member of the group or by its named entry, which lets it take the file back. The
@@ -421,47 +423,61 @@ pub(super) fn give_owner_unless_unmapped(
     let outside = former
         .as_ref()
         .filter(|(_, groups)| !groups.contains(&owner.1));
-    // An ACL not known shares the file with nobody: no command would tell it otherwise.
-    let share = if let Some((name, _)) = outside {
-        // The group shares the file but for its owner: no command on the file would do.
+    // With an ACL, `chmod g+rw` sets the mask, not what the group may do, and a user it
+    // names is judged by that entry.
+    let share_file = || match acl.sharing_entries(owner_uid, ours.0) {
+        Some(entries) => format!(
+            "setfacl -m {entries} {file_arg}: it has an ACL, whose mask `chmod g+rw` would set \
+             rather than the group's own entry"
+        ),
+        // The new owner is judged by the owner's bits alone.
+        None if mode & 0o600 != 0o600 => format!("chmod ug+rw {file_arg}"),
+        None => format!("chmod g+rw {file_arg}"),
+    };
+    // An ACL not known, or not read, shares the file with nobody: no command would tell it
+    // otherwise.
+    let share = if let Some(unknown) = acl.unknown() {
+        format!(
+            "update the token cache as {owner_is}: whether a group shares the file is decided \
+             by its POSIX ACL, which could not be read or understood ({unknown})"
+        )
+    } else if let Some(unseen) = acl.unseen() {
+        format!("update the token cache as {owner_is}: {unseen}")
+    } else if let Some((name, _)) = outside {
+        // The owner is not in the group the directory shares the file through: no command
+        // on the file alone would do.
         let add = if is_plain_name(name) {
             format!(
-                " (usermod -aG {} {name}, which its next login sees)",
+                " (for a local user: usermod -aG {} {name}, which its next login sees)",
                 owner.1
             )
         } else {
             String::new()
         };
+        // Were the owner in the group, would the file be shared? If not, say that too.
+        let also = if acl.shares_read_write(mode, owner.1, owner_uid, None, ours.0, &groups) {
+            String::new()
+        } else {
+            format!(
+                "; the group must also read and write the file: {}",
+                share_file()
+            )
+        };
         format!(
             "update the token cache as {owner_is}, or add that user ({name:?}) to the file's \
              group, gid {}, through which its directory shares it{add}: the user is not in \
              that group, so it could not write the file again once it were this process's \
-             user's",
+             user's{also}",
             owner.1
         )
-    } else if let Some(unknown) = acl.unknown() {
-        format!(
-            "update the token cache as {owner_is}: whether a group shares the file is decided \
-             by its POSIX ACL, which could not be read or understood ({unknown})"
-        )
     } else {
-        // With an ACL, `chmod g+rw` sets the mask, not what the group may do, and a user it
-        // names is judged by that entry.
-        let share_file = match acl.sharing_entries(owner_uid, ours.0) {
-            Some(entries) => format!(
-                "setfacl -m {entries} {file_arg}: it has an ACL, whose mask `chmod g+rw` would \
-                 set rather than the group's own entry"
-            ),
-            // The new owner is judged by the owner's bits alone.
-            None if mode & 0o600 != 0o600 => format!("chmod ug+rw {file_arg}"),
-            None => format!("chmod g+rw {file_arg}"),
-        };
         format!(
             "update the token cache as {owner_is}, or share it through a group: make its \
              directory setgid to a group both users are in, which may write to it (chgrp \
              <group> {dir}; chmod g+rwxs {dir}), and the file that group's, which may read and \
              write it (chgrp <group> {file_arg}; {share_file})",
             dir = shell_word(parent_dir(target)),
+            share_file = share_file(),
         )
     };
     let why = format!(
@@ -476,7 +492,9 @@ pub(super) fn give_owner_unless_unmapped(
 /// The name of the user `uid` and the groups it is in (its primary group and those that list
 /// it, as its next login would have them: `getgrouplist`), or `None` when it has no entry in
 /// the user database (a container without one for the file's owner), or they cannot be
-/// looked up: it is then taken to be in the file's group, there being no better guess.
+/// looked up (an error of the lookup, such as SSSD or LDAP being unreachable or a buffer
+/// limit, or a name not UTF-8: [`lookup_name`]): it is then taken to be in the file's group,
+/// there being no better guess.
 #[cfg(all(
     unix,
     not(any(
@@ -491,12 +509,33 @@ pub(super) fn give_owner_unless_unmapped(
 fn user_groups(uid: u32) -> Option<(String, Vec<u32>)> {
     use nix::unistd::{Uid, User, getgrouplist};
     let user = User::from_uid(Uid::from_raw(uid)).ok().flatten()?;
-    let name = std::ffi::CString::new(user.name.as_bytes()).ok()?;
+    let name = lookup_name(&user.name)?;
     let groups = getgrouplist(&name, user.gid).ok()?;
     Some((
         user.name,
         groups.into_iter().map(|gid| gid.as_raw()).collect(),
     ))
+}
+
+/// The user name `name`, as `nix` gives it, to look up its groups by: `None` for one that
+/// held bytes not UTF-8 (`nix` replaces them with U+FFFD, a name the user database does not
+/// know, whose groups would come back as the primary one alone) or a NUL.
+#[cfg(all(
+    unix,
+    not(any(
+        target_os = "aix",
+        target_os = "solaris",
+        target_os = "illumos",
+        target_vendor = "apple",
+        target_os = "redox",
+        target_os = "emscripten",
+    ))
+))]
+pub(super) fn lookup_name(name: &str) -> Option<std::ffi::CString> {
+    if name.contains(char::REPLACEMENT_CHARACTER) {
+        return None;
+    }
+    std::ffi::CString::new(name).ok()
 }
 
 /// Elsewhere `getgrouplist` is not offered (or takes other types): the owner is taken to be
@@ -518,7 +557,7 @@ fn user_groups(_uid: u32) -> Option<(String, Vec<u32>)> {
 
 /// Whether the user name `name` may be pasted in a shell command as it is.
 #[cfg(unix)]
-fn is_plain_name(name: &str) -> bool {
+pub(super) fn is_plain_name(name: &str) -> bool {
     !name.starts_with('-')
         && !name.is_empty()
         && name

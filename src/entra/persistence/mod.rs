@@ -67,8 +67,11 @@
 //!   each read and write it by their named entries, or the group's entry for one not named,
 //!   within the mask; an ACL not read or understood, or an NFSv4 one, shares it with nobody),
 //!   the former owner is in the group too (as the user database says; an owner it does not
-//!   know, as in a container without its entry, is taken to be), and the owner's bits give
-//!   read and write (the writer becomes the owner, judged by them); its former owner
+//!   know, as in a container without its entry, or whose groups could not be looked up, SSSD
+//!   or LDAP being unreachable say, is taken to be, as is every owner on AIX, Solaris,
+//!   illumos, Apple's systems, Redox and Emscripten, where the groups are not looked up),
+//!   and the owner's bits give read and write (the writer becomes the owner, judged by
+//!   them); its former owner
 //!   keeps access as a member of the group or by its named entry, and may take it back the
 //!   same way. In a user namespace that does not map every id (a rootless container), an owner
 //!   or group shown as the overflow id (65534) is taken for one this process cannot name,
