@@ -75,16 +75,30 @@ where
         .spawn(move || {
             // The payload goes to the caller, who resumes it or drops it.
             let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            // Runs `returned` when dropped, also if the drop below panics: else the work
+            // would count as running for the rest of the process's life.
+            let _returned = Returned(Some((returned, sent)));
             // Either the receiver has it now, or it was closed and it comes back: dropped
             // here, before `returned`, so that its drop counts as part of the work.
             if let Err(value) = send.send(value) {
                 drop(value);
             }
-            returned();
-            drop(sent);
         })?;
     hold_a_paused_clock(on_sent, now);
     Ok(receive)
+}
+
+/// A detached work's `returned`, run when dropped (on unwinding too), then its `sent`
+/// dropped (the paused clock released).
+struct Returned<R: FnOnce()>(Option<(R, oneshot::Sender<()>)>);
+
+impl<R: FnOnce()> Drop for Returned<R> {
+    fn drop(&mut self) {
+        if let Some((returned, sent)) = self.0.take() {
+            returned();
+            drop(sent);
+        }
+    }
 }
 
 /// [`READ_TIMEOUT`] after `start`: when work started then has overrun.

@@ -7,7 +7,8 @@
 //! for a file system that stops answering: while a step that ran [`READ_TIMEOUT`](super::READ_TIMEOUT) has not
 //! returned, new steps are refused at once ([`StepFailure::Refused`]), their work not run,
 //! instead of each starting one more thread that would hang with it; once it has returned,
-//! steps run again. A step counts from when it starts until its thread returns, whether its
+//! steps run again. Work that must not be dropped unrun is run all the same
+//! ([`Steps::run_counted`]), counted as any step. A step counts from when it starts until its thread returns, whether its
 //! caller still waits for it or gave up; a result its caller did not take (a lock file's
 //! guard) is dropped before, as part of the step.
 
@@ -92,6 +93,14 @@ impl Steps {
         lock(&self.running).started.len()
     }
 
+    /// How many steps have ever started (refused ones not included): a test waits for a
+    /// caller to have started a known number of them, not for a pause that may be a gap
+    /// between two.
+    #[cfg(test)]
+    pub(crate) fn started(&self) -> u64 {
+        lock(&self.running).next
+    }
+
     /// A new step, started `now`: its number.
     fn start(running: &mut Running, now: Instant) -> u64 {
         let step = running.next;
@@ -130,6 +139,31 @@ impl Steps {
             }
             (Self::start(&mut running, now), now)
         };
+        self.wait_for(step, now, work).await
+    }
+
+    /// [`run`](Self::run) without the refusal: `work` runs (and counts) even while a step
+    /// that overran has not returned. For work that must not be dropped unrun: the touch of
+    /// a signal file whose lock file goes with it, which must come before the lock file's
+    /// removal, else other processes take the lock, see no change and write their old copy
+    /// back. Never [`StepFailure::Refused`].
+    pub(crate) async fn run_counted<T, W>(&self, work: W) -> Result<T, StepFailure<W>>
+    where
+        T: Send + 'static,
+        W: FnOnce() -> T + Send + 'static,
+    {
+        let now = Instant::now();
+        let step = Self::start(&mut lock(&self.running), now);
+        self.wait_for(step, now, work).await
+    }
+
+    /// Runs `work`, counted as `step` since `now`, on a thread of its own and waits for it
+    /// (see [`run`](Self::run)).
+    async fn wait_for<T, W>(&self, step: u64, now: Instant, work: W) -> Result<T, StepFailure<W>>
+    where
+        T: Send + 'static,
+        W: FnOnce() -> T + Send + 'static,
+    {
         let forget = self.forgetter(step);
         // Started with the lock released: a thread that cannot be started drops the work
         // here, and what it holds may do I/O when dropped.
@@ -215,6 +249,7 @@ mod tests {
 
     use futures_util::FutureExt;
 
+    use super::super::READ_TIMEOUT;
     use super::super::tests::{paused_runtime, until, within_a_minute};
     use super::*;
 
@@ -342,6 +377,46 @@ mod tests {
                     dropped_on.lock().unwrap().as_deref(),
                     Some(super::super::THREAD_NAME)
                 );
+            });
+        });
+    }
+
+    /// A result not taken (its caller gave up: the step overran) whose drop panics still
+    /// ends the step: the file is not refused for the rest of the process's life.
+    #[test]
+    fn a_result_whose_drop_panics_still_ends_its_step() {
+        struct PanicsOnDrop;
+        impl Drop for PanicsOnDrop {
+            fn drop(&mut self) {
+                panic!("a drop that panics");
+            }
+        }
+
+        within_a_minute(|| {
+            paused_runtime().block_on(async {
+                let steps = Steps::new();
+                let (release, gate) = mpsc::channel::<()>();
+                let started = Arc::new(AtomicUsize::new(0));
+                let caller = tokio::spawn({
+                    let (steps, started) = (steps.clone(), Arc::clone(&started));
+                    async move {
+                        steps
+                            .run(move || {
+                                started.fetch_add(1, Ordering::SeqCst);
+                                let _ = gate.recv();
+                                PanicsOnDrop
+                            })
+                            .await
+                            .map(std::mem::forget)
+                    }
+                });
+                until(|| started.load(Ordering::SeqCst) == 1).await;
+                tokio::time::advance(READ_TIMEOUT).await;
+                assert!(matches!(caller.await.unwrap(), Err(StepFailure::Overran)));
+                assert!(steps.overran());
+                drop(release);
+                until(|| !steps.overran()).await;
+                assert_eq!(steps.running(), 0);
             });
         });
     }

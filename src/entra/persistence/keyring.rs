@@ -158,9 +158,9 @@ impl<D: Document> KeyringCache<D> {
     /// item's `Type` is set after that, with the lock file released: it is cosmetic, and may
     /// take up to the call timeout, longer than other writers wait for the lock.
     ///
-    /// Once the item is stored, the change is made: a signal file that could not be touched
-    /// (or whose step was refused or overran) is logged as a warning, not returned as an
-    /// error, as the caller would take the change for not made.
+    /// A signal file not touched once the item is stored (its touch failed or overran) is an
+    /// error that says so: other processes may write their old copy back over the change, so
+    /// the caller keeps what it would otherwise lose (a rotated refresh token, in memory).
     pub(crate) async fn modify<R, F>(&self, change: F) -> Result<R, PersistenceError>
     where
         F: FnOnce(&mut D) -> R + Send + 'static,
@@ -236,8 +236,8 @@ impl<D: Document> KeyringCache<D> {
 
 /// Stores `bytes` (if any) as the item and touches the signal file, then releases the lock
 /// file, off the executor as all of the lock file's I/O, in steps of the signal file's
-/// `steps`. Returns the stored item's path. Once it is stored, a failure to touch the signal
-/// file is logged, not returned (see [`KeyringCache::modify`]).
+/// `steps`. Returns the stored item's path; an error once it is stored if the signal file was
+/// not touched (see [`KeyringCache::modify`]).
 async fn store_and_signal(
     keyring: Arc<Keyring>,
     lock: HeldLock,
@@ -254,12 +254,7 @@ async fn store_and_signal(
         },
     };
     match saved {
-        Ok(Some(item)) => {
-            if let Err(error) = signal_and_release(&steps, lock, signal).await {
-                tracing::warn!(%error, "the token cache item was stored, but msal-extensions' processes were not told to reload it");
-            }
-            Ok(Some(item))
-        }
+        Ok(Some(item)) => signalled(&steps, lock, signal, item).await.map(Some),
         // Nothing stored: the lock file is released, and a failure to (logged by the guard)
         // changes nothing for the caller.
         unchanged_or_failed => {
@@ -283,9 +278,21 @@ pub(super) async fn check_lock(
     .await
 }
 
+/// `item`, stored, once the signal file is touched and the lock file released
+/// ([`signal_and_release`]); else the error, which says the item was stored: the change
+/// is not taken for safely made.
+pub(super) async fn signalled<T>(
+    steps: &Steps,
+    lock: Arc<HeldLock>,
+    signal: PathBuf,
+    item: T,
+) -> Result<T, PersistenceError> {
+    signal_and_release(steps, lock, signal).await.map(|()| item)
+}
+
 /// Touches the signal file, the item being stored, then releases the lock file (the last
-/// holder of `lock`), as one step of the signal file's. Errors name the signal file and say
-/// that the item was stored.
+/// holder of `lock`), as one step of the signal file's, run even while its steps are refused
+/// (see `Step::must_run`). Errors name the signal file and say that the item was stored.
 pub(super) async fn signal_and_release(
     steps: &Steps,
     lock: Arc<HeldLock>,
@@ -294,9 +301,33 @@ pub(super) async fn signal_and_release(
     let path = signal.clone();
     run_blocking(steps, Step::Signal, &path, move || {
         let _lock = lock;
-        touch(&signal)
+        touch(&signal).map_err(|error| stored_not_signalled(&signal, error))
     })
     .await
+}
+
+/// `error`, the touch's of the `signal` file, saying what it means once the item is stored.
+fn stored_not_signalled(signal: &Path, error: PersistenceError) -> PersistenceError {
+    const EFFECT: &str = "; the Secret Service's item was stored, but the signal file was not \
+        touched: other processes (msal-extensions) are not told to reload the token cache, and \
+        may keep their old copy and write it back over this change";
+    match error.kind {
+        Kind::Io {
+            operation,
+            path,
+            error,
+        } => PersistenceError::io(
+            operation,
+            &path,
+            io::Error::new(error.kind(), format!("{error}{EFFECT}")),
+        ),
+        // Not made by `touch`, which fails with I/O errors only.
+        kind => PersistenceError::io(
+            TOUCH,
+            signal,
+            io::Error::other(format!("{}{EFFECT}", PersistenceError { kind })),
+        ),
+    }
 }
 
 /// Releases the lock file (the last holder of `lock`) as a step of the signal file's. Errors

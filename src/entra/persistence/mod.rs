@@ -121,7 +121,9 @@
 //! hung mount (NFS, FUSE) fails a call with a timeout naming the file, instead of holding it,
 //! and the runtime's shutdown, for ever. While a step that overran has not returned, every
 //! new step of that file is refused at once (its work not run) with an error saying so, and
-//! the file is used again once it returns. A step that overran goes on on its thread with
+//! the file is used again once it returns. The one step run all the same is the signal
+//! file's touch after the Secret Service's item was stored ([`Step::must_run`]): its lock
+//! file goes with it, and must not go untouched. A step that overran goes on on its thread with
 //! what it holds: a lock file stays taken until it returns, and a write it was making may
 //! still land (the error says so). A lock file whose holder lets go of it between steps (a
 //! call cancelled, or failed, while it holds the lock: a [`HeldLock`]), or that a step's
@@ -541,6 +543,18 @@ impl Step {
         }
     }
 
+    /// Whether its work runs even while the file's steps are refused: the signal file's
+    /// touch, whose work also holds the lock file. Dropped unrun, the lock file would be
+    /// removed with the signal file untouched, and msal-extensions, taking the lock next,
+    /// would see no change and write its old copy over the item just stored.
+    fn must_run(self) -> bool {
+        #[cfg(all(feature = "keyring", target_os = "linux"))]
+        if self == Step::Signal {
+            return true;
+        }
+        false
+    }
+
     /// The error of the step that ran [`READ_TIMEOUT`] without returning.
     fn overran(self, path: &Path) -> PersistenceError {
         let effect = match self {
@@ -571,25 +585,16 @@ impl Step {
         PersistenceError::io(self.operation(), path, cause)
     }
 
-    /// The error of the step not run because an earlier one overran.
+    /// The error of the step not run because an earlier one overran (never one that
+    /// [`must_run`](Self::must_run)).
     fn refused(self, path: &Path) -> PersistenceError {
-        let (not_done, effect) = match self {
-            #[cfg(all(feature = "keyring", target_os = "linux"))]
-            Step::Signal => (
-                "not touched",
-                "; the Secret Service's item was stored, but other processes (msal-extensions) \
-                 were not told to reload the token cache: they may keep their old copy, and \
-                 write it back over this change, until the signal file is touched again",
-            ),
-            _ => ("not tried", ""),
-        };
         let cause = io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
-                "{not_done}: an earlier step of this token cache's file I/O has run more than {} \
+                "not tried: an earlier step of this token cache's file I/O has run more than {} \
                  and has not returned: the file system does not answer (a hung network or FUSE \
                  mount); fix the mount; this process uses the token cache again once that step \
-                 returns{effect}",
+                 returns",
                 error::seconds(READ_TIMEOUT)
             ),
         );
@@ -599,8 +604,8 @@ impl Step {
 
 /// Runs `step`'s blocking file I/O through the file's `steps`, on a thread of its own, waited
 /// for [`READ_TIMEOUT`] at most; refused at once while a step that overran has not returned
-/// (see the module docs). `path` is the file named in its errors. A panic (from a caller's
-/// closure) continues in the caller.
+/// (see the module docs), unless it [must run](Step::must_run). `path` is the file named in
+/// its errors. A panic (from a caller's closure) continues in the caller.
 async fn run_blocking<T, F>(
     steps: &Steps,
     step: Step,
@@ -611,7 +616,12 @@ where
     F: FnOnce() -> Result<T, PersistenceError> + Send + 'static,
     T: Send + 'static,
 {
-    match steps.run(work).await {
+    let ran = match steps.run(work).await {
+        // Not dropped unrun: see `Step::must_run`.
+        Err(StepFailure::Refused(work)) if step.must_run() => steps.run_counted(work).await,
+        ran => ran,
+    };
+    match ran {
         Ok(result) => result,
         Err(StepFailure::Overran) => Err(step.overran(path)),
         Err(StepFailure::Refused(work)) => {

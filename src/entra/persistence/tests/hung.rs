@@ -63,20 +63,58 @@ async fn overrun<D: Document>(file: &CacheFile<D>) -> mpsc::Sender<()> {
 }
 
 /// Until a writer of `file` holds its lock file at `lock_path` and waits, between steps, for
-/// another lock (no step of the file running but `hung` ones, seen three times in a row:
-/// a step's result is taken on the next turn of the runtime, which the test does not let
-/// idle, so its clock stays still).
+/// another lock: it has started `started` steps of the file, `hung` ones included (its own
+/// lock attempt, the look at the legacy file, its first attempt at the legacy lock), and
+/// none is running but the `hung` ones. Counted, not guessed from a pause: a pause may be a
+/// gap between two steps. Then one turn of the runtime, in which the writer takes its last
+/// step's result (it was woken before the step was forgotten) and goes to sleep until its
+/// next attempt, which the test's clock, kept from idling, does not reach.
 async fn until_waiting_between_steps<D: Document>(
     file: &CacheFile<D>,
     lock_path: &std::path::Path,
+    started: u64,
     hung: usize,
 ) {
-    let mut idle = 0;
-    while idle < 3 {
-        tokio::task::yield_now().await;
-        let waiting = lock_path.exists() && file.steps.running() == hung;
-        idle = if waiting { idle + 1 } else { 0 };
-    }
+    until(|| file.steps.started() == started && file.steps.running() == hung).await;
+    assert!(lock_path.exists(), "the writer holds its lock");
+    tokio::task::yield_now().await;
+    assert_eq!(file.steps.started(), started, "no further step");
+}
+
+/// A signal file that cannot be touched, the Secret Service's item stored, fails the change
+/// with an error that says the item was stored, the signal file not touched and what that
+/// means (the caller keeps what it would lose); the lock file is released after the attempt.
+#[cfg(all(feature = "keyring", target_os = "linux"))]
+#[test]
+fn a_signal_file_not_touched_fails_the_change_saying_the_item_was_stored() {
+    use super::super::keyring::signalled;
+
+    within_a_minute(|| {
+        paused_runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let signal = dir.path().join("msal.cache.nocae");
+            // A directory is not touched (not a regular file).
+            std::fs::create_dir(&signal).unwrap();
+            let file = CacheFile::<JsonDoc>::new(signal.clone(), None);
+            let lock_path = lock_path_of(&signal);
+            let now = tokio::time::Instant::now();
+            let lock = Arc::new(file.acquire_lock(&lock_path, now).await.unwrap());
+            let error = signalled(&file.steps, lock, signal.clone(), "item")
+                .await
+                .unwrap_err();
+            let text = error.to_string();
+            for expected in [
+                "could not touch the token cache's signal file",
+                &signal.display().to_string(),
+                "the Secret Service's item was stored, but the signal file was not touched",
+                "not told to reload",
+                "old copy",
+            ] {
+                assert!(text.contains(expected), "{expected:?} in {text}");
+            }
+            assert!(!lock_path.exists(), "released");
+        });
+    });
 }
 
 /// What is logged on this thread while it lives: in a current-thread runtime, what the
@@ -381,12 +419,13 @@ fn a_writer_refused_while_it_holds_the_lock_lets_its_lock_file_go() {
             let legacy_lock = plant_lock(&legacy, std::process::id(), "python", Duration::ZERO);
             let file = CacheFile::<JsonDoc>::new(path.clone(), Some(legacy.clone()));
             let (hung, release) = hang(&file).await;
+            let before = file.steps.started();
             let writer = tokio::spawn({
                 let file = Arc::clone(&file);
                 async move { file.modify(|doc| doc.add("refused")).await }
             });
             // Then no step of its is running when the clock reaches the overrun.
-            until_waiting_between_steps(&file, &lock_path_of(&path), 1).await;
+            until_waiting_between_steps(&file, &lock_path_of(&path), before + 3, 1).await;
             tokio::time::advance(READ_TIMEOUT).await;
             assert!(hung.await.unwrap().is_err());
 
@@ -431,7 +470,7 @@ fn a_writer_cancelled_while_it_holds_the_lock_removes_it_off_the_executor() {
                 async move { file.modify(|doc| doc.add("cancelled")).await }
             });
             // Then its lock is in its hands, not in a step's.
-            until_waiting_between_steps(&file, &lock_path, 0).await;
+            until_waiting_between_steps(&file, &lock_path, 3, 0).await;
             writer.abort();
             assert!(writer.await.unwrap_err().is_cancelled());
             until(|| !lock_path.exists()).await;
@@ -491,13 +530,14 @@ fn a_store_whose_look_is_refused_says_its_file_exists() {
 }
 
 /// The Secret Service's steps on the signal file, refused: the lock check's error names the
-/// lock file; the signal file's, after the item was stored, says so, that the signal file
-/// was not touched and what that means, and the lock file is released all the same; the
-/// release's names the lock file. An overrun of the signal step says the same of the item.
+/// lock file, as the release's does. The signal file's step, after the item was stored, is
+/// run all the same (the lock file goes with it, after the touch: refused, the lock file
+/// would go with the signal file untouched). An overrun of the signal step says the item was
+/// stored, and what an untouched signal file means.
 #[cfg(all(feature = "keyring", target_os = "linux"))]
 #[test]
-fn refused_keyring_steps_name_the_lock_file_and_the_stored_item() {
-    use super::super::keyring::{check_lock, release, signal_and_release};
+fn refused_keyring_steps_name_the_lock_file_and_the_signal_step_runs_all_the_same() {
+    use super::super::keyring::{check_lock, release, signalled};
 
     within_a_minute(|| {
         paused_runtime().block_on(async {
@@ -531,21 +571,17 @@ fn refused_keyring_steps_name_the_lock_file_and_the_stored_item() {
                 assert!(text.contains(expected), "{expected:?} in {text}");
             }
 
-            let touched = signal_and_release(&file.steps, lock, signal.clone()).now_or_never();
-            let text = touched.expect("at once").unwrap_err().to_string();
-            for expected in [
-                "could not touch the token cache's signal file",
-                &signal.display().to_string(),
-                "not touched",
-                "the Secret Service's item was stored",
-                "not told to reload",
-                "old copy",
-            ] {
-                assert!(text.contains(expected), "{expected:?} in {text}");
-            }
-            assert!(!text.contains("not tried"), "{text}");
-            until(|| !lock_path.exists() && !other_path.exists()).await;
-            assert!(!signal.exists(), "not touched");
+            // Run all the same, counted: the touch comes before the lock file's removal.
+            // The refused release's lock file was let go of by a step of its own.
+            until(|| !other_path.exists() && file.steps.running() == 1).await;
+            let touched = tokio::spawn({
+                let (steps, signal) = (file.steps.clone(), signal.clone());
+                async move { signalled(&steps, lock, signal, "item").await }
+            });
+            assert_eq!(touched.await.unwrap().unwrap(), "item");
+            assert!(signal.exists(), "touched");
+            assert!(!lock_path.exists(), "released after the touch");
+            assert_eq!(file.steps.running(), 1, "only the hung step");
 
             let text = Step::Signal.overran(&signal).to_string();
             for expected in [
