@@ -8,3 +8,19 @@ pub(crate) mod authority;
 mod serve;
 #[path = "../tests/it/support/tls.rs"]
 mod tls;
+
+/// What a test's `tracing` subscriber wrote: its writer
+/// (`.with_writer(move || logs.clone())`), each clone writing to the same buffer.
+#[derive(Clone, Default)]
+pub(crate) struct Logs(pub(crate) std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -2028,20 +2028,7 @@ async fn logged_scenario() -> usize {
     idp.calls()
 }
 
-/// What a test's subscriber wrote.
-#[derive(Clone, Default)]
-pub(super) struct Logs(pub(super) Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+pub(super) use crate::test_support::Logs;
 
 #[tokio::test(start_paused = true)]
 async fn logs_say_each_outcome_warn_once_and_never_show_a_token() {

@@ -1907,19 +1907,7 @@ fn an_answer_with_extreme_times_is_written_and_read_back() {
     assert_eq!(doc.remove_expired_access_tokens(u64::MAX), 1);
 }
 
-/// A buffer the test subscriber writes to.
-#[derive(Clone, Default)]
-struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use crate::test_support::Logs as LogBuffer;
 
 #[test]
 fn the_queries_log_which_field_of_which_entry_they_skip_and_never_its_value() {

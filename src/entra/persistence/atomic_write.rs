@@ -520,17 +520,9 @@ fn user_groups(uid: u32) -> Option<(String, Vec<u32>)> {
 /// The user name `name`, as `nix` gives it, to look up its groups by: `None` for one that
 /// held bytes not UTF-8 (`nix` replaces them with U+FFFD, a name the user database does not
 /// know, whose groups would come back as the primary one alone) or a NUL.
-#[cfg(all(
-    unix,
-    not(any(
-        target_os = "aix",
-        target_os = "solaris",
-        target_os = "illumos",
-        target_vendor = "apple",
-        target_os = "redox",
-        target_os = "emscripten",
-    ))
-))]
+#[cfg(unix)]
+// Unused on the targets where `user_groups` looks nothing up.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(super) fn lookup_name(name: &str) -> Option<std::ffi::CString> {
     if name.contains(char::REPLACEMENT_CHARACTER) {
         return None;

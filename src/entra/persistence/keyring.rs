@@ -253,15 +253,7 @@ async fn store_and_signal(
             Err(error) => Err(error),
         },
     };
-    match saved {
-        Ok(Some(item)) => signalled(&steps, lock, signal, item).await.map(Some),
-        // Nothing stored: the lock file is released, and a failure to (logged by the guard)
-        // changes nothing for the caller.
-        unchanged_or_failed => {
-            let _ = release(&steps, lock).await;
-            unchanged_or_failed
-        }
-    }
+    finish(&steps, lock, signal, saved).await
 }
 
 /// Checks, as a step of the signal file's, that our lock file is still ours, as the file's
@@ -278,21 +270,33 @@ pub(super) async fn check_lock(
     .await
 }
 
-/// `item`, stored, once the signal file is touched and the lock file released
-/// ([`signal_and_release`]); else the error, which says the item was stored: the change
-/// is not taken for safely made.
-pub(super) async fn signalled<T>(
+/// What a change comes to once the Secret Service answered (`saved`): an item stored is the
+/// answer once the signal file is touched and the lock file released
+/// ([`signal_and_release`]); else the error, which says the item was stored, so that the
+/// change is not taken for safely made (the caller keeps what it would otherwise lose).
+/// Nothing stored, or a failure: the lock file is released, and `saved` is the answer (a
+/// failure to release is logged by the guard, and changes nothing for the caller).
+pub(super) async fn finish<T>(
     steps: &Steps,
     lock: Arc<HeldLock>,
     signal: PathBuf,
-    item: T,
-) -> Result<T, PersistenceError> {
-    signal_and_release(steps, lock, signal).await.map(|()| item)
+    saved: Result<Option<T>, PersistenceError>,
+) -> Result<Option<T>, PersistenceError> {
+    match saved {
+        Ok(Some(item)) => signal_and_release(steps, lock, signal)
+            .await
+            .map(|()| Some(item)),
+        unchanged_or_failed => {
+            let _ = release(steps, lock).await;
+            unchanged_or_failed
+        }
+    }
 }
 
 /// Touches the signal file, the item being stored, then releases the lock file (the last
 /// holder of `lock`), as one step of the signal file's, run even while its steps are refused
-/// (see `Step::must_run`). Errors name the signal file and say that the item was stored.
+/// (see `Step::must_run`). Errors name the signal file and say that the item was stored
+/// (also when no thread could be started for the step).
 pub(super) async fn signal_and_release(
     steps: &Steps,
     lock: Arc<HeldLock>,
@@ -307,7 +311,7 @@ pub(super) async fn signal_and_release(
 }
 
 /// `error`, the touch's of the `signal` file, saying what it means once the item is stored.
-fn stored_not_signalled(signal: &Path, error: PersistenceError) -> PersistenceError {
+pub(super) fn stored_not_signalled(signal: &Path, error: PersistenceError) -> PersistenceError {
     const EFFECT: &str = "; the Secret Service's item was stored, but the signal file was not \
         touched: other processes (msal-extensions) are not told to reload the token cache, and \
         may keep their old copy and write it back over this change";

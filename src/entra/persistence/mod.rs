@@ -121,9 +121,9 @@
 //! hung mount (NFS, FUSE) fails a call with a timeout naming the file, instead of holding it,
 //! and the runtime's shutdown, for ever. While a step that overran has not returned, every
 //! new step of that file is refused at once (its work not run) with an error saying so, and
-//! the file is used again once it returns. The one step run all the same is the signal
-//! file's touch after the Secret Service's item was stored ([`Step::must_run`]): its lock
-//! file goes with it, and must not go untouched. A step that overran goes on on its thread with
+//! the file is used again once it returns. Run all the same, besides the lock files' removals
+//! below: the signal file's touch after the Secret Service's item was stored
+//! ([`Step::must_run`]), whose lock file goes with it, and must not go untouched. A step that overran goes on on its thread with
 //! what it holds: a lock file stays taken until it returns, and a write it was making may
 //! still land (the error says so). A lock file whose holder lets go of it between steps (a
 //! call cancelled, or failed, while it holds the lock: a [`HeldLock`]), or that a step's
@@ -634,6 +634,14 @@ where
             }
             Err(step.refused(path))
         }
-        Err(StepFailure::Thread(error)) => Err(PersistenceError::io(step.operation(), path, error)),
+        Err(StepFailure::Thread(error)) => {
+            let error = PersistenceError::io(step.operation(), path, error);
+            // The item was stored all the same: the error says so, as the touch's own does.
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            if step == Step::Signal {
+                return Err(keyring::stored_not_signalled(path, error));
+            }
+            Err(error)
+        }
     }
 }

@@ -543,18 +543,7 @@ fn an_inherited_acl_is_asked_for_before_it_is_removed() {
 }
 
 /// The tracing output of a test, shared with the subscriber that writes it.
-#[derive(Clone, Default)]
-struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use crate::test_support::Logs;
 
 /// An ACL the kernel refuses to set leaves the new file with a warning naming the file, no
 /// ACL and the old mode, its group bits what the owning group had (its entry within the mask:

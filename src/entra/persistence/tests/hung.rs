@@ -5,7 +5,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -19,6 +19,7 @@ use crate::blocking_read::tests::{
 };
 use crate::entra::msal_cache::CacheDocument;
 use crate::entra::store::TokenStore;
+use crate::test_support::Logs;
 
 /// The error's I/O kind, if it is an I/O error.
 fn io_kind(error: &PersistenceError) -> Option<io::ErrorKind> {
@@ -87,7 +88,7 @@ async fn until_waiting_between_steps<D: Document>(
 #[cfg(all(feature = "keyring", target_os = "linux"))]
 #[test]
 fn a_signal_file_not_touched_fails_the_change_saying_the_item_was_stored() {
-    use super::super::keyring::signalled;
+    use super::super::keyring::finish;
 
     within_a_minute(|| {
         paused_runtime().block_on(async {
@@ -99,7 +100,7 @@ fn a_signal_file_not_touched_fails_the_change_saying_the_item_was_stored() {
             let lock_path = lock_path_of(&signal);
             let now = tokio::time::Instant::now();
             let lock = Arc::new(file.acquire_lock(&lock_path, now).await.unwrap());
-            let error = signalled(&file.steps, lock, signal.clone(), "item")
+            let error = finish(&file.steps, lock, signal.clone(), Ok(Some("item")))
                 .await
                 .unwrap_err();
             let text = error.to_string();
@@ -113,6 +114,21 @@ fn a_signal_file_not_touched_fails_the_change_saying_the_item_was_stored() {
                 assert!(text.contains(expected), "{expected:?} in {text}");
             }
             assert!(!lock_path.exists(), "released");
+
+            // Nothing stored, or a failure: the lock file released, the answer as it was.
+            let lock = Arc::new(file.acquire_lock(&lock_path, now).await.unwrap());
+            let unchanged = finish(&file.steps, lock, signal.clone(), Ok(None::<&str>)).await;
+            assert!(matches!(unchanged, Ok(None)));
+            assert!(!lock_path.exists(), "released");
+            let lock = Arc::new(file.acquire_lock(&lock_path, now).await.unwrap());
+            let failed: Result<Option<&str>, _> = Err(PersistenceError::io(
+                "store",
+                &signal,
+                io::Error::other("refused"),
+            ));
+            let failed = finish(&file.steps, lock, signal.clone(), failed).await;
+            assert!(failed.unwrap_err().to_string().contains("refused"));
+            assert!(!lock_path.exists(), "released");
         });
     });
 }
@@ -120,33 +136,19 @@ fn a_signal_file_not_touched_fails_the_change_saying_the_item_was_stored() {
 /// What is logged on this thread while it lives: in a current-thread runtime, what the
 /// executor logs, and not what the steps' threads do.
 struct ThreadLogs {
-    text: Arc<Mutex<Vec<u8>>>,
+    text: Logs,
     _default: tracing::subscriber::DefaultGuard,
     _second: tracing::Dispatch,
 }
 
-/// Where [`ThreadLogs`] write.
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 impl ThreadLogs {
     fn capture() -> Self {
-        let text = Arc::new(Mutex::new(Vec::new()));
-        let writer = Arc::clone(&text);
+        let text = Logs::default();
+        let writer = text.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
             .with_ansi(false)
-            .with_writer(move || LogWriter(Arc::clone(&writer)))
+            .with_writer(move || writer.clone())
             .finish();
         // Another test's thread, without a subscriber, may have registered the callsites
         // first: with two dispatchers alive, tracing asks the current one at each event.
@@ -161,7 +163,7 @@ impl ThreadLogs {
     }
 
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.text.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(&self.text.0.lock().unwrap()).into_owned()
     }
 }
 
@@ -537,7 +539,7 @@ fn a_store_whose_look_is_refused_says_its_file_exists() {
 #[cfg(all(feature = "keyring", target_os = "linux"))]
 #[test]
 fn refused_keyring_steps_name_the_lock_file_and_the_signal_step_runs_all_the_same() {
-    use super::super::keyring::{check_lock, release, signalled};
+    use super::super::keyring::{check_lock, finish, release};
 
     within_a_minute(|| {
         paused_runtime().block_on(async {
@@ -571,16 +573,18 @@ fn refused_keyring_steps_name_the_lock_file_and_the_signal_step_runs_all_the_sam
                 assert!(text.contains(expected), "{expected:?} in {text}");
             }
 
-            // Run all the same, counted: the touch comes before the lock file's removal.
+            // Run all the same, counted.
             // The refused release's lock file was let go of by a step of its own.
             until(|| !other_path.exists() && file.steps.running() == 1).await;
             let touched = tokio::spawn({
                 let (steps, signal) = (file.steps.clone(), signal.clone());
-                async move { signalled(&steps, lock, signal, "item").await }
+                async move { finish(&steps, lock, signal, Ok(Some("item"))).await }
             });
-            assert_eq!(touched.await.unwrap().unwrap(), "item");
+            assert_eq!(touched.await.unwrap().unwrap(), Some("item"));
             assert!(signal.exists(), "touched");
-            assert!(!lock_path.exists(), "released after the touch");
+            // Released too (the lock is dropped after the touch, in the same step; this does
+            // not observe the order).
+            assert!(!lock_path.exists(), "released");
             assert_eq!(file.steps.running(), 1, "only the hung step");
 
             let text = Step::Signal.overran(&signal).to_string();
