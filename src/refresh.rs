@@ -216,8 +216,9 @@
 //!   lock, a lock release, the keyring's signal file) run several at a time per file
 //!   (`crate::blocking_read::steps`), a lock file that a cancelled call lets go of included.
 //!   Either way, while one that overran has not returned, requests (for the cache file, its
-//!   steps) are refused at once, the work not run; a write that overran may still land, and
-//!   its error says so. The cache file's one exception: its directory is resolved when the
+//!   steps) are refused at once, the work not run (but for the keyring's signal file's touch
+//!   and a lock file's removal, counted all the same); a write that overran may still land,
+//!   and its error says so. The cache file's one exception: its directory is resolved when the
 //!   credential is built, by the synchronous builder, on its caller's thread.
 //! * **The fleet's acquisitions** of one token go through the distributed cache's lease
 //!   (`crate::distributed`): one process asks the identity provider, the others poll the
