@@ -22,7 +22,9 @@
 //! On tokio's paused clock (tests), work on a thread tokio does not know of would let the
 //! clock jump to the deadline while the runtime waits for it; there a blocking task holds the
 //! clock while the work runs, as a `spawn_blocking` task would, and lets it go when the work
-//! returns or the runtime shuts down.
+//! returns or the runtime shuts down. So on a paused clock a hung step's caller times out
+//! only when the test advances the clock, and auto-advance stays off for the whole runtime
+//! until the work returns.
 
 mod steps;
 

@@ -121,7 +121,10 @@
 //! hung mount (NFS, FUSE) fails a call with a timeout naming the file, instead of holding it,
 //! and the runtime's shutdown, for ever. While a step that overran has not returned, every
 //! new step of that file is refused at once (its work not run) with an error saying so, and
-//! the file is used again once it returns. Run all the same, besides the lock files' removals
+//! the file is used again once it returns. The refusal is the [`CacheFile`]'s, which the
+//! credentials of one process using that path share while any of them lives (see
+//! [`CacheFile::shared`]): once all are dropped, a credential built again gets a new one,
+//! which knows of no step still hung. Run all the same, besides the lock files' removals
 //! below: the signal file's touch after the Secret Service's item was stored
 //! ([`Step::must_run`]), whose lock file goes with it, and must not go untouched. A step that overran goes on on its thread with
 //! what it holds: a lock file stays taken until it returns, and a write it was making may
@@ -560,6 +563,9 @@ impl Step {
         let effect = match self {
             Step::Lock => "; a lock file it made is removed when it returns",
             Step::Look | Step::Release => "; the lock file stays taken until the step returns",
+            // The step holds the lock too: the release after it cannot let it go.
+            #[cfg(all(feature = "keyring", target_os = "linux"))]
+            Step::CheckLock => "; the lock file stays taken until the step returns",
             Step::Write => {
                 "; the token cache may or may not have been written, and its lock file stays \
                  taken until the step returns"

@@ -587,6 +587,12 @@ fn refused_keyring_steps_name_the_lock_file_and_the_signal_step_runs_all_the_sam
             assert!(!lock_path.exists(), "released");
             assert_eq!(file.steps.running(), 1, "only the hung step");
 
+            // The lock check holds the lock: it stays taken while that step runs on.
+            let text = Step::CheckLock.overran(&lock_path).to_string();
+            assert!(
+                text.contains("the lock file stays taken until the step returns"),
+                "{text}"
+            );
             let text = Step::Signal.overran(&signal).to_string();
             for expected in [
                 "the Secret Service's item was stored",
