@@ -338,7 +338,7 @@ pub(crate) mod tests {
 
     /// A read that counts its calls and returns `value` once the sender of its gate is
     /// dropped: a file on a mount that does not answer until the test lets it go.
-    fn held(
+    pub(super) fn held(
         calls: &Arc<AtomicUsize>,
         value: &'static str,
     ) -> (

@@ -250,7 +250,7 @@ mod tests {
     use futures_util::FutureExt;
 
     use super::super::READ_TIMEOUT;
-    use super::super::tests::{paused_runtime, until, within_a_minute};
+    use super::super::tests::{held, paused_runtime, until, within_a_minute};
     use super::*;
 
     /// Two steps run at once (neither waits for the other); one that overruns fails as such
@@ -262,33 +262,17 @@ mod tests {
             paused_runtime().block_on(async {
                 let steps = Steps::new();
                 let calls = Arc::new(AtomicUsize::new(0));
-                let (release_first, first_gate) = mpsc::channel::<()>();
-                let (release_second, second_gate) = mpsc::channel::<()>();
+                let (first, release_first) = held(&calls, "first");
+                let (second, release_second) = held(&calls, "second");
                 let first = tokio::spawn({
-                    let (steps, calls) = (steps.clone(), Arc::clone(&calls));
-                    async move {
-                        steps
-                            .run(move || {
-                                calls.fetch_add(1, Ordering::SeqCst);
-                                let _ = first_gate.recv();
-                                "first"
-                            })
-                            .await
-                    }
+                    let steps = steps.clone();
+                    async move { steps.run(first).await }
                 });
                 until(|| calls.load(Ordering::SeqCst) == 1).await;
                 tokio::time::advance(Duration::from_secs(4)).await;
                 let second = tokio::spawn({
-                    let (steps, calls) = (steps.clone(), Arc::clone(&calls));
-                    async move {
-                        steps
-                            .run(move || {
-                                calls.fetch_add(1, Ordering::SeqCst);
-                                let _ = second_gate.recv();
-                                "second"
-                            })
-                            .await
-                    }
+                    let steps = steps.clone();
+                    async move { steps.run(second).await }
                 });
                 until(|| calls.load(Ordering::SeqCst) == 2).await;
                 drop(release_second);
