@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::Commands;
@@ -752,10 +752,12 @@ impl Drop for SlowSetupRelay {
 /// A loopback TCP relay to a server that closes each connection once it has passed on the
 /// server's first answer, the replies to the connection's setup (`HELLO`, `CLIENT SETINFO`,
 /// sent as one pipeline and answered in one write): a proxy or server that accepts each
-/// connection and then drops it at once.
+/// connection and then drops it at once. After [`pass_through`](Self::pass_through), new
+/// connections are relayed in full: the server keeps them again.
 pub(crate) struct HandshakeThenCloseRelay {
     port: u16,
     connections: Arc<AtomicUsize>,
+    closing: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -765,14 +767,22 @@ impl HandshakeThenCloseRelay {
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&connections);
+        let closing = Arc::new(AtomicBool::new(true));
+        let closes = Arc::clone(&closing);
         let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
+            while let Ok((mut client, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
+                let closes = closes.load(Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect((Ipv4Addr::LOCALHOST, server_port)).await
+                    let Ok(mut server) =
+                        TcpStream::connect((Ipv4Addr::LOCALHOST, server_port)).await
                     else {
                         return;
                     };
+                    if !closes {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        return;
+                    }
                     let (mut client_read, mut client_write) = client.into_split();
                     let (mut server_read, mut server_write) = server.into_split();
                     let up = tokio::io::copy(&mut client_read, &mut server_write);
@@ -793,8 +803,16 @@ impl HandshakeThenCloseRelay {
         HandshakeThenCloseRelay {
             port,
             connections,
+            closing,
             task,
         }
+    }
+
+    /// Relays new connections in full from now on, as a server that accepts clients again
+    /// (back under its `maxclients`, a proxy whose backend is back); those made before stay
+    /// closed.
+    pub(crate) fn pass_through(&self) {
+        self.closing.store(false, Ordering::SeqCst);
     }
 
     pub(crate) fn url(&self) -> String {
@@ -1043,4 +1061,55 @@ async fn a_store_opened_while_redis_is_down_connects_once_it_is_up() {
         format!("{store:?}").contains("connected: true"),
         "{store:?}"
     );
+}
+
+/// Over RESP3 the `redis` crate tells the store as a connection ends: one that the server (or
+/// a proxy in front of it) closed right after its setup leaves the store none, and `connect()`
+/// says so, with a hint, rather than `Ok` for a connection already gone. Redis itself does not
+/// close a connection once it has answered its setup (at `maxclients` it closes it before
+/// `HELLO` is answered, a reset; without the password it answers `HELLO` with `NOAUTH`: both
+/// are "cannot connect"), so a relay does, as a proxy would. No attempt is made between the
+/// calls (one connection per `connect()`), and once the server keeps its connections again
+/// the next `connect()` succeeds and calls are served.
+/// Real time: the relay's connections are real, and each `connect()` returns with its
+/// attempt's outcome.
+#[tokio::test]
+async fn connect_says_when_the_server_closed_the_connection_as_it_was_made() {
+    let server = RedisServer::start();
+    let relay = HandshakeThenCloseRelay::start(server.port()).await;
+    let store = RedisTokenCache::open(&format!("{}?protocol=resp3", relay.url())).unwrap();
+    for made in 1..=2 {
+        let e = timeout(secs(10), store.connect())
+            .await
+            .unwrap()
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("redis connection: the server closed the connection as it was made"),
+            "{e}"
+        );
+        assert!(
+            text.contains("the next call connects again") && text.contains("a proxy"),
+            "no hint: {e}"
+        );
+        assert!(std::error::Error::source(&e).is_none(), "{e:?}");
+        assert!(
+            format!("{store:?}").contains("connected: false"),
+            "{store:?}"
+        );
+        assert_eq!(relay.connections(), made, "one connection per connect()");
+    }
+
+    relay.pass_through();
+    timeout(secs(10), store.connect()).await.unwrap().unwrap();
+    assert!(
+        format!("{store:?}").contains("connected: true"),
+        "{store:?}"
+    );
+    store.put("p:{a}:token", b"v", secs(60)).await.unwrap();
+    assert_eq!(
+        store.get("p:{a}:token").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(relay.connections(), 3, "the connection made is kept");
 }

@@ -239,7 +239,9 @@ impl RedisTokenCache {
         match &self.inner.link().link {
             Link::Connected(current, ..) if *current == id => Ok(()),
             _ => Err(StoreError::msg(
-                "redis connection: the server closed the connection as it was made",
+                "redis connection: the server closed the connection as it was made; the next \
+                 call connects again (if every connection ends so, look at what closes them: a \
+                 proxy or load balancer in front of Redis, a `CLIENT KILL`)",
             )),
         }
     }

@@ -431,6 +431,95 @@ async fn a_drop_told_within_the_first_second_is_made_again_by_the_call_counting_
     assert_eq!(store.get("p:{a}:token").await.unwrap(), None);
 }
 
+/// A relay on a Unix socket of its own to `server` that passes on the server's first answer
+/// on each connection (the replies to the connection's setup, answered in one write) and then
+/// closes both ends: a server or proxy that closes each connection right after its setup.
+/// (The integration tests have a TCP one; this one serves tests that look at the link.)
+#[cfg(unix)]
+struct CloseAfterSetup {
+    url: String,
+    connections: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(unix)]
+impl CloseAfterSetup {
+    fn start(server: &Server) -> CloseAfterSetup {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let target = server.dir.path().join("redis.sock");
+        let connections = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::UnixStream::connect(&target).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let up = tokio::io::copy(&mut client_read, &mut server_write);
+                    let down = async {
+                        let mut first = vec![0; 16 * 1024];
+                        let n = server_read.read(&mut first).await?;
+                        client_write.write_all(&first[..n]).await?;
+                        client_write.shutdown().await
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+        CloseAfterSetup {
+            url: format!("redis+unix://{}?protocol=resp3", path.display()),
+            connections,
+            task,
+            _dir: dir,
+        }
+    }
+}
+
+#[cfg(unix)]
+impl Drop for CloseAfterSetup {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `connect()` against a server that closed the connection as it was made (RESP3) is a
+/// failure (not a wait given up on another call's attempt), and leaves the link idle: no attempt
+/// runs after it, so none follows another while no call is made (the next call makes the
+/// next). The drop is left for a call failing on that connection to count; none will, and the
+/// next attempt counts its own. (A link left connecting here would be a reconnection loop
+/// against such a server: each attempt's connection closed in turn starting the next.)
+#[cfg(unix)]
+#[tokio::test]
+async fn connect_to_a_server_closing_as_it_connects_leaves_no_attempt_running() {
+    let server = Server::start();
+    let relay = CloseAfterSetup::start(&server);
+    let store = RedisTokenCache::open(&relay.url).unwrap();
+    for made in 1..=2 {
+        let e = store.connect().await.unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("redis connection: the server closed the connection as it was made"),
+            "{e}"
+        );
+        assert!(!e.is_connecting(), "{e}");
+        let state = store.inner.link();
+        assert!(matches!(state.link, Link::Idle), "an attempt runs");
+        assert!(state.uncounted.is_some());
+        drop(state);
+        assert_eq!(relay.connections.load(Ordering::SeqCst), made);
+    }
+}
+
 /// A server that is no longer the primary has the connection made again (the new one
 /// reaches the new primary behind the address); a command's own error does not.
 #[test]
