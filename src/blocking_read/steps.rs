@@ -11,9 +11,18 @@
 //! ([`Steps::run_counted`]), counted as any step. A step counts from when it starts until its thread returns, whether its
 //! caller still waits for it or gave up; a result its caller did not take (a lock file's
 //! guard) is dropped before, as part of the step.
+//!
+//! The steps of a file ([`Steps::of_file`]) are the process's, not their owner's: a step's
+//! thread holds them until it returns, and a process-wide map finds them by the file's path
+//! while they are held. So an owner made again for that path once every earlier one was
+//! dropped (a credential built again) is refused as they were while a step of theirs has
+//! not returned, instead of starting steps of its own on the file system that does not
+//! answer. The map keeps no entry once its steps are no longer held.
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -44,10 +53,45 @@ impl<W> std::fmt::Debug for StepFailure<W> {
 }
 
 /// The steps of one owner (a token cache file: see the module docs). Clones share them.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Steps {
+    shared: Arc<Shared>,
+}
+
+/// What the clones of a [`Steps`] share, and each running step's thread holds.
+struct Shared {
+    /// The key of its entry in [`files`], if it has one.
+    file: Option<PathBuf>,
     /// Locked briefly, never across an `await` or I/O.
-    running: Arc<Mutex<Running>>,
+    running: Mutex<Running>,
+}
+
+/// The steps of each file whose steps are held (by an owner, or a step's thread that has not
+/// returned), by the file's path: held weakly, each entry removed when its steps are dropped.
+/// Locked only to look up, add or remove an entry, never with a [`Running`] locked.
+fn files() -> MutexGuard<'static, HashMap<PathBuf, Weak<Shared>>> {
+    static FILES: OnceLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> = OnceLock::new();
+    // Whole entries are added and removed: a panic cannot leave one half made.
+    FILES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        let mut files = files();
+        // Unless [`Steps::of_file`] made new ones for the file since these were let go.
+        if files
+            .get(file)
+            .is_some_and(|entry| entry.strong_count() == 0)
+        {
+            files.remove(file);
+        }
+    }
 }
 
 /// The steps whose threads have not returned.
@@ -77,20 +121,44 @@ fn lock(running: &Mutex<Running>) -> MutexGuard<'_, Running> {
 }
 
 impl Steps {
+    /// Steps of their own, shared by no file.
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
-        Self::default()
+        Self::made(None)
+    }
+
+    /// The steps of the file at `path` (the key: one file, one path, as its owners name it),
+    /// the same while any are held, by an owner or a step that has not returned (see the
+    /// module docs); new ones otherwise.
+    pub(crate) fn of_file(path: PathBuf) -> Self {
+        let mut files = files();
+        if let Some(shared) = files.get(&path).and_then(Weak::upgrade) {
+            return Self { shared };
+        }
+        let steps = Self::made(Some(path.clone()));
+        files.insert(path, Arc::downgrade(&steps.shared));
+        steps
+    }
+
+    fn made(file: Option<PathBuf>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                file,
+                running: Mutex::default(),
+            }),
+        }
     }
 
     /// Whether a step that ran [`READ_TIMEOUT`](super::READ_TIMEOUT) has not returned (new steps are refused).
     #[cfg(test)]
     pub(crate) fn overran(&self) -> bool {
-        lock(&self.running).overran(Instant::now())
+        lock(&self.shared.running).overran(Instant::now())
     }
 
     /// How many steps have not returned.
     #[cfg(test)]
     pub(crate) fn running(&self) -> usize {
-        lock(&self.running).started.len()
+        lock(&self.shared.running).started.len()
     }
 
     /// How many steps have ever started (refused ones not included): a test waits for a
@@ -98,7 +166,7 @@ impl Steps {
     /// between two.
     #[cfg(test)]
     pub(crate) fn started(&self) -> u64 {
-        lock(&self.running).next
+        lock(&self.shared.running).next
     }
 
     /// A new step, started `now`: its number.
@@ -109,14 +177,12 @@ impl Steps {
         step
     }
 
-    /// Forgets `step` (it has returned); idempotent.
+    /// Forgets `step` (it has returned); idempotent. It holds the steps until dropped (by the
+    /// step's thread, once the step has returned): an owner made again for the file finds
+    /// them while the step runs.
     fn forgetter(&self, step: u64) -> impl Fn() + Clone + Send + 'static {
-        let running = Arc::downgrade(&self.running);
-        move || {
-            if let Some(running) = running.upgrade() {
-                lock(&running).forget(step);
-            }
-        }
+        let steps = self.clone();
+        move || lock(&steps.shared.running).forget(step)
     }
 
     /// The result of `work`, run now on a thread of its own and waited for until it has run
@@ -132,7 +198,7 @@ impl Steps {
         W: FnOnce() -> T + Send + 'static,
     {
         let (step, now) = {
-            let mut running = lock(&self.running);
+            let mut running = lock(&self.shared.running);
             let now = Instant::now();
             if running.overran(now) {
                 return Err(StepFailure::Refused(work));
@@ -153,7 +219,7 @@ impl Steps {
         W: FnOnce() -> T + Send + 'static,
     {
         let now = Instant::now();
-        let step = Self::start(&mut lock(&self.running), now);
+        let step = Self::start(&mut lock(&self.shared.running), now);
         self.wait_for(step, now, work).await
     }
 
@@ -206,7 +272,7 @@ impl Steps {
     /// itself: what it holds must be let go. If no thread can be started, it is dropped here.
     pub(crate) fn drop_counted<V: Send + 'static>(&self, value: V) {
         let now = Instant::now();
-        let step = Self::start(&mut lock(&self.running), now);
+        let step = Self::start(&mut lock(&self.shared.running), now);
         let forget = self.forgetter(step);
         // The receiver is dropped at once: the thread drops `()`, then forgets the step.
         if detach(move || drop(value), forget.clone(), now).is_err() {
@@ -292,6 +358,48 @@ mod tests {
                 drop(release_first);
                 until(|| !steps.overran()).await;
                 assert!(matches!(steps.run(|| "again").await, Ok("again")));
+            });
+        });
+    }
+
+    /// A file's steps outlive their owners while a step of theirs runs: dropped while it
+    /// hangs, the file's steps made again are refused at once; once it returns, no entry is
+    /// left of them, and the file's steps made again run.
+    #[test]
+    fn a_files_steps_are_refused_for_it_until_its_hung_step_returns() {
+        within_a_minute(|| {
+            paused_runtime().block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("cache");
+                let steps = Steps::of_file(path.clone());
+                let calls = Arc::new(AtomicUsize::new(0));
+                let (hung, release) = held(&calls, "hung");
+                let caller = tokio::spawn({
+                    let steps = steps.clone();
+                    async move { steps.run(hung).await }
+                });
+                until(|| calls.load(Ordering::SeqCst) == 1).await;
+                tokio::time::advance(READ_TIMEOUT).await;
+                assert!(matches!(caller.await.unwrap(), Err(StepFailure::Overran)));
+                drop(steps);
+
+                let again = Steps::of_file(path.clone());
+                let refused = again.run(|| "unrun").now_or_never();
+                assert!(matches!(refused, Some(Err(StepFailure::Refused(_)))));
+                let other_path = dir.path().join("other");
+                let other = Steps::of_file(other_path.clone());
+                assert!(matches!(other.run(|| "other").await, Ok("other")));
+                drop((again, other));
+                assert!(files().contains_key(&path), "held by the hung step");
+
+                drop(release);
+                until(|| {
+                    let files = files();
+                    !files.contains_key(&path) && !files.contains_key(&other_path)
+                })
+                .await;
+                let again = Steps::of_file(path.clone());
+                assert!(matches!(again.run(|| "again").await, Ok("again")));
             });
         });
     }

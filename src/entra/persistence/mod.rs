@@ -121,11 +121,12 @@
 //! hung mount (NFS, FUSE) fails a call with a timeout naming the file, instead of holding it,
 //! and the runtime's shutdown, for ever. While a step that overran has not returned, every
 //! new step of that file is refused at once (its work not run) with an error saying so, and
-//! the file is used again once it returns. The refusal is the [`CacheFile`]'s, which the
-//! credentials of one process using that path share while any of them lives (see
-//! [`CacheFile::shared`]): once all are dropped, a credential built again gets a new one,
-//! which knows of no step still hung. Run all the same, besides the lock files' removals
-//! below: the signal file's touch after the Secret Service's item was stored
+//! the file is used again once it returns. The refusal is the process's, by the file's path
+//! (its directory resolved, whatever the document type: [`Steps::of_file`]): the credentials
+//! using that path share it while any of them lives (see [`CacheFile::shared`]), and a step
+//! still hung holds it after all are dropped, so a credential built again is refused as they
+//! were until that step returns, instead of starting steps of its own on the mount. Run all
+//! the same, besides the lock files' removals below: the signal file's touch after the Secret Service's item was stored
 //! ([`Step::must_run`]), whose lock file goes with it, and must not go untouched. A step that overran goes on on its thread with
 //! what it holds: a lock file stays taken until it returns, and a write it was making may
 //! still land (the error says so). A lock file whose holder lets go of it between steps (a
@@ -228,7 +229,7 @@ pub(crate) struct CacheFile<D: Document> {
     writers: tokio::sync::Mutex<()>,
     /// The last document read or written; held only for short get/set.
     current: Mutex<Option<Snapshot<D>>>,
-    /// Every step of this file's I/O (see the module docs).
+    /// Every step of this file's I/O, the path's in this process (see the module docs).
     steps: Steps,
 }
 
@@ -244,17 +245,32 @@ impl<D: Document> fmt::Debug for CacheFile<D> {
 
 impl<D: Document> CacheFile<D> {
     /// A cache file object of its own for `path` (standing in for `legacy`, see
-    /// [`CacheFile::shared`]), waiting up to [`DEFAULT_LOCK_TIMEOUT`] for the lock file. Prefer
-    /// [`CacheFile::shared`] unless the object must not be shared.
+    /// [`CacheFile::shared`]), waiting up to [`DEFAULT_LOCK_TIMEOUT`] for the lock file; its
+    /// steps are the path's all the same (as given, made absolute: [`Steps::of_file`]).
+    #[cfg(test)]
     pub(crate) fn new(path: PathBuf, legacy: Option<PathBuf>) -> Arc<Self> {
         Self::with_lock_timeout(path, legacy, DEFAULT_LOCK_TIMEOUT)
     }
 
     /// Like [`CacheFile::new`], waiting up to `lock_timeout` for another process's lock.
+    #[cfg(test)]
     pub(crate) fn with_lock_timeout(
         path: PathBuf,
         legacy: Option<PathBuf>,
         lock_timeout: Duration,
+    ) -> Arc<Self> {
+        let path = std::path::absolute(&path).unwrap_or(path);
+        Self::with_steps(path.clone(), legacy, lock_timeout, Steps::of_file(path))
+    }
+
+    /// A cache file object of its own for `path` (standing in for `legacy`), waiting up to
+    /// `lock_timeout` for the lock file, its I/O run through `steps` (the file's:
+    /// [`Steps::of_file`]).
+    fn with_steps(
+        path: PathBuf,
+        legacy: Option<PathBuf>,
+        lock_timeout: Duration,
+        steps: Steps,
     ) -> Arc<Self> {
         let path = std::path::absolute(&path).unwrap_or(path);
         let legacy = legacy.map(|legacy| std::path::absolute(&legacy).unwrap_or(legacy));
@@ -265,7 +281,7 @@ impl<D: Document> CacheFile<D> {
             lock_timeout,
             writers: tokio::sync::Mutex::new(()),
             current: Mutex::new(None),
-            steps: Steps::new(),
+            steps,
         })
     }
 

@@ -7,12 +7,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
-use super::{CacheFile, Document};
+use super::{CacheFile, DEFAULT_LOCK_TIMEOUT, Document};
+use crate::blocking_read::Steps;
 
 /// Key of the process-wide registry of [`CacheFile::shared`]: the canonical path and the
 /// document type (two document types over one file are two objects, still ordered by the lock
-/// file). Not the legacy file: one file has one writer queue and one snapshot in this process,
-/// whether its callers name a legacy file or not.
+/// file, their steps the file's: [`Steps::of_file`]). Not the legacy file: one file has one
+/// writer queue and one snapshot in this process, whether its callers name a legacy file or
+/// not.
 type RegistryKey = (PathBuf, TypeId);
 
 /// The process-wide registry behind [`CacheFile::shared`].
@@ -56,7 +58,10 @@ impl<D: Document> CacheFile<D> {
             }
         }
         registry.retain(|_, entry| entry.strong_count() > 0);
-        let file = Self::new(path, legacy);
+        // The file's steps by its resolved path too: those of an object of this path dropped
+        // while a step of it hangs, or of another document type's, are this one's.
+        let steps = Steps::of_file(key.0.clone());
+        let file = Self::with_steps(path, legacy, DEFAULT_LOCK_TIMEOUT, steps);
         let entry: Arc<dyn Any + Send + Sync> = file.clone();
         registry.insert(key, Arc::downgrade(&entry));
         file

@@ -256,6 +256,54 @@ fn a_step_that_overruns_times_out_and_refuses_the_next_until_it_returns() {
     });
 }
 
+/// The refusal outlives the file's objects: every one dropped while a step hangs (a read,
+/// which holds nothing of the file's), one built again for the path (as a credential built
+/// again does) is refused at once, with the same error, a change not called and no step
+/// started, instead of starting steps of its own on the mount that does not answer. Once the
+/// step returns, the new one reads and writes.
+#[test]
+fn a_file_built_again_while_a_step_hangs_is_refused_until_it_returns() {
+    within_a_minute(|| {
+        paused_runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("msal.cache.nocae");
+            let file = CacheFile::<JsonDoc>::shared(path.clone(), None);
+            file.modify(|doc| doc.add("before")).await.unwrap();
+            let release = overrun(&file).await;
+            let refused = file.read().now_or_never().expect("refused at once");
+            let before = refused.unwrap_err().to_string();
+            assert!(before.contains("not tried"), "{before}");
+
+            let gone = Arc::downgrade(&file);
+            drop(file);
+            assert!(gone.upgrade().is_none(), "no object of the file is left");
+
+            let again = CacheFile::<JsonDoc>::shared(path.clone(), None);
+            let started = again.steps.started();
+            let refused = again.read().now_or_never().expect("refused at once");
+            assert_eq!(refused.unwrap_err().to_string(), before);
+            let calls = Arc::new(AtomicUsize::new(0));
+            let (unused, _unused) = held_change(&calls, "unused");
+            let refused = again
+                .modify(unused)
+                .now_or_never()
+                .expect("refused at once");
+            assert!(refused.unwrap_err().to_string().contains("not tried"));
+            assert_eq!(calls.load(Ordering::SeqCst), 0, "the change not called");
+            assert_eq!(again.steps.started(), started, "no step started");
+            assert_eq!(again.steps.running(), 1, "only the hung step");
+
+            drop(release);
+            until(|| !again.steps.overran()).await;
+            assert_eq!(again.read().await.unwrap().keys(), ["before"]);
+            again.modify(|doc| doc.add("after")).await.unwrap();
+            let mut keys = file_keys(&path);
+            keys.sort();
+            assert_eq!(keys, ["after", "before"]);
+        });
+    });
+}
+
 /// Work refused while it holds something whose drop blocks (a lock file's guard, which
 /// removes its file) is dropped off the executor: the refusal comes at once.
 #[test]
