@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-TARGETS=(www_authenticate token_response mi_response msal_cache az_output retry_after certificate)
+TARGETS=(www_authenticate token_response mi_response msal_cache az_output retry_after certificate posix_acl)
 SANITIZER=${SANITIZER:-none}
 RSS_LIMIT_MB=${RSS_LIMIT_MB:-2048}
 TIMEOUT=${TIMEOUT:-10}
@@ -35,6 +35,7 @@ max_len() {
         az_output) echo 1024 ;;         # one JSON object
         retry_after) echo 256 ;;        # a few header values
         certificate) echo 16384 ;;      # a certificate chain with its key (PEM or PKCS#12)
+        posix_acl) echo 1028 ;;         # the header and 128 entries (an ACL has a handful)
         *) echo "unknown target $1" >&2; exit 2 ;;
     esac
 }

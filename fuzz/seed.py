@@ -12,6 +12,8 @@ Sources (read, never changed):
   az_output         outputs in src/credential/azure_cli.rs and azure_developer_cli.rs tests
   retry_after       values in src/transport.rs tests
   certificate       made here with the openssl CLI (no test vectors: the tests make theirs)
+  posix_acl         made here: ACLs of the shapes the ACL tests in src/entra/persistence/tests/
+                    set (built there from Rust constants), and a few the kernel refuses
 
 Each seed is written in the input layout its target reads (see src/fuzzing.rs), named by
 the SHA-1 of its content as libFuzzer names corpus files. A target's directory is emptied
@@ -200,6 +202,61 @@ def certificate():
     return seeds
 
 
+# posix_acl: the value of system.posix_acl_access as the kernel gives it: version 2 (LE u32),
+# then per entry tag (LE u16), permissions (LE u16), id (LE u32; u32::MAX for the entries that
+# name nobody, and for an id the user namespace does not map).
+ACL_TAGS = {"u::": 0x01, "u": 0x02, "g::": 0x04, "g": 0x08, "m::": 0x10, "o::": 0x20}
+NOBODY = 0xFFFFFFFF
+FILE_GID = 100  # the file's group in src/fuzzing/posix_acl.rs
+
+
+def acl(*entries, version=2):
+    """entries as setfacl writes them: "u::6", "u:1:4", "g::4", "g:2:4", "m::6", "o::0"."""
+    out = struct.pack("<I", version)
+    for entry in entries:
+        kind, id_, perm = entry.split(":")
+        tag = ACL_TAGS[kind + "::" if id_ == "" else kind]
+        out += struct.pack("<HHI", tag, int(perm), NOBODY if id_ == "" else int(id_))
+    return out
+
+
+def posix_acl():
+    unmapped = str(NOBODY)
+    return [
+        # No named entry: the mode says it all.
+        acl("u::6", "g::4", "o::0"),
+        acl("u::7", "g::5", "o::5"),
+        # A mask without named entries (the kernel takes it).
+        acl("u::6", "g::4", "m::6", "o::0"),
+        # The tests' kept ACL: a named user and group, the mask showing as the group bits.
+        acl("u::6", "u:1:6", "g::4", "g:2:4", "m::6", "o::0"),
+        # A directory's default ACL as the tests set it.
+        acl("u::7", "u:1:7", "g::5", "m::7", "o::5"),
+        # Named ids unsorted and twice (the kernel keeps them as set), a mask narrower than
+        # the entries.
+        acl("u::6", "u:5:6", "u:1:4", "u:5:0", "g::4", "g:9:4", "g:2:4", "m::4", "o::0"),
+        # Ids a user namespace does not map, among mapped ones.
+        acl("u::6", "u:0:4", "u:1:6", f"u:{unmapped}:6", "g::4", "g:2:4", f"g:{unmapped}:6",
+            "m::6", "o::0"),
+        # Sharing through the file's group: the group reads alone, a named writer and owner.
+        acl("u::6", "u:1000:6", "u:1001:4", "g::4", f"g:{FILE_GID}:6", "m::6", "o::0"),
+        acl("u::6", "u:1000:6", "u:1001:6", "g::0", "m::6", "o::0"),
+        acl("u::4", "g::6", "m::6", "o::0"),
+        # Others read, the groups not: their members may not, though others may.
+        acl("u::6", "g::0", "g:2:0", "m::6", "o::4"),
+        # What the kernel refuses: named entries without a mask, out of order, two masks, the
+        # mask after others', a cut entry, version 1, an unknown tag, permissions beyond rwx.
+        acl("u::6", "u:1:4", "g::4", "o::0"),
+        acl("u::6", "g::4", "u:1:4", "m::4", "o::0"),
+        acl("u::6", "g::4", "m::4", "m::6", "o::0"),
+        acl("u::6", "g::4", "o::0", "m::4"),
+        acl("u::6", "g::4", "o::0")[:-1],
+        acl("u::6", "g::4", "o::0", version=1),
+        acl("u::6") + struct.pack("<HHI", 0x40, 4, 1) + acl("g::4", "o::0")[4:],
+        acl("u::8", "g::4", "o::0"),
+    ]
+
+
 TARGETS = {
     "www_authenticate": www_authenticate,
     "token_response": token_response,
@@ -208,6 +265,7 @@ TARGETS = {
     "az_output": az_output,
     "retry_after": retry_after,
     "certificate": certificate,
+    "posix_acl": posix_acl,
 }
 
 

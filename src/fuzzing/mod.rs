@@ -15,6 +15,7 @@
 //! | [`az_output`](fn@az_output) | `credential::azure_cli::parse_output`, `credential::azure_developer_cli::parse_output` | a token's lifetime is bounded; an error never quotes the access token, whole or two thirds of it |
 //! | [`certificate`](fn@certificate) | `CertificateSource` loading (PEM sections, PKCS#12) and assertion signing | errors are one short line that quotes no input; a certificate that loads signs a three-part JWT |
 //! | [`retry_after`](fn@retry_after) | `transport::retry_after` | the wait is at most [`RETRY_AFTER_BOUND`] (one hour); a plain number of seconds is honoured up to it |
+//! | [`posix_acl`](fn@posix_acl) | `entra::persistence::acl::Acl::parse`, `to_bytes` (Linux) | what parses is written back byte for byte; `permits` decides as the kernel does; the new file's mode, the ACL set on it and the takeover decisions hold what the module docs say |
 
 #![deny(missing_docs)]
 #![allow(
@@ -31,6 +32,7 @@ mod az_output;
 mod certificate;
 mod mi_response;
 mod msal_cache;
+mod posix_acl;
 mod retry_after;
 mod token_response;
 mod www_authenticate;
@@ -42,6 +44,7 @@ pub use az_output::az_output;
 pub use certificate::certificate;
 pub use mi_response::mi_response;
 pub use msal_cache::msal_cache;
+pub use posix_acl::posix_acl;
 pub use retry_after::{RETRY_AFTER_BOUND, retry_after};
 pub use token_response::token_response;
 pub use www_authenticate::www_authenticate;

@@ -60,3 +60,8 @@ fn retry_after() {
 fn certificate() {
     run("certificate", super::certificate);
 }
+
+#[test]
+fn posix_acl() {
+    run("posix_acl", super::posix_acl);
+}
