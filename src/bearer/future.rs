@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -313,6 +313,9 @@ pub(super) trait Resend {
     /// The response's status.
     fn status(response: &Self::Response) -> StatusCode;
 
+    /// The HTTP version the response came over, and so the request went out over.
+    fn version(response: &Self::Response) -> Version;
+
     /// How this client reports the credential's error.
     fn credential_error(error: crate::CredentialError) -> Self::Error;
 
@@ -324,10 +327,13 @@ pub(super) trait Resend {
     fn refusal(&self) -> Option<NotReplayable>;
 
     /// The request again with this `Authorization` value, ready to send, or why it cannot be
-    /// re-sent. Asked only once the claims token is had.
+    /// re-sent. Asked only once the claims token is had. `version`, the first attempt's (see
+    /// [`version`](Self::version)), tells whether a body stopped at its declared length was
+    /// sent whole.
     fn again(
         self,
         authorization: HeaderValue,
+        version: Version,
     ) -> Result<impl Future<Output = Result<Self::Response, Self::Error>>, NotReplayable>;
 }
 
@@ -385,7 +391,7 @@ pub(super) async fn answer_challenge<R: Resend>(
             return Err(R::credential_error(error));
         }
     };
-    let sent = match resend.again(entry.value.header().clone()) {
+    let sent = match resend.again(entry.value.header().clone(), R::version(&response)) {
         Ok(sent) => sent,
         Err(reason) => {
             tracing::debug!(%reason, "claims challenge: the request cannot be re-sent; returning the 401");
@@ -430,6 +436,10 @@ where
         response.status()
     }
 
+    fn version(response: &Response<ResB>) -> Version {
+        response.version()
+    }
+
     fn credential_error(error: crate::CredentialError) -> BoxError {
         error.into()
     }
@@ -445,15 +455,16 @@ where
     fn again(
         self,
         authorization: HeaderValue,
+        version: Version,
     ) -> Result<impl Future<Output = Result<Response<ResB>, BoxError>>, NotReplayable> {
         // A body refused as it was prepared first: no head was kept for it.
         if let Some(reason) = self.replay.refused_at_prepare() {
             return Err(reason.clone());
         }
         // The head first: its `Content-Length` tells whether a body that was not polled to
-        // its end was sent whole.
+        // its end was sent whole (over HTTP/1).
         let request = self.head.into_request(&self.bytes, (), authorization)?;
-        let body = self.replay.into_body_for(request.headers())?;
+        let body = self.replay.into_body_for(request.headers(), version)?;
         let request = request.map(|()| body);
         Ok(async move { self.service.oneshot(request).await.map_err(Into::into) })
     }

@@ -98,9 +98,11 @@
 //!   and [`ReplayBody`] are recorded as they stream, up to the replay limit (64 KiB by
 //!   default). A body over the limit, or still
 //!   streaming when the 401 arrived, is not re-sent: the 401 is returned (the token for the
-//!   claims is had all the same, for the requests after it). A body that yielded the request's
-//!   `Content-Length` has ended, as far as the re-send goes: hyper's HTTP/1 client never polls
-//!   it to its end. A request that cannot be re-sent whatever the token (a `String` over
+//!   claims is had all the same, for the requests after it). Over HTTP/1 a body that yielded
+//!   the request's `Content-Length` has ended, as far as the re-send goes: hyper's HTTP/1
+//!   client never polls it to its end. Over HTTP/2 (the 401's version tells) a client reads a
+//!   body to its end and sends its trailers, announced or not: there a body must have ended
+//!   or yielded its trailers. A request that cannot be re-sent whatever the token (a `String` over
 //!   the limit, which kept no copy, a recorded body that already failed, yielded more than
 //!   the limit or declared more by its exact size hint, or a header field too long to keep)
 //!   still waits for the token for the claims (5 s at most; the flight runs on), then gets

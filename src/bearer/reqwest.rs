@@ -33,7 +33,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, StatusCode};
+use http::{HeaderValue, StatusCode, Version};
 use reqwest_middleware::{Error, Middleware, Next, Result};
 
 use super::future::{Decision, Resend, answer_challenge, decide, drain};
@@ -139,6 +139,10 @@ impl Resend for ReqwestResend<'_> {
         response.status()
     }
 
+    fn version(response: &reqwest::Response) -> Version {
+        response.version()
+    }
+
     fn credential_error(error: crate::CredentialError) -> Error {
         Error::middleware(error)
     }
@@ -157,6 +161,8 @@ impl Resend for ReqwestResend<'_> {
     fn again(
         self,
         authorization: HeaderValue,
+        // A clone of the request carries its whole body, whichever the version.
+        _version: Version,
     ) -> std::result::Result<impl Future<Output = Result<reqwest::Response>>, NotReplayable> {
         let mut request = self.request.ok_or_else(NotReplayable::not_cloneable)?;
         request.headers_mut().insert(AUTHORIZATION, authorization);

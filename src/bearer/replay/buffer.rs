@@ -6,8 +6,8 @@ use std::mem;
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, TRAILER, TRANSFER_ENCODING};
+use http::{HeaderMap, Version};
 use http_body::{Frame, SizeHint};
 
 use super::{NotReplayable, Reason};
@@ -150,11 +150,12 @@ impl Recorder {
     }
 
     /// The recording for a handle with `limit`, if it is complete and within that limit.
-    /// `headers`, the request's, may say how long the body is (see [`declared_length`]).
+    /// `sent`, the request's headers and the response's version, may say how long the body is
+    /// and whether that length ends it (see [`declared_length`]).
     pub(super) fn recording(
         &self,
         limit: usize,
-        headers: Option<&HeaderMap>,
+        sent: Option<(&HeaderMap, Version)>,
     ) -> Result<Recording, NotReplayable> {
         if self.seen > limit {
             return Err(NotReplayable::new(Reason::OverLimit { limit }));
@@ -170,14 +171,25 @@ impl Recorder {
             Phase::TooManyFrames => Err(NotReplayable::new(Reason::TooManyFrames {
                 limit: self.limit,
             })),
-            // All the declared bytes are here: a client that writes a declared length stops
-            // polling the body there (hyper's HTTP/1 client does), so its end may never come.
-            Phase::Recording
-                if u64::try_from(self.seen).ok() == declared_length(headers, self.hint) =>
-            {
-                Ok(Recording::new(self.frames.clone(), self.seen))
+            Phase::Recording => {
+                let declared = declared_length(sent.map(|(headers, _)| headers), self.hint);
+                if u64::try_from(self.seen).ok() != declared {
+                    return Err(NotReplayable::new(Reason::Unfinished));
+                }
+                match sent {
+                    // HTTP/2 (and later) reads the body past its declared length, to its end
+                    // and trailers, even once the server has answered: bytes are not an end.
+                    // Nor is the first body being gone: hyper drops it when the server resets
+                    // the stream after answering (hyper's server does, dropping the body).
+                    Some((_, version)) if !stops_at_length(version) => {
+                        Err(NotReplayable::new(Reason::EndUnseen))
+                    }
+                    // All the declared bytes are here: an HTTP/1 client writes no more (no
+                    // trailers either) and stops polling the body there (hyper's drops it at
+                    // once), so its end may never come.
+                    _ => Ok(Recording::new(self.frames.clone(), self.seen)),
+                }
             }
-            Phase::Recording => Err(NotReplayable::new(Reason::Unfinished)),
             Phase::Failed => Err(NotReplayable::new(Reason::Failed)),
             Phase::ReadBeforePrepare => Err(NotReplayable::new(Reason::ReadBeforePrepare)),
         }
@@ -187,9 +199,8 @@ impl Recorder {
 /// The body length a request declares, as hyper's HTTP/1 client takes it: none with a
 /// `Transfer-Encoding` (chunked, read to its end), else its `Content-Length`, else the body's
 /// exact size hint. None either when the request announces trailers (`Trailer`): they come
-/// after the data, and a body cut at its length would lose them. (An HTTP/2 body with trailers
-/// it did not announce, answered with a 401 between its last data and its trailers, is still
-/// re-sent without them.)
+/// after the data, and a body cut at its length would lose them. Only an HTTP/1 client stops
+/// at it ([`stops_at_length`]): over HTTP/2 trailers need not be announced.
 fn declared_length(headers: Option<&HeaderMap>, hint: Option<u64>) -> Option<u64> {
     let Some(headers) = headers else {
         return hint;
@@ -201,6 +212,16 @@ fn declared_length(headers: Option<&HeaderMap>, hint: Option<u64>) -> Option<u64
         Some(value) => value.to_str().ok()?.trim().parse().ok(),
         None => hint,
     }
+}
+
+/// Whether a client that sent a request over `version` writes no more of its body than the
+/// declared length: HTTP/1 does (a `Content-Length` body has no room for trailers), HTTP/2 and
+/// later read the body to its end and send whatever trailers it yields, announced or not.
+fn stops_at_length(version: Version) -> bool {
+    matches!(
+        version,
+        Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11
+    )
 }
 
 /// Records one event. The lock covers only the field updates; dropped frames are freed after.

@@ -13,9 +13,14 @@
 //! * Any other body can be wrapped in a [`ReplayBody`]. While the first attempt streams it, the
 //!   wrapper keeps the data chunks (shared [`Bytes`], not copies) up to a byte limit. If the body
 //!   is larger than the limit, or the response arrives before the body was fully sent, it cannot
-//!   be replayed and the layer returns the 401 instead of sending a truncated body. A body that
-//!   yielded the length its request declares (`Content-Length`, else its exact `size_hint`) was
-//!   sent whole: hyper's HTTP/1 client stops polling it there.
+//!   be replayed and the layer returns the 401 instead of sending a truncated body. Over HTTP/1 a
+//!   body that yielded the length its request declares (`Content-Length`, else its exact
+//!   `size_hint`) was sent whole: hyper's HTTP/1 client stops polling it there, and sends no
+//!   trailers with a declared length. Over HTTP/2 (the response's version tells) a client reads
+//!   the body to its end and sends whatever trailers it yields, announced or not, so only a body
+//!   seen to end (or to yield its trailers) is whole: one answered between its last data and
+//!   its end is not re-sent, even when the client has dropped it since (hyper does once the
+//!   server resets the stream after its answer).
 //! * `BoxBody<Bytes, E>` and `UnsyncBoxBody<Bytes, E>` are wrapped in a [`ReplayBody`] and
 //!   boxed again, so the type a client uses stays the same.
 //!
@@ -48,7 +53,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, Version};
 use http_body::Body;
 use http_body_util::{Empty, Full};
 
@@ -108,18 +113,26 @@ impl<B> Replay<B> {
     ///
     /// A streaming body that has yielded exactly its exact `size_hint` (as it was when prepared)
     /// counts as sent whole, even if it was not polled to its end: hyper's HTTP/1 client stops
-    /// there.
+    /// there. This handle does not know the protocol: after an HTTP/2 response, where a client
+    /// reads a body to its end and sends its trailers, only a body seen to end is whole (the
+    /// bearer layer checks the response's version; here, see that the first body ended).
     pub fn into_body(self) -> Result<B, NotReplayable> {
         self.into_body_with(None)
     }
 
     /// [`into_body`](Self::into_body) for the request with these headers, whose
-    /// `Content-Length` (or `Transfer-Encoding`) says how much of the body a client writes.
-    pub(crate) fn into_body_for(self, headers: &HeaderMap) -> Result<B, NotReplayable> {
-        self.into_body_with(Some(headers))
+    /// `Content-Length` (or `Transfer-Encoding`) says how much of the body a client writes,
+    /// answered over `version`: only an HTTP/1 client stops at that length; over HTTP/2 a
+    /// body not seen to end may still have trailers to yield, and is not replayed.
+    pub(crate) fn into_body_for(
+        self,
+        headers: &HeaderMap,
+        version: Version,
+    ) -> Result<B, NotReplayable> {
+        self.into_body_with(Some((headers, version)))
     }
 
-    fn into_body_with(self, headers: Option<&HeaderMap>) -> Result<B, NotReplayable> {
+    fn into_body_with(self, sent: Option<(&HeaderMap, Version)>) -> Result<B, NotReplayable> {
         match self.kind {
             ReplayKind::Ready(body) => Ok(body),
             ReplayKind::Refused(reason) => Err(reason),
@@ -129,7 +142,7 @@ impl<B> Replay<B> {
                 build,
             } => {
                 let recording = match lock(&recorder) {
-                    Some(recorder) => recorder.recording(limit, headers)?,
+                    Some(recorder) => recorder.recording(limit, sent)?,
                     // Something panicked while recording: what was kept cannot be trusted.
                     None => return Err(NotReplayable::new(Reason::Failed)),
                 };
@@ -222,6 +235,9 @@ enum Reason {
     /// The body had not ended when the replay was asked for (the response came first, or the
     /// first attempt dropped the body half-way).
     Unfinished,
+    /// The body yielded its declared length but was not seen to end, and the response came
+    /// over HTTP/2 or later, whose clients read a body to its end: trailers may follow.
+    EndUnseen,
     /// The body yielded an error, or the recording was poisoned by a panic.
     Failed,
     /// The body was polled before it was prepared, so the recording lacks its start.
@@ -258,13 +274,14 @@ impl NotReplayable {
         )
     }
 
-    /// The whole body could not be recorded: the response arrived before the body ended, the
+    /// The whole body could not be recorded: the response arrived before the body ended (over
+    /// HTTP/2 even when all its declared bytes were sent, as trailers may follow them), the
     /// body was dropped half-way, it failed with an error, or it was read before it was
     /// prepared.
     pub fn is_incomplete(&self) -> bool {
         matches!(
             self.reason,
-            Reason::Unfinished | Reason::Failed | Reason::ReadBeforePrepare
+            Reason::Unfinished | Reason::EndUnseen | Reason::Failed | Reason::ReadBeforePrepare
         )
     }
 }
@@ -285,6 +302,10 @@ impl fmt::Display for NotReplayable {
             Reason::Unfinished => {
                 f.write_str("the response arrived before the request body was fully sent")
             }
+            Reason::EndUnseen => f.write_str(
+                "the response arrived before the request body ended: its declared length was \
+                 sent, but over HTTP/2 trailers may follow",
+            ),
             Reason::Failed => f.write_str("the request body failed before it was fully sent"),
             Reason::ReadBeforePrepare => {
                 f.write_str("the request body was read before it was prepared for replay")

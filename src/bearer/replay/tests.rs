@@ -3,7 +3,7 @@ use std::io;
 use std::marker::PhantomPinned;
 use std::pin::pin;
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -439,15 +439,51 @@ async fn a_body_that_yielded_its_declared_length_is_whole_without_being_polled_t
         };
         let (first, replay) = ReplayBody::new(body).prepare(64);
         first_two(first).await;
-        let got = replay.into_body_for(&length(header));
+        let got = replay.into_body_for(&length(header), Version::HTTP_11);
         assert_eq!(got.is_ok(), whole, "hint {hint:?}, content-length {header}");
     }
+
+    // Whole at its length only when answered over HTTP/1: an HTTP/2 client reads the body on,
+    // to its end and any trailers (see `hyper_stops_polling_a_body_at_its_length_over_http1_only`).
+    for (version, whole) in [
+        (Version::HTTP_09, true),
+        (Version::HTTP_10, true),
+        (Version::HTTP_11, true),
+        (Version::HTTP_2, false),
+        (Version::HTTP_3, false),
+    ] {
+        let (first, replay) = ReplayBody::new(script()).prepare(64);
+        first_two(first).await;
+        match replay.into_body_for(&length("8"), version) {
+            Ok(again) => {
+                assert!(whole, "{version:?}");
+                assert_eq!(bytes_of(again).await, Bytes::from_static(b"abcdefgh"));
+            }
+            Err(err) => {
+                assert!(!whole, "{version:?}");
+                assert!(err.is_incomplete() && !err.is_over_limit(), "{err}");
+                assert_eq!(
+                    err.to_string(),
+                    "the response arrived before the request body ended: its declared length \
+                     was sent, but over HTTP/2 trailers may follow"
+                );
+            }
+        }
+    }
+    // Over HTTP/2 a body seen to end is whole, with or without a declared length.
+    let ended = Script::new([Step::Data(b"abcd"), Step::Data(b"efgh")]);
+    let (first, replay) = ReplayBody::new(ended).prepare(64);
+    frames(first).await.expect("first attempt");
+    let again = replay.into_body_for(&length("8"), Version::HTTP_2);
+    assert_eq!(bytes_of(again.expect("ended")).await, "abcdefgh");
 
     // More bytes than declared, or none declared, or chunked: the end is still to come.
     for headers in [length("4"), HeaderMap::new()] {
         let (first, replay) = ReplayBody::new(script()).prepare(64);
         first_two(first).await;
-        let err = replay.into_body_for(&headers).expect_err("unfinished");
+        let err = replay
+            .into_body_for(&headers, Version::HTTP_11)
+            .expect_err("unfinished");
         assert!(err.is_incomplete(), "{headers:?}");
     }
     let mut chunked = length("8");
@@ -458,7 +494,7 @@ async fn a_body_that_yielded_its_declared_length_is_whole_without_being_polled_t
     let (first, replay) = ReplayBody::new(script()).prepare(64);
     first_two(first).await;
     assert!(
-        replay.into_body_for(&chunked).is_err(),
+        replay.into_body_for(&chunked, Version::HTTP_11).is_err(),
         "hyper ignores the length"
     );
     // Trailers announced: they follow the data, so the end is still to come.
@@ -470,7 +506,7 @@ async fn a_body_that_yielded_its_declared_length_is_whole_without_being_polled_t
     let (first, replay) = ReplayBody::new(script()).prepare(64);
     first_two(first).await;
     assert!(
-        replay.into_body_for(&announced).is_err(),
+        replay.into_body_for(&announced, Version::HTTP_11).is_err(),
         "trailers to come"
     );
 }
@@ -751,5 +787,399 @@ async fn a_recording_past_the_limit_is_refused_before_it_is_asked_for() {
     assert!(
         replay.refusal().is_some_and(|r| r.is_over_limit()),
         "16 bytes"
+    );
+}
+
+// --- a body past its declared length, over real HTTP/1 and HTTP/2 connections ---
+
+/// What a client asked of a [`Gated`] body, in order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Asked {
+    Data,
+    Trailers,
+    Pending,
+    End,
+    Dropped,
+}
+
+/// A body whose frames the test hands over (the sender of `frames`); it logs what each poll
+/// answered, and its drop, to `asked`. It never knows its end ahead, as a stream does not.
+struct Gated {
+    frames: mpsc::UnboundedReceiver<Frame<Bytes>>,
+    asked: mpsc::UnboundedSender<Asked>,
+}
+
+impl Body for Gated {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let polled = self.frames.poll_recv(cx);
+        let asked = match &polled {
+            Poll::Pending => Asked::Pending,
+            Poll::Ready(None) => Asked::End,
+            Poll::Ready(Some(frame)) if frame.is_data() => Asked::Data,
+            Poll::Ready(Some(_)) => Asked::Trailers,
+        };
+        let _ = self.asked.send(asked);
+        polled.map(|frame| frame.map(Ok))
+    }
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        let _ = self.asked.send(Asked::Dropped);
+    }
+}
+
+/// A [`Gated`] body with "abcd" queued (and "efgh" too, if `both`), the sender for more
+/// frames and the log of what was asked of it.
+fn gated(
+    both: bool,
+) -> (
+    mpsc::UnboundedSender<Frame<Bytes>>,
+    mpsc::UnboundedReceiver<Asked>,
+    ReplayBody<Gated>,
+) {
+    let (frames, frames_rx) = mpsc::unbounded_channel();
+    let (asked_tx, asked) = mpsc::unbounded_channel();
+    frames
+        .send(Frame::data(Bytes::from_static(b"abcd")))
+        .unwrap();
+    if both {
+        frames
+            .send(Frame::data(Bytes::from_static(b"efgh")))
+            .unwrap();
+    }
+    let body = Gated {
+        frames: frames_rx,
+        asked: asked_tx,
+    };
+    (frames, asked, ReplayBody::new(body))
+}
+
+/// What was asked of the body so far.
+fn asked_so_far(asked: &mut mpsc::UnboundedReceiver<Asked>) -> Vec<Asked> {
+    std::iter::from_fn(|| asked.try_recv().ok()).collect()
+}
+
+/// What was asked of the body up to its drop, waiting for it.
+async fn asked_until_dropped(asked: &mut mpsc::UnboundedReceiver<Asked>) -> Vec<Asked> {
+    let mut seen = Vec::new();
+    while let Some(next) = asked.recv().await {
+        seen.push(next);
+        if next == Asked::Dropped {
+            break;
+        }
+    }
+    seen
+}
+
+/// The claims challenge the first request gets.
+const CHALLENGE: &str =
+    r#"Bearer error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnsiZm9vIjoiYmFyIn19""#;
+
+/// A loopback server, HTTP/1 or HTTP/2 (h2c, prior knowledge), that answers the first request
+/// with a claims challenge once it has read `after` data bytes of its body, and then reads the
+/// rest of it (`keep`) or drops it (an HTTP/2 server then resets the stream, RST_STREAM
+/// NO_ERROR, as RFC 9113 §8.1 has it). Later requests are read whole and answered 200. Each
+/// request is counted as its head arrives, and reported (its index and what the body brought)
+/// once read.
+async fn challenging_server(
+    http2: bool,
+    after: usize,
+    keep: bool,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    mpsc::UnboundedReceiver<(usize, Received)>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (tx, counter) = (tx.clone(), Arc::clone(&counter));
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let (tx, nth) = (tx.clone(), counter.fetch_add(1, Ordering::SeqCst));
+                async move {
+                    let (parts, mut body) = request.into_parts();
+                    let received = move |body: Bytes, trailers| Received {
+                        content_length: parts.headers.get(http::header::CONTENT_LENGTH).cloned(),
+                        transfer_encoding: parts
+                            .headers
+                            .get(http::header::TRANSFER_ENCODING)
+                            .cloned(),
+                        body,
+                        trailers,
+                    };
+                    let mut response = Response::new(Empty::<Bytes>::new());
+                    if nth > 0 {
+                        let collected = body.collect().await?;
+                        let trailers = collected.trailers().cloned();
+                        let _ = tx.send((nth, received(collected.to_bytes(), trailers)));
+                        return Ok::<_, hyper::Error>(response);
+                    }
+                    let mut read = Vec::new();
+                    while read.len() < after {
+                        match body.frame().await.transpose()? {
+                            Some(frame) => read.extend(frame.data_ref().into_iter().flatten()),
+                            None => break,
+                        }
+                    }
+                    if keep {
+                        tokio::spawn(async move {
+                            if let Ok(rest) = body.collect().await {
+                                let trailers = rest.trailers().cloned();
+                                read.extend_from_slice(&rest.to_bytes());
+                                let _ = tx.send((nth, received(read.into(), trailers)));
+                            }
+                        });
+                    } else {
+                        drop(body);
+                        let _ = tx.send((nth, received(read.into(), None)));
+                    }
+                    *response.status_mut() = StatusCode::UNAUTHORIZED;
+                    response.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static(CHALLENGE),
+                    );
+                    Ok(response)
+                }
+            });
+            let io = TokioIo::new(stream);
+            if http2 {
+                let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                tokio::spawn(async move { builder.serve_connection(io, service).await });
+            } else {
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(io, service),
+                );
+            }
+        }
+    });
+    (addr, count, rx)
+}
+
+fn plain_client<B>(http2: bool) -> Client<hyper_util::client::legacy::connect::HttpConnector, B>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn Error + Send + Sync>>,
+{
+    Client::builder(TokioExecutor::new())
+        .http2_only(http2)
+        .build_http()
+}
+
+/// A POST of `body` to `addr`, declaring 8 bytes.
+fn post<B>(addr: std::net::SocketAddr, body: B) -> Request<B> {
+    Request::post(format!("http://{addr}/resource"))
+        .header(http::header::CONTENT_LENGTH, "8")
+        .body(body)
+        .expect("request")
+}
+
+/// What the replay rule rests on, shown with hyper itself: once a body has yielded its
+/// declared length, hyper's HTTP/1 client drops it at once, never polling it again (so it
+/// sends nothing more, and a body not seen to end was still sent whole); its HTTP/2 client
+/// polls on, for trailers or the end, and sends the trailers it gets, announced or not. When
+/// the server answers and drops the request body, an HTTP/2 client drops the body too, before
+/// its end or trailers: a first body that is gone tells nothing over HTTP/2.
+#[tokio::test]
+async fn hyper_stops_polling_a_body_at_its_length_over_http1_only() {
+    // HTTP/1: dropped right after the last declared byte, before the server even saw it.
+    let (addr, _, mut received) = challenging_server(false, 8, true).await;
+    let (_frames, mut asked, body) = gated(true);
+    let response = plain_client(false)
+        .request(post(addr, body))
+        .await
+        .expect("first attempt");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.version(), Version::HTTP_11);
+    assert_eq!(
+        asked_so_far(&mut asked),
+        [Asked::Data, Asked::Data, Asked::Dropped]
+    );
+    let (_, first) = received.recv().await.expect("first request");
+    assert_eq!(
+        (first.body, first.trailers),
+        (Bytes::from("abcdefgh"), None)
+    );
+
+    // HTTP/2, the server reading on: polled past the length, alive after the answer, and the
+    // trailers given after the answer go out.
+    let (addr, _, mut received) = challenging_server(true, 8, true).await;
+    let (frames, mut asked, body) = gated(true);
+    let response = plain_client(true)
+        .request(post(addr, body))
+        .await
+        .expect("first attempt");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.version(), Version::HTTP_2);
+    let so_far = asked_so_far(&mut asked);
+    assert_eq!(so_far[..3], [Asked::Data, Asked::Data, Asked::Pending]);
+    assert!(!so_far.contains(&Asked::Dropped), "{so_far:?}");
+    frames.send(Frame::trailers(trailers())).expect("alive");
+    let rest = asked_until_dropped(&mut asked).await;
+    assert_eq!(rest[rest.len() - 2..], [Asked::Trailers, Asked::Dropped]);
+    let (_, first) = received.recv().await.expect("first request");
+    assert_eq!(first.body, "abcdefgh");
+    assert_eq!(
+        first.trailers,
+        Some(trailers()),
+        "sent though not announced"
+    );
+
+    // HTTP/2, the server dropping the body with its answer: the stream is reset, and the body
+    // dropped without its trailers or end.
+    let (addr, _, _received) = challenging_server(true, 8, false).await;
+    let (_frames, mut asked, body) = gated(true);
+    let response = plain_client(true)
+        .request(post(addr, body))
+        .await
+        .expect("first attempt");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let all = asked_until_dropped(&mut asked).await;
+    assert_eq!(all[..3], [Asked::Data, Asked::Data, Asked::Pending]);
+    assert!(
+        !all.contains(&Asked::Trailers) && !all.contains(&Asked::End),
+        "{all:?}"
+    );
+}
+
+/// A CAE layer over `client` (plain http allowed), whose credential answers at once (another
+/// token for claims), except for a token with claims when `gate` is given: it then says so on
+/// `gate.0` and waits for a permit of `gate.1`.
+fn cae_service<S>(
+    client: S,
+    gate: Option<(mpsc::UnboundedSender<()>, Arc<tokio::sync::Semaphore>)>,
+) -> crate::bearer::BearerToken<S> {
+    use crate::credential::CredentialExt;
+    use tower_layer::Layer;
+    let credential = tower::service_fn(move |request: crate::TokenRequest| {
+        let claims = request.claims().is_some();
+        let gate = gate.clone().filter(|_| claims);
+        async move {
+            if let Some((asked, permits)) = gate {
+                let _ = asked.send(());
+                permits.acquire().await.expect("open").forget();
+            }
+            let expires = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+            let token = if claims { "claims-token" } else { "token" };
+            Ok::<_, crate::CredentialError>(crate::AccessToken::new(token, expires))
+        }
+    });
+    crate::bearer::BearerTokenLayer::builder(credential.boxed_credential(), ["s"])
+        .enable_cae(true)
+        .allow_insecure_http(true)
+        .build()
+        .layer(client)
+}
+
+/// Over HTTP/2 a body is read to its end, and trailers need not be announced: a body that
+/// yielded its declared length but was answered before its trailers (or end) came is not
+/// known to be whole. Whether hyper still holds it (the server reads on) or has dropped it
+/// (the server dropped the request body, resetting the stream), the layer returns the 401
+/// rather than re-send the body without its trailers. (It used to re-send it.)
+#[tokio::test]
+async fn over_http2_a_body_answered_before_its_trailers_is_not_resent_without_them() {
+    use std::sync::atomic::Ordering;
+    use tower::ServiceExt;
+    for keep in [true, false] {
+        let (addr, count, mut received) = challenging_server(true, 8, keep).await;
+        let (frames, mut asked, body) = gated(true);
+        let response = cae_service(plain_client(true), None)
+            .oneshot(post(addr, body))
+            .await
+            .expect("an answer");
+        // A re-send plays a recording, which cannot hold trailers the body had not yielded.
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "keep {keep}");
+        assert_eq!(count.load(Ordering::SeqCst), 1, "not re-sent (keep {keep})");
+
+        // The first attempt was not cut short by the layer: the trailers given now go out
+        // while the server reads on.
+        if keep {
+            frames.send(Frame::trailers(trailers())).expect("alive");
+            let (nth, first) = received.recv().await.expect("first request");
+            assert_eq!((nth, first.trailers), (0, Some(trailers())));
+        }
+        asked_until_dropped(&mut asked).await;
+    }
+}
+
+/// Over HTTP/2 a body whose trailers came (and with them its end) before the claims token is
+/// re-sent with them.
+#[tokio::test]
+async fn over_http2_a_body_whose_trailers_came_before_the_claims_token_is_resent_with_them() {
+    let (addr, _, mut received) = challenging_server(true, 8, true).await;
+    let (asked_claims, mut claims_asked) = mpsc::unbounded_channel();
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let service = cae_service(
+        plain_client(true),
+        Some((asked_claims, Arc::clone(&permits))),
+    );
+    let (frames, mut asked, body) = gated(true);
+    let call = tokio::spawn(tower::ServiceExt::oneshot(service, post(addr, body)));
+
+    claims_asked.recv().await.expect("a claims token asked for");
+    frames.send(Frame::trailers(trailers())).expect("alive");
+    let rest = asked_until_dropped(&mut asked).await;
+    assert_eq!(rest[rest.len() - 2..], [Asked::Trailers, Asked::Dropped]);
+    permits.add_permits(1);
+
+    let response = call.await.expect("no panic").expect("an answer");
+    assert_eq!(response.status(), StatusCode::OK, "re-sent");
+    let mut requests = [received.recv().await, received.recv().await].map(|r| r.expect("request"));
+    requests.sort_by_key(|(nth, _)| *nth);
+    let [(_, first), (_, second)] = requests;
+    assert_eq!(
+        (&first.body[..], &first.trailers),
+        (&b"abcdefgh"[..], &Some(trailers()))
+    );
+    assert_eq!((second.body, second.trailers), (first.body, first.trailers));
+}
+
+/// Over HTTP/1 the declared length still ends a body: a `Content-Length` body answered (by a
+/// server reading on) before it had yielded all of it, which then yields the rest and is
+/// dropped by hyper without its end, is re-sent whole once the claims token comes.
+#[tokio::test]
+async fn over_http1_a_content_length_body_answered_before_its_last_bytes_is_resent_whole() {
+    let (addr, _, mut received) = challenging_server(false, 4, true).await;
+    let (asked_claims, mut claims_asked) = mpsc::unbounded_channel();
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let service = cae_service(
+        plain_client(false),
+        Some((asked_claims, Arc::clone(&permits))),
+    );
+    let (frames, mut asked, body) = gated(false);
+    let call = tokio::spawn(tower::ServiceExt::oneshot(service, post(addr, body)));
+
+    // The 401 came (the layer asks for the claims token) while hyper still holds the body.
+    claims_asked.recv().await.expect("a claims token asked for");
+    let so_far = asked_so_far(&mut asked);
+    assert!(!so_far.contains(&Asked::Dropped), "{so_far:?}");
+    frames
+        .send(Frame::data(Bytes::from_static(b"efgh")))
+        .expect("alive");
+    let rest = asked_until_dropped(&mut asked).await;
+    assert_eq!(rest[rest.len() - 2..], [Asked::Data, Asked::Dropped]);
+    permits.add_permits(1);
+
+    let response = call.await.expect("no panic").expect("an answer");
+    assert_eq!(response.status(), StatusCode::OK, "re-sent");
+    let mut requests = [received.recv().await, received.recv().await].map(|r| r.expect("request"));
+    requests.sort_by_key(|(nth, _)| *nth);
+    let [(_, first), (_, second)] = requests;
+    assert_eq!(first.body, "abcdefgh");
+    assert_eq!(second.body, first.body);
+    assert_eq!(
+        second.content_length.as_ref().map(HeaderValue::as_bytes),
+        Some(&b"8"[..])
     );
 }
