@@ -124,6 +124,10 @@ pub(crate) struct TokenCache {
     slots: Mutex<Slots>,
     /// The second level, when the credential was given a distributed cache.
     shared: Option<SharedLevel>,
+    /// Run as the next clear begins, before it takes the map's lock: a test holds a clear
+    /// there, between what its caller did before and the slots' removal.
+    #[cfg(test)]
+    before_clear: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl TokenCache {
@@ -133,7 +137,16 @@ impl TokenCache {
             name,
             slots: Mutex::default(),
             shared: None,
+            #[cfg(test)]
+            before_clear: Mutex::default(),
         }
+    }
+
+    /// Runs `hook` as the next [`clear`](Self::clear) begins, on its thread, before it takes
+    /// the map's lock.
+    #[cfg(test)]
+    pub(crate) fn before_next_clear(&self, hook: impl FnOnce() + Send + 'static) {
+        *self.before_clear.lock().unwrap() = Some(Box::new(hook));
     }
 
     /// The same cache over a distributed cache's shared level, if any.
@@ -169,6 +182,13 @@ impl TokenCache {
     /// sign in next), so that no slot serves the previous account's token. A slot whose
     /// acquisition is running is left to it and its callers; later requests make new slots.
     pub(crate) fn clear(&self) {
+        #[cfg(test)]
+        {
+            let hook = self.before_clear.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         *slots = Slots {
             generation: slots.generation.wrapping_add(1),

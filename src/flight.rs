@@ -100,6 +100,10 @@ struct Inner<K, T, S> {
     /// What a flight does, as an error about one that did not finish names it.
     what: &'static str,
     locked: Mutex<Locked<K, T, S>>,
+    /// How many times the lock was found taken and waited for: a test sees that a thread
+    /// (a flight landing) waits behind the one holding it.
+    #[cfg(test)]
+    waited: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct Locked<K, T, S> {
@@ -185,8 +189,17 @@ where
                     records: Vec::new(),
                     next_id: 0,
                 }),
+                #[cfg(test)]
+                waited: Arc::default(),
             }),
         }
+    }
+
+    /// How many times [`lock`](Self::lock) found the lock taken and waited for it, counted as
+    /// each wait begins.
+    #[cfg(test)]
+    pub(crate) fn waited(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        Arc::clone(&self.inner.waited)
     }
 
     /// Locks the state and the records.
@@ -200,6 +213,14 @@ where
 
 impl<K, T, S> Inner<K, T, S> {
     fn lock(&self) -> MutexGuard<'_, Locked<K, T, S>> {
+        #[cfg(test)]
+        match self.locked.try_lock() {
+            Ok(guard) => return guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.waited.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         // Each write leaves the state whole (see the module docs): a poisoned lock is usable.
         self.locked.lock().unwrap_or_else(|e| e.into_inner())
     }

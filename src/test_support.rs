@@ -4,6 +4,9 @@
 
 #[path = "../tests/it/support/authority.rs"]
 pub(crate) mod authority;
+#[path = "../tests/it/support/clock.rs"]
+#[allow(dead_code)]
+pub(crate) mod clock;
 #[path = "../tests/it/support/serve.rs"]
 mod serve;
 #[path = "../tests/it/support/tls.rs"]

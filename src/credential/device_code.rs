@@ -740,6 +740,209 @@ mod tests {
         }
     }
 
+    /// Races between a sign-in landing and the account being forgotten, against the loopback
+    /// authority, each step held until the test lets it go.
+    mod races {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::mpsc::TryRecvError;
+
+        use base64::Engine;
+        use tokio::sync::oneshot;
+
+        use super::*;
+        use crate::test_support::authority::{Authority, Fault, error_body};
+        use crate::test_support::clock::held;
+        use crate::{HttpClient, RetryOptions};
+
+        const RESOURCE: &str = "https://resource.test/.default";
+        const OTHER: &str = "https://other.test/.default";
+        const BLOCKED: &str = "https://blocked.test/.default";
+
+        /// A token answer for `uid` (tenant `contoso`), with a refresh token.
+        fn answer(uid: &str, access_token: &str, refresh_token: &str) -> Fault {
+            let client_info = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!(r#"{{"uid":"{uid}","utid":"contoso"}}"#));
+            Fault::Body(
+                json!({
+                    "token_type": "Bearer",
+                    "expires_in": 3600,
+                    "access_token": access_token,
+                    "refresh_token": refresh_token,
+                    "client_info": client_info,
+                })
+                .to_string(),
+            )
+        }
+
+        fn refused(error: &str, code: u32, description: &str) -> Fault {
+            Fault::Respond {
+                status: 400,
+                body: error_body(error, code, description),
+                headers: Vec::new(),
+            }
+        }
+
+        /// A credential at `authority` counting its prompts.
+        fn credential(authority: &Authority, prompts: &Arc<AtomicUsize>) -> DeviceCodeCredential {
+            let http = HttpClient::builder()
+                .add_root_certificates_pem(authority.ca_pem())
+                .timeout(None)
+                .retry(RetryOptions::default().total_timeout(None))
+                .build()
+                .unwrap();
+            let prompts = Arc::clone(prompts);
+            DeviceCodeCredential::builder()
+                .tenant_id("contoso")
+                .authority_host(authority.url())
+                .http_client(http)
+                .prompt(move |_| {
+                    prompts.fetch_add(1, Ordering::SeqCst);
+                })
+                .build()
+                .unwrap()
+        }
+
+        async fn token(
+            credential: &DeviceCodeCredential,
+            scope: &str,
+        ) -> Result<AccessToken, CredentialError> {
+            credential.inner.get_token(TokenRequest::new([scope])).await
+        }
+
+        fn secret(token: &AccessToken) -> &str {
+            token.secret().expose_secret()
+        }
+
+        /// alice's refresh token found dead (the account forgotten, on another runtime) while
+        /// bob's sign-in, for a request refused for alice only, lands: the forgetting is held
+        /// as its clear of the memory begins, until that landing waits for it (or the test is
+        /// done). The landing then pins bob only after alice's tokens are gone: bob is served
+        /// none of them, and his own are kept. Before, the account was forgotten and the
+        /// memory cleared in two critical sections: bob's sign-in landed between them, found
+        /// no account to replace, and bob was served alice's token for OTHER.
+        #[tokio::test(start_paused = true)]
+        async fn a_sign_in_landing_as_the_account_is_forgotten_is_served_none_of_its_tokens() {
+            let authority = Authority::start().await;
+            let prompts = Arc::new(AtomicUsize::new(0));
+            let credential = credential(&authority, &prompts);
+            authority.push_fault(answer("alice", "at-alice", "rt-alice"));
+            token(&credential, RESOURCE).await.unwrap();
+            // Redeemed silently: kept in the credential's memory.
+            authority.push_fault(answer("alice", "at-alice-other", "rt-alice"));
+            token(&credential, OTHER).await.unwrap();
+
+            // Refused for alice for this request only: bob signs in for it. His first poll
+            // is pending; the next is due 5 s later, which the clock is held short of.
+            authority.push_fault(refused(
+                "invalid_grant",
+                53000,
+                "Device is not in required device state: compliant.",
+            ));
+            authority.push_fault(refused(
+                "authorization_pending",
+                70016,
+                "Authorization is pending. Continue polling.",
+            ));
+            let for_bob = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, BLOCKED).await }
+            });
+            // alice's poll, OTHER's refresh, BLOCKED's refresh, bob's first poll.
+            while authority.requests().len() < 4 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+
+            // alice's refresh token is dead: a request for another scope forgets her, on a
+            // runtime of its own, held as the clear begins.
+            authority.push_fault(refused(
+                "invalid_grant",
+                700082,
+                "The refresh token has expired due to inactivity.",
+            ));
+            authority.push_fault(answer("bob", "at-bob", "rt-bob"));
+            let (reached, at_clear) = oneshot::channel();
+            let (checked, until_checked) = std::sync::mpsc::channel::<()>();
+            let waited = credential.inner.state.waited();
+            let landing_waited = Arc::new(AtomicBool::new(false));
+            credential.inner.memory.before_next_clear({
+                let landing_waited = Arc::clone(&landing_waited);
+                move || {
+                    let before = waited.load(Ordering::SeqCst);
+                    let _ = reached.send(());
+                    // Held until bob's landing waits for the sign-in's lock (held here, with
+                    // the fix) or the test has checked (without it, the landing never waits).
+                    // Its runtime's other work (connections) goes on meanwhile.
+                    tokio::task::block_in_place(|| {
+                        loop {
+                            if waited.load(Ordering::SeqCst) > before {
+                                landing_waited.store(true, Ordering::SeqCst);
+                                return;
+                            }
+                            match until_checked.try_recv() {
+                                Err(TryRecvError::Empty) => std::thread::yield_now(),
+                                _ => return,
+                            }
+                        }
+                    });
+                }
+            });
+            let (forgotten, forgotten_result) = oneshot::channel();
+            let (test_done, until_test_done) = std::sync::mpsc::channel::<()>();
+            let forgetting = std::thread::spawn({
+                let credential = credential.clone();
+                move || {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    let result = runtime.block_on(token(&credential, "https://x.test/.default"));
+                    let _ = forgotten.send(result);
+                    // Its connections stay up while the test may still use them.
+                    let _ = until_test_done.recv();
+                }
+            });
+            held(at_clear).await.unwrap();
+
+            // bob's next poll: he has signed in, and his sign-in lands.
+            let bob = for_bob.await.unwrap().unwrap();
+            assert_eq!(secret(&bob), "at-bob");
+            let other = token(&credential, OTHER).await.unwrap();
+            assert_ne!(
+                secret(&other),
+                "at-alice-other",
+                "bob is served alice's token"
+            );
+            drop(checked);
+            assert!(
+                landing_waited.load(Ordering::SeqCst),
+                "bob's sign-in landed while alice was being forgotten"
+            );
+            // The request that forgot alice: her error, or a token of bob's.
+            match held(forgotten_result).await.unwrap() {
+                Ok(token) => assert!(!secret(&token).contains("alice"), "{token:?}"),
+                Err(error) => assert_eq!(error.error_codes(), [700082], "{error}"),
+            }
+            drop(test_done);
+            forgetting.join().unwrap();
+
+            // bob stays signed in: OTHER came from his refresh token, BLOCKED is his token,
+            // without a prompt.
+            let requests = authority.requests();
+            let for_other = requests
+                .iter()
+                .rfind(|r| r.field("scope").is_some_and(|s| s.contains("other.test")))
+                .unwrap();
+            assert_eq!(for_other.field("refresh_token"), Some("rt-bob"));
+            let again = token(&credential, BLOCKED).await.unwrap();
+            assert_eq!(secret(&again), "at-bob");
+            assert_eq!(authority.requests().len(), requests.len(), "from the cache");
+            assert_eq!(prompts.load(Ordering::SeqCst), 2, "alice's and bob's");
+            let shown = format!("{credential:?}");
+            assert!(shown.contains("bob"), "{shown}");
+        }
+    }
+
     #[test]
     fn builder_defaults_and_bad_settings() {
         let credential = DeviceCodeCredential::builder().build().unwrap();
