@@ -98,7 +98,10 @@ type Prompt = Arc<dyn Fn(DeviceCodeInfo) + Send + Sync>;
 ///   no refresh token can sign the account in any more (none left, or Entra says they are
 ///   dead: expired, revoked, the user disabled or deleted), the account and every token of it
 ///   kept in memory are forgotten, and that call prompts (perhaps another user signs in;
-///   a call that has already prompted returns the error, and the next call prompts). When Entra refuses them otherwise (for one request only — MFA, consent, a
+///   a call that has already prompted returns the error, and the next call prompts). A
+///   refusal answered after a sign-in landed meanwhile (another user's, or the same user's
+///   again) forgets nothing: the tokens refused were the ones held before, and the call is
+///   served as the account signed in now. When Entra refuses them otherwise (for one request only — MFA, consent, a
 ///   Conditional Access policy of that resource, a claims challenge — or with a code not
 ///   known here: the codes [`AuthorizationCodeCredential`](crate::AuthorizationCodeCredential)
 ///   lists), that request prompts, and the account stays signed in for the others; a
@@ -127,6 +130,10 @@ struct Inner {
 #[derive(Default)]
 struct State {
     account: Option<String>,
+    /// How many sign-ins have pinned an account: a call that read the account before another
+    /// landed (the same user's again, say) does not forget that one on a refusal of what the
+    /// account held before.
+    sign_ins: u64,
 }
 
 /// What a sign-in obtained, and for which request.
@@ -181,11 +188,15 @@ impl Inner {
             let plan = Plan::new(NAME, &request, |requested| {
                 self.tenants.resolve_required(requested).map(str::to_owned)
             })?;
-            // The account and the memory's generation, read together: a sign-in lands (pins
-            // its account, clears the memory) under the same lock.
-            let (pinned, generation) = {
+            // The account, its sign-in and the memory's generation, read together: a sign-in
+            // lands (pins its account, clears the memory) under the same lock.
+            let (pinned, sign_ins, generation) = {
                 let state = self.state.lock();
-                (state.account.clone(), self.memory.generation())
+                (
+                    state.account.clone(),
+                    state.sign_ins,
+                    self.memory.generation(),
+                )
             };
             let Some(account) = pinned.filter(|_| !interactive) else {
                 let (sign_in, mine) = self.join_or_start(&plan);
@@ -213,15 +224,22 @@ impl Inner {
             // account's token there (the next account's callers would get it); planned again.
             let Some(result) = plan
                 .run_as_of(&self.memory, generation, move |plan| async move {
-                    this.for_account(&account, &plan).await
+                    this.for_account(&account, sign_ins, &plan).await
                 })
                 .await
             else {
                 continue;
             };
+            let (forgotten, landed_since) = {
+                let state = self.state.lock();
+                (state.account.is_none(), state.sign_ins != sign_ins)
+            };
             match result {
+                // Someone signed in since this call read the account: planned again with the
+                // account pinned now.
+                Err(_) if landed_since => {}
                 // The account can no longer be signed in silently: sign in again, here.
-                Err(_) if !signed_in && self.state.lock().account.is_none() => {}
+                Err(_) if !signed_in && forgotten => {}
                 // MFA, consent, a Conditional Access policy of this resource: the user may
                 // meet it in a sign-in; the refresh tokens still serve other requests.
                 Err(error) if !signed_in && refused_for_this_request(claims.as_deref(), &error) => {
@@ -259,6 +277,7 @@ impl Inner {
                         landed.memory.clear();
                     }
                     state.account.clone_from(&done.account);
+                    state.sign_ins = state.sign_ins.wrapping_add(1);
                 }
             }
             result
@@ -417,10 +436,13 @@ impl Inner {
 
     /// The pinned account's cached token, else its refresh tokens. When neither can sign it
     /// in any more (none, or Entra says they are dead), the account is forgotten: the next
-    /// sign-in is interactive. A refusal for this request only keeps it.
+    /// sign-in is interactive. A refusal for this request only keeps it, and so does any
+    /// refusal once a sign-in landed after `sign_ins` (when the caller read the account):
+    /// the tokens refused may be older than that sign-in's.
     async fn for_account(
         &self,
         account: &str,
+        sign_ins: u64,
         plan: &Plan,
     ) -> Result<AccessToken, CredentialError> {
         let silent = Silent {
@@ -455,7 +477,7 @@ impl Inner {
             Err(error) => return Err(error),
         };
         let mut state = self.state.lock();
-        if state.account.as_deref() == Some(account) {
+        if state.account.as_deref() == Some(account) && state.sign_ins == sign_ins {
             state.account = None;
             // The next sign-in may be another user's: tokens cached for other scopes must not
             // serve them as the previous account until they expire. Cleared under the
@@ -918,28 +940,90 @@ mod tests {
                 landing_waited.load(Ordering::SeqCst),
                 "bob's sign-in landed while alice was being forgotten"
             );
-            // The request that forgot alice: her error, or a token of bob's.
-            match held(forgotten_result).await.unwrap() {
-                Ok(token) => assert!(!secret(&token).contains("alice"), "{token:?}"),
-                Err(error) => assert_eq!(error.error_codes(), [700082], "{error}"),
-            }
+            // The request that forgot alice is served as bob, who signed in meanwhile.
+            let x = held(forgotten_result).await.unwrap();
+            assert!(!secret(&x.unwrap()).contains("alice"));
             drop(test_done);
             forgetting.join().unwrap();
 
-            // bob stays signed in: OTHER came from his refresh token, BLOCKED is his token,
-            // without a prompt.
+            // bob stays signed in: OTHER and x came from his refresh token, BLOCKED is his
+            // token, without a prompt.
             let requests = authority.requests();
-            let for_other = requests
-                .iter()
-                .rfind(|r| r.field("scope").is_some_and(|s| s.contains("other.test")))
-                .unwrap();
-            assert_eq!(for_other.field("refresh_token"), Some("rt-bob"));
+            for scope in ["other.test", "x.test"] {
+                let last = requests
+                    .iter()
+                    .rfind(|r| r.field("scope").is_some_and(|s| s.contains(scope)))
+                    .unwrap();
+                assert_eq!(last.field("refresh_token"), Some("rt-bob"), "{scope}");
+            }
             let again = token(&credential, BLOCKED).await.unwrap();
             assert_eq!(secret(&again), "at-bob");
             assert_eq!(authority.requests().len(), requests.len(), "from the cache");
             assert_eq!(prompts.load(Ordering::SeqCst), 2, "alice's and bob's");
             let shown = format!("{credential:?}");
             assert!(shown.contains("bob"), "{shown}");
+        }
+
+        /// Two requests redeem alice's refresh token as it dies. The first one's refusal
+        /// forgets her, and she signs in again there; the second one's refusal comes after
+        /// that sign-in landed. It concerns the token she had before: her new sign-in stays,
+        /// with the tokens cached since, and the second request is served by it. Before, the
+        /// account was told by its id alone: the late refusal forgot her new sign-in and
+        /// cleared its tokens, and the second request prompted her a third time.
+        #[tokio::test(start_paused = true)]
+        async fn a_refusal_sent_before_the_account_signed_in_again_does_not_forget_it() {
+            let authority = Authority::start().await;
+            let prompts = Arc::new(AtomicUsize::new(0));
+            let credential = credential(&authority, &prompts);
+            authority.push_fault(answer("alice", "at-alice", "rt-alice"));
+            token(&credential, RESOURCE).await.unwrap();
+
+            let dead = || {
+                refused(
+                    "invalid_grant",
+                    700082,
+                    "The refresh token has expired due to inactivity.",
+                )
+            };
+            let gate = Arc::new(tokio::sync::Notify::new());
+            authority.push_fault(Fault::HoldThen(Arc::clone(&gate), Box::new(dead())));
+            let late = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, "https://late.test/.default").await }
+            });
+            while authority.requests().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // The first refusal: alice is forgotten, and signs in again for that request.
+            authority.push_fault(dead());
+            authority.push_fault(answer("alice", "at-alice-2", "rt-alice-2"));
+            let first = token(&credential, "https://first.test/.default").await;
+            assert_eq!(secret(&first.unwrap()), "at-alice-2");
+            assert_eq!(prompts.load(Ordering::SeqCst), 2);
+            authority.push_fault(answer("alice", "at-alice-other", "rt-alice-2"));
+            token(&credential, OTHER).await.unwrap();
+
+            // The late refusal of the token she had before.
+            gate.notify_one();
+            let late = late.await.unwrap();
+            let sent: Vec<_> = authority
+                .requests()
+                .iter()
+                .filter_map(|r| r.field("refresh_token").map(str::to_owned))
+                .collect();
+            assert_eq!(
+                prompts.load(Ordering::SeqCst),
+                2,
+                "no new prompt; sent {sent:?}, got {late:?}"
+            );
+            // The late request is served by her new refresh token.
+            let late = late.unwrap();
+            assert_eq!(sent, ["rt-alice", "rt-alice", "rt-alice-2", "rt-alice-2"]);
+            assert!(!secret(&late).contains("alice"), "a new token: {late:?}");
+            let requests = authority.requests().len();
+            let other = token(&credential, OTHER).await.unwrap();
+            assert_eq!(secret(&other), "at-alice-other", "still in memory");
+            assert_eq!(authority.requests().len(), requests);
         }
     }
 

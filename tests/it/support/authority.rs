@@ -49,8 +49,8 @@ pub const DEVICE_CODE_INTERVAL: u64 = 5;
 const JSON_UTF8: &str = "application/json; charset=utf-8";
 
 /// A running authority. Dropping it stops the server: no new connections are accepted, open
-/// connections are shut down gracefully, and `Fault::Hang` and `Fault::Hold` requests are
-/// released (their connections close without an answer).
+/// connections are shut down gracefully, and `Fault::Hang`, `Fault::Hold` and `Fault::HoldThen`
+/// requests are released (their connections close without an answer).
 pub struct Authority {
     state: Arc<State>,
     addr: SocketAddr,
@@ -134,6 +134,8 @@ pub enum Fault {
     /// request for as long as a test needs, whatever a paused clock does meanwhile. Released
     /// without an answer when the `Authority` is dropped.
     Hold(Arc<tokio::sync::Notify>),
+    /// As `Hold`, then answer as the fault says (a refusal held until the test lets it come).
+    HoldThen(Arc<tokio::sync::Notify>, Box<Fault>),
     /// Close without any response: the HTTP/1.1 connection is closed; on HTTP/2 the stream is
     /// reset (other streams on the connection are unaffected).
     Close,
@@ -436,6 +438,13 @@ async fn answer_with_fault(
                 _ = shutdown.changed() => Err(Box::new(NoAnswer("held request released at shutdown"))),
             }
         }
+        Fault::HoldThen(gate, then) => {
+            let mut shutdown = state.shutdown.clone();
+            tokio::select! {
+                () = gate.notified() => Box::pin(answer_with_fault(state, received, *then)).await,
+                _ = shutdown.changed() => Err(Box::new(NoAnswer("held request released at shutdown"))),
+            }
+        }
         Fault::Close => Err(Box::new(NoAnswer("fault: close without answering"))),
     }
 }
@@ -536,6 +545,7 @@ fn check_fault(fault: &Fault) {
             (500..=599).contains(status),
             "Fault::ServerError: {status} is not a 5xx status"
         ),
+        Fault::HoldThen(_, then) => check_fault(then),
         Fault::Delay(_)
         | Fault::Body(_)
         | Fault::Oversized(_)
