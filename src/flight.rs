@@ -62,8 +62,10 @@
 //!   layer's claims flight stores its token into the layer's refresh slot, so its lock comes
 //!   before the slot's, never after (no `land` of a refresh slot takes another lock). The
 //!   device code credential's sign-in `land` clears its token cache when another account
-//!   signs in, taking the cache's map lock under the sign-in flight's lock (and its callers
-//!   read the cache's generation under that lock too): the flight's lock comes before the
+//!   signs in, taking the cache's map lock under the sign-in flight's lock, and so does its
+//!   forgetting of an account whose refresh tokens are dead (the account unpinned and the
+//!   cache cleared in one critical section, so no sign-in lands between them); its callers
+//!   read the cache's generation under that lock too: the flight's lock comes before the
 //!   map's, never after. A credential's token cache takes a slot's lock briefly under its
 //!   map's lock (its sweep, see `cache.rs`); no slot's lock is held while the map's is taken. The
 //!   last handle of a [`WhenAbandoned::Abort`] flight is not dropped with the lock held (a

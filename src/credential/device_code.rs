@@ -101,10 +101,14 @@ type Prompt = Arc<dyn Fn(DeviceCodeInfo) + Send + Sync>;
 ///   a call that has already prompted returns the error, and the next call prompts). A
 ///   refusal answered after a sign-in landed meanwhile (another user's, or the same user's
 ///   again) forgets nothing: the tokens refused were the ones held before, and the call is
-///   served as the account signed in now. When Entra refuses them otherwise (for one request only — MFA, consent, a
-///   Conditional Access policy of that resource, a claims challenge — or with a code not
-///   known here: the codes [`AuthorizationCodeCredential`](crate::AuthorizationCodeCredential)
-///   lists), that request prompts, and the account stays signed in for the others; a
+///   served as the account signed in now, as is a call that shared that request for the
+///   same scope after the sign-in landed. A token request already under way as another
+///   user's sign-in lands may still succeed: its call (and any that shared it) gets the
+///   previous account's token, which is not kept for later calls. When Entra refuses them
+///   otherwise (for one request only — MFA, consent, a Conditional Access policy of that
+///   resource, a claims challenge — or with a code not known here: the codes
+///   [`AuthorizationCodeCredential`](crate::AuthorizationCodeCredential) lists), that
+///   request prompts, and the account stays signed in for the others; a
 ///   different user signing in there replaces it.
 /// * The claims of the request (a challenge, the CAE capability) are sent with the code
 ///   request and with every poll, as msal sends them.
@@ -184,6 +188,12 @@ impl Inner {
         // Set when Entra refused the account's refresh tokens for this request only: this
         // request signs in, the account staying pinned for the others meanwhile.
         let mut interactive = false;
+        // Set once this call has planned again after a refusal it joined that was older
+        // than its read of the account: it does so once.
+        let mut retried_stale = false;
+        // The error that sent this call round again since its sign-in: what it returns if
+        // the account is gone when it comes back.
+        let mut last_error: Option<CredentialError> = None;
         loop {
             let plan = Plan::new(NAME, &request, |requested| {
                 self.tenants.resolve_required(requested).map(str::to_owned)
@@ -199,9 +209,21 @@ impl Inner {
                 )
             };
             let Some(account) = pinned.filter(|_| !interactive) else {
+                // Signed out again (by another call) after this call's sign-in: it has
+                // prompted once and does not again.
+                if signed_in {
+                    return Err(last_error.unwrap_or_else(|| {
+                        CredentialError::authentication_failed(
+                            NAME,
+                            "the account signed in for this request was signed out again \
+                             before its token was obtained; the next request signs the user \
+                             in again",
+                        )
+                    }));
+                }
                 let (sign_in, mine) = self.join_or_start(&plan);
                 let done = sign_in.await?;
-                (signed_in, interactive) = (true, false);
+                (signed_in, interactive, last_error) = (true, false, None);
                 let same = done.tenant == plan.tenant
                     && done.scopes == plan.scopes
                     && done.cae == plan.cae;
@@ -236,10 +258,25 @@ impl Inner {
             };
             match result {
                 // Someone signed in since this call read the account: planned again with the
-                // account pinned now.
-                Err(_) if landed_since => {}
+                // account pinned now. With none pinned (forgotten since), the arms below
+                // decide whether this call signs in.
+                Err(error) if landed_since && !forgotten => last_error = Some(error),
                 // The account can no longer be signed in silently: sign in again, here.
                 Err(_) if !signed_in && forgotten => {}
+                // A refusal that forgets the account, yet it is still pinned and no sign-in
+                // landed since this call read it: this call joined a request for the scope
+                // made before that read, with the tokens held before a sign-in (its own
+                // request would have forgotten the account). Planned again, once, with the
+                // tokens held now.
+                Err(error)
+                    if !retried_stale
+                        && !forgotten
+                        && !landed_since
+                        && forgets_account(claims.as_deref(), &error) =>
+                {
+                    retried_stale = true;
+                    last_error = Some(error);
+                }
                 // MFA, consent, a Conditional Access policy of this resource: the user may
                 // meet it in a sign-in; the refresh tokens still serve other requests.
                 Err(error) if !signed_in && refused_for_this_request(claims.as_deref(), &error) => {
@@ -463,17 +500,8 @@ impl Inner {
             .await;
         let outcome = match result {
             Ok(Some(token)) => return Ok(token),
-            Ok(None) => CredentialError::authentication_failed(
-                NAME,
-                "no cached token and no refresh token for the signed-in account; the next \
-                 request signs the user in again",
-            ),
-            Err(error) if error.error_code() == Some("invalid_grant") => {
-                if refused_for_this_request(plan.claims.as_deref(), &error) {
-                    return Err(error);
-                }
-                error
-            }
+            Ok(None) => CredentialError::authentication_failed(NAME, NO_REFRESH_TOKEN),
+            Err(error) if forgets_account(plan.claims.as_deref(), &error) => error,
             Err(error) => return Err(error),
         };
         let mut state = self.state.lock();
@@ -489,6 +517,23 @@ impl Inner {
         drop(state);
         Err(outcome)
     }
+}
+
+/// The error of a pinned account with no cached token and no refresh token left.
+const NO_REFRESH_TOKEN: &str = "no cached token and no refresh token for the signed-in \
+                                account; the next request signs the user in again";
+
+/// Whether `error`, answered to a request for the pinned account's token, says the account
+/// can no longer be signed in silently: [`Inner::for_account`] forgets it on such an error
+/// (unless a sign-in landed since its caller read it). Entra's refusal of the refresh token as
+/// dead, or none left (that error is built here, its message told apart as written).
+fn forgets_account(claims: Option<&str>, error: &CredentialError) -> bool {
+    let dead =
+        error.error_code() == Some("invalid_grant") && !refused_for_this_request(claims, error);
+    let none_left = error.error_code().is_none()
+        && error.credential() == NAME
+        && error.message() == NO_REFRESH_TOKEN;
+    dead || none_left
 }
 
 impl DeviceCode {
@@ -804,6 +849,24 @@ mod tests {
             }
         }
 
+        /// Entra's refusal of a dead refresh token: the account is forgotten.
+        fn dead() -> Fault {
+            refused(
+                "invalid_grant",
+                700082,
+                "The refresh token has expired due to inactivity.",
+            )
+        }
+
+        /// A refusal of the refresh token for one request only: the account stays.
+        fn refused_for_this_request_only() -> Fault {
+            refused(
+                "invalid_grant",
+                53000,
+                "Device is not in required device state: compliant.",
+            )
+        }
+
         /// A credential at `authority` counting its prompts.
         fn credential(authority: &Authority, prompts: &Arc<AtomicUsize>) -> DeviceCodeCredential {
             let http = HttpClient::builder()
@@ -978,13 +1041,6 @@ mod tests {
             authority.push_fault(answer("alice", "at-alice", "rt-alice"));
             token(&credential, RESOURCE).await.unwrap();
 
-            let dead = || {
-                refused(
-                    "invalid_grant",
-                    700082,
-                    "The refresh token has expired due to inactivity.",
-                )
-            };
             let gate = Arc::new(tokio::sync::Notify::new());
             authority.push_fault(Fault::HoldThen(Arc::clone(&gate), Box::new(dead())));
             let late = tokio::spawn({
@@ -1024,6 +1080,146 @@ mod tests {
             let other = token(&credential, OTHER).await.unwrap();
             assert_eq!(secret(&other), "at-alice-other", "still in memory");
             assert_eq!(authority.requests().len(), requests);
+        }
+
+        /// A request for SHARED redeems alice's refresh token as it dies, held. Meanwhile she
+        /// signs in again (for a request refused for her for that request only: the same
+        /// account, the memory kept), and a second call for SHARED, reading the account after
+        /// that sign-in, shares the held request. The refusal concerns the token she had
+        /// before: both calls are served by her new one, without a prompt. Before, the second
+        /// call took the refusal as if its own request had got it: alice still pinned and no
+        /// sign-in since its read, it returned the error although she is signed in.
+        #[tokio::test(start_paused = true)]
+        async fn a_call_sharing_a_request_sent_before_a_sign_in_is_served_as_the_account_now() {
+            const SHARED: &str = "https://shared.test/.default";
+            let authority = Authority::start().await;
+            let prompts = Arc::new(AtomicUsize::new(0));
+            let credential = credential(&authority, &prompts);
+            authority.push_fault(answer("alice", "at-alice", "rt-alice"));
+            token(&credential, RESOURCE).await.unwrap();
+
+            let gate = Arc::new(tokio::sync::Notify::new());
+            authority.push_fault(Fault::HoldThen(Arc::clone(&gate), Box::new(dead())));
+            let first = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, SHARED).await }
+            });
+            while authority.requests().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+
+            // alice signs in again, for a request refused for her for that request only.
+            authority.push_fault(refused_for_this_request_only());
+            authority.push_fault(answer("alice", "at-alice-2", "rt-alice-2"));
+            let blocked = token(&credential, BLOCKED).await.unwrap();
+            assert_eq!(secret(&blocked), "at-alice-2");
+            assert_eq!(prompts.load(Ordering::SeqCst), 2);
+
+            // A second call for SHARED shares the held request: it sends none of its own.
+            let second = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, SHARED).await }
+            });
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(!second.is_finished());
+            // alice's poll, SHARED's held refresh, BLOCKED's refresh, alice's second poll.
+            assert_eq!(authority.requests().len(), 4);
+
+            gate.notify_one();
+            let first = first.await.unwrap();
+            let second = second.await.unwrap();
+            let sent: Vec<_> = authority
+                .requests()
+                .iter()
+                .filter_map(|r| r.field("refresh_token").map(str::to_owned))
+                .collect();
+            let second = second.unwrap_or_else(|e| panic!("{e}; sent {sent:?}"));
+            let first = first.unwrap();
+            // Both served by her new refresh token (the second call may share the first's
+            // new request, or send its own).
+            assert_eq!(sent[..3], ["rt-alice", "rt-alice", "rt-alice-2"]);
+            assert!(sent[3..].iter().all(|t| t == "rt-alice-2"), "{sent:?}");
+            for token in [&first, &second] {
+                assert!(!secret(token).contains("alice"), "a new token: {token:?}");
+            }
+            assert_eq!(prompts.load(Ordering::SeqCst), 2, "no new prompt");
+            let requests = authority.requests().len();
+            let blocked_again = token(&credential, BLOCKED).await.unwrap();
+            assert_eq!(secret(&blocked_again), "at-alice-2", "still in memory");
+            assert_eq!(authority.requests().len(), requests);
+        }
+
+        /// A call that shared alice's sign-in for another request (its one prompt) redeems
+        /// her refresh token for its own, held. Meanwhile bob signs in (for a request refused
+        /// for alice only), and another call finds bob's refresh token dead, forgets him, and
+        /// is declined in its own sign-in. The held answer then comes: a sign-in landed since
+        /// the first call read alice, but no account is pinned now. That call has prompted
+        /// once: it returns the error, and no sign-in starts. Before, it planned again as for
+        /// any sign-in landed since, found no account, and prompted a fourth time.
+        #[tokio::test(start_paused = true)]
+        async fn a_call_that_signed_in_returns_the_error_when_the_account_is_forgotten_meanwhile() {
+            const MINE: &str = "https://mine.test/.default";
+            let authority = Authority::start().await;
+            let prompts = Arc::new(AtomicUsize::new(0));
+            let credential = credential(&authority, &prompts);
+
+            // alice signs in for RESOURCE; the call for MINE shares that sign-in, then redeems
+            // her refresh token for MINE, held.
+            authority.push_fault(answer("alice", "at-alice", "rt-alice"));
+            let gate = Arc::new(tokio::sync::Notify::new());
+            authority.push_fault(Fault::HoldThen(Arc::clone(&gate), Box::new(dead())));
+            let for_resource = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, RESOURCE).await }
+            });
+            while authority.device_code_requests().is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let mine = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, MINE).await }
+            });
+            // alice's poll, MINE's held refresh.
+            while authority.requests().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert_eq!(secret(&for_resource.await.unwrap().unwrap()), "at-alice");
+            assert_eq!(prompts.load(Ordering::SeqCst), 1);
+            assert_eq!(
+                authority.requests()[1].field("refresh_token"),
+                Some("rt-alice")
+            );
+
+            // bob signs in, for a request refused for alice only.
+            authority.push_fault(refused_for_this_request_only());
+            authority.push_fault(answer("bob", "at-bob", "rt-bob"));
+            let bob = token(&credential, BLOCKED).await.unwrap();
+            assert_eq!(secret(&bob), "at-bob");
+            // bob's refresh token is dead: he is forgotten, and declines the sign-in that
+            // follows.
+            authority.push_fault(dead());
+            authority.push_fault(refused(
+                "authorization_declined",
+                70000,
+                "The user declined the sign-in.",
+            ));
+            let declined = token(&credential, OTHER).await.unwrap_err();
+            assert_eq!(declined.error_code(), Some("authorization_declined"));
+            assert_eq!(prompts.load(Ordering::SeqCst), 3);
+            let shown = format!("{credential:?}");
+            assert!(!shown.contains("bob"), "{shown}");
+
+            // The held refusal of alice's token.
+            gate.notify_one();
+            let result = mine.await.unwrap();
+            assert_eq!(
+                prompts.load(Ordering::SeqCst),
+                3,
+                "no prompt more; got {result:?}"
+            );
+            let error = result.unwrap_err();
+            assert_eq!(error.error_codes(), [700082], "{error}");
+            assert_eq!(authority.device_code_requests().len(), 3);
         }
     }
 
