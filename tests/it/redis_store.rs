@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::Commands;
@@ -753,13 +753,22 @@ impl Drop for SlowSetupRelay {
 /// server's first answer, the replies to the connection's setup (`HELLO`, `CLIENT SETINFO`,
 /// sent as one pipeline and answered in one write): a proxy or server that accepts each
 /// connection and then drops it at once. After [`pass_through`](Self::pass_through), new
-/// connections are relayed in full: the server keeps them again.
+/// connections are relayed in full: the server keeps them again; after
+/// [`hold`](Self::hold), they are held open once their setup is answered, and no answer
+/// after it is passed on.
 pub(crate) struct HandshakeThenCloseRelay {
     port: u16,
     connections: Arc<AtomicUsize>,
-    closing: Arc<AtomicBool>,
+    /// What new connections get after their setup: [`CLOSED`], [`HELD`] or [`PASSED`].
+    after_setup: Arc<AtomicU8>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// [`HandshakeThenCloseRelay`]'s connections after their setup: closed, held open with
+/// nothing passing, or relayed in full.
+const CLOSED: u8 = 0;
+const HELD: u8 = 1;
+const PASSED: u8 = 2;
 
 impl HandshakeThenCloseRelay {
     pub(crate) async fn start(server_port: u16) -> HandshakeThenCloseRelay {
@@ -767,19 +776,19 @@ impl HandshakeThenCloseRelay {
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&connections);
-        let closing = Arc::new(AtomicBool::new(true));
-        let closes = Arc::clone(&closing);
+        let after_setup = Arc::new(AtomicU8::new(CLOSED));
+        let mode = Arc::clone(&after_setup);
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
-                let closes = closes.load(Ordering::SeqCst);
+                let after = mode.load(Ordering::SeqCst);
                 tokio::spawn(async move {
                     let Ok(mut server) =
                         TcpStream::connect((Ipv4Addr::LOCALHOST, server_port)).await
                     else {
                         return;
                     };
-                    if !closes {
+                    if after == PASSED {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                         return;
                     }
@@ -790,9 +799,13 @@ impl HandshakeThenCloseRelay {
                         let mut first = vec![0; 16 * 1024];
                         let n = server_read.read(&mut first).await?;
                         client_write.write_all(&first[..n]).await?;
+                        if after == HELD {
+                            // Kept open with no answer passed on: no answer, no close.
+                            std::future::pending::<()>().await;
+                        }
                         client_write.shutdown().await
                     };
-                    // Both ends closed once the answer is passed on.
+                    // Both ends closed once the answer is passed on (unless held).
                     tokio::select! {
                         _ = up => {}
                         _ = down => {}
@@ -803,7 +816,7 @@ impl HandshakeThenCloseRelay {
         HandshakeThenCloseRelay {
             port,
             connections,
-            closing,
+            after_setup,
             task,
         }
     }
@@ -812,7 +825,13 @@ impl HandshakeThenCloseRelay {
     /// (back under its `maxclients`, a proxy whose backend is back); those made before stay
     /// closed.
     pub(crate) fn pass_through(&self) {
-        self.closing.store(false, Ordering::SeqCst);
+        self.after_setup.store(PASSED, Ordering::SeqCst);
+    }
+
+    /// Holds new connections open once their setup is answered, passing on no answer after
+    /// it: a server that stops answering right after it accepted a connection.
+    pub(crate) fn hold(&self) {
+        self.after_setup.store(HELD, Ordering::SeqCst);
     }
 
     pub(crate) fn url(&self) -> String {
@@ -1072,9 +1091,22 @@ async fn a_store_opened_while_redis_is_down_connects_once_it_is_up() {
 /// calls (one connection per `connect()`), and once the server keeps its connections again
 /// the next `connect()` succeeds and calls are served.
 /// Real time: the relay's connections are real, and each `connect()` returns with its
-/// attempt's outcome.
+/// attempt's outcome. On this one-thread runtime the connection's reader reads the close
+/// before `connect()` resumes; see the next test for the other order.
 #[tokio::test]
 async fn connect_says_when_the_server_closed_the_connection_as_it_was_made() {
+    closed_as_it_was_made().await;
+}
+
+/// As above on a runtime of two threads, where `connect()` may resume before the
+/// connection's reader has read the close (the store then holds the connection as made):
+/// `connect()` still says it was closed, whichever task runs first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_says_when_the_server_closed_the_connection_as_it_was_made_on_two_threads() {
+    closed_as_it_was_made().await;
+}
+
+async fn closed_as_it_was_made() {
     let server = RedisServer::start();
     let relay = HandshakeThenCloseRelay::start(server.port()).await;
     let store = RedisTokenCache::open(&format!("{}?protocol=resp3", relay.url())).unwrap();
@@ -1112,4 +1144,36 @@ async fn connect_says_when_the_server_closed_the_connection_as_it_was_made() {
         Some(&b"v"[..])
     );
     assert_eq!(relay.connections(), 3, "the connection made is kept");
+}
+
+/// A server that answers a connection's setup and then nothing (stalled, or a proxy whose
+/// backend went silent) has `connect()` give up on its `PING` after 2 s with an error, and
+/// the connection taken for dropped and made again in the background, as a probe that gets
+/// no answer does: `connect()` does not answer `Ok` for a connection that never answered. The
+/// next `connect()` waits on that attempt and `PING`s its connection in turn. Real time: the
+/// relay's connections are real, and the `PING`'s 2 s run out on them.
+#[tokio::test]
+async fn connect_says_when_the_server_does_not_answer_after_the_connection_was_made() {
+    let server = RedisServer::start();
+    let relay = HandshakeThenCloseRelay::start(server.port()).await;
+    relay.hold();
+    let store = RedisTokenCache::open(&relay.url()).unwrap();
+    for made in 1..=2 {
+        let start = Instant::now();
+        let e = timeout(secs(10), store.connect())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(start.elapsed() >= secs(2), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("redis connection: no answer to a PING within 2 s"),
+            "{e}"
+        );
+        assert!(
+            format!("{store:?}").contains("connected: false"),
+            "not being made again: {store:?}"
+        );
+        assert_eq!(relay.connections(), made, "one connection per attempt");
+    }
 }

@@ -371,7 +371,7 @@ impl RedisTokenCache {
     /// gives up waiting on the attempt that replaces it, counts it (see
     /// [`failed`](Self::failed)), once, as when a call finds the drop itself. A connection
     /// that ended within [`SHORTEST_LIFE`] of being made, or that never served the process (no
-    /// call answered on it, nor was it asked for by `connect`), is not replaced at once (the
+    /// call answered on it, nor `connect`'s `PING`), is not replaced at once (the
     /// next call does it): a server that closes every connection right after its setup, or
     /// every idle one after its `timeout`, would otherwise be reconnected to in a loop, with no
     /// call to bound it and no failure to open the breaker.

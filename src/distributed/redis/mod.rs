@@ -21,7 +21,7 @@ use crate::redact::{scrub, truncate};
 mod link;
 mod scripts;
 
-use link::{Link, State, keepalive};
+use link::{Link, PROBE_TIMEOUT, State, drops, keepalive};
 use scripts::{
     GET_WITH_LEASE, GET_WITH_MARK, GET_WITH_THROTTLE, GET_WITH_TTL, MAX_MARK_BYTES, PUT, RELEASE,
     RELEASE_WITH_MARK, RENEW, entry_and_mark, entry_answer, entry_mark_and_lease,
@@ -54,7 +54,7 @@ const MAX_ERROR_CHARS: usize = 200;
 /// // Only parses the URL: building a credential never needs Redis up.
 /// let store = RedisTokenCache::from_env("REDIS_URL")?;
 /// // Optional: connect at start-up, so the first token request does not pay for it. Returns
-/// // within 5 s even if Redis does not answer.
+/// // within 7 s even if Redis does not answer.
 /// if let Err(e) = store.connect().await {
 ///     eprintln!("{e}; tokens are acquired without the shared cache until Redis is back");
 /// }
@@ -163,7 +163,7 @@ struct Inner {
     link: Mutex<State>,
     /// Attempts started, to tell one from the next.
     attempts: AtomicU64,
-    /// The last connection that served the process (answered a call, or was asked for by
+    /// The last connection that served the process (answered a call, or the `PING` of
     /// [`RedisTokenCache::connect`]); `u64::MAX` before any. Only such a connection is made
     /// again at once when the `redis` crate tells it ended (see [`RedisTokenCache::ended`]).
     served: AtomicU64,
@@ -229,22 +229,60 @@ impl RedisTokenCache {
     }
 
     /// Connects now instead of on the first call: the first call then does not spend the
-    /// cache's budget on the connection. Returns within 5 s (the connection's own deadline)
-    /// whether Redis answers or not. An error is not final: the next call tries again.
+    /// cache's budget on the connection. A new connection is confirmed with a `PING` (one
+    /// round trip), so `Ok` means a connection that answered. Returns within 7 s whether
+    /// Redis answers or not (the connection's own deadline, 5 s, then 2 s for the `PING`'s
+    /// answer). An error is not final: the next call tries again.
     pub async fn connect(&self) -> Result<(), StoreError> {
-        let (id, _) = self.connection("connection").await?;
-        self.inner.served.store(id, Ordering::Relaxed);
-        // Over RESP3 the server may have closed it as it was made (see `Inner::settle`): the
-        // store then holds none, and saying "connected" would be wrong.
-        match &self.inner.link().link {
-            Link::Connected(current, ..) if *current == id => Ok(()),
-            _ => Err(StoreError::msg(
+        let (id, mut connection) = self.connection("connection").await?;
+        let closed = || {
+            StoreError::msg(
                 "redis connection: the server closed the connection as it was made; the next \
                  call connects again (if every connection ends so, look at what closes them: a \
                  proxy or load balancer in front of Redis, a `CLIENT KILL`)",
-            )),
+            )
+        };
+        // Over RESP3 the server may have closed it as it was made, and the store been told
+        // (see `Inner::settle`, `ended`): it then holds none.
+        if !matches!(&self.inner.link().link, Link::Connected(current, ..) if *current == id) {
+            return Err(closed());
         }
+        if self.inner.served.load(Ordering::Relaxed) == id {
+            // It has answered a call: no round trip needed.
+            return Ok(());
+        }
+        // Whether the store was told of a close depends on which task ran first: the
+        // connection's reader (spawned once the setup was answered) or this one. A `PING`
+        // answers whichever ran first, and over RESP2, where nothing tells.
+        let ping = redis::cmd("PING");
+        let answer =
+            tokio::time::timeout(PROBE_TIMEOUT, ping.query_async::<Value>(&mut connection)).await;
+        drop(connection);
+        match answer {
+            // Answered, even with an error of the server's: it is there.
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if !drops(&e) => {}
+            Ok(Err(_)) => {
+                // Recorded as the `redis` crate's notice records it (the link idle, the drop
+                // left for a call to count), which may come before or after this: the later
+                // of the two finds the link moved on and does nothing.
+                self.ended(id);
+                return Err(closed());
+            }
+            Err(_) => {
+                // Taken for dropped and made again, as a probe that gets no answer does.
+                self.dropped(id);
+                return Err(StoreError::msg(format!(
+                    "redis connection: no answer to a PING within {} s of the connection's \
+                     setup; the connection is being made again",
+                    PROBE_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        self.inner.served.store(id, Ordering::Relaxed);
+        Ok(())
     }
+
     /// [`put`](TokenStore::put) as called at `called` (Unix ms by this host's clock; `None`
     /// for a clock before 1970, which gives no end: the TTL alone bounds the entry).
     ///
