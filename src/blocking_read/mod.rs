@@ -37,7 +37,7 @@ use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-pub(crate) use self::steps::{StepFailure, Steps};
+pub(crate) use self::steps::{StepFailure, Steps, WeakSteps};
 
 /// How long work on a local file may run: a read of a token or key file, or one step of a
 /// token cache file's I/O (a lock attempt, a read, a write). A local file of a few KiB is
@@ -45,8 +45,9 @@ pub(crate) use self::steps::{StepFailure, Steps};
 /// answer.
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The name of a detached thread (in a debugger or `top -H`).
-const THREAD_NAME: &str = "tower-identity-read";
+/// The name of a detached thread (in a debugger or `top -H`), also of one resolving a token
+/// cache file's directory.
+pub(crate) const THREAD_NAME: &str = "tower-identity-read";
 
 /// Starts `work` on a thread of its own, at `now` (tokio's clock, as the caller read it: the
 /// start its bound counts from). Its result, or the payload of its panic, comes through the

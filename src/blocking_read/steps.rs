@@ -12,12 +12,15 @@
 //! caller still waits for it or gave up; a result its caller did not take (a lock file's
 //! guard) is dropped before, as part of the step.
 //!
-//! The steps of a file ([`Steps::of_file`]) are the process's, not their owner's: a step's
-//! thread holds them until it returns, and a process-wide map finds them by the file's path
-//! while they are held. So an owner made again for that path once every earlier one was
-//! dropped (a credential built again) is refused as they were while a step of theirs has
-//! not returned, instead of starting steps of its own on the file system that does not
-//! answer. The map keeps no entry once its steps are no longer held.
+//! The steps of a directory ([`Steps::of_directory`]) are the process's, not their owner's:
+//! every file in it shares them (a token cache file, the legacy file beside it, their lock and
+//! temporary files, whichever object or document type uses them), as they share its mount,
+//! and a step's thread holds them until it returns, a process-wide map finding them by the
+//! directory's key while they are held. So while one step there that overran has not returned,
+//! the steps of every file of the directory are refused, an owner made again once every
+//! earlier one was dropped (a credential built again) included, instead of starting more
+//! threads on the file system that does not answer. The map keeps no entry once its steps are
+//! no longer held.
 
 use std::collections::HashMap;
 use std::io;
@@ -52,7 +55,7 @@ impl<W> std::fmt::Debug for StepFailure<W> {
     }
 }
 
-/// The steps of one owner (a token cache file: see the module docs). Clones share them.
+/// The steps of one owner, or of a directory's files (see the module docs). Clones share them.
 #[derive(Clone)]
 pub(crate) struct Steps {
     shared: Arc<Shared>,
@@ -60,19 +63,19 @@ pub(crate) struct Steps {
 
 /// What the clones of a [`Steps`] share, and each running step's thread holds.
 struct Shared {
-    /// The key of its entry in [`files`], if it has one.
-    file: Option<PathBuf>,
+    /// The key of its entry in [`directories`], if it has one.
+    directory: Option<PathBuf>,
     /// Locked briefly, never across an `await` or I/O.
     running: Mutex<Running>,
 }
 
-/// The steps of each file whose steps are held (by an owner, or a step's thread that has not
-/// returned), by the file's path: held weakly, each entry removed when its steps are dropped.
-/// Locked only to look up, add or remove an entry, never with a [`Running`] locked.
-fn files() -> MutexGuard<'static, HashMap<PathBuf, Weak<Shared>>> {
-    static FILES: OnceLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> = OnceLock::new();
+/// The steps of each directory whose steps are held (by an owner, or a step's thread that has
+/// not returned), by the directory's key: held weakly, each entry removed when its steps are
+/// dropped. Locked only to look up, add or remove an entry, never with a [`Running`] locked.
+fn directories() -> MutexGuard<'static, HashMap<PathBuf, Weak<Shared>>> {
+    static DIRECTORIES: OnceLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> = OnceLock::new();
     // Whole entries are added and removed: a panic cannot leave one half made.
-    FILES
+    DIRECTORIES
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -80,16 +83,16 @@ fn files() -> MutexGuard<'static, HashMap<PathBuf, Weak<Shared>>> {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        let Some(file) = &self.file else {
+        let Some(directory) = &self.directory else {
             return;
         };
-        let mut files = files();
-        // Unless [`Steps::of_file`] made new ones for the file since these were let go.
-        if files
-            .get(file)
+        let mut directories = directories();
+        // Unless [`Steps::of_directory`] made new ones for it since these were let go.
+        if directories
+            .get(directory)
             .is_some_and(|entry| entry.strong_count() == 0)
         {
-            files.remove(file);
+            directories.remove(directory);
         }
     }
 }
@@ -127,26 +130,37 @@ impl Steps {
         Self::made(None)
     }
 
-    /// The steps of the file at `path` (the key: one file, one path, as its owners name it),
-    /// the same while any are held, by an owner or a step that has not returned (see the
-    /// module docs); new ones otherwise.
-    pub(crate) fn of_file(path: PathBuf) -> Self {
-        let mut files = files();
-        if let Some(shared) = files.get(&path).and_then(Weak::upgrade) {
+    /// The steps of the files in the directory whose key is `directory` (one directory, one
+    /// key, as its owners resolve it), the same while any are held, by an owner or a step that
+    /// has not returned (see the module docs); new ones otherwise.
+    pub(crate) fn of_directory(directory: PathBuf) -> Self {
+        let mut directories = directories();
+        if let Some(shared) = directories.get(&directory).and_then(Weak::upgrade) {
             return Self { shared };
         }
-        let steps = Self::made(Some(path.clone()));
-        files.insert(path, Arc::downgrade(&steps.shared));
+        let steps = Self::made(Some(directory.clone()));
+        directories.insert(directory, Arc::downgrade(&steps.shared));
         steps
     }
 
-    fn made(file: Option<PathBuf>) -> Self {
+    fn made(directory: Option<PathBuf>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                file,
+                directory,
                 running: Mutex::default(),
             }),
         }
+    }
+
+    /// The key these steps were made for ([`Steps::of_directory`]); none for an owner's own.
+    #[cfg(test)]
+    pub(crate) fn directory(&self) -> Option<&std::path::Path> {
+        self.shared.directory.as_deref()
+    }
+
+    /// A handle that does not hold them: while anything does, it gives them back.
+    pub(crate) fn downgrade(&self) -> WeakSteps {
+        WeakSteps(Arc::downgrade(&self.shared))
     }
 
     /// Whether a step that ran [`READ_TIMEOUT`](super::READ_TIMEOUT) has not returned (new steps are refused).
@@ -281,6 +295,21 @@ impl Steps {
     }
 }
 
+/// [`Steps`] not held ([`Steps::downgrade`]).
+pub(crate) struct WeakSteps(Weak<Shared>);
+
+impl WeakSteps {
+    /// The steps, while an owner or a step that has not returned holds them.
+    pub(crate) fn upgrade(&self) -> Option<Steps> {
+        self.0.upgrade().map(|shared| Steps { shared })
+    }
+
+    /// Whether an owner or a step that has not returned holds them.
+    pub(crate) fn is_held(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+}
+
 /// A step's result on its way: on drop, a result sent but not taken is dropped as a step of
 /// its own ([`Steps::drop_counted`]), not here: this may be the executor's thread, and the
 /// step's thread may already have said it returned.
@@ -362,16 +391,17 @@ mod tests {
         });
     }
 
-    /// A file's steps outlive their owners while a step of theirs runs: dropped while it
-    /// hangs, the file's steps made again are refused at once; once it returns, no entry is
-    /// left of them, and the file's steps made again run.
+    /// A directory's steps outlive their owners while a step of theirs runs: dropped while it
+    /// hangs, the directory's steps made again are refused at once, another directory's run;
+    /// once it returns, no entry is left of them, and the directory's steps made again run.
     #[test]
-    fn a_files_steps_are_refused_for_it_until_its_hung_step_returns() {
+    fn a_directorys_steps_are_refused_for_it_until_its_hung_step_returns() {
         within_a_minute(|| {
             paused_runtime().block_on(async {
                 let dir = tempfile::tempdir().unwrap();
-                let path = dir.path().join("cache");
-                let steps = Steps::of_file(path.clone());
+                let directory = dir.path().join("hung");
+                let steps = Steps::of_directory(directory.clone());
+                assert_eq!(steps.directory(), Some(directory.as_path()));
                 let calls = Arc::new(AtomicUsize::new(0));
                 let (hung, release) = held(&calls, "hung");
                 let caller = tokio::spawn({
@@ -381,24 +411,28 @@ mod tests {
                 until(|| calls.load(Ordering::SeqCst) == 1).await;
                 tokio::time::advance(READ_TIMEOUT).await;
                 assert!(matches!(caller.await.unwrap(), Err(StepFailure::Overran)));
+                let weak = steps.downgrade();
                 drop(steps);
+                assert!(weak.is_held(), "held by the hung step");
 
-                let again = Steps::of_file(path.clone());
+                let again = Steps::of_directory(directory.clone());
                 let refused = again.run(|| "unrun").now_or_never();
                 assert!(matches!(refused, Some(Err(StepFailure::Refused(_)))));
-                let other_path = dir.path().join("other");
-                let other = Steps::of_file(other_path.clone());
+                let other_directory = dir.path().join("other");
+                let other = Steps::of_directory(other_directory.clone());
                 assert!(matches!(other.run(|| "other").await, Ok("other")));
                 drop((again, other));
-                assert!(files().contains_key(&path), "held by the hung step");
+                assert!(directories().contains_key(&directory));
 
                 drop(release);
                 until(|| {
-                    let files = files();
-                    !files.contains_key(&path) && !files.contains_key(&other_path)
+                    let directories = directories();
+                    !directories.contains_key(&directory)
+                        && !directories.contains_key(&other_directory)
                 })
                 .await;
-                let again = Steps::of_file(path.clone());
+                assert!(!weak.is_held() && weak.upgrade().is_none());
+                let again = Steps::of_directory(directory.clone());
                 assert!(matches!(again.run(|| "again").await, Ok("again")));
             });
         });

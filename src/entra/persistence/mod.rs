@@ -121,12 +121,14 @@
 //! hung mount (NFS, FUSE) fails a call with a timeout naming the file, instead of holding it,
 //! and the runtime's shutdown, for ever. While a step that overran has not returned, every
 //! new step of that file is refused at once (its work not run) with an error saying so, and
-//! the file is used again once it returns. The refusal is the process's, by the file's path
-//! (its directory resolved, whatever the document type: [`Steps::of_file`]): the credentials
-//! using that path share it while any of them lives (see [`CacheFile::shared`]), and a step
-//! still hung holds it after all are dropped, so a credential built again is refused as they
-//! were until that step returns, instead of starting steps of its own on the mount. Run all
-//! the same, besides the lock files' removals below: the signal file's touch after the Secret Service's item was stored
+//! the file is used again once it returns. The refusal is the process's, by the file's
+//! directory, resolved ([`directory`]), whatever the file or the document type
+//! ([`Steps::of_directory`]): the file, the legacy file beside it, their lock and temporary
+//! files are on one mount, and one step hung there refuses the steps of all, instead of each
+//! starting more threads on the mount. The credentials using files there share it while any of
+//! them lives (see [`CacheFile::shared`]), and a step still hung holds it after all are
+//! dropped, so a credential built again is refused as they were until that step returns. Run
+//! all the same, besides the lock files' removals below: the signal file's touch after the Secret Service's item was stored
 //! ([`Step::must_run`]), whose lock file goes with it, and must not go untouched. A step that overran goes on on its thread with
 //! what it holds: a lock file stays taken until it returns, and a write it was making may
 //! still land (the error says so). A lock file whose holder lets go of it between steps (a
@@ -134,21 +136,26 @@
 //! caller gave up on, is removed by a step of its own, counted as any.
 //!
 //! One piece of I/O is not a step: [`CacheFile::shared`] resolves the file's directory
-//! (`canonicalize`) on its caller's thread, when a credential that uses the file is built
-//! (the builders are synchronous). A directory on a mount that does not answer then holds
-//! `build()`, not a later call.
+//! (`canonicalize`) when a credential that uses the file is built (the builders are
+//! synchronous), on a thread of its own but waited for by the builder, [`READ_TIMEOUT`] at
+//! most; past that the directory as named is its key, with a warning. It is not resolved again
+//! while its steps are held (by a credential, or a step hung), nor while its resolution has not
+//! returned, so on a mount that does not answer, `build()` waits once at most, not a later
+//! call (see [`directory`]).
 //!
 //! # Layout
 //!
 //! [`reader`] reads the file again when it changed, [`atomic_write`] replaces it, [`acl`] says
 //! what the replacement keeps of the file's ACL, [`lock_file`] is `msal-extensions`' lock-file
-//! protocol, [`registry`] shares one [`CacheFile`] per path in this process, and [`error`] holds [`PersistenceError`]. With the `keyring` feature on Linux,
+//! protocol, [`directory`] resolves a file's directory (the key of its steps), [`registry`]
+//! shares one [`CacheFile`] per path in this process, and [`error`] holds [`PersistenceError`]. With the `keyring` feature on Linux,
 //! `keyring` keeps the document encrypted in the Secret Service instead (`secret_service`
 //! talks to it), under the same lock-file protocol, with the file as its signal file and, if
 //! allowed, its plaintext fallback.
 
 pub(crate) mod acl;
 mod atomic_write;
+mod directory;
 mod error;
 #[cfg(all(feature = "keyring", target_os = "linux"))]
 mod keyring;
@@ -229,7 +236,7 @@ pub(crate) struct CacheFile<D: Document> {
     writers: tokio::sync::Mutex<()>,
     /// The last document read or written; held only for short get/set.
     current: Mutex<Option<Snapshot<D>>>,
-    /// Every step of this file's I/O, the path's in this process (see the module docs).
+    /// Every step of this file's I/O, its directory's in this process (see the module docs).
     steps: Steps,
 }
 
@@ -246,7 +253,8 @@ impl<D: Document> fmt::Debug for CacheFile<D> {
 impl<D: Document> CacheFile<D> {
     /// A cache file object of its own for `path` (standing in for `legacy`, see
     /// [`CacheFile::shared`]), waiting up to [`DEFAULT_LOCK_TIMEOUT`] for the lock file; its
-    /// steps are the path's all the same (as given, made absolute: [`Steps::of_file`]).
+    /// steps are its directory's all the same, by the key [`CacheFile::shared`] uses
+    /// ([`directory`]).
     #[cfg(test)]
     pub(crate) fn new(path: PathBuf, legacy: Option<PathBuf>) -> Arc<Self> {
         Self::with_lock_timeout(path, legacy, DEFAULT_LOCK_TIMEOUT)
@@ -259,13 +267,13 @@ impl<D: Document> CacheFile<D> {
         legacy: Option<PathBuf>,
         lock_timeout: Duration,
     ) -> Arc<Self> {
-        let path = std::path::absolute(&path).unwrap_or(path);
-        Self::with_steps(path.clone(), legacy, lock_timeout, Steps::of_file(path))
+        let (_key, steps) = directory::of_file(&path);
+        Self::with_steps(path, legacy, lock_timeout, steps)
     }
 
     /// A cache file object of its own for `path` (standing in for `legacy`), waiting up to
-    /// `lock_timeout` for the lock file, its I/O run through `steps` (the file's:
-    /// [`Steps::of_file`]).
+    /// `lock_timeout` for the lock file, its I/O run through `steps` (its directory's:
+    /// [`directory::of_file`]).
     fn with_steps(
         path: PathBuf,
         legacy: Option<PathBuf>,
@@ -613,10 +621,10 @@ impl Step {
         let cause = io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
-                "not tried: an earlier step of this token cache's file I/O has run more than {} \
-                 and has not returned: the file system does not answer (a hung network or FUSE \
-                 mount); fix the mount; this process uses the token cache again once that step \
-                 returns",
+                "not tried: an earlier step of file I/O in this token cache's directory has run \
+                 more than {} and has not returned: the file system does not answer (a hung \
+                 network or FUSE mount); fix the mount; this process uses the token cache again \
+                 once that step returns",
                 error::seconds(READ_TIMEOUT)
             ),
         );

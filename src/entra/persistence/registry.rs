@@ -3,18 +3,16 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 
-use super::{CacheFile, DEFAULT_LOCK_TIMEOUT, Document};
-use crate::blocking_read::Steps;
+use super::{CacheFile, DEFAULT_LOCK_TIMEOUT, Document, directory};
 
-/// Key of the process-wide registry of [`CacheFile::shared`]: the canonical path and the
-/// document type (two document types over one file are two objects, still ordered by the lock
-/// file, their steps the file's: [`Steps::of_file`]). Not the legacy file: one file has one
-/// writer queue and one snapshot in this process, whether its callers name a legacy file or
-/// not.
+/// Key of the process-wide registry of [`CacheFile::shared`]: the path, its directory resolved
+/// ([`directory`]), and the document type (two document types over one file are two objects,
+/// still ordered by the lock file, their steps the directory's). Not the legacy file: one file
+/// has one writer queue and one snapshot in this process, whether its callers name a legacy
+/// file or not.
 type RegistryKey = (PathBuf, TypeId);
 
 /// The process-wide registry behind [`CacheFile::shared`].
@@ -41,11 +39,17 @@ impl<D: Document> CacheFile<D> {
     /// by a caller that named none (the Secret Service's signal file, without a plaintext
     /// fallback) gets the first one named later, and keeps it.
     ///
-    /// Blocking: resolving the directory is file I/O, done here on the caller's thread, not
-    /// as a step (see the module docs). Called when a credential is built, never by a call.
+    /// Blocking: resolving the directory is file I/O, on a thread of its own but waited for
+    /// here, [`READ_TIMEOUT`](crate::blocking_read::READ_TIMEOUT) at most, and not done again
+    /// while the directory's steps are held (see [`directory`]). Called when a credential is
+    /// built, never by a call.
     pub(crate) fn shared(path: PathBuf, legacy: Option<PathBuf>) -> Arc<Self> {
-        // Resolved before taking the registry's lock: that lock is never held across I/O.
-        let key = (canonical_key(&path), TypeId::of::<D>());
+        // Resolved before taking the registry's lock: that lock is never held across I/O or a
+        // wait. The steps are the directory's: those of an object of this path dropped while
+        // a step of it hangs, of another document type's, or of another file beside it, are
+        // this one's.
+        let (key, steps) = directory::of_file(&path);
+        let key = (key, TypeId::of::<D>());
         let mut registry = registry();
         if let Some(existing) = registry.get(&key).and_then(Weak::upgrade) {
             if let Ok(file) = existing.downcast::<Self>() {
@@ -58,25 +62,9 @@ impl<D: Document> CacheFile<D> {
             }
         }
         registry.retain(|_, entry| entry.strong_count() > 0);
-        // The file's steps by its resolved path too: those of an object of this path dropped
-        // while a step of it hangs, or of another document type's, are this one's.
-        let steps = Steps::of_file(key.0.clone());
         let file = Self::with_steps(path, legacy, DEFAULT_LOCK_TIMEOUT, steps);
         let entry: Arc<dyn Any + Send + Sync> = file.clone();
         registry.insert(key, Arc::downgrade(&entry));
         file
-    }
-}
-
-/// The registry key of a path: absolute, with its directory resolved (the file itself may not
-/// exist yet, and a symlinked file keeps its own lock file, as with `msal-extensions`).
-fn canonical_key(path: &Path) -> PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    match (absolute.parent(), absolute.file_name()) {
-        (Some(parent), Some(name)) => match fs::canonicalize(parent) {
-            Ok(parent) => parent.join(name),
-            Err(_) => absolute,
-        },
-        _ => absolute,
     }
 }

@@ -21,6 +21,7 @@ use super::{CacheFile, Document, LegacyWrites};
 
 #[cfg(target_os = "linux")]
 mod acl;
+mod directory;
 mod hung;
 #[cfg(target_os = "linux")]
 mod takeover;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
+use super::super::directory::{resolving, steps_of};
 use super::super::lock_file::take;
 use super::super::{CacheFile, Document, LegacyWrites, PersistenceError, Step, run_blocking};
 use super::{JsonDoc, file_keys, lock_path_of, plant_lock};
@@ -300,6 +301,163 @@ fn a_file_built_again_while_a_step_hangs_is_refused_until_it_returns() {
             let mut keys = file_keys(&path);
             keys.sort();
             assert_eq!(keys, ["after", "before"]);
+        });
+    });
+}
+
+/// A credential built again while a step hangs does not resolve its directory again (on a
+/// mount that does not answer, that would hold `build()`): it gets the hung directory's
+/// steps, and is refused. Seen through a symlink changed meanwhile, which a resolution would
+/// follow to other steps; once nothing of the directory is held, the next build follows it.
+#[test]
+fn a_file_built_again_while_a_step_hangs_does_not_resolve_its_directory_again() {
+    within_a_minute(|| {
+        paused_runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let base = std::fs::canonicalize(dir.path()).unwrap();
+            for real in ["first", "second"] {
+                std::fs::create_dir(base.join(real)).unwrap();
+            }
+            let link = base.join("link");
+            std::os::unix::fs::symlink(base.join("first"), &link).unwrap();
+            let path = link.join("msal.cache.nocae");
+            let file = CacheFile::<JsonDoc>::shared(path.clone(), None);
+            let release = overrun(&file).await;
+            drop(file);
+
+            std::fs::remove_file(&link).unwrap();
+            std::os::unix::fs::symlink(base.join("second"), &link).unwrap();
+            let again = CacheFile::<JsonDoc>::shared(path.clone(), None);
+            let refused = again.read().now_or_never().expect("refused at once");
+            assert!(refused.unwrap_err().to_string().contains("not tried"));
+
+            drop(release);
+            until(|| !again.steps.overran()).await;
+            let steps = again.steps.downgrade();
+            drop(again);
+            until(|| !steps.is_held()).await;
+            let followed = CacheFile::<JsonDoc>::shared(path.clone(), None);
+            let second = CacheFile::<JsonDoc>::shared(base.join("second/msal.cache.nocae"), None);
+            assert!(Arc::ptr_eq(&followed, &second), "the symlink followed");
+        });
+    });
+}
+
+/// A resolution of the directory that hangs holds up one build for its timeout at most (here
+/// none): the directory as named is its key, with a warning. Another build meanwhile, its
+/// steps let go, waits for it no longer and starts none; once it has returned and nothing
+/// of the directory is held, the next build resolves it.
+#[test]
+fn a_resolution_that_hangs_gives_the_directory_as_named_and_is_not_run_twice() {
+    within_a_minute(|| {
+        let logs = ThreadLogs::capture();
+        let dir = tempfile::tempdir().unwrap();
+        let named = dir.path().join("named");
+        let resolved = dir.path().join("resolved");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (release, gate) = mpsc::channel::<()>();
+        let hung = {
+            let (calls, resolved) = (Arc::clone(&calls), resolved.clone());
+            move |_: &std::path::Path| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let _ = gate.recv();
+                resolved
+            }
+        };
+        let (key, steps) = steps_of(&named, hung, Duration::ZERO);
+        assert_eq!(key, named);
+        let text = logs.text();
+        assert!(text.contains("not resolved within the timeout"), "{text}");
+        assert!(text.contains(&*named.to_string_lossy()), "{text}");
+        drop(steps);
+
+        let unused_calls = Arc::new(AtomicUsize::new(0));
+        let unused = {
+            let (calls, other) = (Arc::clone(&unused_calls), dir.path().join("other"));
+            move |_: &std::path::Path| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                other
+            }
+        };
+        let (key, steps) = steps_of(&named, unused, READ_TIMEOUT);
+        assert_eq!(key, named, "the same key, at once");
+        drop(steps);
+        assert_eq!(unused_calls.load(Ordering::SeqCst), 0, "not resolved again");
+        until_returned(&named, &calls, release);
+
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = {
+            let (calls, resolved) = (Arc::clone(&calls), resolved.clone());
+            move |_: &std::path::Path| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                resolved
+            }
+        };
+        let (key, _steps) = steps_of(&named, counted, READ_TIMEOUT);
+        assert_eq!((key, calls.load(Ordering::SeqCst)), (resolved, 1));
+    });
+}
+
+/// Once the hung resolution of `named` has been called, lets it return, and waits until it
+/// has; it was called once.
+fn until_returned(named: &std::path::Path, calls: &AtomicUsize, release: mpsc::Sender<()>) {
+    while calls.load(Ordering::SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    drop(release);
+    while resolving(named) {
+        std::thread::yield_now();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// One step hung in a directory refuses the steps of every file there, whatever its object
+/// or document type (the legacy file, another document's object), and not another
+/// directory's: they share a mount, where more steps would only hang with it.
+#[test]
+fn a_hung_step_refuses_the_steps_of_every_file_in_its_directory() {
+    within_a_minute(|| {
+        paused_runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("msal.cache.nocae");
+            let file = CacheFile::<JsonDoc>::shared(path.clone(), None);
+            let release = overrun(&file).await;
+
+            let legacy = CacheFile::<JsonDoc>::shared(dir.path().join("msal.cache"), None);
+            let refused = legacy.read().now_or_never().expect("refused at once");
+            assert!(refused.unwrap_err().to_string().contains("not tried"));
+            let cae = CacheFile::<CacheDocument>::shared(dir.path().join("msal.cache.cae"), None);
+            let refused = cae.read().now_or_never().expect("refused at once");
+            assert!(refused.unwrap_err().to_string().contains("not tried"));
+
+            let elsewhere = tempfile::tempdir().unwrap();
+            let other = CacheFile::<JsonDoc>::shared(elsewhere.path().join("msal.cache"), None);
+            other.modify(|doc| doc.add("other")).await.unwrap();
+
+            drop(release);
+            until(|| !file.steps.overran()).await;
+            legacy.modify(|doc| doc.add("legacy")).await.unwrap();
+        });
+    });
+}
+
+/// A file object of its own (tests' [`CacheFile::new`]) has its directory's steps by the key
+/// [`CacheFile::shared`] uses: named through a symlink, its hung step refuses a shared
+/// object's named by the real directory.
+#[test]
+fn a_file_of_its_own_has_its_directorys_steps_by_the_shared_key() {
+    within_a_minute(|| {
+        paused_runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let base = std::fs::canonicalize(dir.path()).unwrap();
+            std::fs::create_dir(base.join("real")).unwrap();
+            std::os::unix::fs::symlink(base.join("real"), base.join("link")).unwrap();
+            let own = CacheFile::<JsonDoc>::new(base.join("link/msal.cache.nocae"), None);
+            let release = overrun(&own).await;
+            let shared = CacheFile::<JsonDoc>::shared(base.join("real/msal.cache.nocae"), None);
+            let refused = shared.read().now_or_never().expect("refused at once");
+            assert!(refused.unwrap_err().to_string().contains("not tried"));
+            drop(release);
         });
     });
 }
