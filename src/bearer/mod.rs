@@ -102,7 +102,10 @@
 //!   the request's `Content-Length` has ended, as far as the re-send goes: hyper's HTTP/1
 //!   client never polls it to its end. Over HTTP/2 (the 401's version tells) a client reads a
 //!   body to its end and sends its trailers, announced or not: there a body must have ended
-//!   or yielded its trailers. A request that cannot be re-sent whatever the token (a `String` over
+//!   or yielded its trailers (a recorded body is polled once more as soon as it has yielded
+//!   its `Content-Length`, to see its end even if the client never asks again; an inner
+//!   service that builds its own `Response` leaves it at HTTP/1.1, and so gets the HTTP/1
+//!   rule). A request that cannot be re-sent whatever the token (a `String` over
 //!   the limit, which kept no copy, a recorded body that already failed, yielded more than
 //!   the limit or declared more by its exact size hint, or a header field too long to keep)
 //!   still waits for the token for the claims (5 s at most; the flight runs on), then gets
@@ -627,6 +630,8 @@ where
 {
     let (parts, body) = request.into_parts();
     let (body, replay) = body.prepare(source.options.replay_limit);
+    // A recorded body then looks for its end right after its declared bytes.
+    replay.expect_length(&parts.headers);
     // `resend` is made with the service (`Layer::layer`); `get_or_insert_with` only spares
     // an `expect`.
     let via = resend

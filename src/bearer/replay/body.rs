@@ -1,6 +1,7 @@
 //! [`ReplayBody`]: the body wrapper that records the first attempt and plays the recording.
 
 use std::fmt;
+use std::mem;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -24,12 +25,27 @@ pin_project! {
     /// stays within the limit. Past the limit it drops what it kept and keeps nothing more; the
     /// first attempt still gets every byte.
     ///
+    /// One exception to "exactly", while a [`Replay`] handle is kept: when a data frame brings
+    /// what was yielded to the length the body is expected to have (its exact `size_hint` when
+    /// prepared, or the request's `Content-Length` through the bearer layer) and the inner body
+    /// does not report its end, the wrapper polls the inner body once more at once, to learn
+    /// whether it ended. Many bodies (a stream, a channel) tell their end only on the poll after
+    /// their last data, and a client may never make that poll: hyper's HTTP/2 client waits for
+    /// send capacity first and gives up at a reset; its HTTP/1 client drops the body at its
+    /// length. What that poll brings is yielded next, the frames staying the inner body's, in
+    /// order; an end known this way makes `is_end_stream` true with the last data, and the
+    /// `size_hint` counts data polled ahead. A body whose extra poll does something (reads past
+    /// its length, logs its end) does it that much earlier, or at all under HTTP/1.
+    ///
     /// The body a [`Replay`] hands out yields the same data frames and trailers. Its `size_hint`
     /// is exact (so an HTTP/1 client sends `Content-Length`), except when the recording has
     /// trailers: then only the lower bound is set, so that HTTP/1 still uses chunked encoding,
     /// the only one that can carry trailers. Preparing a replayed body again is cheap and always
     /// succeeds: the recording is shared, not copied.
-    pub struct ReplayBody<B> {
+    pub struct ReplayBody<B>
+    where
+        B: Body,
+    {
         #[pin]
         state: State<B>,
     }
@@ -37,7 +53,10 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<B> {
+    enum State<B>
+    where
+        B: Body,
+    {
         /// Not prepared yet: a plain pass-through.
         Plain {
             #[pin]
@@ -50,6 +69,8 @@ pin_project! {
             #[pin]
             body: B,
             recorder: Arc<Mutex<Recorder>>,
+            // What the look-ahead at the expected length got, to yield next.
+            ahead: Ahead<B::Error>,
         },
         /// The re-send: plays a finished recording.
         Replaying {
@@ -58,7 +79,22 @@ pin_project! {
     }
 }
 
-impl<B> ReplayBody<B> {
+/// What a recording body polled of its inner body ahead of its caller, once its data reached
+/// the expected length (see [`ReplayBody`]).
+enum Ahead<E> {
+    /// Nothing is waiting.
+    Nothing,
+    /// The inner body ended, and the recording knows it: every later poll yields the end.
+    End,
+    /// Trailers, recorded already (they are the body's last frame, and the recording is whole
+    /// with them even if the caller never asks for them).
+    Recorded(Frame<Bytes>),
+    /// More data (a body longer than its hint) or an error: recorded as it is yielded, as it
+    /// would have been without the look-ahead.
+    Unrecorded(Result<Frame<Bytes>, E>),
+}
+
+impl<B: Body> ReplayBody<B> {
     /// Wraps `body`. Nothing is recorded until the body is [prepared](RetryBody::prepare).
     pub fn new(body: B) -> Self {
         ReplayBody {
@@ -70,7 +106,12 @@ impl<B> ReplayBody<B> {
     }
 
     /// The first attempt's body, recording into `recorder`, and a handle on the recording.
-    fn recording(body: B, recorder: Arc<Mutex<Recorder>>, limit: usize) -> (Self, Replay<Self>) {
+    fn recording(
+        body: B,
+        recorder: Arc<Mutex<Recorder>>,
+        ahead: Ahead<B::Error>,
+        limit: usize,
+    ) -> (Self, Replay<Self>) {
         let replay = Replay {
             kind: ReplayKind::Recorded {
                 recorder: Arc::clone(&recorder),
@@ -79,7 +120,11 @@ impl<B> ReplayBody<B> {
             },
         };
         let first = ReplayBody {
-            state: State::Recording { body, recorder },
+            state: State::Recording {
+                body,
+                recorder,
+                ahead,
+            },
         };
         (first, replay)
     }
@@ -91,7 +136,7 @@ impl<B> ReplayBody<B> {
     }
 }
 
-impl<B: fmt::Debug> fmt::Debug for ReplayBody<B> {
+impl<B: Body + fmt::Debug> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.state {
             State::Plain { body, .. } => f.debug_tuple("ReplayBody::Plain").field(body).finish(),
@@ -120,26 +165,41 @@ impl<B: Body<Data = Bytes>> Body for ReplayBody<B> {
                 *polled = true;
                 body.poll_frame(cx)
             }
-            StateProj::Recording { mut body, recorder } => {
-                let polled = body.as_mut().poll_frame(cx);
+            StateProj::Recording {
+                mut body,
+                recorder,
+                ahead,
+            } => {
+                let polled = match mem::replace(ahead, Ahead::Nothing) {
+                    Ahead::Nothing => body.as_mut().poll_frame(cx),
+                    Ahead::End => {
+                        *ahead = Ahead::End;
+                        return Poll::Ready(None);
+                    }
+                    Ahead::Recorded(frame) => return Poll::Ready(Some(Ok(frame))),
+                    Ahead::Unrecorded(result) => Poll::Ready(Some(result)),
+                };
                 // Nobody can read the recording once the `Replay` handle is gone.
-                if Arc::strong_count(recorder) > 1 {
-                    let event = match &polled {
-                        Poll::Pending => return polled,
-                        Poll::Ready(None) => Event::End,
-                        Poll::Ready(Some(Err(_))) => Event::Failed,
-                        Poll::Ready(Some(Ok(frame))) => match RecordedFrame::of(frame) {
-                            // Trailers are the last frame of a body: hyper's HTTP/2 sender
-                            // does not poll again after them, so they end the recording.
-                            Some(frame) => Event::Frame {
-                                end: body.is_end_stream()
-                                    || matches!(frame, RecordedFrame::Trailers(_)),
-                                frame,
-                            },
-                            None => Event::Failed,
+                if Arc::strong_count(recorder) == 1 {
+                    return polled;
+                }
+                let event = match &polled {
+                    Poll::Pending => return polled,
+                    Poll::Ready(None) => Event::End,
+                    Poll::Ready(Some(Err(_))) => Event::Failed,
+                    Poll::Ready(Some(Ok(frame))) => match RecordedFrame::of(frame) {
+                        // Trailers are the last frame of a body: hyper's HTTP/2 sender
+                        // does not poll again after them, so they end the recording.
+                        Some(frame) => Event::Frame {
+                            end: body.is_end_stream()
+                                || matches!(frame, RecordedFrame::Trailers(_)),
+                            frame,
                         },
-                    };
-                    record(recorder, event);
+                        None => Event::Failed,
+                    },
+                };
+                if record(recorder, event) {
+                    *ahead = look_ahead(body, recorder, cx);
                 }
                 polled
             }
@@ -150,7 +210,16 @@ impl<B: Body<Data = Bytes>> Body for ReplayBody<B> {
     fn is_end_stream(&self) -> bool {
         match &self.state {
             State::Plain { body, .. } => body.is_end_stream(),
-            State::Recording { body, recorder } => {
+            State::Recording {
+                body,
+                recorder,
+                ahead,
+            } => {
+                match ahead {
+                    Ahead::Nothing => {}
+                    Ahead::End => return true,
+                    Ahead::Recorded(_) | Ahead::Unrecorded(_) => return false,
+                }
                 let end = body.is_end_stream();
                 // A caller may stop polling once this is true (hyper does), so this is where
                 // the recording learns it is complete.
@@ -165,21 +234,76 @@ impl<B: Body<Data = Bytes>> Body for ReplayBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         match &self.state {
-            State::Plain { body, .. } | State::Recording { body, .. } => body.size_hint(),
+            State::Plain { body, .. } => body.size_hint(),
+            State::Recording { body, ahead, .. } => match ahead {
+                Ahead::Nothing | Ahead::Unrecorded(Err(_)) => body.size_hint(),
+                Ahead::End | Ahead::Recorded(_) => SizeHint::with_exact(0),
+                Ahead::Unrecorded(Ok(frame)) => {
+                    // The inner body's hint no longer counts the data waiting here.
+                    let waiting = frame.data_ref().map_or(0, |data| data.len() as u64);
+                    let inner = body.size_hint();
+                    let mut hint = SizeHint::new();
+                    hint.set_lower(inner.lower().saturating_add(waiting));
+                    if let Some(upper) = inner.upper() {
+                        hint.set_upper(upper.saturating_add(waiting));
+                    }
+                    hint
+                }
+            },
             State::Replaying { recording } => recording.size_hint(),
         }
     }
 }
 
+/// Polls `body` once more, right after the data that brought the recording to the expected
+/// length, to learn whether that was its last: an end or trailers are recorded now (the
+/// recording is whole even if the caller never polls again), anything else waits to be
+/// yielded. On `Pending` the inner body holds `cx`'s waker, as if the caller had polled: the
+/// caller, having just got data, polls again anyway (or drops the body), so no wakeup is
+/// lost, and one that comes later is only an extra poll.
+fn look_ahead<B: Body<Data = Bytes>>(
+    body: Pin<&mut B>,
+    recorder: &Mutex<Recorder>,
+    cx: &mut Context<'_>,
+) -> Ahead<B::Error> {
+    match body.poll_frame(cx) {
+        Poll::Pending => Ahead::Nothing,
+        Poll::Ready(None) => {
+            record(recorder, Event::End);
+            Ahead::End
+        }
+        Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => match RecordedFrame::of(&frame) {
+            Some(trailers) => {
+                record(
+                    recorder,
+                    Event::Frame {
+                        frame: trailers,
+                        end: true,
+                    },
+                );
+                Ahead::Recorded(frame)
+            }
+            None => Ahead::Unrecorded(Ok(frame)),
+        },
+        Poll::Ready(Some(other)) => Ahead::Unrecorded(other),
+    }
+}
+
 /// Prepared once: records while the first attempt streams. Prepared again while recording: the
 /// new handle shares the recording, with its own limit. A replayed body: the new handle gets a
-/// clone of the recording (no copying of data), always replayable.
-impl<B: Body<Data = Bytes> + Send + 'static> RetryBody for ReplayBody<B> {
+/// clone of the recording (no copying of data), always replayable. (`B::Error: Send`: an error
+/// polled ahead waits in the body until it is yielded.)
+impl<B> RetryBody for ReplayBody<B>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send,
+{
     fn prepare(self, limit: usize) -> (Self, Replay<Self>) {
         match self.state {
             State::Plain { body, polled } => {
                 let mut recorder = Recorder::new(limit);
                 recorder.hint = body.size_hint().exact();
+                recorder.expected = recorder.hint;
                 if polled {
                     // Whatever was read before is missing from the recording.
                     recorder.phase = Phase::ReadBeforePrepare;
@@ -187,13 +311,18 @@ impl<B: Body<Data = Bytes> + Send + 'static> RetryBody for ReplayBody<B> {
                     // A body that is already at its end may never be polled (hyper does not).
                     recorder.phase = Phase::Complete;
                 }
-                ReplayBody::recording(body, Arc::new(Mutex::new(recorder)), limit)
+                ReplayBody::recording(body, Arc::new(Mutex::new(recorder)), Ahead::Nothing, limit)
             }
-            State::Recording { body, recorder } => {
+            State::Recording {
+                body,
+                recorder,
+                ahead,
+            } => {
                 if let Some(mut shared) = lock(&recorder) {
                     shared.limit = shared.limit.max(limit);
                 }
-                ReplayBody::recording(body, recorder, limit)
+                // A body prepared again mid-stream keeps what it polled ahead.
+                ReplayBody::recording(body, recorder, ahead, limit)
             }
             State::Replaying { recording } => {
                 let again = ReplayBody::replaying(recording.clone());
@@ -204,9 +333,11 @@ impl<B: Body<Data = Bytes> + Send + 'static> RetryBody for ReplayBody<B> {
 }
 
 /// Wraps the body in a recording [`ReplayBody`] and boxes it again; the replay is boxed too.
-impl<E: 'static> RetryBody for BoxBody<Bytes, E> {
+/// (`E: Send + Sync`: the recording body, which may hold an error polled ahead, is boxed as
+/// `Send + Sync`.)
+impl<E: Send + Sync + 'static> RetryBody for BoxBody<Bytes, E> {
     fn prepare(self, limit: usize) -> (Self, Replay<Self>) {
-        fn replayed<E: 'static>(recording: Recording) -> BoxBody<Bytes, E> {
+        fn replayed<E: Send + Sync + 'static>(recording: Recording) -> BoxBody<Bytes, E> {
             BoxBody::new(ReplayBody::<BoxBody<Bytes, E>>::replaying(recording))
         }
         let (first, replay) = ReplayBody::new(self).prepare(limit);
@@ -215,9 +346,10 @@ impl<E: 'static> RetryBody for BoxBody<Bytes, E> {
 }
 
 /// Wraps the body in a recording [`ReplayBody`] and boxes it again; the replay is boxed too.
-impl<E: 'static> RetryBody for UnsyncBoxBody<Bytes, E> {
+/// (`E: Send`: the recording body, which may hold an error polled ahead, is boxed as `Send`.)
+impl<E: Send + 'static> RetryBody for UnsyncBoxBody<Bytes, E> {
     fn prepare(self, limit: usize) -> (Self, Replay<Self>) {
-        fn replayed<E: 'static>(recording: Recording) -> UnsyncBoxBody<Bytes, E> {
+        fn replayed<E: Send + 'static>(recording: Recording) -> UnsyncBoxBody<Bytes, E> {
             UnsyncBoxBody::new(ReplayBody::<UnsyncBoxBody<Bytes, E>>::replaying(recording))
         }
         let (first, replay) = ReplayBody::new(self).prepare(limit);

@@ -73,6 +73,9 @@ pub(super) struct Recorder {
     pub(super) phase: Phase,
     /// The body's exact size hint when it was prepared (see [`declared_length`]).
     pub(super) hint: Option<u64>,
+    /// The data length at which the body is looked ahead of (see `ReplayBody`): the hint, or
+    /// the request's `Content-Length` when the bearer layer tells it.
+    pub(super) expected: Option<u64>,
 }
 
 impl Recorder {
@@ -83,6 +86,7 @@ impl Recorder {
             frames: VecDeque::new(),
             phase: Phase::Recording,
             hint: None,
+            expected: None,
         }
     }
 
@@ -149,9 +153,19 @@ impl Recorder {
         Some(NotReplayable::new(reason))
     }
 
+    /// Whether the data yielded so far is the expected length, the body not yet seen to end:
+    /// then it is worth polling once more, to see the end (see `ReplayBody`).
+    fn at_expected_length(&self) -> bool {
+        self.phase == Phase::Recording
+            && self
+                .expected
+                .is_some_and(|expected| u64::try_from(self.seen).is_ok_and(|seen| seen == expected))
+    }
+
     /// The recording for a handle with `limit`, if it is complete and within that limit.
     /// `sent`, the request's headers and the response's version, may say how long the body is
-    /// and whether that length ends it (see [`declared_length`]).
+    /// and whether that length ends it (see [`declared_length`]); without them only a body
+    /// seen to end is whole.
     pub(super) fn recording(
         &self,
         limit: usize,
@@ -177,17 +191,23 @@ impl Recorder {
                     return Err(NotReplayable::new(Reason::Unfinished));
                 }
                 match sent {
+                    // All the declared bytes are here: an HTTP/1 client writes no more (no
+                    // trailers either) and stops polling the body there (hyper's drops it at
+                    // once), so its end may never come.
+                    Some((_, version)) if stops_at_length(version) => {
+                        Ok(Recording::new(self.frames.clone(), self.seen))
+                    }
                     // HTTP/2 (and later) reads the body past its declared length, to its end
                     // and trailers, even once the server has answered: bytes are not an end.
                     // Nor is the first body being gone: hyper drops it when the server resets
                     // the stream after answering (hyper's server does, dropping the body).
-                    Some((_, version)) if !stops_at_length(version) => {
-                        Err(NotReplayable::new(Reason::EndUnseen))
-                    }
-                    // All the declared bytes are here: an HTTP/1 client writes no more (no
-                    // trailers either) and stops polling the body there (hyper's drops it at
-                    // once), so its end may never come.
-                    _ => Ok(Recording::new(self.frames.clone(), self.seen)),
+                    Some(_) => Err(NotReplayable::new(Reason::EndUnseen {
+                        protocol_known: true,
+                    })),
+                    // The protocol untold: it may have been HTTP/2.
+                    None => Err(NotReplayable::new(Reason::EndUnseen {
+                        protocol_known: false,
+                    })),
                 }
             }
             Phase::Failed => Err(NotReplayable::new(Reason::Failed)),
@@ -209,7 +229,7 @@ fn declared_length(headers: Option<&HeaderMap>, hint: Option<u64>) -> Option<u64
         return None;
     }
     match headers.get(CONTENT_LENGTH) {
-        Some(value) => value.to_str().ok()?.trim().parse().ok(),
+        Some(_) => content_length(headers),
         None => hint,
     }
 }
@@ -224,14 +244,31 @@ fn stops_at_length(version: Version) -> bool {
     )
 }
 
-/// Records one event. The lock covers only the field updates; dropped frames are freed after.
-pub(super) fn record(recorder: &Mutex<Recorder>, event: Event) {
-    let discarded = match lock(recorder) {
-        Some(mut recorder) => recorder.apply(event),
+/// Records one event; true when the data now reaches the expected length, the end unseen
+/// (see [`Recorder::at_expected_length`]). The lock covers only the field updates; dropped
+/// frames are freed after.
+pub(super) fn record(recorder: &Mutex<Recorder>, event: Event) -> bool {
+    let (discarded, at_expected_length) = match lock(recorder) {
+        Some(mut recorder) => {
+            let discarded = recorder.apply(event);
+            (discarded, recorder.at_expected_length())
+        }
         // Poisoned: stop recording; `Replay::into_body` reports the body as not replayable.
-        None => return,
+        None => return false,
     };
     drop(discarded);
+    at_expected_length
+}
+
+/// A request's `Content-Length`, if it has one that parses.
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The lock, or `None` if a panic poisoned it.

@@ -20,7 +20,9 @@
 //!   the body to its end and sends whatever trailers it yields, announced or not, so only a body
 //!   seen to end (or to yield its trailers) is whole: one answered between its last data and
 //!   its end is not re-sent, even when the client has dropped it since (hyper does once the
-//!   server resets the stream after its answer).
+//!   server resets the stream after its answer). So that a body which tells its end only on the
+//!   poll after its last data (a stream, a channel) is seen to end, the wrapper makes that poll
+//!   itself once the body has yielded its declared length (see [`ReplayBody`]).
 //! * `BoxBody<Bytes, E>` and `UnsyncBoxBody<Bytes, E>` are wrapped in a [`ReplayBody`] and
 //!   boxed again, so the type a client uses stays the same.
 //!
@@ -111,25 +113,38 @@ impl<B> Replay<B> {
     /// [`prepare`](RetryBody::prepare), and a `String` only if it is within that limit;
     /// otherwise the answer is an error, never a shorter body.
     ///
-    /// A streaming body that has yielded exactly its exact `size_hint` (as it was when prepared)
-    /// counts as sent whole, even if it was not polled to its end: hyper's HTTP/1 client stops
-    /// there. This handle does not know the protocol: after an HTTP/2 response, where a client
-    /// reads a body to its end and sends its trailers, only a body seen to end is whole (the
-    /// bearer layer checks the response's version; here, see that the first body ended).
+    /// Not knowing the protocol, this takes a streaming body as whole only once it was seen to
+    /// end: it reported `is_end_stream`, yielded its end or its trailers (a [`ReplayBody`] polls
+    /// once more for that when its data reaches its exact `size_hint`). A client may stop
+    /// polling a body at its declared length (hyper's HTTP/1 client does); to take such a body
+    /// as whole when that is sound, use [`into_body_for`](Self::into_body_for) with the request's
+    /// headers and the response's version.
     pub fn into_body(self) -> Result<B, NotReplayable> {
         self.into_body_with(None)
     }
 
-    /// [`into_body`](Self::into_body) for the request with these headers, whose
-    /// `Content-Length` (or `Transfer-Encoding`) says how much of the body a client writes,
-    /// answered over `version`: only an HTTP/1 client stops at that length; over HTTP/2 a
-    /// body not seen to end may still have trailers to yield, and is not replayed.
-    pub(crate) fn into_body_for(
-        self,
-        headers: &HeaderMap,
-        version: Version,
-    ) -> Result<B, NotReplayable> {
+    /// [`into_body`](Self::into_body) for the request with these headers, answered with a
+    /// response of this `version` (`Response::version`): over HTTP/1 a streaming body that
+    /// yielded its declared length (`Content-Length`, else its exact `size_hint` when prepared;
+    /// none with `Transfer-Encoding` or `Trailer`) was sent whole even if not seen to end,
+    /// since an HTTP/1 client writes no more and hyper's stops polling it there. Over HTTP/2 or
+    /// later a client reads a body to its end and sends whatever trailers it yields, announced
+    /// or not, so there only a body seen to end is whole, as for `into_body`.
+    pub fn into_body_for(self, headers: &HeaderMap, version: Version) -> Result<B, NotReplayable> {
         self.into_body_with(Some((headers, version)))
+    }
+
+    /// Tells a recording the request's `Content-Length`, if it has one: a [`ReplayBody`] then
+    /// looks for its end right after that many bytes, not only after its exact `size_hint`.
+    /// Called before the first attempt is sent.
+    pub(crate) fn expect_length(&self, headers: &HeaderMap) {
+        if let ReplayKind::Recorded { recorder, .. } = &self.kind {
+            if let Some(length) = buffer::content_length(headers) {
+                if let Some(mut recorder) = lock(recorder) {
+                    recorder.expected = Some(length);
+                }
+            }
+        }
     }
 
     fn into_body_with(self, sent: Option<(&HeaderMap, Version)>) -> Result<B, NotReplayable> {
@@ -236,8 +251,9 @@ enum Reason {
     /// first attempt dropped the body half-way).
     Unfinished,
     /// The body yielded its declared length but was not seen to end, and the response came
-    /// over HTTP/2 or later, whose clients read a body to its end: trailers may follow.
-    EndUnseen,
+    /// over HTTP/2 or later, whose clients read a body to its end (trailers may follow), or
+    /// over a protocol not told (`Replay::into_body`).
+    EndUnseen { protocol_known: bool },
     /// The body yielded an error, or the recording was poisoned by a panic.
     Failed,
     /// The body was polled before it was prepared, so the recording lacks its start.
@@ -281,7 +297,10 @@ impl NotReplayable {
     pub fn is_incomplete(&self) -> bool {
         matches!(
             self.reason,
-            Reason::Unfinished | Reason::EndUnseen | Reason::Failed | Reason::ReadBeforePrepare
+            Reason::Unfinished
+                | Reason::EndUnseen { .. }
+                | Reason::Failed
+                | Reason::ReadBeforePrepare
         )
     }
 }
@@ -302,10 +321,24 @@ impl fmt::Display for NotReplayable {
             Reason::Unfinished => {
                 f.write_str("the response arrived before the request body was fully sent")
             }
-            Reason::EndUnseen => f.write_str(
-                "the response arrived before the request body ended: its declared length was \
-                 sent, but over HTTP/2 trailers may follow",
-            ),
+            Reason::EndUnseen { protocol_known } => {
+                if protocol_known {
+                    f.write_str(
+                        "the response arrived before the request body ended: its declared \
+                         length was yielded, but over HTTP/2 or later trailers may follow",
+                    )?;
+                } else {
+                    f.write_str(
+                        "the request body was not seen to end: its declared length was \
+                         yielded, but unless it went over HTTP/1 trailers may follow \
+                         (Replay::into_body_for takes the protocol)",
+                    )?;
+                }
+                f.write_str(
+                    "; a body that reports is_end_stream() with its last frame, as Full does, \
+                     is re-sent",
+                )
+            }
             Reason::Failed => f.write_str("the request body failed before it was fully sent"),
             Reason::ReadBeforePrepare => {
                 f.write_str("the request body was read before it was prepared for replay")

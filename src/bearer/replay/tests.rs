@@ -40,6 +40,8 @@ pin_project! {
     struct Script {
         steps: VecDeque<Step>,
         exact: Option<u64>,
+        // Whether it tells its end only by a poll that yields it, as a stream does.
+        ends_late: bool,
         #[pin]
         _pinned: PhantomPinned,
     }
@@ -50,8 +52,15 @@ impl Script {
         Script {
             steps: steps.into_iter().collect(),
             exact: None,
+            ends_late: false,
             _pinned: PhantomPinned,
         }
+    }
+
+    /// Never reports `is_end_stream`: its end is known only once a poll yields it.
+    fn ending_late(mut self) -> Self {
+        self.ends_late = true;
+        self
     }
 
     fn with_exact_hint(mut self, len: u64) -> Self {
@@ -77,7 +86,7 @@ impl Body for Script {
             }
             Some(Step::Data(data)) => {
                 if let Some(exact) = this.exact {
-                    *exact -= data.len() as u64;
+                    *exact = exact.saturating_sub(data.len() as u64);
                 }
                 Ok(Frame::data(Bytes::from_static(data)))
             }
@@ -88,7 +97,7 @@ impl Body for Script {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.steps.is_empty()
+        !self.ends_late && self.steps.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -402,9 +411,17 @@ async fn recording_completes_when_the_inner_body_reports_its_end_after_a_frame()
 
 #[tokio::test]
 async fn a_body_that_yielded_its_declared_length_is_whole_without_being_polled_to_its_end() {
-    // Not at its end after the data (a `Pending` follows), as a stream never knows; a client
-    // writing a declared length (hyper's HTTP/1) stops polling once it has that many bytes.
-    let script = || Script::new([Step::Data(b"abcd"), Step::Data(b"efgh"), Step::Pending]);
+    // Not at its end after the data (a `Pending` follows, and another for the look-ahead at
+    // the declared length to meet), as a stream never knows; a client writing a declared
+    // length (hyper's HTTP/1) stops polling once it has that many bytes.
+    let script = || {
+        Script::new([
+            Step::Data(b"abcd"),
+            Step::Data(b"efgh"),
+            Step::Pending,
+            Step::Pending,
+        ])
+    };
     let first_two = async |first: ReplayBody<Script>| {
         let mut first = pin!(first);
         for _ in 0..2 {
@@ -424,8 +441,21 @@ async fn a_body_that_yielded_its_declared_length_is_whole_without_being_polled_t
     // Declared by the body's exact size hint.
     let (first, replay) = ReplayBody::new(script().with_exact_hint(8)).prepare(64);
     first_two(first).await;
-    let again = replay.into_body().expect("all 8 bytes");
+    let again = replay
+        .into_body_for(&HeaderMap::new(), Version::HTTP_11)
+        .expect("all 8 bytes");
     assert_eq!(bytes_of(again).await, Bytes::from_static(b"abcdefgh"));
+    // Not when the protocol is not told: it may have been HTTP/2.
+    let (first, replay) = ReplayBody::new(script().with_exact_hint(8)).prepare(64);
+    first_two(first).await;
+    let err = replay.into_body().expect_err("end unseen");
+    assert!(err.is_incomplete() && !err.is_over_limit(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "the request body was not seen to end: its declared length was yielded, but unless it \
+         went over HTTP/1 trailers may follow (Replay::into_body_for takes the protocol); a \
+         body that reports is_end_stream() with its last frame, as Full does, is re-sent"
+    );
 
     // Declared by the request's `Content-Length`, which wins over the hint as in hyper.
     for (hint, header, whole) in [
@@ -465,7 +495,8 @@ async fn a_body_that_yielded_its_declared_length_is_whole_without_being_polled_t
                 assert_eq!(
                     err.to_string(),
                     "the response arrived before the request body ended: its declared length \
-                     was sent, but over HTTP/2 trailers may follow"
+                     was yielded, but over HTTP/2 or later trailers may follow; a body that \
+                     reports is_end_stream() with its last frame, as Full does, is re-sent"
                 );
             }
         }
@@ -869,13 +900,24 @@ fn asked_so_far(asked: &mut mpsc::UnboundedReceiver<Asked>) -> Vec<Asked> {
 /// What was asked of the body up to its drop, waiting for it.
 async fn asked_until_dropped(asked: &mut mpsc::UnboundedReceiver<Asked>) -> Vec<Asked> {
     let mut seen = Vec::new();
-    while let Some(next) = asked.recv().await {
-        seen.push(next);
-        if next == Asked::Dropped {
-            break;
+    let until_dropped = async {
+        while let Some(next) = asked.recv().await {
+            seen.push(next);
+            if next == Asked::Dropped {
+                break;
+            }
         }
-    }
+    };
+    bounded("the body's drop", until_dropped).await;
     seen
+}
+
+/// `future`'s output, or a panic naming `what` if it takes over 10 s: a guard against a hang
+/// (should hyper change what it polls or drops), not a timing.
+async fn bounded<F: Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(10), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still waiting after 10 s"))
 }
 
 /// The claims challenge the first request gets.
@@ -892,6 +934,23 @@ async fn challenging_server(
     http2: bool,
     after: usize,
     keep: bool,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    mpsc::UnboundedReceiver<(usize, Received)>,
+) {
+    challenging_server_with(http2, after, keep, 0, None).await
+}
+
+/// [`challenging_server`] challenging the request of index `challenged` (the others are read
+/// whole and answered 200), and, over HTTP/2, letting a client send at most `window` bytes
+/// of a request body before it has read them (the initial stream window, `SETTINGS`).
+async fn challenging_server_with(
+    http2: bool,
+    after: usize,
+    keep: bool,
+    challenged: usize,
+    window: Option<u32>,
 ) -> (
     std::net::SocketAddr,
     Arc<std::sync::atomic::AtomicUsize>,
@@ -920,7 +979,7 @@ async fn challenging_server(
                         trailers,
                     };
                     let mut response = Response::new(Empty::<Bytes>::new());
-                    if nth > 0 {
+                    if nth != challenged {
                         let collected = body.collect().await?;
                         let trailers = collected.trailers().cloned();
                         let _ = tx.send((nth, received(collected.to_bytes(), trailers)));
@@ -955,7 +1014,8 @@ async fn challenging_server(
             });
             let io = TokioIo::new(stream);
             if http2 {
-                let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                builder.initial_stream_window_size(window);
                 tokio::spawn(async move { builder.serve_connection(io, service).await });
             } else {
                 tokio::spawn(
@@ -996,8 +1056,7 @@ async fn hyper_stops_polling_a_body_at_its_length_over_http1_only() {
     // HTTP/1: dropped right after the last declared byte, before the server even saw it.
     let (addr, _, mut received) = challenging_server(false, 8, true).await;
     let (_frames, mut asked, body) = gated(true);
-    let response = plain_client(false)
-        .request(post(addr, body))
+    let response = bounded("the 401", plain_client(false).request(post(addr, body)))
         .await
         .expect("first attempt");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -1006,7 +1065,9 @@ async fn hyper_stops_polling_a_body_at_its_length_over_http1_only() {
         asked_so_far(&mut asked),
         [Asked::Data, Asked::Data, Asked::Dropped]
     );
-    let (_, first) = received.recv().await.expect("first request");
+    let (_, first) = bounded("the first request", received.recv())
+        .await
+        .expect("first request");
     assert_eq!(
         (first.body, first.trailers),
         (Bytes::from("abcdefgh"), None)
@@ -1016,8 +1077,7 @@ async fn hyper_stops_polling_a_body_at_its_length_over_http1_only() {
     // trailers given after the answer go out.
     let (addr, _, mut received) = challenging_server(true, 8, true).await;
     let (frames, mut asked, body) = gated(true);
-    let response = plain_client(true)
-        .request(post(addr, body))
+    let response = bounded("the 401", plain_client(true).request(post(addr, body)))
         .await
         .expect("first attempt");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -1028,7 +1088,9 @@ async fn hyper_stops_polling_a_body_at_its_length_over_http1_only() {
     frames.send(Frame::trailers(trailers())).expect("alive");
     let rest = asked_until_dropped(&mut asked).await;
     assert_eq!(rest[rest.len() - 2..], [Asked::Trailers, Asked::Dropped]);
-    let (_, first) = received.recv().await.expect("first request");
+    let (_, first) = bounded("the first request", received.recv())
+        .await
+        .expect("first request");
     assert_eq!(first.body, "abcdefgh");
     assert_eq!(
         first.trailers,
@@ -1040,8 +1102,7 @@ async fn hyper_stops_polling_a_body_at_its_length_over_http1_only() {
     // dropped without its trailers or end.
     let (addr, _, _received) = challenging_server(true, 8, false).await;
     let (_frames, mut asked, body) = gated(true);
-    let response = plain_client(true)
-        .request(post(addr, body))
+    let response = bounded("the 401", plain_client(true).request(post(addr, body)))
         .await
         .expect("first attempt");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -1094,8 +1155,8 @@ async fn over_http2_a_body_answered_before_its_trailers_is_not_resent_without_th
     for keep in [true, false] {
         let (addr, count, mut received) = challenging_server(true, 8, keep).await;
         let (frames, mut asked, body) = gated(true);
-        let response = cae_service(plain_client(true), None)
-            .oneshot(post(addr, body))
+        let service = cae_service(plain_client(true), None);
+        let response = bounded("the answer", service.oneshot(post(addr, body)))
             .await
             .expect("an answer");
         // A re-send plays a recording, which cannot hold trailers the body had not yielded.
@@ -1106,7 +1167,9 @@ async fn over_http2_a_body_answered_before_its_trailers_is_not_resent_without_th
         // while the server reads on.
         if keep {
             frames.send(Frame::trailers(trailers())).expect("alive");
-            let (nth, first) = received.recv().await.expect("first request");
+            let (nth, first) = bounded("the first request", received.recv())
+                .await
+                .expect("first request");
             assert_eq!((nth, first.trailers), (0, Some(trailers())));
         }
         asked_until_dropped(&mut asked).await;
@@ -1127,15 +1190,24 @@ async fn over_http2_a_body_whose_trailers_came_before_the_claims_token_is_resent
     let (frames, mut asked, body) = gated(true);
     let call = tokio::spawn(tower::ServiceExt::oneshot(service, post(addr, body)));
 
-    claims_asked.recv().await.expect("a claims token asked for");
+    bounded("the claims token asked for", claims_asked.recv())
+        .await
+        .expect("a claims token asked for");
     frames.send(Frame::trailers(trailers())).expect("alive");
     let rest = asked_until_dropped(&mut asked).await;
     assert_eq!(rest[rest.len() - 2..], [Asked::Trailers, Asked::Dropped]);
     permits.add_permits(1);
 
-    let response = call.await.expect("no panic").expect("an answer");
+    let response = bounded("the answer", call)
+        .await
+        .expect("no panic")
+        .expect("an answer");
     assert_eq!(response.status(), StatusCode::OK, "re-sent");
-    let mut requests = [received.recv().await, received.recv().await].map(|r| r.expect("request"));
+    let mut requests = [
+        bounded("a request", received.recv()).await,
+        bounded("a request", received.recv()).await,
+    ]
+    .map(|r| r.expect("request"));
     requests.sort_by_key(|(nth, _)| *nth);
     let [(_, first), (_, second)] = requests;
     assert_eq!(
@@ -1161,19 +1233,33 @@ async fn over_http1_a_content_length_body_answered_before_its_last_bytes_is_rese
     let call = tokio::spawn(tower::ServiceExt::oneshot(service, post(addr, body)));
 
     // The 401 came (the layer asks for the claims token) while hyper still holds the body.
-    claims_asked.recv().await.expect("a claims token asked for");
+    bounded("the claims token asked for", claims_asked.recv())
+        .await
+        .expect("a claims token asked for");
     let so_far = asked_so_far(&mut asked);
     assert!(!so_far.contains(&Asked::Dropped), "{so_far:?}");
     frames
         .send(Frame::data(Bytes::from_static(b"efgh")))
         .expect("alive");
+    // The look-ahead at the declared length polls once more (the end is not told yet), and
+    // hyper drops the body without another poll.
     let rest = asked_until_dropped(&mut asked).await;
-    assert_eq!(rest[rest.len() - 2..], [Asked::Data, Asked::Dropped]);
+    assert_eq!(
+        rest[rest.len() - 3..],
+        [Asked::Data, Asked::Pending, Asked::Dropped]
+    );
     permits.add_permits(1);
 
-    let response = call.await.expect("no panic").expect("an answer");
+    let response = bounded("the answer", call)
+        .await
+        .expect("no panic")
+        .expect("an answer");
     assert_eq!(response.status(), StatusCode::OK, "re-sent");
-    let mut requests = [received.recv().await, received.recv().await].map(|r| r.expect("request"));
+    let mut requests = [
+        bounded("a request", received.recv()).await,
+        bounded("a request", received.recv()).await,
+    ]
+    .map(|r| r.expect("request"));
     requests.sort_by_key(|(nth, _)| *nth);
     let [(_, first), (_, second)] = requests;
     assert_eq!(first.body, "abcdefgh");
@@ -1182,4 +1268,226 @@ async fn over_http1_a_content_length_body_answered_before_its_last_bytes_is_rese
         second.content_length.as_ref().map(HeaderValue::as_bytes),
         Some(&b"8"[..])
     );
+}
+
+/// Over HTTP/2 a body that ends without trailers, but reports its end only on the poll after
+/// its last data (as a stream or a channel does), is whole once that data is out: its 401 is
+/// answered with the body re-sent, though hyper never polls it again. Hyper polls the next
+/// frame only once its last data has send capacity, and stops at RST_STREAM: here the server
+/// lets 4 bytes in (its stream window), answers without reading them, and drops the body, so
+/// hyper holds "efgh" until the reset and drops the body with it. The claims token comes at
+/// once; no timing is involved. (It used to be refused, the end unseen.)
+#[tokio::test]
+async fn over_http2_a_body_that_ends_after_its_last_data_is_resent_whole() {
+    use tower::ServiceExt;
+    let (addr, _, mut received) = challenging_server_with(true, 0, false, 1, Some(4)).await;
+    let client = plain_client(true);
+
+    // One request first, so that the client has the server's settings (the window) before
+    // the one under test goes out on the same connection.
+    let (frames, _asked, body) = gated(false);
+    drop(frames);
+    let request = Request::post(format!("http://{addr}/warm-up"))
+        .body(body)
+        .expect("request");
+    let response = bounded("the warm-up", client.request(request))
+        .await
+        .expect("warm-up");
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // "abcd", "efgh" and its end are all there from the start.
+    let (frames, mut asked, body) = gated(true);
+    drop(frames);
+    let service = cae_service(client, None);
+    let response = bounded("the answer", service.oneshot(post(addr, body)))
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), StatusCode::OK, "re-sent");
+    let all = asked_until_dropped(&mut asked).await;
+    assert_eq!(all, [Asked::Data, Asked::Data, Asked::End, Asked::Dropped]);
+
+    let mut requests = [
+        bounded("a request", received.recv()).await,
+        bounded("a request", received.recv()).await,
+        bounded("a request", received.recv()).await,
+    ]
+    .map(|r| r.expect("request"));
+    requests.sort_by_key(|(nth, _)| *nth);
+    let [_, (_, first), (_, second)] = requests;
+    assert_eq!(first.body, "", "answered unread");
+    assert_eq!(
+        (&second.body[..], second.trailers),
+        (&b"abcdefgh"[..], None)
+    );
+    assert_eq!(
+        second.content_length.as_ref().map(HeaderValue::as_bytes),
+        Some(&b"8"[..])
+    );
+}
+
+/// Headers declaring `value` bytes.
+fn content_length(value: &'static str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_LENGTH,
+        HeaderValue::from_static(value),
+    );
+    headers
+}
+
+/// The next frame of `body`, which must be there.
+async fn next_frame<B: Body<Data = Bytes>>(mut body: Pin<&mut B>) -> Frame<Bytes>
+where
+    B::Error: fmt::Debug,
+{
+    match body.frame().await {
+        Some(frame) => frame.expect("no error"),
+        None => panic!("the body ended"),
+    }
+}
+
+/// A body that tells its end only on the poll after its last data (a stream, a channel) is
+/// polled once more as its data reaches its expected length (its exact size hint, or the
+/// request's `Content-Length` the layer tells): the recording is whole with that data,
+/// though the caller never polls again, and the body reports its end with it.
+#[tokio::test]
+async fn a_body_reaching_its_expected_length_is_polled_once_more_for_its_end() {
+    // By its exact size hint.
+    let late = Script::new([Step::Data(b"abcd"), Step::Data(b"efgh")])
+        .with_exact_hint(8)
+        .ending_late();
+    let (first, replay) = ReplayBody::new(late).prepare(64);
+    let mut first = pin!(first);
+    next_frame(first.as_mut()).await;
+    assert!(!first.is_end_stream());
+    next_frame(first.as_mut()).await;
+    assert!(first.is_end_stream(), "the end comes with the last data");
+    assert_eq!(hint(&*first), (0, Some(0)));
+    let again = replay
+        .into_body_for(&content_length("8"), Version::HTTP_2)
+        .expect("seen to end");
+    assert_eq!(bytes_of(again).await, "abcdefgh");
+    assert!(first.as_mut().frame().await.is_none());
+    assert!(first.as_mut().frame().await.is_none());
+
+    // By the request's `Content-Length`, as the bearer layer tells it: once it is reached, and
+    // only while a handle may replay the recording.
+    for (told, handle) in [(true, true), (false, true), (true, false)] {
+        let (frames, mut asked, body) = gated(true);
+        drop(frames);
+        let (first, replay) = body.prepare(64);
+        if told {
+            replay.expect_length(&content_length("8"));
+        }
+        let replay = handle.then_some(replay);
+        let mut first = pin!(first);
+        next_frame(first.as_mut()).await;
+        assert_eq!(asked_so_far(&mut asked), [Asked::Data]);
+        next_frame(first.as_mut()).await;
+        let ahead = told && handle;
+        let expected: &[Asked] = if ahead {
+            &[Asked::Data, Asked::End]
+        } else {
+            &[Asked::Data]
+        };
+        assert_eq!(
+            asked_so_far(&mut asked),
+            expected,
+            "told {told}, handle {handle}"
+        );
+        assert_eq!(first.is_end_stream(), ahead);
+        if let Some(replay) = replay {
+            let got = replay.into_body_for(&content_length("8"), Version::HTTP_2);
+            assert_eq!(got.is_ok(), ahead, "told {told}");
+        }
+        assert!(first.as_mut().frame().await.is_none());
+    }
+}
+
+/// What the look-ahead gets past the expected length is yielded next, in order: trailers
+/// (recorded at once: they end the body), more data than the hint said or an error (each
+/// recorded only as it is yielded, as without the look-ahead), or nothing yet (`Pending`:
+/// the body is polled as usual after).
+#[tokio::test]
+async fn what_the_look_ahead_gets_is_yielded_next() {
+    // Trailers: the recording is whole before the caller asks for them.
+    let body = Script::new([
+        Step::Data(b"abcd"),
+        Step::Data(b"efgh"),
+        Step::Trailers(trailers()),
+    ])
+    .with_exact_hint(8)
+    .ending_late();
+    let (first, replay) = ReplayBody::new(body).prepare(64);
+    let mut first = pin!(first);
+    next_frame(first.as_mut()).await;
+    next_frame(first.as_mut()).await;
+    assert!(!first.is_end_stream(), "the trailers are still to come");
+    let again = replay
+        .into_body_for(&HeaderMap::new(), Version::HTTP_2)
+        .expect("seen to end");
+    let collected = again.collect().await.expect("replay");
+    assert_eq!(collected.trailers(), Some(&trailers()));
+    let frame = next_frame(first.as_mut()).await;
+    assert_eq!(frame.trailers_ref(), Some(&trailers()));
+    assert!(first.as_mut().frame().await.is_none());
+
+    // More data than the hint said: counted, with its hint, but recorded only once yielded.
+    let body = Script::new([
+        Step::Data(b"abcd"),
+        Step::Data(b"efgh"),
+        Step::Data(b"ijkl"),
+    ])
+    .with_exact_hint(8)
+    .ending_late();
+    let (first, at_eight) = ReplayBody::new(body).prepare(64);
+    let (first, at_end) = first.prepare(64);
+    let mut first = pin!(first);
+    next_frame(first.as_mut()).await;
+    next_frame(first.as_mut()).await;
+    assert_eq!(hint(&*first), (4, Some(4)), "the waiting data counts");
+    let http1 = at_eight.into_body_for(&content_length("8"), Version::HTTP_11);
+    assert_eq!(bytes_of(http1.expect("as before")).await, "abcdefgh");
+    assert_eq!(
+        frames(first).await.expect("the rest"),
+        [Seen::Data(Bytes::from_static(b"ijkl"))]
+    );
+    assert_eq!(
+        bytes_of(at_end.into_body().expect("ended")).await,
+        "abcdefghijkl"
+    );
+
+    // An error: yielded next, and recorded then.
+    let body = Script::new([Step::Data(b"abcd"), Step::Data(b"efgh"), Step::Error])
+        .with_exact_hint(8)
+        .ending_late();
+    let (first, before) = ReplayBody::new(body).prepare(64);
+    let (first, after) = first.prepare(64);
+    let mut first = pin!(first);
+    next_frame(first.as_mut()).await;
+    next_frame(first.as_mut()).await;
+    assert!(!first.is_end_stream());
+    let http1 = before.into_body_for(&content_length("8"), Version::HTTP_11);
+    assert!(http1.is_ok(), "as before");
+    assert!(first.as_mut().frame().await.expect("the error").is_err());
+    assert!(after.into_body().expect_err("failed").is_incomplete());
+
+    // Nothing yet: polled again as usual, the waker kept by the look-ahead's poll.
+    let (frames_tx, mut asked, body) = gated(true);
+    let (first, replay) = body.prepare(64);
+    replay.expect_length(&content_length("8"));
+    let collect = tokio::spawn(frames(first));
+    for expected in [Asked::Data, Asked::Data, Asked::Pending] {
+        let polled = bounded("a poll", asked.recv()).await;
+        assert_eq!(polled, Some(expected));
+    }
+    frames_tx.send(Frame::trailers(trailers())).expect("alive");
+    drop(frames_tx);
+    let seen = bounded("the body", collect)
+        .await
+        .expect("no panic")
+        .expect("no error");
+    assert_eq!(seen.last(), Some(&Seen::Trailers(trailers())));
+    let again = replay.into_body().expect("ended");
+    assert_eq!(frames(again).await.expect("replay"), seen);
 }
