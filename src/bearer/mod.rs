@@ -103,7 +103,8 @@
 //!   client never polls it to its end. Over HTTP/2 (the 401's version tells) a client reads a
 //!   body to its end and sends its trailers, announced or not: there a body must have ended
 //!   or yielded its trailers (a recorded body is polled once more as soon as it has yielded
-//!   its `Content-Length`, to see its end even if the client never asks again; an inner
+//!   its `Content-Length`, to see its end even if the client never asks again, if the body
+//!   can tell its end without waiting: see [`ReplayBody`]; an inner
 //!   service that builds its own `Response` leaves it at HTTP/1.1, and so gets the HTTP/1
 //!   rule). A request that cannot be re-sent whatever the token (a `String` over
 //!   the limit, which kept no copy, a recorded body that already failed, yielded more than

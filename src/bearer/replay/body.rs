@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 use pin_project_lite::pin_project;
+use sync_wrapper::SyncWrapper;
 
 use super::buffer::{Event, Phase, RecordedFrame, Recorder, Recording, lock, record};
 use super::{Replay, ReplayKind, RetryBody};
@@ -35,7 +36,12 @@ pin_project! {
     /// length. What that poll brings is yielded next, the frames staying the inner body's, in
     /// order; an end known this way makes `is_end_stream` true with the last data, and the
     /// `size_hint` counts data polled ahead. A body whose extra poll does something (reads past
-    /// its length, logs its end) does it that much earlier, or at all under HTTP/1.
+    /// its length, logs its end) does it that much earlier, or at all under HTTP/1. A body
+    /// whose end is not ready on that poll (`Pending`: a channel whose sender is dropped only
+    /// later, a file reader) is polled by its caller as usual after, and its end is seen only
+    /// if the caller polls on; bound it to its length, or drop a sender with its last chunk.
+    /// Under HTTP/1 trailers polled ahead past the declared length were never sent (the client
+    /// had no room for them) and a [`Replay`] leaves them out too.
     ///
     /// The body a [`Replay`] hands out yields the same data frames and trailers. Its `size_hint`
     /// is exact (so an HTTP/1 client sends `Content-Length`), except when the recording has
@@ -80,18 +86,37 @@ pin_project! {
 }
 
 /// What a recording body polled of its inner body ahead of its caller, once its data reached
-/// the expected length (see [`ReplayBody`]).
-enum Ahead<E> {
+/// the expected length (see [`ReplayBody`]). Small (24 bytes): what waits is boxed, as it
+/// waits only in a CAE request's body, once, so that every other body stays the size it was.
+pub(super) enum Ahead<E> {
     /// Nothing is waiting.
     Nothing,
     /// The inner body ended, and the recording knows it: every later poll yields the end.
     End,
     /// Trailers, recorded already (they are the body's last frame, and the recording is whole
     /// with them even if the caller never asks for them).
-    Recorded(Frame<Bytes>),
+    Recorded(Box<Frame<Bytes>>),
     /// More data (a body longer than its hint) or an error: recorded as it is yielded, as it
-    /// would have been without the look-ahead.
-    Unrecorded(Result<Frame<Bytes>, E>),
+    /// would have been without the look-ahead. `waiting` is the data's length, which the inner
+    /// body's `size_hint` no longer counts. The wrapper keeps the body `Sync` whatever the
+    /// error type (it is only ever reached through `&mut`).
+    Unrecorded {
+        waiting: u64,
+        polled: SyncWrapper<Box<Result<Frame<Bytes>, E>>>,
+    },
+}
+
+impl<E> Ahead<E> {
+    fn unrecorded(polled: Result<Frame<Bytes>, E>) -> Self {
+        let waiting = match &polled {
+            Ok(frame) => frame.data_ref().map_or(0, |data| data.len() as u64),
+            Err(_) => 0,
+        };
+        Ahead::Unrecorded {
+            waiting,
+            polled: SyncWrapper::new(Box::new(polled)),
+        }
+    }
 }
 
 impl<B: Body> ReplayBody<B> {
@@ -176,8 +201,8 @@ impl<B: Body<Data = Bytes>> Body for ReplayBody<B> {
                         *ahead = Ahead::End;
                         return Poll::Ready(None);
                     }
-                    Ahead::Recorded(frame) => return Poll::Ready(Some(Ok(frame))),
-                    Ahead::Unrecorded(result) => Poll::Ready(Some(result)),
+                    Ahead::Recorded(frame) => return Poll::Ready(Some(Ok(*frame))),
+                    Ahead::Unrecorded { polled, .. } => Poll::Ready(Some(*polled.into_inner())),
                 };
                 // Nobody can read the recording once the `Replay` handle is gone.
                 if Arc::strong_count(recorder) == 1 {
@@ -218,7 +243,7 @@ impl<B: Body<Data = Bytes>> Body for ReplayBody<B> {
                 match ahead {
                     Ahead::Nothing => {}
                     Ahead::End => return true,
-                    Ahead::Recorded(_) | Ahead::Unrecorded(_) => return false,
+                    Ahead::Recorded(_) | Ahead::Unrecorded { .. } => return false,
                 }
                 let end = body.is_end_stream();
                 // A caller may stop polling once this is true (hyper does), so this is where
@@ -236,16 +261,15 @@ impl<B: Body<Data = Bytes>> Body for ReplayBody<B> {
         match &self.state {
             State::Plain { body, .. } => body.size_hint(),
             State::Recording { body, ahead, .. } => match ahead {
-                Ahead::Nothing | Ahead::Unrecorded(Err(_)) => body.size_hint(),
+                Ahead::Nothing => body.size_hint(),
                 Ahead::End | Ahead::Recorded(_) => SizeHint::with_exact(0),
-                Ahead::Unrecorded(Ok(frame)) => {
+                Ahead::Unrecorded { waiting, .. } => {
                     // The inner body's hint no longer counts the data waiting here.
-                    let waiting = frame.data_ref().map_or(0, |data| data.len() as u64);
                     let inner = body.size_hint();
                     let mut hint = SizeHint::new();
-                    hint.set_lower(inner.lower().saturating_add(waiting));
+                    hint.set_lower(inner.lower().saturating_add(*waiting));
                     if let Some(upper) = inner.upper() {
-                        hint.set_upper(upper.saturating_add(waiting));
+                        hint.set_upper(upper.saturating_add(*waiting));
                     }
                     hint
                 }
@@ -281,11 +305,11 @@ fn look_ahead<B: Body<Data = Bytes>>(
                         end: true,
                     },
                 );
-                Ahead::Recorded(frame)
+                Ahead::Recorded(Box::new(frame))
             }
-            None => Ahead::Unrecorded(Ok(frame)),
+            None => Ahead::unrecorded(Ok(frame)),
         },
-        Poll::Ready(Some(other)) => Ahead::Unrecorded(other),
+        Poll::Ready(Some(other)) => Ahead::unrecorded(other),
     }
 }
 
@@ -333,11 +357,10 @@ where
 }
 
 /// Wraps the body in a recording [`ReplayBody`] and boxes it again; the replay is boxed too.
-/// (`E: Send + Sync`: the recording body, which may hold an error polled ahead, is boxed as
-/// `Send + Sync`.)
-impl<E: Send + Sync + 'static> RetryBody for BoxBody<Bytes, E> {
+/// (`E: Send`: the recording body, which may hold an error polled ahead, is boxed as `Send`.)
+impl<E: Send + 'static> RetryBody for BoxBody<Bytes, E> {
     fn prepare(self, limit: usize) -> (Self, Replay<Self>) {
-        fn replayed<E: Send + Sync + 'static>(recording: Recording) -> BoxBody<Bytes, E> {
+        fn replayed<E: Send + 'static>(recording: Recording) -> BoxBody<Bytes, E> {
             BoxBody::new(ReplayBody::<BoxBody<Bytes, E>>::replaying(recording))
         }
         let (first, replay) = ReplayBody::new(self).prepare(limit);

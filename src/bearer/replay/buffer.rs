@@ -178,7 +178,21 @@ impl Recorder {
             return Err(NotReplayable::new(Reason::TooManyFrames { limit }));
         }
         match self.phase {
-            Phase::Complete => Ok(Recording::new(self.frames.clone(), self.seen)),
+            Phase::Complete => {
+                let mut frames = self.frames.clone();
+                if sent.is_some_and(|(headers, version)| {
+                    stops_at_length(version)
+                        && declared_length(Some(headers), self.hint)
+                            == u64::try_from(self.seen).ok()
+                }) {
+                    // An HTTP/1 client sent the declared length and no trailers (it had no room
+                    // for them); trailers recorded past it (polled ahead, see `ReplayBody`)
+                    // were never sent, and would turn the re-send chunked (a server wanting
+                    // `Content-Length` answers 411) with trailers the first attempt lacked.
+                    frames.retain(|frame| matches!(frame, RecordedFrame::Data(_)));
+                }
+                Ok(Recording::new(frames, self.seen))
+            }
             // Only reachable when this handle, with a larger limit, joined a recording that
             // had already exceeded the shared one: the data is gone.
             Phase::OverLimit => Err(NotReplayable::new(Reason::OverLimit { limit: self.limit })),

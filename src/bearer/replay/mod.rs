@@ -22,7 +22,11 @@
 //!   its end is not re-sent, even when the client has dropped it since (hyper does once the
 //!   server resets the stream after its answer). So that a body which tells its end only on the
 //!   poll after its last data (a stream, a channel) is seen to end, the wrapper makes that poll
-//!   itself once the body has yielded its declared length (see [`ReplayBody`]).
+//!   itself once the body has yielded its declared length (see [`ReplayBody`]). That works if
+//!   the end is ready then: a channel whose sender was dropped with its last chunk, a reader
+//!   bounded to its length (`AsyncReadExt::take`). One whose end comes later (a sender dropped
+//!   afterwards, a file reader that finds its end on a later read) is, over HTTP/2, still
+//!   answered with the 401 when the client gives up first.
 //! * `BoxBody<Bytes, E>` and `UnsyncBoxBody<Bytes, E>` are wrapped in a [`ReplayBody`] and
 //!   boxed again, so the type a client uses stays the same.
 //!
@@ -127,7 +131,8 @@ impl<B> Replay<B> {
     /// response of this `version` (`Response::version`): over HTTP/1 a streaming body that
     /// yielded its declared length (`Content-Length`, else its exact `size_hint` when prepared;
     /// none with `Transfer-Encoding` or `Trailer`) was sent whole even if not seen to end,
-    /// since an HTTP/1 client writes no more and hyper's stops polling it there. Over HTTP/2 or
+    /// since an HTTP/1 client writes no more and hyper's stops polling it there; trailers it
+    /// yielded past that length were not sent and are left out. Over HTTP/2 or
     /// later a client reads a body to its end and sends whatever trailers it yields, announced
     /// or not, so there only a body seen to end is whole, as for `into_body`.
     pub fn into_body_for(self, headers: &HeaderMap, version: Version) -> Result<B, NotReplayable> {

@@ -770,6 +770,12 @@ fn bodies_and_handles_are_send_and_replay_body_keeps_sync() {
     send::<Replay<ReplayBody<Script>>>();
     send::<Replay<BoxBody<Bytes, Infallible>>>();
     sync::<NotReplayable>();
+    // An error polled ahead waits in the body: it needs no `Sync`, and takes little room.
+    fn retry<T: RetryBody>() {}
+    retry::<BoxBody<Bytes, std::cell::Cell<u8>>>();
+    assert!(
+        std::mem::size_of::<super::body::Ahead<io::Error>>() <= 3 * std::mem::size_of::<usize>()
+    );
 }
 
 #[tokio::test]
@@ -1472,22 +1478,141 @@ async fn what_the_look_ahead_gets_is_yielded_next() {
     assert!(first.as_mut().frame().await.expect("the error").is_err());
     assert!(after.into_body().expect_err("failed").is_incomplete());
 
-    // Nothing yet: polled again as usual, the waker kept by the look-ahead's poll.
+    // Nothing yet: nothing is kept, and the look-ahead's poll left the caller's waker with
+    // the inner body, so the frame that comes later wakes the caller.
     let (frames_tx, mut asked, body) = gated(true);
     let (first, replay) = body.prepare(64);
     replay.expect_length(&content_length("8"));
-    let collect = tokio::spawn(frames(first));
-    for expected in [Asked::Data, Asked::Data, Asked::Pending] {
-        let polled = bounded("a poll", asked.recv()).await;
-        assert_eq!(polled, Some(expected));
+    let mut first = pin!(first);
+    let wakes = Arc::new(Wakes::default());
+    let waker = std::task::Waker::from(Arc::clone(&wakes));
+    let mut cx = Context::from_waker(&waker);
+    for _ in 0..2 {
+        let polled = first.as_mut().poll_frame(&mut cx);
+        assert!(matches!(polled, Poll::Ready(Some(Ok(_)))), "data");
     }
+    assert_eq!(
+        asked_so_far(&mut asked),
+        [Asked::Data, Asked::Data, Asked::Pending]
+    );
+    assert!(!first.is_end_stream());
+    assert_eq!(wakes.count(), 0);
     frames_tx.send(Frame::trailers(trailers())).expect("alive");
+    assert_eq!(wakes.count(), 1, "the look-ahead's waker is woken");
     drop(frames_tx);
-    let seen = bounded("the body", collect)
-        .await
-        .expect("no panic")
-        .expect("no error");
-    assert_eq!(seen.last(), Some(&Seen::Trailers(trailers())));
+    let polled = first.as_mut().poll_frame(&mut cx);
+    let Poll::Ready(Some(Ok(frame))) = polled else {
+        panic!("the trailers, polled as usual");
+    };
+    assert_eq!(frame.trailers_ref(), Some(&trailers()));
+    assert!(matches!(
+        first.as_mut().poll_frame(&mut cx),
+        Poll::Ready(None)
+    ));
     let again = replay.into_body().expect("ended");
-    assert_eq!(frames(again).await.expect("replay"), seen);
+    let seen = frames(again).await.expect("replay");
+    assert_eq!(seen.last(), Some(&Seen::Trailers(trailers())));
+}
+
+/// Counts its wakes.
+#[derive(Default)]
+struct Wakes(std::sync::atomic::AtomicUsize);
+
+impl Wakes {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl std::task::Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Over HTTP/1 a body that yielded its declared length (here its exact size hint: the
+/// request has no `Content-Length`) was sent without its trailers, which the look-ahead then
+/// got: the re-send is the same, `Content-Length` and no trailers, not a chunked body with
+/// trailers the first attempt lacked (a server wanting a length answers that with 411).
+#[tokio::test]
+async fn over_http1_trailers_past_the_declared_length_are_not_resent() {
+    use tower::ServiceExt;
+    let (addr, _, mut received) = challenging_server(false, 8, true).await;
+    let body = Script::new([
+        Step::Data(b"abcd"),
+        Step::Data(b"efgh"),
+        Step::Trailers(trailers()),
+    ])
+    .with_exact_hint(8)
+    .ending_late();
+    let request = Request::post(format!("http://{addr}/resource"))
+        .body(ReplayBody::new(BoxBody::new(body)))
+        .expect("request");
+    let service = cae_service(plain_client(false), None);
+    let response = bounded("the answer", service.oneshot(request))
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), StatusCode::OK, "re-sent");
+    let mut requests = [
+        bounded("a request", received.recv()).await,
+        bounded("a request", received.recv()).await,
+    ]
+    .map(|r| r.expect("request"));
+    requests.sort_by_key(|(nth, _)| *nth);
+    let [(_, first), (_, second)] = requests;
+    for (nth, sent) in [("first", &first), ("second", &second)] {
+        assert_eq!(sent.body, "abcdefgh", "{nth}");
+        assert_eq!(sent.trailers, None, "{nth}");
+        assert_eq!(sent.transfer_encoding, None, "{nth}");
+        assert_eq!(
+            sent.content_length.as_ref().map(HeaderValue::as_bytes),
+            Some(&b"8"[..]),
+            "{nth}"
+        );
+    }
+}
+
+/// What the look-ahead cannot do: a body whose end is not ready on the poll after its last
+/// data (a channel whose sender is dropped only later, a file read to its end by a later
+/// read) is still unseen to end when hyper's HTTP/2 client gives up at the reset, and its 401
+/// is returned. Bounding the body (`AsyncReadExt::take`) or dropping the sender with its last
+/// chunk makes the end ready at once (the test above).
+#[tokio::test]
+async fn over_http2_a_body_whose_end_is_not_ready_after_its_last_data_is_not_resent() {
+    use tower::ServiceExt;
+    let (addr, _, mut received) = challenging_server_with(true, 0, false, 1, Some(4)).await;
+    let client = plain_client(true);
+    let (frames, _asked, body) = gated(false);
+    drop(frames);
+    let request = Request::post(format!("http://{addr}/warm-up"))
+        .body(body)
+        .expect("request");
+    let response = bounded("the warm-up", client.request(request))
+        .await
+        .expect("warm-up");
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // "abcd" and "efgh" are there from the start; the end only once the answer came.
+    let (frames, mut asked, body) = gated(true);
+    let service = cae_service(client, None);
+    let response = bounded("the answer", service.oneshot(post(addr, body)))
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "not re-sent");
+    drop(frames);
+    let all = asked_until_dropped(&mut asked).await;
+    assert_eq!(
+        all,
+        [Asked::Data, Asked::Data, Asked::Pending, Asked::Dropped]
+    );
+    let requests = [
+        bounded("a request", received.recv()).await,
+        bounded("a request", received.recv()).await,
+    ];
+    assert!(requests.iter().all(Option::is_some));
+    assert!(received.try_recv().is_err(), "no third request");
 }
