@@ -14,13 +14,14 @@
 //!
 //! The steps of a directory ([`Steps::of_directory`]) are the process's, not their owner's:
 //! every file in it shares them (a token cache file, the legacy file beside it, their lock and
-//! temporary files, whichever object or document type uses them), as they share its mount,
-//! and a step's thread holds them until it returns, a process-wide map finding them by the
-//! directory's key while they are held. So while one step there that overran has not returned,
-//! the steps of every file of the directory are refused, an owner made again once every
-//! earlier one was dropped (a credential built again) included, instead of starting more
-//! threads on the file system that does not answer. The map keeps no entry once its steps are
-//! no longer held.
+//! temporary files, whichever object or document type uses them), as they share its file
+//! system, and a step's thread holds them until it returns, a process-wide map finding them by
+//! the directory's key while they are held. So while one step there that overran has not
+//! returned, the steps of every file of the directory are refused, an owner made again once
+//! every earlier one was dropped (a credential built again) included, instead of starting more
+//! threads on the file system that does not answer. The key is a directory's, not a mount's:
+//! another directory on the same mount has steps of its own. The map keeps no entry once its
+//! steps are no longer held.
 
 use std::collections::HashMap;
 use std::io;

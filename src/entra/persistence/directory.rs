@@ -1,27 +1,34 @@
 //! The directory of a cache file, resolved: the key of its steps ([`Steps::of_directory`]),
 //! and with the file's name, of the registry ([`CacheFile::shared`](super::CacheFile::shared)).
+//! The key is a directory's, not a mount's: the files of one directory share their steps
+//! (one hung step refuses them all), those of another directory on the same mount do not.
 //!
 //! Resolving it is file I/O, done when a credential is built (`build()` is synchronous): it
 //! runs on a thread of its own, waited for [`READ_TIMEOUT`] at most by the builder; past that
-//! the directory as named (made absolute) stands for it, with a warning, and the resolution
-//! goes on on its thread. The process keeps, by the directory as named, the steps its key was
-//! given to while they are held (by a file's object, or a step that has not returned), and its
-//! resolution while that has not returned: meanwhile a file named in that directory gets those
-//! steps at once, or that resolution's key (waiting for it until its bound), and the directory
-//! is not resolved again. So a credential built again while a step there hangs is refused as
-//! the others are, instead of blocking in `build()` on the mount that does not answer, and a
-//! resolution that hangs holds up one build, not each. Once nothing of it is held, the next
-//! build resolves it again rather than keeping it for the process's life: a symlink changed
-//! since is followed then (while files of the directory are in use, the key stays the one they
-//! have, the directory the symlink named before: it only says which objects are shared; each
-//! does its I/O by the path it was given), and memory holds only directories in use.
+//! the directory as named (made absolute) is its key, with a warning, and the resolution goes
+//! on on its thread (another name of that directory, resolved in time, has another key). The
+//! process keeps, by the directory as named, the steps its key was given to while they are
+//! held (by a file's object, or a step that has not returned), and its resolution while that
+//! has not returned: meanwhile a file named in that directory gets those steps at once, or
+//! that resolution's key (waiting for it until its bound), and the directory is not resolved
+//! again. So a credential built again while a step there hangs is refused as the others are,
+//! instead of blocking in `build()` on the mount that does not answer, and a resolution that
+//! hangs holds up one build by that name, not each. Once nothing of it is held, the next build
+//! resolves it again rather than keeping it for the process's life: a symlink changed since is
+//! followed then (while files of the directory are in use, the key stays the one they have,
+//! the directory the symlink named before: it only says which objects are shared; each does
+//! its I/O by the path it was given), and memory holds only directories in use.
 //!
-//! A directory that does not exist yet (the first lock step creates it) is resolved as it will
-//! be once created: its nearest existing ancestor resolved, the rest of its path appended, a
-//! `..` there taken lexically (the component it follows will be a directory created by then,
-//! not a symlink). Otherwise (the rest unreadable, say: an error other than "not found") the
-//! rest is appended as it is, `..` kept: two spellings of one directory may then be two keys,
-//! but two directories are never one.
+//! A directory that does not exist yet (the first lock step creates it, as `create_dir_all`)
+//! is resolved as the kernel will resolve it once created: its nearest ancestor that resolves,
+//! then the rest of its path component by component. A name in a directory that exists is
+//! looked up (a symlink followed); below a name that is not there, nothing is, and names are
+//! appended as they are; a `..` is the parent of the path so far, which names no symlink (out of a
+//! directory to be created, it is back in one that exists, where the next name is looked up
+//! again: `new/../link/..` is the parent of `link`'s target, not the directory `new` is in).
+//! Where a name cannot be looked up (a symlink to nothing, not a directory, no permission: an
+//! error other than "not found") the rest is appended as it is, `..` kept: two spellings of
+//! one directory may then be two keys, but two directories are never one.
 
 use std::collections::HashMap;
 use std::fs;
@@ -71,7 +78,9 @@ struct Resolution {
     outcome: Mutex<Outcome>,
     /// Notified when its thread has returned.
     returned: Condvar,
-    /// When those waiting stop waiting: [`READ_TIMEOUT`] after it started.
+    /// How long those waiting wait for it: [`READ_TIMEOUT`] but in tests.
+    timeout: Duration,
+    /// When those waiting stop waiting: `timeout` after it started.
     deadline: Instant,
 }
 
@@ -126,6 +135,7 @@ where
                 let resolution = Arc::new(Resolution {
                     outcome: Mutex::default(),
                     returned: Condvar::new(),
+                    timeout,
                     deadline: Instant::now()
                         .checked_add(timeout)
                         .unwrap_or_else(Instant::now),
@@ -144,16 +154,46 @@ where
         resolution.start(directory, resolve);
     }
     let key = resolution.key(directory);
+    #[cfg(test)]
+    if let Some(between) = BEFORE_RECORDED.take() {
+        between();
+    }
     let steps = Steps::of_directory(key.clone());
     let mut known = known();
-    if let Some(entry) = known.get_mut(directory) {
-        // Unless another resolution was started since, or another file was given the key.
-        let given = entry.given.as_ref().is_some_and(|(_, s)| s.is_held());
-        if Arc::ptr_eq(&entry.resolution, &resolution) && !given {
+    match known.get_mut(directory) {
+        Some(entry) => {
+            // Another file was given a key meanwhile (this resolution's, or a later one's if
+            // its entry was let go and made again): that key stays while its steps are held.
+            if let Some((key, steps)) = entry
+                .given
+                .as_ref()
+                .and_then(|(key, steps)| steps.upgrade().map(|steps| (key, steps)))
+            {
+                return (key.clone(), steps);
+            }
+            // Its resolution, if another, is kept: it is not started again while it runs.
             entry.given = Some((key.clone(), steps.downgrade()));
+        }
+        // Dropped by another directory's build (`retain`) once this resolution returned, before
+        // the key was given: recorded again, or the next build would resolve the directory
+        // again while these steps are held, and might get another key.
+        None => {
+            let entry = Known {
+                resolution,
+                given: Some((key.clone(), steps.downgrade())),
+            };
+            known.insert(directory.to_path_buf(), entry);
         }
     }
     (key, steps)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Run once on this thread between a resolution's key and its being recorded: a test's
+    /// way into that gap.
+    pub(super) static BEFORE_RECORDED: std::cell::Cell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::Cell::new(None) };
 }
 
 impl Resolution {
@@ -169,21 +209,32 @@ impl Resolution {
             .spawn(move || {
                 // Says it returned when dropped, also if `resolve` panics: else every build
                 // would wait for it until its deadline.
-                let returned = Returned(resolution);
-                let key = resolve(&name);
-                lock(&returned.0.outcome).key.get_or_insert(key);
+                let mut returned = Returned {
+                    resolution,
+                    key: None,
+                };
+                returned.key = Some(resolve(&name));
             });
-        if let Err(error) = started {
+        let Err(error) = started else {
+            return;
+        };
+        let named = {
             let mut outcome = lock(&self.outcome);
             outcome.returned = true;
-            if outcome.key.is_none() {
-                tracing::warn!(
-                    directory = %directory.display(),
-                    %error,
-                    "token cache: no thread to resolve its directory: using it as named"
-                );
+            outcome.key.is_none() && {
                 outcome.key = Some(directory.to_path_buf());
+                true
             }
+        };
+        // Those that found it running wait for no thread.
+        self.returned.notify_all();
+        // With no lock held: a subscriber may do I/O.
+        if named {
+            tracing::warn!(
+                directory = %directory.display(),
+                %error,
+                "token cache: no thread to resolve its directory: using it as named"
+            );
         }
     }
 
@@ -191,84 +242,131 @@ impl Resolution {
     /// as `named`, if not settled before, with a warning (see the module docs).
     fn key(&self, named: &Path) -> PathBuf {
         let mut outcome = lock(&self.outcome);
-        loop {
+        let panicked = loop {
             if let Some(key) = &outcome.key {
                 return key.clone();
             }
-            let left = self.deadline.saturating_duration_since(Instant::now());
             if outcome.returned {
-                tracing::warn!(
-                    directory = %named.display(),
-                    "token cache: resolving its directory panicked: using it as named"
-                );
-            } else if left.is_zero() {
-                tracing::warn!(
-                    directory = %named.display(),
-                    timeout = %super::error::seconds(READ_TIMEOUT),
-                    "token cache: its directory was not resolved within the timeout (a file \
-                     system that does not answer?): using it as named; its resolution goes on \
-                     on a thread of its own"
-                );
-            } else {
-                outcome = self
-                    .returned
-                    .wait_timeout(outcome, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-                continue;
+                break true;
             }
-            outcome.key = Some(named.to_path_buf());
-            return named.to_path_buf();
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            outcome = self
+                .returned
+                .wait_timeout(outcome, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        };
+        outcome.key = Some(named.to_path_buf());
+        // With no lock held: a subscriber may do I/O.
+        drop(outcome);
+        if panicked {
+            tracing::warn!(
+                directory = %named.display(),
+                "token cache: resolving its directory panicked: using it as named"
+            );
+        } else {
+            tracing::warn!(
+                directory = %named.display(),
+                timeout = %super::error::seconds(self.timeout),
+                "token cache: its directory was not resolved within the timeout (a file \
+                 system that does not answer?): using it as named; its resolution goes on \
+                 on a thread of its own"
+            );
         }
+        named.to_path_buf()
     }
 }
 
-/// A resolution's thread: marks it returned and wakes those waiting when dropped.
-struct Returned(Arc<Resolution>);
+/// A resolution's thread: settles its key, if it has one (none if `resolve` panicked), and
+/// marks it returned in one critical section when dropped, then wakes those waiting. One: a
+/// build that saw the key must not find the resolution still running and take its key again
+/// rather than resolve the directory anew once nothing of it is held.
+struct Returned {
+    resolution: Arc<Resolution>,
+    key: Option<PathBuf>,
+}
 
 impl Drop for Returned {
     fn drop(&mut self) {
-        lock(&self.0.outcome).returned = true;
-        self.0.returned.notify_all();
+        {
+            let mut outcome = lock(&self.resolution.outcome);
+            if let Some(key) = self.key.take() {
+                outcome.key.get_or_insert(key);
+            }
+            outcome.returned = true;
+        }
+        self.resolution.returned.notify_all();
     }
 }
 
 /// `directory` (absolute) resolved as it is, or will be once created (see the module docs).
 pub(super) fn resolve(directory: &Path) -> PathBuf {
-    // The components not resolved, last first, and whether the first of them was not found.
+    // Its nearest ancestor that resolves (itself, mostly), and the components below it, last
+    // first.
     let mut rest = Vec::new();
-    let mut missing = false;
     let mut ancestor = directory;
-    loop {
+    let mut resolved = loop {
         match fs::canonicalize(ancestor) {
-            Ok(mut resolved) => {
-                for component in rest.into_iter().rev() {
-                    match component {
-                        // Only after a component that does not exist (nor anything below it).
-                        Component::ParentDir if missing => {
-                            resolved.pop();
-                        }
-                        component => resolved.push(component),
-                    }
-                }
-                return resolved;
-            }
-            Err(error) => {
+            Ok(resolved) => break resolved,
+            Err(_) => {
                 let (Some(parent), Some(last)) =
                     (ancestor.parent(), ancestor.components().next_back())
                 else {
                     return directory.to_path_buf();
                 };
                 rest.push(last);
-                // Not a symlink whose target is missing: nothing there (the parent is looked
-                // at next; if it resolves, this says what its last component is).
-                missing = error.kind() == io::ErrorKind::NotFound
-                    && fs::symlink_metadata(ancestor)
-                        .is_err_and(|error| error.kind() == io::ErrorKind::NotFound);
                 ancestor = parent;
             }
         }
+    };
+    // The rest taken as the kernel will once the directory is created (`create_dir_all`),
+    // from a path that names no symlink: there a `..` is the parent as named. How many of
+    // its last components are not there (directories that will be created): below those,
+    // nothing is; a `..` back out of them is in directories that exist, so a name there is
+    // looked up (it may be a symlink, to anywhere).
+    let mut created = 0_usize;
+    let mut rest = rest.into_iter().rev();
+    while let Some(component) = rest.next() {
+        match component {
+            Component::ParentDir => {
+                // The root's parent is the root.
+                resolved.pop();
+                created = created.saturating_sub(1);
+            }
+            Component::Normal(name) if created > 0 => {
+                resolved.push(name);
+                created = created.saturating_add(1);
+            }
+            Component::Normal(name) => {
+                let named = resolved.join(name);
+                match fs::canonicalize(&named) {
+                    Ok(found) => resolved = found,
+                    // Nothing there, not a symlink whose target is missing: created there.
+                    Err(error)
+                        if error.kind() == io::ErrorKind::NotFound
+                            && fs::symlink_metadata(&named)
+                                .is_err_and(|error| error.kind() == io::ErrorKind::NotFound) =>
+                    {
+                        resolved = named;
+                        created = 1;
+                    }
+                    // Not known what it is (a dangling symlink, a file, no permission): the
+                    // rest as it is, `..` kept.
+                    Err(_) => {
+                        resolved = named;
+                        resolved.extend(rest);
+                        return resolved;
+                    }
+                }
+            }
+            // `.` (not after the first component); a root or a prefix is the first.
+            component => resolved.push(component),
+        }
     }
+    resolved
 }
 
 /// Whether a resolution of the directory named `directory` has not returned.

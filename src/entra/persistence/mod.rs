@@ -122,11 +122,13 @@
 //! and the runtime's shutdown, for ever. While a step that overran has not returned, every
 //! new step of that file is refused at once (its work not run) with an error saying so, and
 //! the file is used again once it returns. The refusal is the process's, by the file's
-//! directory, resolved ([`directory`]), whatever the file or the document type
-//! ([`Steps::of_directory`]): the file, the legacy file beside it, their lock and temporary
-//! files are on one mount, and one step hung there refuses the steps of all, instead of each
-//! starting more threads on the mount. The credentials using files there share it while any of
-//! them lives (see [`CacheFile::shared`]), and a step still hung holds it after all are
+//! directory as resolved ([`directory`]; as named if that timed out), whatever the file or
+//! the document type ([`Steps::of_directory`]): the file, the legacy file beside it, their
+//! lock and temporary files are in one directory, and one step hung there refuses the steps
+//! of all, instead of each starting more threads on its file system. It is by directory, not
+//! by mount: a file in another directory of the same mount has steps of its own, and may
+//! start a thread that hangs there too. The credentials using files there share it while any
+//! of them lives (see [`CacheFile::shared`]), and a step still hung holds it after all are
 //! dropped, so a credential built again is refused as they were until that step returns. Run
 //! all the same, besides the lock files' removals below: the signal file's touch after the Secret Service's item was stored
 //! ([`Step::must_run`]), whose lock file goes with it, and must not go untouched. A step that overran goes on on its thread with
@@ -140,8 +142,8 @@
 //! synchronous), on a thread of its own but waited for by the builder, [`READ_TIMEOUT`] at
 //! most; past that the directory as named is its key, with a warning. It is not resolved again
 //! while its steps are held (by a credential, or a step hung), nor while its resolution has not
-//! returned, so on a mount that does not answer, `build()` waits once at most, not a later
-//! call (see [`directory`]).
+//! returned, so for a directory on a mount that does not answer, `build()` waits once at most
+//! per name of the directory, not a later call (see [`directory`]).
 //!
 //! # Layout
 //!

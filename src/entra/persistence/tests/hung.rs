@@ -145,7 +145,11 @@ struct ThreadLogs {
 impl ThreadLogs {
     fn capture() -> Self {
         let text = Logs::default();
-        let writer = text.clone();
+        Self::capture_by(text.clone(), text)
+    }
+
+    /// Captures what `writer` is given, `text` being what it keeps.
+    fn capture_by(text: Logs, writer: impl io::Write + Clone + Send + Sync + 'static) -> Self {
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
             .with_ansi(false)
@@ -368,6 +372,8 @@ fn a_resolution_that_hangs_gives_the_directory_as_named_and_is_not_run_twice() {
         assert_eq!(key, named);
         let text = logs.text();
         assert!(text.contains("not resolved within the timeout"), "{text}");
+        // The bound it was waited for, not the usual one.
+        assert!(text.contains("timeout=0 ms"), "{text}");
         assert!(text.contains(&*named.to_string_lossy()), "{text}");
         drop(steps);
 
@@ -398,6 +404,67 @@ fn a_resolution_that_hangs_gives_the_directory_as_named_and_is_not_run_twice() {
     });
 }
 
+/// A log writer that, before it writes, looks up from another thread whether a directory is
+/// being resolved (which takes the resolution's lock), and counts it: a subscriber whose I/O
+/// would wait for that lock.
+#[derive(Clone)]
+struct LooksUp {
+    logs: Logs,
+    directory: std::path::PathBuf,
+    looked: Arc<AtomicUsize>,
+}
+
+impl io::Write for LooksUp {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let directory = self.directory.clone();
+        let _ = std::thread::spawn(move || resolving(&directory)).join();
+        self.looked.fetch_add(1, Ordering::SeqCst);
+        io::Write::write(&mut self.logs, bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A resolution's warnings (it hung past its bound, or it panicked) are logged with no lock
+/// held: a subscriber may do I/O, here wait for a thread that takes the resolution's lock.
+/// Before, that waited for ever.
+#[test]
+fn a_resolutions_warning_is_logged_with_no_lock_held() {
+    within_a_minute(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let named = dir.path().join("named");
+        let looked = Arc::new(AtomicUsize::new(0));
+        let writer = LooksUp {
+            logs: Logs::default(),
+            directory: named.clone(),
+            looked: Arc::clone(&looked),
+        };
+        let logs = ThreadLogs::capture_by(writer.logs.clone(), writer);
+
+        let (release, gate) = mpsc::channel::<()>();
+        let hung = move |named: &std::path::Path| {
+            let _ = gate.recv();
+            named.to_path_buf()
+        };
+        let (key, steps) = steps_of(&named, hung, Duration::ZERO);
+        assert_eq!(key, named);
+        assert!(logs.text().contains("not resolved within the timeout"));
+        assert_eq!(looked.load(Ordering::SeqCst), 1);
+        drop((steps, release));
+        while resolving(&named) {
+            std::thread::yield_now();
+        }
+
+        let panics = |_: &std::path::Path| -> std::path::PathBuf { panic!("resolving") };
+        let (key, _steps) = steps_of(&named, panics, READ_TIMEOUT);
+        assert_eq!(key, named);
+        assert!(logs.text().contains("resolving its directory panicked"));
+        assert_eq!(looked.load(Ordering::SeqCst), 2);
+    });
+}
+
 /// Once the hung resolution of `named` has been called, lets it return, and waits until it
 /// has; it was called once.
 fn until_returned(named: &std::path::Path, calls: &AtomicUsize, release: mpsc::Sender<()>) {
@@ -413,7 +480,7 @@ fn until_returned(named: &std::path::Path, calls: &AtomicUsize, release: mpsc::S
 
 /// One step hung in a directory refuses the steps of every file there, whatever its object
 /// or document type (the legacy file, another document's object), and not another
-/// directory's: they share a mount, where more steps would only hang with it.
+/// directory's: they share a file system, where more steps would only hang with it.
 #[test]
 fn a_hung_step_refuses_the_steps_of_every_file_in_its_directory() {
     within_a_minute(|| {
