@@ -331,11 +331,22 @@ pub(super) fn resolve(directory: &Path) -> PathBuf {
     let mut rest = rest.into_iter().rev();
     while let Some(component) = rest.next() {
         match component {
-            Component::ParentDir => {
-                // The root's parent is the root.
+            // Back out of a directory that will be created.
+            Component::ParentDir if created > 0 => {
                 resolved.pop();
                 created = created.saturating_sub(1);
             }
+            // Back out of one that exists, if the kernel can: not out of a file (ENOTDIR) or
+            // a directory it may not search (EACCES), which would key two directories as one.
+            // (The root's parent is the root.)
+            Component::ParentDir => match fs::canonicalize(resolved.join("..")) {
+                Ok(parent) => resolved = parent,
+                Err(_) => {
+                    resolved.push("..");
+                    resolved.extend(rest);
+                    return resolved;
+                }
+            },
             Component::Normal(name) if created > 0 => {
                 resolved.push(name);
                 created = created.saturating_add(1);

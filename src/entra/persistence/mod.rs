@@ -123,9 +123,11 @@
 //! new step of that file is refused at once (its work not run) with an error saying so, and
 //! the file is used again once it returns. The refusal is the process's, by the file's
 //! directory as resolved ([`directory`]; as named if that timed out), whatever the file or
-//! the document type ([`Steps::of_directory`]): the file, the legacy file beside it, their
-//! lock and temporary files are in one directory, and one step hung there refuses the steps
-//! of all, instead of each starting more threads on its file system. It is by directory, not
+//! the document type ([`Steps::of_directory`]): the file, the legacy file beside it and their
+//! lock files are in one directory, and one step hung there refuses the steps of all, instead
+//! of each starting more threads on its file system. (A temporary file is made beside the
+//! file's target, which for a symlinked cache file may be another directory: a write hung
+//! there refuses this directory's steps, not those of a cache file in that one.) It is by directory, not
 //! by mount: a file in another directory of the same mount has steps of its own, and may
 //! start a thread that hangs there too. The credentials using files there share it while any
 //! of them lives (see [`CacheFile::shared`]), and a step still hung holds it after all are

@@ -113,6 +113,26 @@ fn a_parent_after_a_component_that_does_not_resolve_is_kept() {
     assert_eq!(resolve(&named), named);
 }
 
+/// A `..` after a file (or a symlink to one) is kept, as the kernel answers ENOTDIR there:
+/// taken as the file's directory, a misnamed cache path would share the object, and so the
+/// path, of the file in that directory.
+#[test]
+fn a_parent_after_a_file_is_kept() {
+    let (_dir, base) = with_a_link();
+    fs::write(base.join("afile"), b"").unwrap();
+    symlink(base.join("afile"), base.join("flink")).unwrap();
+    for named in ["afile/..", "flink/..", "new/../afile/..", "afile/../x"] {
+        let named = base.join(named);
+        let key = resolve(&named);
+        let kept = key
+            .components()
+            .any(|component| component == std::path::Component::ParentDir);
+        assert!(kept, "{named:?} kept as named from the file: {key:?}");
+        assert_ne!(key, resolve(&base), "{named:?}");
+        assert_ne!(key, resolve(&base.join("x")), "{named:?}");
+    }
+}
+
 /// Two names of one directory not created yet (its first lock step creates it) give one
 /// object, whose steps are the directory's: a symlinked parent, a `..`.
 #[test]
