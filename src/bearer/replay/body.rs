@@ -40,8 +40,9 @@ pin_project! {
     /// whose end is not ready on that poll (`Pending`: a channel whose sender is dropped only
     /// later, a file reader) is polled by its caller as usual after, and its end is seen only
     /// if the caller polls on; bound it to its length, or drop a sender with its last chunk.
-    /// Under HTTP/1 trailers polled ahead past the declared length were never sent (the client
-    /// had no room for them) and a [`Replay`] leaves them out too.
+    /// Trailers polled ahead past the length an HTTP/1 client framed the body by, and never
+    /// handed to it, were never sent (there is no room for them), and
+    /// [`Replay::into_body_for`] leaves them out too.
     ///
     /// The body a [`Replay`] hands out yields the same data frames and trailers. Its `size_hint`
     /// is exact (so an HTTP/1 client sends `Content-Length`), except when the recording has
@@ -201,7 +202,10 @@ impl<B: Body<Data = Bytes>> Body for ReplayBody<B> {
                         *ahead = Ahead::End;
                         return Poll::Ready(None);
                     }
-                    Ahead::Recorded(frame) => return Poll::Ready(Some(Ok(*frame))),
+                    Ahead::Recorded(frame) => {
+                        record(recorder, Event::TrailersYielded);
+                        return Poll::Ready(Some(Ok(*frame)));
+                    }
                     Ahead::Unrecorded { polled, .. } => Poll::Ready(Some(*polled.into_inner())),
                 };
                 // Nobody can read the recording once the `Replay` handle is gone.
@@ -298,13 +302,7 @@ fn look_ahead<B: Body<Data = Bytes>>(
         }
         Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => match RecordedFrame::of(&frame) {
             Some(trailers) => {
-                record(
-                    recorder,
-                    Event::Frame {
-                        frame: trailers,
-                        end: true,
-                    },
-                );
+                record(recorder, Event::TrailersAhead(trailers));
                 Ahead::Recorded(Box::new(frame))
             }
             None => Ahead::unrecorded(Ok(frame)),

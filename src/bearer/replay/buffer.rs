@@ -48,7 +48,14 @@ impl RecordedFrame {
 
 /// What happened on one poll of the first attempt's body.
 pub(super) enum Event {
-    Frame { frame: RecordedFrame, end: bool },
+    Frame {
+        frame: RecordedFrame,
+        end: bool,
+    },
+    /// Trailers the look-ahead polled, which the caller has not been handed yet.
+    TrailersAhead(RecordedFrame),
+    /// Those trailers handed to the caller.
+    TrailersYielded,
     End,
     Failed,
 }
@@ -76,6 +83,9 @@ pub(super) struct Recorder {
     /// The data length at which the body is looked ahead of (see `ReplayBody`): the hint, or
     /// the request's `Content-Length` when the bearer layer tells it.
     pub(super) expected: Option<u64>,
+    /// Whether the recording ends with trailers the look-ahead polled and the caller was not
+    /// handed: an HTTP/1 client that stopped at the length never sent them.
+    trailers_unsent: bool,
 }
 
 impl Recorder {
@@ -87,15 +97,26 @@ impl Recorder {
             phase: Phase::Recording,
             hint: None,
             expected: None,
+            trailers_unsent: false,
         }
     }
 
     /// Applies one event; returns frames to drop once the lock is released.
     pub(super) fn apply(&mut self, event: Event) -> VecDeque<RecordedFrame> {
+        if let Event::TrailersYielded = event {
+            self.trailers_unsent = false;
+            return VecDeque::new();
+        }
         if self.phase != Phase::Recording {
             return VecDeque::new();
         }
         match event {
+            Event::TrailersAhead(frame) => {
+                let discarded = self.apply(Event::Frame { frame, end: true });
+                self.trailers_unsent = self.phase == Phase::Complete;
+                discarded
+            }
+            Event::TrailersYielded => VecDeque::new(),
             Event::Frame { frame, end } => {
                 let data_len = match &frame {
                     RecordedFrame::Data(data) => Some(data.len()),
@@ -180,15 +201,17 @@ impl Recorder {
         match self.phase {
             Phase::Complete => {
                 let mut frames = self.frames.clone();
-                if sent.is_some_and(|(headers, version)| {
-                    stops_at_length(version)
-                        && declared_length(Some(headers), self.hint)
-                            == u64::try_from(self.seen).ok()
-                }) {
-                    // An HTTP/1 client sent the declared length and no trailers (it had no room
-                    // for them); trailers recorded past it (polled ahead, see `ReplayBody`)
-                    // were never sent, and would turn the re-send chunked (a server wanting
-                    // `Content-Length` answers 411) with trailers the first attempt lacked.
+                if self.trailers_unsent
+                    && sent.is_some_and(|(headers, version)| {
+                        stops_at_length(version)
+                            && framed_length(headers, self.hint) == u64::try_from(self.seen).ok()
+                    })
+                {
+                    // An HTTP/1 client framed the body by its length, sent that and no
+                    // trailers (there is no room for them) and stopped; trailers polled past
+                    // it (see `ReplayBody`) were never sent, and would turn the re-send
+                    // chunked (a server wanting `Content-Length` answers 411) with trailers
+                    // the first attempt lacked.
                     frames.retain(|frame| matches!(frame, RecordedFrame::Data(_)));
                 }
                 Ok(Recording::new(frames, self.seen))
@@ -236,10 +259,19 @@ impl Recorder {
 /// after the data, and a body cut at its length would lose them. Only an HTTP/1 client stops
 /// at it ([`stops_at_length`]): over HTTP/2 trailers need not be announced.
 fn declared_length(headers: Option<&HeaderMap>, hint: Option<u64>) -> Option<u64> {
-    let Some(headers) = headers else {
-        return hint;
-    };
-    if headers.contains_key(TRANSFER_ENCODING) || headers.contains_key(TRAILER) {
+    match headers {
+        None => hint,
+        Some(headers) if headers.contains_key(TRAILER) => None,
+        Some(headers) => framed_length(headers, hint),
+    }
+}
+
+/// The length by which hyper's HTTP/1 client frames a request body: none with a
+/// `Transfer-Encoding` (chunked), else its `Content-Length`, else the body's exact size hint.
+/// A `Trailer` header does not change it: hyper reads it only for a chunked body (1.x,
+/// `proto/h1/role.rs`), and sends no trailers with a length.
+fn framed_length(headers: &HeaderMap, hint: Option<u64>) -> Option<u64> {
+    if headers.contains_key(TRANSFER_ENCODING) {
         return None;
     }
     match headers.get(CONTENT_LENGTH) {

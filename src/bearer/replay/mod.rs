@@ -131,8 +131,9 @@ impl<B> Replay<B> {
     /// response of this `version` (`Response::version`): over HTTP/1 a streaming body that
     /// yielded its declared length (`Content-Length`, else its exact `size_hint` when prepared;
     /// none with `Transfer-Encoding` or `Trailer`) was sent whole even if not seen to end,
-    /// since an HTTP/1 client writes no more and hyper's stops polling it there; trailers it
-    /// yielded past that length were not sent and are left out. Over HTTP/2 or
+    /// since an HTTP/1 client writes no more and hyper's stops polling it there; trailers a
+    /// [`ReplayBody`] polled past that length, and never handed to the client, were not sent
+    /// and are left out. Over HTTP/2 or
     /// later a client reads a body to its end and sends whatever trailers it yields, announced
     /// or not, so there only a body seen to end is whole, as for `into_body`.
     pub fn into_body_for(self, headers: &HeaderMap, version: Version) -> Result<B, NotReplayable> {

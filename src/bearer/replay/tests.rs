@@ -1537,42 +1537,81 @@ impl std::task::Wake for Wakes {
 /// Over HTTP/1 a body that yielded its declared length (here its exact size hint: the
 /// request has no `Content-Length`) was sent without its trailers, which the look-ahead then
 /// got: the re-send is the same, `Content-Length` and no trailers, not a chunked body with
-/// trailers the first attempt lacked (a server wanting a length answers that with 411).
+/// trailers the first attempt lacked (a server wanting a length answers that with 411). So
+/// too when the request announces them (`Trailer`): hyper frames it by its length all the
+/// same.
 #[tokio::test]
 async fn over_http1_trailers_past_the_declared_length_are_not_resent() {
     use tower::ServiceExt;
-    let (addr, _, mut received) = challenging_server(false, 8, true).await;
-    let body = Script::new([
-        Step::Data(b"abcd"),
-        Step::Data(b"efgh"),
-        Step::Trailers(trailers()),
-    ])
-    .with_exact_hint(8)
-    .ending_late();
-    let request = Request::post(format!("http://{addr}/resource"))
-        .body(ReplayBody::new(BoxBody::new(body)))
-        .expect("request");
-    let service = cae_service(plain_client(false), None);
-    let response = bounded("the answer", service.oneshot(request))
-        .await
-        .expect("an answer");
-    assert_eq!(response.status(), StatusCode::OK, "re-sent");
-    let mut requests = [
-        bounded("a request", received.recv()).await,
-        bounded("a request", received.recv()).await,
-    ]
-    .map(|r| r.expect("request"));
-    requests.sort_by_key(|(nth, _)| *nth);
-    let [(_, first), (_, second)] = requests;
-    for (nth, sent) in [("first", &first), ("second", &second)] {
-        assert_eq!(sent.body, "abcdefgh", "{nth}");
-        assert_eq!(sent.trailers, None, "{nth}");
-        assert_eq!(sent.transfer_encoding, None, "{nth}");
-        assert_eq!(
-            sent.content_length.as_ref().map(HeaderValue::as_bytes),
-            Some(&b"8"[..]),
-            "{nth}"
-        );
+    for announced in [false, true] {
+        let (addr, _, mut received) = challenging_server(false, 8, true).await;
+        let body = Script::new([
+            Step::Data(b"abcd"),
+            Step::Data(b"efgh"),
+            Step::Trailers(trailers()),
+        ])
+        .with_exact_hint(8)
+        .ending_late();
+        let mut request = Request::post(format!("http://{addr}/resource"));
+        if announced {
+            request = request.header(http::header::TRAILER, "x-checksum");
+        }
+        let request = request
+            .body(ReplayBody::new(BoxBody::new(body)))
+            .expect("request");
+        let service = cae_service(plain_client(false), None);
+        let response = bounded("the answer", service.oneshot(request))
+            .await
+            .expect("an answer");
+        assert_eq!(response.status(), StatusCode::OK, "re-sent");
+        let mut requests = [
+            bounded("a request", received.recv()).await,
+            bounded("a request", received.recv()).await,
+        ]
+        .map(|r| r.expect("request"));
+        requests.sort_by_key(|(nth, _)| *nth);
+        let [(_, first), (_, second)] = requests;
+        for (nth, sent) in [("first", &first), ("second", &second)] {
+            let context = format!("{nth}, announced {announced}");
+            assert_eq!(sent.body, "abcdefgh", "{context}");
+            assert_eq!(sent.trailers, None, "{context}");
+            assert_eq!(sent.transfer_encoding, None, "{context}");
+            assert_eq!(
+                sent.content_length.as_ref().map(HeaderValue::as_bytes),
+                Some(&b"8"[..]),
+                "{context}"
+            );
+        }
+    }
+}
+
+/// Trailers the look-ahead polled are left out of an HTTP/1 re-send only while the caller was
+/// not handed them: a caller that got them sent them (a service that reports HTTP/1.1 for an
+/// HTTP/2 exchange it made, say), and they are re-sent.
+#[tokio::test]
+async fn trailers_handed_to_the_caller_are_resent_whatever_the_version() {
+    for handed in [false, true] {
+        let body = Script::new([
+            Step::Data(b"abcd"),
+            Step::Data(b"efgh"),
+            Step::Trailers(trailers()),
+        ])
+        .with_exact_hint(8)
+        .ending_late();
+        let (first, replay) = ReplayBody::new(body).prepare(64);
+        let mut first = pin!(first);
+        next_frame(first.as_mut()).await;
+        next_frame(first.as_mut()).await;
+        if handed {
+            let frame = next_frame(first.as_mut()).await;
+            assert!(frame.is_trailers());
+        }
+        let again = replay
+            .into_body_for(&HeaderMap::new(), Version::HTTP_11)
+            .expect("whole");
+        let collected = again.collect().await.expect("replay");
+        let resent = collected.trailers().cloned();
+        assert_eq!(resent.is_some(), handed, "handed {handed}");
     }
 }
 
