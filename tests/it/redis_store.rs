@@ -16,6 +16,7 @@ use tower_identity::distributed::{LeaseTtl, RedisTokenCache, TokenStore};
 use crate::support::clock::held;
 use crate::support::creds::secs;
 use crate::support::redis::RedisServer;
+use crate::support::wait::wait_until;
 
 /// Longer than anything a store could wait on its own; on a paused clock it passes at once.
 const HOUR: Duration = Duration::from_secs(3600);
@@ -1095,7 +1096,7 @@ async fn a_store_opened_while_redis_is_down_connects_once_it_is_up() {
 /// before `connect()` resumes; see the next test for the other order.
 #[tokio::test]
 async fn connect_says_when_the_server_closed_the_connection_as_it_was_made() {
-    closed_as_it_was_made().await;
+    closed_as_it_was_made("?protocol=resp3").await;
 }
 
 /// As above on a runtime of two threads, where `connect()` may resume before the
@@ -1103,13 +1104,26 @@ async fn connect_says_when_the_server_closed_the_connection_as_it_was_made() {
 /// `connect()` still says it was closed, whichever task runs first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_says_when_the_server_closed_the_connection_as_it_was_made_on_two_threads() {
-    closed_as_it_was_made().await;
+    closed_as_it_was_made("?protocol=resp3").await;
 }
 
-async fn closed_as_it_was_made() {
+/// As above over RESP2, where nothing tells the store of the close: `connect()`'s `PING`
+/// finds it, on either runtime.
+#[tokio::test]
+async fn resp2_connect_says_when_the_server_closed_the_connection_as_it_was_made() {
+    closed_as_it_was_made("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp2_connect_says_when_the_server_closed_it_as_it_was_made_on_two_threads() {
+    closed_as_it_was_made("").await;
+}
+
+/// `protocol`: the URL's query, `""` for RESP2 (the `redis` crate's default).
+async fn closed_as_it_was_made(protocol: &str) {
     let server = RedisServer::start();
     let relay = HandshakeThenCloseRelay::start(server.port()).await;
-    let store = RedisTokenCache::open(&format!("{}?protocol=resp3", relay.url())).unwrap();
+    let store = RedisTokenCache::open(&format!("{}{protocol}", relay.url())).unwrap();
     for made in 1..=2 {
         let e = timeout(secs(10), store.connect())
             .await
@@ -1149,9 +1163,10 @@ async fn closed_as_it_was_made() {
 /// A server that answers a connection's setup and then nothing (stalled, or a proxy whose
 /// backend went silent) has `connect()` give up on its `PING` after 2 s with an error, and
 /// the connection taken for dropped and made again in the background, as a probe that gets
-/// no answer does: `connect()` does not answer `Ok` for a connection that never answered. The
-/// next `connect()` waits on that attempt and `PING`s its connection in turn. Real time: the
-/// relay's connections are real, and the `PING`'s 2 s run out on them.
+/// no answer does: `connect()` does not answer `Ok` for a connection that never answered, and
+/// the relay sees the next connection made without another call. The next `connect()` takes
+/// that connection and `PING`s it in turn. Real time: the relay's connections are real, and
+/// the `PING`'s 2 s run out on them.
 #[tokio::test]
 async fn connect_says_when_the_server_does_not_answer_after_the_connection_was_made() {
     let server = RedisServer::start();
@@ -1166,14 +1181,134 @@ async fn connect_says_when_the_server_does_not_answer_after_the_connection_was_m
             .unwrap_err();
         assert!(start.elapsed() >= secs(2), "{e}");
         assert!(
-            e.to_string()
-                .starts_with("redis connection: no answer to a PING within 2 s"),
+            e.to_string().starts_with(
+                "redis connection: no answer to a PING within 2 s of the connection's setup; \
+                 the connection is being made again"
+            ),
             "{e}"
         );
-        assert!(
-            format!("{store:?}").contains("connected: false"),
-            "not being made again: {store:?}"
-        );
         assert_eq!(relay.connections(), made, "one connection per attempt");
+        // Made again in the background: the relay accepts the next connection. (The link
+        // left idle would make none until the next call.)
+        wait_until("the connection is made again", || {
+            relay.connections() == made + 1
+        })
+        .await;
     }
+}
+
+/// A connection made in place of one that dropped, and idle since (no call made on it), that
+/// the server then closes (its `timeout`: idle clients are closed after it), over RESP2 where
+/// nothing tells the store: `connect()`'s `PING` finds it closed, and says the connection
+/// had dropped and is being made again, which it is, not that the server closed it as it
+/// was made (it lived 2 s). (Before, it said so of any connection that had not served.)
+/// Real time: the server's `timeout` runs on its own clock.
+#[tokio::test]
+async fn connect_to_an_idle_connection_the_server_closed_says_it_dropped() {
+    let server = RedisServer::start();
+    let relay = Relay::start(server.port()).await;
+    let store = RedisTokenCache::open(&relay.url()).unwrap();
+    store.put("p:{a}:token", b"v", secs(60)).await.unwrap();
+
+    // The store's connection closed (as by a restart): the next call finds it dropped, and a
+    // new one is made in the background. Taking a lease is not sent again: no call serves it.
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut server.admin())
+        .unwrap();
+    let e = store
+        .try_lease("p:{a}:lease", "one", secs(10))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().starts_with("redis SET NX"), "{e}");
+    wait_until("the connection is made again", || {
+        relay.connections() == 2 && format!("{store:?}").contains("connected: true")
+    })
+    .await;
+
+    // Idle clients closed after 2 s: the server closes it, and the store is not told.
+    server.config_set("timeout", "2");
+    // One connection, asking every millisecond: never idle, the server keeps it.
+    let mut admin = server.admin();
+    wait_until("the server closed the idle connection", || {
+        let info: String = redis::cmd("INFO").arg("clients").query(&mut admin).unwrap();
+        info.contains("connected_clients:1\r\n")
+    })
+    .await;
+    server.config_set("timeout", "0");
+
+    let e = timeout(secs(10), store.connect())
+        .await
+        .unwrap()
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with("redis connection: failed: ")
+            && text.ends_with("(the connection had dropped; being made again)"),
+        "{e}"
+    );
+    assert!(!text.contains("as it was made"), "{e}");
+    wait_until("the connection is made again", || relay.connections() == 3).await;
+    timeout(secs(10), store.connect()).await.unwrap().unwrap();
+    assert_eq!(relay.connections(), 3, "the connection made is kept");
+    assert_eq!(
+        store.get("p:{a}:token").await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+}
+
+/// A connection made in place of one that dropped, idle since, on which the server then
+/// answers nothing (a partition): `connect()`'s `PING` gets no answer in 2 s, and the error
+/// says how old the connection was, not that it was the connection's setup that went
+/// unanswered (the connection was made 2 s before). It is made again in the background, and
+/// the next `connect()` takes it. Paused clock: the connection ages by `advance`, and the
+/// `PING`'s 2 s pass once nothing else can run; the waits on loopback are `held`.
+#[tokio::test(start_paused = true)]
+async fn connect_to_an_old_connection_that_does_not_answer_says_how_old_it_is() {
+    let server = RedisServer::start();
+    let relay = Relay::start(server.port()).await;
+    let store = RedisTokenCache::open(&relay.url()).unwrap();
+    held(store.put("p:{a}:token", b"v", secs(60)))
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut server.admin())
+        .unwrap();
+    // Taking a lease is not sent again: no call serves the connection made in place.
+    held(store.try_lease("p:{a}:lease", "one", secs(10)))
+        .await
+        .unwrap_err();
+    held(wait_until("the connection is made again", || {
+        relay.connections() == 2 && format!("{store:?}").contains("connected: true")
+    }))
+    .await;
+
+    tokio::time::advance(secs(2)).await;
+    relay.partition();
+    let start = Instant::now();
+    let e = timeout(secs(10), store.connect())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(start.elapsed(), secs(2), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "redis connection: no answer to a PING within 2 s on a connection made 2 s earlier that \
+         has not answered yet; the connection is being made again"
+    );
+    held(wait_until("the connection is made again", || {
+        relay.connections() == 3
+    }))
+    .await;
+    held(store.connect()).await.unwrap();
+    assert_eq!(relay.connections(), 3, "the connection made is kept");
 }

@@ -29,10 +29,11 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// is there answers a PING in milliseconds, even loaded.
 pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A connection that the `redis` crate tells has ended (RESP3) within this long of being
-/// made is not made again at once: the next call makes it. A server or proxy that closes each
-/// connection right after its setup would otherwise have the store reconnect in a loop, at
-/// the speed of the setup, with no call to bound it.
+/// A connection that the `redis` crate tells has ended (RESP3), or that `connect`'s `PING`
+/// finds closed, within this long of being made is not made again at once: the next call
+/// makes it (and `connect` says it was closed as it was made). A server or proxy that closes
+/// each connection right after its setup would otherwise have the store reconnect in a loop,
+/// at the speed of the setup, with no call to bound it.
 pub(super) const SHORTEST_LIFE: Duration = Duration::from_secs(1);
 
 /// `TCP_USER_TIMEOUT` (Linux, Android): data sent and not acknowledged for 20 s (keepalive
@@ -327,6 +328,30 @@ impl RedisTokenCache {
         true
     }
 
+    /// `connect`'s `PING` found connection `id` (one that has not served) dropped, or got no
+    /// answer on it: it is replaced as [`dropped`](Self::dropped) replaces it. Over RESP3 the `redis` crate's
+    /// notice of its end may have come first and left the link idle (a connection that never
+    /// served is not made again on the notice: see [`ended`](Self::ended)): the attempt
+    /// starts now all the same, and `connect` takes the drop as found (a call that then fails
+    /// on the connection finds it replaced, as when `connect` is first). Not a loop: one
+    /// attempt per `connect()`.
+    pub(super) fn replace_unserved(&self, id: u64) {
+        let mut state = self.inner.link();
+        let told = state.uncounted.is_some_and(|drop| drop.dropped == id);
+        let current = match &state.link {
+            Link::Connected(current, ..) => *current == id,
+            Link::Idle => told,
+            // Another call already made it again.
+            Link::Connecting(..) => false,
+        };
+        if current {
+            if told {
+                state.uncounted = None;
+            }
+            self.reconnect(&mut state);
+        }
+    }
+
     /// Whether this call, failing on connection `id`, counts the drop that the connection's
     /// own notice left not counted (see [`ended`](Self::ended)). If so, and the link was left
     /// idle (the connection lived under [`SHORTEST_LIFE`], or never served), a new attempt
@@ -363,7 +388,8 @@ impl RedisTokenCache {
         }
     }
 
-    /// The `redis` crate told that connection `id` ended (RESP3). It usually tells before the
+    /// The `redis` crate told that connection `id` ended (RESP3), or `connect`'s `PING` found a
+    /// new connection closed (either protocol). The crate usually tells before the
     /// calls in flight on it act on their error (it hands the first its error, then tells, in
     /// one step): replacing it as [`dropped`](Self::dropped) does would leave every such call
     /// finding it replaced, a miss the breaker does not count, so that no drop would count. The drop
@@ -460,8 +486,9 @@ pub(super) type Attempt = Shared<BoxFuture<'static, Result<MultiplexedConnection
 /// The store's connection, and the drop no call has counted yet.
 pub(super) struct State {
     pub(super) link: Link,
-    /// A connection whose end the `redis` crate told of (RESP3) and that no call has counted
-    /// as a failure yet (see [`RedisTokenCache::ended`]).
+    /// A connection whose end was recorded by [`RedisTokenCache::ended`] and that no call has
+    /// counted as a failure yet: told by the `redis` crate (RESP3), or found by the `PING` of
+    /// [`RedisTokenCache::connect`] on a new connection (RESP2 and RESP3).
     pub(super) uncounted: Option<Uncounted>,
 }
 

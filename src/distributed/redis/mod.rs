@@ -21,7 +21,7 @@ use crate::redact::{scrub, truncate};
 mod link;
 mod scripts;
 
-use link::{Link, PROBE_TIMEOUT, State, drops, keepalive};
+use link::{Link, PROBE_TIMEOUT, SHORTEST_LIFE, State, drops, keepalive};
 use scripts::{
     GET_WITH_LEASE, GET_WITH_MARK, GET_WITH_THROTTLE, GET_WITH_TTL, MAX_MARK_BYTES, PUT, RELEASE,
     RELEASE_WITH_MARK, RENEW, entry_and_mark, entry_answer, entry_mark_and_lease,
@@ -229,10 +229,15 @@ impl RedisTokenCache {
     }
 
     /// Connects now instead of on the first call: the first call then does not spend the
-    /// cache's budget on the connection. A new connection is confirmed with a `PING` (one
-    /// round trip), so `Ok` means a connection that answered. Returns within 7 s whether
-    /// Redis answers or not (the connection's own deadline, 5 s, then 2 s for the `PING`'s
-    /// answer). An error is not final: the next call tries again.
+    /// cache's budget on the connection. A connection that has not answered yet (new, or
+    /// made in place of one that dropped) is confirmed with a `PING` (one round trip), so
+    /// `Ok` means a connection that answered. Returns within 7 s whether Redis answers or
+    /// not (the connection's own deadline, 5 s, then 2 s for the `PING`'s answer). An error
+    /// is not final: the next call tries again. A connection the server closed within 1 s of
+    /// making it is left for the next call to make again (a server that closes each one
+    /// costs one attempt per call, not a loop); an older one, closed while idle (the
+    /// server's `timeout`, a proxy's idle cut), is made again at once, as when a call finds
+    /// it dropped.
     pub async fn connect(&self) -> Result<(), StoreError> {
         let (id, mut connection) = self.connection("connection").await?;
         let closed = || {
@@ -244,13 +249,20 @@ impl RedisTokenCache {
         };
         // Over RESP3 the server may have closed it as it was made, and the store been told
         // (see `Inner::settle`, `ended`): it then holds none.
-        if !matches!(&self.inner.link().link, Link::Connected(current, ..) if *current == id) {
-            return Err(closed());
-        }
+        let made = match &self.inner.link().link {
+            Link::Connected(current, _, _, made) if *current == id => *made,
+            _ => return Err(closed()),
+        };
         if self.inner.served.load(Ordering::Relaxed) == id {
             // It has answered a call: no round trip needed.
             return Ok(());
         }
+        // A connection that never served is not always new: one made for a call that gave
+        // up on it, or in place of one that dropped, may have idled since, and the server's
+        // `timeout` (or a proxy's idle cut) closed it, which over RESP2 nothing tells. Only a
+        // new one is said to be closed as it was made, and left for the next call.
+        let age = made.elapsed();
+        let new = age < SHORTEST_LIFE;
         // Whether the store was told of a close depends on which task ran first: the
         // connection's reader (spawned once the setup was answered) or this one. A `PING`
         // answers whichever ran first, and over RESP2, where nothing tells.
@@ -262,19 +274,37 @@ impl RedisTokenCache {
             // Answered, even with an error of the server's: it is there.
             Ok(Ok(_)) => {}
             Ok(Err(e)) if !drops(&e) => {}
-            Ok(Err(_)) => {
+            Ok(Err(_)) if new => {
                 // Recorded as the `redis` crate's notice records it (the link idle, the drop
                 // left for a call to count), which may come before or after this: the later
                 // of the two finds the link moved on and does nothing.
                 self.ended(id);
                 return Err(closed());
             }
+            Ok(Err(e)) => {
+                // An old connection that dropped while idle: made again now, as when a call
+                // finds it dropped (no loop: one attempt per `connect()`).
+                self.replace_unserved(id);
+                return Err(StoreError::msg(format!(
+                    "redis connection: failed: {} (the connection had dropped; being made again)",
+                    self.inner.scrubbed(&e)
+                )));
+            }
             Err(_) => {
                 // Taken for dropped and made again, as a probe that gets no answer does.
-                self.dropped(id);
+                self.replace_unserved(id);
+                let on = if new {
+                    "of the connection's setup".to_owned()
+                } else {
+                    // Not "unused": a call may have been sent on it, and given up on.
+                    format!(
+                        "on a connection made {} s earlier that has not answered yet",
+                        age.as_secs()
+                    )
+                };
                 return Err(StoreError::msg(format!(
-                    "redis connection: no answer to a PING within {} s of the connection's \
-                     setup; the connection is being made again",
+                    "redis connection: no answer to a PING within {} s {on}; the connection is \
+                     being made again",
                     PROBE_TIMEOUT.as_secs()
                 )));
             }

@@ -431,12 +431,54 @@ async fn a_drop_told_within_the_first_second_is_made_again_by_the_call_counting_
     assert_eq!(store.get("p:{a}:token").await.unwrap(), None);
 }
 
+/// An old connection that never served (made in place of one that dropped, idle since),
+/// closed by the server as `connect()`'s `PING` is on its way, over RESP3: the `redis` crate
+/// hands the `PING` its error and tells of the end in one step, before `connect()` resumes,
+/// and the notice leaves the link idle (a connection that never served is not made again
+/// on it). `connect()` says the connection had dropped and is being made again, and it is:
+/// an attempt runs, and `connect()` took the drop as found. (Before, only a connection still
+/// held was replaced: the link stayed idle, and the error said otherwise.) The connection is
+/// aged by hand (its `made`). Real time: the connections are real.
+#[cfg(unix)]
+#[tokio::test]
+async fn an_old_connection_closed_as_connect_pings_it_is_made_again_over_resp3() {
+    let server = Server::start();
+    let relay = CloseAfterSetup::on_the_next_command(&server);
+    let store = RedisTokenCache::open(&format!("{}?protocol=resp3", relay.url)).unwrap();
+    let (id, connection) = store.connection("connection").await.unwrap();
+    drop(connection);
+    match &mut store.inner.link().link {
+        Link::Connected(current, _, _, made) if *current == id => {
+            *made = made.checked_sub(SHORTEST_LIFE * 2).unwrap();
+        }
+        _ => panic!("not connected"),
+    }
+
+    let e = store.connect().await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with("redis connection: failed: ")
+            && text.ends_with("(the connection had dropped; being made again)"),
+        "{e}"
+    );
+    let state = store.inner.link();
+    assert!(
+        matches!(&state.link, Link::Connecting(next, ..) if *next != id),
+        "no attempt runs, though the error says the connection is being made again"
+    );
+    assert!(state.uncounted.is_none(), "the drop is left to count");
+}
+
 /// A relay on a Unix socket of its own to `server` that passes on the server's first answer
 /// on each connection (the replies to the connection's setup, answered in one write) and then
 /// closes both ends: a server or proxy that closes each connection right after its setup.
-/// (The integration tests have a TCP one; this one serves tests that look at the link.)
+/// Started [`on_the_next_command`](Self::on_the_next_command), it closes them once the client
+/// sends its next command, which it does not pass on: a server that closes an idle connection
+/// (its `timeout`) as a command is on its way. (The integration tests have a TCP one; this one
+/// serves tests that look at the link.)
 #[cfg(unix)]
 struct CloseAfterSetup {
+    /// Its URL, without a protocol (RESP2, the `redis` crate's default).
     url: String,
     connections: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -446,6 +488,14 @@ struct CloseAfterSetup {
 #[cfg(unix)]
 impl CloseAfterSetup {
     fn start(server: &Server) -> CloseAfterSetup {
+        Self::closing(server, false)
+    }
+
+    fn on_the_next_command(server: &Server) -> CloseAfterSetup {
+        Self::closing(server, true)
+    }
+
+    fn closing(server: &Server, on_the_next_command: bool) -> CloseAfterSetup {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("relay.sock");
@@ -462,11 +512,26 @@ impl CloseAfterSetup {
                 let (mut client_read, mut client_write) = client.into_split();
                 let (mut server_read, mut server_write) = server.into_split();
                 tokio::spawn(async move {
-                    let up = tokio::io::copy(&mut client_read, &mut server_write);
+                    let up = async {
+                        if !on_the_next_command {
+                            return tokio::io::copy(&mut client_read, &mut server_write)
+                                .await
+                                .map(drop);
+                        }
+                        // The setup (one write) passed on, the next command read and dropped.
+                        let mut setup = vec![0; 16 * 1024];
+                        let n = client_read.read(&mut setup).await?;
+                        server_write.write_all(&setup[..n]).await?;
+                        client_read.read(&mut setup).await.map(drop)
+                    };
                     let down = async {
                         let mut first = vec![0; 16 * 1024];
                         let n = server_read.read(&mut first).await?;
                         client_write.write_all(&first[..n]).await?;
+                        if on_the_next_command {
+                            // Closed when `up` ends, both halves dropped.
+                            std::future::pending::<()>().await;
+                        }
                         client_write.shutdown().await
                     };
                     tokio::select! {
@@ -477,7 +542,7 @@ impl CloseAfterSetup {
             }
         });
         CloseAfterSetup {
-            url: format!("redis+unix://{}?protocol=resp3", path.display()),
+            url: format!("redis+unix://{}", path.display()),
             connections,
             task,
             _dir: dir,
@@ -501,7 +566,7 @@ impl Drop for CloseAfterSetup {
 #[cfg(unix)]
 #[tokio::test]
 async fn connect_to_a_server_closing_as_it_connects_leaves_no_attempt_running() {
-    closing_as_it_connects().await;
+    closing_as_it_connects("?protocol=resp3").await;
 }
 
 /// As above on a runtime of two threads, where `connect()` may resume before the
@@ -509,14 +574,30 @@ async fn connect_to_a_server_closing_as_it_connects_leaves_no_attempt_running() 
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_a_server_closing_as_it_connects_leaves_no_attempt_running_on_two_threads() {
-    closing_as_it_connects().await;
+    closing_as_it_connects("?protocol=resp3").await;
 }
 
+/// As above over RESP2, where nothing tells the store of the close: `connect()`'s `PING`
+/// finds it, and records it as the notice does over RESP3.
 #[cfg(unix)]
-async fn closing_as_it_connects() {
+#[tokio::test]
+async fn resp2_connect_to_a_server_closing_as_it_connects_leaves_no_attempt_running() {
+    closing_as_it_connects("").await;
+}
+
+/// As above over RESP2, on a runtime of two threads.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp2_connect_to_a_server_closing_as_it_connects_on_two_threads() {
+    closing_as_it_connects("").await;
+}
+
+/// `protocol`: the URL's query, `""` for RESP2.
+#[cfg(unix)]
+async fn closing_as_it_connects(protocol: &str) {
     let server = Server::start();
     let relay = CloseAfterSetup::start(&server);
-    let store = RedisTokenCache::open(&relay.url).unwrap();
+    let store = RedisTokenCache::open(&format!("{}{protocol}", relay.url)).unwrap();
     for made in 1..=2 {
         let e = store.connect().await.unwrap_err();
         assert!(
