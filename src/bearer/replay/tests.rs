@@ -1276,6 +1276,28 @@ async fn over_http1_a_content_length_body_answered_before_its_last_bytes_is_rese
     );
 }
 
+/// A [`challenging_server_with`] over HTTP/2 challenging its second request and letting 4
+/// body bytes in, and a client that has made its first request: so it has the server's
+/// settings (the window) before the one under test goes out on the same connection.
+async fn windowed_http2() -> (
+    std::net::SocketAddr,
+    Client<hyper_util::client::legacy::connect::HttpConnector, ReplayBody<Gated>>,
+    mpsc::UnboundedReceiver<(usize, Received)>,
+) {
+    let (addr, _, received) = challenging_server_with(true, 0, false, 1, Some(4)).await;
+    let client = plain_client(true);
+    let (frames, _asked, body) = gated(false);
+    drop(frames);
+    let request = Request::post(format!("http://{addr}/warm-up"))
+        .body(body)
+        .expect("request");
+    let response = bounded("the warm-up", client.request(request))
+        .await
+        .expect("warm-up");
+    assert_eq!(response.status(), StatusCode::OK);
+    (addr, client, received)
+}
+
 /// Over HTTP/2 a body that ends without trailers, but reports its end only on the poll after
 /// its last data (as a stream or a channel does), is whole once that data is out: its 401 is
 /// answered with the body re-sent, though hyper never polls it again. Hyper polls the next
@@ -1286,20 +1308,7 @@ async fn over_http1_a_content_length_body_answered_before_its_last_bytes_is_rese
 #[tokio::test]
 async fn over_http2_a_body_that_ends_after_its_last_data_is_resent_whole() {
     use tower::ServiceExt;
-    let (addr, _, mut received) = challenging_server_with(true, 0, false, 1, Some(4)).await;
-    let client = plain_client(true);
-
-    // One request first, so that the client has the server's settings (the window) before
-    // the one under test goes out on the same connection.
-    let (frames, _asked, body) = gated(false);
-    drop(frames);
-    let request = Request::post(format!("http://{addr}/warm-up"))
-        .body(body)
-        .expect("request");
-    let response = bounded("the warm-up", client.request(request))
-        .await
-        .expect("warm-up");
-    assert_eq!(response.status(), StatusCode::OK);
+    let (addr, client, mut received) = windowed_http2().await;
 
     // "abcd", "efgh" and its end are all there from the start.
     let (frames, mut asked, body) = gated(true);
@@ -1623,17 +1632,7 @@ async fn trailers_handed_to_the_caller_are_resent_whatever_the_version() {
 #[tokio::test]
 async fn over_http2_a_body_whose_end_is_not_ready_after_its_last_data_is_not_resent() {
     use tower::ServiceExt;
-    let (addr, _, mut received) = challenging_server_with(true, 0, false, 1, Some(4)).await;
-    let client = plain_client(true);
-    let (frames, _asked, body) = gated(false);
-    drop(frames);
-    let request = Request::post(format!("http://{addr}/warm-up"))
-        .body(body)
-        .expect("request");
-    let response = bounded("the warm-up", client.request(request))
-        .await
-        .expect("warm-up");
-    assert_eq!(response.status(), StatusCode::OK);
+    let (addr, client, mut received) = windowed_http2().await;
 
     // "abcd" and "efgh" are there from the start; the end only once the answer came.
     let (frames, mut asked, body) = gated(true);
