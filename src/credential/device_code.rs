@@ -129,7 +129,18 @@ struct Inner {
     /// The pinned account, with the pending sign-in as its one flight. The flight is aborted
     /// when every caller has given up.
     state: SingleFlight<(), SignedIn, State>,
+    /// Tests: the next call to read a pinned account stops before its token request (see
+    /// [`Inner::hold_next_run`]).
+    #[cfg(test)]
+    before_run: std::sync::Mutex<Option<HeldRun>>,
 }
+
+/// A call held before its token request: told to the test as it stops, and let go by it.
+#[cfg(test)]
+type HeldRun = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<()>,
+);
 
 #[derive(Default)]
 struct State {
@@ -188,8 +199,8 @@ impl Inner {
         // Set when Entra refused the account's refresh tokens for this request only: this
         // request signs in, the account staying pinned for the others meanwhile.
         let mut interactive = false;
-        // Set once this call has planned again after a refusal it joined that was older
-        // than its read of the account: it does so once.
+        // Set once this call has planned again after a refusal of a request it shared (see
+        // the arm below): once before its sign-in, and once after it (reset there).
         let mut retried_stale = false;
         // The error that sent this call round again since its sign-in: what it returns if
         // the account is gone when it comes back.
@@ -223,7 +234,10 @@ impl Inner {
                 }
                 let (sign_in, mine) = self.join_or_start(&plan);
                 let done = sign_in.await?;
-                (signed_in, interactive, last_error) = (true, false, None);
+                // The account holds new tokens: a request shared after this, made with those
+                // held before, may be refused again, and planned again once more (at most
+                // twice in all: a call that signed in does not sign in again).
+                (signed_in, interactive, retried_stale, last_error) = (true, false, false, None);
                 let same = done.tenant == plan.tenant
                     && done.scopes == plan.scopes
                     && done.cae == plan.cae;
@@ -239,14 +253,21 @@ impl Inner {
                 }
                 continue;
             };
+            #[cfg(test)]
+            self.held_before_run().await;
             let this = Arc::clone(self);
             let claims = plan.claims.clone();
+            // Whether this call sent the request answered, as of its own read above; else it
+            // shared one another call sent for the scope, as of that call's read.
+            let mut started = false;
+            let sent = &mut started;
             // On a multi-thread runtime another user's sign-in may land between the read above
             // and the cache lookup: the memory cleared since, no slot is made for the previous
             // account's token there (the next account's callers would get it); planned again.
             let Some(result) = plan
-                .run_as_of(&self.memory, generation, move |plan| async move {
-                    this.for_account(&account, sign_ins, &plan).await
+                .run_as_of(&self.memory, generation, move |plan| {
+                    *sent = true;
+                    async move { this.for_account(&account, sign_ins, &plan).await }
                 })
                 .await
             else {
@@ -263,16 +284,18 @@ impl Inner {
                 Err(error) if landed_since && !forgotten => last_error = Some(error),
                 // The account can no longer be signed in silently: sign in again, here.
                 Err(_) if !signed_in && forgotten => {}
-                // A refusal that forgets the account, yet it is still pinned and no sign-in
-                // landed since this call read it: this call joined a request for the scope
-                // made before that read, with the tokens held before a sign-in (its own
-                // request would have forgotten the account). Planned again, once, with the
-                // tokens held now.
+                // A refusal of the refresh tokens (or none left) answered to a request this
+                // call shared, not sent: made as of another call's read of the account,
+                // perhaps before a sign-in this call has seen (alice again, with new tokens).
+                // Planned again, once: this call's own request is sent with the tokens held
+                // now. Were they the ones refused, it costs no request (the refusal is
+                // remembered, see `Refusals`; none left is a look in the stores).
                 Err(error)
-                    if !retried_stale
+                    if !started
+                        && !retried_stale
                         && !forgotten
                         && !landed_since
-                        && forgets_account(claims.as_deref(), &error) =>
+                        && refuses_the_tokens(&error) =>
                 {
                     retried_stale = true;
                     last_error = Some(error);
@@ -284,6 +307,34 @@ impl Inner {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// Holds the next call that has read a pinned account, between that read and its token
+    /// request, until `go` is sent (or dropped); `reached` says it has stopped there.
+    #[cfg(test)]
+    fn hold_next_run(
+        &self,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (stopped, reached) = tokio::sync::oneshot::channel();
+        let (go, until_go) = tokio::sync::oneshot::channel();
+        *self.before_run.lock().unwrap_or_else(|e| e.into_inner()) = Some((stopped, until_go));
+        (reached, go)
+    }
+
+    #[cfg(test)]
+    async fn held_before_run(&self) {
+        let held = self
+            .before_run
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((stopped, until_go)) = held {
+            let _ = stopped.send(());
+            let _ = until_go.await;
         }
     }
 
@@ -501,7 +552,13 @@ impl Inner {
         let outcome = match result {
             Ok(Some(token)) => return Ok(token),
             Ok(None) => CredentialError::authentication_failed(NAME, NO_REFRESH_TOKEN),
-            Err(error) if forgets_account(plan.claims.as_deref(), &error) => error,
+            // Entra says the refresh tokens are dead (expired, revoked, the user gone).
+            Err(error)
+                if error.error_code() == Some("invalid_grant")
+                    && !refused_for_this_request(plan.claims.as_deref(), &error) =>
+            {
+                error
+            }
             Err(error) => return Err(error),
         };
         let mut state = self.state.lock();
@@ -523,17 +580,16 @@ impl Inner {
 const NO_REFRESH_TOKEN: &str = "no cached token and no refresh token for the signed-in \
                                 account; the next request signs the user in again";
 
-/// Whether `error`, answered to a request for the pinned account's token, says the account
-/// can no longer be signed in silently: [`Inner::for_account`] forgets it on such an error
-/// (unless a sign-in landed since its caller read it). Entra's refusal of the refresh token as
-/// dead, or none left (that error is built here, its message told apart as written).
-fn forgets_account(claims: Option<&str>, error: &CredentialError) -> bool {
-    let dead =
-        error.error_code() == Some("invalid_grant") && !refused_for_this_request(claims, error);
+/// Whether `error`, answered by [`Inner::for_account`], concerns the refresh tokens it found:
+/// Entra refused them (`invalid_grant`, for whatever reason), or there were none. Another
+/// call's request may have found tokens older than this call's. None left is an error
+/// `for_account` builds, without a code: told apart by its message, as written there.
+fn refuses_the_tokens(error: &CredentialError) -> bool {
+    let refused = error.error_code() == Some("invalid_grant");
     let none_left = error.error_code().is_none()
         && error.credential() == NAME
         && error.message() == NO_REFRESH_TOKEN;
-    dead || none_left
+    refused || none_left
 }
 
 impl DeviceCode {
@@ -716,6 +772,8 @@ impl DeviceCodeCredentialBuilder {
                 prompt,
                 timeout: self.timeout,
                 state: SingleFlight::new(NAME, "the sign-in", State::default()),
+                #[cfg(test)]
+                before_run: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -817,6 +875,7 @@ mod tests {
         use tokio::sync::oneshot;
 
         use super::*;
+        use crate::refresh::DEFAULT_RETRY_AFTER_FAILURE;
         use crate::test_support::authority::{Authority, Fault, error_body};
         use crate::test_support::clock::held;
         use crate::{HttpClient, RetryOptions};
@@ -1220,6 +1279,310 @@ mod tests {
             let error = result.unwrap_err();
             assert_eq!(error.error_codes(), [700082], "{error}");
             assert_eq!(authority.device_code_requests().len(), 3);
+        }
+
+        /// A request for SHARED redeems alice's refresh token, held, and is refused for that
+        /// request only. Meanwhile she signs in again (for another request refused for her),
+        /// and a second call for SHARED, reading the account after that sign-in, shares the
+        /// held request. The refusal concerns the token she had before: the second call
+        /// sends its own request, with her new one, and is served without a prompt, as the
+        /// call that sent the held one is. Before, the second call took the refusal as its
+        /// own and prompted her a third time.
+        #[tokio::test(start_paused = true)]
+        async fn a_call_sharing_a_refusal_for_that_request_sent_before_a_sign_in_does_not_prompt() {
+            const SHARED: &str = "https://shared.test/.default";
+            let authority = Authority::start().await;
+            let prompts = Arc::new(AtomicUsize::new(0));
+            let credential = credential(&authority, &prompts);
+            authority.push_fault(answer("alice", "at-alice", "rt-alice"));
+            token(&credential, RESOURCE).await.unwrap();
+
+            let gate = Arc::new(tokio::sync::Notify::new());
+            authority.push_fault(Fault::HoldThen(
+                Arc::clone(&gate),
+                Box::new(refused_for_this_request_only()),
+            ));
+            let first = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, SHARED).await }
+            });
+            while authority.requests().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+
+            // alice signs in again, for a request refused for her for that request only.
+            authority.push_fault(refused_for_this_request_only());
+            authority.push_fault(answer("alice", "at-alice-2", "rt-alice-2"));
+            let blocked = token(&credential, BLOCKED).await.unwrap();
+            assert_eq!(secret(&blocked), "at-alice-2");
+            assert_eq!(prompts.load(Ordering::SeqCst), 2);
+
+            // A second call for SHARED shares the held request: it sends none of its own.
+            let second = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, SHARED).await }
+            });
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(!second.is_finished());
+            assert_eq!(authority.requests().len(), 4);
+
+            gate.notify_one();
+            let first = first.await.unwrap();
+            let second = second.await.unwrap();
+            let sent: Vec<_> = authority
+                .requests()
+                .iter()
+                .filter_map(|r| r.field("refresh_token").map(str::to_owned))
+                .collect();
+            assert_eq!(
+                prompts.load(Ordering::SeqCst),
+                2,
+                "no new prompt; sent {sent:?}, got {second:?}"
+            );
+            assert_eq!(authority.device_code_requests().len(), 2);
+            let second = second.unwrap();
+            let first = first.unwrap();
+            assert_eq!(sent[..3], ["rt-alice", "rt-alice", "rt-alice-2"]);
+            assert!(sent[3..].iter().all(|t| t == "rt-alice-2"), "{sent:?}");
+            for token in [&first, &second] {
+                assert!(!secret(token).contains("alice"), "a new token: {token:?}");
+            }
+        }
+
+        /// A call shares a request refused for that request only, with no sign-in since: it
+        /// plans again, its own request answered by the refusal remembered (no request sent),
+        /// and it shares the sign-in the first call starts: one prompt, and no request more
+        /// than the first call's.
+        #[tokio::test(start_paused = true)]
+        async fn a_call_sharing_a_refusal_for_that_request_shares_its_sign_in() {
+            const SHARED: &str = "https://shared.test/.default";
+            let authority = Authority::start().await;
+            let prompts = Arc::new(AtomicUsize::new(0));
+            let credential = credential(&authority, &prompts);
+            authority.push_fault(answer("alice", "at-alice", "rt-alice"));
+            token(&credential, RESOURCE).await.unwrap();
+
+            let gate = Arc::new(tokio::sync::Notify::new());
+            authority.push_fault(Fault::HoldThen(
+                Arc::clone(&gate),
+                Box::new(refused_for_this_request_only()),
+            ));
+            let first = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, SHARED).await }
+            });
+            while authority.requests().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let second = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, SHARED).await }
+            });
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(!second.is_finished());
+
+            authority.push_fault(answer("alice", "at-alice-2", "rt-alice-2"));
+            gate.notify_one();
+            let first = first.await.unwrap().unwrap();
+            let second = second.await.unwrap().unwrap();
+            assert_eq!(secret(&first), "at-alice-2");
+            assert_eq!(secret(&second), "at-alice-2");
+            assert_eq!(prompts.load(Ordering::SeqCst), 2);
+            assert_eq!(authority.device_code_requests().len(), 2);
+            // alice's poll, SHARED's refused refresh, alice's second poll.
+            assert_eq!(authority.requests().len(), 3);
+        }
+
+        /// A call whose own request is refused for that request only signs in at once: the
+        /// refusal is of the tokens it read, and planning again would only meet it again
+        /// (remembered). Before `started`, every such refusal was taken as perhaps another
+        /// call's, and the call went round once more first.
+        #[tokio::test(start_paused = true)]
+        async fn a_call_refused_for_its_own_request_signs_in_without_planning_again() {
+            let authority = Authority::start().await;
+            let prompts = Arc::new(AtomicUsize::new(0));
+            let credential = credential(&authority, &prompts);
+            authority.push_fault(answer("alice", "at-alice", "rt-alice"));
+            token(&credential, RESOURCE).await.unwrap();
+
+            let gate = Arc::new(tokio::sync::Notify::new());
+            authority.push_fault(Fault::HoldThen(
+                Arc::clone(&gate),
+                Box::new(refused_for_this_request_only()),
+            ));
+            authority.push_fault(answer("alice", "at-alice-2", "rt-alice-2"));
+            let mut blocked = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, BLOCKED).await }
+            });
+            while authority.requests().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // Past its read: a call planning again stops here.
+            let (mut reached, _go) = credential.inner.hold_next_run();
+            gate.notify_one();
+            let blocked = tokio::select! {
+                biased;
+                _ = &mut reached => panic!("the call planned again after its own refusal"),
+                blocked = &mut blocked => blocked.unwrap().unwrap(),
+            };
+            assert_eq!(secret(&blocked), "at-alice-2");
+            assert_eq!(prompts.load(Ordering::SeqCst), 2);
+            // alice's poll, BLOCKED's refused refresh, alice's second poll.
+            assert_eq!(authority.requests().len(), 3);
+        }
+
+        /// A call that shared alice's sign-in for another request reads her account and is
+        /// held before its own request; meanwhile another call finds her refresh token dead,
+        /// forgets her, and is declined in its own sign-in. The held call, whose read is out
+        /// of date (the memory cleared), plans again and finds no account: it has prompted
+        /// once, and returns the error without a prompt or a request more.
+        #[tokio::test(start_paused = true)]
+        async fn a_call_that_signed_in_finds_the_account_signed_out_before_its_request() {
+            const MINE: &str = "https://mine.test/.default";
+            let authority = Authority::start().await;
+            let prompts = Arc::new(AtomicUsize::new(0));
+            let credential = credential(&authority, &prompts);
+
+            authority.push_fault(answer("alice", "at-alice", "rt-alice"));
+            let for_resource = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, RESOURCE).await }
+            });
+            while authority.device_code_requests().is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // The call for MINE shares the sign-in, then stops before its own request.
+            let (reached, go) = credential.inner.hold_next_run();
+            let mine = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, MINE).await }
+            });
+            reached.await.unwrap();
+            assert_eq!(secret(&for_resource.await.unwrap().unwrap()), "at-alice");
+            assert_eq!(prompts.load(Ordering::SeqCst), 1);
+
+            // alice's refresh token is dead: she is forgotten, and declines the sign-in that
+            // follows.
+            authority.push_fault(dead());
+            authority.push_fault(refused(
+                "authorization_declined",
+                70000,
+                "The user declined the sign-in.",
+            ));
+            let declined = token(&credential, OTHER).await.unwrap_err();
+            assert_eq!(declined.error_code(), Some("authorization_declined"));
+            assert_eq!(prompts.load(Ordering::SeqCst), 2);
+            let requests = authority.requests().len();
+
+            go.send(()).unwrap();
+            let result = mine.await.unwrap();
+            assert_eq!(
+                prompts.load(Ordering::SeqCst),
+                2,
+                "no prompt more; got {result:?}"
+            );
+            let error = result.unwrap_err();
+            assert!(error.message().contains("signed out again"), "{error}");
+            assert_eq!(authority.device_code_requests().len(), 2);
+            assert_eq!(authority.requests().len(), requests);
+        }
+
+        /// A call for SHARED shares a request refused for that request only and plans again
+        /// (its own request answered by the refusal remembered), then shares alice's sign-in
+        /// for BLOCKED. Meanwhile, once that refusal is no longer remembered, another call
+        /// redeems her old refresh token for SHARED, held; her sign-in lands, and the first
+        /// call shares that request, refused again for the token she had before. The sign-in
+        /// gave her new tokens: the call plans again once more, and is served by them. Before,
+        /// having planned again once, it returned the refusal although she is signed in.
+        #[tokio::test(start_paused = true)]
+        async fn a_call_that_planned_again_before_its_sign_in_plans_again_after_it() {
+            const SHARED: &str = "https://shared.test/.default";
+            let authority = Authority::start().await;
+            let prompts = Arc::new(AtomicUsize::new(0));
+            let credential = credential(&authority, &prompts);
+            authority.push_fault(answer("alice", "at-alice", "rt-alice"));
+            token(&credential, RESOURCE).await.unwrap();
+
+            // A's request for SHARED, held, to be refused for it only; C shares it.
+            let gate = Arc::new(tokio::sync::Notify::new());
+            authority.push_fault(Fault::HoldThen(
+                Arc::clone(&gate),
+                Box::new(refused_for_this_request_only()),
+            ));
+            let spawn_shared = || {
+                let credential = credential.clone();
+                tokio::spawn(async move { token(&credential, SHARED).await })
+            };
+            let a = spawn_shared();
+            while authority.requests().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let c = spawn_shared();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(!c.is_finished());
+            assert_eq!(authority.requests().len(), 2);
+
+            // B, refused for BLOCKED, signs alice in again: the poll that says so is held.
+            authority.push_fault(refused_for_this_request_only());
+            let signed_in = Arc::new(tokio::sync::Notify::new());
+            authority.push_fault(Fault::HoldThen(
+                Arc::clone(&signed_in),
+                Box::new(answer("alice", "at-alice-2", "rt-alice-2")),
+            ));
+            let b = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, BLOCKED).await }
+            });
+            while authority.requests().len() < 4 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert_eq!(prompts.load(Ordering::SeqCst), 2);
+
+            // The refusal: A shares B's sign-in; C plans again (the one call to reach its
+            // request now), is answered by the refusal remembered, and shares it too.
+            let (reached, go) = credential.inner.hold_next_run();
+            gate.notify_one();
+            reached.await.unwrap();
+            go.send(()).unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(!a.is_finished() && !c.is_finished());
+            assert_eq!(authority.requests().len(), 4);
+
+            // Past the refusal's memory, D redeems alice's old refresh token for SHARED, held.
+            tokio::time::sleep(DEFAULT_RETRY_AFTER_FAILURE).await;
+            let late = Arc::new(tokio::sync::Notify::new());
+            authority.push_fault(Fault::HoldThen(
+                Arc::clone(&late),
+                Box::new(refused_for_this_request_only()),
+            ));
+            let d = spawn_shared();
+            while authority.requests().len() < 5 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+
+            // alice's sign-in lands; A and C share D's request.
+            signed_in.notify_one();
+            assert_eq!(secret(&b.await.unwrap().unwrap()), "at-alice-2");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(!a.is_finished() && !c.is_finished() && !d.is_finished());
+            assert_eq!(authority.requests().len(), 5);
+
+            late.notify_one();
+            let (a, c, d) = (a.await.unwrap(), c.await.unwrap(), d.await.unwrap());
+            let sent: Vec<_> = authority
+                .requests()
+                .iter()
+                .filter_map(|r| r.field("refresh_token").map(str::to_owned))
+                .collect();
+            let c = c.unwrap_or_else(|e| panic!("{e}; sent {sent:?}"));
+            for token in [&a.unwrap(), &c, &d.unwrap()] {
+                assert!(!secret(token).contains("alice"), "a new token: {token:?}");
+            }
+            assert_eq!(sent[..3], ["rt-alice", "rt-alice", "rt-alice"]);
+            assert!(sent[3..].iter().all(|t| t == "rt-alice-2"), "{sent:?}");
+            assert_eq!(prompts.load(Ordering::SeqCst), 2, "no new prompt");
+            assert_eq!(authority.device_code_requests().len(), 2);
         }
     }
 
