@@ -31,7 +31,8 @@ pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A connection that the `redis` crate tells has ended (RESP3), or that `connect`'s `PING`
 /// finds closed, within this long of being made is not made again at once: the next call
-/// makes it (and `connect` says it was closed as it was made). A server or proxy that closes
+/// makes it (and `connect` says it was closed as it was made; so too of a connection made
+/// by the attempt it waited on, however late it resumes). A server or proxy that closes
 /// each connection right after its setup would otherwise have the store reconnect in a loop,
 /// at the speed of the setup, with no call to bound it.
 pub(super) const SHORTEST_LIFE: Duration = Duration::from_secs(1);
@@ -52,10 +53,24 @@ impl RedisTokenCache {
         &self,
         op: &'static str,
     ) -> Result<(u64, MultiplexedConnection), StoreError> {
+        let (id, connection, _) = self.connection_waited(op).await?;
+        Ok((id, connection))
+    }
+
+    /// [`connection`](Self::connection), and whether this call waited on the attempt that
+    /// made it (started it, or joined another call's): a connection made just now, not one
+    /// the store held, whatever the time since (a stalled runtime may resume the caller
+    /// long after the attempt settled).
+    pub(super) async fn connection_waited(
+        &self,
+        op: &'static str,
+    ) -> Result<(u64, MultiplexedConnection, bool), StoreError> {
         let (id, attempt, joined) = {
             let mut state = self.inner.link();
             match &state.link {
-                Link::Connected(id, connection, ..) => return Ok((*id, connection.clone())),
+                Link::Connected(id, connection, ..) => {
+                    return Ok((*id, connection.clone(), false));
+                }
                 Link::Connecting(id, attempt, _) => (*id, attempt.clone(), true),
                 Link::Idle => {
                     let id = self.inner.attempts.fetch_add(1, Ordering::Relaxed);
@@ -78,8 +93,9 @@ impl RedisTokenCache {
             Some(deadline) => match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(outcome) => outcome,
                 // The attempt replaces a connection whose end the `redis` crate told of
-                // (RESP3) before any call found it: the first call to give up on it counts
-                // that drop, as the call that finds a drop does.
+                // (RESP3), or that `connect` found dropped, before any call found it: the
+                // first call to give up on it counts that drop, as the call that finds a drop
+                // does.
                 Err(_)
                     if self
                         .inner
@@ -101,7 +117,7 @@ impl RedisTokenCache {
         // a task that did not run to its end (its runtime shut down).
         self.inner.settle(id, &outcome);
         outcome
-            .map(|connection| (id, connection))
+            .map(|connection| (id, connection, true))
             .map_err(|detail| StoreError::msg(format!("redis {op}: cannot connect: {detail}")))
     }
 
@@ -328,28 +344,53 @@ impl RedisTokenCache {
         true
     }
 
-    /// `connect`'s `PING` found connection `id` (one that has not served) dropped, or got no
-    /// answer on it: it is replaced as [`dropped`](Self::dropped) replaces it. Over RESP3 the `redis` crate's
-    /// notice of its end may have come first and left the link idle (a connection that never
-    /// served is not made again on the notice: see [`ended`](Self::ended)): the attempt
-    /// starts now all the same, and `connect` takes the drop as found (a call that then fails
-    /// on the connection finds it replaced, as when `connect` is first). Not a loop: one
-    /// attempt per `connect()`.
-    pub(super) fn replace_unserved(&self, id: u64) {
+    /// `connect`'s `PING` found connection `id` (one that has not served, `age` old) dropped,
+    /// or got no answer on it, or `connect` found it gone before its `PING`: it is replaced
+    /// as [`dropped`](Self::dropped) replaces it, and the drop kept for a call to count, as
+    /// [`ended`](Self::ended) keeps it for a served connection: the first call that fails on
+    /// it, or gives up waiting on the attempt in its place, counts it (`connect` itself is
+    /// no call the breaker counts). Over RESP3 the `redis` crate's notice of its end may
+    /// have come first and left the link idle (a connection that never served is not made
+    /// again on the notice): the attempt starts all the same. Not a loop: at most one such
+    /// attempt per `connect()` (see [`RedisTokenCache::connect`]).
+    ///
+    /// Whether an attempt runs (or has made the connection) in its place: `false` when
+    /// there is no runtime to connect from, or when the link was idle with no drop of `id`
+    /// recorded (it had been replaced, and that attempt failed): the next call connects.
+    pub(super) fn replace_unserved(&self, id: u64, age: Duration) -> bool {
         let mut state = self.inner.link();
-        let told = state.uncounted.is_some_and(|drop| drop.dropped == id);
-        let current = match &state.link {
-            Link::Connected(current, ..) => *current == id,
-            Link::Idle => told,
-            // Another call already made it again.
-            Link::Connecting(..) => false,
-        };
-        if current {
-            if told {
-                state.uncounted = None;
-            }
-            self.reconnect(&mut state);
+        let told = state.uncounted.filter(|drop| drop.dropped == id);
+        match &state.link {
+            Link::Connected(current, ..) if *current == id => {}
+            Link::Idle if told.is_some() => {}
+            Link::Idle => return false,
+            // Already made again (another call found it dropped, or gave up on it).
+            Link::Connecting(..) | Link::Connected(..) => return true,
         }
+        let lived = told.map_or(age, |drop| drop.lived);
+        let replaced_by = self.reconnect(&mut state);
+        state.uncounted = Some(Uncounted {
+            dropped: id,
+            replaced_by,
+            lived,
+        });
+        replaced_by.is_some()
+    }
+
+    /// How long connection `id` lived, if its end was recorded (the `redis` crate's notice,
+    /// RESP3) and no call has counted it yet.
+    pub(super) fn told_lived(&self, id: u64) -> Option<Duration> {
+        let state = self.inner.link();
+        state
+            .uncounted
+            .filter(|drop| drop.dropped == id)
+            .map(|drop| drop.lived)
+    }
+
+    /// Whether the link has moved on from a connection (an attempt runs, or made another):
+    /// if not, the next call connects.
+    pub(super) fn replaced(&self) -> bool {
+        !matches!(self.inner.link().link, Link::Idle)
     }
 
     /// Whether this call, failing on connection `id`, counts the drop that the connection's
@@ -413,7 +454,8 @@ impl RedisTokenCache {
         // [`SHORTEST_LIFE`] at least: an idle store whose connections a server closes (its
         // `timeout`, a proxy's idle cut) makes one new connection, not one per close forever.
         let served = self.inner.served.load(Ordering::Relaxed) == id;
-        let replaced_by = if made.elapsed() < SHORTEST_LIFE || !served {
+        let lived = made.elapsed();
+        let replaced_by = if lived < SHORTEST_LIFE || !served {
             state.link = Link::Idle;
             None
         } else {
@@ -422,6 +464,7 @@ impl RedisTokenCache {
         state.uncounted = Some(Uncounted {
             dropped: id,
             replaced_by,
+            lived,
         });
     }
 }
@@ -486,9 +529,10 @@ pub(super) type Attempt = Shared<BoxFuture<'static, Result<MultiplexedConnection
 /// The store's connection, and the drop no call has counted yet.
 pub(super) struct State {
     pub(super) link: Link,
-    /// A connection whose end was recorded by [`RedisTokenCache::ended`] and that no call has
-    /// counted as a failure yet: told by the `redis` crate (RESP3), or found by the `PING` of
-    /// [`RedisTokenCache::connect`] on a new connection (RESP2 and RESP3).
+    /// A connection whose end was recorded (by [`RedisTokenCache::ended`] or
+    /// [`RedisTokenCache::replace_unserved`]) and that no call has counted as a failure yet:
+    /// told by the `redis` crate (RESP3), or found by [`RedisTokenCache::connect`] (RESP2 and
+    /// RESP3).
     pub(super) uncounted: Option<Uncounted>,
 }
 
@@ -500,6 +544,10 @@ pub(super) struct Uncounted {
     /// The attempt started in its place, if any: the first call that gives up waiting on it
     /// counts the drop. (An attempt a call started counts on its own.)
     pub(super) replaced_by: Option<u64>,
+    /// How long the connection lived, from its setup to its end told (or found by
+    /// `connect`): under [`SHORTEST_LIFE`], it was closed as it was made, however late
+    /// `connect` looks.
+    pub(super) lived: Duration,
 }
 
 /// Where the store's connection stands.
@@ -539,6 +587,7 @@ impl Inner {
                     state.uncounted = Some(Uncounted {
                         dropped: id,
                         replaced_by: None,
+                        lived: Duration::ZERO,
                     });
                     Link::Idle
                 }

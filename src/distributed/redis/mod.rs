@@ -229,29 +229,37 @@ impl RedisTokenCache {
     }
 
     /// Connects now instead of on the first call: the first call then does not spend the
-    /// cache's budget on the connection. A connection that has not answered yet (new, or
-    /// made in place of one that dropped) is confirmed with a `PING` (one round trip), so
-    /// `Ok` means a connection that answered. Returns within 7 s whether Redis answers or
-    /// not (the connection's own deadline, 5 s, then 2 s for the `PING`'s answer). An error
-    /// is not final: the next call tries again. A connection the server closed within 1 s of
-    /// making it is left for the next call to make again (a server that closes each one
-    /// costs one attempt per call, not a loop); an older one, closed while idle (the
-    /// server's `timeout`, a proxy's idle cut), is made again at once, as when a call finds
-    /// it dropped.
+    /// cache's budget on the connection. Returns within 7 s whether Redis answers or not (the
+    /// connection's own deadline, 5 s, then 2 s for the `PING`'s answer). An error is not
+    /// final: the next call tries again.
+    ///
+    /// A connection that has not answered yet (new, or made in the background in place of
+    /// one that dropped) is confirmed with a `PING` (one round trip), so `Ok` means a
+    /// connection that answered. Found closed, it is an error. One the server closed as it
+    /// was made (made by the attempt `connect` waited on, or told to have ended within 1 s
+    /// of its setup) is left for the next call to make again: a server or proxy that closes
+    /// each one costs one attempt per call, not a loop. An older one (closed while idle: the
+    /// server's `timeout`, a proxy's idle cut) is said to have dropped, and is made again at
+    /// once. Over RESP2 nothing tells when it closed: one made in the background and closed
+    /// right after its setup is said to have dropped if `connect` finds it 1 s or more later.
+    ///
+    /// A connection that has answered (a call, or an earlier `connect`) is taken as it is,
+    /// without a round trip: `Ok` then says nothing of whether it is still open. Over RESP2,
+    /// one the server closed while idle is found so by the next call (which runs a read
+    /// again on a new connection); over RESP3 the `redis` crate tells of the close, and a
+    /// new connection is made (at once, or by `connect`), which `connect` confirms. Over RESP3 too,
+    /// a connection not answered yet that was closed while idle before `connect` is made
+    /// anew by it, as a first connection is.
     pub async fn connect(&self) -> Result<(), StoreError> {
-        let (id, mut connection) = self.connection("connection").await?;
-        let closed = || {
-            StoreError::msg(
-                "redis connection: the server closed the connection as it was made; the next \
-                 call connects again (if every connection ends so, look at what closes them: a \
-                 proxy or load balancer in front of Redis, a `CLIENT KILL`)",
-            )
-        };
+        let (id, mut connection, waited) = self.connection_waited("connection").await?;
         // Over RESP3 the server may have closed it as it was made, and the store been told
         // (see `Inner::settle`, `ended`): it then holds none.
         let made = match &self.inner.link().link {
-            Link::Connected(current, _, _, made) if *current == id => *made,
-            _ => return Err(closed()),
+            Link::Connected(current, _, _, made) if *current == id => Some(*made),
+            _ => None,
+        };
+        let Some(made) = made else {
+            return Err(self.gone(id, waited));
         };
         if self.inner.served.load(Ordering::Relaxed) == id {
             // It has answered a call: no round trip needed.
@@ -260,9 +268,10 @@ impl RedisTokenCache {
         // A connection that never served is not always new: one made for a call that gave
         // up on it, or in place of one that dropped, may have idled since, and the server's
         // `timeout` (or a proxy's idle cut) closed it, which over RESP2 nothing tells. Only a
-        // new one is said to be closed as it was made, and left for the next call.
+        // new one is said to be closed as it was made, and left for the next call: the one
+        // this call waited on (by its age alone, a stall of the runtime between the attempt's
+        // end and this would make it old), or one made less than `SHORTEST_LIFE` ago.
         let age = made.elapsed();
-        let new = age < SHORTEST_LIFE;
         // Whether the store was told of a close depends on which task ran first: the
         // connection's reader (spawned once the setup was answered) or this one. A `PING`
         // answers whichever ran first, and over RESP2, where nothing tells.
@@ -274,26 +283,31 @@ impl RedisTokenCache {
             // Answered, even with an error of the server's: it is there.
             Ok(Ok(_)) => {}
             Ok(Err(e)) if !drops(&e) => {}
-            Ok(Err(_)) if new => {
-                // Recorded as the `redis` crate's notice records it (the link idle, the drop
-                // left for a call to count), which may come before or after this: the later
-                // of the two finds the link moved on and does nothing.
-                self.ended(id);
-                return Err(closed());
-            }
             Ok(Err(e)) => {
+                // How long it lived, as the `redis` crate's notice recorded it if that came
+                // first (RESP3); else it lived no longer than its age.
+                let lived = self.told_lived(id).unwrap_or(age);
+                if waited || lived < SHORTEST_LIFE {
+                    // Recorded as the `redis` crate's notice records it (the link idle, the
+                    // drop left for a call to count), which may come before or after this:
+                    // the later of the two finds the link moved on and does nothing.
+                    self.ended(id);
+                    return Err(closed_as_made(self.replaced()));
+                }
                 // An old connection that dropped while idle: made again now, as when a call
-                // finds it dropped (no loop: one attempt per `connect()`).
-                self.replace_unserved(id);
+                // finds it dropped (no loop: one attempt per `connect()`, which waited on
+                // none).
+                let again = self.replace_unserved(id, age);
                 return Err(StoreError::msg(format!(
-                    "redis connection: failed: {} (the connection had dropped; being made again)",
-                    self.inner.scrubbed(&e)
+                    "redis connection: failed: {} (the connection had dropped; {})",
+                    self.inner.scrubbed(&e),
+                    next(again, "being made again")
                 )));
             }
             Err(_) => {
                 // Taken for dropped and made again, as a probe that gets no answer does.
-                self.replace_unserved(id);
-                let on = if new {
+                let again = self.replace_unserved(id, age);
+                let on = if waited || age < SHORTEST_LIFE {
                     "of the connection's setup".to_owned()
                 } else {
                     // Not "unused": a call may have been sent on it, and given up on.
@@ -303,14 +317,34 @@ impl RedisTokenCache {
                     )
                 };
                 return Err(StoreError::msg(format!(
-                    "redis connection: no answer to a PING within {} s {on}; the connection is \
-                     being made again",
-                    PROBE_TIMEOUT.as_secs()
+                    "redis connection: no answer to a PING within {} s {on}; {}",
+                    PROBE_TIMEOUT.as_secs(),
+                    next(again, "the connection is being made again")
                 )));
             }
         }
         self.inner.served.store(id, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// `connect`'s error for connection `id`, which [`connection_waited`] handed it and which
+    /// was no longer the link's when it looked: its end was told (RESP3) while its attempt
+    /// ran or since, or a call found it dropped.
+    ///
+    /// [`connection_waited`]: Self::connection_waited
+    fn gone(&self, id: u64, waited: bool) -> StoreError {
+        let lived = self.told_lived(id);
+        if waited || lived.is_some_and(|lived| lived < SHORTEST_LIFE) {
+            // Left as found: idle for the next call, or already made again by a call.
+            return closed_as_made(self.replaced());
+        }
+        // Older (or its end counted already, by a call that failed on it): as when the `PING`
+        // finds it dropped. (Its age is of no use here: the link no longer holds it.)
+        let again = self.replace_unserved(id, lived.unwrap_or_default());
+        StoreError::msg(format!(
+            "redis connection: the connection had dropped; {}",
+            next(again, "being made again")
+        ))
     }
 
     /// [`put`](TokenStore::put) as called at `called` (Unix ms by this host's clock; `None`
@@ -362,6 +396,27 @@ impl RedisTokenCache {
     /// (the source is not kept: its text is not ours to vouch for).
     fn error(&self, op: &str, what: &str, e: &RedisError) -> StoreError {
         StoreError::msg(format!("redis {op}: {what}: {}", self.inner.scrubbed(e)))
+    }
+}
+
+/// `connect`'s error for a connection the server closed as it was made; `again`: an attempt
+/// runs (or made the next) in its place, else the next call makes it.
+fn closed_as_made(again: bool) -> StoreError {
+    StoreError::msg(format!(
+        "redis connection: the server closed the connection as it was made; {} (if every \
+         connection ends so, look at what closes them: a proxy or load balancer in front of \
+         Redis, a `CLIENT KILL`)",
+        next(again, "it is being made again")
+    ))
+}
+
+/// What follows a connection `connect` found closed: `again` (an attempt runs in its place,
+/// said as `made_again`), or the next call makes it.
+fn next(again: bool, made_again: &'static str) -> &'static str {
+    if again {
+        made_again
+    } else {
+        "the next call connects again"
     }
 }
 
