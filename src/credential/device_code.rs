@@ -199,7 +199,7 @@ impl Inner {
         // Set when Entra refused the account's refresh tokens for this request only: this
         // request signs in, the account staying pinned for the others meanwhile.
         let mut interactive = false;
-        // Set once this call has planned again after a refusal of a request it shared (see
+        // Set once this call has planned again after the answer to a request it shared (see
         // the arm below): once before its sign-in, and once after it (reset there).
         let mut retried_stale = false;
         // The error that sent this call round again since its sign-in: what it returns if
@@ -258,7 +258,10 @@ impl Inner {
             let this = Arc::clone(self);
             let claims = plan.claims.clone();
             // Whether this call sent the request answered, as of its own read above; else it
-            // shared one another call sent for the scope, as of that call's read.
+            // shared one another call sent for the scope, as of that call's read. Exact only
+            // because the memory (`TokenCache::new(NAME)` in `build`) has no shared
+            // (distributed) level: with one, the cache calls `acquire` eagerly, also when that
+            // level then answers from a request another call (or process) sent.
             let mut started = false;
             let sent = &mut started;
             // On a multi-thread runtime another user's sign-in may land between the read above
@@ -284,18 +287,20 @@ impl Inner {
                 Err(error) if landed_since && !forgotten => last_error = Some(error),
                 // The account can no longer be signed in silently: sign in again, here.
                 Err(_) if !signed_in && forgotten => {}
-                // A refusal of the refresh tokens (or none left) answered to a request this
-                // call shared, not sent: made as of another call's read of the account,
-                // perhaps before a sign-in this call has seen (alice again, with new tokens).
-                // Planned again, once: this call's own request is sent with the tokens held
-                // now. Were they the ones refused, it costs no request (the refusal is
-                // remembered, see `Refusals`; none left is a look in the stores).
+                // An answer that depends on the refresh tokens found (an `invalid_grant`, for
+                // dead tokens or for this request only: MFA, consent, Conditional Access; or
+                // none left), to a request this call shared, not sent: that request found the
+                // tokens as of another call's read of the account, perhaps before a sign-in
+                // this call has seen (alice again, with new tokens). Planned again, once: this
+                // call's own request is sent with the tokens held now. Were they the ones that
+                // request found, it costs no request (an `invalid_grant` is remembered, see
+                // `Refusals`; none left is a look in the stores).
                 Err(error)
                     if !started
                         && !retried_stale
                         && !forgotten
                         && !landed_since
-                        && refuses_the_tokens(&error) =>
+                        && answered_by_the_tokens_found(&error) =>
                 {
                     retried_stale = true;
                     last_error = Some(error);
@@ -580,11 +585,13 @@ impl Inner {
 const NO_REFRESH_TOKEN: &str = "no cached token and no refresh token for the signed-in \
                                 account; the next request signs the user in again";
 
-/// Whether `error`, answered by [`Inner::for_account`], concerns the refresh tokens it found:
-/// Entra refused them (`invalid_grant`, for whatever reason), or there were none. Another
-/// call's request may have found tokens older than this call's. None left is an error
-/// `for_account` builds, without a code: told apart by its message, as written there.
-fn refuses_the_tokens(error: &CredentialError) -> bool {
+/// Whether `error`, answered by [`Inner::for_account`], depends on which refresh tokens its
+/// request found: an `invalid_grant` (any code: the tokens are dead, or the request made with
+/// them is refused, for MFA, consent, a Conditional Access policy), or no refresh token. A
+/// request this call did not send may have found older ones than this call would. None left
+/// is an error `for_account` builds, without a code: told apart by its message, as written
+/// there.
+fn answered_by_the_tokens_found(error: &CredentialError) -> bool {
     let refused = error.error_code() == Some("invalid_grant");
     let none_left = error.error_code().is_none()
         && error.credential() == NAME
@@ -917,7 +924,8 @@ mod tests {
             )
         }
 
-        /// A refusal of the refresh token for one request only: the account stays.
+        /// Entra's refusal of one request made with the refresh token (a Conditional Access
+        /// policy of that resource): the account stays.
         fn refused_for_this_request_only() -> Fault {
             refused(
                 "invalid_grant",
@@ -957,6 +965,23 @@ mod tests {
             token.secret().expose_secret()
         }
 
+        /// Waits until `done` holds, 1 ms of the paused clock at a time, and fails naming
+        /// `what` after 60 s: a broken race fails its test instead of hanging it. Every server
+        /// is in this process, so the clock moves only once nothing is in flight.
+        async fn until(what: &str, mut done: impl FnMut() -> bool) {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !done() {
+                assert!(Instant::now() < deadline, "not after 60 s: {what}");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+
+        /// A spawned call's result, once it has returned (see [`until`]).
+        async fn joined<T>(what: &str, call: tokio::task::JoinHandle<T>) -> T {
+            until(what, || call.is_finished()).await;
+            call.await.unwrap()
+        }
+
         /// alice's refresh token found dead (the account forgotten, on another runtime) while
         /// bob's sign-in, for a request refused for alice only, lands: the forgetting is held
         /// as its clear of the memory begins, until that landing waits for it (or the test is
@@ -992,9 +1017,7 @@ mod tests {
                 async move { token(&credential, BLOCKED).await }
             });
             // alice's poll, OTHER's refresh, BLOCKED's refresh, bob's first poll.
-            while authority.requests().len() < 4 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            until("bob's first poll", || authority.requests().len() >= 4).await;
 
             // alice's refresh token is dead: a request for another scope forgets her, on a
             // runtime of its own, held as the clear begins.
@@ -1106,9 +1129,7 @@ mod tests {
                 let credential = credential.clone();
                 async move { token(&credential, "https://late.test/.default").await }
             });
-            while authority.requests().len() < 2 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            until("the late request", || authority.requests().len() >= 2).await;
             // The first refusal: alice is forgotten, and signs in again for that request.
             authority.push_fault(dead());
             authority.push_fault(answer("alice", "at-alice-2", "rt-alice-2"));
@@ -1120,7 +1141,7 @@ mod tests {
 
             // The late refusal of the token she had before.
             gate.notify_one();
-            let late = late.await.unwrap();
+            let late = joined("the late request", late).await;
             let sent: Vec<_> = authority
                 .requests()
                 .iter()
@@ -1163,9 +1184,10 @@ mod tests {
                 let credential = credential.clone();
                 async move { token(&credential, SHARED).await }
             });
-            while authority.requests().len() < 2 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            until("the first call's request", || {
+                authority.requests().len() >= 2
+            })
+            .await;
 
             // alice signs in again, for a request refused for her for that request only.
             authority.push_fault(refused_for_this_request_only());
@@ -1185,8 +1207,8 @@ mod tests {
             assert_eq!(authority.requests().len(), 4);
 
             gate.notify_one();
-            let first = first.await.unwrap();
-            let second = second.await.unwrap();
+            let first = joined("the first call", first).await;
+            let second = joined("the second call", second).await;
             let sent: Vec<_> = authority
                 .requests()
                 .iter()
@@ -1231,18 +1253,18 @@ mod tests {
                 let credential = credential.clone();
                 async move { token(&credential, RESOURCE).await }
             });
-            while authority.device_code_requests().is_empty() {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            until("alice's device code request", || {
+                !authority.device_code_requests().is_empty()
+            })
+            .await;
             let mine = tokio::spawn({
                 let credential = credential.clone();
                 async move { token(&credential, MINE).await }
             });
             // alice's poll, MINE's held refresh.
-            while authority.requests().len() < 2 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            assert_eq!(secret(&for_resource.await.unwrap().unwrap()), "at-alice");
+            until("MINE's request", || authority.requests().len() >= 2).await;
+            let for_resource = joined("alice's sign-in", for_resource).await;
+            assert_eq!(secret(&for_resource.unwrap()), "at-alice");
             assert_eq!(prompts.load(Ordering::SeqCst), 1);
             assert_eq!(
                 authority.requests()[1].field("refresh_token"),
@@ -1270,7 +1292,7 @@ mod tests {
 
             // The held refusal of alice's token.
             gate.notify_one();
-            let result = mine.await.unwrap();
+            let result = joined("the call for MINE", mine).await;
             assert_eq!(
                 prompts.load(Ordering::SeqCst),
                 3,
@@ -1284,7 +1306,7 @@ mod tests {
         /// A request for SHARED redeems alice's refresh token, held, and is refused for that
         /// request only. Meanwhile she signs in again (for another request refused for her),
         /// and a second call for SHARED, reading the account after that sign-in, shares the
-        /// held request. The refusal concerns the token she had before: the second call
+        /// held request. That request was made with the token she had before: the second call
         /// sends its own request, with her new one, and is served without a prompt, as the
         /// call that sent the held one is. Before, the second call took the refusal as its
         /// own and prompted her a third time.
@@ -1306,9 +1328,10 @@ mod tests {
                 let credential = credential.clone();
                 async move { token(&credential, SHARED).await }
             });
-            while authority.requests().len() < 2 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            until("the first call's request", || {
+                authority.requests().len() >= 2
+            })
+            .await;
 
             // alice signs in again, for a request refused for her for that request only.
             authority.push_fault(refused_for_this_request_only());
@@ -1327,8 +1350,8 @@ mod tests {
             assert_eq!(authority.requests().len(), 4);
 
             gate.notify_one();
-            let first = first.await.unwrap();
-            let second = second.await.unwrap();
+            let first = joined("the first call", first).await;
+            let second = joined("the second call", second).await;
             let sent: Vec<_> = authority
                 .requests()
                 .iter()
@@ -1371,9 +1394,10 @@ mod tests {
                 let credential = credential.clone();
                 async move { token(&credential, SHARED).await }
             });
-            while authority.requests().len() < 2 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            until("the first call's request", || {
+                authority.requests().len() >= 2
+            })
+            .await;
             let second = tokio::spawn({
                 let credential = credential.clone();
                 async move { token(&credential, SHARED).await }
@@ -1383,8 +1407,8 @@ mod tests {
 
             authority.push_fault(answer("alice", "at-alice-2", "rt-alice-2"));
             gate.notify_one();
-            let first = first.await.unwrap().unwrap();
-            let second = second.await.unwrap().unwrap();
+            let first = joined("the first call", first).await.unwrap();
+            let second = joined("the second call", second).await.unwrap();
             assert_eq!(secret(&first), "at-alice-2");
             assert_eq!(secret(&second), "at-alice-2");
             assert_eq!(prompts.load(Ordering::SeqCst), 2);
@@ -1393,9 +1417,9 @@ mod tests {
             assert_eq!(authority.requests().len(), 3);
         }
 
-        /// A call whose own request is refused for that request only signs in at once: the
-        /// refusal is of the tokens it read, and planning again would only meet it again
-        /// (remembered). Before `started`, every such refusal was taken as perhaps another
+        /// A call whose own request is refused for that request only signs in at once: that
+        /// request was made with the tokens it read, and planning again would only meet the
+        /// refusal again (remembered). Before `started`, every such refusal was taken as perhaps another
         /// call's, and the call went round once more first.
         #[tokio::test(start_paused = true)]
         async fn a_call_refused_for_its_own_request_signs_in_without_planning_again() {
@@ -1411,21 +1435,25 @@ mod tests {
                 Box::new(refused_for_this_request_only()),
             ));
             authority.push_fault(answer("alice", "at-alice-2", "rt-alice-2"));
-            let mut blocked = tokio::spawn({
+            let blocked = tokio::spawn({
                 let credential = credential.clone();
                 async move { token(&credential, BLOCKED).await }
             });
-            while authority.requests().len() < 2 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            until("BLOCKED's request", || authority.requests().len() >= 2).await;
             // Past its read: a call planning again stops here.
             let (mut reached, _go) = credential.inner.hold_next_run();
             gate.notify_one();
-            let blocked = tokio::select! {
-                biased;
-                _ = &mut reached => panic!("the call planned again after its own refusal"),
-                blocked = &mut blocked => blocked.unwrap().unwrap(),
-            };
+            let mut planned_again = false;
+            until("BLOCKED returns, or plans again", || {
+                planned_again = planned_again || reached.try_recv().is_ok();
+                planned_again || blocked.is_finished()
+            })
+            .await;
+            assert!(
+                !planned_again,
+                "the call planned again after its own refusal"
+            );
+            let blocked = blocked.await.unwrap().unwrap();
             assert_eq!(secret(&blocked), "at-alice-2");
             assert_eq!(prompts.load(Ordering::SeqCst), 2);
             // alice's poll, BLOCKED's refused refresh, alice's second poll.
@@ -1449,17 +1477,22 @@ mod tests {
                 let credential = credential.clone();
                 async move { token(&credential, RESOURCE).await }
             });
-            while authority.device_code_requests().is_empty() {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            until("alice's device code request", || {
+                !authority.device_code_requests().is_empty()
+            })
+            .await;
             // The call for MINE shares the sign-in, then stops before its own request.
-            let (reached, go) = credential.inner.hold_next_run();
+            let (mut reached, go) = credential.inner.hold_next_run();
             let mine = tokio::spawn({
                 let credential = credential.clone();
                 async move { token(&credential, MINE).await }
             });
-            reached.await.unwrap();
-            assert_eq!(secret(&for_resource.await.unwrap().unwrap()), "at-alice");
+            until("the call for MINE stops before its request", || {
+                reached.try_recv().is_ok()
+            })
+            .await;
+            let for_resource = joined("alice's sign-in", for_resource).await;
+            assert_eq!(secret(&for_resource.unwrap()), "at-alice");
             assert_eq!(prompts.load(Ordering::SeqCst), 1);
 
             // alice's refresh token is dead: she is forgotten, and declines the sign-in that
@@ -1476,7 +1509,7 @@ mod tests {
             let requests = authority.requests().len();
 
             go.send(()).unwrap();
-            let result = mine.await.unwrap();
+            let result = joined("the call for MINE", mine).await;
             assert_eq!(
                 prompts.load(Ordering::SeqCst),
                 2,
@@ -1492,8 +1525,8 @@ mod tests {
         /// (its own request answered by the refusal remembered), then shares alice's sign-in
         /// for BLOCKED. Meanwhile, once that refusal is no longer remembered, another call
         /// redeems her old refresh token for SHARED, held; her sign-in lands, and the first
-        /// call shares that request, refused again for the token she had before. The sign-in
-        /// gave her new tokens: the call plans again once more, and is served by them. Before,
+        /// call shares that request, made with the token she had before and refused again. The
+        /// sign-in gave her new tokens: the call plans again once more, and is served by them. Before,
         /// having planned again once, it returned the refusal although she is signed in.
         #[tokio::test(start_paused = true)]
         async fn a_call_that_planned_again_before_its_sign_in_plans_again_after_it() {
@@ -1515,9 +1548,7 @@ mod tests {
                 tokio::spawn(async move { token(&credential, SHARED).await })
             };
             let a = spawn_shared();
-            while authority.requests().len() < 2 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            until("A's request", || authority.requests().len() >= 2).await;
             let c = spawn_shared();
             tokio::time::sleep(Duration::from_millis(1)).await;
             assert!(!c.is_finished());
@@ -1534,16 +1565,17 @@ mod tests {
                 let credential = credential.clone();
                 async move { token(&credential, BLOCKED).await }
             });
-            while authority.requests().len() < 4 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            until("B's sign-in's poll", || authority.requests().len() >= 4).await;
             assert_eq!(prompts.load(Ordering::SeqCst), 2);
 
             // The refusal: A shares B's sign-in; C plans again (the one call to reach its
             // request now), is answered by the refusal remembered, and shares it too.
-            let (reached, go) = credential.inner.hold_next_run();
+            let (mut reached, go) = credential.inner.hold_next_run();
             gate.notify_one();
-            reached.await.unwrap();
+            until("C plans again after the refusal it shared", || {
+                reached.try_recv().is_ok()
+            })
+            .await;
             go.send(()).unwrap();
             tokio::time::sleep(Duration::from_millis(1)).await;
             assert!(!a.is_finished() && !c.is_finished());
@@ -1557,19 +1589,20 @@ mod tests {
                 Box::new(refused_for_this_request_only()),
             ));
             let d = spawn_shared();
-            while authority.requests().len() < 5 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            until("D's request", || authority.requests().len() >= 5).await;
 
             // alice's sign-in lands; A and C share D's request.
             signed_in.notify_one();
-            assert_eq!(secret(&b.await.unwrap().unwrap()), "at-alice-2");
+            let b = joined("B's sign-in", b).await;
+            assert_eq!(secret(&b.unwrap()), "at-alice-2");
             tokio::time::sleep(Duration::from_millis(1)).await;
             assert!(!a.is_finished() && !c.is_finished() && !d.is_finished());
             assert_eq!(authority.requests().len(), 5);
 
             late.notify_one();
-            let (a, c, d) = (a.await.unwrap(), c.await.unwrap(), d.await.unwrap());
+            let a = joined("A", a).await;
+            let c = joined("C", c).await;
+            let d = joined("D", d).await;
             let sent: Vec<_> = authority
                 .requests()
                 .iter()
@@ -1583,6 +1616,114 @@ mod tests {
             assert!(sent[3..].iter().all(|t| t == "rt-alice-2"), "{sent:?}");
             assert_eq!(prompts.load(Ordering::SeqCst), 2, "no new prompt");
             assert_eq!(authority.device_code_requests().len(), 2);
+        }
+
+        /// Two calls for SHARED share alice's sign-in for RESOURCE (their one prompt). One
+        /// sends its request for SHARED with her new refresh token, held, and `refusal`
+        /// answers it; the other (J) shares it. J plans again, the one time after its
+        /// sign-in: its own request, with the same token, is answered by the refusal
+        /// remembered, and J returns that refusal, without a request, a prompt or a third
+        /// plan. Planning again is bounded: at most once before a call's sign-in and once
+        /// after it.
+        async fn a_call_that_signed_in_plans_again_once_after_it(refusal: Fault, code: u32) {
+            const SHARED: &str = "https://shared.test/.default";
+            let authority = Authority::start().await;
+            let prompts = Arc::new(AtomicUsize::new(0));
+            let credential = credential(&authority, &prompts);
+            authority.push_fault(answer("alice", "at-alice", "rt-alice"));
+            let gate = Arc::new(tokio::sync::Notify::new());
+            authority.push_fault(Fault::HoldThen(Arc::clone(&gate), Box::new(refusal)));
+            let for_resource = tokio::spawn({
+                let credential = credential.clone();
+                async move { token(&credential, RESOURCE).await }
+            });
+            until("alice's device code request", || {
+                !authority.device_code_requests().is_empty()
+            })
+            .await;
+            // J, the first of the two to read her account once she has signed in, stops
+            // before its request.
+            let (mut reached, go) = credential.inner.hold_next_run();
+            let spawn_shared = || {
+                let credential = credential.clone();
+                tokio::spawn(async move { token(&credential, SHARED).await })
+            };
+            let (first, second) = (spawn_shared(), spawn_shared());
+            // Both wait for her sign-in: its first poll is due 5 s after the code.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(authority.requests().is_empty());
+            until("J stops before its request", || reached.try_recv().is_ok()).await;
+            let for_resource = joined("alice's sign-in", for_resource).await;
+            assert_eq!(secret(&for_resource.unwrap()), "at-alice");
+            // alice's poll, the other call's held request for SHARED.
+            until("the other call's request", || {
+                authority.requests().len() >= 2
+            })
+            .await;
+            assert_eq!(
+                authority.requests()[1].field("refresh_token"),
+                Some("rt-alice")
+            );
+
+            // J shares that request: it sends none of its own.
+            let (mut replanned, go_again) = credential.inner.hold_next_run();
+            go.send(()).unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(!first.is_finished() && !second.is_finished());
+            assert!(replanned.try_recv().is_err(), "J did not share the request");
+            assert_eq!(authority.requests().len(), 2);
+
+            // The refusal: the call that sent the request returns it; J plans again.
+            gate.notify_one();
+            until("J plans again after the refusal it shared", || {
+                replanned.try_recv().is_ok()
+            })
+            .await;
+            until("the call that sent the request returns", || {
+                first.is_finished() || second.is_finished()
+            })
+            .await;
+            let (sender, j) = if first.is_finished() {
+                (first, second)
+            } else {
+                (second, first)
+            };
+            let sent = joined("the call that sent the request", sender).await;
+            assert_eq!(sent.unwrap_err().error_codes(), [code]);
+
+            // J's own request is answered by the refusal remembered; it plans no third time.
+            let (mut third, _go_third) = credential.inner.hold_next_run();
+            go_again.send(()).unwrap();
+            let mut planned_a_third_time = false;
+            until("J returns, or plans a third time", || {
+                planned_a_third_time = planned_a_third_time || third.try_recv().is_ok();
+                planned_a_third_time || j.is_finished()
+            })
+            .await;
+            assert!(!planned_a_third_time, "J planned a third time");
+            let error = j.await.unwrap().unwrap_err();
+            assert_eq!(error.error_code(), Some("invalid_grant"), "{error}");
+            assert_eq!(error.error_codes(), [code], "{error}");
+            assert_eq!(prompts.load(Ordering::SeqCst), 1, "no new prompt");
+            assert_eq!(authority.device_code_requests().len(), 1);
+            assert_eq!(authority.requests().len(), 2, "no request more");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_call_that_signed_in_plans_again_once_after_it_on_mfa() {
+            let mfa = refused(
+                "invalid_grant",
+                50076,
+                "Due to a configuration change made by your administrator, or because you \
+                 moved to a new location, you must use multi-factor authentication.",
+            );
+            a_call_that_signed_in_plans_again_once_after_it(mfa, 50076).await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_call_that_signed_in_plans_again_once_after_it_on_a_code_not_known_here() {
+            let unknown = refused("invalid_grant", 9_999_999, "A refusal not known here.");
+            a_call_that_signed_in_plans_again_once_after_it(unknown, 9_999_999).await;
         }
     }
 
