@@ -148,6 +148,18 @@ fn chunks_and_trailers() -> Script {
     ])
 }
 
+/// 8 data bytes, as its exact hint says, then trailers: a body that tells its end (the
+/// trailers) only on the poll after its last data.
+fn eight_bytes_then_trailers() -> Script {
+    Script::new([
+        Step::Data(b"abcd"),
+        Step::Data(b"efgh"),
+        Step::Trailers(trailers()),
+    ])
+    .with_exact_hint(8)
+    .ending_late()
+}
+
 /// 12 data bytes in three chunks with waits in between.
 fn chunks() -> Script {
     Script::new([
@@ -1426,13 +1438,7 @@ async fn a_body_reaching_its_expected_length_is_polled_once_more_for_its_end() {
 #[tokio::test]
 async fn what_the_look_ahead_gets_is_yielded_next() {
     // Trailers: the recording is whole before the caller asks for them.
-    let body = Script::new([
-        Step::Data(b"abcd"),
-        Step::Data(b"efgh"),
-        Step::Trailers(trailers()),
-    ])
-    .with_exact_hint(8)
-    .ending_late();
+    let body = eight_bytes_then_trailers();
     let (first, replay) = ReplayBody::new(body).prepare(64);
     let mut first = pin!(first);
     next_frame(first.as_mut()).await;
@@ -1554,13 +1560,7 @@ async fn over_http1_trailers_past_the_declared_length_are_not_resent() {
     use tower::ServiceExt;
     for announced in [false, true] {
         let (addr, _, mut received) = challenging_server(false, 8, true).await;
-        let body = Script::new([
-            Step::Data(b"abcd"),
-            Step::Data(b"efgh"),
-            Step::Trailers(trailers()),
-        ])
-        .with_exact_hint(8)
-        .ending_late();
+        let body = eight_bytes_then_trailers();
         let mut request = Request::post(format!("http://{addr}/resource"));
         if announced {
             request = request.header(http::header::TRAILER, "x-checksum");
@@ -1600,13 +1600,7 @@ async fn over_http1_trailers_past_the_declared_length_are_not_resent() {
 #[tokio::test]
 async fn trailers_handed_to_the_caller_are_resent_whatever_the_version() {
     for handed in [false, true] {
-        let body = Script::new([
-            Step::Data(b"abcd"),
-            Step::Data(b"efgh"),
-            Step::Trailers(trailers()),
-        ])
-        .with_exact_hint(8)
-        .ending_late();
+        let body = eight_bytes_then_trailers();
         let (first, replay) = ReplayBody::new(body).prepare(64);
         let mut first = pin!(first);
         next_frame(first.as_mut()).await;
