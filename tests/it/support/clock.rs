@@ -6,15 +6,29 @@
 //! a blocking task runs: [`held`] keeps one running until the future is done.
 
 use std::future::Future;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
 
-/// Runs `future` with the paused clock held still (on a running clock: just runs it).
+/// How long [`held`] waits, in real time, before it fails its test: far longer than any peer
+/// takes on a loaded machine, so that a future that never ends fails instead of hanging.
+const HELD_AT_MOST: Duration = Duration::from_secs(300);
+
+/// Runs `future` with the paused clock held still (on a running clock: just runs it). Fails
+/// if it has not ended within [`HELD_AT_MOST`] of real time.
 pub async fn held<F: Future>(future: F) -> F::Output {
-    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let (done, wait) = mpsc::channel::<()>();
+    let (late, too_late) = tokio::sync::oneshot::channel::<()>();
     // Spawned (and counted as inhibiting) before the future is first polled.
     let holder = tokio::task::spawn_blocking(move || {
-        let _ = wait.recv();
+        if wait.recv_timeout(HELD_AT_MOST) == Err(RecvTimeoutError::Timeout) {
+            let _ = late.send(());
+        }
     });
-    let output = future.await;
+    let output = tokio::select! {
+        biased;
+        output = future => output,
+        Ok(()) = too_late => panic!("a held future had not ended after {HELD_AT_MOST:?}"),
+    };
     drop(done);
     holder.await.expect("the clock holder ends");
     output
@@ -24,5 +38,5 @@ pub async fn held<F: Future>(future: F) -> F::Output {
 /// a sleep ends only once no task can run, so with every server in this process the exchange
 /// is over by then; 1 ms passes.
 pub async fn settle() {
-    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
 }

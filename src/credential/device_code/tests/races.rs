@@ -362,7 +362,7 @@ async fn a_sign_in_landing_as_the_account_is_forgotten_is_served_none_of_its_tok
     held(at_clear).await.unwrap();
 
     // bob's next poll: he has signed in, and his sign-in lands.
-    let bob = for_bob.await.unwrap().unwrap();
+    let bob = joined("bob's sign-in", for_bob).await.unwrap();
     assert_eq!(secret(&bob), "at-bob");
     let other = token(&credential, OTHER).await.unwrap();
     assert_ne!(
