@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::arc_credential_service;
 use super::process::{self, Tool};
+use super::settings::settings_setters;
 use super::tool::{Inner, ToolSettings};
 use crate::cache::CacheKey;
 use crate::error::{ConfigError, CredentialError};
@@ -108,22 +109,7 @@ impl AzureDeveloperCliCredentialBuilder {
         self
     }
 
-    /// Tenants besides the configured one that requests may name; `"*"` allows any.
-    pub fn additionally_allowed_tenants<I, S>(mut self, tenants: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.tool.settings.set_additionally_allowed_tenants(tenants);
-        self
-    }
-
-    /// Ignore per-request tenants and always use the configured one. Default: whether
-    /// `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set.
-    pub fn disable_multitenant_auth(mut self, disable: bool) -> Self {
-        self.tool.settings.set_multitenant_disabled(disable);
-        self
-    }
+    settings_setters!(tool.settings; additionally_allowed_tenants, disable_multitenant_auth);
 
     /// How long `azd` may take (default 10 s); it is killed after that, with every process
     /// it started (on Unix).

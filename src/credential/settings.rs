@@ -1,9 +1,9 @@
 //! Settings that most credential builders share (authority, allowed tenants, HTTP client,
 //! cache files), and how a builder turns them into the parts it needs.
 //!
-//! Each builder writes its own public setters, one line each, that call the `set_*` methods
-//! here; a setter has the same name, signature and doc text on every builder that has it (a
-//! sentence is added where a credential uses the value differently).
+//! The builders' public setters of these are written once, by [`settings_setters`]; a builder
+//! whose credential uses a value differently writes that setter by hand, opening with the
+//! same doc text and adding what differs.
 
 use std::fmt;
 
@@ -151,6 +151,75 @@ impl Settings {
     }
 }
 
+/// Writes, inside a builder's `impl`, public setters of its [`Settings`], each with the one
+/// doc text it has on every builder: `settings_setters!(settings; authority_host, http_client);`,
+/// where `settings` is the path of the builder's `Settings` field (`tool.settings`, say).
+macro_rules! settings_setters {
+    // The field path goes on as one token tree: a repetition cannot nest in the setters'.
+    (@each $field:tt $($setter:ident)+) => {
+        $($crate::credential::settings::settings_setters!(@one $setter $field);)+
+    };
+    (@one authority_host [$($f:ident).+]) => {
+        /// The authority host, e.g.
+        /// [`AZURE_GOVERNMENT`](crate::authority_hosts::AZURE_GOVERNMENT). Default:
+        /// `AZURE_AUTHORITY_HOST`, else the public cloud. Must be `https`.
+        pub fn authority_host(mut self, host: impl Into<String>) -> Self {
+            self.$($f).+.set_authority_host(host.into());
+            self
+        }
+    };
+    (@one additionally_allowed_tenants [$($f:ident).+]) => {
+        /// Tenants besides the configured one that requests may name; `"*"` allows any.
+        pub fn additionally_allowed_tenants<I, S>(mut self, tenants: I) -> Self
+        where
+            I: IntoIterator<Item = S>,
+            S: Into<String>,
+        {
+            self.$($f).+.set_additionally_allowed_tenants(tenants);
+            self
+        }
+    };
+    (@one http_client [$($f:ident).+]) => {
+        /// The HTTP client for token requests. Default:
+        /// [`HttpClient::new`](crate::HttpClient::new).
+        pub fn http_client(mut self, client: $crate::HttpClient) -> Self {
+            self.$($f).+.set_http_client(client);
+            self
+        }
+    };
+    (@one cache_options [$($f:ident).+]) => {
+        /// Keep tokens in the shared MSAL token-cache file (see
+        /// [`TokenCachePersistenceOptions`](crate::TokenCachePersistenceOptions)): other
+        /// processes of the same app, and MSAL-based tools, find them there. Default: tokens are
+        /// kept in memory only.
+        pub fn cache_options(mut self, options: $crate::TokenCachePersistenceOptions) -> Self {
+            self.$($f).+.set_cache_options(options);
+            self
+        }
+    };
+    (@one disable_multitenant_auth [$($f:ident).+]) => {
+        /// Ignore per-request tenants and always use the configured one. Default: whether
+        /// `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set.
+        pub fn disable_multitenant_auth(mut self, disable: bool) -> Self {
+            self.$($f).+.set_multitenant_disabled(disable);
+            self
+        }
+    };
+    (@one distributed_cache [$($f:ident).+]) => {
+        /// Share tokens with the other processes of a fleet through this
+        /// [`DistributedCache`](crate::DistributedCache), a second level under the in-memory
+        /// cache: one process asks Microsoft Entra ID, the others use its token.
+        pub fn distributed_cache(mut self, cache: $crate::DistributedCache) -> Self {
+            self.$($f).+.set_distributed_cache(cache);
+            self
+        }
+    };
+    ($($field:ident).+; $($setter:ident),+) => {
+        $crate::credential::settings::settings_setters!(@each [$($field).+] $($setter)+);
+    };
+}
+pub(crate) use settings_setters;
+
 /// The in-memory token cache of the credential `name`, over `distributed` when given: its
 /// entries are keyed by `authority` (the normalised authority URL, or where a token source
 /// without one is), the `client_id` and the `identity` (the credential's name, and which
@@ -241,7 +310,8 @@ mod tests {
     }
 
     /// The doc text every builder's setter of this name opens with (a builder may add a
-    /// sentence saying how its credential differs), and how many builders have it.
+    /// sentence saying how its credential differs), and how many builders have it (by hand or
+    /// by [`settings_setters`]).
     const SETTERS: &[(&str, &str, usize)] = &[
         (
             "authority_host",
@@ -323,6 +393,14 @@ mod tests {
         found
     }
 
+    /// The setters that the `settings_setters!(field; setters)` calls in `text` write.
+    fn generated(text: &str) -> impl Iterator<Item = &str> {
+        text.split("settings_setters!(")
+            .skip(1)
+            .filter_map(|call| call.split_once(')')?.0.split_once(';'))
+            .flat_map(|(_, setters)| setters.split(',').map(str::trim))
+    }
+
     #[test]
     fn a_setter_has_the_same_doc_text_on_every_builder() {
         let mut files = Vec::new();
@@ -333,8 +411,12 @@ mod tests {
         for (name, opening, builders) in SETTERS {
             let mut count = 0;
             for (path, text) in &files {
+                // The macro's setters count once per builder that calls it, not where written.
+                if !path.ends_with("/settings.rs") {
+                    count += docs_of(text, name).len();
+                    count += generated(text).filter(|setter| setter == name).count();
+                }
                 for doc in docs_of(text, name) {
-                    count += 1;
                     assert!(
                         doc.starts_with(opening),
                         "{path}: `{name}` reads {doc:?}, not {opening:?}…"

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use super::refresh_tokens::{Cached, Candidate, Redeem, Refusals, or_aging, usable_access_token};
-use super::settings::Settings;
+use super::settings::{Settings, settings_setters};
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
 use crate::entra::authority::{
@@ -16,7 +16,6 @@ use crate::entra::token_client::{TokenClient, carries_a_challenge};
 use crate::error::{ConfigError, CredentialError};
 use crate::redact::{sanitize_quoted, truncate};
 use crate::token::{AccessToken, TokenRequest};
-use crate::transport::HttpClient;
 
 pub(crate) const NAME: &str = "SharedTokenCacheCredential";
 /// Azure CLI's public client: family refresh tokens are redeemed as it.
@@ -407,11 +406,7 @@ impl SharedTokenCacheCredentialBuilder {
         self
     }
 
-    /// The HTTP client for token requests. Default: [`HttpClient::new`](crate::HttpClient::new).
-    pub fn http_client(mut self, client: HttpClient) -> Self {
-        self.settings.set_http_client(client);
-        self
-    }
+    settings_setters!(settings; http_client);
 
     /// Ignore per-request tenants and always use the configured one. Default: whether
     /// `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set. Without a configured tenant, tokens

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::refresh_tokens::{Redeem, Silent, Stores, answer_account, refused_for_this_request};
-use super::settings::Settings;
+use super::settings::{Settings, settings_setters};
 use super::shared_token_cache::AZURE_CLI_CLIENT_ID;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
@@ -675,45 +675,8 @@ pub struct DeviceCodeCredentialBuilder {
 }
 
 impl DeviceCodeCredentialBuilder {
-    /// The authority host, e.g.
-    /// [`AZURE_GOVERNMENT`](crate::authority_hosts::AZURE_GOVERNMENT). Default:
-    /// `AZURE_AUTHORITY_HOST`, else the public cloud. Must be `https`.
-    pub fn authority_host(mut self, host: impl Into<String>) -> Self {
-        self.settings.set_authority_host(host.into());
-        self
-    }
-
-    /// Tenants besides the configured one that requests may name; `"*"` allows any.
-    pub fn additionally_allowed_tenants<I, S>(mut self, tenants: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.settings.set_additionally_allowed_tenants(tenants);
-        self
-    }
-
-    /// The HTTP client for token requests. Default: [`HttpClient::new`](crate::HttpClient::new).
-    pub fn http_client(mut self, client: crate::HttpClient) -> Self {
-        self.settings.set_http_client(client);
-        self
-    }
-
-    /// Keep tokens in the shared MSAL token-cache file (see
-    /// [`TokenCachePersistenceOptions`](crate::TokenCachePersistenceOptions)): other
-    /// processes of the same app, and MSAL-based tools, find them there. Default: tokens are
-    /// kept in memory only.
-    pub fn cache_options(mut self, options: crate::TokenCachePersistenceOptions) -> Self {
-        self.settings.set_cache_options(options);
-        self
-    }
-
-    /// Ignore per-request tenants and always use the configured one. Default: whether
-    /// `AZURE_IDENTITY_DISABLE_MULTITENANTAUTH` is set.
-    pub fn disable_multitenant_auth(mut self, disable: bool) -> Self {
-        self.settings.set_multitenant_disabled(disable);
-        self
-    }
+    settings_setters!(settings; authority_host, additionally_allowed_tenants, http_client,
+        cache_options, disable_multitenant_auth);
 }
 
 impl DeviceCodeCredentialBuilder {
