@@ -13,7 +13,7 @@ use super::process::{self, Tool};
 use super::settings::settings_setters;
 use super::tool::{Inner, ToolSettings};
 use crate::cache::CacheKey;
-use crate::encoding::number;
+use crate::encoding::{decode_base64, number};
 use crate::error::{ConfigError, CredentialError};
 use crate::flight::{SingleFlight, WhenAbandoned};
 use crate::token::{AccessToken, TokenRequest, instant_from_unix, unix_now};
@@ -31,8 +31,13 @@ const NOT_SIGNED_IN: &str = "Azure CLI is not signed in. Run 'az login' to sign 
 /// Gets tokens from the Azure CLI's signed-in account.
 ///
 /// Runs `az account get-access-token --output json --scope <scope> [--tenant <tenant>]`
-/// directly (no shell) and reads the token and its `expires_on`. Scope and tenant are checked
-/// character by character before they reach the command line; neither may start with `-`.
+/// directly (no shell), from a system directory (`/bin`, else `/`; on Windows
+/// `%SYSTEMROOT%`, without which it is *unavailable*), and reads the token and its
+/// `expires_on`. Azure CLI before 2.54 prints no `expires_on`, only a local time without its
+/// zone; then the expiry is read from the token itself (its `exp`, unverified), and when that
+/// cannot be read either, the credential is *unavailable*, advising the upgrade. Scope and
+/// tenant are checked character by character before they reach the command line; neither
+/// may start with `-`.
 ///
 /// `az` is not trusted to behave. Each run is bounded:
 ///
@@ -42,12 +47,16 @@ const NOT_SIGNED_IN: &str = "Azure CLI is not signed in. Run 'az login' to sign 
 ///   tokens;
 /// * on Unix it runs in a process group of its own, and the whole group is killed (`SIGKILL`)
 ///   on timeout or when the run is abandoned (runtime shutdown) — the Linux `az` is a shell
-///   script whose Python child would otherwise live on;
+///   script whose Python child would otherwise live on. A caller that stops waiting does not
+///   abandon the run: it goes on for the token cache. Where this process is PID 1 with no
+///   init (a container without `--init`), killed children of `az` are never reaped and stay
+///   zombies; `az` inherits any file descriptor this process opened without close-on-exec;
 /// * the answer is decided when `az` exits, not when its output pipes close: processes it left
-///   behind still holding them are killed, not waited for;
+///   behind still holding them are killed (on Unix; on Windows they live on), not waited for;
 /// * an `expires_on` further ahead than a week is treated as a week.
 ///
-/// *Unavailable* (a chain moves on) when `az` is not installed, not signed in, or too slow;
+/// *Unavailable* (a chain moves on) when `az` is not installed, not signed in, or too slow
+/// (the error's `is_timeout` and `is_transient` are then true);
 /// *authentication failed* for any other failure of `az`, including Entra refusing (an
 /// `AADSTS` error, even when `az` also says to run `az login`). Tokens are kept in memory and
 /// renewed like every other credential's, so concurrent callers start one `az` process. So
@@ -313,14 +322,25 @@ pub(crate) fn parse_output(stdout: &[u8]) -> Result<AccessToken, CredentialError
         Some(Value::String(t)) if !t.is_empty() => t.as_str(),
         _ => return Err(unexpected("no accessToken")),
     };
-    let Some(expires_on) = json.get("expires_on").and_then(number) else {
-        return Err(if json.get("expiresOn").is_some() {
-            unexpected(
-                "no expires_on (only the local-time expiresOn, which cannot be read reliably); upgrade Azure CLI to 2.54 or later",
-            )
-        } else {
-            unexpected("no expires_on")
-        });
+    let expires_on = match json.get("expires_on") {
+        Some(value) => number(value).ok_or_else(|| {
+            unexpected("expires_on is not a number of seconds since 1970 (the token's expiry)")
+        })?,
+        // Azure CLI before 2.54 gives only `expiresOn`, a local time without its zone (which
+        // azure-identity reads in ours, wrong when az ran elsewhere or across a clock change).
+        // The token's own expiry is read instead.
+        None => match jwt_expiry(secret) {
+            Some(exp) => exp,
+            None if json.get("expiresOn").is_some() => {
+                return Err(CredentialError::unavailable(
+                    NAME,
+                    "Azure CLI gave no expires_on (only the local-time expiresOn of versions \
+                     before 2.54) and its token carries no readable expiry; upgrade Azure CLI \
+                     to 2.54 or later",
+                ));
+            }
+            None => return Err(unexpected("no expires_on")),
+        },
     };
     if expires_on <= unix_now() {
         return Err(CredentialError::authentication_failed(
@@ -335,10 +355,107 @@ pub(crate) fn parse_output(stdout: &[u8]) -> Result<AccessToken, CredentialError
     Ok(AccessToken::new(secret, instant_from_unix(expires_on)).with_token_type(token_type))
 }
 
+/// The most characters of a token's payload read for its expiry: a token is a few kilobytes.
+const MAX_JWT_PAYLOAD: usize = 16 * 1024;
+
+/// The `exp` of a token that is a JWT (`header.payload.signature`), unverified: only for when
+/// the token expires, which Entra puts in every access token it signs. `None` for anything else
+/// (an opaque or encrypted token, a payload too big or not JSON, no `exp`).
+fn jwt_expiry(token: &str) -> Option<u64> {
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    if payload.len() > MAX_JWT_PAYLOAD {
+        return None;
+    }
+    let claims: Value = serde_json::from_slice(&decode_base64(payload).ok()?).ok()?;
+    claims.get("exp").and_then(number)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::token::MAX_TOKEN_LIFETIME;
+
+    /// A JWT whose payload is `claims` (unsigned: only its expiry is read).
+    fn jwt(claims: &str) -> String {
+        let encode = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        format!("{}.{}.c2ln", encode(r#"{"alg":"RS256"}"#), encode(claims))
+    }
+
+    /// Azure CLI before 2.54 gives no `expires_on`: the token's own `exp` is read (before, the
+    /// output was refused as *authentication failed*, stopping a chain). Without a readable
+    /// `exp` that is *unavailable*, advising the upgrade; the token never shows in an error.
+    #[tokio::test(start_paused = true)]
+    async fn without_expires_on_the_tokens_own_expiry_is_read() {
+        let exp = unix_now() + 3600;
+        let token = jwt(&format!(r#"{{"aud":"x","exp":{exp}}}"#));
+        let old = format!(
+            r#"{{"accessToken":"{token}","expiresOn":"2030-01-01 00:00:00.000000","tokenType":"Bearer"}}"#
+        );
+        let read = parse_output(old.as_bytes()).unwrap();
+        assert_eq!(read.secret().expose_secret(), token);
+        // Whole seconds: the wall clock may tick between the two readings.
+        let left = read.expires_in().as_secs();
+        assert!((3599..=3600).contains(&left), "{left}");
+        let huge = jwt(r#"{"exp":1e300}"#);
+        let read = parse_output(format!(r#"{{"accessToken":"{huge}"}}"#).as_bytes()).unwrap();
+        assert_eq!(read.expires_in(), MAX_TOKEN_LIFETIME);
+        let unreadable = [
+            "opaque-token-value".to_owned(),
+            jwt(r#"{"aud":"x"}"#),
+            jwt(r#"{"exp":"soon"}"#),
+            jwt(r#"{"exp":-5}"#),
+            jwt("not json"),
+            "a.!!!.c".to_owned(),
+            format!("{}.x", jwt(&format!(r#"{{"exp":{exp}}}"#))),
+            jwt(&format!(
+                r#"{{"exp":{exp},"pad":"{}"}}"#,
+                "x".repeat(MAX_JWT_PAYLOAD)
+            )),
+        ];
+        for token in unreadable {
+            let old =
+                format!(r#"{{"accessToken":"{token}","expiresOn":"2030-01-01 00:00:00.000000"}}"#);
+            let err = parse_output(old.as_bytes()).unwrap_err();
+            assert!(err.is_unavailable(), "{err}");
+            assert!(err.message().contains("upgrade Azure CLI to 2.54"), "{err}");
+            assert!(!format!("{err} {err:?}").contains(&token), "{err}");
+            // Neither key: not an old Azure CLI, just not its answer.
+            let none = format!(r#"{{"accessToken":"{token}"}}"#);
+            let err = parse_output(none.as_bytes()).unwrap_err();
+            assert!(err.is_authentication_failed(), "{err}");
+            assert!(err.message().ends_with("no expires_on"), "{err}");
+        }
+        let expired = jwt(r#"{"exp":1000}"#);
+        let err = parse_output(format!(r#"{{"accessToken":"{expired}"}}"#).as_bytes());
+        assert!(err.unwrap_err().message().contains("expired"));
+    }
+
+    /// An `expires_on` that is there but unreadable is named as such, not taken for an old
+    /// Azure CLI (before, the message said to upgrade to 2.54, which has it).
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_expires_on_is_named_not_taken_for_an_old_az() {
+        let exp = unix_now() + 3600;
+        let token = jwt(&format!(r#"{{"exp":{exp}}}"#));
+        for bad in ["null", "\"N/A\"", "-1", "\"\"", "{}"] {
+            let output = format!(
+                r#"{{"accessToken":"{token}","expiresOn":"2030-01-01 00:00:00.000000","expires_on":{bad}}}"#
+            );
+            let err = parse_output(output.as_bytes()).unwrap_err();
+            assert!(err.is_authentication_failed(), "{bad}: {err}");
+            assert!(
+                err.message()
+                    .contains("expires_on is not a number of seconds since 1970"),
+                "{bad}: {err}"
+            );
+            assert!(!err.message().contains("upgrade"), "{bad}: {err}");
+            assert!(!format!("{err} {err:?}").contains(&token), "{err}");
+        }
+    }
 
     #[test]
     fn scopes_with_shell_or_flag_characters_are_rejected() {
@@ -426,12 +543,9 @@ mod tests {
         let as_string = format!(r#"{{"accessToken":"tok","expires_on":"{future}"}}"#);
         assert!(parse_output(as_string.as_bytes()).is_ok());
         let old = r#"{"accessToken":"tok","expiresOn":"2030-01-01 00:00:00.000000"}"#;
-        assert!(
-            parse_output(old.as_bytes())
-                .unwrap_err()
-                .message()
-                .contains("upgrade Azure CLI")
-        );
+        let err = parse_output(old.as_bytes()).unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(err.message().contains("upgrade Azure CLI"), "{err}");
         let expired = r#"{"accessToken":"tok","expires_on":1000}"#;
         assert!(
             parse_output(expired.as_bytes())

@@ -45,16 +45,21 @@ const NO_CLAIMS_FLAG: &str = "this Azure Developer CLI cannot answer a claims ch
 /// `expiresOn` (RFC 3339, UTC) from its answer. Scopes and tenant are checked character by
 /// character before they reach the command line; claims are passed base64-encoded.
 ///
-/// `azd` is run under the same bounds as `az` (see [`AzureCliCredential`]): a timeout (10 s
-/// unless set with `process_timeout`), at most 1 MiB of each output kept, its whole process
-/// group killed on timeout or cancellation (on Windows, `azd` itself), and the answer decided
-/// on exit.
+/// `azd` is run under the same bounds as `az` (see [`AzureCliCredential`]): from a system
+/// directory, a timeout (10 s unless set with `process_timeout`), at most 1 MiB of each output
+/// kept, its whole process group killed (on Windows, `azd` itself) on timeout or when the run
+/// is abandoned (runtime shutdown) — a caller that stops waiting does not abandon it: it goes
+/// on for the token cache — and the answer decided on exit.
 ///
-/// *Unavailable* (a chain moves on) when `azd` is not installed, not signed in, too slow, or
-/// too old to take `--claims` (before 1.18.1); *authentication failed* for any other failure
-/// of `azd` — also one that tells to run `azd auth login` again, such as reauthentication
-/// for a scope — quoting one scrubbed line of it: the message of its JSON error lines (each
-/// version's layout), else its first `ERROR:` line.
+/// *Unavailable* (a chain moves on) when `azd` is not installed, not signed in, too slow
+/// (the error's `is_timeout` and `is_transient` are then true), or too old to take `--claims`
+/// (before 1.18.1); *authentication failed* for any other failure of `azd` — also one that
+/// tells to run `azd auth login` again, such as reauthentication for a scope — quoting one
+/// scrubbed line of it: the message of its JSON error lines (each version's layout), else its
+/// first `ERROR:` line. A claims challenge for a scope this credential already holds a token
+/// for is *authentication failed* whatever stops `azd` from answering it (too old for
+/// `--claims`, signed out, too slow): its identity has answered, and a chain must not answer
+/// the challenge with another.
 ///
 /// Tokens are kept in memory and renewed like every other credential's: after `azd auth
 /// login` as someone else, a token already cached is still the previous identity's until its
@@ -174,7 +179,12 @@ impl Inner<AzureDeveloperCliCredential> {
             .await;
         match answer {
             Err(error) if held && error.is_unavailable() => Err(
-                CredentialError::authentication_failed(NAME, error.message().to_owned()),
+                CredentialError::authentication_failed(NAME, error.message().to_owned())
+                    .with_cause(crate::error::Cause {
+                        timeout: error.is_timeout(),
+                        transient: error.is_transient(),
+                        ..Default::default()
+                    }),
             ),
             answer => answer,
         }
@@ -360,9 +370,16 @@ mod tests {
         let json = format!(r#"{{"token":"tok","expiresOn":"{text}"}}"#);
         let t = parse_output(json.as_bytes()).unwrap();
         assert!((3590..=3600).contains(&t.expires_in().as_secs()), "{t:?}");
-        // An offset is honoured: 10:00+02:00 is 08:00Z.
-        let a = parse_output(br#"{"token":"t","expiresOn":"2099-01-01T10:00:00+02:00"}"#);
-        assert!(a.is_ok());
+        // An offset is honoured: an hour from now, written two hours east of UTC, is an hour
+        // from now (read as UTC it would be three; read as local time, off by the zone).
+        let east = soon.to_offset(time::UtcOffset::from_hms(2, 0, 0).unwrap());
+        let text = east
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        assert!(text.ends_with("+02:00"), "{text}");
+        let json = format!(r#"{{"token":"tok","expiresOn":"{text}"}}"#);
+        let t = parse_output(json.as_bytes()).unwrap();
+        assert!((3590..=3600).contains(&t.expires_in().as_secs()), "{t:?}");
         for (bad, want) in [
             (&b"garbage"[..], "not JSON"),
             (br#"{"expiresOn":"2099-01-01T00:00:00Z"}"#, "no token"),

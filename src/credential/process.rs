@@ -14,7 +14,26 @@
 //!   Elsewhere (Windows) only the direct child is killed: what it started lives on.
 //! * **Exit, not EOF**: the run ends when the program exits. Whatever it wrote is already in the
 //!   pipes and is read; processes it left behind that still hold the pipes open are killed
-//!   instead of being waited for.
+//!   (on Unix; on Windows they live on) instead of being waited for.
+//! * **Working directory**: a system directory (`/bin`, else `/`, on Unix; `%SYSTEMROOT%` on
+//!   Windows, and without it the program is not started), never the caller's, where a file
+//!   planted for the tool could be picked up (azure-identity's `get_safe_working_dir`).
+//!
+//! Known limits, which safe code here cannot lift:
+//!
+//! * Killed processes other than the program itself are reaped by whoever adopts orphans. When
+//!   this process is PID 1 of a container with no init, that is us, and they stay zombies:
+//!   run such containers with an init (`docker run --init`, tini).
+//! * The program inherits every file descriptor this process holds that was opened without
+//!   close-on-exec (Rust's own are close-on-exec; a C library's may not be): nothing closes
+//!   the rest before the program starts.
+//! * The group is killed by its id, the program's process id, which stays reserved while any
+//!   member of the group lives. A kill after the program was reaped (it exited, then its
+//!   leftovers outside the group kept the pipes open past the grace, or the timeout ran out
+//!   meanwhile) when no member is left could reach a new group that took the id in between;
+//!   on Linux, which hands out ids in turn, that takes them wrapping around within that moment.
+//!   Keeping the program unreaped until the kill needs a wait that does not reap, which tokio's
+//!   `Child` does not offer.
 //!
 //! [`quote_stderr`] turns a failed program's stderr into one short, scrubbed line for an error.
 
@@ -94,9 +113,7 @@ pub(crate) async fn run(mut command: Command, timeout: Duration) -> Result<Outpu
     #[cfg(unix)]
     command.process_group(0);
     // Run from a system directory, not wherever the caller happens to be.
-    if let Some(dir) = safe_working_dir() {
-        command.current_dir(dir);
-    }
+    command.current_dir(safe_working_dir().map_err(RunError::Spawn)?);
     let child = spawn(&mut command).await.map_err(RunError::Spawn)?;
     let mut running = Running::new(child);
     let mut stdout = Captured::default();
@@ -208,11 +225,18 @@ pub(crate) async fn run_tool(
                 tool.display
             )));
         }
+        // Unavailable, as azure-identity's, so a chain moves on; marked as a timeout, which
+        // may pass by itself, so that nothing remembers it as the tool's answer.
         Err(RunError::TimedOut) => {
             return Err(unavailable(format!(
                 "{} did not answer within {timeout:?}. Check that '{}' works in a terminal",
                 tool.display, tool.try_command
-            )));
+            ))
+            .with_cause(crate::error::Cause {
+                timeout: true,
+                transient: true,
+                ..Default::default()
+            }));
         }
     };
     // Ended by a signal from elsewhere (the kernel's OOM killer, an operator): said so, not
@@ -428,13 +452,30 @@ async fn spawn(command: &mut Command) -> io::Result<Child> {
     }
 }
 
-fn safe_working_dir() -> Option<PathBuf> {
-    let dir = if cfg!(windows) {
-        PathBuf::from(std::env::var_os("SYSTEMROOT")?)
+/// The directory [`run`] starts a program in: see [`working_dir`].
+fn safe_working_dir() -> io::Result<PathBuf> {
+    if cfg!(windows) {
+        let root = std::env::var_os("SYSTEMROOT").map(PathBuf::from);
+        working_dir(root.as_deref())
     } else {
-        PathBuf::from("/bin")
-    };
-    dir.is_dir().then_some(dir)
+        working_dir(Some(Path::new("/bin")))
+    }
+}
+
+/// `system_dir` (`/bin` on Unix, `%SYSTEMROOT%` on Windows) when it is a directory; else `/`
+/// on Unix (a minimal container image may have no `/bin`), and elsewhere an error: never the
+/// caller's working directory, where a file planted for the tool could be picked up
+/// (azure-identity refuses to run without `SYSTEMROOT` too). Not `NotFound`, which would read
+/// as the tool not being installed.
+fn working_dir(system_dir: Option<&Path>) -> io::Result<PathBuf> {
+    match system_dir.filter(|dir| dir.is_dir()) {
+        Some(dir) => Ok(dir.to_owned()),
+        None if cfg!(unix) => Ok(PathBuf::from("/")),
+        None => Err(io::Error::other(
+            "there is no system directory to run it from: the SYSTEMROOT environment variable \
+             is not set or names no directory",
+        )),
+    }
 }
 
 /// The line of a failed helper's stderr worth quoting: the first `ERROR:` line (without the
@@ -633,6 +674,21 @@ exit $?"#;
         assert!(contains(b"please run 'az login'", b"az login"));
         assert!(!contains(b"az logi", b"az login"));
         assert!(!contains(b"", b""));
+    }
+
+    /// Without `/bin` a program runs from `/`, never from the caller's directory (before, no
+    /// directory was set and the program inherited ours).
+    #[test]
+    fn without_bin_the_working_directory_is_the_root_not_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(working_dir(Some(dir.path())).unwrap(), dir.path());
+        let missing = dir.path().join("bin");
+        assert_eq!(working_dir(Some(&missing)).unwrap(), Path::new("/"));
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(working_dir(Some(&file)).unwrap(), Path::new("/"));
+        assert_eq!(working_dir(None).unwrap(), Path::new("/"));
+        assert_eq!(safe_working_dir().unwrap(), Path::new("/bin"));
     }
 
     /// A relative path with a directory is taken from our working directory, read only for

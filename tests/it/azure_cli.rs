@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tower_identity::{AzureCliCredential, CredentialExt, TokenRequest};
 
-use crate::support::programs::{fake_tool, lines, script};
+use crate::support::programs::{Procs, fake_tool, hang, lines, pids, script};
 
 const MGMT: &str = "https://management.azure.com/.default";
 
@@ -35,117 +35,6 @@ fn fake_launcher(dir: &Path, python_body: &str) -> PathBuf {
             dir = dir.display()
         ),
     )
-}
-
-/// Shell that blocks for good without starting a process: opening a FIFO nobody writes to.
-fn hang(dir: &Path) -> String {
-    format!("read _ < '{}/never'", dir.display())
-}
-
-/// Makes the FIFO `dir/name`.
-fn fifo(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    let status = std::process::Command::new("mkfifo")
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success(), "mkfifo {}", path.display());
-    path
-}
-
-/// Polls `condition` up to 1000 times, 10 ms apart: a bound on waiting for another process,
-/// not a timing assumption (it returns as soon as the condition holds).
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if condition() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("gave up waiting until {what}");
-}
-
-/// The ids recorded in `dir/pids`.
-fn pids(dir: &Path) -> Vec<i32> {
-    std::fs::read_to_string(dir.join("pids"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
-/// Whether `pid` is running — not gone and not a zombie — and one of the stand-ins in `dir`:
-/// its command line names `dir`, so a reused process id is never taken for ours.
-fn alive(dir: &Path, pid: i32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit_once(") ")
-        .and_then(|(_, rest)| rest.chars().next());
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let dir = dir.as_os_str().as_encoded_bytes();
-    !matches!(state, None | Some('Z' | 'X')) && cmdline.windows(dir.len()).any(|w| w == dir)
-}
-
-/// The stand-in processes of one test. Dropped, it kills any still running, so a failing
-/// test leaves none behind.
-struct Procs {
-    dir: PathBuf,
-}
-
-impl Procs {
-    /// Also makes the `never` FIFO of [`hang`].
-    fn new(dir: &Path) -> Self {
-        fifo(dir, "never");
-        Self {
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn pids(&self) -> Vec<i32> {
-        pids(&self.dir)
-    }
-
-    /// Waits, in a blocking task (bounded, see [`eventually`]), until `condition` holds for the
-    /// stand-ins' directory. On a paused clock this holds time still: tokio does not
-    /// auto-advance while a blocking task runs, so no timeout can fire before the condition
-    /// holds.
-    async fn wait_until(
-        &self,
-        what: &'static str,
-        mut condition: impl FnMut(&Path) -> bool + Send + 'static,
-    ) {
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || eventually(what, || condition(&dir)))
-            .await
-            .unwrap();
-    }
-
-    /// [`wait_until`](Self::wait_until) `count` processes have recorded their ids.
-    async fn until_started(&self, count: usize) {
-        self.wait_until("the processes started", move |dir| pids(dir).len() >= count)
-            .await;
-    }
-
-    /// Every recorded process has ended (a zombie counts as ended).
-    fn assert_all_gone(&self) {
-        let pids = self.pids();
-        assert!(!pids.is_empty(), "no process recorded its id");
-        for pid in pids {
-            eventually("the recorded processes are gone", || !alive(&self.dir, pid));
-        }
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for pid in self.pids() {
-            if alive(&self.dir, pid) {
-                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
-            }
-        }
-    }
 }
 
 const SIGNED_IN: &str = r#"now=$(date +%s); exp=$((now + 3600))
@@ -294,23 +183,29 @@ async fn a_launcher_exiting_127_is_unavailable() {
     assert!(err.message().contains("exited with status 127"), "{err}");
 }
 
+/// The timeout fires only once `az` runs (time stands still until it has recorded its id), and
+/// `az` is gone after it. The error is *unavailable*, as azure-identity's, and a timeout that
+/// may pass by itself (before, neither `is_timeout` nor `is_transient`).
 #[tokio::test(start_paused = true)]
 async fn a_slow_az_is_killed_after_the_timeout_and_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
-    let az = fake_az(dir.path(), "sleep 30");
+    let procs = Procs::new(dir.path());
+    let az = fake_az(dir.path(), &hang(dir.path()));
     let cli = AzureCliCredential::builder()
         .program(&az)
         .process_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    let started = std::time::Instant::now();
-    let err = cli.get_token([MGMT]).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(10));
+    let (result, ()) = tokio::join!(cli.get_token([MGMT]), procs.until_started(1));
+    let err = result.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
+    assert!(err.is_timeout() && err.is_transient(), "{err:?}");
     assert!(
         err.message().contains("did not answer within 300ms"),
         "{err}"
     );
+    assert_eq!(procs.pids().len(), 1);
+    procs.assert_all_gone();
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine;
 use tower_identity::{AzureDeveloperCliCredential, CredentialExt, TokenRequest};
 
-use crate::support::programs::{fake_tool, lines};
+use crate::support::programs::{Procs, fake_tool, hang, lines, pids};
 
 const MGMT: &str = "https://management.azure.com/.default";
 const GRAPH: &str = "https://graph.microsoft.com/.default";
@@ -230,21 +230,63 @@ async fn a_launcher_exiting_127_is_unavailable() {
     assert!(err.message().contains("exited with status 127"), "{err}");
 }
 
+/// The timeout fires only once `azd` runs (time stands still until it has recorded its id),
+/// and `azd` is gone after it. The error is *unavailable*, and a timeout that may pass by
+/// itself (before, neither `is_timeout` nor `is_transient`).
 #[tokio::test(start_paused = true)]
 async fn a_slow_azd_is_killed_after_the_timeout_and_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
-    let azd = fake_azd(dir.path(), "sleep 30");
+    let procs = Procs::new(dir.path());
+    let azd = fake_azd(dir.path(), &hang(dir.path()));
     let cli = AzureDeveloperCliCredential::builder()
         .program(&azd)
         .process_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    let err = cli.get_token([MGMT]).await.unwrap_err();
+    let (result, ()) = tokio::join!(cli.get_token([MGMT]), procs.until_started(1));
+    let err = result.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
+    assert!(err.is_timeout() && err.is_transient(), "{err:?}");
     assert!(
         err.message().contains("did not answer within 300ms"),
         "{err}"
     );
+    assert_eq!(procs.pids().len(), 1);
+    procs.assert_all_gone();
+}
+
+/// A claims challenge for a scope this credential holds a token for: `azd` too slow is
+/// *authentication failed* (its identity answered), still marked as a timeout.
+#[tokio::test(start_paused = true)]
+async fn a_slow_azd_on_a_claims_challenge_after_a_token_is_a_failure_and_a_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let procs = Procs::new(dir.path());
+    let azd = fake_azd(
+        dir.path(),
+        &format!(
+            "case \"$*\" in *--claims*) {};; esac\n{SIGNED_IN}",
+            hang(dir.path())
+        ),
+    );
+    let cli = AzureDeveloperCliCredential::builder()
+        .program(&azd)
+        .process_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    // Time stands still until the first azd has answered and been reaped.
+    let answered = procs.wait_until("the first azd was reaped", |dir| {
+        let pids = pids(dir);
+        pids.len() == 1 && std::fs::metadata(format!("/proc/{}", pids[0])).is_err()
+    });
+    let (result, ()) = tokio::join!(cli.get_token([MGMT]), answered);
+    result.unwrap();
+    let challenge = TokenRequest::new([MGMT]).with_claims("{}");
+    let (result, ()) = tokio::join!(cli.get_token_with(challenge), procs.until_started(2));
+    let err = result.unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert!(err.is_timeout() && err.is_transient(), "{err:?}");
+    assert!(err.message().contains("did not answer within 5s"), "{err}");
+    procs.assert_all_gone();
 }
 
 #[tokio::test]
