@@ -5,18 +5,28 @@
 //! tenant): a wait one tenant asked for does not hold back requests to another. Asking again
 //! early only extends the wait.
 //!
+//! The wait is remembered as soon as the answer asking for it arrives: when the transport waits
+//! it out to send the request again (a `Retry-After` up to
+//! [`max_retry_after`](crate::RetryOptions::max_retry_after)), its retry loop reports the
+//! answer before it waits ([`BeforeRetry`]), so the credential's other requests to that
+//! endpoint are answered throttled during the wait rather than sent into the throttle, each
+//! to be waited out in turn. The final answer is remembered too; remembering is extend-only,
+//! so reporting both is harmless.
+//!
 //! The wait is read from the `Retry-After`, `retry-after-ms` or `x-ms-retry-after-ms` of an
 //! answer that asks the client to wait: one the transport retries (408, 429, 503, …:
 //! [`is_retryable_status`]) or any other 5xx, as msal remembers them. It is capped at
 //! [`MAX_RETRY_AFTER`] (an hour): larger values mean "much later", not an overflow.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 
 use crate::error::{Cause, CredentialError, ProviderDetails};
-use crate::transport::{MAX_RETRY_AFTER, is_retryable_status, retry_after};
+use crate::transport::{
+    BeforeRetry, HttpResponse, MAX_RETRY_AFTER, is_retryable_status, retry_after,
+};
 
 /// A wait a provider asked for.
 #[derive(Clone, Copy, Debug)]
@@ -98,6 +108,22 @@ impl ThrottleMemory {
         }
         waits.push((endpoint.to_owned(), throttle));
         throttle
+    }
+
+    /// Remembers the wait `answer` asks for, if it asks for one (see [`Throttle::of`]).
+    pub(crate) fn remember_answer(&self, endpoint: &str, answer: &HttpResponse) {
+        if let Some(throttle) = Throttle::of(answer.status(), answer.headers()) {
+            self.remember(endpoint, throttle);
+        }
+    }
+
+    /// The request extension by which the transport's retry loop reports to this memory, for
+    /// `endpoint`, each answer it waits out before sending again: the wait is remembered
+    /// before the loop starts it.
+    pub(crate) fn before_retry(self: &Arc<Self>, endpoint: &str) -> BeforeRetry {
+        let memory = Arc::clone(self);
+        let endpoint = endpoint.to_owned();
+        BeforeRetry::new(move |answer| memory.remember_answer(&endpoint, answer))
     }
 
     /// While the wait remembered for `endpoint` has not passed: the error to answer with at once, as

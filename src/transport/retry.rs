@@ -2,6 +2,7 @@
 //! or IMDS's), how long to wait, and the server's `Retry-After`.
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -120,6 +121,25 @@ impl RetryOptions {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SingleUse;
 
+/// A request extension: shown each answer the retry loop is about to wait out and send the
+/// request again after, before it waits. A credential remembers the answer's `Retry-After`
+/// there, so that its other requests to that endpoint are held back during the wait, not only
+/// once the loop has returned (their answers would otherwise be throttled too, and each
+/// waited out in turn). Not called for the final answer, which the caller gets, nor for a
+/// failure without an answer.
+#[derive(Clone)]
+pub(crate) struct BeforeRetry(Arc<dyn Fn(&HttpResponse) + Send + Sync>);
+
+impl BeforeRetry {
+    pub(crate) fn new(hook: impl Fn(&HttpResponse) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(hook))
+    }
+
+    pub(crate) fn call(&self, answer: &HttpResponse) {
+        (self.0)(answer)
+    }
+}
+
 /// The default client's retries and total deadline, around hyper-util.
 #[derive(Clone)]
 pub(super) struct Retrying {
@@ -147,6 +167,7 @@ impl Service<HttpRequest> for Retrying {
                 .and_then(|limit| Some((started.checked_add(limit)?, limit)));
             let mut policy = RetryPolicy::new(options);
             policy.single_use = request.extensions().get::<SingleUse>().is_some();
+            let before_retry = request.extensions().get::<BeforeRetry>().cloned();
             let mut attempts = 0u32;
             loop {
                 attempts = attempts.saturating_add(1);
@@ -181,6 +202,9 @@ impl Service<HttpRequest> for Retrying {
                     status = result.as_ref().ok().map(|r| r.status().as_u16()),
                     "retrying token request"
                 );
+                if let (Some(hook), Ok(answer)) = (&before_retry, &result) {
+                    hook.call(answer);
+                }
                 tokio::time::sleep(wait).await;
             }
         })

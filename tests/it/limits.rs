@@ -113,6 +113,53 @@ async fn a_retry_after_is_remembered_no_request_is_sent_until_it_passes() {
     assert_eq!(authority.token_posts(), 2);
 }
 
+/// A `Retry-After` the transport waits out before retrying holds back the credential's other
+/// requests to that endpoint meanwhile: they are answered throttled at once, nothing sent,
+/// rather than each sent into the throttle and waited out in turn.
+#[tokio::test(start_paused = true)]
+async fn while_a_retry_waits_out_a_retry_after_other_scopes_are_throttled_at_once() {
+    let authority = Authority::start().await;
+    let credential = client_secret(&authority);
+    authority.push_fault(Fault::TooManyRequests {
+        retry_after: "20".into(),
+    });
+    let started = Instant::now();
+    let first = tokio::spawn({
+        let credential = credential.clone();
+        async move { credential.get_token([SCOPE]).await }
+    });
+    // The 429 has come back; the retry loop waits out its 20 s.
+    settle().await;
+    assert_eq!(authority.token_posts(), 1);
+    assert!(!first.is_finished());
+
+    let asked = Instant::now();
+    let err = credential
+        .get_token(["https://graph.test/.default"])
+        .await
+        .unwrap_err();
+    assert_eq!(asked.elapsed(), Duration::ZERO, "answered at once");
+    assert!(err.is_throttled() && err.is_transient(), "{err}");
+    let wait = err.retry_after().unwrap();
+    assert!(wait > secs(19) && wait <= secs(20), "{wait:?}");
+    assert!(
+        err.message().starts_with("throttled:") && err.message().contains("HTTP 429"),
+        "{err}"
+    );
+    assert_eq!(authority.token_posts(), 1, "nothing sent while throttled");
+
+    // The retry goes out once the wait has passed, and so do other requests.
+    let token = first.await.unwrap().unwrap();
+    assert_eq!(token.secret().expose_secret(), "at-1-contoso");
+    assert_eq!(started.elapsed(), secs(20));
+    assert_eq!(authority.token_posts(), 2);
+    credential
+        .get_token(["https://graph.test/.default"])
+        .await
+        .unwrap();
+    assert_eq!(authority.token_posts(), 3);
+}
+
 /// Only throttling and unavailability (the statuses the transport retries) are remembered: a
 /// refusal carrying a `Retry-After` stays a final, non-transient error and locks nothing out.
 #[tokio::test(start_paused = true)]

@@ -30,7 +30,7 @@ use crate::blocking_read::{OneRead, READ_TIMEOUT, ReadFailure};
 use crate::error::{Cause, CredentialError, ProviderDetails};
 use crate::regular_file::open_regular_file;
 use crate::token::{AccessToken, Secret};
-use crate::transport::{HttpClient, HttpRequest};
+use crate::transport::{BeforeRetry, HttpClient, HttpRequest};
 
 const SOURCE: ManagedIdentitySource = ManagedIdentitySource::AzureArc;
 const API_VERSION: &str = "2020-06-01";
@@ -226,10 +226,14 @@ impl AzureArc {
         request::build(Method::GET, &url, &headers, Bytes::new())
     }
 
-    pub(super) async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
+    pub(super) async fn acquire(
+        &self,
+        resource: &str,
+        before_retry: &BeforeRetry,
+    ) -> Result<AccessToken, CredentialError> {
         self.refuse_while_stuck()?;
-        let challenge =
-            request::send(&self.http, SOURCE, self.request(resource, None)?, &[]).await?;
+        let request = request::reporting(self.request(resource, None)?, before_retry);
+        let challenge = request::send(&self.http, SOURCE, request, &[]).await?;
         if challenge.status != StatusCode::UNAUTHORIZED {
             let error = failure(SOURCE, challenge.status, &challenge.body, &[]);
             return Err(error.with_message_prefix(
@@ -257,7 +261,7 @@ impl AzureArc {
         let answer = request::send(
             &self.http,
             SOURCE,
-            self.request(resource, Some(&key))?,
+            request::reporting(self.request(resource, Some(&key))?, before_retry),
             &secrets,
         )
         .await?;
@@ -559,7 +563,7 @@ mod tests {
                 let arc = Arc::new(arc);
                 let first = tokio::spawn({
                     let arc = Arc::clone(&arc);
-                    async move { arc.acquire("r").await }
+                    async move { arc.acquire("r", &BeforeRetry::new(|_| {})).await }
                 });
                 while started.load(Ordering::SeqCst) == 0 {
                     tokio::task::yield_now().await;
@@ -569,7 +573,7 @@ mod tests {
                 assert_eq!(requests.load(Ordering::SeqCst), 1);
                 let later: Vec<CredentialError> = (0..5)
                     .map(|_| {
-                        arc.acquire("r")
+                        arc.acquire("r", &BeforeRetry::new(|_| {}))
                             .now_or_never()
                             .expect("refused at once")
                             .unwrap_err()

@@ -274,7 +274,7 @@ impl ManagedIdentityCredentialBuilder {
                         source,
                         endpoint,
                         cache,
-                        throttle: ThrottleMemory::default(),
+                        throttle: Arc::new(ThrottleMemory::default()),
                     })
                 }),
             }),

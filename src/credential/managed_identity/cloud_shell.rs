@@ -10,7 +10,7 @@ use super::ManagedIdentitySource;
 use super::request;
 use crate::error::CredentialError;
 use crate::token::AccessToken;
-use crate::transport::{HttpClient, HttpRequest};
+use crate::transport::{BeforeRetry, HttpClient, HttpRequest};
 
 const SOURCE: ManagedIdentitySource = ManagedIdentitySource::CloudShell;
 
@@ -48,8 +48,13 @@ impl CloudShell {
         )
     }
 
-    pub(super) async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        request::fetch(&self.http, SOURCE, self.request(resource)?, &[]).await
+    pub(super) async fn acquire(
+        &self,
+        resource: &str,
+        before_retry: &BeforeRetry,
+    ) -> Result<AccessToken, CredentialError> {
+        let request = request::reporting(self.request(resource)?, before_retry);
+        request::fetch(&self.http, SOURCE, request, &[]).await
     }
 }
 

@@ -15,7 +15,7 @@ use super::response::{failure, provider_text};
 use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
 use crate::error::{Cause, CredentialError};
 use crate::token::AccessToken;
-use crate::transport::{HttpClient, RetryOptions, TransportErrorKind};
+use crate::transport::{BeforeRetry, HttpClient, RetryOptions, TransportErrorKind};
 
 const SOURCE: ManagedIdentitySource = ManagedIdentitySource::Imds;
 const DEFAULT_BASE: &str = "http://169.254.169.254";
@@ -157,37 +157,55 @@ impl Imds {
         &self,
         resource: &str,
         within_chain: bool,
+        before_retry: &BeforeRetry,
     ) -> Result<AccessToken, CredentialError> {
         let in_chain = self.probe.unwrap_or(within_chain);
         if in_chain && !self.answered.load(Ordering::Acquire) {
             self.probe(self.probe_http()?, resource).await?;
         }
-        let token = self.token(resource, in_chain).await?;
+        let token = self.token(resource, in_chain, before_retry).await?;
         self.succeeded.store(true, Ordering::Release);
         Ok(token)
     }
 
     /// One token request; `in_chain`: asked by a chain that may move on.
-    async fn token(&self, resource: &str, in_chain: bool) -> Result<AccessToken, CredentialError> {
+    async fn token(
+        &self,
+        resource: &str,
+        in_chain: bool,
+        before_retry: &BeforeRetry,
+    ) -> Result<AccessToken, CredentialError> {
         let before_token = in_chain && !self.succeeded.load(Ordering::Acquire);
-        let answer =
-            match request::send(&self.http, SOURCE, self.request(resource, true)?, &[]).await {
-                Ok(answer) => answer,
-                Err(error) => {
-                    if let Some(error) = misconfigured(&error) {
-                        return Err(error);
-                    }
-                    // Until IMDS has answered with JSON, a chain takes any failure to get an
-                    // answer (a connection closed, bytes that are not HTTP) as no IMDS, as
-                    // azure-identity's does; outside a chain only no connection or no answer
-                    // in time does.
-                    let before_json = in_chain && !self.answered.load(Ordering::Acquire);
-                    if before_json || request::no_answer(&error) {
-                        return Err(self.no_answer(error));
-                    }
+        // Until IMDS has issued a token to a chain, an answer that is not JSON is taken as no
+        // IMDS (below), not as throttling: only a JSON answer's wait is reported.
+        let report = if before_token {
+            let report = before_retry.clone();
+            BeforeRetry::new(move |answer| {
+                if is_json(answer.body()) {
+                    report.call(answer);
+                }
+            })
+        } else {
+            before_retry.clone()
+        };
+        let request = request::reporting(self.request(resource, true)?, &report);
+        let answer = match request::send(&self.http, SOURCE, request, &[]).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                if let Some(error) = misconfigured(&error) {
                     return Err(error);
                 }
-            };
+                // Until IMDS has answered with JSON, a chain takes any failure to get an
+                // answer (a connection closed, bytes that are not HTTP) as no IMDS, as
+                // azure-identity's does; outside a chain only no connection or no answer
+                // in time does.
+                let before_json = in_chain && !self.answered.load(Ordering::Acquire);
+                if before_json || request::no_answer(&error) {
+                    return Err(self.no_answer(error));
+                }
+                return Err(error);
+            }
+        };
         if let Some(error) = docker_desktop(&answer) {
             return Err(error);
         }

@@ -15,6 +15,7 @@ use crate::entra::authority::AZURE_AUTHORITY_HOST;
 use crate::error::CredentialError;
 use crate::throttle::{Throttle, ThrottleMemory};
 use crate::token::{AccessToken, TokenRequest};
+use crate::transport::BeforeRetry;
 
 pub use builder::ManagedIdentityCredentialBuilder;
 pub(crate) use builder::check_label;
@@ -312,8 +313,9 @@ struct Configured {
     source: ManagedIdentitySource,
     endpoint: Endpoint,
     cache: TokenCache,
-    /// The endpoint's last `Retry-After`.
-    throttle: ThrottleMemory,
+    /// The endpoint's last `Retry-After`; its requests' retry loops report each wait to it
+    /// before they start it.
+    throttle: Arc<ThrottleMemory>,
 }
 
 /// One source's request logic.
@@ -330,10 +332,13 @@ enum Endpoint {
 
 impl Endpoint {
     /// `within_chain`: asked by a chain, which may fall back to another credential.
+    /// `before_retry`: reports the answers the transport waits out to the credential's
+    /// throttle memory.
     async fn acquire(
         &self,
         resource: &str,
         within_chain: bool,
+        before_retry: &BeforeRetry,
     ) -> Result<AccessToken, CredentialError> {
         match self {
             // Never here: `Inner::get_token` hands its requests to the credential.
@@ -341,12 +346,12 @@ impl Endpoint {
                 NAME,
                 "the workload identity takes requests whole",
             )),
-            Self::Imds(s) => s.acquire(resource, within_chain).await,
+            Self::Imds(s) => s.acquire(resource, within_chain, before_retry).await,
             Self::AppService(s) | Self::AzureMl(s) | Self::ServiceFabric(s) => {
-                s.acquire(resource).await
+                s.acquire(resource, before_retry).await
             }
-            Self::AzureArc(s) => s.acquire(resource).await,
-            Self::CloudShell(s) => s.acquire(resource).await,
+            Self::AzureArc(s) => s.acquire(resource, before_retry).await,
+            Self::CloudShell(s) => s.acquire(resource, before_retry).await,
         }
     }
 
@@ -429,7 +434,9 @@ impl Configured {
     /// A token from the endpoint, unless it asked to be left alone for a while: its
     /// `Retry-After` is remembered, as for every credential of this crate, so a throttled
     /// endpoint is not asked again for any resource until then (MSAL does the same for managed
-    /// identity).
+    /// identity). A wait is remembered as soon as it is asked for: the transport's retry loop
+    /// reports it before waiting it out, so requests for other resources meanwhile are
+    /// refused rather than sent into the throttle.
     async fn acquire(
         &self,
         resource: &str,
@@ -440,7 +447,11 @@ impl Configured {
         if let Some(refused) = self.throttle.refusal("", NAME, &provider) {
             return Err(refused);
         }
-        let result = self.endpoint.acquire(resource, within_chain).await;
+        let before_retry = self.throttle.before_retry("");
+        let result = self
+            .endpoint
+            .acquire(resource, within_chain, &before_retry)
+            .await;
         if let Err(error) = &result {
             let until = error
                 .retry_after()

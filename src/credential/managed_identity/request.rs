@@ -14,7 +14,7 @@ use crate::entra::token_client::{USER_AGENT_VALUE, transport_failure};
 use crate::error::CredentialError;
 use crate::throttle::Throttle;
 use crate::token::{AccessToken, Secret, unix_now};
-use crate::transport::{HttpClient, HttpRequest};
+use crate::transport::{BeforeRetry, HttpClient, HttpRequest};
 
 /// The built-in client for the `http` sources: the default retries, plain `http` allowed,
 /// no proxy.
@@ -72,6 +72,13 @@ pub(super) fn build(
     builder.body(Full::new(body)).map_err(|e| {
         CredentialError::invalid_request(NAME, format!("invalid request URL {url}: {e}"))
     })
+}
+
+/// `request`, its answers that the transport waits out before sending it again reported to
+/// `before_retry` (the credential's throttle memory: see `Configured::acquire`).
+pub(super) fn reporting(mut request: HttpRequest, before_retry: &BeforeRetry) -> HttpRequest {
+    request.extensions_mut().insert(before_retry.clone());
+    request
 }
 
 /// An endpoint's answer, and when the request was sent (for relative lifetimes).

@@ -10,7 +10,7 @@ use super::request;
 use super::{IdParams, ManagedIdentitySource, UserAssignedId};
 use crate::error::CredentialError;
 use crate::token::{AccessToken, Secret};
-use crate::transport::{HttpClient, HttpRequest};
+use crate::transport::{BeforeRetry, HttpClient, HttpRequest};
 
 /// What sets one such source apart.
 pub(super) struct Profile {
@@ -75,12 +75,16 @@ impl SecretGet {
         request::build(Method::GET, &url, &headers, Bytes::new())
     }
 
-    pub(super) async fn acquire(&self, resource: &str) -> Result<AccessToken, CredentialError> {
+    pub(super) async fn acquire(
+        &self,
+        resource: &str,
+        before_retry: &BeforeRetry,
+    ) -> Result<AccessToken, CredentialError> {
         let secrets = [self.secret.expose_secret()];
         request::fetch(
             &self.http,
             self.profile.source,
-            self.request(resource)?,
+            request::reporting(self.request(resource)?, before_retry),
             &secrets,
         )
         .await

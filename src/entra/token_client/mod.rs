@@ -67,8 +67,10 @@ pub(crate) struct TokenClient {
 /// What a credential's token client remembers between requests.
 #[derive(Default)]
 struct Memory {
-    /// The provider's last `Retry-After`: until then nothing is sent.
-    throttle: ThrottleMemory,
+    /// The provider's last `Retry-After`: until then nothing is sent. Shared with the
+    /// transport's retry loop of each request in flight, which reports a wait before it starts
+    /// it.
+    throttle: Arc<ThrottleMemory>,
     /// The secrets sent lately (newest last), scrubbed from everything the provider answers
     /// — also after a refresh token was rotated out. Bounded: see [`REMEMBERED_SECRETS`].
     sent: Mutex<VecDeque<Secret>>,
@@ -210,6 +212,11 @@ impl TokenClient {
         if form.is_single_use() {
             request.extensions_mut().insert(SingleUse);
         }
+        // A wait the endpoint asks for holds back this credential's other requests from the
+        // moment it is asked, not only once this request's retries are done.
+        request
+            .extensions_mut()
+            .insert(self.memory.throttle.before_retry(&url));
         let secrets = self.remember_sent(&form);
         let sent_at = Instant::now();
         let sent_at_unix = unix_now();

@@ -382,3 +382,42 @@ async fn in_a_chain_a_json_value_that_is_not_an_object_is_not_imds_answering() {
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
+
+/// Until IMDS has issued a chain a token, an answer that is not JSON may be something else's
+/// at its address (a proxy's, a captive portal's): the wait it asks for is waited out by its
+/// own request's retries, but not remembered while they wait, where it would answer the
+/// chain's other requests with a throttled error, which stops a chain instead of moving on.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_wait_a_non_json_answer_asks_for_holds_back_no_other_resource() {
+    let em = Emulator::start(Flavour::Imds).await;
+    // The probe: IMDS's JSON 400 for the missing `Metadata` header.
+    em.push_fault(Fault::Respond {
+        status: 400,
+        body: r#"{"error":"invalid_request","error_description":"Required metadata header not specified"}"#
+            .to_owned(),
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+    });
+    // The token request: a 503 page asking for 5 s, which the retries wait out.
+    em.push_fault(Fault::Respond {
+        status: 503,
+        body: "<html>busy</html>".to_owned(),
+        headers: vec![("retry-after".to_owned(), "5".to_owned())],
+    });
+    let chain = credential(&em, Identity::System).or(second());
+    let first = tokio::spawn({
+        let chain = chain.clone();
+        async move { chain.get_token([SCOPE]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(em.request_count(), 2, "the probe and the token request");
+
+    let other = chain
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap();
+    assert!(other.secret().expose_secret().starts_with("mi-imds-"));
+    let first = first.await.unwrap().unwrap();
+    assert!(first.secret().expose_secret().starts_with("mi-imds-"));
+    let statuses: Vec<_> = em.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [400, 503, 200, 200].map(Some));
+}

@@ -110,6 +110,45 @@ async fn a_long_retry_after_is_remembered_for_every_resource() {
     }
 }
 
+/// A `Retry-After` the transport waits out before retrying holds back requests for other
+/// resources meanwhile: answered throttled at once, nothing sent.
+#[tokio::test(start_paused = true)]
+async fn while_a_retry_waits_out_a_retry_after_other_resources_are_throttled_at_once() {
+    for flavour in [Flavour::Imds, Flavour::AppService] {
+        let em = Emulator::start(flavour).await;
+        em.push_fault(Fault::TooManyRequests {
+            retry_after: "7".to_owned(),
+        });
+        let mi = credential(&em, Identity::System);
+        let first = tokio::spawn({
+            let mi = mi.clone();
+            async move { mi.get_token([SCOPE]).await }
+        });
+        // The 429 has come back; the retry loop waits out its 7 s.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(em.request_count(), 1, "{flavour:?}");
+
+        let asked = Instant::now();
+        let err = mi
+            .get_token(["https://other.test/.default"])
+            .await
+            .unwrap_err();
+        assert_eq!(asked.elapsed(), Duration::ZERO, "{flavour:?}: at once");
+        assert!(err.is_throttled(), "{flavour:?}: {err}");
+        assert!(err.message().contains("no token request is sent"), "{err}");
+        assert_eq!(
+            em.request_count(),
+            1,
+            "{flavour:?}: nothing sent while throttled"
+        );
+
+        first.await.unwrap().unwrap();
+        assert_eq!(arrivals_ms(&em), [0, 7_000], "{flavour:?}");
+        mi.get_token(["https://other.test/.default"]).await.unwrap();
+        assert_eq!(em.request_count(), 3, "{flavour:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn server_errors_are_retried() {
     // IMDS: no wait, then 1.6 and 3.2 s (factor 0.8, no jitter).
