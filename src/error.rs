@@ -161,6 +161,12 @@ impl CredentialError {
         self
     }
 
+    /// What caused it, to carry over to an error made from this one (so that a timeout stays
+    /// one, and work cut off is still not remembered: `crate::refresh::kept_failure`).
+    pub(crate) fn cause(&self) -> Cause {
+        self.inner.cause
+    }
+
     /// The same error, throttled until `until` (the rest of its cause kept).
     pub(crate) fn throttled_until(mut self, until: Instant) -> Self {
         self.inner_mut().cause.throttled_until = Some(until);

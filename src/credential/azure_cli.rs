@@ -225,12 +225,13 @@ impl Inner<AzureCliCredential> {
         let Some(held) = self.cache.current(&key) else {
             return Err(CredentialError::unavailable(NAME, advice));
         };
-        let refused = |said: Option<&CredentialError>| {
-            let advice = match said {
-                Some(error) => format!("{advice} (Azure CLI: {})", error.message()),
-                None => advice.clone(),
-            };
-            CredentialError::authentication_failed(NAME, advice)
+        let refused = |said: Option<&CredentialError>| match said {
+            Some(error) => CredentialError::authentication_failed(
+                NAME,
+                format!("{advice} (Azure CLI: {})", error.message()),
+            )
+            .with_cause(error.cause()),
+            None => CredentialError::authentication_failed(NAME, advice.clone()),
         };
         let flight = {
             let mut flights = self.claims_check.0.lock();

@@ -180,11 +180,7 @@ impl Inner<AzureDeveloperCliCredential> {
         match answer {
             Err(error) if held && error.is_unavailable() => Err(
                 CredentialError::authentication_failed(NAME, error.message().to_owned())
-                    .with_cause(crate::error::Cause {
-                        timeout: error.is_timeout(),
-                        transient: error.is_transient(),
-                        ..Default::default()
-                    }),
+                    .with_cause(error.cause()),
             ),
             answer => answer,
         }

@@ -208,6 +208,43 @@ async fn a_slow_az_is_killed_after_the_timeout_and_is_unavailable() {
     procs.assert_all_gone();
 }
 
+/// A claims challenge for a scope this credential holds a token for: `az` too slow on the run
+/// that checks for a new token is *authentication failed* (its identity answered), still
+/// marked as a timeout. Before, the mark was lost, and the bearer layer's memory of failed
+/// claims kept the timeout as if it were `az`'s answer.
+#[tokio::test(start_paused = true)]
+async fn a_slow_az_on_a_claims_challenge_after_a_token_is_a_failure_and_a_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let procs = Procs::new(dir.path());
+    let az = fake_az(
+        dir.path(),
+        &format!(
+            "if [ \"$(wc -l < '{dir}/calls')\" -ge 2 ]; then {hang}; fi\n{SIGNED_IN}",
+            dir = dir.path().display(),
+            hang = hang(dir.path())
+        ),
+    );
+    let cli = AzureCliCredential::builder()
+        .program(&az)
+        .process_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    // Time stands still until the first az has answered and been reaped.
+    let answered = procs.wait_until("the first az was reaped", |dir| {
+        let pids = pids(dir);
+        pids.len() == 1 && std::fs::metadata(format!("/proc/{}", pids[0])).is_err()
+    });
+    let (result, ()) = tokio::join!(cli.get_token([MGMT]), answered);
+    result.unwrap();
+    let challenge = TokenRequest::new([MGMT]).with_claims("{}");
+    let (result, ()) = tokio::join!(cli.get_token_with(challenge), procs.until_started(2));
+    let err = result.unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert!(err.is_timeout() && err.is_transient(), "{err:?}");
+    assert!(err.message().contains("did not answer within 5s"), "{err}");
+    procs.assert_all_gone();
+}
+
 #[tokio::test]
 async fn garbage_output_is_a_clear_failure() {
     let dir = tempfile::tempdir().unwrap();
