@@ -66,6 +66,9 @@ struct Inner {
     message: String,
     provider: Option<ProviderDetails>,
     attempts: Vec<CredentialError>,
+    /// Advice a chain appended to its message about its attempts as a whole (what to set up):
+    /// an outer chain that lists these attempts in its own message appends it too.
+    notes: Vec<String>,
     source: Option<Arc<dyn StdError + Send + Sync>>,
     cause: Cause,
 }
@@ -113,6 +116,7 @@ impl CredentialError {
                 message,
                 provider: None,
                 attempts: Vec::new(),
+                notes: Vec::new(),
                 source: None,
                 cause: Cause::default(),
             }),
@@ -198,8 +202,25 @@ impl CredentialError {
 
     /// The same error, reported under another credential's name (a credential that
     /// delegates, like `EnvironmentCredential`, reports under its own).
-    pub(crate) fn renamed(mut self, credential: &'static str) -> Self {
-        self.inner_mut().credential = Cow::Borrowed(credential);
+    pub(crate) fn renamed(mut self, credential: impl Into<Cow<'static, str>>) -> Self {
+        self.inner_mut().credential = credential.into();
+        self
+    }
+
+    /// A chain's error with `note` (advice about its attempts as a whole) on a line of its own
+    /// after them; an outer chain listing these attempts keeps it (see [`chain`](Self::chain)).
+    pub(crate) fn with_chain_note(mut self, note: &str) -> Self {
+        let inner = self.inner_mut();
+        inner.message.push('\n');
+        inner.message.push_str(note);
+        inner.notes.push(note.to_owned());
+        self
+    }
+
+    /// The same error as *authentication failed*, message and cause kept: for a credential
+    /// that may no longer let a caller's chain move on (the one `DefaultAzureCredential` chose).
+    pub(crate) fn into_authentication_failed(mut self) -> Self {
+        self.inner_mut().kind = ErrorKind::AuthenticationFailed;
         self
     }
 
@@ -213,6 +234,14 @@ impl CredentialError {
     /// The error of a chain: every attempt in order; the last one decides the kind, unless
     /// every attempt was unavailable.
     pub(crate) fn chain(chain_name: &'static str, attempts: Vec<CredentialError>) -> Self {
+        // A nested chain's advice (`DefaultAzureCredential`'s "Set up one of them…") is about
+        // the attempts it listed, which this message lists too: kept, once each.
+        let mut notes: Vec<String> = Vec::new();
+        for note in attempts.iter().flat_map(|a| &a.inner.notes) {
+            if !notes.contains(note) {
+                notes.push(note.clone());
+            }
+        }
         // Nested chains list their own attempts: flatten so the user sees leaf credentials.
         let attempts: Vec<CredentialError> = attempts
             .into_iter()
@@ -242,12 +271,17 @@ impl CredentialError {
                 a.message()
             ));
         }
+        for note in &notes {
+            message.push('\n');
+            message.push_str(note);
+        }
         let kind = stopper
             .as_ref()
             .map_or(ErrorKind::Unavailable, |s| s.kind());
         let mut err = Self::build(kind, chain_name, message);
         {
             let inner = err.inner_mut();
+            inner.notes = notes;
             inner.provider = stopper.as_ref().and_then(|s| s.inner.provider.clone());
             inner.cause = stopper.as_ref().map(|s| s.inner.cause).unwrap_or_default();
             inner.source = stopper.map(|s| Arc::new(s) as Arc<dyn StdError + Send + Sync>);
@@ -524,6 +558,45 @@ mod tests {
         );
         let names: Vec<_> = outer.attempts().iter().map(|a| a.credential()).collect();
         assert_eq!(names, ["A", "B", "C"]);
+    }
+
+    /// A nested chain's advice about its attempts (`DefaultAzureCredential`'s "Set up one of
+    /// them…") survives the flattening, once however deep. Before, the outer chain's message
+    /// listed the attempts without it.
+    #[test]
+    fn a_nested_chains_note_is_kept_once() {
+        let inner = CredentialError::chain(
+            "Inner",
+            vec![
+                CredentialError::unavailable("A", "a"),
+                CredentialError::unavailable("B", "b"),
+            ],
+        )
+        .with_chain_note("Set up one of them");
+        assert!(
+            inner.to_string().ends_with("\nSet up one of them"),
+            "{inner}"
+        );
+        let outer = CredentialError::chain(
+            "Outer",
+            vec![inner.clone(), CredentialError::unavailable("C", "c")],
+        );
+        let outermost = CredentialError::chain("Outermost", vec![outer, inner]);
+        let text = outermost.to_string();
+        assert!(text.ends_with("\nSet up one of them"), "{text}");
+        assert_eq!(text.matches("Set up one of them").count(), 1, "{text}");
+        let names: Vec<_> = outermost
+            .attempts()
+            .iter()
+            .map(|a| a.credential())
+            .collect();
+        assert_eq!(names, ["A", "B", "C", "A", "B"]);
+        // A chain without one has none.
+        let plain = CredentialError::chain("Plain", vec![CredentialError::unavailable("A", "a")]);
+        assert!(
+            plain.to_string().ends_with("1. A (unavailable): a"),
+            "{plain}"
+        );
     }
 
     #[test]

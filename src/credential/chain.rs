@@ -88,8 +88,13 @@ pub(crate) fn within_chain() -> bool {
 /// ```
 ///
 /// A [`ManagedIdentityCredential`](crate::ManagedIdentityCredential) asked by a chain probes
-/// IMDS first (1 s, no retries), as in azure-identity: on a machine without IMDS the chain
-/// moves on within about a second instead of waiting out IMDS's retries (see its docs).
+/// IMDS first (1 s, no retries), as in azure-identity: on a machine without IMDS, or where
+/// something other than IMDS answers at its address, the chain moves on within about a second
+/// instead of waiting out IMDS's retries (see its docs).
+///
+/// A member boxed under a name of your own ([`BoxCredential::named`]) is listed in the error
+/// under that name with the credential that raised its error, `primary
+/// (ClientSecretCredential)`, as traces name it.
 ///
 /// The token names the credential that answered ([`AccessToken::credential`]); a token of a
 /// credential of yours, which has no name, gets the chain member's (the box's name, or for
@@ -143,19 +148,29 @@ impl Service<TokenRequest> for ChainedTokenCredential {
         Box::pin(async move {
             first_token(&credentials, request, CHAIN)
                 .await
-                .map(|(_, token)| token)
+                .map(|answered| answered.token)
         })
     }
 }
 
-/// Tries `credentials` in order under the chain rules; the token and the index of the
-/// credential that answered, or the chain's error under `chain_name`.
+/// What [`first_token`] got: the token, the index of the credential that answered, and
+/// whether a credential before it was *unavailable* for a reason that may pass (a timeout,
+/// an outage), so that it might have answered on another try.
+pub(crate) struct Answered {
+    pub(crate) index: usize,
+    pub(crate) token: AccessToken,
+    pub(crate) after_transient: bool,
+}
+
+/// Tries `credentials` in order under the chain rules; what answered (see [`Answered`]), or
+/// the chain's error under `chain_name`.
 pub(crate) async fn first_token(
     credentials: &[BoxCredential],
     request: TokenRequest,
     chain_name: &'static str,
-) -> Result<(usize, AccessToken), CredentialError> {
+) -> Result<Answered, CredentialError> {
     let mut attempts = Vec::new();
+    let mut after_transient = false;
     for ((index, credential), attempt) in credentials.iter().enumerate().zip(1..) {
         let span = attempt_span(credential.name(), attempt, &request);
         let asked = credential
@@ -165,19 +180,36 @@ pub(crate) async fn first_token(
         match WITHIN_CHAIN.scope(true, asked).await {
             Ok(token) => {
                 span.in_scope(|| report_success(credential.name()));
-                return Ok((index, token));
+                return Ok(Answered {
+                    index,
+                    token,
+                    after_transient,
+                });
             }
             Err(error) if error.is_unavailable() => {
                 span.in_scope(|| report_unavailable(credential.name(), &error));
-                attempts.push(error);
+                after_transient |=
+                    error.is_transient() || error.attempts().iter().any(|a| a.is_transient());
+                attempts.push(attributed(credential.name(), error));
             }
             Err(error) => {
-                attempts.push(error);
+                attempts.push(attributed(credential.name(), error));
                 break;
             }
         }
     }
     Err(CredentialError::chain(chain_name, attempts))
+}
+
+/// `error` as a chain lists it: under the name the chain's traces give its member (a box's
+/// name, `primary`) with the credential that raised it, `primary (ClientSecretCredential)`,
+/// when the two differ; a nested chain's error as it is (its attempts are listed instead).
+fn attributed(member: &str, error: CredentialError) -> CredentialError {
+    if member == error.credential() || !error.attempts().is_empty() {
+        return error;
+    }
+    let name = format!("{member} ({})", error.credential());
+    error.renamed(name)
 }
 
 /// How a [`Fallback`] names its member: a box by its own name (a credential wrapped by
@@ -286,15 +318,17 @@ impl<A: TokenCredential, B: TokenCredential> Future for FallbackFuture<A, B> {
                         let (Some(second), Some(request)) = (second.take(), request.take()) else {
                             return Poll::Ready(Err(error));
                         };
+                        let first_error = attributed(name, error);
                         let name = member_name(&second);
                         this.state.set(State::Second {
                             span: attempt_span(&name, 2, &request),
                             name,
                             future: second.oneshot(request),
-                            first_error: Some(error),
+                            first_error: Some(first_error),
                         });
                     }
                     Err(error) => {
+                        let error = attributed(name, error);
                         return Poll::Ready(Err(CredentialError::chain(OR_CHAIN, vec![error])));
                     }
                 },
@@ -313,6 +347,7 @@ impl<A: TokenCredential, B: TokenCredential> Future for FallbackFuture<A, B> {
                         result
                             .map(|token| answered_by(token, || name.clone()))
                             .map_err(|error| {
+                                let error = attributed(name, error);
                                 let attempts =
                                     first_error.take().into_iter().chain([error]).collect();
                                 CredentialError::chain(OR_CHAIN, attempts)

@@ -165,15 +165,17 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 /// **Failing fast.** Inside this chain, as in any chain, the managed identity, when it would
 /// ask IMDS, first probes it without retries and with a 1 s timeout: on a machine that is not
 /// an Azure VM the chain moves on within about a second instead of waiting out IMDS's retry
-/// schedule. What makes it *unavailable*, so that the chain moves on:
+/// schedule. When something that is not IMDS answers the probe (an answer that is not IMDS's
+/// JSON: AWS's IMDSv1 404, a firewall's 502), the token request goes within the same second,
+/// without retries, too. What makes it *unavailable*, so that the chain moves on:
 ///
 /// * no HTTP reply to the probe, or no answer to the token request, before IMDS has answered
 ///   this credential with JSON;
 /// * until IMDS has issued a token, an answer at the IMDS address that is not a JSON object (a proxy,
 ///   firewall or captive portal answering for the link-local address), as in azure-identity;
 /// * a 403 naming an `unreachable` network (Docker Desktop);
-/// * any JSON 400 for the system-assigned identity but `invalid_resource` (no identity, or several
-///   user-assigned ones and no id given).
+/// * until IMDS has issued it a token, any JSON 400 for the system-assigned identity but
+///   `invalid_resource` (no identity, or several user-assigned ones and no id given).
 ///
 /// Anything else stops the chain, so that it does not run on as another identity: a 400 for
 /// a user-assigned identity (not assigned to this host), `invalid_resource` (a mistyped
@@ -196,8 +198,21 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 /// IMDS probe again on every new scope, and a deployed service does not silently switch
 /// identity when its managed identity has a bad moment: it gets that credential's error, as
 /// that credential reports it alone (an Azure CLI whose session expired is *authentication
-/// failed*, not *unavailable*, so a fallback after this chain does not answer instead). Build
-/// a new `DefaultAzureCredential` to choose again.
+/// failed*, not *unavailable*, so a fallback after this chain does not answer instead). Even
+/// what it would report as *unavailable* (an `az` no longer signed in, an `az` that cannot
+/// start) is *authentication failed* once it has been chosen, saying so. Build a new
+/// `DefaultAzureCredential` to choose again.
+///
+/// A credential is not chosen when one before it was *unavailable* for a reason that may pass
+/// ([`is_transient`](crate::CredentialError::is_transient)): an IMDS probe with no answer
+/// within its second (a VM's IMDS slow for a moment), a tool that timed out, an outage met
+/// by the shared token cache. That request gets the answer, and the next one runs the chain
+/// again in order, so a VM whose IMDS was slow once gets its managed identity once IMDS
+/// answers, not the developer's `az` account for good (azure-identity and the Go SDK choose
+/// it). Until a credential is chosen, two requests may be answered by different ones; and on
+/// a machine where the IMDS address swallows connections without answer (some networks), the
+/// chain's requests that reach the managed identity each pay its 1 s probe. A refused
+/// connection, or something other than IMDS answering there, is not such a reason.
 ///
 /// When nothing answers, the error lists every credential tried with what to set up.
 #[derive(Clone)]
@@ -212,7 +227,8 @@ struct Inner {
     /// without the chain's downgrade of their failures to *unavailable*, as azure-identity
     /// asks its `_successful_credential` outside `within_dac`.
     chosen: Arc<[BoxCredential]>,
-    /// The index of the member that answered first; it answers every later request.
+    /// The index of the member that answered first with no member before it *unavailable*
+    /// for a reason that may pass; it answers every later request.
     answered: OnceLock<usize>,
 }
 
@@ -258,24 +274,31 @@ impl Service<TokenRequest> for DefaultAzureCredential {
                 .get()
                 .and_then(|&index| Some((index, inner.chosen.get(index)?.clone())));
             if let Some((_, credential)) = chosen {
-                return credential.oneshot(request).await;
+                return credential.oneshot(request).await.map_err(chosen_failure);
             }
-            let result = first_token(&inner.members, request, NAME).await;
-            match result {
-                Ok((index, token)) => {
-                    if inner.answered.set(index).is_ok() {
-                        if let Some(member) = inner.members.get(index) {
-                            tracing::debug!(
-                                credential = member.name(),
-                                "DefaultAzureCredential will use this credential from now on"
-                            );
-                        }
+            match first_token(&inner.members, request, NAME).await {
+                Ok(answered) => {
+                    let name = inner.members.get(answered.index).map(BoxCredential::name);
+                    if answered.after_transient {
+                        // A credential before it may answer once its trouble passes (an IMDS
+                        // slow to answer the probe, a tool that timed out): choosing now would
+                        // keep a deployed service on a developer's sign-in for good.
+                        tracing::debug!(
+                            credential = name,
+                            "DefaultAzureCredential does not keep this credential: one before \
+                             it failed in a way that may pass, and is asked again next time"
+                        );
+                    } else if inner.answered.set(answered.index).is_ok() {
+                        tracing::debug!(
+                            credential = name,
+                            "DefaultAzureCredential will use this credential from now on"
+                        );
                     }
-                    Ok(token)
+                    Ok(answered.token)
                 }
                 Err(error) => Err(if error.is_unavailable() {
-                    error.with_message_suffix(&format!(
-                        "\nSet up one of them as its line says; {DOCS} lists what each reads"
+                    error.with_chain_note(&format!(
+                        "Set up one of them as its line says; {DOCS} lists what each reads"
                     ))
                 } else {
                     error
@@ -283,6 +306,23 @@ impl Service<TokenRequest> for DefaultAzureCredential {
             }
         })
     }
+}
+
+/// The chosen credential's error: its own, except that *unavailable* becomes *authentication
+/// failed* (message and cause kept). It answered before, so it is configured; an outer
+/// fallback (`DefaultAzureCredential::new()?.or(…)`) moving on would switch identity silently
+/// (an `az` whose account was cleared, or that can no longer start).
+fn chosen_failure(error: CredentialError) -> CredentialError {
+    if !error.is_unavailable() {
+        return error;
+    }
+    error
+        .into_authentication_failed()
+        .with_message_suffix(&format!(
+            "; {NAME} chose this credential when it first answered and asks no other now, so \
+         this fails instead of letting a fallback answer as another identity: build a new \
+         {NAME} to choose again"
+        ))
 }
 
 impl fmt::Debug for DefaultAzureCredential {
@@ -1122,9 +1162,9 @@ mod tests {
 
     /// A value the program gave that cannot work fails build(), naming it, instead of making
     /// a member unavailable so that the chain answers as another identity; the same mistake
-    /// in the environment keeps the chain going.
-    #[test]
-    fn invalid_values_given_in_code_fail_build() {
+    /// in the environment builds, and is reported when a token is asked for.
+    #[tokio::test]
+    async fn invalid_values_given_in_code_fail_build() {
         let vars = || DefaultAzureCredential::builder().vars(Vec::<(String, String)>::new());
         let err = vars()
             .managed_identity_system_assigned_label(" ")
@@ -1154,15 +1194,44 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(err.message().contains("resource id is empty"), "{err}");
-        // From the environment, the same values leave the chain to the members after them.
-        DefaultAzureCredential::builder()
+        // From the environment, the same values build; asking for a token is then the
+        // workload identity's invalid request (its tenant), which stops the chain: the
+        // environment member before it is unavailable (no secret), and nothing after it is
+        // asked (IMDS points at a closed loopback port all the same).
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let imds = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let chain = DefaultAzureCredential::builder()
             .vars([
                 ("AZURE_TENANT_ID", "a b"),
                 ("AZURE_CLIENT_ID", "c"),
                 ("AZURE_FEDERATED_TOKEN_FILE", "/nonexistent"),
+                ("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.as_str()),
             ])
+            .exclude_shared_token_cache_credential(true)
+            .exclude_azure_cli_credential(true)
+            .exclude_azure_developer_cli_credential(true)
             .build()
             .unwrap();
+        let err = crate::CredentialExt::get_token(&chain, ["https://resource.test/.default"])
+            .await
+            .unwrap_err();
+        assert!(err.is_invalid_request(), "{err}");
+        let attempts: Vec<(&str, bool)> = err
+            .attempts()
+            .iter()
+            .map(|a| (a.credential(), a.is_unavailable()))
+            .collect();
+        assert_eq!(
+            attempts,
+            [
+                ("EnvironmentCredential", true),
+                ("WorkloadIdentityCredential", false)
+            ],
+            "{err}"
+        );
+        assert!(err.attempts()[1].is_invalid_request(), "{err}");
+        assert!(chain.answered().is_none());
     }
 
     /// A member's configuration error already names it: the unavailable error carries the

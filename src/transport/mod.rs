@@ -87,7 +87,10 @@ pub use builder::HttpClientBuilder;
 pub use error::TransportError;
 pub(crate) use error::{Attempts, TransportErrorKind};
 pub use retry::RetryOptions;
-pub(crate) use retry::{BeforeRetry, MAX_RETRY_AFTER, SingleUse, is_retryable_status, retry_after};
+pub(crate) use retry::{
+    BeforeRetry, MAX_RETRY_AFTER, SingleUse, is_imds_retryable_status, is_retryable_status,
+    retry_after,
+};
 pub use roots::Roots;
 
 /// A request as credentials send it: the body is a complete, cheaply cloned buffer.

@@ -352,7 +352,7 @@ pub(crate) fn is_retryable_status(status: StatusCode) -> bool {
 }
 
 /// What the IMDS schedule retries: 404, 408, 410, 429 and every 5xx.
-fn is_imds_retryable_status(status: StatusCode) -> bool {
+pub(crate) fn is_imds_retryable_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 404 | 408 | 410 | 429) || status.is_server_error()
 }
 

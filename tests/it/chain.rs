@@ -195,6 +195,52 @@ async fn typed_or_follows_the_same_rules() {
     assert_eq!(names, ["EnvironmentCredential", "AzureCliCredential"]);
 }
 
+/// Members boxed under names of the program's own are listed under them, with the credential
+/// that raised the error, as the traces name them: `primary (EnvironmentCredential)`. Before,
+/// the error named only the credential's type, so two members of one type looked alike.
+#[tokio::test]
+async fn named_members_are_listed_under_their_names() {
+    use tower_identity::BoxCredential;
+    let failing = Authority::start().await;
+    invalid_client(&failing);
+    let chain = ChainedTokenCredential::new([
+        BoxCredential::named("primary", empty_env()),
+        BoxCredential::named("backup", client_secret(&failing)),
+    ])
+    .unwrap();
+    let err = chain.get_token([SCOPE]).await.unwrap_err();
+    let names: Vec<_> = err.attempts().iter().map(|a| a.credential()).collect();
+    assert_eq!(
+        names,
+        [
+            "primary (EnvironmentCredential)",
+            "backup (ClientSecretCredential)"
+        ]
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "backup (ClientSecretCredential) failed (authentication failed), so the chain stopped"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("1. primary (EnvironmentCredential) (unavailable): "),
+        "{text}"
+    );
+    // `or` alike, and a member whose name is its credential's keeps the one name.
+    let err = BoxCredential::named("primary", empty_env())
+        .or(no_cli())
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    let names: Vec<_> = err.attempts().iter().map(|a| a.credential()).collect();
+    assert_eq!(
+        names,
+        ["primary (EnvironmentCredential)", "AzureCliCredential"]
+    );
+}
+
 #[test]
 fn an_empty_chain_is_a_construction_error() {
     let err = ChainedTokenCredential::new([]).unwrap_err();

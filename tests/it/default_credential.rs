@@ -412,6 +412,139 @@ async fn a_chosen_azure_cli_that_fails_stops_a_fallback_after_the_chain() {
     );
 }
 
+/// Once chosen, Azure CLI that reports itself *unavailable* (`az account clear` was run, the
+/// session is gone) is *authentication failed* saying why: an outer fallback does not answer
+/// as another identity. Before, the chain passed its *unavailable* on, and the fallback's
+/// service principal answered in its place.
+#[tokio::test]
+async fn a_chosen_azure_cli_that_is_no_longer_signed_in_stops_a_fallback_after_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    let az = signed_in(dir.path(), "az");
+    let other = tempfile::tempdir().unwrap();
+    let service_principal = fake_tool(
+        other.path(),
+        "az",
+        r#"now=$(date +%s); printf '{"accessToken":"other-token","expires_on":%s,"tokenType":"Bearer"}\n' $((now + 3600))"#,
+    );
+    let dac = nothing_configured(dir.path(), &imds, &[])
+        .azure_cli_credential(AzureCliCredential::builder().program(&az).build().unwrap())
+        .build()
+        .unwrap();
+    let with_fallback = dac.clone().or(AzureCliCredential::builder()
+        .program(&service_principal)
+        .build()
+        .unwrap());
+    let token = with_fallback.get_token([SCOPE]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "az-token");
+    assert_eq!(dac.answered(), Some("AzureCliCredential"));
+    fake_tool(
+        &dir.path().join("az"),
+        "az",
+        "echo \"ERROR: Please run 'az login' to setup account.\" >&2; exit 1",
+    );
+    let err = with_fallback
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("Run 'az login'"), "{text}");
+    assert!(
+        text.contains("DefaultAzureCredential chose this credential"),
+        "{text}"
+    );
+    assert!(
+        text.contains("build a new DefaultAzureCredential"),
+        "{text}"
+    );
+    assert!(
+        lines(other.path().join("calls")).is_empty(),
+        "the fallback was never asked"
+    );
+    // Asked directly, the same.
+    let err = dac
+        .get_token(["https://third.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert_eq!(err.credential(), "AzureCliCredential", "{err}");
+}
+
+/// IMDS slow to answer the first probe (a VM starting, a one-off stall): the managed identity
+/// is *unavailable* for that request, which Azure CLI answers, but nothing is chosen, and once
+/// IMDS answers the service gets its managed identity's token. Before, the chain chose Azure
+/// CLI on that first request and sent every later one as the developer's `az` account. Real
+/// time (the probe's 1 s): `az` runs as a process, which a paused clock would time out.
+#[tokio::test]
+async fn a_slow_first_imds_probe_does_not_choose_the_credential_after_it() {
+    use crate::support::mi_emulator::{Emulator, Fault, Flavour};
+    let dir = tempfile::tempdir().unwrap();
+    let imds = Emulator::start(Flavour::Imds).await;
+    imds.push_fault(Fault::Delay(Duration::from_secs(3600)));
+    let dac = with_signed_in_az(dir.path(), &imds.base_url());
+    let token = dac.get_token([SCOPE]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "az-token");
+    assert_eq!(dac.answered(), None);
+    let token = dac.get_token([SCOPE]).await.unwrap();
+    assert!(
+        token.secret().expose_secret().starts_with("mi-imds-"),
+        "{token:?}"
+    );
+    assert_eq!(dac.answered(), Some("ManagedIdentityCredential"));
+    assert_eq!(lines(dir.path().join("az/calls")).len(), 1, "az ran once");
+    let requests = imds.requests();
+    assert_eq!(
+        requests.len(),
+        3,
+        "two probes, one token request: {requests:?}"
+    );
+}
+
+/// Nested in a chain of the program's own, the chain's advice about its members ("Set up one of
+/// them…") stays in the outer error, which lists the same members. Before, the flattening of
+/// the attempts dropped it.
+#[tokio::test(start_paused = true)]
+async fn nested_in_another_chain_the_error_keeps_the_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    let nothing = || {
+        tower_identity::EnvironmentCredential::builder()
+            .vars(Vec::<(String, String)>::new())
+            .build()
+    };
+    let dac = nothing_configured(dir.path(), &imds, &[]).build().unwrap();
+    let err = dac
+        .clone()
+        .or(nothing())
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert_eq!(err.attempts().len(), 7, "{err}");
+    let text = err.to_string();
+    assert_eq!(
+        text.matches("Set up one of them as its line says").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("struct.DefaultAzureCredential.html"),
+        "{text}"
+    );
+    let nested = tower_identity::ChainedTokenCredential::new([
+        nothing().boxed_credential(),
+        dac.or(nothing()).boxed_credential(),
+    ])
+    .unwrap();
+    let text = nested.get_token([SCOPE]).await.unwrap_err().to_string();
+    assert_eq!(
+        text.matches("Set up one of them as its line says").count(),
+        1,
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn a_failing_azure_cli_lets_azure_developer_cli_answer() {
     let dir = tempfile::tempdir().unwrap();
@@ -1009,7 +1142,11 @@ async fn a_failing_shared_token_cache_lets_azure_cli_answer() {
             .await
             .unwrap_or_else(|e| panic!("{case}: {e}"));
         assert_eq!(token.secret().expose_secret(), "az-token", "{case}");
-        assert_eq!(dac.answered(), Some("AzureCliCredential"), "{case}");
+        // A refusal is final, and Azure CLI is chosen; after an outage or a dropped
+        // connection, which may pass, nothing is chosen and the next request asks the shared
+        // cache again.
+        let chosen = (case == "invalid_grant").then_some("AzureCliCredential");
+        assert_eq!(dac.answered(), chosen, "{case}");
         assert_eq!(
             authority.token_posts(),
             1,

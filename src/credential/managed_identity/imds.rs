@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
+use tokio::time::Instant;
 use url::Url;
 
 use super::request::{self, Answer};
@@ -15,7 +16,9 @@ use super::response::{failure, provider_text};
 use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
 use crate::error::{Cause, CredentialError};
 use crate::token::AccessToken;
-use crate::transport::{BeforeRetry, HttpClient, RetryOptions, TransportErrorKind};
+use crate::transport::{
+    BeforeRetry, HttpClient, RetryOptions, TransportErrorKind, is_imds_retryable_status,
+};
 
 const SOURCE: ManagedIdentitySource = ManagedIdentitySource::Imds;
 const DEFAULT_BASE: &str = "http://169.254.169.254";
@@ -109,9 +112,11 @@ impl Imds {
         if let Some(client) = self.probe_http.get() {
             return Ok(client);
         }
+        // No connect timeout of its own: a connection not made within the budget is the
+        // budget's timeout (maybe a slow IMDS), not a connection failure (nothing there).
         let client = built(
             HttpClient::builder()
-                .connect_timeout(Some(PROBE_TIMEOUT))
+                .connect_timeout(None)
                 .timeout(Some(PROBE_TIMEOUT))
                 .max_response_bytes(PROBE_MAX_BYTES)
                 .no_retry(),
@@ -160,19 +165,32 @@ impl Imds {
         before_retry: &BeforeRetry,
     ) -> Result<AccessToken, CredentialError> {
         let in_chain = self.probe.unwrap_or(within_chain);
+        let mut quick = None;
         if in_chain && !self.answered.load(Ordering::Acquire) {
-            self.probe(self.probe_http()?, resource).await?;
+            let probe_http = self.probe_http()?;
+            let started = Instant::now();
+            self.probe(probe_http, resource).await?;
+            // Something answered, but not with IMDS's JSON (AWS's IMDSv1 404 page, a
+            // firewall's 502): the token request too gets the probe's client and what is left
+            // of its budget, not IMDS's retry schedule (some 24 s of retries for a 404, 75 s
+            // for a 410), so that the chain moves on within the second.
+            if !self.answered.load(Ordering::Acquire) {
+                quick = Some((probe_http, started));
+            }
         }
-        let token = self.token(resource, in_chain, before_retry).await?;
+        let token = self.token(resource, in_chain, quick, before_retry).await?;
         self.succeeded.store(true, Ordering::Release);
         Ok(token)
     }
 
-    /// One token request; `in_chain`: asked by a chain that may move on.
+    /// One token request; `in_chain`: asked by a chain that may move on; `quick`: sent
+    /// through this client within what is left of the budget of the probe started then, no
+    /// retries, because only something other than IMDS has answered so far.
     async fn token(
         &self,
         resource: &str,
         in_chain: bool,
+        quick: Option<(&HttpClient, Instant)>,
         before_retry: &BeforeRetry,
     ) -> Result<AccessToken, CredentialError> {
         let before_token = in_chain && !self.succeeded.load(Ordering::Acquire);
@@ -188,24 +206,24 @@ impl Imds {
         } else {
             before_retry.clone()
         };
-        let request = request::reporting(self.request(resource, true)?, &report);
-        let answer = match request::send(&self.http, SOURCE, request, &[]).await {
-            Ok(answer) => answer,
-            Err(error) => {
-                if let Some(error) = misconfigured(&error) {
-                    return Err(error);
-                }
-                // Until IMDS has answered with JSON, a chain takes any failure to get an
-                // answer (a connection closed, bytes that are not HTTP) as no IMDS, as
-                // azure-identity's does; outside a chain only no connection or no answer
-                // in time does.
-                let before_json = in_chain && !self.answered.load(Ordering::Acquire);
-                if before_json || request::no_answer(&error) {
-                    return Err(self.no_answer(error));
-                }
-                return Err(error);
+        let mut answer = match quick {
+            Some((http, started)) => {
+                self.send(http, resource, in_chain, Some(started), &report)
+                    .await?
+            }
+            None => {
+                self.send(&self.http, resource, in_chain, None, &report)
+                    .await?
             }
         };
+        if quick.is_some() && is_json(&answer.body) && is_imds_retryable_status(answer.status) {
+            // IMDS after all (its JSON), busy: a 410 while it is updated, a 429, a 5xx. It is
+            // there, so its whole retry schedule, as when the probe has its JSON.
+            self.answered.store(true, Ordering::Release);
+            answer = self
+                .send(&self.http, resource, in_chain, None, &report)
+                .await?;
+        }
         if let Some(error) = docker_desktop(&answer) {
             return Err(error);
         }
@@ -237,23 +255,51 @@ impl Imds {
         }
     }
 
+    /// Sends the token request through `http` (when `probed`, within what is left of the
+    /// budget of the probe started then); a request that got no answer is an error as
+    /// [`token`](Self::token) reports it.
+    async fn send(
+        &self,
+        http: &HttpClient,
+        resource: &str,
+        in_chain: bool,
+        probed: Option<Instant>,
+        report: &BeforeRetry,
+    ) -> Result<Answer, CredentialError> {
+        let request = request::reporting(self.request(resource, true)?, report);
+        let sent = request::send(http, SOURCE, request, &[]);
+        let sent = match probed {
+            Some(started) => {
+                let left = PROBE_TIMEOUT.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left, sent).await {
+                    Ok(sent) => sent,
+                    Err(_elapsed) => return Err(self.no_answer(out_of_time())),
+                }
+            }
+            None => sent.await,
+        };
+        sent.map_err(|error| {
+            if let Some(error) = misconfigured(&error) {
+                return error;
+            }
+            // Until IMDS has answered with JSON, a chain takes any failure to get an answer
+            // (a connection closed, bytes that are not HTTP) as no IMDS, as azure-identity's
+            // does; outside a chain only no connection or no answer in time does.
+            let before_json = in_chain && !self.answered.load(Ordering::Acquire);
+            if before_json || request::no_answer(&error) {
+                return self.no_answer(error);
+            }
+            error
+        })
+    }
+
     /// A quick request without `Metadata`: no HTTP answer within [`PROBE_TIMEOUT`] means no
     /// IMDS.
     async fn probe(&self, http: &HttpClient, resource: &str) -> Result<(), CredentialError> {
         let request = self.request(resource, false)?;
         let sent = tokio::time::timeout(PROBE_TIMEOUT, request::send(http, SOURCE, request, &[]));
         match sent.await {
-            Err(_elapsed) => Err(self.absent(
-                CredentialError::authentication_failed(
-                    NAME,
-                    format!("no answer within {PROBE_TIMEOUT:?}"),
-                )
-                .with_cause(Cause {
-                    timeout: true,
-                    transient: true,
-                    ..Cause::default()
-                }),
-            )),
+            Err(_elapsed) => Err(self.absent(out_of_time())),
             // Not only no connection: a dropped connection, bytes that are not HTTP or a page
             // larger than the probe reads are no IMDS either (azure-identity's probe: anything
             // but an HTTP response). A client that cannot send the request at all is a mistake
@@ -264,7 +310,8 @@ impl Imds {
                 // Any other HTTP answer lets the token request go (as azure-identity's probe
                 // does); only IMDS's own, JSON (its 400 for the missing header, as a rule),
                 // shows that IMDS is there. A web page may be a captive portal's: the token
-                // request then finds no JSON either, and the chain moves on.
+                // request then goes within the probe's budget and finds no JSON either, and
+                // the chain moves on.
                 None => {
                     if is_json(&answer.body) {
                         self.answered.store(true, Ordering::Release);
@@ -298,10 +345,13 @@ impl Imds {
              managed identity ({})",
             error.message()
         );
+        // Transient only when nothing answered in time: that may be this host's IMDS being
+        // slow for a moment (so `DefaultAzureCredential` does not choose the credential after
+        // it for good). A refused connection or something that is not IMDS answering is not.
         let unavailable = CredentialError::unavailable(NAME, message).with_cause(Cause {
             timeout: error.is_timeout(),
             connect: error.is_connect(),
-            transient: true,
+            transient: error.is_timeout(),
             throttled_until: None,
             unfinished: false,
         });
@@ -324,10 +374,15 @@ impl Imds {
     /// and no user-assigned one; azure-identity makes every IMDS 400 *unavailable*. A mistyped
     /// resource is this crate's deliberate exception: a chain should report it, not answer as
     /// another identity that would get the same refusal.
+    ///
+    /// Once IMDS has issued this credential a token, the host has (or had) the identity: a
+    /// system-assigned 400 is then *authentication failed* too, as a failure of the identity
+    /// (removed from the VM, or IMDS refusing it), so a chain does not switch identity.
     fn bad_request(&self, answer: &Answer, resource: &str) -> Option<CredentialError> {
         if answer.status != StatusCode::BAD_REQUEST || !is_json(&answer.body) {
             return None;
         }
+        let issued = self.succeeded.load(Ordering::Acquire);
         let said = provider_text(&answer.body, &[]);
         let text = said.text.to_ascii_lowercase();
         let not_found = text.contains("identity not found");
@@ -338,6 +393,11 @@ impl Imds {
                 "; Microsoft Entra ID knows no resource \"{resource}\": check the scope asked \
                  for (the resource is the scope without \"/.default\")"
             ))),
+            (None, _) if issued => Some(error.with_message_suffix(
+                "; IMDS issued this credential tokens before, so this host has had its \
+                 system-assigned identity: this is a failure of that identity (disabled or \
+                 removed since, or IMDS refusing it), not a host without one",
+            )),
             (None, _) if several => Some(error.into_unavailable().with_message_suffix(
                 "; this host has no system-assigned identity but several user-assigned ones, \
                  and IMDS does not choose among them: give the client id of one of them \
@@ -372,6 +432,16 @@ fn built(builder: crate::transport::HttpClientBuilder) -> Result<HttpClient, Str
         .no_proxy()
         .build()
         .map_err(|e| format!("the HTTP client could not be built: {e}"))
+}
+
+/// No answer within the probe's budget.
+fn out_of_time() -> CredentialError {
+    CredentialError::authentication_failed(NAME, format!("no answer within {PROBE_TIMEOUT:?}"))
+        .with_cause(Cause {
+            timeout: true,
+            transient: true,
+            ..Cause::default()
+        })
 }
 
 /// The error for a request the client cannot send as it is set up (a client that sends https
@@ -507,6 +577,21 @@ mod tests {
             err.message().contains("refused the system-assigned"),
             "{err}"
         );
+
+        // Once IMDS has issued this credential a token, the host has had the identity: every
+        // system-assigned 400 is a failure of it, not an absence (a chain must not switch).
+        for body in [not_found, several, other, "{}"] {
+            let issued = system();
+            issued.succeeded.store(true, Ordering::Release);
+            let err = bad(issued, body);
+            assert!(err.is_authentication_failed(), "{body}: {err}");
+            assert!(
+                err.message()
+                    .contains("issued this credential tokens before"),
+                "{err}"
+            );
+            assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+        }
 
         // A user-assigned 400 of another kind: the generic failure.
         assert!(user().bad_request(&answer(400, "{}"), "r").is_none());

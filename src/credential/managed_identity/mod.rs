@@ -250,7 +250,8 @@ impl IdParams {
 ///   [`RetryOptions`](crate::RetryOptions) (30 s in all).
 /// * On a host without IMDS, the request fails after its retries and the credential is
 ///   *unavailable* ("no managed identity endpoint answered"); so is an IMDS that answers 403
-///   with `unreachable` (Docker Desktop), or any JSON 400 for the system-assigned identity but
+///   with `unreachable` (Docker Desktop), or, until IMDS has issued the credential a token, any
+///   JSON 400 for the system-assigned identity but
 ///   `invalid_resource`: the host has no system-assigned identity to use, with advice for
 ///   "Identity not found" (enable it, or give a user-assigned id) and for "Multiple user
 ///   assigned identities exist" (give the client id of one of them). A 400 for a
@@ -275,7 +276,14 @@ impl IdParams {
 ///   *unavailable* at once instead of after the retries, and so does any failure to get an
 ///   answer to the token request; until IMDS has issued a token, so does an answer to the
 ///   token request that is not a JSON object (a proxy or firewall answering for the
-///   link-local address). A client that cannot send the request at all (an `https`-only
+///   link-local address). When the probe's answer is not IMDS's JSON either (AWS's IMDSv1
+///   404 page, a firewall's 502), the token request goes through the probe's client within
+///   what is left of its second, without IMDS's retry schedule, so such an address costs the
+///   chain a second, not 24 s (404) or 75 s (410) of retries; if that answer is IMDS's JSON
+///   after all, busy (410, 429, 5xx), the request is sent again with the whole schedule. A
+///   probe with no answer within its second is *unavailable* as a
+///   [transient](crate::CredentialError::is_transient) failure (IMDS may be slow for a
+///   moment); a refused connection, or something other than IMDS answering, is not. A client that cannot send the request at all (an `https`-only
 ///   client wrapped where the credential cannot see it, a proxy) is an *invalid request*
 ///   saying what to do, in a chain or not.
 ///   Asked on its own, it is not probed: a slow IMDS is waited for. Concurrent requests for

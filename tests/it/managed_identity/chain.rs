@@ -421,3 +421,132 @@ async fn in_a_chain_a_wait_a_non_json_answer_asks_for_holds_back_no_other_resour
     let statuses: Vec<_> = em.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [400, 503, 200, 200].map(Some));
 }
+
+/// Once IMDS has issued the system-assigned identity a token, a 400 for it is a failure of
+/// that identity (disabled since, IMDS refusing it), not a host without one: the chain stops
+/// rather than answer as the next credential. Before, every system-assigned JSON 400 was
+/// *unavailable*, token issued or not.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_400_after_imds_issued_a_token_stops_the_chain() {
+    let em = Emulator::start(Flavour::Imds).await;
+    let mi = credential(&em, Identity::System);
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let token = mi
+        .clone()
+        .or(counted_second(&asked))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert!(token.secret().expose_secret().starts_with("mi-imds-"));
+    em.push_fault(Fault::IdentityNotFound);
+    let err = mi
+        .or(counted_second(&asked))
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(400), "{err}");
+    assert!(err.to_string().contains("Identity not found"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("issued this credential tokens before"),
+        "{err}"
+    );
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// Something that is not IMDS answering at its address with an HTTP error page (AWS's IMDSv1
+/// 404, a firewall's 502 or 503, a 410): the probe's answer is not IMDS's JSON, so the token
+/// request goes with the probe's client and budget, not IMDS's retry schedule, and the chain
+/// moves on at once. Before, it waited out that schedule (some 24 s of retries for a 404, 75 s
+/// for a 410) on every call.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_an_error_page_at_the_imds_address_is_passed_without_retries() {
+    for status in [404, 410, 502, 503] {
+        let em = Emulator::start(Flavour::Imds).await;
+        let page = Fault::Respond {
+            status,
+            body: format!("<html><body><h1>{status}</h1></body></html>"),
+            headers: vec![("content-type".into(), "text/html".into())],
+        };
+        em.push_faults(page, 60);
+        let mi = credential(&em, Identity::System);
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for call in 1..=2 {
+            let started = Instant::now();
+            let token = mi
+                .clone()
+                .or(counted_second(&asked))
+                .get_token([SCOPE])
+                .await
+                .unwrap_or_else(|e| panic!("{status}: {e}"));
+            assert_eq!(token.secret().expose_secret(), "second-token", "{status}");
+            assert!(
+                started.elapsed() < Duration::from_millis(100),
+                "{status}: {:?}",
+                started.elapsed()
+            );
+            let requests = em.requests();
+            assert_eq!(
+                requests.len(),
+                2 * call,
+                "{status}: a probe and one token request per call: {requests:?}"
+            );
+            let last = &requests[2 * call - 1];
+            assert_eq!(last.identity_header("metadata"), Some("true"), "{status}");
+        }
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+}
+
+/// The token request sent within the probe's budget gets IMDS's own JSON, busy (a 410 while it
+/// is updated): it is IMDS after all, so the request is sent again with the whole retry
+/// schedule, and the 410s are waited out as anywhere else.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_busy_imds_behind_a_page_gets_its_retry_schedule() {
+    let em = Emulator::start(Flavour::Imds).await;
+    em.push_fault(Fault::Respond {
+        status: 404,
+        body: "<html>not found</html>".into(),
+        headers: vec![("content-type".into(), "text/html".into())],
+    });
+    em.push_faults(Fault::ServerError(503), 3);
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let token = credential(&em, Identity::System)
+        .or(counted_second(&asked))
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert!(token.secret().expose_secret().starts_with("mi-imds-"));
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let statuses: Vec<_> = em.requests().iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [Some(404), Some(503), Some(503), Some(503), Some(200)],
+        "the probe, the quick request, then the retried one"
+    );
+}
+
+/// Once IMDS has answered with JSON, the token request keeps IMDS's retry schedule in a chain
+/// too: the probe's 400 is IMDS's, so 404s after it (IMDS not ready yet) are retried.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_imds_that_answered_with_json_keeps_its_retry_schedule() {
+    let em = Emulator::start(Flavour::Imds).await;
+    em.push_fault(Fault::Delay(Duration::ZERO)); // the probe, answered as usual (JSON 400)
+    em.push_faults(
+        Fault::Respond {
+            status: 404,
+            body: "<html>not found</html>".into(),
+            headers: vec![("content-type".into(), "text/html".into())],
+        },
+        2,
+    );
+    let token = credential(&em, Identity::System)
+        .or(second())
+        .get_token([SCOPE])
+        .await
+        .unwrap();
+    assert!(token.secret().expose_secret().starts_with("mi-imds-"));
+    let statuses: Vec<_> = em.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [Some(400), Some(404), Some(404), Some(200)]);
+}
