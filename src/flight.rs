@@ -58,7 +58,9 @@
 //! * **Records carry an id**: a guard removes its own record only, never the record of a newer
 //!   flight of the same key.
 //! * **Locks**: the mutex is never held across an `.await`: `land` is synchronous, and the
-//!   work runs outside it. A `land` may take another lock only in a fixed order: the bearer
+//!   work runs outside it. Code that is not the owner's own (a credential's `clone`, a
+//!   caller's closure, a tracing span, which a subscriber may log) need not run under it
+//!   either: [`deferred`] work is recorded under the lock and made once it is released. A `land` may take another lock only in a fixed order: the bearer
 //!   layer's claims flight stores its token into the layer's refresh slot, so its lock comes
 //!   before the slot's, never after (no `land` of a refresh slot takes another lock). The
 //!   device code credential's sign-in `land` clears its token cache when another account
@@ -84,6 +86,7 @@ use std::thread::ThreadId;
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use crate::error::{Cause, CredentialError};
@@ -202,6 +205,19 @@ where
     #[cfg(test)]
     pub(crate) fn waited(&self) -> Arc<std::sync::atomic::AtomicUsize> {
         Arc::clone(&self.inner.waited)
+    }
+
+    /// Whether the lock is taken at the moment this is called (by this thread or another):
+    /// tests check that code the owner does not control runs without it.
+    #[cfg(test)]
+    pub(crate) fn lock_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let inner = Arc::clone(&self.inner);
+        move || {
+            matches!(
+                inner.locked.try_lock(),
+                Err(std::sync::TryLockError::WouldBlock)
+            )
+        }
     }
 
     /// Locks the state and the records.
@@ -378,6 +394,54 @@ where
         Flight {
             joined,
             _holder: holder,
+        }
+    }
+}
+
+/// A flight's work made after its record is written: [`FlightLock::start`] is given the
+/// future [`deferred`] returns, under the lock, and the owner makes the work with
+/// [`make`](Self::make) once it has released the lock. So the decision to start and the
+/// record stay one critical section, while code the owner does not control (a credential's
+/// `clone`, its caller's closure, a tracing span a subscriber may log) runs outside it.
+pub(crate) struct Deferred<W> {
+    send: oneshot::Sender<BoxFuture<'static, Result<W, CredentialError>>>,
+}
+
+/// The handle that makes a flight's work later, and the future to start the flight with: it
+/// runs that work once made. If the handle is dropped unused (the code making the work
+/// panicked), the flight ends with an error marked as cut off, as a panicking flight does.
+pub(crate) fn deferred<W: Send + 'static>(
+    name: &'static str,
+    what: &'static str,
+) -> (
+    Deferred<W>,
+    impl Future<Output = Result<W, CredentialError>> + Send + 'static,
+) {
+    let (send, made) = oneshot::channel();
+    let work = async move {
+        match made.await {
+            Ok(work) => work.await,
+            Err(_) => Err(did_not_finish(
+                name,
+                format!("{what} did not finish: its work was never made"),
+            )),
+        }
+    };
+    (Deferred { send }, work)
+}
+
+impl<W> Deferred<W> {
+    /// Makes the work with `make`, outside the owner's lock, and hands it to the flight; not
+    /// called when no flight waits for it (none was started: no runtime, or one shutting down,
+    /// dropped it inside `start`).
+    pub(crate) fn make<F, Fut>(self, make: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<W, CredentialError>> + Send + 'static,
+    {
+        if !self.send.is_closed() {
+            // Closed meanwhile (a runtime shutting down), the work is dropped unpolled.
+            let _ = self.send.send(make().boxed());
         }
     }
 }

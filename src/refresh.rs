@@ -54,7 +54,8 @@
 //!   task (tower's `Buffer`) answers the layer's renewal at once with its current token,
 //!   which counts as a failed attempt, tried again after the spacing.
 //! * **No valid token**: every caller waits on one acquisition and receives its result, the
-//!   error included. An expired token is never returned. A failure reaches that
+//!   error included (but for a token stored meanwhile: see below). An expired token is never
+//!   returned. A failure reaches that
 //!   acquisition's waiters only: the next caller starts another (concurrent callers share
 //!   one), unless the slot's token was rejected (next).
 //! * **A rejected token** ([`TokenSlot::invalidate`]: the bearer layer's answer to a 401, a
@@ -88,7 +89,26 @@
 //!   call (a cache lookup) per 401 it meets.
 //! * **A token stored meanwhile** ([`TokenSlot::store`]: the bearer layer's answer to a claims
 //!   challenge) stays when an acquisition that started before it ends: that acquisition was
-//!   asked for less, and its token would meet the same challenge again.
+//!   asked for less, and its token would meet the same challenge again. It is also the answer
+//!   of that acquisition's waiters, whatever the acquisition brought, a failure included
+//!   (requests waiting on a plain 401's replacement while a claims token comes in): nobody
+//!   gets an error while the slot holds a valid token it could hand out. A failure so
+//!   answered is not remembered (the stored token ended the rejection).
+//! * **A hung acquisition** is cut off [`ACQUISITION_LIMIT`] (65 min) after it started: its
+//!   waiters get a transient timeout error ([`is_timeout`](CredentialError::is_timeout)), so,
+//!   after a rejected token, it is not remembered (as any transient failure asking for no
+//!   wait), a renewal so ended counts as a failed one (spaced), and the next caller starts
+//!   anew. Without it a credential that never answers (a user's credential type, an HTTP
+//!   client without the default 30 s deadline) held the slot for good: every caller after the
+//!   token's expiry joined it and waited for ever. The limit is far above what the crate's
+//!   own credentials take (each request has a deadline: the transport's 30 s, IMDS's 90 s, a
+//!   tool's 10 s) because a device code sign-in waits for its user, up to its code's
+//!   lifetime (an hour at most), and the layer's acquisition over it must not cut it off
+//!   (that would abort the sign-in). The bearer layer's claims flights have the same limit
+//!   (`bearer/source.rs`). On a runtime without timers there is none (tokio cannot make one;
+//!   see [`TokenSlot::timer_until`]). It is a tokio timer: while an acquisition runs, a
+//!   paused clock (tests) jumps to it when the runtime has nothing else to do, as it would
+//!   to an HTTP client's deadline.
 //! * **An expired token is never stored**, however it comes in: an acquisition's outcome and
 //!   a token [`TokenSlot::store`]d (a claims answer with `expires_in: 0`) pass the same check;
 //!   refused, it is an error for its callers and the current entry stays (a valid token is
@@ -102,7 +122,10 @@
 //!   ends, are each one critical section. A panicking acquisition is an error for its
 //!   waiters and, for a renewal, counts as a failed attempt; after a rejected token it is
 //!   not remembered (see above). The mutex is never held across
-//!   an `.await` or any I/O.
+//!   an `.await` or any I/O, nor while code that is not the slot's runs: an acquisition is
+//!   recorded under it, and its work made once it is released ([`crate::flight`]'s deferred
+//!   work): the `token_acquisition` span (a subscriber may write output as it is made) and
+//!   the caller's `acquire` (the layer's clones the credential, a user's type).
 //! * **Generation**: a counter bumped whenever the slot changes in a way readers must notice
 //!   (a new token, an invalidation, an acquisition ending). A reader that keeps its own copy of
 //!   the token checks the counter with one atomic load instead of taking the lock.
@@ -234,7 +257,8 @@
 //! Each acquisition runs in a `token_acquisition` span at DEBUG (`credential`, `attempt`: the
 //! slot's how-many-th acquisition, `renewal`), entered by its task, so what the credential
 //! logs while acquiring is attributed to it. The span is made when an acquisition starts,
-//! never when a fresh token is handed out: the bearer layer's hot path makes none.
+//! once the slot's lock is released, never when a fresh token is handed out: the bearer
+//! layer's hot path makes none.
 
 use std::future::Future;
 use std::num::NonZeroU64;
@@ -245,14 +269,21 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::error::CredentialError;
-use crate::flight::{Flight, FlightLock, SingleFlight, WhenAbandoned};
+use crate::error::{Cause, CredentialError};
+use crate::flight::{Deferred, Flight, FlightLock, SingleFlight, WhenAbandoned, deferred};
 use crate::token::{AccessToken, Secret};
 
 /// Refresh when at most this much lifetime is left (azure-identity and azure-core: 300 s).
 pub(crate) const DEFAULT_REFRESH_WINDOW: Duration = Duration::from_secs(300);
 /// Minimum spacing between refresh attempts while the token is valid (azure-identity: 30 s).
 pub(crate) const DEFAULT_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+/// How long an acquisition's work may run before it is cut off (see "A hung acquisition" in
+/// the module docs): the longest device code sign-in (the code's lifetime, an hour at most),
+/// and ten requests at the transport's default deadline (30 s) for what surrounds it (the
+/// code request, the last poll, the cache writes) and room to spare. Everything else the
+/// crate's credentials do ends well within it.
+pub(crate) const ACQUISITION_LIMIT: Duration = crate::credential::device_code::MAX_CODE_LIFETIME
+    .saturating_add(crate::transport::DEFAULT_TOTAL_TIMEOUT.saturating_mul(10));
 /// How long before a lookup's `recheck_at` its timer fires (see the module docs): room for a
 /// late timer on a busy runtime.
 const TIMER_LEAD: Duration = Duration::from_secs(5);
@@ -529,7 +560,7 @@ impl<V: SlotValue> TokenSlot<V> {
             no_timers: AtomicBool::new(false),
             flight: SingleFlight::new(
                 name,
-                "the token acquisition",
+                ACQUISITION,
                 State {
                     current: None,
                     last_attempt: None,
@@ -550,6 +581,12 @@ impl<V: SlotValue> TokenSlot<V> {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// See [`SingleFlight::lock_probe`].
+    #[cfg(test)]
+    pub(crate) fn lock_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        self.flight.lock_probe()
+    }
+
     fn bump(&self) {
         self.generation.fetch_add(1, Ordering::Release);
     }
@@ -566,7 +603,9 @@ impl<V: SlotValue> TokenSlot<V> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
     {
-        let (acquisition, fallback) = {
+        // What to answer, and the work of an acquisition started, made once the lock is
+        // released (see "Mechanism" in the module docs).
+        let (answer, launch) = {
             let now = Instant::now();
             let mut state = self.flight.lock();
             let current = state.current.clone().map(|entry| {
@@ -583,20 +622,35 @@ impl<V: SlotValue> TokenSlot<V> {
                     if early && !due_for_asker {
                         return Ok(entry.value);
                     }
-                    let renewal = match state.running(&()) {
-                        Some(running) => Some(running),
-                        None if self.recently_attempted(&state, now) => None,
-                        None => Some(self.start(&mut state, acquire, Start::renewal(early))),
+                    let (renewal, launch) = match state.running(&()) {
+                        Some(running) => (Some(running), None),
+                        None if self.recently_attempted(&state, now) => (None, None),
+                        None => {
+                            let (renewal, launch) = self.start(&mut state, Start::renewal(early));
+                            (Some(renewal), Some(launch))
+                        }
                     };
                     match renewal {
-                        Some(renewal) if asker.is_some() => (renewal, Some(entry.value)),
+                        Some(renewal) if asker.is_some() => {
+                            (Answer::Wait(renewal, Some(entry.value)), launch)
+                        }
                         // A renewal dropped unawaited runs on in its task
                         // (`WhenAbandoned::RunOn`) and its outcome lands.
-                        _ => return Ok(entry.value),
+                        _ => (Answer::Now(entry.value), launch),
                     }
                 }
-                _ => (self.join_or_start(&mut state, now, acquire), None),
+                _ => {
+                    let (acquisition, launch) = self.join_or_start(&mut state, now);
+                    (Answer::Wait(acquisition, None), launch)
+                }
             }
+        };
+        if let Some(launch) = launch {
+            launch.make(acquire);
+        }
+        let (acquisition, fallback) = match answer {
+            Answer::Now(value) => return Ok(value),
+            Answer::Wait(acquisition, fallback) => (acquisition, fallback),
         };
         match (acquisition.await, fallback) {
             (Ok(entry), _) => Ok(entry.value),
@@ -622,7 +676,10 @@ impl<V: SlotValue> TokenSlot<V> {
             let seen = entry.seen_at(now);
             (entry, seen)
         });
-        match current {
+        // The work of an acquisition started, made once the lock is released (see
+        // "Mechanism" in the module docs).
+        let mut launch = None;
+        let lookup = match current {
             Some((entry, seen)) if seen < entry.expires_on => {
                 // The entry's times are on its token's clock, ahead of `now` by a suspension
                 // of the machine since it was made (see `AccessToken`): the caller, its
@@ -644,7 +701,9 @@ impl<V: SlotValue> TokenSlot<V> {
                         .min(expires_on)
                 } else {
                     // The acquisition's future is dropped unawaited: it runs in its task.
-                    drop(self.start(&mut state, acquire, Start::Renewal));
+                    let (renewal, started) = self.start(&mut state, Start::Renewal);
+                    drop(renewal);
+                    launch = Some(started);
                     expires_on
                 };
                 let timed = self.arm(&mut state, recheck_at);
@@ -655,8 +714,17 @@ impl<V: SlotValue> TokenSlot<V> {
                     timed,
                 }
             }
-            _ => Lookup::Wait(self.join_or_start(&mut state, now, acquire)),
+            _ => {
+                let (acquisition, started) = self.join_or_start(&mut state, now);
+                launch = started;
+                Lookup::Wait(acquisition)
+            }
+        };
+        drop(state);
+        if let Some(launch) = launch {
+            launch.make(acquire);
         }
+        lookup
     }
 
     /// Stores a value obtained outside the slot (a claims token); returns its entry. Not a
@@ -825,58 +893,95 @@ impl<V: SlotValue> TokenSlot<V> {
 
     /// With no valid token: the running acquisition, or else the remembered failure to
     /// replace a rejected token until its end (see "A rejected token" in the module docs), or
-    /// else a new acquisition.
-    fn join_or_start<F, Fut>(
+    /// else a new acquisition, with its work to make once the lock is released.
+    fn join_or_start(
         self: &Arc<Self>,
         state: &mut Locked<'_, V>,
         now: Instant,
-        acquire: F,
-    ) -> Acquisition<V>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
-    {
+    ) -> (Acquisition<V>, Option<Launch<V>>) {
         if let Some(acquisition) = state.running(&()) {
-            return acquisition;
+            return (acquisition, None);
         }
         match state.failure.as_ref().filter(|failure| now < failure.until) {
-            Some(failure) => Acquisition::failed(failure.error.clone()),
-            None => self.start(state, acquire, Start::First),
+            Some(failure) => (Acquisition::failed(failure.error.clone()), None),
+            None => {
+                let (acquisition, launch) = self.start(state, Start::First);
+                (acquisition, Some(launch))
+            }
         }
     }
 
     /// Starts the acquisition (see [`crate::flight`]); its outcome is stored by
-    /// [`land`](Self::land). `acquire` is called inside the acquisition's span (see the module
-    /// docs), so spans it makes are children of it.
-    fn start<F, Fut>(
+    /// [`land`](Self::land). Its work is made by the [`Launch`] returned, once the caller has
+    /// released the lock: the span and the caller's `acquire` are not the slot's code (a
+    /// subscriber may write output; `acquire` clones a credential), so they run outside it.
+    /// The work runs within [`ACQUISITION_LIMIT`] (see "A hung acquisition").
+    fn start(
         self: &Arc<Self>,
         state: &mut Locked<'_, V>,
-        acquire: F,
         kind: Start,
-    ) -> Acquisition<V>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
-    {
+    ) -> (Acquisition<V>, Launch<V>) {
         state.acquisitions = state.acquisitions.saturating_add(1);
         let renewal = kind != Start::First;
-        let span = tracing::debug_span!(
-            "token_acquisition",
-            credential = self.name,
-            attempt = state.acquisitions,
-            renewal
-        );
         let replaced = state
             .current
             .as_ref()
             .filter(|_| renewal)
             .map(|entry| entry.value.token().secret().clone());
-        let work = RENEWING.scope(replaced, span.in_scope(acquire).instrument(span));
+        let (made, work) = deferred(self.name, ACQUISITION);
+        let bounded = {
+            let (slot, started) = (Arc::clone(self), Instant::now());
+            let work = RENEWING.scope(replaced, work);
+            async move { slot.bounded(ACQUISITION, started, work).await }
+        };
         let slot = Arc::clone(self);
         let from = (state.current.as_ref().map(|entry| entry.id), state.stores);
-        state.start((), WhenAbandoned::RunOn, work, move |state, result| {
+        let acquisition = state.start((), WhenAbandoned::RunOn, bounded, move |state, result| {
             slot.land(state, result, kind, from)
-        })
+        });
+        let launch = Launch {
+            made,
+            name: self.name,
+            attempt: state.acquisitions,
+            renewal,
+        };
+        (acquisition, launch)
+    }
+
+    /// `work`, cut off with a transient timeout error if it has not ended
+    /// [`ACQUISITION_LIMIT`] after `started`, when its flight started (its task may first be
+    /// polled later): the slot's acquisitions and the bearer layer's claims flights (see "A
+    /// hung acquisition" in the module docs). `what` names the work in the error. Unbounded
+    /// where tokio can make no timer (see [`timer_until`](Self::timer_until)).
+    pub(crate) async fn bounded<W>(
+        &self,
+        what: &str,
+        started: Instant,
+        work: impl Future<Output = Result<W, CredentialError>>,
+    ) -> Result<W, CredentialError> {
+        let limit = started
+            .checked_add(ACQUISITION_LIMIT)
+            .and_then(|at| self.timer_until(at));
+        let Some(limit) = limit else {
+            return work.await;
+        };
+        tokio::select! {
+            biased;
+            result = work => result,
+            () = limit => Err(CredentialError::authentication_failed(
+                self.name,
+                format!(
+                    "{what} did not end within {} s: the credential (or its HTTP client, if it \
+                     has no deadline) never answered; the next request asks again",
+                    ACQUISITION_LIMIT.as_secs()
+                ),
+            )
+            .with_cause(Cause {
+                timeout: true,
+                transient: true,
+                ..Cause::default()
+            })),
+        }
     }
 
     /// Stores an acquisition's outcome as it ends — normally, by panic, or by runtime
@@ -892,55 +997,61 @@ impl<V: SlotValue> TokenSlot<V> {
         (from, stores): (Option<TokenId>, u64),
     ) -> Result<Entry<V>, CredentialError> {
         let now = Instant::now();
+        // A token stored while this acquisition ran (a claims challenge's, by `store`)
+        // answers more than this one was asked for: it stays, whatever this one brought, and
+        // is its waiters' answer, after a failure too. Replaced, the next request would meet
+        // the same challenge again; an error would fail requests that token can serve.
+        let stored_meanwhile = state
+            .current
+            .as_ref()
+            .filter(|current| {
+                (Some(current.id) != from || state.stores != stores)
+                    && !current.value.token().is_expired_at(now)
+            })
+            .cloned();
         let result = result.and_then(|value| self.unexpired(value, now));
-        let outcome = result.map(|value| match &state.current {
-            // A token stored while this acquisition ran (a claims challenge's, by `store`)
-            // answers more than this one was asked for: it stays, whatever this one brought.
-            // Replaced, the next request would meet the same challenge again.
-            Some(current)
-                if (Some(current.id) != from || state.stores != stores)
-                    && !current.value.token().is_expired_at(now) =>
-            {
-                current.clone()
-            }
-            // The same token back from a renewal started early (see "Stacked slots"): the
-            // entry stays as it was, timing included. Retimed from the lifetime left now, its
-            // window would shrink (`min(window, L / 2)`) and the slot renew later than its own
-            // refresh time.
-            Some(current)
-                if kind == Start::Early
-                    && current.value.token().secret() == value.token().secret()
-                    && !current.value.token().is_expired_at(now) =>
-            {
-                current.clone()
-            }
-            // The same token back, not due by its own timing: the provider's answer for now
-            // (IMDS and App Service answer their cached token, with the time it has left).
-            // The entry takes its value and timing and keeps its id (see the module docs).
-            Some(current)
-                if current.value.token().secret() == value.token().secret()
-                    && self
-                        .policy
-                        .answer_not_due(value.token(), value.token().caught_up(now)) =>
-            {
-                let entry = self.entry_with_id(value, now, current.id);
-                state.current = Some(entry.clone());
-                entry
-            }
-            // Otherwise the same token back is a failed attempt: keep the entry (and its
-            // timing), unless it has expired meanwhile (never handed out).
-            Some(current)
-                if current.value.token().secret() == value.token().secret()
-                    && !current.value.token().is_expired_at(now) =>
-            {
-                current.clone()
-            }
-            _ => {
-                let entry = self.entry(value, now);
-                state.current = Some(entry.clone());
-                entry
-            }
-        });
+        let outcome = match stored_meanwhile {
+            Some(current) => Ok(current),
+            None => result.map(|value| match &state.current {
+                // The same token back from a renewal started early (see "Stacked slots"): the
+                // entry stays as it was, timing included. Retimed from the lifetime left now, its
+                // window would shrink (`min(window, L / 2)`) and the slot renew later than its own
+                // refresh time.
+                Some(current)
+                    if kind == Start::Early
+                        && current.value.token().secret() == value.token().secret()
+                        && !current.value.token().is_expired_at(now) =>
+                {
+                    current.clone()
+                }
+                // The same token back, not due by its own timing: the provider's answer for now
+                // (IMDS and App Service answer their cached token, with the time it has left).
+                // The entry takes its value and timing and keeps its id (see the module docs).
+                Some(current)
+                    if current.value.token().secret() == value.token().secret()
+                        && self
+                            .policy
+                            .answer_not_due(value.token(), value.token().caught_up(now)) =>
+                {
+                    let entry = self.entry_with_id(value, now, current.id);
+                    state.current = Some(entry.clone());
+                    entry
+                }
+                // Otherwise the same token back is a failed attempt: keep the entry (and its
+                // timing), unless it has expired meanwhile (never handed out).
+                Some(current)
+                    if current.value.token().secret() == value.token().secret()
+                        && !current.value.token().is_expired_at(now) =>
+                {
+                    current.clone()
+                }
+                _ => {
+                    let entry = self.entry(value, now);
+                    state.current = Some(entry.clone());
+                    entry
+                }
+            }),
+        };
         if kind != Start::First {
             state.last_attempt = Some(now);
         }
@@ -1017,6 +1128,51 @@ pub(crate) fn kept_failure(
 fn serves(timer_at: Instant, fire_at: Instant, fresh: Instant) -> bool {
     let apart = timer_at.max(fire_at).duration_since(timer_at.min(fire_at));
     apart <= TIMER_SLACK && fresh < timer_at
+}
+
+/// What the slot's flight does, as its errors name it.
+const ACQUISITION: &str = "the token acquisition";
+
+/// What [`TokenSlot::get`] answers: a value at once, or an acquisition's outcome (with, for a
+/// stacked slot's renewal, the valid value to fall back on).
+enum Answer<V> {
+    Now(V),
+    Wait(Acquisition<V>, Option<V>),
+}
+
+/// An acquisition started under the slot's lock, its work to make once the lock is released
+/// (see "Mechanism" in the module docs). Dropped unmade (a panic), its flight ends with an
+/// error (see [`deferred`]).
+#[must_use]
+struct Launch<V> {
+    made: Deferred<V>,
+    name: &'static str,
+    /// The slot's how-many-th acquisition, for the span.
+    attempt: u64,
+    renewal: bool,
+}
+
+impl<V: Send + 'static> Launch<V> {
+    /// Makes the acquisition's work: `acquire` is called inside the acquisition's span (see
+    /// "Tracing" in the module docs), so spans it makes are children of it, and the task
+    /// enters the span as it polls the work.
+    fn make<F, Fut>(self, acquire: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, CredentialError>> + Send + 'static,
+    {
+        let Self {
+            made,
+            name,
+            attempt,
+            renewal,
+        } = self;
+        made.make(move || {
+            let span =
+                tracing::debug_span!("token_acquisition", credential = name, attempt, renewal);
+            span.in_scope(acquire).instrument(span)
+        });
+    }
 }
 
 /// What [`TokenSlot::start`] starts.
@@ -1505,8 +1661,8 @@ mod tests {
         let slot = TokenSlot::new("Test", RefreshPolicy::default());
         let calls = Arc::new(AtomicUsize::new(0));
         slot.store(token("old", Duration::from_secs(40))).unwrap();
-        // The window opens at 20 s; the spacing after the store holds it until 30 s, when the
-        // attempt fails: cached token returned.
+        // The window opens at 20 s (a store is no renewal: no spacing follows it); the
+        // renewal first asked for at 30 s fails: the cached token is returned.
         tokio::time::advance(Duration::from_secs(30)).await;
         assert!(slot.get(counting(&calls, |_| Err(failure()))).await.is_ok());
         settle().await;
@@ -2554,5 +2710,245 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.credential(), "SomeCredential");
+    }
+
+    /// An acquisition that never ends: the credential (or an HTTP client without a deadline)
+    /// never answers.
+    fn hung(
+        calls: &Arc<AtomicUsize>,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<AccessToken, CredentialError>> + use<> {
+        let calls = Arc::clone(calls);
+        move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::pending().boxed()
+        }
+    }
+
+    /// `waiting`, which must end at [`ACQUISITION_LIMIT`] after `start`: a second later the
+    /// test fails instead of hanging.
+    async fn ends_at_the_limit<T>(start: Instant, waiting: impl Future<Output = T>) -> T {
+        let ended = tokio::time::timeout(ACQUISITION_LIMIT + Duration::from_secs(1), waiting)
+            .await
+            .expect("waiters of a hung acquisition still wait after the limit");
+        assert_eq!(
+            Instant::now() - start,
+            ACQUISITION_LIMIT,
+            "ended at the limit"
+        );
+        ended
+    }
+
+    fn assert_cut_off(error: &CredentialError) {
+        assert!(error.is_timeout() && error.is_transient(), "{error:?}");
+        assert!(!error.is_unfinished(), "{error:?}");
+        assert_eq!(error.credential(), "Test");
+        assert!(error.message().contains("did not end within"), "{error}");
+    }
+
+    /// An acquisition that never ends is cut off at `ACQUISITION_LIMIT`: its waiters (of
+    /// `get` and `lookup`, many) get a transient timeout error, and the next caller starts a
+    /// new acquisition. Before, the flight stayed recorded for good: every caller joined it
+    /// and waited for ever, and nothing asked the credential again.
+    #[tokio::test(start_paused = true)]
+    async fn an_acquisition_that_never_ends_is_cut_off_at_the_limit() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let got: Vec<_> = (0..50).map(|_| slot.get(hung(&calls))).collect();
+        let looked: Vec<_> = (0..50).map(|_| looked_up(&slot, hung(&calls))).collect();
+        let waiting = futures_util::future::join(
+            futures_util::future::join_all(got),
+            futures_util::future::join_all(looked),
+        );
+        let (got, looked) = ends_at_the_limit(start, waiting).await;
+        for error in got.iter().map(|r| r.as_ref().unwrap_err()) {
+            assert_cut_off(error);
+        }
+        for error in looked.iter().map(|r| r.as_ref().unwrap_err()) {
+            assert_cut_off(error);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one for 100 callers");
+        let fresh = counting(&calls, |_| Ok(token("t", HOUR)));
+        assert_eq!(slot.get(fresh).await.unwrap().secret().expose_secret(), "t");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "asked anew");
+    }
+
+    /// A renewal that never ends holds the valid token's callers up no more than before (they
+    /// never wait for it), but once the token has expired they join it: cut off at the limit,
+    /// as a first acquisition is, and the next caller asks anew.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_never_ends_is_cut_off_at_the_limit() {
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        slot.store(token("old", Duration::from_secs(600))).unwrap();
+        tokio::time::advance(Duration::from_secs(301)).await;
+        let start = Instant::now();
+        assert_eq!(looked_up(&slot, hung(&calls)).await.unwrap(), "old");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the renewal started");
+        tokio::time::advance(Duration::from_secs(300)).await;
+        let waiting = futures_util::future::join_all((0..20).map(|_| slot.get(hung(&calls))));
+        for outcome in ends_at_the_limit(start, waiting).await {
+            assert_cut_off(&outcome.unwrap_err());
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the expired token's callers joined it"
+        );
+        let fresh = counting(&calls, |_| Ok(token("new", HOUR)));
+        assert_eq!(looked_up(&slot, fresh).await.unwrap(), "new");
+    }
+
+    /// After a rejected token, the cut-off replacement is a transient failure asking for no
+    /// wait: not remembered (`kept_failure`), the next caller asks again at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_off_replacement_of_a_rejected_token_is_not_remembered() {
+        let slot = rejected_slot("Test");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let error = ends_at_the_limit(start, looked_up(&slot, hung(&calls)))
+            .await
+            .unwrap_err();
+        assert_cut_off(&error);
+        let fresh = counting(&calls, |_| Ok(token("t", HOUR)));
+        assert_eq!(looked_up(&slot, fresh).await.unwrap(), "t");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A plain 401 drops the token; requests wait on its replacement; meanwhile a claims
+    /// challenge's token is stored; the replacement fails. Its waiters get the stored token,
+    /// which stays (a token stored meanwhile), whatever the failure. Before, every waiter got
+    /// the failure while the slot held a valid token.
+    #[tokio::test(start_paused = true)]
+    async fn waiters_of_a_failed_acquisition_get_a_token_stored_meanwhile() {
+        for error in [failure(), unreachable()] {
+            let slot = rejected_slot("Test");
+            let (fail, failed) = tokio::sync::oneshot::channel::<CredentialError>();
+            let failing = move || async move { Err(failed.await.unwrap()) };
+            let Lookup::Wait(acquisition) = slot.lookup(Instant::now(), failing) else {
+                panic!("the token was rejected");
+            };
+            let joined = tokio::spawn({
+                let slot = Arc::clone(&slot);
+                async move { slot.get(never).await }
+            });
+            settle().await;
+            let claims = slot.store(token("claims", HOUR)).unwrap();
+            fail.send(error.clone()).unwrap();
+            let entry = acquisition
+                .await
+                .expect("the stored token, not the failure");
+            assert_eq!(entry.id, claims.id);
+            let got = joined
+                .await
+                .unwrap()
+                .expect("the stored token, not the failure");
+            assert_eq!(got.secret().expose_secret(), "claims");
+            assert_eq!(slot.current_entry().unwrap().id, claims.id, "it stays");
+            assert_eq!(looked_up(&slot, never).await.unwrap(), "claims");
+        }
+    }
+
+    /// A tracing layer that records, at each span made or entered, whether a slot's lock was
+    /// held then.
+    struct LockWatch {
+        probe: Box<dyn Fn() -> bool + Send + Sync>,
+        seen: Arc<AtomicUsize>,
+        held: Arc<AtomicUsize>,
+    }
+
+    impl LockWatch {
+        fn look(&self) {
+            self.seen.fetch_add(1, Ordering::SeqCst);
+            if (self.probe)() {
+                self.held.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LockWatch {
+        fn on_new_span(
+            &self,
+            _: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.look();
+        }
+
+        fn on_enter(&self, _: &tracing::span::Id, _: tracing_subscriber::layer::Context<'_, S>) {
+            self.look();
+        }
+    }
+
+    /// The acquisition's span (which a subscriber may log as it is made and entered) and the
+    /// caller's `acquire` (a credential's `clone`, a user's code) run without the slot's lock:
+    /// a first acquisition and a renewal, through `get` and `lookup`. Before, both ran under
+    /// it (the module docs say it is never held across any I/O).
+    #[tokio::test(start_paused = true)]
+    async fn the_span_and_acquire_run_without_the_slots_lock() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let slot = TokenSlot::new("Test", RefreshPolicy::default());
+        let (seen, held) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let watch = LockWatch {
+            probe: Box::new(slot.lock_probe()),
+            seen: Arc::clone(&seen),
+            held: Arc::clone(&held),
+        };
+        let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(watch));
+        let (acquired, under_lock) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let acquire = |name: &'static str| {
+            let probe = slot.lock_probe();
+            let (acquired, under_lock) = (Arc::clone(&acquired), Arc::clone(&under_lock));
+            move || {
+                acquired.fetch_add(1, Ordering::SeqCst);
+                if probe() {
+                    under_lock.fetch_add(1, Ordering::SeqCst);
+                }
+                async move { Ok(token(name, Duration::from_secs(600))) }
+            }
+        };
+        assert_eq!(
+            slot.get(acquire("a"))
+                .await
+                .unwrap()
+                .secret()
+                .expose_secret(),
+            "a"
+        );
+        tokio::time::advance(Duration::from_secs(301)).await;
+        assert_eq!(
+            slot.get(acquire("b"))
+                .await
+                .unwrap()
+                .secret()
+                .expose_secret(),
+            "a"
+        );
+        settle().await;
+        assert!(slot.invalidate(slot.current_entry().unwrap().id));
+        assert_eq!(looked_up(&slot, acquire("c")).await.unwrap(), "c");
+        tokio::time::advance(Duration::from_secs(301)).await;
+        assert_eq!(looked_up(&slot, acquire("d")).await.unwrap(), "c");
+        settle().await;
+        assert_eq!(
+            slot.current_entry().unwrap().value.secret().expose_secret(),
+            "d"
+        );
+        assert_eq!(acquired.load(Ordering::SeqCst), 4);
+        assert_eq!(
+            under_lock.load(Ordering::SeqCst),
+            0,
+            "acquire ran under the lock"
+        );
+        assert!(
+            seen.load(Ordering::SeqCst) >= 8,
+            "each span made and entered"
+        );
+        assert_eq!(
+            held.load(Ordering::SeqCst),
+            0,
+            "a span made or entered under the lock"
+        );
     }
 }

@@ -18,12 +18,14 @@ use zeroize::Zeroizing;
 use super::Cached;
 use crate::credential::BoxCredential;
 use crate::error::CredentialError;
-use crate::flight::{SingleFlight, WhenAbandoned};
+use crate::flight::{SingleFlight, WhenAbandoned, deferred};
 use crate::refresh::{Entry, Lookup, RefreshPolicy, SlotValue, TokenId, TokenSlot, kept_failure};
 use crate::token::{AccessToken, TokenRequest};
 
 /// The name errors of the layer are reported under.
 pub(crate) const LAYER: &str = "BearerTokenLayer";
+/// What a claims flight does, as its errors name it.
+const CLAIMS_ACQUISITION: &str = "the claims token acquisition";
 
 /// A token with its `Authorization` value, built once per token.
 #[derive(Clone)]
@@ -176,11 +178,7 @@ impl Source {
             request: TokenRequest::new(scopes).with_cae(options.cae),
             slot,
             options,
-            claims: SingleFlight::new(
-                LAYER,
-                "the claims token acquisition",
-                ClaimsState::default(),
-            ),
+            claims: SingleFlight::new(LAYER, CLAIMS_ACQUISITION, ClaimsState::default()),
             current: ArcSwapOption::empty(),
         }
     }
@@ -207,7 +205,9 @@ impl Source {
     /// The acquisition is a flight (see [`crate::flight`]) keyed by the claims: its outcome
     /// lands — the token stored in the slot, or the failure remembered — as its record ends,
     /// so a finished flight is never handed to a later caller, even when every caller of this
-    /// one gave up.
+    /// one gave up. It is cut off as the slot's acquisitions are, after
+    /// [`ACQUISITION_LIMIT`](crate::refresh::ACQUISITION_LIMIT), with a transient timeout error
+    /// that is not kept; and the credential is cloned for it once the claims lock is released.
     pub(crate) async fn claims_token(
         &self,
         claims: &str,
@@ -215,7 +215,9 @@ impl Source {
     ) -> Result<Entry<Prepared>, CredentialError> {
         // A caller joining a running flight checks its own rejected token against the answer
         // (the flight compares only its starter's): the slot may have renewed in between.
-        let (flight, joined_rejected) = {
+        // A flight started here gets its work once the lock is released: making it clones
+        // the credential, a user's type (see "Locks" in `crate::flight`).
+        let (flight, joined_rejected, launch) = {
             let mut state = self.claims.lock();
             let current = self.slot.current_entry();
             if let Some(current) = &current {
@@ -235,19 +237,25 @@ impl Source {
                 return Err(error.clone());
             }
             match state.running(claims) {
-                Some(flight) => (flight, self.header_of(current, rejected)),
+                Some(flight) => (flight, self.header_of(current, rejected), None),
                 None => {
                     let rejected = self.header_of(current, rejected);
                     let claims: Arc<str> = Arc::from(claims);
-                    let request = self.request.clone().with_claims(claims.to_string());
-                    let acquisition =
-                        acquire(self.credential.clone(), request, Some(Arc::clone(&claims)));
+                    let (made, work) = deferred(LAYER, CLAIMS_ACQUISITION);
+                    // Cut off as the slot's acquisitions are (see "A hung acquisition" in
+                    // `crate::refresh`): else a credential that never answers would hold
+                    // these claims' flight, and every request meeting them, for good.
+                    let bounded = {
+                        let (slot, started) = (Arc::clone(&self.slot), Instant::now());
+                        async move { slot.bounded(CLAIMS_ACQUISITION, started, work).await }
+                    };
                     let slot = Arc::clone(&self.slot);
                     let asked = Arc::clone(&claims);
+                    let launch = (made, Arc::clone(&claims));
                     let flight = state.start(
                         claims,
                         WhenAbandoned::RunOn,
-                        acquisition,
+                        bounded,
                         move |state, result| {
                             // A failure (an expired token the slot refused, or the rejected
                             // token again, included) is remembered as `kept_failure` says; a
@@ -267,10 +275,16 @@ impl Source {
                             }
                         },
                     );
-                    (flight, None)
+                    (flight, None, Some(launch))
                 }
             }
         };
+        if let Some((made, claims)) = launch {
+            made.make(|| {
+                let request = self.request.clone().with_claims(claims.to_string());
+                acquire(self.credential.clone(), request, Some(claims))
+            });
+        }
         let entry = flight.await?;
         match joined_rejected {
             Some(header) if header == entry.value.header => Err(claims_not_applied()),
@@ -712,6 +726,131 @@ mod tests {
         assert!(
             !slots().contains_key(&id),
             "the registry forgets a dropped source"
+        );
+    }
+
+    /// A credential that never answers a claims request: the claims flight is cut off at
+    /// `ACQUISITION_LIMIT`, its waiters get a transient timeout error, which is not kept
+    /// (`kept_failure`), and the next request meeting the claims asks again. Before, the
+    /// flight stayed for good and every request meeting these claims waited on it for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_claims_flight_that_never_ends_is_cut_off_at_the_limit() {
+        use crate::refresh::ACQUISITION_LIMIT;
+        use std::time::Duration;
+        let asked = Arc::new(AtomicU64::new(0));
+        let expires = Instant::now() + Duration::from_secs(3 * 3600);
+        let credential = tower::service_fn({
+            let asked = Arc::clone(&asked);
+            move |_: TokenRequest| {
+                let first = asked.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, CredentialError>(AccessToken::new("answered", expires))
+                }
+            }
+        });
+        let source = cae_source(credential.boxed_credential());
+        let valid = Prepared::new(AccessToken::new("valid", expires), None).unwrap();
+        let rejected = source.slot.store(valid).unwrap().id;
+        let start = Instant::now();
+        let waiting =
+            futures_util::future::join_all((0..20).map(|_| source.claims_token("c", rejected)));
+        let outcomes = tokio::time::timeout(ACQUISITION_LIMIT + Duration::from_secs(1), waiting)
+            .await
+            .expect("the claims flight's waiters still wait after the limit");
+        assert_eq!(Instant::now() - start, ACQUISITION_LIMIT);
+        for outcome in outcomes {
+            let Err(error) = outcome else {
+                panic!("the credential never answered");
+            };
+            assert!(error.is_timeout() && error.is_transient(), "{error:?}");
+            assert!(error.message().contains("did not end within"), "{error}");
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "one for 20 callers");
+        let entry = source.claims_token("c", rejected).await.unwrap();
+        assert_eq!(entry.value.token.secret().expose_secret(), "answered");
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "asked again at once");
+    }
+
+    /// A credential whose `clone` (a user's code, which may log) records whether the layer's
+    /// slot's lock or its claims lock was held.
+    #[derive(Clone)]
+    struct Watched(Arc<Watch>);
+
+    #[derive(Default)]
+    struct Watch {
+        probes: Mutex<Vec<Box<dyn Fn() -> bool + Send + Sync>>>,
+        clones: AtomicU64,
+        under_lock: AtomicU64,
+    }
+
+    impl Watched {
+        fn cloned(&self) -> Self {
+            let watch = &self.0;
+            watch.clones.fetch_add(1, Ordering::SeqCst);
+            if watch.probes.lock().unwrap().iter().any(|held| held()) {
+                watch.under_lock.fetch_add(1, Ordering::SeqCst);
+            }
+            Self(Arc::clone(watch))
+        }
+    }
+
+    /// The credential as a layer holds it: `clone` is `Watched::cloned`.
+    struct Watching(Watched);
+
+    impl Clone for Watching {
+        fn clone(&self) -> Self {
+            Self(self.0.cloned())
+        }
+    }
+
+    impl tower::Service<TokenRequest> for Watching {
+        type Response = AccessToken;
+        type Error = CredentialError;
+        type Future = futures_util::future::Ready<Result<AccessToken, CredentialError>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), CredentialError>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: TokenRequest) -> Self::Future {
+            let expires = Instant::now() + std::time::Duration::from_secs(3600);
+            let secret = format!("t-{}", request.claims().unwrap_or("plain"));
+            futures_util::future::ready(Ok(AccessToken::new(secret, expires)))
+        }
+    }
+
+    /// The credential is cloned for the layer's acquisition and for a claims flight without
+    /// the slot's lock or the claims lock held. Before, both clones ran under a lock.
+    #[tokio::test(start_paused = true)]
+    async fn the_credential_is_cloned_without_a_lock_held() {
+        let watched = Watched(Arc::default());
+        let source = cae_source(crate::BoxCredential::new(Watching(watched.cloned())));
+        watched.0.probes.lock().unwrap().extend([
+            Box::new(source.slot.lock_probe()) as Box<dyn Fn() -> bool + Send + Sync>,
+            Box::new(source.claims.lock_probe()),
+        ]);
+        let before = watched.0.clones.load(Ordering::SeqCst);
+        let Err(acquisition) = Cached::look_up(&source) else {
+            panic!("no token yet");
+        };
+        let plain = acquisition.await.unwrap();
+        assert_eq!(plain.value.token.secret().expose_secret(), "t-plain");
+        let claimed = source.claims_token("c", plain.id).await.unwrap();
+        assert_eq!(claimed.value.token.secret().expose_secret(), "t-c");
+        assert!(
+            watched.0.clones.load(Ordering::SeqCst) >= before + 2,
+            "cloned per acquisition"
+        );
+        assert_eq!(
+            watched.0.under_lock.load(Ordering::SeqCst),
+            0,
+            "cloned under a lock"
         );
     }
 }

@@ -40,7 +40,7 @@ mod chain;
 mod client_assertion;
 mod client_secret;
 mod default;
-mod device_code;
+pub(crate) mod device_code;
 mod env;
 mod environment;
 pub(crate) mod managed_identity;

@@ -33,8 +33,9 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_INTERVAL: Duration = Duration::from_secs(60);
 /// RFC 8628 §3.5: `slow_down` adds 5 s to this and every later poll's interval.
 const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
-/// The longest a code is waited for (Entra gives 900 s).
-const MAX_CODE_LIFETIME: Duration = Duration::from_secs(3600);
+/// The longest a code is waited for (Entra gives 900 s). An acquisition's limit
+/// (`crate::refresh::ACQUISITION_LIMIT`) lets a sign-in this long end.
+pub(crate) const MAX_CODE_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// What the user needs to sign in: shown by the prompt.
 #[derive(Clone, Debug, PartialEq, Eq)]
