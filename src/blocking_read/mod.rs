@@ -6,8 +6,9 @@
 //! rather than tokio's blocking pool: dropping a runtime waits for every running blocking task
 //! without a limit, so hung work there would hang a graceful shutdown until `SIGKILL`, and
 //! hold a thread of the pool meanwhile. The thread starts at once, so the time waited is the
-//! work's own running time, measured from when it was started. Two disciplines use it:
-//! [`OneRead`] here, one read at a time, and [`Steps`], several steps at a time.
+//! work's own running time, measured from when it was started. Three disciplines use it:
+//! [`OneRead`] here, one read at a time, [`Steps`], several steps at a time, and
+//! [`read_at_build`], a synchronous caller's (a builder's) read, waited for on its thread.
 //!
 //! At most one read runs at a time per [`OneRead`]: while a read that ran [`READ_TIMEOUT`] has
 //! not returned, requests are refused at once ([`ReadFailure::Overran`]) instead of each
@@ -26,6 +27,7 @@
 //! only when the test advances the clock, and auto-advance stays off for the whole runtime
 //! until the work returns.
 
+mod at_build;
 mod steps;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +39,7 @@ use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+pub(crate) use self::at_build::read_at_build;
 pub(crate) use self::steps::{StepFailure, Steps, WeakSteps};
 
 /// How long work on a local file may run: a read of a token or key file, or one step of a

@@ -4,11 +4,12 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
+use super::env::Vars;
 use super::refresh_tokens::{Redeem, Silent, Stores, answer_account, with_sign_in_advice};
 use super::settings::{Settings, settings_setters};
 use super::{Plan, arc_credential_service};
 use crate::cache::{CacheKey, TokenCache};
-use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
+use crate::entra::authority::TenantPolicy;
 use crate::entra::token_client::{TokenClient, authorization_code_form, carries_a_challenge};
 use crate::error::{ConfigError, CredentialError};
 use crate::flight::{Flight, FlightLock, SingleFlight, WhenAbandoned};
@@ -789,7 +790,7 @@ impl AuthorizationCodeCredentialBuilder {
         let tenants = self.settings.tenants(NAME, Some(&self.tenant_id))?;
         let client = self
             .settings
-            .token_client(NAME, std::env::var(AZURE_AUTHORITY_HOST).ok())?;
+            .token_client(NAME, self.settings.env_authority(NAME, &Vars::default())?)?;
         let stores = Stores::from_settings(&self.settings, NAME)?;
         Ok(AuthorizationCodeCredential {
             inner: Arc::new(Inner {

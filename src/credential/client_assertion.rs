@@ -14,10 +14,11 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::client_secret::AppTokenFiles;
+use super::env::Vars;
 use super::settings::{Settings, settings_setters};
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
-use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
+use crate::entra::authority::TenantPolicy;
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::{TokenClient, client_assertion_form};
 use crate::error::{BoxError, Cause, ConfigError, CredentialError};
@@ -151,10 +152,13 @@ where
 /// and reused until older than [`max_assertion_age`](ClientAssertionCredentialBuilder::max_assertion_age)
 /// (default 5 minutes) or until Microsoft Entra ID refuses one as expired or invalid
 /// (AADSTS700024, 700027, 50027, 50013); then the source is asked again, and an assertion in
-/// hand refused so is replaced for the same request. Other refusals (an invalid scope, no
-/// matching federated credential) keep the assertion and are not retried. Concurrent callers share one call of the source, and no lock is held
-/// while it runs. A source that fails or panics makes `get_token` fail with *authentication
-/// failed* ("the client assertion callback failed: …").
+/// hand refused so is replaced for the same request, unless the source returns the same one
+/// (a token file not rotated yet): that refusal is returned then, nothing sent again, and the
+/// next request asks the source first. Other refusals (an invalid scope, no matching
+/// federated credential) keep the assertion and are not retried. Concurrent callers share
+/// one call of the source, and no lock is held while it runs. A source that fails or panics
+/// makes `get_token` fail with *authentication failed* ("the client assertion callback
+/// failed: …").
 ///
 /// Tokens are cached in memory per tenant and scope set (CAE and non-CAE apart) and renewed
 /// as [`ClientSecretCredential`](crate::ClientSecretCredential)'s are; with
@@ -308,6 +312,13 @@ impl Inner {
                     // for every token request.
                     Err(error) if reused && refused(&error) => {
                         let (fresh, _) = self.assertions.get(request.clone()).await?;
+                        // The source still has the refused one (a token file not rotated
+                        // yet): sent again, it would be refused again. Not kept either, so
+                        // that the next request asks the source before sending anything.
+                        if same_assertion(&fresh, &assertion) {
+                            self.assertions.forget(&request.token_endpoint, &fresh);
+                            return Err(error);
+                        }
                         self.redeem(&plan, &request, &fresh, &files).await
                     }
                     outcome => outcome,
@@ -366,6 +377,14 @@ fn refused(error: &CredentialError) -> bool {
             .error_codes()
             .iter()
             .any(|code| STALE_ASSERTION_CODES.contains(code))
+}
+
+/// Whether two assertions are the same, in time independent of where they differ (an
+/// assertion is a credential; its bytes are compared, never printed).
+fn same_assertion(a: &Secret, b: &Secret) -> bool {
+    let (a, b) = (a.expose_secret().as_bytes(), b.expose_secret().as_bytes());
+    let differ = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    a.len() == b.len() && std::hint::black_box(differ) == 0
 }
 
 /// How long one call of an assertion source may take: an acquisition's overall deadline.
@@ -551,9 +570,11 @@ impl ClientAssertionCredentialBuilder {
         self
     }
 
-    /// Validates the settings (tenant id, client id, authority) and builds.
+    /// Validates the settings (tenant id, client id, authority) and builds. An
+    /// `AZURE_AUTHORITY_HOST` that is not Unicode is a [`ConfigError`] naming it, unless an
+    /// authority host was set here.
     pub fn build(self) -> Result<ClientAssertionCredential, ConfigError> {
-        let env_authority = std::env::var(AZURE_AUTHORITY_HOST).ok();
+        let env_authority = self.settings.env_authority(self.name, &Vars::default())?;
         self.build_with_env_authority(env_authority)
     }
 
@@ -820,6 +841,83 @@ mod tests {
         assert_eq!(token.secret().expose_secret(), "token-for-once-2");
         assert_eq!(sent(&log), ["once-1", "once-1", "once-2"]);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A refused assertion in hand is replaced for the same request; but one the source
+    /// returns again (a token file not rotated yet) would be refused again: the refusal is
+    /// returned without a second POST, and the next request asks the source before sending
+    /// anything, so an assertion rotated meanwhile is the one sent.
+    #[tokio::test]
+    async fn a_refused_assertion_the_source_returns_again_is_not_sent_again() {
+        use crate::test_support::authority::{Authority, Fault, error_body};
+
+        let authority = Authority::start().await;
+        let http = HttpClient::builder()
+            .add_root_certificates_pem(authority.ca_pem())
+            .build()
+            .unwrap();
+        let current = Arc::new(Mutex::new("the-same-assertion"));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let source = {
+            let (current, calls) = (Arc::clone(&current), Arc::clone(&calls));
+            move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let assertion = *current.lock().unwrap();
+                async move { Ok::<_, BoxError>(assertion) }
+            }
+        };
+        let c = ClientAssertionCredential::builder("contoso", "client", source)
+            .authority_host(authority.url())
+            .http_client(http)
+            .build_with_env_authority(None)
+            .unwrap();
+        c.get_token([SCOPE]).await.unwrap();
+        assert_eq!(authority.token_posts(), 1);
+
+        authority.push_fault(Fault::Respond {
+            status: 401,
+            body: error_body(
+                "invalid_client",
+                700024,
+                "Client assertion is not within its valid time range.",
+            ),
+            headers: Vec::new(),
+        });
+        let err = c
+            .get_token(["https://other.test/.default"])
+            .await
+            .unwrap_err();
+        assert_eq!(err.error_codes(), [700024], "{err}");
+        assert!(!format!("{err} {err:?}").contains("the-same"), "{err:?}");
+        assert_eq!(authority.token_posts(), 2, "one POST for the request");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the source was asked again"
+        );
+
+        *current.lock().unwrap() = "rotated-assertion";
+        c.get_token(["https://third.test/.default"]).await.unwrap();
+        let sent: Vec<_> = authority
+            .requests()
+            .iter()
+            .map(|r| r.field("client_assertion").unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                "the-same-assertion",
+                "the-same-assertion",
+                "rotated-assertion"
+            ]
+        );
+    }
+
+    #[test]
+    fn assertions_compare_by_their_whole_value() {
+        let same = |a: &str, b: &str| same_assertion(&Secret::new(a), &Secret::new(b));
+        assert!(same("abc", "abc") && same("", ""));
+        assert!(!same("abc", "abd") && !same("abc", "ab") && !same("ab", "abc"));
     }
 
     /// A refusal that is not about the assertion (here an invalid scope) keeps the assertion

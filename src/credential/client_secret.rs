@@ -3,11 +3,12 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::env::Vars;
 use super::refresh_tokens::{Cached, Redeem, or_aging, usable_access_token};
 use super::settings::{Settings, settings_setters};
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
-use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
+use crate::entra::authority::TenantPolicy;
 use crate::entra::msal_cache::AccessTokenQuery;
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::{
@@ -239,7 +240,7 @@ impl ClientSecretCredentialBuilder {
 impl ClientSecretCredentialBuilder {
     /// Validates the settings (tenant id, client id, secret, authority) and builds.
     pub fn build(self) -> Result<ClientSecretCredential, ConfigError> {
-        let env_authority = std::env::var(AZURE_AUTHORITY_HOST).ok();
+        let env_authority = self.settings.env_authority(NAME, &Vars::default())?;
         self.build_with_env_authority(env_authority)
     }
 

@@ -42,15 +42,19 @@ const AZURE_PASSWORD: &str = "AZURE_PASSWORD";
 ///
 /// Variables are read once, when the credential is built. Values are trimmed, except the
 /// secret and the certificate password, which are used exactly as set (as azure-identity
-/// does). When any of the first three is missing or blank the credential is *unavailable* (a
-/// chain moves on) and says which; when they are set but invalid (a malformed tenant id, an
-/// `http` authority) it is an *invalid request*, which stops a chain — a configuration
-/// mistake should be heard, not skipped.
+/// does). A value that is not Unicode counts as unset, except the certificate path, a path
+/// like any other, and the authority host, which is then invalid (taken as unset, it would be
+/// the public cloud). When any of the first three is missing or blank the credential is
+/// *unavailable* (a chain moves on) and says which; when they are set but invalid (a malformed
+/// tenant id, an `http` authority) it is an *invalid request*, which stops a chain — a
+/// configuration mistake should be heard, not skipped.
 ///
 /// As azure-identity, a client secret wins over a certificate, which wins over a username and
-/// password. A certificate is a [`ClientCertificateCredential`]
-/// (the file is PEM when it contains `-----BEGIN`, else PKCS#12); a certificate that cannot be
-/// loaded (missing file, wrong password, expired) is an *invalid request* naming the problem.
+/// password. A certificate is a [`ClientCertificateCredential`] (the file is PEM when it
+/// contains `-----BEGIN`, else PKCS#12), its file read when the credential is built, waited
+/// for 10 seconds at most (see [`build`](crate::ClientCertificateCredentialBuilder::build)); a
+/// certificate that cannot be loaded (missing file, wrong password, expired, a file system
+/// that does not answer) is an *invalid request* naming the problem.
 /// `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN` follows azure-identity, which sends the chain for any
 /// non-empty value — even `false` or `0`: a deployment moving between the two SDKs behaves the
 /// same. With `AZURE_CLIENT_ID`, `AZURE_USERNAME` and `AZURE_PASSWORD` set instead (what
@@ -223,7 +227,7 @@ impl EnvironmentCredentialBuilder {
         if let (Some(tenant), Some(_), true) = (
             &tenant,
             &client,
-            secret.is_some() || get(AZURE_CLIENT_CERTIFICATE_PATH).is_some(),
+            secret.is_some() || self.vars.get_path(AZURE_CLIENT_CERTIFICATE_PATH).is_some(),
         ) {
             if let Err(e) = check_variables(&self.vars, tenant) {
                 return EnvironmentCredential {
@@ -253,8 +257,14 @@ impl EnvironmentCredentialBuilder {
                     )),
                 }
             }
-            (Some(tenant), Some(client), None) if get(AZURE_CLIENT_CERTIFICATE_PATH).is_some() => {
-                let path = get(AZURE_CLIENT_CERTIFICATE_PATH).unwrap_or_default();
+            (Some(tenant), Some(client), None)
+                if self.vars.get_path(AZURE_CLIENT_CERTIFICATE_PATH).is_some() =>
+            {
+                // A path need not be Unicode: one that is not is set, not missing.
+                let path = self
+                    .vars
+                    .get_path(AZURE_CLIENT_CERTIFICATE_PATH)
+                    .unwrap_or_default();
                 let password = self
                     .vars
                     .get_secret(AZURE_CLIENT_CERTIFICATE_PASSWORD)
@@ -286,7 +296,7 @@ impl EnvironmentCredentialBuilder {
             (_, Some(_), None)
                 if get(AZURE_USERNAME).is_some()
                     && self.vars.get_secret(AZURE_PASSWORD).is_some()
-                    && get(AZURE_CLIENT_CERTIFICATE_PATH).is_none() =>
+                    && self.vars.get_path(AZURE_CLIENT_CERTIFICATE_PATH).is_none() =>
             {
                 State::Unsupported(format!(
                     "{AZURE_USERNAME} and {AZURE_PASSWORD} are set, but username and password \
@@ -301,7 +311,8 @@ impl EnvironmentCredentialBuilder {
                     (AZURE_CLIENT_ID, client.is_none()),
                     (
                         AZURE_CLIENT_SECRET,
-                        secret.is_none() && get(AZURE_CLIENT_CERTIFICATE_PATH).is_none(),
+                        secret.is_none()
+                            && self.vars.get_path(AZURE_CLIENT_CERTIFICATE_PATH).is_none(),
                     ),
                 ]
                 .into_iter()
@@ -319,7 +330,8 @@ impl EnvironmentCredentialBuilder {
 /// the checks the credentials' builders make; the message names the variable.
 fn check_variables(vars: &Vars, tenant: &str) -> Result<(), String> {
     validate_tenant_id(tenant).map_err(|e| format!("{AZURE_TENANT_ID}: {e}"))?;
-    Authority::resolve(None, vars.get(AZURE_AUTHORITY_HOST)).map_err(|e| e.to_string())?;
+    // Not Unicode is a mistake, not unset (which would be the public cloud).
+    Authority::resolve(None, vars.text(AZURE_AUTHORITY_HOST)?).map_err(|e| e.to_string())?;
     for allowed in vars.additionally_allowed_tenants() {
         if allowed != "*" {
             validate_tenant_id(&allowed)
@@ -494,6 +506,54 @@ mod tests {
             .unwrap_err();
         assert!(err.message().contains("AZURE_AUTHORITY_HOST"), "{err}");
         assert!(!format!("{err} {err:?}").contains("env-secret-value"));
+    }
+
+    /// A certificate path that is not Unicode is a path like any other (its file is read,
+    /// not reported missing); an authority host that is not Unicode is invalid, naming the
+    /// variable, not the public cloud.
+    #[tokio::test]
+    async fn values_that_are_not_unicode_are_set_not_missing() {
+        use crate::credential::env::not_unicode;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path =
+            std::path::PathBuf::from(not_unicode(&format!("{}/c\u{e9}rt-", dir.path().display())));
+        std::fs::write(&path, "not a certificate").unwrap();
+        let pairs = |more: Vec<(&'static str, std::ffi::OsString)>| {
+            let mut pairs = vec![
+                (AZURE_TENANT_ID, "t".into()),
+                (AZURE_CLIENT_ID, "id".into()),
+            ];
+            pairs.extend(more);
+            EnvironmentCredentialBuilder {
+                vars: Vars::from_os_pairs(pairs),
+                ..EnvironmentCredential::builder()
+            }
+            .build()
+        };
+        let c = pairs(vec![(AZURE_CLIENT_CERTIFICATE_PATH, path.clone().into())]);
+        let err = c.get_token(["s"]).await.unwrap_err();
+        assert!(err.is_invalid_request(), "{err}");
+        assert!(
+            err.message().contains(AZURE_CLIENT_CERTIFICATE_PATH)
+                && err.message().contains("not PEM"),
+            "{err}"
+        );
+
+        let c = pairs(vec![
+            (AZURE_CLIENT_SECRET, "env-secret-value".into()),
+            (
+                AZURE_AUTHORITY_HOST,
+                not_unicode("https://login.microsoftonline.us/"),
+            ),
+        ]);
+        let err = c.get_token(["s"]).await.unwrap_err();
+        assert!(err.is_invalid_request(), "{err}");
+        assert!(
+            err.message()
+                .contains("AZURE_AUTHORITY_HOST is set to a value that is not valid Unicode"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

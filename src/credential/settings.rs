@@ -11,7 +11,7 @@ use super::cache_options::TokenCachePersistenceOptions;
 use super::env::Vars;
 use crate::cache::TokenCache;
 use crate::distributed::{DistributedCache, Identity, SharedLevel};
-use crate::entra::authority::{Authority, TenantPolicy};
+use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority, TenantPolicy};
 use crate::entra::persistence::LegacyWrites;
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::TokenClient;
@@ -123,6 +123,26 @@ impl Settings {
             self.http_client.clone().unwrap_or_default(),
             authority,
         ))
+    }
+
+    /// `AZURE_AUTHORITY_HOST` from `vars` (the process environment, or a builder's `vars(…)`),
+    /// for [`token_client`](Self::token_client): not read when an authority host was set in
+    /// code, which wins. A value that is not Unicode is refused naming the variable: taken as
+    /// unset, it would send the requests to the public cloud rather than the cloud meant.
+    pub(crate) fn env_authority(
+        &self,
+        name: &str,
+        vars: &Vars,
+    ) -> Result<Option<String>, ConfigError> {
+        if self.authority_host.is_some() {
+            return Ok(None);
+        }
+        vars.text(AZURE_AUTHORITY_HOST).map_err(|e| {
+            ConfigError::new(format!(
+                "{name}: {e}; it must be the authority's https URL, such as {}",
+                crate::authority_hosts::AZURE_GOVERNMENT
+            ))
+        })
     }
 
     /// The cache files (ordinary, CAE) when cache options were given.

@@ -3,13 +3,12 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use super::env::Vars;
 use super::refresh_tokens::{Cached, Candidate, Redeem, Refusals, or_aging, usable_access_token};
 use super::settings::{Settings, settings_setters};
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
-use crate::entra::authority::{
-    AZURE_AUTHORITY_HOST, TenantPolicy, host_aliases, validate_tenant_id,
-};
+use crate::entra::authority::{TenantPolicy, host_aliases, validate_tenant_id};
 use crate::entra::msal_cache::{AccessTokenQuery, Account, CacheDocument, RefreshTokenQuery};
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::{TokenClient, carries_a_challenge};
@@ -428,7 +427,7 @@ impl SharedTokenCacheCredentialBuilder {
 
     /// Validates the settings and builds.
     pub fn build(self) -> Result<SharedTokenCacheCredential, ConfigError> {
-        let env_authority = std::env::var(AZURE_AUTHORITY_HOST).ok();
+        let env_authority = self.settings.env_authority(NAME, &Vars::default())?;
         self.build_with_env_authority(env_authority)
     }
 

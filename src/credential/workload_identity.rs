@@ -15,7 +15,7 @@ use super::env::{AZURE_ADDITIONALLY_ALLOWED_TENANTS, AZURE_CLIENT_ID, AZURE_TENA
 use super::settings::{Settings, settings_setters};
 use super::{CredentialExt, arc_credential_service};
 use crate::blocking_read::{OneRead, READ_TIMEOUT, ReadFailure};
-use crate::entra::authority::{AZURE_AUTHORITY_HOST, Authority, validate_tenant_id};
+use crate::entra::authority::{Authority, validate_tenant_id};
 use crate::error::{Cause, ConfigError, CredentialError};
 use crate::regular_file::open_regular_file;
 use crate::token::{AccessToken, Secret, TokenRequest};
@@ -62,9 +62,11 @@ const MAX_TOKEN_FILE_BYTES: usize = 64 * 1024;
 ///
 /// A missing value, or a missing or empty token file, makes the credential *unavailable* (a
 /// chain moves on) with what to set; a value from the environment that is set but invalid is an
-/// *invalid request*, as is a token file that cannot be read (one this process may not read
-/// says to set the pod's `securityContext.fsGroup`). The file is read once at a time,
-/// however many tenants are asked, on a thread of its own: requests meanwhile share the read.
+/// *invalid request* (an `AZURE_AUTHORITY_HOST` that is not Unicode among them; a token file
+/// path need not be Unicode), as is a token file that cannot be read (one this process may
+/// not read says to set the pod's `securityContext.fsGroup`). The file is read once at a
+/// time, however many tenants are asked, on a thread of its own: requests meanwhile share the
+/// read.
 /// A read that has run more than 10 seconds (a volume that does not answer) fails the requests
 /// waiting for it, and every later one at once (not transient) until it returns: its thread
 /// cannot be stopped, and no other is started meanwhile; the next request after it returned
@@ -396,15 +398,15 @@ impl WorkloadIdentityCredentialBuilder {
         let env = |name: &str| self.vars.get(name);
         let tenant = self.tenant_id.clone().or_else(|| env(AZURE_TENANT_ID));
         let client_id = self.client_id.clone().or_else(|| env(AZURE_CLIENT_ID));
+        // A path need not be Unicode: one that is not is set, not missing.
         let path = self
             .token_file_path
             .clone()
-            .or_else(|| env(AZURE_FEDERATED_TOKEN_FILE).map(PathBuf::from));
-        let env_authority = env(AZURE_AUTHORITY_HOST);
+            .or_else(|| self.vars.get_path(AZURE_FEDERATED_TOKEN_FILE));
         let state = match (tenant, client_id, path) {
             (Some(tenant), Some(client_id), Some(path)) => {
                 // Anything wrong now came from the environment.
-                match self.configured(&tenant, client_id, path, env_authority) {
+                match self.configured(&tenant, client_id, path) {
                     Ok(inner) => State::Configured(Arc::new(inner)),
                     Err(e) => State::Invalid(format!(
                         "the environment variables are set but invalid: {}",
@@ -435,8 +437,8 @@ impl WorkloadIdentityCredentialBuilder {
         tenant: &str,
         client_id: String,
         path: PathBuf,
-        env_authority: Option<String>,
     ) -> Result<Inner, ConfigError> {
+        let env_authority = self.settings.env_authority(NAME, &self.vars)?;
         let mut settings = self.settings.clone();
         if self.tenants_from_vars {
             let tenants = self.vars.additionally_allowed_tenants();
@@ -500,6 +502,7 @@ mod tests {
     use super::*;
     use crate::CredentialExt;
     use crate::blocking_read::tests::within_a_minute;
+    use crate::entra::authority::AZURE_AUTHORITY_HOST;
 
     const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.c2lnbmF0dXJlLXNlY3JldA";
 
@@ -594,6 +597,53 @@ mod tests {
             assert!(err.is_invalid_request(), "{err}");
             assert!(err.message().contains(want), "{err}");
         }
+    }
+
+    /// A token file path that is not Unicode is a path like any other: the credential is
+    /// configured with it (not "missing AZURE_FEDERATED_TOKEN_FILE"). An authority host that
+    /// is not Unicode is invalid, naming the variable (not the public cloud), unless one was
+    /// set in code.
+    #[tokio::test]
+    async fn values_that_are_not_unicode_are_set_not_missing() {
+        use crate::credential::env::not_unicode;
+
+        let odd = not_unicode("/var/run/secrets/t\u{f6}ken-");
+        let pairs = |authority: Option<std::ffi::OsString>| {
+            let mut pairs = vec![
+                (AZURE_TENANT_ID, "contoso".into()),
+                (
+                    AZURE_CLIENT_ID,
+                    "33333333-3333-3333-3333-333333333333".into(),
+                ),
+                (AZURE_FEDERATED_TOKEN_FILE, odd.clone()),
+            ];
+            pairs.extend(authority.map(|host| (AZURE_AUTHORITY_HOST, host)));
+            Vars::from_os_pairs(pairs)
+        };
+        let mut builder = WorkloadIdentityCredential::builder();
+        builder.vars = pairs(None);
+        let c = builder.build().unwrap();
+        assert_eq!(inner(&c).token_file, PathBuf::from(&odd));
+
+        let mut builder = WorkloadIdentityCredential::builder();
+        builder.vars = pairs(Some(not_unicode("https://login.microsoftonline.us/")));
+        let c = builder.build().unwrap();
+        assert!(!c.is_configured(), "{c:?}");
+        let err = c.get_token(["s"]).await.unwrap_err();
+        assert!(err.is_invalid_request(), "{err}");
+        assert!(
+            err.message()
+                .contains("AZURE_AUTHORITY_HOST is set to a value that is not valid Unicode"),
+            "{err}"
+        );
+        let mut builder =
+            WorkloadIdentityCredential::builder().authority_host("https://login.chinacloudapi.cn");
+        builder.vars = pairs(Some(not_unicode("https://login.microsoftonline.us/")));
+        let c = builder.build().unwrap();
+        assert_eq!(
+            inner(&c).credential.inner.client.authority().as_str(),
+            "https://login.chinacloudapi.cn"
+        );
     }
 
     #[test]
@@ -781,17 +831,13 @@ mod tests {
                         while started.load(AtomicOrdering::SeqCst) == 0 {
                             tokio::task::yield_now().await;
                         }
+                        assert!(!finished(&request).await, "the first request waits");
+                        // A running read keeps the paused clock from advancing by itself.
+                        tokio::time::advance(Duration::from_secs(31)).await;
                     }
-                    // A running read keeps the paused clock from advancing by itself.
-                    tokio::time::advance(Duration::from_secs(31)).await;
-                    // Refused at once: done without the clock moving again (a new read would wait).
-                    for _ in 0..1000 {
-                        if request.is_finished() {
-                            break;
-                        }
-                        tokio::task::yield_now().await;
-                    }
-                    assert!(request.is_finished(), "request {n} waits on a new read");
+                    // The first fails once its read overran; later ones are refused at once,
+                    // the clock not moved for them (a wait for a read would not end).
+                    assert!(finished(&request).await, "request {n} waits on a read");
                     failures.push(request.await.unwrap().unwrap_err());
                     assert_eq!(started.load(AtomicOrdering::SeqCst), 1, "request {n}");
                 }
@@ -827,6 +873,18 @@ mod tests {
                 assert_eq!(started.load(AtomicOrdering::SeqCst), 2);
             });
         });
+    }
+
+    /// Yields until `request` has finished, a thousand times at most: whether it is answered
+    /// without the clock moving.
+    async fn finished<R>(request: &tokio::task::JoinHandle<R>) -> bool {
+        for _ in 0..1000 {
+            if request.is_finished() {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        request.is_finished()
     }
 
     /// A reader that panics: the request fails saying so, without the panic's text (the

@@ -114,7 +114,8 @@ impl Signer {
     }
 
     /// A fresh assertion for `audience` (the token endpoint URL of `tenant`, the tenant the
-    /// request resolved to), issued at `now` (Unix s).
+    /// request resolved to), issued at `now` (Unix s). Refused once the certificate has
+    /// expired: the leaf was chosen when building, and only a build can take its renewal.
     pub(crate) fn sign(
         &self,
         tenant: &str,
@@ -122,6 +123,9 @@ impl Signer {
         client_id: &str,
         now: u64,
     ) -> Result<String, String> {
+        if let Some(expired) = self.certificate.expired_at(now) {
+            return Err(expired);
+        }
         let algorithm = self.chosen.unwrap_or_else(|| default_signature(tenant));
         let claims = json!({
             "aud": audience,

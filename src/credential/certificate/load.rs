@@ -6,12 +6,15 @@ use std::collections::HashSet;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ring::rsa::KeyPair as RsaKeyPair;
 use rustls_pki_types::pem::{self, SectionKind};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
+use crate::blocking_read::{READ_TIMEOUT, ReadFailure, read_at_build};
 use crate::error::ConfigError;
 use crate::regular_file::open_regular_file;
 use crate::token::Secret;
@@ -144,8 +147,19 @@ impl CertificateSource {
         })
     }
 
-    /// Reads and checks the certificate and key at wall-clock time `now` (Unix seconds).
+    /// Reads and checks the certificate and key at wall-clock time `now` (Unix seconds) (the
+    /// fuzz target's and the tests' way in; a builder says how its files are read).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn load(&self, now: u64) -> Result<LoadedCertificate, String> {
+        self.load_reading(now, &Reading::files())
+    }
+
+    /// [`load`](Self::load), the files read as `reading` says.
+    pub(crate) fn load_reading(
+        &self,
+        now: u64,
+        reading: &Reading,
+    ) -> Result<LoadedCertificate, String> {
         let (mut parts, password) = match &self.0 {
             Source::Pem { bytes, password } => {
                 check_size(bytes.len(), "the PEM data")?;
@@ -156,8 +170,8 @@ impl CertificateSource {
                 key,
                 password,
             } => {
-                let mut parts = parse_pem(&read_file(cert)?)?;
-                let more = parse_pem(&read_file(key)?)?;
+                let mut parts = parse_pem(&reading.read(cert)?)?;
+                let more = parse_pem(&reading.read(key)?)?;
                 parts.certs.extend(more.certs);
                 parts.keys.extend(more.keys);
                 parts.encrypted_keys.extend(more.encrypted_keys);
@@ -169,7 +183,7 @@ impl CertificateSource {
                 (parse_pkcs12(bytes, password.as_ref())?, &None)
             }
             Source::Path { path, password } => {
-                let bytes = read_file(path)?;
+                let bytes = reading.read(path)?;
                 if is_pem(&bytes) {
                     (parse_pem(&bytes)?, password)
                 } else {
@@ -236,16 +250,80 @@ fn check_size(len: usize, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How a source's files are read: by [`read_file`] on a thread of its own, waited for
+/// [`READ_TIMEOUT`] at most ([`read_at_build`]); in tests, a read that hangs and a shorter
+/// bound.
+pub(crate) struct Reading {
+    read: FileRead,
+    timeout: Duration,
+}
+
+/// Reads a certificate or key file.
+pub(crate) type FileRead = Arc<dyn Fn(&Path) -> Result<Zeroizing<Vec<u8>>, String> + Send + Sync>;
+
+impl Reading {
+    /// [`read_file`], [`READ_TIMEOUT`].
+    pub(crate) fn files() -> Self {
+        Self {
+            read: Arc::new(read_file),
+            timeout: READ_TIMEOUT,
+        }
+    }
+
+    /// `read` instead, waited for `timeout` (a file system that hangs, in tests).
+    #[cfg(test)]
+    pub(crate) fn with(read: FileRead, timeout: Duration) -> Self {
+        Self { read, timeout }
+    }
+
+    /// The file's bytes. A file system that does not answer (a hung NFS or CSI mount) blocks
+    /// the read's thread, not the builder's for good: past the bound the build fails naming
+    /// the file, and until that read returns, a build reading the file fails at once.
+    fn read(&self, path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+        let shown = path.display();
+        let (read, owned) = (Arc::clone(&self.read), path.to_path_buf());
+        match read_at_build(path, move || read(&owned), self.timeout) {
+            Ok(outcome) => outcome,
+            Err(ReadFailure::Overran | ReadFailure::Late) => Err(format!(
+                "a read of the certificate file {shown} has run more than {:?} and has not \
+                 returned: its file system does not answer; fix its mount, then build the \
+                 credential again (while that read has not returned, a build reading this \
+                 file fails at once)",
+                self.timeout
+            )),
+            Err(ReadFailure::Panicked) => Err(format!(
+                "reading the certificate file {shown} failed: the read panicked"
+            )),
+            Err(ReadFailure::NoThread(e)) => Err(format!(
+                "the certificate file {shown} could not be read: no thread could be started: {e}"
+            )),
+        }
+    }
+}
+
 /// Reads at most [`MAX_CERTIFICATE_BYTES`] (plus one, to tell a larger file apart).
-fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+pub(super) fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
     let shown = path.display();
     let file = open_regular_file(path)
         .map_err(|e| format!("cannot open the certificate file {shown}: {e}"))?;
-    let mut bytes = Zeroizing::new(Vec::new());
-    let limit = u64::try_from(MAX_CERTIFICATE_BYTES)
-        .unwrap_or(u64::MAX)
-        .saturating_add(1);
-    file.take(limit)
+    let limit = MAX_CERTIFICATE_BYTES.saturating_add(1);
+    // Room for the whole file before reading, so that the buffer never grows: a growth frees
+    // the shorter copy of the key unwiped. Its size, plus the byte that finds its end without
+    // a probe read into an (unwiped) stack buffer; the limit's room when the file system
+    // reports none (a file that grew since its size was read still grows the buffer).
+    let room = file
+        .metadata()
+        .ok()
+        .map(|metadata| metadata.len())
+        .filter(|&len| len > 0)
+        .map_or(limit, |len| {
+            usize::try_from(len)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1)
+                .min(limit)
+        });
+    let mut bytes = Zeroizing::new(Vec::with_capacity(room));
+    file.take(u64::try_from(limit).unwrap_or(u64::MAX))
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read the certificate file {shown}: {e}"))?;
     if bytes.len() > MAX_CERTIFICATE_BYTES {
@@ -671,6 +749,27 @@ impl LoadedCertificate {
     /// The leaf certificate's DER.
     pub(crate) fn leaf(&self) -> &[u8] {
         self.chain.first().map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Why nothing is signed at `now` (Unix seconds), past the leaf's notAfter: Entra refuses
+    /// an expired certificate's assertions (AADSTS700027), so sending one would only be
+    /// refused, and one in hand refused so is replaced once: a second refusal.
+    pub(crate) fn expired_at(&self, now: u64) -> Option<String> {
+        if now <= self.not_after {
+            return None;
+        }
+        let until = i64::try_from(self.not_after)
+            .ok()
+            .and_then(|secs| x509_parser::time::ASN1Time::from_timestamp(secs).ok())
+            .map_or_else(
+                || format!("{} (Unix time)", self.not_after),
+                |t| t.to_string(),
+            );
+        Some(format!(
+            "the certificate (subject {}) expired on {until}; renew it and build the \
+             credential again",
+            self.subject
+        ))
     }
 }
 

@@ -8,9 +8,9 @@ use futures_util::FutureExt as _;
 use tower::ServiceExt;
 use tower_service::Service;
 
+use super::env::Vars;
 use super::settings::{Settings, settings_setters};
 use super::{ClientAssertionCredential, CredentialFuture};
-use crate::entra::authority::AZURE_AUTHORITY_HOST;
 use crate::error::{ConfigError, CredentialError};
 use crate::token::{Secret, TokenRequest, unix_now};
 
@@ -89,7 +89,11 @@ const NAME: &str = "ClientCertificateCredential";
 /// assertion after: a current certificate expiring in minutes beside its just-issued renewal
 /// would fail every request once it expired, whereas a renewal a little ahead of this host's
 /// clock is almost always this clock lagging (Entra accepts it already), or at worst refused
-/// for those few minutes. The others are sent after the leaf in `x5c`.
+/// for those few minutes. The others are sent after the leaf in `x5c`. Once the leaf has
+/// expired (after its notAfter, by this host's clock), nothing is signed or sent: each
+/// request fails as *authentication failed*, naming the certificate's subject and end date
+/// and saying to renew it and build the credential again (Entra would refuse its assertions
+/// with AADSTS700027).
 ///
 /// The key's DER copies made here (a decrypted PEM key's too) are zeroized on drop and never
 /// printed, nor is a password; ring keeps the parsed key in its own types, which it does not
@@ -200,8 +204,21 @@ impl ClientCertificateCredentialBuilder {
     }
 
     /// Reads and checks the certificate and key, validates the other settings, and builds.
+    ///
+    /// Blocking: the files of [`CertificateSource::from_pem_files`] and
+    /// [`from_path`](CertificateSource::from_path) are read here, each on a thread of its own,
+    /// waited for 10 seconds at most. On a file system that does not answer (a hung NFS or CSI
+    /// mount) the build then fails with a [`ConfigError`] naming the file, instead of blocking
+    /// its thread (a tokio worker, when built in `async fn main`) for good. The read cannot be
+    /// stopped: it goes on on its thread, and until it returns, a build reading that file
+    /// fails at once rather than starting another. `EnvironmentCredential::new()` and
+    /// `DefaultAzureCredential::new()` build this credential for
+    /// `AZURE_CLIENT_CERTIFICATE_PATH`, so the same holds there.
+    ///
+    /// An `AZURE_AUTHORITY_HOST` that is not Unicode is a [`ConfigError`] naming it, unless an
+    /// authority host was set here.
     pub fn build(self) -> Result<ClientCertificateCredential, ConfigError> {
-        let env_authority = std::env::var(AZURE_AUTHORITY_HOST).ok();
+        let env_authority = self.settings.env_authority(NAME, &Vars::default())?;
         self.build_with_env_authority(env_authority)
     }
 
@@ -209,9 +226,19 @@ impl ClientCertificateCredentialBuilder {
         self,
         env_authority: Option<String>,
     ) -> Result<ClientCertificateCredential, ConfigError> {
+        self.build_reading(env_authority, &load::Reading::files())
+    }
+
+    /// [`build_with_env_authority`](Self::build_with_env_authority), the files read as
+    /// `reading` says (in tests, a file system that hangs).
+    fn build_reading(
+        self,
+        env_authority: Option<String>,
+        reading: &load::Reading,
+    ) -> Result<ClientCertificateCredential, ConfigError> {
         let certificate = self
             .certificate
-            .load(unix_now())
+            .load_reading(unix_now(), reading)
             .map_err(|m| load::config_error(NAME, m))?;
         let signer = Arc::new(Signer::new(certificate, self.signature, self.send_chain));
         let signing = Arc::clone(&signer);

@@ -2,8 +2,11 @@
 //! as ring cannot generate RSA keys, and PKCS#12 exports from it too). The token flow is in
 //! `tests/it/client_certificate.rs`.
 
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,6 +15,7 @@ use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256};
 use super::jwt::ASSERTION_LIFETIME_SECS;
 use super::load::MAX_CERTIFICATE_BYTES;
 use super::*;
+use crate::blocking_read::tests::within_a_minute;
 
 /// An RSA 2048 PKCS#8 PEM key, made once per test run.
 fn rsa_key_pem() -> &'static str {
@@ -203,28 +207,44 @@ fn assertion_has_entra_shape_and_verifies() {
 /// The decoded header of an assertion `credential` signs now for its configured tenant.
 fn assertion_header(credential: &ClientCertificateCredential) -> serde_json::Value {
     let tenant = credential.inner.inner.tenants.tenant().unwrap().to_owned();
-    assertion_header_for(credential, &tenant)
-}
-
-/// The decoded header of an assertion `credential` signs now for a request to `tenant`.
-fn assertion_header_for(
-    credential: &ClientCertificateCredential,
-    tenant: &str,
-) -> serde_json::Value {
     let aud = format!("https://login.test/{tenant}/oauth2/token");
     let jwt = credential
         .signer
-        .sign(tenant, &aud, "client-id", *NOW)
+        .sign(&tenant, &aud, "client-id", *NOW)
         .unwrap();
     let header = jwt.split('.').next().unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap()
 }
 
+/// The decoded header and claims of the assertion a token request to `credential` naming
+/// the tenant `requested` (or none) would send: the tenant resolved as a request's is, the
+/// assertion made by the credential's own source for that tenant's token endpoint.
+async fn assertion_sent(
+    credential: &ClientCertificateCredential,
+    requested: Option<&str>,
+) -> (serde_json::Value, serde_json::Value) {
+    let tenant = credential
+        .inner
+        .inner
+        .tenants
+        .resolve_required(requested)
+        .unwrap();
+    let jwt = credential.inner.assertion_for(tenant).await.unwrap();
+    let decode = |part: &str| -> serde_json::Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    };
+    let mut parts = jwt.expose_secret().split('.');
+    let header = decode(parts.next().unwrap());
+    (header, decode(parts.next().unwrap()))
+}
+
 /// AD FS does not accept PS256: with the tenant `adfs` (as `AZURE_TENANT_ID=adfs` gives
 /// EnvironmentCredential, which sets no signature) the assertion is RS256 with `x5t`, as MSAL
-/// sends for an AD FS authority, unless a signature was chosen.
-#[test]
-fn the_adfs_tenant_signs_rs256_unless_a_signature_was_chosen() {
+/// sends for an AD FS authority, unless a signature was chosen; its audience is AD FS's token
+/// endpoint. Each assertion is the one a request would send, its tenant resolved as the
+/// request's.
+#[tokio::test]
+async fn the_adfs_tenant_signs_rs256_unless_a_signature_was_chosen() {
     let pem = format!("{}{}", valid_cert(), rsa_key_pem());
     let builder = |tenant: &str| {
         ClientCertificateCredential::builder(tenant, "c", CertificateSource::from_pem(pem.clone()))
@@ -234,10 +254,17 @@ fn the_adfs_tenant_signs_rs256_unless_a_signature_was_chosen() {
         &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
         &leaf,
     ));
+    const ADFS_TOKEN: &str = "/adfs/oauth2/token";
     for tenant in ["adfs", "ADFS", "AdFs"] {
-        let header = assertion_header(&builder(tenant).build_with_env_authority(None).unwrap());
-        assert_eq!(header["alg"], "RS256", "{tenant}");
-        assert_eq!(header["x5t"], sha1, "{tenant}");
+        let credential = builder(tenant).build_with_env_authority(None).unwrap();
+        // A request naming another tenant is sent to AD FS all the same.
+        for requested in [None, Some("contoso")] {
+            let (header, claims) = assertion_sent(&credential, requested).await;
+            assert_eq!(header["alg"], "RS256", "{tenant}");
+            assert_eq!(header["x5t"], sha1, "{tenant}");
+            let aud = claims["aud"].as_str().unwrap();
+            assert!(aud.ends_with(ADFS_TOKEN), "{tenant}: {aud}");
+        }
         // An explicit choice is kept, PS256 included.
         for (signature, alg) in [
             (CertificateSignature::Ps256, "PS256"),
@@ -247,7 +274,9 @@ fn the_adfs_tenant_signs_rs256_unless_a_signature_was_chosen() {
                 .signature(signature)
                 .build_with_env_authority(None)
                 .unwrap();
-            assert_eq!(assertion_header(&credential)["alg"], alg, "{tenant}");
+            let (header, claims) = assertion_sent(&credential, None).await;
+            assert_eq!(header["alg"], alg, "{tenant}");
+            assert!(claims["aud"].as_str().unwrap().ends_with(ADFS_TOKEN));
         }
     }
     // Other tenants keep PS256, and their explicit choice.
@@ -257,23 +286,31 @@ fn the_adfs_tenant_signs_rs256_unless_a_signature_was_chosen() {
         "adfs2",
         "72f988bf-86f1-41af-91ab-2d7cd011db47",
     ] {
-        let header = assertion_header(&builder(tenant).build_with_env_authority(None).unwrap());
+        let credential = builder(tenant).build_with_env_authority(None).unwrap();
+        let (header, claims) = assertion_sent(&credential, None).await;
         assert_eq!(header["alg"], "PS256", "{tenant}");
+        let aud = claims["aud"].as_str().unwrap();
+        assert!(
+            aud.ends_with(&format!("/{tenant}/oauth2/v2.0/token")),
+            "{aud}"
+        );
         // A request of theirs resolved to `adfs` (additionally allowed) gets RS256 all the same.
         let credential = builder(tenant)
             .additionally_allowed_tenants(["*"])
             .build_with_env_authority(None)
             .unwrap();
         for adfs in ["adfs", "ADFS"] {
-            let header = assertion_header_for(&credential, adfs);
+            let (header, claims) = assertion_sent(&credential, Some(adfs)).await;
             assert_eq!(header["alg"], "RS256", "{tenant} / {adfs}");
             assert_eq!(header["x5t"], sha1, "{tenant} / {adfs}");
+            let aud = claims["aud"].as_str().unwrap();
+            assert!(aud.ends_with(ADFS_TOKEN), "{tenant} / {adfs}: {aud}");
         }
         let credential = builder(tenant)
             .signature(CertificateSignature::Rs256)
             .build_with_env_authority(None)
             .unwrap();
-        assert_eq!(assertion_header(&credential)["alg"], "RS256", "{tenant}");
+        assert_eq!(assertion_sent(&credential, None).await.0["alg"], "RS256");
     }
 }
 
@@ -1132,4 +1169,153 @@ fn a_key_or_certificate_in_both_pem_files_counts_once() {
     .load(*NOW)
     .unwrap();
     assert_eq!(loaded.chain.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the files, and a certificate expiring after the build
+// ---------------------------------------------------------------------------------------------
+
+/// A certificate file is read into room made for it up front: the buffer never grows, so no
+/// shorter copy of the key is freed unwiped on the way.
+#[test]
+fn a_certificate_file_is_read_without_the_buffer_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cert.pem");
+    let pem = format!("{}{}", valid_cert(), rsa_key_pem());
+    // A few KiB, and not a size a growing buffer would end on by chance.
+    let text = format!("{pem}{}", "#".repeat(3_001 - pem.len() % 1_000));
+    std::fs::write(&path, &text).unwrap();
+    let bytes = load::read_file(&path).unwrap();
+    assert_eq!(bytes.len(), text.len());
+    assert!(bytes.len() > 2_048, "{}", bytes.len());
+    assert_eq!(
+        bytes.capacity(),
+        bytes.len() + 1,
+        "room made once, never grown"
+    );
+    CertificateSource::from_path(&path, None)
+        .load(*NOW)
+        .unwrap();
+}
+
+/// A read that hangs until the sender of its gate is dropped, counting its calls: a
+/// certificate file on a mount that does not answer.
+fn hung_read(calls: &Arc<AtomicUsize>) -> (load::FileRead, std::sync::mpsc::Sender<()>) {
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = Mutex::new(gate);
+    let calls = Arc::clone(calls);
+    let read: load::FileRead = Arc::new(move |_: &Path| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let _ = gate.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        Ok(zeroize::Zeroizing::new(b"not a certificate".to_vec()))
+    });
+    (read, release)
+}
+
+/// A certificate file on a file system that does not answer fails the build once the bound
+/// has passed, with a ConfigError naming the file, instead of blocking the builder's thread
+/// for good; a build reading it again fails at once, no second read started, until the read
+/// returns; then the file is read again.
+#[test]
+fn a_certificate_read_that_hangs_fails_the_build_naming_the_file() {
+    within_a_minute(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cert.pem");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (read, release) = hung_read(&calls);
+        let build = |timeout: Duration| {
+            ClientCertificateCredential::builder(
+                "t",
+                "c",
+                CertificateSource::from_path(&path, None),
+            )
+            .build_reading(None, &load::Reading::with(Arc::clone(&read), timeout))
+        };
+        let shown = path.display().to_string();
+        let first = build(Duration::from_millis(50)).unwrap_err();
+        // At once: a bound it would otherwise wait for.
+        let again = build(Duration::from_secs(600)).unwrap_err();
+        // The first read's thread may start late on a loaded machine.
+        while calls.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "no second read");
+        for err in [&first, &again] {
+            let message = err.message();
+            assert!(message.starts_with(NAME), "{err}");
+            assert!(
+                message.contains(&format!("certificate file {shown} has run more than"))
+                    && message.contains("does not answer")
+                    && message.contains("fix its mount"),
+                "{err}"
+            );
+        }
+        assert!(first.message().contains("50ms"), "{first}");
+
+        drop(release);
+        let err = loop {
+            let err = build(Duration::from_secs(600)).unwrap_err();
+            if !err.message().contains("has not returned") {
+                break err;
+            }
+            std::thread::yield_now();
+        };
+        // What it read, at last: not a certificate.
+        assert!(err.message().contains("it is not PEM"), "{err}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    });
+}
+
+/// A certificate that expires after the build signs nothing: the request fails as
+/// authentication failed, saying to renew it and build again, and nothing reaches the
+/// authority (which would refuse it, AADSTS700027, and the refused assertion be replaced by
+/// one more refused).
+#[tokio::test]
+async fn a_certificate_expired_since_the_build_signs_and_sends_nothing() {
+    use crate::CredentialExt as _;
+    use crate::test_support::authority::Authority;
+
+    let authority = Authority::start().await;
+    let http = crate::HttpClient::builder()
+        .add_root_certificates_pem(authority.ca_pem())
+        .build()
+        .unwrap();
+    let now = crate::token::unix_now() as i64;
+    let pem = format!(
+        "{}{}",
+        self_signed(rsa_key_pem(), now - 86_400, now + 3_600),
+        rsa_key_pem()
+    );
+    let credential =
+        ClientCertificateCredential::builder("contoso", "c", CertificateSource::from_pem(pem))
+            .authority_host(authority.url())
+            .http_client(http)
+            .build_with_env_authority(None)
+            .unwrap();
+    let clock = crate::token::tests::wall_clock();
+    clock.shift(2 * 3_600);
+    let err = credential
+        .get_token(["https://resource.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_authentication_failed() && !err.is_unavailable(),
+        "{err}"
+    );
+    assert_eq!(err.credential(), NAME);
+    let message = err.message();
+    assert!(
+        message.starts_with("the certificate (subject ")
+            && message.contains(") expired on ")
+            && message.ends_with("; renew it and build the credential again"),
+        "{err}"
+    );
+    assert_eq!(authority.token_posts(), 0, "nothing was sent");
+    // Still valid by the real clock: it signs.
+    drop(clock);
+    credential
+        .get_token(["https://resource.test/.default"])
+        .await
+        .unwrap();
+    assert_eq!(authority.token_posts(), 1);
 }

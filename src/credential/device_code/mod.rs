@@ -8,13 +8,14 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use super::env::Vars;
 use super::refresh_tokens::{Redeem, Silent, Stores, answer_account, refused_for_this_request};
 use super::settings::{Settings, settings_setters};
 use super::shared_token_cache::AZURE_CLI_CLIENT_ID;
 use super::{Plan, arc_credential_service};
 use crate::cache::TokenCache;
 use crate::encoding::number_field;
-use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
+use crate::entra::authority::TenantPolicy;
 use crate::entra::token_client::{
     TokenClient, TokenResponse, carries_a_challenge, device_authorization_form, device_code_form,
 };
@@ -728,7 +729,7 @@ impl DeviceCodeCredentialBuilder {
         let tenants = self.settings.tenants(NAME, Some(tenant))?;
         let client = self
             .settings
-            .token_client(NAME, std::env::var(AZURE_AUTHORITY_HOST).ok())?;
+            .token_client(NAME, self.settings.env_authority(NAME, &Vars::default())?)?;
         let stores = Stores::from_settings(&self.settings, NAME)?;
         let prompt = self
             .prompt
