@@ -9,7 +9,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::leaf::HyperLeaf;
-use super::proxy::{ProxyConnector, ProxySetting, VarsFrom};
+use super::proxy::{DirectConnector, ProxyConnector, ProxySetting, VarsFrom, direct_hint};
 use super::retry::{RetryOptions, Retrying};
 use super::roots::{Roots, root_store};
 use super::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT, HttpClient};
@@ -183,6 +183,12 @@ impl HttpClientBuilder {
     /// costs its share, not the whole attempt, when there are others. On a slow link, give
     /// more than the default so that each share still covers a connection's round trip. The
     /// per-attempt timeout still applies.
+    ///
+    /// Through a proxy, it bounds the whole of the tunnel's setup, counted from its start:
+    /// reaching the proxy (as above), the CONNECT exchange and the TLS handshake with the server
+    /// through the tunnel. A proxy that accepts the connection and never answers, or a tunnel
+    /// in which the handshake stalls, fails as a connection naming the proxy: retried, even
+    /// for an authorization code, since the request was not sent.
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.connect_timeout = timeout;
         self
@@ -214,19 +220,17 @@ impl HttpClientBuilder {
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("the ring provider supports the default TLS versions");
-        let tls = match self.verifier {
+        let mut tls = match self.verifier {
             Some(verifier) => config
                 .dangerous()
                 .with_custom_certificate_verifier(verifier)
                 .with_no_client_auth(),
             None => config.with_root_certificates(roots).with_no_client_auth(),
         };
-        let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-        let connector = if self.allow_http {
-            connector.https_or_http()
-        } else {
-            connector.https_only()
-        };
+        // What hyper-rustls's builder sets for `enable_http1().enable_http2()`: the tunnels'
+        // handshakes, made by `ProxyConnector`, use this configuration too.
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tls = Arc::new(tls);
         let routing = self.proxy.routing();
         // Managed identity's clients never use a proxy, and a client told which proxy to use
         // (or none) reads no variable: a failed connection hints at none.
@@ -240,14 +244,23 @@ impl HttpClientBuilder {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(self.connect_timeout);
-        let connector = connector
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(ProxyConnector {
-                http,
-                routing,
-                vars,
-            });
+        let direct = DirectConnector {
+            http: http.clone(),
+            hint: direct_hint(vars, &routing),
+        };
+        let direct = hyper_rustls::HttpsConnector::new(
+            direct,
+            Arc::clone(&tls),
+            !self.allow_http,
+            Arc::new(hyper_rustls::DefaultServerNameResolver::default()),
+        );
+        let connector = ProxyConnector {
+            direct,
+            http,
+            tls,
+            routing,
+            connect_timeout: self.connect_timeout,
+        };
         let leaf = HyperLeaf {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout: self.timeout,

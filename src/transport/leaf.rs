@@ -15,7 +15,7 @@ use super::proxy::ProxyConnector;
 use super::{HttpRequest, HttpResponse};
 use crate::error::BoxError;
 
-type HyperClient = Client<hyper_rustls::HttpsConnector<ProxyConnector>, Full<Bytes>>;
+type HyperClient = Client<ProxyConnector, Full<Bytes>>;
 
 /// hyper-util's client, with the timeout and the body cap.
 #[derive(Clone)]

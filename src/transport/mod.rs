@@ -26,7 +26,9 @@
 //!   among the addresses a name resolves to: those of one family, IPv6 or IPv4, are tried one
 //!   after another, each with an even share among them, the other family's from 300 ms on;
 //!   see [`HttpClientBuilder::connect_timeout`]): an address that drops packets costs its
-//!   share of one attempt, not all of it, when the name has others;
+//!   share of one attempt, not all of it, when the name has others. Through a proxy, the
+//!   connect timeout bounds the whole tunnel: reaching the proxy, CONNECT and the TLS
+//!   handshake through it;
 //! * bounded retries of 408, 429, 500, 502, 503, 504, connection failures (a proxy answering
 //!   CONNECT with 502, 503 or 504 among them), attempts that timed out and exchanges cut off
 //!   by an I/O error (3 by default),
@@ -110,7 +112,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// starts before the name is resolved: a connect that fails is reported as one (with its
 /// proxy hint, and retried as unsent, single-use grants included) rather than as the
 /// attempt's timeout, and DNS keeps 2 s. A name with 8 addresses (Entra's often has) still
-/// gives each 1 s, enough for a slow link's round trip.
+/// gives each 1 s, enough for a slow link's round trip. A tunnel through a proxy is ready
+/// within it or fails as a connection too (naming the proxy): CONNECT and the TLS handshake
+/// through the tunnel are under it.
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Default total deadline of one request, over its attempts and the waits between them.
 pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(30);

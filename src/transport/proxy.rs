@@ -9,7 +9,10 @@
 //! `httpproxy` match them. A URL naming no port is on 443, as Go has it (`requests` compares
 //! only the ports URLs spell out). The CONNECT exchange is hyper's HTTP/1.1 client
 //! with an upgrade rather than hyper-util's `Tunnel`, whose error type is private and keeps no
-//! status but 407: an error here says what the proxy answered (403, 502, …). We read the
+//! status but 407: an error here says what the proxy answered (403, 502, …). The TLS
+//! handshake through the tunnel is made here too, as hyper-rustls makes it over a direct
+//! connection, so that the connect timeout bounds the whole tunnel: a proxy that accepts and
+//! never answers fails as a connection naming it, not as the attempt's timeout. We read the
 //! variables ourselves, because hyper-util's `Matcher::from_env` prefers the upper-case name
 //! and curl, Python's `urllib` and Go's `httpproxy` prefer the lower-case one: the same
 //! environment must pick the same proxy here as in the tools beside us.
@@ -21,18 +24,26 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::future::Future;
+use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Uri};
 use http_body_util::Empty;
+use hyper_rustls::{
+    DefaultServerNameResolver, HttpsConnector, MaybeHttpsStream, ResolveServerName,
+};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
 
@@ -362,39 +373,28 @@ pub(super) enum VarsFrom {
     Given,
 }
 
-/// The TCP connector under TLS: direct, or a CONNECT tunnel through the matched proxy.
-#[derive(Clone)]
-pub(super) struct ProxyConnector {
-    pub(super) http: HttpConnector,
-    pub(super) routing: Routing,
-    /// Where the proxy variables were read from, if they were.
-    pub(super) vars: Option<VarsFrom>,
+/// What a direct connection to an `https` destination that failed should add, for a client
+/// reading proxy variables from `vars` (`None`: it reads none, and the hint is none): that a
+/// proxy is taken from the variables only when none was set, or that `NO_PROXY` exempted the
+/// host when one was. Decided by the route taken, not the setting: a hint to set
+/// `HTTPS_PROXY` where it is set and the host exempt would mislead. Every direct route of a
+/// client whose routing names a proxy is an exempt one.
+pub(super) fn direct_hint(vars: Option<VarsFrom>, routing: &Routing) -> Option<&'static str> {
+    let exempted = !matches!(routing, Routing::Direct);
+    Some(match (vars?, exempted) {
+        (_, true) => "connected directly: NO_PROXY exempts this host from the proxy that is set",
+        (VarsFrom::Environment, false) => {
+            "if your network requires a proxy, set HTTPS_PROXY: system proxy settings are not read"
+        }
+        (VarsFrom::Given, false) => {
+            "if your network requires a proxy, give https_proxy in the proxy variables: system \
+             proxy settings are not read"
+        }
+    })
 }
 
-impl ProxyConnector {
-    /// What a direct connection to an `https` destination that failed should add: that a
-    /// proxy is taken from the variables only when none was set, or that `NO_PROXY`
-    /// exempted the host when one was. Decided by the route taken, not the setting: a hint
-    /// to set `HTTPS_PROXY` where it is set and the host exempt would mislead.
-    fn direct_hint(&self, exempted: bool) -> Option<&'static str> {
-        Some(match (self.vars?, exempted) {
-            (_, true) => {
-                "connected directly: NO_PROXY exempts this host from the proxy that is set"
-            }
-            (VarsFrom::Environment, false) => {
-                "if your network requires a proxy, set HTTPS_PROXY: system proxy settings are \
-                 not read"
-            }
-            (VarsFrom::Given, false) => {
-                "if your network requires a proxy, give https_proxy in the proxy variables: \
-                 system proxy settings are not read"
-            }
-        })
-    }
-}
-
-/// A direct connection that failed, with what to add to the message (see
-/// [`ProxyConnector::direct_hint`]). Transparent otherwise: its source is the failure.
+/// A direct connection that failed, with what to add to the message (see [`direct_hint`]).
+/// Transparent otherwise: its source is the failure.
 #[derive(Debug)]
 pub(super) struct DirectFailure {
     pub(super) hint: &'static str,
@@ -413,42 +413,78 @@ impl StdError for DirectFailure {
     }
 }
 
-impl Service<Uri> for ProxyConnector {
+/// The TCP connector of direct connections, under hyper-rustls's TLS: a failure to reach an
+/// `https` destination carries the client's hint about proxies.
+#[derive(Clone)]
+pub(super) struct DirectConnector {
+    pub(super) http: HttpConnector,
+    /// See [`direct_hint`].
+    pub(super) hint: Option<&'static str>,
+}
+
+impl Service<Uri> for DirectConnector {
     type Response = TokioIo<TcpStream>;
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
 
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.http.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
-        let proxied = dst.scheme() == Some(&http::uri::Scheme::HTTPS);
-        let (route, exempted) = match &self.routing {
-            Routing::Matched(rules) if proxied => (rules.route(&dst), true),
-            Routing::Exempt => (Route::Direct, true),
-            _ => (Route::Direct, false),
+        // Plain `http` is never proxied: no hint about proxies.
+        let hint = self
+            .hint
+            .filter(|_| dst.scheme() == Some(&http::uri::Scheme::HTTPS));
+        let connecting = self.http.call(dst);
+        Box::pin(async move {
+            connecting.await.map_err(|e| match hint {
+                Some(hint) => DirectFailure {
+                    hint,
+                    source: e.into(),
+                }
+                .into(),
+                None => e.into(),
+            })
+        })
+    }
+}
+
+/// The connector: a direct connection (TCP, then hyper-rustls's TLS), or a CONNECT tunnel
+/// through the matched proxy and the TLS handshake through it, both here: the connect timeout
+/// bounds the whole of a tunnel's setup.
+#[derive(Clone)]
+pub(super) struct ProxyConnector {
+    pub(super) direct: HttpsConnector<DirectConnector>,
+    /// Connects to the proxy.
+    pub(super) http: HttpConnector,
+    /// The direct connector's TLS configuration (ALPN included), for the tunnels.
+    pub(super) tls: Arc<rustls::ClientConfig>,
+    pub(super) routing: Routing,
+    /// The most a tunnel may take to be ready for the request: reaching the proxy, the CONNECT
+    /// exchange and the TLS handshake through it. `None`: only the per-attempt timeout.
+    pub(super) connect_timeout: Option<Duration>,
+}
+
+impl Service<Uri> for ProxyConnector {
+    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.direct.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let route = match &self.routing {
+            Routing::Matched(rules) if dst.scheme() == Some(&http::uri::Scheme::HTTPS) => {
+                rules.route(&dst)
+            }
+            _ => Route::Direct,
         };
         let intercept = match route {
             Route::Through(intercept) => intercept,
-            Route::Direct => {
-                // Plain `http` is never proxied: no hint about proxies.
-                let hint = self.direct_hint(exempted).filter(|_| proxied);
-                let connecting = self.http.call(dst);
-                return Box::pin(async move {
-                    connecting.await.map_err(|e| match hint {
-                        Some(hint) => DirectFailure {
-                            hint,
-                            source: e.into(),
-                        }
-                        .into(),
-                        None => e.into(),
-                    })
-                });
-            }
+            Route::Direct => return self.direct.call(dst),
             Route::Unusable(reason) => {
                 let error = ProxyError {
                     proxy: String::new(),
@@ -459,84 +495,123 @@ impl Service<Uri> for ProxyConnector {
         };
         // The intercept's URI has no userinfo: hyper-util moved it into `basic_auth`.
         let proxy = address(&intercept.uri().to_string());
+        let proxy_uri = intercept.uri().clone();
+        let auth = intercept.basic_auth().cloned();
         tracing::debug!(%proxy, "opening a CONNECT tunnel through the proxy");
         let http = self.http.clone();
-        let auth = intercept.basic_auth().cloned();
-        let proxy_uri = intercept.uri().clone();
+        let tls = Arc::clone(&self.tls);
+        let limit = self.connect_timeout;
         Box::pin(async move {
-            let authenticated = auth.is_some();
-            tunnel(http, proxy_uri, &dst, auth)
+            // From the tunnel's start, resolving the proxy's name included. hyper-util may go
+            // on making a connection in the background once its request took another: this
+            // bounds that one too.
+            let budget = limit.and_then(|limit| Some((Instant::now().checked_add(limit)?, limit)));
+            let tcp = tunnel(http, proxy_uri, &dst, auth, budget)
                 .await
-                .map_err(|failure| {
-                    ProxyError {
-                        proxy,
-                        failure: match failure {
-                            Failure::Refused {
-                                status,
-                                other_schemes,
-                                ..
-                            } => Failure::Refused {
-                                status,
-                                authenticated,
-                                other_schemes,
-                            },
-                            other => other,
-                        },
-                    }
-                    .into()
-                })
+                .map_err(|failure| ProxyError {
+                    proxy: proxy.clone(),
+                    failure,
+                })?;
+            // What hyper-rustls does for a direct connection, under the same deadline: the
+            // origin's name, not the proxy's, is what its certificate must name.
+            let name = DefaultServerNameResolver::default().resolve(&dst)?;
+            let handshake = tokio_rustls::TlsConnector::from(tls).connect(name, TokioIo::new(tcp));
+            let Some(tls) = within(budget, handshake).await else {
+                let limit = budget.map_or(Duration::ZERO, |(_, limit)| limit);
+                return Err(ProxyError {
+                    proxy,
+                    failure: Failure::Handshake(limit),
+                }
+                .into());
+            };
+            // A failed handshake is a TLS failure as over a direct connection, not the proxy's.
+            Ok(MaybeHttpsStream::from(tls.map_err(io::Error::other)?))
         })
     }
 }
 
-/// Connects to the proxy and asks it, with `CONNECT host:port`, for a tunnel to `dst`.
+/// `future`'s output, or `None` when it did not complete by the budget's deadline.
+async fn within<F: Future>(budget: Option<(Instant, Duration)>, future: F) -> Option<F::Output> {
+    match budget {
+        Some((deadline, _)) => tokio::time::timeout_at(deadline, future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
+/// Aborts the CONNECT connection's task when the tunnel is given up (refused, timed out, or
+/// dropped): a silent proxy's socket must not stay open behind it. Once the tunnel is
+/// established the task has ended, handing the socket to the upgrade.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Connects to the proxy and asks it, with `CONNECT host:port`, for a tunnel to `dst`, each
+/// within the budget's deadline.
 async fn tunnel(
     mut http: HttpConnector,
     proxy: Uri,
     dst: &Uri,
     auth: Option<HeaderValue>,
+    budget: Option<(Instant, Duration)>,
 ) -> Result<TokioIo<TcpStream>, Failure> {
+    let limit = budget.map_or(Duration::ZERO, |(_, limit)| limit);
     let host = dst
         .host()
         .ok_or(Failure::Exchange("the destination has no host".into()))?;
     let target = format!("{host}:{}", dst.port_u16().unwrap_or(443));
-    let stream = http
-        .ready()
-        .await
-        .map_err(|e| Failure::Unreachable(e.into()))?
-        .call(proxy)
-        .await
-        .map_err(|e| Failure::Unreachable(e.into()))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(stream)
-        .await
-        .map_err(|e| Failure::Exchange(e.into()))?;
-    // The connection hands the socket back to the upgrade once the proxy answered 2xx.
-    let connection = tokio::spawn(connection.with_upgrades());
-    let mut request = http::Request::connect(target.as_str())
-        .header(http::header::HOST, target.as_str())
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| Failure::Exchange(e.into()))?;
-    if let Some(mut auth) = auth {
-        auth.set_sensitive(true);
-        request
-            .headers_mut()
-            .insert(http::header::PROXY_AUTHORIZATION, auth);
-    }
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| Failure::Exchange(e.into()))?;
-    if !response.status().is_success() {
-        connection.abort();
-        return Err(Failure::Refused {
-            status: response.status(),
-            authenticated: false,
-            other_schemes: other_schemes(response.headers()),
-        });
-    }
-    let upgraded = hyper::upgrade::on(response)
-        .await
-        .map_err(|e| Failure::Exchange(e.into()))?;
+    let connecting = async {
+        http.ready()
+            .await
+            .map_err(|e| Failure::Unreachable(e.into()))?
+            .call(proxy)
+            .await
+            .map_err(|e| Failure::Unreachable(e.into()))
+    };
+    let stream = within(budget, connecting).await.ok_or_else(|| {
+        Failure::Unreachable(format!("no connection within the {limit:?} connect timeout").into())
+    })??;
+    let authenticated = auth.is_some();
+    let exchange = async {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(stream)
+            .await
+            .map_err(|e| Failure::Exchange(e.into()))?;
+        // The connection hands the socket back to the upgrade once the proxy answered 2xx.
+        let _connection = AbortOnDrop(tokio::spawn(connection.with_upgrades()));
+        let mut request = http::Request::connect(target.as_str())
+            .header(http::header::HOST, target.as_str())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| Failure::Exchange(e.into()))?;
+        if let Some(mut auth) = auth {
+            auth.set_sensitive(true);
+            request
+                .headers_mut()
+                .insert(http::header::PROXY_AUTHORIZATION, auth);
+        }
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| Failure::Exchange(e.into()))?;
+        if !response.status().is_success() {
+            return Err(Failure::Refused {
+                status: response.status(),
+                authenticated,
+                other_schemes: other_schemes(response.headers()),
+            });
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|e| Failure::Exchange(e.into()))?;
+        Ok(upgraded)
+    };
+    let upgraded = within(budget, exchange).await.ok_or_else(|| {
+        Failure::Exchange(
+            format!("no answer to CONNECT within the {limit:?} connect timeout").into(),
+        )
+    })??;
     let parts = upgraded
         .downcast::<TokioIo<TcpStream>>()
         .map_err(|_| Failure::Exchange("the tunnel is not the proxy's socket".into()))?;
@@ -623,8 +698,10 @@ pub(super) struct ProxyError {
 enum Failure {
     /// Connecting to the proxy failed.
     Unreachable(BoxError),
-    /// The CONNECT exchange broke off.
+    /// The CONNECT exchange broke off, or brought no answer in time.
     Exchange(BoxError),
+    /// The TLS handshake through the tunnel did not complete within the connect timeout.
+    Handshake(Duration),
     /// The proxy answered CONNECT with this status.
     Refused {
         status: http::StatusCode,
@@ -641,12 +718,13 @@ enum Failure {
 impl ProxyError {
     /// Whether no tunnel was opened for a reason that may pass (worth retrying, even for a
     /// single-use request: nothing reached the server): the proxy was not reached, broke
-    /// off, or could not reach the server itself (502, 503, 504, which azure-core retries as
-    /// connection errors). An answer refusing the tunnel (403, 407, …) or a setting that
-    /// cannot work is final.
+    /// off or did not answer in time, could not reach the server itself (502, 503, 504,
+    /// which azure-core retries as connection errors), or the TLS handshake through the
+    /// tunnel did not complete in time (the request is sent only after it). An answer
+    /// refusing the tunnel (403, 407, …) or a setting that cannot work is final.
     pub(super) fn is_connect(&self) -> bool {
         match &self.failure {
-            Failure::Unreachable(_) | Failure::Exchange(_) => true,
+            Failure::Unreachable(_) | Failure::Exchange(_) | Failure::Handshake(_) => true,
             Failure::Refused { status, .. } => is_gateway_failure(*status),
             Failure::Invalid(_) => false,
         }
@@ -660,6 +738,10 @@ impl ProxyError {
             Failure::Exchange(_) => {
                 format!("the CONNECT exchange with the proxy {} failed", self.proxy)
             }
+            Failure::Handshake(_) => format!(
+                "the TLS handshake through the proxy {} did not complete",
+                self.proxy
+            ),
             Failure::Refused { status, .. } if is_gateway_failure(*status) => {
                 "the proxy could not open the tunnel".to_owned()
             }
@@ -683,6 +765,11 @@ impl fmt::Display for ProxyError {
             Failure::Exchange(_) => {
                 write!(f, "the CONNECT exchange with the proxy {proxy} broke off")
             }
+            Failure::Handshake(limit) => write!(
+                f,
+                "no TLS handshake with the server through the proxy {proxy}'s tunnel within \
+                 the {limit:?} connect timeout"
+            ),
             Failure::Refused {
                 status,
                 authenticated,

@@ -4,8 +4,11 @@
 //! given with `proxy_from_vars`: tests run in parallel threads and never set process
 //! variables.
 
+use std::time::Duration;
+
 use base64::Engine;
 use http::{Method, StatusCode};
+use tokio::time::Instant;
 use tower_identity::{
     AuthorizationCodeCredential, ClientSecretCredential, CredentialExt, HttpClientBuilder,
 };
@@ -401,29 +404,7 @@ async fn a_single_use_code_is_retried_after_a_proxy_503() {
     let authority = Authority::start().await;
     let proxy = Proxy::start(Policy::FirstAnswer(StatusCode::SERVICE_UNAVAILABLE)).await;
     let http = http_builder(&authority).proxy_from_vars([("https_proxy", proxy.url())]);
-    let client_info = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(r#"{"uid":"alice","utid":"contoso"}"#);
-    authority.push_fault(Fault::Body(
-        serde_json::json!({
-            "token_type": "Bearer",
-            "expires_in": 3600,
-            "access_token": "at-code",
-            "refresh_token": "rt-code",
-            "client_info": client_info,
-        })
-        .to_string(),
-    ));
-    let credential = AuthorizationCodeCredential::builder(
-        TENANT,
-        CLIENT_ID,
-        "single-use-code",
-        "http://localhost/callback",
-    )
-    .authority_host(authority.url())
-    .http_client(http.build().unwrap())
-    .build()
-    .unwrap();
-    let token = credential.get_token([SCOPE]).await.unwrap();
+    let token = redeem_code(&authority, http).await.unwrap();
     assert_eq!(token.secret().expose_secret(), "at-code");
     assert_eq!(proxy.requests().len(), 2);
     let [redeemed] = authority.requests().try_into().unwrap();
@@ -478,4 +459,187 @@ async fn an_unusable_proxy_variable_does_not_fail_what_no_proxy_exempts() {
         "{text}"
     );
     assert_eq!(authority.token_posts(), 3);
+}
+
+/// A proxy that accepts the connection and never answers CONNECT fails the attempt at the
+/// connect timeout, as a connection failure naming the proxy (retried, even for a single-use
+/// request: nothing reached the server). Before, only the TCP connect had a limit: the attempt
+/// timed out at 10 s, "no complete response", naming no proxy, and was final for an
+/// authorization code.
+#[tokio::test(start_paused = true)]
+async fn a_proxy_that_never_answers_connect_fails_as_a_connection_naming_it() {
+    let authority = Authority::start().await;
+    let proxy = Proxy::start(Policy::Silent).await;
+    let http = http_builder(&authority)
+        .timeout(Some(Duration::from_secs(10)))
+        .no_retry()
+        .proxy(proxy.url());
+    let started = Instant::now();
+    let error = get(&authority.url(), http).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_secs(8));
+    let text = error.to_string();
+    assert!(
+        error.is_connect() && error.is_transient() && !error.is_timeout(),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "the CONNECT exchange with the proxy {} failed: no answer to CONNECT within the 8s \
+             connect timeout",
+            proxy.address()
+        )),
+        "{text}"
+    );
+    assert_eq!(proxy.connections(), 1);
+    assert_eq!(authority.token_posts(), 0);
+}
+
+/// An authorization code's redemption whose first proxy never answered CONNECT is retried
+/// through a second connection, and redeemed once.
+#[tokio::test(start_paused = true)]
+async fn a_single_use_code_is_retried_after_a_proxy_that_never_answered() {
+    let authority = Authority::start().await;
+    let proxy = Proxy::start(Policy::FirstSilent).await;
+    let http = http_builder(&authority)
+        .timeout(Some(Duration::from_secs(10)))
+        .proxy_from_vars([("https_proxy", proxy.url())]);
+    let token = redeem_code(&authority, http).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "at-code");
+    assert_eq!(proxy.connections(), 2);
+    let [logged] = proxy.requests().try_into().unwrap();
+    assert_eq!(logged.status, StatusCode::OK);
+    let [redeemed] = authority.requests().try_into().unwrap();
+    assert_eq!(redeemed.field("code"), Some("single-use-code"));
+}
+
+/// A tunnel through which the server never completes the TLS handshake fails at the connect
+/// timeout as well, naming the proxy: the request is sent only after the handshake, so it is
+/// unsent. Before, the handshake had no limit but the attempt's.
+#[tokio::test(start_paused = true)]
+async fn a_tls_handshake_that_never_completes_through_the_tunnel_fails_as_a_connection() {
+    let authority = Authority::start().await;
+    // Connections complete in the listen backlog, and nothing ever answers them.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_url = format!("https://{}", mute.local_addr().unwrap());
+    let proxy = Proxy::start(Policy::Open).await;
+    let http = http_builder(&authority)
+        .timeout(Some(Duration::from_secs(10)))
+        .no_retry()
+        .proxy(proxy.url());
+    let started = Instant::now();
+    let error = get(&mute_url, http).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_secs(8));
+    let text = error.to_string();
+    assert!(
+        error.is_connect() && error.is_transient() && !error.is_timeout(),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "the TLS handshake through the proxy {} did not complete",
+            proxy.address()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("within the 8s connect timeout"), "{text}");
+    let [logged] = proxy.requests().try_into().unwrap();
+    assert_eq!(logged.status, StatusCode::OK);
+    drop(mute);
+}
+
+/// The authorization code `single-use-code` redeemed at the authority through a client with
+/// these settings (the authority answers with `at-code`).
+async fn redeem_code(
+    authority: &Authority,
+    http: HttpClientBuilder,
+) -> Result<tower_identity::AccessToken, tower_identity::CredentialError> {
+    let client_info = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(r#"{"uid":"alice","utid":"contoso"}"#);
+    authority.push_fault(Fault::Body(
+        serde_json::json!({
+            "token_type": "Bearer",
+            "expires_in": 3600,
+            "access_token": "at-code",
+            "refresh_token": "rt-code",
+            "client_info": client_info,
+        })
+        .to_string(),
+    ));
+    AuthorizationCodeCredential::builder(
+        TENANT,
+        CLIENT_ID,
+        "single-use-code",
+        "http://localhost/callback",
+    )
+    .authority_host(authority.url())
+    .http_client(http.build().unwrap())
+    .build()
+    .unwrap()
+    .get_token([SCOPE])
+    .await
+}
+
+/// A proxy answering CONNECT with 2xx and bytes after it (in the same segment) has not opened
+/// a tunnel: the server speaks only after our TLS hello. The bytes are refused, not taken for
+/// the server's.
+#[tokio::test]
+async fn bytes_from_the_proxy_before_the_tunnel_is_used_are_refused() {
+    let authority = Authority::start().await;
+    let proxy = Proxy::start(Policy::Raw(
+        "HTTP/1.1 200 Connection established\r\n\r\nXYZ",
+    ))
+    .await;
+    let http = http_builder(&authority).no_retry().proxy(proxy.url());
+    let error = get(&authority.url(), http).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!(
+            "the CONNECT exchange with the proxy {} failed: the proxy sent data before the \
+             tunnel was used",
+            proxy.address()
+        )),
+        "{text}"
+    );
+    assert!(error.is_connect(), "{text}");
+    let [logged] = proxy.requests().try_into().unwrap();
+    assert_eq!(logged.target, connect_to(&authority));
+    assert_eq!(authority.token_posts(), 0);
+}
+
+/// Through the tunnel, the server's certificate must name the URL's host, not the proxy's: a
+/// tunnel to a server whose certificate names other hosts (`127.0.0.1` and `localhost`) is a
+/// TLS failure, final, though the proxy is `127.0.0.1`.
+#[tokio::test]
+async fn the_servers_certificate_is_checked_against_its_own_name_through_the_tunnel() {
+    let authority = Authority::start().await;
+    let port = authority.url().rsplit(':').next().unwrap().to_owned();
+    let upstream = connect_to(&authority).parse().unwrap();
+    let proxy = Proxy::start_to(Policy::Open, upstream).await;
+    // The proxy connects every tunnel to the authority: by a name its certificate holds, the
+    // token comes.
+    let http = http_builder(&authority).proxy(proxy.url());
+    get(&format!("https://localhost:{port}"), http)
+        .await
+        .unwrap();
+    let http = http_builder(&authority).proxy(proxy.url());
+    let error = get(&format!("https://other-name.test:{port}"), http)
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("TLS handshake failed"), "{text}");
+    assert!(text.contains("not valid for name"), "{text}");
+    assert!(!error.is_connect() && !error.is_transient(), "{text}");
+    let targets = proxy
+        .requests()
+        .into_iter()
+        .map(|logged| logged.target)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        targets,
+        [
+            format!("localhost:{port}"),
+            format!("other-name.test:{port}")
+        ]
+    );
+    assert_eq!(authority.token_posts(), 1);
 }
