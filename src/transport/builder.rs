@@ -131,7 +131,8 @@ impl HttpClientBuilder {
     /// Sends every `https` request through this forward proxy, with a CONNECT tunnel (the
     /// TLS session stays end to end), whatever the environment says. The URL is
     /// `http://[user:password@]host:port`: credentials, percent-encoded, are sent as Basic
-    /// `Proxy-Authorization` and never appear in errors, logs or `Debug`. `build()` fails if
+    /// `Proxy-Authorization` (the bytes they encode, UTF-8 or not, as curl sends them) and
+    /// never appear in errors, logs or `Debug`. `build()` fails if
     /// the URL is not such a URL (`https://` and SOCKS proxies are not supported).
     ///
     /// The default is the environment (see the [module docs](crate::transport)).

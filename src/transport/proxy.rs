@@ -2,12 +2,12 @@
 //! variables, or one explicit URL), and the connector that opens a CONNECT tunnel through it.
 //!
 //! hyper-util's [`Matcher`] applies the rules (curl's: `NO_PROXY` entries are domain
-//! suffixes, IP addresses or CIDR blocks, `*` matches everything; userinfo in the proxy URL
-//! becomes a Basic `Proxy-Authorization`). It compares hosts only, so entries naming a port
+//! suffixes, IP addresses or CIDR blocks, `*` matches everything). It compares hosts only, so entries naming a port
 //! (`host:8443`, `10.0.0.1:8443`, `[::1]:8443`) are matched here: the host by the same rules,
 //! and the port exactly, as Python `requests` (azure-identity's transport) and Go's
 //! `httpproxy` match them. A URL naming no port is on 443, as Go has it (`requests` compares
-//! only the ports URLs spell out). The CONNECT exchange is hyper's HTTP/1.1 client
+//! only the ports URLs spell out). Userinfo in the proxy URL becomes a Basic
+//! `Proxy-Authorization` of the bytes it percent-encodes (see [`basic_auth`]). The CONNECT exchange is hyper's HTTP/1.1 client
 //! with an upgrade rather than hyper-util's `Tunnel`, whose error type is private and keeps no
 //! status but 407: an error here says what the proxy answered (403, 502, …). The TLS
 //! handshake through the tunnel is made here too, as hyper-rustls makes it over a direct
@@ -42,10 +42,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
+use percent_encoding::percent_decode_str;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
+use zeroize::Zeroizing;
 
 use crate::error::{BoxError, ConfigError};
 use crate::token::Secret;
@@ -187,7 +189,8 @@ enum PortedHost {
 /// Where one `https` destination goes.
 pub(super) enum Route {
     Direct,
-    Through(hyper_util::client::proxy::matcher::Intercept),
+    /// Through the proxy at this URI (which holds no credentials).
+    Through(Uri),
     /// The proxy it would go through cannot be used: fail rather than silently go around a
     /// proxy the user asked for.
     Unusable(Arc<str>),
@@ -195,12 +198,15 @@ pub(super) enum Route {
 
 /// The proxy and the `NO_PROXY` rules for `https` destinations.
 pub(super) struct Rules {
-    /// The proxy, and the entries without a port. When the proxy named cannot be used, a
+    /// The proxy (its credentials unused: see `auth`), and the entries without a port. When
+    /// the proxy named cannot be used, a
     /// stand-in that is never connected to: the matcher then only says which destinations
     /// `NO_PROXY` leaves to the proxy.
     matcher: Matcher,
     /// The entries with a port.
     ported: Box<[(PortedHost, u16)]>,
+    /// The Basic `Proxy-Authorization` for the credentials in the proxy URL, if it has any.
+    auth: Option<HeaderValue>,
     /// Why the proxy named cannot be used, if it cannot.
     unusable: Option<Arc<str>>,
 }
@@ -209,9 +215,13 @@ impl Rules {
     /// The rules for this proxy URL (checked: the URL, or why it cannot be used) and this
     /// `NO_PROXY` list.
     fn new(url: Result<&str, String>, no: &str) -> Self {
-        let (url, unusable) = match url {
-            Ok(url) => (url, None),
-            Err(reason) => ("http://unusable-proxy.invalid:1", Some(Arc::from(reason))),
+        let (url, unusable, auth) = match url {
+            Ok(url) => (url, None, basic_auth(url)),
+            Err(reason) => (
+                "http://unusable-proxy.invalid:1",
+                Some(Arc::from(reason)),
+                None,
+            ),
         };
         let (ported, hosts): (Vec<_>, Vec<_>) = no
             .split(',')
@@ -234,6 +244,7 @@ impl Rules {
                 .into_iter()
                 .filter_map(|(_, ported)| ported)
                 .collect(),
+            auth,
             unusable,
         }
     }
@@ -243,7 +254,7 @@ impl Rules {
         match (self.intercept(dst), &self.unusable) {
             (None, _) => Route::Direct,
             (Some(_), Some(reason)) => Route::Unusable(Arc::clone(reason)),
-            (Some(intercept), None) => Route::Through(intercept),
+            (Some(intercept), None) => Route::Through(intercept.uri().clone()),
         }
     }
 
@@ -299,6 +310,32 @@ fn usable_url(url: &str) -> Result<&str, &'static str> {
         );
     }
     Ok(url)
+}
+
+/// The Basic `Proxy-Authorization` for the credentials in `url` (one [`usable_url`] passed);
+/// `None` when it has none. The user name ends at the first `:`, as hyper-util and curl split
+/// it, and the percent-decoded bytes are sent as they are, as curl and Go send them (RFC 7617
+/// leaves the charset to the server): hyper-util decodes them as UTF-8, lossily, so a
+/// password percent-encoded in Latin-1 (`p%E9ss`) went out with U+FFFD in it, sure to be
+/// rejected, where a proxy reading Latin-1 would accept the bytes.
+fn basic_auth(url: &str) -> Option<HeaderValue> {
+    use base64::Engine as _;
+
+    let uri: Uri = url.parse().ok()?;
+    let (userinfo, _) = uri.authority()?.as_str().split_once('@')?;
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    // Decoding never lengthens: no reallocation leaves a copy of the password behind.
+    let mut credentials = Zeroizing::new(Vec::with_capacity(userinfo.len().saturating_add(1)));
+    credentials.extend(percent_decode_str(user));
+    credentials.push(b':');
+    credentials.extend(percent_decode_str(password));
+    let header = Zeroizing::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(&*credentials)
+    ));
+    let mut value = HeaderValue::from_str(&header).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// Whether the URL's credentials did not parse as meant. `http::Uri` ends the authority at the
@@ -476,14 +513,14 @@ impl Service<Uri> for ProxyConnector {
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
-        let route = match &self.routing {
+        let (route, auth) = match &self.routing {
             Routing::Matched(rules) if dst.scheme() == Some(&http::uri::Scheme::HTTPS) => {
-                rules.route(&dst)
+                (rules.route(&dst), rules.auth.clone())
             }
-            _ => Route::Direct,
+            _ => (Route::Direct, None),
         };
-        let intercept = match route {
-            Route::Through(intercept) => intercept,
+        let proxy_uri = match route {
+            Route::Through(proxy_uri) => proxy_uri,
             Route::Direct => return self.direct.call(dst),
             Route::Unusable(reason) => {
                 let error = ProxyError {
@@ -493,10 +530,8 @@ impl Service<Uri> for ProxyConnector {
                 return Box::pin(async move { Err(error.into()) });
             }
         };
-        // The intercept's URI has no userinfo: hyper-util moved it into `basic_auth`.
-        let proxy = address(&intercept.uri().to_string());
-        let proxy_uri = intercept.uri().clone();
-        let auth = intercept.basic_auth().cloned();
+        // The URI has no userinfo: the credentials are in `auth`.
+        let proxy = address(&proxy_uri.to_string());
         tracing::debug!(%proxy, "opening a CONNECT tunnel through the proxy");
         let http = self.http.clone();
         let tls = Arc::clone(&self.tls);

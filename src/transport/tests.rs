@@ -570,7 +570,7 @@ mod proxy {
         match setting.routing() {
             Routing::Matched(rules) => match rules.route(&dst.parse().unwrap()) {
                 Route::Direct => None,
-                Route::Through(intercept) => Some(address(&intercept.uri().to_string())),
+                Route::Through(proxy) => Some(address(&proxy.to_string())),
                 Route::Unusable(reason) => Some(format!("invalid: {reason}")),
             },
             Routing::Direct | Routing::Exempt => None,

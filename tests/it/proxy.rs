@@ -107,6 +107,29 @@ async fn explicit_proxy_sends_basic_credentials_from_its_url() {
     );
 }
 
+/// Percent-encoded bytes that are not UTF-8 (a Latin-1 user name and password) are sent as
+/// the bytes they encode, as curl and Go send them. Before, hyper-util decoded them as UTF-8,
+/// lossily: U+FFFD went out for each, and the proxy rejected the credentials.
+#[tokio::test]
+async fn proxy_credentials_are_sent_as_the_bytes_they_percent_encode() {
+    let authority = Authority::start().await;
+    let credentials = base64::engine::general_purpose::STANDARD.encode(b"user-\xe9:p\xe9ss-\xff");
+    let proxy = Proxy::start(Policy::Basic(format!("Basic {credentials}"))).await;
+    let url = proxy.url_with("user-%E9:p%E9ss-%ff");
+    for http in [
+        http_builder(&authority).proxy(url.clone()),
+        http_builder(&authority).proxy_from_vars([("https_proxy", url.clone())]),
+    ] {
+        get(&authority.url(), http).await.unwrap();
+    }
+    let statuses = proxy
+        .requests()
+        .iter()
+        .map(|r| r.status)
+        .collect::<Vec<_>>();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::OK]);
+}
+
 #[tokio::test]
 async fn no_proxy_bypasses_by_domain_suffix_and_by_cidr() {
     let authority = Authority::start().await;
