@@ -55,7 +55,10 @@
 //!   [`proxy_from_vars`](HttpClientBuilder::proxy_from_vars) reads given variables instead of
 //!   the environment. A variable that is no usable `http://` proxy URL fails each request
 //!   it would carry (not those `no_proxy` exempts), naming the variable, rather than being
-//!   silently ignored.
+//!   silently ignored. A value that is not valid UTF-8 is set, and unusable, never taken for
+//!   unset: in `https_proxy` or `all_proxy` it fails the requests it would carry, and in
+//!   `no_proxy`, when a proxy is set, every `https` request (which hosts it exempts cannot be
+//!   read, and proxying them all could send a host it exempts to the proxy).
 //!
 //! [`ManagedIdentityCredential`](crate::ManagedIdentityCredential) builds variants of its own:
 //! plain `http` allowed (its endpoints are link-local or loopback), never a proxy (IMDS must be

@@ -23,6 +23,7 @@
 //! see [`ManagedIdentityCredential`](crate::ManagedIdentityCredential)'s clients.
 
 use std::error::Error as StdError;
+use std::ffi::OsString;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -115,43 +116,71 @@ impl ProxySetting {
                     .map_err(|reason| format!("the proxy URL is not usable: {reason}")),
                 "",
             ))),
-            Self::Environment => routing_from(|name| std::env::var(name).ok()),
+            Self::Environment => routing_from(|name| std::env::var_os(name)),
             Self::Vars(vars) => routing_from(|name| {
                 vars.iter()
                     .find(|(n, _)| n == name)
-                    .map(|(_, v)| v.expose_secret().to_owned())
+                    .map(|(_, v)| OsString::from(v.expose_secret()))
             }),
         }
     }
 }
 
-/// The first of `names` set to something other than blanks, with its name.
+/// The first of `names` set to something other than blanks, with its name and its text, or
+/// `Err` when it is not valid UTF-8: such a variable is set, and unusable, not unset (which
+/// would silently fall through to the next name, or to no proxy at all).
 fn first(
-    get: &impl Fn(&str) -> Option<String>,
+    get: &impl Fn(&str) -> Option<OsString>,
     names: [&'static str; 2],
-) -> Option<(&'static str, String)> {
+) -> Option<(&'static str, Result<String, NotUnicode>)> {
     names.into_iter().find_map(|name| {
-        get(name)
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| (name, v))
+        let value = match get(name)?.into_string() {
+            Ok(text) if text.trim().is_empty() => return None,
+            Ok(text) => Ok(text),
+            Err(_) => Err(NotUnicode),
+        };
+        Some((name, value))
     })
 }
 
+/// A variable whose value is not valid UTF-8 (Unix: any bytes; Windows: unpaired surrogates).
+struct NotUnicode;
+
 /// Routing from proxy variables. `HTTP_PROXY` is not read: only `https` is ever proxied.
-fn routing_from(get: impl Fn(&str) -> Option<String>) -> Routing {
+pub(super) fn routing_from(get: impl Fn(&str) -> Option<OsString>) -> Routing {
     let proxy = first(&get, HTTPS_VARS).or_else(|| first(&get, ALL_VARS));
     let Some((name, url)) = proxy else {
         return Routing::Direct;
     };
-    let no = first(&get, NO_VARS).map(|(_, v)| v).unwrap_or_default();
+    // A `NO_PROXY` that cannot be read exempts nothing we could name: rather than proxy every
+    // host, including those it meant to exempt, every `https` request fails, naming it. (A
+    // proxy URL that cannot be read fails first, for the same hosts and more.)
+    let no = match first(&get, NO_VARS) {
+        None => Ok(String::new()),
+        Some((_, Ok(no))) => Ok(no),
+        Some((no_name, Err(NotUnicode))) => Err(format!(
+            "{no_name} is not valid UTF-8 (which hosts it exempts from the proxy cannot be read)"
+        )),
+    };
     // curl: `*` alone bypasses every host; hyper-util applies it to names, not to addresses.
     // Read before the proxy URL: a proxy that no request uses fails none (curl, `requests`).
-    if no.split(',').any(|entry| entry.trim() == "*") {
+    if no
+        .as_deref()
+        .is_ok_and(|no| no.split(',').any(|entry| entry.trim() == "*"))
+    {
         return Routing::Exempt;
     }
-    let url =
-        usable_url(&url).map_err(|reason| format!("{name} is not a usable proxy URL: {reason}"));
-    Routing::Matched(Arc::new(Rules::new(url, &no)))
+    let url = match &url {
+        Ok(url) => {
+            usable_url(url).map_err(|reason| format!("{name} is not a usable proxy URL: {reason}"))
+        }
+        Err(NotUnicode) => Err(format!("{name} is not valid UTF-8")),
+    };
+    let rules = match no {
+        Ok(no) => Rules::new(url, &no),
+        Err(unreadable) => Rules::new(url.and(Err(unreadable)), ""),
+    };
+    Routing::Matched(Arc::new(rules))
 }
 
 /// A `NO_PROXY` entry naming a port, as (its host, port); `None` for an entry without one (a

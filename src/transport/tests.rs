@@ -555,7 +555,7 @@ fn bad_pem_is_a_config_error() {
 
 mod proxy {
     use super::super::HttpClient;
-    use super::super::proxy::{ProxySetting, Route, Routing, address};
+    use super::super::proxy::{ProxySetting, Route, Routing, address, routing_from};
     use crate::token::Secret;
 
     fn routed(vars: &[(&str, &str)], dst: &str) -> Option<String> {
@@ -567,7 +567,13 @@ mod proxy {
     }
 
     fn routed_by(setting: &ProxySetting, dst: &str) -> Option<String> {
-        match setting.routing() {
+        described(setting.routing(), dst)
+    }
+
+    /// Where `routing` sends `dst`: `None` directly, else the proxy's address or why the
+    /// proxy cannot be used.
+    fn described(routing: Routing, dst: &str) -> Option<String> {
+        match routing {
             Routing::Matched(rules) => match rules.route(&dst.parse().unwrap()) {
                 Route::Direct => None,
                 Route::Through(proxy) => Some(address(&proxy.to_string())),
@@ -603,6 +609,92 @@ mod proxy {
             text.starts_with("invalid: the proxy URL is not usable: TLS to the proxy"),
             "{text}"
         );
+    }
+
+    /// A variable that is not valid UTF-8 is set, and unusable: the requests it would carry
+    /// fail, naming it and not quoting it. Before, it was read as unset (`std::env::var(..)
+    /// .ok()`): `https_proxy` fell through to `all_proxy`, or to no proxy at all, and a
+    /// `no_proxy` to `NO_PROXY`, or to none, proxying the hosts it meant to exempt.
+    #[cfg(unix)]
+    #[test]
+    fn a_variable_that_is_not_utf8_is_unusable_not_unset() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+
+        let bytes = |value: &[u8]| OsString::from_vec(value.to_vec());
+        let routed_os = |vars: &[(&str, OsString)], dst: &str| {
+            described(
+                routing_from(|name| {
+                    vars.iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, v)| v.clone())
+                }),
+                dst,
+            )
+        };
+        let dst = "https://login.microsoftonline.com/";
+        let url = bytes(b"http://user:p\xe9ss-Qz@p:1");
+        for (vars, reason) in [
+            (
+                vec![
+                    ("https_proxy", url.clone()),
+                    ("all_proxy", "http://a:2".into()),
+                ],
+                "https_proxy",
+            ),
+            (
+                vec![
+                    ("HTTPS_PROXY", url.clone()),
+                    ("ALL_PROXY", "http://a:2".into()),
+                ],
+                "HTTPS_PROXY",
+            ),
+            (vec![("all_proxy", url.clone())], "all_proxy"),
+        ] {
+            let text = routed_os(&vars, dst).unwrap();
+            assert_eq!(text, format!("invalid: {reason} is not valid UTF-8"));
+        }
+        // A `NO_PROXY` that cannot be read fails every request, also those it may exempt.
+        let no = bytes(b"caf\xe9.test,login.microsoftonline.com");
+        let through = OsString::from("http://p:1");
+        for (vars, name) in [
+            (
+                vec![("https_proxy", through.clone()), ("no_proxy", no.clone())],
+                "no_proxy",
+            ),
+            (
+                vec![
+                    ("https_proxy", through.clone()),
+                    ("NO_PROXY", no.clone()),
+                    ("no_proxy", " ".into()),
+                ],
+                "NO_PROXY",
+            ),
+        ] {
+            for dst in [dst, "https://10.1.2.3/", "https://caf.test/"] {
+                let text = routed_os(&vars, dst).unwrap();
+                assert!(
+                    text.starts_with(&format!(
+                        "invalid: {name} is not valid UTF-8 (which hosts it exempts"
+                    )),
+                    "{dst}: {text}"
+                );
+            }
+        }
+        // The lower-case name is read first, as ever: an unreadable upper-case one beside it is
+        // not read.
+        let vars = [
+            ("https_proxy", through.clone()),
+            ("no_proxy", "login.microsoftonline.com".into()),
+            ("NO_PROXY", no.clone()),
+        ];
+        assert_eq!(routed_os(&vars, dst), None);
+        // With no proxy, `NO_PROXY` is not read.
+        assert_eq!(routed_os(&[("no_proxy", no.clone())], dst), None);
+        // An unreadable proxy URL is named first.
+        let text = routed_os(&[("https_proxy", url), ("no_proxy", no)], dst).unwrap();
+        assert_eq!(text, "invalid: https_proxy is not valid UTF-8");
+        assert!(!text.contains("Qz") && !text.contains('\u{fffd}'), "{text}");
     }
 
     /// hyper-util reads a bracketed address as a domain name: `[::1]` used to match nothing.
