@@ -46,8 +46,10 @@
 //! * proxies from the environment, read when the client is built, with curl's rules:
 //!   `https_proxy`, else `all_proxy` (each lower case first, then upper case; hyper-util's
 //!   own reader prefers upper case, so we read them ourselves), and `no_proxy`/`NO_PROXY`
-//!   entries that are domain suffixes, IP addresses, CIDR blocks or `*`, or a host or address
-//!   or block with a port (that port only, as Python `requests` has it). `HTTPS` requests go
+//!   entries (separated by commas or blanks) that are domain suffixes, IP addresses, CIDR
+//!   blocks, or a host or address or block with a port (that port only, as Python `requests`
+//!   has it); `*` as the whole value exempts every host, and among other entries matches
+//!   none, as in curl and Python. `HTTPS` requests go
 //!   through a CONNECT tunnel; plain `http` is never proxied (so `HTTP_PROXY`, which is for
 //!   `http` destinations, is not read). Credentials in the proxy URL are sent as Basic
 //!   `Proxy-Authorization` and never shown. [`HttpClientBuilder::proxy`] sets one proxy,

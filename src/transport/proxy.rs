@@ -2,7 +2,8 @@
 //! variables, or one explicit URL), and the connector that opens a CONNECT tunnel through it.
 //!
 //! hyper-util's [`Matcher`] applies the rules (curl's: `NO_PROXY` entries are domain
-//! suffixes, IP addresses or CIDR blocks, `*` matches everything). It compares hosts only, so entries naming a port
+//! suffixes, IP addresses or CIDR blocks; `*` as the whole value exempts every host, and
+//! among other entries matches none, see [`no_proxy_entries`]). It compares hosts only, so entries naming a port
 //! (`host:8443`, `10.0.0.1:8443`, `[::1]:8443`) are matched here: the host by the same rules,
 //! and the port exactly, as Python `requests` (azure-identity's transport) and Go's
 //! `httpproxy` match them. A URL naming no port is on 443, as Go has it (`requests` compares
@@ -162,12 +163,10 @@ pub(super) fn routing_from(get: impl Fn(&str) -> Option<OsString>) -> Routing {
             "{no_name} is not valid UTF-8 (which hosts it exempts from the proxy cannot be read)"
         )),
     };
-    // curl: `*` alone bypasses every host; hyper-util applies it to names, not to addresses.
-    // Read before the proxy URL: a proxy that no request uses fails none (curl, `requests`).
-    if no
-        .as_deref()
-        .is_ok_and(|no| no.split(',').any(|entry| entry.trim() == "*"))
-    {
+    // curl and Python: `*` as the whole value (here: blanks around it aside) bypasses every
+    // host, addresses included (hyper-util's `*` covers names only). Read before the proxy
+    // URL: a proxy that no request uses fails none (curl, `requests`).
+    if no.as_deref().is_ok_and(|no| no.trim() == "*") {
         return Routing::Exempt;
     }
     let url = match &url {
@@ -181,6 +180,18 @@ pub(super) fn routing_from(get: impl Fn(&str) -> Option<OsString>) -> Routing {
         Err(unreadable) => Rules::new(url.and(Err(unreadable)), ""),
     };
     Routing::Matched(Arc::new(rules))
+}
+
+/// The entries of a `NO_PROXY` value, separated by commas or blanks: no entry can hold a
+/// blank, and `a.test b.test` can only mean both. curl took blanks as separators until 2024
+/// (its `docs/DEPRECATE.md` lists them as removed: it now ignores what follows a name and a
+/// blank), FreeBSD's fetch still does; Go and Python separate by commas only. Empty entries
+/// and `*` are left out: as the whole value, `*` exempts every host (see [`routing_from`]);
+/// among other entries, curl and Python match no host with it, where hyper-util's matcher
+/// would take it for every name.
+fn no_proxy_entries(no: &str) -> impl Iterator<Item = &str> {
+    no.split(|c: char| c == ',' || c.is_ascii_whitespace())
+        .filter(|entry| !entry.is_empty() && *entry != "*")
 }
 
 /// A `NO_PROXY` entry naming a port, as (its host, port); `None` for an entry without one (a
@@ -252,9 +263,7 @@ impl Rules {
                 None,
             ),
         };
-        let (ported, hosts): (Vec<_>, Vec<_>) = no
-            .split(',')
-            .map(str::trim)
+        let (ported, hosts): (Vec<_>, Vec<_>) = no_proxy_entries(no)
             .map(|entry| (entry, with_port(entry)))
             .partition(|(_, ported)| ported.is_some());
         // hyper-util reads `[::1]` as a domain name: an address in brackets is the address.
@@ -424,7 +433,7 @@ pub(super) fn address(url: &str) -> String {
 pub(super) enum Routing {
     /// No proxy: none set, or the client told to use none.
     Direct,
-    /// A proxy is set, but `NO_PROXY` is `*`: every host is exempt.
+    /// A proxy is set, but `NO_PROXY` is `*` (the whole value): every host is exempt.
     Exempt,
     Matched(Arc<Rules>),
 }

@@ -734,8 +734,24 @@ mod proxy {
         let dst = "https://login.microsoftonline.com/";
         assert_eq!(routed(&with("microsoftonline.com"), dst), None);
         assert_eq!(routed(&with(".microsoftonline.com"), dst), None);
-        assert_eq!(routed(&with(" other.test , *"), dst), None);
         assert!(routed(&with("online.com"), dst).is_some());
+        // Blanks separate entries as commas do.
+        assert_eq!(routed(&with("other.test microsoftonline.com"), dst), None);
+        assert_eq!(
+            routed(&with("other.test,\tmicrosoftonline.com\n"), dst),
+            None
+        );
+        assert_eq!(
+            routed(&with("other.test\t10.1.0.0/16"), "https://10.1.2.3/"),
+            None
+        );
+        assert_eq!(
+            routed(
+                &with("other.test login.test:8443"),
+                "https://login.test:8443/"
+            ),
+            None
+        );
         assert_eq!(routed(&with("10.1.0.0/16"), "https://10.1.2.3/"), None);
         assert!(routed(&with("10.1.0.0/16"), "https://10.2.0.1/").is_some());
         assert_eq!(routed(&with("::1"), "https://[::1]:8443/"), None);
@@ -745,6 +761,47 @@ mod proxy {
             ("NO_PROXY", "microsoftonline.com"),
         ];
         assert_eq!(routed(&upper, dst), None);
+    }
+
+    /// How `vars` route `dst`: `direct` (no proxy set), `exempt` (`NO_PROXY` is `*`),
+    /// `bypassed` (a `NO_PROXY` entry matches), or through the proxy at this address.
+    fn way(vars: &[(&str, &str)], dst: &str) -> String {
+        let vars = vars
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), Secret::new(*v)))
+            .collect();
+        match ProxySetting::Vars(vars).routing() {
+            Routing::Direct => "direct".to_owned(),
+            Routing::Exempt => "exempt".to_owned(),
+            routing => described(routing, dst).unwrap_or_else(|| "bypassed".to_owned()),
+        }
+    }
+
+    /// `*` exempts every host, addresses included, only as the whole value (blanks around it
+    /// aside), as curl and Python have it; among other entries it matches nothing. Before,
+    /// any `*` entry exempted every host (`localhost,*` proxied nothing), and a `*` handed to
+    /// hyper-util would have matched every name but no address.
+    #[test]
+    fn no_proxy_star_alone_exempts_every_host_and_among_others_none() {
+        let with = |no: &'static str| [("https_proxy", "http://p:1"), ("no_proxy", no)];
+        for dst in [
+            "https://login.test/",
+            "https://10.1.2.3/",
+            "https://[2001:db8::1]:8443/",
+        ] {
+            assert_eq!(way(&with("*"), dst), "exempt", "{dst}");
+            assert_eq!(way(&with(" *\t"), dst), "exempt", "{dst}");
+            for no in ["localhost,*", "* ,other.test", "*,*", "localhost *"] {
+                assert_eq!(way(&with(no), dst), "p:1", "{no}: {dst}");
+            }
+            // No proxy set: direct, whatever NO_PROXY says.
+            assert_eq!(way(&[("no_proxy", "localhost")], dst), "direct", "{dst}");
+        }
+        assert_eq!(way(&with("*,10.0.0.0/8"), "https://10.1.2.3/"), "bypassed");
+        assert_eq!(
+            way(&with("*,login.test"), "https://login.test/"),
+            "bypassed"
+        );
     }
 
     // hyper-util compares hosts only, so `host:port` entries used to match nothing.

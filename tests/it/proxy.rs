@@ -141,6 +141,9 @@ async fn no_proxy_bypasses_by_domain_suffix_and_by_cidr() {
         (authority.url(), "10.0.0.0/8,127.0.0.0/8"),
         (authority.url(), "127.0.0.1"),
         (authority.url(), "*"),
+        (authority.url(), " * "),
+        // Blanks separate entries as commas do.
+        (by_name(&authority), "example.test localhost"),
     ] {
         let http = http_builder(&authority).proxy_from_vars([
             ("https_proxy", proxy.url()),
@@ -156,6 +159,9 @@ async fn no_proxy_bypasses_by_domain_suffix_and_by_cidr() {
         (by_name(&authority), "host"),
         (by_name(&authority), "notlocalhost"),
         (authority.url(), "127.0.0.2/32"),
+        // `*` among other entries matches nothing, as in curl and Python.
+        (by_name(&authority), "example.test,*"),
+        (authority.url(), "*, example.test"),
     ] {
         let http = http_builder(&authority).proxy_from_vars([
             ("HTTPS_PROXY", proxy.url()),
@@ -163,7 +169,7 @@ async fn no_proxy_bypasses_by_domain_suffix_and_by_cidr() {
         ]);
         get(&host, http).await.unwrap_err();
     }
-    assert_eq!(proxy.requests().len(), 3);
+    assert_eq!(proxy.requests().len(), 5);
 }
 
 #[tokio::test]
