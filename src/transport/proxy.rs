@@ -701,21 +701,58 @@ async fn tunnel(
 /// not be.
 const MAX_SCHEMES: usize = 4;
 
-/// The auth schemes a proxy's `Proxy-Authenticate` challenges name, joined with `, `, when
-/// Basic is not one of them; `None` when it is or no challenge could be read. A challenge is
-/// a scheme, then a token68 or `name=value` parameters, challenges separated by commas: a
-/// comma-separated part whose first word is a token not followed by `=` starts one (commas
-/// inside a quoted value separate nothing: `realm="a, Basic b"` names no scheme). Scheme
-/// names are tokens (letters, digits, a few marks), so they cannot forge text in the error.
-fn other_schemes(headers: &http::HeaderMap) -> Option<String> {
+/// The authentication schemes an error names, as spelled here: those of IANA's HTTP
+/// Authentication Scheme Registry, and those proxies use unregistered (NTLM, Kerberos, AWS's
+/// signature). Any other word a challenge starts with is "another scheme", never quoted: a
+/// proxy puts what it likes there, the base64 of the credentials it was sent included, and
+/// the error goes to logs.
+const KNOWN_SCHEMES: [&str; 17] = [
+    "Basic",
+    "Bearer",
+    "Concealed",
+    "Digest",
+    "DPoP",
+    "GNAP",
+    "HOBA",
+    "Mutual",
+    "Negotiate",
+    "OAuth",
+    "PrivateToken",
+    "SCRAM-SHA-1",
+    "SCRAM-SHA-256",
+    "vapid",
+    "NTLM",
+    "Kerberos",
+    "AWS4-HMAC-SHA256",
+];
+
+/// The schemes of a proxy's challenges when Basic is not among them.
+#[derive(Debug, PartialEq, Eq)]
+struct OtherSchemes {
+    /// The known ones (see [`KNOWN_SCHEMES`]), at most [`MAX_SCHEMES`], in the proxy's order.
+    known: Vec<&'static str>,
+    /// Whether it named a scheme not known here.
+    unknown: bool,
+}
+
+/// The auth schemes a proxy's `Proxy-Authenticate` challenges name when Basic is not one of
+/// them; `None` when it is or no challenge could be read. A challenge is a scheme, then a
+/// token68 or `name=value` parameters, challenges separated by commas: a comma-separated part
+/// whose first word is a token not followed by `=` starts one (commas inside a quoted value
+/// separate nothing: `realm="a, Basic b"` names no scheme). Only the known schemes are named
+/// (case-insensitively, spelled as [`KNOWN_SCHEMES`] has them); any other token counts as
+/// another scheme.
+fn other_schemes(headers: &http::HeaderMap) -> Option<OtherSchemes> {
     let is_token = |word: &str| {
         !word.is_empty()
-            && word.len() <= 32
             && word
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     };
-    let mut schemes: Vec<&str> = Vec::new();
+    let mut schemes = OtherSchemes {
+        known: Vec::new(),
+        unknown: false,
+    };
     let values = headers
         .get_all(http::header::PROXY_AUTHENTICATE)
         .iter()
@@ -732,11 +769,17 @@ fn other_schemes(headers: &http::HeaderMap) -> Option<String> {
         if word.eq_ignore_ascii_case("basic") {
             return None;
         }
-        if schemes.len() < MAX_SCHEMES && !schemes.iter().any(|s| s.eq_ignore_ascii_case(word)) {
-            schemes.push(word);
+        match KNOWN_SCHEMES
+            .into_iter()
+            .find(|known| known.eq_ignore_ascii_case(word))
+        {
+            Some(known) if schemes.known.contains(&known) => {}
+            Some(known) if schemes.known.len() < MAX_SCHEMES => schemes.known.push(known),
+            Some(_) => {}
+            None => schemes.unknown = true,
         }
     }
-    (!schemes.is_empty()).then(|| schemes.join(", "))
+    (!schemes.known.is_empty() || schemes.unknown).then_some(schemes)
 }
 
 /// The comma-separated elements of a header value, a comma inside a quoted string (RFC 9110
@@ -782,7 +825,7 @@ enum Failure {
         authenticated: bool,
         /// The schemes of its `Proxy-Authenticate` challenges when Basic is not among them
         /// (`Negotiate, NTLM`): then credentials in the URL cannot help.
-        other_schemes: Option<String>,
+        other_schemes: Option<OtherSchemes>,
     },
     /// A proxy variable or URL that cannot work.
     Invalid(Arc<str>),
@@ -852,12 +895,16 @@ impl fmt::Display for ProxyError {
                 if *status != http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
                     return Ok(());
                 }
-                if let Some(schemes) = other_schemes {
-                    write!(
-                        f,
-                        ": it asks for {schemes} authentication, and only Basic (credentials \
-                         in the proxy URL) is supported"
-                    )
+                if let Some(OtherSchemes { known, unknown }) = other_schemes {
+                    let known = known.join(", ");
+                    match (known.is_empty(), unknown) {
+                        (true, _) => f.write_str(": it asks for another authentication scheme")?,
+                        (false, false) => write!(f, ": it asks for {known} authentication")?,
+                        (false, true) => {
+                            write!(f, ": it asks for {known} authentication or another scheme")?
+                        }
+                    }
+                    f.write_str(", and only Basic (credentials in the proxy URL) is supported")
                 } else {
                     f.write_str(if *authenticated {
                         ": it rejected the credentials in the proxy URL"

@@ -672,3 +672,54 @@ async fn the_servers_certificate_is_checked_against_its_own_name_through_the_tun
     );
     assert_eq!(authority.token_posts(), 1);
 }
+
+/// A 407 names only the schemes known as such: a proxy echoing the base64 of the credentials
+/// it was sent, as its challenge, does not get them into the error (and so into logs). Before,
+/// any token of up to 32 characters was quoted as a scheme.
+#[tokio::test]
+async fn a_407_names_only_known_schemes_never_what_the_proxy_echoes() {
+    let authority = Authority::start().await;
+    let proxy = Proxy::start(Policy::Echo).await;
+    // 12 bytes: a base64 of 16 characters without `=` padding, a token as a scheme is.
+    let url = proxy.url_with("us-Kx:pw-Qz7");
+    let echoed = basic("us-Kx", "pw-Qz7");
+    let echoed = echoed.trim_start_matches("Basic ");
+    assert_eq!(echoed.len(), 16);
+    let http = http_builder(&authority).proxy(url);
+    let error = get(&authority.url(), http).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains(
+            "407 Proxy Authentication Required: it asks for another authentication scheme, and \
+             only Basic (credentials in the proxy URL) is supported"
+        ),
+        "{text}"
+    );
+    let mut shown = format!("{error} {error:?} {error:#?}");
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        shown.push_str(&format!("{cause} {cause:?}"));
+        source = cause.source();
+    }
+    let [logged] = proxy.requests().try_into().unwrap();
+    assert_eq!(
+        logged.authorization.as_deref(),
+        Some(&*format!("Basic {echoed}"))
+    );
+    assert!(!shown.contains(echoed), "{shown}");
+
+    // Known schemes are named as spelled here, whatever their case, and the others only as
+    // such.
+    let proxy = Proxy::start(Policy::Challenge(&[
+        "negotiate, ntlm Zm9vYmFy",
+        "X-Corp-SSO-Qw realm=\"corp\"",
+    ]))
+    .await;
+    let http = http_builder(&authority).proxy(proxy.url());
+    let text = get(&authority.url(), http).await.unwrap_err().to_string();
+    assert!(
+        text.contains("it asks for Negotiate, NTLM authentication or another scheme, and only"),
+        "{text}"
+    );
+    assert!(!text.contains("Qw") && !text.contains("Zm9v"), "{text}");
+}

@@ -3,8 +3,8 @@
 //! target) and copying bytes both ways (the TLS session stays between client and server), logs
 //! each request, and can be told to demand credentials (407, Basic or other schemes), to
 //! refuse every tunnel (403), to answer the first CONNECT with a status of the test's (a 503
-//! while its upstream is down, say), to accept connections and never answer, or to answer
-//! with bytes of the test's. Anything but CONNECT is answered 405: the token transport only
+//! while its upstream is down, say), to accept connections and never answer, to answer with
+//! bytes of the test's, or to echo the credentials it was sent in its challenge. Anything but CONNECT is answered 405: the token transport only
 //! tunnels.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -45,6 +45,9 @@ pub enum Policy {
     /// Every CONNECT is answered with these bytes, in one write, and its connection then held
     /// open (the status logged is the one they start with).
     Raw(&'static str),
+    /// 407, whose `Proxy-Authenticate` is the base64 of the `Proxy-Authorization` received (a
+    /// proxy echoing the credentials it was sent).
+    Echo,
 }
 
 /// One request as the proxy received it.
@@ -208,12 +211,16 @@ async fn handle(
         .headers()
         .get(http::header::PROXY_AUTHORIZATION)
         .map(|v| v.to_str().expect("ASCII header").to_owned());
+    let echoed = authorization
+        .as_deref()
+        .and_then(|value| value.strip_prefix("Basic "))
+        .map(|credentials| http::HeaderValue::from_str(credentials).expect("base64"));
     // Held across the answer's choice, so that two CONNECTs at once cannot both be first.
     let mut log = lock(&log);
     let status = match (&policy, request.method()) {
         (_, m) if m != Method::CONNECT => StatusCode::METHOD_NOT_ALLOWED,
         (Policy::Forbid, _) => StatusCode::FORBIDDEN,
-        (Policy::Challenge(_), _) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+        (Policy::Challenge(_) | Policy::Echo, _) => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
         (Policy::FirstAnswer(status), _) if log.is_empty() => *status,
         (Policy::Basic(expected), _) if authorization.as_ref() != Some(expected) => {
             StatusCode::PROXY_AUTHENTICATION_REQUIRED
@@ -230,7 +237,11 @@ async fn handle(
     drop(log);
     let mut response = Response::new(Empty::new());
     *response.status_mut() = status;
-    if let Policy::Challenge(challenges) = policy {
+    if let (Policy::Echo, Some(echoed)) = (&policy, echoed) {
+        response
+            .headers_mut()
+            .insert(http::header::PROXY_AUTHENTICATE, echoed);
+    } else if let Policy::Challenge(challenges) = policy {
         for challenge in challenges {
             response.headers_mut().append(
                 http::header::PROXY_AUTHENTICATE,
