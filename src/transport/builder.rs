@@ -189,7 +189,9 @@ impl HttpClientBuilder {
     /// reaching the proxy (as above), the CONNECT exchange and the TLS handshake with the server
     /// through the tunnel. A proxy that accepts the connection and never answers, or a tunnel
     /// in which the handshake stalls, fails as a connection naming the proxy: retried, even
-    /// for an authorization code, since the request was not sent.
+    /// for an authorization code, since the request was not sent. Without a proxy, the TLS
+    /// handshake is not part of it: a handshake that stalls there is bounded by the
+    /// per-attempt timeout, and fails as a timeout.
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.connect_timeout = timeout;
         self

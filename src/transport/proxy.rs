@@ -367,10 +367,11 @@ fn basic_auth(url: &str) -> Option<HeaderValue> {
     credentials.extend(percent_decode_str(user));
     credentials.push(b':');
     credentials.extend(percent_decode_str(password));
-    let header = Zeroizing::new(format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(&*credentials)
-    ));
+    // Sized for the whole value, and encoded into it: no unwiped copy of the base64 either.
+    let encoded = credentials.len().div_ceil(3).saturating_mul(4);
+    let mut header = Zeroizing::new(String::with_capacity(encoded.saturating_add(6)));
+    header.push_str("Basic ");
+    base64::engine::general_purpose::STANDARD.encode_string(&*credentials, &mut header);
     let mut value = HeaderValue::from_str(&header).ok()?;
     value.set_sensitive(true);
     Some(value)
@@ -574,6 +575,12 @@ impl Service<Uri> for ProxyConnector {
         let http = self.http.clone();
         let tls = Arc::clone(&self.tls);
         let limit = self.connect_timeout;
+        // Before any I/O, as hyper-rustls does: a name no certificate can be checked against
+        // opens no tunnel (the proxy is not told of it).
+        let name = match DefaultServerNameResolver::default().resolve(&dst) {
+            Ok(name) => name,
+            Err(error) => return Box::pin(async move { Err(error) }),
+        };
         Box::pin(async move {
             // From the tunnel's start, resolving the proxy's name included. hyper-util may go
             // on making a connection in the background once its request took another: this
@@ -587,7 +594,6 @@ impl Service<Uri> for ProxyConnector {
                 })?;
             // What hyper-rustls does for a direct connection, under the same deadline: the
             // origin's name, not the proxy's, is what its certificate must name.
-            let name = DefaultServerNameResolver::default().resolve(&dst)?;
             let handshake = tokio_rustls::TlsConnector::from(tls).connect(name, TokioIo::new(tcp));
             let Some(tls) = within(budget, handshake).await else {
                 let limit = budget.map_or(Duration::ZERO, |(_, limit)| limit);

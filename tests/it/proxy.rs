@@ -723,3 +723,17 @@ async fn a_407_names_only_known_schemes_never_what_the_proxy_echoes() {
     );
     assert!(!text.contains("Qw") && !text.contains("Zm9v"), "{text}");
 }
+
+/// A server name TLS cannot check a certificate against (a label over 63 characters) opens no
+/// tunnel: it fails before any I/O, as over a direct connection, and the proxy is not told of
+/// it. Before, the CONNECT went out first, once per attempt.
+#[tokio::test(start_paused = true)]
+async fn a_name_tls_cannot_check_opens_no_tunnel() {
+    let authority = Authority::start().await;
+    let proxy = Proxy::start(Policy::Open).await;
+    let host = format!("https://{}.test", "a".repeat(64));
+    let http = http_builder(&authority).proxy(proxy.url());
+    let error = get(&host, http).await.unwrap_err();
+    assert!(error.to_string().contains("invalid dns name"), "{error}");
+    assert_eq!(proxy.connections(), 0, "{error}");
+}
