@@ -11,7 +11,11 @@
 //! answer before it waits ([`BeforeRetry`]), so the credential's other requests to that
 //! endpoint are answered throttled during the wait rather than sent into the throttle, each
 //! to be waited out in turn. The final answer is remembered too; remembering is extend-only,
-//! so reporting both is harmless.
+//! so reporting both is harmless. Requests already in their own retry loop when the wait is
+//! asked for learn it there too: before each retry the loop asks until when the endpoint is
+//! held back, and waits until then (or, when that is past the request's deadline or longer
+//! than `max_retry_after`, returns its last answer or error at once) rather than send into
+//! the throttle.
 //!
 //! The wait is read from the `Retry-After`, `retry-after-ms` or `x-ms-retry-after-ms` of an
 //! answer that asks the client to wait: one the transport retries (408, 429, 503, …:
@@ -117,13 +121,29 @@ impl ThrottleMemory {
         }
     }
 
+    /// When the wait remembered for `endpoint` ends, if one is remembered and has not passed.
+    pub(crate) fn held_until(&self, endpoint: &str) -> Option<Instant> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .find(|(known, _)| known == endpoint)
+            .map(|(_, throttle)| throttle.until)
+            .filter(|until| *until > now)
+    }
+
     /// The request extension by which the transport's retry loop reports to this memory, for
-    /// `endpoint`, each answer it waits out before sending again: the wait is remembered
-    /// before the loop starts it.
+    /// `endpoint`, each answer it waits out before sending again, and learns until when the
+    /// endpoint is held back: the wait is remembered before the loop starts it, and the loop's
+    /// retry waits for a wait another request was asked for.
     pub(crate) fn before_retry(self: &Arc<Self>, endpoint: &str) -> BeforeRetry {
         let memory = Arc::clone(self);
         let endpoint = endpoint.to_owned();
-        BeforeRetry::new(move |answer| memory.remember_answer(&endpoint, answer))
+        BeforeRetry::new(move |answer| {
+            if let Some(answer) = answer {
+                memory.remember_answer(&endpoint, answer);
+            }
+            memory.held_until(&endpoint)
+        })
     }
 
     /// While the wait remembered for `endpoint` has not passed: the error to answer with at once, as
@@ -186,7 +206,10 @@ mod tests {
         let memory = ThrottleMemory::default();
         let (tenant_a, tenant_b) = ("https://idp.test/a/token", "https://idp.test/b/token");
         assert!(memory.refusal(tenant_a, "Test", "the provider").is_none());
+        assert!(memory.held_until(tenant_a).is_none());
         memory.remember(tenant_a, throttle);
+        assert_eq!(memory.held_until(tenant_a), Some(throttle.until));
+        assert!(memory.held_until(tenant_b).is_none());
         let refused = memory.refusal(tenant_a, "Test", "the provider").unwrap();
         assert!(
             refused.is_throttled() && refused.is_transient(),
@@ -201,6 +224,7 @@ mod tests {
         assert!(memory.refusal(tenant_b, "Test", "the provider").is_none());
         tokio::time::advance(Duration::from_secs(30)).await;
         assert!(memory.refusal(tenant_a, "Test", "the provider").is_none());
+        assert!(memory.held_until(tenant_a).is_none(), "passed");
         let marked = throttle.mark(CredentialError::authentication_failed("Test", "refused"));
         assert!(marked.is_throttled());
         assert!(

@@ -85,7 +85,9 @@ impl RetryOptions {
 
     /// A server asking to wait longer than this (`Retry-After`) is not retried: its answer is
     /// returned at once (default 60 s), and the credential sends that server nothing until
-    /// the wait has passed (at most an hour).
+    /// the wait has passed (at most an hour). A credential's request already retrying when
+    /// another of its requests is asked to wait waits that out before it sends again, unless
+    /// it is longer than this: then its last answer is returned at once.
     pub fn max_retry_after(mut self, wait: Duration) -> Self {
         self.max_retry_after = wait;
         self
@@ -121,21 +123,30 @@ impl RetryOptions {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SingleUse;
 
-/// A request extension: shown each answer the retry loop is about to wait out and send the
-/// request again after, before it waits. A credential remembers the answer's `Retry-After`
-/// there, so that its other requests to that endpoint are held back during the wait, not only
-/// once the loop has returned (their answers would otherwise be throttled too, and each
-/// waited out in turn). Not called for the final answer, which the caller gets, nor for a
-/// failure without an answer.
+/// A request extension: the retry loop's report to the credential that sent the request, made
+/// before each wait between attempts. It is shown the answer about to be waited out (`None`
+/// after a failure without one), so that the credential remembers the wait it asks for and
+/// holds back its other requests to that endpoint during the wait, not only once the loop has
+/// returned. It answers until when the credential holds that endpoint back (a wait another of
+/// its requests was asked for meanwhile): the loop waits at least that long, so that a retry is
+/// not sent into a throttle a sibling request has learned of; a hold that would outlast the
+/// deadline or `max_retry_after` ends the loop with the last outcome instead. Not called for
+/// the final outcome, which the caller gets, nor when the loop's own wait is refused (no
+/// retries left, past the deadline).
 #[derive(Clone)]
-pub(crate) struct BeforeRetry(Arc<dyn Fn(&HttpResponse) + Send + Sync>);
+pub(crate) struct BeforeRetry(Arc<RetryHook>);
+
+type RetryHook = dyn Fn(Option<&HttpResponse>) -> Option<tokio::time::Instant> + Send + Sync;
 
 impl BeforeRetry {
-    pub(crate) fn new(hook: impl Fn(&HttpResponse) + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(
+        hook: impl Fn(Option<&HttpResponse>) -> Option<tokio::time::Instant> + Send + Sync + 'static,
+    ) -> Self {
         Self(Arc::new(hook))
     }
 
-    pub(crate) fn call(&self, answer: &HttpResponse) {
+    /// Reports `answer` (if any); returns until when the endpoint is held back, if it is.
+    pub(crate) fn call(&self, answer: Option<&HttpResponse>) -> Option<tokio::time::Instant> {
         (self.0)(answer)
     }
 }
@@ -178,16 +189,38 @@ impl Service<HttpRequest> for Retrying {
                         .unwrap_or_else(|_| Err(TransportError::deadline(limit).into())),
                     None => attempt.await,
                 };
-                let wait = (policy.retries < options.max_retries)
+                let before_deadline = |wait: Duration| {
+                    deadline.is_none_or(|(at, _)| {
+                        tokio::time::Instant::now()
+                            .checked_add(wait)
+                            .is_some_and(|end| end < at)
+                    })
+                };
+                let mut wait = (policy.retries < options.max_retries)
                     .then(|| policy.delay_for(&result))
                     .flatten()
-                    .filter(|wait| {
-                        deadline.is_none_or(|(at, _)| {
-                            tokio::time::Instant::now()
-                                .checked_add(*wait)
-                                .is_some_and(|end| end < at)
-                        })
-                    });
+                    .filter(|wait| before_deadline(*wait));
+                if let (Some(own), Some(hook)) = (wait, &before_retry) {
+                    // The endpoint may be held back longer than this request's own wait: a
+                    // `Retry-After` another request of the credential was given meanwhile. A
+                    // retry sent before it ends would go into that throttle; one that must wait
+                    // longer than this request may is not made, as for its own `Retry-After`.
+                    let held = hook
+                        .call(result.as_ref().ok())
+                        .map(|until| until.saturating_duration_since(tokio::time::Instant::now()))
+                        .filter(|held| *held > own);
+                    if let Some(held) = held {
+                        wait = (held <= options.max_retry_after && before_deadline(held))
+                            .then_some(held);
+                        if wait.is_none() {
+                            tracing::debug!(
+                                ?held,
+                                "endpoint held back longer than this request may wait; not \
+                                 retrying"
+                            );
+                        }
+                    }
+                }
                 let Some(wait) = wait else {
                     let attempts = Attempts {
                         count: attempts,
@@ -202,9 +235,6 @@ impl Service<HttpRequest> for Retrying {
                     status = result.as_ref().ok().map(|r| r.status().as_u16()),
                     "retrying token request"
                 );
-                if let (Some(hook), Ok(answer)) = (&before_retry, &result) {
-                    hook.call(answer);
-                }
                 tokio::time::sleep(wait).await;
             }
         })
@@ -420,3 +450,6 @@ fn seconds(value: &str, per_second: f64) -> Option<Duration> {
             .min(MAX_RETRY_AFTER),
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -160,6 +160,62 @@ async fn while_a_retry_waits_out_a_retry_after_other_scopes_are_throttled_at_onc
     assert_eq!(authority.token_posts(), 3);
 }
 
+/// A request already in its own retry loop when another is asked to wait learns of the wait
+/// too: it does not send into it. B (another scope, same tenant) is in flight when A gets a
+/// 429 asking for 20 s; B's own 503, 0.1 s later, asks for no wait, and its backoff (~0.8 s)
+/// would have sent it again at ~0.9 s, into the throttle. It goes out at 20 s, with A's retry.
+#[tokio::test(start_paused = true)]
+async fn a_request_already_retrying_does_not_send_into_a_wait_another_was_asked_for() {
+    use std::sync::Arc;
+    let authority = Authority::start().await;
+    let credential = client_secret(&authority);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    // B's first attempt: held at the authority, then a 503 without a Retry-After.
+    authority.push_fault(Fault::HoldThen(
+        Arc::clone(&gate),
+        Box::new(Fault::ServerError(503)),
+    ));
+    // A's first attempt: a 429 asking for 20 s.
+    authority.push_fault(Fault::TooManyRequests {
+        retry_after: "20".into(),
+    });
+    const B_SCOPE: &str = "https://graph.test/.default";
+    let b = tokio::spawn({
+        let credential = credential.clone();
+        async move { credential.get_token([B_SCOPE]).await }
+    });
+    settle().await;
+    assert_eq!(authority.token_posts(), 1, "B's request is held");
+    let a = tokio::spawn({
+        let credential = credential.clone();
+        async move { credential.get_token([SCOPE]).await }
+    });
+    settle().await;
+    assert_eq!(authority.token_posts(), 2, "A has its 429");
+    let throttled_at = authority.requests()[1].at;
+
+    tokio::time::advance(Duration::from_millis(100)).await;
+    gate.notify_one();
+    let b = b.await.unwrap().unwrap();
+    let a = a.await.unwrap().unwrap();
+    assert!(a.secret().expose_secret().starts_with("at-"));
+    assert!(b.secret().expose_secret().starts_with("at-"));
+
+    let b_sent: Vec<Instant> = authority
+        .requests()
+        .iter()
+        .filter(|r| r.field("scope") == Some(B_SCOPE))
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(b_sent.len(), 2, "B's attempt and its retry");
+    let resent_after = b_sent[1] - throttled_at;
+    assert!(
+        resent_after >= secs(20),
+        "B re-sent {resent_after:?} after A's 429"
+    );
+    assert_eq!(authority.token_posts(), 4);
+}
+
 /// Only throttling and unavailability (the statuses the transport retries) are remembered: a
 /// refusal carrying a `Retry-After` stays a final, non-transient error and locks nothing out.
 #[tokio::test(start_paused = true)]

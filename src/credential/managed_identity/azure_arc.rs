@@ -29,6 +29,7 @@ use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
 use crate::blocking_read::{OneRead, READ_TIMEOUT, ReadFailure};
 use crate::error::{Cause, CredentialError, ProviderDetails};
 use crate::regular_file::open_regular_file;
+use crate::throttle::Throttle;
 use crate::token::{AccessToken, Secret};
 use crate::transport::{BeforeRetry, HttpClient, HttpRequest};
 
@@ -236,6 +237,12 @@ impl AzureArc {
         let challenge = request::send(&self.http, SOURCE, request, &[]).await?;
         if challenge.status != StatusCode::UNAUTHORIZED {
             let error = failure(SOURCE, challenge.status, &challenge.body, &[]);
+            // A wait it asks for is marked, as `Answer::parse` marks the token answer's, so the
+            // credential remembers it (see `Configured::acquire`).
+            let error = match Throttle::of(challenge.status, &challenge.headers) {
+                Some(throttle) => throttle.mark(error),
+                None => error,
+            };
             return Err(error.with_message_prefix(
                 "expected a 401 challenge naming the agent's key file, but ",
             ));
@@ -563,7 +570,7 @@ mod tests {
                 let arc = Arc::new(arc);
                 let first = tokio::spawn({
                     let arc = Arc::clone(&arc);
-                    async move { arc.acquire("r", &BeforeRetry::new(|_| {})).await }
+                    async move { arc.acquire("r", &BeforeRetry::new(|_| None)).await }
                 });
                 while started.load(Ordering::SeqCst) == 0 {
                     tokio::task::yield_now().await;
@@ -573,7 +580,7 @@ mod tests {
                 assert_eq!(requests.load(Ordering::SeqCst), 1);
                 let later: Vec<CredentialError> = (0..5)
                     .map(|_| {
-                        arc.acquire("r", &BeforeRetry::new(|_| {}))
+                        arc.acquire("r", &BeforeRetry::new(|_| None))
                             .now_or_never()
                             .expect("refused at once")
                             .unwrap_err()

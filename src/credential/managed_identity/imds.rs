@@ -2,8 +2,8 @@
 //! `GET {base}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=…` with
 //! `Metadata: true`.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -73,8 +73,9 @@ pub(super) struct Imds {
     /// that gets no answer is a failure of this host's IMDS, not the sign of a host without
     /// one (which would let a chain move on to another identity). An answer that is not JSON
     /// (a captive portal's page, a proxy's refusal) does not count: on another network the
-    /// same address may answer nothing.
-    answered: AtomicBool,
+    /// same address may answer nothing. Shared with the retry loops of token requests in
+    /// flight, which see the answers they retry first.
+    answered: Arc<AtomicBool>,
 }
 
 impl Imds {
@@ -103,7 +104,7 @@ impl Imds {
             probe,
             probe_http,
             succeeded: AtomicBool::new(false),
-            answered: AtomicBool::new(false),
+            answered: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -194,14 +195,21 @@ impl Imds {
         before_retry: &BeforeRetry,
     ) -> Result<AccessToken, CredentialError> {
         let before_token = in_chain && !self.succeeded.load(Ordering::Acquire);
-        // Until IMDS has issued a token to a chain, an answer that is not JSON is taken as no
-        // IMDS (below), not as throttling: only a JSON answer's wait is reported.
-        let report = if before_token {
+        // A JSON answer the retries wait out is IMDS answering as much as one that ends them:
+        // it counts (`answered`), so that a request that then gets no answer is a failure of
+        // this host's IMDS, as the chain's other requests meanwhile are refused throttled by
+        // the wait it asked for. Until IMDS has issued a token to a chain, an answer that is
+        // not JSON is taken as no IMDS (below), not as throttling: only a JSON answer's wait
+        // is reported.
+        let report = if before_token || !self.answered.load(Ordering::Acquire) {
             let report = before_retry.clone();
+            let answered = Arc::clone(&self.answered);
             BeforeRetry::new(move |answer| {
-                if is_json(answer.body()) {
-                    report.call(answer);
+                let json = answer.is_some_and(|answer| is_json(answer.body()));
+                if json {
+                    answered.store(true, Ordering::Release);
                 }
+                report.call(answer.filter(|_| json || !before_token))
             })
         } else {
             before_retry.clone()

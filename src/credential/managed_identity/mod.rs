@@ -444,7 +444,7 @@ impl Configured {
     /// endpoint is not asked again for any resource until then (MSAL does the same for managed
     /// identity). A wait is remembered as soon as it is asked for: the transport's retry loop
     /// reports it before waiting it out, so requests for other resources meanwhile are
-    /// refused rather than sent into the throttle.
+    /// refused rather than sent into the throttle, and those already retrying wait it out.
     async fn acquire(
         &self,
         resource: &str,

@@ -551,3 +551,112 @@ fn only_an_unusable_workload_identity_source_suggests_imds() {
         "{refused}"
     );
 }
+
+/// In a chain, before IMDS has answered with JSON (a page answered the probe), the token
+/// request goes within the probe's budget through the probe's client: the caller's, with its
+/// own retries, when one was given. A JSON answer inside those retries is IMDS answering, as
+/// one that ends them is: when the request then runs out of budget, the chain stops on a
+/// failure of this host's IMDS, as its other requests meanwhile are refused throttled (which
+/// stops it too) by the wait that answer asked for. Before, the request ended *unavailable*
+/// and the chain ran on as another identity, on the same evidence.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_json_answer_inside_the_probe_clients_retries_is_imds_answering() {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // One scripted answer per connection, in order; past the script, none.
+    let answer = |status: &str, headers: &str, body: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let script = Arc::new(Mutex::new(VecDeque::from([
+        answer(
+            "404 Not Found",
+            "content-type: text/html\r\n",
+            "<html>no</html>",
+        ),
+        answer(
+            "503 Service Unavailable",
+            "content-type: application/json\r\nretry-after: 5\r\n",
+            r#"{"error":"service_unavailable","error_description":"busy"}"#,
+        ),
+    ])));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn({
+        let script = Arc::clone(&script);
+        async move {
+            let mut unanswered = Vec::new();
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let next = script.lock().unwrap().pop_front();
+                match next {
+                    Some(answer) => drop(socket.write_all(answer.as_bytes()).await),
+                    // Kept open, unanswered, until the test ends.
+                    None => unanswered.push(socket),
+                }
+            }
+        }
+    });
+    let client = crate::HttpClient::builder()
+        .allow_http()
+        .no_proxy()
+        .retry(crate::RetryOptions::default().initial_backoff(Duration::from_millis(50)))
+        .build()
+        .unwrap();
+    let mi = builder(&[(AZURE_POD_IDENTITY_AUTHORITY_HOST, base.as_str())])
+        .http_client(client)
+        .build()
+        .unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let next = || {
+        let asked = Arc::clone(&asked);
+        crate::BoxCredential::named(
+            "Next",
+            tower::service_fn(move |_: TokenRequest| {
+                asked.fetch_add(1, Ordering::SeqCst);
+                async {
+                    Ok::<_, CredentialError>(AccessToken::new(
+                        "next-token",
+                        tokio::time::Instant::now() + Duration::from_secs(3600),
+                    ))
+                }
+            }),
+        )
+    };
+
+    let err = mi
+        .clone()
+        .or(next())
+        .get_token(["https://resource.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_authentication_failed() && err.is_timeout(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("IMDS answered this credential before"),
+        "{err}"
+    );
+    assert!(script.lock().unwrap().is_empty(), "the probe and the 503");
+    let err = mi
+        .or(next())
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_throttled(), "{err}");
+    assert_eq!(asked.load(Ordering::SeqCst), 0);
+    server.abort();
+}

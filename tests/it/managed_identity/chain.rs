@@ -422,6 +422,59 @@ async fn in_a_chain_a_wait_a_non_json_answer_asks_for_holds_back_no_other_resour
     assert_eq!(statuses, [400, 503, 200, 200].map(Some));
 }
 
+/// The waits a chain's IMDS asks for while a request's retries wait them out are remembered,
+/// so the chain's other requests meanwhile are refused throttled rather than sent into the
+/// throttle: before IMDS has issued a token, a JSON answer's (IMDS busy); once it has, any
+/// answer's (a page then is IMDS failing, not something else at its address).
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_imds_waits_are_remembered_while_the_retries_wait_them_out() {
+    let busy = |body: &str| Fault::Respond {
+        status: 503,
+        body: body.to_owned(),
+        headers: vec![("retry-after".to_owned(), "5".to_owned())],
+    };
+    let em = Emulator::start(Flavour::Imds).await;
+    let mi = credential(&em, Identity::System);
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let chain = || mi.clone().or(counted_second(&asked));
+    em.push_fault(Fault::Delay(Duration::ZERO)); // the probe, answered as usual (JSON 400)
+    let waits = [
+        (busy(r#"{"error":"busy"}"#), "before the first token"),
+        (busy("<html>busy</html>"), "after it"),
+    ];
+    for (n, (fault, when)) in waits.into_iter().enumerate() {
+        em.push_fault(fault);
+        let first = tokio::spawn({
+            let chain = chain();
+            let scope = format!("https://first{n}.test/.default");
+            async move { chain.get_token([scope]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let sent = em.request_count();
+        assert_eq!(em.requests()[sent - 1].status, Some(503), "{when}");
+
+        let err = chain()
+            .get_token(["https://other.test/.default"])
+            .await
+            .unwrap_err();
+        assert!(err.is_throttled(), "{when}: {err}");
+        assert_eq!(
+            em.request_count(),
+            sent,
+            "{when}: nothing sent while throttled"
+        );
+
+        let token = first.await.unwrap().unwrap();
+        assert!(
+            token.secret().expose_secret().starts_with("mi-imds-"),
+            "{when}"
+        );
+    }
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let statuses: Vec<_> = em.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [400, 503, 200, 503, 200].map(Some));
+}
+
 /// Once IMDS has issued the system-assigned identity a token, a 400 for it is a failure of
 /// that identity (disabled since, IMDS refusing it), not a host without one: the chain stops
 /// rather than answer as the next credential. Before, every system-assigned JSON 400 was

@@ -76,9 +76,16 @@ async fn retry_after_is_honoured() {
     }
 }
 
+/// Requests one token takes: Arc's challenge, then the request with the key.
+fn per_token(flavour: Flavour) -> usize {
+    if flavour == Flavour::AzureArc { 2 } else { 1 }
+}
+
+/// Every source, and Arc's challenge too: before, a 429 answering Arc's challenge was an error
+/// neither throttled nor remembered.
 #[tokio::test(start_paused = true)]
 async fn a_long_retry_after_is_remembered_for_every_resource() {
-    for flavour in [Flavour::Imds, Flavour::AppService] {
+    for flavour in Flavour::ALL {
         let em = Emulator::start(flavour).await;
         // Longer than the retries wait within one request: the answer comes back at once.
         em.push_fault(Fault::TooManyRequests {
@@ -106,16 +113,25 @@ async fn a_long_retry_after_is_remembered_for_every_resource() {
         // Once the wait has passed, the endpoint is asked again.
         tokio::time::advance(Duration::from_secs(20)).await;
         mi.get_token(["https://other.test/.default"]).await.unwrap();
-        assert_eq!(em.request_count(), 2, "{flavour:?}");
+        assert_eq!(em.request_count(), 1 + per_token(flavour), "{flavour:?}");
     }
 }
 
 /// A `Retry-After` the transport waits out before retrying holds back requests for other
-/// resources meanwhile: answered throttled at once, nothing sent.
+/// resources meanwhile: answered throttled at once, nothing sent. Every source's requests
+/// report to the credential (Arc's both: the challenge's, and the one with the key).
 #[tokio::test(start_paused = true)]
 async fn while_a_retry_waits_out_a_retry_after_other_resources_are_throttled_at_once() {
-    for flavour in [Flavour::Imds, Flavour::AppService] {
+    // The flavour, and how many requests are answered as usual before the 429.
+    let cases = Flavour::ALL
+        .map(|flavour| (flavour, 0))
+        .into_iter()
+        .chain([(Flavour::AzureArc, 1)]);
+    for (flavour, before) in cases {
         let em = Emulator::start(flavour).await;
+        for _ in 0..before {
+            em.push_fault(Fault::Delay(Duration::ZERO));
+        }
         em.push_fault(Fault::TooManyRequests {
             retry_after: "7".to_owned(),
         });
@@ -126,7 +142,8 @@ async fn while_a_retry_waits_out_a_retry_after_other_resources_are_throttled_at_
         });
         // The 429 has come back; the retry loop waits out its 7 s.
         tokio::time::sleep(Duration::from_millis(1)).await;
-        assert_eq!(em.request_count(), 1, "{flavour:?}");
+        assert_eq!(em.request_count(), before + 1, "{flavour:?}");
+        assert_eq!(em.requests()[before].status, Some(429), "{flavour:?}");
 
         let asked = Instant::now();
         let err = mi
@@ -138,14 +155,20 @@ async fn while_a_retry_waits_out_a_retry_after_other_resources_are_throttled_at_
         assert!(err.message().contains("no token request is sent"), "{err}");
         assert_eq!(
             em.request_count(),
-            1,
+            before + 1,
             "{flavour:?}: nothing sent while throttled"
         );
 
         first.await.unwrap().unwrap();
-        assert_eq!(arrivals_ms(&em), [0, 7_000], "{flavour:?}");
+        let mut arrivals = vec![0; before + 1];
+        arrivals.resize(per_token(flavour) + 1, 7_000);
+        assert_eq!(arrivals_ms(&em), arrivals, "{flavour:?} {before}");
         mi.get_token(["https://other.test/.default"]).await.unwrap();
-        assert_eq!(em.request_count(), 3, "{flavour:?}");
+        assert_eq!(
+            em.request_count(),
+            2 * per_token(flavour) + 1,
+            "{flavour:?}"
+        );
     }
 }
 
@@ -194,6 +217,29 @@ async fn server_errors_are_retried() {
     assert_eq!(em.request_count(), 4, "one attempt and three retries");
     assert_eq!(err.status().map(|s| s.as_u16()), Some(500), "{err}");
     assert!(err.is_authentication_failed(), "{err}");
+}
+
+/// A JSON answer IMDS gives inside a request's retries is IMDS answering, as one that ends
+/// them is: when the retries then get no answer in time, the error is a failure of this host's
+/// IMDS, not "not an Azure host" (*unavailable*), which the wait that answer may ask for
+/// (refusing the credential's other requests throttled meanwhile) would contradict. Before,
+/// such an answer was not seen.
+#[tokio::test(start_paused = true)]
+async fn a_json_answer_inside_the_retries_is_imds_answering() {
+    let em = Emulator::start(Flavour::Imds).await;
+    em.push_fault(Fault::ServerError(503));
+    em.push_faults(Fault::Delay(Duration::from_secs(3600)), 20);
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout() && err.is_authentication_failed(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("IMDS answered this credential before"),
+        "{err}"
+    );
+    assert_eq!(em.requests()[0].status, Some(503));
 }
 
 #[tokio::test(start_paused = true)]
