@@ -301,7 +301,11 @@ impl TokenCache {
             }
         } else {
             let result = slot.get(acquire).await;
-            if let Some(level) = shared.filter(|_| !started.load(Ordering::Relaxed)) {
+            // A token the slot had, or another caller's acquisition brought. Not an error: a
+            // caller that started none may have got one without any memory answering (no
+            // runtime to start it on, a joined acquisition that failed).
+            let from_memory = result.is_ok() && !started.load(Ordering::Relaxed);
+            if let Some(level) = shared.filter(|_| from_memory) {
                 level.local_hit(&key.tenant, &key.scopes, key.cae);
             }
             result

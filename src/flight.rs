@@ -543,6 +543,36 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
+/// Runs `f` and counts the panics on this thread meanwhile, caught ones included (a caught
+/// panic still goes through the panic hook, which prints it): a hook that counts them is put
+/// in place around `f`, then one that hands every panic to the previous hook. Hooks are
+/// process-wide, so these calls take turns.
+#[cfg(test)]
+pub(crate) fn panics_on_this_thread<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    type Hook = dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync;
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let counted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let here = std::thread::current().id();
+    let previous: Arc<Hook> = Arc::from(std::panic::take_hook());
+    {
+        let (counted, previous) = (Arc::clone(&counted), Arc::clone(&previous));
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().id() == here {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    }
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    drop(std::panic::take_hook());
+    std::panic::set_hook(Box::new(move |info| previous(info)));
+    match result {
+        Ok(value) => (value, counted.load(Ordering::SeqCst)),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

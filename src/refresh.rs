@@ -97,16 +97,21 @@
 //! * **A hung acquisition** is cut off [`ACQUISITION_LIMIT`] (65 min) after it started: its
 //!   waiters get a transient timeout error ([`is_timeout`](CredentialError::is_timeout)), so,
 //!   after a rejected token, it is not remembered (as any transient failure asking for no
-//!   wait), a renewal so ended counts as a failed one (spaced), and the next caller starts
-//!   anew. Without it a credential that never answers (a user's credential type, an HTTP
+//!   wait), and the next caller with no valid token starts anew. A renewal so ended counts
+//!   as a failed one: while its token is still valid (cut off before expiry, as under a
+//!   `refresh_window` of 65 min or more), callers keep getting it and the next renewal
+//!   starts once the spacing (30 s) has passed since the cut-off; once it has expired, the
+//!   next caller starts anew at once. Without it a credential that never answers (a user's credential type, an HTTP
 //!   client without the default 30 s deadline) held the slot for good: every caller after the
 //!   token's expiry joined it and waited for ever. The limit is far above what the crate's
 //!   own credentials take (each request has a deadline: the transport's 30 s, IMDS's 90 s, a
 //!   tool's 10 s) because a device code sign-in waits for its user, up to its code's
 //!   lifetime (an hour at most), and the layer's acquisition over it must not cut it off
 //!   (that would abort the sign-in). The bearer layer's claims flights have the same limit
-//!   (`bearer/source.rs`). On a runtime without timers there is none (tokio cannot make one;
-//!   see [`TokenSlot::timer_until`]). It is a tokio timer: while an acquisition runs, a
+//!   (`bearer/source.rs`). The timer is made only if the work has not answered at its first
+//!   poll: a credential in process that answers at once needs none, and on a runtime without
+//!   timers meets no panic. A work that does wait there is not bounded (tokio cannot make the
+//!   timer; see [`TokenSlot::timer_until`]). It is a tokio timer: while an acquisition runs, a
 //!   paused clock (tests) jumps to it when the runtime has nothing else to do, as it would
 //!   to an HTTP client's deadline.
 //! * **An expired token is never stored**, however it comes in: an acquisition's outcome and
@@ -190,7 +195,8 @@
 //! the future it was given, so a program that enters it now and then would send a token its
 //! timer was to retire, even past expiry; there callers read the clock. Nor on a runtime
 //! built without timers (`enable_io` alone, say): tokio panics making the timer, and the
-//! slot, told so once ([`TokenSlot::timer_until`]), arms none from then on. A lookup reads the
+//! slot, told so once ([`TokenSlot::timer_until`]), makes none from then on (neither this
+//! one nor an acquisition's limit). A lookup reads the
 //! clock again before it trusts an armed timer: one that has fired, whose bump the caller
 //! may already have read, can still look unfinished for a moment. A paused clock is recognised by reading the same instant twice in a row; a real clock
 //! read twice differs (the read takes tens of nanoseconds at nanosecond resolution), and if it
@@ -264,6 +270,7 @@ use std::future::Future;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -852,12 +859,18 @@ impl<V: SlotValue> TokenSlot<V> {
 
     /// A tokio timer until `at`, or `None` where tokio cannot make one: outside a runtime, or
     /// on a runtime built without `enable_time`. tokio has no way to ask the latter and panics
-    /// making the timer; the panic is caught here (the panic hook prints it, once) and
-    /// remembered for the slot's life, so the slot's users stop asking: the recheck timer is
-    /// not armed (callers read the clock), and the layer does not wait for a claims token a
-    /// request cannot use (`bearer/future.rs`). Without the memory every lookup spawned a
-    /// timer task that panicked and bumped the generation, so that every request took the
-    /// lock. Under `panic = "abort"` the process aborts instead, as on any of tokio's panics.
+    /// making the timer; the panic is caught here (the panic hook prints it) and remembered
+    /// for the slot's life, so the slot's users stop asking: the recheck timer is not armed
+    /// (callers read the clock), an acquisition that waits is not bounded, and the layer does
+    /// not wait for a claims token a request cannot use (`bearer/future.rs`). Without the
+    /// memory every lookup spawned a timer task that panicked and bumped the generation, so
+    /// that every request took the lock. Asked only when a timer is needed — a multi-thread
+    /// runtime's recheck timer, an acquisition or claims flight that did not answer at its
+    /// first poll ([`bounded`](Self::bounded)), that claims wait — so a credential in process
+    /// that answers at once never meets the panic. The memory is the slot's, not the
+    /// process's: a process may run a runtime with timers beside one without, and a memory
+    /// shared by both would take the former's limits and recheck timers away. Under
+    /// `panic = "abort"` the process aborts instead, as on any of tokio's panics.
     pub(crate) fn timer_until(&self, at: Instant) -> Option<tokio::time::Sleep> {
         if self.no_timers.load(Ordering::Relaxed) || tokio::runtime::Handle::try_current().is_err()
         {
@@ -951,14 +964,23 @@ impl<V: SlotValue> TokenSlot<V> {
     /// `work`, cut off with a transient timeout error if it has not ended
     /// [`ACQUISITION_LIMIT`] after `started`, when its flight started (its task may first be
     /// polled later): the slot's acquisitions and the bearer layer's claims flights (see "A
-    /// hung acquisition" in the module docs). `what` names the work in the error. Unbounded
-    /// where tokio can make no timer (see [`timer_until`](Self::timer_until)).
+    /// hung acquisition" in the module docs). `what` names the work in the error. Polled once
+    /// before the timer is made: work that answers at once needs none. Unbounded where tokio
+    /// can make no timer (see [`timer_until`](Self::timer_until)).
     pub(crate) async fn bounded<W>(
         &self,
         what: &str,
         started: Instant,
         work: impl Future<Output = Result<W, CredentialError>>,
     ) -> Result<W, CredentialError> {
+        // Polled once first: work that answers at once (a credential in process) needs no
+        // timer, so a runtime without timers never meets tokio's panic for it.
+        let mut work = std::pin::pin!(work);
+        if let Poll::Ready(result) =
+            std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
+        {
+            return result;
+        }
         let limit = started
             .checked_add(ACQUISITION_LIMIT)
             .and_then(|at| self.timer_until(at));
@@ -967,7 +989,7 @@ impl<V: SlotValue> TokenSlot<V> {
         };
         tokio::select! {
             biased;
-            result = work => result,
+            result = &mut work => result,
             () = limit => Err(CredentialError::authentication_failed(
                 self.name,
                 format!(
@@ -2433,6 +2455,39 @@ mod tests {
         assert_eq!(looked_up(&slot, fresh).await.unwrap(), "t1");
     }
 
+    /// `acquire` panicking as it is called (not inside the future it returns), through `get`
+    /// and through `lookup`, after a rejection (when failures may be remembered): the panic
+    /// reaches its caller, a caller that joined the acquisition meanwhile gets the "work was
+    /// never made" error, marked cut off, which is not remembered, and the next caller starts
+    /// a new acquisition (`deferred`'s claim).
+    #[tokio::test(start_paused = true)]
+    async fn an_acquire_that_panics_as_it_is_called_is_not_remembered() {
+        fn panicking() -> std::future::Ready<Result<AccessToken, CredentialError>> {
+            panic!("acquire panicked")
+        }
+        for through_get in [true, false] {
+            let slot = rejected_slot("Test");
+            let panicked = if through_get {
+                std::panic::AssertUnwindSafe(slot.get(panicking))
+                    .catch_unwind()
+                    .await
+                    .is_err()
+            } else {
+                let lookup = || drop(slot.lookup(Instant::now(), panicking));
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(lookup)).is_err()
+            };
+            assert!(panicked, "the panic reaches the caller");
+            // The acquisition is recorded, its task not run yet: this caller joins it.
+            let error = slot.get(never).await.unwrap_err();
+            assert!(error.is_unfinished(), "{error:?}");
+            assert!(error.message().contains("never made"), "{error}");
+            let calls = Arc::new(AtomicUsize::new(0));
+            let fresh = counting(&calls, |_| Ok(token("t", HOUR)));
+            assert_eq!(looked_up(&slot, fresh).await.unwrap(), "t");
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "asked anew");
+        }
+    }
+
     /// The same for an acquisition whose runtime shut down, and for one that waited on such
     /// an acquisition of another slot (a layer's over its credential's, on another runtime),
     /// whose error says so too.
@@ -2712,6 +2767,46 @@ mod tests {
         assert_eq!(err.credential(), "SomeCredential");
     }
 
+    /// A current-thread runtime built without timers, over a credential that answers at once
+    /// (a setup the bearer layer supports: `bearer/mod.rs`): no acquisition makes a timer, so
+    /// tokio's panic making one is never met — first acquisitions through `get` and `lookup`,
+    /// and a renewal, on several slots. Before, every slot's first acquisition panicked
+    /// making its limit's timer (caught, but printed by the panic hook; under
+    /// `panic = "abort"` the process aborted).
+    #[test]
+    fn a_runtime_without_timers_acquires_at_once_without_panicking() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let at_once = |name: &'static str, lifetime: Duration| {
+            move || async move {
+                let token = AccessToken::new(name, Instant::now() + lifetime);
+                Ok(token.with_refresh_on(Some(Instant::now())))
+            }
+        };
+        let ((), panics) = crate::flight::panics_on_this_thread(|| {
+            runtime.block_on(async {
+                for _ in 0..3 {
+                    let slot = TokenSlot::new("Test", RefreshPolicy::default());
+                    let got = slot.get(at_once("a", HOUR)).await.unwrap();
+                    assert_eq!(got.secret().expose_secret(), "a");
+                    // Due at once: a renewal, in the background.
+                    let got = slot.get(at_once("b", HOUR)).await.unwrap();
+                    assert_eq!(got.secret().expose_secret(), "a");
+                    settle().await;
+                    let current = slot.current_entry().unwrap();
+                    assert_eq!(current.value.secret().expose_secret(), "b");
+                    let layer = TokenSlot::new("Layer", RefreshPolicy::default());
+                    assert_eq!(looked_up(&layer, at_once("c", HOUR)).await.unwrap(), "c");
+                    assert_eq!(looked_up(&layer, at_once("d", HOUR)).await.unwrap(), "c");
+                    settle().await;
+                    assert_eq!(looked_up(&layer, never).await.unwrap(), "d");
+                }
+            })
+        });
+        assert_eq!(panics, 0, "tokio's panic for a timer was met");
+    }
+
     /// An acquisition that never ends: the credential (or an HTTP client without a deadline)
     /// never answers.
     fn hung(
@@ -2797,6 +2892,37 @@ mod tests {
         );
         let fresh = counting(&calls, |_| Ok(token("new", HOUR)));
         assert_eq!(looked_up(&slot, fresh).await.unwrap(), "new");
+    }
+
+    /// A renewal cut off while its token is still valid (a `refresh_window` of 65 min or more
+    /// starts it that long before expiry) is a failed renewal: callers keep the valid token,
+    /// and the next renewal starts once the spacing has passed since the cut-off, not at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_cut_off_while_its_token_is_valid_is_spaced() {
+        let policy = RefreshPolicy {
+            window: 2 * HOUR,
+            ..RefreshPolicy::default()
+        };
+        let slot = TokenSlot::new("Test", policy);
+        let calls = Arc::new(AtomicUsize::new(0));
+        // Renewed 2 h before its expiry.
+        slot.store(token("old", 4 * HOUR)).unwrap();
+        tokio::time::advance(2 * HOUR + Duration::from_secs(1)).await;
+        assert_eq!(looked_up(&slot, hung(&calls)).await.unwrap(), "old");
+        tokio::time::advance(ACQUISITION_LIMIT).await;
+        settle().await;
+        let fresh = || counting(&calls, |_| Ok(token("new", HOUR)));
+        for _ in 0..29 {
+            assert_eq!(looked_up(&slot, fresh()).await.unwrap(), "old");
+            settle().await;
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "spaced from the cut-off");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(looked_up(&slot, fresh()).await.unwrap(), "old");
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "renewed after the spacing");
+        assert_eq!(looked_up(&slot, never).await.unwrap(), "new");
     }
 
     /// After a rejected token, the cut-off replacement is a transient failure asking for no

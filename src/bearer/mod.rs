@@ -118,11 +118,17 @@
 //!   is its error.
 //! * **A runtime without timers** (built with `enable_io` alone, say, over a credential that
 //!   needs none): tokio has no way to ask whether a runtime has timers and panics making one,
-//!   so the layer's first attempt panics, caught (the panic hook prints it once per
-//!   layer); from then on the layer reads the clock on each request instead of relying on
-//!   its timer, and a request that cannot be re-sent gets its 401 at once rather than after
-//!   waiting up to 5 s for the claims token (the token is still asked for, for the requests
-//!   after it). Under `panic = "abort"` such a runtime aborts the process.
+//!   so the layer makes one only where it needs it: on a current-thread runtime, with a
+//!   credential that answers at once, never (a token acquisition is polled once before its
+//!   time limit's timer is made). It needs one for its recheck timer on a multi-thread
+//!   runtime, for the limit of an acquisition that does not answer at once, and for a claims
+//!   challenge to a request that cannot be re-sent: the first such attempt panics, caught
+//!   (the panic hook prints it once per layer, and once per token cache slot of a credential
+//!   that waits); from then on the layer reads the clock on each request instead of relying
+//!   on its timer, an acquisition runs without a time limit, and a request that cannot be
+//!   re-sent gets its 401 at once rather than after waiting up to 5 s for the claims token
+//!   (the token is still asked for, for the requests after it). Under `panic = "abort"` that
+//!   panic aborts the process.
 //! * **HTTPS only**: a request that is not `https` fails with a [`BearerError`], unless
 //!   [`allow_insecure_http`](BearerTokenLayerBuilder::allow_insecure_http) is set.
 //! * **reqwest**: with the feature `reqwest-middleware`, `BearerTokenLayer::middleware()`
@@ -818,6 +824,43 @@ mod tests {
             let response = (&mut service).oneshot(request("12345")).await.unwrap();
             assert_eq!(response.status(), http::StatusCode::UNAUTHORIZED);
         });
+    }
+
+    /// A current-thread runtime built without timers, over a credential in process that
+    /// answers at once: requests get their token and no panic is met (none printed; under
+    /// `panic = "abort"`, none aborting the process). Before, the layer's first acquisition
+    /// panicked making its time limit's timer.
+    #[test]
+    fn a_current_thread_runtime_without_timers_meets_no_panic() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let credential = tower::service_fn(|_: TokenRequest| async {
+            let expires = Instant::now() + Duration::from_secs(3600);
+            Ok::<_, CredentialError>(AccessToken::new("token", expires))
+        });
+        // 200 for the token, else 403.
+        let seen = tower::service_fn(|request: Request<String>| async move {
+            let mut response = Response::new(Empty::<Bytes>::new());
+            if request.headers().get(http::header::AUTHORIZATION)
+                != Some(&HeaderValue::from_static("Bearer token"))
+            {
+                *response.status_mut() = http::StatusCode::FORBIDDEN;
+            }
+            Ok::<_, Infallible>(response)
+        });
+        let layer = BearerTokenLayer::builder(credential.boxed_credential(), ["s"]).build();
+        let mut service = layer.layer(seen);
+        let ((), panics) = crate::flight::panics_on_this_thread(|| {
+            runtime.block_on(async {
+                for _ in 0..3 {
+                    let request = Request::get("https://x.test/").body(String::new()).unwrap();
+                    let response = (&mut service).oneshot(request).await.unwrap();
+                    assert_eq!(response.status(), http::StatusCode::OK);
+                }
+            })
+        });
+        assert_eq!(panics, 0, "tokio's panic for a timer was met");
     }
 
     #[test]

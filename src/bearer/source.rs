@@ -774,6 +774,80 @@ mod tests {
         assert_eq!(asked.load(Ordering::SeqCst), 2, "asked again at once");
     }
 
+    /// A credential whose `clone` panics while `panics` is set; it answers `t-<claims>`.
+    struct PanicsOnClone {
+        panics: Arc<std::sync::atomic::AtomicBool>,
+        asked: Arc<AtomicU64>,
+    }
+
+    impl Clone for PanicsOnClone {
+        fn clone(&self) -> Self {
+            assert!(!self.panics.load(Ordering::SeqCst), "clone panicked");
+            Self {
+                panics: Arc::clone(&self.panics),
+                asked: Arc::clone(&self.asked),
+            }
+        }
+    }
+
+    impl tower::Service<TokenRequest> for PanicsOnClone {
+        type Response = AccessToken;
+        type Error = CredentialError;
+        type Future = futures_util::future::Ready<Result<AccessToken, CredentialError>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), CredentialError>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: TokenRequest) -> Self::Future {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            let expires = Instant::now() + std::time::Duration::from_secs(3600);
+            let secret = format!("t-{}", request.claims().unwrap_or("plain"));
+            futures_util::future::ready(Ok(AccessToken::new(secret, expires)))
+        }
+    }
+
+    /// The credential's `clone` panics as a claims flight's work is made: the panic reaches
+    /// that caller, a caller that joined the flight gets the "work was never made" error,
+    /// marked cut off, the failure is not kept in `ClaimsState`, and the claims are asked
+    /// for again at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_credential_whose_clone_panics_for_claims_is_asked_again() {
+        use futures_util::FutureExt;
+        let panics = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let asked = Arc::new(AtomicU64::new(0));
+        let credential = PanicsOnClone {
+            panics: Arc::clone(&panics),
+            asked: Arc::clone(&asked),
+        };
+        let source = cae_source(crate::BoxCredential::new(credential));
+        let expires = Instant::now() + std::time::Duration::from_secs(3600);
+        let valid = Prepared::new(AccessToken::new("valid", expires), None).unwrap();
+        let rejected = source.slot.store(valid).unwrap().id;
+        panics.store(true, Ordering::SeqCst);
+        let panicked = std::panic::AssertUnwindSafe(source.claims_token("c", rejected))
+            .catch_unwind()
+            .await;
+        assert!(panicked.is_err(), "the panic reaches the caller");
+        // The flight is recorded, its task not run yet: this caller joins it.
+        let Err(error) = source.claims_token("c", rejected).await else {
+            panic!("the flight's work was never made");
+        };
+        assert!(error.is_unfinished(), "{error:?}");
+        assert!(error.message().contains("never made"), "{error}");
+        assert!(
+            source.claims.lock().failure("c", Instant::now()).is_none(),
+            "kept in ClaimsState"
+        );
+        panics.store(false, Ordering::SeqCst);
+        let entry = source.claims_token("c", rejected).await.unwrap();
+        assert_eq!(entry.value.token.secret().expose_secret(), "t-c");
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "asked again");
+    }
+
     /// A credential whose `clone` (a user's code, which may log) records whether the layer's
     /// slot's lock or its claims lock was held.
     #[derive(Clone)]

@@ -220,6 +220,40 @@ async fn two_processes_over_one_store_make_one_idp_call() {
     assert_eq!(idp.calls(), 1);
 }
 
+/// Only a token from memory counts as a local hit: not the error of a caller that started
+/// no acquisition because no runtime runs (before, counted: `started` is set only when
+/// `acquire` is called, and no flight called it), nor the failure of an acquisition another
+/// caller started, joined; the joiner's token from a successful one is.
+#[tokio::test(start_paused = true)]
+async fn an_error_is_no_local_hit() {
+    let store = MemoryStore::new();
+    let a = cache(&store);
+    let pa = process(&a);
+    let idp = Idp::new(Duration::from_millis(300));
+    let outside = std::thread::scope(|scope| {
+        let asked = || pa.get_or_acquire(cache_key(), false, idp.acquire());
+        scope
+            .spawn(move || crate::flight::block_on(asked()))
+            .join()
+            .unwrap()
+    });
+    let error = outside.unwrap_err();
+    assert!(error.message().contains("needs a tokio runtime"), "{error}");
+    assert_eq!(a.stats().local_hits, 0, "no runtime");
+    let failing = Idp::failing(Duration::from_millis(300));
+    let (first, joined) = tokio::join!(
+        pa.get_or_acquire(cache_key(), false, failing.acquire()),
+        pa.get_or_acquire(cache_key(), false, failing.acquire()),
+    );
+    assert!(first.is_err() && joined.is_err());
+    assert_eq!(failing.calls(), 1, "joined");
+    assert_eq!(a.stats().local_hits, 0, "a joined failure");
+    let (first, joined) = tokio::join!(get(&pa, &idp), get(&pa, &idp));
+    assert_eq!(first, joined);
+    assert_eq!(idp.calls(), 1, "joined");
+    assert_eq!(a.stats().local_hits, 1, "a joined success");
+}
+
 /// A store of the user's that implements only the required methods: the defaults of the
 /// others run over them.
 /// The required [`TokenStore`] methods a test store wrapping another (`self.0`) passes on
