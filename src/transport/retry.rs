@@ -130,9 +130,10 @@ pub(crate) struct SingleUse;
 /// returned. It answers until when the credential holds that endpoint back (a wait another of
 /// its requests was asked for meanwhile): the loop waits at least that long, so that a retry is
 /// not sent into a throttle a sibling request has learned of; a hold that would outlast the
-/// deadline or `max_retry_after` ends the loop with the last outcome instead. Not called for
-/// the final outcome, which the caller gets, nor when the loop's own wait is refused (no
-/// retries left, past the deadline).
+/// deadline or `max_retry_after` ends the loop with the last outcome instead (then also the
+/// final one, which the caller gets). Asked again, shown nothing, once the wait is over, for a
+/// hold learned during it. Not called when the loop's own wait is refused (no retries left,
+/// past the deadline), so never shown an outcome only the caller sees.
 #[derive(Clone)]
 pub(crate) struct BeforeRetry(Arc<RetryHook>);
 
@@ -236,6 +237,27 @@ impl Service<HttpRequest> for Retrying {
                     "retrying token request"
                 );
                 tokio::time::sleep(wait).await;
+                // A wait a sibling request was given while this one slept: waited out as
+                // well before sending, or, when longer than this request may wait, the loop
+                // ends with the outcome it had.
+                while let Some(held) = before_retry.as_ref().and_then(|hook| {
+                    hook.call(None)
+                        .map(|until| until.saturating_duration_since(tokio::time::Instant::now()))
+                        .filter(|held| !held.is_zero())
+                }) {
+                    if held > options.max_retry_after || !before_deadline(held) {
+                        tracing::debug!(
+                            ?held,
+                            "endpoint held back longer than this request may wait; not retrying"
+                        );
+                        let attempts = Attempts {
+                            count: attempts,
+                            elapsed: started.elapsed(),
+                        };
+                        return finish(result, attempts);
+                    }
+                    tokio::time::sleep(held).await;
+                }
             }
         })
     }

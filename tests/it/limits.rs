@@ -216,6 +216,49 @@ async fn a_request_already_retrying_does_not_send_into_a_wait_another_was_asked_
     assert_eq!(authority.token_posts(), 4);
 }
 
+/// The other order: B is already sleeping out its own backoff (a 503 without a `Retry-After`,
+/// ~0.8 s) when A is asked to wait 20 s. B's retry waits for the end of A's wait too. Before,
+/// the loop asked about a hold only before its own sleep, and B went out at ~0.8 s, into the
+/// throttle.
+#[tokio::test(start_paused = true)]
+async fn a_request_sleeping_out_its_backoff_does_not_send_into_a_wait_asked_for_meanwhile() {
+    let authority = Authority::start().await;
+    let credential = client_secret(&authority);
+    authority.push_fault(Fault::ServerError(503));
+    const B_SCOPE: &str = "https://graph.test/.default";
+    let b = tokio::spawn({
+        let credential = credential.clone();
+        async move { credential.get_token([B_SCOPE]).await }
+    });
+    settle().await;
+    assert_eq!(authority.token_posts(), 1, "B has its 503");
+    authority.push_fault(Fault::TooManyRequests {
+        retry_after: "20".into(),
+    });
+    let a = tokio::spawn({
+        let credential = credential.clone();
+        async move { credential.get_token([SCOPE]).await }
+    });
+    settle().await;
+    assert_eq!(authority.token_posts(), 2, "A has its 429");
+    let throttled_at = authority.requests()[1].at;
+    let b = b.await.unwrap().unwrap();
+    a.await.unwrap().unwrap();
+    assert!(b.secret().expose_secret().starts_with("at-"));
+    let b_sent: Vec<Instant> = authority
+        .requests()
+        .iter()
+        .filter(|r| r.field("scope") == Some(B_SCOPE))
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(b_sent.len(), 2, "B's attempt and its retry");
+    let resent_after = b_sent[1] - throttled_at;
+    assert!(
+        resent_after >= secs(20),
+        "B re-sent {resent_after:?} after A's 429"
+    );
+}
+
 /// Only throttling and unavailability (the statuses the transport retries) are remembered: a
 /// refusal carrying a `Retry-After` stays a final, non-transient error and locks nothing out.
 #[tokio::test(start_paused = true)]
