@@ -66,6 +66,10 @@ struct Inner {
     message: String,
     provider: Option<ProviderDetails>,
     attempts: Vec<CredentialError>,
+    /// The name a chain gave the member that raised this error (a box's name, `primary`) when
+    /// it differs from `credential`: the chain's message lists the attempt as `primary
+    /// (ClientSecretCredential)`, while `credential()` stays the credential's own name.
+    member: Option<Cow<'static, str>>,
     /// Advice a chain appended to its message about its attempts as a whole (what to set up):
     /// an outer chain that lists these attempts in its own message appends it too.
     notes: Vec<String>,
@@ -116,6 +120,7 @@ impl CredentialError {
                 message,
                 provider: None,
                 attempts: Vec::new(),
+                member: None,
                 notes: Vec::new(),
                 source: None,
                 cause: Cause::default(),
@@ -207,6 +212,25 @@ impl CredentialError {
         self
     }
 
+    /// The same error, as raised by the chain member given the name `member`, which the
+    /// chain's message shows beside the credential's; `credential()` is unchanged, and so is
+    /// anything else when that is the credential's own name.
+    pub(crate) fn in_member(mut self, member: &str) -> Self {
+        if member != self.credential() {
+            self.inner_mut().member = Some(Cow::Owned(member.to_owned()));
+        }
+        self
+    }
+
+    /// How a chain's message names the attempt: the member's given name with the
+    /// credential's, `primary (ClientSecretCredential)`, or the credential's alone.
+    fn listed_name(&self) -> Cow<'_, str> {
+        match &self.inner.member {
+            Some(member) => Cow::Owned(format!("{member} ({})", self.inner.credential)),
+            None => Cow::Borrowed(&self.inner.credential),
+        }
+    }
+
     /// A chain's error with `note` (advice about its attempts as a whole) on a line of its own
     /// after them; an outer chain listing these attempts keeps it (see [`chain`](Self::chain)).
     pub(crate) fn with_chain_note(mut self, note: &str) -> Self {
@@ -257,7 +281,7 @@ impl CredentialError {
         let mut message = match &stopper {
             Some(s) => format!(
                 "{} failed ({}), so the chain stopped. Attempts, in order:",
-                s.credential(),
+                s.listed_name(),
                 s.kind()
             ),
             None => "no credential in the chain could get a token. Attempts, in order:".into(),
@@ -266,7 +290,7 @@ impl CredentialError {
             message.push_str(&format!(
                 "\n  {}. {} ({}): {}",
                 i,
-                a.credential(),
+                a.listed_name(),
                 a.kind(),
                 a.message()
             ));
@@ -424,8 +448,11 @@ impl fmt::Debug for CredentialError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("CredentialError");
         d.field("kind", &self.inner.kind)
-            .field("credential", &self.inner.credential)
-            .field("message", &self.inner.message);
+            .field("credential", &self.inner.credential);
+        if let Some(member) = &self.inner.member {
+            d.field("member", member);
+        }
+        d.field("message", &self.inner.message);
         if let Some(p) = &self.inner.provider {
             d.field("status", &p.status)
                 .field("error", &p.error)

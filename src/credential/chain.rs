@@ -92,9 +92,10 @@ pub(crate) fn within_chain() -> bool {
 /// something other than IMDS answers at its address, the chain moves on within about a second
 /// instead of waiting out IMDS's retries (see its docs).
 ///
-/// A member boxed under a name of your own ([`BoxCredential::named`]) is listed in the error
-/// under that name with the credential that raised its error, `primary
-/// (ClientSecretCredential)`, as traces name it.
+/// A member boxed under a name of your own ([`BoxCredential::named`]) is listed in the
+/// error's message under that name with the credential that raised its error, `primary
+/// (ClientSecretCredential)`, as traces name it; the attempt's
+/// [`credential()`](CredentialError::credential) is still the credential's own name.
 ///
 /// The token names the credential that answered ([`AccessToken::credential`]); a token of a
 /// credential of yours, which has no name, gets the chain member's (the box's name, or for
@@ -201,15 +202,15 @@ pub(crate) async fn first_token(
     Err(CredentialError::chain(chain_name, attempts))
 }
 
-/// `error` as a chain lists it: under the name the chain's traces give its member (a box's
-/// name, `primary`) with the credential that raised it, `primary (ClientSecretCredential)`,
-/// when the two differ; a nested chain's error as it is (its attempts are listed instead).
+/// `error` as a chain lists it: raised by the member the chain's traces name (a box's name,
+/// `primary`), which its message shows with the credential that raised it, `primary
+/// (ClientSecretCredential)`, when the two differ; `credential()` stays the credential's
+/// name. A nested chain's error as it is (its attempts are listed instead).
 fn attributed(member: &str, error: CredentialError) -> CredentialError {
-    if member == error.credential() || !error.attempts().is_empty() {
+    if !error.attempts().is_empty() {
         return error;
     }
-    let name = format!("{member} ({})", error.credential());
-    error.renamed(name)
+    error.in_member(member)
 }
 
 /// How a [`Fallback`] names its member: a box by its own name (a credential wrapped by
