@@ -242,6 +242,7 @@ impl Imds {
         if let Some(error) = self.bad_request(&answer, resource) {
             return Err(error);
         }
+        let status = answer.status;
         match answer.parse(SOURCE, &[]) {
             Ok(token) => Ok(token.token),
             // Until IMDS has issued a token, an answer that is not JSON at all may come from a
@@ -250,15 +251,38 @@ impl Imds {
             // decided above: a 403 by policy, a 500 after the retries, a 200 without a token)
             // is IMDS's own, a managed identity that is there but failed: the chain stops on
             // it, as azure-identity's does, rather than run on as another identity.
-            Err(error) if before_token && !json => Err(CredentialError::unavailable(
-                NAME,
-                format!(
-                    "something answered at the IMDS address, but not with JSON, so this is \
-                         taken as a host without a managed identity: {}",
-                    error.message()
-                ),
-            )
-            .with_source(error)),
+            //
+            // On the quick path (the probe's answer was not JSON either), a status IMDS's
+            // schedule retries (404, 408, 410, 429, 5xx) may be a real IMDS stand-in that is
+            // busy: aad-pod-identity's NMI answers plain-text 404s, or 503 with Retry-After,
+            // while it assigns the pod's identity, and got no retries here. *Unavailable* so
+            // that the chain moves on, but transient, so that `DefaultAzureCredential` only
+            // chooses what answers after it for a while and asks again.
+            Err(error) if before_token && !json => {
+                let busy = quick.is_some() && is_imds_retryable_status(status);
+                let maybe = if busy {
+                    format!(
+                        " (a {status} without retries here, as nothing answered with IMDS's \
+                         JSON: it may also be a busy IMDS stand-in such as aad-pod-identity's \
+                         NMI, so this may pass)"
+                    )
+                } else {
+                    String::new()
+                };
+                Err(CredentialError::unavailable(
+                    NAME,
+                    format!(
+                        "something answered at the IMDS address, but not with JSON, so this is \
+                         taken as a host without a managed identity{maybe}: {}",
+                        error.message()
+                    ),
+                )
+                .with_cause(Cause {
+                    transient: busy,
+                    ..Cause::default()
+                })
+                .with_source(error))
+            }
             Err(error) => Err(error),
         }
     }
@@ -281,7 +305,14 @@ impl Imds {
                 let left = PROBE_TIMEOUT.saturating_sub(started.elapsed());
                 match tokio::time::timeout(left, sent).await {
                     Ok(sent) => sent,
-                    Err(_elapsed) => return Err(self.no_answer(out_of_time())),
+                    Err(_elapsed) => {
+                        // The time it was given, not the probe's whole second.
+                        let waited = format!(
+                            "no answer to the token request within the {left:?} left of the \
+                             probe's {PROBE_TIMEOUT:?}"
+                        );
+                        return Err(self.no_answer(out_of_time(waited), true));
+                    }
                 }
             }
             None => sent.await,
@@ -295,7 +326,7 @@ impl Imds {
             // does; outside a chain only no connection or no answer in time does.
             let before_json = in_chain && !self.answered.load(Ordering::Acquire);
             if before_json || request::no_answer(&error) {
-                return self.no_answer(error);
+                return self.no_answer(error, probed.is_some());
             }
             error
         })
@@ -307,12 +338,18 @@ impl Imds {
         let request = self.request(resource, false)?;
         let sent = tokio::time::timeout(PROBE_TIMEOUT, request::send(http, SOURCE, request, &[]));
         match sent.await {
-            Err(_elapsed) => Err(self.absent(out_of_time())),
+            Err(_elapsed) => Err(self.absent(
+                out_of_time(format!("no answer within {PROBE_TIMEOUT:?}")),
+                true,
+            )),
             // Not only no connection: a dropped connection, bytes that are not HTTP or a page
             // larger than the probe reads are no IMDS either (azure-identity's probe: anything
             // but an HTTP response). A client that cannot send the request at all is a mistake
             // to report, not an absent IMDS.
-            Ok(Err(error)) => Err(misconfigured(&error).unwrap_or_else(|| self.absent(error))),
+            Ok(Err(error)) => Err(misconfigured(&error).unwrap_or_else(|| {
+                let timeout = error.is_timeout();
+                self.absent(error, timeout)
+            })),
             Ok(Ok(answer)) => match docker_desktop(&answer) {
                 Some(error) => Err(error),
                 // Any other HTTP answer lets the token request go (as azure-identity's probe
@@ -333,19 +370,30 @@ impl Imds {
     /// A token request that got no HTTP answer: *unavailable* if IMDS never answered this
     /// credential, else the transport's *authentication failed* (timeout or connection kept):
     /// an IMDS that answered before is there, and a chain must not move on to another identity
-    /// because it is slow or down for a while.
-    fn no_answer(&self, error: CredentialError) -> CredentialError {
+    /// because it is slow or down for a while. `probed`: sent on the chain's quick path after a
+    /// probe, where only a timeout is transient (see [`absent`](Self::absent)); elsewhere
+    /// (asked alone) the transport's own mark is kept: a refused connection is transient as
+    /// for any credential, so that a bearer layer does not keep it (`refresh::kept_failure`).
+    fn no_answer(&self, error: CredentialError, probed: bool) -> CredentialError {
         if self.answered.load(Ordering::Acquire) {
             return error.with_message_suffix(
                 "; IMDS answered this credential before, so this host has it and this is a \
                  failure of IMDS, not a host without a managed identity",
             );
         }
-        self.absent(error)
+        let transient = if probed {
+            error.is_timeout()
+        } else {
+            error.is_transient()
+        };
+        self.absent(error, transient)
     }
 
-    /// Nobody answered with HTTP: not an Azure host with a managed identity.
-    fn absent(&self, error: CredentialError) -> CredentialError {
+    /// Nobody answered with HTTP: not an Azure host with a managed identity. `transient` as
+    /// the caller decides: on the chain's probe path only a timeout (this host's IMDS may be
+    /// slow for a moment, so `DefaultAzureCredential` chooses what answers after it only for
+    /// a while), not a refused connection or something other than IMDS answering.
+    fn absent(&self, error: CredentialError, transient: bool) -> CredentialError {
         let mut url = self.url.clone();
         url.set_query(None);
         let message = format!(
@@ -353,13 +401,10 @@ impl Imds {
              managed identity ({})",
             error.message()
         );
-        // Transient only when nothing answered in time: that may be this host's IMDS being
-        // slow for a moment (so `DefaultAzureCredential` does not choose the credential after
-        // it for good). A refused connection or something that is not IMDS answering is not.
         let unavailable = CredentialError::unavailable(NAME, message).with_cause(Cause {
             timeout: error.is_timeout(),
             connect: error.is_connect(),
-            transient: error.is_timeout(),
+            transient,
             throttled_until: None,
             unfinished: false,
         });
@@ -442,14 +487,13 @@ fn built(builder: crate::transport::HttpClientBuilder) -> Result<HttpClient, Str
         .map_err(|e| format!("the HTTP client could not be built: {e}"))
 }
 
-/// No answer within the probe's budget.
-fn out_of_time() -> CredentialError {
-    CredentialError::authentication_failed(NAME, format!("no answer within {PROBE_TIMEOUT:?}"))
-        .with_cause(Cause {
-            timeout: true,
-            transient: true,
-            ..Cause::default()
-        })
+/// No answer within the probe's budget; `message` says how long was waited.
+fn out_of_time(message: String) -> CredentialError {
+    CredentialError::authentication_failed(NAME, message).with_cause(Cause {
+        timeout: true,
+        transient: true,
+        ..Cause::default()
+    })
 }
 
 /// The error for a request the client cannot send as it is set up (a client that sends https

@@ -283,7 +283,12 @@ impl IdParams {
 ///   after all, busy (410, 429, 5xx), the request is sent again with the whole schedule. A
 ///   probe with no answer within its second is *unavailable* as a
 ///   [transient](crate::CredentialError::is_transient) failure (IMDS may be slow for a
-///   moment); a refused connection, or something other than IMDS answering, is not. A client that cannot send the request at all (an `https`-only
+///   moment), and so is an answer to that quick token request that is not JSON with a
+///   status IMDS's schedule retries (404, 408, 410, 429, 5xx: a busy IMDS stand-in such as
+///   aad-pod-identity's NMI, which answers plain-text 404s or 503s while it assigns the pod's
+///   identity); a refused connection, or another answer from something other than IMDS, is
+///   not. Asked alone, a refused connection is transient, as for any credential. A client
+///   that cannot send the request at all (an `https`-only
 ///   client wrapped where the credential cannot see it, a proxy) is an *invalid request*
 ///   saying what to do, in a chain or not.
 ///   Asked on its own, it is not probed: a slow IMDS is waited for. Concurrent requests for

@@ -603,3 +603,99 @@ async fn in_a_chain_imds_that_answered_with_json_keeps_its_retry_schedule() {
     let statuses: Vec<_> = em.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [Some(400), Some(404), Some(404), Some(200)]);
 }
+
+/// A plain-text answer at the IMDS address with a status IMDS's schedule retries (404, 503
+/// with `Retry-After`), as aad-pod-identity's NMI sends while it assigns the pod's identity,
+/// gets no retries on the quick path: the managed identity is *unavailable* within the
+/// second, but transient, since a real, busy IMDS stand-in may answer later (so that
+/// `DefaultAzureCredential` chooses what answers after it only for a while). A status IMDS
+/// does not retry (403) is something else answering: not transient. Before, neither was.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_busy_stand_ins_plain_text_answer_is_a_transient_unavailable() {
+    for (status, transient) in [(404, true), (503, true), (403, false)] {
+        let em = Emulator::start(Flavour::Imds).await;
+        let mut headers = vec![("content-type".to_owned(), "text/plain".to_owned())];
+        if status == 503 {
+            headers.push(("retry-after".to_owned(), "5".to_owned()));
+        }
+        let answer = Fault::Respond {
+            status,
+            body: "no identity assigned yet".into(),
+            headers,
+        };
+        em.push_faults(answer, 2);
+        let nothing = EnvironmentCredential::builder()
+            .vars(Vec::<(String, String)>::new())
+            .build();
+        let started = Instant::now();
+        let err = credential(&em, Identity::System)
+            .or(nothing)
+            .get_token([SCOPE])
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(1), "{status}");
+        assert!(err.is_unavailable(), "{status}: {err}");
+        let mi = &err.attempts()[0];
+        assert_eq!(mi.credential(), "ManagedIdentityCredential");
+        assert!(mi.is_unavailable(), "{status}: {mi}");
+        assert_eq!(mi.is_transient(), transient, "{status}: {mi:?}");
+        assert_eq!(
+            mi.message().contains("may pass"),
+            transient,
+            "{status}: {mi}"
+        );
+        assert_eq!(em.request_count(), 2, "{status}: the probe and one request");
+    }
+}
+
+/// On the quick path (the probe answered, not with JSON), the token request gets what is left
+/// of the probe's second: its timeout says how long it waited, not the whole second. Before,
+/// it said "no answer within 1s" after 600 ms.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_the_quick_requests_timeout_says_how_long_it_waited() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut read = vec![0u8; 4096];
+            let n = socket.read(&mut read).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&read[..n]).to_ascii_lowercase();
+            if head.contains("metadata: true") {
+                // The token request: never answered.
+                held.push(socket);
+            } else {
+                // The probe: a plain-text 404 after 400 ms.
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot found")
+                    .await;
+            }
+        }
+    });
+    let nothing = EnvironmentCredential::builder()
+        .vars(Vec::<(String, String)>::new())
+        .build();
+    let started = Instant::now();
+    let err = ManagedIdentityCredential::builder()
+        .vars([("AZURE_POD_IDENTITY_AUTHORITY_HOST", base.as_str())])
+        .build()
+        .unwrap()
+        .or(nothing)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    let mi = &err.attempts()[0];
+    assert!(mi.is_unavailable(), "{mi}");
+    assert!(mi.is_timeout() && mi.is_transient(), "{mi:?}");
+    assert!(
+        mi.message()
+            .contains("no answer to the token request within the 600ms left of the probe's 1s"),
+        "{mi}"
+    );
+    assert!(!mi.message().contains("no answer within 1s"), "{mi}");
+    server.abort();
+}

@@ -442,6 +442,10 @@ async fn a_closed_imds_port_is_unavailable() {
         err.to_string().contains(&base),
         "names where it looked: {err}"
     );
+    // Asked alone, a refused connection keeps the transport's transient mark, as the README
+    // and `is_transient()` say of any credential (so a bearer layer does not keep it for 30 s).
+    // Before, only a timeout was transient here: the chain probe's rule leaked into this path.
+    assert!(err.is_transient(), "{err:?}");
 }
 
 /// Arc: the agent names a key file the credential must refuse, before sending anything.
