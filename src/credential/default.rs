@@ -1,10 +1,11 @@
 //! [`DefaultAzureCredential`]: the chain most applications start from.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
 
@@ -26,6 +27,13 @@ const AZURE_TOKEN_CREDENTIALS: &str = "AZURE_TOKEN_CREDENTIALS";
 /// The struct's page: rustdoc puts an item of a private module at its first public path,
 /// `credential::`, and the crate root's re-export only links there.
 const DOCS: &str = "https://docs.rs/tower-identity/latest/tower_identity/credential/struct.DefaultAzureCredential.html";
+/// How long a choice made after a transient skip (see **Sticky** on [`DefaultAzureCredential`])
+/// answers alone before the chain is run once more to confirm or change it. Long enough that a
+/// laptop, where the IMDS address swallows connections, pays the probe's second once more in
+/// five minutes, not on every request; short enough that a VM whose IMDS was slow at the first
+/// request (booting, a one-off stall, aad-pod-identity still assigning the pod's identity) runs
+/// as the developer's or another fallback identity for minutes, not for good.
+pub(crate) const RECHECK_AFTER: Duration = Duration::from_secs(5 * 60);
 
 /// The members, in the order they are tried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -194,7 +202,8 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 ///
 /// **Sticky.** The first credential that answers is used for every later request of this
 /// `DefaultAzureCredential` (and its clones), without trying the others first — as
-/// azure-identity and the Go SDK do. A developer signed in to Azure CLI does not pay for the
+/// azure-identity and the Go SDK do (unless it answered after a transient skip: see
+/// **Provisional choices** below). A developer signed in to Azure CLI does not pay for the
 /// IMDS probe again on every new scope, and a deployed service does not silently switch
 /// identity when its managed identity has a bad moment: it gets that credential's error, as
 /// that credential reports it alone (an Azure CLI whose session expired is *authentication
@@ -203,16 +212,34 @@ fn filter(keep: impl Fn(Member) -> bool) -> Vec<Member> {
 /// start) is *authentication failed* once it has been chosen, saying so. Build a new
 /// `DefaultAzureCredential` to choose again.
 ///
-/// A credential is not chosen when one before it was *unavailable* for a reason that may pass
-/// ([`is_transient`](crate::CredentialError::is_transient)): an IMDS probe with no answer
-/// within its second (a VM's IMDS slow for a moment), a tool that timed out, an outage met
-/// by the shared token cache. That request gets the answer, and the next one runs the chain
-/// again in order, so a VM whose IMDS was slow once gets its managed identity once IMDS
-/// answers, not the developer's `az` account for good (azure-identity and the Go SDK choose
-/// it). Until a credential is chosen, two requests may be answered by different ones; and on
-/// a machine where the IMDS address swallows connections without answer (some networks), the
-/// chain's requests that reach the managed identity each pay its 1 s probe. A refused
-/// connection, or something other than IMDS answering there, is not such a reason.
+/// **Provisional choices.** A credential that answers after one before it was *unavailable*
+/// for a reason that may pass ([`is_transient`](crate::CredentialError::is_transient): an IMDS
+/// probe with no answer within its second, a busy IMDS stand-in's plain-text 404 or 503, a
+/// tool that timed out, an outage met by the shared token cache) is chosen *for now*. The exact
+/// rule:
+///
+/// 1. A credential that answers with no transient skip before it is chosen for good at once.
+/// 2. One that answers after a transient skip is chosen provisionally: it answers every
+///    request alone (no probe, no other member asked) for 5 minutes (`RECHECK_AFTER`).
+/// 3. The first request after that runs the whole chain once more (concurrent requests
+///    meanwhile keep using the provisional choice). If the same credential answers after a
+///    transient skip again (a second timeout: the member before it is really absent), or any
+///    credential answers with no transient skip (the member before it answered this time:
+///    a VM whose IMDS was slow at first gets its managed identity), that one is chosen for
+///    good; an earlier credential answering after a transient skip is chosen provisionally
+///    in its turn. If that run gets no token, the provisional choice is kept for another
+///    interval.
+///
+/// So on a laptop where the IMDS address swallows connections, the first request waits the
+/// probe's second, the requests of the next five minutes go straight to Azure CLI, one more
+/// request waits the probe's second, and none does after that (azure-identity and the Go SDK
+/// choose at once and never probe again). A refused connection, or something other than IMDS
+/// answering there with a status IMDS does not retry, is not transient: the choice is final
+/// at once. Concurrent first requests may be answered by different credentials, but only one
+/// choice is ever made for good: a final choice is never changed, and a request whose run of
+/// the chain found nothing while another request's made a choice asks the chosen credential
+/// alone instead of returning the chain's *unavailable* (which would let an outer fallback
+/// answer as another identity).
 ///
 /// When nothing answers, the error lists every credential tried with what to set up.
 #[derive(Clone)]
@@ -227,9 +254,212 @@ struct Inner {
     /// without the chain's downgrade of their failures to *unavailable*, as azure-identity
     /// asks its `_successful_credential` outside `within_dac`.
     chosen: Arc<[BoxCredential]>,
-    /// The index of the member that answered first with no member before it *unavailable*
-    /// for a reason that may pass; it answers every later request.
-    answered: OnceLock<usize>,
+    /// Which member answers without the chain being run; only read and written in short
+    /// critical sections, never held across a member's call.
+    choice: Mutex<Choice>,
+}
+
+/// What the chain has chosen (see **Sticky** on [`DefaultAzureCredential`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Choice {
+    /// Nothing yet: every request runs the chain.
+    None,
+    /// `index` answered after a member before it was *unavailable* for a reason that may pass:
+    /// it answers alone until `until`; then one request (`rechecking`) runs the chain again.
+    Provisional {
+        index: usize,
+        until: Instant,
+        rechecking: bool,
+    },
+    /// `index` answers every request, for good.
+    Final(usize),
+}
+
+impl Choice {
+    /// The member that answers now, and whether for good.
+    fn member(self) -> Option<(usize, bool)> {
+        match self {
+            Choice::None => None,
+            Choice::Provisional { index, .. } => Some((index, false)),
+            Choice::Final(index) => Some((index, true)),
+        }
+    }
+}
+
+/// What a call does, as decided under the lock.
+enum Plan {
+    /// Ask this member alone (`final`: chosen for good).
+    Use { index: usize, for_good: bool },
+    /// Run the chain; `Some(index)`: as the re-check of the provisional choice `index`.
+    Run { recheck: Option<usize> },
+}
+
+impl Inner {
+    fn choice(&self) -> MutexGuard<'_, Choice> {
+        // Each write leaves the state whole: a poisoned lock is usable.
+        self.choice.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn plan(&self, now: Instant) -> Plan {
+        let mut choice = self.choice();
+        match *choice {
+            Choice::None => Plan::Run { recheck: None },
+            Choice::Final(index) => Plan::Use {
+                index,
+                for_good: true,
+            },
+            Choice::Provisional {
+                index,
+                until,
+                rechecking,
+            } => {
+                if now < until || rechecking {
+                    return Plan::Use {
+                        index,
+                        for_good: false,
+                    };
+                }
+                *choice = Choice::Provisional {
+                    index,
+                    until,
+                    rechecking: true,
+                };
+                Plan::Run {
+                    recheck: Some(index),
+                }
+            }
+        }
+    }
+
+    /// Records that the chain's run got a token from `index` (`transient`: after a member
+    /// before it was *unavailable* for a reason that may pass); `recheck`: this run was the
+    /// re-check of that provisional choice. A final choice is never changed.
+    fn settle(&self, index: usize, transient: bool, recheck: Option<usize>, now: Instant) {
+        let provisional = Choice::Provisional {
+            index,
+            until: recheck_at(now),
+            rechecking: false,
+        };
+        let mut choice = self.choice();
+        let next = match *choice {
+            Choice::Final(_) => return,
+            Choice::None if transient => provisional,
+            Choice::None => Choice::Final(index),
+            Choice::Provisional {
+                index: earlier,
+                rechecking,
+                ..
+            } => {
+                if rechecking && recheck == Some(earlier) {
+                    // The re-check: the same member again after a transient skip (a repeated
+                    // timeout: the member before it is really absent), or any member without
+                    // one, is final; an earlier member answering after a transient skip is
+                    // provisional in its turn.
+                    if index == earlier || !transient {
+                        Choice::Final(index)
+                    } else {
+                        provisional
+                    }
+                } else if !transient && index <= earlier {
+                    // A concurrent first run that met no transient skip knows better.
+                    Choice::Final(index)
+                } else if transient && index < earlier {
+                    provisional
+                } else {
+                    return;
+                }
+            }
+        };
+        *choice = next;
+        let name = self.members.get(index).map(BoxCredential::name);
+        match next {
+            Choice::Final(_) => tracing::debug!(
+                credential = name,
+                "DefaultAzureCredential will use this credential from now on"
+            ),
+            _ => tracing::debug!(
+                credential = name,
+                recheck_after = ?RECHECK_AFTER,
+                "DefaultAzureCredential uses this credential for now: one before it failed in \
+                 a way that may pass, and the chain is run again after the re-check interval"
+            ),
+        }
+    }
+
+    /// A re-check of the provisional choice `index` that got no token: the choice stays
+    /// provisional for another interval.
+    fn recheck_failed(&self, index: usize, now: Instant) {
+        let mut choice = self.choice();
+        if let Choice::Provisional {
+            index: current,
+            rechecking: true,
+            ..
+        } = *choice
+        {
+            if current == index {
+                *choice = Choice::Provisional {
+                    index,
+                    until: recheck_at(now),
+                    rechecking: false,
+                };
+            }
+        }
+    }
+
+    /// Asks the member chosen (`final`: for good) alone, with its own errors.
+    async fn ask_chosen(
+        &self,
+        index: usize,
+        for_good: bool,
+        request: TokenRequest,
+    ) -> Result<AccessToken, CredentialError> {
+        let Some(credential) = self.chosen.get(index).cloned() else {
+            return Err(CredentialError::invalid_request(
+                NAME,
+                "internal error: the chosen credential is missing",
+            ));
+        };
+        credential
+            .oneshot(request)
+            .await
+            .map_err(|error| chosen_failure(error, for_good))
+    }
+}
+
+/// When a choice made for now at `now` is checked again (at once if the clock cannot count
+/// that far).
+fn recheck_at(now: Instant) -> Instant {
+    now.checked_add(RECHECK_AFTER).unwrap_or(now)
+}
+
+/// A re-check in flight: if its call is dropped before it settles, the next call re-checks.
+struct Recheck<'a> {
+    inner: &'a Inner,
+    index: usize,
+    armed: bool,
+}
+
+impl Drop for Recheck<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut choice = self.inner.choice();
+        if let Choice::Provisional {
+            index,
+            until,
+            rechecking: true,
+        } = *choice
+        {
+            if index == self.index {
+                *choice = Choice::Provisional {
+                    index,
+                    until,
+                    rechecking: false,
+                };
+            }
+        }
+    }
 }
 
 impl DefaultAzureCredential {
@@ -249,10 +479,11 @@ impl DefaultAzureCredential {
         self.inner.members.iter().map(BoxCredential::name)
     }
 
-    /// The name of the credential that answered first and now answers every request
-    /// (shared by clones); `None` until one has.
+    /// The name of the credential chosen to answer requests without running the chain
+    /// (shared by clones), for good or for now (see **Sticky** above: a choice made after a
+    /// transient skip is checked again, and may change once); `None` until one has answered.
     pub fn answered(&self) -> Option<&str> {
-        let index = *self.inner.answered.get()?;
+        let (index, _) = self.inner.choice().member()?;
         self.inner.members.get(index).map(BoxCredential::name)
     }
 }
@@ -269,40 +500,50 @@ impl Service<TokenRequest> for DefaultAzureCredential {
     fn call(&mut self, request: TokenRequest) -> Self::Future {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            let chosen = inner
-                .answered
-                .get()
-                .and_then(|&index| Some((index, inner.chosen.get(index)?.clone())));
-            if let Some((_, credential)) = chosen {
-                return credential.oneshot(request).await.map_err(chosen_failure);
-            }
-            match first_token(&inner.members, request, NAME).await {
+            let recheck = match inner.plan(Instant::now()) {
+                Plan::Use { index, for_good } => {
+                    return inner.ask_chosen(index, for_good, request).await;
+                }
+                Plan::Run { recheck } => recheck,
+            };
+            let mut guard = recheck.map(|index| Recheck {
+                inner: &inner,
+                index,
+                armed: true,
+            });
+            let result = first_token(&inner.members, request.clone(), NAME).await;
+            let now = Instant::now();
+            match result {
                 Ok(answered) => {
-                    let name = inner.members.get(answered.index).map(BoxCredential::name);
-                    if answered.after_transient {
-                        // A credential before it may answer once its trouble passes (an IMDS
-                        // slow to answer the probe, a tool that timed out): choosing now would
-                        // keep a deployed service on a developer's sign-in for good.
-                        tracing::debug!(
-                            credential = name,
-                            "DefaultAzureCredential does not keep this credential: one before \
-                             it failed in a way that may pass, and is asked again next time"
-                        );
-                    } else if inner.answered.set(answered.index).is_ok() {
-                        tracing::debug!(
-                            credential = name,
-                            "DefaultAzureCredential will use this credential from now on"
-                        );
+                    inner.settle(answered.index, answered.after_transient, recheck, now);
+                    if let Some(guard) = guard.as_mut() {
+                        guard.armed = false;
                     }
                     Ok(answered.token)
                 }
-                Err(error) => Err(if error.is_unavailable() {
-                    error.with_chain_note(&format!(
+                Err(error) => {
+                    if let Some(index) = recheck {
+                        inner.recheck_failed(index, now);
+                    }
+                    if let Some(guard) = guard.as_mut() {
+                        guard.armed = false;
+                    }
+                    drop(guard);
+                    if !error.is_unavailable() {
+                        return Err(error);
+                    }
+                    // A member is chosen now (this run was the re-check, or a concurrent first
+                    // run was answered meanwhile): its failure in this run was made
+                    // *unavailable* for the chain, which must not let an outer fallback answer
+                    // as another identity. It is asked alone, as any later request would be.
+                    let chosen = inner.choice().member();
+                    if let Some((index, for_good)) = chosen {
+                        return inner.ask_chosen(index, for_good, request).await;
+                    }
+                    Err(error.with_chain_note(&format!(
                         "Set up one of them as its line says; {DOCS} lists what each reads"
-                    ))
-                } else {
-                    error
-                }),
+                    )))
+                }
             }
         })
     }
@@ -312,16 +553,23 @@ impl Service<TokenRequest> for DefaultAzureCredential {
 /// failed* (message and cause kept). It answered before, so it is configured; an outer
 /// fallback (`DefaultAzureCredential::new()?.or(…)`) moving on would switch identity silently
 /// (an `az` whose account was cleared, or that can no longer start).
-fn chosen_failure(error: CredentialError) -> CredentialError {
+fn chosen_failure(error: CredentialError, for_good: bool) -> CredentialError {
     if !error.is_unavailable() {
         return error;
     }
+    let when = if for_good {
+        format!("build a new {NAME} to choose again")
+    } else {
+        format!(
+            "it runs the chain again {} min after choosing it for now, or build a new {NAME}",
+            RECHECK_AFTER.as_secs() / 60
+        )
+    };
     error
         .into_authentication_failed()
         .with_message_suffix(&format!(
-            "; {NAME} chose this credential when it first answered and asks no other now, so \
-         this fails instead of letting a fallback answer as another identity: build a new \
-         {NAME} to choose again"
+            "; {NAME} chose this credential when it answered and asks no other now, so this \
+             fails instead of letting a fallback answer as another identity: {when}"
         ))
 }
 
@@ -585,7 +833,7 @@ impl DefaultAzureCredentialBuilder {
             inner: Arc::new(Inner {
                 members: chain.into(),
                 chosen: chosen.into(),
-                answered: OnceLock::new(),
+                choice: Mutex::new(Choice::None),
             }),
         })
     }

@@ -471,13 +471,78 @@ async fn a_chosen_azure_cli_that_is_no_longer_signed_in_stops_a_fallback_after_t
     assert_eq!(err.credential(), "AzureCliCredential", "{err}");
 }
 
-/// IMDS slow to answer the first probe (a VM starting, a one-off stall): the managed identity
-/// is *unavailable* for that request, which Azure CLI answers, but nothing is chosen, and once
-/// IMDS answers the service gets its managed identity's token. Before, the chain chose Azure
-/// CLI on that first request and sent every later one as the developer's `az` account. Real
-/// time (the probe's 1 s): `az` runs as a process, which a paused clock would time out.
+/// Moves tokio's clock forward by `by` while the test runs on real time (`az` runs as a
+/// process, which a paused clock would time out): the re-check interval passes at once.
+async fn jump(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+/// A laptop whose network swallows connections to the IMDS address (the emulator never
+/// answers): the first request waits the probe's second and gets Azure CLI's token, chosen for
+/// now; the next ones go straight to Azure CLI, no probe; after the re-check interval one
+/// request runs the chain again, meets the same timeout, and Azure CLI is chosen for good: no
+/// probe ever after. Before, every request ran the chain and waited the probe's second.
 #[tokio::test]
-async fn a_slow_first_imds_probe_does_not_choose_the_credential_after_it() {
+async fn a_black_holed_imds_is_probed_once_more_after_the_recheck_interval_then_never() {
+    use crate::support::mi_emulator::{Emulator, Fault, Flavour};
+    let dir = tempfile::tempdir().unwrap();
+    let imds = Emulator::start(Flavour::Imds).await;
+    imds.push_faults(Fault::Delay(Duration::from_secs(24 * 3600)), 10);
+    let dac = with_signed_in_az(dir.path(), &imds.base_url());
+    let started = Instant::now();
+    let token = dac.get_token([SCOPE]).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the probe's second"
+    );
+    assert_eq!(token.secret().expose_secret(), "az-token");
+    assert_eq!(dac.answered(), Some("AzureCliCredential"));
+    assert_eq!(imds.request_count(), 1, "the probe");
+    for scope in [
+        SCOPE,
+        "https://other.test/.default",
+        "https://third.test/.default",
+    ] {
+        let token = dac.get_token([scope]).await.unwrap();
+        assert_eq!(token.secret().expose_secret(), "az-token");
+    }
+    assert_eq!(imds.request_count(), 1, "no probe while chosen for now");
+    // Not yet: a minute before the re-check.
+    jump(Duration::from_secs(4 * 60)).await;
+    dac.get_token(["https://fourth.test/.default"])
+        .await
+        .unwrap();
+    assert_eq!(imds.request_count(), 1);
+    jump(Duration::from_secs(60)).await;
+    let started = Instant::now();
+    let token = dac
+        .get_token(["https://fifth.test/.default"])
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the re-check's probe"
+    );
+    assert_eq!(token.secret().expose_secret(), "az-token");
+    assert_eq!(imds.request_count(), 2, "one more probe");
+    assert_eq!(dac.answered(), Some("AzureCliCredential"));
+    // Final: however long it runs, no probe again.
+    for _ in 0..3 {
+        jump(Duration::from_secs(3600)).await;
+        dac.get_token(["https://sixth.test/.default"])
+            .await
+            .unwrap();
+    }
+    assert_eq!(imds.request_count(), 2, "chosen for good");
+}
+
+/// IMDS slow to answer the first probe (a VM starting, a one-off stall): Azure CLI answers and
+/// is chosen for now, without probes; at the re-check IMDS answers, and the managed identity is
+/// chosen for good. Before d53f584 the chain chose Azure CLI for good on that first request.
+#[tokio::test]
+async fn an_imds_slow_only_at_first_gets_the_managed_identity_at_the_recheck() {
     use crate::support::mi_emulator::{Emulator, Fault, Flavour};
     let dir = tempfile::tempdir().unwrap();
     let imds = Emulator::start(Flavour::Imds).await;
@@ -485,20 +550,107 @@ async fn a_slow_first_imds_probe_does_not_choose_the_credential_after_it() {
     let dac = with_signed_in_az(dir.path(), &imds.base_url());
     let token = dac.get_token([SCOPE]).await.unwrap();
     assert_eq!(token.secret().expose_secret(), "az-token");
-    assert_eq!(dac.answered(), None);
+    assert_eq!(dac.answered(), Some("AzureCliCredential"));
+    let token = dac
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap();
+    assert_eq!(token.secret().expose_secret(), "az-token");
+    assert_eq!(imds.request_count(), 1, "no probe while chosen for now");
+    jump(Duration::from_secs(5 * 60)).await;
     let token = dac.get_token([SCOPE]).await.unwrap();
     assert!(
         token.secret().expose_secret().starts_with("mi-imds-"),
         "{token:?}"
     );
     assert_eq!(dac.answered(), Some("ManagedIdentityCredential"));
-    assert_eq!(lines(dir.path().join("az/calls")).len(), 1, "az ran once");
     let requests = imds.requests();
     assert_eq!(
         requests.len(),
         3,
         "two probes, one token request: {requests:?}"
     );
+    // For good: Azure CLI is not run again, whatever the time.
+    jump(Duration::from_secs(3600)).await;
+    let token = dac
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap();
+    assert!(token.secret().expose_secret().starts_with("mi-imds-"));
+    assert_eq!(dac.answered(), Some("ManagedIdentityCredential"));
+    assert_eq!(lines(dir.path().join("az/calls")).len(), 2, "az ran twice");
+}
+
+/// Two concurrent first requests: A's `az` answers and is chosen; B's fails for its scope,
+/// which the chain makes *unavailable*, so B's run of the chain finds nothing. B then asks the
+/// chosen `az` alone and returns its failure, instead of the chain's *unavailable*, which let
+/// an outer fallback answer as another identity. Both runs of the chain are under way before
+/// either `az` answers (each waits for a gate file the test creates).
+#[tokio::test]
+async fn a_concurrent_first_request_that_finds_nothing_asks_the_chosen_credential() {
+    use crate::support::programs::Procs;
+    let dir = tempfile::tempdir().unwrap();
+    let imds = format!("http://127.0.0.1:{}", closed_port().await);
+    let az_dir = dir.path().join("az");
+    std::fs::create_dir_all(&az_dir).unwrap();
+    let procs = Procs::new(&az_dir);
+    let gates = az_dir.display().to_string();
+    let az = fake_tool(
+        &az_dir,
+        "az",
+        &format!(
+            r#"case "$*" in *other.test*) gate=go-b ;; *) gate=go-a ;; esac
+while [ ! -e '{gates}'/$gate ]; do sleep 0.01; done
+case "$*" in *other.test*) echo 'ERROR: AADSTS50076: MFA required' >&2; exit 1 ;; esac
+now=$(date +%s); printf '{{"accessToken":"az-token","expires_on":%s,"tokenType":"Bearer"}}
+' $((now + 3600))"#
+        ),
+    );
+    let other = tempfile::tempdir().unwrap();
+    let service_principal = fake_tool(
+        other.path(),
+        "az",
+        r#"now=$(date +%s); printf '{"accessToken":"other-token","expires_on":%s,"tokenType":"Bearer"}
+' $((now + 3600))"#,
+    );
+    let dac = nothing_configured(dir.path(), &imds, &[])
+        .azure_cli_credential(AzureCliCredential::builder().program(&az).build().unwrap())
+        .build()
+        .unwrap();
+    let with_fallback = dac.clone().or(AzureCliCredential::builder()
+        .program(&service_principal)
+        .build()
+        .unwrap());
+    let b = tokio::spawn({
+        let with_fallback = with_fallback.clone();
+        async move {
+            with_fallback
+                .get_token(["https://other.test/.default"])
+                .await
+        }
+    });
+    let a = tokio::spawn({
+        let dac = dac.clone();
+        async move { dac.get_token([SCOPE]).await }
+    });
+    procs
+        .wait_until("both runs of the chain reached az", |dir| {
+            lines(dir.join("calls")).len() >= 2
+        })
+        .await;
+    std::fs::write(az_dir.join("go-a"), "").unwrap();
+    let token = a.await.unwrap().unwrap();
+    assert_eq!(token.secret().expose_secret(), "az-token");
+    assert_eq!(dac.answered(), Some("AzureCliCredential"));
+    std::fs::write(az_dir.join("go-b"), "").unwrap();
+    let err = b.await.unwrap().unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert!(err.to_string().contains("AADSTS50076"), "{err}");
+    assert!(
+        lines(other.path().join("calls")).is_empty(),
+        "the fallback was never asked"
+    );
+    assert_eq!(dac.answered(), Some("AzureCliCredential"));
 }
 
 /// Nested in a chain of the program's own, the chain's advice about its members ("Set up one of
@@ -1142,11 +1294,10 @@ async fn a_failing_shared_token_cache_lets_azure_cli_answer() {
             .await
             .unwrap_or_else(|e| panic!("{case}: {e}"));
         assert_eq!(token.secret().expose_secret(), "az-token", "{case}");
-        // A refusal is final, and Azure CLI is chosen; after an outage or a dropped
-        // connection, which may pass, nothing is chosen and the next request asks the shared
-        // cache again.
-        let chosen = (case == "invalid_grant").then_some("AzureCliCredential");
-        assert_eq!(dac.answered(), chosen, "{case}");
+        // A refusal is final, and Azure CLI is chosen for good; after an outage or a dropped
+        // connection, which may pass, for now: the chain runs again, the shared cache first,
+        // after the re-check interval.
+        assert_eq!(dac.answered(), Some("AzureCliCredential"), "{case}");
         assert_eq!(
             authority.token_posts(),
             1,
