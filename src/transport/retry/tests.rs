@@ -65,20 +65,21 @@ fn quick() -> RetryOptions {
 }
 
 /// Shown each answer it waits out, never the final one; after a failure without an answer it
-/// is asked (for the hold) but shown nothing; not asked at all when the loop's own wait is
-/// refused, for want of retries or for the deadline.
+/// is asked (for the hold) but shown nothing; asked again, shown nothing, once each wait is
+/// over (a hold learned meanwhile); not asked at all when the loop's own wait is refused, for
+/// want of retries or for the deadline.
 #[tokio::test(start_paused = true)]
 async fn the_hook_is_shown_each_answer_waited_out_and_nothing_else() {
     let authority = Authority::start().await;
 
-    // A 503 waited out, then the final 200: shown the 503 only.
+    // A 503 waited out, then the final 200: shown the 503 only (then asked after the wait).
     let (hook, asked) = counting(|| None);
     authority.push_fault(Fault::ServerError(503));
     assert_eq!(
         send(&authority, &client(&authority, quick()), &hook).await,
         Some(200)
     );
-    assert_eq!(*asked.lock().unwrap(), [Some(503)]);
+    assert_eq!(*asked.lock().unwrap(), [Some(503), None]);
 
     // A connection closed without an answer, then the 200: asked, shown no answer.
     let (hook, asked) = counting(|| None);
@@ -87,7 +88,7 @@ async fn the_hook_is_shown_each_answer_waited_out_and_nothing_else() {
         send(&authority, &client(&authority, quick()), &hook).await,
         Some(200)
     );
-    assert_eq!(*asked.lock().unwrap(), [None]);
+    assert_eq!(*asked.lock().unwrap(), [None, None]);
 
     // Retries used up: the final 503 is the caller's, not the hook's.
     let (hook, asked) = counting(|| None);
@@ -96,7 +97,7 @@ async fn the_hook_is_shown_each_answer_waited_out_and_nothing_else() {
     }
     let one_retry = client(&authority, quick().max_retries(1));
     assert_eq!(send(&authority, &one_retry, &hook).await, Some(503));
-    assert_eq!(*asked.lock().unwrap(), [Some(503)]);
+    assert_eq!(*asked.lock().unwrap(), [Some(503), None]);
 
     // The final failure without an answer: not asked for it either.
     let (hook, asked) = counting(|| None);
@@ -104,7 +105,7 @@ async fn the_hook_is_shown_each_answer_waited_out_and_nothing_else() {
         authority.push_fault(Fault::Close);
     }
     assert_eq!(send(&authority, &one_retry, &hook).await, None);
-    assert_eq!(*asked.lock().unwrap(), [None]);
+    assert_eq!(*asked.lock().unwrap(), [None, None]);
 
     // A wait that would end past the deadline is not started, and the hook not asked.
     let (hook, asked) = counting(|| None);
@@ -151,7 +152,7 @@ async fn a_hold_longer_than_the_own_wait_is_waited_out_or_ends_the_loop() {
     let requests = authority.requests();
     assert_eq!(requests.len(), 2);
     assert_eq!(requests[1].at - started, Duration::from_secs(20));
-    assert_eq!(*asked.lock().unwrap(), [Some(503)]);
+    assert_eq!(*asked.lock().unwrap(), [Some(503), None]);
 
     // After a failure without an answer too.
     let (hook, _) = counting(hold_for(20));
