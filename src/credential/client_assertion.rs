@@ -24,7 +24,7 @@ use crate::entra::token_client::{TokenClient, client_assertion_form};
 use crate::error::{BoxError, Cause, ConfigError, CredentialError};
 use crate::flight::{SingleFlight, WhenAbandoned};
 use crate::redact::{MAX_QUOTED_CHARS, scrub, truncate};
-use crate::token::{AccessToken, Secret, TokenRequest};
+use crate::token::{AccessToken, Secret, TokenRequest, unix_now};
 
 const NAME: &str = "ClientAssertionCredential";
 /// What errors call the user's source.
@@ -397,6 +397,10 @@ struct Assertions {
     what: &'static str,
     fetch: Fetch,
     max_age: Duration,
+    /// When every assertion of the source stops being usable (Unix s, by the wall clock), if
+    /// it has such a date: a certificate's notAfter. Past it one in hand is not sent: Entra
+    /// would refuse it (AADSTS700027), however young it is.
+    usable_until: Option<u64>,
     /// Per token endpoint: the assertion in hand and when it was asked for; the calls of the
     /// source are flights keyed by the endpoint.
     held: SingleFlight<String, Secret, HashMap<String, (Secret, Instant)>>,
@@ -404,18 +408,26 @@ struct Assertions {
 
 impl Assertions {
     /// `name`: the credential errors are reported under; `what`: the source, as errors name it.
-    fn new(name: &'static str, what: &'static str, fetch: Fetch, max_age: Duration) -> Self {
+    /// `usable_until`: see [`Assertions::usable_until`].
+    fn new(
+        name: &'static str,
+        what: &'static str,
+        fetch: Fetch,
+        max_age: Duration,
+        usable_until: Option<u64>,
+    ) -> Self {
         Self {
             name,
             what,
             fetch,
             max_age,
+            usable_until,
             held: SingleFlight::new(name, what, HashMap::new()),
         }
     }
 
     /// The assertion in hand for the request's endpoint if it is younger than the maximum
-    /// age (and `true`: it was in hand); else the result of one call of the source, shared by
+    /// age and the source's assertions are still usable (and `true`: it was in hand); else the result of one call of the source, shared by
     /// every caller meanwhile. The call runs in its own task (see [`crate::flight`]), which
     /// stores its assertion: callers that give up do not lose it for the others. A call gets
     /// [`SOURCE_TIMEOUT`]: a source that never answers would otherwise hold every later
@@ -424,7 +436,8 @@ impl Assertions {
         let flight = {
             let mut held = self.held.lock();
             if let Some((assertion, fetched_at)) = held.get(&request.token_endpoint) {
-                if fetched_at.elapsed() < self.max_age {
+                let usable = self.usable_until.is_none_or(|until| unix_now() <= until);
+                if fetched_at.elapsed() < self.max_age && usable {
                     return Ok((assertion.clone(), true));
                 }
             }
@@ -533,6 +546,8 @@ pub struct ClientAssertionCredentialBuilder {
     client_id: String,
     fetch: Fetch,
     max_assertion_age: Duration,
+    /// See [`Assertions::usable_until`].
+    usable_until: Option<u64>,
     settings: Settings,
 }
 
@@ -559,8 +574,16 @@ impl ClientAssertionCredentialBuilder {
             client_id,
             fetch,
             max_assertion_age: DEFAULT_MAX_ASSERTION_AGE,
+            usable_until: None,
             settings,
         }
+    }
+
+    /// For a credential of the crate whose assertions all stop being usable at one time
+    /// (Unix s): a certificate's notAfter. An assertion in hand is not reused past it.
+    pub(crate) fn usable_until(mut self, until: u64) -> Self {
+        self.usable_until = Some(until);
+        self
     }
 
     /// How long an assertion is reused before the source is asked for a new one. Default:
@@ -604,7 +627,13 @@ impl ClientAssertionCredentialBuilder {
                 client_id: self.client_id,
                 client,
                 files,
-                assertions: Assertions::new(name, self.what, self.fetch, self.max_assertion_age),
+                assertions: Assertions::new(
+                    name,
+                    self.what,
+                    self.fetch,
+                    self.max_assertion_age,
+                    self.usable_until,
+                ),
             }),
         })
     }

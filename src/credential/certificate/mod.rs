@@ -55,8 +55,8 @@ const NAME: &str = "ClientCertificateCredential";
 /// subject name / issuer authentication. Claims: `aud` = the tenant's token endpoint URL,
 /// `iss` = `sub` = the client id, `jti` (a random UUID), `nbf` = `iat` = now, `exp` = now +
 /// 10 minutes. A new assertion is signed when the one in hand is 5 minutes old (the
-/// [`ClientAssertionCredential`] default), or after Entra
-/// refused one.
+/// [`ClientAssertionCredential`] default), once the certificate has expired (which then
+/// fails, see below), or after Entra refused one.
 ///
 /// The signature is **PS256** by default: Microsoft's current certificate-credential
 /// documentation specifies PS256 with `x5t#S256`, and MSAL (Python 1.35+, .NET) sends that when
@@ -90,8 +90,8 @@ const NAME: &str = "ClientCertificateCredential";
 /// would fail every request once it expired, whereas a renewal a little ahead of this host's
 /// clock is almost always this clock lagging (Entra accepts it already), or at worst refused
 /// for those few minutes. The others are sent after the leaf in `x5c`. Once the leaf has
-/// expired (after its notAfter, by this host's clock), nothing is signed or sent: each
-/// request fails as *authentication failed*, naming the certificate's subject and end date
+/// expired (after its notAfter, by this host's clock), nothing is signed or sent (an
+/// assertion signed before is not reused either): each request fails as *authentication failed*, naming the certificate's subject and end date
 /// and saying to renew it and build the credential again (Entra would refuse its assertions
 /// with AADSTS700027).
 ///
@@ -267,6 +267,8 @@ impl ClientCertificateCredentialBuilder {
     where
         F: Fn(&AssertionRequest) -> Result<String, String> + Send + Sync + 'static,
     {
+        // An assertion signed before the leaf's notAfter is not reused after it.
+        let not_after = signer.certificate().not_after;
         let inner = ClientAssertionCredentialBuilder::internal(
             NAME,
             SIGNING,
@@ -275,6 +277,7 @@ impl ClientCertificateCredentialBuilder {
             signing_source(sign),
             self.settings,
         )
+        .usable_until(not_after)
         .build_with_env_authority(env_authority)?;
         Ok(ClientCertificateCredential { inner, signer })
     }

@@ -1319,3 +1319,47 @@ async fn a_certificate_expired_since_the_build_signs_and_sends_nothing() {
         .unwrap();
     assert_eq!(authority.token_posts(), 1);
 }
+
+/// An assertion signed just before the certificate's notAfter is not reused after it, young
+/// as it is (5 minutes by default): a request for another scope just after the notAfter
+/// sends nothing and fails as expired, as one with nothing in hand does.
+#[tokio::test]
+async fn an_assertion_in_hand_is_not_sent_once_the_certificate_has_expired() {
+    use crate::CredentialExt as _;
+    use crate::test_support::authority::Authority;
+
+    let authority = Authority::start().await;
+    let http = crate::HttpClient::builder()
+        .add_root_certificates_pem(authority.ca_pem())
+        .build()
+        .unwrap();
+    let now = crate::token::unix_now() as i64;
+    let pem = format!(
+        "{}{}",
+        self_signed(rsa_key_pem(), now - 86_400, now + 3_600),
+        rsa_key_pem()
+    );
+    let credential =
+        ClientCertificateCredential::builder("contoso", "c", CertificateSource::from_pem(pem))
+            .authority_host(authority.url())
+            .http_client(http)
+            .build_with_env_authority(None)
+            .unwrap();
+    let clock = crate::token::tests::wall_clock();
+    // 60 s before the notAfter: signed and sent.
+    clock.shift(3_600 - 60);
+    credential
+        .get_token(["https://one.test/.default"])
+        .await
+        .unwrap();
+    assert_eq!(authority.token_posts(), 1);
+    // 30 s after it: the assertion in hand (90 s old) is not sent.
+    clock.shift(90);
+    let err = credential
+        .get_token(["https://two.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_authentication_failed(), "{err}");
+    assert!(err.message().contains(") expired on "), "{err}");
+    assert_eq!(authority.token_posts(), 1, "nothing was sent");
+}
