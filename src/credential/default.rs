@@ -16,7 +16,7 @@ use super::{
     AzureCliCredential, AzureDeveloperCliCredential, BoxCredential, CredentialFuture,
     EnvironmentCredential, SharedTokenCacheCredential, TokenCredential, WorkloadIdentityCredential,
 };
-use crate::entra::authority::{AZURE_AUTHORITY_HOST, TenantPolicy};
+use crate::entra::authority::TenantPolicy;
 use crate::error::{ConfigError, CredentialError};
 use crate::token::{AccessToken, TokenRequest};
 use crate::transport::HttpClient;
@@ -1001,7 +1001,7 @@ fn shared_token_cache(
     if let Some(http) = http {
         b = b.http_client(http);
     }
-    b.build_with_env_authority(vars.get(AZURE_AUTHORITY_HOST))
+    b.build_with_vars(vars)
 }
 
 // The tools have their own tenant, authority and cache: of the variables, only
@@ -1480,6 +1480,30 @@ mod tests {
         );
         assert!(err.attempts()[1].is_invalid_request(), "{err}");
         assert!(chain.answered().is_none());
+    }
+
+    /// An `AZURE_AUTHORITY_HOST` that is not Unicode is the shared token cache member's
+    /// build error, naming it (its builder's `build()` refuses it too), not the public cloud.
+    #[test]
+    fn a_shared_token_cache_authority_host_that_is_not_unicode_is_its_build_error() {
+        let vars = Vars::from_os_pairs([(
+            "AZURE_AUTHORITY_HOST",
+            crate::credential::env::not_unicode("https://login.microsoftonline.us/"),
+        )]);
+        let err = shared_token_cache(&vars, None).unwrap_err();
+        assert!(
+            err.message().starts_with("SharedTokenCacheCredential: ")
+                && err
+                    .message()
+                    .contains("AZURE_AUTHORITY_HOST is set to a value that is not valid Unicode"),
+            "{err}"
+        );
+        let vars = Vars::from_pairs([("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us")]);
+        let c = shared_token_cache(&vars, None).unwrap();
+        assert!(
+            format!("{c:?}").contains("login.microsoftonline.us"),
+            "{c:?}"
+        );
     }
 
     /// A member's configuration error already names it: the unavailable error carries the

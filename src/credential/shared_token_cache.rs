@@ -425,9 +425,18 @@ impl SharedTokenCacheCredentialBuilder {
         self
     }
 
-    /// Validates the settings and builds.
+    /// Validates the settings and builds. An `AZURE_AUTHORITY_HOST` that is not Unicode is a
+    /// [`ConfigError`] naming it, unless an authority host was set here.
     pub fn build(self) -> Result<SharedTokenCacheCredential, ConfigError> {
-        let env_authority = self.settings.env_authority(NAME, &Vars::default())?;
+        self.build_with_vars(&Vars::default())
+    }
+
+    /// [`build`](Self::build) with `AZURE_AUTHORITY_HOST` read from `vars` (a chain's).
+    pub(crate) fn build_with_vars(
+        self,
+        vars: &Vars,
+    ) -> Result<SharedTokenCacheCredential, ConfigError> {
+        let env_authority = self.settings.env_authority(NAME, vars)?;
         self.build_with_env_authority(env_authority)
     }
 
