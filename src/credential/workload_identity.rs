@@ -367,6 +367,13 @@ impl WorkloadIdentityCredentialBuilder {
         self
     }
 
+    /// Reads the variables from `vars` as they are (a managed identity's, whose values need
+    /// not be Unicode), not through [`vars`](Self::vars)'s text.
+    pub(crate) fn vars_as_set(mut self, vars: Vars) -> Self {
+        self.vars = vars;
+        self
+    }
+
     /// The tenants of `AZURE_ADDITIONALLY_ALLOWED_TENANTS` (read from `vars`) are allowed
     /// too; a malformed one makes a configured credential invalid, naming the variable.
     pub(crate) fn additionally_allowed_tenants_from_vars(mut self) -> Self {

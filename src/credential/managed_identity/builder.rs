@@ -92,6 +92,13 @@ impl ManagedIdentityCredentialBuilder {
         self
     }
 
+    /// [`vars`](Self::vars) with values as set, Unicode or not.
+    #[cfg(test)]
+    pub(super) fn vars_as_set(mut self, vars: Vars) -> Self {
+        self.vars = vars;
+        self
+    }
+
     /// The HTTP client for token requests. Default: a built-in client that allows plain
     /// `http`, on the IMDS retry schedule for IMDS. A client given here is used as it is: its
     /// retries replace the IMDS schedule of [`ManagedIdentityCredential`], and it must send
@@ -207,7 +214,11 @@ impl ManagedIdentityCredentialBuilder {
     /// Builds; a configuration error is kept for `get_token` to report.
     pub(super) fn build_lenient(self) -> ManagedIdentityCredential {
         let get = |name: &str| self.vars.get(name);
-        let selection = select(&get, !self.no_workload_identity);
+        // Set and not blank, Unicode or not: a token file path need not be Unicode, and an
+        // authority host that is not is the workload identity's error to report, not a reason
+        // to ask IMDS (which answers in an AKS pod as the node's identity).
+        let present = |name: &str| self.vars.get_path(name).is_some();
+        let selection = select(&get, &present, !self.no_workload_identity);
         let source = selection.source;
         let state = self.configure(selection, &get);
         ManagedIdentityCredential {
@@ -421,9 +432,7 @@ impl ManagedIdentityCredentialBuilder {
                 .additionally_allowed_tenants(tenants.clone())
                 .additionally_allowed_tenants_from_vars();
         }
-        if let Some(pairs) = self.vars.pairs() {
-            builder = builder.vars(pairs);
-        }
+        builder = builder.vars_as_set(self.vars.clone());
         if let Some(client) = self
             .workload_http_client
             .as_ref()
@@ -457,9 +466,14 @@ pub(super) struct Selection {
     thumbprint: Option<String>,
 }
 
-/// Picks the source from the variables, in azure-identity's order; `workload_identity`:
-/// whether that source may be picked.
-pub(super) fn select(get: &dyn Fn(&str) -> Option<String>, workload_identity: bool) -> Selection {
+/// Picks the source from the variables, in azure-identity's order; `present`: whether a
+/// variable is set (and not blank), its value Unicode or not; `workload_identity`: whether
+/// that source may be picked.
+pub(super) fn select(
+    get: &dyn Fn(&str) -> Option<String>,
+    present: &dyn Fn(&str) -> bool,
+    workload_identity: bool,
+) -> Selection {
     // Trimmed once: the value sent is the value scrubbed from answers.
     let secret = |name: &'static str| get(name).map(|v| (name, Secret::new(v.trim())));
     let selection = |source, endpoint, secret| Selection {
@@ -516,7 +530,7 @@ pub(super) fn select(get: &dyn Fn(&str) -> Option<String>, workload_identity: bo
         AZURE_TENANT_ID,
         AZURE_FEDERATED_TOKEN_FILE,
     ];
-    if workload_identity && workload.iter().all(|name| get(name).is_some()) {
+    if workload_identity && workload.iter().all(|name| present(name)) {
         // No URL of this credential's: the workload identity credential reads its own.
         return selection(
             ManagedIdentitySource::WorkloadIdentity,

@@ -197,7 +197,10 @@ impl IdParams {
 /// `AZURE_CLIENT_ID`; an object or resource id is a configuration error), and requests are
 /// then the [`WorkloadIdentityCredential`]'s own: its scopes, tenant rules, cache and errors
 /// (reported under this credential's name, with the variables that chose the source; its
-/// tokens carry `WorkloadIdentityCredential`'s). To reach IMDS from such a pod (the node's identities), set
+/// tokens carry `WorkloadIdentityCredential`'s). Its three variables select it when set and
+/// not blank, their values Unicode or not: a token file path need not be Unicode, and an
+/// `AZURE_AUTHORITY_HOST` that is not is that source's error, naming it, rather than a reason
+/// to ask IMDS. To reach IMDS from such a pod (the node's identities), set
 /// [`exclude_workload_identity`](ManagedIdentityCredentialBuilder::exclude_workload_identity).
 /// `DefaultAzureCredential`'s managed identity keeps this source exactly
 /// while the chain's own workload identity member is in it (as azure-identity does), so a pod

@@ -341,6 +341,7 @@ fn secrets_are_trimmed_once_so_the_value_sent_is_the_value_scrubbed() {
             IDENTITY_HEADER => Some(" padded-s3cret \n".to_owned()),
             _ => None,
         },
+        &|name: &str| [IDENTITY_ENDPOINT, IDENTITY_HEADER].contains(&name),
         true,
     )
     .secret
@@ -427,6 +428,49 @@ fn workload_identity_variables_select_the_workload_identity_before_imds() {
             "{err}"
         );
     }
+}
+
+/// A token file path or authority host that is not Unicode is set: the workload identity is
+/// selected (not IMDS, which in an AKS pod answers as the node's identity), the path kept as
+/// set, and the authority host is that source's error naming it.
+#[tokio::test]
+async fn workload_identity_variables_that_are_not_unicode_select_it() {
+    use crate::credential::env::{Vars, not_unicode};
+    use std::ffi::OsString;
+
+    let odd_path = not_unicode("/var/run/secrets/azure/tokens/t\u{f6}ken-");
+    let with = |authority: OsString, file: OsString| {
+        ManagedIdentityCredential::builder().vars_as_set(Vars::from_os_pairs([
+            ("AZURE_AUTHORITY_HOST", authority),
+            ("AZURE_TENANT_ID", "tenant".into()),
+            ("AZURE_FEDERATED_TOKEN_FILE", file),
+            ("AZURE_CLIENT_ID", "cid".into()),
+        ]))
+    };
+    let c = with(
+        "https://login.microsoftonline.com/".into(),
+        odd_path.clone(),
+    )
+    .build()
+    .unwrap();
+    assert_eq!(c.source(), ManagedIdentitySource::WorkloadIdentity);
+    let text = format!("{c:?}");
+    let shown = format!("{:?}", std::path::Path::new(&odd_path));
+    assert!(text.contains(&shown), "{text} lacks {shown}");
+
+    let c = with(
+        not_unicode("https://login.microsoftonline.us/"),
+        "/var/run/secrets/azure/tokens/azure-identity-token".into(),
+    )
+    .build()
+    .unwrap();
+    assert_eq!(c.source(), ManagedIdentitySource::WorkloadIdentity);
+    let err = c.get_token(["https://r.test/.default"]).await.unwrap_err();
+    assert!(
+        err.message()
+            .contains("AZURE_AUTHORITY_HOST is set to a value that is not valid Unicode"),
+        "{err}"
+    );
 }
 
 /// A client built by `HttpClient::builder()` sends https only: given for a plain-http
