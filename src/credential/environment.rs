@@ -518,7 +518,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path =
             std::path::PathBuf::from(not_unicode(&format!("{}/c\u{e9}rt-", dir.path().display())));
-        std::fs::write(&path, "not a certificate").unwrap();
+        // APFS (macOS) refuses a file name that is not UTF-8 (EILSEQ), as may a file system
+        // that keeps names UTF-8 only: the path part then has no file to read.
+        let written = match std::fs::write(&path, "not a certificate") {
+            Ok(()) => true,
+            Err(e) if cfg!(target_os = "macos") || e.kind() == std::io::ErrorKind::InvalidInput => {
+                eprintln!("skipped the non-Unicode certificate path: {e}");
+                false
+            }
+            Err(e) => panic!("{e}"),
+        };
         let pairs = |more: Vec<(&'static str, std::ffi::OsString)>| {
             let mut pairs = vec![
                 (AZURE_TENANT_ID, "t".into()),
@@ -531,14 +540,16 @@ mod tests {
             }
             .build()
         };
-        let c = pairs(vec![(AZURE_CLIENT_CERTIFICATE_PATH, path.clone().into())]);
-        let err = c.get_token(["s"]).await.unwrap_err();
-        assert!(err.is_invalid_request(), "{err}");
-        assert!(
-            err.message().contains(AZURE_CLIENT_CERTIFICATE_PATH)
-                && err.message().contains("not PEM"),
-            "{err}"
-        );
+        if written {
+            let c = pairs(vec![(AZURE_CLIENT_CERTIFICATE_PATH, path.clone().into())]);
+            let err = c.get_token(["s"]).await.unwrap_err();
+            assert!(err.is_invalid_request(), "{err}");
+            assert!(
+                err.message().contains(AZURE_CLIENT_CERTIFICATE_PATH)
+                    && err.message().contains("not PEM"),
+                "{err}"
+            );
+        }
 
         let c = pairs(vec![
             (AZURE_CLIENT_SECRET, "env-secret-value".into()),
