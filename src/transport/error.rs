@@ -130,7 +130,16 @@ impl TransportError {
             return Self::new(kind, summary).with_source(error);
         }
         let tls = source_chain(&error).find_map(rustls_error);
-        let (kind, message) = if let Some(tls) = tls {
+        // A host no certificate can name (a label over 63 characters, say): refused before any
+        // I/O by the TLS connector, as a connect error that would be retried to no end.
+        let bad_name =
+            source_chain(&error).any(|e| e.is::<rustls::pki_types::InvalidDnsNameError>());
+        let (kind, message) = if bad_name {
+            (
+                TransportErrorKind::Tls,
+                "the server's host name is not one a TLS certificate can name (fix the URL)",
+            )
+        } else if let Some(tls) = tls {
             let unknown_issuer = matches!(
                 tls,
                 rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)

@@ -726,7 +726,8 @@ async fn a_407_names_only_known_schemes_never_what_the_proxy_echoes() {
 
 /// A server name TLS cannot check a certificate against (a label over 63 characters) opens no
 /// tunnel: it fails before any I/O, as over a direct connection, and the proxy is not told of
-/// it. Before, the CONNECT went out first, once per attempt.
+/// it. It is final, not a connection failure retried three more times. Before, the CONNECT
+/// went out first, once per attempt.
 #[tokio::test(start_paused = true)]
 async fn a_name_tls_cannot_check_opens_no_tunnel() {
     let authority = Authority::start().await;
@@ -734,6 +735,16 @@ async fn a_name_tls_cannot_check_opens_no_tunnel() {
     let host = format!("https://{}.test", "a".repeat(64));
     let http = http_builder(&authority).proxy(proxy.url());
     let error = get(&host, http).await.unwrap_err();
-    assert!(error.to_string().contains("invalid dns name"), "{error}");
+    // Final, and said so: not a connection failure retried to no end.
+    assert!(
+        !error.is_transient() && !error.is_connect() && !error.to_string().contains("attempts"),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("not one a TLS certificate can name"),
+        "{error}"
+    );
     assert_eq!(proxy.connections(), 0, "{error}");
 }
