@@ -386,20 +386,21 @@ impl Inner {
         }
     }
 
-    /// A re-check of the provisional choice `index` that got no token: the choice stays
-    /// provisional for another interval.
-    fn recheck_failed(&self, index: usize, now: Instant) {
+    /// Ends the re-check of the provisional choice `index` without a new choice: it stays
+    /// provisional, until `until` of the end it had. A re-check that got no token waits
+    /// another interval; one whose call was dropped keeps its end (the next call re-checks).
+    fn end_recheck(&self, index: usize, until: impl FnOnce(Instant) -> Instant) {
         let mut choice = self.choice();
         if let Choice::Provisional {
             index: current,
+            until: end,
             rechecking: true,
-            ..
         } = *choice
         {
             if current == index {
                 *choice = Choice::Provisional {
                     index,
-                    until: recheck_at(now),
+                    until: until(end),
                     rechecking: false,
                 };
             }
@@ -441,23 +442,8 @@ struct Recheck<'a> {
 
 impl Drop for Recheck<'_> {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let mut choice = self.inner.choice();
-        if let Choice::Provisional {
-            index,
-            until,
-            rechecking: true,
-        } = *choice
-        {
-            if index == self.index {
-                *choice = Choice::Provisional {
-                    index,
-                    until,
-                    rechecking: false,
-                };
-            }
+        if self.armed {
+            self.inner.end_recheck(self.index, |end| end);
         }
     }
 }
@@ -523,7 +509,7 @@ impl Service<TokenRequest> for DefaultAzureCredential {
                 }
                 Err(error) => {
                     if let Some(index) = recheck {
-                        inner.recheck_failed(index, now);
+                        inner.end_recheck(index, |_| recheck_at(now));
                     }
                     if let Some(guard) = guard.as_mut() {
                         guard.armed = false;

@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tower_identity::{
     AzureCliCredential, AzureDeveloperCliCredential, CredentialExt, DefaultAzureCredential,
-    DefaultAzureCredentialBuilder, SharedTokenCacheCredential, TokenCachePersistenceOptions,
-    TokenRequest,
+    DefaultAzureCredentialBuilder, Fallback, SharedTokenCacheCredential,
+    TokenCachePersistenceOptions, TokenRequest,
 };
 
 use crate::support::authority::Authority;
@@ -362,12 +362,14 @@ async fn azure_cli_answers_on_a_developer_machine_and_the_chain_sticks_to_it() {
     );
 }
 
-/// Once Azure CLI has answered, the chain asks it alone and its failures are its own, as in
-/// azure-identity (the chosen credential is asked outside `within_dac`): an AADSTS refusal
-/// is *authentication failed*, not *unavailable*, so a fallback after the chain does not
-/// silently answer as another identity.
-#[tokio::test]
-async fn a_chosen_azure_cli_that_fails_stops_a_fallback_after_the_chain() {
+/// A DefaultAzureCredential that has chosen Azure CLI (its `az` in `dir`), and the same with
+/// a fallback after it: another `az` (in `other`, whose `calls` show whether it was asked).
+async fn azure_cli_chosen_before_a_fallback() -> (
+    tempfile::TempDir,
+    tempfile::TempDir,
+    DefaultAzureCredential,
+    Fallback<DefaultAzureCredential, AzureCliCredential>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let imds = format!("http://127.0.0.1:{}", closed_port().await);
     let az = signed_in(dir.path(), "az");
@@ -388,6 +390,16 @@ async fn a_chosen_azure_cli_that_fails_stops_a_fallback_after_the_chain() {
     let token = with_fallback.get_token([SCOPE]).await.unwrap();
     assert_eq!(token.secret().expose_secret(), "az-token");
     assert_eq!(dac.answered(), Some("AzureCliCredential"));
+    (dir, other, dac, with_fallback)
+}
+
+/// Once Azure CLI has answered, the chain asks it alone and its failures are its own, as in
+/// azure-identity (the chosen credential is asked outside `within_dac`): an AADSTS refusal
+/// is *authentication failed*, not *unavailable*, so a fallback after the chain does not
+/// silently answer as another identity.
+#[tokio::test]
+async fn a_chosen_azure_cli_that_fails_stops_a_fallback_after_the_chain() {
+    let (dir, other, dac, with_fallback) = azure_cli_chosen_before_a_fallback().await;
     fake_tool(
         &dir.path().join("az"),
         "az",
@@ -418,26 +430,7 @@ async fn a_chosen_azure_cli_that_fails_stops_a_fallback_after_the_chain() {
 /// service principal answered in its place.
 #[tokio::test]
 async fn a_chosen_azure_cli_that_is_no_longer_signed_in_stops_a_fallback_after_the_chain() {
-    let dir = tempfile::tempdir().unwrap();
-    let imds = format!("http://127.0.0.1:{}", closed_port().await);
-    let az = signed_in(dir.path(), "az");
-    let other = tempfile::tempdir().unwrap();
-    let service_principal = fake_tool(
-        other.path(),
-        "az",
-        r#"now=$(date +%s); printf '{"accessToken":"other-token","expires_on":%s,"tokenType":"Bearer"}\n' $((now + 3600))"#,
-    );
-    let dac = nothing_configured(dir.path(), &imds, &[])
-        .azure_cli_credential(AzureCliCredential::builder().program(&az).build().unwrap())
-        .build()
-        .unwrap();
-    let with_fallback = dac.clone().or(AzureCliCredential::builder()
-        .program(&service_principal)
-        .build()
-        .unwrap());
-    let token = with_fallback.get_token([SCOPE]).await.unwrap();
-    assert_eq!(token.secret().expose_secret(), "az-token");
-    assert_eq!(dac.answered(), Some("AzureCliCredential"));
+    let (dir, other, dac, with_fallback) = azure_cli_chosen_before_a_fallback().await;
     fake_tool(
         &dir.path().join("az"),
         "az",
