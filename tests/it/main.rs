@@ -18,6 +18,7 @@ mod environment;
 mod examples;
 #[cfg(feature = "redis")]
 mod fleet;
+mod http_version;
 #[cfg(all(feature = "keyring", target_os = "linux"))]
 mod keyring;
 mod limits;

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
@@ -67,6 +67,8 @@ pub struct Received {
     /// The request target's path, plus `?query` if the client sent one.
     pub path: String,
     pub method: Method,
+    /// The HTTP version it came over (HTTP/2 when the client took the `h2` ALPN offered).
+    pub version: Version,
     pub headers: HeaderMap,
     /// The decoded `application/x-www-form-urlencoded` body, in the order sent.
     pub form: Vec<(String, String)>,
@@ -86,6 +88,7 @@ impl Received {
             tenant,
             path,
             method: head.method,
+            version: head.version,
             headers: head.headers,
             form: url::form_urlencoded::parse(body).into_owned().collect(),
             at: tokio::time::Instant::now(),
@@ -189,15 +192,28 @@ pub fn error_body(error: &str, code: u32, description: &str) -> String {
 }
 
 impl Authority {
-    /// Binds `127.0.0.1:0` and serves on the current tokio runtime.
+    /// Binds `127.0.0.1:0` and serves on the current tokio runtime, offering ALPN `h2` and
+    /// `http/1.1`.
     pub async fn start() -> Authority {
+        Self::serve(super::tls::pki().server_config()).await
+    }
+
+    /// As [`start`](Self::start), offering only `http/1.1` in ALPN: a server (or TLS front)
+    /// that does not speak HTTP/2.
+    pub async fn start_http1_only() -> Authority {
+        let mut config = (*super::tls::pki().server_config()).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self::serve(Arc::new(config)).await
+    }
+
+    async fn serve(config: Arc<rustls::ServerConfig>) -> Authority {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("authority: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("authority: listener address");
         let (shutdown_tx, shutdown_rx) = watch::channel(());
         let state = Arc::new(State::new(shutdown_rx));
-        let acceptor = TlsAcceptor::from(super::tls::pki().server_config());
+        let acceptor = TlsAcceptor::from(config);
         let handler = {
             let state = Arc::clone(&state);
             move |req| handle(Arc::clone(&state), req)
