@@ -22,7 +22,7 @@ use crate::entra::authority::TenantPolicy;
 use crate::entra::store::TokenStore;
 use crate::entra::token_client::{TokenClient, client_assertion_form};
 use crate::error::{BoxError, Cause, ConfigError, CredentialError};
-use crate::flight::{SingleFlight, WhenAbandoned};
+use crate::flight::{SingleFlight, WhenAbandoned, deferred};
 use crate::redact::{MAX_QUOTED_CHARS, scrub, truncate};
 use crate::token::{AccessToken, Secret, TokenRequest, unix_now};
 
@@ -156,9 +156,9 @@ where
 /// (a token file not rotated yet): that refusal is returned then, nothing sent again, and the
 /// next request asks the source first. Other refusals (an invalid scope, no matching
 /// federated credential) keep the assertion and are not retried. Concurrent callers share
-/// one call of the source, and no lock is held while it runs. A source that fails or panics
-/// makes `get_token` fail with *authentication failed* ("the client assertion callback
-/// failed: …").
+/// one call of the source, and no lock is held while it is called or runs. A source that
+/// fails or panics (as it is called, or in its future) makes `get_token` fail with
+/// *authentication failed* ("the client assertion callback failed: …").
 ///
 /// Tokens are cached in memory per tenant and scope set (CAE and non-CAE apart) and renewed
 /// as [`ClientSecretCredential`](crate::ClientSecretCredential)'s are; with
@@ -180,7 +180,8 @@ pub(crate) struct Inner {
 }
 
 /// A source of assertions inside the crate: errors already say what went wrong, under the
-/// name of the credential using it.
+/// name of the credential using it. Called outside the assertions' lock, a panic as it is
+/// called caught as one in its future is.
 pub(crate) type Fetch = Arc<
     dyn Fn(AssertionRequest) -> BoxFuture<'static, Result<Secret, CredentialError>> + Send + Sync,
 >;
@@ -220,7 +221,8 @@ impl ClientAssertionCredential {
 }
 
 /// Calls the user's source; its error or panic becomes *authentication failed* naming it, the
-/// text scrubbed (a careless source may put a token in its error).
+/// text scrubbed (a careless source may put a token in its error). The source is called inside
+/// the future, so a panic as it is called is caught as one in its future is.
 fn call_source<A: AssertionSource>(
     source: &Arc<A>,
     request: AssertionRequest,
@@ -230,30 +232,33 @@ fn call_source<A: AssertionSource>(
         let outcome = AssertUnwindSafe(async move { source.assertion(request).await })
             .catch_unwind()
             .await;
-        let failed = |what: String| {
-            let text = truncate(&scrub(&what, &[]), MAX_QUOTED_CHARS);
-            Err(CredentialError::authentication_failed(
-                NAME,
-                format!("{CALLBACK} failed: {text}"),
-            ))
-        };
+        let failed = |what: String| Err(source_failed(NAME, CALLBACK, what));
         match outcome {
             Ok(Ok(assertion)) if assertion.expose_secret().trim().is_empty() => {
                 failed("it returned an empty assertion".into())
             }
             Ok(Ok(assertion)) => Ok(assertion),
             Ok(Err(error)) => failed(error_chain(error.as_ref())),
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "(no message)".into());
-                failed(format!("it panicked: {message}"))
-            }
+            Err(panic) => failed(format!("it panicked: {}", panic_text(panic.as_ref()))),
         }
     }
     .boxed()
+}
+
+/// *Authentication failed*: `what` (the source, as errors name it) failed with `text`,
+/// scrubbed and bounded (a careless source may put a token in its error or panic).
+fn source_failed(name: &'static str, what: &str, text: String) -> CredentialError {
+    let text = truncate(&scrub(&text, &[]), MAX_QUOTED_CHARS);
+    CredentialError::authentication_failed(name, format!("{what} failed: {text}"))
+}
+
+/// A panic's message, if it has one of the usual types.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// An error and its sources, `: `-joined.
@@ -427,13 +432,16 @@ impl Assertions {
     }
 
     /// The assertion in hand for the request's endpoint if it is younger than the maximum
-    /// age and the source's assertions are still usable (and `true`: it was in hand); else the result of one call of the source, shared by
-    /// every caller meanwhile. The call runs in its own task (see [`crate::flight`]), which
-    /// stores its assertion: callers that give up do not lose it for the others. A call gets
-    /// [`SOURCE_TIMEOUT`]: a source that never answers would otherwise hold every later
-    /// request to this endpoint in its flight.
+    /// age and the source's assertions are still usable (and `true`: it was in hand); else the
+    /// result of one call of the source, shared by every caller meanwhile. The call runs in its
+    /// own task (see [`crate::flight`]), which stores its assertion: callers that give up do
+    /// not lose it for the others. The flight is recorded under the lock, and the source is
+    /// called once the lock is released ([`deferred`]): a source may work before it returns
+    /// its future (a signer, a user's closure), and neither that nor its future runs under the
+    /// lock. A call gets [`SOURCE_TIMEOUT`]: a source that never answers would otherwise hold
+    /// every later request to this endpoint in its flight.
     async fn get(&self, request: AssertionRequest) -> Result<(Secret, bool), CredentialError> {
-        let flight = {
+        let (flight, made) = {
             let mut held = self.held.lock();
             if let Some((assertion, fetched_at)) = held.get(&request.token_endpoint) {
                 let usable = self.usable_until.is_none_or(|until| unix_now() <= until);
@@ -442,11 +450,11 @@ impl Assertions {
                 }
             }
             match held.running(request.token_endpoint.as_str()) {
-                Some(flight) => flight,
+                Some(flight) => (flight, None),
                 None => {
                     let key = request.token_endpoint.clone();
-                    let call = (self.fetch)(request);
                     let (name, what) = (self.name, self.what);
+                    let (made, call) = deferred::<Secret>(name, what);
                     let asking = async move {
                         // Aged from the moment it was asked for: it cannot be younger than that.
                         let asked_at = Instant::now();
@@ -464,7 +472,7 @@ impl Assertions {
                         }
                     };
                     let max_age = self.max_age;
-                    held.start(
+                    let flight = held.start(
                         key.clone(),
                         WhenAbandoned::RunOn,
                         asking,
@@ -474,11 +482,34 @@ impl Assertions {
                                 assertion
                             })
                         },
-                    )
+                    );
+                    (flight, Some(made))
                 }
             }
         };
+        if let Some(made) = made {
+            made.make(|| self.call(request));
+        }
         flight.await.map(|assertion| (assertion, false))
+    }
+
+    /// Calls the source, outside the lock. A source that panics as it is called (before its
+    /// future) fails the flight as one whose future panics does (see [`call_source`]), rather
+    /// than the caller that started it: the others would get only "its work was never made".
+    fn call(
+        &self,
+        request: AssertionRequest,
+    ) -> BoxFuture<'static, Result<Secret, CredentialError>> {
+        std::panic::catch_unwind(AssertUnwindSafe(|| (self.fetch)(request))).unwrap_or_else(
+            |panic| {
+                let error = source_failed(
+                    self.name,
+                    self.what,
+                    format!("it panicked: {}", panic_text(panic.as_ref())),
+                );
+                futures_util::future::ready(Err(error)).boxed()
+            },
+        )
     }
 
     /// Drops `assertion` if it is still the one in hand for `key`.
@@ -1064,6 +1095,143 @@ mod tests {
             sent(&log).is_empty(),
             "nothing is sent without an assertion"
         );
+    }
+
+    /// A credential of the crate over `fetch` (as workload identity and certificate build
+    /// theirs), its source named as the user's is.
+    fn internal(fetch: Fetch, http: HttpClient) -> ClientAssertionCredential {
+        ClientAssertionCredentialBuilder::internal(
+            NAME,
+            CALLBACK,
+            "contoso".into(),
+            "client".into(),
+            fetch,
+            Settings::default(),
+        )
+        .http_client(http)
+        .build_with_env_authority(None)
+        .unwrap()
+    }
+
+    type Probe = Arc<std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>>;
+
+    /// Whether the credential's assertions lock is taken, once `probe` is set.
+    fn probed(probe: &Probe) -> bool {
+        probe.get().expect("the probe is set before any call")()
+    }
+
+    /// The source may work as it is called, before it returns its future (a signer; a user's
+    /// closure): neither that nor its future runs under the assertions' lock, for a source
+    /// of the crate (`Fetch`) as for the user's.
+    #[tokio::test]
+    async fn the_source_is_called_and_runs_outside_the_assertions_lock() {
+        let (_log, http) = entra();
+        let probe = Probe::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let fetch: Fetch = {
+            let (probe, seen) = (Arc::clone(&probe), Arc::clone(&seen));
+            Arc::new(move |_request| {
+                seen.lock().unwrap().push(("called", probed(&probe)));
+                let (probe, seen) = (Arc::clone(&probe), Arc::clone(&seen));
+                async move {
+                    seen.lock().unwrap().push(("running", probed(&probe)));
+                    Ok(Secret::new("assertion"))
+                }
+                .boxed()
+            })
+        };
+        let c = internal(fetch, http.clone());
+        let _ = probe.set(Box::new(c.inner.assertions.held.lock_probe()));
+        let token = c.get_token([SCOPE]).await.unwrap();
+        assert_eq!(token.secret().expose_secret(), "token-for-assertion");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [("called", false), ("running", false)],
+            "(step, lock taken)"
+        );
+
+        // The user's closure, through the public builder.
+        let probe = Probe::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let source = {
+            let (probe, seen) = (Arc::clone(&probe), Arc::clone(&seen));
+            move || {
+                seen.lock().unwrap().push(probed(&probe));
+                async { Ok::<_, BoxError>("assertion") }
+            }
+        };
+        let c = build(source, http);
+        let _ = probe.set(Box::new(c.inner.assertions.held.lock_probe()));
+        c.get_token([SCOPE]).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), [false], "lock taken as it is called");
+    }
+
+    /// A source that panics as it is called, before it returns a future, fails every caller
+    /// of its flight as one panicking in its future does (authentication failed naming it),
+    /// and the next request calls it anew: for the user's closure as for a source of the
+    /// crate.
+    #[tokio::test(start_paused = true)]
+    async fn a_source_panicking_as_it_is_called_fails_its_flight_and_not_the_next() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let fetch: Fetch = Arc::new(move |_request| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            if n == 1 {
+                panic!("the signer exploded at once");
+            }
+            async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok(Secret::new(format!("assertion-{n}")))
+            }
+            .boxed()
+        });
+        let counter = Arc::clone(&calls);
+        let source = move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            if n == 1 {
+                panic!("the signer exploded at once");
+            }
+            async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok::<_, BoxError>(format!("assertion-{n}"))
+            }
+        };
+        let (_log, http) = entra();
+        for c in [internal(fetch, http.clone()), build(source, http)] {
+            calls.store(0, Ordering::SeqCst);
+            // Distinct scopes: concurrent token requests sharing the one call of the source.
+            let requests = (0..3).map(|n| c.get_token([format!("https://r{n}.test/.default")]));
+            for result in futures_util::future::join_all(requests).await {
+                let err = result.unwrap_err();
+                assert!(err.is_authentication_failed(), "{err}");
+                assert_eq!(err.credential(), NAME);
+                assert_eq!(
+                    err.message(),
+                    "the client assertion callback failed: it panicked: the signer exploded \
+                     at once"
+                );
+            }
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "one call, shared");
+            let token = c.get_token([SCOPE]).await.unwrap();
+            assert_eq!(token.secret().expose_secret(), "token-for-assertion-2");
+            assert_eq!(calls.load(Ordering::SeqCst), 2);
+        }
+    }
+
+    /// Callers that give up before the source answers do not lose its assertion: it is kept
+    /// for the next request, which does not call the source again.
+    #[tokio::test(start_paused = true)]
+    async fn an_assertion_is_kept_when_every_caller_gave_up() {
+        let (calls, source) = counting();
+        let (_log, http) = entra();
+        let c = build(source, http);
+        let gave_up = tokio::time::timeout(Duration::from_millis(1), c.assertion_for("contoso"));
+        assert!(gave_up.await.is_err(), "the source takes 10ms");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(c.inner.assertions.held.lock().len(), 1);
+        let assertion = c.assertion_for("contoso").await.unwrap();
+        assert_eq!(assertion.expose_secret(), "assertion-1");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
