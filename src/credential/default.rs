@@ -12,6 +12,7 @@ use tower_service::Service;
 use super::chain::first_token;
 use super::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_USERNAME, Vars};
 use super::managed_identity::{ManagedIdentityCredential, UserAssignedId, check_label};
+use super::settings::vars_setters;
 use super::{
     AzureCliCredential, AzureDeveloperCliCredential, BoxCredential, CredentialFuture,
     EnvironmentCredential, SharedTokenCacheCredential, TokenCredential, WorkloadIdentityCredential,
@@ -709,25 +710,15 @@ impl DefaultAzureCredentialBuilder {
         self
     }
 
-    /// Reads the environment variables from these pairs instead of the process
-    /// environment (for tests, or configuration that comes from elsewhere).
-    ///
-    /// These are azure-identity's variables (the [`DefaultAzureCredential`] docs list them).
-    /// What locates the developer's own sign-ins stays the process's: the shared token cache
-    /// is found under the process's `HOME`, and `az` and `azd` run with its `PATH` and `HOME`.
-    /// To point them elsewhere, give the chain a
-    /// [`shared_token_cache_credential`](Self::shared_token_cache_credential) with a
-    /// [`directory`](crate::TokenCachePersistenceOptions::directory), or tool credentials of
-    /// your own.
-    pub fn vars<I, K, V>(mut self, vars: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        self.vars = Vars::from_pairs(vars);
-        self
-    }
+    vars_setters!(vars;
+        /// These are azure-identity's variables (the [`DefaultAzureCredential`] docs list them).
+        /// What locates the developer's own sign-ins stays the process's: the shared token cache
+        /// is found under the process's `HOME`, and `az` and `azd` run with its `PATH` and `HOME`.
+        /// To point them elsewhere, give the chain a
+        /// [`shared_token_cache_credential`](Self::shared_token_cache_credential) with a
+        /// [`directory`](crate::TokenCachePersistenceOptions::directory), or tool credentials of
+        /// your own.
+    );
 
     /// Use this [`SharedTokenCacheCredential`] (another cache file, username or tenant).
     pub fn shared_token_cache_credential(mut self, credential: SharedTokenCacheCredential) -> Self {
@@ -850,16 +841,15 @@ impl DefaultAzureCredentialBuilder {
         imds_alone: bool,
         with_workload: bool,
     ) -> Result<Built, ConfigError> {
-        let vars = self.vars.pairs();
+        // `vars` is handed on as set (`vars_as_set`): a value that is not Unicode, such as a
+        // token file's path, must reach the member as it is, not as text with U+FFFD in it.
         let http = self.http_client.clone();
         let shared = self.distributed.clone();
         match member {
             Member::Environment => {
                 let mut b = EnvironmentCredential::builder()
+                    .vars_as_set(self.vars.clone())
                     .additionally_allowed_tenants(self.additionally_allowed_tenants.clone());
-                if let Some(vars) = vars {
-                    b = b.vars(vars);
-                }
                 if let Some(http) = http {
                     b = b.http_client(http);
                 }
@@ -872,6 +862,7 @@ impl DefaultAzureCredentialBuilder {
                 // With those of AZURE_ADDITIONALLY_ALLOWED_TENANTS from `vars`, which the .NET
                 // SDK gives all its members (the environment member reads it itself).
                 let mut b = WorkloadIdentityCredential::builder()
+                    .vars_as_set(self.vars.clone())
                     .additionally_allowed_tenants(self.additionally_allowed_tenants.clone())
                     .additionally_allowed_tenants_from_vars();
                 if let Some(id) = self.workload_client_id() {
@@ -879,9 +870,6 @@ impl DefaultAzureCredentialBuilder {
                 }
                 if let Some(tenant) = self.workload_identity_tenant_id.clone() {
                     b = b.tenant_id(tenant);
-                }
-                if let Some(vars) = vars {
-                    b = b.vars(vars);
                 }
                 if let Some(http) = http {
                     b = b.http_client(http);
@@ -906,15 +894,13 @@ impl DefaultAzureCredentialBuilder {
                 // Without the member (excluded, or this one named alone), the workload
                 // identity variables select nothing and the host's managed identity is used.
                 let mut b = ManagedIdentityCredential::builder()
+                    .vars_as_set(self.vars.clone())
                     .exclude_workload_identity(!with_workload)
                     .workload_identity_allowed_tenants(self.additionally_allowed_tenants.clone());
                 // Asked by this chain, it probes IMDS as in any chain; named alone, it has
                 // nothing to fall back to.
                 if imds_alone {
                     b = b.probe_imds(false);
-                }
-                if let Some(vars) = vars {
-                    b = b.vars(vars);
                 }
                 // Its workload identity source asks Microsoft Entra ID as the workload identity
                 // member does, so through the same client (a proxy, custom roots); its own
@@ -1362,6 +1348,96 @@ mod tests {
             "{err}"
         );
         assert_eq!(authority.requests().len(), 2);
+    }
+
+    /// The chain hands its `vars` to its members as set, not as text: a token file path that
+    /// is not Unicode reaches the workload identity member and the managed identity's workload
+    /// identity source as it is (each reads the file there and gets a token), and an authority
+    /// host that is not Unicode is each service member's error naming the variable, not a
+    /// host with U+FFFD in it (which here would reach the loopback authority).
+    #[tokio::test]
+    async fn values_that_are_not_unicode_reach_the_members_as_set() {
+        use crate::credential::env::not_unicode;
+        use crate::test_support::authority::Authority;
+        use std::ffi::OsString;
+        use tower::ServiceExt;
+
+        let authority = Authority::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let odd = std::path::PathBuf::from(not_unicode(&format!(
+            "{}/t\u{f6}ken-",
+            dir.path().display()
+        )));
+        // APFS (macOS) refuses a file name that is not UTF-8 (EILSEQ), as may a file system
+        // that keeps names UTF-8 only: the path part then has no file to read.
+        let written = match std::fs::write(&odd, "projected-service-account-token") {
+            Ok(()) => true,
+            Err(e) if cfg!(target_os = "macos") || e.kind() == std::io::ErrorKind::InvalidInput => {
+                eprintln!("skipped the non-Unicode token file path: {e}");
+                false
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let chain = |host: OsString| {
+            let http = HttpClient::builder()
+                .add_root_certificates_pem(authority.ca_pem())
+                .build()
+                .unwrap();
+            DefaultAzureCredential::builder()
+                .vars_as_set(Vars::from_os_pairs([
+                    ("AZURE_AUTHORITY_HOST", host),
+                    ("AZURE_TENANT_ID", "contoso".into()),
+                    ("AZURE_CLIENT_ID", "workload-app".into()),
+                    ("AZURE_CLIENT_SECRET", "env-secret-value".into()),
+                    ("AZURE_FEDERATED_TOKEN_FILE", odd.clone().into_os_string()),
+                ]))
+                .http_client(http)
+                .build()
+                .unwrap()
+        };
+        let member = |chain: &DefaultAzureCredential, name: &str| {
+            let found = chain.inner.members.iter().find(|m| m.name() == name);
+            found.cloned().unwrap()
+        };
+        let request = || TokenRequest::new(["https://resource.test/.default"]);
+
+        if written {
+            let chain = chain(authority.url().into());
+            for (n, name) in [
+                (1, "WorkloadIdentityCredential"),
+                (2, "ManagedIdentityCredential"),
+            ] {
+                let token = member(&chain, name)
+                    .oneshot(request())
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert!(!token.secret().expose_secret().is_empty());
+                let sent = authority.requests();
+                assert_eq!(sent.len(), n, "{sent:?}");
+                assert_eq!(
+                    sent[n - 1].field("client_assertion"),
+                    Some("projected-service-account-token"),
+                    "{name}"
+                );
+            }
+        }
+
+        let before = authority.requests().len();
+        let chain = chain(not_unicode(&format!("{}/", authority.url())));
+        for name in [
+            "EnvironmentCredential",
+            "WorkloadIdentityCredential",
+            "ManagedIdentityCredential",
+        ] {
+            let err = member(&chain, name).oneshot(request()).await.unwrap_err();
+            assert!(
+                err.message()
+                    .contains("AZURE_AUTHORITY_HOST is set to a value that is not valid Unicode"),
+                "{name}: {err}"
+            );
+            assert!(!format!("{err} {err:?}").contains("env-secret-value"));
+        }
+        assert_eq!(authority.requests().len(), before);
     }
 
     /// The managed identity's own endpoints keep its built-in client: the chain's sends https

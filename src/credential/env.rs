@@ -1,7 +1,8 @@
 //! The environment variables credentials read, and where they are read from: the process
 //! environment, or the pairs a builder was given with `vars(…)` instead (tests,
-//! configuration that comes from elsewhere). Each builder with a `vars` setter writes it out
-//! with the same doc text, storing `Vars::from_pairs`.
+//! configuration that comes from elsewhere). Each builder with a `vars` setter has it from
+//! `settings::vars_setters`, storing `Vars::from_pairs`, and a `vars_as_set` taking a `Vars`
+//! as it is: a chain hands its own on that way, values not Unicode kept.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -48,17 +49,6 @@ impl Vars {
         Self(Some(Arc::new(
             vars.into_iter().map(|(k, v)| (k.into(), v)).collect(),
         )))
-    }
-
-    /// The pairs given instead of the process environment, to hand to another builder's
-    /// `vars`; `None` for the process environment. Values that are not Unicode, which only
-    /// [`from_os_pairs`](Self::from_os_pairs) gives, are converted lossily.
-    pub(crate) fn pairs(&self) -> Option<Vec<(String, String)>> {
-        self.0.as_ref().map(|vars| {
-            vars.iter()
-                .map(|(k, v)| (k.clone(), v.to_string_lossy().into_owned()))
-                .collect()
-        })
     }
 
     /// The variable's value as set.

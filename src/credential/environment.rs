@@ -10,6 +10,7 @@ use tower_service::Service;
 use super::env::{
     AZURE_ADDITIONALLY_ALLOWED_TENANTS, AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_USERNAME, Vars,
 };
+use super::settings::vars_setters;
 use super::{
     CertificateSource, ClientCertificateCredential, ClientSecretCredential, CredentialFuture,
 };
@@ -193,17 +194,7 @@ impl EnvironmentCredentialBuilder {
         self
     }
 
-    /// Reads the environment variables from these pairs instead of the process
-    /// environment (for tests, or configuration that comes from elsewhere).
-    pub fn vars<I, K, V>(mut self, vars: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        self.vars = Vars::from_pairs(vars);
-        self
-    }
+    vars_setters!(vars);
 
     /// Reads the variables and builds. Never fails: a missing or invalid configuration is
     /// reported by `get_token`, so the credential can sit in a chain.

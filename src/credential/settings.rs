@@ -3,7 +3,8 @@
 //!
 //! The builders' public setters of these are written once, by [`settings_setters`]; a builder
 //! whose credential uses a value differently writes that setter by hand, opening with the
-//! same doc text and adding what differs.
+//! same doc text and adding what differs. The `vars` setter is written once too, by
+//! [`vars_setters`], with a builder's own paragraph after the shared text when it has one.
 
 use std::fmt;
 
@@ -240,6 +241,39 @@ macro_rules! settings_setters {
 }
 pub(crate) use settings_setters;
 
+/// Writes, inside a builder's `impl`, its public `vars` setter, with the one doc text it has on
+/// every builder, and the crate's `vars_as_set`, which takes a [`Vars`] as it is (another
+/// builder's, handed on with values that need not be Unicode, which the public setter's text
+/// cannot carry): `vars_setters!(vars);`, where `vars` is the path of the builder's `Vars`
+/// field. Doc comments after another `;` are a paragraph of their own after that text (what
+/// the variables mean to that builder).
+macro_rules! vars_setters {
+    ($($f:ident).+ $(; $(#[$extra:meta])+)?) => {
+        /// Reads the environment variables from these pairs instead of the process
+        /// environment (for tests, or configuration that comes from elsewhere).
+        $(
+            ///
+            $(#[$extra])+
+        )?
+        pub fn vars<I, K, V>(self, vars: I) -> Self
+        where
+            I: IntoIterator<Item = (K, V)>,
+            K: Into<String>,
+            V: Into<String>,
+        {
+            self.vars_as_set($crate::credential::env::Vars::from_pairs(vars))
+        }
+
+        /// [`vars`](Self::vars) with values as set, Unicode or not (a chain hands its own on
+        /// so); `Vars::default()` is the process environment, as when neither is called.
+        pub(crate) fn vars_as_set(mut self, vars: $crate::credential::env::Vars) -> Self {
+            self.$($f).+ = vars;
+            self
+        }
+    };
+}
+pub(crate) use vars_setters;
+
 /// The in-memory token cache of the credential `name`, over `distributed` when given: its
 /// entries are keyed by `authority` (the normalised authority URL, or where a token source
 /// without one is), the `client_id` and the `identity` (the credential's name, and which
@@ -389,7 +423,9 @@ mod tests {
         }
     }
 
-    /// The doc comment right above each `pub fn {name}`, joined into one line.
+    /// The doc comment right above each `pub fn {name}`, joined into one line: attributes
+    /// and a macro's repetition marks in between are passed over (`vars_setters`'s optional
+    /// paragraph, which follows the opening, is taken as part of the doc).
     fn docs_of(text: &str, name: &str) -> Vec<String> {
         let lines: Vec<&str> = text.lines().collect();
         let signature = format!("pub fn {name}(");
@@ -404,6 +440,11 @@ mod tests {
                 .iter()
                 .rev()
                 .map(|l| l.trim_start())
+                .filter(|l| {
+                    !(l.starts_with("#[")
+                        || l.starts_with("$(")
+                        || matches!(*l, ")?" | ")*" | ")+"))
+                })
                 .take_while(|l| l.starts_with("///"))
                 .map(|l| l.trim_start_matches("///").trim())
                 .collect();
@@ -413,12 +454,16 @@ mod tests {
         found
     }
 
-    /// The setters that the `settings_setters!(field; setters)` calls in `text` write.
+    /// The setters that the `settings_setters!(field; setters)` and `vars_setters!(field)`
+    /// calls in `text` write.
     fn generated(text: &str) -> impl Iterator<Item = &str> {
-        text.split("settings_setters!(")
+        let settings = text
+            .split("settings_setters!(")
             .skip(1)
             .filter_map(|call| call.split_once(')')?.0.split_once(';'))
-            .flat_map(|(_, setters)| setters.split(',').map(str::trim))
+            .flat_map(|(_, setters)| setters.split(',').map(str::trim));
+        let vars = text.matches("vars_setters!(").map(|_| "vars");
+        settings.chain(vars)
     }
 
     #[test]

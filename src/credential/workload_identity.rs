@@ -12,7 +12,7 @@ use super::client_assertion::{
     ClientAssertionCredential, ClientAssertionCredentialBuilder, DEFAULT_MAX_ASSERTION_AGE, Fetch,
 };
 use super::env::{AZURE_ADDITIONALLY_ALLOWED_TENANTS, AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
-use super::settings::{Settings, settings_setters};
+use super::settings::{Settings, settings_setters, vars_setters};
 use super::{CredentialExt, arc_credential_service};
 use crate::blocking_read::{OneRead, READ_TIMEOUT, ReadFailure};
 use crate::entra::authority::{Authority, validate_tenant_id};
@@ -355,24 +355,7 @@ impl WorkloadIdentityCredentialBuilder {
         self
     }
 
-    /// Reads the environment variables from these pairs instead of the process
-    /// environment (for tests, or configuration that comes from elsewhere).
-    pub fn vars<I, K, V>(mut self, vars: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        self.vars = Vars::from_pairs(vars);
-        self
-    }
-
-    /// Reads the variables from `vars` as they are (a managed identity's, whose values need
-    /// not be Unicode), not through [`vars`](Self::vars)'s text.
-    pub(crate) fn vars_as_set(mut self, vars: Vars) -> Self {
-        self.vars = vars;
-        self
-    }
+    vars_setters!(vars);
 
     /// The tenants of `AZURE_ADDITIONALLY_ALLOWED_TENANTS` (read from `vars`) are allowed
     /// too; a malformed one makes a configured credential invalid, naming the variable.

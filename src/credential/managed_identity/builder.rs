@@ -16,7 +16,7 @@ use super::{
 };
 use crate::WorkloadIdentityCredential;
 use crate::credential::env::{AZURE_CLIENT_ID, AZURE_TENANT_ID, Vars};
-use crate::credential::settings::token_cache;
+use crate::credential::settings::{token_cache, vars_setters};
 use crate::credential::workload_identity::AZURE_FEDERATED_TOKEN_FILE;
 use crate::entra::authority::AZURE_AUTHORITY_HOST;
 use crate::error::ConfigError;
@@ -80,24 +80,7 @@ impl ManagedIdentityCredentialBuilder {
         self
     }
 
-    /// Reads the environment variables from these pairs instead of the process
-    /// environment (for tests, or configuration that comes from elsewhere).
-    pub fn vars<I, K, V>(mut self, vars: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        self.vars = Vars::from_pairs(vars);
-        self
-    }
-
-    /// [`vars`](Self::vars) with values as set, Unicode or not.
-    #[cfg(test)]
-    pub(super) fn vars_as_set(mut self, vars: Vars) -> Self {
-        self.vars = vars;
-        self
-    }
+    vars_setters!(vars);
 
     /// The HTTP client for token requests. Default: a built-in client that allows plain
     /// `http`, on the IMDS retry schedule for IMDS. A client given here is used as it is: its
