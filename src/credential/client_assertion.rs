@@ -180,8 +180,9 @@ pub(crate) struct Inner {
 }
 
 /// A source of assertions inside the crate: errors already say what went wrong, under the
-/// name of the credential using it. Called outside the assertions' lock, a panic as it is
-/// called caught as one in its future is.
+/// name of the credential using it. Called in the flight's task, outside the assertions'
+/// lock; a panic as it is called or in its future fails the flight alike (see
+/// [`Assertions::call`]).
 pub(crate) type Fetch = Arc<
     dyn Fn(AssertionRequest) -> BoxFuture<'static, Result<Secret, CredentialError>> + Send + Sync,
 >;
@@ -220,26 +221,22 @@ impl ClientAssertionCredential {
     }
 }
 
-/// Calls the user's source; its error or panic becomes *authentication failed* naming it, the
-/// text scrubbed (a careless source may put a token in its error). The source is called inside
-/// the future, so a panic as it is called is caught as one in its future is.
+/// Calls the user's source; its error becomes *authentication failed* naming it, the text
+/// scrubbed (a careless source may put a token in its error). Its panics are caught by
+/// [`Assertions::call`], as every source's are.
 fn call_source<A: AssertionSource>(
     source: &Arc<A>,
     request: AssertionRequest,
 ) -> BoxFuture<'static, Result<Secret, CredentialError>> {
     let source = Arc::clone(source);
     async move {
-        let outcome = AssertUnwindSafe(async move { source.assertion(request).await })
-            .catch_unwind()
-            .await;
         let failed = |what: String| Err(source_failed(NAME, CALLBACK, what));
-        match outcome {
-            Ok(Ok(assertion)) if assertion.expose_secret().trim().is_empty() => {
+        match source.assertion(request).await {
+            Ok(assertion) if assertion.expose_secret().trim().is_empty() => {
                 failed("it returned an empty assertion".into())
             }
-            Ok(Ok(assertion)) => Ok(assertion),
-            Ok(Err(error)) => failed(error_chain(error.as_ref())),
-            Err(panic) => failed(format!("it panicked: {}", panic_text(panic.as_ref()))),
+            Ok(assertion) => Ok(assertion),
+            Err(error) => failed(error_chain(error.as_ref())),
         }
     }
     .boxed()
@@ -493,23 +490,29 @@ impl Assertions {
         flight.await.map(|assertion| (assertion, false))
     }
 
-    /// Calls the source, outside the lock. A source that panics as it is called (before its
-    /// future) fails the flight as one whose future panics does (see [`call_source`]), rather
-    /// than the caller that started it: the others would get only "its work was never made".
+    /// The flight's work: calls the source in the flight's task, outside the lock. A panic as
+    /// it is called or in its future fails the flight with *authentication failed* (every
+    /// waiter gets it, not only the caller that started it). The payload is forgotten, not
+    /// dropped: a payload whose drop panics would otherwise escape this catch.
     fn call(
         &self,
         request: AssertionRequest,
     ) -> BoxFuture<'static, Result<Secret, CredentialError>> {
-        std::panic::catch_unwind(AssertUnwindSafe(|| (self.fetch)(request))).unwrap_or_else(
-            |panic| {
-                let error = source_failed(
-                    self.name,
-                    self.what,
-                    format!("it panicked: {}", panic_text(panic.as_ref())),
-                );
-                futures_util::future::ready(Err(error)).boxed()
-            },
-        )
+        let (fetch, name, what) = (Arc::clone(&self.fetch), self.name, self.what);
+        async move {
+            match AssertUnwindSafe(async move { fetch(request).await })
+                .catch_unwind()
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(panic) => {
+                    let text = panic_text(panic.as_ref());
+                    std::mem::forget(panic);
+                    Err(source_failed(name, what, format!("it panicked: {text}")))
+                }
+            }
+        }
+        .boxed()
     }
 
     /// Drops `assertion` if it is still the one in hand for `key`.
@@ -1215,6 +1218,58 @@ mod tests {
             let token = c.get_token([SCOPE]).await.unwrap();
             assert_eq!(token.secret().expose_secret(), "token-for-assertion-2");
             assert_eq!(calls.load(Ordering::SeqCst), 2);
+        }
+    }
+
+    /// A crate source whose future panics, or whose panic's payload panics when dropped,
+    /// fails its flight as a call-time panic does: every waiter gets *authentication failed*,
+    /// none "did not finish", and the next request calls the source again.
+    #[tokio::test]
+    async fn a_panic_in_a_sources_future_or_one_whose_payload_panics_on_drop_fails_alike() {
+        struct PanicsOnDrop;
+        impl Drop for PanicsOnDrop {
+            fn drop(&mut self) {
+                panic!("a payload whose drop panics");
+            }
+        }
+        for in_future in [true, false] {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let counter = Arc::clone(&calls);
+            let fetch: Fetch = Arc::new(move |_request| {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                if n == 1 && !in_future {
+                    std::panic::panic_any(PanicsOnDrop);
+                }
+                async move {
+                    if n == 1 {
+                        panic!("the signer exploded later");
+                    }
+                    Ok(Secret::new(format!("assertion-{n}")))
+                }
+                .boxed()
+            });
+            let (_log, http) = entra();
+            let c = internal(fetch, http);
+            let requests = (0..3).map(|n| c.get_token([format!("https://r{n}.test/.default")]));
+            for result in futures_util::future::join_all(requests).await {
+                let err = result.unwrap_err();
+                assert!(
+                    err.is_authentication_failed() && !err.is_unfinished(),
+                    "{err}"
+                );
+                let expected = if in_future {
+                    "the signer exploded later"
+                } else {
+                    "(no message)"
+                };
+                assert_eq!(
+                    err.message(),
+                    format!("the client assertion callback failed: it panicked: {expected}")
+                );
+            }
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "one call, shared");
+            let token = c.get_token([SCOPE]).await.unwrap();
+            assert_eq!(token.secret().expose_secret(), "token-for-assertion-2");
         }
     }
 
