@@ -95,8 +95,8 @@ pub use error::TransportError;
 pub(crate) use error::{Attempts, TransportErrorKind};
 pub use retry::RetryOptions;
 pub(crate) use retry::{
-    BeforeRetry, MAX_RETRY_AFTER, SingleUse, is_imds_retryable_status, is_retryable_status,
-    retry_after,
+    Answered, BeforeRetry, MAX_RETRY_AFTER, SingleUse, is_imds_retryable_status,
+    is_retryable_status, retry_after,
 };
 pub use roots::Roots;
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, StatusCode};
 use tower::ServiceExt;
@@ -152,6 +153,37 @@ impl BeforeRetry {
     }
 }
 
+/// A request extension: an answer the request already got from its endpoint through another
+/// client (IMDS's quick token request, sent with the probe's client and no retries, that found
+/// IMDS busy after all). The retry loop takes it as its first attempt's outcome instead of
+/// sending: whether and when the request goes again (its `Retry-After` within
+/// `max_retry_after` and the deadline, or the backoff), the report to [`BeforeRetry`] before the
+/// wait, and the outcome when it is not waited out (this answer) are the loop's, as for any
+/// answer it retries. A client without this retry loop sends the request as it is.
+#[derive(Clone, Debug)]
+pub(crate) struct Answered {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answered {
+    pub(crate) fn new(status: StatusCode, headers: HeaderMap, body: Bytes) -> Self {
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn into_response(self) -> HttpResponse {
+        let mut response = http::Response::new(self.body);
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        response
+    }
+}
+
 /// The default client's retries and total deadline, around hyper-util.
 #[derive(Clone)]
 pub(super) struct Retrying {
@@ -180,15 +212,23 @@ impl Service<HttpRequest> for Retrying {
             let mut policy = RetryPolicy::new(options);
             policy.single_use = request.extensions().get::<SingleUse>().is_some();
             let before_retry = request.extensions().get::<BeforeRetry>().cloned();
+            let mut answered = request
+                .extensions()
+                .get::<Answered>()
+                .cloned()
+                .map(Answered::into_response);
             let mut attempts = 0u32;
             loop {
                 attempts = attempts.saturating_add(1);
-                let attempt = leaf.clone().oneshot(clone_request(&request));
-                let result = match deadline {
-                    Some((at, limit)) => tokio::time::timeout_at(at, attempt)
-                        .await
-                        .unwrap_or_else(|_| Err(TransportError::deadline(limit).into())),
-                    None => attempt.await,
+                let result = match (answered.take(), deadline) {
+                    (Some(answer), _) => Ok(answer),
+                    (None, Some((at, limit))) => {
+                        let attempt = leaf.clone().oneshot(clone_request(&request));
+                        tokio::time::timeout_at(at, attempt)
+                            .await
+                            .unwrap_or_else(|_| Err(TransportError::deadline(limit).into()))
+                    }
+                    (None, None) => leaf.clone().oneshot(clone_request(&request)).await,
                 };
                 let before_deadline = |wait: Duration| {
                     deadline.is_none_or(|(at, _)| {

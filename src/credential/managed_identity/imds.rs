@@ -17,7 +17,7 @@ use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
 use crate::error::{Cause, CredentialError};
 use crate::token::AccessToken;
 use crate::transport::{
-    BeforeRetry, HttpClient, RetryOptions, TransportErrorKind, is_imds_retryable_status,
+    Answered, BeforeRetry, HttpClient, RetryOptions, TransportErrorKind, is_imds_retryable_status,
 };
 
 const SOURCE: ManagedIdentitySource = ManagedIdentitySource::Imds;
@@ -216,20 +216,23 @@ impl Imds {
         };
         let mut answer = match quick {
             Some((http, started)) => {
-                self.send(http, resource, in_chain, Some(started), &report)
+                self.send(http, resource, in_chain, Some(started), None, &report)
                     .await?
             }
             None => {
-                self.send(&self.http, resource, in_chain, None, &report)
+                self.send(&self.http, resource, in_chain, None, None, &report)
                     .await?
             }
         };
-        if quick.is_some() && is_json(&answer.body) && is_imds_retryable_status(answer.status) {
+        if quick.is_some() && is_busy(&answer) {
             // IMDS after all (its JSON), busy: a 410 while it is updated, a 429, a 5xx. It is
-            // there, so its whole retry schedule, as when the probe has its JSON.
+            // there, so its whole retry schedule, as when the probe has its JSON. The schedule
+            // starts from this answer, as from its own first one: a `Retry-After` is reported
+            // (remembered, so the credential's other requests are refused throttled meanwhile)
+            // and waited out before the request goes again, or, too long, ends it.
             self.answered.store(true, Ordering::Release);
             answer = self
-                .send(&self.http, resource, in_chain, None, &report)
+                .send(&self.http, resource, in_chain, None, Some(&answer), &report)
                 .await?;
         }
         if let Some(error) = docker_desktop(&answer) {
@@ -288,7 +291,8 @@ impl Imds {
     }
 
     /// Sends the token request through `http` (when `probed`, within what is left of the
-    /// budget of the probe started then); a request that got no answer is an error as
+    /// budget of the probe started then; `after` an answer it already got, which the retry
+    /// loop takes as its first: see [`Answered`]); a request that got no answer is an error as
     /// [`token`](Self::token) reports it.
     async fn send(
         &self,
@@ -296,9 +300,17 @@ impl Imds {
         resource: &str,
         in_chain: bool,
         probed: Option<Instant>,
+        after: Option<&Answer>,
         report: &BeforeRetry,
     ) -> Result<Answer, CredentialError> {
-        let request = request::reporting(self.request(resource, true)?, report);
+        let mut request = request::reporting(self.request(resource, true)?, report);
+        if let Some(answer) = after {
+            request.extensions_mut().insert(Answered::new(
+                answer.status,
+                answer.headers.clone(),
+                answer.body.clone(),
+            ));
+        }
         let sent = request::send(http, SOURCE, request, &[]);
         let sent = match probed {
             Some(started) => {
@@ -523,6 +535,13 @@ fn misconfigured(error: &CredentialError) -> Option<CredentialError> {
 /// not kept.
 fn is_json(body: &[u8]) -> bool {
     serde_json::from_slice::<std::collections::HashMap<String, serde::de::IgnoredAny>>(body).is_ok()
+}
+
+/// IMDS's own answer (JSON) with a status its retry schedule retries: IMDS is there but busy
+/// (a 410 while it is updated, a 429, a 5xx), and the request is to go on its retry schedule,
+/// starting from this answer as from its first ([`Answered`]).
+fn is_busy(answer: &Answer) -> bool {
+    is_json(&answer.body) && is_imds_retryable_status(answer.status)
 }
 
 /// Docker Desktop answers 403 with "A socket operation was attempted to an unreachable

@@ -10,7 +10,7 @@ use http_body_util::Full;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use super::{BeforeRetry, RetryOptions};
+use super::{Answered, BeforeRetry, RetryOptions};
 use crate::test_support::authority::{Authority, Fault};
 use crate::transport::{HttpClient, HttpResponse};
 
@@ -44,12 +44,25 @@ fn client(authority: &Authority, retry: RetryOptions) -> HttpClient {
 
 /// Sends one token request carrying `hook`; the final status, or `None` for an error.
 async fn send(authority: &Authority, client: &HttpClient, hook: &BeforeRetry) -> Option<u16> {
+    send_after(authority, client, hook, None).await
+}
+
+/// [`send`], the request carrying `answered` (an answer it already got) if any.
+async fn send_after(
+    authority: &Authority,
+    client: &HttpClient,
+    hook: &BeforeRetry,
+    answered: Option<Answered>,
+) -> Option<u16> {
     let mut request = http::Request::post(format!("{}/contoso/oauth2/v2.0/token", authority.url()))
         .body(Full::new(Bytes::from_static(
             b"grant_type=client_credentials",
         )))
         .unwrap();
     request.extensions_mut().insert(hook.clone());
+    if let Some(answered) = answered {
+        request.extensions_mut().insert(answered);
+    }
     client
         .clone()
         .oneshot(request)
@@ -208,4 +221,45 @@ async fn a_hold_longer_than_the_own_wait_is_waited_out_or_ends_the_loop() {
     assert_eq!(send(&authority, &deadline, &hook).await, None);
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(authority.token_posts(), 9);
+}
+
+/// An answer the request already got ([`Answered`]) is the loop's first attempt: its wait is
+/// reported to the hook and waited out before the request is sent; one longer than the client
+/// waits out, or left no retry, is the outcome at once, nothing sent.
+#[tokio::test(start_paused = true)]
+async fn an_answer_already_had_is_the_first_attempt() {
+    let authority = Authority::start().await;
+    let answered = |status: u16, retry_after: Option<&str>| {
+        let mut headers = http::HeaderMap::new();
+        if let Some(wait) = retry_after {
+            headers.insert("retry-after", wait.parse().unwrap());
+        }
+        let status = http::StatusCode::from_u16(status).unwrap();
+        Some(Answered::new(status, headers, Bytes::from_static(b"{}")))
+    };
+
+    // A 429 asking for 7 s: shown to the hook, then the request goes at 7 s.
+    let (hook, asked) = counting(|| None);
+    let started = Instant::now();
+    let retrying = client(&authority, quick());
+    let status = send_after(&authority, &retrying, &hook, answered(429, Some("7"))).await;
+    assert_eq!(status, Some(200));
+    assert_eq!(*asked.lock().unwrap(), [Some(429), None]);
+    let requests = authority.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].at - started, Duration::from_secs(7));
+
+    // Asking for longer than the client waits out: that 429, at once, nothing sent.
+    let (hook, asked) = counting(|| None);
+    let started = Instant::now();
+    let status = send_after(&authority, &retrying, &hook, answered(429, Some("90"))).await;
+    assert_eq!(status, Some(429));
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert!(asked.lock().unwrap().is_empty());
+
+    // No retry left after it: the answer is the outcome.
+    let no_retry = client(&authority, quick().max_retries(0));
+    let status = send_after(&authority, &no_retry, &hook, answered(503, None)).await;
+    assert_eq!(status, Some(503));
+    assert_eq!(authority.token_posts(), 1);
 }

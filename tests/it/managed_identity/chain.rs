@@ -580,6 +580,100 @@ async fn in_a_chain_a_busy_imds_behind_a_page_gets_its_retry_schedule() {
     );
 }
 
+/// The probe's answer at the IMDS address (a page, so the token request goes within its
+/// second, not on IMDS's schedule) and IMDS's own JSON 429 asking to wait `retry_after`.
+fn a_page_then_imds_asking_to_wait(em: &Emulator, retry_after: &str) {
+    em.push_fault(Fault::Respond {
+        status: 404,
+        body: "<html>not found</html>".into(),
+        headers: vec![("content-type".into(), "text/html".into())],
+    });
+    em.push_fault(Fault::TooManyRequests {
+        retry_after: retry_after.into(),
+    });
+}
+
+/// The quick request (the probe got a page) finds IMDS after all, asking to wait (a JSON 429
+/// with `Retry-After: 5`): the wait is remembered at once, so that the chain's other requests
+/// meanwhile are refused throttled without reaching IMDS, and the request goes again on IMDS's
+/// schedule only once the wait has passed, as any answer its retry loop waits out. Before, it
+/// went again at once, into the throttle, and the wait was forgotten.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_wait_imds_asks_of_the_quick_request_is_remembered_and_waited_out() {
+    let em = Emulator::start(Flavour::Imds).await;
+    a_page_then_imds_asking_to_wait(&em, "5");
+    let mi = credential(&em, Identity::System);
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let first = tokio::spawn({
+        let chain = mi.clone().or(counted_second(&asked));
+        async move { chain.get_token([SCOPE]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+
+    let err = mi
+        .clone()
+        .or(counted_second(&asked))
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_throttled(), "{err}");
+    let statuses: Vec<_> = em.requests().iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [Some(404), Some(429)],
+        "the probe and the quick request; nothing sent while throttled"
+    );
+
+    let token = first.await.unwrap().unwrap();
+    assert!(token.secret().expose_secret().starts_with("mi-imds-"));
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    let requests = em.requests();
+    let statuses: Vec<_> = requests.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [Some(404), Some(429), Some(200)]);
+    let waited = requests[2].at - requests[1].at;
+    assert!(
+        waited >= Duration::from_secs(5),
+        "sent again after {waited:?}"
+    );
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// A wait longer than the retries may wait (`max_retry_after`, 60 s) asked of the quick request
+/// is not waited out, nor sent into: the request ends at once with IMDS's throttled answer,
+/// which holds back the credential's next request too. Before, it went again at once.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_long_wait_imds_asks_of_the_quick_request_ends_it_throttled() {
+    let em = Emulator::start(Flavour::Imds).await;
+    a_page_then_imds_asking_to_wait(&em, "120");
+    let mi = credential(&em, Identity::System);
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let err = mi
+        .clone()
+        .or(counted_second(&asked))
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert!(err.is_throttled(), "{err}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(120)), "{err}");
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(429), "{err}");
+
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let err = mi
+        .clone()
+        .or(counted_second(&asked))
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_throttled(), "{err}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(60)), "{err}");
+    let statuses: Vec<_> = em.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [Some(404), Some(429)], "nothing sent again");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
 /// Once IMDS has answered with JSON, the token request keeps IMDS's retry schedule in a chain
 /// too: the probe's 400 is IMDS's, so 404s after it (IMDS not ready yet) are retried.
 #[tokio::test(start_paused = true)]
