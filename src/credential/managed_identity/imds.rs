@@ -167,10 +167,11 @@ impl Imds {
     ) -> Result<AccessToken, CredentialError> {
         let in_chain = self.probe.unwrap_or(within_chain);
         let mut quick = None;
+        let mut busy = None;
         if in_chain && !self.answered.load(Ordering::Acquire) {
             let probe_http = self.probe_http()?;
             let started = Instant::now();
-            self.probe(probe_http, resource).await?;
+            busy = self.probe(probe_http, resource).await?;
             // Something answered, but not with IMDS's JSON (AWS's IMDSv1 404 page, a
             // firewall's 502): the token request too gets the probe's client and what is left
             // of its budget, not IMDS's retry schedule (some 24 s of retries for a 404, 75 s
@@ -179,19 +180,23 @@ impl Imds {
                 quick = Some((probe_http, started));
             }
         }
-        let token = self.token(resource, in_chain, quick, before_retry).await?;
+        let token = self
+            .token(resource, in_chain, quick, busy, before_retry)
+            .await?;
         self.succeeded.store(true, Ordering::Release);
         Ok(token)
     }
 
     /// One token request; `in_chain`: asked by a chain that may move on; `quick`: sent
     /// through this client within what is left of the budget of the probe started then, no
-    /// retries, because only something other than IMDS has answered so far.
+    /// retries, because only something other than IMDS has answered so far; `busy`: the
+    /// probe's answer, IMDS busy ([`is_busy`]), which IMDS's retry schedule starts from.
     async fn token(
         &self,
         resource: &str,
         in_chain: bool,
         quick: Option<(&HttpClient, Instant)>,
+        busy: Option<Answer>,
         before_retry: &BeforeRetry,
     ) -> Result<AccessToken, CredentialError> {
         let before_token = in_chain && !self.succeeded.load(Ordering::Acquire);
@@ -220,7 +225,7 @@ impl Imds {
                     .await?
             }
             None => {
-                self.send(&self.http, resource, in_chain, None, None, &report)
+                self.send(&self.http, resource, in_chain, None, busy.as_ref(), &report)
                     .await?
             }
         };
@@ -345,8 +350,14 @@ impl Imds {
     }
 
     /// A quick request without `Metadata`: no HTTP answer within [`PROBE_TIMEOUT`] means no
-    /// IMDS.
-    async fn probe(&self, http: &HttpClient, resource: &str) -> Result<(), CredentialError> {
+    /// IMDS. Its answer when it is IMDS's, busy ([`is_busy`]): the token request's retry
+    /// schedule starts from it, so that a wait it asks for is remembered and waited out rather
+    /// than the token request sent into it at once.
+    async fn probe(
+        &self,
+        http: &HttpClient,
+        resource: &str,
+    ) -> Result<Option<Answer>, CredentialError> {
         let request = self.request(resource, false)?;
         let sent = tokio::time::timeout(PROBE_TIMEOUT, request::send(http, SOURCE, request, &[]));
         match sent.await {
@@ -373,7 +384,7 @@ impl Imds {
                     if is_json(&answer.body) {
                         self.answered.store(true, Ordering::Release);
                     }
-                    Ok(())
+                    Ok(is_busy(&answer).then_some(answer))
                 }
             },
         }

@@ -674,6 +674,52 @@ async fn in_a_chain_a_long_wait_imds_asks_of_the_quick_request_ends_it_throttled
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
+/// IMDS answering the probe itself busy, asking to wait (a JSON 429 with `Retry-After: 5`):
+/// IMDS is there, and its retry schedule starts from that answer, so the wait is remembered
+/// (the chain's other requests meanwhile are refused throttled without reaching IMDS) and the
+/// token request goes only once it has passed. Before, the token request went at once, into
+/// the throttle, and the wait was forgotten.
+#[tokio::test(start_paused = true)]
+async fn in_a_chain_a_wait_imds_asks_of_the_probe_is_remembered_and_waited_out() {
+    let em = Emulator::start(Flavour::Imds).await;
+    em.push_fault(Fault::TooManyRequests {
+        retry_after: "5".into(),
+    });
+    let mi = credential(&em, Identity::System);
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let first = tokio::spawn({
+        let chain = mi.clone().or(counted_second(&asked));
+        async move { chain.get_token([SCOPE]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+
+    let err = mi
+        .clone()
+        .or(counted_second(&asked))
+        .get_token(["https://other.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_throttled(), "{err}");
+    let statuses: Vec<_> = em.requests().iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [Some(429)],
+        "the probe; nothing sent while throttled"
+    );
+
+    let token = first.await.unwrap().unwrap();
+    assert!(token.secret().expose_secret().starts_with("mi-imds-"));
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    let requests = em.requests();
+    let statuses: Vec<_> = requests.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [Some(429), Some(200)]);
+    assert_eq!(requests[1].identity_header("metadata"), Some("true"));
+    let waited = requests[1].at - requests[0].at;
+    assert!(waited >= Duration::from_secs(5), "sent after {waited:?}");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
 /// Once IMDS has answered with JSON, the token request keeps IMDS's retry schedule in a chain
 /// too: the probe's 400 is IMDS's, so 404s after it (IMDS not ready yet) are retried.
 #[tokio::test(start_paused = true)]
