@@ -2,9 +2,11 @@
 //! holding `"<pid> <argv0>"`, removed when done; stale locks broken with care.
 //!
 //! Beyond `msal-extensions`' protocol, the holder `flock`s its lock file until it has removed
-//! it (as `msal-extensions` with `portalocker` does). A breaker takes the `flock` before it
-//! judges a lock: a lock that is `flock`ed is never stale, and a breaker removes a lock only
-//! while it holds that lock's `flock`, so it cannot remove one taken after it looked.
+//! it (as `msal-extensions` with `portalocker` and MSAL.NET do). A breaker takes the `flock`
+//! before it judges a lock old enough to be stale: a lock that is `flock`ed is never stale,
+//! and a breaker removes a lock only while it holds that lock's `flock`, so it cannot remove
+//! one taken after it looked. A lock not `flock`ed is judged by its age and pid alone, which
+//! can break a live holder's (see the limits in the [module docs](super)).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -26,9 +28,13 @@ pub(super) const KEEP: &str = "keep the lock file";
 
 /// Pause between two attempts to create the lock file.
 pub(super) const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(100);
-/// A lock file older than this is stale whoever holds it (writers hold it for milliseconds).
+/// A lock file older than this, not `flock`ed, is stale whoever it names. A write of the file
+/// takes milliseconds, but a holder may hold the lock far longer: `msal-extensions` with the
+/// Secret Service holds it through a keyring's unlock prompt (see the [module docs](super)).
 pub(super) const STALE_LOCK_AGE: Duration = Duration::from_secs(60);
-/// A lock file naming a process that does not exist is stale once it is this old.
+/// A lock file naming a process that does not exist here, not `flock`ed, is stale once it is
+/// this old. A live holder in another pid namespace, whose pid is not seen here, loses its
+/// lock too if it holds it longer (see the [module docs](super)).
 pub(super) const DEAD_HOLDER_GRACE: Duration = Duration::from_secs(2);
 /// Suffix of the lock file's name, after the cache file's full name.
 const LOCK_SUFFIX: &str = ".lockfile";
@@ -303,8 +309,9 @@ enum LockAttempt {
     Acquired(LockGuard),
     /// Someone else holds it.
     Busy(LockObservation),
-    /// We created it, but someone else had it `flock`ed before us (a breaker looking at it, or
-    /// a peer that stopped waiting for the name): given up, to be tried again after a pause.
+    /// We created it, but someone else had it `flock`ed before us (a peer that takes the lock
+    /// without creating the file: see [`try_lock_with`]): theirs now, its name left to them;
+    /// busy, to be tried again after a pause.
     Contended,
     /// It existed but was gone (or replaced) when we looked.
     Vanished,
@@ -351,14 +358,32 @@ fn inode_at(lock_path: &Path) -> io::Result<Option<u64>> {
     }
 }
 
+/// Moments of one attempt at the lock at which the tests step in ([`try_lock_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Moment {
+    /// The writer has created the lock file and not yet `flock`ed it.
+    Created,
+    /// A breaker holds the `flock` of a lock file it is about to judge.
+    Judging,
+}
+
 /// Tries once to create the lock file (blocking); creates the directory if missing.
 fn try_lock(lock_path: &Path) -> Result<LockAttempt, PersistenceError> {
+    try_lock_with(lock_path, &mut |_, _| {})
+}
+
+/// [`try_lock`], calling `seam` at each [`Moment`] it reaches: the tests' way into moments
+/// that other processes reach only by chance.
+fn try_lock_with(
+    lock_path: &Path,
+    seam: &mut dyn FnMut(Moment, &Path),
+) -> Result<LockAttempt, PersistenceError> {
     let mut created_dir = false;
     let file = loop {
         match create_new_private(lock_path) {
             Ok(file) => break file,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return observe_busy_lock(lock_path);
+                return observe_busy_lock(lock_path, seam);
             }
             Err(e) if is_missing(&e) && !created_dir => {
                 create_dir(parent_dir(lock_path))?;
@@ -367,22 +392,32 @@ fn try_lock(lock_path: &Path) -> Result<LockAttempt, PersistenceError> {
             Err(e) => return Err(PersistenceError::io(CREATE, lock_path, e)),
         }
     };
+    seam(Moment::Created, lock_path);
+    // Taken at once, before the content is written: the window in which the file exists
+    // without its flock is as short as it can be.
+    if try_flock(&file) == Flock::Busy {
+        // Someone opened the file we made and flocked it first. Not one of our breakers: they
+        // flock no lock younger than `DEAD_HOLDER_GRACE` (see `observe_busy_lock`). A holder
+        // that opens the lock file without `O_EXCL` and flocks it: MSAL.NET's `CrossPlatLock`
+        // (`FileMode.OpenOrCreate`, `FileShare.None`, which .NET takes as a `flock` on unix,
+        // retried every 100 ms for 60 s), or `msal-extensions` with `portalocker` after it
+        // waited 5 s for the name (`open(.., "wb+")`, then `flock`). It holds the lock now,
+        // writes under it and removes the name when done (`DeleteOnClose`, `os.remove`).
+        // Removing the name ourselves would let the next writer, us included, create a new
+        // file and write beside it: the file is closed and the name left to its holder. (A
+        // breaker can flock it only if the file's time is 2 s behind our clock, a network file
+        // system's server lagging: the lock it leaves, naming us, then waits for the age rule.)
+        return Ok(LockAttempt::Contended);
+    }
     let guard = LockGuard {
         path: lock_path.to_path_buf(),
         inode: file.metadata().map(|meta| inode(&meta)).unwrap_or(0),
         file,
     };
-    // On failure the guard removes the half-made lock file.
+    // On failure the guard removes the half-made lock file, its flock held.
     (&guard.file)
         .write_all(lock_content().as_bytes())
         .map_err(|e| PersistenceError::io(CREATE, lock_path, e))?;
-    let flock = try_flock(&guard.file);
-    if flock == Flock::Busy {
-        // Dropping the guard removes the file we made: waiting for the flock could take as
-        // long as the other side pleases, and a lock file left without its maker would look
-        // held until it is stale.
-        return Ok(LockAttempt::Contended);
-    }
     // Taken for stale and removed between our creation and our flock (a clock far off on a
     // network file system): no longer ours.
     if inode_at(lock_path).map_err(|e| PersistenceError::io(CREATE, lock_path, e))?
@@ -395,14 +430,23 @@ fn try_lock(lock_path: &Path) -> Result<LockAttempt, PersistenceError> {
 
 /// Looks at a lock file that exists, and removes it if it is stale.
 ///
-/// A lock is never stale while its file is `flock`ed: its holder is alive, however old the
-/// lock or whatever its pid means here. Otherwise (a holder that does not `flock`, like
+/// A lock younger than [`DEAD_HOLDER_GRACE`] is never stale, and is not `flock`ed to be
+/// judged: its maker may be a writer of ours between its creation and its `flock`, which, if
+/// it found the `flock` taken, would have to take the breaker for a holder (see
+/// [`try_lock_with`]). Its age is that of the file opened (`fstat`), not of a name looked at
+/// before, which another file may have taken since.
+///
+/// An older lock is never stale while its file is `flock`ed: its holder is alive, however old
+/// the lock or whatever its pid means here. Otherwise (a holder that does not `flock`, like
 /// `msal-extensions` without `portalocker`, or one that has died) the age and pid rules decide.
 /// The breaker removes the lock while holding its `flock` and after checking that the name
 /// still points to the file it judged, so two breakers never remove a lock taken after the one
 /// they looked at, and no writer of ours can take the name in between (it must remove the
 /// file to do so, and only a flock holder does).
-fn observe_busy_lock(lock_path: &Path) -> Result<LockAttempt, PersistenceError> {
+fn observe_busy_lock(
+    lock_path: &Path,
+    seam: &mut dyn FnMut(Moment, &Path),
+) -> Result<LockAttempt, PersistenceError> {
     const READ: &str = "read the lock file";
     const REMOVE: &str = "remove the stale lock file";
     let meta = match fs::symlink_metadata(lock_path) {
@@ -424,7 +468,22 @@ fn observe_busy_lock(lock_path: &Path) -> Result<LockAttempt, PersistenceError> 
         Err(e) if is_missing(&e) => return Ok(LockAttempt::Vanished),
         Err(e) => return Err(PersistenceError::io(READ, lock_path, e)),
     };
+    let opened = file
+        .metadata()
+        .map_err(|e| PersistenceError::io(READ, lock_path, e))?;
+    // An unknown time counts as no age, as in `stale_reason`.
+    if opened
+        .modified()
+        .map_or(true, |at| age(at) < DEAD_HOLDER_GRACE)
+    {
+        let observed =
+            LockObservation::read(&file).map_err(|e| PersistenceError::io(READ, lock_path, e))?;
+        return Ok(LockAttempt::Busy(observed));
+    }
     let flock = try_flock(&file);
+    if flock == Flock::Held {
+        seam(Moment::Judging, lock_path);
+    }
     let observed =
         LockObservation::read(&file).map_err(|e| PersistenceError::io(READ, lock_path, e))?;
     if flock == Flock::Busy {
@@ -511,7 +570,16 @@ pub(super) fn observe(lock_path: &Path) -> LockObservation {
 /// One attempt to take the lock, named by its outcome; a lock taken is released at once.
 #[cfg(test)]
 pub(super) fn attempt_once(lock_path: &Path) -> Result<&'static str, PersistenceError> {
-    Ok(match try_lock(lock_path)? {
+    attempt_with(lock_path, |_, _| {})
+}
+
+/// [`attempt_once`], calling `seam` at each [`Moment`] the attempt reaches.
+#[cfg(test)]
+pub(super) fn attempt_with(
+    lock_path: &Path,
+    mut seam: impl FnMut(Moment, &Path),
+) -> Result<&'static str, PersistenceError> {
+    Ok(match try_lock_with(lock_path, &mut seam)? {
         LockAttempt::Acquired(_) => "acquired",
         LockAttempt::Busy(_) => "busy",
         LockAttempt::Contended => "contended",

@@ -7,32 +7,55 @@
 //!
 //! # Protocol (what the other processes do, and what this module does)
 //!
-//! * **Writers** take the lock file `<cache>.lockfile`: created exclusively (`O_CREAT|O_EXCL`),
-//!   holding `"<pid> <argv0>"`, deleted when done. `msal-extensions` retries every 0.25 s for
-//!   5 s and never breaks a lock; this module retries every 100 ms for
-//!   [`DEFAULT_LOCK_TIMEOUT`] (10 s) and removes *stale* locks: older than
-//!   [`STALE_LOCK_AGE`](lock_file::STALE_LOCK_AGE), or (Linux) naming a process that no longer exists once the lock is
-//!   older than [`DEAD_HOLDER_GRACE`](lock_file::DEAD_HOLDER_GRACE). The grace period protects live holders in another pid
-//!   namespace (a container sharing the home directory), whose pid we cannot see: they hold the
-//!   lock for milliseconds. A lock dated ahead of the clock by less than
-//!   [`STALE_LOCK_AGE`](lock_file::STALE_LOCK_AGE) is fresh, its pid unchecked: another host
-//!   sharing the directory, whose clock runs ahead, holds it. One dated that far ahead or
-//!   further is as old as one dated as far behind (a clock stepped back after its holder
-//!   crashed), so it is stale rather than holding writers off for as long as the skew lasts.
-//!   A lock left by a holder that crashed just before the clock was stepped back by less than
-//!   a minute is fresh until the clock reaches its time, and then holds writers off until the
-//!   clock passes its time plus [`DEAD_HOLDER_GRACE`](lock_file::DEAD_HOLDER_GRACE) (Linux,
-//!   its process gone) or [`STALE_LOCK_AGE`](lock_file::STALE_LOCK_AGE): under two minutes.
-//!   The other rules below that look at a modification time judge its age the same way
-//!   ([`reader::age`]).
+//! * **Writers** take the lock file `<cache>.lockfile`, named after the path they were given
+//!   (a symbolic link's own name, unresolved), and delete it when done. `msal-extensions`
+//!   creates it exclusively (`O_CREAT|O_EXCL`), holding `"<pid> <argv0>"`, retrying every
+//!   0.25 s for 5 s, and never breaks a lock; with `portalocker` installed it then opens it
+//!   without `O_EXCL` (`"wb+"`, also after 5 s in vain) and `flock`s it, retrying for 5 s
+//!   more. MSAL.NET (Azure PowerShell) opens it without `O_EXCL` and `flock`s it
+//!   (`FileShare.None`), deleting it on close, retrying every 100 ms for 60 s. This module
+//!   creates it exclusively, retries every 100 ms for [`DEFAULT_LOCK_TIMEOUT`] (10 s) and
+//!   removes *stale* locks: older than [`STALE_LOCK_AGE`](lock_file::STALE_LOCK_AGE), or
+//!   (Linux) naming a process that no longer exists once the lock is older than
+//!   [`DEAD_HOLDER_GRACE`](lock_file::DEAD_HOLDER_GRACE). A lock dated ahead of the clock by
+//!   less than [`STALE_LOCK_AGE`](lock_file::STALE_LOCK_AGE) is fresh, its pid unchecked:
+//!   another host sharing the directory, whose clock runs ahead, holds it. One dated that far
+//!   ahead or further is as old as one dated as far behind (a clock stepped back after its
+//!   holder crashed), so it is stale rather than holding writers off for as long as the skew
+//!   lasts. A lock left by a holder that crashed just before the clock was stepped back by
+//!   less than a minute is fresh until the clock reaches its time, and then holds writers off
+//!   until the clock passes its time plus [`DEAD_HOLDER_GRACE`](lock_file::DEAD_HOLDER_GRACE)
+//!   (Linux, its process gone) or [`STALE_LOCK_AGE`](lock_file::STALE_LOCK_AGE): under two
+//!   minutes. The other rules below that look at a modification time judge its age the same
+//!   way ([`reader::age`]).
+//! * **What the stale rules can break.** A lock whose holder `flock`s it (ours,
+//!   `msal-extensions` with `portalocker`, MSAL.NET) is never taken for stale (next item).
+//!   One whose holder does not (`msal-extensions` without `portalocker`, as `pip install
+//!   msal-extensions` installs it) is judged by its age and pid alone, and both rules can
+//!   break it while its holder lives, letting a writer of ours read-modify-write beside it:
+//!   the change written first is lost. The pid rule cannot see a holder in another pid
+//!   namespace (a container sharing the home directory): its pid is absent from `/proc`
+//!   here, so its lock is broken once [`DEAD_HOLDER_GRACE`](lock_file::DEAD_HOLDER_GRACE)
+//!   old. A write of the file takes milliseconds, but `msal-extensions` holds the lock for
+//!   its whole read-modify-write, which with its `LibsecretPersistence` (the Secret Service,
+//!   as the `keyring` store here) includes the Secret Service's lookup and store:
+//!   a locked keyring's unlock prompt keeps the lock held for as long as the user leaves it
+//!   open, and past [`STALE_LOCK_AGE`](lock_file::STALE_LOCK_AGE) (or the grace, from
+//!   another pid namespace) it is broken. Without these rules a holder that crashed would
+//!   hold every writer off until someone deletes its lock file by hand; they are kept, for
+//!   that, with these limits.
 //! * Our writers also `flock` their lock file until they have removed it, as `msal-extensions`
 //!   does when `portalocker` is installed. A lock that is `flock`ed is never stale, whatever
-//!   its age or pid say; a breaker `flock`s a lock before judging it and removes it only then,
-//!   after checking that the name still points to that file, so it never removes a lock taken
-//!   after it looked. Without `flock` (not unix, or a file system without it) the age and pid
-//!   rules alone decide, and a breaker renames a stale lock aside and links it back if it is
-//!   not the file it judged. Right before it writes, a writer checks that the lock file's name
-//!   still points to its own file; if someone removed it, it writes nothing and says so.
+//!   its age or pid say; a breaker `flock`s a lock before judging it (only one at least
+//!   [`DEAD_HOLDER_GRACE`](lock_file::DEAD_HOLDER_GRACE) old: a younger one is never stale)
+//!   and removes it only then, after checking that the name still points to that file, so it
+//!   never removes a lock taken after it looked. A writer that finds the file it has just
+//!   created `flock`ed by someone else (MSAL.NET or `portalocker`, which open it without
+//!   `O_EXCL`) leaves it, and its name, to that holder, and waits. Without `flock` (not unix,
+//!   or a file system without it) the age and pid rules alone decide, and a breaker renames a
+//!   stale lock aside and links it back if it is not the file it judged. Right before it
+//!   writes, a writer checks that the lock file's name still points to its own file; if
+//!   someone removed it, it writes nothing and says so.
 //! * Under the lock, a writer re-reads the file (the in-memory copy is never trusted there),
 //!   applies its change and writes the result. A file that exists but does not parse is never
 //!   overwritten: the error is returned and the file is left as it is.
@@ -95,6 +118,11 @@
 //!   where nobody reads once another tool creates the file. A file that *is* the legacy file
 //!   (a symlink to it) is written under both locks too (a hard link to it is not written: see
 //!   above).
+//! * A file that is a **symbolic link** to another is written (its target replaced) under
+//!   the link's lock and then `<target>.lockfile`, the lock a tool given the target's own name
+//!   takes; a link to the legacy file takes the legacy lock (the same, unless the legacy file
+//!   is itself a link), and while the file does not exist the legacy lock is the one taken
+//!   (see [`CacheFile::modify_with`]).
 //! * Modification times are coarse (a few ms on ext4, 1 s on some file systems), so two writes
 //!   in one tick with equal lengths would look alike. As git does for its index, a file whose
 //!   mtime is within [`RECENT_WINDOW`](reader::RECENT_WINDOW) before the moment it was read,
@@ -337,7 +365,8 @@ impl<D: Document> CacheFile<D> {
     /// While the file does not exist, the legacy file's document is the one changed, and the
     /// result is written to the file, never to the legacy one; the legacy file's lock is held
     /// too meanwhile, and an empty legacy file written just now is read again (both for its
-    /// in-place writers). Whether the file exists is decided under its lock: one created by
+    /// in-place writers). A file that is a symbolic link is written under its target's lock
+    /// too (see [`CacheFile::second_lock`]). Whether the file exists is decided under its lock: one created by
     /// another writer meanwhile is the one changed. With [`LegacyWrites::Skip`], a change while
     /// only the legacy file exists is not made: `change` is not called and an error says why.
     ///
@@ -360,14 +389,14 @@ impl<D: Document> CacheFile<D> {
         // is taken must be the one copied.
         let legacy = self.legacy.get().cloned();
         let (_writers, lock) = self.writer_turn(started).await?;
-        let (lock, legacy_lock) = self
-            .legacy_lock(lock, legacy.as_deref(), legacy_writes, started)
+        let (lock, second_lock) = self
+            .second_lock(lock, legacy.as_deref(), legacy_writes, started)
             .await?;
         let path = self.path.clone();
         // The lock guards move into the step and are dropped on its thread, on every path (as
         // a step of their own if the step is refused, or its result not taken).
         let (value, snapshot) = run_blocking(&self.steps, Step::Write, &self.path, move || {
-            let (lock, legacy_lock) = (lock, legacy_lock);
+            let (lock, second_lock) = (lock, second_lock);
             let loaded = load_or_legacy::<D>(&path, legacy.as_deref(), false)?;
             // Created between the look under the lock and this load.
             if let (Some(legacy), Some(_), LegacyWrites::Skip) =
@@ -388,8 +417,8 @@ impl<D: Document> CacheFile<D> {
                 (loaded.file, loaded.legacy, loaded.recent)
             } else {
                 lock.check_held()?;
-                if let Some(legacy_lock) = &legacy_lock {
-                    legacy_lock.check_held()?;
+                if let Some(second_lock) = &second_lock {
+                    second_lock.check_held()?;
                 }
                 // Under the lock nobody else creates the file: a rename over it is as
                 // exclusive as a creation.
@@ -445,37 +474,56 @@ impl<D: Document> CacheFile<D> {
     /// workaround used after azure-identity 1.16): its writes replace the legacy file, which
     /// the older tools write under the legacy lock only.
     ///
+    /// Otherwise, when the file is a symbolic link (`msal.cache.nocae` linked to a cache kept
+    /// elsewhere), its target's lock, `<target>.lockfile`: its writes replace the target,
+    /// which a tool given the target's own name writes under that lock only (the lock file
+    /// is named after the path a tool is given, unresolved, by every `msal-extensions`).
+    /// Taken after the link's, as the legacy lock is. No two writers of ours take two locks
+    /// in opposite orders: a second lock is a target's (no link) or the legacy file's, and a
+    /// writer whose own lock is a target's takes no second one but the legacy lock, which is
+    /// no writer's own (their files are `<name>.nocae` and `<name>.cae`). A link to the
+    /// legacy file takes the legacy lock, as above, and while the file does not exist the
+    /// legacy lock is the one taken: one more lock at most.
+    ///
     /// With [`LegacyWrites::Skip`], a legacy file without the file is an error instead.
-    async fn legacy_lock(
+    async fn second_lock(
         &self,
         lock: HeldLock,
         legacy: Option<&Path>,
         legacy_writes: LegacyWrites,
         started: tokio::time::Instant,
     ) -> Result<(HeldLock, Option<HeldLock>), PersistenceError> {
-        let Some(legacy) = legacy else {
-            return Ok((lock, None));
-        };
-        let (path, legacy_path) = (self.path.clone(), legacy.to_path_buf());
+        let (path, legacy_path) = (self.path.clone(), legacy.map(Path::to_path_buf));
         // The guard goes along, so that it is released off the executor if this fails.
-        let (lock, missing, legacy_only, same) =
+        let (lock, missing, legacy_only, same, target_lock) =
             run_blocking(&self.steps, Step::Look, &self.path, move || {
                 let missing = matches!(fs::metadata(&path), Err(e) if reader::is_missing(&e));
-                let legacy_only = missing && fs::metadata(&legacy_path).is_ok_and(|m| m.is_file());
-                let same = !missing && same_file(&path, &legacy_path);
-                Ok((lock, missing, legacy_only, same))
+                let (legacy_only, same) = legacy_path.as_deref().map_or((false, false), |legacy| {
+                    (
+                        missing && fs::metadata(legacy).is_ok_and(|m| m.is_file()),
+                        !missing && same_file(&path, legacy),
+                    )
+                });
+                Ok((lock, missing, legacy_only, same, target_lock_of(&path)))
             })
             .await?;
-        let acquired = match (missing, legacy_only, legacy_writes) {
-            (true, true, LegacyWrites::Skip) => {
+        let second = match (legacy, missing, legacy_only, legacy_writes) {
+            (Some(legacy), true, true, LegacyWrites::Skip) => {
                 Err(PersistenceError::legacy_only(&self.path, legacy))
             }
-            (true, _, _) => self.acquire_lock(&lock_path_of(legacy), started).await,
-            (false, _, _) if same => self.acquire_lock(&lock_path_of(legacy), started).await,
-            (false, _, _) => return Ok((lock, None)),
+            (Some(legacy), true, _, _) => Ok(lock_path_of(legacy)),
+            (Some(legacy), false, _, _) if same => Ok(lock_path_of(legacy)),
+            _ => match target_lock {
+                Some(target_lock) => Ok(target_lock),
+                None => return Ok((lock, None)),
+            },
+        };
+        let acquired = match second {
+            Ok(second) => self.acquire_lock(&second, started).await,
+            Err(error) => Err(error),
         };
         match acquired {
-            Ok(legacy_lock) => Ok((lock, Some(legacy_lock))),
+            Ok(second_lock) => Ok((lock, Some(second_lock))),
             Err(error) => {
                 // Released off the executor, as the file's I/O is; a failure to release is
                 // already logged by the guard.
@@ -503,6 +551,26 @@ impl<D: Document> CacheFile<D> {
         // Plain assignment: a poisoned lock cannot hold a half-written value.
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(snapshot);
     }
+}
+
+/// The lock file a tool given the target of `path`, a symbolic link, takes to write it:
+/// `<target>.lockfile`, the target as a write through `path` resolves it
+/// ([`atomic_write::write_target`]). `None` when `path` is no symbolic link, its target's
+/// directory does not exist (the write fails: no directory is made for its lock), or the
+/// target's lock file is `path`'s own.
+fn target_lock_of(path: &Path) -> Option<PathBuf> {
+    if !fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        return None;
+    }
+    let target = atomic_write::write_target(path).ok()?;
+    if !fs::metadata(atomic_write::parent_dir(&target)).is_ok_and(|meta| meta.is_dir()) {
+        return None;
+    }
+    let own = fs::canonicalize(atomic_write::parent_dir(path))
+        .ok()?
+        .join(path.file_name()?);
+    let target_lock = lock_path_of(&target);
+    (lock_path_of(&own) != target_lock).then_some(target_lock)
 }
 
 /// Whether two paths name one existing file (a symlink from one to the other, a hard link).

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use super::atomic_write::shell_word;
 use super::error::{Kind, PersistenceError, seconds};
 use super::lock_file::{
-    DEAD_HOLDER_GRACE, LOCK_RETRY_INTERVAL, LockObservation, STALE_LOCK_AGE, attempt_once,
-    break_without_flock, lock_content, lock_path_of, observe,
+    DEAD_HOLDER_GRACE, LOCK_RETRY_INTERVAL, LockObservation, Moment, STALE_LOCK_AGE, attempt_once,
+    attempt_with, break_without_flock, lock_content, lock_path_of, observe,
 };
 use super::reader::{PARSE_RETRIES, RECENT_AHEAD, Stamp};
 use super::{CacheFile, Document, LegacyWrites};
@@ -654,6 +654,56 @@ async fn a_held_lock_that_looks_stale_is_left_to_its_holder() {
     assert!(!lock_path_of(&path).exists(), "released");
 }
 
+/// MSAL.NET opens the lock file without `O_EXCL` and `flock`s it (as does `msal-extensions`
+/// with `portalocker` once it has waited 5 s for the name): here, right after our writer
+/// created it and before the writer's own `flock`. It holds the lock then, and removes the
+/// name when done: the writer leaves the name to it and finds the lock busy until then.
+/// Before, the writer removed the name, and took the lock with a new file 100 ms later
+/// while the other held the first: two writers at once.
+#[test]
+fn a_lock_file_another_holder_flocked_first_is_left_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_path_of(&dir.path().join("cache.json"));
+    let mut holder = None;
+    let seen = attempt_with(&lock, |moment, lock| {
+        assert_eq!(moment, Moment::Created);
+        holder = Some(flock_held(lock));
+    })
+    .unwrap();
+    assert_eq!(seen, "contended");
+    assert!(lock.exists(), "the name is left to its holder");
+    assert_eq!(attempt_once(&lock).unwrap(), "busy");
+    // However old it looks, a flocked lock is its holder's.
+    set_mtime(&lock, STALE_LOCK_AGE * 2);
+    assert_eq!(attempt_once(&lock).unwrap(), "busy");
+    assert!(lock.exists());
+
+    // Done, the holder removes the name (`DeleteOnClose`) and closes the file.
+    fs::remove_file(&lock).unwrap();
+    drop(holder);
+    assert_eq!(attempt_once(&lock).unwrap(), "acquired");
+}
+
+/// A breaker `flock`s no lock younger than [`DEAD_HOLDER_GRACE`] (never stale): its maker may
+/// be a writer between its creation and its `flock`, which would take the breaker for a
+/// holder. Before, every lock looked at was `flock`ed.
+#[test]
+fn a_breaker_flocks_no_lock_younger_than_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cache.json");
+    let lock = plant_lock(&path, std::process::id(), "young", Duration::ZERO);
+    // Just now, however the test's steps are timed.
+    set_recent(&lock);
+    let mut judged = Vec::new();
+    let mut attempt = |lock: &Path| attempt_with(lock, |moment, _| judged.push(moment)).unwrap();
+    assert_eq!(attempt(&lock), "busy");
+    // Old enough to judge: flocked, and kept (its process lives).
+    set_mtime(&lock, DEAD_HOLDER_GRACE + Duration::from_secs(1));
+    assert_eq!(attempt(&lock), "busy");
+    assert_eq!(judged, [Moment::Judging], "only the older lock was flocked");
+    assert!(lock.exists());
+}
+
 #[test]
 fn an_unflocked_stale_lock_is_removed_and_a_fresh_one_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -828,6 +878,48 @@ async fn symlinked_cache_file_is_written_through_the_link() {
     );
     assert_eq!(file_keys(&real), ["a", "b"]);
     assert_eq!(mode(&real), 0o644, "the target's mode is kept");
+}
+
+/// A write through a symbolic link replaces its target, which a tool given the target's own
+/// name writes under `<target>.lockfile` (`msal-extensions` names the lock after the path it
+/// is given): the write takes that lock too, after the link's, and waits for it like any
+/// lock, up to the lock timeout. Before, it took only `<link>.lockfile`, and wrote while the
+/// other tool held the target's lock.
+#[tokio::test(start_paused = true)]
+async fn a_symlinked_cache_file_is_written_under_its_targets_lock_too() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("real")).unwrap();
+    let target = dir.path().join("real/msal.cache");
+    fs::write(&target, r#"{"AccessToken": {"old": {}}}"#).unwrap();
+    let link = dir.path().join("msal.cache.nocae");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let target_lock = lock_path_of(&fs::canonicalize(&target).unwrap());
+    fs::write(&target_lock, format!("{} python3", std::process::id())).unwrap();
+    let timeout = Duration::from_millis(300);
+    let file = CacheFile::<JsonDoc>::with_lock_timeout(link.clone(), None, timeout);
+
+    let started = Instant::now();
+    let err = file.modify(|doc| doc.add("mine")).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(err.is_lock_timeout(), "{err}");
+    assert!(
+        err.to_string().contains(&target_lock.display().to_string()),
+        "{err}"
+    );
+    assert!(
+        waited >= timeout && waited < timeout + LOCK_RETRY_INTERVAL,
+        "waited the timeout, polling: {waited:?}"
+    );
+    assert_eq!(file_keys(&target), ["old"], "not written");
+    assert!(!lock_path_of(&link).exists(), "the link's lock is released");
+
+    fs::remove_file(&target_lock).unwrap();
+    file.modify(|doc| doc.add("mine")).await.unwrap();
+    let mut keys = file_keys(&target);
+    keys.sort();
+    assert_eq!(keys, ["mine", "old"], "written through the link");
+    assert!(fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert!(!target_lock.exists() && !lock_path_of(&link).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
