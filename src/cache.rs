@@ -13,9 +13,10 @@
 //! stays pinned, and another user may sign in there), in the sign-in flight's `land`, under
 //! that flight's lock. A caller that read the pinned account before such a clear makes no
 //! slot after it ([`TokenCache::get_or_acquire_as_of`]). The shared token cache clears them when an
-//! acquisition selects another account than the last one did (the file's account changed);
-//! until some acquisition reads the file (a first request for a scope, or a renewal), a scope
-//! cached before is still served as the previous account. Azure CLI and Azure Developer CLI
+//! acquisition selects another account than the last one did (the file's account changed),
+//! and those of a document's kind (CAE or not) when an acquisition selects no account in it
+//! (signed out); until some acquisition reads the file (a first request for a scope, or a
+//! renewal), a scope cached before is still served as the previous account. Azure CLI and Azure Developer CLI
 //! do not know when the tool's sign-in changes: a cached token is the previous identity's
 //! until its renewal.
 //!
@@ -194,6 +195,15 @@ impl TokenCache {
             generation: slots.generation.wrapping_add(1),
             ..Slots::default()
         };
+    }
+
+    /// Forgets the slots of CAE tokens (`cae`) or of the others: for the shared token cache,
+    /// whose two kinds come from two documents, each naming its own account. As
+    /// [`clear`](Self::clear) for those slots; the others stay.
+    pub(crate) fn clear_kind(&self, cae: bool) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.map.retain(|key, _| key.cae != cae);
+        slots.generation = slots.generation.wrapping_add(1);
     }
 
     /// The slots' generation: to pass to [`get_or_acquire_as_of`](Self::get_or_acquire_as_of)

@@ -28,7 +28,9 @@
 //!   others; the outcome lands even if nobody waits ([`WhenAbandoned::RunOn`]). With
 //!   [`WhenAbandoned::Abort`] the task is aborted when the last handle is dropped (a sign-in
 //!   prompt nobody waits for must stop): the record holds only a weak reference, so a caller
-//!   after that starts anew.
+//!   after that starts anew. Until the work [commits](Commit::commit): from then on it is not
+//!   aborted (what it did cannot be undone — a device code redeemed — and what follows must
+//!   land), and a caller after every handle was dropped joins it.
 //! * **Panics, aborts, runtime shutdown**: a guard inside the task lands an *authentication
 //!   failed* error ("… did not finish", naming the credential) and removes the record, in one
 //!   critical section, however the task ends; waiters get the same kind of error with the
@@ -79,7 +81,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::thread::ThreadId;
@@ -121,9 +123,9 @@ struct Record<K, T> {
     key: K,
     id: u64,
     joined: Joined<T>,
-    /// Set when the flight is aborted once abandoned: its callers hold the only strong
-    /// references.
-    holders: Option<Weak<AbortOnDrop>>,
+    /// Set when the flight is aborted once abandoned (until its work commits): its callers
+    /// hold the only strong references.
+    holders: Option<(Weak<AbortOnDrop>, Commit)>,
 }
 
 /// The state and the records, locked: where an owner decides.
@@ -167,12 +169,57 @@ impl<T: Clone> Future for Flight<T> {
     }
 }
 
-/// Aborts the task when the last handle of its flight is dropped.
-struct AbortOnDrop(AbortHandle);
+/// Aborts the task when the last handle of its flight is dropped, unless its work has
+/// committed.
+struct AbortOnDrop(AbortHandle, Commit);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if self.1.abandon() {
+            self.0.abort();
+        }
+    }
+}
+
+/// The point past which a [`WhenAbandoned::Abort`] flight runs on though abandoned: its work
+/// calls [`commit`](Self::commit) once what it did cannot be undone (a device code redeemed),
+/// so that what follows (the tokens recorded, the account pinned) lands. Either the work
+/// commits or the flight is abandoned first, never both: the one that comes second learns it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Commit(Arc<AtomicU8>);
+
+/// The states of a [`Commit`].
+const OPEN: u8 = 0;
+const COMMITTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl Commit {
+    /// Commits the flight: `false` when it was abandoned first (its task is being aborted,
+    /// and its outcome goes to nobody).
+    pub(crate) fn commit(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(OPEN, COMMITTED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == COMMITTED,
+        }
+    }
+
+    /// Abandons the flight, once every handle is gone: `true` unless its work committed
+    /// first (then it runs on).
+    fn abandon(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(OPEN, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == ABANDONED,
+        }
+    }
+
+    fn is_committed(&self) -> bool {
+        self.0.load(Ordering::Acquire) == COMMITTED
     }
 }
 
@@ -279,7 +326,13 @@ where
     {
         let record = self.record(key)?;
         let holder = match &record.holders {
-            Some(weak) => Some(weak.upgrade()?),
+            Some((weak, commit)) => match weak.upgrade() {
+                Some(holder) => Some(holder),
+                // Every handle is gone: joined only when its work committed first (decided
+                // once, with the handle's drop, which aborts it otherwise).
+                None if commit.abandon() => return None,
+                None => None,
+            },
             None => None,
         };
         Some(Flight {
@@ -294,8 +347,11 @@ where
         K: Borrow<Q>,
         Q: PartialEq + ?Sized,
     {
-        self.record(key)
-            .is_some_and(|r| r.holders.as_ref().is_none_or(|w| w.strong_count() > 0))
+        self.record(key).is_some_and(|r| {
+            r.holders
+                .as_ref()
+                .is_none_or(|(w, commit)| w.strong_count() > 0 || commit.is_committed())
+        })
     }
 
     fn record<Q>(&self, key: &Q) -> Option<&Record<K, T>>
@@ -309,7 +365,7 @@ where
     /// Spawns `work` as the flight of `key` and records it. When `work` ends, `land` turns its
     /// result into the outcome every waiter gets, under the lock, as the record is removed.
     /// With [`WhenAbandoned::Abort`], dropping the last handle aborts the task (`land` then
-    /// receives a "did not finish" error).
+    /// receives a "did not finish" error), unless its work has committed.
     pub(crate) fn start<W, F, L>(
         &mut self,
         key: K,
@@ -359,7 +415,7 @@ where
         let abort = task.abort_handle();
         let holder = match when_abandoned {
             WhenAbandoned::RunOn => None,
-            WhenAbandoned::Abort => Some(Arc::new(AbortOnDrop(abort.clone()))),
+            WhenAbandoned::Abort(commit) => Some(Arc::new(AbortOnDrop(abort.clone(), commit))),
         };
         let (name, what) = (self.inner.name, self.inner.what);
         let joined = async move {
@@ -389,7 +445,7 @@ where
             key,
             id,
             joined: joined.clone(),
-            holders: holder.as_ref().map(Arc::downgrade),
+            holders: holder.as_ref().map(|h| (Arc::downgrade(h), h.1.clone())),
         });
         Flight {
             joined,
@@ -447,12 +503,13 @@ impl<W> Deferred<W> {
 }
 
 /// What becomes of a flight whose every handle was dropped.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum WhenAbandoned {
     /// It runs to its end and its outcome lands.
     RunOn,
-    /// Its task is aborted (a prompt nobody waits for must stop).
-    Abort,
+    /// Its task is aborted (a prompt nobody waits for must stop), unless its work has passed
+    /// the [`Commit`] (never, if it does not call it): then it runs on as `RunOn`.
+    Abort(Commit),
 }
 
 /// Lands a flight's outcome and removes its record, inside its task, however the task ends.
@@ -683,9 +740,12 @@ mod tests {
                 Ok(7)
             }
         };
-        let a = flights
-            .lock()
-            .start("k", WhenAbandoned::Abort, abortable(&finished), land);
+        let a = flights.lock().start(
+            "k",
+            WhenAbandoned::Abort(Commit::default()),
+            abortable(&finished),
+            land,
+        );
         let b = flights.lock().running("k").expect("joined");
         drop(a);
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -702,11 +762,60 @@ mod tests {
             assert_eq!(*lock, [Err("the test flight did not finish".to_owned())]);
             assert!(!lock.is_running("k"));
         }
-        let again = flights
-            .lock()
-            .start("k", WhenAbandoned::Abort, abortable(&finished), land);
+        let again = flights.lock().start(
+            "k",
+            WhenAbandoned::Abort(Commit::default()),
+            abortable(&finished),
+            land,
+        );
         assert_eq!(again.await.unwrap(), 7);
         assert!(finished.load(Ordering::SeqCst));
+    }
+
+    /// Abandoned once its work has committed, an abortable flight runs on, its outcome lands,
+    /// and a caller after every handle was dropped joins it. Abandoned before, its work
+    /// learns so from the commit, which then fails.
+    #[tokio::test(start_paused = true)]
+    async fn abandoned_after_its_work_committed_the_flight_runs_on_and_is_joined() {
+        let flights = flights();
+        let commit = Commit::default();
+        let (release, gate) = oneshot::channel::<()>();
+        let work = {
+            let commit = commit.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                assert!(commit.commit(), "nobody had given up yet");
+                let _ = gate.await;
+                Ok(7)
+            }
+        };
+        let a = flights
+            .lock()
+            .start("k", WhenAbandoned::Abort(commit), work, land);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(a);
+        assert!(flights.lock().is_running("k"), "committed: it runs on");
+        let b = flights
+            .lock()
+            .running("k")
+            .expect("joined though abandoned");
+        release.send(()).unwrap();
+        assert_eq!(b.await.unwrap(), 7);
+        let lock = flights.lock();
+        assert_eq!(*lock, [Ok(7)]);
+        assert!(!lock.is_running("k"));
+        drop(lock);
+
+        let commit = Commit::default();
+        let c = flights.lock().start(
+            "k",
+            WhenAbandoned::Abort(commit.clone()),
+            std::future::pending(),
+            land,
+        );
+        drop(c);
+        assert!(!commit.commit(), "abandoned first");
+        assert!(flights.lock().running("k").is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -853,10 +962,12 @@ mod tests {
         assert!(!flights.lock().is_running("k"));
 
         // An abandoned flight is aborted after a new one has started: same.
-        let abandoned =
-            flights
-                .lock()
-                .start("k", WhenAbandoned::Abort, std::future::pending(), land);
+        let abandoned = flights.lock().start(
+            "k",
+            WhenAbandoned::Abort(Commit::default()),
+            std::future::pending(),
+            land,
+        );
         drop(abandoned);
         let runs = Arc::new(AtomicUsize::new(0));
         let current = join_or_start(&flights, "k", || work(&runs, 5, Ok(3)));

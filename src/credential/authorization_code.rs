@@ -5,7 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::env::Vars;
-use super::refresh_tokens::{Redeem, Silent, Stores, answer_account, with_sign_in_advice};
+use super::refresh_tokens::{
+    Redeem, Silent, Stores, answer_account, refuses_the_grant, with_sign_in_advice,
+};
 use super::settings::{Settings, settings_setters};
 use super::{Plan, arc_credential_service};
 use crate::cache::{CacheKey, TokenCache};
@@ -40,12 +42,18 @@ const NAME: &str = "AuthorizationCodeCredential";
 /// * The first call redeems the code (`client_info=1`), for that call's scopes. The code is
 ///   sent again by later calls until a redemption succeeds, then forgotten; the account is
 ///   pinned to the `uid.utid` of the answer. Concurrent first calls share the one redemption.
+///   A redemption with no definite answer (no answer in time, the connection lost after the
+///   request was sent, a server error) keeps the code too: it usually was not consumed. When
+///   a later redemption is then told the code was already redeemed (AADSTS54005), its error
+///   says that the earlier one got no definite answer (and which kind), so it may have used
+///   the code.
 ///   A code Entra refuses for good (`invalid_grant` with AADSTS54005 already redeemed, 70008
 ///   expired, 50148 or 501481 the PKCE verifier does not match, 9002313 malformed, 50011 or
 ///   500112 another redirect URI) is forgotten at once, and later calls get that refusal without a request (sign the user in
 ///   again for a new code). Any other refusal keeps the code. One for the request only (any
 ///   other `invalid_grant`: no consent, MFA, a Conditional Access policy of one resource, a
-///   code not known here; or `invalid_scope`, `invalid_resource`) is also kept as the answer
+///   code not known here; `interaction_required`, `consent_required`; or `invalid_scope`,
+///   `invalid_resource`) is also kept as the answer
 ///   to the calls for the same request (tenant, scopes, CAE, claims) only: for 30 s they get
 ///   it without a request, then that request sends the code again. These refusals are kept
 ///   per request, so requests retried in turn each send the code once per 30 s; at most 16
@@ -80,8 +88,9 @@ const NAME: &str = "AuthorizationCodeCredential";
 ///   consent, an unauthorized scope, a Conditional Access policy of one resource — AADSTS50005,
 ///   50072, 50074, 50076, 50078, 50079, 50097, 50129, 50131, 50158, 50199, 53000–53004, 65001,
 ///   65002, 70000, 70043, or the `suberror`s `basic_action`, `additional_action`,
-///   `message_only`, `consent_required`, `user_password_expired` — or any refusal of a request
-///   carrying a claims challenge) is kept for the others. One Entra says is dead (expired,
+///   `message_only`, `consent_required`, `user_password_expired`; the top-level errors
+///   `interaction_required` and `consent_required`; or any refusal of a request carrying a
+///   claims challenge) is kept for the others. One Entra says is dead (expired,
 ///   revoked, the user disabled or deleted, the device deleted: AADSTS70008, 700081, 700082,
 ///   700084, 50173, 50132, 50133, 50057, 50034, 500341, 700003, 700007, or the `suberror`
 ///   `bad_token` or `token_expired`, also beside 70000) is dropped from the credential's own
@@ -121,6 +130,10 @@ struct CodeState {
     /// Entra's refusal of the code for good (see [`code_is_spent`]), the answer to every
     /// later call: sent again, the code could only be refused again.
     refused: Option<CredentialError>,
+    /// What the last redemption that got no definite answer met instead (see
+    /// [`no_definite_answer`]): Entra may have redeemed the code then, so a later refusal
+    /// saying it was already redeemed (AADSTS54005) names this as the likely use.
+    undecided: Option<String>,
     /// The refusals that kept the code (see [`keeps_the_code`]), one per request, each
     /// answered again to its request for [`DEFAULT_RETRY_AFTER_FAILURE`] without sending the
     /// code: callers retrying in a loop, for one request or several in turn, would otherwise
@@ -503,6 +516,22 @@ impl Inner {
         // refusal of this request only (see `keeps_the_code`) keeps it: another request may
         // redeem it. The calls answering its outcome leave the line; see `Line`.
         state.start((), WhenAbandoned::RunOn, redeem, move |state, result| {
+            // The code is retried after a redemption with no definite answer (it usually was
+            // not consumed); if it was, the retry is told "already redeemed", which hides the
+            // real failure: that error names it.
+            let result = result.map_err(|error| match &state.undecided {
+                Some(earlier) if error.error_codes().contains(&ALREADY_REDEEMED) => error
+                    .with_message_prefix(&format!(
+                        "an earlier redemption of this authorization code got no definite \
+                         answer ({earlier}), so it may have used the code: "
+                    )),
+                _ => error,
+            });
+            if let Err(error) = &result {
+                if let Some(cause) = no_definite_answer(error) {
+                    state.undecided = Some(cause);
+                }
+            }
             let every = result.as_ref().is_err_and(fails_every_waiter);
             // An outcome not kept in the state (a failure, or a token of no account): the
             // answer of the calls for this request that did not join this redemption (they
@@ -575,9 +604,12 @@ impl Inner {
                 .client
                 .request(NAME, &tenant, form)
                 .await
-                .map_err(|error| match error.error_code() {
-                    Some("invalid_grant") => with_sign_in_advice(NAME, error),
-                    _ => error,
+                .map_err(|error| {
+                    if refuses_the_grant(&error) {
+                        with_sign_in_advice(NAME, error)
+                    } else {
+                        error
+                    }
                 })?;
             let (store, _) = this.stores.for_request(cae);
             let redeem = Redeem {
@@ -649,6 +681,56 @@ impl Inner {
 ///   fixed, so no later redemption can succeed either.
 const CODE_SPENT: [u32; 7] = [54_005, 70_008, 50_148, 501_481, 9_002_313, 50_011, 500_112];
 
+/// AADSTS54005: the authorization code was already redeemed.
+const ALREADY_REDEEMED: u32 = 54_005;
+
+/// What a failed redemption met instead of a definite answer, when Entra may have redeemed the
+/// code all the same: no answer in time, the connection lost after the request was sent, a
+/// server error, an answer that could not be read, the redemption cut off. `None` when the
+/// code surely was not used: a refusal (an OAuth error answer below 500), a connection that
+/// could not be made, a TLS or proxy failure before anything was sent, throttling (a 429 is
+/// not processed; a single-use request is retried only after those, see
+/// [`SingleUse`](crate::transport::SingleUse)). Names a kind, never the error's text.
+fn no_definite_answer(error: &CredentialError) -> Option<String> {
+    use crate::transport::TransportErrorKind;
+    if error.is_unfinished() {
+        return Some("the redemption did not finish".to_owned());
+    }
+    if error.is_timeout() {
+        return Some("no answer in time".to_owned());
+    }
+    if error.is_connect() || error.is_throttled() {
+        return None;
+    }
+    if let Some(status) = error.status() {
+        return if status.is_server_error() {
+            Some(format!("a server error, HTTP {}", status.as_u16()))
+        } else if error.error_code().is_none() {
+            Some(format!(
+                "an answer that could not be read, HTTP {}",
+                status.as_u16()
+            ))
+        } else {
+            None
+        };
+    }
+    match error.transport_kind() {
+        Some(
+            TransportErrorKind::Connect
+            | TransportErrorKind::Tls
+            | TransportErrorKind::Proxy
+            | TransportErrorKind::Scheme,
+        ) => None,
+        Some(TransportErrorKind::TooLarge) => Some("an answer too large to read".to_owned()),
+        Some(TransportErrorKind::Timeout) => Some("no answer in time".to_owned()),
+        Some(TransportErrorKind::Io) => {
+            Some("the connection failed after the request was sent".to_owned())
+        }
+        None if error.error_code().is_some() => None,
+        None => Some("the request failed without an answer".to_owned()),
+    }
+}
+
 /// Whether Entra refused the authorization code for good (see [`CODE_SPENT`]).
 fn code_is_spent(error: &CredentialError) -> bool {
     error.error_code() == Some("invalid_grant")
@@ -657,8 +739,9 @@ fn code_is_spent(error: &CredentialError) -> bool {
 
 /// Whether Entra refused the authorization code for the request only, keeping it, with the
 /// refusal kept as that request's answer (see [`CodeState::kept_refusals`]): another request
-/// may redeem it. `invalid_grant` other than [`CODE_SPENT`] (consent or MFA for these scopes,
-/// a Conditional Access policy of this resource, a code not known here), `invalid_scope` and
+/// may redeem it. A [refusal of the grant](refuses_the_grant) other than [`CODE_SPENT`]
+/// (consent or MFA for these scopes, `interaction_required` and `consent_required` too, a
+/// Conditional Access policy of this resource, a code not known here), `invalid_scope` and
 /// `invalid_resource` (a scope or resource this request named). Other refusals keep the code
 /// too but are not kept in the state: `invalid_client` or `unauthorized_client` may refuse
 /// the app in one tenant only (AADSTS700016: not found in that directory) or in all; the
@@ -667,9 +750,8 @@ fn code_is_spent(error: &CredentialError) -> bool {
 /// [`fails_every_waiter`]'s, not this.
 fn keeps_the_code(error: &CredentialError) -> bool {
     match error.error_code() {
-        Some("invalid_grant") => !code_is_spent(error),
         Some("invalid_scope" | "invalid_resource") => true,
-        _ => false,
+        _ => refuses_the_grant(error) && !code_is_spent(error),
     }
 }
 
@@ -811,6 +893,7 @@ impl AuthorizationCodeCredentialBuilder {
                         }),
                         account: None,
                         refused: None,
+                        undecided: None,
                         kept_refusals: KeptRefusals::default(),
                         redeeming: None,
                         redemptions: 0,

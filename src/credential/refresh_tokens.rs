@@ -342,11 +342,11 @@ impl Redeem<'_> {
     /// token rotated in place); after one the provider [refuses](is_refusal) the next is
     /// tried, and any other failure is returned at once. A rejected token is dropped from a
     /// private in-memory store and from [`Unwritten`] only when Entra says it is
-    /// [dead](Refusal::Dead); a shared cache file keeps it. Each `invalid_grant` is
-    /// remembered in [`Refusals`]: the same request with the same token gets it again, not
+    /// [dead](Refusal::Dead); a shared cache file keeps it. Each
+    /// [refusal of the grant](refuses_the_grant) is remembered in [`Refusals`]: the same request with the same token gets it again, not
     /// sent, for a while. `Ok(None)` when there is no candidate; when none worked, the last
-    /// refusal that leaves its token alive if there is one, else the last error (an
-    /// `invalid_grant` one saying what to do): a caller deciding from it whether the account
+    /// refusal that leaves its token alive if there is one, else the last error (a refusal
+    /// of the grant saying what to do): a caller deciding from it whether the account
     /// is dead must not read "dead" while a token refused for this request only still
     /// serves others (a rotated one in the CAE document refused for MFA, then an older one
     /// expired from disuse).
@@ -395,14 +395,14 @@ impl Redeem<'_> {
             if !is_refusal(&error) {
                 return Err(error);
             }
-            if error.error_code() != Some("invalid_grant") {
+            if !refuses_the_grant(&error) {
                 refused.add(self.claims.as_deref(), error);
                 continue;
             }
-            // `invalid_grant` does not always mean the token is dead: a claims challenge, MFA
-            // or a Conditional Access policy of one resource refuses it for this request
-            // only, and it still serves other scopes and tenants; and the token in a shared
-            // file is also Visual Studio's or another application's sign-in. Like msal
+            // A refusal of the grant does not always mean the token is dead: a claims
+            // challenge, MFA, consent or a Conditional Access policy of one resource refuses it
+            // for this request only, and it still serves other scopes and tenants; and the
+            // token in a shared file is also Visual Studio's or another application's sign-in. Like msal
             // (unlike azure-identity), it stays in the file. A token of a private in-memory
             // store, or the one kept in memory, is ours alone: dropping it when Entra says it
             // is dead spares a doomed request on every later call; one refused for a reason
@@ -420,13 +420,13 @@ impl Redeem<'_> {
                 Some((_, store)) if store.is_shared() => {
                     tracing::debug!(
                         credential = self.credential,
-                        "refresh token rejected (invalid_grant); left in the shared token cache"
+                        "refresh token refused; left in the shared token cache"
                     );
                 }
                 Some((key, store)) if dead => {
                     tracing::debug!(
                         credential = self.credential,
-                        "refresh token rejected (invalid_grant); dropped from memory"
+                        "refresh token refused as dead; dropped from memory"
                     );
                     // Only while the entry still holds the rejected token: a concurrent
                     // redemption may have rotated it to a fresh one meanwhile.
@@ -632,7 +632,28 @@ const DEAD: [u32; 12] = [
 /// revoked), `token_expired`.
 const DEAD_SUBERRORS: [&str; 2] = ["bad_token", "token_expired"];
 
-/// What an `invalid_grant` means for the refresh token that was sent.
+/// The top-level `error`s besides `invalid_grant` with which Entra's token endpoint refuses a
+/// grant because the user must act in a sign-in (the Microsoft identity platform's token
+/// endpoint errors: `interaction_required`, an additional authentication step such as MFA;
+/// `consent_required`, consent not given). Neither is a verdict on the refresh token: each is
+/// a refusal of this request only (see [`refusal`]).
+const REFUSED_FOR_THIS_REQUEST_ERRORS: [&str; 2] = ["interaction_required", "consent_required"];
+
+/// Whether `error` is Entra's refusal of the grant sent (a refresh token, an authorization
+/// code) rather than of the client or the request's form: `invalid_grant`, or one of
+/// [`REFUSED_FOR_THIS_REQUEST_ERRORS`]. The one definition the user credentials decide by:
+/// what [`refusal`] reads, what [`Refusals`] remembers, what makes a device code request
+/// prompt.
+pub(crate) fn refuses_the_grant(error: &CredentialError) -> bool {
+    match error.error_code() {
+        Some("invalid_grant") => true,
+        Some(code) => REFUSED_FOR_THIS_REQUEST_ERRORS.contains(&code),
+        None => false,
+    }
+}
+
+/// What a refusal of the grant (see [`refuses_the_grant`]) means for the refresh token that
+/// was sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
     /// It can never be redeemed again: dropped from the credential's own memory.
@@ -645,21 +666,27 @@ pub(crate) enum Refusal {
     Unknown,
 }
 
-/// What Entra's `invalid_grant` `error` says about the refresh token of a request carrying
-/// `claims`. A refusal of a request carrying a claims challenge concerns that request only,
-/// whatever its code (the token's session cannot meet it; the CAE capability alone is no
-/// challenge). The codes win over the `suberror` (Entra sends `bad_token` beside 70043, a
-/// sign-in frequency check of one resource): a code of this request only, then a dead code,
-/// then the `suberror`s the same way.
+/// What Entra's refusal of the grant (see [`refuses_the_grant`]) says about the refresh token
+/// of a request carrying `claims`. A refusal of a request carrying a claims challenge
+/// concerns that request only, whatever its code (the token's session cannot meet it; the
+/// CAE capability alone is no challenge), and so does an `interaction_required` or
+/// `consent_required` one (the user must act in a sign-in). For `invalid_grant`, the codes win
+/// over the `suberror` (Entra sends `bad_token` beside 70043, a sign-in frequency check of one
+/// resource): a code of this request only, then a dead code, then the `suberror`s the same
+/// way.
 pub(crate) fn refusal(claims: Option<&str>, error: &CredentialError) -> Refusal {
+    let for_this_request = error
+        .error_code()
+        .is_some_and(|code| REFUSED_FOR_THIS_REQUEST_ERRORS.contains(&code));
+    if for_this_request || carries_a_challenge(claims) {
+        return Refusal::ForThisRequest;
+    }
     let codes = error.error_codes();
     let suberror = error.suberror().unwrap_or_default();
     // 70000 is both a scope not authorized and a grant not accepted at all: the dead
     // suberror tells the second.
     let bad_grant = codes.contains(&70_000) && DEAD_SUBERRORS.contains(&suberror);
-    if carries_a_challenge(claims)
-        || (!bad_grant && codes.iter().any(|c| REFUSED_FOR_THIS_REQUEST.contains(c)))
-    {
+    if !bad_grant && codes.iter().any(|c| REFUSED_FOR_THIS_REQUEST.contains(c)) {
         Refusal::ForThisRequest
     } else if bad_grant || codes.iter().any(|c| DEAD.contains(c)) {
         Refusal::Dead
@@ -672,16 +699,17 @@ pub(crate) fn refusal(claims: Option<&str>, error: &CredentialError) -> Refusal 
     }
 }
 
-/// Whether `error` is a refusal of the refresh tokens that leaves them alive (an
-/// `invalid_grant` that does not say they are [dead](Refusal::Dead)): they still serve other
-/// requests.
+/// Whether `error` is a refusal of the refresh tokens that leaves them alive (a
+/// [refusal of the grant](refuses_the_grant) that does not say they are
+/// [dead](Refusal::Dead)): they still serve other requests.
 pub(crate) fn refused_for_this_request(claims: Option<&str>, error: &CredentialError) -> bool {
-    error.error_code() == Some("invalid_grant") && !says_dead(claims, error)
+    refuses_the_grant(error) && !says_dead(claims, error)
 }
 
-/// Whether `error` is an `invalid_grant` saying the refresh token sent is [dead](Refusal::Dead).
-fn says_dead(claims: Option<&str>, error: &CredentialError) -> bool {
-    error.error_code() == Some("invalid_grant") && refusal(claims, error) == Refusal::Dead
+/// Whether `error` is a [refusal of the grant](refuses_the_grant) saying the refresh token
+/// sent is [dead](Refusal::Dead).
+pub(crate) fn says_dead(claims: Option<&str>, error: &CredentialError) -> bool {
+    refuses_the_grant(error) && refusal(claims, error) == Refusal::Dead
 }
 
 /// How many refusals [`Refusals`] remembers: a credential sends a handful of distinct
@@ -701,7 +729,8 @@ struct Remembered {
     error: CredentialError,
 }
 
-/// The refresh tokens Entra refused lately (`invalid_grant`), by request. A refused token that
+/// The refresh tokens Entra refused lately ([refusals of the grant](refuses_the_grant)), by
+/// request. A refused token that
 /// is kept (refused for this request only, or for a reason this crate does not know) would
 /// otherwise be sent again by every call that misses the cache — a retry loop hammering Entra
 /// with a request it refused. The same request with the same token gets the same refusal,
@@ -788,8 +817,8 @@ pub(crate) fn answer_account(response: &TokenResponse) -> Option<String> {
     )
 }
 
-/// An `invalid_grant` error of a user credential (its refresh token or its authorization
-/// code refused), with what the user must do to get past it: one piece of advice, this
+/// A [refusal of the grant](refuses_the_grant) to a user credential (its refresh token or its
+/// authorization code refused), with what the user must do to get past it: one piece of advice, this
 /// credential's.
 pub(crate) fn with_sign_in_advice(
     credential: &'static str,
@@ -894,5 +923,48 @@ mod tests {
             refusal(Some(challenge), &refused(&[50_057], Some("bad_token"))),
             ForThisRequest
         );
+    }
+
+    fn answered(error: &str, codes: &[u32]) -> CredentialError {
+        CredentialError::authentication_failed("C", "refused").with_provider(ProviderDetails {
+            error: Some(error.into()),
+            error_codes: codes.to_vec(),
+            ..ProviderDetails::default()
+        })
+    }
+
+    /// Entra's token endpoint documents `interaction_required` and `consent_required` beside
+    /// `invalid_grant`: each refuses the grant for this request only. Other OAuth errors are
+    /// no refusal of the grant.
+    #[test]
+    fn interaction_and_consent_required_refuse_the_grant_for_this_request_only() {
+        for (error, code) in [
+            ("interaction_required", 50_076),
+            ("consent_required", 65_001),
+        ] {
+            for codes in [&[][..], &[code], &[9_999_999]] {
+                let refused = answered(error, codes);
+                assert!(refuses_the_grant(&refused), "{error} {codes:?}");
+                assert_eq!(refusal(None, &refused), Refusal::ForThisRequest);
+                assert!(
+                    refused_for_this_request(None, &refused),
+                    "{error} {codes:?}"
+                );
+                assert!(!says_dead(None, &refused), "{error} {codes:?}");
+            }
+        }
+        for error in [
+            "invalid_client",
+            "unauthorized_client",
+            "invalid_request",
+            "invalid_scope",
+            "temporarily_unavailable",
+            "server_error",
+        ] {
+            let other = answered(error, &[50_076]);
+            assert!(!refuses_the_grant(&other), "{error}");
+            assert!(!refused_for_this_request(None, &other), "{error}");
+            assert!(!says_dead(None, &other), "{error}");
+        }
     }
 }

@@ -69,7 +69,11 @@ const UNAVAILABLE: &str = "authentication unavailable.";
 /// When the selection changes (the developer signed in as someone else), the tokens kept in
 /// memory for the previous account are dropped; until an acquisition sees the change, a scope
 /// cached before is still served as the previous account (azure-identity reads the file on
-/// every request and switches at once). Build a new credential to switch at once.
+/// every request and switches at once). Build a new credential to switch at once. When an
+/// acquisition selects no account (the developer signed out, as msal's `remove_account` does;
+/// none matches the settings any more; the file is gone), it fails, and the tokens kept in
+/// memory from that file are dropped too: a scope cached before then fails as well, once an
+/// acquisition has seen the sign-out.
 #[derive(Clone)]
 pub struct SharedTokenCacheCredential {
     inner: Arc<Inner>,
@@ -145,6 +149,8 @@ impl Inner {
     ) -> Result<AccessToken, CredentialError> {
         let store = if cae { &self.cae } else { &self.plain };
         if !store.exists().await {
+            // No file, no account: as a selection that finds none.
+            self.deselected(cae);
             return Err(unavailable(format!(
                 "Shared token cache unavailable: there is no cache file at {}. Visual Studio and \
                  applications with a persistent MSAL token cache write it; Azure CLI does not \
@@ -160,7 +166,13 @@ impl Inner {
             .await
             .map_err(|e| unavailable(format!("Shared token cache unavailable: {e}")))?;
         let environments: Vec<&str> = self.environments.iter().map(String::as_str).collect();
-        let account = self.select_account(&doc, &environments)?;
+        let account = match self.select_account(&doc, &environments) {
+            Ok(account) => account,
+            Err(error) => {
+                self.deselected(cae);
+                return Err(error);
+            }
+        };
         self.selected(cae, &account.home_account_id);
         let mut aging = None;
         if !carries_a_challenge(claims.as_deref()) {
@@ -246,6 +258,29 @@ impl Inner {
                 "the selected account changed; the tokens cached in memory for the previous one are dropped"
             );
             self.memory.clear();
+        }
+    }
+
+    /// Notes that an acquisition found no account to select in its document (`cae`): the
+    /// developer signed out (msal's `remove_account`), or no account matches the settings any
+    /// more. The tokens cached in memory from that document are dropped, so that no later
+    /// request is served as the account selected before (azure-identity reads the file at
+    /// every request and fails at once). Only that document's: the other one's account is
+    /// its own (see [`selected`](Self::selected)). Once per sign-out: nothing was selected
+    /// since, so nothing of that kind was cached.
+    fn deselected(&self, cae: bool) {
+        let was_selected = {
+            let mut selected = self.selected.lock().unwrap_or_else(|e| e.into_inner());
+            let [plain, cae_document] = &mut *selected;
+            let selected = if cae { cae_document } else { plain };
+            selected.take().is_some()
+        };
+        if was_selected {
+            tracing::debug!(
+                credential = NAME,
+                "no account is selected any more; the tokens cached in memory for the previous one are dropped"
+            );
+            self.memory.clear_kind(cae);
         }
     }
 

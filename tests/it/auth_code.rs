@@ -1508,6 +1508,131 @@ async fn a_refresh_token_refused_with_an_unknown_code_is_kept_and_its_request_sp
     );
 }
 
+/// Entra's token endpoint also refuses a grant with the top-level errors
+/// `interaction_required` (an additional authentication step: MFA) and `consent_required`,
+/// beside `invalid_grant` (the Microsoft identity platform's token endpoint errors). Each
+/// refuses this request only: the same request gets the refusal again without a request for
+/// 30 s, saying to sign in again, and the refresh token still serves other requests. Before,
+/// neither refusal was remembered: every call for that request sent the refresh token again.
+#[tokio::test(start_paused = true)]
+async fn interaction_or_consent_required_refuses_the_request_only_and_is_not_sent_again_at_once() {
+    use crate::support::authority::{Authority, Fault, error_body};
+    use loopback::{A, B, answer};
+
+    for (error, code) in [("interaction_required", 50076), ("consent_required", 65001)] {
+        let authority = Authority::start().await;
+        let credential = loopback::credential(&authority);
+        authority.push_fault(answer("at-1", "rt-1"));
+        credential.get_token([A]).await.unwrap();
+        authority.push_fault(Fault::Respond {
+            status: 400,
+            body: error_body(error, code, "The user must act in a sign-in."),
+            headers: vec![],
+        });
+        let err = credential.get_token([B]).await.unwrap_err();
+        assert_eq!(err.error_code(), Some(error), "{err}");
+        assert!(
+            err.message().contains("To fix, sign the user in again"),
+            "{error}: {err}"
+        );
+        let again = credential.get_token([B]).await.unwrap_err();
+        assert_eq!(again.error_code(), Some(error), "{again}");
+        assert_eq!(authority.token_posts(), 2, "{error}: sent again at once");
+
+        authority.push_fault(answer("at-other", "rt-1"));
+        let other = credential
+            .get_token(["https://other.test/.default"])
+            .await
+            .unwrap_or_else(|e| panic!("{error}: {e}"));
+        assert_eq!(other.secret().expose_secret(), "at-other");
+        let requests = authority.requests();
+        assert_eq!(requests.len(), 3, "{requests:#?}");
+        assert_eq!(requests[2].field("refresh_token"), Some("rt-1"));
+    }
+}
+
+/// A redemption that got no definite answer (no answer in time, the connection closed after
+/// the request was sent, a server error) keeps the code, and the next call sends it again: it
+/// usually was not consumed. When Entra then says it was already redeemed (AADSTS54005), the
+/// error says the earlier redemption got no definite answer, and of which kind, so it may
+/// have used the code. After a definite refusal (one that keeps the code), it does not.
+/// Before, the error said only "already redeemed", hiding the real failure.
+#[tokio::test(start_paused = true)]
+async fn already_redeemed_after_a_redemption_with_no_definite_answer_says_it_may_have_used_the_code()
+ {
+    use crate::support::authority::{Authority, Fault, error_body};
+    use crate::support::creds::{http_builder, secs};
+    use loopback::{A, B};
+
+    let redeemed = || Fault::Respond {
+        status: 400,
+        body: error_body(
+            "invalid_grant",
+            54005,
+            "OAuth2 Authorization code was already redeemed.",
+        ),
+        headers: vec![],
+    };
+    let declined = Fault::Respond {
+        status: 400,
+        body: error_body("invalid_client", 7000215, "Invalid client secret provided."),
+        headers: vec![],
+    };
+    for (first, kind) in [
+        (Fault::Hang, Some("(no answer in time)")),
+        (
+            Fault::Close,
+            Some("(the connection failed after the request was sent)"),
+        ),
+        (Fault::ServerError(500), Some("(a server error, HTTP 500)")),
+        (declined, None),
+    ] {
+        let authority = Authority::start().await;
+        let http = http_builder(&authority)
+            .timeout(Some(secs(2)))
+            .build()
+            .unwrap();
+        let credential = loopback::builder(&authority, loopback::CODE)
+            .http_client(http)
+            .build()
+            .unwrap();
+        authority.push_fault(first);
+        let err = credential.get_token([A]).await.unwrap_err();
+        assert!(!err.message().contains("54005"), "{kind:?}: {err}");
+        authority.push_fault(redeemed());
+        let err = credential.get_token([B]).await.unwrap_err();
+        assert_eq!(err.error_codes(), [54005], "{kind:?}: {err}");
+        assert_eq!(
+            authority.token_posts(),
+            2,
+            "{kind:?}: the code is sent again once"
+        );
+        let message = err.message();
+        assert!(
+            message.contains("To fix, sign the user in again"),
+            "{kind:?}: {err}"
+        );
+        assert!(!message.contains(loopback::CODE), "{kind:?}: {err}");
+        match kind {
+            Some(kind) => {
+                assert!(
+                    message.starts_with(
+                        "an earlier redemption of this authorization code got no definite answer "
+                    ) && message.contains(kind)
+                        && message.contains("so it may have used the code: ")
+                        && message.contains("AADSTS54005"),
+                    "{err}"
+                );
+            }
+            None => assert!(!message.contains("earlier redemption"), "{err}"),
+        }
+        // Later calls get the same refusal, without a request.
+        let later = credential.get_token([A]).await.unwrap_err();
+        assert_eq!(later.message(), message);
+        assert_eq!(authority.token_posts(), 2);
+    }
+}
+
 /// A dead token's refusal that arrives after a concurrent redemption of the same token rotated
 /// its entry removes nothing: the entry holds the fresh token now. Before, the entry was
 /// removed by its key, the fresh token with it.

@@ -787,6 +787,158 @@ mod transient {
         assert_eq!(poll_times(&authority), [5, 10]);
         assert_eq!(started.elapsed(), secs(10));
     }
+
+    /// The interval Entra gives is waited out in full, however long: the client MUST wait at
+    /// least that long between polls (RFC 8628 §3.5). One longer than the code lives (the
+    /// largest number the answer can hold) is polled once, at the code's expiry, and the
+    /// sign-in ends there. Before, the interval was cut to 60 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_interval_is_waited_out_in_full_and_the_sign_in_still_ends_at_the_codes_expiry()
+    {
+        let authority = Authority::start().await;
+        authority.set_device_code_interval(120);
+        authority.push_fault(pending());
+        let patient = credential(&authority, http_builder(&authority).build().unwrap());
+        patient.get_token([RESOURCE]).await.unwrap();
+        assert_eq!(poll_times(&authority), [120, 240]);
+
+        let authority = Authority::start().await;
+        authority.set_device_code_interval(u64::MAX);
+        authority.push_fault(pending());
+        let outlived = credential(&authority, http_builder(&authority).build().unwrap());
+        let error = outlived.get_token([RESOURCE]).await.unwrap_err();
+        assert_eq!(
+            error.message(),
+            "the code expired before the user signed in; try again"
+        );
+        // Entra's code lives 900 s.
+        assert_eq!(poll_times(&authority), [900]);
+    }
+
+    /// A prompt that panics ends the sign-in with an error saying so (not a bare "did not
+    /// finish"), and nothing is polled: the user was never shown the code. The next call
+    /// starts a new sign-in.
+    #[tokio::test(start_paused = true)]
+    async fn a_prompt_that_panics_ends_the_sign_in_with_an_error_saying_so_and_nothing_is_polled() {
+        let authority = Authority::start().await;
+        let credential = DeviceCodeCredential::builder()
+            .tenant_id("contoso")
+            .authority_host(authority.url())
+            .http_client(http_builder(&authority).build().unwrap())
+            .prompt(|_| panic!("the terminal went away"))
+            .build()
+            .unwrap();
+        for call in 1..=2 {
+            let error = credential.get_token([RESOURCE]).await.unwrap_err();
+            assert!(error.is_authentication_failed(), "{error}");
+            assert_eq!(
+                error.message(),
+                "the prompt callback panicked; the user was not shown the code"
+            );
+            tokio::time::sleep(secs(60)).await;
+            assert_eq!(authority.device_code_requests().len(), call);
+            assert_eq!(authority.token_posts(), 0, "nothing polled");
+        }
+    }
+}
+
+/// The user signs in just as the only caller gives up (its timeout fires while the tokens
+/// wait for the cache file's lock, held by another writer): the sign-in is past aborting, so
+/// the tokens are recorded and the account pinned, and the next call gets the token without
+/// a new prompt. Before, the sign-in was aborted with its caller after the code had been
+/// redeemed: the tokens were lost, and the next call prompted again.
+#[tokio::test(start_paused = true)]
+async fn a_caller_giving_up_as_the_user_signs_in_loses_nothing() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::support::authority::Authority;
+
+    let authority = Authority::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join(".IdentityService");
+    std::fs::create_dir_all(&dir).unwrap();
+    // msal-extensions' lock file, naming a live process (this one): held, not stale.
+    let lock = dir.join("msal.cache.nocae.lockfile");
+    std::fs::write(&lock, format!("{} another-writer", std::process::id())).unwrap();
+    let prompts = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&prompts);
+    let credential = DeviceCodeCredential::builder()
+        .tenant_id("contoso")
+        .authority_host(authority.url())
+        .http_client(crate::support::creds::http(&authority))
+        .cache_options(
+            TokenCachePersistenceOptions::new()
+                .directory(&dir)
+                .allow_unencrypted_storage(true),
+        )
+        .prompt(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    // The poll at 5 s gets the tokens; recording them waits for the lock; at 8 s the caller
+    // gives up.
+    authority.push_fault(loopback_answer("alice", "at-1", "rt-1"));
+    let gave_up = tokio::time::timeout(secs(8), credential.get_token([RESOURCE])).await;
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    assert_eq!(authority.token_posts(), 1, "the code was redeemed");
+    std::fs::remove_file(&lock).unwrap();
+
+    let token = credential.get_token([RESOURCE]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "at-1");
+    assert_eq!(prompts.load(Ordering::SeqCst), 1, "no second prompt");
+    assert_eq!(authority.device_code_requests().len(), 1);
+    assert_eq!(authority.token_posts(), 1);
+    let file = std::fs::read_to_string(dir.join("msal.cache.nocae")).unwrap();
+    assert!(file.contains("rt-1"), "recorded: {file}");
+    let shown = format!("{credential:?}");
+    assert!(shown.contains("alice"), "pinned: {shown}");
+}
+
+/// Entra's token endpoint also refuses a refresh token with the top-level errors
+/// `interaction_required` (an additional authentication step: MFA) and `consent_required`,
+/// beside `invalid_grant`. Each refuses that request only, which the user can meet in a
+/// sign-in: the request prompts and gets its token, and the account stays signed in for the
+/// others. Before, the call returned the refusal without prompting, and so did every later
+/// call for that resource.
+#[tokio::test(start_paused = true)]
+async fn interaction_or_consent_required_prompts_for_that_request_and_keeps_the_account() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::support::authority::{Authority, Fault, error_body};
+
+    for (error, code) in [("interaction_required", 50076), ("consent_required", 65001)] {
+        let authority = Authority::start().await;
+        let prompts = Arc::new(AtomicUsize::new(0));
+        let credential = counting_prompts(&authority, &prompts);
+        authority.push_fault(loopback_answer("alice", "at-1", "rt-1"));
+        credential.get_token([RESOURCE]).await.unwrap();
+
+        // The refresh for the resource, refused; then the poll of its sign-in.
+        authority.push_fault(Fault::Respond {
+            status: 400,
+            body: error_body(error, code, "The user must act in a sign-in."),
+            headers: vec![],
+        });
+        authority.push_fault(loopback_answer("alice", "at-mfa", "rt-2"));
+        let token = credential
+            .get_token(["https://mfa.test/.default"])
+            .await
+            .unwrap_or_else(|e| panic!("{error}: {e}"));
+        assert_eq!(token.secret().expose_secret(), "at-mfa");
+        assert_eq!(prompts.load(Ordering::SeqCst), 2, "{error}: prompted");
+
+        authority.push_fault(loopback_answer("alice", "at-other", "rt-3"));
+        let other = credential.get_token([OTHER]).await.unwrap();
+        assert_eq!(other.secret().expose_secret(), "at-other");
+        assert_eq!(prompts.load(Ordering::SeqCst), 2, "{error}: no prompt");
+        let requests = authority.requests();
+        assert_eq!(
+            requests.last().unwrap().field("grant_type"),
+            Some("refresh_token"),
+            "{error}"
+        );
+    }
 }
 
 /// Entra refusing the refresh token for one resource only (a Conditional Access policy:

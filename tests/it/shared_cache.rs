@@ -884,6 +884,55 @@ async fn once_another_account_is_selected_no_token_of_the_previous_one_is_served
     assert_eq!([c, d], [&Some(BOB_RT.to_owned()); 2]);
 }
 
+/// The developer signs out (msal's `remove_account` leaves the file without the account and
+/// its tokens): once an acquisition has found no account, no token kept in memory for the
+/// signed-out account is served, for any scope; the other document's tokens, of its own
+/// account, are kept. Before, a scope cached before the sign-out was served from memory
+/// until its renewal (azure-identity reads the file at every request and fails at once).
+#[tokio::test]
+async fn once_the_account_is_signed_out_no_token_of_it_is_served_from_memory() {
+    let authority = Authority::start().await;
+    let home = Home::new();
+    let cae_file = home.dir.path().join(".IdentityService/msal.cache.cae");
+    std::fs::write(home.cache(), only_account("a8ff77e5")).unwrap();
+    std::fs::write(&cae_file, only_account("61ace6e2")).unwrap();
+    let credential = SharedTokenCacheCredential::builder()
+        .authority_host(authority.url())
+        .http_client(creds::http(&authority))
+        .cache_options(cache_in(home.dir.path()))
+        .build()
+        .unwrap();
+    let cae = || TokenRequest::new([OTHER]).with_cae(true);
+    credential.get_token([OTHER]).await.unwrap();
+    let bobs = credential.get_token_with(cae()).await.unwrap();
+    assert_eq!(authority.token_posts(), 2);
+
+    // alice signs out of the ordinary document: no account left in it. (The CAE document as
+    // before its answer was written: only memory has bob's CAE token.)
+    std::fs::write(home.cache(), only_account("no-such-account")).unwrap();
+    std::fs::write(&cae_file, only_account("61ace6e2")).unwrap();
+    let err = credential
+        .get_token(["https://third.test/.default"])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(
+        err.message()
+            .contains("No accounts were found in the cache."),
+        "{err}"
+    );
+    let err = credential.get_token([OTHER]).await.unwrap_err();
+    assert!(
+        err.message()
+            .contains("No accounts were found in the cache."),
+        "alice's token was served from memory: {err}"
+    );
+    // bob's CAE token, from the other document, is still served from memory.
+    let again = credential.get_token_with(cae()).await.unwrap();
+    assert_eq!(again.secret(), bobs.secret());
+    assert_eq!(authority.token_posts(), 2, "nothing sent");
+}
+
 /// The two documents may name different accounts (bob in the ordinary one, alice left in the
 /// CAE one): CAE and other requests in turn are each served from memory, as each document's
 /// own account. Before, one selected account per credential saw a change at every switch

@@ -9,7 +9,9 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::env::Vars;
-use super::refresh_tokens::{Redeem, Silent, Stores, answer_account, refused_for_this_request};
+use super::refresh_tokens::{
+    Redeem, Silent, Stores, answer_account, refused_for_this_request, refuses_the_grant, says_dead,
+};
 use super::settings::{Settings, settings_setters};
 use super::shared_token_cache::AZURE_CLI_CLIENT_ID;
 use super::{Plan, arc_credential_service};
@@ -20,7 +22,7 @@ use crate::entra::token_client::{
     TokenClient, TokenResponse, carries_a_challenge, device_authorization_form, device_code_form,
 };
 use crate::error::{ConfigError, CredentialError};
-use crate::flight::{Flight, SingleFlight, WhenAbandoned};
+use crate::flight::{Commit, Flight, SingleFlight, WhenAbandoned};
 use crate::token::{AccessToken, Secret, TokenRequest, instant_after};
 
 pub(crate) const NAME: &str = "DeviceCodeCredential";
@@ -28,10 +30,11 @@ pub(crate) const NAME: &str = "DeviceCodeCredential";
 const DEFAULT_TENANT: &str = "organizations";
 /// RFC 8628 §3.2: the interval when the answer names none.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
-/// Bounds of the polling interval the provider gives: at least a second apart, and never so
-/// far apart that a user waits minutes after signing in. `slow_down` may take it further.
+/// The shortest polling interval: an answer naming 0 is not polled in a loop. There is no
+/// longest: the client MUST wait at least the interval the provider gave (RFC 8628 §3.5); the
+/// code's expiry (at most [`MAX_CODE_LIFETIME`]) and the builder's timeout bound the wait, and
+/// the endpoint is polled at that deadline when the next poll would come later.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
-const MAX_INTERVAL: Duration = Duration::from_secs(60);
 /// RFC 8628 §3.5: `slow_down` adds 5 s to this and every later poll's interval.
 const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
 /// The longest a code is waited for (Entra gives 900 s). An acquisition's limit
@@ -77,8 +80,9 @@ type Prompt = Arc<dyn Fn(DeviceCodeInfo) + Send + Sync>;
 ///   `adfs`, `{authority}/adfs/oauth2/devicecode`) for a code (with
 ///   `openid profile offline_access` added to its scopes, as msal does), hands the user code,
 ///   verification URI and message to the prompt (default: the message on stderr), then polls
-///   the token endpoint at the interval Entra gave (clamped to 1–60 s). `slow_down` adds 5 s
-///   to the interval (RFC 8628 §3.5), past 60 s too; `authorization_pending` keeps polling, and
+///   the token endpoint at the interval Entra gave (at least 1 s, and never less than Entra's,
+///   as RFC 8628 §3.5 requires). `slow_down` adds 5 s to the interval (RFC 8628 §3.5);
+///   `authorization_pending` keeps polling, and
 ///   so does a transient failure (no answer in time, a connection failure, a 5xx, throttling:
 ///   the next poll waits for the interval, or the `Retry-After` if later). The HTTP client
 ///   resends a poll itself only when it surely went unprocessed (no connection, a 429): the
@@ -91,6 +95,10 @@ type Prompt = Arc<dyn Fn(DeviceCodeInfo) + Send + Sync>;
 ///   it (one prompt). The sign-in runs in a task of its own that is aborted when **every**
 ///   waiting caller has dropped its future: polling stops at once, and the next call starts
 ///   a new sign-in with a new code. One caller giving up does not stop it for the others.
+///   Once the user has signed in (a poll answered with tokens), it is no longer aborted: the
+///   tokens are recorded and the account pinned though every caller gave up (a timeout
+///   firing as the record waits for the cache file's lock), and the next call joins it or
+///   uses what it recorded, without a new prompt.
 /// * After sign-in the account is pinned (its `uid.utid`), its tokens are recorded as
 ///   [`AuthorizationCodeCredential`](crate::AuthorizationCodeCredential) records them (in
 ///   memory, or in the shared MSAL cache file with
@@ -108,7 +116,8 @@ type Prompt = Arc<dyn Fn(DeviceCodeInfo) + Send + Sync>;
 ///   user's sign-in lands may still succeed: its call (and any that shared it) gets the
 ///   previous account's token, which is not kept for later calls. When Entra refuses them
 ///   otherwise (for one request only — MFA, consent, a Conditional Access policy of that
-///   resource, a claims challenge — or with a code not known here: the codes
+///   resource, a claims challenge, the top-level errors `interaction_required` and
+///   `consent_required` — or with a code not known here: the codes
 ///   [`AuthorizationCodeCredential`](crate::AuthorizationCodeCredential) lists), that
 ///   request prompts, and the account stays signed in for the others; a
 ///   different user signing in there replaces it.
@@ -289,14 +298,14 @@ impl Inner {
                 Err(error) if landed_since && !forgotten => last_error = Some(error),
                 // The account can no longer be signed in silently: sign in again, here.
                 Err(_) if !signed_in && forgotten => {}
-                // An answer that depends on the refresh tokens found (an `invalid_grant`, for
-                // dead tokens or for this request only: MFA, consent, Conditional Access; or
-                // none left), to a request this call shared, not sent: that request found the
-                // tokens as of another call's read of the account, perhaps before a sign-in
+                // An answer that depends on the refresh tokens found (a refusal of the grant,
+                // for dead tokens or for this request only: MFA, consent, Conditional Access;
+                // or none left), to a request this call shared, not sent: that request found
+                // the tokens as of another call's read of the account, perhaps before a sign-in
                 // this call has seen (alice again, with new tokens). Planned again, once: this
                 // call's own request is sent with the tokens held now. Were they the ones that
-                // request found, it costs no request (an `invalid_grant` is remembered, see
-                // `Refusals`; none left is a look in the stores).
+                // request found, it costs no request (a refusal is remembered, see `Refusals`;
+                // none left is a look in the stores).
                 Err(error)
                     if !started
                         && !retried_stale
@@ -360,33 +369,46 @@ impl Inner {
             plan.cae,
             plan.claims.clone(),
         );
-        let sign_in = async move { this.sign_in(tenant, scopes, cae, claims).await };
+        // Aborted once every caller has given up, until the user has signed in (see
+        // `sign_in`).
+        let commit = Commit::default();
+        let redeemed = commit.clone();
+        let sign_in = async move { this.sign_in(tenant, scopes, cae, claims, redeemed).await };
         let landed = Arc::clone(self);
-        let flight = state.start((), WhenAbandoned::Abort, sign_in, move |state, result| {
-            if let Ok(done) = &result {
-                if done.account.is_some() {
-                    // Someone else signed in: no token cached in memory for the account
-                    // pinned before may serve them. Cleared here, as the account changes,
-                    // not by the callers: they may have given up (a timeout) by now.
-                    if state.account.is_some() && state.account != done.account {
-                        landed.memory.clear();
+        let flight = state.start(
+            (),
+            WhenAbandoned::Abort(commit),
+            sign_in,
+            move |state, result| {
+                if let Ok(done) = &result {
+                    if done.account.is_some() {
+                        // Someone else signed in: no token cached in memory for the account
+                        // pinned before may serve them. Cleared here, as the account changes,
+                        // not by the callers: they may have given up (a timeout) by now.
+                        if state.account.is_some() && state.account != done.account {
+                            landed.memory.clear();
+                        }
+                        state.account.clone_from(&done.account);
+                        state.sign_ins = state.sign_ins.wrapping_add(1);
                     }
-                    state.account.clone_from(&done.account);
-                    state.sign_ins = state.sign_ins.wrapping_add(1);
                 }
-            }
-            result
-        });
+                result
+            },
+        );
         (flight, true)
     }
 
     /// Asks for a code, prompts, polls until the user has signed in, and records the tokens.
+    /// Once the code is redeemed, the flight is committed (`redeemed`): the tokens are
+    /// recorded and the account pinned even when every caller gives up meanwhile (the record
+    /// may wait for the cache file's lock), so the user is not asked to sign in again.
     async fn sign_in(
         &self,
         tenant: String,
         scopes: Vec<String>,
         cae: bool,
         claims: Option<String>,
+        redeemed: Commit,
     ) -> Result<SignedIn, CredentialError> {
         // The claims go to the device authorization request and to every poll, as msal sends
         // them: the poll is the request that issues the token.
@@ -414,6 +436,14 @@ impl Inner {
             ));
         }
         let response = self.poll(&tenant, &code, claims.as_deref()).await?;
+        if !redeemed.commit() {
+            // Every caller gave up as the answer came: the task is being aborted, and this
+            // outcome reaches nobody.
+            return Err(CredentialError::authentication_failed(
+                NAME,
+                "every caller gave up on the sign-in before its tokens were recorded",
+            ));
+        }
         let (store, _) = self.stores.for_request(cae);
         let redeem = Redeem {
             credential: NAME,
@@ -560,12 +590,7 @@ impl Inner {
             Ok(Some(token)) => return Ok(token),
             Ok(None) => CredentialError::authentication_failed(NAME, NO_REFRESH_TOKEN),
             // Entra says the refresh tokens are dead (expired, revoked, the user gone).
-            Err(error)
-                if error.error_code() == Some("invalid_grant")
-                    && !refused_for_this_request(plan.claims.as_deref(), &error) =>
-            {
-                error
-            }
+            Err(error) if says_dead(plan.claims.as_deref(), &error) => error,
             Err(error) => return Err(error),
         };
         let mut state = self.state.lock();
@@ -588,13 +613,14 @@ const NO_REFRESH_TOKEN: &str = "no cached token and no refresh token for the sig
                                 account; the next request signs the user in again";
 
 /// Whether `error`, answered by [`Inner::for_account`], depends on which refresh tokens its
-/// request found: an `invalid_grant` (any code: the tokens are dead, or the request made with
-/// them is refused, for MFA, consent, a Conditional Access policy), or no refresh token. A
+/// request found: a [refusal of the grant](refuses_the_grant) (any code: the tokens are dead,
+/// or the request made with them is refused, for MFA, consent, a Conditional Access policy),
+/// or no refresh token. A
 /// request this call did not send may have found older ones than this call would. None left
 /// is an error `for_account` builds, without a code: told apart by its message, as written
 /// there.
 fn answered_by_the_tokens_found(error: &CredentialError) -> bool {
-    let refused = error.error_code() == Some("invalid_grant");
+    let refused = refuses_the_grant(error);
     let none_left = error.error_code().is_none()
         && error.credential() == NAME
         && error.message() == NO_REFRESH_TOKEN;
@@ -603,7 +629,7 @@ fn answered_by_the_tokens_found(error: &CredentialError) -> bool {
 
 impl DeviceCode {
     /// Reads the device authorization answer (RFC 8628 §3.2; Entra adds `message`), sent at
-    /// `sent_at`. Numbers are clamped: the interval to 1–60 s, the lifetime to an hour.
+    /// `sent_at`. Numbers are clamped: the interval to at least 1 s, the lifetime to an hour.
     fn parse(object: &Map<String, Value>, sent_at: Instant) -> Result<Self, String> {
         let text = |name: &str| match object.get(name) {
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
@@ -623,7 +649,7 @@ impl DeviceCode {
         }
         let interval = seconds("interval")?
             .map_or(DEFAULT_INTERVAL, Duration::from_secs)
-            .clamp(MIN_INTERVAL, MAX_INTERVAL);
+            .max(MIN_INTERVAL);
         let expires_in = Duration::from_secs(lifetime);
         let message = text("message").unwrap_or_else(|| {
             format!(

@@ -42,8 +42,8 @@ const MAX_REQUEST_BODY: usize = 1024 * 1024;
 
 const TOKEN_PATH_SUFFIX: &str = "/oauth2/v2.0/token";
 const DEVICE_CODE_PATH_SUFFIX: &str = "/oauth2/v2.0/devicecode";
-/// The device code every device authorization request gets, with a 5 s interval and 900 s
-/// lifetime, as Entra gives.
+/// The device code every device authorization request gets, with a 5 s interval (unless
+/// [`Authority::set_device_code_interval`] says otherwise) and 900 s lifetime, as Entra gives.
 pub const DEVICE_CODE: &str = "loopback-device-code";
 pub const DEVICE_CODE_INTERVAL: u64 = 5;
 const JSON_UTF8: &str = "application/json; charset=utf-8";
@@ -265,6 +265,13 @@ impl Authority {
         lock(&self.state.faults).push_back(fault);
     }
 
+    /// The polling interval the device authorization answers name from now on, in seconds.
+    pub fn set_device_code_interval(&self, seconds: u64) {
+        self.state
+            .device_code_interval
+            .store(seconds, Ordering::SeqCst);
+    }
+
     /// The shape of successful answers from now on.
     pub fn set_response(&self, shape: TokenShape) {
         *lock(&self.state.shape) = shape;
@@ -304,6 +311,8 @@ struct State {
     device_code_log: Mutex<Vec<Received>>,
     faults: Mutex<VecDeque<Fault>>,
     shape: Mutex<TokenShape>,
+    /// The `interval` of device authorization answers, in seconds.
+    device_code_interval: AtomicU64,
     /// Completes (with an error) when the `Authority` is dropped.
     shutdown: watch::Receiver<()>,
 }
@@ -318,6 +327,7 @@ impl State {
             device_code_log: Mutex::new(Vec::new()),
             faults: Mutex::new(VecDeque::new()),
             shape: Mutex::new(TokenShape::default()),
+            device_code_interval: AtomicU64::new(DEVICE_CODE_INTERVAL),
             shutdown,
         }
     }
@@ -413,7 +423,7 @@ async fn device_authorization(
         "user_code": "LOOPBACK",
         "verification_uri": "https://127.0.0.1/devicelogin",
         "expires_in": 900,
-        "interval": DEVICE_CODE_INTERVAL,
+        "interval": state.device_code_interval.load(Ordering::SeqCst),
         "message": "To sign in, enter the code LOOPBACK at https://127.0.0.1/devicelogin.",
     });
     Ok(json_answer(StatusCode::OK, body.to_string()))

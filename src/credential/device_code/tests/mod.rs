@@ -29,7 +29,13 @@ async fn device_code_answers_are_read_with_clamped_numbers() {
     let absurd = parse(json!({"device_code": "d", "user_code": "u",
         "verification_url": "https://v", "expires_in": 1e30, "interval": 18446744073709551615u64}))
     .unwrap();
-    assert_eq!(absurd.interval, MAX_INTERVAL);
+    // Never shortened (RFC 8628 §3.5: at least the interval given); the poll's deadline
+    // bounds the wait.
+    assert_eq!(absurd.interval, Duration::from_secs(u64::MAX));
+    let slow = parse(json!({"device_code": "d", "user_code": "u",
+        "verification_uri": "https://v", "expires_in": 900, "interval": 120}))
+    .unwrap();
+    assert_eq!(slow.interval, Duration::from_secs(120));
     assert_eq!(absurd.info.expires_in, MAX_CODE_LIFETIME);
     assert!(absurd.info.message.contains("https://v") && absurd.info.message.contains(" u "));
     let eager = parse(json!({"device_code": "d", "user_code": "u",
