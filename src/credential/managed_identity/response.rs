@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::{ManagedIdentitySource, NAME};
-use crate::encoding::{number, number_field, string_field};
+use crate::encoding::{number, number_field, string_field, token_lifetime};
 use crate::error::{CredentialError, ProviderDetails};
 use crate::redact::{excerpt, quoted_line};
 use crate::token::{AccessToken, HALF_LIFE_THRESHOLD, Secret, clamped_lifetime, instant_after};
@@ -158,41 +158,13 @@ fn parse_token(
         Some(Value::String(t)) if !t.is_empty() => Secret::new(t.as_str()),
         _ => return Err("the answer has no access_token".into()),
     };
-    // A relative lifetime is immune to a skewed local clock: it wins when both are readable,
-    // so `expires_on` is read only without it (a form this parser does not know, such as an
-    // ISO 8601 date, must not fail a token whose `expires_in` is fine), or when `expires_in`
-    // cannot be read (a good `expires_on` must not fail the token either).
-    let expires_in = match number_field(object, "expires_in") {
-        Ok(Some(secs)) => Ok(secs),
-        other => Err(other.err()),
-    };
-    let lifetime = match expires_in {
-        Ok(secs) => secs,
-        Err(unreadable) => {
-            let expires_on = match object.get("expires_on") {
-                None | Some(Value::Null) => None,
-                Some(value) => Some(
-                    number(value)
-                        .or_else(|| value.as_str().and_then(parse_date))
-                        .ok_or("expires_on is neither epoch seconds nor a date"),
-                ),
-            };
-            match (unreadable, expires_on) {
-                (unreadable, Some(Ok(epoch))) => {
-                    if let Some(reason) = unreadable {
-                        tracing::debug!(credential = NAME, "{reason}: expires_on used instead");
-                    }
-                    epoch.saturating_sub(sent_at_unix)
-                }
-                (Some(reason), Some(Err(also))) => return Err(format!("{reason}, and {also}")),
-                (Some(reason), None) => return Err(reason),
-                (None, Some(Err(reason))) => return Err(reason.into()),
-                (None, None) => {
-                    return Err("the answer has neither expires_in nor expires_on".into());
-                }
-            }
-        }
-    };
+    // `expires_in` wins, `expires_on` (epoch seconds, or Azure ML's date) only without it:
+    // Entra's answers are read by the same rule.
+    let lifetime = token_lifetime(object, sent_at_unix, |value| {
+        number(value)
+            .or_else(|| value.as_str().and_then(parse_date))
+            .ok_or_else(|| "expires_on is neither epoch seconds nor a date".to_owned())
+    })?;
     let lifetime = clamped_lifetime(lifetime);
     if lifetime.is_zero() {
         return Err("the token it issued has already expired".into());

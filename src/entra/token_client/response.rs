@@ -6,7 +6,7 @@ use http::StatusCode;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::encoding::{number, number_field, string_field};
+use crate::encoding::{number, number_field, string_field, token_lifetime};
 use crate::error::{CredentialError, ProviderDetails};
 use crate::redact::{excerpt, quoted_line};
 use crate::token::{AccessToken, HALF_LIFE_THRESHOLD, Secret, clamped_lifetime, instant_after};
@@ -96,25 +96,13 @@ fn parse_success(
         Some(Value::String(t)) if !t.is_empty() => Secret::new(t.as_str()),
         _ => return Err("the answer has no access_token".into()),
     };
-    let expires_in = number_field(object, "expires_in");
-    let expires_on_abs = number_field(object, "expires_on");
-    // An absolute expires_on (managed-identity style) wins over expires_in; one that cannot
-    // be read is ignored when expires_in can (a usable token arrived), and only then. Every
-    // number is clamped to MAX_TOKEN_LIFETIME before it meets a clock: `"expires_in": 1e20`
-    // is a broken provider, not a reason to overflow.
-    let lifetime_secs = match (expires_on_abs, expires_in) {
-        (Ok(Some(epoch)), _) => epoch.saturating_sub(sent_at_unix),
-        (on, Ok(Some(secs))) => {
-            if on.is_err() {
-                ignored("expires_on");
-            }
-            secs
-        }
-        (_, Err(reason)) | (Err(reason), Ok(None)) => return Err(reason),
-        (Ok(None), Ok(None)) => {
-            return Err("the answer has neither expires_in nor expires_on".into());
-        }
-    };
+    // `expires_in` wins, `expires_on` only without it: one rule with the managed identity
+    // parser (see `token_lifetime`).
+    // Every number is clamped to MAX_TOKEN_LIFETIME before it meets a clock: `"expires_in":
+    // 1e20` is a broken provider, not a reason to overflow.
+    let lifetime_secs = token_lifetime(object, sent_at_unix, |value| {
+        number(value).ok_or_else(|| "expires_on is not a non-negative number".to_owned())
+    })?;
     let lifetime_secs = clamped_lifetime(lifetime_secs).as_secs();
     if lifetime_secs == 0 {
         return Err("the token it issued has already expired".into());

@@ -124,7 +124,7 @@ async fn absurd_numbers_are_clamped_not_a_panic() {
         r#"{"access_token":"a","expires_in":"1e300"}"#,
         r#"{"access_token":"a","expires_on":99999999999999999999}"#,
         r#"{"access_token":"a","expires_on":"18446744073709551615"}"#,
-        r#"{"access_token":"a","expires_in":3600,"expires_on":1e20}"#,
+        r#"{"access_token":"a","expires_in":1e20,"expires_on":1e20}"#,
     ] {
         let r = parse(200, body).unwrap();
         assert_eq!(r.token.expires_in(), week, "{body}");
@@ -141,13 +141,31 @@ async fn absurd_numbers_are_clamped_not_a_panic() {
     assert_eq!(r.extended_expires_on, 1_700_000_000 + week.as_secs());
 }
 
+/// The relative `expires_in` wins over an absolute `expires_on`, which is read against this
+/// host's clock: a clock ahead by more than the lifetime made a fresh token "already expired"
+/// (the second body), one behind made it live too long. `expires_on` counts only without a
+/// readable `expires_in`. The managed identity parser reads answers by the same rule.
 #[tokio::test(start_paused = true)]
-async fn absolute_expires_on_wins_over_expires_in() {
+async fn expires_in_wins_over_an_absolute_expires_on() {
     // parse() sends at Unix time 1_700_000_000.
-    let body = r#"{"access_token":"a","expires_in":3600,"expires_on":"1700001000"}"#;
-    let r = parse(200, body).unwrap();
-    assert_eq!(r.token.expires_in(), Duration::from_secs(1000));
-    assert_eq!(r.expires_on, 1_700_001_000);
+    for body in [
+        r#"{"access_token":"a","expires_in":3600,"expires_on":"1700001000"}"#,
+        r#"{"access_token":"a","expires_in":3600,"expires_on":1699999000}"#,
+        r#"{"access_token":"a","expires_in":"3600","expires_on":1800000000}"#,
+    ] {
+        let r = parse(200, body).unwrap();
+        assert_eq!(r.token.expires_in(), Duration::from_secs(3600), "{body}");
+        assert_eq!(r.expires_on, 1_700_003_600, "{body}");
+    }
+    for body in [
+        r#"{"access_token":"a","expires_on":"1700001000"}"#,
+        r#"{"access_token":"a","expires_in":null,"expires_on":1700001000}"#,
+        r#"{"access_token":"a","expires_in":"soon","expires_on":1700001000}"#,
+    ] {
+        let r = parse(200, body).unwrap();
+        assert_eq!(r.token.expires_in(), Duration::from_secs(1000), "{body}");
+        assert_eq!(r.expires_on, 1_700_001_000, "{body}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
