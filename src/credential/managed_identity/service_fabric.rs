@@ -48,7 +48,8 @@ pub(super) fn parse_thumbprint(text: &str) -> Result<[u8; 20], String> {
             digits.len()
         )
     };
-    if digits.len() != 40 {
+    // Checked digit by digit first: `u8::from_str_radix` takes a leading `+` ("+a" is 10).
+    if digits.len() != 40 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return Err(invalid());
     }
     let mut out = [0u8; 20];
@@ -146,6 +147,9 @@ mod tests {
             &format!("{HEX}89"),
             &HEX.replace('0', "g"),
             "é".repeat(20).as_str(),
+            // `u8::from_str_radix` would read "+1" as 1: a sign is no hex digit.
+            &HEX.replace('0', "+"),
+            &format!("+{}", &HEX[1..]),
         ] {
             let err = parse_thumbprint(bad).unwrap_err();
             assert!(err.contains("IDENTITY_SERVER_THUMBPRINT"), "{err}");
