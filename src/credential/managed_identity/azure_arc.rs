@@ -25,13 +25,13 @@ use url::Url;
 
 use super::request;
 use super::response::{Echo, failure};
-use super::{IdParams, ManagedIdentitySource, NAME, UserAssignedId};
+use super::{IDENTITY_ENDPOINT, IdParams, ManagedIdentitySource, NAME, UserAssignedId};
 use crate::blocking_read::{OneRead, READ_TIMEOUT, ReadFailure};
 use crate::error::{Cause, CredentialError, ProviderDetails};
 use crate::regular_file::open_regular_file;
 use crate::throttle::Throttle;
 use crate::token::{AccessToken, Secret};
-use crate::transport::{BeforeRetry, HttpClient, HttpRequest};
+use crate::transport::{BeforeRetry, DEFAULT_TOTAL_TIMEOUT, HttpClient, HttpRequest};
 
 const SOURCE: ManagedIdentitySource = ManagedIdentitySource::AzureArc;
 const API_VERSION: &str = "2020-06-01";
@@ -43,6 +43,10 @@ const PARAMS: IdParams = IdParams {
 };
 /// The agent's key files are short; anything larger is not one (azure-identity, MSAL).
 const MAX_KEY_BYTES: u64 = 4096;
+/// One acquisition's deadline: the challenge, the key read and the request with the key
+/// together, as one request of the other sources (the transport's default total deadline).
+/// Each request's own deadline alone would let one acquisition run 30 + 10 + 30 s.
+const ACQUISITION_TIMEOUT: std::time::Duration = DEFAULT_TOTAL_TIMEOUT;
 /// Who may read the agent's key files, for a refused read.
 const KEY_ACCESS_ADVICE: &str = "only root and members of the himds group may read the Azure \
     Arc agent's key files on Linux, and only Administrators on Windows: run as root or as a \
@@ -94,6 +98,7 @@ impl AzureArc {
         id: Option<UserAssignedId>,
         custom: Option<HttpClient>,
     ) -> Result<Self, String> {
+        check_loopback(&url)?;
         Ok(Self {
             url,
             id,
@@ -227,14 +232,39 @@ impl AzureArc {
         request::build(Method::GET, &url, &headers, Bytes::new())
     }
 
+    /// The failure of an acquisition not done by its deadline ([`ACQUISITION_TIMEOUT`]), which
+    /// ran out `during` one of its steps. Transient: the agent or the file system was slow.
+    fn overdue(during: &str) -> CredentialError {
+        CredentialError::authentication_failed(
+            NAME,
+            format!(
+                "the Azure Arc agent gave no token within {ACQUISITION_TIMEOUT:?} (its \
+                 challenge, the read of its key file and the request with the key together): \
+                 the time ran out {during}"
+            ),
+        )
+        .with_cause(Cause {
+            timeout: true,
+            transient: true,
+            ..Cause::default()
+        })
+    }
+
     pub(super) async fn acquire(
         &self,
         resource: &str,
         before_retry: &BeforeRetry,
     ) -> Result<AccessToken, CredentialError> {
         self.refuse_while_stuck()?;
+        // A deadline too far to represent is none (not reached on any real clock).
+        let deadline = tokio::time::Instant::now().checked_add(ACQUISITION_TIMEOUT);
         let request = request::reporting(self.request(resource, None)?, before_retry);
-        let challenge = request::send(&self.http, SOURCE, request, &[]).await?;
+        let challenge = within(
+            deadline,
+            "waiting for the agent's challenge",
+            request::send(&self.http, SOURCE, request, &[]),
+        )
+        .await?;
         if challenge.status != StatusCode::UNAUTHORIZED {
             let error = failure(SOURCE, challenge.status, &challenge.body, &[]);
             // A wait it asks for is marked, as `Answer::parse` marks the token answer's, so the
@@ -263,13 +293,17 @@ impl AzureArc {
                     ..ProviderDetails::default()
                 })
             })?;
-        let key = self.key(realm).await?;
+        let key = within(deadline, "reading the agent's key file", self.key(realm)).await?;
         let secrets = [key.expose_secret()];
-        let answer = request::send(
-            &self.http,
-            SOURCE,
-            request::reporting(self.request(resource, Some(&key))?, before_retry),
-            &secrets,
+        let answer = within(
+            deadline,
+            "waiting for the answer to the request with the key",
+            request::send(
+                &self.http,
+                SOURCE,
+                request::reporting(self.request(resource, Some(&key))?, before_retry),
+                &secrets,
+            ),
         )
         .await?;
         let token = answer.parse(SOURCE, &secrets)?;
@@ -278,6 +312,45 @@ impl AzureArc {
         }
         Ok(token.token)
     }
+}
+
+/// `step` of an acquisition, given up at its `deadline` as [`AzureArc::overdue`] `during` it.
+async fn within<T>(
+    deadline: Option<tokio::time::Instant>,
+    during: &str,
+    step: impl Future<Output = Result<T, CredentialError>>,
+) -> Result<T, CredentialError> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, step)
+            .await
+            .unwrap_or_else(|_| Err(AzureArc::overdue(during))),
+        None => step.await,
+    }
+}
+
+/// Refuses an endpoint off this host: the Azure Connected Machine agent serves on loopback
+/// (`http://localhost:40342`), and the key it names is sent, in plain `http`, to whatever
+/// `IDENTITY_ENDPOINT` says. A deliberate difference from MSAL and azure-identity, which send
+/// it anywhere: a variable pointing elsewhere (a mistake, or planted) must not carry the
+/// agent's key off the machine.
+fn check_loopback(url: &Url) -> Result<(), String> {
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if loopback {
+        return Ok(());
+    }
+    let mut shown = url.clone();
+    shown.set_query(None);
+    Err(format!(
+        "{IDENTITY_ENDPOINT} {shown} is not on this host, where the Azure Arc agent serves \
+         (localhost, 127.0.0.0/8 or ::1; by default http://localhost:40342): the agent's key \
+         would be sent there in plain http; set it to the agent's local endpoint, or unset \
+         {IDENTITY_ENDPOINT} to use another source"
+    ))
 }
 
 /// The realm of a `Basic realm=<path>` challenge (quoted or not).

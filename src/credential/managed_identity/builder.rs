@@ -75,8 +75,10 @@ impl ManagedIdentityCredentialBuilder {
     }
 
     /// A user-assigned identity. Give exactly one id: more than one is a build error.
+    /// Whitespace around it is dropped, as around an id read from a variable.
     pub fn user_assigned_id(mut self, id: UserAssignedId) -> Self {
-        self.ids.push(id);
+        // Trimmed once, here: the id sent is the id the cache is keyed by.
+        self.ids.push(id.trimmed());
         self
     }
 
@@ -127,6 +129,8 @@ impl ManagedIdentityCredentialBuilder {
     /// enabled (`DEFAULT_IDENTITY_CLIENT_ID` unset or not a GUID, such as the placeholder
     /// `clientid`) the endpoint answers with the compute user's token, which nothing here
     /// tells from another user's: such a compute's tokens stay in its process, label or not.
+    /// Cloud Shell's tokens are always its signed-in user's, never a host identity's: they
+    /// stay in the process too, label or not.
     pub fn system_assigned_identity_label(mut self, label: impl Into<String>) -> Self {
         self.system_assigned_label = Some(label.into());
         self
@@ -197,11 +201,7 @@ impl ManagedIdentityCredentialBuilder {
     /// Builds; a configuration error is kept for `get_token` to report.
     pub(super) fn build_lenient(self) -> ManagedIdentityCredential {
         let get = |name: &str| self.vars.get(name);
-        // Set and not blank, Unicode or not: a token file path need not be Unicode, and an
-        // authority host that is not is the workload identity's error to report, not a reason
-        // to ask IMDS (which answers in an AKS pod as the node's identity).
-        let present = |name: &str| self.vars.get_path(name).is_some();
-        let selection = select(&get, &present, !self.no_workload_identity);
+        let selection = select(&self.vars, !self.no_workload_identity);
         let source = selection.source;
         let state = self.configure(selection, &get);
         ManagedIdentityCredential {
@@ -229,6 +229,17 @@ impl ManagedIdentityCredentialBuilder {
                                          (DEFAULT_IDENTITY_CLIENT_ID is not a GUID): its \
                                          tokens, its user's, are cached in this process only, \
                                          label or not"
+                                    );
+                                }
+                                None
+                            }
+                            // The signed-in user's token, as for Azure ML without a default.
+                            (Endpoint::CloudShell(_), _) => {
+                                if self.distributed.is_some() {
+                                    tracing::debug!(
+                                        credential = NAME,
+                                        "Cloud Shell's tokens, its signed-in user's, are \
+                                         cached in this process only, label or not"
                                     );
                                 }
                                 None
@@ -442,53 +453,67 @@ fn required(secret: Option<(&'static str, Secret)>) -> Result<(&'static str, Sec
 /// What the environment selects.
 pub(super) struct Selection {
     source: ManagedIdentitySource,
-    /// The endpoint URL, or why there is none.
+    /// The endpoint URL, or why there is none or a variable beside it cannot be used.
     endpoint: Result<Url, String>,
     /// The secret variable's name and value, for the sources that have one.
     pub(super) secret: Option<(&'static str, Secret)>,
     thumbprint: Option<String>,
 }
 
-/// Picks the source from the variables, in azure-identity's order; `present`: whether a
-/// variable is set (and not blank), its value Unicode or not; `workload_identity`: whether
-/// that source may be picked.
-pub(super) fn select(
-    get: &dyn Fn(&str) -> Option<String>,
-    present: &dyn Fn(&str) -> bool,
-    workload_identity: bool,
-) -> Selection {
-    // Trimmed once: the value sent is the value scrubbed from answers.
-    let secret = |name: &'static str| get(name).map(|v| (name, Secret::new(v.trim())));
+/// Picks the source from the variables, in azure-identity's order; `workload_identity`:
+/// whether that source may be picked. A variable selects when it is set and not blank, its
+/// value Unicode or not: one that is not Unicode is a configuration error naming it (in the
+/// selection's `endpoint`), not a reason to pick another source (IMDS, or Cloud Shell for an
+/// unreadable `MSI_SECRET`).
+pub(super) fn select(vars: &Vars, workload_identity: bool) -> Selection {
+    let present = |name: &str| !matches!(vars.text(name), Ok(None));
+    // A present variable's value, trimmed once (the value sent is the value scrubbed from
+    // answers); an error naming it when it is not Unicode.
+    let value = |name: &str| vars.text(name)?.ok_or_else(|| format!("{name} is not set"));
+    // The endpoint, unless it or a value beside it cannot be used.
+    fn checked(
+        endpoint: Result<Url, String>,
+        others: &[&Result<String, String>],
+    ) -> Result<Url, String> {
+        let endpoint = endpoint?;
+        for other in others {
+            other.as_ref().map_err(Clone::clone)?;
+        }
+        Ok(endpoint)
+    }
+    let secret = |name: &'static str, value: Result<String, String>| {
+        value.ok().map(|v| (name, Secret::new(v)))
+    };
     let selection = |source, endpoint, secret| Selection {
         source,
         endpoint,
         secret,
         thumbprint: None,
     };
-    if let Some(endpoint) = get(IDENTITY_ENDPOINT) {
-        let header = secret(IDENTITY_HEADER);
-        let thumbprint = get(IDENTITY_SERVER_THUMBPRINT);
-        if header.is_some() {
-            return match thumbprint {
-                Some(thumbprint) => Selection {
+    if present(IDENTITY_ENDPOINT) {
+        let url = |https_only| {
+            value(IDENTITY_ENDPOINT).and_then(|v| endpoint_url(IDENTITY_ENDPOINT, &v, https_only))
+        };
+        if present(IDENTITY_HEADER) {
+            let header = value(IDENTITY_HEADER);
+            if present(IDENTITY_SERVER_THUMBPRINT) {
+                let thumbprint = value(IDENTITY_SERVER_THUMBPRINT);
+                return Selection {
                     source: ManagedIdentitySource::ServiceFabric,
-                    endpoint: endpoint_url(IDENTITY_ENDPOINT, &endpoint, true),
-                    secret: header,
-                    thumbprint: Some(thumbprint),
-                },
-                None => selection(
-                    ManagedIdentitySource::AppService,
-                    endpoint_url(IDENTITY_ENDPOINT, &endpoint, false),
-                    header,
-                ),
-            };
-        }
-        if get(IMDS_ENDPOINT).is_some() {
+                    endpoint: checked(url(true), &[&header, &thumbprint]),
+                    secret: secret(IDENTITY_HEADER, header),
+                    thumbprint: thumbprint.ok(),
+                };
+            }
             return selection(
-                ManagedIdentitySource::AzureArc,
-                endpoint_url(IDENTITY_ENDPOINT, &endpoint, false),
-                None,
+                ManagedIdentitySource::AppService,
+                checked(url(false), &[&header]),
+                secret(IDENTITY_HEADER, header),
             );
+        }
+        // Only its presence counts: its value is not used.
+        if present(IMDS_ENDPOINT) {
+            return selection(ManagedIdentitySource::AzureArc, url(false), None);
         }
         return selection(
             ManagedIdentitySource::AppService,
@@ -501,18 +526,26 @@ pub(super) fn select(
             None,
         );
     }
-    if let Some(endpoint) = get(MSI_ENDPOINT) {
-        let url = endpoint_url(MSI_ENDPOINT, &endpoint, false);
-        return match secret(MSI_SECRET) {
-            Some(secret) => selection(ManagedIdentitySource::AzureMl, url, Some(secret)),
-            None => selection(ManagedIdentitySource::CloudShell, url, None),
-        };
+    if present(MSI_ENDPOINT) {
+        let url = value(MSI_ENDPOINT).and_then(|v| endpoint_url(MSI_ENDPOINT, &v, false));
+        if present(MSI_SECRET) {
+            let ml_secret = value(MSI_SECRET);
+            return selection(
+                ManagedIdentitySource::AzureMl,
+                checked(url, &[&ml_secret]),
+                secret(MSI_SECRET, ml_secret),
+            );
+        }
+        return selection(ManagedIdentitySource::CloudShell, url, None);
     }
     let workload = [
         AZURE_AUTHORITY_HOST,
         AZURE_TENANT_ID,
         AZURE_FEDERATED_TOKEN_FILE,
     ];
+    // A token file path need not be Unicode, and an authority host that is not is the
+    // workload identity's error to report, not a reason to ask IMDS (which answers in an AKS
+    // pod as the node's identity).
     if workload_identity && workload.iter().all(|name| present(name)) {
         // No URL of this credential's: the workload identity credential reads its own.
         return selection(
@@ -521,10 +554,12 @@ pub(super) fn select(
             None,
         );
     }
-    let url = match get(AZURE_POD_IDENTITY_AUTHORITY_HOST) {
-        Some(base) => endpoint_url(AZURE_POD_IDENTITY_AUTHORITY_HOST, &base, false)
-            .and_then(|base| imds::token_url(&base)),
-        None => imds::default_url(),
+    let url = if present(AZURE_POD_IDENTITY_AUTHORITY_HOST) {
+        value(AZURE_POD_IDENTITY_AUTHORITY_HOST)
+            .and_then(|base| endpoint_url(AZURE_POD_IDENTITY_AUTHORITY_HOST, &base, false))
+            .and_then(|base| imds::token_url(&base))
+    } else {
+        imds::default_url()
     };
     selection(ManagedIdentitySource::Imds, url, None)
 }

@@ -123,6 +123,17 @@ impl UserAssignedId {
         }
     }
 
+    /// The id without surrounding whitespace, as an id read from a variable is: `"…\n"` (a
+    /// value read from a file) would be sent as it is and name no identity.
+    fn trimmed(self) -> Self {
+        let trim = |v: String| v.trim().to_owned();
+        match self {
+            Self::ClientId(v) => Self::ClientId(trim(v)),
+            Self::ObjectId(v) => Self::ObjectId(trim(v)),
+            Self::ResourceId(v) => Self::ResourceId(trim(v)),
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Self::ClientId(_) => "client id",
@@ -250,7 +261,8 @@ impl IdParams {
 ///   is being updated, which Microsoft documents can take 70 s), or the `Retry-After` it asks
 ///   for; connecting gives up after 2 s; one request takes at most 90 s in all (the 75 s of
 ///   410 backoff plus its attempts). The other sources use the default
-///   [`RetryOptions`](crate::RetryOptions) (30 s in all).
+///   [`RetryOptions`](crate::RetryOptions) (30 s in all); Azure Arc's challenge, key read and
+///   request with the key share one 30 s deadline (past it, a transient timeout).
 /// * On a host without IMDS, the request fails after its retries and the credential is
 ///   *unavailable* ("no managed identity endpoint answered"); so is an IMDS that answers 403
 ///   with `unreachable` (Docker Desktop), or, until IMDS has issued the credential a token, any
@@ -301,8 +313,11 @@ impl IdParams {
 ///   one resource share one acquisition, probed or not as the request that started it: a
 ///   direct request joining a chain's takes its probe, and a chain's joining a direct one
 ///   waits with it.
-/// * **Azure Arc**: of the key file the agent names, only the file name is used (as MSAL
-///   does): the file of that name is read only if it is a regular `*.key` file of at most
+/// * **Azure Arc**: `IDENTITY_ENDPOINT` must be on this host (`localhost`, `127.0.0.0/8` or
+///   `::1`), where the agent serves (`http://localhost:40342`): another is a configuration
+///   error, as the agent's key is sent there in plain `http`. This is deliberate: MSAL and
+///   azure-identity send the key wherever the variable points. Of the key file the agent
+///   names, only the file name is used (as MSAL does): the file of that name is read only if it is a regular `*.key` file of at most
 ///   4096 bytes directly inside the agent's key directory (see
 ///   [`azure_arc_key_directory`](ManagedIdentityCredentialBuilder::azure_arc_key_directory)),
 ///   on a thread of its own, one read at a time, within 10 s of the agent's challenge, its

@@ -336,12 +336,10 @@ fn arc_without_a_known_key_directory_is_a_build_error_elsewhere() {
 #[test]
 fn secrets_are_trimmed_once_so_the_value_sent_is_the_value_scrubbed() {
     let (_, secret) = select(
-        &|name: &str| match name {
-            IDENTITY_ENDPOINT => Some(EP.to_owned()),
-            IDENTITY_HEADER => Some(" padded-s3cret \n".to_owned()),
-            _ => None,
-        },
-        &|name: &str| [IDENTITY_ENDPOINT, IDENTITY_HEADER].contains(&name),
+        &crate::credential::env::Vars::from_pairs([
+            (IDENTITY_ENDPOINT, EP),
+            (IDENTITY_HEADER, " padded-s3cret \n"),
+        ]),
         true,
     )
     .secret
@@ -471,6 +469,128 @@ async fn workload_identity_variables_that_are_not_unicode_select_it() {
             .contains("AZURE_AUTHORITY_HOST is set to a value that is not valid Unicode"),
         "{err}"
     );
+}
+
+/// The endpoint sources' variables select by presence, as the workload identity's do: a value
+/// that is not Unicode selects its source and is a configuration error naming it, rather
+/// than falling through to another source (IMDS for an unreadable `IDENTITY_ENDPOINT`, Cloud
+/// Shell for `MSI_SECRET`, App Service for `IDENTITY_SERVER_THUMBPRINT`, the default IMDS
+/// address for `AZURE_POD_IDENTITY_AUTHORITY_HOST`).
+#[test]
+fn endpoint_variables_that_are_not_unicode_select_their_source_and_are_named() {
+    use crate::credential::env::{Vars, not_unicode};
+    use ManagedIdentitySource::*;
+    use std::ffi::OsString;
+
+    let odd = || not_unicode("x");
+    // The variables, the source they select, and the variable the error names.
+    type Case = (
+        Vec<(&'static str, OsString)>,
+        ManagedIdentitySource,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            vec![(IDENTITY_ENDPOINT, odd()), (IDENTITY_HEADER, "h".into())],
+            AppService,
+            IDENTITY_ENDPOINT,
+        ),
+        (
+            vec![(IDENTITY_ENDPOINT, EP.into()), (IDENTITY_HEADER, odd())],
+            AppService,
+            IDENTITY_HEADER,
+        ),
+        (
+            vec![
+                (IDENTITY_ENDPOINT, SF_EP.into()),
+                (IDENTITY_HEADER, "h".into()),
+                (IDENTITY_SERVER_THUMBPRINT, odd()),
+            ],
+            ServiceFabric,
+            IDENTITY_SERVER_THUMBPRINT,
+        ),
+        (
+            vec![(IDENTITY_ENDPOINT, odd()), (IMDS_ENDPOINT, EP.into())],
+            AzureArc,
+            IDENTITY_ENDPOINT,
+        ),
+        (
+            vec![(MSI_ENDPOINT, EP.into()), (MSI_SECRET, odd())],
+            AzureMl,
+            MSI_SECRET,
+        ),
+        (vec![(MSI_ENDPOINT, odd())], CloudShell, MSI_ENDPOINT),
+        (
+            vec![(AZURE_POD_IDENTITY_AUTHORITY_HOST, odd())],
+            Imds,
+            AZURE_POD_IDENTITY_AUTHORITY_HOST,
+        ),
+    ];
+    for (vars, want, named) in cases {
+        let shown: Vec<&str> = vars.iter().map(|(name, _)| *name).collect();
+        let credential = ManagedIdentityCredential::builder()
+            .vars_as_set(Vars::from_os_pairs(vars))
+            .azure_arc_key_directory(std::env::temp_dir())
+            .build_lenient();
+        assert_eq!(credential.source(), want, "{shown:?}");
+        let Err(message) = &credential.inner.state else {
+            panic!("{shown:?}: built");
+        };
+        assert_eq!(
+            message,
+            &format!("{named} is set to a value that is not valid Unicode"),
+            "{shown:?}"
+        );
+    }
+    // IMDS_ENDPOINT's value is not used: set, whatever it holds, it selects Azure Arc.
+    let arc = ManagedIdentityCredential::builder()
+        .vars_as_set(Vars::from_os_pairs([
+            (IDENTITY_ENDPOINT, OsString::from(EP)),
+            (IMDS_ENDPOINT, odd()),
+        ]))
+        .azure_arc_key_directory(std::env::temp_dir())
+        .build()
+        .unwrap();
+    assert_eq!(arc.source(), AzureArc);
+}
+
+/// The Azure Arc agent serves on loopback, and its key is sent to `IDENTITY_ENDPOINT` in plain
+/// http: an endpoint off this host is a build error, so no key is ever read or sent for it.
+#[test]
+fn an_arc_endpoint_off_this_host_is_refused() {
+    for endpoint in [
+        "http://localhost:40342/metadata/identity/oauth2/token",
+        "http://LOCALHOST:40342/metadata/identity/oauth2/token",
+        "http://127.0.0.1:40342/metadata/identity/oauth2/token",
+        "http://127.1.2.3:40342/",
+        "http://[::1]:40342/metadata/identity/oauth2/token",
+    ] {
+        let vars = [(IDENTITY_ENDPOINT, endpoint), (IMDS_ENDPOINT, EP)];
+        assert_eq!(
+            source_of(&vars),
+            ManagedIdentitySource::AzureArc,
+            "{endpoint}"
+        );
+    }
+    for endpoint in [
+        "http://10.0.0.4:40342/metadata/identity/oauth2/token?api-version=x",
+        "http://169.254.169.254/metadata/identity/oauth2/token",
+        "http://arc.example.test:40342/metadata/identity/oauth2/token",
+        "http://localhost.example.test/",
+        "http://127.0.0.1.nip.io/",
+        "http://[::2]:40342/",
+        "http://[::ffff:10.0.0.4]:40342/",
+        "https://0.0.0.0:40342/",
+    ] {
+        let vars = [(IDENTITY_ENDPOINT, endpoint), (IMDS_ENDPOINT, EP)];
+        let err = builder(&vars).build().unwrap_err();
+        let msg = err.message();
+        assert!(
+            msg.contains("IDENTITY_ENDPOINT") && msg.contains("is not on this host"),
+            "{endpoint}: {msg}"
+        );
+        assert!(!msg.contains("api-version"), "{endpoint}: {msg}");
+    }
 }
 
 /// A client built by `HttpClient::builder()` sends https only: given for a plain-http

@@ -448,6 +448,37 @@ async fn a_closed_imds_port_is_unavailable() {
     assert!(err.is_transient(), "{err:?}");
 }
 
+/// One Azure Arc acquisition has one 30 s deadline, its challenge, key read and request with
+/// the key together: an agent that makes each request wait out a 20 s `Retry-After` (each
+/// within its own request's 30 s) fails the acquisition at 30 s as a transient timeout, saying
+/// where the time ran out. (Before, each request had its own 30 s, so one acquisition could
+/// take some 70 s with the key read's 10 s, and this one took 40 s.)
+#[tokio::test(start_paused = true)]
+async fn an_arc_acquisition_has_one_deadline_across_its_requests() {
+    let em = Emulator::start(Flavour::AzureArc).await;
+    let wait = || Fault::TooManyRequests {
+        retry_after: "20".to_owned(),
+    };
+    // The challenge: a 429, then the 401 after 20 s; the request with the key: a 429.
+    em.push_faults(wait(), 1);
+    em.push_fault(Fault::Delay(Duration::ZERO));
+    em.push_fault(wait());
+    let started = Instant::now();
+    let err = credential(&em, Identity::System)
+        .get_token([SCOPE])
+        .await
+        .unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_secs(30), "{err}");
+    assert!(err.is_transient() && err.is_timeout(), "{err}");
+    assert!(
+        err.message().contains("no token within 30s")
+            && err.message().contains("request with the key"),
+        "{err}"
+    );
+    assert_eq!(statuses(&em), [Some(429), Some(401), Some(429)]);
+    assert_eq!(arrivals_ms(&em), [0, 20_000, 20_000]);
+}
+
 /// Arc: the agent names a key file the credential must refuse, before sending anything.
 async fn arc_refuses(em: &Emulator, realm: &std::path::Path, what: &str) -> String {
     em.clear();

@@ -605,6 +605,72 @@ async fn azure_ml_computes_under_one_label_share_only_with_the_same_default() {
     assert_eq!(d.request_count(), 1, "no default: never shared");
 }
 
+/// A user-assigned id given in code is trimmed as one read from a variable is: `"…\n"` (read
+/// from a file) names the identity, not an identity no host has.
+#[tokio::test]
+async fn user_assigned_ids_given_in_code_are_trimmed() {
+    use super::{CLIENT_ID, OBJECT_ID, RESOURCE_ID};
+    let em = Emulator::start(Flavour::Imds).await;
+    let padded = |id: &str| format!(" {id}\n");
+    let cases = [
+        (
+            builder(&em).client_id(padded(CLIENT_ID)),
+            "client_id",
+            CLIENT_ID,
+        ),
+        (
+            builder(&em).object_id(padded(OBJECT_ID)),
+            "object_id",
+            OBJECT_ID,
+        ),
+        (
+            builder(&em).user_assigned_id(tower_identity::UserAssignedId::ResourceId(padded(
+                RESOURCE_ID,
+            ))),
+            "msi_res_id",
+            RESOURCE_ID,
+        ),
+    ];
+    for (configured, param, want) in cases {
+        em.clear();
+        configured
+            .build()
+            .unwrap()
+            .get_token([SCOPE])
+            .await
+            .unwrap();
+        let log = em.requests();
+        assert_eq!(log.last().unwrap().param(param), Some(want), "{param}");
+    }
+}
+
+/// Cloud Shell answers with its signed-in user's token, never a host identity's: two people's
+/// Cloud Shells given one label and one store each keep their own token, and nothing is
+/// written to the store. (Before, both were keyed `system=<label>` and the second was served
+/// the first one's user's token.)
+#[tokio::test]
+async fn cloud_shell_tokens_are_never_shared_label_or_not() {
+    let store = MemoryStore::default();
+    let (a, b) = (
+        Emulator::start(Flavour::CloudShell).await,
+        Emulator::start(Flavour::CloudShell).await,
+    );
+    for em in [&a, &b] {
+        let token = ManagedIdentityCredential::builder()
+            .vars(em.env())
+            .distributed_cache(store.cache())
+            .system_assigned_identity_label("shell")
+            .build()
+            .unwrap()
+            .get_token([SCOPE])
+            .await
+            .unwrap();
+        assert_eq!(token.secret().expose_secret(), "mi-cloudshell-1");
+        assert_eq!(em.request_count(), 1, "each Cloud Shell asks its own");
+    }
+    assert!(store.is_empty(), "nothing is written to the store");
+}
+
 /// A store in this process's memory, shared by the credentials given its cache as the
 /// processes of a fleet share Redis.
 #[derive(Clone, Debug, Default)]
