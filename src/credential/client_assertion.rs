@@ -180,9 +180,8 @@ pub(crate) struct Inner {
 }
 
 /// A source of assertions inside the crate: errors already say what went wrong, under the
-/// name of the credential using it. Called in the flight's task, outside the assertions'
-/// lock; a panic as it is called or in its future fails the flight alike (see
-/// [`Assertions::call`]).
+/// name of the credential using it. Called outside the assertions' lock; a panic as it is
+/// called is one of its flight's work, as a panic in its future is (see [`Assertions::call`]).
 pub(crate) type Fetch = Arc<
     dyn Fn(AssertionRequest) -> BoxFuture<'static, Result<Secret, CredentialError>> + Send + Sync,
 >;
@@ -221,22 +220,26 @@ impl ClientAssertionCredential {
     }
 }
 
-/// Calls the user's source; its error becomes *authentication failed* naming it, the text
-/// scrubbed (a careless source may put a token in its error). Its panics are caught by
-/// [`Assertions::call`], as every source's are.
+/// Calls the user's source; its error or panic becomes *authentication failed* naming it, the
+/// text scrubbed (a careless source may put a token in its error). The source is called inside
+/// the future, so a panic as it is called is caught as one in its future is.
 fn call_source<A: AssertionSource>(
     source: &Arc<A>,
     request: AssertionRequest,
 ) -> BoxFuture<'static, Result<Secret, CredentialError>> {
     let source = Arc::clone(source);
     async move {
+        let outcome = AssertUnwindSafe(async move { source.assertion(request).await })
+            .catch_unwind()
+            .await;
         let failed = |what: String| Err(source_failed(NAME, CALLBACK, what));
-        match source.assertion(request).await {
-            Ok(assertion) if assertion.expose_secret().trim().is_empty() => {
+        match outcome {
+            Ok(Ok(assertion)) if assertion.expose_secret().trim().is_empty() => {
                 failed("it returned an empty assertion".into())
             }
-            Ok(assertion) => Ok(assertion),
-            Err(error) => failed(error_chain(error.as_ref())),
+            Ok(Ok(assertion)) => Ok(assertion),
+            Ok(Err(error)) => failed(error_chain(error.as_ref())),
+            Err(panic) => failed(format!("it panicked: {}", panic_text(panic.as_ref()))),
         }
     }
     .boxed()
@@ -490,29 +493,20 @@ impl Assertions {
         flight.await.map(|assertion| (assertion, false))
     }
 
-    /// The flight's work: calls the source in the flight's task, outside the lock. A panic as
-    /// it is called or in its future fails the flight with *authentication failed* (every
-    /// waiter gets it, not only the caller that started it). The payload is forgotten, not
-    /// dropped: a payload whose drop panics would otherwise escape this catch.
+    /// The flight's work, made outside the lock. A source that panics as it is called (a
+    /// crate source; the user's is called inside its future) panics in the flight's task
+    /// instead, with the same payload: the flight then ends for every waiter as it does when
+    /// a source's future panics ("did not finish", see [`crate::flight`]), rather than only
+    /// the caller that started it failing and the others getting "its work was never made".
+    /// The payload is moved on, never dropped here (one whose drop panics cannot escape).
     fn call(
         &self,
         request: AssertionRequest,
     ) -> BoxFuture<'static, Result<Secret, CredentialError>> {
-        let (fetch, name, what) = (Arc::clone(&self.fetch), self.name, self.what);
-        async move {
-            match AssertUnwindSafe(async move { fetch(request).await })
-                .catch_unwind()
-                .await
-            {
-                Ok(outcome) => outcome,
-                Err(panic) => {
-                    let text = panic_text(panic.as_ref());
-                    std::mem::forget(panic);
-                    Err(source_failed(name, what, format!("it panicked: {text}")))
-                }
-            }
+        match std::panic::catch_unwind(AssertUnwindSafe(|| (self.fetch)(request))) {
+            Ok(work) => work,
+            Err(panic) => async move { std::panic::resume_unwind(panic) }.boxed(),
         }
-        .boxed()
     }
 
     /// Drops `assertion` if it is still the one in hand for `key`.
@@ -1169,25 +1163,12 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), [false], "lock taken as it is called");
     }
 
-    /// A source that panics as it is called, before it returns a future, fails every caller
-    /// of its flight as one panicking in its future does (authentication failed naming it),
-    /// and the next request calls it anew: for the user's closure as for a source of the
-    /// crate.
+    /// The user's source that panics as it is called, before it returns a future, fails every
+    /// caller of its flight as one panicking in its future does (authentication failed naming
+    /// it), and the next request calls it anew.
     #[tokio::test(start_paused = true)]
     async fn a_source_panicking_as_it_is_called_fails_its_flight_and_not_the_next() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&calls);
-        let fetch: Fetch = Arc::new(move |_request| {
-            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-            if n == 1 {
-                panic!("the signer exploded at once");
-            }
-            async move {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                Ok(Secret::new(format!("assertion-{n}")))
-            }
-            .boxed()
-        });
         let counter = Arc::clone(&calls);
         let source = move || {
             let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
@@ -1200,8 +1181,8 @@ mod tests {
             }
         };
         let (_log, http) = entra();
-        for c in [internal(fetch, http.clone()), build(source, http)] {
-            calls.store(0, Ordering::SeqCst);
+        {
+            let c = build(source, http);
             // Distinct scopes: concurrent token requests sharing the one call of the source.
             let requests = (0..3).map(|n| c.get_token([format!("https://r{n}.test/.default")]));
             for result in futures_util::future::join_all(requests).await {
@@ -1221,29 +1202,19 @@ mod tests {
         }
     }
 
-    /// A crate source whose future panics, or whose panic's payload panics when dropped,
-    /// fails its flight as a call-time panic does: every waiter gets *authentication failed*,
-    /// none "did not finish", and the next request calls the source again.
+    /// A crate source that panics as it is called ends its flight as one panicking in its
+    /// future does: every waiter gets "did not finish" marked as cut off (not remembered as
+    /// an answer), none "its work was never made", and the next request calls it anew.
     #[tokio::test]
-    async fn a_panic_in_a_sources_future_or_one_whose_payload_panics_on_drop_fails_alike() {
-        struct PanicsOnDrop;
-        impl Drop for PanicsOnDrop {
-            fn drop(&mut self) {
-                panic!("a payload whose drop panics");
-            }
-        }
-        for in_future in [true, false] {
+    async fn a_crate_source_panicking_as_it_is_called_or_in_its_future_ends_its_flight_alike() {
+        for in_future in [false, true] {
             let calls = Arc::new(AtomicUsize::new(0));
             let counter = Arc::clone(&calls);
             let fetch: Fetch = Arc::new(move |_request| {
                 let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-                if n == 1 && !in_future {
-                    std::panic::panic_any(PanicsOnDrop);
-                }
+                assert!(n > 1 || in_future, "the signer exploded at once");
                 async move {
-                    if n == 1 {
-                        panic!("the signer exploded later");
-                    }
+                    assert!(n > 1, "the signer exploded later");
                     Ok(Secret::new(format!("assertion-{n}")))
                 }
                 .boxed()
@@ -1251,20 +1222,18 @@ mod tests {
             let (_log, http) = entra();
             let c = internal(fetch, http);
             let requests = (0..3).map(|n| c.get_token([format!("https://r{n}.test/.default")]));
+            let expected = if in_future { "later" } else { "at once" };
             for result in futures_util::future::join_all(requests).await {
                 let err = result.unwrap_err();
                 assert!(
-                    err.is_authentication_failed() && !err.is_unfinished(),
+                    err.is_authentication_failed() && err.is_unfinished(),
                     "{err}"
                 );
-                let expected = if in_future {
-                    "the signer exploded later"
-                } else {
-                    "(no message)"
-                };
-                assert_eq!(
-                    err.message(),
-                    format!("the client assertion callback failed: it panicked: {expected}")
+                assert!(
+                    err.message()
+                        .starts_with("the client assertion callback did not finish: ")
+                        && err.message().contains(expected),
+                    "{err}"
                 );
             }
             assert_eq!(calls.load(Ordering::SeqCst), 1, "one call, shared");

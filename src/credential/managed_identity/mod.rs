@@ -295,10 +295,13 @@ impl IdParams {
 ///   404 page, a firewall's 502), the token request goes through the probe's client within
 ///   what is left of its second, without IMDS's retry schedule, so such an address costs the
 ///   chain a second, not 24 s (404) or 75 s (410) of retries; if that answer is IMDS's JSON
-///   after all, busy (410, 429, 5xx), the request is sent again with the whole schedule,
-///   starting from that answer (as from a busy JSON answer to the probe itself): a
-///   `Retry-After` it carries is remembered at once and waited out before the request goes
-///   again, as any the retries wait out, or, longer than they wait, ends it throttled. A
+///   after all, with a status the schedule retries (404, 408, 410, 429, 5xx), the request is
+///   sent again with the whole schedule, starting from that answer (as from such a JSON
+///   answer to the probe itself): with the built-in client, a `Retry-After` it carries is
+///   remembered at once and waited out before the request goes again, as any the retries
+///   wait out, or, longer than they wait, ends it throttled (a client given with
+///   [`http_client`](ManagedIdentityCredentialBuilder::http_client) sends it again at once,
+///   its own retries replacing the schedule). A
 ///   probe with no answer within its second is *unavailable* as a
 ///   [transient](crate::CredentialError::is_transient) failure (IMDS may be slow for a
 ///   moment), and so is an answer to that quick token request that is not JSON with a
