@@ -69,7 +69,10 @@ impl DistributedCacheBuilder {
     }
 
     /// Stores tokens in clear: anyone who can read the store can then use them. Only for a
-    /// store that is itself as protected as the tokens it holds.
+    /// store that is itself as protected as the tokens it holds. The store's client then
+    /// holds them in clear too, in buffers the cache cannot zeroize (with `RedisTokenCache`,
+    /// the `redis` crate's command and read buffers), where a sealed entry leaves only
+    /// ciphertext there.
     pub fn plaintext_at_rest(mut self) -> Self {
         self.plaintext = true;
         self

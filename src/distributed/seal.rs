@@ -6,7 +6,15 @@
 //! one that does not open: the first is a quiet miss ([`Unopened::OtherKey`]), the second an
 //! error. The associated data is the key's name, a zero byte, and the store key of the entry,
 //! so a value copied under another entry's key, or whose key id was edited, does not open. The
-//! plaintext is the JSON [`Payload`]; every buffer that holds it is zeroized when dropped.
+//! plaintext is the JSON [`Payload`]. Every buffer here that holds the token is zeroized when
+//! dropped: the JSON is written into a buffer of its exact length, measured first (a buffer
+//! that grew would leave copies behind), and read back with the token's JSON string taken as
+//! it stands ([`ReadPayload`]) and unescaped by [`json_string`] into a buffer sized up front,
+//! never through serde_json's scratch buffer (which it fills with any string that has an
+//! escape, and does not zeroize). So is the value the cache read from the store. The store's
+//! own buffers are not: with the plaintext opt-out they hold the token in clear (with
+//! `RedisTokenCache`, the `redis` crate's command and read buffers), where a sealed value
+//! leaves only ciphertext.
 //!
 //! The plaintext opt-out stores `PLAIN` ‖ JSON: a cache opens only values of its own kind.
 //! With no associated data to bind it, a plaintext payload names its store key (`entry`) and
@@ -16,6 +24,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +32,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
@@ -128,18 +138,32 @@ pub(super) enum Sealing {
 
 /// What an entry holds, as JSON. Times are Unix seconds; `stored_on` is when the entry was
 /// published, so that every process judges its refresh time from the same start.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct Payload<'a> {
-    #[serde(borrow)]
-    access_token: Cow<'a, str>,
-    #[serde(borrow)]
-    token_type: Cow<'a, str>,
+    access_token: &'a str,
+    token_type: &'a str,
     expires_on: u64,
     refresh_on: Option<u64>,
     stored_on: u64,
     /// Plaintext only: the store key the value was written under (a sealed value's is bound
     /// in its associated data instead).
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entry: Option<&'a str>,
+}
+
+/// A [`Payload`] as read: the token is its JSON string as it stands in the buffer read
+/// (quotes and escapes), for [`json_string`] to unescape. Read as a string, serde_json would
+/// copy one with an escape into its scratch buffer, which is not zeroized.
+#[derive(Deserialize)]
+struct ReadPayload<'a> {
+    #[serde(borrow)]
+    access_token: &'a RawValue,
+    #[serde(borrow)]
+    token_type: Cow<'a, str>,
+    expires_on: u64,
+    refresh_on: Option<u64>,
+    stored_on: u64,
+    #[serde(borrow, default)]
     entry: Option<Cow<'a, str>>,
 }
 
@@ -175,22 +199,24 @@ impl Sealing {
         clock: WallClock,
     ) -> Option<Zeroizing<Vec<u8>>> {
         let payload = Payload {
-            access_token: Cow::Borrowed(token.secret().expose_secret()),
-            token_type: Cow::Borrowed(token.token_type()),
+            access_token: token.secret().expose_secret(),
+            token_type: token.token_type(),
             expires_on: clock.to_unix(token.expires_on()),
             refresh_on: token.refresh_on().map(|at| clock.to_unix(at)),
             stored_on: clock.to_unix(now),
-            entry: matches!(self, Sealing::Plaintext).then_some(Cow::Borrowed(entry)),
+            entry: matches!(self, Sealing::Plaintext).then_some(entry),
         };
-        // Sized up front: a growing buffer would leave copies of the token behind.
-        let capacity = token
-            .secret()
-            .expose_secret()
-            .len()
-            .saturating_add(entry.len())
-            .saturating_add(256);
-        let mut json = Zeroizing::new(Vec::with_capacity(capacity));
-        serde_json::to_writer(&mut *json, &payload).ok()?;
+        // Measured, then written into a buffer of exactly that length, which cannot grow: a
+        // growing buffer would leave copies of the token behind. (An estimate would not do:
+        // the token type's length, and escapes, which make a character six bytes.)
+        let mut measured = Measured(0);
+        serde_json::to_writer(&mut measured, &payload).ok()?;
+        let mut json = Zeroizing::new(vec![0u8; measured.0]);
+        let mut unwritten: &mut [u8] = &mut json;
+        serde_json::to_writer(&mut unwritten, &payload).ok()?;
+        if !unwritten.is_empty() {
+            return None;
+        }
         match self {
             Sealing::Plaintext => {
                 let mut value =
@@ -263,25 +289,29 @@ impl Sealing {
         clock: WallClock,
         left: Option<Duration>,
     ) -> Option<Stored> {
-        let json: Zeroizing<Vec<u8>> = match self {
-            Sealing::Plaintext => Zeroizing::new(value.strip_prefix(PLAIN)?.to_vec()),
+        // The opened plaintext, zeroized when dropped (a plaintext value is read in place).
+        let opened: Zeroizing<Vec<u8>>;
+        let json: &[u8] = match self {
+            Sealing::Plaintext => value.strip_prefix(PLAIN)?,
             Sealing::Sealed(key) => {
                 let rest = value.strip_prefix(SEALED)?.get(KEY_ID_LEN..)?;
                 let (nonce, sealed) = rest.split_at_checked(NONCE_LEN)?;
                 let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
                 let mut buffer = Zeroizing::new(sealed.to_vec());
                 let aad = associated_data(key, entry);
-                let opened = key
+                let len = key
                     .key
                     .open_in_place(nonce, Aad::from(&aad), &mut buffer)
                     .ok()?
                     .len();
-                buffer.truncate(opened);
-                buffer
+                buffer.truncate(len);
+                opened = buffer;
+                &opened
             }
         };
-        let payload: Payload<'_> = serde_json::from_slice(&json).ok()?;
-        if payload.access_token.is_empty() {
+        let payload: ReadPayload<'_> = serde_json::from_slice(json).ok()?;
+        let mut secret = json_string(payload.access_token.get())?;
+        if secret.is_empty() {
             return None;
         }
         if matches!(self, Sealing::Plaintext) && payload.entry.as_deref() != Some(entry) {
@@ -301,7 +331,8 @@ impl Sealing {
             let at = clock.to_instant(unix, now);
             at.checked_sub(late).unwrap_or(at).min(end)
         };
-        let token = AccessToken::new(payload.access_token.into_owned(), end)
+        // Moved, not copied, into the token's zeroized secret.
+        let token = AccessToken::new(std::mem::take(&mut *secret), end)
             .with_refresh_on(payload.refresh_on.map(time))
             .with_token_type(payload.token_type.as_ref());
         Some(Stored {
@@ -310,6 +341,76 @@ impl Sealing {
             sealed_times: (payload.stored_on, payload.expires_on),
         })
     }
+}
+
+/// A writer that keeps nothing, only counts the bytes written: the length of the JSON to
+/// write, for a buffer of that size.
+struct Measured(usize);
+
+impl io::Write for Measured {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0 = self.0.saturating_add(bytes.len());
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The text of the JSON string `raw` (with its quotes and escapes, as serde_json validated
+/// it) in a buffer zeroized when dropped, allocated once: unescaping never lengthens a
+/// string (`\"` is two bytes for one, `\uXXXX` six for at most three, a surrogate pair
+/// twelve for four), so the buffer never grows and leaves no copy behind. `None` if `raw`
+/// is not a JSON string, or has an escape JSON does not define (a lone surrogate among them).
+fn json_string(raw: &str) -> Option<Zeroizing<String>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    let mut text = Zeroizing::new(String::with_capacity(inner.len()));
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            text.push(c);
+            continue;
+        }
+        let unescaped = match chars.next()? {
+            '"' => '"',
+            '\\' => '\\',
+            '/' => '/',
+            'b' => '\u{8}',
+            'f' => '\u{c}',
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            'u' => {
+                let mut rest = chars.as_str();
+                let unit = hex4(&mut rest)?;
+                // A high surrogate is followed by a low one (`\uXXXX` too): a pair. A lone
+                // one decodes to an error: `None`.
+                let decoded = if (0xD800..0xDC00).contains(&unit) {
+                    rest = rest.strip_prefix("\\u")?;
+                    let low = hex4(&mut rest)?;
+                    char::decode_utf16([unit, low]).next()
+                } else {
+                    char::decode_utf16([unit]).next()
+                };
+                chars = rest.chars();
+                decoded?.ok()?
+            }
+            _ => return None,
+        };
+        text.push(unescaped);
+    }
+    Some(text)
+}
+
+/// The four hex digits that start `rest` (a `\uXXXX` escape's), as a UTF-16 unit; `rest`
+/// moves past them.
+fn hex4(rest: &mut &str) -> Option<u16> {
+    let digits = rest
+        .get(..4)
+        .filter(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()))?;
+    *rest = rest.get(4..)?;
+    u16::from_str_radix(digits, 16).ok()
 }
 
 /// The first bytes of a SHA-256 of `name` (with a context string, so it is no plain hash of
@@ -409,6 +510,81 @@ mod tests {
         let plain = Sealing::Plaintext.seal("e", &token, now, clock).unwrap();
         assert_eq!(open(&sealing("k1", 1), &plain), Err(Unopened::Unreadable));
         assert_eq!(open(&Sealing::Plaintext, &k1), Err(Unopened::Unreadable));
+    }
+
+    /// A token with characters JSON escapes (quotes, backslashes, control characters; a
+    /// character outside the BMP, written as is) and a long token type round-trip, sealed
+    /// and plaintext: the JSON is measured before it is written (before, its buffer was sized
+    /// from the token's length plus 256 bytes, and grew past that, leaving copies behind), and
+    /// the token read back is unescaped by `json_string`, never by serde_json into its scratch
+    /// buffer.
+    #[test]
+    fn tokens_json_escapes_round_trip_in_either_mode() {
+        let (now, clock) = (Instant::now(), WallClock::now());
+        let secret = format!("a\"b\\c\u{1}\n\u{1f}é😀{}", "\"".repeat(300));
+        let token = AccessToken::new(secret.clone(), now + std::time::Duration::from_secs(60))
+            .with_token_type("\"".repeat(400));
+        for sealing in [
+            Sealing::Plaintext,
+            Sealing::Sealed(SealingKey::new("k", &[1; KEY_LEN]).unwrap()),
+        ] {
+            let value = sealing.seal("e", &token, now, clock).unwrap();
+            let opened = sealing.open("e", &value, now, clock, None).unwrap().token;
+            assert_eq!(opened.secret().expose_secret(), secret);
+            assert_eq!(opened.token_type(), "\"".repeat(400));
+        }
+    }
+
+    /// `json_string` reads what JSON defines, refuses the rest, and never grows its buffer.
+    #[test]
+    fn json_strings_are_unescaped_as_json_defines() {
+        let read = |raw: &str| json_string(raw).map(|text| text.as_str().to_owned());
+        assert_eq!(read(r#""plain""#).as_deref(), Some("plain"));
+        assert_eq!(
+            read(r#""\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00""#).as_deref(),
+            Some("\"\\/\u{8}\u{c}\n\r\té😀")
+        );
+        for refused in [
+            "",
+            "\"",
+            "unquoted",
+            "123",
+            r#""\x""#,
+            r#""\u12""#,
+            r#""\u12g4""#,
+            r#""\u+123""#,
+            r#""\ud800""#,
+            r#""\udc00""#,
+            r#""\ud800\u0041""#,
+            r#""\ud800x""#,
+            r#""end\""#,
+        ] {
+            assert_eq!(read(refused), None, "{refused}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 256,
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Any string serde_json writes reads back as it was, in a buffer that kept the size
+        /// it was given; any text at all reads as serde_json reads it (or not at all), never
+        /// panicking.
+        #[test]
+        fn json_string_reads_what_serde_json_writes(text in ".*", raw in r#""[\\"a-z0-9u]{0,12}"#) {
+            let written = serde_json::to_string(&text).unwrap();
+            let read = json_string(&written).unwrap();
+            proptest::prop_assert_eq!(read.as_str(), text.as_str());
+            proptest::prop_assert_eq!(read.capacity(), written.len() - 2);
+            let theirs = serde_json::from_str::<String>(&raw).ok();
+            let ours = json_string(&raw).map(|read| read.as_str().to_owned());
+            if theirs.is_some() {
+                proptest::prop_assert_eq!(ours, theirs);
+            }
+        }
     }
 
     #[test]
