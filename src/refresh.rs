@@ -517,6 +517,21 @@ tokio::task_local! {
     static RENEWING: Option<Secret>;
 }
 
+/// Whether this task runs a slot's renewal: a valid token is held and nobody waits for the
+/// outcome. `false` in a first acquisition (its callers wait for it) and outside any slot. The
+/// distributed cache hands a first acquisition a stored token due for renewal at once, and
+/// lets a renewal wait for the fleet's holder (`crate::distributed`).
+pub(crate) fn in_a_renewal() -> bool {
+    RENEWING.try_with(Option::is_some).unwrap_or(false)
+}
+
+/// Runs `work` as a slot's renewal runs it ([`in_a_renewal`] is `true` there): for tests of
+/// what a renewal asks.
+#[cfg(test)]
+pub(crate) async fn as_renewal<F: Future>(work: F) -> F::Output {
+    RENEWING.scope(Some(Secret::new("renewed")), work).await
+}
+
 /// Whether this task is a slot's renewal (the layer's, asking its credential), and if so
 /// whether it is renewing `token`.
 fn inside_a_renewal(token: &AccessToken) -> Option<bool> {

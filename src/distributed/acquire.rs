@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use super::Shared;
 use super::key::EntryKey;
 use super::seal::Unopened;
-use super::store::{LeaseTtl, MAX_ENTRY_BYTES};
+use super::store::{LeaseTtl, MAX_ENTRY_BYTES, MAX_MARK_BYTES};
 use crate::error::{Cause, CredentialError, ProviderDetails};
 use crate::refresh::RefreshPolicy;
 use crate::token::AccessToken;
@@ -63,6 +63,14 @@ struct Looks {
     stray_lease: Option<LeaseTtl>,
     /// `None` before the first look; then the mark it found, if any.
     first_mark: Option<Option<Vec<u8>>>,
+    /// Whether the acquisition is a slot's renewal ([`crate::refresh::in_a_renewal`]): its
+    /// slot holds a valid token and nobody waits for it. A first acquisition (its callers
+    /// wait) is handed a stored token due for renewal at once instead.
+    renewal: bool,
+    /// The last token a look found due for renewal but valid (a renewal's looks only): the
+    /// answer, while it is valid, to a request that fails in a way that is not the
+    /// provider's final refusal (see [`Shared::or_due`]).
+    due: Option<AccessToken>,
 }
 
 impl Looks {
@@ -190,9 +198,11 @@ impl FleetThrottles {
 
 /// What the store holds for an entry.
 enum Found {
-    /// A token not due for renewal, or due but not expired while a throttle runs.
+    /// A token not due for renewal; or due but not expired while a throttle runs, or when
+    /// the acquisition is not a renewal (see [`Shared::find`]).
     Usable(AccessToken),
-    /// Nothing usable: no entry, one due for renewal, or one that did not open.
+    /// Nothing usable: no entry, one due for renewal (to a renewal), or one that did not
+    /// open.
     Nothing,
     /// Nothing usable, and a holder's failure mark written since this acquisition's first
     /// look: the provider refused the holder it waited for.
@@ -232,121 +242,138 @@ impl Shared {
             };
             let mut looks = Looks {
                 credential,
+                renewal: crate::refresh::in_a_renewal(),
                 ..Looks::default()
             };
-            // A throttle this process read less than 5 s ago is answered without reading the
-            // store: every acquisition of a throttled entry would otherwise cost a store call
-            // until its end. Past that the store is read again: a token published meanwhile
-            // (the mark cleared) is taken within 5 s.
-            if let Some((status, end, whose)) = self.throttles.running(&token_key) {
-                return self.answer_throttled(throttled_error(credential, status, end, whose));
-            }
-            match self.find(&keys, policy, &mut looks).await {
-                Found::Usable(token) => return self.shared_hit(token),
-                Found::Failed => return self.alone(idp, None).await,
-                Found::Throttled(error) => return self.answer_throttled(error),
-                // The first look records the mark it finds: never one written since.
-                Found::Nothing | Found::Refused => {}
-            }
-            let holder = self.next_holder();
-            // Measured as time waited, not as a deadline: a `wait_limit` past what the clock
-            // can represent (`Duration::MAX`) then means no limit, never no wait.
-            let start = Instant::now();
-            let mut pause = FIRST_POLL;
-            let mut lost = false;
-            loop {
-                let leased = self.breaker.call(
-                    "try_lease",
-                    || self.store.try_lease(&lease_key, &holder, self.lease),
-                    &self.stats,
-                );
-                match leased.await {
-                    Some(true) => {
-                        // Another process may have published and released between our last
-                        // look and this lease: look once more before asking the provider.
-                        match self.find(&keys, policy, &mut looks).await {
-                            Found::Usable(token) => {
-                                let release = || self.store.release(&lease_key, &holder);
-                                self.breaker.call("release", release, &self.stats).await;
-                                return self.shared_hit(token);
-                            }
-                            // The holder we waited for was refused and gave the lease back
-                            // between two polls: the others ask on their own at their next
-                            // poll; give the lease back and ask alone too.
-                            Found::Refused => {
-                                let release = || self.store.release(&lease_key, &holder);
-                                self.breaker.call("release", release, &self.stats).await;
-                                return self.refused_holder(idp, &keys).await;
-                            }
-                            // Throttled since our last look: the mark lasts as long as the
-                            // wait, so the lease goes back without a mark of ours.
-                            Found::Throttled(error) => {
-                                let release = || self.store.release(&lease_key, &holder);
-                                self.breaker.call("release", release, &self.stats).await;
-                                return self.answer_throttled(error);
-                            }
-                            Found::Nothing | Found::Failed => {}
-                        }
-                        return self.hold(idp, &keys, &holder).await;
-                    }
-                    Some(false) if !lost => {
-                        lost = true;
-                        self.stats.lease_lost();
-                    }
-                    Some(false) => {}
-                    // The lease may be set all the same (a write applied, its answer late): the
-                    // holder's part, best-effort, so that nobody waits out `wait_limit` on a
-                    // lease no one fills. With the store down both calls are skipped or fail,
-                    // and the lease runs out. The release leaves a mark only if this process
-                    // did hold the lease (`release_with_mark`): one that never took it must
-                    // not send another holder's waiters to the provider.
-                    None => {
-                        let alone = self.alone(idp, Some(&keys));
-                        let result = self.keeping_lease(alone, &lease_key, &holder).await;
-                        self.give_back(&result, &keys, &holder).await;
-                        return result;
-                    }
-                }
-                // Nobody will fill a lease no cache wrote: waiting on it would cost every
-                // acquisition `wait_limit`, for as long as the key is there.
-                if let Some(seen) = looks.stray_lease {
-                    let lease_left = match seen {
-                        LeaseTtl::Left(left) => format!("{left:?}"),
-                        _ => "no expiry".to_owned(),
-                    };
-                    tracing::warn!(
-                        entry = lease_key,
-                        lease_left = %lease_left,
-                        our_lease = ?self.lease,
-                        "distributed token cache: the entry's lease has more time left than \
-                         this process's lease setting allows a cache (twice it and a minute); \
-                         asking on our own instead of waiting for it. Likely a settings \
-                         mismatch: processes of the fleet configured with different `lease` \
-                         durations (make them agree); else a write to the key by something \
-                         other than a cache"
-                    );
-                    return self.alone(idp, Some(&keys)).await;
-                }
-                let left = self.wait_limit.saturating_sub(start.elapsed());
-                if left.is_zero() {
-                    tracing::debug!(wait_limit = ?self.wait_limit, "distributed token cache: the holder's token did not come in time");
-                    return self.alone(idp, Some(&keys)).await;
-                }
-                tokio::time::sleep(pause.min(left)).await;
-                pause = pause.saturating_mul(2).min(LAST_POLL);
-                // Each poll reads the mark with the token: every waiter learns of the holder's
-                // refusal at its next poll, none waits for the lease to come its way.
-                match self.find(&keys, policy, &mut looks).await {
-                    Found::Usable(token) => return self.shared_hit(token),
-                    Found::Failed => return self.alone(idp, None).await,
-                    Found::Refused => return self.refused_holder(idp, &keys).await,
-                    Found::Throttled(error) => return self.answer_throttled(error),
-                    Found::Nothing => {}
-                }
-            }
+            let result = self.acquire_looking(idp, &keys, policy, &mut looks).await;
+            self.or_due(result, &looks)
         }
         .instrument(span)
         .await
+    }
+
+    /// [`acquire`](Self::acquire) for the entry's `keys`, its looks at the store recorded in
+    /// `looks`.
+    async fn acquire_looking<Fut>(
+        &self,
+        idp: Fut,
+        keys: &Keys<'_>,
+        policy: RefreshPolicy,
+        looks: &mut Looks,
+    ) -> Result<AccessToken, CredentialError>
+    where
+        Fut: Future<Output = Result<AccessToken, CredentialError>>,
+    {
+        // A throttle this process read less than 5 s ago is answered without reading the
+        // store: every acquisition of a throttled entry would otherwise cost a store call
+        // until its end. Past that the store is read again: a token published meanwhile
+        // (the mark cleared) is taken within 5 s.
+        if let Some((status, end, whose)) = self.throttles.running(keys.token) {
+            return self.answer_throttled(throttled_error(looks.credential, status, end, whose));
+        }
+        match self.find(keys, policy, looks).await {
+            Found::Usable(token) => return self.shared_hit(token),
+            Found::Failed => return self.alone(idp, None).await,
+            Found::Throttled(error) => return self.answer_throttled(error),
+            // The first look records the mark it finds: never one written since.
+            Found::Nothing | Found::Refused => {}
+        }
+        let holder = self.next_holder();
+        // Measured as time waited, not as a deadline: a `wait_limit` past what the clock
+        // can represent (`Duration::MAX`) then means no limit, never no wait.
+        let start = Instant::now();
+        let mut pause = FIRST_POLL;
+        let mut lost = false;
+        loop {
+            let leased = self.breaker.call(
+                "try_lease",
+                || self.store.try_lease(keys.lease, &holder, self.lease),
+                &self.stats,
+            );
+            match leased.await {
+                Some(true) => {
+                    // Another process may have published and released between our last
+                    // look and this lease: look once more before asking the provider.
+                    match self.find(keys, policy, looks).await {
+                        Found::Usable(token) => {
+                            let release = || self.store.release(keys.lease, &holder);
+                            self.breaker.call("release", release, &self.stats).await;
+                            return self.shared_hit(token);
+                        }
+                        // The holder we waited for was refused and gave the lease back
+                        // between two polls: the others ask on their own at their next
+                        // poll; give the lease back and ask alone too.
+                        Found::Refused => {
+                            let release = || self.store.release(keys.lease, &holder);
+                            self.breaker.call("release", release, &self.stats).await;
+                            return self.refused_holder(idp, keys).await;
+                        }
+                        // Throttled since our last look: the mark lasts as long as the
+                        // wait, so the lease goes back without a mark of ours.
+                        Found::Throttled(error) => {
+                            let release = || self.store.release(keys.lease, &holder);
+                            self.breaker.call("release", release, &self.stats).await;
+                            return self.answer_throttled(error);
+                        }
+                        Found::Nothing | Found::Failed => {}
+                    }
+                    return self.hold(idp, keys, &holder).await;
+                }
+                Some(false) if !lost => {
+                    lost = true;
+                    self.stats.lease_lost();
+                }
+                Some(false) => {}
+                // The lease may be set all the same (a write applied, its answer late): the
+                // holder's part, best-effort, so that nobody waits out `wait_limit` on a
+                // lease no one fills. With the store down both calls are skipped or fail,
+                // and the lease runs out. The release leaves a mark only if this process
+                // did hold the lease (`release_with_mark`): one that never took it must
+                // not send another holder's waiters to the provider.
+                None => {
+                    let alone = self.alone(idp, Some(keys));
+                    let result = self.keeping_lease(alone, keys.lease, &holder).await;
+                    self.give_back(&result, keys, &holder).await;
+                    return result;
+                }
+            }
+            // Nobody will fill a lease no cache wrote: waiting on it would cost every
+            // acquisition `wait_limit`, for as long as the key is there.
+            if let Some(seen) = looks.stray_lease {
+                let lease_left = match seen {
+                    LeaseTtl::Left(left) => format!("{left:?}"),
+                    _ => "no expiry".to_owned(),
+                };
+                tracing::warn!(
+                    entry = keys.lease,
+                    lease_left = %lease_left,
+                    our_lease = ?self.lease,
+                    "distributed token cache: the entry's lease has more time left than \
+                     this process's lease setting allows a cache (twice it and a minute); \
+                     asking on our own instead of waiting for it. Likely a settings \
+                     mismatch: processes of the fleet configured with different `lease` \
+                     durations (make them agree); else a write to the key by something \
+                     other than a cache"
+                );
+                return self.alone(idp, Some(keys)).await;
+            }
+            let left = self.wait_limit.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                tracing::debug!(wait_limit = ?self.wait_limit, "distributed token cache: the holder's token did not come in time");
+                return self.alone(idp, Some(keys)).await;
+            }
+            tokio::time::sleep(pause.min(left)).await;
+            pause = pause.saturating_mul(2).min(LAST_POLL);
+            // Each poll reads the mark with the token: every waiter learns of the holder's
+            // refusal at its next poll, none waits for the lease to come its way.
+            match self.find(keys, policy, looks).await {
+                Found::Usable(token) => return self.shared_hit(token),
+                Found::Failed => return self.alone(idp, None).await,
+                Found::Refused => return self.refused_holder(idp, keys).await,
+                Found::Throttled(error) => return self.answer_throttled(error),
+                Found::Nothing => {}
+            }
+        }
     }
 
     /// Answers an acquisition with the fleet's throttle (`error`), counted.
@@ -358,6 +385,37 @@ impl Shared {
     fn shared_hit(&self, token: AccessToken) -> Result<AccessToken, CredentialError> {
         self.stats.shared_hit();
         Ok(token)
+    }
+
+    /// `result`, unless it failed in a way that is not the identity provider's final refusal
+    /// ([`is_final_refusal`]: a timeout, a connection failure, a 5xx, a throttle) while a look
+    /// of this acquisition found a token due for renewal that is still valid: that token, as
+    /// a slot whose renewal fails serves its own, with `now` as its `refresh_on` (a token due:
+    /// the slot's spacing applies to its next renewal). Only a renewal's looks keep such a
+    /// token (a first acquisition is answered with it at its look, see [`Shared::find`]):
+    /// its slot holds a token already, usually this one, and takes it back as a failed
+    /// attempt; one it holds that is another (its own, got alone) is replaced by the fleet's.
+    fn or_due(
+        &self,
+        result: Result<AccessToken, CredentialError>,
+        looks: &Looks,
+    ) -> Result<AccessToken, CredentialError> {
+        let error = match result {
+            Ok(token) => return Ok(token),
+            Err(error) => error,
+        };
+        let now = Instant::now();
+        match &looks.due {
+            Some(due) if !is_final_refusal(&error) && !due.is_expired_at(now) => {
+                tracing::debug!(
+                    error = %error,
+                    "distributed token cache: the request failed; the stored token due for \
+                     renewal is still valid and answers"
+                );
+                self.shared_hit(due.clone().with_refresh_on(Some(now)))
+            }
+            _ => Err(error),
+        }
     }
 
     /// This acquisition's lease holder id (see `Shared::holder`).
@@ -669,6 +727,11 @@ impl Shared {
         else {
             return Found::Failed;
         };
+        // A mark longer than a cache writes (some 60 bytes) is none, whatever the store: a
+        // `TokenStore` of the user's own need not bound what it reads as `RedisTokenCache`
+        // does.
+        let mark = mark.filter(|mark| mark.len() <= MAX_MARK_BYTES);
+        let throttle = throttle.filter(|(mark, _)| mark.len() <= MAX_MARK_BYTES);
         looks.stray_lease = self.is_stray(lease).then_some(lease);
         let throttled = throttle.and_then(|(mark, left)| self.throttled(&mark, left));
         // A throttle mark the release before throttle keys wrote under the failure mark's key
@@ -695,9 +758,14 @@ impl Shared {
             Some((value, left)) => (Zeroizing::new(value), left),
         };
         let now = Instant::now();
-        let opened = self
-            .sealing
-            .open(token_key, &value, now, self.clock.followed(), left);
+        // Larger than a cache writes: unreadable, and not opened, whatever the store (only
+        // `RedisTokenCache` leaves such a value unsent).
+        let opened = if value.len() > MAX_ENTRY_BYTES {
+            Err(Unopened::Unreadable)
+        } else {
+            self.sealing
+                .open(token_key, &value, now, self.clock.followed(), left)
+        };
         let stored = match opened {
             Ok(stored) => stored,
             Err(unopened) => {
@@ -716,18 +784,32 @@ impl Shared {
         if stored.token.is_expired_at(now) {
             nothing()
         } else if now >= due {
-            // Due, but still valid while the fleet waits out a throttle: served, as a process
-            // holding it keeps serving its own (its renewals answered by the throttle), not
-            // answered with the throttle while a valid token sits in the store. It carries the
-            // throttle's end as its `refresh_on` (its expiry, if sooner), for the slot to renew
-            // once the wait is over; the throttle is not remembered, so the entry's next
-            // acquisitions read it again and serve it too.
             match throttled {
+                // Due, but still valid while the fleet waits out a throttle: served, as a
+                // process holding it keeps serving its own (its renewals answered by the
+                // throttle), not answered with the throttle while a valid token sits in the
+                // store. It carries the throttle's end as its `refresh_on` (its expiry, if
+                // sooner), for the slot to renew once the wait is over; the throttle is not
+                // remembered, so the entry's next acquisitions read it again and serve it too.
                 Some((_, end, _)) => {
                     let renew_on = end.min(stored.token.expires_on());
                     Found::Usable(stored.token.with_refresh_on(Some(renew_on)))
                 }
-                None => nothing(),
+                // Due, still valid, and this process has none (its slot's first acquisition:
+                // its callers wait for this answer): served at once, as a slot in its window
+                // serves its own token while one renewal runs. Taking the lease, or waiting for
+                // the holder's token, would have them wait for the provider (a slow or failing
+                // one: up to `wait_limit`, then their own request) while a valid token sits
+                // here. It carries `now` as its `refresh_on`: its slot renews at its next
+                // request, in the background, and that renewal takes the lease and asks, or
+                // waits for the holder's token (sending nothing), as a warm process's does.
+                None if !looks.renewal => Found::Usable(stored.token.with_refresh_on(Some(now))),
+                // A renewal (its slot serves the token meanwhile) waits for the fleet's new
+                // token; the due one answers only a request that fails (`or_due`).
+                None => {
+                    looks.due = Some(stored.token);
+                    nothing()
+                }
             }
         } else {
             // The slot that takes the token computes its refresh time from the lifetime left

@@ -32,12 +32,25 @@
 //!   the provider's `refresh_in`), counted from when the entry was published: every process
 //!   renews a shared token at the same moment (the token it takes carries that moment as its
 //!   `refresh_on`, also when read late in its life), and none keeps a token it would itself
-//!   renew (but during the fleet's throttle: below). A refresh jitter, if the rule has one,
+//!   renew (but during the fleet's throttle, and a process with no token: below). A refresh jitter, if the rule has one,
 //!   is drawn from the entry (its key and the Unix times sealed in it, alike on every read
 //!   and every host), not afresh at each read, nor from the instant a read maps its stored
 //!   time to (that moves with the reader's clock and the store's time left): every read of an
 //!   entry gives it the same refresh time, so a renewal at that time never finds the entry it
 //!   renews still usable (but during a throttle).
+//! * **A token due but valid serves a process that has none.** An entry due for renewal but
+//!   not expired answers a process with no token of its own (its slot's first acquisition,
+//!   which its callers wait for: a new pod, a new scope) at once, its `refresh_on` now: its
+//!   slot renews it at its next request, in the background, and that renewal takes the lease
+//!   or waits for the holder's token as below. So a slow or failing identity provider during
+//!   the fleet's renewal (a holder's request taking 30 s, or failing with a 503) costs such a
+//!   process nothing while the token is valid, as it costs nothing to a process that holds
+//!   the token, where before it waited for the holder's token (up to `wait_limit`), then asked
+//!   on its own and failed with it. A renewal (its slot serves the token meanwhile) does not
+//!   take the due entry: it waits for the fleet's new token, and if its own request fails in
+//!   a way that is not the provider's final refusal (a timeout, a connection failure, a 5xx,
+//!   a throttle), it is answered with the due token, still valid, as a slot whose renewal
+//!   fails keeps its own.
 //! * **Single-flight across the fleet.** Otherwise the process takes the entry's lease
 //!   ([`TokenStore::try_lease`], for [`lease`](DistributedCacheBuilder::lease), default
 //!   10 s, under a holder id drawn at random for each cache and numbered per acquisition).
@@ -174,13 +187,14 @@
 //!   the key's name and the entry's store key; the plaintext opt-out is explicit
 //!   ([`plaintext_at_rest`](DistributedCacheBuilder::plaintext_at_rest)). A value that does not
 //!   open (garbage, another key under the same name, another entry's value, the other mode;
-//!   with `RedisTokenCache`, a value of another Redis type or over 64 KiB, which is not even
-//!   read) is a miss, counted as a store error, logged once per cache at WARN naming the entry's
-//!   store key, and replaced by the next publish. One sealed under another key name (a key
+//!   a value over 64 KiB, which is not opened, from any store (`RedisTokenCache` does not even
+//!   read it, nor a value of another Redis type)) is a miss, counted as a store error, logged
+//!   once per cache at WARN naming the entry's store key, and replaced by the next publish. One sealed under another key name (a key
 //!   rotation rolling out, see [`SealingKey`]) is a miss only: DEBUG, counted in
 //!   `CacheStats::other_key_misses`, not a store error.
 //! * **Keys.** `{prefix}:{hash}:token`, `{prefix}:{hash}:lease`, `{prefix}:{hash}:failed`
-//!   (a failure mark) and `{prefix}:{hash}:throttled` (a throttle mark);
+//!   (a failure mark) and `{prefix}:{hash}:throttled` (a throttle mark; a mark over 1 KiB,
+//!   which no cache writes, is none, from any store);
 //!   the hash (SHA-256 of the authority's whole normalised URL (host, port and path), tenant, client id, identity, scope set and CAE flag)
 //!   in braces is a Redis Cluster hash tag, so an entry's keys share a slot for a store over a cluster
 //!   (a [`TokenStore`] of your own: `RedisTokenCache` talks to one endpoint, a single server

@@ -13,8 +13,15 @@ use crate::error::BoxError;
 /// token (a JWT of a few KiB; a few hundred group ids keep it under 16 KiB) with some 200
 /// bytes of JSON and sealing around it, so anything larger under an entry's key was not
 /// written by a cache and would only cost each reader its size in memory and copies (up to
-/// 512 MB in Redis). [`RedisTokenCache`](super::RedisTokenCache) does not even send it.
+/// 512 MB in Redis). The cache takes a larger value, whatever the store answers, for one that
+/// does not open (a miss, counted as a store error), without opening it;
+/// [`RedisTokenCache`](super::RedisTokenCache) does not even send it.
 pub(crate) const MAX_ENTRY_BYTES: usize = 64 * 1024;
+
+/// The longest failure or throttle mark the cache reads: a cache writes some 60 bytes (a
+/// holder id; a status and a time before it). A longer one is none, whatever the store
+/// answers; [`RedisTokenCache`](super::RedisTokenCache) does not even send it.
+pub(crate) const MAX_MARK_BYTES: usize = 1024;
 
 /// How long the default [`TokenStore::put_clearing`] writes its empty throttle mark: a whole
 /// second, which no store rounds down to zero (an empty mark is no throttle, so its length
@@ -72,7 +79,10 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// really has left (a rounded-up TTL lets a reader keep a token past its expiry by the
     /// difference). The default calls [`get`](Self::get) and reports no time left: the expiry
     /// then comes from the sealed wall-clock times alone, and a reader whose clock runs `S`
-    /// seconds behind the publisher's may use a token up to `S` − 300 s after it expired.
+    /// seconds behind the publisher's takes the token to expire `S` late. Its slot renews the
+    /// token `S` − 300 s after it expired (if `S` is more than the 300 s window), and keeps
+    /// serving it while its renewals fail, as a slot serves a token it holds: up to `S` after
+    /// it expired (the store's own expiry of the entry stops only new reads).
     fn get_with_ttl<'a>(
         &'a self,
         key: &'a str,

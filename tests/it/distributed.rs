@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use redis::Commands;
 use tokio::sync::Notify;
@@ -23,7 +24,7 @@ use tower_identity::distributed::{
 use tower_identity::{ClientSecretCredential, CredentialExt};
 
 use crate::support::authority::{Authority, Fault, error_body};
-use crate::support::clock::held;
+use crate::support::clock::{held, held_within};
 use crate::support::creds::{CLIENT_ID, CLIENT_SECRET, SCOPE, TENANT, http, secs};
 use crate::support::redis::RedisServer;
 
@@ -944,6 +945,78 @@ async fn redis_paused_then_killed_then_restarted() {
         6,
         "one request for the fleet again"
     );
+}
+
+/// The fleet's token at 56 min of its hour (due for renewal, valid 4 min more); its warm
+/// process renews it, and the authority holds that request (a slow Entra): the holder keeps
+/// its lease in Redis. A process with no token of its own that asks meanwhile is handed the
+/// stored token at once, sending nothing; the holder's token, once it comes, reaches it at its
+/// next renewal. (Before, it lost the lease and waited for the holder's token, up to
+/// `wait_limit`, then asked on its own. Held still, the clock would never end that wait: the
+/// request fails the test after 20 s.)
+#[tokio::test(start_paused = true)]
+async fn a_process_without_a_token_is_served_the_due_one_while_the_holder_is_slow() {
+    let authority = Authority::start().await;
+    let server = RedisServer::start();
+    let warm = Process::paused_clock(&authority, &server.url());
+    // Built now: a cache reads the wall clock's offset when it is built, and tests move
+    // tokio's clock only.
+    let cold = Process::paused_clock(&authority, &server.url());
+    let first = held(warm.token(SCOPE)).await;
+    tokio::time::advance(secs(56 * 60)).await;
+    let gate = Arc::new(Notify::new());
+    authority.push_fault(Fault::Hold(Arc::clone(&gate)));
+    held_within(secs(20), async {
+        assert_eq!(warm.token(SCOPE).await, first, "served while it renews");
+        until_held("the holder's request", || authority.token_posts() == 2).await;
+        let leases = server
+            .dump()
+            .into_iter()
+            .filter(|(key, _)| key.ends_with(":lease"));
+        assert_eq!(leases.count(), 1, "the holder's lease");
+        let start = Instant::now();
+        assert_eq!(cold.token(SCOPE).await, first);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        let stats = cold.cache.stats();
+        assert_eq!((stats.shared_hits, stats.idp_calls), (1, 0), "{stats:?}");
+        // The holder's token comes in, is published and lands in its slot.
+        gate.notify_one();
+        let renewed = until_renewed("the holder's token", &warm, &first).await;
+        // The cold process renews at its next request (its token is due), from the store.
+        assert_eq!(cold.token(SCOPE).await, first);
+        assert_eq!(
+            until_renewed("the cold process's renewal", &cold, &first).await,
+            renewed
+        );
+    })
+    .await;
+    assert_eq!(authority.token_posts(), 2, "one request for each token");
+}
+
+/// Waits until `condition` holds without sleeping on tokio's clock (held still, a sleep would
+/// never end), yielding to the tasks doing the work; fails the test after 10 s of real time.
+async fn until_held(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < secs(10), "not within 10 s: {what}");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Waits, as [`until_held`], until `process` hands out a token other than `old` from memory
+/// (its renewal has landed); that token.
+async fn until_renewed(what: &str, process: &Process, old: &str) -> String {
+    let mut renewed = None;
+    until_held(what, || {
+        let token = process.credential.get_token([SCOPE]).now_or_never();
+        renewed = token
+            .and_then(Result::ok)
+            .map(|token| token.secret().expose_secret().to_owned())
+            .filter(|token| token != old);
+        renewed.is_some()
+    })
+    .await;
+    renewed.unwrap_or_default()
 }
 
 /// Entries evicted (`maxmemory` with `allkeys-lru`), then writes refused (out of memory), then

@@ -12,8 +12,8 @@ use futures_util::future::BoxFuture;
 use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisError, Script, Value};
 
 use crate::distributed::store::{
-    MAX_ENTRY_BYTES, StoreError, TokenStore, ValueWithLease, ValueWithMark, ValueWithThrottle,
-    ValueWithTtl,
+    MAX_ENTRY_BYTES, MAX_MARK_BYTES, StoreError, TokenStore, ValueWithLease, ValueWithMark,
+    ValueWithThrottle, ValueWithTtl,
 };
 use crate::error::ConfigError;
 use crate::redact::{scrub, truncate};
@@ -23,7 +23,7 @@ mod scripts;
 
 use link::{Link, PROBE_TIMEOUT, SHORTEST_LIFE, State, drops, keepalive};
 use scripts::{
-    GET_WITH_LEASE, GET_WITH_MARK, GET_WITH_THROTTLE, GET_WITH_TTL, MAX_MARK_BYTES, PUT, RELEASE,
+    GET_WITH_LEASE, GET_WITH_MARK, GET_WITH_THROTTLE, GET_WITH_TTL, PUT, RELEASE,
     RELEASE_WITH_MARK, RENEW, entry_and_mark, entry_answer, entry_mark_and_lease,
     entry_mark_lease_and_throttle, px, unexpected, unix_millis,
 };

@@ -121,9 +121,6 @@ end
 return found"
 );
 
-/// The longest mark read: holder ids are some 30 bytes.
-pub(super) const MAX_MARK_BYTES: usize = 1024;
-
 /// Stores `ARGV[1]` under the key to expire after `ARGV[2]` ms, or at the Unix time `ARGV[3]`
 /// (ms, by Redis's clock) if that comes first, and answers 1; stores nothing when that time
 /// has passed, and answers the ms left (0 or less: how long ago it passed, by Redis's clock).

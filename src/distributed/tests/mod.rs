@@ -76,6 +76,8 @@ enum Answers {
     /// Every call is throttled: a 429 whose `Retry-After` (120 s) is longer than the retries
     /// wait (`max_retry_after`, 60 s), so the credential gives up at once.
     Throttled,
+    /// Every call fails as a 503 that outlasted the retries (transient).
+    Unavailable,
 }
 
 /// The identity provider: counts its calls; each takes `delay` and returns a token named
@@ -149,6 +151,7 @@ impl Idp {
                     Answers::FirstUnavailable if n == 1 => {
                         Some(http::StatusCode::SERVICE_UNAVAILABLE)
                     }
+                    Answers::Unavailable => Some(http::StatusCode::SERVICE_UNAVAILABLE),
                     _ => None,
                 };
                 if let Some(status) = status {
@@ -356,18 +359,28 @@ async fn a_renewal_happens_once_for_the_fleet() {
     assert_eq!(idp.calls(), 2);
 }
 
+/// An entry is judged from when it was published, not from when a process read it:
+/// otherwise a process reading a half-spent token would never renew it. A process that
+/// starts with 200 s left (due by the publisher's rule, a 300 s window) is served the token
+/// at once, its `refresh_on` now, and renews it at its next request, in the background.
+/// (Before, its first request waited for the renewal.)
 #[tokio::test(start_paused = true)]
 async fn a_process_that_starts_late_renews_when_the_fleet_does() {
-    // An entry is judged from when it was published, not from when a process read it:
-    // otherwise a process reading a half-spent token would never renew it.
     let store = MemoryStore::new();
     let (a, b) = (cache(&store), cache(&store));
     let idp = Idp::new(Duration::ZERO);
     let first = get(&process(&a), &idp).await;
     tokio::time::advance(HOUR - Duration::from_secs(200)).await;
-    // 200 s left: due for renewal by the publisher's rule (300 s window).
-    let late = get(&process(&b), &idp).await;
-    assert_ne!(late, first);
+    let late = process(&b);
+    let token = late
+        .get_or_acquire(cache_key(), false, idp.acquire())
+        .await
+        .unwrap();
+    assert_eq!(token.secret().expose_secret(), first);
+    assert_eq!(token.refresh_on(), Some(Instant::now()), "due");
+    assert_eq!(get(&late, &idp).await, first);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_ne!(get(&late, &idp).await, first);
     assert_eq!(idp.calls(), 2);
 }
 
@@ -737,6 +750,135 @@ async fn a_due_token_serves_a_cold_process_while_a_throttle_runs() {
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(get(&read, &idp).await, "token-2");
     assert_eq!(idp.calls(), 2);
+}
+
+/// The fleet's token at 56 min of its hour (due for renewal, valid 4 min more), its warm
+/// process `holder` renewing it in the background through `renewal` (which takes 30 s): the
+/// store, the holder's cache and its process, once that renewal holds the lease.
+async fn a_renewal_under_way(
+    idp: &Idp,
+    renewal: &Idp,
+) -> (Arc<MemoryStore>, DistributedCache, TokenCache) {
+    let store = MemoryStore::new();
+    let holder = cache(&store);
+    let warm = process(&holder);
+    assert_eq!(get(&warm, idp).await, "token-1");
+    tokio::time::advance(Duration::from_secs(56 * 60)).await;
+    assert_eq!(
+        get(&warm, renewal).await,
+        "token-1",
+        "served while it renews"
+    );
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(renewal.calls(), 2, "the holder's request runs");
+    assert!(store.raw(&store_keys("tower-identity").lease()).is_some());
+    (store, holder, warm)
+}
+
+/// A process with no token of its own (a new pod, a new slot) that starts while the fleet's
+/// holder renews slowly (30 s per request) is handed the stored token, due but valid, at once,
+/// its `refresh_on` now, and asks nothing; its slot renews at its next request, in the
+/// background, and hands out the holder's token once published. (Before, it lost the lease
+/// and its callers waited for the holder's token, 30 s here, up to `wait_limit` (60 s), then
+/// for a request of its own, while a token valid for minutes sat in the store.)
+#[tokio::test(start_paused = true)]
+async fn a_due_token_serves_a_cold_process_at_once_while_a_slow_holder_renews() {
+    let idp = Idp::new(Duration::ZERO);
+    let slow = Idp {
+        delay: Duration::from_secs(30),
+        ..idp.clone()
+    };
+    let (store, _holder, warm) = a_renewal_under_way(&idp, &slow).await;
+    let cold = cache(&store);
+    let read = process(&cold);
+    let start = Instant::now();
+    let token = read
+        .get_or_acquire(cache_key(), false, idp.acquire())
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO, "answered at once");
+    assert_eq!(token.secret().expose_secret(), "token-1");
+    assert_eq!(token.refresh_on(), Some(start));
+    assert_eq!((idp.calls(), cold.stats().shared_hits), (2, 1));
+    // Its next request starts its renewal, which waits for the holder's token; the
+    // request is answered at once.
+    assert_eq!(get(&read, &idp).await, "token-1");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(get(&warm, &idp).await, "token-2");
+    assert_eq!(get(&read, &idp).await, "token-2");
+    assert_eq!(idp.calls(), 2, "one request for the fleet");
+}
+
+/// As above with a holder whose renewal fails after 30 s (a 503 that outlasted its retries,
+/// which leaves no mark): a process with no token of its own that starts while it runs, or
+/// after it failed, is handed the stored token at once and asks nothing. (Before, the first
+/// waited for the lease, took it once the holder gave it back, and failed with its own 503,
+/// 60 s on; the second took the lease, and failed 30 s on.)
+#[tokio::test(start_paused = true)]
+async fn a_due_token_serves_a_cold_process_at_once_while_the_holder_fails() {
+    let idp = Idp::new(Duration::ZERO);
+    let failing = Idp {
+        delay: Duration::from_secs(30),
+        answers: Answers::Unavailable,
+        ..idp.clone()
+    };
+    let (store, _holder, warm) = a_renewal_under_way(&idp, &failing).await;
+    for at in [Duration::ZERO, Duration::from_secs(31)] {
+        tokio::time::advance(at).await;
+        let cold = cache(&store);
+        let start = Instant::now();
+        let token = process(&cold)
+            .get_or_acquire(cache_key(), false, failing.acquire())
+            .await
+            .unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO, "answered at once ({at:?})");
+        assert_eq!(token.secret().expose_secret(), "token-1");
+        assert_eq!(cold.stats().idp_calls, 0);
+    }
+    assert_eq!(failing.calls(), 2, "the holder's request alone");
+    // The holder keeps serving its own.
+    assert_eq!(get(&warm, &failing).await, "token-1");
+}
+
+/// A renewal whose request fails in a way that is not the provider's final refusal (a 503)
+/// while the store holds a token due for renewal but valid answers with that token, its
+/// `refresh_on` now, as a slot whose renewal fails keeps its own; a final refusal
+/// (`invalid_client`) is answered as it is.
+#[tokio::test(start_paused = true)]
+async fn a_failed_renewal_answers_the_stored_token_still_valid_but_a_refusal() {
+    let store = MemoryStore::new();
+    let c = cache(&store);
+    let token_key = store_keys("tower-identity").token();
+    let start = Instant::now();
+    let token = AccessToken::new("stored", start + HOUR);
+    let sealed = Sealing::Sealed(sealing_key())
+        .seal(&token_key, &token, start, c.shared.clock)
+        .unwrap();
+    store.set_raw(&token_key, &sealed);
+    tokio::time::advance(Duration::from_secs(56 * 60)).await;
+    let (level, scopes) = (SharedLevel::new(c.clone(), identity()), scopes(&["scope"]));
+    let renew = |idp: &Idp| {
+        crate::refresh::as_renewal(level.acquire(
+            "Test",
+            "tenant",
+            &scopes,
+            false,
+            RefreshPolicy::default(),
+            (idp.acquire())(),
+        ))
+    };
+    let unavailable = Idp {
+        answers: Answers::Unavailable,
+        ..Idp::new(Duration::ZERO)
+    };
+    let answered = renew(&unavailable).await.unwrap();
+    assert_eq!(answered.secret().expose_secret(), "stored");
+    assert_eq!(answered.refresh_on(), Some(Instant::now()));
+    let refused = Idp::failing(Duration::ZERO);
+    let error = renew(&refused).await.unwrap_err();
+    assert_eq!(error.status(), Some(http::StatusCode::UNAUTHORIZED));
+    assert_eq!((unavailable.calls(), refused.calls()), (1, 1));
 }
 
 /// A holder throttled whose call to leave its mark failed remembers the throttle itself: for
@@ -1788,9 +1930,27 @@ fn unopenable(token_key: &str) -> Vec<(&'static str, Vec<u8>)> {
             seal(&ours, &store_keys("other-prefix").token()),
         ),
         ("plaintext", seal(&Sealing::Plaintext, token_key)),
+        ("over 64 KiB", oversized(token_key)),
     ]
 }
 
+/// An entry this cache's key opens, under `token_key`, larger than a cache writes or reads
+/// (64 KiB): a token of 70 000 bytes. No cache publishes it; a store of the user's own may
+/// still answer it.
+fn oversized(token_key: &str) -> Vec<u8> {
+    let now = Instant::now();
+    let token = AccessToken::new("x".repeat(70_000), now + HOUR);
+    let value = Sealing::Sealed(sealing_key())
+        .seal(token_key, &token, now, WallClock::now())
+        .unwrap();
+    assert!(value.len() > super::store::MAX_ENTRY_BYTES);
+    value.to_vec()
+}
+
+/// Each value is a miss, counted as a store error, and replaced. One over 64 KiB that would
+/// open is not opened: `RedisTokenCache` never sends one, and the in-memory store here, like
+/// a store of the user's own, answers it. (Before, such a value was opened and its token
+/// served.)
 #[tokio::test(start_paused = true)]
 async fn values_that_do_not_open_are_misses_never_returned_and_are_replaced() {
     for (what, value) in unopenable(&store_keys("tower-identity").token()) {
@@ -1800,6 +1960,7 @@ async fn values_that_do_not_open_are_misses_never_returned_and_are_replaced() {
         let c = cache(&store);
         let idp = Idp::new(Duration::ZERO);
         let got = get(&process(&c), &idp).await;
+        assert!(got.len() < 100, "{what}: the planted token was served");
         assert_eq!(got, "token-1", "{what}");
         assert_eq!(idp.calls(), 1, "{what}");
         assert_eq!(c.stats().store_errors, 1, "{what}");
@@ -2267,6 +2428,53 @@ async fn a_throttle_mark_longer_than_a_cache_writes_is_ignored() {
         .await;
     assert_eq!(token.unwrap().secret().expose_secret(), "token-1");
     assert_eq!((idp.calls(), c.stats().throttled), (1, 0));
+}
+
+/// A failure or throttle mark longer than a cache writes (1 KiB and more) is none, whatever
+/// the store answers (the in-memory store here, as a store of the user's own, bounds nothing;
+/// `RedisTokenCache` does not send one): a process asks, where the throttle mark would have
+/// answered it with a throttled error, and a waiter whose first look found no mark is not
+/// sent to ask on its own. (Before, any length was read.)
+#[tokio::test(start_paused = true)]
+async fn marks_longer_than_a_cache_writes_are_none() {
+    let store = MemoryStore::new();
+    let keys = store_keys("tower-identity");
+    let holder = "h".repeat(2000);
+    let end = std::time::SystemTime::now() + Duration::from_secs(120);
+    let end_ms = end
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let mark = format!("429:{end_ms}:{holder}");
+    store.set_raw_for(&keys.throttled(), mark.as_bytes(), Duration::from_secs(120));
+    let c = cache(&store);
+    let idp = Idp::new(Duration::ZERO);
+    assert_eq!(get(&process(&c), &idp).await, "token-1");
+    assert_eq!((idp.calls(), c.stats().throttled), (1, 0));
+    // A waiter whose holder's mark comes in at 2 KiB waits on: the lease's holder publishes.
+    let store = MemoryStore::new();
+    let lease = Handle(Arc::clone(&store));
+    lease
+        .try_lease(&keys.lease(), "slow.1", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let waiter = cache(&store);
+    let idp = Idp::new(Duration::ZERO);
+    let waiting = tokio::spawn({
+        let (p, idp) = (process(&waiter), idp.clone());
+        async move { get(&p, &idp).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    store.set_raw_for(&keys.failed(), holder.as_bytes(), Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(idp.calls(), 0, "still waiting");
+    let token = AccessToken::new("published", Instant::now() + HOUR);
+    let sealed = Sealing::Sealed(sealing_key())
+        .seal(&keys.token(), &token, Instant::now(), waiter.shared.clock)
+        .unwrap();
+    store.set_raw(&keys.token(), &sealed);
+    assert_eq!(waiting.await.unwrap(), "published");
+    assert_eq!(idp.calls(), 0);
 }
 
 /// A throttled error says whose throttle it answers: the holder's own (from its memory, or

@@ -16,18 +16,24 @@ const HELD_AT_MOST: Duration = Duration::from_secs(300);
 /// Runs `future` with the paused clock held still (on a running clock: just runs it). Fails
 /// if it has not ended within [`HELD_AT_MOST`] of real time.
 pub async fn held<F: Future>(future: F) -> F::Output {
+    held_within(HELD_AT_MOST, future).await
+}
+
+/// [`held`], failing once `limit` of real time has passed: for a future that must end without
+/// the clock moving (a sleep in it would never end).
+pub async fn held_within<F: Future>(limit: Duration, future: F) -> F::Output {
     let (done, wait) = mpsc::channel::<()>();
     let (late, too_late) = tokio::sync::oneshot::channel::<()>();
     // Spawned (and counted as inhibiting) before the future is first polled.
     let holder = tokio::task::spawn_blocking(move || {
-        if wait.recv_timeout(HELD_AT_MOST) == Err(RecvTimeoutError::Timeout) {
+        if wait.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
             let _ = late.send(());
         }
     });
     let output = tokio::select! {
         biased;
         output = future => output,
-        Ok(()) = too_late => panic!("a held future had not ended after {HELD_AT_MOST:?}"),
+        Ok(()) = too_late => panic!("a held future had not ended after {limit:?}"),
     };
     drop(done);
     holder.await.expect("the clock holder ends");
