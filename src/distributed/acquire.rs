@@ -104,6 +104,8 @@ pub(super) struct FleetThrottles {
     known: std::sync::Mutex<Vec<Remembered>>,
     /// Whether a throttle mark no cache wrote was logged at WARN already.
     warned_stray: std::sync::atomic::AtomicBool,
+    /// Whether a mark that does not verify was logged at WARN already.
+    warned_unverified: std::sync::atomic::AtomicBool,
 }
 
 /// A throttle [`FleetThrottles`] remembers.
@@ -463,6 +465,9 @@ impl Shared {
     /// turn and send its own request into the throttle. The mark holds its status, its end
     /// in Unix ms and the holder's id; its end is the key's expiry, read from the store (no
     /// wall clock), the Unix end serving only a store that cannot tell a key's time left.
+    /// Sealed, either mark carries a MAC under the fleet's key after its body
+    /// ([`Sealing::mark`](super::seal::Sealing::mark)), and a mark that does not verify is
+    /// none to a reader.
     async fn give_back(
         &self,
         result: &Result<AccessToken, CredentialError>,
@@ -477,15 +482,11 @@ impl Shared {
                     let end = now.checked_add(wait);
                     // The end in Unix ms, for a store that cannot tell the mark's time left.
                     let end_ms = self.clock.followed().to_unix_ms(end.unwrap_or(now));
-                    let mark = format!("{}:{end_ms}:{holder}", status.as_u16());
+                    let body = format!("{}:{end_ms}:{holder}", status.as_u16());
+                    let mark = self.sealing.mark(keys.throttled, body.as_bytes());
                     let release = || {
-                        self.store.release_with_mark(
-                            lease_key,
-                            holder,
-                            keys.throttled,
-                            mark.as_bytes(),
-                            wait,
-                        )
+                        self.store
+                            .release_with_mark(lease_key, holder, keys.throttled, &mark, wait)
                     };
                     let marked = self
                         .breaker
@@ -509,14 +510,10 @@ impl Shared {
                 }
             }
             Err(error) if is_final_refusal(error) => {
+                let mark = self.sealing.mark(failed_key, holder.as_bytes());
                 let release = || {
-                    self.store.release_with_mark(
-                        lease_key,
-                        holder,
-                        failed_key,
-                        holder.as_bytes(),
-                        FAILURE_MARK,
-                    )
+                    self.store
+                        .release_with_mark(lease_key, holder, failed_key, &mark, FAILURE_MARK)
                 };
                 self.breaker
                     .call("release_with_mark", release, &self.stats)
@@ -534,7 +531,7 @@ impl Shared {
     }
 
     /// The status and end of the throttle a throttle mark (`mark`: `{status}:{end in Unix
-    /// ms}:{holder}`, with `left` before it expires) tells of; `None` when `mark` is not one
+    /// ms}:{holder}`, its MAC verified and taken off, with `left` before it expires) tells of; `None` when `mark` is not one
     /// (empty: cleared by a publish), or neither the store nor the mark tells its end. The
     /// store's time left wins; the mark's end serves only a store that cannot tell one.
     fn throttled(
@@ -575,6 +572,34 @@ impl Shared {
             return None;
         }
         Some((status, end, whose))
+    }
+
+    /// The body of the mark `value` read under `mark_key`, if it verifies (see
+    /// [`Sealing::verified_mark`](super::seal::Sealing::verified_mark)); one that does not is
+    /// none: WARN the first time per cache, DEBUG after. An empty mark (a throttle mark
+    /// cleared by a publish, see [`TokenStore::put_clearing`](super::TokenStore::put_clearing))
+    /// is none quietly.
+    fn verified(&self, mark_key: &str, value: Vec<u8>) -> Option<Vec<u8>> {
+        if value.is_empty() {
+            return None;
+        }
+        let verified = self.sealing.verified_mark(mark_key, value);
+        if verified.is_none() {
+            let message = "distributed token cache: a mark does not verify under this cache's \
+                           sealing key; ignored. Written by a process under another key name \
+                           (a key rotation), by a release before marks were authenticated, or \
+                           by something else with write access to the store";
+            if self
+                .throttles
+                .warned_unverified
+                .swap(true, Ordering::Relaxed)
+            {
+                tracing::debug!(mark = mark_key, "{message}");
+            } else {
+                tracing::warn!(mark = mark_key, "{message}");
+            }
+        }
+        verified
     }
 
     /// A throttle mark with `left` to run, longer than a cache writes one: WARN the first
@@ -727,11 +752,17 @@ impl Shared {
         else {
             return Found::Failed;
         };
-        // A mark longer than a cache writes (some 60 bytes) is none, whatever the store: a
+        // A mark longer than a cache writes (some 110 bytes) is none, whatever the store: a
         // `TokenStore` of the user's own need not bound what it reads as `RedisTokenCache`
         // does.
         let mark = mark.filter(|mark| mark.len() <= MAX_MARK_BYTES);
         let throttle = throttle.filter(|(mark, _)| mark.len() <= MAX_MARK_BYTES);
+        // Sealed, a mark that does not verify was not written by this fleet's key: none (a
+        // throttle mark set by anything with write access would stop the fleet's token
+        // requests for an hour).
+        let mark = mark.and_then(|mark| self.verified(keys.failed, mark));
+        let throttle =
+            throttle.and_then(|(mark, left)| Some((self.verified(keys.throttled, mark)?, left)));
         looks.stray_lease = self.is_stray(lease).then_some(lease);
         let throttled = throttle.and_then(|(mark, left)| self.throttled(&mark, left));
         // A throttle mark the release before throttle keys wrote under the failure mark's key

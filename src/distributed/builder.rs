@@ -72,7 +72,9 @@ impl DistributedCacheBuilder {
     /// store that is itself as protected as the tokens it holds. The store's client then
     /// holds them in clear too, in buffers the cache cannot zeroize (with `RedisTokenCache`,
     /// the `redis` crate's command and read buffers), where a sealed entry leaves only
-    /// ciphertext there.
+    /// ciphertext there. Nor are the fleet's failure and throttle marks authenticated (a sealed
+    /// cache checks a MAC under its key): anyone who can write to the store can hold every
+    /// process's token requests back for up to an hour with a throttle mark.
     pub fn plaintext_at_rest(mut self) -> Self {
         self.plaintext = true;
         self

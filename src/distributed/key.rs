@@ -89,7 +89,8 @@ impl EntryKey {
     }
 
     /// Where a holder the identity provider throttled leaves its throttle mark,
-    /// `{status}:{end in Unix ms}:{holder}`, for the wait asked: the time left is the key's
+    /// `{status}:{end in Unix ms}:{holder}` (sealed: then `:` and its MAC), for the wait
+    /// asked: the time left is the key's
     /// own expiry (`PTTL`); the end it carries is read by the reader's clock only when the
     /// store cannot tell a key's time left (an hour on at most).
     pub(crate) fn throttled(&self) -> String {

@@ -64,10 +64,10 @@
 //! * **A refusal is not waited out in turn.** A holder whose request the identity provider
 //!   refused with a final answer (a 4xx such as `invalid_client` or `unauthorized_client`,
 //!   neither transient nor throttled) gives the lease back leaving a mark
-//!   (`{prefix}:{hash}:failed`, its holder id, for 5 s), both in one atomic step with
-//!   `RedisTokenCache` ([`TokenStore::release_with_mark`], one script): a waiter never finds
-//!   the lease free without the mark, which would have it hold the lease and ask for all, one
-//!   more turn in line. The mark is written only with the release of a lease the process
+//!   (`{prefix}:{hash}:failed`, its holder id, for 5 s; sealed, with a MAC: below), both in
+//!   one atomic step with `RedisTokenCache` ([`TokenStore::release_with_mark`], one script):
+//!   a waiter never finds the lease free without the mark, which would have it hold the lease
+//!   and ask for all, one more turn in line. The mark is written only with the release of a lease the process
 //!   holds: one that never took it (its lease call failed) or whose lease ran out and went to
 //!   another process leaves none, which the other holder's waiters would take for their
 //!   holder's. A store without that method reads the lease, then releases it (compare and
@@ -87,8 +87,9 @@
 //!   [`is_throttled`](crate::CredentialError::is_throttled): a status the retries retry, 429
 //!   or a 5xx, with a `Retry-After` longer than the retries wait or that outlasted them) gives
 //!   the lease back leaving a throttle mark under a key of its own,
-//!   `{prefix}:{hash}:throttled` (its status, its end in Unix ms and the holder id), in the same step
-//!   ([`TokenStore::release_with_mark`]), to expire after the `Retry-After` (an hour at most).
+//!   `{prefix}:{hash}:throttled` (its status, its end in Unix ms and the holder id; sealed,
+//!   with a MAC: below), in the same step ([`TokenStore::release_with_mark`]), to expire
+//!   after the `Retry-After` (an hour at most).
 //!   Until it expires, every process that looks (a waiter at its next poll, a process
 //!   starting an acquisition at its first look) answers at once with a throttled error
 //!   (`is_throttled`, `retry_after`: the mark's time left), sending nothing; a usable token in
@@ -161,6 +162,21 @@
 //!   a fleet whose `lease` settings differ by more than that take each other's leases for
 //!   such keys. A store without `get_with_lease` (the default reports nothing of the lease)
 //!   waits such a lease out.
+//! * **Marks are authenticated when sealed.** With a [`SealingKey`], a failure or throttle mark
+//!   carries an HMAC-SHA256 over its store key and its body, under a key derived from the
+//!   sealing key; a mark that does not verify (written by anything without the key, sealed
+//!   under another key name during a rotation, copied from another entry, or by a release
+//!   before marks carried one) is none, with a WARN the first time per cache. So whoever can
+//!   write to the store, but does not have the sealing key, cannot stop the fleet's token
+//!   requests with a throttle mark (for up to an hour), nor send every waiter to the identity
+//!   provider with a failure mark. Two limits. With the plaintext opt-out there is nothing to
+//!   authenticate with: a throttle mark written by anyone with write access holds every process
+//!   back for as long as it says (an hour and a minute at most; longer ones are ignored), so the
+//!   store must be as protected as the tokens it holds in clear. Leases are not authenticated in
+//!   either mode (the store interface reads a lease's time left, not its holder): a lease set by
+//!   another writer costs each acquisition that finds it at most `wait_limit` of waiting before
+//!   the process asks on its own (none, for one with more time left than a cache writes: above),
+//!   and never fails a request.
 //! * **Claims bypass it.** A request with claims (a CAE challenge) neither reads nor writes the
 //!   store, as it bypasses the in-memory cache.
 //! * **The store is never a point of failure.** Every store call has a

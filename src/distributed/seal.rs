@@ -28,9 +28,10 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
+use ring::{digest, hmac};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
@@ -49,6 +50,10 @@ const KEY_ID_LEN: usize = 8;
 const PLAIN: &[u8] = b"ti1p";
 /// AES-256: the key is 32 bytes.
 const KEY_LEN: usize = 32;
+/// What the marks' key is derived from the sealing key with.
+const MARK_KEY_LABEL: &[u8] = b"tower-identity/mark-mac-key";
+/// What separates a sealed mark's body from its MAC: the last one in the value.
+const MARK_TAG_SEPARATOR: u8 = b':';
 
 /// A 256-bit key that seals the distributed cache's entries (AES-256-GCM), with a name bound
 /// into every entry.
@@ -66,6 +71,9 @@ pub struct SealingKey {
     /// Written in clear in front of every value sealed under this key (see the module docs).
     id: [u8; KEY_ID_LEN],
     key: Arc<LessSafeKey>,
+    /// Authenticates the cache's marks (HMAC-SHA256; see [`Sealing::mark`]): derived from
+    /// the key, never the key itself, so a MAC says nothing of it.
+    marks: Arc<hmac::Key>,
 }
 
 impl SealingKey {
@@ -88,10 +96,13 @@ impl SealingKey {
         let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| {
             ConfigError::new(format!("SealingKey {name:?}: the key was not accepted"))
         })?;
+        // HMAC as a key derivation function, with a label of its own: the marks' key.
+        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), MARK_KEY_LABEL);
         Ok(Self {
             id: key_id(&name),
             name: name.into(),
             key: Arc::new(LessSafeKey::new(unbound)),
+            marks: Arc::new(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())),
         })
     }
 
@@ -189,6 +200,46 @@ pub(super) struct Stored {
 }
 
 impl Sealing {
+    /// The value to store for the mark `body` (a failure or throttle mark) under the store
+    /// key `mark_key`. Sealed: `body:MAC`, the MAC (HMAC-SHA256 under a key derived from the
+    /// sealing key, over the store key and the body; URL-safe base64) last, so that a cache
+    /// tells its fleet's marks from ones written by anything else with access to the store
+    /// (a throttle mark set by hand would otherwise stop the fleet's token requests for an
+    /// hour). Plaintext: `body` as it is (nothing to authenticate with).
+    pub(super) fn mark(&self, mark_key: &str, body: &[u8]) -> Vec<u8> {
+        match self {
+            Sealing::Plaintext => body.to_vec(),
+            Sealing::Sealed(key) => {
+                let tag = hmac::sign(&key.marks, &mark_input(mark_key, body));
+                let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref());
+                let mut value =
+                    Vec::with_capacity(body.len().saturating_add(1).saturating_add(tag.len()));
+                value.extend_from_slice(body);
+                value.push(MARK_TAG_SEPARATOR);
+                value.extend_from_slice(tag.as_bytes());
+                value
+            }
+        }
+    }
+
+    /// The body of the mark `value` read under `mark_key`, as [`mark`](Self::mark) wrote it;
+    /// `None` when it is sealed and does not verify (written without this key: by a process
+    /// of another key name or an older release, or by anything else with access to the
+    /// store). Plaintext: `value` as it is.
+    pub(super) fn verified_mark(&self, mark_key: &str, mut value: Vec<u8>) -> Option<Vec<u8>> {
+        let Sealing::Sealed(key) = self else {
+            return Some(value);
+        };
+        let at = value.iter().rposition(|&b| b == MARK_TAG_SEPARATOR)?;
+        let (body, tag) = value.split_at(at);
+        let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(tag.get(1..)?)
+            .ok()?;
+        hmac::verify(&key.marks, &mark_input(mark_key, body), &tag).ok()?;
+        value.truncate(at);
+        Some(value)
+    }
+
     /// The value to store for `token` under the store key `entry`, published at `now`;
     /// `None` if sealing failed (no randomness: the entry is then not shared).
     pub(super) fn seal(
@@ -424,6 +475,24 @@ fn key_id(name: &str) -> [u8; KEY_ID_LEN] {
         *to = *from;
     }
     id
+}
+
+/// What a mark's MAC covers: a label, the store key (its length first: no two inputs give the
+/// same bytes) and the mark's body.
+fn mark_input(mark_key: &str, body: &[u8]) -> Vec<u8> {
+    const LABEL: &[u8] = b"tower-identity/mark\0";
+    let mut input = Vec::with_capacity(
+        LABEL
+            .len()
+            .saturating_add(8)
+            .saturating_add(mark_key.len())
+            .saturating_add(body.len()),
+    );
+    input.extend_from_slice(LABEL);
+    input.extend_from_slice(&(mark_key.len() as u64).to_be_bytes());
+    input.extend_from_slice(mark_key.as_bytes());
+    input.extend_from_slice(body);
+    input
 }
 
 /// The key's name, a zero byte, the entry's store key.

@@ -18,8 +18,8 @@ use crate::error::BoxError;
 /// [`RedisTokenCache`](super::RedisTokenCache) does not even send it.
 pub(crate) const MAX_ENTRY_BYTES: usize = 64 * 1024;
 
-/// The longest failure or throttle mark the cache reads: a cache writes some 60 bytes (a
-/// holder id; a status and a time before it). A longer one is none, whatever the store
+/// The longest failure or throttle mark the cache reads: a cache writes some 110 bytes (a
+/// holder id; a status and a time before it; sealed, a MAC after it). A longer one is none, whatever the store
 /// answers; [`RedisTokenCache`](super::RedisTokenCache) does not even send it.
 pub(crate) const MAX_MARK_BYTES: usize = 1024;
 
@@ -61,6 +61,12 @@ const CLEAR_TTL: Duration = Duration::from_secs(1);
 /// them too. [`LeaseTtl`] is `#[non_exhaustive]`: a `match` on it outside this crate needs a
 /// wildcard arm, so that a later variant is no breaking change. A throttle mark's value is
 /// `{status}:{end in Unix ms}:{holder}`; a store should treat it as opaque bytes, as any value.
+/// Sealed, a failure or throttle mark ends with `:` and a MAC under the fleet's sealing key
+/// (added after the throttle key): a sealed cache ignores a mark without one, so during a
+/// rolling upgrade the marks of processes of the release before do not hold the new ones
+/// back (a throttled holder's then cost each new process one request into the throttle, which
+/// it marks in turn), and the release before reads the new marks (their MAC is the last field,
+/// where it looks for the holder id: only the words "this process" of its error change).
 pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// The value stored under `key`, or `None` when there is none (missing, expired,
     /// evicted). For a lease key, the holder id [`try_lease`](Self::try_lease) stored: the

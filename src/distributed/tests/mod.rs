@@ -999,6 +999,12 @@ impl<S: TokenStore> TokenStore for Fails<S> {
 }
 
 /// A sealed cache over `store`.
+/// The mark `body` as a cache sealing with [`sealing_key`] writes it under `mark_key` (with
+/// its MAC): a mark the test's caches take for their fleet's.
+fn marked(mark_key: &str, body: &str) -> Vec<u8> {
+    Sealing::Sealed(sealing_key()).mark(mark_key, body.as_bytes())
+}
+
 fn cache_of(store: impl TokenStore) -> DistributedCache {
     DistributedCache::builder(store)
         .sealing_key(sealing_key())
@@ -1073,7 +1079,7 @@ async fn acquisitions_during_a_known_throttle_make_no_store_call() {
     let p = process(&c);
     let idp = Idp::new(Duration::ZERO);
     let mark = store_keys("tower-identity").throttled();
-    store.set_raw(&mark, b"429:other.1");
+    store.set_raw(&mark, &marked(&mark, "429:other.1"));
     let before = store.calls();
     for _ in 0..100 {
         let error = p
@@ -1110,8 +1116,8 @@ async fn acquisitions_during_a_known_throttle_make_no_store_call() {
 async fn a_failure_mark_leaves_a_throttle_mark_alone() {
     let store = MemoryStore::new();
     let keys = store_keys("tower-identity");
-    store.set_raw(&keys.throttled(), b"429:new.1");
-    store.set_raw(&keys.failed(), b"old.1");
+    store.set_raw(&keys.throttled(), &marked(&keys.throttled(), "429:new.1"));
+    store.set_raw(&keys.failed(), &marked(&keys.failed(), "old.1"));
     let c = cache(&store);
     let idp = Idp::new(Duration::ZERO);
     let error = process(&c)
@@ -1209,7 +1215,7 @@ async fn a_throttle_remembered_is_read_again_within_five_seconds() {
     let store = MemoryStore::new();
     let mark = store_keys("tower-identity").throttled();
     let (publisher, reader, cold) = (cache(&store), cache(&store), cache(&store));
-    store.set_raw(&mark, b"429:other.1");
+    store.set_raw(&mark, &marked(&mark, "429:other.1"));
     let idp = Idp::new(Duration::ZERO);
     let error = process(&cold)
         .get_or_acquire(cache_key(), false, idp.acquire())
@@ -1218,7 +1224,7 @@ async fn a_throttle_remembered_is_read_again_within_five_seconds() {
     assert!(error.is_throttled(), "{error}");
     store.remove(&mark);
     assert_eq!(get(&process(&publisher), &idp).await, "token-1");
-    store.set_raw(&mark, b"429:other.1");
+    store.set_raw(&mark, &marked(&mark, "429:other.1"));
     for _ in 0..2 {
         assert_eq!(get(&process(&reader), &idp).await, "token-1");
     }
@@ -2196,7 +2202,7 @@ async fn logged_scenario() -> usize {
         &scopes(&["t"]),
         false,
     );
-    store.set_raw(&key.throttled(), b"429:other.1");
+    store.set_raw(&key.throttled(), &marked(&key.throttled(), "429:other.1"));
     let throttled = CacheKey::new("tenant", &scopes(&["t"]), false);
     let error = p.get_or_acquire(throttled, false, idp.acquire()).await;
     assert!(error.unwrap_err().is_throttled());
@@ -2209,7 +2215,8 @@ async fn logged_scenario() -> usize {
             &scopes(&[scope]),
             false,
         );
-        store.set_raw_for(&key.throttled(), b"429:other.1", 2 * HOUR);
+        let mark = marked(&key.throttled(), "429:other.1");
+        store.set_raw_for(&key.throttled(), &mark, 2 * HOUR);
         get_for(&p, &idp, scope).await;
     }
     // A failing store: the breaker opens once (WARN), stays open, closes once (INFO).
@@ -2408,7 +2415,7 @@ async fn a_store_without_ttls_still_holds_the_fleet_back_for_a_throttle() {
 async fn a_throttle_mark_longer_than_a_cache_writes_is_ignored() {
     let store = MemoryStore::new();
     let mark = store_keys("tower-identity").throttled();
-    store.set_raw_for(&mark, b"429:other.1", 2 * HOUR);
+    store.set_raw_for(&mark, &marked(&mark, "429:other.1"), 2 * HOUR);
     let c = cache(&store);
     let idp = Idp::new(Duration::ZERO);
     assert_eq!(get(&process(&c), &idp).await, "token-1");
@@ -2420,7 +2427,7 @@ async fn a_throttle_mark_longer_than_a_cache_writes_is_ignored() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis();
-    store.set_raw(&mark, format!("429:{end_ms}:other.1").as_bytes());
+    store.set_raw(&mark, &marked(&mark, &format!("429:{end_ms}:other.1")));
     let c = cache_of(RequiredOnly(Handle(Arc::clone(&store))));
     let idp = Idp::new(Duration::ZERO);
     let token = process(&c)
@@ -2445,8 +2452,8 @@ async fn marks_longer_than_a_cache_writes_are_none() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis();
-    let mark = format!("429:{end_ms}:{holder}");
-    store.set_raw_for(&keys.throttled(), mark.as_bytes(), Duration::from_secs(120));
+    let mark = marked(&keys.throttled(), &format!("429:{end_ms}:{holder}"));
+    store.set_raw_for(&keys.throttled(), &mark, Duration::from_secs(120));
     let c = cache(&store);
     let idp = Idp::new(Duration::ZERO);
     assert_eq!(get(&process(&c), &idp).await, "token-1");
@@ -2465,7 +2472,8 @@ async fn marks_longer_than_a_cache_writes_are_none() {
         async move { get(&p, &idp).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    store.set_raw_for(&keys.failed(), holder.as_bytes(), Duration::from_secs(5));
+    let mark = marked(&keys.failed(), &holder);
+    store.set_raw_for(&keys.failed(), &mark, Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(idp.calls(), 0, "still waiting");
     let token = AccessToken::new("published", Instant::now() + HOUR);
@@ -2475,6 +2483,54 @@ async fn marks_longer_than_a_cache_writes_are_none() {
     store.set_raw(&keys.token(), &sealed);
     assert_eq!(waiting.await.unwrap(), "published");
     assert_eq!(idp.calls(), 0);
+}
+
+/// Sealed, a mark must verify under the fleet's key: a throttle mark written by anything else
+/// with write access to the store (set by hand, sealed under another key, or a real one copied
+/// from another entry's key) is none, and the process asks. A plaintext cache has nothing to
+/// verify with, and is held back by it (as its docs say). (Before, a sealed cache took any
+/// mark: one `SET` stopped the fleet's token requests for an hour.)
+#[tokio::test(start_paused = true)]
+async fn a_forged_throttle_mark_is_ignored_when_sealed() {
+    let keys = store_keys("tower-identity");
+    let end = std::time::SystemTime::now() + HOUR;
+    let end_ms = end
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let body = format!("429:{end_ms}:forger.1");
+    let other_key = Sealing::Sealed(SealingKey::new("test-key", &[8; 32]).unwrap());
+    let forgeries = [
+        ("no MAC", body.clone().into_bytes()),
+        ("a MAC of garbage", format!("{body}:AAAA").into_bytes()),
+        (
+            "another key's",
+            other_key.mark(&keys.throttled(), body.as_bytes()),
+        ),
+        (
+            "another entry's",
+            marked(&store_keys("other").throttled(), &body),
+        ),
+    ];
+    for (what, forged) in forgeries {
+        let store = MemoryStore::new();
+        store.set_raw(&keys.throttled(), &forged);
+        let c = cache(&store);
+        let idp = Idp::new(Duration::ZERO);
+        assert_eq!(get(&process(&c), &idp).await, "token-1", "{what}");
+        assert_eq!((idp.calls(), c.stats().throttled), (1, 0), "{what}");
+    }
+    let store = MemoryStore::new();
+    store.set_raw(&keys.throttled(), body.as_bytes());
+    let plaintext = DistributedCache::builder(Handle(Arc::clone(&store)))
+        .plaintext_at_rest()
+        .build()
+        .unwrap();
+    let error = process(&plaintext)
+        .get_or_acquire(cache_key(), false, Idp::new(Duration::ZERO).acquire())
+        .await
+        .unwrap_err();
+    assert!(error.is_throttled(), "{error}");
 }
 
 /// A throttled error says whose throttle it answers: the holder's own (from its memory, or
