@@ -239,7 +239,12 @@ fn call_source<A: AssertionSource>(
             }
             Ok(Ok(assertion)) => Ok(assertion),
             Ok(Err(error)) => failed(error_chain(error.as_ref())),
-            Err(panic) => failed(format!("it panicked: {}", panic_text(panic.as_ref()))),
+            Err(panic) => {
+                let text = panic_text(panic.as_ref());
+                // Forgotten, not dropped: a payload whose drop panics would escape this catch.
+                std::mem::forget(panic);
+                failed(format!("it panicked: {text}"))
+            }
         }
     }
     .boxed()
@@ -498,7 +503,7 @@ impl Assertions {
     /// instead, with the same payload: the flight then ends for every waiter as it does when
     /// a source's future panics ("did not finish", see [`crate::flight`]), rather than only
     /// the caller that started it failing and the others getting "its work was never made".
-    /// The payload is moved on, never dropped here (one whose drop panics cannot escape).
+    /// The payload is moved on into the flight's join error, not dropped here.
     fn call(
         &self,
         request: AssertionRequest,
@@ -1200,6 +1205,30 @@ mod tests {
             assert_eq!(token.secret().expose_secret(), "token-for-assertion-2");
             assert_eq!(calls.load(Ordering::SeqCst), 2);
         }
+    }
+
+    /// The user's source panicking with a payload whose drop panics too still fails as
+    /// "it panicked", an answer of the source, not a flight that did not finish.
+    #[tokio::test]
+    async fn a_user_panic_whose_payload_panics_on_drop_is_still_the_sources_failure() {
+        struct PanicsOnDrop;
+        impl Drop for PanicsOnDrop {
+            fn drop(&mut self) {
+                panic!("a payload whose drop panics");
+            }
+        }
+        let source = || async {
+            std::panic::panic_any(PanicsOnDrop);
+            #[allow(unreachable_code)]
+            Ok::<_, BoxError>("never")
+        };
+        let (_log, http) = entra();
+        let err = build(source, http).get_token([SCOPE]).await.unwrap_err();
+        assert!(err.is_authentication_failed() && !err.is_unfinished(), "{err}");
+        assert_eq!(
+            err.message(),
+            "the client assertion callback failed: it panicked: (no message)"
+        );
     }
 
     /// A crate source that panics as it is called ends its flight as one panicking in its

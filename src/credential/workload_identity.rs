@@ -343,9 +343,10 @@ impl WorkloadIdentityCredentialBuilder {
     }
 
     /// The client id of the app whose federated credential trusts the token. Default:
-    /// `AZURE_CLIENT_ID`.
+    /// `AZURE_CLIENT_ID`. Blanks around it are dropped, as from the variable (an id read from
+    /// a file keeps its newline otherwise, and Entra knows no such client).
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
-        self.client_id = Some(client_id.into());
+        self.client_id = Some(client_id.into().trim().to_owned());
         self
     }
 
@@ -634,6 +635,20 @@ mod tests {
             inner(&c).credential.inner.client.authority().as_str(),
             "https://login.chinacloudapi.cn"
         );
+    }
+
+    /// A client id given in code loses its blanks, as one from `AZURE_CLIENT_ID` does, so
+    /// `DefaultAzureCredential` sends the same id from its workload and managed identity
+    /// members.
+    #[test]
+    fn a_client_id_given_in_code_is_trimmed() {
+        let c = WorkloadIdentityCredential::builder()
+            .tenant_id("tenant")
+            .client_id(" code-client\n")
+            .token_file_path("/code/token")
+            .build()
+            .unwrap();
+        assert_eq!(inner(&c).credential.inner.client_id, "code-client");
     }
 
     #[test]

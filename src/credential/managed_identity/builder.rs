@@ -94,7 +94,9 @@ impl ManagedIdentityCredentialBuilder {
     /// thumbprint alone, which needs the built-in client. The workload identity source uses it
     /// as [`WorkloadIdentityCredential`] does, for `https` to Microsoft Entra ID. In a chain,
     /// IMDS's probe reads its answer with this client's own limits: the probe's 16 KiB cap
-    /// (a larger answer, a web page, is no IMDS) is the built-in client's.
+    /// (a larger answer, a web page, is no IMDS) is the built-in client's. Azure Arc's
+    /// acquisition (challenge, key read, keyed request) ends after 30 s whatever this client's
+    /// own limits are.
     pub fn http_client(mut self, client: HttpClient) -> Self {
         self.http_client = Some(client);
         self
