@@ -525,16 +525,16 @@ pub(crate) fn in_a_renewal() -> bool {
     RENEWING.try_with(Option::is_some).unwrap_or(false)
 }
 
-/// Runs `work` as a slot's renewal runs it ([`in_a_renewal`] is `true` there): for tests of
-/// what a renewal asks.
+/// Runs `work` as a slot's renewal of the token `replaced` runs it ([`in_a_renewal`] is
+/// `true` there): for tests of what a renewal asks.
 #[cfg(test)]
-pub(crate) async fn as_renewal<F: Future>(work: F) -> F::Output {
-    RENEWING.scope(Some(Secret::new("renewed")), work).await
+pub(crate) async fn as_renewal<F: Future>(replaced: &str, work: F) -> F::Output {
+    RENEWING.scope(Some(Secret::new(replaced)), work).await
 }
 
 /// Whether this task is a slot's renewal (the layer's, asking its credential), and if so
 /// whether it is renewing `token`.
-fn inside_a_renewal(token: &AccessToken) -> Option<bool> {
+pub(crate) fn inside_a_renewal(token: &AccessToken) -> Option<bool> {
     RENEWING
         .try_with(|renewing| renewing.as_ref().map(|replaced| replaced == token.secret()))
         .ok()

@@ -1224,7 +1224,10 @@ mod tests {
         };
         let (_log, http) = entra();
         let err = build(source, http).get_token([SCOPE]).await.unwrap_err();
-        assert!(err.is_authentication_failed() && !err.is_unfinished(), "{err}");
+        assert!(
+            err.is_authentication_failed() && !err.is_unfinished(),
+            "{err}"
+        );
         assert_eq!(
             err.message(),
             "the client assertion callback failed: it panicked: (no message)"

@@ -65,9 +65,13 @@ struct Looks {
     first_mark: Option<Option<Vec<u8>>>,
     /// Whether the acquisition is a slot's renewal ([`crate::refresh::in_a_renewal`]): its
     /// slot holds a valid token and nobody waits for it. A first acquisition (its callers
-    /// wait) is handed a stored token due for renewal at once instead.
+    /// wait) is handed a stored token due for renewal at once instead while another process
+    /// holds the lease.
     renewal: bool,
-    /// The last token a look found due for renewal but valid (a renewal's looks only): the
+    /// Whether this acquisition holds the lease (its look after taking it): the lease it
+    /// finds is its own, and nobody else is renewing.
+    leased: bool,
+    /// The last token a look found due for renewal but valid: the
     /// answer, while it is valid, to a request that fails in a way that is not the
     /// provider's final refusal (see [`Shared::or_due`]).
     due: Option<AccessToken>,
@@ -296,6 +300,7 @@ impl Shared {
                 Some(true) => {
                     // Another process may have published and released between our last
                     // look and this lease: look once more before asking the provider.
+                    looks.leased = true;
                     match self.find(keys, policy, looks).await {
                         Found::Usable(token) => {
                             let release = || self.store.release(keys.lease, &holder);
@@ -393,10 +398,11 @@ impl Shared {
     /// ([`is_final_refusal`]: a timeout, a connection failure, a 5xx, a throttle) while a look
     /// of this acquisition found a token due for renewal that is still valid: that token, as
     /// a slot whose renewal fails serves its own, with `now` as its `refresh_on` (a token due:
-    /// the slot's spacing applies to its next renewal). Only a renewal's looks keep such a
-    /// token (a first acquisition is answered with it at its look, see [`Shared::find`]):
-    /// its slot holds a token already, usually this one, and takes it back as a failed
-    /// attempt; one it holds that is another (its own, got alone) is replaced by the fleet's.
+    /// the slot's spacing applies to its next renewal). A renewal of another token (the
+    /// slot's own, got alone while the store was down: perhaps hours left) is not answered
+    /// with it: the slot keeps its own, as when its renewal fails. Only a failure that passes
+    /// is answered so (a timeout, a connection failure, a 5xx, a throttle), not the
+    /// credential's own (a callback's error, `az` not signed in).
     fn or_due(
         &self,
         result: Result<AccessToken, CredentialError>,
@@ -407,8 +413,23 @@ impl Shared {
             Err(error) => error,
         };
         let now = Instant::now();
+        // A failure that passes: not a refusal, nor a failure of the credential itself (a
+        // callback's error, `az` not signed in), which no stored token should hide.
+        let passing = !is_final_refusal(&error)
+            && (error.is_transient()
+                || error.is_throttled()
+                || error.is_timeout()
+                || error.is_connect()
+                || error
+                    .status()
+                    .is_some_and(|status| status.is_server_error()));
         match &looks.due {
-            Some(due) if !is_final_refusal(&error) && !due.is_expired_at(now) => {
+            // A renewal replacing another token (its own, got alone, perhaps with hours left)
+            // keeps it: the slot keeps its token when its renewal fails.
+            Some(due) if looks.renewal && crate::refresh::inside_a_renewal(due) == Some(false) => {
+                Err(error)
+            }
+            Some(due) if passing && !due.is_expired_at(now) => {
                 tracing::debug!(
                     error = %error,
                     "distributed token cache: the request failed; the stored token due for \
@@ -826,17 +847,27 @@ impl Shared {
                     let renew_on = end.min(stored.token.expires_on());
                     Found::Usable(stored.token.with_refresh_on(Some(renew_on)))
                 }
-                // Due, still valid, and this process has none (its slot's first acquisition:
-                // its callers wait for this answer): served at once, as a slot in its window
-                // serves its own token while one renewal runs. Taking the lease, or waiting for
-                // the holder's token, would have them wait for the provider (a slow or failing
-                // one: up to `wait_limit`, then their own request) while a valid token sits
-                // here. It carries `now` as its `refresh_on`: its slot renews at its next
-                // request, in the background, and that renewal takes the lease and asks, or
-                // waits for the holder's token (sending nothing), as a warm process's does.
-                None if !looks.renewal => Found::Usable(stored.token.with_refresh_on(Some(now))),
+                // Due, still valid, this process has none (its slot's first acquisition: its
+                // callers wait for this answer), and another process holds the lease (is
+                // renewing): served at once, as a slot in its window serves its own token while
+                // one renewal runs. Waiting for the holder's token would have them wait for the
+                // provider (a slow or failing one: up to `wait_limit`, then their own request)
+                // while a valid token sits here. It carries `now` as its `refresh_on`: its slot
+                // renews at its next request, in the background, and that renewal waits for the
+                // holder's token (sending nothing), as a warm process's does. With no lease
+                // held, this acquisition takes it and renews for the fleet: a fleet of
+                // processes that each ask once would otherwise serve the token to its end and
+                // none renew it.
+                None if !looks.renewal
+                    && !looks.leased
+                    && matches!(lease, LeaseTtl::Left(_))
+                    && !self.is_stray(lease) =>
+                {
+                    Found::Usable(stored.token.with_refresh_on(Some(now)))
+                }
                 // A renewal (its slot serves the token meanwhile) waits for the fleet's new
-                // token; the due one answers only a request that fails (`or_due`).
+                // token, and a first acquisition renews; the due one answers only a request
+                // that fails short of a refusal (`or_due`).
                 None => {
                     looks.due = Some(stored.token);
                     nothing()

@@ -32,25 +32,27 @@
 //!   the provider's `refresh_in`), counted from when the entry was published: every process
 //!   renews a shared token at the same moment (the token it takes carries that moment as its
 //!   `refresh_on`, also when read late in its life), and none keeps a token it would itself
-//!   renew (but during the fleet's throttle, and a process with no token: below). A refresh jitter, if the rule has one,
+//!   renew (but during the fleet's throttle, and a process with no token while another renews: below). A refresh jitter, if the rule has one,
 //!   is drawn from the entry (its key and the Unix times sealed in it, alike on every read
 //!   and every host), not afresh at each read, nor from the instant a read maps its stored
 //!   time to (that moves with the reader's clock and the store's time left): every read of an
 //!   entry gives it the same refresh time, so a renewal at that time never finds the entry it
 //!   renews still usable (but during a throttle).
-//! * **A token due but valid serves a process that has none.** An entry due for renewal but
-//!   not expired answers a process with no token of its own (its slot's first acquisition,
-//!   which its callers wait for: a new pod, a new scope) at once, its `refresh_on` now: its
-//!   slot renews it at its next request, in the background, and that renewal takes the lease
-//!   or waits for the holder's token as below. So a slow or failing identity provider during
-//!   the fleet's renewal (a holder's request taking 30 s, or failing with a 503) costs such a
-//!   process nothing while the token is valid, as it costs nothing to a process that holds
-//!   the token, where before it waited for the holder's token (up to `wait_limit`), then asked
-//!   on its own and failed with it. A renewal (its slot serves the token meanwhile) does not
-//!   take the due entry: it waits for the fleet's new token, and if its own request fails in
-//!   a way that is not the provider's final refusal (a timeout, a connection failure, a 5xx,
-//!   a throttle), it is answered with the due token, still valid, as a slot whose renewal
-//!   fails keeps its own.
+//! * **A token due but valid serves a process that has none while another renews it.** An
+//!   entry due for renewal but not expired answers a process with no token of its own (its
+//!   slot's first acquisition, which its callers wait for: a new pod, a new scope) at once
+//!   while another process holds the lease (is renewing it), its `refresh_on` now: its slot
+//!   renews at its next request, in the background, and that renewal waits for the holder's
+//!   token as below. So a slow or failing identity provider during the fleet's renewal (a
+//!   holder's request taking 30 s, or failing with a 503) costs such a process nothing while
+//!   the token is valid. With no lease held, it takes the lease and renews for the fleet, as
+//!   any acquisition of a due entry does: handed the due token instead, a fleet of processes
+//!   that each ask once (jobs, a scope used hourly) would serve it to its end with none
+//!   renewing. An acquisition that asks and fails in a way that passes (a timeout, a
+//!   connection failure, a 5xx, a throttle; not a refusal, nor the credential's own failure)
+//!   is answered with the due token, still valid, as a slot whose renewal fails keeps its
+//!   own; a renewal of another token (the slot's own, got alone while the store was down)
+//!   keeps that one instead.
 //! * **Single-flight across the fleet.** Otherwise the process takes the entry's lease
 //!   ([`TokenStore::try_lease`], for [`lease`](DistributedCacheBuilder::lease), default
 //!   10 s, under a holder id drawn at random for each cache and numbered per acquisition).

@@ -78,6 +78,9 @@ enum Answers {
     Throttled,
     /// Every call fails as a 503 that outlasted the retries (transient).
     Unavailable,
+    /// Every call fails in the credential itself, with no answer of the provider (a
+    /// callback's error, `az` not signed in): not transient.
+    OwnFailure,
 }
 
 /// The identity provider: counts its calls; each takes `delay` and returns a token named
@@ -145,6 +148,12 @@ impl Idp {
                             throttled_until: Some(Instant::now() + THROTTLE),
                             ..Cause::default()
                         }));
+                }
+                if matches!(this.answers, Answers::OwnFailure) {
+                    return Err(CredentialError::authentication_failed(
+                        "Test",
+                        "callback failed",
+                    ));
                 }
                 let status = match this.answers {
                     Answers::Refusal => Some(http::StatusCode::UNAUTHORIZED),
@@ -361,9 +370,9 @@ async fn a_renewal_happens_once_for_the_fleet() {
 
 /// An entry is judged from when it was published, not from when a process read it:
 /// otherwise a process reading a half-spent token would never renew it. A process that
-/// starts with 200 s left (due by the publisher's rule, a 300 s window) is served the token
-/// at once, its `refresh_on` now, and renews it at its next request, in the background.
-/// (Before, its first request waited for the renewal.)
+/// starts with 200 s left (due by the publisher's rule, a 300 s window) and finds nobody
+/// renewing it (no lease) renews it for the fleet: handed the due token instead, a fleet of
+/// processes that each ask once would serve it to its end with none renewing.
 #[tokio::test(start_paused = true)]
 async fn a_process_that_starts_late_renews_when_the_fleet_does() {
     let store = MemoryStore::new();
@@ -371,16 +380,8 @@ async fn a_process_that_starts_late_renews_when_the_fleet_does() {
     let idp = Idp::new(Duration::ZERO);
     let first = get(&process(&a), &idp).await;
     tokio::time::advance(HOUR - Duration::from_secs(200)).await;
-    let late = process(&b);
-    let token = late
-        .get_or_acquire(cache_key(), false, idp.acquire())
-        .await
-        .unwrap();
-    assert_eq!(token.secret().expose_secret(), first);
-    assert_eq!(token.refresh_on(), Some(Instant::now()), "due");
-    assert_eq!(get(&late, &idp).await, first);
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    assert_ne!(get(&late, &idp).await, first);
+    let late = get(&process(&b), &idp).await;
+    assert_ne!(late, first);
     assert_eq!(idp.calls(), 2);
 }
 
@@ -811,10 +812,11 @@ async fn a_due_token_serves_a_cold_process_at_once_while_a_slow_holder_renews() 
 }
 
 /// As above with a holder whose renewal fails after 30 s (a 503 that outlasted its retries,
-/// which leaves no mark): a process with no token of its own that starts while it runs, or
-/// after it failed, is handed the stored token at once and asks nothing. (Before, the first
+/// which leaves no mark): a process with no token of its own that starts while it runs is
+/// handed the stored token at once and asks nothing; one that starts after it failed renews
+/// (nobody else does), and its own 503 is answered with the stored token. (Before, the first
 /// waited for the lease, took it once the holder gave it back, and failed with its own 503,
-/// 60 s on; the second took the lease, and failed 30 s on.)
+/// 60 s on; the second failed 30 s on.)
 #[tokio::test(start_paused = true)]
 async fn a_due_token_serves_a_cold_process_at_once_while_the_holder_fails() {
     let idp = Idp::new(Duration::ZERO);
@@ -824,19 +826,30 @@ async fn a_due_token_serves_a_cold_process_at_once_while_the_holder_fails() {
         ..idp.clone()
     };
     let (store, _holder, warm) = a_renewal_under_way(&idp, &failing).await;
-    for at in [Duration::ZERO, Duration::from_secs(31)] {
-        tokio::time::advance(at).await;
-        let cold = cache(&store);
-        let start = Instant::now();
-        let token = process(&cold)
-            .get_or_acquire(cache_key(), false, failing.acquire())
-            .await
-            .unwrap();
-        assert_eq!(start.elapsed(), Duration::ZERO, "answered at once ({at:?})");
-        assert_eq!(token.secret().expose_secret(), "token-1");
-        assert_eq!(cold.stats().idp_calls, 0);
-    }
+    // While the holder's request runs: at once, nothing asked.
+    let cold = cache(&store);
+    let start = Instant::now();
+    let token = process(&cold)
+        .get_or_acquire(cache_key(), false, failing.acquire())
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO, "answered at once");
+    assert_eq!(token.secret().expose_secret(), "token-1");
+    assert_eq!(cold.stats().idp_calls, 0);
     assert_eq!(failing.calls(), 2, "the holder's request alone");
+    // After it failed (the lease given back): nobody renews, so this one does, and its own
+    // failure is answered with the due token.
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let cold = cache(&store);
+    let start = Instant::now();
+    let token = process(&cold)
+        .get_or_acquire(cache_key(), false, failing.acquire())
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(30), "its own request");
+    assert_eq!(token.secret().expose_secret(), "token-1");
+    assert_eq!(cold.stats().idp_calls, 1);
+    assert_eq!(failing.calls(), 3);
     // The holder keeps serving its own.
     assert_eq!(get(&warm, &failing).await, "token-1");
 }
@@ -858,27 +871,41 @@ async fn a_failed_renewal_answers_the_stored_token_still_valid_but_a_refusal() {
     store.set_raw(&token_key, &sealed);
     tokio::time::advance(Duration::from_secs(56 * 60)).await;
     let (level, scopes) = (SharedLevel::new(c.clone(), identity()), scopes(&["scope"]));
-    let renew = |idp: &Idp| {
-        crate::refresh::as_renewal(level.acquire(
-            "Test",
-            "tenant",
-            &scopes,
-            false,
-            RefreshPolicy::default(),
-            (idp.acquire())(),
-        ))
+    let renew = |idp: &Idp, replaced| {
+        crate::refresh::as_renewal(
+            replaced,
+            level.acquire(
+                "Test",
+                "tenant",
+                &scopes,
+                false,
+                RefreshPolicy::default(),
+                (idp.acquire())(),
+            ),
+        )
     };
     let unavailable = Idp {
         answers: Answers::Unavailable,
         ..Idp::new(Duration::ZERO)
     };
-    let answered = renew(&unavailable).await.unwrap();
+    let answered = renew(&unavailable, "stored").await.unwrap();
     assert_eq!(answered.secret().expose_secret(), "stored");
     assert_eq!(answered.refresh_on(), Some(Instant::now()));
     let refused = Idp::failing(Duration::ZERO);
-    let error = renew(&refused).await.unwrap_err();
+    let error = renew(&refused, "stored").await.unwrap_err();
     assert_eq!(error.status(), Some(http::StatusCode::UNAUTHORIZED));
-    assert_eq!((unavailable.calls(), refused.calls()), (1, 1));
+    // Nor is the credential's own failure (no answer of the provider to pass over).
+    let own = Idp {
+        answers: Answers::OwnFailure,
+        ..Idp::new(Duration::ZERO)
+    };
+    let error = renew(&own, "stored").await.unwrap_err();
+    assert_eq!(error.message(), "callback failed");
+    // A renewal of another token (the slot's own, got alone: perhaps hours left) is not
+    // answered with the fleet's due one: its slot keeps its own.
+    let error = renew(&unavailable, "its-own").await.unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    assert_eq!((unavailable.calls(), refused.calls()), (2, 1));
 }
 
 /// A holder throttled whose call to leave its mark failed remembers the throttle itself: for
