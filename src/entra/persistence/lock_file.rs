@@ -47,7 +47,8 @@ const QUICK_RETRIES: u32 = 3;
 impl<D: Document> CacheFile<D> {
     /// Creates the lock file `lock_path` (this file's, or the legacy file's), waiting for other
     /// holders until the lock timeout has passed since `started` (at least one attempt is
-    /// made) and removing stale locks.
+    /// made) and removing stale locks. A file it created and found `flock`ed by someone else
+    /// is kept open from one attempt to the next, to be taken if it is left to us.
     pub(super) async fn acquire_lock(
         &self,
         lock_path: &Path,
@@ -55,10 +56,21 @@ impl<D: Document> CacheFile<D> {
     ) -> Result<HeldLock, PersistenceError> {
         let mut holder = None;
         let mut quick = 0_u32;
+        // Closed off the executor whenever it is dropped: at the timeout, or on cancellation.
+        let mut kept = KeptFile {
+            file: None,
+            steps: self.steps.clone(),
+        };
         loop {
             let attempt = lock_path.to_path_buf();
+            // Also closed off the executor if the step is refused and dropped unrun.
+            let last = KeptFile {
+                file: kept.file.take(),
+                steps: self.steps.clone(),
+            };
             let retry_now = match run_blocking(&self.steps, Step::Lock, lock_path, move || {
-                try_lock(&attempt)
+                let mut last = last;
+                try_lock(&attempt, last.file.take())
             })
             .await?
             {
@@ -70,7 +82,10 @@ impl<D: Document> CacheFile<D> {
                 }
                 // Released between our attempt and our look, or removed as stale.
                 LockAttempt::Vanished | LockAttempt::BrokeStale => true,
-                LockAttempt::Contended => false,
+                LockAttempt::Contended(ours) => {
+                    kept.file = ours;
+                    false
+                }
                 LockAttempt::Busy(observed) => {
                     holder = Some(observed.holder());
                     false
@@ -156,6 +171,48 @@ impl Drop for HeldLock {
             self.steps.drop_counted(guard);
         } else {
             drop(guard);
+        }
+    }
+}
+
+/// A lock file we created that another holder `flock`ed before us ([`LockAttempt::Contended`]),
+/// kept open to be taken at a later attempt if its `flock` comes free while its name is still
+/// ours: the one that `flock`ed it may have been a breaker, which leaves it as it was.
+pub(super) struct ContendedFile {
+    /// The file we created, not `flock`ed by us.
+    file: File,
+    /// Its inode.
+    inode: u64,
+}
+
+impl std::fmt::Debug for ContendedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContendedFile")
+            .field("inode", &self.inode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`ContendedFile`] kept between attempts: closed, when dropped on a tokio runtime's thread
+/// (the lock timed out, the call was cancelled, or a step refused), as a step of its own
+/// ([`Steps::drop_counted`]), as a [`HeldLock`] is removed: a close on a network file system
+/// may wait for its server.
+struct KeptFile {
+    /// `None` once handed to an attempt, or dropped.
+    file: Option<ContendedFile>,
+    /// The steps of the file whose lock it is.
+    steps: Steps,
+}
+
+impl Drop for KeptFile {
+    fn drop(&mut self) {
+        let Some(file) = self.file.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.steps.drop_counted(file);
+        } else {
+            drop(file);
         }
     }
 }
@@ -310,9 +367,10 @@ enum LockAttempt {
     /// Someone else holds it.
     Busy(LockObservation),
     /// We created it, but someone else had it `flock`ed before us (a peer that takes the lock
-    /// without creating the file: see [`try_lock_with`]): theirs now, its name left to them;
-    /// busy, to be tried again after a pause.
-    Contended,
+    /// without creating the file, or a breaker: see [`try_lock_with`]): its name left to
+    /// them; busy, to be tried again after a pause, with our file if it is still worth
+    /// taking.
+    Contended(Option<ContendedFile>),
     /// It existed but was gone (or replaced) when we looked.
     Vanished,
     /// It was stale and has been removed: try again now.
@@ -367,17 +425,25 @@ pub(super) enum Moment {
     Judging,
 }
 
-/// Tries once to create the lock file (blocking); creates the directory if missing.
-fn try_lock(lock_path: &Path) -> Result<LockAttempt, PersistenceError> {
-    try_lock_with(lock_path, &mut |_, _| {})
+/// Tries once to create the lock file (blocking), or to take the file `contended` the last
+/// attempt created; creates the directory if missing.
+fn try_lock(
+    lock_path: &Path,
+    contended: Option<ContendedFile>,
+) -> Result<LockAttempt, PersistenceError> {
+    try_lock_with(lock_path, contended, &mut |_, _| {})
 }
 
 /// [`try_lock`], calling `seam` at each [`Moment`] it reaches: the tests' way into moments
 /// that other processes reach only by chance.
 fn try_lock_with(
     lock_path: &Path,
+    contended: Option<ContendedFile>,
     seam: &mut dyn FnMut(Moment, &Path),
 ) -> Result<LockAttempt, PersistenceError> {
+    if let Some(contended) = contended {
+        return take_contended(lock_path, contended);
+    }
     let mut created_dir = false;
     let file = loop {
         match create_new_private(lock_path) {
@@ -395,23 +461,77 @@ fn try_lock_with(
     seam(Moment::Created, lock_path);
     // Taken at once, before the content is written: the window in which the file exists
     // without its flock is as short as it can be.
-    if try_flock(&file) == Flock::Busy {
-        // Someone opened the file we made and flocked it first. Not one of our breakers: they
-        // flock no lock younger than `DEAD_HOLDER_GRACE` (see `observe_busy_lock`). A holder
-        // that opens the lock file without `O_EXCL` and flocks it: MSAL.NET's `CrossPlatLock`
+    let flock = try_flock(&file);
+    let inode = file.metadata().map(|meta| inode(&meta)).unwrap_or(0);
+    if flock == Flock::Busy {
+        // Someone opened the file we made and flocked it first. Most likely a holder that
+        // opens the lock file without `O_EXCL` and flocks it: MSAL.NET's `CrossPlatLock`
         // (`FileMode.OpenOrCreate`, `FileShare.None`, which .NET takes as a `flock` on unix,
         // retried every 100 ms for 60 s), or `msal-extensions` with `portalocker` after it
         // waited 5 s for the name (`open(.., "wb+")`, then `flock`). It holds the lock now,
         // writes under it and removes the name when done (`DeleteOnClose`, `os.remove`).
         // Removing the name ourselves would let the next writer, us included, create a new
-        // file and write beside it: the file is closed and the name left to its holder. (A
-        // breaker can flock it only if the file's time is 2 s behind our clock, a network file
-        // system's server lagging: the lock it leaves, naming us, then waits for the age rule.)
-        return Ok(LockAttempt::Contended);
+        // file and write beside it: the name is left to its holder. It may also be a breaker:
+        // one of an older release (which flocked every lock it judged), or one of ours whose
+        // network file system's server dates the file 2 s behind its clock. A breaker finds
+        // it empty, not stale, and leaves it, empty and held by no one, which would hold
+        // every writer off for `STALE_LOCK_AGE`: the file is kept open, and taken at a later
+        // attempt if its flock comes free while the name is still ours (`take_contended`).
+        let kept = (inode != 0).then_some(ContendedFile { file, inode });
+        return Ok(LockAttempt::Contended(kept));
     }
+    claim(lock_path, file, inode)
+}
+
+/// Takes the lock file we created at an earlier attempt and found `flock`ed by someone else
+/// ([`LockAttempt::Contended`]), if its `flock` is free now and its name still ours.
+///
+/// Its name gone or replaced, its holder removed it when done (MSAL.NET's `DeleteOnClose`,
+/// `portalocker`'s `os.remove`): the file is closed, and the lock tried afresh. Its name still
+/// ours but the file not empty, a holder wrote in it: it may be between releasing its `flock`
+/// and removing the name (`msal-extensions` releases `portalocker`'s lock, then calls
+/// `os.remove`), so the file is closed and the name left to it and to the stale rules.
+/// Empty, it was `flock`ed by a breaker, or by a holder that died before writing: ours, as if
+/// we had just created it. A holder that removes the name after we took it is caught by
+/// [`LockGuard::check_held`] before we write.
+fn take_contended(
+    lock_path: &Path,
+    contended: ContendedFile,
+) -> Result<LockAttempt, PersistenceError> {
+    let ours = |lock_path: &Path| -> Result<bool, PersistenceError> {
+        Ok(
+            inode_at(lock_path).map_err(|e| PersistenceError::io(CREATE, lock_path, e))?
+                == Some(contended.inode),
+        )
+    };
+    if try_flock(&contended.file) == Flock::Busy {
+        if !ours(lock_path)? {
+            return Ok(LockAttempt::Vanished);
+        }
+        return Ok(LockAttempt::Contended(Some(contended)));
+    }
+    // Under our flock now: no breaker removes the name, and no holder that flocks writes in it.
+    if !ours(lock_path)? {
+        return Ok(LockAttempt::Vanished);
+    }
+    let written = contended
+        .file
+        .metadata()
+        .map_err(|e| PersistenceError::io(CREATE, lock_path, e))?
+        .len();
+    if written != 0 {
+        return Ok(LockAttempt::Contended(None));
+    }
+    let ContendedFile { file, inode } = contended;
+    claim(lock_path, file, inode)
+}
+
+/// Takes the lock file we created, `file` of inode `inode`, which we hold `flock`ed (where
+/// `flock` works): writes our content, then checks that the name still points to it.
+fn claim(lock_path: &Path, file: File, inode: u64) -> Result<LockAttempt, PersistenceError> {
     let guard = LockGuard {
         path: lock_path.to_path_buf(),
-        inode: file.metadata().map(|meta| inode(&meta)).unwrap_or(0),
+        inode,
         file,
     };
     // On failure the guard removes the half-made lock file, its flock held.
@@ -432,7 +552,7 @@ fn try_lock_with(
 ///
 /// A lock younger than [`DEAD_HOLDER_GRACE`] is never stale, and is not `flock`ed to be
 /// judged: its maker may be a writer of ours between its creation and its `flock`, which, if
-/// it found the `flock` taken, would have to take the breaker for a holder (see
+/// it found the `flock` taken, would have to wait for the breaker as for a holder (see
 /// [`try_lock_with`]). Its age is that of the file opened (`fstat`), not of a name looked at
 /// before, which another file may have taken since.
 ///
@@ -579,19 +699,53 @@ pub(super) fn attempt_with(
     lock_path: &Path,
     mut seam: impl FnMut(Moment, &Path),
 ) -> Result<&'static str, PersistenceError> {
-    Ok(match try_lock_with(lock_path, &mut seam)? {
-        LockAttempt::Acquired(_) => "acquired",
-        LockAttempt::Busy(_) => "busy",
-        LockAttempt::Contended => "contended",
-        LockAttempt::Vanished => "vanished",
-        LockAttempt::BrokeStale => "broke stale",
-    })
+    Ok(Writer::default().attempt_with(lock_path, &mut seam)?.0)
+}
+
+/// A writer's attempts at the lock, one after another, as [`CacheFile::acquire_lock`] makes
+/// them: the file of an attempt found contended is kept for the next.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(super) struct Writer {
+    /// The file the last attempt created and found `flock`ed by someone else.
+    contended: Option<ContendedFile>,
+}
+
+#[cfg(test)]
+impl Writer {
+    /// One attempt, named by its outcome, with the lock if it was taken.
+    pub(super) fn attempt(
+        &mut self,
+        lock_path: &Path,
+    ) -> Result<(&'static str, Option<LockGuard>), PersistenceError> {
+        self.attempt_with(lock_path, &mut |_, _| {})
+    }
+
+    /// [`Writer::attempt`], calling `seam` at each [`Moment`] the attempt reaches.
+    pub(super) fn attempt_with(
+        &mut self,
+        lock_path: &Path,
+        seam: &mut dyn FnMut(Moment, &Path),
+    ) -> Result<(&'static str, Option<LockGuard>), PersistenceError> {
+        Ok(
+            match try_lock_with(lock_path, self.contended.take(), seam)? {
+                LockAttempt::Acquired(guard) => ("acquired", Some(guard)),
+                LockAttempt::Busy(_) => ("busy", None),
+                LockAttempt::Contended(kept) => {
+                    self.contended = kept;
+                    ("contended", None)
+                }
+                LockAttempt::Vanished => ("vanished", None),
+                LockAttempt::BrokeStale => ("broke stale", None),
+            },
+        )
+    }
 }
 
 /// Takes the lock file, which the test knows to be free: the guard of one attempt.
 #[cfg(test)]
 pub(super) fn take(lock_path: &Path) -> LockGuard {
-    match try_lock(lock_path) {
+    match try_lock(lock_path, None) {
         Ok(LockAttempt::Acquired(guard)) => guard,
         Ok(_) | Err(_) => panic!("the lock file {} is not free", lock_path.display()),
     }

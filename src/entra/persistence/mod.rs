@@ -51,7 +51,9 @@
 //!   and removes it only then, after checking that the name still points to that file, so it
 //!   never removes a lock taken after it looked. A writer that finds the file it has just
 //!   created `flock`ed by someone else (MSAL.NET or `portalocker`, which open it without
-//!   `O_EXCL`) leaves it, and its name, to that holder, and waits. Without `flock` (not unix,
+//!   `O_EXCL`) leaves it, and its name, to that holder, and waits, keeping the file open: if
+//!   its `flock` comes free while the name is still that file's and the file is still empty
+//!   (a breaker `flock`ed it to judge it), the writer takes it. Without `flock` (not unix,
 //!   or a file system without it) the age and pid rules alone decide, and a breaker renames a
 //!   stale lock aside and links it back if it is not the file it judged. Right before it
 //!   writes, a writer checks that the lock file's name still points to its own file; if

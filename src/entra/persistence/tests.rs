@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use super::atomic_write::shell_word;
 use super::error::{Kind, PersistenceError, seconds};
 use super::lock_file::{
-    DEAD_HOLDER_GRACE, LOCK_RETRY_INTERVAL, LockObservation, Moment, STALE_LOCK_AGE, attempt_once,
-    attempt_with, break_without_flock, lock_content, lock_path_of, observe,
+    DEAD_HOLDER_GRACE, LOCK_RETRY_INTERVAL, LockObservation, Moment, STALE_LOCK_AGE, Writer,
+    attempt_once, attempt_with, break_without_flock, lock_content, lock_path_of, observe,
 };
 use super::reader::{PARSE_RETRIES, RECENT_AHEAD, Stamp};
 use super::{CacheFile, Document, LegacyWrites};
@@ -682,6 +682,99 @@ fn a_lock_file_another_holder_flocked_first_is_left_to_it() {
     fs::remove_file(&lock).unwrap();
     drop(holder);
     assert_eq!(attempt_once(&lock).unwrap(), "acquired");
+}
+
+/// A breaker of an older release `flock`ed every lock it judged (as one of ours does where a
+/// network file system's server dates the file 2 s behind): here, the file our writer has
+/// just created, before the writer's own `flock`. It finds it empty, not stale, and leaves
+/// it, name and all. The writer, which kept its file, takes it at its next attempt. Before,
+/// the writer closed it, and the empty file, held by no one, held every writer off until it
+/// was [`STALE_LOCK_AGE`] old.
+#[test]
+fn a_lock_file_a_breaker_flocked_first_is_taken_at_the_next_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_path_of(&dir.path().join("cache.json"));
+    let mut writer = Writer::default();
+    let mut breaker = None;
+    let (seen, _) = writer
+        .attempt_with(&lock, &mut |moment, lock| {
+            assert_eq!(moment, Moment::Created);
+            breaker = Some(flock_held(lock));
+        })
+        .unwrap();
+    assert_eq!(seen, "contended");
+    // Still judging it.
+    assert_ne!(writer.attempt(&lock).unwrap().0, "acquired");
+    assert_eq!(fs::read_to_string(&lock).unwrap(), "");
+
+    // Judged not stale, and closed.
+    drop(breaker);
+    let (seen, guard) = writer.attempt(&lock).unwrap();
+    assert_eq!(seen, "acquired");
+    assert_eq!(fs::read_to_string(&lock).unwrap(), lock_content());
+    let guard = guard.unwrap();
+    guard.check_held().unwrap();
+    drop(guard);
+    assert!(!lock.exists(), "released");
+}
+
+/// A holder that `flock`ed the file our writer created removes its name when done, then
+/// closes it (MSAL.NET's `DeleteOnClose`): the writer does not take the removed file, whose
+/// `flock` is free now, but tries the name afresh.
+#[test]
+fn a_contended_lock_file_its_holder_removed_is_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_path_of(&dir.path().join("cache.json"));
+    let mut writer = Writer::default();
+    let mut holder = None;
+    let (seen, _) = writer
+        .attempt_with(&lock, &mut |_, lock| holder = Some(flock_held(lock)))
+        .unwrap();
+    assert_eq!(seen, "contended");
+    // The removed file, as the test still sees it.
+    let removed = File::open(&lock).unwrap();
+
+    fs::remove_file(&lock).unwrap();
+    drop(holder);
+    let (seen, guard) = writer.attempt(&lock).unwrap();
+    assert_eq!(seen, "vanished");
+    assert!(guard.is_none());
+    assert!(!lock.exists(), "no name given back to the removed file");
+    assert_eq!(
+        removed.metadata().unwrap().len(),
+        0,
+        "nothing written in it"
+    );
+    // A file of its own, then.
+    let (seen, guard) = writer.attempt(&lock).unwrap();
+    assert_eq!(seen, "acquired");
+    assert_ne!(
+        std::os::unix::fs::MetadataExt::ino(&fs::metadata(&lock).unwrap()),
+        std::os::unix::fs::MetadataExt::ino(&removed.metadata().unwrap())
+    );
+    drop(guard);
+}
+
+/// A holder that wrote in the file our writer created may be between releasing its `flock`
+/// and removing the name (`portalocker` releases first): the writer leaves it to that holder,
+/// and to the stale rules, even once its `flock` is free.
+#[test]
+fn a_contended_lock_file_its_holder_wrote_in_is_left_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_path_of(&dir.path().join("cache.json"));
+    let mut writer = Writer::default();
+    let mut holder = None;
+    let (seen, _) = writer
+        .attempt_with(&lock, &mut |_, lock| holder = Some(flock_held(lock)))
+        .unwrap();
+    assert_eq!(seen, "contended");
+    fs::write(&lock, "4242 python3").unwrap();
+
+    drop(holder);
+    for _ in 0..2 {
+        assert_ne!(writer.attempt(&lock).unwrap().0, "acquired");
+        assert_eq!(fs::read_to_string(&lock).unwrap(), "4242 python3");
+    }
 }
 
 /// A breaker `flock`s no lock younger than [`DEAD_HOLDER_GRACE`] (never stale): its maker may
