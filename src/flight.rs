@@ -31,6 +31,19 @@
 //!   after that starts anew. Until the work [commits](Commit::commit): from then on it is not
 //!   aborted (what it did cannot be undone — a device code redeemed — and what follows must
 //!   land), and a caller after every handle was dropped joins it.
+//! * **Holds**: a step that may commit without the work learning so at once (the poll request
+//!   that redeems a device code: Entra consumes the code when it answers with tokens, and an
+//!   aborted request loses them) is taken under a [`Hold`] ([`Commit::hold`]). A hold counts
+//!   as a handle: while it lives the flight is not aborted, a caller that gives up only leaves
+//!   the abandonment pending, and a caller meanwhile joins the flight (and the abandonment is
+//!   off). When the step answers, the work either [commits](Hold::commit) (it runs on, and is
+//!   joined as any committed flight) or [releases](Hold::release) the hold: if every handle
+//!   was dropped meanwhile, the flight is abandoned then, `release` says so, and the work
+//!   returns an error at once (the task is aborted too, at its next wait). Without holds an
+//!   abortable flight behaves as before. A hold lasts as long as its step: the device code
+//!   poll's is bounded by the HTTP client's deadline (`RetryOptions::total_timeout`; a client
+//!   built without one holds a hung request as long as it hangs). A hold is not taken while
+//!   the work waits between steps: abandoned then, the flight is aborted at once.
 //! * **Panics, aborts, runtime shutdown**: a guard inside the task lands an *authentication
 //!   failed* error ("… did not finish", naming the credential) and removes the record, in one
 //!   critical section, however the task ends; waiters get the same kind of error with the
@@ -82,7 +95,7 @@ use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::thread::ThreadId;
 
@@ -169,14 +182,19 @@ impl<T: Clone> Future for Flight<T> {
     }
 }
 
-/// Aborts the task when the last handle of its flight is dropped, unless its work has
-/// committed.
-struct AbortOnDrop(AbortHandle, Commit);
+/// Aborts the task when the last handle of its flight (or the last [`Hold`]) is dropped,
+/// unless its work has committed. Made before the task is spawned, so that its work finds it
+/// from its first poll; the task's abort handle is set once spawned.
+struct AbortOnDrop(OnceLock<AbortHandle>, Commit);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         if self.1.abandon() {
-            self.0.abort();
+            if let Some(abort) = self.0.get() {
+                // Also from inside the task, when its last hold is released: it is cancelled
+                // at its next wait, unless it ends first (the work returns an error then).
+                abort.abort();
+            }
         }
     }
 }
@@ -185,8 +203,45 @@ impl Drop for AbortOnDrop {
 /// calls [`commit`](Self::commit) once what it did cannot be undone (a device code redeemed),
 /// so that what follows (the tokens recorded, the account pinned) lands. Either the work
 /// commits or the flight is abandoned first, never both: the one that comes second learns it.
+///
+/// Until then the work may [`hold`](Self::hold) the flight around a step that may make it
+/// irrevocable (the poll request that may redeem the code): see the module docs.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Commit(Arc<AtomicU8>);
+pub(crate) struct Commit(Arc<CommitState>);
+
+#[derive(Debug, Default)]
+struct CommitState {
+    state: AtomicU8,
+    /// The flight's abort guard, once [`FlightLock::start`] has made it: what a [`Hold`]
+    /// keeps alive. Unset for a commit no abortable flight was started with.
+    holder: OnceLock<Weak<AbortOnDrop>>,
+}
+
+/// Keeps a [`WhenAbandoned::Abort`] flight from being aborted while it lives, as a handle
+/// does: a caller that gives up meanwhile leaves the abandonment to the hold's release. Its
+/// work ends it with [`commit`](Self::commit) or [`release`](Self::release) (dropping it
+/// releases it too).
+#[must_use = "the flight is held only while the hold lives"]
+pub(crate) struct Hold {
+    commit: Commit,
+    _holder: Option<Arc<AbortOnDrop>>,
+}
+
+impl Hold {
+    /// Commits the flight, then releases it: it runs on, abandoned or not. `false` only for a
+    /// commit already abandoned, which a hold taken on it cannot be.
+    pub(crate) fn commit(self) -> bool {
+        self.commit.commit()
+    }
+
+    /// Releases the flight: `false` when every handle was dropped, meanwhile or now (the
+    /// flight is abandoned, its task is being aborted; the work should return at once).
+    pub(crate) fn release(self) -> bool {
+        let commit = self.commit.clone();
+        drop(self);
+        !commit.is_abandoned()
+    }
+}
 
 /// The states of a [`Commit`].
 const OPEN: u8 = 0;
@@ -199,6 +254,7 @@ impl Commit {
     pub(crate) fn commit(&self) -> bool {
         match self
             .0
+            .state
             .compare_exchange(OPEN, COMMITTED, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => true,
@@ -211,6 +267,7 @@ impl Commit {
     fn abandon(&self) -> bool {
         match self
             .0
+            .state
             .compare_exchange(OPEN, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => true,
@@ -219,7 +276,26 @@ impl Commit {
     }
 
     fn is_committed(&self) -> bool {
-        self.0.load(Ordering::Acquire) == COMMITTED
+        self.0.state.load(Ordering::Acquire) == COMMITTED
+    }
+
+    fn is_abandoned(&self) -> bool {
+        self.0.state.load(Ordering::Acquire) == ABANDONED
+    }
+
+    /// Holds the flight until the hold is committed or released: while it lives the flight is
+    /// not aborted, though every handle is dropped, and a caller meanwhile joins it. `None`
+    /// when every handle is already gone (the task is being aborted; the work should return at
+    /// once). For a commit no abortable flight was started with, a hold that holds nothing.
+    pub(crate) fn hold(&self) -> Option<Hold> {
+        let holder = match self.0.holder.get() {
+            Some(weak) => Some(weak.upgrade()?),
+            None => None,
+        };
+        Some(Hold {
+            commit: self.clone(),
+            _holder: holder,
+        })
     }
 }
 
@@ -397,6 +473,16 @@ where
         let locked = &mut *self.locked;
         locked.next_id = locked.next_id.wrapping_add(1);
         let id = locked.next_id;
+        // Made before the task, so that a hold its work takes at once finds it.
+        let holder = match when_abandoned {
+            WhenAbandoned::RunOn => None,
+            WhenAbandoned::Abort(commit) => {
+                let holder = Arc::new(AbortOnDrop(OnceLock::new(), commit));
+                // A commit is one flight's: a second flight started with it is not held.
+                let _ = holder.1.0.holder.set(Arc::downgrade(&holder));
+                Some(holder)
+            }
+        };
         let armed = Arc::new(AtomicBool::new(false));
         let landing = Landing {
             inner: Arc::clone(self.inner),
@@ -413,10 +499,9 @@ where
         });
         armed.store(true, Ordering::Release);
         let abort = task.abort_handle();
-        let holder = match when_abandoned {
-            WhenAbandoned::RunOn => None,
-            WhenAbandoned::Abort(commit) => Some(Arc::new(AbortOnDrop(abort.clone(), commit))),
-        };
+        if let Some(holder) = &holder {
+            let _ = holder.0.set(abort.clone());
+        }
         let (name, what) = (self.inner.name, self.inner.what);
         let joined = async move {
             task.await.unwrap_or_else(|join_error| {
@@ -816,6 +901,109 @@ mod tests {
         drop(c);
         assert!(!commit.commit(), "abandoned first");
         assert!(flights.lock().running("k").is_none());
+    }
+
+    /// Every handle dropped while the work holds the flight (a poll request in flight): it is
+    /// not aborted. A step answering with tokens commits it: it runs on and is joined. Any
+    /// other answer ends it then. A caller coming while it is held joins it, and keeps it.
+    #[tokio::test(start_paused = true)]
+    async fn abandoned_while_held_the_flight_waits_for_the_step_then_commits_or_ends() {
+        /// Work that holds the flight until released, then commits (`tokens`) or releases;
+        /// then answers once released again.
+        fn held_work(
+            commit: &Commit,
+            tokens: bool,
+            after: &Arc<AtomicBool>,
+        ) -> (
+            oneshot::Sender<()>,
+            oneshot::Sender<()>,
+            impl Future<Output = Result<u32, CredentialError>> + Send + 'static,
+        ) {
+            let (commit, after) = (commit.clone(), Arc::clone(after));
+            let (answer, answered) = oneshot::channel::<()>();
+            let (release, gate) = oneshot::channel::<()>();
+            (answer, release, async move {
+                let hold = commit.hold().expect("a caller waits");
+                let _ = answered.await;
+                if tokens {
+                    assert!(hold.commit());
+                } else if !hold.release() {
+                    return Err(failure("every caller gave up"));
+                }
+                after.store(true, Ordering::SeqCst);
+                let _ = gate.await;
+                Ok(7)
+            })
+        }
+        let step = Duration::from_secs(1);
+
+        // Tokens: committed, joinable, landed.
+        let flights = super::tests::flights();
+        let commit = Commit::default();
+        let after = Arc::new(AtomicBool::new(false));
+        let (answer, release, work) = held_work(&commit, true, &after);
+        let a = flights
+            .lock()
+            .start("k", WhenAbandoned::Abort(commit), work, land);
+        tokio::time::sleep(step).await;
+        drop(a);
+        tokio::time::sleep(step).await;
+        assert!(flights.lock().is_running("k"), "held: not aborted");
+        answer.send(()).unwrap();
+        tokio::time::sleep(step).await;
+        assert!(after.load(Ordering::SeqCst), "committed: it runs on");
+        let b = flights.lock().running("k").expect("committed: joined");
+        release.send(()).unwrap();
+        assert_eq!(b.await.unwrap(), 7);
+        assert_eq!(*flights.lock(), [Ok(7)]);
+
+        // No tokens: ended as the step answers.
+        let flights = super::tests::flights();
+        let commit = Commit::default();
+        let after = Arc::new(AtomicBool::new(false));
+        let (answer, _release, work) = held_work(&commit, false, &after);
+        let a = flights
+            .lock()
+            .start("k", WhenAbandoned::Abort(commit), work, land);
+        tokio::time::sleep(step).await;
+        drop(a);
+        tokio::time::sleep(step).await;
+        assert!(flights.lock().is_running("k"), "held: not aborted");
+        answer.send(()).unwrap();
+        tokio::time::sleep(step).await;
+        assert!(!after.load(Ordering::SeqCst), "ended at once");
+        let lock = flights.lock();
+        assert_eq!(*lock, [Err("every caller gave up".to_owned())]);
+        assert!(!lock.is_running("k") && lock.running("k").is_none());
+        drop(lock);
+
+        // A caller comes while it is held: it joins, and the flight goes on for it.
+        let flights = super::tests::flights();
+        let commit = Commit::default();
+        let after = Arc::new(AtomicBool::new(false));
+        let (answer, release, work) = held_work(&commit, false, &after);
+        let a = flights
+            .lock()
+            .start("k", WhenAbandoned::Abort(commit.clone()), work, land);
+        tokio::time::sleep(step).await;
+        drop(a);
+        let b = flights.lock().running("k").expect("held: joined");
+        answer.send(()).unwrap();
+        tokio::time::sleep(step).await;
+        assert!(after.load(Ordering::SeqCst), "a caller waits: it goes on");
+        release.send(()).unwrap();
+        assert_eq!(b.await.unwrap(), 7);
+
+        // Every caller gone before the hold: none is taken.
+        let commit = Commit::default();
+        let c = flights.lock().start(
+            "k",
+            WhenAbandoned::Abort(commit.clone()),
+            std::future::pending(),
+            land,
+        );
+        drop(c);
+        assert!(commit.hold().is_none(), "abandoned: nothing to hold");
     }
 
     #[tokio::test(start_paused = true)]

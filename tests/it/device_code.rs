@@ -895,6 +895,40 @@ async fn a_caller_giving_up_as_the_user_signs_in_loses_nothing() {
     assert!(shown.contains("alice"), "pinned: {shown}");
 }
 
+/// The only caller gives up while the poll request that redeems the code is in flight (its
+/// answer, the tokens, comes later): the request is not cut off, so the tokens Entra issued
+/// for the consumed code are not lost. Before, the sign-in was aborted with the request, and
+/// the next call prompted again.
+#[tokio::test(start_paused = true)]
+async fn a_caller_giving_up_while_the_redeeming_poll_is_in_flight_loses_nothing() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::support::authority::{Authority, Fault};
+
+    let authority = Authority::start().await;
+    let prompts = Arc::new(AtomicUsize::new(0));
+    let credential = counting_prompts(&authority, &prompts);
+    // The poll at 5 s redeems the code; its answer is held until the caller has given up.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    authority.push_fault(Fault::HoldThen(
+        Arc::clone(&gate),
+        Box::new(loopback_answer("alice", "at-1", "rt-1")),
+    ));
+    let gave_up = tokio::time::timeout(secs(8), credential.get_token([RESOURCE])).await;
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    assert_eq!(authority.token_posts(), 1);
+    assert_eq!(authority.in_flight(), 1, "the poll request is in flight");
+    gate.notify_one();
+
+    let token = credential.get_token([RESOURCE]).await.unwrap();
+    assert_eq!(token.secret().expose_secret(), "at-1");
+    assert_eq!(prompts.load(Ordering::SeqCst), 1, "no second prompt");
+    assert_eq!(authority.device_code_requests().len(), 1);
+    assert_eq!(authority.token_posts(), 1);
+    let shown = format!("{credential:?}");
+    assert!(shown.contains("alice"), "pinned: {shown}");
+}
+
 /// Entra's token endpoint also refuses a refresh token with the top-level errors
 /// `interaction_required` (an additional authentication step: MFA) and `consent_required`,
 /// beside `invalid_grant`. Each refuses that request only, which the user can meet in a

@@ -93,8 +93,11 @@ type Prompt = Arc<dyn Fn(DeviceCodeInfo) + Send + Sync>;
 ///   endpoint is polled once more at the deadline, so there is always at least one poll.
 /// * **One sign-in for concurrent callers**: calls made while a sign-in is pending wait for
 ///   it (one prompt). The sign-in runs in a task of its own that is aborted when **every**
-///   waiting caller has dropped its future: polling stops at once, and the next call starts
-///   a new sign-in with a new code. One caller giving up does not stop it for the others.
+///   waiting caller has dropped its future: polling stops at once (or, when a poll request
+///   is in flight, as it answers without tokens), and the next call starts a new sign-in with
+///   a new code. One caller giving up does not stop it for the others. A poll request is not
+///   cut off (it may be the one that redeems the code): a call made while it is in flight
+///   joins the sign-in.
 ///   Once the user has signed in (a poll answered with tokens), it is no longer aborted: the
 ///   tokens are recorded and the account pinned though every caller gave up (a timeout
 ///   firing as the record waits for the cache file's lock), and the next call joins it or
@@ -435,15 +438,10 @@ impl Inner {
                 "the prompt callback panicked; the user was not shown the code",
             ));
         }
-        let response = self.poll(&tenant, &code, claims.as_deref()).await?;
-        if !redeemed.commit() {
-            // Every caller gave up as the answer came: the task is being aborted, and this
-            // outcome reaches nobody.
-            return Err(CredentialError::authentication_failed(
-                NAME,
-                "every caller gave up on the sign-in before its tokens were recorded",
-            ));
-        }
+        // Committed inside, as the redeeming poll answers (see `poll`).
+        let response = self
+            .poll(&tenant, &code, claims.as_deref(), &redeemed)
+            .await?;
         let (store, _) = self.stores.for_request(cae);
         let redeem = Redeem {
             credential: NAME,
@@ -482,12 +480,25 @@ impl Inner {
     /// A transient failure (no answer, a connection failure, a 5xx, throttling) is polled
     /// again as `authorization_pending` is, after the interval or the `Retry-After` if later:
     /// the code lives for minutes, and one failed poll does not end the user's sign-in.
+    ///
+    /// Each poll request is sent under a hold on the flight (`redeemed`): Entra consumes the
+    /// code when it answers with tokens, so a request cut off by a caller giving up would lose
+    /// them. The tokens commit the flight; any other answer releases it, and ends the sign-in
+    /// if every caller gave up meanwhile.
     async fn poll(
         &self,
         tenant: &str,
         code: &DeviceCode,
         claims: Option<&str>,
+        redeemed: &Commit,
     ) -> Result<TokenResponse, CredentialError> {
+        // The outcome of a sign-in every caller gave up on: it reaches nobody.
+        let gave_up = || {
+            CredentialError::authentication_failed(
+                NAME,
+                "every caller gave up on the sign-in before the user signed in",
+            )
+        };
         let started = Instant::now();
         let timeout_at = self.timeout.and_then(|t| started.checked_add(t));
         let deadline = timeout_at.map_or(code.expires_at, |t| t.min(code.expires_at));
@@ -511,10 +522,18 @@ impl Inner {
                 &code.device_code,
                 claims.map(str::to_owned),
             );
+            let hold = redeemed.hold().ok_or_else(gave_up)?;
             let error = match self.client.request(NAME, tenant, form).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    // Never abandoned while held: commits.
+                    let _ = hold.commit();
+                    return Ok(response);
+                }
                 Err(error) => error,
             };
+            if !hold.release() {
+                return Err(gave_up());
+            }
             let now = Instant::now();
             let prefix = match error.error_code() {
                 Some("authorization_pending") if now < deadline => continue,
