@@ -18,7 +18,8 @@ use tower_service::Service;
 use zeroize::Zeroizing;
 
 use super::cae::claims_challenge;
-use super::head::Head;
+use super::head::{self, Head};
+use super::origin::{Origin, from_elsewhere};
 use super::replay::{NotReplayable, Replay, RetryBody};
 use super::source::Source;
 use super::spare::Reused;
@@ -265,7 +266,9 @@ pub(super) fn decide(headers: &http::HeaderMap, cae: bool) -> Decision {
 
 impl<S: 'static, B: 'static> After<S, B> {
     /// Answers the claims challenge when the layer may re-send; otherwise the 401 goes back
-    /// and the token it rejected is dropped if it is still the current one.
+    /// and the token it rejected is dropped if it is still the current one. With CAE, a 401
+    /// from another origin than the request's (a redirect followed below the layer) goes back
+    /// untouched: it says nothing of the token (see `origin`).
     pub(crate) fn on_unauthorized<ResB>(self, response: Response<ResB>) -> Outcome<ResB>
     where
         S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -282,6 +285,10 @@ impl<S: 'static, B: 'static> After<S, B> {
             return Outcome::Done(response);
         };
         let Challenge { via, head, replay } = challenge;
+        let sent_to = head::origin(&bytes);
+        if from_elsewhere(sent_to.as_ref(), Origin::answered(&response)) {
+            return Outcome::Done(response);
+        }
         match decide(response.headers(), true) {
             Decision::Retry(claims) => {
                 let resend = TowerResend {
@@ -289,6 +296,7 @@ impl<S: 'static, B: 'static> After<S, B> {
                     head,
                     bytes,
                     replay,
+                    sent_to,
                 };
                 Outcome::Retry(Box::pin(async move {
                     answer_challenge(&via.source, &claims, token_id, response, resend).await
@@ -312,6 +320,12 @@ pub(super) trait Resend {
 
     /// The response's status.
     fn status(response: &Self::Response) -> StatusCode;
+
+    /// The origin the request was sent to, if it is known (see `origin`).
+    fn sent_to(&self) -> Option<&Origin>;
+
+    /// The origin that answered, if the client tells (see `origin`).
+    fn answered(response: &Self::Response) -> Option<Origin>;
 
     /// The HTTP version the response came over, and so the request went out over.
     fn version(response: &Self::Response) -> Version;
@@ -391,6 +405,7 @@ pub(super) async fn answer_challenge<R: Resend>(
             return Err(R::credential_error(error));
         }
     };
+    let sent_to = resend.sent_to().cloned();
     let sent = match resend.again(entry.value.header().clone(), R::version(&response)) {
         Ok(sent) => sent,
         Err(reason) => {
@@ -401,7 +416,9 @@ pub(super) async fn answer_challenge<R: Resend>(
     R::discard(response, source.options.drain_limit);
     tracing::debug!("claims challenge answered with a new token; re-sending once");
     let response = sent.await?;
-    if R::status(&response) == StatusCode::UNAUTHORIZED {
+    if R::status(&response) == StatusCode::UNAUTHORIZED
+        && !from_elsewhere(sent_to.as_ref(), R::answered(&response))
+    {
         source.slot.invalidate(entry.id);
     }
     Ok(response)
@@ -420,6 +437,8 @@ struct TowerResend<S, B> {
     /// The head's bytes ([`Head::of`]), wiped when dropped.
     bytes: Zeroizing<Vec<u8>>,
     replay: Replay<B>,
+    /// The origin the request was sent to, read from `bytes`.
+    sent_to: Option<Origin>,
 }
 
 impl<S, B, ResB> Resend for TowerResend<S, B>
@@ -434,6 +453,14 @@ where
 
     fn status(response: &Response<ResB>) -> StatusCode {
         response.status()
+    }
+
+    fn sent_to(&self) -> Option<&Origin> {
+        self.sent_to.as_ref()
+    }
+
+    fn answered(response: &Response<ResB>) -> Option<Origin> {
+        Origin::answered(response)
     }
 
     fn version(response: &Response<ResB>) -> Version {

@@ -27,9 +27,11 @@
 
 use http::header::{AUTHORIZATION, HeaderName};
 use http::request::Parts;
+use http::uri::Authority;
 use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Uri, Version};
 use zeroize::Zeroizing;
 
+use super::origin::Origin;
 use super::replay::NotReplayable;
 
 /// What a re-send needs besides the body and the copy of the head's bytes, which is kept
@@ -275,6 +277,25 @@ fn record_size(name: &str, value: &[u8]) -> usize {
         .saturating_add(value.len())
 }
 
+/// The origin of the request whose head [`Head::of`] copied into `bytes`; `None` for a head
+/// not kept ([`Head::not_kept`]) or given up, whose bytes are empty. Read on a 401 only, from
+/// the scheme and the authority: the path and query (a SAS, say) and any user information are
+/// not copied again.
+pub(crate) fn origin(bytes: &[u8]) -> Option<Origin> {
+    let mut records = Records(bytes);
+    let (_, scheme_text, flag) = records.next()?.ok()?;
+    let (authority, _, _) = records.next()?.ok()?;
+    let scheme = match Scheme::from_flag(flag)? {
+        Scheme::None => return None,
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+        Scheme::Other => std::str::from_utf8(scheme_text).ok()?,
+    };
+    let host_and_port = authority.rsplit(|&b| b == b'@').next()?;
+    let authority = Authority::try_from(host_and_port).ok()?;
+    Some(Origin::new(scheme, authority.host(), authority.port_u16()))
+}
+
 /// The method, the URI and the fields back from the records [`HeadBytes`] wrote.
 fn read(bytes: &[u8]) -> Result<(Method, Uri, HeaderMap), NotReplayable> {
     let unusable = NotReplayable::head;
@@ -363,6 +384,26 @@ mod tests {
             builder = builder.header(*name, *value);
         }
         builder.body(()).unwrap().into_parts().0
+    }
+
+    /// The origin a 401 is compared with: read from the kept head's scheme and authority,
+    /// none from a head not kept.
+    #[test]
+    fn the_origin_is_read_from_the_kept_head() {
+        let origin = |uri: &str| {
+            let original = Request::get(uri).body(()).unwrap().into_parts().0;
+            let mut bytes = Vec::new();
+            Head::of(&original, &mut bytes);
+            origin(&bytes)
+        };
+        let expected = Origin::of(&"https://api.example.test/".parse().unwrap());
+        assert!(expected.is_some());
+        assert_eq!(origin("https://api.example.test/x?sig=s"), expected);
+        assert_eq!(origin("https://u:p@API.example.test:443/"), expected);
+        assert_ne!(origin("https://api.example.test:8443/"), expected);
+        assert_ne!(origin("http://api.example.test/"), expected);
+        assert!(origin("/relative").is_none());
+        assert!(super::origin(&[]).is_none(), "a head not kept");
     }
 
     #[test]

@@ -42,6 +42,16 @@
 //! to another host would get it. (reqwest follows redirects inside its client, below the
 //! middleware, and drops `Authorization` when the host changes.)
 //!
+//! A 401 from another origin than the request's (scheme, host and port; the redirect's target)
+//! answered a request that did not carry the token, and says nothing of it. With
+//! [`enable_cae`](BearerTokenLayerBuilder::enable_cae) the layer knows the request's origin
+//! from what it keeps for a re-send, and the answering one from the `RequestUri` tower-http's
+//! `FollowRedirect` (0.6) puts in the response (the middleware: from the clone it keeps and
+//! from `Response::url`): such a 401 is returned untouched, its claims challenge is not
+//! answered and the token is kept. Without CAE the layer keeps nothing of the request (that
+//! would cost every request), so it cannot tell: the 401 drops the token it rejected, as any
+//! 401 does, and the next request asks the credential again.
+//!
 //! # Behaviour
 //!
 //! * **Tokens**: clones of the service (and every service made by one built layer) share one
@@ -153,6 +163,7 @@ mod cae;
 mod error;
 mod future;
 mod head;
+mod origin;
 mod replay;
 #[cfg(feature = "reqwest-middleware")]
 pub mod reqwest;

@@ -37,6 +37,7 @@ use http::{HeaderValue, StatusCode, Version};
 use reqwest_middleware::{Error, Middleware, Next, Result};
 
 use super::future::{Decision, Resend, answer_challenge, decide, drain};
+use super::origin::{Origin, from_elsewhere};
 use super::replay::NotReplayable;
 use super::source::Source;
 use super::{BearerError, BearerTokenLayer, Cached};
@@ -102,6 +103,14 @@ impl Middleware for BearerTokenMiddleware {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
+        // reqwest follows redirects inside its client: a 401 from another origin says nothing
+        // of the token (see `origin`). Known with CAE, from the clone kept for the re-send.
+        let sent_to = retry
+            .as_ref()
+            .and_then(|request| Origin::of_url(request.url()));
+        if from_elsewhere(sent_to.as_ref(), answered(&response)) {
+            return Ok(response);
+        }
         match decide(response.headers(), options.cae) {
             // Without a clone the claims token is still had, then the 401 returned whatever
             // the credential answered (as the tower layer does for a body it cannot replay):
@@ -112,6 +121,7 @@ impl Middleware for BearerTokenMiddleware {
                     request: retry,
                     next,
                     extensions,
+                    sent_to,
                 };
                 answer_challenge(&self.source, &claims, token_id, response, resend).await
             }
@@ -129,6 +139,19 @@ struct ReqwestResend<'a> {
     request: Option<reqwest::Request>,
     next: Next<'a>,
     extensions: &'a mut http::Extensions,
+    /// The origin `request` goes to.
+    sent_to: Option<Origin>,
+}
+
+/// The origin that answered: reqwest's response URL, the last hop's, unless it is the
+/// placeholder reqwest gives a response converted from an `http::Response` that named none (a
+/// middleware's made-up answer), which says nothing.
+fn answered(response: &reqwest::Response) -> Option<Origin> {
+    let url = response.url();
+    if url.as_str() == "http://no.url.provided.local/" {
+        return None;
+    }
+    Origin::of_url(url)
 }
 
 impl Resend for ReqwestResend<'_> {
@@ -137,6 +160,14 @@ impl Resend for ReqwestResend<'_> {
 
     fn status(response: &reqwest::Response) -> StatusCode {
         response.status()
+    }
+
+    fn sent_to(&self) -> Option<&Origin> {
+        self.sent_to.as_ref()
+    }
+
+    fn answered(response: &reqwest::Response) -> Option<Origin> {
+        answered(response)
     }
 
     fn version(response: &reqwest::Response) -> Version {

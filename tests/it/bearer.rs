@@ -21,7 +21,7 @@ use crate::support::client::{HyperClient, h1_client, h2_client, hyper_client};
 use crate::support::creds::{
     SCOPE, client_secret, client_secret_with, counted, http_builder, secs,
 };
-use crate::support::resource::{Answer, Mode, Resource, revocation_claims};
+use crate::support::resource::{Answer, Mode, Resource, cae_challenge, revocation_claims};
 
 type Bearer<B> = BearerToken<HyperClient<B>>;
 
@@ -1474,4 +1474,94 @@ async fn a_redirect_followed_inside_the_layer_does_not_take_the_token_to_another
     let response = outside.oneshot(get(&origin, "/moved")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(other.requests()[0].bearer(), Some("at-1-contoso"));
+}
+
+/// A 307 to another origin whose answer is a 401 with a claims challenge, the follower inside
+/// the layer: that 401 answers a request that never carried the token (the follower dropped
+/// it), so it says nothing of the token. It goes back to the caller untouched, no token is
+/// asked for the other origin's claims, and the token stays: the next request carries it
+/// without the credential being asked. Before, the layer (with CAE) got a token with the
+/// other origin's claims (a token request bypassing every cache, on every such request), made
+/// it the layer's token and re-sent to the first origin. (Without CAE the layer cannot tell:
+/// see the module docs.)
+#[tokio::test]
+async fn a_401_from_the_origin_a_redirect_led_to_is_returned_and_the_token_kept() {
+    let authority = Authority::start().await;
+    let (origin, other) = (Resource::start().await, Resource::start().await);
+    let (credential, calls) = counted(client_secret(&authority));
+    let layer = BearerTokenLayer::builder(credential, [SCOPE])
+        .enable_cae(true)
+        .build();
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .layer(FollowRedirectLayer::new())
+        .service(hyper_client::<Full<Bytes>>());
+    origin.push(Answer::Status {
+        status: 307,
+        headers: vec![("location".into(), format!("{}/landing", other.url()))],
+        body: String::new(),
+    });
+    let claims = revocation_claims(1);
+    other.push(Answer::Cae {
+        claims: claims.clone(),
+    });
+    let response = service
+        .clone()
+        .oneshot(get(&origin, "/moved"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        cae_challenge(&claims).as_str()
+    );
+    assert_eq!(other.requests()[0].authorization, None);
+    assert_eq!(origin.count(), 1, "not re-sent");
+    assert_eq!(authority.token_posts(), 1, "no claims token");
+
+    let response = service.oneshot(get(&origin, "/next")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(origin.requests()[1].bearer(), Some("at-1-contoso"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "token kept");
+    assert_eq!(authority.token_posts(), 1);
+}
+
+/// A redirect within the origin: its 401 is the resource's own, and drops the token it
+/// rejected as any 401 does (the follower keeps `Authorization` within an origin).
+#[tokio::test]
+async fn a_401_after_a_redirect_within_the_origin_drops_the_token() {
+    for cae in [false, true] {
+        let authority = Authority::start().await;
+        let origin = Resource::start().await;
+        let (credential, calls) = counted(client_secret(&authority));
+        let layer = BearerTokenLayer::builder(credential, [SCOPE])
+            .enable_cae(cae)
+            .build();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .layer(FollowRedirectLayer::new())
+            .service(hyper_client::<Full<Bytes>>());
+        origin.push(Answer::Status {
+            status: 307,
+            headers: vec![("location".into(), "/landing".into())],
+            body: String::new(),
+        });
+        origin.push(Answer::Unauthorized {
+            www_authenticate: Some(r#"Bearer error="invalid_token""#.into()),
+            body: String::new(),
+        });
+        let response = service
+            .clone()
+            .oneshot(get(&origin, "/moved"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "cae {cae}");
+        assert_eq!(
+            origin.requests()[1].bearer(),
+            Some("at-1-contoso"),
+            "cae {cae}"
+        );
+        service.oneshot(get(&origin, "/next")).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "token dropped: cae {cae}");
+    }
 }

@@ -262,6 +262,48 @@ async fn a_plain_401_is_returned_and_drops_the_rejected_token() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+/// With CAE, reqwest follows a 307 to another origin inside its client (dropping
+/// `Authorization`), and that origin answers 401 with a claims challenge: the 401 comes back
+/// untouched, no token is asked for its claims and the token stays (the next request carries
+/// it, the credential not asked). Before, the middleware asked for a token with the other
+/// origin's claims and re-sent to the first origin.
+#[tokio::test]
+async fn a_401_from_the_origin_a_redirect_led_to_is_returned_and_the_token_kept() {
+    let authority = Authority::start().await;
+    let (origin, other) = (Resource::start().await, Resource::start().await);
+    origin.push(Answer::Status {
+        status: 307,
+        headers: vec![("location".into(), format!("{}/landing", other.url()))],
+        body: String::new(),
+    });
+    other.push(Answer::Cae {
+        claims: revocation_claims(1),
+    });
+    let (credential, calls) = counted(client_secret(&authority));
+    let layer = BearerTokenLayer::builder(credential, [SCOPE])
+        .enable_cae(true)
+        .build();
+    let client = with_bearer(&layer);
+    let response = client
+        .get(format!("{}/moved", origin.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(other.requests()[0].authorization, None);
+    assert_eq!(origin.count(), 1, "not re-sent");
+    assert_eq!(authority.token_posts(), 1, "no claims token");
+
+    let response = client
+        .get(format!("{}/next", origin.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(origin.requests()[1].bearer(), Some("at-1-contoso"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "token kept");
+}
+
 /// A URL longer than `http::Uri` takes (64 KiB): the refusal still names its scheme and host.
 #[tokio::test]
 async fn plain_http_refused_names_the_url_even_past_what_http_uri_parses() {
