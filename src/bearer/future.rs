@@ -321,6 +321,9 @@ pub(super) trait Resend {
     /// The response's status.
     fn status(response: &Self::Response) -> StatusCode;
 
+    /// The response's header fields.
+    fn headers(response: &Self::Response) -> &http::HeaderMap;
+
     /// The origin the request was sent to, if it is known (see `origin`).
     fn sent_to(&self) -> Option<&Origin>;
 
@@ -353,6 +356,10 @@ pub(super) trait Resend {
 
 /// The challenge path, for either client: claims token, drain the 401, re-send once. Anything
 /// that makes a faithful re-send impossible returns the 401 as it came.
+///
+/// Claims the resource has lately refused again (a re-send with a token for them met the same
+/// challenge: see [`Source::claims_refused`]) are not asked for: the 401 goes back at once, and
+/// the token it rejected is kept, since a new one would meet the same challenge.
 pub(super) async fn answer_challenge<R: Resend>(
     source: &Source,
     claims: &str,
@@ -360,6 +367,13 @@ pub(super) async fn answer_challenge<R: Resend>(
     response: R::Response,
     resend: R,
 ) -> Result<R::Response, R::Error> {
+    if source.claims_refused(claims) {
+        tracing::debug!(
+            "claims challenge: a token with these claims was refused with the same challenge \
+             lately; returning the 401"
+        );
+        return Ok(response);
+    }
     // The token first: hyper may still be sending the body of the first attempt, and the
     // body can only be replayed once it was sent whole.
     // A credential that cannot satisfy the claims (the user must sign in again, say) is the
@@ -420,6 +434,12 @@ pub(super) async fn answer_challenge<R: Resend>(
         && !from_elsewhere(sent_to.as_ref(), R::answered(&response))
     {
         source.slot.invalidate(entry.id);
+        // The token for these claims met the same challenge: asking again at once would
+        // only get another such token (an uncached token request and two resource requests
+        // per request), so these claims are not asked for again for a while.
+        if matches!(claims_challenge(R::headers(&response)), Ok(Some(again)) if again == claims) {
+            source.refuse_claims(claims);
+        }
     }
     Ok(response)
 }
@@ -453,6 +473,10 @@ where
 
     fn status(response: &Response<ResB>) -> StatusCode {
         response.status()
+    }
+
+    fn headers(response: &Response<ResB>) -> &http::HeaderMap {
+        response.headers()
     }
 
     fn sent_to(&self) -> Option<&Origin> {

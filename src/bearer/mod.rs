@@ -74,7 +74,10 @@
 //!   [`enable_cae`](BearerTokenLayerBuilder::enable_cae), a Bearer challenge with
 //!   `error="insufficient_claims"` and decodable `claims` gets a token for those claims
 //!   (bypassing every cache) and the request is re-sent once, with the same body; a
-//!   second 401 is returned as is. If the credential cannot get a token with those claims,
+//!   second 401 is returned as is. If that 401 carries the same claims challenge, the
+//!   resource refused the token for its claims: for the next 30 s (as after a failed claims
+//!   request, below) requests meeting that challenge get their 401 at once, keeping their
+//!   token, and the claims are not asked for. If the credential cannot get a token with those claims,
 //!   the request fails with its error (the same claims are not asked for again within 30 s,
 //!   or a longer `Retry-After`, which the error's `retry_after()` gives, unless it was another
 //!   transient failure: no connection, a timeout, a 5xx without `Retry-After`, a `Retry-After`

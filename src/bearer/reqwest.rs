@@ -162,6 +162,10 @@ impl Resend for ReqwestResend<'_> {
         response.status()
     }
 
+    fn headers(response: &reqwest::Response) -> &http::HeaderMap {
+        response.headers()
+    }
+
     fn sent_to(&self) -> Option<&Origin> {
         self.sent_to.as_ref()
     }

@@ -86,17 +86,27 @@ pub(crate) struct Options {
 /// failure is forgotten first and its claims may be asked for again.
 const FAILED_CLAIMS: usize = 8;
 
-/// Claims the credential failed to satisfy: its error and until when it is the answer.
+/// Claims that failed: until when, and who refused them.
 struct Failure {
     claims: Arc<str>,
-    error: CredentialError,
+    by: RefusedBy,
     /// The end of its memory (see [`kept_failure`]).
     until: Instant,
 }
 
+/// Who refused a claims value.
+enum RefusedBy {
+    /// The credential could not satisfy the claims: its error is the answer.
+    Credential(CredentialError),
+    /// The resource answered the token obtained for them with the same challenge: its 401 is
+    /// the answer ([`ClaimsState::refused`]).
+    Resource,
+}
+
 /// What the claims flights of a layer remember beside the flights themselves (keyed by the
-/// claims): the last [`FAILED_CLAIMS`] claims values the credential failed to satisfy. The
-/// same claims are not asked for again while such a failure is kept ([`kept_failure`]).
+/// claims): the last [`FAILED_CLAIMS`] claims values that failed, the credential unable to
+/// satisfy them or the resource refusing the token obtained for them. The same claims are not
+/// asked for again while such a failure is kept ([`kept_failure`]).
 #[derive(Default)]
 struct ClaimsState {
     /// Oldest first; one per claims value.
@@ -104,12 +114,25 @@ struct ClaimsState {
 }
 
 impl ClaimsState {
-    /// The error of `claims`' failure if its memory has not ended at `now`.
+    /// The error of `claims`' failure in the credential if its memory has not ended at `now`.
     fn failure(&self, claims: &str, now: Instant) -> Option<&CredentialError> {
+        self.kept(claims, now).and_then(|by| match by {
+            RefusedBy::Credential(error) => Some(error),
+            RefusedBy::Resource => None,
+        })
+    }
+
+    /// Whether the resource refused a token for `claims` (see [`RefusedBy::Resource`]) within
+    /// the memory of that failure at `now`.
+    fn refused(&self, claims: &str, now: Instant) -> bool {
+        matches!(self.kept(claims, now), Some(RefusedBy::Resource))
+    }
+
+    fn kept(&self, claims: &str, now: Instant) -> Option<&RefusedBy> {
         self.failed
             .iter()
             .find(|f| &*f.claims == claims && now < f.until)
-            .map(|f| &f.error)
+            .map(|f| &f.by)
     }
 
     /// Remembers that `claims` failed with `error` at `now` for `spacing` ([`kept_failure`]:
@@ -128,15 +151,26 @@ impl ClaimsState {
         let Some((error, until)) = kept_failure(error.clone(), now, spacing) else {
             return error;
         };
+        self.keep(claims, RefusedBy::Credential(error.clone()), until);
+        error
+    }
+
+    /// Remembers that the resource refused a token for `claims` at `now`: kept for `spacing`
+    /// as a final failure of the credential would be ([`kept_failure`]), in place of an
+    /// earlier failure of the same claims.
+    fn remember_refusal(&mut self, claims: Arc<str>, now: Instant, spacing: Duration) {
+        self.failed.retain(|f| f.claims != claims && now < f.until);
+        if let Some(until) = now.checked_add(spacing) {
+            self.keep(claims, RefusedBy::Resource, until);
+        }
+    }
+
+    /// Keeps a failure of `claims` (none is kept for them), dropping the oldest when full.
+    fn keep(&mut self, claims: Arc<str>, by: RefusedBy, until: Instant) {
         if self.failed.len() >= FAILED_CLAIMS {
             self.failed.remove(0);
         }
-        self.failed.push(Failure {
-            claims,
-            error: error.clone(),
-            until,
-        });
-        error
+        self.failed.push(Failure { claims, by, until });
     }
 
     /// Forgets `claims`' failure (the credential has satisfied them since).
@@ -290,6 +324,29 @@ impl Source {
             Some(header) if header == entry.value.header => Err(claims_not_applied()),
             _ => Ok(entry),
         }
+    }
+
+    /// Whether the resource lately answered a token obtained for `claims` with the same
+    /// challenge ([`refuse_claims`](Self::refuse_claims)): then a request meeting that
+    /// challenge gets its 401 at once, and no token is asked for.
+    pub(crate) fn claims_refused(&self, claims: &str) -> bool {
+        self.claims.lock().refused(claims, Instant::now())
+    }
+
+    /// Remembers that the resource answered a token obtained for `claims` with the same
+    /// challenge, for `retry_after_failure` (30 s by default), as a credential's final
+    /// failure to satisfy them is: without it, each request meeting the challenge cost a
+    /// token request bypassing every cache and two resource requests (and, the refused token
+    /// being dropped, an acquisition of a plain token).
+    pub(crate) fn refuse_claims(&self, claims: &str) {
+        tracing::warn!(
+            "claims challenge: the resource answered the token obtained for its claims with the \
+             same challenge; its 401s for these claims are returned as they come for a while"
+        );
+        let spacing = self.options.refresh.retry_after_failure;
+        self.claims
+            .lock()
+            .remember_refusal(Arc::from(claims), Instant::now(), spacing);
     }
 
     /// The `Authorization` value of the token `id`, if it is still known: the slot's current
@@ -466,6 +523,40 @@ mod tests {
             panic!("asked again within the spacing");
         };
         assert_eq!(again.message(), err.message());
+    }
+
+    /// Claims the resource refused again are remembered for `retry_after_failure`, each value
+    /// apart, as a credential's final failure is; a later credential failure of the same
+    /// claims takes the refusal's place.
+    #[tokio::test(start_paused = true)]
+    async fn claims_the_resource_refused_are_remembered_for_the_spacing() {
+        use std::time::Duration;
+        let source = cae_source(
+            tower::service_fn(|_: TokenRequest| async {
+                Err::<AccessToken, _>(CredentialError::authentication_failed("Test", "no"))
+            })
+            .boxed_credential(),
+        );
+        source.refuse_claims("a");
+        assert!(source.claims_refused("a"));
+        assert!(!source.claims_refused("b"));
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(source.claims_refused("a"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!source.claims_refused("a"), "after 30 s");
+
+        source.refuse_claims("a");
+        let expires = Instant::now() + Duration::from_secs(3600);
+        let valid = Prepared::new(AccessToken::new("valid", expires), None).unwrap();
+        let rejected = source.slot.store(valid).unwrap().id;
+        let Err(error) = source.claims_token("a", rejected).await else {
+            panic!("the credential fails");
+        };
+        assert!(error.message().contains("no"), "{error}");
+        assert!(
+            !source.claims_refused("a"),
+            "replaced by the credential's failure"
+        );
     }
 
     /// Two claims values failing in turn: before, only the last failure was remembered, so

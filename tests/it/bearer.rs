@@ -1565,3 +1565,60 @@ async fn a_401_after_a_redirect_within_the_origin_drops_the_token() {
         assert_eq!(calls.load(Ordering::SeqCst), 2, "token dropped: cae {cae}");
     }
 }
+
+/// The re-send's 401 carries the same claims challenge just answered: the token for the claims
+/// is refused too. For the next 30 s (`retry_after_failure`), requests meeting that challenge
+/// get their 401 at once, with no token requested; then the claims are asked for once more.
+/// Before, every such request cost a token request bypassing every cache, an acquisition of a
+/// plain token and two requests to the resource.
+#[tokio::test(start_paused = true)]
+async fn claims_refused_again_after_the_re_send_are_not_asked_for_again_for_30_s() {
+    let (authority, resource) = (Authority::start().await, Resource::start().await);
+    let claims = revocation_claims(1);
+    for _ in 0..40 {
+        resource.push(Answer::Cae {
+            claims: claims.clone(),
+        });
+    }
+    let (credential, calls) = counted(client_secret(&authority));
+    let layer = BearerTokenLayer::builder(credential, [SCOPE])
+        .enable_cae(true)
+        .refresh_jitter(Duration::ZERO)
+        .build();
+    let mut service = bearer::<Full<Bytes>>(&layer);
+    let response = call(&mut service, get(&resource, "/first")).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        resource.count(),
+        2,
+        "sent, then re-sent with the claims token"
+    );
+    assert_eq!(
+        authority.token_posts(),
+        2,
+        "a token, then one for the claims"
+    );
+
+    for n in 1..=10 {
+        tokio::time::sleep(secs(2)).await;
+        let response = call(&mut service, get(&resource, "/again")).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resource.count(), 2 + n, "sent once, not re-sent");
+    }
+    assert_eq!(
+        authority.token_posts(),
+        2,
+        "no claims token asked for within 30 s"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "and one plain token after the claims token was dropped"
+    );
+
+    tokio::time::sleep(secs(11)).await;
+    let response = call(&mut service, get(&resource, "/later")).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resource.count(), 14, "asked for again, and re-sent");
+    assert_eq!(authority.token_posts(), 3);
+}
