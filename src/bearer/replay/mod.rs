@@ -123,6 +123,10 @@ impl<B> Replay<B> {
     /// polling a body at its declared length (hyper's HTTP/1 client does); to take such a body
     /// as whole when that is sound, use [`into_body_for`](Self::into_body_for) with the request's
     /// headers and the response's version.
+    ///
+    /// It keeps the trailers a [`ReplayBody`] fetched ahead, past the body's declared length,
+    /// as if the request went over HTTP/2, which sends them; for one sent over HTTP/1, which
+    /// sent none, use [`into_body_for`](Self::into_body_for), which leaves them out.
     pub fn into_body(self) -> Result<B, NotReplayable> {
         self.into_body_with(None)
     }
