@@ -59,6 +59,7 @@ impl<D: Document> CacheFile<D> {
         // Closed off the executor whenever it is dropped: at the timeout, or on cancellation.
         let mut kept = KeptFile {
             file: None,
+            path: lock_path.to_path_buf(),
             steps: self.steps.clone(),
         };
         loop {
@@ -66,6 +67,7 @@ impl<D: Document> CacheFile<D> {
             // Also closed off the executor if the step is refused and dropped unrun.
             let last = KeptFile {
                 file: kept.file.take(),
+                path: lock_path.to_path_buf(),
                 steps: self.steps.clone(),
             };
             let retry_now = match run_blocking(&self.steps, Step::Lock, lock_path, move || {
@@ -200,6 +202,8 @@ impl std::fmt::Debug for ContendedFile {
 struct KeptFile {
     /// `None` once handed to an attempt, or dropped.
     file: Option<ContendedFile>,
+    /// `<cache>.lockfile`.
+    path: PathBuf,
     /// The steps of the file whose lock it is.
     steps: Steps,
 }
@@ -209,10 +213,34 @@ impl Drop for KeptFile {
         let Some(file) = self.file.take() else {
             return;
         };
+        let abandoned = Abandoned {
+            file,
+            path: std::mem::take(&mut self.path),
+        };
         if tokio::runtime::Handle::try_current().is_ok() {
-            self.steps.drop_counted(file);
+            self.steps.drop_counted(abandoned);
         } else {
-            drop(file);
+            drop(abandoned);
+        }
+    }
+}
+
+/// A kept file whose acquisition ended before it was taken. Dropped, it removes the name if
+/// that is still this file, empty, and its `flock` now free and taken by us (a breaker left
+/// it): else the empty lock would hold every writer off until it is stale (a minute). A file
+/// its holder wrote in, or still holds, or removed, is left to it.
+struct Abandoned {
+    file: ContendedFile,
+    path: PathBuf,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let ours = || inode_at(&self.path).ok().flatten() == Some(self.file.inode);
+        let empty = || self.file.file.metadata().is_ok_and(|m| m.len() == 0);
+        if try_flock(&self.file.file) == Flock::Held && ours() && empty() {
+            // Under our flock: no breaker removes it meanwhile, no holder that flocks writes.
+            let _ = fs::remove_file(&self.path);
         }
     }
 }
@@ -504,7 +532,9 @@ fn take_contended(
                 == Some(contended.inode),
         )
     };
-    if try_flock(&contended.file) == Flock::Busy {
+    // Only a flock we hold lets us on: an error now (`ENOLCK`: NFS's lock daemon out of
+    // reach) is no sign that the holder the kernel reported has gone.
+    if try_flock(&contended.file) != Flock::Held {
         if !ours(lock_path)? {
             return Ok(LockAttempt::Vanished);
         }
@@ -719,6 +749,17 @@ impl Writer {
         lock_path: &Path,
     ) -> Result<(&'static str, Option<LockGuard>), PersistenceError> {
         self.attempt_with(lock_path, &mut |_, _| {})
+    }
+
+    /// Ends the acquisition before it took the lock (a timeout, a cancellation): its kept
+    /// file is dropped as [`KeptFile`] drops it.
+    pub(super) fn give_up(&mut self, lock_path: &Path) {
+        if let Some(file) = self.contended.take() {
+            drop(Abandoned {
+                file,
+                path: lock_path.to_path_buf(),
+            });
+        }
     }
 
     /// [`Writer::attempt`], calling `seam` at each [`Moment`] the attempt reaches.

@@ -718,6 +718,41 @@ fn a_lock_file_a_breaker_flocked_first_is_taken_at_the_next_attempt() {
     assert!(!lock.exists(), "released");
 }
 
+/// An acquisition that ends (its timeout, a cancellation) while it keeps a file a breaker
+/// flocked and has since let go removes that empty file, which would otherwise hold every
+/// writer off until it is stale; one the breaker still holds, or a holder wrote in, is left.
+#[test]
+fn an_abandoned_contended_lock_file_is_removed_only_when_free_and_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = lock_path_of(&dir.path().join("cache.json"));
+    for (released, written, removed) in [
+        (true, false, true),
+        (false, false, false),
+        (true, true, false),
+    ] {
+        let mut writer = Writer::default();
+        let mut breaker = None;
+        let (seen, _) = writer
+            .attempt_with(&lock, &mut |_, lock| breaker = Some(flock_held(lock)))
+            .unwrap();
+        assert_eq!(seen, "contended");
+        if written {
+            fs::write(&lock, "4242 python3").unwrap();
+        }
+        if released {
+            drop(breaker.take());
+        }
+        writer.give_up(&lock);
+        assert_eq!(
+            !lock.exists(),
+            removed,
+            "released {released}, written {written}"
+        );
+        drop(breaker);
+        let _ = fs::remove_file(&lock);
+    }
+}
+
 /// A holder that `flock`ed the file our writer created removes its name when done, then
 /// closes it (MSAL.NET's `DeleteOnClose`): the writer does not take the removed file, whose
 /// `flock` is free now, but tries the name afresh.
