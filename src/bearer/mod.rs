@@ -50,7 +50,10 @@
 //! from `Response::url`): such a 401 is returned untouched, its claims challenge is not
 //! answered and the token is kept. Without CAE the layer keeps nothing of the request (that
 //! would cost every request), so it cannot tell: the 401 drops the token it rejected, as any
-//! 401 does, and the next request asks the credential again.
+//! 401 does, and the next request asks the credential again. Nor can the middleware for a
+//! request it could not clone (a streamed body). `FollowRedirect` goes directly below the
+//! layer: a layer between them that rewrites the URI's host (a failover, host routing) makes
+//! every 401 look foreign, so no claims challenge is answered and no rejected token dropped.
 //!
 //! # Behaviour
 //!

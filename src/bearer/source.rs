@@ -173,9 +173,12 @@ impl ClaimsState {
         self.failed.push(Failure { claims, by, until });
     }
 
-    /// Forgets `claims`' failure (the credential has satisfied them since).
+    /// Forgets `claims`' failure of the credential (it has satisfied them since). A refusal
+    /// by the resource stays: a claims flight that passed before it was kept (a burst) would
+    /// otherwise erase it, and the resource refuses that token still.
     fn forget(&mut self, claims: &str) {
-        self.failed.retain(|f| &*f.claims != claims);
+        self.failed
+            .retain(|f| &*f.claims != claims || matches!(f.by, RefusedBy::Resource));
     }
 }
 
@@ -557,6 +560,26 @@ mod tests {
             !source.claims_refused("a"),
             "replaced by the credential's failure"
         );
+    }
+
+    /// A claims flight that passed the check before the resource's refusal was kept (a burst)
+    /// and then got a token does not erase that refusal.
+    #[tokio::test(start_paused = true)]
+    async fn a_claims_token_got_meanwhile_keeps_the_resources_refusal() {
+        let source = cae_source(
+            tower::service_fn(|request: TokenRequest| async move {
+                let claims = request.claims().unwrap_or_default().to_owned();
+                let expires = Instant::now() + std::time::Duration::from_secs(3600);
+                Ok::<_, CredentialError>(AccessToken::new(format!("for-{claims}"), expires))
+            })
+            .boxed_credential(),
+        );
+        source.refuse_claims("a");
+        let expires = Instant::now() + std::time::Duration::from_secs(3600);
+        let valid = Prepared::new(AccessToken::new("valid", expires), None).unwrap();
+        let rejected = source.slot.store(valid).unwrap().id;
+        assert!(source.claims_token("a", rejected).await.is_ok());
+        assert!(source.claims_refused("a"), "still refused by the resource");
     }
 
     /// Two claims values failing in turn: before, only the last failure was remembered, so
