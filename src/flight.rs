@@ -252,26 +252,24 @@ impl Commit {
     /// Commits the flight: `false` when it was abandoned first (its task is being aborted,
     /// and its outcome goes to nobody).
     pub(crate) fn commit(&self) -> bool {
-        match self
-            .0
-            .state
-            .compare_exchange(OPEN, COMMITTED, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => true,
-            Err(state) => state == COMMITTED,
-        }
+        self.settle(COMMITTED)
     }
 
     /// Abandons the flight, once every handle is gone: `true` unless its work committed
     /// first (then it runs on).
     fn abandon(&self) -> bool {
+        self.settle(ABANDONED)
+    }
+
+    /// Moves an open flight to `to`, once and for good: `true` if it is `to` now.
+    fn settle(&self, to: u8) -> bool {
         match self
             .0
             .state
-            .compare_exchange(OPEN, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(OPEN, to, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => true,
-            Err(state) => state == ABANDONED,
+            Err(state) => state == to,
         }
     }
 
